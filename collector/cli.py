@@ -1,0 +1,50 @@
+"""``collector``: the central daemon and the commands that read its store.
+
+This module only parses arguments and dispatches; each command lives in its own module
+and registers itself through an ``add_parser(subparsers)`` function that sets
+``handler=<callable(args) -> int>`` as the parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shared.errors import CapwatchError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``collector`` argument parser."""
+    from collector import solve_cmd  # noqa: PLC0415  (each command module is imported on demand)
+
+    parser = argparse.ArgumentParser(
+        prog="collector",
+        description=(
+            "capwatch collector: subscribes to node agents over MQTT, keeps a rolling SQLite "
+            "store, and answers questions about the fleet and its power headroom."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    solve_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``collector`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CapwatchError as exc:
+        print(f"collector {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

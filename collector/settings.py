@@ -1,0 +1,31 @@
+"""The collector's settings (see :mod:`shared.settings` for the precedence rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings import CapwatchSettings
+
+__all__ = ["CollectorSettings"]
+
+
+class CollectorSettings(CapwatchSettings):
+    """Settings of ``collector run`` and the commands that read the store."""
+
+    db_path: Path = Path("capwatch.db")
+    client_id: str = Field(default="capwatch-collector", min_length=1, max_length=128)
+    """Fixed MQTT client id: with clean_session off, the broker keeps our messages across restarts."""
+    retention_s: float = Field(default=86_400.0, gt=0)
+    """Raw samples older than this are deleted, in small chunks."""
+    retention_check_s: float = Field(default=30.0, gt=0)
+    retention_chunk_rows: int = Field(default=5_000, ge=100)
+    batch_max_rows: int = Field(default=4_000, ge=1)
+    batch_max_delay_s: float = Field(default=0.25, gt=0)
+    """A batch is committed when it is this old or this big, whichever comes first."""
+    queue_max: int = Field(default=100_000, ge=100)
+    """Validated samples waiting for the writer; the MQTT reader pauses when it is full."""
+    expected_interval_s: float = Field(default=5.0, gt=0)
+    """A node with no sample for ``stale_intervals`` x its interval is stale."""
+    stale_intervals: float = Field(default=3.0, gt=0)

@@ -1,0 +1,65 @@
+"""capwatch's exceptions.
+
+Third-party errors are converted at the boundary (``raise StoreError(...) from exc``)::
+
+    CapwatchError
+    ├── ConfigError        a user's setting or flag is wrong: one line naming the field and the fix
+    ├── SchemaError        a wire message failed validation (``reason``: not_json / invalid /
+    │                      version / topic_mismatch)
+    ├── StoreError         the SQLite store cannot be opened or written
+    ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
+    └── PlanError          a power plan is invalid (``field`` names the culprit)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CapwatchError",
+    "ConfigError",
+    "GpuBackendError",
+    "PlanError",
+    "SchemaError",
+    "StoreError",
+]
+
+
+class CapwatchError(Exception):
+    """Base class of every error capwatch raises on purpose."""
+
+
+class ConfigError(CapwatchError):
+    """A setting, flag or config file value is wrong.
+
+    ``field`` names the setting; ``str(exc)`` is a full sentence with the fix.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SchemaError(CapwatchError):
+    """A message on the wire does not match the schema.
+
+    ``reason`` is a short machine-readable category used for counters.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreError(CapwatchError):
+    """The store could not be opened, migrated or written."""
+
+
+class GpuBackendError(CapwatchError):
+    """NVML failed unexpectedly (not the normal "no GPU / no driver" case)."""
+
+
+class PlanError(CapwatchError):
+    """A power/fabric plan is invalid; ``field`` is the dotted path of the bad value."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

@@ -1,0 +1,65 @@
+"""MQTT topic names of wire schema v1, and node-id validation."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from shared.errors import ConfigError
+
+__all__ = [
+    "NODE_ID_RE",
+    "PREFIX",
+    "SUBSCRIPTIONS",
+    "inventory_topic",
+    "parse_topic",
+    "sample_topic",
+    "status_topic",
+    "validate_node_id",
+]
+
+PREFIX: Final = "capwatch/v1/nodes"
+NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+#: What the collector subscribes to.
+SUBSCRIPTIONS: Final = (f"{PREFIX}/+/sample", f"{PREFIX}/+/inventory", f"{PREFIX}/+/status")
+
+
+def validate_node_id(node: str) -> str:
+    """Return ``node`` if it is safe as one MQTT topic level, else raise :class:`ConfigError`.
+
+    Allowed: letters, digits, ``.``, ``_``, ``-``; 1-63 characters, starting alphanumeric.
+    MQTT wildcards (``+``, ``#``), ``/`` and spaces would let one node write another's topics.
+    """
+    if not NODE_ID_RE.match(node):
+        raise ConfigError(
+            f"node id {node!r} is not usable in a topic: use 1-63 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (set CAPWATCH_NODE_ID or --node-id)",
+            field="node_id",
+        )
+    return node
+
+
+def sample_topic(node: str) -> str:
+    """Topic of a node's periodic samples (QoS 1, not retained)."""
+    return f"{PREFIX}/{node}/sample"
+
+
+def inventory_topic(node: str) -> str:
+    """Topic of a node's inventory (QoS 1, retained)."""
+    return f"{PREFIX}/{node}/inventory"
+
+
+def status_topic(node: str) -> str:
+    """Topic of a node's online/offline status (QoS 1, retained; the will sets offline)."""
+    return f"{PREFIX}/{node}/status"
+
+
+_PREFIX_PARTS: Final = PREFIX.count("/") + 1
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """Split ``capwatch/v1/nodes/<node>/<kind>`` into ``(node, kind)``; ``None`` if foreign."""
+    parts = topic.split("/")
+    if len(parts) != _PREFIX_PARTS + 2 or "/".join(parts[:_PREFIX_PARTS]) != PREFIX:
+        return None
+    return parts[_PREFIX_PARTS], parts[_PREFIX_PARTS + 1]
