@@ -18,7 +18,8 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``collector`` argument parser."""
-    from collector import solve_cmd  # noqa: PLC0415  (each command module is imported on demand)
+    # Imported here so `collector --help` stays fast and a broken command cannot stop others.
+    from collector import query_cmd, run_cmd  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="collector",
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    solve_cmd.add_parser(sub)
+    run_cmd.add_parser(sub)
+    query_cmd.add_parser(sub)
+    # solve_cmd.add_parser(sub)
     return parser
 
 

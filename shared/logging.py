@@ -33,6 +33,10 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound with the component name."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(component=name)
+    """A lazy logger bound with the component name.
+
+    Lazy, so module-level loggers pick up :func:`configure_logging` even though modules
+    are imported before the entry point configures logging.
+    """
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name)
     return logger

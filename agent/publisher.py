@@ -1,0 +1,173 @@
+"""MQTT side of the agent: a bounded offline buffer and a reconnecting publisher.
+
+Samples go into :class:`SampleBuffer` as encoded bytes. :class:`Publisher` keeps one
+connection (outer reconnect loop, randomised capped backoff, as aiomqtt documents), sends
+the retained inventory and ``online`` status on every connect, then publishes the buffer in
+order with QoS 1. A sample leaves the buffer only after the broker's PUBACK, so a broker
+that goes away mid-publish costs at most a duplicate (the collector drops those), never a
+loss. When the buffer is full the oldest sample goes, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+import aiomqtt
+
+from shared.logging import get_logger
+from shared.schema import NodeStatus, encode
+from shared.settings import MqttSettings
+from shared.topics import inventory_topic, sample_topic, status_topic
+
+__all__ = ["Publisher", "SampleBuffer"]
+
+log = get_logger("publisher")
+
+_PUBLISH_TIMEOUT_S: Final = 10.0
+
+
+class SampleBuffer:
+    """FIFO of encoded samples with a fixed capacity; drops the oldest when full."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: deque[bytes] = deque()
+        self._nonempty = asyncio.Event()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, payload: bytes) -> None:
+        """Append a sample; if full, drop the oldest first (counted, logged every 100)."""
+        if len(self._items) >= self.capacity:
+            self._items.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("buffer_full_dropped_oldest", dropped_total=self.dropped,
+                            capacity=self.capacity)
+        self._items.append(payload)
+        self._nonempty.set()
+
+    def peek(self) -> bytes | None:
+        """The oldest sample, left in place."""
+        return self._items[0] if self._items else None
+
+    def remove(self, payload: bytes) -> None:
+        """Remove ``payload`` if it is still the oldest (it may have been dropped meanwhile)."""
+        if self._items and self._items[0] is payload:
+            self._items.popleft()
+        if not self._items:
+            self._nonempty.clear()
+
+    async def wait(self) -> None:
+        """Return once the buffer holds something."""
+        await self._nonempty.wait()
+
+
+class Publisher:
+    """Publishes a node's samples, inventory and status; reconnects forever."""
+
+    def __init__(
+        self,
+        mqtt: MqttSettings,
+        node_id: str,
+        buffer: SampleBuffer,
+        inventory: Callable[[], bytes],
+        clock: Callable[[], float],
+    ) -> None:
+        self.mqtt = mqtt
+        self.node_id = node_id
+        self.buffer = buffer
+        self._inventory = inventory
+        self._clock = clock
+        self._topic = sample_topic(node_id)
+        self.published = 0
+        self.connects = 0
+        self.connected = asyncio.Event()
+
+    def _status(self, status: str) -> bytes:
+        ts = self._clock() if status == "online" else None
+        return encode(NodeStatus(v=1, node=self.node_id, status=status, ts=ts))  # type: ignore[arg-type]
+
+    def _client(self) -> aiomqtt.Client:
+        m = self.mqtt
+        return aiomqtt.Client(
+            m.host,
+            m.port,
+            username=m.username,
+            password=m.password,
+            identifier=f"capwatch-agent-{self.node_id}",
+            clean_session=True,
+            keepalive=m.keepalive_s,
+            tls_context=m.tls_context(),
+            timeout=_PUBLISH_TIMEOUT_S,
+            will=aiomqtt.Will(status_topic(self.node_id), self._status("offline"), qos=1, retain=True),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set; then flush (bounded) and say ``offline``."""
+        delay = self.mqtt.reconnect_min_s
+        while not stop.is_set():
+            try:
+                async with self._client() as client:
+                    await self._announce(client)
+                    self.connects += 1
+                    self.connected.set()
+                    log.info("mqtt_connected", broker=f"{self.mqtt.host}:{self.mqtt.port}",
+                             buffered=len(self.buffer))
+                    delay = self.mqtt.reconnect_min_s
+                    await self._drain(client, stop)
+                    await self._goodbye(client)
+                    return
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                log.warning("mqtt_disconnected", error=str(exc), buffered=len(self.buffer),
+                            retry_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                delay = max(self.mqtt.reconnect_min_s,
+                            min(self.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0))  # noqa: S311
+
+    async def _announce(self, client: aiomqtt.Client) -> None:
+        async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+            await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
+            await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
+
+    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Publish buffered samples in order until stop; a sample leaves only after PUBACK."""
+        while True:
+            payload = self.buffer.peek()
+            if payload is None:
+                if stop.is_set():
+                    return
+                waiter = asyncio.ensure_future(self.buffer.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+                continue
+            try:
+                async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+                    await client.publish(self._topic, payload, qos=1)
+            except TimeoutError as exc:
+                raise aiomqtt.MqttError("publish not acknowledged in time") from exc
+            self.buffer.remove(payload)
+            self.published += 1
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        # A clean disconnect does not fire the will, so say offline ourselves.
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+                await client.publish(status_topic(self.node_id), self._status("offline"),
+                                     qos=1, retain=True)

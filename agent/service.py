@@ -1,0 +1,77 @@
+"""The agent's lifecycle: one sampling task and one publishing task.
+
+The sampler ticks on a monotonic schedule (``start + k * interval``; a late tick is not
+made up twice), takes a sample in a worker thread (NVML calls block), encodes it and puts
+it in the bounded buffer. The publisher empties the buffer whenever the broker is there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from agent.node import NodeSampler
+from agent.publisher import Publisher, SampleBuffer
+from agent.settings import AgentSettings
+from shared.clock import Clock, SystemClock
+from shared.logging import get_logger
+from shared.schema import encode
+
+__all__ = ["AgentService"]
+
+log = get_logger("agent")
+
+
+class AgentService:
+    """``await AgentService(settings, sampler).run()`` until :meth:`stop`."""
+
+    def __init__(
+        self, settings: AgentSettings, sampler: NodeSampler, *, clock: Clock | None = None
+    ) -> None:
+        self.settings = settings
+        self.sampler = sampler
+        self.clock: Clock = clock or SystemClock()
+        self.buffer = SampleBuffer(settings.buffer_samples)
+        self._stop = asyncio.Event()
+        self._inventory = b""
+        self.publisher = Publisher(
+            settings.mqtt, settings.node_id, self.buffer, lambda: self._inventory, self.clock.time
+        )
+        self.samples_taken = 0
+
+    def stop(self) -> None:
+        """Finish: stop sampling, flush what the broker will take, publish offline."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Sample and publish until :meth:`stop`."""
+        inventory = await asyncio.to_thread(self.sampler.start)
+        self._inventory = encode(inventory)
+        log.info("agent_started", node=self.settings.node_id, gpus=len(inventory.gpus),
+                 gpu_status=inventory.gpu_status, interval_s=self.settings.interval_s,
+                 buffer_samples=self.buffer.capacity)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._sample_loop(), name="sampler")
+                tg.create_task(self.publisher.run(self._stop), name="publisher")
+        finally:
+            await asyncio.to_thread(self.sampler.close)
+        log.info("agent_stopped", samples=self.samples_taken, published=self.publisher.published,
+                 dropped=self.buffer.dropped, unsent=len(self.buffer))
+
+    async def _sample_loop(self) -> None:
+        interval = self.settings.interval_s
+        next_tick = self.clock.monotonic()
+        while not self._stop.is_set():
+            sample = await asyncio.to_thread(self.sampler.sample)
+            self.buffer.put(encode(sample))
+            self.samples_taken += 1
+            next_tick += interval
+            now = self.clock.monotonic()
+            if next_tick < now:  # fell behind (suspended, overloaded): skip, don't burst
+                skipped = int((now - next_tick) // interval) + 1
+                next_tick += skipped * interval
+                log.warning("ticks_skipped", count=skipped)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_tick - now):
+                    await self._stop.wait()

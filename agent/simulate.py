@@ -1,0 +1,269 @@
+"""``agent simulate``: a synthetic fleet publishing realistic samples.
+
+Each simulated node gets an xname id (``x1000c0s0b0n0`` ...), ``gpus_per_node`` fake H100s
+and a deterministic load profile drawn from the seed (a base load, a slow sinusoid, per-GPU
+jitter), so the same seed always gives the same fleet. GPU power follows utilisation between
+idle and the power limit; the energy counter integrates it, so interval power from the
+counter and the instantaneous reading agree as on real parts.
+
+Publishing uses one MQTT connection and ``workers`` coroutines that each await their own
+QoS 1 PUBACKs, so up to ``workers`` messages are in flight without one task per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiomqtt
+
+from shared.logging import get_logger
+from shared.schema import (
+    CpuStats,
+    DiskIoStats,
+    DiskStats,
+    GpuInfo,
+    GpuSample,
+    Inventory,
+    MemStats,
+    NetStats,
+    NodeStatus,
+    Sample,
+    encode,
+)
+from shared.settings import MqttSettings
+from shared.topics import inventory_topic, sample_topic, status_topic
+
+__all__ = ["FleetSimulator", "SimStats", "publish_fleet", "xname"]
+
+log = get_logger("simulate")
+
+_GPU_NAME: Final = "NVIDIA H100 80GB HBM3"
+_GPU_MEM: Final = 80 * 1024**3
+_GPU_LIMIT_W: Final = 700.0
+_GPU_IDLE_W: Final = 70.0
+_NODE_MEM: Final = 2 * 1024**4
+_CPUS: Final = 224
+
+
+def _level(util: int) -> tuple[float, int, float, int, int, int, float]:
+    busy = util > 5
+    return (
+        _GPU_IDLE_W + (_GPU_LIMIT_W - _GPU_IDLE_W) * util / 100,
+        int(_GPU_MEM * (0.1 + 0.8 * util / 100)),
+        round(32 + 0.45 * util, 1),
+        1980 if busy else 345,
+        0 if busy else 1,  # 1 = GPU idle (nvmlClocksEventReasonGpuIdle)
+        0 if busy else 8,
+        round(util * 0.6, 1),
+    )
+
+
+# Per whole-percent utilisation: (power W, memory used, temperature, SM clock, clock event
+# reasons, pstate, memory util). A table keeps generation cheap enough to drive the
+# collector at fleet rate from the same machine.
+_LEVELS: Final = tuple(_level(u) for u in range(101))
+
+
+def xname(i: int) -> str:
+    """The i-th node's HPE Cray style name: cabinet, chassis, slot, board, node."""
+    return f"x{1000 + i // 256}c{(i // 32) % 8}s{(i // 4) % 8}b{(i // 2) % 2}n{i % 2}"
+
+
+@dataclass(slots=True)
+class _Profile:
+    base: float
+    amp: float
+    period_s: float
+    phase: float
+    energy_j: list[float]
+
+
+@dataclass(slots=True)
+class SimStats:
+    """What a simulation run did."""
+
+    published: int = 0
+    ticks: int = 0
+    late_ticks: int = 0
+    elapsed_s: float = 0.0
+    errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class FleetSimulator:
+    """Generates samples and inventories for ``nodes`` synthetic nodes."""
+
+    def __init__(
+        self, nodes: int, *, gpus_per_node: int = 8, seed: int = 0, interval_s: float = 5.0,
+        first_index: int = 0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("nodes must be at least 1")
+        self.gpus_per_node = gpus_per_node
+        self.interval_s = interval_s
+        self.seed = seed
+        self.node_ids = [xname(first_index + i) for i in range(nodes)]
+        rng = random.Random(seed)
+        self._profiles = [
+            _Profile(
+                base=rng.uniform(10, 85),
+                amp=rng.uniform(0, 15),
+                period_s=rng.uniform(300, 3600),
+                phase=rng.uniform(0, 2 * math.pi),
+                energy_j=[rng.uniform(1e6, 1e9) for _ in range(gpus_per_node)],
+            )
+            for _ in range(nodes)
+        ]
+        self._uuids = [
+            [f"GPU-{seed:04x}{i:08x}-{g:04x}-4000-8000-{(seed * 7919 + i * 131 + g):012x}"
+             for g in range(gpus_per_node)]
+            for i in range(nodes)
+        ]
+        self._seq = 0
+
+    def inventory(self, i: int, ts: float) -> Inventory:
+        """Node ``i``'s retained inventory."""
+        node = self.node_ids[i]
+        return Inventory(
+            v=1, node=node, ts=ts, host=node, agent_version="simulated",
+            cpu_model="AMD EPYC 9654 96-Core Processor (simulated)", cpu_count=_CPUS,
+            cpu_cores=_CPUS // 2, mem_total_bytes=_NODE_MEM,
+            gpus=[
+                GpuInfo(index=g, name=_GPU_NAME, uuid=self._uuids[i][g],
+                        serial=f"16523{i:06d}{g:02d}", pci_bus_id=f"00000000:{0x18 + g * 0x10:02X}:00.0",
+                        power_limit_w=_GPU_LIMIT_W, mig_mode=False, mem_total_bytes=_GPU_MEM)
+                for g in range(self.gpus_per_node)
+            ],
+            gpu_driver="550.90.07", gpu_status="ok",
+        )
+
+    def sample(self, i: int, ts: float, seq: int) -> Sample:
+        """Node ``i`` at time ``ts`` (deterministic for a seed, ts and seq)."""
+        p = self._profiles[i]
+        load = p.base + p.amp * math.sin(2 * math.pi * ts / p.period_s + p.phase)
+        dt = self.interval_s
+        uuids = self._uuids[i]
+        energy = p.energy_j
+        gpus = []
+        total_util = 0
+        for g in range(self.gpus_per_node):
+            # NVML reports whole percents; per-GPU jitter of -2..+2 points, deterministic.
+            util = int(load + ((i * 2654435761 + g * 40503 + seq * 97) % 5) - 2)
+            util = 0 if util < 0 else min(util, 100)
+            total_util += util
+            watts, mem_used, temp_c, clock, reasons, pstate, mem_util = _LEVELS[util]
+            energy[g] += watts * dt
+            gpus.append(GpuSample(
+                index=g, uuid=uuids[g], util_pct=util, mem_util_pct=mem_util,
+                mem_used_bytes=mem_used, mem_total_bytes=_GPU_MEM,
+                power_w=watts + (seq % 7) - 3, power_interval_w=watts,
+                energy_j=round(energy[g], 1), temp_c=temp_c, sm_clock_mhz=clock,
+                clock_event_reasons=reasons, pstate=pstate,
+            ))
+        mean_util = total_util / self.gpus_per_node if self.gpus_per_node else p.base
+        cpu_pct = min(100.0, 3.0 + mean_util * 0.25)
+        mem_used = int(_NODE_MEM * (0.15 + 0.5 * mean_util / 100))
+        return Sample(
+            v=1, node=self.node_ids[i], ts=ts, seq=seq, interval_s=dt,
+            cpu=CpuStats(count=_CPUS, pct=round(cpu_pct, 1), load1=round(cpu_pct * 2.2, 2),
+                         load5=round(cpu_pct * 2.1, 2), load15=round(cpu_pct * 2.0, 2)),
+            mem=MemStats(total_bytes=_NODE_MEM, used_bytes=mem_used,
+                         available_bytes=_NODE_MEM - mem_used),
+            disks=[DiskStats(mount="/", device="/dev/nvme0n1p2", fstype="ext4",
+                             total_bytes=1_900_000_000_000, used_bytes=420_000_000_000)],
+            disk_io=DiskIoStats(read_bytes_per_s=2.0e6 * mean_util, write_bytes_per_s=5.0e5 * mean_util),
+            net=NetStats(rx_bytes_per_s=1.2e8 * mean_util, tx_bytes_per_s=1.1e8 * mean_util),
+            cpu_power_w=round(180 + 3.2 * cpu_pct * 4, 1),
+            gpus=gpus,
+        )
+
+    def tick(self, ts: float) -> Iterator[tuple[str, bytes]]:
+        """(topic, payload) of every node for one tick at ``ts``; advances the sequence."""
+        seq = self._seq
+        self._seq += 1
+        for i, node in enumerate(self.node_ids):
+            yield sample_topic(node), encode(self.sample(i, ts, seq))
+
+
+async def publish_fleet(
+    mqtt: MqttSettings,
+    sim: FleetSimulator,
+    *,
+    ticks: int | None = None,
+    burst: bool = False,
+    workers: int = 256,
+    stop: asyncio.Event | None = None,
+    start_ts: float | None = None,
+    client_id: str = "capwatch-simulator",
+) -> SimStats:
+    """Publish inventories, ``online`` statuses, then samples every interval.
+
+    ``burst``: no waiting between ticks; sample timestamps still step by the interval from
+    ``start_ts`` (the benchmark uses this to offer load as fast as the broker takes it).
+    """
+    stop = stop or asyncio.Event()
+    stats = SimStats()
+    queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=workers * 8)
+    t0 = time.monotonic()
+    async with aiomqtt.Client(
+        mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password,
+        identifier=client_id, clean_session=True, keepalive=mqtt.keepalive_s,
+        tls_context=mqtt.tls_context(), max_inflight_messages=workers, timeout=30,
+    ) as client:
+        # Many publishes in flight is the point here, not a symptom: silence that warning.
+        client.pending_calls_threshold = workers + 1
+
+        async def worker() -> None:
+            while True:
+                topic, payload, retain = await queue.get()
+                try:
+                    await client.publish(topic, payload, qos=1, retain=retain)
+                    stats.published += 0 if retain else 1
+                except aiomqtt.MqttError:
+                    stats.errors += 1
+                    raise
+                finally:
+                    queue.task_done()
+
+        async with asyncio.TaskGroup() as tg:
+            pool = [tg.create_task(worker(), name=f"sim-publisher-{k}") for k in range(workers)]
+            now = time.time()
+            for i, node in enumerate(sim.node_ids):
+                await queue.put((inventory_topic(node), encode(sim.inventory(i, now)), True))
+                await queue.put((status_topic(node),
+                                 encode(NodeStatus(v=1, node=node, status="online", ts=now)), True))
+            base_ts = start_ts if start_ts is not None else now
+            next_tick = time.monotonic()
+            while not stop.is_set() and (ticks is None or stats.ticks < ticks):
+                ts = base_ts + stats.ticks * sim.interval_s if burst else time.time()
+                for topic, payload in sim.tick(ts):
+                    await queue.put((topic, payload, False))
+                stats.ticks += 1
+                if burst:
+                    continue
+                next_tick += sim.interval_s
+                delay = next_tick - time.monotonic()
+                if delay < 0:
+                    stats.late_ticks += 1
+                    next_tick = time.monotonic()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+            await queue.join()
+            now = time.time()
+            for node in sim.node_ids:
+                await queue.put((status_topic(node),
+                                 encode(NodeStatus(v=1, node=node, status="offline", ts=now)), True))
+            await queue.join()
+            for task in pool:
+                task.cancel()
+    stats.elapsed_s = time.monotonic() - t0
+    return stats

@@ -1,0 +1,42 @@
+"""Output for people (aligned tables) and scripts (JSON), shared by every command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+__all__ = ["Column", "print_json", "render_table"]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One table column: the row key, its header, and how to show a value."""
+
+    key: str
+    header: str
+    fmt: Callable[[Any], str] = str
+    align_right: bool = True
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """Rows as an aligned text table; ``None`` shows as ``-``."""
+    cells = [[c.header for c in columns]]
+    for row in rows:
+        cells.append(["-" if row.get(c.key) is None else c.fmt(row[c.key]) for c in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = []
+    for r in cells:
+        parts = [
+            v.rjust(w) if c.align_right else v.ljust(w)
+            for v, w, c in zip(r, widths, columns, strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def print_json(data: Any, out: TextIO | None = None) -> None:
+    """Pretty JSON on stdout (stable key order as built)."""
+    print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)

@@ -1,0 +1,338 @@
+"""The rolling SQLite store.
+
+One :class:`Store` owns one aiosqlite connection (WAL mode, so ``collector query`` can read
+while the daemon writes). Only the collector's writer task calls the ``write_*`` methods;
+readers open their own connection with :meth:`Store.open_readonly`.
+
+Schema changes are ordered, named migrations recorded in ``schema_migrations``.
+
+Tables:
+
+``samples``
+    one row per node sample: summary columns for fast queries plus the validated payload
+    (``payload``, the JSON exactly as received) for per-GPU detail. ``(node, ts_ms)`` is
+    unique, which is what makes QoS 1 redelivery harmless (``INSERT OR IGNORE``).
+``nodes``
+    one row per node: status from the status topic, latest sample summary, inventory.
+``counters``
+    the collector's counters (received, stored, duplicates, rejected by reason), flushed
+    periodically so other processes can read them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, NamedTuple, Self
+
+import aiosqlite
+
+from shared.errors import StoreError
+from shared.logging import get_logger
+
+__all__ = [
+    "MIGRATIONS",
+    "NodeUpdate",
+    "SampleRow",
+    "Store",
+]
+
+log = get_logger("store")
+
+
+class SampleRow(NamedTuple):
+    """One row of ``samples``, in column order."""
+
+    node: str
+    ts_ms: int
+    seq: int
+    received_ms: int
+    interval_s: float
+    cpu_pct: float | None
+    mem_used_bytes: int
+    mem_total_bytes: int
+    gpu_count: int
+    gpu_util_pct: float | None
+    gpu_mem_used_bytes: int | None
+    gpu_power_w: float | None
+    cpu_power_w: float | None
+    payload: bytes
+
+
+@dataclass(slots=True)
+class NodeUpdate:
+    """Latest facts about one node, merged into ``nodes`` by the writer."""
+
+    node: str
+    last_ts: float | None = None
+    last_received: float | None = None
+    interval_s: float | None = None
+    gpu_count: int | None = None
+    cpu_pct: float | None = None
+    gpu_util_pct: float | None = None
+    gpu_power_w: float | None = None
+    cpu_power_w: float | None = None
+    status: str | None = None
+    status_ts: float | None = None
+    inventory: bytes | None = None
+    inventory_ts: float | None = None
+
+
+MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE samples (
+            node TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            received_ms INTEGER NOT NULL,
+            interval_s REAL NOT NULL,
+            cpu_pct REAL,
+            mem_used_bytes INTEGER NOT NULL,
+            mem_total_bytes INTEGER NOT NULL,
+            gpu_count INTEGER NOT NULL,
+            gpu_util_pct REAL,
+            gpu_mem_used_bytes INTEGER,
+            gpu_power_w REAL,
+            cpu_power_w REAL,
+            payload BLOB NOT NULL
+        );
+        -- rowid grows with arrival, so retention deletes from the start of the table;
+        -- this index both dedups redelivered samples and serves per-node queries.
+        CREATE UNIQUE INDEX samples_node_ts ON samples (node, ts_ms);
+        CREATE TABLE nodes (
+            node TEXT PRIMARY KEY,
+            status TEXT,
+            status_ts REAL,
+            last_ts REAL,
+            last_received REAL,
+            interval_s REAL,
+            gpu_count INTEGER,
+            cpu_pct REAL,
+            gpu_util_pct REAL,
+            gpu_power_w REAL,
+            cpu_power_w REAL,
+            inventory BLOB,
+            inventory_ts REAL
+        );
+        CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL,
+            updated REAL NOT NULL
+        );
+        """,
+    ),
+)
+
+_INSERT_SAMPLE: Final = (
+    "INSERT OR IGNORE INTO samples (node, ts_ms, seq, received_ms, interval_s, cpu_pct, "
+    "mem_used_bytes, mem_total_bytes, gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, "
+    "cpu_power_w, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# Latest-sample facts only move forward in time: a late (buffered) sample must not
+# overwrite a newer one.
+_UPSERT_LATEST: Final = """
+INSERT INTO nodes (node, last_ts, last_received, interval_s, gpu_count, cpu_pct, gpu_util_pct,
+                   gpu_power_w, cpu_power_w)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (node) DO UPDATE SET
+    last_received = max(coalesce(nodes.last_received, 0), excluded.last_received),
+    last_ts = excluded.last_ts, interval_s = excluded.interval_s,
+    gpu_count = excluded.gpu_count, cpu_pct = excluded.cpu_pct,
+    gpu_util_pct = excluded.gpu_util_pct, gpu_power_w = excluded.gpu_power_w,
+    cpu_power_w = excluded.cpu_power_w
+WHERE nodes.last_ts IS NULL OR excluded.last_ts >= nodes.last_ts
+"""
+
+_UPSERT_STATUS: Final = """
+INSERT INTO nodes (node, status, status_ts) VALUES (?, ?, ?)
+ON CONFLICT (node) DO UPDATE SET status = excluded.status, status_ts = excluded.status_ts
+"""
+
+_UPSERT_INVENTORY: Final = """
+INSERT INTO nodes (node, inventory, inventory_ts) VALUES (?, ?, ?)
+ON CONFLICT (node) DO UPDATE SET inventory = excluded.inventory,
+                                 inventory_ts = excluded.inventory_ts
+"""
+
+
+class Store:
+    """Async context manager around the SQLite file.
+
+    >>> async with Store(path) as store:
+    ...     await store.write_samples(rows)
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._conn: aiosqlite.Connection | None = None
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Self:
+        """A store for queries: fails clearly if the file does not exist, never writes."""
+        return cls(path, readonly=True)
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        """The open connection."""
+        if self._conn is None:
+            raise StoreError("store is not open: use `async with Store(path)`")
+        return self._conn
+
+    async def __aenter__(self) -> Self:
+        try:
+            if self.readonly:
+                if not self.path.is_file():
+                    raise StoreError(
+                        f"no capwatch database at {str(self.path)!r}: start `collector run` "
+                        "first or pass --db / CAPWATCH_DB_PATH"
+                    )
+                uri = f"file:{self.path.resolve()}?mode=ro"
+                self._conn = await aiosqlite.connect(uri, uri=True)
+                await self._conn.execute("PRAGMA busy_timeout = 5000")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._conn = await aiosqlite.connect(self.path)
+                for pragma in (
+                    "PRAGMA journal_mode = WAL",
+                    # NORMAL in WAL mode: a power cut may lose the last commits, never corrupts.
+                    "PRAGMA synchronous = NORMAL",
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA temp_store = MEMORY",
+                    "PRAGMA cache_size = -65536",
+                ):
+                    await self._conn.execute(pragma)
+                await self._migrate()
+        except sqlite3.Error as exc:
+            await self._close()
+            raise StoreError(f"cannot open database {str(self.path)!r}: {exc}") from exc
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    async def _migrate(self) -> None:
+        conn = self.conn
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        async with conn.execute("SELECT name FROM schema_migrations") as cur:
+            done = {row[0] async for row in cur}
+        for name, sql in MIGRATIONS:
+            if name in done:
+                continue
+            await conn.executescript(
+                f"BEGIN;\n{sql}\nINSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
+                "\nCOMMIT;"
+            )
+            log.info("migration_applied", name=name, db=str(self.path))
+
+    async def migrations(self) -> list[str]:
+        """Names of the applied migrations, in order."""
+        return [row[0] for row in await self.fetchall("SELECT name FROM schema_migrations ORDER BY name")]
+
+    # -- writer side ---------------------------------------------------------------------
+
+    async def write_batch(
+        self, rows: Sequence[SampleRow], updates: Iterable[NodeUpdate] = ()
+    ) -> int:
+        """Insert sample rows (duplicates ignored) and node updates in one transaction.
+
+        Returns how many sample rows were new.
+        """
+        conn = self.conn
+        try:
+            cur = await conn.executemany(_INSERT_SAMPLE, rows)
+            inserted = cur.rowcount if rows else 0
+            await cur.close()
+            latest: list[tuple[Any, ...]] = []
+            statuses: list[tuple[Any, ...]] = []
+            inventories: list[tuple[Any, ...]] = []
+            for u in updates:
+                if u.last_ts is not None:
+                    latest.append(
+                        (u.node, u.last_ts, u.last_received, u.interval_s, u.gpu_count,
+                         u.cpu_pct, u.gpu_util_pct, u.gpu_power_w, u.cpu_power_w)
+                    )
+                if u.status is not None:
+                    statuses.append((u.node, u.status, u.status_ts))
+                if u.inventory is not None:
+                    inventories.append((u.node, u.inventory, u.inventory_ts))
+            if latest:
+                await conn.executemany(_UPSERT_LATEST, latest)
+            if statuses:
+                await conn.executemany(_UPSERT_STATUS, statuses)
+            if inventories:
+                await conn.executemany(_UPSERT_INVENTORY, inventories)
+            await conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"writing {len(rows)} samples failed: {exc}") from exc
+        return max(inserted, 0)
+
+    async def write_counters(self, counters: dict[str, int], now: float) -> None:
+        """Replace the stored counters with the collector's current ones."""
+        try:
+            await self.conn.executemany(
+                "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                [(k, v, now) for k, v in counters.items()],
+            )
+            await self.conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"writing counters failed: {exc}") from exc
+
+    async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
+        """Delete at most ``chunk_rows`` samples older than ``cutoff_ms``; return how many.
+
+        Small chunks keep each write transaction short, so ingestion never stalls behind
+        retention. Rows are taken from the start of the table (oldest arrivals first).
+        """
+        try:
+            cur = await self.conn.execute(
+                "DELETE FROM samples WHERE rowid IN "
+                "(SELECT rowid FROM samples WHERE ts_ms < ? ORDER BY rowid LIMIT ?)",
+                (cutoff_ms, chunk_rows),
+            )
+            deleted = cur.rowcount
+            await cur.close()
+            await self.conn.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"retention delete failed: {exc}") from exc
+        return max(deleted, 0)
+
+    # -- reader side ---------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run a read query and return all rows (``sqlite3.Row``: by index or name)."""
+        try:
+            self.conn.row_factory = sqlite3.Row
+            async with self.conn.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"query failed: {exc}") from exc
+        return list(rows)
+
+    async def counters(self) -> dict[str, int]:
+        """The counters last flushed by the collector."""
+        return {r["name"]: r["value"] for r in await self.fetchall("SELECT name, value FROM counters")}
