@@ -58,8 +58,14 @@ _PREFIX_PARTS: Final = PREFIX.count("/") + 1
 
 
 def parse_topic(topic: str) -> tuple[str, str] | None:
-    """Split ``capwatch/v1/nodes/<node>/<kind>`` into ``(node, kind)``; ``None`` if foreign."""
+    """Split ``capwatch/v1/nodes/<node>/<kind>`` into ``(node, kind)``.
+
+    ``None`` if the topic is foreign or the node level is not a valid node id.
+    """
     parts = topic.split("/")
     if len(parts) != _PREFIX_PARTS + 2 or "/".join(parts[:_PREFIX_PARTS]) != PREFIX:
         return None
-    return parts[_PREFIX_PARTS], parts[_PREFIX_PARTS + 1]
+    node = parts[_PREFIX_PARTS]
+    if not NODE_ID_RE.match(node):
+        return None
+    return node, parts[_PREFIX_PARTS + 1]

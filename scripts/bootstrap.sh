@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtualenv in .venv with capwatch and its dev tools.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (a stamp skips pip when
+# pyproject.toml has not changed).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+
+pick_python() {
+  for py in "${CAPWATCH_PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+       "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  echo "capwatch needs Python >= 3.11 (apt-get install python3 python3-venv, or set CAPWATCH_PYTHON)" >&2
+  return 1
+}
+
+if [ ! -x "$venv/bin/python" ]; then
+  py="$(pick_python)"
+  echo "==> creating virtualenv .venv with $py" >&2
+  "$py" -m venv "$venv"
+fi
+stamp="$venv/.capwatch-installed"
+if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
+  echo "==> installing capwatch and its dependencies into .venv" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
+  touch "$stamp"
+fi

@@ -1,0 +1,41 @@
+"""Small helpers for async tests (polling with a deadline, reading the SQLite file)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll ``pred`` every 50 ms; fail with ``what`` if it is not true within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or pred}")
+        await asyncio.sleep(0.05)
+
+
+def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a read query on a (possibly live, WAL) database file with a fresh connection."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def count_samples(db: Path, node: str | None = None) -> int:
+    """Stored sample rows, for one node or all."""
+    if node is None:
+        rows = db_rows(db, "SELECT count(*) FROM samples")
+    else:
+        rows = db_rows(db, "SELECT count(*) FROM samples WHERE node = ?", (node,))
+    return int(rows[0][0]) if rows else 0

@@ -1,0 +1,55 @@
+"""Fixtures for whole-system tests: a collector running in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from collector.localbroker import MosquittoBroker
+from collector.service import Collector
+from collector.settings import CollectorSettings
+from shared.settings import MqttSettings
+
+
+def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
+    """Broker settings with short reconnect backoff, for tests."""
+    return MqttSettings(host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0)
+
+
+class CollectorRunner:
+    """Starts and stops real :class:`Collector` instances on one database file."""
+
+    def __init__(self, broker: MosquittoBroker, db: Path) -> None:
+        self.settings = CollectorSettings(mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05)
+        self.db = db
+        self.collector: Collector | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Collector:
+        """Start a collector and wait until it is subscribed."""
+        assert self._task is None, "stop the running collector first"
+        self.collector = Collector(self.settings)
+        self._task = asyncio.create_task(self.collector.run(), name="collector-under-test")
+        async with asyncio.timeout(15):
+            await self.collector.connected.wait()
+        return self.collector
+
+    async def stop(self) -> None:
+        """Stop it and wait until everything it received is committed."""
+        if self.collector is None or self._task is None:
+            return
+        self.collector.stop()
+        task, self._task = self._task, None
+        async with asyncio.timeout(20):
+            await task
+
+
+@pytest.fixture
+async def collector_runner(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[CollectorRunner]:
+    """A :class:`CollectorRunner` on ``tmp_path/capwatch.db``; stopped after the test."""
+    runner = CollectorRunner(mosquitto, tmp_path / "capwatch.db")
+    yield runner
+    await runner.stop()
