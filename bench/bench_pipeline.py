@@ -1,0 +1,201 @@
+"""Pipeline benchmark: simulator -> real Mosquitto -> collector -> SQLite. Prints figures.
+
+Two measurements (not pass/fail; targets are in the issue):
+
+``drain``
+    The collector registers its persistent session and stops; the simulator publishes
+    ``nodes x ticks`` 8-GPU samples, which the broker queues; the collector starts again and
+    we time until every sample is stored. This is the collector's sustained ingest rate with
+    the whole machine to itself (the simulator is not competing for the 2 cores).
+``live``
+    Collector running while the simulator publishes ``nodes`` samples every second for
+    ``seconds``: does everything offered get stored, and how far does the store lag?
+    Simulator, broker and collector share the machine here.
+
+Lost = published - stored (the store drops duplicates, so stored can never exceed published).
+
+Usage: ``.venv/bin/python bench/bench_pipeline.py [--nodes 12500] [--ticks 8] [--mode both]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from agent.simulate import FleetSimulator, publish_fleet
+from collector.localbroker import MosquittoBroker
+from shared.settings import MqttSettings
+
+BIN = Path(sys.executable).parent
+
+
+def _stored(db: Path) -> int:
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            row = conn.execute("SELECT count(*) FROM samples").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0])
+
+
+def _max_rowid(db: Path) -> int:
+    # O(log n): rows are only inserted during a run, so max(rowid) tracks the count.
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            row = conn.execute("SELECT max(rowid) FROM samples").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+    return int(row[0] or 0)
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _Collector:
+    def __init__(self, broker: MosquittoBroker, db: Path, log: Path) -> None:
+        self.argv = [str(BIN / "collector"), "run", "--host", broker.host, "--port", str(broker.port),
+                     "--db", str(db), "--log-level", "warning"]
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT)  # noqa: S603
+        return self.proc
+
+    def stop(self) -> tuple[float, float]:
+        """SIGTERM and wait; return (cpu s, peak RSS MB) of the process."""
+        assert self.proc is not None
+        cpu, rss = _cpu_s(self.proc.pid), _rss_mb(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        return cpu, rss
+
+
+def _wait_stored(db: Path, target: int, timeout_s: float) -> tuple[int, float]:
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < timeout_s:
+        n = _max_rowid(db)
+        if n >= target:
+            return n, time.monotonic() - t0
+        time.sleep(0.05)
+    return n, time.monotonic() - t0
+
+
+def bench_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
+    """Queue a burst at the broker, then time the collector storing all of it."""
+    db = work / "drain.db"
+    with MosquittoBroker(work / "broker-drain") as broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        col = _Collector(broker, db, work / "collector-drain.log")
+        col.start()
+        _wait_stored(db, 0, 1)
+        time.sleep(1.5)  # subscribed: the broker now keeps a session for it
+        col.stop()
+        sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
+        t0 = time.monotonic()
+        stats = asyncio.run(publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=1.8e9))
+        publish_s = time.monotonic() - t0
+        proc = col.start()
+        stored, took = _wait_stored(db, stats.published, timeout_s=600)
+        cpu, rss = col.stop()
+        stored = _stored(db)
+        del proc
+    return {
+        "published": stats.published,
+        "publish_rate_per_s": round(stats.published / publish_s),
+        "stored": stored,
+        "lost": stats.published - stored,
+        "drain_s": round(took, 2),
+        "stored_per_s": round(stored / took),
+        "collector_cpu_s": round(cpu, 2),
+        "collector_cpu_us_per_sample": round(cpu / max(stored, 1) * 1e6, 1),
+        "collector_peak_rss_mb": round(rss, 1),
+        "db_bytes_per_sample": round(db.stat().st_size / max(stored, 1)),
+    }
+
+
+def bench_live(work: Path, nodes: int, seconds: int) -> dict[str, float]:
+    """Collector running while the simulator offers ``nodes`` samples per second."""
+    db = work / "live.db"
+    with MosquittoBroker(work / "broker-live") as broker:
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        col = _Collector(broker, db, work / "collector-live.log")
+        col.start()
+        time.sleep(1.5)
+        sim = FleetSimulator(nodes, gpus_per_node=8, seed=8, interval_s=1.0)
+        t0 = time.monotonic()
+        stats = asyncio.run(publish_fleet(mqtt, sim, ticks=seconds, burst=False))
+        offered_s = time.monotonic() - t0
+        stored_at_end = _max_rowid(db)
+        stored, lag = _wait_stored(db, stats.published, timeout_s=300)
+        cpu, rss = col.stop()
+        stored = _stored(db)
+    return {
+        "offered_per_s": nodes,
+        "published": stats.published,
+        "publish_s": round(offered_s, 2),
+        "achieved_publish_per_s": round(stats.published / offered_s),
+        "late_ticks": stats.late_ticks,
+        "stored_when_publishing_ended": stored_at_end,
+        "catch_up_s": round(lag, 2),
+        "stored": stored,
+        "lost": stats.published - stored,
+        "stored_per_s_overall": round(stored / (offered_s + lag)),
+        "collector_cpu_us_per_sample": round(cpu / max(stored, 1) * 1e6, 1),
+        "collector_peak_rss_mb": round(rss, 1),
+    }
+
+
+def main() -> None:
+    """Parse flags, run the chosen measurements, print figures (JSON with --json)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, default=12_500, help="8-GPU nodes (default 12500 = 100k GPUs)")
+    p.add_argument("--ticks", type=int, default=8, help="drain: ticks queued (default 8)")
+    p.add_argument("--seconds", type=int, default=10, help="live: seconds of offered load (default 10)")
+    p.add_argument("--mode", choices=["drain", "live", "both"], default="both")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="capwatch-bench-") as tmp:
+        work = Path(tmp)
+        if args.mode in ("drain", "both"):
+            results["drain"] = bench_drain(work, args.nodes, args.ticks)
+        if args.mode in ("live", "both"):
+            results["live"] = bench_live(work, args.nodes, args.seconds)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for mode, figures in results.items():
+        print(f"[{mode}] nodes={args.nodes} (8 GPUs each)")
+        for k, v in figures.items():
+            print(f"  {k:32s} {v}")
+
+
+if __name__ == "__main__":
+    main()

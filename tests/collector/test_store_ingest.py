@@ -1,0 +1,107 @@
+"""The SQLite store and the ingest validator, on real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.ingest import Ingestor, sample_row
+from collector.store import MIGRATIONS, NodeUpdate, Store
+from shared.clock import FakeClock
+from shared.errors import StoreError
+from shared.schema import encode
+from shared.topics import sample_topic, status_topic
+from tests.helpers import count_samples, db_rows
+
+
+def _rows(n_nodes: int, ticks: int, t0: float = 1.8e9) -> list[tuple[object, ...]]:
+    sim = FleetSimulator(n_nodes, gpus_per_node=2, seed=4, interval_s=5)
+    out = []
+    for k in range(ticks):
+        for i in range(n_nodes):
+            s = sim.sample(i, t0 + 5 * k, k)
+            out.append(sample_row(s, encode(s), t0 + 5 * k + 0.1))
+    return out  # type: ignore[return-value]
+
+
+async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
+    """Opening twice applies each named migration once."""
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        assert await store.migrations() == [name for name, _ in MIGRATIONS]
+    async with Store(db) as store:
+        assert await store.migrations() == [name for name, _ in MIGRATIONS]
+    assert db_rows(db, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_redelivered_samples_are_stored_once(tmp_path: Path) -> None:
+    """(node, ts) is unique: writing the same rows again inserts nothing."""
+    rows = _rows(3, 4)
+    async with Store(tmp_path / "c.db") as store:
+        assert await store.write_batch(rows) == 12  # type: ignore[arg-type]
+        assert await store.write_batch(rows[5:]) == 0  # type: ignore[arg-type]
+    assert count_samples(tmp_path / "c.db") == 12
+
+
+async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None:
+    """Rows older than the cutoff go, at most chunk_rows per call; newer ones stay."""
+    rows = _rows(10, 10)  # ts_ms from 1.8e12 in 5 s steps
+    async with Store(tmp_path / "c.db") as store:
+        await store.write_batch(rows)  # type: ignore[arg-type]
+        cutoff = round((1.8e9 + 5 * 6) * 1000)  # ticks 0..5 are older: 60 rows
+        assert await store.delete_older_than(cutoff, 25) == 25
+        assert await store.delete_older_than(cutoff, 25) == 25
+        assert await store.delete_older_than(cutoff, 25) == 10
+        assert await store.delete_older_than(cutoff, 25) == 0
+    remaining = db_rows(tmp_path / "c.db", "SELECT min(ts_ms), count(*) FROM samples")
+    assert remaining == [(cutoff, 40)]
+
+
+async def test_latest_node_facts_never_go_back_in_time(tmp_path: Path) -> None:
+    """A late (buffered) sample does not overwrite a newer latest-sample summary."""
+    async with Store(tmp_path / "c.db") as store:
+        await store.write_batch([], [NodeUpdate("n1", last_ts=200.0, last_received=201.0, cpu_pct=50.0)])
+        await store.write_batch([], [NodeUpdate("n1", last_ts=100.0, last_received=202.0, cpu_pct=10.0)])
+        await store.write_batch([], [NodeUpdate("n1", status="offline", status_ts=203.0)])
+    assert db_rows(tmp_path / "c.db", "SELECT last_ts, cpu_pct, status FROM nodes") == [(200.0, 50.0, "offline")]
+
+
+async def test_readonly_store_on_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    """A query before any collector ran gets one line with the fix."""
+    with pytest.raises(StoreError, match="start `collector run` first or pass --db"):
+        async with Store.open_readonly(tmp_path / "none.db"):
+            pass
+
+
+def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
+    """Rejects are counted per reason; the summary row holds GPU aggregates."""
+    clock = FakeClock()
+    ing = Ingestor(clock)
+    sim = FleetSimulator(1, gpus_per_node=4, seed=9, interval_s=5)
+    s = sim.sample(0, 1.8e9, 0)
+    payload = encode(s)
+    result = ing.handle(sample_topic(s.node), payload)
+    assert result is not None
+    row, update = result
+    assert row is not None
+    assert row.gpu_count == 4
+    assert row.gpu_util_pct == pytest.approx(sum(g.util_pct or 0 for g in s.gpus) / 4)
+    assert row.gpu_power_w == pytest.approx(sum(g.power_interval_w or 0 for g in s.gpus))
+    assert update.last_ts == s.ts
+
+    for _ in range(3):
+        assert ing.handle(sample_topic(s.node), b"][") is None
+    assert ing.handle(sample_topic("other"), payload) is None
+    bad = msgspec.json.decode(payload)
+    bad["cpu"]["pct"] = 300
+    assert ing.handle(sample_topic(s.node), msgspec.json.encode(bad)) is None
+    assert ing.handle(status_topic(s.node), b'{"v":1,"node":"%s","status":"online"}' % s.node.encode()) is not None
+    assert ing.counters["rejected_not_json"] == 3
+    assert ing.counters["rejected_topic_mismatch"] == 1
+    assert ing.counters["rejected_invalid"] == 1
+    assert ing.counters["rejected"] == 5
+    assert ing.counters["samples"] == 1
+    assert ing.counters["status"] == 1

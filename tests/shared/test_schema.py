@@ -1,0 +1,77 @@
+"""Wire schema v1: what validates, what is rejected and why."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from agent.simulate import FleetSimulator
+from shared.errors import SchemaError
+from shared.schema import decode_inventory, decode_sample, decode_status, encode
+
+
+def _sample_dict() -> dict[str, object]:
+    sim = FleetSimulator(1, gpus_per_node=2, seed=5, interval_s=5)
+    result: dict[str, object] = msgspec.json.decode(encode(sim.sample(0, 1.8e9, 3)))
+    return result
+
+
+def test_sample_round_trips_through_json() -> None:
+    """encode() then decode_sample() gives back an equal struct."""
+    sample = FleetSimulator(1, seed=1).sample(0, 1.8e9, 7)
+    assert decode_sample(encode(sample)) == sample
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "where"),
+    [
+        (lambda d: d.update(v=2), "version", "$.v"),
+        (lambda d: d.update(node="a/b"), "invalid", "$.node"),
+        (lambda d: d.update(ts=-1.0), "invalid", "$.ts"),
+        (lambda d: d["gpus"][0].update(util_pct=101.0), "invalid", "$.gpus[0].util_pct"),
+        (lambda d: d["gpus"][1].update(power_w=-5.0), "invalid", "$.gpus[1].power_w"),
+        (lambda d: d["mem"].update(used_bytes="lots"), "invalid", "$.mem.used_bytes"),
+        (lambda d: d.pop("cpu"), "invalid", "cpu"),
+    ],
+)
+def test_bad_sample_is_rejected_with_reason_and_field(
+    mutate: object, reason: str, where: str
+) -> None:
+    """Each broken field gives a SchemaError naming the path and its category."""
+    d = _sample_dict()
+    mutate(d)  # type: ignore[operator]
+    with pytest.raises(SchemaError) as info:
+        decode_sample(msgspec.json.encode(d))
+    assert info.value.reason == reason
+    assert where in str(info.value)
+
+
+def test_non_json_is_its_own_reason() -> None:
+    """Bytes that are not JSON are 'not_json', not 'invalid'."""
+    with pytest.raises(SchemaError) as info:
+        decode_sample(b"\x00\x01garbage")
+    assert info.value.reason == "not_json"
+
+
+def test_unknown_fields_are_tolerated_for_forward_compatibility() -> None:
+    """A v1.x writer may add fields; a v1 reader ignores them."""
+    d = _sample_dict()
+    d["future_field"] = {"x": 1}
+    assert decode_sample(msgspec.json.encode(d)).node == "x1000c0s0b0n0"
+
+
+def test_first_sample_rates_are_null_not_zero() -> None:
+    """Unknown rates travel as null and decode as None."""
+    d = _sample_dict()
+    d["disk_io"] = {"read_bytes_per_s": None, "write_bytes_per_s": None}
+    assert decode_sample(msgspec.json.encode(d)).disk_io.read_bytes_per_s is None
+
+
+def test_inventory_and_status_decode() -> None:
+    """Inventory and status messages have their own validated structs."""
+    sim = FleetSimulator(1, gpus_per_node=4)
+    inv = decode_inventory(encode(sim.inventory(0, 1.8e9)))
+    assert [g.index for g in inv.gpus] == [0, 1, 2, 3]
+    assert decode_status(b'{"v":1,"node":"n1","status":"offline"}').status == "offline"
+    with pytest.raises(SchemaError):
+        decode_status(b'{"v":1,"node":"n1","status":"sleeping"}')
