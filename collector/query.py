@@ -103,11 +103,12 @@ async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dic
     out: list[dict[str, Any]] = []
     for name in nodes:
         latest = await store.fetchall(
-            "SELECT payload FROM samples WHERE node = ? ORDER BY ts_ms DESC LIMIT 1", (name,)
+            "SELECT payload, payload_dict FROM samples WHERE node = ? ORDER BY ts_ms DESC LIMIT 1",
+            (name,),
         )
         if not latest:
             continue
-        sample = _sample_decoder.decode(latest[0]["payload"])
+        sample = _sample_decoder.decode(await store.payload(latest[0]["payload"], latest[0]["payload_dict"]))
         for g in sample.gpus:
             out.append({
                 "node": name,

@@ -31,6 +31,7 @@ from typing import Any, Final, NamedTuple, Self
 
 import aiosqlite
 
+from collector.codec import PayloadCodec
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -100,7 +101,13 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             gpu_mem_used_bytes INTEGER,
             gpu_power_w REAL,
             cpu_power_w REAL,
-            payload BLOB NOT NULL
+            payload BLOB NOT NULL,
+            payload_dict INTEGER REFERENCES payload_dicts (id)  -- NULL: stored uncompressed
+        );
+        CREATE TABLE payload_dicts (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            dict BLOB NOT NULL
         );
         -- rowid grows with arrival, so retention deletes from the start of the table;
         -- this index both dedups redelivered samples and serves per-node queries.
@@ -132,7 +139,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
 _INSERT_SAMPLE: Final = (
     "INSERT OR IGNORE INTO samples (node, ts_ms, seq, received_ms, interval_s, cpu_pct, "
     "mem_used_bytes, mem_total_bytes, gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, "
-    "cpu_power_w, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "cpu_power_w, payload, payload_dict) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Latest-sample facts only move forward in time: a late (buffered) sample must not
@@ -169,10 +176,14 @@ class Store:
     ...     await store.write_samples(rows)
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, compress: bool = True) -> None:
         self.path = path
         self.readonly = readonly
         self._conn: aiosqlite.Connection | None = None
+        self.codec = PayloadCodec()
+        self._compress = compress
+        self._dict_id: int | None = None
+        self._dicts: dict[int, bytes] = {}
 
     @classmethod
     def open_readonly(cls, path: Path) -> Self:
@@ -210,6 +221,8 @@ class Store:
                 ):
                     await self._conn.execute(pragma)
                 await self._migrate()
+                if self._compress:
+                    self._dict_id = await self._register_dict()
         except sqlite3.Error as exc:
             await self._close()
             raise StoreError(f"cannot open database {str(self.path)!r}: {exc}") from exc
@@ -248,6 +261,20 @@ class Store:
             )
             log.info("migration_applied", name=name, db=str(self.path))
 
+    async def _register_dict(self) -> int:
+        conn = self.conn
+        await conn.execute(
+            "INSERT OR IGNORE INTO payload_dicts (sha256, dict) VALUES (?, ?)",
+            (self.codec.sha256, self.codec.dictionary),
+        )
+        await conn.commit()
+        async with conn.execute(
+            "SELECT id FROM payload_dicts WHERE sha256 = ?", (self.codec.sha256,)
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
         return [row[0] for row in await self.fetchall("SELECT name FROM schema_migrations ORDER BY name")]
@@ -262,8 +289,15 @@ class Store:
         Returns how many sample rows were new.
         """
         conn = self.conn
+        dict_id, compress = self._dict_id, self.codec.compress
+        # A generator: aiosqlite runs executemany in its thread, so compression happens
+        # there, beside the SQLite work, not on the event loop (zstd releases the GIL).
+        params = (
+            (*r[:-1], r.payload, None) if dict_id is None else (*r[:-1], compress(r.payload), dict_id)
+            for r in rows
+        )
         try:
-            cur = await conn.executemany(_INSERT_SAMPLE, rows)
+            cur = await conn.executemany(_INSERT_SAMPLE, params)
             inserted = cur.rowcount if rows else 0
             await cur.close()
             latest: list[tuple[Any, ...]] = []
@@ -332,6 +366,18 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"query failed: {exc}") from exc
         return list(rows)
+
+    async def payload(self, blob: bytes, dict_id: int | None) -> bytes:
+        """The JSON payload of a stored row (decompressed with the row's dictionary)."""
+        if dict_id is None:
+            return blob
+        dictionary = self._dicts.get(dict_id)
+        if dictionary is None:
+            rows = await self.fetchall("SELECT dict FROM payload_dicts WHERE id = ?", (dict_id,))
+            if not rows:
+                raise StoreError(f"payload dictionary {dict_id} is missing from the database")
+            dictionary = self._dicts[dict_id] = bytes(rows[0]["dict"])
+        return self.codec.decompress(blob, dictionary)
 
     async def counters(self) -> dict[str, int]:
         """The counters last flushed by the collector."""

@@ -105,3 +105,21 @@ def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
     assert ing.counters["rejected"] == 5
     assert ing.counters["samples"] == 1
     assert ing.counters["status"] == 1
+
+
+async def test_payloads_are_compressed_and_read_back_exactly(tmp_path: Path) -> None:
+    """Stored payloads are zstd frames ~8x smaller; reading one gives the original JSON."""
+    rows = _rows(5, 2)
+    async with Store(tmp_path / "c.db") as store:
+        await store.write_batch(rows)  # type: ignore[arg-type]
+        stored = await store.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
+        assert len(stored) == 10
+        originals = {(r[0], r[1]): r[-1] for r in rows}  # type: ignore[index]
+        for r in stored:
+            original = originals[(r["node"], r["ts_ms"])]
+            assert len(r["payload"]) * 4 < len(original)  # type: ignore[arg-type]
+            assert await store.payload(r["payload"], r["payload_dict"]) == original
+    # A reader process that never wrote finds the dictionary in the file.
+    async with Store.open_readonly(tmp_path / "c.db") as reader:
+        r = (await reader.fetchall("SELECT payload, payload_dict FROM samples LIMIT 1"))[0]
+        assert (await reader.payload(r["payload"], r["payload_dict"])).startswith(b'{"v":1,')
