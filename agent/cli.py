@@ -10,12 +10,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.settings import AgentSettings
 from shared.errors import CapwatchError
 from shared.logging import configure_logging
 from shared.settings import load_settings
+
+if TYPE_CHECKING:
+    from agent.node import NodeSampler
 
 __all__ = ["build_parser", "main"]
 
@@ -102,22 +105,11 @@ def _load(args: argparse.Namespace, **extra: Any) -> AgentSettings:
     return settings
 
 
-def _node_sampler(settings: AgentSettings) -> Any:
-    from agent.host import HostSampler  # noqa: PLC0415 (psutil/NVML only for commands that sample)
-    from agent.node import NodeSampler, make_gpu_backend  # noqa: PLC0415
-    from agent.rapl import RaplReader  # noqa: PLC0415
+def _node_sampler(settings: AgentSettings) -> NodeSampler:
+    from agent.service import build_sampler  # noqa: PLC0415 (psutil/NVML only when sampling)
     from shared.clock import SystemClock  # noqa: PLC0415
 
-    clock = SystemClock()
-    return NodeSampler(
-        settings.node_id,
-        gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
-        rapl=RaplReader(settings.sysfs_root, clock),
-        host=HostSampler(clock, proc_root=settings.proc_root),
-        interval_s=settings.interval_s,
-        slow_interval_s=settings.slow_interval_s,
-        clock=clock,
-    )
+    return build_sampler(settings, SystemClock())
 
 
 def _print(obj: Any) -> None:

@@ -41,6 +41,8 @@ class SampleBuffer:
         self._items: deque[bytes] = deque()
         self._nonempty = asyncio.Event()
         self.dropped = 0
+        self.high_water = 0
+        """Most samples ever waiting at once (how long the worst outage was, in samples)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -54,6 +56,7 @@ class SampleBuffer:
                 log.warning("buffer_full_dropped_oldest", dropped_total=self.dropped,
                             capacity=self.capacity)
         self._items.append(payload)
+        self.high_water = max(self.high_water, len(self._items))
         self._nonempty.set()
 
     def peek(self) -> bytes | None:

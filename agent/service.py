@@ -10,16 +10,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from agent.node import NodeSampler
+from agent.host import HostSampler
+from agent.node import NodeSampler, make_gpu_backend
 from agent.publisher import Publisher, SampleBuffer
+from agent.rapl import RaplReader
 from agent.settings import AgentSettings
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 from shared.schema import encode
 
-__all__ = ["AgentService"]
+__all__ = ["AgentService", "build_sampler"]
 
 log = get_logger("agent")
+
+
+def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
+    """The node sampler the settings describe (GPU backend, sysfs/proc roots, intervals)."""
+    return NodeSampler(
+        settings.node_id,
+        gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
+        rapl=RaplReader(settings.sysfs_root, clock),
+        host=HostSampler(clock, proc_root=settings.proc_root),
+        interval_s=settings.interval_s,
+        slow_interval_s=settings.slow_interval_s,
+        clock=clock,
+    )
 
 
 class AgentService:
