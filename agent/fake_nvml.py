@@ -1,0 +1,427 @@
+"""An in-process stand-in for the part of ``pynvml`` that :class:`agent.gpu.NvmlBackend` uses.
+
+For tests and demos on machines without NVIDIA GPUs: ``NvmlBackend(FakeNvml(...))`` is the
+"fake" GPU backend. It returns pynvml's own ctypes structures and raises pynvml's own
+exception classes, so the backend runs the same code paths as on a GPU node. The load and
+power profile is a deterministic function of ``seed`` and the clock; the energy counter is
+the exact integral of the power, so interval power equals mean power.
+"""
+
+# ruff: noqa: N802, N815  (method and constant names are pynvml's, so the fake can stand in)
+
+from __future__ import annotations
+
+import ctypes
+import math
+import random
+import threading
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pynvml
+
+from shared.clock import Clock, SystemClock
+
+__all__ = ["FakeMode", "FakeNvml"]
+
+FakeMode = Literal["ok", "no_library", "no_driver", "no_permission"]
+
+_DGX_H100_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
+_MIB = 1024 * 1024
+_GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle
+_SW_POWER_CAP = 0x4  # nvmlClocksEventReasonSwPowerCap
+
+
+@dataclass(slots=True)
+class _FakeGpu:
+    index: int
+    address: int
+    uuid: str
+    serial: str
+    bus: int
+    phase: float
+    omega: float
+    energy_offset_mj: float
+    unsupported: frozenset[str]
+    lost: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _EventSet:
+    gpus: set[int] = field(default_factory=set)
+    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (gpu index, xid)
+    freed: bool = False
+
+
+class FakeNvml:
+    """Fake NVML with ``gpus`` identical GPUs (an 8 x H100 node by default).
+
+    ``mode`` makes ``nvmlInit`` fail as on a node without the library, the driver, or the
+    permission. ``unsupported`` maps a GPU index to pynvml function names that raise
+    ``NVMLError_NotSupported`` there; ``missing_functions`` raise
+    ``NVMLError_FunctionNotFound`` everywhere (an older driver; ``nvmlDeviceGetMemoryInfo_v2``
+    names the versioned memory call). ``load_pct`` pins every GPU's utilisation; ``None``
+    gives each GPU its own slow sine between 5 and 95 %. Every device call is counted in
+    :attr:`calls` by ``(function name, gpu index)``.
+    """
+
+    # pynvml's own classes and constants, so `except nvml.NVMLError_NotSupported` matches.
+    NVMLError = pynvml.NVMLError
+    NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    NVMLError_FunctionNotFound = pynvml.NVMLError_FunctionNotFound
+    NVMLError_ArgumentVersionMismatch = pynvml.NVMLError_ArgumentVersionMismatch
+    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+    NVMLError_DriverNotLoaded = pynvml.NVMLError_DriverNotLoaded
+    NVMLError_NoPermission = pynvml.NVMLError_NoPermission
+    NVMLError_GpuIsLost = pynvml.NVMLError_GpuIsLost
+    NVMLError_Timeout = pynvml.NVMLError_Timeout
+    NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
+    NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
+    NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
+
+    NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+    NVML_MEMORY_ERROR_TYPE_CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+    NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
+    NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
+    nvmlMemory_v2 = pynvml.nvmlMemory_v2
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
+
+    def __init__(
+        self,
+        gpus: int = 8,
+        *,
+        clock: Clock | None = None,
+        seed: int = 0,
+        name: str = "NVIDIA H100 80GB HBM3",
+        mem_total_bytes: int = 81_559 * _MIB,
+        power_limit_w: float = 700.0,
+        idle_power_w: float = 70.0,
+        driver_version: str = "550.54.15",
+        mode: FakeMode = "ok",
+        unsupported: Mapping[int, Iterable[str]] | None = None,
+        missing_functions: Iterable[str] = (),
+        load_pct: float | None = None,
+    ) -> None:
+        if load_pct is not None and not 0.0 <= load_pct <= 100.0:
+            raise ValueError(f"load_pct must be within 0..100, got {load_pct}")
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._name = name
+        self._mem_total = mem_total_bytes
+        self._limit_w = power_limit_w
+        self._idle_w = idle_power_w
+        self._driver = driver_version
+        self._mode = mode
+        self._missing = frozenset(missing_functions)
+        self._load = load_pct
+        self._initialized = 0
+        self._lock = threading.Condition()  # guards the event sets; XID waiters sleep on it
+        self._event_sets: list[_EventSet] = []
+        self.calls: Counter[tuple[str, int]] = Counter()
+        """Device calls made, by ``(pynvml function name, gpu index)``."""
+
+        rng = random.Random(seed)
+        unsupported = unsupported or {}
+        self._gpus: list[_FakeGpu] = []
+        self._handles: list[Any] = []
+        self._by_handle_id: dict[int, _FakeGpu] = {}
+        now = self._clock.monotonic()
+        for i in range(gpus):
+            gpu = _FakeGpu(
+                index=i,
+                address=0x7F00_0000 + 0x1000 * i,
+                uuid=f"GPU-{uuid.UUID(int=rng.getrandbits(128), version=4)}",
+                serial=f"1654{seed % 1000:03d}{i:06d}",
+                bus=_DGX_H100_BUSES[i] if gpus <= len(_DGX_H100_BUSES) else 0x10 + i,
+                phase=rng.uniform(0.0, 2 * math.pi),
+                omega=2 * math.pi / rng.uniform(60.0, 180.0),
+                energy_offset_mj=0.0,
+                unsupported=frozenset(unsupported.get(i, ())),
+            )
+            # The counter starts where a driver loaded some hours ago would be.
+            gpu.energy_offset_mj = rng.uniform(1e9, 5e9) - 1000 * self._energy_j(gpu, now)
+            self._gpus.append(gpu)
+            handle = ctypes.cast(ctypes.c_void_p(gpu.address), pynvml.c_nvmlDevice_t)
+            self._handles.append(handle)
+            # Handles live as long as the fake, so their ids are a cheap, stable key.
+            self._by_handle_id[id(handle)] = gpu
+
+    # -- test controls ----------------------------------------------------------------------
+
+    def call_count(self, function: str, gpu: int | None = None) -> int:
+        """How often ``function`` was called (on ``gpu``, or on any GPU)."""
+        if gpu is not None:
+            return self.calls[(function, gpu)]
+        return sum(n for (fn, _), n in self.calls.items() if fn == function)
+
+    def reset_energy(self, gpu: int | None = None) -> None:
+        """Restart the energy counter at 0, as a driver reload does (all GPUs if ``None``)."""
+        now = self._clock.monotonic()
+        for g in self._gpus if gpu is None else [self._gpus[gpu]]:
+            g.energy_offset_mj = -1000 * self._energy_j(g, now)
+
+    def inject_xid(self, gpu: int, xid: int) -> None:
+        """Raise XID ``xid`` on ``gpu``: every event set registered for it will deliver it."""
+        with self._lock:
+            for event_set in self._event_sets:
+                if gpu in event_set.gpus and not event_set.freed:
+                    event_set.pending.append((gpu, xid))
+            self._lock.notify_all()
+
+    def lose_gpu(self, gpu: int) -> None:
+        """From now on every call on ``gpu`` raises ``NVMLError_GpuIsLost``."""
+        self._gpus[gpu].lost = True
+
+    def power_w(self, gpu: int) -> float:
+        """The fake's true power draw of ``gpu`` now, in W."""
+        return self._power_w(self._gpus[gpu], self._clock.monotonic())
+
+    # -- the profile --------------------------------------------------------------------------
+
+    def _util(self, gpu: _FakeGpu, t: float) -> float:
+        if self._load is not None:
+            return self._load
+        return 50.0 + 45.0 * math.sin(gpu.omega * t + gpu.phase)
+
+    def _power_w(self, gpu: _FakeGpu, t: float) -> float:
+        span = (self._limit_w - self._idle_w) * 0.9
+        return self._idle_w + span * self._util(gpu, t) / 100.0
+
+    def _energy_j(self, gpu: _FakeGpu, t: float) -> float:
+        """Integral of :meth:`_power_w` (up to a constant)."""
+        span = (self._limit_w - self._idle_w) * 0.9
+        if self._load is not None:
+            return self._power_w(gpu, t) * t
+        mean = self._idle_w + span * 0.5
+        amplitude = span * 0.45
+        return mean * t - amplitude / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
+
+    def _mem_used(self, gpu: _FakeGpu, t: float) -> int:
+        return 1024 * _MIB + int(self._util(gpu, t) / 100 * 0.7 * self._mem_total)
+
+    # -- the pynvml surface -------------------------------------------------------------------
+
+    def _check_init(self) -> None:
+        if not self._initialized:
+            raise self.NVMLError_Uninitialized()
+
+    def _device(self, handle: Any, function: str) -> _FakeGpu:
+        self._check_init()
+        gpu = self._by_handle_id.get(id(handle)) or self._by_address(handle)
+        self.calls[(function, gpu.index)] += 1
+        if function in self._missing:
+            raise self.NVMLError_FunctionNotFound()
+        if gpu.lost:
+            raise self.NVMLError_GpuIsLost()
+        if function in gpu.unsupported:
+            raise self.NVMLError_NotSupported()
+        return gpu
+
+    def _by_address(self, handle: Any) -> _FakeGpu:
+        # A copy of a handle (event data carries one): compare the pointer values.
+        address = ctypes.cast(handle, ctypes.c_void_p).value
+        for gpu in self._gpus:
+            if gpu.address == address:
+                return gpu
+        raise self.NVMLError_InvalidArgument()
+
+    def nvmlInit(self) -> None:
+        """Fails according to ``mode``."""
+        if self._mode == "no_library":
+            raise self.NVMLError_LibraryNotFound()
+        if self._mode == "no_driver":
+            raise self.NVMLError_DriverNotLoaded()
+        if self._mode == "no_permission":
+            raise self.NVMLError_NoPermission()
+        self._initialized += 1
+
+    def nvmlShutdown(self) -> None:
+        """Balance one :meth:`nvmlInit`."""
+        self._check_init()
+        self._initialized -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        """The configured driver version."""
+        self._check_init()
+        return self._driver
+
+    def nvmlDeviceGetCount(self) -> int:
+        """Number of fake GPUs."""
+        self._check_init()
+        return len(self._gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        """An opaque ``c_nvmlDevice_t`` like the real one (never dereferenced)."""
+        self._check_init()
+        if not 0 <= index < len(self._gpus):
+            raise self.NVMLError_InvalidArgument()
+        return self._handles[index]
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        """Marketing name."""
+        self._device(handle, "nvmlDeviceGetName")
+        return self._name
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        """``GPU-<uuid4>``, fixed by the seed."""
+        return self._device(handle, "nvmlDeviceGetUUID").uuid
+
+    def nvmlDeviceGetSerial(self, handle: Any) -> str:
+        """Board serial number."""
+        return self._device(handle, "nvmlDeviceGetSerial").serial
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        """``nvmlPciInfo_t`` with the DGX H100 bus ids."""
+        gpu = self._device(handle, "nvmlDeviceGetPciInfo")
+        info = pynvml.nvmlPciInfo_t()
+        info.domain, info.bus, info.device = 0, gpu.bus, 0
+        info.busId = f"00000000:{gpu.bus:02X}:00.0".encode()
+        return info
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:
+        """Power limit in mW."""
+        self._device(handle, "nvmlDeviceGetEnforcedPowerLimit")
+        return round(self._limit_w * 1000)
+
+    def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
+        """``[current, pending]``: MIG disabled."""
+        self._device(handle, "nvmlDeviceGetMigMode")
+        return [0, 0]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        """``c_nvmlMemory_v2_t`` when ``version`` is given, else ``c_nvmlMemory_t``."""
+        function = "nvmlDeviceGetMemoryInfo_v2" if version else "nvmlDeviceGetMemoryInfo"
+        gpu = self._device(handle, function)
+        if version and version != pynvml.nvmlMemory_v2:
+            raise self.NVMLError_ArgumentVersionMismatch()
+        used = self._mem_used(gpu, self._clock.monotonic())
+        if version:
+            reserved = 512 * _MIB
+            return pynvml.c_nvmlMemory_v2_t(
+                version=version,
+                total=self._mem_total,
+                reserved=reserved,
+                free=self._mem_total - reserved - used,
+                used=used,
+            )
+        return pynvml.c_nvmlMemory_t(total=self._mem_total, free=self._mem_total - used, used=used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
+        """``c_nvmlUtilization_t`` (GPU and memory %)."""
+        gpu = self._device(handle, "nvmlDeviceGetUtilizationRates")
+        util = self._util(gpu, self._clock.monotonic())
+        return pynvml.c_nvmlUtilization_t(gpu=round(util), memory=round(util * 0.6))
+
+    def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
+        """Instantaneous power in mW."""
+        gpu = self._device(handle, "nvmlDeviceGetPowerUsage")
+        return round(self._power_w(gpu, self._clock.monotonic()) * 1000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
+        """Energy since "driver load" in mJ."""
+        gpu = self._device(handle, "nvmlDeviceGetTotalEnergyConsumption")
+        return int(gpu.energy_offset_mj + 1000 * self._energy_j(gpu, self._clock.monotonic()))
+
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
+        """GPU temperature in °C, rising with power."""
+        gpu = self._device(handle, "nvmlDeviceGetTemperature")
+        if sensor != pynvml.NVML_TEMPERATURE_GPU:
+            raise self.NVMLError_InvalidArgument()
+        return round(30 + 0.07 * self._power_w(gpu, self._clock.monotonic()))
+
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
+        """SM clock in MHz: boost under load, idle clock otherwise."""
+        gpu = self._device(handle, "nvmlDeviceGetClockInfo")
+        if clock_type != pynvml.NVML_CLOCK_SM:
+            raise self.NVMLError_InvalidArgument()
+        return 1980 if self._util(gpu, self._clock.monotonic()) >= 5 else 345
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
+        """Bitmask: GPU idle, or software power cap near the limit."""
+        return self._reasons(self._device(handle, "nvmlDeviceGetCurrentClocksEventReasons"))
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any) -> int:
+        """The pre-R535 name of :meth:`nvmlDeviceGetCurrentClocksEventReasons`."""
+        return self._reasons(self._device(handle, "nvmlDeviceGetCurrentClocksThrottleReasons"))
+
+    def _reasons(self, gpu: _FakeGpu) -> int:
+        t = self._clock.monotonic()
+        if self._util(gpu, t) < 5:
+            return _GPU_IDLE
+        return _SW_POWER_CAP if self._power_w(gpu, t) >= 0.95 * self._limit_w else 0
+
+    def nvmlDeviceGetPerformanceState(self, handle: Any) -> int:
+        """P0 under load, P8 idle."""
+        gpu = self._device(handle, "nvmlDeviceGetPerformanceState")
+        return 0 if self._util(gpu, self._clock.monotonic()) >= 5 else 8
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
+        """One training process per GPU from 10 % load on."""
+        gpu = self._device(handle, "nvmlDeviceGetComputeRunningProcesses")
+        t = self._clock.monotonic()
+        if self._util(gpu, t) < 10:
+            return []
+        used = self._mem_used(gpu, t)
+        return [
+            pynvml.nvmlFriendlyObject(
+                {
+                    "pid": 4000 + gpu.index,
+                    "usedGpuMemory": used - 512 * _MIB,
+                    "gpuInstanceId": 0xFFFFFFFF,
+                    "computeInstanceId": 0xFFFFFFFF,
+                }
+            )
+        ]
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int) -> int:
+        """No ECC errors (a healthy GPU)."""
+        self._device(handle, "nvmlDeviceGetTotalEccErrors")
+        return 0
+
+    def nvmlDeviceGetRemappedRows(self, handle: Any) -> tuple[int, int, int, int]:
+        """``(correctable, uncorrectable, pending, failure)``: none."""
+        self._device(handle, "nvmlDeviceGetRemappedRows")
+        return (0, 0, 0, 0)
+
+    def nvmlEventSetCreate(self) -> Any:
+        """A new, empty event set."""
+        self._check_init()
+        event_set = _EventSet()
+        with self._lock:
+            self._event_sets.append(event_set)
+        return event_set
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
+        """Only XID events are modelled."""
+        gpu = self._device(handle, "nvmlDeviceRegisterEvents")
+        if not event_types & pynvml.nvmlEventTypeXidCriticalError:
+            raise self.NVMLError_NotSupported()
+        with self._lock:
+            event_set.gpus.add(gpu.index)
+
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
+        """Block up to ``timeout_ms`` (real time) for an event, else ``NVMLError_Timeout``."""
+        self._check_init()
+        with self._lock:
+            self._lock.wait_for(lambda: event_set.pending or event_set.freed, timeout_ms / 1000)
+            if event_set.freed or not event_set.pending:
+                raise self.NVMLError_Timeout()
+            index, xid = event_set.pending.popleft()
+        data = pynvml.c_nvmlEventData_t()
+        data.device = self.nvmlDeviceGetHandleByIndex(index)
+        data.eventType = pynvml.nvmlEventTypeXidCriticalError
+        data.eventData = xid
+        return data
+
+    def nvmlEventSetFree(self, event_set: Any) -> None:
+        """Release an event set."""
+        self._check_init()
+        with self._lock:
+            event_set.freed = True
+            self._event_sets.remove(event_set)
+            self._lock.notify_all()

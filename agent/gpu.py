@@ -1,0 +1,505 @@
+"""GPU sampling behind a small backend interface; the real one talks to NVML (domain notes §3).
+
+:class:`NvmlBackend` takes the NVML module as a parameter: ``pynvml`` on a GPU node,
+:class:`agent.fake_nvml.FakeNvml` in tests and demos. A node without a library, a driver or a
+GPU is normal: the backend reports zero GPUs, says why once, and never raises.
+"""
+
+# ruff: noqa: N802, N815  (NvmlModule mirrors pynvml's names)
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from agent.rates import CounterRate
+from shared.clock import Clock, SystemClock
+from shared.logging import get_logger
+from shared.schema import (
+    GpuEcc,
+    GpuInfo,
+    GpuProcess,
+    GpuRemappedRows,
+    GpuSample,
+    XidEvent,
+)
+
+__all__ = [
+    "GpuBackend",
+    "GpuInventory",
+    "GpuStatus",
+    "NullGpuBackend",
+    "NvmlBackend",
+    "NvmlModule",
+]
+
+GpuStatus = Literal["ok", "no_gpu", "no_library", "no_driver", "no_permission", "error", "disabled"]
+"""``ok``, or why there are no GPUs; goes to ``Inventory.gpu_status``."""
+
+_T = TypeVar("_T")
+_N = TypeVar("_N", int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuInventory:
+    """What :meth:`GpuBackend.start` found."""
+
+    status: GpuStatus
+    driver: str | None = None
+    gpus: list[GpuInfo] = field(default_factory=list)
+
+
+class GpuBackend(Protocol):
+    """Where GPU samples come from. Calls come from one thread, except that the backend may
+    run its own threads (XID events) until :meth:`close`."""
+
+    def start(self) -> GpuInventory:
+        """Open the library and read the static facts; never raises for "no GPUs here"."""
+        ...
+
+    def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
+        """One sample per GPU; ``slow`` adds ECC counters and remapped rows."""
+        ...
+
+    def drain_xids(self) -> list[XidEvent]:
+        """XID errors seen since the previous call, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Stop background threads and release the library; safe to call twice."""
+        ...
+
+
+class NullGpuBackend:
+    """No GPU sampling at all (``gpu_backend = "none"``)."""
+
+    def start(self) -> GpuInventory:
+        """Zero GPUs, status ``disabled``."""
+        return GpuInventory(status="disabled")
+
+    def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
+        """Always empty."""
+        return []
+
+    def drain_xids(self) -> list[XidEvent]:
+        """Always empty."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class NvmlModule(Protocol):
+    """The subset of ``pynvml`` (nvidia-ml-py) that :class:`NvmlBackend` uses.
+
+    Struct results (utilisation, memory, PCI info, event data) are typed ``Any`` as pynvml
+    returns ctypes structures.
+    """
+
+    NVMLError: type[Exception]
+    NVMLError_NotSupported: type[Exception]
+    NVMLError_FunctionNotFound: type[Exception]
+    NVMLError_ArgumentVersionMismatch: type[Exception]
+    NVMLError_LibraryNotFound: type[Exception]
+    NVMLError_DriverNotLoaded: type[Exception]
+    NVMLError_NoPermission: type[Exception]
+    NVMLError_GpuIsLost: type[Exception]
+    NVMLError_Timeout: type[Exception]
+    NVMLLibraryMismatchError: type[Exception]
+
+    NVML_TEMPERATURE_GPU: int
+    NVML_CLOCK_SM: int
+    NVML_MEMORY_ERROR_TYPE_CORRECTED: int
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED: int
+    NVML_VOLATILE_ECC: int
+    NVML_AGGREGATE_ECC: int
+    NVML_DEVICE_MIG_ENABLE: int
+    nvmlMemory_v2: int
+    nvmlEventTypeXidCriticalError: int
+
+    def nvmlInit(self) -> None: ...
+    def nvmlShutdown(self) -> None: ...
+    def nvmlSystemGetDriverVersion(self) -> str: ...
+    def nvmlDeviceGetCount(self) -> int: ...
+    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> Any: ...
+    def nvmlDeviceGetName(self, handle: Any, /) -> str: ...
+    def nvmlDeviceGetUUID(self, handle: Any, /) -> str: ...
+    def nvmlDeviceGetSerial(self, handle: Any, /) -> str: ...
+    def nvmlDeviceGetPciInfo(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetMigMode(self, handle: Any, /) -> Sequence[int]: ...
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None, /) -> Any: ...
+    def nvmlDeviceGetUtilizationRates(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetPowerUsage(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetTemperature(self, handle: Any, sensor: int, /) -> int: ...
+    def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int, /) -> int: ...
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetPerformanceState(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: Any, /) -> list[Any]: ...
+    def nvmlDeviceGetTotalEccErrors(
+        self, handle: Any, error_type: int, counter_type: int, /
+    ) -> int: ...
+    def nvmlDeviceGetRemappedRows(self, handle: Any, /) -> tuple[int, int, int, int]: ...
+    def nvmlEventSetCreate(self) -> Any: ...
+    def nvmlDeviceRegisterEvents(
+        self, handle: Any, event_types: int, event_set: Any, /
+    ) -> None: ...
+    def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int, /) -> Any: ...
+    def nvmlEventSetFree(self, event_set: Any, /) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Device:
+    index: int
+    handle: Any
+    uuid: str
+    unsupported: set[str] = field(default_factory=set)
+    """Fields NVML said NotSupported (or lacks the function for): never asked again."""
+    logged_errors: set[tuple[str, str]] = field(default_factory=set)
+    energy: CounterRate = field(default_factory=CounterRate)
+    lost: bool = False
+
+
+class NvmlBackend:
+    """GPU samples from NVML (or anything shaped like it, see :class:`NvmlModule`).
+
+    ``nvml=None`` imports ``pynvml`` at :meth:`start`. XID events are collected by a daemon
+    thread blocked in ``nvmlEventSetWait_v2`` for at most ``xid_wait_ms`` at a time, which is
+    also how long :meth:`close` may wait for it.
+    """
+
+    def __init__(
+        self,
+        nvml: NvmlModule | None = None,
+        *,
+        clock: Clock | None = None,
+        xid_wait_ms: int = 500,
+        xid_queue_max: int = 1000,
+    ) -> None:
+        self._nvml_arg = nvml
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._xid_wait_ms = xid_wait_ms
+        self._log = get_logger("agent.gpu")
+        self._inventory: GpuInventory | None = None
+        self._initialized = False
+        self._devices: list[_Device] = []
+        self._uuid_index: dict[str, int] = {}
+        self._xids: deque[XidEvent] = deque(maxlen=xid_queue_max)
+        self._xids_dropped = 0
+        self._stop = threading.Event()
+        self._xid_thread: threading.Thread | None = None
+        self._event_set: Any = None
+        self._reasons_calls: tuple[tuple[Any, ...], ...] = ()
+
+    @property
+    def _nvml(self) -> NvmlModule:
+        if self._nvml_arg is None:
+            raise RuntimeError("NvmlBackend.start() has not run")
+        return self._nvml_arg
+
+    def start(self) -> GpuInventory:
+        """Initialise NVML, read each GPU's static facts, start watching for XID errors."""
+        if self._inventory is None:
+            self._inventory = self._start()
+        return self._inventory
+
+    def _start(self) -> GpuInventory:
+        if self._nvml_arg is None:
+            try:
+                import pynvml  # noqa: PLC0415  (optional at run time: CPU-only nodes lack it)
+            except ImportError as exc:
+                return self._unavailable("no_library", exc)
+            self._nvml_arg = pynvml
+        nvml = self._nvml
+        try:
+            nvml.nvmlInit()
+        except nvml.NVMLError_LibraryNotFound as exc:
+            return self._unavailable("no_library", exc)
+        except nvml.NVMLError_DriverNotLoaded as exc:
+            return self._unavailable("no_driver", exc)
+        except nvml.NVMLError_NoPermission as exc:
+            return self._unavailable("no_permission", exc)
+        except nvml.NVMLError as exc:
+            return self._unavailable("error", exc)
+        self._initialized = True
+        # nvidia-ml-py before 12.535 has only the older name of the clock-reasons call.
+        event_reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        throttle = ("clocks_throttle_reasons", nvml.nvmlDeviceGetCurrentClocksThrottleReasons)
+        self._reasons_calls = (
+            (("clocks_event_reasons", event_reasons), throttle) if event_reasons else (throttle,)
+        )
+        try:
+            driver: str | None = _text(nvml.nvmlSystemGetDriverVersion())
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as exc:
+            return self._unavailable("error", exc)
+        gpus = []
+        for index in range(count):
+            info = self._open_device(index)
+            if info is not None:
+                gpus.append(info)
+        if not gpus:
+            status: GpuStatus = "no_gpu" if count == 0 else "error"
+            self._log.info("gpu_unavailable", status=status, gpus_found=count, driver=driver)
+            return GpuInventory(status=status, driver=driver)
+        self._log.info("gpu_backend_started", gpus=len(gpus), driver=driver)
+        self._start_xid_watch()
+        return GpuInventory(status="ok", driver=driver, gpus=gpus)
+
+    def _unavailable(self, status: GpuStatus, exc: BaseException) -> GpuInventory:
+        self._log.info("gpu_unavailable", status=status, error=str(exc))
+        return GpuInventory(status=status)
+
+    def _open_device(self, index: int) -> GpuInfo | None:
+        nvml = self._nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+        except nvml.NVMLError as exc:
+            self._log.warning("gpu_open_failed", gpu=index, error=str(exc))
+            return None
+        dev = _Device(index=index, handle=handle, uuid=uuid)
+        name = self._call(dev, "name", nvml.nvmlDeviceGetName)
+        serial = self._call(dev, "serial", nvml.nvmlDeviceGetSerial)
+        pci = self._call(dev, "pci_info", nvml.nvmlDeviceGetPciInfo)
+        limit_mw = self._call(dev, "power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit)
+        mig = self._call(dev, "mig_mode", nvml.nvmlDeviceGetMigMode)
+        mem = self._memory(dev)
+        self._devices.append(dev)
+        self._uuid_index[uuid] = index
+        return GpuInfo(
+            index=index,
+            name=_text(name) if name is not None else "unknown",
+            uuid=uuid,
+            serial=_text(serial) if serial else None,
+            pci_bus_id=_text(pci.busId) if pci is not None else None,
+            power_limit_w=_watts(limit_mw / 1000) if limit_mw is not None else None,
+            mig_mode=mig[0] == nvml.NVML_DEVICE_MIG_ENABLE if mig is not None else None,
+            mem_total_bytes=int(mem.total) if mem is not None else None,
+        )
+
+    def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
+        """Read every GPU; a field a GPU does not support is ``None``."""
+        return [self._sample_device(dev, now_mono, slow) for dev in self._devices]
+
+    def _sample_device(self, dev: _Device, now_mono: float, slow: bool) -> GpuSample:
+        nvml = self._nvml
+        call = self._call
+        util = call(dev, "utilization", nvml.nvmlDeviceGetUtilizationRates)
+        mem = self._memory(dev)
+        power_mw = call(dev, "power", nvml.nvmlDeviceGetPowerUsage)
+        energy_mj = call(dev, "energy", nvml.nvmlDeviceGetTotalEnergyConsumption)
+        interval_w = None
+        if energy_mj is not None:
+            # mJ/s over the monotonic interval; a negative delta (driver reload) gives None.
+            rate = dev.energy.update(energy_mj, now_mono)
+            interval_w = _watts(rate / 1000) if rate is not None else None
+        temp = call(dev, "temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
+        sm_clock = call(dev, "sm_clock", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM)
+        reasons = self._first(dev, *self._reasons_calls)
+        pstate = call(dev, "pstate", nvml.nvmlDeviceGetPerformanceState)
+        procs = call(dev, "processes", nvml.nvmlDeviceGetComputeRunningProcesses)
+        return GpuSample(
+            index=dev.index,
+            uuid=dev.uuid,
+            util_pct=_bounded(util.gpu, 0, 100) if util is not None else None,
+            mem_util_pct=_bounded(util.memory, 0, 100) if util is not None else None,
+            mem_used_bytes=int(mem.used) if mem is not None else None,
+            mem_total_bytes=int(mem.total) if mem is not None else None,
+            power_w=_watts(power_mw / 1000) if power_mw is not None else None,
+            power_interval_w=interval_w,
+            energy_j=energy_mj / 1000 if energy_mj is not None else None,
+            temp_c=_bounded(temp, -60, 200),
+            sm_clock_mhz=_bounded(sm_clock, 0, 100_000),
+            clock_event_reasons=reasons,
+            pstate=_bounded(pstate, 0, 32),
+            processes=[
+                GpuProcess(pid=int(p.pid), used_mem_bytes=p.usedGpuMemory) for p in procs or ()
+            ],
+            ecc=self._ecc(dev) if slow else None,
+            remapped_rows=self._remapped_rows(dev) if slow else None,
+        )
+
+    def _memory(self, dev: _Device) -> Any:
+        nvml = self._nvml
+        get = nvml.nvmlDeviceGetMemoryInfo
+        # v2 reports "used" without the driver's reservation; drivers before R510 lack it.
+        return self._first(dev, ("memory_v2", get, nvml.nvmlMemory_v2), ("memory", get))
+
+    def _ecc(self, dev: _Device) -> GpuEcc | None:
+        nvml = self._nvml
+        counts = {
+            f"{kind}_{counter}": self._call(
+                dev, f"ecc_{kind}_{counter}", nvml.nvmlDeviceGetTotalEccErrors, error, counter_type
+            )
+            for kind, error in (
+                ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+                ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+            )
+            for counter, counter_type in (
+                ("volatile", nvml.NVML_VOLATILE_ECC),
+                ("aggregate", nvml.NVML_AGGREGATE_ECC),
+            )
+        }
+        return GpuEcc(**counts) if any(n is not None for n in counts.values()) else None
+
+    def _remapped_rows(self, dev: _Device) -> GpuRemappedRows | None:
+        rows = self._call(dev, "remapped_rows", self._nvml.nvmlDeviceGetRemappedRows)
+        if rows is None:
+            return None
+        correctable, uncorrectable, pending, failure = rows
+        return GpuRemappedRows(
+            correctable=correctable,
+            uncorrectable=uncorrectable,
+            pending=bool(pending),
+            failure=bool(failure),
+        )
+
+    def _call(self, dev: _Device, name: str, fn: Callable[..., _T], *args: Any) -> _T | None:
+        """``fn(handle, *args)``, or ``None`` for an unsupported field, a lost GPU, an error."""
+        if dev.lost or name in dev.unsupported:
+            return None
+        nvml = self._nvml
+        try:
+            return fn(dev.handle, *args)
+        except (
+            nvml.NVMLError_NotSupported,
+            nvml.NVMLError_FunctionNotFound,
+            nvml.NVMLError_ArgumentVersionMismatch,
+            nvml.NVMLLibraryMismatchError,  # unversioned call, driver older than pynvml
+        ):
+            dev.unsupported.add(name)
+            self._log.debug("gpu_field_unsupported", gpu=dev.index, field=name)
+        except nvml.NVMLError_GpuIsLost:
+            dev.lost = True
+            self._log.error("gpu_lost", gpu=dev.index, uuid=dev.uuid, field=name)
+        except nvml.NVMLError as exc:
+            key = (name, type(exc).__name__)
+            if key not in dev.logged_errors:  # once per field and error, not every tick
+                dev.logged_errors.add(key)
+                self._log.warning("gpu_read_failed", gpu=dev.index, field=name, error=str(exc))
+        return None
+
+    def _first(self, dev: _Device, *choices: tuple[Any, ...]) -> Any:
+        """The first choice ``(name, fn, *args)`` the GPU supports (newer API, then older)."""
+        for name, fn, *args in choices:
+            value = self._call(dev, name, fn, *args)
+            if value is not None or name not in dev.unsupported:
+                return value
+        return None
+
+    def drain_xids(self) -> list[XidEvent]:
+        """XID events since the last call (the oldest are dropped past ``xid_queue_max``)."""
+        xids = self._xids
+        events = [xids.popleft() for _ in range(len(xids))]  # later arrivals wait for next time
+        dropped, self._xids_dropped = self._xids_dropped, 0
+        if dropped:
+            self._log.warning("xid_events_dropped", count=dropped)
+        return events
+
+    def _start_xid_watch(self) -> None:
+        nvml = self._nvml
+        try:
+            event_set = nvml.nvmlEventSetCreate()
+        except nvml.NVMLError as exc:
+            self._log.warning("xid_watch_unavailable", error=str(exc))
+            return
+        registered = 0
+        for dev in self._devices:
+            try:
+                nvml.nvmlDeviceRegisterEvents(
+                    dev.handle, nvml.nvmlEventTypeXidCriticalError, event_set
+                )
+                registered += 1
+            except nvml.NVMLError as exc:
+                self._log.info("xid_watch_unsupported", gpu=dev.index, error=str(exc))
+        if not registered:
+            self._free_event_set(event_set)
+            return
+        self._event_set = event_set
+        self._xid_thread = threading.Thread(
+            target=self._watch_xids, args=(event_set,), name="nvml-xid", daemon=True
+        )
+        self._xid_thread.start()
+
+    def _watch_xids(self, event_set: Any) -> None:
+        nvml = self._nvml
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                data = nvml.nvmlEventSetWait_v2(event_set, self._xid_wait_ms)
+            except nvml.NVMLError_Timeout:
+                continue
+            except nvml.NVMLError as exc:
+                failures += 1
+                if failures == 1:
+                    self._log.warning("xid_wait_failed", error=str(exc))
+                self._stop.wait(min(60.0, 0.5 * 2 ** min(failures, 7)))  # back off, keep trying
+                continue
+            if failures:
+                self._log.info("xid_wait_recovered", failures=failures)
+                failures = 0
+            if data.eventType & nvml.nvmlEventTypeXidCriticalError:
+                self._record_xid(data.device, int(data.eventData))
+
+    def _record_xid(self, handle: Any, xid: int) -> None:
+        nvml = self._nvml
+        try:
+            index = self._uuid_index.get(_text(nvml.nvmlDeviceGetUUID(handle)))
+        except nvml.NVMLError:
+            index = None
+        if index is None:
+            self._log.warning("gpu_xid_unattributed", xid=xid)
+            return
+        self._log.warning("gpu_xid", gpu=index, xid=xid)
+        if len(self._xids) == self._xids.maxlen:
+            self._xids_dropped += 1
+        self._xids.append(XidEvent(gpu_index=index, xid=xid, ts=self._clock.time()))
+
+    def close(self) -> None:
+        """Stop the XID thread, free the event set, shut NVML down. Idempotent."""
+        self._stop.set()
+        thread, self._xid_thread = self._xid_thread, None
+        if thread is not None:
+            thread.join(timeout=self._xid_wait_ms / 1000 + 2.0)
+            if thread.is_alive():
+                # Still inside nvmlEventSetWait: freeing the set under it would be unsafe.
+                self._log.warning("xid_watch_stop_timeout")
+                self._event_set = None
+        if self._event_set is not None:
+            self._free_event_set(self._event_set)
+            self._event_set = None
+        if self._initialized:
+            self._initialized = False
+            nvml = self._nvml
+            try:
+                nvml.nvmlShutdown()
+            except nvml.NVMLError as exc:
+                self._log.warning("nvml_shutdown_failed", error=str(exc))
+
+    def _free_event_set(self, event_set: Any) -> None:
+        nvml = self._nvml
+        try:
+            nvml.nvmlEventSetFree(event_set)
+        except nvml.NVMLError as exc:
+            self._log.warning("xid_event_set_free_failed", error=str(exc))
+
+
+def _text(value: str | bytes) -> str:
+    # nvidia-ml-py returns str; very old pynvml releases returned bytes.
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _watts(value: float) -> float | None:
+    """Round to 10 mW; ``None`` outside the schema's physical range (a broken reading)."""
+    return round(value, 2) if 0.0 <= value <= 100_000.0 else None
+
+
+def _bounded(value: _N | None, low: float, high: float) -> _N | None:
+    """``value`` if within the schema's range; a sentinel or garbage reading becomes ``None``."""
+    return value if value is not None and low <= value <= high else None

@@ -1,0 +1,393 @@
+"""Host metrics read from procfs and sysfs: CPU, memory, filesystems, disk and network I/O.
+
+The counters come straight from ``proc_root`` (``stat``, ``loadavg``, ``meminfo``,
+``diskstats``, ``net/dev``, ``self/mounts``) and ``sysfs_root``: the same files psutil reads,
+but psutil can only be pointed at a test fixture through its module-global ``PROCFS_PATH``,
+and its equivalent calls cost more CPU than this whole sampler (bench/bench_agent.py). Rates
+follow domain notes §5: deltas over the monotonic clock, ``None`` on the first sample and
+after a reset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from agent.rates import KeyedCounterRate
+from shared.clock import Clock
+from shared.schema import (
+    CpuStats,
+    DiskIoStats,
+    DiskStats,
+    MemStats,
+    NetStats,
+    NicInfo,
+    NicStats,
+)
+
+__all__ = ["HostInfo", "HostSample", "HostSampler"]
+
+_REFRESH_S = 60.0
+"""Mounts and the set of physical disks change rarely: re-read them this often."""
+
+_IMAGE_FSTYPES = frozenset({"squashfs", "iso9660", "erofs", "udf"})
+"""Read-only images (snaps, container layers): always 100% full, so never worth reporting."""
+
+_SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
+
+
+@dataclass(frozen=True, slots=True)
+class HostSample:
+    """The host part of one sample."""
+
+    cpu: CpuStats
+    mem: MemStats
+    disks: list[DiskStats]
+    disk_io: DiskIoStats
+    net: NetStats
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """Static facts about the host, for the inventory."""
+
+    cpu_model: str
+    cpu_count: int
+    cpu_cores: int | None
+    mem_total_bytes: int
+    nics: list[NicInfo]
+
+
+_CpuTicks = tuple[int, int]  # (busy, total) in USER_HZ ticks
+
+
+class HostSampler:
+    """Samples the host's counters; keeps the previous readings to turn them into rates.
+
+    Not thread-safe: one call at a time (the service awaits each ``to_thread`` call in turn).
+    """
+
+    def __init__(
+        self, clock: Clock, proc_root: Path = Path("/proc"), *, sysfs_root: Path = Path("/sys")
+    ) -> None:
+        self._clock = clock
+        self._proc_root = proc_root
+        self._sysfs_root = sysfs_root
+        self._stat_path = str(proc_root / "stat")
+        self._loadavg_path = str(proc_root / "loadavg")
+        self._meminfo_path = str(proc_root / "meminfo")
+        self._diskstats_path = str(proc_root / "diskstats")
+        self._netdev_path = str(proc_root / "net" / "dev")
+
+        self._prev_cpu: _CpuTicks | None = None
+        self._prev_cores: tuple[list[bytes], list[_CpuTicks]] | None = None
+        self._disk_read = KeyedCounterRate[str]()
+        self._disk_write = KeyedCounterRate[str]()
+        self._net_rx = KeyedCounterRate[str]()
+        self._net_tx = KeyedCounterRate[str]()
+
+        self._refresh_due = float("-inf")
+        self._mounts: list[tuple[str, str, str]] = []  # (device, mount point, fstype)
+        self._physical_disks: frozenset[str] = frozenset()
+
+    @property
+    def proc_root(self) -> Path:
+        """Where procfs is read from."""
+        return self._proc_root
+
+    @property
+    def sysfs_root(self) -> Path:
+        """Where sysfs is read from."""
+        return self._sysfs_root
+
+    def info(self) -> HostInfo:
+        """Read the static facts: CPU model and counts, memory size, network interfaces."""
+        _, cores, _ = _read_stat(self._stat_path)
+        mem_total = _read_meminfo(self._meminfo_path).get(b"MemTotal", 0) * 1024
+        return HostInfo(
+            cpu_model=_cpu_model(self._proc_root / "cpuinfo"),
+            cpu_count=max(1, len(cores)),
+            cpu_cores=_physical_cores(self._sysfs_root / "devices" / "system" / "cpu"),
+            mem_total_bytes=mem_total,
+            nics=[self._nic_info(name) for name in _read_netdev(self._netdev_path)],
+        )
+
+    def sample(self) -> HostSample:
+        """Read every counter once and return the host part of a sample."""
+        now = self._clock.monotonic()
+        if now >= self._refresh_due:
+            self._refresh(now)
+        return HostSample(
+            cpu=self._cpu(),
+            mem=_mem_stats(_read_meminfo(self._meminfo_path)),
+            disks=self._disks(),
+            disk_io=self._disk_io(now),
+            net=self._net(now),
+        )
+
+    def _refresh(self, now: float) -> None:
+        self._refresh_due = now + _REFRESH_S
+        self._mounts = _physical_mounts(self._proc_root)
+        block = self._sysfs_root / "block"
+        try:
+            names = os.listdir(block)
+        except FileNotFoundError:
+            names = []
+        # dm-*, md*, loop*, zram* have no `device` link; counting them would count I/O twice.
+        self._physical_disks = frozenset(n for n in names if (block / n / "device").exists())
+
+    def _cpu(self) -> CpuStats:
+        total, cores, names = _read_stat(self._stat_path)
+        prev, self._prev_cpu = self._prev_cpu, total
+        pct = None if prev is None else _busy_pct(prev, total)
+        per_core: list[float] | None = None
+        prev_cores, self._prev_cores = self._prev_cores, (names, cores)
+        # A CPU that went on- or offline changes the list: skip that interval.
+        if prev_cores is not None and prev_cores[0] == names:
+            pcts = list(map(_busy_pct, prev_cores[1], cores))
+            per_core = None if None in pcts else cast("list[float]", pcts)
+        with open(self._loadavg_path, "rb") as f:
+            load = f.read().split(maxsplit=3)
+        return CpuStats(
+            count=max(1, len(cores)),
+            pct=pct,
+            per_core_pct=per_core,
+            load1=float(load[0]),
+            load5=float(load[1]),
+            load15=float(load[2]),
+        )
+
+    def _disks(self) -> list[DiskStats]:
+        disks = []
+        for device, mount, fstype in self._mounts:
+            try:
+                st = os.statvfs(mount)
+            except OSError:
+                continue  # unmounted since the last refresh, or unreadable
+            if st.f_blocks == 0:
+                continue
+            disks.append(
+                DiskStats(
+                    mount=mount,
+                    device=device,
+                    fstype=fstype,
+                    total_bytes=st.f_blocks * st.f_frsize,
+                    used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+                )
+            )
+        return disks
+
+    def _disk_io(self, now: float) -> DiskIoStats:
+        reads: dict[str, int] = {}
+        writes: dict[str, int] = {}
+        physical = self._physical_disks
+        with open(self._diskstats_path, "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 10:
+                    continue
+                name = fields[2].decode()
+                if name in physical:
+                    reads[name] = int(fields[5]) * _SECTOR_BYTES
+                    writes[name] = int(fields[9]) * _SECTOR_BYTES
+        return DiskIoStats(
+            read_bytes_per_s=_sum_known(self._disk_read.update(reads, now).values()),
+            write_bytes_per_s=_sum_known(self._disk_write.update(writes, now).values()),
+        )
+
+    def _net(self, now: float) -> NetStats:
+        counters = _read_netdev(self._netdev_path)
+        rx_rates = self._net_rx.update({n: c[0] for n, c in counters.items()}, now)
+        tx_rates = self._net_tx.update({n: c[1] for n, c in counters.items()}, now)
+        nics = []
+        for name, (_, _, rx_errors, tx_errors, rx_drops, tx_drops) in counters.items():
+            rx, tx = rx_rates[name], tx_rates[name]
+            nics.append(
+                NicStats(
+                    name=name,
+                    rx_bytes_per_s=None if rx is None else round(rx, 1),
+                    tx_bytes_per_s=None if tx is None else round(tx, 1),
+                    rx_errors=rx_errors,
+                    tx_errors=tx_errors,
+                    rx_drops=rx_drops,
+                    tx_drops=tx_drops,
+                )
+            )
+        return NetStats(
+            rx_bytes_per_s=_sum_known(rx_rates.values()),
+            tx_bytes_per_s=_sum_known(tx_rates.values()),
+            nics=nics,
+        )
+
+    def _nic_info(self, name: str) -> NicInfo:
+        net = self._sysfs_root / "class" / "net" / name
+        speed = _read_int(net / "speed")  # EINVAL while the link is down; -1 when unknown
+        mac = _read_text(net / "address")
+        return NicInfo(
+            name=name,
+            speed_mbps=speed if speed is not None and speed > 0 else None,
+            mac=mac if mac and mac.strip("0:") else None,
+        )
+
+
+def _busy_pct(before: _CpuTicks, after: _CpuTicks) -> float | None:
+    total = after[1] - before[1]
+    if total <= 0:
+        return None
+    # iowait can go backwards on tickless kernels, so clamp to the schema's range.
+    return round(min(100.0, max(0.0, 100.0 * (after[0] - before[0]) / total)), 1)
+
+
+def _sum_known(rates: Iterable[float | None]) -> float | None:
+    """Sum the known rates; ``None`` when none is known (first sample).
+
+    A NIC or disk that just appeared has no rate yet and is left out of that interval's
+    total, so container churn (veth pairs) does not blank the node's totals.
+    """
+    known = [r for r in rates if r is not None]
+    return round(sum(known), 1) if known else None
+
+
+def _read_stat(path: str) -> tuple[_CpuTicks, list[_CpuTicks], list[bytes]]:
+    """Aggregate and per-CPU (busy, total) ticks, and the per-CPU line names."""
+    total: _CpuTicks = (0, 0)
+    cores: list[_CpuTicks] = []
+    names: list[bytes] = []
+    with open(path, "rb") as f:
+        data = f.read()
+    for line in data.split(b"\n"):
+        if not line.startswith(b"cpu"):
+            break  # the cpu lines come first
+        fields = line.split()
+        # user nice system idle iowait irq softirq steal; guest time is already in user/nice.
+        ticks = list(map(int, fields[1:9]))
+        all_ticks = sum(ticks)
+        busy = all_ticks - ticks[3] - ticks[4]
+        if fields[0] == b"cpu":
+            total = (busy, all_ticks)
+        else:
+            cores.append((busy, all_ticks))
+            names.append(fields[0])
+    return total, cores, names
+
+
+def _read_meminfo(path: str) -> dict[bytes, int]:
+    """``/proc/meminfo`` as numbers in the file's unit (kB for the fields used here)."""
+    out: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            value = rest.split(maxsplit=1)
+            if value:
+                out[key] = int(value[0])
+    return out
+
+
+def _mem_stats(info: dict[bytes, int]) -> MemStats:
+    total = info.get(b"MemTotal", 0) * 1024
+    if b"MemAvailable" in info:
+        available = info[b"MemAvailable"] * 1024
+    else:  # kernels before 3.14
+        available = sum(info.get(k, 0) for k in (b"MemFree", b"Buffers", b"Cached")) * 1024
+    available = min(available, total)
+    swap_total = info.get(b"SwapTotal", 0) * 1024
+    swap_free = min(info.get(b"SwapFree", 0) * 1024, swap_total)
+    # "used" is what cannot be reclaimed (free(1) since procps-ng 4.0.1): total - available.
+    return MemStats(
+        total_bytes=total,
+        used_bytes=total - available,
+        available_bytes=available,
+        swap_total_bytes=swap_total,
+        swap_used_bytes=swap_total - swap_free,
+    )
+
+
+def _read_netdev(path: str) -> dict[str, tuple[int, int, int, int, int, int]]:
+    """Non-loopback interfaces: (rx_bytes, tx_bytes, rx_errs, tx_errs, rx_drop, tx_drop)."""
+    out: dict[str, tuple[int, int, int, int, int, int]] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            name, sep, rest = line.partition(b":")
+            if not sep:
+                continue  # the two header lines
+            name = name.strip()
+            if name == b"lo":
+                continue
+            v = rest.split()
+            rx, tx = int(v[0]), int(v[8])
+            out[name.decode()] = (rx, tx, int(v[2]), int(v[10]), int(v[3]), int(v[11]))
+    return out
+
+
+def _unescape_mount(field: str) -> str:
+    # /proc/self/mounts writes space, tab, newline and backslash as octal escapes.
+    if "\\" not in field:
+        return field
+    for esc, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(esc, char)
+    return field
+
+
+def _physical_mounts(proc_root: Path) -> list[tuple[str, str, str]]:
+    """Mounted block-device filesystems, one per device (bind mounts and subvolumes skipped)."""
+    physical = {"zfs"}  # zfs is "nodev" in /proc/filesystems but holds real data
+    for line in (proc_root / "filesystems").read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 1:
+            physical.add(fields[0])
+    physical -= _IMAGE_FSTYPES
+    seen: set[str] = set()
+    mounts = []
+    for line in (proc_root / "self" / "mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        device, mount, fstype = fields[0], _unescape_mount(fields[1]), fields[2]
+        if fstype not in physical or device in seen or device.startswith("/dev/loop"):
+            continue
+        seen.add(device)
+        mounts.append((device, mount, fstype))
+    return mounts
+
+
+def _cpu_model(cpuinfo: Path) -> str:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        # x86 says "model name"; arm64 says nothing useful except on some kernels "Model name".
+        if sep and key.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return "unknown"
+
+
+def _physical_cores(cpu_dir: Path) -> int | None:
+    """Distinct sibling sets = physical cores (what psutil does; works on x86 and arm64)."""
+    siblings = set()
+    for topology in cpu_dir.glob("cpu[0-9]*/topology"):
+        text = _read_text(topology / "core_cpus_list") or _read_text(
+            topology / "thread_siblings_list"
+        )
+        if text:
+            siblings.add(text)
+    return len(siblings) or None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None

@@ -1,0 +1,141 @@
+"""A node's inventory and samples: the host, RAPL and GPU parts assembled on the wire schema."""
+
+from __future__ import annotations
+
+import socket
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from agent.fake_nvml import FakeNvml
+from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
+from agent.host import HostSampler
+from agent.rapl import RaplReader
+from shared.clock import Clock
+from shared.schema import Inventory, Sample
+from shared.topics import validate_node_id
+
+__all__ = ["NodeSampler", "agent_version", "make_gpu_backend"]
+
+
+def agent_version() -> str:
+    """The installed capwatch version, ``0+unknown`` when running from an uninstalled tree."""
+    try:
+        return version("capwatch")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class NodeSampler:
+    """Builds the node's :class:`Inventory` once and a :class:`Sample` per tick.
+
+    :meth:`sample` blocks on file reads and NVML calls (about a millisecond): the service
+    calls it through ``asyncio.to_thread``, from one thread at a time. Every
+    ``slow_interval_s`` (and on the first sample) the GPU part includes ECC counters and
+    remapped rows.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        gpu: GpuBackend,
+        rapl: RaplReader | None,
+        host: HostSampler,
+        interval_s: float,
+        slow_interval_s: float,
+        clock: Clock,
+    ) -> None:
+        if not 0 < interval_s <= 3600:
+            raise ValueError(f"interval_s must be within (0, 3600], got {interval_s}")
+        if slow_interval_s <= 0:
+            raise ValueError(f"slow_interval_s must be positive, got {slow_interval_s}")
+        self._node = validate_node_id(node_id)
+        self._gpu = gpu
+        self._rapl = rapl
+        self._host = host
+        self._interval_s = interval_s
+        self._slow_interval_s = slow_interval_s
+        self._clock = clock
+        self._started = False
+        self._seq = 0
+        self._slow_due = float("-inf")
+
+    def start(self) -> Inventory:
+        """Start the GPU backend and describe the node. Call once, before :meth:`sample`."""
+        if self._started:
+            raise RuntimeError("NodeSampler.start() was already called")
+        self._started = True
+        gpus = self._gpu.start()
+        info = self._host.info()
+        return Inventory(
+            v=1,
+            node=self._node,
+            ts=self._clock.time(),
+            host=socket.gethostname(),
+            agent_version=agent_version(),
+            cpu_model=info.cpu_model,
+            cpu_count=info.cpu_count,
+            cpu_cores=info.cpu_cores,
+            mem_total_bytes=info.mem_total_bytes,
+            gpus=gpus.gpus,
+            gpu_driver=gpus.driver,
+            gpu_status=gpus.status,
+            nics=info.nics,
+        )
+
+    def sample(self) -> Sample:
+        """Read everything once. Rates are ``None`` on the first sample."""
+        if not self._started:
+            raise RuntimeError("NodeSampler.start() must be called before sample()")
+        now = self._clock.monotonic()
+        ts = self._clock.time()
+        # Due within half an interval counts as due, so scheduling jitter cannot push the
+        # slow reads a whole interval late.
+        slow = now >= self._slow_due - self._interval_s / 2
+        if slow:
+            self._slow_due = now + self._slow_interval_s
+        host = self._host.sample()
+        cpu_power_w = self._rapl.sample() if self._rapl is not None else None
+        gpus = self._gpu.sample(now, slow)
+        sample = Sample(
+            v=1,
+            node=self._node,
+            ts=ts,
+            seq=self._seq,
+            interval_s=self._interval_s,
+            cpu=host.cpu,
+            mem=host.mem,
+            disks=host.disks,
+            disk_io=host.disk_io,
+            net=host.net,
+            cpu_power_w=cpu_power_w,
+            gpus=gpus,
+            xids=self._gpu.drain_xids(),
+        )
+        self._seq += 1
+        return sample
+
+    def close(self) -> None:
+        """Release the GPU backend (stops its XID thread). Idempotent."""
+        self._gpu.close()
+
+
+def make_gpu_backend(
+    kind: Literal["nvml", "fake", "none"],
+    *,
+    fake_gpus: int = 8,
+    seed: int = 0,
+    clock: Clock,
+) -> GpuBackend:
+    """The GPU backend named by ``AgentSettings.gpu_backend``.
+
+    ``fake`` is NVML's code path over :class:`FakeNvml` (8 x H100 by default, profile fixed
+    by ``seed``); ``none`` reports zero GPUs with status ``disabled``.
+    """
+    if kind == "nvml":
+        return NvmlBackend(clock=clock)
+    if kind == "fake":
+        return NvmlBackend(FakeNvml(fake_gpus, seed=seed, clock=clock), clock=clock)
+    if kind == "none":
+        return NullGpuBackend()
+    raise ValueError(f"unknown GPU backend {kind!r}: use 'nvml', 'fake' or 'none'")
