@@ -24,18 +24,38 @@ __all__ = ["build_parser", "main"]
 
 
 def _settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help="TOML settings file; CAPWATCH_* env vars override it, flags override both")
-    p.add_argument("--node-id", metavar="ID",
-                   help="node name used in topics (default: short hostname; letters, digits, . _ -)")
-    p.add_argument("--interval", type=float, metavar="SECONDS",
-                   help="seconds between samples (default 5, at least 1)")
-    p.add_argument("--gpu-backend", choices=["nvml", "fake", "none"],
-                   help="nvml (default: real GPUs via NVML), fake (simulated GPUs), none")
-    p.add_argument("--fake-gpus", type=int, metavar="N", help="GPUs of the fake backend (default 8)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML settings file; CAPWATCH_* env vars override it, flags override both",
+    )
+    p.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="node name used in topics (default: short hostname; letters, digits, . _ -)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between samples (default 5, at least 1)",
+    )
+    p.add_argument(
+        "--gpu-backend",
+        choices=["nvml", "fake", "none"],
+        help="nvml (default: real GPUs via NVML), fake (simulated GPUs), none",
+    )
+    p.add_argument(
+        "--fake-gpus", type=int, metavar="N", help="GPUs of the fake backend (default 8)"
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                   help="JSON log lines (default: when stderr is not a terminal)")
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
     if broker:
         p.add_argument("--host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
         p.add_argument("--port", type=int, metavar="PORT", help="MQTT broker port (default 1883)")
@@ -50,40 +70,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="sample and publish every interval until stopped",
-                       description="Publish one sample per interval on capwatch/v1/nodes/<node>/"
-                       "sample (QoS 1), a retained inventory and online status; the broker's "
-                       "last will marks the node offline. While the broker is away, samples wait "
-                       "in a bounded buffer (one hour by default) and are sent in order later.")
+    p = sub.add_parser(
+        "run",
+        help="sample and publish every interval until stopped",
+        description="Publish one sample per interval on capwatch/v1/nodes/<node>/"
+        "sample (QoS 1), a retained inventory and online status; the broker's "
+        "last will marks the node offline. While the broker is away, samples wait "
+        "in a bounded buffer (one hour by default) and are sent in order later.",
+    )
     _settings_args(p, broker=True)
-    p.add_argument("--buffer", metavar="DURATION",
-                   help="how much sampling time to buffer while disconnected (default 1h)")
+    p.add_argument(
+        "--buffer",
+        metavar="DURATION",
+        help="how much sampling time to buffer while disconnected (default 1h)",
+    )
     p.set_defaults(handler=_run)
 
-    p = sub.add_parser("sample", help="print one sample as JSON and exit",
-                       description="Take a priming reading, wait --wait seconds so rates (CPU %%, "
-                       "bytes/s, interval power) have a baseline, then print one sample.")
+    p = sub.add_parser(
+        "sample",
+        help="print one sample as JSON and exit",
+        description="Take a priming reading, wait --wait seconds so rates (CPU %%, "
+        "bytes/s, interval power) have a baseline, then print one sample.",
+    )
     _settings_args(p, broker=False)
-    p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
-                   help="seconds between the priming and the printed reading (default 1; 0: rates null)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between the priming and the printed reading (default 1; 0: rates null)",
+    )
     p.set_defaults(handler=_sample)
 
     p = sub.add_parser("inventory", help="print this node's inventory as JSON and exit")
     _settings_args(p, broker=False)
     p.set_defaults(handler=_inventory)
 
-    p = sub.add_parser("simulate", help="publish a synthetic fleet (demo, tests, benchmark)",
-                       description="Publish samples for --nodes synthetic nodes with xname ids and "
-                       "fake GPUs, deterministic from --seed, plus their inventories and status.")
+    p = sub.add_parser(
+        "simulate",
+        help="publish a synthetic fleet (demo, tests, benchmark)",
+        description="Publish samples for --nodes synthetic nodes with xname ids and "
+        "fake GPUs, deterministic from --seed, plus their inventories and status.",
+    )
     _settings_args(p, broker=True)
     p.add_argument("--nodes", type=int, default=16, metavar="N", help="fleet size (default 16)")
     p.add_argument("--gpus-per-node", type=int, default=8, metavar="N", help="default 8")
     p.add_argument("--seed", type=int, default=0, help="profile seed (default 0)")
-    p.add_argument("--ticks", type=int, metavar="N", help="stop after N ticks (default: run until stopped)")
-    p.add_argument("--burst", action="store_true",
-                   help="do not wait between ticks (timestamps still step by --interval)")
-    p.add_argument("--first-index", type=int, default=0, metavar="I",
-                   help="number node ids from this index (several simulators side by side)")
+    p.add_argument(
+        "--ticks", type=int, metavar="N", help="stop after N ticks (default: run until stopped)"
+    )
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="do not wait between ticks (timestamps still step by --interval)",
+    )
+    p.add_argument(
+        "--first-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="number node ids from this index (several simulators side by side)",
+    )
     p.add_argument("--json", action="store_true", help="print the run's figures as JSON at the end")
     p.set_defaults(handler=_simulate)
     return parser
@@ -122,7 +169,9 @@ def _run(args: argparse.Namespace) -> int:
     from agent.service import AgentService  # noqa: PLC0415
     from shared.units import parse_duration  # noqa: PLC0415
 
-    extra = {} if args.buffer is None else {"buffer_s": parse_duration(args.buffer, field="--buffer")}
+    extra = (
+        {} if args.buffer is None else {"buffer_s": parse_duration(args.buffer, field="--buffer")}
+    )
     settings = _load(args, **extra)
     service = AgentService(settings, _node_sampler(settings))
 
@@ -166,19 +215,37 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.nodes > 200_000:
         raise CapwatchError(f"--nodes {args.nodes}: use 1 to 200000")
     settings = _load(args)
-    sim = FleetSimulator(args.nodes, gpus_per_node=args.gpus_per_node, seed=args.seed,
-                         interval_s=settings.interval_s, first_index=args.first_index)
+    sim = FleetSimulator(
+        args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        seed=args.seed,
+        interval_s=settings.interval_s,
+        first_index=args.first_index,
+    )
 
     async def go() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        stats = await publish_fleet(settings.mqtt, sim, ticks=args.ticks, burst=args.burst, stop=stop,
-                                    client_id=f"capwatch-simulator-{args.first_index}")
-        figures = {"nodes": args.nodes, "ticks": stats.ticks, "published": stats.published,
-                   "late_ticks": stats.late_ticks, "elapsed_s": round(stats.elapsed_s, 3),
-                   "samples_per_s": round(stats.published / stats.elapsed_s, 1) if stats.elapsed_s else None}
+        stats = await publish_fleet(
+            settings.mqtt,
+            sim,
+            ticks=args.ticks,
+            burst=args.burst,
+            stop=stop,
+            client_id=f"capwatch-simulator-{args.first_index}",
+        )
+        figures = {
+            "nodes": args.nodes,
+            "ticks": stats.ticks,
+            "published": stats.published,
+            "late_ticks": stats.late_ticks,
+            "elapsed_s": round(stats.elapsed_s, 3),
+            "samples_per_s": round(stats.published / stats.elapsed_s, 1)
+            if stats.elapsed_s
+            else None,
+        }
         if args.json:
             print(json.dumps(figures))
         else:

@@ -53,8 +53,9 @@ class SampleBuffer:
             self._items.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("buffer_full_dropped_oldest", dropped_total=self.dropped,
-                            capacity=self.capacity)
+                log.warning(
+                    "buffer_full_dropped_oldest", dropped_total=self.dropped, capacity=self.capacity
+                )
         self._items.append(payload)
         self.high_water = max(self.high_water, len(self._items))
         self._nonempty.set()
@@ -112,7 +113,9 @@ class Publisher:
             keepalive=m.keepalive_s,
             tls_context=m.tls_context(),
             timeout=_PUBLISH_TIMEOUT_S,
-            will=aiomqtt.Will(status_topic(self.node_id), self._status("offline"), qos=1, retain=True),
+            will=aiomqtt.Will(
+                status_topic(self.node_id), self._status("offline"), qos=1, retain=True
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,26 +127,39 @@ class Publisher:
                     await self._announce(client)
                     self.connects += 1
                     self.connected.set()
-                    log.info("mqtt_connected", broker=f"{self.mqtt.host}:{self.mqtt.port}",
-                             buffered=len(self.buffer))
+                    log.info(
+                        "mqtt_connected",
+                        broker=f"{self.mqtt.host}:{self.mqtt.port}",
+                        buffered=len(self.buffer),
+                    )
                     delay = self.mqtt.reconnect_min_s
                     await self._drain(client, stop)
                     await self._goodbye(client)
                     return
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
-                log.warning("mqtt_disconnected", error=str(exc), buffered=len(self.buffer),
-                            retry_in_s=round(delay, 2))
+                log.warning(
+                    "mqtt_disconnected",
+                    error=str(exc),
+                    buffered=len(self.buffer),
+                    retry_in_s=round(delay, 2),
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
-                delay = max(self.mqtt.reconnect_min_s,
-                            min(self.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0))  # noqa: S311
+                delay = max(
+                    self.mqtt.reconnect_min_s,
+                    min(self.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0),
+                )
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
-            await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
-            await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
+            await client.publish(
+                inventory_topic(self.node_id), self._inventory(), qos=1, retain=True
+            )
+            await client.publish(
+                status_topic(self.node_id), self._status("online"), qos=1, retain=True
+            )
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Publish buffered samples in order until stop; a sample leaves only after PUBACK."""
@@ -172,5 +188,6 @@ class Publisher:
         # A clean disconnect does not fire the will, so say offline ourselves.
         with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
             async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
-                await client.publish(status_topic(self.node_id), self._status("offline"),
-                                     qos=1, retain=True)
+                await client.publish(
+                    status_topic(self.node_id), self._status("offline"), qos=1, retain=True
+                )

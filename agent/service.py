@@ -62,17 +62,27 @@ class AgentService:
         """Sample and publish until :meth:`stop`."""
         inventory = await asyncio.to_thread(self.sampler.start)
         self._inventory = encode(inventory)
-        log.info("agent_started", node=self.settings.node_id, gpus=len(inventory.gpus),
-                 gpu_status=inventory.gpu_status, interval_s=self.settings.interval_s,
-                 buffer_samples=self.buffer.capacity)
+        log.info(
+            "agent_started",
+            node=self.settings.node_id,
+            gpus=len(inventory.gpus),
+            gpu_status=inventory.gpu_status,
+            interval_s=self.settings.interval_s,
+            buffer_samples=self.buffer.capacity,
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._sample_loop(), name="sampler")
                 tg.create_task(self.publisher.run(self._stop), name="publisher")
         finally:
             await asyncio.to_thread(self.sampler.close)
-        log.info("agent_stopped", samples=self.samples_taken, published=self.publisher.published,
-                 dropped=self.buffer.dropped, unsent=len(self.buffer))
+        log.info(
+            "agent_stopped",
+            samples=self.samples_taken,
+            published=self.publisher.published,
+            dropped=self.buffer.dropped,
+            unsent=len(self.buffer),
+        )
 
     async def _sample_loop(self) -> None:
         interval = self.settings.interval_s

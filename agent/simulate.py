@@ -101,7 +101,12 @@ class FleetSimulator:
     """Generates samples and inventories for ``nodes`` synthetic nodes."""
 
     def __init__(
-        self, nodes: int, *, gpus_per_node: int = 8, seed: int = 0, interval_s: float = 5.0,
+        self,
+        nodes: int,
+        *,
+        gpus_per_node: int = 8,
+        seed: int = 0,
+        interval_s: float = 5.0,
         first_index: int = 0,
     ) -> None:
         if nodes < 1:
@@ -122,8 +127,10 @@ class FleetSimulator:
             for _ in range(nodes)
         ]
         self._uuids = [
-            [f"GPU-{seed:04x}{i:08x}-{g:04x}-4000-8000-{(seed * 7919 + i * 131 + g):012x}"
-             for g in range(gpus_per_node)]
+            [
+                f"GPU-{seed:04x}{i:08x}-{g:04x}-4000-8000-{(seed * 7919 + i * 131 + g):012x}"
+                for g in range(gpus_per_node)
+            ]
             for i in range(nodes)
         ]
         self._seq = 0
@@ -132,16 +139,30 @@ class FleetSimulator:
         """Node ``i``'s retained inventory."""
         node = self.node_ids[i]
         return Inventory(
-            v=1, node=node, ts=ts, host=node, agent_version="simulated",
-            cpu_model="AMD EPYC 9654 96-Core Processor (simulated)", cpu_count=_CPUS,
-            cpu_cores=_CPUS // 2, mem_total_bytes=_NODE_MEM,
+            v=1,
+            node=node,
+            ts=ts,
+            host=node,
+            agent_version="simulated",
+            cpu_model="AMD EPYC 9654 96-Core Processor (simulated)",
+            cpu_count=_CPUS,
+            cpu_cores=_CPUS // 2,
+            mem_total_bytes=_NODE_MEM,
             gpus=[
-                GpuInfo(index=g, name=_GPU_NAME, uuid=self._uuids[i][g],
-                        serial=f"16523{i:06d}{g:02d}", pci_bus_id=f"00000000:{0x18 + g * 0x10:02X}:00.0",
-                        power_limit_w=_GPU_LIMIT_W, mig_mode=False, mem_total_bytes=_GPU_MEM)
+                GpuInfo(
+                    index=g,
+                    name=_GPU_NAME,
+                    uuid=self._uuids[i][g],
+                    serial=f"16523{i:06d}{g:02d}",
+                    pci_bus_id=f"00000000:{0x18 + g * 0x10:02X}:00.0",
+                    power_limit_w=_GPU_LIMIT_W,
+                    mig_mode=False,
+                    mem_total_bytes=_GPU_MEM,
+                )
                 for g in range(self.gpus_per_node)
             ],
-            gpu_driver="550.90.07", gpu_status="ok",
+            gpu_driver="550.90.07",
+            gpu_status="ok",
         )
 
     def sample(self, i: int, ts: float, seq: int) -> Sample:
@@ -160,25 +181,54 @@ class FleetSimulator:
             total_util += util
             watts, mem_used, temp_c, clock, reasons, pstate, mem_util = _LEVELS[util]
             energy[g] += watts * dt
-            gpus.append(GpuSample(
-                index=g, uuid=uuids[g], util_pct=util, mem_util_pct=mem_util,
-                mem_used_bytes=mem_used, mem_total_bytes=_GPU_MEM,
-                power_w=watts + (seq % 7) - 3, power_interval_w=watts,
-                energy_j=round(energy[g], 1), temp_c=temp_c, sm_clock_mhz=clock,
-                clock_event_reasons=reasons, pstate=pstate,
-            ))
+            gpus.append(
+                GpuSample(
+                    index=g,
+                    uuid=uuids[g],
+                    util_pct=util,
+                    mem_util_pct=mem_util,
+                    mem_used_bytes=mem_used,
+                    mem_total_bytes=_GPU_MEM,
+                    power_w=watts + (seq % 7) - 3,
+                    power_interval_w=watts,
+                    energy_j=round(energy[g], 1),
+                    temp_c=temp_c,
+                    sm_clock_mhz=clock,
+                    clock_event_reasons=reasons,
+                    pstate=pstate,
+                )
+            )
         mean_util = total_util / self.gpus_per_node if self.gpus_per_node else p.base
         cpu_pct = min(100.0, 3.0 + mean_util * 0.25)
         mem_used = int(_NODE_MEM * (0.15 + 0.5 * mean_util / 100))
         return Sample(
-            v=1, node=self.node_ids[i], ts=ts, seq=seq, interval_s=dt,
-            cpu=CpuStats(count=_CPUS, pct=round(cpu_pct, 1), load1=round(cpu_pct * 2.2, 2),
-                         load5=round(cpu_pct * 2.1, 2), load15=round(cpu_pct * 2.0, 2)),
-            mem=MemStats(total_bytes=_NODE_MEM, used_bytes=mem_used,
-                         available_bytes=_NODE_MEM - mem_used),
-            disks=[DiskStats(mount="/", device="/dev/nvme0n1p2", fstype="ext4",
-                             total_bytes=1_900_000_000_000, used_bytes=420_000_000_000)],
-            disk_io=DiskIoStats(read_bytes_per_s=2.0e6 * mean_util, write_bytes_per_s=5.0e5 * mean_util),
+            v=1,
+            node=self.node_ids[i],
+            ts=ts,
+            seq=seq,
+            interval_s=dt,
+            cpu=CpuStats(
+                count=_CPUS,
+                pct=round(cpu_pct, 1),
+                load1=round(cpu_pct * 2.2, 2),
+                load5=round(cpu_pct * 2.1, 2),
+                load15=round(cpu_pct * 2.0, 2),
+            ),
+            mem=MemStats(
+                total_bytes=_NODE_MEM, used_bytes=mem_used, available_bytes=_NODE_MEM - mem_used
+            ),
+            disks=[
+                DiskStats(
+                    mount="/",
+                    device="/dev/nvme0n1p2",
+                    fstype="ext4",
+                    total_bytes=1_900_000_000_000,
+                    used_bytes=420_000_000_000,
+                )
+            ],
+            disk_io=DiskIoStats(
+                read_bytes_per_s=2.0e6 * mean_util, write_bytes_per_s=5.0e5 * mean_util
+            ),
             net=NetStats(rx_bytes_per_s=1.2e8 * mean_util, tx_bytes_per_s=1.1e8 * mean_util),
             cpu_power_w=round(180 + 3.2 * cpu_pct * 4, 1),
             gpus=gpus,
@@ -213,9 +263,16 @@ async def publish_fleet(
     queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=workers * 8)
     t0 = time.monotonic()
     async with aiomqtt.Client(
-        mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password,
-        identifier=client_id, clean_session=True, keepalive=mqtt.keepalive_s,
-        tls_context=mqtt.tls_context(), max_inflight_messages=workers, timeout=30,
+        mqtt.host,
+        mqtt.port,
+        username=mqtt.username,
+        password=mqtt.password,
+        identifier=client_id,
+        clean_session=True,
+        keepalive=mqtt.keepalive_s,
+        tls_context=mqtt.tls_context(),
+        max_inflight_messages=workers,
+        timeout=30,
     ) as client:
         # Many publishes in flight is the point here, not a symptom: silence that warning.
         client.pending_calls_threshold = workers + 1
@@ -237,8 +294,13 @@ async def publish_fleet(
             now = time.time()
             for i, node in enumerate(sim.node_ids):
                 await queue.put((inventory_topic(node), encode(sim.inventory(i, now)), True))
-                await queue.put((status_topic(node),
-                                 encode(NodeStatus(v=1, node=node, status="online", ts=now)), True))
+                await queue.put(
+                    (
+                        status_topic(node),
+                        encode(NodeStatus(v=1, node=node, status="online", ts=now)),
+                        True,
+                    )
+                )
             base_ts = start_ts if start_ts is not None else now
             next_tick = time.monotonic()
             while not stop.is_set() and (ticks is None or stats.ticks < ticks):
@@ -260,8 +322,13 @@ async def publish_fleet(
             await queue.join()
             now = time.time()
             for node in sim.node_ids:
-                await queue.put((status_topic(node),
-                                 encode(NodeStatus(v=1, node=node, status="offline", ts=now)), True))
+                await queue.put(
+                    (
+                        status_topic(node),
+                        encode(NodeStatus(v=1, node=node, status="offline", ts=now)),
+                        True,
+                    )
+                )
             await queue.join()
             for task in pool:
                 task.cancel()

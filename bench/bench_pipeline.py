@@ -77,14 +77,24 @@ def _rss_mb(pid: int) -> float:
 
 class _Collector:
     def __init__(self, broker: MosquittoBroker, db: Path, log: Path) -> None:
-        self.argv = [str(BIN / "collector"), "run", "--host", broker.host, "--port", str(broker.port),
-                     "--db", str(db), "--log-level", "warning"]
+        self.argv = [
+            str(BIN / "collector"),
+            "run",
+            "--host",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--db",
+            str(db),
+            "--log-level",
+            "warning",
+        ]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT)  # noqa: S603
+            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT)
         return self.proc
 
     def stop(self) -> tuple[float, float]:
@@ -174,10 +184,16 @@ def bench_live(work: Path, nodes: int, seconds: int) -> dict[str, float]:
 
 def main() -> None:
     """Parse flags, run the chosen measurements, print figures (JSON with --json)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=int, default=12_500, help="8-GPU nodes (default 12500 = 100k GPUs)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--nodes", type=int, default=12_500, help="8-GPU nodes (default 12500 = 100k GPUs)"
+    )
     p.add_argument("--ticks", type=int, default=8, help="drain: ticks queued (default 8)")
-    p.add_argument("--seconds", type=int, default=10, help="live: seconds of offered load (default 10)")
+    p.add_argument(
+        "--seconds", type=int, default=10, help="live: seconds of offered load (default 10)"
+    )
     p.add_argument("--mode", choices=["drain", "live", "both"], default="both")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

@@ -37,24 +37,52 @@ def dictionary_bytes() -> bytes:
     """The raw-content dictionary: one representative 8-GPU sample, encoded."""
     gpus = [
         GpuSample(
-            index=g, uuid=f"GPU-00000000-0000-0000-0000-00000000000{g}", util_pct=87.0,
-            mem_util_pct=41.0, mem_used_bytes=61_234_567_890, mem_total_bytes=85_899_345_920,
-            power_w=612.3, power_interval_w=598.7, energy_j=123_456_789.1, temp_c=64.0,
-            sm_clock_mhz=1980, clock_event_reasons=0, pstate=0,
+            index=g,
+            uuid=f"GPU-00000000-0000-0000-0000-00000000000{g}",
+            util_pct=87.0,
+            mem_util_pct=41.0,
+            mem_used_bytes=61_234_567_890,
+            mem_total_bytes=85_899_345_920,
+            power_w=612.3,
+            power_interval_w=598.7,
+            energy_j=123_456_789.1,
+            temp_c=64.0,
+            sm_clock_mhz=1980,
+            clock_event_reasons=0,
+            pstate=0,
             processes=[GpuProcess(pid=12345, used_mem_bytes=60_000_000_000)],
         )
         for g in range(8)
     ]
     sample = Sample(
-        v=1, node="x1000c0s0b0n0", ts=1_800_000_000.123, seq=1234, interval_s=5.0,
+        v=1,
+        node="x1000c0s0b0n0",
+        ts=1_800_000_000.123,
+        seq=1234,
+        interval_s=5.0,
         cpu=CpuStats(count=224, pct=23.4, per_core_pct=None, load1=51.2, load5=49.1, load15=46.9),
-        mem=MemStats(total_bytes=2_199_023_255_552, used_bytes=1_228_704_244_039,
-                     available_bytes=970_319_011_513, swap_total_bytes=0, swap_used_bytes=0),
-        disks=[DiskStats(mount="/", device="/dev/nvme0n1p2", fstype="ext4",
-                         total_bytes=1_900_000_000_000, used_bytes=420_000_000_000)],
+        mem=MemStats(
+            total_bytes=2_199_023_255_552,
+            used_bytes=1_228_704_244_039,
+            available_bytes=970_319_011_513,
+            swap_total_bytes=0,
+            swap_used_bytes=0,
+        ),
+        disks=[
+            DiskStats(
+                mount="/",
+                device="/dev/nvme0n1p2",
+                fstype="ext4",
+                total_bytes=1_900_000_000_000,
+                used_bytes=420_000_000_000,
+            )
+        ],
         disk_io=DiskIoStats(read_bytes_per_s=163_500_000.0, write_bytes_per_s=40_875_000.0),
-        net=NetStats(rx_bytes_per_s=9_810_000_000.0, tx_bytes_per_s=8_992_500_000.0,
-                     nics=[NicStats(name="ib0", rx_bytes_per_s=1.2e9, tx_bytes_per_s=1.1e9)]),
+        net=NetStats(
+            rx_bytes_per_s=9_810_000_000.0,
+            tx_bytes_per_s=8_992_500_000.0,
+            nics=[NicStats(name="ib0", rx_bytes_per_s=1.2e9, tx_bytes_per_s=1.1e9)],
+        ),
         cpu_power_w=480.0,
         gpus=gpus,
     )

@@ -34,10 +34,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         util = sum(utils) / len(utils) if utils else None
         # Interval power from the energy counter is the accurate figure; fall back to the
         # instantaneous reading for GPUs (or the first sample) that lack it.
-        watts = [
-            g.power_interval_w if g.power_interval_w is not None else g.power_w
-            for g in gpus
-        ]
+        watts = [g.power_interval_w if g.power_interval_w is not None else g.power_w for g in gpus]
         known = [w for w in watts if w is not None]
         power = sum(known) if known else None
         mems = [g.mem_used_bytes for g in gpus if g.mem_used_bytes is not None]
@@ -120,7 +117,10 @@ class Ingestor:
             return self._reject(exc.reason, topic, str(exc))
         return self._reject("bad_topic", topic, f"unknown message kind {kind!r}")
 
-    def _reject(self, reason: str, topic: str, detail: str) -> None:
+    def _reject(
+        self, reason: str, topic: str, detail: str
+    ) -> tuple[SampleRow | None, NodeUpdate] | None:
+        """Count and (rate-limited) log a rejected message; the result of handle() is None."""
         key = f"rejected_{reason}"
         self.counters[key] += 1
         self.counters["rejected"] += 1

@@ -18,8 +18,13 @@ _sample_decoder = msgspec.json.Decoder(Sample)
 
 
 def node_state(
-    status: str | None, last_received: float | None, interval_s: float | None, now: float,
-    *, stale_intervals: float, default_interval_s: float,
+    status: str | None,
+    last_received: float | None,
+    interval_s: float | None,
+    now: float,
+    *,
+    stale_intervals: float,
+    default_interval_s: float,
 ) -> str:
     """``offline`` (its status topic says so), ``stale`` (no sample for N intervals), ``online``."""
     if status == "offline":
@@ -46,8 +51,14 @@ async def fleet_summary(
     gpu_power = 0.0
     cpu_power = 0.0
     for r in rows:
-        state = node_state(r["status"], r["last_received"], r["interval_s"], now,
-                           stale_intervals=stale_intervals, default_interval_s=default_interval_s)
+        state = node_state(
+            r["status"],
+            r["last_received"],
+            r["interval_s"],
+            now,
+            stale_intervals=stale_intervals,
+            default_interval_s=default_interval_s,
+        )
         counts[state] += 1
         n_gpu = r["gpu_count"] or 0
         if state == "online":
@@ -57,16 +68,18 @@ async def fleet_summary(
                 util_gpus += n_gpu
             gpu_power += r["gpu_power_w"] or 0.0
             cpu_power += r["cpu_power_w"] or 0.0
-        nodes.append({
-            "node": r["node"],
-            "state": state,
-            "last_sample_age_s": None if r["last_ts"] is None else round(now - r["last_ts"], 1),
-            "gpus": n_gpu,
-            "cpu_pct": r["cpu_pct"],
-            "gpu_util_pct": r["gpu_util_pct"],
-            "gpu_power_w": r["gpu_power_w"],
-            "cpu_power_w": r["cpu_power_w"],
-        })
+        nodes.append(
+            {
+                "node": r["node"],
+                "state": state,
+                "last_sample_age_s": None if r["last_ts"] is None else round(now - r["last_ts"], 1),
+                "gpus": n_gpu,
+                "cpu_pct": r["cpu_pct"],
+                "gpu_util_pct": r["gpu_util_pct"],
+                "gpu_power_w": r["gpu_power_w"],
+                "cpu_power_w": r["cpu_power_w"],
+            }
+        )
     return {
         "nodes_total": len(rows),
         "nodes_online": counts["online"],
@@ -89,7 +102,9 @@ async def node_samples(store: Store, node: str, since_ms: int, limit: int) -> li
         "WHERE node = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
         (node, since_ms, limit),
     )
-    return [{"node": node, "ts": r["ts_ms"] / 1000, **{k: r[k] for k in r.keys()[1:]}} for r in rows]
+    return [
+        {"node": node, "ts": r["ts_ms"] / 1000, **{k: r[k] for k in r.keys()[1:]}} for r in rows
+    ]
 
 
 async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dict[str, Any]]:
@@ -97,9 +112,13 @@ async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dic
     if node is not None:
         nodes = [node]
     else:
-        nodes = [r["node"] for r in await store.fetchall(
-            "SELECT node FROM nodes WHERE last_ts IS NOT NULL ORDER BY node LIMIT ?", (limit_nodes,)
-        )]
+        nodes = [
+            r["node"]
+            for r in await store.fetchall(
+                "SELECT node FROM nodes WHERE last_ts IS NOT NULL ORDER BY node LIMIT ?",
+                (limit_nodes,),
+            )
+        ]
     out: list[dict[str, Any]] = []
     for name in nodes:
         latest = await store.fetchall(
@@ -108,23 +127,27 @@ async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dic
         )
         if not latest:
             continue
-        sample = _sample_decoder.decode(await store.payload(latest[0]["payload"], latest[0]["payload_dict"]))
+        sample = _sample_decoder.decode(
+            await store.payload(latest[0]["payload"], latest[0]["payload_dict"])
+        )
         for g in sample.gpus:
-            out.append({
-                "node": name,
-                "ts": sample.ts,
-                "index": g.index,
-                "uuid": g.uuid,
-                "util_pct": g.util_pct,
-                "mem_used_bytes": g.mem_used_bytes,
-                "mem_total_bytes": g.mem_total_bytes,
-                "power_w": g.power_w,
-                "power_interval_w": g.power_interval_w,
-                "energy_j": g.energy_j,
-                "temp_c": g.temp_c,
-                "sm_clock_mhz": g.sm_clock_mhz,
-                "pstate": g.pstate,
-                "clock_event_reasons": g.clock_event_reasons,
-                "processes": len(g.processes),
-            })
+            out.append(
+                {
+                    "node": name,
+                    "ts": sample.ts,
+                    "index": g.index,
+                    "uuid": g.uuid,
+                    "util_pct": g.util_pct,
+                    "mem_used_bytes": g.mem_used_bytes,
+                    "mem_total_bytes": g.mem_total_bytes,
+                    "power_w": g.power_w,
+                    "power_interval_w": g.power_interval_w,
+                    "energy_j": g.energy_j,
+                    "temp_c": g.temp_c,
+                    "sm_clock_mhz": g.sm_clock_mhz,
+                    "pstate": g.pstate,
+                    "clock_event_reasons": g.clock_event_reasons,
+                    "processes": len(g.processes),
+                }
+            )
     return out

@@ -35,10 +35,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_settings_args(p)
     p.add_argument("--node", metavar="NODE", help="show this node's recent samples")
-    p.add_argument("--since", default="15m", metavar="DURATION",
-                   help="with --node: how far back (default 15m; units s m h d)")
+    p.add_argument(
+        "--since",
+        default="15m",
+        metavar="DURATION",
+        help="with --node: how far back (default 15m; units s m h d)",
+    )
     p.add_argument("--gpus", action="store_true", help="per-GPU rows (with --node: that node only)")
-    p.add_argument("--limit", type=int, default=200, metavar="N", help="at most N rows (default 200)")
+    p.add_argument(
+        "--limit", type=int, default=200, metavar="N", help="at most N rows (default 200)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run)
 
@@ -72,7 +78,9 @@ async def _query(args: argparse.Namespace, settings: CollectorSettings, since_s:
                 _print_samples(args.node, samples, now)
             return 0
         summary = await query.fleet_summary(
-            store, now, stale_intervals=settings.stale_intervals,
+            store,
+            now,
+            stale_intervals=settings.stale_intervals,
             default_interval_s=settings.expected_interval_s,
         )
         summary["nodes"] = summary["nodes"][: args.limit]
@@ -93,19 +101,26 @@ def _print_summary(s: dict[str, Any]) -> None:
     )
     c = s["counters"]
     if c:
-        print(f"collector: stored {c.get('stored', 0)}, duplicates {c.get('duplicates', 0)}, "
-              f"rejected {c.get('rejected', 0)}")
+        print(
+            f"collector: stored {c.get('stored', 0)}, duplicates {c.get('duplicates', 0)}, "
+            f"rejected {c.get('rejected', 0)}"
+        )
     print()
-    print(render_table(s["nodes"], [
-        Column("node", "NODE", align_right=False),
-        Column("state", "STATE", align_right=False),
-        Column("last_sample_age_s", "AGE", format_duration),
-        Column("gpus", "GPUS"),
-        Column("cpu_pct", "CPU", _pct),
-        Column("gpu_util_pct", "GPU UTIL", _pct),
-        Column("gpu_power_w", "GPU POWER", format_watts),
-        Column("cpu_power_w", "CPU POWER", format_watts),
-    ]))
+    print(
+        render_table(
+            s["nodes"],
+            [
+                Column("node", "NODE", align_right=False),
+                Column("state", "STATE", align_right=False),
+                Column("last_sample_age_s", "AGE", format_duration),
+                Column("gpus", "GPUS"),
+                Column("cpu_pct", "CPU", _pct),
+                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("gpu_power_w", "GPU POWER", format_watts),
+                Column("cpu_power_w", "CPU POWER", format_watts),
+            ],
+        )
+    )
 
 
 def _print_samples(node: str, samples: list[dict[str, Any]], now: float) -> None:
@@ -113,33 +128,43 @@ def _print_samples(node: str, samples: list[dict[str, Any]], now: float) -> None
         print(f"no samples from {node} in that window")
         return
     rows = [{**r, "age_s": now - r["ts"]} for r in samples]
-    print(render_table(rows, [
-        Column("age_s", "AGE", format_duration),
-        Column("seq", "SEQ"),
-        Column("cpu_pct", "CPU", _pct),
-        Column("mem_used_bytes", "MEM USED", format_bytes),
-        Column("gpu_count", "GPUS"),
-        Column("gpu_util_pct", "GPU UTIL", _pct),
-        Column("gpu_mem_used_bytes", "GPU MEM", format_bytes),
-        Column("gpu_power_w", "GPU POWER", format_watts),
-        Column("cpu_power_w", "CPU POWER", format_watts),
-    ]))
+    print(
+        render_table(
+            rows,
+            [
+                Column("age_s", "AGE", format_duration),
+                Column("seq", "SEQ"),
+                Column("cpu_pct", "CPU", _pct),
+                Column("mem_used_bytes", "MEM USED", format_bytes),
+                Column("gpu_count", "GPUS"),
+                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("gpu_mem_used_bytes", "GPU MEM", format_bytes),
+                Column("gpu_power_w", "GPU POWER", format_watts),
+                Column("cpu_power_w", "CPU POWER", format_watts),
+            ],
+        )
+    )
 
 
 def _print_gpus(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no GPU data stored yet")
         return
-    print(render_table(rows, [
-        Column("node", "NODE", align_right=False),
-        Column("index", "GPU"),
-        Column("util_pct", "UTIL", _pct),
-        Column("mem_used_bytes", "MEM USED", format_bytes),
-        Column("mem_total_bytes", "MEM TOTAL", format_bytes),
-        Column("power_w", "POWER", format_watts),
-        Column("power_interval_w", "POWER(INT)", format_watts),
-        Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
-        Column("sm_clock_mhz", "SM MHZ"),
-        Column("pstate", "P"),
-        Column("processes", "PROCS"),
-    ]))
+    print(
+        render_table(
+            rows,
+            [
+                Column("node", "NODE", align_right=False),
+                Column("index", "GPU"),
+                Column("util_pct", "UTIL", _pct),
+                Column("mem_used_bytes", "MEM USED", format_bytes),
+                Column("mem_total_bytes", "MEM TOTAL", format_bytes),
+                Column("power_w", "POWER", format_watts),
+                Column("power_interval_w", "POWER(INT)", format_watts),
+                Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
+                Column("sm_clock_mhz", "SM MHZ"),
+                Column("pstate", "P"),
+                Column("processes", "PROCS"),
+            ],
+        )
+    )

@@ -71,15 +71,21 @@ class Collector:
     async def run(self) -> None:
         """Run until :meth:`stop` is called; raise on a fatal store error."""
         s = self.settings
-        log.info("collector_starting", db=str(s.db_path), broker=f"{s.mqtt.host}:{s.mqtt.port}",
-                 client_id=s.client_id)
+        log.info(
+            "collector_starting",
+            db=str(s.db_path),
+            broker=f"{s.mqtt.host}:{s.mqtt.port}",
+            client_id=s.client_id,
+        )
         async with Store(s.db_path) as store, asyncio.TaskGroup() as tg:
             tg.create_task(self._reader(), name="mqtt-reader")
             tg.create_task(self._writer(store), name="store-writer")
-            tg.create_task(self._every(s.retention_check_s, lambda: self._retention(store)),
-                           name="retention")
-            tg.create_task(self._every(_COUNTER_FLUSH_S, lambda: self._flush_counters(store)),
-                           name="counters")
+            tg.create_task(
+                self._every(s.retention_check_s, lambda: self._retention(store)), name="retention"
+            )
+            tg.create_task(
+                self._every(_COUNTER_FLUSH_S, lambda: self._flush_counters(store)), name="counters"
+            )
         log.info("collector_stopped", **self.counters)
 
     # -- reader ---------------------------------------------------------------------------
@@ -117,7 +123,7 @@ class Collector:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._stop.wait()
-                    delay = min(s.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)  # noqa: S311
+                    delay = min(s.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
                     delay = max(delay, s.reconnect_min_s)
         finally:
             self.connected.clear()
@@ -152,7 +158,7 @@ class Collector:
 
     def _drain_received(self, client: aiomqtt.Client) -> None:
         # aiomqtt's queue (private): draining it synchronously avoids one task per message.
-        queue = client._queue  # noqa: SLF001
+        queue = client._queue
         while not queue.empty():
             self._ingest(queue.get_nowait())
 
@@ -211,8 +217,13 @@ class Collector:
             self._space.set()
         if len(self._rows) >= limit:
             self._have_work.set()
-        log.debug("batch_stored", rows=len(rows), new=inserted, nodes=len(updates),
-                  ms=round((self.clock.monotonic() - t0) * 1000, 2))
+        log.debug(
+            "batch_stored",
+            rows=len(rows),
+            new=inserted,
+            nodes=len(updates),
+            ms=round((self.clock.monotonic() - t0) * 1000, 2),
+        )
 
     # -- periodic -------------------------------------------------------------------------
 
@@ -243,7 +254,11 @@ class Collector:
 def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:
     """Fold two pending updates of one node; the newer sample wins for latest facts."""
     if new.last_ts is not None and (old.last_ts is None or new.last_ts >= old.last_ts):
-        old.last_ts, old.last_received, old.interval_s = new.last_ts, new.last_received, new.interval_s
+        old.last_ts, old.last_received, old.interval_s = (
+            new.last_ts,
+            new.last_received,
+            new.interval_s,
+        )
         old.gpu_count, old.cpu_pct, old.gpu_util_pct = new.gpu_count, new.cpu_pct, new.gpu_util_pct
         old.gpu_power_w, old.cpu_power_w = new.gpu_power_w, new.cpu_power_w
     if new.status is not None:

@@ -16,7 +16,7 @@ class CollectorSettings(CapwatchSettings):
 
     db_path: Path = Path("capwatch.db")
     client_id: str = Field(default="capwatch-collector", min_length=1, max_length=128)
-    """Fixed MQTT client id: with clean_session off, the broker keeps our messages across restarts."""
+    """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us."""
     retention_s: float = Field(default=86_400.0, gt=0)
     """Raw samples older than this are deleted, in small chunks."""
     retention_check_s: float = Field(default=30.0, gt=0)

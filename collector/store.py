@@ -277,7 +277,10 @@ class Store:
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
-        return [row[0] for row in await self.fetchall("SELECT name FROM schema_migrations ORDER BY name")]
+        return [
+            row[0]
+            for row in await self.fetchall("SELECT name FROM schema_migrations ORDER BY name")
+        ]
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -293,7 +296,9 @@ class Store:
         # A generator: aiosqlite runs executemany in its thread, so compression happens
         # there, beside the SQLite work, not on the event loop (zstd releases the GIL).
         params = (
-            (*r[:-1], r.payload, None) if dict_id is None else (*r[:-1], compress(r.payload), dict_id)
+            (*r[:-1], r.payload, None)
+            if dict_id is None
+            else (*r[:-1], compress(r.payload), dict_id)
             for r in rows
         )
         try:
@@ -306,8 +311,17 @@ class Store:
             for u in updates:
                 if u.last_ts is not None:
                     latest.append(
-                        (u.node, u.last_ts, u.last_received, u.interval_s, u.gpu_count,
-                         u.cpu_pct, u.gpu_util_pct, u.gpu_power_w, u.cpu_power_w)
+                        (
+                            u.node,
+                            u.last_ts,
+                            u.last_received,
+                            u.interval_s,
+                            u.gpu_count,
+                            u.cpu_pct,
+                            u.gpu_util_pct,
+                            u.gpu_power_w,
+                            u.cpu_power_w,
+                        )
                     )
                 if u.status is not None:
                     statuses.append((u.node, u.status, u.status_ts))
@@ -329,7 +343,8 @@ class Store:
         try:
             await self.conn.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "updated = excluded.updated",
                 [(k, v, now) for k, v in counters.items()],
             )
             await self.conn.commit()
@@ -381,4 +396,6 @@ class Store:
 
     async def counters(self) -> dict[str, int]:
         """The counters last flushed by the collector."""
-        return {r["name"]: r["value"] for r in await self.fetchall("SELECT name, value FROM counters")}
+        return {
+            r["name"]: r["value"] for r in await self.fetchall("SELECT name, value FROM counters")
+        }

@@ -32,17 +32,24 @@ def _banner(text: str) -> None:
 
 def _run_cli(*args: str) -> None:
     print(f"$ {' '.join(args)}", flush=True)
-    subprocess.run([str(BIN / args[0]), *args[1:]], check=False)  # noqa: S603
+    subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
 
 
 def main() -> int:
     """Run the demo; exit 0 when every part came up and data reached the store."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=32, help="simulated nodes (default 32)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="how long to collect (default 8)")
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="how long to collect (default 8)"
+    )
     parser.add_argument("--dir", type=Path, default=ROOT / "demo-run", help="working directory")
-    parser.add_argument("--embedded-broker", action="store_true",
-                        help="use the embedded Python broker even if Mosquitto is installed")
+    parser.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="use the embedded Python broker even if Mosquitto is installed",
+    )
     args = parser.parse_args()
 
     from collector import localbroker  # noqa: PLC0415 (after the venv is known to work)
@@ -56,16 +63,22 @@ def main() -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     _banner("1. broker")
-    prefer = "embedded" if args.embedded_broker else "mosquitto"
-    broker = localbroker.local_broker(workdir / "broker", prefer=prefer)
+    broker = localbroker.local_broker(
+        workdir / "broker", prefer="embedded" if args.embedded_broker else "mosquitto"
+    )
     broker.start()
     print(f"{type(broker).__name__} listening on {broker.host}:{broker.port}")
     common = ["--host", broker.host, "--port", str(broker.port)]
 
     def spawn(name: str, *argv: str) -> None:
         log = (workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                env=env, cwd=workdir)
+        proc = subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+        )
         procs.append((name, proc))
         print(f"started {name} (pid {proc.pid}), log: {workdir / (name + '.log')}")
 
@@ -74,20 +87,36 @@ def main() -> int:
         spawn("collector", "collector", "run", *common, "--db", str(db), "--log-level", "info")
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
-        spawn("agent", "agent", "run", *common, "--interval", "1", "--gpu-backend", "nvml",
-              "--node-id", node if node[:1].isalnum() else "demo-host")
-        spawn("simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1")
+        spawn(
+            "agent",
+            "agent",
+            "run",
+            *common,
+            "--interval",
+            "1",
+            "--gpu-backend",
+            "nvml",
+            "--node-id",
+            node if node[:1].isalnum() else "demo-host",
+        )
+        spawn(
+            "simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1"
+        )
         print(f"collecting for {args.seconds:.0f} s ...", flush=True)
         time.sleep(args.seconds)
         for name, proc in procs:
             if proc.poll() is not None:
-                print(f"{name} exited early with {proc.returncode}; see {workdir / (name + '.log')}")
+                print(
+                    f"{name} exited early with {proc.returncode}; see {workdir / (name + '.log')}"
+                )
                 return 1
 
         _banner("5. collector query: the fleet")
         _run_cli("collector", "query", "--db", str(db), "--limit", "12")
         _banner(f"collector query --node {node}: this machine's real samples")
-        _run_cli("collector", "query", "--db", str(db), "--node", node, "--since", "1m", "--limit", "5")
+        _run_cli(
+            "collector", "query", "--db", str(db), "--node", node, "--since", "1m", "--limit", "5"
+        )
         _banner("collector query --gpus --node x1000c0s0b0n0: per-GPU rows")
         _run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
         plan = ROOT / "deploy" / "plan.example.json"
@@ -105,8 +134,10 @@ def main() -> int:
                     proc.kill()
             print(f"{name} stopped ({proc.returncode})")
         broker.stop()
-    print(f"\nlogs and the database are in {workdir}; try:\n"
-          f"  .venv/bin/collector query --db {db} --json | head -40")
+    print(
+        f"\nlogs and the database are in {workdir}; try:\n"
+        f"  .venv/bin/collector query --db {db} --json | head -40"
+    )
     return 0
 
 

@@ -61,7 +61,7 @@ class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_def
     """Base: immutable; unknown fields are tolerated so v1 readers accept v1.x writers."""
 
 
-class CpuStats(_Struct):
+class CpuStats(_Struct, frozen=True):
     """CPU utilisation over the last interval and load averages."""
 
     count: Annotated[int, msgspec.Meta(ge=1)]
@@ -72,7 +72,7 @@ class CpuStats(_Struct):
     load15: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
-class MemStats(_Struct):
+class MemStats(_Struct, frozen=True):
     """Physical memory and swap."""
 
     total_bytes: Bytes
@@ -82,7 +82,7 @@ class MemStats(_Struct):
     swap_used_bytes: Bytes = 0
 
 
-class DiskStats(_Struct):
+class DiskStats(_Struct, frozen=True):
     """One mounted filesystem."""
 
     mount: str
@@ -92,14 +92,14 @@ class DiskStats(_Struct):
     used_bytes: Bytes
 
 
-class DiskIoStats(_Struct):
+class DiskIoStats(_Struct, frozen=True):
     """Whole-node block I/O rates."""
 
     read_bytes_per_s: Rate | None = None
     write_bytes_per_s: Rate | None = None
 
 
-class NicStats(_Struct):
+class NicStats(_Struct, frozen=True):
     """One network interface: rates over the interval, error/drop counters since boot."""
 
     name: str
@@ -111,7 +111,7 @@ class NicStats(_Struct):
     tx_drops: Count = 0
 
 
-class NetStats(_Struct):
+class NetStats(_Struct, frozen=True):
     """Network totals over all non-loopback interfaces, plus each interface."""
 
     rx_bytes_per_s: Rate | None = None
@@ -119,14 +119,14 @@ class NetStats(_Struct):
     nics: list[NicStats] = msgspec.field(default_factory=list)
 
 
-class GpuProcess(_Struct):
+class GpuProcess(_Struct, frozen=True):
     """A compute process on a GPU."""
 
     pid: Annotated[int, msgspec.Meta(ge=0)]
     used_mem_bytes: Bytes | None = None
 
 
-class GpuEcc(_Struct):
+class GpuEcc(_Struct, frozen=True):
     """ECC error counts (volatile = since driver load, aggregate = lifetime)."""
 
     corrected_volatile: Count | None = None
@@ -135,7 +135,7 @@ class GpuEcc(_Struct):
     uncorrected_aggregate: Count | None = None
 
 
-class GpuRemappedRows(_Struct):
+class GpuRemappedRows(_Struct, frozen=True):
     """Row remapping state (A100 and newer)."""
 
     correctable: Count
@@ -144,7 +144,7 @@ class GpuRemappedRows(_Struct):
     failure: bool
 
 
-class GpuSample(_Struct):
+class GpuSample(_Struct, frozen=True):
     """One GPU at one tick. A field the device does not support is ``None``."""
 
     index: Annotated[int, msgspec.Meta(ge=0, le=1023)]
@@ -170,7 +170,7 @@ class GpuSample(_Struct):
     """Only on slow ticks."""
 
 
-class XidEvent(_Struct):
+class XidEvent(_Struct, frozen=True):
     """An XID error reported by the driver since the previous sample."""
 
     gpu_index: Annotated[int, msgspec.Meta(ge=0)]
@@ -178,7 +178,7 @@ class XidEvent(_Struct):
     ts: Timestamp
 
 
-class Sample(_Struct):
+class Sample(_Struct, frozen=True):
     """One node at one tick: the payload of ``capwatch/v1/nodes/<node>/sample``."""
 
     v: Literal[1]
@@ -199,7 +199,7 @@ class Sample(_Struct):
     xids: list[XidEvent] = msgspec.field(default_factory=list)
 
 
-class GpuInfo(_Struct):
+class GpuInfo(_Struct, frozen=True):
     """Static facts about one GPU."""
 
     index: Annotated[int, msgspec.Meta(ge=0)]
@@ -212,7 +212,7 @@ class GpuInfo(_Struct):
     mem_total_bytes: Bytes | None = None
 
 
-class NicInfo(_Struct):
+class NicInfo(_Struct, frozen=True):
     """Static facts about one network interface."""
 
     name: str
@@ -220,7 +220,7 @@ class NicInfo(_Struct):
     mac: str | None = None
 
 
-class Inventory(_Struct):
+class Inventory(_Struct, frozen=True):
     """Retained payload of ``capwatch/v1/nodes/<node>/inventory``."""
 
     v: Literal[1]
@@ -239,7 +239,7 @@ class Inventory(_Struct):
     nics: list[NicInfo] = msgspec.field(default_factory=list)
 
 
-class NodeStatus(_Struct):
+class NodeStatus(_Struct, frozen=True):
     """Retained payload of ``capwatch/v1/nodes/<node>/status``; the broker's will sends offline."""
 
     v: Literal[1]

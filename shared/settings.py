@@ -55,7 +55,9 @@ class MqttSettings(BaseModel):
         try:
             ctx = ssl.create_default_context(cafile=str(self.tls_ca_file))
             if self.tls_cert_file is not None:
-                ctx.load_cert_chain(str(self.tls_cert_file), self.tls_key_file and str(self.tls_key_file))
+                ctx.load_cert_chain(
+                    str(self.tls_cert_file), self.tls_key_file and str(self.tls_key_file)
+                )
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(
                 f"mqtt TLS files cannot be loaded: {exc} (check mqtt.tls_ca_file / "
@@ -148,11 +150,18 @@ def load_settings(
             with config_file.open("rb") as fh:
                 tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(config_file)!r} is not valid TOML: {exc}", field="config") from exc
-        target = type(  # a subclass that knows the file; pydantic-settings reads it from model_config
-            cls.__name__,
-            (cls,),
-            {"model_config": {**cls.model_config, "toml_file": config_file}, "__module__": cls.__module__},
+            raise ConfigError(
+                f"config file {str(config_file)!r} is not valid TOML: {exc}", field="config"
+            ) from exc
+        target = (
+            type(  # a subclass that knows the file; pydantic-settings reads it from model_config
+                cls.__name__,
+                (cls,),
+                {
+                    "model_config": {**cls.model_config, "toml_file": config_file},
+                    "__module__": cls.__module__,
+                },
+            )
         )
     try:
         return target(**_drop_none(overrides or {}))

@@ -63,10 +63,16 @@ async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None
 async def test_latest_node_facts_never_go_back_in_time(tmp_path: Path) -> None:
     """A late (buffered) sample does not overwrite a newer latest-sample summary."""
     async with Store(tmp_path / "c.db") as store:
-        await store.write_batch([], [NodeUpdate("n1", last_ts=200.0, last_received=201.0, cpu_pct=50.0)])
-        await store.write_batch([], [NodeUpdate("n1", last_ts=100.0, last_received=202.0, cpu_pct=10.0)])
+        await store.write_batch(
+            [], [NodeUpdate("n1", last_ts=200.0, last_received=201.0, cpu_pct=50.0)]
+        )
+        await store.write_batch(
+            [], [NodeUpdate("n1", last_ts=100.0, last_received=202.0, cpu_pct=10.0)]
+        )
         await store.write_batch([], [NodeUpdate("n1", status="offline", status_ts=203.0)])
-    assert db_rows(tmp_path / "c.db", "SELECT last_ts, cpu_pct, status FROM nodes") == [(200.0, 50.0, "offline")]
+    assert db_rows(tmp_path / "c.db", "SELECT last_ts, cpu_pct, status FROM nodes") == [
+        (200.0, 50.0, "offline")
+    ]
 
 
 async def test_readonly_store_on_missing_file_says_what_to_do(tmp_path: Path) -> None:
@@ -98,7 +104,10 @@ def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
     bad = msgspec.json.decode(payload)
     bad["cpu"]["pct"] = 300
     assert ing.handle(sample_topic(s.node), msgspec.json.encode(bad)) is None
-    assert ing.handle(status_topic(s.node), b'{"v":1,"node":"%s","status":"online"}' % s.node.encode()) is not None
+    assert (
+        ing.handle(status_topic(s.node), b'{"v":1,"node":"%s","status":"online"}' % s.node.encode())
+        is not None
+    )
     assert ing.counters["rejected_not_json"] == 3
     assert ing.counters["rejected_topic_mismatch"] == 1
     assert ing.counters["rejected_invalid"] == 1
@@ -114,7 +123,7 @@ async def test_payloads_are_compressed_and_read_back_exactly(tmp_path: Path) -> 
         await store.write_batch(rows)  # type: ignore[arg-type]
         stored = await store.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
         assert len(stored) == 10
-        originals = {(r[0], r[1]): r[-1] for r in rows}  # type: ignore[index]
+        originals = {(r[0], r[1]): r[-1] for r in rows}
         for r in stored:
             original = originals[(r["node"], r["ts_ms"])]
             assert len(r["payload"]) * 4 < len(original)  # type: ignore[arg-type]

@@ -16,14 +16,18 @@ from shared.settings import MqttSettings
 
 def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
     """Broker settings with short reconnect backoff, for tests."""
-    return MqttSettings(host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0)
+    return MqttSettings(
+        host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0
+    )
 
 
 class CollectorRunner:
     """Starts and stops real :class:`Collector` instances on one database file."""
 
     def __init__(self, broker: MosquittoBroker, db: Path) -> None:
-        self.settings = CollectorSettings(mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05)
+        self.settings = CollectorSettings(
+            mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
+        )
         self.db = db
         self.collector: Collector | None = None
         self._task: asyncio.Task[None] | None = None
@@ -48,7 +52,9 @@ class CollectorRunner:
 
 
 @pytest.fixture
-async def collector_runner(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[CollectorRunner]:
+async def collector_runner(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> AsyncIterator[CollectorRunner]:
     """A :class:`CollectorRunner` on ``tmp_path/capwatch.db``; stopped after the test."""
     runner = CollectorRunner(mosquitto, tmp_path / "capwatch.db")
     yield runner

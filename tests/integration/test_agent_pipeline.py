@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,12 +50,14 @@ async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentRunner]:
     await runner.stop()
 
 
-async def _query_json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, object]:
+async def _query_json(
+    capsys: pytest.CaptureFixture[str], db: Path, *args: str
+) -> dict[str, Any]:
     capsys.readouterr()
     code = await asyncio.to_thread(collector_main, ["query", "--db", str(db), "--json", *args])
     out = capsys.readouterr().out
     assert code == 0, out
-    result: dict[str, object] = json.loads(out)
+    result: dict[str, Any] = json.loads(out)
     return result
 
 
@@ -69,23 +72,21 @@ async def test_agent_samples_show_in_collector_query_json(
     await asyncio.sleep(0.3)  # let the status/inventory batch land too
 
     summary = await _query_json(capsys, db)
-    nodes = {n["node"]: n for n in summary["nodes"]}  # type: ignore[attr-defined]
+    nodes = {n["node"]: n for n in summary["nodes"]}
     assert nodes[NODE]["state"] == "online"
     assert nodes[NODE]["gpus"] == 2
     assert summary["gpus_online"] == 2
-    counters = summary["counters"]
-    assert isinstance(counters, dict)
-    assert counters.get("rejected", 0) == 0
+    assert summary["counters"].get("rejected", 0) == 0
 
     gpus = (await _query_json(capsys, db, "--gpus", "--node", NODE))["gpus"]
-    assert [g["index"] for g in gpus] == [0, 1]  # type: ignore[attr-defined,index]
+    assert [g["index"] for g in gpus] == [0, 1]
     inventory = db_rows(db, "SELECT inventory FROM nodes WHERE node = ?", (NODE,))[0][0]
     inv = json.loads(inventory)
-    assert [g["uuid"] for g in gpus] == [g["uuid"] for g in inv["gpus"]]  # type: ignore[attr-defined,index]
-    assert all(0 <= g["util_pct"] <= 100 for g in gpus)  # type: ignore[attr-defined,index]
+    assert [g["uuid"] for g in gpus] == [g["uuid"] for g in inv["gpus"]]
+    assert all(0 <= g["util_pct"] <= 100 for g in gpus)
 
     samples = (await _query_json(capsys, db, "--node", NODE, "--since", "5m"))["samples"]
-    seqs = [s["seq"] for s in samples]  # type: ignore[attr-defined,index]
+    seqs = [s["seq"] for s in samples]
     assert seqs == sorted(seqs, reverse=True)
     assert len(seqs) >= 3
 
@@ -95,7 +96,7 @@ async def test_agent_samples_show_in_collector_query_json(
         what="offline status",
     )
     summary = await _query_json(capsys, db)
-    assert {n["node"]: n["state"] for n in summary["nodes"]}[NODE] == "offline"  # type: ignore[attr-defined]
+    assert {n["node"]: n["state"] for n in summary["nodes"]}[NODE] == "offline"
 
 
 async def test_broker_restart_mid_stream_stores_every_sample_exactly_once(
@@ -110,14 +111,18 @@ async def test_broker_restart_mid_stream_stores_every_sample_exactly_once(
     await asyncio.to_thread(mosquitto.restart, 2.5)  # ~2 samples are taken while it is down
     await wait_until(lambda: agent.service.publisher.connects >= 2, what="agent reconnect")
     taken_after_outage = agent.service.samples_taken
-    await wait_until(lambda: count_samples(db, NODE) >= taken_after_outage + 1,
-                     what="samples after the outage")
+    await wait_until(
+        lambda: count_samples(db, NODE) >= taken_after_outage + 1, what="samples after the outage"
+    )
     await agent.stop()
 
     taken = agent.service.samples_taken
-    await wait_until(lambda: count_samples(db, NODE) == taken, timeout_s=30,
-                     what=f"all {taken} samples stored")
-    seqs = [r[0] for r in db_rows(db, "SELECT seq FROM samples WHERE node = ? ORDER BY seq", (NODE,))]
+    await wait_until(
+        lambda: count_samples(db, NODE) == taken, timeout_s=30, what=f"all {taken} samples stored"
+    )
+    seqs = [
+        r[0] for r in db_rows(db, "SELECT seq FROM samples WHERE node = ? ORDER BY seq", (NODE,))
+    ]
     assert seqs == list(range(taken))
     assert agent.service.buffer.dropped == 0
     assert agent.service.buffer.high_water >= 2  # samples really waited out the outage

@@ -1,4 +1,4 @@
-"""The collector against a real Mosquitto: bad input is counted and skipped, restarts lose nothing."""
+"""The collector on a real Mosquitto: bad input is counted and skipped; restarts lose nothing."""
 
 from __future__ import annotations
 
@@ -25,9 +25,7 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
     good_payload = encode(good)
     as_dict = msgspec.json.decode(good_payload)
     wrong_version = msgspec.json.encode({**as_dict, "v": 2})
-    bad_util = msgspec.json.encode(
-        {**as_dict, "gpus": [{**as_dict["gpus"][0], "util_pct": 150.0}]}
-    )
+    bad_util = msgspec.json.encode({**as_dict, "gpus": [{**as_dict["gpus"][0], "util_pct": 150.0}]})
     other = sim.node_ids[1]
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="bad-publisher") as client:
         for topic, payload in [
@@ -51,7 +49,9 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
     assert db_rows(collector_runner.db, "SELECT DISTINCT node FROM samples") == [(good.node,)]
 
     # Still ingesting after all that.
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="good-publisher") as client:
+    async with aiomqtt.Client(
+        mosquitto.host, mosquitto.port, identifier="good-publisher"
+    ) as client:
         await client.publish(sample_topic(other), encode(sim.sample(1, 1_800_000_005.0, 1)), qos=1)
     await wait_until(lambda: count_samples(collector_runner.db) == 2, what="ingest after rejects")
 
@@ -73,8 +73,11 @@ async def test_samples_published_while_collector_is_down_are_stored_after_restar
     total = first.published + second.published
     assert total == 300
     await wait_until(lambda: count_samples(collector_runner.db) == total, what="all 300 samples")
-    seqs = db_rows(collector_runner.db,
-                   "SELECT count(DISTINCT seq) FROM samples WHERE node = ?", (sim.node_ids[7],))
+    seqs = db_rows(
+        collector_runner.db,
+        "SELECT count(DISTINCT seq) FROM samples WHERE node = ?",
+        (sim.node_ids[7],),
+    )
     assert seqs == [(15,)]
 
 
@@ -89,7 +92,9 @@ async def test_graceful_stop_commits_everything_received(
     await collector_runner.stop()  # likely mid-stream: the rest stays queued at the broker
     stored_after_stop = count_samples(collector_runner.db)
     await collector_runner.start()
-    await wait_until(lambda: count_samples(collector_runner.db) == stats.published,
-                     what=f"{stats.published} samples (had {stored_after_stop} at stop)")
+    await wait_until(
+        lambda: count_samples(collector_runner.db) == stats.published,
+        what=f"{stats.published} samples (had {stored_after_stop} at stop)",
+    )
     assert count_samples(collector_runner.db) == 1000
     assert db_rows(collector_runner.db, "SELECT count(DISTINCT node) FROM samples") == [(50,)]

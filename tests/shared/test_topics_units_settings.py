@@ -36,8 +36,16 @@ def test_parse_topic_rejects_foreign_topics() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("15m", 900.0), ("30s", 30.0), ("2h", 7200.0), ("1d", 86400.0),
-                          ("250ms", 0.25), ("45", 45.0), ("1.5h", 5400.0)],
+    ("text", "seconds"),
+    [
+        ("15m", 900.0),
+        ("30s", 30.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+        ("45", 45.0),
+        ("1.5h", 5400.0),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     """Durations take ms/s/m/h/d/w; a bare number is seconds."""
@@ -62,10 +70,17 @@ def test_formatters() -> None:
 def test_settings_precedence_file_env_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flags beat CAPWATCH_* env vars, which beat the TOML file, which beats defaults."""
     cfg = tmp_path / "collector.toml"
-    cfg.write_text('db_path = "from-file.db"\nretention_s = 60\n[mqtt]\nhost = "file-host"\nport = 1111\n')
+    cfg.write_text(
+        'db_path = "from-file.db"\nretention_s = 60\n[mqtt]\nhost = "file-host"\nport = 1111\n'
+    )
     monkeypatch.setenv("CAPWATCH_MQTT__PORT", "2222")
     s = load_settings(CollectorSettings, config_file=cfg, overrides={"mqtt": {"host": None}})
-    assert (s.db_path, s.retention_s, s.mqtt.host, s.mqtt.port) == (Path("from-file.db"), 60, "file-host", 2222)
+    assert (s.db_path, s.retention_s, s.mqtt.host, s.mqtt.port) == (
+        Path("from-file.db"),
+        60,
+        "file-host",
+        2222,
+    )
     s = load_settings(CollectorSettings, config_file=cfg, overrides={"mqtt": {"port": 3333}})
     assert s.mqtt.port == 3333
     assert s.mqtt.host == "file-host"
