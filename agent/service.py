@@ -30,7 +30,7 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         settings.node_id,
         gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
         rapl=RaplReader(settings.sysfs_root, clock),
-        host=HostSampler(clock, proc_root=settings.proc_root),
+        host=HostSampler(clock, proc_root=settings.proc_root, sysfs_root=settings.sysfs_root),
         interval_s=settings.interval_s,
         slow_interval_s=settings.slow_interval_s,
         clock=clock,
