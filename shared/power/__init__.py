@@ -1,0 +1,90 @@
+"""Power-cap solver: how many GPUs fit under a fixed MW cap, with a fabric that can be built.
+
+Pure and typed; the only I/O is :func:`load_plan` reading a plan file. The pieces:
+
+- :mod:`shared.power.model`: node types, fabric, site, plan (frozen dataclasses, checked).
+- :mod:`shared.power.plan`: read JSON/TOML plans, including the old sizing tool's config.
+- :mod:`shared.power.fabric`: fat-tree (radix, tiers, SUs, rails, planes, optics) and flat.
+- :mod:`shared.power.solver`: :func:`solve_max` (most GPUs) and :func:`solve_fixed` (a
+  given fleet's power, fabric and headroom: what the live headroom check calls).
+- :mod:`shared.power.result`: what they answer (:class:`Solution` and its parts).
+- :mod:`shared.power.sweep`: one parameter stepped through a range.
+"""
+
+from __future__ import annotations
+
+from shared.power.fabric import FabricLayout, build_fabric, fat_tree_max_hosts, spine_count
+from shared.power.model import (
+    ComponentPower,
+    Fabric,
+    FabricModel,
+    Media,
+    Medium,
+    NodeType,
+    Optics,
+    Plan,
+    PowerBasis,
+    Site,
+    SwitchType,
+)
+from shared.power.plan import load_plan, parse_plan, with_param
+from shared.power.result import (
+    Binding,
+    Budget,
+    Constraint,
+    FlatComparison,
+    NodeGroup,
+    PowerBreakdown,
+    RackFill,
+    RackLayout,
+    Solution,
+    SpareNodes,
+)
+from shared.power.solver import (
+    compare_with_flat,
+    it_budget,
+    mix_counts,
+    solve_fixed,
+    solve_max,
+)
+from shared.power.sweep import SweepPoint, SweepSpec, parse_sweep, sweep
+
+__all__ = [
+    "Binding",
+    "Budget",
+    "ComponentPower",
+    "Constraint",
+    "Fabric",
+    "FabricLayout",
+    "FabricModel",
+    "FlatComparison",
+    "Media",
+    "Medium",
+    "NodeGroup",
+    "NodeType",
+    "Optics",
+    "Plan",
+    "PowerBasis",
+    "PowerBreakdown",
+    "RackFill",
+    "RackLayout",
+    "Site",
+    "Solution",
+    "SpareNodes",
+    "SweepPoint",
+    "SweepSpec",
+    "SwitchType",
+    "build_fabric",
+    "compare_with_flat",
+    "fat_tree_max_hosts",
+    "it_budget",
+    "load_plan",
+    "mix_counts",
+    "parse_plan",
+    "parse_sweep",
+    "solve_fixed",
+    "solve_max",
+    "spine_count",
+    "sweep",
+    "with_param",
+]
