@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full ``collector`` argument parser."""
     # Imported here so `collector --help` stays fast and a broken command cannot stop others.
-    from collector import query_cmd, run_cmd  # noqa: PLC0415
+    from collector import query_cmd, run_cmd, solve_cmd  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="collector",
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run_cmd.add_parser(sub)
     query_cmd.add_parser(sub)
-    # solve_cmd.add_parser(sub)
+    solve_cmd.add_parser(sub)
     return parser
 
 
