@@ -4,14 +4,16 @@ Data path::
 
     broker --(QoS 1, persistent session)--> reader --> Ingestor.handle --> pending rows
         --> writer (one task, one aiosqlite connection, batched commits) --> SQLite (WAL)
+        --> PUBACK for every message of the committed batch
 
-The reader drains aiomqtt's queue in bursts instead of awaiting one message at a time
-(aiomqtt's iterator creates a task per message, which costs more than validating it).
-When ``queue_max`` rows wait for the writer, the reader pauses.
+Messages are acknowledged only after the batch that holds them is committed, so a crash or
+a kill at any point loses nothing: the broker redelivers whatever was not acknowledged to
+the next collector with the same client id, and the store drops the duplicates. (aiomqtt,
+which the agents use, acknowledges on receipt and reads one packet per event-loop wakeup;
+see :mod:`collector.mqttwire` for why the collector has its own subscriber.)
 
-Stopping (:meth:`Collector.stop`) loses nothing that reached us: the reader stops, every
-message aiomqtt had already received (and acknowledged) is ingested, the connection is
-closed, and the writer commits everything pending before the store closes.
+When ``queue_max`` rows wait for the writer, the reader stops taking messages; the
+subscriber then stops reading the socket, and TCP pushes back on the broker.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import aiomqtt
-
 from collector.ingest import Ingestor
+from collector.mqttwire import Message, MqttSubscriber, MqttWireError
 from collector.settings import CollectorSettings
 from collector.store import NodeUpdate, SampleRow, Store
 from shared.clock import Clock, SystemClock
@@ -36,6 +37,7 @@ __all__ = ["Collector"]
 log = get_logger("collector")
 
 _COUNTER_FLUSH_S: Final = 2.0
+_QUIET_COMMIT_S: Final = 0.02
 
 
 class Collector:
@@ -46,8 +48,12 @@ class Collector:
         self.clock: Clock = clock or SystemClock()
         self.ingestor = Ingestor(self.clock)
         self._rows: list[SampleRow] = []
+        self._acks: list[int] = []
+        self._sub: MqttSubscriber | None = None
         self._updates: dict[str, NodeUpdate] = {}
         self._have_work = asyncio.Event()
+        self._idle = asyncio.Event()
+        """Set by the writer when nothing is waiting to be committed or acknowledged."""
         self._space = asyncio.Event()
         self._space.set()
         self._stop = asyncio.Event()
@@ -62,6 +68,7 @@ class Collector:
         out = dict(self.ingestor.counters)
         out["stored"] = self.stored_total
         out["pending"] = len(self._rows)
+        out["unacked"] = len(self._acks)
         return out
 
     def stop(self) -> None:
@@ -95,87 +102,85 @@ class Collector:
         delay = s.reconnect_min_s
         try:
             while not self._stop.is_set():
-                client = aiomqtt.Client(
+                sub = MqttSubscriber(
                     s.host,
                     s.port,
+                    client_id=self.settings.client_id,
                     username=s.username,
                     password=s.password,
-                    identifier=self.settings.client_id,
+                    keepalive_s=s.keepalive_s,
                     clean_session=False,
-                    keepalive=s.keepalive_s,
-                    tls_context=s.tls_context(),
-                    timeout=10,
+                    ssl_context=s.tls_context(),
                 )
                 try:
-                    async with client:
-                        await client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+                    async with sub:
+                        await sub.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+                        self._acks = []  # ids of an earlier connection mean nothing now
+                        self._sub = sub
                         self.connected.set()
-                        log.info("mqtt_subscribed", topics=list(SUBSCRIPTIONS))
+                        log.info(
+                            "mqtt_subscribed",
+                            topics=list(SUBSCRIPTIONS),
+                            session_present=sub.session_present,
+                        )
                         delay = s.reconnect_min_s
-                        await self._consume(client)
-                    # Messages that arrived while disconnecting were acknowledged too.
-                    self._drain_received(client)
-                except aiomqtt.MqttError as exc:
-                    self.connected.clear()
-                    self._drain_received(client)
+                        await self._consume(sub)
+                        await self._commit_and_ack()
+                except MqttWireError as exc:
                     self.ingestor.counters["mqtt_disconnects"] += 1
                     log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(delay, 2))
+                    self._sub = None
+                    self.connected.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._stop.wait()
-                    delay = min(s.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
-                    delay = max(delay, s.reconnect_min_s)
+                    jitter = random.uniform(0.5, 1.0)
+                    delay = max(s.reconnect_min_s, min(s.reconnect_max_s, delay * 2) * jitter)
+                finally:
+                    self._sub = None
+                    self.connected.clear()
         finally:
-            self.connected.clear()
             self._reader_done.set()
             self._have_work.set()
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
-        """Read until stop; on stop, ingest everything already received and return."""
-        messages = aiter(client.messages)
+    async def _consume(self, sub: MqttSubscriber) -> None:
+        """Ingest batches until stop. Raises MqttWireError when the connection ends."""
         stop = asyncio.ensure_future(self._stop.wait())
+        nxt: asyncio.Future[list[Message]] | None = None
         try:
             while True:
-                nxt = asyncio.ensure_future(anext(messages))
-                done, _ = await asyncio.wait((nxt, stop), return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await nxt
-                    if nxt.cancelled() or nxt.exception() is not None:
-                        self._drain_received(client)
-                        return
-                message = nxt.result()  # raises MqttError on disconnect
-                self._ingest(message)
-                self._drain_received(client)
-                if stop in done:
-                    return
                 if not self._space.is_set():
                     self.ingestor.counters["reader_paused"] += 1
-                    await self._wait_for_space()
+                    space = asyncio.ensure_future(self._space.wait())
+                    await asyncio.wait((space, stop), return_when=asyncio.FIRST_COMPLETED)
+                    space.cancel()
+                if stop.done():
+                    return
+                if nxt is None:
+                    nxt = asyncio.ensure_future(sub.next_batch())
+                # With acknowledgements pending, a quiet moment may mean the broker has hit
+                # its in-flight limit and waits for them: commit now rather than later.
+                quiet_s = _QUIET_COMMIT_S if self._acks else None
+                done, _ = await asyncio.wait(
+                    (nxt, stop), timeout=quiet_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if nxt in done:
+                    batch, nxt = nxt.result(), None  # raises MqttWireError on disconnect
+                    for message in batch:
+                        self._ingest(message)
+                elif not done:
+                    self._have_work.set()
+                if stop in done:
+                    return
         finally:
             stop.cancel()
+            if nxt is not None:
+                nxt.cancel()  # next_batch() takes messages only when it returns: nothing lost
 
-    def _drain_received(self, client: aiomqtt.Client) -> None:
-        # aiomqtt's queue (private): draining it synchronously avoids one task per message.
-        queue = client._queue
-        while not queue.empty():
-            self._ingest(queue.get_nowait())
-
-    async def _wait_for_space(self) -> None:
-        waiter = asyncio.ensure_future(self._space.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait((waiter, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stop.cancel()
-
-    def _ingest(self, message: aiomqtt.Message) -> None:
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            payload = str(payload).encode()
-        result = self.ingestor.handle(message.topic.value, bytes(payload))
+    def _ingest(self, message: Message) -> None:
+        if message.packet_id is not None:
+            self._acks.append(message.packet_id)
+        result = self.ingestor.handle(message.topic, message.payload)
         if result is None:
             return
         row, update = result
@@ -188,6 +193,13 @@ class Collector:
         if len(self._rows) >= self.settings.batch_max_rows or row is None:
             self._have_work.set()
 
+    async def _commit_and_ack(self) -> None:
+        """On stop: let the writer commit what we hold, so it is acknowledged before we go."""
+        if self._rows or self._updates or self._acks:
+            self._idle.clear()
+            self._have_work.set()
+            await self._idle.wait()
+
     # -- writer ---------------------------------------------------------------------------
 
     async def _writer(self, store: Store) -> None:
@@ -199,29 +211,35 @@ class Collector:
                         await self._have_work.wait()
             self._have_work.clear()
             await self._write_pending(store)
+            if not (self._rows or self._updates or self._acks):
+                self._idle.set()
             if self._reader_done.is_set() and not self._rows and not self._updates:
                 return
 
     async def _write_pending(self, store: Store) -> None:
-        if not self._rows and not self._updates:
+        if not self._rows and not self._updates and not self._acks:
             return
-        limit = self.settings.batch_max_rows
-        rows, self._rows = self._rows[:limit], self._rows[limit:]
+        rows, self._rows = self._rows, []
         updates = list(self._updates.values())
         self._updates = {}
+        acks, self._acks = self._acks, []
+        sub = self._sub
         t0 = self.clock.monotonic()
         inserted = await store.write_batch(rows, updates)
         self.stored_total += inserted
         self.ingestor.counters["duplicates"] += len(rows) - inserted
-        if len(self._rows) < self.settings.queue_max // 2:
-            self._space.set()
-        if len(self._rows) >= limit:
-            self._have_work.set()
+        self._space.set()
+        if sub is self._sub and sub is not None:
+            # The same connection: acknowledge. After a reconnect these ids are stale, and
+            # the broker redelivers those messages anyway (then stored once, by the key).
+            with contextlib.suppress(MqttWireError):
+                sub.ack(acks)
         log.debug(
             "batch_stored",
             rows=len(rows),
             new=inserted,
             nodes=len(updates),
+            acked=len(acks),
             ms=round((self.clock.monotonic() - t0) * 1000, 2),
         )
 
