@@ -661,7 +661,14 @@ class MqttSubscriber:
             else:
                 self._ready = batch
             self._wake()
-            if len(self._ready) > self.max_buffered and not self._paused and self._error is None:
+            # Never pause while a SUBACK is awaited: a broker resuming a persistent session
+            # sends queued messages before the SUBACK, which would then never be read.
+            if (
+                len(self._ready) > self.max_buffered
+                and not self._paused
+                and not self._subacks
+                and self._error is None
+            ):
                 self._paused = True
                 cast(asyncio.Transport, self._transport).pause_reading()
 

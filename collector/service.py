@@ -114,6 +114,7 @@ class Collector:
                 )
                 try:
                     async with sub:
+                        # Idempotent, and needed when the broker lost the session.
                         await sub.subscribe([(t, 1) for t in SUBSCRIPTIONS])
                         self._acks = []  # ids of an earlier connection mean nothing now
                         self._sub = sub

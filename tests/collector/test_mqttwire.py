@@ -371,6 +371,24 @@ async def test_persistent_session_keeps_messages_published_while_away(
     ]
 
 
+async def test_resubscribing_a_session_with_a_big_backlog_gets_its_suback(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """A resumed session floods queued messages before the SUBACK; reading must not pause
+    on them (max_buffered) or the SUBACK is never read and subscribe() times out."""
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _connect(_subscriber(mosquitto, "backlog"), stack)
+        await _subscribe(sub)
+    sent = [("t/backlog", b"%04d" % i + b"." * 500) for i in range(600)]
+    await _publish(mosquitto, sent)
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _connect(_subscriber(mosquitto, "backlog", max_buffered=50), stack)
+        assert sub.session_present is True
+        assert await _subscribe(sub) == [1]
+        got = await _collect(sub, len(sent))
+    assert [m.payload for m in got] == [p for _, p in sent]
+
+
 async def test_large_payload_and_many_small_messages_arrive_in_order(
     mosquitto: MosquittoBroker,
 ) -> None:
