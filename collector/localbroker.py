@@ -98,11 +98,11 @@ user {user}
 allow_anonymous true
 persistence true
 persistence_location {data_dir}/
-autosave_interval 1
+autosave_interval 60
 # A slow QoS 1 subscriber must not lose messages silently (default is 1000, then drop).
 max_queued_messages 0
 max_queued_bytes {max_queued_bytes}
-max_inflight_messages 0
+max_inflight_messages {max_inflight}
 set_tcp_nodelay true
 persistent_client_expiration 1d
 log_dest file {data_dir}/mosquitto.log
@@ -127,6 +127,7 @@ class MosquittoBroker:
         host: str = "127.0.0.1",
         port: int | None = None,
         max_queued_bytes: int = 2 * 1024**3,
+        max_inflight: int = 1000,
         binary: str | None = None,
     ) -> None:
         found = binary or find_mosquitto()
@@ -146,6 +147,7 @@ class MosquittoBroker:
                 port=self.port,
                 data_dir=data_dir,
                 max_queued_bytes=max_queued_bytes,
+                max_inflight=max_inflight,
                 user=pwd.getpwuid(os.geteuid()).pw_name,
             )
         )
@@ -190,6 +192,11 @@ class MosquittoBroker:
         if downtime_s:
             time.sleep(downtime_s)
         self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:

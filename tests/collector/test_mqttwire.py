@@ -336,6 +336,10 @@ async def test_unacked_messages_are_redelivered_with_dup(mosquitto: MosquittoBro
         await _publish(mosquitto, sent)
         first = await _collect(sub, 6, ack=False)
         sub.ack(m.packet_id for m in first[::2] if m.packet_id is not None)
+        # Mosquitto 2.0.11 now and then ignores a PUBACK that arrives right before the
+        # DISCONNECT (the message then comes again: a harmless duplicate for the collector).
+        # Give it a moment so this test checks our acks, not that race.
+        await asyncio.sleep(0.3)
     assert [m.payload for m in first] == [p for _, p in sent]
     async with contextlib.AsyncExitStack() as stack:
         sub = await _connect(_subscriber(mosquitto, "collector"), stack)
