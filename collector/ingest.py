@@ -60,7 +60,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
 class Ingestor:
     """Validates messages and keeps the counters.
 
-    ``handle`` returns ``(row, update)`` for a good sample, ``(None, update)`` for a status
+    ``handle`` returns ``(row, None)`` for a good sample, ``(None, update)`` for a status
     or inventory message, and ``None`` for anything rejected.
     """
 
@@ -71,7 +71,9 @@ class Ingestor:
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
-    def handle(self, topic: str, payload: bytes) -> tuple[SampleRow | None, NodeUpdate] | None:
+    def handle(
+        self, topic: str, payload: bytes
+    ) -> tuple[SampleRow | None, NodeUpdate | None] | None:
         """Validate one message; see the class docstring for the result."""
         self.counters["received"] += 1
         parsed = parse_topic(topic)
@@ -90,17 +92,7 @@ class Ingestor:
                     )
                 row = sample_row(sample, payload, now)
                 self.counters["samples"] += 1
-                return row, NodeUpdate(
-                    node=node,
-                    last_ts=sample.ts,
-                    last_received=now,
-                    interval_s=sample.interval_s,
-                    gpu_count=row.gpu_count,
-                    cpu_pct=row.cpu_pct,
-                    gpu_util_pct=row.gpu_util_pct,
-                    gpu_power_w=row.gpu_power_w,
-                    cpu_power_w=row.cpu_power_w,
-                )
+                return row, None
             if kind == "status":
                 status = decode_status(payload)
                 if status.node != node:
@@ -119,7 +111,7 @@ class Ingestor:
 
     def _reject(
         self, reason: str, topic: str, detail: str
-    ) -> tuple[SampleRow | None, NodeUpdate] | None:
+    ) -> tuple[SampleRow | None, NodeUpdate | None] | None:
         """Count and (rate-limited) log a rejected message; the result of handle() is None."""
         key = f"rejected_{reason}"
         self.counters[key] += 1

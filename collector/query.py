@@ -39,9 +39,13 @@ async def fleet_summary(
     store: Store, now: float, *, stale_intervals: float, default_interval_s: float
 ) -> dict[str, Any]:
     """Nodes by state, GPUs, mean GPU utilisation and total power (latest sample per node)."""
+    # Each node's newest sample through the (node, ts_ms) index: one short lookup per node.
     rows = await store.fetchall(
-        "SELECT node, status, last_ts, last_received, interval_s, gpu_count, cpu_pct, "
-        "gpu_util_pct, gpu_power_w, cpu_power_w FROM nodes ORDER BY node"
+        "SELECT n.node, n.status, s.ts_ms / 1000.0 AS last_ts, "
+        "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
+        "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w FROM nodes n LEFT JOIN samples s "
+        "ON s.rowid = (SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
+        "ORDER BY n.node"
     )
     nodes: list[dict[str, Any]] = []
     counts = {"online": 0, "stale": 0, "offline": 0}

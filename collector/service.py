@@ -53,6 +53,8 @@ class Collector:
         # (rows, acks) lengths after each MQTT read was ingested: the writer cuts batches
         # there, so the acks it sends belong exactly to the rows it committed.
         self._marks: list[tuple[int, int]] = []
+        self._known_nodes: set[str] = set()
+        self._new_nodes: list[str] = []
         self._sub: MqttSubscriber | None = None
         self._updates: dict[str, NodeUpdate] = {}
         self._have_work = asyncio.Event()
@@ -199,11 +201,16 @@ class Collector:
         row, update = result
         if row is not None:
             self._rows.append(row)
+            if row.node not in self._known_nodes:
+                self._known_nodes.add(row.node)
+                self._new_nodes.append(row.node)
             if len(self._rows) >= self.settings.queue_max:
                 self._space.clear()
-        prev = self._updates.get(update.node)
-        self._updates[update.node] = update if prev is None else _merge(prev, update)
-        if len(self._rows) >= self.settings.batch_max_rows or row is None:
+            if len(self._rows) >= self.settings.batch_max_rows:
+                self._have_work.set()
+        if update is not None:
+            prev = self._updates.get(update.node)
+            self._updates[update.node] = update if prev is None else _merge(prev, update)
             self._have_work.set()
 
     async def _commit_and_ack(self) -> None:
@@ -235,9 +242,10 @@ class Collector:
         rows, acks = self._take_batch()
         updates = list(self._updates.values())
         self._updates = {}
+        new_nodes, self._new_nodes = self._new_nodes, []
         sub = self._sub
         t0 = self.clock.monotonic()
-        inserted = await store.write_batch(rows, updates)
+        inserted = await store.write_batch(rows, updates, new_nodes)
         self.stored_total += inserted
         self.ingestor.counters["duplicates"] += len(rows) - inserted
         self._space.set()
@@ -299,15 +307,7 @@ class Collector:
 
 
 def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:
-    """Fold two pending updates of one node; the newer sample wins for latest facts."""
-    if new.last_ts is not None and (old.last_ts is None or new.last_ts >= old.last_ts):
-        old.last_ts, old.last_received, old.interval_s = (
-            new.last_ts,
-            new.last_received,
-            new.interval_s,
-        )
-        old.gpu_count, old.cpu_pct, old.gpu_util_pct = new.gpu_count, new.cpu_pct, new.gpu_util_pct
-        old.gpu_power_w, old.cpu_power_w = new.gpu_power_w, new.cpu_power_w
+    """Fold two pending updates of one node; the later message wins field by field."""
     if new.status is not None:
         old.status, old.status_ts = new.status, new.status_ts
     if new.inventory is not None:

@@ -9,7 +9,8 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest import Ingestor, sample_row
-from collector.store import MIGRATIONS, NodeUpdate, Store
+from collector.query import fleet_summary
+from collector.store import MIGRATIONS, NodeUpdate, SampleRow, Store
 from shared.clock import FakeClock
 from shared.errors import StoreError
 from shared.schema import encode
@@ -17,14 +18,14 @@ from shared.topics import sample_topic, status_topic
 from tests.helpers import count_samples, db_rows
 
 
-def _rows(n_nodes: int, ticks: int, t0: float = 1.8e9) -> list[tuple[object, ...]]:
+def _rows(n_nodes: int, ticks: int, t0: float = 1.8e9) -> list[SampleRow]:
     sim = FleetSimulator(n_nodes, gpus_per_node=2, seed=4, interval_s=5)
     out = []
     for k in range(ticks):
         for i in range(n_nodes):
             s = sim.sample(i, t0 + 5 * k, k)
             out.append(sample_row(s, encode(s), t0 + 5 * k + 0.1))
-    return out  # type: ignore[return-value]
+    return out
 
 
 async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
@@ -41,8 +42,8 @@ async def test_redelivered_samples_are_stored_once(tmp_path: Path) -> None:
     """(node, ts) is unique: writing the same rows again inserts nothing."""
     rows = _rows(3, 4)
     async with Store(tmp_path / "c.db") as store:
-        assert await store.write_batch(rows) == 12  # type: ignore[arg-type]
-        assert await store.write_batch(rows[5:]) == 0  # type: ignore[arg-type]
+        assert await store.write_batch(rows) == 12
+        assert await store.write_batch(rows[5:]) == 0
     assert count_samples(tmp_path / "c.db") == 12
 
 
@@ -50,7 +51,7 @@ async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None
     """Rows older than the cutoff go, at most chunk_rows per call; newer ones stay."""
     rows = _rows(10, 10)  # ts_ms from 1.8e12 in 5 s steps
     async with Store(tmp_path / "c.db") as store:
-        await store.write_batch(rows)  # type: ignore[arg-type]
+        await store.write_batch(rows)
         cutoff = round((1.8e9 + 5 * 6) * 1000)  # ticks 0..5 are older: 60 rows
         assert await store.delete_older_than(cutoff, 25) == 25
         assert await store.delete_older_than(cutoff, 25) == 25
@@ -60,18 +61,36 @@ async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None
     assert remaining == [(cutoff, 40)]
 
 
-async def test_latest_node_facts_never_go_back_in_time(tmp_path: Path) -> None:
-    """A late (buffered) sample does not overwrite a newer latest-sample summary."""
+async def test_fleet_summary_uses_each_nodes_newest_sample_even_if_a_late_one_arrives(
+    tmp_path: Path,
+) -> None:
+    """A buffered sample stored after a newer one does not become the node's latest."""
+    rows = _rows(2, 3)  # ticks at 1.8e9, +5, +10
+    newest_first = sorted(rows, key=lambda r: -r.ts_ms)
     async with Store(tmp_path / "c.db") as store:
         await store.write_batch(
-            [], [NodeUpdate("n1", last_ts=200.0, last_received=201.0, cpu_pct=50.0)]
+            newest_first,
+            [NodeUpdate("x1000c0s0b0n0", status="online", status_ts=1.0)],
+            ["x1000c0s0b0n0", "x1000c0s0b0n1"],
         )
-        await store.write_batch(
-            [], [NodeUpdate("n1", last_ts=100.0, last_received=202.0, cpu_pct=10.0)]
-        )
-        await store.write_batch([], [NodeUpdate("n1", status="offline", status_ts=203.0)])
-    assert db_rows(tmp_path / "c.db", "SELECT last_ts, cpu_pct, status FROM nodes") == [
-        (200.0, 50.0, "offline")
+        summary = await fleet_summary(store, 1.8e9 + 11, stale_intervals=3, default_interval_s=5)
+    by_node = {n["node"]: n for n in summary["nodes"]}
+    assert by_node["x1000c0s0b0n0"]["last_sample_age_s"] == 1.0
+    assert by_node["x1000c0s0b0n0"]["state"] == "online"
+    assert by_node["x1000c0s0b0n1"]["state"] == "online"  # no status yet, fresh samples
+    newest = max((r for r in rows if r.node == "x1000c0s0b0n0"), key=lambda r: r.ts_ms)
+    assert by_node["x1000c0s0b0n0"]["cpu_pct"] == newest.cpu_pct
+    assert summary["gpus_online"] == 4
+
+
+async def test_status_updates_merge_into_nodes(tmp_path: Path) -> None:
+    """Status and inventory land in the nodes table; a later status replaces the earlier."""
+    async with Store(tmp_path / "c.db") as store:
+        await store.write_batch([], [NodeUpdate("n1", status="online", status_ts=1.0)])
+        await store.write_batch([], [NodeUpdate("n1", inventory=b"{}", inventory_ts=2.0)])
+        await store.write_batch([], [NodeUpdate("n1", status="offline", status_ts=3.0)])
+    assert db_rows(tmp_path / "c.db", "SELECT status, status_ts, inventory FROM nodes") == [
+        ("offline", 3.0, b"{}")
     ]
 
 
@@ -93,10 +112,11 @@ def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
     assert result is not None
     row, update = result
     assert row is not None
+    assert update is None
     assert row.gpu_count == 4
     assert row.gpu_util_pct == pytest.approx(sum(g.util_pct or 0 for g in s.gpus) / 4)
     assert row.gpu_power_w == pytest.approx(sum(g.power_interval_w or 0 for g in s.gpus))
-    assert update.last_ts == s.ts
+    assert row.ts_ms == round(s.ts * 1000)
 
     for _ in range(3):
         assert ing.handle(sample_topic(s.node), b"][") is None
@@ -120,13 +140,13 @@ async def test_payloads_are_compressed_and_read_back_exactly(tmp_path: Path) -> 
     """Stored payloads are zstd frames ~8x smaller; reading one gives the original JSON."""
     rows = _rows(5, 2)
     async with Store(tmp_path / "c.db") as store:
-        await store.write_batch(rows)  # type: ignore[arg-type]
+        await store.write_batch(rows)
         stored = await store.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
         assert len(stored) == 10
-        originals = {(r[0], r[1]): r[-1] for r in rows}
+        originals = {(r.node, r.ts_ms): r.payload for r in rows}
         for r in stored:
             original = originals[(r["node"], r["ts_ms"])]
-            assert len(r["payload"]) * 4 < len(original)  # type: ignore[arg-type]
+            assert len(r["payload"]) * 4 < len(original)
             assert await store.payload(r["payload"], r["payload_dict"]) == original
     # A reader process that never wrote finds the dictionary in the file.
     async with Store.open_readonly(tmp_path / "c.db") as reader:
