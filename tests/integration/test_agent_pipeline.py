@@ -50,9 +50,7 @@ async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentRunner]:
     await runner.stop()
 
 
-async def _query_json(
-    capsys: pytest.CaptureFixture[str], db: Path, *args: str
-) -> dict[str, Any]:
+async def _query_json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
     capsys.readouterr()
     code = await asyncio.to_thread(collector_main, ["query", "--db", str(db), "--json", *args])
     out = capsys.readouterr().out
