@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.settings import AgentSettings
+from shared.cli import run_command
 from shared.errors import CapwatchError
 from shared.logging import configure_logging
 from shared.settings import load_settings
@@ -257,15 +258,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agent`` console script."""
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except CapwatchError as exc:
-        print(f"agent {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

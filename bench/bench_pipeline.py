@@ -38,29 +38,25 @@ from shared.settings import MqttSettings
 BIN = Path(sys.executable).parent
 
 
-def _stored(db: Path) -> int:
+def _scalar(db: Path, sql: str) -> int:
     try:
         conn = sqlite3.connect(db, timeout=5)
         try:
-            row = conn.execute("SELECT count(*) FROM samples").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0])
-
-
-def _max_rowid(db: Path) -> int:
-    # O(log n): rows are only inserted during a run, so max(rowid) tracks the count.
-    try:
-        conn = sqlite3.connect(db, timeout=5)
-        try:
-            row = conn.execute("SELECT max(rowid) FROM samples").fetchone()
+            row = conn.execute(sql).fetchone()
         finally:
             conn.close()
     except sqlite3.OperationalError:
         return 0
     return int(row[0] or 0)
+
+
+def _stored(db: Path) -> int:
+    return _scalar(db, "SELECT count(*) FROM samples")
+
+
+def _max_rowid(db: Path) -> int:
+    # O(log n): rows are only inserted during a run, so max(rowid) tracks the count.
+    return _scalar(db, "SELECT max(rowid) FROM samples")
 
 
 def _cpu_s(pid: int | None) -> float:

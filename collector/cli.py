@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.errors import CapwatchError
+from shared.cli import run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -37,16 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``collector`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except CapwatchError as exc:
-        print(f"collector {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Self, TypeAlias
 
 from shared.errors import CapwatchError
 from shared.logging import configure_logging, get_logger
@@ -113,7 +113,62 @@ connection_messages true
 """
 
 
-class MosquittoBroker:
+class _BrokerProcess:
+    """What both local brokers share: a child process, stopped with SIGTERM."""
+
+    host: str
+    port: int
+    _proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> None:
+        """Start the broker and wait until it accepts connections."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """SIGTERM, so the broker shuts down cleanly (Mosquitto saves its state); SIGKILL
+        after 10 s."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, downtime_s: float = 0.0) -> None:
+        """Stop, stay down ``downtime_s``, start again on the same port."""
+        self.stop()
+        if downtime_s:
+            time.sleep(downtime_s)
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
+class MosquittoBroker(_BrokerProcess):
     """A ``mosquitto`` process on a loopback port, with its state in ``data_dir``.
 
     ``restart()`` stops it with SIGTERM (mosquitto saves its persistence file) and starts it
@@ -174,50 +229,8 @@ class MosquittoBroker:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """SIGTERM, so mosquitto writes its persistence file; SIGKILL after 10 s."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
-    def restart(self, downtime_s: float = 0.0) -> None:
-        """Stop, stay down ``downtime_s``, start again on the same port."""
-        self.stop()
-        if downtime_s:
-            time.sleep(downtime_s)
-        self.start()
-
-    @property
-    def pid(self) -> int | None:
-        """The broker process id while it runs (benchmarks read its CPU time)."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> MosquittoBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
-
-
-class EmbeddedBroker:
+class EmbeddedBroker(_BrokerProcess):
     """The pure-Python ``amqtt`` broker in a child process, for machines without Mosquitto.
 
     Same surface as :class:`MosquittoBroker`. The child is ``python -m collector.localbroker
@@ -304,43 +317,6 @@ class EmbeddedBroker:
                     f"(log {self.log_path}): {_tail(self.log_path)}"
                 )
             time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGTERM (amqtt shuts down cleanly); SIGKILL after 10 s."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def restart(self, downtime_s: float = 0.0) -> None:
-        """Stop, stay down ``downtime_s``, start again on the same port (all state is lost)."""
-        self.stop()
-        if downtime_s:
-            time.sleep(downtime_s)
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        """Whether the child process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
 
 
 LocalBroker: TypeAlias = MosquittoBroker | EmbeddedBroker
