@@ -29,6 +29,7 @@ __all__ = ["Publisher", "SampleBuffer"]
 log = get_logger("publisher")
 
 _PUBLISH_TIMEOUT_S: Final = 10.0
+_FLUSH_ON_STOP_S: Final = 5.0
 
 
 class SampleBuffer:
@@ -86,8 +87,11 @@ class Publisher:
         buffer: SampleBuffer,
         inventory: Callable[[], bytes],
         clock: Callable[[], float],
+        *,
+        publish_timeout_s: float = _PUBLISH_TIMEOUT_S,
     ) -> None:
         self.mqtt = mqtt
+        self.publish_timeout_s = publish_timeout_s
         self.node_id = node_id
         self.buffer = buffer
         self._inventory = inventory
@@ -153,17 +157,31 @@ class Publisher:
                 )
 
     async def _announce(self, client: aiomqtt.Client) -> None:
-        async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
-            await client.publish(
-                inventory_topic(self.node_id), self._inventory(), qos=1, retain=True
-            )
-            await client.publish(
-                status_topic(self.node_id), self._status("online"), qos=1, retain=True
-            )
+        try:
+            async with asyncio.timeout(self.publish_timeout_s):
+                await self._announce_now(client)
+        except TimeoutError as exc:  # a slow broker: reconnect, never end the agent
+            raise aiomqtt.MqttError("inventory/status not acknowledged in time") from exc
+
+    async def _announce_now(self, client: aiomqtt.Client) -> None:
+        await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
+        await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Publish buffered samples in order until stop; a sample leaves only after PUBACK."""
+        """Publish buffered samples in order until stop; a sample leaves only after PUBACK.
+
+        After stop, what is buffered gets ``_FLUSH_ON_STOP_S`` to go out, so a long backlog
+        cannot hold the agent past its service manager's stop timeout.
+        """
+        loop = asyncio.get_running_loop()
+        flush_deadline: float | None = None
         while True:
+            if stop.is_set():
+                if flush_deadline is None:
+                    flush_deadline = loop.time() + _FLUSH_ON_STOP_S
+                elif loop.time() > flush_deadline:
+                    log.warning("stop_flush_incomplete", unsent=len(self.buffer))
+                    return
             payload = self.buffer.peek()
             if payload is None:
                 if stop.is_set():
@@ -177,7 +195,7 @@ class Publisher:
                     stopper.cancel()
                 continue
             try:
-                async with asyncio.timeout(_PUBLISH_TIMEOUT_S):
+                async with asyncio.timeout(self.publish_timeout_s):
                     await client.publish(self._topic, payload, qos=1)
             except TimeoutError as exc:
                 raise aiomqtt.MqttError("publish not acknowledged in time") from exc

@@ -119,7 +119,8 @@ async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dic
         nodes = [
             r["node"]
             for r in await store.fetchall(
-                "SELECT node FROM nodes WHERE last_ts IS NOT NULL ORDER BY node LIMIT ?",
+                "SELECT node FROM nodes n WHERE EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.node = n.node) ORDER BY node LIMIT ?",
                 (limit_nodes,),
             )
         ]

@@ -59,6 +59,7 @@ class Collector:
         self._updates: dict[str, NodeUpdate] = {}
         self._have_work = asyncio.Event()
         self._idle = asyncio.Event()
+        self._writing = False
         """Set by the writer when nothing is waiting to be committed or acknowledged."""
         self._space = asyncio.Event()
         self._space.set()
@@ -90,18 +91,19 @@ class Collector:
             broker=f"{s.mqtt.host}:{s.mqtt.port}",
             client_id=s.client_id,
         )
-        async with (
-            Store(s.db_path, compress=s.compress_payloads) as store,
-            asyncio.TaskGroup() as tg,
-        ):
-            tg.create_task(self._reader(), name="mqtt-reader")
-            tg.create_task(self._writer(store), name="store-writer")
-            tg.create_task(
-                self._every(s.retention_check_s, lambda: self._retention(store)), name="retention"
-            )
-            tg.create_task(
-                self._every(_COUNTER_FLUSH_S, lambda: self._flush_counters(store)), name="counters"
-            )
+        async with Store(s.db_path, compress=s.compress_payloads) as store:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader(), name="mqtt-reader")
+                tg.create_task(self._writer(store), name="store-writer")
+                tg.create_task(
+                    self._every(s.retention_check_s, lambda: self._retention(store)),
+                    name="retention",
+                )
+                tg.create_task(
+                    self._every(_COUNTER_FLUSH_S, lambda: self._flush_counters(store)),
+                    name="counters",
+                )
+            await self._flush_counters(store)  # the final batch's figures too
         log.info("collector_stopped", **self.counters)
 
     # -- reader ---------------------------------------------------------------------------
@@ -215,7 +217,7 @@ class Collector:
 
     async def _commit_and_ack(self) -> None:
         """On stop: let the writer commit what we hold, so it is acknowledged before we go."""
-        if self._rows or self._updates or self._acks:
+        if self._rows or self._updates or self._acks or self._writing:
             self._idle.clear()
             self._have_work.set()
             await self._idle.wait()
@@ -231,7 +233,7 @@ class Collector:
                         await self._have_work.wait()
             self._have_work.clear()
             await self._write_pending(store)
-            if not (self._rows or self._updates or self._acks):
+            if not (self._rows or self._updates or self._acks or self._writing):
                 self._idle.set()
             if self._reader_done.is_set() and not self._rows and not self._updates:
                 return
@@ -239,6 +241,13 @@ class Collector:
     async def _write_pending(self, store: Store) -> None:
         if not self._rows and not self._updates and not self._acks:
             return
+        self._writing = True  # a stop waits for this batch's acks too
+        try:
+            await self._write_one_batch(store)
+        finally:
+            self._writing = False
+
+    async def _write_one_batch(self, store: Store) -> None:
         rows, acks = self._take_batch()
         updates = list(self._updates.values())
         self._updates = {}
@@ -248,7 +257,8 @@ class Collector:
         inserted = await store.write_batch(rows, updates, new_nodes)
         self.stored_total += inserted
         self.ingestor.counters["duplicates"] += len(rows) - inserted
-        self._space.set()
+        if len(self._rows) < self.settings.queue_max:
+            self._space.set()
         if sub is self._sub and sub is not None:
             # The same connection: acknowledge. After a reconnect these ids are stale, and
             # the broker redelivers those messages anyway (then stored once, by the key).

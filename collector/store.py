@@ -124,6 +124,12 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Retention looks for old rows by time; without this index every pass ended with a
+        # scan of the whole table (minutes at 200M rows), stalling the only writer.
+        "0002_samples_ts_index",
+        "CREATE INDEX samples_ts ON samples (ts_ms);",
+    ),
 )
 
 _SAMPLE_COLUMNS: Final = (
@@ -174,6 +180,9 @@ class Store:
         self._compress = compress
         self._dict_id: int | None = None
         self._dicts: dict[int, bytes] = {}
+        # Writer, retention and counters share the connection; each holds this for its whole
+        # transaction so none commits another's half-written batch.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     def open_readonly(cls, path: Path) -> Self:
@@ -195,7 +204,7 @@ class Store:
                         f"no capwatch database at {str(self.path)!r}: start `collector run` "
                         "first or pass --db / CAPWATCH_DB_PATH"
                     )
-                uri = f"file:{self.path.resolve()}?mode=ro"
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes ? and #
                 self._conn = await aiosqlite.connect(uri, uri=True)
                 await self._conn.execute("PRAGMA busy_timeout = 5000")
             else:
@@ -282,6 +291,19 @@ class Store:
     ) -> int:
         """Insert sample rows (duplicates ignored), node news and nodes first seen, at once.
 
+        One transaction; returns how many sample rows were new.
+        """
+        async with self._write_lock:
+            return await self._write_batch_unlocked(rows, updates, new_nodes)
+
+    async def _write_batch_unlocked(
+        self,
+        rows: Sequence[SampleRow],
+        updates: Iterable[NodeUpdate] = (),
+        new_nodes: Iterable[str] = (),
+    ) -> int:
+        """Insert sample rows (duplicates ignored), node news and nodes first seen, at once.
+
         Returns how many sample rows were new.
         """
         conn = self.conn
@@ -326,6 +348,10 @@ class Store:
 
     async def write_counters(self, counters: dict[str, int], now: float) -> None:
         """Replace the stored counters with the collector's current ones."""
+        async with self._write_lock:
+            await self._write_counters_unlocked(counters, now)
+
+    async def _write_counters_unlocked(self, counters: dict[str, int], now: float) -> None:
         try:
             await self.conn.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
@@ -341,12 +367,16 @@ class Store:
         """Delete at most ``chunk_rows`` samples older than ``cutoff_ms``; return how many.
 
         Small chunks keep each write transaction short, so ingestion never stalls behind
-        retention. Rows are taken from the start of the table (oldest arrivals first).
+        retention. The oldest samples go first, found through the ``ts_ms`` index.
         """
+        async with self._write_lock:
+            return await self._delete_older_than_unlocked(cutoff_ms, chunk_rows)
+
+    async def _delete_older_than_unlocked(self, cutoff_ms: int, chunk_rows: int) -> int:
         try:
             cur = await self.conn.execute(
                 "DELETE FROM samples WHERE rowid IN "
-                "(SELECT rowid FROM samples WHERE ts_ms < ? ORDER BY rowid LIMIT ?)",
+                "(SELECT rowid FROM samples WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?)",
                 (cutoff_ms, chunk_rows),
             )
             deleted = cur.rowcount

@@ -46,14 +46,15 @@ SCHEMA_VERSION: Final = 1
 # Constrained scalar types. Bounds are physical sanity limits, not alert thresholds:
 # a value outside them is a broken sensor or a forged message.
 Pct = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
-Bytes = Annotated[int, msgspec.Meta(ge=0)]
+_INT64_MAX: Final = 2**63 - 1  # SQLite stores integers as signed 64-bit
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 Rate = Annotated[float, msgspec.Meta(ge=0.0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
 Watts = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)]
 Joules = Annotated[float, msgspec.Meta(ge=0.0)]
 Celsius = Annotated[float, msgspec.Meta(ge=-60.0, le=200.0)]
 Mhz = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
-Timestamp = Annotated[float, msgspec.Meta(gt=0.0)]
+Timestamp = Annotated[float, msgspec.Meta(gt=0.0, lt=1e10)]  # before the year 2286
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from agent.publisher import SampleBuffer
+from agent.publisher import Publisher, SampleBuffer
 from agent.simulate import FleetSimulator, xname
 from shared.schema import decode_sample
+from shared.settings import MqttSettings
+from tests.helpers import wait_until
 
 
 def test_buffer_drops_oldest_when_full_and_counts() -> None:
@@ -79,3 +84,35 @@ def test_simulated_energy_counter_integrates_power() -> None:
     assert second.energy_j is not None
     assert second.power_interval_w is not None
     assert second.energy_j - first.energy_j == pytest.approx(second.power_interval_w * 5, abs=0.2)
+
+
+async def test_publisher_reconnects_when_the_broker_never_acknowledges() -> None:
+    """A broker that accepts the connection but never PUBACKs makes the agent reconnect;
+    it must not end the agent (and with it the offline buffer)."""
+    connections = 0
+
+    async def silent_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await reader.read(4096)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK accepted, then silence
+        await writer.drain()
+        while await reader.read(4096):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mqtt = MqttSettings(host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.2)
+    buffer = SampleBuffer(10)
+    buffer.put(b"{}")
+    publisher = Publisher(mqtt, "n1", buffer, lambda: b"{}", time.time, publish_timeout_s=0.3)
+    stop = asyncio.Event()
+    async with server:
+        task = asyncio.create_task(publisher.run(stop))
+        await wait_until(lambda: connections >= 3, timeout_s=10, what="three connection attempts")
+        assert not task.done()
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+    assert len(buffer) == 1  # nothing was acknowledged, so nothing left the buffer

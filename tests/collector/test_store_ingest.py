@@ -94,6 +94,20 @@ async def test_status_updates_merge_into_nodes(tmp_path: Path) -> None:
     ]
 
 
+def _db_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".db")
+
+
+async def test_readonly_store_opens_paths_with_uri_characters_read_only(tmp_path: Path) -> None:
+    """'?' and '#' in the path are escaped: the right file opens, read-only."""
+    db = tmp_path / "we?ird#name.db"
+    async with Store(db) as store:
+        await store.write_batch(_rows(1, 1))
+    async with Store.open_readonly(db) as reader:
+        assert (await reader.fetchall("SELECT count(*) AS n FROM samples"))[0]["n"] == 1
+    assert _db_files(tmp_path) == ["we?ird#name.db"]
+
+
 async def test_readonly_store_on_missing_file_says_what_to_do(tmp_path: Path) -> None:
     """A query before any collector ran gets one line with the fix."""
     with pytest.raises(StoreError, match="start `collector run` first or pass --db"):

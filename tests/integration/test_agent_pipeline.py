@@ -76,6 +76,8 @@ async def test_agent_samples_show_in_collector_query_json(
     assert summary["gpus_online"] == 2
     assert summary["counters"].get("rejected", 0) == 0
 
+    fleet_gpus = (await _query_json(capsys, db, "--gpus"))["gpus"]
+    assert [(g["node"], g["index"]) for g in fleet_gpus] == [(NODE, 0), (NODE, 1)]
     gpus = (await _query_json(capsys, db, "--gpus", "--node", NODE))["gpus"]
     assert [g["index"] for g in gpus] == [0, 1]
     inventory = db_rows(db, "SELECT inventory FROM nodes WHERE node = ?", (NODE,))[0][0]

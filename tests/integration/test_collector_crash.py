@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import MosquittoBroker
+from collector.store import MIGRATIONS
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import fast_mqtt
 
@@ -40,7 +41,7 @@ async def test_sigkill_mid_drain_then_restart_stores_every_sample_once(
     proc = _collector(mosquitto, db, log)  # registers the persistent session
     try:
         await wait_until(
-            lambda: db_rows(db, "SELECT count(*) FROM schema_migrations") == [(1,)],
+            lambda: db_rows(db, "SELECT count(*) FROM schema_migrations") == [(len(MIGRATIONS),)],
             what="collector started",
         )
         await asyncio.sleep(1.0)  # subscribed

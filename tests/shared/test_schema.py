@@ -32,6 +32,10 @@ def test_sample_round_trips_through_json() -> None:
         (lambda d: d["gpus"][1].update(power_w=-5.0), "invalid", "$.gpus[1].power_w"),
         (lambda d: d["mem"].update(used_bytes="lots"), "invalid", "$.mem.used_bytes"),
         (lambda d: d.pop("cpu"), "invalid", "cpu"),
+        # Past SQLite's signed 64-bit integers: would crash the writer, so rejected here.
+        (lambda d: d.update(seq=2**70), "invalid", "$.seq"),
+        (lambda d: d["mem"].update(total_bytes=2**64), "invalid", "$.mem.total_bytes"),
+        (lambda d: d.update(ts=1e300), "invalid", "$.ts"),
     ],
 )
 def test_bad_sample_is_rejected_with_reason_and_field(
