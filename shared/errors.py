@@ -8,7 +8,12 @@ Third-party errors are converted at the boundary (``raise StoreError(...) from e
     │                      version / topic_mismatch)
     ├── StoreError         the SQLite store cannot be opened or written
     ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
-    └── PlanError          a power plan is invalid (``field`` names the culprit)
+    ├── PlanError          a power plan is invalid (``field`` names the culprit)
+    └── MqttWireError      the collector's MQTT subscriber (collector/mqttwire.py):
+        ├── MqttConnectError     refused or unreachable (``return_code``)
+        ├── MqttConnectionLost   the connection ended
+        ├── MqttProtocolError    the broker sent something malformed
+        └── MqttSubscribeError   a subscription was refused (``refused``)
 """
 
 from __future__ import annotations
