@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="collector",
         description=(
             "capwatch collector: subscribes to node agents over MQTT, keeps a rolling SQLite "
-            "store, and answers questions about the fleet and its power headroom."
+            "store, answers questions about the fleet, and sizes clusters under a power cap."
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
