@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiomqtt
 import msgspec
@@ -98,3 +99,28 @@ async def test_graceful_stop_commits_everything_received(
     )
     assert count_samples(collector_runner.db) == 1000
     assert db_rows(collector_runner.db, "SELECT count(DISTINCT node) FROM samples") == [(50,)]
+
+
+async def test_retention_deletes_old_samples_while_running(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """Samples older than the retention window go; recent ones and ingest are unaffected."""
+    collector_runner.settings = collector_runner.settings.model_copy(
+        update={"retention_s": 600.0, "retention_check_s": 0.2, "retention_chunk_rows": 100}
+    )
+    await collector_runner.start()
+    sim = FleetSimulator(10, gpus_per_node=2, seed=6, interval_s=1)
+    now = time.time()
+    old = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=30, burst=True, start_ts=now - 3600)
+    new = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=5, burst=True, start_ts=now - 10)
+    assert (old.published, new.published) == (300, 50)
+    await wait_until(
+        lambda: (
+            count_samples(collector_runner.db) == 50
+            and db_rows(collector_runner.db, "SELECT min(ts_ms) FROM samples")[0][0]
+            >= round((now - 10) * 1000)
+        ),
+        what="only the 50 recent samples left",
+    )
+    assert collector_runner.collector is not None
+    assert collector_runner.collector.counters["retention_deleted"] == 300
