@@ -280,9 +280,9 @@ class Collector:
             rows, acks = self._rows, self._acks
             self._rows, self._acks, self._marks = [], [], []
             return rows, acks
+        # The reader marks every read as soon as it is ingested (no await in between), so the
+        # last mark is len(self._rows) > limit and bisect always finds one.
         i = bisect.bisect_left(self._marks, (limit, 0))
-        if i == len(self._marks):  # rows beyond the last mark belong to no complete read yet
-            i -= 1
         r, a = self._marks[i]
         rows, acks = self._rows[:r], self._acks[:a]
         self._rows, self._acks = self._rows[r:], self._acks[a:]
