@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.power import load_plan, parse_sweep, solve_fixed, solve_max, sweep, with_param
+from collector.power import load_plan, parse_sweep, solve_fixed, solve_max, sweep, with_param
 
 __all__ = ["main"]
 

@@ -10,7 +10,7 @@ Messages are acknowledged only after the batch that holds them is committed, so 
 a kill at any point loses nothing: the broker redelivers whatever was not acknowledged to
 the next collector with the same client id, and the store drops the duplicates. (aiomqtt,
 which the agents use, acknowledges on receipt and reads one packet per event-loop wakeup;
-see :mod:`collector.mqttwire` for why the collector has its own subscriber.)
+see :mod:`collector.ingest.subscriber` for why the collector has its own subscriber.)
 
 When ``queue_max`` rows wait for the writer, the reader stops taking messages; the
 subscriber then stops reading the socket, and TCP pushes back on the broker.
@@ -25,10 +25,10 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from collector.ingest import Ingestor
-from collector.mqttwire import Message, MqttSubscriber, MqttWireError
+from collector.ingest.subscriber import Message, MqttSubscriber, MqttWireError
+from collector.ingest.validate import Ingestor
 from collector.settings import CollectorSettings
-from collector.store import NodeUpdate, SampleRow, Store
+from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS

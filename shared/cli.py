@@ -8,21 +8,41 @@ from collections.abc import Sequence
 
 from shared.errors import CapwatchError
 
-__all__ = ["run_command"]
+__all__ = ["first_capwatch_error", "run_command"]
+
+
+def first_capwatch_error(exc: BaseException) -> CapwatchError | None:
+    """The first :class:`CapwatchError` in ``exc``, looking inside (nested) exception groups.
+
+    A service's ``asyncio.TaskGroup`` wraps what its tasks raise in an ``ExceptionGroup``;
+    a bad setting found inside it must still reach the user as one line and exit 2.
+    """
+    if isinstance(exc, CapwatchError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_capwatch_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and call the chosen subcommand's ``handler``.
 
     Exit codes: the handler's own; 2 with one line on stderr for a capwatch error (a bad
-    setting, a missing database, an invalid plan: never a traceback); 130 on Ctrl-C.
+    setting, a missing database, an invalid plan: never a traceback, also when it was raised
+    inside a task group); 130 on Ctrl-C.
     """
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except CapwatchError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        error = first_capwatch_error(exc)
+        if error is None:
+            raise
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return code

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
-from collector.ingest import Ingestor, sample_row
-from collector.query import fleet_summary
-from collector.store import MIGRATIONS, NodeUpdate, SampleRow, Store
+from collector.ingest.validate import Ingestor, sample_row
+from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store
+from collector.store.queries import fleet_summary
 from shared.clock import FakeClock
 from shared.errors import StoreError
 from shared.schema import encode

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import MosquittoBroker
-from collector.store import MIGRATIONS
+from collector.store.db import MIGRATIONS
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import fast_mqtt
 

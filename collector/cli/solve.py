@@ -2,7 +2,7 @@
 
 Three modes: the maximum (default), ``--sweep`` (one parameter stepped through a range,
 optionally drawn with ``--plot``) and ``--fixed`` (a given fleet's power, fabric and
-headroom). The solver itself is :mod:`shared.power`; this module reads flags, prints and
+headroom). The solver itself is :mod:`collector.power`; this module reads flags, prints and
 draws.
 """
 
@@ -15,8 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError, PlanError
-from shared.power import (
+from collector.power import (
     FlatComparison,
     Plan,
     Solution,
@@ -29,6 +28,7 @@ from shared.power import (
     solve_max,
     sweep,
 )
+from shared.errors import ConfigError, PlanError
 
 __all__ = ["add_parser", "run"]
 

@@ -7,7 +7,7 @@ import asyncio
 import signal
 from typing import Any
 
-from collector.cliargs import add_settings_args, settings_from_args
+from collector.cli._args import add_settings_args, settings_from_args
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from shared.logging import configure_logging

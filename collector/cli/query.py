@@ -7,11 +7,11 @@ import asyncio
 import time
 from typing import Any
 
-from collector import query
-from collector.cliargs import add_settings_args, settings_from_args
-from collector.render import Column, print_json, render_table
+from collector.cli._args import add_settings_args, settings_from_args
+from collector.cli._render import Column, print_json, render_table
 from collector.settings import CollectorSettings
-from collector.store import Store
+from collector.store import queries as query
+from collector.store.db import Store
 from shared.topics import validate_node_id
 from shared.units import format_bytes, format_duration, format_watts, parse_duration
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.power.model import Fabric, FabricModel, PowerBasis
+from collector.power.model import Fabric, FabricModel, PowerBasis
 
 __all__ = [
     "FabricLayout",

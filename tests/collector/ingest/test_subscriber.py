@@ -16,8 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiomqtt
 import pytest
 
-from collector.localbroker import MosquittoBroker, free_port
-from collector.mqttwire import (
+from collector.ingest.subscriber import (
     Message,
     MqttConnectError,
     MqttConnectionLost,
@@ -27,6 +26,7 @@ from collector.mqttwire import (
     MqttWireError,
     PacketParser,
 )
+from collector.localbroker import MosquittoBroker, free_port
 from tests.helpers import wait_until
 
 _STEP_S = 10.0

@@ -27,8 +27,7 @@ from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from shared.errors import ConfigError, PlanError
-from shared.power.model import (
+from collector.power.model import (
     Fabric,
     NodeType,
     Optics,
@@ -36,6 +35,7 @@ from shared.power.model import (
     Site,
     SwitchType,
 )
+from shared.errors import ConfigError, PlanError
 
 __all__ = ["load_plan", "parse_plan", "with_param"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from collector.store import Store
+from collector.store.db import Store
 from shared.schema import Sample
 
 __all__ = ["fleet_summary", "gpu_rows", "node_samples", "node_state"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.power import (
+from collector.power import (
     Fabric,
     Media,
     Optics,
@@ -18,7 +18,7 @@ from shared.power import (
     spine_count,
 )
 
-DATA = Path(__file__).parents[1] / "data" / "power"
+DATA = Path(__file__).parents[2] / "data" / "power"
 
 
 def _nonblocking(radix: int, *, planes: int = 1, max_tiers: int = 3) -> Fabric:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
 
-from shared.errors import PlanError
-from shared.power.fabric import FabricLayout, build_fabric, spine_count
-from shared.power.model import ComponentPower, Plan, Site
-from shared.power.result import (
+from collector.power.fabric import FabricLayout, build_fabric, spine_count
+from collector.power.model import ComponentPower, Plan, Site
+from collector.power.result import (
     Binding,
     Budget,
     FlatComparison,
@@ -27,6 +26,7 @@ from shared.power.result import (
     Solution,
     SpareNodes,
 )
+from shared.errors import PlanError
 
 __all__ = [
     "compare_with_flat",

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.errors import PlanError
-from shared.power import (
+from collector.power import (
     Fabric,
     NodeType,
     Plan,
@@ -23,8 +22,9 @@ from shared.power import (
     solve_fixed,
     solve_max,
 )
+from shared.errors import PlanError
 
-DATA = Path(__file__).parents[1] / "data" / "power"
+DATA = Path(__file__).parents[2] / "data" / "power"
 
 
 def _old_tool() -> Plan:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from collector.power import load_plan, parse_sweep, solve_max, sweep, with_param
 from shared.errors import PlanError
-from shared.power import load_plan, parse_sweep, solve_max, sweep, with_param
 
-DATA = Path(__file__).parents[1] / "data" / "power"
+DATA = Path(__file__).parents[2] / "data" / "power"
 
 
 def test_parse_sweep_includes_stop_and_does_not_drift() -> None:

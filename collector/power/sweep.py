@@ -6,11 +6,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from collector.power.model import Plan
+from collector.power.plan import with_param
+from collector.power.result import Constraint
+from collector.power.solver import solve_max
 from shared.errors import PlanError
-from shared.power.model import Plan
-from shared.power.plan import with_param
-from shared.power.result import Constraint
-from shared.power.solver import solve_max
 
 __all__ = ["MAX_SWEEP_POINTS", "SweepPoint", "SweepSpec", "parse_sweep", "sweep"]
 

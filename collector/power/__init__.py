@@ -2,19 +2,19 @@
 
 Pure and typed; the only I/O is :func:`load_plan` reading a plan file. The pieces:
 
-- :mod:`shared.power.model`: node types, fabric, site, plan (frozen dataclasses, checked).
-- :mod:`shared.power.plan`: read JSON/TOML plans, including the old sizing tool's config.
-- :mod:`shared.power.fabric`: fat-tree (radix, tiers, SUs, rails, planes, optics) and flat.
-- :mod:`shared.power.solver`: :func:`solve_max` (most GPUs) and :func:`solve_fixed` (a
+- :mod:`collector.power.model`: node types, fabric, site, plan (frozen dataclasses, checked).
+- :mod:`collector.power.plan`: read JSON/TOML plans, including the old sizing tool's config.
+- :mod:`collector.power.fabric`: fat-tree (radix, tiers, SUs, rails, planes, optics) and flat.
+- :mod:`collector.power.solver`: :func:`solve_max` (most GPUs) and :func:`solve_fixed` (a
   given fleet's power, fabric and headroom: what the live headroom check calls).
-- :mod:`shared.power.result`: what they answer (:class:`Solution` and its parts).
-- :mod:`shared.power.sweep`: one parameter stepped through a range.
+- :mod:`collector.power.result`: what they answer (:class:`Solution` and its parts).
+- :mod:`collector.power.sweep`: one parameter stepped through a range.
 """
 
 from __future__ import annotations
 
-from shared.power.fabric import FabricLayout, build_fabric, fat_tree_max_hosts, spine_count
-from shared.power.model import (
+from collector.power.fabric import FabricLayout, build_fabric, fat_tree_max_hosts, spine_count
+from collector.power.model import (
     ComponentPower,
     Fabric,
     FabricModel,
@@ -27,8 +27,8 @@ from shared.power.model import (
     Site,
     SwitchType,
 )
-from shared.power.plan import load_plan, parse_plan, with_param
-from shared.power.result import (
+from collector.power.plan import load_plan, parse_plan, with_param
+from collector.power.result import (
     Binding,
     Budget,
     Constraint,
@@ -40,14 +40,14 @@ from shared.power.result import (
     Solution,
     SpareNodes,
 )
-from shared.power.solver import (
+from collector.power.solver import (
     compare_with_flat,
     it_budget,
     mix_counts,
     solve_fixed,
     solve_max,
 )
-from shared.power.sweep import SweepPoint, SweepSpec, parse_sweep, sweep
+from collector.power.sweep import SweepPoint, SweepSpec, parse_sweep, sweep
 
 __all__ = [
     "Binding",

@@ -19,7 +19,9 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full ``collector`` argument parser."""
     # Imported here so `collector --help` stays fast and a broken command cannot stop others.
-    from collector import query_cmd, run_cmd, solve_cmd  # noqa: PLC0415
+    from collector.cli import query as query_cmd  # noqa: PLC0415
+    from collector.cli import run as run_cmd  # noqa: PLC0415
+    from collector.cli import solve as solve_cmd  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(
         prog="collector",

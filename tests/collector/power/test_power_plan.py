@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from collector.power import load_plan, parse_plan, with_param
 from shared.errors import ConfigError, PlanError
-from shared.power import load_plan, parse_plan, with_param
 
-DATA = Path(__file__).parents[1] / "data" / "power"
+DATA = Path(__file__).parents[2] / "data" / "power"
 
 
 def _old() -> dict[str, Any]:

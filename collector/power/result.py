@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.power.fabric import FabricLayout
-from shared.power.model import ComponentPower, FabricModel, PowerBasis
+from collector.power.fabric import FabricLayout
+from collector.power.model import ComponentPower, FabricModel, PowerBasis
 
 __all__ = [
     "Binding",

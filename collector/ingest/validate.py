@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Final
 
-from collector.store import NodeUpdate, SampleRow
+from collector.store.db import NodeUpdate, SampleRow
 from shared.clock import Clock
 from shared.errors import SchemaError
 from shared.logging import get_logger

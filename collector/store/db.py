@@ -33,7 +33,7 @@ from typing import Any, Final, NamedTuple, Self
 
 import aiosqlite
 
-from collector.codec import PayloadCodec
+from collector.store.codec import PayloadCodec
 from shared.errors import StoreError
 from shared.logging import get_logger
 
