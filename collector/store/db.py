@@ -130,6 +130,33 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0002_samples_ts_index",
         "CREATE INDEX samples_ts ON samples (ts_ms);",
     ),
+    (
+        # Retention deletes by arrival time: a node's clock decides nothing about how long
+        # its rows stay (a sample stamped in the future would otherwise never expire).
+        "0003_retention_by_arrival",
+        """
+        DROP INDEX samples_ts;
+        CREATE INDEX samples_received ON samples (received_ms);
+        """,
+    ),
+    (
+        # Messages that were rejected or could not be stored: acknowledged (so the broker
+        # stops redelivering them) and kept here, bounded, for `collector query --rejected`.
+        "0004_quarantine",
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            received_ms INTEGER NOT NULL,
+            node TEXT,                    -- from the topic, when it names one
+            topic TEXT NOT NULL,          -- at most 256 characters
+            reason TEXT NOT NULL,         -- counter name without rejected_: invalid, clock_skew...
+            detail TEXT NOT NULL,         -- at most 300 characters
+            payload_head BLOB NOT NULL,   -- the first 256 bytes
+            payload_bytes INTEGER NOT NULL
+        );
+        CREATE INDEX quarantine_node ON quarantine (node, id);
+        """,
+    ),
 )
 
 _SAMPLE_COLUMNS: Final = (
@@ -376,7 +403,7 @@ class Store:
         try:
             cur = await self.conn.execute(
                 "DELETE FROM samples WHERE rowid IN "
-                "(SELECT rowid FROM samples WHERE ts_ms < ? ORDER BY ts_ms LIMIT ?)",
+                "(SELECT rowid FROM samples WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
                 (cutoff_ms, chunk_rows),
             )
             deleted = cur.rowcount
