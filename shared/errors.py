@@ -9,7 +9,7 @@ Third-party errors are converted at the boundary (``raise StoreError(...) from e
     ├── StoreError         the SQLite store cannot be opened or written
     ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
     ├── PlanError          a power plan is invalid (``field`` names the culprit)
-    └── MqttWireError      the collector's MQTT subscriber (collector/mqttwire.py):
+    └── MqttWireError      the collector's MQTT subscriber (collector/ingest/subscriber.py):
         ├── MqttConnectError     refused or unreachable (``return_code``)
         ├── MqttConnectionLost   the connection ended
         ├── MqttProtocolError    the broker sent something malformed
@@ -22,6 +22,11 @@ __all__ = [
     "CapwatchError",
     "ConfigError",
     "GpuBackendError",
+    "MqttConnectError",
+    "MqttConnectionLost",
+    "MqttProtocolError",
+    "MqttSubscribeError",
+    "MqttWireError",
     "PlanError",
     "SchemaError",
     "StoreError",
@@ -68,3 +73,35 @@ class PlanError(CapwatchError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class MqttWireError(CapwatchError):
+    """Base class of the errors :class:`MqttSubscriber` raises."""
+
+
+class MqttConnectError(MqttWireError):
+    """No session was established.
+
+    ``return_code`` is the CONNACK return code when the broker refused (4: bad username or
+    password, 5: not authorized, ...), ``None`` when TCP/TLS failed or nothing answered in time.
+    """
+
+    def __init__(self, message: str, *, return_code: int | None = None) -> None:
+        super().__init__(message)
+        self.return_code = return_code
+
+
+class MqttConnectionLost(MqttWireError):  # noqa: N818 (the name the collector's brief fixed)
+    """The connection ended: the broker closed it, the network failed, or keepalive expired."""
+
+
+class MqttProtocolError(MqttWireError):
+    """The broker sent a malformed packet, or one this subscriber does not handle (QoS 2)."""
+
+
+class MqttSubscribeError(MqttWireError):
+    """The broker answered a SUBSCRIBE with failure (0x80) for the filters in ``refused``."""
+
+    def __init__(self, message: str, *, refused: list[str]) -> None:
+        super().__init__(message)
+        self.refused = refused

@@ -37,11 +37,26 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Final, NamedTuple, Self, cast
+from typing import Final, Self, cast
 
-from shared.errors import CapwatchError
+from collector.ingest.packets import (
+    DISCONNECT,
+    PINGREQ,
+    PUBACK_HEADER,
+    Message,
+    PacketParser,
+    encode_packet,
+    encode_string,
+)
+from shared.errors import (
+    MqttConnectError,
+    MqttConnectionLost,
+    MqttProtocolError,
+    MqttSubscribeError,
+    MqttWireError,
+)
 
 __all__ = [
     "Message",
@@ -51,7 +66,6 @@ __all__ = [
     "MqttSubscribeError",
     "MqttSubscriber",
     "MqttWireError",
-    "PacketParser",
 ]
 
 _CONNACK_REASONS: Final = {
@@ -61,214 +75,10 @@ _CONNACK_REASONS: Final = {
     4: "bad username or password",
     5: "not authorized",
 }
-_PINGREQ: Final = b"\xc0\x00"
-_DISCONNECT: Final = b"\xe0\x00"
-_PUBACK_HEADER: Final = 0x4002_0000
-"""A PUBACK is 4 bytes, ``40 02 id_hi id_lo``: one big-endian u32 ORed with the packet id."""
-_MAX_REMAINING_LENGTH: Final = 268_435_455
 _CLOSE_TIMEOUT_S: Final = 2.0
 """How long ``__aexit__`` lets the transport flush DISCONNECT before it aborts."""
 _TIMER_SLACK_S: Final = 0.05
 """asyncio may run a timer this early; without slack the keepalive check would spin."""
-
-
-class MqttWireError(CapwatchError):
-    """Base class of the errors :class:`MqttSubscriber` raises."""
-
-
-class MqttConnectError(MqttWireError):
-    """No session was established.
-
-    ``return_code`` is the CONNACK return code when the broker refused (4: bad username or
-    password, 5: not authorized, ...), ``None`` when TCP/TLS failed or nothing answered in time.
-    """
-
-    def __init__(self, message: str, *, return_code: int | None = None) -> None:
-        super().__init__(message)
-        self.return_code = return_code
-
-
-class MqttConnectionLost(MqttWireError):  # noqa: N818 (the name the collector's brief fixed)
-    """The connection ended: the broker closed it, the network failed, or keepalive expired."""
-
-
-class MqttProtocolError(MqttWireError):
-    """The broker sent a malformed packet, or one this subscriber does not handle (QoS 2)."""
-
-
-class MqttSubscribeError(MqttWireError):
-    """The broker answered a SUBSCRIBE with failure (0x80) for the filters in ``refused``."""
-
-    def __init__(self, message: str, *, refused: list[str]) -> None:
-        super().__init__(message)
-        self.refused = refused
-
-
-class Message(NamedTuple):
-    """One PUBLISH received from the broker.
-
-    ``packet_id`` is ``None`` for QoS 0; for QoS 1 pass it to :meth:`MqttSubscriber.ack`.
-    ``dup`` is set on a redelivery of a message that was sent before and not acknowledged.
-    """
-
-    topic: str
-    payload: bytes
-    qos: int
-    packet_id: int | None
-    retain: bool
-    dup: bool
-
-
-_new_tuple = tuple.__new__  # Message(...) goes through a Python-level __new__; this does not.
-
-
-class PacketParser:
-    """Incremental decoder of the broker-to-client MQTT 3.1.1 byte stream.
-
-    :meth:`feed` takes the bytes of one read and appends the PUBLISH packets completed by it
-    to a list, in order; every other packet goes to ``on_control(first_byte, body)``, which may
-    raise :class:`MqttProtocolError` to reject it. Data is parsed in place by offset: the only
-    copies are each message's topic and payload, and the join of a packet that spans reads.
-    """
-
-    __slots__ = ("_need", "_on_control", "_pending", "_pending_len", "packets")
-
-    def __init__(self, on_control: Callable[[int, bytes], None]) -> None:
-        self._on_control = on_control
-        self._pending: list[bytes] = []
-        self._pending_len = 0
-        self._need = 0
-        self.packets = 0
-        """Complete packets decoded so far, of every type."""
-
-    def reset(self) -> None:
-        """Forget a partial packet (a new connection starts a new stream)."""
-        self._pending = []
-        self._pending_len = 0
-        self._need = 0
-
-    def feed(self, data: bytes, out: list[Message]) -> None:
-        """Decode ``data``; append the messages it completes (possibly none) to ``out``.
-
-        Raises :class:`MqttProtocolError` on a malformed packet; ``out`` then holds the
-        messages that preceded it.
-        """
-        if self._pending:
-            # Join only once the packet that spans reads is complete: a large payload arriving
-            # in many reads is copied once, not once per read.
-            self._pending.append(data)
-            self._pending_len += len(data)
-            if self._pending_len < self._need:
-                return
-            data = b"".join(self._pending)
-            self.reset()
-        append = out.append
-        new = _new_tuple
-        end = len(data)
-        pos = 0
-        need = 0
-        count = 0
-        try:
-            while pos < end:
-                first = data[pos]
-                i = pos + 1
-                # Remaining length: 1 to 4 bytes of 7 bits, least significant group first.
-                length = 0
-                shift = 0
-                while i < end:
-                    byte = data[i]
-                    i += 1
-                    length |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                    if shift == 28:
-                        raise MqttProtocolError(
-                            "malformed packet from broker: remaining length longer than 4 bytes"
-                        )
-                else:
-                    need = 0  # the header itself is incomplete
-                    break
-                pkt_end = i + length
-                if pkt_end > end:
-                    need = pkt_end - pos
-                    break
-                count += 1
-                if first & 0xF0 == 0x30:  # PUBLISH
-                    qos = (first >> 1) & 3
-                    t_start = i + 2
-                    t_end = t_start + ((data[i] << 8) | data[i + 1])
-                    if qos:
-                        p_start = t_end + 2
-                        if qos != 1 or p_start > pkt_end or t_end == t_start:
-                            raise MqttProtocolError(_bad_publish(first, length))
-                        packet_id: int | None = (data[t_end] << 8) | data[t_end + 1]
-                        if not packet_id:
-                            raise MqttProtocolError("malformed PUBLISH from broker: packet id 0")
-                    else:
-                        p_start = t_end
-                        packet_id = None
-                        if p_start > pkt_end or t_end == t_start:
-                            raise MqttProtocolError(_bad_publish(first, length))
-                    append(
-                        new(
-                            Message,
-                            (
-                                data[t_start:t_end].decode(),
-                                data[p_start:pkt_end],
-                                qos,
-                                packet_id,
-                                (first & 1) == 1,
-                                (first & 8) == 8,
-                            ),
-                        )
-                    )
-                else:
-                    self._on_control(first, data[i:pkt_end])
-                pos = pkt_end
-        except IndexError as exc:  # a PUBLISH shorter than its own topic length field
-            raise MqttProtocolError(_bad_publish(data[pos], end - pos)) from exc
-        except UnicodeDecodeError as exc:
-            raise MqttProtocolError("PUBLISH from broker: topic is not valid UTF-8") from exc
-        finally:
-            self.packets += count
-        if pos < end:
-            rest = data[pos:]
-            self._pending = [rest]
-            self._pending_len = len(rest)
-            self._need = need
-
-
-def _bad_publish(first: int, length: int) -> str:
-    qos = (first >> 1) & 3
-    if qos > 1:
-        return f"PUBLISH from broker at QoS {qos}: this subscriber handles QoS 0 and 1 only"
-    return f"malformed PUBLISH from broker (QoS {qos}, remaining length {length})"
-
-
-def _encode_length(n: int) -> bytes:
-    if n > _MAX_REMAINING_LENGTH:
-        raise ValueError(f"MQTT packet too large: {n} bytes")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes((first,)) + _encode_length(len(body)) + body
-
-
-def _string(value: str, what: str) -> bytes:
-    raw = value.encode()
-    if len(raw) > 0xFFFF:
-        raise ValueError(f"{what} is {len(raw)} bytes; MQTT allows at most 65535")
-    return len(raw).to_bytes(2, "big") + raw
 
 
 class _Protocol(asyncio.Protocol):
@@ -398,7 +208,7 @@ class MqttSubscriber:
                     ssl=tls,
                     server_hostname=self.host if tls is not None else None,
                 )
-                self._write(self._connect_packet())
+                self._write(self._connectencode_packet())
                 session_present, code = await self._connack
         except TimeoutError as exc:  # before OSError: TimeoutError is one
             await self._abort()
@@ -438,7 +248,7 @@ class MqttSubscriber:
         """Send DISCONNECT (the broker then publishes no will) and close; safe after a loss."""
         transport = self._transport
         if transport is not None and self._error is None and not transport.is_closing():
-            transport.write(_DISCONNECT)
+            transport.write(DISCONNECT)
             self._error = MqttConnectionLost(f"subscriber for {self._where} was closed")
             transport.close()  # flushes the DISCONNECT first
         await self._abort(grace_s=_CLOSE_TIMEOUT_S)
@@ -487,13 +297,13 @@ class MqttSubscriber:
                 raise ValueError(f"QoS {qos} for {topic!r}: this subscriber supports 0 and 1")
             if not topic:
                 raise ValueError("an MQTT topic filter cannot be empty")
-            body += _string(topic, f"topic filter {topic[:40]!r}")
+            body += encode_string(topic, f"topic filter {topic[:40]!r}")
             body.append(qos)
         loop, _ = self._require_open()
         packet_id = self._next_packet_id()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._subacks[packet_id] = future
-        self._write(_packet(0x82, packet_id.to_bytes(2, "big") + body))
+        self._write(encode_packet(0x82, packet_id.to_bytes(2, "big") + body))
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 codes = await future
@@ -564,7 +374,7 @@ class MqttSubscriber:
             raise self._error.with_traceback(None)
         if min(ids) < 1 or max(ids) > 0xFFFF:
             raise ValueError(f"MQTT packet ids are 1..65535, got {min(ids)}..{max(ids)}")
-        self._write(struct.pack(f">{len(ids)}I", *[_PUBACK_HEADER | i for i in ids]))
+        self._write(struct.pack(f">{len(ids)}I", *[PUBACK_HEADER | i for i in ids]))
 
     # --- internals ------------------------------------------------------------------------
 
@@ -588,17 +398,17 @@ class MqttSubscriber:
                 self._last_packet_id = packet_id
                 return packet_id
 
-    def _connect_packet(self) -> bytes:
+    def _connectencode_packet(self) -> bytes:
         flags = 0x02 if self.clean_session else 0x00
-        payload = _string(self.client_id, "client_id")
+        payload = encode_string(self.client_id, "client_id")
         if self._username is not None:
             flags |= 0x80
-            payload += _string(self._username, "username")
+            payload += encode_string(self._username, "username")
         if self._password is not None:
             flags |= 0x40
-            payload += _string(self._password, "password")
+            payload += encode_string(self._password, "password")
         header = b"\x00\x04MQTT\x04" + bytes((flags,)) + self.keepalive_s.to_bytes(2, "big")
-        return _packet(0x10, header + payload)
+        return encode_packet(0x10, header + payload)
 
     def _fail(self, error: MqttWireError) -> None:
         """Record why the connection ends, wake the reader, drop the connection."""
@@ -632,7 +442,7 @@ class MqttSubscriber:
             )
             return
         if now - self._last_tx >= half - _TIMER_SLACK_S:
-            transport.write(_PINGREQ)
+            transport.write(PINGREQ)
             self._last_tx = now
         due = min(self._last_tx + half, self._last_rx + limit)
         self._timer = loop.call_at(max(due, now + _TIMER_SLACK_S), self._keepalive)

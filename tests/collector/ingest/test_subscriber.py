@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiomqtt
 import pytest
 
+from collector.ingest.packets import PacketParser
 from collector.ingest.subscriber import (
     Message,
     MqttConnectError,
@@ -24,7 +25,6 @@ from collector.ingest.subscriber import (
     MqttSubscribeError,
     MqttSubscriber,
     MqttWireError,
-    PacketParser,
 )
 from collector.localbroker import MosquittoBroker, free_port
 from tests.helpers import wait_until
@@ -279,7 +279,6 @@ def test_parser_decodes_many_packets_from_one_read() -> None:
         (b"\x34\x06\x00\x01t\x00\x01x", "QoS 2"),
         (b"\x30\x03\x00\x05t", "malformed PUBLISH"),  # topic longer than the packet
         (b"\x30\x01\x00", "malformed PUBLISH"),  # no room for the topic length
-        (b"\x30\x04\x00\x02\xff\xfe", "not valid UTF-8"),
         (b"\x32\x05\x00\x01t\x00\x00", "packet id 0"),
     ],
 )
@@ -289,6 +288,13 @@ def test_parser_rejects_malformed_packets(data: bytes, match: str) -> None:
         PacketParser(lambda first, body: None).feed(data, [])
     with pytest.raises(MqttProtocolError, match=match):
         _parse_in_chunks(data, lambda: 1)
+
+
+def test_parser_passes_a_non_utf8_topic_on_for_the_ingestor_to_reject() -> None:
+    """A topic that is not UTF-8 is one bad message (replacement characters), not a dead link."""
+    out: list[Message] = []
+    PacketParser(lambda first, body: None).feed(b"\x32\x08\x00\x02\xff\xfe\x00\x07ok", out)
+    assert out == [Message("\ufffd\ufffd", b"ok", 1, 7, False, False)]
 
 
 def test_parser_keeps_messages_before_a_malformed_packet() -> None:
