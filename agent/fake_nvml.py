@@ -80,7 +80,8 @@ class FakeNvml:
     NVMLError_Timeout = pynvml.NVMLError_Timeout
     NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
     NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
-    NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
+    if hasattr(pynvml, "NVMLLibraryMismatchError"):  # nvidia-ml-py 12.550 on: mirror the binding
+        NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
 
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
     NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from agent.rates import CounterRate
 from shared.clock import Clock, SystemClock
@@ -28,6 +28,7 @@ from shared.schema import (
 )
 
 __all__ = [
+    "OPTIONAL_NVML_SYMBOLS",
     "GpuBackend",
     "GpuInventory",
     "GpuStatus",
@@ -38,6 +39,18 @@ __all__ = [
 
 GpuStatus = Literal["ok", "no_gpu", "no_library", "no_driver", "no_permission", "error", "disabled"]
 """``ok``, or why there are no GPUs; goes to ``Inventory.gpu_status``."""
+
+OPTIONAL_NVML_SYMBOLS: Final = (
+    "NVMLLibraryMismatchError",
+    "nvmlDeviceGetCurrentClocksEventReasons",
+    "nvmlDeviceGetCurrentClocksThrottleReasons",
+)
+"""pynvml names some nvidia-ml-py releases lack: the backend works without each of them."""
+
+_CLOCK_REASONS_CALLS: Final = (
+    ("clocks_event_reasons", "nvmlDeviceGetCurrentClocksEventReasons"),
+    ("clocks_throttle_reasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
+)
 
 _T = TypeVar("_T")
 _N = TypeVar("_N", int, float)
@@ -93,10 +106,13 @@ class NullGpuBackend:
 
 
 class NvmlModule(Protocol):
-    """The subset of ``pynvml`` (nvidia-ml-py) that :class:`NvmlBackend` uses.
+    """The subset of ``pynvml`` (nvidia-ml-py) that :class:`NvmlBackend` needs in every release.
 
     Struct results (utilisation, memory, PCI info, event data) are typed ``Any`` as pynvml
-    returns ctypes structures.
+    returns ctypes structures. Not listed here, because some releases lack them, the backend
+    looks these up with ``getattr`` (:data:`OPTIONAL_NVML_SYMBOLS`): ``NVMLLibraryMismatchError``
+    (12.550 on), ``nvmlDeviceGetCurrentClocksEventReasons`` (12.535 on) and
+    ``nvmlDeviceGetCurrentClocksThrottleReasons`` (deprecated, to be removed with CUDA 14).
     """
 
     NVMLError: type[Exception]
@@ -108,7 +124,6 @@ class NvmlModule(Protocol):
     NVMLError_NoPermission: type[Exception]
     NVMLError_GpuIsLost: type[Exception]
     NVMLError_Timeout: type[Exception]
-    NVMLLibraryMismatchError: type[Exception]
 
     NVML_TEMPERATURE_GPU: int
     NVML_CLOCK_SM: int
@@ -137,8 +152,6 @@ class NvmlModule(Protocol):
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int, /) -> int: ...
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int, /) -> int: ...
-    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any, /) -> int: ...
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetPerformanceState(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any, /) -> list[Any]: ...
     def nvmlDeviceGetTotalEccErrors(
@@ -194,7 +207,8 @@ class NvmlBackend:
         self._stop = threading.Event()
         self._xid_thread: threading.Thread | None = None
         self._event_set: Any = None
-        self._reasons_calls: tuple[tuple[Any, ...], ...] = ()
+        self._reasons_calls: tuple[tuple[str, Callable[[Any], int]], ...] = ()
+        self._unsupported_errors: tuple[type[Exception], ...] = ()
 
     @property
     def _nvml(self) -> NvmlModule:
@@ -227,12 +241,7 @@ class NvmlBackend:
         except nvml.NVMLError as exc:
             return self._unavailable("error", exc)
         self._initialized = True
-        # nvidia-ml-py before 12.535 has only the older name of the clock-reasons call.
-        event_reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-        throttle = ("clocks_throttle_reasons", nvml.nvmlDeviceGetCurrentClocksThrottleReasons)
-        self._reasons_calls = (
-            (("clocks_event_reasons", event_reasons), throttle) if event_reasons else (throttle,)
-        )
+        self._bind_optional_symbols(nvml)
         try:
             driver: str | None = _text(nvml.nvmlSystemGetDriverVersion())
             count = nvml.nvmlDeviceGetCount()
@@ -250,6 +259,26 @@ class NvmlBackend:
         self._log.info("gpu_backend_started", gpus=len(gpus), driver=driver)
         self._start_xid_watch()
         return GpuInventory(status="ok", driver=driver, gpus=gpus)
+
+    def _bind_optional_symbols(self, nvml: NvmlModule) -> None:
+        """Pick what this pynvml release has of :data:`OPTIONAL_NVML_SYMBOLS`."""
+        missing = [name for name in OPTIONAL_NVML_SYMBOLS if not hasattr(nvml, name)]
+        if missing:
+            self._log.debug("nvml_binding_lacks_symbols", symbols=missing)
+        # A release without the class cannot raise it, so leaving it out loses nothing.
+        mismatch: type[Exception] | None = getattr(nvml, "NVMLLibraryMismatchError", None)
+        self._unsupported_errors = (
+            nvml.NVMLError_NotSupported,
+            nvml.NVMLError_FunctionNotFound,
+            nvml.NVMLError_ArgumentVersionMismatch,
+            *((mismatch,) if mismatch is not None else ()),  # unversioned call, older driver
+        )
+        # The newer name first (R535 drivers on); the older one is slated for removal.
+        self._reasons_calls = tuple(
+            (field_name, getattr(nvml, function))
+            for field_name, function in _CLOCK_REASONS_CALLS
+            if hasattr(nvml, function)
+        )
 
     def _unavailable(self, status: GpuStatus, exc: BaseException) -> GpuInventory:
         self._log.info("gpu_unavailable", status=status, error=str(exc))
@@ -367,12 +396,7 @@ class NvmlBackend:
         nvml = self._nvml
         try:
             return fn(dev.handle, *args)
-        except (
-            nvml.NVMLError_NotSupported,
-            nvml.NVMLError_FunctionNotFound,
-            nvml.NVMLError_ArgumentVersionMismatch,
-            nvml.NVMLLibraryMismatchError,  # unversioned call, driver older than pynvml
-        ):
+        except self._unsupported_errors:
             dev.unsupported.add(name)
             self._log.debug("gpu_field_unsupported", gpu=dev.index, field=name)
         except nvml.NVMLError_GpuIsLost:

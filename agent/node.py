@@ -6,7 +6,6 @@ import socket
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
-from agent.fake_nvml import FakeNvml
 from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
 from agent.host import HostSampler
 from agent.rapl import RaplReader
@@ -135,6 +134,9 @@ def make_gpu_backend(
     if kind == "nvml":
         return NvmlBackend(clock=clock)
     if kind == "fake":
+        # Test harness: imported only when asked for, never at a real node's start.
+        from agent.fake_nvml import FakeNvml  # noqa: PLC0415
+
         return NvmlBackend(FakeNvml(fake_gpus, seed=seed, clock=clock), clock=clock)
     if kind == "none":
         return NullGpuBackend()

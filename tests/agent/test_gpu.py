@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.fake_nvml import FakeMode, FakeNvml
-from agent.gpu import NullGpuBackend, NvmlBackend
+from agent.gpu import NullGpuBackend, NvmlBackend, NvmlModule
 from shared.clock import FakeClock
 from shared.schema import GpuEcc, GpuProcess, GpuRemappedRows, XidEvent
 
@@ -333,3 +334,80 @@ def test_null_backend_has_nothing() -> None:
     assert backend.sample(1.0, slow=True) == []
     assert backend.drain_xids() == []
     backend.close()
+
+
+class _Binding:
+    """pynvml as another nvidia-ml-py release ships it: FakeNvml minus the names in ``absent``.
+
+    A release that lacks a name raises AttributeError for it, like a module does.
+    """
+
+    def __init__(self, fake: FakeNvml, absent: set[str]) -> None:
+        self._fake = fake
+        self._absent = absent
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._absent:
+            raise AttributeError(f"module 'pynvml' has no attribute {name!r}")
+        return getattr(self._fake, name)
+
+
+def _binding_backend(
+    nvml: FakeNvml, absent: set[str], clock: FakeClock, opened: list[NvmlBackend]
+) -> NvmlBackend:
+    backend = NvmlBackend(cast("NvmlModule", _Binding(nvml, absent)), clock=clock, xid_wait_ms=20)
+    opened.append(backend)
+    return backend
+
+
+def test_old_binding_without_optional_symbols_falls_back(
+    clock: FakeClock, backends: list[NvmlBackend]
+) -> None:
+    """nvidia-ml-py 11.525 (no NVMLLibraryMismatchError, no clocks-event call): the throttle
+    call answers, and an unsupported field is still just None."""
+    nvml = FakeNvml(2, clock=clock, load_pct=2, unsupported={1: {"nvmlDeviceGetSerial"}})
+    absent = {"NVMLLibraryMismatchError", "nvmlDeviceGetCurrentClocksEventReasons"}
+    backend = _binding_backend(nvml, absent, clock, backends)
+    inventory = backend.start()
+    assert inventory.status == "ok"
+    assert [g.serial for g in inventory.gpus] == ["1654000000000", None]
+    for _ in range(2):
+        gpus = backend.sample(clock.monotonic(), slow=True)
+    assert [g.clock_event_reasons for g in gpus] == [0x1, 0x1]  # GPU idle
+    assert [g.util_pct for g in gpus] == [2, 2]
+    assert nvml.call_count("nvmlDeviceGetCurrentClocksThrottleReasons") == 4
+    assert nvml.call_count("nvmlDeviceGetCurrentClocksEventReasons") == 0
+
+
+def test_binding_without_throttle_call_uses_event_reasons_only(
+    clock: FakeClock, backends: list[NvmlBackend]
+) -> None:
+    """Bindings after the throttle call's removal: the event call answers; where a GPU does
+    not support it, the reasons are None rather than an error."""
+    nvml = FakeNvml(
+        2,
+        clock=clock,
+        load_pct=2,
+        unsupported={1: {"nvmlDeviceGetCurrentClocksEventReasons"}},
+    )
+    absent = {"nvmlDeviceGetCurrentClocksThrottleReasons"}
+    backend = _binding_backend(nvml, absent, clock, backends)
+    backend.start()
+    for _ in range(2):
+        gpus = backend.sample(clock.monotonic(), slow=False)
+    assert [g.clock_event_reasons for g in gpus] == [0x1, None]
+    assert [g.util_pct for g in gpus] == [2, 2]
+    assert nvml.call_count("nvmlDeviceGetCurrentClocksEventReasons", gpu=0) == 2
+    assert nvml.call_count("nvmlDeviceGetCurrentClocksEventReasons", gpu=1) == 1  # remembered
+    assert nvml.call_count("nvmlDeviceGetCurrentClocksThrottleReasons") == 0
+
+
+def test_binding_without_any_clock_reasons_call_reports_none(
+    clock: FakeClock, backends: list[NvmlBackend]
+) -> None:
+    """Neither clock-reasons name in the binding: that field is None, the rest is read."""
+    absent = {"nvmlDeviceGetCurrentClocksThrottleReasons", "nvmlDeviceGetCurrentClocksEventReasons"}
+    backend = _binding_backend(FakeNvml(1, clock=clock, load_pct=50), absent, clock, backends)
+    backend.start()
+    (gpu,) = backend.sample(clock.monotonic(), slow=False)
+    assert (gpu.clock_event_reasons, gpu.util_pct, gpu.power_w) == (None, 50, _LOAD_50_W)
