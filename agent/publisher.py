@@ -111,7 +111,7 @@ class Publisher:
             m.host,
             m.port,
             username=m.username,
-            password=m.password,
+            password=m.password_value(),
             identifier=f"capwatch-agent-{self.node_id}",
             clean_session=True,
             keepalive=m.keepalive_s,

@@ -126,12 +126,11 @@ class FleetSimulator:
             )
             for _ in range(nodes)
         ]
+        # NVML's form, GPU-8-4-4-4-12 hex digits: node and GPU index make each one unique.
+        seed_hex = f"{seed % 16**12:012x}"
         self._uuids = [
-            [
-                f"GPU-{seed:04x}{i:08x}-{g:04x}-4000-8000-{(seed * 7919 + i * 131 + g):012x}"
-                for g in range(gpus_per_node)
-            ]
-            for i in range(nodes)
+            [f"GPU-{i:08x}-{g:04x}-4000-8000-{seed_hex}" for g in range(gpus_per_node)]
+            for i in range(first_index, first_index + nodes)
         ]
         self._seq = 0
 
@@ -266,7 +265,7 @@ async def publish_fleet(
         mqtt.host,
         mqtt.port,
         username=mqtt.username,
-        password=mqtt.password,
+        password=mqtt.password_value(),
         identifier=client_id,
         clean_session=True,
         keepalive=mqtt.keepalive_s,
