@@ -6,13 +6,18 @@ but psutil can only be pointed at a test fixture through its module-global ``PRO
 and its equivalent calls cost more CPU than this whole sampler (bench/bench_agent.py). Rates
 follow domain notes §5: deltas over the monotonic clock, ``None`` on the first sample and
 after a reset.
+
+Only physical disks and network interfaces are counted, so traffic is not counted twice
+(a bridge and its ports, a bond and its members, both ends of a veth pair): see
+:class:`NicFilter` for the interfaces.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import cast
 
@@ -28,7 +33,7 @@ from shared.schema import (
     NicStats,
 )
 
-__all__ = ["HostInfo", "HostSample", "HostSampler"]
+__all__ = ["HostInfo", "HostSample", "HostSampler", "NicFilter"]
 
 _REFRESH_S = 60.0
 """Mounts and the set of physical disks change rarely: re-read them this often."""
@@ -64,6 +69,28 @@ class HostInfo:
 _CpuTicks = tuple[int, int]  # (busy, total) in USER_HZ ticks
 
 
+@dataclass(frozen=True, slots=True)
+class NicFilter:
+    """Which network interfaces count, in the totals, the per-NIC list and the inventory.
+
+    By default the physical ones: those with a ``device`` link in
+    ``/sys/class/net/<name>/``. Bridges, bonds, VLANs, veths, tunnels and ``ifb`` have
+    none, and their traffic already passed through a physical interface. ``include`` globs
+    (``bond*``) add virtual interfaces on purpose (then ``exclude`` the members, e.g.
+    ``eth*``, or the traffic counts twice); ``exclude`` globs drop any interface and win
+    over ``include``. ``lo`` never counts.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def counts(self, name: str, *, physical: bool) -> bool:
+        """Whether interface ``name`` counts (``physical``: it has a ``device`` link)."""
+        if name == "lo" or any(fnmatchcase(name, pattern) for pattern in self.exclude):
+            return False
+        return physical or any(fnmatchcase(name, pattern) for pattern in self.include)
+
+
 class HostSampler:
     """Samples the host's counters; keeps the previous readings to turn them into rates.
 
@@ -71,11 +98,20 @@ class HostSampler:
     """
 
     def __init__(
-        self, clock: Clock, proc_root: Path = Path("/proc"), *, sysfs_root: Path = Path("/sys")
+        self,
+        clock: Clock,
+        proc_root: Path = Path("/proc"),
+        *,
+        sysfs_root: Path = Path("/sys"),
+        nic_filter: NicFilter | None = None,
     ) -> None:
         self._clock = clock
         self._proc_root = proc_root
         self._sysfs_root = sysfs_root
+        self._nic_filter = nic_filter if nic_filter is not None else NicFilter()
+        self._net_class = str(sysfs_root / "class" / "net")
+        self._nic_counts: dict[str, bool] = {}
+        """Decision per interface name; cleared at each refresh (renames, hot-plug)."""
         self._stat_path = str(proc_root / "stat")
         self._loadavg_path = str(proc_root / "loadavg")
         self._meminfo_path = str(proc_root / "meminfo")
@@ -112,7 +148,7 @@ class HostSampler:
             cpu_count=max(1, len(cores)),
             cpu_cores=_physical_cores(self._sysfs_root / "devices" / "system" / "cpu"),
             mem_total_bytes=mem_total,
-            nics=[self._nic_info(name) for name in _read_netdev(self._netdev_path)],
+            nics=[self._nic_info(name) for name in _read_netdev(self._netdev_path, self._counts)],
         )
 
     def sample(self) -> HostSample:
@@ -128,8 +164,17 @@ class HostSampler:
             net=self._net(now),
         )
 
+    def _counts(self, name: str) -> bool:
+        """Whether NIC ``name`` counts; sysfs is asked once per name and refresh."""
+        counts = self._nic_counts.get(name)
+        if counts is None:
+            physical = os.path.exists(f"{self._net_class}/{name}/device")
+            counts = self._nic_counts[name] = self._nic_filter.counts(name, physical=physical)
+        return counts
+
     def _refresh(self, now: float) -> None:
         self._refresh_due = now + _REFRESH_S
+        self._nic_counts = {}  # also forgets the veths of containers gone since
         self._mounts = _physical_mounts(self._proc_root)
         block = self._sysfs_root / "block"
         try:
@@ -199,7 +244,7 @@ class HostSampler:
         )
 
     def _net(self, now: float) -> NetStats:
-        counters = _read_netdev(self._netdev_path)
+        counters = _read_netdev(self._netdev_path, self._counts)
         rx_rates = self._net_rx.update({n: c[0] for n, c in counters.items()}, now)
         tx_rates = self._net_tx.update({n: c[1] for n, c in counters.items()}, now)
         nics = []
@@ -305,20 +350,22 @@ def _mem_stats(info: dict[bytes, int]) -> MemStats:
     )
 
 
-def _read_netdev(path: str) -> dict[str, tuple[int, int, int, int, int, int]]:
-    """Non-loopback interfaces: (rx_bytes, tx_bytes, rx_errs, tx_errs, rx_drop, tx_drop)."""
+def _read_netdev(
+    path: str, counts: Callable[[str], bool]
+) -> dict[str, tuple[int, int, int, int, int, int]]:
+    """Interfaces that ``counts``: (rx_bytes, tx_bytes, rx_errs, tx_errs, rx_drop, tx_drop)."""
     out: dict[str, tuple[int, int, int, int, int, int]] = {}
     with open(path, "rb") as f:
         for line in f:
-            name, sep, rest = line.partition(b":")
+            raw, sep, rest = line.partition(b":")
             if not sep:
                 continue  # the two header lines
-            name = name.strip()
-            if name == b"lo":
+            name = raw.strip().decode()
+            if not counts(name):
                 continue
             v = rest.split()
             rx, tx = int(v[0]), int(v[8])
-            out[name.decode()] = (rx, tx, int(v[2]), int(v[10]), int(v[3]), int(v[11]))
+            out[name] = (rx, tx, int(v[2]), int(v[10]), int(v[3]), int(v[11]))
     return out
 
 

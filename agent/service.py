@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from agent.host import HostSampler
+from agent.host import HostSampler, NicFilter
 from agent.node import NodeSampler, make_gpu_backend
 from agent.publisher import Publisher, SampleBuffer
 from agent.rapl import RaplReader
@@ -30,7 +30,12 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         settings.node_id,
         gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
         rapl=RaplReader(settings.sysfs_root, clock),
-        host=HostSampler(clock, proc_root=settings.proc_root, sysfs_root=settings.sysfs_root),
+        host=HostSampler(
+            clock,
+            proc_root=settings.proc_root,
+            sysfs_root=settings.sysfs_root,
+            nic_filter=NicFilter(include=settings.nic_include, exclude=settings.nic_exclude),
+        ),
         interval_s=settings.interval_s,
         slow_interval_s=settings.slow_interval_s,
         clock=clock,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
@@ -27,11 +29,42 @@ class AgentSettings(CapwatchSettings):
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
     sysfs_root: Path = Path("/sys")
     proc_root: Path = Path("/proc")
+    nic_include: Annotated[tuple[str, ...], NoDecode] = ()
+    """Globs of virtual interfaces to count too (``bond*``); physical ones always count.
+    Env ``CAPWATCH_NIC_INCLUDE``: comma-separated or a JSON list."""
+    nic_exclude: Annotated[tuple[str, ...], NoDecode] = ()
+    """Globs of interfaces never counted, physical or not; wins over ``nic_include``.
+    Env ``CAPWATCH_NIC_EXCLUDE``: comma-separated or a JSON list."""
 
     @field_validator("node_id")
     @classmethod
     def _node_id_is_topic_safe(cls, value: str) -> str:
         validate_node_id(value)
+        return value
+
+    @field_validator("nic_include", "nic_exclude", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: Any) -> Any:
+        """``"bond*, br-data"`` or ``'["bond*"]'`` (environment) as a list of globs."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"not a JSON list ({exc}): write the globs comma-separated instead"
+                ) from exc
+        return [part.strip() for part in value.split(",") if part.strip()]
+
+    @field_validator("nic_include", "nic_exclude")
+    @classmethod
+    def _patterns_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if not pattern or "/" in pattern or any(c.isspace() for c in pattern):
+                raise ValueError(
+                    f"{pattern!r} is not an interface name glob (no spaces or '/'; e.g. 'bond*')"
+                )
         return value
 
     @property

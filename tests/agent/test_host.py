@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.host import HostSampler
+from agent.host import HostSampler, NicFilter
 from shared.clock import FakeClock, SystemClock
 
 _NETDEV_HEADER = (
@@ -24,6 +24,7 @@ class FakeHost:
 
     Starts as a 4-CPU (2 cores x 2 threads) node with disk ``vda`` (plus a partition, a loop
     device and a device-mapper volume that must not be counted), NICs ``lo`` and ``eth0``.
+    NICs named in :attr:`physical_nics` get a ``device`` link in sysfs, the others none.
     """
 
     def __init__(self, root: Path) -> None:
@@ -57,6 +58,7 @@ class FakeHost:
             "lo": (5000, 5000, 0, 0, 0, 0),
             "eth0": (1_000_000, 2_000_000, 3, 4, 5, 6),
         }
+        self.physical_nics = {"eth0"}
         self.filesystems = ["nodev\tsysfs", "nodev\tproc", "nodev\ttmpfs", "\text4", "\tsquashfs"]
         self.mounts = [
             "proc /proc proc rw 0 0",
@@ -110,6 +112,11 @@ class FakeHost:
                 for i, (name, (rd, wr)) in enumerate(self.disks.items())
             )
         )
+        for name in self.nics:
+            nic = self.sys / "class" / "net" / name
+            nic.mkdir(parents=True, exist_ok=True)
+            if name in self.physical_nics:
+                (nic / "device").mkdir(exist_ok=True)
         (self.proc / "net" / "dev").write_text(
             _NETDEV_HEADER
             + "".join(
@@ -121,9 +128,9 @@ class FakeHost:
         (self.proc / "self" / "mounts").write_text("\n".join(self.mounts) + "\n")
         (self.proc / "cpuinfo").write_text(self.cpuinfo)
 
-    def sampler(self, clock: FakeClock) -> HostSampler:
+    def sampler(self, clock: FakeClock, nic_filter: NicFilter | None = None) -> HostSampler:
         """A HostSampler reading this tree."""
-        return HostSampler(clock, proc_root=self.proc, sysfs_root=self.sys)
+        return HostSampler(clock, proc_root=self.proc, sysfs_root=self.sys, nic_filter=nic_filter)
 
 
 @pytest.fixture
@@ -245,6 +252,7 @@ def test_new_and_reset_interfaces_have_no_rate(fake: FakeHost, clock: FakeClock)
     host.sample()
     fake.nics["eth0"] = (1_000_000 + 10_000, 2_000_000 + 10_000, 0, 0, 0, 0)
     fake.nics["ib0"] = (7_000_000, 7_000_000, 0, 0, 0, 0)
+    fake.physical_nics.add("ib0")
     fake.write()
     clock.advance(1)
     net = host.sample().net
@@ -258,6 +266,74 @@ def test_new_and_reset_interfaces_have_no_rate(fake: FakeHost, clock: FakeClock)
     net = host.sample().net
     assert {n.name: n.rx_bytes_per_s for n in net.nics} == {"eth0": None, "ib0": 3_000.0}
     assert net.tx_bytes_per_s == 1_000.0
+
+
+def _container_host(fake: FakeHost) -> None:
+    """eth0 and eth1 physical (eth1 a bond member), plus a bond, a bridge and a veth."""
+    fake.nics.update(
+        {
+            "eth1": (5_000_000, 6_000_000, 0, 0, 0, 0),
+            "bond0": (6_000_000, 8_000_000, 0, 0, 0, 0),
+            "docker0": (1_000, 1_000, 0, 0, 0, 0),
+            "veth1a2b3c": (1_000, 1_000, 0, 0, 0, 0),
+        }
+    )
+    fake.physical_nics.add("eth1")
+    fake.write()
+
+
+def _step_all_nics(fake: FakeHost, clock: FakeClock, rx_bytes: int) -> None:
+    fake.nics = {name: (c[0] + rx_bytes, c[1], *c[2:]) for name, c in fake.nics.items()}
+    fake.write()
+    clock.advance(1)
+
+
+def test_virtual_interfaces_are_left_out_by_default(fake: FakeHost, clock: FakeClock) -> None:
+    """Bonds, bridges and veths have no device link: not in the totals, the NIC list or the
+    inventory, so their traffic is not counted twice."""
+    _container_host(fake)
+    host = fake.sampler(clock)
+    assert [n.name for n in host.info().nics] == ["eth0", "eth1"]
+    host.sample()
+    _step_all_nics(fake, clock, 1_000_000)
+    net = host.sample().net
+    assert [n.name for n in net.nics] == ["eth0", "eth1"]
+    assert net.rx_bytes_per_s == 2_000_000.0
+
+
+def test_include_adds_virtual_interfaces_and_exclude_wins(fake: FakeHost, clock: FakeClock) -> None:
+    """include bond*: the bond counts; exclude eth1 (its member): the member does not, even
+    though it is physical; exclude also beats include."""
+    _container_host(fake)
+    nic_filter = NicFilter(include=("bond*", "veth*"), exclude=("eth1", "veth*"))
+    host = fake.sampler(clock, nic_filter)
+    assert [n.name for n in host.info().nics] == ["eth0", "bond0"]
+    host.sample()
+    _step_all_nics(fake, clock, 1_000_000)
+    net = host.sample().net
+    assert [n.name for n in net.nics] == ["eth0", "bond0"]
+    assert net.rx_bytes_per_s == 2_000_000.0
+
+
+def test_interface_appearing_later_is_classified_too(fake: FakeHost, clock: FakeClock) -> None:
+    """A container started after the agent adds a veth: it stays out; a NIC plugged in counts
+    from its first sample (without a rate until the second)."""
+    host = fake.sampler(clock)
+    host.sample()
+    fake.nics["vethnew"] = (10, 10, 0, 0, 0, 0)
+    fake.nics["eth2"] = (10, 10, 0, 0, 0, 0)
+    fake.physical_nics.add("eth2")
+    _step_all_nics(fake, clock, 1_000)
+    net = host.sample().net
+    assert {n.name: n.rx_bytes_per_s for n in net.nics} == {"eth0": 1_000.0, "eth2": None}
+
+
+def test_loopback_never_counts() -> None:
+    """lo stays out even when an include pattern matches it."""
+    nic_filter = NicFilter(include=("*",))
+    assert not nic_filter.counts("lo", physical=False)
+    assert nic_filter.counts("docker0", physical=False)
+    assert not NicFilter(exclude=("en*",)).counts("enp1s0", physical=True)
 
 
 def test_filesystems_are_physical_and_deduplicated(fake: FakeHost, clock: FakeClock) -> None:
@@ -327,8 +403,12 @@ def test_real_machine_agrees_with_psutil() -> None:
     assert 0.0 < second.cpu.pct <= 100.0
     assert second.cpu.per_core_pct is not None
     assert len(second.cpu.per_core_pct) == info.cpu_count
-    nics = {n for n in psutil.net_io_counters(pernic=True) if n != "lo"}
-    assert {n.name for n in second.net.nics} == nics
+    physical = {
+        n
+        for n in psutil.net_io_counters(pernic=True)
+        if Path(f"/sys/class/net/{n}/device").exists()
+    }
+    assert {n.name for n in second.net.nics} == physical
     devices = {p.device for p in psutil.disk_partitions(all=False)}
     assert {d.device for d in second.disks} <= devices
     assert abs(second.mem.available_bytes - psutil.virtual_memory().available) < 256 * 2**20

@@ -1,0 +1,71 @@
+"""AgentSettings: NIC patterns from the environment and a file, down to the sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.service import build_sampler
+from agent.settings import AgentSettings
+from shared.clock import FakeClock
+from shared.errors import ConfigError
+from shared.settings import load_settings
+from tests.agent.test_host import FakeHost
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CAPWATCH_* variable of the developer's shell leaks into these tests."""
+    for name in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("bond*, br-data", ("bond*", "br-data")),
+        ("bond*", ("bond*",)),
+        ('["bond*", "ib?"]', ("bond*", "ib?")),
+        ("", ()),
+    ],
+)
+def test_nic_patterns_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, env: str, expected: tuple[str, ...]
+) -> None:
+    """CAPWATCH_NIC_INCLUDE takes comma-separated globs or a JSON list."""
+    monkeypatch.setenv("CAPWATCH_NIC_INCLUDE", env)
+    monkeypatch.setenv("CAPWATCH_NIC_EXCLUDE", "eth1")
+    settings = load_settings(AgentSettings)
+    assert (settings.nic_include, settings.nic_exclude) == (expected, ("eth1",))
+
+
+@pytest.mark.parametrize("env", ["bond *", "a/b", '["bond*"', "[1]"])
+def test_bad_nic_pattern_is_one_config_error(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """A pattern that cannot be an interface name is refused, naming the setting."""
+    monkeypatch.setenv("CAPWATCH_NIC_EXCLUDE", env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AgentSettings)
+    assert caught.value.field is not None
+    assert caught.value.field.startswith("nic_exclude")
+    assert "\n" not in str(caught.value)
+
+
+def test_nic_patterns_reach_the_sampler(tmp_path: Path) -> None:
+    """nic_include in a TOML file makes a virtual interface count in the inventory."""
+    fake = FakeHost(tmp_path / "host")
+    fake.nics["bond0"] = (1, 1, 0, 0, 0, 0)
+    fake.nics["veth9"] = (1, 1, 0, 0, 0, 0)
+    fake.write()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'nic_include = ["bond*"]\nproc_root = "{fake.proc}"\nsysfs_root = "{fake.sys}"\n'
+        'gpu_backend = "none"\nnode_id = "n1"\n'
+    )
+    settings = load_settings(AgentSettings, config_file=config)
+    sampler = build_sampler(settings, FakeClock())
+    try:
+        inventory = sampler.start()
+    finally:
+        sampler.close()
+    assert [n.name for n in inventory.nics] == ["eth0", "bond0"]
