@@ -78,7 +78,12 @@ class SampleBuffer:
 
 
 class Publisher:
-    """Publishes a node's samples, inventory and status; reconnects forever."""
+    """Publishes a node's samples, inventory and status; reconnects forever.
+
+    The TLS context is built here, once, from ``mqtt``'s files: a missing or unusable file
+    raises :class:`shared.errors.ConfigError` from the constructor, before any task runs,
+    and every reconnect reuses the context.
+    """
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class Publisher:
         publish_timeout_s: float = _PUBLISH_TIMEOUT_S,
     ) -> None:
         self.mqtt = mqtt
+        self._tls_context = mqtt.tls_context()
         self.publish_timeout_s = publish_timeout_s
         self.node_id = node_id
         self.buffer = buffer
@@ -115,7 +121,7 @@ class Publisher:
             identifier=f"capwatch-agent-{self.node_id}",
             clean_session=True,
             keepalive=m.keepalive_s,
-            tls_context=m.tls_context(),
+            tls_context=self._tls_context,
             timeout=_PUBLISH_TIMEOUT_S,
             will=aiomqtt.Will(
                 status_topic(self.node_id), self._status("offline"), qos=1, retain=True

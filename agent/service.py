@@ -43,7 +43,11 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
 
 
 class AgentService:
-    """``await AgentService(settings, sampler).run()`` until :meth:`stop`."""
+    """``await AgentService(settings, sampler).run()`` until :meth:`stop`.
+
+    The constructor reads the MQTT TLS files (a bad one is a ``ConfigError`` here, not
+    inside the task group); :meth:`run` starts the sampler, then the tasks.
+    """
 
     def __init__(
         self, settings: AgentSettings, sampler: NodeSampler, *, clock: Clock | None = None

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parents[2]
+from tests.agent.helpers import run_agent
+
 _HARNESS = ("agent.fake_nvml", "agent.simulate")
-
-
-def _agent(
-    *args: str, pythonpath: Path | None = None, code: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m agent ARGS`` (or ``python -c CODE``) in a fresh interpreter."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPWATCH_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        str(p) for p in (pythonpath, _REPO, env.get("PYTHONPATH")) if p
-    )
-    argv = [sys.executable, "-c", code] if code is not None else [sys.executable, "-m", "agent"]
-    return subprocess.run(
-        [*argv, *args], check=False, cwd=_REPO, env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def test_none_backend_runs_where_pynvml_cannot_be_imported(tmp_path: Path) -> None:
@@ -34,7 +18,7 @@ def test_none_backend_runs_where_pynvml_cannot_be_imported(tmp_path: Path) -> No
     (tmp_path / "pynvml.py").write_text(
         "raise AttributeError(\"module 'pynvml' has no attribute 'NVMLLibraryMismatchError'\")\n"
     )
-    done = _agent(
+    done = run_agent(
         "inventory", "--gpu-backend", "none", "--node-id", "n1", "--no-log-json",
         pythonpath=tmp_path,
     )  # fmt: skip
@@ -58,7 +42,9 @@ def test_real_backends_do_not_import_the_test_harness(
         f"print(sorted(m for m in {unloaded!r} if m in sys.modules))\n"
         "sys.exit(code)\n"
     )
-    done = _agent("sample", "--wait", "0", "--gpu-backend", backend, "--node-id", "n1", code=code)
+    done = run_agent(
+        "sample", "--wait", "0", "--gpu-backend", backend, "--node-id", "n1", code=code
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
 
@@ -72,6 +58,8 @@ def test_fake_backend_loads_the_fake_nvml() -> None:
         "print('agent.fake_nvml' in sys.modules)\n"
         "sys.exit(code)\n"
     )
-    done = _agent("sample", "--wait", "0", "--gpu-backend", "fake", "--fake-gpus", "1", code=code)
+    done = run_agent(
+        "sample", "--wait", "0", "--gpu-backend", "fake", "--fake-gpus", "1", code=code
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "True"

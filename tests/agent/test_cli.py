@@ -1,0 +1,46 @@
+"""The ``agent`` command line as an operator meets it: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.agent.helpers import run_agent
+
+
+def _not_pem(tmp_path: Path) -> dict[str, str]:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    return {"CAPWATCH_MQTT__TLS_CA_FILE": str(ca)}
+
+
+def _missing_key(tmp_path: Path) -> dict[str, str]:
+    return {"CAPWATCH_MQTT__TLS_CERT_FILE": str(tmp_path / "absent-cert.pem")}
+
+
+@pytest.mark.parametrize(
+    "make_env",
+    [
+        lambda _: {"CAPWATCH_MQTT__TLS_CA_FILE": "/nonexistent"},
+        _not_pem,
+        _missing_key,
+    ],
+    ids=["ca_missing", "ca_not_pem", "cert_missing"],
+)
+def test_bad_tls_file_is_one_line_and_exit_2(
+    tmp_path: Path, make_env: Callable[[Path], dict[str, str]]
+) -> None:
+    """``agent run`` with an unusable TLS file stops before sampling: one line, exit 2."""
+    env = make_env(tmp_path)
+    done = run_agent(
+        "run", "--gpu-backend", "none", "--node-id", "n1", "--port", "1", env=env, timeout_s=30
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    line = lines[0]
+    assert line.startswith("agent run: error: setting 'mqtt.tls_"), line
+    assert done.stdout == ""
