@@ -63,3 +63,23 @@ def test_fake_backend_loads_the_fake_nvml() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "True"
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """``agent --help`` and ``agent run --help`` load no settings, MQTT, NVML or sampler code."""
+    heavy = ("pydantic", "pydantic_settings", "aiomqtt", "pynvml", "psutil", "structlog",
+             "asyncio", "msgspec", "agent.settings", "agent.service", *_HARNESS)  # fmt: skip
+    code = (
+        "import sys\n"
+        "from agent.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    for args in (["--help"], ["run", "--help"], ["simulate", "--help"]):
+        done = run_agent(*args, code=code)
+        assert done.returncode == 0, done.stderr
+        assert "usage: agent" in done.stdout
+        assert done.stdout.splitlines()[-1] == "[]", args

@@ -1,0 +1,89 @@
+"""What the agent's commands share: settings flags, settings and sampler built from them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.node import NodeSampler
+    from agent.settings import AgentSettings
+
+__all__ = ["add_settings_args", "node_sampler", "print_json", "settings_from_args"]
+
+
+def add_settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
+    """``--config``, node, interval, GPU backend and logging flags (and the broker's)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML settings file; CAPWATCH_* env vars override it, flags override both",
+    )
+    p.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="node name used in topics (default: short hostname; letters, digits, . _ -)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between samples (default 5, at least 1)",
+    )
+    p.add_argument(
+        "--gpu-backend",
+        choices=["nvml", "fake", "none"],
+        help="nvml (default: real GPUs via NVML), fake (simulated GPUs), none",
+    )
+    p.add_argument(
+        "--fake-gpus", type=int, metavar="N", help="GPUs of the fake backend (default 8)"
+    )
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
+    if broker:
+        p.add_argument("--host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
+        p.add_argument("--port", type=int, metavar="PORT", help="MQTT broker port (default 1883)")
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:
+    """Settings from file + env + the flags in ``args`` (plus ``extra``); logging set up."""
+    from agent.settings import AgentSettings  # noqa: PLC0415 (pydantic: not for --help)
+    from shared.logging import configure_logging  # noqa: PLC0415
+    from shared.settings import load_settings  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {
+        "node_id": args.node_id,
+        "interval_s": args.interval,
+        "gpu_backend": args.gpu_backend,
+        "fake_gpus": args.fake_gpus,
+        "log_level": args.log_level,
+        "log_json": args.log_json,
+        "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
+        **extra,
+    }
+    settings = load_settings(AgentSettings, config_file=args.config, overrides=overrides)
+    configure_logging(settings.log_level, json=settings.log_json)
+    return settings
+
+
+def node_sampler(settings: AgentSettings) -> NodeSampler:
+    """The node sampler the settings describe, on the system clock (not started)."""
+    from agent.service import build_sampler  # noqa: PLC0415 (psutil/NVML only when sampling)
+    from shared.clock import SystemClock  # noqa: PLC0415
+
+    return build_sampler(settings, SystemClock())
+
+
+def print_json(obj: Any) -> None:
+    """Print a wire-schema object as indented JSON."""
+    from shared.schema import encode  # noqa: PLC0415
+
+    print(json.dumps(json.loads(encode(obj)), indent=2))

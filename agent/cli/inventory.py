@@ -1,0 +1,27 @@
+"""``agent inventory``: print this node's inventory as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+from agent.cli._args import add_settings_args, node_sampler, print_json, settings_from_args
+
+__all__ = ["add_parser", "inventory"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``agent inventory``."""
+    p = sub.add_parser("inventory", help="print this node's inventory as JSON and exit")
+    add_settings_args(p, broker=False)
+    p.set_defaults(handler=inventory)
+
+
+def inventory(args: argparse.Namespace) -> int:
+    """Start the sampler (GPU backend included) and print what it found."""
+    settings = settings_from_args(args)
+    sampler = node_sampler(settings)
+    try:
+        print_json(sampler.start())
+    finally:
+        sampler.close()
+    return 0

@@ -1,0 +1,52 @@
+"""``agent run``: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from agent.cli._args import add_settings_args, node_sampler, settings_from_args
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``agent run``."""
+    p = sub.add_parser(
+        "run",
+        help="sample and publish every interval until stopped",
+        description="Publish one sample per interval on capwatch/v1/nodes/<node>/"
+        "sample (QoS 1), a retained inventory and online status; the broker's "
+        "last will marks the node offline. While the broker is away, samples wait "
+        "in a bounded buffer (one hour by default) and are sent in order later.",
+    )
+    add_settings_args(p, broker=True)
+    p.add_argument(
+        "--buffer",
+        metavar="DURATION",
+        help="how much sampling time to buffer while disconnected (default 1h)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build settings (a bad one or a bad TLS file: ConfigError), then run until a signal."""
+    import asyncio  # noqa: PLC0415
+
+    from agent.service import AgentService  # noqa: PLC0415
+    from shared.units import parse_duration  # noqa: PLC0415
+
+    extra = (
+        {} if args.buffer is None else {"buffer_s": parse_duration(args.buffer, field="--buffer")}
+    )
+    settings = settings_from_args(args, **extra)
+    service = AgentService(settings, node_sampler(settings))
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run()
+
+    asyncio.run(serve())
+    return 0
