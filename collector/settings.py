@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -23,9 +24,15 @@ class CollectorSettings(CapwatchSettings):
     retention_chunk_rows: int = Field(default=5_000, ge=100)
     batch_max_rows: int = Field(default=4_000, ge=1)
     batch_max_delay_s: float = Field(default=0.25, gt=0)
-    """A batch is committed when it is this old or this big, whichever comes first."""
+    """Unused since the writer commits whatever is waiting at once; kept so configs load."""
     queue_max: int = Field(default=100_000, ge=100)
-    """Validated samples waiting for the writer; the MQTT reader pauses when it is full."""
+    """About this many validated messages wait for the writer; then the reader pauses."""
+    max_clock_skew_s: float = Field(default=300.0, gt=0)
+    """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
+    quarantine_max_rows: int = Field(default=10_000, ge=100)
+    """Rejected messages kept for `collector query --rejected` (the newest)."""
+    sqlite_synchronous: Literal["full", "normal"] = "full"
+    """full: an acknowledged sample survives a power cut; normal: only a process crash."""
     compress_payloads: bool = True
     """Store sample JSON zstd-compressed (8x smaller, ~11 us per sample in the writer thread)."""
     expected_interval_s: float = Field(default=5.0, gt=0)

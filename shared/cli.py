@@ -30,9 +30,10 @@ def first_capwatch_error(exc: BaseException) -> CapwatchError | None:
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     """Parse ``argv`` and call the chosen subcommand's ``handler``.
 
-    Exit codes: the handler's own; 2 with one line on stderr for a capwatch error (a bad
-    setting, a missing database, an invalid plan: never a traceback, also when it was raised
-    inside a task group); 130 on Ctrl-C.
+    Exit codes: the handler's own; the error's ``exit_code`` with one line on stderr for a
+    capwatch error (2 for a bad setting, a missing database, an invalid plan; 1 for a store
+    that cannot be written): never a traceback, also when raised inside a task group; 130 on
+    Ctrl-C.
     """
     args = parser.parse_args(argv)
     try:
@@ -44,5 +45,5 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         if error is None:
             raise
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     return code

@@ -34,7 +34,13 @@ __all__ = [
 
 
 class CapwatchError(Exception):
-    """Base class of every error capwatch raises on purpose."""
+    """Base class of every error capwatch raises on purpose.
+
+    ``exit_code``: what a command exits with when this error ends it (2: the user's mistake,
+    fix the setting or flag and run again; systemd units do not restart on 2).
+    """
+
+    exit_code: int = 2
 
 
 class ConfigError(CapwatchError):
@@ -60,7 +66,18 @@ class SchemaError(CapwatchError):
 
 
 class StoreError(CapwatchError):
-    """The store could not be opened, migrated or written."""
+    """The store could not be opened, migrated or written.
+
+    ``fatal`` is true when the store cannot take any write (disk full, I/O error, read-only,
+    file gone); false when only the data of this write was refused, so the rest can be stored.
+    ``exit_code`` is 2 when the user can fix it (a wrong path), 1 when a running store failed
+    (a supervisor may restart the collector once the disk has room again).
+    """
+
+    def __init__(self, message: str, *, fatal: bool = True, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+        self.exit_code = exit_code
 
 
 class GpuBackendError(CapwatchError):

@@ -1,27 +1,57 @@
-"""Turn MQTT messages into store rows: validate, count, never raise.
+"""Turn MQTT messages into store items: validate, count, never raise.
 
-:meth:`Ingestor.handle` is the hot path (one call per message). A message that fails any
-check is counted under ``rejected_<reason>``, logged at most once per reason every
-``log_every_s`` seconds, and dropped: it never reaches the store and never raises.
+:meth:`Ingestor.handle` is the hot path (one call per message). It returns exactly one item
+per message: a :class:`SampleRow`, a :class:`NodeUpdate`, or a :class:`Rejected` that the
+writer keeps in the bounded quarantine table. A rejected message is counted under
+``rejected_<reason>`` (and per node, when the topic names one), logged at most once per
+reason every ``log_every_s`` seconds, and acknowledged like any other: it never reaches the
+samples table and never raises.
+
+Time checks use the collector's clock, not the node's: a sample stamped more than
+``max_skew_s`` ahead of it is ``clock_skew``; one older than the retention window is
+``too_old`` (late samples replayed after an outage are welcome until then).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final
+from typing import Final, NamedTuple
 
-from collector.store.db import NodeUpdate, SampleRow
+from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
 from shared.clock import Clock
 from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import Sample, decode_inventory, decode_sample, decode_status
 from shared.topics import parse_topic
 
-__all__ = ["Ingestor"]
+__all__ = ["INT64_MAX", "Ingestor", "Item", "Rejected", "sample_row"]
 
 log = get_logger("ingest")
 
-_MAX_PAYLOAD_BYTES: Final = 1_000_000
+INT64_MAX: Final = 2**63 - 1
+"""SQLite's integers are signed 64-bit."""
+MAX_PAYLOAD_BYTES: Final = 1_000_000
+_QUARANTINE_HEAD_BYTES: Final = 256
+_TOPIC_CHARS: Final = 256
+_DETAIL_CHARS: Final = 300
+_MAX_NODE_KEYS: Final = 10_000
+"""Distinct (node, reason) pairs kept between two flushes; the rest count under ``*``."""
+
+
+class Rejected(NamedTuple):
+    """A message that will not be stored as a sample: why, and what to keep of it."""
+
+    quarantine: QuarantineRow
+
+
+Item = SampleRow | NodeUpdate | Rejected
+"""What :meth:`Ingestor.handle` makes of one message."""
+
+
+def _clamped_sum(values: list[int]) -> int:
+    # The schema bounds each value so far below int64 that this cannot clamp; it is here so
+    # that no future schema change can turn a sum into an OverflowError in the writer.
+    return min(sum(values), INT64_MAX)
 
 
 def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
@@ -38,7 +68,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         known = [w for w in watts if w is not None]
         power = sum(known) if known else None
         mems = [g.mem_used_bytes for g in gpus if g.mem_used_bytes is not None]
-        mem_used = sum(mems) if mems else None
+        mem_used = _clamped_sum(mems) if mems else None
     return SampleRow(
         sample.node,
         round(sample.ts * 1000),
@@ -58,75 +88,157 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
 
 
 class Ingestor:
-    """Validates messages and keeps the counters.
+    """Validates messages and keeps the counters; see the module docstring."""
 
-    ``handle`` returns ``(row, None)`` for a good sample, ``(None, update)`` for a status
-    or inventory message, and ``None`` for anything rejected.
-    """
-
-    def __init__(self, clock: Clock, *, log_every_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        max_skew_s: float = 300.0,
+        max_age_s: float = 86_400.0,
+        log_every_s: float = 10.0,
+    ) -> None:
         self.clock = clock
+        self.max_skew_s = max_skew_s
+        self.max_age_s = max_age_s
         self.counters: Counter[str] = Counter()
+        self._node_rejects: dict[tuple[str, str], list[int]] = {}
         self._log_every_s = log_every_s
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
 
-    def handle(
-        self, topic: str, payload: bytes
-    ) -> tuple[SampleRow | None, NodeUpdate | None] | None:
-        """Validate one message; see the class docstring for the result."""
+    def take_node_rejects(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """Rejects per ``(node, reason)`` since the last call: ``(count, last received ms)``."""
+        out = {key: (v[0], v[1]) for key, v in self._node_rejects.items()}
+        self._node_rejects = {}
+        return out
+
+    def handle(self, topic: str, payload: bytes) -> Item:
+        """Validate one message; see the module docstring for the result."""
         self.counters["received"] += 1
+        now = self.clock.time()
         parsed = parse_topic(topic)
         if parsed is None:
-            return self._reject("bad_topic", topic, "topic is not capwatch/v1/nodes/<node>/<kind>")
+            return self._reject(
+                "bad_topic",
+                topic,
+                payload,
+                "topic is not capwatch/v1/nodes/<node>/<kind>",
+                node=None,
+                now=now,
+            )
         node, kind = parsed
-        if len(payload) > _MAX_PAYLOAD_BYTES:
-            return self._reject("too_large", topic, f"{len(payload)} bytes")
-        now = self.clock.time()
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return self._reject(
+                "too_large", topic, payload, f"{len(payload)} bytes", node=node, now=now
+            )
         try:
             if kind == "sample":
                 sample = decode_sample(payload)
                 if sample.node != node:
                     return self._reject(
-                        "topic_mismatch", topic, f"payload node {sample.node!r} != topic node"
+                        "topic_mismatch",
+                        topic,
+                        payload,
+                        f"payload node {sample.node!r} != topic node",
+                        node=node,
+                        now=now,
                     )
-                row = sample_row(sample, payload, now)
+                ahead_s = sample.ts - now
+                if ahead_s > self.max_skew_s:
+                    return self._reject(
+                        "clock_skew",
+                        topic,
+                        payload,
+                        f"sample is {ahead_s:.0f} s ahead of the collector's clock "
+                        f"(more than {self.max_skew_s:g} s): fix the node's time (NTP)",
+                        node=node,
+                        now=now,
+                    )
+                if now - sample.ts > self.max_age_s:
+                    return self._reject(
+                        "too_old",
+                        topic,
+                        payload,
+                        f"sample is {now - sample.ts:.0f} s old, past the retention window",
+                        node=node,
+                        now=now,
+                    )
                 self.counters["samples"] += 1
-                return row, None
+                return sample_row(sample, payload, now)
             if kind == "status":
                 status = decode_status(payload)
                 if status.node != node:
-                    return self._reject("topic_mismatch", topic, "payload node != topic node")
+                    return self._reject(
+                        "topic_mismatch",
+                        topic,
+                        payload,
+                        "payload node != topic node",
+                        node=node,
+                        now=now,
+                    )
                 self.counters["status"] += 1
-                return None, NodeUpdate(node=node, status=status.status, status_ts=now)
+                return NodeUpdate(node=node, status=status.status, status_ts=now)
             if kind == "inventory":
                 inventory = decode_inventory(payload)
                 if inventory.node != node:
-                    return self._reject("topic_mismatch", topic, "payload node != topic node")
+                    return self._reject(
+                        "topic_mismatch",
+                        topic,
+                        payload,
+                        "payload node != topic node",
+                        node=node,
+                        now=now,
+                    )
                 self.counters["inventory"] += 1
-                return None, NodeUpdate(node=node, inventory=bytes(payload), inventory_ts=now)
+                return NodeUpdate(node=node, inventory=bytes(payload), inventory_ts=now)
         except SchemaError as exc:
-            return self._reject(exc.reason, topic, str(exc))
-        return self._reject("bad_topic", topic, f"unknown message kind {kind!r}")
+            return self._reject(exc.reason, topic, payload, str(exc), node=node, now=now)
+        return self._reject(
+            "bad_topic", topic, payload, f"unknown kind {kind!r}", node=node, now=now
+        )
+
+    def reject(self, reason: str, topic: str, payload: bytes, detail: str) -> Rejected:
+        """Count and quarantine a message for a reason found after validation (the writer's)."""
+        parsed = parse_topic(topic)
+        node = parsed[0] if parsed is not None else None
+        return self._reject(reason, topic, payload, detail, node=node, now=self.clock.time())
 
     def _reject(
-        self, reason: str, topic: str, detail: str
-    ) -> tuple[SampleRow | None, NodeUpdate | None] | None:
-        """Count and (rate-limited) log a rejected message; the result of handle() is None."""
-        key = f"rejected_{reason}"
-        self.counters[key] += 1
+        self, reason: str, topic: str, payload: bytes, detail: str, *, node: str | None, now: float
+    ) -> Rejected:
+        """Count and (rate-limited) log a rejected message; return its quarantine row."""
+        self.counters[f"rejected_{reason}"] += 1
         self.counters["rejected"] += 1
-        now = self.clock.monotonic()
+        now_ms = round(now * 1000)
+        if node is not None:
+            key = (node, reason)
+            if key not in self._node_rejects and len(self._node_rejects) >= _MAX_NODE_KEYS:
+                key = ("*", reason)
+            entry = self._node_rejects.setdefault(key, [0, now_ms])
+            entry[0] += 1
+            entry[1] = now_ms
+        mono = self.clock.monotonic()
         last = self._last_log.get(reason)
-        if last is not None and now - last < self._log_every_s:
+        if last is not None and mono - last < self._log_every_s:
             self._suppressed[reason] += 1
-            return None
-        self._last_log[reason] = now
-        log.warning(
-            "message_rejected",
-            reason=reason,
-            topic=topic[:200],
-            detail=detail[:300],
-            suppressed_since_last=self._suppressed.pop(reason, 0),
+        else:
+            self._last_log[reason] = mono
+            log.warning(
+                "message_rejected",
+                reason=reason,
+                topic=topic[:_TOPIC_CHARS],
+                detail=detail[:_DETAIL_CHARS],
+                suppressed_since_last=self._suppressed.pop(reason, 0),
+            )
+        return Rejected(
+            QuarantineRow(
+                now_ms,
+                node,
+                topic[:_TOPIC_CHARS],
+                reason,
+                detail[:_DETAIL_CHARS],
+                bytes(payload[:_QUARANTINE_HEAD_BYTES]),
+                len(payload),
+            )
         )
-        return None

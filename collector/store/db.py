@@ -1,22 +1,17 @@
-"""The rolling SQLite store.
+"""The rolling SQLite store: one connection, its pragmas and migrations, and its writes.
 
 One :class:`Store` owns one aiosqlite connection (WAL mode, so ``collector query`` can read
-while the daemon writes). Only the collector's writer task calls the ``write_*`` methods;
-readers open their own connection with :meth:`Store.open_readonly`.
+while the daemon writes). Only the collector's writer task calls the ``write_*`` methods, so
+there is no lock: one owner, one transaction at a time. Readers open their own connection
+with :meth:`Store.open_readonly`. The schema is in :mod:`collector.store.migrations`.
 
-Schema changes are ordered, named migrations recorded in ``schema_migrations``.
+Durability: ``synchronous = FULL`` by default, so a committed batch survives a power cut or
+an OS crash, not only a process crash: the collector acknowledges samples to the broker
+after the commit, and the broker forgets what it has been told is stored.
 
-Tables:
-
-``samples``
-    one row per node sample: summary columns for fast queries plus the validated payload
-    (``payload``, the JSON exactly as received) for per-GPU detail. ``(node, ts_ms)`` is
-    unique, which is what makes QoS 1 redelivery harmless (``INSERT OR IGNORE``).
-``nodes``
-    one row per node: status from the status topic, latest sample summary, inventory.
-``counters``
-    the collector's counters (received, stored, duplicates, rejected by reason), flushed
-    periodically so other processes can read them.
+A failed write is rolled back and raised as :class:`StoreError` whose ``fatal`` says whether
+the store itself is unusable (disk full, I/O error, read-only, corrupt, locked) or only this
+batch could not be written (a value SQLite refuses): the writer bisects the latter.
 """
 
 from __future__ import annotations
@@ -29,20 +24,26 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, Literal, NamedTuple, Self
 
 import aiosqlite
 
 from collector.store.codec import PayloadCodec
+from collector.store.migrations import MIGRATIONS
 from shared.errors import StoreError
 from shared.logging import get_logger
 
 __all__ = [
     "MIGRATIONS",
     "NodeUpdate",
+    "QuarantineRow",
     "SampleRow",
     "Store",
+    "Synchronous",
+    "variable_limit",
 ]
+
+Synchronous = Literal["full", "normal"]
 
 log = get_logger("store")
 
@@ -81,83 +82,17 @@ class NodeUpdate:
     inventory_ts: float | None = None
 
 
-MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
-    (
-        "0001_initial",
-        """
-        CREATE TABLE samples (
-            node TEXT NOT NULL,
-            ts_ms INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            received_ms INTEGER NOT NULL,
-            interval_s REAL NOT NULL,
-            cpu_pct REAL,
-            mem_used_bytes INTEGER NOT NULL,
-            mem_total_bytes INTEGER NOT NULL,
-            gpu_count INTEGER NOT NULL,
-            gpu_util_pct REAL,
-            gpu_mem_used_bytes INTEGER,
-            gpu_power_w REAL,
-            cpu_power_w REAL,
-            payload BLOB NOT NULL,
-            payload_dict INTEGER REFERENCES payload_dicts (id)  -- NULL: stored uncompressed
-        );
-        CREATE TABLE payload_dicts (
-            id INTEGER PRIMARY KEY,
-            sha256 TEXT NOT NULL UNIQUE,
-            dict BLOB NOT NULL
-        );
-        -- rowid grows with arrival, so retention deletes from the start of the table;
-        -- this index both dedups redelivered samples and serves per-node queries.
-        CREATE UNIQUE INDEX samples_node_ts ON samples (node, ts_ms);
-        CREATE TABLE nodes (
-            node TEXT PRIMARY KEY,
-            status TEXT,
-            status_ts REAL,
-            inventory BLOB,
-            inventory_ts REAL
-        );
-        CREATE TABLE counters (
-            name TEXT PRIMARY KEY,
-            value INTEGER NOT NULL,
-            updated REAL NOT NULL
-        );
-        """,
-    ),
-    (
-        # Retention looks for old rows by time; without this index every pass ended with a
-        # scan of the whole table (minutes at 200M rows), stalling the only writer.
-        "0002_samples_ts_index",
-        "CREATE INDEX samples_ts ON samples (ts_ms);",
-    ),
-    (
-        # Retention deletes by arrival time: a node's clock decides nothing about how long
-        # its rows stay (a sample stamped in the future would otherwise never expire).
-        "0003_retention_by_arrival",
-        """
-        DROP INDEX samples_ts;
-        CREATE INDEX samples_received ON samples (received_ms);
-        """,
-    ),
-    (
-        # Messages that were rejected or could not be stored: acknowledged (so the broker
-        # stops redelivering them) and kept here, bounded, for `collector query --rejected`.
-        "0004_quarantine",
-        """
-        CREATE TABLE quarantine (
-            id INTEGER PRIMARY KEY,
-            received_ms INTEGER NOT NULL,
-            node TEXT,                    -- from the topic, when it names one
-            topic TEXT NOT NULL,          -- at most 256 characters
-            reason TEXT NOT NULL,         -- counter name without rejected_: invalid, clock_skew...
-            detail TEXT NOT NULL,         -- at most 300 characters
-            payload_head BLOB NOT NULL,   -- the first 256 bytes
-            payload_bytes INTEGER NOT NULL
-        );
-        CREATE INDEX quarantine_node ON quarantine (node, id);
-        """,
-    ),
-)
+class QuarantineRow(NamedTuple):
+    """One row of ``quarantine``: a message that was rejected or could not be stored."""
+
+    received_ms: int
+    node: str | None
+    topic: str
+    reason: str
+    detail: str
+    payload_head: bytes
+    payload_bytes: int
+
 
 _SAMPLE_COLUMNS: Final = (
     "node, ts_ms, seq, received_ms, interval_s, cpu_pct, mem_used_bytes, mem_total_bytes, "
@@ -177,39 +112,110 @@ _UPSERT_INVENTORY: Final = (
     " ON CONFLICT (node) DO UPDATE SET inventory = excluded.inventory,"
     " inventory_ts = excluded.inventory_ts",
 )
+_INSERT_QUARANTINE: Final = (
+    "INSERT INTO quarantine "
+    "(received_ms, node, topic, reason, detail, payload_head, payload_bytes)",
+    7,
+    "",
+)
+_UPSERT_META: Final = (
+    "INSERT INTO meta (key, value, updated)",
+    3,
+    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+)
 
 # Many rows per statement, not executemany: sqlite3 releases the GIL around every step, and
 # while the event loop is busy each re-acquisition waits a whole switch interval (5 ms), so
 # executemany of 4,000 rows took seconds under load. Every statement is also one hop to
-# aiosqlite's thread, so fewer is better: 2,000 rows x 15 columns = 30,000 bound variables,
-# under the 32,766 that SQLite allows by default since 3.32.
-_ROWS_PER_STATEMENT: Final = 2000
+# aiosqlite's thread, so fewer is better; but never more bound variables than the library
+# allows (999 before SQLite 3.32, e.g. Ubuntu 20.04 and RHEL 8; 32,766 since).
+_MAX_ROWS_PER_STATEMENT: Final = 2000
+
+# Primary result codes after which the store cannot take any write: stop, do not bisect.
+_FATAL_CODES: Final = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_AUTH,
+    }
+)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _multi_row_sql(head: str, ncols: int, nrows: int, tail: str) -> str:
     one = "(" + ", ".join("?" * ncols) + ")"
     return f"{head} VALUES {', '.join([one] * nrows)}{tail}"
+
+
+def variable_limit() -> int:
+    """The most bound variables one statement may have with this process's SQLite library."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        return conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        conn.close()
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        # No code: the connection itself is gone (closed, thread died).
+        return code is None or (code & 0xFF) in _FATAL_CODES
+    return isinstance(exc, MemoryError)
+
+
+def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
+    """A connection class that lowers the variable limit (a test stands in for old SQLite)."""
+    if limit is None:
+        return sqlite3.Connection
+    lowered: int = limit
+
+    class _Limited(sqlite3.Connection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, lowered)
+
+    return _Limited
 
 
 class Store:
     """Async context manager around the SQLite file.
 
     >>> async with Store(path) as store:
-    ...     await store.write_samples(rows)
+    ...     await store.write_batch(rows)
+
+    ``variable_limit`` lowers SQLite's bound-variable limit on this connection (as an old
+    library would have it); statements are then cut to fit.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False, compress: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        compress: bool = True,
+        synchronous: Synchronous = "full",
+        variable_limit: int | None = None,
+    ) -> None:
         self.path = path
         self.readonly = readonly
+        self.synchronous: Synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self.codec = PayloadCodec()
         self._compress = compress
         self._dict_id: int | None = None
         self._dicts: dict[int, bytes] = {}
-        # Writer, retention and counters share the connection; each holds this for its whole
-        # transaction so none commits another's half-written batch.
-        self._write_lock = asyncio.Lock()
+        self._limit_override = variable_limit
+        self.max_variables = min(globals()["variable_limit"](), variable_limit or 1 << 30)
 
     @classmethod
     def open_readonly(cls, path: Path) -> Self:
@@ -236,11 +242,13 @@ class Store:
                 await self._conn.execute("PRAGMA busy_timeout = 5000")
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = await aiosqlite.connect(self.path)
+                self._conn = await aiosqlite.connect(
+                    self.path, factory=_connection_factory(self._limit_override)
+                )
                 for pragma in (
                     "PRAGMA journal_mode = WAL",
-                    # NORMAL in WAL mode: a power cut may lose the last commits, never corrupts.
-                    "PRAGMA synchronous = NORMAL",
+                    # FULL: a commit is on disk before the broker hears it is stored.
+                    f"PRAGMA synchronous = {self.synchronous.upper()}",
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA temp_store = MEMORY",
                     "PRAGMA cache_size = -65536",
@@ -252,6 +260,11 @@ class Store:
         except sqlite3.Error as exc:
             await self._close()
             raise StoreError(f"cannot open database {str(self.path)!r}: {exc}") from exc
+        except OSError as exc:
+            await self._close()
+            raise StoreError(
+                f"cannot open database {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
         except BaseException:
             await self._close()
             raise
@@ -315,33 +328,16 @@ class Store:
         rows: Sequence[SampleRow],
         updates: Iterable[NodeUpdate] = (),
         new_nodes: Iterable[str] = (),
+        quarantine: Sequence[QuarantineRow] = (),
+        meta: Iterable[tuple[str, str]] = (),
     ) -> int:
-        """Insert sample rows (duplicates ignored), node news and nodes first seen, at once.
+        """Write sample rows (duplicates ignored), node news, nodes first seen, quarantined
+        messages and meta facts in one transaction; return how many sample rows were new.
 
-        One transaction; returns how many sample rows were new.
+        On any failure the transaction is rolled back and :class:`StoreError` raised, with
+        ``fatal`` telling a broken store from a batch SQLite refused.
         """
-        async with self._write_lock:
-            return await self._write_batch_unlocked(rows, updates, new_nodes)
-
-    async def _write_batch_unlocked(
-        self,
-        rows: Sequence[SampleRow],
-        updates: Iterable[NodeUpdate] = (),
-        new_nodes: Iterable[str] = (),
-    ) -> int:
-        """Insert sample rows (duplicates ignored), node news and nodes first seen, at once.
-
-        Returns how many sample rows were new.
-        """
-        conn = self.conn
         dict_id = self._dict_id
-        samples: list[tuple[Any, ...]]
-        if dict_id is None:
-            samples = [(*r[:-1], r.payload, None) for r in rows]
-        else:
-            # Off the event loop, in one GIL-free call for the whole batch.
-            blobs = await asyncio.to_thread(self.codec.compress_batch, [r.payload for r in rows])
-            samples = [(*r[:-1], b, dict_id) for r, b in zip(rows, blobs, strict=True)]
         statuses: list[tuple[Any, ...]] = []
         inventories: list[tuple[Any, ...]] = []
         for u in updates:
@@ -349,36 +345,61 @@ class Store:
                 statuses.append((u.node, u.status, u.status_ts))
             if u.inventory is not None:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
+        now = time.time()
         try:
+            samples: list[tuple[Any, ...]]
+            if dict_id is None or not rows:
+                samples = [(*r[:-1], r.payload, None) for r in rows]
+            else:
+                # Off the event loop, in one GIL-free call for the whole batch.
+                payloads = [r.payload for r in rows]
+                blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
+                samples = [(*r[:-1], b, dict_id) for r, b in zip(rows, blobs, strict=True)]
             inserted = await self._insert_many(_INSERT_SAMPLES, samples)
             await self._insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self._insert_many(_UPSERT_STATUS, statuses)
             await self._insert_many(_UPSERT_INVENTORY, inventories)
-            await conn.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"writing {len(rows)} samples failed: {exc}") from exc
+            await self._insert_many(_INSERT_QUARANTINE, list(quarantine))
+            await self._insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            await self.conn.commit()
+        except Exception as exc:
+            raise await self._failed(f"writing {len(rows)} samples", exc) from exc
         return max(inserted, 0)
+
+    async def _failed(self, what: str, exc: Exception) -> StoreError:
+        """Roll back after ``exc`` and say whether the store is still usable."""
+        fatal = _is_fatal(exc)
+        try:
+            await self.conn.rollback()
+        except (sqlite3.Error, ValueError, StoreError):
+            fatal = True  # cannot even roll back: nothing more can be written
+        detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, sqlite3.Error) else str(exc)
+        return StoreError(
+            f"{what} failed in {str(self.path)!r}: {detail}", fatal=fatal, exit_code=1
+        )
 
     async def _insert_many(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
     ) -> int:
         """Run ``statement`` over ``rows``, many rows per statement; return rows changed."""
         head, ncols, tail = statement
+        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         changed = 0
-        for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-            chunk = rows[i : i + _ROWS_PER_STATEMENT]
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
             sql = _multi_row_sql(head, ncols, len(chunk), tail)
             cur = await self.conn.execute(sql, [v for row in chunk for v in row])
             changed += cur.rowcount
             await cur.close()
         return changed
 
-    async def write_counters(self, counters: dict[str, int], now: float) -> None:
-        """Replace the stored counters with the collector's current ones."""
-        async with self._write_lock:
-            await self._write_counters_unlocked(counters, now)
-
-    async def _write_counters_unlocked(self, counters: dict[str, int], now: float) -> None:
+    async def write_counters(
+        self,
+        counters: dict[str, int],
+        now: float,
+        node_rejects: dict[tuple[str, str], tuple[int, int]] | None = None,
+    ) -> None:
+        """Replace the stored counters with the collector's current ones; add node rejects."""
         try:
             await self.conn.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
@@ -386,32 +407,54 @@ class Store:
                 "updated = excluded.updated",
                 [(k, v, now) for k, v in counters.items()],
             )
+            if node_rejects:
+                await self.conn.executemany(
+                    "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (node, reason) DO UPDATE SET count = count + excluded.count, "
+                    "last_ms = max(last_ms, excluded.last_ms)",
+                    [(n, r, c, t) for (n, r), (c, t) in node_rejects.items()],
+                )
             await self.conn.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"writing counters failed: {exc}") from exc
+        except Exception as exc:
+            raise await self._failed("writing counters", exc) from exc
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
-        """Delete at most ``chunk_rows`` samples older than ``cutoff_ms``; return how many.
+        """Delete at most ``chunk_rows`` samples that arrived before ``cutoff_ms``.
 
         Small chunks keep each write transaction short, so ingestion never stalls behind
-        retention. The oldest samples go first, found through the ``ts_ms`` index.
+        retention. The oldest arrivals go first, found through the ``received_ms`` index.
         """
-        async with self._write_lock:
-            return await self._delete_older_than_unlocked(cutoff_ms, chunk_rows)
-
-    async def _delete_older_than_unlocked(self, cutoff_ms: int, chunk_rows: int) -> int:
         try:
             cur = await self.conn.execute(
-                "DELETE FROM samples WHERE rowid IN "
-                "(SELECT rowid FROM samples WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
+                "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples "
+                "WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
                 (cutoff_ms, chunk_rows),
             )
             deleted = cur.rowcount
             await cur.close()
             await self.conn.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"retention delete failed: {exc}") from exc
+        except Exception as exc:
+            raise await self._failed("retention delete", exc) from exc
         return max(deleted, 0)
+
+    async def trim_quarantine(self, keep_rows: int) -> int:
+        """Keep only the newest ``keep_rows`` quarantined messages; return how many went."""
+        try:
+            cur = await self.conn.execute(
+                "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
+                (keep_rows,),
+            )
+            deleted = cur.rowcount
+            await cur.close()
+            await self.conn.commit()
+        except Exception as exc:
+            raise await self._failed("quarantine trim", exc) from exc
+        return max(deleted, 0)
+
+    async def meta(self, key: str) -> str | None:
+        """A fact the collector stored with :meth:`write_batch` (``meta=``), or ``None``."""
+        rows = await self.fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
 
     # -- reader side ---------------------------------------------------------------------
 

@@ -1,0 +1,197 @@
+"""The reader: broker -> validated units on a bounded queue.
+
+One task. It holds the MQTT connection (reconnecting with capped, randomised backoff), turns
+each read from the broker into one :class:`Unit` (an item per message plus the packet ids to
+acknowledge) and puts it on the writer's bounded queue. When the queue is full the reader
+waits, stops taking messages from the subscriber, which then stops reading the socket: TCP
+pushes back on the broker. It never acknowledges anything itself; the writer does, after the
+commit that stored the unit.
+
+On stop it hands the writer a :class:`StopUnit` and keeps the connection open until the
+writer has committed and acknowledged everything before it, so a clean stop leaves nothing
+for the broker to redeliver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import NamedTuple, Protocol, Self
+
+from collector.ingest.packets import Message
+from collector.ingest.validate import Ingestor, Item
+from shared.errors import MqttWireError
+from shared.logging import get_logger
+
+__all__ = ["Connect", "MetaItem", "Reader", "StopUnit", "Subscriber", "Unit"]
+
+log = get_logger("reader")
+
+
+class Subscriber(Protocol):
+    """What the reader needs of an MQTT connection (:class:`MqttSubscriber` is one)."""
+
+    session_present: bool
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def subscribe(self, topics: Sequence[tuple[str, int]]) -> list[int]: ...
+
+    async def next_batch(self) -> list[Message]: ...
+
+    def ack(self, packet_ids: Iterable[int]) -> None: ...
+
+
+Connect = Callable[[], Subscriber]
+"""Makes a new, not yet connected subscriber for each connection attempt."""
+
+
+class MetaItem(NamedTuple):
+    """A fact for the ``meta`` table, written in the same transaction as the unit."""
+
+    key: str
+    value: str
+
+
+@dataclass(slots=True)
+class Unit:
+    """What one read from the broker became: an item per message, and the ids to ack.
+
+    ``link`` is the connection the messages came on: acknowledgements go there and nowhere
+    else (after a reconnect the broker redelivers, and the store drops the duplicates).
+    """
+
+    link: Subscriber | None
+    items: list[Item | MetaItem]
+    acks: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StopUnit:
+    """The last unit: the writer commits and acks all before it, then resolves ``done``."""
+
+    done: asyncio.Future[None]
+
+
+class Reader:
+    """Reads from the broker into ``queue`` until ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        ingestor: Ingestor,
+        queue: asyncio.Queue[Unit | StopUnit],
+        *,
+        topics: Sequence[str],
+        session_key: str,
+        had_session: bool,
+        stop: asyncio.Event,
+        connected: asyncio.Event,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self._connect = connect
+        self._ingestor = ingestor
+        self._queue = queue
+        self._topics = list(topics)
+        self._session_key = session_key
+        self._expect_session = had_session
+        self._stop = stop
+        self.connected = connected
+        """Set while subscribed (tests and the demo wait on it)."""
+        self._min_s = reconnect_min_s
+        self._max_s = reconnect_max_s
+        self.counters: Counter[str] = ingestor.counters
+
+    async def run(self) -> None:
+        """Read until stop; then wait until the writer has stored and acked everything."""
+        delay = self._min_s
+        while not self._stop.is_set():
+            sub = self._connect()
+            try:
+                async with sub:
+                    await self._subscribed(sub)
+                    delay = self._min_s
+                    try:
+                        await self._consume(sub)
+                    finally:
+                        self.connected.clear()
+                    await self._finish()  # on this connection, so the last acks reach it
+                    return
+            except MqttWireError as exc:
+                self.counters["mqtt_disconnects"] += 1
+                log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop.wait()
+            delay = max(self._min_s, min(self._max_s, delay * 2) * random.uniform(0.5, 1.0))
+        await self._finish()
+
+    async def _subscribed(self, sub: Subscriber) -> None:
+        """After CONNACK: subscribe unless the broker resumed our session; notice a lost one."""
+        if sub.session_present:
+            # A resumed session keeps its subscriptions. Subscribing again would make the
+            # broker resend every retained inventory and status (two per node) each restart.
+            log.info("mqtt_session_resumed", session=self._session_key)
+        else:
+            if self._expect_session:
+                self.counters["mqtt_sessions_lost"] += 1
+                log.error(
+                    "mqtt_session_lost",
+                    session=self._session_key,
+                    hint="the broker kept no session for this client id: samples queued "
+                    "while the collector was away are lost. Another client may have used "
+                    "the collector's client id (bind client ids to users in the broker: "
+                    "use_username_as_clientid), or the broker lost its persistence file",
+                )
+            await sub.subscribe([(t, 1) for t in self._topics])
+            log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
+            if not self._expect_session:
+                await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
+            self._expect_session = True
+        self.connected.set()
+
+    async def _consume(self, sub: Subscriber) -> None:
+        """Ingest reads until stop. Raises MqttWireError when the connection ends."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        nxt: asyncio.Future[list[Message]] | None = None
+        try:
+            while True:
+                if nxt is None:
+                    nxt = asyncio.ensure_future(sub.next_batch())
+                await asyncio.wait((nxt, stop), return_when=asyncio.FIRST_COMPLETED)
+                if nxt.done():
+                    batch, nxt = nxt.result(), None  # raises MqttWireError on disconnect
+                    unit = self._ingest(sub, batch)
+                    if self._queue.full():
+                        self.counters["reader_waits"] += 1
+                    await self._queue.put(unit)
+                if stop.done():
+                    return
+        finally:
+            stop.cancel()
+            if nxt is not None:
+                nxt.cancel()  # next_batch() takes messages only when it returns: nothing lost
+
+    def _ingest(self, sub: Subscriber, batch: list[Message]) -> Unit:
+        handle = self._ingestor.handle
+        items: list[Item | MetaItem] = [handle(m.topic, m.payload) for m in batch]
+        acks = [m.packet_id for m in batch if m.packet_id is not None]
+        return Unit(sub, items, acks)
+
+    async def _finish(self) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(StopUnit(done))
+        await done

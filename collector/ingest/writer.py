@@ -1,0 +1,232 @@
+"""The writer: the one task that owns the store's connection.
+
+It takes units off the reader's bounded queue, commits as many as are waiting (up to
+``batch_max_rows`` sample rows) in one transaction, and only then acknowledges their
+messages, on the connection each came from. Between batches it runs the periodic jobs that
+also write: retention (one small chunk at a time, so ingestion never waits long), counters
+and the quarantine bound. One owner, so no locks.
+
+Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
+collector commits big batches and an idle one commits each read at once (no timer to wait
+for before acknowledging).
+
+Poison containment: when a batch cannot be written and the store says the fault is in the
+data (not the disk), the batch is bisected until the message(s) at fault are found; those
+are quarantined and acknowledged like any rejected message, and the rest is stored. A store
+that cannot be written at all raises :class:`StoreError` out of :meth:`Writer.run`, and the
+unstored messages are never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from collector.ingest.reader import MetaItem, StopUnit, Unit
+from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from shared.clock import Clock
+from shared.errors import MqttWireError, StoreError
+from shared.logging import get_logger
+from shared.topics import inventory_topic, sample_topic, status_topic
+
+__all__ = ["Writer"]
+
+log = get_logger("writer")
+
+_COUNTERS_EVERY_S: Final = 2.0
+
+
+class Writer:
+    """Stores units from ``queue``, then acks them; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        queue: asyncio.Queue[Unit | StopUnit],
+        ingestor: Ingestor,
+        clock: Clock,
+        *,
+        batch_max_rows: int = 4_000,
+        retention_s: float = 86_400.0,
+        retention_check_s: float = 30.0,
+        retention_chunk_rows: int = 5_000,
+        quarantine_max_rows: int = 10_000,
+        counters_every_s: float = _COUNTERS_EVERY_S,
+        extra_counters: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._ingestor = ingestor
+        self._clock = clock
+        self._batch_max_rows = batch_max_rows
+        self._retention_s = retention_s
+        self._retention_check_s = retention_check_s
+        self._retention_chunk_rows = retention_chunk_rows
+        self._quarantine_max_rows = quarantine_max_rows
+        self._counters_every_s = counters_every_s
+        self._extra_counters = extra_counters
+        self.counters: Counter[str] = ingestor.counters
+        self._known_nodes: set[str] = set()
+
+    async def run(self) -> None:
+        """Store until a :class:`StopUnit` arrives; raise :class:`StoreError` if the store fails."""
+        mono = self._clock.monotonic
+        next_retention = mono()
+        next_counters = mono() + self._counters_every_s
+        while True:
+            first = await self._next(min(next_retention, next_counters) - mono())
+            if first is not None:
+                units, stop = self._gather(first)
+                if units:
+                    await self._write_units(units)
+                if stop is not None:
+                    await self.flush_counters()
+                    stop.done.set_result(None)
+                    return
+            now = mono()
+            if now >= next_counters:
+                await self.flush_counters()
+                next_counters = now + self._counters_every_s
+            if now >= next_retention:
+                more = await self._retention_chunk()
+                next_retention = now if more else now + self._retention_check_s
+
+    async def _next(self, wait_s: float) -> Unit | StopUnit | None:
+        """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if wait_s <= 0:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                return await self._queue.get()
+        return None
+
+    def _gather(self, first: Unit | StopUnit) -> tuple[list[Unit], StopUnit | None]:
+        """``first`` and the units already waiting behind it, up to ``batch_max_rows`` items."""
+        if isinstance(first, StopUnit):
+            return [], first
+        units = [first]
+        size = len(first.items)
+        while size < self._batch_max_rows and not self._queue.empty():
+            unit = self._queue.get_nowait()
+            if isinstance(unit, StopUnit):
+                return units, unit
+            units.append(unit)
+            size += len(unit.items)
+        return units, None
+
+    async def _write_units(self, units: list[Unit]) -> None:
+        items = [item for unit in units for item in unit.items]
+        t0 = self._clock.monotonic()
+        await self._store_items(items)
+        acked = 0
+        for unit in units:
+            if unit.acks and unit.link is not None:
+                # After a reconnect the old link is closed: the broker redelivers those
+                # messages to the new one, and the store drops the duplicates.
+                with contextlib.suppress(MqttWireError):
+                    unit.link.ack(unit.acks)
+                    acked += len(unit.acks)
+        log.debug(
+            "batch_stored",
+            items=len(items),
+            acked=acked,
+            ms=round((self._clock.monotonic() - t0) * 1000, 2),
+        )
+
+    async def _store_items(self, items: Sequence[Item | MetaItem]) -> None:
+        """Write ``items`` in one transaction; bisect around data SQLite refuses."""
+        rows: list[SampleRow] = []
+        updates: dict[str, NodeUpdate] = {}
+        quarantine: list[QuarantineRow] = []
+        meta: list[tuple[str, str]] = []
+        for item in items:
+            if isinstance(item, SampleRow):
+                rows.append(item)
+            elif isinstance(item, Rejected):
+                quarantine.append(item.quarantine)
+            elif isinstance(item, NodeUpdate):
+                prev = updates.get(item.node)
+                updates[item.node] = item if prev is None else _merge(prev, item)
+            else:
+                meta.append((item.key, item.value))
+        new_nodes = {r.node for r in rows} - self._known_nodes
+        try:
+            inserted = await self._store.write_batch(
+                rows, list(updates.values()), sorted(new_nodes), quarantine, meta
+            )
+        except StoreError as exc:
+            if exc.fatal:
+                log.error("store_failed", error=str(exc))
+                raise
+            if len(items) > 1:
+                self.counters["store_bisections"] += 1
+                half = len(items) // 2
+                await self._store_items(items[:half])
+                await self._store_items(items[half:])
+                return
+            await self._quarantine_poison(items[0], exc)
+            return
+        self._known_nodes |= new_nodes
+        self.counters["stored"] += inserted
+        self.counters["duplicates"] += len(rows) - inserted
+        self.counters["quarantined"] += len(quarantine)
+
+    async def _quarantine_poison(self, item: Item | MetaItem, exc: StoreError) -> None:
+        """One message the store refused: keep what we can of it in quarantine, ack it."""
+        if isinstance(item, SampleRow):
+            topic, payload = sample_topic(item.node), item.payload
+        elif isinstance(item, NodeUpdate):
+            topic = (
+                status_topic(item.node) if item.inventory is None else inventory_topic(item.node)
+            )
+            payload = item.inventory or (item.status or "").encode()
+        elif isinstance(item, Rejected):
+            q = item.quarantine
+            topic, payload = q.topic, q.payload_head
+        else:
+            topic, payload = f"meta/{item.key}", item.value.encode()
+        rejected = self._ingestor.reject("store_refused", topic, payload, str(exc))
+        try:
+            await self._store.write_batch([], quarantine=[rejected.quarantine])
+        except StoreError as again:
+            # Not even a quarantine row can be written: the store is broken, not the message.
+            log.error("store_failed", error=str(again), after=str(exc))
+            raise StoreError(str(again), fatal=True, exit_code=1) from again
+        self.counters["quarantined"] += 1
+
+    async def flush_counters(self) -> None:
+        """Write the counters and per-node rejects; keep the quarantine bounded."""
+        counters = dict(self.counters)
+        if self._extra_counters is not None:
+            counters.update(self._extra_counters())
+        await self._store.write_counters(
+            counters, self._clock.time(), self._ingestor.take_node_rejects()
+        )
+        trimmed = await self._store.trim_quarantine(self._quarantine_max_rows)
+        if trimmed:
+            self.counters["quarantine_trimmed"] += trimmed
+
+    async def _retention_chunk(self) -> bool:
+        """Delete one chunk of samples that arrived before the window; True if more remain."""
+        cutoff_ms = round((self._clock.time() - self._retention_s) * 1000)
+        deleted = await self._store.delete_older_than(cutoff_ms, self._retention_chunk_rows)
+        if deleted:
+            self.counters["retention_deleted"] += deleted
+            log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
+        return deleted >= self._retention_chunk_rows
+
+
+def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:
+    """Fold two updates of one node; the later message wins field by field."""
+    merged = NodeUpdate(old.node, old.status, old.status_ts, old.inventory, old.inventory_ts)
+    if new.status is not None:
+        merged.status, merged.status_ts = new.status, new.status_ts
+    if new.inventory is not None:
+        merged.inventory, merged.inventory_ts = new.inventory, new.inventory_ts
+    return merged

@@ -1,0 +1,124 @@
+"""The store's schema: ordered, named migrations, each applied once and recorded.
+
+Tables:
+
+``samples``
+    one row per node sample: summary columns for fast queries plus the validated payload
+    (zstd-compressed against ``payload_dicts``) for per-GPU detail. ``(node, ts_ms)`` is
+    unique, which is what makes QoS 1 redelivery harmless (``INSERT OR IGNORE``); retention
+    deletes by ``received_ms`` (arrival), never by the node's own clock.
+``nodes``
+    one row per node: status from the status topic and the retained inventory.
+``counters``
+    the collector's counters (received, stored, duplicates, rejected by reason), flushed
+    periodically so other processes can read them.
+``quarantine``
+    rejected or unstorable messages (bounded, newest kept): topic, reason, first bytes.
+``node_rejects``
+    rejects per node and reason, summed over restarts.
+``meta``
+    what the collector must remember across restarts (the MQTT session it holds).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE samples (
+            node TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            received_ms INTEGER NOT NULL,
+            interval_s REAL NOT NULL,
+            cpu_pct REAL,
+            mem_used_bytes INTEGER NOT NULL,
+            mem_total_bytes INTEGER NOT NULL,
+            gpu_count INTEGER NOT NULL,
+            gpu_util_pct REAL,
+            gpu_mem_used_bytes INTEGER,
+            gpu_power_w REAL,
+            cpu_power_w REAL,
+            payload BLOB NOT NULL,
+            payload_dict INTEGER REFERENCES payload_dicts (id)  -- NULL: stored uncompressed
+        );
+        CREATE TABLE payload_dicts (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            dict BLOB NOT NULL
+        );
+        -- rowid grows with arrival, so retention deletes from the start of the table;
+        -- this index both dedups redelivered samples and serves per-node queries.
+        CREATE UNIQUE INDEX samples_node_ts ON samples (node, ts_ms);
+        CREATE TABLE nodes (
+            node TEXT PRIMARY KEY,
+            status TEXT,
+            status_ts REAL,
+            inventory BLOB,
+            inventory_ts REAL
+        );
+        CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL,
+            updated REAL NOT NULL
+        );
+        """,
+    ),
+    (
+        # Retention looks for old rows by time; without this index every pass ended with a
+        # scan of the whole table (minutes at 200M rows), stalling the only writer.
+        "0002_samples_ts_index",
+        "CREATE INDEX samples_ts ON samples (ts_ms);",
+    ),
+    (
+        # Retention deletes by arrival time: a node's clock decides nothing about how long
+        # its rows stay (a sample stamped in the future would otherwise never expire).
+        "0003_retention_by_arrival",
+        """
+        DROP INDEX samples_ts;
+        CREATE INDEX samples_received ON samples (received_ms);
+        """,
+    ),
+    (
+        # Messages that were rejected or could not be stored: acknowledged (so the broker
+        # stops redelivering them) and kept here, bounded, for `collector query --rejected`.
+        "0004_quarantine",
+        """
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            received_ms INTEGER NOT NULL,
+            node TEXT,                    -- from the topic, when it names one
+            topic TEXT NOT NULL,          -- at most 256 characters
+            reason TEXT NOT NULL,         -- counter name without rejected_: invalid, clock_skew...
+            detail TEXT NOT NULL,         -- at most 300 characters
+            payload_head BLOB NOT NULL,   -- the first 256 bytes
+            payload_bytes INTEGER NOT NULL
+        );
+        CREATE INDEX quarantine_node ON quarantine (node, id);
+        """,
+    ),
+    (
+        # Rejects per node and reason, summed over collector restarts (clock skew and
+        # rising rejects are per-node alerts), and small facts the collector must remember.
+        "0005_node_rejects_and_meta",
+        """
+        CREATE TABLE node_rejects (
+            node TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            last_ms INTEGER NOT NULL,
+            PRIMARY KEY (node, reason)
+        ) WITHOUT ROWID;
+        CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated REAL NOT NULL
+        );
+        """,
+    ),
+)

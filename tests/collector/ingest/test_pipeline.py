@@ -1,0 +1,306 @@
+"""The collector's core without a broker: reader -> queue -> writer -> store -> acks.
+
+A scripted subscriber stands in for the MQTT connection (the broker is the boundary); the
+store is a real SQLite file. The real-broker behaviour is in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.ingest.packets import Message
+from collector.ingest.reader import StopUnit, Unit
+from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.writer import Writer
+from collector.service import Collector
+from collector.settings import CollectorSettings
+from collector.store.db import Store
+from shared.clock import FakeClock
+from shared.errors import StoreError
+from shared.schema import encode
+from shared.topics import sample_topic
+from tests.collector.ingest.scripted import ScriptedBroker
+from tests.helpers import count_samples, db_rows, wait_until
+
+T0 = 1_800_000_000.0
+"""The collector's wall clock in these tests; samples are stamped just before it."""
+
+
+def _sample_messages(broker: ScriptedBroker, n_nodes: int, ticks: int) -> list[Message]:
+    sim = FleetSimulator(n_nodes, gpus_per_node=2, seed=5, interval_s=5)
+    out = []
+    for k in range(ticks):
+        for i in range(n_nodes):
+            s = sim.sample(i, T0 - 100 + 5 * k, k)
+            out.append(broker.message(sample_topic(s.node), encode(s)))
+    return out
+
+
+class Running:
+    """A collector on a scripted broker, in this event loop."""
+
+    def __init__(self, tmp_path: Path, broker: ScriptedBroker, **settings: object) -> None:
+        self.db = tmp_path / "c.db"
+        self.broker = broker
+        self.settings = CollectorSettings.model_validate({"db_path": self.db, **settings})
+        self.collector = Collector(
+            self.settings, clock=FakeClock(start_wall=T0), connect=broker.connect
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Collector:
+        """Start and wait until subscribed and the session fact is stored."""
+        self.task = asyncio.create_task(self.collector.run(), name="collector-under-test")
+        await wait_until(self.collector.connected.is_set, timeout_s=10, what="subscribed")
+        await wait_until(
+            lambda: bool(db_rows(self.db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+            timeout_s=10,
+            what="session remembered",
+        )
+        return self.collector
+
+    async def stop(self) -> None:
+        """Stop and wait for run() to return."""
+        self.collector.stop()
+        assert self.task is not None
+        async with asyncio.timeout(20):
+            await self.task
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    """A collector on a scripted broker whose probe counts stored samples."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker)
+    broker.probe = lambda: count_samples(run.db)
+    yield run
+    if run.task is not None and not run.task.done():
+        run.collector.stop()
+        await asyncio.wait_for(run.task, 20)
+
+
+@contextmanager
+def _write_locked(db: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection: the collector's commits wait."""
+    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+async def test_each_message_is_acked_only_after_the_commit_that_stored_it(
+    running: Running,
+) -> None:
+    """At every ack, the store already holds every sample acknowledged so far."""
+    await running.start()
+    messages = _sample_messages(running.broker, 10, 6)
+    with _write_locked(running.db):  # a backlog builds up behind the first commit
+        for i in range(0, 60, 10):
+            running.broker.deliver(messages[i : i + 10])
+        await wait_until(lambda: running.collector.counters["received"] == 60, what="60 taken")
+    await wait_until(lambda: len(running.broker.acked_ids()) == 60, what="60 acks")
+
+    acked = 0
+    commits: list[int] = []
+    for record in running.broker.acks:
+        acked += len(record.packet_ids)
+        assert record.observed >= acked, "acknowledged before it was stored"
+        if not commits or commits[-1] != record.observed:
+            commits.append(record.observed)
+    assert sorted(running.broker.acked_ids()) == sorted(m.packet_id or 0 for m in messages)
+    assert commits[-1] == 60
+    sizes = [b - a for a, b in zip([0, *commits], commits, strict=False)]
+    assert max(sizes) > 10, f"no batching across reads: commits of {sizes}"
+
+
+async def test_batches_end_at_read_boundaries_near_batch_max_rows(tmp_path: Path) -> None:
+    """With batch_max_rows=25 and reads of 10, a backlog is committed 30 rows at a time."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker, batch_max_rows=25)
+    broker.probe = lambda: count_samples(run.db)
+    await run.start()
+    messages = _sample_messages(broker, 10, 10)
+    with _write_locked(run.db):
+        for i in range(0, 100, 10):
+            broker.deliver(messages[i : i + 10])
+        await wait_until(lambda: run.collector.counters["received"] == 100, what="100 taken")
+    await wait_until(lambda: len(broker.acked_ids()) == 100, what="100 acks")
+    await run.stop()
+    observed = sorted({r.observed for r in broker.acks})
+    sizes = [b - a for a, b in zip([0, *observed], observed, strict=False)]
+    assert sum(sizes) == 100
+    assert all(size % 10 == 0 and size <= 30 for size in sizes), sizes
+    assert 30 in sizes, sizes
+
+
+async def test_stop_stores_and_acks_everything_the_reader_took(running: Running) -> None:
+    """A stop while the writer is behind still commits and acks every message received."""
+    await running.start()
+    messages = _sample_messages(running.broker, 20, 5)
+    with _write_locked(running.db):
+        for i in range(0, 100, 20):
+            running.broker.deliver(messages[i : i + 20])
+        await wait_until(lambda: running.collector.counters["received"] == 100, what="taken")
+        assert count_samples(running.db) == 0
+        running.collector.stop()  # with 100 samples still waiting for the writer
+    await running.stop()
+    assert count_samples(running.db) == 100
+    assert sorted(running.broker.acked_ids()) == sorted(m.packet_id or 0 for m in messages)
+    counters = dict(db_rows(running.db, "SELECT name, value FROM counters"))
+    assert counters["stored"] == 100  # the final counters are flushed too
+
+
+async def test_rejected_messages_are_quarantined_counted_per_node_and_acked(
+    running: Running,
+) -> None:
+    """Garbage, a future timestamp, a foreign topic: quarantined with the reason, acked."""
+    collector = await running.start()
+    broker = running.broker
+    sim = FleetSimulator(1, gpus_per_node=2, seed=1, interval_s=5)
+    node = sim.node_ids[0]
+    future = encode(sim.sample(0, T0 + 3600, 1))  # an hour ahead of the collector's clock
+    good = encode(sim.sample(0, T0 - 5, 2))
+    messages = [
+        broker.message(sample_topic(node), b"{not json"),
+        broker.message(sample_topic(node), future),
+        broker.message("somewhere/else", good),
+        broker.message(sample_topic(node), good),
+    ]
+    broker.deliver(messages)
+    await wait_until(lambda: len(broker.acked_ids()) == 4, what="all four acked")
+    await running.stop()
+
+    assert count_samples(running.db) == 1
+    quarantined = db_rows(
+        running.db, "SELECT node, topic, reason, payload_bytes FROM quarantine ORDER BY id"
+    )
+    assert quarantined == [
+        (node, sample_topic(node), "not_json", 9),
+        (node, sample_topic(node), "clock_skew", len(future)),
+        (None, "somewhere/else", "bad_topic", len(good)),
+    ]
+    assert collector.counters["rejected_clock_skew"] == 1
+    per_node = db_rows(running.db, "SELECT node, reason, count FROM node_rejects ORDER BY reason")
+    assert per_node == [(node, "clock_skew", 1), (node, "not_json", 1)]
+
+
+async def test_a_lost_broker_session_is_counted_and_the_collector_subscribes_again(
+    tmp_path: Path,
+) -> None:
+    """A restart that finds no session where one was held says so; a resumed one does not."""
+    broker = ScriptedBroker()
+    first = Running(tmp_path, broker)
+    await first.start()
+    await first.stop()
+    assert first.collector.counters["mqtt_sessions_lost"] == 0
+    assert len(broker.subscriptions) == 1
+
+    resumed = Running(tmp_path, broker)  # the broker kept the session
+    await resumed.start()
+    await resumed.stop()
+    assert resumed.collector.counters["mqtt_sessions_lost"] == 0
+    assert len(broker.subscriptions) == 1  # a resumed session is not subscribed again
+
+    broker.session_present = False  # someone took the session over, or the broker lost it
+    lost = Running(tmp_path, broker)
+    await lost.start()
+    await lost.stop()
+    assert lost.collector.counters["mqtt_sessions_lost"] == 1
+    assert len(broker.subscriptions) == 2
+
+
+# -- the writer on its own: data SQLite refuses, and a store that cannot be written ----------
+
+
+class _Link:
+    """Records acks; stands in for the connection a unit came from."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, packet_ids: list[int]) -> None:
+        self.acked.extend(packet_ids)
+
+
+async def _run_writer(store: Store, units: list[Unit]) -> Writer:
+    ingestor = Ingestor(FakeClock(start_wall=T0))
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    for unit in units:
+        queue.put_nowait(unit)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    queue.put_nowait(StopUnit(done))
+    writer = Writer(store, queue, ingestor, FakeClock(start_wall=T0), retention_s=1e9)
+    await asyncio.wait_for(writer.run(), 20)
+    return writer
+
+
+async def test_a_row_sqlite_refuses_is_found_by_bisection_and_quarantined(
+    tmp_path: Path,
+) -> None:
+    """One unstorable row among 64: the other 63 are stored, it is quarantined, all acked."""
+    sim = FleetSimulator(64, gpus_per_node=2, seed=8, interval_s=5)
+    rows = []
+    for i in range(64):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
+    # Past int64: what a validation gap once let through, and what crashed the writer.
+    rows[41] = rows[41]._replace(gpu_mem_used_bytes=2**64)
+    link = _Link()
+    unit = Unit(link, list(rows), list(range(1, 65)))  # type: ignore[arg-type]
+    async with Store(tmp_path / "c.db") as store:
+        writer = await _run_writer(store, [unit])
+    assert count_samples(tmp_path / "c.db") == 63
+    assert db_rows(
+        tmp_path / "c.db", "SELECT count(*) FROM samples WHERE node = ?", (rows[41].node,)
+    ) == [(0,)]
+    quarantined = db_rows(tmp_path / "c.db", "SELECT node, reason, detail FROM quarantine")
+    assert len(quarantined) == 1
+    assert quarantined[0][:2] == (rows[41].node, "store_refused")
+    assert "OverflowError" in quarantined[0][2]
+    assert link.acked == list(range(1, 65))
+    assert writer.counters["store_bisections"] >= 6  # log2(64) levels down to one row
+    assert writer.counters["stored"] == 63
+
+
+async def test_a_store_that_cannot_be_written_stops_without_acking(tmp_path: Path) -> None:
+    """Disk full: the writer raises a fatal StoreError and acknowledges nothing."""
+    db = tmp_path / "c.db"
+    sim = FleetSimulator(200, gpus_per_node=8, seed=3, interval_s=5)
+    rows = []
+    for i in range(200):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
+    link = _Link()
+    async with Store(db) as store:
+        pages = (await store.fetchall("PRAGMA page_count"))[0][0]
+        await store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        with pytest.raises(StoreError, match="full") as caught:
+            await _run_writer(store, [Unit(link, list(rows), list(range(1, 201)))])  # type: ignore[arg-type]
+    assert caught.value.fatal
+    assert caught.value.exit_code == 1
+    assert link.acked == []
+    assert count_samples(db) == 0
+
+
+async def test_statements_fit_an_old_sqlite_variable_limit(tmp_path: Path) -> None:
+    """With 999 bound variables (SQLite < 3.32), a 2,000-row batch is still stored."""
+    sim = FleetSimulator(200, gpus_per_node=2, seed=3, interval_s=5)
+    rows = []
+    for k in range(10):
+        for i in range(200):
+            s = sim.sample(i, T0 - 100 + 5 * k, k)
+            rows.append(sample_row(s, encode(s), T0))
+    async with Store(tmp_path / "c.db", variable_limit=999) as store:
+        assert store.max_variables == 999
+        assert await store.write_batch(rows) == 2000
+    assert count_samples(tmp_path / "c.db") == 2000

@@ -1,0 +1,107 @@
+"""The ingest validator: one item per message, rejects counted, quarantined, timed by our clock."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.ingest.validate import INT64_MAX, Ingestor, Rejected, sample_row
+from collector.store.db import NodeUpdate, SampleRow
+from shared.clock import FakeClock
+from shared.schema import encode
+from shared.topics import sample_topic, status_topic
+
+
+def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
+    """Rejects are counted per reason; the summary row holds GPU aggregates."""
+    clock = FakeClock(start_wall=1.8e9 + 1)
+    ing = Ingestor(clock)
+    sim = FleetSimulator(1, gpus_per_node=4, seed=9, interval_s=5)
+    s = sim.sample(0, 1.8e9, 0)
+    payload = encode(s)
+    row = ing.handle(sample_topic(s.node), payload)
+    assert isinstance(row, SampleRow)
+    assert row.gpu_count == 4
+    assert row.gpu_util_pct == pytest.approx(sum(g.util_pct or 0 for g in s.gpus) / 4)
+    assert row.gpu_power_w == pytest.approx(sum(g.power_interval_w or 0 for g in s.gpus))
+    assert row.ts_ms == round(s.ts * 1000)
+
+    for _ in range(3):
+        assert isinstance(ing.handle(sample_topic(s.node), b"]["), Rejected)
+    assert isinstance(ing.handle(sample_topic("other"), payload), Rejected)
+    bad = msgspec.json.decode(payload)
+    bad["cpu"]["pct"] = 300
+    assert isinstance(ing.handle(sample_topic(s.node), msgspec.json.encode(bad)), Rejected)
+    status = b'{"v":1,"node":"%s","status":"online"}' % s.node.encode()
+    assert ing.handle(status_topic(s.node), status) == NodeUpdate(
+        s.node, status="online", status_ts=1.8e9 + 1
+    )
+    assert ing.counters["rejected_not_json"] == 3
+    assert ing.counters["rejected_topic_mismatch"] == 1
+    assert ing.counters["rejected_invalid"] == 1
+    assert ing.counters["rejected"] == 5
+    assert ing.counters["samples"] == 1
+    assert ing.counters["status"] == 1
+
+
+@pytest.mark.parametrize(
+    ("ahead_s", "verdict"),
+    [(-3600.0, "stored"), (0.0, "stored"), (299.0, "stored"), (301.0, "clock_skew")],
+)
+def test_samples_ahead_of_the_collectors_clock_are_clock_skew(ahead_s: float, verdict: str) -> None:
+    """Up to max_skew_s ahead is accepted; further ahead is rejected as clock_skew."""
+    clock = FakeClock(start_wall=1.8e9)
+    ing = Ingestor(clock, max_skew_s=300)
+    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
+    s = sim.sample(0, 1.8e9 + ahead_s, 0)
+    item = ing.handle(sample_topic(s.node), encode(s))
+    if verdict == "stored":
+        assert isinstance(item, SampleRow)
+        assert item.received_ms == round(1.8e9 * 1000)
+    else:
+        assert isinstance(item, Rejected)
+        assert item.quarantine.reason == "clock_skew"
+        assert item.quarantine.node == s.node
+        assert ing.take_node_rejects() == {(s.node, "clock_skew"): (1, round(1.8e9 * 1000))}
+        assert ing.take_node_rejects() == {}  # taken once
+
+
+def test_samples_older_than_retention_are_too_old_late_ones_welcome() -> None:
+    """A sample replayed after an outage is stored while it is inside the retention window."""
+    ing = Ingestor(FakeClock(start_wall=1.8e9), max_age_s=3600)
+    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
+    late = sim.sample(0, 1.8e9 - 3500, 0)
+    expired = sim.sample(0, 1.8e9 - 3700, 1)
+    assert isinstance(ing.handle(sample_topic(late.node), encode(late)), SampleRow)
+    rejected = ing.handle(sample_topic(expired.node), encode(expired))
+    assert isinstance(rejected, Rejected)
+    assert rejected.quarantine.reason == "too_old"
+
+
+def test_quarantine_keeps_the_head_of_a_huge_payload_and_its_size() -> None:
+    """A 2 MB message: too_large, 256 bytes kept, the size recorded, the topic cut."""
+    ing = Ingestor(FakeClock())
+    item = ing.handle(sample_topic("n1"), b"x" * 2_000_000)
+    assert isinstance(item, Rejected)
+    q = item.quarantine
+    assert (q.reason, q.node, q.payload_bytes, len(q.payload_head)) == (
+        "too_large",
+        "n1",
+        2_000_000,
+        256,
+    )
+    long_topic = "capwatch/" + "y" * 5000
+    rejected = ing.handle(long_topic, b"{}")
+    assert isinstance(rejected, Rejected)
+    assert len(rejected.quarantine.topic) == 256
+    assert rejected.quarantine.node is None
+
+
+def test_gpu_memory_sum_cannot_overflow_int64() -> None:
+    """Whatever the schema lets through, the summary sum stays a storable integer."""
+    sim = FleetSimulator(1, gpus_per_node=2, seed=2, interval_s=5)
+    s = sim.sample(0, 1.8e9, 0)
+    huge = [msgspec.structs.replace(g, mem_used_bytes=2**62) for g in s.gpus]
+    row = sample_row(msgspec.structs.replace(s, gpus=huge), b"{}", 1.8e9)
+    assert row.gpu_mem_used_bytes == INT64_MAX
