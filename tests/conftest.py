@@ -1,4 +1,10 @@
-"""Fixtures shared by all tests: a real Mosquitto on a free loopback port."""
+"""Fixtures shared by all tests: a real Mosquitto on a free loopback port.
+
+Every test that uses a broker carries the ``integration`` marker (added here for users of
+the ``mosquitto`` fixture), so ``-m "not integration"`` runs the rest in seconds. When
+Mosquitto is missing those tests are skipped, and the run ends with one loud line saying
+how many and the command that fixes it; under ``CI=true`` they fail instead.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ import pytest
 
 from collector.localbroker import MosquittoBroker, find_mosquitto
 
+_NO_BROKER = "mosquitto is not installed"
+
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
@@ -17,6 +25,32 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     if find_mosquitto() is None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto is not installed; .ci/run must install it")
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.skip(f"{_NO_BROKER} (apt-get install mosquitto)")
     with MosquittoBroker(tmp_path / "broker") as broker:
         yield broker
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a broker are integration tests, whatever module they live in."""
+    for item in items:
+        if "mosquitto" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Say loudly, as the very last line, when integration tests were skipped for no broker."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = [
+        r
+        for r in reporter.stats.get("skipped", [])
+        if _NO_BROKER in str(getattr(r, "longrepr", ""))
+    ]
+    if skipped:
+        reporter.write_line(
+            f"!!! {len(skipped)} integration tests were SKIPPED: Mosquitto is not installed. "
+            "Fix: sudo apt-get install -y mosquitto   (then run scripts/test.sh again)",
+            red=True,
+            bold=True,
+        )

@@ -11,6 +11,7 @@ import pytest
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorSettings
+from shared.clock import Clock
 from shared.settings import MqttSettings
 
 
@@ -29,13 +30,14 @@ class CollectorRunner:
             mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
         )
         self.db = db
+        self.clock: Clock | None = None
         self.collector: Collector | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Collector:
         """Start a collector and wait until it is subscribed."""
         assert self._task is None, "stop the running collector first"
-        self.collector = Collector(self.settings)
+        self.collector = Collector(self.settings, clock=self.clock)
         self._task = asyncio.create_task(self.collector.run(), name="collector-under-test")
         async with asyncio.timeout(15):
             await self.collector.connected.wait()

@@ -67,7 +67,18 @@ async def test_agent_samples_show_in_collector_query_json(
     agent.start()
     db = collector_runner.db
     await wait_until(lambda: count_samples(db, NODE) >= 3, what="3 samples from the agent")
-    await asyncio.sleep(0.3)  # let the status/inventory batch land too
+    await wait_until(
+        lambda: (
+            db_rows(
+                db,
+                "SELECT count(*) FROM nodes WHERE node = ? AND status = 'online' "
+                "AND inventory IS NOT NULL",
+                (NODE,),
+            )
+            == [(1,)]
+        ),
+        what="the agent's status and inventory",
+    )
 
     summary = await _query_json(capsys, db)
     nodes = {n["node"]: n for n in summary["nodes"]}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiomqtt
 import msgspec
+import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import MosquittoBroker
+from shared.clock import FakeClock
 from shared.schema import encode
 from shared.topics import sample_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
+
+pytestmark = pytest.mark.integration
 
 
 async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
@@ -22,7 +25,8 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
     """Garbage, wrong version, wrong node, out-of-range values: counted, skipped, ingest goes on."""
     collector = await collector_runner.start()
     sim = FleetSimulator(2, gpus_per_node=2, seed=1, interval_s=5)
-    good = sim.sample(0, 1_800_000_000.0, 0)
+    now = time.time()
+    good = sim.sample(0, now - 10, 0)
     good_payload = encode(good)
     as_dict = msgspec.json.decode(good_payload)
     wrong_version = msgspec.json.encode({**as_dict, "v": 2})
@@ -53,7 +57,7 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
     async with aiomqtt.Client(
         mosquitto.host, mosquitto.port, identifier="good-publisher"
     ) as client:
-        await client.publish(sample_topic(other), encode(sim.sample(1, 1_800_000_005.0, 1)), qos=1)
+        await client.publish(sample_topic(other), encode(sim.sample(1, now - 5, 1)), qos=1)
     await wait_until(lambda: count_samples(collector_runner.db) == 2, what="ingest after rejects")
 
 
@@ -63,11 +67,12 @@ async def test_samples_published_while_collector_is_down_are_stored_after_restar
     """The persistent session makes the broker hold QoS 1 samples until the collector is back."""
     sim = FleetSimulator(20, gpus_per_node=8, seed=2, interval_s=1)
     await collector_runner.start()
-    first = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=5, burst=True, start_ts=1.8e9)
+    now = time.time()
+    first = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=5, burst=True, start_ts=now - 100)
     await wait_until(lambda: count_samples(collector_runner.db) == 100, what="first 100 samples")
 
     await collector_runner.stop()
-    second = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=10, burst=True, start_ts=1.9e9)
+    second = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=10, burst=True, start_ts=now - 50)
     assert count_samples(collector_runner.db) == 100  # nobody was there to store them
 
     await collector_runner.start()
@@ -85,42 +90,50 @@ async def test_samples_published_while_collector_is_down_are_stored_after_restar
 async def test_graceful_stop_commits_everything_received(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
-    """Stopping right after a burst still stores every sample the broker handed over."""
+    """Stopped mid-burst, the collector has stored every sample it took; the rest follows."""
     sim = FleetSimulator(50, gpus_per_node=8, seed=3, interval_s=1)
-    await collector_runner.start()
-    stats = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=20, burst=True, start_ts=1.8e9)
-    await asyncio.sleep(0.2)
+    collector = await collector_runner.start()
+    stats = await publish_fleet(
+        fast_mqtt(mosquitto), sim, ticks=20, burst=True, start_ts=time.time() - 60
+    )
+    await wait_until(lambda: collector.counters["samples"] >= 100, what="the burst arriving")
     await collector_runner.stop()  # likely mid-stream: the rest stays queued at the broker
-    stored_after_stop = count_samples(collector_runner.db)
+    taken = collector.counters["samples"]
+    assert count_samples(collector_runner.db) == taken  # nothing taken was left unstored
     await collector_runner.start()
     await wait_until(
         lambda: count_samples(collector_runner.db) == stats.published,
-        what=f"{stats.published} samples (had {stored_after_stop} at stop)",
+        what=f"{stats.published} samples (had {taken} at stop)",
     )
     assert count_samples(collector_runner.db) == 1000
     assert db_rows(collector_runner.db, "SELECT count(DISTINCT node) FROM samples") == [(50,)]
 
 
-async def test_retention_deletes_old_samples_while_running(
+async def test_retention_deletes_by_arrival_time_while_running(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
-    """Samples older than the retention window go; recent ones and ingest are unaffected."""
+    """Samples that arrived before the window go, whatever their own timestamps say."""
+    now = time.time()
+    clock = FakeClock(start_wall=now)
+    collector_runner.clock = clock
     collector_runner.settings = collector_runner.settings.model_copy(
         update={"retention_s": 600.0, "retention_check_s": 0.2, "retention_chunk_rows": 100}
     )
     await collector_runner.start()
     sim = FleetSimulator(10, gpus_per_node=2, seed=6, interval_s=1)
-    now = time.time()
-    old = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=30, burst=True, start_ts=now - 3600)
-    new = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=5, burst=True, start_ts=now - 10)
+    old = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=30, burst=True, start_ts=now - 100)
+    await wait_until(lambda: count_samples(collector_runner.db) == 300, what="300 stored")
+
+    clock.advance(700)  # the collector's clock: those 300 arrived 700 s ago now
+    new = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=5, burst=True, start_ts=now + 650)
     assert (old.published, new.published) == (300, 50)
     await wait_until(
         lambda: (
             count_samples(collector_runner.db) == 50
             and db_rows(collector_runner.db, "SELECT min(ts_ms) FROM samples")[0][0]
-            >= round((now - 10) * 1000)
+            >= round((now + 650) * 1000)
         ),
-        what="only the 50 recent samples left",
+        what="only the 50 recent arrivals left",
     )
     assert collector_runner.collector is not None
     assert collector_runner.collector.counters["retention_deleted"] == 300
