@@ -74,7 +74,9 @@ def _rss_mb(pid: int) -> float:
 
 
 class _Collector:
-    def __init__(self, broker: MosquittoBroker, db: Path, log: Path) -> None:
+    def __init__(
+        self, broker: MosquittoBroker, db: Path, log: Path, synchronous: str = "full"
+    ) -> None:
         self.argv = [
             str(BIN / "collector"),
             "run",
@@ -88,11 +90,14 @@ class _Collector:
             "warning",
         ]
         self.log = log
+        self.env = {**os.environ, "CAPWATCH_SQLITE_SYNCHRONOUS": synchronous}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=fh, stderr=subprocess.STDOUT, env=self.env
+            )
         return self.proc
 
     def stop(self) -> tuple[float, float]:
@@ -122,20 +127,35 @@ def _wait_stored(
     return n, time.monotonic() - t0
 
 
-def bench_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
+def _wait_subscribed(db: Path, timeout_s: float = 30.0) -> None:
+    """Until the collector has stored the fact that it holds a broker session."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            with sqlite3.connect(db, timeout=5) as conn:
+                if conn.execute("SELECT 1 FROM meta WHERE key = 'mqtt_session'").fetchone():
+                    return
+        except sqlite3.OperationalError:
+            pass  # not created yet
+        time.sleep(0.05)
+    raise TimeoutError(f"the collector did not subscribe within {timeout_s} s")
+
+
+def bench_drain(work: Path, nodes: int, ticks: int, synchronous: str) -> dict[str, float]:
     """Queue a burst at the broker, then time the collector storing all of it."""
     db = work / "drain.db"
     inflight = int(os.environ.get("BENCH_INFLIGHT", "1000"))
     with MosquittoBroker(work / "broker-drain", max_inflight=inflight) as broker:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
-        col = _Collector(broker, db, work / "collector-drain.log")
+        col = _Collector(broker, db, work / "collector-drain.log", synchronous)
         col.start()
-        _wait_stored(db, 0, 1)
-        time.sleep(1.5)  # subscribed: the broker now keeps a session for it
+        _wait_subscribed(db)  # the broker now keeps a session for it
         col.stop()
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
         t0 = time.monotonic()
-        stats = asyncio.run(publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=1.8e9))
+        stats = asyncio.run(
+            publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=time.time() - ticks - 60)
+        )
         publish_s = time.monotonic() - t0
         broker_cpu0 = _cpu_s(broker.pid)
         proc = col.start()
@@ -166,14 +186,14 @@ def bench_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
     }
 
 
-def bench_live(work: Path, nodes: int, seconds: int) -> dict[str, float]:
+def bench_live(work: Path, nodes: int, seconds: int, synchronous: str) -> dict[str, float]:
     """Collector running while the simulator offers ``nodes`` samples per second."""
     db = work / "live.db"
     with MosquittoBroker(work / "broker-live") as broker:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
-        col = _Collector(broker, db, work / "collector-live.log")
+        col = _Collector(broker, db, work / "collector-live.log", synchronous)
         col.start()
-        time.sleep(1.5)
+        _wait_subscribed(db)
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=8, interval_s=1.0)
         t0 = time.monotonic()
         stats = asyncio.run(publish_fleet(mqtt, sim, ticks=seconds, burst=False))
@@ -211,20 +231,26 @@ def main() -> None:
         "--seconds", type=int, default=10, help="live: seconds of offered load (default 10)"
     )
     p.add_argument("--mode", choices=["drain", "live", "both"], default="both")
+    p.add_argument(
+        "--synchronous",
+        choices=["full", "normal"],
+        default="full",
+        help="the collector's SQLite synchronous mode (default full: acks survive power loss)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="capwatch-bench-") as tmp:
         work = Path(tmp)
         if args.mode in ("drain", "both"):
-            results["drain"] = bench_drain(work, args.nodes, args.ticks)
+            results["drain"] = bench_drain(work, args.nodes, args.ticks, args.synchronous)
         if args.mode in ("live", "both"):
-            results["live"] = bench_live(work, args.nodes, args.seconds)
+            results["live"] = bench_live(work, args.nodes, args.seconds, args.synchronous)
     if args.json:
         print(json.dumps(results, indent=2))
         return
     for mode, figures in results.items():
-        print(f"[{mode}] nodes={args.nodes} (8 GPUs each)")
+        print(f"[{mode}] nodes={args.nodes} (8 GPUs each), synchronous={args.synchronous}")
         for k, v in figures.items():
             print(f"  {k:32s} {v}")
 

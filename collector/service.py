@@ -19,8 +19,13 @@ poison handling without a broker; the real one is :class:`MqttSubscriber`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import ssl
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 
 from collector.ingest.reader import Connect, Reader, StopUnit, Subscriber, Unit
 from collector.ingest.validate import Ingestor
@@ -28,6 +33,7 @@ from collector.ingest.writer import Writer
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import Clock, SystemClock
+from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
 
@@ -80,6 +86,12 @@ class Collector:
         connect = self._connect or self._mqtt_connect(s.mqtt.tls_context())  # once, up front
         session_key = f"{s.mqtt.host}:{s.mqtt.port}/{s.client_id}"
         log.info("collector_starting", db=str(s.db_path), session=session_key)
+        with _only_collector(s.db_path, s.client_id):
+            await self._run(connect, session_key)
+        log.info("collector_stopped", **dict(self.counters))
+
+    async def _run(self, connect: Connect, session_key: str) -> None:
+        s = self.settings
         async with Store(
             s.db_path, compress=s.compress_payloads, synchronous=s.sqlite_synchronous
         ) as store:
@@ -114,7 +126,6 @@ class Collector:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")
                 tg.create_task(writer.run(), name="store-writer")
-        log.info("collector_stopped", **dict(self.counters))
 
     def _mqtt_connect(self, ssl_context: ssl.SSLContext | None) -> Connect:
         from collector.ingest.subscriber import MqttSubscriber  # noqa: PLC0415 (not for tests)
@@ -135,3 +146,38 @@ class Collector:
             )
 
         return connect
+
+
+@contextlib.contextmanager
+def _only_collector(db: Path, client_id: str) -> Iterator[None]:
+    """Refuse to run beside another collector on the same database.
+
+    Two would share one broker session (same client id): each connect takes the session from
+    the other, and the broker's backlog goes wherever the last one connected.
+    """
+    lock = db.with_name(db.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {str(lock)!r} next to the database: {exc.strerror}: "
+            "set db_path (--db / CAPWATCH_DB_PATH) to a writable folder",
+            field="db_path",
+        ) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(
+                f"another collector (pid {holder}) is running on {str(db)!r}: stop it first; "
+                f"two collectors with client id {client_id!r} would take the broker session "
+                "from each other",
+                field="db_path",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -23,7 +23,7 @@ from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import FakeClock
-from shared.errors import StoreError
+from shared.errors import ConfigError, StoreError
 from shared.schema import encode
 from shared.topics import sample_topic
 from tests.collector.ingest.scripted import ScriptedBroker
@@ -304,3 +304,18 @@ async def test_statements_fit_an_old_sqlite_variable_limit(tmp_path: Path) -> No
         assert store.max_variables == 999
         assert await store.write_batch(rows) == 2000
     assert count_samples(tmp_path / "c.db") == 2000
+
+
+async def test_a_second_collector_on_the_same_database_is_refused(running: Running) -> None:
+    """Two collectors would steal one broker session from each other: the second one stops."""
+    await running.start()
+    second = Collector(
+        running.settings, clock=FakeClock(start_wall=T0), connect=running.broker.connect
+    )
+    with pytest.raises(ConfigError, match=r"another collector \(pid \d+\) is running"):
+        await second.run()
+    assert running.broker.connections == 1
+    await running.stop()
+    again = Running(running.db.parent, running.broker)  # the lock went with the first one
+    await again.start()
+    await again.stop()
