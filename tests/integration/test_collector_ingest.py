@@ -61,6 +61,54 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
     await wait_until(lambda: count_samples(collector_runner.db) == 2, what="ingest after rejects")
 
 
+async def test_a_hostile_node_cannot_stop_or_poison_ingestion(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """The cases that once crash-looped the collector or were stored: all quarantined, acked."""
+    collector = await collector_runner.start()
+    sim = FleetSimulator(1, gpus_per_node=2, seed=4, interval_s=5)
+    node = sim.node_ids[0]
+    now = time.time()
+    base = msgspec.json.decode(encode(sim.sample(0, now - 30, 0)))
+
+    def variant(**changes: object) -> bytes:
+        doc = msgspec.json.decode(msgspec.json.encode(base))
+        for path, value in changes.items():
+            target = doc
+            *parents, leaf = path.split("__")
+            for part in parents:
+                target = target[int(part)] if part.isdigit() else target[part]
+            target[int(leaf) if leaf.isdigit() else leaf] = value
+        return msgspec.json.encode(doc)
+
+    hostile = [
+        variant(gpus__0__mem_used_bytes=2**62, gpus__1__mem_used_bytes=2**62),
+        variant(disk_io__read_bytes_per_s=1e300),
+        variant(gpus__0__energy_j=1e300),
+        variant(cpu__load1=2**80),
+        variant(cpu__per_core_pct=[1.0] * 150_000),
+        variant(gpus__0__uuid="NaN"),
+        variant(ts=now + 86_400),  # a day ahead
+        variant(seq=2**64),
+    ]
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hostile") as client:
+        for payload in hostile:
+            await client.publish(sample_topic(node), payload, qos=1)
+        await client.publish(sample_topic(node), encode(sim.sample(0, now - 5, 1)), qos=1)
+
+    await wait_until(lambda: count_samples(collector_runner.db) == 1, what="the good sample")
+    await wait_until(
+        lambda: db_rows(collector_runner.db, "SELECT count(*) FROM quarantine") == [(8,)],
+        what="eight quarantined messages",
+    )
+    reasons = db_rows(collector_runner.db, "SELECT reason FROM quarantine ORDER BY id")
+    assert [r for (r,) in reasons] == ["invalid"] * 6 + ["clock_skew", "invalid"]
+    assert collector.counters["rejected"] == 8
+    stored = db_rows(collector_runner.db, "SELECT seq, gpu_mem_used_bytes FROM samples")
+    assert stored[0][0] == 1
+    assert 0 <= stored[0][1] < 2**40
+
+
 async def test_samples_published_while_collector_is_down_are_stored_after_restart(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
