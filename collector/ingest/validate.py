@@ -15,13 +15,21 @@ Time checks use the collector's clock, not the node's: a sample stamped more tha
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
 from shared.clock import Clock
 from shared.errors import SchemaError
 from shared.logging import get_logger
-from shared.schema import Sample, decode_inventory, decode_sample, decode_status
+from shared.schema import (
+    Inventory,
+    NodeStatus,
+    Sample,
+    decode_inventory,
+    decode_sample,
+    decode_status,
+)
 from shared.topics import parse_topic
 
 __all__ = ["INT64_MAX", "Ingestor", "Item", "Rejected", "sample_row"]
@@ -46,6 +54,12 @@ class Rejected(NamedTuple):
 
 Item = SampleRow | NodeUpdate | Rejected
 """What :meth:`Ingestor.handle` makes of one message."""
+
+_DECODERS: Final[dict[str, Callable[[bytes], Sample | NodeStatus | Inventory]]] = {
+    "sample": decode_sample,
+    "status": decode_status,
+    "inventory": decode_inventory,
+}
 
 
 def _clamped_sum(values: list[int]) -> int:
@@ -119,93 +133,74 @@ class Ingestor:
         now = self.clock.time()
         parsed = parse_topic(topic)
         if parsed is None:
+            detail = "topic is not capwatch/v1/nodes/<node>/<kind>"
             return self._reject(
-                "bad_topic",
-                topic,
-                payload,
-                "topic is not capwatch/v1/nodes/<node>/<kind>",
-                node=None,
-                now=now,
+                "bad_topic", detail, topic=topic, payload=payload, node=None, now=now
             )
         node, kind = parsed
-        if len(payload) > MAX_PAYLOAD_BYTES:
+        decode = _DECODERS.get(kind)
+        if decode is None:
+            detail = f"unknown message kind {kind!r}"
             return self._reject(
-                "too_large", topic, payload, f"{len(payload)} bytes", node=node, now=now
+                "bad_topic", detail, topic=topic, payload=payload, node=node, now=now
+            )
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            detail = f"{len(payload)} bytes"
+            return self._reject(
+                "too_large", detail, topic=topic, payload=payload, node=node, now=now
             )
         try:
-            if kind == "sample":
-                sample = decode_sample(payload)
-                if sample.node != node:
-                    return self._reject(
-                        "topic_mismatch",
-                        topic,
-                        payload,
-                        f"payload node {sample.node!r} != topic node",
-                        node=node,
-                        now=now,
-                    )
-                ahead_s = sample.ts - now
-                if ahead_s > self.max_skew_s:
-                    return self._reject(
-                        "clock_skew",
-                        topic,
-                        payload,
-                        f"sample is {ahead_s:.0f} s ahead of the collector's clock "
-                        f"(more than {self.max_skew_s:g} s): fix the node's time (NTP)",
-                        node=node,
-                        now=now,
-                    )
-                if now - sample.ts > self.max_age_s:
-                    return self._reject(
-                        "too_old",
-                        topic,
-                        payload,
-                        f"sample is {now - sample.ts:.0f} s old, past the retention window",
-                        node=node,
-                        now=now,
-                    )
-                self.counters["samples"] += 1
-                return sample_row(sample, payload, now)
-            if kind == "status":
-                status = decode_status(payload)
-                if status.node != node:
-                    return self._reject(
-                        "topic_mismatch",
-                        topic,
-                        payload,
-                        "payload node != topic node",
-                        node=node,
-                        now=now,
-                    )
-                self.counters["status"] += 1
-                return NodeUpdate(node=node, status=status.status, status_ts=now)
-            if kind == "inventory":
-                inventory = decode_inventory(payload)
-                if inventory.node != node:
-                    return self._reject(
-                        "topic_mismatch",
-                        topic,
-                        payload,
-                        "payload node != topic node",
-                        node=node,
-                        now=now,
-                    )
-                self.counters["inventory"] += 1
-                return NodeUpdate(node=node, inventory=bytes(payload), inventory_ts=now)
+            message = decode(payload)
         except SchemaError as exc:
-            return self._reject(exc.reason, topic, payload, str(exc), node=node, now=now)
-        return self._reject(
-            "bad_topic", topic, payload, f"unknown kind {kind!r}", node=node, now=now
-        )
+            return self._reject(
+                exc.reason, str(exc), topic=topic, payload=payload, node=node, now=now
+            )
+        if message.node != node:
+            detail = f"payload node {message.node!r} != topic node"
+            return self._reject(
+                "topic_mismatch", detail, topic=topic, payload=payload, node=node, now=now
+            )
+        if isinstance(message, Sample):
+            problem = self._timing_problem(message.ts, now)
+            if problem is not None:
+                return self._reject(*problem, topic=topic, payload=payload, node=node, now=now)
+            self.counters["samples"] += 1
+            return sample_row(message, payload, now)
+        if isinstance(message, NodeStatus):
+            self.counters["status"] += 1
+            return NodeUpdate(node=node, status=message.status, status_ts=now)
+        self.counters["inventory"] += 1
+        return NodeUpdate(node=node, inventory=bytes(payload), inventory_ts=now)
+
+    def _timing_problem(self, ts: float, now: float) -> tuple[str, str] | None:
+        """``(reason, detail)`` when a sample's own time is not acceptable, else ``None``."""
+        if ts - now > self.max_skew_s:
+            return (
+                "clock_skew",
+                f"sample is {ts - now:.0f} s ahead of the collector's clock (more than "
+                f"{self.max_skew_s:g} s): fix the node's time (NTP)",
+            )
+        if now - ts > self.max_age_s:
+            return "too_old", f"sample is {now - ts:.0f} s old, past the retention window"
+        return None
 
     def reject(self, reason: str, topic: str, payload: bytes, detail: str) -> Rejected:
         """Count and quarantine a message for a reason found after validation (the writer's)."""
         parsed = parse_topic(topic)
         node = parsed[0] if parsed is not None else None
-        return self._reject(reason, topic, payload, detail, node=node, now=self.clock.time())
+        return self._reject(
+            reason, detail, topic=topic, payload=payload, node=node, now=self.clock.time()
+        )
 
     def _reject(
-        self, reason: str, topic: str, payload: bytes, detail: str, *, node: str | None, now: float
+        self,
+        reason: str,
+        detail: str,
+        *,
+        topic: str,
+        payload: bytes,
+        node: str | None,
+        now: float,
     ) -> Rejected:
         """Count and (rate-limited) log a rejected message; return its quarantine row."""
         self.counters[f"rejected_{reason}"] += 1
