@@ -2,11 +2,16 @@
 
 Both sides import these structs, so the agent cannot publish what the collector would
 reject. Decoding with :func:`decode_sample` validates types and ranges in one C pass
-(msgspec); anything that fails raises :class:`shared.errors.SchemaError`.
+(msgspec); anything that fails raises :class:`shared.errors.SchemaError` naming the field
+path. Constructing a struct in Python does not check ranges: only decoding does.
 
 Units are in the field names (``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``, ``_c``).
 Rates that need two counter readings are ``None`` on the first sample and after a
 counter went backwards (reset, wrap, driver reload): "unknown", never ``0``.
+
+Every number, list and string has a bound (the ``MAX_*`` constants below): shared/schema.md
+gives each field's unit, range and reason, and the arithmetic that keeps the collector's
+per-sample sums inside SQLite's signed 64-bit integers.
 """
 
 from __future__ import annotations
@@ -18,6 +23,49 @@ import msgspec
 from shared.errors import SchemaError
 
 __all__ = [
+    "GPU_STATUS_PATTERN",
+    "GPU_UUID_PATTERN",
+    "INT64_MAX",
+    "MAC_PATTERN",
+    "MAX_CLOCK_EVENT_REASONS",
+    "MAX_CLOCK_MHZ",
+    "MAX_COUNTER",
+    "MAX_CPUS",
+    "MAX_CPU_POWER_W",
+    "MAX_DEVICE_BYTES_PER_S",
+    "MAX_DISKS",
+    "MAX_ENERGY_J",
+    "MAX_FSTYPE_LEN",
+    "MAX_FS_BYTES",
+    "MAX_GPUS",
+    "MAX_GPU_MEM_BYTES",
+    "MAX_GPU_POWER_W",
+    "MAX_GPU_STATUS_LEN",
+    "MAX_HOSTNAME_LEN",
+    "MAX_HOST_MEM_BYTES",
+    "MAX_INTERVAL_S",
+    "MAX_LOAD",
+    "MAX_MODEL_NAME_LEN",
+    "MAX_NICS",
+    "MAX_NIC_NAME_LEN",
+    "MAX_NIC_SPEED_MBPS",
+    "MAX_NODE_BYTES_PER_S",
+    "MAX_NODE_ID_LEN",
+    "MAX_PATH_LEN",
+    "MAX_PID",
+    "MAX_PROCESSES_PER_GPU",
+    "MAX_PSTATE",
+    "MAX_SERIAL_LEN",
+    "MAX_TEMP_C",
+    "MAX_TS_S",
+    "MAX_VERSION_LEN",
+    "MAX_XID",
+    "MAX_XIDS",
+    "MIN_INTERVAL_S",
+    "MIN_TEMP_C",
+    "MIN_TS_S",
+    "NODE_ID_PATTERN",
+    "PCI_BUS_ID_PATTERN",
     "SCHEMA_VERSION",
     "CpuStats",
     "DiskIoStats",
@@ -43,19 +91,117 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 
-# Constrained scalar types. Bounds are physical sanity limits, not alert thresholds:
-# a value outside them is a broken sensor or a forged message.
+# Bounds are physical sanity limits, not alert thresholds: a value outside them is a broken
+# sensor, a counter glitch or a forged message, and the whole message is rejected. Each one is
+# explained in shared/schema.md; the collector imports them (e.g. MAX_GPUS) to size its own
+# arithmetic. All inclusive, except MAX_TS_S (a timestamp must be before it).
+
+INT64_MAX: Final = 2**63 - 1
+"""SQLite stores integers as signed 64-bit: no stored value or per-sample sum may exceed it."""
+
+# -- list lengths
+MAX_GPUS: Final = 64
+MAX_CPUS: Final = 8192
+"""Linux's largest NR_CPUS (CONFIG_MAXSMP); bounds ``per_core_pct`` and the CPU counts."""
+MAX_DISKS: Final = 256
+MAX_NICS: Final = 1024
+MAX_PROCESSES_PER_GPU: Final = 256
+MAX_XIDS: Final = 1024
+
+# -- string lengths and patterns. Patterns end in \Z, not $: Python's $ also matches before a
+# trailing newline, so "GPU-...\n" would pass.
+MAX_NODE_ID_LEN: Final = 63
+MAX_NIC_NAME_LEN: Final = 15
+"""IFNAMSIZ - 1."""
+MAX_PATH_LEN: Final = 4096
+"""PATH_MAX: mount points and device paths."""
+MAX_FSTYPE_LEN: Final = 64
+MAX_MODEL_NAME_LEN: Final = 256
+MAX_SERIAL_LEN: Final = 64
+MAX_HOSTNAME_LEN: Final = 253
+MAX_VERSION_LEN: Final = 80
+"""NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE; also the agent version."""
+MAX_GPU_STATUS_LEN: Final = 32
+_UUID = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+GPU_UUID_PATTERN: Final = (
+    rf"^(?:GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}})\Z"
+)
+"""NVML: ``GPU-<uuid>``; MIG devices ``MIG-<uuid>`` (R470+) or ``MIG-GPU-<uuid>/<gi>/<ci>``."""
+PCI_BUS_ID_PATTERN: Final = r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\Z"
+"""``domain:bus:device.function``, e.g. ``00000000:3B:00.0`` (4-digit legacy domain too)."""
+MAC_PATTERN: Final = r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){0,31}\Z"
+"""Up to MAX_ADDR_LEN (32) octets: Ethernet has 6, InfiniBand 20."""
+NODE_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_ID_LEN - 1}}}\Z"
+"""The rule of :data:`shared.topics.NODE_ID_RE` (one safe MQTT topic level)."""
+GPU_STATUS_PATTERN: Final = rf"^[a-z][a-z0-9_]{{0,{MAX_GPU_STATUS_LEN - 1}}}\Z"
+"""``ok``, ``no_driver``, ...: a lower-case word, so a new agent's reason still decodes."""
+
+# -- numbers
+MIN_TS_S: Final = 946_684_800.0
+"""2000-01-01T00:00:00Z: an earlier wall clock is a node whose RTC was reset."""
+MAX_TS_S: Final = 4_102_444_800.0
+"""2100-01-01T00:00:00Z."""
+MIN_INTERVAL_S: Final = 0.01
+MAX_INTERVAL_S: Final = 3600.0
+MAX_GPU_MEM_BYTES: Final = 2**42
+"""4 TiB per GPU (B300 has 288 GB)."""
+MAX_HOST_MEM_BYTES: Final = 2**48
+"""256 TiB of RAM or swap per node (the largest single-image servers have 48 TiB)."""
+MAX_FS_BYTES: Final = 2**54
+"""16 PiB per filesystem."""
+MAX_DEVICE_BYTES_PER_S: Final = 5e11
+"""500 GB/s = 4 Tb/s per network interface (a bond of 8 x 400G is 400 GB/s)."""
+MAX_NODE_BYTES_PER_S: Final = 5e12
+"""5 TB/s node totals (disk I/O, network): more than a node's memory system can move."""
+MAX_NIC_SPEED_MBPS: Final = 4_000_000
+"""4 Tb/s link speed, the same figure as MAX_DEVICE_BYTES_PER_S."""
+MAX_GPU_POWER_W: Final = 5_000.0
+MAX_CPU_POWER_W: Final = 10_000.0
+MAX_ENERGY_J: Final = 1e12
+"""45 years at 700 W; as mJ (NVML's unit) 1e15 < 2**53, so float64 keeps every mJ."""
+MIN_TEMP_C: Final = -60.0
+MAX_TEMP_C: Final = 200.0
+MAX_CLOCK_MHZ: Final = 10_000
+MAX_PSTATE: Final = 32
+"""P0-P15; NVML's ``NVML_PSTATE_UNKNOWN`` is 32."""
+MAX_CLOCK_EVENT_REASONS: Final = 2**32 - 1
+"""Bitmask; NVML defines bits up to 0x400."""
+MAX_XID: Final = 2**32 - 1
+MAX_LOAD: Final = 4_194_304.0
+"""A load average counts tasks, and Linux has at most PID_MAX_LIMIT (2**22) of them."""
+MAX_PID: Final = 4_194_304
+"""Linux's PID_MAX_LIMIT on 64-bit."""
+MAX_COUNTER: Final = 2**53 - 1
+"""Error/drop/ECC counters, remapped rows, seq: exact in float64 JSON readers, and
+MAX_NICS of them sum below INT64_MAX."""
+
+# Constrained scalar types.
 Pct = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
-_INT64_MAX: Final = 2**63 - 1  # SQLite stores integers as signed 64-bit
-Bytes = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
-Rate = Annotated[float, msgspec.Meta(ge=0.0)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
-Watts = Annotated[float, msgspec.Meta(ge=0.0, le=100_000.0)]
-Joules = Annotated[float, msgspec.Meta(ge=0.0)]
-Celsius = Annotated[float, msgspec.Meta(ge=-60.0, le=200.0)]
-Mhz = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
-Timestamp = Annotated[float, msgspec.Meta(gt=0.0, lt=1e10)]  # before the year 2286
-NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_HOST_MEM_BYTES)]
+"""Host memory and swap."""
+GpuBytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_GPU_MEM_BYTES)]
+FsBytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_FS_BYTES)]
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_DEVICE_BYTES_PER_S)]
+"""One network interface, bytes/s."""
+NodeRate = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_NODE_BYTES_PER_S)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+Watts = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_GPU_POWER_W)]
+"""One GPU."""
+CpuWatts = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_CPU_POWER_W)]
+Joules = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_ENERGY_J)]
+Celsius = Annotated[float, msgspec.Meta(ge=MIN_TEMP_C, le=MAX_TEMP_C)]
+Mhz = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK_MHZ)]
+Load = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LOAD)]
+CpuCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_CPUS)]
+GpuIndex = Annotated[int, msgspec.Meta(ge=0, le=MAX_GPUS - 1)]
+Timestamp = Annotated[float, msgspec.Meta(ge=MIN_TS_S, lt=MAX_TS_S)]
+NodeId = Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
+GpuUuid = Annotated[str, msgspec.Meta(pattern=GPU_UUID_PATTERN)]
+
+
+# Strings: the length caps keep one message from carrying megabytes in a field.
+NicName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NIC_NAME_LEN)]
+PathText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATH_LEN)]
 
 
 class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=False):
@@ -65,12 +211,12 @@ class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_def
 class CpuStats(_Struct, frozen=True):
     """CPU utilisation over the last interval and load averages."""
 
-    count: Annotated[int, msgspec.Meta(ge=1)]
+    count: CpuCount
     pct: Pct | None = None
-    per_core_pct: list[Pct] | None = None
-    load1: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
-    load5: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
-    load15: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    per_core_pct: Annotated[list[Pct], msgspec.Meta(max_length=MAX_CPUS)] | None = None
+    load1: Load = 0.0
+    load5: Load = 0.0
+    load15: Load = 0.0
 
 
 class MemStats(_Struct, frozen=True):
@@ -86,24 +232,24 @@ class MemStats(_Struct, frozen=True):
 class DiskStats(_Struct, frozen=True):
     """One mounted filesystem."""
 
-    mount: str
-    device: str
-    fstype: str
-    total_bytes: Bytes
-    used_bytes: Bytes
+    mount: PathText
+    device: PathText
+    fstype: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FSTYPE_LEN)]
+    total_bytes: FsBytes
+    used_bytes: FsBytes
 
 
 class DiskIoStats(_Struct, frozen=True):
     """Whole-node block I/O rates."""
 
-    read_bytes_per_s: Rate | None = None
-    write_bytes_per_s: Rate | None = None
+    read_bytes_per_s: NodeRate | None = None
+    write_bytes_per_s: NodeRate | None = None
 
 
 class NicStats(_Struct, frozen=True):
     """One network interface: rates over the interval, error/drop counters since boot."""
 
-    name: str
+    name: NicName
     rx_bytes_per_s: Rate | None = None
     tx_bytes_per_s: Rate | None = None
     rx_errors: Count = 0
@@ -115,16 +261,18 @@ class NicStats(_Struct, frozen=True):
 class NetStats(_Struct, frozen=True):
     """Network totals over all non-loopback interfaces, plus each interface."""
 
-    rx_bytes_per_s: Rate | None = None
-    tx_bytes_per_s: Rate | None = None
-    nics: list[NicStats] = msgspec.field(default_factory=list)
+    rx_bytes_per_s: NodeRate | None = None
+    tx_bytes_per_s: NodeRate | None = None
+    nics: Annotated[list[NicStats], msgspec.Meta(max_length=MAX_NICS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class GpuProcess(_Struct, frozen=True):
     """A compute process on a GPU."""
 
-    pid: Annotated[int, msgspec.Meta(ge=0)]
-    used_mem_bytes: Bytes | None = None
+    pid: Annotated[int, msgspec.Meta(ge=0, le=MAX_PID)]
+    used_mem_bytes: GpuBytes | None = None
 
 
 class GpuEcc(_Struct, frozen=True):
@@ -148,12 +296,12 @@ class GpuRemappedRows(_Struct, frozen=True):
 class GpuSample(_Struct, frozen=True):
     """One GPU at one tick. A field the device does not support is ``None``."""
 
-    index: Annotated[int, msgspec.Meta(ge=0, le=1023)]
-    uuid: str
+    index: GpuIndex
+    uuid: GpuUuid
     util_pct: Pct | None = None
     mem_util_pct: Pct | None = None
-    mem_used_bytes: Bytes | None = None
-    mem_total_bytes: Bytes | None = None
+    mem_used_bytes: GpuBytes | None = None
+    mem_total_bytes: GpuBytes | None = None
     power_w: Watts | None = None
     """Instantaneous (or driver-averaged) power from ``nvmlDeviceGetPowerUsage``."""
     power_interval_w: Watts | None = None
@@ -162,9 +310,13 @@ class GpuSample(_Struct, frozen=True):
     """Energy counter since driver load."""
     temp_c: Celsius | None = None
     sm_clock_mhz: Mhz | None = None
-    clock_event_reasons: Count | None = None
-    pstate: Annotated[int, msgspec.Meta(ge=0, le=32)] | None = None
-    processes: list[GpuProcess] = msgspec.field(default_factory=list)
+    clock_event_reasons: Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK_EVENT_REASONS)] | None = (
+        None
+    )
+    pstate: Annotated[int, msgspec.Meta(ge=0, le=MAX_PSTATE)] | None = None
+    processes: Annotated[list[GpuProcess], msgspec.Meta(max_length=MAX_PROCESSES_PER_GPU)] = (
+        msgspec.field(default_factory=list)
+    )
     ecc: GpuEcc | None = None
     """Only on slow ticks."""
     remapped_rows: GpuRemappedRows | None = None
@@ -174,8 +326,8 @@ class GpuSample(_Struct, frozen=True):
 class XidEvent(_Struct, frozen=True):
     """An XID error reported by the driver since the previous sample."""
 
-    gpu_index: Annotated[int, msgspec.Meta(ge=0)]
-    xid: Count
+    gpu_index: GpuIndex
+    xid: Annotated[int, msgspec.Meta(ge=0, le=MAX_XID)]
     ts: Timestamp
 
 
@@ -188,37 +340,43 @@ class Sample(_Struct, frozen=True):
     """Wall-clock time of the sample, Unix seconds. (node, ts) identifies a sample."""
     seq: Count
     """Per-agent-process counter, so a gap shows lost samples."""
-    interval_s: Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
+    interval_s: Annotated[float, msgspec.Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)]
     cpu: CpuStats
     mem: MemStats
-    disks: list[DiskStats] = msgspec.field(default_factory=list)
+    disks: Annotated[list[DiskStats], msgspec.Meta(max_length=MAX_DISKS)] = msgspec.field(
+        default_factory=list
+    )
     disk_io: DiskIoStats = msgspec.field(default_factory=DiskIoStats)
     net: NetStats = msgspec.field(default_factory=NetStats)
-    cpu_power_w: Watts | None = None
+    cpu_power_w: CpuWatts | None = None
     """CPU package (+DRAM where exposed) power from RAPL; ``None`` when unreadable."""
-    gpus: list[GpuSample] = msgspec.field(default_factory=list)
-    xids: list[XidEvent] = msgspec.field(default_factory=list)
+    gpus: Annotated[list[GpuSample], msgspec.Meta(max_length=MAX_GPUS)] = msgspec.field(
+        default_factory=list
+    )
+    xids: Annotated[list[XidEvent], msgspec.Meta(max_length=MAX_XIDS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class GpuInfo(_Struct, frozen=True):
     """Static facts about one GPU."""
 
-    index: Annotated[int, msgspec.Meta(ge=0)]
-    name: str
-    uuid: str
-    serial: str | None = None
-    pci_bus_id: str | None = None
+    index: GpuIndex
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL_NAME_LEN)]
+    uuid: GpuUuid
+    serial: Annotated[str, msgspec.Meta(max_length=MAX_SERIAL_LEN)] | None = None
+    pci_bus_id: Annotated[str, msgspec.Meta(pattern=PCI_BUS_ID_PATTERN)] | None = None
     power_limit_w: Watts | None = None
     mig_mode: bool | None = None
-    mem_total_bytes: Bytes | None = None
+    mem_total_bytes: GpuBytes | None = None
 
 
 class NicInfo(_Struct, frozen=True):
     """Static facts about one network interface."""
 
-    name: str
-    speed_mbps: Count | None = None
-    mac: str | None = None
+    name: NicName
+    speed_mbps: Annotated[int, msgspec.Meta(ge=1, le=MAX_NIC_SPEED_MBPS)] | None = None
+    mac: Annotated[str, msgspec.Meta(pattern=MAC_PATTERN)] | None = None
 
 
 class Inventory(_Struct, frozen=True):
@@ -227,17 +385,21 @@ class Inventory(_Struct, frozen=True):
     v: Literal[1]
     node: NodeId
     ts: Timestamp
-    host: str
-    agent_version: str
-    cpu_model: str
-    cpu_count: Annotated[int, msgspec.Meta(ge=1)]
-    cpu_cores: Count | None
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HOSTNAME_LEN)]
+    agent_version: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_VERSION_LEN)]
+    cpu_model: Annotated[str, msgspec.Meta(max_length=MAX_MODEL_NAME_LEN)]
+    cpu_count: CpuCount
+    cpu_cores: CpuCount | None
     mem_total_bytes: Bytes
-    gpus: list[GpuInfo] = msgspec.field(default_factory=list)
-    gpu_driver: str | None = None
-    gpu_status: str = "ok"
+    gpus: Annotated[list[GpuInfo], msgspec.Meta(max_length=MAX_GPUS)] = msgspec.field(
+        default_factory=list
+    )
+    gpu_driver: Annotated[str, msgspec.Meta(max_length=MAX_VERSION_LEN)] | None = None
+    gpu_status: Annotated[str, msgspec.Meta(pattern=GPU_STATUS_PATTERN)] = "ok"
     """``ok`` or why there are no GPUs (``no_driver``, ``no_library``, ...)."""
-    nics: list[NicInfo] = msgspec.field(default_factory=list)
+    nics: Annotated[list[NicInfo], msgspec.Meta(max_length=MAX_NICS)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class NodeStatus(_Struct, frozen=True):
