@@ -18,7 +18,10 @@ options below override them.
 Broker and identity:
   --host HOST           broker host name or address (CAPWATCH_MQTT__HOST); required
   --port PORT           broker port (CAPWATCH_MQTT__PORT; agent default 1883)
-  --tls-ca-file FILE    CA bundle; turns TLS on (CAPWATCH_MQTT__TLS_CA_FILE)
+  --tls-ca-file FILE    CA bundle that verifies the broker; turns TLS on
+                        (CAPWATCH_MQTT__TLS_CA_FILE)
+  --tls                 TLS, the broker verified by the system's CA store (for a broker
+                        certificate from a public or site CA; CAPWATCH_MQTT__TLS=true)
   --node-id ID          node id (CAPWATCH_NODE_ID; default: the short host name)
   --username NAME       MQTT user (CAPWATCH_MQTT__USERNAME; default: the node id, which is
                         what deploy/mosquitto.acl expects)
@@ -94,6 +97,7 @@ while [[ $# -gt 0 ]]; do
         --host) need_value "$1" $#; env[CAPWATCH_MQTT__HOST]=$2; shift 2 ;;
         --port) need_value "$1" $#; env[CAPWATCH_MQTT__PORT]=$2; shift 2 ;;
         --tls-ca-file) need_value "$1" $#; env[CAPWATCH_MQTT__TLS_CA_FILE]=$2; shift 2 ;;
+        --tls) env[CAPWATCH_MQTT__TLS]=true; shift ;;
         --node-id) need_value "$1" $#; env[CAPWATCH_NODE_ID]=$2; shift 2 ;;
         --username) need_value "$1" $#; env[CAPWATCH_MQTT__USERNAME]=$2; shift 2 ;;
         --anonymous) anonymous=1; shift ;;

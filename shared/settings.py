@@ -3,21 +3,37 @@
 Each entry point builds its settings object once with :func:`load_settings` and passes it
 down; nothing below the entry point reads the environment. Nested fields use ``__`` in env
 vars: ``CAPWATCH_MQTT__HOST=broker.example``.
+
+Secrets (``mqtt.password``) are :class:`pydantic.SecretStr`: ``repr()``, logs and every error
+this module raises show ``**********``; only :meth:`MqttSettings.password_value` hands the
+text out, to the MQTT client.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -32,39 +48,126 @@ __all__ = [
 
 
 class MqttSettings(BaseModel):
-    """How to reach the broker."""
+    """How to reach the broker.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    TLS is on when :attr:`tls` is true or any of the three TLS files is set (a client
+    certificate alone must not leave the password in clear text); see :meth:`tls_context`.
+    """
+
+    # hide_input_in_errors: pydantic's own ValidationError text (a traceback, a chained
+    # exception) would otherwise quote the whole input, password included.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
+    """Shown as ``**********`` everywhere; :meth:`password_value` gives the text."""
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    tls: bool = False
+    """TLS even without any file below: the system trust store then verifies the broker."""
     tls_ca_file: Path | None = None
-    """CA bundle; setting it turns TLS on."""
+    """CA bundle (PEM) that verifies the broker; unset with TLS on: the system trust store."""
     tls_cert_file: Path | None = None
+    """Client certificate (PEM), for a broker with ``require_certificate true``."""
     tls_key_file: Path | None = None
+    """Its private key (PEM, unencrypted); unset: the key is in ``tls_cert_file``."""
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
 
-    def tls_context(self) -> ssl.SSLContext | None:
-        """An SSL context when a CA file is configured, else ``None`` (plain TCP)."""
-        if self.tls_ca_file is None:
-            return None
-        try:
-            ctx = ssl.create_default_context(cafile=str(self.tls_ca_file))
-            if self.tls_cert_file is not None:
-                ctx.load_cert_chain(
-                    str(self.tls_cert_file), self.tls_key_file and str(self.tls_key_file)
-                )
-        except (OSError, ssl.SSLError) as exc:
+    @model_validator(mode="after")
+    def _key_needs_a_certificate(self) -> Self:
+        # ConfigError (not ValueError) passes through pydantic unchanged: one line, our words.
+        if self.tls_key_file is not None and self.tls_cert_file is None:
             raise ConfigError(
-                f"mqtt TLS files cannot be loaded: {exc} (check mqtt.tls_ca_file / "
-                "tls_cert_file / tls_key_file)",
-                field="mqtt.tls_ca_file",
-            ) from exc
-        return ctx
+                "setting 'mqtt.tls_key_file' is set but 'mqtt.tls_cert_file' is not: set "
+                "tls_cert_file to the client certificate that goes with this key, or remove "
+                "tls_key_file",
+                field="mqtt.tls_key_file",
+            )
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether connections use TLS (``tls`` or any TLS file set)."""
+        return self.tls or any(
+            f is not None for f in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        )
+
+    def password_value(self) -> str | None:
+        """The password in clear text, for the MQTT client only; ``None`` when unset."""
+        return None if self.password is None else self.password.get_secret_value()
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The SSL context to connect with, ``None`` when TLS is off (plain TCP).
+
+        Built once per process for a given set of files and shared by every later call
+        (each reconnect): a file replaced later (a renewed certificate) is read at the next
+        start. Raises :class:`ConfigError` naming the setting when a file is missing or
+        unusable.
+        """
+        if not self.tls_enabled:
+            return None
+        return _tls_context(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+
+
+@functools.lru_cache(maxsize=16)
+def _tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """A verifying client context (lru_cache: a raised error is not cached, a context is)."""
+    for name, path in (("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(
+                f"setting 'mqtt.{name}' = {str(path)!r}: no such file; point it at an existing "
+                "PEM file or remove the setting",
+                field=f"mqtt.{name}",
+            )
+    try:
+        # Verifies the broker's certificate and its name (check_hostname), TLS 1.2 or newer.
+        ctx = ssl.create_default_context(cafile=None if ca is None else str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"setting 'mqtt.tls_ca_file' = {str(ca)!r} cannot be loaded ({_reason(exc)}): it "
+            "must be the PEM certificate of the CA that signed the broker's certificate",
+            field="mqtt.tls_ca_file",
+        ) from exc
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(
+                str(cert), None if key is None else str(key), password=_no_passphrase
+            )
+        except (OSError, ssl.SSLError) as exc:
+            if key is None:
+                msg = (
+                    f"setting 'mqtt.tls_cert_file' = {str(cert)!r} cannot be loaded "
+                    f"({_reason(exc)}): it must hold the PEM certificate and its private key, "
+                    "or set mqtt.tls_key_file to the key's file"
+                )
+                field = "mqtt.tls_key_file"
+            else:
+                msg = (
+                    f"settings 'mqtt.tls_cert_file' = {str(cert)!r} and 'mqtt.tls_key_file' = "
+                    f"{str(key)!r} cannot be loaded ({_reason(exc)}): both must be PEM, the key "
+                    "unencrypted and belonging to the certificate"
+                )
+                field = "mqtt.tls_cert_file"
+            raise ConfigError(msg, field=field) from exc
+    return ctx
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal, or hang a daemon.
+    raise ConfigError(
+        "setting 'mqtt.tls_key_file': the private key is encrypted and capwatch cannot ask for "
+        "its passphrase: store it unencrypted (openssl pkey -in KEY -out KEY.new), readable "
+        "only by the service",
+        field="mqtt.tls_key_file",
+    )
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return exc.strerror or str(exc)
 
 
 class CapwatchSettings(BaseSettings):
@@ -75,6 +178,7 @@ class CapwatchSettings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        hide_input_in_errors=True,
     )
 
     mqtt: MqttSettings = MqttSettings()
@@ -104,14 +208,49 @@ def default_node_id() -> str:
 
 _S = TypeVar("_S", bound=CapwatchSettings)
 
+_SECRET_TYPES = (SecretStr, SecretBytes)
 
-def format_validation_error(exc: ValidationError, *, hint: str = "") -> ConfigError:
-    """Turn pydantic's report into one line naming the first bad field."""
+
+def _is_secret(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> bool:
+    """Whether the value at ``loc`` is (inside) a secret: a ``Secret*`` field, or named so."""
+    if any(isinstance(p, str) and "password" in p.lower() for p in loc):
+        return True
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return False
+        kinds = _leaf_types(model.model_fields[part].annotation)
+        if any(issubclass(k, _SECRET_TYPES) for k in kinds):
+            return True
+        model = next((k for k in kinds if issubclass(k, BaseModel)), None)
+    return False
+
+
+def _leaf_types(annotation: Any) -> list[type]:
+    """The classes in an annotation (``SecretStr | None`` -> ``[SecretStr, NoneType]``)."""
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in _leaf_types(arg)]
+    return []
+
+
+def format_validation_error(
+    exc: ValidationError, *, hint: str = "", model: type[BaseModel] | None = None
+) -> ConfigError:
+    """Turn pydantic's report into one line naming the first bad field.
+
+    The bad value is quoted unless it is a secret (a ``SecretStr`` field of ``model``, or any
+    field named like a password) or a whole table, which may hold one.
+    """
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "settings"
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         msg = f"unknown setting {field!r}: remove it or check its spelling"
+    elif _is_secret(model, err["loc"]):
+        msg = f"setting {field!r} (value hidden): {err['msg']}"
+    elif isinstance(value, dict | list | tuple | set | BaseModel):
+        msg = f"setting {field!r}: {err['msg']}"
     else:
         msg = f"setting {field!r} = {value!r}: {err['msg']}"
     if hint:
@@ -136,7 +275,8 @@ def load_settings(
 ) -> _S:
     """Build settings from file, env and flag ``overrides`` (``None`` values are ignored).
 
-    Raises :class:`ConfigError` with one line naming the field on any bad value.
+    Raises :class:`ConfigError` with one line naming the field on any bad value; the line
+    never contains a secret's value.
     """
     target: type[_S] = cls
     if config_file is not None:
@@ -163,8 +303,16 @@ def load_settings(
                 },
             )
         )
+    hint = "fix it in the --config file, the CAPWATCH_* environment or the flag"
     try:
         return target(**_drop_none(overrides or {}))
     except ValidationError as exc:
-        hint = "fix it in the --config file, the CAPWATCH_* environment or the flag"
-        raise format_validation_error(exc, hint=hint) from exc
+        raise format_validation_error(exc, hint=hint, model=cls) from exc
+    except SettingsError as exc:
+        # A whole table given as one variable (CAPWATCH_MQTT=...) that is not JSON. The
+        # message names the field and source, never the value.
+        raise ConfigError(
+            f"{exc}: set nested settings one variable each (CAPWATCH_MQTT__HOST=...) or give "
+            "the table as a JSON object",
+            field="settings",
+        ) from exc

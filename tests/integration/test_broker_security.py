@@ -1,0 +1,394 @@
+"""The shipped broker setup (deploy/mosquitto.conf + ACL + passwd) on a real Mosquitto.
+
+- A node with valid credentials cannot take the collector's persistent session over and
+  empty its queue; without ``use_username_as_clientid`` it can (the attack, documented).
+- Passwords and TLS (server verification, client certificates) work with clients built
+  from :class:`MqttSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from agent.simulate import FleetSimulator
+from shared.schema import encode
+from shared.settings import MqttSettings
+from shared.topics import PREFIX, sample_topic
+from tests.helpers import count_samples, db_rows, wait_until
+from tests.integration.secure_broker import (
+    DEPLOY,
+    Connection,
+    DeployedBroker,
+    Pki,
+    make_passwd,
+    make_pki,
+)
+
+pytestmark = pytest.mark.integration
+
+_STEP_S = 5.0
+"""Bound of one network wait (connect, publish, next message)."""
+_TEST_S = 30.0
+"""Bound of a whole wait on the collector."""
+
+_COLLECTOR = "capwatch-collector"
+_OPS = "capwatch-ops"
+_SIM = FleetSimulator(2, gpus_per_node=1, seed=11, interval_s=5)
+_NODE, _INTRUDER = _SIM.node_ids
+"""Two nodes' users: usernames are node ids, as deploy/README.md sets them up."""
+_PASSWORDS = {user: f"pw-{user}-7c1e" for user in (_COLLECTOR, _OPS, _NODE, _INTRUDER)}
+_QUEUED = 100
+"""Samples the node publishes while the collector is away."""
+_T0 = time.time() - 3600
+_PROBE = _QUEUED + 1
+"""Sample published during the takeover attempt."""
+_SAMPLES = [encode(_SIM.sample(0, _T0 + 5 * seq, seq)) for seq in range(_QUEUED + 3)]
+"""_NODE's samples by seq, in the last hour (the collector refuses future ones). Built once:
+the simulator's energy counters advance per call."""
+_FIX = "use_username_as_clientid true"
+
+
+@pytest.fixture
+def passwd(tmp_path: Path) -> Path:
+    """A password file with the collector, the ops user and two nodes."""
+    return make_passwd(tmp_path / "passwd", _PASSWORDS)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """CA, broker certificate (127.0.0.1 / localhost) and a client certificate (CN = node)."""
+    return make_pki(tmp_path_factory.mktemp("pki"), client_cn=_NODE)
+
+
+def _settings(broker: DeployedBroker, user: str | None, **kw: Any) -> MqttSettings:
+    """``user``'s settings for the plain listener (``port=`` and TLS settings in ``kw``)."""
+    return MqttSettings(
+        host=broker.host,
+        port=kw.pop("port", broker.port),
+        username=user,
+        password=None if user is None else SecretStr(_PASSWORDS[user]),
+        **kw,
+    )
+
+
+def _client(
+    settings: MqttSettings, *, identifier: str | None = None, clean_session: bool | None = None
+) -> aiomqtt.Client:
+    """An MQTT client built from settings, as the agent builds its own."""
+    return aiomqtt.Client(
+        settings.host,
+        settings.port,
+        username=settings.username,
+        password=settings.password_value(),
+        tls_context=settings.tls_context(),
+        identifier=identifier,
+        clean_session=clean_session,
+        timeout=_STEP_S,
+    )
+
+
+async def _next(client: aiomqtt.Client) -> aiomqtt.Message:
+    async with asyncio.timeout(_STEP_S):
+        return await anext(client.messages)
+
+
+def _code(rc: int | ReasonCode | None) -> int:
+    """An MQTT 3.1.1 return code (paho 2 reports CONNACK 4 and 5 as reason codes 134, 135)."""
+    if isinstance(rc, ReasonCode):
+        return {134: 4, 135: 5}.get(rc.value, rc.value)
+    assert rc is not None
+    return rc
+
+
+# --- the collector's persistent session ---------------------------------------------------
+
+
+def _collector_connects(broker: DeployedBroker) -> list[Connection]:
+    return [c for c in broker.connections() if c.username == _COLLECTOR]
+
+
+@asynccontextmanager
+async def _collector(broker: DeployedBroker, db: Path, log: Path) -> AsyncIterator[None]:
+    """``collector run`` as deployed (deploy/collector.toml.example, the password in the
+    environment), connected when the block starts; stopped with SIGTERM after it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPWATCH_")}
+    env["CAPWATCH_MQTT__PASSWORD"] = _PASSWORDS[_COLLECTOR]
+    script = Path(sys.executable).with_name("collector")  # the installed public CLI
+    argv = [
+        *([str(script)] if script.exists() else [sys.executable, "-m", "collector"]),
+        "run",
+        "--config",
+        str(DEPLOY / "collector.toml.example"),
+        "--db",
+        str(db),
+        "--host",
+        broker.host,
+        "--port",
+        str(broker.port),
+    ]
+    before = len(_collector_connects(broker))
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        await wait_until(
+            lambda: len(_collector_connects(broker)) > before or proc.returncode is not None,
+            timeout_s=_TEST_S,
+            what="the collector to connect",
+        )
+        assert proc.returncode is None, f"collector exited: {_read(log)}"
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(_TEST_S):
+                returncode = await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            raise
+    assert returncode == 0, _read(log)
+
+
+def _read(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+async def _publish(broker: DeployedBroker, seqs: range) -> None:
+    async with _client(_settings(broker, _NODE)) as node:
+        for seq in seqs:
+            await node.publish(sample_topic(_NODE), _SAMPLES[seq], qos=1)
+
+
+async def _takeover_attempt(broker: DeployedBroker) -> int:
+    """What a node can try with its own valid credentials: the collector's client id with a
+    persistent session, and a subscription to every node's topics. Returns how many
+    messages reach it while another node publishes sample ``_PROBE``."""
+    intruder = _client(_settings(broker, _INTRUDER), identifier=_COLLECTOR, clean_session=False)
+    async with _client(_settings(broker, _OPS)) as ops, intruder:
+        # Mosquitto 2.0 grants any subscription and filters each message by the ACL.
+        await intruder.subscribe(f"{PREFIX}/#", qos=1)
+        await ops.subscribe(f"{PREFIX}/+/sample", qos=1)
+        await _publish(broker, range(_PROBE, _PROBE + 1))
+        assert (await _next(ops)).payload == _SAMPLES[_PROBE]
+        # The broker routed the probe to every subscriber before ops got it; a round trip
+        # on the intruder's connection brings in anything that was sent to it meanwhile.
+        await intruder.unsubscribe(f"{PREFIX}/no-such-topic")
+        return len(intruder.messages)
+
+
+async def _queued_samples_surviving_takeover_attempt(
+    broker: DeployedBroker, tmp_path: Path
+) -> tuple[int, int]:
+    """The collector subscribes and stops; a node publishes ``_QUEUED`` samples; another
+    node tries the takeover; the collector comes back. Returns how many of the queued
+    samples it stores, and how many messages the intruder got."""
+    db, log = tmp_path / "capwatch.db", tmp_path / "collector.log"
+    async with _collector(broker, db, log), _client(_settings(broker, _NODE)) as node:
+        # Connected is not yet subscribed: offer sample 0 until it is stored. Then the
+        # persistent session and its subscriptions exist.
+        async with asyncio.timeout(_TEST_S):
+            while count_samples(db) == 0:
+                await node.publish(sample_topic(_NODE), _SAMPLES[0], qos=1)
+                await asyncio.sleep(0.05)
+    await _publish(broker, range(1, _QUEUED + 1))
+    intruder_got = await _takeover_attempt(broker)
+    async with _collector(broker, db, log):
+        # Published after the collector is back: the broker delivers what it kept queued
+        # before this one, so once it is stored, everything that survived is stored too.
+        last = _PROBE + 1
+        await _publish(broker, range(last, last + 1))
+        await wait_until(
+            lambda: db_rows(db, "SELECT count(*) FROM samples WHERE seq = ?", (last,)) == [(1,)],
+            timeout_s=_TEST_S,
+            what="the sample published after the collector's return",
+        )
+    queued = db_rows(
+        db, "SELECT count(DISTINCT seq) FROM samples WHERE seq BETWEEN 1 AND ?", (_QUEUED,)
+    )
+    return int(queued[0][0]), intruder_got
+
+
+async def test_a_node_cannot_take_over_the_collectors_session(tmp_path: Path, passwd: Path) -> None:
+    """deploy/'s config gives a node that asks for the collector's client id its own id:
+    the collector comes back to all 100 samples queued while it was away."""
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        stored, intruder_got = await _queued_samples_surviving_takeover_attempt(broker, tmp_path)
+        intruder = [c for c in broker.connections() if c.username == _INTRUDER]
+    assert stored == _QUEUED
+    assert intruder_got == 0  # nor may it read any node's topics
+    assert intruder == [Connection(_INTRUDER, clean_session=False, username=_INTRUDER)]
+
+
+async def test_without_username_as_clientid_a_node_empties_the_collectors_queue(
+    tmp_path: Path, passwd: Path
+) -> None:
+    """The attack the fix stops: deploy/'s config minus use_username_as_clientid loses every
+    queued sample to a node that connects as ``capwatch-collector``."""
+    with DeployedBroker(tmp_path / "broker", passwd, without=[_FIX]) as broker:
+        stored, intruder_got = await _queued_samples_surviving_takeover_attempt(broker, tmp_path)
+        intruder = [c for c in broker.connections() if c.username == _INTRUDER]
+    assert intruder == [Connection(_COLLECTOR, clean_session=False, username=_INTRUDER)]
+    assert stored == 0
+    assert intruder_got == 0  # it holds the session, reads nothing: the broker drops it all
+
+
+# --- passwords --------------------------------------------------------------------------
+
+
+async def test_right_password_connects_and_delivers(tmp_path: Path, passwd: Path) -> None:
+    """A node's settings with its password publish; the ops user receives the sample."""
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        async with asyncio.timeout(_TEST_S):
+            async with _client(_settings(broker, _OPS)) as ops:
+                await ops.subscribe(f"{PREFIX}/+/sample", qos=1)
+                await _publish(broker, range(1))
+                message = await _next(ops)
+    assert (message.topic.value, message.payload) == (sample_topic(_NODE), _SAMPLES[0])
+
+
+@pytest.mark.parametrize(
+    ("user", "password"),
+    [(_NODE, "wrong"), (_NODE, None), ("nobody", "anything"), (None, None)],
+    ids=["wrong-password", "no-password", "unknown-user", "anonymous"],
+)
+async def test_wrong_credentials_are_refused(
+    tmp_path: Path, passwd: Path, user: str | None, password: str | None
+) -> None:
+    """Mosquitto answers CONNACK 5 (not authorised) or 4 (bad username or password)."""
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        settings = MqttSettings(
+            host=broker.host,
+            port=broker.port,
+            username=user,
+            password=None if password is None else SecretStr(password),
+        )
+        async with asyncio.timeout(_TEST_S):
+            with pytest.raises(aiomqtt.MqttCodeError) as info:
+                async with _client(settings):
+                    pass
+    assert _code(info.value.rc) in (4, 5)
+
+
+# --- TLS --------------------------------------------------------------------------------
+
+
+def _connect_packet(client_id: str, username: str | None, password: str | None) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, keepalive 30 s); short fields only."""
+
+    def field(text: str) -> bytes:
+        raw = text.encode()
+        return len(raw).to_bytes(2, "big") + raw
+
+    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    body = field("MQTT") + bytes([4, flags]) + (30).to_bytes(2, "big") + field(client_id)
+    body += (field(username) if username else b"") + (field(password) if password else b"")
+    assert len(body) < 128, "one-byte remaining length"
+    return bytes([0x10, len(body)]) + body
+
+
+async def _tls_connack(settings: MqttSettings) -> bytes:
+    """Open TLS with ``settings.tls_context()``, send CONNECT; the broker's first 4 bytes.
+
+    asyncio's TLS, not paho: paho leaves the socket of a failed handshake unclosed, and the
+    ResourceWarning would fail whichever later test collects it.
+    """
+    async with asyncio.timeout(_STEP_S):
+        reader, writer = await asyncio.open_connection(
+            settings.host, settings.port, ssl=settings.tls_context()
+        )
+        try:
+            writer.write(_connect_packet("probe", settings.username, settings.password_value()))
+            await writer.drain()
+            return await reader.read(4)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_tls_with_the_ca_file_verifies_the_broker_and_delivers(
+    tmp_path: Path, passwd: Path, pki: Pki
+) -> None:
+    """deploy/'s TLS listener: a node with tls_ca_file and its password gets through."""
+    with DeployedBroker(tmp_path / "broker", passwd, tls=pki) as broker:
+        node = _settings(broker, _NODE, port=broker.tls_port, tls_ca_file=pki.ca_cert)
+        async with asyncio.timeout(_TEST_S):
+            async with _client(_settings(broker, _OPS)) as ops:
+                await ops.subscribe(f"{PREFIX}/+/sample", qos=1)
+                async with _client(node) as client:
+                    await client.publish(sample_topic(_NODE), _SAMPLES[1], qos=1)
+                message = await _next(ops)
+    assert message.payload == _SAMPLES[1]
+
+
+async def test_tls_without_our_ca_refuses_the_broker_before_sending_the_password(
+    tmp_path: Path, passwd: Path, pki: Pki
+) -> None:
+    """``tls = true`` alone trusts the system store, which does not know the capwatch CA:
+    the handshake fails, so no CONNECT (and no password) is ever sent."""
+    with DeployedBroker(tmp_path / "broker", passwd, tls=pki) as broker:
+        system_store = _settings(broker, _NODE, port=broker.tls_port, tls=True)
+        with pytest.raises(ssl.SSLCertVerificationError, match="CERTIFICATE_VERIFY_FAILED"):
+            await _tls_connack(system_store)
+        # The same connection with our CA is accepted: CONNACK, return code 0.
+        ours = _settings(broker, _NODE, port=broker.tls_port, tls_ca_file=pki.ca_cert)
+        assert await _tls_connack(ours) == b"\x20\x02\x00\x00"
+
+
+async def test_mutual_tls_client_certificate_is_the_username(
+    tmp_path: Path, passwd: Path, pki: Pki
+) -> None:
+    """require_certificate + use_identity_as_username: the certificate (CN = node id) alone
+    logs the node in, as that node (also its client id); without one, no connection."""
+    with DeployedBroker(tmp_path / "broker", passwd, tls=pki, mutual_tls=True) as broker:
+        assert broker.tls_port is not None
+        with_cert = MqttSettings(
+            host=broker.host,
+            port=broker.tls_port,
+            tls_ca_file=pki.ca_cert,
+            tls_cert_file=pki.client_cert,
+            tls_key_file=pki.client_key,
+        )
+        async with asyncio.timeout(_TEST_S):
+            async with _client(_settings(broker, _OPS)) as ops:
+                await ops.subscribe(f"{PREFIX}/+/sample", qos=1)
+                async with _client(with_cert, identifier=_COLLECTOR) as node:
+                    await node.publish(sample_topic(_NODE), _SAMPLES[1], qos=1)
+                message = await _next(ops)
+        # A valid password does not replace the certificate: the broker ends the handshake.
+        password_only = _settings(broker, _NODE, port=broker.tls_port, tls_ca_file=pki.ca_cert)
+        try:
+            answer = await _tls_connack(password_only)
+        except (ssl.SSLError, ConnectionResetError):
+            answer = b""
+        connections = broker.connections()
+    assert message.payload == _SAMPLES[1]
+    assert answer == b""
+    assert Connection(_NODE, clean_session=True, username=_NODE) in connections
+    assert all(c.client_id != _COLLECTOR for c in connections)
+
+
+def test_tls_context_verifies_the_broker_and_carries_the_client_certificate(pki: Pki) -> None:
+    """The context from settings checks the broker's chain and name, TLS 1.2 or newer."""
+    ctx = MqttSettings(
+        tls_ca_file=pki.ca_cert, tls_cert_file=pki.client_cert, tls_key_file=pki.client_key
+    ).tls_context()
+    assert ctx is not None
+    assert (ctx.check_hostname, ctx.verify_mode) == (True, ssl.CERT_REQUIRED)
+    assert ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "capwatch test CA"),),)]

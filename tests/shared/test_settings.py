@@ -1,0 +1,260 @@
+"""Settings: precedence and one-line errors; MQTT secrets never shown; TLS on and checked."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from agent.settings import AgentSettings
+from collector.settings import CollectorSettings
+from shared.errors import ConfigError
+from shared.settings import MqttSettings, load_settings
+from tests.integration.secure_broker import Pki, make_pki
+
+_SECRET = "hunter2-s3cret"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA and a client certificate with its key (openssl CLI)."""
+    return make_pki(tmp_path_factory.mktemp("pki"), client_cn="node-a")
+
+
+def test_settings_precedence_file_env_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags beat CAPWATCH_* env vars, which beat the TOML file, which beats defaults."""
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(
+        'db_path = "from-file.db"\nretention_s = 60\n[mqtt]\nhost = "file-host"\nport = 1111\n'
+    )
+    monkeypatch.setenv("CAPWATCH_MQTT__PORT", "2222")
+    s = load_settings(CollectorSettings, config_file=cfg, overrides={"mqtt": {"host": None}})
+    assert (s.db_path, s.retention_s, s.mqtt.host, s.mqtt.port) == (
+        Path("from-file.db"),
+        60,
+        "file-host",
+        2222,
+    )
+    s = load_settings(CollectorSettings, config_file=cfg, overrides={"mqtt": {"port": 3333}})
+    assert s.mqtt.port == 3333
+    assert s.mqtt.host == "file-host"
+
+
+def test_unknown_setting_in_file_is_one_clear_line(tmp_path: Path) -> None:
+    """A typo in the config file names the key instead of being ignored."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("retension_s = 60\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(CollectorSettings, config_file=cfg)
+    assert info.value.field == "retension_s"
+    assert "\n" not in str(info.value)
+
+
+def test_bad_value_names_field_and_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An out-of-range env var is reported with its dotted field name and the value."""
+    monkeypatch.setenv("CAPWATCH_INTERVAL_S", "0.1")
+    with pytest.raises(ConfigError, match=r"setting 'interval_s' = '0.1'"):
+        load_settings(AgentSettings)
+
+
+def test_bad_node_id_setting_is_refused() -> None:
+    """The agent refuses a node id that is not topic-safe."""
+    with pytest.raises(ConfigError, match="node id 'rack 1/node 2' is not usable") as info:
+        load_settings(AgentSettings, overrides={"node_id": "rack 1/node 2"})
+    assert info.value.field == "node_id"
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """--config pointing nowhere says so."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(CollectorSettings, config_file=tmp_path / "nope.toml")
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+def test_password_is_hidden_in_repr_and_dumps_but_given_to_the_client() -> None:
+    """repr, str and JSON show asterisks; password_value() is the text for the MQTT client."""
+    s = CollectorSettings(
+        mqtt=MqttSettings(username="capwatch-collector", password=SecretStr(_SECRET))
+    )
+    for shown in (repr(s), str(s), repr(s.mqtt), s.model_dump_json(), str(s.model_dump())):
+        assert _SECRET not in shown
+        assert "**********" in shown
+    assert s.mqtt.password_value() == _SECRET
+    assert MqttSettings().password_value() is None
+
+
+@pytest.mark.parametrize("toml_value", ["123456789", '["hunter2-s3cret"]', "{ x = 987654321 }"])
+def test_password_of_wrong_type_in_file_is_named_but_not_shown(
+    tmp_path: Path, toml_value: str
+) -> None:
+    """The error names mqtt.password and keeps its value out of the message and the cause."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[mqtt]\npassword = {toml_value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(CollectorSettings, config_file=cfg)
+    assert info.value.field == "mqtt.password"
+    assert str(info.value).startswith("setting 'mqtt.password' (value hidden):")
+    for secret in ("123456789", _SECRET, "987654321"):
+        assert secret not in str(info.value)
+        assert secret not in str(info.value.__cause__)
+
+
+def test_error_beside_a_password_in_a_json_env_table_does_not_show_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bad port in CAPWATCH_MQTT='{...}' is shown; the password next to it is not."""
+    monkeypatch.setenv("CAPWATCH_MQTT", f'{{"password": "{_SECRET}", "port": 0}}')
+    with pytest.raises(ConfigError, match=r"setting 'mqtt.port' = 0:") as info:
+        load_settings(AgentSettings)
+    assert _SECRET not in str(info.value)
+    assert _SECRET not in str(info.value.__cause__)
+
+
+def test_password_of_wrong_type_in_env_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAPWATCH_MQTT='{"password": 123456789}' (a number, not a string) stays hidden."""
+    monkeypatch.setenv("CAPWATCH_MQTT", '{"password": 123456789}')
+    with pytest.raises(ConfigError, match=r"'mqtt.password' \(value hidden\)") as info:
+        load_settings(CollectorSettings)
+    assert "123456789" not in str(info.value)
+
+
+def test_unparsable_env_table_is_one_line_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CAPWATCH_MQTT that is not JSON: a ConfigError naming the field, not a traceback."""
+    monkeypatch.setenv("CAPWATCH_MQTT", f'{{"password": "{_SECRET}",')
+    with pytest.raises(ConfigError, match="CAPWATCH_MQTT__HOST") as info:
+        load_settings(CollectorSettings)
+    assert '"mqtt"' in str(info.value)
+    assert _SECRET not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_password_from_env_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAPWATCH_MQTT__PASSWORD, as the systemd units pass it."""
+    monkeypatch.setenv("CAPWATCH_MQTT__PASSWORD", _SECRET)
+    assert load_settings(CollectorSettings).mqtt.password_value() == _SECRET
+
+
+# --- TLS --------------------------------------------------------------------------------
+
+
+def test_tls_is_off_by_default() -> None:
+    """No TLS setting: plain TCP (the collector on the broker's loopback listener)."""
+    assert not MqttSettings().tls_enabled
+    assert MqttSettings().tls_context() is None
+
+
+def test_tls_true_alone_verifies_against_the_system_store() -> None:
+    """tls = true without files: a verifying context (broker name and chain checked)."""
+    ctx = MqttSettings(tls=True).tls_context()
+    assert ctx is not None
+    assert (ctx.check_hostname, ctx.verify_mode) == (True, ssl.CERT_REQUIRED)
+
+
+def test_client_certificate_without_ca_turns_tls_on(pki: Pki) -> None:
+    """A cert and key alone must not leave the password in clear text: TLS, system store."""
+    s = MqttSettings(tls_cert_file=pki.client_cert, tls_key_file=pki.client_key)
+    assert s.tls_enabled
+    ctx = s.tls_context()
+    assert ctx is not None
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert not any(
+        c["subject"] == ((("commonName", "capwatch test CA"),),) for c in ctx.get_ca_certs()
+    )
+
+
+def test_ca_file_turns_tls_on_and_is_trusted(pki: Pki) -> None:
+    """tls_ca_file alone: TLS on, and that CA verifies the broker."""
+    ctx = MqttSettings(tls_ca_file=pki.ca_cert).tls_context()
+    assert ctx is not None
+    assert [c["subject"] for c in ctx.get_ca_certs()] == [((("commonName", "capwatch test CA"),),)]
+
+
+def test_key_without_certificate_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line naming the setting and the fix, before anything connects."""
+    monkeypatch.setenv("CAPWATCH_MQTT__TLS_KEY_FILE", "/etc/capwatch/node.key")
+    monkeypatch.setenv("CAPWATCH_MQTT__PASSWORD", _SECRET)
+    with pytest.raises(ConfigError) as info:
+        load_settings(AgentSettings)
+    assert info.value.field == "mqtt.tls_key_file"
+    assert "set tls_cert_file" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert _SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize("setting", ["tls_ca_file", "tls_cert_file", "tls_key_file"])
+def test_missing_tls_file_is_named(tmp_path: Path, pki: Pki, setting: str) -> None:
+    """A path that does not exist: ConfigError naming that setting and the path."""
+    files = {"tls_ca_file": pki.ca_cert, "tls_cert_file": pki.client_cert}
+    files[setting] = tmp_path / "nonexistent.pem"
+    with pytest.raises(
+        ConfigError, match=rf"'mqtt.{setting}' = '.*nonexistent.pem': no such"
+    ) as info:
+        MqttSettings(**files).tls_context()  # type: ignore[arg-type]
+    assert info.value.field == f"mqtt.{setting}"
+
+
+def test_nonexistent_ca_from_env_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAPWATCH_MQTT__TLS_CA_FILE=/nonexistent: the entry point gets a ConfigError."""
+    monkeypatch.setenv("CAPWATCH_MQTT__TLS_CA_FILE", "/nonexistent")
+    settings = load_settings(CollectorSettings)
+    with pytest.raises(ConfigError, match=r"'mqtt\.tls_ca_file' = '/nonexistent': no such file"):
+        settings.mqtt.tls_context()
+
+
+def test_certificate_without_its_key_asks_for_tls_key_file(pki: Pki) -> None:
+    """A certificate file without the key in it, and no tls_key_file."""
+    with pytest.raises(ConfigError, match=r"or set mqtt\.tls_key_file") as info:
+        MqttSettings(tls_cert_file=pki.client_cert).tls_context()
+    assert info.value.field == "mqtt.tls_key_file"
+
+
+def test_key_of_another_certificate_is_refused(pki: Pki) -> None:
+    """The broker's key with the client's certificate: both settings named."""
+    s = MqttSettings(tls_cert_file=pki.client_cert, tls_key_file=pki.server_key)
+    with pytest.raises(ConfigError, match=r"KEY_VALUES_MISMATCH.*belonging to the certificate"):
+        s.tls_context()
+
+
+def test_encrypted_key_is_refused_without_prompting(tmp_path: Path, pki: Pki) -> None:
+    """OpenSSL would ask on the terminal (or hang a daemon); we say what to do instead."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        [openssl, "pkey", "-in", str(pki.client_key), "-aes256", "-passout", "pass:pw",
+         "-out", str(encrypted)],
+        check=True,
+    )  # fmt: skip
+    s = MqttSettings(tls_cert_file=pki.client_cert, tls_key_file=encrypted)
+    with pytest.raises(ConfigError, match=r"encrypted.*openssl pkey") as info:
+        s.tls_context()
+    assert info.value.field == "mqtt.tls_key_file"
+
+
+def test_tls_context_is_built_once_per_set_of_files(tmp_path: Path, pki: Pki) -> None:
+    """Every reconnect gets the same context; a failure is not remembered."""
+    a = MqttSettings(
+        tls_ca_file=pki.ca_cert, tls_cert_file=pki.client_cert, tls_key_file=pki.client_key
+    )
+    b = MqttSettings(
+        host="elsewhere",
+        tls_ca_file=pki.ca_cert,
+        tls_cert_file=pki.client_cert,
+        tls_key_file=pki.client_key,
+    )
+    assert a.tls_context() is a.tls_context() is b.tls_context()
+    assert MqttSettings(tls_ca_file=pki.ca_cert).tls_context() is not a.tls_context()
+    later = tmp_path / "ca.pem"
+    with pytest.raises(ConfigError):
+        MqttSettings(tls_ca_file=later).tls_context()
+    shutil.copy(pki.ca_cert, later)
+    assert MqttSettings(tls_ca_file=later).tls_context() is not None
