@@ -84,9 +84,18 @@ class Collector:
         """Run until :meth:`stop`; raise :class:`StoreError` if the store cannot be written."""
         s = self.settings
         connect = self._connect or self._mqtt_connect(s.mqtt.tls_context())  # once, up front
-        session_key = f"{s.mqtt.host}:{s.mqtt.port}/{s.client_id}"
+        client_id = s.session_client_id
+        session_key = f"{s.mqtt.host}:{s.mqtt.port}/{client_id}"
         log.info("collector_starting", db=str(s.db_path), session=session_key)
-        with _only_collector(s.db_path, s.client_id):
+        if s.mqtt.username is not None and client_id != s.mqtt.username:
+            log.warning(
+                "client_id_differs_from_username",
+                client_id=client_id,
+                username=s.mqtt.username,
+                hint="a broker with use_username_as_clientid (as shipped) keeps the session "
+                "under the username; set client_id to the username or leave it unset",
+            )
+        with _only_collector(s.db_path, client_id):
             await self._run(connect, session_key)
         log.info("collector_stopped", **dict(self.counters))
 
@@ -136,7 +145,7 @@ class Collector:
             return MqttSubscriber(
                 s.mqtt.host,
                 s.mqtt.port,
-                client_id=s.client_id,
+                client_id=s.session_client_id,
                 username=s.mqtt.username,
                 password=s.mqtt.password_value(),
                 keepalive_s=s.mqtt.keepalive_s,

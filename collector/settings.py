@@ -16,8 +16,10 @@ class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
     db_path: Path = Path("capwatch.db")
-    client_id: str = Field(default="capwatch-collector", min_length=1, max_length=128)
-    """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us."""
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
+    Unset: the MQTT username (the shipped broker config binds client ids to usernames),
+    else ``capwatch-collector``. See :attr:`session_client_id`."""
     retention_s: float = Field(default=86_400.0, gt=0)
     """Raw samples older than this are deleted, in small chunks."""
     retention_check_s: float = Field(default=30.0, gt=0)
@@ -38,3 +40,8 @@ class CollectorSettings(CapwatchSettings):
     expected_interval_s: float = Field(default=5.0, gt=0)
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
     stale_intervals: float = Field(default=3.0, gt=0)
+
+    @property
+    def session_client_id(self) -> str:
+        """The client id the broker keeps the collector's session under."""
+        return self.client_id or self.mqtt.username or "capwatch-collector"

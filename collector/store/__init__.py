@@ -1,5 +1,5 @@
-"""The rolling SQLite store: connection and migrations, then one module per table group."""
+"""The rolling SQLite store: connection and migrations, then one module per table group.
 
-from collector.store.db import NodeUpdate, SampleRow, Store
-
-__all__ = ["NodeUpdate", "SampleRow", "Store"]
+Imports nothing itself, so that a read command can load :mod:`collector.store.reader`
+without the writer's dependencies (aiosqlite, zstandard).
+"""
