@@ -7,7 +7,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
 3. ``agent run`` for this machine (real CPU/memory/disk/network; real GPUs when NVML finds
    them, else zero GPUs and a log line saying why);
 4. ``agent simulate`` for a synthetic fleet of xname nodes with 8 fake GPUs each;
-5. after a few seconds, ``collector query`` three ways, then a clean shutdown.
+5. a hostile node: garbage, absurd values, a clock a day ahead; the collector quarantines
+   and acknowledges each and goes on storing the fleet;
+6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
+   the quarantined messages), ``collector solve``, then a clean shutdown.
 """
 
 from __future__ import annotations
@@ -33,6 +36,39 @@ def _banner(text: str) -> None:
 def _run_cli(*args: str) -> None:
     print(f"$ {' '.join(args)}", flush=True)
     subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
+
+
+def _hostile_node(host: str, port: int) -> int:
+    """Publish what once crash-looped or poisoned the collector; return how many messages."""
+    import asyncio  # noqa: PLC0415
+
+    import aiomqtt  # noqa: PLC0415
+    import msgspec  # noqa: PLC0415
+
+    from agent.simulate import FleetSimulator  # noqa: PLC0415
+    from shared.schema import encode  # noqa: PLC0415
+    from shared.topics import sample_topic  # noqa: PLC0415
+
+    sim = FleetSimulator(1, gpus_per_node=2, seed=666, interval_s=1, first_index=4096)
+    node = sim.node_ids[0]
+    good = msgspec.json.decode(encode(sim.sample(0, time.time(), 0)))
+    evil = [
+        b"{this is not json",
+        msgspec.json.encode({**good, "ts": time.time() + 86_400}),  # a day ahead
+        msgspec.json.encode({**good, "disk_io": {"read_bytes_per_s": 1e300}}),
+        msgspec.json.encode(
+            {**good, "gpus": [{**g, "mem_used_bytes": 2**62} for g in good["gpus"]]}
+        ),
+        msgspec.json.encode({**good, "cpu": {**good["cpu"], "per_core_pct": [1.0] * 150_000}}),
+    ]
+
+    async def publish() -> None:
+        async with aiomqtt.Client(host, port, identifier=f"hostile-{node}") as client:
+            for payload in evil:
+                await client.publish(sample_topic(node), payload, qos=1)
+
+    asyncio.run(publish())
+    return len(evil)
 
 
 def main() -> int:
@@ -102,8 +138,12 @@ def main() -> int:
         spawn(
             "simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1"
         )
+        time.sleep(min(2.0, args.seconds))
+        _banner("5. a hostile node")
+        sent = _hostile_node(broker.host, broker.port)
+        print(f"published {sent} poisonous samples (garbage, 1e300 B/s, 2^62 bytes, a day ahead)")
         print(f"collecting for {args.seconds:.0f} s ...", flush=True)
-        time.sleep(args.seconds)
+        time.sleep(max(0.0, args.seconds - 2.0))
         for name, proc in procs:
             if proc.poll() is not None:
                 print(
@@ -111,7 +151,7 @@ def main() -> int:
                 )
                 return 1
 
-        _banner("5. collector query: the fleet")
+        _banner("6. collector query: the fleet")
         _run_cli("collector", "query", "--db", str(db), "--limit", "12")
         _banner(f"collector query --node {node}: this machine's real samples")
         _run_cli(
@@ -119,6 +159,8 @@ def main() -> int:
         )
         _banner("collector query --gpus --node x1000c0s0b0n0: per-GPU rows")
         _run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
+        _banner("collector query --rejected: what the hostile node sent, quarantined and acked")
+        _run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
         plan = ROOT / "deploy" / "plan.example.json"
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
