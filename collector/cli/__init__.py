@@ -3,26 +3,43 @@
 This module only parses arguments and dispatches; each command lives in its own module
 and registers itself through an ``add_parser(subparsers)`` function that sets
 ``handler=<callable(args) -> int>`` as the parser default.
+
+Only the command named on the line is imported: the others are listed by name and help
+line, which is all ``collector --help`` shows. So ``collector --help`` imports no command
+module (the daemon's brings MQTT, aiosqlite and pydantic), and a broken command cannot
+stop the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Final
 
 from shared.cli import run_command
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+COMMANDS: Final = {
+    "run": ("collector.cli.run", "run the collector daemon"),
+    "query": (
+        "collector.cli.query",
+        "recent stats: fleet summary, one node's samples, per-GPU rows, rejected messages",
+    ),
+    "solve": (
+        "collector.cli.solve",
+        "size a cluster under a power cap: how many GPUs fit, and why not more",
+    ),
+}
+"""Each command's module and the help line ``collector --help`` shows for it (which the
+module registers too; a test holds them equal)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``collector`` argument parser."""
-    # Imported here so `collector --help` stays fast and a broken command cannot stop others.
-    from collector.cli import query as query_cmd  # noqa: PLC0415
-    from collector.cli import run as run_cmd  # noqa: PLC0415
-    from collector.cli import solve as solve_cmd  # noqa: PLC0415
-
+def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``collector`` argument parser, with the commands in ``full`` (default: all)
+    registered by their modules and the others by name and help line only."""
     parser = argparse.ArgumentParser(
         prog="collector",
         description=(
@@ -31,15 +48,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run_cmd.add_parser(sub)
-    query_cmd.add_parser(sub)
-    solve_cmd.add_parser(sub)
+    for name, (module, help_line) in COMMANDS.items():
+        if full is None or name in full:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    """The command on the line: ``collector`` itself takes no option but ``-h``, so it is
+    the first argument that does not start with ``-`` (``None``: help or an error)."""
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``collector`` console script."""
-    return run_command(build_parser(), argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = _named_command(args)
+    return run_command(build_parser(() if command is None else (command,)), args)
 
 
 if __name__ == "__main__":

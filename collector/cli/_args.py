@@ -1,15 +1,22 @@
-"""Arguments every store-reading or daemon command shares, and settings built from them."""
+"""Arguments every store-reading or daemon command shares, and settings built from them.
+
+Imported by ``collector --help`` paths, so nothing heavy at module level: the settings model
+(pydantic, ~0.14 s of imports) is loaded only when settings must be validated.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from collector.settings import CollectorSettings
-from shared.settings import load_settings
+if TYPE_CHECKING:
+    from collector.settings import CollectorSettings
 
-__all__ = ["add_settings_args", "settings_from_args"]
+__all__ = ["ReadSettings", "add_settings_args", "read_settings_from_args", "settings_from_args"]
+
+_ENV_PREFIX: Final = "CAPWATCH_"
 
 
 def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) -> None:
@@ -43,6 +50,9 @@ def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSettings:
     """Settings from file + env + the flags present in ``args`` (plus ``extra`` overrides)."""
+    from collector.settings import CollectorSettings  # noqa: PLC0415 (pydantic: not for --help)
+    from shared.settings import load_settings  # noqa: PLC0415
+
     overrides: dict[str, Any] = {
         "db_path": getattr(args, "db", None),
         "log_level": getattr(args, "log_level", None),
@@ -51,3 +61,36 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
         **extra,
     }
     return load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
+
+
+class ReadSettings(NamedTuple):
+    """The part of :class:`~collector.settings.CollectorSettings` a store reader uses."""
+
+    db_path: Path
+    stale_intervals: float
+    expected_interval_s: float
+
+
+def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
+    """What a store-reading command needs, from ``--config``, ``CAPWATCH_*`` and ``--db``.
+
+    Without a ``--config`` file and without any ``CAPWATCH_*`` environment variable (in any
+    case, as pydantic-settings matches them) there is nothing to validate: the answer is the
+    collector's defaults and the ``--db`` path, exactly what :func:`settings_from_args` would
+    build, without its ~0.14 s of imports (tests/collector/test_cli_query.py holds the two
+    equal). Otherwise the full settings are built and checked as for ``collector run``, with
+    the same errors.
+    """
+    if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
+        from collector.store.queries import (  # noqa: PLC0415
+            DEFAULT_INTERVAL_S,
+            DEFAULT_STALE_INTERVALS,
+        )
+        from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
+
+        db: Path | None = args.db
+        return ReadSettings(
+            DEFAULT_DB_PATH if db is None else db, DEFAULT_STALE_INTERVALS, DEFAULT_INTERVAL_S
+        )
+    settings = settings_from_args(args)
+    return ReadSettings(settings.db_path, settings.stale_intervals, settings.expected_interval_s)

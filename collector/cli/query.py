@@ -1,94 +1,197 @@
-"""``collector query``: recent stats from the store (works while the daemon runs)."""
+"""``collector query``: what the store knows, as tables for a person or JSON for a script.
+
+Works while the daemon runs (a read-only connection reads one WAL snapshot). This module
+is argument handling and output only; the SQL is in :mod:`collector.store.queries`. The
+store code is imported inside :func:`run`, so ``collector query --help`` loads none of it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from collector.cli._args import add_settings_args, settings_from_args
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
-from collector.settings import CollectorSettings
-from collector.store import queries as query
-from collector.store.db import Store
-from shared.topics import validate_node_id
+from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
 from shared.units import format_bytes, format_duration, format_watts, parse_duration
+
+if TYPE_CHECKING:
+    from collector.cli._args import ReadSettings
+    from collector.store.reader import StoreReader
 
 __all__ = ["add_parser", "run"]
 
+_DESCRIPTION: Final = """\
+Answers from the collector's store (works while the collector runs).
 
-def _pct(v: float) -> str:
-    return f"{v:.1f}%"
+  (no option)   fleet summary: nodes online/stale/offline, GPUs online, mean GPU
+                utilisation, GPU and CPU power, the collector's counters; then one line
+                per node from its latest sample
+  --node NODE   that node's samples since --since (default 15m), newest first
+  --gpus        one row per GPU from each node's latest sample (with --node: that node)
+  --rejected    messages the collector quarantined (rejected or not storable), newest
+                first, with the rejected counters per reason; --node and --since filter
+
+A node is offline when its status topic says so, stale when it sent no sample for
+stale_intervals x its sampling interval (settings; default 3 x)."""
+
+_EPILOG: Final = """\
+examples:
+  collector query
+  collector query --node x1000c0s0b0n0 --since 1h
+  collector query --gpus --node x1000c0s0b0n0
+  collector query --rejected --since 24h --json
+
+exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
+
+_LIMIT_DEFAULT: Final = 200
+_LIMIT_DEFAULT_REJECTED: Final = 50
+_SINCE_DEFAULT_NODE_S: Final = 900.0  # 15m, as the help says
+_TABLE_DETAIL_CHARS: Final = 80  # msgspec names the field path at the end
+_TABLE_PAYLOAD_CHARS: Final = 80
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``collector query``."""
     p = sub.add_parser(
         "query",
-        help="recent stats: fleet summary, one node's samples, per-GPU rows",
-        description=(
-            "Without options: a fleet summary (nodes online/stale/offline, GPUs, mean GPU "
-            "utilisation, total power) and one line per node. --node N: that node's samples "
-            "since --since. --gpus: one row per GPU from each node's latest sample."
-        ),
+        help=COMMANDS["query"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_args(p)
-    p.add_argument("--node", metavar="NODE", help="show this node's recent samples")
+    p.add_argument(
+        "--node",
+        metavar="NODE",
+        help="one node: its recent samples (with --gpus its GPUs, with --rejected its messages)",
+    )
     p.add_argument(
         "--since",
-        default="15m",
         metavar="DURATION",
-        help="with --node: how far back (default 15m; units s m h d)",
+        help="how far back: --node samples by their time stamp (default 15m), --rejected "
+        "messages by arrival (default: all kept); units ms s m h d w, e.g. 90s, 2h",
     )
-    p.add_argument("--gpus", action="store_true", help="per-GPU rows (with --node: that node only)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--gpus", action="store_true", help="per-GPU rows from each node's latest sample"
+    )
+    mode.add_argument(
+        "--rejected",
+        action="store_true",
+        help="quarantined messages (rejected or not storable) and rejected counters by reason",
+    )
     p.add_argument(
-        "--limit", type=int, default=200, metavar="N", help="at most N rows (default 200)"
+        "--limit",
+        type=_count,
+        metavar="N",
+        help=f"at most N nodes (summary, --gpus) or samples (--node); default "
+        f"{_LIMIT_DEFAULT}; with --rejected at most N messages, default {_LIMIT_DEFAULT_REJECTED}",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Answer the query; exit 0, or 2 with one line on a bad flag or missing database."""
-    settings = settings_from_args(args)
-    since_s = parse_duration(args.since, field="--since")
-    if args.node is not None:
-        validate_node_id(args.node)
-    return asyncio.run(_query(args, settings, since_s))
+    """Answer the query; exit 0, or 2 with one line on a bad flag or setting or no database."""
+    from collector.store.reader import StoreReader  # noqa: PLC0415 (not for --help)
 
-
-async def _query(args: argparse.Namespace, settings: CollectorSettings, since_s: float) -> int:
-    now = time.time()
-    async with Store.open_readonly(settings.db_path) as store:
-        if args.gpus:
-            rows = await query.gpu_rows(store, args.node, args.limit)
-            if args.json:
-                print_json({"gpus": rows})
-            else:
-                _print_gpus(rows)
-            return 0
-        if args.node is not None:
-            samples = await query.node_samples(
-                store, args.node, round((now - since_s) * 1000), args.limit
-            )
-            if args.json:
-                print_json({"node": args.node, "since_s": since_s, "samples": samples})
-            else:
-                _print_samples(args.node, samples, now)
-            return 0
-        summary = await query.fleet_summary(
-            store,
-            now,
-            stale_intervals=settings.stale_intervals,
-            default_interval_s=settings.expected_interval_s,
+    settings = read_settings_from_args(args)
+    since_s = None if args.since is None else parse_duration(args.since, field="--since")
+    if args.node is not None and not NODE_ID_RE.match(args.node):
+        raise ConfigError(
+            f"--node {args.node!r} is not a node id: 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            field="--node",
         )
-        summary["nodes"] = summary["nodes"][: args.limit]
-        if args.json:
-            print_json(summary)
+    now = time.time()
+    with StoreReader(settings.db_path) as store:
+        if args.rejected:
+            _rejected(store, args, since_s, now)
+        elif args.gpus:
+            _gpus(store, args)
+        elif args.node is not None:
+            _samples(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
         else:
-            _print_summary(summary)
+            _summary(store, args, settings, now)
     return 0
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}%"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _summary(
+    store: StoreReader, args: argparse.Namespace, settings: ReadSettings, now: float
+) -> None:
+    from collector.store.queries import fleet_summary  # noqa: PLC0415
+
+    summary = fleet_summary(
+        store,
+        now,
+        stale_intervals=settings.stale_intervals,
+        default_interval_s=settings.expected_interval_s,
+    )
+    summary["nodes"] = summary["nodes"][: args.limit or _LIMIT_DEFAULT]
+    if args.json:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+
+
+def _samples(store: StoreReader, args: argparse.Namespace, since_s: float, now: float) -> None:
+    from collector.store.queries import node_samples  # noqa: PLC0415
+
+    since_ms = round((now - since_s) * 1000)
+    samples = node_samples(store, args.node, since_ms, args.limit or _LIMIT_DEFAULT)
+    if args.json:
+        print_json({"node": args.node, "since_s": since_s, "samples": samples})
+    else:
+        _print_samples(args.node, samples, now)
+
+
+def _gpus(store: StoreReader, args: argparse.Namespace) -> None:
+    from collector.store.queries import gpu_rows  # noqa: PLC0415
+
+    rows = gpu_rows(store, args.node, args.limit or _LIMIT_DEFAULT)
+    if args.json:
+        print_json({"gpus": rows})
+    else:
+        _print_gpus(rows)
+
+
+def _rejected(
+    store: StoreReader, args: argparse.Namespace, since_s: float | None, now: float
+) -> None:
+    from collector.store.queries import rejected_messages  # noqa: PLC0415
+
+    result = rejected_messages(
+        store,
+        node=args.node,
+        since_ms=None if since_s is None else round((now - since_s) * 1000),
+        limit=args.limit or _LIMIT_DEFAULT_REJECTED,
+    )
+    if args.json:
+        print_json(result)
+    else:
+        _print_rejected(result, now)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -165,6 +268,48 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
                 Column("sm_clock_mhz", "SM MHZ"),
                 Column("pstate", "P"),
                 Column("processes", "PROCS"),
+            ],
+        )
+    )
+
+
+def _print_rejected(result: dict[str, Any], now: float) -> None:
+    counters: dict[str, int] = result["counters"]
+    by_reason = ", ".join(
+        f"{name.removeprefix('rejected_')} {n}"
+        for name, n in counters.items()
+        if name.startswith("rejected_")
+    )
+    total = counters.get("rejected", 0)
+    print(
+        f"rejected since the collector started: {total}" + (f" ({by_reason})" if by_reason else "")
+    )
+    messages = result["messages"]
+    if not messages:
+        print("no quarantined messages match")
+        return
+    print()
+    rows = [
+        {
+            "age_s": now - m["received_ms"] / 1000,
+            "source": m["node"] or _cut(m["topic"], 40),
+            "reason": m["reason"],
+            "payload_bytes": m["payload_bytes"],
+            "detail": _cut(m["detail"], _TABLE_DETAIL_CHARS),
+            "payload_head": _cut(m["payload_head"], _TABLE_PAYLOAD_CHARS),
+        }
+        for m in messages
+    ]
+    print(
+        render_table(
+            rows,
+            [
+                Column("age_s", "AGE", format_duration),
+                Column("source", "NODE/TOPIC", align_right=False),
+                Column("reason", "REASON", align_right=False),
+                Column("payload_bytes", "SIZE", format_bytes),
+                Column("detail", "DETAIL", align_right=False),
+                Column("payload_head", "PAYLOAD (first bytes)", align_right=False),
             ],
         )
     )

@@ -3,7 +3,8 @@
 Three modes: the maximum (default), ``--sweep`` (one parameter stepped through a range,
 optionally drawn with ``--plot``) and ``--fixed`` (a given fleet's power, fabric and
 headroom). The solver itself is :mod:`collector.power`; this module reads flags, prints and
-draws.
+draws. The solver is imported only when a plan is solved, so ``collector solve --help`` (and
+``collector --help``) stay fast.
 """
 
 from __future__ import annotations
@@ -11,24 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.power import (
-    FlatComparison,
-    Plan,
-    Solution,
-    SweepPoint,
-    SweepSpec,
-    compare_with_flat,
-    load_plan,
-    parse_sweep,
-    solve_fixed,
-    solve_max,
-    sweep,
-)
+from collector.cli import COMMANDS
 from shared.errors import ConfigError, PlanError
+
+if TYPE_CHECKING:
+    from collector.power import FlatComparison, Plan, Solution, SweepPoint, SweepSpec
 
 __all__ = ["add_parser", "run"]
 
@@ -65,6 +56,8 @@ _CONSTRAINT_WORDS = {
 
 
 def _sweep_arg(text: str) -> SweepSpec:
+    from collector.power import parse_sweep  # noqa: PLC0415
+
     try:
         return parse_sweep(text)
     except PlanError as exc:
@@ -94,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Register ``collector solve``."""
     parser = sub.add_parser(
         "solve",
-        help="size a cluster under a power cap: how many GPUs fit, and why not more",
+        help=COMMANDS["solve"][1],
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -148,6 +141,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Run ``collector solve``; 0 done, 1 a ``--fixed`` fleet does not fit."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from collector.power import compare_with_flat, load_plan, solve_fixed, solve_max  # noqa: PLC0415
+
     config: Path = args.config
     plan = load_plan(config)
     if args.fabric_model is not None:
@@ -200,6 +197,8 @@ def _w(watts: float) -> str:
 def _json_solution(
     config: Path, plan: Plan, solution: Solution, comparison: FlatComparison | None
 ) -> dict[str, Any]:
+    from dataclasses import asdict  # noqa: PLC0415
+
     return {
         "config": str(config),
         "old_tool_config": plan.legacy,
@@ -366,6 +365,10 @@ def _solution_lines(
 
 
 def _run_sweep(plan: Plan, spec: SweepSpec, *, as_json: bool, plot: Path | None) -> int:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from collector.power import sweep  # noqa: PLC0415
+
     points = sweep(plan, spec.param, spec.values)
     if plot is not None:
         _plot_sweep(spec.param, points, plot)

@@ -1,20 +1,51 @@
 """Read-side questions about the fleet, answered from the store.
 
-Each function returns plain dicts/lists (JSON-ready); the command module renders them.
+Each function takes a :class:`~collector.store.reader.StoreReader` and returns plain dicts
+and lists (JSON-ready); the command module renders them. Every query is served by an index
+(``samples (node, ts_ms)``, ``quarantine (node, id)``, primary keys): a day of a
+1,000-node fleet at one sample a minute is 1.44 M rows, and no answer reads them all.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Final
 
-import msgspec
+from collector.store.reader import StoreReader
 
-from collector.store.db import Store
-from shared.schema import Sample
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "DEFAULT_STALE_INTERVALS",
+    "fleet_summary",
+    "gpu_rows",
+    "node_samples",
+    "node_state",
+    "printable",
+    "rejected_messages",
+]
 
-__all__ = ["fleet_summary", "gpu_rows", "node_samples", "node_state"]
+DEFAULT_INTERVAL_S: Final = 5.0
+"""A node's sampling interval when its latest sample does not say (``expected_interval_s``)."""
+DEFAULT_STALE_INTERVALS: Final = 3.0
+"""A node with no sample for this many intervals is stale (``stale_intervals``)."""
 
-_sample_decoder = msgspec.json.Decoder(Sample)
+# Wire-schema GPU fields a row shows, and those that are floats there: a payload decoded as
+# plain JSON gives 87 where the schema's decoder gave 87.0, and --json must not change.
+_GPU_FIELDS: Final = (
+    "index",
+    "uuid",
+    "util_pct",
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "power_w",
+    "power_interval_w",
+    "energy_j",
+    "temp_c",
+    "sm_clock_mhz",
+    "pstate",
+    "clock_event_reasons",
+)
+_GPU_FLOATS: Final = frozenset({"util_pct", "power_w", "power_interval_w", "energy_j", "temp_c"})
 
 
 def node_state(
@@ -35,12 +66,13 @@ def node_state(
     return "online"
 
 
-async def fleet_summary(
-    store: Store, now: float, *, stale_intervals: float, default_interval_s: float
+def fleet_summary(
+    store: StoreReader, now: float, *, stale_intervals: float, default_interval_s: float
 ) -> dict[str, Any]:
     """Nodes by state, GPUs, mean GPU utilisation and total power (latest sample per node)."""
-    # Each node's newest sample through the (node, ts_ms) index: one short lookup per node.
-    rows = await store.fetchall(
+    # Each node's newest sample through the (node, ts_ms) index: one short descent per node
+    # (~8 ms for 1,000 nodes over 1.44 M rows), never a scan of the samples.
+    rows = store.fetchall(
         "SELECT n.node, n.status, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
         "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w FROM nodes n LEFT JOIN samples s "
@@ -93,14 +125,14 @@ async def fleet_summary(
         "gpu_util_mean_pct": round(util_weighted / util_gpus, 2) if util_gpus else None,
         "gpu_power_w": round(gpu_power, 1),
         "cpu_power_w": round(cpu_power, 1),
-        "counters": await store.counters(),
+        "counters": store.counters(),
         "nodes": nodes,
     }
 
 
-async def node_samples(store: Store, node: str, since_ms: int, limit: int) -> list[dict[str, Any]]:
-    """A node's samples newer than ``since_ms``, newest first."""
-    rows = await store.fetchall(
+def node_samples(store: StoreReader, node: str, since_ms: int, limit: int) -> list[dict[str, Any]]:
+    """A node's samples stamped at or after ``since_ms``, newest first."""
+    rows = store.fetchall(
         "SELECT ts_ms, seq, interval_s, cpu_pct, mem_used_bytes, mem_total_bytes, gpu_count, "
         "gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w FROM samples "
         "WHERE node = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
@@ -111,48 +143,72 @@ async def node_samples(store: Store, node: str, since_ms: int, limit: int) -> li
     ]
 
 
-async def gpu_rows(store: Store, node: str | None, limit_nodes: int) -> list[dict[str, Any]]:
-    """One row per GPU from each node's latest stored sample."""
+def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dict[str, Any]]:
+    """One row per GPU from the latest stored sample of ``node``, or of the first
+    ``limit_nodes`` nodes (by name) that have samples."""
     if node is not None:
-        nodes = [node]
+        latest = store.fetchall(
+            "SELECT node, payload, payload_dict FROM samples WHERE node = ? "
+            "ORDER BY ts_ms DESC LIMIT 1",
+            (node,),
+        )
     else:
-        nodes = [
-            r["node"]
-            for r in await store.fetchall(
-                "SELECT node FROM nodes n WHERE EXISTS "
-                "(SELECT 1 FROM samples s WHERE s.node = n.node) ORDER BY node LIMIT ?",
-                (limit_nodes,),
-            )
-        ]
+        latest = store.fetchall(
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s ON s.rowid = "
+            "(SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
+            "ORDER BY n.node LIMIT ?",
+            (limit_nodes,),
+        )
     out: list[dict[str, Any]] = []
-    for name in nodes:
-        latest = await store.fetchall(
-            "SELECT payload, payload_dict FROM samples WHERE node = ? ORDER BY ts_ms DESC LIMIT 1",
-            (name,),
-        )
-        if not latest:
-            continue
-        sample = _sample_decoder.decode(
-            await store.payload(latest[0]["payload"], latest[0]["payload_dict"])
-        )
-        for g in sample.gpus:
-            out.append(
-                {
-                    "node": name,
-                    "ts": sample.ts,
-                    "index": g.index,
-                    "uuid": g.uuid,
-                    "util_pct": g.util_pct,
-                    "mem_used_bytes": g.mem_used_bytes,
-                    "mem_total_bytes": g.mem_total_bytes,
-                    "power_w": g.power_w,
-                    "power_interval_w": g.power_interval_w,
-                    "energy_j": g.energy_j,
-                    "temp_c": g.temp_c,
-                    "sm_clock_mhz": g.sm_clock_mhz,
-                    "pstate": g.pstate,
-                    "clock_event_reasons": g.clock_event_reasons,
-                    "processes": len(g.processes),
-                }
-            )
+    for r in latest:
+        # Stored payloads were validated on arrival; plain JSON reads them back without
+        # judging old rows by a newer schema's rules (and without msgspec's import).
+        sample = json.loads(store.payload(r["payload"], r["payload_dict"]))
+        for g in sample.get("gpus") or ():
+            row: dict[str, Any] = {"node": r["node"], "ts": float(sample["ts"])}
+            for key in _GPU_FIELDS:
+                value = g.get(key)
+                row[key] = float(value) if key in _GPU_FLOATS and value is not None else value
+            row["processes"] = len(g.get("processes") or ())
+            out.append(row)
     return out
+
+
+def printable(head: bytes) -> str:
+    """Bytes as text a terminal shows safely: invalid UTF-8 as ``\\xNN``, control and other
+    non-printable characters as ``\\n``, ``\\x00``, ``\\u2028``..."""
+    text = head.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def rejected_messages(
+    store: StoreReader, *, node: str | None, since_ms: int | None, limit: int
+) -> dict[str, Any]:
+    """Quarantined messages, newest first, and the collector's ``rejected*`` counters.
+
+    ``node`` and ``since_ms`` (arrival time) filter the messages; the counters are the
+    whole fleet's. ``payload_head`` (the message's first 256 bytes) comes as
+    :func:`printable` text.
+    """
+    counters = {k: v for k, v in sorted(store.counters().items()) if k.startswith("rejected")}
+    if not store.has_table("quarantine"):  # a store the collector has not migrated yet
+        return {"counters": counters, "messages": []}
+    where: list[str] = []
+    params: list[Any] = []
+    if node is not None:
+        where.append("node = ?")
+        params.append(node)
+    if since_ms is not None:
+        where.append("received_ms >= ?")
+        params.append(since_ms)
+    # id grows with arrival: newest first through the primary key, or (node, id) for a node.
+    rows = store.fetchall(
+        "SELECT id, received_ms, node, topic, reason, detail, payload_head, payload_bytes "
+        f"FROM quarantine {'WHERE ' + ' AND '.join(where) if where else ''} "
+        "ORDER BY id DESC LIMIT ?",
+        (*params, limit),
+    )
+    messages = [{**dict(r), "payload_head": printable(bytes(r["payload_head"]))} for r in rows]
+    return {"counters": counters, "messages": messages}

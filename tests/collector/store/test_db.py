@@ -9,7 +9,6 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
 from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store
-from collector.store.queries import fleet_summary
 from shared.errors import StoreError
 from shared.schema import encode
 from tests.helpers import count_samples, db_rows
@@ -56,28 +55,6 @@ async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None
         assert await store.delete_older_than(cutoff, 25) == 0
     remaining = db_rows(tmp_path / "c.db", "SELECT min(ts_ms), count(*) FROM samples")
     assert remaining == [(cutoff, 40)]
-
-
-async def test_fleet_summary_uses_each_nodes_newest_sample_even_if_a_late_one_arrives(
-    tmp_path: Path,
-) -> None:
-    """A buffered sample stored after a newer one does not become the node's latest."""
-    rows = _rows(2, 3)  # ticks at 1.8e9, +5, +10
-    newest_first = sorted(rows, key=lambda r: -r.ts_ms)
-    async with Store(tmp_path / "c.db") as store:
-        await store.write_batch(
-            newest_first,
-            [NodeUpdate("x1000c0s0b0n0", status="online", status_ts=1.0)],
-            ["x1000c0s0b0n0", "x1000c0s0b0n1"],
-        )
-        summary = await fleet_summary(store, 1.8e9 + 11, stale_intervals=3, default_interval_s=5)
-    by_node = {n["node"]: n for n in summary["nodes"]}
-    assert by_node["x1000c0s0b0n0"]["last_sample_age_s"] == 1.0
-    assert by_node["x1000c0s0b0n0"]["state"] == "online"
-    assert by_node["x1000c0s0b0n1"]["state"] == "online"  # no status yet, fresh samples
-    newest = max((r for r in rows if r.node == "x1000c0s0b0n0"), key=lambda r: r.ts_ms)
-    assert by_node["x1000c0s0b0n0"]["cpu_pct"] == newest.cpu_pct
-    assert summary["gpus_online"] == 4
 
 
 async def test_status_updates_merge_into_nodes(tmp_path: Path) -> None:
