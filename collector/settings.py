@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
+from collector.store.reader import DEFAULT_DB_PATH
 from shared.settings import CapwatchSettings
 
 __all__ = ["CollectorSettings"]
@@ -15,7 +17,7 @@ __all__ = ["CollectorSettings"]
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
-    db_path: Path = Path("capwatch.db")
+    db_path: Path = DEFAULT_DB_PATH
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
     Unset: the MQTT username (the shipped broker config binds client ids to usernames),
@@ -37,9 +39,9 @@ class CollectorSettings(CapwatchSettings):
     """full: an acknowledged sample survives a power cut; normal: only a process crash."""
     compress_payloads: bool = True
     """Store sample JSON zstd-compressed (8x smaller, ~11 us per sample in the writer thread)."""
-    expected_interval_s: float = Field(default=5.0, gt=0)
+    expected_interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0)
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
-    stale_intervals: float = Field(default=3.0, gt=0)
+    stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0)
 
     @property
     def session_client_id(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,6 +41,11 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `collector query | head`: the reader left. Not an error; no traceback at exit either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except BaseException as exc:
         error = first_capwatch_error(exc)
         if error is None:

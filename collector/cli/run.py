@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collector.cli._args import add_settings_args, settings_from_args
-from collector.service import Collector
-from collector.settings import CollectorSettings
-from shared.logging import configure_logging
-from shared.units import parse_duration
+from collector.cli._args import add_settings_args
+
+if TYPE_CHECKING:
+    from collector.settings import CollectorSettings
 
 __all__ = ["add_parser", "run"]
 
@@ -23,20 +20,35 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run the collector daemon",
         description=(
             "Subscribe to capwatch/v1/nodes/+/{sample,inventory,status} with a persistent "
-            "session (fixed client id, QoS 1) so the broker keeps samples while the collector "
-            "restarts; validate every message; store samples in SQLite in batches; delete raw "
-            "samples past the retention window. SIGTERM/SIGINT stop it cleanly: everything "
-            "received is committed first."
+            "session (QoS 1) so the broker keeps samples while the collector restarts; "
+            "validate every message against the wire schema's physical bounds; store samples "
+            "in SQLite and acknowledge each message only after the commit that stored it "
+            "(synchronous=FULL: it survives a power cut); quarantine and acknowledge what "
+            "cannot be stored (see `collector query --rejected`); delete raw samples that "
+            "arrived before the retention window. SIGTERM/SIGINT stop it cleanly: everything "
+            "received is committed and acknowledged first. Exit 2: a setting is wrong (one "
+            "line names it); exit 1: the database cannot be written (disk full, I/O error)."
         ),
     )
     add_settings_args(p, broker=True)
-    p.add_argument("--client-id", metavar="ID", help="MQTT client id (default capwatch-collector)")
+    p.add_argument(
+        "--client-id",
+        metavar="ID",
+        help="MQTT client id of the persistent session (default: the MQTT username, else "
+        "capwatch-collector)",
+    )
     p.add_argument("--retention", metavar="DURATION", help="keep raw samples this long (e.g. 24h)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build settings, then run until a signal."""
+    import asyncio  # noqa: PLC0415 (imports stay inside the command: --help is instant)
+
+    from collector.cli._args import settings_from_args  # noqa: PLC0415
+    from shared.logging import configure_logging  # noqa: PLC0415
+    from shared.units import parse_duration  # noqa: PLC0415
+
     extra: dict[str, Any] = {"client_id": args.client_id}
     if args.retention is not None:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
@@ -47,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: CollectorSettings) -> None:
+    import asyncio  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    from collector.service import Collector  # noqa: PLC0415
+
     collector = Collector(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
