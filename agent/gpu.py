@@ -9,16 +9,37 @@ GPU is normal: the backend reports zero GPUs, says why once, and never raises.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeVar
 
+from agent.bounds import Bounds
 from agent.rates import CounterRate
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 from shared.schema import (
+    GPU_UUID_PATTERN,
+    MAX_CLOCK_EVENT_REASONS,
+    MAX_CLOCK_MHZ,
+    MAX_COUNTER,
+    MAX_ENERGY_J,
+    MAX_GPU_MEM_BYTES,
+    MAX_GPU_POWER_W,
+    MAX_GPUS,
+    MAX_MODEL_NAME_LEN,
+    MAX_PID,
+    MAX_PROCESSES_PER_GPU,
+    MAX_PSTATE,
+    MAX_SERIAL_LEN,
+    MAX_TEMP_C,
+    MAX_VERSION_LEN,
+    MAX_XID,
+    MAX_XIDS,
+    MIN_TEMP_C,
+    PCI_BUS_ID_PATTERN,
     GpuEcc,
     GpuInfo,
     GpuProcess,
@@ -52,8 +73,10 @@ _CLOCK_REASONS_CALLS: Final = (
     ("clocks_throttle_reasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
 )
 
+_UUID_RE: Final = re.compile(GPU_UUID_PATTERN)
+_PCI_BUS_ID_RE: Final = re.compile(PCI_BUS_ID_PATTERN)
+
 _T = TypeVar("_T")
-_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +194,8 @@ class _Device:
     index: int
     handle: Any
     uuid: str
+    bounds: Bounds
+    """Range checks of this GPU's readings; their log lines carry ``gpu=<index>``."""
     unsupported: set[str] = field(default_factory=set)
     """Fields NVML said NotSupported (or lacks the function for): never asked again."""
     logged_errors: set[tuple[str, str]] = field(default_factory=set)
@@ -183,7 +208,12 @@ class NvmlBackend:
 
     ``nvml=None`` imports ``pynvml`` at :meth:`start`. XID events are collected by a daemon
     thread blocked in ``nvmlEventSetWait_v2`` for at most ``xid_wait_ms`` at a time, which is
-    also how long :meth:`close` may wait for it.
+    also how long :meth:`close` may wait for it; at most ``xid_queue_max`` of them (up to the
+    schema's ``MAX_XIDS``) wait for the next sample.
+
+    Every reading is kept inside the wire schema's range (:mod:`agent.bounds`): one that is
+    not becomes ``None``; GPUs past ``MAX_GPUS`` and a GPU whose UUID is not NVML's form are
+    left out, since the collector would reject every sample that carried them.
     """
 
     def __init__(
@@ -194,10 +224,13 @@ class NvmlBackend:
         xid_wait_ms: int = 500,
         xid_queue_max: int = 1000,
     ) -> None:
+        if not 1 <= xid_queue_max <= MAX_XIDS:
+            raise ValueError(f"xid_queue_max must be within 1..{MAX_XIDS}, got {xid_queue_max}")
         self._nvml_arg = nvml
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._xid_wait_ms = xid_wait_ms
         self._log = get_logger("agent.gpu")
+        self._bounds = Bounds(self._clock, self._log)
         self._inventory: GpuInventory | None = None
         self._initialized = False
         self._devices: list[_Device] = []
@@ -243,12 +276,15 @@ class NvmlBackend:
         self._initialized = True
         self._bind_optional_symbols(nvml)
         try:
-            driver: str | None = _text(nvml.nvmlSystemGetDriverVersion())
+            raw_driver = _text(nvml.nvmlSystemGetDriverVersion())
             count = nvml.nvmlDeviceGetCount()
         except nvml.NVMLError as exc:
             return self._unavailable("error", exc)
+        driver: str | None = self._bounds.text(raw_driver, "gpu_driver", MAX_VERSION_LEN)
+        if count > MAX_GPUS:
+            self._bounds.truncated("gpus", kept=MAX_GPUS, dropped=count - MAX_GPUS)
         gpus = []
-        for index in range(count):
+        for index in range(min(count, MAX_GPUS)):
             info = self._open_device(index)
             if info is not None:
                 gpus.append(info)
@@ -292,24 +328,36 @@ class NvmlBackend:
         except nvml.NVMLError as exc:
             self._log.warning("gpu_open_failed", gpu=index, error=str(exc))
             return None
-        dev = _Device(index=index, handle=handle, uuid=uuid)
+        bounds = Bounds(self._clock, self._log.bind(gpu=index))
+        if bounds.matching(uuid, "gpus[].uuid", _UUID_RE) is None:
+            return None  # every sample carrying it would be rejected
+        dev = _Device(index=index, handle=handle, uuid=uuid, bounds=bounds)
         name = self._call(dev, "name", nvml.nvmlDeviceGetName)
         serial = self._call(dev, "serial", nvml.nvmlDeviceGetSerial)
         pci = self._call(dev, "pci_info", nvml.nvmlDeviceGetPciInfo)
         limit_mw = self._call(dev, "power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit)
         mig = self._call(dev, "mig_mode", nvml.nvmlDeviceGetMigMode)
         mem = self._memory(dev)
+        raw_name = _text(name) if name is not None else ""
         self._devices.append(dev)
         self._uuid_index[uuid] = index
         return GpuInfo(
             index=index,
-            name=_text(name) if name is not None else "unknown",
+            name=bounds.text(raw_name, "gpus[].name", MAX_MODEL_NAME_LEN, empty="unknown"),
             uuid=uuid,
-            serial=_text(serial) if serial else None,
-            pci_bus_id=_text(pci.busId) if pci is not None else None,
-            power_limit_w=_watts(limit_mw / 1000) if limit_mw is not None else None,
+            serial=bounds.name(_text(serial), "gpus[].serial", MAX_SERIAL_LEN) if serial else None,
+            pci_bus_id=(
+                bounds.matching(_text(pci.busId), "gpus[].pci_bus_id", _PCI_BUS_ID_RE)
+                if pci is not None
+                else None
+            ),
+            power_limit_w=_watts(bounds, "gpus[].power_limit_w", limit_mw),
             mig_mode=mig[0] == nvml.NVML_DEVICE_MIG_ENABLE if mig is not None else None,
-            mem_total_bytes=int(mem.total) if mem is not None else None,
+            mem_total_bytes=(
+                bounds.optional_int(mem.total, "gpus[].mem_total_bytes", MAX_GPU_MEM_BYTES)
+                if mem is not None
+                else None
+            ),
         )
 
     def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
@@ -319,15 +367,18 @@ class NvmlBackend:
     def _sample_device(self, dev: _Device, now_mono: float, slow: bool) -> GpuSample:
         nvml = self._nvml
         call = self._call
+        b = dev.bounds
         util = call(dev, "utilization", nvml.nvmlDeviceGetUtilizationRates)
         mem = self._memory(dev)
         power_mw = call(dev, "power", nvml.nvmlDeviceGetPowerUsage)
         energy_mj = call(dev, "energy", nvml.nvmlDeviceGetTotalEnergyConsumption)
-        interval_w = None
+        interval_w = energy_j = None
         if energy_mj is not None:
             # mJ/s over the monotonic interval; a negative delta (driver reload) gives None.
-            rate = dev.energy.update(energy_mj, now_mono)
-            interval_w = _watts(rate / 1000) if rate is not None else None
+            interval_w = _watts(
+                b, "gpus[].power_interval_w", dev.energy.update(energy_mj, now_mono)
+            )
+            energy_j = b.optional(energy_mj / 1000, "gpus[].energy_j", MAX_ENERGY_J)
         temp = call(dev, "temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
         sm_clock = call(dev, "sm_clock", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM)
         reasons = self._first(dev, *self._reasons_calls)
@@ -336,20 +387,30 @@ class NvmlBackend:
         return GpuSample(
             index=dev.index,
             uuid=dev.uuid,
-            util_pct=_bounded(util.gpu, 0, 100) if util is not None else None,
-            mem_util_pct=_bounded(util.memory, 0, 100) if util is not None else None,
-            mem_used_bytes=int(mem.used) if mem is not None else None,
-            mem_total_bytes=int(mem.total) if mem is not None else None,
-            power_w=_watts(power_mw / 1000) if power_mw is not None else None,
+            util_pct=b.optional(util.gpu, "gpus[].util_pct", 100.0) if util is not None else None,
+            mem_util_pct=(
+                b.optional(util.memory, "gpus[].mem_util_pct", 100.0) if util is not None else None
+            ),
+            mem_used_bytes=(
+                b.optional_int(mem.used, "gpus[].mem_used_bytes", MAX_GPU_MEM_BYTES)
+                if mem is not None
+                else None
+            ),
+            mem_total_bytes=(
+                b.optional_int(mem.total, "gpus[].mem_total_bytes", MAX_GPU_MEM_BYTES)
+                if mem is not None
+                else None
+            ),
+            power_w=_watts(b, "gpus[].power_w", power_mw),
             power_interval_w=interval_w,
-            energy_j=energy_mj / 1000 if energy_mj is not None else None,
-            temp_c=_bounded(temp, -60, 200),
-            sm_clock_mhz=_bounded(sm_clock, 0, 100_000),
-            clock_event_reasons=reasons,
-            pstate=_bounded(pstate, 0, 32),
-            processes=[
-                GpuProcess(pid=int(p.pid), used_mem_bytes=p.usedGpuMemory) for p in procs or ()
-            ],
+            energy_j=energy_j,
+            temp_c=b.optional(temp, "gpus[].temp_c", MAX_TEMP_C, MIN_TEMP_C),
+            sm_clock_mhz=b.optional_int(sm_clock, "gpus[].sm_clock_mhz", MAX_CLOCK_MHZ),
+            clock_event_reasons=b.optional_int(
+                reasons, "gpus[].clock_event_reasons", MAX_CLOCK_EVENT_REASONS
+            ),
+            pstate=b.optional_int(pstate, "gpus[].pstate", MAX_PSTATE),
+            processes=_processes(b, procs) if procs else [],
             ecc=self._ecc(dev) if slow else None,
             remapped_rows=self._remapped_rows(dev) if slow else None,
         )
@@ -362,9 +423,18 @@ class NvmlBackend:
 
     def _ecc(self, dev: _Device) -> GpuEcc | None:
         nvml = self._nvml
+        b = dev.bounds
         counts = {
-            f"{kind}_{counter}": self._call(
-                dev, f"ecc_{kind}_{counter}", nvml.nvmlDeviceGetTotalEccErrors, error, counter_type
+            f"{kind}_{counter}": b.optional_int(
+                self._call(
+                    dev,
+                    f"ecc_{kind}_{counter}",
+                    nvml.nvmlDeviceGetTotalEccErrors,
+                    error,
+                    counter_type,
+                ),
+                f"gpus[].ecc.{kind}_{counter}",
+                MAX_COUNTER,
             )
             for kind, error in (
                 ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
@@ -382,6 +452,14 @@ class NvmlBackend:
         if rows is None:
             return None
         correctable, uncorrectable, pending, failure = rows
+        b = dev.bounds
+        # Both counts are required in the struct: a garbage one makes the reading unknown.
+        if (
+            b.optional_int(correctable, "gpus[].remapped_rows.correctable", MAX_COUNTER) is None
+            or b.optional_int(uncorrectable, "gpus[].remapped_rows.uncorrectable", MAX_COUNTER)
+            is None
+        ):
+            return None
         return GpuRemappedRows(
             correctable=correctable,
             uncorrectable=uncorrectable,
@@ -472,6 +550,8 @@ class NvmlBackend:
                 self._record_xid(data.device, int(data.eventData))
 
     def _record_xid(self, handle: Any, xid: int) -> None:
+        if self._bounds.optional_int(xid, "xids[].xid", MAX_XID) is None:
+            return
         nvml = self._nvml
         try:
             index = self._uuid_index.get(_text(nvml.nvmlDeviceGetUUID(handle)))
@@ -519,11 +599,21 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _watts(value: float) -> float | None:
-    """Round to 10 mW; ``None`` outside the schema's physical range (a broken reading)."""
-    return round(value, 2) if 0.0 <= value <= 100_000.0 else None
+def _watts(bounds: Bounds, field: str, milliwatts: float | None) -> float | None:
+    """NVML's mW (or mJ/s) as W rounded to 10 mW; ``None`` outside one GPU's range."""
+    if milliwatts is None:
+        return None
+    return bounds.optional(round(milliwatts / 1000, 2), field, MAX_GPU_POWER_W)
 
 
-def _bounded(value: _N | None, low: float, high: float) -> _N | None:
-    """``value`` if within the schema's range; a sentinel or garbage reading becomes ``None``."""
-    return value if value is not None and low <= value <= high else None
+def _processes(bounds: Bounds, procs: list[Any]) -> list[GpuProcess]:
+    """NVML's process records, the first ``MAX_PROCESSES_PER_GPU`` with a possible PID."""
+    out = []
+    for p in bounds.first(procs, "gpus[].processes", MAX_PROCESSES_PER_GPU):
+        pid = bounds.optional_int(p.pid, "gpus[].processes[].pid", MAX_PID)
+        if pid is not None:  # required: the entry goes
+            used = bounds.optional_int(
+                p.usedGpuMemory, "gpus[].processes[].used_mem_bytes", MAX_GPU_MEM_BYTES
+            )
+            out.append(GpuProcess(pid=pid, used_mem_bytes=used))
+    return out

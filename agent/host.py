@@ -10,20 +10,42 @@ after a reset.
 Only physical disks and network interfaces are counted, so traffic is not counted twice
 (a bridge and its ports, a bond and its members, both ends of a veth pair): see
 :class:`NicFilter` for the interfaces.
+
+Every value is kept inside the wire schema's range (:mod:`agent.bounds`): an impossible rate
+(a counter that jumped) is ``None``, a required figure is clamped, lists keep their first
+``MAX_*`` entries, and a filesystem or interface whose name does not fit is left out.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import cast
+from typing import Final, cast
 
+from agent.bounds import Bounds
 from agent.rates import KeyedCounterRate
 from shared.clock import Clock
+from shared.logging import get_logger
 from shared.schema import (
+    MAC_PATTERN,
+    MAX_COUNTER,
+    MAX_CPUS,
+    MAX_DEVICE_BYTES_PER_S,
+    MAX_DISKS,
+    MAX_FS_BYTES,
+    MAX_FSTYPE_LEN,
+    MAX_HOST_MEM_BYTES,
+    MAX_LOAD,
+    MAX_MODEL_NAME_LEN,
+    MAX_NIC_NAME_LEN,
+    MAX_NIC_SPEED_MBPS,
+    MAX_NICS,
+    MAX_NODE_BYTES_PER_S,
+    MAX_PATH_LEN,
     CpuStats,
     DiskIoStats,
     DiskStats,
@@ -42,6 +64,8 @@ _IMAGE_FSTYPES = frozenset({"squashfs", "iso9660", "erofs", "udf"})
 """Read-only images (snaps, container layers): always 100% full, so never worth reporting."""
 
 _SECTOR_BYTES = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
+
+_MAC_RE: Final = re.compile(MAC_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +130,7 @@ class HostSampler:
         nic_filter: NicFilter | None = None,
     ) -> None:
         self._clock = clock
+        self._bounds = Bounds(clock, get_logger("agent.host"))
         self._proc_root = proc_root
         self._sysfs_root = sysfs_root
         self._nic_filter = nic_filter if nic_filter is not None else NicFilter()
@@ -141,14 +166,23 @@ class HostSampler:
 
     def info(self) -> HostInfo:
         """Read the static facts: CPU model and counts, memory size, network interfaces."""
+        b = self._bounds
         _, cores, _ = _read_stat(self._stat_path)
         mem_total = _read_meminfo(self._meminfo_path).get(b"MemTotal", 0) * 1024
+        names = list(_read_netdev(self._netdev_path, self._counts))
         return HostInfo(
-            cpu_model=_cpu_model(self._proc_root / "cpuinfo"),
-            cpu_count=max(1, len(cores)),
-            cpu_cores=_physical_cores(self._sysfs_root / "devices" / "system" / "cpu"),
-            mem_total_bytes=mem_total,
-            nics=[self._nic_info(name) for name in _read_netdev(self._netdev_path, self._counts)],
+            cpu_model=b.text(
+                _cpu_model(self._proc_root / "cpuinfo"), "cpu_model", MAX_MODEL_NAME_LEN
+            ),
+            cpu_count=b.clamped(len(cores), "cpu_count", MAX_CPUS, 1),
+            cpu_cores=b.optional_int(
+                _physical_cores(self._sysfs_root / "devices" / "system" / "cpu"),
+                "cpu_cores",
+                MAX_CPUS,
+                1,
+            ),
+            mem_total_bytes=b.clamped(mem_total, "mem_total_bytes", MAX_HOST_MEM_BYTES, 0),
+            nics=[self._nic_info(name) for name in b.first(names, "nics", MAX_NICS)],
         )
 
     def sample(self) -> HostSample:
@@ -158,7 +192,7 @@ class HostSampler:
             self._refresh(now)
         return HostSample(
             cpu=self._cpu(),
-            mem=_mem_stats(_read_meminfo(self._meminfo_path)),
+            mem=self._mem(),
             disks=self._disks(),
             disk_io=self._disk_io(now),
             net=self._net(now),
@@ -168,14 +202,25 @@ class HostSampler:
         """Whether NIC ``name`` counts; sysfs is asked once per name and refresh."""
         counts = self._nic_counts.get(name)
         if counts is None:
-            physical = os.path.exists(f"{self._net_class}/{name}/device")
-            counts = self._nic_counts[name] = self._nic_filter.counts(name, physical=physical)
+            if self._bounds.name(name, "nics[].name", MAX_NIC_NAME_LEN) is None:
+                counts = False  # not a name the schema takes (IFNAMSIZ): leave it out
+            else:
+                physical = os.path.exists(f"{self._net_class}/{name}/device")
+                counts = self._nic_filter.counts(name, physical=physical)
+            self._nic_counts[name] = counts
         return counts
 
     def _refresh(self, now: float) -> None:
         self._refresh_due = now + _REFRESH_S
         self._nic_counts = {}  # also forgets the veths of containers gone since
-        self._mounts = _physical_mounts(self._proc_root)
+        b = self._bounds
+        self._mounts = [
+            (device, mount, b.text(fstype, "disks[].fstype", MAX_FSTYPE_LEN))
+            for device, mount, fstype in _physical_mounts(self._proc_root)
+            # A cut path would name another file: such a filesystem is left out.
+            if b.name(device, "disks[].device", MAX_PATH_LEN) is not None
+            and b.name(mount, "disks[].mount", MAX_PATH_LEN) is not None
+        ]
         block = self._sysfs_root / "block"
         try:
             names = os.listdir(block)
@@ -196,31 +241,63 @@ class HostSampler:
             per_core = None if None in pcts else cast("list[float]", pcts)
         with open(self._loadavg_path, "rb") as f:
             load = f.read().split(maxsplit=3)
+        b = self._bounds
+        if per_core is not None:
+            per_core = b.first(per_core, "cpu.per_core_pct", MAX_CPUS)
         return CpuStats(
-            count=max(1, len(cores)),
+            count=b.clamped(len(cores), "cpu.count", MAX_CPUS, 1),
             pct=pct,
             per_core_pct=per_core,
-            load1=float(load[0]),
-            load5=float(load[1]),
-            load15=float(load[2]),
+            load1=b.clamped(float(load[0]), "cpu.load1", MAX_LOAD, 0.0),
+            load5=b.clamped(float(load[1]), "cpu.load5", MAX_LOAD, 0.0),
+            load15=b.clamped(float(load[2]), "cpu.load15", MAX_LOAD, 0.0),
+        )
+
+    def _mem(self) -> MemStats:
+        info = _read_meminfo(self._meminfo_path)
+        b = self._bounds
+        total = b.clamped(info.get(b"MemTotal", 0) * 1024, "mem.total_bytes", MAX_HOST_MEM_BYTES, 0)
+        if b"MemAvailable" in info:
+            available = info[b"MemAvailable"] * 1024
+        else:  # kernels before 3.14
+            available = sum(info.get(k, 0) for k in (b"MemFree", b"Buffers", b"Cached")) * 1024
+        # Within [0, total] whatever the file says: used and available then are too.
+        available = min(max(available, 0), total)
+        swap_total = b.clamped(
+            info.get(b"SwapTotal", 0) * 1024, "mem.swap_total_bytes", MAX_HOST_MEM_BYTES, 0
+        )
+        swap_free = min(max(info.get(b"SwapFree", 0) * 1024, 0), swap_total)
+        # "used" is what cannot be reclaimed (free(1) since procps-ng 4.0.1): total - available.
+        return MemStats(
+            total_bytes=total,
+            used_bytes=total - available,
+            available_bytes=available,
+            swap_total_bytes=swap_total,
+            swap_used_bytes=swap_total - swap_free,
         )
 
     def _disks(self) -> list[DiskStats]:
-        disks = []
-        for device, mount, fstype in self._mounts:
+        disks: list[DiskStats] = []
+        mounts = self._mounts
+        for n, (device, mount, fstype) in enumerate(mounts):
+            if len(disks) == MAX_DISKS:
+                # Not even statvfs'd: a node with thousands of mounts stays cheap to sample.
+                self._bounds.truncated("disks", kept=MAX_DISKS, dropped=len(mounts) - n)
+                break
             try:
                 st = os.statvfs(mount)
             except OSError:
                 continue  # unmounted since the last refresh, or unreadable
             if st.f_blocks == 0:
                 continue
+            total = st.f_blocks * st.f_frsize
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+            if not (0 <= used <= total <= MAX_FS_BYTES):  # both required: the disk goes
+                self._bounds.rejected("disks[].total_bytes", (mount, total, used))
+                continue
             disks.append(
                 DiskStats(
-                    mount=mount,
-                    device=device,
-                    fstype=fstype,
-                    total_bytes=st.f_blocks * st.f_frsize,
-                    used_bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
+                    mount=mount, device=device, fstype=fstype, total_bytes=total, used_bytes=used
                 )
             )
         return disks
@@ -238,32 +315,64 @@ class HostSampler:
                 if name in physical:
                     reads[name] = int(fields[5]) * _SECTOR_BYTES
                     writes[name] = int(fields[9]) * _SECTOR_BYTES
+        b = self._bounds
         return DiskIoStats(
-            read_bytes_per_s=_sum_known(self._disk_read.update(reads, now).values()),
-            write_bytes_per_s=_sum_known(self._disk_write.update(writes, now).values()),
+            # One disk's counter jump makes the node's total unknown for that interval.
+            read_bytes_per_s=b.optional(
+                _sum_known(self._disk_read.update(reads, now).values()),
+                "disk_io.read_bytes_per_s",
+                MAX_NODE_BYTES_PER_S,
+            ),
+            write_bytes_per_s=b.optional(
+                _sum_known(self._disk_write.update(writes, now).values()),
+                "disk_io.write_bytes_per_s",
+                MAX_NODE_BYTES_PER_S,
+            ),
         )
 
     def _net(self, now: float) -> NetStats:
+        b = self._bounds
         counters = _read_netdev(self._netdev_path, self._counts)
         rx_rates = self._net_rx.update({n: c[0] for n, c in counters.items()}, now)
         tx_rates = self._net_tx.update({n: c[1] for n, c in counters.items()}, now)
-        nics = []
+        nics: list[NicStats] = []
+        # The totals count every interface, also those past the list's MAX_NICS, but only
+        # the rates that passed their check: a counter jump on one NIC is that NIC's None.
+        rx_known: list[float] = []
+        tx_known: list[float] = []
         for name, (_, _, rx_errors, tx_errors, rx_drops, tx_drops) in counters.items():
             rx, tx = rx_rates[name], tx_rates[name]
+            if rx is not None:
+                rx = b.optional(round(rx, 1), "net.nics[].rx_bytes_per_s", MAX_DEVICE_BYTES_PER_S)
+                if rx is not None:
+                    rx_known.append(rx)
+            if tx is not None:
+                tx = b.optional(round(tx, 1), "net.nics[].tx_bytes_per_s", MAX_DEVICE_BYTES_PER_S)
+                if tx is not None:
+                    tx_known.append(tx)
+            if len(nics) == MAX_NICS:
+                continue
             nics.append(
                 NicStats(
                     name=name,
-                    rx_bytes_per_s=None if rx is None else round(rx, 1),
-                    tx_bytes_per_s=None if tx is None else round(tx, 1),
-                    rx_errors=rx_errors,
-                    tx_errors=tx_errors,
-                    rx_drops=rx_drops,
-                    tx_drops=tx_drops,
+                    rx_bytes_per_s=rx,
+                    tx_bytes_per_s=tx,
+                    # Kernel counters are u64; past 2**53 - 1 they saturate there.
+                    rx_errors=b.clamped(rx_errors, "net.nics[].rx_errors", MAX_COUNTER, 0),
+                    tx_errors=b.clamped(tx_errors, "net.nics[].tx_errors", MAX_COUNTER, 0),
+                    rx_drops=b.clamped(rx_drops, "net.nics[].rx_drops", MAX_COUNTER, 0),
+                    tx_drops=b.clamped(tx_drops, "net.nics[].tx_drops", MAX_COUNTER, 0),
                 )
             )
+        if len(counters) > MAX_NICS:
+            b.truncated("net.nics", kept=MAX_NICS, dropped=len(counters) - MAX_NICS)
         return NetStats(
-            rx_bytes_per_s=_sum_known(rx_rates.values()),
-            tx_bytes_per_s=_sum_known(tx_rates.values()),
+            rx_bytes_per_s=b.optional(
+                _sum_known(rx_known), "net.rx_bytes_per_s", MAX_NODE_BYTES_PER_S
+            ),
+            tx_bytes_per_s=b.optional(
+                _sum_known(tx_known), "net.tx_bytes_per_s", MAX_NODE_BYTES_PER_S
+            ),
             nics=nics,
         )
 
@@ -271,10 +380,15 @@ class HostSampler:
         net = self._sysfs_root / "class" / "net" / name
         speed = _read_int(net / "speed")  # EINVAL while the link is down; -1 when unknown
         mac = _read_text(net / "address")
+        b = self._bounds
         return NicInfo(
             name=name,
-            speed_mbps=speed if speed is not None and speed > 0 else None,
-            mac=mac if mac and mac.strip("0:") else None,
+            speed_mbps=(
+                b.optional_int(speed, "nics[].speed_mbps", MAX_NIC_SPEED_MBPS, 1)
+                if speed is not None and speed > 0
+                else None
+            ),
+            mac=b.matching(mac, "nics[].mac", _MAC_RE) if mac and mac.strip("0:") else None,
         )
 
 
@@ -329,25 +443,6 @@ def _read_meminfo(path: str) -> dict[bytes, int]:
             if value:
                 out[key] = int(value[0])
     return out
-
-
-def _mem_stats(info: dict[bytes, int]) -> MemStats:
-    total = info.get(b"MemTotal", 0) * 1024
-    if b"MemAvailable" in info:
-        available = info[b"MemAvailable"] * 1024
-    else:  # kernels before 3.14
-        available = sum(info.get(k, 0) for k in (b"MemFree", b"Buffers", b"Cached")) * 1024
-    available = min(available, total)
-    swap_total = info.get(b"SwapTotal", 0) * 1024
-    swap_free = min(info.get(b"SwapFree", 0) * 1024, swap_total)
-    # "used" is what cannot be reclaimed (free(1) since procps-ng 4.0.1): total - available.
-    return MemStats(
-        total_bytes=total,
-        used_bytes=total - available,
-        available_bytes=available,
-        swap_total_bytes=swap_total,
-        swap_used_bytes=swap_total - swap_free,
-    )
 
 
 def _read_netdev(

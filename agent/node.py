@@ -6,11 +6,20 @@ import socket
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
+from agent.bounds import Bounds
 from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
 from agent.host import HostSampler
 from agent.rapl import RaplReader
 from shared.clock import Clock
-from shared.schema import Inventory, Sample
+from shared.logging import get_logger
+from shared.schema import (
+    MAX_HOSTNAME_LEN,
+    MAX_INTERVAL_S,
+    MAX_VERSION_LEN,
+    MIN_INTERVAL_S,
+    Inventory,
+    Sample,
+)
 from shared.topics import validate_node_id
 
 __all__ = ["NodeSampler", "agent_version", "make_gpu_backend"]
@@ -30,7 +39,8 @@ class NodeSampler:
     :meth:`sample` blocks on file reads and NVML calls (about a millisecond): the service
     calls it through ``asyncio.to_thread``, from one thread at a time. Every
     ``slow_interval_s`` (and on the first sample) the GPU part includes ECC counters and
-    remapped rows.
+    remapped rows. Every part keeps its readings inside the wire schema's bounds
+    (:mod:`agent.bounds`), so one broken sensor never gets a whole sample rejected.
     """
 
     def __init__(
@@ -44,8 +54,10 @@ class NodeSampler:
         slow_interval_s: float,
         clock: Clock,
     ) -> None:
-        if not 0 < interval_s <= 3600:
-            raise ValueError(f"interval_s must be within (0, 3600], got {interval_s}")
+        if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
+            raise ValueError(
+                f"interval_s must be within {MIN_INTERVAL_S}..{MAX_INTERVAL_S}, got {interval_s}"
+            )
         if slow_interval_s <= 0:
             raise ValueError(f"slow_interval_s must be positive, got {slow_interval_s}")
         self._node = validate_node_id(node_id)
@@ -55,6 +67,7 @@ class NodeSampler:
         self._interval_s = interval_s
         self._slow_interval_s = slow_interval_s
         self._clock = clock
+        self._bounds = Bounds(clock, get_logger("agent.node"))
         self._started = False
         self._seq = 0
         self._slow_due = float("-inf")
@@ -70,8 +83,10 @@ class NodeSampler:
             v=1,
             node=self._node,
             ts=self._clock.time(),
-            host=socket.gethostname(),
-            agent_version=agent_version(),
+            host=self._bounds.text(socket.gethostname(), "host", MAX_HOSTNAME_LEN, empty="unknown"),
+            agent_version=self._bounds.text(
+                agent_version(), "agent_version", MAX_VERSION_LEN, empty="unknown"
+            ),
             cpu_model=info.cpu_model,
             cpu_count=info.cpu_count,
             cpu_cores=info.cpu_cores,

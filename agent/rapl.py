@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.bounds import Bounds
 from agent.rates import WrappingCounterRate
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.schema import MAX_CPU_POWER_W
 
 __all__ = ["RaplReader"]
 
@@ -39,6 +41,7 @@ class RaplReader:
     def __init__(self, sysfs_root: Path, clock: Clock) -> None:
         self._clock = clock
         self._log = get_logger("agent.rapl")
+        self._bounds = Bounds(clock, self._log)
         self._disabled = False
         self._zones = _find_zones(sysfs_root / "class" / "powercap")
 
@@ -50,8 +53,9 @@ class RaplReader:
     def sample(self) -> float | None:
         """CPU power in W since the previous call.
 
-        ``None`` on the first call, for an interval with an inexplicable counter, with no
-        zones, and for good once a counter could not be read.
+        ``None`` on the first call, for an interval with an inexplicable counter or a sum
+        past the schema's ``MAX_CPU_POWER_W``, with no zones, and for good once a counter
+        could not be read.
         """
         if self._disabled or not self._zones:
             return None
@@ -70,7 +74,9 @@ class RaplReader:
                 known = False
             else:
                 total += rate
-        return round(total / 1e6, 2) if known else None
+        if not known:
+            return None
+        return self._bounds.optional(round(total / 1e6, 2), "cpu_power_w", MAX_CPU_POWER_W)
 
     def _disable(self, zone: _Zone, exc: Exception) -> None:
         self._disabled = True

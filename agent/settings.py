@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from shared.schema import MAX_GPUS, MAX_INTERVAL_S
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
 
@@ -19,13 +20,13 @@ class AgentSettings(CapwatchSettings):
     """Settings of ``agent run``."""
 
     node_id: str = Field(default_factory=default_node_id)
-    interval_s: float = Field(default=5.0, ge=1.0, le=3600.0)
+    interval_s: float = Field(default=5.0, ge=1.0, le=MAX_INTERVAL_S)
     slow_interval_s: float = Field(default=60.0, ge=1.0)
     """ECC counters and remapped rows are read this often."""
     buffer_s: float = Field(default=3600.0, ge=0.0)
     """How much sampling time to keep while the broker is away (samples = buffer_s / interval_s)."""
     gpu_backend: Literal["nvml", "fake", "none"] = "nvml"
-    fake_gpus: int = Field(default=8, ge=0, le=64)
+    fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
     sysfs_root: Path = Path("/sys")
     proc_root: Path = Path("/proc")

@@ -25,6 +25,7 @@ import aiomqtt
 
 from shared.logging import get_logger
 from shared.schema import (
+    MAX_GPUS,
     CpuStats,
     DiskIoStats,
     DiskStats,
@@ -40,7 +41,7 @@ from shared.schema import (
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["FleetSimulator", "SimStats", "publish_fleet", "xname"]
+__all__ = ["FleetSimulator", "SimStats", "pci_bus_id", "publish_fleet", "xname"]
 
 log = get_logger("simulate")
 
@@ -69,6 +70,14 @@ def _level(util: int) -> tuple[float, int, float, int, int, int, float]:
 # reasons, pstate, memory util). A table keeps generation cheap enough to drive the
 # collector at fleet rate from the same machine.
 _LEVELS: Final = tuple(_level(u) for u in range(101))
+
+
+def pci_bus_id(g: int) -> str:
+    """GPU ``g``'s PCI address: eight per PCI domain (as on an HGX board), 16 buses apart.
+
+    Valid for any ``g`` below ``MAX_GPUS`` and beyond: the bus stays two hex digits.
+    """
+    return f"{g // 8:08X}:{0x18 + (g % 8) * 0x10:02X}:00.0"
 
 
 def xname(i: int) -> str:
@@ -111,6 +120,8 @@ class FleetSimulator:
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
+        if not 0 <= gpus_per_node <= MAX_GPUS:
+            raise ValueError(f"gpus_per_node must be within 0..{MAX_GPUS}, got {gpus_per_node}")
         self.gpus_per_node = gpus_per_node
         self.interval_s = interval_s
         self.seed = seed
@@ -153,7 +164,7 @@ class FleetSimulator:
                     name=_GPU_NAME,
                     uuid=self._uuids[i][g],
                     serial=f"16523{i:06d}{g:02d}",
-                    pci_bus_id=f"00000000:{0x18 + g * 0x10:02X}:00.0",
+                    pci_bus_id=pci_bus_id(g),
                     power_limit_w=_GPU_LIMIT_W,
                     mig_mode=False,
                     mem_total_bytes=_GPU_MEM,

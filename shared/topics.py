@@ -19,7 +19,9 @@ __all__ = [
 ]
 
 PREFIX: Final = "capwatch/v1/nodes"
-NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+r"""A node id: one safe topic level. ``\Z``, not ``$``: ``$`` also matches before a final
+newline, so ``"n1\n"`` would pass. Equal to :data:`shared.schema.NODE_ID_PATTERN`."""
 #: What the collector subscribes to.
 SUBSCRIPTIONS: Final = (f"{PREFIX}/+/sample", f"{PREFIX}/+/inventory", f"{PREFIX}/+/status")
 

@@ -7,7 +7,7 @@ import json
 import signal
 
 from agent.cli._args import add_settings_args, settings_from_args
-from shared.errors import CapwatchError
+from shared.errors import CapwatchError, ConfigError
 
 __all__ = ["add_parser", "simulate"]
 
@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_settings_args(p, broker=True)
     p.add_argument("--nodes", type=int, default=16, metavar="N", help="fleet size (default 16)")
-    p.add_argument("--gpus-per-node", type=int, default=8, metavar="N", help="default 8")
+    p.add_argument("--gpus-per-node", type=int, default=8, metavar="N", help="0 to 64 (default 8)")
     p.add_argument("--seed", type=int, default=0, help="profile seed (default 0)")
     p.add_argument(
         "--ticks", type=int, metavar="N", help="stop after N ticks (default: run until stopped)"
@@ -48,9 +48,16 @@ def simulate(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from agent.simulate import FleetSimulator, publish_fleet  # noqa: PLC0415 (harness)
+    from shared.schema import MAX_GPUS  # noqa: PLC0415 (msgspec: not for --help)
 
     if args.nodes < 1 or args.nodes > 200_000:
         raise CapwatchError(f"--nodes {args.nodes}: use 1 to 200000")
+    if not 0 <= args.gpus_per_node <= MAX_GPUS:
+        raise ConfigError(
+            f"--gpus-per-node {args.gpus_per_node}: use 0 to {MAX_GPUS} "
+            "(the wire schema's GPUs per node)",
+            field="--gpus-per-node",
+        )
     settings = settings_from_args(args)
     sim = FleetSimulator(
         args.nodes,

@@ -44,3 +44,13 @@ def test_bad_tls_file_is_one_line_and_exit_2(
     line = lines[0]
     assert line.startswith("agent run: error: setting 'mqtt.tls_"), line
     assert done.stdout == ""
+
+
+def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
+    """``--gpus-per-node 65`` stops before connecting: one line naming the flag, exit 2."""
+    done = run_agent("simulate", "--gpus-per-node", "65", "--port", "1", "--ticks", "1")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        "agent simulate: error: --gpus-per-node 65: use 0 to 64 (the wire schema's GPUs per node)"
+    ]
+    assert done.stdout == ""

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from agent.fake_nvml import FakeMode, FakeNvml
 from agent.gpu import NullGpuBackend, NvmlBackend, NvmlModule
 from shared.clock import FakeClock
-from shared.schema import GpuEcc, GpuProcess, GpuRemappedRows, XidEvent
+from shared.schema import MAX_GPU_POWER_W, MAX_XIDS, GpuEcc, GpuProcess, GpuRemappedRows, XidEvent
 
 _MIB = 2**20
 _LOAD_50_W = 70 + (700 - 70) * 0.9 * 0.5  # the fake's power at 50 % load: 353.5 W
@@ -111,6 +111,33 @@ def test_interval_power_is_mean_of_varying_power(
     assert gpu.power_interval_w == pytest.approx(mean, abs=0.05)
     assert gpu.power_w is not None
     assert abs(gpu.power_w - mean) > 5  # the point reading at the end is off
+
+
+def test_power_past_the_schema_bound_is_unknown_not_a_lost_sample(
+    clock: FakeClock, backends: list[NvmlBackend]
+) -> None:
+    """A 6 kW reading (past MAX_GPU_POWER_W, under the old 100 kW check) becomes None."""
+    nvml = FakeNvml(1, clock=clock, load_pct=100, power_limit_w=6_700.0)
+    backend = _backend(nvml, clock, backends)
+    with capture_logs() as logs:
+        inventory = backend.start()
+        gpu = backend.sample(clock.monotonic(), slow=False)[0]
+    assert nvml.power_w(0) > MAX_GPU_POWER_W
+    assert inventory.gpus[0].power_limit_w is None
+    assert gpu.power_w is None
+    assert gpu.util_pct == 100  # the rest of the GPU's reading stands
+    assert [(e["field"], e["gpu"]) for e in logs if e["event"] == "reading_out_of_range"] == [
+        ("gpus[].power_limit_w", 0),
+        ("gpus[].power_w", 0),
+        ("gpus[].temp_c", 0),  # the fake's temperature follows power: 452 C
+    ]
+
+
+@pytest.mark.parametrize("queue_max", [0, MAX_XIDS + 1])
+def test_xid_queue_cannot_outgrow_the_schema(clock: FakeClock, queue_max: int) -> None:
+    """More queued XIDs than a sample may carry would get the sample rejected: refused."""
+    with pytest.raises(ValueError, match="xid_queue_max"):
+        NvmlBackend(FakeNvml(1, clock=clock), clock=clock, xid_queue_max=queue_max)
 
 
 def test_slow_tick_adds_ecc_and_remapped_rows(

@@ -17,7 +17,14 @@ from agent.node import NodeSampler, make_gpu_backend
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.errors import ConfigError
-from shared.schema import XidEvent, decode_inventory, decode_sample, encode
+from shared.schema import (
+    MAX_INTERVAL_S,
+    MIN_INTERVAL_S,
+    XidEvent,
+    decode_inventory,
+    decode_sample,
+    encode,
+)
 from tests.agent.test_host import FakeHost
 
 
@@ -222,7 +229,25 @@ def test_bad_node_id_and_interval_are_refused(fake: FakeHost, clock: FakeClock) 
             slow_interval_s=60,
             clock=clock,
         )
-    with pytest.raises(ValueError, match="interval_s"):
-        NodeSampler(
-            "ok", gpu=gpu, rapl=None, host=host, interval_s=0, slow_interval_s=60, clock=clock
+    for interval_s in (0, 0.009, 3600.5):
+        with pytest.raises(ValueError, match="interval_s"):
+            NodeSampler(
+                "ok",
+                gpu=gpu,
+                rapl=None,
+                host=host,
+                interval_s=interval_s,
+                slow_interval_s=60,
+                clock=clock,
+            )
+    for interval_s in (MIN_INTERVAL_S, MAX_INTERVAL_S):  # the schema's bounds themselves
+        sampler = NodeSampler(
+            "ok",
+            gpu=gpu,
+            rapl=None,
+            host=host,
+            interval_s=interval_s,
+            slow_interval_s=60,
+            clock=clock,
         )
+        sampler.close()

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from agent.publisher import Publisher, SampleBuffer
-from agent.simulate import FleetSimulator, xname
-from shared.schema import decode_sample
+from agent.simulate import FleetSimulator, pci_bus_id, xname
+from shared.schema import MAX_GPUS, decode_inventory, decode_sample, encode
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
 
@@ -73,6 +73,24 @@ def test_simulator_is_deterministic_per_seed_and_valid() -> None:
             assert 70.0 <= g.power_interval_w <= 700.0
             expected = 70.0 + 630.0 * g.util_pct / 100
             assert g.power_interval_w == pytest.approx(expected)
+
+
+def test_simulated_gpus_up_to_the_schema_limit_have_valid_unique_pci_ids() -> None:
+    """Every count up to MAX_GPUS gives an inventory the collector accepts (no 3-digit bus)."""
+    sim = FleetSimulator(1, gpus_per_node=MAX_GPUS, seed=1)
+    inventory = decode_inventory(encode(sim.inventory(0, 1.8e9)))
+    ids = [g.pci_bus_id for g in inventory.gpus]
+    assert len(set(ids)) == MAX_GPUS
+    assert ids[:2] == ["00000000:18:00.0", "00000000:28:00.0"]
+    assert ids[15] == pci_bus_id(15) == "00000001:88:00.0"
+    assert len(decode_sample(encode(sim.sample(0, 1.8e9, 0))).gpus) == MAX_GPUS
+
+
+@pytest.mark.parametrize("gpus", [-1, MAX_GPUS + 1])
+def test_simulator_refuses_more_gpus_than_the_schema_takes(gpus: int) -> None:
+    """Past MAX_GPUS every simulated sample would be rejected: refused up front."""
+    with pytest.raises(ValueError, match="gpus_per_node"):
+        FleetSimulator(1, gpus_per_node=gpus)
 
 
 def test_simulated_energy_counter_integrates_power() -> None:
