@@ -424,31 +424,30 @@ class Store:
         Small chunks keep each write transaction short, so ingestion never stalls behind
         retention. The oldest arrivals go first, found through the ``received_ms`` index.
         """
-        try:
-            cur = await self.conn.execute(
-                "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples "
-                "WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
-                (cutoff_ms, chunk_rows),
-            )
-            deleted = cur.rowcount
-            await cur.close()
-            await self.conn.commit()
-        except Exception as exc:
-            raise await self._failed("retention delete", exc) from exc
-        return max(deleted, 0)
+        return await self._delete(
+            "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples "
+            "WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
+            (cutoff_ms, chunk_rows),
+            "retention delete",
+        )
 
     async def trim_quarantine(self, keep_rows: int) -> int:
         """Keep only the newest ``keep_rows`` quarantined messages; return how many went."""
+        return await self._delete(
+            "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
+            (keep_rows,),
+            "quarantine trim",
+        )
+
+    async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
+        """Run one DELETE in its own transaction; return how many rows went."""
         try:
-            cur = await self.conn.execute(
-                "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
-                (keep_rows,),
-            )
+            cur = await self.conn.execute(sql, params)
             deleted = cur.rowcount
             await cur.close()
             await self.conn.commit()
         except Exception as exc:
-            raise await self._failed("quarantine trim", exc) from exc
+            raise await self._failed(what, exc) from exc
         return max(deleted, 0)
 
     async def meta(self, key: str) -> str | None:
