@@ -319,3 +319,30 @@ async def test_a_second_collector_on_the_same_database_is_refused(running: Runni
     again = Running(running.db.parent, running.broker)  # the lock went with the first one
     await again.start()
     await again.stop()
+
+
+async def test_the_quarantine_keeps_only_the_newest_rows(tmp_path: Path) -> None:
+    """A flood of rejects cannot grow the database: the newest quarantine_max_rows stay."""
+    ingestor = Ingestor(FakeClock(start_wall=T0))
+    rejects = [ingestor.handle(sample_topic(f"n{i}"), b"{junk") for i in range(150)]
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    queue.put_nowait(Unit(None, list(rejects)))
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    queue.put_nowait(StopUnit(done))
+    async with Store(tmp_path / "c.db") as store:
+        writer = Writer(store, queue, ingestor, FakeClock(start_wall=T0), quarantine_max_rows=100)
+        await asyncio.wait_for(writer.run(), 20)
+    kept = db_rows(tmp_path / "c.db", "SELECT count(*), min(node), max(id) FROM quarantine")
+    assert kept == [(100, "n100", 150)]
+    assert writer.counters["quarantine_trimmed"] == 50
+
+
+def test_per_node_reject_counts_are_bounded() -> None:
+    """Rejects from ever new node names fold into '*' past the bound, and still count."""
+    ingestor = Ingestor(FakeClock(start_wall=T0))
+    for i in range(10_050):
+        ingestor.handle(sample_topic(f"n{i}"), b"{junk")
+    taken = ingestor.take_node_rejects()
+    assert len(taken) == 10_001
+    assert taken[("*", "not_json")][0] == 50
+    assert sum(count for count, _ in taken.values()) == 10_050
