@@ -58,6 +58,8 @@ class Collector:
             self.clock, max_skew_s=settings.max_clock_skew_s, max_age_s=settings.retention_s
         )
         self._connect = connect
+        self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
+        """Payload bytes after which the subscriber stops reading until the reader takes them."""
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[Unit | StopUnit] | None = None
         self.connected = asyncio.Event()
@@ -105,9 +107,14 @@ class Collector:
             s.db_path, compress=s.compress_payloads, synchronous=s.sqlite_synchronous
         ) as store:
             had_session = await store.meta("mqtt_session") == session_key
-            # Each unit is one read of at most ~batch_max_rows messages (the subscriber's
-            # buffer), so this bounds what waits in memory to about queue_max messages.
-            self._queue = asyncio.Queue(maxsize=max(2, s.queue_max // s.batch_max_rows))
+            # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
+            # (the subscriber pauses there), so this bounds what waits in memory to about
+            # queue_max messages and queue_max_bytes.
+            self._queue = asyncio.Queue(
+                maxsize=max(
+                    2, min(s.queue_max // s.batch_max_rows, s.queue_max_bytes // self.unit_bytes)
+                )
+            )
             reader = Reader(
                 connect,
                 self.ingestor,
@@ -152,6 +159,7 @@ class Collector:
                 clean_session=False,
                 ssl_context=ssl_context,
                 max_buffered=s.batch_max_rows,
+                max_buffered_bytes=self.unit_bytes,
             )
 
         return connect

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,9 @@ from shared.settings import CapwatchSettings
 __all__ = ["CollectorSettings"]
 
 
+_TEN_YEARS_S: Final = 10 * 365.25 * 86_400
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
@@ -22,16 +25,18 @@ class CollectorSettings(CapwatchSettings):
     """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
     Unset: the MQTT username (the shipped broker config binds client ids to usernames),
     else ``capwatch-collector``. See :attr:`session_client_id`."""
-    retention_s: float = Field(default=86_400.0, gt=0)
-    """Raw samples older than this are deleted, in small chunks."""
-    retention_check_s: float = Field(default=30.0, gt=0)
+    retention_s: float = Field(default=86_400.0, gt=0, le=_TEN_YEARS_S)
+    """Raw samples that arrived longer ago are deleted, in small chunks."""
+    retention_check_s: float = Field(default=30.0, gt=0, le=86_400)
     retention_chunk_rows: int = Field(default=5_000, ge=100)
     batch_max_rows: int = Field(default=4_000, ge=1)
-    batch_max_delay_s: float = Field(default=0.25, gt=0)
+    batch_max_delay_s: float = Field(default=0.25, gt=0, le=3600)
     """Unused since the writer commits whatever is waiting at once; kept so configs load."""
     queue_max: int = Field(default=100_000, ge=100)
     """About this many validated messages wait for the writer; then the reader pauses."""
-    max_clock_skew_s: float = Field(default=300.0, gt=0)
+    queue_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
+    """... or about this many bytes of payload, whichever comes first (memory bound)."""
+    max_clock_skew_s: float = Field(default=300.0, gt=0, le=30 * 86_400)
     """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
     quarantine_max_rows: int = Field(default=10_000, ge=100)
     """Rejected messages kept for `collector query --rejected` (the newest)."""
@@ -39,9 +44,9 @@ class CollectorSettings(CapwatchSettings):
     """full: an acknowledged sample survives a power cut; normal: only a process crash."""
     compress_payloads: bool = True
     """Store sample JSON zstd-compressed (8x smaller, ~11 us per sample in the writer thread)."""
-    expected_interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0)
+    expected_interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0, le=3600)
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
-    stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0)
+    stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
 
     @property
     def session_client_id(self) -> str:

@@ -435,6 +435,9 @@ def _decode(decoder: msgspec.json.Decoder[_T], payload: bytes | bytearray | memo
         raise SchemaError(str(exc), reason=reason) from exc
     except msgspec.DecodeError as exc:
         raise SchemaError(str(exc), reason="not_json") from exc
+    except RecursionError as exc:
+        # JSON nested ~1,000 deep (in a field we would ignore) exhausts msgspec's recursion.
+        raise SchemaError("JSON nested too deeply", reason="not_json") from exc
 
 
 def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:

@@ -56,7 +56,9 @@ class MqttSettings(BaseModel):
 
     # hide_input_in_errors: pydantic's own ValidationError text (a traceback, a chained
     # exception) would otherwise quote the whole input, password included.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -72,8 +74,18 @@ class MqttSettings(BaseModel):
     """Client certificate (PEM), for a broker with ``require_certificate true``."""
     tls_key_file: Path | None = None
     """Its private key (PEM, unencrypted); unset: the key is in ``tls_cert_file``."""
-    reconnect_min_s: float = Field(default=0.5, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _password_needs_a_username(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ConfigError(
+                "setting 'mqtt.password' is set but 'mqtt.username' is not: MQTT sends a "
+                "password only with a username; set mqtt.username (CAPWATCH_MQTT__USERNAME)",
+                field="mqtt.username",
+            )
+        return self
 
     @model_validator(mode="after")
     def _key_needs_a_certificate(self) -> Self:
@@ -142,7 +154,7 @@ def _tls_context(ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SS
                     f"({_reason(exc)}): it must hold the PEM certificate and its private key, "
                     "or set mqtt.tls_key_file to the key's file"
                 )
-                field = "mqtt.tls_key_file"
+                field = "mqtt.tls_key_file"  # the fix: name the key's file
             else:
                 msg = (
                     f"settings 'mqtt.tls_cert_file' = {str(cert)!r} and 'mqtt.tls_key_file' = "
@@ -179,6 +191,7 @@ class CapwatchSettings(BaseSettings):
         extra="forbid",
         frozen=True,
         hide_input_in_errors=True,
+        allow_inf_nan=False,  # inf or nan in a duration reaches int() somewhere: a traceback
     )
 
     mqtt: MqttSettings = MqttSettings()

@@ -8,8 +8,12 @@ pushes back on the broker. It never acknowledges anything itself; the writer doe
 commit that stored the unit.
 
 On stop it hands the writer a :class:`StopUnit` and keeps the connection open until the
-writer has committed and acknowledged everything before it, so a clean stop leaves nothing
-for the broker to redeliver.
+writer has committed and acknowledged everything before it, so everything the reader took
+is stored and acknowledged; what the subscriber had not handed over yet is redelivered.
+
+A connection the broker closes again and again within seconds of opening means another
+client holds the same client id (each connect takes the session from the other): the
+backoff then keeps growing, and ``mqtt_session_contested`` is logged as an error.
 """
 
 from __future__ import annotations
@@ -21,16 +25,21 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import NamedTuple, Protocol, Self
+from typing import Final, NamedTuple, Protocol, Self
 
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
 from shared.errors import MqttWireError
 from shared.logging import get_logger
 
-__all__ = ["Connect", "MetaItem", "Reader", "StopUnit", "Subscriber", "Unit"]
+__all__ = ["Acker", "Connect", "MetaItem", "Reader", "StopUnit", "Subscriber", "Unit"]
 
 log = get_logger("reader")
+
+_STABLE_S: Final = 10.0
+"""A connection that lived this long was healthy: the next reconnect starts fast again."""
+_CONTESTED_AFTER: Final = 3
+"""Connections in a row that the broker closed sooner than that: call it contested."""
 
 
 class Subscriber(Protocol):
@@ -54,6 +63,12 @@ class Subscriber(Protocol):
     def ack(self, packet_ids: Iterable[int]) -> None: ...
 
 
+class Acker(Protocol):
+    """Where a unit's acknowledgements go: the connection its messages came on."""
+
+    def ack(self, packet_ids: Iterable[int]) -> None: ...
+
+
 Connect = Callable[[], Subscriber]
 """Makes a new, not yet connected subscriber for each connection attempt."""
 
@@ -73,7 +88,7 @@ class Unit:
     else (after a reconnect the broker redelivers, and the store drops the duplicates).
     """
 
-    link: Subscriber | None
+    link: Acker | None
     items: list[Item | MetaItem]
     acks: list[int] = field(default_factory=list)
 
@@ -118,12 +133,15 @@ class Reader:
     async def run(self) -> None:
         """Read until stop; then wait until the writer has stored and acked everything."""
         delay = self._min_s
+        short_lived = 0
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             sub = self._connect()
+            opened: float | None = None
             try:
                 async with sub:
+                    opened = loop.time()
                     await self._subscribed(sub)
-                    delay = self._min_s
                     try:
                         await self._consume(sub)
                     finally:
@@ -132,6 +150,20 @@ class Reader:
                     return
             except MqttWireError as exc:
                 self.counters["mqtt_disconnects"] += 1
+                if opened is not None and loop.time() - opened >= _STABLE_S:
+                    delay, short_lived = self._min_s, 0  # it had been fine: retry at once
+                elif opened is not None:
+                    short_lived += 1
+                    if short_lived >= _CONTESTED_AFTER:
+                        self.counters["mqtt_session_contested"] += 1
+                        log.error(
+                            "mqtt_session_contested",
+                            session=self._session_key,
+                            closes=short_lived,
+                            hint="the broker keeps closing the connection right after it "
+                            "opens: another client is probably using the same client id "
+                            "(a second collector?). Give each collector its own MQTT user",
+                        )
                 log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -145,6 +177,9 @@ class Reader:
             # A resumed session keeps its subscriptions. Subscribing again would make the
             # broker resend every retained inventory and status (two per node) each restart.
             log.info("mqtt_session_resumed", session=self._session_key)
+            if not self._expect_session:  # a new database on an old session: remember it
+                await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
+                self._expect_session = True
         else:
             if self._expect_session:
                 self.counters["mqtt_sessions_lost"] += 1

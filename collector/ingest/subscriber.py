@@ -15,7 +15,8 @@ collector that crashes between receipt and its SQLite commit loses what it alrea
 - nothing is acknowledged on receipt: :meth:`MqttSubscriber.ack` writes the PUBACKs of a whole
   batch in one ``transport.write``, after the caller has committed it. Unacknowledged QoS 1
   messages of a persistent session are redelivered (``dup=True``) after a reconnect;
-- more than ``max_buffered`` parsed-but-untaken messages pause reading, so the broker sees TCP
+- more than ``max_buffered`` parsed-but-untaken messages (or ``max_buffered_bytes`` of their
+  payloads) pause reading, so the broker sees TCP
   backpressure instead of the collector buffering without bound.
 
 Supported: CONNECT (username/password, clean session flag, keepalive), TLS through an
@@ -115,7 +116,8 @@ class MqttSubscriber:
     ``keepalive_s`` (0 disables it): a PINGREQ goes out when nothing was sent for half of it,
     and 1.5 × keepalive without any packet from the broker counts as a lost connection (not
     while reading is paused for backpressure). ``connect_timeout_s`` bounds the TCP/TLS
-    connect plus CONNACK, and each SUBACK. ``max_buffered`` parsed messages not yet taken by
+    connect plus CONNACK, and each SUBACK. ``max_buffered`` parsed messages (or
+    ``max_buffered_bytes`` of payload) not yet taken by
     :meth:`next_batch` pause reading from the socket (the bound is approximate: a read of up
     to 256 KiB is parsed whole).
     """
@@ -133,6 +135,7 @@ class MqttSubscriber:
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout_s: float = 10.0,
         max_buffered: int = 50_000,
+        max_buffered_bytes: int = 16 << 20,
     ) -> None:
         if not 0 <= keepalive_s <= 0xFFFF:
             raise ValueError(f"keepalive_s must be 0..65535 seconds, not {keepalive_s}")
@@ -147,6 +150,7 @@ class MqttSubscriber:
         self.clean_session = clean_session
         self.connect_timeout_s = connect_timeout_s
         self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
         self._username = username
         self._password = password
         self._ssl_context = ssl_context
@@ -161,6 +165,7 @@ class MqttSubscriber:
         self._connack: asyncio.Future[tuple[bool, int]] | None = None
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._ready: list[Message] = []
+        self._ready_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: MqttWireError | None = None
         self._paused = False
@@ -176,7 +181,7 @@ class MqttSubscriber:
 
     @property
     def reading_paused(self) -> bool:
-        """Whether reading is paused because ``max_buffered`` messages wait to be taken."""
+        """Whether reading is paused because ``max_buffered`` messages (or bytes) wait."""
         return self._paused
 
     @property
@@ -193,6 +198,7 @@ class MqttSubscriber:
         self._loop = loop
         self._parser.reset()
         self._ready = []
+        self._ready_bytes = 0
         self._error = None
         self._paused = False
         self._subacks.clear()
@@ -349,6 +355,7 @@ class MqttSubscriber:
                 self._waiter = None
         batch = self._ready
         self._ready = []
+        self._ready_bytes = 0
         if self._paused and self._transport is not None and self._error is None:
             self._paused = False
             self._last_rx = cast(asyncio.AbstractEventLoop, self._loop).time()
@@ -470,11 +477,15 @@ class MqttSubscriber:
                 self._ready.extend(batch)
             else:
                 self._ready = batch
+            self._ready_bytes += sum([len(m[1]) for m in batch])
             self._wake()
             # Never pause while a SUBACK is awaited: a broker resuming a persistent session
             # sends queued messages before the SUBACK, which would then never be read.
             if (
-                len(self._ready) > self.max_buffered
+                (
+                    len(self._ready) > self.max_buffered
+                    or self._ready_bytes > self.max_buffered_bytes
+                )
                 and not self._paused
                 and not self._subacks
                 and self._error is None

@@ -29,15 +29,14 @@ from shared.schema import (
     decode_inventory,
     decode_sample,
     decode_status,
+    encode,
 )
 from shared.topics import parse_topic
 
-__all__ = ["INT64_MAX", "Ingestor", "Item", "Rejected", "sample_row"]
+__all__ = ["Ingestor", "Item", "Rejected", "sample_row"]
 
 log = get_logger("ingest")
 
-INT64_MAX: Final = 2**63 - 1
-"""SQLite's integers are signed 64-bit."""
 MAX_PAYLOAD_BYTES: Final = 1_000_000
 _QUARANTINE_HEAD_BYTES: Final = 256
 _TOPIC_CHARS: Final = 256
@@ -62,12 +61,6 @@ _DECODERS: Final[dict[str, Callable[[bytes], Sample | NodeStatus | Inventory]]] 
 }
 
 
-def _clamped_sum(values: list[int]) -> int:
-    # The schema bounds each value so far below int64 that this cannot clamp; it is here so
-    # that no future schema change can turn a sum into an OverflowError in the writer.
-    return min(sum(values), INT64_MAX)
-
-
 def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
     """Summary columns of a validated sample."""
     gpus = sample.gpus
@@ -81,8 +74,10 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         watts = [g.power_interval_w if g.power_interval_w is not None else g.power_w for g in gpus]
         known = [w for w in watts if w is not None]
         power = sum(known) if known else None
+        # The schema bounds each GPU's memory so that this sum fits int64 (shared/schema.md);
+        # were it ever not to, SQLite refuses the row and the writer quarantines it.
         mems = [g.mem_used_bytes for g in gpus if g.mem_used_bytes is not None]
-        mem_used = _clamped_sum(mems) if mems else None
+        mem_used = sum(mems) if mems else None
     return SampleRow(
         sample.node,
         round(sample.ts * 1000),
@@ -155,6 +150,13 @@ class Ingestor:
             return self._reject(
                 exc.reason, str(exc), topic=topic, payload=payload, node=node, now=now
             )
+        except Exception as exc:
+            # Whatever the decoder raises for a message is that message's fault: one reject,
+            # never a crash that the broker would redeliver into every restart.
+            detail = f"{type(exc).__name__}: {exc}"
+            return self._reject(
+                "undecodable", detail, topic=topic, payload=payload, node=node, now=now
+            )
         if message.node != node:
             detail = f"payload node {message.node!r} != topic node"
             return self._reject(
@@ -165,12 +167,14 @@ class Ingestor:
             if problem is not None:
                 return self._reject(*problem, topic=topic, payload=payload, node=node, now=now)
             self.counters["samples"] += 1
-            return sample_row(message, payload, now)
+            # Stored as validated and re-encoded: unknown fields (unbounded padding, in
+            # principle) and duplicate keys do not reach the store.
+            return sample_row(message, encode(message), now)
         if isinstance(message, NodeStatus):
             self.counters["status"] += 1
             return NodeUpdate(node=node, status=message.status, status_ts=now)
         self.counters["inventory"] += 1
-        return NodeUpdate(node=node, inventory=bytes(payload), inventory_ts=now)
+        return NodeUpdate(node=node, inventory=encode(message), inventory_ts=now)
 
     def _timing_problem(self, ts: float, now: float) -> tuple[str, str] | None:
         """``(reason, detail)`` when a sample's own time is not acceptable, else ``None``."""

@@ -211,6 +211,9 @@ class Writer:
         trimmed = await self._store.trim_quarantine(self._quarantine_max_rows)
         if trimmed:
             self.counters["quarantine_trimmed"] += trimmed
+        # Node names come from topics: with a broker that lets anyone write any node's
+        # topic, this table would otherwise grow with every invented name.
+        await self._store.trim_node_rejects(self._quarantine_max_rows)
 
     async def _retention_chunk(self) -> bool:
         """Delete one chunk of samples that arrived before the window; True if more remain."""

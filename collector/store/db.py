@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -165,7 +166,31 @@ def variable_limit() -> int:
         conn.close()
 
 
+def _hint(exc: BaseException) -> str:
+    """What an operator can do about a failed write, where we can tell."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return ""
+    primary = code & 0xFF
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return (
+            " (another process held a write transaction on the database for more than 5 s, "
+            "e.g. a VACUUM or an open sqlite3 shell: end it, then start the collector again)"
+        )
+    if primary == sqlite3.SQLITE_FULL:
+        return " (free space on that filesystem, then start the collector again)"
+    if primary == sqlite3.SQLITE_READONLY:
+        return " (the file or its filesystem became read-only)"
+    return ""
+
+
+class _FileGoneError(Exception):
+    """The database file is not the one this store opened: nothing more may be written."""
+
+
 def _is_fatal(exc: BaseException) -> bool:
+    if isinstance(exc, _FileGoneError):
+        return True
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
         # No code: the connection itself is gone (closed, thread died).
@@ -215,6 +240,8 @@ class Store:
         self._dict_id: int | None = None
         self._dicts: dict[int, bytes] = {}
         self._limit_override = variable_limit
+        self._identity: tuple[int, int] | None = None
+        """(device, inode) of the file when it was opened: a write checks it is still there."""
         self.max_variables = min(globals()["variable_limit"](), variable_limit or 1 << 30)
 
     @classmethod
@@ -257,9 +284,14 @@ class Store:
                 await self._migrate()
                 if self._compress:
                     self._dict_id = await self._register_dict()
+                st = os.stat(self.path)
+                self._identity = (st.st_dev, st.st_ino)
         except sqlite3.Error as exc:
             await self._close()
-            raise StoreError(f"cannot open database {str(self.path)!r}: {exc}") from exc
+            raise StoreError(
+                f"cannot open database {str(self.path)!r}: {exc}: set db_path (--db / "
+                "CAPWATCH_DB_PATH) to a file in a folder this user can write"
+            ) from exc
         except OSError as exc:
             await self._close()
             raise StoreError(
@@ -361,10 +393,24 @@ class Store:
             await self._insert_many(_UPSERT_INVENTORY, inventories)
             await self._insert_many(_INSERT_QUARANTINE, list(quarantine))
             await self._insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            self._check_file()
             await self.conn.commit()
         except Exception as exc:
-            raise await self._failed(f"writing {len(rows)} samples", exc) from exc
+            raise await self._failed(f"storing a batch ({len(rows)} sample rows)", exc) from exc
         return max(inserted, 0)
+
+    def _check_file(self) -> None:
+        """Raise a fatal error if the database file was deleted or replaced since it opened.
+
+        SQLite would go on committing into the unlinked file, and the collector would
+        acknowledge samples that no one can ever read.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise _FileGoneError(f"the database file is gone ({exc.strerror})") from exc
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise _FileGoneError("the database file was replaced by another file")
 
     async def _failed(self, what: str, exc: Exception) -> StoreError:
         """Roll back after ``exc`` and say whether the store is still usable."""
@@ -375,7 +421,7 @@ class Store:
             fatal = True  # cannot even roll back: nothing more can be written
         detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, sqlite3.Error) else str(exc)
         return StoreError(
-            f"{what} failed in {str(self.path)!r}: {detail}", fatal=fatal, exit_code=1
+            f"{what} failed in {str(self.path)!r}: {detail}{_hint(exc)}", fatal=fatal, exit_code=1
         )
 
     async def _insert_many(
@@ -437,6 +483,15 @@ class Store:
             "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
             (keep_rows,),
             "quarantine trim",
+        )
+
+    async def trim_node_rejects(self, keep_rows: int) -> int:
+        """Keep the ``keep_rows`` (node, reason) pairs rejected most recently."""
+        return await self._delete(
+            "DELETE FROM node_rejects WHERE (node, reason) IN (SELECT node, reason FROM "
+            "node_rejects ORDER BY last_ms DESC LIMIT -1 OFFSET ?)",
+            (keep_rows,),
+            "node rejects trim",
         )
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:

@@ -90,6 +90,7 @@ async def test_a_hostile_node_cannot_stop_or_poison_ingestion(
         variant(gpus__0__uuid="NaN"),
         variant(ts=now + 86_400),  # a day ahead
         variant(seq=2**64),
+        variant(junk="@@").replace(b'"@@"', b"[" * 5000 + b"]" * 5000),  # past recursion limits
     ]
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hostile") as client:
         for payload in hostile:
@@ -98,12 +99,12 @@ async def test_a_hostile_node_cannot_stop_or_poison_ingestion(
 
     await wait_until(lambda: count_samples(collector_runner.db) == 1, what="the good sample")
     await wait_until(
-        lambda: db_rows(collector_runner.db, "SELECT count(*) FROM quarantine") == [(8,)],
-        what="eight quarantined messages",
+        lambda: db_rows(collector_runner.db, "SELECT count(*) FROM quarantine") == [(9,)],
+        what="nine quarantined messages",
     )
     reasons = db_rows(collector_runner.db, "SELECT reason FROM quarantine ORDER BY id")
-    assert [r for (r,) in reasons] == ["invalid"] * 6 + ["clock_skew", "invalid"]
-    assert collector.counters["rejected"] == 8
+    assert [r for (r,) in reasons] == ["invalid"] * 6 + ["clock_skew", "invalid", "not_json"]
+    assert collector.counters["rejected"] == 9
     stored = db_rows(collector_runner.db, "SELECT seq, gpu_mem_used_bytes FROM samples")
     assert stored[0][0] == 1
     assert 0 <= stored[0][1] < 2**40
@@ -185,3 +186,22 @@ async def test_retention_deletes_by_arrival_time_while_running(
     )
     assert collector_runner.collector is not None
     assert collector_runner.collector.counters["retention_deleted"] == 300
+
+    # A late sample (replayed after an outage): stamped 550 s ago, it arrives now. Once its
+    # timestamp is past the window but its arrival is not, it stays.
+    late_node = FleetSimulator(1, gpus_per_node=2, seed=7, interval_s=1, first_index=500)
+    await publish_fleet(
+        fast_mqtt(mosquitto), late_node, ticks=1, burst=True, start_ts=clock.time() - 550
+    )
+    await wait_until(lambda: count_samples(collector_runner.db) == 51, what="the late sample")
+
+    def counters_flushed_at(t: float) -> bool:
+        rows = db_rows(collector_runner.db, "SELECT max(updated) FROM counters")
+        return bool(rows) and rows[0][0] is not None and rows[0][0] >= t
+
+    clock.advance(100)  # its ts is now 650 s old; it arrived 100 s ago
+    await wait_until(lambda: counters_flushed_at(clock.time()), what="a writer turn")
+    clock.advance(5)  # one more turn: the retention pass of the previous one has finished
+    await wait_until(lambda: counters_flushed_at(clock.time()), what="another writer turn")
+    assert count_samples(collector_runner.db, late_node.node_ids[0]) == 1
+    assert count_samples(collector_runner.db) == 51

@@ -138,8 +138,30 @@ def test_unparsable_env_table_is_one_line_without_its_value(
 
 def test_password_from_env_reaches_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """CAPWATCH_MQTT__PASSWORD, as the systemd units pass it."""
+    monkeypatch.setenv("CAPWATCH_MQTT__USERNAME", "capwatch-collector")
     monkeypatch.setenv("CAPWATCH_MQTT__PASSWORD", _SECRET)
     assert load_settings(CollectorSettings).mqtt.password_value() == _SECRET
+
+
+def test_a_password_without_a_username_is_one_line_naming_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MQTT sends a password only with a username: refused at load, the secret not shown."""
+    monkeypatch.setenv("CAPWATCH_MQTT__PASSWORD", _SECRET)
+    with pytest.raises(ConfigError, match=r"set mqtt\.username") as caught:
+        load_settings(CollectorSettings)
+    assert caught.value.field == "mqtt.username"
+    assert _SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e300"])
+def test_non_finite_or_absurd_durations_are_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """inf/nan would reach an int() deep in the writer: refused at load with the field named."""
+    monkeypatch.setenv("CAPWATCH_RETENTION_S", value)
+    with pytest.raises(ConfigError, match="'retention_s'"):
+        load_settings(CollectorSettings)
 
 
 # --- TLS --------------------------------------------------------------------------------
@@ -180,6 +202,7 @@ def test_ca_file_turns_tls_on_and_is_trusted(pki: Pki) -> None:
 def test_key_without_certificate_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """One line naming the setting and the fix, before anything connects."""
     monkeypatch.setenv("CAPWATCH_MQTT__TLS_KEY_FILE", "/etc/capwatch/node.key")
+    monkeypatch.setenv("CAPWATCH_MQTT__USERNAME", "x1000c0s0b0n0")
     monkeypatch.setenv("CAPWATCH_MQTT__PASSWORD", _SECRET)
     with pytest.raises(ConfigError) as info:
         load_settings(AgentSettings)

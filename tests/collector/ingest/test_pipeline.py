@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -228,7 +228,7 @@ class _Link:
     def __init__(self) -> None:
         self.acked: list[int] = []
 
-    def ack(self, packet_ids: list[int]) -> None:
+    def ack(self, packet_ids: Iterable[int]) -> None:
         self.acked.extend(packet_ids)
 
 
@@ -256,7 +256,7 @@ async def test_a_row_sqlite_refuses_is_found_by_bisection_and_quarantined(
     # Past int64: what a validation gap once let through, and what crashed the writer.
     rows[41] = rows[41]._replace(gpu_mem_used_bytes=2**64)
     link = _Link()
-    unit = Unit(link, list(rows), list(range(1, 65)))  # type: ignore[arg-type]
+    unit = Unit(link, list(rows), list(range(1, 65)))
     async with Store(tmp_path / "c.db") as store:
         writer = await _run_writer(store, [unit])
     assert count_samples(tmp_path / "c.db") == 63
@@ -285,7 +285,7 @@ async def test_a_store_that_cannot_be_written_stops_without_acking(tmp_path: Pat
         pages = (await store.fetchall("PRAGMA page_count"))[0][0]
         await store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
         with pytest.raises(StoreError, match="full") as caught:
-            await _run_writer(store, [Unit(link, list(rows), list(range(1, 201)))])  # type: ignore[arg-type]
+            await _run_writer(store, [Unit(link, list(rows), list(range(1, 201)))])
     assert caught.value.fatal
     assert caught.value.exit_code == 1
     assert link.acked == []
@@ -346,3 +346,68 @@ def test_per_node_reject_counts_are_bounded() -> None:
     assert len(taken) == 10_001
     assert taken[("*", "not_json")][0] == 50
     assert sum(count for count, _ in taken.values()) == 10_050
+
+
+async def test_a_row_a_trigger_refuses_is_bisected_not_fatal(tmp_path: Path) -> None:
+    """An SQLite error about the data (a constraint) costs that row only, not the store."""
+    sim = FleetSimulator(40, gpus_per_node=2, seed=8, interval_s=5)
+    rows = []
+    for i in range(40):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
+    refused = rows[17].node
+    link = _Link()
+    async with Store(tmp_path / "c.db") as store:
+        await store.conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON samples WHEN NEW.node = "
+            f"'{refused}' BEGIN SELECT RAISE(ABORT, 'refused by policy'); END"
+        )
+        await store.conn.commit()
+        await _run_writer(store, [Unit(link, list(rows), list(range(1, 41)))])
+    assert count_samples(tmp_path / "c.db") == 39
+    assert db_rows(tmp_path / "c.db", "SELECT node, reason FROM quarantine") == [
+        (refused, "store_refused")
+    ]
+    assert link.acked == list(range(1, 41))
+
+
+async def test_the_reader_waits_when_the_queue_is_full(tmp_path: Path) -> None:
+    """With the writer stuck, the reader stops taking reads: memory stays bounded."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker, batch_max_rows=50, queue_max=100)  # a queue of 2 units
+    broker.probe = lambda: count_samples(run.db)
+    collector = await run.start()
+    messages = _sample_messages(broker, 10, 20)
+    with _write_locked(run.db):
+        for i in range(0, 200, 10):
+            broker.deliver(messages[i : i + 10])
+        await wait_until(lambda: collector.counters["reader_waits"] >= 1, what="reader waiting")
+        # One read in the writer's hands, two queued, one in the reader's: no more.
+        assert collector.counters["received"] <= 40
+    await wait_until(lambda: len(broker.acked_ids()) == 200, what="everything, once unstuck")
+    await run.stop()
+    assert count_samples(run.db) == 200
+
+
+async def test_a_new_database_on_a_resumed_session_remembers_it(tmp_path: Path) -> None:
+    """The broker resumes a session this database never saw: it is recorded, not re-subscribed."""
+    broker = ScriptedBroker(session_present=True)
+    run = Running(tmp_path, broker)
+    await run.start()  # waits for the mqtt_session fact
+    await run.stop()
+    assert broker.subscriptions == []
+
+
+async def test_a_session_the_broker_keeps_closing_is_called_contested(tmp_path: Path) -> None:
+    """Closed right after each connect (another client with our id): an error, with backoff."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker, mqtt={"reconnect_min_s": 0.01, "reconnect_max_s": 0.05})
+    for _ in range(4):
+        broker.drop_connection()
+    task = asyncio.create_task(run.collector.run())
+    await wait_until(
+        lambda: run.collector.counters["mqtt_session_contested"] >= 1, what="contested"
+    )
+    assert run.collector.counters["mqtt_disconnects"] >= 3
+    run.collector.stop()
+    await asyncio.wait_for(task, 20)

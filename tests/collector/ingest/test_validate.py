@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
-from collector.ingest.validate import INT64_MAX, Ingestor, Rejected, sample_row
+from collector.ingest.validate import Ingestor, Rejected
 from collector.store.db import NodeUpdate, SampleRow
 from shared.clock import FakeClock
 from shared.schema import encode
@@ -98,10 +98,28 @@ def test_quarantine_keeps_the_head_of_a_huge_payload_and_its_size() -> None:
     assert rejected.quarantine.node is None
 
 
-def test_gpu_memory_sum_cannot_overflow_int64() -> None:
-    """Whatever the schema lets through, the summary sum stays a storable integer."""
-    sim = FleetSimulator(1, gpus_per_node=2, seed=2, interval_s=5)
-    s = sim.sample(0, 1.8e9, 0)
-    huge = [msgspec.structs.replace(g, mem_used_bytes=2**62) for g in s.gpus]
-    row = sample_row(msgspec.structs.replace(s, gpus=huge), b"{}", 1.8e9)
-    assert row.gpu_mem_used_bytes == INT64_MAX
+def test_stored_payload_is_the_validated_sample_without_unknown_fields() -> None:
+    """Unknown fields (tolerated for v1.x writers) are not stored: padding cannot fill the disk."""
+    ing = Ingestor(FakeClock(start_wall=1.8e9))
+    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
+    s = sim.sample(0, 1.8e9 - 5, 0)
+    padded = msgspec.json.encode({**msgspec.json.decode(encode(s)), "zz_pad": "x" * 500_000})
+    row = ing.handle(sample_topic(s.node), padded)
+    assert isinstance(row, SampleRow)
+    assert b"zz_pad" not in row.payload
+    assert msgspec.json.decode(row.payload) == msgspec.json.decode(encode(s))
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_json_is_one_reject_not_a_crash(depth: int) -> None:
+    """JSON nested past the decoder's recursion limit is rejected, not raised."""
+    ing = Ingestor(FakeClock(start_wall=1.8e9))
+    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
+    s = sim.sample(0, 1.8e9 - 5, 0)
+    nested = b"[" * depth + b"]" * depth
+    payload = encode(s)[:-1] + b',"junk":' + nested + b"}"
+    item = ing.handle(sample_topic(s.node), payload)
+    assert isinstance(item, Rejected)
+    assert item.quarantine.reason == "not_json"
+    for kind in ("inventory", "status"):  # a retained one would meet every new collector
+        assert isinstance(ing.handle(f"capwatch/v1/nodes/{s.node}/{kind}", payload), Rejected)

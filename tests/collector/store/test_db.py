@@ -8,7 +8,7 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
-from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store
+from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store, Synchronous
 from shared.errors import StoreError
 from shared.schema import encode
 from tests.helpers import count_samples, db_rows
@@ -105,3 +105,42 @@ async def test_payloads_are_compressed_and_read_back_exactly(tmp_path: Path) -> 
     async with Store.open_readonly(tmp_path / "c.db") as reader:
         r = (await reader.fetchall("SELECT payload, payload_dict FROM samples LIMIT 1"))[0]
         assert (await reader.payload(r["payload"], r["payload_dict"])).startswith(b'{"v":1,')
+
+
+@pytest.mark.parametrize(("mode", "pragma"), [("full", 2), ("normal", 1)])
+async def test_commits_are_durable_by_default(
+    tmp_path: Path, mode: Synchronous, pragma: int
+) -> None:
+    """synchronous=FULL unless told otherwise: an acked sample survives a power cut."""
+    async with Store(tmp_path / "c.db") as store:
+        assert (await store.fetchall("PRAGMA synchronous"))[0][0] == 2
+    async with Store(tmp_path / "d.db", synchronous=mode) as store:
+        assert (await store.fetchall("PRAGMA synchronous"))[0][0] == pragma
+
+
+async def test_a_deleted_database_file_is_fatal_not_written_into_the_void(tmp_path: Path) -> None:
+    """SQLite would commit into the unlinked file; the store refuses, so nothing is acked."""
+    db = tmp_path / "c.db"
+    rows = _rows(2, 2)
+    async with Store(db) as store:
+        assert await store.write_batch(rows[:2]) == 2
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"c.db{suffix}").unlink(missing_ok=True)
+        with pytest.raises(StoreError, match="database file is gone") as caught:
+            await store.write_batch(rows[2:])
+    assert caught.value.fatal
+    assert caught.value.exit_code == 1
+
+
+async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(tmp_path: Path) -> None:
+    """Each flush adds its counts; only the most recently rejected pairs are kept."""
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        await store.write_counters({}, 1.0, {("n1", "invalid"): (2, 1000), ("n2", "x"): (1, 500)})
+    async with Store(db) as store:  # a restarted collector
+        await store.write_counters({}, 2.0, {("n1", "invalid"): (3, 2000), ("n3", "y"): (1, 900)})
+        assert await store.trim_node_rejects(2) == 1
+    assert db_rows(db, "SELECT node, reason, count, last_ms FROM node_rejects ORDER BY node") == [
+        ("n1", "invalid", 5, 2000),
+        ("n3", "y", 1, 900),
+    ]
