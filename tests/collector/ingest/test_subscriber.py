@@ -72,6 +72,7 @@ def _subscriber(
     clean_session: bool = False,
     keepalive_s: int = 30,
     max_buffered: int = 50_000,
+    max_buffered_bytes: int = 16 << 20,
 ) -> MqttSubscriber:
     return MqttSubscriber(
         broker.host,
@@ -80,6 +81,7 @@ def _subscriber(
         clean_session=clean_session,
         keepalive_s=keepalive_s,
         max_buffered=max_buffered,
+        max_buffered_bytes=max_buffered_bytes,
         connect_timeout_s=_STEP_S,
     )
 
@@ -432,6 +434,20 @@ async def test_backpressure_pauses_reading_without_losing_messages(
         await wait_until(lambda: sub.reading_paused, timeout_s=_STEP_S, what="reading paused")
         got = await _collect(sub, len(sent))
         assert sub.reading_paused is False
+    assert [m.payload for m in got] == [p for _, p in sent]
+
+
+async def test_reading_pauses_on_buffered_bytes_too(mosquitto: MosquittoBroker) -> None:
+    """Few but large messages pause reading past max_buffered_bytes: memory stays bounded."""
+    sent = [("t/big", b"%02d" % i + b"x" * 200_000) for i in range(20)]  # 4 MB
+    async with contextlib.AsyncExitStack() as stack:
+        sub = await _connect(
+            _subscriber(mosquitto, max_buffered=50_000, max_buffered_bytes=500_000), stack
+        )
+        await _subscribe(sub, qos=0)
+        await _publish(mosquitto, sent, qos=0)
+        await wait_until(lambda: sub.reading_paused, timeout_s=_STEP_S, what="reading paused")
+        got = await _collect(sub, len(sent))
     assert [m.payload for m in got] == [p for _, p in sent]
 
 
