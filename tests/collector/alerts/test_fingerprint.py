@@ -1,0 +1,92 @@
+"""Alert fingerprints equal Alertmanager's (prometheus/common labelSetToFingerprint)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from collector.alerts.fingerprint import fingerprint, fingerprint_int
+
+
+def _reference(labels: dict[str, str]) -> str:
+    """The published algorithm, written independently: FNV-1a 64 over one joined byte string."""
+    parts = [
+        k.encode("utf-8") + bytes([0xFF]) + labels[k].encode("utf-8") + bytes([0xFF])
+        for k in sorted(labels, key=lambda k: k.encode("utf-8"))  # Go sorts bytes
+    ]
+    value = functools.reduce(
+        lambda h, b: ((h ^ b) * 0x100000001B3) % (1 << 64), b"".join(parts), 0xCBF29CE484222325
+    )
+    return format(value, "016x")
+
+
+CASES = [
+    {},
+    {"alertname": "GpuTemperature"},
+    {"alertname": "GpuTemperature", "severity": "warning", "node": "x1000c0s0b0n0", "gpu": "3"},
+    {"alertname": "NodeOffline", "node": "x1000c0s0b0n1", "note": ""},
+    {"": ""},
+    {"summary": "température élevée 🔥", "node": "nœud-ü", "ключ": "значение"},
+    {"zeta": "1", "Alpha": "2", "alpha": "3", "_x": "4"},
+]
+
+
+@pytest.mark.parametrize("labels", CASES)
+def test_fingerprint_matches_the_published_algorithm(labels: dict[str, str]) -> None:
+    """Each label set (unicode, empty values, mixed case) hashes as the reference does."""
+    assert fingerprint(labels) == _reference(labels)
+
+
+def test_empty_label_set_is_the_bare_offset_basis() -> None:
+    """No labels hashes nothing: the FNV-1a 64 offset basis, printed in hex."""
+    assert fingerprint({}) == "cbf29ce484222325"
+    assert fingerprint_int({}) == 14695981039346656037
+
+
+def test_values_published_in_prometheus_common_tests() -> None:
+    """prometheus/common model/signature_test.go's expected values (decimal there)."""
+    assert fingerprint_int({"name": "garland, briggs", "fear": "love is not enough"}) == (
+        5799056148416392346
+    )
+    assert fingerprint_int({"first-label": "first-label-value"}) == 5146282821936882169
+    triple = {
+        "first-label": "first-label-value",
+        "second-label": "second-label-value",
+        "third-label": "third-label-value",
+    }
+    assert fingerprint_int(triple) == 13843036195897128121
+
+
+def test_pinned_literal_values() -> None:
+    """Two label sets pinned once from the reference, so a silent change of algorithm shows."""
+    gpu = {
+        "alertname": "GpuTemperature",
+        "severity": "warning",
+        "node": "x1000c0s0b0n0",
+        "gpu": "3",
+    }
+    assert fingerprint(gpu) == "dbe088098d40f6ad"
+    assert fingerprint({"alertname": "NodeOffline", "node": "nöde-ü", "empty": ""}) == (
+        "e112fb0cd06759a8"
+    )
+
+
+def test_fingerprint_is_sixteen_lowercase_hex_digits_even_with_leading_zeros() -> None:
+    """Small hash values keep their leading zeros (``%016x``)."""
+    for i in range(2000):
+        fp = fingerprint({"i": str(i)})
+        assert len(fp) == 16
+        assert fp == fp.lower()
+        assert int(fp, 16) == fingerprint_int({"i": str(i)})
+
+
+def test_separator_keeps_name_value_boundaries_apart() -> None:
+    """Moving a character across the name/value boundary changes the fingerprint."""
+    assert fingerprint({"ab": "c"}) != fingerprint({"a": "bc"})
+    assert fingerprint({"a": "", "b": ""}) != fingerprint({"a": "b"})
+
+
+def test_fingerprint_ignores_insertion_order() -> None:
+    """Label names are sorted first, so dict order does not matter."""
+    assert fingerprint({"b": "2", "a": "1"}) == fingerprint({"a": "1", "b": "2"})
