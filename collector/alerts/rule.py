@@ -1,0 +1,298 @@
+"""Rules and their life cycle, as Prometheus evaluates alerting rules.
+
+A :class:`Rule` is a name (the ``alertname`` label), a severity, summary and description
+templates, static labels, and a condition: a function of the live view and the time that
+returns the active :class:`Instance` s, each a label set plus values for the templates.
+
+:class:`Evaluator` keeps one :class:`AlertState` per (rule, label set) and moves it through
+Prometheus' life cycle (``rules/alerting.go``)::
+
+    inactive -> pending    condition holds, held for less than ``for_s``
+    pending  -> firing     held for ``for_s`` (at once when ``for_s`` is 0)
+    pending  -> inactive   gone before ``for_s``: never notified
+    firing   -> resolved   gone for ``keep_firing_for_s`` (at once when it is 0)
+
+``keep_firing_for_s`` is measured, as in Prometheus, from the first evaluation at which the
+condition was gone; the condition coming back inside it cancels the countdown, so a flapping
+condition stays one firing alert. Each change is returned as a :class:`Transition` for the
+caller to persist (and, for firing and resolved, to notify). ``startsAt`` is the time the alert
+started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time.
+
+Templates are :meth:`str.format_map` strings over the labels and the instance's values, e.g.
+``"GPU {gpu} on {node} at {temp_c} °C"``; a missing key renders as ``<no value>``, as in Go
+templates, instead of failing the evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal
+
+from collector.alerts.fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    from collector.live import LiveView
+
+__all__ = [
+    "SEVERITIES",
+    "AlertState",
+    "Condition",
+    "Evaluator",
+    "Instance",
+    "Rule",
+    "State",
+    "Transition",
+]
+
+State = Literal["inactive", "pending", "firing", "resolved"]
+SEVERITIES: Final = ("critical", "warning", "info")
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+"""Prometheus' classic label-name rule: what every Alertmanager accepts."""
+_RESERVED: Final = frozenset({"alertname", "severity"})
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One active instance of a rule's condition: its labels and template values."""
+
+    labels: Mapping[str, str]
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+Condition = Callable[["LiveView", float], Iterable[Instance]]
+"""``condition(view, now)``: the instances for which the rule's condition holds now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An alerting rule: adding one is one of these and a condition function."""
+
+    name: str
+    severity: str
+    summary: str
+    description: str
+    condition: Condition
+    for_s: float = 0.0
+    keep_firing_for_s: float = 0.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Static labels added to every alert of the rule (e.g. ``team``)."""
+
+    def __post_init__(self) -> None:
+        if not _LABEL_NAME.match(self.name):
+            raise ValueError(f"rule name {self.name!r} is not a valid alertname")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"rule {self.name}: severity must be one of {SEVERITIES}")
+        if self.for_s < 0 or self.keep_firing_for_s < 0:
+            raise ValueError(f"rule {self.name}: for_s and keep_firing_for_s must be >= 0")
+        for key in self.labels:
+            if not _LABEL_NAME.match(key) or key in _RESERVED:
+                raise ValueError(f"rule {self.name}: label name {key!r} is not allowed")
+
+    def alert_labels(self, instance: Instance) -> dict[str, str]:
+        """The full label set of an alert: instance labels, static labels, name, severity."""
+        labels = dict(instance.labels)
+        labels.update(self.labels)
+        labels["alertname"] = self.name
+        labels["severity"] = self.severity
+        return labels
+
+    def annotations(self, labels: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
+        """``summary`` and ``description`` rendered for one alert."""
+        ctx = _Context(labels)
+        ctx.update(values)
+        return {
+            "summary": self.summary.format_map(ctx),
+            "description": self.description.format_map(ctx),
+        }
+
+
+class _Context(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "<no value>"
+
+
+@dataclass(slots=True)
+class AlertState:
+    """One alert (a rule and a label set) while it is pending or firing."""
+
+    rule: str
+    labels: dict[str, str]
+    fingerprint: str
+    state: State
+    active_at: float
+    """When the condition started to hold (Prometheus' ``ActiveAt``)."""
+    fired_at: float | None = None
+    """When it went firing: ``startsAt`` for Alertmanager."""
+    resolved_at: float | None = None
+    keep_firing_since: float | None = None
+    """First evaluation at which the condition was gone while firing."""
+    last_seen: float | None = None
+    """Last evaluation at which the condition held."""
+    annotations: dict[str, str] = field(default_factory=dict)
+    values: dict[str, str] = field(default_factory=dict)
+    hold_until: float = 0.0
+    """After a restore: stay firing until then, while the live view fills up again."""
+
+    @property
+    def key(self) -> tuple[tuple[str, str], ...]:
+        """Identity within the evaluator: the sorted label set."""
+        return tuple(sorted(self.labels.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of one alert, returned by :meth:`Evaluator.evaluate`."""
+
+    rule: str
+    fingerprint: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    previous: State
+    state: State
+    at: float
+    """Evaluation time of the change."""
+    active_at: float
+    starts_at: float | None
+    """Firing since (firing and resolved transitions)."""
+    ends_at: float | None
+    """Resolution time (resolved transitions)."""
+
+    @property
+    def notify(self) -> bool:
+        """Whether receivers hear of it: firing and resolved do, pending and inactive do not."""
+        return self.state in ("firing", "resolved")
+
+
+_Key = tuple[tuple[str, str], ...]
+
+
+class Evaluator:
+    """Runs rules over the live view and keeps each alert's life-cycle state."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules: dict[str, Rule] = {}
+        for rule in rules:
+            if rule.name in self.rules:
+                raise ValueError(f"two rules are named {rule.name!r}")
+            self.rules[rule.name] = rule
+        self._states: dict[str, dict[_Key, AlertState]] = {name: {} for name in self.rules}
+
+    def states(self) -> list[AlertState]:
+        """Every pending and firing alert."""
+        return [s for by_key in self._states.values() for s in by_key.values()]
+
+    def restore(self, states: Iterable[AlertState], now: float, *, hold_s: float = 0.0) -> None:
+        """Take over persisted pending and firing states, e.g. after a restart.
+
+        A restored firing alert stays firing, without a new transition, while its condition
+        holds; it resolves as usual once the condition is gone, but not before ``now + hold_s``
+        (give the live view time to refill after a restart, e.g. a few sample intervals). A
+        state for a rule that no longer exists is kept and resolves at the next evaluation
+        after the hold, so its receivers hear that it ended.
+        """
+        for st in states:
+            if st.state not in ("pending", "firing"):
+                continue
+            st.hold_until = now + hold_s if st.state == "firing" else 0.0
+            self._states.setdefault(st.rule, {})[st.key] = st
+
+    def evaluate(self, view: LiveView, now: float) -> list[Transition]:
+        """One evaluation of every rule at ``now``: the state changes, in rule order."""
+        out: list[Transition] = []
+        for name, by_key in self._states.items():
+            rule = self.rules.get(name)
+            seen: set[_Key] = set()
+            if rule is not None:
+                for inst in rule.condition(view, now):
+                    change = self._active(rule, inst, by_key, seen, now)
+                    if change is not None:
+                        out.append(change)
+            if len(seen) < len(by_key):
+                self._absent(rule, by_key, seen, now, out)
+        return out
+
+    def _active(
+        self,
+        rule: Rule,
+        inst: Instance,
+        by_key: dict[_Key, AlertState],
+        seen: set[_Key],
+        now: float,
+    ) -> Transition | None:
+        """Update (or create) the instance's alert; its change, if any (at most one)."""
+        labels = rule.alert_labels(inst)
+        key = tuple(sorted(labels.items()))
+        if key in seen:  # one alert per label set, whatever the condition yields
+            return None
+        seen.add(key)
+        values = dict(inst.values)
+        st = by_key.get(key)
+        if st is None:
+            st = by_key[key] = AlertState(
+                rule=rule.name,
+                labels=labels,
+                fingerprint=fingerprint(labels),
+                state="pending",
+                active_at=now,
+                last_seen=now,
+            )
+            st.values = values
+            st.annotations = rule.annotations(labels, values)
+            if rule.for_s > 0:
+                return _transition(st, "inactive", now)
+        elif st.values != values:
+            st.values = values
+            st.annotations = rule.annotations(labels, values)
+        st.last_seen = now
+        st.keep_firing_since = None
+        if st.state == "pending" and now - st.active_at >= rule.for_s:
+            st.state = "firing"
+            st.fired_at = now
+            return _transition(st, "pending" if rule.for_s > 0 else "inactive", now)
+        return None
+
+    def _absent(
+        self,
+        rule: Rule | None,
+        by_key: dict[_Key, AlertState],
+        seen: set[_Key],
+        now: float,
+        out: list[Transition],
+    ) -> None:
+        keep_for = rule.keep_firing_for_s if rule is not None else 0.0
+        gone: list[_Key] = []
+        for key, st in by_key.items():
+            if key in seen:
+                continue
+            if st.state == "pending":
+                gone.append(key)
+                st.state = "inactive"
+                out.append(_transition(st, "pending", now))
+                continue
+            if st.keep_firing_since is None:
+                st.keep_firing_since = now
+            if now - st.keep_firing_since < keep_for or now < st.hold_until:
+                continue
+            gone.append(key)
+            st.state = "resolved"
+            st.resolved_at = now
+            out.append(_transition(st, "firing", now))
+        for key in gone:
+            del by_key[key]
+
+
+def _transition(st: AlertState, previous: State, now: float) -> Transition:
+    return Transition(
+        rule=st.rule,
+        fingerprint=st.fingerprint,
+        labels=st.labels,
+        annotations=st.annotations,
+        previous=previous,
+        state=st.state,
+        at=now,
+        active_at=st.active_at,
+        starts_at=st.fired_at,
+        ends_at=st.resolved_at,
+    )

@@ -1,0 +1,287 @@
+"""The collector's in-memory view of the fleet: what alert rules and capacity read.
+
+The writer calls ``on_*`` after each commit, so the view never holds what the store does not.
+Per node it keeps the latest sample (and when it arrived, on the collector's clock), the
+status and inventory, the last known ECC and row-remapping state per GPU (agents send those
+only on slow ticks), recent XID events, and reject counts per reason in fixed time buckets.
+
+Bounded: at most ``max_nodes`` nodes. A node seen only through rejects (a forged or broken
+topic can name any node) is evicted first, oldest reject first, when a node that sent a
+valid message needs the room; when every slot holds a real node, the newcomer is refused and
+counted in :attr:`LiveView.refused`. Per node: at most ``max_reasons`` reject reasons x
+``reject_buckets`` buckets and the last ``max_xids`` XID events.
+
+Pure data: no I/O, no locks; one task (the writer) updates it, the evaluator reads it between
+updates on the same event loop.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
+
+__all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "XidSeen"]
+
+DEFAULT_MAX_NODES: Final = 50_000
+"""Four times the 12,500-node fleet the benchmarks use."""
+
+Status = Literal["online", "offline"]
+
+
+@dataclass(frozen=True, slots=True)
+class XidSeen:
+    """One XID event as the view keeps it: the event and when its sample arrived."""
+
+    gpu_index: int
+    xid: int
+    ts: float
+    """The driver's time of the event (node clock)."""
+    received: float
+    """When the sample carrying it was stored (collector clock)."""
+
+
+@dataclass(slots=True)
+class NodeState:
+    """Everything the view knows about one node. Read it; only :class:`LiveView` writes it."""
+
+    node: str
+    sample: Sample | None = None
+    sample_received: float | None = None
+    status: Status | None = None
+    status_ts: float | None = None
+    inventory: Inventory | None = None
+    inventory_ts: float | None = None
+    ecc: dict[int, GpuEcc] = field(default_factory=dict)
+    """Last known ECC counters per GPU index (sent on slow ticks only)."""
+    remapped_rows: dict[int, GpuRemappedRows] = field(default_factory=dict)
+    """Last known row-remapping state per GPU index (sent on slow ticks only)."""
+    xids: deque[XidSeen] = field(default_factory=deque)
+    rejects: dict[str, deque[list[int]]] = field(default_factory=dict)
+    """Per reason: ``[bucket number, count]`` pairs, oldest first."""
+    last_reject: float | None = None
+    # Summaries over the GPUs, refreshed on each update so a rule can skip a healthy node
+    # without looking at its GPUs: the hot loop is then per node, not per GPU.
+    max_temp_c: float | None = None
+    clock_reasons_any: int = 0
+    """Bitwise OR of the latest sample's ``clock_event_reasons`` over all GPUs."""
+    ecc_uncorrected_any: bool = False
+    remap_bad_any: bool = False
+    """Some GPU has a remap pending or a remapping failure."""
+
+    @property
+    def reject_only(self) -> bool:
+        """Known only from rejects: no valid sample, status or inventory yet."""
+        return self.sample is None and self.status is None and self.inventory is None
+
+
+class LiveView:
+    """Latest sample, status, inventory and recent rejects per node, bounded in memory."""
+
+    def __init__(
+        self,
+        *,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        reject_bucket_s: float = 10.0,
+        reject_buckets: int = 60,
+        max_reasons: int = 16,
+        max_xids: int = 64,
+    ) -> None:
+        if max_nodes < 1:
+            raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
+        if reject_bucket_s <= 0 or reject_buckets < 1:
+            raise ValueError("reject_bucket_s must be > 0 and reject_buckets >= 1")
+        self.max_nodes = max_nodes
+        self.reject_bucket_s = reject_bucket_s
+        self.reject_buckets = reject_buckets
+        self.max_reasons = max_reasons
+        self.max_xids = max_xids
+        self.refused = 0
+        """Updates dropped because the view was full of real nodes."""
+        self.evicted = 0
+        """Reject-only nodes dropped to make room for real ones."""
+        self._nodes: dict[str, NodeState] = {}
+
+    # -- updates (the writer, after a commit)
+
+    def on_sample(self, sample: Sample, received: float) -> bool:
+        """Hold ``sample`` as its node's latest unless an equal or newer one is held.
+
+        XID events are kept even from a late (replayed) sample: they happened. Returns whether
+        the sample became the latest.
+        """
+        st = self._get(sample.node, real=True)
+        if st is None:
+            return False
+        self._keep_xids(st, sample, received)
+        if st.sample is not None and sample.ts <= st.sample.ts:
+            return False
+        st.sample = sample
+        st.sample_received = received
+        max_temp: float | None = None
+        reasons = 0
+        ecc_changed = remap_changed = False
+        for gpu in sample.gpus:
+            t = gpu.temp_c
+            if t is not None and (max_temp is None or t > max_temp):
+                max_temp = t
+            if gpu.clock_event_reasons:
+                reasons |= gpu.clock_event_reasons
+            if gpu.ecc is not None:
+                st.ecc[gpu.index] = gpu.ecc
+                ecc_changed = True
+            if gpu.remapped_rows is not None:
+                st.remapped_rows[gpu.index] = gpu.remapped_rows
+                remap_changed = True
+        st.max_temp_c = max_temp
+        st.clock_reasons_any = reasons
+        if ecc_changed:
+            st.ecc_uncorrected_any = any((e.uncorrected_volatile or 0) > 0 for e in st.ecc.values())
+        if remap_changed:
+            st.remap_bad_any = any(r.pending or r.failure for r in st.remapped_rows.values())
+        return True
+
+    def on_status(self, node: str, status: Status, ts: float) -> None:
+        """Record ``node``'s status (``online``/``offline``, incl. the broker's last will)."""
+        st = self._get(node, real=True)
+        if st is not None:
+            st.status = status
+            st.status_ts = ts
+
+    def on_inventory(self, inventory: Inventory, ts: float) -> None:
+        """Record ``inventory`` as its node's current one."""
+        st = self._get(inventory.node, real=True)
+        if st is not None:
+            st.inventory = inventory
+            st.inventory_ts = ts
+
+    def on_reject(self, node: str, reason: str, ts: float) -> None:
+        """Count one rejected message from ``node`` for ``reason`` at collector time ``ts``."""
+        st = self._get(node, real=False)
+        if st is None:
+            return
+        buckets = st.rejects.get(reason)
+        if buckets is None:
+            if len(st.rejects) >= self.max_reasons:
+                reason = "other"
+                buckets = st.rejects.get(reason)
+            if buckets is None:
+                buckets = st.rejects[reason] = deque(maxlen=self.reject_buckets)
+        b = int(ts // self.reject_bucket_s)
+        if buckets and buckets[-1][0] == b:
+            buckets[-1][1] += 1
+        elif not buckets or buckets[-1][0] < b:
+            buckets.append([b, 1])
+        else:  # out of order: find its bucket, or drop it if it is older than the ring
+            for pair in reversed(buckets):
+                if pair[0] == b:
+                    pair[1] += 1
+                    break
+        if st.last_reject is None or ts > st.last_reject:
+            st.last_reject = ts
+
+    def forget(self, node: str) -> None:
+        """Drop ``node`` (decommissioned); a later message brings it back."""
+        self._nodes.pop(node, None)
+
+    # -- queries (rules)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._nodes
+
+    def get(self, node: str) -> NodeState | None:
+        """The node's state, or ``None`` when the view does not know it."""
+        return self._nodes.get(node)
+
+    def nodes(self) -> Iterator[NodeState]:
+        """Every known node, in the order first seen."""
+        return iter(self._nodes.values())
+
+    def is_stale(self, st: NodeState, now: float, stale_intervals: float) -> bool:
+        """True when ``st`` sent samples but none for ``stale_intervals`` x its own interval.
+
+        A node that never sent a valid sample is not stale (nothing to compare with).
+        """
+        if st.sample is None or st.sample_received is None:
+            return False
+        return now - st.sample_received > stale_intervals * st.sample.interval_s
+
+    def rejects(self, st: NodeState, now: float, window_s: float, reason: str | None = None) -> int:
+        """Rejects of ``reason`` (any when ``None``) counted in the buckets of the last window.
+
+        Whole buckets: the window is rounded out to the bucket that holds ``now - window_s``.
+        """
+        if st.last_reject is None or st.last_reject < now - window_s - self.reject_bucket_s:
+            return 0
+        first = int((now - window_s) // self.reject_bucket_s)
+        last = int(now // self.reject_bucket_s)
+        if reason is None:
+            series = list(st.rejects.values())
+        else:
+            one = st.rejects.get(reason)
+            series = [] if one is None else [one]
+        total = 0
+        for buckets in series:
+            for b, n in reversed(buckets):
+                if b < first:
+                    break
+                if b <= last:
+                    total += n
+        return total
+
+    def reject_series(self, st: NodeState, now: float, reason: str | None = None) -> list[int]:
+        """Counts per bucket over the whole ring, oldest first, the last one holding ``now``."""
+        last = int(now // self.reject_bucket_s)
+        first = last - self.reject_buckets + 1
+        out = [0] * self.reject_buckets
+        series = st.rejects.values() if reason is None else [st.rejects.get(reason, deque())]
+        for buckets in series:
+            for b, n in buckets:
+                if first <= b <= last:
+                    out[b - first] += n
+        return out
+
+    def xids_since(self, st: NodeState, since: float) -> list[XidSeen]:
+        """XID events whose sample arrived at or after ``since`` (collector clock)."""
+        return [x for x in st.xids if x.received >= since]
+
+    # -- internals
+
+    def _keep_xids(self, st: NodeState, sample: Sample, received: float) -> None:
+        if not sample.xids:
+            return
+        held = {(x.gpu_index, x.xid, x.ts) for x in st.xids}
+        for ev in sample.xids:
+            key = (ev.gpu_index, ev.xid, ev.ts)
+            if key not in held:  # a resent sample must not count its XIDs twice
+                held.add(key)
+                st.xids.append(XidSeen(ev.gpu_index, ev.xid, ev.ts, received))
+
+    def _get(self, node: str, *, real: bool) -> NodeState | None:
+        st = self._nodes.get(node)
+        if st is not None:
+            return st
+        if len(self._nodes) >= self.max_nodes and not (real and self._evict_reject_only()):
+            self.refused += 1
+            return None
+        st = self._nodes[node] = NodeState(node, xids=deque(maxlen=self.max_xids))
+        return st
+
+    def _evict_reject_only(self) -> bool:
+        victim: NodeState | None = None
+        for st in self._nodes.values():
+            if st.reject_only and (
+                victim is None or (st.last_reject or 0.0) < (victim.last_reject or 0.0)
+            ):
+                victim = st
+        if victim is None:
+            return False
+        del self._nodes[victim.node]
+        self.evicted += 1
+        return True
