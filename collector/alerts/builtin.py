@@ -1,0 +1,387 @@
+"""The built-in rules: node health, GPU hardware trouble, and what the ingest path rejects.
+
+:func:`builtin_rules` builds them from a :class:`BuiltinSettings` (thresholds, ``for`` and
+``keep_firing_for`` of each). Labels: ``alertname``, ``severity``, ``node``; per-GPU rules add
+``gpu`` (the index) and ``uuid`` where the node told us.
+
+Every condition first checks a per-node summary the live view keeps (hottest GPU, OR of the
+clock-event bits, "some GPU has uncorrected ECC", ...), so a healthy node costs a couple of
+attribute reads per rule and only a suspicious node is looked at GPU by GPU.
+
+Temperature and clock rules read only fresh samples: a node that stopped sending is
+``NodeStale``, not a GPU stuck at its last temperature forever. ECC and row-remapping state is
+the last one reported (agents send it on slow ticks) and is kept while the node is stale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from collector.alerts.rule import Instance, Rule
+from collector.live import LiveView, NodeState
+
+__all__ = [
+    "CLOCK_EVENT_NAMES",
+    "CRITICAL_XIDS",
+    "HW_POWER_BRAKE_SLOWDOWN",
+    "HW_SLOWDOWN",
+    "HW_THERMAL_SLOWDOWN",
+    "SW_THERMAL_SLOWDOWN",
+    "BuiltinSettings",
+    "builtin_rules",
+]
+
+# Clock event (formerly "throttle") reason bits, as NVML's nvml.h defines them
+# (nvmlClocksEventReasonHwSlowdown etc., also in pynvml). Only the ones that mean heat or a
+# power brake: SW power cap (0x4) is the configured limit doing its job, idle (0x1) is idle.
+HW_SLOWDOWN: Final = 0x8
+"""nvmlClocksEventReasonHwSlowdown: hardware slowdown (thermal, power brake or PSU)."""
+SW_THERMAL_SLOWDOWN: Final = 0x20
+"""nvmlClocksEventReasonSwThermalSlowdown: driver lowered clocks to keep under max temp."""
+HW_THERMAL_SLOWDOWN: Final = 0x40
+"""nvmlClocksEventReasonHwThermalSlowdown: hardware thermal slowdown."""
+HW_POWER_BRAKE_SLOWDOWN: Final = 0x80
+"""nvmlClocksEventReasonHwPowerBrakeSlowdown: external power brake assertion."""
+
+CLOCK_EVENT_NAMES: Final = {
+    HW_SLOWDOWN: "hw_slowdown",
+    SW_THERMAL_SLOWDOWN: "sw_thermal",
+    HW_THERMAL_SLOWDOWN: "hw_thermal",
+    HW_POWER_BRAKE_SLOWDOWN: "hw_power_brake",
+}
+
+CRITICAL_XIDS: Final = {
+    48: "double-bit ECC error",
+    63: "row remapping recorded (ECC page retirement)",
+    64: "row remapping failure",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+}
+"""XIDs that mean hardware trouble (NVIDIA's XID catalogue). Application faults such as 13
+(graphics engine exception), 31 (MMU fault) and 43 (GPU stopped processing) are the job's
+problem, not the hardware's, and are not alerts."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinSettings:
+    """Thresholds and timings of the built-in rules; every field has a working default."""
+
+    offline_for_s: float = 30.0
+    """An agent restarting says offline then online within seconds: do not page for that."""
+    stale_intervals: float = 3.0
+    """No sample for this many of the node's own sample intervals."""
+    stale_for_s: float = 0.0
+    gpu_temp_c: float = 85.0
+    gpu_temp_for_s: float = 60.0
+    gpu_temp_keep_firing_for_s: float = 60.0
+    xid_codes: frozenset[int] = field(default_factory=lambda: frozenset(CRITICAL_XIDS))
+    xid_window_s: float = 60.0
+    """An XID counts while its sample arrived within this window..."""
+    xid_keep_firing_for_s: float = 900.0
+    """...and the alert keeps firing this long after: an XID is an event, not a state."""
+    throttle_mask: int = (
+        HW_SLOWDOWN | SW_THERMAL_SLOWDOWN | HW_THERMAL_SLOWDOWN | HW_POWER_BRAKE_SLOWDOWN
+    )
+    throttle_for_s: float = 120.0
+    throttle_keep_firing_for_s: float = 60.0
+    ecc_keep_firing_for_s: float = 0.0
+    clock_skew_window_s: float = 60.0
+    clock_skew_keep_firing_for_s: float = 300.0
+    rejects_window_s: float = 300.0
+    rejects_min: int = 10
+    """Rejects of any reason in ``rejects_window_s`` that count as rising."""
+    rejects_keep_firing_for_s: float = 300.0
+    disabled: frozenset[str] = frozenset()
+    """Rule names to leave out."""
+
+
+def builtin_rules(settings: BuiltinSettings | None = None) -> list[Rule]:
+    """The built-in rules configured by ``settings`` (defaults when ``None``)."""
+    s = settings or BuiltinSettings()
+    rules = [
+        _node_offline(s),
+        _node_stale(s),
+        _gpu_temperature(s),
+        _gpu_xid(s),
+        _gpu_ecc(s),
+        _gpu_row_remap(s),
+        _gpu_clock_throttled(s),
+        _node_clock_skew(s),
+        _node_rejects_rising(s),
+    ]
+    return [r for r in rules if r.name not in s.disabled]
+
+
+def _uuid(st: NodeState, index: int) -> str | None:
+    sample = st.sample
+    if sample is not None:
+        gpus = sample.gpus
+        if index < len(gpus) and gpus[index].index == index:
+            return gpus[index].uuid
+        for g in gpus:
+            if g.index == index:
+                return g.uuid
+    if st.inventory is not None:
+        for info in st.inventory.gpus:
+            if info.index == index:
+                return info.uuid
+    return None
+
+
+def _gpu_labels(st: NodeState, index: int, uuid: str | None = None) -> dict[str, str]:
+    labels = {"node": st.node, "gpu": str(index)}
+    uuid = uuid or _uuid(st, index)
+    if uuid is not None:
+        labels["uuid"] = uuid
+    return labels
+
+
+def _stale_check(s: BuiltinSettings) -> Callable[[LiveView, NodeState, float], bool]:
+    intervals = s.stale_intervals
+
+    def stale(view: LiveView, st: NodeState, now: float) -> bool:
+        return view.is_stale(st, now, intervals)
+
+    return stale
+
+
+# -- node rules
+
+
+def _node_offline(s: BuiltinSettings) -> Rule:
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            if st.status == "offline":
+                since = st.status_ts if st.status_ts is not None else now
+                yield Instance({"node": st.node}, {"for_s": f"{now - since:.0f}"})
+
+    return Rule(
+        name="NodeOffline",
+        severity="critical",
+        summary="Node {node} is offline",
+        description=(
+            "The agent on {node} said offline, or the broker published its last will, "
+            "{for_s} s ago. No samples arrive from it."
+        ),
+        condition=condition,
+        for_s=s.offline_for_s,
+    )
+
+
+def _node_stale(s: BuiltinSettings) -> Rule:
+    intervals = s.stale_intervals
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            if st.status != "offline" and view.is_stale(st, now, intervals):
+                age = now - (st.sample_received or now)
+                yield Instance({"node": st.node}, {"age_s": f"{age:.0f}"})
+
+    return Rule(
+        name="NodeStale",
+        severity="warning",
+        summary="No samples from {node} for {age_s} s",
+        description=(
+            f"{{node}} is not offline but sent no sample for {intervals:g} of its sample "
+            "intervals (last one {age_s} s ago): agent hung, network or broker trouble."
+        ),
+        condition=condition,
+        for_s=s.stale_for_s,
+    )
+
+
+# -- GPU rules
+
+
+def _gpu_temperature(s: BuiltinSettings) -> Rule:
+    limit = s.gpu_temp_c
+    is_stale = _stale_check(s)
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            hottest = st.max_temp_c
+            sample = st.sample
+            if hottest is None or hottest < limit or sample is None or is_stale(view, st, now):
+                continue
+            for g in sample.gpus:
+                if g.temp_c is not None and g.temp_c >= limit:
+                    yield Instance(_gpu_labels(st, g.index, g.uuid), {"temp_c": f"{g.temp_c:.0f}"})
+
+    return Rule(
+        name="GpuTemperature",
+        severity="warning",
+        summary="GPU {gpu} on {node} at {temp_c} °C",
+        description=(
+            f"GPU {{gpu}} ({{uuid}}) on {{node}} is at {{temp_c}} °C, at or above "
+            f"{limit:g} °C: check cooling and airflow before it throttles or shuts down."
+        ),
+        condition=condition,
+        for_s=s.gpu_temp_for_s,
+        keep_firing_for_s=s.gpu_temp_keep_firing_for_s,
+    )
+
+
+def _gpu_xid(s: BuiltinSettings) -> Rule:
+    codes = s.xid_codes
+    window = s.xid_window_s
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        since = now - window
+        for st in view.nodes():
+            xids = st.xids
+            if not xids:
+                continue
+            for x in xids:
+                if x.received >= since and x.xid in codes:
+                    yield Instance(
+                        {**_gpu_labels(st, x.gpu_index), "xid": str(x.xid)},
+                        {"meaning": CRITICAL_XIDS.get(x.xid, "hardware error")},
+                    )
+
+    return Rule(
+        name="GpuXid",
+        severity="critical",
+        summary="XID {xid} on GPU {gpu} of {node}: {meaning}",
+        description=(
+            "The driver reported XID {xid} ({meaning}) on GPU {gpu} ({uuid}) of {node}. "
+            "Drain the node and follow NVIDIA's XID catalogue for this code."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.xid_keep_firing_for_s,
+    )
+
+
+def _gpu_ecc(s: BuiltinSettings) -> Rule:
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            if not st.ecc_uncorrected_any:
+                continue
+            for index, ecc in sorted(st.ecc.items()):
+                count = ecc.uncorrected_volatile or 0
+                if count > 0:
+                    yield Instance(_gpu_labels(st, index), {"count": str(count)})
+
+    return Rule(
+        name="GpuEccUncorrectable",
+        severity="critical",
+        summary="{count} uncorrectable ECC errors on GPU {gpu} of {node}",
+        description=(
+            "GPU {gpu} ({uuid}) on {node} counted {count} uncorrected (volatile) ECC errors "
+            "since the driver loaded: memory contents were lost; jobs on it may be corrupt."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.ecc_keep_firing_for_s,
+    )
+
+
+def _gpu_row_remap(s: BuiltinSettings) -> Rule:
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            if not st.remap_bad_any:
+                continue
+            for index, rows in sorted(st.remapped_rows.items()):
+                if rows.pending or rows.failure:
+                    what = " and ".join(
+                        w for w, on in (("pending", rows.pending), ("failure", rows.failure)) if on
+                    )
+                    yield Instance(_gpu_labels(st, index), {"remap": what})
+
+    return Rule(
+        name="GpuRowRemap",
+        severity="critical",
+        summary="Row remapping {remap} on GPU {gpu} of {node}",
+        description=(
+            "GPU {gpu} ({uuid}) on {node} reports row remapping {remap}. Pending: reset the "
+            "GPU to apply the remap; failure: the GPU is out of spare rows, replace it."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.ecc_keep_firing_for_s,
+    )
+
+
+def _gpu_clock_throttled(s: BuiltinSettings) -> Rule:
+    mask = s.throttle_mask
+    is_stale = _stale_check(s)
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            sample = st.sample
+            if not st.clock_reasons_any & mask or sample is None or is_stale(view, st, now):
+                continue
+            for g in sample.gpus:
+                bits = (g.clock_event_reasons or 0) & mask
+                if bits:
+                    names = ",".join(n for b, n in CLOCK_EVENT_NAMES.items() if bits & b)
+                    yield Instance(_gpu_labels(st, g.index, g.uuid), {"reasons": names})
+
+    return Rule(
+        name="GpuClockThrottled",
+        severity="warning",
+        summary="GPU {gpu} on {node} clocks held down: {reasons}",
+        description=(
+            "GPU {gpu} ({uuid}) on {node} has run with lowered clocks for thermal or "
+            "power-brake reasons ({reasons}, NVML clock event reasons) for a sustained period."
+        ),
+        condition=condition,
+        for_s=s.throttle_for_s,
+        keep_firing_for_s=s.throttle_keep_firing_for_s,
+    )
+
+
+# -- ingest rules
+
+
+def _node_clock_skew(s: BuiltinSettings) -> Rule:
+    window = s.clock_skew_window_s
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        recent = now - window - view.reject_bucket_s
+        for st in view.nodes():
+            if st.last_reject is None or st.last_reject < recent:
+                continue
+            n = view.rejects(st, now, window, "clock_skew")
+            if n:
+                yield Instance({"node": st.node}, {"count": str(n)})
+
+    return Rule(
+        name="NodeClockSkew",
+        severity="warning",
+        summary="{node}'s clock is ahead of the collector's",
+        description=(
+            f"{{count}} samples from {{node}} in the last {window:g} s were stamped too far in "
+            "the future and rejected (clock_skew): fix NTP/chrony on the node."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.clock_skew_keep_firing_for_s,
+    )
+
+
+def _node_rejects_rising(s: BuiltinSettings) -> Rule:
+    window = s.rejects_window_s
+    least = s.rejects_min
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        recent = now - window - view.reject_bucket_s
+        for st in view.nodes():
+            if st.last_reject is None or st.last_reject < recent:
+                continue
+            n = view.rejects(st, now, window)
+            if n >= least:
+                yield Instance({"node": st.node}, {"count": str(n)})
+
+    return Rule(
+        name="NodeRejectsRising",
+        severity="warning",
+        summary=f"{{count}} messages from {{node}} rejected in {window:g} s",
+        description=(
+            f"The collector rejected {{count}} messages from {{node}} in the last {window:g} s "
+            f"(threshold {least}): `collector query --rejected` shows them and why."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.rejects_keep_firing_for_s,
+    )
