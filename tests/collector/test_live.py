@@ -1,0 +1,176 @@
+"""The live view: newest sample wins, sticky ECC state, XIDs, reject windows, the node bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from collector.live import LiveView
+from shared.schema import Inventory, Sample
+from tests.shared.wire_samples import inventory_dict, sample_dict
+
+T0 = 1_800_000_000.0
+NODE = "x1000c0s0b0n0"
+
+
+def _sample(ts: float = T0, node: str = NODE, **changes: Any) -> Sample:
+    d = sample_dict()
+    d.update(ts=ts, node=node, xids=[])
+    d.update(changes)
+    return msgspec.convert(d, Sample)
+
+
+def test_newest_sample_wins_and_older_or_equal_ones_are_ignored() -> None:
+    """A late (replayed) or duplicate sample does not replace the newer one held."""
+    view = LiveView()
+    assert view.on_sample(_sample(T0 + 10, seq=2), received=T0 + 10)
+    assert not view.on_sample(_sample(T0, seq=1), received=T0 + 11)
+    assert not view.on_sample(_sample(T0 + 10, seq=3), received=T0 + 12)
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.seq, st.sample_received) == (2, T0 + 10)
+
+
+def test_summaries_follow_the_latest_sample() -> None:
+    """Hottest GPU and the OR of clock-event bits are those of the sample held."""
+    view = LiveView()
+    d = sample_dict()
+    d["gpus"][3].update(temp_c=91.5, clock_event_reasons=0x40)
+    d.update(xids=[])
+    view.on_sample(msgspec.convert(d, Sample), T0)
+    st = view.get(NODE)
+    assert st is not None
+    assert (st.max_temp_c, st.clock_reasons_any) == (91.5, 0x44)
+    view.on_sample(_sample(T0 + 5), T0 + 5)
+    assert (st.max_temp_c, st.clock_reasons_any) == (68.0, 0x4)
+
+
+def test_ecc_and_remap_state_survive_fast_ticks() -> None:
+    """A sample without ECC blocks (fast tick) keeps the last reported ECC state."""
+    view = LiveView()
+    d = sample_dict()
+    d["gpus"][5]["ecc"]["uncorrected_volatile"] = 4
+    d["gpus"][1]["remapped_rows"]["pending"] = True
+    d.update(xids=[])
+    view.on_sample(msgspec.convert(d, Sample), T0)
+    fast = sample_dict()
+    fast.update(ts=T0 + 5, xids=[])
+    for g in fast["gpus"]:
+        g["ecc"] = None
+        g["remapped_rows"] = None
+    view.on_sample(msgspec.convert(fast, Sample), T0 + 5)
+    st = view.get(NODE)
+    assert st is not None
+    assert st.ecc[5].uncorrected_volatile == 4
+    assert st.remapped_rows[1].pending
+    assert st.ecc_uncorrected_any
+    assert st.remap_bad_any
+    view.on_sample(_sample(T0 + 10), T0 + 10)  # slow tick: all clear again
+    assert not st.ecc_uncorrected_any
+    assert not st.remap_bad_any
+
+
+def test_xids_are_kept_once_even_from_late_samples() -> None:
+    """An XID in a replayed sample is kept; the same event sent twice counts once."""
+    view = LiveView(max_xids=3)
+    view.on_sample(_sample(T0 + 10), T0 + 10)
+    xid = [{"gpu_index": 3, "xid": 79, "ts": T0 - 1}]
+    view.on_sample(_sample(T0, xids=xid), T0 + 11)  # late, but the XID happened
+    view.on_sample(_sample(T0, xids=xid), T0 + 12)  # resent
+    st = view.get(NODE)
+    assert st is not None
+    assert [(x.gpu_index, x.xid, x.received) for x in st.xids] == [(3, 79, T0 + 11)]
+    assert view.xids_since(st, T0 + 11.5) == []
+    many = [{"gpu_index": 0, "xid": 48, "ts": T0 + i} for i in range(5)]
+    view.on_sample(_sample(T0 + 20, xids=many), T0 + 20)
+    assert [x.ts for x in st.xids] == [T0 + 2, T0 + 3, T0 + 4]  # bounded, newest kept
+
+
+def test_status_and_inventory_are_recorded_with_their_times() -> None:
+    """Status (incl. the last will's offline) and inventory are the latest ones reported."""
+    view = LiveView()
+    view.on_status(NODE, "online", T0)
+    view.on_status(NODE, "offline", T0 + 3)
+    view.on_inventory(msgspec.convert(inventory_dict(), Inventory), T0 + 1)
+    st = view.get(NODE)
+    assert st is not None
+    assert (st.status, st.status_ts, st.inventory_ts) == ("offline", T0 + 3, T0 + 1)
+    assert st.inventory is not None
+    assert len(st.inventory.gpus) == 8
+
+
+def test_is_stale_after_the_given_number_of_the_nodes_own_intervals() -> None:
+    """5 s samples: stale after 15 s without one; a node without samples is never stale."""
+    view = LiveView()
+    view.on_sample(_sample(), T0)
+    st = view.get(NODE)
+    assert st is not None
+    assert not view.is_stale(st, T0 + 15, 3)
+    assert view.is_stale(st, T0 + 15.1, 3)
+    view.on_status("x1000c0s0b0n1", "online", T0)
+    other = view.get("x1000c0s0b0n1")
+    assert other is not None
+    assert not view.is_stale(other, T0 + 1e6, 3)
+
+
+def test_rejects_are_counted_per_reason_in_time_buckets() -> None:
+    """Window sums by reason and in total; the series has one slot per bucket."""
+    view = LiveView(reject_bucket_s=10, reject_buckets=6)
+    for ts in (T0, T0 + 1, T0 + 12, T0 + 35):
+        view.on_reject(NODE, "clock_skew", ts)
+    view.on_reject(NODE, "invalid", T0 + 36)
+    view.on_reject(NODE, "clock_skew", T0 + 11)  # late report into an older bucket
+    st = view.get(NODE)
+    assert st is not None
+    now = T0 + 39
+    assert view.rejects(st, now, 10, "clock_skew") == 1
+    assert view.rejects(st, now, 10) == 2
+    assert view.rejects(st, now, 60, "clock_skew") == 5
+    assert view.rejects(st, now, 60, "too_old") == 0
+    assert view.reject_series(st, now) == [0, 0, 2, 2, 0, 2]
+    assert view.rejects(st, T0 + 1000, 60) == 0  # long quiet
+
+
+def test_reasons_per_node_are_bounded() -> None:
+    """Past ``max_reasons`` distinct reasons, new ones count under ``other``."""
+    view = LiveView(max_reasons=2)
+    for reason in ("a", "b", "c", "d"):
+        view.on_reject(NODE, reason, T0)
+    st = view.get(NODE)
+    assert st is not None
+    assert sorted(st.rejects) == ["a", "b", "other"]
+    assert view.rejects(st, T0, 10, "other") == 2
+
+
+def test_node_bound_refuses_newcomers_but_evicts_reject_only_nodes_first() -> None:
+    """Forged node names (rejects only) cannot crowd out real nodes; real nodes are kept."""
+    view = LiveView(max_nodes=3)
+    view.on_sample(_sample(node="real-0"), T0)
+    view.on_reject("forged-1", "invalid", T0 + 1)
+    view.on_reject("forged-2", "invalid", T0 + 2)
+    view.on_reject("forged-3", "invalid", T0 + 3)  # full: a reject cannot evict
+    assert "forged-3" not in view
+    assert view.refused == 1
+    view.on_status("real-1", "online", T0 + 4)  # evicts the oldest reject-only node
+    assert "real-1" in view
+    assert "forged-1" not in view
+    assert view.evicted == 1
+    view.on_sample(_sample(node="real-2"), T0 + 5)
+    view.on_sample(_sample(node="real-3"), T0 + 5)  # only real nodes left: refused
+    assert sorted(st.node for st in view.nodes()) == ["real-0", "real-1", "real-2"]
+    assert view.refused == 2
+    view.forget("real-0")
+    view.on_sample(_sample(node="real-3"), T0 + 6)
+    assert "real-3" in view
+    assert len(view) == 3
+
+
+def test_bad_bounds_are_refused() -> None:
+    """A view that could hold nothing is a configuration mistake."""
+    with pytest.raises(ValueError, match="max_nodes"):
+        LiveView(max_nodes=0)
+    with pytest.raises(ValueError, match="reject_bucket_s"):
+        LiveView(reject_bucket_s=0)
