@@ -27,9 +27,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from collector.alerts.builtin import builtin_rules
+from collector.alerts.job import AlertJob
+from collector.alerts.rule import Evaluator
 from collector.ingest.reader import Connect, Reader, StopUnit, Subscriber, Unit
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
+from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import Clock, SystemClock
@@ -54,9 +58,15 @@ class Collector:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
+        self.live = LiveView()
+        """The fleet as the alert rules see it: latest sample, status, inventory per node."""
         self.ingestor = Ingestor(
-            self.clock, max_skew_s=settings.max_clock_skew_s, max_age_s=settings.retention_s
+            self.clock,
+            max_skew_s=settings.max_clock_skew_s,
+            max_age_s=settings.retention_s,
+            live=self.live,
         )
+        self.evaluator = Evaluator(builtin_rules(settings.alerts.builtin()))
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -127,6 +137,15 @@ class Collector:
                 reconnect_min_s=s.mqtt.reconnect_min_s,
                 reconnect_max_s=s.mqtt.reconnect_max_s,
             )
+            alerts = AlertJob(
+                self.evaluator,
+                self.live,
+                self.clock,
+                interval_s=s.alerts.eval_interval_s,
+                counters=self.counters,
+            )
+            # Firing alerts stay firing while the live view refills after a restart.
+            await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
             writer = Writer(
                 store,
                 self._queue,
@@ -138,6 +157,7 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
+                jobs=[alerts],
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")

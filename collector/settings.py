@@ -3,18 +3,71 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
 from collector.store.reader import DEFAULT_DB_PATH
+from shared.errors import ConfigError
 from shared.settings import CapwatchSettings
+
+if TYPE_CHECKING:
+    from collector.alerts.builtin import BuiltinSettings
 
 __all__ = ["CollectorSettings"]
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
+_DAY_S: Final = 86_400.0
+
+
+class AlertSettings(BaseModel):
+    """``[alerts]``: when the built-in rules fire (see ``collector rules`` for all of them).
+
+    Defaults equal :class:`collector.alerts.builtin.BuiltinSettings` (a test holds them so).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    eval_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
+    """How often the rules are evaluated on the live view."""
+    offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
+    stale_intervals: float = Field(default=3.0, gt=0, le=1000)
+    stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
+    gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    gpu_temp_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    xid_codes: list[int] = Field(default=[48, 63, 64, 74, 79, 92, 94, 95], max_length=256)
+    xid_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
+    xid_keep_firing_for_s: float = Field(default=900.0, ge=0, le=_DAY_S)
+    throttle_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
+    throttle_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    ecc_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    clock_skew_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
+    clock_skew_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    rejects_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    rejects_min: int = Field(default=10, ge=1)
+    rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    disabled: list[str] = Field(default=[], max_length=64)
+    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
+
+    def builtin(self) -> BuiltinSettings:
+        """The rules' thresholds from these settings; an unknown rule name is refused."""
+        from collector.alerts.builtin import BuiltinSettings, builtin_rules  # noqa: PLC0415
+
+        known = {rule.name for rule in builtin_rules()}
+        unknown = sorted(set(self.disabled) - known)
+        if unknown:
+            raise ConfigError(
+                f"setting 'alerts.disabled' names unknown rules {unknown}: use names from "
+                f"`collector rules` ({', '.join(sorted(known))})",
+                field="alerts.disabled",
+            )
+        values = self.model_dump(exclude={"eval_interval_s"})
+        values["xid_codes"] = frozenset(self.xid_codes)
+        values["disabled"] = frozenset(self.disabled)
+        return BuiltinSettings(**values)
 
 
 class CollectorSettings(CapwatchSettings):
@@ -47,6 +100,8 @@ class CollectorSettings(CapwatchSettings):
     expected_interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0, le=3600)
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
+
+    alerts: AlertSettings = AlertSettings()
 
     @property
     def session_client_id(self) -> str:

@@ -28,6 +28,11 @@ COMMANDS: Final = {
         "collector.cli.query",
         "recent stats: fleet summary, one node's samples, per-GPU rows, rejected messages",
     ),
+    "alerts": (
+        "collector.cli.alerts",
+        "firing and pending alerts of the built-in rules (--history: state changes)",
+    ),
+    "rules": ("collector.cli.rules", "the alert rules in force, with thresholds and timings"),
     "solve": (
         "collector.cli.solve",
         "size a cluster under a power cap: how many GPUs fit, and why not more",

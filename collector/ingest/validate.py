@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from collector.live import LiveView
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
 from shared.clock import Clock
 from shared.errors import SchemaError
@@ -106,8 +107,11 @@ class Ingestor:
         max_skew_s: float = 300.0,
         max_age_s: float = 86_400.0,
         log_every_s: float = 10.0,
+        live: LiveView | None = None,
     ) -> None:
         self.clock = clock
+        self.live = live
+        """The in-memory view of the fleet the alert rules read; kept current here."""
         self.max_skew_s = max_skew_s
         self.max_age_s = max_age_s
         self.counters: Counter[str] = Counter()
@@ -167,13 +171,19 @@ class Ingestor:
             if problem is not None:
                 return self._reject(*problem, topic=topic, payload=payload, node=node, now=now)
             self.counters["samples"] += 1
+            if self.live is not None:
+                self.live.on_sample(message, now)
             # Stored as validated and re-encoded: unknown fields (unbounded padding, in
             # principle) and duplicate keys do not reach the store.
             return sample_row(message, encode(message), now)
         if isinstance(message, NodeStatus):
             self.counters["status"] += 1
+            if self.live is not None:
+                self.live.on_status(node, message.status, now)
             return NodeUpdate(node=node, status=message.status, status_ts=now)
         self.counters["inventory"] += 1
+        if self.live is not None:
+            self.live.on_inventory(message, now)
         return NodeUpdate(node=node, inventory=encode(message), inventory_ts=now)
 
     def _timing_problem(self, ts: float, now: float) -> tuple[str, str] | None:
@@ -211,6 +221,8 @@ class Ingestor:
         self.counters["rejected"] += 1
         now_ms = round(now * 1000)
         if node is not None:
+            if self.live is not None:
+                self.live.on_reject(node, reason, now)
             key = (node, reason)
             if key not in self._node_rejects and len(self._node_rejects) >= _MAX_NODE_KEYS:
                 key = ("*", reason)

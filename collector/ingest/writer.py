@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from collector.ingest.reader import MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
@@ -33,11 +33,20 @@ from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["Writer"]
+__all__ = ["Job", "Writer"]
 
 log = get_logger("writer")
 
 _COUNTERS_EVERY_S: Final = 2.0
+
+
+class Job(Protocol):
+    """Periodic work that writes (the alert rules): run by the writer between batches."""
+
+    name: str
+    interval_s: float
+
+    async def __call__(self, store: Store) -> None: ...
 
 
 class Writer:
@@ -57,6 +66,7 @@ class Writer:
         quarantine_max_rows: int = 10_000,
         counters_every_s: float = _COUNTERS_EVERY_S,
         extra_counters: Callable[[], dict[str, int]] | None = None,
+        jobs: Sequence[Job] = (),
     ) -> None:
         self._store = store
         self._queue = queue
@@ -69,6 +79,7 @@ class Writer:
         self._quarantine_max_rows = quarantine_max_rows
         self._counters_every_s = counters_every_s
         self._extra_counters = extra_counters
+        self._jobs = list(jobs)
         self.counters: Counter[str] = ingestor.counters
         self._known_nodes: set[str] = set()
 
@@ -77,8 +88,9 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
+        next_job = [mono() + job.interval_s for job in self._jobs]
         while True:
-            first = await self._next(min(next_retention, next_counters) - mono())
+            first = await self._next(min(next_retention, next_counters, *next_job) - mono())
             if first is not None:
                 units, stop = self._gather(first)
                 if units:
@@ -94,6 +106,25 @@ class Writer:
             if now >= next_retention:
                 more = await self._retention_chunk()
                 next_retention = now if more else now + self._retention_check_s
+            for i, job in enumerate(self._jobs):
+                if now >= next_job[i]:
+                    await self._run_job(job)
+                    next_job[i] = now + job.interval_s
+
+    async def _run_job(self, job: Job) -> None:
+        """Run one periodic job; a broken one is logged and counted, ingestion goes on."""
+        try:
+            await job(self._store)
+        except StoreError as exc:
+            if exc.fatal:
+                raise
+            log.error("job_failed", job=job.name, error=str(exc))
+            self.counters[f"job_failed_{job.name}"] += 1
+        except Exception:
+            # A bug in one rule must not stop the collector from storing samples: it would
+            # fail again after every restart, with the broker's backlog growing behind it.
+            log.exception("job_failed", job=job.name)
+            self.counters[f"job_failed_{job.name}"] += 1
 
     async def _next(self, wait_s: float) -> Unit | StopUnit | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""

@@ -36,6 +36,7 @@ from shared.logging import get_logger
 
 __all__ = [
     "MIGRATIONS",
+    "AlertChange",
     "NodeUpdate",
     "QuarantineRow",
     "SampleRow",
@@ -83,6 +84,21 @@ class NodeUpdate:
     inventory_ts: float | None = None
 
 
+class AlertChange(NamedTuple):
+    """One alert state change, as stored (labels and annotations as JSON text)."""
+
+    fingerprint: str
+    rule: str
+    labels: str
+    annotations: str
+    previous: str
+    state: str
+    at: float
+    active_at: float
+    starts_at: float | None
+    ends_at: float | None
+
+
 class QuarantineRow(NamedTuple):
     """One row of ``quarantine``: a message that was rejected or could not be stored."""
 
@@ -117,6 +133,20 @@ _INSERT_QUARANTINE: Final = (
     "INSERT INTO quarantine "
     "(received_ms, node, topic, reason, detail, payload_head, payload_bytes)",
     7,
+    "",
+)
+_UPSERT_ALERT: Final = (
+    "INSERT INTO alerts "
+    "(fingerprint, rule, labels, annotations, state, active_at, starts_at, updated)",
+    8,
+    " ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state, "
+    "annotations = excluded.annotations, active_at = excluded.active_at, "
+    "starts_at = excluded.starts_at, updated = excluded.updated",
+)
+_INSERT_ALERT_HISTORY: Final = (
+    "INSERT INTO alert_history "
+    "(fingerprint, rule, labels, annotations, previous, state, at, starts_at, ends_at)",
+    9,
     "",
 )
 _UPSERT_META: Final = (
@@ -504,6 +534,64 @@ class Store:
         except Exception as exc:
             raise await self._failed(what, exc) from exc
         return max(deleted, 0)
+
+    async def write_alerts(self, changes: Sequence[AlertChange], keep_history_s: float) -> None:
+        """Record alert state changes: the current pending/firing set and the history.
+
+        History older than ``keep_history_s`` goes in the same transaction.
+        """
+        now = time.time()
+        live = [c for c in changes if c.state in ("pending", "firing")]
+        gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
+        try:
+            await self._insert_many(
+                _UPSERT_ALERT,
+                [
+                    (
+                        c.fingerprint,
+                        c.rule,
+                        c.labels,
+                        c.annotations,
+                        c.state,
+                        c.active_at,
+                        c.starts_at,
+                        now,
+                    )
+                    for c in live
+                ],
+            )
+            if gone:
+                await self.conn.executemany("DELETE FROM alerts WHERE fingerprint = ?", gone)
+            await self._insert_many(
+                _INSERT_ALERT_HISTORY,
+                [
+                    (
+                        c.fingerprint,
+                        c.rule,
+                        c.labels,
+                        c.annotations,
+                        c.previous,
+                        c.state,
+                        c.at,
+                        c.starts_at,
+                        c.ends_at,
+                    )
+                    for c in changes
+                ],
+            )
+            await self.conn.execute(
+                "DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,)
+            )
+            self._check_file()
+            await self.conn.commit()
+        except Exception as exc:
+            raise await self._failed("recording alert changes", exc) from exc
+
+    async def active_alerts(self) -> list[sqlite3.Row]:
+        """The pending and firing alerts last recorded (to restore them after a restart)."""
+        return await self.fetchall(
+            "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
+        )
 
     async def meta(self, key: str) -> str | None:
         """A fact the collector stored with :meth:`write_batch` (``meta=``), or ``None``."""

@@ -18,6 +18,8 @@ Tables:
     rejects per node and reason, summed over restarts.
 ``meta``
     what the collector must remember across restarts (the MQTT session it holds).
+``alerts`` / ``alert_history``
+    pending and firing alerts, and every alert state change.
 """
 
 from __future__ import annotations
@@ -119,6 +121,36 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             value TEXT NOT NULL,
             updated REAL NOT NULL
         );
+        """,
+    ),
+    (
+        # Alerts: the pending and firing ones (so a restarted collector neither forgets nor
+        # re-announces them) and every state change (history).
+        "0006_alerts",
+        """
+        CREATE TABLE alerts (
+            fingerprint TEXT PRIMARY KEY,
+            rule TEXT NOT NULL,
+            labels TEXT NOT NULL,         -- JSON object
+            annotations TEXT NOT NULL,    -- JSON object
+            state TEXT NOT NULL,          -- pending | firing
+            active_at REAL NOT NULL,      -- the condition holds since
+            starts_at REAL,               -- firing since
+            updated REAL NOT NULL
+        );
+        CREATE TABLE alert_history (
+            id INTEGER PRIMARY KEY,
+            fingerprint TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            annotations TEXT NOT NULL,
+            previous TEXT NOT NULL,
+            state TEXT NOT NULL,          -- pending | firing | resolved | inactive
+            at REAL NOT NULL,
+            starts_at REAL,
+            ends_at REAL
+        );
+        CREATE INDEX alert_history_at ON alert_history (at);
         """,
     ),
 )

@@ -16,6 +16,8 @@ from collector.store.reader import StoreReader
 __all__ = [
     "DEFAULT_INTERVAL_S",
     "DEFAULT_STALE_INTERVALS",
+    "active_alerts",
+    "alert_history",
     "fleet_summary",
     "gpu_rows",
     "node_samples",
@@ -212,3 +214,33 @@ def rejected_messages(
     )
     messages = [{**dict(r), "payload_head": printable(bytes(r["payload_head"]))} for r in rows]
     return {"counters": counters, "messages": messages}
+
+
+def _alert(row: Any) -> dict[str, Any]:
+    out = {k: row[k] for k in row.keys() if k not in ("labels", "annotations")}  # noqa: SIM118
+    out["labels"] = json.loads(row["labels"])
+    out["annotations"] = json.loads(row["annotations"])
+    return out
+
+
+def active_alerts(store: StoreReader) -> list[dict[str, Any]]:
+    """Firing then pending alerts, longest-standing first (the ``alerts`` table)."""
+    if not store.has_table("alerts"):
+        return []
+    rows = store.fetchall(
+        "SELECT fingerprint, rule, state, active_at, starts_at, labels, annotations "
+        "FROM alerts ORDER BY state = 'pending', coalesce(starts_at, active_at), rule"
+    )
+    return [_alert(r) for r in rows]
+
+
+def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str, Any]]:
+    """Alert state changes since ``since`` (Unix seconds), newest first."""
+    if not store.has_table("alert_history"):
+        return []
+    rows = store.fetchall(
+        "SELECT fingerprint, rule, previous, state, at, starts_at, ends_at, labels, "
+        "annotations FROM alert_history WHERE at >= ? ORDER BY at DESC, id DESC LIMIT ?",
+        (since, limit),
+    )
+    return [_alert(r) for r in rows]

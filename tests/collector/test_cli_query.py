@@ -419,7 +419,7 @@ def test_unknown_command_is_an_argparse_error(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as info:
         main(["qurey"])
     assert info.value.code == 2
-    assert "invalid choice: 'qurey' (choose from 'run', 'query', 'solve')" in (
+    assert "invalid choice: 'qurey' (choose from 'run', 'query', 'alerts', 'rules', 'solve')" in (
         capsys.readouterr().err
     )
 

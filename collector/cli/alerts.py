@@ -1,0 +1,109 @@
+"""``collector alerts``: what the built-in rules found, from the store (works while it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Final
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._render import Column, print_json, render_table
+from shared.units import format_duration, parse_duration
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION: Final = """\
+The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
+
+  (no option)   firing and pending alerts: state, since when, labels, summary
+  --history     state changes (pending, firing, resolved) since --since (default 24h)
+
+Rules are evaluated every alerts.eval_interval_s (default 5 s) on the collector's live view
+of the fleet; an alert is pending while its condition has held less than the rule's `for`,
+firing after that, and resolved once the condition has been gone for `keep_firing_for`.
+Notifications (webhooks, Alertmanager) are not sent yet: this command is where alerts show."""
+
+_EPILOG: Final = """\
+examples:
+  collector alerts
+  collector alerts --history --since 1h --json
+
+exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector alerts``."""
+    p = sub.add_parser(
+        "alerts",
+        help=COMMANDS["alerts"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument("--history", action="store_true", help="state changes instead of alerts")
+    p.add_argument("--since", metavar="DURATION", help="with --history: how far back (default 24h)")
+    p.add_argument(
+        "--limit", type=int, default=200, metavar="N", help="with --history: at most N changes"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.set_defaults(handler=run)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    skip = {"alertname", "severity", "node", "gpu"}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in skip)
+
+
+def _row(a: dict[str, Any], now: float) -> dict[str, Any]:
+    labels = a["labels"]
+    since = a.get("starts_at") or a.get("active_at") or a.get("at")
+    return {
+        **a,
+        "alertname": a["rule"],
+        "severity": labels.get("severity"),
+        "node": labels.get("node"),
+        "gpu": labels.get("gpu"),
+        "age": None if since is None else now - since,
+        "other": _labels(labels) or None,
+        "summary": a["annotations"].get("summary"),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the alerts or their history."""
+    from collector.store.queries import active_alerts, alert_history  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    settings = read_settings_from_args(args)
+    since_s = 86_400.0 if args.since is None else parse_duration(args.since, field="--since")
+    now = time.time()
+    with StoreReader(settings.db_path) as store:
+        if args.history:
+            rows = alert_history(store, now - since_s, max(1, args.limit))
+        else:
+            rows = active_alerts(store)
+    if args.json:
+        print_json({"history" if args.history else "alerts": rows})
+        return 0
+    table = [_row(a, now) for a in rows]
+    if not table:
+        print("no alert changes in that window" if args.history else "no alerts")
+        return 0
+    state = Column("state", "STATE", align_right=False)
+    if args.history:
+        state = Column("state", "NOW", align_right=False)
+    columns = [
+        *([Column("previous", "WAS", align_right=False)] if args.history else []),
+        state,
+        Column("age", "SINCE" if not args.history else "AGO", format_duration),
+        Column("alertname", "ALERT", align_right=False),
+        Column("severity", "SEVERITY", align_right=False),
+        Column("node", "NODE", align_right=False),
+        Column("gpu", "GPU"),
+        Column("other", "LABELS", align_right=False),
+        Column("summary", "SUMMARY", align_right=False),
+    ]
+    print(render_table(table, columns))
+    return 0

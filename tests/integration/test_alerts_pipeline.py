@@ -1,0 +1,106 @@
+"""Alerts end to end: a hot GPU on the wire -> live view -> rule -> recorded; restarts keep it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiomqtt
+import msgspec
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.localbroker import MosquittoBroker
+from shared.schema import Sample, encode
+from shared.topics import sample_topic
+from tests.helpers import db_rows, wait_until
+from tests.integration.conftest import CollectorRunner
+
+pytestmark = pytest.mark.integration
+
+
+def _with_gpu_temp(sample: Sample, gpu: int, temp_c: float) -> bytes:
+    gpus = [msgspec.structs.replace(g, temp_c=temp_c) if g.index == gpu else g for g in sample.gpus]
+    return encode(msgspec.structs.replace(sample, gpus=gpus))
+
+
+def _history(runner: CollectorRunner, rule: str) -> list[tuple[str, str]]:
+    return [
+        (prev, state)
+        for prev, state in db_rows(
+            runner.db,
+            "SELECT previous, state FROM alert_history WHERE rule = ? ORDER BY id",
+            (rule,),
+        )
+    ]
+
+
+async def test_a_hot_gpu_fires_then_resolves_and_a_restart_does_not_refire(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """GPU 3 at 95 C: GpuTemperature fires (labels, fingerprint); a restart keeps it firing
+    without a second firing change; cooled down, it resolves."""
+    collector_runner.settings = collector_runner.settings.model_copy(
+        update={
+            "expected_interval_s": 1.0,  # how long a restored alert waits for the view
+            "alerts": collector_runner.settings.alerts.model_copy(
+                update={
+                    "eval_interval_s": 0.5,
+                    "gpu_temp_for_s": 0.0,
+                    "gpu_temp_keep_firing_for_s": 0.0,
+                }
+            ),
+        }
+    )
+    await collector_runner.start()
+    sim = FleetSimulator(1, gpus_per_node=8, seed=11, interval_s=1)
+    node = sim.node_ids[0]
+    seq = 0
+
+    async def publish(temp_c: float) -> None:
+        nonlocal seq
+        sample = sim.sample(0, time.time(), seq)
+        seq += 1
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hot") as client:
+            await client.publish(sample_topic(node), _with_gpu_temp(sample, 3, temp_c), qos=1)
+
+    await publish(95.0)
+    await wait_until(
+        lambda: (
+            db_rows(
+                collector_runner.db, "SELECT state FROM alerts WHERE rule = ?", ("GpuTemperature",)
+            )
+            == [("firing",)]
+        ),
+        what="GpuTemperature firing",
+    )
+    labels, fingerprint = db_rows(
+        collector_runner.db, "SELECT labels, fingerprint FROM alerts WHERE rule = 'GpuTemperature'"
+    )[0]
+    assert json.loads(labels) | {"uuid": "-"} == {
+        "alertname": "GpuTemperature",
+        "severity": "warning",
+        "node": node,
+        "gpu": "3",
+        "uuid": "-",
+    }
+    assert len(fingerprint) == 16
+
+    await collector_runner.stop()
+    collector = await collector_runner.start()  # an empty view: the alert must not re-fire
+    await publish(95.0)
+    await wait_until(lambda: collector.counters["samples"] == 1, what="the hot sample")
+    seen = collector.counters["alert_evaluations"]
+    await wait_until(
+        lambda: collector.counters["alert_evaluations"] >= seen + 2, what="two evaluations"
+    )
+    assert _history(collector_runner, "GpuTemperature") == [("inactive", "firing")]
+
+    await publish(60.0)
+    await wait_until(
+        lambda: _history(collector_runner, "GpuTemperature")[-1:] == [("firing", "resolved")],
+        what="GpuTemperature resolved",
+    )
+    assert db_rows(
+        collector_runner.db, "SELECT count(*) FROM alerts WHERE rule = 'GpuTemperature'"
+    ) == [(0,)]
