@@ -2,6 +2,8 @@
 
 - A node with valid credentials cannot take the collector's persistent session over and
   empty its queue; without ``use_username_as_clientid`` it can (the attack, documented).
+- A node may write its own sample, inventory and status topics and nothing else there
+  (no retained junk below its node id).
 - Passwords and TLS (server verification, client certificates) work with clients built
   from :class:`MqttSettings`.
 """
@@ -9,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import ssl
@@ -28,7 +31,7 @@ from pydantic import SecretStr
 from agent.simulate import FleetSimulator
 from shared.schema import encode
 from shared.settings import MqttSettings
-from shared.topics import PREFIX, sample_topic
+from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.secure_broker import (
     DEPLOY,
@@ -246,6 +249,48 @@ async def test_without_username_as_clientid_a_node_empties_the_collectors_queue(
     assert intruder == [Connection(_COLLECTOR, clean_session=False, username=_INTRUDER)]
     assert stored == 0
     assert intruder_got == 0  # it holds the session, reads nothing: the broker drops it all
+
+
+# --- what a node may write ---------------------------------------------------------------
+
+
+async def _round_trip(client: aiomqtt.Client) -> None:
+    """Anything the broker sent ``client`` before this returns has arrived."""
+    await client.unsubscribe(f"{PREFIX}/no-such-topic")
+
+
+async def test_a_node_writes_only_its_sample_inventory_and_status_topics(
+    tmp_path: Path, passwd: Path
+) -> None:
+    """deploy/'s ACL drops a node's retained publish to capwatch/v1/nodes/<node>/junk (the
+    collector never sees it, nor does a later subscriber), and delivers the agent's three
+    topics."""
+    own = [sample_topic(_NODE), inventory_topic(_NODE), status_topic(_NODE)]
+    junk = f"{PREFIX}/{_NODE}/junk"
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        async with asyncio.timeout(_TEST_S):
+            async with _client(_settings(broker, _COLLECTOR)) as collector:
+                await collector.subscribe(f"{PREFIX}/#", qos=1)
+                # Mosquitto 2.0 may hang up on a denied publish: a connection of its own.
+                with contextlib.suppress(aiomqtt.MqttError):
+                    async with _client(_settings(broker, _NODE)) as node:
+                        await node.publish(junk, b"x" * 1000, qos=1, retain=True)
+                async with _client(_settings(broker, _NODE)) as node:
+                    for topic in own:
+                        await node.publish(topic, topic.encode(), qos=1, retain=True)
+                # The junk went first: had it been routed, it would arrive first.
+                live = [(await _next(collector)).topic.value for _ in own]
+                await _round_trip(collector)
+                live_extra = len(collector.messages)
+            async with _client(_settings(broker, _OPS)) as late:
+                await late.subscribe(f"{PREFIX}/#", qos=1)
+                retained = sorted([(await _next(late)).topic.value for _ in own])
+                await _round_trip(late)
+                retained_extra = len(late.messages)
+    assert live == own
+    assert live_extra == 0
+    assert retained == sorted(own)
+    assert retained_extra == 0
 
 
 # --- passwords --------------------------------------------------------------------------
