@@ -107,7 +107,7 @@ class Collector:
                 hint="a broker with use_username_as_clientid (as shipped) keeps the session "
                 "under the username; set client_id to the username or leave it unset",
             )
-        with _only_collector(s.db_path, client_id):
+        with _only_collector(s.db_path):
             await self._run(connect, session_key)
         log.info("collector_stopped", **dict(self.counters))
 
@@ -186,7 +186,7 @@ class Collector:
 
 
 @contextlib.contextmanager
-def _only_collector(db: Path, client_id: str) -> Iterator[None]:
+def _only_collector(db: Path) -> Iterator[None]:
     """Refuse to run beside another collector on the same database.
 
     Two would share one broker session (same client id): each connect takes the session from
@@ -208,9 +208,8 @@ def _only_collector(db: Path, client_id: str) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise ConfigError(
-                f"another collector (pid {holder}) is running on {str(db)!r}: stop it first; "
-                f"two collectors with client id {client_id!r} would take the broker session "
-                "from each other",
+                f"another collector (pid {holder}) is using the database {str(db)!r}: stop "
+                "it first, or give this one its own db_path (--db) and its own MQTT user",
                 field="db_path",
             ) from None
         os.ftruncate(fd, 0)

@@ -11,6 +11,8 @@ __all__ = ["format_bytes", "format_duration", "format_watts", "parse_duration"]
 
 _DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_MAX_DURATION_S: Final = 100 * 365.25 * 86400.0
+"""A century: longer is a typo, and would overflow SQLite's integers as milliseconds."""
 
 
 def parse_duration(text: str, *, field: str = "duration") -> float:
@@ -21,7 +23,12 @@ def parse_duration(text: str, *, field: str = "duration") -> float:
             f"{field} {text!r} is not a duration: use a number with a unit, e.g. 30s, 15m, 2h, 1d",
             field=field,
         )
-    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    if seconds > _MAX_DURATION_S:
+        raise ConfigError(
+            f"{field} {text!r} is longer than 100 years: give a shorter duration", field=field
+        )
+    return seconds
 
 
 def format_duration(seconds: float | None) -> str:

@@ -48,6 +48,7 @@ examples:
 exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
 
 _LIMIT_DEFAULT: Final = 200
+_LIMIT_MAX: Final = 1_000_000
 _LIMIT_DEFAULT_REJECTED: Final = 50
 _SINCE_DEFAULT_NODE_S: Final = 900.0  # 15m, as the help says
 _TABLE_DETAIL_CHARS: Final = 80  # msgspec names the field path at the end
@@ -59,8 +60,8 @@ def _count(text: str) -> int:
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    if not 1 <= n <= _LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {_LIMIT_MAX:,}, got {n}")
     return n
 
 
@@ -209,6 +210,9 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"rejected {c.get('rejected', 0)}"
         )
     print()
+    if not s["nodes"]:
+        print("no nodes yet: no agent has published to this collector")
+        return
     print(
         render_table(
             s["nodes"],

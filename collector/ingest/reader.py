@@ -29,7 +29,7 @@ from typing import Final, NamedTuple, Protocol, Self
 
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
-from shared.errors import MqttWireError
+from shared.errors import MqttConnectError, MqttWireError
 from shared.logging import get_logger
 
 __all__ = ["Acker", "Connect", "MetaItem", "Reader", "StopUnit", "Subscriber", "Unit"]
@@ -150,6 +150,16 @@ class Reader:
                     return
             except MqttWireError as exc:
                 self.counters["mqtt_disconnects"] += 1
+                if isinstance(exc, MqttConnectError) and exc.return_code in (4, 5):
+                    # Retried (the broker's passwd or ACL may be fixed), but said loudly.
+                    self.counters["mqtt_not_authorized"] += 1
+                    log.error(
+                        "mqtt_not_authorized",
+                        error=str(exc),
+                        hint="check the settings mqtt.username and mqtt.password "
+                        "(CAPWATCH_MQTT__USERNAME / CAPWATCH_MQTT__PASSWORD) against the "
+                        "broker's password file and ACL",
+                    )
                 if opened is not None and loop.time() - opened >= _STABLE_S:
                     delay, short_lived = self._min_s, 0  # it had been fine: retry at once
                 elif opened is not None:

@@ -86,8 +86,8 @@ def fleet_summary(
     gpus = 0
     util_weighted = 0.0
     util_gpus = 0
-    gpu_power = 0.0
-    cpu_power = 0.0
+    gpu_power: float | None = None
+    cpu_power: float | None = None
     for r in rows:
         state = node_state(
             r["status"],
@@ -104,8 +104,10 @@ def fleet_summary(
             if r["gpu_util_pct"] is not None and n_gpu:
                 util_weighted += r["gpu_util_pct"] * n_gpu
                 util_gpus += n_gpu
-            gpu_power += r["gpu_power_w"] or 0.0
-            cpu_power += r["cpu_power_w"] or 0.0
+            if r["gpu_power_w"] is not None:
+                gpu_power = (gpu_power or 0.0) + r["gpu_power_w"]
+            if r["cpu_power_w"] is not None:
+                cpu_power = (cpu_power or 0.0) + r["cpu_power_w"]
         nodes.append(
             {
                 "node": r["node"],
@@ -125,8 +127,9 @@ def fleet_summary(
         "nodes_offline": counts["offline"],
         "gpus_online": gpus,
         "gpu_util_mean_pct": round(util_weighted / util_gpus, 2) if util_gpus else None,
-        "gpu_power_w": round(gpu_power, 1),
-        "cpu_power_w": round(cpu_power, 1),
+        # None when no online node reports it: unknown, not 0 W.
+        "gpu_power_w": None if gpu_power is None else round(gpu_power, 1),
+        "cpu_power_w": None if cpu_power is None else round(cpu_power, 1),
         "counters": store.counters(),
         "nodes": nodes,
     }

@@ -86,8 +86,18 @@ class StoreReader:
         """Run a read query and return all its rows."""
         try:
             return self.conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StoreError(
+                    f"{str(self.path)!r} is not a capwatch database (or an empty one): point "
+                    "--db / CAPWATCH_DB_PATH at the collector's database; `collector run` "
+                    "creates it"
+                ) from exc
+            raise StoreError(f"query failed on {str(self.path)!r}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"query failed on {str(self.path)!r}: {exc}") from exc
+        except OverflowError as exc:  # a parameter past SQLite's 64-bit integers
+            raise StoreError(f"a value in the query is too large: {exc}") from exc
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (a store not yet migrated may lack it)."""

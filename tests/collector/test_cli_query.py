@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -313,7 +314,11 @@ def test_printable_escapes_what_a_terminal_would_interpret() -> None:
 @pytest.mark.parametrize(
     ("argv", "prog", "message"),
     [
-        (["--limit", "0"], "collector query", "argument --limit: must be at least 1, got 0"),
+        (
+            ["--limit", "0"],
+            "collector query",
+            "argument --limit: must be between 1 and 1,000,000, got 0",
+        ),
         (["--limit", "x"], "collector query", "argument --limit: expected a whole number, got 'x'"),
         (
             ["--gpus", "--rejected"],
@@ -479,3 +484,59 @@ def test_query_reads_without_the_daemons_store_code(db: Path) -> None:
         )
     assert _loaded("query", "--db", str(db), names=(*_DAEMON, *_STORE)) == []
     assert _loaded("query", "--db", str(db), "--gpus", names=(*_DAEMON, *_STORE)) == ["zstandard"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--node", "n1", "--since", "99999999999w"], "longer than 100 years"),
+        (["--node", "n1", "--limit", "99999999999999999999999"], "between 1 and 1,000,000"),
+    ],
+)
+def test_absurd_numbers_are_one_line_not_an_overflow_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """Past SQLite's 64-bit integers once raised OverflowError out of the query."""
+    db = tmp_path / "c.db"
+    sqlite3.connect(db).close()
+    with contextlib.suppress(SystemExit):
+        assert main(["query", "--db", str(db), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_capwatch_database_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty or foreign SQLite file: one line naming the fix, not 'no such table'."""
+    db = tmp_path / "other.db"
+    sqlite3.connect(db).close()
+    assert main(["query", "--db", str(db)]) == 2
+    assert "is not a capwatch database" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`collector query | head`: exit 141, no BrokenPipeError traceback."""
+    db = tmp_path / "c.db"
+    sqlite3.connect(db).close()
+    script = (
+        "import sys; from shared.cli import run_command; import argparse\n"
+        "p = argparse.ArgumentParser(prog='collector'); s = p.add_subparsers(dest='command')\n"
+        "def h(a):\n"
+        "    for _ in range(100000): print('x' * 80)\n"
+        "    return 0\n"
+        "s.add_parser('query').set_defaults(handler=h)\n"
+        "sys.exit(run_command(p, ['query']))\n"
+    )
+    proc = subprocess.run(
+        f'{sys.executable} -c "{script}" | head -1',
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=False,
+        executable="/bin/bash",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert proc.stdout == "x" * 80 + "\n"
+    assert "Traceback" not in proc.stderr, proc.stderr

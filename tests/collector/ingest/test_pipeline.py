@@ -312,7 +312,7 @@ async def test_a_second_collector_on_the_same_database_is_refused(running: Runni
     second = Collector(
         running.settings, clock=FakeClock(start_wall=T0), connect=running.broker.connect
     )
-    with pytest.raises(ConfigError, match=r"another collector \(pid \d+\) is running"):
+    with pytest.raises(ConfigError, match=r"another collector \(pid \d+\) is using the database"):
         await second.run()
     assert running.broker.connections == 1
     await running.stop()
