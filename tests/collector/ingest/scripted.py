@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Self
 
 from collector.ingest.packets import Message
-from shared.errors import MqttConnectionLost
+from shared.errors import MqttConnectError, MqttConnectionLost
 
 
 @dataclass
@@ -37,6 +37,8 @@ class ScriptedBroker:
     acks: list[AckRecord] = field(default_factory=list)
     subscriptions: list[list[tuple[str, int]]] = field(default_factory=list)
     connections: int = 0
+    refuse_with: int | None = None
+    """A CONNACK return code to refuse every connection with (4: bad credentials)."""
     _reads: asyncio.Queue[list[Message] | None] = field(default_factory=asyncio.Queue)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -72,6 +74,8 @@ class ScriptedSubscriber:
         self.closed = False
 
     async def __aenter__(self) -> Self:
+        if self.broker.refuse_with is not None:
+            raise MqttConnectError("refused", return_code=self.broker.refuse_with)
         return self
 
     async def __aexit__(

@@ -411,3 +411,14 @@ async def test_a_session_the_broker_keeps_closing_is_called_contested(tmp_path: 
     assert run.collector.counters["mqtt_disconnects"] >= 3
     run.collector.stop()
     await asyncio.wait_for(task, 20)
+
+
+async def test_refused_credentials_are_an_error_and_retried(tmp_path: Path) -> None:
+    """CONNACK 'bad username or password': counted and logged as an error, retried with backoff."""
+    broker = ScriptedBroker(refuse_with=4)
+    run = Running(tmp_path, broker, mqtt={"reconnect_min_s": 0.01, "reconnect_max_s": 0.05})
+    task = asyncio.create_task(run.collector.run())
+    await wait_until(lambda: run.collector.counters["mqtt_not_authorized"] >= 2, what="retried")
+    assert not run.collector.connected.is_set()
+    run.collector.stop()
+    await asyncio.wait_for(task, 20)
