@@ -6,7 +6,11 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
+# The broker-security tests also need mosquitto_passwd (Debian: same package).
+have_mosquitto() {
+  { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } &&
+    command -v mosquitto_passwd >/dev/null 2>&1
+}
 if ! have_mosquitto; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -18,7 +22,7 @@ if ! have_mosquitto; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null ||
       echo "!!! could not install mosquitto; integration tests will be skipped" >&2
   else
-    echo "!!! mosquitto is missing and cannot be installed without root:" \
+    echo "!!! mosquitto or mosquitto_passwd is missing and cannot be installed without root:" \
          "integration tests will be skipped (fix: sudo apt-get install -y mosquitto)" >&2
   fi
 fi

@@ -8,24 +8,20 @@ how many and the command that fixes it; under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from collector.localbroker import MosquittoBroker, find_mosquitto
-
-_NO_BROKER = "mosquitto is not installed"
+from tests.helpers import NO_MOSQUITTO, skip_without_mosquitto
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
     """A running Mosquitto with persistence in ``tmp_path``; stopped after the test."""
     if find_mosquitto() is None:
-        if os.environ.get("CI"):
-            pytest.fail("mosquitto is not installed; .ci/run must install it")
-        pytest.skip(f"{_NO_BROKER} (apt-get install mosquitto)")
+        skip_without_mosquitto()
     with MosquittoBroker(tmp_path / "broker") as broker:
         yield broker
 
@@ -38,14 +34,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Say loudly, as the very last line, when integration tests were skipped for no broker."""
+    """Say loudly, as the very last line, when integration tests were skipped for no broker
+    (every skip through :func:`tests.helpers.skip_without_mosquitto`)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
     skipped = [
         r
         for r in reporter.stats.get("skipped", [])
-        if _NO_BROKER in str(getattr(r, "longrepr", ""))
+        if NO_MOSQUITTO in str(getattr(r, "longrepr", ""))
     ]
     if skipped:
         reporter.write_line(

@@ -1,13 +1,29 @@
-"""Small helpers for async tests (polling with a deadline, reading the SQLite file)."""
+"""Small helpers for tests: polling with a deadline, reading the SQLite file, and the one
+way to give up on a test for want of Mosquitto."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, NoReturn
+
+import pytest
+
+NO_MOSQUITTO: Final = "mosquitto is not installed"
+"""In every skip for a missing broker tool: tests/conftest.py counts the skips carrying it
+and ends the run with one loud line."""
+
+
+def skip_without_mosquitto(missing: str = "mosquitto") -> NoReturn:
+    """Skip the test for want of ``missing`` (a Mosquitto tool); under ``CI=true``, fail:
+    a CI run must not pass with its broker tests left out."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{NO_MOSQUITTO} ({missing} is missing); .ci/run must install it")
+    pytest.skip(f"{NO_MOSQUITTO} ({missing} is missing; apt-get install mosquitto)")
 
 
 async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 20.0, what: str = "") -> None:

@@ -118,6 +118,58 @@ def _code(rc: int | ReasonCode | None) -> int:
     return rc
 
 
+# --- without the tools ------------------------------------------------------------------
+
+
+def _pytest_without_mosquitto_passwd(
+    tmp_path: Path, *, ci: bool
+) -> subprocess.CompletedProcess[str]:
+    """A child pytest, with tests/conftest.py's hooks, of one test that needs the broker's
+    tools, on a PATH without mosquitto_passwd."""
+    repo = DEPLOY.parent
+    test = tmp_path / "test_needs_tools.py"
+    tmp_path.mkdir(parents=True)
+    test.write_text(
+        "from tests.integration.secure_broker import need_mosquitto_tools\n\n\n"
+        "def test_needs_tools() -> None:\n"
+        "    need_mosquitto_tools()\n"
+    )
+    (tmp_path / "bin").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env |= {"PATH": str(tmp_path / "bin"), "PYTHONPATH": str(repo)} | ({"CI": "true"} if ci else {})
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(repo / "pyproject.toml"),
+        "-p",
+        "tests.conftest",
+    ]
+    return subprocess.run(
+        [*argv, "-p", "no:cacheprovider", str(test)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_missing_mosquitto_passwd_is_a_loud_skip_and_a_failure_under_ci(tmp_path: Path) -> None:
+    """Without mosquitto_passwd a broker-security test is skipped and the run's last line
+    says so (as for a missing mosquitto); under CI=true it fails instead."""
+    local = _pytest_without_mosquitto_passwd(tmp_path / "local", ci=False)
+    ci = _pytest_without_mosquitto_passwd(tmp_path / "ci", ci=True)
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert local.stdout.splitlines()[-1].startswith(
+        "!!! 1 integration tests were SKIPPED: Mosquitto is not installed."
+    ), local.stdout
+    assert ci.returncode == 1, ci.stdout + ci.stderr
+    assert "mosquitto is not installed (mosquitto_passwd is missing)" in ci.stdout
+
+
 # --- the collector's persistent session ---------------------------------------------------
 
 
