@@ -6,6 +6,10 @@ the retained inventory and ``online`` status on every connect, then publishes th
 order with QoS 1. A sample leaves the buffer only after the broker's PUBACK, so a broker
 that goes away mid-publish costs at most a duplicate (the collector drops those), never a
 loss. When the buffer is full the oldest sample goes, counted and logged.
+
+A broker that refuses the credentials is logged at error level, naming the settings to fix
+(``mqtt_not_authorized``), and retried with the same backoff: the broker's password file
+may be fixed while the agent waits.
 """
 
 from __future__ import annotations
@@ -18,18 +22,31 @@ from collections.abc import Callable
 from typing import Final
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
 from shared.logging import get_logger
 from shared.schema import NodeStatus, encode
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["Publisher", "SampleBuffer"]
+__all__ = ["Publisher", "SampleBuffer", "refused_credentials"]
 
 log = get_logger("publisher")
 
 _PUBLISH_TIMEOUT_S: Final = 10.0
 _FLUSH_ON_STOP_S: Final = 5.0
+_NOT_AUTHORIZED: Final = frozenset({4, 5, 134, 135})
+"""CONNACK refusals for credentials or authorisation: 4 bad user name or password, 5 not
+authorised (MQTT 3.1.1); 134, 135 the same in MQTT 5 wording (paho 2 reports both so)."""
+
+
+def refused_credentials(exc: aiomqtt.MqttError) -> bool:
+    """Whether the broker refused the connection for its user name or password."""
+    if not isinstance(exc, MqttConnectError):
+        return False
+    rc = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+    return rc in _NOT_AUTHORIZED
 
 
 class SampleBuffer:
@@ -148,12 +165,25 @@ class Publisher:
                     return
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
-                log.warning(
-                    "mqtt_disconnected",
-                    error=str(exc),
-                    buffered=len(self.buffer),
-                    retry_in_s=round(delay, 2),
-                )
+                if refused_credentials(exc):
+                    log.error(
+                        "mqtt_not_authorized",
+                        broker=f"{self.mqtt.host}:{self.mqtt.port}",
+                        username=self.mqtt.username,
+                        error=str(exc),
+                        fix="check the settings mqtt.username and mqtt.password "
+                        "(CAPWATCH_MQTT__USERNAME, CAPWATCH_MQTT__PASSWORD) against the "
+                        "broker's password file",
+                        buffered=len(self.buffer),
+                        retry_in_s=round(delay, 2),
+                    )
+                else:
+                    log.warning(
+                        "mqtt_disconnected",
+                        error=str(exc),
+                        buffered=len(self.buffer),
+                        retry_in_s=round(delay, 2),
+                    )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()

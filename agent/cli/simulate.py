@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+from typing import TYPE_CHECKING
 
 from agent.cli._args import add_settings_args, settings_from_args
-from shared.errors import CapwatchError, ConfigError
+from shared.errors import CapwatchError, ConfigError, MqttConnectError
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+    from shared.settings import MqttSettings
 
 __all__ = ["add_parser", "simulate"]
 
@@ -95,5 +101,46 @@ def simulate(args: argparse.Namespace) -> int:
         else:
             print(" ".join(f"{k}={v}" for k, v in figures.items()))
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except BaseException as exc:
+        mqtt_error = _first_mqtt_error(exc)
+        if mqtt_error is None:
+            raise
+        raise _broker_error(mqtt_error, settings.mqtt) from exc
     return 0
+
+
+def _first_mqtt_error(exc: BaseException) -> aiomqtt.MqttError | None:
+    """The first aiomqtt error in ``exc``, looking inside (nested) exception groups."""
+    import aiomqtt  # noqa: PLC0415
+
+    if isinstance(exc, aiomqtt.MqttError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_mqtt_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _broker_error(exc: aiomqtt.MqttError, mqtt: MqttSettings) -> CapwatchError:
+    """One line for the user: refused credentials exit 2 (fix the settings), anything else
+    about the broker (unreachable, connection lost) exits 1."""
+    from agent.publisher import refused_credentials  # noqa: PLC0415
+
+    broker = f"{mqtt.host}:{mqtt.port}"
+    if refused_credentials(exc):
+        return ConfigError(
+            f"the MQTT broker at {broker} refused the credentials ({exc}): check the "
+            f"settings mqtt.username (now {mqtt.username!r}) and mqtt.password "
+            "(CAPWATCH_MQTT__USERNAME, CAPWATCH_MQTT__PASSWORD)",
+            field="mqtt.password",
+        )
+    error = MqttConnectError(
+        f"MQTT broker at {broker}: {exc}: check mqtt.host and mqtt.port (--host, --port) "
+        "and that the broker is running"
+    )
+    error.exit_code = 1  # not the user's flags necessarily: the broker may come back
+    return error

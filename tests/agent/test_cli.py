@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.helpers import run_agent
+from tests.integration.secure_broker import DeployedBroker, make_passwd
 
 
 def _not_pem(tmp_path: Path) -> dict[str, str]:
@@ -54,3 +55,35 @@ def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
         "agent simulate: error: --gpus-per-node 65: use 0 to 64 (the wire schema's GPUs per node)"
     ]
     assert done.stdout == ""
+
+
+def test_simulate_without_a_broker_is_one_line_and_exit_1() -> None:
+    """``agent simulate --port 1`` (nothing listens): one line naming the broker, exit 1."""
+    done = run_agent("simulate", "--port", "1", "--ticks", "1", "--nodes", "1")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "agent simulate: error: MQTT broker at 127.0.0.1:1: [Errno 111] Connection refused: "
+        "check mqtt.host and mqtt.port (--host, --port) and that the broker is running"
+    ]
+    assert done.stdout == ""
+
+
+@pytest.mark.integration
+def test_simulate_with_a_wrong_password_is_one_line_naming_the_settings(tmp_path: Path) -> None:
+    """A broker that refuses the credentials (Mosquitto, deploy/'s config): one line naming
+    mqtt.username and mqtt.password, never the password; exit 2."""
+    passwd = make_passwd(tmp_path / "passwd", {"sim-user": "right-pw"})
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        env = {"CAPWATCH_MQTT__USERNAME": "sim-user", "CAPWATCH_MQTT__PASSWORD": "wrong-pw"}
+        done = run_agent(
+            "simulate", "--port", str(broker.port), "--ticks", "1", "--nodes", "1", env=env
+        )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(
+        f"agent simulate: error: the MQTT broker at 127.0.0.1:{broker.port} refused the "
+        "credentials ("
+    ), lines[0]
+    assert "mqtt.username (now 'sim-user') and mqtt.password" in lines[0]
+    assert "wrong-pw" not in done.stderr

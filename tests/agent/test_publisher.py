@@ -1,0 +1,137 @@
+"""The publisher against a scripted broker on loopback: refused credentials, backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from structlog.testing import capture_logs
+
+from agent.publisher import Publisher, SampleBuffer
+from shared.settings import MqttSettings
+from tests.helpers import wait_until
+
+_MIN_S, _MAX_S = 0.05, 0.4
+"""Reconnect backoff bounds: short, so a test sees many attempts."""
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One MQTT packet: (first byte, body)."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+class _ScriptedBroker:
+    """Answers each CONNECT with the CONNACK return code ``answer(n)`` gives for the n-th
+    connection (1-based); after an accepted one, acknowledges ``pubacks`` QoS 1 publishes,
+    then hangs up."""
+
+    def __init__(self, answer: Callable[[int], int], *, pubacks: int = 0) -> None:
+        self.answer = answer
+        self.pubacks = pubacks
+        self.connections = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        code = self.answer(self.connections)
+        try:
+            await _read_packet(reader)  # CONNECT
+            writer.write(bytes([0x20, 2, 0, code]))
+            await writer.drain()
+            for _ in range(self.pubacks if code == 0 else 0):
+                first, body = await _read_packet(reader)
+                assert first >> 4 == 3, "a PUBLISH"
+                topic_len = int.from_bytes(body[:2], "big")
+                packet_id = body[2 + topic_len : 4 + topic_len]
+                writer.write(b"\x40\x02" + packet_id)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _run_publisher(
+    broker: _ScriptedBroker,
+    until: Callable[[Publisher, list[MutableMapping[str, Any]]], bool],
+    *,
+    password: str | None = None,
+) -> list[MutableMapping[str, Any]]:
+    """Run a publisher (one buffered sample) against ``broker`` until ``until`` holds; its logs."""
+    server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mqtt = MqttSettings(
+        host="127.0.0.1",
+        port=port,
+        username="n1",
+        password=None if password is None else SecretStr(password),
+        reconnect_min_s=_MIN_S,
+        reconnect_max_s=_MAX_S,
+    )
+    buffer = SampleBuffer(10)
+    buffer.put(b"{}")
+    publisher = Publisher(mqtt, "n1", buffer, lambda: b"{}", time.time, publish_timeout_s=0.3)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        async with server:
+            task = asyncio.create_task(publisher.run(stop))
+            await wait_until(lambda: until(publisher, logs), timeout_s=20, what="the publisher")
+            assert not task.done()  # it keeps trying: never ends the agent
+            stop.set()
+            async with asyncio.timeout(10):
+                await task
+    return logs
+
+
+@pytest.mark.parametrize("code", [4, 5], ids=["bad-username-or-password", "not-authorised"])
+async def test_refused_credentials_are_an_error_naming_the_settings_and_retried(
+    code: int,
+) -> None:
+    """CONNACK 4 or 5: ``mqtt_not_authorized`` at error level, naming mqtt.username and
+    mqtt.password (never the password's value), and the publisher keeps retrying."""
+    broker = _ScriptedBroker(lambda _: code)
+    logs = await _run_publisher(broker, lambda _, __: broker.connections >= 3, password="s3cret-pw")
+    refused = [e for e in logs if e["event"] == "mqtt_not_authorized"]
+    assert len(refused) >= 2
+    assert {e["log_level"] for e in refused} == {"error"}
+    assert "mqtt.username" in refused[0]["fix"]
+    assert "mqtt.password" in refused[0]["fix"]
+    assert refused[0]["username"] == "n1"
+    assert [e for e in logs if e["event"] == "mqtt_disconnected"] == []
+    assert "s3cret-pw" not in repr(logs)
+
+
+async def test_other_refusals_stay_warnings() -> None:
+    """CONNACK 3 (server unavailable) is a transient ``mqtt_disconnected`` warning."""
+    broker = _ScriptedBroker(lambda _: 3)
+    logs = await _run_publisher(broker, lambda _, __: broker.connections >= 2)
+    events = {(e["event"], e["log_level"]) for e in logs if e["event"].startswith("mqtt_")}
+    assert events == {("mqtt_disconnected", "warning")}
+
+
+async def test_backoff_starts_again_from_the_minimum_after_a_good_connection() -> None:
+    """Ten refusals grow the reconnect delay; one good connection resets it, so the next
+    loss is retried after reconnect_min_s."""
+    refusals = 10
+    broker = _ScriptedBroker(lambda n: 0 if n == refusals + 1 else 3, pubacks=2)
+
+    def lost_after_connect(publisher: Publisher, logs: list[MutableMapping[str, Any]]) -> bool:
+        lost = [e for e in logs if e["event"] == "mqtt_disconnected"]
+        return publisher.connects == 1 and len(lost) > refusals
+
+    logs = await _run_publisher(broker, lost_after_connect)
+    delays = [e["retry_in_s"] for e in logs if e["event"] == "mqtt_disconnected"]
+    assert delays[0] == _MIN_S
+    assert delays[refusals - 1] > _MIN_S  # it had grown
+    assert delays[refusals] == _MIN_S  # the retry after the good connection
