@@ -11,6 +11,7 @@ from agent.settings import AgentSettings
 from shared.clock import FakeClock
 from shared.errors import ConfigError
 from shared.settings import load_settings
+from tests.agent.helpers import REPO
 from tests.agent.test_host import FakeHost
 
 
@@ -69,3 +70,31 @@ def test_nic_patterns_reach_the_sampler(tmp_path: Path) -> None:
     finally:
         sampler.close()
     assert [n.name for n in inventory.nics] == ["eth0", "bond0"]
+
+
+def _env_file_lines(path: Path) -> dict[str, str]:
+    """NAME=value of an env file, the commented-out ``#CAPWATCH_...=`` examples included."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        text = line.removeprefix("#")
+        if text.startswith("CAPWATCH_") and "=" in text:
+            name, _, value = text.partition("=")
+            pairs[name] = value
+    return pairs
+
+
+def test_deploy_agent_env_example_loads_with_every_example_uncommented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/agent.env.example, active and commented lines alike, loads as AgentSettings and
+    documents the settings an operator sets: NIC globs, buffer, interval, broker."""
+    pairs = _env_file_lines(REPO / "deploy" / "agent.env.example")
+    for name, value in pairs.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(AgentSettings)
+    assert settings.nic_include == ("bond*", "br-data")
+    assert settings.nic_exclude == ("ib*",)
+    assert (settings.node_id, settings.mqtt.username) == ("gpu-node-017", "gpu-node-017")
+    assert (settings.interval_s, settings.buffer_s) == (5.0, 3600.0)
+    for documented in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE", "CAPWATCH_BUFFER_S"):
+        assert documented in pairs

@@ -29,8 +29,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator
+from collector.settings import AlertSettings, CollectorSettings
 from shared.schema import encode
-from shared.settings import MqttSettings
+from shared.settings import MqttSettings, load_settings
 from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.secure_broker import (
@@ -116,6 +117,36 @@ def _code(rc: int | ReasonCode | None) -> int:
         return {134: 4, 135: 5}.get(rc.value, rc.value)
     assert rc is not None
     return rc
+
+
+# --- the shipped collector settings ------------------------------------------------------
+
+
+def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/collector.toml.example loads as CollectorSettings; it names every setting
+    (those of [alerts] too), and its values are the defaults except the three it marks."""
+    for name in [n for n in os.environ if n.startswith("CAPWATCH_")]:
+        monkeypatch.delenv(name)
+    example = DEPLOY / "collector.toml.example"
+    settings = load_settings(CollectorSettings, config_file=example)
+    text = example.read_text()
+    tables = {"mqtt": "[mqtt]", "alerts": "[alerts]", "receivers": "[[receivers]]"}
+    named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
+    named |= {f"{key} = " for key in AlertSettings.model_fields}
+    assert sorted(key for key in named if key not in text) == []
+    assert settings.alerts == AlertSettings()
+    changed = {"db_path": settings.db_path, "client_id": settings.client_id}
+    assert changed == {
+        "db_path": Path("/var/lib/capwatch/capwatch.db"),
+        "client_id": "capwatch-collector",
+    }
+    assert settings.mqtt.username == "capwatch-collector"
+    defaults = CollectorSettings(mqtt=MqttSettings(username="capwatch-collector"))
+    assert settings.model_dump(exclude={"db_path", "client_id", "log_json"}) == (
+        defaults.model_dump(exclude={"db_path", "client_id", "log_json"})
+    )
 
 
 # --- without the tools ------------------------------------------------------------------
