@@ -19,7 +19,7 @@ from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 from shared.schema import encode
 
-__all__ = ["AgentService", "build_sampler"]
+__all__ = ["AgentService", "build_sampler", "next_tick"]
 
 log = get_logger("agent")
 
@@ -40,6 +40,19 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         slow_interval_s=settings.slow_interval_s,
         clock=clock,
     )
+
+
+def next_tick(scheduled: float, now: float, interval: float) -> tuple[float, int]:
+    """The tick to wait for: ``scheduled`` if it is not past yet, else the first tick of the
+    grid ``scheduled + k * interval`` after ``now``; and how many ticks that skips.
+
+    A sampler that fell behind (host suspended, overloaded) skips the ticks it missed instead
+    of taking them back to back: a burst of samples would describe one moment many times.
+    """
+    if scheduled >= now:
+        return scheduled, 0
+    skipped = int((now - scheduled) // interval) + 1
+    return scheduled + skipped * interval, skipped
 
 
 class AgentService:
@@ -95,17 +108,15 @@ class AgentService:
 
     async def _sample_loop(self) -> None:
         interval = self.settings.interval_s
-        next_tick = self.clock.monotonic()
+        tick = self.clock.monotonic()
         while not self._stop.is_set():
             sample = await asyncio.to_thread(self.sampler.sample)
             self.buffer.put(encode(sample))
             self.samples_taken += 1
-            next_tick += interval
             now = self.clock.monotonic()
-            if next_tick < now:  # fell behind (suspended, overloaded): skip, don't burst
-                skipped = int((now - next_tick) // interval) + 1
-                next_tick += skipped * interval
+            tick, skipped = next_tick(tick + interval, now, interval)
+            if skipped:
                 log.warning("ticks_skipped", count=skipped)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next_tick - now):
+                async with asyncio.timeout(tick - now):
                     await self._stop.wait()
