@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -15,6 +16,10 @@ from shared.topics import validate_node_id
 
 __all__ = ["AgentSettings"]
 
+_WEEK_S: Final = 7 * 86_400.0
+_GLOB: Final = re.compile(r"[A-Za-z0-9_.:@*?\[\]!-]{1,64}")
+"""Interface names (letters, digits, ``_ . : @ -``) with the glob characters ``* ? [ ] !``."""
+
 
 class AgentSettings(CapwatchSettings):
     """Settings of ``agent run``."""
@@ -23,8 +28,9 @@ class AgentSettings(CapwatchSettings):
     interval_s: float = Field(default=5.0, ge=1.0, le=MAX_INTERVAL_S)
     slow_interval_s: float = Field(default=60.0, ge=1.0)
     """ECC counters and remapped rows are read this often."""
-    buffer_s: float = Field(default=3600.0, ge=0.0)
-    """How much sampling time to keep while the broker is away (samples = buffer_s / interval_s)."""
+    buffer_s: float = Field(default=3600.0, ge=0.0, le=_WEEK_S)
+    """How much sampling time to keep while the broker is away (samples = buffer_s / interval_s);
+    at most a week (~120,960 samples at 5 s, ~250 MB of memory)."""
     gpu_backend: Literal["nvml", "fake", "none"] = "nvml"
     fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
@@ -46,25 +52,36 @@ class AgentSettings(CapwatchSettings):
     @field_validator("nic_include", "nic_exclude", mode="before")
     @classmethod
     def _split_patterns(cls, value: Any) -> Any:
-        """``"bond*, br-data"`` or ``'["bond*"]'`` (environment) as a list of globs."""
+        """``"bond*, br-data"`` or ``'["bond*"]'`` (environment) as a list of globs.
+
+        Any other JSON (``'"ifb0"'``, ``'{"a": 1}'``) is refused rather than taken as a glob
+        that matches nothing.
+        """
         if not isinstance(value, str):
             return value
-        if value.lstrip().startswith("["):
+        if value.lstrip()[:1] in ("[", "{", '"'):
             try:
-                return json.loads(value)
+                parsed = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"not a JSON list ({exc}): write the globs comma-separated instead"
                 ) from exc
+            if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
+                raise ValueError(
+                    "must be globs, comma-separated (bond*,br-data) or a JSON list of "
+                    'strings (["bond*"])'
+                )
+            return parsed
         return [part.strip() for part in value.split(",") if part.strip()]
 
     @field_validator("nic_include", "nic_exclude")
     @classmethod
     def _patterns_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in value:
-            if not pattern or "/" in pattern or any(c.isspace() for c in pattern):
+            if not _GLOB.fullmatch(pattern):
                 raise ValueError(
-                    f"{pattern!r} is not an interface name glob (no spaces or '/'; e.g. 'bond*')"
+                    f"{pattern!r} is not an interface name glob (letters, digits, _ . : @ - "
+                    "and * ? [ ] !, up to 64; e.g. 'bond*')"
                 )
         return value
 

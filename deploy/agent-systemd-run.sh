@@ -146,7 +146,12 @@ if [[ -z $agent_bin ]]; then
     agent_bin=$(command -v agent || true)
     agent_bin=${agent_bin:-/opt/capwatch/venv/bin/agent}
 fi
-[[ $agent_bin == /* ]] || agent_bin=$(cd "$(dirname "$agent_bin")" && pwd)/$(basename "$agent_bin")
+if [[ $agent_bin != /* ]]; then
+    agent_dir=$(dirname "$agent_bin")
+    [[ -d $agent_dir ]] ||
+        die "--agent '$agent_bin': no directory '$agent_dir' (pass the agent executable's path)"
+    agent_bin=$(cd "$agent_dir" && pwd)/$(basename "$agent_bin")
+fi
 
 # --- The command -----------------------------------------------------------------------
 cmd=(systemd-run)
@@ -169,18 +174,37 @@ cmd+=(
     -p NoNewPrivileges=yes
 )
 if [[ $user_mode == 0 ]]; then
-    # The same sandbox as deploy/capwatch-agent.service (see its comments): a throw-away uid,
-    # a read-only system, and of all devices only the standard ones and /dev/nvidia*.
+    # The same sandbox as deploy/capwatch-agent.service (see its comments; keep the two in
+    # step): a throw-away uid with no capabilities, a read-only system, of all devices only
+    # the standard ones and /dev/nvidia*, IP/unix/netlink sockets only, a system-call filter.
     cmd+=(
         -p DynamicUser=yes
+        -p CapabilityBoundingSet=
+        -p AmbientCapabilities=
+        -p DevicePolicy=closed
+        -p "DeviceAllow=char-nvidia* rw"
         -p ProtectSystem=strict
         -p ProtectHome=yes
         -p PrivateTmp=yes
-        -p DevicePolicy=closed
-        -p "DeviceAllow=char-nvidia* rw"
+        -p PrivateMounts=yes
         -p ProtectKernelTunables=yes
-        -p ProtectKernelModules=yes
         -p ProtectControlGroups=yes
+        -p ProtectKernelModules=yes
+        -p ProtectKernelLogs=yes
+        -p ProtectClock=yes
+        -p ProtectHostname=yes
+        -p "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK"
+        -p RestrictNamespaces=yes
+        -p RestrictRealtime=yes
+        -p RestrictSUIDSGID=yes
+        -p LockPersonality=yes
+        -p RemoveIPC=yes
+        -p SystemCallArchitectures=native
+        -p SystemCallFilter=@system-service
+        -p "SystemCallFilter=~@privileged @resources"
+        -p SystemCallErrorNumber=EPERM
+        -p UMask=0077
+        -p TasksMax=64
     )
 fi
 if [[ -n $env_file ]]; then

@@ -16,6 +16,7 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -27,6 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+_MAX_NODES = 200_000
+"""What ``agent simulate --nodes`` takes."""
+_MIN_SECONDS, _MAX_SECONDS = 1.0, 86_400.0
 
 
 def _banner(text: str) -> None:
@@ -87,6 +91,16 @@ def main() -> int:
         help="use the embedded Python broker even if Mosquitto is installed",
     )
     args = parser.parse_args()
+    # Checked before anything starts: one line and exit 2, not a crash half-way through.
+    if not 1 <= args.nodes <= _MAX_NODES:
+        print(f"demo: error: --nodes {args.nodes}: use 1 to {_MAX_NODES}", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.seconds) and _MIN_SECONDS <= args.seconds <= _MAX_SECONDS):
+        print(
+            f"demo: error: --seconds {args.seconds:g}: use {_MIN_SECONDS:g} to {_MAX_SECONDS:g}",
+            file=sys.stderr,
+        )
+        return 2
 
     from collector import localbroker  # noqa: PLC0415 (after the venv is known to work)
 

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "sample",
         help="print one sample as JSON and exit",
-        description="Take a priming reading, wait --wait seconds so rates (CPU %%, "
+        description="Take a priming reading, wait --wait seconds so rates (CPU %, "
         "bytes/s, interval power) have a baseline, then print one sample.",
     )
     add_settings_args(p, broker=False)

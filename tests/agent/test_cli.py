@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.agent.helpers import run_agent
+from tests.agent.helpers import REPO, run_agent
 from tests.integration.secure_broker import DeployedBroker, make_passwd
 
 
@@ -87,3 +90,81 @@ def test_simulate_with_a_wrong_password_is_one_line_naming_the_settings(tmp_path
     ), lines[0]
     assert "mqtt.username (now 'sim-user') and mqtt.password" in lines[0]
     assert "wrong-pw" not in done.stderr
+
+
+def test_sample_help_shows_a_single_percent_sign() -> None:
+    """``agent sample --help`` says "CPU %", not argparse's escaped "CPU %%"."""
+    done = run_agent("sample", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "rates (CPU %, bytes/s" in done.stdout
+    assert "%%" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--seconds", "-1"], "demo: error: --seconds -1: use 1 to 86400"),
+        (["--seconds", "nan"], "demo: error: --seconds nan: use 1 to 86400"),
+        (["--nodes", "0"], "demo: error: --nodes 0: use 1 to 200000"),
+    ],
+)
+def test_demo_refuses_bad_flags_before_starting_anything(
+    tmp_path: Path, flags: list[str], line: str
+) -> None:
+    """scripts/demo.py checks --seconds and --nodes up front: one line, exit 2, nothing run."""
+    workdir = tmp_path / "demo-run"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), *flags, "--dir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.splitlines()) == (2, [line])
+    assert not workdir.exists()
+
+
+_RUN_SCRIPT = REPO / "deploy" / "agent-systemd-run.sh"
+
+
+def _systemd_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(_RUN_SCRIPT), "--host", "broker.example", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def test_systemd_run_script_refuses_an_agent_path_whose_directory_is_missing() -> None:
+    """``--agent nodir/agent``: one line naming the option, exit 2 (no cd error, no unit)."""
+    done = _systemd_run("--agent", "nodir/agent", "--dry-run")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [
+        "agent-systemd-run.sh: error: --agent 'nodir/agent': no directory 'nodir' "
+        "(pass the agent executable's path)"
+    ]
+
+
+def test_systemd_run_script_applies_the_sandbox_of_the_installed_unit() -> None:
+    """Every hardening line of deploy/capwatch-agent.service's [Service] section is also a
+    property of the transient unit (limits and start-up lines aside)."""
+    done = _systemd_run("--agent", "/opt/capwatch/venv/bin/agent", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    properties = set(shlex.split(done.stdout))
+    not_sandbox = {"Type", "EnvironmentFile", "ExecStart", "Restart", "RestartSec"}
+    not_sandbox |= {"SyslogIdentifier", "RestartPreventExitStatus"}
+    not_sandbox |= {"CPUQuota", "MemoryHigh", "MemoryMax"}  # --cpu-quota, --memory-max
+    unit = (REPO / "deploy" / "capwatch-agent.service").read_text().split("[Service]")[1]
+    unit = unit.split("[Install]")[0]
+    missing = [
+        line
+        for line in (raw.strip() for raw in unit.splitlines())
+        if line
+        and not line.startswith("#")
+        and line.split("=")[0] not in not_sandbox
+        and line not in properties
+    ]
+    assert missing == []

@@ -18,7 +18,7 @@ from tests.agent.test_host import FakeHost
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CAPWATCH_* variable of the developer's shell leaks into these tests."""
-    for name in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE"):
+    for name in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE", "CAPWATCH_BUFFER_S"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -41,7 +41,10 @@ def test_nic_patterns_from_the_environment(
     assert (settings.nic_include, settings.nic_exclude) == (expected, ("eth1",))
 
 
-@pytest.mark.parametrize("env", ["bond *", "a/b", '["bond*"', "[1]"])
+@pytest.mark.parametrize(
+    "env",
+    ["bond *", "a/b", '["bond*"', "[1]", '"ifb0"', '{"a": 1}', '["a", 1]', "a;b", "'x'", 'ifb0"'],
+)
 def test_bad_nic_pattern_is_one_config_error(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     """A pattern that cannot be an interface name is refused, naming the setting."""
     monkeypatch.setenv("CAPWATCH_NIC_EXCLUDE", env)
@@ -98,3 +101,18 @@ def test_deploy_agent_env_example_loads_with_every_example_uncommented(
     assert (settings.interval_s, settings.buffer_s) == (5.0, 3600.0)
     for documented in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE", "CAPWATCH_BUFFER_S"):
         assert documented in pairs
+
+
+@pytest.mark.parametrize("value", ["1e30", "inf", "-1", "604801"])
+def test_buffer_s_is_bounded_to_a_week(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """CAPWATCH_BUFFER_S past a week (or negative, or not finite) is one error naming it."""
+    monkeypatch.setenv("CAPWATCH_BUFFER_S", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AgentSettings)
+    assert caught.value.field == "buffer_s"
+
+
+def test_a_week_of_buffer_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound itself is a valid buffer: 604800 s at 5 s is 120960 samples."""
+    monkeypatch.setenv("CAPWATCH_BUFFER_S", "604800")
+    assert load_settings(AgentSettings).buffer_samples == 120_960
