@@ -30,6 +30,7 @@ from collector.localbroker import (
 )
 from shared.errors import CapwatchError
 from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
+from tests.helpers import skip_without_mosquitto
 
 _STEP_S = 5.0
 """Bound of one network wait (connect, publish, next message)."""
@@ -64,7 +65,7 @@ def deployed(tmp_path: Path) -> Iterator[_Endpoint]:
     """
     binary, passwd_tool = find_mosquitto(), shutil.which("mosquitto_passwd")
     if binary is None or passwd_tool is None:
-        pytest.skip("mosquitto and mosquitto_passwd are not installed")
+        skip_without_mosquitto("mosquitto" if binary is None else "mosquitto_passwd")
     passwd = tmp_path / "passwd"
     passwd.touch()
     for user in _USERS:
@@ -334,7 +335,7 @@ def test_embedded_broker_stops_and_restarts(embedded: EmbeddedBroker) -> None:
 def test_foreground_command_stops_its_mosquitto_on_sigterm(tmp_path: Path) -> None:
     """`python -m collector.localbroker` runs until SIGTERM, then leaves no broker behind."""
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
+        skip_without_mosquitto()
     port = free_port()
     argv = [sys.executable, "-m", "collector.localbroker", "--port", str(port)]
     argv += ["--data-dir", str(tmp_path / "fg")]
