@@ -10,7 +10,8 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
 5. a hostile node: garbage, absurd values, a clock a day ahead; the collector quarantines
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
-   the quarantined messages), ``collector solve``, then a clean shutdown.
+   the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
+   rejects), ``collector solve``, then a clean shutdown.
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ def _hostile_node(host: str, port: int) -> int:
 
     async def publish() -> None:
         async with aiomqtt.Client(host, port, identifier=f"hostile-{node}") as client:
-            for payload in evil:
+            for payload in evil * 2:  # twice: ten rejects make NodeRejectsRising fire
                 await client.publish(sample_topic(node), payload, qos=1)
 
     asyncio.run(publish())
-    return len(evil)
+    return 2 * len(evil)
 
 
 def main() -> int:
@@ -175,6 +176,8 @@ def main() -> int:
         _run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
         _banner("collector query --rejected: what the hostile node sent, quarantined and acked")
         _run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
+        _banner("collector alerts: what the built-in rules made of it (collector rules lists them)")
+        _run_cli("collector", "alerts", "--db", str(db))
         plan = ROOT / "deploy" / "plan.example.json"
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
