@@ -12,6 +12,10 @@ that stored (or quarantined) them, so a crash, a kill or a power cut at any poin
 nothing the broker was told is stored: the broker redelivers the rest to the next collector
 with the same client id, and the store drops the duplicates.
 
+Alert notifications leave through a third task, the webhook delivery (only when receivers
+are configured): it reads the outbox over its own read-only connection, sends, and puts the
+outcomes on the writer's queue; it never writes the store and the writer never waits for it.
+
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
 """
@@ -28,9 +32,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from collector.alerts.builtin import builtin_rules
+from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
-from collector.ingest.reader import Connect, Reader, StopUnit, Subscriber, Unit
+from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
 from collector.live import LiveView
@@ -71,7 +76,7 @@ class Collector:
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
         self._stop = asyncio.Event()
-        self._queue: asyncio.Queue[Unit | StopUnit] | None = None
+        self._queue: asyncio.Queue[WriterItem] | None = None
         self.connected = asyncio.Event()
         """Set while subscribed to the broker (tests and the demo wait on it)."""
 
@@ -137,12 +142,26 @@ class Collector:
                 reconnect_min_s=s.mqtt.reconnect_min_s,
                 reconnect_max_s=s.mqtt.reconnect_max_s,
             )
+            delivery = None
+            if s.receivers:
+                delivery = Delivery(
+                    s.receivers,
+                    self._queue.put,
+                    self.clock,
+                    load_pending=read_pending(s.db_path),
+                    rescan_s=self.delivery_rescan_s,
+                    poll_s=self.delivery_poll_s,
+                    counters=self.counters,
+                )
             alerts = AlertJob(
                 self.evaluator,
                 self.live,
                 self.clock,
                 interval_s=s.alerts.eval_interval_s,
                 counters=self.counters,
+                receivers=s.receivers,
+                external_url=s.alerts.external_url,
+                notify=None if delivery is None else delivery.offer,
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
@@ -161,7 +180,14 @@ class Collector:
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")
-                tg.create_task(writer.run(), name="store-writer")
+                tg.create_task(_write_then(writer, delivery), name="store-writer")
+                if delivery is not None:
+                    tg.create_task(delivery.run(), name="webhook-delivery")
+
+    delivery_rescan_s: float = 10.0
+    """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
+    delivery_poll_s: float = 1.0
+    """How long a delivery worker sleeps before it looks at the clock again."""
 
     def _mqtt_connect(self, ssl_context: ssl.SSLContext | None) -> Connect:
         from collector.ingest.subscriber import MqttSubscriber  # noqa: PLC0415 (not for tests)
@@ -183,6 +209,15 @@ class Collector:
             )
 
         return connect
+
+
+async def _write_then(writer: Writer, delivery: Delivery | None) -> None:
+    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)."""
+    try:
+        await writer.run()
+    finally:
+        if delivery is not None:
+            delivery.stop()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
 from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
 from collector.store.reader import DEFAULT_DB_PATH
@@ -15,7 +15,7 @@ from shared.settings import CapwatchSettings
 if TYPE_CHECKING:
     from collector.alerts.builtin import BuiltinSettings
 
-__all__ = ["CollectorSettings"]
+__all__ = ["AlertSettings", "CollectorSettings", "ReceiverSettings"]
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
@@ -51,6 +51,8 @@ class AlertSettings(BaseModel):
     rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
     disabled: list[str] = Field(default=[], max_length=64)
     """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
+    external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
+    """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
 
     def builtin(self) -> BuiltinSettings:
         """The rules' thresholds from these settings; an unknown rule name is refused."""
@@ -64,10 +66,41 @@ class AlertSettings(BaseModel):
                 f"`collector rules` ({', '.join(sorted(known))})",
                 field="alerts.disabled",
             )
-        values = self.model_dump(exclude={"eval_interval_s"})
+        values = self.model_dump(exclude={"eval_interval_s", "external_url"})
         values["xid_codes"] = frozenset(self.xid_codes)
         values["disabled"] = frozenset(self.disabled)
         return BuiltinSettings(**values)
+
+
+_HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+
+
+class ReceiverSettings(BaseModel):
+    """``[[receivers]]``: a webhook that gets every firing and resolved notification.
+
+    No routes yet: every receiver hears of every alert (grouping, routes and silences are the
+    next slice). The secret is a :class:`SecretStr`: never logged, never in an error line.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: HttpUrl
+    secret: SecretStr | None = None
+    """Signs each request (HMAC-SHA256, as Grafana does); unset: unsigned."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """One request, connect to last byte read."""
+    max_age_s: float = Field(default=3600.0, gt=0, le=7 * _DAY_S)
+    """A notification not delivered by then is a dead letter."""
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    max_alerts: int = Field(default=0, ge=0)
+    """Alerts per message (0: all; the rest are counted in ``truncatedAlerts``)."""
+    signature_header: str = Field(default="X-Capwatch-Signature", pattern=_HEADER)
+    timestamp_header: str = Field(default="X-Capwatch-Timestamp", pattern=r"^$|" + _HEADER)
+    """Empty: sign the body alone, as Grafana does without a timestamp header."""
+    idempotency_header: str = Field(default="Idempotency-Key", pattern=_HEADER)
 
 
 class CollectorSettings(CapwatchSettings):
@@ -102,6 +135,17 @@ class CollectorSettings(CapwatchSettings):
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
 
     alerts: AlertSettings = AlertSettings()
+    receivers: list[ReceiverSettings] = Field(default=[], max_length=32)
+    """Webhooks every alert notification goes to (``[[receivers]]`` tables)."""
+
+    @field_validator("receivers")
+    @classmethod
+    def _unique_receiver_names(cls, value: list[ReceiverSettings]) -> list[ReceiverSettings]:
+        names = [r.name for r in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"receiver names must be unique: {dupes} appear twice")
+        return value
 
     @property
     def session_client_id(self) -> str:

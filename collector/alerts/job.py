@@ -6,22 +6,29 @@ the store), then the state changes in one transaction (``alerts`` holds what is 
 firing, ``alert_history`` every change). On start it restores the pending and firing alerts
 of the previous run, so a restarted collector neither forgets nor re-announces them.
 
-Notification (grouping, routing, silences, webhooks) builds on the recorded changes and is
-not part of this module yet.
+Notifications: each firing or resolved change becomes one outbox row per receiver (the
+webhook body, fixed once, and an idempotency key), written in the same transaction as the
+change; after the commit they are offered to the delivery task (``notify``). Grouping,
+routing and silences are not part of this slice: every receiver hears of every change.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final, Literal
 
 from collector.alerts.rule import AlertState, Evaluator, Transition
+from collector.alerts.webhook import webhook_body
 from collector.live import LiveView
-from collector.store.db import AlertChange, Store
+from collector.store.db import AlertChange, OutboxEntry, OutboxNew, Store
 from shared.clock import Clock
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from collector.settings import ReceiverSettings
 
 __all__ = ["AlertJob"]
 
@@ -61,8 +68,14 @@ class AlertJob:
         interval_s: float = 5.0,
         keep_history_s: float = _KEEP_HISTORY_S,
         counters: Counter[str] | None = None,
+        receivers: Sequence[ReceiverSettings] = (),
+        external_url: str = "",
+        notify: Callable[[list[OutboxEntry]], None] | None = None,
     ) -> None:
         self.name = "alerts"
+        self._receivers = list(receivers)
+        self._external_url = external_url.rstrip("/")
+        self._notify = notify
         self.interval_s = interval_s
         self._evaluator = evaluator
         self._view = view
@@ -98,7 +111,12 @@ class AlertJob:
         if not transitions:
             return
         self.counters["alert_changes"] += len(transitions)
-        await store.write_alerts([_change(t) for t in transitions], self._keep_history_s)
+        outbox = [n for t in transitions if t.notify for n in self._notifications(t)]
+        entries = await store.write_alerts(
+            [_change(t) for t in transitions], self._keep_history_s, outbox, self._clock.time()
+        )
+        if entries and self._notify is not None:
+            self._notify(entries)  # committed: now the delivery may send them
         for t in transitions:
             if t.notify:
                 log.info(
@@ -107,3 +125,33 @@ class AlertJob:
                     fingerprint=t.fingerprint,
                     labels=dict(t.labels),
                 )
+
+    def _notifications(self, t: Transition) -> list[OutboxNew]:
+        """One outbox row per receiver for a firing or resolved change."""
+        status: Literal["firing", "resolved"] = "firing" if t.state == "firing" else "resolved"
+        out = []
+        for r in self._receivers:
+            body = webhook_body(
+                receiver=r.name,
+                status=status,
+                labels=t.labels,
+                annotations=t.annotations,
+                fingerprint=t.fingerprint,
+                starts_at=t.at if t.starts_at is None else t.starts_at,
+                ends_at=t.ends_at if status == "resolved" else None,
+                external_url=self._external_url,
+                max_alerts=r.max_alerts,
+            )
+            out.append(
+                OutboxNew(
+                    str(uuid.uuid4()),
+                    r.name,
+                    t.fingerprint,
+                    t.rule,
+                    status,
+                    body,
+                    t.at,
+                    t.at + r.max_age_s,
+                )
+            )
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any, Final
 
 from collector.cli import COMMANDS
@@ -16,18 +17,25 @@ __all__ = ["add_parser", "run"]
 _DESCRIPTION: Final = """\
 The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
 
-  (no option)   firing and pending alerts: state, since when, labels, summary
-  --history     state changes (pending, firing, resolved) since --since (default 24h)
+  (no option)     firing and pending alerts: state, since when, labels, summary
+  --history       state changes (pending, firing, resolved) since --since (default 24h)
+  --dead-letters  webhook notifications given up on: receiver, alert, last status, error
+  --redeliver ID  send dead letter ID again (the collector picks it up within ~10 s)
 
 Rules are evaluated every alerts.eval_interval_s (default 5 s) on the collector's live view
 of the fleet; an alert is pending while its condition has held less than the rule's `for`,
 firing after that, and resolved once the condition has been gone for `keep_firing_for`.
-Notifications (webhooks, Alertmanager) are not sent yet: this command is where alerts show."""
+Firing and resolved alerts are sent to every [[receivers]] webhook (Alertmanager's JSON,
+one alert per message), retried on 5xx, 429, timeouts and connection errors for up to the
+receiver's max_age_s, then kept as dead letters. --redeliver is the one option that writes
+to the store (one row, see collector/store/outbox.py)."""
 
 _EPILOG: Final = """\
 examples:
   collector alerts
   collector alerts --history --since 1h --json
+  collector alerts --dead-letters
+  collector alerts --redeliver 42
 
 exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
 
@@ -46,6 +54,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--since", metavar="DURATION", help="with --history: how far back (default 24h)")
     p.add_argument(
         "--limit", type=int, default=200, metavar="N", help="with --history: at most N changes"
+    )
+    p.add_argument("--dead-letters", action="store_true", help="webhook notifications given up on")
+    p.add_argument(
+        "--redeliver", type=int, metavar="ID", help="send dead letter ID again (writes one row)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
@@ -77,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
+    if args.redeliver is not None:
+        return _redeliver(settings.db_path, args.redeliver)
+    if args.dead_letters:
+        return _dead_letters(settings.db_path, max(1, args.limit), as_json=args.json)
     since_s = 86_400.0 if args.since is None else parse_duration(args.since, field="--since")
     now = time.time()
     with StoreReader(settings.db_path) as store:
@@ -106,4 +122,44 @@ def run(args: argparse.Namespace) -> int:
         Column("summary", "SUMMARY", align_right=False),
     ]
     print(render_table(table, columns))
+    return 0
+
+
+def _redeliver(db: Path, outbox_id: int) -> int:
+    from collector.store.outbox import request_redelivery  # noqa: PLC0415
+
+    request_redelivery(db, outbox_id, time.time())
+    print(f"dead letter {outbox_id} is pending again: the collector sends it within ~10 s")
+    return 0
+
+
+def _dead_letters(db: Path, limit: int, *, as_json: bool) -> int:
+    from collector.store.queries import dead_letters  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    now = time.time()
+    with StoreReader(db) as store:
+        rows = dead_letters(store, limit)
+    if as_json:
+        print_json({"dead_letters": rows})
+        return 0
+    if not rows:
+        print("no dead letters")
+        return 0
+    for r in rows:
+        r["age"] = now - r["created"]
+        r["alert"] = f"{r['rule']} {r['status']} {r['fingerprint']}"
+        r["error"] = r["last_error"] or ""
+        if r["response_head"]:
+            r["error"] = f"{r['error']}: {r['response_head'][:60]}"
+    columns = [
+        Column("id", "ID"),
+        Column("receiver", "RECEIVER", align_right=False),
+        Column("alert", "ALERT", align_right=False),
+        Column("last_status", "STATUS"),
+        Column("attempts", "TRIES"),
+        Column("age", "AGE", format_duration),
+        Column("error", "ERROR", align_right=False),
+    ]
+    print(render_table(rows, columns))
     return 0

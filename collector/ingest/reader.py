@@ -29,10 +29,20 @@ from typing import Final, NamedTuple, Protocol, Self
 
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
+from collector.store.db import OutboxReport
 from shared.errors import MqttConnectError, MqttWireError
 from shared.logging import get_logger
 
-__all__ = ["Acker", "Connect", "MetaItem", "Reader", "StopUnit", "Subscriber", "Unit"]
+__all__ = [
+    "Acker",
+    "Connect",
+    "MetaItem",
+    "Reader",
+    "StopUnit",
+    "Subscriber",
+    "Unit",
+    "WriterItem",
+]
 
 log = get_logger("reader")
 
@@ -100,6 +110,10 @@ class StopUnit:
     done: asyncio.Future[None]
 
 
+WriterItem = Unit | StopUnit | OutboxReport
+"""What the writer's queue carries: the reader's units and stop, the delivery's outcomes."""
+
+
 class Reader:
     """Reads from the broker into ``queue`` until ``stop`` is set; see the module docstring."""
 
@@ -107,7 +121,7 @@ class Reader:
         self,
         connect: Connect,
         ingestor: Ingestor,
-        queue: asyncio.Queue[Unit | StopUnit],
+        queue: asyncio.Queue[WriterItem],
         *,
         topics: Sequence[str],
         session_key: str,

@@ -10,6 +10,10 @@ Batches are as large as the backlog: while a commit runs, the next units queue u
 collector commits big batches and an idle one commits each read at once (no timer to wait
 for before acknowledging).
 
+Delivery outcomes: the webhook delivery task never writes the store; it puts an
+:class:`OutboxReport` on this same queue, and the writer records it after the units it came
+with (the outbox rows are the writer's like every other row).
+
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
 are quarantined and acknowledged like any rejected message, and the rest is stored. A store
@@ -25,9 +29,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from collector.ingest.reader import MetaItem, StopUnit, Unit
+from collector.ingest.reader import MetaItem, StopUnit, Unit, WriterItem
 from collector.ingest.validate import Ingestor, Item, Rejected
-from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from collector.store.db import NodeUpdate, OutboxReport, QuarantineRow, SampleRow, Store
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger
@@ -55,7 +59,7 @@ class Writer:
     def __init__(
         self,
         store: Store,
-        queue: asyncio.Queue[Unit | StopUnit],
+        queue: asyncio.Queue[WriterItem],
         ingestor: Ingestor,
         clock: Clock,
         *,
@@ -92,9 +96,11 @@ class Writer:
         while True:
             first = await self._next(min(next_retention, next_counters, *next_job) - mono())
             if first is not None:
-                units, stop = self._gather(first)
+                units, reports, stop = self._gather(first)
                 if units:
                     await self._write_units(units)
+                if reports:
+                    await self._write_reports(reports)
                 if stop is not None:
                     await self.flush_counters()
                     stop.done.set_result(None)
@@ -126,7 +132,18 @@ class Writer:
             log.exception("job_failed", job=job.name)
             self.counters[f"job_failed_{job.name}"] += 1
 
-    async def _next(self, wait_s: float) -> Unit | StopUnit | None:
+    async def _write_reports(self, reports: list[OutboxReport]) -> None:
+        """Record webhook delivery outcomes; a refused write leaves the rows pending (resent)."""
+        outcomes = [o for r in reports for o in r.outcomes]
+        try:
+            await self._store.write_outbox(outcomes)
+        except StoreError as exc:
+            if exc.fatal:
+                raise
+            log.error("outbox_update_failed", error=str(exc), outcomes=len(outcomes))
+            self.counters["outbox_update_failed"] += 1
+
+    async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
         if not self._queue.empty():
             return self._queue.get_nowait()
@@ -137,19 +154,23 @@ class Writer:
                 return await self._queue.get()
         return None
 
-    def _gather(self, first: Unit | StopUnit) -> tuple[list[Unit], StopUnit | None]:
-        """``first`` and the units already waiting behind it, up to ``batch_max_rows`` items."""
-        if isinstance(first, StopUnit):
-            return [], first
-        units = [first]
-        size = len(first.items)
-        while size < self._batch_max_rows and not self._queue.empty():
-            unit = self._queue.get_nowait()
-            if isinstance(unit, StopUnit):
-                return units, unit
-            units.append(unit)
-            size += len(unit.items)
-        return units, None
+    def _gather(self, first: WriterItem) -> tuple[list[Unit], list[OutboxReport], StopUnit | None]:
+        """``first`` and the items already waiting behind it, up to ``batch_max_rows`` items."""
+        units: list[Unit] = []
+        reports: list[OutboxReport] = []
+        item: WriterItem = first
+        size = 0
+        while True:
+            if isinstance(item, StopUnit):
+                return units, reports, item
+            if isinstance(item, OutboxReport):
+                reports.append(item)
+            else:
+                units.append(item)
+                size += len(item.items)
+            if size >= self._batch_max_rows or self._queue.empty():
+                return units, reports, None
+            item = self._queue.get_nowait()
 
     async def _write_units(self, units: list[Unit]) -> None:
         items = [item for unit in units for item in unit.items]

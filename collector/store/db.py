@@ -38,6 +38,10 @@ __all__ = [
     "MIGRATIONS",
     "AlertChange",
     "NodeUpdate",
+    "OutboxEntry",
+    "OutboxNew",
+    "OutboxOutcome",
+    "OutboxReport",
     "QuarantineRow",
     "SampleRow",
     "Store",
@@ -99,6 +103,52 @@ class AlertChange(NamedTuple):
     ends_at: float | None
 
 
+class OutboxNew(NamedTuple):
+    """A notification to put in the outbox with the alert change it announces."""
+
+    uuid: str
+    receiver: str
+    fingerprint: str
+    rule: str
+    status: str
+    body: str
+    created: float
+    expires_at: float
+
+
+class OutboxEntry(NamedTuple):
+    """A pending notification, as the delivery task needs it."""
+
+    id: int
+    uuid: str
+    receiver: str
+    body: str
+    created: float
+    expires_at: float
+    attempts: int
+    next_at: float
+    redeliveries: int
+
+
+class OutboxOutcome(NamedTuple):
+    """What became of a notification after an attempt (``state`` pending: retry at ``next_at``)."""
+
+    id: int
+    state: Literal["pending", "delivered", "dead"]
+    attempts: int
+    next_at: float
+    last_status: int | None
+    last_error: str | None
+    response_head: str | None
+    done_at: float | None
+
+
+class OutboxReport(NamedTuple):
+    """Delivery outcomes for the writer to record (an item on the writer's queue)."""
+
+    outcomes: list[OutboxOutcome]
+
+
 class QuarantineRow(NamedTuple):
     """One row of ``quarantine``: a message that was rejected or could not be stored."""
 
@@ -148,6 +198,14 @@ _INSERT_ALERT_HISTORY: Final = (
     "(fingerprint, rule, labels, annotations, previous, state, at, starts_at, ends_at)",
     9,
     "",
+)
+_INSERT_OUTBOX: Final = (
+    "INSERT INTO outbox (uuid, receiver, fingerprint, rule, status, body, created, expires_at, "
+    "state, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id"
+)
+_OUTBOX_ENTRY: Final = (
+    "SELECT id, uuid, receiver, body, created, expires_at, attempts, next_at, redeliveries "
+    "FROM outbox"
 )
 _UPSERT_META: Final = (
     "INSERT INTO meta (key, value, updated)",
@@ -535,12 +593,21 @@ class Store:
             raise await self._failed(what, exc) from exc
         return max(deleted, 0)
 
-    async def write_alerts(self, changes: Sequence[AlertChange], keep_history_s: float) -> None:
-        """Record alert state changes: the current pending/firing set and the history.
+    async def write_alerts(
+        self,
+        changes: Sequence[AlertChange],
+        keep_history_s: float,
+        outbox: Sequence[OutboxNew] = (),
+        now: float | None = None,
+    ) -> list[OutboxEntry]:
+        """Record alert state changes: the current pending/firing set, the history, and the
+        notifications they cause (``outbox``), all in one transaction; return the latter as
+        stored (with their ids), for the delivery task.
 
-        History older than ``keep_history_s`` goes in the same transaction.
+        History, delivered notifications and dead letters older than ``keep_history_s`` go
+        in the same transaction (``now``: the alert clock's time, default the system's).
         """
-        now = time.time()
+        now = time.time() if now is None else now
         live = [c for c in changes if c.state in ("pending", "firing")]
         gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
         try:
@@ -582,10 +649,43 @@ class Store:
             await self.conn.execute(
                 "DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,)
             )
+            entries = [await self._insert_outbox(n) for n in outbox]
+            await self.conn.execute(
+                "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
+                (now - keep_history_s,),
+            )
             self._check_file()
             await self.conn.commit()
         except Exception as exc:
             raise await self._failed("recording alert changes", exc) from exc
+        return entries
+
+    async def _insert_outbox(self, n: OutboxNew) -> OutboxEntry:
+        async with self.conn.execute(_INSERT_OUTBOX, (*n, n.created)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return OutboxEntry(
+            int(row[0]), n.uuid, n.receiver, n.body, n.created, n.expires_at, 0, n.created, 0
+        )
+
+    async def write_outbox(self, outcomes: Sequence[OutboxOutcome]) -> None:
+        """Record delivery outcomes in one transaction (only on rows still pending)."""
+        try:
+            await self.conn.executemany(
+                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_status = ?, "
+                "last_error = ?, response_head = ?, done_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                [(*o[1:], o.id) for o in outcomes],
+            )
+            self._check_file()
+            await self.conn.commit()
+        except Exception as exc:
+            raise await self._failed("recording delivery outcomes", exc) from exc
+
+    async def pending_outbox(self) -> list[OutboxEntry]:
+        """Every notification still to deliver, oldest first."""
+        rows = await self.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
+        return [OutboxEntry(*r) for r in rows]
 
     async def active_alerts(self) -> list[sqlite3.Row]:
         """The pending and firing alerts last recorded (to restore them after a restart)."""

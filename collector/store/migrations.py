@@ -20,6 +20,9 @@ Tables:
     what the collector must remember across restarts (the MQTT session it holds).
 ``alerts`` / ``alert_history``
     pending and firing alerts, and every alert state change.
+``outbox``
+    one webhook notification per (alert change, receiver), written in the same transaction
+    as the change: pending until delivered or a dead letter (``collector alerts --dead-letters``).
 """
 
 from __future__ import annotations
@@ -151,6 +154,35 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             ends_at REAL
         );
         CREATE INDEX alert_history_at ON alert_history (at);
+        """,
+    ),
+    (
+        # Webhook notifications, written in the transaction that records the alert change, so
+        # a crash between the two can neither lose a notification nor invent one. Only the
+        # writer updates them (delivery outcomes come back to it on its queue), except
+        # `collector alerts --redeliver`, which turns a dead letter back to pending.
+        "0007_outbox",
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            uuid TEXT NOT NULL UNIQUE,    -- the Idempotency-Key: the same on every attempt
+            receiver TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            status TEXT NOT NULL,         -- firing | resolved (the body's status)
+            body TEXT NOT NULL,           -- Alertmanager webhook JSON, version 4
+            created REAL NOT NULL,        -- the alert change's time
+            expires_at REAL NOT NULL,     -- created + the receiver's max_age_s: then dead
+            state TEXT NOT NULL,          -- pending | delivered | dead
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,        -- pending: not before then
+            last_status INTEGER,          -- HTTP status of the last attempt (NULL: none)
+            last_error TEXT,              -- why the last attempt failed
+            response_head TEXT,           -- first bytes of the last response
+            done_at REAL,                 -- delivered or dead since
+            redeliveries INTEGER NOT NULL DEFAULT 0  -- times `--redeliver` revived it
+        );
+        CREATE INDEX outbox_state ON outbox (state, id);
         """,
     ),
 )

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_STALE_INTERVALS",
     "active_alerts",
     "alert_history",
+    "dead_letters",
     "fleet_summary",
     "gpu_rows",
     "node_samples",
@@ -247,3 +248,22 @@ def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str
         (since, limit),
     )
     return [_alert(r) for r in rows]
+
+
+def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
+    """Webhook notifications given up on, newest first, with the last answer received."""
+    if not store.has_table("outbox"):
+        return []
+    rows = store.fetchall(
+        "SELECT id, receiver, rule, fingerprint, status, attempts, last_status, last_error, "
+        "response_head, created, done_at, uuid FROM outbox WHERE state = 'dead' "
+        "ORDER BY id DESC LIMIT ?",
+        (limit,),
+    )
+    out = []
+    for r in rows:
+        row = dict(r)
+        if row["response_head"] is not None:
+            row["response_head"] = printable(row["response_head"].encode())
+        out.append(row)
+    return out

@@ -16,7 +16,7 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.packets import Message
-from collector.ingest.reader import StopUnit, Unit
+from collector.ingest.reader import StopUnit, Unit, WriterItem
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer
 from collector.service import Collector
@@ -234,7 +234,7 @@ class _Link:
 
 async def _run_writer(store: Store, units: list[Unit]) -> Writer:
     ingestor = Ingestor(FakeClock(start_wall=T0))
-    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue()
     for unit in units:
         queue.put_nowait(unit)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -325,7 +325,7 @@ async def test_the_quarantine_keeps_only_the_newest_rows(tmp_path: Path) -> None
     """A flood of rejects cannot grow the database: the newest quarantine_max_rows stay."""
     ingestor = Ingestor(FakeClock(start_wall=T0))
     rejects = [ingestor.handle(sample_topic(f"n{i}"), b"{junk") for i in range(150)]
-    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue()
     queue.put_nowait(Unit(None, list(rejects)))
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     queue.put_nowait(StopUnit(done))

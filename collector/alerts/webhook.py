@@ -1,0 +1,158 @@
+"""Webhook notifications: Alertmanager's body (version 4), signing, and what a response means.
+
+Pure functions, no I/O: :mod:`collector.alerts.delivery` sends, :mod:`collector.alerts.job`
+builds the bodies when it records the alert changes.
+
+Body: exactly Alertmanager's webhook JSON (``notify/webhook/webhook.go``), so a receiver
+written for Alertmanager reads capwatch unchanged. This slice does not group yet: each
+notification carries one alert, as an Alertmanager route with ``group_by: ['...']`` (every
+label) would send it; ``groupKey`` is the root route's key ``{}`` then the group labels.
+
+Signature (when the receiver has a secret), as Grafana signs webhooks (grafana/alerting
+``http/hmac.go``): HMAC-SHA256 over ``timestamp + ":" + body``, lowercase hex without prefix,
+the unix seconds in the timestamp header; with no timestamp header, over the body alone.
+
+Retry policy (:func:`classify`): 2xx delivered; 5xx, 429, timeouts and connection errors
+retried with capped exponential backoff and jitter (429 not before its ``Retry-After``); any
+other status (4xx, and 3xx: redirects are not followed) is a dead letter at once.
+Alertmanager retries 5xx forever and never 429; capwatch retries both, bounded by the
+receiver's ``max_age_s``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import hmac
+import json
+import random
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Final, Literal, NamedTuple
+
+__all__ = [
+    "BACKOFF_CAP_S",
+    "BACKOFF_INITIAL_S",
+    "ZERO_TIME",
+    "Verdict",
+    "backoff_s",
+    "classify",
+    "group_key",
+    "retry_after_s",
+    "rfc3339",
+    "sign",
+    "webhook_body",
+]
+
+ZERO_TIME: Final = "0001-01-01T00:00:00Z"
+"""Go's zero time as Alertmanager prints ``endsAt`` of a firing alert."""
+BACKOFF_INITIAL_S: Final = 0.5
+BACKOFF_FACTOR: Final = 2.0
+BACKOFF_CAP_S: Final = 60.0
+
+
+def rfc3339(t: float) -> str:
+    """Unix seconds as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.250Z``."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _label_set(labels: Mapping[str, str]) -> str:
+    """prometheus/common ``LabelSet.String()``: ``{a="1", b="2"}``, names sorted, values quoted."""
+    pairs = (f"{k}={json.dumps(labels[k], ensure_ascii=False)}" for k in sorted(labels))
+    return "{" + ", ".join(pairs) + "}"
+
+
+def group_key(route_key: str, group_labels: Mapping[str, str]) -> str:
+    """Alertmanager's ``groupKey``: the route's key, ``:``, the group labels."""
+    return f"{route_key}:{_label_set(group_labels)}"
+
+
+def webhook_body(
+    *,
+    receiver: str,
+    status: Literal["firing", "resolved"],
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    fingerprint: str,
+    starts_at: float,
+    ends_at: float | None,
+    external_url: str = "",
+    max_alerts: int = 0,
+) -> str:
+    """The version-4 JSON body announcing one alert's change (``ends_at`` None: firing)."""
+    alert = {
+        "status": status,
+        "labels": dict(labels),
+        "annotations": dict(annotations),
+        "startsAt": rfc3339(starts_at),
+        "endsAt": ZERO_TIME if ends_at is None else rfc3339(ends_at),
+        "generatorURL": f"{external_url}/alerts?fingerprint={fingerprint}" if external_url else "",
+        "fingerprint": fingerprint,
+    }
+    alerts = [alert]
+    kept = alerts if max_alerts <= 0 else alerts[:max_alerts]
+    body = {
+        "receiver": receiver,
+        "status": status,
+        "alerts": kept,
+        "groupLabels": dict(labels),  # group_by: every label (no grouping in this slice)
+        "commonLabels": dict(labels),
+        "commonAnnotations": dict(annotations),
+        "externalURL": external_url,
+        "version": "4",
+        "groupKey": group_key("{}", labels),
+        "truncatedAlerts": len(alerts) - len(kept),
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def sign(secret: bytes, body: bytes, timestamp: str | None) -> str:
+    """HMAC-SHA256 of ``timestamp:body`` (or of ``body`` without a timestamp), lowercase hex."""
+    message = body if timestamp is None else timestamp.encode() + b":" + body
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def backoff_s(attempts: int, rng: random.Random) -> float:
+    """Delay before the next try after ``attempts`` failed ones: 0.5 s doubling, capped at
+    60 s, with equal jitter (between half and all of it) so receivers that come back are not
+    hit by every collector at once."""
+    delay = min(BACKOFF_CAP_S, BACKOFF_INITIAL_S * BACKOFF_FACTOR ** max(0, attempts - 1))
+    return delay / 2 + rng.uniform(0, delay / 2)
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (delta-seconds or an HTTP date); None if absent
+    or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+class Verdict(NamedTuple):
+    """What an attempt's result means: ``delivered``, ``retry`` (after ``wait_s``) or ``dead``."""
+
+    kind: Literal["delivered", "retry", "dead"]
+    wait_s: float = 0.0
+
+
+def classify(
+    status: int | None, retry_after: str | None, attempts: int, now: float, rng: random.Random
+) -> Verdict:
+    """The policy in the module docstring; ``status`` None is a timeout or connection error."""
+    if status is not None and 200 <= status < 300:
+        return Verdict("delivered")
+    if status is None or status >= 500:
+        return Verdict("retry", backoff_s(attempts, rng))
+    if status == 429:
+        wait = retry_after_s(retry_after, now)
+        return Verdict("retry", backoff_s(attempts, rng) if wait is None else wait)
+    return Verdict("dead")
