@@ -116,7 +116,8 @@ def backoff_s(attempts: int, rng: random.Random) -> float:
     """Delay before the next try after ``attempts`` failed ones: 0.5 s doubling, capped at
     60 s, with equal jitter (between half and all of it) so receivers that come back are not
     hit by every collector at once."""
-    delay = min(BACKOFF_CAP_S, BACKOFF_INITIAL_S * BACKOFF_FACTOR ** max(0, attempts - 1))
+    exponent = min(max(0, attempts - 1), 32)  # past the cap anyway; never a float overflow
+    delay = min(BACKOFF_CAP_S, BACKOFF_INITIAL_S * BACKOFF_FACTOR**exponent)
     return delay / 2 + rng.uniform(0, delay / 2)
 
 
@@ -130,7 +131,7 @@ def retry_after_s(value: str | None, now: float) -> float | None:
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # HTTP dates are GMT
         when = when.replace(tzinfo=UTC)

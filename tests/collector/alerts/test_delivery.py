@@ -34,7 +34,7 @@ from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
 from collector.live import LiveView
 from collector.settings import ReceiverSettings
-from collector.store.db import Store
+from collector.store.db import OutboxEntry, OutboxReport, Store
 from shared.clock import FakeClock
 from tests.collector.alerts.receiver import Answer, Receiver, each, free_port
 from tests.helpers import db_rows, wait_until
@@ -335,3 +335,34 @@ async def test_rows_left_pending_by_a_previous_run_are_sent_at_start(tmp_path: P
             await wait_until(lambda: rig.outbox("state") == [("delivered",)], what="delivered")
     assert len(rx.received()) == 1
     assert json.loads(rx.received()[0].body)["status"] == "firing"
+
+
+async def test_a_rescan_before_the_outcome_is_committed_does_not_send_again() -> None:
+    """Delivered but not yet recorded (the writer is busy): the row still reads pending,
+    and rescans must not send it a second time."""
+    clock = FakeClock()
+    entry = OutboxEntry(1, "key-1", "hook", "{}", clock.time(), clock.time() + 60, 0, 0.0, 0)
+    scans = 0
+
+    async def load_pending() -> list[OutboxEntry]:
+        nonlocal scans
+        scans += 1
+        return [entry]  # the writer never records the outcome in this test
+
+    reports: list[OutboxReport] = []
+
+    async def report(r: OutboxReport) -> None:
+        reports.append(r)
+
+    with Receiver().serve() as rx:
+        delivery = Delivery(
+            [receiver_settings(rx.url)], report, clock, load_pending=load_pending, rescan_s=0.01
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(delivery.run(), name="delivery")
+            await wait_until(lambda: bool(reports), what="the delivered outcome")
+            seen = scans
+            await wait_until(lambda: scans >= seen + 5, what="five more rescans")
+            delivery.stop()
+    assert len(rx.received()) == 1
+    assert [o.state for r in reports for o in r.outcomes] == ["delivered"]
