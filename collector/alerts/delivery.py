@@ -41,6 +41,7 @@ import httpx
 from collector.alerts.webhook import classify, sign
 from collector.store.db import OutboxEntry, OutboxOutcome, OutboxReport, Store
 from shared.clock import Clock
+from shared.errors import StoreError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -165,8 +166,16 @@ class Delivery:
         while True:
             if self._rescan.is_set() or loop.time() >= next_scan:
                 self._rescan.clear()
-                self._scan(await self._load_pending())
                 next_scan = loop.time() + self._rescan_s
+                try:
+                    pending = await self._load_pending()
+                except StoreError as exc:
+                    # The writer may still be migrating a new file, or the disk is failing
+                    # (then the writer stops the collector): try again at the next scan.
+                    log.warning("outbox_read_failed", error=str(exc))
+                    self.counters["webhook_outbox_read_failed"] += 1
+                else:
+                    self._scan(pending)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, next_scan - loop.time())):
                     for entry in await self._handoff.get():
