@@ -222,14 +222,17 @@ def default_node_id() -> str:
 _S = TypeVar("_S", bound=CapwatchSettings)
 
 _SECRET_TYPES = (SecretStr, SecretBytes)
+_SECRET_WORDS = ("password", "secret", "token")
 
 
 def _is_secret(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> bool:
     """Whether the value at ``loc`` is (inside) a secret: a ``Secret*`` field, or named so."""
-    if any(isinstance(p, str) and "password" in p.lower() for p in loc):
+    if any(isinstance(p, str) and any(w in p.lower() for w in _SECRET_WORDS) for p in loc):
         return True
     for part in loc:
-        if model is None or not isinstance(part, str) or part not in model.model_fields:
+        if isinstance(part, int):  # an item of a list of tables: same model
+            continue
+        if model is None or part not in model.model_fields:
             return False
         kinds = _leaf_types(model.model_fields[part].annotation)
         if any(issubclass(k, _SECRET_TYPES) for k in kinds):
@@ -242,7 +245,7 @@ def _leaf_types(annotation: Any) -> list[type]:
     """The classes in an annotation (``SecretStr | None`` -> ``[SecretStr, NoneType]``)."""
     if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return [annotation]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, tuple):
         return [t for arg in typing.get_args(annotation) for t in _leaf_types(arg)]
     return []
 

@@ -281,3 +281,15 @@ def test_tls_context_is_built_once_per_set_of_files(tmp_path: Path, pki: Pki) ->
         MqttSettings(tls_ca_file=later).tls_context()
     shutil.copy(pki.ca_cert, later)
     assert MqttSettings(tls_ca_file=later).tls_context() is not None
+
+
+def test_a_receiver_secret_of_the_wrong_type_is_not_printed(tmp_path: Path) -> None:
+    """Secrets inside a list of tables ([[receivers]]) are hidden in errors too."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[receivers]]\nname = "ops"\nurl = "http://127.0.0.1:9/h"\nsecret = 987654321\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(CollectorSettings, config_file=config)
+    assert "987654321" not in str(caught.value)
+    assert "receivers.0.secret" in str(caught.value)
