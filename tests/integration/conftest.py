@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
+import msgspec
 import pytest
 
+from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from shared.clock import Clock
+from shared.schema import encode
 from shared.settings import MqttSettings
+from shared.topics import sample_topic
 
 
 def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
@@ -61,3 +67,24 @@ async def collector_runner(
     runner = CollectorRunner(mosquitto, tmp_path / "capwatch.db")
     yield runner
     await runner.stop()
+
+
+class HotGpuNode:
+    """One simulated 8-GPU node whose GPU 3 runs at a temperature the test chooses."""
+
+    def __init__(self, broker: MosquittoBroker, *, seed: int = 11) -> None:
+        self.broker = broker
+        self.sim = FleetSimulator(1, gpus_per_node=8, seed=seed, interval_s=1)
+        self.node = self.sim.node_ids[0]
+        self._seq = 0
+
+    async def publish(self, temp_c: float, gpu: int = 3) -> None:
+        """One sample, stamped now, with ``gpu`` at ``temp_c``."""
+        sample = self.sim.sample(0, time.time(), self._seq)
+        self._seq += 1
+        gpus = [
+            msgspec.structs.replace(g, temp_c=temp_c) if g.index == gpu else g for g in sample.gpus
+        ]
+        payload = encode(msgspec.structs.replace(sample, gpus=gpus))
+        async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="hot") as client:
+            await client.publish(sample_topic(self.node), payload, qos=1)

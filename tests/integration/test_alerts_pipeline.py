@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 
-import aiomqtt
-import msgspec
 import pytest
 
-from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
-from shared.schema import Sample, encode
-from shared.topics import sample_topic
 from tests.helpers import db_rows, wait_until
-from tests.integration.conftest import CollectorRunner
+from tests.integration.conftest import CollectorRunner, HotGpuNode
 
 pytestmark = pytest.mark.integration
-
-
-def _with_gpu_temp(sample: Sample, gpu: int, temp_c: float) -> bytes:
-    gpus = [msgspec.structs.replace(g, temp_c=temp_c) if g.index == gpu else g for g in sample.gpus]
-    return encode(msgspec.structs.replace(sample, gpus=gpus))
 
 
 def _history(runner: CollectorRunner, rule: str) -> list[tuple[str, str]]:
@@ -53,16 +42,8 @@ async def test_a_hot_gpu_fires_then_resolves_and_a_restart_does_not_refire(
         }
     )
     await collector_runner.start()
-    sim = FleetSimulator(1, gpus_per_node=8, seed=11, interval_s=1)
-    node = sim.node_ids[0]
-    seq = 0
-
-    async def publish(temp_c: float) -> None:
-        nonlocal seq
-        sample = sim.sample(0, time.time(), seq)
-        seq += 1
-        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hot") as client:
-            await client.publish(sample_topic(node), _with_gpu_temp(sample, 3, temp_c), qos=1)
+    hot = HotGpuNode(mosquitto)
+    node, publish = hot.node, hot.publish
 
     await publish(95.0)
     await wait_until(

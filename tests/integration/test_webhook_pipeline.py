@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 
-import aiomqtt
 import pytest
 from pydantic import HttpUrl
 
-from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.settings import ReceiverSettings
-from shared.topics import sample_topic
 from tests.collector.alerts.receiver import Receiver
 from tests.helpers import db_rows, wait_until
-from tests.integration.conftest import CollectorRunner
-from tests.integration.test_alerts_pipeline import _with_gpu_temp
+from tests.integration.conftest import CollectorRunner, HotGpuNode
 
 pytestmark = pytest.mark.integration
 
@@ -41,16 +36,8 @@ async def test_a_hot_gpu_reaches_the_receiver_firing_then_resolved(
             }
         )
         await collector_runner.start()
-        sim = FleetSimulator(1, gpus_per_node=8, seed=11, interval_s=1)
-        node = sim.node_ids[0]
-        seq = 0
-
-        async def publish(temp_c: float) -> None:
-            nonlocal seq
-            sample = sim.sample(0, time.time(), seq)
-            seq += 1
-            async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hot") as c:
-                await c.publish(sample_topic(node), _with_gpu_temp(sample, 3, temp_c), qos=1)
+        hot = HotGpuNode(mosquitto)
+        node, publish = hot.node, hot.publish
 
         def statuses() -> list[str]:
             return [json.loads(r.body)["status"] for r in rx.received()]
