@@ -18,7 +18,7 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
-from shared.schema import encode
+from shared.schema import XidEvent, encode
 from shared.topics import sample_topic
 from tests.collector.alerts.receiver import Answer, Receiver, Request
 from tests.helpers import db_rows, wait_until
@@ -72,12 +72,14 @@ def _collector(
 
 class _HotNodes:
     """Two simulated nodes, each sending a sample every 0.25 s while the test runs (an agent
-    keeps reporting while its collector is down); GPU 3 runs hot on the nodes in ``hot``."""
+    keeps reporting while its collector is down); GPU 3 runs hot on the nodes in ``hot``,
+    GPU 5 reports XID 79 on the nodes in ``xid``."""
 
     def __init__(self, broker: MosquittoBroker) -> None:
         self.broker = broker
         self.sim = FleetSimulator(2, gpus_per_node=8, seed=11, interval_s=0.25)
         self.hot: set[str] = set()
+        self.xid: set[str] = set()
         self._seq = 0
 
     def _payload(self, i: int) -> bytes:
@@ -88,6 +90,9 @@ class _HotNodes:
                 for g in sample.gpus
             ]
             sample = msgspec.structs.replace(sample, gpus=gpus)
+        if sample.node in self.xid:
+            xids = [XidEvent(gpu_index=5, xid=79, ts=sample.ts)]
+            sample = msgspec.structs.replace(sample, xids=xids)
         return encode(sample)
 
     async def _publish_forever(self) -> None:
@@ -170,8 +175,10 @@ async def test_sigkill_with_a_pending_delivery_then_restart_delivers_once_and_st
                 proc = _collector(mosquitto, config, db, log)
                 # A new alert after the restart marks an evaluation that saw the first node's
                 # samples again: had the restore failed, its re-announcement is in the outbox
-                # by then (written in the same transaction as, or before, the marker's).
-                nodes.hot.add(marker)
+                # by then (written in the same transaction as, or before, the marker's). The
+                # marker is another rule (GpuXid), so routes grouping by alertname (group_wait
+                # 5 s by default) treat it as a new group, not as an addition to GpuTemperature's.
+                nodes.xid.add(marker)
                 await wait_until(
                     lambda: bool(
                         db_rows(
@@ -220,3 +227,4 @@ async def test_sigkill_with_a_pending_delivery_then_restart_delivers_once_and_st
     # ... while the marker, new after the restart, was announced as usual.
     (marked,) = [json.loads(r.body) for r in after if r not in _about(after, fingerprint)]
     assert marked["alerts"][0]["labels"]["node"] == marker
+    assert marked["alerts"][0]["labels"]["alertname"] == "GpuXid"
