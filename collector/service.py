@@ -162,6 +162,7 @@ class Collector:
                 receivers=s.receivers,
                 external_url=s.alerts.external_url,
                 notify=None if delivery is None else delivery.offer,
+                routes=s.alert_routes(),
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)

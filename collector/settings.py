@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
 from collector.store.reader import DEFAULT_DB_PATH
@@ -14,8 +22,9 @@ from shared.settings import CapwatchSettings
 
 if TYPE_CHECKING:
     from collector.alerts.builtin import BuiltinSettings
+    from collector.alerts.route import Route
 
-__all__ = ["AlertSettings", "CollectorSettings", "ReceiverSettings"]
+__all__ = ["AlertSettings", "CollectorSettings", "ReceiverSettings", "RouteSettings"]
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
@@ -78,8 +87,8 @@ _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 class ReceiverSettings(BaseModel):
     """``[[receivers]]``: a webhook that gets every firing and resolved notification.
 
-    No routes yet: every receiver hears of every alert (grouping, routes and silences are the
-    next slice). The secret is a :class:`SecretStr`: never logged, never in an error line.
+    Which alerts it hears of: ``[[routes]]`` (none: every receiver hears of every alert).
+    The secret is a :class:`SecretStr`: never logged, never in an error line.
     """
 
     model_config = ConfigDict(
@@ -101,6 +110,69 @@ class ReceiverSettings(BaseModel):
     timestamp_header: str = Field(default="X-Capwatch-Timestamp", pattern=r"^$|" + _HEADER)
     """Empty: sign the body alone, as Grafana does without a timestamp header."""
     idempotency_header: str = Field(default="Idempotency-Key", pattern=_HEADER)
+
+
+def _duration(value: str, field: str) -> float:
+    from shared.units import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(value, field=field)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class RouteSettings(BaseModel):
+    """``[[routes]]``: which alerts go to which receivers, grouped how, notified when.
+
+    Routes are tried in order; the first whose ``match`` all match takes the alert (and the
+    next ones too while ``continue`` is true). Durations are text: ``"5s"``, ``"1m"``, ``"4h"``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    match: list[str] = Field(default=[], max_length=32)
+    """Label matchers: ``name=value``, ``name!=value``, ``name=~regex``, ``name!~regex``."""
+    receivers: list[str] = Field(default=[], max_length=32)
+    """Receiver names (``[[receivers]]``); empty: every receiver."""
+    group_by: list[str] = Field(default=["alertname"], max_length=32)
+    """Labels that make a group; ``["..."]``: every label (no grouping)."""
+    group_wait: str = "5s"
+    """A new group's first notification waits this long for more alerts."""
+    group_interval: str = "1m"
+    """Then at most this often, when the group changed."""
+    repeat_interval: str = "4h"
+    """Unchanged and firing: sent again after this long."""
+    continue_: bool = Field(default=False, alias="continue")
+    """Also try the routes after this one."""
+
+    @field_validator("match")
+    @classmethod
+    def _matchers(cls, value: list[str]) -> list[str]:
+        from collector.alerts.route import parse_matcher  # noqa: PLC0415
+
+        for m in value:
+            parse_matcher(m)
+        return value
+
+    @field_validator("group_wait", "group_interval", "repeat_interval")
+    @classmethod
+    def _durations(cls, value: str) -> str:
+        _duration(value, "duration")
+        return value
+
+    def route(self, all_receivers: list[str]) -> Route:
+        """The route these settings describe."""
+        from collector.alerts.route import Route, parse_matcher  # noqa: PLC0415
+
+        return Route(
+            tuple(parse_matcher(m) for m in self.match),
+            tuple(self.receivers or all_receivers),
+            tuple(self.group_by),
+            _duration(self.group_wait, "group_wait"),
+            _duration(self.group_interval, "group_interval"),
+            _duration(self.repeat_interval, "repeat_interval"),
+            self.continue_,
+        )
 
 
 class CollectorSettings(CapwatchSettings):
@@ -146,6 +218,32 @@ class CollectorSettings(CapwatchSettings):
         if dupes:
             raise ValueError(f"receiver names must be unique: {dupes} appear twice")
         return value
+
+    routes: list[RouteSettings] = Field(default=[], max_length=64)
+    """Which receivers hear of which alerts (``[[routes]]``); none: every receiver, alerts
+    grouped by alertname."""
+
+    @model_validator(mode="after")
+    def _routes_name_known_receivers(self) -> CollectorSettings:
+        known = {r.name for r in self.receivers}
+        for i, route in enumerate(self.routes):
+            unknown = sorted(set(route.receivers) - known)
+            if unknown:
+                raise ConfigError(
+                    f"setting 'routes.{i}.receivers' names unknown receivers {unknown}: use "
+                    f"names of [[receivers]] tables ({', '.join(sorted(known)) or 'none'})",
+                    field=f"routes.{i}.receivers",
+                )
+        return self
+
+    def alert_routes(self) -> list[Route]:
+        """The routes in force: those configured, or the default route."""
+        from collector.alerts.route import default_route  # noqa: PLC0415
+
+        names = [r.name for r in self.receivers]
+        if not self.routes:
+            return [default_route(names)]
+        return [r.route(names) for r in self.routes]
 
     @property
     def session_client_id(self) -> str:

@@ -6,10 +6,12 @@ the store), then the state changes in one transaction (``alerts`` holds what is 
 firing, ``alert_history`` every change). On start it restores the pending and firing alerts
 of the previous run, so a restarted collector neither forgets nor re-announces them.
 
-Notifications: each firing or resolved change becomes one outbox row per receiver (the
-webhook body, fixed once, and an idempotency key), written in the same transaction as the
-change; after the commit they are offered to the delivery task (``notify``). Grouping,
-routing and silences are not part of this slice: every receiver hears of every change.
+Notifications: the firing alerts and the resolutions go to the :class:`Dispatcher` (routes,
+groups, the notification log); the silences in force are read back at every evaluation (one
+indexed query) and, with the ``NodeOffline`` inhibition, mute alerts. Each group flush that
+sends becomes one outbox row per receiver of its route (the webhook body, fixed once, and an
+idempotency key), written with the notification log entry in the same transaction as the
+changes; after the commit they are offered to the delivery task (``notify``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final
 
+from collector.alerts.group import Dispatcher, Flush, GroupAlert, Notified
+from collector.alerts.route import Route, default_route
 from collector.alerts.rule import AlertState, Evaluator, Transition
-from collector.alerts.webhook import webhook_body
+from collector.alerts.silence import Silence, inhibiting_nodes, muted, silence_from_row
+from collector.alerts.webhook import group_body
 from collector.live import LiveView
-from collector.store.db import AlertChange, OutboxEntry, OutboxNew, Store
+from collector.store.db import AlertChange, GroupLog, OutboxEntry, OutboxNew, Store
 from shared.clock import Clock
 from shared.logging import get_logger
 
@@ -71,9 +76,14 @@ class AlertJob:
         receivers: Sequence[ReceiverSettings] = (),
         external_url: str = "",
         notify: Callable[[list[OutboxEntry]], None] | None = None,
+        routes: Sequence[Route] | None = None,
     ) -> None:
         self.name = "alerts"
-        self._receivers = list(receivers)
+        self._receivers = {r.name: r for r in receivers}
+        self._routes = (
+            list(routes) if routes is not None else [default_route(list(self._receivers))]
+        )
+        self._dispatcher = Dispatcher(self._routes)
         self._external_url = external_url.rstrip("/")
         self._notify = notify
         self.interval_s = interval_s
@@ -100,20 +110,53 @@ class AlertJob:
                 )
             )
         self._evaluator.restore(states, self._clock.time(), hold_s=hold_s)
+        log_entries = {
+            g.group_key: Notified(
+                frozenset(json.loads(g.firing)), frozenset(json.loads(g.resolved)), g.notified_at
+            )
+            for g in await store.alert_groups()
+        }
+        self._dispatcher = Dispatcher(self._routes, log_entries)
         if states:
             log.info("alerts_restored", alerts=len(states))
         return len(states)
 
     async def __call__(self, store: Store) -> None:
-        """One evaluation; its changes are recorded before the next one."""
-        transitions = self._evaluator.evaluate(self._view, self._clock.time())
+        """One evaluation; its changes and notifications are recorded before the next one."""
+        now = self._clock.time()
+        transitions = self._evaluator.evaluate(self._view, now)
         self.counters["alert_evaluations"] += 1
-        if not transitions:
-            return
         self.counters["alert_changes"] += len(transitions)
-        outbox = [n for t in transitions if t.notify for n in self._notifications(t)]
+        firing = [
+            GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now)
+            for s in self._evaluator.states()
+            if s.state == "firing"
+        ]
+        resolved = [
+            GroupAlert(t.fingerprint, t.labels, t.annotations, t.starts_at or t.at, t.at)
+            for t in transitions
+            if t.state == "resolved"
+        ]
+        self._dispatcher.observe(firing, resolved, now)
+        silences = await self._silences(store, now)
+        offline = inhibiting_nodes(a.labels for a in firing)
+        flushes, logged, gone = self._dispatcher.flush(
+            now, lambda labels: muted(labels, silences, offline, now)
+        )
+        if not (transitions or flushes or logged or gone):
+            return
+        outbox = [n for f in flushes for n in self._notifications(f, now)]
+        groups = [
+            GroupLog(key, json.dumps(sorted(n.firing)), json.dumps(sorted(n.resolved)), n.at)
+            for key, n in logged.items()
+        ]
         entries = await store.write_alerts(
-            [_change(t) for t in transitions], self._keep_history_s, outbox, self._clock.time()
+            [_change(t) for t in transitions],
+            self._keep_history_s,
+            outbox,
+            now,
+            groups=groups,
+            forget_groups=gone,
         )
         if entries and self._notify is not None:
             self._notify(entries)  # committed: now the delivery may send them
@@ -125,33 +168,49 @@ class AlertJob:
                     fingerprint=t.fingerprint,
                     labels=dict(t.labels),
                 )
+        for f in flushes:
+            if f.route.receivers:
+                log.info("alert_group_notified", group_key=f.group_key, alerts=len(f.alerts))
 
-    def _notifications(self, t: Transition) -> list[OutboxNew]:
-        """One outbox row per receiver for a firing or resolved change."""
-        status: Literal["firing", "resolved"] = "firing" if t.state == "firing" else "resolved"
+    async def _silences(self, store: Store, now: float) -> list[Silence]:
+        """The silences in force (a bad row, written by hand, is skipped and counted)."""
         out = []
-        for r in self._receivers:
-            body = webhook_body(
+        for row in await store.active_silences(now):
+            try:
+                out.append(silence_from_row(tuple(row)))
+            except (ValueError, TypeError) as exc:
+                self.counters["silence_unreadable"] += 1
+                log.warning("silence_unreadable", id=row[0], error=str(exc))
+        return out
+
+    def _notifications(self, f: Flush, now: float) -> list[OutboxNew]:
+        """One outbox row per receiver of the flushed group's route."""
+        out = []
+        status = "firing" if any(a.ends_at is None for a in f.alerts) else "resolved"
+        first = f.alerts[0]
+        for name in f.route.receivers:
+            r = self._receivers.get(name)
+            if r is None:
+                continue
+            body = group_body(
                 receiver=r.name,
-                status=status,
-                labels=t.labels,
-                annotations=t.annotations,
-                fingerprint=t.fingerprint,
-                starts_at=t.at if t.starts_at is None else t.starts_at,
-                ends_at=t.ends_at if status == "resolved" else None,
+                route_key=f.route.key,
+                group_labels=f.group_labels,
+                alerts=f.alerts,
                 external_url=self._external_url,
                 max_alerts=r.max_alerts,
             )
+            rule = first.labels.get("alertname", "")
             out.append(
                 OutboxNew(
                     str(uuid.uuid4()),
                     r.name,
-                    t.fingerprint,
-                    t.rule,
+                    first.fingerprint,
+                    rule,
                     status,
                     body,
-                    t.at,
-                    t.at + r.max_age_s,
+                    now,
+                    now + r.max_age_s,
                 )
             )
         return out

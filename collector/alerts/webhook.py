@@ -4,9 +4,9 @@ Pure functions, no I/O: :mod:`collector.alerts.delivery` sends, :mod:`collector.
 builds the bodies when it records the alert changes.
 
 Body: exactly Alertmanager's webhook JSON (``notify/webhook/webhook.go``), so a receiver
-written for Alertmanager reads capwatch unchanged. This slice does not group yet: each
-notification carries one alert, as an Alertmanager route with ``group_by: ['...']`` (every
-label) would send it; ``groupKey`` is the root route's key ``{}`` then the group labels.
+written for Alertmanager reads capwatch unchanged. :func:`group_body` carries a group's
+alerts (:mod:`collector.alerts.group`); :func:`webhook_body` one alert, as a route with
+``group_by: ['...']`` (every label) would send it.
 
 Signature (when the receiver has a secret), as Grafana signs webhooks (grafana/alerting
 ``http/hmac.go``): HMAC-SHA256 over ``timestamp + ":" + body``, lowercase hex without prefix,
@@ -34,9 +34,11 @@ __all__ = [
     "BACKOFF_CAP_S",
     "BACKOFF_INITIAL_S",
     "ZERO_TIME",
+    "BodyAlert",
     "Verdict",
     "backoff_s",
     "classify",
+    "group_body",
     "group_key",
     "retry_after_s",
     "rfc3339",
@@ -80,28 +82,74 @@ def webhook_body(
     max_alerts: int = 0,
 ) -> str:
     """The version-4 JSON body announcing one alert's change (``ends_at`` None: firing)."""
-    alert = {
-        "status": status,
-        "labels": dict(labels),
-        "annotations": dict(annotations),
-        "startsAt": rfc3339(starts_at),
-        "endsAt": ZERO_TIME if ends_at is None else rfc3339(ends_at),
-        "generatorURL": f"{external_url}/alerts?fingerprint={fingerprint}" if external_url else "",
-        "fingerprint": fingerprint,
-    }
-    alerts = [alert]
-    kept = alerts if max_alerts <= 0 else alerts[:max_alerts]
+    alert = BodyAlert(fingerprint, labels, annotations, starts_at, ends_at)
+    del status  # the alert's own: firing unless it has ended
+    return group_body(
+        receiver=receiver,
+        route_key="{}",
+        group_labels=labels,
+        alerts=[alert],
+        external_url=external_url,
+        max_alerts=max_alerts,
+    )
+
+
+class BodyAlert(NamedTuple):
+    """One alert of a body (``ends_at`` None: firing)."""
+
+    fingerprint: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: float
+    ends_at: float | None = None
+
+
+def _common(maps: list[Mapping[str, str]]) -> dict[str, str]:
+    """The pairs every mapping has (Alertmanager's ``commonLabels``)."""
+    if not maps:
+        return {}
+    first = dict(maps[0])
+    return {k: v for k, v in first.items() if all(m.get(k) == v for m in maps[1:])}
+
+
+def group_body(
+    *,
+    receiver: str,
+    route_key: str,
+    group_labels: Mapping[str, str],
+    alerts: list[BodyAlert],
+    external_url: str = "",
+    max_alerts: int = 0,
+) -> str:
+    """The version-4 JSON body of one group's notification: every alert given, firing and
+    resolved; ``status`` firing if any fires; at most ``max_alerts`` (0: all), the rest
+    counted in ``truncatedAlerts``."""
+    items = [
+        {
+            "status": "firing" if a.ends_at is None else "resolved",
+            "labels": dict(a.labels),
+            "annotations": dict(a.annotations),
+            "startsAt": rfc3339(a.starts_at),
+            "endsAt": ZERO_TIME if a.ends_at is None else rfc3339(a.ends_at),
+            "generatorURL": (
+                f"{external_url}/alerts?fingerprint={a.fingerprint}" if external_url else ""
+            ),
+            "fingerprint": a.fingerprint,
+        }
+        for a in alerts
+    ]
+    kept = items if max_alerts <= 0 else items[:max_alerts]
     body = {
         "receiver": receiver,
-        "status": status,
+        "status": "firing" if any(a.ends_at is None for a in alerts) else "resolved",
         "alerts": kept,
-        "groupLabels": dict(labels),  # group_by: every label (no grouping in this slice)
-        "commonLabels": dict(labels),
-        "commonAnnotations": dict(annotations),
+        "groupLabels": dict(group_labels),
+        "commonLabels": _common([a.labels for a in alerts]),
+        "commonAnnotations": _common([a.annotations for a in alerts]),
         "externalURL": external_url,
         "version": "4",
-        "groupKey": group_key("{}", labels),
-        "truncatedAlerts": len(alerts) - len(kept),
+        "groupKey": group_key(route_key, group_labels),
+        "truncatedAlerts": len(items) - len(kept),
     }
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 

@@ -32,6 +32,10 @@ COMMANDS: Final = {
         "collector.cli.alerts",
         "firing and pending alerts of the built-in rules (--history: state changes)",
     ),
+    "silence": (
+        "collector.cli.silence",
+        "mute alerts for a while: add --match ... --for 2h, list, expire ID",
+    ),
     "rules": ("collector.cli.rules", "the alert rules in force, with thresholds and timings"),
     "solve": (
         "collector.cli.solve",

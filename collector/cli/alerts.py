@@ -17,7 +17,7 @@ __all__ = ["add_parser", "run"]
 _DESCRIPTION: Final = """\
 The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
 
-  (no option)     firing and pending alerts: state, since when, labels, summary
+  (no option)     firing and pending alerts: state, since when, labels, silenced, summary
   --history       state changes (pending, firing, resolved) since --since (default 24h)
   --dead-letters  webhook notifications given up on: receiver, alert, last status, error
   --redeliver ID  send dead letter ID again (the collector picks it up within ~10 s)
@@ -25,10 +25,12 @@ The alerts of the built-in rules (see `collector rules`), as the collector recor
 Rules are evaluated every alerts.eval_interval_s (default 5 s) on the collector's live view
 of the fleet; an alert is pending while its condition has held less than the rule's `for`,
 firing after that, and resolved once the condition has been gone for `keep_firing_for`.
-Firing and resolved alerts are sent to every [[receivers]] webhook (Alertmanager's JSON,
-one alert per message), retried on 5xx, 429, timeouts and connection errors for up to the
-receiver's max_age_s, then kept as dead letters. --redeliver is the one option that writes
-to the store (one row, see collector/store/outbox.py)."""
+Firing and resolved alerts are sent, grouped by the [[routes]] (default: every receiver,
+grouped by alertname), to the [[receivers]] webhooks as Alertmanager's JSON; silenced
+alerts (`collector silence`) and those of a node with NodeOffline firing are not. Retried
+on 5xx, 429, timeouts and connection errors for up to the receiver's max_age_s, then kept
+as dead letters. --redeliver is the one option that writes to the store (one row, see
+collector/store/outbox.py)."""
 
 _EPILOG: Final = """\
 examples:
@@ -68,6 +70,26 @@ def _labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in skip)
 
 
+def _mark_muted(rows: list[dict[str, Any]], in_force: list[dict[str, Any]], now: float) -> None:
+    """Add ``silenced`` (bool), ``silenced_by`` (silence ids) and ``inhibited`` (a firing
+    NodeOffline of the same node) to each alert, as the collector decides them."""
+    from collector.alerts.route import parse_matcher  # noqa: PLC0415
+    from collector.alerts.silence import Silence, inhibiting_nodes, muted  # noqa: PLC0415
+
+    active = [
+        Silence(
+            s["id"], tuple(parse_matcher(m) for m in s["matchers"]), s["starts_at"], s["ends_at"]
+        )
+        for s in in_force
+    ]
+    offline = inhibiting_nodes(a["labels"] for a in rows if a["state"] == "firing")
+    for a in rows:
+        by = [s.id for s in active if s.mutes(a["labels"], now)]
+        a["silenced_by"] = by
+        a["inhibited"] = muted(a["labels"], [], offline, now)
+        a["silenced"] = bool(by) or a["inhibited"]
+
+
 def _row(a: dict[str, Any], now: float) -> dict[str, Any]:
     labels = a["labels"]
     since = a.get("starts_at") or a.get("active_at") or a.get("at")
@@ -80,12 +102,21 @@ def _row(a: dict[str, Any], now: float) -> dict[str, Any]:
         "age": None if since is None else now - since,
         "other": _labels(labels) or None,
         "summary": a["annotations"].get("summary"),
+        "muted": _muted_text(a),
     }
+
+
+def _muted_text(a: dict[str, Any]) -> str | None:
+    if "silenced" not in a:
+        return None
+    if a["silenced_by"]:
+        return "yes (" + ",".join(f"#{i}" for i in a["silenced_by"]) + ")"
+    return "inhibited" if a["inhibited"] else "no"
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the alerts or their history."""
-    from collector.store.queries import active_alerts, alert_history  # noqa: PLC0415
+    from collector.store.queries import active_alerts, alert_history, silences  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
@@ -100,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             rows = alert_history(store, now - since_s, max(1, args.limit))
         else:
             rows = active_alerts(store)
+            _mark_muted(rows, silences(store, now), now)
     if args.json:
         print_json({"history" if args.history else "alerts": rows})
         return 0
@@ -119,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         Column("node", "NODE", align_right=False),
         Column("gpu", "GPU"),
         Column("other", "LABELS", align_right=False),
+        *([] if args.history else [Column("muted", "SILENCED", align_right=False)]),
         Column("summary", "SUMMARY", align_right=False),
     ]
     print(render_table(table, columns))

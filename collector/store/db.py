@@ -37,6 +37,7 @@ from shared.logging import get_logger
 __all__ = [
     "MIGRATIONS",
     "AlertChange",
+    "GroupLog",
     "NodeUpdate",
     "OutboxEntry",
     "OutboxNew",
@@ -114,6 +115,15 @@ class OutboxNew(NamedTuple):
     body: str
     created: float
     expires_at: float
+
+
+class GroupLog(NamedTuple):
+    """One row of ``alert_groups``: fingerprints (JSON lists) last notified for a group."""
+
+    group_key: str
+    firing: str
+    resolved: str
+    notified_at: float
 
 
 class OutboxEntry(NamedTuple):
@@ -599,13 +609,18 @@ class Store:
         keep_history_s: float,
         outbox: Sequence[OutboxNew] = (),
         now: float | None = None,
+        *,
+        groups: Sequence[GroupLog] = (),
+        forget_groups: Sequence[str] = (),
     ) -> list[OutboxEntry]:
         """Record alert state changes: the current pending/firing set, the history, and the
         notifications they cause (``outbox``), all in one transaction; return the latter as
         stored (with their ids), for the delivery task.
 
-        History, delivered notifications and dead letters older than ``keep_history_s`` go
-        in the same transaction (``now``: the alert clock's time, default the system's).
+        ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
+        deleted in it too. History, delivered notifications and dead letters older than
+        ``keep_history_s`` go in the same transaction (``now``: the alert clock's time,
+        default the system's).
         """
         now = time.time() if now is None else now
         live = [c for c in changes if c.state in ("pending", "firing")]
@@ -650,6 +665,18 @@ class Store:
                 "DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,)
             )
             entries = [await self._insert_outbox(n) for n in outbox]
+            if groups:
+                await self.conn.executemany(
+                    "INSERT INTO alert_groups (group_key, firing, resolved, notified_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (group_key) DO UPDATE SET "
+                    "firing = excluded.firing, resolved = excluded.resolved, "
+                    "notified_at = excluded.notified_at",
+                    groups,
+                )
+            if forget_groups:
+                await self.conn.executemany(
+                    "DELETE FROM alert_groups WHERE group_key = ?", [(k,) for k in forget_groups]
+                )
             await self.conn.execute(
                 "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
                 (now - keep_history_s,),
@@ -691,6 +718,21 @@ class Store:
         """The pending and firing alerts last recorded (to restore them after a restart)."""
         return await self.fetchall(
             "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
+        )
+
+    async def alert_groups(self) -> list[GroupLog]:
+        """What was last notified per alert group (to restore the dispatcher's log)."""
+        rows = await self.fetchall(
+            "SELECT group_key, firing, resolved, notified_at FROM alert_groups"
+        )
+        return [GroupLog(*r) for r in rows]
+
+    async def active_silences(self, now: float) -> list[sqlite3.Row]:
+        """Silences not ended at ``now`` (id, matchers, starts_at, ends_at, comment, author)."""
+        return await self.fetchall(
+            "SELECT id, matchers, starts_at, ends_at, comment, author FROM silences "
+            "WHERE ends_at > ? ORDER BY id",
+            (now,),
         )
 
     async def meta(self, key: str) -> str | None:

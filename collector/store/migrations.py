@@ -185,4 +185,29 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX outbox_state ON outbox (state, id);
         """,
     ),
+    (
+        # Grouping and silences: what was last notified per alert group (so a restarted
+        # collector does not notify it again; written by the writer with the outbox rows),
+        # and silences (written by `collector silence add|expire`, read by the collector at
+        # every evaluation).
+        "0008_groups_and_silences",
+        """
+        CREATE TABLE alert_groups (
+            group_key TEXT PRIMARY KEY,   -- Alertmanager's groupKey
+            firing TEXT NOT NULL,         -- JSON list of fingerprints last notified firing
+            resolved TEXT NOT NULL,       -- ... and resolved
+            notified_at REAL NOT NULL
+        );
+        CREATE TABLE silences (
+            id INTEGER PRIMARY KEY,
+            matchers TEXT NOT NULL,       -- JSON list of "name=value" / "name=~regex" ...
+            starts_at REAL NOT NULL,
+            ends_at REAL NOT NULL,        -- `expire` sets it to now
+            comment TEXT NOT NULL,
+            author TEXT NOT NULL,
+            created REAL NOT NULL
+        );
+        CREATE INDEX silences_ends ON silences (ends_at);
+        """,
+    ),
 )

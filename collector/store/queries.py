@@ -25,6 +25,7 @@ __all__ = [
     "node_state",
     "printable",
     "rejected_messages",
+    "silences",
 ]
 
 DEFAULT_INTERVAL_S: Final = 5.0
@@ -266,4 +267,22 @@ def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
         if row["response_head"] is not None:
             row["response_head"] = printable(row["response_head"].encode())
         out.append(row)
+    return out
+
+
+def silences(store: StoreReader, now: float, *, expired: bool = False) -> list[dict[str, Any]]:
+    """Silences in force at ``now`` (or every one, ``expired``), newest first; matchers as
+    a list of strings."""
+    if not store.has_table("silences"):
+        return []
+    rows = store.fetchall(
+        "SELECT id, matchers, starts_at, ends_at, comment, author, created FROM silences "
+        "WHERE ends_at > ? ORDER BY id DESC",
+        (float("-inf") if expired else now,),
+    )
+    out = []
+    for r in rows:
+        item = {k: r[k] for k in r.keys()}  # noqa: SIM118
+        item["matchers"] = json.loads(r["matchers"])
+        out.append(item)
     return out

@@ -132,7 +132,12 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
     example = DEPLOY / "collector.toml.example"
     settings = load_settings(CollectorSettings, config_file=example)
     text = example.read_text()
-    tables = {"mqtt": "[mqtt]", "alerts": "[alerts]", "receivers": "[[receivers]]"}
+    tables = {
+        "mqtt": "[mqtt]",
+        "alerts": "[alerts]",
+        "receivers": "[[receivers]]",
+        "routes": "[[routes]]",
+    }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}
     assert sorted(key for key in named if key not in text) == []

@@ -8,7 +8,7 @@ import pytest
 from pydantic import HttpUrl
 
 from collector.localbroker import MosquittoBroker
-from collector.settings import ReceiverSettings
+from collector.settings import ReceiverSettings, RouteSettings
 from tests.collector.alerts.receiver import Receiver
 from tests.helpers import db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, HotGpuNode
@@ -33,6 +33,8 @@ async def test_a_hot_gpu_reaches_the_receiver_firing_then_resolved(
                     }
                 ),
                 "receivers": [ReceiverSettings(name="ops", url=HttpUrl(rx.url), timeout_s=5)],
+                # No waiting: the first notification and the resolution as soon as evaluated.
+                "routes": [RouteSettings(group_wait="0s", group_interval="0s")],
             }
         )
         await collector_runner.start()

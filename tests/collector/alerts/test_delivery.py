@@ -15,9 +15,9 @@ import io
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import redirect_stdout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pydantic import HttpUrl, SecretStr
 from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.fingerprint import fingerprint
 from collector.alerts.job import AlertJob
+from collector.alerts.route import ALL_LABELS, Route
 from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
 from collector.cli import main as collector_main
@@ -61,6 +62,16 @@ class Rig:
     clock: FakeClock
     switch: Switch
     delivery: Delivery
+    offline: Switch = field(default_factory=Switch)
+    """Turns a ``NodeOffline`` rule on per node."""
+    evaluations: Callable[[], int] = lambda: 0
+    """How many evaluations the alert job has made."""
+
+    async def tick(self, seconds: float) -> None:
+        """Move the clock on and wait until the alert job has evaluated at the new time."""
+        before = self.evaluations()
+        self.clock.advance(seconds)
+        await wait_until(lambda: self.evaluations() > before, what="an evaluation")
 
     def step(self, seconds: float = 1.0) -> None:
         """Move the clock on: the alert job runs, due retries go out."""
@@ -78,12 +89,21 @@ def receiver_settings(url: str, **kw: Any) -> ReceiverSettings:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, receivers: list[ReceiverSettings], clock: FakeClock | None = None
+    tmp_path: Path,
+    receivers: list[ReceiverSettings],
+    clock: FakeClock | None = None,
+    routes: list[Route] | None = None,
 ) -> AsyncIterator[Rig]:
-    """The collector's alert and delivery path, stopped (writer first) when the test ends."""
+    """The collector's alert and delivery path, stopped (writer first) when the test ends.
+
+    Default route: every receiver, no grouping, no waiting (one message per change)."""
+    if routes is None:
+        names = tuple(r.name for r in receivers)
+        routes = [Route((), names, (ALL_LABELS,), 0.0, 0.0, 4 * 3600.0)]
     clock = clock or FakeClock()
     db = tmp_path / "capwatch.db"
-    switch = Switch()
+    switch, offline = Switch(), Switch()
+    offline_rule = Rule("NodeOffline", "critical", "{node} is offline", "", offline)
     rule = Rule(
         name="TestAlert",
         severity="warning",
@@ -103,14 +123,16 @@ async def running(
             rng=random.Random(7),
         )
         job = AlertJob(
-            Evaluator([rule]),
+            Evaluator([rule, offline_rule]),
             LiveView(),
             clock,
             interval_s=0.05,
             receivers=receivers,
             external_url="http://capwatch.example:8080",
             notify=delivery.offer,
+            routes=routes,
         )
+        await job.restore(store, hold_s=0.0)
         writer = Writer(store, queue, Ingestor(clock), clock, jobs=[job])
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run(), name="writer")
@@ -119,7 +141,9 @@ async def running(
             while not job.counters["alert_evaluations"]:
                 clock.advance(0.05)
                 await asyncio.sleep(0.01)
-            yield Rig(db, clock, switch, delivery)
+            yield Rig(
+                db, clock, switch, delivery, offline, lambda: job.counters["alert_evaluations"]
+            )
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             await queue.put(StopUnit(done))
             await done

@@ -12,8 +12,10 @@ import pytest
 
 from collector.alerts.webhook import (
     BACKOFF_CAP_S,
+    BodyAlert,
     backoff_s,
     classify,
+    group_body,
     group_key,
     retry_after_s,
     sign,
@@ -138,3 +140,35 @@ def test_two_receivers_with_one_name_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="receiver names must be unique") as info:
         load_settings(CollectorSettings, config_file=cfg)
     assert info.value.field == "receivers"
+
+
+def test_group_body_carries_the_group_common_labels_and_truncates() -> None:
+    """Three alerts, max_alerts 2: two sent, one counted; common labels and annotations are
+    those all three share; status firing while any fires."""
+    alerts = [
+        BodyAlert(
+            f"f{i}", {"alertname": "A", "node": f"n{i}"}, {"summary": f"s{i}", "x": "1"}, 10.0
+        )
+        for i in range(3)
+    ]
+    alerts[0] = alerts[0]._replace(ends_at=20.0)
+    body = json.loads(
+        group_body(
+            receiver="ops",
+            route_key='{}/{severity="critical"}',
+            group_labels={"alertname": "A"},
+            alerts=alerts,
+            max_alerts=2,
+        )
+    )
+    assert body["groupKey"] == '{}/{severity="critical"}:{alertname="A"}'
+    assert body["status"] == "firing"
+    assert [a["status"] for a in body["alerts"]] == ["resolved", "firing"]
+    assert body["truncatedAlerts"] == 1
+    assert body["commonLabels"] == {"alertname": "A"}
+    assert body["commonAnnotations"] == {"x": "1"}
+    assert body["groupLabels"] == {"alertname": "A"}
+    only_resolved = json.loads(
+        group_body(receiver="ops", route_key="{}", group_labels={}, alerts=alerts[:1])
+    )
+    assert only_resolved["status"] == "resolved"

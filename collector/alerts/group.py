@@ -1,0 +1,163 @@
+"""Grouping: when a route's group of alerts is notified, as Alertmanager's dispatcher does.
+
+Each firing alert joins one group per route it takes (:func:`~collector.alerts.route.routes_for`),
+keyed by Alertmanager's ``groupKey`` (route key, ``:``, the ``group_by`` labels). A group
+is flushed ``group_wait`` after it was created, then every ``group_interval``; at each flush
+the notification log (:class:`Notified`: what was last sent for the group) decides, as
+Alertmanager's ``DedupStage`` does, whether to send:
+
+* never notified: send if anything (unmuted) fires;
+* a firing alert not in the last notification, or one that was in it now resolved: send;
+* everything the last notification said fired has resolved: send (the resolution);
+* unchanged and still firing: send again once ``repeat_interval`` has passed.
+
+So a change is never notified twice. A message lists what changed first (new firing alerts,
+new resolutions), then the rest of the group, each oldest first; the outbox row is filed
+under its first alert. Muted alerts (silenced, inhibited) are left out as if
+they did not fire; once unmuted they are new. Resolved alerts leave the group after the
+flush that saw them; a group with no alert left is dropped with its log entry.
+
+The log survives restarts: :meth:`Dispatcher.flush` returns what to store (the writer
+stores it with the outbox rows), and a new dispatcher starts from the stored entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from collector.alerts.route import Route, routes_for
+from collector.alerts.webhook import BodyAlert, group_key
+
+__all__ = ["Dispatcher", "Flush", "GroupAlert", "Notified", "needs_update"]
+
+
+GroupAlert = BodyAlert
+"""An alert as a group holds it (``ends_at`` None: firing)."""
+
+
+class Notified(NamedTuple):
+    """The notification log entry of a group: fingerprints last sent firing / resolved."""
+
+    firing: frozenset[str]
+    resolved: frozenset[str]
+    at: float
+
+
+class Flush(NamedTuple):
+    """One notification to send: a group's alerts, to each of the route's receivers."""
+
+    group_key: str
+    route: Route
+    group_labels: dict[str, str]
+    alerts: list[GroupAlert]
+
+
+@dataclass(slots=True)
+class _Group:
+    key: str
+    route: Route
+    labels: dict[str, str]
+    next_flush: float
+    notified: Notified | None
+    alerts: dict[str, GroupAlert] = field(default_factory=dict)
+
+
+def needs_update(
+    last: Notified | None,
+    firing: frozenset[str],
+    resolved: frozenset[str],
+    repeat_s: float,
+    now: float,
+) -> bool:
+    """Alertmanager's dedup rule (module docstring): whether a flush sends."""
+    if last is None:
+        return bool(firing)
+    if not firing <= last.firing:
+        return True
+    if last.firing and not firing:
+        return True
+    if not (resolved & last.firing) <= last.resolved:
+        return True
+    return bool(firing) and now - last.at >= repeat_s
+
+
+class Dispatcher:
+    """The groups of the alerts in force; see the module docstring."""
+
+    def __init__(self, routes: Sequence[Route], log: Mapping[str, Notified] | None = None) -> None:
+        self._routes = list(routes)
+        self._log = dict(log or {})
+        self._groups: dict[str, _Group] = {}
+
+    def observe(
+        self, firing: Iterable[GroupAlert], resolved: Iterable[GroupAlert], now: float
+    ) -> None:
+        """Take this evaluation's firing alerts (all of them) and those just resolved."""
+        for alert in firing:
+            for route in routes_for(self._routes, alert.labels):
+                self._group(route, alert.labels, now).alerts[alert.fingerprint] = alert
+        for alert in resolved:
+            for route in routes_for(self._routes, alert.labels):
+                key = group_key(route.key, route.group_labels(alert.labels))
+                group = self._groups.get(key)
+                if group is not None and alert.fingerprint in group.alerts:
+                    group.alerts[alert.fingerprint] = alert
+
+    def _group(self, route: Route, labels: Mapping[str, str], now: float) -> _Group:
+        group_labels = route.group_labels(labels)
+        key = group_key(route.key, group_labels)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(
+                key, route, group_labels, now + route.group_wait_s, self._log.get(key)
+            )
+        return group
+
+    def flush(
+        self, now: float, is_muted: Callable[[Mapping[str, str]], bool]
+    ) -> tuple[list[Flush], dict[str, Notified], list[str]]:
+        """Flush the groups that are due: the notifications, the log entries to store, and
+        the keys of groups that are gone (their entries to delete)."""
+        flushes: list[Flush] = []
+        logged: dict[str, Notified] = {}
+        gone: list[str] = []
+        for key, group in list(self._groups.items()):
+            if now < group.next_flush:
+                continue
+            group.next_flush = now + group.route.group_interval_s
+            live = [
+                a for a in group.alerts.values() if a.ends_at is None and not is_muted(a.labels)
+            ]
+            done = [a for a in group.alerts.values() if a.ends_at is not None]
+            firing = frozenset(a.fingerprint for a in live)
+            resolved = frozenset(a.fingerprint for a in done)
+            last = group.notified
+            if needs_update(last, firing, resolved, group.route.repeat_interval_s, now):
+                told = last.firing if last is not None else frozenset()
+                body = _ordered(live + [a for a in done if a.fingerprint in told], last)
+                if body:
+                    flushes.append(Flush(key, group.route, group.labels, body))
+                group.notified = logged[key] = Notified(firing, resolved & told, now)
+            for a in done:
+                del group.alerts[a.fingerprint]
+            if not group.alerts:
+                del self._groups[key]
+                self._log.pop(key, None)
+                logged.pop(key, None)
+                gone.append(key)
+        return flushes, logged, gone
+
+
+def _ordered(alerts: list[GroupAlert], last: Notified | None) -> list[GroupAlert]:
+    """What changed first (new firing, newly resolved), then the rest; each oldest first."""
+
+    def changed(a: GroupAlert) -> bool:
+        if last is None:
+            return True
+        if a.ends_at is None:
+            return a.fingerprint not in last.firing
+        return a.fingerprint not in last.resolved
+
+    return sorted(alerts, key=lambda a: (not changed(a), a.starts_at, a.fingerprint))

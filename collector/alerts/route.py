@@ -1,0 +1,114 @@
+"""Routes: which receivers hear of an alert, and how its notifications are grouped.
+
+A :class:`Matcher` is Alertmanager's label matcher (``name=value``, ``!=``, ``=~``, ``!~``);
+regular expressions are anchored at both ends, as Alertmanager anchors them
+(``^(?:regex)$``), and a missing label matches as the empty string.
+
+Routes are tried in order: an alert goes to the first route whose matchers all match, and
+on to the next ones only while the matched route has ``continue``. With no ``[[routes]]``
+the default route applies: every receiver, ``group_by = ["alertname"]``. Each route's key
+is Alertmanager's: ``{}`` for the root, ``{}/{matchers}`` for a route below it, which is
+what ``groupKey`` starts with (``dispatch/route.go``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+__all__ = ["ALL_LABELS", "Matcher", "Route", "default_route", "parse_matcher", "routes_for"]
+
+ALL_LABELS: Final = "..."
+"""``group_by = ["..."]``: group by every label, i.e. one alert per group."""
+
+Op = Literal["=", "!=", "=~", "!~"]
+_MATCHER: Final = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)(.*)\Z", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One label matcher; :meth:`matches` a label set."""
+
+    name: str
+    op: Op
+    value: str
+    _regex: re.Pattern[str] | None = None
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether ``labels`` satisfy the matcher (a missing label is the empty string)."""
+        got = labels.get(self.name, "")
+        if self._regex is not None:
+            hit = self._regex.fullmatch(got) is not None
+            return hit if self.op == "=~" else not hit
+        return (got == self.value) if self.op == "=" else (got != self.value)
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{json.dumps(self.value, ensure_ascii=False)}"
+
+
+def parse_matcher(text: str) -> Matcher:
+    """``"node=~x1000.*"`` -> a :class:`Matcher`; :class:`ValueError` says what is wrong."""
+    m = _MATCHER.match(text.strip())
+    if m is None:
+        raise ValueError(
+            f"{text!r} is not a matcher: use name=value, name!=value, name=~regex or name!~regex"
+        )
+    name, op, value = m.group(1), m.group(2), m.group(3).strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    regex = None
+    if op in ("=~", "!~"):
+        try:
+            regex = re.compile(f"(?:{value})", re.DOTALL)  # fullmatch: anchored at both ends
+        except re.error as exc:
+            raise ValueError(f"{text!r}: bad regular expression: {exc}") from None
+    return Matcher(name, op, value, regex)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A route: its matchers, receivers, grouping and timing (seconds)."""
+
+    matchers: tuple[Matcher, ...]
+    receivers: tuple[str, ...]
+    group_by: tuple[str, ...] = ("alertname",)
+    group_wait_s: float = 5.0
+    group_interval_s: float = 60.0
+    repeat_interval_s: float = 4 * 3600.0
+    continue_: bool = False
+
+    @property
+    def key(self) -> str:
+        """Alertmanager's route key: ``{}`` (root) or ``{}/{matchers}``."""
+        if not self.matchers:
+            return "{}"
+        return "{}/{" + ",".join(str(m) for m in self.matchers) + "}"
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether every matcher matches ``labels``."""
+        return all(m.matches(labels) for m in self.matchers)
+
+    def group_labels(self, labels: Mapping[str, str]) -> dict[str, str]:
+        """The labels the alert is grouped by on this route."""
+        if ALL_LABELS in self.group_by:
+            return dict(labels)
+        return {k: labels[k] for k in self.group_by if k in labels}
+
+
+def default_route(receivers: Sequence[str]) -> Route:
+    """The route used when none is configured: every receiver, grouped by alertname."""
+    return Route((), tuple(receivers))
+
+
+def routes_for(routes: Sequence[Route], labels: Mapping[str, str]) -> list[Route]:
+    """The routes an alert takes: the first match, and the next ones while ``continue``."""
+    out = []
+    for route in routes:
+        if route.matches(labels):
+            out.append(route)
+            if not route.continue_:
+                break
+    return out

@@ -1,0 +1,96 @@
+"""Matchers, routes and the [[routes]] settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.group import Notified, needs_update
+from collector.alerts.route import Route, default_route, parse_matcher, routes_for
+from collector.settings import CollectorSettings
+from shared.errors import ConfigError
+from shared.settings import load_settings
+
+
+@pytest.mark.parametrize(
+    ("matcher", "labels", "expected"),
+    [
+        ("node=a", {"node": "a"}, True),
+        ("node=a", {"node": "ab"}, False),
+        ("node!=a", {"node": "b"}, True),
+        ("node!=a", {}, True),
+        ("node=", {}, True),  # a missing label is the empty string
+        ("node=~x1000.*", {"node": "x1000c0"}, True),
+        ("node=~x1000.*", {"node": "ax1000"}, False),  # anchored at the start
+        ("node=~x1|y2", {"node": "x1z"}, False),  # anchored around the alternation
+        ("node!~x1|y2", {"node": "y2"}, False),
+        ("node!~x1|y2", {"node": "z"}, True),
+        ('node="a b"', {"node": "a b"}, True),
+    ],
+)
+def test_matchers_match_as_alertmanager(
+    matcher: str, labels: dict[str, str], expected: bool
+) -> None:
+    """=, !=, =~, !~ with regexes anchored at both ends."""
+    assert parse_matcher(matcher).matches(labels) is expected
+
+
+def test_first_matching_route_wins_unless_continue() -> None:
+    """Routes are tried in order; ``continue`` goes on to the next."""
+    crit = Route((parse_matcher("severity=critical"),), ("pager",), continue_=True)
+    gpu = Route((parse_matcher("alertname=~Gpu.*"),), ("gpu",))
+    rest = default_route(["ops"])
+    routes = [crit, gpu, rest]
+    assert routes_for(routes, {"alertname": "GpuXid", "severity": "critical"}) == [crit, gpu]
+    assert routes_for(routes, {"alertname": "NodeStale", "severity": "warning"}) == [rest]
+    assert crit.key == '{}/{severity="critical"}'
+    assert rest.key == "{}"
+
+
+def test_needs_update_is_alertmanagers_dedup() -> None:
+    """New firing, resolution of a notified alert, repeat; nothing else."""
+    last = Notified(frozenset({"a"}), frozenset(), 100.0)
+    assert needs_update(None, frozenset(), frozenset(), 60, 100) is False
+    assert needs_update(None, frozenset({"a"}), frozenset(), 60, 100) is True
+    assert needs_update(last, frozenset({"a"}), frozenset(), 60, 159) is False
+    assert needs_update(last, frozenset({"a"}), frozenset(), 60, 160) is True
+    assert needs_update(last, frozenset({"a", "b"}), frozenset(), 60, 101) is True
+    assert needs_update(last, frozenset(), frozenset({"a"}), 60, 101) is True
+    assert needs_update(last, frozenset({"a"}), frozenset({"c"}), 60, 101) is False
+
+
+def _load(tmp_path: Path, toml: str) -> CollectorSettings:
+    path = tmp_path / "c.toml"
+    path.write_text('[[receivers]]\nname = "ops"\nurl = "http://127.0.0.1:9/h"\n' + toml)
+    return load_settings(CollectorSettings, config_file=path)
+
+
+def test_routes_load_with_their_defaults(tmp_path: Path) -> None:
+    """Durations as text; receivers empty: every receiver; no routes: the default route."""
+    s = _load(tmp_path, '[[routes]]\nmatch = ["node=~x.*"]\ngroup_by = ["..."]\ncontinue = true\n')
+    (route,) = s.alert_routes()
+    assert route.receivers == ("ops",)
+    assert (route.group_wait_s, route.group_interval_s, route.repeat_interval_s) == (5, 60, 14400)
+    assert route.continue_ is True
+    assert route.group_labels({"a": "1", "b": "2"}) == {"a": "1", "b": "2"}
+    (default,) = _load(tmp_path, "").alert_routes()
+    assert (default.receivers, default.group_by, default.key) == (("ops",), ("alertname",), "{}")
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[[routes]]\nreceivers = ["pager"]\n', "routes.0.receivers"),
+        ('[[routes]]\nmatch = ["node=~x[1"]\n', "routes.0.match"),
+        ('[[routes]]\ngroup_wait = "soon"\n', "routes.0.group_wait"),
+        ('[[routes]]\nrepeat_interval = "4 hours"\n', "routes.0.repeat_interval"),
+        ("[[routes]]\ngroup_bye = []\n", "routes.0.group_bye"),
+    ],
+)
+def test_a_bad_route_is_one_line_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    """Unknown receiver, bad regex, bad duration, unknown key: one line naming it."""
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, toml)
+    assert f"'{key}'" in str(caught.value)
+    assert "\n" not in str(caught.value)

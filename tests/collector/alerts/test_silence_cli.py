@@ -1,0 +1,125 @@
+"""``collector silence add|list|expire`` and the SILENCED column of ``collector alerts``."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.fingerprint import fingerprint
+from collector.cli import main as collector_main
+from collector.store.db import AlertChange, Store
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = collector_main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+async def _store(tmp_path: Path, *alerts: dict[str, str]) -> Path:
+    db = tmp_path / "capwatch.db"
+    now = time.time()
+    changes = [
+        AlertChange(
+            fingerprint(labels),
+            labels["alertname"],
+            json.dumps(labels),
+            "{}",
+            "inactive",
+            "firing",
+            now,
+            now,
+            now,
+            None,
+        )
+        for labels in alerts
+    ]
+    async with Store(db) as store:
+        await store.write_alerts(changes, 86_400.0, now=now)
+    return db
+
+
+HOT = {"alertname": "GpuTemperature", "node": "x1000c0", "gpu": "3", "severity": "warning"}
+OTHER = {"alertname": "GpuTemperature", "node": "y2", "gpu": "0", "severity": "warning"}
+
+
+async def test_add_list_expire(tmp_path: Path) -> None:
+    """A silence is listed with its matchers until it is expired."""
+    db = str(await _store(tmp_path))
+    code, out, _ = _cli(
+        "silence", "add", "--db", db, "--match", "alertname=GpuTemperature",
+        "--match", "node=~x1000.*", "--for", "2h", "--comment", "row 3", "--author", "jdoe",
+    )  # fmt: skip
+    assert code == 0
+    assert out.startswith("silence 1 added")
+    code, out, _ = _cli("silence", "list", "--db", db, "--json")
+    (s,) = json.loads(out)["silences"]
+    assert (s["id"], s["matchers"], s["comment"], s["author"]) == (
+        1,
+        ["alertname=GpuTemperature", "node=~x1000.*"],
+        "row 3",
+        "jdoe",
+    )
+    assert s["ends_at"] - s["starts_at"] == 7200.0
+    assert _cli("silence", "expire", "1", "--db", db)[0] == 0
+    assert json.loads(_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
+    assert (
+        len(json.loads(_cli("silence", "list", "--all", "--db", db, "--json")[1])["silences"]) == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--match", "node=~x[1", "--for", "1h"], "bad regular expression"),
+        (["--match", "node", "--for", "1h"], "is not a matcher"),
+        (["--match", "node=a", "--for", "soon"], "--for 'soon' is not a duration"),
+        (["--for", "1h"], "at least one --match"),
+    ],
+)
+async def test_a_bad_silence_is_one_line_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A bad matcher or duration names the flag; nothing is stored."""
+    db = str(await _store(tmp_path))
+    code, _, err = _cli("silence", "add", "--db", db, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert json.loads(_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
+
+
+async def test_expire_of_an_unknown_silence_is_exit_2(tmp_path: Path) -> None:
+    """No such silence in force: one line, exit 2."""
+    db = str(await _store(tmp_path))
+    code, _, err = _cli("silence", "expire", "9", "--db", db)
+    assert code == 2
+    assert "no silence in force with id 9" in err
+
+
+async def test_alerts_shows_silenced_and_inhibited(tmp_path: Path) -> None:
+    """Silenced alerts still show, marked; NodeOffline marks its node's others inhibited."""
+    offline = {"alertname": "NodeOffline", "node": "y2", "severity": "critical"}
+    db = str(await _store(tmp_path, HOT, OTHER, offline))
+    _cli("silence", "add", "--db", db, "--match", "node=~x1000.*", "--for", "1h")
+    code, out, _ = _cli("alerts", "--db", db, "--json")
+    assert code == 0
+    got = {
+        (a["rule"], a["labels"]["node"]): (a["silenced"], a["silenced_by"], a["inhibited"])
+        for a in json.loads(out)["alerts"]
+    }
+    assert got == {
+        ("GpuTemperature", "x1000c0"): (True, [1], False),
+        ("GpuTemperature", "y2"): (True, [], True),
+        ("NodeOffline", "y2"): (False, [], False),
+    }
+    table = _cli("alerts", "--db", db)[1]
+    assert "SILENCED" in table
+    assert "yes (#1)" in table
+    assert "inhibited" in table
