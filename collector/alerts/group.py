@@ -30,7 +30,7 @@ from typing import NamedTuple
 from collector.alerts.route import Route, routes_for
 from collector.alerts.webhook import BodyAlert, group_key
 
-__all__ = ["Dispatcher", "Flush", "GroupAlert", "Notified", "needs_update"]
+__all__ = ["Dispatcher", "Flush", "GroupAlert", "Notified", "log_key", "needs_update"]
 
 
 GroupAlert = BodyAlert
@@ -83,6 +83,15 @@ def needs_update(
     return bool(firing) and now - last.at >= repeat_s
 
 
+def log_key(gkey: str, route: Route) -> str:
+    """A group's key in the notification log: its ``groupKey`` and the route's receivers.
+
+    Two routes with the same matchers (say, a catch-all with ``continue`` before another)
+    have the same ``groupKey``; Alertmanager keeps them apart by route and its log by
+    receiver, so must we, or the second route would never notify."""
+    return f"{gkey} -> {','.join(route.receivers)}"
+
+
 class Dispatcher:
     """The groups of the alerts in force; see the module docstring."""
 
@@ -100,18 +109,19 @@ class Dispatcher:
                 self._group(route, alert.labels, now).alerts[alert.fingerprint] = alert
         for alert in resolved:
             for route in routes_for(self._routes, alert.labels):
-                key = group_key(route.key, route.group_labels(alert.labels))
+                key = log_key(group_key(route.key, route.group_labels(alert.labels)), route)
                 group = self._groups.get(key)
                 if group is not None and alert.fingerprint in group.alerts:
                     group.alerts[alert.fingerprint] = alert
 
     def _group(self, route: Route, labels: Mapping[str, str], now: float) -> _Group:
         group_labels = route.group_labels(labels)
-        key = group_key(route.key, group_labels)
+        gkey = group_key(route.key, group_labels)
+        key = log_key(gkey, route)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(
-                key, route, group_labels, now + route.group_wait_s, self._log.get(key)
+                gkey, route, group_labels, now + route.group_wait_s, self._log.get(key)
             )
         return group
 
@@ -119,7 +129,8 @@ class Dispatcher:
         self, now: float, is_muted: Callable[[Mapping[str, str]], bool]
     ) -> tuple[list[Flush], dict[str, Notified], list[str]]:
         """Flush the groups that are due: the notifications, the log entries to store, and
-        the keys of groups that are gone (their entries to delete)."""
+        the keys of groups that are gone (their entries to delete); both keyed by
+        :func:`log_key`."""
         flushes: list[Flush] = []
         logged: dict[str, Notified] = {}
         gone: list[str] = []
@@ -138,7 +149,7 @@ class Dispatcher:
                 told = last.firing if last is not None else frozenset()
                 body = _ordered(live + [a for a in done if a.fingerprint in told], last)
                 if body:
-                    flushes.append(Flush(key, group.route, group.labels, body))
+                    flushes.append(Flush(group.key, group.route, group.labels, body))
                 group.notified = logged[key] = Notified(firing, resolved & told, now)
             for a in done:
                 del group.alerts[a.fingerprint]

@@ -92,6 +92,8 @@ class AlertJob:
         self._clock = clock
         self._keep_history_s = keep_history_s
         self.counters: Counter[str] = Counter() if counters is None else counters
+        self.evaluated_at = float("-inf")
+        """Clock time of the last evaluation whose changes are recorded (tests wait on it)."""
 
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
@@ -144,6 +146,7 @@ class AlertJob:
             now, lambda labels: muted(labels, silences, offline, now)
         )
         if not (transitions or flushes or logged or gone):
+            self.evaluated_at = now
             return
         outbox = [n for f in flushes for n in self._notifications(f, now)]
         groups = [
@@ -160,6 +163,7 @@ class AlertJob:
         )
         if entries and self._notify is not None:
             self._notify(entries)  # committed: now the delivery may send them
+        self.evaluated_at = now
         for t in transitions:
             if t.notify:
                 log.info(

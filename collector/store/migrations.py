@@ -193,7 +193,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0008_groups_and_silences",
         """
         CREATE TABLE alert_groups (
-            group_key TEXT PRIMARY KEY,   -- Alertmanager's groupKey
+            group_key TEXT PRIMARY KEY,   -- groupKey + " -> " + the route's receivers
             firing TEXT NOT NULL,         -- JSON list of fingerprints last notified firing
             resolved TEXT NOT NULL,       -- ... and resolved
             notified_at REAL NOT NULL

@@ -64,14 +64,15 @@ class Rig:
     delivery: Delivery
     offline: Switch = field(default_factory=Switch)
     """Turns a ``NodeOffline`` rule on per node."""
-    evaluations: Callable[[], int] = lambda: 0
-    """How many evaluations the alert job has made."""
+    evaluated_at: Callable[[], float] = lambda: 0.0
+    """Clock time of the alert job's last recorded evaluation."""
 
     async def tick(self, seconds: float) -> None:
-        """Move the clock on and wait until the alert job has evaluated at the new time."""
-        before = self.evaluations()
+        """Move the clock on and wait until the alert job has evaluated (and recorded) at the
+        new time or later."""
         self.clock.advance(seconds)
-        await wait_until(lambda: self.evaluations() > before, what="an evaluation")
+        target = self.clock.time()
+        await wait_until(lambda: self.evaluated_at() >= target, what="an evaluation")
 
     def step(self, seconds: float = 1.0) -> None:
         """Move the clock on: the alert job runs, due retries go out."""
@@ -141,9 +142,7 @@ async def running(
             while not job.counters["alert_evaluations"]:
                 clock.advance(0.05)
                 await asyncio.sleep(0.01)
-            yield Rig(
-                db, clock, switch, delivery, offline, lambda: job.counters["alert_evaluations"]
-            )
+            yield Rig(db, clock, switch, delivery, offline, lambda: job.evaluated_at)
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             await queue.put(StopUnit(done))
             await done
@@ -339,6 +338,14 @@ async def test_a_dead_receiver_does_not_hold_up_another(tmp_path: Path) -> None:
                 rig.switch.active.update({"n1", "n2", "n3"})
                 rig.step()
                 await wait_until(lambda: len(good.received()) == 3, what="the good receiver")
+                # The outcomes reach the store through the writer's queue, just after.
+                await wait_until(
+                    lambda: (
+                        db_rows(rig.db, "SELECT count(*) FROM outbox WHERE state = 'delivered'")
+                        == [(3,)]
+                    ),
+                    what="the good receiver's outcomes recorded",
+                )
                 states = db_rows(rig.db, "SELECT receiver, state, attempts FROM outbox")
                 assert sorted(s for s in states if s[0] == "good") == [("good", "delivered", 1)] * 3
                 assert sorted(s for s in states if s[0] == "dead") == [("dead", "pending", 0)] * 3

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.alerts.group import Notified, needs_update
+from collector.alerts.group import Dispatcher, GroupAlert, Notified, needs_update
 from collector.alerts.route import Route, default_route, parse_matcher, routes_for
 from collector.settings import CollectorSettings
 from shared.errors import ConfigError
@@ -94,3 +94,20 @@ def test_a_bad_route_is_one_line_naming_the_key(tmp_path: Path, toml: str, key: 
         _load(tmp_path, toml)
     assert f"'{key}'" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_two_routes_with_one_group_key_are_two_groups() -> None:
+    """A catch-all route with ``continue`` before another catch-all: both receivers hear
+    of the alert (Alertmanager keeps groups per route), each logged on its own."""
+    first = Route((), ("a",), group_wait_s=0.0, continue_=True)
+    second = Route((), ("b",), group_wait_s=0.0)
+    dispatcher = Dispatcher([first, second])
+    alert = GroupAlert("f1", {"alertname": "A"}, {}, 1.0)
+    dispatcher.observe([alert], [], 1.0)
+    flushes, logged, gone = dispatcher.flush(1.0, lambda labels: False)
+    assert [(f.group_key, f.route.receivers) for f in flushes] == [
+        ('{}:{alertname="A"}', ("a",)),
+        ('{}:{alertname="A"}', ("b",)),
+    ]
+    assert sorted(logged) == ['{}:{alertname="A"} -> a', '{}:{alertname="A"} -> b']
+    assert gone == []
