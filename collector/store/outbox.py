@@ -11,50 +11,26 @@ starting over. Stdlib ``sqlite3``: no event loop for one statement.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
-from typing import Final
 
-from shared.errors import ConfigError, StoreError
+from collector.store.oneshot import execute_once
+from shared.errors import ConfigError
 
 __all__ = ["request_redelivery"]
-
-_BUSY_TIMEOUT_S: Final = 5.0
 
 
 def request_redelivery(path: Path, outbox_id: int, now: float) -> None:
     """Make dead letter ``outbox_id`` pending again; :class:`ConfigError` if there is none."""
-    if not path.is_file():
-        raise StoreError(
-            f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
-            "--db / CAPWATCH_DB_PATH"
-        )
-    try:
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {str(path)!r}: {exc}") from exc
-    try:
-        cur = conn.execute(
-            # next_at 0: at once, whatever the collector's clock says; a fresh max_age_s.
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_at = 0, "
-            "expires_at = ? + (expires_at - created), done_at = NULL, "
-            "redeliveries = redeliveries + 1 WHERE id = ? AND state = 'dead'",
-            (now, outbox_id),
-        )
-        changed = cur.rowcount
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            raise ConfigError(
-                f"{str(path)!r} has no outbox: no dead letter {outbox_id} (see "
-                "`collector alerts --dead-letters`)",
-                field="--redeliver",
-            ) from exc
-        raise StoreError(f"cannot update {str(path)!r}: {exc}") from exc
-    except (sqlite3.Error, OverflowError) as exc:
-        raise StoreError(f"cannot update {str(path)!r}: {exc}") from exc
-    finally:
-        conn.close()
-    if changed != 1:
+    cur = execute_once(
+        path,
+        # next_at 0: at once, whatever the collector's clock says; a fresh max_age_s.
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_at = 0, "
+        "expires_at = ? + (expires_at - created), done_at = NULL, "
+        "redeliveries = redeliveries + 1 WHERE id = ? AND state = 'dead'",
+        (now, outbox_id),
+        no_table="has no outbox yet: no dead letters (see `collector alerts --dead-letters`)",
+    )
+    if cur.rowcount != 1:
         raise ConfigError(
             f"no dead letter with id {outbox_id}: pick one from `collector alerts --dead-letters`",
             field="--redeliver",

@@ -13,36 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from shared.errors import ConfigError, StoreError
+from collector.store.oneshot import execute_once
+from shared.errors import ConfigError
 
 __all__ = ["add_silence", "expire_silence"]
 
-_BUSY_TIMEOUT_S: Final = 5.0
+_NO_TABLE: Final = (
+    "has no silences table yet: start this version's `collector run` once to migrate it"
+)
 
 
 def _execute(path: Path, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
-    if not path.is_file():
-        raise StoreError(
-            f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
-            "--db / CAPWATCH_DB_PATH"
-        )
-    try:
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {str(path)!r}: {exc}") from exc
-    try:
-        return conn.execute(sql, params)
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            raise StoreError(
-                f"{str(path)!r} has no silences table yet: start this version's "
-                "`collector run` once to migrate it"
-            ) from exc
-        raise StoreError(f"cannot update {str(path)!r}: {exc}") from exc
-    except (sqlite3.Error, OverflowError) as exc:
-        raise StoreError(f"cannot update {str(path)!r}: {exc}") from exc
-    finally:
-        conn.close()
+    return execute_once(path, sql, params, no_table=_NO_TABLE)
 
 
 def add_silence(
