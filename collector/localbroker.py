@@ -39,6 +39,7 @@ from shared.logging import configure_logging, get_logger
 
 __all__ = [
     "BrokerKind",
+    "BrokerProcess",
     "EmbeddedBroker",
     "LocalBroker",
     "MosquittoBroker",
@@ -113,8 +114,12 @@ connection_messages true
 """
 
 
-class _BrokerProcess:
-    """What both local brokers share: a child process, stopped with SIGTERM."""
+class BrokerProcess:
+    """What every local broker shares: a child process, stopped with SIGTERM.
+
+    A subclass sets ``host``, ``port`` and ``_proc = None``, and implements :meth:`start`
+    (the test suite's broker on the shipped deploy config is one).
+    """
 
     host: str
     port: int
@@ -168,7 +173,7 @@ class _BrokerProcess:
             self.stop()
 
 
-class MosquittoBroker(_BrokerProcess):
+class MosquittoBroker(BrokerProcess):
     """A ``mosquitto`` process on a loopback port, with its state in ``data_dir``.
 
     ``restart()`` stops it with SIGTERM (mosquitto saves its persistence file) and starts it
@@ -230,7 +235,7 @@ class MosquittoBroker(_BrokerProcess):
             raise
 
 
-class EmbeddedBroker(_BrokerProcess):
+class EmbeddedBroker(BrokerProcess):
     """The pure-Python ``amqtt`` broker in a child process, for machines without Mosquitto.
 
     Same surface as :class:`MosquittoBroker`. The child is ``python -m collector.localbroker

@@ -17,12 +17,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple
 
 import pytest
 
-from collector.localbroker import find_mosquitto, free_port, wait_for_port
+from collector.localbroker import BrokerProcess, find_mosquitto, free_port, wait_for_port
 from shared.errors import CapwatchError
 from tests.helpers import skip_without_mosquitto
 
@@ -179,7 +178,7 @@ _CONNECTED = re.compile(
 )
 
 
-class DeployedBroker:
+class DeployedBroker(BrokerProcess):
     """``mosquitto -c`` on a :func:`deployed_config`, started and stopped as a context manager.
 
     Its log (``log_path``) has one line per connection, naming the client id the broker
@@ -231,7 +230,8 @@ class DeployedBroker:
             for m in _CONNECTED.finditer(self.log_text())
         ]
 
-    def __enter__(self) -> Self:
+    def start(self) -> None:
+        """Start ``mosquitto -c`` and wait until every listener accepts connections."""
         stderr = self.data_dir / "stderr"
         with stderr.open("wb") as err:
             self._proc = subprocess.Popen(
@@ -245,27 +245,7 @@ class DeployedBroker:
                 if port is not None:
                     wait_for_port(self.host, port, timeout_s=10)
         except CapwatchError as exc:
-            self._stop()
+            self.stop()
             raise AssertionError(
                 f"mosquitto did not start: {stderr.read_text(errors='replace')}{self.log_text()}"
             ) from exc
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop()
-
-    def _stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
