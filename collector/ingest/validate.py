@@ -55,6 +55,14 @@ class Rejected(NamedTuple):
 Item = SampleRow | NodeUpdate | Rejected
 """What :meth:`Ingestor.handle` makes of one message."""
 
+
+class _Problem(NamedTuple):
+    """Why a message is rejected: the counter's reason and a line for the log and quarantine."""
+
+    reason: str
+    detail: str
+
+
 _DECODERS: Final[dict[str, Callable[[bytes], Sample | NodeStatus | Inventory]]] = {
     "sample": decode_sample,
     "status": decode_status,
@@ -131,45 +139,38 @@ class Ingestor:
         self.counters["received"] += 1
         now = self.clock.time()
         parsed = parse_topic(topic)
+        node = None if parsed is None else parsed[0]
+        verdict = self._accept(parsed, payload, now)
+        if isinstance(verdict, _Problem):
+            return self._reject(*verdict, topic=topic, payload=payload, node=node, now=now)
+        return verdict
+
+    def _accept(
+        self, parsed: tuple[str, str] | None, payload: bytes, now: float
+    ) -> SampleRow | NodeUpdate | _Problem:
+        """The store item of a valid message, or what is wrong with it."""
         if parsed is None:
-            detail = "topic is not capwatch/v1/nodes/<node>/<kind>"
-            return self._reject(
-                "bad_topic", detail, topic=topic, payload=payload, node=None, now=now
-            )
+            return _Problem("bad_topic", "topic is not capwatch/v1/nodes/<node>/<kind>")
         node, kind = parsed
         decode = _DECODERS.get(kind)
         if decode is None:
-            detail = f"unknown message kind {kind!r}"
-            return self._reject(
-                "bad_topic", detail, topic=topic, payload=payload, node=node, now=now
-            )
+            return _Problem("bad_topic", f"unknown message kind {kind!r}")
         if len(payload) > MAX_PAYLOAD_BYTES:
-            detail = f"{len(payload)} bytes"
-            return self._reject(
-                "too_large", detail, topic=topic, payload=payload, node=node, now=now
-            )
+            return _Problem("too_large", f"{len(payload)} bytes")
         try:
             message = decode(payload)
         except SchemaError as exc:
-            return self._reject(
-                exc.reason, str(exc), topic=topic, payload=payload, node=node, now=now
-            )
+            return _Problem(exc.reason, str(exc))
         except Exception as exc:
             # Whatever the decoder raises for a message is that message's fault: one reject,
             # never a crash that the broker would redeliver into every restart.
-            detail = f"{type(exc).__name__}: {exc}"
-            return self._reject(
-                "undecodable", detail, topic=topic, payload=payload, node=node, now=now
-            )
+            return _Problem("undecodable", f"{type(exc).__name__}: {exc}")
         if message.node != node:
-            detail = f"payload node {message.node!r} != topic node"
-            return self._reject(
-                "topic_mismatch", detail, topic=topic, payload=payload, node=node, now=now
-            )
+            return _Problem("topic_mismatch", f"payload node {message.node!r} != topic node")
         if isinstance(message, Sample):
             problem = self._timing_problem(message.ts, now)
             if problem is not None:
-                return self._reject(*problem, topic=topic, payload=payload, node=node, now=now)
+                return problem
             self.counters["samples"] += 1
             if self.live is not None:
                 self.live.on_sample(message, now)
@@ -186,16 +187,16 @@ class Ingestor:
             self.live.on_inventory(message, now)
         return NodeUpdate(node=node, inventory=encode(message), inventory_ts=now)
 
-    def _timing_problem(self, ts: float, now: float) -> tuple[str, str] | None:
-        """``(reason, detail)`` when a sample's own time is not acceptable, else ``None``."""
+    def _timing_problem(self, ts: float, now: float) -> _Problem | None:
+        """What is wrong with a sample's own time, or ``None``."""
         if ts - now > self.max_skew_s:
-            return (
+            return _Problem(
                 "clock_skew",
                 f"sample is {ts - now:.0f} s ahead of the collector's clock (more than "
                 f"{self.max_skew_s:g} s): fix the node's time (NTP)",
             )
         if now - ts > self.max_age_s:
-            return "too_old", f"sample is {now - ts:.0f} s old, past the retention window"
+            return _Problem("too_old", f"sample is {now - ts:.0f} s old, past the retention window")
         return None
 
     def reject(self, reason: str, topic: str, payload: bytes, detail: str) -> Rejected:
