@@ -163,37 +163,44 @@ class Reader:
                     await self._finish()  # on this connection, so the last acks reach it
                     return
             except MqttWireError as exc:
-                self.counters["mqtt_disconnects"] += 1
-                if isinstance(exc, MqttConnectError) and exc.return_code in (4, 5):
-                    # Retried (the broker's passwd or ACL may be fixed), but said loudly.
-                    self.counters["mqtt_not_authorized"] += 1
-                    log.error(
-                        "mqtt_not_authorized",
-                        error=str(exc),
-                        hint="check the settings mqtt.username and mqtt.password "
-                        "(CAPWATCH_MQTT__USERNAME / CAPWATCH_MQTT__PASSWORD) against the "
-                        "broker's password file and ACL",
-                    )
-                if opened is not None and loop.time() - opened >= _STABLE_S:
+                lived_s = None if opened is None else loop.time() - opened
+                if lived_s is not None and lived_s >= _STABLE_S:
                     delay, short_lived = self._min_s, 0  # it had been fine: retry at once
-                elif opened is not None:
+                elif lived_s is not None:
                     short_lived += 1
-                    if short_lived >= _CONTESTED_AFTER:
-                        self.counters["mqtt_session_contested"] += 1
-                        log.error(
-                            "mqtt_session_contested",
-                            session=self._session_key,
-                            closes=short_lived,
-                            hint="the broker keeps closing the connection right after it "
-                            "opens: another client is probably using the same client id "
-                            "(a second collector?). Give each collector its own MQTT user",
-                        )
-                log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(delay, 2))
+                # A refused connect (never opened) says nothing about a contested session.
+                contested = short_lived if lived_s is not None else 0
+                self._disconnected(exc, contested, retry_in_s=delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
             delay = max(self._min_s, min(self._max_s, delay * 2) * random.uniform(0.5, 1.0))
         await self._finish()
+
+    def _disconnected(self, exc: MqttWireError, short_lived: int, *, retry_in_s: float) -> None:
+        """Count and log a lost or refused connection; say loudly what needs a person."""
+        self.counters["mqtt_disconnects"] += 1
+        if isinstance(exc, MqttConnectError) and exc.return_code in (4, 5):
+            # Retried (the broker's passwd or ACL may be fixed), but said loudly.
+            self.counters["mqtt_not_authorized"] += 1
+            log.error(
+                "mqtt_not_authorized",
+                error=str(exc),
+                hint="check the settings mqtt.username and mqtt.password "
+                "(CAPWATCH_MQTT__USERNAME / CAPWATCH_MQTT__PASSWORD) against the "
+                "broker's password file and ACL",
+            )
+        if short_lived >= _CONTESTED_AFTER:
+            self.counters["mqtt_session_contested"] += 1
+            log.error(
+                "mqtt_session_contested",
+                session=self._session_key,
+                closes=short_lived,
+                hint="the broker keeps closing the connection right after it opens: another "
+                "client is probably using the same client id (a second collector?). Give "
+                "each collector its own MQTT user",
+            )
+        log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(retry_in_s, 2))
 
     async def _subscribed(self, sub: Subscriber) -> None:
         """After CONNACK: subscribe unless the broker resumed our session; notice a lost one."""
@@ -201,9 +208,6 @@ class Reader:
             # A resumed session keeps its subscriptions. Subscribing again would make the
             # broker resend every retained inventory and status (two per node) each restart.
             log.info("mqtt_session_resumed", session=self._session_key)
-            if not self._expect_session:  # a new database on an old session: remember it
-                await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
-                self._expect_session = True
         else:
             if self._expect_session:
                 self.counters["mqtt_sessions_lost"] += 1
@@ -217,8 +221,8 @@ class Reader:
                 )
             await sub.subscribe([(t, 1) for t in self._topics])
             log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
-            if not self._expect_session:
-                await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
+        if not self._expect_session:  # the first session this database knows of: remember it
+            await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
             self._expect_session = True
         self.connected.set()
 
