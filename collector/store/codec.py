@@ -120,13 +120,3 @@ class PayloadCodec:
             return []
         frames = self._compressor.multi_compress_to_buffer(list(payloads), threads=0)
         return [frames[i].tobytes() for i in range(len(frames))]
-
-    def decompress(self, blob: bytes, dictionary: bytes | None) -> bytes:
-        """Inverse of :meth:`compress`; ``dictionary`` is the one stored with the row."""
-        if dictionary is None:  # stored uncompressed
-            return blob
-        d = self._decompressors.get(dictionary)
-        if d is None:
-            zd = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-            d = self._decompressors[dictionary] = zstandard.ZstdDecompressor(dict_data=zd)
-        return d.decompress(blob)

@@ -336,7 +336,6 @@ class Store:
         self.codec = PayloadCodec()
         self._compress = compress
         self._dict_id: int | None = None
-        self._dicts: dict[int, bytes] = {}
         self._limit_override = variable_limit
         self._identity: tuple[int, int] | None = None
         """(device, inode) of the file when it was opened: a write checks it is still there."""
@@ -751,21 +750,3 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"query failed: {exc}") from exc
         return list(rows)
-
-    async def payload(self, blob: bytes, dict_id: int | None) -> bytes:
-        """The JSON payload of a stored row (decompressed with the row's dictionary)."""
-        if dict_id is None:
-            return blob
-        dictionary = self._dicts.get(dict_id)
-        if dictionary is None:
-            rows = await self.fetchall("SELECT dict FROM payload_dicts WHERE id = ?", (dict_id,))
-            if not rows:
-                raise StoreError(f"payload dictionary {dict_id} is missing from the database")
-            dictionary = self._dicts[dict_id] = bytes(rows[0]["dict"])
-        return self.codec.decompress(blob, dictionary)
-
-    async def counters(self) -> dict[str, int]:
-        """The counters last flushed by the collector."""
-        return {
-            r["name"]: r["value"] for r in await self.fetchall("SELECT name, value FROM counters")
-        }
