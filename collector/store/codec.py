@@ -104,7 +104,6 @@ class PayloadCodec:
         )
         self._dict.precompute_compress(level=_LEVEL)
         self._compressor = zstandard.ZstdCompressor(level=_LEVEL, dict_data=self._dict)
-        self._decompressors: dict[bytes, zstandard.ZstdDecompressor] = {}
 
     def compress(self, payload: bytes) -> bytes:
         """Compressed payload (a zstd frame that records its size)."""
