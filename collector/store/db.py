@@ -17,11 +17,12 @@ batch could not be written (a value SQLite refuses): the writer bisects the latt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -475,7 +476,7 @@ class Store:
             if u.inventory is not None:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
         now = time.time()
-        try:
+        async with self._transaction(f"storing a batch ({len(rows)} sample rows)"):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
                 samples = [(*r[:-1], r.payload, None) for r in rows]
@@ -490,11 +491,18 @@ class Store:
             await self._insert_many(_UPSERT_INVENTORY, inventories)
             await self._insert_many(_INSERT_QUARANTINE, list(quarantine))
             await self._insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+        return max(inserted, 0)
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[None]:
+        """One write transaction: commit, once the file is known to still be ours; on any
+        failure roll back and raise :class:`StoreError` saying whether the store is usable."""
+        try:
+            yield
             self._check_file()
             await self.conn.commit()
         except Exception as exc:
-            raise await self._failed(f"storing a batch ({len(rows)} sample rows)", exc) from exc
-        return max(inserted, 0)
+            raise await self._failed(what, exc) from exc
 
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
@@ -543,7 +551,7 @@ class Store:
         node_rejects: dict[tuple[str, str], tuple[int, int]] | None = None,
     ) -> None:
         """Replace the stored counters with the collector's current ones; add node rejects."""
-        try:
+        async with self._transaction("writing counters"):
             await self.conn.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
@@ -557,9 +565,6 @@ class Store:
                     "last_ms = max(last_ms, excluded.last_ms)",
                     [(n, r, c, t) for (n, r), (c, t) in node_rejects.items()],
                 )
-            await self.conn.commit()
-        except Exception as exc:
-            raise await self._failed("writing counters", exc) from exc
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
         """Delete at most ``chunk_rows`` samples that arrived before ``cutoff_ms``.
@@ -593,13 +598,10 @@ class Store:
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
         """Run one DELETE in its own transaction; return how many rows went."""
-        try:
+        async with self._transaction(what):
             cur = await self.conn.execute(sql, params)
             deleted = cur.rowcount
             await cur.close()
-            await self.conn.commit()
-        except Exception as exc:
-            raise await self._failed(what, exc) from exc
         return max(deleted, 0)
 
     async def write_alerts(
@@ -624,7 +626,7 @@ class Store:
         now = time.time() if now is None else now
         live = [c for c in changes if c.state in ("pending", "firing")]
         gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
-        try:
+        async with self._transaction("recording alert changes"):
             await self._insert_many(
                 _UPSERT_ALERT,
                 [
@@ -680,10 +682,6 @@ class Store:
                 "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
                 (now - keep_history_s,),
             )
-            self._check_file()
-            await self.conn.commit()
-        except Exception as exc:
-            raise await self._failed("recording alert changes", exc) from exc
         return entries
 
     async def _insert_outbox(self, n: OutboxNew) -> OutboxEntry:
@@ -696,17 +694,13 @@ class Store:
 
     async def write_outbox(self, outcomes: Sequence[OutboxOutcome]) -> None:
         """Record delivery outcomes in one transaction (only on rows still pending)."""
-        try:
+        async with self._transaction("recording delivery outcomes"):
             await self.conn.executemany(
                 "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_status = ?, "
                 "last_error = ?, response_head = ?, done_at = ? "
                 "WHERE id = ? AND state = 'pending'",
                 [(*o[1:], o.id) for o in outcomes],
             )
-            self._check_file()
-            await self.conn.commit()
-        except Exception as exc:
-            raise await self._failed("recording delivery outcomes", exc) from exc
 
     async def pending_outbox(self) -> list[OutboxEntry]:
         """Every notification still to deliver, oldest first."""
