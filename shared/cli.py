@@ -9,7 +9,24 @@ from collections.abc import Sequence
 
 from shared.errors import CapwatchError
 
-__all__ = ["first_capwatch_error", "run_command"]
+__all__ = ["add_broker_args", "add_log_args", "first_capwatch_error", "run_command"]
+
+
+def add_broker_args(parser: argparse.ArgumentParser) -> None:
+    """``--host`` and ``--port``: where the MQTT broker is (both programs)."""
+    parser.add_argument("--host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, metavar="PORT", help="MQTT broker port (default 1883)")
+
+
+def add_log_args(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--log-json`` (both daemons)."""
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: when stderr is not a terminal)",
+    )
 
 
 def first_capwatch_error(exc: BaseException) -> CapwatchError | None:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.cli import add_broker_args, add_log_args
+
 if TYPE_CHECKING:
     from agent.node import NodeSampler
     from agent.settings import AgentSettings
@@ -41,16 +43,9 @@ def add_settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
     p.add_argument(
         "--fake-gpus", type=int, metavar="N", help="GPUs of the fake backend (default 8)"
     )
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument(
-        "--log-json",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="JSON log lines (default: when stderr is not a terminal)",
-    )
+    add_log_args(p)
     if broker:
-        p.add_argument("--host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
-        p.add_argument("--port", type=int, metavar="PORT", help="MQTT broker port (default 1883)")
+        add_broker_args(p)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from shared.cli import add_broker_args, add_log_args
+
 if TYPE_CHECKING:
     from collector.settings import CollectorSettings
 
@@ -35,17 +37,8 @@ def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) 
         help="SQLite database (default: capwatch.db; env CAPWATCH_DB_PATH)",
     )
     if broker:
-        parser.add_argument("--host", metavar="HOST", help="MQTT broker host (default 127.0.0.1)")
-        parser.add_argument(
-            "--port", type=int, metavar="PORT", help="MQTT broker port (default 1883)"
-        )
-        parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-        parser.add_argument(
-            "--log-json",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="JSON log lines (default: when stderr is not a terminal)",
-        )
+        add_broker_args(parser)
+        add_log_args(parser)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSettings:
