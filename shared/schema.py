@@ -204,8 +204,16 @@ NicName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NIC_NAME_LEN)
 PathText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATH_LEN)]
 
 
-class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=False):
-    """Base: immutable; unknown fields are tolerated so v1 readers accept v1.x writers."""
+class _Struct(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_defaults=False, gc=False
+):
+    """Base: immutable; unknown fields are tolerated so v1 readers accept v1.x writers.
+
+    ``gc=False``: the cyclic garbage collector does not track these (immutable data, no
+    reference cycles possible). The collector holds every node's latest sample in its live
+    view; tracked, those 100k+ objects made each collection pass scan them all, which cost
+    ~40 us per ingested sample at 12,500 nodes.
+    """
 
 
 class CpuStats(_Struct, frozen=True):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+import gc
+from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli._args import add_settings_args
 
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     from collector.settings import CollectorSettings
 
 __all__ = ["add_parser", "run"]
+
+_GC_GEN0_THRESHOLD: Final = 10_000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
     settings = settings_from_args(args, **extra)
     configure_logging(settings.log_level, json=settings.log_json)
+    # The daemon holds a large, long-lived heap (the live view: every node's latest sample).
+    # With CPython's default first threshold (700 allocations) the collector runs so often,
+    # and promotes so much, that it cost ~20 us per ingested sample at 12,500 nodes.
+    gc.set_threshold(_GC_GEN0_THRESHOLD, 10, 10)
     asyncio.run(_serve(settings))
     return 0
 
