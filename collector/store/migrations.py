@@ -210,4 +210,22 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX silences_ends ON silences (ends_at);
         """,
     ),
+    (
+        # Pools: named sets of nodes (a tenant's share, a partition). A node is in at most one
+        # pool (the primary key); a node in none is in the implicit pool ``free``. Leases and
+        # quotas refer to pools by name.
+        "0009_pools",
+        """
+        CREATE TABLE pools (
+            name TEXT PRIMARY KEY,
+            created REAL NOT NULL,
+            comment TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TABLE pool_nodes (
+            node TEXT PRIMARY KEY,
+            pool TEXT NOT NULL REFERENCES pools (name)
+        );
+        CREATE INDEX pool_nodes_pool ON pool_nodes (pool);
+        """,
+    ),
 )
