@@ -30,6 +30,7 @@ import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
@@ -45,6 +46,9 @@ from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
+
+if TYPE_CHECKING:
+    from collector.alerts.ampush import AlertmanagerPush
 
 __all__ = ["Collector"]
 
@@ -153,6 +157,18 @@ class Collector:
                     poll_s=self.delivery_poll_s,
                     counters=self.counters,
                 )
+            push = None
+            if s.alertmanagers:
+                from collector.alerts.ampush import AlertmanagerPush  # noqa: PLC0415
+
+                push = AlertmanagerPush(
+                    s.alertmanagers,
+                    self.clock,
+                    eval_interval_s=s.alerts.eval_interval_s,
+                    external_url=s.alerts.external_url,
+                    counters=self.counters,
+                    poll_s=self.delivery_poll_s,
+                )
             alerts = AlertJob(
                 self.evaluator,
                 self.live,
@@ -163,6 +179,8 @@ class Collector:
                 external_url=s.alerts.external_url,
                 notify=None if delivery is None else delivery.offer,
                 routes=s.alert_routes(),
+                inhibit_rules=s.alert_inhibit_rules(),
+                push=None if push is None else push.update,
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
@@ -181,9 +199,11 @@ class Collector:
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")
-                tg.create_task(_write_then(writer, delivery), name="store-writer")
+                tg.create_task(_write_then(writer, delivery, push), name="store-writer")
                 if delivery is not None:
                     tg.create_task(delivery.run(), name="webhook-delivery")
+                if push is not None:
+                    tg.create_task(push.run(), name="alertmanager-push")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -212,13 +232,18 @@ class Collector:
         return connect
 
 
-async def _write_then(writer: Writer, delivery: Delivery | None) -> None:
-    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)."""
+async def _write_then(
+    writer: Writer, delivery: Delivery | None, push: AlertmanagerPush | None
+) -> None:
+    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)
+    and the Alertmanager push (no more alerts come)."""
     try:
         await writer.run()
     finally:
         if delivery is not None:
             delivery.stop()
+        if push is not None:
+            push.stop()
 
 
 @contextlib.contextmanager

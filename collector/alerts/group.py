@@ -126,7 +126,7 @@ class Dispatcher:
         return group
 
     def flush(
-        self, now: float, is_muted: Callable[[Mapping[str, str]], bool]
+        self, now: float, is_muted: Callable[[GroupAlert], bool]
     ) -> tuple[list[Flush], dict[str, Notified], list[str]]:
         """Flush the groups that are due: the notifications, the log entries to store, and
         the keys of groups that are gone (their entries to delete); both keyed by
@@ -138,9 +138,7 @@ class Dispatcher:
             if now < group.next_flush:
                 continue
             group.next_flush = now + group.route.group_interval_s
-            live = [
-                a for a in group.alerts.values() if a.ends_at is None and not is_muted(a.labels)
-            ]
+            live = [a for a in group.alerts.values() if a.ends_at is None and not is_muted(a)]
             done = [a for a in group.alerts.values() if a.ends_at is not None]
             firing = frozenset(a.fingerprint for a in live)
             resolved = frozenset(a.fingerprint for a in done)

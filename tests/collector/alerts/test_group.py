@@ -7,10 +7,12 @@ fake clock, against a real HTTP receiver on loopback (see ``test_delivery``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from collector.alerts.route import ALL_LABELS, Route, parse_matcher
+from collector.alerts.silence import InhibitRule
 from collector.store.silences import add_silence, expire_silence
 from shared.clock import FakeClock
 from tests.collector.alerts.receiver import Receiver
@@ -26,6 +28,10 @@ def _route(*names: str, group_by: tuple[str, ...] = ("alertname",), **kw: Any) -
 
 def _bodies(rx: Receiver) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in rx.received()]
+
+
+def _received(rx: Receiver, n: int) -> Callable[[], bool]:
+    return lambda: len(rx.received()) == n
 
 
 def _nodes(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -147,6 +153,39 @@ async def test_node_offline_inhibits_that_nodes_other_alerts(tmp_path: Path) -> 
         (a["labels"]["alertname"], a["labels"]["node"]) for b in _bodies(rx) for a in b["alerts"]
     )
     assert got == [("NodeOffline", "n1"), ("TestAlert", "n2")]
+
+
+async def test_configured_inhibit_rules_replace_the_default(tmp_path: Path) -> None:
+    """``inhibit_rules = []`` turns inhibition off (n1's TestAlert is notified despite
+    NodeOffline); a rule with no ``equal`` label mutes the target on every node."""
+    for rules, expected in (
+        ((), [("NodeOffline", "n1"), ("TestAlert", "n1"), ("TestAlert", "n2")]),
+        (
+            (
+                InhibitRule(
+                    (parse_matcher("alertname=NodeOffline"),),
+                    (parse_matcher("alertname=TestAlert"),),
+                ),
+            ),
+            [("NodeOffline", "n1")],
+        ),
+    ):
+        with Receiver().serve() as rx:
+            async with running(
+                tmp_path / str(len(expected)), [receiver_settings(rx.url)], inhibit_rules=rules
+            ) as rig:
+                rig.offline.active.add("n1")
+                rig.switch.active |= {"n1", "n2"}
+                await rig.tick(1.0)
+                await wait_until(_received(rx, len(expected)), what="the notifications")
+                for _ in range(3):
+                    await rig.tick(5.0)
+        got = sorted(
+            (a["labels"]["alertname"], a["labels"]["node"])
+            for b in _bodies(rx)
+            for a in b["alerts"]
+        )
+        assert got == expected
 
 
 async def test_a_restart_does_not_notify_a_notified_group_again(tmp_path: Path) -> None:
