@@ -100,6 +100,20 @@ class Dispatcher:
         self._log = dict(log or {})
         self._groups: dict[str, _Group] = {}
 
+    def prune_log(self, firing: Iterable[Mapping[str, str]]) -> list[str]:
+        """Drop the log entries no group of ``firing`` (the alerts restored at start) can
+        reach again: groups whose alerts all ended while no collector ran, and groups of
+        routes no longer configured. Return their keys (to delete from the store)."""
+        keep = {
+            log_key(group_key(route.key, route.group_labels(labels)), route)
+            for labels in firing
+            for route in routes_for(self._routes, labels)
+        }
+        dropped = [key for key in self._log if key not in keep]
+        for key in dropped:
+            del self._log[key]
+        return dropped
+
     def observe(
         self, firing: Iterable[GroupAlert], resolved: Iterable[GroupAlert], now: float
     ) -> None:

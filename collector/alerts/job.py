@@ -132,6 +132,10 @@ class AlertJob:
             for g in await store.alert_groups()
         }
         self._dispatcher = Dispatcher(self._routes, log_entries)
+        orphans = self._dispatcher.prune_log(s.labels for s in states if s.state == "firing")
+        if orphans:
+            await store.write_alerts([], self._keep_history_s, forget_groups=orphans)
+            log.info("alert_groups_pruned", groups=len(orphans))
         # `collector alerts` marks inhibited alerts by the rules this collector applies.
         rules = inhibit_rules_to_json(self._inhibit_rules)
         await store.write_batch([], meta=[("inhibit_rules", rules)])

@@ -208,3 +208,25 @@ async def test_a_restart_does_not_notify_a_notified_group_again(tmp_path: Path) 
             assert db_rows(again.db, "SELECT group_key, notified_at FROM alert_groups") == logged
     assert len(rx.received()) == 1
     assert ALL_LABELS not in routes[0].group_by
+
+
+async def test_a_restart_forgets_groups_no_alert_can_reach(tmp_path: Path) -> None:
+    """The log entry of a group that no restored alert belongs to (here: its route is gone
+    from the configuration) is deleted at start instead of staying in the store for ever;
+    the entries of groups still reachable are kept."""
+    clock = FakeClock()
+    old_routes = [_route("hook", match=["node=n1"]), _route("hook")]
+    with Receiver().serve() as rx:
+        settings = [receiver_settings(rx.url)]
+        async with running(tmp_path, settings, clock=clock, routes=old_routes) as rig:
+            rig.switch.active |= {"n1", "n2"}
+            await rig.tick(1.0)
+            await rig.tick(5.0)
+            await wait_until(_received(rx, 2), what="one message per route")
+        logged = dict(db_rows(rig.db, "SELECT group_key, notified_at FROM alert_groups"))
+        assert len(logged) == 2
+        async with running(tmp_path, settings, clock=clock, routes=old_routes[1:]) as again:
+            kept = dict(db_rows(again.db, "SELECT group_key, notified_at FROM alert_groups"))
+    (key,) = kept
+    assert "node=" not in key
+    assert kept[key] == logged[key]
