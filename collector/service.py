@@ -30,6 +30,7 @@ import ssl
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
@@ -45,6 +46,9 @@ from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
+
+if TYPE_CHECKING:
+    from collector.metrics import CollectorMetrics
 
 __all__ = ["Collector"]
 
@@ -79,6 +83,8 @@ class Collector:
         self._queue: asyncio.Queue[WriterItem] | None = None
         self.connected = asyncio.Event()
         """Set while subscribed to the broker (tests and the demo wait on it)."""
+        self.metrics: CollectorMetrics | None = None
+        """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
 
     @property
     def counters(self) -> Counter[str]:
@@ -93,6 +99,12 @@ class Collector:
     def stop(self) -> None:
         """Ask :meth:`run` to finish: commit and ack what was received, close. Signal-safe."""
         self._stop.set()
+
+    @property
+    def queue_units(self) -> tuple[int, int]:
+        """Units waiting in the writer's queue, and its size (0, 0 before it exists)."""
+        q = self._queue
+        return (0, 0) if q is None else (q.qsize(), q.maxsize)
 
     def _queue_depth(self) -> dict[str, int]:
         return {"queue_units": self._queue.qsize() if self._queue is not None else 0}
@@ -166,6 +178,11 @@ class Collector:
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            metrics = None
+            if s.metrics_listen is not None:
+                from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
+
+                metrics = self.metrics = CollectorMetrics(self, store)
             writer = Writer(
                 store,
                 self._queue,
@@ -177,9 +194,11 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[alerts],
+                jobs=[alerts] if metrics is None else [alerts, metrics],
+                on_commit=None if metrics is None else metrics.on_commit,
             )
-            async with asyncio.TaskGroup() as tg:
+            serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
+            async with serving, asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")
                 tg.create_task(_write_then(writer, delivery), name="store-writer")
                 if delivery is not None:
