@@ -130,14 +130,13 @@ def ingest_families(
             "capwatch_collector_broker_connected", "1 while subscribed to the broker.", connected
         )
     )
-    if last_commit_age_s is not None:
-        out.append(
-            GaugeMetricFamily(
-                "capwatch_collector_last_commit_age_seconds",
-                "Seconds since the writer last committed (a batch or its counters, every ~2 s).",
-                last_commit_age_s,
-            )
+    out.append(
+        _maybe(
+            "capwatch_collector_last_commit_age_seconds",
+            "Seconds since the writer last committed (a batch or its counters, every ~2 s).",
+            last_commit_age_s,
         )
+    )
     return out
 
 
@@ -199,39 +198,37 @@ async def fleet_families(
             view.refused,
         ),
     ]
-    # Unknown is absent, not 0 W: a fleet whose GPUs report no power has no power series.
-    if util_n:
-        out.append(
-            GaugeMetricFamily(
-                "capwatch_fleet_gpu_utilisation_ratio",
-                "Mean GPU utilisation over the online GPUs that report it (0-1).",
-                util_sum / util_n / 100.0,
-            )
-        )
-    if gpu_w is not None:
-        out.append(
-            GaugeMetricFamily(
-                "capwatch_fleet_gpu_power_watts",
-                "GPU power of the online nodes (interval power where known), W.",
-                gpu_w,
-            )
-        )
-    if cpu_w is not None:
-        out.append(
-            GaugeMetricFamily(
-                "capwatch_fleet_cpu_power_watts", "CPU (RAPL) power of the online nodes, W.", cpu_w
-            )
-        )
-    if gpu_w is not None or cpu_w is not None:
-        out.append(
-            GaugeMetricFamily(
-                "capwatch_fleet_node_power_watts",
-                "Measured node power of the online nodes: GPU + CPU sensors (not fans, NICs, "
-                "PSU losses), W.",
-                (gpu_w or 0.0) + (cpu_w or 0.0),
-            )
-        )
+    # Unknown is absent, not 0 W: a family with no sample (declared, so dashboards and the
+    # test that checks them see every name the collector can expose).
+    node_w = None if gpu_w is None and cpu_w is None else (gpu_w or 0.0) + (cpu_w or 0.0)
+    out += [
+        _maybe(
+            "capwatch_fleet_gpu_utilisation_ratio",
+            "Mean GPU utilisation over the online GPUs that report it (0-1).",
+            util_sum / util_n / 100.0 if util_n else None,
+        ),
+        _maybe(
+            "capwatch_fleet_gpu_power_watts",
+            "GPU power of the online nodes (interval power where known), W.",
+            gpu_w,
+        ),
+        _maybe("capwatch_fleet_cpu_power_watts", "CPU (RAPL) power of the online nodes, W.", cpu_w),
+        _maybe(
+            "capwatch_fleet_node_power_watts",
+            "Measured node power of the online nodes: GPU + CPU sensors (not fans, NICs, "
+            "PSU losses), W.",
+            node_w,
+        ),
+    ]
     return out
+
+
+def _maybe(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge family with one sample, or none when ``value`` is unknown."""
+    g = GaugeMetricFamily(name, doc, labels=[])
+    if value is not None:
+        g.add_metric([], value)
+    return g
 
 
 def alert_families(states: Iterable[AlertState]) -> list[Metric]:
@@ -253,20 +250,17 @@ class _Exposition(_PromCollector):
     """The prometheus_client collector: asks the loop for a snapshot, yields it."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, sources: list[FamilySource], timeout_s: float
+        self, loop: asyncio.AbstractEventLoop, snapshot: FamilySource, timeout_s: float
     ) -> None:
         self._loop = loop
-        self._sources = sources
+        self._snapshot = snapshot
         self._timeout_s = timeout_s
         self._last: list[Metric] = []
         self.timeouts = 0
 
     async def _gather(self) -> list[Metric]:
-        out: list[Metric] = []
-        for source in self._sources:
-            out += await source()
-        self._last = out
-        return out
+        self._last = await self._snapshot()
+        return self._last
 
     def collect(self) -> Iterator[Metric]:
         future = asyncio.run_coroutine_threadsafe(self._gather(), self._loop)
@@ -317,6 +311,13 @@ class CollectorMetrics:
         """Add a source of families (capacity, quotas, ...): run on the loop at each scrape."""
         self._sources.append(source)
 
+    async def snapshot(self) -> list[Metric]:
+        """Every source's families, now (on the event loop)."""
+        out: list[Metric] = []
+        for source in self._sources:
+            out += await source()
+        return out
+
     def on_commit(self, seconds: float) -> None:
         """The writer's hook: one batch committed in ``seconds``."""
         self.commit_seconds.observe(seconds)
@@ -348,7 +349,9 @@ class CollectorMetrics:
         listen = self.collector.settings.metrics_listen
         assert listen is not None
         host, port = parse_listen(listen, field="metrics_listen")
-        expo = _Exposition(asyncio.get_running_loop(), self._sources, self._timeout_s)
+        # Before the writer's task starts, so the connection is ours for one statement.
+        self.oldest_received = await oldest_sample_received(self.store)
+        expo = _Exposition(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)
         try:
             async with MetricsServer(host, port, self.registry, self.ready) as server:
@@ -372,22 +375,18 @@ class CollectorMetrics:
         )
 
     async def _store(self) -> list[Metric]:
-        out: list[Metric] = [
+        return [
             GaugeMetricFamily(
                 "capwatch_collector_store_size_bytes",
                 "Database file and write-ahead log on disk.",
                 store_size_bytes(self.collector.settings.db_path),
-            )
+            ),
+            _maybe(
+                "capwatch_collector_store_oldest_sample_timestamp_seconds",
+                "Arrival time of the oldest stored sample (Unix seconds).",
+                self.oldest_received,
+            ),
         ]
-        if self.oldest_received is not None:
-            out.append(
-                GaugeMetricFamily(
-                    "capwatch_collector_store_oldest_sample_timestamp_seconds",
-                    "Arrival time of the oldest stored sample (Unix seconds).",
-                    self.oldest_received,
-                )
-            )
-        return out
 
     async def _fleet(self) -> list[Metric]:
         c = self.collector

@@ -4,6 +4,7 @@ ports; the collector's /readyz follows a real broker; promtool accepts its expos
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,8 @@ from collector.service import Collector
 from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -156,6 +159,13 @@ async def test_prometheus_scrapes_collector_and_agent_and_answers_queries(
     assert all(0 < float(r["value"][1]) <= 700 for r in power)
     up = await _until_answered(prom, "sum(up)")
     assert float(up[0]["value"][1]) == 2
+    # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "capwatch.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    for expr in exprs:
+        concrete = expr.replace("$job", ".*").replace("$__rate_interval", "1m")
+        r = await _get(f"{prom.url}/api/v1/query", query=concrete)
+        assert r.status_code == 200, (expr, r.text)
 
 
 async def test_collector_readyz_follows_the_broker(
