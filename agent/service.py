@@ -24,6 +24,7 @@ from shared.schema import Inventory, encode
 
 if TYPE_CHECKING:
     from agent.metrics import AgentExposition, AgentStats
+    from shared.sdnotify import SdNotifier
 
 __all__ = ["AgentService", "build_sampler", "next_tick"]
 
@@ -69,9 +70,18 @@ class AgentService:
     """
 
     def __init__(
-        self, settings: AgentSettings, sampler: NodeSampler, *, clock: Clock | None = None
+        self,
+        settings: AgentSettings,
+        sampler: NodeSampler,
+        *,
+        clock: Clock | None = None,
+        notifier: SdNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
+        """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
+        self.last_sample_at: float | None = None
+        """Clock monotonic time of the last sample taken (the watchdog's health check)."""
         self.sampler = sampler
         self.clock: Clock = clock or SystemClock()
         self.buffer = SampleBuffer(settings.buffer_samples)
@@ -104,6 +114,8 @@ class AgentService:
         )
         try:
             async with self._metrics_server(inventory), asyncio.TaskGroup() as tg:
+                if self.notifier is not None:
+                    tg.create_task(self.notifier.run(self.sampling, self._stop), name="sd-notify")
                 tg.create_task(self._sample_loop(), name="sampler")
                 tg.create_task(self.publisher.run(self._stop), name="publisher")
         finally:
@@ -152,6 +164,15 @@ class AgentService:
             last_ack_age_s=None if ack is None else max(0.0, time.monotonic() - ack),
         )
 
+    def sampling(self) -> tuple[bool, str]:
+        """The watchdog's health check: a sample was taken within two intervals + 30 s (a
+        sampler blocked in NVML stops the pings; a missing broker does not)."""
+        limit = 2 * self.settings.interval_s + 30.0
+        if self.last_sample_at is None:
+            return True, "starting"
+        age = self.clock.monotonic() - self.last_sample_at
+        return age <= limit, f"last sample {age:.0f} s ago (limit {limit:.0f} s)"
+
     def ready(self) -> tuple[bool, str]:
         """Ready while connected and the broker acknowledged a sample recently: within two
         intervals plus the publish timeout (a sample is due every interval)."""
@@ -173,6 +194,7 @@ class AgentService:
             sample = await asyncio.to_thread(self.sampler.sample)
             self.buffer.put(encode(sample))
             self.samples_taken += 1
+            self.last_sample_at = self.clock.monotonic()
             if self.exposition is not None:
                 self.exposition.update(sample)
             now = self.clock.monotonic()

@@ -28,7 +28,7 @@ import fcntl
 import os
 import ssl
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +49,7 @@ from shared.topics import SUBSCRIPTIONS
 
 if TYPE_CHECKING:
     from collector.metrics import CollectorMetrics
+    from shared.sdnotify import SdNotifier
 
 __all__ = ["Collector"]
 
@@ -64,8 +65,11 @@ class Collector:
         *,
         clock: Clock | None = None,
         connect: Connect | None = None,
+        notifier: SdNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
+        """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
         self.clock: Clock = clock or SystemClock()
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
@@ -199,6 +203,9 @@ class Collector:
             )
             serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
             async with serving, asyncio.TaskGroup() as tg:
+                if self.notifier is not None:
+                    alive = _writer_alive(writer, self.clock, s.metrics_ready_commit_s)
+                    tg.create_task(self.notifier.run(alive, self._stop), name="sd-notify")
                 tg.create_task(reader.run(), name="mqtt-reader")
                 tg.create_task(_write_then(writer, delivery), name="store-writer")
                 if delivery is not None:
@@ -229,6 +236,19 @@ class Collector:
             )
 
         return connect
+
+
+def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], tuple[bool, str]]:
+    """The watchdog's health check: the writer committed within ``limit_s`` (it commits its
+    counters every ~2 s even when idle; the broker being away does not count against it)."""
+    started = clock.monotonic()
+
+    def alive() -> tuple[bool, str]:
+        last = writer.last_commit if writer.last_commit is not None else started
+        age = clock.monotonic() - last
+        return age <= limit_s, f"writer last committed {age:.0f} s ago (limit {limit_s:.0f} s)"
+
+    return alive
 
 
 async def _write_then(writer: Writer, delivery: Delivery | None) -> None:

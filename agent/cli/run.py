@@ -39,8 +39,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Build settings (a bad one or a bad TLS file: ConfigError), then run until a signal."""
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     from agent.service import AgentService  # noqa: PLC0415
+    from shared.sdnotify import SdNotifier  # noqa: PLC0415
     from shared.units import parse_duration  # noqa: PLC0415
 
     extra: dict[str, object] = {}
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_listen is not None:
         extra["metrics_listen"] = args.metrics_listen
     settings = settings_from_args(args, **extra)
-    service = AgentService(settings, node_sampler(settings))
+    notifier = SdNotifier.from_environ(os.environ, os.getpid())
+    service = AgentService(settings, node_sampler(settings), notifier=notifier)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -75,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(settings: CollectorSettings) -> None:
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     from collector.service import Collector  # noqa: PLC0415
+    from shared.sdnotify import SdNotifier  # noqa: PLC0415
 
-    collector = Collector(settings)
+    notifier = SdNotifier.from_environ(os.environ, os.getpid())
+    collector = Collector(settings, notifier=notifier)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, collector.stop)

@@ -97,7 +97,7 @@ async def exposed(tmp_path: Path) -> set[str]:
     collector = Collector(settings)
     async with Store(settings.db_path) as store:
         metrics = CollectorMetrics(collector, store)
-        metrics.registry.register(_Snapshot(await metrics.snapshot()))  # type: ignore[arg-type]
+        metrics.registry.register(_Snapshot(await metrics.snapshot()))
         collector_text = generate_latest(metrics.registry).decode()
     sim = FleetSimulator(1, gpus_per_node=2, seed=2, interval_s=5)
     expo = AgentExposition(lambda: AgentStats(1, 1, 0, 0, True, 0.1))
