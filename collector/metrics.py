@@ -59,8 +59,8 @@ log = get_logger("metrics")
 FamilySource = Callable[[], Awaitable[list[Metric]]]
 """Runs on the event loop at each scrape; returns finished metric families."""
 
-FLEET_CHUNK_NODES: Final = 2_000
-"""Nodes summed between two yields to the loop (~1 ms of work)."""
+FLEET_CHUNK_NODES: Final = 500
+"""Nodes summed between two yields to the loop (~0.4 ms of work on the development machine)."""
 
 COMMIT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
