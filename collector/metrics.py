@@ -49,6 +49,7 @@ __all__ = [
     "FLEET_CHUNK_NODES",
     "CollectorMetrics",
     "FamilySource",
+    "LoopSnapshot",
     "alert_families",
     "fleet_families",
     "ingest_families",
@@ -246,8 +247,9 @@ def alert_families(states: Iterable[AlertState]) -> list[Metric]:
     return [g]
 
 
-class _Exposition(_PromCollector):
-    """The prometheus_client collector: asks the loop for a snapshot, yields it."""
+class LoopSnapshot(_PromCollector):
+    """A prometheus_client collector that runs ``snapshot`` on ``loop`` (from the HTTP
+    thread) and yields its families; the previous ones if the loop does not answer in time."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, snapshot: FamilySource, timeout_s: float
@@ -351,7 +353,7 @@ class CollectorMetrics:
         host, port = parse_listen(listen, field="metrics_listen")
         # Before the writer's task starts, so the connection is ours for one statement.
         self.oldest_received = await oldest_sample_received(self.store)
-        expo = _Exposition(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
+        expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)
         try:
             async with MetricsServer(host, port, self.registry, self.ready) as server:

@@ -3,7 +3,9 @@ ingest counters' names; no per-node or per-GPU series whatever the fleet size.""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -173,3 +175,56 @@ async def test_promtool_accepts_the_collector_families_without_remarks() -> None
     registry.register(_Families(families))
     rc, problems = promtool_check_metrics(generate_latest(registry).decode())
     assert (rc, problems) == (0, [])
+
+
+def test_a_stalled_loop_gets_the_previous_snapshot_and_counts_it() -> None:
+    """A scrape while the event loop is blocked returns in ~timeout with the last families
+    and a timeout count, instead of hanging the scraper (or the loop)."""
+    import threading  # noqa: PLC0415
+
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+    from collector.metrics import LoopSnapshot  # noqa: PLC0415
+
+    calls = [0]
+
+    async def snapshot() -> list[Metric]:
+        calls[0] += 1
+        return [GaugeMetricFamily("capwatch_test_calls", "Calls.", calls[0])]
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        expo = LoopSnapshot(loop, snapshot, timeout_s=0.3)
+        first = _values(list(expo.collect()))
+        assert first[("capwatch_test_calls", ())] == 1
+        released = threading.Event()
+        loop.call_soon_threadsafe(lambda: released.wait(10))  # the loop is stuck in this
+        stale = _values(list(expo.collect()))
+        released.set()
+        assert stale[("capwatch_test_calls", ())] == 1  # the previous snapshot
+        assert stale[("capwatch_collector_metrics_snapshot_timeouts_total", ())] == 1
+        # The loop is free again: the next scrape is fresh.
+        fresh = _values(list(expo.collect()))
+        assert fresh[("capwatch_test_calls", ())] >= 2
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_collector_run_refuses_a_bad_metrics_listen_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collector run --metrics-listen localhost` (no port): exit 2, one line naming the
+    setting and the expected form, before anything starts."""
+    from collector.cli import main  # noqa: PLC0415
+
+    code = main(["run", "--db", str(tmp_path / "c.db"), "--metrics-listen", "localhost"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1
+    assert "metrics_listen" in err[0]
+    assert "HOST:PORT" in err[0]
+    assert not (tmp_path / "c.db").exists()
