@@ -282,6 +282,24 @@ class CollectorSettings(CapwatchSettings):
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
 
+    metrics_listen: str | None = None
+    """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);
+    unset: no HTTP server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
+    metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
+    """``/readyz`` says unready when the writer has not committed for this long."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            from shared.metrics_http import parse_listen  # noqa: PLC0415
+
+            try:
+                parse_listen(value, field="metrics_listen")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     alerts: AlertSettings = AlertSettings()
     receivers: list[ReceiverSettings] = Field(default=[], max_length=32)
     """Webhooks every alert notification goes to (``[[receivers]]`` tables)."""

@@ -174,6 +174,32 @@ def _show_notifications(hooks: _Hooks, am_url: str | None) -> None:
             )
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _show_metrics(base: str) -> None:
+    """/readyz, then the fleet and alert lines of /metrics (the rest is ingest health)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    for path in ("/readyz", "/metrics"):
+        print(f"$ curl {base}{path}", flush=True)
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                text = r.read().decode()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode()
+        wanted = ("capwatch_fleet_", "capwatch_alerts{", "capwatch_collector_samples_stored")
+        lines = text.splitlines()
+        if path == "/metrics":
+            lines = [line for line in lines if line.startswith(wanted)]
+        print("\n".join(lines[:30]), flush=True)
+
+
 def main() -> int:
     """Run the demo; exit 0 when every part came up and data reached the store."""
     parser = argparse.ArgumentParser(
@@ -247,6 +273,7 @@ def main() -> int:
 
     try:
         _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
+        metrics_port = _free_port()
         spawn(
             "collector",
             "collector",
@@ -258,6 +285,8 @@ def main() -> int:
             str(db),
             "--log-level",
             "info",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
         )
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
@@ -307,6 +336,8 @@ def main() -> int:
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
+        _show_metrics(f"http://127.0.0.1:{metrics_port}")
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):
