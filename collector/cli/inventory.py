@@ -15,7 +15,14 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
 
-__all__ = ["add_parser", "inventory_json", "inventory_table", "load_nodes", "run"]
+__all__ = [
+    "add_parser",
+    "inventory_json",
+    "inventory_table",
+    "load_nodes",
+    "print_fast_json",
+    "run",
+]
 
 _DESCRIPTION: Final = """\
 The hardware the agents report (their retained inventories), as components:
@@ -71,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
-    nodes = load_nodes(settings.db_path, settings.stale_intervals, settings.expected_interval_s)
+    nodes = load_nodes(
+        settings.db_path,
+        settings.stale_intervals,
+        settings.expected_interval_s,
+        with_ids=args.node is not None,
+    )
     if args.node is not None:
         return _one_node(nodes, args.node, as_json=args.json)
     if pool is not None:
@@ -81,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             _check_pool(settings.db_path, pool)
         nodes = [n for n in nodes if n.pool == pool]
     if args.json:
-        print_json(inventory_json(nodes))
+        print_fast_json(inventory_json(nodes))
     elif not nodes:
         print("no nodes" + (f" in pool {pool}" if pool else " with an inventory yet"))
     else:
@@ -89,8 +101,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_nodes(db: Path, stale_intervals: float, interval_s: float) -> list[NodeComponents]:
-    """Every node with an inventory, as components (one read snapshot)."""
+def load_nodes(
+    db: Path, stale_intervals: float, interval_s: float, *, with_ids: bool = False
+) -> list[NodeComponents]:
+    """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
+    serials, UUIDs and interface names."""
     from collector.governance.inventory import describe_nodes  # noqa: PLC0415
     from collector.store.governance import node_records  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
@@ -98,7 +113,11 @@ def load_nodes(db: Path, stale_intervals: float, interval_s: float) -> list[Node
     with StoreReader(db) as store:
         records = node_records(store)
     return describe_nodes(
-        records, time.time(), stale_intervals=stale_intervals, default_interval_s=interval_s
+        records,
+        time.time(),
+        stale_intervals=stale_intervals,
+        default_interval_s=interval_s,
+        with_ids=with_ids,
     )
 
 
@@ -124,26 +143,30 @@ def _columns(nodes: list[NodeComponents]) -> list[str]:
 
 
 def inventory_table(nodes: list[NodeComponents]) -> str:
-    """One row per node, one column per component kind seen, then MISSING/ERROR."""
+    """One row per node, one column per component kind seen, then MISSING/ERROR.
+
+    Built column by column rather than through ``render_table``: 12,500 nodes x a dozen
+    columns are 150,000 cells, and a call per cell was a third of the command's time.
+    """
     keys = _columns(nodes)
-    rows: list[dict[str, Any]] = []
-    for n in nodes:
-        counts: dict[str, int] = {}
-        for c in n.components:
-            counts[c.key] = counts.get(c.key, 0) + c.count
-        row: dict[str, Any] = {"node": n.node, "pool": n.pool, "state": n.state}
-        for i, key in enumerate(keys):
-            row[f"c{i}"] = f"✅ ({counts[key]})" if key in counts else "❌"
-        row["problems"] = "; ".join(n.problems)
-        rows.append(row)
+    index = {k: i for i, k in enumerate(keys)}
+    cells = [["❌"] * len(nodes) for _ in keys]
+    for row, n in enumerate(nodes):
+        for key, count in _sum_counts(n).items():
+            cells[index[key]][row] = f"✅ ({count})"
     columns = [
-        Column("node", "NODE", align_right=False),
-        Column("pool", "POOL", align_right=False),
-        Column("state", "STATE", align_right=False),
-        *(Column(f"c{i}", _header(key), align_right=False) for i, key in enumerate(keys)),
-        Column("problems", "MISSING/ERROR", align_right=False),
+        ["NODE", *(n.node for n in nodes)],
+        ["POOL", *(n.pool for n in nodes)],
+        ["STATE", *(n.state for n in nodes)],
+        *([_header(k), *col] for k, col in zip(keys, cells, strict=True)),
+        ["MISSING/ERROR", *("; ".join(n.problems) for n in nodes)],
     ]
-    return render_table(rows, columns)
+    padded = []
+    for col in columns[:-1]:
+        width = max(map(len, col))
+        padded.append([v.ljust(width) for v in col])
+    padded.append(columns[-1])
+    return "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
 
 
 def _header(key: str) -> str:
@@ -167,6 +190,13 @@ def inventory_json(nodes: list[NodeComponents]) -> dict[str, Any]:
             for n in nodes
         ],
     }
+
+
+def print_fast_json(data: Any) -> None:
+    """``print_json``'s output (2-space indent) through msgspec: 10x faster on 12,500 nodes."""
+    import msgspec  # noqa: PLC0415
+
+    print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
 
 
 def _sum_counts(n: NodeComponents) -> dict[str, int]:

@@ -6,16 +6,20 @@ fewest nodes. Here, for pool P and pattern needs q_t (terms t):
 - candidates: P's nodes (whatever their state: they are already held) and the ``free`` nodes
   that are online and not excluded (leased to someone, or told so). An excluded node of P
   stays in P; an excluded free node stays free.
-- identical candidates are one group (same units of every term, same pool, same rack), an
-  integer variable x_g in [0, size_g]: 10,000 nodes of a dozen kinds are a few hundred groups.
+- identical candidates are one group (same units of every term, same side: in the pool or
+  free), an integer variable x_g in [0, size_g]: 10,000 nodes are a few thousand groups.
 - solve 1: minimise sum x_g subject to sum_g a_{g,t} x_g >= q_t for every t;
-- solve 2: with sum x_g fixed at that minimum, minimise (R + 1) x (nodes taken from free) +
-  (racks used), with a binary y_r per rack and x_g <= size_g y_r: nodes already in the pool
-  first, then the fewest racks (xname cabinets), as the issue orders the preferences.
+- solve 2: with sum x_g fixed at that minimum, minimise the nodes taken from free (the pool
+  keeps its own first);
+- solve 3 (:func:`_fewest_racks`): with both counts fixed, split the groups by rack and
+  minimise the racks (xname cabinets) used, a binary y_r per rack and x_{g,r} <= size y_r.
 
-Both are solved by SciPy's ``milp`` (HiGHS) with a zero MIP gap, so "fewest" is proven, not
-estimated. Past :data:`MILP_GROUP_LIMIT` groups, or when HiGHS hits the time limit without a
-proof, the answer is the greedy one (documented below) and says so. The greedy answer is
+All three are solved by SciPy's ``milp`` (HiGHS) with a zero MIP gap, so the node count and
+the pool's share are proven, not estimated. The rack step is the hard one (a facility
+location problem): it gets :data:`RACK_TIME_LIMIT_S`, then the better of HiGHS's best answer
+and a greedy fill (rack by rack), with a note saying it is not proven. Past
+:data:`MILP_GROUP_LIMIT` groups, or when HiGHS cannot prove the node count within
+:data:`MILP_TIME_LIMIT_S`, the answer is the greedy one and says so. The greedy answer is
 computed every time, so a plan can say how many nodes clstr's way would have taken.
 
 Greedy (clstr's rule, domain notes §8): start empty; while some need is unmet, take the node
@@ -37,12 +41,22 @@ from collector.governance.pattern import Pattern
 from collector.store.governance import FREE
 from shared.errors import ConfigError
 
-__all__ = ["MILP_GROUP_LIMIT", "MILP_TIME_LIMIT_S", "ImpossiblePatternError", "Plan", "plan_pool"]
+__all__ = [
+    "MILP_GROUP_LIMIT",
+    "MILP_TIME_LIMIT_S",
+    "RACK_TIME_LIMIT_S",
+    "ImpossiblePatternError",
+    "Plan",
+    "plan_pool",
+]
 
 MILP_GROUP_LIMIT: Final = 20_000
 """More candidate groups than this (near-unique nodes by the thousands) go greedy."""
 MILP_TIME_LIMIT_S: Final = 10.0
 """Per solve; past it the greedy answer is used unless HiGHS proved its own."""
+RACK_TIME_LIMIT_S: Final = 1.0
+"""The rack preference (after the node count and the pool's own nodes, both proven) gets this
+long; then HiGHS's best answer or the greedy one, whichever uses fewer racks, with a note."""
 
 
 class ImpossiblePatternError(ConfigError):
@@ -83,6 +97,7 @@ def plan_pool(
     excluded: Iterable[str] = (),
     group_limit: int = MILP_GROUP_LIMIT,
     time_limit_s: float = MILP_TIME_LIMIT_S,
+    rack_time_limit_s: float = RACK_TIME_LIMIT_S,
 ) -> Plan:
     """The plan that gives ``pattern.pool`` the pattern with the fewest nodes.
 
@@ -120,10 +135,12 @@ def plan_pool(
     if not need_left.any():
         chosen, method = [], "milp"
     elif len(groups) <= group_limit:
-        chosen = _milp(groups, need_left, time_limit_s)
-        if chosen is None:
+        solved = _milp(groups, need_left, candidates, time_limit_s, rack_time_limit_s)
+        if solved is None:
             notes.append(f"HiGHS found no proven answer within {time_limit_s:g} s: greedy used")
         else:
+            chosen, rack_notes = solved
+            notes.extend(rack_notes)
             method = "milp"
     else:
         notes.append(f"{len(groups):,} node groups > {group_limit:,}: greedy used")
@@ -178,87 +195,164 @@ def _impossible(
     )
 
 
-def _groups(
-    candidates: Sequence[NodeComponents], units: Any, member: Any
-) -> list[tuple[tuple[int, ...], bool, str | None, list[int]]]:
-    """Interchangeable candidates: same units per term, same pool side, same rack."""
-    by_key: dict[tuple[tuple[int, ...], bool, str | None], list[int]] = {}
-    for i, n in enumerate(candidates):
-        key = (tuple(int(v) for v in units[i]), bool(member[i]), n.rack)
-        by_key.setdefault(key, []).append(i)
-    # Within a group, nodes are taken by name: the same inputs give the same plan.
-    return [
-        (k[0], k[1], k[2], sorted(v, key=lambda i: candidates[i].node)) for k, v in by_key.items()
-    ]
+_Group = tuple[tuple[int, ...], bool, list[int]]
+"""(units per term, in the pool already, candidate indices sorted by node name)."""
+
+
+def _groups(candidates: Sequence[NodeComponents], units: Any, member: Any) -> list[_Group]:
+    """Interchangeable candidates: the same units of every term, on the same side."""
+    by_key: dict[tuple[tuple[int, ...], bool], list[int]] = {}
+    for i in range(len(candidates)):
+        by_key.setdefault((tuple(int(v) for v in units[i]), bool(member[i])), []).append(i)
+    # Within a group nodes are taken by name: the same inputs give the same plan.
+    return [(k[0], k[1], sorted(v, key=lambda i: candidates[i].node)) for k, v in by_key.items()]
 
 
 def _milp(
-    groups: list[tuple[tuple[int, ...], bool, str | None, list[int]]],
+    groups: list[_Group],
     need: Any,
+    candidates: Sequence[NodeComponents],
     time_limit_s: float,
-) -> list[int] | None:
-    """Candidate indices of a proven fewest-node choice, or ``None`` without a proof."""
+    rack_time_limit_s: float,
+) -> tuple[list[int], list[str]] | None:
+    """Candidate indices of a proven fewest-node choice (members first), with the fewest racks
+    HiGHS finds; ``None`` without a proof of the node count."""
     import numpy as np  # noqa: PLC0415
     from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
-    from scipy.sparse import coo_array, csr_array  # noqa: PLC0415
 
     ng = len(groups)
     a = np.array([g[0] for g in groups], dtype=np.float64).T  # terms x groups
-    size = np.array([len(g[3]) for g in groups], dtype=np.float64)
-    options = {"time_limit": time_limit_s, "mip_rel_gap": 0.0, "presolve": True}
+    size = np.array([len(g[2]) for g in groups], dtype=np.float64)
+    options = {"time_limit": time_limit_s, "mip_rel_gap": 0.0}
+    cover = LinearConstraint(a, lb=need.astype(np.float64), ub=np.inf)
+    bounds = Bounds(np.zeros(ng), size)
+    ones = np.ones(ng)
     # Solve 1: the fewest nodes.
-    first = milp(
-        c=np.ones(ng),
-        constraints=[LinearConstraint(a, lb=need.astype(np.float64), ub=np.inf)],
-        integrality=np.ones(ng),
-        bounds=Bounds(np.zeros(ng), size),
-        options=options,
-    )
+    first = milp(c=ones, constraints=[cover], integrality=ones, bounds=bounds, options=options)
     if first.status != 0 or first.x is None:
         return None
-    fewest = round(float(first.fun))
-    # Solve 2: same count; members first, then fewest racks.
-    racks = sorted({g[2] for g in groups if g[2] is not None})
-    rack_index = {r: i for i, r in enumerate(racks)}
-    nr = len(racks)
-    nv = ng + nr
-    c = np.zeros(nv)
-    c[:ng] = [0.0 if g[1] else float(nr + 1) for g in groups]
-    c[ng:] = 1.0
-    rows: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
+    x = first.x
+    outsiders = np.array([0.0 if g[1] else 1.0 for g in groups])
+    if outsiders.any() and not outsiders.all():
+        # Solve 2: as few nodes, as many of them already in the pool as possible.
+        fewest = round(float(first.fun))
+        second = milp(
+            c=outsiders,
+            constraints=[cover, LinearConstraint(ones.reshape(1, -1), lb=fewest, ub=fewest)],
+            integrality=ones,
+            bounds=bounds,
+            options=options,
+        )
+        if second.status == 0 and second.x is not None:
+            x = second.x
+    counts = [round(float(v)) for v in x]
+    chosen, notes = _fewest_racks(groups, counts, need, candidates, rack_time_limit_s)
+    return chosen, notes
+
+
+def _fewest_racks(
+    groups: list[_Group],
+    counts: list[int],
+    need: Any,
+    candidates: Sequence[NodeComponents],
+    time_limit_s: float,
+) -> tuple[list[int], list[str]]:
+    """As many nodes, as many of them the pool's own, from as few racks as possible.
+
+    ``counts`` (nodes per group) is a proven answer for the first two. The integer program
+    here may trade it for another with the same node and member counts: per (group, rack)
+    how many nodes, a binary per rack used, minimise racks; under a time limit. HiGHS's best
+    answer is compared with a greedy one on ``counts`` (the rack that supplies most of what
+    is still wanted, first) and the one with fewer racks kept. A node without an xname is a
+    rack of its own.
+    """
+    import numpy as np  # noqa: PLC0415
+    from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
+    from scipy.sparse import coo_array  # noqa: PLC0415
+
+    # Per (group, rack): the group's nodes there, by name.
+    cells: list[tuple[int, str, list[int]]] = []
     for gi, g in enumerate(groups):
-        if g[2] is None:
-            continue
-        r = len(rows) // 2
-        rows += [r, r]
-        cols += [gi, ng + rack_index[g[2]]]
-        vals += [1.0, -size[gi]]
-    link_n = len(rows) // 2
-    cover = np.zeros((a.shape[0], nv))
-    cover[:, :ng] = a
-    count_row = np.zeros((1, nv))
-    count_row[0, :ng] = 1.0
-    constraints = [
-        LinearConstraint(cover, lb=need.astype(np.float64), ub=np.inf),
-        LinearConstraint(count_row, lb=fewest, ub=fewest),
-    ]
-    if link_n:
-        link = csr_array(coo_array((vals, (rows, cols)), shape=(link_n, nv)))
-        constraints.append(LinearConstraint(link, lb=-np.inf, ub=0.0))
-    second = milp(
-        c=c,
-        constraints=constraints,
-        integrality=np.ones(nv),
-        bounds=Bounds(np.zeros(nv), np.concatenate([size, np.ones(nr)])),
-        options=options,
-    )
-    x = second.x if second.status == 0 and second.x is not None else first.x
+        by_rack: dict[str, list[int]] = {}
+        for i in g[2]:
+            by_rack.setdefault(candidates[i].rack or candidates[i].node, []).append(i)
+        cells.extend((gi, r, nodes) for r, nodes in by_rack.items())
+    best = _greedy_racks(cells, counts)
+    notes: list[str] = []
+    racks = sorted({c[1] for c in cells})
+    nc, nr = len(cells), len(racks)
+    if _racks_used(best, cells) > 1:
+        rack_index = {r: k for k, r in enumerate(racks)}
+        nv = nc + nr
+        a = np.array([groups[c[0]][0] for c in cells], dtype=np.float64).T
+        cover = np.zeros((a.shape[0] + 2, nv))
+        cover[: a.shape[0], :nc] = a
+        cover[-2, :nc] = 1.0
+        cover[-1, :nc] = [0.0 if groups[c[0]][1] else 1.0 for c in cells]
+        total = float(sum(counts))
+        outside = float(sum(n for gi, n in enumerate(counts) if not groups[gi][1]))
+        lb = np.concatenate([need.astype(np.float64), [total, outside]])
+        ub = np.concatenate([np.full(a.shape[0], np.inf), [total, outside]])
+        sizes = np.array([len(c[2]) for c in cells], dtype=np.float64)
+        link = coo_array(
+            (
+                np.concatenate([np.ones(nc), -sizes]),
+                (
+                    np.concatenate([np.arange(nc), np.arange(nc)]),
+                    np.concatenate(
+                        [np.arange(nc), nc + np.array([rack_index[c[1]] for c in cells])]
+                    ),
+                ),
+            ),
+            shape=(nc, nv),
+        )
+        res = milp(
+            c=np.concatenate([np.zeros(nc), np.ones(nr)]),
+            constraints=[
+                LinearConstraint(cover, lb=lb, ub=ub),
+                LinearConstraint(link.tocsr(), lb=-np.inf, ub=0.0),
+            ],
+            integrality=np.ones(nv),
+            bounds=Bounds(np.zeros(nv), np.concatenate([sizes, np.ones(nr)])),
+            options={"time_limit": time_limit_s, "mip_rel_gap": 0.0},
+        )
+        if res.x is not None and res.status in (0, 1):
+            take = {k: round(float(res.x[k])) for k in range(nc)}
+            if _racks_used(take, cells) <= _racks_used(best, cells):
+                best = take
+            if res.status != 0:
+                notes.append(f"rack choice: the best found in {time_limit_s:g} s, not proven")
+        else:
+            notes.append(f"rack choice: greedy (HiGHS found none in {time_limit_s:g} s)")
     chosen: list[int] = []
-    for gi, g in enumerate(groups):
-        chosen.extend(g[3][: round(float(x[gi]))])
-    return chosen
+    for k, n in best.items():
+        chosen.extend(cells[k][2][:n])
+    return chosen, notes
+
+
+def _greedy_racks(cells: list[tuple[int, str, list[int]]], counts: list[int]) -> dict[int, int]:
+    """Fill the demand rack by rack, the rack that supplies most of what is left first."""
+    left = {g: n for g, n in enumerate(counts) if n}
+    by_rack: dict[str, list[int]] = {}
+    for k, c in enumerate(cells):
+        if c[0] in left:
+            by_rack.setdefault(c[1], []).append(k)
+    take: dict[int, int] = {}
+    while any(left.values()):
+        rack = max(
+            sorted(by_rack),
+            key=lambda r: sum(min(len(cells[k][2]), left[cells[k][0]]) for k in by_rack[r]),
+        )
+        for k in by_rack.pop(rack):
+            n = min(len(cells[k][2]), left[cells[k][0]])
+            if n:
+                take[k] = n
+                left[cells[k][0]] -= n
+    return take
+
+
+def _racks_used(take: dict[int, int], cells: list[tuple[int, str, list[int]]]) -> int:
+    return len({cells[k][1] for k, n in take.items() if n})
 
 
 def _greedy(units: Any, need: Any, member: Any, candidates: Sequence[NodeComponents]) -> list[int]:
