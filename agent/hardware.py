@@ -259,14 +259,29 @@ def accelerators(
 def nic_details(sysfs_root: Path, name: str, names: PciNames) -> tuple[str | None, bool | None]:
     """``(model, link up)`` of interface ``name``: model from its PCI ids, link from operstate."""
     net = sysfs_root / "class" / "net" / name
-    vendor = _read_int(net / "device" / "vendor", base=16)
-    device = _read_int(net / "device" / "device", base=16)
+    pci = _pci_device(net / "device")
+    vendor = None if pci is None else _read_int(pci / "vendor", base=16)
+    device = None if pci is None else _read_int(pci / "device", base=16)
     model = None
     if vendor is not None and device is not None and 0 <= vendor <= 0xFFFF:
         model = names.name(vendor, device & 0xFFFF)[:MAX_MODEL_NAME_LEN]
     state = _read_text(net / "operstate")
     up = {"up": True, "down": False, "lowerlayerdown": False}.get(state or "")
     return model, up
+
+
+def _pci_device(device: Path) -> Path | None:
+    """The PCI function behind an interface's ``device`` link: the link itself, or for a
+    virtio NIC its parent (the virtio device's own ``vendor``/``device`` are virtio ids, not
+    PCI ones). ``None`` when neither is on the PCI bus. A tree without ``subsystem`` links
+    (a test fixture) is taken as PCI."""
+    for candidate in (device, device / ".."):
+        subsystem = candidate / "subsystem"
+        if not subsystem.is_symlink():
+            return candidate if candidate is device and device.is_dir() else None
+        if subsystem.resolve().name == "pci":
+            return candidate
+    return None
 
 
 def _bus_key(bus_id: str) -> str:

@@ -195,7 +195,8 @@ def main() -> int:
     print(f"whole processes on {args.store_nodes:,} nodes (median of {args.runs}; target < 0.5 s):")
     for name, t in results["cli"].items():
         print(
-            f"  collector {name:<22} {t['median_s']:.3f} s (min {t['min_s']:.3f}, max {t['max_s']:.3f})"
+            f"  collector {name:<22} {t['median_s']:.3f} s "
+            f"(min {t['min_s']:.3f}, max {t['max_s']:.3f})"
         )
     return 0
 

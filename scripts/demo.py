@@ -11,7 +11,9 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``, then a clean shutdown.
+   rejects), ``collector solve``;
+7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
+   apply`` of a pattern, as a dry run and then for real; then a clean shutdown.
 """
 
 from __future__ import annotations
@@ -182,6 +184,13 @@ def main() -> int:
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("7. inventory and pools: components per node, then a pool sized by a pattern")
+        _run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
+        _run_cli("collector", "inventory", "--db", str(db))
+        pattern = "demo:h100:20:epyc:6:memory:300"
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
+        _run_cli("collector", "pool", "list", "--db", str(db))
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

@@ -259,7 +259,8 @@ def _print_plan(plan: Plan, nodes: list[NodeComponents], *, as_json: bool, dry_r
         return
     keep = len(plan.final) - len(plan.take)
     print(
-        f"pool {plan.pool}: {len(plan.final)} nodes in {plan.racks} racks "
+        f"pool {plan.pool}: {len(plan.final)} nodes in {plan.racks} "
+        f"{'rack' if plan.racks == 1 else 'racks'} "
         f"(keep {keep}, take {len(plan.take)}, release {len(plan.release)})"
     )
     print("  " + "   ".join(f"{t}: {plan.units[t]} (need {q})" for t, q in needs.items()))

@@ -8,7 +8,14 @@ import msgspec
 
 from agent.bounds import Bounds
 from agent.gpu import NvmlBackend
-from agent.hardware import PciNames, accelerators, cpu_packages, memory_modules, read_hardware
+from agent.hardware import (
+    PciNames,
+    accelerators,
+    cpu_packages,
+    memory_modules,
+    nic_details,
+    read_hardware,
+)
 from agent.host import HostSampler
 from agent.node import NodeSampler
 from shared.clock import FakeClock
@@ -164,3 +171,25 @@ def test_node_inventory_carries_packages_memory_accelerators_and_nic_models(
     nics = {n.name: msgspec.structs.asdict(n) for n in inv.nics}
     assert nics["eth0"]["up"] is False
     assert nics["eth0"]["model"] == "Mellanox Technologies MT2910 Family [ConnectX-7]"
+
+
+def test_virtio_nic_is_named_by_its_pci_parent_not_its_virtio_ids(tmp_path: Path) -> None:
+    """A virtio NIC's device is on the virtio bus: the model comes from the PCI function above."""
+    sys = tmp_path / "sys"
+    (sys / "bus" / "pci").mkdir(parents=True)
+    (sys / "bus" / "virtio").mkdir(parents=True)
+    pci_fn = sys / "devices" / "pci0000:00" / "0000:00:03.0"
+    virtio = pci_fn / "virtio2"
+    virtio.mkdir(parents=True)
+    (pci_fn / "subsystem").symlink_to(sys / "bus" / "pci")
+    (pci_fn / "vendor").write_text("0x15b3\n")
+    (pci_fn / "device").write_text("0x1021\n")
+    (virtio / "subsystem").symlink_to(sys / "bus" / "virtio")
+    (virtio / "vendor").write_text("0x1af4\n")
+    (virtio / "device").write_text("0x0001\n")
+    net = sys / "class" / "net" / "eth0"
+    net.mkdir(parents=True)
+    (net / "device").symlink_to(virtio)
+    (net / "operstate").write_text("up\n")
+    model, up = nic_details(sys, "eth0", _names(tmp_path))
+    assert (model, up) == ("Mellanox Technologies MT2910 Family [ConnectX-7]", True)
