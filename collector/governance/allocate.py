@@ -11,13 +11,13 @@ fewest nodes. Here, for pool P and pattern needs q_t (terms t):
 - solve 1: minimise sum x_g subject to sum_g a_{g,t} x_g >= q_t for every t;
 - solve 2: with sum x_g fixed at that minimum, minimise the nodes taken from free (the pool
   keeps its own first);
-- solve 3 (:func:`_fewest_racks`): with both counts fixed, split the groups by rack and
-  minimise the racks (xname cabinets) used, a binary y_r per rack and x_{g,r} <= size y_r.
+- then, with both counts fixed, as few racks (xname cabinets) as possible: see
+  :mod:`collector.governance.racks` (exact when HiGHS proves it in time, else the best of
+  three answers, with a note).
 
-All three are solved by SciPy's ``milp`` (HiGHS) with a zero MIP gap, so the node count and
-the pool's share are proven, not estimated. The rack step is the hard one (a facility
-location problem): it gets :data:`RACK_TIME_LIMIT_S`, then the better of HiGHS's best answer
-and a greedy fill (rack by rack), with a note saying it is not proven. Past
+Both solves are SciPy's ``milp`` (HiGHS) with a zero MIP gap, so the node count and the
+pool's share are proven, not estimated. The rack step is the hard one (a facility location
+problem) and gets :data:`RACK_TIME_LIMIT_S`. Past
 :data:`MILP_GROUP_LIMIT` groups, or when HiGHS cannot prove the node count within
 :data:`MILP_TIME_LIMIT_S`, the answer is the greedy one and says so. The greedy answer is
 computed every time, so a plan can say how many nodes clstr's way would have taken.
@@ -38,6 +38,7 @@ from typing import Any, Final
 
 from collector.governance.inventory import NodeComponents
 from collector.governance.pattern import Pattern
+from collector.governance.racks import Group, fewest_racks
 from collector.store.governance import FREE
 from shared.errors import ConfigError
 
@@ -56,7 +57,7 @@ MILP_TIME_LIMIT_S: Final = 10.0
 """Per solve; past it the greedy answer is used unless HiGHS proved its own."""
 RACK_TIME_LIMIT_S: Final = 1.0
 """The rack preference (after the node count and the pool's own nodes, both proven) gets this
-long; then HiGHS's best answer or the greedy one, whichever uses fewer racks, with a note."""
+long; then the answer with the fewest racks found (collector.governance.racks), with a note."""
 
 
 class ImpossiblePatternError(ConfigError):
@@ -195,11 +196,7 @@ def _impossible(
     )
 
 
-_Group = tuple[tuple[int, ...], bool, list[int]]
-"""(units per term, in the pool already, candidate indices sorted by node name)."""
-
-
-def _groups(candidates: Sequence[NodeComponents], units: Any, member: Any) -> list[_Group]:
+def _groups(candidates: Sequence[NodeComponents], units: Any, member: Any) -> list[Group]:
     """Interchangeable candidates: the same units of every term, on the same side."""
     by_key: dict[tuple[tuple[int, ...], bool], list[int]] = {}
     for i in range(len(candidates)):
@@ -209,7 +206,7 @@ def _groups(candidates: Sequence[NodeComponents], units: Any, member: Any) -> li
 
 
 def _milp(
-    groups: list[_Group],
+    groups: list[Group],
     need: Any,
     candidates: Sequence[NodeComponents],
     time_limit_s: float,
@@ -246,113 +243,8 @@ def _milp(
         if second.status == 0 and second.x is not None:
             x = second.x
     counts = [round(float(v)) for v in x]
-    chosen, notes = _fewest_racks(groups, counts, need, candidates, rack_time_limit_s)
+    chosen, notes = fewest_racks(groups, counts, need, candidates, rack_time_limit_s)
     return chosen, notes
-
-
-def _fewest_racks(
-    groups: list[_Group],
-    counts: list[int],
-    need: Any,
-    candidates: Sequence[NodeComponents],
-    time_limit_s: float,
-) -> tuple[list[int], list[str]]:
-    """As many nodes, as many of them the pool's own, from as few racks as possible.
-
-    ``counts`` (nodes per group) is a proven answer for the first two. The integer program
-    here may trade it for another with the same node and member counts: per (group, rack)
-    how many nodes, a binary per rack used, minimise racks; under a time limit. HiGHS's best
-    answer is compared with a greedy one on ``counts`` (the rack that supplies most of what
-    is still wanted, first) and the one with fewer racks kept. A node without an xname is a
-    rack of its own.
-    """
-    import numpy as np  # noqa: PLC0415
-    from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
-    from scipy.sparse import coo_array  # noqa: PLC0415
-
-    # Per (group, rack): the group's nodes there, by name.
-    cells: list[tuple[int, str, list[int]]] = []
-    for gi, g in enumerate(groups):
-        by_rack: dict[str, list[int]] = {}
-        for i in g[2]:
-            by_rack.setdefault(candidates[i].rack or candidates[i].node, []).append(i)
-        cells.extend((gi, r, nodes) for r, nodes in by_rack.items())
-    best = _greedy_racks(cells, counts)
-    notes: list[str] = []
-    racks = sorted({c[1] for c in cells})
-    nc, nr = len(cells), len(racks)
-    if _racks_used(best, cells) > 1:
-        rack_index = {r: k for k, r in enumerate(racks)}
-        nv = nc + nr
-        a = np.array([groups[c[0]][0] for c in cells], dtype=np.float64).T
-        cover = np.zeros((a.shape[0] + 2, nv))
-        cover[: a.shape[0], :nc] = a
-        cover[-2, :nc] = 1.0
-        cover[-1, :nc] = [0.0 if groups[c[0]][1] else 1.0 for c in cells]
-        total = float(sum(counts))
-        outside = float(sum(n for gi, n in enumerate(counts) if not groups[gi][1]))
-        lb = np.concatenate([need.astype(np.float64), [total, outside]])
-        ub = np.concatenate([np.full(a.shape[0], np.inf), [total, outside]])
-        sizes = np.array([len(c[2]) for c in cells], dtype=np.float64)
-        link = coo_array(
-            (
-                np.concatenate([np.ones(nc), -sizes]),
-                (
-                    np.concatenate([np.arange(nc), np.arange(nc)]),
-                    np.concatenate(
-                        [np.arange(nc), nc + np.array([rack_index[c[1]] for c in cells])]
-                    ),
-                ),
-            ),
-            shape=(nc, nv),
-        )
-        res = milp(
-            c=np.concatenate([np.zeros(nc), np.ones(nr)]),
-            constraints=[
-                LinearConstraint(cover, lb=lb, ub=ub),
-                LinearConstraint(link.tocsr(), lb=-np.inf, ub=0.0),
-            ],
-            integrality=np.ones(nv),
-            bounds=Bounds(np.zeros(nv), np.concatenate([sizes, np.ones(nr)])),
-            options={"time_limit": time_limit_s, "mip_rel_gap": 0.0},
-        )
-        if res.x is not None and res.status in (0, 1):
-            take = {k: round(float(res.x[k])) for k in range(nc)}
-            if _racks_used(take, cells) <= _racks_used(best, cells):
-                best = take
-            if res.status != 0:
-                notes.append(f"rack choice: the best found in {time_limit_s:g} s, not proven")
-        else:
-            notes.append(f"rack choice: greedy (HiGHS found none in {time_limit_s:g} s)")
-    chosen: list[int] = []
-    for k, n in best.items():
-        chosen.extend(cells[k][2][:n])
-    return chosen, notes
-
-
-def _greedy_racks(cells: list[tuple[int, str, list[int]]], counts: list[int]) -> dict[int, int]:
-    """Fill the demand rack by rack, the rack that supplies most of what is left first."""
-    left = {g: n for g, n in enumerate(counts) if n}
-    by_rack: dict[str, list[int]] = {}
-    for k, c in enumerate(cells):
-        if c[0] in left:
-            by_rack.setdefault(c[1], []).append(k)
-    take: dict[int, int] = {}
-    while any(left.values()):
-        rack = max(
-            sorted(by_rack),
-            key=lambda r: sum(min(len(cells[k][2]), left[cells[k][0]]) for k in by_rack[r]),
-        )
-        for k in by_rack.pop(rack):
-            n = min(len(cells[k][2]), left[cells[k][0]])
-            if n:
-                take[k] = n
-                left[cells[k][0]] -= n
-    return take
-
-
-def _racks_used(take: dict[int, int], cells: list[tuple[int, str, list[int]]]) -> int:
-    return len({cells[k][1] for k, n in take.items() if n})
 
 
 def _greedy(units: Any, need: Any, member: Any, candidates: Sequence[NodeComponents]) -> list[int]:
