@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -12,9 +13,16 @@ from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from shared.schema import AcceleratorInfo, NodeStatus, encode
 from shared.topics import inventory_topic, sample_topic, status_topic
-from tests.collector.governance.fleet import A100, Spec, cli, inventory
+from tests.collector.governance.fleet import A100, Spec, inventory
+from tests.collector.governance.fleet import cli as _cli
 from tests.helpers import db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
+
+
+async def cli(*args: str) -> tuple[int, str, str]:
+    """The command in a thread: the collector runs on this event loop, and a command waiting
+    on the store's lock must not stop the loop that would release it."""
+    return await asyncio.to_thread(_cli, *args)
 
 
 async def _publish_fleet(broker: MosquittoBroker, sim: FleetSimulator) -> None:
@@ -50,7 +58,7 @@ async def test_declared_then_agent_inventory_and_a_pool_that_survives_a_restart(
         + b"\n"
         + encode(inventory(Spec("x9000c0s0b0n0", gpu=A100, gpus=4)))
     )
-    code, _, err = cli("inventory", "import", str(declared), "--db", str(db))
+    code, _, err = await cli("inventory", "import", str(declared), "--db", str(db))
     assert code == 0, err
     await _publish_fleet(mosquitto, sim)
     await wait_until(
@@ -60,7 +68,7 @@ async def test_declared_then_agent_inventory_and_a_pool_that_survives_a_restart(
         ),
         what="four inventories and samples stored",
     )
-    code, out, err = cli("inventory", "--db", str(db), "--json")
+    code, out, err = await cli("inventory", "--db", str(db), "--json")
     assert code == 0, err
     nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
     first = nodes[sim.node_ids[0]]
@@ -70,13 +78,15 @@ async def test_declared_then_agent_inventory_and_a_pool_that_survives_a_restart(
     assert nodes["x9000c0s0b0n0"]["state"] == "declared"
     assert nodes[sim.node_ids[3]]["components"]["accelerator AMD MI300X"] == 1
     # Declared nodes run no agent: never online, never taken.
-    code, out, err = cli("pool", "apply", "-p", "team:h100:16:mi300x:1", "--db", str(db), "--json")
+    code, out, err = await cli(
+        "pool", "apply", "-p", "team:h100:16:mi300x:1", "--db", str(db), "--json"
+    )
     assert code == 0, err
     plan = json.loads(out)
     assert len(plan["nodes"]) == 2
     assert sim.node_ids[3] in plan["nodes"]
     await collector_runner.stop()
     await collector_runner.start()  # a new daemon on the same store
-    code, out, _ = cli("pool", "list", "--db", str(db), "--json")
+    code, out, _ = await cli("pool", "list", "--db", str(db), "--json")
     pools = {p["name"]: p["nodes"] for p in json.loads(out)["pools"]}
     assert pools["team"] == 2
