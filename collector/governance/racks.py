@@ -14,8 +14,9 @@ fewest racks kept:
 3. the exact integer program (per group and rack how many nodes, a binary per rack used),
    whatever HiGHS finds within the time limit.
 
-A note says when the answer is not proven fewest. A node without an xname is a rack of its
-own.
+The answer is proven fewest when it meets a lower bound (per term, and for the node count,
+the fewest racks whose supply alone reaches it) or HiGHS proves it; a note says when not. A
+node without an xname is a rack of its own.
 """
 
 from __future__ import annotations
@@ -61,14 +62,14 @@ def fewest_racks(
         )
         if first is not None and _racks_used(first, cells) < _racks_used(best, cells):
             best = first
+        proven = _racks_used(best, cells) <= _lower_bound(groups, cells, need, total)
         left = deadline - time.perf_counter()
-        exact, proven = (
-            _exact(groups, cells, need=need, total=total, outside=outside, time_limit_s=left)
-            if left > 0.05
-            else (None, False)
-        )
-        if exact is not None and _racks_used(exact, cells) <= _racks_used(best, cells):
-            best = exact
+        if not proven and left > 0.05:
+            exact, proven = _exact(
+                groups, cells, need=need, total=total, outside=outside, time_limit_s=left
+            )
+            if exact is not None and _racks_used(exact, cells) <= _racks_used(best, cells):
+                best = exact
         if not proven:
             notes.append(
                 f"rack choice: the fewest racks found in {time_limit_s:g} s, not proven fewest"
@@ -77,6 +78,26 @@ def fewest_racks(
     for k, n in best.items():
         chosen.extend(cells[k][2][:n])
     return chosen, notes
+
+
+def _lower_bound(groups: list[Group], cells: list[_Cell], need: Any, total: int) -> int:
+    """No answer uses fewer racks: for each term, and for the node count, the fewest racks
+    whose supply alone reaches it (the biggest suppliers first)."""
+    import numpy as np  # noqa: PLC0415
+
+    supply: dict[str, Any] = {}
+    for g, r, nodes in cells:
+        row = np.append(np.asarray(groups[g][0], dtype=np.float64), 1.0) * len(nodes)
+        supply[r] = supply.get(r, 0) + row
+    table = np.array(list(supply.values()))  # racks x (terms + node count)
+    wanted = np.append(need.astype(np.float64), float(total))
+    bound = 1
+    for j, want in enumerate(wanted):
+        if want <= 0:
+            continue
+        reach = np.cumsum(np.sort(table[:, j])[::-1])
+        bound = max(bound, int(np.searchsorted(reach, want - 1e-9)) + 1)
+    return bound
 
 
 def _racks_used(take: dict[int, int], cells: list[_Cell]) -> int:
