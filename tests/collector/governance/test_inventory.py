@@ -162,3 +162,24 @@ def test_rack_is_the_normalised_xname_cabinet() -> None:
     assert rack_of("X0101C1S05B0N0") == "x101"
     assert rack_of("gpu-node-07") is None
     assert rack_of("x1001c8s5b0n0") is None  # chassis 0-7
+
+
+async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A row that is not JSON, or with 10^6 sockets, shows as unreadable; the rest still shows."""
+    import sqlite3  # noqa: PLC0415
+
+    db = await make_store(tmp_path, [Spec("good")])
+    bad = msgspec.json.decode(encode(inventory(Spec("huge"))))
+    bad["cpus"][0]["sockets"] = 10**6
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO nodes (node, inventory) VALUES ('junk', x'00ff')")
+        conn.execute(
+            "INSERT INTO nodes (node, inventory) VALUES ('huge', ?)", (msgspec.json.encode(bad),)
+        )
+    code, out, _ = cli("inventory", "--db", str(db), "--json")
+    assert code == 0
+    nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
+    assert nodes["good"]["components"][f"gpu {A100}"] == 4
+    for name in ("junk", "huge"):
+        assert nodes[name]["components"] == {}
+        assert nodes[name]["problems"][0].startswith("inventory unreadable")
