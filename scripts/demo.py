@@ -11,11 +11,14 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``, then a clean shutdown.
+   rejects), ``collector solve``;
+7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
+   apply`` of a pattern, as a dry run and then for real; then a clean shutdown.
 
 Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
 a receiver on loopback (this script; it checks each signature and prints what it got), and,
-when Alertmanager is installed (Debian: prometheus-alertmanager), pushed to a real one.
+when Alertmanager is installed (Debian: prometheus-alertmanager), pushed to a real one. The
+collector's /readyz and /metrics are shown too.
 """
 
 from __future__ import annotations
@@ -338,6 +341,13 @@ def main() -> int:
             _run_cli("collector", "solve", "--config", str(plan))
         _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
         _show_metrics(f"http://127.0.0.1:{metrics_port}")
+        _banner("7. inventory and pools: components per node, then a pool sized by a pattern")
+        _run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
+        _run_cli("collector", "inventory", "--db", str(db))
+        pattern = "demo:h100:20:epyc:6:memory:300"
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
+        _run_cli("collector", "pool", "list", "--db", str(db))
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

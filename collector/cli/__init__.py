@@ -41,6 +41,14 @@ COMMANDS: Final = {
         "collector.cli.solve",
         "size a cluster under a power cap: how many GPUs fit, and why not more",
     ),
+    "inventory": (
+        "collector.cli.inventory",
+        "hardware per node as components (per pool, --node, import FILE of declared nodes)",
+    ),
+    "pool": (
+        "collector.cli.pool",
+        "named sets of nodes: list, show, create, delete, add, remove, apply -p PATTERN",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

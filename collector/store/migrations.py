@@ -228,4 +228,24 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX pool_nodes_pool ON pool_nodes (pool);
         """,
     ),
+    (
+        # Inventories declared for nodes that run no agent yet (`collector inventory import`;
+        # an agent's own in `nodes` wins), and every pool move with the command that made it.
+        "0010_inventory_and_pools",
+        """
+        CREATE TABLE declared_inventories (
+            node TEXT PRIMARY KEY,
+            inventory BLOB NOT NULL,      -- JSON in the inventory topic's shape, validated
+            declared REAL NOT NULL
+        );
+        CREATE TABLE pool_moves (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            node TEXT NOT NULL,
+            from_pool TEXT NOT NULL,      -- 'free' for no pool
+            to_pool TEXT NOT NULL,
+            reason TEXT NOT NULL          -- the command: 'apply zinal:a100:4', 'add', ...
+        );
+        """,
+    ),
 )
