@@ -35,6 +35,8 @@ from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
+from collector.capacity.job import CapacityJob
+from collector.capacity.rules import CapacityRuleSettings, capacity_rules
 from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
@@ -42,7 +44,7 @@ from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import Clock, SystemClock
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
 
@@ -71,7 +73,13 @@ class Collector:
             max_age_s=settings.retention_s,
             live=self.live,
         )
-        self.evaluator = Evaluator(builtin_rules(settings.alerts.builtin()))
+        self.capacity: CapacityJob | None = None
+        """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
+        rules = builtin_rules(settings.alerts.builtin())
+        if settings.capacity.plan is not None:
+            self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
+            rules += capacity_rules(self.capacity.state, _capacity_rule_settings(settings))
+        self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -177,7 +185,7 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[alerts],
+                jobs=[alerts] if self.capacity is None else [alerts, self.capacity],
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")
@@ -210,6 +218,45 @@ class Collector:
             )
 
         return connect
+
+
+def _capacity_job(
+    settings: CollectorSettings, live: LiveView, clock: Clock, counters: Counter[str]
+) -> CapacityJob:
+    """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+    c = settings.capacity
+    assert c.plan is not None
+    try:
+        cplan = load_capacity_plan(c.plan)
+    except PlanError as exc:
+        raise ConfigError(
+            f"setting 'capacity.plan' ({c.plan}): {exc}", field="capacity.plan"
+        ) from exc
+    return CapacityJob(
+        cplan,
+        live,
+        clock,
+        interval_s=c.interval_s,
+        keep_s=c.keep_s,
+        stale_intervals=settings.stale_intervals,
+        stale_basis=c.stale_basis,
+        counters=counters,
+    )
+
+
+def _capacity_rule_settings(settings: CollectorSettings) -> CapacityRuleSettings:
+    c = settings.capacity
+    return CapacityRuleSettings(
+        warn_pct=c.warn_pct,
+        critical_pct=c.critical_pct,
+        for_s=c.for_s,
+        keep_firing_for_s=c.keep_firing_for_s,
+        rising_w_per_min=c.rising_w_per_min,
+        rising_window_s=c.rising_window_s,
+        max_age_s=max(300.0, 3 * c.interval_s),
+    )
 
 
 async def _write_then(writer: Writer, delivery: Delivery | None) -> None:

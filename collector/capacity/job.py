@@ -1,0 +1,129 @@
+"""The collector's capacity cycle: live picture, fixed-fleet solve, one snapshot row.
+
+:class:`CapacityJob` runs inside the writer task (like the alert job) every ``interval_s``
+(default 30 s) when a site plan is configured: it computes the :class:`Picture` from the
+in-memory live view (never the store), writes one ``capacity_snapshots`` row (and deletes
+rows older than ``keep_s``), and keeps the picture and a short history of IT draw in a
+:class:`CapacityState` that the capacity alert rules read.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from collector.capacity.compute import TypeMatcher, compute_picture
+from collector.capacity.config import CapacityPlan
+from collector.capacity.picture import Picture, StaleBasis, picture_to_dict
+from collector.live import LiveView
+from collector.store.capacity import SnapshotRow, write_snapshot
+from collector.store.db import Store
+from shared.clock import Clock
+from shared.logging import get_logger
+
+__all__ = ["CapacityJob", "CapacityState", "snapshot_row"]
+
+log = get_logger("capacity")
+
+_HISTORY: Final = 720
+"""IT draw points kept for the rising-draw rule (6 h at the default 30 s)."""
+
+
+@dataclass(slots=True)
+class CapacityState:
+    """The latest picture and recent IT draw: what the capacity alert rules read."""
+
+    picture: Picture | None = None
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    """(collector time, IT draw W) per cycle, oldest first."""
+
+    def update(self, picture: Picture) -> None:
+        """Hold ``picture`` as the latest and record its draw."""
+        self.picture = picture
+        self.history.append((picture.at, picture.it_w))
+
+
+def snapshot_row(p: Picture) -> SnapshotRow:
+    """The store row of a picture."""
+    return SnapshotRow(
+        p.at,
+        p.cap_w,
+        p.it_w,
+        p.facility_w,
+        p.headroom_w,
+        p.worst_it_w,
+        p.nodes,
+        p.stale_nodes,
+        p.unmatched_nodes,
+        p.clamped_nodes,
+        p.binding,
+        json.dumps(picture_to_dict(p), separators=(",", ":")),
+    )
+
+
+class CapacityJob:
+    """Computes and stores the live picture every ``interval_s``; see the module."""
+
+    def __init__(
+        self,
+        cplan: CapacityPlan,
+        view: LiveView,
+        clock: Clock,
+        *,
+        state: CapacityState | None = None,
+        interval_s: float = 30.0,
+        keep_s: float = 30 * 86_400.0,
+        stale_intervals: float = 3.0,
+        stale_basis: StaleBasis = "nameplate",
+        counters: Counter[str] | None = None,
+    ) -> None:
+        self.name = "capacity"
+        self.interval_s = interval_s
+        self.state = state if state is not None else CapacityState()
+        self._cplan = cplan
+        self._view = view
+        self._clock = clock
+        self._keep_s = keep_s
+        self._stale_intervals = stale_intervals
+        self._stale_basis: StaleBasis = stale_basis
+        self._matcher = TypeMatcher(cplan)
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.cpu_ms = 0.0
+        """CPU time of the last cycle (picture, solve and snapshot write), ms."""
+
+    def compute(self) -> Picture:
+        """The picture of the live view now (no store write)."""
+        return compute_picture(
+            self._cplan,
+            self._view.nodes(),
+            self._clock.time(),
+            stale_intervals=self._stale_intervals,
+            stale_basis=self._stale_basis,
+            matcher=self._matcher,
+        )
+
+    async def __call__(self, store: Store) -> None:
+        """One cycle: picture, snapshot row, state for the rules."""
+        cpu0 = time.process_time()
+        picture = self.compute()
+        row = snapshot_row(picture)
+        deleted = await write_snapshot(store, row, keep_s=self._keep_s)
+        self.state.update(picture)
+        self.cpu_ms = (time.process_time() - cpu0) * 1000
+        self.counters["capacity_snapshots"] += 1
+        log.info(
+            "capacity_snapshot",
+            it_w=round(picture.it_w),
+            cap_w=round(picture.cap_w),
+            headroom_pct=round(picture.headroom_pct, 2),
+            nodes=picture.nodes,
+            stale=picture.stale_nodes,
+            unmatched=picture.unmatched_nodes,
+            clamped=picture.clamped_nodes,
+            binding=picture.binding,
+            deleted=deleted,
+            ms=round(picture.compute_ms, 1),
+        )
