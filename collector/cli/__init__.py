@@ -41,6 +41,10 @@ COMMANDS: Final = {
         "collector.cli.solve",
         "size a cluster under a power cap: how many GPUs fit, and why not more",
     ),
+    "capacity": (
+        "collector.cli.capacity",
+        "live draw under the site's cap: headroom, what still fits, what-if --add/--remove",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""
