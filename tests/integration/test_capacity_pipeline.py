@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import io
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,28 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         assert w["fabric_w"] == pytest.approx(solved.power.fabric_w, rel=1e-12)
         assert w["fits"] is solved.fits
         assert code == (0 if solved.fits else 1)
+
+        code, out = _cli("--db", str(db), "--plan", str(plan_path), "--now")
+        assert out["capacity"]["nodes"] == FLEET + 3
+        assert out["capacity"]["nodes_w"] == pytest.approx(truth, rel=0.01)
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO pools (name, created) VALUES ('old', 0)")
+            conn.executemany(
+                "INSERT INTO pool_nodes (node, pool) VALUES (?, 'old')",
+                [(n,) for n in sim.node_ids[:10]],
+            )
+        conn.close()
+        code, out = _cli("--db", str(db), "--plan", str(plan_path), "--remove", "old")
+        assert out["capacity"]["nodes"] == FLEET + 3 - 10
+        assert "without 10 node(s)" in out["source"]
+
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            collector_main(["capacity", "--db", str(db), "--add", "DGX-H100=32"])
+        lines = text.getvalue()
+        assert "live IT draw" in lines
+        assert "hot-rack" in lines
+        assert "What-if: add 32 x DGX-H100 at 10.2 kW (nameplate)" in lines
     finally:
         stop.set()
         await publisher
