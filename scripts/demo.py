@@ -11,7 +11,8 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``, then a clean shutdown.
+   rejects), ``collector solve``, ``collector capacity`` (live draw under the example site's
+   cap, and a what-if) and ``collector plot`` (three PNGs), then a clean shutdown.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ def main() -> int:
 
     try:
         _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
+        site = ROOT / "deploy" / "site.example.toml"
+        env["CAPWATCH_CAPACITY__PLAN"] = str(site)  # live capacity, every 2 s here
+        env["CAPWATCH_CAPACITY__INTERVAL_S"] = "2"
         spawn("collector", "collector", "run", *common, "--db", str(db), "--log-level", "info")
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
@@ -182,6 +186,15 @@ def main() -> int:
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("collector capacity: live draw under the site's cap, and a what-if")
+        _run_cli("collector", "capacity", "--db", str(db))
+        _run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
+        _banner("collector plot: capacity history and the rack/node/GPU treemap")
+        for picture in ("usage", "capacity", "hierarchy"):
+            _run_cli(
+                "collector", "plot", picture, "--db", str(db), "--out",
+                str(workdir / f"{picture}.png"),
+            )
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

@@ -45,6 +45,10 @@ COMMANDS: Final = {
         "collector.cli.capacity",
         "live draw under the site's cap: headroom, what still fits, what-if --add/--remove",
     ),
+    "plot": (
+        "collector.cli.plot",
+        "PNG pictures: utilisation and power over time, capacity history, rack treemap",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

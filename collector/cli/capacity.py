@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collector.capacity import CapacityPlan, Picture, StaleBasis
     from collector.capacity.whatif import WhatIf
 
-__all__ = ["add_parser", "run"]
+__all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
 
 _DESCRIPTION: Final = """\
 Live power against the site's cap: IT draw, headroom (W and %), the worst case (every node
@@ -107,27 +107,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=run)
 
 
-class _Settings(NamedTuple):
+class CapacityCliSettings(NamedTuple):
+    """What ``collector capacity`` and ``collector plot`` need from the settings."""
+
     db_path: Path
     plan: Path | None
     stale_intervals: float
     stale_basis: StaleBasis
 
 
-def _settings(args: argparse.Namespace) -> _Settings:
+def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
         from collector.store.queries import DEFAULT_STALE_INTERVALS  # noqa: PLC0415
         from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: Path | None = args.db
-        return _Settings(
+        return CapacityCliSettings(
             DEFAULT_DB_PATH if db is None else db, args.plan, DEFAULT_STALE_INTERVALS, "nameplate"
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 
     s = settings_from_args(args)
-    return _Settings(
+    return CapacityCliSettings(
         s.db_path, args.plan or s.capacity.plan, s.stale_intervals, s.capacity.stale_basis
     )
 
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
-    s = _settings(args)
+    s = load_settings_for(args)
     recompute = args.now or bool(args.remove)
     cplan: CapacityPlan | None = None
     source = "recomputed from the store's newest samples"

@@ -48,6 +48,14 @@ def _plan_file(tmp_path: Path) -> Path:
     return path
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (and the file must be a PNG)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert head[12:16] == b"IHDR"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _cli(*argv: str) -> tuple[int, dict[str, Any]]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -180,6 +188,18 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         assert "live IT draw" in lines
         assert "hot-rack" in lines
         assert "What-if: add 32 x DGX-H100 at 10.2 kW (nameplate)" in lines
+
+        for picture, extra in (
+            ("usage", []),
+            ("usage", ["--node", sim.node_ids[0]]),
+            ("capacity", []),
+            ("hierarchy", []),
+        ):
+            png = tmp_path / f"{picture}-{len(extra)}.png"
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = collector_main(["plot", picture, "--db", str(db), "--out", str(png), *extra])
+            assert code == 0
+            assert png_size(png) == (1600, 1000)
     finally:
         stop.set()
         await publisher
