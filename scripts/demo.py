@@ -191,10 +191,8 @@ def main() -> int:
         _run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
         _banner("collector plot: capacity history and the rack/node/GPU treemap")
         for picture in ("usage", "capacity", "hierarchy"):
-            _run_cli(
-                "collector", "plot", picture, "--db", str(db), "--out",
-                str(workdir / f"{picture}.png"),
-            )
+            png = str(workdir / f"{picture}.png")
+            _run_cli("collector", "plot", picture, "--db", str(db), "--out", png)
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):
