@@ -78,7 +78,7 @@ class Collector:
         rules = builtin_rules(settings.alerts.builtin())
         if settings.capacity.plan is not None:
             self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
-            rules += capacity_rules(self.capacity.state, _capacity_rule_settings(settings))
+            rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
         self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
@@ -243,19 +243,6 @@ def _capacity_job(
         stale_intervals=settings.stale_intervals,
         stale_basis=c.stale_basis,
         counters=counters,
-    )
-
-
-def _capacity_rule_settings(settings: CollectorSettings) -> CapacityRuleSettings:
-    c = settings.capacity
-    return CapacityRuleSettings(
-        warn_pct=c.warn_pct,
-        critical_pct=c.critical_pct,
-        for_s=c.for_s,
-        keep_firing_for_s=c.keep_firing_for_s,
-        rising_w_per_min=c.rising_w_per_min,
-        rising_window_s=c.rising_window_s,
-        max_age_s=max(300.0, 3 * c.interval_s),
     )
 
 

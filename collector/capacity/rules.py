@@ -13,11 +13,14 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from collector.alerts.rule import Condition, Instance, Rule
 from collector.capacity.job import CapacityState
 from collector.live import LiveView
+
+if TYPE_CHECKING:
+    from collector.settings import CapacitySettings
 
 __all__ = ["CAPACITY_RULE_NAMES", "CapacityRuleSettings", "capacity_rules"]
 
@@ -45,6 +48,19 @@ class CapacityRuleSettings:
     rising_window_s: float = 300.0
     max_age_s: float = 300.0
     """A picture older than this (the capacity job stopped) raises no alerts."""
+
+    @classmethod
+    def of(cls, c: CapacitySettings) -> CapacityRuleSettings:
+        """The rules' settings from the collector's ``[capacity]`` settings."""
+        return cls(
+            warn_pct=c.warn_pct,
+            critical_pct=c.critical_pct,
+            for_s=c.for_s,
+            keep_firing_for_s=c.keep_firing_for_s,
+            rising_w_per_min=c.rising_w_per_min,
+            rising_window_s=c.rising_window_s,
+            max_age_s=max(300.0, 3 * c.interval_s),
+        )
 
 
 def _w(watts: float) -> str:

@@ -424,7 +424,7 @@ def test_unknown_command_is_an_argparse_error(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as info:
         main(["qurey"])
     assert info.value.code == 2
-    choices = "'run', 'query', 'alerts', 'silence', 'rules', 'solve'"
+    choices = "'run', 'query', 'alerts', 'silence', 'rules', 'solve', 'capacity', 'plot'"
     assert f"invalid choice: 'qurey' (choose from {choices})" in capsys.readouterr().err
 
 
