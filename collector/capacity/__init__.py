@@ -11,31 +11,6 @@
 
 from __future__ import annotations
 
-from collector.capacity.compute import NodeModel, TypeMatcher, compute_picture, fleet_solution
-from collector.capacity.config import CapacityPlan, load_capacity_plan, parse_capacity
-from collector.capacity.picture import (
-    NodeDraw,
-    Picture,
-    RackDraw,
-    StaleBasis,
-    TypeDraw,
-    picture_from_dict,
-    picture_to_dict,
-)
-
-__all__ = [
-    "CapacityPlan",
-    "NodeDraw",
-    "NodeModel",
-    "Picture",
-    "RackDraw",
-    "StaleBasis",
-    "TypeDraw",
-    "TypeMatcher",
-    "compute_picture",
-    "fleet_solution",
-    "load_capacity_plan",
-    "parse_capacity",
-    "picture_from_dict",
-    "picture_to_dict",
-]
+# No re-exports: `collector capacity` showing a snapshot imports only the picture module
+# (its dataclasses), not the solver, the live view and the wire schema.
+__all__: list[str] = []

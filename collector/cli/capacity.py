@@ -20,7 +20,8 @@ from collector.cli._render import Column, print_json, render_table
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collector.capacity import CapacityPlan, Picture, StaleBasis
+    from collector.capacity.config import CapacityPlan
+    from collector.capacity.picture import Picture, StaleBasis
     from collector.capacity.whatif import WhatIf
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
@@ -135,7 +136,7 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
 
 
 def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
-    from collector.capacity import load_capacity_plan  # noqa: PLC0415
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
 
     if path is None and picture_plan:
         path = Path(picture_plan)
@@ -149,8 +150,7 @@ def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
 
 def run(args: argparse.Namespace) -> int:
     """Print the capacity picture (and the what-if)."""
-    from collector.capacity import compute_picture, picture_from_dict  # noqa: PLC0415
-    from collector.capacity.whatif import parse_add, what_if  # noqa: PLC0415
+    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
     from collector.store.capacity import latest_snapshot, pool_members  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
     source = "recomputed from the store's newest samples"
     with StoreReader(s.db_path) as reader:
         if recompute:
+            # the solver, the live view and the wire schema: only when recomputing
+            from collector.capacity.compute import compute_picture  # noqa: PLC0415
             from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
 
             cplan = _plan(s.plan, None)
@@ -199,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
             source = f"snapshot, {max(0.0, time.time() - picture.at):.0f} s old"
     answer = None
     if args.add and cplan is not None:
+        from collector.capacity.whatif import parse_add, what_if  # noqa: PLC0415
+
         known = [t.name for t in cplan.plan.node_types]
         adds: dict[str, int] = {}
         for text in args.add:
@@ -217,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_json(picture: Picture, answer: WhatIf | None, source: str) -> None:
     from dataclasses import asdict  # noqa: PLC0415
 
-    from collector.capacity import picture_to_dict  # noqa: PLC0415
+    from collector.capacity.picture import picture_to_dict  # noqa: PLC0415
 
     out: dict[str, Any] = {"source": source, "capacity": picture_to_dict(picture)}
     if answer is not None:

@@ -126,7 +126,8 @@ def _usage(reader: StoreReader, node: str | None, since: float, since_s: float) 
 def _hierarchy(
     reader: StoreReader, plan: Path | None, stale_intervals: float, now: float
 ) -> Figure:
-    from collector.capacity import compute_picture, load_capacity_plan  # noqa: PLC0415
+    from collector.capacity.compute import compute_picture  # noqa: PLC0415
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
     from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
     from collector.plot.treemap import hierarchy_figure  # noqa: PLC0415
     from collector.store.capacity import latest_snapshot  # noqa: PLC0415

@@ -14,7 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from collector.capacity import CapacityPlan, NodeDraw, Picture
+from collector.capacity.config import CapacityPlan
+from collector.capacity.picture import NodeDraw, Picture
 from collector.plot.figures import HEIGHT_PX, WIDTH_PX, new_figure
 
 if TYPE_CHECKING:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from collector.store.db import Store
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
+
+if TYPE_CHECKING:  # the writer's side; commands import only the read functions
+    from collector.store.db import Store
 
 __all__ = [
     "SnapshotRow",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.simulate import FleetSimulator
-from collector.capacity import compute_picture, fleet_solution
+from collector.capacity.compute import compute_picture, fleet_solution
 from collector.capacity.job import snapshot_row
 from collector.capacity.whatif import parse_add
 from collector.cli import main

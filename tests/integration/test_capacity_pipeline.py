@@ -22,7 +22,8 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
-from collector.capacity import fleet_solution, load_capacity_plan
+from collector.capacity.compute import fleet_solution
+from collector.capacity.config import load_capacity_plan
 from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from collector.power.plan import read_plan_document

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Final
 
 from agent.simulate import FleetSimulator
-from collector.capacity import CapacityPlan, NodeModel, load_capacity_plan
+from collector.capacity.compute import NodeModel
+from collector.capacity.config import CapacityPlan, load_capacity_plan
 from collector.live import LiveView
 from shared.schema import Sample
 

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
-from collector.capacity import compute_picture, fleet_solution, parse_capacity
-from collector.capacity.config import CapacityPlan
+from collector.capacity.compute import compute_picture, fleet_solution
+from collector.capacity.config import CapacityPlan, parse_capacity
 from collector.power.plan import read_plan_document
 from shared.errors import PlanError
 from shared.schema import Sample

@@ -6,8 +6,9 @@ from dataclasses import replace
 
 from agent.simulate import FleetSimulator
 from collector.alerts.rule import Evaluator
-from collector.capacity import Picture, compute_picture
+from collector.capacity.compute import compute_picture
 from collector.capacity.job import CapacityState
+from collector.capacity.picture import Picture
 from collector.capacity.rules import CAPACITY_RULE_NAMES, CapacityRuleSettings, capacity_rules
 from collector.live import LiveView
 from tests.collector.capacity.helpers import filled_view, site_plan
