@@ -174,6 +174,8 @@ class Collector:
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            if self.capacity is not None:
+                await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(
                 store,
                 self._queue,

@@ -204,9 +204,22 @@ class CapacitySettings(BaseModel):
     rising_w_per_min: float = Field(default=0.0, ge=0)
     """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
     rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    disabled: list[str] = Field(default=[], max_length=16)
+    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
 
     @model_validator(mode="after")
-    def _critical_above_warning(self) -> CapacitySettings:
+    def _checked(self) -> CapacitySettings:
+        unknown: list[str] = []
+        if self.disabled:  # the rules module only when needed: settings load for every command
+            from collector.capacity.rules import CAPACITY_RULE_NAMES  # noqa: PLC0415
+
+            unknown = sorted(set(self.disabled) - set(CAPACITY_RULE_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"setting 'capacity.disabled' names unknown rules {unknown}: use "
+                f"{', '.join(CAPACITY_RULE_NAMES)}",
+                field="capacity.disabled",
+            )
         if self.critical_pct < self.warn_pct:
             raise ConfigError(
                 f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "

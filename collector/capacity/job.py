@@ -17,9 +17,9 @@ from typing import Final
 
 from collector.capacity.compute import TypeMatcher, compute_picture
 from collector.capacity.config import CapacityPlan
-from collector.capacity.picture import Picture, StaleBasis, picture_to_dict
+from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
 from collector.live import LiveView
-from collector.store.capacity import SnapshotRow, write_snapshot
+from collector.store.capacity import SnapshotRow, recent_snapshots, write_snapshot
 from collector.store.db import Store
 from shared.clock import Clock
 from shared.logging import get_logger
@@ -104,6 +104,18 @@ class CapacityJob:
             stale_basis=self._stale_basis,
             matcher=self._matcher,
         )
+
+    async def restore(self, store: Store, *, window_s: float) -> int:
+        """Take back the draw history of the last ``window_s`` and the newest picture (what
+        the rules read until the first cycle), so a restart neither forgets a rising draw
+        nor resolves a capacity alert for want of a picture; return the points restored."""
+        points, newest = await recent_snapshots(store, self._clock.time() - window_s)
+        self.state.history.extend(points)
+        if newest is not None:
+            self.state.picture = picture_from_dict(json.loads(newest))
+        if points:
+            log.info("capacity_restored", points=len(points))
+        return len(points)
 
     async def __call__(self, store: Store) -> None:
         """One cycle: picture, snapshot row, state for the rules."""

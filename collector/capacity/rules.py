@@ -48,6 +48,8 @@ class CapacityRuleSettings:
     rising_window_s: float = 300.0
     max_age_s: float = 300.0
     """A picture older than this (the capacity job stopped) raises no alerts."""
+    disabled: frozenset[str] = frozenset()
+    """Rules to leave out, by name."""
 
     @classmethod
     def of(cls, c: CapacitySettings) -> CapacityRuleSettings:
@@ -60,6 +62,7 @@ class CapacityRuleSettings:
             rising_w_per_min=c.rising_w_per_min,
             rising_window_s=c.rising_window_s,
             max_age_s=max(300.0, 3 * c.interval_s),
+            disabled=frozenset(c.disabled),
         )
 
 
@@ -138,7 +141,7 @@ def capacity_rules(
                 {"slope": _w(per_min), "limit": _w(limit), "it": _w(p.it_w), "cap": _w(p.cap_w)},
             )
 
-    return [
+    rules = [
         Rule(
             "SitePowerHigh",
             "warning",
@@ -186,3 +189,4 @@ def capacity_rules(
             keep_firing_for_s=s.keep_firing_for_s,
         ),
     ]
+    return [r for r in rules if r.name not in s.disabled]

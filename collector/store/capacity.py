@@ -23,6 +23,7 @@ __all__ = [
     "latest_node_rows",
     "latest_snapshot",
     "pool_members",
+    "recent_snapshots",
     "snapshot_series",
     "write_snapshot",
 ]
@@ -64,6 +65,18 @@ async def write_snapshot(store: Store, row: SnapshotRow, *, keep_s: float) -> in
         deleted = cur.rowcount
         await cur.close()
     return max(deleted, 0)
+
+
+async def recent_snapshots(
+    store: Store, since: float
+) -> tuple[list[tuple[float, float]], str | None]:
+    """For a restarted collector: (time, IT draw) of the snapshots since ``since``, oldest
+    first, and the newest snapshot's picture (JSON text; ``None`` when there is none)."""
+    rows = await store.fetchall(
+        "SELECT at, it_w FROM capacity_snapshots WHERE at >= ? ORDER BY at", (since,)
+    )
+    newest = await store.fetchall("SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
+    return [(r[0], r[1]) for r in rows], newest[0][0] if newest else None
 
 
 def _need_table(reader: StoreReader) -> None:

@@ -26,8 +26,20 @@ def _firing(ev: Evaluator, now: float) -> dict[str, dict[str, str]]:
     return {s.rule: s.labels for s in ev.states() if s.state == "firing"}
 
 
-def _evaluator(state: CapacityState, **kw: float) -> Evaluator:
-    settings = CapacityRuleSettings(for_s=0.0, keep_firing_for_s=0.0, **kw)
+def _evaluator(
+    state: CapacityState,
+    *,
+    rising_w_per_min: float = 0.0,
+    rising_window_s: float = 300.0,
+    max_age_s: float = 300.0,
+) -> Evaluator:
+    settings = CapacityRuleSettings(
+        for_s=0.0,
+        keep_firing_for_s=0.0,
+        rising_w_per_min=rising_w_per_min,
+        rising_window_s=rising_window_s,
+        max_age_s=max_age_s,
+    )
     return Evaluator(capacity_rules(state, settings))
 
 
