@@ -192,7 +192,7 @@ def main() -> int:
         _banner("collector plot: capacity history and the rack/node/GPU treemap")
         for picture in ("usage", "capacity", "hierarchy"):
             png = str(workdir / f"{picture}.png")
-            _run_cli("collector", "plot", picture, "--db", str(db), "--out", png)
+            _run_cli("collector", "plot", picture, "--db", str(db), "--since", "1m", "--out", png)
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

@@ -30,7 +30,7 @@ _DESCRIPTION: Final = """\
 Pictures of the fleet as PNG files (needs matplotlib: pip install 'capwatch[plot]').
 
   usage       (default) CPU, memory and GPU utilisation and power over --since: the fleet,
-              or one node with --node
+              one node with --node, or one pool's nodes with --pool
   capacity    live IT draw against the cap over --since, with the 90 % and 98 % lines and
               the worst case (every node at nameplate), from the capacity snapshots
   hierarchy   site -> rack -> node -> GPU as a treemap, area by power drawn, colour by
@@ -64,6 +64,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="which picture (default: usage)",
     )
     p.add_argument("--node", metavar="NODE", help="usage: this node instead of the fleet")
+    p.add_argument("--pool", metavar="POOL", help="usage: this pool's nodes instead of the fleet")
     p.add_argument("--since", default="1h", metavar="DURATION", help="how far back (default 1h)")
     p.add_argument(
         "--plan",
@@ -88,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--node {args.node!r} is not a valid node id", field="--node")
     if args.node is not None and args.picture != "usage":
         raise ConfigError("--node goes with the usage picture", field="--node")
+    if args.pool is not None and (args.picture != "usage" or args.node is not None):
+        raise ConfigError("--pool goes with the usage picture, without --node", field="--pool")
     out: Path = args.out or Path(f"{args.picture}.png")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: write a .png file", field="--out")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     now = time.time()
     with StoreReader(s.db_path) as reader:
         if args.picture == "usage":
-            fig = _usage(reader, args.node, now - since_s, since_s)
+            fig = _usage(reader, args.node, args.pool, now - since_s, now)
         elif args.picture == "capacity":
             from collector.plot.figures import capacity_figure  # noqa: PLC0415
             from collector.store.capacity import latest_snapshot, snapshot_series  # noqa: PLC0415
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             if plan is None:
                 snap = latest_snapshot(reader)
                 plan = Path(snap["plan"]) if snap is not None and snap.get("plan") else None
-            fig = capacity_figure(rows, plan.name if plan is not None else "")
+            fig = capacity_figure(rows, plan.name if plan is not None else "", now - since_s, now)
         else:
             fig = _hierarchy(reader, args.plan or s.plan, s.stale_intervals, now)
     save(fig, out)
@@ -113,14 +116,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _usage(reader: StoreReader, node: str | None, since: float, since_s: float) -> Figure:
+def _usage(
+    reader: StoreReader, node: str | None, pool: str | None, since: float, now: float
+) -> Figure:
     from collector.plot.figures import usage_figure  # noqa: PLC0415
     from collector.store.series import fleet_series, node_series  # noqa: PLC0415
 
     if node is not None:
-        return usage_figure(node_series(reader, node, since), f"node {node}")
-    rows = fleet_series(reader, since, max(since_s / 200, 1.0))
-    return usage_figure(rows, "fleet")
+        return usage_figure(node_series(reader, node, since), f"node {node}", since, now)
+    if pool is not None:
+        from collector.store.capacity import pool_members  # noqa: PLC0415
+
+        if not pool_members(reader, pool):
+            raise ConfigError(f"--pool {pool!r}: no such pool, or it has no nodes", field="--pool")
+        rows = fleet_series(reader, since, max((now - since) / 200, 1.0), pool=pool)
+        return usage_figure(rows, f"pool {pool}", since, now)
+    rows = fleet_series(reader, since, max((now - since) / 200, 1.0))
+    return usage_figure(rows, "fleet", since, now)
 
 
 def _hierarchy(

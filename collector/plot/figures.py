@@ -56,6 +56,13 @@ def _times(rows: Sequence[Mapping[str, Any]]) -> Any:
     return np.array(ms, dtype="datetime64[ms]")
 
 
+def _window(ax: Any, start: float, end: float) -> None:
+    """The time axis spans the asked window (one point alone would span years)."""
+    import numpy as np  # noqa: PLC0415
+
+    ax.set_xlim(np.datetime64(round(start * 1000), "ms"), np.datetime64(round(end * 1000), "ms"))
+
+
 def _nums(rows: Sequence[Mapping[str, Any]], key: str, scale: float = 1.0) -> list[float]:
     return [float("nan") if r.get(key) is None else r[key] * scale for r in rows]
 
@@ -65,7 +72,9 @@ def _style(rows: Sequence[object]) -> dict[str, Any]:
     return {"marker": "o", "markersize": 4} if len(rows) < 60 else {}
 
 
-def usage_figure(rows: Sequence[Mapping[str, Any]], subject: str) -> Figure:
+def usage_figure(
+    rows: Sequence[Mapping[str, Any]], subject: str, start: float, end: float
+) -> Figure:
     """CPU, memory and GPU utilisation (%) above GPU and CPU power (kW) over time."""
     fig = new_figure(f"{subject}: utilisation and power")
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -81,6 +90,7 @@ def usage_figure(rows: Sequence[Mapping[str, Any]], subject: str) -> Figure:
     bottom.plot(t, _nums(rows, "gpu_power_w", 1e-3), label="GPU power", **st)
     bottom.plot(t, _nums(rows, "cpu_power_w", 1e-3), label="CPU package power (RAPL)", **st)
     bottom.set_ylim(bottom=0)
+    _window(bottom, start, end)
     bottom.set_ylabel("power (kW)")
     bottom.set_xlabel("time (UTC)")
     bottom.legend(loc="upper left")
@@ -90,7 +100,9 @@ def usage_figure(rows: Sequence[Mapping[str, Any]], subject: str) -> Figure:
     return fig
 
 
-def capacity_figure(rows: Sequence[Mapping[str, Any]], plan: str) -> Figure:
+def capacity_figure(
+    rows: Sequence[Mapping[str, Any]], plan: str, start: float, end: float
+) -> Figure:
     """Live IT draw against the cap over time, with the 90/98 % lines and the worst case."""
     fig = new_figure(f"Site IT draw against the cap ({plan or 'site plan'})")
     ax = fig.subplots()
@@ -126,6 +138,7 @@ def capacity_figure(rows: Sequence[Mapping[str, Any]], plan: str) -> Figure:
     ax.set_ylabel("power (MW)")
     ax.set_xlabel("time (UTC)")
     ax.set_ylim(bottom=0)
+    _window(ax, start, end)
     ax.grid(visible=True, alpha=0.3)
     ax.legend(loc="center left")
     if rows:

@@ -25,12 +25,17 @@ def node_series(reader: StoreReader, node: str, since: float) -> list[dict[str, 
     return [dict(r) for r in rows]
 
 
-def fleet_series(reader: StoreReader, since: float, bucket_s: float) -> list[dict[str, Any]]:
+def fleet_series(
+    reader: StoreReader, since: float, bucket_s: float, *, pool: str | None = None
+) -> list[dict[str, Any]]:
     """The fleet per bucket of arrival time since ``since``, oldest first: mean CPU %,
     memory %, GPU utilisation %, and power W (mean per sample times the nodes reporting).
 
     Buckets are ``bucket_s`` long at most, shorter (down to 1 s) when the data spans less,
-    so a short window still has ~150 points."""
+    so a short window still has ~150 points. ``pool``: only that pool's nodes
+    (``pool_nodes``)."""
+    in_pool = "" if pool is None else " AND node IN (SELECT node FROM pool_nodes WHERE pool = ?)"
+    extra: tuple[str, ...] = () if pool is None else (pool,)
     since_ms = round(since * 1000)
     span = reader.fetchall(
         "SELECT min(received_ms) AS lo, max(received_ms) AS hi FROM samples WHERE received_ms >= ?",
@@ -45,7 +50,7 @@ def fleet_series(reader: StoreReader, since: float, bucket_s: float) -> list[dic
         "avg(gpu_util_pct) AS gpu_util_pct, "
         "avg(gpu_power_w) * count(DISTINCT node) AS gpu_power_w, "
         "avg(cpu_power_w) * count(DISTINCT node) AS cpu_power_w, count(DISTINCT node) AS nodes "
-        "FROM samples WHERE received_ms >= ? GROUP BY received_ms / ? ORDER BY 1",
-        (bucket_ms, bucket_ms, since_ms, bucket_ms),
+        "FROM samples WHERE received_ms >= ?" + in_pool + " GROUP BY received_ms / ? ORDER BY 1",
+        (bucket_ms, bucket_ms, since_ms, *extra, bucket_ms),
     )
     return [dict(r) for r in rows]

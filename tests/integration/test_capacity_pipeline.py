@@ -193,6 +193,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         for picture, extra in (
             ("usage", []),
             ("usage", ["--node", sim.node_ids[0]]),
+            ("usage", ["--pool", "old", "--since", "1h"]),
             ("capacity", []),
             ("hierarchy", []),
         ):
