@@ -236,4 +236,4 @@ def parse_capacity(data: Mapping[str, object], *, source: str = "") -> CapacityP
 
 def load_capacity_plan(path: Path) -> CapacityPlan:
     """Read and check a plan file (``.toml`` or ``.json``) with its ``[capacity]`` table."""
-    return parse_capacity(read_plan_document(path), source=str(path))
+    return parse_capacity(read_plan_document(path), source=str(path.resolve()))
