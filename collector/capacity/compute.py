@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -176,8 +176,13 @@ def compute_picture(
     matcher: TypeMatcher | None = None,
     keep_nodes: bool = False,
     exclude: frozenset[str] = frozenset(),
+    inventories: Mapping[str, Inventory] | None = None,
 ) -> Picture:
-    """The live picture of ``nodes`` at ``now`` (collector clock); see the module."""
+    """The live picture of ``nodes`` at ``now`` (collector clock); see the module.
+
+    ``inventories``: known inventories for nodes whose state has none (a restarted
+    collector's view, until the agents reconnect); ``exclude``: nodes left out (a pool).
+    """
     t0 = time.perf_counter()
     plan = cplan.plan
     match = matcher or TypeMatcher(cplan)
@@ -197,7 +202,10 @@ def compute_picture(
     for st in nodes:
         if st.reject_only or st.node in exclude:
             continue
-        name = match(st.node, st.inventory)
+        inv = st.inventory
+        if inv is None and inventories:
+            inv = inventories.get(st.node)
+        name = match(st.node, inv)
         is_stale = _stale(st, now, stale_intervals)
         clamp = False
         per_gpu: tuple[float, ...] = ()

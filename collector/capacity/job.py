@@ -9,20 +9,30 @@ rows older than ``keep_s``), and keeps the picture and a short history of IT dra
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from collector.capacity.compute import TypeMatcher, compute_picture
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
-from collector.live import LiveView
-from collector.store.capacity import SnapshotRow, recent_snapshots, write_snapshot
+from collector.live import LiveView, NodeState
+from collector.store.capacity import (
+    SnapshotRow,
+    known_nodes,
+    recent_snapshots,
+    write_snapshot,
+)
 from collector.store.db import Store
 from shared.clock import Clock
+from shared.errors import SchemaError
 from shared.logging import get_logger
+from shared.schema import Inventory, decode_inventory
 
 __all__ = ["CapacityJob", "CapacityState", "snapshot_row"]
 
@@ -90,31 +100,56 @@ class CapacityJob:
         self._stale_intervals = stale_intervals
         self._stale_basis: StaleBasis = stale_basis
         self._matcher = TypeMatcher(cplan)
+        self._known: dict[str, NodeState] = {}
+        """Nodes the store knew at start (status, inventory): counted until they report."""
+        self._inventories: dict[str, Inventory] = {}
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.cpu_ms = 0.0
         """CPU time of the last cycle (picture, solve and snapshot write), ms."""
+
+    def _nodes(self) -> Iterator[NodeState]:
+        """The live view's nodes, then those known from the store that it has not seen."""
+        view = self._view
+        if not self._known:
+            return view.nodes()
+        for node in [n for n in self._known if n in view]:  # it reported: the view has it
+            del self._known[node]
+        return itertools.chain(view.nodes(), self._known.values())
 
     def compute(self) -> Picture:
         """The picture of the live view now (no store write)."""
         return compute_picture(
             self._cplan,
-            self._view.nodes(),
+            self._nodes(),
             self._clock.time(),
             stale_intervals=self._stale_intervals,
             stale_basis=self._stale_basis,
             matcher=self._matcher,
+            inventories=self._inventories,
         )
 
     async def restore(self, store: Store, *, window_s: float) -> int:
         """Take back the draw history of the last ``window_s`` and the newest picture (what
         the rules read until the first cycle), so a restart neither forgets a rising draw
-        nor resolves a capacity alert for want of a picture; return the points restored."""
+        nor resolves a capacity alert for want of a picture; return the points restored.
+
+        Also the nodes the store knows with their inventories: a resumed MQTT session does
+        not bring retained inventories again, so without them every node would be unmatched,
+        and a node that stays offline would not be counted at all."""
+        for node, status, inventory in await known_nodes(store):
+            st = NodeState(node)
+            if status in ("online", "offline"):
+                st.status = "offline" if status == "offline" else "online"
+            if inventory is not None:
+                with contextlib.suppress(SchemaError):
+                    st.inventory = self._inventories[node] = decode_inventory(inventory)
+            self._known[node] = st
         points, newest = await recent_snapshots(store, self._clock.time() - window_s)
         self.state.history.extend(points)
         if newest is not None:
             self.state.picture = picture_from_dict(json.loads(newest))
-        if points:
-            log.info("capacity_restored", points=len(points))
+        if points or self._known:
+            log.info("capacity_restored", points=len(points), nodes=len(self._known))
         return len(points)
 
     async def __call__(self, store: Store) -> None:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the writer's side; commands import only the read functions
 
 __all__ = [
     "SnapshotRow",
+    "known_nodes",
     "latest_node_rows",
     "latest_snapshot",
     "pool_members",
@@ -77,6 +78,13 @@ async def recent_snapshots(
     )
     newest = await store.fetchall("SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
     return [(r[0], r[1]) for r in rows], newest[0][0] if newest else None
+
+
+async def known_nodes(store: Store) -> list[tuple[str, str | None, bytes | None]]:
+    """Every node the store knows: (node, status, inventory JSON), for a restarted collector
+    (the broker does not resend retained inventories on a resumed session)."""
+    rows = await store.fetchall("SELECT node, status, inventory FROM nodes ORDER BY node")
+    return [(r[0], r[1], None if r[2] is None else bytes(r[2])) for r in rows]
 
 
 def _need_table(reader: StoreReader) -> None:

@@ -11,10 +11,12 @@ from pydantic import ValidationError
 from agent.simulate import FleetSimulator
 from collector.capacity.job import CapacityJob, CapacityState
 from collector.capacity.rules import CapacityRuleSettings, capacity_rules
+from collector.live import LiveView
 from collector.settings import CapacitySettings
-from collector.store.db import Store
+from collector.store.db import NodeUpdate, Store
 from shared.clock import SystemClock
 from shared.errors import ConfigError
+from shared.schema import encode
 from tests.collector.capacity.helpers import filled_view, site_plan
 
 
@@ -62,3 +64,36 @@ def test_disabled_capacity_rules_are_left_out() -> None:
 def job_state() -> CapacityState:
     """An empty capacity state."""
     return CapacityState()
+
+
+async def test_a_restarted_collector_counts_the_nodes_the_store_knows(tmp_path: Path) -> None:
+    """After a restart the view is empty and inventories are not resent: nodes known to the
+    store count at nameplate, matched by their stored inventory; one that reports again is
+    measured and matched through that inventory."""
+    db = tmp_path / "c.db"
+    now = time.time()
+    sim = FleetSimulator(6, seed=4)
+    async with Store(db) as store:
+        await store.write_batch(
+            [],
+            [
+                NodeUpdate(node, "offline", now, encode(sim.inventory(i, now)), now)
+                for i, node in enumerate(sim.node_ids)
+            ],
+            sim.node_ids,
+        )
+    view = LiveView()
+    job = CapacityJob(site_plan(), view, SystemClock())
+    async with Store(db) as store:
+        await job.restore(store, window_s=300)
+    p = job.compute()
+    assert p.nodes == 6
+    assert p.unmatched_nodes == 0
+    assert p.stale_nodes == 6
+    assert p.nodes_w == pytest.approx(6 * 10_200)
+    view.on_sample(sim.sample(0, now, 0), now)  # node 0 is back, its inventory not resent
+    p = job.compute()
+    assert p.nodes == 6
+    assert p.unmatched_nodes == 0
+    assert p.measured_nodes == 1
+    assert p.nodes_w < 6 * 10_200
