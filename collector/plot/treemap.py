@@ -108,7 +108,7 @@ def hierarchy_figure(
         label = f"{rack}\n{draw / 1e3:,.0f} kW" + (
             f" ({draw / limit:.0%} of limit)" if limit else ""
         )
-        if rw > 60 and rh > 30:
+        if rw > 110 and rh > 45:  # a label must fit its box
             ax.text(
                 rx + rw / 2,
                 ry + rh / 2,
