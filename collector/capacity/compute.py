@@ -39,7 +39,7 @@ from collector.capacity.picture import (
     TypeDraw,
 )
 from collector.live import NodeState
-from collector.power import NodeType, Plan, Solution, solve_fixed
+from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
 from shared.schema import Inventory, Sample
 
 __all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution"]
@@ -140,7 +140,7 @@ def _stale(st: NodeState, now: float, stale_intervals: float) -> bool:
 
 
 def fleet_solution(
-    plan: Plan, counts: dict[str, int], totals: dict[str, float], *, basis: str = "max"
+    plan: Plan, counts: dict[str, int], totals: dict[str, float], *, basis: PowerBasis = "max"
 ) -> Solution:
     """``solve_fixed`` for a fleet whose nodes of each type draw ``totals[type]`` W together.
 
@@ -148,7 +148,7 @@ def fleet_solution(
     """
     node_power = {name: totals[name] / n for name, n in counts.items() if n > 0}
     if basis != plan.site.power_basis:
-        plan = replace(plan, site=replace(plan.site, power_basis=basis))  # type: ignore[arg-type]
+        plan = replace(plan, site=replace(plan.site, power_basis=basis))
     return solve_fixed(plan, counts, node_power_w=node_power)
 
 
