@@ -36,6 +36,8 @@ from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
+from collector.capacity.job import CapacityJob
+from collector.capacity.rules import CapacityRuleSettings, capacity_rules
 from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
@@ -43,7 +45,7 @@ from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import Clock, SystemClock
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
 
@@ -80,7 +82,13 @@ class Collector:
             max_age_s=settings.retention_s,
             live=self.live,
         )
-        self.evaluator = Evaluator(builtin_rules(settings.alerts.builtin()))
+        self.capacity: CapacityJob | None = None
+        """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
+        rules = builtin_rules(settings.alerts.builtin())
+        if settings.capacity.plan is not None:
+            self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
+            rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
+        self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -202,6 +210,8 @@ class Collector:
                 from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
 
                 metrics = self.metrics = CollectorMetrics(self, store)
+            if self.capacity is not None:
+                await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(
                 store,
                 self._queue,
@@ -213,7 +223,11 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[alerts] if metrics is None else [alerts, metrics],
+                jobs=[
+                    alerts,
+                    *([] if self.capacity is None else [self.capacity]),
+                    *([] if metrics is None else [metrics]),
+                ],
                 on_commit=None if metrics is None else metrics.on_commit,
             )
             serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
@@ -266,6 +280,32 @@ def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], 
         return age <= limit_s, f"writer last committed {age:.0f} s ago (limit {limit_s:.0f} s)"
 
     return alive
+
+
+def _capacity_job(
+    settings: CollectorSettings, live: LiveView, clock: Clock, counters: Counter[str]
+) -> CapacityJob:
+    """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+    c = settings.capacity
+    assert c.plan is not None
+    try:
+        cplan = load_capacity_plan(c.plan)
+    except PlanError as exc:
+        raise ConfigError(
+            f"setting 'capacity.plan' ({c.plan}): {exc}", field="capacity.plan"
+        ) from exc
+    return CapacityJob(
+        cplan,
+        live,
+        clock,
+        interval_s=c.interval_s,
+        keep_s=c.keep_s,
+        stale_intervals=settings.stale_intervals,
+        stale_basis=c.stale_basis,
+        counters=counters,
+    )
 
 
 async def _write_then(

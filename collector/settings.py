@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AlertSettings",
     "AlertmanagerSettings",
+    "CapacitySettings",
     "CollectorSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
@@ -185,6 +186,54 @@ class RouteSettings(BaseModel):
         )
 
 
+class CapacitySettings(BaseModel):
+    """``[capacity]``: live headroom under the site's cap (off unless ``plan`` is set).
+
+    The plan is the file ``collector solve`` reads, plus its optional ``[capacity]`` table
+    (node-type matching, racks, fallback): see :mod:`collector.capacity.config`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    plan: Path | None = None
+    """Site plan (.toml/.json): set it to compute a capacity snapshot every interval."""
+    interval_s: float = Field(default=30.0, ge=0.5, le=3600)
+    keep_s: float = Field(default=30 * _DAY_S, gt=0, le=_TEN_YEARS_S)
+    """Snapshots older than this are deleted."""
+    stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
+    """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
+    warn_pct: float = Field(default=90.0, gt=0, le=1000)
+    critical_pct: float = Field(default=98.0, gt=0, le=1000)
+    for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    keep_firing_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
+    rising_w_per_min: float = Field(default=0.0, ge=0)
+    """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
+    rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    disabled: list[str] = Field(default=[], max_length=16)
+    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
+
+    @model_validator(mode="after")
+    def _checked(self) -> CapacitySettings:
+        unknown: list[str] = []
+        if self.disabled:  # the rules module only when needed: settings load for every command
+            from collector.capacity.rules import CAPACITY_RULE_NAMES  # noqa: PLC0415
+
+            unknown = sorted(set(self.disabled) - set(CAPACITY_RULE_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"setting 'capacity.disabled' names unknown rules {unknown}: use "
+                f"{', '.join(CAPACITY_RULE_NAMES)}",
+                field="capacity.disabled",
+            )
+        if self.critical_pct < self.warn_pct:
+            raise ConfigError(
+                f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "
+                f"'capacity.warn_pct' ({self.warn_pct:g}): raise it",
+                field="capacity.critical_pct",
+            )
+        return self
+
+
 class InhibitRuleSettings(BaseModel):
     """``[[inhibit_rules]]``: as Alertmanager's, a firing alert matching ``source_matchers``
     mutes the alerts matching ``target_matchers`` that have the same ``equal`` labels.
@@ -312,6 +361,9 @@ class CollectorSettings(CapwatchSettings):
         if dupes:
             raise ValueError(f"receiver names must be unique: {dupes} appear twice")
         return value
+
+    capacity: CapacitySettings = CapacitySettings()
+    """Live headroom under the site's cap (``[capacity] plan = "site.toml"``)."""
 
     routes: list[RouteSettings] = Field(default=[], max_length=64)
     """Which receivers hear of which alerts (``[[routes]]``); none: every receiver, alerts

@@ -11,7 +11,8 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``;
+   rejects), ``collector solve``, ``collector capacity`` (live draw under the example site's
+   cap, and a what-if) and ``collector plot`` (three PNGs);
 7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
    apply`` of a pattern, as a dry run and then for real; then a clean shutdown.
 
@@ -276,6 +277,9 @@ def main() -> int:
 
     try:
         _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
+        site = ROOT / "deploy" / "site.example.toml"
+        env["CAPWATCH_CAPACITY__PLAN"] = str(site)  # live capacity, every 2 s here
+        env["CAPWATCH_CAPACITY__INTERVAL_S"] = "2"
         metrics_port = _free_port()
         spawn(
             "collector",
@@ -339,6 +343,13 @@ def main() -> int:
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("collector capacity: live draw under the site's cap, and a what-if")
+        _run_cli("collector", "capacity", "--db", str(db))
+        _run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
+        _banner("collector plot: capacity history and the rack/node/GPU treemap")
+        for picture in ("usage", "capacity", "hierarchy"):
+            png = str(workdir / f"{picture}.png")
+            _run_cli("collector", "plot", picture, "--db", str(db), "--since", "1m", "--out", png)
         _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
         _show_metrics(f"http://127.0.0.1:{metrics_port}")
         _banner("7. inventory and pools: components per node, then a pool sized by a pattern")

@@ -49,6 +49,14 @@ COMMANDS: Final = {
         "collector.cli.pool",
         "named sets of nodes: list, show, create, delete, add, remove, apply -p PATTERN",
     ),
+    "capacity": (
+        "collector.cli.capacity",
+        "live draw under the site's cap: headroom, what still fits, what-if --add/--remove",
+    ),
+    "plot": (
+        "collector.cli.plot",
+        "PNG pictures: utilisation and power over time, capacity history, rack treemap",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

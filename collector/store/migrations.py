@@ -248,4 +248,28 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Capacity snapshots: the live power picture every capacity cycle (written by the
+        # collector's capacity job when a site plan is configured), kept for
+        # `collector capacity` and `collector plot capacity`; summary columns for plots and
+        # alerts, the whole picture as JSON in `detail`.
+        "0011_capacity_snapshots",
+        """
+        CREATE TABLE capacity_snapshots (
+            at REAL NOT NULL,             -- collector clock, Unix seconds
+            cap_w REAL NOT NULL,          -- the IT budget
+            it_w REAL NOT NULL,           -- live IT draw (nodes + fabric)
+            facility_w REAL,              -- it_w x PUE, when the plan has a PUE
+            headroom_w REAL NOT NULL,
+            worst_it_w REAL NOT NULL,     -- every node at nameplate
+            nodes INTEGER NOT NULL,
+            stale_nodes INTEGER NOT NULL, -- counted on the stale basis (nameplate by default)
+            unmatched_nodes INTEGER NOT NULL,
+            clamped_nodes INTEGER NOT NULL,
+            binding TEXT,
+            detail TEXT NOT NULL          -- the whole picture, JSON
+        );
+        CREATE INDEX capacity_snapshots_at ON capacity_snapshots (at);
+        """,
+    ),
 )
