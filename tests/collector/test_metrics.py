@@ -196,7 +196,7 @@ def test_a_stalled_loop_gets_the_previous_snapshot_and_counts_it() -> None:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        expo = LoopSnapshot(loop, snapshot, timeout_s=0.3)
+        expo = LoopSnapshot(loop, snapshot, timeout_s=0.3, min_interval_s=0.0)
         first = _values(list(expo.collect()))
         assert first[("capwatch_test_calls", ())] == 1
         released = threading.Event()
@@ -228,3 +228,38 @@ def test_collector_run_refuses_a_bad_metrics_listen_in_one_line(
     assert "metrics_listen" in err[0]
     assert "HOST:PORT" in err[0]
     assert not (tmp_path / "c.db").exists()
+
+
+def test_scrapes_in_quick_succession_share_one_snapshot() -> None:
+    """Ten scrapes from ten threads at once cost the loop one snapshot, not ten."""
+    import threading  # noqa: PLC0415
+
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+    from collector.metrics import LoopSnapshot  # noqa: PLC0415
+
+    async def snapshot() -> list[Metric]:
+        await asyncio.sleep(0.05)  # long enough for the other scrapes to pile up
+        return [GaugeMetricFamily("capwatch_test", "Test.", 1)]
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        expo = LoopSnapshot(loop, snapshot, timeout_s=10, min_interval_s=60)
+        results: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+        scrapers = [
+            threading.Thread(target=lambda: results.append(_values(list(expo.collect()))))
+            for _ in range(10)
+        ]
+        for t in scrapers:
+            t.start()
+        for t in scrapers:
+            t.join(30)
+        assert len(results) == 10
+        assert all(r[("capwatch_test", ())] == 1 for r in results)
+        assert expo.snapshots == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
