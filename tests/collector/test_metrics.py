@@ -263,3 +263,32 @@ def test_scrapes_in_quick_succession_share_one_snapshot() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def test_samples_at_the_schemas_bounds_give_finite_exact_aggregates() -> None:
+    """Nodes at every bound at once (64 GPUs at 5 kW and 100 %, RAPL at 10 kW) sum to the
+    exact figures: nothing a node may send overflows or poisons the fleet series."""
+    from shared.schema import MAX_CPU_POWER_W, MAX_GPU_POWER_W, MAX_GPUS  # noqa: PLC0415
+
+    sim = FleetSimulator(1, gpus_per_node=1, seed=9, interval_s=5)
+    base = sim.sample(0, NOW, 0)
+    gpu = msgspec.structs.replace(
+        base.gpus[0], util_pct=100.0, power_w=MAX_GPU_POWER_W, power_interval_w=MAX_GPU_POWER_W
+    )
+    view = LiveView()
+    nodes = 200
+    for i in range(nodes):
+        sample = msgspec.structs.replace(
+            base,
+            node=f"n{i}",
+            cpu_power_w=MAX_CPU_POWER_W,
+            gpus=[msgspec.structs.replace(gpu, index=k) for k in range(MAX_GPUS)],
+        )
+        view.on_sample(sample, NOW)
+    got = _values(await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5))
+    assert got[("capwatch_fleet_gpus", ())] == nodes * MAX_GPUS
+    assert got[("capwatch_fleet_gpu_power_watts", ())] == nodes * MAX_GPUS * MAX_GPU_POWER_W
+    assert got[("capwatch_fleet_gpu_utilisation_ratio", ())] == 1.0
+    assert got[("capwatch_fleet_node_power_watts", ())] == nodes * (
+        MAX_GPUS * MAX_GPU_POWER_W + MAX_CPU_POWER_W
+    )
