@@ -106,8 +106,9 @@ def _gpu_labels(
     }
 
 
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / _MIB
+def _mib(value: int | None) -> int | None:
+    """Whole MiB, as DCGM reports framebuffer memory (an integer field)."""
+    return None if value is None else value // _MIB
 
 
 def dcgm_families(

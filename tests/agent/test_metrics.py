@@ -108,9 +108,9 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
             "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": g.energy_j * 1000.0,
             "DCGM_FI_DEV_GPU_TEMP": g.temp_c,
             "DCGM_FI_DEV_SM_CLOCK": g.sm_clock_mhz,
-            "DCGM_FI_DEV_FB_USED": g.mem_used_bytes / mib,
-            "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes / mib,
-            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) / mib,
+            "DCGM_FI_DEV_FB_USED": g.mem_used_bytes // mib,  # whole MiB, as DCGM
+            "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes // mib,
+            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) // mib,
             "DCGM_FI_DEV_PSTATE": g.pstate,
             "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,
             "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": info.power_limit_w,
