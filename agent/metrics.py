@@ -327,7 +327,7 @@ def host_families(sample: Sample, inventory: Inventory | None) -> list[Metric]:
             if n.speed_mbps is not None:
                 speed.add_metric([n.name], n.speed_mbps * 125_000)
         out.append(speed)
-    return [m for m in out if m is not None and (m.samples or isinstance(m, GaugeMetricFamily))]
+    return [m for m in out if m is not None]
 
 
 def _agent_families(
