@@ -106,8 +106,9 @@ def _gpu_labels(
     }
 
 
-def _mib(value: int | None) -> float | None:
-    return None if value is None else value / _MIB
+def _mib(value: int | None) -> int | None:
+    """Whole MiB, as DCGM reports framebuffer memory (an integer field)."""
+    return None if value is None else value // _MIB
 
 
 def dcgm_families(
@@ -137,6 +138,15 @@ def dcgm_families(
         ),
         "util": _Dcgm("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
         "mem_util": _Dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %)."),
+        # NVIDIA's dcgm-exporter dashboard draws utilisation from this profiling field, which
+        # NVML lacks; NVML's kernel-active share of time is the nearest figure, so it stands in
+        # (as a ratio, like the field) and says so in its help text.
+        "gr_active": _Dcgm(
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+            "gauge",
+            "Ratio of time the graphics engine is active (capwatch: NVML's utilization / 100, "
+            "an approximation of DCGM's profiling counter).",
+        ),
         "xid": _Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
         "fb_free": _Dcgm("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
         "fb_used": _Dcgm("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
@@ -200,6 +210,7 @@ def dcgm_families(
         f["energy"].add(labels, None if gpu.energy_j is None else gpu.energy_j * 1000.0)
         f["util"].add(labels, gpu.util_pct)
         f["mem_util"].add(labels, gpu.mem_util_pct)
+        f["gr_active"].add(labels, None if gpu.util_pct is None else gpu.util_pct / 100.0)
         f["xid"].add(labels, last_xid.get(gpu.index, 0))
         f["fb_used"].add(labels, _mib(gpu.mem_used_bytes))
         f["fb_total"].add(labels, _mib(gpu.mem_total_bytes))
@@ -326,7 +337,7 @@ def host_families(sample: Sample, inventory: Inventory | None) -> list[Metric]:
             if n.speed_mbps is not None:
                 speed.add_metric([n.name], n.speed_mbps * 125_000)
         out.append(speed)
-    return [m for m in out if m is not None and (m.samples or isinstance(m, GaugeMetricFamily))]
+    return [m for m in out if m is not None]
 
 
 def _agent_families(

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Final
 
@@ -249,31 +251,53 @@ def alert_families(states: Iterable[AlertState]) -> list[Metric]:
 
 class LoopSnapshot(_PromCollector):
     """A prometheus_client collector that runs ``snapshot`` on ``loop`` (from the HTTP
-    thread) and yields its families; the previous ones if the loop does not answer in time."""
+    thread) and yields its families; the previous ones if the loop does not answer in time.
+
+    Bounded work on the loop whatever the scrape rate: scrapes take turns (a lock), and one
+    that comes within ``min_interval_s`` of the last snapshot reuses it, so two Prometheus
+    replicas, or a scraper gone wild, cost the loop at most one snapshot per interval.
+    """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, snapshot: FamilySource, timeout_s: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        snapshot: FamilySource,
+        timeout_s: float,
+        *,
+        min_interval_s: float = 1.0,
     ) -> None:
         self._loop = loop
         self._snapshot = snapshot
         self._timeout_s = timeout_s
+        self._min_interval_s = min_interval_s
+        self._lock = threading.Lock()
         self._last: list[Metric] = []
+        self._last_at = float("-inf")
         self.timeouts = 0
+        self.snapshots = 0
+        """Snapshots taken on the loop (a test counts them)."""
 
-    async def _gather(self) -> list[Metric]:
-        self._last = await self._snapshot()
-        return self._last
+    async def _take(self) -> list[Metric]:
+        return await self._snapshot()
+
+    def _families(self) -> list[Metric]:
+        with self._lock:
+            if time.monotonic() - self._last_at < self._min_interval_s:
+                return self._last
+            future = asyncio.run_coroutine_threadsafe(self._take(), self._loop)
+            try:
+                self._last = future.result(self._timeout_s)
+            except TimeoutError:
+                future.cancel()
+                self.timeouts += 1
+                log.warning("metrics_snapshot_timeout", timeout_s=self._timeout_s)
+                return self._last
+            self.snapshots += 1
+            self._last_at = time.monotonic()
+            return self._last
 
     def collect(self) -> Iterator[Metric]:
-        future = asyncio.run_coroutine_threadsafe(self._gather(), self._loop)
-        try:
-            families = future.result(self._timeout_s)
-        except TimeoutError:
-            future.cancel()
-            self.timeouts += 1
-            log.warning("metrics_snapshot_timeout", timeout_s=self._timeout_s)
-            families = self._last
-        yield from families
+        yield from self._families()
         yield CounterMetricFamily(
             "capwatch_collector_metrics_snapshot_timeouts",
             "Scrapes the event loop did not answer in time (they got the previous snapshot).",

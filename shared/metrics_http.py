@@ -74,12 +74,16 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("http_request", line=format % args)
 
 
-def _family(host: str) -> socket.AddressFamily:
+def _family(host: str, field: str) -> socket.AddressFamily:
     """The address family of ``host`` (IPv6 for ``::``, ``[::1]``), as getaddrinfo sees it."""
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConfigError(f"cannot resolve metrics host {host!r}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot resolve the /metrics host {host!r} ({exc.strerror}): set {field} "
+            "(--metrics-listen) to a local address, e.g. 127.0.0.1:9474",
+            field=field,
+        ) from exc
     return infos[0][0]
 
 
@@ -132,7 +136,7 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     async def __aenter__(self) -> Self:
-        family = _family(self.host)
+        family = _family(self.host, self._field)
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
         try:
             server: WSGIServer = make_server(

@@ -104,13 +104,14 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
         expected = {
             "DCGM_FI_DEV_GPU_UTIL": g.util_pct,
             "DCGM_FI_DEV_MEM_COPY_UTIL": g.mem_util_pct,
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE": None if g.util_pct is None else g.util_pct / 100,
             "DCGM_FI_DEV_POWER_USAGE": g.power_w,
             "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": g.energy_j * 1000.0,
             "DCGM_FI_DEV_GPU_TEMP": g.temp_c,
             "DCGM_FI_DEV_SM_CLOCK": g.sm_clock_mhz,
-            "DCGM_FI_DEV_FB_USED": g.mem_used_bytes / mib,
-            "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes / mib,
-            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) / mib,
+            "DCGM_FI_DEV_FB_USED": g.mem_used_bytes // mib,  # whole MiB, as DCGM
+            "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes // mib,
+            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) // mib,
             "DCGM_FI_DEV_PSTATE": g.pstate,
             "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,
             "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": info.power_limit_w,
@@ -271,3 +272,34 @@ def test_promtool_accepts_the_agent_exposition(
         )
     ]
     assert unexpected == []
+
+
+# What NVIDIA's own dashboard (dcgm-exporter's grafana/dcgm-exporter-dashboard.json, Grafana
+# 12239) selects, and the labels it filters and groups by: the agent must answer each.
+_NVIDIA_DASHBOARD_METRICS = (
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_SM_CLOCK",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",  # its Hostname and gpu variables come from this one
+)
+_NVIDIA_DASHBOARD_LABELS = ("Hostname", "gpu", "UUID")
+
+
+def test_nvidias_dcgm_dashboard_finds_its_series_and_labels(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """Every metric NVIDIA's dcgm-exporter dashboard queries is there for every GPU, with
+    the labels its variables and legends use (its tensor-core panel needs a profiling
+    counter NVML does not have, and stays empty)."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    for name in _NVIDIA_DASHBOARD_METRICS:
+        labels = _labels(series, name)
+        assert sorted(d["gpu"] for d in labels) == ["0", "1", "2", "3"], name
+        assert all(d[k] for d in labels for k in _NVIDIA_DASHBOARD_LABELS), name

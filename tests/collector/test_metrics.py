@@ -196,7 +196,7 @@ def test_a_stalled_loop_gets_the_previous_snapshot_and_counts_it() -> None:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        expo = LoopSnapshot(loop, snapshot, timeout_s=0.3)
+        expo = LoopSnapshot(loop, snapshot, timeout_s=0.3, min_interval_s=0.0)
         first = _values(list(expo.collect()))
         assert first[("capwatch_test_calls", ())] == 1
         released = threading.Event()
@@ -228,3 +228,67 @@ def test_collector_run_refuses_a_bad_metrics_listen_in_one_line(
     assert "metrics_listen" in err[0]
     assert "HOST:PORT" in err[0]
     assert not (tmp_path / "c.db").exists()
+
+
+def test_scrapes_in_quick_succession_share_one_snapshot() -> None:
+    """Ten scrapes from ten threads at once cost the loop one snapshot, not ten."""
+    import threading  # noqa: PLC0415
+
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+    from collector.metrics import LoopSnapshot  # noqa: PLC0415
+
+    async def snapshot() -> list[Metric]:
+        await asyncio.sleep(0.05)  # long enough for the other scrapes to pile up
+        return [GaugeMetricFamily("capwatch_test", "Test.", 1)]
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        expo = LoopSnapshot(loop, snapshot, timeout_s=10, min_interval_s=60)
+        results: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+        scrapers = [
+            threading.Thread(target=lambda: results.append(_values(list(expo.collect()))))
+            for _ in range(10)
+        ]
+        for t in scrapers:
+            t.start()
+        for t in scrapers:
+            t.join(30)
+        assert len(results) == 10
+        assert all(r[("capwatch_test", ())] == 1 for r in results)
+        assert expo.snapshots == 1
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def test_samples_at_the_schemas_bounds_give_finite_exact_aggregates() -> None:
+    """Nodes at every bound at once (64 GPUs at 5 kW and 100 %, RAPL at 10 kW) sum to the
+    exact figures: nothing a node may send overflows or poisons the fleet series."""
+    from shared.schema import MAX_CPU_POWER_W, MAX_GPU_POWER_W, MAX_GPUS  # noqa: PLC0415
+
+    sim = FleetSimulator(1, gpus_per_node=1, seed=9, interval_s=5)
+    base = sim.sample(0, NOW, 0)
+    gpu = msgspec.structs.replace(
+        base.gpus[0], util_pct=100.0, power_w=MAX_GPU_POWER_W, power_interval_w=MAX_GPU_POWER_W
+    )
+    view = LiveView()
+    nodes = 200
+    for i in range(nodes):
+        sample = msgspec.structs.replace(
+            base,
+            node=f"n{i}",
+            cpu_power_w=MAX_CPU_POWER_W,
+            gpus=[msgspec.structs.replace(gpu, index=k) for k in range(MAX_GPUS)],
+        )
+        view.on_sample(sample, NOW)
+    got = _values(await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5))
+    assert got[("capwatch_fleet_gpus", ())] == nodes * MAX_GPUS
+    assert got[("capwatch_fleet_gpu_power_watts", ())] == nodes * MAX_GPUS * MAX_GPU_POWER_W
+    assert got[("capwatch_fleet_gpu_utilisation_ratio", ())] == 1.0
+    assert got[("capwatch_fleet_node_power_watts", ())] == nodes * (
+        MAX_GPUS * MAX_GPU_POWER_W + MAX_CPU_POWER_W
+    )

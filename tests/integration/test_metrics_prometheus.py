@@ -157,8 +157,8 @@ async def test_prometheus_scrapes_collector_and_agent_and_answers_queries(
     assert {r["metric"]["job"] for r in power} == {"capwatch-agent"}
     assert all(r["metric"]["UUID"].startswith("GPU-") for r in power)
     assert all(0 < float(r["value"][1]) <= 700 for r in power)
-    up = await _until_answered(prom, "sum(up)")
-    assert float(up[0]["value"][1]) == 2
+    # Both targets up at once (a single slow scrape on a busy machine may say 0 for a moment).
+    await _until_answered(prom, "sum(up) == 2")
     # Every query of the Grafana dashboard is valid PromQL for this Prometheus.
     dashboard = json.loads((REPO / "deploy" / "grafana" / "capwatch.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
