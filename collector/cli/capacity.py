@@ -101,7 +101,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--stale-basis",
         choices=("nameplate", "last", "zero"),
-        help="with --now: how stale/offline nodes count (default: capacity.stale_basis)",
+        help="how stale/offline nodes count (implies --now; default: capacity.stale_basis)",
     )
     p.add_argument("--top", type=int, default=5, metavar="N", help="racks to show (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
     s = load_settings_for(args)
-    recompute = args.now or bool(args.remove)
+    recompute = args.now or bool(args.remove) or args.stale_basis is not None
     cplan: CapacityPlan | None = None
     source = "recomputed from the store's newest samples"
     with StoreReader(s.db_path) as reader:
