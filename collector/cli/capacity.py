@@ -304,11 +304,13 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
             ],
         ),
     ]
-    racks = [r for r in p.racks if r.limit_w is not None][:top]
+    limited = [r for r in p.racks if r.limit_w is not None]
+    racks = limited[:top]
     if racks:
         lines += [
             "",
-            f"Top racks by draw against limit ({len(p.racks):,} racks)",
+            f"Top racks by draw against limit ({len(limited):,} of {len(p.racks):,} racks have "
+            "a limit)",
             render_table(
                 [
                     {
