@@ -29,10 +29,13 @@ from agent.simulate import FleetSimulator
 from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import CapacityJob
 from collector.capacity.whatif import what_if
+from collector.ingest.validate import Ingestor
 from collector.live import LiveView
-from collector.store.db import Store
+from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.clock import SystemClock
 from shared.logging import configure_logging
+from shared.schema import encode
+from shared.topics import inventory_topic, sample_topic
 
 __all__ = ["main"]
 
@@ -79,8 +82,9 @@ PLAN: dict[str, Any] = {
 }
 
 
-def fleet_view(now: float) -> LiveView:
-    """12,500 nodes with inventories and one fresh sample each."""
+def fleet_view(now: float, messages: list[tuple[str, bytes]] | None = None) -> LiveView:
+    """12,500 nodes with inventories and one fresh sample each (their wire messages are
+    appended to ``messages`` when given)."""
     view = LiveView()
     for sim, rename in (
         (FleetSimulator(5_000, seed=1), None),
@@ -93,9 +97,14 @@ def fleet_view(now: float) -> LiveView:
                 inv = msgspec.structs.replace(
                     inv, gpus=[msgspec.structs.replace(g, name=rename) for g in inv.gpus]
                 )
+            sample = sim.sample(i, now, 0)
             view.on_inventory(inv, now)
-            view.on_sample(sim.sample(i, now, 0), now)
+            view.on_sample(sample, now)
             view.on_status(sim.node_ids[i], "online", now)
+            if messages is not None:
+                node = sim.node_ids[i]
+                messages.append((inventory_topic(node), encode(inv)))
+                messages.append((sample_topic(node), encode(sample)))
     return view
 
 
@@ -107,6 +116,21 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+async def _fill(db: Path, messages: list[tuple[str, bytes]]) -> None:
+    """Store the fleet's inventories and samples as the collector's writer would."""
+    ingestor = Ingestor(SystemClock())
+    rows, updates, nodes = [], [], set()
+    for topic, payload in messages:
+        item = ingestor.handle(topic, payload)
+        if isinstance(item, SampleRow):
+            rows.append(item)
+            nodes.add(item.node)
+        elif isinstance(item, NodeUpdate):
+            updates.append(item)
+    async with Store(db) as store:
+        await store.write_batch(rows, updates, sorted(nodes))
 
 
 async def _cycles(job: CapacityJob, db: Path, runs: int) -> tuple[float, float]:
@@ -141,9 +165,11 @@ def main() -> None:
         plan_path.write_text(json.dumps(PLAN))
         cplan = load_capacity_plan(plan_path)
         now = time.time()
-        view = fleet_view(now)
+        messages: list[tuple[str, bytes]] = []
+        view = fleet_view(now, messages)
         job = CapacityJob(cplan, view, SystemClock(), interval_s=30.0)
         db = Path(tmp) / "capwatch.db"
+        asyncio.run(_fill(db, messages))
         cpu_ms, wall_ms = asyncio.run(_cycles(job, db, 15))
         p = job.state.picture
         assert p is not None
@@ -173,6 +199,10 @@ def main() -> None:
             ("collector capacity, whole process", cli),
             ("collector capacity --json, whole process", [*cli, "--json"]),
             ("collector capacity --add 32xDGX-H100, whole process", [*cli, "--add", "32xDGX-H100"]),
+            (
+                "collector capacity --now (12,500 stored samples), whole process",
+                [*cli, "--now", "--plan", str(plan_path)],
+            ),
         ):
             ms, rc = _process_ms(argv, runs)
             note = "" if rc in (0, 1) else f"  (exit {rc}!)"

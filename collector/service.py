@@ -16,6 +16,9 @@ Alert notifications leave through a third task, the webhook delivery (only when 
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
 outcomes on the writer's queue; it never writes the store and the writer never waits for it.
 
+With ``capacity.plan`` set, the writer also runs the capacity job (the live power picture
+against the site's cap, one snapshot per cycle) and the capacity rules join the alert rules.
+
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
 """

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import (
@@ -38,9 +38,11 @@ from collector.capacity.picture import (
     StaleBasis,
     TypeDraw,
 )
-from collector.live import NodeState
 from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
-from shared.schema import Inventory, Sample
+
+if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
+    from collector.live import NodeState
+    from shared.schema import Inventory, Sample
 
 __all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution"]
 

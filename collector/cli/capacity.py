@@ -51,6 +51,8 @@ exit status: 0 answered (with --add: the grown fleet fits); 1 the --add fleet do
 2 a bad flag, plan or setting, or no snapshot yet (one line)."""
 
 _ENV_PREFIX: Final = "CAPWATCH_"
+_OLD_SNAPSHOT_S: Final = 300.0
+"""A snapshot older than this is called out (the collector writes one every 30 s)."""
 
 _WORDS: Final = {
     "it_power": "IT power cap",
@@ -101,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--stale-basis",
         choices=("nameplate", "last", "zero"),
-        help="with --now: how stale/offline nodes count (default: capacity.stale_basis)",
+        help="how stale/offline nodes count (implies --now; default: capacity.stale_basis)",
     )
     p.add_argument("--top", type=int, default=5, metavar="N", help="racks to show (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
     s = load_settings_for(args)
-    recompute = args.now or bool(args.remove)
+    recompute = args.now or bool(args.remove) or args.stale_basis is not None
     cplan: CapacityPlan | None = None
     source = "recomputed from the store's newest samples"
     with StoreReader(s.db_path) as reader:
@@ -198,7 +200,10 @@ def run(args: argparse.Namespace) -> int:
             picture = picture_from_dict(data)
             if args.add:
                 cplan = _plan(s.plan, picture.plan)
-            source = f"snapshot, {max(0.0, time.time() - picture.at):.0f} s old"
+            age = max(0.0, time.time() - picture.at)
+            source = f"snapshot, {age:.0f} s old"
+            if age > _OLD_SNAPSHOT_S:
+                source += ": is the collector running? --now recomputes"
     answer = None
     if args.add and cplan is not None:
         from collector.capacity.whatif import parse_add, what_if  # noqa: PLC0415
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(picture, answer, source)
     else:
-        print("\n".join(_lines(picture, source, args.top)))
+        print("\n".join(_lines(picture, source, args.top, brief=answer is not None)))
         if answer is not None:
             print("\n".join(["", *_whatif_lines(answer)]))
     return 0 if answer is None or answer.fits else 1
@@ -237,7 +242,8 @@ def _pct(part: float, whole: float) -> str:
     return f"{part / whole * 100:5.1f} %" if whole > 0 else "  - %"
 
 
-def _lines(p: Picture, source: str, top: int) -> list[str]:
+def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[str]:
+    """The picture at a glance; ``brief`` (a what-if follows): without the tables."""
     when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(p.at))
     facility = (
         f"   (facility {_kw(p.facility_w)} at PUE {p.pue:g})"
@@ -269,6 +275,8 @@ def _lines(p: Picture, source: str, top: int) -> list[str]:
         lines.append(f"  unmatched        {', '.join(p.unmatched[:10])}{more}")
     if p.clamped:
         lines.append(f"  clamped          {', '.join(p.clamped[:10])}")
+    if brief:
+        return lines
     rows = [
         {
             "type": t.node_type,
@@ -296,11 +304,13 @@ def _lines(p: Picture, source: str, top: int) -> list[str]:
             ],
         ),
     ]
-    racks = [r for r in p.racks if r.limit_w is not None][:top]
+    limited = [r for r in p.racks if r.limit_w is not None]
+    racks = limited[:top]
     if racks:
         lines += [
             "",
-            f"Top racks by draw against limit ({len(p.racks):,} racks)",
+            f"Top racks by draw against limit ({len(limited):,} of {len(p.racks):,} racks have "
+            "a limit)",
             render_table(
                 [
                     {

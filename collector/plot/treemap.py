@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import NodeDraw, Picture
 from collector.plot.figures import HEIGHT_PX, WIDTH_PX, new_figure
+from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -54,6 +55,14 @@ def hierarchy_figure(
     from matplotlib.colors import Normalize  # noqa: PLC0415
     from matplotlib.patches import Rectangle  # noqa: PLC0415
 
+    try:
+        import squarify  # noqa: F401, PLC0415  (optional extra: checked before drawing)
+    except ImportError as exc:
+        raise ConfigError(
+            "the hierarchy picture needs squarify, which is not installed: "
+            "pip install 'capwatch[plot]'",
+            field="plot",
+        ) from exc
     draws = picture.node_draws or ()
     types = cplan.types
     by_rack: dict[str, list[NodeDraw]] = defaultdict(list)

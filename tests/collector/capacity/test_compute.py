@@ -206,3 +206,15 @@ def test_a_bad_capacity_table_names_the_field(patch: dict[str, Any], field: str)
     with pytest.raises(PlanError) as info:
         parse_capacity(doc)
     assert str(info.value).startswith(field) or info.value.field == field
+
+
+def test_an_empty_fleet_draws_nothing_and_the_old_tools_config_works() -> None:
+    """No nodes: 0 W and the whole cap as headroom; the old tool's JSON plan loads too."""
+    p = compute_picture(site_plan(), [], NOW)
+    assert p.nodes == 0
+    assert p.it_w == 0.0
+    assert p.headroom_pct == 100.0
+    assert p.fits
+    old = parse_capacity(read_plan_document(PLAN.parent / "old_tool_example.json"))
+    assert old.fallback_type == "GPU-8x"
+    assert compute_picture(old, [], NOW).cap_w == 5e6
