@@ -145,3 +145,6 @@ async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) 
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:8", "--db", str(fleet), "--json")
     assert code == 0
     assert sorted(json.loads(out)["nodes"]) == ["x2000c0s1b0n0", "x2000c0s2b0n0"]
+    code, _, err = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet))
+    assert code == 2
+    assert "need 16 a100, pool + free hold 8 (20 more on free nodes not online or excluded" in err
