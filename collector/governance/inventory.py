@@ -213,6 +213,8 @@ def components_of(
             problems.append(
                 f"gpu: {lost} NVIDIA on the PCI bus not seen by NVML ({inv.gpu_status})"
             )
+    if gpus and inv.gpu_status != "ok":
+        problems.append(f"gpu: status {inv.gpu_status[:32]}")
     if gpu_count is not None and 0 <= gpu_count < len(gpus):
         problems.append(f"gpu: {gpu_count} of {len(gpus)} in the latest sample")
     return out, problems

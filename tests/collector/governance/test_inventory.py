@@ -183,3 +183,10 @@ async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(tmp_path: Pa
     for name in ("junk", "huge"):
         assert nodes[name]["components"] == {}
         assert nodes[name]["problems"][0].startswith("inventory unreadable")
+
+
+def test_gpus_listed_with_a_status_other_than_ok_are_an_error() -> None:
+    """An inventory whose NVML status is not ``ok`` although it lists GPUs says so."""
+    inv = msgspec.structs.replace(inventory(Spec("n1")), gpu_status="nvml_error")
+    _, problems = components_of(inv)
+    assert problems == ["gpu: status nvml_error"]
