@@ -190,3 +190,26 @@ def test_gpus_listed_with_a_status_other_than_ok_are_an_error() -> None:
     inv = msgspec.structs.replace(inventory(Spec("n1")), gpu_status="nvml_error")
     _, problems = components_of(inv)
     assert problems == ["gpu: status nvml_error"]
+
+
+def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
+    """Mixed GPUs and NICs are counted per model on both paths (table and --node)."""
+    inv = inventory(Spec("n1", gpus=3))
+    mixed = msgspec.structs.replace(
+        inv,
+        gpus=[*inv.gpus, msgspec.structs.replace(inv.gpus[0], name=H100, index=3)],
+        nics=[
+            NicInfo(name="ib0", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="ib1", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="eno1", speed_mbps=25_000, model="BCM57414"),
+        ],
+    )
+    for with_ids in (True, False):
+        comps, _ = components_of(mixed, with_ids=with_ids)
+        counts = {c.key: c.count for c in comps if c.kind in ("gpu", "nic")}
+        assert counts == {
+            f"gpu {A100}": 3,
+            f"gpu {H100}": 1,
+            "nic ConnectX-7 400 Gb/s": 2,
+            "nic BCM57414 25 Gb/s": 1,
+        }
