@@ -163,6 +163,7 @@ def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) ->
 
     if action != "delete":
         validate_pool_name(name)
+    nodes = list(dict.fromkeys(nodes))  # a node named twice moves once
     with pool_transaction(db, time.time()) as tx:
         exists = tx.exists(name)
         if action == "create":
