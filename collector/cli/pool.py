@@ -253,6 +253,7 @@ def _print_plan(plan: Plan, nodes: list[NodeComponents], *, as_json: bool, dry_r
                 "greedy_nodes": plan.greedy_nodes,
                 "racks": plan.racks,
                 "solve_s": round(plan.solve_s, 3),
+                "count_s": round(plan.count_s, 3),
                 "notes": plan.notes,
                 "inventory": inventory_json(after),
             }
@@ -265,7 +266,10 @@ def _print_plan(plan: Plan, nodes: list[NodeComponents], *, as_json: bool, dry_r
         f"(keep {keep}, take {len(plan.take)}, release {len(plan.release)})"
     )
     print("  " + "   ".join(f"{t}: {plan.units[t]} (need {q})" for t, q in needs.items()))
-    how = "fewest nodes, proven (milp/HiGHS)" if plan.method == "milp" else "greedy"
+    if plan.method == "milp":
+        how = f"fewest nodes proven (milp/HiGHS) in {plan.count_s:.2f} s, plan"
+    else:
+        how = "greedy"
     print(f"  {how} in {plan.solve_s:.2f} s; greedy would take {plan.greedy_nodes} nodes")
     for note in plan.notes:
         print(f"  note: {note}")
