@@ -28,8 +28,9 @@ import fcntl
 import os
 import ssl
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
@@ -46,6 +47,11 @@ from shared.errors import ConfigError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
 
+if TYPE_CHECKING:
+    from collector.alerts.ampush import AlertmanagerPush
+    from collector.metrics import CollectorMetrics
+    from shared.sdnotify import SdNotifier
+
 __all__ = ["Collector"]
 
 log = get_logger("collector")
@@ -60,8 +66,11 @@ class Collector:
         *,
         clock: Clock | None = None,
         connect: Connect | None = None,
+        notifier: SdNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
+        """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
         self.clock: Clock = clock or SystemClock()
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
@@ -79,6 +88,8 @@ class Collector:
         self._queue: asyncio.Queue[WriterItem] | None = None
         self.connected = asyncio.Event()
         """Set while subscribed to the broker (tests and the demo wait on it)."""
+        self.metrics: CollectorMetrics | None = None
+        """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
 
     @property
     def counters(self) -> Counter[str]:
@@ -93,6 +104,12 @@ class Collector:
     def stop(self) -> None:
         """Ask :meth:`run` to finish: commit and ack what was received, close. Signal-safe."""
         self._stop.set()
+
+    @property
+    def queue_units(self) -> tuple[int, int]:
+        """Units waiting in the writer's queue, and its size (0, 0 before it exists)."""
+        q = self._queue
+        return (0, 0) if q is None else (q.qsize(), q.maxsize)
 
     def _queue_depth(self) -> dict[str, int]:
         return {"queue_units": self._queue.qsize() if self._queue is not None else 0}
@@ -153,6 +170,18 @@ class Collector:
                     poll_s=self.delivery_poll_s,
                     counters=self.counters,
                 )
+            push = None
+            if s.alertmanagers:
+                from collector.alerts.ampush import AlertmanagerPush  # noqa: PLC0415
+
+                push = AlertmanagerPush(
+                    s.alertmanagers,
+                    self.clock,
+                    eval_interval_s=s.alerts.eval_interval_s,
+                    external_url=s.alerts.external_url,
+                    counters=self.counters,
+                    poll_s=self.delivery_poll_s,
+                )
             alerts = AlertJob(
                 self.evaluator,
                 self.live,
@@ -163,9 +192,16 @@ class Collector:
                 external_url=s.alerts.external_url,
                 notify=None if delivery is None else delivery.offer,
                 routes=s.alert_routes(),
+                inhibit_rules=s.alert_inhibit_rules(),
+                push=None if push is None else push.update,
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            metrics = None
+            if s.metrics_listen is not None:
+                from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
+
+                metrics = self.metrics = CollectorMetrics(self, store)
             writer = Writer(
                 store,
                 self._queue,
@@ -177,13 +213,20 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[alerts],
+                jobs=[alerts] if metrics is None else [alerts, metrics],
+                on_commit=None if metrics is None else metrics.on_commit,
             )
-            async with asyncio.TaskGroup() as tg:
+            serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
+            async with serving, asyncio.TaskGroup() as tg:
+                if self.notifier is not None:
+                    alive = _writer_alive(writer, self.clock, s.metrics_ready_commit_s)
+                    tg.create_task(self.notifier.run(alive, self._stop), name="sd-notify")
                 tg.create_task(reader.run(), name="mqtt-reader")
-                tg.create_task(_write_then(writer, delivery), name="store-writer")
+                tg.create_task(_write_then(writer, delivery, push), name="store-writer")
                 if delivery is not None:
                     tg.create_task(delivery.run(), name="webhook-delivery")
+                if push is not None:
+                    tg.create_task(push.run(), name="alertmanager-push")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -212,13 +255,31 @@ class Collector:
         return connect
 
 
-async def _write_then(writer: Writer, delivery: Delivery | None) -> None:
-    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)."""
+def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], tuple[bool, str]]:
+    """The watchdog's health check: the writer committed within ``limit_s`` (it commits its
+    counters every ~2 s even when idle; the broker being away does not count against it)."""
+    started = clock.monotonic()
+
+    def alive() -> tuple[bool, str]:
+        last = writer.last_commit if writer.last_commit is not None else started
+        age = clock.monotonic() - last
+        return age <= limit_s, f"writer last committed {age:.0f} s ago (limit {limit_s:.0f} s)"
+
+    return alive
+
+
+async def _write_then(
+    writer: Writer, delivery: Delivery | None, push: AlertmanagerPush | None
+) -> None:
+    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)
+    and the Alertmanager push (no more alerts come)."""
     try:
         await writer.run()
     finally:
         if delivery is not None:
             delivery.stop()
+        if push is not None:
+            push.stop()
 
 
 @contextlib.contextmanager

@@ -14,11 +14,19 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    rejects), ``collector solve``;
 7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
    apply`` of a pattern, as a dry run and then for real; then a clean shutdown.
+
+Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
+a receiver on loopback (this script; it checks each signature and prints what it got), and,
+when Alertmanager is installed (Debian: prometheus-alertmanager), pushed to a real one. The
+collector's /readyz and /metrics are shown too.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import json
 import math
 import os
 import shutil
@@ -28,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -78,6 +87,122 @@ def _hostile_node(host: str, port: int) -> int:
     return 2 * len(evil)
 
 
+_DEMO_SECRET = "demo-secret"
+
+
+class _Hooks:
+    """A webhook receiver on loopback: records each notification, checks its signature."""
+
+    def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.got: list[tuple[bool, dict[str, Any]]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ts = self.headers.get("X-Capwatch-Timestamp", "")
+                mac = hmac.new(_DEMO_SECRET.encode(), ts.encode() + b":" + body, hashlib.sha256)
+                ok = hmac.compare_digest(
+                    mac.hexdigest(), self.headers.get("X-Capwatch-Signature", "")
+                )
+                hooks.got.append((ok, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A real Alertmanager on a free loopback port, when one is installed."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        print("Alertmanager not installed: no push to it (apt-get install prometheus-alertmanager)")
+        return None
+    home = workdir / "alertmanager"
+    home.mkdir()
+    (home / "alertmanager.yml").write_text(
+        "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={home / 'alertmanager.yml'}",
+            f"--storage.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=(home / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    print(f"Alertmanager (pid {proc.pid}) on 127.0.0.1:{port}")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _show_notifications(hooks: _Hooks, am_url: str | None) -> None:
+    for ok, body in hooks.got:
+        names = sorted({f"{a['labels']['alertname']}[{a['status']}]" for a in body["alerts"]})
+        print(
+            f"webhook: {body.get('status')} groupKey={body.get('groupKey')} "
+            f"alerts={','.join(names)} signature={'ok' if ok else 'BAD'}"
+        )
+    if not hooks.got:
+        print("webhook: nothing received yet")
+    if am_url is not None:
+        import httpx  # noqa: PLC0415
+
+        try:
+            held = httpx.get(f"{am_url}/api/v2/alerts", timeout=5).json()
+        except httpx.HTTPError as exc:
+            print(f"Alertmanager: not reachable ({exc})")
+            return
+        for a in held:
+            print(
+                f"Alertmanager holds {a['labels']['alertname']} node={a['labels'].get('node')} "
+                f"fingerprint={a['fingerprint']} state={a['status']['state']}"
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _show_metrics(base: str) -> None:
+    """/readyz, then the fleet and alert lines of /metrics (the rest is ingest health)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    for path in ("/readyz", "/metrics"):
+        print(f"$ curl {base}{path}", flush=True)
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                text = r.read().decode()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode()
+        wanted = ("capwatch_fleet_", "capwatch_alerts{", "capwatch_collector_samples_stored")
+        lines = text.splitlines()
+        if path == "/metrics":
+            lines = [line for line in lines if line.startswith(wanted)]
+        print("\n".join(lines[:30]), flush=True)
+
+
 def main() -> int:
     """Run the demo; exit 0 when every part came up and data reached the store."""
     parser = argparse.ArgumentParser(
@@ -115,6 +240,20 @@ def main() -> int:
     env = {**os.environ, "CAPWATCH_LOG_JSON": "false"}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
+    _banner("0. alert receivers: a webhook on loopback, and Alertmanager if installed")
+    hooks = _Hooks()
+    print(f"webhook receiver at {hooks.url} (checks X-Capwatch-Signature)")
+    am = _start_alertmanager(workdir)
+    if am is not None:
+        procs.append(("alertmanager", am[0]))
+    config = workdir / "collector.toml"
+    config.write_text(
+        "[alerts]\neval_interval_s = 1.0\n"
+        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{_DEMO_SECRET}"\n'
+        '\n[[routes]]\ngroup_wait = "1s"\ngroup_interval = "5s"\n'
+        + ("" if am is None else f'\n[[alertmanagers]]\nname = "site"\nurl = "{am[1]}"\n')
+    )
+
     _banner("1. broker")
     broker = localbroker.local_broker(
         workdir / "broker", prefer="embedded" if args.embedded_broker else "mosquitto"
@@ -137,7 +276,21 @@ def main() -> int:
 
     try:
         _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
-        spawn("collector", "collector", "run", *common, "--db", str(db), "--log-level", "info")
+        metrics_port = _free_port()
+        spawn(
+            "collector",
+            "collector",
+            "run",
+            "--config",
+            str(config),
+            *common,
+            "--db",
+            str(db),
+            "--log-level",
+            "info",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+        )
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
         spawn(
@@ -180,10 +333,14 @@ def main() -> int:
         _run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
         _banner("collector alerts: what the built-in rules made of it (collector rules lists them)")
         _run_cli("collector", "alerts", "--db", str(db))
+        _banner("what the alert receivers got")
+        _show_notifications(hooks, None if am is None else am[1])
         plan = ROOT / "deploy" / "plan.example.json"
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
+        _show_metrics(f"http://127.0.0.1:{metrics_port}")
         _banner("7. inventory and pools: components per node, then a pool sized by a pattern")
         _run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
         _run_cli("collector", "inventory", "--db", str(db))
@@ -202,6 +359,7 @@ def main() -> int:
                     proc.kill()
             print(f"{name} stopped ({proc.returncode})")
         broker.stop()
+        hooks.close()
     print(
         f"\nlogs and the database are in {workdir}; try:\n"
         f"  .venv/bin/collector query --db {db} --json | head -40"

@@ -231,7 +231,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
         # Inventories declared for nodes that run no agent yet (`collector inventory import`;
         # an agent's own in `nodes` wins), and every pool move with the command that made it.
-        "inventory_and_pools",
+        "0010_inventory_and_pools",
         """
         CREATE TABLE declared_inventories (
             node TEXT PRIMARY KEY,

@@ -137,6 +137,8 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "alerts": "[alerts]",
         "receivers": "[[receivers]]",
         "routes": "[[routes]]",
+        "alertmanagers": "[[alertmanagers]]",
+        "inhibit_rules": "[[inhibit_rules]]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}
