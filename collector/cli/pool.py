@@ -109,7 +109,7 @@ def _nodes(settings: ReadSettings) -> list[NodeComponents]:
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:
-    from collector.store.governance import pools  # noqa: PLC0415
+    from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(settings.db_path) as store:
@@ -146,7 +146,7 @@ def _show(settings: ReadSettings, name: str, *, as_json: bool) -> int:
 
 
 def _require_pool(db: Path, name: str) -> None:
-    from collector.store.governance import pools  # noqa: PLC0415
+    from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -159,7 +159,7 @@ def _require_pool(db: Path, name: str) -> None:
 
 def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) -> int:
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
-    from collector.store.governance import FREE, pool_members, pool_transaction  # noqa: PLC0415
+    from collector.store.pools import FREE, pool_members, pool_transaction  # noqa: PLC0415
 
     if action != "delete":
         validate_pool_name(name)
@@ -201,7 +201,7 @@ def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) ->
 def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
-    from collector.store.governance import (  # noqa: PLC0415
+    from collector.store.pools import (  # noqa: PLC0415
         FREE,
         leased_nodes,
         pool_members,
@@ -212,7 +212,7 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     pattern = parse_pattern(args.pattern, field="-p")
     nodes = _nodes(settings)
     with StoreReader(settings.db_path) as store:
-        excluded = leased_nodes(store) | set(args.exclude)
+        excluded = leased_nodes(store, time.time()) | set(args.exclude)
         before = pool_members(store)
     plan = plan_pool(nodes, pattern, excluded=excluded)
     if not args.dry_run:

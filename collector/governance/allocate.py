@@ -39,7 +39,7 @@ from typing import Any, Final
 from collector.governance.inventory import NodeComponents
 from collector.governance.pattern import Pattern
 from collector.governance.racks import Group, fewest_racks
-from collector.store.governance import FREE
+from collector.store.pools import FREE
 from shared.errors import ConfigError
 
 __all__ = [

@@ -31,7 +31,7 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
-from collector.store.governance import NodeRecord
+from collector.store.pools import NodeRecord
 from collector.store.queries import node_state
 from shared.schema import (
     MAX_ACCELERATORS,
