@@ -9,7 +9,7 @@ import msgspec
 
 from collector.governance.inventory import components_of, rack_of
 from shared.schema import AcceleratorInfo, NicInfo, encode
-from tests.collector.governance.fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
+from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
 
 
 async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks(

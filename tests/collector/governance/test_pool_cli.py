@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.governance.fleet import H100, Spec, cli, make_store
+from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
 
 
 def _members(db: Path) -> dict[str, str]:
