@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.node is not None:
         return _one_node(nodes, args.node, as_json=args.json)
     if pool is not None:
-        from collector.store.governance import FREE  # noqa: PLC0415
+        from collector.store.pools import FREE  # noqa: PLC0415
 
         if pool != FREE and not any(n.pool == pool for n in nodes):
             _check_pool(settings.db_path, pool)
@@ -107,7 +107,7 @@ def load_nodes(
     """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
     serials, UUIDs and interface names."""
     from collector.governance.inventory import describe_nodes  # noqa: PLC0415
-    from collector.store.governance import node_records  # noqa: PLC0415
+    from collector.store.pools import node_records  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -122,7 +122,7 @@ def load_nodes(
 
 
 def _check_pool(db: Path, pool: str) -> None:
-    from collector.store.governance import pools  # noqa: PLC0415
+    from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -253,7 +253,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
 def _import(db: Path, file: str) -> int:
     import sys  # noqa: PLC0415
 
-    from collector.store.governance import declare_inventories  # noqa: PLC0415
+    from collector.store.pools import declare_inventories  # noqa: PLC0415
     from shared.errors import SchemaError  # noqa: PLC0415
     from shared.schema import decode_inventory, encode  # noqa: PLC0415
 

@@ -109,7 +109,7 @@ def _nodes(settings: ReadSettings) -> list[NodeComponents]:
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:
-    from collector.store.governance import pools  # noqa: PLC0415
+    from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(settings.db_path) as store:
@@ -146,7 +146,7 @@ def _show(settings: ReadSettings, name: str, *, as_json: bool) -> int:
 
 
 def _require_pool(db: Path, name: str) -> None:
-    from collector.store.governance import pools  # noqa: PLC0415
+    from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -159,10 +159,11 @@ def _require_pool(db: Path, name: str) -> None:
 
 def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) -> int:
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
-    from collector.store.governance import FREE, pool_members, pool_transaction  # noqa: PLC0415
+    from collector.store.pools import FREE, pool_members, pool_transaction  # noqa: PLC0415
 
     if action != "delete":
         validate_pool_name(name)
+    nodes = list(dict.fromkeys(nodes))  # a node named twice moves once
     with pool_transaction(db, time.time()) as tx:
         exists = tx.exists(name)
         if action == "create":
@@ -200,7 +201,7 @@ def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) ->
 def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
-    from collector.store.governance import (  # noqa: PLC0415
+    from collector.store.pools import (  # noqa: PLC0415
         FREE,
         leased_nodes,
         pool_members,
@@ -211,7 +212,7 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     pattern = parse_pattern(args.pattern, field="-p")
     nodes = _nodes(settings)
     with StoreReader(settings.db_path) as store:
-        excluded = leased_nodes(store) | set(args.exclude)
+        excluded = leased_nodes(store, time.time()) | set(args.exclude)
         before = pool_members(store)
     plan = plan_pool(nodes, pattern, excluded=excluded)
     if not args.dry_run:
@@ -252,6 +253,7 @@ def _print_plan(plan: Plan, nodes: list[NodeComponents], *, as_json: bool, dry_r
                 "greedy_nodes": plan.greedy_nodes,
                 "racks": plan.racks,
                 "solve_s": round(plan.solve_s, 3),
+                "count_s": round(plan.count_s, 3),
                 "notes": plan.notes,
                 "inventory": inventory_json(after),
             }
@@ -264,7 +266,10 @@ def _print_plan(plan: Plan, nodes: list[NodeComponents], *, as_json: bool, dry_r
         f"(keep {keep}, take {len(plan.take)}, release {len(plan.release)})"
     )
     print("  " + "   ".join(f"{t}: {plan.units[t]} (need {q})" for t, q in needs.items()))
-    how = "fewest nodes, proven (milp/HiGHS)" if plan.method == "milp" else "greedy"
+    if plan.method == "milp":
+        how = f"fewest nodes proven (milp/HiGHS) in {plan.count_s:.2f} s, plan"
+    else:
+        how = "greedy"
     print(f"  {how} in {plan.solve_s:.2f} s; greedy would take {plan.greedy_nodes} nodes")
     for note in plan.notes:
         print(f"  note: {note}")

@@ -1,2 +1,1 @@
-"""Governance: who holds what. ``inventory`` (a node's hardware as countable components),
-``pattern`` (clstr pool patterns) and ``allocate`` (the fewest nodes that satisfy one)."""
+"""Governance: who holds what until when (pools, leases, quotas)."""

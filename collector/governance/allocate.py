@@ -39,7 +39,7 @@ from typing import Any, Final
 from collector.governance.inventory import NodeComponents
 from collector.governance.pattern import Pattern
 from collector.governance.racks import Group, fewest_racks
-from collector.store.governance import FREE
+from collector.store.pools import FREE
 from shared.errors import ConfigError
 
 __all__ = [
@@ -88,6 +88,9 @@ class Plan:
     """How many nodes the greedy rule takes for the same pattern."""
     racks: int
     solve_s: float
+    """Seconds to the whole plan (racks included, imports of numpy/scipy not)."""
+    count_s: float
+    """Seconds to the fewest-node answer (the node count and the pool's share)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,14 +136,18 @@ def plan_pool(
     notes: list[str] = []
     chosen: list[int] | None = None
     method = "greedy"
+    count_s = 0.0
     if not need_left.any():
         chosen, method = [], "milp"
     elif len(groups) <= group_limit:
-        solved = _milp(groups, need_left, candidates, time_limit_s, rack_time_limit_s)
-        if solved is None:
+        counts = _milp(groups, need_left, time_limit_s)
+        count_s = time.perf_counter() - t0
+        if counts is None:
             notes.append(f"HiGHS found no proven answer within {time_limit_s:g} s: greedy used")
         else:
-            chosen, rack_notes = solved
+            chosen, rack_notes = fewest_racks(
+                groups, counts, need_left, candidates, rack_time_limit_s
+            )
             notes.extend(rack_notes)
             method = "milp"
     else:
@@ -154,13 +161,14 @@ def plan_pool(
         pool=pool,
         pattern=pattern,
         final=final,
-        take=sorted(n for n in final if n not in {m.node for m in members}),
+        take=sorted(set(final) - {m.node for m in members}),
         release=sorted(m.node for m in members if m.node not in final_set),
         units={t: int(got[i]) for i, t in enumerate(terms)},
         method=method,
         greedy_nodes=len(greedy) + len(fixed),
         racks=len({n.rack or n.node for n in nodes if n.node in final_set}),
         solve_s=time.perf_counter() - t0,
+        count_s=count_s or time.perf_counter() - t0,
         notes=notes,
     )
 
@@ -205,15 +213,9 @@ def _groups(candidates: Sequence[NodeComponents], units: Any, member: Any) -> li
     return [(k[0], k[1], sorted(v, key=lambda i: candidates[i].node)) for k, v in by_key.items()]
 
 
-def _milp(
-    groups: list[Group],
-    need: Any,
-    candidates: Sequence[NodeComponents],
-    time_limit_s: float,
-    rack_time_limit_s: float,
-) -> tuple[list[int], list[str]] | None:
-    """Candidate indices of a proven fewest-node choice (members first), with the fewest racks
-    HiGHS finds; ``None`` without a proof of the node count."""
+def _milp(groups: list[Group], need: Any, time_limit_s: float) -> list[int] | None:
+    """Nodes to take from each group: proven fewest in all, then proven most from the pool
+    itself; ``None`` without a proof of the node count."""
     import numpy as np  # noqa: PLC0415
     from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
 
@@ -242,9 +244,7 @@ def _milp(
         )
         if second.status == 0 and second.x is not None:
             x = second.x
-    counts = [round(float(v)) for v in x]
-    chosen, notes = fewest_racks(groups, counts, need, candidates, rack_time_limit_s)
-    return chosen, notes
+    return [round(float(v)) for v in x]
 
 
 def _greedy(units: Any, need: Any, member: Any, candidates: Sequence[NodeComponents]) -> list[int]:

@@ -16,23 +16,22 @@ A pattern term (``a100``, ``epyc``, ``memory``) matches a component whose descri
 also name a whole kind (``gpu``, ``nic``).
 
 Components reported missing or in error are listed apart and never counted: an NVIDIA GPU on
-the PCI bus that NVML does not report, fewer GPUs in the node's latest sample than in its
-inventory, a NIC whose link was down.
+the PCI bus that NVML does not report, GPUs listed under an NVML status other than ``ok``,
+fewer GPUs in the node's latest sample than in its inventory, a NIC whose link was down.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 
-from collector.store.governance import NodeRecord
+from collector.store.pools import NodeRecord
 from collector.store.queries import node_state
 from shared.schema import (
     MAX_ACCELERATORS,
@@ -173,7 +172,7 @@ def components_of(
                 by_name.setdefault(g.name, []).append(g.serial or g.uuid)
             out.extend(Component("gpu", n, len(ids), tuple(ids)) for n, ids in by_name.items())
         else:
-            out.extend(_component("gpu", n, k) for n, k in Counter(map(_name, gpus)).items())
+            out.extend(_component("gpu", n, k) for n, k in _tally(list(map(_name, gpus))))
     if inv.mem_installed_bytes:
         units = inv.mem_installed_bytes // MEMORY_UNIT_BYTES
     else:
@@ -187,7 +186,7 @@ def components_of(
     if inv.nics and not with_ids and False not in map(_up, inv.nics):
         out.extend(
             _component("nic", _nic_model(m, mbps), k)
-            for (m, mbps), k in Counter(map(_model_speed, inv.nics)).items()
+            for (m, mbps), k in _tally(list(map(_model_speed, inv.nics)))
         )
     elif inv.nics:
         nics: dict[tuple[str | None, int | None], list[str]] = {}
@@ -213,6 +212,8 @@ def components_of(
             problems.append(
                 f"gpu: {lost} NVIDIA on the PCI bus not seen by NVML ({inv.gpu_status})"
             )
+    if gpus and inv.gpu_status != "ok":
+        problems.append(f"gpu: status {inv.gpu_status[:32]}")
     if gpu_count is not None and 0 <= gpu_count < len(gpus):
         problems.append(f"gpu: {gpu_count} of {len(gpus)} in the latest sample")
     return out, problems
@@ -254,11 +255,24 @@ def describe_nodes(
     return out
 
 
+_T = TypeVar("_T")
 _name = attrgetter("name")
 _up = attrgetter("up")
 _model_speed = attrgetter("model", "speed_mbps")
 _CACHE_MAX: Final = 4096
 _cache: dict[tuple[str, str, int], Component] = {}
+
+
+def _tally(items: list[_T]) -> list[tuple[_T, int]]:
+    """Each distinct item with its count, in first-seen order. A node's GPUs (and NICs) are
+    nearly always one model: that case costs one ``list.count``, not a ``Counter``."""
+    first = items[0]
+    if items.count(first) == len(items):
+        return [(first, len(items))]
+    counts: dict[_T, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return list(counts.items())
 
 
 def _component(kind: str, model: str, count: int) -> Component:

@@ -19,7 +19,7 @@ from agent.hardware import (
 from agent.host import HostSampler
 from agent.node import NodeSampler
 from shared.clock import FakeClock
-from shared.schema import decode_inventory, encode
+from shared.schema import Inventory, decode_inventory, encode
 from tests.agent.test_host import FakeHost
 
 _PCI_IDS = """\
@@ -193,3 +193,52 @@ def test_virtio_nic_is_named_by_its_pci_parent_not_its_virtio_ids(tmp_path: Path
     (net / "operstate").write_text("up\n")
     model, up = nic_details(sys, "eth0", _names(tmp_path))
     assert (model, up) == ("Mellanox Technologies MT2910 Family [ConnectX-7]", True)
+
+
+def test_hostile_sysfs_stays_inside_the_wire_schema(tmp_path: Path) -> None:
+    """Absurd EDAC sizes, 100 accelerators, ids past 16 bits and a 10 kB name still make a
+    valid inventory part: dropped, truncated or cut, never a rejected message."""
+    sys = tmp_path / "sys"
+    mc = sys / "devices" / "system" / "edac" / "mc" / "mc0"
+    for i in range(1030):  # more modules than MAX_DIMMS, each 2^40 MiB
+        d = mc / f"dimm{i}"
+        d.mkdir(parents=True)
+        (d / "size").write_text(f"{2**40}\n")
+    for i in range(100):
+        _pci(sys, f"0000:{i:02x}:00.0", 0x120000, 0x1002, 0x74A1)
+    _pci(sys, "0000:ff:00.0", 0x120000, 0x1FFFF, 0x1)  # vendor id past 16 bits: skipped
+    (tmp_path / "pci.ids").write_text("1002  " + "A" * 10_000 + "\n")
+    hw = read_hardware(
+        tmp_path,
+        sys,
+        nvml_bus_ids=[],
+        bounds=Bounds(FakeClock()),
+        names=PciNames([tmp_path / "pci.ids"]),
+    )
+    assert (hw.mem_installed_bytes, hw.mem_dimms) == (None, None)
+    assert len(hw.accelerators) == 64
+    assert all(len(a.name) <= 256 for a in hw.accelerators)
+    inv = decode_inventory(
+        encode(
+            msgspec.structs.replace(
+                decode_inventory(encode(_minimal_inventory())),
+                accelerators=hw.accelerators,
+                cpus=hw.cpus,
+            )
+        )
+    )
+    assert len(inv.accelerators) == 64
+
+
+def _minimal_inventory() -> Inventory:
+    return Inventory(
+        v=1,
+        node="n1",
+        ts=1.8e9,
+        host="n1",
+        agent_version="t",
+        cpu_model="x",
+        cpu_count=1,
+        cpu_cores=None,
+        mem_total_bytes=0,
+    )

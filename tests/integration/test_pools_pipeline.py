@@ -13,8 +13,8 @@ from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from shared.schema import AcceleratorInfo, NodeStatus, encode
 from shared.topics import inventory_topic, sample_topic, status_topic
-from tests.collector.governance.fleet import A100, Spec, inventory
-from tests.collector.governance.fleet import cli as _cli
+from tests.collector.governance.hw_fleet import A100, Spec, inventory
+from tests.collector.governance.hw_fleet import cli as _cli
 from tests.helpers import db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
 

@@ -9,7 +9,7 @@ import msgspec
 
 from collector.governance.inventory import components_of, rack_of
 from shared.schema import AcceleratorInfo, NicInfo, encode
-from tests.collector.governance.fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
+from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
 
 
 async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks(
@@ -183,3 +183,33 @@ async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(tmp_path: Pa
     for name in ("junk", "huge"):
         assert nodes[name]["components"] == {}
         assert nodes[name]["problems"][0].startswith("inventory unreadable")
+
+
+def test_gpus_listed_with_a_status_other_than_ok_are_an_error() -> None:
+    """An inventory whose NVML status is not ``ok`` although it lists GPUs says so."""
+    inv = msgspec.structs.replace(inventory(Spec("n1")), gpu_status="nvml_error")
+    _, problems = components_of(inv)
+    assert problems == ["gpu: status nvml_error"]
+
+
+def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
+    """Mixed GPUs and NICs are counted per model on both paths (table and --node)."""
+    inv = inventory(Spec("n1", gpus=3))
+    mixed = msgspec.structs.replace(
+        inv,
+        gpus=[*inv.gpus, msgspec.structs.replace(inv.gpus[0], name=H100, index=3)],
+        nics=[
+            NicInfo(name="ib0", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="ib1", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="eno1", speed_mbps=25_000, model="BCM57414"),
+        ],
+    )
+    for with_ids in (True, False):
+        comps, _ = components_of(mixed, with_ids=with_ids)
+        counts = {c.key: c.count for c in comps if c.kind in ("gpu", "nic")}
+        assert counts == {
+            f"gpu {A100}": 3,
+            f"gpu {H100}": 1,
+            "nic ConnectX-7 400 Gb/s": 2,
+            "nic BCM57414 25 Gb/s": 1,
+        }

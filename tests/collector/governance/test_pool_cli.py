@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.governance.fleet import H100, Spec, cli, make_store
+from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
 
 
 def _members(db: Path) -> dict[str, str]:
@@ -145,3 +145,25 @@ async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) 
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:8", "--db", str(fleet), "--json")
     assert code == 0
     assert sorted(json.loads(out)["nodes"]) == ["x2000c0s1b0n0", "x2000c0s2b0n0"]
+    code, _, err = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet))
+    assert code == 2
+    assert "need 16 a100, pool + free hold 8 (20 more on free nodes not online or excluded" in err
+
+
+async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> None:
+    """With the leases half's tables, only leases not ended exclude their nodes."""
+    with sqlite3.connect(fleet) as conn:
+        conn.execute("CREATE TABLE leases (id INTEGER PRIMARY KEY, end_at REAL)")
+        conn.execute("CREATE TABLE lease_nodes (lease_id INTEGER, node TEXT)")
+        conn.executemany(
+            "INSERT INTO leases VALUES (?, ?)", [(1, 1.0), (2, None), (3, 4_000_000_000.0)]
+        )
+        conn.executemany(
+            "INSERT INTO lease_nodes VALUES (?, ?)",
+            [(1, "x1000c0s0b0n0"), (2, "x1000c0s1b0n0"), (3, "x1000c0s2b0n0")],
+        )
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet), "--json")
+    assert code == 0
+    nodes = set(json.loads(out)["nodes"])
+    assert "x1000c0s0b0n0" in nodes  # its lease ended in 1970
+    assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in 2096

@@ -122,11 +122,26 @@ def pool_members(store: Rows) -> dict[str, str]:
     return {r["node"]: r["pool"] for r in store.fetchall("SELECT node, pool FROM pool_nodes")}
 
 
-def leased_nodes(store: Rows) -> set[str]:
-    """Nodes named by a lease (the ``lease_nodes`` table, once leases exist), else none."""
+def leased_nodes(store: Rows, now: float) -> set[str]:
+    """Nodes named by a lease that has not ended at ``now`` (``lease_nodes`` joined to
+    ``leases.end_at``, the leases half's tables; a lease without an end is in force), or by
+    any lease where ``leases`` has no ``end_at``; none before leases exist."""
     if not store.has_table("lease_nodes"):
         return set()
-    return {r[0] for r in store.fetchall("SELECT DISTINCT node FROM lease_nodes")}
+    columns = (
+        {r[1] for r in store.fetchall("PRAGMA table_info(leases)")}
+        if store.has_table("leases")
+        else set()
+    )
+    if {"id", "end_at"} <= columns:
+        rows = store.fetchall(
+            "SELECT DISTINCT ln.node FROM lease_nodes ln JOIN leases l ON l.id = ln.lease_id "
+            "WHERE l.end_at IS NULL OR l.end_at > ?",
+            (now,),
+        )
+    else:
+        rows = store.fetchall("SELECT DISTINCT node FROM lease_nodes")
+    return {r[0] for r in rows}
 
 
 class PoolTransaction:
