@@ -53,6 +53,8 @@ from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from collector.alerts.ampush import AlertmanagerPush
     from collector.metrics import CollectorMetrics
     from shared.sdnotify import SdNotifier
@@ -213,6 +215,15 @@ class Collector:
                 from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
 
                 metrics = self.metrics = CollectorMetrics(self, store)
+                if self.capacity is not None:
+                    from collector.capacity.metrics import capacity_families  # noqa: PLC0415
+
+                    state = self.capacity.state
+
+                    async def capacity_source() -> list[Metric]:
+                        return capacity_families(state.picture)
+
+                    metrics.add(capacity_source)
             if self.capacity is not None:
                 await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(

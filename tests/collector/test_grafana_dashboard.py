@@ -15,10 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics import AgentExposition, AgentStats
 from agent.simulate import FleetSimulator
+from collector.capacity.compute import compute_picture
+from collector.capacity.metrics import capacity_families
 from collector.metrics import CollectorMetrics
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
+from tests.collector.capacity.helpers import filled_view, site_plan
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "capwatch.json"
 
@@ -97,7 +100,12 @@ async def exposed(tmp_path: Path) -> set[str]:
     collector = Collector(settings)
     async with Store(settings.db_path) as store:
         metrics = CollectorMetrics(collector, store)
-        metrics.registry.register(_Snapshot(await metrics.snapshot()))
+        # A collector with a site plan also serves the capacity picture's families.
+        sim = FleetSimulator(4, seed=3, interval_s=5)
+        view, _ = filled_view(sim, 1_700_000_000.0)
+        picture = compute_picture(site_plan(), view.nodes(), 1_700_000_001.0)
+        families = await metrics.snapshot() + capacity_families(picture)
+        metrics.registry.register(_Snapshot(families))
         collector_text = generate_latest(metrics.registry).decode()
     sim = FleetSimulator(1, gpus_per_node=2, seed=2, interval_s=5)
     expo = AgentExposition(lambda: AgentStats(1, 1, 0, 0, True, 0.1))
@@ -132,7 +140,7 @@ def test_dashboard_has_a_prometheus_datasource_variable_used_by_every_query() ->
 
 def test_every_query_names_only_metrics_capwatch_exposes(exposed: set[str]) -> None:
     """Each metric name in each expression (and in the job variable's query) is one the
-    collector or the agent serves; the dashboard covers fleet, ingest and alerts."""
+    collector or the agent serves; the dashboard covers fleet, ingest, alerts and capacity."""
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for t in _targets(dashboard)]
     exprs += [v["definition"] for v in dashboard["templating"]["list"] if v.get("definition")]
@@ -149,6 +157,8 @@ def test_every_query_names_only_metrics_capwatch_exposes(exposed: set[str]) -> N
         "capwatch_collector_batch_commit_seconds_bucket",
         "capwatch_collector_messages_rejected_total",
         "capwatch_alerts",
+        "capwatch_capacity_it_draw_watts",
+        "capwatch_capacity_cap_watts",
         "DCGM_FI_DEV_POWER_USAGE",
     ):
         assert needed in used

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import httpx
 import msgspec
 import pytest
 
@@ -31,7 +32,7 @@ from collector.settings import CapacitySettings
 from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
 from tests.collector.capacity.helpers import PLAN, dgx_rest_w, true_node_w
-from tests.helpers import db_rows, wait_until
+from tests.helpers import db_rows, promtool_check_metrics, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
 
 pytestmark = pytest.mark.integration
@@ -97,6 +98,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         update={
             "capacity": CapacitySettings(plan=plan_path, interval_s=0.5, for_s=0.0),
             "alerts": s.alerts.model_copy(update={"eval_interval_s": 0.5}),
+            "metrics_listen": "127.0.0.1:0",
         }
     )
     collector = await collector_runner.start()
@@ -143,6 +145,25 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         hot = next(r for r in p["racks"] if r["rack"] == "hot-rack")
         assert hot["over"] is True
         assert hot["nodes"] == 4
+
+        # The same picture on the collector's /metrics, in a form promtool accepts.
+        assert collector.metrics is not None
+        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
+        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
+        assert promtool_check_metrics(scraped) == (0, [])
+        series = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines()
+            if line.startswith("capwatch_capacity_")
+        }
+        assert series["capwatch_capacity_cap_watts"] == 5e6
+        assert series['capwatch_capacity_nodes{counted="stale"}'] == 1
+        assert series['capwatch_capacity_nodes{counted="unmatched"}'] == 1
+        assert series['capwatch_capacity_rack_limit_watts{rack="hot-rack"}'] == 20_000
+        assert series["capwatch_capacity_it_draw_watts"] == pytest.approx(true_it, rel=0.01)
+        assert series["capwatch_capacity_headroom_watts"] == pytest.approx(
+            5e6 - series["capwatch_capacity_it_draw_watts"]
+        )
 
         await wait_until(
             lambda: bool(
