@@ -10,7 +10,6 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.errors import ConfigError
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
@@ -51,14 +50,9 @@ class AgentSettings(CapwatchSettings):
     @field_validator("metrics_listen")
     @classmethod
     def _listen_is_host_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            from shared.metrics_http import parse_listen  # noqa: PLC0415
+        from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
-            try:
-                parse_listen(value, field="metrics_listen")
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return check_listen(value)
 
     @field_validator("node_id")
     @classmethod

@@ -340,14 +340,9 @@ class CollectorSettings(CapwatchSettings):
     @field_validator("metrics_listen")
     @classmethod
     def _listen_is_host_port(cls, value: str | None) -> str | None:
-        if value is not None:
-            from shared.metrics_http import parse_listen  # noqa: PLC0415
+        from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
-            try:
-                parse_listen(value, field="metrics_listen")
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+        return check_listen(value)
 
     alerts: AlertSettings = AlertSettings()
     receivers: list[ReceiverSettings] = Field(default=[], max_length=32)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["MetricsServer", "Readiness", "parse_listen"]
+__all__ = ["MetricsServer", "Readiness", "check_listen", "parse_listen"]
 
 log = get_logger("metrics_http")
 
@@ -59,6 +59,17 @@ def parse_listen(value: str, *, field: str) -> tuple[str, int]:
             field=field,
         )
     return host, int(port_text)
+
+
+def check_listen(value: str | None) -> str | None:
+    """The ``metrics_listen`` setting's validator (agent and collector): ``value`` unchanged,
+    or :class:`ValueError` (pydantic's) saying what is wrong."""
+    if value is not None:
+        try:
+            parse_listen(value, field="metrics_listen")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 class _Server(ThreadingMixIn, WSGIServer):

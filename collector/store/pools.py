@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
+from collector.store.oneshot import connect_store
 from shared.errors import StoreError
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
 FREE: Final = "free"
 """The implicit pool of every node in no pool."""
 
-_BUSY_TIMEOUT_S: Final = 5.0
 _NOT_MIGRATED: Final = (
     "has no pool tables yet: start `collector run` once with this version to migrate it"
 )
@@ -251,14 +251,6 @@ def declare_inventories(path: Path, rows: Sequence[tuple[str, bytes]], now: floa
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise StoreError(
-            f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
-            "--db / CAPWATCH_DB_PATH"
-        )
-    try:
-        conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {str(path)!r}: {exc}") from exc
+    conn = connect_store(path)
     conn.row_factory = sqlite3.Row
     return conn
