@@ -1,0 +1,1 @@
+"""Governance: who holds what until when (pools, leases, quotas)."""
