@@ -41,6 +41,10 @@ COMMANDS: Final = {
         "collector.cli.solve",
         "size a cluster under a power cap: how many GPUs fit, and why not more",
     ),
+    "lease": (
+        "collector.cli.lease",
+        "leases of pools or nodes to tenants: add, list, show, cancel (notice), extend, renew",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""
