@@ -45,6 +45,10 @@ COMMANDS: Final = {
         "collector.cli.lease",
         "leases of pools or nodes to tenants: add, list, show, cancel (notice), extend, renew",
     ),
+    "quota": (
+        "collector.cli.quota",
+        "quotas with Kueue's cohort semantics: set, show (allocated and measured), check",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

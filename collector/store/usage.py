@@ -6,15 +6,30 @@
   ``collector query`` does), with the payload for per-GPU utilisation.
 * :func:`gpu_hours_since`: utilisation-weighted GPU-hours per node from the stored samples
   that arrived since an instant (``gpu_count x mean utilisation x interval``), through the
-  ``received_ms`` index. Only what retention kept is counted.
+  ``received_ms`` index. Only what retention kept is counted, and a node's hours count for
+  the tenant that holds it now.
+* :func:`usages_from_store`: both bases for every tenant, from one read snapshot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["LatestSample", "gpu_hours_since", "latest_samples", "node_hardware"]
+import msgspec
+
+from collector.governance.state import Governance, period_start
+from collector.governance.usage import NodeMeasure, Usage, allocated_usage, measured_usage
+from collector.store.reader import StoreReader
+
+__all__ = [
+    "LatestSample",
+    "gpu_hours_since",
+    "latest_samples",
+    "node_hardware",
+    "node_measures",
+    "usages_from_store",
+]
 
 Fetch = Callable[[str, Sequence[Any]], list[Any]]
 
@@ -67,3 +82,91 @@ def gpu_hours_since(fetchall: Fetch, since: float) -> dict[str, float]:
         (int(since * 1000),),
     )
     return {r[0]: float(r[1]) for r in rows}
+
+
+class _Gpu(msgspec.Struct):
+    util_pct: float | None = None
+
+
+class _Gpus(msgspec.Struct):
+    gpus: list[_Gpu] = msgspec.field(default_factory=list)
+
+
+_gpus_decoder = msgspec.json.Decoder(_Gpus)
+
+
+def node_measures(
+    store: StoreReader,
+    latest: dict[str, LatestSample],
+    now: float,
+    *,
+    busy_util_pct: float,
+    stale_intervals: float,
+    nodes: Iterable[str] | None = None,
+) -> dict[str, NodeMeasure]:
+    """Node -> its measured state from its newest sample; offline and stale nodes left out.
+
+    A GPU is busy at ``busy_util_pct`` or more. The payload (per-GPU utilisation) is read
+    only where the mean cannot decide: when mean x GPUs is under the threshold, no single
+    GPU can reach it.
+    """
+    out: dict[str, NodeMeasure] = {}
+    for node in latest if nodes is None else nodes:
+        s = latest.get(node)
+        if s is None or s.status == "offline":
+            continue
+        if now - s.received > stale_intervals * max(s.interval_s, 0.0):
+            continue
+        gpus = max(0, s.gpu_count)
+        util = s.gpu_util_pct
+        busy = 0
+        if util is not None and util * gpus >= busy_util_pct:
+            try:
+                parsed = _gpus_decoder.decode(store.payload(s.payload, s.payload_dict))
+            except msgspec.DecodeError:
+                parsed = _Gpus()
+            busy = sum(
+                1 for g in parsed.gpus if g.util_pct is not None and g.util_pct >= busy_util_pct
+            )
+        watts = [w for w in (s.gpu_power_w, s.cpu_power_w) if w is not None]
+        out[node] = NodeMeasure(
+            gpus=gpus,
+            busy_gpus=min(busy, gpus),
+            power_w=sum(watts) if watts else None,
+            util_pct=util,
+        )
+    return out
+
+
+def usages_from_store(
+    store: StoreReader,
+    gov: Governance,
+    now: float,
+    *,
+    busy_util_pct: float,
+    stale_intervals: float,
+) -> tuple[Usage, Usage]:
+    """Allocated and measured use per tenant, from one snapshot of the store."""
+    hardware = node_hardware(store.fetchall)
+    allocated = allocated_usage(gov, hardware, now)
+    held = gov.tenant_nodes(now)
+    wanted = set().union(*held.values()) if held else set()
+    latest = latest_samples(store.fetchall) if wanted else {}
+    measures = node_measures(
+        store,
+        latest,
+        now,
+        busy_util_pct=busy_util_pct,
+        stale_intervals=stale_intervals,
+        nodes=wanted,
+    )
+    hours: dict[str, float] = {}
+    by_period: dict[str, dict[str, float]] = {}
+    for tenant, nodes in held.items():
+        period = gov.period_of(tenant)
+        if gov.has_quota("gpu_hours") and nodes:
+            if period not in by_period:
+                by_period[period] = gpu_hours_since(store.fetchall, period_start(period, now))
+            per_node = by_period[period]
+            hours[tenant] = sum(per_node.get(n, 0.0) for n in nodes)
+    return allocated, measured_usage(gov, measures, hours, now)
