@@ -35,6 +35,8 @@ from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
+from collector.governance.job import GovernanceJob
+from collector.governance.rules import governance_rules
 from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
@@ -71,7 +73,20 @@ class Collector:
             max_age_s=settings.retention_s,
             live=self.live,
         )
-        self.evaluator = Evaluator(builtin_rules(settings.alerts.builtin()))
+        self.governance = GovernanceJob(
+            self.live,
+            self.clock,
+            interval_s=settings.alerts.eval_interval_s,
+            busy_util_pct=settings.governance.busy_util_pct,
+            stale_intervals=settings.alerts.stale_intervals,
+        )
+        """Tenants, quotas and leases from the store, and their usage from the live view."""
+        self.evaluator = Evaluator(
+            [
+                *builtin_rules(settings.alerts.builtin()),
+                *governance_rules(lambda: self.governance.view, settings.governance.rules()),
+            ]
+        )
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -177,7 +192,7 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[alerts],
+                jobs=[self.governance, alerts],  # governance first: the rules read its view
             )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reader.run(), name="mqtt-reader")

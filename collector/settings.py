@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.governance.settings import GovernanceSettings
 from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
 from collector.store.reader import DEFAULT_DB_PATH
 from shared.errors import ConfigError
@@ -207,6 +208,8 @@ class CollectorSettings(CapwatchSettings):
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
 
     alerts: AlertSettings = AlertSettings()
+    governance: GovernanceSettings = GovernanceSettings()
+    """Thresholds of the lease and quota rules (``[governance]``)."""
     receivers: list[ReceiverSettings] = Field(default=[], max_length=32)
     """Webhooks every alert notification goes to (``[[receivers]]`` tables)."""
 

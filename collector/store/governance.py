@@ -32,6 +32,7 @@ from shared.errors import StoreError
 __all__ = [
     "GENERATION_KEY",
     "GovernanceWriter",
+    "generation_async",
     "load_governance",
     "load_governance_async",
     "pool_nodes",

@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -25,6 +25,7 @@ from collector.store.reader import StoreReader
 __all__ = [
     "LatestSample",
     "gpu_hours_since",
+    "gpu_hours_since_async",
     "latest_samples",
     "node_hardware",
     "node_measures",
@@ -73,14 +74,24 @@ def latest_samples(fetchall: Fetch) -> dict[str, LatestSample]:
     return {r[0]: LatestSample(*r) for r in rows}
 
 
+_GPU_HOURS_SQL: Final = (
+    "SELECT node, total(gpu_count * min(max(coalesce(gpu_util_pct, 0), 0), 100) / 100.0 "
+    "* min(max(interval_s, 0), 3600)) / 3600.0 FROM samples "
+    "WHERE received_ms >= ? GROUP BY node"
+)
+
+
 def gpu_hours_since(fetchall: Fetch, since: float) -> dict[str, float]:
     """Node -> utilisation-weighted GPU-hours of the samples that arrived since ``since``."""
-    rows = fetchall(
-        "SELECT node, total(gpu_count * min(max(coalesce(gpu_util_pct, 0), 0), 100) / 100.0 "
-        "* min(max(interval_s, 0), 3600)) / 3600.0 FROM samples "
-        "WHERE received_ms >= ? GROUP BY node",
-        (int(since * 1000),),
-    )
+    rows = fetchall(_GPU_HOURS_SQL, (int(since * 1000),))
+    return {r[0]: float(r[1]) for r in rows}
+
+
+async def gpu_hours_since_async(
+    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]], since: float
+) -> dict[str, float]:
+    """The same with the collector's ``Store.fetchall``."""
+    rows = await fetchall(_GPU_HOURS_SQL, (int(since * 1000),))
     return {r[0]: float(r[1]) for r in rows}
 
 

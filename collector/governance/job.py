@@ -1,0 +1,194 @@
+"""Governance state inside the collector: loaded from the store, usage kept from the live view.
+
+:class:`GovernanceJob` runs in the writer task before the alert rules, every evaluation
+interval. It reads one meta row (``governance_generation``, bumped by every command that
+writes tenants, quotas or leases) and reloads the whole state only when it moved; otherwise it
+touches no table. Usage on both bases comes from the in-memory :class:`LiveView`: inventories
+for the allocated basis, the latest samples for the measured one. Measured GPU-hours are read
+from the stored samples once per period kind (at start, or when a quota first asks for that
+period) and then integrated from the live view at each evaluation, so no evaluation re-reads
+samples.
+
+The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from collector.governance.report import QuotaStanding, standings
+from collector.governance.state import Governance, Period, period_start
+from collector.governance.usage import (
+    NodeMeasure,
+    Usage,
+    allocated_usage,
+    measured_usage,
+)
+from collector.live import LiveView, NodeState
+from collector.store.governance import generation_async, load_governance_async
+from collector.store.usage import gpu_hours_since_async
+from shared.clock import Clock
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from collector.store.db import Store
+
+__all__ = ["GovernanceJob", "GovernanceView", "node_measure"]
+
+log = get_logger("governance")
+
+_MAX_STEP_S: Final = 300.0
+"""Integrate at most this long between evaluations (a paused collector learns nothing)."""
+_MAX_GPU_W: Final = 5_000.0
+_MAX_CPU_W: Final = 20_000.0
+
+
+@dataclass(slots=True)
+class GovernanceView:
+    """What the governance rules read: the state, both usages and the quota standings."""
+
+    gov: Governance = field(default_factory=Governance)
+    measures: dict[str, NodeMeasure] = field(default_factory=dict)
+    """Measured state of the nodes some lease names (fresh samples only)."""
+    allocated: Usage = field(default_factory=lambda: Usage("allocated"))
+    measured: Usage = field(default_factory=lambda: Usage("measured"))
+    standings: list[QuotaStanding] = field(default_factory=list)
+    at: float = float("-inf")
+    """When this view was computed (collector clock)."""
+
+
+def node_measure(
+    st: NodeState, view: LiveView, now: float, *, busy_util_pct: float, stale_intervals: float
+) -> NodeMeasure | None:
+    """``st``'s measured state from its latest sample; ``None`` when offline or stale."""
+    sample = st.sample
+    if sample is None or st.status == "offline" or view.is_stale(st, now, stale_intervals):
+        return None
+    busy = 0
+    watts = 0.0
+    known = False
+    utils = []
+    for g in sample.gpus:
+        u = g.util_pct
+        if u is not None:
+            utils.append(min(max(u, 0.0), 100.0))
+            if u >= busy_util_pct:
+                busy += 1
+        w = g.power_interval_w if g.power_interval_w is not None else g.power_w
+        if w is not None:
+            watts += min(max(w, 0.0), _MAX_GPU_W)
+            known = True
+    if sample.cpu_power_w is not None:
+        watts += min(max(sample.cpu_power_w, 0.0), _MAX_CPU_W)
+        known = True
+    return NodeMeasure(
+        gpus=len(sample.gpus),
+        busy_gpus=busy,
+        power_w=watts if known else None,
+        util_pct=sum(utils) / len(utils) if utils else None,
+    )
+
+
+class GovernanceJob:
+    """Keeps :attr:`view` current; a writer job (see the module docstring)."""
+
+    def __init__(
+        self,
+        live: LiveView,
+        clock: Clock,
+        *,
+        interval_s: float = 5.0,
+        busy_util_pct: float = 10.0,
+        stale_intervals: float = 3.0,
+    ) -> None:
+        self.name = "governance"
+        self.interval_s = interval_s
+        self.view = GovernanceView()
+        self.loads = 0
+        """How many times the state was (re)loaded from the store (tests wait on it)."""
+        self._live = live
+        self._clock = clock
+        self._busy = busy_util_pct
+        self._stale = stale_intervals
+        self._generation: str | None = None
+        self._hours: dict[Period, tuple[float, dict[str, float]]] = {}
+        """Period kind -> (its start, node -> utilisation-weighted GPU-hours so far)."""
+        self._last: float | None = None
+
+    async def __call__(self, store: Store) -> None:
+        """Reload if the store's governance changed; recompute usage and standings."""
+        now = self._clock.time()
+        generation = await generation_async(store.fetchall)
+        if generation != self._generation:
+            self.view.gov = await load_governance_async(store.fetchall)
+            self._generation = generation
+            self.loads += 1
+            log.info(
+                "governance_loaded",
+                tenants=len(self.view.gov.tenants),
+                leases=len(self.view.gov.leases),
+                quotas=len(self.view.gov.quotas),
+            )
+        gov = self.view.gov
+        if not gov.leases:
+            self.view = GovernanceView(gov=gov, at=now)
+            self._last = now
+            return
+        await self._load_periods(store, gov, now)
+        leased = {n for lease in gov.leases for n in lease.nodes}
+        measures: dict[str, NodeMeasure] = {}
+        hardware: dict[str, tuple[int, float]] = {}
+        step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
+        for node in leased:
+            st = self._live.get(node)
+            if st is None:
+                continue
+            inv = st.inventory
+            if inv is not None:
+                limits = sum(min(max(g.power_limit_w or 0.0, 0.0), _MAX_GPU_W) for g in inv.gpus)
+                hardware[node] = (len(inv.gpus), limits)
+            m = node_measure(
+                st, self._live, now, busy_util_pct=self._busy, stale_intervals=self._stale
+            )
+            if m is None:
+                continue
+            measures[node] = m
+            if node not in hardware:
+                hardware[node] = (m.gpus, 0.0)
+            if step > 0 and m.util_pct is not None:
+                gpu_hours = m.gpus * m.util_pct / 100.0 * step / 3600.0
+                for _, per_node in self._hours.values():
+                    per_node[node] = per_node.get(node, 0.0) + gpu_hours
+        self._last = now
+        allocated = allocated_usage(gov, hardware, now)
+        tenant_hours: dict[str, float] = {}
+        for tenant, nodes in gov.tenant_nodes(now).items():
+            per_node = self._hours.get(gov.period_of(tenant), (0.0, {}))[1]
+            tenant_hours[tenant] = sum(per_node.get(n, 0.0) for n in nodes)
+        measured = measured_usage(gov, measures, tenant_hours, now)
+        self.view = GovernanceView(
+            gov=gov,
+            measures=measures,
+            allocated=allocated,
+            measured=measured,
+            standings=standings(gov, [allocated, measured]),
+            at=now,
+        )
+
+    async def _load_periods(self, store: Store, gov: Governance, now: float) -> None:
+        """Start (or roll over) the GPU-hours of each period kind the quotas use."""
+        if not gov.has_quota("gpu_hours"):
+            return
+        for tenant in gov.tenants:
+            period = gov.period_of(tenant)
+            start = period_start(period, now)
+            held = self._hours.get(period)
+            if held is not None and held[0] == start:
+                continue
+            if held is None:
+                # First time this period kind is needed: what the store holds of it so far.
+                per_node = await gpu_hours_since_async(store.fetchall, start)
+            else:
+                per_node = {}  # a new period starts from zero
+            self._hours[period] = (start, per_node)
