@@ -134,14 +134,19 @@ def pool_nodes(fetchall: Callable[[str, Sequence[Any]], list[Any]], pool: str) -
 class GovernanceWriter:
     """One write transaction on the governance tables (``with GovernanceWriter(path) as w``).
 
-    Commits on a clean exit, rolls back on an exception; either way the store's governance
-    generation moves only with a commit.
+    Commits on a clean exit, rolls back on an exception or after :meth:`discard`; the store's
+    governance generation moves only with a commit.
     """
 
     def __init__(self, path: Path, *, now: float | None = None) -> None:
         self.path = path
         self.now = time.time() if now is None else now
         self._conn: sqlite3.Connection | None = None
+        self._discard = False
+
+    def discard(self) -> None:
+        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
+        self._discard = True
 
     def __enter__(self) -> Self:
         if not self.path.is_file():
@@ -167,7 +172,7 @@ class GovernanceWriter:
         if conn is None:
             return
         try:
-            if exc_type is None:
+            if exc_type is None and not self._discard:
                 self._execute_on(
                     conn,
                     "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
