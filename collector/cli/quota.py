@@ -6,7 +6,7 @@ import argparse
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
@@ -76,6 +76,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="PCT",
         help="measured basis: a GPU at or above this utilisation is busy (default 10)",
     )
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        help="show/check: compute usage from the stored samples even while the collector's "
+        "own figures (its last rule evaluation, under a minute old) are available",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
 
@@ -88,10 +94,12 @@ def run(args: argparse.Namespace) -> int:
         return _set(args, settings.db_path, now)
     if not 0 <= args.busy_util <= 100:
         raise ConfigError("--busy-util must be between 0 and 100", field="--busy-util")
-    gov, usages = _read(settings.db_path, now, args.busy_util, settings.stale_intervals)
+    gov, usages, source = _read(
+        settings.db_path, now, args.busy_util, settings.stale_intervals, from_store=args.from_store
+    )
     if args.action == "show":
-        return _show(args, gov, usages)
-    return _check(args, gov, usages)
+        return _show(args, gov, usages, source)
+    return _check(args, gov, usages, source)
 
 
 def _number(value: float | None, flag: str) -> float | None:
@@ -149,10 +157,18 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
     return 0
 
 
+_SNAPSHOT_FRESH_S: Final = 60.0
+
+
+class _Source(NamedTuple):
+    name: str  # "collector" (its last evaluation) or "store" (computed from samples now)
+    as_of: float
+
+
 def _read(
-    db: Path, now: float, busy_util: float, stale_intervals: float
-) -> tuple[Governance, list[Usage]]:
-    from collector.store.governance import load_governance  # noqa: PLC0415
+    db: Path, now: float, busy_util: float, stale_intervals: float, *, from_store: bool
+) -> tuple[Governance, list[Usage], _Source]:
+    from collector.store.governance import load_governance, usage_snapshot  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
     from collector.store.usage import usages_from_store  # noqa: PLC0415
 
@@ -163,10 +179,45 @@ def _read(
                 "once to migrate it"
             )
         gov = load_governance(store.fetchall)
+        if not from_store:
+            snap = _snapshot(usage_snapshot(store.fetchall), gov, now, busy_util)
+            if snap is not None:
+                return gov, snap[0], snap[1]
         allocated, measured = usages_from_store(
             store, gov, now, busy_util_pct=busy_util, stale_intervals=stale_intervals
         )
-    return gov, [allocated, measured]
+    return gov, [allocated, measured], _Source("store", now)
+
+
+def _snapshot(
+    text: str | None, gov: Governance, now: float, busy_util: float
+) -> tuple[list[Usage], _Source] | None:
+    """The collector's usage if it is fresh, for this governance state and threshold."""
+    import json  # noqa: PLC0415
+
+    from collector.governance.usage import Usage  # noqa: PLC0415
+
+    if text is None:
+        return None
+    try:
+        snap = json.loads(text)
+        at = float(snap["at"])
+        if (
+            not now - _SNAPSHOT_FRESH_S <= at <= now + 5.0
+            or snap["generation"] != gov.generation
+            or float(snap["busy_util_pct"]) != busy_util
+        ):
+            return None
+        usages = []
+        for basis in ("allocated", "measured"):
+            by_resource = {
+                str(r): {str(t): max(0.0, float(v)) for t, v in per.items()}
+                for r, per in snap["usage"][basis].items()
+            }
+            usages.append(Usage(basis, by_resource))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # written by another version, or damaged: compute it instead
+    return usages, _Source("collector", at)
 
 
 def _known(gov: Governance, tenant: str) -> None:
@@ -179,7 +230,16 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage]) -> int:
+def _source_line(source: _Source) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    when = dt.datetime.fromtimestamp(source.as_of, dt.UTC).strftime("%H:%M:%S UTC")
+    if source.name == "collector":
+        return f"usage as the running collector evaluated it at {when}"
+    return f"usage computed from the store's samples at {when}"
+
+
+def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
     from collector.governance.report import standings  # noqa: PLC0415
 
     if args.tenant is not None:
@@ -189,7 +249,7 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage]) -> int
         for s in standings(gov, usages, tenants=None if args.tenant is None else [args.tenant])
     ]
     if args.json:
-        print_json({"quotas": rows})
+        print_json({"source": source.name, "as_of": source.as_of, "quotas": rows})
         return 0
     if not rows:
         print("no quotas: set one with `collector quota set TENANT --resource gpus --nominal N`")
@@ -208,10 +268,11 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage]) -> int
         Column("band", "STATE", align_right=False),
     ]
     print(render_table(rows, columns))
+    print(f"\n{_source_line(source)}")
     return 0
 
 
-def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage]) -> int:
+def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
     if args.tenant is None:
         raise ConfigError("check needs a TENANT", field="tenant")
     if args.gpus is None:
@@ -236,7 +297,7 @@ def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage]) -> in
             }
         )
     if args.json:
-        print_json({"checks": answers})
+        print_json({"source": source.name, "as_of": source.as_of, "checks": answers})
         return 0
     for ans in answers:
         verdict = "admitted" if ans["admitted"] else "NOT admitted"

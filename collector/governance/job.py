@@ -9,11 +9,14 @@ from the stored samples once per period kind (at start, or when a quota first as
 period) and then integrated from the live view at each evaluation, so no evaluation re-reads
 samples.
 
-The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`).
+The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`), and a
+snapshot of both usages in meta ``governance_usage``, which ``collector quota show`` reads
+while it is fresh instead of recomputing the measured basis from the stored samples.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -26,10 +29,11 @@ from collector.governance.usage import (
     measured_usage,
 )
 from collector.live import LiveView, NodeState
-from collector.store.governance import generation_async, load_governance_async
+from collector.store.governance import USAGE_KEY, generation_async, load_governance_async
 from collector.store.usage import gpu_hours_since_async
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.schema import Inventory, Sample
 
 if TYPE_CHECKING:
     from collector.store.db import Store
@@ -65,28 +69,40 @@ def node_measure(
     sample = st.sample
     if sample is None or st.status == "offline" or view.is_stale(st, now, stale_intervals):
         return None
+    return _sample_measure(sample, busy_util_pct)
+
+
+def _sample_measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
+    # One pass, few calls: this runs for every leased node at every evaluation. The schema
+    # bounds each value already; the totals are clamped once more below.
     busy = 0
+    n_util = 0
+    util_sum = 0.0
     watts = 0.0
     known = False
-    utils = []
     for g in sample.gpus:
         u = g.util_pct
         if u is not None:
-            utils.append(min(max(u, 0.0), 100.0))
+            n_util += 1
+            util_sum += u
             if u >= busy_util_pct:
                 busy += 1
-        w = g.power_interval_w if g.power_interval_w is not None else g.power_w
+        w = g.power_interval_w
+        if w is None:
+            w = g.power_w
         if w is not None:
-            watts += min(max(w, 0.0), _MAX_GPU_W)
+            watts += w
             known = True
+    gpus = len(sample.gpus)
+    watts = min(max(watts, 0.0), _MAX_GPU_W * gpus)
     if sample.cpu_power_w is not None:
         watts += min(max(sample.cpu_power_w, 0.0), _MAX_CPU_W)
         known = True
     return NodeMeasure(
-        gpus=len(sample.gpus),
+        gpus=gpus,
         busy_gpus=busy,
         power_w=watts if known else None,
-        util_pct=sum(utils) / len(utils) if utils else None,
+        util_pct=min(max(util_sum / n_util, 0.0), 100.0) if n_util else None,
     )
 
 
@@ -115,6 +131,11 @@ class GovernanceJob:
         self._hours: dict[Period, tuple[float, dict[str, float]]] = {}
         """Period kind -> (its start, node -> utilisation-weighted GPU-hours so far)."""
         self._last: float | None = None
+        self._hardware: dict[str, tuple[Inventory, tuple[int, float]]] = {}
+        """Per node: the inventory last read and its (GPUs, power limits); recomputed only
+        when the live view holds another inventory object."""
+        self._measured: dict[str, tuple[Sample, NodeMeasure]] = {}
+        """Per node: the sample last measured, and its measure."""
 
     async def __call__(self, store: Store) -> None:
         """Reload if the store's governance changed; recompute usage and standings."""
@@ -137,6 +158,9 @@ class GovernanceJob:
             return
         await self._load_periods(store, gov, now)
         leased = {n for lease in gov.leases for n in lease.nodes}
+        if len(self._measured) > len(leased):  # leases gave nodes back: drop their caches
+            self._measured = {n: v for n, v in self._measured.items() if n in leased}
+            self._hardware = {n: v for n, v in self._hardware.items() if n in leased}
         measures: dict[str, NodeMeasure] = {}
         hardware: dict[str, tuple[int, float]] = {}
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
@@ -146,13 +170,26 @@ class GovernanceJob:
                 continue
             inv = st.inventory
             if inv is not None:
-                limits = sum(min(max(g.power_limit_w or 0.0, 0.0), _MAX_GPU_W) for g in inv.gpus)
-                hardware[node] = (len(inv.gpus), limits)
-            m = node_measure(
-                st, self._live, now, busy_util_pct=self._busy, stale_intervals=self._stale
-            )
-            if m is None:
+                cached = self._hardware.get(node)
+                if cached is None or cached[0] is not inv:
+                    limits = sum(
+                        min(max(g.power_limit_w or 0.0, 0.0), _MAX_GPU_W) for g in inv.gpus
+                    )
+                    cached = self._hardware[node] = (inv, (len(inv.gpus), limits))
+                hardware[node] = cached[1]
+            sample = st.sample
+            if (
+                sample is None
+                or st.status == "offline"
+                or self._live.is_stale(st, now, self._stale)
+            ):
                 continue
+            seen = self._measured.get(node)
+            if seen is not None and seen[0] is sample:
+                m = seen[1]
+            else:
+                m = _sample_measure(sample, self._busy)
+                self._measured[node] = (sample, m)
             measures[node] = m
             if node not in hardware:
                 hardware[node] = (m.gpus, 0.0)
@@ -175,6 +212,15 @@ class GovernanceJob:
             standings=standings(gov, [allocated, measured]),
             at=now,
         )
+        # For `collector quota show`: the figures the rules judged, without re-deriving them
+        # from 12,500 stored samples (a few hundred bytes per tenant, one meta row).
+        snapshot = {
+            "at": now,
+            "generation": self._generation,
+            "busy_util_pct": self._busy,
+            "usage": {u.basis: u.by_resource for u in (allocated, measured)},
+        }
+        await store.write_batch([], meta=[(USAGE_KEY, json.dumps(snapshot))])
 
     async def _load_periods(self, store: Store, gov: Governance, now: float) -> None:
         """Start (or roll over) the GPU-hours of each period kind the quotas use."""

@@ -31,14 +31,19 @@ from shared.errors import StoreError
 
 __all__ = [
     "GENERATION_KEY",
+    "USAGE_KEY",
     "GovernanceWriter",
     "generation_async",
     "load_governance",
     "load_governance_async",
     "pool_nodes",
+    "usage_snapshot",
 ]
 
 GENERATION_KEY: Final = "governance_generation"
+USAGE_KEY: Final = "governance_usage"
+"""Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
+``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
 _BUSY_TIMEOUT_S: Final = 5.0
 _NO_TABLE: Final = (
     "has no leases table yet: start this version's `collector run` once to migrate it"
@@ -123,6 +128,12 @@ async def generation_async(
     sql, params = _QUERIES["generation"]
     rows = await fetchall(sql, params)
     return str(rows[0][0]) if rows else ""
+
+
+def usage_snapshot(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> str | None:
+    """The collector's last usage snapshot (JSON text), or ``None``."""
+    rows = fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
+    return str(rows[0][0]) if rows else None
 
 
 def pool_nodes(fetchall: Callable[[str, Sequence[Any]], list[Any]], pool: str) -> list[str]:

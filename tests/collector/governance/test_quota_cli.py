@@ -7,7 +7,11 @@ import json
 import time
 from pathlib import Path
 
-from tests.collector.governance.fleet import cli, make_store, sample
+from collector.governance.job import GovernanceJob
+from collector.live import LiveView
+from collector.store.db import Store
+from shared.clock import FakeClock
+from tests.collector.governance.fleet import cli, inventory, make_store, sample
 
 NODES = {"a1": 8, "a2": 8, "b1": 8, "b2": 4}
 
@@ -122,3 +126,31 @@ async def test_power_and_gpu_hours_on_both_bases(tmp_path: Path) -> None:
     hours_since_midnight = (time.time() % 86_400) / 3600
     assert abs(held_today - 16 * hours_since_midnight) < 0.1
     assert rows[("gpu_hours", "allocated")]["period"] == "day"
+
+
+async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
+    """While the collector's snapshot is fresh and current, show uses it (same figures as
+    computed from the store); after a governance write it computes again."""
+    db = await _fleet(tmp_path)
+    clock = FakeClock(start_wall=time.time())
+    live = LiveView()
+    now = clock.time()
+    for i, (node, gpus) in enumerate(sorted(NODES.items())):
+        live.on_inventory(inventory(node, gpus, i), now)
+    live.on_sample(sample("a1", now, [90, 95, 80, 50, 11, 0, 0, 0], gpu_w=3000, cpu_w=500), now)
+    live.on_sample(sample("a2", now, [0] * 8, gpu_w=600, cpu_w=200), now)
+    live.on_sample(sample("b1", now, [5] * 8, gpu_w=700, cpu_w=300), now)
+    async with Store(Path(db)) as store:
+        await GovernanceJob(live, clock)(store)
+    code, out, _ = cli("quota", "show", "--db", db, "--json")
+    from_collector = json.loads(out)
+    assert from_collector["source"] == "collector"
+    code, out, _ = cli("quota", "show", "--db", db, "--json", "--from-store")
+    from_store = json.loads(out)
+    assert from_store["source"] == "store"
+    assert from_collector["quotas"] == from_store["quotas"]
+    cli("quota", "set", "a", "--db", db, "--nominal", "10")
+    code, out, _ = cli("quota", "show", "--db", db, "--json")
+    assert json.loads(out)["source"] == "store"
+    code, out, _ = cli("quota", "show", "--db", db)
+    assert (code, "usage computed from the store's samples at" in out) == (0, True)
