@@ -76,7 +76,7 @@ class Collector:
         self.governance = GovernanceJob(
             self.live,
             self.clock,
-            interval_s=settings.alerts.eval_interval_s,
+            interval_s=settings.governance.eval_interval_s,
             busy_util_pct=settings.governance.busy_util_pct,
             stale_intervals=settings.alerts.stale_intervals,
         )
