@@ -150,6 +150,15 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         if err["type"] == "extra_forbidden":
             msg = "unknown key (see `collector apply --help` for the file's shape)"
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+    owner: dict[str, str] = {}
+    for name, pool in sorted(spec.pools.items()):
+        for node in pool.nodes:
+            if owner.setdefault(node, name) != name:
+                raise ConfigError(
+                    f"{source}: pools.{name}.nodes: {node} is also in pools.{owner[node]}: a "
+                    "node is in at most one pool",
+                    field=f"pools.{name}.nodes",
+                )
     for name, lease in spec.leases.items():
         try:
             lease.terms()
@@ -226,10 +235,21 @@ def apply_spec(
                     None if want is None else want.period,
                 )
     for name, p in sorted(spec.pools.items()):
+        if name == "free":
+            raise ConfigError("pools.free: `free` is every node in no pool; name it otherwise")
         have_nodes = w.pool_nodes(name) if w.pool_exists(name) else None
         want_nodes = sorted(set(p.nodes))
         if have_nodes == want_nodes:
             continue
+        for node, other in sorted(w.pools_of(want_nodes).items()):
+            if other != name and other not in spec.pools:
+                raise ConfigError(
+                    f"pools.{name}.nodes: {node} is in pool {other!r}, which the file does not "
+                    "name: move it out of that pool first, or declare that pool too",
+                    field=f"pools.{name}.nodes",
+                )
+            if other != name:
+                changes.append(f"~ node {node}: pool {other} -> {name}")
         if have_nodes is None:
             changes.append(f"+ pool {name} ({len(want_nodes)} nodes)")
         else:

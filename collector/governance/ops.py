@@ -106,7 +106,21 @@ def add_lease(
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
     nodes = list(req.nodes)
     if req.pool is not None:
+        if req.pool == "free":
+            raise ConfigError(
+                "`free` is every node in no pool: lease named nodes (--nodes) or a pool",
+                field="--pool",
+            )
         if nodes:
+            elsewhere = w.pools_of(nodes)
+            moved = sorted((n, p) for n, p in elsewhere.items() if p != req.pool)
+            if moved:
+                node, pool = moved[0]
+                raise ConfigError(
+                    f"node {node} is in pool {pool!r}: lease that pool, or move the node out "
+                    f"of it first (`collector pool remove`)",
+                    field="--nodes",
+                )
             w.ensure_pool(req.pool, nodes)
         elif not w.pool_exists(req.pool):
             raise ConfigError(

@@ -305,6 +305,15 @@ class GovernanceWriter:
         """The nodes of ``pool`` as this transaction sees them."""
         return pool_nodes(self.fetchall, pool)
 
+    def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Node -> the pool it is in, for those of ``nodes`` in one."""
+        out: dict[str, str] = {}
+        for node in nodes:
+            rows = self.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
+            if rows:
+                out[node] = rows[0][0]
+        return out
+
     def pool_exists(self, pool: str) -> bool:
         """Whether ``pool`` is a stored pool."""
         return bool(self.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))

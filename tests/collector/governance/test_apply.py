@@ -102,6 +102,11 @@ async def test_bad_file_changes_nothing_and_names_the_key(tmp_path: Path) -> Non
         CLUSTER.replace('tz = "Asia/Tokyo"', 'tz = "Mars/Base"'): "leases.beta-2041: unknown",
         CLUSTER.replace('nodes = ["n3"]', 'nodes = ["n2"]'): "leases.beta-2041: node n2 is",
         CLUSTER + "[oops\n": "not valid TOML",
+        CLUSTER
+        + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
+        CLUSTER.replace("[pools.acme-a]", "[pools.free]").replace('"acme-a"', '"free"'): (
+            "pools.free: `free` is every node in no pool"
+        ),
     }
     for i, (text, expected) in enumerate(cases.items()):
         code, out, err = cli("apply", "--db", db, "-f", _file(tmp_path, text, f"bad{i}.toml"))
@@ -110,3 +115,14 @@ async def test_bad_file_changes_nothing_and_names_the_key(tmp_path: Path) -> Non
         assert err.count("\n") == 1
         code, out, _ = cli("export", "--db", db, "--json")
         assert json.loads(out) == {}, expected
+
+
+async def test_apply_does_not_take_nodes_from_pools_it_does_not_name(tmp_path: Path) -> None:
+    """A node in a pool the file does not declare stays there: apply refuses, naming both."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, _ = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "team-x",
+                     "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert code == 0
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))
+    assert code == 2
+    assert "pools.acme-a.nodes: n1 is in pool 'team-x', which the file does not name" in err

@@ -72,6 +72,14 @@ async def test_lease_by_pool_creates_it_and_survives_reopen(tmp_path: Path) -> N
                        "--start", "2041-03-01")  # fmt: skip
     assert code == 2
     assert "no pool named 'nope'" in err
+    # A node of another pool is not pulled into a new one.
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "x-pool",
+                       "--nodes", "n2,n3", "--start", "2042-03-01")  # fmt: skip
+    assert code == 2
+    assert "node n3 is in pool 'acme-a': lease that pool" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "free",
+                       "--nodes", "n2", "--start", "2042-03-01")  # fmt: skip
+    assert (code, "`free` is every node in no pool" in err) == (2, True)
 
 
 async def test_cancel_extend_renew(tmp_path: Path) -> None:
