@@ -11,7 +11,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``, then a clean shutdown.
+   rejects), ``collector solve``;
+7. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort leasing
+   the simulated fleet), ``collector lease list``, ``collector quota show`` on both bases;
+   then a clean shutdown.
 """
 
 from __future__ import annotations
@@ -41,6 +44,48 @@ def _banner(text: str) -> None:
 def _run_cli(*args: str) -> None:
     print(f"$ {' '.join(args)}", flush=True)
     subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
+
+
+def _cluster_toml(nodes: int) -> str:
+    """Two tenants sharing a cohort, each leasing half the simulated fleet from 30 days ago."""
+    import datetime as dt  # noqa: PLC0415
+
+    from agent.simulate import xname  # noqa: PLC0415
+
+    start = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)).isoformat()
+    half = max(1, nodes // 2)
+    first = ", ".join(f'"{xname(i)}"' for i in range(half))
+    second = ", ".join(f'"{xname(i)}"' for i in range(half, nodes))
+    gpus = 8 * half
+    text = f"""\
+[cohorts.research]
+[tenants.climate]
+cohort = "research"
+quota.gpus = {{ nominal = {gpus * 3 // 4}, borrowing_limit = {gpus // 2} }}
+quota.power_kw = {{ nominal = {half * 4} }}
+[tenants.genomics]
+cohort = "research"
+quota.gpus = {{ nominal = {gpus * 5 // 4}, lending_limit = {gpus // 2} }}
+[pools.climate-a]
+nodes = [{first}]
+[leases.climate-2026]
+tenant = "climate"
+pool = "climate-a"
+start = {start}
+duration_days = 180
+notice_days = 90
+"""
+    if second:
+        text += f"""\
+[leases.genomics-2026]
+tenant = "genomics"
+nodes = [{second}]
+start = {start}
+duration_days = 365
+notice_days = 30
+tz = "Asia/Tokyo"
+"""
+    return text
 
 
 def _hostile_node(host: str, port: int) -> int:
@@ -182,6 +227,12 @@ def main() -> int:
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
+        _banner("7. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
+        cluster = workdir / "cluster.toml"
+        cluster.write_text(_cluster_toml(args.nodes))
+        _run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
+        _run_cli("collector", "lease", "list", "--db", str(db))
+        _run_cli("collector", "quota", "show", "--db", str(db))
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

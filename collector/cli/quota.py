@@ -279,6 +279,12 @@ def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage], sourc
         raise ConfigError("check needs --gpus N", field="--gpus")
     _number(args.gpus, "--gpus")
     _known(gov, args.tenant)
+    if (args.tenant, "gpus") not in gov.quotas:
+        raise ConfigError(
+            f"tenant {args.tenant} has no gpus quota, so nothing limits it: set one with "
+            f"`collector quota set {args.tenant} --resource gpus --nominal N`",
+            field="tenant",
+        )
     tree = gov.tree("gpus")
     answers: list[dict[str, Any]] = []
     for usage in usages:

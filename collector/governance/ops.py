@@ -79,20 +79,16 @@ def lease_admission(
     """Whether ``tenant`` may hold ``nodes``' GPUs on top of its other leases, by its GPU
     quota (allocated basis, at the lease's start or now, whichever is later).
 
-    ``None`` when no tenant has a GPU quota: quotas are not in use, nothing to check.
+    ``None`` when the tenant has no GPU quota: it is not governed on GPUs.
     """
-    if not gov.has_quota("gpus"):
+    if (tenant, "gpus") not in gov.quotas:
         return None
     at = max(now, instant(terms.start, terms.tz))
     usage: dict[str, float] = {}
     for t, held in gov.tenant_nodes(at).items():
         usage[t] = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in held))
     wanted = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in set(nodes)))
-    tree = gov.tree("gpus")
-    if tenant not in gov.tenants:
-        # A tenant the lease creates: nominal 0, in no cohort, so it may hold nothing.
-        return Admission(tenant, wanted, wanted <= 0, 0.0, 0.0, wanted)
-    return tree.check(tenant, wanted, usage)
+    return gov.tree("gpus").check(tenant, wanted, usage)
 
 
 def add_lease(

@@ -89,8 +89,8 @@ def standings(
             use: Mapping[str, float] = usage.of(resource)
             for tenant in wanted:
                 q = gov.quotas.get((tenant, resource))
-                if q is None and gov.tenants.get(tenant) is None:
-                    continue  # no quota and no cohort to borrow from: nothing to say
+                if q is None:
+                    continue  # not governed on this resource
                 f = tree.figures(tenant, use)
                 out.append(
                     QuotaStanding(

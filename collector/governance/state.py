@@ -100,12 +100,18 @@ class Governance:
         return any(r == resource for _, r in self.quotas)
 
     def tree(self, resource: str) -> QuotaTree:
-        """The quota tree of ``resource``: tenants without a quota on it have nominal 0."""
+        """The quota tree of ``resource``, of the tenants with a quota on it.
+
+        A tenant without a quota row on a resource is not governed on it: it neither counts
+        against its cohort nor borrows (give it ``nominal = 0`` to let it use only what its
+        cohort lends, as in Kueue).
+        """
         if resource not in RESOURCES:
             raise ValueError(f"unknown resource {resource!r}: one of {', '.join(RESOURCES)}")
         tenants = {
-            t: (self.quotas[(t, resource)].quota if (t, resource) in self.quotas else Quota(0), c)
+            t: (self.quotas[(t, resource)].quota, c)
             for t, c in self.tenants.items()
+            if (t, resource) in self.quotas
         }
         cohorts = {c: self.cohort_quotas.get((c, resource), 0.0) for c in self.cohorts}
         return QuotaTree(tenants, cohorts)

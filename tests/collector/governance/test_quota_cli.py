@@ -90,6 +90,12 @@ async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
     row = json.loads(out)
     assert (code, row["forced"], row["force_reason"]) == (0, True, "burst")
     assert row["quota"]["admitted"] is False
+    # A tenant without a GPU quota is not limited: its lease needs no --force.
+    code, out, err = cli("lease", "add", "--db", db, "--tenant", "free-rider", "--nodes", "b2",
+                         "--start", _today(400), "--json")  # fmt: skip
+    assert (code, err, "quota" in json.loads(out)) == (0, "", False)
+    code, _, err = cli("quota", "check", "free-rider", "--db", db, "--gpus", "1")
+    assert (code, "free-rider has no gpus quota, so nothing limits it" in err) == (2, True)
 
 
 async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
@@ -126,6 +132,9 @@ async def test_power_and_gpu_hours_on_both_bases(tmp_path: Path) -> None:
     hours_since_midnight = (time.time() % 86_400) / 3600
     assert abs(held_today - 16 * hours_since_midnight) < 0.1
     assert rows[("gpu_hours", "allocated")]["period"] == "day"
+    # b has no power quota: not governed on power, so neither listed nor counted.
+    code, out, _ = cli("quota", "show", "b", "--db", db, "--json")
+    assert {r["resource"] for r in json.loads(out)["quotas"]} == {"gpus"}
 
 
 async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
