@@ -44,6 +44,7 @@ from collector.governance.ops import LeaseRequest, add_lease, overlapping
 from collector.governance.quota import RESOURCES, Quota
 from collector.governance.state import Governance, TenantQuota
 from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
     from collector.store.governance import GovernanceWriter
@@ -153,6 +154,11 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
     owner: dict[str, str] = {}
     for name, pool in sorted(spec.pools.items()):
         for node in pool.nodes:
+            if not NODE_ID_RE.match(node):
+                raise ConfigError(
+                    f"{source}: pools.{name}.nodes: {node!r} is not a node id",
+                    field=f"pools.{name}.nodes",
+                )
             if owner.setdefault(node, name) != name:
                 raise ConfigError(
                     f"{source}: pools.{name}.nodes: {node} is also in pools.{owner[node]}: a "

@@ -28,6 +28,7 @@ from collector.governance.lease import (
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
     from collector.store.governance import GovernanceWriter
@@ -97,6 +98,12 @@ def add_lease(
     hardware: Mapping[str, tuple[int, float]],
 ) -> tuple[int, Admission | None]:
     """Check and store ``req``; its id and the quota answer it was admitted with."""
+    for node in req.nodes:
+        if not NODE_ID_RE.match(node):
+            raise ConfigError(
+                f"node name {node!r} is not a node id (letters, digits, . _ -, at most 63)",
+                field="--nodes",
+            )
     gov = w.state()
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")

@@ -114,5 +114,7 @@ async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
     assert "--duration 'forever'" in err
     code, _, err = cli(*base, "--start", "2041-02-01", "--tz", "Nowhere/City")
     assert "unknown time zone 'Nowhere/City'" in err
+    code, _, err = cli(*base[:-1], "n1,bad/name", "--start", "2041-02-01")
+    assert (code, "node name 'bad/name' is not a node id" in err) == (2, True)
     code, _, err = cli("lease", "cancel", "missing", "--db", db)
     assert (code, "no lease 'missing'" in err) == (2, True)
