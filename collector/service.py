@@ -180,7 +180,13 @@ class Collector:
                 routes=s.alert_routes(),
             )
             # Firing alerts stay firing while the live view refills after a restart.
-            await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            await alerts.restore(
+                store,
+                hold_s=max(
+                    3 * s.expected_interval_s + 2 * alerts.interval_s,
+                    2 * s.governance.eval_interval_s,  # the governance rules' first view
+                ),
+            )
             writer = Writer(
                 store,
                 self._queue,

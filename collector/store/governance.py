@@ -69,6 +69,19 @@ _QUERIES: Final = {
 
 
 def _governance(rows: dict[str, list[Any]]) -> Governance:
+    """The state from the rows; a row no command could have written (edited by hand) is a
+    non-fatal :class:`StoreError` naming it: the collector keeps its last good state."""
+    try:
+        return _parse(rows)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise StoreError(
+            f"unreadable governance row ({exc}): fix it with `collector lease|quota|apply`, "
+            "or `collector export`, correct the file and apply it",
+            fatal=False,
+        ) from None
+
+
+def _parse(rows: dict[str, list[Any]]) -> Governance:
     g = Governance()
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
@@ -83,16 +96,10 @@ def _governance(rows: dict[str, list[Any]]) -> Governance:
     for r in rows["lease_nodes"]:
         nodes.setdefault(int(r[0]), []).append(r[1])
     for r in rows["leases"]:
-        terms = LeaseTerms(
-            start=dt.date.fromisoformat(r[4]),
-            duration_days=int(r[5]),
-            term_days=r[6],
-            notice_days=int(r[7]),
-            min_days=int(r[8]),
-            tz=r[9],
-            auto_renew=bool(r[10]),
-            notice_given=None if r[11] is None else dt.date.fromisoformat(r[11]),
-        )
+        try:
+            terms = _terms(r)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"lease {r[1]!r}: {exc}") from None
         g.leases.append(
             Lease(
                 id=int(r[0]),
@@ -107,6 +114,19 @@ def _governance(rows: dict[str, list[Any]]) -> Governance:
             )
         )
     return g
+
+
+def _terms(r: Any) -> LeaseTerms:
+    return LeaseTerms(
+        start=dt.date.fromisoformat(r[4]),
+        duration_days=int(r[5]),
+        term_days=r[6],
+        notice_days=int(r[7]),
+        min_days=int(r[8]),
+        tz=r[9],
+        auto_renew=bool(r[10]),
+        notice_given=None if r[11] is None else dt.date.fromisoformat(r[11]),
+    )
 
 
 def load_governance(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> Governance:

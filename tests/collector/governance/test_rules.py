@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
+
 from collector.alerts.rule import Evaluator
 from collector.governance.job import GovernanceJob
 from collector.governance.lease import LeaseTerms
@@ -14,7 +16,8 @@ from collector.live import LiveView
 from collector.store.db import Store
 from collector.store.governance import GovernanceWriter
 from shared.clock import FakeClock
-from tests.collector.governance.fleet import inventory, sample
+from shared.errors import StoreError
+from tests.collector.governance.fleet import cli, inventory, sample
 
 NOON: dt.datetime = dt.datetime(2041, 3, 1, 12, 0, tzinfo=dt.UTC)
 TODAY = NOON.date()
@@ -134,3 +137,24 @@ async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> Non
     # 8 GPUs x 50 % x 900 s = 1 GPU-hour; allocated: 8 GPUs x 12.25 h since midnight.
     assert round(job.view.measured.of("gpu_hours")["a"], 6) == 1.0
     assert round(job.view.allocated.of("gpu_hours")["a"], 6) == 8 * 12.25
+
+
+async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -> None:
+    """A lease row no command writes (zone edited by hand): the job fails without a fatal
+    error and keeps its view; the command line says so in one line."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    live = _live(clock, {"n1": (8, [100.0] * 8)})
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        with GovernanceWriter(db, now=clock.time()) as w:
+            _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=365)
+        job = GovernanceJob(live, clock)
+        await job(store)
+        with GovernanceWriter(db, now=clock.time()) as w:
+            w.execute("UPDATE leases SET tz = 'Mars/Olympus'")
+        with pytest.raises(StoreError, match="lease 'a1': unknown time zone") as info:
+            await job(store)
+        assert info.value.fatal is False
+        assert [lease.name for lease in job.view.gov.leases] == ["a1"]
+    code, _, err = cli("lease", "list", "--db", str(db))
+    assert (code, err.count("\n"), "unreadable governance row" in err) == (2, 1, True)
