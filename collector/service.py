@@ -77,6 +77,7 @@ class Collector:
             self.live,
             self.clock,
             interval_s=settings.governance.eval_interval_s,
+            first_interval_s=settings.alerts.eval_interval_s,
             busy_util_pct=settings.governance.busy_util_pct,
             stale_intervals=settings.alerts.stale_intervals,
         )
@@ -180,13 +181,7 @@ class Collector:
                 routes=s.alert_routes(),
             )
             # Firing alerts stay firing while the live view refills after a restart.
-            await alerts.restore(
-                store,
-                hold_s=max(
-                    3 * s.expected_interval_s + 2 * alerts.interval_s,
-                    2 * s.governance.eval_interval_s,  # the governance rules' first view
-                ),
-            )
+            await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
             writer = Writer(
                 store,
                 self._queue,

@@ -115,11 +115,16 @@ class GovernanceJob:
         clock: Clock,
         *,
         interval_s: float = 5.0,
+        first_interval_s: float | None = None,
         busy_util_pct: float = 10.0,
         stale_intervals: float = 3.0,
     ) -> None:
         self.name = "governance"
-        self.interval_s = interval_s
+        # The writer schedules each run ``interval_s`` after the last, reading it anew: the
+        # first view comes after ``first_interval_s`` (an alert evaluation), well inside the
+        # hold of alerts restored after a restart, then every ``interval_s``.
+        self.interval_s = interval_s if first_interval_s is None else first_interval_s
+        self._interval_s = interval_s
         self.view = GovernanceView()
         self.loads = 0
         """How many times the state was (re)loaded from the store (tests wait on it)."""
@@ -140,6 +145,7 @@ class GovernanceJob:
     async def __call__(self, store: Store) -> None:
         """Reload if the store's governance changed; recompute usage and standings."""
         now = self._clock.time()
+        self.interval_s = self._interval_s
         generation = await generation_async(store.fetchall)
         if generation != self._generation:
             self.view.gov = await load_governance_async(store.fetchall)

@@ -100,9 +100,11 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
     live = _live(clock, {"n1": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        job = GovernanceJob(live, clock)
+        job = GovernanceJob(live, clock, interval_s=15.0, first_interval_s=5.0)
+        assert job.interval_s == 5.0  # the first view soon after start...
         ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
         await job(store)
+        assert job.interval_s == 15.0  # ...then at its own pace
         await job(store)
         assert job.loads == 1
         assert _firing(ev, live, clock.time()) == set()
