@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.governance.report import QuotaStanding, standings
-from collector.governance.state import Governance, Period, period_start
+from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
     NodeMeasure,
     Usage,
@@ -29,8 +29,12 @@ from collector.governance.usage import (
     measured_usage,
 )
 from collector.live import LiveView, NodeState
-from collector.store.governance import USAGE_KEY, generation_async, load_governance_async
-from collector.store.usage import gpu_hours_since_async
+from collector.store.governance import (
+    USAGE_KEY,
+    generation_async,
+    load_governance_async,
+    usage_snapshot_async,
+)
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import Inventory, Sample
@@ -133,8 +137,10 @@ class GovernanceJob:
         self._busy = busy_util_pct
         self._stale = stale_intervals
         self._generation: str | None = None
-        self._hours: dict[Period, tuple[float, dict[str, float]]] = {}
-        """Period kind -> (its start, node -> utilisation-weighted GPU-hours so far)."""
+        self._hours: dict[str, tuple[float, float]] = {}
+        """Tenant -> (start of its current GPU-hours period, utilisation-weighted GPU-hours
+        its nodes did in it so far)."""
+        self._restored = False
         self._last: float | None = None
         self._hardware: dict[str, tuple[Inventory, tuple[int, float]]] = {}
         """Per node: the inventory last read and its (GPUs, power limits); recomputed only
@@ -162,7 +168,13 @@ class GovernanceJob:
             self.view = GovernanceView(gov=gov, at=now)
             self._last = now
             return
-        await self._load_periods(store, gov, now)
+        if not self._restored:
+            await self._restore_hours(store)
+        holder = {n: t for t, nodes in gov.tenant_nodes(now).items() for n in nodes}
+        for tenant in gov.tenants:
+            start = period_start(gov.period_of(tenant), now)
+            if self._hours.get(tenant, (None, 0.0))[0] != start:
+                self._hours[tenant] = (start, 0.0)  # a new period starts from zero
         leased = {n for lease in gov.leases for n in lease.nodes}
         if len(self._measured) > len(leased):  # leases gave nodes back: drop their caches
             self._measured = {n: v for n, v in self._measured.items() if n in leased}
@@ -199,16 +211,13 @@ class GovernanceJob:
             measures[node] = m
             if node not in hardware:
                 hardware[node] = (m.gpus, 0.0)
-            if step > 0 and m.util_pct is not None:
-                gpu_hours = m.gpus * m.util_pct / 100.0 * step / 3600.0
-                for _, per_node in self._hours.values():
-                    per_node[node] = per_node.get(node, 0.0) + gpu_hours
+            owner = holder.get(node)
+            if step > 0 and m.util_pct is not None and owner is not None and owner in self._hours:
+                since, hours = self._hours[owner]
+                self._hours[owner] = (since, hours + m.gpus * m.util_pct / 100.0 * step / 3600.0)
         self._last = now
         allocated = allocated_usage(gov, hardware, now)
-        tenant_hours: dict[str, float] = {}
-        for tenant, nodes in gov.tenant_nodes(now).items():
-            per_node = self._hours.get(gov.period_of(tenant), (0.0, {}))[1]
-            tenant_hours[tenant] = sum(per_node.get(n, 0.0) for n in nodes)
+        tenant_hours = {t: h for t, (_, h) in self._hours.items()}
         measured = measured_usage(gov, measures, tenant_hours, now)
         self.view = GovernanceView(
             gov=gov,
@@ -225,22 +234,20 @@ class GovernanceJob:
             "generation": self._generation,
             "busy_util_pct": self._busy,
             "usage": {u.basis: u.by_resource for u in (allocated, measured)},
+            "gpu_hours": {t: [start, h] for t, (start, h) in self._hours.items()},
         }
         await store.write_batch([], meta=[(USAGE_KEY, json.dumps(snapshot))])
 
-    async def _load_periods(self, store: Store, gov: Governance, now: float) -> None:
-        """Start (or roll over) the GPU-hours of each period kind the quotas use."""
-        if not gov.has_quota("gpu_hours"):
+    async def _restore_hours(self, store: Store) -> None:
+        """Take back the measured GPU-hours of the current periods from the last snapshot
+        (a restart loses only the time the collector was down; no sample is re-read)."""
+        self._restored = True
+        text = await usage_snapshot_async(store.fetchall)
+        if text is None:
             return
-        for tenant in gov.tenants:
-            period = gov.period_of(tenant)
-            start = period_start(period, now)
-            held = self._hours.get(period)
-            if held is not None and held[0] == start:
-                continue
-            if held is None:
-                # First time this period kind is needed: what the store holds of it so far.
-                per_node = await gpu_hours_since_async(store.fetchall, start)
-            else:
-                per_node = {}  # a new period starts from zero
-            self._hours[period] = (start, per_node)
+        try:
+            saved = json.loads(text)["gpu_hours"]
+            self._hours = {str(t): (float(v[0]), max(0.0, float(v[1]))) for t, v in saved.items()}
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            log.warning("governance_usage_unreadable", hint="measured GPU-hours start at 0")
+            self._hours = {}

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from collector.governance.lease import instant
-from collector.governance.state import Governance, period_start
+from collector.governance.state import Governance, Lease, period_start
 
 __all__ = [
     "BASES",
     "DEFAULT_BUSY_UTIL_PCT",
     "Basis",
+    "LeaseWindow",
     "NodeMeasure",
     "Usage",
     "allocated_usage",
+    "lease_windows",
     "measured_usage",
 ]
 
@@ -66,6 +68,32 @@ def _hours_overlap(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0
 
 
+class LeaseWindow(NamedTuple):
+    """The part of its tenant's quota period a lease covered, up to ``now``."""
+
+    tenant: str
+    nodes: tuple[str, ...]
+    since: float
+    until: float
+
+
+def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
+    """Per lease: its nodes and the instants of its tenant's current GPU-hours period that
+    it covered (leases that covered none are left out)."""
+    out = []
+    for lease in gov.leases:
+        since = max(period_start(gov.period_of(lease.tenant), now), _start(lease))
+        end_day = lease.end()
+        until = now if end_day is None else min(now, instant(end_day, lease.terms.tz))
+        if until > since and lease.nodes:
+            out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
+    return out
+
+
+def _start(lease: Lease) -> float:
+    return instant(lease.terms.start, lease.terms.tz)
+
+
 def allocated_usage(
     gov: Governance, hardware: Mapping[str, tuple[int, float]], now: float
 ) -> Usage:
@@ -78,15 +106,9 @@ def allocated_usage(
         gpus[tenant] = float(g)
         power[tenant] = w / 1000.0
         hours[tenant] = 0.0
-    for lease in gov.leases:
-        since = period_start(gov.period_of(lease.tenant), now)
-        start = instant(lease.terms.start, lease.terms.tz)
-        end_day = lease.end()
-        end = now if end_day is None else min(now, instant(end_day, lease.terms.tz))
-        held = _hours_overlap(start, end, since, now)
-        if held > 0:
-            g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in lease.nodes)
-            hours[lease.tenant] = hours.get(lease.tenant, 0.0) + g * held
+    for win in lease_windows(gov, now):
+        g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in win.nodes)
+        hours[win.tenant] = hours.get(win.tenant, 0.0) + g * (win.until - win.since) / 3600.0
     return out
 
 

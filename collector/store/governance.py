@@ -38,6 +38,7 @@ __all__ = [
     "load_governance_async",
     "pool_nodes",
     "usage_snapshot",
+    "usage_snapshot_async",
 ]
 
 GENERATION_KEY: Final = "governance_generation"
@@ -153,6 +154,14 @@ async def generation_async(
 def usage_snapshot(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> str | None:
     """The collector's last usage snapshot (JSON text), or ``None``."""
     rows = fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
+    return str(rows[0][0]) if rows else None
+
+
+async def usage_snapshot_async(
+    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
+) -> str | None:
+    """The same with the collector's ``Store.fetchall``."""
+    rows = await fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
     return str(rows[0][0]) if rows else None
 
 

@@ -120,7 +120,7 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
 
 
 async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> None:
-    """GPU-hours start from the store and grow with each evaluation, not by re-reading it."""
+    """GPU-hours grow with each evaluation from the live view and survive a restart."""
     clock = FakeClock(start_wall=NOON.timestamp())
     live = _live(clock, {"n1": (8, [50.0] * 8)})
     db = tmp_path / "capwatch.db"
@@ -136,9 +136,13 @@ async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> Non
             live.on_sample(sample("n1", clock.time(), [50.0] * 8, gpu_w=1200, cpu_w=300),
                            clock.time())  # fmt: skip
             await job(store)
+        # A restarted collector takes the hours back from the snapshot, reading no sample.
+        again = GovernanceJob(live, clock)
+        await again(store)
     # 8 GPUs x 50 % x 900 s = 1 GPU-hour; allocated: 8 GPUs x 12.25 h since midnight.
     assert round(job.view.measured.of("gpu_hours")["a"], 6) == 1.0
     assert round(job.view.allocated.of("gpu_hours")["a"], 6) == 8 * 12.25
+    assert round(again.view.measured.of("gpu_hours")["a"], 6) == 1.0
 
 
 async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -> None:
