@@ -119,3 +119,54 @@ async def test_quota_alerts_fire_on_both_bases(
     finally:
         stop.set()
         await publisher
+
+
+async def test_lease_rules_fire_from_live_data(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """An ended lease whose node still computes: LeaseExpiredInUse on that node; a lease
+    whose notice deadline is today: LeaseNoticeDeadline; cancelling it resolves that."""
+    s = collector_runner.settings
+    collector_runner.settings = s.model_copy(
+        update={
+            "expected_interval_s": 1.0,
+            "alerts": s.alerts.model_copy(update={"eval_interval_s": 0.5}),
+            "governance": s.governance.model_copy(
+                update={"eval_interval_s": 0.5, "expired_in_use_for_s": 0.0}
+            ),
+        }
+    )
+    collector = await collector_runner.start()
+    sim = FleetSimulator(2, gpus_per_node=8, seed=6, interval_s=1)
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, [95.0] * 8, stop))
+    try:
+        db = str(collector_runner.db)
+        await wait_until(lambda: collector.counters["samples"] >= 2, what="samples stored")
+        today = dt.datetime.now(dt.UTC).date()
+        old, new = sim.node_ids
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", "gone", "--nodes", old,
+                           "--start", (today - dt.timedelta(days=40)).isoformat(),
+                           "--duration", "30d", "--name", "ended")  # fmt: skip
+        assert (code, err) == (0, "")
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", "here", "--nodes", new,
+                           "--start", (today - dt.timedelta(days=10)).isoformat(),
+                           "--duration", "100d", "--notice", "90d", "--name", "due")  # fmt: skip
+        assert (code, err) == (0, "")
+
+        def firing() -> set[tuple[str, str]]:
+            rows = db_rows(collector_runner.db, "SELECT rule, labels FROM alerts WHERE "
+                           "state = 'firing' AND rule LIKE 'Lease%'")  # fmt: skip
+            return {(rule, json.loads(labels)["lease"]) for rule, labels in rows}
+
+        await wait_until(
+            lambda: firing() == {("LeaseExpiredInUse", "ended"), ("LeaseNoticeDeadline", "due")},
+            what="LeaseExpiredInUse and LeaseNoticeDeadline",
+        )
+        assert cli("lease", "cancel", "due", "--db", db)[0] == 0
+        await wait_until(
+            lambda: firing() == {("LeaseExpiredInUse", "ended")}, what="notice recorded"
+        )
+    finally:
+        stop.set()
+        await publisher
