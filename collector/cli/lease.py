@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
@@ -12,7 +13,7 @@ from collector.cli._render import Column, print_json, render_table
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collector.governance.state import Lease
+    from collector.governance.state import Governance, Lease
 
 __all__ = ["add_parser", "lease_row", "run"]
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     return _change(args, settings.db_path, now)
 
 
-def _add(args: argparse.Namespace, db: Any, now: float) -> int:
+def _add(args: argparse.Namespace, db: Path, now: float) -> int:
     from collector.governance.lease import (  # noqa: PLC0415
         LeaseError,
         LeaseTerms,
@@ -197,7 +198,7 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
     }
 
 
-def _state(db: Any) -> Any:
+def _state(db: Path) -> Governance:
     from collector.store.governance import load_governance  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
@@ -210,7 +211,7 @@ def _state(db: Any) -> Any:
         return load_governance(store.fetchall)
 
 
-def _list(args: argparse.Namespace, db: Any, now: float) -> int:
+def _list(args: argparse.Namespace, db: Path, now: float) -> int:
     gov = _state(db)
     rows = [lease_row(x, now) for x in gov.leases if not args.tenant or x.tenant == args.tenant]
     if args.json:
@@ -235,7 +236,7 @@ def _list(args: argparse.Namespace, db: Any, now: float) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, db: Any, now: float) -> int:
+def _show(args: argparse.Namespace, db: Path, now: float) -> int:
     from collector.governance.ops import find_lease  # noqa: PLC0415
 
     gov = _state(db)
@@ -252,7 +253,7 @@ def _show(args: argparse.Namespace, db: Any, now: float) -> int:
     return 0
 
 
-def _change(args: argparse.Namespace, db: Any, now: float) -> int:
+def _change(args: argparse.Namespace, db: Path, now: float) -> int:
     from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
     from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from collector.governance.lease import (
@@ -37,6 +37,7 @@ __all__ = [
     "LeaseRequest",
     "add_lease",
     "change_lease",
+    "find_lease",
     "lease_admission",
     "overlapping",
 ]
@@ -221,8 +222,3 @@ def find_lease(gov: Governance, ref: str) -> Lease:
 def _end_text(lease: Lease) -> str:
     end = lease.end()
     return "open-ended" if end is None else (end - dt.timedelta(days=1)).isoformat()
-
-
-def with_notice(terms: LeaseTerms, notice: dt.date | None) -> LeaseTerms:
-    """``terms`` with notice given on ``notice`` (``None``: not given)."""
-    return replace(terms, notice_given=notice)
