@@ -118,3 +118,17 @@ async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
     assert (code, "node name 'bad/name' is not a node id" in err) == (2, True)
     code, _, err = cli("lease", "cancel", "missing", "--db", db)
     assert (code, "no lease 'missing'" in err) == (2, True)
+
+
+async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
+    """Extending a lease over the start of the node's next lease names that lease."""
+    db = str(await make_store(tmp_path, NODES))
+    cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01",
+        "--duration", "31d", "--name", "first")  # fmt: skip
+    cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n1", "--start", "2041-02-01",
+        "--name", "second")  # fmt: skip
+    code, _, err = cli("lease", "extend", "first", "--db", db, "--by", "1d")
+    assert code == 2
+    assert "cannot extend lease 'first': node n1 is leased from 2041-02-01 by lease 'second'" in err
+    code, _, err = cli("lease", "renew", "first", "--db", db)
+    assert (code, "by lease 'second'" in err) == (2, True)
