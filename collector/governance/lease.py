@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
     "DEFAULT_DURATION_DAYS",
+    "MAX_DAYS",
     "LeaseError",
     "LeaseStatus",
     "LeaseTerms",
@@ -60,6 +61,11 @@ __all__ = [
 ]
 
 DEFAULT_DURATION_DAYS: Final = 180
+MAX_DAYS: Final = 36_600
+"""Any one length (duration, term, notice, minimum): 100 years. With starts up to year 8000
+no date a lease computes can leave the calendar (year 9999)."""
+_FIRST_YEAR: Final = 1970
+_LAST_YEAR: Final = 8000
 LeaseStatus = Literal["pending", "active", "notice_given", "expired"]
 _DAYS: Final = re.compile(r"\s*(\d{1,6})\s*([dwmy]?)\s*\Z", re.IGNORECASE)
 
@@ -86,6 +92,19 @@ class LeaseTerms:
     """The date (in ``tz``) on which notice was given, or ``None``."""
 
     def __post_init__(self) -> None:
+        if not _FIRST_YEAR <= self.start.year <= _LAST_YEAR:
+            raise LeaseError(
+                f"start {self.start.isoformat()} is out of range: years {_FIRST_YEAR} to "
+                f"{_LAST_YEAR}"
+            )
+        for name in ("duration_days", "notice_days", "min_days", "term_days"):
+            value = getattr(self, name)
+            if value is not None and value > MAX_DAYS:
+                raise LeaseError(f"{name} {value} is longer than {MAX_DAYS} days (100 years)")
+        if self.notice_given is not None and not _FIRST_YEAR <= self.notice_given.year <= (
+            _LAST_YEAR + 200
+        ):
+            raise LeaseError(f"notice date {self.notice_given.isoformat()} is out of range")
         if self.duration_days < 1:
             raise LeaseError(f"duration must be at least 1 day, got {self.duration_days}")
         if self.notice_days < 0 or self.min_days < 0:
@@ -161,7 +180,10 @@ def parse_days(text: str, start: dt.date, *, field: str = "duration") -> int:
     if unit == "w":
         return 7 * n
     months = n if unit == "m" else 12 * n
-    return (add_months(start, months) - start).days
+    try:
+        return (add_months(start, months) - start).days
+    except (ValueError, OverflowError):
+        raise LeaseError(f"{field} {text!r} runs past the calendar (year 9999)") from None
 
 
 def term_end(terms: LeaseTerms, today: dt.date) -> dt.date:

@@ -67,6 +67,8 @@ def test_parse_days_converts_months_from_the_start() -> None:
     assert parse_days("26w", D(2026, 1, 1)) == 182
     assert parse_days("180", D(2026, 1, 1)) == 180
     assert parse_days("90d", D(2026, 1, 1)) == 90
+    with pytest.raises(LeaseError, match="runs past the calendar"):
+        parse_days("999999y", D(2026, 1, 1))
     with pytest.raises(LeaseError, match="duration 'six months'"):
         parse_days("six months", D(2026, 1, 1))
 
@@ -176,3 +178,15 @@ def test_bad_terms_name_the_field() -> None:
         LeaseTerms(D(2026, 1, 1), notice_days=-1)
     with pytest.raises(LeaseError, match="unknown time zone 'Mars/Olympus'"):
         LeaseTerms(D(2026, 1, 1), tz="Mars/Olympus")
+
+
+def test_dates_and_lengths_stay_inside_the_calendar() -> None:
+    """A start near year 9999 or a length past 100 years is refused, not an overflow."""
+    with pytest.raises(LeaseError, match="out of range"):
+        LeaseTerms(D(9999, 12, 1), 180)
+    with pytest.raises(LeaseError, match="longer than 36600 days"):
+        LeaseTerms(D(2026, 1, 1), 10**9)
+    t = LeaseTerms(D(8000, 1, 1), 36_000, notice_days=36_000)
+    assert status(cancel(t, D(8090, 1, 1)), D(8090, 1, 2)) == "notice_given"
+    with pytest.raises(LeaseError, match="duration_days 36720 is longer"):
+        renew(LeaseTerms(D(2026, 1, 1), 18_360), D(2026, 1, 2))

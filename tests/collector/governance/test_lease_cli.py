@@ -112,6 +112,10 @@ async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
     assert "--start '2041-02-30' is not a date" in err
     code, _, err = cli(*base, "--start", "2041-02-01", "--duration", "forever")
     assert "--duration 'forever'" in err
+    code, _, err = cli(*base, "--start", "9999-12-31")
+    assert (code, "out of range" in err) == (2, True)
+    code, _, err = cli(*base, "--start", "2041-02-01", "--duration", "999999y")
+    assert (code, "runs past the calendar" in err) == (2, True)
     code, _, err = cli(*base, "--start", "2041-02-01", "--tz", "Nowhere/City")
     assert "unknown time zone 'Nowhere/City'" in err
     code, _, err = cli(*base[:-1], "n1,bad/name", "--start", "2041-02-01")
