@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Literal
+
+import msgspec
 
 from agent.bounds import Bounds
 from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
+from agent.hardware import PciNames, nic_details, read_hardware
 from agent.host import HostSampler
 from agent.rapl import RaplReader
 from shared.clock import Clock
@@ -53,6 +58,7 @@ class NodeSampler:
         interval_s: float,
         slow_interval_s: float,
         clock: Clock,
+        pci_ids: Sequence[Path] | None = None,
     ) -> None:
         if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
             raise ValueError(
@@ -67,6 +73,7 @@ class NodeSampler:
         self._interval_s = interval_s
         self._slow_interval_s = slow_interval_s
         self._clock = clock
+        self._pci_names = PciNames() if pci_ids is None else PciNames(pci_ids)
         self._bounds = Bounds(clock, get_logger("agent.node"))
         self._started = False
         self._seq = 0
@@ -79,6 +86,17 @@ class NodeSampler:
         self._started = True
         gpus = self._gpu.start()
         info = self._host.info()
+        hw = read_hardware(
+            self._host.proc_root,
+            self._host.sysfs_root,
+            nvml_bus_ids=[g.pci_bus_id for g in gpus.gpus if g.pci_bus_id],
+            bounds=self._bounds,
+            names=self._pci_names,
+        )
+        nics = []
+        for nic in info.nics:
+            model, up = nic_details(self._host.sysfs_root, nic.name, self._pci_names)
+            nics.append(msgspec.structs.replace(nic, model=model, up=up))
         return Inventory(
             v=1,
             node=self._node,
@@ -94,7 +112,11 @@ class NodeSampler:
             gpus=gpus.gpus,
             gpu_driver=gpus.driver,
             gpu_status=gpus.status,
-            nics=info.nics,
+            nics=nics,
+            cpus=hw.cpus,
+            mem_installed_bytes=hw.mem_installed_bytes,
+            mem_dimms=hw.mem_dimms,
+            accelerators=hw.accelerators,
         )
 
     def sample(self) -> Sample:

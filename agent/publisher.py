@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Final
@@ -123,6 +124,8 @@ class Publisher:
         self.published = 0
         self.connects = 0
         self.connected = asyncio.Event()
+        self.last_ack: float | None = None
+        """Monotonic time (``time.monotonic``) of the last sample the broker acknowledged."""
 
     def _status(self, status: str) -> bytes:
         ts = self._clock() if status == "online" else None
@@ -237,6 +240,7 @@ class Publisher:
                 raise aiomqtt.MqttError("publish not acknowledged in time") from exc
             self.buffer.remove(payload)
             self.published += 1
+            self.last_ack = time.monotonic()
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         # A clean disconnect does not fire the will, so say offline ourselves.

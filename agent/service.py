@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from agent.host import HostSampler, NicFilter
 from agent.node import NodeSampler, make_gpu_backend
@@ -17,7 +20,11 @@ from agent.rapl import RaplReader
 from agent.settings import AgentSettings
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
-from shared.schema import encode
+from shared.schema import Inventory, encode
+
+if TYPE_CHECKING:
+    from agent.metrics import AgentExposition, AgentStats
+    from shared.sdnotify import SdNotifier
 
 __all__ = ["AgentService", "build_sampler", "next_tick"]
 
@@ -63,9 +70,18 @@ class AgentService:
     """
 
     def __init__(
-        self, settings: AgentSettings, sampler: NodeSampler, *, clock: Clock | None = None
+        self,
+        settings: AgentSettings,
+        sampler: NodeSampler,
+        *,
+        clock: Clock | None = None,
+        notifier: SdNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
+        """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
+        self.last_sample_at: float | None = None
+        """Clock monotonic time of the last sample taken (the watchdog's health check)."""
         self.sampler = sampler
         self.clock: Clock = clock or SystemClock()
         self.buffer = SampleBuffer(settings.buffer_samples)
@@ -75,6 +91,10 @@ class AgentService:
             settings.mqtt, settings.node_id, self.buffer, lambda: self._inventory, self.clock.time
         )
         self.samples_taken = 0
+        self.exposition: AgentExposition | None = None
+        """What ``/metrics`` shows (only with ``metrics_listen``)."""
+        self.metrics_port: int | None = None
+        """The port ``/metrics`` listens on once running (port 0 in the setting picks one)."""
 
     def stop(self) -> None:
         """Finish: stop sampling, flush what the broker will take, publish offline."""
@@ -93,7 +113,9 @@ class AgentService:
             buffer_samples=self.buffer.capacity,
         )
         try:
-            async with asyncio.TaskGroup() as tg:
+            async with self._metrics_server(inventory), asyncio.TaskGroup() as tg:
+                if self.notifier is not None:
+                    tg.create_task(self.notifier.run(self.sampling, self._stop), name="sd-notify")
                 tg.create_task(self._sample_loop(), name="sampler")
                 tg.create_task(self.publisher.run(self._stop), name="publisher")
         finally:
@@ -106,6 +128,65 @@ class AgentService:
             unsent=len(self.buffer),
         )
 
+    @contextlib.asynccontextmanager
+    async def _metrics_server(self, inventory: Inventory) -> AsyncIterator[None]:
+        """Serve ``/metrics``, ``/healthz``, ``/readyz`` while the tasks run (if configured)."""
+        if self.settings.metrics_listen is None:
+            yield
+            return
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415 (only when serving)
+        from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
+
+        from agent.metrics import AgentExposition  # noqa: PLC0415
+        from shared.metrics_http import MetricsServer, parse_listen  # noqa: PLC0415
+
+        host, port = parse_listen(self.settings.metrics_listen, field="metrics_listen")
+        self.exposition = AgentExposition(self.stats)
+        self.exposition.inventory = inventory
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.exposition)
+        ProcessCollector(registry=registry)
+        async with MetricsServer(host, port, registry, self.ready) as server:
+            self.metrics_port = server.port
+            yield
+
+    def stats(self) -> AgentStats:
+        """The agent's own counters and connection state, for ``/metrics``."""
+        from agent.metrics import AgentStats  # noqa: PLC0415
+
+        ack = self.publisher.last_ack
+        return AgentStats(
+            samples_taken=self.samples_taken,
+            published=self.publisher.published,
+            dropped=self.buffer.dropped,
+            buffered=len(self.buffer),
+            connected=self.publisher.connected.is_set(),
+            last_ack_age_s=None if ack is None else max(0.0, time.monotonic() - ack),
+        )
+
+    def sampling(self) -> tuple[bool, str]:
+        """The watchdog's health check: a sample was taken within two intervals + 30 s (a
+        sampler blocked in NVML stops the pings; a missing broker does not)."""
+        limit = 2 * self.settings.interval_s + 30.0
+        if self.last_sample_at is None:
+            return True, "starting"
+        age = self.clock.monotonic() - self.last_sample_at
+        return age <= limit, f"last sample {age:.0f} s ago (limit {limit:.0f} s)"
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready while connected and the broker acknowledged a sample recently: within two
+        intervals plus the publish timeout (a sample is due every interval)."""
+        if not self.publisher.connected.is_set():
+            return False, f"not connected to the broker ({len(self.buffer)} samples buffered)"
+        ack = self.publisher.last_ack
+        if ack is None:
+            return False, "connected, no sample acknowledged yet"
+        age = time.monotonic() - ack
+        limit = 2 * self.settings.interval_s + self.publisher.publish_timeout_s
+        if age > limit:
+            return False, f"no sample acknowledged for {age:.1f} s (limit {limit:.1f} s)"
+        return True, f"ready: last sample acknowledged {age:.1f} s ago"
+
     async def _sample_loop(self) -> None:
         interval = self.settings.interval_s
         tick = self.clock.monotonic()
@@ -113,6 +194,9 @@ class AgentService:
             sample = await asyncio.to_thread(self.sampler.sample)
             self.buffer.put(encode(sample))
             self.samples_taken += 1
+            self.last_sample_at = self.clock.monotonic()
+            if self.exposition is not None:
+                self.exposition.update(sample)
             now = self.clock.monotonic()
             tick, skipped = next_tick(tick + interval, now, interval)
             if skipped:

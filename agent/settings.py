@@ -10,6 +10,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from shared.errors import ConfigError
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
@@ -42,6 +43,22 @@ class AgentSettings(CapwatchSettings):
     nic_exclude: Annotated[tuple[str, ...], NoDecode] = ()
     """Globs of interfaces never counted, physical or not; wins over ``nic_include``.
     Env ``CAPWATCH_NIC_EXCLUDE``: comma-separated or a JSON list."""
+
+    metrics_listen: str | None = None
+    """``HOST:PORT`` to serve ``/metrics``, ``/healthz``, ``/readyz`` on (unset: no server).
+    Env ``CAPWATCH_METRICS_LISTEN``; flag ``--metrics-listen``."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            from shared.metrics_http import parse_listen  # noqa: PLC0415
+
+            try:
+                parse_listen(value, field="metrics_listen")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("node_id")
     @classmethod

@@ -26,6 +26,7 @@ import aiomqtt
 from shared.logging import get_logger
 from shared.schema import (
     MAX_GPUS,
+    CpuPackage,
     CpuStats,
     DiskIoStats,
     DiskStats,
@@ -173,6 +174,8 @@ class FleetSimulator:
             ],
             gpu_driver="550.90.07",
             gpu_status="ok",
+            cpus=[CpuPackage(model="AMD EPYC 9654 96-Core Processor (simulated)", sockets=2)],
+            mem_installed_bytes=_NODE_MEM,
         )
 
     def sample(self, i: int, ts: float, seq: int) -> Sample:

@@ -71,6 +71,12 @@ class NodeState:
     ecc_uncorrected_any: bool = False
     remap_bad_any: bool = False
     """Some GPU has a remap pending or a remapping failure."""
+    # Fleet sums for /metrics, refreshed with the above, so a scrape adds per node, not per GPU.
+    gpu_power_w: float | None = None
+    """Sum of the latest sample's GPU power (interval power where known); None: none known."""
+    gpu_util_sum: float = 0.0
+    gpu_util_n: int = 0
+    """GPUs of the latest sample that report utilisation, and the sum of their percentages."""
 
     @property
     def reject_only(self) -> bool:
@@ -124,10 +130,19 @@ class LiveView:
         max_temp: float | None = None
         reasons = 0
         ecc_changed = remap_changed = False
+        power: float | None = None
+        util_sum = 0.0
+        util_n = 0
         for gpu in sample.gpus:
             t = gpu.temp_c
             if t is not None and (max_temp is None or t > max_temp):
                 max_temp = t
+            w = gpu.power_interval_w if gpu.power_interval_w is not None else gpu.power_w
+            if w is not None:
+                power = w if power is None else power + w
+            if gpu.util_pct is not None:
+                util_sum += gpu.util_pct
+                util_n += 1
             if gpu.clock_event_reasons:
                 reasons |= gpu.clock_event_reasons
             if gpu.ecc is not None:
@@ -138,6 +153,7 @@ class LiveView:
                 remap_changed = True
         st.max_temp_c = max_temp
         st.clock_reasons_any = reasons
+        st.gpu_power_w, st.gpu_util_sum, st.gpu_util_n = power, util_sum, util_n
         if ecc_changed:
             st.ecc_uncorrected_any = any((e.uncorrected_volatile or 0) > 0 for e in st.ecc.values())
         if remap_changed:

@@ -16,6 +16,9 @@ Alert notifications leave through a third task, the webhook delivery (only when 
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
 outcomes on the writer's queue; it never writes the store and the writer never waits for it.
 
+With ``capacity.plan`` set, the writer also runs the capacity job (the live power picture
+against the site's cap, one snapshot per cycle) and the capacity rules join the alert rules.
+
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
 """
@@ -28,13 +31,16 @@ import fcntl
 import os
 import ssl
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
+from collector.capacity.job import CapacityJob
+from collector.capacity.rules import CapacityRuleSettings, capacity_rules
 from collector.governance.job import GovernanceJob
 from collector.governance.rules import governance_rules
 from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
@@ -44,9 +50,14 @@ from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import Clock, SystemClock
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
 from shared.topics import SUBSCRIPTIONS
+
+if TYPE_CHECKING:
+    from collector.alerts.ampush import AlertmanagerPush
+    from collector.metrics import CollectorMetrics
+    from shared.sdnotify import SdNotifier
 
 __all__ = ["Collector"]
 
@@ -62,8 +73,11 @@ class Collector:
         *,
         clock: Clock | None = None,
         connect: Connect | None = None,
+        notifier: SdNotifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
+        """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
         self.clock: Clock = clock or SystemClock()
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
@@ -82,12 +96,14 @@ class Collector:
             stale_intervals=settings.alerts.stale_intervals,
         )
         """Tenants, quotas and leases from the store, and their usage from the live view."""
-        self.evaluator = Evaluator(
-            [
-                *builtin_rules(settings.alerts.builtin()),
-                *governance_rules(lambda: self.governance.view, settings.governance.rules()),
-            ]
-        )
+        self.capacity: CapacityJob | None = None
+        """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
+        rules = builtin_rules(settings.alerts.builtin())
+        if settings.capacity.plan is not None:
+            self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
+            rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
+        rules += governance_rules(lambda: self.governance.view, settings.governance.rules())
+        self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -95,6 +111,8 @@ class Collector:
         self._queue: asyncio.Queue[WriterItem] | None = None
         self.connected = asyncio.Event()
         """Set while subscribed to the broker (tests and the demo wait on it)."""
+        self.metrics: CollectorMetrics | None = None
+        """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
 
     @property
     def counters(self) -> Counter[str]:
@@ -109,6 +127,12 @@ class Collector:
     def stop(self) -> None:
         """Ask :meth:`run` to finish: commit and ack what was received, close. Signal-safe."""
         self._stop.set()
+
+    @property
+    def queue_units(self) -> tuple[int, int]:
+        """Units waiting in the writer's queue, and its size (0, 0 before it exists)."""
+        q = self._queue
+        return (0, 0) if q is None else (q.qsize(), q.maxsize)
 
     def _queue_depth(self) -> dict[str, int]:
         return {"queue_units": self._queue.qsize() if self._queue is not None else 0}
@@ -169,6 +193,18 @@ class Collector:
                     poll_s=self.delivery_poll_s,
                     counters=self.counters,
                 )
+            push = None
+            if s.alertmanagers:
+                from collector.alerts.ampush import AlertmanagerPush  # noqa: PLC0415
+
+                push = AlertmanagerPush(
+                    s.alertmanagers,
+                    self.clock,
+                    eval_interval_s=s.alerts.eval_interval_s,
+                    external_url=s.alerts.external_url,
+                    counters=self.counters,
+                    poll_s=self.delivery_poll_s,
+                )
             alerts = AlertJob(
                 self.evaluator,
                 self.live,
@@ -179,9 +215,18 @@ class Collector:
                 external_url=s.alerts.external_url,
                 notify=None if delivery is None else delivery.offer,
                 routes=s.alert_routes(),
+                inhibit_rules=s.alert_inhibit_rules(),
+                push=None if push is None else push.update,
             )
             # Firing alerts stay firing while the live view refills after a restart.
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            metrics = None
+            if s.metrics_listen is not None:
+                from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
+
+                metrics = self.metrics = CollectorMetrics(self, store)
+            if self.capacity is not None:
+                await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(
                 store,
                 self._queue,
@@ -193,13 +238,25 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[self.governance, alerts],  # governance first: the rules read its view
+                jobs=[
+                    self.governance,  # first: the governance rules read its view
+                    alerts,
+                    *([] if self.capacity is None else [self.capacity]),
+                    *([] if metrics is None else [metrics]),
+                ],
+                on_commit=None if metrics is None else metrics.on_commit,
             )
-            async with asyncio.TaskGroup() as tg:
+            serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
+            async with serving, asyncio.TaskGroup() as tg:
+                if self.notifier is not None:
+                    alive = _writer_alive(writer, self.clock, s.metrics_ready_commit_s)
+                    tg.create_task(self.notifier.run(alive, self._stop), name="sd-notify")
                 tg.create_task(reader.run(), name="mqtt-reader")
-                tg.create_task(_write_then(writer, delivery), name="store-writer")
+                tg.create_task(_write_then(writer, delivery, push), name="store-writer")
                 if delivery is not None:
                     tg.create_task(delivery.run(), name="webhook-delivery")
+                if push is not None:
+                    tg.create_task(push.run(), name="alertmanager-push")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -228,13 +285,57 @@ class Collector:
         return connect
 
 
-async def _write_then(writer: Writer, delivery: Delivery | None) -> None:
-    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)."""
+def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], tuple[bool, str]]:
+    """The watchdog's health check: the writer committed within ``limit_s`` (it commits its
+    counters every ~2 s even when idle; the broker being away does not count against it)."""
+    started = clock.monotonic()
+
+    def alive() -> tuple[bool, str]:
+        last = writer.last_commit if writer.last_commit is not None else started
+        age = clock.monotonic() - last
+        return age <= limit_s, f"writer last committed {age:.0f} s ago (limit {limit_s:.0f} s)"
+
+    return alive
+
+
+def _capacity_job(
+    settings: CollectorSettings, live: LiveView, clock: Clock, counters: Counter[str]
+) -> CapacityJob:
+    """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+    c = settings.capacity
+    assert c.plan is not None
+    try:
+        cplan = load_capacity_plan(c.plan)
+    except PlanError as exc:
+        raise ConfigError(
+            f"setting 'capacity.plan' ({c.plan}): {exc}", field="capacity.plan"
+        ) from exc
+    return CapacityJob(
+        cplan,
+        live,
+        clock,
+        interval_s=c.interval_s,
+        keep_s=c.keep_s,
+        stale_intervals=settings.stale_intervals,
+        stale_basis=c.stale_basis,
+        counters=counters,
+    )
+
+
+async def _write_then(
+    writer: Writer, delivery: Delivery | None, push: AlertmanagerPush | None
+) -> None:
+    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)
+    and the Alertmanager push (no more alerts come)."""
     try:
         await writer.run()
     finally:
         if delivery is not None:
             delivery.stop()
+        if push is not None:
+            push.stop()
 
 
 @contextlib.contextmanager

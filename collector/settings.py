@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -24,8 +25,17 @@ from shared.settings import CapwatchSettings
 if TYPE_CHECKING:
     from collector.alerts.builtin import BuiltinSettings
     from collector.alerts.route import Route
+    from collector.alerts.silence import InhibitRule
 
-__all__ = ["AlertSettings", "CollectorSettings", "ReceiverSettings", "RouteSettings"]
+__all__ = [
+    "AlertSettings",
+    "AlertmanagerSettings",
+    "CapacitySettings",
+    "CollectorSettings",
+    "InhibitRuleSettings",
+    "ReceiverSettings",
+    "RouteSettings",
+]
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
@@ -83,6 +93,7 @@ class AlertSettings(BaseModel):
 
 
 _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 class ReceiverSettings(BaseModel):
@@ -176,6 +187,120 @@ class RouteSettings(BaseModel):
         )
 
 
+class CapacitySettings(BaseModel):
+    """``[capacity]``: live headroom under the site's cap (off unless ``plan`` is set).
+
+    The plan is the file ``collector solve`` reads, plus its optional ``[capacity]`` table
+    (node-type matching, racks, fallback): see :mod:`collector.capacity.config`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    plan: Path | None = None
+    """Site plan (.toml/.json): set it to compute a capacity snapshot every interval."""
+    interval_s: float = Field(default=30.0, ge=0.5, le=3600)
+    keep_s: float = Field(default=30 * _DAY_S, gt=0, le=_TEN_YEARS_S)
+    """Snapshots older than this are deleted."""
+    stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
+    """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
+    warn_pct: float = Field(default=90.0, gt=0, le=1000)
+    critical_pct: float = Field(default=98.0, gt=0, le=1000)
+    for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    keep_firing_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
+    rising_w_per_min: float = Field(default=0.0, ge=0)
+    """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
+    rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    disabled: list[str] = Field(default=[], max_length=16)
+    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
+
+    @model_validator(mode="after")
+    def _checked(self) -> CapacitySettings:
+        unknown: list[str] = []
+        if self.disabled:  # the rules module only when needed: settings load for every command
+            from collector.capacity.rules import CAPACITY_RULE_NAMES  # noqa: PLC0415
+
+            unknown = sorted(set(self.disabled) - set(CAPACITY_RULE_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"setting 'capacity.disabled' names unknown rules {unknown}: use "
+                f"{', '.join(CAPACITY_RULE_NAMES)}",
+                field="capacity.disabled",
+            )
+        if self.critical_pct < self.warn_pct:
+            raise ConfigError(
+                f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "
+                f"'capacity.warn_pct' ({self.warn_pct:g}): raise it",
+                field="capacity.critical_pct",
+            )
+        return self
+
+
+class InhibitRuleSettings(BaseModel):
+    """``[[inhibit_rules]]``: as Alertmanager's, a firing alert matching ``source_matchers``
+    mutes the alerts matching ``target_matchers`` that have the same ``equal`` labels.
+
+    Unset: one rule, ``NodeOffline`` mutes the other alerts of its node. An empty list
+    (``inhibit_rules = []``) turns inhibition off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_matchers: list[str] = Field(min_length=1, max_length=32)
+    target_matchers: list[str] = Field(min_length=1, max_length=32)
+    equal: list[str] = Field(default=[], max_length=32)
+
+    @field_validator("source_matchers", "target_matchers")
+    @classmethod
+    def _matchers(cls, value: list[str]) -> list[str]:
+        from collector.alerts.route import parse_matcher  # noqa: PLC0415
+
+        for m in value:
+            parse_matcher(m)
+        return value
+
+    @field_validator("equal")
+    @classmethod
+    def _label_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _LABEL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a label name")
+        return value
+
+
+class AlertmanagerSettings(BaseModel):
+    """``[[alertmanagers]]``: an Alertmanager that capwatch pushes its alerts to, as
+    Prometheus does (``POST /api/v2/alerts``; firing alerts re-sent every ``resend_interval``,
+    resolutions sent for 15 minutes). Alertmanager's own routes, silences and inhibitions
+    then apply; capwatch's ``[[routes]]`` and silences do not (it gets every firing alert).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: HttpUrl
+    """Alertmanager's base URL (``http://alertmanager:9093``); ``/api/v2/alerts`` is added."""
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    resend_interval: str = "1m"
+    """Firing alerts are sent again this often (Prometheus' ``--rules.alert.resend-delay``)."""
+
+    @field_validator("resend_interval")
+    @classmethod
+    def _duration_ok(cls, value: str) -> str:
+        if _duration(value, "resend_interval") <= 0:
+            raise ValueError("resend_interval must be > 0")
+        return value
+
+    @property
+    def resend_s(self) -> float:
+        """``resend_interval`` in seconds."""
+        return _duration(self.resend_interval, "resend_interval")
+
+    @property
+    def alerts_url(self) -> str:
+        """Where alerts are posted."""
+        return str(self.url).rstrip("/") + "/api/v2/alerts"
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
@@ -207,6 +332,24 @@ class CollectorSettings(CapwatchSettings):
     """A node with no sample for ``stale_intervals`` x its interval is stale."""
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
 
+    metrics_listen: str | None = None
+    """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);
+    unset: no HTTP server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
+    metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
+    """``/readyz`` says unready when the writer has not committed for this long."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            from shared.metrics_http import parse_listen  # noqa: PLC0415
+
+            try:
+                parse_listen(value, field="metrics_listen")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     alerts: AlertSettings = AlertSettings()
     governance: GovernanceSettings = GovernanceSettings()
     """Thresholds of the lease and quota rules (``[governance]``)."""
@@ -221,6 +364,9 @@ class CollectorSettings(CapwatchSettings):
         if dupes:
             raise ValueError(f"receiver names must be unique: {dupes} appear twice")
         return value
+
+    capacity: CapacitySettings = CapacitySettings()
+    """Live headroom under the site's cap (``[capacity] plan = "site.toml"``)."""
 
     routes: list[RouteSettings] = Field(default=[], max_length=64)
     """Which receivers hear of which alerts (``[[routes]]``); none: every receiver, alerts
@@ -238,6 +384,42 @@ class CollectorSettings(CapwatchSettings):
                     field=f"routes.{i}.receivers",
                 )
         return self
+
+    alertmanagers: list[AlertmanagerSettings] = Field(default=[], max_length=16)
+    """Alertmanagers that get every alert pushed (``[[alertmanagers]]`` tables)."""
+    inhibit_rules: list[InhibitRuleSettings] | None = Field(default=None, max_length=64)
+    """``[[inhibit_rules]]``; unset: NodeOffline mutes its node's other alerts."""
+
+    @model_validator(mode="after")
+    def _unique_alertmanager_names(self) -> CollectorSettings:
+        names = [a.name for a in self.alertmanagers] + [r.name for r in self.receivers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(
+                f"setting 'alertmanagers' reuses names {dupes}: give each [[alertmanagers]] "
+                "and [[receivers]] table its own name",
+                field="alertmanagers",
+            )
+        return self
+
+    def alert_inhibit_rules(self) -> tuple[InhibitRule, ...]:
+        """The inhibit rules in force: those configured, or the default one."""
+        from collector.alerts.route import parse_matcher  # noqa: PLC0415
+        from collector.alerts.silence import (  # noqa: PLC0415
+            DEFAULT_INHIBIT_RULES,
+            InhibitRule,
+        )
+
+        if self.inhibit_rules is None:
+            return DEFAULT_INHIBIT_RULES
+        return tuple(
+            InhibitRule(
+                tuple(parse_matcher(m) for m in r.source_matchers),
+                tuple(parse_matcher(m) for m in r.target_matchers),
+                tuple(r.equal),
+            )
+            for r in self.inhibit_rules
+        )
 
     def alert_routes(self) -> list[Route]:
         """The routes in force: those configured, or the default route."""

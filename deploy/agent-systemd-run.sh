@@ -163,8 +163,11 @@ fi
 cmd+=(
     --unit "$unit"
     --description "capwatch node agent (transient, $prog)"
-    # exec: fail the start now if the agent binary cannot be executed.
-    -p Type=exec
+    # notify, as the installed unit: the agent sends READY=1 once the node is described,
+    # then WATCHDOG=1 while it keeps sampling (a sampler hung in NVML gets it restarted).
+    -p Type=notify
+    -p NotifyAccess=main
+    -p WatchdogSec=120
     -p Restart=on-failure
     -p RestartSec=5
     # Exit status 2 is a configuration error: restarting cannot fix it.

@@ -11,15 +11,26 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    and acknowledges each and goes on storing the fleet;
 6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
    the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``;
-7. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort leasing
-   the simulated fleet), ``collector lease list``, ``collector quota show`` on both bases;
-   then a clean shutdown.
+   rejects), ``collector solve``, ``collector capacity`` (live draw under the example site's
+   cap, and a what-if) and ``collector plot`` (three PNGs);
+7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
+   apply`` of a pattern, as a dry run and then for real;
+8. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort: one
+   leases the pool of step 7, the other named nodes), ``collector lease list``,
+   ``collector quota show`` on both bases; then a clean shutdown.
+
+Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
+a receiver on loopback (this script; it checks each signature and prints what it got), and,
+when Alertmanager is installed (Debian: prometheus-alertmanager), pushed to a real one. The
+collector's /readyz and /metrics are shown too.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import json
 import math
 import os
 import shutil
@@ -29,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,40 +58,60 @@ def _run_cli(*args: str) -> None:
     subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
 
 
-def _cluster_toml(nodes: int) -> str:
-    """Two tenants sharing a cohort, each leasing half the simulated fleet from 30 days ago."""
+def _pool_nodes(db: Path, pool: str) -> list[str]:
+    """The nodes `collector pool apply` put in ``pool`` (read straight from the demo's store)."""
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+        return [r[0] for r in rows]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def _cluster_toml(nodes: int, pooled: list[str]) -> str:
+    """Two tenants sharing a cohort from 30 days ago: climate leases the pool ``demo`` (or,
+    without one, half the simulated fleet), genomics the other simulated nodes."""
     import datetime as dt  # noqa: PLC0415
 
     from agent.simulate import xname  # noqa: PLC0415
 
     start = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)).isoformat()
-    half = max(1, nodes // 2)
-    first = ", ".join(f'"{xname(i)}"' for i in range(half))
-    second = ", ".join(f'"{xname(i)}"' for i in range(half, nodes))
-    gpus = 8 * half
+    every = [xname(i) for i in range(nodes)]
+    first = pooled or every[: max(1, nodes // 2)]
+    rest = [n for n in every if n not in set(first)]
+    gpus = 8 * len(first)
+    pool = (
+        'pool = "demo"'
+        if pooled
+        else 'pool = "climate-a"\n[pools.climate-a]\nnodes = ['
+        + ", ".join(f'"{n}"' for n in first)
+        + "]"
+    )
     text = f"""\
 [cohorts.research]
 [tenants.climate]
 cohort = "research"
 quota.gpus = {{ nominal = {gpus * 3 // 4}, borrowing_limit = {gpus // 2} }}
-quota.power_kw = {{ nominal = {half * 4} }}
+quota.power_kw = {{ nominal = {len(first) * 4} }}
 [tenants.genomics]
 cohort = "research"
-quota.gpus = {{ nominal = {gpus * 5 // 4}, lending_limit = {gpus // 2} }}
-[pools.climate-a]
-nodes = [{first}]
+quota.gpus = {{ nominal = {8 * len(rest) + gpus // 2}, lending_limit = {gpus // 2} }}
 [leases.climate-2026]
 tenant = "climate"
-pool = "climate-a"
 start = {start}
 duration_days = 180
 notice_days = 90
+{pool}
 """
-    if second:
+    if rest:
         text += f"""\
 [leases.genomics-2026]
 tenant = "genomics"
-nodes = [{second}]
+nodes = [{", ".join(f'"{n}"' for n in rest)}]
 start = {start}
 duration_days = 365
 notice_days = 30
@@ -121,6 +153,122 @@ def _hostile_node(host: str, port: int) -> int:
     return 2 * len(evil)
 
 
+_DEMO_SECRET = "demo-secret"
+
+
+class _Hooks:
+    """A webhook receiver on loopback: records each notification, checks its signature."""
+
+    def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.got: list[tuple[bool, dict[str, Any]]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ts = self.headers.get("X-Capwatch-Timestamp", "")
+                mac = hmac.new(_DEMO_SECRET.encode(), ts.encode() + b":" + body, hashlib.sha256)
+                ok = hmac.compare_digest(
+                    mac.hexdigest(), self.headers.get("X-Capwatch-Signature", "")
+                )
+                hooks.got.append((ok, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A real Alertmanager on a free loopback port, when one is installed."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        print("Alertmanager not installed: no push to it (apt-get install prometheus-alertmanager)")
+        return None
+    home = workdir / "alertmanager"
+    home.mkdir()
+    (home / "alertmanager.yml").write_text(
+        "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={home / 'alertmanager.yml'}",
+            f"--storage.path={home / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=(home / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    print(f"Alertmanager (pid {proc.pid}) on 127.0.0.1:{port}")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _show_notifications(hooks: _Hooks, am_url: str | None) -> None:
+    for ok, body in hooks.got:
+        names = sorted({f"{a['labels']['alertname']}[{a['status']}]" for a in body["alerts"]})
+        print(
+            f"webhook: {body.get('status')} groupKey={body.get('groupKey')} "
+            f"alerts={','.join(names)} signature={'ok' if ok else 'BAD'}"
+        )
+    if not hooks.got:
+        print("webhook: nothing received yet")
+    if am_url is not None:
+        import httpx  # noqa: PLC0415
+
+        try:
+            held = httpx.get(f"{am_url}/api/v2/alerts", timeout=5).json()
+        except httpx.HTTPError as exc:
+            print(f"Alertmanager: not reachable ({exc})")
+            return
+        for a in held:
+            print(
+                f"Alertmanager holds {a['labels']['alertname']} node={a['labels'].get('node')} "
+                f"fingerprint={a['fingerprint']} state={a['status']['state']}"
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _show_metrics(base: str) -> None:
+    """/readyz, then the fleet and alert lines of /metrics (the rest is ingest health)."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    for path in ("/readyz", "/metrics"):
+        print(f"$ curl {base}{path}", flush=True)
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as r:
+                text = r.read().decode()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode()
+        wanted = ("capwatch_fleet_", "capwatch_alerts{", "capwatch_collector_samples_stored")
+        lines = text.splitlines()
+        if path == "/metrics":
+            lines = [line for line in lines if line.startswith(wanted)]
+        print("\n".join(lines[:30]), flush=True)
+
+
 def main() -> int:
     """Run the demo; exit 0 when every part came up and data reached the store."""
     parser = argparse.ArgumentParser(
@@ -158,6 +306,20 @@ def main() -> int:
     env = {**os.environ, "CAPWATCH_LOG_JSON": "false"}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
+    _banner("0. alert receivers: a webhook on loopback, and Alertmanager if installed")
+    hooks = _Hooks()
+    print(f"webhook receiver at {hooks.url} (checks X-Capwatch-Signature)")
+    am = _start_alertmanager(workdir)
+    if am is not None:
+        procs.append(("alertmanager", am[0]))
+    config = workdir / "collector.toml"
+    config.write_text(
+        "[alerts]\neval_interval_s = 1.0\n"
+        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{_DEMO_SECRET}"\n'
+        '\n[[routes]]\ngroup_wait = "1s"\ngroup_interval = "5s"\n'
+        + ("" if am is None else f'\n[[alertmanagers]]\nname = "site"\nurl = "{am[1]}"\n')
+    )
+
     _banner("1. broker")
     broker = localbroker.local_broker(
         workdir / "broker", prefer="embedded" if args.embedded_broker else "mosquitto"
@@ -180,7 +342,24 @@ def main() -> int:
 
     try:
         _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
-        spawn("collector", "collector", "run", *common, "--db", str(db), "--log-level", "info")
+        site = ROOT / "deploy" / "site.example.toml"
+        env["CAPWATCH_CAPACITY__PLAN"] = str(site)  # live capacity, every 2 s here
+        env["CAPWATCH_CAPACITY__INTERVAL_S"] = "2"
+        metrics_port = _free_port()
+        spawn(
+            "collector",
+            "collector",
+            "run",
+            "--config",
+            str(config),
+            *common,
+            "--db",
+            str(db),
+            "--log-level",
+            "info",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+        )
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
         spawn(
@@ -223,13 +402,31 @@ def main() -> int:
         _run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
         _banner("collector alerts: what the built-in rules made of it (collector rules lists them)")
         _run_cli("collector", "alerts", "--db", str(db))
+        _banner("what the alert receivers got")
+        _show_notifications(hooks, None if am is None else am[1])
         plan = ROOT / "deploy" / "plan.example.json"
         if plan.is_file():
             _banner("collector solve: how many GPUs fit under the example plan's cap")
             _run_cli("collector", "solve", "--config", str(plan))
-        _banner("7. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
+        _banner("collector capacity: live draw under the site's cap, and a what-if")
+        _run_cli("collector", "capacity", "--db", str(db))
+        _run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
+        _banner("collector plot: capacity history and the rack/node/GPU treemap")
+        for picture in ("usage", "capacity", "hierarchy"):
+            png = str(workdir / f"{picture}.png")
+            _run_cli("collector", "plot", picture, "--db", str(db), "--since", "1m", "--out", png)
+        _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
+        _show_metrics(f"http://127.0.0.1:{metrics_port}")
+        _banner("7. inventory and pools: components per node, then a pool sized by a pattern")
+        _run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
+        _run_cli("collector", "inventory", "--db", str(db))
+        pattern = "demo:h100:20:epyc:6:memory:300"
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
+        _run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
+        _run_cli("collector", "pool", "list", "--db", str(db))
+        _banner("8. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
         cluster = workdir / "cluster.toml"
-        cluster.write_text(_cluster_toml(args.nodes))
+        cluster.write_text(_cluster_toml(args.nodes, _pool_nodes(db, "demo")))
         _run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
         _run_cli("collector", "lease", "list", "--db", str(db))
         _run_cli("collector", "quota", "show", "--db", str(db))
@@ -244,6 +441,7 @@ def main() -> int:
                     proc.kill()
             print(f"{name} stopped ({proc.returncode})")
         broker.stop()
+        hooks.close()
     print(
         f"\nlogs and the database are in {workdir}; try:\n"
         f"  .venv/bin/collector query --db {db} --json | head -40"

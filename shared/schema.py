@@ -27,12 +27,15 @@ __all__ = [
     "GPU_UUID_PATTERN",
     "INT64_MAX",
     "MAC_PATTERN",
+    "MAX_ACCELERATORS",
     "MAX_CLOCK_EVENT_REASONS",
     "MAX_CLOCK_MHZ",
     "MAX_COUNTER",
     "MAX_CPUS",
+    "MAX_CPU_PACKAGES",
     "MAX_CPU_POWER_W",
     "MAX_DEVICE_BYTES_PER_S",
+    "MAX_DIMMS",
     "MAX_DISKS",
     "MAX_ENERGY_J",
     "MAX_FSTYPE_LEN",
@@ -52,6 +55,8 @@ __all__ = [
     "MAX_NODE_BYTES_PER_S",
     "MAX_NODE_ID_LEN",
     "MAX_PATH_LEN",
+    "MAX_PCI_CLASS",
+    "MAX_PCI_ID",
     "MAX_PID",
     "MAX_PROCESSES_PER_GPU",
     "MAX_PSTATE",
@@ -67,6 +72,8 @@ __all__ = [
     "NODE_ID_PATTERN",
     "PCI_BUS_ID_PATTERN",
     "SCHEMA_VERSION",
+    "AcceleratorInfo",
+    "CpuPackage",
     "CpuStats",
     "DiskIoStats",
     "DiskStats",
@@ -107,6 +114,10 @@ MAX_DISKS: Final = 256
 MAX_NICS: Final = 1024
 MAX_PROCESSES_PER_GPU: Final = 256
 MAX_XIDS: Final = 1024
+MAX_CPU_PACKAGES: Final = 64
+"""CPU sockets per node: the largest single-image servers have 32."""
+MAX_ACCELERATORS: Final = 64
+"""Accelerators NVML does not report, per node: as MAX_GPUS."""
 
 # -- string lengths and patterns. Patterns end in \Z, not $: Python's $ also matches before a
 # trailing newline, so "GPU-...\n" would pass.
@@ -171,6 +182,12 @@ MAX_LOAD: Final = 4_194_304.0
 """A load average counts tasks, and Linux has at most PID_MAX_LIMIT (2**22) of them."""
 MAX_PID: Final = 4_194_304
 """Linux's PID_MAX_LIMIT on 64-bit."""
+MAX_DIMMS: Final = 1024
+"""Memory modules per node: 32 sockets x 24 DIMM slots is 768."""
+MAX_PCI_ID: Final = 0xFFFF
+"""PCI vendor and device ids are 16 bits."""
+MAX_PCI_CLASS: Final = 0xFFFFFF
+"""PCI class code: class, subclass, programming interface (24 bits)."""
 MAX_COUNTER: Final = 2**53 - 1
 """Error/drop/ECC counters, remapped rows, seq: exact in float64 JSON readers, and
 MAX_NICS of them sum below INT64_MAX."""
@@ -202,6 +219,7 @@ GpuUuid = Annotated[str, msgspec.Meta(pattern=GPU_UUID_PATTERN)]
 # Strings: the length caps keep one message from carrying megabytes in a field.
 NicName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NIC_NAME_LEN)]
 PathText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATH_LEN)]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL_NAME_LEN)]
 
 
 class _Struct(
@@ -385,6 +403,33 @@ class NicInfo(_Struct, frozen=True):
     name: NicName
     speed_mbps: Annotated[int, msgspec.Meta(ge=1, le=MAX_NIC_SPEED_MBPS)] | None = None
     mac: Annotated[str, msgspec.Meta(pattern=MAC_PATTERN)] | None = None
+    model: ModelName | None = None
+    """The adapter's vendor and device name (from its PCI ids); ``None``: not a PCI device,
+    or an agent before this field."""
+    up: bool | None = None
+    """Link up (``operstate``) when the inventory was taken; ``None``: unknown."""
+
+
+class CpuPackage(_Struct, frozen=True):
+    """CPU packages (sockets) of one model."""
+
+    model: Annotated[str, msgspec.Meta(max_length=MAX_MODEL_NAME_LEN)]
+    sockets: Annotated[int, msgspec.Meta(ge=1, le=MAX_CPU_PACKAGES)]
+
+
+PciId = Annotated[int, msgspec.Meta(ge=0, le=MAX_PCI_ID)]
+
+
+class AcceleratorInfo(_Struct, frozen=True):
+    """A GPU or accelerator on the PCI bus that NVML does not report (another vendor's, or an
+    NVIDIA one NVML lost)."""
+
+    vendor_id: PciId
+    device_id: PciId
+    name: ModelName
+    """Vendor and device name, or ``"<vendor>:<device>"`` in hex when the agent cannot name it."""
+    pci_bus_id: Annotated[str, msgspec.Meta(pattern=PCI_BUS_ID_PATTERN)] | None = None
+    pci_class: Annotated[int, msgspec.Meta(ge=0, le=MAX_PCI_CLASS)] | None = None
 
 
 class Inventory(_Struct, frozen=True):
@@ -407,6 +452,19 @@ class Inventory(_Struct, frozen=True):
     """``ok`` or why there are no GPUs (``no_driver``, ``no_library``, ...)."""
     nics: Annotated[list[NicInfo], msgspec.Meta(max_length=MAX_NICS)] = msgspec.field(
         default_factory=list
+    )
+    # What pools are made of (optional: agents before these fields still validate).
+    cpus: Annotated[list[CpuPackage], msgspec.Meta(max_length=MAX_CPU_PACKAGES)] = msgspec.field(
+        default_factory=list
+    )
+    """CPU packages per model; empty from an agent before this field (then ``cpu_model``)."""
+    mem_installed_bytes: Bytes | None = None
+    """Installed memory (sum of the DIMMs the kernel's EDAC reports); ``mem_total_bytes`` is
+    what the kernel manages, a few percent less. ``None``: unreadable."""
+    mem_dimms: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMMS)] | None = None
+    """Populated memory modules, where readable."""
+    accelerators: Annotated[list[AcceleratorInfo], msgspec.Meta(max_length=MAX_ACCELERATORS)] = (
+        msgspec.field(default_factory=list)
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from collector.localbroker import MosquittoBroker, find_mosquitto
-from tests.helpers import NO_MOSQUITTO, skip_without_mosquitto
+from tests.helpers import NO_MOSQUITTO, NO_PROMETHEUS, skip_without_mosquitto
 
 
 @pytest.fixture
@@ -48,6 +48,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         reporter.write_line(
             f"!!! {len(skipped)} integration tests were SKIPPED: Mosquitto is not installed. "
             "Fix: sudo apt-get install -y mosquitto   (then run scripts/test.sh again)",
+            red=True,
+            bold=True,
+        )
+    no_prometheus = [
+        r
+        for r in reporter.stats.get("skipped", [])
+        if NO_PROMETHEUS in str(getattr(r, "longrepr", ""))
+    ]
+    if no_prometheus:
+        reporter.write_line(
+            f"!!! {len(no_prometheus)} metrics tests were SKIPPED: Prometheus (promtool) is not "
+            "installed. Fix: sudo apt-get install -y prometheus   (then run scripts/test.sh again)",
             red=True,
             bold=True,
         )

@@ -55,3 +55,40 @@ def count_samples(db: Path, node: str | None = None) -> int:
     else:
         rows = db_rows(db, "SELECT count(*) FROM samples WHERE node = ?", (node,))
     return int(rows[0][0]) if rows else 0
+
+
+NO_PROMETHEUS: Final = "prometheus is not installed"
+"""In every skip for a missing Prometheus tool (promtool, prometheus): counted like
+:data:`NO_MOSQUITTO` by tests/conftest.py."""
+
+
+def prometheus_tool(name: str) -> str:
+    """The path of ``name`` (``promtool``, ``prometheus``) from Debian's ``prometheus``
+    package; skip the test without it, and fail under ``CI=true`` (``.ci/run`` installs it)."""
+    import shutil  # noqa: PLC0415
+
+    found = shutil.which(name) or (
+        f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
+    )
+    if found is not None:
+        return found
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{NO_PROMETHEUS} ({name} is missing); .ci/run must install it")
+    pytest.skip(f"{NO_PROMETHEUS} ({name} is missing; apt-get install prometheus)")
+
+
+def promtool_check_metrics(text: str) -> tuple[int, list[str]]:
+    """``promtool check metrics`` on ``text``: its exit status (0 clean, 3 lint problems,
+    1 unparsable) and the problems it printed, one per line."""
+    import subprocess  # noqa: PLC0415
+
+    proc = subprocess.run(
+        [prometheus_tool("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return proc.returncode, [line for line in lines if line.strip()]

@@ -26,21 +26,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="DURATION",
         help="how much sampling time to buffer while disconnected (default 1h)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus: dcgm-exporter's GPU names, node_exporter's host "
+        "names), /healthz and /readyz here, e.g. 0.0.0.0:9400 (default: off; env "
+        "CAPWATCH_METRICS_LISTEN)",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build settings (a bad one or a bad TLS file: ConfigError), then run until a signal."""
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     from agent.service import AgentService  # noqa: PLC0415
+    from shared.sdnotify import SdNotifier  # noqa: PLC0415
     from shared.units import parse_duration  # noqa: PLC0415
 
-    extra = (
-        {} if args.buffer is None else {"buffer_s": parse_duration(args.buffer, field="--buffer")}
-    )
+    extra: dict[str, object] = {}
+    if args.buffer is not None:
+        extra["buffer_s"] = parse_duration(args.buffer, field="--buffer")
+    if args.metrics_listen is not None:
+        extra["metrics_listen"] = args.metrics_listen
     settings = settings_from_args(args, **extra)
-    service = AgentService(settings, node_sampler(settings))
+    notifier = SdNotifier.from_environ(os.environ, os.getpid())
+    service = AgentService(settings, node_sampler(settings), notifier=notifier)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

@@ -100,6 +100,20 @@ class Dispatcher:
         self._log = dict(log or {})
         self._groups: dict[str, _Group] = {}
 
+    def prune_log(self, firing: Iterable[Mapping[str, str]]) -> list[str]:
+        """Drop the log entries no group of ``firing`` (the alerts restored at start) can
+        reach again: groups whose alerts all ended while no collector ran, and groups of
+        routes no longer configured. Return their keys (to delete from the store)."""
+        keep = {
+            log_key(group_key(route.key, route.group_labels(labels)), route)
+            for labels in firing
+            for route in routes_for(self._routes, labels)
+        }
+        dropped = [key for key in self._log if key not in keep]
+        for key in dropped:
+            del self._log[key]
+        return dropped
+
     def observe(
         self, firing: Iterable[GroupAlert], resolved: Iterable[GroupAlert], now: float
     ) -> None:
@@ -126,7 +140,7 @@ class Dispatcher:
         return group
 
     def flush(
-        self, now: float, is_muted: Callable[[Mapping[str, str]], bool]
+        self, now: float, is_muted: Callable[[GroupAlert], bool]
     ) -> tuple[list[Flush], dict[str, Notified], list[str]]:
         """Flush the groups that are due: the notifications, the log entries to store, and
         the keys of groups that are gone (their entries to delete); both keyed by
@@ -138,9 +152,7 @@ class Dispatcher:
             if now < group.next_flush:
                 continue
             group.next_flush = now + group.route.group_interval_s
-            live = [
-                a for a in group.alerts.values() if a.ends_at is None and not is_muted(a.labels)
-            ]
+            live = [a for a in group.alerts.values() if a.ends_at is None and not is_muted(a)]
             done = [a for a in group.alerts.values() if a.ends_at is not None]
             firing = frozenset(a.fingerprint for a in live)
             resolved = frozenset(a.fingerprint for a in done)

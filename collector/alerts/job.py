@@ -8,10 +8,11 @@ of the previous run, so a restarted collector neither forgets nor re-announces t
 
 Notifications: the firing alerts and the resolutions go to the :class:`Dispatcher` (routes,
 groups, the notification log); the silences in force are read back at every evaluation (one
-indexed query) and, with the ``NodeOffline`` inhibition, mute alerts. Each group flush that
-sends becomes one outbox row per receiver of its route (the webhook body, fixed once, and an
-idempotency key), written with the notification log entry in the same transaction as the
-changes; after the commit they are offered to the delivery task (``notify``).
+indexed query) and, with the inhibit rules (default: ``NodeOffline`` mutes its node), mute
+alerts. Alertmanagers (``push``) get every firing alert and resolution, unmuted. Each group
+flush that sends becomes one outbox row per receiver of its route (the webhook body, fixed
+once, and an idempotency key), written with the notification log entry in the same
+transaction as the changes; after the commit they are offered to the delivery task (``notify``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from typing import TYPE_CHECKING, Final
 from collector.alerts.group import Dispatcher, Flush, GroupAlert, Notified
 from collector.alerts.route import Route, default_route
 from collector.alerts.rule import AlertState, Evaluator, Transition
-from collector.alerts.silence import Silence, inhibiting_nodes, muted, silence_from_row
+from collector.alerts.silence import (
+    DEFAULT_INHIBIT_RULES,
+    Inhibitor,
+    InhibitRule,
+    Silence,
+    inhibit_rules_to_json,
+    muted,
+    silence_from_row,
+)
 from collector.alerts.webhook import group_body
 from collector.live import LiveView
 from collector.store.db import AlertChange, GroupLog, OutboxEntry, OutboxNew, Store
@@ -77,6 +86,8 @@ class AlertJob:
         external_url: str = "",
         notify: Callable[[list[OutboxEntry]], None] | None = None,
         routes: Sequence[Route] | None = None,
+        inhibit_rules: Sequence[InhibitRule] = DEFAULT_INHIBIT_RULES,
+        push: Callable[[list[GroupAlert], list[GroupAlert], float], None] | None = None,
     ) -> None:
         self.name = "alerts"
         self._receivers = {r.name: r for r in receivers}
@@ -86,6 +97,8 @@ class AlertJob:
         self._dispatcher = Dispatcher(self._routes)
         self._external_url = external_url.rstrip("/")
         self._notify = notify
+        self._inhibit_rules = tuple(inhibit_rules)
+        self._push = push
         self.interval_s = interval_s
         self._evaluator = evaluator
         self._view = view
@@ -119,6 +132,13 @@ class AlertJob:
             for g in await store.alert_groups()
         }
         self._dispatcher = Dispatcher(self._routes, log_entries)
+        orphans = self._dispatcher.prune_log(s.labels for s in states if s.state == "firing")
+        if orphans:
+            await store.write_alerts([], self._keep_history_s, forget_groups=orphans)
+            log.info("alert_groups_pruned", groups=len(orphans))
+        # `collector alerts` marks inhibited alerts by the rules this collector applies.
+        rules = inhibit_rules_to_json(self._inhibit_rules)
+        await store.write_batch([], meta=[("inhibit_rules", rules)])
         if states:
             log.info("alerts_restored", alerts=len(states))
         return len(states)
@@ -141,12 +161,14 @@ class AlertJob:
         ]
         self._dispatcher.observe(firing, resolved, now)
         silences = await self._silences(store, now)
-        offline = inhibiting_nodes(a.labels for a in firing)
+        inhibitor = Inhibitor(self._inhibit_rules, ((a.fingerprint, a.labels) for a in firing))
         flushes, logged, gone = self._dispatcher.flush(
-            now, lambda labels: muted(labels, silences, offline, now)
+            now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )
         if not (transitions or flushes or logged or gone):
             self.evaluated_at = now
+            if self._push is not None:
+                self._push(firing, resolved, now)
             return
         outbox = [n for f in flushes for n in self._notifications(f, now)]
         groups = [
@@ -163,6 +185,8 @@ class AlertJob:
         )
         if entries and self._notify is not None:
             self._notify(entries)  # committed: now the delivery may send them
+        if self._push is not None:
+            self._push(firing, resolved, now)
         self.evaluated_at = now
         for t in transitions:
             if t.notify:

@@ -19,13 +19,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["ALL_LABELS", "Matcher", "Route", "default_route", "parse_matcher", "routes_for"]
+__all__ = [
+    "ALL_LABELS",
+    "Matcher",
+    "Route",
+    "default_route",
+    "make_matcher",
+    "parse_matcher",
+    "routes_for",
+]
 
 ALL_LABELS: Final = "..."
 """``group_by = ["..."]``: group by every label, i.e. one alert per group."""
 
 Op = Literal["=", "!=", "=~", "!~"]
 _MATCHER: Final = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)(.*)\Z", re.DOTALL)
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +68,21 @@ def parse_matcher(text: str) -> Matcher:
     name, op, value = m.group(1), m.group(2), m.group(3).strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
+    return make_matcher(name, op, value, text=text)
+
+
+def make_matcher(name: str, op: str, value: str, *, text: str | None = None) -> Matcher:
+    """A matcher from its parts (``op``: ``=``, ``!=``, ``=~``, ``!~``); :class:`ValueError`
+    says what is wrong (about ``text``, the matcher as written, when given)."""
+    shown = text if text is not None else f"{name}{op}{value}"
+    if op not in ("=", "!=", "=~", "!~") or not _LABEL_NAME.match(name):
+        raise ValueError(f"{shown!r} is not a matcher: use name=value, name!=value, ...")
     regex = None
     if op in ("=~", "!~"):
         try:
             regex = re.compile(f"(?:{value})", re.DOTALL)  # fullmatch: anchored at both ends
         except re.error as exc:
-            raise ValueError(f"{text!r}: bad regular expression: {exc}") from None
+            raise ValueError(f"{shown!r}: bad regular expression: {exc}") from None
     return Matcher(name, op, value, regex)  # type: ignore[arg-type]
 
 

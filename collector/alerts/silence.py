@@ -2,11 +2,18 @@
 
 A :class:`Silence` mutes every alert whose labels match all its matchers between
 ``starts_at`` and ``ends_at`` (``collector silence add|list|expire``; stored by
-:mod:`collector.store.silences`). Inhibition, fixed: a firing ``NodeOffline`` alert mutes
-every other alert of the same ``node`` (a dead node's GPUs say nothing new).
+:mod:`collector.store.silences`).
 
-Muted alerts still show in ``collector alerts`` (``silenced``), but are left out of
-notifications; when the silence ends they count as new and are notified.
+Inhibition, as Alertmanager's ``inhibit_rules``: an :class:`InhibitRule` mutes every alert
+matching its ``target`` matchers while a firing alert matching its ``source`` matchers has
+the same values of the ``equal`` labels (a label missing on both counts as equal). An alert
+never inhibits itself. Sources inhibit even when they are silenced themselves, as in
+Alertmanager. The default (``[[inhibit_rules]]`` unset) is one rule: a firing
+``NodeOffline`` mutes every other alert of the same ``node`` (a dead node's GPUs say
+nothing new).
+
+Muted alerts still show in ``collector alerts`` (``silenced`` / ``inhibited``), but are left
+out of notifications; when the silence ends they count as new and are notified.
 """
 
 from __future__ import annotations
@@ -16,11 +23,94 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from collector.alerts.route import Matcher, parse_matcher
+from collector.alerts.route import Matcher, make_matcher, parse_matcher
 
-__all__ = ["INHIBITING_RULE", "Silence", "inhibiting_nodes", "muted", "silence_from_row"]
+__all__ = [
+    "DEFAULT_INHIBIT_RULES",
+    "INHIBITING_RULE",
+    "InhibitRule",
+    "Inhibitor",
+    "Silence",
+    "inhibit_rules_from_json",
+    "inhibit_rules_to_json",
+    "muted",
+    "silence_from_row",
+]
 
 INHIBITING_RULE: Final = "NodeOffline"
+
+
+@dataclass(frozen=True, slots=True)
+class InhibitRule:
+    """Alertmanager's inhibit rule: ``source`` alerts mute ``target`` alerts that agree on
+    ``equal``."""
+
+    source: tuple[Matcher, ...]
+    target: tuple[Matcher, ...]
+    equal: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, list[Any]]:
+        """The rule as ``[name, op, value]`` triples (how the collector records it)."""
+        return {
+            "source": [[m.name, m.op, m.value] for m in self.source],
+            "target": [[m.name, m.op, m.value] for m in self.target],
+            "equal": list(self.equal),
+        }
+
+
+DEFAULT_INHIBIT_RULES: Final = (
+    InhibitRule(
+        (parse_matcher(f"alertname={INHIBITING_RULE}"),),
+        (parse_matcher(f"alertname!={INHIBITING_RULE}"),),
+        ("node",),
+    ),
+)
+
+
+def inhibit_rules_to_json(rules: Sequence[InhibitRule]) -> str:
+    """The rules in force as JSON (stored in ``meta`` so ``collector alerts`` agrees)."""
+    return json.dumps([r.as_json() for r in rules], ensure_ascii=False)
+
+
+def inhibit_rules_from_json(text: str) -> tuple[InhibitRule, ...]:
+    """Rules written by :func:`inhibit_rules_to_json`; :class:`ValueError` if unreadable."""
+    try:
+        return tuple(
+            InhibitRule(
+                tuple(make_matcher(*m) for m in r["source"]),
+                tuple(make_matcher(*m) for m in r["target"]),
+                tuple(str(e) for e in r["equal"]),
+            )
+            for r in json.loads(text)
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"unreadable inhibit rules: {exc}") from None
+
+
+class Inhibitor:
+    """The inhibitions in force for one set of firing alerts (built once per evaluation)."""
+
+    def __init__(
+        self, rules: Sequence[InhibitRule], firing: Iterable[tuple[str, Mapping[str, str]]]
+    ) -> None:
+        self._rules = list(rules)
+        # Per rule: the `equal` values of its firing sources -> their fingerprints.
+        self._sources: list[dict[tuple[str, ...], set[str]]] = [{} for _ in self._rules]
+        for fp, labels in firing:
+            for rule, index in zip(self._rules, self._sources, strict=True):
+                if all(m.matches(labels) for m in rule.source):
+                    key = tuple(labels.get(name, "") for name in rule.equal)
+                    index.setdefault(key, set()).add(fp)
+
+    def inhibits(self, labels: Mapping[str, str], fingerprint: str = "") -> bool:
+        """Whether an alert with ``labels`` (and ``fingerprint``) is inhibited."""
+        for rule, index in zip(self._rules, self._sources, strict=True):
+            if not index or not all(m.matches(labels) for m in rule.target):
+                continue
+            sources = index.get(tuple(labels.get(name, "") for name in rule.equal))
+            if sources and (len(sources) > 1 or fingerprint not in sources):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,19 +139,14 @@ def silence_from_row(row: Sequence[Any]) -> Silence:
     return Silence(int(id_), parsed, float(starts_at), float(ends_at), str(comment), str(author))
 
 
-def inhibiting_nodes(firing: Iterable[Mapping[str, str]]) -> frozenset[str]:
-    """Nodes with a firing ``NodeOffline`` alert (their other alerts are inhibited)."""
-    return frozenset(
-        labels["node"]
-        for labels in firing
-        if labels.get("alertname") == INHIBITING_RULE and "node" in labels
-    )
-
-
 def muted(
-    labels: Mapping[str, str], silences: Sequence[Silence], offline: frozenset[str], now: float
+    labels: Mapping[str, str],
+    silences: Sequence[Silence],
+    inhibitor: Inhibitor | None,
+    now: float,
+    fingerprint: str = "",
 ) -> bool:
-    """Whether an alert notifies nobody: silenced, or inhibited by its node being offline."""
-    if labels.get("alertname") != INHIBITING_RULE and labels.get("node") in offline:
+    """Whether an alert notifies nobody: silenced, or inhibited."""
+    if inhibitor is not None and inhibitor.inhibits(labels, fingerprint):
         return True
     return any(s.mutes(labels, now) for s in silences)

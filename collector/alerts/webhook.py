@@ -38,6 +38,7 @@ __all__ = [
     "Verdict",
     "backoff_s",
     "classify",
+    "generator_url",
     "group_body",
     "group_key",
     "retry_after_s",
@@ -56,6 +57,11 @@ BACKOFF_CAP_S: Final = 60.0
 def rfc3339(t: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.250Z``."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def generator_url(external_url: str, fingerprint: str) -> str:
+    """Where an alert is shown (``generatorURL``): empty without an external URL."""
+    return f"{external_url}/alerts?fingerprint={fingerprint}" if external_url else ""
 
 
 def _label_set(labels: Mapping[str, str]) -> str:
@@ -131,9 +137,7 @@ def group_body(
             "annotations": dict(a.annotations),
             "startsAt": rfc3339(a.starts_at),
             "endsAt": ZERO_TIME if a.ends_at is None else rfc3339(a.ends_at),
-            "generatorURL": (
-                f"{external_url}/alerts?fingerprint={a.fingerprint}" if external_url else ""
-            ),
+            "generatorURL": generator_url(external_url, a.fingerprint),
             "fingerprint": a.fingerprint,
         }
         for a in alerts

@@ -41,6 +41,22 @@ COMMANDS: Final = {
         "collector.cli.solve",
         "size a cluster under a power cap: how many GPUs fit, and why not more",
     ),
+    "inventory": (
+        "collector.cli.inventory",
+        "hardware per node as components (per pool, --node, import FILE of declared nodes)",
+    ),
+    "pool": (
+        "collector.cli.pool",
+        "named sets of nodes: list, show, create, delete, add, remove, apply -p PATTERN",
+    ),
+    "capacity": (
+        "collector.cli.capacity",
+        "live draw under the site's cap: headroom, what still fits, what-if --add/--remove",
+    ),
+    "plot": (
+        "collector.cli.plot",
+        "PNG pictures: utilisation and power over time, capacity history, rack treemap",
+    ),
     "lease": (
         "collector.cli.lease",
         "leases of pools or nodes to tenants: add, list, show, cancel (notice), extend, renew",

@@ -70,11 +70,19 @@ def _labels(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in skip)
 
 
-def _mark_muted(rows: list[dict[str, Any]], in_force: list[dict[str, Any]], now: float) -> None:
-    """Add ``silenced`` (bool), ``silenced_by`` (silence ids) and ``inhibited`` (a firing
-    NodeOffline of the same node) to each alert, as the collector decides them."""
+def _mark_muted(
+    rows: list[dict[str, Any]], in_force: list[dict[str, Any]], rules: str | None, now: float
+) -> None:
+    """Add ``silenced`` (bool), ``silenced_by`` (silence ids) and ``inhibited`` (by the
+    inhibit rules the collector last recorded, ``rules``) to each alert, as the collector
+    decides them."""
     from collector.alerts.route import parse_matcher  # noqa: PLC0415
-    from collector.alerts.silence import Silence, inhibiting_nodes, muted  # noqa: PLC0415
+    from collector.alerts.silence import (  # noqa: PLC0415
+        DEFAULT_INHIBIT_RULES,
+        Inhibitor,
+        Silence,
+        inhibit_rules_from_json,
+    )
 
     active = [
         Silence(
@@ -82,11 +90,17 @@ def _mark_muted(rows: list[dict[str, Any]], in_force: list[dict[str, Any]], now:
         )
         for s in in_force
     ]
-    offline = inhibiting_nodes(a["labels"] for a in rows if a["state"] == "firing")
+    try:
+        in_use = DEFAULT_INHIBIT_RULES if rules is None else inhibit_rules_from_json(rules)
+    except ValueError:
+        in_use = DEFAULT_INHIBIT_RULES
+    inhibitor = Inhibitor(
+        in_use, ((a["fingerprint"], a["labels"]) for a in rows if a["state"] == "firing")
+    )
     for a in rows:
         by = [s.id for s in active if s.mutes(a["labels"], now)]
         a["silenced_by"] = by
-        a["inhibited"] = muted(a["labels"], [], offline, now)
+        a["inhibited"] = inhibitor.inhibits(a["labels"], a["fingerprint"])
         a["silenced"] = bool(by) or a["inhibited"]
 
 
@@ -116,7 +130,12 @@ def _muted_text(a: dict[str, Any]) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the alerts or their history."""
-    from collector.store.queries import active_alerts, alert_history, silences  # noqa: PLC0415
+    from collector.store.queries import (  # noqa: PLC0415
+        active_alerts,
+        alert_history,
+        meta_value,
+        silences,
+    )
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
@@ -131,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             rows = alert_history(store, now - since_s, max(1, args.limit))
         else:
             rows = active_alerts(store)
-            _mark_muted(rows, silences(store, now), now)
+            _mark_muted(rows, silences(store, now), meta_value(store, "inhibit_rules"), now)
     if args.json:
         print_json({"history" if args.history else "alerts": rows})
         return 0

@@ -52,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
         }
         for r in rules
     ]
+    if settings.capacity.plan is not None:
+        from collector.capacity.job import CapacityState  # noqa: PLC0415
+        from collector.capacity.rules import CapacityRuleSettings, capacity_rules  # noqa: PLC0415
+
+        rows.extend(
+            {
+                "name": r.name,
+                "severity": r.severity,
+                "for_s": r.for_s,
+                "keep_firing_for_s": r.keep_firing_for_s,
+                "summary": r.summary,
+                "source": f"capacity ({settings.capacity.plan})",
+            }
+            for r in capacity_rules(CapacityState(), CapacityRuleSettings.of(settings.capacity))
+        )
     from collector.governance.job import GovernanceView  # noqa: PLC0415
     from collector.governance.rules import governance_rules  # noqa: PLC0415
 

@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "capwatch-collector)",
     )
     p.add_argument("--retention", metavar="DURATION", help="keep raw samples this long (e.g. 24h)")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus: ingest health, fleet aggregates, alert counts; no "
+        "per-GPU series), /healthz and /readyz here, e.g. 127.0.0.1:9474 (default: off)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from shared.units import parse_duration  # noqa: PLC0415
 
     extra: dict[str, Any] = {"client_id": args.client_id}
+    if args.metrics_listen is not None:
+        extra["metrics_listen"] = args.metrics_listen
     if args.retention is not None:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
     settings = settings_from_args(args, **extra)
@@ -67,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(settings: CollectorSettings) -> None:
     import asyncio  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
     from collector.service import Collector  # noqa: PLC0415
+    from shared.sdnotify import SdNotifier  # noqa: PLC0415
 
-    collector = Collector(settings)
+    notifier = SdNotifier.from_environ(os.environ, os.getpid())
+    collector = Collector(settings, notifier=notifier)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, collector.stop)

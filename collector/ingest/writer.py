@@ -71,6 +71,7 @@ class Writer:
         counters_every_s: float = _COUNTERS_EVERY_S,
         extra_counters: Callable[[], dict[str, int]] | None = None,
         jobs: Sequence[Job] = (),
+        on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -86,6 +87,10 @@ class Writer:
         self._jobs = list(jobs)
         self.counters: Counter[str] = ingestor.counters
         self._known_nodes: set[str] = set()
+        self._on_commit = on_commit
+        """Called with each batch's commit time in seconds (the metrics histogram)."""
+        self.last_commit: float | None = None
+        """Clock monotonic time of the last commit (a batch or the counters); /readyz reads it."""
 
     async def run(self) -> None:
         """Store until a :class:`StopUnit` arrives; raise :class:`StoreError` if the store fails."""
@@ -176,6 +181,10 @@ class Writer:
         items = [item for unit in units for item in unit.items]
         t0 = self._clock.monotonic()
         await self._store_items(items)
+        done = self._clock.monotonic()
+        self.last_commit = done
+        if self._on_commit is not None:
+            self._on_commit(done - t0)
         acked = 0
         for unit in units:
             if unit.acks and unit.link is not None:
@@ -260,6 +269,7 @@ class Writer:
         await self._store.write_counters(
             counters, self._clock.time(), self._ingestor.take_node_rejects()
         )
+        self.last_commit = self._clock.monotonic()
         trimmed = await self._store.trim_quarantine(self._quarantine_max_rows)
         if trimmed:
             self.counters["quarantine_trimmed"] += trimmed

@@ -37,7 +37,7 @@ from collector.power.model import (
 )
 from shared.errors import ConfigError, PlanError
 
-__all__ = ["load_plan", "parse_plan", "with_param"]
+__all__ = ["load_plan", "parse_plan", "read_plan_document", "with_param"]
 
 _NEW_TOP_LEVEL = ("site", "node_types", "fabric")
 
@@ -191,7 +191,12 @@ def _site_from(data: Mapping[str, object], keys: list[str], path: str) -> Site:
 
 
 def parse_plan(data: Mapping[str, object]) -> Plan:
-    """A checked :class:`Plan` from a parsed JSON/TOML document (either layout)."""
+    """A checked :class:`Plan` from a parsed JSON/TOML document (either layout).
+
+    A top-level ``capacity`` table is not the solver's: :mod:`collector.capacity` reads it
+    (node-type matching, racks), so it is left out here.
+    """
+    data = {k: v for k, v in data.items() if k != "capacity"}
     site_keys = [f.name for f in fields(Site)]
     if "node" in data:  # the old tool's config
         for key in data:
@@ -228,6 +233,11 @@ def parse_plan(data: Mapping[str, object]) -> Plan:
 
 def load_plan(path: Path) -> Plan:
     """Read and check a ``.json`` or ``.toml`` plan file."""
+    return parse_plan(read_plan_document(path))
+
+
+def read_plan_document(path: Path) -> Mapping[str, object]:
+    """The parsed (not yet checked) document of a ``.json`` or ``.toml`` plan file."""
     suffix = path.suffix.lower()
     if suffix not in (".json", ".toml"):
         raise ConfigError(
@@ -245,7 +255,7 @@ def load_plan(path: Path) -> Plan:
         raise ConfigError(f"{path} is not valid {kind}: {exc}", field="--config") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the plan must be an object at the top", field="--config")
-    return parse_plan(data)
+    return data
 
 
 _INDEX = re.compile(r"node_types\[(?P<key>[^\]]+)\]")

@@ -504,6 +504,11 @@ class Store:
         except Exception as exc:
             raise await self._failed(what, exc) from exc
 
+    def transaction(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """One write transaction for the table modules beside this one (e.g. capacity
+        snapshots): committed on success, else rolled back into a :class:`StoreError`."""
+        return self._transaction(what)
+
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
 

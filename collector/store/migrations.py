@@ -232,12 +232,56 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         """,
     ),
     (
+        # Inventories declared for nodes that run no agent yet (`collector inventory import`;
+        # an agent's own in `nodes` wins), and every pool move with the command that made it.
+        "0010_inventory_and_pools",
+        """
+        CREATE TABLE declared_inventories (
+            node TEXT PRIMARY KEY,
+            inventory BLOB NOT NULL,      -- JSON in the inventory topic's shape, validated
+            declared REAL NOT NULL
+        );
+        CREATE TABLE pool_moves (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            node TEXT NOT NULL,
+            from_pool TEXT NOT NULL,      -- 'free' for no pool
+            to_pool TEXT NOT NULL,
+            reason TEXT NOT NULL          -- the command: 'apply zinal:a100:4', 'add', ...
+        );
+        """,
+    ),
+    (
+        # Capacity snapshots: the live power picture every capacity cycle (written by the
+        # collector's capacity job when a site plan is configured), kept for
+        # `collector capacity` and `collector plot capacity`; summary columns for plots and
+        # alerts, the whole picture as JSON in `detail`.
+        "0011_capacity_snapshots",
+        """
+        CREATE TABLE capacity_snapshots (
+            at REAL NOT NULL,             -- collector clock, Unix seconds
+            cap_w REAL NOT NULL,          -- the IT budget
+            it_w REAL NOT NULL,           -- live IT draw (nodes + fabric)
+            facility_w REAL,              -- it_w x PUE, when the plan has a PUE
+            headroom_w REAL NOT NULL,
+            worst_it_w REAL NOT NULL,     -- every node at nameplate
+            nodes INTEGER NOT NULL,
+            stale_nodes INTEGER NOT NULL, -- counted on the stale basis (nameplate by default)
+            unmatched_nodes INTEGER NOT NULL,
+            clamped_nodes INTEGER NOT NULL,
+            binding TEXT,
+            detail TEXT NOT NULL          -- the whole picture, JSON
+        );
+        CREATE INDEX capacity_snapshots_at ON capacity_snapshots (at);
+        """,
+    ),
+    (
         # Tenants, cohorts and quotas (Kueue's semantics), and leases of pools or nodes to
         # tenants. Written by `collector lease|quota|apply` (collector/store/governance.py),
         # which bump meta `governance_generation` in the same transaction: the collector
         # reloads the whole state when it changes. Lease dates are calendar dates in the
         # lease's zone; start_at/end_at are their instants, kept for overlap queries.
-        "leases_and_quotas",
+        "0012_leases_and_quotas",
         """
         CREATE TABLE cohorts (
             name TEXT PRIMARY KEY,

@@ -21,6 +21,7 @@ __all__ = [
     "dead_letters",
     "fleet_summary",
     "gpu_rows",
+    "meta_value",
     "node_samples",
     "node_state",
     "printable",
@@ -286,3 +287,11 @@ def silences(store: StoreReader, now: float, *, expired: bool = False) -> list[d
         item["matchers"] = json.loads(r["matchers"])
         out.append(item)
     return out
+
+
+def meta_value(store: StoreReader, key: str) -> str | None:
+    """A fact the collector recorded in ``meta`` (``None``: never recorded)."""
+    if not store.has_table("meta"):
+        return None
+    rows = store.fetchall("SELECT value FROM meta WHERE key = ?", (key,))
+    return str(rows[0][0]) if rows else None

@@ -138,6 +138,9 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "alerts": "[alerts]",
         "receivers": "[[receivers]]",
         "routes": "[[routes]]",
+        "alertmanagers": "[[alertmanagers]]",
+        "inhibit_rules": "[[inhibit_rules]]",
+        "capacity": "[capacity]",
         "governance": "[governance]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}

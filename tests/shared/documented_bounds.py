@@ -122,6 +122,12 @@ NUMBERS: dict[str, dict[str, Bound]] = {
         "gpus[].power_limit_w": _GPU_W,
         "gpus[].mem_total_bytes": _GPU_BYTES,
         "nics[].speed_mbps": _i(1, s.MAX_NIC_SPEED_MBPS),
+        "cpus[].sockets": _i(1, s.MAX_CPU_PACKAGES),
+        "mem_installed_bytes": _HOST_BYTES,
+        "mem_dimms": _i(1, s.MAX_DIMMS),
+        "accelerators[].vendor_id": _i(0, s.MAX_PCI_ID),
+        "accelerators[].device_id": _i(0, s.MAX_PCI_ID),
+        "accelerators[].pci_class": _i(0, s.MAX_PCI_CLASS),
     },
     "status": {"ts": _TS},
 }
@@ -135,7 +141,12 @@ LISTS: dict[str, dict[str, int]] = {
         "gpus[].processes": s.MAX_PROCESSES_PER_GPU,
         "xids": s.MAX_XIDS,
     },
-    "inventory": {"gpus": s.MAX_GPUS, "nics": s.MAX_NICS},
+    "inventory": {
+        "gpus": s.MAX_GPUS,
+        "nics": s.MAX_NICS,
+        "cpus": s.MAX_CPU_PACKAGES,
+        "accelerators": s.MAX_ACCELERATORS,
+    },
     "status": {},
 }
 
@@ -163,6 +174,10 @@ STRINGS: dict[str, dict[str, Text]] = {
         "gpu_status": Text(pattern=s.GPU_STATUS_PATTERN),
         "nics[].name": Text(s.MAX_NIC_NAME_LEN),
         "nics[].mac": Text(pattern=s.MAC_PATTERN),
+        "nics[].model": Text(s.MAX_MODEL_NAME_LEN),
+        "cpus[].model": Text(s.MAX_MODEL_NAME_LEN, min_length=0),
+        "accelerators[].name": Text(s.MAX_MODEL_NAME_LEN),
+        "accelerators[].pci_bus_id": Text(pattern=s.PCI_BUS_ID_PATTERN),
     },
     "status": {"node": _NODE},
 }

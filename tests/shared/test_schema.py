@@ -8,6 +8,7 @@ import pytest
 from agent.simulate import FleetSimulator
 from shared.errors import SchemaError
 from shared.schema import decode_inventory, decode_sample, decode_status, encode
+from tests.shared.wire_samples import inventory_dict
 
 
 def _sample_dict() -> dict[str, object]:
@@ -79,3 +80,14 @@ def test_inventory_and_status_decode() -> None:
     assert decode_status(b'{"v":1,"node":"n1","status":"offline"}').status == "offline"
     with pytest.raises(SchemaError):
         decode_status(b'{"v":1,"node":"n1","status":"sleeping"}')
+
+
+def test_inventory_from_an_agent_before_the_hardware_fields_still_decodes() -> None:
+    """cpus, memory modules, accelerators and NIC models are optional additions."""
+    d = inventory_dict()
+    for key in ("cpus", "mem_installed_bytes", "mem_dimms", "accelerators"):
+        del d[key]
+    for nic in d["nics"]:
+        del nic["model"], nic["up"]
+    inv = decode_inventory(msgspec.json.encode(d))
+    assert (inv.cpus, inv.accelerators, inv.mem_dimms, inv.nics[0].model) == ([], [], None, None)

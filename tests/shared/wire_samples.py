@@ -150,12 +150,32 @@ def inventory_dict() -> dict[str, Any]:
         "gpu_driver": "550.54.15",
         "gpu_status": "ok",
         "nics": [
-            {"name": "eno1", "speed_mbps": 25_000, "mac": "02:fc:00:00:00:01"},
+            {
+                "name": "eno1",
+                "speed_mbps": 25_000,
+                "mac": "02:fc:00:00:00:01",
+                "model": "Broadcom Inc. and subsidiaries BCM57414 NetXtreme-E 10Gb/25Gb",
+                "up": True,
+            },
             {
                 "name": "ibp26s0",
                 "speed_mbps": 400_000,
                 "mac": "80:00:02:08:fe:80:00:00:00:00:00:00:b8:59:9f:03:00:f2:3c:6e",
+                "model": "Mellanox Technologies MT2910 Family [ConnectX-7]",
+                "up": False,
             },
+        ],
+        "cpus": [{"model": "AMD EPYC 9654 96-Core Processor", "sockets": 2}],
+        "mem_installed_bytes": 2_199_023_255_552,
+        "mem_dimms": 24,
+        "accelerators": [
+            {
+                "vendor_id": 0x1002,
+                "device_id": 0x74A1,
+                "name": "AMD Instinct MI300X",
+                "pci_bus_id": "0000:c1:00.0",
+                "pci_class": 0x120000,
+            }
         ],
     }
 

@@ -15,7 +15,7 @@ import io
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from collector.alerts.fingerprint import fingerprint
 from collector.alerts.job import AlertJob
 from collector.alerts.route import ALL_LABELS, Route
 from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.alerts.silence import DEFAULT_INHIBIT_RULES, InhibitRule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
 from collector.cli import main as collector_main
 from collector.ingest.reader import StopUnit, WriterItem
@@ -94,6 +95,7 @@ async def running(
     receivers: list[ReceiverSettings],
     clock: FakeClock | None = None,
     routes: list[Route] | None = None,
+    inhibit_rules: Sequence[InhibitRule] = DEFAULT_INHIBIT_RULES,
 ) -> AsyncIterator[Rig]:
     """The collector's alert and delivery path, stopped (writer first) when the test ends.
 
@@ -132,6 +134,7 @@ async def running(
             external_url="http://capwatch.example:8080",
             notify=delivery.offer,
             routes=routes,
+            inhibit_rules=inhibit_rules,
         )
         await job.restore(store, hold_s=0.0)
         writer = Writer(store, queue, Ingestor(clock), clock, jobs=[job])

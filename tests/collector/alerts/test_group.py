@@ -7,10 +7,12 @@ fake clock, against a real HTTP receiver on loopback (see ``test_delivery``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from collector.alerts.route import ALL_LABELS, Route, parse_matcher
+from collector.alerts.silence import InhibitRule
 from collector.store.silences import add_silence, expire_silence
 from shared.clock import FakeClock
 from tests.collector.alerts.receiver import Receiver
@@ -26,6 +28,10 @@ def _route(*names: str, group_by: tuple[str, ...] = ("alertname",), **kw: Any) -
 
 def _bodies(rx: Receiver) -> list[dict[str, Any]]:
     return [json.loads(r.body) for r in rx.received()]
+
+
+def _received(rx: Receiver, n: int) -> Callable[[], bool]:
+    return lambda: len(rx.received()) == n
 
 
 def _nodes(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -149,6 +155,39 @@ async def test_node_offline_inhibits_that_nodes_other_alerts(tmp_path: Path) -> 
     assert got == [("NodeOffline", "n1"), ("TestAlert", "n2")]
 
 
+async def test_configured_inhibit_rules_replace_the_default(tmp_path: Path) -> None:
+    """``inhibit_rules = []`` turns inhibition off (n1's TestAlert is notified despite
+    NodeOffline); a rule with no ``equal`` label mutes the target on every node."""
+    for rules, expected in (
+        ((), [("NodeOffline", "n1"), ("TestAlert", "n1"), ("TestAlert", "n2")]),
+        (
+            (
+                InhibitRule(
+                    (parse_matcher("alertname=NodeOffline"),),
+                    (parse_matcher("alertname=TestAlert"),),
+                ),
+            ),
+            [("NodeOffline", "n1")],
+        ),
+    ):
+        with Receiver().serve() as rx:
+            async with running(
+                tmp_path / str(len(expected)), [receiver_settings(rx.url)], inhibit_rules=rules
+            ) as rig:
+                rig.offline.active.add("n1")
+                rig.switch.active |= {"n1", "n2"}
+                await rig.tick(1.0)
+                await wait_until(_received(rx, len(expected)), what="the notifications")
+                for _ in range(3):
+                    await rig.tick(5.0)
+        got = sorted(
+            (a["labels"]["alertname"], a["labels"]["node"])
+            for b in _bodies(rx)
+            for a in b["alerts"]
+        )
+        assert got == expected
+
+
 async def test_a_restart_does_not_notify_a_notified_group_again(tmp_path: Path) -> None:
     """The notification log is in the store: a new collector on it stays quiet."""
     clock = FakeClock()
@@ -169,3 +208,25 @@ async def test_a_restart_does_not_notify_a_notified_group_again(tmp_path: Path) 
             assert db_rows(again.db, "SELECT group_key, notified_at FROM alert_groups") == logged
     assert len(rx.received()) == 1
     assert ALL_LABELS not in routes[0].group_by
+
+
+async def test_a_restart_forgets_groups_no_alert_can_reach(tmp_path: Path) -> None:
+    """The log entry of a group that no restored alert belongs to (here: its route is gone
+    from the configuration) is deleted at start instead of staying in the store for ever;
+    the entries of groups still reachable are kept."""
+    clock = FakeClock()
+    old_routes = [_route("hook", match=["node=n1"]), _route("hook")]
+    with Receiver().serve() as rx:
+        settings = [receiver_settings(rx.url)]
+        async with running(tmp_path, settings, clock=clock, routes=old_routes) as rig:
+            rig.switch.active |= {"n1", "n2"}
+            await rig.tick(1.0)
+            await rig.tick(5.0)
+            await wait_until(_received(rx, 2), what="one message per route")
+        logged = dict(db_rows(rig.db, "SELECT group_key, notified_at FROM alert_groups"))
+        assert len(logged) == 2
+        async with running(tmp_path, settings, clock=clock, routes=old_routes[1:]) as again:
+            kept = dict(db_rows(again.db, "SELECT group_key, notified_at FROM alert_groups"))
+    (key,) = kept
+    assert "node=" not in key
+    assert kept[key] == logged[key]

@@ -104,7 +104,7 @@ def test_two_routes_with_one_group_key_are_two_groups() -> None:
     dispatcher = Dispatcher([first, second])
     alert = GroupAlert("f1", {"alertname": "A"}, {}, 1.0)
     dispatcher.observe([alert], [], 1.0)
-    flushes, logged, gone = dispatcher.flush(1.0, lambda labels: False)
+    flushes, logged, gone = dispatcher.flush(1.0, lambda alert: False)
     assert [(f.group_key, f.route.receivers) for f in flushes] == [
         ('{}:{alertname="A"}', ("a",)),
         ('{}:{alertname="A"}', ("b",)),

@@ -1,0 +1,431 @@
+"""The agent's ``/metrics``: the sample it just took, as Prometheus metric families.
+
+No extra sampling: :meth:`AgentExposition.update` keeps a reference to each sample the
+service publishes (and the few things a single sample does not carry: the last XID per GPU,
+ECC and remapped rows from the last slow tick); a scrape turns that into metric families in
+the HTTP thread. Samples are immutable, so the thread reads them without locks.
+
+Names (the README's table lists every one):
+
+* GPU metrics use **dcgm-exporter's names, labels and units** (``DCGM_FI_DEV_POWER_USAGE``
+  in W, ``DCGM_FI_DEV_FB_USED`` in MiB, ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` in mJ, ...;
+  labels ``gpu``, ``UUID``, ``pci_bus_id``, ``device``, ``modelName``, ``Hostname``,
+  ``DCGM_FI_DRIVER_VERSION``), so dashboards built for dcgm-exporter work unchanged.
+  dcgm-exporter types its counters ``counter`` without the ``_total`` suffix that
+  prometheus_client adds to every counter; to keep the exact names those families are
+  exposed untyped (PromQL's ``rate()`` reads them the same).
+* Host metrics use node_exporter's names where node_exporter has the same quantity
+  (``node_load1``, ``node_memory_MemAvailable_bytes``, ``node_network_receive_errs_total``);
+  rates node_exporter leaves to PromQL (CPU busy, bytes/s) are ``capwatch_node_*``.
+* What neither has: ``capwatch_gpu_power_interval_watts`` (mean power over the last
+  interval from the energy counter: the accurate figure), ``capwatch_node_cpu_power_watts``
+  (RAPL), and the agent's own health (``capwatch_agent_*``).
+
+A field the device does not report (``None``) is left out, as dcgm-exporter leaves out
+blank fields: absent, never 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from shared.schema import GpuEcc, GpuInfo, GpuRemappedRows, GpuSample, Inventory, Sample
+
+__all__ = ["DCGM_LABELS", "AgentExposition", "AgentStats", "dcgm_families", "host_families"]
+
+DCGM_LABELS: Final = (
+    "gpu",
+    "UUID",
+    "pci_bus_id",
+    "device",
+    "modelName",
+    "Hostname",
+    "DCGM_FI_DRIVER_VERSION",
+)
+"""dcgm-exporter's label set on every ``DCGM_FI_*`` series, in its order."""
+
+_MIB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """The agent's own state at scrape time (read from the service by the HTTP thread)."""
+
+    samples_taken: int
+    published: int
+    dropped: int
+    buffered: int
+    connected: bool
+    last_ack_age_s: float | None
+    """Seconds since the broker last acknowledged a sample; ``None``: never."""
+
+
+class _Dcgm:
+    """One ``DCGM_FI_*`` family being filled: name, dcgm type, help text as dcgm words it."""
+
+    __slots__ = ("metric",)
+
+    def __init__(self, name: str, kind: str, doc: str) -> None:
+        # prometheus_client writes "unknown" as "untyped" in the text format.
+        self.metric = Metric(name, doc, "gauge" if kind == "gauge" else "unknown")
+
+    def add(self, labels: dict[str, str], value: float | None) -> None:
+        if value is not None:
+            self.metric.add_sample(self.metric.name, labels, float(value))
+
+
+def _gpu_info(inventory: Inventory | None, uuid: str) -> GpuInfo | None:
+    if inventory is None:
+        return None
+    return next((g for g in inventory.gpus if g.uuid == uuid), None)
+
+
+def _gpu_labels(
+    gpu: GpuSample, info: GpuInfo | None, inventory: Inventory | None
+) -> dict[str, str]:
+    return {
+        "gpu": str(gpu.index),
+        "UUID": gpu.uuid,
+        "pci_bus_id": (info.pci_bus_id or "") if info is not None else "",
+        # dcgm-exporter's device is /dev/nvidia<minor>; NVML's minor equals the index on
+        # every system we know of, and the wire schema does not carry the minor.
+        "device": f"nvidia{gpu.index}",
+        "modelName": info.name if info is not None else "",
+        "Hostname": inventory.host if inventory is not None else "",
+        "DCGM_FI_DRIVER_VERSION": (inventory.gpu_driver or "") if inventory is not None else "",
+    }
+
+
+def _mib(value: int | None) -> int | None:
+    """Whole MiB, as DCGM reports framebuffer memory (an integer field)."""
+    return None if value is None else value // _MIB
+
+
+def dcgm_families(
+    sample: Sample,
+    inventory: Inventory | None,
+    *,
+    last_xid: dict[int, int] | None = None,
+    ecc: dict[int, GpuEcc] | None = None,
+    remapped: dict[int, GpuRemappedRows] | None = None,
+) -> list[Metric]:
+    """The GPU part of ``sample`` under dcgm-exporter's names, labels and units.
+
+    ``last_xid``, ``ecc`` and ``remapped`` are per GPU index, carried over from earlier
+    samples (a sample has XIDs only when one happened, ECC and rows only on slow ticks).
+    """
+    last_xid = last_xid or {}
+    ecc = ecc or {}
+    remapped = remapped or {}
+    f = {
+        "sm_clock": _Dcgm("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
+        "temp": _Dcgm("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+        "power": _Dcgm("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
+        "energy": _Dcgm(
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "counter",
+            "Total energy consumption since boot (in mJ).",
+        ),
+        "util": _Dcgm("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+        "mem_util": _Dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %)."),
+        # NVIDIA's dcgm-exporter dashboard draws utilisation from this profiling field, which
+        # NVML lacks; NVML's kernel-active share of time is the nearest figure, so it stands in
+        # (as a ratio, like the field) and says so in its help text.
+        "gr_active": _Dcgm(
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+            "gauge",
+            "Ratio of time the graphics engine is active (capwatch: NVML's utilization / 100, "
+            "an approximation of DCGM's profiling counter).",
+        ),
+        "xid": _Dcgm("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+        "fb_free": _Dcgm("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
+        "fb_used": _Dcgm("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+        "fb_total": _Dcgm("DCGM_FI_DEV_FB_TOTAL", "gauge", "Framebuffer memory total (in MiB)."),
+        "pstate": _Dcgm("DCGM_FI_DEV_PSTATE", "gauge", "Performance state (P-State) 0-15."),
+        "reasons": _Dcgm(
+            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge", "Current clock throttle reasons."
+        ),
+        "limit": _Dcgm(
+            "DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "gauge", "Effective power limit (in W)."
+        ),
+        "sbe_vol": _Dcgm(
+            "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",
+            "counter",
+            "Total number of single-bit volatile ECC errors.",
+        ),
+        "dbe_vol": _Dcgm(
+            "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
+            "counter",
+            "Total number of double-bit volatile ECC errors.",
+        ),
+        "sbe_agg": _Dcgm(
+            "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",
+            "counter",
+            "Total number of single-bit persistent ECC errors.",
+        ),
+        "dbe_agg": _Dcgm(
+            "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+            "counter",
+            "Total number of double-bit persistent ECC errors.",
+        ),
+        "rows_unc": _Dcgm(
+            "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+            "counter",
+            "Number of remapped rows for uncorrectable errors",
+        ),
+        "rows_cor": _Dcgm(
+            "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+            "counter",
+            "Number of remapped rows for correctable errors",
+        ),
+        "rows_fail": _Dcgm(
+            "DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "Whether remapping of rows has failed"
+        ),
+        "rows_pending": _Dcgm(
+            "DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether remapping of rows is pending"
+        ),
+    }
+    interval = GaugeMetricFamily(
+        "capwatch_gpu_power_interval_watts",
+        "Mean GPU power over the last sampling interval, from the energy counter (W); "
+        "more accurate than DCGM_FI_DEV_POWER_USAGE, which is a short-window reading.",
+        labels=DCGM_LABELS,
+    )
+    for gpu in sample.gpus:
+        info = _gpu_info(inventory, gpu.uuid)
+        labels = _gpu_labels(gpu, info, inventory)
+        f["sm_clock"].add(labels, gpu.sm_clock_mhz)
+        f["temp"].add(labels, gpu.temp_c)
+        f["power"].add(labels, gpu.power_w)
+        f["energy"].add(labels, None if gpu.energy_j is None else gpu.energy_j * 1000.0)
+        f["util"].add(labels, gpu.util_pct)
+        f["mem_util"].add(labels, gpu.mem_util_pct)
+        f["gr_active"].add(labels, None if gpu.util_pct is None else gpu.util_pct / 100.0)
+        f["xid"].add(labels, last_xid.get(gpu.index, 0))
+        f["fb_used"].add(labels, _mib(gpu.mem_used_bytes))
+        f["fb_total"].add(labels, _mib(gpu.mem_total_bytes))
+        if gpu.mem_used_bytes is not None and gpu.mem_total_bytes is not None:
+            # NVML's total includes driver-reserved memory, so this counts it as free.
+            f["fb_free"].add(labels, _mib(max(0, gpu.mem_total_bytes - gpu.mem_used_bytes)))
+        f["pstate"].add(labels, gpu.pstate)
+        f["reasons"].add(labels, gpu.clock_event_reasons)
+        f["limit"].add(labels, None if info is None else info.power_limit_w)
+        e = gpu.ecc or ecc.get(gpu.index)
+        if e is not None:
+            f["sbe_vol"].add(labels, e.corrected_volatile)
+            f["dbe_vol"].add(labels, e.uncorrected_volatile)
+            f["sbe_agg"].add(labels, e.corrected_aggregate)
+            f["dbe_agg"].add(labels, e.uncorrected_aggregate)
+        r = gpu.remapped_rows or remapped.get(gpu.index)
+        if r is not None:
+            f["rows_unc"].add(labels, r.uncorrectable)
+            f["rows_cor"].add(labels, r.correctable)
+            f["rows_fail"].add(labels, int(r.failure))
+            f["rows_pending"].add(labels, int(r.pending))
+        if gpu.power_interval_w is not None:
+            interval.add_metric([labels[k] for k in DCGM_LABELS], gpu.power_interval_w)
+    out = [d.metric for d in f.values() if d.metric.samples]
+    if interval.samples:
+        out.append(interval)
+    return out
+
+
+def _gauge(name: str, doc: str, value: float | None, **labels: str) -> GaugeMetricFamily | None:
+    if value is None:
+        return None
+    g = GaugeMetricFamily(name, doc, labels=list(labels))
+    g.add_metric(list(labels.values()), value)
+    return g
+
+
+def host_families(sample: Sample, inventory: Inventory | None) -> list[Metric]:
+    """The host part of ``sample``: node_exporter's names where it has the quantity."""
+    s = sample
+    out: list[Metric | None] = [
+        _gauge("node_load1", "1m load average.", s.cpu.load1),
+        _gauge("node_load5", "5m load average.", s.cpu.load5),
+        _gauge("node_load15", "15m load average.", s.cpu.load15),
+        _gauge(
+            "capwatch_node_cpu_utilisation_ratio",
+            "Share of CPU time busy over the last interval (0-1), all CPUs.",
+            None if s.cpu.pct is None else s.cpu.pct / 100.0,
+        ),
+        _gauge("capwatch_node_cpus", "Logical CPUs.", s.cpu.count),
+        _gauge("node_memory_MemTotal_bytes", "Memory information field MemTotal_bytes.",
+               s.mem.total_bytes),
+        _gauge("node_memory_MemAvailable_bytes", "Memory information field MemAvailable_bytes.",
+               s.mem.available_bytes),
+        _gauge("node_memory_SwapTotal_bytes", "Memory information field SwapTotal_bytes.",
+               s.mem.swap_total_bytes),
+        _gauge("node_memory_SwapFree_bytes", "Memory information field SwapFree_bytes.",
+               max(0, s.mem.swap_total_bytes - s.mem.swap_used_bytes)),
+        _gauge("capwatch_node_disk_read_bytes_per_second",
+               "Block device reads over the last interval, all disks (bytes/s).",
+               s.disk_io.read_bytes_per_s),
+        _gauge("capwatch_node_disk_written_bytes_per_second",
+               "Block device writes over the last interval, all disks (bytes/s).",
+               s.disk_io.write_bytes_per_s),
+        _gauge("capwatch_node_cpu_power_watts",
+               "CPU package (+DRAM where exposed) power from RAPL over the last interval (W).",
+               s.cpu_power_w),
+    ]  # fmt: skip
+    fs_labels = ["device", "fstype", "mountpoint"]
+    size = GaugeMetricFamily(
+        "node_filesystem_size_bytes", "Filesystem size in bytes.", labels=fs_labels
+    )
+    free = GaugeMetricFamily(
+        "node_filesystem_free_bytes", "Filesystem free space in bytes.", labels=fs_labels
+    )
+    for d in s.disks:
+        values = [d.device, d.fstype, d.mount]
+        size.add_metric(values, d.total_bytes)
+        free.add_metric(values, max(0, d.total_bytes - d.used_bytes))
+    out += [size, free]
+    rx = GaugeMetricFamily(
+        "capwatch_node_network_receive_bytes_per_second",
+        "Bytes received over the last interval (bytes/s).",
+        labels=["device"],
+    )
+    tx = GaugeMetricFamily(
+        "capwatch_node_network_transmit_bytes_per_second",
+        "Bytes sent over the last interval (bytes/s).",
+        labels=["device"],
+    )
+    counters = {
+        "receive_errs": CounterMetricFamily(
+            "node_network_receive_errs", "Network device statistic receive_errs.", labels=["device"]
+        ),
+        "transmit_errs": CounterMetricFamily(
+            "node_network_transmit_errs",
+            "Network device statistic transmit_errs.",
+            labels=["device"],
+        ),
+        "receive_drop": CounterMetricFamily(
+            "node_network_receive_drop", "Network device statistic receive_drop.", labels=["device"]
+        ),
+        "transmit_drop": CounterMetricFamily(
+            "node_network_transmit_drop",
+            "Network device statistic transmit_drop.",
+            labels=["device"],
+        ),
+    }
+    for nic in s.net.nics:
+        if nic.rx_bytes_per_s is not None:
+            rx.add_metric([nic.name], nic.rx_bytes_per_s)
+        if nic.tx_bytes_per_s is not None:
+            tx.add_metric([nic.name], nic.tx_bytes_per_s)
+        counters["receive_errs"].add_metric([nic.name], nic.rx_errors)
+        counters["transmit_errs"].add_metric([nic.name], nic.tx_errors)
+        counters["receive_drop"].add_metric([nic.name], nic.rx_drops)
+        counters["transmit_drop"].add_metric([nic.name], nic.tx_drops)
+    out += [rx, tx, *counters.values()]
+    if inventory is not None:
+        speed = GaugeMetricFamily(
+            "node_network_speed_bytes", "Network device property: speed_bytes.", labels=["device"]
+        )
+        for n in inventory.nics:
+            if n.speed_mbps is not None:
+                speed.add_metric([n.name], n.speed_mbps * 125_000)
+        out.append(speed)
+    return [m for m in out if m is not None]
+
+
+def _agent_families(
+    stats: AgentStats, inventory: Inventory | None, sample: Sample | None
+) -> Iterator[Metric]:
+    if inventory is not None:
+        info = InfoMetricFamily("capwatch_agent", "The agent and its node.")
+        info.add_metric(
+            [],
+            {
+                "node": inventory.node,
+                "version": inventory.agent_version,
+                "gpu_status": inventory.gpu_status,
+                "gpu_driver": inventory.gpu_driver or "",
+            },
+        )
+        yield info
+        yield GaugeMetricFamily(
+            "capwatch_agent_gpus", "GPUs in the inventory.", len(inventory.gpus)
+        )
+    yield CounterMetricFamily(
+        "capwatch_agent_samples", "Samples taken by this agent process.", stats.samples_taken
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_published", "Samples the broker acknowledged (PUBACK).", stats.published
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_dropped",
+        "Samples dropped, oldest first, because the offline buffer was full.",
+        stats.dropped,
+    )
+    yield GaugeMetricFamily(
+        "capwatch_agent_buffered_samples", "Samples waiting for the broker.", stats.buffered
+    )
+    yield GaugeMetricFamily(
+        "capwatch_agent_mqtt_connected", "1 while connected to the broker.", int(stats.connected)
+    )
+    if stats.last_ack_age_s is not None:
+        yield GaugeMetricFamily(
+            "capwatch_agent_last_ack_age_seconds",
+            "Seconds since the broker last acknowledged a sample.",
+            stats.last_ack_age_s,
+        )
+    if sample is not None:
+        yield GaugeMetricFamily(
+            "capwatch_agent_sample_timestamp_seconds",
+            "Wall-clock time of the sample these metrics show (Unix seconds).",
+            sample.ts,
+        )
+
+
+class AgentExposition(Collector):
+    """A prometheus_client collector over the agent's latest sample.
+
+    The service calls :meth:`update` with each sample it takes (one reference kept, a loop
+    over that sample's XIDs; nothing else per tick) and sets :attr:`inventory` once.
+    """
+
+    def __init__(self, stats: Callable[[], AgentStats]) -> None:
+        self._stats = stats
+        self.inventory: Inventory | None = None
+        self.sample: Sample | None = None
+        self._last_xid: dict[int, int] = {}
+        self._ecc: dict[int, GpuEcc] = {}
+        self._remapped: dict[int, GpuRemappedRows] = {}
+
+    def update(self, sample: Sample) -> None:
+        """Hold ``sample`` as the one to show; remember what later samples will not repeat."""
+        for ev in sample.xids:
+            self._last_xid[ev.gpu_index] = ev.xid
+        for gpu in sample.gpus:
+            if gpu.ecc is not None:
+                self._ecc[gpu.index] = gpu.ecc
+            if gpu.remapped_rows is not None:
+                self._remapped[gpu.index] = gpu.remapped_rows
+        self.sample = sample  # last: a scrape sees the carried-over state first
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families for one scrape (runs in the HTTP server's thread)."""
+        sample, inventory = self.sample, self.inventory
+        yield from _agent_families(self._stats(), inventory, sample)
+        if sample is None:
+            return
+        yield from host_families(sample, inventory)
+        yield from dcgm_families(
+            sample,
+            inventory,
+            last_xid=dict(self._last_xid),
+            ecc=dict(self._ecc),
+            remapped=dict(self._remapped),
+        )

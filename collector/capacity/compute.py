@@ -1,0 +1,345 @@
+"""The live power picture: each node's draw, the fleet's fabric and headroom from the solver.
+
+Per node (:class:`NodeModel`):
+
+- GPUs: interval power from the energy counter (``power_interval_w``), else the
+  instantaneous reading (``power_w``); a GPU of the node type that the sample does not
+  report (or reports without power) counts at the type's ``gpu_w``;
+- CPU: the RAPL package power (``cpu_power_w``) when reported, else the type's ``cpu_w``;
+- the rest (DRAM, NVMe, NICs, aux, nameplate above the parts' sum): no sensor reports it,
+  so it comes from the node type's model, at its maximum;
+- a total above the type's nameplate is a broken sensor or a forged sample: it counts at the
+  nameplate and the node is flagged (``clamped``), so no node moves the site's draw by more
+  than its nameplate.
+
+A stale or offline node (or one that never sent a sample) counts on ``stale_basis``:
+nameplate (default), its last measured draw, or zero. A node whose type cannot be found
+(:class:`~collector.capacity.config.CapacityPlan`) counts at the fallback and is listed.
+
+Then the solver (:func:`collector.power.solve_fixed`, fixed-fleet mode) builds the fabric
+for the fleet's counts per type and answers the headroom and how many more nodes fit, with
+each type at its mean live draw; and again with every node at nameplate (the worst case).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Final
+
+from collector.capacity.config import CapacityPlan
+from collector.capacity.picture import (
+    Basis,
+    NodeDraw,
+    Picture,
+    RackDraw,
+    StaleBasis,
+    TypeDraw,
+)
+from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
+
+if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
+    from collector.live import NodeState
+    from shared.schema import Inventory, Sample
+
+__all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution"]
+
+_LISTED: Final = 100
+"""Names kept per list (unmatched, clamped, stale) in a picture."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeModel:
+    """One node type as the live model uses it: the parts no sensor reports."""
+
+    node_type: str
+    gpus: int
+    gpu_w: float
+    cpu_w: float
+    rest_w: float
+    """DRAM + NVMe + NICs + aux + nameplate above the parts' sum: from the model."""
+    nameplate_w: float
+
+    @classmethod
+    def of(cls, t: NodeType) -> NodeModel:
+        """The model of node type ``t``."""
+        c = t.components_max
+        return cls(
+            t.name,
+            t.gpus_per_node,
+            t.gpu_w,
+            t.cpu_w,
+            c.dram_w + c.nvme_w + c.nic_w + c.aux_w + c.other_w,
+            t.max_w,
+        )
+
+    def draw(self, sample: Sample) -> tuple[float, bool, tuple[float, ...]]:
+        """(draw W, clamped, measured W per GPU) of one sample."""
+        gpu_total = 0.0
+        per_gpu = []
+        for g in sample.gpus:
+            w = g.power_interval_w
+            if w is None:
+                w = g.power_w
+            if w is not None:
+                gpu_total += w
+                per_gpu.append(w)
+        missing = self.gpus - len(per_gpu)
+        if missing > 0:
+            gpu_total += missing * self.gpu_w
+        cpu = sample.cpu_power_w
+        total = gpu_total + (self.cpu_w if cpu is None else cpu) + self.rest_w
+        if total > self.nameplate_w:
+            return self.nameplate_w, True, tuple(per_gpu)
+        return total, False, tuple(per_gpu)
+
+
+class TypeMatcher:
+    """Finds each node's type; remembers the answer per inventory (cycles stay cheap)."""
+
+    def __init__(self, cplan: CapacityPlan) -> None:
+        self._cplan = cplan
+        self._by_gpus: dict[int, str | None] = {}
+        for t in cplan.plan.node_types:
+            # A GPU count shared by two types says nothing: such nodes need a rule.
+            self._by_gpus[t.gpus_per_node] = None if t.gpus_per_node in self._by_gpus else t.name
+        self._cache: dict[str, tuple[Inventory | None, str | None]] = {}
+
+    def __call__(self, node: str, inventory: Inventory | None) -> str | None:
+        """The node type of ``node`` (``None``: unmatched)."""
+        hit = self._cache.get(node)
+        if hit is not None and hit[0] is inventory:
+            return hit[1]
+        found = self._find(node, inventory)
+        self._cache[node] = (inventory, found)
+        return found
+
+    def _find(self, node: str, inv: Inventory | None) -> str | None:
+        assigned = self._cplan.assigned_type(node)
+        if assigned is not None:
+            return assigned
+        if inv is None:
+            return None
+        gpu_names = " | ".join(g.name for g in inv.gpus).lower()
+        cpu = inv.cpu_model.lower()
+        for m in self._cplan.match:
+            if m.gpus is not None and m.gpus != len(inv.gpus):
+                continue
+            if m.gpu_model is not None and (not inv.gpus or m.gpu_model not in gpu_names):
+                continue
+            if m.cpu_model is not None and m.cpu_model not in cpu:
+                continue
+            return m.node_type
+        return self._by_gpus.get(len(inv.gpus))
+
+
+def _stale(st: NodeState, now: float, stale_intervals: float) -> bool:
+    if st.status == "offline" or st.sample is None or st.sample_received is None:
+        return True
+    return now - st.sample_received > stale_intervals * st.sample.interval_s
+
+
+def fleet_solution(
+    plan: Plan, counts: dict[str, int], totals: dict[str, float], *, basis: PowerBasis = "max"
+) -> Solution:
+    """``solve_fixed`` for a fleet whose nodes of each type draw ``totals[type]`` W together.
+
+    Each type's per-node power is its mean, so the solver's node power is the total exactly.
+    """
+    node_power = {name: totals[name] / n for name, n in counts.items() if n > 0}
+    if basis != plan.site.power_basis:
+        plan = replace(plan, site=replace(plan.site, power_basis=basis))
+    return solve_fixed(plan, counts, node_power_w=node_power)
+
+
+def _next_binding(
+    plan: Plan, counts: dict[str, int], totals: dict[str, float], name: str, more: int
+) -> str | None:
+    """What stops node ``more + 1`` of type ``name`` (at the type's mean live draw)."""
+    grown = dict(counts)
+    n = counts.get(name, 0)
+    mean = totals[name] / n if n else next(t.max_w for t in plan.node_types if t.name == name)
+    grown[name] = n + more + 1
+    grown_totals = dict(totals)
+    grown_totals[name] = totals.get(name, 0.0) + (more + 1) * mean
+    s = fleet_solution(plan, grown, grown_totals, basis=plan.site.power_basis)
+    return s.binding[0].constraint if s.binding else None
+
+
+def compute_picture(
+    cplan: CapacityPlan,
+    nodes: Iterable[NodeState],
+    now: float,
+    *,
+    stale_intervals: float = 3.0,
+    stale_basis: StaleBasis = "nameplate",
+    matcher: TypeMatcher | None = None,
+    keep_nodes: bool = False,
+    exclude: frozenset[str] = frozenset(),
+    inventories: Mapping[str, Inventory] | None = None,
+) -> Picture:
+    """The live picture of ``nodes`` at ``now`` (collector clock); see the module.
+
+    ``inventories``: known inventories for nodes whose state has none (a restarted
+    collector's view, until the agents reconnect); ``exclude``: nodes left out (a pool).
+    """
+    t0 = time.perf_counter()
+    plan = cplan.plan
+    match = matcher or TypeMatcher(cplan)
+    models = {t.name: NodeModel.of(t) for t in plan.node_types}
+    counts = dict.fromkeys(models, 0)
+    totals = dict.fromkeys(models, 0.0)
+    worst = dict.fromkeys(models, 0.0)
+    measured_n = dict.fromkeys(models, 0)
+    rack_draw: dict[str, list[float]] = {}
+    unmatched: list[str] = []
+    clamped: list[str] = []
+    stale: list[str] = []
+    n_unmatched = n_clamped = n_stale = n_measured = 0
+    draws: list[NodeDraw] = []
+    fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
+    rack_cache: dict[str, tuple[str, float | None]] = {}
+    for st in nodes:
+        if st.reject_only or st.node in exclude:
+            continue
+        inv = st.inventory
+        if inv is None and inventories:
+            inv = inventories.get(st.node)
+        name = match(st.node, inv)
+        is_stale = _stale(st, now, stale_intervals)
+        clamp = False
+        per_gpu: tuple[float, ...] = ()
+        basis: Basis
+        if name is None:
+            n_unmatched += 1
+            if len(unmatched) < _LISTED:
+                unmatched.append(st.node)
+            name, w, nameplate, basis = fallback_type, fallback_w, fallback_w, "fallback"
+        else:
+            model = models[name]
+            nameplate = model.nameplate_w
+            if (is_stale and stale_basis != "last") or st.sample is None:
+                basis = "zero" if stale_basis == "zero" else "nameplate"
+                w = 0.0 if stale_basis == "zero" else nameplate
+            else:
+                w, clamp, per_gpu = model.draw(st.sample)
+                basis = "last" if is_stale else "measured"
+            if is_stale:
+                n_stale += 1
+                if len(stale) < _LISTED:
+                    stale.append(st.node)
+            elif not clamp:
+                n_measured += 1
+                measured_n[name] += 1
+            if clamp:
+                n_clamped += 1
+                if len(clamped) < _LISTED:
+                    clamped.append(st.node)
+        counts[name] += 1
+        totals[name] += w
+        worst[name] += nameplate
+        rack = rack_cache.get(st.node)
+        if rack is None:
+            rack = rack_cache[st.node] = cplan.rack_of(st.node)
+        acc = rack_draw.get(rack[0])
+        if acc is None:
+            rack_draw[rack[0]] = [1.0, w, rack[1] if rack[1] is not None else math.nan]
+        else:
+            acc[0] += 1
+            acc[1] += w
+        if keep_nodes:
+            draws.append(
+                NodeDraw(
+                    st.node,
+                    None if basis == "fallback" else name,
+                    rack[0],
+                    w,
+                    basis,
+                    clamp,
+                    per_gpu,
+                )
+            )
+    live = fleet_solution(plan, counts, totals, basis=plan.site.power_basis)
+    worst_s = fleet_solution(plan, counts, worst, basis="max")
+    racks = sorted(
+        (
+            RackDraw(
+                rack=r,
+                nodes=int(a[0]),
+                draw_w=a[1],
+                limit_w=None if math.isnan(a[2]) else a[2],
+            )
+            for r, a in rack_draw.items()
+        ),
+        key=lambda r: (-(r.fraction or 0.0), -r.draw_w, r.rack),
+    )
+    more_live = {x.node_type: x.nodes for x in live.spare_nodes}
+    more_worst = {x.node_type: x.nodes for x in worst_s.spare_nodes}
+    types = tuple(
+        TypeDraw(
+            node_type=name,
+            nodes=counts[name],
+            measured=measured_n[name],
+            draw_w=totals[name],
+            nameplate_w=worst[name],
+            more_live=more_live.get(name, 0),
+            more_nameplate=more_worst.get(name, 0),
+            next_binding=(
+                _next_binding(plan, counts, totals, name, more_live.get(name, 0))
+                if live.fits
+                else None
+            ),
+        )
+        for name in models
+    )
+    over = [r for r in racks if r.over]
+    if over:
+        binding: str | None = "rack_power"
+        detail = (
+            f"{len(over)} rack(s) above their limit; {over[0].rack} draws "
+            f"{over[0].draw_w:,.0f} W of {over[0].limit_w or 0:,.0f} W"
+        )
+    elif live.binding:
+        binding, detail = live.binding[0].constraint, live.binding[0].detail
+    else:
+        nxt = [t.next_binding for t in types if t.next_binding]
+        binding = nxt[0] if nxt else None
+        detail = "what stops the next node" if nxt else ""
+    budget = live.budget.it_budget_w
+    it_w = live.power.total_it_w
+    return Picture(
+        at=now,
+        plan=cplan.source,
+        cap_w=budget,
+        pue=live.budget.pue,
+        nodes_w=live.power.nodes_w,
+        fabric_w=live.power.fabric_w,
+        it_w=it_w,
+        facility_w=live.power.facility_w,
+        headroom_w=live.headroom_w,
+        headroom_pct=live.headroom_w / budget * 100 if budget > 0 else 0.0,
+        worst_it_w=worst_s.power.total_it_w,
+        worst_headroom_w=worst_s.headroom_w,
+        nodes=sum(counts.values()),
+        measured_nodes=n_measured,
+        stale_basis=stale_basis,
+        stale_nodes=n_stale,
+        unmatched_nodes=n_unmatched,
+        fallback_type=fallback_type,
+        fallback_w=fallback_w,
+        clamped_nodes=n_clamped,
+        binding=binding,
+        binding_detail=detail,
+        fits=live.fits and not over,
+        fabric_tiers=live.fabric.tiers,
+        fabric_switches=live.fabric.switches,
+        types=types,
+        racks=tuple(racks),
+        unmatched=tuple(unmatched),
+        clamped=tuple(clamped),
+        stale=tuple(stale),
+        compute_ms=round((time.perf_counter() - t0) * 1000, 3),
+        node_draws=tuple(draws) if keep_nodes else None,
+    )

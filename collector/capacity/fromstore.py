@@ -1,0 +1,40 @@
+"""The fleet as the store last saw it, as live-view node states: what ``--now`` computes on.
+
+Each node's newest sample (decoded and validated again, as the collector did when it
+stored it), its status and inventory, and when the sample arrived (collector clock). A row
+that no longer decodes (written by an older version, damaged) leaves that part out: the node
+then counts as stale, never as a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from collector.live import NodeState
+from collector.store.capacity import latest_node_rows
+from collector.store.reader import StoreReader
+from shared.errors import SchemaError, StoreError
+from shared.schema import decode_inventory, decode_sample
+
+__all__ = ["nodes_from_store"]
+
+
+def nodes_from_store(reader: StoreReader) -> list[NodeState]:
+    """One :class:`NodeState` per node in ``nodes``, newest sample included."""
+    out = []
+    for node, status, status_ts, inventory, received, dict_id, payload in latest_node_rows(reader):
+        st = NodeState(node)
+        if status in ("online", "offline"):
+            st.status = status  # type: ignore[assignment]
+            st.status_ts = status_ts
+        if inventory is not None:
+            with contextlib.suppress(SchemaError):
+                st.inventory = decode_inventory(bytes(inventory))
+        if payload is not None:
+            try:
+                st.sample = decode_sample(reader.payload(bytes(payload), dict_id))
+                st.sample_received = received
+            except (SchemaError, StoreError):
+                pass
+        out.append(st)
+    return out

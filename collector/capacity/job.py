@@ -1,0 +1,176 @@
+"""The collector's capacity cycle: live picture, fixed-fleet solve, one snapshot row.
+
+:class:`CapacityJob` runs inside the writer task (like the alert job) every ``interval_s``
+(default 30 s) when a site plan is configured: it computes the :class:`Picture` from the
+in-memory live view (never the store), writes one ``capacity_snapshots`` row (and deletes
+rows older than ``keep_s``), and keeps the picture and a short history of IT draw in a
+:class:`CapacityState` that the capacity alert rules read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from collector.capacity.compute import TypeMatcher, compute_picture
+from collector.capacity.config import CapacityPlan
+from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
+from collector.live import LiveView, NodeState
+from collector.store.capacity import (
+    SnapshotRow,
+    known_nodes,
+    recent_snapshots,
+    write_snapshot,
+)
+from collector.store.db import Store
+from shared.clock import Clock
+from shared.errors import SchemaError
+from shared.logging import get_logger
+from shared.schema import Inventory, decode_inventory
+
+__all__ = ["CapacityJob", "CapacityState", "snapshot_row"]
+
+log = get_logger("capacity")
+
+_HISTORY: Final = 720
+"""IT draw points kept for the rising-draw rule (6 h at the default 30 s)."""
+
+
+@dataclass(slots=True)
+class CapacityState:
+    """The latest picture and recent IT draw: what the capacity alert rules read."""
+
+    picture: Picture | None = None
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
+    """(collector time, IT draw W) per cycle, oldest first."""
+
+    def update(self, picture: Picture) -> None:
+        """Hold ``picture`` as the latest and record its draw."""
+        self.picture = picture
+        self.history.append((picture.at, picture.it_w))
+
+
+def snapshot_row(p: Picture) -> SnapshotRow:
+    """The store row of a picture."""
+    return SnapshotRow(
+        p.at,
+        p.cap_w,
+        p.it_w,
+        p.facility_w,
+        p.headroom_w,
+        p.worst_it_w,
+        p.nodes,
+        p.stale_nodes,
+        p.unmatched_nodes,
+        p.clamped_nodes,
+        p.binding,
+        json.dumps(picture_to_dict(p), separators=(",", ":")),
+    )
+
+
+class CapacityJob:
+    """Computes and stores the live picture every ``interval_s``; see the module."""
+
+    def __init__(
+        self,
+        cplan: CapacityPlan,
+        view: LiveView,
+        clock: Clock,
+        *,
+        state: CapacityState | None = None,
+        interval_s: float = 30.0,
+        keep_s: float = 30 * 86_400.0,
+        stale_intervals: float = 3.0,
+        stale_basis: StaleBasis = "nameplate",
+        counters: Counter[str] | None = None,
+    ) -> None:
+        self.name = "capacity"
+        self.interval_s = interval_s
+        self.state = state if state is not None else CapacityState()
+        self._cplan = cplan
+        self._view = view
+        self._clock = clock
+        self._keep_s = keep_s
+        self._stale_intervals = stale_intervals
+        self._stale_basis: StaleBasis = stale_basis
+        self._matcher = TypeMatcher(cplan)
+        self._known: dict[str, NodeState] = {}
+        """Nodes the store knew at start (status, inventory): counted until they report."""
+        self._inventories: dict[str, Inventory] = {}
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.cpu_ms = 0.0
+        """CPU time of the last cycle (picture, solve and snapshot write), ms."""
+
+    def _nodes(self) -> Iterator[NodeState]:
+        """The live view's nodes, then those known from the store that it has not seen."""
+        view = self._view
+        if not self._known:
+            return view.nodes()
+        for node in [n for n in self._known if n in view]:  # it reported: the view has it
+            del self._known[node]
+        return itertools.chain(view.nodes(), self._known.values())
+
+    def compute(self) -> Picture:
+        """The picture of the live view now (no store write)."""
+        return compute_picture(
+            self._cplan,
+            self._nodes(),
+            self._clock.time(),
+            stale_intervals=self._stale_intervals,
+            stale_basis=self._stale_basis,
+            matcher=self._matcher,
+            inventories=self._inventories,
+        )
+
+    async def restore(self, store: Store, *, window_s: float) -> int:
+        """Take back the draw history of the last ``window_s`` and the newest picture (what
+        the rules read until the first cycle), so a restart neither forgets a rising draw
+        nor resolves a capacity alert for want of a picture; return the points restored.
+
+        Also the nodes the store knows with their inventories: a resumed MQTT session does
+        not bring retained inventories again, so without them every node would be unmatched,
+        and a node that stays offline would not be counted at all."""
+        for node, status, inventory in await known_nodes(store):
+            st = NodeState(node)
+            if status in ("online", "offline"):
+                st.status = "offline" if status == "offline" else "online"
+            if inventory is not None:
+                with contextlib.suppress(SchemaError):
+                    st.inventory = self._inventories[node] = decode_inventory(inventory)
+            self._known[node] = st
+        points, newest = await recent_snapshots(store, self._clock.time() - window_s)
+        self.state.history.extend(points)
+        if newest is not None:
+            self.state.picture = picture_from_dict(json.loads(newest))
+        if points or self._known:
+            log.info("capacity_restored", points=len(points), nodes=len(self._known))
+        return len(points)
+
+    async def __call__(self, store: Store) -> None:
+        """One cycle: picture, snapshot row, state for the rules."""
+        cpu0 = time.process_time()
+        picture = self.compute()
+        row = snapshot_row(picture)
+        deleted = await write_snapshot(store, row, keep_s=self._keep_s)
+        self.state.update(picture)
+        self.cpu_ms = (time.process_time() - cpu0) * 1000
+        self.counters["capacity_snapshots"] += 1
+        log.info(
+            "capacity_snapshot",
+            it_w=round(picture.it_w),
+            cap_w=round(picture.cap_w),
+            headroom_pct=round(picture.headroom_pct, 2),
+            nodes=picture.nodes,
+            stale=picture.stale_nodes,
+            unmatched=picture.unmatched_nodes,
+            clamped=picture.clamped_nodes,
+            binding=picture.binding,
+            deleted=deleted,
+            ms=round(picture.compute_ms, 1),
+        )

@@ -1,0 +1,192 @@
+"""The capacity alert rules: site draw near the cap, racks over their limit, the worst case,
+draw rising fast. Registered with the built-in rules only when a site plan is configured.
+
+They read the :class:`~collector.capacity.job.CapacityState` the capacity job refreshes
+every cycle (not the live view: the picture is the solver's answer on it). Labels:
+``alertname``, ``severity``, ``scope`` (``site`` or ``rack``) and ``rack`` for rack alerts.
+The draw is measured IT draw (the picture's basis: live power, stale nodes at their
+nameplate), which the descriptions say.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from collector.alerts.rule import Condition, Instance, Rule
+from collector.capacity.job import CapacityState
+from collector.live import LiveView
+
+if TYPE_CHECKING:
+    from collector.settings import CapacitySettings
+
+__all__ = ["CAPACITY_RULE_NAMES", "CapacityRuleSettings", "capacity_rules"]
+
+CAPACITY_RULE_NAMES: Final = (
+    "SitePowerHigh",
+    "SitePowerCritical",
+    "RackPowerOverLimit",
+    "SiteWorstCaseOverCap",
+    "SitePowerRising",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityRuleSettings:
+    """Thresholds and timings of the capacity rules."""
+
+    warn_pct: float = 90.0
+    critical_pct: float = 98.0
+    for_s: float = 60.0
+    """How long a site or rack condition must hold before it fires."""
+    keep_firing_for_s: float = 120.0
+    rising_w_per_min: float = 0.0
+    """Draw slope (least squares over ``rising_window_s``) that fires; 0: 2 % of the cap
+    per minute."""
+    rising_window_s: float = 300.0
+    max_age_s: float = 300.0
+    """A picture older than this (the capacity job stopped) raises no alerts."""
+    disabled: frozenset[str] = frozenset()
+    """Rules to leave out, by name."""
+
+    @classmethod
+    def of(cls, c: CapacitySettings) -> CapacityRuleSettings:
+        """The rules' settings from the collector's ``[capacity]`` settings."""
+        return cls(
+            warn_pct=c.warn_pct,
+            critical_pct=c.critical_pct,
+            for_s=c.for_s,
+            keep_firing_for_s=c.keep_firing_for_s,
+            rising_w_per_min=c.rising_w_per_min,
+            rising_window_s=c.rising_window_s,
+            max_age_s=max(300.0, 3 * c.interval_s),
+            disabled=frozenset(c.disabled),
+        )
+
+
+def _w(watts: float) -> str:
+    return f"{watts / 1e3:,.1f} kW"
+
+
+def _fresh(state: CapacityState, now: float, s: CapacityRuleSettings) -> bool:
+    p = state.picture
+    return p is not None and now - p.at <= s.max_age_s
+
+
+def _site_draw(
+    state: CapacityState, s: CapacityRuleSettings, low: float, high: float | None
+) -> Condition:
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        p = state.picture
+        if p is None or not _fresh(state, now, s) or p.cap_w <= 0:
+            return
+        pct = p.it_w / p.cap_w * 100
+        if pct > low and (high is None or pct <= high):
+            yield Instance(
+                {"scope": "site"},
+                {
+                    "pct": f"{pct:.1f}",
+                    "it": _w(p.it_w),
+                    "cap": _w(p.cap_w),
+                    "stale": str(p.stale_nodes),
+                },
+            )
+
+    return condition
+
+
+def capacity_rules(
+    state: CapacityState, settings: CapacityRuleSettings | None = None
+) -> list[Rule]:
+    """The capacity rules over ``state`` (defaults when ``settings`` is ``None``)."""
+    s = settings or CapacityRuleSettings()
+
+    def racks(view: LiveView, now: float) -> Iterator[Instance]:
+        p = state.picture
+        if p is None or not _fresh(state, now, s):
+            return
+        for r in p.racks:
+            if r.over and r.limit_w is not None:
+                yield Instance(
+                    {"scope": "rack", "rack": r.rack},
+                    {"draw": _w(r.draw_w), "limit": _w(r.limit_w), "nodes": str(r.nodes)},
+                )
+
+    def worst(view: LiveView, now: float) -> Iterator[Instance]:
+        p = state.picture
+        if p is None or not _fresh(state, now, s) or p.worst_it_w <= p.cap_w:
+            return
+        yield Instance(
+            {"scope": "site"},
+            {"worst": _w(p.worst_it_w), "cap": _w(p.cap_w), "it": _w(p.it_w)},
+        )
+
+    def rising(view: LiveView, now: float) -> Iterator[Instance]:
+        p = state.picture
+        if p is None or not _fresh(state, now, s):
+            return
+        points = [(t, w) for t, w in state.history if t >= now - s.rising_window_s]
+        if len(points) < 3 or points[-1][0] - points[0][0] <= 0:
+            return
+        slope_w_per_s = statistics.linear_regression(
+            [t for t, _ in points], [w for _, w in points]
+        ).slope
+        per_min = slope_w_per_s * 60
+        limit = s.rising_w_per_min or 0.02 * p.cap_w
+        if per_min > limit:
+            yield Instance(
+                {"scope": "site"},
+                {"slope": _w(per_min), "limit": _w(limit), "it": _w(p.it_w), "cap": _w(p.cap_w)},
+            )
+
+    rules = [
+        Rule(
+            "SitePowerHigh",
+            "warning",
+            "Site IT draw at {pct} % of the cap",
+            "Live IT draw {it} is {pct} % of the {cap} cap (warning above "
+            f"{s.warn_pct:g} %); {{stale}} stale/offline nodes counted at their nameplate.",
+            _site_draw(state, s, s.warn_pct, s.critical_pct),
+            for_s=s.for_s,
+            keep_firing_for_s=s.keep_firing_for_s,
+        ),
+        Rule(
+            "SitePowerCritical",
+            "critical",
+            "Site IT draw at {pct} % of the cap",
+            "Live IT draw {it} is {pct} % of the {cap} cap (critical above "
+            f"{s.critical_pct:g} %): shed load or cap GPUs now.",
+            _site_draw(state, s, s.critical_pct, None),
+            for_s=s.for_s,
+            keep_firing_for_s=s.keep_firing_for_s,
+        ),
+        Rule(
+            "RackPowerOverLimit",
+            "critical",
+            "Rack {rack} draws {draw}, above its {limit} limit",
+            "Rack {rack} ({nodes} nodes) draws {draw} of live power, above its {limit} limit.",
+            racks,
+            for_s=s.for_s,
+            keep_firing_for_s=s.keep_firing_for_s,
+        ),
+        Rule(
+            "SiteWorstCaseOverCap",
+            "info",
+            "Worst case {worst} is above the {cap} cap",
+            "If every node drew its nameplate the site would draw {worst} against a {cap} cap "
+            "(live draw {it}): the site is oversubscribed on nameplate.",
+            worst,
+        ),
+        Rule(
+            "SitePowerRising",
+            "warning",
+            "Site IT draw rising {slope} per minute",
+            "Live IT draw ({it} of a {cap} cap) rises {slope} per minute, faster than "
+            "{limit} per minute.",
+            rising,
+            keep_firing_for_s=s.keep_firing_for_s,
+        ),
+    ]
+    return [r for r in rules if r.name not in s.disabled]

@@ -1,0 +1,364 @@
+"""``collector capacity``: live draw against the site's cap, headroom, and what still fits.
+
+Reads the newest capacity snapshot the collector stored (works while it runs); ``--now``
+recomputes from each node's newest stored sample; ``--add`` asks the solver what more nodes
+would draw and whether they fit; ``--remove POOL`` leaves a pool's nodes out. The picture
+and the solver are :mod:`collector.capacity`; this module reads flags and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args
+from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.capacity.config import CapacityPlan
+    from collector.capacity.picture import Picture, StaleBasis
+    from collector.capacity.whatif import WhatIf
+
+__all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
+
+_DESCRIPTION: Final = """\
+Live power against the site's cap: IT draw, headroom (W and %), the worst case (every node
+at nameplate), nodes counted at nameplate (stale, offline) or at the fallback (unmatched),
+how many more nodes of each type fit (fabric growth included), the binding constraint and
+the racks nearest their limit.
+
+By default it shows the newest snapshot the collector stored (every capacity.interval_s,
+when capacity.plan is set); --now recomputes from each node's newest stored sample.
+
+What-if: --add TYPE=N or --add NxTYPE (repeatable) adds nodes at their nameplate (or
+--basis typical) and asks the solver: new draw, new fabric (maybe a new tier), fits or
+not and which constraint breaks. --remove POOL leaves a pool's nodes out (decommission)."""
+
+_EPILOG: Final = """\
+examples:
+  collector capacity
+  collector capacity --now --plan site.toml
+  collector capacity --add 32xDGX-H100
+  collector capacity --add DGX-H100=32 --add HGX-B200=8 --json
+  collector capacity --remove old-a100 --add 64xHGX-B200
+
+exit status: 0 answered (with --add: the grown fleet fits); 1 the --add fleet does not fit;
+2 a bad flag, plan or setting, or no snapshot yet (one line)."""
+
+_ENV_PREFIX: Final = "CAPWATCH_"
+_OLD_SNAPSHOT_S: Final = 300.0
+"""A snapshot older than this is called out (the collector writes one every 30 s)."""
+
+_WORDS: Final = {
+    "it_power": "IT power cap",
+    "facility_power": "facility power cap (through PUE)",
+    "rack_power": "a rack's power limit",
+    "rack_space": "rack count",
+    "fabric_radix": "fabric radix/tiers",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector capacity``."""
+    p = sub.add_parser(
+        "capacity",
+        help=COMMANDS["capacity"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="site plan (.toml/.json, as `collector solve` reads); default: capacity.plan",
+    )
+    p.add_argument("--now", action="store_true", help="recompute from the store's newest samples")
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="TYPE=N|NxTYPE",
+        help="what-if: add N nodes of TYPE (repeatable)",
+    )
+    p.add_argument(
+        "--basis",
+        choices=("max", "typical"),
+        default="max",
+        help="power of each added node: its nameplate (default) or the type's typical_w",
+    )
+    p.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="POOL",
+        help="what-if: leave the nodes of POOL out (recomputes from the store; repeatable)",
+    )
+    p.add_argument(
+        "--stale-basis",
+        choices=("nameplate", "last", "zero"),
+        help="how stale/offline nodes count (implies --now; default: capacity.stale_basis)",
+    )
+    p.add_argument("--top", type=int, default=5, metavar="N", help="racks to show (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.set_defaults(handler=run)
+
+
+class CapacityCliSettings(NamedTuple):
+    """What ``collector capacity`` and ``collector plot`` need from the settings."""
+
+    db_path: Path
+    plan: Path | None
+    stale_intervals: float
+    stale_basis: StaleBasis
+
+
+def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
+    """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
+    if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
+        from collector.store.queries import DEFAULT_STALE_INTERVALS  # noqa: PLC0415
+        from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
+
+        db: Path | None = args.db
+        return CapacityCliSettings(
+            DEFAULT_DB_PATH if db is None else db, args.plan, DEFAULT_STALE_INTERVALS, "nameplate"
+        )
+    from collector.cli._args import settings_from_args  # noqa: PLC0415
+
+    s = settings_from_args(args)
+    return CapacityCliSettings(
+        s.db_path, args.plan or s.capacity.plan, s.stale_intervals, s.capacity.stale_basis
+    )
+
+
+def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+    if path is None and picture_plan:
+        path = Path(picture_plan)
+    if path is None:
+        raise ConfigError(
+            "no site plan: pass --plan FILE or set capacity.plan in the settings",
+            field="--plan",
+        )
+    return load_capacity_plan(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the capacity picture (and the what-if)."""
+    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+    from collector.store.capacity import latest_snapshot, pool_members  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    if args.top < 0:
+        raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
+    s = load_settings_for(args)
+    recompute = args.now or bool(args.remove) or args.stale_basis is not None
+    cplan: CapacityPlan | None = None
+    source = "recomputed from the store's newest samples"
+    with StoreReader(s.db_path) as reader:
+        if recompute:
+            # the solver, the live view and the wire schema: only when recomputing
+            from collector.capacity.compute import compute_picture  # noqa: PLC0415
+            from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+
+            cplan = _plan(s.plan, None)
+            removed: set[str] = set()
+            for pool in args.remove:
+                members = pool_members(reader, pool)
+                if not members:
+                    raise ConfigError(
+                        f"--remove {pool!r}: no such pool, or it has no nodes "
+                        "(see `collector pool list`)",
+                        field="--remove",
+                    )
+                removed |= members
+            picture = compute_picture(
+                cplan,
+                nodes_from_store(reader),
+                time.time(),
+                stale_intervals=s.stale_intervals,
+                stale_basis=args.stale_basis or s.stale_basis,
+                exclude=frozenset(removed),
+            )
+            if removed:
+                source += f", without {len(removed)} node(s) of pool(s) {', '.join(args.remove)}"
+        else:
+            data = latest_snapshot(reader)
+            if data is None:
+                raise ConfigError(
+                    "no capacity snapshot yet: set capacity.plan and let `collector run` "
+                    "complete a cycle, or add --now --plan FILE",
+                    field="capacity.plan",
+                )
+            picture = picture_from_dict(data)
+            if args.add:
+                cplan = _plan(s.plan, picture.plan)
+            age = max(0.0, time.time() - picture.at)
+            source = f"snapshot, {age:.0f} s old"
+            if age > _OLD_SNAPSHOT_S:
+                source += ": is the collector running? --now recomputes"
+    answer = None
+    if args.add and cplan is not None:
+        from collector.capacity.whatif import parse_add, what_if  # noqa: PLC0415
+
+        known = [t.name for t in cplan.plan.node_types]
+        adds: dict[str, int] = {}
+        for text in args.add:
+            name, n = parse_add(text, known)
+            adds[name] = adds.get(name, 0) + n
+        answer = what_if(cplan, picture, adds, basis=args.basis)
+    if args.json:
+        _print_json(picture, answer, source)
+    else:
+        print("\n".join(_lines(picture, source, args.top, brief=answer is not None)))
+        if answer is not None:
+            print("\n".join(["", *_whatif_lines(answer)]))
+    return 0 if answer is None or answer.fits else 1
+
+
+def _print_json(picture: Picture, answer: WhatIf | None, source: str) -> None:
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from collector.capacity.picture import picture_to_dict  # noqa: PLC0415
+
+    out: dict[str, Any] = {"source": source, "capacity": picture_to_dict(picture)}
+    if answer is not None:
+        out["what_if"] = asdict(answer)
+    print_json(out)
+
+
+def _kw(watts: float) -> str:
+    return f"{watts / 1e3:,.1f} kW"
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{part / whole * 100:5.1f} %" if whole > 0 else "  - %"
+
+
+def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[str]:
+    """The picture at a glance; ``brief`` (a what-if follows): without the tables."""
+    when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(p.at))
+    facility = (
+        f"   (facility {_kw(p.facility_w)} at PUE {p.pue:g})"
+        if p.facility_w is not None and p.pue is not None
+        else ""
+    )
+    counted = (
+        f"{p.nodes:,}: {p.measured_nodes:,} measured, {p.stale_nodes:,} stale/offline at "
+        f"{p.stale_basis}, {p.unmatched_nodes:,} unmatched at {_kw(p.fallback_w)} "
+        f"({p.fallback_type}), {p.clamped_nodes:,} clamped to nameplate"
+    )
+    binding = _WORDS.get(p.binding or "", "none known")
+    if p.binding_detail:
+        binding += f": {p.binding_detail}"
+    lines = [
+        f"Site capacity at {when} ({source}); plan {p.plan or '-'}",
+        f"  cap (IT budget)  {_kw(p.cap_w):>14}",
+        f"  live IT draw     {_kw(p.it_w):>14}  {_pct(p.it_w, p.cap_w)}   (nodes "
+        f"{_kw(p.nodes_w)} + fabric {_kw(p.fabric_w)}){facility}",
+        f"  headroom         {_kw(p.headroom_w):>14}  {_pct(p.headroom_w, p.cap_w)}",
+        f"  worst case       {_kw(p.worst_it_w):>14}  {_pct(p.worst_it_w, p.cap_w)}   "
+        "(every node at nameplate)",
+        f"  nodes            {counted}",
+        f"  binding          {binding}",
+        f"  fits             {'yes' if p.fits else 'NO'}",
+    ]
+    if p.unmatched:
+        more = "" if len(p.unmatched) == p.unmatched_nodes else ", ..."
+        lines.append(f"  unmatched        {', '.join(p.unmatched[:10])}{more}")
+    if p.clamped:
+        lines.append(f"  clamped          {', '.join(p.clamped[:10])}")
+    if brief:
+        return lines
+    rows = [
+        {
+            "type": t.node_type,
+            "nodes": t.nodes,
+            "draw": t.draw_w,
+            "mean": t.draw_w / t.nodes if t.nodes else None,
+            "more_live": t.more_live,
+            "more_np": t.more_nameplate,
+            "next": _WORDS.get(t.next_binding or "", t.next_binding),
+        }
+        for t in p.types
+    ]
+    lines += [
+        "",
+        render_table(
+            rows,
+            [
+                Column("type", "NODE TYPE", align_right=False),
+                Column("nodes", "NODES", lambda v: f"{v:,}"),
+                Column("draw", "DRAW", _kw),
+                Column("mean", "PER NODE", _kw),
+                Column("more_live", "MORE (LIVE)", lambda v: f"{v:,}"),
+                Column("more_np", "MORE (NAMEPLATE)", lambda v: f"{v:,}"),
+                Column("next", "THEN LIMITED BY", align_right=False),
+            ],
+        ),
+    ]
+    limited = [r for r in p.racks if r.limit_w is not None]
+    racks = limited[:top]
+    if racks:
+        lines += [
+            "",
+            f"Top racks by draw against limit ({len(limited):,} of {len(p.racks):,} racks have "
+            "a limit)",
+            render_table(
+                [
+                    {
+                        "rack": r.rack,
+                        "nodes": r.nodes,
+                        "draw": r.draw_w,
+                        "limit": r.limit_w,
+                        "pct": (r.fraction or 0.0) * 100,
+                        "over": "OVER" if r.over else "",
+                    }
+                    for r in racks
+                ],
+                [
+                    Column("rack", "RACK", align_right=False),
+                    Column("nodes", "NODES", lambda v: f"{v:,}"),
+                    Column("draw", "DRAW", _kw),
+                    Column("limit", "LIMIT", _kw),
+                    Column("pct", "%", lambda v: f"{v:.1f}"),
+                    Column("over", "", align_right=False),
+                ],
+            ),
+        ]
+    return lines
+
+
+def _whatif_lines(w: WhatIf) -> list[str]:
+    added = ", ".join(
+        f"{n:,} x {name} at {_kw(w.added_node_w[name])}" for name, n in w.added.items()
+    )
+    basis = "nameplate" if w.basis == "max" else "typical draw"
+    tiers = (
+        f"{w.fabric_tiers_before} -> {w.fabric_tiers} tiers (a new tier)"
+        if w.fabric_tiers > w.fabric_tiers_before
+        else f"{w.fabric_tiers} tiers"
+    )
+    verdict = (
+        "still fits"
+        if w.fits
+        else f"does NOT fit: {_WORDS.get(w.breaks or '', w.breaks)} breaks first"
+    )
+    lines = [
+        f"What-if: add {added} ({basis})",
+        f"  new IT draw      {_kw(w.it_w):>14}  {_pct(w.it_w, w.cap_w)}   (+{_kw(w.added_w)}, of "
+        f"which fabric +{_kw(w.fabric_delta_w)})",
+        f"  headroom         {_kw(w.headroom_w):>14}  {_pct(w.headroom_w, w.cap_w)}",
+        f"  fabric           {tiers}, {w.switches_before:,} -> {w.switches:,} switches",
+        f"  answer           {verdict}",
+    ]
+    if w.detail:
+        lines.append(f"  why              {w.detail}")
+    return lines

@@ -1,0 +1,283 @@
+"""``collector inventory``: the fleet's hardware as components per node, and declared nodes."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.governance.inventory import NodeComponents
+
+__all__ = [
+    "add_parser",
+    "inventory_json",
+    "inventory_table",
+    "load_nodes",
+    "print_fast_json",
+    "run",
+]
+
+_DESCRIPTION: Final = """\
+The hardware the agents report (their retained inventories), as components:
+
+  inventory [POOL]       one row per node (of POOL; `free` = nodes in no pool), one column
+                         per component kind seen (each CPU model in sockets, each GPU model,
+                         memory in 16 GiB units, each NIC model and speed, other
+                         accelerators): `✅ (N)` or `❌`; then what is missing or in error
+                         (a GPU on the PCI bus NVML lost, fewer GPUs in the latest sample
+                         than in the inventory, a NIC whose link was down)
+  inventory --node NODE  that node's components, one per row (kind, model, count, ids)
+  inventory import FILE  declare nodes that run no agent yet: one inventory per line, in the
+                         inventory topic's JSON shape (FILE `-` reads stdin); every line is
+                         validated first and one bad line imports nothing. A node's own
+                         agent inventory replaces the declared one when it arrives.
+
+Works while the collector runs."""
+
+_EPILOG: Final = """\
+examples:
+  collector inventory
+  collector inventory zinal --json
+  collector inventory --node x1000c0s0b0n0
+  collector inventory import racked-nodes.jsonl
+
+exit status: 0 done; 2 a bad flag, line, pool or node, or no database (one line)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector inventory``."""
+    p = sub.add_parser(
+        "inventory",
+        help=COMMANDS["inventory"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument("words", nargs="*", metavar="POOL | import FILE", help="a pool, or import FILE")
+    p.add_argument("--node", metavar="NODE", help="one node's components, one per row")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Show the inventory, one node's components, or import declared inventories."""
+    settings = read_settings_from_args(args)
+    words: list[str] = args.words
+    if words and words[0] == "import":
+        if len(words) != 2:
+            raise ConfigError("import needs exactly one FILE (JSON lines; `-` for stdin)")
+        return _import(settings.db_path, words[1])
+    if len(words) > 1:
+        raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
+    pool = words[0] if words else None
+    nodes = load_nodes(
+        settings.db_path,
+        settings.stale_intervals,
+        settings.expected_interval_s,
+        with_ids=args.node is not None,
+    )
+    if args.node is not None:
+        return _one_node(nodes, args.node, as_json=args.json)
+    if pool is not None:
+        from collector.store.pools import FREE  # noqa: PLC0415
+
+        if pool != FREE and not any(n.pool == pool for n in nodes):
+            _check_pool(settings.db_path, pool)
+        nodes = [n for n in nodes if n.pool == pool]
+    if args.json:
+        print_fast_json(inventory_json(nodes))
+    elif not nodes:
+        print("no nodes" + (f" in pool {pool}" if pool else " with an inventory yet"))
+    else:
+        print(inventory_table(nodes))
+    return 0
+
+
+def load_nodes(
+    db: Path, stale_intervals: float, interval_s: float, *, with_ids: bool = False
+) -> list[NodeComponents]:
+    """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
+    serials, UUIDs and interface names."""
+    from collector.governance.inventory import describe_nodes  # noqa: PLC0415
+    from collector.store.pools import node_records  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    with StoreReader(db) as store:
+        records = node_records(store)
+    return describe_nodes(
+        records,
+        time.time(),
+        stale_intervals=stale_intervals,
+        default_interval_s=interval_s,
+        with_ids=with_ids,
+    )
+
+
+def _check_pool(db: Path, pool: str) -> None:
+    from collector.store.pools import pools  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    with StoreReader(db) as store:
+        names = [p["name"] for p in pools(store)]
+    if pool not in names:
+        known = ", ".join(["free", *names])
+        raise ConfigError(f"no pool {pool!r}: pools are {known} (`collector pool list`)")
+
+
+def _columns(nodes: list[NodeComponents]) -> list[str]:
+    from collector.governance.inventory import KINDS  # noqa: PLC0415
+
+    seen: dict[str, tuple[int, str]] = {}
+    for n in nodes:
+        for c in n.components:
+            seen.setdefault(c.key, (KINDS.index(c.kind), c.model))
+    return sorted(seen, key=seen.__getitem__)
+
+
+def inventory_table(nodes: list[NodeComponents]) -> str:
+    """One row per node, one column per component kind seen, then MISSING/ERROR.
+
+    Built column by column rather than through ``render_table``: 12,500 nodes x a dozen
+    columns are 150,000 cells, and a call per cell was a third of the command's time.
+    """
+    keys = _columns(nodes)
+    index = {k: i for i, k in enumerate(keys)}
+    cells = [["❌"] * len(nodes) for _ in keys]
+    for row, n in enumerate(nodes):
+        for key, count in _sum_counts(n).items():
+            cells[index[key]][row] = f"✅ ({count})"
+    columns = [
+        ["NODE", *(n.node for n in nodes)],
+        ["POOL", *(n.pool for n in nodes)],
+        ["STATE", *(n.state for n in nodes)],
+        *([_header(k), *col] for k, col in zip(keys, cells, strict=True)),
+        ["MISSING/ERROR", *("; ".join(n.problems) for n in nodes)],
+    ]
+    padded = []
+    for col in columns[:-1]:
+        width = max(map(len, col))
+        padded.append([v.ljust(width) for v in col])
+    padded.append(columns[-1])
+    return "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
+
+
+def _header(key: str) -> str:
+    kind, _, model = key.partition(" ")
+    return "MEMORY (16 GiB)" if kind == "memory" else f"{kind.upper()} {model}"
+
+
+def inventory_json(nodes: list[NodeComponents]) -> dict[str, Any]:
+    """The table's content for scripts: columns and, per node, units per column."""
+    return {
+        "columns": _columns(nodes),
+        "nodes": [
+            {
+                "node": n.node,
+                "pool": n.pool,
+                "state": n.state,
+                "rack": n.rack,
+                "components": _sum_counts(n),
+                "problems": list(n.problems),
+            }
+            for n in nodes
+        ],
+    }
+
+
+def print_fast_json(data: Any) -> None:
+    """``print_json``'s output (2-space indent) through msgspec: 10x faster on 12,500 nodes."""
+    import msgspec  # noqa: PLC0415
+
+    print(msgspec.json.format(msgspec.json.encode(data), indent=2).decode())
+
+
+def _sum_counts(n: NodeComponents) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in n.components:
+        out[c.key] = out.get(c.key, 0) + c.count
+    return out
+
+
+def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
+    node = next((n for n in nodes if n.node == name), None)
+    if node is None:
+        raise ConfigError(
+            f"no inventory for node {name!r}: its agent has not reported one and none was "
+            "declared (`collector inventory import`)",
+            field="--node",
+        )
+    comps: list[dict[str, Any]] = [
+        {"kind": c.kind, "model": c.model, "count": c.count, "ids": list(c.ids)}
+        for c in node.components
+    ]
+    if as_json:
+        print_json(
+            {
+                "node": node.node,
+                "pool": node.pool,
+                "state": node.state,
+                "rack": node.rack,
+                "components": comps,
+                "problems": list(node.problems),
+            }
+        )
+        return 0
+    print(f"{node.node}  pool {node.pool}  {node.state}  rack {node.rack or '-'}")
+    for c in comps:
+        c["size"] = f"{c['count'] * 16} GiB" if c["kind"] == "memory" else str(c["count"])
+        c["id_text"] = ", ".join(c["ids"]) or None
+    print(
+        render_table(
+            comps,
+            [
+                Column("kind", "KIND", align_right=False),
+                Column("model", "MODEL", align_right=False),
+                Column("size", "COUNT/SIZE"),
+                Column("id_text", "SERIAL/UUID/ID", align_right=False),
+            ],
+        )
+    )
+    for p in node.problems:
+        print(f"missing/error: {p}")
+    return 0
+
+
+def _import(db: Path, file: str) -> int:
+    import sys  # noqa: PLC0415
+
+    from collector.store.pools import declare_inventories  # noqa: PLC0415
+    from shared.errors import SchemaError  # noqa: PLC0415
+    from shared.schema import decode_inventory, encode  # noqa: PLC0415
+
+    try:
+        lines = sys.stdin.buffer.read().splitlines() if file == "-" else _read_lines(Path(file))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file!r}: {exc.strerror or exc}") from None
+    rows: dict[str, bytes] = {}
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            inv = decode_inventory(line)
+        except SchemaError as exc:
+            raise ConfigError(
+                f"{file}:{lineno}: not an inventory ({exc}); nothing imported", field="FILE"
+            ) from None
+        rows[inv.node] = encode(inv)
+    if not rows:
+        raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")
+    n = declare_inventories(db, sorted(rows.items()), time.time())
+    print(f"declared {n} node inventories (an agent's own inventory replaces its node's)")
+    return 0
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()

@@ -1,0 +1,160 @@
+"""``collector plot``: PNG pictures of the fleet from the store (works while the daemon runs).
+
+Three pictures, each 1600x1000 with a title, units and a legend: utilisation and power over
+time (the fleet, or one node with ``--node``), capacity history (IT draw against the cap),
+and the compute hierarchy as a treemap coloured by power. Drawing is
+:mod:`collector.plot`; this module reads flags and the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args
+from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
+from shared.units import parse_duration
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from collector.store.reader import StoreReader
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION: Final = """\
+Pictures of the fleet as PNG files (needs matplotlib: pip install 'capwatch[plot]').
+
+  usage       (default) CPU, memory and GPU utilisation and power over --since: the fleet,
+              one node with --node, or one pool's nodes with --pool
+  capacity    live IT draw against the cap over --since, with the 90 % and 98 % lines and
+              the worst case (every node at nameplate), from the capacity snapshots
+  hierarchy   site -> rack -> node -> GPU as a treemap, area by power drawn, colour by
+              power as a share of nameplate (recomputed from the newest samples; --plan)"""
+
+_EPILOG: Final = """\
+examples:
+  collector plot --out fleet.png --since 6h
+  collector plot usage --node x1000c0s0b0n0 --out node.png
+  collector plot capacity --since 24h --out capacity.png
+  collector plot hierarchy --plan site.toml --out racks.png
+
+exit status: 0 written; 2 a bad flag, no data source, or no matplotlib (one line)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector plot``."""
+    p = sub.add_parser(
+        "plot",
+        help=COMMANDS["plot"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument(
+        "picture",
+        nargs="?",
+        default="usage",
+        choices=("usage", "capacity", "hierarchy"),
+        help="which picture (default: usage)",
+    )
+    p.add_argument("--node", metavar="NODE", help="usage: this node instead of the fleet")
+    p.add_argument("--pool", metavar="POOL", help="usage: this pool's nodes instead of the fleet")
+    p.add_argument("--since", default="1h", metavar="DURATION", help="how far back (default 1h)")
+    p.add_argument(
+        "--plan",
+        type=Path,
+        metavar="FILE",
+        help="hierarchy: site plan (default: capacity.plan, else the newest snapshot's)",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE.png", help="output file (default: PICTURE.png)"
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Draw the picture and write it."""
+    from collector.cli.capacity import load_settings_for  # noqa: PLC0415
+    from collector.plot.figures import save  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    since_s = parse_duration(args.since, field="--since")
+    if args.node is not None and not NODE_ID_RE.match(args.node):
+        raise ConfigError(f"--node {args.node!r} is not a valid node id", field="--node")
+    if args.node is not None and args.picture != "usage":
+        raise ConfigError("--node goes with the usage picture", field="--node")
+    if args.pool is not None and (args.picture != "usage" or args.node is not None):
+        raise ConfigError("--pool goes with the usage picture, without --node", field="--pool")
+    out: Path = args.out or Path(f"{args.picture}.png")
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: write a .png file", field="--out")
+    s = load_settings_for(args)
+    now = time.time()
+    with StoreReader(s.db_path) as reader:
+        if args.picture == "usage":
+            fig = _usage(reader, args.node, args.pool, now - since_s, now)
+        elif args.picture == "capacity":
+            from collector.plot.figures import capacity_figure  # noqa: PLC0415
+            from collector.store.capacity import latest_snapshot, snapshot_series  # noqa: PLC0415
+
+            rows = snapshot_series(reader, now - since_s)
+            plan = s.plan
+            if plan is None:
+                snap = latest_snapshot(reader)
+                plan = Path(snap["plan"]) if snap is not None and snap.get("plan") else None
+            fig = capacity_figure(rows, plan.name if plan is not None else "", now - since_s, now)
+        else:
+            fig = _hierarchy(reader, args.plan or s.plan, s.stale_intervals, now)
+    save(fig, out)
+    print(f"{args.picture} picture written to {out}")
+    return 0
+
+
+def _usage(
+    reader: StoreReader, node: str | None, pool: str | None, since: float, now: float
+) -> Figure:
+    from collector.plot.figures import usage_figure  # noqa: PLC0415
+    from collector.store.series import fleet_series, node_series  # noqa: PLC0415
+
+    if node is not None:
+        return usage_figure(node_series(reader, node, since), f"node {node}", since, now)
+    if pool is not None:
+        from collector.store.capacity import pool_members  # noqa: PLC0415
+
+        if not pool_members(reader, pool):
+            raise ConfigError(f"--pool {pool!r}: no such pool, or it has no nodes", field="--pool")
+        rows = fleet_series(reader, since, max((now - since) / 200, 1.0), pool=pool)
+        return usage_figure(rows, f"pool {pool}", since, now)
+    rows = fleet_series(reader, since, max((now - since) / 200, 1.0))
+    return usage_figure(rows, "fleet", since, now)
+
+
+def _hierarchy(
+    reader: StoreReader, plan: Path | None, stale_intervals: float, now: float
+) -> Figure:
+    from collector.capacity.compute import compute_picture  # noqa: PLC0415
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+    from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+    from collector.plot.treemap import hierarchy_figure  # noqa: PLC0415
+    from collector.store.capacity import latest_snapshot  # noqa: PLC0415
+
+    if plan is None and reader.has_table("capacity_snapshots"):
+        snap = latest_snapshot(reader)
+        if snap is not None and snap.get("plan"):
+            plan = Path(snap["plan"])
+    if plan is None:
+        raise ConfigError(
+            "the hierarchy needs the site plan: pass --plan FILE or set capacity.plan",
+            field="--plan",
+        )
+    cplan = load_capacity_plan(plan)
+    picture = compute_picture(
+        cplan, nodes_from_store(reader), now, stale_intervals=stale_intervals, keep_nodes=True
+    )
+    return hierarchy_figure(cplan, picture)

@@ -1,0 +1,427 @@
+"""The collector's ``/metrics``: its own health, fleet aggregates and alert counts.
+
+No per-GPU (or per-node) series: 12,500 nodes x 8 GPUs would be a million series; those are
+the agents' ``/metrics``. Everything here is a handful of series whatever the fleet size.
+
+Where the work happens. The collector is one asyncio loop, and the HTTP server runs in a
+thread (:mod:`shared.metrics_http`). A scrape asks the loop for a snapshot
+(``run_coroutine_threadsafe``): each *source* is a small ``async`` function that reads the
+loop's objects (counters, the live view, the alert states) and returns finished metric
+families. The fleet source walks a copy of the node list in chunks of
+:data:`FLEET_CHUNK_NODES`, yielding to the loop between chunks, and adds per-node sums the
+live view keeps on each update (never per GPU), so a scrape at 12,500 nodes never holds the
+loop for more than one chunk. Turning families into text happens in the HTTP thread. If the
+loop does not answer within ``timeout_s`` (stalled), the scrape gets the last snapshot and
+``capwatch_collector_metrics_snapshot_timeouts_total`` goes up.
+
+Adding a family later (capacity, quotas) is one function: write ``async def f() ->
+list[Metric]`` and :meth:`CollectorMetrics.add` it.
+
+The batch commit histogram is a prometheus_client ``Histogram`` the writer feeds directly
+(``on_commit``): its own lock, no snapshot needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector as _PromCollector
+
+from collector.alerts.rule import SEVERITIES, AlertState
+from collector.live import LiveView
+from collector.store.db import Store
+from collector.store.health import oldest_sample_received, store_size_bytes
+from collector.store.queries import node_state
+from shared.logging import get_logger
+from shared.metrics_http import MetricsServer, parse_listen
+
+if TYPE_CHECKING:
+    from collector.ingest.writer import Writer
+    from collector.service import Collector
+
+__all__ = [
+    "FLEET_CHUNK_NODES",
+    "CollectorMetrics",
+    "FamilySource",
+    "LoopSnapshot",
+    "alert_families",
+    "fleet_families",
+    "ingest_families",
+]
+
+log = get_logger("metrics")
+
+FamilySource = Callable[[], Awaitable[list[Metric]]]
+"""Runs on the event loop at each scrape; returns finished metric families."""
+
+FLEET_CHUNK_NODES: Final = 500
+"""Nodes summed between two yields to the loop (~0.4 ms of work on the development machine)."""
+
+COMMIT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# Counter names of the ingest path (collector/ingest/*) and their exposition; the rest of
+# the counters map by prefix (below) or land in capwatch_collector_events_total{event}.
+_COUNTERS: Final = {
+    "received": ("messages_received", "MQTT messages received (all topics)."),
+    "samples": ("samples_valid", "Sample messages that passed validation."),
+    "stored": ("samples_stored", "Sample rows stored (duplicates not counted)."),
+    "duplicates": ("samples_duplicate", "Samples already stored (redeliveries), dropped."),
+    "quarantined": ("messages_quarantined", "Rejected messages kept in quarantine."),
+    "mqtt_disconnects": ("mqtt_disconnects", "Connections to the broker lost."),
+    "retention_deleted": ("retention_deleted_rows", "Sample rows deleted by retention."),
+    "alert_evaluations": ("alert_evaluations", "Evaluations of the alert rules."),
+}
+_LABELLED: Final = (
+    ("rejected_", "messages_rejected", "reason", "Messages rejected, by reason."),
+    ("webhook_", "webhook_outcomes", "outcome", "Webhook delivery outcomes, by outcome."),
+    ("job_failed_", "job_failures", "job", "Periodic jobs that failed, by job."),
+)
+
+
+def ingest_families(
+    counters: Mapping[str, int],
+    *,
+    queue_units: int,
+    queue_capacity: int,
+    connected: bool,
+    last_commit_age_s: float | None,
+) -> list[Metric]:
+    """The ingest path's counters and state, under ``capwatch_collector_*``."""
+    out: list[Metric] = []
+    for key, (name, doc) in _COUNTERS.items():
+        out.append(CounterMetricFamily(f"capwatch_collector_{name}", doc, counters.get(key, 0)))
+    labelled = {
+        prefix: CounterMetricFamily(f"capwatch_collector_{name}", doc, labels=[label])
+        for prefix, name, label, doc in _LABELLED
+    }
+    events = CounterMetricFamily(
+        "capwatch_collector_events",
+        "Other events the collector counts (see the counters table), by name.",
+        labels=["event"],
+    )
+    for key, value in sorted(counters.items()):
+        if key in _COUNTERS or key == "rejected":
+            continue
+        prefix = next((p for p in labelled if key.startswith(p)), None)
+        if prefix is not None:
+            labelled[prefix].add_metric([key.removeprefix(prefix)], value)
+        else:
+            events.add_metric([key], value)
+    out += [*labelled.values(), events]
+    out.append(
+        GaugeMetricFamily(
+            "capwatch_collector_queue_units",
+            "Validated reads waiting for the writer (each up to batch_max_rows messages).",
+            queue_units,
+        )
+    )
+    out.append(
+        GaugeMetricFamily(
+            "capwatch_collector_queue_capacity_units", "Size of the writer's queue.", queue_capacity
+        )
+    )
+    out.append(
+        GaugeMetricFamily(
+            "capwatch_collector_broker_connected", "1 while subscribed to the broker.", connected
+        )
+    )
+    out.append(
+        _maybe(
+            "capwatch_collector_last_commit_age_seconds",
+            "Seconds since the writer last committed (a batch or its counters, every ~2 s).",
+            last_commit_age_s,
+        )
+    )
+    return out
+
+
+async def fleet_families(
+    view: LiveView,
+    now: float,
+    *,
+    stale_intervals: float,
+    default_interval_s: float,
+    chunk: int = FLEET_CHUNK_NODES,
+) -> list[Metric]:
+    """Nodes by state, GPUs, mean GPU utilisation and power over the online nodes, as
+    ``collector query`` counts them (:func:`collector.store.queries.node_state`)."""
+    nodes = list(view.nodes())  # a copy: the view may change while we yield
+    counts = {"online": 0, "stale": 0, "offline": 0}
+    gpus = util_n = 0
+    util_sum = 0.0
+    gpu_w: float | None = None
+    cpu_w: float | None = None
+    for start in range(0, len(nodes), chunk):
+        if start:
+            await asyncio.sleep(0)
+        for st in nodes[start : start + chunk]:
+            if st.reject_only:
+                continue
+            sample = st.sample
+            state = node_state(
+                st.status,
+                st.sample_received,
+                None if sample is None else sample.interval_s,
+                now,
+                stale_intervals=stale_intervals,
+                default_interval_s=default_interval_s,
+            )
+            counts[state] += 1
+            if state != "online" or sample is None:
+                continue
+            gpus += len(sample.gpus)
+            util_sum += st.gpu_util_sum
+            util_n += st.gpu_util_n
+            if st.gpu_power_w is not None:
+                gpu_w = st.gpu_power_w + (gpu_w or 0.0)
+            if sample.cpu_power_w is not None:
+                cpu_w = sample.cpu_power_w + (cpu_w or 0.0)
+    by_state = GaugeMetricFamily(
+        "capwatch_fleet_nodes", "Nodes by state (online, stale, offline).", labels=["state"]
+    )
+    for state, n in counts.items():
+        by_state.add_metric([state], n)
+    out: list[Metric] = [
+        by_state,
+        GaugeMetricFamily("capwatch_fleet_gpus", "GPUs on online nodes.", gpus),
+        GaugeMetricFamily(
+            "capwatch_fleet_live_nodes", "Nodes the live view holds (bounded).", len(nodes)
+        ),
+        CounterMetricFamily(
+            "capwatch_fleet_live_refused",
+            "Node updates dropped because the live view was full.",
+            view.refused,
+        ),
+    ]
+    # Unknown is absent, not 0 W: a family with no sample (declared, so dashboards and the
+    # test that checks them see every name the collector can expose).
+    node_w = None if gpu_w is None and cpu_w is None else (gpu_w or 0.0) + (cpu_w or 0.0)
+    out += [
+        _maybe(
+            "capwatch_fleet_gpu_utilisation_ratio",
+            "Mean GPU utilisation over the online GPUs that report it (0-1).",
+            util_sum / util_n / 100.0 if util_n else None,
+        ),
+        _maybe(
+            "capwatch_fleet_gpu_power_watts",
+            "GPU power of the online nodes (interval power where known), W.",
+            gpu_w,
+        ),
+        _maybe("capwatch_fleet_cpu_power_watts", "CPU (RAPL) power of the online nodes, W.", cpu_w),
+        _maybe(
+            "capwatch_fleet_node_power_watts",
+            "Measured node power of the online nodes: GPU + CPU sensors (not fans, NICs, "
+            "PSU losses), W.",
+            node_w,
+        ),
+    ]
+    return out
+
+
+def _maybe(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    """A gauge family with one sample, or none when ``value`` is unknown."""
+    g = GaugeMetricFamily(name, doc, labels=[])
+    if value is not None:
+        g.add_metric([], value)
+    return g
+
+
+def alert_families(states: Iterable[AlertState]) -> list[Metric]:
+    """Pending and firing alerts by severity; every pair present (0 when none)."""
+    counts = {(s, sev): 0 for s in ("pending", "firing") for sev in SEVERITIES}
+    for st in states:
+        key = (st.state, st.labels.get("severity", ""))
+        if key in counts:
+            counts[key] += 1
+    g = GaugeMetricFamily(
+        "capwatch_alerts", "Alerts by state and severity.", labels=["state", "severity"]
+    )
+    for (state, severity), n in counts.items():
+        g.add_metric([state, severity], n)
+    return [g]
+
+
+class LoopSnapshot(_PromCollector):
+    """A prometheus_client collector that runs ``snapshot`` on ``loop`` (from the HTTP
+    thread) and yields its families; the previous ones if the loop does not answer in time.
+
+    Bounded work on the loop whatever the scrape rate: scrapes take turns (a lock), and one
+    that comes within ``min_interval_s`` of the last snapshot reuses it, so two Prometheus
+    replicas, or a scraper gone wild, cost the loop at most one snapshot per interval.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        snapshot: FamilySource,
+        timeout_s: float,
+        *,
+        min_interval_s: float = 1.0,
+    ) -> None:
+        self._loop = loop
+        self._snapshot = snapshot
+        self._timeout_s = timeout_s
+        self._min_interval_s = min_interval_s
+        self._lock = threading.Lock()
+        self._last: list[Metric] = []
+        self._last_at = float("-inf")
+        self.timeouts = 0
+        self.snapshots = 0
+        """Snapshots taken on the loop (a test counts them)."""
+
+    async def _take(self) -> list[Metric]:
+        return await self._snapshot()
+
+    def _families(self) -> list[Metric]:
+        with self._lock:
+            if time.monotonic() - self._last_at < self._min_interval_s:
+                return self._last
+            future = asyncio.run_coroutine_threadsafe(self._take(), self._loop)
+            try:
+                self._last = future.result(self._timeout_s)
+            except TimeoutError:
+                future.cancel()
+                self.timeouts += 1
+                log.warning("metrics_snapshot_timeout", timeout_s=self._timeout_s)
+                return self._last
+            self.snapshots += 1
+            self._last_at = time.monotonic()
+            return self._last
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families()
+        yield CounterMetricFamily(
+            "capwatch_collector_metrics_snapshot_timeouts",
+            "Scrapes the event loop did not answer in time (they got the previous snapshot).",
+            self.timeouts,
+        )
+
+
+class CollectorMetrics:
+    """The collector's registry and its sources; :meth:`serve` runs the HTTP endpoint."""
+
+    def __init__(self, collector: Collector, store: Store, *, timeout_s: float = 5.0) -> None:
+        self.collector = collector
+        self.store = store
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.commit_seconds = Histogram(
+            "capwatch_collector_batch_commit_seconds",
+            "Time to store one batch (one transaction) and learn it is durable.",
+            buckets=COMMIT_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.oldest_received: float | None = None
+        self.name = "store_stats"
+        self.interval_s = 10.0
+        """As a writer :class:`~collector.ingest.writer.Job`: the oldest row is read this often."""
+        self._timeout_s = timeout_s
+        self._sources: list[FamilySource] = []
+        self._writer: Writer | None = None
+        self.port: int | None = None
+        """The bound port while serving (``metrics_listen`` may say 0)."""
+        self.add(self._ingest)
+        self.add(self._store)
+        self.add(self._fleet)
+        self.add(self._alerts)
+
+    def add(self, source: FamilySource) -> None:
+        """Add a source of families (capacity, quotas, ...): run on the loop at each scrape."""
+        self._sources.append(source)
+
+    async def snapshot(self) -> list[Metric]:
+        """Every source's families, now (on the event loop)."""
+        out: list[Metric] = []
+        for source in self._sources:
+            out += await source()
+        return out
+
+    def on_commit(self, seconds: float) -> None:
+        """The writer's hook: one batch committed in ``seconds``."""
+        self.commit_seconds.observe(seconds)
+
+    async def __call__(self, store: Store) -> None:
+        """The writer job: read the oldest sample's arrival time (one index descent)."""
+        self.oldest_received = await oldest_sample_received(store)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready while subscribed to the broker and the writer committed within
+        ``metrics_ready_commit_s`` (it commits its counters every ~2 s even when idle).
+        Runs in the HTTP thread: reads two values, never waits on the loop."""
+        c = self.collector
+        if not c.connected.is_set():
+            return False, "not connected to the broker"
+        last = None if self._writer is None else self._writer.last_commit
+        limit = c.settings.metrics_ready_commit_s
+        if last is None:
+            return False, "connected, the writer has not committed yet"
+        age = c.clock.monotonic() - last
+        if age > limit:
+            return False, f"the writer has not committed for {age:.1f} s (limit {limit:.0f} s)"
+        return True, f"ready: connected, last commit {age:.1f} s ago"
+
+    @contextlib.asynccontextmanager
+    async def serve(self, writer: Writer) -> AsyncIterator[MetricsServer]:
+        """Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``metrics_listen`` while inside."""
+        self._writer = writer
+        listen = self.collector.settings.metrics_listen
+        assert listen is not None
+        host, port = parse_listen(listen, field="metrics_listen")
+        # Before the writer's task starts, so the connection is ours for one statement.
+        self.oldest_received = await oldest_sample_received(self.store)
+        expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
+        self.registry.register(expo)
+        try:
+            async with MetricsServer(host, port, self.registry, self.ready) as server:
+                self.port = server.port
+                yield server
+        finally:
+            self.registry.unregister(expo)
+
+    # -- the built-in sources
+
+    async def _ingest(self) -> list[Metric]:
+        c = self.collector
+        units, capacity = c.queue_units
+        last = None if self._writer is None else self._writer.last_commit
+        return ingest_families(
+            c.counters,
+            queue_units=units,
+            queue_capacity=capacity,
+            connected=c.connected.is_set(),
+            last_commit_age_s=None if last is None else max(0.0, c.clock.monotonic() - last),
+        )
+
+    async def _store(self) -> list[Metric]:
+        return [
+            GaugeMetricFamily(
+                "capwatch_collector_store_size_bytes",
+                "Database file and write-ahead log on disk.",
+                store_size_bytes(self.collector.settings.db_path),
+            ),
+            _maybe(
+                "capwatch_collector_store_oldest_sample_timestamp_seconds",
+                "Arrival time of the oldest stored sample (Unix seconds).",
+                self.oldest_received,
+            ),
+        ]
+
+    async def _fleet(self) -> list[Metric]:
+        c = self.collector
+        return await fleet_families(
+            c.live,
+            c.clock.time(),
+            stale_intervals=c.settings.stale_intervals,
+            default_interval_s=c.settings.expected_interval_s,
+        )
+
+    async def _alerts(self) -> list[Metric]:
+        return alert_families(self.collector.evaluator.states())

@@ -1,0 +1,177 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` over HTTP, for both daemons.
+
+The exposition is prometheus_client's (``make_wsgi_app``: text format, content negotiation,
+gzip, ``name[]`` filters); the server is the standard library's WSGI server with one thread
+per request, as ``prometheus_client.start_http_server`` runs it. Nothing here parses HTTP.
+
+Why a thread and not the daemon's event loop: a scrape must never wait on ingestion, and
+ingestion must never wait on a scrape (a slow or stuck Prometheus holds a socket, not the
+loop). What a scrape reads from the loop's objects is either immutable (a wire ``Sample``) or
+a snapshot the loop hands over (see ``collector/metrics.py``).
+
+Paths:
+
+* ``/metrics``: the registry, Prometheus text format (OpenMetrics when asked for).
+* ``/healthz``: 200 while the process serves HTTP at all (liveness).
+* ``/readyz``: 200 ``ready`` or 503 with the reason, from the daemon's ``ready()`` callback
+  (readiness: the collector's broker and writer, the agent's last acknowledged publish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from shared.errors import ConfigError
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["MetricsServer", "Readiness", "parse_listen"]
+
+log = get_logger("metrics_http")
+
+Readiness = Callable[[], tuple[bool, str]]
+"""``ready()``: whether the daemon is ready, and a one-line reason (shown by ``/readyz``)."""
+
+_TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
+
+
+def parse_listen(value: str, *, field: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9400`` for IPv6; port 0 picks a free one) as (host, port).
+
+    A malformed value is a :class:`ConfigError` naming ``field`` and the expected form.
+    """
+    host, sep, port_text = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65_535:
+        raise ConfigError(
+            f"{field} {value!r} is not HOST:PORT: write e.g. 127.0.0.1:9474, 0.0.0.0:9400 "
+            "or [::1]:9400 (port 0-65535)",
+            field=field,
+        )
+    return host, int(port_text)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    """A scrape in flight must not keep the daemon from exiting."""
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref logs every request to stderr; a scrape every 15 s is not news."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http_request", line=format % args)
+
+
+def _family(host: str, field: str) -> socket.AddressFamily:
+    """The address family of ``host`` (IPv6 for ``::``, ``[::1]``), as getaddrinfo sees it."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot resolve the /metrics host {host!r} ({exc.strerror}): set {field} "
+            "(--metrics-listen) to a local address, e.g. 127.0.0.1:9474",
+            field=field,
+        ) from exc
+    return infos[0][0]
+
+
+def make_app(registry: CollectorRegistry, ready: Readiness) -> WSGIApplication:
+    """The WSGI app: ``/healthz`` and ``/readyz`` here, everything else prometheus_client's."""
+    from prometheus_client import make_wsgi_app  # noqa: PLC0415 (only when serving)
+
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            start_response("200 OK", [_TEXT])  # a new list: wsgiref adds to it
+            return [b"ok\n"]
+        if path == "/readyz":
+            ok, reason = ready()
+            start_response("200 OK" if ok else "503 Service Unavailable", [_TEXT])
+            return [reason.encode() + b"\n"]
+        if path in ("/metrics", "/"):
+            body: Iterable[bytes] = metrics(environ, start_response)
+            return body
+        start_response("404 Not Found", [_TEXT])
+        return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+    return app
+
+
+class MetricsServer:
+    """``async with MetricsServer(host, port, registry, ready) as srv:`` serves until exit.
+
+    Binding happens in ``__aenter__``: a port in use or an address the host does not have is
+    a :class:`ConfigError` naming ``field`` before the daemon starts its tasks. ``srv.port``
+    is the bound port (useful with port 0).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Readiness,
+        *,
+        field: str = "metrics_listen",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._app = make_app(registry, ready)
+        self._field = field
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    async def __aenter__(self) -> Self:
+        family = _family(self.host, self._field)
+        server_class = type("_BoundServer", (_Server,), {"address_family": family})
+        try:
+            server: WSGIServer = make_server(
+                self.host, self.port, self._app, server_class, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for /metrics on {self.host}:{self.port}: {exc.strerror}: "
+                f"choose a free port or a local address in {self._field} (--metrics-listen)",
+                field=self._field,
+            ) from exc
+        assert isinstance(server, _Server)
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http"
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        log.info("metrics_listening", host=self.host, port=self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # shutdown() waits for serve_forever's loop to notice (<= poll_interval): not on the loop.
+        await asyncio.shield(asyncio.to_thread(_close, server))
+
+
+def _close(server: _Server) -> None:
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,305 @@
+"""The agent's /metrics: dcgm-exporter's names, labels and units, field by field, from a
+sample the fake NVML produced; node_exporter's host names; promtool accepts the text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.fake_nvml import FakeNvml
+from agent.gpu import NvmlBackend
+from agent.host import HostSampler
+from agent.metrics import DCGM_LABELS, AgentExposition, AgentStats
+from agent.node import NodeSampler
+from agent.rapl import RaplReader
+from shared.clock import FakeClock
+from shared.schema import GpuEcc, Inventory, Sample, XidEvent
+from tests.agent.test_host import FakeHost
+from tests.helpers import promtool_check_metrics
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+_STATS = AgentStats(
+    samples_taken=3, published=2, dropped=1, buffered=1, connected=True, last_ack_age_s=0.5
+)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[NodeSampler, FakeClock, FakeNvml]]:
+    """A node sampler over a fake /proc, /sys (one RAPL zone) and 4 fake H100s."""
+    clock = FakeClock()
+    host = FakeHost(tmp_path)
+    zone = host.sys / "class" / "powercap" / "intel-rapl:0"
+    zone.mkdir(parents=True)
+    (zone / "name").write_text("package-0\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    (zone / "energy_uj").write_text("1000000\n")
+    nvml = FakeNvml(4, clock=clock, seed=3)
+    sampler = NodeSampler(
+        "gpu-node-07",
+        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
+        rapl=RaplReader(host.sys, clock),
+        host=HostSampler(clock, proc_root=host.proc, sysfs_root=host.sys),
+        interval_s=5.0,
+        slow_interval_s=60.0,
+        clock=clock,
+    )
+    yield sampler, clock, nvml
+    sampler.close()
+
+
+def _two_samples(sampler: NodeSampler, clock: FakeClock) -> tuple[Inventory, Sample]:
+    inventory = sampler.start()
+    sampler.sample()
+    clock.advance(5.0)
+    return inventory, sampler.sample()  # the second has interval power and rates
+
+
+def _scrape(expo: AgentExposition) -> tuple[str, Series]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(expo)
+    text = generate_latest(registry).decode()
+    series: Series = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            series[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return text, series
+
+
+def _labels(series: Series, name: str) -> list[dict[str, str]]:
+    return [dict(labels) for (n, labels) in series if n == name]
+
+
+def _value(series: Series, name: str, gpu: int) -> float:
+    hits = [v for (n, labels), v in series.items() if n == name and ("gpu", str(gpu)) in labels]
+    assert len(hits) == 1, f"{name} for gpu {gpu}: {len(hits)} series"
+    return hits[0]
+
+
+def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """Each DCGM_FI_* series equals the fake NVML sample's field converted to dcgm-exporter's
+    unit: W, mJ, MiB, MHz, %, C; the interval power is capwatch's own, in W."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    mib = 1024 * 1024
+    assert len(sample.gpus) == 4
+    for g in sample.gpus:
+        info = inventory.gpus[g.index]
+        assert g.power_w is not None
+        assert g.energy_j is not None
+        assert g.mem_used_bytes is not None
+        assert g.mem_total_bytes is not None
+        assert g.power_interval_w is not None
+        expected = {
+            "DCGM_FI_DEV_GPU_UTIL": g.util_pct,
+            "DCGM_FI_DEV_MEM_COPY_UTIL": g.mem_util_pct,
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE": None if g.util_pct is None else g.util_pct / 100,
+            "DCGM_FI_DEV_POWER_USAGE": g.power_w,
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": g.energy_j * 1000.0,
+            "DCGM_FI_DEV_GPU_TEMP": g.temp_c,
+            "DCGM_FI_DEV_SM_CLOCK": g.sm_clock_mhz,
+            "DCGM_FI_DEV_FB_USED": g.mem_used_bytes // mib,  # whole MiB, as DCGM
+            "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes // mib,
+            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) // mib,
+            "DCGM_FI_DEV_PSTATE": g.pstate,
+            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,
+            "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": info.power_limit_w,
+            "DCGM_FI_DEV_XID_ERRORS": 0,
+            "capwatch_gpu_power_interval_watts": g.power_interval_w,
+        }
+        for name, want in expected.items():
+            assert want is not None, name
+            assert _value(series, name, g.index) == pytest.approx(want), name
+    # the sample's values are real readings, not zeros that would match anything
+    assert {_value(series, "DCGM_FI_DEV_POWER_USAGE", i) > 0 for i in range(4)} == {True}
+
+
+def test_dcgm_series_carry_dcgm_exporters_labels_from_the_inventory(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """gpu, UUID, pci_bus_id, device, modelName, Hostname, DCGM_FI_DRIVER_VERSION: as
+    dcgm-exporter sets them, from the inventory the agent publishes."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    labels = sorted(_labels(series, "DCGM_FI_DEV_GPU_TEMP"), key=lambda d: d["gpu"])
+    assert [set(d) for d in labels] == [set(DCGM_LABELS)] * 4
+    for d, info in zip(labels, inventory.gpus, strict=True):
+        assert d == {
+            "gpu": str(info.index),
+            "UUID": info.uuid,
+            "pci_bus_id": info.pci_bus_id,
+            "device": f"nvidia{info.index}",
+            "modelName": "NVIDIA H100 80GB HBM3",
+            "Hostname": inventory.host,
+            "DCGM_FI_DRIVER_VERSION": "550.54.15",
+        }
+
+
+def test_xid_shows_the_last_code_per_gpu_and_stays_after_later_samples(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """DCGM_FI_DEV_XID_ERRORS is the value of the last XID (dcgm's meaning), held after the
+    sample that carried it; ECC counters from a slow tick are held the same way."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    ecc = GpuEcc(corrected_volatile=5, uncorrected_volatile=1)
+    first = msgspec.structs.replace(
+        sample,
+        xids=[
+            XidEvent(gpu_index=2, xid=48, ts=sample.ts),
+            XidEvent(gpu_index=2, xid=79, ts=sample.ts),
+        ],
+        gpus=[msgspec.structs.replace(g, ecc=ecc if g.index == 1 else None) for g in sample.gpus],
+    )
+    expo.update(first)
+    later = msgspec.structs.replace(
+        sample, xids=[], gpus=[msgspec.structs.replace(g, ecc=None) for g in sample.gpus]
+    )
+    expo.update(later)
+    _, series = _scrape(expo)
+    assert _value(series, "DCGM_FI_DEV_XID_ERRORS", 2) == 79
+    assert _value(series, "DCGM_FI_DEV_XID_ERRORS", 0) == 0
+    assert _value(series, "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", 1) == 5
+    assert _value(series, "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", 1) == 1
+    assert _labels(series, "DCGM_FI_DEV_ECC_SBE_AGG_TOTAL") == []  # None: absent, not 0
+
+
+def test_an_unsupported_field_is_absent_not_zero(tmp_path: Path) -> None:
+    """A GPU whose NVML does not report power has no DCGM_FI_DEV_POWER_USAGE series; the
+    other GPU has one."""
+    clock = FakeClock()
+    host = FakeHost(tmp_path)
+    nvml = FakeNvml(2, clock=clock, unsupported={1: ["nvmlDeviceGetPowerUsage"]})
+    sampler = NodeSampler(
+        "n2",
+        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
+        rapl=None,
+        host=HostSampler(clock, proc_root=host.proc, sysfs_root=host.sys),
+        interval_s=5.0,
+        slow_interval_s=60.0,
+        clock=clock,
+    )
+    try:
+        inventory, sample = _two_samples(sampler, clock)
+    finally:
+        sampler.close()
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    assert [d["gpu"] for d in _labels(series, "DCGM_FI_DEV_POWER_USAGE")] == ["0"]
+    assert len(_labels(series, "DCGM_FI_DEV_GPU_TEMP")) == 2
+    assert ("capwatch_node_cpu_power_watts", ()) not in series  # no RAPL reader
+
+
+def test_host_metrics_use_node_exporter_names_and_units(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """Load, memory and filesystem under node_exporter's names, bytes not kB; the agent's
+    own counters under capwatch_agent_*."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    assert series[("node_load1", ())] == 0.5
+    assert series[("node_load15", ())] == 2.0
+    assert series[("node_memory_MemTotal_bytes", ())] == 16_000_000 * 1024
+    assert series[("node_memory_MemAvailable_bytes", ())] == 12_000_000 * 1024
+    assert series[("node_memory_SwapFree_bytes", ())] == 3_000_000 * 1024
+    assert sample.cpu_power_w is not None
+    assert series[("capwatch_node_cpu_power_watts", ())] == pytest.approx(sample.cpu_power_w)
+    assert series[("capwatch_agent_published_total", ())] == 2
+    assert series[("capwatch_agent_dropped_total", ())] == 1
+    assert series[("capwatch_agent_mqtt_connected", ())] == 1
+
+
+def test_before_the_first_sample_only_the_agents_own_metrics_show() -> None:
+    """No sample yet: no GPU or host series (nothing invented), the agent's counters are there."""
+    expo = AgentExposition(lambda: _STATS)
+    _, series = _scrape(expo)
+    assert {n for n, _ in series} == {
+        "capwatch_agent_samples_total",
+        "capwatch_agent_published_total",
+        "capwatch_agent_dropped_total",
+        "capwatch_agent_buffered_samples",
+        "capwatch_agent_mqtt_connected",
+        "capwatch_agent_last_ack_age_seconds",
+    }
+
+
+def test_promtool_accepts_the_agent_exposition(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """promtool parses it; its only lint remarks are the camelCase names we keep on purpose
+    (dcgm-exporter's labels, node_exporter's node_memory_* names)."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    text, _ = _scrape(expo)
+    rc, problems = promtool_check_metrics(text)
+    assert rc in (0, 3), problems  # 1 would be a text promtool cannot parse
+    unexpected = [
+        p
+        for p in problems
+        if not (
+            p.endswith("label names should be written in 'snake_case' not 'camelCase'")
+            and (p.startswith(("DCGM_FI_", "capwatch_gpu_")))
+        )
+        and not (
+            p.startswith("node_memory_")
+            and p.endswith("metric names should be written in 'snake_case' not 'camelCase'")
+        )
+    ]
+    assert unexpected == []
+
+
+# What NVIDIA's own dashboard (dcgm-exporter's grafana/dcgm-exporter-dashboard.json, Grafana
+# 12239) selects, and the labels it filters and groups by: the agent must answer each.
+_NVIDIA_DASHBOARD_METRICS = (
+    "DCGM_FI_DEV_GPU_TEMP",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_SM_CLOCK",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",  # its Hostname and gpu variables come from this one
+)
+_NVIDIA_DASHBOARD_LABELS = ("Hostname", "gpu", "UUID")
+
+
+def test_nvidias_dcgm_dashboard_finds_its_series_and_labels(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """Every metric NVIDIA's dcgm-exporter dashboard queries is there for every GPU, with
+    the labels its variables and legends use (its tensor-core panel needs a profiling
+    counter NVML does not have, and stays empty)."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    for name in _NVIDIA_DASHBOARD_METRICS:
+        labels = _labels(series, name)
+        assert sorted(d["gpu"] for d in labels) == ["0", "1", "2", "3"], name
+        assert all(d[k] for d in labels for k in _NVIDIA_DASHBOARD_LABELS), name

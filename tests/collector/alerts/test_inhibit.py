@@ -1,0 +1,92 @@
+"""Inhibit rules as Alertmanager applies them, and how they are configured and recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.alerts.fingerprint import fingerprint
+from collector.alerts.route import parse_matcher
+from collector.alerts.silence import (
+    DEFAULT_INHIBIT_RULES,
+    Inhibitor,
+    InhibitRule,
+    inhibit_rules_from_json,
+    inhibit_rules_to_json,
+)
+from collector.settings import CollectorSettings
+from shared.errors import ConfigError
+from shared.settings import load_settings
+
+CRIT = {"alertname": "RackPower", "severity": "critical", "rack": "x1000", "cluster": "a"}
+WARN = {"alertname": "RackPower", "severity": "warning", "rack": "x1000", "cluster": "a"}
+WARN_OTHER = {"alertname": "RackPower", "severity": "warning", "rack": "x1001", "cluster": "a"}
+
+SEVERITY_RULE = InhibitRule(
+    (parse_matcher("severity=critical"),),
+    (parse_matcher("severity=warning"),),
+    ("alertname", "rack"),
+)
+
+
+def _inhibitor(rules: tuple[InhibitRule, ...], *firing: dict[str, str]) -> Inhibitor:
+    return Inhibitor(rules, ((fingerprint(labels), labels) for labels in firing))
+
+
+def test_a_critical_inhibits_the_warning_with_the_same_equal_labels_only() -> None:
+    """Alertmanager's classic rule: critical mutes warning of the same alertname and rack."""
+    inhibitor = _inhibitor((SEVERITY_RULE,), CRIT, WARN, WARN_OTHER)
+    assert inhibitor.inhibits(WARN, fingerprint(WARN))
+    assert not inhibitor.inhibits(WARN_OTHER, fingerprint(WARN_OTHER))
+    assert not inhibitor.inhibits(CRIT, fingerprint(CRIT))
+
+
+def test_a_label_missing_on_both_counts_as_equal() -> None:
+    """``equal`` on a label neither alert has: they agree (Alertmanager compares values,
+    and a missing label's value is empty)."""
+    rule = InhibitRule(
+        (parse_matcher("alertname=SiteDown"),), (parse_matcher("alertname!=SiteDown"),), ("dc",)
+    )
+    down = {"alertname": "SiteDown", "severity": "critical"}
+    assert _inhibitor((rule,), down).inhibits(WARN, fingerprint(WARN))
+    assert not _inhibitor((rule,), down).inhibits({**WARN, "dc": "zrh"}, "x")
+
+
+def test_an_alert_never_inhibits_itself() -> None:
+    """An alert matching both source and target is not muted by itself, only by another."""
+    rule = InhibitRule((parse_matcher("rack=x1000"),), (parse_matcher("rack=x1000"),), ("rack",))
+    assert not _inhibitor((rule,), WARN).inhibits(WARN, fingerprint(WARN))
+    assert _inhibitor((rule,), WARN, CRIT).inhibits(WARN, fingerprint(WARN))
+
+
+def test_the_default_is_node_offline_muting_its_node() -> None:
+    """Unset ``inhibit_rules``: NodeOffline on n1 mutes n1's other alerts, not n2's."""
+    offline = {"alertname": "NodeOffline", "severity": "critical", "node": "n1"}
+    hot = {"alertname": "GpuTemperature", "severity": "warning", "node": "n1", "gpu": "0"}
+    inhibitor = _inhibitor(CollectorSettings().alert_inhibit_rules(), offline)
+    assert inhibitor.inhibits(hot, fingerprint(hot))
+    assert not inhibitor.inhibits({**hot, "node": "n2"}, "x")
+    assert not inhibitor.inhibits(offline, fingerprint(offline))
+
+
+def test_rules_round_trip_through_their_recorded_form() -> None:
+    """What the collector records in ``meta`` reads back as the same rules, regexes
+    (backslashes, unicode) intact."""
+    rules = (
+        *DEFAULT_INHIBIT_RULES,
+        InhibitRule((parse_matcher(r"node=~x\d+c0.*"),), (parse_matcher("site!=Zürich"),), ()),
+    )
+    assert inhibit_rules_from_json(inhibit_rules_to_json(rules)) == rules
+
+
+def test_a_bad_inhibit_rule_in_the_config_names_the_key(tmp_path: Path) -> None:
+    """A bad matcher in ``[[inhibit_rules]]`` is one error naming the table and field."""
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(
+        '[[inhibit_rules]]\nsource_matchers = ["alertname=NodeOffline"]\n'
+        'target_matchers = ["node=~("]\nequal = ["node"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"inhibit_rules\.0\.target_matchers") as err:
+        load_settings(CollectorSettings, config_file=cfg)
+    assert "bad regular expression" in str(err.value)

@@ -1,0 +1,98 @@
+"""The capacity alert rules through the alert engine's evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from agent.simulate import FleetSimulator
+from collector.alerts.rule import Evaluator
+from collector.capacity.compute import compute_picture
+from collector.capacity.job import CapacityState
+from collector.capacity.picture import Picture
+from collector.capacity.rules import CAPACITY_RULE_NAMES, CapacityRuleSettings, capacity_rules
+from collector.live import LiveView
+from tests.collector.capacity.helpers import filled_view, site_plan
+
+NOW = 1_790_000_000.0
+
+
+def _picture() -> Picture:
+    view, _ = filled_view(FleetSimulator(20, seed=1), NOW)
+    return compute_picture(site_plan(), view.nodes(), NOW)
+
+
+def _firing(ev: Evaluator, now: float) -> dict[str, dict[str, str]]:
+    ev.evaluate(LiveView(), now)
+    return {s.rule: s.labels for s in ev.states() if s.state == "firing"}
+
+
+def _evaluator(
+    state: CapacityState,
+    *,
+    rising_w_per_min: float = 0.0,
+    rising_window_s: float = 300.0,
+    max_age_s: float = 300.0,
+) -> Evaluator:
+    settings = CapacityRuleSettings(
+        for_s=0.0,
+        keep_firing_for_s=0.0,
+        rising_w_per_min=rising_w_per_min,
+        rising_window_s=rising_window_s,
+        max_age_s=max_age_s,
+    )
+    return Evaluator(capacity_rules(state, settings))
+
+
+def test_site_draw_above_90_percent_warns_and_above_98_is_critical() -> None:
+    """Draw at 93 % fires SitePowerHigh only; at 99 % SitePowerCritical only."""
+    state = CapacityState()
+    ev = _evaluator(state)
+    base = _picture()
+    state.update(replace(base, it_w=0.5 * base.cap_w))
+    assert _firing(ev, NOW) == {}
+    state.update(replace(base, at=NOW + 1, it_w=0.93 * base.cap_w))
+    assert "SitePowerHigh" in _firing(ev, NOW + 1)
+    state.update(replace(base, at=NOW + 2, it_w=0.99 * base.cap_w))
+    firing = _firing(ev, NOW + 2)
+    assert "SitePowerCritical" in firing
+    assert "SitePowerHigh" not in firing
+    assert firing["SitePowerCritical"]["severity"] == "critical"
+
+
+def test_worst_case_above_the_cap_is_info() -> None:
+    """Nameplate sum above the cap fires SiteWorstCaseOverCap with severity info."""
+    state = CapacityState()
+    ev = _evaluator(state)
+    base = _picture()
+    state.update(replace(base, worst_it_w=base.cap_w * 1.2))
+    firing = _firing(ev, NOW)
+    assert firing["SiteWorstCaseOverCap"]["severity"] == "info"
+
+
+def test_draw_rising_faster_than_the_slope_fires() -> None:
+    """Draw climbing 100 kW a minute with a 50 kW/min limit fires; a flat draw does not."""
+    state = CapacityState()
+    ev = _evaluator(state, rising_w_per_min=50_000.0, rising_window_s=300.0)
+    base = _picture()
+    for k in range(5):
+        state.update(replace(base, at=NOW + 30 * k, it_w=1e6))
+    assert "SitePowerRising" not in _firing(ev, NOW + 120)
+    for k in range(5, 10):
+        state.update(replace(base, at=NOW + 30 * k, it_w=1e6 + (k - 4) * 50_000.0))
+    assert "SitePowerRising" in _firing(ev, NOW + 270)
+
+
+def test_a_picture_too_old_raises_nothing() -> None:
+    """When the capacity job stopped, its last picture does not keep alerts alive."""
+    state = CapacityState()
+    ev = _evaluator(state, max_age_s=60.0)
+    base = _picture()
+    state.update(replace(base, it_w=0.99 * base.cap_w))
+    assert "SitePowerCritical" in _firing(ev, NOW)
+    assert _firing(ev, NOW + 61) == {}
+
+
+def test_rule_names_are_the_listed_ones() -> None:
+    """The exported names are the rules' names, in order."""
+    names = tuple(r.name for r in capacity_rules(CapacityState()))
+    assert names == CAPACITY_RULE_NAMES

@@ -1,0 +1,215 @@
+"""``collector inventory``: components per node from a real store, --node, --json, import."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+
+from collector.governance.inventory import components_of, rack_of
+from shared.schema import AcceleratorInfo, NicInfo, encode
+from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
+
+
+async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks(
+    tmp_path: Path,
+) -> None:
+    """An A100 node shows ❌ under the H100 column and the other way round."""
+    db = str(
+        await make_store(
+            tmp_path,
+            [Spec("x1000c0s0b0n0", gpu=A100, gpus=4), Spec("x1000c0s1b0n0", gpu=H100, gpus=8)],
+        )
+    )
+    code, out, err = cli("inventory", "--db", db)
+    assert code == 0, err
+    header, a, h = out.splitlines()
+    assert "GPU NVIDIA A100-SXM4-80GB" in header
+    assert "MEMORY (16 GiB)" in header
+    assert "MISSING/ERROR" in header
+    assert "✅ (4)" in a
+    assert "❌" in a
+    assert "✅ (8)" in h
+    assert "❌" in h
+    assert a.count("✅ (32)") == 1  # 512 GiB installed = 32 units
+
+
+async def test_json_counts_units_per_column(tmp_path: Path) -> None:
+    """--json: CPU sockets, GPUs and 16 GiB units per node."""
+    db = str(await make_store(tmp_path, [Spec("x1000c0s0b0n0", sockets=2, mem_gib=256)]))
+    code, out, _ = cli("inventory", "--db", db, "--json")
+    assert code == 0
+    (node,) = json.loads(out)["nodes"]
+    assert node["components"] == {
+        f"cpu {EPYC}": 2,
+        f"gpu {A100}": 4,
+        "memory 16 GiB": 16,
+    }
+    assert (node["pool"], node["state"], node["rack"], node["problems"]) == (
+        "free",
+        "online",
+        "x1000",
+        [],
+    )
+
+
+async def test_gpus_missing_from_the_latest_sample_and_a_nic_down_are_errors(
+    tmp_path: Path,
+) -> None:
+    """A node whose latest sample has 3 of its 4 GPUs, with a NIC down, says so."""
+    nics = [NicInfo(name="ib0", speed_mbps=200_000, model="Mellanox ConnectX-6", up=False)]
+    db = str(await make_store(tmp_path, [Spec("n1", sample_gpus=3, nics=nics)]))
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    (node,) = json.loads(out)["nodes"]
+    assert node["problems"] == ["nic ib0 down", "gpu: 3 of 4 in the latest sample"]
+    _code, out, _ = cli("inventory", "--db", db)
+    assert "gpu: 3 of 4 in the latest sample" in out
+
+
+def test_nvidia_gpu_on_the_bus_that_nvml_lost_is_an_error_not_a_component() -> None:
+    """An NVIDIA device in ``accelerators`` is a lost GPU; an AMD one is a component."""
+    inv = msgspec.structs.replace(
+        inventory(Spec("n1", gpu=None)),
+        gpu_status="no_driver",
+        accelerators=[
+            AcceleratorInfo(vendor_id=0x10DE, device_id=0x2330, name="NVIDIA GH100"),
+            AcceleratorInfo(vendor_id=0x1002, device_id=0x74A1, name="AMD Instinct MI300X"),
+        ],
+    )
+    comps, problems = components_of(inv)
+    assert [(c.kind, c.model, c.count) for c in comps if c.kind == "accelerator"] == [
+        ("accelerator", "AMD Instinct MI300X", 1)
+    ]
+    assert problems == ["gpu: 1 NVIDIA on the PCI bus not seen by NVML (no_driver)"]
+
+
+def test_memory_without_installed_size_rounds_reported_total_up() -> None:
+    """503 GiB reported by the kernel (512 GiB installed, unknown) is 32 units, not 31."""
+    inv = msgspec.structs.replace(
+        inventory(Spec("n1", mem_gib=512)), mem_installed_bytes=None, cpus=[]
+    )
+    comps, _ = components_of(inv)
+    by_kind = {c.kind: c for c in comps}
+    assert by_kind["memory"].count == 32
+    assert (by_kind["cpu"].model, by_kind["cpu"].count) == (EPYC, 1)  # old agent: one package
+
+
+async def test_node_lists_components_one_per_row_with_serials(tmp_path: Path) -> None:
+    """--node: kind, model, count or size, and the GPU serials."""
+    db = str(await make_store(tmp_path, [Spec("x1000c0s0b0n0", gpus=2, mem_gib=1024)]))
+    code, out, _ = cli("inventory", "--db", db, "--node", "x1000c0s0b0n0")
+    assert code == 0
+    assert "SN-x1000c0s0b0n0-0, SN-x1000c0s0b0n0-1" in out
+    assert "1024 GiB" in out
+    code, out, _ = cli("inventory", "--db", db, "--node", "x1000c0s0b0n0", "--json")
+    comps = json.loads(out)["components"]
+    assert [(c["kind"], c["count"]) for c in comps] == [("cpu", 2), ("gpu", 2), ("memory", 64)]
+    code, _, err = cli("inventory", "--db", db, "--node", "nope")
+    assert code == 2
+    assert "no inventory for node 'nope'" in err
+
+
+async def test_import_declares_nodes_and_an_agent_inventory_replaces_them(tmp_path: Path) -> None:
+    """Declared nodes show as `declared`; once an agent reports, its own inventory wins."""
+    db = await make_store(tmp_path, [Spec("n1")])
+    lines = tmp_path / "racked.jsonl"
+    declared = [inventory(Spec("n1", gpu=H100, gpus=8)), inventory(Spec("n2", gpu=H100, gpus=8))]
+    lines.write_bytes(b"\n".join(encode(i) for i in declared) + b"\n\n")
+    code, out, err = cli("inventory", "import", str(lines), "--db", str(db))
+    assert code == 0, err
+    assert out.startswith("declared 2 node inventories")
+    nodes = {
+        n["node"]: n for n in json.loads(cli("inventory", "--db", str(db), "--json")[1])["nodes"]
+    }
+    assert nodes["n1"]["state"] == "online"
+    assert nodes["n1"]["components"][f"gpu {A100}"] == 4  # the agent's, not the declared H100s
+    assert nodes["n2"]["state"] == "declared"
+    assert nodes["n2"]["components"][f"gpu {H100}"] == 8
+
+
+async def test_import_with_a_bad_line_names_it_and_imports_nothing(tmp_path: Path) -> None:
+    """Line 2 has 65 GPUs: exit 2 naming line 2 and the field; no node declared."""
+    db = await make_store(tmp_path, [Spec("n1")])
+    good = encode(inventory(Spec("n2")))
+    bad = msgspec.json.decode(encode(inventory(Spec("n3", gpus=1))))
+    bad["gpus"] = bad["gpus"] * 65
+    lines = tmp_path / "bad.jsonl"
+    lines.write_bytes(good + b"\n" + msgspec.json.encode(bad) + b"\n")
+    code, _, err = cli("inventory", "import", str(lines), "--db", str(db))
+    assert code == 2
+    assert f"{lines}:2: not an inventory" in err
+    assert "$.gpus" in err
+    assert err.count("\n") == 1
+    nodes = json.loads(cli("inventory", "--db", str(db), "--json")[1])["nodes"]
+    assert [n["node"] for n in nodes] == ["n1"]
+
+
+async def test_unknown_pool_is_a_clear_error(tmp_path: Path) -> None:
+    """`inventory nope` names the pools that exist."""
+    db = await make_store(tmp_path, [Spec("n1")])
+    code, _, err = cli("inventory", "nope", "--db", str(db))
+    assert code == 2
+    assert "no pool 'nope': pools are free" in err
+    code, out, _ = cli("inventory", "free", "--db", str(db))
+    assert code == 0
+    assert "n1" in out
+
+
+def test_rack_is_the_normalised_xname_cabinet() -> None:
+    """Leading zeros and case do not make two racks; a non-xname has no rack."""
+    assert rack_of("x1001c1s5b0n0") == "x1001"
+    assert rack_of("X0101C1S05B0N0") == "x101"
+    assert rack_of("gpu-node-07") is None
+    assert rack_of("x1001c8s5b0n0") is None  # chassis 0-7
+
+
+async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    """A row that is not JSON, or with 10^6 sockets, shows as unreadable; the rest still shows."""
+    import sqlite3  # noqa: PLC0415
+
+    db = await make_store(tmp_path, [Spec("good")])
+    bad = msgspec.json.decode(encode(inventory(Spec("huge"))))
+    bad["cpus"][0]["sockets"] = 10**6
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO nodes (node, inventory) VALUES ('junk', x'00ff')")
+        conn.execute(
+            "INSERT INTO nodes (node, inventory) VALUES ('huge', ?)", (msgspec.json.encode(bad),)
+        )
+    code, out, _ = cli("inventory", "--db", str(db), "--json")
+    assert code == 0
+    nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
+    assert nodes["good"]["components"][f"gpu {A100}"] == 4
+    for name in ("junk", "huge"):
+        assert nodes[name]["components"] == {}
+        assert nodes[name]["problems"][0].startswith("inventory unreadable")
+
+
+def test_gpus_listed_with_a_status_other_than_ok_are_an_error() -> None:
+    """An inventory whose NVML status is not ``ok`` although it lists GPUs says so."""
+    inv = msgspec.structs.replace(inventory(Spec("n1")), gpu_status="nvml_error")
+    _, problems = components_of(inv)
+    assert problems == ["gpu: status nvml_error"]
+
+
+def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
+    """Mixed GPUs and NICs are counted per model on both paths (table and --node)."""
+    inv = inventory(Spec("n1", gpus=3))
+    mixed = msgspec.structs.replace(
+        inv,
+        gpus=[*inv.gpus, msgspec.structs.replace(inv.gpus[0], name=H100, index=3)],
+        nics=[
+            NicInfo(name="ib0", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="ib1", speed_mbps=400_000, model="ConnectX-7"),
+            NicInfo(name="eno1", speed_mbps=25_000, model="BCM57414"),
+        ],
+    )
+    for with_ids in (True, False):
+        comps, _ = components_of(mixed, with_ids=with_ids)
+        counts = {c.key: c.count for c in comps if c.kind in ("gpu", "nic")}
+        assert counts == {
+            f"gpu {A100}": 3,
+            f"gpu {H100}": 1,
+            "nic ConnectX-7 400 Gb/s": 2,
+            "nic BCM57414 25 Gb/s": 1,
+        }

@@ -1,0 +1,173 @@
+"""``collector pool``: pools in a real store; apply, its dry run, impossible patterns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector.governance.lease import LeaseTerms
+from collector.store.governance import GovernanceWriter
+from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
+
+
+def _members(db: Path) -> dict[str, str]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT node, pool FROM pool_nodes").fetchall())
+
+
+def _dump(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as conn:
+        return [
+            *conn.execute("SELECT * FROM pools ORDER BY name"),
+            *conn.execute("SELECT * FROM pool_nodes ORDER BY node"),
+            *conn.execute("SELECT * FROM pool_moves ORDER BY id"),
+        ]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> Path:
+    """Six 4 x A100 nodes in two racks, one 8 x H100 node, one A100 node offline."""
+    specs = [Spec(f"x1000c0s{i}b0n0") for i in range(3)]
+    specs += [Spec(f"x2000c0s{i}b0n0") for i in range(3)]
+    specs += [Spec("x3000c0s0b0n0", gpu=H100, gpus=8), Spec("x3000c0s1b0n0", status="offline")]
+    return await make_store(tmp_path, specs)
+
+
+async def test_create_add_remove_delete_and_list(fleet: Path) -> None:
+    """A pool gains and loses nodes; deleting it returns them to free."""
+    db = str(fleet)
+    assert cli("pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0")[0] == 0
+    assert cli("pool", "add", "zinal", "x1000c0s1b0n0", "x1000c0s2b0n0", "--db", db)[0] == 0
+    assert cli("pool", "remove", "zinal", "x1000c0s2b0n0", "--db", db)[0] == 0
+    assert _members(fleet) == {"x1000c0s0b0n0": "zinal", "x1000c0s1b0n0": "zinal"}
+    pools = {
+        p["name"]: p["nodes"]
+        for p in json.loads(cli("pool", "list", "--db", db, "--json")[1])["pools"]
+    }
+    assert pools == {"zinal": 2, "free": 6}
+    code, out, _ = cli("pool", "show", "zinal", "--db", db)
+    assert code == 0
+    assert out.count("zinal") == 2
+    code, out, _ = cli("pool", "delete", "zinal", "--db", db)
+    assert out.startswith("pool zinal deleted; 2 nodes returned to free")
+    assert _members(fleet) == {}
+
+
+async def test_no_node_in_two_pools(fleet: Path) -> None:
+    """Adding a node of pool a to pool b is refused, naming its pool; nothing changes."""
+    db = str(fleet)
+    cli("pool", "create", "a", "--db", db, "--nodes", "x1000c0s0b0n0")
+    cli("pool", "create", "b", "--db", db)
+    code, _, err = cli("pool", "add", "b", "x1000c0s1b0n0", "x1000c0s0b0n0", "--db", db)
+    assert code == 2
+    assert "node 'x1000c0s0b0n0' is in pool 'a'" in err
+    assert _members(fleet) == {"x1000c0s0b0n0": "a"}  # x1000c0s1b0n0 not added either
+    code, _, err = cli("pool", "add", "b", "nope", "--db", db)
+    assert (code, "unknown node 'nope'" in err) == (2, True)
+
+
+async def test_apply_takes_the_fewest_online_nodes_in_one_rack(fleet: Path) -> None:
+    """`zinal:a100:8` takes two A100 nodes of one rack, never the offline one."""
+    db = str(fleet)
+    code, out, err = cli("pool", "apply", "-p", "zinal:a100:8", "--db", db, "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["method"] == "milp"
+    assert len(plan["nodes"]) == 2
+    assert plan["racks"] == 1
+    assert "x3000c0s1b0n0" not in plan["nodes"]
+    assert set(_members(fleet)) == set(plan["nodes"])
+    # Applied twice: the same pool, nothing moves.
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:8", "--db", db, "--json")
+    assert (json.loads(out)["take"], json.loads(out)["release"]) == ([], [])
+
+
+async def test_apply_shrinks_and_grows_and_survives_a_reopen(fleet: Path) -> None:
+    """Growing keeps the pool's nodes; shrinking releases the ones not needed."""
+    db = str(fleet)
+    cli("pool", "apply", "-p", "zinal:a100:8", "--db", db)
+    first = set(_members(fleet))
+    cli("pool", "apply", "-p", "zinal:a100:16", "--db", db)
+    grown = set(_members(fleet))
+    assert first < grown
+    assert len(grown) == 4
+    code, out, _ = cli("pool", "apply", "-p", "zinal:A100:4", "--db", db)
+    assert code == 0
+    assert "release" in out
+    assert len(_members(fleet)) == 1
+    assert set(_members(fleet)) < grown
+
+
+async def test_dry_run_changes_nothing_and_prints_table_and_moves(fleet: Path) -> None:
+    """--dry-run: the resulting table and the moves, and the store byte-for-byte as before."""
+    db = str(fleet)
+    cli("pool", "create", "zinal", "--db", db, "--nodes", "x2000c0s0b0n0")
+    before = _dump(fleet)
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:12:epyc:6", "--dry-run", "--db", db)
+    assert code == 0
+    assert "take     x2000c0s1b0n0  free -> zinal" in out
+    assert "GPU NVIDIA A100-SXM4-80GB" in out
+    assert "greedy would take" in out
+    assert out.rstrip().endswith("dry run: nothing changed")
+    assert _dump(fleet) == before
+
+
+async def test_impossible_pattern_leaves_pools_unchanged(fleet: Path) -> None:
+    """Too few H100s: exit 2, what is missing, no row changed."""
+    db = str(fleet)
+    cli("pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0")
+    before = _dump(fleet)
+    code, out, err = cli("pool", "apply", "-p", "zinal:h100:16:epyc:30", "--db", db)
+    assert code == 2
+    assert out == ""
+    assert "need 16 h100, pool + free hold 8" in err
+    assert "need 30 epyc, pool + free hold 14 (2 more on free nodes not online" in err
+    assert _dump(fleet) == before
+
+
+async def test_bad_pattern_is_exit_2_with_one_line(fleet: Path) -> None:
+    """A malformed pattern never reaches the store."""
+    code, _, err = cli("pool", "apply", "-p", "zinal:a100", "--db", str(fleet))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "needs a pool name and at least one component:qty pair" in err
+
+
+async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) -> None:
+    """A node named in a lease in force (lease_nodes, the leases half) is never taken."""
+    today = dt.datetime.now(dt.UTC).date()
+    with GovernanceWriter(fleet) as w:
+        w.add_lease(
+            name="held",
+            tenant="t",
+            pool=None,
+            nodes=[f"x1000c0s{i}b0n0" for i in range(3)] + ["x2000c0s0b0n0"],
+            terms=LeaseTerms(today - dt.timedelta(days=1), 365),
+        )
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:8", "--db", str(fleet), "--json")
+    assert code == 0
+    assert sorted(json.loads(out)["nodes"]) == ["x2000c0s1b0n0", "x2000c0s2b0n0"]
+    code, _, err = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet))
+    assert code == 2
+    assert "need 16 a100, pool + free hold 8 (20 more on free nodes not online or excluded" in err
+
+
+async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> None:
+    """Only leases not ended exclude their nodes (ended, renewing without notice, far end)."""
+    today = dt.datetime.now(dt.UTC).date()
+    with GovernanceWriter(fleet) as w:
+        for name, node, terms in (
+            ("ended", "x1000c0s0b0n0", LeaseTerms(dt.date(1990, 1, 1), 10)),
+            ("renewing", "x1000c0s1b0n0", LeaseTerms(today, 30, auto_renew=True)),
+            ("long", "x1000c0s2b0n0", LeaseTerms(today, 25_000)),
+        ):
+            w.add_lease(name=name, tenant="t", pool=None, nodes=[node], terms=terms)
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet), "--json")
+    assert code == 0
+    nodes = set(json.loads(out)["nodes"])
+    assert "x1000c0s0b0n0" in nodes  # its lease ended in 1970
+    assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in ~2095

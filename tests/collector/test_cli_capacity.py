@@ -1,0 +1,151 @@
+"""`collector capacity` and `collector plot` against a real store: answers, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.capacity.compute import compute_picture, fleet_solution
+from collector.capacity.job import snapshot_row
+from collector.capacity.whatif import parse_add
+from collector.cli import main
+from collector.store.capacity import write_snapshot
+from collector.store.db import Store
+from shared.errors import ConfigError
+from tests.collector.capacity.helpers import PLAN, filled_view, site_plan
+
+
+async def _store(db: Path, *, snapshots: int) -> None:
+    """A migrated store holding ``snapshots`` capacity snapshots of a 20-node fleet."""
+    cplan = site_plan()
+    now = time.time()
+    view, _ = filled_view(FleetSimulator(20, seed=7), now)
+    async with Store(db) as store:
+        for k in range(snapshots):
+            p = compute_picture(cplan, view.nodes(), now - 30 * (snapshots - k))
+            await write_snapshot(store, snapshot_row(p), keep_s=86_400)
+
+
+async def test_the_newest_snapshot_is_shown_with_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints the newest snapshot's picture and where it came from."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=3)
+    capsys.readouterr()  # the store's log lines
+    assert main(["capacity", "--db", str(db), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"].startswith("snapshot, ")
+    assert out["capacity"]["nodes"] == 20
+    assert out["capacity"]["cap_w"] == 5e6
+
+
+async def test_snapshots_older_than_the_keep_window_are_deleted(tmp_path: Path) -> None:
+    """Each write deletes the snapshots that fell out of keep_s."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=3)
+    cplan = site_plan()
+    view, _ = filled_view(FleetSimulator(2, seed=7), time.time())
+    async with Store(db) as store:
+        p = compute_picture(cplan, view.nodes(), time.time())
+        deleted = await write_snapshot(store, snapshot_row(p), keep_s=45)
+        rows = await store.fetchall("SELECT count(*) FROM capacity_snapshots")
+    assert deleted == 2
+    assert rows[0][0] == 2
+
+
+async def test_what_if_equals_the_solver_on_the_grown_fleet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--add TYPE=N adds N nameplates and the grown fabric, exactly as solve_fixed says."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    code = main(
+        ["capacity", "--db", str(db), "--plan", str(PLAN), "--add", "HGX-B200=40", "--json"]
+    )
+    out = json.loads(capsys.readouterr().out)
+    p, w = out["capacity"], out["what_if"]
+    counts = {t["node_type"]: t["nodes"] for t in p["types"]}
+    totals = {t["node_type"]: t["draw_w"] for t in p["types"]}
+    counts["HGX-B200"] += 40
+    totals["HGX-B200"] += 40 * 14_300
+    solved = fleet_solution(site_plan().plan, counts, totals)
+    assert w["it_w"] == solved.power.total_it_w
+    assert w["added_w"] == pytest.approx(solved.power.total_it_w - p["it_w"])
+    assert w["added_node_w"] == {"HGX-B200": 14_300}
+    assert code == 0
+    assert w["fits"] is True
+
+
+async def test_what_if_that_breaks_the_cap_exits_1_naming_the_constraint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adding 400 B200 nodes to a 5 MW site: does not fit, the IT cap breaks first."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    code = main(["capacity", "--db", str(db), "--plan", str(PLAN), "--add", "400xHGX-B200"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "does NOT fit: IT power cap breaks first" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--add", "DGX-H100=x"], "--add 'DGX-H100=x': the count must be a whole number"),
+        (["--add", "7xNOPE"], "the plan has no node type 'NOPE'"),
+        (["--add", "lots"], "write TYPE=N or NxTYPE"),
+        (["--top", "-1"], "--top must be ≥ 0"),
+    ],
+)
+async def test_a_bad_flag_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """Each mistake: exit 2, one line on stderr naming the flag, no traceback."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    assert main(["capacity", "--db", str(db), "--plan", str(PLAN), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty store says how to get a snapshot; --now without a plan asks for one."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=0)
+    assert main(["capacity", "--db", str(db)]) == 2
+    assert "no capacity snapshot yet" in capsys.readouterr().err
+    assert main(["capacity", "--db", str(db), "--now"]) == 2
+    assert "no site plan: pass --plan FILE" in capsys.readouterr().err
+    assert main(["capacity", "--db", str(db), "--plan", str(PLAN), "--remove", "ghosts"]) == 2
+    assert "--remove 'ghosts': no such pool" in capsys.readouterr().err
+
+
+async def test_plot_refuses_a_non_png_and_a_node_with_another_picture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad plot flags are one line and exit 2."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    assert main(["plot", "--db", str(db), "--out", str(tmp_path / "a.jpg")]) == 2
+    assert "write a .png file" in capsys.readouterr().err
+    assert main(["plot", "capacity", "--db", str(db), "--node", "x1000c0s0b0n0"]) == 2
+    assert "--node goes with the usage picture" in capsys.readouterr().err
+
+
+def test_parse_add_reads_both_spellings() -> None:
+    """TYPE=N and NxTYPE give the same answer."""
+    known = ["DGX-H100"]
+    assert parse_add("DGX-H100=32", known) == ("DGX-H100", 32)
+    assert parse_add("32xDGX-H100", known) == ("DGX-H100", 32)
+    with pytest.raises(ConfigError):
+        parse_add("0xDGX-H100", known)
