@@ -41,6 +41,8 @@ from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
 from collector.capacity.job import CapacityJob
 from collector.capacity.rules import CapacityRuleSettings, capacity_rules
+from collector.governance.job import GovernanceJob
+from collector.governance.rules import governance_rules
 from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
@@ -87,12 +89,22 @@ class Collector:
             max_age_s=settings.retention_s,
             live=self.live,
         )
+        self.governance = GovernanceJob(
+            self.live,
+            self.clock,
+            interval_s=settings.governance.eval_interval_s,
+            first_interval_s=settings.alerts.eval_interval_s,
+            busy_util_pct=settings.governance.busy_util_pct,
+            stale_intervals=settings.alerts.stale_intervals,
+        )
+        """Tenants, quotas and leases from the store, and their usage from the live view."""
         self.capacity: CapacityJob | None = None
         """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
         rules = builtin_rules(settings.alerts.builtin())
         if settings.capacity.plan is not None:
             self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
             rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
+        rules += governance_rules(lambda: self.governance.view, settings.governance.rules())
         self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
@@ -238,6 +250,7 @@ class Collector:
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
                 jobs=[
+                    self.governance,  # first: the governance rules read its view
                     alerts,
                     *([] if self.capacity is None else [self.capacity]),
                     *([] if metrics is None else [metrics]),

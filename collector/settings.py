@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.governance.settings import GovernanceSettings
 from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
 from collector.store.reader import DEFAULT_DB_PATH
 from shared.errors import ConfigError
@@ -345,6 +346,8 @@ class CollectorSettings(CapwatchSettings):
         return check_listen(value)
 
     alerts: AlertSettings = AlertSettings()
+    governance: GovernanceSettings = GovernanceSettings()
+    """Thresholds of the lease and quota rules (``[governance]``)."""
     receivers: list[ReceiverSettings] = Field(default=[], max_length=32)
     """Webhooks every alert notification goes to (``[[receivers]]`` tables)."""
 

@@ -14,7 +14,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    rejects), ``collector solve``, ``collector capacity`` (live draw under the example site's
    cap, and a what-if) and ``collector plot`` (three PNGs);
 7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
-   apply`` of a pattern, as a dry run and then for real; then a clean shutdown.
+   apply`` of a pattern, as a dry run and then for real;
+8. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort: one
+   leases the pool of step 7, the other named nodes), ``collector lease list``,
+   ``collector quota show`` on both bases; then a clean shutdown.
 
 Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
 a receiver on loopback (this script; it checks each signature and prints what it got), and,
@@ -53,6 +56,68 @@ def _banner(text: str) -> None:
 def _run_cli(*args: str) -> None:
     print(f"$ {' '.join(args)}", flush=True)
     subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
+
+
+def _pool_nodes(db: Path, pool: str) -> list[str]:
+    """The nodes `collector pool apply` put in ``pool`` (read straight from the demo's store)."""
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+        return [r[0] for r in rows]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
+def _cluster_toml(nodes: int, pooled: list[str]) -> str:
+    """Two tenants sharing a cohort from 30 days ago: climate leases the pool ``demo`` (or,
+    without one, half the simulated fleet), genomics the other simulated nodes."""
+    import datetime as dt  # noqa: PLC0415
+
+    from agent.simulate import xname  # noqa: PLC0415
+
+    start = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=30)).isoformat()
+    every = [xname(i) for i in range(nodes)]
+    first = pooled or every[: max(1, nodes // 2)]
+    rest = [n for n in every if n not in set(first)]
+    gpus = 8 * len(first)
+    pool = (
+        'pool = "demo"'
+        if pooled
+        else 'pool = "climate-a"\n[pools.climate-a]\nnodes = ['
+        + ", ".join(f'"{n}"' for n in first)
+        + "]"
+    )
+    text = f"""\
+[cohorts.research]
+[tenants.climate]
+cohort = "research"
+quota.gpus = {{ nominal = {gpus * 3 // 4}, borrowing_limit = {gpus // 2} }}
+quota.power_kw = {{ nominal = {len(first) * 4} }}
+[tenants.genomics]
+cohort = "research"
+quota.gpus = {{ nominal = {8 * len(rest) + gpus // 2}, lending_limit = {gpus // 2} }}
+[leases.climate-2026]
+tenant = "climate"
+start = {start}
+duration_days = 180
+notice_days = 90
+{pool}
+"""
+    if rest:
+        text += f"""\
+[leases.genomics-2026]
+tenant = "genomics"
+nodes = [{", ".join(f'"{n}"' for n in rest)}]
+start = {start}
+duration_days = 365
+notice_days = 30
+tz = "Asia/Tokyo"
+"""
+    return text
 
 
 def _hostile_node(host: str, port: int) -> int:
@@ -359,6 +424,12 @@ def main() -> int:
         _run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
         _run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
         _run_cli("collector", "pool", "list", "--db", str(db))
+        _banner("8. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
+        cluster = workdir / "cluster.toml"
+        cluster.write_text(_cluster_toml(args.nodes, _pool_nodes(db, "demo")))
+        _run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
+        _run_cli("collector", "lease", "list", "--db", str(db))
+        _run_cli("collector", "quota", "show", "--db", str(db))
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):

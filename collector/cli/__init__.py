@@ -57,6 +57,19 @@ COMMANDS: Final = {
         "collector.cli.plot",
         "PNG pictures: utilisation and power over time, capacity history, rack treemap",
     ),
+    "lease": (
+        "collector.cli.lease",
+        "leases of pools or nodes to tenants: add, list, show, cancel (notice), extend, renew",
+    ),
+    "quota": (
+        "collector.cli.quota",
+        "quotas with Kueue's cohort semantics: set, show (allocated and measured), check",
+    ),
+    "apply": (
+        "collector.cli.apply",
+        "tenants, cohorts, quotas, pools and leases from a TOML file (--dry-run: the diff)",
+    ),
+    "export": ("collector.cli.export", "the governance state as the TOML `apply` reads"),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

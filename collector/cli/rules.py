@@ -67,6 +67,20 @@ def run(args: argparse.Namespace) -> int:
             }
             for r in capacity_rules(CapacityState(), CapacityRuleSettings.of(settings.capacity))
         )
+    from collector.governance.job import GovernanceView  # noqa: PLC0415
+    from collector.governance.rules import governance_rules  # noqa: PLC0415
+
+    rows += [
+        {
+            "name": r.name,
+            "severity": r.severity,
+            "for_s": r.for_s,
+            "keep_firing_for_s": r.keep_firing_for_s,
+            "summary": r.summary,
+            "source": "governance",
+        }
+        for r in governance_rules(GovernanceView, settings.governance.rules())
+    ]
     if args.json:
         print_json(
             {

@@ -20,6 +20,9 @@ Tables:
     what the collector must remember across restarts (the MQTT session it holds).
 ``alerts`` / ``alert_history``
     pending and firing alerts, and every alert state change.
+``tenants`` / ``cohorts`` / ``cohort_quotas`` / ``quotas`` / ``leases`` / ``lease_nodes``
+    who holds which nodes until when, and how much each tenant may use (see
+    :mod:`collector.store.governance`).
 ``outbox``
     one webhook notification per (alert change, receiver), written in the same transaction
     as the change: pending until delivered or a dead letter (``collector alerts --dead-letters``).
@@ -270,6 +273,72 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             detail TEXT NOT NULL          -- the whole picture, JSON
         );
         CREATE INDEX capacity_snapshots_at ON capacity_snapshots (at);
+        """,
+    ),
+    (
+        # Tenants, cohorts and quotas (Kueue's semantics), and leases of pools or nodes to
+        # tenants. Written by `collector lease|quota|apply` (collector/store/governance.py),
+        # which bump meta `governance_generation` in the same transaction: the collector
+        # reloads the whole state when it changes. Lease dates are calendar dates in the
+        # lease's zone; start_at/end_at are their instants, kept for overlap queries.
+        "0012_leases_and_quotas",
+        """
+        CREATE TABLE cohorts (
+            name TEXT PRIMARY KEY,
+            comment TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL
+        );
+        CREATE TABLE cohort_quotas (
+            cohort TEXT NOT NULL REFERENCES cohorts (name),
+            resource TEXT NOT NULL,       -- gpus | power_kw | gpu_hours
+            nominal REAL NOT NULL,        -- the cohort's own quota, shared by its tenants
+            PRIMARY KEY (cohort, resource)
+        ) WITHOUT ROWID;
+        CREATE TABLE tenants (
+            name TEXT PRIMARY KEY,
+            cohort TEXT REFERENCES cohorts (name),
+            priority INTEGER NOT NULL DEFAULT 0,
+            comment TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL
+        );
+        CREATE TABLE quotas (
+            tenant TEXT NOT NULL REFERENCES tenants (name),
+            resource TEXT NOT NULL,       -- gpus | power_kw | gpu_hours
+            nominal REAL NOT NULL,
+            borrowing_limit REAL,         -- NULL: unbounded
+            lending_limit REAL,           -- NULL: lends all it does not use
+            period TEXT,                  -- gpu_hours: day | week | month (calendar, UTC)
+            PRIMARY KEY (tenant, resource)
+        ) WITHOUT ROWID;
+        CREATE TABLE leases (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL REFERENCES tenants (name),
+            pool TEXT,                    -- the pool leased; NULL: named nodes
+            start TEXT NOT NULL,          -- YYYY-MM-DD in tz
+            duration_days INTEGER NOT NULL DEFAULT 180,
+            term_days INTEGER,            -- one renewal term (NULL: the first duration)
+            notice_days INTEGER NOT NULL DEFAULT 0,
+            min_days INTEGER NOT NULL DEFAULT 0,  -- contractual minimum from start
+            tz TEXT NOT NULL DEFAULT 'UTC',
+            auto_renew INTEGER NOT NULL DEFAULT 0,
+            notice_given_at TEXT,         -- YYYY-MM-DD in tz: when notice was given
+            notice_recorded REAL,         -- when `lease cancel` recorded it
+            forced INTEGER NOT NULL DEFAULT 0,  -- added beyond the tenant's quota (--force)
+            force_reason TEXT,
+            start_at REAL NOT NULL,       -- instants of start and effective end
+            end_at REAL,                  -- NULL: renewing without notice (open-ended)
+            comment TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        );
+        CREATE INDEX leases_tenant ON leases (tenant);
+        CREATE TABLE lease_nodes (
+            lease_id INTEGER NOT NULL REFERENCES leases (id) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            PRIMARY KEY (node, lease_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX lease_nodes_lease ON lease_nodes (lease_id);
         """,
     ),
 )

@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator
+from collector.governance.settings import GovernanceSettings
 from collector.settings import AlertSettings, CollectorSettings
 from shared.schema import encode
 from shared.settings import MqttSettings, load_settings
@@ -140,11 +141,14 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "alertmanagers": "[[alertmanagers]]",
         "inhibit_rules": "[[inhibit_rules]]",
         "capacity": "[capacity]",
+        "governance": "[governance]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}
+    named |= {f"{key} = " for key in GovernanceSettings.model_fields}
     assert sorted(key for key in named if key not in text) == []
     assert settings.alerts == AlertSettings()
+    assert settings.governance == GovernanceSettings()
     changed = {"db_path": settings.db_path, "client_id": settings.client_id}
     assert changed == {
         "db_path": Path("/var/lib/capwatch/capwatch.db"),

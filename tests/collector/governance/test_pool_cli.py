@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from collector.governance.lease import LeaseTerms
+from collector.store.governance import GovernanceWriter
 from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
 
 
@@ -135,12 +138,15 @@ async def test_bad_pattern_is_exit_2_with_one_line(fleet: Path) -> None:
 
 
 async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) -> None:
-    """A node named in lease_nodes (the leases half's table) is never taken from free."""
-    with sqlite3.connect(fleet) as conn:
-        conn.execute("CREATE TABLE lease_nodes (lease INTEGER, node TEXT)")
-        conn.executemany(
-            "INSERT INTO lease_nodes VALUES (1, ?)",
-            [(f"x1000c0s{i}b0n0",) for i in range(3)] + [("x2000c0s0b0n0",)],
+    """A node named in a lease in force (lease_nodes, the leases half) is never taken."""
+    today = dt.datetime.now(dt.UTC).date()
+    with GovernanceWriter(fleet) as w:
+        w.add_lease(
+            name="held",
+            tenant="t",
+            pool=None,
+            nodes=[f"x1000c0s{i}b0n0" for i in range(3)] + ["x2000c0s0b0n0"],
+            terms=LeaseTerms(today - dt.timedelta(days=1), 365),
         )
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:8", "--db", str(fleet), "--json")
     assert code == 0
@@ -151,19 +157,17 @@ async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) 
 
 
 async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> None:
-    """With the leases half's tables, only leases not ended exclude their nodes."""
-    with sqlite3.connect(fleet) as conn:
-        conn.execute("CREATE TABLE leases (id INTEGER PRIMARY KEY, end_at REAL)")
-        conn.execute("CREATE TABLE lease_nodes (lease_id INTEGER, node TEXT)")
-        conn.executemany(
-            "INSERT INTO leases VALUES (?, ?)", [(1, 1.0), (2, None), (3, 4_000_000_000.0)]
-        )
-        conn.executemany(
-            "INSERT INTO lease_nodes VALUES (?, ?)",
-            [(1, "x1000c0s0b0n0"), (2, "x1000c0s1b0n0"), (3, "x1000c0s2b0n0")],
-        )
+    """Only leases not ended exclude their nodes (ended, renewing without notice, far end)."""
+    today = dt.datetime.now(dt.UTC).date()
+    with GovernanceWriter(fleet) as w:
+        for name, node, terms in (
+            ("ended", "x1000c0s0b0n0", LeaseTerms(dt.date(1990, 1, 1), 10)),
+            ("renewing", "x1000c0s1b0n0", LeaseTerms(today, 30, auto_renew=True)),
+            ("long", "x1000c0s2b0n0", LeaseTerms(today, 25_000)),
+        ):
+            w.add_lease(name=name, tenant="t", pool=None, nodes=[node], terms=terms)
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet), "--json")
     assert code == 0
     nodes = set(json.loads(out)["nodes"])
     assert "x1000c0s0b0n0" in nodes  # its lease ended in 1970
-    assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in 2096
+    assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in ~2095

@@ -1,0 +1,285 @@
+"""``collector lease add|list|show|cancel|extend|renew``: who holds which nodes until when."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.governance.state import Governance, Lease
+
+__all__ = ["add_parser", "lease_row", "run"]
+
+_DESCRIPTION: Final = """\
+A lease gives a tenant a pool (or named nodes) from a start date for a duration, with a
+notice period for cancelling and an optional contractual minimum. Dates are calendar dates in
+the lease's time zone (--tz, UTC by default); a lease covers whole days from its start to the
+day before its end. Months convert to days from the start as a lawyer counts them (a month
+from Jan 31 ends on Feb 28, or 29 in a leap year).
+
+  add     --tenant T (--pool P | --nodes a,b | --pool P --nodes a,b) --start YYYY-MM-DD
+          [--duration 180d] [--notice 90d] [--minimum 120d] [--tz ZONE] [--auto-renew]
+          [--name NAME] [--force [--reason TEXT]]
+  list    every lease with its status (pending, active, notice_given, expired)
+  show    NAME|ID: its dates, last day to give notice, and nodes
+  cancel  NAME|ID [--on DATE]: record notice (default today): it ends at notice + period or
+          the contractual minimum, whichever is later
+  extend  NAME|ID --by 30d: make it longer;  renew NAME|ID: one more term
+
+A node cannot be in two leases at once: add refuses, naming the node and the lease. With
+quotas set (`collector quota`), add also refuses a lease beyond what the tenant may hold
+(its nominal quota plus what it may borrow) unless --force, which is recorded.
+The running collector picks changes up at its next rule evaluation."""
+
+_EPILOG: Final = """\
+examples:
+  collector lease add --tenant acme --pool acme-a --nodes x1000c0s0b0n0,x1000c0s0b0n1 \\
+      --start 2026-01-01 --duration 180d --notice 90d
+  collector lease list --json
+  collector lease cancel acme-2026-01-01 --on 2026-02-01
+
+exit status: 0 done; 2 a bad flag, an overlap, a quota refusal or no database (one line)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector lease``."""
+    p = sub.add_parser(
+        "lease",
+        help=COMMANDS["lease"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument(
+        "action", choices=("add", "list", "show", "cancel", "extend", "renew"), help="what to do"
+    )
+    p.add_argument("lease", nargs="?", help="show/cancel/extend/renew: the lease's name or id")
+    p.add_argument("--tenant", help="add: who holds it; list: only this tenant's")
+    p.add_argument("--pool", help="add: the pool leased (created with --nodes if new)")
+    p.add_argument("--nodes", help="add: comma-separated node names")
+    p.add_argument("--start", help="add: first day, YYYY-MM-DD in --tz")
+    p.add_argument("--duration", default="180d", help="add: 180d, 26w, 6m, 1y (default 180d)")
+    p.add_argument("--notice", default="0d", help="add: notice period for cancelling, e.g. 90d")
+    p.add_argument("--minimum", default="0d", help="add: contractual minimum term, e.g. 120d")
+    p.add_argument("--tz", default="UTC", help="add: IANA time zone of the dates (default UTC)")
+    p.add_argument("--auto-renew", action="store_true", help="add: renews each term until notice")
+    p.add_argument("--name", help="add: the lease's name (default TENANT-START)")
+    p.add_argument("--comment", default="", help="add: free text")
+    p.add_argument("--force", action="store_true", help="add: even beyond the tenant's quota")
+    p.add_argument("--reason", help="add --force: why (recorded with the lease)")
+    p.add_argument("--on", help="cancel: the day notice was given (default today in its zone)")
+    p.add_argument("--by", help="extend: how much longer, e.g. 30d or 3m")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch the lease action."""
+    settings = read_settings_from_args(args)
+    now = time.time()
+    if args.action == "add":
+        return _add(args, settings.db_path, now)
+    if args.action == "list":
+        return _list(args, settings.db_path, now)
+    if args.lease is None:
+        raise ConfigError(f"{args.action} needs the lease's name or id", field="lease")
+    if args.action == "show":
+        return _show(args, settings.db_path, now)
+    return _change(args, settings.db_path, now)
+
+
+def _add(args: argparse.Namespace, db: Path, now: float) -> int:
+    from collector.governance.lease import (  # noqa: PLC0415
+        LeaseError,
+        LeaseTerms,
+        parse_date,
+        parse_days,
+    )
+    from collector.governance.ops import LeaseRequest, add_lease  # noqa: PLC0415
+    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.usage import node_hardware  # noqa: PLC0415
+
+    if not args.tenant:
+        raise ConfigError("add needs --tenant NAME", field="--tenant")
+    if not args.pool and not args.nodes:
+        raise ConfigError("add needs --pool NAME or --nodes a,b", field="--nodes")
+    if not args.start:
+        raise ConfigError("add needs --start YYYY-MM-DD", field="--start")
+    try:
+        start = parse_date(args.start, field="--start")
+        terms = LeaseTerms(
+            start=start,
+            duration_days=parse_days(args.duration, start, field="--duration"),
+            notice_days=parse_days(args.notice, start, field="--notice"),
+            min_days=parse_days(args.minimum, start, field="--minimum"),
+            tz=args.tz,
+            auto_renew=args.auto_renew,
+        )
+    except LeaseError as exc:
+        raise ConfigError(str(exc)) from None
+    nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
+    req = LeaseRequest(
+        name=args.name or f"{args.tenant}-{start.isoformat()}",
+        tenant=args.tenant,
+        terms=terms,
+        pool=args.pool,
+        nodes=nodes,
+        force_reason=(args.reason or "forced without a reason") if args.force else None,
+        comment=args.comment,
+    )
+    with GovernanceWriter(db, now=now) as w:
+        lease_id, admission = add_lease(w, req, node_hardware(w.fetchall))
+        lease = next(x for x in w.state().leases if x.id == lease_id)
+    row = lease_row(lease, now)
+    if admission is not None:
+        row["quota"] = {
+            "basis": "allocated",
+            "gpus": admission.amount,
+            "admitted": admission.admitted,
+            "borrowed": admission.borrowed,
+            "lenders": dict(admission.lenders),
+        }
+    if args.json:
+        print_json(row)
+        return 0
+    forced = " (FORCED beyond quota: recorded)" if lease.forced else ""
+    print(
+        f"lease {lease.name} (id {lease.id}) added: {row['tenant']} holds {len(lease.nodes)} "
+        f"nodes from {row['start']} to {row['last_day']} ({row['tz']}), {row['status']}{forced}"
+    )
+    if admission is not None and admission.borrowed > 0 and admission.lenders:
+        lenders = ", ".join(f"{n} {a:g}" for n, a in admission.lenders)
+        print(f"  borrows {admission.borrowed:g} GPUs (allocated basis) from: {lenders}")
+    return 0
+
+
+def lease_row(lease: Lease, now: float) -> dict[str, Any]:
+    """A lease as a JSON-ready row: identity, dates, status and notice deadline."""
+    import datetime as dt  # noqa: PLC0415
+
+    from collector.governance.lease import notice_deadline, term_end, today_in  # noqa: PLC0415
+
+    t = lease.terms
+    today = today_in(t.tz, now)
+    end = lease.end()
+    deadline = notice_deadline(t, today)
+    return {
+        "id": lease.id,
+        "name": lease.name,
+        "tenant": lease.tenant,
+        "pool": lease.pool,
+        "nodes": len(lease.nodes),
+        "start": t.start.isoformat(),
+        "end": None if end is None else end.isoformat(),
+        "last_day": (
+            f"renews {(term_end(t, today) - dt.timedelta(days=1)).isoformat()}"
+            if end is None
+            else (end - dt.timedelta(days=1)).isoformat()
+        ),
+        "tz": t.tz,
+        "status": lease.status(now),
+        "duration_days": t.duration_days,
+        "notice_days": t.notice_days,
+        "min_days": t.min_days,
+        "auto_renew": t.auto_renew,
+        "notice_given": None if t.notice_given is None else t.notice_given.isoformat(),
+        "notice_deadline": None if deadline is None else deadline.isoformat(),
+        "forced": lease.forced,
+        "force_reason": lease.force_reason,
+        "comment": lease.comment,
+    }
+
+
+def _state(db: Path) -> Governance:
+    from collector.store.governance import load_governance  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    with StoreReader(db) as store:
+        if not store.has_table("leases"):
+            raise ConfigError(
+                f"{str(db)!r} has no leases table yet: start this version's `collector run` "
+                "once to migrate it"
+            )
+        return load_governance(store.fetchall)
+
+
+def _list(args: argparse.Namespace, db: Path, now: float) -> int:
+    gov = _state(db)
+    rows = [lease_row(x, now) for x in gov.leases if not args.tenant or x.tenant == args.tenant]
+    if args.json:
+        print_json({"leases": rows})
+        return 0
+    if not rows:
+        print("no leases")
+        return 0
+    columns = [
+        Column("id", "ID"),
+        Column("name", "NAME", align_right=False),
+        Column("tenant", "TENANT", align_right=False),
+        Column("pool", "POOL", align_right=False),
+        Column("nodes", "NODES"),
+        Column("start", "START", align_right=False),
+        Column("last_day", "LAST DAY", align_right=False),
+        Column("tz", "TZ", align_right=False),
+        Column("status", "STATUS", align_right=False),
+        Column("notice_deadline", "NOTICE BY", align_right=False),
+    ]
+    print(render_table(rows, columns))
+    return 0
+
+
+def _show(args: argparse.Namespace, db: Path, now: float) -> int:
+    from collector.governance.ops import find_lease  # noqa: PLC0415
+
+    gov = _state(db)
+    lease = find_lease(gov, args.lease)
+    row = lease_row(lease, now)
+    row["nodes"] = list(lease.nodes)
+    if args.json:
+        print_json(row)
+        return 0
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key.ljust(width)}  {'-' if shown is None else shown}")
+    return 0
+
+
+def _change(args: argparse.Namespace, db: Path, now: float) -> int:
+    from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
+    from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
+    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+
+    with GovernanceWriter(db, now=now) as w:
+        days = None
+        try:
+            on = parse_date(args.on, field="--on") if args.on else None
+            if args.action == "extend":
+                if not args.by:
+                    raise ConfigError("extend needs --by, e.g. --by 30d or --by 3m", field="--by")
+                current = find_lease(w.state(), args.lease).terms
+                days = parse_days(args.by, current.scheduled_end, field="--by")
+        except LeaseError as exc:
+            raise ConfigError(str(exc)) from None
+        lease, _ = change_lease(w, args.lease, args.action, on=on, days=days)
+        changed = next(x for x in w.state().leases if x.id == lease.id)
+    row = lease_row(changed, now)
+    if args.json:
+        print_json(row)
+        return 0
+    if args.action == "cancel":
+        print(
+            f"lease {row['name']}: notice given on {row['notice_given']}; it ends after "
+            f"{row['last_day']} ({row['tz']}), status {row['status']}"
+        )
+    else:
+        print(f"lease {row['name']}: now runs to {row['last_day']} ({row['tz']})")
+    return 0

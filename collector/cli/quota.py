@@ -1,0 +1,321 @@
+"""``collector quota set|show|check``: quotas with Kueue's semantics, on two bases."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collector.governance.state import Governance
+    from collector.governance.usage import Usage
+
+__all__ = ["add_parser", "run"]
+
+_DESCRIPTION: Final = """\
+Quotas per tenant and resource (gpus, power_kw, gpu_hours per calendar period, UTC) with
+Kueue's semantics: a nominal quota, a borrowing limit (the most it may take beyond its
+nominal from its cohort's unused quota; default unbounded) and a lending limit (the most of
+its unused quota it lends; default all). Tenants in one cohort share unused quota; a cohort
+may hold nominal quota of its own.
+
+Every figure says its basis:
+  allocated  what the tenant's leases in force hold: their nodes' GPUs (inventory), the
+             GPUs' power limits (kW) and GPU-hours held so far this period
+  measured   what its nodes do: GPUs at or above --busy-util % (fresh samples), live GPU +
+             CPU power (kW), utilisation-weighted GPU-hours this period (stored samples)
+
+  set     TENANT --resource gpus --nominal 9 [--borrowing-limit 1] [--lending-limit 1]
+          [--period month] [--cohort C] [--priority N];  --cohort C without TENANT sets
+          the cohort's own nominal quota;  --remove drops the tenant's quota on --resource
+  show    [TENANT]: nominal, in use, borrowed, lendable, available now, per basis
+  check   TENANT --gpus N: would N more GPUs be admitted, and from whose unused quota"""
+
+_EPILOG: Final = """\
+examples:
+  collector quota set acme --resource gpus --nominal 9 --cohort research
+  collector quota set --cohort research --resource gpus --nominal 12
+  collector quota show --json
+  collector quota check acme --gpus 4
+
+exit status: 0 done (check: also when refused; see "admitted"); 2 a bad flag or no database."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector quota``."""
+    p = sub.add_parser(
+        "quota",
+        help=COMMANDS["quota"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    p.add_argument("action", choices=("set", "show", "check"), help="what to do")
+    p.add_argument("tenant", nargs="?", help="the tenant")
+    p.add_argument("--resource", choices=("gpus", "power_kw", "gpu_hours"), default="gpus")
+    p.add_argument("--nominal", type=float, help="set: the nominal quota")
+    p.add_argument("--borrowing-limit", type=float, help="set: most it may borrow (default: any)")
+    p.add_argument("--lending-limit", type=float, help="set: most it lends (default: all)")
+    p.add_argument("--period", choices=("day", "week", "month"), help="set gpu_hours: period")
+    p.add_argument("--cohort", help="set: the tenant's cohort (or, alone, the cohort's quota)")
+    p.add_argument("--priority", type=int, help="set: the tenant's priority")
+    p.add_argument("--remove", action="store_true", help="set: drop this quota")
+    p.add_argument("--gpus", type=float, help="check: how many more GPUs")
+    p.add_argument(
+        "--busy-util",
+        type=float,
+        default=10.0,
+        metavar="PCT",
+        help="measured basis: a GPU at or above this utilisation is busy (default 10)",
+    )
+    p.add_argument(
+        "--from-store",
+        action="store_true",
+        help="show/check: compute usage from the stored samples even while the collector's "
+        "own figures (its last rule evaluation, under a minute old) are available",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch the quota action."""
+    settings = read_settings_from_args(args)
+    now = time.time()
+    if args.action == "set":
+        return _set(args, settings.db_path, now)
+    if not 0 <= args.busy_util <= 100:
+        raise ConfigError("--busy-util must be between 0 and 100", field="--busy-util")
+    gov, usages, source = _read(
+        settings.db_path, now, args.busy_util, settings.stale_intervals, from_store=args.from_store
+    )
+    if args.action == "show":
+        return _show(args, gov, usages, source)
+    return _check(args, gov, usages, source)
+
+
+def _number(value: float | None, flag: str) -> float | None:
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise ConfigError(f"{flag} must be a number >= 0, got {value}", field=flag)
+    return value
+
+
+def _set(args: argparse.Namespace, db: Path, now: float) -> int:
+    from collector.governance.quota import Quota  # noqa: PLC0415
+    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+
+    nominal = _number(args.nominal, "--nominal")
+    bl = _number(args.borrowing_limit, "--borrowing-limit")
+    ll = _number(args.lending_limit, "--lending-limit")
+    with GovernanceWriter(db, now=now) as w:
+        if args.tenant is None:
+            if args.cohort is None:
+                raise ConfigError("set needs a TENANT, or --cohort C for the cohort's own quota")
+            w.put_cohort(args.cohort)
+            if args.remove:
+                w.put_cohort_quota(args.cohort, args.resource, None)
+                print(f"cohort {args.cohort}: {args.resource} quota removed")
+                return 0
+            if nominal is None:
+                raise ConfigError("set needs --nominal N", field="--nominal")
+            w.put_cohort_quota(args.cohort, args.resource, nominal)
+            print(f"cohort {args.cohort}: own {args.resource} quota {nominal:g}")
+            return 0
+        gov = w.state()
+        cohort = args.cohort if args.cohort is not None else gov.tenants.get(args.tenant)
+        priority = (
+            args.priority if args.priority is not None else gov.priorities.get(args.tenant, 0)
+        )
+        w.put_tenant(args.tenant, cohort or None, priority)
+        if args.remove:
+            w.put_quota(args.tenant, args.resource, None)
+            print(f"tenant {args.tenant}: {args.resource} quota removed")
+            return 0
+        if nominal is None:
+            if args.cohort is not None or args.priority is not None:
+                print(f"tenant {args.tenant}: cohort {cohort or '-'}, priority {priority}")
+                return 0
+            raise ConfigError("set needs --nominal N", field="--nominal")
+        period = args.period if args.resource == "gpu_hours" else None
+        w.put_quota(args.tenant, args.resource, Quota(nominal, bl, ll), period)
+    limits = [
+        f"borrowing limit {bl:g}" if bl is not None else "borrows without limit",
+        f"lending limit {ll:g}" if ll is not None else "lends all it does not use",
+    ]
+    print(
+        f"tenant {args.tenant}: {args.resource} nominal {nominal:g} "
+        f"({', '.join(limits)}), cohort {cohort or '-'}"
+    )
+    return 0
+
+
+_SNAPSHOT_FRESH_S: Final = 60.0
+
+
+class _Source(NamedTuple):
+    name: str  # "collector" (its last evaluation) or "store" (computed from samples now)
+    as_of: float
+
+
+def _read(
+    db: Path, now: float, busy_util: float, stale_intervals: float, *, from_store: bool
+) -> tuple[Governance, list[Usage], _Source]:
+    from collector.store.governance import load_governance, usage_snapshot  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+    from collector.store.usage import usages_from_store  # noqa: PLC0415
+
+    with StoreReader(db) as store:
+        if not store.has_table("quotas"):
+            raise ConfigError(
+                f"{str(db)!r} has no quotas table yet: start this version's `collector run` "
+                "once to migrate it"
+            )
+        gov = load_governance(store.fetchall)
+        if not from_store:
+            snap = _snapshot(usage_snapshot(store.fetchall), gov, now, busy_util)
+            if snap is not None:
+                return gov, snap[0], snap[1]
+        allocated, measured = usages_from_store(
+            store, gov, now, busy_util_pct=busy_util, stale_intervals=stale_intervals
+        )
+    return gov, [allocated, measured], _Source("store", now)
+
+
+def _snapshot(
+    text: str | None, gov: Governance, now: float, busy_util: float
+) -> tuple[list[Usage], _Source] | None:
+    """The collector's usage if it is fresh, for this governance state and threshold."""
+    import json  # noqa: PLC0415
+
+    from collector.governance.usage import Usage  # noqa: PLC0415
+
+    if text is None:
+        return None
+    try:
+        snap = json.loads(text)
+        at = float(snap["at"])
+        if (
+            not now - _SNAPSHOT_FRESH_S <= at <= now + 5.0
+            or snap["generation"] != gov.generation
+            or float(snap["busy_util_pct"]) != busy_util
+        ):
+            return None
+        usages = []
+        for basis in ("allocated", "measured"):
+            by_resource = {
+                str(r): {str(t): max(0.0, float(v)) for t, v in per.items()}
+                for r, per in snap["usage"][basis].items()
+            }
+            usages.append(Usage(basis, by_resource))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # written by another version, or damaged: compute it instead
+    return usages, _Source("collector", at)
+
+
+def _known(gov: Governance, tenant: str) -> None:
+    if tenant not in gov.tenants:
+        known = ", ".join(sorted(gov.tenants)) or "none yet"
+        raise ConfigError(f"no tenant {tenant!r} (tenants: {known})", field="tenant")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _source_line(source: _Source) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    when = dt.datetime.fromtimestamp(source.as_of, dt.UTC).strftime("%H:%M:%S UTC")
+    if source.name == "collector":
+        return f"usage as the running collector evaluated it at {when}"
+    return f"usage computed from the store's samples at {when}"
+
+
+def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
+    from collector.governance.report import standings  # noqa: PLC0415
+
+    if args.tenant is not None:
+        _known(gov, args.tenant)
+    rows = [
+        s.as_dict()
+        for s in standings(gov, usages, tenants=None if args.tenant is None else [args.tenant])
+    ]
+    if args.json:
+        print_json({"source": source.name, "as_of": source.as_of, "quotas": rows})
+        return 0
+    if not rows:
+        print("no quotas: set one with `collector quota set TENANT --resource gpus --nominal N`")
+        return 0
+    columns = [
+        Column("tenant", "TENANT", align_right=False),
+        Column("cohort", "COHORT", align_right=False),
+        Column("resource", "RESOURCE", align_right=False),
+        Column("basis", "BASIS", align_right=False),
+        Column("nominal", "NOMINAL", _fmt),
+        Column("in_use", "IN USE", _fmt),
+        Column("pct", "%", _fmt),
+        Column("borrowed", "BORROWED", _fmt),
+        Column("lendable", "LENDABLE", _fmt),
+        Column("available", "AVAILABLE", _fmt),
+        Column("band", "STATE", align_right=False),
+    ]
+    print(render_table(rows, columns))
+    print(f"\n{_source_line(source)}")
+    return 0
+
+
+def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
+    if args.tenant is None:
+        raise ConfigError("check needs a TENANT", field="tenant")
+    if args.gpus is None:
+        raise ConfigError("check needs --gpus N", field="--gpus")
+    _number(args.gpus, "--gpus")
+    _known(gov, args.tenant)
+    if (args.tenant, "gpus") not in gov.quotas:
+        raise ConfigError(
+            f"tenant {args.tenant} has no gpus quota, so nothing limits it: set one with "
+            f"`collector quota set {args.tenant} --resource gpus --nominal N`",
+            field="tenant",
+        )
+    tree = gov.tree("gpus")
+    answers: list[dict[str, Any]] = []
+    for usage in usages:
+        a = tree.check(args.tenant, args.gpus, usage.of("gpus"))
+        answers.append(
+            {
+                "tenant": args.tenant,
+                "basis": usage.basis,
+                "gpus": args.gpus,
+                "admitted": a.admitted,
+                "available": round(a.available, 3),
+                "from_own": round(a.from_own, 3),
+                "borrowed": round(a.borrowed, 3),
+                "lenders": [{"from": n, "gpus": round(v, 3)} for n, v in a.lenders],
+                "reclaimable": round(a.reclaimable, 3),
+            }
+        )
+    if args.json:
+        print_json({"source": source.name, "as_of": source.as_of, "checks": answers})
+        return 0
+    for ans in answers:
+        verdict = "admitted" if ans["admitted"] else "NOT admitted"
+        line = (
+            f"{ans['basis']:>9}: {args.gpus:g} more GPUs for {args.tenant}: {verdict} "
+            f"(available {ans['available']:g})"
+        )
+        if ans["admitted"] and ans["borrowed"]:
+            lenders = ", ".join(f"{x['from']} {x['gpus']:g}" for x in ans["lenders"])
+            line += f"; {ans['from_own']:g} from its own quota, borrows {ans['borrowed']:g} from "
+            line += lenders or "the cohort"
+        elif not ans["admitted"] and ans["reclaimable"]:
+            line += f"; {ans['reclaimable']:g} of its own quota is lent out and reclaimable"
+        print(line)
+    return 0

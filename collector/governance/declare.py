@@ -1,0 +1,379 @@
+"""``cluster.toml``: tenants, cohorts, quotas, pools and leases declared in one file.
+
+The schema (:class:`ClusterSpec`, pydantic, unknown keys refused) names every bad key by its
+dotted path (``tenants.acme.quota.gpus.nominal``). :func:`apply_spec` makes the store say
+what the file says, inside one :class:`~collector.store.governance.GovernanceWriter`
+transaction, and returns the changes as ``+`` (new), ``~`` (changed) and ``-`` (removed)
+lines; applying the same file again changes nothing. What the file does not name (another
+tenant, a pool made by ``collector pool``) is left as it is; for a tenant or cohort it names,
+its quotas are exactly the file's. :func:`export_spec` writes the store's state in the same
+shape, so ``collector export | collector apply -f -`` is a no-op.
+
+Example::
+
+    [cohorts.research]
+    quota = { gpus = 12 }                 # the cohort's own nominal quota
+
+    [tenants.acme]
+    cohort = "research"
+    priority = 10
+    quota.gpus = { nominal = 9, borrowing_limit = 1 }
+    quota.gpu_hours = { nominal = 5000, period = "month" }
+
+    [pools.acme-a]
+    nodes = ["x1000c0s0b0n0", "x1000c0s0b0n1"]
+
+    [leases.acme-2026]
+    tenant = "acme"
+    pool = "acme-a"                       # or nodes = [...]
+    start = 2026-01-01
+    duration_days = 180
+    notice_days = 90
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
+from collector.governance.ops import LeaseRequest, add_lease, overlapping
+from collector.governance.quota import RESOURCES, Quota
+from collector.governance.state import Governance, TenantQuota
+from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
+
+if TYPE_CHECKING:
+    from collector.store.governance import GovernanceWriter
+
+__all__ = ["ClusterSpec", "apply_spec", "export_spec", "parse_spec"]
+
+_Name = Field(min_length=1, max_length=128)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class QuotaSpec(_Strict):
+    """One tenant's quota on one resource."""
+
+    nominal: float = Field(ge=0)
+    borrowing_limit: float | None = Field(default=None, ge=0)
+    lending_limit: float | None = Field(default=None, ge=0)
+    period: Literal["day", "week", "month"] | None = None
+
+
+class CohortSpec(_Strict):
+    """A cohort and its own nominal quota per resource."""
+
+    quota: dict[Literal["gpus", "power_kw", "gpu_hours"], float] = {}
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> CohortSpec:
+        for resource, value in self.quota.items():
+            if value < 0:
+                raise ValueError(f"quota.{resource} must be >= 0")
+        return self
+
+
+class TenantSpec(_Strict):
+    """A tenant: its cohort, priority and quotas."""
+
+    cohort: str | None = None
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    quota: dict[Literal["gpus", "power_kw", "gpu_hours"], QuotaSpec] = {}
+
+
+class PoolSpec(_Strict):
+    """A pool by explicit nodes (pattern pools: ``collector pool apply``)."""
+
+    nodes: list[str] = Field(max_length=100_000)
+
+
+class LeaseSpec(_Strict):
+    """A lease of a pool or of named nodes."""
+
+    tenant: str = _Name
+    pool: str | None = None
+    nodes: list[str] = Field(default=[], max_length=100_000)
+    start: dt.date
+    duration_days: int = Field(default=DEFAULT_DURATION_DAYS, ge=1, le=100 * 366)
+    term_days: int | None = Field(default=None, ge=1, le=100 * 366)
+    notice_days: int = Field(default=0, ge=0, le=100 * 366)
+    min_days: int = Field(default=0, ge=0, le=100 * 366)
+    tz: str = "UTC"
+    auto_renew: bool = False
+    notice_given: dt.date | None = None
+    force_reason: str | None = None
+    comment: str = ""
+
+    @model_validator(mode="after")
+    def _pool_or_nodes(self) -> LeaseSpec:
+        if self.pool is None and not self.nodes:
+            raise ValueError("a lease needs pool = NAME or nodes = [...]")
+        return self
+
+    def terms(self) -> LeaseTerms:
+        """The lease's dates."""
+        return LeaseTerms(
+            start=self.start,
+            duration_days=self.duration_days,
+            term_days=self.term_days,
+            notice_days=self.notice_days,
+            min_days=self.min_days,
+            tz=self.tz,
+            auto_renew=self.auto_renew,
+            notice_given=self.notice_given,
+        )
+
+
+class ClusterSpec(_Strict):
+    """The whole file."""
+
+    cohorts: dict[str, CohortSpec] = {}
+    tenants: dict[str, TenantSpec] = {}
+    pools: dict[str, PoolSpec] = {}
+    leases: dict[str, LeaseSpec] = {}
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> ClusterSpec:
+    """Validate a parsed TOML document; :class:`ConfigError` naming the first bad key."""
+    try:
+        spec = ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (see `collector apply --help` for the file's shape)"
+        raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+    owner: dict[str, str] = {}
+    for name, pool in sorted(spec.pools.items()):
+        for node in pool.nodes:
+            if not NODE_ID_RE.match(node):
+                raise ConfigError(
+                    f"{source}: pools.{name}.nodes: {node!r} is not a node id",
+                    field=f"pools.{name}.nodes",
+                )
+            if owner.setdefault(node, name) != name:
+                raise ConfigError(
+                    f"{source}: pools.{name}.nodes: {node} is also in pools.{owner[node]}: a "
+                    "node is in at most one pool",
+                    field=f"pools.{name}.nodes",
+                )
+    for name, lease in spec.leases.items():
+        try:
+            lease.terms()
+        except LeaseError as exc:
+            raise ConfigError(f"{source}: leases.{name}: {exc}", field=f"leases.{name}") from None
+    return spec
+
+
+def _num(value: float | None) -> str:
+    return "none" if value is None else f"{value:g}"
+
+
+def _quota_text(q: TenantQuota | None) -> str:
+    if q is None:
+        return "none"
+    parts = [f"nominal {q.quota.nominal:g}"]
+    if q.quota.borrowing_limit is not None:
+        parts.append(f"borrowing_limit {q.quota.borrowing_limit:g}")
+    if q.quota.lending_limit is not None:
+        parts.append(f"lending_limit {q.quota.lending_limit:g}")
+    if q.period is not None:
+        parts.append(f"period {q.period}")
+    return ", ".join(parts)
+
+
+def apply_spec(
+    w: GovernanceWriter, spec: ClusterSpec, hardware: Mapping[str, tuple[int, float]]
+) -> list[str]:
+    """Make the store match ``spec`` (in ``w``'s transaction); the change lines."""
+    gov = w.state()
+    changes: list[str] = []
+    cohorts = set(spec.cohorts) | {t.cohort for t in spec.tenants.values() if t.cohort}
+    for name in sorted(cohorts):
+        c = spec.cohorts.get(name, CohortSpec())
+        if name not in gov.cohorts:
+            changes.append(f"+ cohort {name}")
+        w.put_cohort(name)
+        if name not in spec.cohorts:
+            continue
+        for resource in RESOURCES:
+            own = c.quota.get(resource)
+            had = gov.cohort_quotas.get((name, resource))
+            if own != had:
+                changes.append(f"~ cohort {name} {resource}: {_num(had)} -> {_num(own)}")
+                w.put_cohort_quota(name, resource, own)
+    for name, t in sorted(spec.tenants.items()):
+        if name not in gov.tenants:
+            changes.append(f"+ tenant {name} (cohort {t.cohort or '-'}, priority {t.priority})")
+        elif (gov.tenants[name], gov.priorities.get(name, 0)) != (t.cohort, t.priority):
+            changes.append(
+                f"~ tenant {name}: cohort {gov.tenants[name] or '-'} -> {t.cohort or '-'}, "
+                f"priority {gov.priorities.get(name, 0)} -> {t.priority}"
+            )
+        w.put_tenant(name, t.cohort, t.priority)
+        for resource in RESOURCES:
+            qs = t.quota.get(resource)  # type: ignore[call-overload]
+            want = (
+                None
+                if qs is None
+                else TenantQuota(
+                    Quota(qs.nominal, qs.borrowing_limit, qs.lending_limit),
+                    qs.period if resource == "gpu_hours" else None,
+                )
+            )
+            have = gov.quotas.get((name, resource))
+            if want != have:
+                changes.append(
+                    f"~ quota {name} {resource}: {_quota_text(have)} -> {_quota_text(want)}"
+                )
+                w.put_quota(
+                    name,
+                    resource,
+                    None if want is None else want.quota,
+                    None if want is None else want.period,
+                )
+    for name, p in sorted(spec.pools.items()):
+        if name == "free":
+            raise ConfigError("pools.free: `free` is every node in no pool; name it otherwise")
+        have_nodes = w.pool_nodes(name) if w.pool_exists(name) else None
+        want_nodes = sorted(set(p.nodes))
+        if have_nodes == want_nodes:
+            continue
+        for node, other in sorted(w.pools_of(want_nodes).items()):
+            if other != name and other not in spec.pools:
+                raise ConfigError(
+                    f"pools.{name}.nodes: {node} is in pool {other!r}, which the file does not "
+                    "name: move it out of that pool first, or declare that pool too",
+                    field=f"pools.{name}.nodes",
+                )
+            if other != name:
+                changes.append(f"~ node {node}: pool {other} -> {name}")
+        if have_nodes is None:
+            changes.append(f"+ pool {name} ({len(want_nodes)} nodes)")
+        else:
+            added = sorted(set(want_nodes) - set(have_nodes))
+            removed = sorted(set(have_nodes) - set(want_nodes))
+            changes.append(f"~ pool {name}: +{added} -{removed}")
+            for node in removed:
+                w.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, name))
+        w.ensure_pool(name, want_nodes)
+    changes += _apply_leases(w, spec, gov, hardware)
+    return changes
+
+
+def _apply_leases(
+    w: GovernanceWriter,
+    spec: ClusterSpec,
+    gov: Governance,
+    hardware: Mapping[str, tuple[int, float]],
+) -> list[str]:
+    changes: list[str] = []
+    stored = {lease.name: lease for lease in gov.leases}
+    for name, ls in sorted(spec.leases.items()):
+        terms = ls.terms()
+        nodes = sorted(set(ls.nodes)) if ls.nodes else w.pool_nodes(ls.pool or "")
+        have = stored.get(name)
+        if have is None:
+            try:
+                add_lease(
+                    w,
+                    LeaseRequest(
+                        name=name,
+                        tenant=ls.tenant,
+                        terms=terms,
+                        pool=ls.pool,
+                        nodes=tuple(ls.nodes),
+                        force_reason=ls.force_reason,
+                        comment=ls.comment,
+                    ),
+                    hardware,
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"leases.{name}: {exc}", field=f"leases.{name}") from None
+            changes.append(f"+ lease {name} ({ls.tenant}, from {terms.start.isoformat()})")
+            continue
+        if have.tenant != ls.tenant:
+            raise ConfigError(
+                f"leases.{name}.tenant: the stored lease belongs to {have.tenant!r}; a lease "
+                "cannot change tenant: give the new one another name",
+                field=f"leases.{name}.tenant",
+            )
+        if have.terms != terms or have.comment != ls.comment:
+            changes.append(f"~ lease {name}: dates or notice changed")
+        if sorted(have.nodes) != nodes:
+            changes.append(f"~ lease {name}: nodes {len(have.nodes)} -> {len(nodes)}")
+        if have.terms != terms or sorted(have.nodes) != nodes:
+            clash = overlapping(w.state(), nodes, terms, skip=have.id)
+            if clash:
+                node, other = clash[0]
+                raise ConfigError(
+                    f"leases.{name}: node {node} is in lease {other.name!r} (id {other.id}) "
+                    "at the same time",
+                    field=f"leases.{name}",
+                )
+            w.update_lease(have, terms, comment=ls.comment)
+            w.set_lease_nodes(have, nodes)
+        elif have.comment != ls.comment:
+            w.update_lease(have, terms, comment=ls.comment)
+    return changes
+
+
+def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The store's governance state as a ``cluster.toml`` document (for ``tomli_w``)."""
+    doc: dict[str, Any] = {"cohorts": {}, "tenants": {}, "pools": {}, "leases": {}}
+    for name in sorted(gov.cohorts):
+        quota = {r: v for (c, r), v in sorted(gov.cohort_quotas.items()) if c == name}
+        doc["cohorts"][name] = {"quota": quota} if quota else {}
+    for name in sorted(gov.tenants):
+        t: dict[str, Any] = {"priority": gov.priorities.get(name, 0)}
+        if gov.tenants[name]:
+            t["cohort"] = gov.tenants[name]
+        quotas: dict[str, Any] = {}
+        for (tenant, resource), q in sorted(gov.quotas.items()):
+            if tenant != name:
+                continue
+            entry: dict[str, Any] = {"nominal": q.quota.nominal}
+            if q.quota.borrowing_limit is not None:
+                entry["borrowing_limit"] = q.quota.borrowing_limit
+            if q.quota.lending_limit is not None:
+                entry["lending_limit"] = q.quota.lending_limit
+            if q.period is not None:
+                entry["period"] = q.period
+            quotas[resource] = entry
+        if quotas:
+            t["quota"] = quotas
+        doc["tenants"][name] = t
+    for name, nodes in sorted(pools.items()):
+        doc["pools"][name] = {"nodes": sorted(nodes)}
+    for lease in gov.leases:
+        lt = lease.terms
+        entry = {
+            "tenant": lease.tenant,
+            "start": lt.start,
+            "duration_days": lt.duration_days,
+        }
+        if lease.pool is not None:
+            entry["pool"] = lease.pool
+        else:
+            entry["nodes"] = list(lease.nodes)
+        optional: dict[str, Any] = {
+            "term_days": lt.term_days,
+            "notice_days": lt.notice_days or None,
+            "min_days": lt.min_days or None,
+            "tz": None if lt.tz == "UTC" else lt.tz,
+            "auto_renew": lt.auto_renew or None,
+            "notice_given": lt.notice_given,
+            "force_reason": lease.force_reason,
+            "comment": lease.comment or None,
+        }
+        entry.update({k: v for k, v in optional.items() if v is not None})
+        doc["leases"][lease.name] = entry
+    return {k: v for k, v in doc.items() if v}

@@ -1,0 +1,224 @@
+"""Lease and quota changes with their checks: overlaps, quota admission, forced leases.
+
+The checks are pure functions of a :class:`Governance` (:func:`overlapping`,
+:func:`lease_admission`); :func:`add_lease` and friends run them on the state a
+:class:`~collector.store.governance.GovernanceWriter` transaction sees and write the result
+in that same transaction, so two commands cannot both pass the check and both write.
+Refusals are :class:`~shared.errors.ConfigError` with one line naming the node and lease or
+the quota and the way out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from collector.governance.lease import (
+    LeaseError,
+    LeaseTerms,
+    cancel,
+    extend,
+    instant,
+    overlaps,
+    renew,
+    today_in,
+)
+from collector.governance.quota import Admission
+from collector.governance.state import Governance, Lease
+from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE
+
+if TYPE_CHECKING:
+    from collector.store.governance import GovernanceWriter
+
+__all__ = [
+    "LeaseRequest",
+    "add_lease",
+    "change_lease",
+    "find_lease",
+    "lease_admission",
+    "overlapping",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """A lease to add: who, what (a pool or nodes), and its terms."""
+
+    name: str
+    tenant: str
+    terms: LeaseTerms
+    pool: str | None = None
+    nodes: tuple[str, ...] = ()
+    force_reason: str | None = None
+    """Set: add it even beyond the tenant's quota, and record why."""
+    comment: str = ""
+
+
+def overlapping(
+    gov: Governance, nodes: Sequence[str], terms: LeaseTerms, *, skip: int | None = None
+) -> list[tuple[str, Lease]]:
+    """(node, lease) for every stored lease holding one of ``nodes`` during ``terms``."""
+    out: list[tuple[str, Lease]] = []
+    for node, leases in sorted(gov.node_leases(nodes).items()):
+        out.extend(
+            (node, lease) for lease in leases if lease.id != skip and overlaps(lease.terms, terms)
+        )
+    return out
+
+
+def lease_admission(
+    gov: Governance,
+    hardware: Mapping[str, tuple[int, float]],
+    tenant: str,
+    nodes: Sequence[str],
+    terms: LeaseTerms,
+    *,
+    now: float,
+) -> Admission | None:
+    """Whether ``tenant`` may hold ``nodes``' GPUs on top of its other leases, by its GPU
+    quota (allocated basis, at the lease's start or now, whichever is later).
+
+    ``None`` when the tenant has no GPU quota: it is not governed on GPUs.
+    """
+    if (tenant, "gpus") not in gov.quotas:
+        return None
+    at = max(now, instant(terms.start, terms.tz))
+    usage: dict[str, float] = {}
+    for t, held in gov.tenant_nodes(at).items():
+        usage[t] = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in held))
+    wanted = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in set(nodes)))
+    return gov.tree("gpus").check(tenant, wanted, usage)
+
+
+def add_lease(
+    w: GovernanceWriter,
+    req: LeaseRequest,
+    hardware: Mapping[str, tuple[int, float]],
+) -> tuple[int, Admission | None]:
+    """Check and store ``req``; its id and the quota answer it was admitted with."""
+    for node in req.nodes:
+        if not NODE_ID_RE.match(node):
+            raise ConfigError(
+                f"node name {node!r} is not a node id (letters, digits, . _ -, at most 63)",
+                field="--nodes",
+            )
+    gov = w.state()
+    if any(lease.name == req.name for lease in gov.leases):
+        raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
+    nodes = list(req.nodes)
+    if req.pool is not None:
+        if req.pool == "free":
+            raise ConfigError(
+                "`free` is every node in no pool: lease named nodes (--nodes) or a pool",
+                field="--pool",
+            )
+        if nodes:
+            elsewhere = w.pools_of(nodes)
+            moved = sorted((n, p) for n, p in elsewhere.items() if p != req.pool)
+            if moved:
+                node, pool = moved[0]
+                raise ConfigError(
+                    f"node {node} is in pool {pool!r}: lease that pool, or move the node out "
+                    f"of it first (`collector pool remove`)",
+                    field="--nodes",
+                )
+            w.ensure_pool(req.pool, nodes)
+        elif not w.pool_exists(req.pool):
+            raise ConfigError(
+                f"no pool named {req.pool!r}: create it with --nodes (or `collector pool "
+                "create`) first",
+                field="--pool",
+            )
+        nodes = w.pool_nodes(req.pool)
+    if not nodes:
+        raise ConfigError(
+            "a lease needs nodes: --nodes a,b or --pool NAME with nodes in it", field="--nodes"
+        )
+    clash = overlapping(gov, nodes, req.terms)
+    if clash:
+        node, other = clash[0]
+        more = f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""
+        raise ConfigError(
+            f"node {node} is already in lease {other.name!r} (id {other.id}, tenant "
+            f"{other.tenant}, {other.terms.start.isoformat()} to {_end_text(other)}){more}: "
+            "pick other nodes or dates, or cancel that lease",
+            field="--nodes",
+        )
+    admission = lease_admission(gov, hardware, req.tenant, nodes, req.terms, now=w.now)
+    forced = False
+    if admission is not None and not admission.admitted:
+        if req.force_reason is None:
+            raise ConfigError(
+                f"lease of {admission.amount:g} GPUs exceeds what tenant {req.tenant} may "
+                f"hold: {max(0.0, admission.available):g} GPUs available within its quota "
+                "and what its cohort lends; raise its quota (`collector quota set`) or add "
+                '--force --reason "why"',
+                field="--force",
+            )
+        forced = True
+    lease_id = w.add_lease(
+        name=req.name,
+        tenant=req.tenant,
+        pool=req.pool,
+        nodes=nodes,
+        terms=req.terms,
+        forced=forced,
+        force_reason=req.force_reason if forced else None,
+        comment=req.comment,
+    )
+    return lease_id, admission
+
+
+def change_lease(
+    w: GovernanceWriter,
+    ref: str,
+    action: str,
+    *,
+    on: dt.date | None = None,
+    days: int | None = None,
+) -> tuple[Lease, LeaseTerms]:
+    """Cancel (notice ``on``, default today), extend by ``days`` or renew lease ``ref``
+    (name or id); the lease as it was and its new terms."""
+    gov = w.state()
+    lease = find_lease(gov, ref)
+    today = today_in(lease.terms.tz, w.now)
+    try:
+        if action == "cancel":
+            terms = cancel(lease.terms, on or today)
+        elif action == "extend":
+            if days is None:
+                raise ConfigError("extend needs --days N (or --by 6m)", field="--days")
+            terms = extend(lease.terms, days, today)
+        elif action == "renew":
+            terms = renew(lease.terms, today)
+        else:
+            raise ConfigError(f"unknown lease action {action!r}", field="action")
+    except LeaseError as exc:
+        raise ConfigError(f"lease {lease.name!r}: {exc}", field=action) from None
+    if action != "cancel":
+        clash = overlapping(gov, lease.nodes, terms, skip=lease.id)
+        if clash:
+            node, other = clash[0]
+            raise ConfigError(
+                f"cannot {action} lease {lease.name!r}: node {node} is leased from "
+                f"{other.terms.start.isoformat()} by lease {other.name!r} (id {other.id})",
+                field=action,
+            )
+    w.update_lease(lease, terms)
+    return lease, terms
+
+
+def find_lease(gov: Governance, ref: str) -> Lease:
+    """The lease named ``ref`` (or with id ``ref``); :class:`ConfigError` when none is."""
+    for lease in gov.leases:
+        if lease.name == ref or (ref.isdigit() and lease.id == int(ref)):
+            return lease
+    raise ConfigError(f"no lease {ref!r}: see `collector lease list`", field="lease")
+
+
+def _end_text(lease: Lease) -> str:
+    end = lease.end()
+    return "open-ended" if end is None else (end - dt.timedelta(days=1)).isoformat()

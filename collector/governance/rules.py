@@ -1,0 +1,255 @@
+"""Alert rules on leases and quotas, read from the :class:`GovernanceView` the job keeps.
+
+Labels: ``tenant`` and ``lease`` on lease rules (``node`` where a node is the subject),
+``tenant``, ``resource`` and ``basis`` (``allocated`` or ``measured``) on quota rules: every
+quota alert says which basis it judged.
+
+* ``LeaseEndingSoon`` (warning): a lease in force ends within ``lease_end_days``.
+* ``LeaseNoticeDeadline`` (warning): the last day to give notice is within
+  ``notice_deadline_days`` (today included): after it the lease runs its term, or into the
+  next one if it renews.
+* ``LeaseExpiredInUse`` (warning): a node of an expired or cancelled-and-ended lease, held by
+  no lease in force, runs GPU work (a GPU at ``busy_util_pct`` or more) or draws more than
+  ``idle_gpu_w`` per GPU.
+* ``LeasedGpusIdle`` (info): a tenant's leased GPUs average under ``idle_util_pct`` for
+  ``idle_for_s``: capacity paid for and unused.
+* ``QuotaHigh`` (warning, at ``high_pct`` % of nominal or more), ``QuotaFull`` (info: at or
+  past the nominal, borrowing from here on) and ``QuotaExceeded`` (critical: beyond the
+  borrowing limit or what the cohort lends), per tenant, resource and basis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from collector.alerts.rule import Instance, Rule
+from collector.governance.lease import effective_end, notice_deadline, today_in
+from collector.governance.report import band
+from collector.governance.state import HOLDING
+
+if TYPE_CHECKING:
+    from collector.governance.job import GovernanceView
+    from collector.live import LiveView
+
+__all__ = ["GovernanceRuleSettings", "governance_rules"]
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceRuleSettings:
+    """Thresholds of the governance rules; every field has a working default."""
+
+    lease_end_days: int = 30
+    notice_deadline_days: int = 14
+    busy_util_pct: float = 10.0
+    idle_gpu_w: float = 100.0
+    """A GPU drawing more than this is working, whatever its utilisation says."""
+    expired_in_use_for_s: float = 300.0
+    idle_util_pct: float = 10.0
+    idle_for_s: float = 6 * 3600.0
+    high_pct: float = 90.0
+    quota_for_s: float = 300.0
+    disabled: frozenset[str] = frozenset()
+
+
+def governance_rules(
+    view: Callable[[], GovernanceView], settings: GovernanceRuleSettings | None = None
+) -> list[Rule]:
+    """The governance rules, reading the job's current view through ``view()``."""
+    s = settings or GovernanceRuleSettings()
+    rules = [
+        _lease_ending(view, s),
+        _notice_deadline(view, s),
+        _expired_in_use(view, s),
+        _leased_idle(view, s),
+        *_quota_rules(view, s),
+    ]
+    return [r for r in rules if r.name not in s.disabled]
+
+
+def _lease_ending(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+    days = s.lease_end_days
+
+    def condition(_: LiveView, now: float) -> Iterator[Instance]:
+        for lease in view().gov.leases:
+            if lease.status(now) not in HOLDING:
+                continue
+            end = effective_end(lease.terms)
+            if end is None:
+                continue
+            left = (end - today_in(lease.terms.tz, now)).days
+            if left <= days:
+                yield Instance(
+                    {"tenant": lease.tenant, "lease": lease.name},
+                    {"end": end.isoformat(), "days": str(left), "tz": lease.terms.tz},
+                )
+
+    return Rule(
+        name="LeaseEndingSoon",
+        severity="warning",
+        summary="Lease {lease} of {tenant} ends in {days} days",
+        description=(
+            f"Lease {{lease}} ({{tenant}}) ends on {{end}} ({{tz}}), within {days} days: "
+            "renew or extend it (`collector lease renew|extend`), or plan the nodes' return."
+        ),
+        condition=condition,
+    )
+
+
+def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+    days = s.notice_deadline_days
+
+    def condition(_: LiveView, now: float) -> Iterator[Instance]:
+        for lease in view().gov.leases:
+            if lease.terms.notice_given is not None or lease.status(now) == "expired":
+                continue
+            today = today_in(lease.terms.tz, now)
+            deadline = notice_deadline(lease.terms, today)
+            if deadline is None:
+                continue
+            left = (deadline - today).days
+            if 0 <= left <= days:
+                yield Instance(
+                    {"tenant": lease.tenant, "lease": lease.name},
+                    {"deadline": deadline.isoformat(), "days": str(left), "tz": lease.terms.tz},
+                )
+
+    return Rule(
+        name="LeaseNoticeDeadline",
+        severity="warning",
+        summary="Last day to give notice on lease {lease} of {tenant}: {deadline}",
+        description=(
+            "Notice on lease {lease} ({tenant}) must be given by {deadline} ({tz}), in "
+            "{days} days; after that the lease runs its term (or renews). "
+            "`collector lease cancel {lease}` records notice."
+        ),
+        condition=condition,
+    )
+
+
+def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+    busy_pct = s.busy_util_pct
+    idle_w = s.idle_gpu_w
+
+    def condition(live: LiveView, now: float) -> Iterator[Instance]:
+        v = view()
+        held = set().union(*v.gov.tenant_nodes(now).values()) if v.gov.tenants else set()
+        for lease in v.gov.leases:
+            if lease.status(now) != "expired":
+                continue
+            for node in lease.nodes:
+                m = v.measures.get(node)
+                if node in held or m is None:
+                    continue
+                working = m.busy_gpus > 0
+                drawing = m.power_w is not None and m.gpus > 0 and m.power_w > idle_w * m.gpus
+                if working or drawing:
+                    yield Instance(
+                        {"tenant": lease.tenant, "lease": lease.name, "node": node},
+                        {
+                            "busy": str(m.busy_gpus),
+                            "power_w": "-" if m.power_w is None else f"{m.power_w:.0f}",
+                        },
+                    )
+
+    return Rule(
+        name="LeaseExpiredInUse",
+        severity="warning",
+        summary="{node} still in use after lease {lease} of {tenant} ended",
+        description=(
+            "Lease {lease} ({tenant}) has ended, but {node} has {busy} GPUs at or above "
+            f"{busy_pct:g} % utilisation and draws {{power_w}} W (idle is under {idle_w:g} W "
+            "per GPU): unpaid use, or a job left behind."
+        ),
+        condition=condition,
+        for_s=s.expired_in_use_for_s,
+    )
+
+
+def _leased_idle(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+    limit = s.idle_util_pct
+
+    def condition(_: LiveView, now: float) -> Iterator[Instance]:
+        v = view()
+        for tenant, nodes in v.gov.tenant_nodes(now).items():
+            total = 0.0
+            gpus = 0
+            for node in nodes:
+                m = v.measures.get(node)
+                if m is None or m.util_pct is None or m.gpus <= 0:
+                    continue
+                total += m.util_pct * m.gpus
+                gpus += m.gpus
+            if gpus and total / gpus < limit:
+                yield Instance(
+                    {"tenant": tenant}, {"util": f"{total / gpus:.1f}", "gpus": str(gpus)}
+                )
+
+    return Rule(
+        name="LeasedGpusIdle",
+        severity="info",
+        summary="{tenant}'s {gpus} leased GPUs average {util} % utilisation",
+        description=(
+            f"The GPUs leased to {{tenant}} ({{gpus}} reporting) average {{util}} % "
+            f"utilisation, under {limit:g} % for {s.idle_for_s / 3600:g} h: capacity paid "
+            "for and unused (measured basis)."
+        ),
+        condition=condition,
+        for_s=s.idle_for_s,
+    )
+
+
+def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> list[Rule]:
+    def in_band(wanted: str) -> Callable[[LiveView, float], Iterator[Instance]]:
+        def condition(_: LiveView, now: float) -> Iterator[Instance]:
+            for q in view().standings:
+                if band(q, high_pct=s.high_pct) != wanted:
+                    continue
+                pct = q.pct
+                yield Instance(
+                    {"tenant": q.tenant, "resource": q.resource, "basis": q.basis},
+                    {
+                        "in_use": f"{q.in_use:.4g}",
+                        "nominal": f"{q.nominal:.4g}",
+                        "pct": "-" if pct is None else f"{pct:.0f}",
+                        "available": f"{q.available:.4g}",
+                        "cohort": q.cohort or "-",
+                    },
+                )
+
+        return condition
+
+    common = "{tenant} uses {in_use} {resource} ({basis} basis) of a nominal {nominal}"
+    return [
+        Rule(
+            name="QuotaHigh",
+            severity="warning",
+            summary="{tenant} at {pct} % of its {resource} quota ({basis})",
+            description=f"{common}: {{pct}} %, at or above {s.high_pct:g} %.",
+            condition=in_band("high"),
+            for_s=s.quota_for_s,
+        ),
+        Rule(
+            name="QuotaFull",
+            severity="info",
+            summary="{tenant} at or past its {resource} quota ({basis}): borrowing",
+            description=(
+                f"{common}: from here on it borrows from cohort {{cohort}}'s unused quota "
+                "({available} more available)."
+            ),
+            condition=in_band("full"),
+            for_s=s.quota_for_s,
+        ),
+        Rule(
+            name="QuotaExceeded",
+            severity="critical",
+            summary="{tenant} beyond what it may borrow of {resource} ({basis})",
+            description=(
+                f"{common}: {{available}} past its borrowing limit or what cohort "
+                "{cohort} lends. Lower its use, or raise quotas (`collector quota set`)."
+            ),
+            condition=in_band("exceeded"),
+            for_s=s.quota_for_s,
+        ),
+    ]

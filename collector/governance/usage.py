@@ -1,0 +1,137 @@
+"""Tenants' use of each quota resource, on the two bases capwatch reports.
+
+* **allocated**: what the tenant holds by its leases in force, whether it uses it or not:
+  the GPUs of the leased nodes' inventories, their GPUs' power limits (kW, GPU power only)
+  and GPU-hours (leased GPUs x hours held so far in the quota's period).
+* **measured**: what the tenant's nodes do: busy GPUs (utilisation at or above a threshold,
+  fresh samples only), live power (GPU + CPU package, kW) and utilisation-weighted GPU-hours
+  in the period (from the stored samples, or accumulated from the live view).
+
+Pure: the caller brings per-node facts (from the store for the command line, from the live
+view in the collector). Every figure is clamped: a node cannot report negative or absurd use
+into a tenant's total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, NamedTuple
+
+from collector.governance.lease import instant
+from collector.governance.state import Governance, Lease, period_start
+
+__all__ = [
+    "BASES",
+    "DEFAULT_BUSY_UTIL_PCT",
+    "Basis",
+    "LeaseWindow",
+    "NodeMeasure",
+    "Usage",
+    "allocated_usage",
+    "lease_windows",
+    "measured_usage",
+]
+
+Basis = Literal["allocated", "measured"]
+BASES: Final = ("allocated", "measured")
+DEFAULT_BUSY_UTIL_PCT: Final = 10.0
+"""A GPU at or above this utilisation counts as busy on the measured basis."""
+_MAX_NODE_KW: Final = 1_000.0
+"""A node claiming more than a megawatt is broken, not busy: clamp it."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeasure:
+    """One node's latest measured state (fresh samples only; stale nodes are left out)."""
+
+    gpus: int
+    busy_gpus: int
+    power_w: float | None
+    util_pct: float | None = None
+    """Mean GPU utilisation of the sample (``None``: not reported)."""
+
+
+@dataclass(slots=True)
+class Usage:
+    """Resource -> tenant -> amount, on one basis."""
+
+    basis: Basis
+    by_resource: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def of(self, resource: str) -> dict[str, float]:
+        """Tenant -> amount of ``resource`` (missing tenants use 0)."""
+        return self.by_resource.setdefault(resource, {})
+
+
+def _hours_overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0)) / 3600.0
+
+
+class LeaseWindow(NamedTuple):
+    """The part of its tenant's quota period a lease covered, up to ``now``."""
+
+    tenant: str
+    nodes: tuple[str, ...]
+    since: float
+    until: float
+
+
+def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
+    """Per lease: its nodes and the instants of its tenant's current GPU-hours period that
+    it covered (leases that covered none are left out)."""
+    out = []
+    for lease in gov.leases:
+        since = max(period_start(gov.period_of(lease.tenant), now), _start(lease))
+        end_day = lease.end()
+        until = now if end_day is None else min(now, instant(end_day, lease.terms.tz))
+        if until > since and lease.nodes:
+            out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
+    return out
+
+
+def _start(lease: Lease) -> float:
+    return instant(lease.terms.start, lease.terms.tz)
+
+
+def allocated_usage(
+    gov: Governance, hardware: Mapping[str, tuple[int, float]], now: float
+) -> Usage:
+    """Allocated use per tenant; ``hardware``: node -> (GPUs, GPU power limits in W)."""
+    out = Usage("allocated")
+    gpus, power, hours = out.of("gpus"), out.of("power_kw"), out.of("gpu_hours")
+    for tenant, nodes in gov.tenant_nodes(now).items():
+        g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in nodes)
+        w = sum(max(0.0, hardware.get(n, (0, 0.0))[1]) for n in nodes)
+        gpus[tenant] = float(g)
+        power[tenant] = w / 1000.0
+        hours[tenant] = 0.0
+    for win in lease_windows(gov, now):
+        g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in win.nodes)
+        hours[win.tenant] = hours.get(win.tenant, 0.0) + g * (win.until - win.since) / 3600.0
+    return out
+
+
+def measured_usage(
+    gov: Governance,
+    measures: Mapping[str, NodeMeasure],
+    gpu_hours: Mapping[str, float],
+    now: float,
+) -> Usage:
+    """Measured use per tenant from per-node measures and per-tenant GPU-hours."""
+    out = Usage("measured")
+    gpus, power, hours = out.of("gpus"), out.of("power_kw"), out.of("gpu_hours")
+    for tenant, nodes in gov.tenant_nodes(now).items():
+        busy = 0
+        watts = 0.0
+        for n in nodes:
+            m = measures.get(n)
+            if m is None:
+                continue
+            busy += min(max(0, m.busy_gpus), max(0, m.gpus))
+            if m.power_w is not None and m.power_w > 0:
+                watts += min(m.power_w, _MAX_NODE_KW * 1000.0)
+        gpus[tenant] = float(busy)
+        power[tenant] = watts / 1000.0
+        hours[tenant] = max(0.0, float(gpu_hours.get(tenant, 0.0)))
+    return out

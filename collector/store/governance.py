@@ -1,0 +1,436 @@
+"""Tenants, cohorts, quotas and leases in the store: the SQL, and only here.
+
+Reads: :func:`load_governance` (command line, through a
+:class:`~collector.store.reader.StoreReader`) and :func:`load_governance_async` (the
+collector, on its own connection) run the same queries into one
+:class:`~collector.governance.state.Governance`.
+
+Writes come from the commands (``collector lease|quota|apply``), never from the collector:
+:class:`GovernanceWriter` is one stdlib ``sqlite3`` connection and one ``BEGIN IMMEDIATE``
+transaction, so an overlap check and the insert it allows cannot be split by another
+command's write, and a file applied by ``collector apply`` goes in whole or not at all. Every
+write bumps meta ``governance_generation`` in the same transaction; the collector compares it
+at each evaluation (one primary-key read) and reloads the state only when it moved.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+from collector.governance.lease import LeaseTerms, effective_end, instant
+from collector.governance.quota import Quota
+from collector.governance.state import Governance, Lease, Period, TenantQuota
+from shared.errors import StoreError
+
+__all__ = [
+    "GENERATION_KEY",
+    "USAGE_KEY",
+    "GovernanceWriter",
+    "generation_async",
+    "load_governance",
+    "load_governance_async",
+    "pool_nodes",
+    "usage_snapshot",
+    "usage_snapshot_async",
+]
+
+GENERATION_KEY: Final = "governance_generation"
+USAGE_KEY: Final = "governance_usage"
+"""Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
+``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
+_BUSY_TIMEOUT_S: Final = 5.0
+_NO_TABLE: Final = (
+    "has no leases table yet: start this version's `collector run` once to migrate it"
+)
+
+_QUERIES: Final = {
+    "generation": ("SELECT value FROM meta WHERE key = ?", (GENERATION_KEY,)),
+    "cohorts": ("SELECT name FROM cohorts ORDER BY name", ()),
+    "cohort_quotas": ("SELECT cohort, resource, nominal FROM cohort_quotas", ()),
+    "tenants": ("SELECT name, cohort, priority FROM tenants ORDER BY name", ()),
+    "quotas": (
+        "SELECT tenant, resource, nominal, borrowing_limit, lending_limit, period FROM quotas",
+        (),
+    ),
+    "leases": (
+        "SELECT id, name, tenant, pool, start, duration_days, term_days, notice_days, "
+        "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment "
+        "FROM leases ORDER BY id",
+        (),
+    ),
+    "lease_nodes": ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
+}
+
+
+def _governance(rows: dict[str, list[Any]]) -> Governance:
+    """The state from the rows; a row no command could have written (edited by hand) is a
+    non-fatal :class:`StoreError` naming it: the collector keeps its last good state."""
+    try:
+        return _parse(rows)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise StoreError(
+            f"unreadable governance row ({exc}): fix it with `collector lease|quota|apply`, "
+            "or `collector export`, correct the file and apply it",
+            fatal=False,
+        ) from None
+
+
+def _parse(rows: dict[str, list[Any]]) -> Governance:
+    g = Governance()
+    gen = rows["generation"]
+    g.generation = str(gen[0][0]) if gen else ""
+    g.cohorts = {r[0] for r in rows["cohorts"]}
+    g.cohort_quotas = {(r[0], r[1]): float(r[2]) for r in rows["cohort_quotas"]}
+    for r in rows["tenants"]:
+        g.tenants[r[0]] = r[1]
+        g.priorities[r[0]] = int(r[2])
+    for r in rows["quotas"]:
+        g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
+    nodes: dict[int, list[str]] = {}
+    for r in rows["lease_nodes"]:
+        nodes.setdefault(int(r[0]), []).append(r[1])
+    for r in rows["leases"]:
+        try:
+            terms = _terms(r)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"lease {r[1]!r}: {exc}") from None
+        g.leases.append(
+            Lease(
+                id=int(r[0]),
+                name=r[1],
+                tenant=r[2],
+                pool=r[3],
+                nodes=tuple(nodes.get(int(r[0]), ())),
+                terms=terms,
+                forced=bool(r[12]),
+                force_reason=r[13],
+                comment=r[14],
+            )
+        )
+    return g
+
+
+def _terms(r: Any) -> LeaseTerms:
+    return LeaseTerms(
+        start=dt.date.fromisoformat(r[4]),
+        duration_days=int(r[5]),
+        term_days=r[6],
+        notice_days=int(r[7]),
+        min_days=int(r[8]),
+        tz=r[9],
+        auto_renew=bool(r[10]),
+        notice_given=None if r[11] is None else dt.date.fromisoformat(r[11]),
+    )
+
+
+def load_governance(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> Governance:
+    """The whole governance state, read with ``fetchall`` (``StoreReader.fetchall``)."""
+    return _governance({k: fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
+
+
+async def load_governance_async(
+    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
+) -> Governance:
+    """The same, with the collector's ``Store.fetchall``."""
+    return _governance({k: await fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
+
+
+async def generation_async(
+    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
+) -> str:
+    """The store's governance generation ("" before the first governance write)."""
+    sql, params = _QUERIES["generation"]
+    rows = await fetchall(sql, params)
+    return str(rows[0][0]) if rows else ""
+
+
+def usage_snapshot(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> str | None:
+    """The collector's last usage snapshot (JSON text), or ``None``."""
+    rows = fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
+    return str(rows[0][0]) if rows else None
+
+
+async def usage_snapshot_async(
+    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
+) -> str | None:
+    """The same with the collector's ``Store.fetchall``."""
+    rows = await fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
+    return str(rows[0][0]) if rows else None
+
+
+def pool_nodes(fetchall: Callable[[str, Sequence[Any]], list[Any]], pool: str) -> list[str]:
+    """The nodes of ``pool`` (from ``pool_nodes``), sorted."""
+    rows = fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+    return [r[0] for r in rows]
+
+
+class GovernanceWriter:
+    """One write transaction on the governance tables (``with GovernanceWriter(path) as w``).
+
+    Commits on a clean exit, rolls back on an exception or after :meth:`discard`; the store's
+    governance generation moves only with a commit.
+    """
+
+    def __init__(self, path: Path, *, now: float | None = None) -> None:
+        self.path = path
+        self.now = time.time() if now is None else now
+        self._conn: sqlite3.Connection | None = None
+        self._discard = False
+
+    def discard(self) -> None:
+        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
+        self._discard = True
+
+    def __enter__(self) -> Self:
+        if not self.path.is_file():
+            raise StoreError(
+                f"no capwatch database at {str(self.path)!r}: start `collector run` first or "
+                "pass --db / CAPWATCH_DB_PATH"
+            )
+        try:
+            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+        self._conn = conn
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if exc_type is None and not self._discard:
+                self._execute_on(
+                    conn,
+                    "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                    (GENERATION_KEY, uuid.uuid4().hex, self.now),
+                )
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot write {str(self.path)!r}: {err}") from err
+        finally:
+            conn.close()
+
+    def _execute_on(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
+    ) -> sqlite3.Cursor:
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise StoreError(f"{str(self.path)!r} {_NO_TABLE}") from exc
+            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+        except (sqlite3.Error, OverflowError) as exc:
+            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement inside the transaction."""
+        if self._conn is None:
+            raise StoreError("governance writer is not open: use `with GovernanceWriter(path)`")
+        return self._execute_on(self._conn, sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """A read inside the transaction (sees its own writes)."""
+        return self.execute(sql, params).fetchall()
+
+    def state(self) -> Governance:
+        """The governance state as this transaction sees it."""
+        return load_governance(self.fetchall)
+
+    # -- cohorts, tenants, quotas
+
+    def put_cohort(self, name: str, comment: str = "") -> None:
+        """Create cohort ``name`` or update its comment."""
+        self.execute(
+            "INSERT INTO cohorts (name, comment, created) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET comment = excluded.comment",
+            (name, comment, self.now),
+        )
+
+    def put_cohort_quota(self, cohort: str, resource: str, nominal: float | None) -> None:
+        """Set (``None``: remove) the cohort's own nominal quota on ``resource``."""
+        if nominal is None:
+            self.execute(
+                "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
+            )
+            return
+        self.execute(
+            "INSERT INTO cohort_quotas (cohort, resource, nominal) VALUES (?, ?, ?) "
+            "ON CONFLICT (cohort, resource) DO UPDATE SET nominal = excluded.nominal",
+            (cohort, resource, nominal),
+        )
+
+    def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
+        """Create tenant ``name`` or update its cohort, priority and comment."""
+        if cohort is not None:
+            self.execute(
+                "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
+            )
+        self.execute(
+            "INSERT INTO tenants (name, cohort, priority, comment, created) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET cohort = excluded.cohort, "
+            "priority = excluded.priority, comment = excluded.comment",
+            (name, cohort, priority, comment, self.now),
+        )
+
+    def ensure_tenant(self, name: str) -> None:
+        """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
+        self.execute(
+            "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
+        )
+
+    def put_quota(
+        self, tenant: str, resource: str, quota: Quota | None, period: Period | None = None
+    ) -> None:
+        """Set (``None``: remove) ``tenant``'s quota on ``resource``."""
+        if quota is None:
+            self.execute("DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource))
+            return
+        self.ensure_tenant(tenant)
+        self.execute(
+            "INSERT INTO quotas (tenant, resource, nominal, borrowing_limit, lending_limit, "
+            "period) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, resource) DO UPDATE SET "
+            "nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
+            "lending_limit = excluded.lending_limit, period = excluded.period",
+            (
+                tenant,
+                resource,
+                quota.nominal,
+                quota.borrowing_limit,
+                quota.lending_limit,
+                period,
+            ),
+        )
+
+    # -- pools
+
+    def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
+        """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
+        self.execute("INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now))
+        for node in nodes:
+            self.execute(
+                "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
+                "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
+                (node, pool),
+            )
+
+    def pool_nodes(self, pool: str) -> list[str]:
+        """The nodes of ``pool`` as this transaction sees them."""
+        return pool_nodes(self.fetchall, pool)
+
+    def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Node -> the pool it is in, for those of ``nodes`` in one."""
+        out: dict[str, str] = {}
+        for node in nodes:
+            rows = self.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
+            if rows:
+                out[node] = rows[0][0]
+        return out
+
+    def pool_exists(self, pool: str) -> bool:
+        """Whether ``pool`` is a stored pool."""
+        return bool(self.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
+
+    # -- leases
+
+    def add_lease(
+        self,
+        *,
+        name: str,
+        tenant: str,
+        pool: str | None,
+        nodes: Sequence[str],
+        terms: LeaseTerms,
+        forced: bool = False,
+        force_reason: str | None = None,
+        comment: str = "",
+    ) -> int:
+        """Store a new lease (overlaps already checked by the caller); return its id."""
+        self.ensure_tenant(tenant)
+        start_at, end_at = _instants(terms)
+        cur = self.execute(
+            "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
+            "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
+            "start_at, end_at, comment, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                tenant,
+                pool,
+                terms.start.isoformat(),
+                terms.duration_days,
+                terms.term_days,
+                terms.notice_days,
+                terms.min_days,
+                terms.tz,
+                int(terms.auto_renew),
+                None if terms.notice_given is None else terms.notice_given.isoformat(),
+                int(forced),
+                force_reason,
+                start_at,
+                end_at,
+                comment,
+                self.now,
+                self.now,
+            ),
+        )
+        lease_id = int(cur.lastrowid or 0)
+        for node in dict.fromkeys(nodes):
+            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
+        return lease_id
+
+    def update_lease(self, lease: Lease, terms: LeaseTerms, *, comment: str | None = None) -> None:
+        """Replace ``lease``'s dates (cancel, extend, renew, apply)."""
+        start_at, end_at = _instants(terms)
+        notice = None if terms.notice_given is None else terms.notice_given.isoformat()
+        self.execute(
+            "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
+            "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
+            "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
+            "ELSE coalesce(notice_recorded, ?) END, start_at = ?, end_at = ?, "
+            "comment = coalesce(?, comment), updated = ? WHERE id = ?",
+            (
+                terms.start.isoformat(),
+                terms.duration_days,
+                terms.term_days,
+                terms.notice_days,
+                terms.min_days,
+                terms.tz,
+                int(terms.auto_renew),
+                notice,
+                notice,
+                self.now,
+                start_at,
+                end_at,
+                comment,
+                self.now,
+                lease.id,
+            ),
+        )
+
+    def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
+        """Replace the nodes ``lease`` holds."""
+        self.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
+        for node in dict.fromkeys(nodes):
+            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node))
+
+
+def _instants(terms: LeaseTerms) -> tuple[float, float | None]:
+    end = effective_end(terms)
+    return instant(terms.start, terms.tz), None if end is None else instant(end, terms.tz)

@@ -1,0 +1,128 @@
+"""``collector apply -f`` / ``collector export``: idempotent, dry run, bad keys change nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.collector.governance.fleet import cli, make_store
+
+NODES = {"n1": 8, "n2": 8, "n3": 4, "n4": 4}
+
+CLUSTER = """\
+[cohorts.research]
+quota = { gpus = 4 }
+
+[tenants.acme]
+cohort = "research"
+priority = 10
+quota.gpus = { nominal = 16, borrowing_limit = 4 }
+quota.gpu_hours = { nominal = 5000, period = "week" }
+
+[tenants.beta]
+cohort = "research"
+quota.gpus = { nominal = 8, lending_limit = 2 }
+
+[pools.acme-a]
+nodes = ["n1", "n2"]
+
+[leases.acme-2041]
+tenant = "acme"
+pool = "acme-a"
+start = 2041-01-01
+duration_days = 180
+notice_days = 90
+
+[leases.beta-2041]
+tenant = "beta"
+nodes = ["n3"]
+start = 2041-02-01
+tz = "Asia/Tokyo"
+auto_renew = true
+duration_days = 90
+notice_days = 30
+"""
+
+
+def _file(tmp_path: Path, text: str, name: str = "cluster.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+async def test_apply_is_idempotent_and_export_round_trips(tmp_path: Path) -> None:
+    """The second apply changes nothing; the export applies as a no-op too."""
+    db = str(await make_store(tmp_path, NODES))
+    f = _file(tmp_path, CLUSTER)
+    code, out, err = cli("apply", "--db", db, "-f", f, "--json")
+    assert (code, err) == (0, "")
+    changes = json.loads(out)["changes"]
+    assert "+ tenant acme (cohort research, priority 10)" in changes
+    assert "+ pool acme-a (2 nodes)" in changes
+    assert "+ lease acme-2041 (acme, from 2041-01-01)" in changes
+    code, out, _ = cli("apply", "--db", db, "-f", f)
+    assert (code, out) == (0, "nothing to change: the store already says what the file says\n")
+    code, out, _ = cli("lease", "show", "beta-2041", "--db", db, "--json")
+    assert json.loads(out)["tz"] == "Asia/Tokyo"
+    code, exported, _ = cli("export", "--db", db)
+    assert code == 0
+    assert 'tz = "Asia/Tokyo"' in exported
+    code, out, _ = cli("apply", "--db", db, "-f", _file(tmp_path, exported, "exported.toml"))
+    assert out.startswith("nothing to change")
+
+
+async def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path: Path) -> None:
+    """A dry run lists the changes; the store is unchanged afterwards."""
+    db = str(await make_store(tmp_path, NODES))
+    f = _file(tmp_path, CLUSTER)
+    code, out, _ = cli("apply", "--db", db, "-f", f, "--dry-run")
+    assert code == 0
+    assert "+ lease beta-2041" in out
+    assert "~ cohort research gpus: none -> 4\n" in out
+    assert out.rstrip().endswith("would change: 10 changes")
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert json.loads(out) == {"leases": []}
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
+    cli("apply", "--db", db, "-f", f)
+    changed = CLUSTER.replace("nominal = 16", "nominal = 20").replace("notice_days = 90", "")
+    code, out, _ = cli("apply", "--db", db, "-f", _file(tmp_path, changed, "v2.toml"), "--json")
+    assert json.loads(out)["changes"] == [
+        "~ quota acme gpus: nominal 16, borrowing_limit 4 -> nominal 20, borrowing_limit 4",
+        "~ lease acme-2041: dates or notice changed",
+    ]
+
+
+async def test_bad_file_changes_nothing_and_names_the_key(tmp_path: Path) -> None:
+    """An unknown key, a bad value or an overlapping lease: exit 2, one line, store untouched."""
+    db = str(await make_store(tmp_path, NODES))
+    cases = {
+        CLUSTER.replace("priority = 10", "priorty = 10"): "tenants.acme.priorty: unknown key",
+        CLUSTER.replace("nominal = 8,", "nominal = -8,"): "tenants.beta.quota.gpus.nominal",
+        CLUSTER.replace('tz = "Asia/Tokyo"', 'tz = "Mars/Base"'): "leases.beta-2041: unknown",
+        CLUSTER.replace('nodes = ["n3"]', 'nodes = ["n2"]'): "leases.beta-2041: node n2 is",
+        CLUSTER + "[oops\n": "not valid TOML",
+        CLUSTER
+        + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
+        CLUSTER.replace("[pools.acme-a]", "[pools.free]").replace('"acme-a"', '"free"'): (
+            "pools.free: `free` is every node in no pool"
+        ),
+    }
+    for i, (text, expected) in enumerate(cases.items()):
+        code, out, err = cli("apply", "--db", db, "-f", _file(tmp_path, text, f"bad{i}.toml"))
+        assert code == 2, text
+        assert expected in err, err
+        assert err.count("\n") == 1
+        code, out, _ = cli("export", "--db", db, "--json")
+        assert json.loads(out) == {}, expected
+
+
+async def test_apply_does_not_take_nodes_from_pools_it_does_not_name(tmp_path: Path) -> None:
+    """A node in a pool the file does not declare stays there: apply refuses, naming both."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, _ = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "team-x",
+                     "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert code == 0
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))
+    assert code == 2
+    assert "pools.acme-a.nodes: n1 is in pool 'team-x', which the file does not name" in err

@@ -1,0 +1,138 @@
+"""``collector lease``: add by nodes or pool, overlap refusal, cancel/extend/renew, reopen.
+
+Dates are in 2041 (a common year, like 2026): pending leases, so no answer depends on today.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.collector.governance.fleet import cli, make_store
+
+NODES = {"n1": 8, "n2": 8, "n3": 4}
+
+
+async def test_add_list_show_by_nodes(tmp_path: Path) -> None:
+    """A lease added by nodes is listed with its dates and shown with its nodes."""
+    db = str(await make_store(tmp_path, NODES))
+    code, out, err = cli(
+        "lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1,n2",
+        "--start", "2041-01-01", "--duration", "180d", "--notice", "90d",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert "lease acme-2041-01-01 (id 1) added" in out
+    assert "to 2041-06-29 (UTC)" in out
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    rows = json.loads(out)["leases"]
+    assert len(rows) == 1
+    assert rows[0]["last_day"] == "2041-06-29"
+    assert rows[0]["notice_deadline"] == "2041-04-01"
+    assert rows[0]["nodes"] == 2
+    code, out, _ = cli("lease", "show", "1", "--db", db, "--json")
+    assert json.loads(out)["nodes"] == ["n1", "n2"]
+
+
+async def test_overlap_is_refused_naming_node_and_lease(tmp_path: Path) -> None:
+    """A second lease on a leased node in overlapping dates exits 2 naming both."""
+    db = str(await make_store(tmp_path, NODES))
+    assert cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1,n2",
+               "--start", "2041-01-01", "--duration", "31d")[0] == 0  # fmt: skip
+    code, out, err = cli(
+        "lease", "add", "--db", db, "--tenant", "b", "--nodes", "n3,n2",
+        "--start", "2041-01-31", "--duration", "10d",
+    )  # fmt: skip
+    assert code == 2
+    assert "node n2 is already in lease 'a-2041-01-01' (id 1, tenant a" in err
+    assert out == ""
+    # Back to back is fine: the first lease's last day is Jan 31.
+    code, _, err = cli(
+        "lease", "add", "--db", db, "--tenant", "b", "--nodes", "n3,n2",
+        "--start", "2041-02-01", "--duration", "10d",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+
+
+async def test_lease_by_pool_creates_it_and_survives_reopen(tmp_path: Path) -> None:
+    """--pool with --nodes creates the pool; the lease reads back the same after reopening."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, err = cli(
+        "lease", "add", "--db", db, "--tenant", "acme", "--pool", "acme-a", "--nodes", "n1,n3",
+        "--start", "2041-03-01", "--tz", "Asia/Tokyo", "--duration", "1y", "--name", "acme-1",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    # A fresh process-equivalent read (a new connection) sees the same lease.
+    code, out, _ = cli("lease", "show", "acme-1", "--db", db, "--json")
+    row = json.loads(out)
+    assert row["pool"] == "acme-a"
+    assert row["nodes"] == ["n1", "n3"]
+    assert row["tz"] == "Asia/Tokyo"
+    assert row["duration_days"] == 365
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "nope",
+                       "--start", "2041-03-01")  # fmt: skip
+    assert code == 2
+    assert "no pool named 'nope'" in err
+    # A node of another pool is not pulled into a new one.
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "x-pool",
+                       "--nodes", "n2,n3", "--start", "2042-03-01")  # fmt: skip
+    assert code == 2
+    assert "node n3 is in pool 'acme-a': lease that pool" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "free",
+                       "--nodes", "n2", "--start", "2042-03-01")  # fmt: skip
+    assert (code, "`free` is every node in no pool" in err) == (2, True)
+
+
+async def test_cancel_extend_renew(tmp_path: Path) -> None:
+    """Cancel records notice and the end; extend/renew then refuse; on a fresh lease they work."""
+    db = str(await make_store(tmp_path, NODES))
+    cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01",
+        "--notice", "90d", "--name", "l1")  # fmt: skip
+    cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n2", "--start", "2041-01-01",
+        "--name", "l2")  # fmt: skip
+    code, out, _ = cli("lease", "cancel", "l1", "--db", db, "--on", "2041-02-01", "--json")
+    assert code == 0
+    row = json.loads(out)
+    assert (row["notice_given"], row["end"]) == ("2041-02-01", "2041-05-02")
+    code, _, err = cli("lease", "extend", "l1", "--db", db, "--by", "30d")
+    assert code == 2
+    assert "a cancelled lease cannot extend" in err
+    code, out, _ = cli("lease", "renew", "l2", "--db", db, "--json")
+    assert json.loads(out)["duration_days"] == 360
+    code, out, _ = cli("lease", "extend", "l2", "--db", db, "--by", "1m", "--json")
+    # One month from the scheduled end 2041-12-27 is 2042-01-27: 31 days.
+    assert json.loads(out)["duration_days"] == 391
+
+
+async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
+    """A bad date, duration or zone exits 2 with the flag named."""
+    db = str(await make_store(tmp_path, NODES))
+    base = ("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1")
+    code, _, err = cli(*base, "--start", "2041-02-30")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "--start '2041-02-30' is not a date" in err
+    code, _, err = cli(*base, "--start", "2041-02-01", "--duration", "forever")
+    assert "--duration 'forever'" in err
+    code, _, err = cli(*base, "--start", "9999-12-31")
+    assert (code, "out of range" in err) == (2, True)
+    code, _, err = cli(*base, "--start", "2041-02-01", "--duration", "999999y")
+    assert (code, "runs past the calendar" in err) == (2, True)
+    code, _, err = cli(*base, "--start", "2041-02-01", "--tz", "Nowhere/City")
+    assert "unknown time zone 'Nowhere/City'" in err
+    code, _, err = cli(*base[:-1], "n1,bad/name", "--start", "2041-02-01")
+    assert (code, "node name 'bad/name' is not a node id" in err) == (2, True)
+    code, _, err = cli("lease", "cancel", "missing", "--db", db)
+    assert (code, "no lease 'missing'" in err) == (2, True)
+
+
+async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
+    """Extending a lease over the start of the node's next lease names that lease."""
+    db = str(await make_store(tmp_path, NODES))
+    cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01",
+        "--duration", "31d", "--name", "first")  # fmt: skip
+    cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n1", "--start", "2041-02-01",
+        "--name", "second")  # fmt: skip
+    code, _, err = cli("lease", "extend", "first", "--db", db, "--by", "1d")
+    assert code == 2
+    assert "cannot extend lease 'first': node n1 is leased from 2041-02-01 by lease 'second'" in err
+    code, _, err = cli("lease", "renew", "first", "--db", db)
+    assert (code, "by lease 'second'" in err) == (2, True)

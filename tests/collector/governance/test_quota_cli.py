@@ -1,0 +1,165 @@
+"""``collector quota set|show|check`` on a real store: both bases, cohort borrowing, refusals."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from collector.governance.job import GovernanceJob
+from collector.live import LiveView
+from collector.store.db import Store
+from shared.clock import FakeClock
+from tests.collector.governance.fleet import cli, inventory, make_store, sample
+
+NODES = {"a1": 8, "a2": 8, "b1": 8, "b2": 4}
+
+
+def _today(offset_days: int = 0) -> str:
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=offset_days)).isoformat()
+
+
+async def _fleet(tmp_path: Path) -> str:
+    """a holds a1+a2 (16 GPUs, 5 busy), b holds b1 (8 GPUs, idle); nominal a 9, b 16."""
+    now = time.time()
+    samples = [
+        (sample("a1", now - 1, [90, 95, 80, 50, 11, 0, 0, 0], gpu_w=3000, cpu_w=500), now - 1),
+        (sample("a2", now - 1, [0] * 8, gpu_w=600, cpu_w=200), now - 1),
+        (sample("b1", now - 1, [5] * 8, gpu_w=700, cpu_w=300), now - 1),
+    ]
+    db = str(await make_store(tmp_path, NODES, samples))
+    for tenant, nominal in (("a", "9"), ("b", "16")):
+        code, _, err = cli("quota", "set", tenant, "--db", db, "--resource", "gpus",
+                           "--nominal", nominal, "--cohort", "research")  # fmt: skip
+        assert (code, err) == (0, "")
+    for tenant, nodes in (("a", "a1,a2"), ("b", "b1")):
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", tenant, "--nodes", nodes,
+                           "--start", _today(-10), "--force", "--reason", "test")  # fmt: skip
+        assert (code, err) == (0, "")
+    return db
+
+
+async def test_show_reports_both_bases(tmp_path: Path) -> None:
+    """a holds 16 GPUs (7 borrowed) but only 5 are busy; b lends what it does not use."""
+    db = await _fleet(tmp_path)
+    code, out, err = cli("quota", "show", "--db", db, "--json")
+    assert (code, err) == (0, "")
+    rows = {(r["tenant"], r["basis"]): r for r in json.loads(out)["quotas"]}
+    a_alloc = rows[("a", "allocated")]
+    assert (a_alloc["in_use"], a_alloc["borrowed"], a_alloc["available"]) == (16, 7, 1)
+    assert a_alloc["band"] == "full"
+    a_meas = rows[("a", "measured")]
+    assert (a_meas["in_use"], a_meas["borrowed"], a_meas["band"]) == (5, 0, "ok")
+    b_alloc = rows[("b", "allocated")]
+    # b uses 8 of 16 and lends the other 8 (a borrows 7 of them): 25 - 24 = 1 left for b.
+    assert (b_alloc["in_use"], b_alloc["lendable"], b_alloc["available"]) == (8, 8, 1)
+    assert b_alloc["band"] == "ok"
+    assert rows[("b", "measured")]["in_use"] == 0  # 5 % is under the busy threshold
+    code, out, _ = cli("quota", "show", "a", "--db", db)
+    assert "allocated" in out
+    assert "measured" in out
+    assert "b " not in out
+
+
+async def test_check_names_the_lender(tmp_path: Path) -> None:
+    """Measured, a (5 busy of nominal 9) takes 8 more: 4 of its own, 4 borrowed from b."""
+    db = await _fleet(tmp_path)
+    code, out, _ = cli("quota", "check", "a", "--db", db, "--gpus", "8", "--json")
+    assert code == 0
+    checks = {c["basis"]: c for c in json.loads(out)["checks"]}
+    assert not checks["allocated"]["admitted"]
+    measured = checks["measured"]
+    assert measured["admitted"]
+    assert (measured["from_own"], measured["borrowed"]) == (4, 4)
+    assert measured["lenders"] == [{"from": "b", "gpus": 4}]
+    code, out, _ = cli("quota", "check", "a", "--db", db, "--gpus", "8")
+    assert "allocated: 8 more GPUs for a: NOT admitted" in out
+    assert "borrows 4 from b 4" in out
+
+
+async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
+    """b2 (4 GPUs) for a, already at its limit, is refused; --force records the reason."""
+    db = await _fleet(tmp_path)
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
+                       "--start", _today())  # fmt: skip
+    assert code == 2
+    assert "lease of 4 GPUs exceeds what tenant a may hold" in err
+    code, out, _ = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
+                       "--start", _today(), "--force", "--reason", "burst", "--json")  # fmt: skip
+    row = json.loads(out)
+    assert (code, row["forced"], row["force_reason"]) == (0, True, "burst")
+    assert row["quota"]["admitted"] is False
+    # A tenant without a GPU quota is not limited: its lease needs no --force.
+    code, out, err = cli("lease", "add", "--db", db, "--tenant", "free-rider", "--nodes", "b2",
+                         "--start", _today(400), "--json")  # fmt: skip
+    assert (code, err, "quota" in json.loads(out)) == (0, "", False)
+    code, _, err = cli("quota", "check", "free-rider", "--db", db, "--gpus", "1")
+    assert (code, "free-rider has no gpus quota, so nothing limits it" in err) == (2, True)
+
+
+async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
+    """A cohort's own quota adds to what its members may take; bad numbers exit 2."""
+    db = await _fleet(tmp_path)
+    assert cli("quota", "set", "--db", db, "--cohort", "research", "--nominal", "12")[0] == 0
+    code, out, _ = cli("quota", "show", "b", "--db", db, "--json")
+    b_alloc = next(r for r in json.loads(out)["quotas"] if r["basis"] == "allocated")
+    assert b_alloc["available"] == 13  # 37 in the cohort - 24 used
+    code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "-1")
+    assert (code, "--nominal must be a number >= 0" in err) == (2, True)
+    code, _, err = cli("quota", "show", "nobody", "--db", db)
+    assert (code, "no tenant 'nobody'" in err) == (2, True)
+
+
+async def test_power_and_gpu_hours_on_both_bases(tmp_path: Path) -> None:
+    """Power: GPU limits held vs live GPU+CPU draw; GPU-hours: held vs utilisation-weighted."""
+    db = await _fleet(tmp_path)
+    code, _, _ = cli("quota", "set", "a", "--db", db, "--resource", "power_kw", "--nominal", "10")
+    assert code == 0
+    code, _, err = cli("quota", "set", "a", "--db", db, "--resource", "gpu_hours",
+                       "--nominal", "1000", "--period", "day")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("quota", "show", "a", "--db", db, "--json")
+    rows = {(r["resource"], r["basis"]): r for r in json.loads(out)["quotas"]}
+    assert rows[("power_kw", "allocated")]["in_use"] == 11.2  # 16 x 700 W limits
+    # b has no power quota to lend: 11.2 kW is beyond what a's cohort holds.
+    assert rows[("power_kw", "allocated")]["band"] == "exceeded"
+    assert rows[("power_kw", "measured")]["in_use"] == 4.3  # 3000+500+600+200 W
+    assert rows[("power_kw", "measured")]["band"] == "ok"
+    # One 5 s sample of a1 at mean 40.75 %: 8 x 0.4075 x 5 / 3600 GPU-hours.
+    assert rows[("gpu_hours", "measured")]["in_use"] == round(8 * 0.4075 * 5 / 3600, 3)
+    held_today = rows[("gpu_hours", "allocated")]["in_use"]
+    hours_since_midnight = (time.time() % 86_400) / 3600
+    assert abs(held_today - 16 * hours_since_midnight) < 0.1
+    assert rows[("gpu_hours", "allocated")]["period"] == "day"
+    # b has no power quota: not governed on power, so neither listed nor counted.
+    code, out, _ = cli("quota", "show", "b", "--db", db, "--json")
+    assert {r["resource"] for r in json.loads(out)["quotas"]} == {"gpus"}
+
+
+async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
+    """While the collector's snapshot is fresh and current, show uses it (same figures as
+    computed from the store); after a governance write it computes again."""
+    db = await _fleet(tmp_path)
+    clock = FakeClock(start_wall=time.time())
+    live = LiveView()
+    now = clock.time()
+    for i, (node, gpus) in enumerate(sorted(NODES.items())):
+        live.on_inventory(inventory(node, gpus, i), now)
+    live.on_sample(sample("a1", now, [90, 95, 80, 50, 11, 0, 0, 0], gpu_w=3000, cpu_w=500), now)
+    live.on_sample(sample("a2", now, [0] * 8, gpu_w=600, cpu_w=200), now)
+    live.on_sample(sample("b1", now, [5] * 8, gpu_w=700, cpu_w=300), now)
+    async with Store(Path(db)) as store:
+        await GovernanceJob(live, clock)(store)
+    code, out, _ = cli("quota", "show", "--db", db, "--json")
+    from_collector = json.loads(out)
+    assert from_collector["source"] == "collector"
+    code, out, _ = cli("quota", "show", "--db", db, "--json", "--from-store")
+    from_store = json.loads(out)
+    assert from_store["source"] == "store"
+    assert from_collector["quotas"] == from_store["quotas"]
+    cli("quota", "set", "a", "--db", db, "--nominal", "10")
+    code, out, _ = cli("quota", "show", "--db", db, "--json")
+    assert json.loads(out)["source"] == "store"
+    code, out, _ = cli("quota", "show", "--db", db)
+    assert (code, "usage computed from the store's samples at" in out) == (0, True)
