@@ -187,11 +187,14 @@ class Delivery:
         for gone in [i for i in self._settled if i not in ids]:
             del self._settled[gone]  # its outcome is committed
         for entry in pending:
-            if entry.id in self._active or self._settled.get(entry.id) == entry.redeliveries:
-                continue
             self._take(entry)
 
     def _take(self, entry: OutboxEntry) -> None:
+        """Give ``entry`` to its receiver's worker, unless a worker holds it already or its
+        outcome is known: a row committed just before a rescan arrives both from the rescan
+        and from the hand-off, and must be sent once."""
+        if entry.id in self._active or self._settled.get(entry.id) == entry.redeliveries:
+            return
         worker = self._workers.get(entry.receiver)
         self._active[entry.id] = entry.redeliveries
         if worker is None:

@@ -400,3 +400,29 @@ async def test_a_rescan_before_the_outcome_is_committed_does_not_send_again() ->
             delivery.stop()
     assert len(rx.received()) == 1
     assert [o.state for r in reports for o in r.outcomes] == ["delivered"]
+
+
+async def test_a_row_both_rescanned_and_handed_over_is_sent_once() -> None:
+    """A row committed just before a rescan reaches the delivery twice, from the store and
+    from the writer's hand-off: it is still sent once."""
+    clock = FakeClock()
+    entry = OutboxEntry(1, "key-1", "hook", "{}", clock.time(), clock.time() + 60, 0, 0.0, 0)
+    reports: list[OutboxReport] = []
+
+    async def load_pending() -> list[OutboxEntry]:
+        return [entry]  # the rescan at start sees the row the writer just committed
+
+    async def report(r: OutboxReport) -> None:
+        reports.append(r)
+
+    with Receiver().serve() as rx:
+        delivery = Delivery(
+            [receiver_settings(rx.url)], report, clock, load_pending=load_pending, rescan_s=60
+        )
+        delivery.offer([entry])  # ... and the writer hands the same row over
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(delivery.run(), name="delivery")
+            await wait_until(lambda: bool(reports), what="the delivered outcome")
+            await asyncio.sleep(0.2)  # a second send would arrive meanwhile
+            delivery.stop()
+    assert len(rx.received()) == 1
