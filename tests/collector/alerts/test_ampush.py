@@ -111,15 +111,21 @@ async def test_a_failed_push_is_retried_with_the_latest_state() -> None:
             start = clock.time()
             alert = _alert(LABELS, start)
             push.update([alert], [], start)
-            await wait_until(lambda: len(rx.received()) == 1, what="the refused push")
-            clock.advance(5)
+
+            def failed(n: int) -> Callable[[], bool]:
+                return lambda: push.counters["alertmanager_push_failed"] == n
+
+            await wait_until(failed(1), what="the refused push")
+            clock.advance(5)  # past the first backoff (at most 0.5 s): the retry is due
             push.update([], [alert._replace(ends_at=clock.time())], clock.time())
-            for n in (2, 3):
-                clock.advance(60)  # past any backoff
-                await wait_until(_received(rx, n), what=f"push {n}")
-    last = json.loads(rx.received()[-1].body)
-    assert [a["labels"] for a in last] == [LABELS]
-    assert last[0]["endsAt"] == "2023-11-14T22:13:25.000Z"  # the resolution, start + 5 s
+            await wait_until(failed(2), what="the second refusal")
+            clock.advance(60)  # past any backoff
+            await wait_until(_received(rx, 3), what="the accepted push")
+    first, *retries = [json.loads(r.body) for r in rx.received()]
+    assert first[0]["endsAt"] == "2023-11-14T22:17:20.000Z"  # firing, start + 4 x 60 s
+    for body in retries:
+        assert [a["labels"] for a in body] == [LABELS]
+        assert body[0]["endsAt"] == "2023-11-14T22:13:25.000Z"  # the resolution, start + 5 s
 
 
 async def test_a_refused_push_is_not_retried() -> None:
