@@ -236,6 +236,14 @@ class Collector:
                         return capacity_families(state.picture)
 
                     metrics.add(capacity_source)
+                from collector.governance.metrics import quota_families  # noqa: PLC0415
+
+                governance = self.governance
+
+                async def quota_source() -> list[Metric]:
+                    return quota_families(governance.view.standings)
+
+                metrics.add(quota_source)
             if self.capacity is not None:
                 await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(

@@ -17,6 +17,8 @@ from agent.metrics import AgentExposition, AgentStats
 from agent.simulate import FleetSimulator
 from collector.capacity.compute import compute_picture
 from collector.capacity.metrics import capacity_families
+from collector.governance.metrics import quota_families
+from collector.governance.report import QuotaStanding
 from collector.metrics import CollectorMetrics
 from collector.service import Collector
 from collector.settings import CollectorSettings
@@ -104,7 +106,14 @@ async def exposed(tmp_path: Path) -> set[str]:
         sim = FleetSimulator(4, seed=3, interval_s=5)
         view, _ = filled_view(sim, 1_700_000_000.0)
         picture = compute_picture(site_plan(), view.nodes(), 1_700_000_001.0)
-        families = await metrics.snapshot() + capacity_families(picture)
+        standing = QuotaStanding(
+            tenant="a", cohort=None, resource="gpus", basis="measured", nominal=8, in_use=7,
+            borrowed=0, lendable=1, available=1, potential=8, borrowing_limit=None,
+            lending_limit=None, period=None,
+        )  # fmt: skip
+        families = (
+            await metrics.snapshot() + capacity_families(picture) + quota_families([standing])
+        )
         metrics.registry.register(_Snapshot(families))
         collector_text = generate_latest(metrics.registry).decode()
     sim = FleetSimulator(1, gpus_per_node=2, seed=2, interval_s=5)
@@ -140,7 +149,8 @@ def test_dashboard_has_a_prometheus_datasource_variable_used_by_every_query() ->
 
 def test_every_query_names_only_metrics_capwatch_exposes(exposed: set[str]) -> None:
     """Each metric name in each expression (and in the job variable's query) is one the
-    collector or the agent serves; the dashboard covers fleet, ingest, alerts and capacity."""
+    collector or the agent serves; the dashboard covers fleet, ingest, alerts, capacity and
+    quotas."""
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for t in _targets(dashboard)]
     exprs += [v["definition"] for v in dashboard["templating"]["list"] if v.get("definition")]
@@ -159,6 +169,7 @@ def test_every_query_names_only_metrics_capwatch_exposes(exposed: set[str]) -> N
         "capwatch_alerts",
         "capwatch_capacity_it_draw_watts",
         "capwatch_capacity_cap_watts",
+        "capwatch_quota_in_use",
         "DCGM_FI_DEV_POWER_USAGE",
     ):
         assert needed in used

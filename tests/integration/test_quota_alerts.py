@@ -10,6 +10,7 @@ import json
 import time
 
 import aiomqtt
+import httpx
 import msgspec
 import pytest
 
@@ -18,7 +19,7 @@ from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
 from tests.collector.governance.fleet import cli
-from tests.helpers import db_rows, wait_until
+from tests.helpers import db_rows, promtool_check_metrics, wait_until
 from tests.integration.conftest import CollectorRunner
 
 pytestmark = pytest.mark.integration
@@ -72,6 +73,7 @@ async def test_quota_alerts_fire_on_both_bases(
             "governance": s.governance.model_copy(
                 update={"eval_interval_s": 0.5, "quota_for_s": 0.0}
             ),
+            "metrics_listen": "127.0.0.1:0",
         }
     )
     collector = await collector_runner.start()
@@ -116,6 +118,21 @@ async def test_quota_alerts_fire_on_both_bases(
         code, out, _ = cli("quota", "show", "a", "--db", db, "--json")
         rows = {r["basis"]: r for r in json.loads(out)["quotas"]}
         assert (rows["allocated"]["in_use"], rows["measured"]["in_use"]) == (16, 7)
+
+        # The same standings on the collector's /metrics, per tenant, resource and basis.
+        assert collector.metrics is not None
+        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
+        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
+        assert promtool_check_metrics(scraped) == (0, [])
+        series = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in scraped.splitlines()
+            if line.startswith("capwatch_quota_")
+        }
+        key = '{{basis="{}",resource="gpus",tenant="a"}}'
+        assert series["capwatch_quota_in_use" + key.format("allocated")] == 16
+        assert series["capwatch_quota_in_use" + key.format("measured")] == 7
+        assert series["capwatch_quota_nominal" + key.format("measured")] == 7.5
     finally:
         stop.set()
         await publisher
