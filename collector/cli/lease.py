@@ -18,13 +18,16 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "lease_row", "run"]
 
 _DESCRIPTION: Final = """\
-A lease gives a tenant a pool (or named nodes) from a start date for a duration, with a
-notice period for cancelling and an optional contractual minimum. Dates are calendar dates in
-the lease's time zone (--tz, UTC by default); a lease covers whole days from its start to the
-day before its end. Months convert to days from the start as a lawyer counts them (a month
+A lease gives a tenant a pool (or named nodes, or a new pool carved from `free` by a
+pattern: the fewest nodes, never a node leased to another tenant) from a start date for a
+duration, with a notice period for cancelling and an optional contractual minimum. Dates
+are calendar dates in the lease's time zone (--tz, UTC by default); a lease covers whole
+days from its start to the day before its end. Months convert to days from the start as a
+lawyer counts them (a month
 from Jan 31 ends on Feb 28, or 29 in a leap year).
 
-  add     --tenant T (--pool P | --nodes a,b | --pool P --nodes a,b) --start YYYY-MM-DD
+  add     --tenant T (--pool P | --nodes a,b | --pool P --nodes a,b | --pattern P:a100:8:...)
+          --start YYYY-MM-DD
           [--duration 180d] [--notice 90d] [--minimum 120d] [--tz ZONE] [--auto-renew]
           [--name NAME] [--force [--reason TEXT]]
   list    every lease with its status (pending, active, notice_given, expired)
@@ -42,6 +45,7 @@ _EPILOG: Final = """\
 examples:
   collector lease add --tenant acme --pool acme-a --nodes x1000c0s0b0n0,x1000c0s0b0n1 \\
       --start 2026-01-01 --duration 180d --notice 90d
+  collector lease add --tenant zinal --pattern zinal:h100:64:memory:800 --start 2026-02-01
   collector lease list --json
   collector lease cancel acme-2026-01-01 --on 2026-02-01
 
@@ -65,6 +69,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--tenant", help="add: who holds it; list: only this tenant's")
     p.add_argument("--pool", help="add: the pool leased (created with --nodes if new)")
     p.add_argument("--nodes", help="add: comma-separated node names")
+    p.add_argument(
+        "--pattern",
+        metavar="PATTERN",
+        help="add: a new pool carved from `free` by a clstr pattern (POOL:term:count:...), "
+        "fewest nodes, as `collector pool apply` plans it",
+    )
     p.add_argument("--start", help="add: first day, YYYY-MM-DD in --tz")
     p.add_argument("--duration", default="180d", help="add: 180d, 26w, 6m, 1y (default 180d)")
     p.add_argument("--notice", default="0d", help="add: notice period for cancelling, e.g. 90d")
@@ -109,8 +119,10 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
 
     if not args.tenant:
         raise ConfigError("add needs --tenant NAME", field="--tenant")
+    if args.pattern is not None:
+        args.pool, args.nodes = _carve(args, db, now)
     if not args.pool and not args.nodes:
-        raise ConfigError("add needs --pool NAME or --nodes a,b", field="--nodes")
+        raise ConfigError("add needs --pool NAME, --nodes a,b or --pattern", field="--nodes")
     if not args.start:
         raise ConfigError("add needs --start YYYY-MM-DD", field="--start")
     try:
@@ -159,6 +171,39 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         lenders = ", ".join(f"{n} {a:g}" for n, a in admission.lenders)
         print(f"  borrows {admission.borrowed:g} GPUs (allocated basis) from: {lenders}")
     return 0
+
+
+def _carve(args: argparse.Namespace, db: Path, now: float) -> tuple[str, str]:
+    """``--pattern``: the new pool's name and the nodes the plan takes from ``free`` (the
+    lease's transaction creates the pool with them, so a refused lease leaves no pool)."""
+    from collector.cli.inventory import load_nodes  # noqa: PLC0415
+    from collector.governance.allocate import plan_pool  # noqa: PLC0415
+    from collector.governance.pattern import parse_pattern  # noqa: PLC0415
+    from collector.store.pools import leased_nodes  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    if args.nodes:
+        raise ConfigError("--pattern chooses the nodes: leave out --nodes", field="--nodes")
+    pattern = parse_pattern(args.pattern, field="--pattern")
+    if args.pool is not None and args.pool != pattern.pool:
+        raise ConfigError(
+            f"--pool {args.pool!r} differs from the pattern's pool {pattern.pool!r}: the "
+            "pattern's first field names the pool",
+            field="--pool",
+        )
+    settings = read_settings_from_args(args)
+    nodes = load_nodes(db, settings.stale_intervals, settings.expected_interval_s)
+    if any(n.pool == pattern.pool for n in nodes):
+        raise ConfigError(
+            f"pool {pattern.pool!r} exists: --pattern carves a new pool from free; lease the "
+            f"existing one with --pool {pattern.pool} (resize it first with `collector pool "
+            "apply`)",
+            field="--pattern",
+        )
+    with StoreReader(db) as store:
+        excluded = leased_nodes(store, now)
+    plan = plan_pool(nodes, pattern, excluded=excluded)  # impossible: one line, exit 2
+    return pattern.pool, ",".join(plan.final)
 
 
 def lease_row(lease: Lease, now: float) -> dict[str, Any]:

@@ -171,3 +171,39 @@ async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> No
     nodes = set(json.loads(out)["nodes"])
     assert "x1000c0s0b0n0" in nodes  # its lease ended in 1970
     assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in ~2095
+
+
+async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(tmp_path: Path) -> None:
+    """`lease add --pattern` takes the fewest free nodes meeting the pattern into a new pool,
+    never a node another tenant leases, and leases it; an impossible pattern, or a lease the
+    store refuses, leaves no pool behind."""
+    specs = [Spec(f"x1000c0s{i}b0n0", gpus=4) for i in range(4)]
+    specs.append(Spec("x1001c0s0b0n0", gpus=8))
+    db = str(await make_store(tmp_path, specs))
+    start = dt.date.today().isoformat()
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "other",
+                       "--nodes", "x1001c0s0b0n0", "--start", start)  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, err = cli("lease", "add", "--db", db, "--tenant", "zinal", "--pattern",
+                         "zinal:a100:8", "--start", start, "--json")  # fmt: skip
+    assert (code, err) == (0, "")
+    lease = json.loads(out)
+    assert (lease["pool"], lease["tenant"], lease["nodes"]) == ("zinal", "zinal", 2)
+    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    zinal = sorted(n for n, p in pools.items() if p == "zinal")
+    # two 4-GPU nodes, not the 8-GPU node that would be one: another tenant leases it
+    assert len(zinal) == 2
+    assert all(n.startswith("x1000") for n in zinal)
+
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "t2", "--pattern",
+                       "big:a100:64", "--start", start)  # fmt: skip
+    assert code == 2
+    assert "a100" in err
+    assert err.count("\n") == 1
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "t3", "--pattern",
+                       "zinal:a100:4", "--start", start)  # fmt: skip
+    assert code == 2
+    assert "exists" in err
+    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM pools")}
+    assert "big" not in names
+    assert len(sqlite3.connect(db).execute("SELECT * FROM leases").fetchall()) == 2
