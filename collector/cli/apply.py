@@ -6,18 +6,24 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import print_json
 from shared.errors import ConfigError
 
+if TYPE_CHECKING:
+    from collector.cli._args import ReadSettings
+    from collector.governance.declare import ClusterSpec
+
 __all__ = ["add_parser", "run"]
 
 _DESCRIPTION: Final = """\
 Make the store say what a TOML file says: cohorts (with their own quotas), tenants (cohort,
-priority, quotas per resource), pools by explicit nodes, and leases. Applying the same file
+priority, quotas per resource), pools (by explicit nodes, or by a pattern planned as
+`collector pool apply -p` plans it: fewest nodes, members first, leased nodes untouchable),
+and leases. Applying the same file
 twice changes nothing the second time; --dry-run prints the changes and writes nothing; a
 bad file (unknown key, bad value, an overlapping lease, a lease beyond quota without
 force_reason) changes nothing and names the key. What the file does not name is left as it
@@ -31,6 +37,8 @@ is. `collector export` writes the current state in this shape.
   quota.gpu_hours = { nominal = 5000, period = "month" }
   [pools.acme-a]
   nodes = ["x1000c0s0b0n0", "x1000c0s0b0n1"]
+  [pools.zinal]
+  pattern = "a100:4:epyc:30:memory:80"   # the terms; the pool's name is the table's
   [leases.acme-2026]
   tenant = "acme"
   pool = "acme-a"            # or nodes = [...]
@@ -73,6 +81,19 @@ def _read(name: str) -> dict[str, Any]:
         raise ConfigError(f"{name}: not valid TOML: {exc}", field="--file") from None
 
 
+def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[str]]:
+    """Plan the pattern pools on a read snapshot (the solve never holds the write lock)."""
+    from collector.cli.inventory import load_nodes  # noqa: PLC0415
+    from collector.governance.declare import plan_patterns  # noqa: PLC0415
+    from collector.store.pools import leased_nodes  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    nodes = load_nodes(settings.db_path, settings.stale_intervals, settings.expected_interval_s)
+    with StoreReader(settings.db_path) as store:
+        leased = leased_nodes(store, time.time())
+    return plan_patterns(spec, nodes, leased)
+
+
 def run(args: argparse.Namespace) -> int:
     """Apply (or dry-run) the file."""
     from collector.governance.declare import apply_spec, parse_spec  # noqa: PLC0415
@@ -81,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = read_settings_from_args(args)
     spec = parse_spec(_read(args.file), source="stdin" if args.file == "-" else args.file)
+    planned = _plan_patterns(spec, settings) if any(p.pattern for p in spec.pools.values()) else {}
     with GovernanceWriter(settings.db_path, now=time.time()) as w:
-        changes = apply_spec(w, spec, node_hardware(w.fetchall))
+        changes = apply_spec(w, spec, node_hardware(w.fetchall), planned)
         if args.dry_run or not changes:
             w.discard()
     if args.json:

@@ -23,6 +23,9 @@ Example::
     [pools.acme-a]
     nodes = ["x1000c0s0b0n0", "x1000c0s0b0n1"]
 
+    [pools.zinal]
+    pattern = "a100:4:epyc:30:memory:80"  # fewest nodes, as `collector pool apply -p`
+
     [leases.acme-2026]
     tenant = "acme"
     pool = "acme-a"                       # or nodes = [...]
@@ -34,7 +37,7 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,9 +50,10 @@ from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
+    from collector.governance.inventory import NodeComponents
     from collector.store.governance import GovernanceWriter
 
-__all__ = ["ClusterSpec", "apply_spec", "export_spec", "parse_spec"]
+__all__ = ["ClusterSpec", "apply_spec", "export_spec", "parse_spec", "plan_patterns"]
 
 _Name = Field(min_length=1, max_length=128)
 
@@ -89,9 +93,18 @@ class TenantSpec(_Strict):
 
 
 class PoolSpec(_Strict):
-    """A pool by explicit nodes (pattern pools: ``collector pool apply``)."""
+    """A pool by explicit nodes, or by a clstr pattern's terms (``a100:4:epyc:30``): then
+    the fewest whole nodes, planned as ``collector pool apply`` plans them (members kept
+    first, leased nodes untouchable)."""
 
-    nodes: list[str] = Field(max_length=100_000)
+    nodes: list[str] | None = Field(default=None, max_length=100_000)
+    pattern: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _nodes_or_pattern(self) -> PoolSpec:
+        if (self.nodes is None) == (self.pattern is None):
+            raise ValueError('give either nodes = [...] or pattern = "a100:4:..."')
+        return self
 
 
 class LeaseSpec(_Strict):
@@ -153,7 +166,11 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
     owner: dict[str, str] = {}
     for name, pool in sorted(spec.pools.items()):
-        for node in pool.nodes:
+        if pool.pattern is not None:
+            from collector.governance.pattern import parse_pattern  # noqa: PLC0415
+
+            parse_pattern(f"{name}:{pool.pattern}", field=f"{source}: pools.{name}.pattern")
+        for node in pool.nodes or ():
             if not NODE_ID_RE.match(node):
                 raise ConfigError(
                     f"{source}: pools.{name}.nodes: {node!r} is not a node id",
@@ -191,9 +208,16 @@ def _quota_text(q: TenantQuota | None) -> str:
 
 
 def apply_spec(
-    w: GovernanceWriter, spec: ClusterSpec, hardware: Mapping[str, tuple[int, float]]
+    w: GovernanceWriter,
+    spec: ClusterSpec,
+    hardware: Mapping[str, tuple[int, float]],
+    planned: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
-    """Make the store match ``spec`` (in ``w``'s transaction); the change lines."""
+    """Make the store match ``spec`` (in ``w``'s transaction); the change lines.
+
+    ``planned``: the nodes chosen for each pool declared by pattern (:func:`plan_patterns`).
+    """
+    planned = planned or {}
     gov = w.state()
     changes: list[str] = []
     cohorts = set(spec.cohorts) | {t.cohort for t in spec.tenants.values() if t.cohort}
@@ -244,7 +268,10 @@ def apply_spec(
         if name == "free":
             raise ConfigError("pools.free: `free` is every node in no pool; name it otherwise")
         have_nodes = w.pool_nodes(name) if w.pool_exists(name) else None
-        want_nodes = sorted(set(p.nodes))
+        chosen = p.nodes if p.nodes is not None else planned.get(name)
+        if chosen is None:
+            raise ConfigError(f"pools.{name}.pattern: not planned", field=f"pools.{name}")
+        want_nodes = sorted(set(chosen))
         if have_nodes == want_nodes:
             continue
         for node, other in sorted(w.pools_of(want_nodes).items()):
@@ -267,6 +294,39 @@ def apply_spec(
         w.ensure_pool(name, want_nodes)
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
+
+
+def plan_patterns(
+    spec: ClusterSpec, nodes: Sequence[NodeComponents], leased: set[str]
+) -> dict[str, list[str]]:
+    """The nodes of each pool the file declares by pattern, planned one after the other
+    (each takes from what the earlier ones left free), as ``collector pool apply`` plans:
+    fewest nodes, the pool's own members first, ``leased`` nodes untouchable."""
+    import dataclasses  # noqa: PLC0415
+
+    from collector.governance.allocate import plan_pool  # noqa: PLC0415
+    from collector.governance.pattern import parse_pattern  # noqa: PLC0415
+    from collector.store.pools import FREE  # noqa: PLC0415
+
+    current = list(nodes)
+    out: dict[str, list[str]] = {}
+    # Nodes the file gives to pools by name are not the patterns' to take.
+    named = {n for p in spec.pools.values() for n in p.nodes or ()}
+    leased = leased | named
+    for name, p in sorted(spec.pools.items()):
+        if p.pattern is None:
+            continue
+        pattern = parse_pattern(f"{name}:{p.pattern}", field=f"pools.{name}.pattern")
+        plan = plan_pool(current, pattern, excluded=leased)
+        out[name] = list(plan.final)
+        final = set(plan.final)
+        current = [
+            dataclasses.replace(n, pool=name)
+            if n.node in final
+            else (dataclasses.replace(n, pool=FREE) if n.pool == name else n)
+            for n in current
+        ]
+    return out
 
 
 def _apply_leases(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from tests.collector.governance.fleet import cli, make_store
+from tests.collector.governance.hw_fleet import Spec
+from tests.collector.governance.hw_fleet import cli as hw_cli
+from tests.collector.governance.hw_fleet import make_store as make_hw_store
 
 NODES = {"n1": 8, "n2": 8, "n3": 4, "n4": 4}
 
@@ -126,3 +130,31 @@ async def test_apply_does_not_take_nodes_from_pools_it_does_not_name(tmp_path: P
     code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))
     assert code == 2
     assert "pools.acme-a.nodes: n1 is in pool 'team-x', which the file does not name" in err
+
+
+async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """``pattern = "a100:8"`` gives the pool the fewest free nodes (one 8-GPU node rather
+    than two 4-GPU ones), never a node another pool in the file names; the second apply is a
+    no-op; an impossible pattern names the key and changes nothing."""
+    specs = [Spec(f"x1000c0s{i}b0n0", gpus=4) for i in range(3)]
+    specs += [Spec("x1001c0s0b0n0", gpus=8), Spec("x1001c0s1b0n0", gpus=8)]
+    db = str(await make_hw_store(tmp_path, specs))
+    toml = tmp_path / "cluster.toml"
+    toml.write_text('[pools.named]\nnodes = ["x1001c0s0b0n0"]\n[pools.zinal]\npattern = "a100:8"\n')
+    code, out, err = hw_cli("apply", "--db", db, "-f", str(toml))
+    assert (code, err) == (0, "")
+    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    assert pools == {"x1001c0s0b0n0": "named", "x1001c0s1b0n0": "zinal"}
+    code, out, _ = hw_cli("apply", "--db", db, "-f", str(toml))
+    assert (code, out.splitlines()[0]) == (0, "nothing to change: the store already says "
+                                              "what the file says")  # fmt: skip
+
+    toml.write_text('[pools.zinal]\npattern = "a100:64"\n')
+    code, _, err = hw_cli("apply", "--db", db, "-f", str(toml))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "a100" in err
+    after = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    assert after == pools
