@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
         ["POOL", *(n.pool for n in nodes)],
         ["STATE", *(n.state for n in nodes)],
         *([_header(k), *col] for k, col in zip(keys, cells, strict=True)),
-        ["MISSING/ERROR", *("; ".join(n.problems) for n in nodes)],
+        ["MISSING/ERROR", *(shown("; ".join(n.problems)) for n in nodes)],
     ]
     padded = []
     for col in columns[:-1]:
@@ -171,7 +171,7 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
 
 def _header(key: str) -> str:
     kind, _, model = key.partition(" ")
-    return "MEMORY (16 GiB)" if kind == "memory" else f"{kind.upper()} {model}"
+    return "MEMORY (16 GiB)" if kind == "memory" else f"{kind.upper()} {shown(model)}"
 
 
 def inventory_json(nodes: list[NodeComponents]) -> dict[str, Any]:
@@ -232,8 +232,9 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
         return 0
     print(f"{node.node}  pool {node.pool}  {node.state}  rack {node.rack or '-'}")
     for c in comps:
+        c["model"] = shown(c["model"])
         c["size"] = f"{c['count'] * 16} GiB" if c["kind"] == "memory" else str(c["count"])
-        c["id_text"] = ", ".join(c["ids"]) or None
+        c["id_text"] = shown(", ".join(c["ids"])) or None
     print(
         render_table(
             comps,
@@ -246,7 +247,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
         )
     )
     for p in node.problems:
-        print(f"missing/error: {p}")
+        print(f"missing/error: {shown(p)}")
     return 0
 
 

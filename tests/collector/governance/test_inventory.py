@@ -213,3 +213,24 @@ def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
             "nic ConnectX-7 400 Gb/s": 2,
             "nic BCM57414 25 Gb/s": 1,
         }
+
+
+async def test_control_characters_a_node_sends_never_reach_the_terminal(tmp_path: Path) -> None:
+    """ANSI escapes and newlines in model and NIC names are shown escaped, one row per node."""
+    evil = "H100\x1b[2J\nEVIL\u202e"
+    nics = [NicInfo(name="ib\x1b]0;x\x07", speed_mbps=100_000, up=False)]
+    db = str(
+        await make_store(
+            tmp_path, [Spec("x1000c0s0b0n0", gpu=evil, cpu="EPYC\r\x1b[31m", nics=nics)]
+        )
+    )
+    for args in (("inventory",), ("inventory", "--node", "x1000c0s0b0n0")):
+        code, out, err = cli(*args, "--db", db)
+        assert code == 0, err
+        assert not any(c in out for c in "\x1b\x07\r\u202e"), out
+        assert "H100\\x1b[2J\\nEVIL\\u202e" in out
+        assert "ib\\x1b]0;x\\x07" in out
+    _code, out, _ = cli("inventory", "--db", db)
+    assert len(out.splitlines()) == 2  # the header and the node's one row
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    assert f"gpu {evil}" in json.loads(out)["columns"]  # scripts get the text as sent
