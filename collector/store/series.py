@@ -33,9 +33,11 @@ def fleet_series(
 
     Buckets are ``bucket_s`` long at most, shorter (down to 1 s) when the data spans less,
     so a short window still has ~150 points. ``pool``: only that pool's nodes
-    (``pool_nodes``)."""
+    (``pool_nodes``; ``free``: the nodes in no pool)."""
     in_pool = "" if pool is None else " AND node IN (SELECT node FROM pool_nodes WHERE pool = ?)"
     extra: tuple[str, ...] = () if pool is None else (pool,)
+    if pool == "free":  # collector.store.pools.FREE: the nodes in no pool
+        in_pool, extra = " AND node NOT IN (SELECT node FROM pool_nodes)", ()
     since_ms = round(since * 1000)
     span = reader.fetchall(
         "SELECT min(received_ms) AS lo, max(received_ms) AS hi FROM samples WHERE received_ms >= ?",

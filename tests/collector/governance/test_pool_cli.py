@@ -167,3 +167,26 @@ async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> No
     nodes = set(json.loads(out)["nodes"])
     assert "x1000c0s0b0n0" in nodes  # its lease ended in 1970
     assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in 2096
+
+
+async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(tmp_path: Path) -> None:
+    """`free` (the nodes in no pool, as `pool list` shows it) is accepted where a pool is."""
+    from collector.store.capacity import pool_members  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+    from collector.store.series import fleet_series  # noqa: PLC0415
+    from tests.collector.capacity.helpers import PLAN  # noqa: PLC0415
+
+    db = await make_store(tmp_path, [Spec("n1"), Spec("n2"), Spec("n3")])
+    assert cli("pool", "create", "p", "--nodes", "n1", "--db", str(db))[0] == 0
+    with StoreReader(db) as reader:
+        assert pool_members(reader, "free") == {"n2", "n3"}
+        assert pool_members(reader, "p") == {"n1"}
+        (row,) = fleet_series(reader, 0.0, 3600.0, pool="free")
+    assert row["nodes"] == 2
+    code, out, err = cli("capacity", "--db", str(db), "--plan", str(PLAN), "--remove", "free")
+    assert code == 0, err
+    assert "without 2 node(s) of pool(s) free" in out
+    png = tmp_path / "free.png"
+    code, _, err = cli("plot", "--db", str(db), "--pool", "free", "--out", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
