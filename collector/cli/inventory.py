@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if words and words[0] == "import":
         if len(words) != 2:
             raise ConfigError("import needs exactly one FILE (JSON lines; `-` for stdin)")
-        return _import(settings.db_path, words[1])
+        return _import(settings.db_path, words[1], as_json=args.json)
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
@@ -251,7 +251,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
     return 0
 
 
-def _import(db: Path, file: str) -> int:
+def _import(db: Path, file: str, *, as_json: bool = False) -> int:
     import sys  # noqa: PLC0415
 
     from collector.store.pools import declare_inventories  # noqa: PLC0415
@@ -276,6 +276,9 @@ def _import(db: Path, file: str) -> int:
     if not rows:
         raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")
     n = declare_inventories(db, sorted(rows.items()), time.time())
+    if as_json:
+        print_json({"declared": n, "nodes": sorted(rows)})
+        return 0
     print(f"declared {n} node inventories (an agent's own inventory replaces its node's)")
     return 0
 

@@ -190,3 +190,29 @@ async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(tmp_path: Path)
     code, _, err = cli("plot", "--db", str(db), "--pool", "free", "--out", str(png))
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_json_flag_makes_pool_changes_and_import_print_json(tmp_path: Path) -> None:
+    """--json on create/add/remove/delete and inventory import prints JSON, not prose."""
+    db = str(await make_store(tmp_path, [Spec("n1"), Spec("n2")]))
+    steps = [
+        (
+            ("pool", "create", "p", "--nodes", "n1"),
+            {"pool": "p", "action": "create", "nodes": ["n1"]},
+        ),
+        (("pool", "add", "p", "n2"), {"pool": "p", "action": "add", "nodes": ["n2"]}),
+        (("pool", "remove", "p", "n2"), {"pool": "p", "action": "remove", "nodes": ["n2"]}),
+        (("pool", "delete", "p"), {"pool": "p", "action": "delete", "nodes": ["n1"]}),
+    ]
+    for argv, expected in steps:
+        code, out, err = cli(*argv, "--db", db, "--json")
+        assert code == 0, err
+        assert json.loads(out) == expected
+    from shared.schema import encode  # noqa: PLC0415
+    from tests.collector.governance.hw_fleet import inventory  # noqa: PLC0415
+
+    lines = tmp_path / "declared.jsonl"
+    lines.write_bytes(encode(inventory(Spec("rack-new-1"))) + b"\n")
+    code, out, err = cli("inventory", "import", str(lines), "--db", db, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"declared": 1, "nodes": ["rack-new-1"]}
