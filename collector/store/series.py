@@ -10,7 +10,12 @@ from typing import Any
 
 from collector.store.reader import StoreReader
 
-__all__ = ["fleet_series", "node_series"]
+__all__ = ["fleet_series", "known_node", "node_series"]
+
+
+def known_node(reader: StoreReader, node: str) -> bool:
+    """Whether the collector has ever heard of ``node`` (a row in ``nodes``)."""
+    return bool(reader.fetchall("SELECT 1 FROM nodes WHERE node = ?", (node,)))
 
 
 def node_series(reader: StoreReader, node: str, since: float) -> list[dict[str, Any]]:

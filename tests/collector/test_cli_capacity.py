@@ -180,3 +180,17 @@ async def test_plot_since_zero_is_one_line_and_exit_2(
     assert "--since '0s' must be longer than 0" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --node is refused (as a mistyped --pool is), not drawn as an empty picture."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    out = tmp_path / "n.png"
+    assert main(["plot", "--db", str(db), "--node", "x9999c0s0b0n0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--node 'x9999c0s0b0n0': no such node" in err
+    assert not out.exists()
