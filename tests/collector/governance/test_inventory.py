@@ -234,3 +234,30 @@ async def test_control_characters_a_node_sends_never_reach_the_terminal(tmp_path
     assert len(out.splitlines()) == 2  # the header and the node's one row
     _code, out, _ = cli("inventory", "--db", db, "--json")
     assert f"gpu {evil}" in json.loads(out)["columns"]  # scripts get the text as sent
+
+
+async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
+    tmp_path: Path,
+) -> None:
+    """The table keeps the MAX_COLUMNS kinds most nodes have; the rest count under OTHER."""
+    from collector.cli.inventory import MAX_COLUMNS  # noqa: PLC0415
+
+    nics = [
+        NicInfo(name=f"n{i}", speed_mbps=1000 + i, model=f"NIC-{i:04d}-" + "x" * 200)
+        for i in range(MAX_COLUMNS * 3)
+    ]
+    specs = [Spec(f"x1000c0s{i}b0n0") for i in range(3)] + [Spec("evil", nics=nics)]
+    db = str(await make_store(tmp_path, specs))
+    code, out, err = cli("inventory", "--db", db)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = lines[0]
+    assert f"GPU {A100}" in header  # what every node has stays
+    assert header.count("NIC ") <= MAX_COLUMNS
+    assert "OTHER" in header
+    assert max(len(line) for line in lines) < 80 * (MAX_COLUMNS + 6)
+    evil = next(line for line in lines if line.startswith("evil"))
+    assert f"+{MAX_COLUMNS * 3 - (MAX_COLUMNS - 3)} kinds" in evil
+    assert lines[-1].startswith(f"({MAX_COLUMNS * 2 + 3:,} more component kinds")
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    assert len(json.loads(out)["columns"]) == 3 + MAX_COLUMNS * 3  # --json keeps them all
