@@ -194,3 +194,21 @@ async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert "--node 'x9999c0s0b0n0': no such node" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [("absent.toml", "cannot read plan"), ("plan.yaml", "must be a .json or .toml file")],
+)
+def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], plan: str, message: str
+) -> None:
+    """A missing or wrongly named plan file: one line naming capacity.plan, exit 2."""
+    (tmp_path / "plan.yaml").write_text("site: {}")
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(f'[capacity]\nplan = "{tmp_path / plan}"\n')
+    db = tmp_path / "c.db"
+    assert main(["run", "--config", str(cfg), "--db", str(db), "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("collector run: error: setting 'capacity.plan' (")
+    assert message in err[-1]
