@@ -148,3 +148,22 @@ async def test_expire_of_an_id_beyond_sqlite_integers_says_no_such_silence(
     code, _, err = _cli("silence", "expire", "99999999999999999999999", "--db", db)
     assert code == 2
     assert "no silence in force with id 99999999999999999999999" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--history", "--limit", "0"], "--limit must be between 1 and 1,000,000, got 0"),
+        (["--history", "--limit", "99999999999999999999"], "--limit must be between 1 and"),
+        (["--redeliver", "99999999999999999999999"], "no dead letter with id 9999"),
+    ],
+)
+async def test_alerts_limit_and_redeliver_out_of_range_are_one_line_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """--limit 0 was read as 1 and a 20-digit one reached SQLite; so did a 23-digit ID."""
+    db = str(await _store(tmp_path))
+    code, _, err = _cli("alerts", "--db", db, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
