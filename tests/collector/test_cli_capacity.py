@@ -201,14 +201,25 @@ async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
     [("absent.toml", "cannot read plan"), ("plan.yaml", "must be a .json or .toml file")],
 )
 def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], plan: str, message: str
+    tmp_path: Path, plan: str, message: str
 ) -> None:
     """A missing or wrongly named plan file: one line naming capacity.plan, exit 2."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
     (tmp_path / "plan.yaml").write_text("site: {}")
     cfg = tmp_path / "collector.toml"
     cfg.write_text(f'[capacity]\nplan = "{tmp_path / plan}"\n')
     db = tmp_path / "c.db"
-    assert main(["run", "--config", str(cfg), "--db", str(db), "--port", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("collector run: error: setting 'capacity.plan' (")
-    assert message in err[-1]
+    # A process of its own: `collector run` configures logging for the whole process.
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "run", "--config", str(cfg), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("collector run: error: setting 'capacity.plan' (")
+    assert message in last
