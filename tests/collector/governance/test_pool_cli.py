@@ -216,3 +216,12 @@ async def test_json_flag_makes_pool_changes_and_import_print_json(tmp_path: Path
     code, out, err = cli("inventory", "import", str(lines), "--db", db, "--json")
     assert code == 0, err
     assert json.loads(out) == {"declared": 1, "nodes": ["rack-new-1"]}
+
+
+async def test_a_pool_named_import_is_refused(tmp_path: Path) -> None:
+    """`collector inventory import` means import FILE, so no pool may be called import."""
+    db = str(await make_store(tmp_path, [Spec("n1")]))
+    code, _, err = cli("pool", "create", "import", "--db", db)
+    assert code == 2
+    assert "'import' is a word of `collector inventory`" in err
+    assert _members(Path(db)) == {}
