@@ -302,6 +302,8 @@ def _import(db: Path, file: str, *, as_json: bool = False) -> int:
         lines = sys.stdin.buffer.read().splitlines() if file == "-" else _read_lines(Path(file))
     except OSError as exc:
         raise ConfigError(f"cannot read {file!r}: {exc.strerror or exc}") from None
+    if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors)
+        lines[0] = lines[0][3:]
     rows: dict[str, bytes] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -310,7 +312,9 @@ def _import(db: Path, file: str, *, as_json: bool = False) -> int:
             inv = decode_inventory(line)
         except SchemaError as exc:
             raise ConfigError(
-                f"{file}:{lineno}: not an inventory ({exc}); nothing imported", field="FILE"
+                f"{file}:{lineno}: not an inventory ({exc}; one JSON inventory per line); "
+                "nothing imported",
+                field="FILE",
             ) from None
         rows[inv.node] = encode(inv)
     if not rows:

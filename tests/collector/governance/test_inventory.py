@@ -261,3 +261,21 @@ async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
     assert lines[-1].startswith(f"({MAX_COLUMNS * 2 + 3:,} more component kinds")
     _code, out, _ = cli("inventory", "--db", db, "--json")
     assert len(json.loads(out)["columns"]) == 3 + MAX_COLUMNS * 3  # --json keeps them all
+
+
+async def test_import_reads_a_file_with_a_utf8_bom_and_says_one_inventory_per_line(
+    tmp_path: Path,
+) -> None:
+    """A BOM from a Windows editor is skipped; pretty-printed JSON gets the one-per-line hint."""
+    db = await make_store(tmp_path, [Spec("n1")])
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + encode(inventory(Spec("n2"))) + b"\r\n")
+    code, out, err = cli("inventory", "import", str(lines), "--db", str(db))
+    assert code == 0, err
+    assert out.startswith("declared 1 node inventories")
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(json.loads(encode(inventory(Spec("n3")))), indent=2))
+    code, _, err = cli("inventory", "import", str(pretty), "--db", str(db))
+    assert code == 2
+    assert "one JSON inventory per line" in err
+    assert err.count("\n") == 1
