@@ -327,7 +327,7 @@ def _capacity_job(
     assert c.plan is not None
     try:
         cplan = load_capacity_plan(c.plan)
-    except PlanError as exc:
+    except (PlanError, ConfigError) as exc:  # ConfigError: unreadable, not .toml/.json
         raise ConfigError(
             f"setting 'capacity.plan' ({c.plan}): {exc}", field="capacity.plan"
         ) from exc

@@ -233,7 +233,7 @@ def compute_picture(
             elif not clamp:
                 n_measured += 1
                 measured_n[name] += 1
-            if clamp:
+            if clamp and not is_stale:  # a stale node counts once, as stale (a partition)
                 n_clamped += 1
                 if len(clamped) < _LISTED:
                     clamped.append(st.node)

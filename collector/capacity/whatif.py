@@ -19,7 +19,10 @@ from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import Picture
 from shared.errors import ConfigError
 
-__all__ = ["WhatIf", "parse_add", "what_if"]
+__all__ = ["MAX_ADD", "WhatIf", "parse_add", "what_if"]
+
+MAX_ADD: Final = 10_000_000
+"""More nodes than this in one what-if is a typo (pool patterns cap counts the same)."""
 
 _COUNT_X_TYPE: Final = re.compile(r"([0-9]+)\s*[xX]\s*(\S.*)\Z")
 
@@ -37,14 +40,14 @@ def parse_add(text: str, known: list[str]) -> tuple[str, int]:
             f"--add {text!r}: write TYPE=N or NxTYPE, e.g. DGX-H100=32 or 32xDGX-H100",
             field="--add",
         )
-    try:
-        n = int(count)
-    except ValueError:
+    count = count.strip()
+    if not (count.isascii() and count.isdigit()):  # int() would take "1_000" and "٣"
         raise ConfigError(
             f"--add {text!r}: the count must be a whole number, e.g. DGX-H100=32", field="--add"
-        ) from None
-    if n < 1:
-        raise ConfigError(f"--add {text!r}: the count must be at least 1", field="--add")
+        )
+    n = int(count)
+    if not 1 <= n <= MAX_ADD:
+        raise ConfigError(f"--add {text!r}: the count must be within 1..{MAX_ADD:,}", field="--add")
     if name not in known:
         raise ConfigError(
             f"--add {text!r}: the plan has no node type {name!r} (known: {', '.join(known)})",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO
 
-__all__ = ["Column", "print_json", "render_table"]
+__all__ = ["Column", "print_json", "render_table", "shown"]
 
 
 # A NamedTuple, not a dataclass: `dataclasses` (with `inspect`) is ~10 ms of imports, a
@@ -40,3 +40,15 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
 def print_json(data: Any, out: TextIO | None = None) -> None:
     """Pretty JSON on stdout (stable key order as built)."""
     print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal shows it safely: control and other non-printable characters
+    (ANSI escapes, newlines, bidi overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``.
+
+    For what the nodes send (model and NIC names) before it goes into a table: a hostile
+    node must not redraw the operator's terminal or break the table's rows.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

@@ -10,9 +10,13 @@ from typing import Any, Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
 from shared.units import format_duration, parse_duration
 
 __all__ = ["add_parser", "run"]
+
+_MAX_LIMIT: Final = 1_000_000
+"""--limit above this is a typo (and past SQLite's integers, an error)."""
 
 _DESCRIPTION: Final = """\
 The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
@@ -139,15 +143,25 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
+    if not 1 <= args.limit <= _MAX_LIMIT:
+        raise ConfigError(
+            f"--limit must be between 1 and {_MAX_LIMIT:,}, got {args.limit}", field="--limit"
+        )
     if args.redeliver is not None:
-        return _redeliver(settings.db_path, args.redeliver)
+        if not 0 < args.redeliver < 2**63:  # SQLite's INTEGER: a larger one is no row's ID
+            raise ConfigError(
+                f"no dead letter with id {args.redeliver}: pick one from "
+                "`collector alerts --dead-letters`",
+                field="--redeliver",
+            )
+        return _redeliver(settings.db_path, args.redeliver, as_json=args.json)
     if args.dead_letters:
-        return _dead_letters(settings.db_path, max(1, args.limit), as_json=args.json)
+        return _dead_letters(settings.db_path, args.limit, as_json=args.json)
     since_s = 86_400.0 if args.since is None else parse_duration(args.since, field="--since")
     now = time.time()
     with StoreReader(settings.db_path) as store:
         if args.history:
-            rows = alert_history(store, now - since_s, max(1, args.limit))
+            rows = alert_history(store, now - since_s, args.limit)
         else:
             rows = active_alerts(store)
             _mark_muted(rows, silences(store, now), meta_value(store, "inhibit_rules"), now)
@@ -177,10 +191,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redeliver(db: Path, outbox_id: int) -> int:
+def _redeliver(db: Path, outbox_id: int, *, as_json: bool = False) -> int:
     from collector.store.outbox import request_redelivery  # noqa: PLC0415
 
     request_redelivery(db, outbox_id, time.time())
+    if as_json:
+        print_json({"id": outbox_id, "pending": True})
+        return 0
     print(f"dead letter {outbox_id} is pending again: the collector sends it within ~10 s")
     return 0
 

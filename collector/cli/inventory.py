@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
 
 __all__ = [
+    "MAX_COLUMNS",
     "add_parser",
     "inventory_json",
     "inventory_table",
@@ -23,6 +25,12 @@ __all__ = [
     "print_fast_json",
     "run",
 ]
+
+MAX_COLUMNS: Final = 40
+"""Component columns the fleet table shows at most (those most nodes have; the rest are
+counted under OTHER)."""
+_MAX_HEADER_MODEL: Final = 60
+"""A column header shows this many characters of a model name at most (--json: all)."""
 
 _DESCRIPTION: Final = """\
 The hardware the agents report (their retained inventories), as components:
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if words and words[0] == "import":
         if len(words) != 2:
             raise ConfigError("import needs exactly one FILE (JSON lines; `-` for stdin)")
-        return _import(settings.db_path, words[1])
+        return _import(settings.db_path, words[1], as_json=args.json)
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
@@ -142,36 +150,68 @@ def _columns(nodes: list[NodeComponents]) -> list[str]:
     return sorted(seen, key=seen.__getitem__)
 
 
+def _table_columns(nodes: list[NodeComponents]) -> tuple[list[str], set[str]]:
+    """(the columns the table shows, the component kinds left out of it).
+
+    At most :data:`MAX_COLUMNS`, those most nodes have: one node reporting a thousand NIC
+    models must not give the whole fleet's table a thousand columns (at 12,500 nodes that
+    was gigabytes of output and of memory).
+    """
+    keys = _columns(nodes)
+    if len(keys) <= MAX_COLUMNS:
+        return keys, set()
+    have = Counter(k for n in nodes for k in {c.key for c in n.components})
+    kept = set(sorted(keys, key=lambda k: -have[k])[:MAX_COLUMNS])  # stable: ties keep order
+    return [k for k in keys if k in kept], {k for k in keys if k not in kept}
+
+
 def inventory_table(nodes: list[NodeComponents]) -> str:
     """One row per node, one column per component kind seen, then MISSING/ERROR.
 
     Built column by column rather than through ``render_table``: 12,500 nodes x a dozen
     columns are 150,000 cells, and a call per cell was a third of the command's time.
     """
-    keys = _columns(nodes)
+    keys, hidden = _table_columns(nodes)
     index = {k: i for i, k in enumerate(keys)}
     cells = [["❌"] * len(nodes) for _ in keys]
+    other = [0] * len(nodes)
     for row, n in enumerate(nodes):
         for key, count in _sum_counts(n).items():
-            cells[index[key]][row] = f"✅ ({count})"
+            if key in hidden:
+                other[row] += 1
+            else:
+                cells[index[key]][row] = f"✅ ({count})"
     columns = [
         ["NODE", *(n.node for n in nodes)],
         ["POOL", *(n.pool for n in nodes)],
         ["STATE", *(n.state for n in nodes)],
         *([_header(k), *col] for k, col in zip(keys, cells, strict=True)),
-        ["MISSING/ERROR", *("; ".join(n.problems) for n in nodes)],
     ]
+    if hidden:
+        columns.append(["OTHER", *(f"+{k} kinds" if k else "" for k in other)])
+    columns.append(["MISSING/ERROR", *(shown("; ".join(n.problems)) for n in nodes)])
     padded = []
     for col in columns[:-1]:
         width = max(map(len, col))
         padded.append([v.ljust(width) for v in col])
     padded.append(columns[-1])
-    return "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
+    table = "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
+    if hidden:
+        table += (
+            f"\n({len(hidden):,} more component kinds, each on fewer nodes, are counted under "
+            "OTHER: `--node NODE` or --json lists them)"
+        )
+    return table
 
 
 def _header(key: str) -> str:
     kind, _, model = key.partition(" ")
-    return "MEMORY (16 GiB)" if kind == "memory" else f"{kind.upper()} {model}"
+    if kind == "memory":
+        return "MEMORY (16 GiB)"
+    model = shown(model)
+    if len(model) > _MAX_HEADER_MODEL:
+        model = model[: _MAX_HEADER_MODEL - 1] + "…"
+    return f"{kind.upper()} {model}"
 
 
 def inventory_json(nodes: list[NodeComponents]) -> dict[str, Any]:
@@ -232,8 +272,9 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
         return 0
     print(f"{node.node}  pool {node.pool}  {node.state}  rack {node.rack or '-'}")
     for c in comps:
+        c["model"] = shown(c["model"])
         c["size"] = f"{c['count'] * 16} GiB" if c["kind"] == "memory" else str(c["count"])
-        c["id_text"] = ", ".join(c["ids"]) or None
+        c["id_text"] = shown(", ".join(c["ids"])) or None
     print(
         render_table(
             comps,
@@ -246,11 +287,11 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
         )
     )
     for p in node.problems:
-        print(f"missing/error: {p}")
+        print(f"missing/error: {shown(p)}")
     return 0
 
 
-def _import(db: Path, file: str) -> int:
+def _import(db: Path, file: str, *, as_json: bool = False) -> int:
     import sys  # noqa: PLC0415
 
     from collector.store.pools import declare_inventories  # noqa: PLC0415
@@ -261,6 +302,8 @@ def _import(db: Path, file: str) -> int:
         lines = sys.stdin.buffer.read().splitlines() if file == "-" else _read_lines(Path(file))
     except OSError as exc:
         raise ConfigError(f"cannot read {file!r}: {exc.strerror or exc}") from None
+    if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors)
+        lines[0] = lines[0][3:]
     rows: dict[str, bytes] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
@@ -269,12 +312,17 @@ def _import(db: Path, file: str) -> int:
             inv = decode_inventory(line)
         except SchemaError as exc:
             raise ConfigError(
-                f"{file}:{lineno}: not an inventory ({exc}); nothing imported", field="FILE"
+                f"{file}:{lineno}: not an inventory ({exc}; one JSON inventory per line); "
+                "nothing imported",
+                field="FILE",
             ) from None
         rows[inv.node] = encode(inv)
     if not rows:
         raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")
     n = declare_inventories(db, sorted(rows.items()), time.time())
+    if as_json:
+        print_json({"declared": n, "nodes": sorted(rows)})
+        return 0
     print(f"declared {n} node inventories (an agent's own inventory replaces its node's)")
     return 0
 

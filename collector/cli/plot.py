@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     since_s = parse_duration(args.since, field="--since")
+    if since_s <= 0:
+        raise ConfigError(f"--since {args.since!r} must be longer than 0, e.g. 1h", field="--since")
     if args.node is not None and not NODE_ID_RE.match(args.node):
         raise ConfigError(f"--node {args.node!r} is not a valid node id", field="--node")
     if args.node is not None and args.picture != "usage":
@@ -120,9 +122,13 @@ def _usage(
     reader: StoreReader, node: str | None, pool: str | None, since: float, now: float
 ) -> Figure:
     from collector.plot.figures import usage_figure  # noqa: PLC0415
-    from collector.store.series import fleet_series, node_series  # noqa: PLC0415
+    from collector.store.series import fleet_series, known_node, node_series  # noqa: PLC0415
 
     if node is not None:
+        if not known_node(reader, node):
+            raise ConfigError(
+                f"--node {node!r}: no such node (see `collector query`)", field="--node"
+            )
         return usage_figure(node_series(reader, node, since), f"node {node}", since, now)
     if pool is not None:
         from collector.store.capacity import pool_members  # noqa: PLC0415

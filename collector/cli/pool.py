@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.action} needs at least one NODE", field="NODE")
     if args.action in ("create", "delete") and nodes:
         raise ConfigError(f"{args.action} takes only NAME (create: --nodes for nodes)")
-    return _change(settings.db_path, args.action, name, nodes or args.nodes, args.comment)
+    return _change(
+        settings.db_path, args.action, name, nodes or args.nodes, args.comment, as_json=args.json
+    )
 
 
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
@@ -157,7 +159,9 @@ def _require_pool(db: Path, name: str) -> None:
         )
 
 
-def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) -> int:
+def _change(
+    db: Path, action: str, name: str, nodes: list[str], comment: str, *, as_json: bool = False
+) -> int:
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
     from collector.store.pools import FREE, pool_members, pool_transaction  # noqa: PLC0415
 
@@ -174,7 +178,10 @@ def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) ->
             raise ConfigError(f"no pool {name!r} (`collector pool list`)", field="NAME")
         if action == "delete":
             moved = tx.delete(name)
-            print(f"pool {name} deleted; {len(moved)} nodes returned to free")
+            if as_json:
+                print_json({"pool": name, "action": action, "nodes": sorted(moved)})
+            else:
+                print(f"pool {name} deleted; {len(moved)} nodes returned to free")
             return 0
         members = pool_members(tx)
         known = {r[0] for r in tx.fetchall("SELECT node FROM nodes")}
@@ -193,6 +200,9 @@ def _change(db: Path, action: str, name: str, nodes: list[str], comment: str) ->
                 )
         target = FREE if action == "remove" else name
         tx.move(nodes, target, action)
+    if as_json:
+        print_json({"pool": name, "action": action, "nodes": nodes})
+        return 0
     verb = {"create": "created with", "add": "gained", "remove": "released"}[action]
     print(f"pool {name} {verb} {len(nodes)} nodes")
     return 0

@@ -72,8 +72,15 @@ def run(args: argparse.Namespace) -> int:
 
         if args.id is None:
             raise ConfigError("expire needs the silence's ID (see `collector silence list`)")
+        if not 0 < args.id < 2**63:  # SQLite's INTEGER: a larger one is no silence's ID
+            raise ConfigError(
+                f"no silence in force with id {args.id}: pick one from `collector silence list`"
+            )
         expire_silence(settings.db_path, args.id, now)
-        print(f"silence {args.id} expired: its alerts notify again")
+        if args.json:
+            print_json({"id": args.id, "expired": True})
+        else:
+            print(f"silence {args.id} expired: its alerts notify again")
         return 0
     return _list(settings.db_path, now, everything=args.all, as_json=args.json)
 
@@ -95,7 +102,10 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         except ValueError as exc:
             raise ConfigError(f"--match {exc}", field="--match") from None
     sid = add_silence(db, args.match, now, now + seconds, comment=args.comment, author=args.author)
-    print(f"silence {sid} added until {format_duration(seconds)} from now")
+    if args.json:
+        print_json({"id": sid, "matchers": args.match, "ends_at": now + seconds})
+    else:
+        print(f"silence {sid} added until {format_duration(seconds)} from now")
     return 0
 
 

@@ -51,6 +51,11 @@ def validate_pool_name(name: str, *, field: str = "NAME") -> str:
         raise ConfigError(
             "'free' is the implicit pool of nodes in no pool: choose another name", field=field
         )
+    if name == "import":  # `collector inventory import FILE` would shadow the pool's table
+        raise ConfigError(
+            "'import' is a word of `collector inventory` (import FILE): choose another name",
+            field=field,
+        )
     if not POOL_NAME_RE.match(name):
         raise ConfigError(
             f"pool name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a "

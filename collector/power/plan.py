@@ -236,6 +236,13 @@ def load_plan(path: Path) -> Plan:
     return parse_plan(read_plan_document(path))
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one longer than any plan needs becomes a float (``inf`` past 1e308),
+    which the checks reject naming the field, instead of an ``OverflowError`` from
+    ``float()`` (or Python's 4,300-digit limit) escaping as a traceback."""
+    return int(text) if len(text) <= 20 else float(text)
+
+
 def read_plan_document(path: Path) -> Mapping[str, object]:
     """The parsed (not yet checked) document of a ``.json`` or ``.toml`` plan file."""
     suffix = path.suffix.lower()
@@ -249,7 +256,11 @@ def read_plan_document(path: Path) -> Mapping[str, object]:
     except OSError as exc:
         raise ConfigError(f"cannot read plan {path}: {exc.strerror}", field="--config") from exc
     try:
-        data: object = json.loads(raw) if suffix == ".json" else tomllib.loads(raw.decode())
+        data: object = (
+            json.loads(raw, parse_int=_json_int)
+            if suffix == ".json"
+            else tomllib.loads(raw.decode())
+        )
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         kind = "JSON" if suffix == ".json" else "TOML"
         raise ConfigError(f"{path} is not valid {kind}: {exc}", field="--config") from exc

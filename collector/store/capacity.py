@@ -139,11 +139,17 @@ def latest_node_rows(
 
 
 def pool_members(reader: StoreReader, pool: str) -> frozenset[str]:
-    """The nodes of pool ``pool`` (``pool_nodes``); empty when the pool has none."""
+    """The nodes of pool ``pool`` (``pool_nodes``; ``free``: the nodes in no pool); empty
+    when the pool has none."""
     if not reader.has_table("pool_nodes"):
         raise StoreError(
             f"{str(reader.path)!r} has no pools table: start this version's `collector run` "
             "once to migrate it"
         )
-    rows = reader.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))
+    if pool == "free":  # collector.store.pools.FREE: every node in no pool, as `pool list` says
+        rows = reader.fetchall(
+            "SELECT node FROM nodes WHERE node NOT IN (SELECT node FROM pool_nodes)"
+        )
+    else:
+        rows = reader.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))
     return frozenset(r["node"] for r in rows)

@@ -10,7 +10,12 @@ from typing import Any
 
 from collector.store.reader import StoreReader
 
-__all__ = ["fleet_series", "node_series"]
+__all__ = ["fleet_series", "known_node", "node_series"]
+
+
+def known_node(reader: StoreReader, node: str) -> bool:
+    """Whether the collector has ever heard of ``node`` (a row in ``nodes``)."""
+    return bool(reader.fetchall("SELECT 1 FROM nodes WHERE node = ?", (node,)))
 
 
 def node_series(reader: StoreReader, node: str, since: float) -> list[dict[str, Any]]:
@@ -33,9 +38,11 @@ def fleet_series(
 
     Buckets are ``bucket_s`` long at most, shorter (down to 1 s) when the data spans less,
     so a short window still has ~150 points. ``pool``: only that pool's nodes
-    (``pool_nodes``)."""
+    (``pool_nodes``; ``free``: the nodes in no pool)."""
     in_pool = "" if pool is None else " AND node IN (SELECT node FROM pool_nodes WHERE pool = ?)"
     extra: tuple[str, ...] = () if pool is None else (pool,)
+    if pool == "free":  # collector.store.pools.FREE: the nodes in no pool
+        in_pool, extra = " AND node NOT IN (SELECT node FROM pool_nodes)", ()
     since_ms = round(since * 1000)
     span = reader.fetchall(
         "SELECT min(received_ms) AS lo, max(received_ms) AS hi FROM samples WHERE received_ms >= ?",

@@ -149,3 +149,77 @@ def test_parse_add_reads_both_spellings() -> None:
     assert parse_add("32xDGX-H100", known) == ("DGX-H100", 32)
     with pytest.raises(ConfigError):
         parse_add("0xDGX-H100", known)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("DGX-H100=1_000", "must be a whole number"),
+        ("DGX-H100=\u0663", "must be a whole number"),  # an Arabic-Indic 3: int() takes it
+        ("DGX-H100=-5", "must be a whole number"),
+        ("DGX-H100=0", "within 1..10,000,000"),
+        ("99999999999999999999xDGX-H100", "within 1..10,000,000"),
+    ],
+)
+def test_parse_add_refuses_odd_and_absurd_counts(text: str, message: str) -> None:
+    """Only ASCII digits, 1 to 10 million: a typo is an error, not a what-if of 10^20 nodes."""
+    with pytest.raises(ConfigError, match=message):
+        parse_add(text, ["DGX-H100"])
+
+
+async def test_plot_since_zero_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--since 0 would draw an empty window (and matplotlib warns): refused, naming it."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    out = tmp_path / "c.png"
+    assert main(["plot", "capacity", "--db", str(db), "--since", "0s", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--since '0s' must be longer than 0" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --node is refused (as a mistyped --pool is), not drawn as an empty picture."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    out = tmp_path / "n.png"
+    assert main(["plot", "--db", str(db), "--node", "x9999c0s0b0n0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--node 'x9999c0s0b0n0': no such node" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [("absent.toml", "cannot read plan"), ("plan.yaml", "must be a .json or .toml file")],
+)
+def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
+    tmp_path: Path, plan: str, message: str
+) -> None:
+    """A missing or wrongly named plan file: one line naming capacity.plan, exit 2."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    (tmp_path / "plan.yaml").write_text("site: {}")
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(f'[capacity]\nplan = "{tmp_path / plan}"\n')
+    db = tmp_path / "c.db"
+    # A process of its own: `collector run` configures logging for the whole process.
+    proc = subprocess.run(
+        [sys.executable, "-m", "collector", "run", "--config", str(cfg), "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("collector run: error: setting 'capacity.plan' (")
+    assert message in last

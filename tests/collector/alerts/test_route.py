@@ -111,3 +111,28 @@ def test_two_routes_with_one_group_key_are_two_groups() -> None:
     ]
     assert sorted(logged) == ['{}:{alertname="A"} -> a', '{}:{alertname="A"} -> b']
     assert gone == []
+
+
+def test_a_nested_quantifier_against_a_long_node_name_answers_at_once() -> None:
+    """``(x.*)*n0`` against a 63-character node name: RE2 answers in linear time; Python's
+    backtracking ``re`` ran for hours (a hostile node picks its name). Run in a child process
+    so a regression fails at the guard instead of hanging the suite."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "from collector.alerts.route import parse_matcher\n"
+        "m = parse_matcher('node=~(x.*)*n0')\n"
+        "print(m.matches({'node': 'x' * 62 + 'z'}), m.matches({'node': 'xabxn0'}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("text", ["node=~(?=x)x.*", "node=~(a)\\1"])
+def test_regex_syntax_is_alertmanagers_re2(text: str) -> None:
+    """Lookarounds and backreferences, which Alertmanager (Go's RE2) refuses, are refused."""
+    with pytest.raises(ValueError, match="bad regular expression"):
+        parse_matcher(text)

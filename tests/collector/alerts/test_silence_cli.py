@@ -123,3 +123,47 @@ async def test_alerts_shows_silenced_and_inhibited(tmp_path: Path) -> None:
     assert "SILENCED" in table
     assert "yes (#1)" in table
     assert "inhibited" in table
+
+
+async def test_add_and_expire_with_json_print_json(tmp_path: Path) -> None:
+    """--json on add gives the new silence's ID to scripts; expire --json confirms in JSON."""
+    db = str(await _store(tmp_path))
+    code, out, err = _cli(
+        "silence", "add", "--db", db, "--match", "node=n1", "--for", "1h", "--json"
+    )
+    assert code == 0, err
+    added = json.loads(out)
+    assert added["matchers"] == ["node=n1"]
+    assert added["ends_at"] > time.time() + 3500
+    code, out, err = _cli("silence", "expire", str(added["id"]), "--db", db, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"id": added["id"], "expired": True}
+
+
+async def test_expire_of_an_id_beyond_sqlite_integers_says_no_such_silence(
+    tmp_path: Path,
+) -> None:
+    """An ID of 23 digits: the usual one line, not SQLite's int-conversion error."""
+    db = str(await _store(tmp_path))
+    code, _, err = _cli("silence", "expire", "99999999999999999999999", "--db", db)
+    assert code == 2
+    assert "no silence in force with id 99999999999999999999999" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--history", "--limit", "0"], "--limit must be between 1 and 1,000,000, got 0"),
+        (["--history", "--limit", "99999999999999999999"], "--limit must be between 1 and"),
+        (["--redeliver", "99999999999999999999999"], "no dead letter with id 9999"),
+    ],
+)
+async def test_alerts_limit_and_redeliver_out_of_range_are_one_line_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """--limit 0 was read as 1 and a 20-digit one reached SQLite; so did a 23-digit ID."""
+    db = str(await _store(tmp_path))
+    code, _, err = _cli("alerts", "--db", db, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

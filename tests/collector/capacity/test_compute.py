@@ -218,3 +218,21 @@ def test_an_empty_fleet_draws_nothing_and_the_old_tools_config_works() -> None:
     old = parse_capacity(read_plan_document(PLAN.parent / "old_tool_example.json"))
     assert old.fallback_type == "GPU-8x"
     assert compute_picture(old, [], NOW).cap_w == 5e6
+
+
+def test_node_counts_by_basis_add_up_to_the_nodes_with_a_stale_clamped_node() -> None:
+    """measured + stale + unmatched + clamped == nodes, when a stale node's last draw was absurd
+    (on stale_basis "last" it was counted both stale and clamped)."""
+    cplan = site_plan()
+    sim = FleetSimulator(6, seed=9)
+    view, samples = filled_view(sim, NOW)
+    s = samples[2]
+    gpus = [msgspec.structs.replace(g, power_interval_w=5_000.0) for g in s.gpus]
+    view.on_sample(msgspec.structs.replace(s, ts=s.ts + 1, gpus=gpus), NOW)
+    view.on_sample(msgspec.structs.replace(samples[4], ts=samples[4].ts + 1, gpus=gpus), NOW)
+    view.get(sim.node_ids[2]).sample_received = NOW - 3600  # type: ignore[union-attr]
+    for basis in ("nameplate", "last", "zero"):
+        p = compute_picture(cplan, view.nodes(), NOW, stale_intervals=3, stale_basis=basis)
+        parts = p.measured_nodes + p.stale_nodes + p.unmatched_nodes + p.clamped_nodes
+        assert parts == p.nodes == 6, basis
+        assert (p.stale_nodes, p.clamped_nodes, list(p.clamped)) == (1, 1, [sim.node_ids[4]])

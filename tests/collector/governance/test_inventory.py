@@ -213,3 +213,69 @@ def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
             "nic ConnectX-7 400 Gb/s": 2,
             "nic BCM57414 25 Gb/s": 1,
         }
+
+
+async def test_control_characters_a_node_sends_never_reach_the_terminal(tmp_path: Path) -> None:
+    """ANSI escapes and newlines in model and NIC names are shown escaped, one row per node."""
+    evil = "H100\x1b[2J\nEVIL\u202e"
+    nics = [NicInfo(name="ib\x1b]0;x\x07", speed_mbps=100_000, up=False)]
+    db = str(
+        await make_store(
+            tmp_path, [Spec("x1000c0s0b0n0", gpu=evil, cpu="EPYC\r\x1b[31m", nics=nics)]
+        )
+    )
+    for args in (("inventory",), ("inventory", "--node", "x1000c0s0b0n0")):
+        code, out, err = cli(*args, "--db", db)
+        assert code == 0, err
+        assert not any(c in out for c in "\x1b\x07\r\u202e"), out
+        assert "H100\\x1b[2J\\nEVIL\\u202e" in out
+        assert "ib\\x1b]0;x\\x07" in out
+    _code, out, _ = cli("inventory", "--db", db)
+    assert len(out.splitlines()) == 2  # the header and the node's one row
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    assert f"gpu {evil}" in json.loads(out)["columns"]  # scripts get the text as sent
+
+
+async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
+    tmp_path: Path,
+) -> None:
+    """The table keeps the MAX_COLUMNS kinds most nodes have; the rest count under OTHER."""
+    from collector.cli.inventory import MAX_COLUMNS  # noqa: PLC0415
+
+    nics = [
+        NicInfo(name=f"n{i}", speed_mbps=1000 + i, model=f"NIC-{i:04d}-" + "x" * 200)
+        for i in range(MAX_COLUMNS * 3)
+    ]
+    specs = [Spec(f"x1000c0s{i}b0n0") for i in range(3)] + [Spec("evil", nics=nics)]
+    db = str(await make_store(tmp_path, specs))
+    code, out, err = cli("inventory", "--db", db)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = lines[0]
+    assert f"GPU {A100}" in header  # what every node has stays
+    assert header.count("NIC ") <= MAX_COLUMNS
+    assert "OTHER" in header
+    assert max(len(line) for line in lines) < 80 * (MAX_COLUMNS + 6)
+    evil = next(line for line in lines if line.startswith("evil"))
+    assert f"+{MAX_COLUMNS * 3 - (MAX_COLUMNS - 3)} kinds" in evil
+    assert lines[-1].startswith(f"({MAX_COLUMNS * 2 + 3:,} more component kinds")
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    assert len(json.loads(out)["columns"]) == 3 + MAX_COLUMNS * 3  # --json keeps them all
+
+
+async def test_import_reads_a_file_with_a_utf8_bom_and_says_one_inventory_per_line(
+    tmp_path: Path,
+) -> None:
+    """A BOM from a Windows editor is skipped; pretty-printed JSON gets the one-per-line hint."""
+    db = await make_store(tmp_path, [Spec("n1")])
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + encode(inventory(Spec("n2"))) + b"\r\n")
+    code, out, err = cli("inventory", "import", str(lines), "--db", str(db))
+    assert code == 0, err
+    assert out.startswith("declared 1 node inventories")
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(json.loads(encode(inventory(Spec("n3")))), indent=2))
+    code, _, err = cli("inventory", "import", str(pretty), "--db", str(db))
+    assert code == 2
+    assert "one JSON inventory per line" in err
+    assert err.count("\n") == 1

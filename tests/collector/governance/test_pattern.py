@@ -47,6 +47,7 @@ def test_pattern_parses_terms_case_insensitively_with_counts() -> None:
         ("zinal::4", "component 1 is empty"),
         ("zinal:a100:4:A100:2", "component 'a100' is given twice"),
         ("free:a100:4", "'free' is the implicit pool"),
+        ("import:a100:4", "'import' is a word of `collector inventory`"),
         ("bad name:a100:4", "pool name 'bad name' must be"),
     ],
 )

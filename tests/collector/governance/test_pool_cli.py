@@ -207,3 +207,61 @@ async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(tmp_path
     names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM pools")}
     assert "big" not in names
     assert len(sqlite3.connect(db).execute("SELECT * FROM leases").fetchall()) == 2
+
+
+async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(tmp_path: Path) -> None:
+    """`free` (the nodes in no pool, as `pool list` shows it) is accepted where a pool is."""
+    from collector.store.capacity import pool_members  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+    from collector.store.series import fleet_series  # noqa: PLC0415
+    from tests.collector.capacity.helpers import PLAN  # noqa: PLC0415
+
+    db = await make_store(tmp_path, [Spec("n1"), Spec("n2"), Spec("n3")])
+    assert cli("pool", "create", "p", "--nodes", "n1", "--db", str(db))[0] == 0
+    with StoreReader(db) as reader:
+        assert pool_members(reader, "free") == {"n2", "n3"}
+        assert pool_members(reader, "p") == {"n1"}
+        (row,) = fleet_series(reader, 0.0, 3600.0, pool="free")
+    assert row["nodes"] == 2
+    code, out, err = cli("capacity", "--db", str(db), "--plan", str(PLAN), "--remove", "free")
+    assert code == 0, err
+    assert "without 2 node(s) of pool(s) free" in out
+    png = tmp_path / "free.png"
+    code, _, err = cli("plot", "--db", str(db), "--pool", "free", "--out", str(png))
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_json_flag_makes_pool_changes_and_import_print_json(tmp_path: Path) -> None:
+    """--json on create/add/remove/delete and inventory import prints JSON, not prose."""
+    db = str(await make_store(tmp_path, [Spec("n1"), Spec("n2")]))
+    steps = [
+        (
+            ("pool", "create", "p", "--nodes", "n1"),
+            {"pool": "p", "action": "create", "nodes": ["n1"]},
+        ),
+        (("pool", "add", "p", "n2"), {"pool": "p", "action": "add", "nodes": ["n2"]}),
+        (("pool", "remove", "p", "n2"), {"pool": "p", "action": "remove", "nodes": ["n2"]}),
+        (("pool", "delete", "p"), {"pool": "p", "action": "delete", "nodes": ["n1"]}),
+    ]
+    for argv, expected in steps:
+        code, out, err = cli(*argv, "--db", db, "--json")
+        assert code == 0, err
+        assert json.loads(out) == expected
+    from shared.schema import encode  # noqa: PLC0415
+    from tests.collector.governance.hw_fleet import inventory  # noqa: PLC0415
+
+    lines = tmp_path / "declared.jsonl"
+    lines.write_bytes(encode(inventory(Spec("rack-new-1"))) + b"\n")
+    code, out, err = cli("inventory", "import", str(lines), "--db", db, "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"declared": 1, "nodes": ["rack-new-1"]}
+
+
+async def test_a_pool_named_import_is_refused(tmp_path: Path) -> None:
+    """`collector inventory import` means import FILE, so no pool may be called import."""
+    db = str(await make_store(tmp_path, [Spec("n1")]))
+    code, _, err = cli("pool", "create", "import", "--db", db)
+    assert code == 2
+    assert "'import' is a word of `collector inventory`" in err
+    assert _members(Path(db)) == {}

@@ -219,3 +219,26 @@ def test_with_param_rejects_bad_paths_and_values(path: str, value: float, messag
     """A bad sweep path or a value that breaks the plan is a PlanError."""
     with pytest.raises(PlanError, match=message):
         with_param(parse_plan(_old()), path, value)
+
+
+@pytest.mark.parametrize("where", ["site.it_cap_mw", "capacity.fallback_w", "gpus_per_node"])
+def test_a_json_integer_of_hundreds_of_digits_is_one_plan_error(tmp_path: Path, where: str) -> None:
+    """A 400-digit (or 5,000-digit) number is refused naming its field, not a traceback."""
+    from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+    for digits in (400, 5000):
+        data = _new()
+        data["capacity"] = {}
+        huge = "1" + "0" * digits
+        if where == "site.it_cap_mw":
+            data["site"]["it_cap_mw"] = 0
+        elif where == "capacity.fallback_w":
+            data["capacity"]["fallback_w"] = 0
+        else:
+            data["node_types"][0]["gpus_per_node"] = 0
+        text = json.dumps(data).replace(": 0", f": {huge}", 1)
+        path = tmp_path / "huge.json"
+        path.write_text(text)
+        with pytest.raises(PlanError) as err:
+            load_capacity_plan(path)
+        assert where.rpartition(".")[2] in str(err.value)
