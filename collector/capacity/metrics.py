@@ -12,7 +12,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.capacity.picture import Picture
 
-__all__ = ["capacity_families"]
+__all__ = ["MAX_RACK_SERIES", "capacity_families"]
+
+MAX_RACK_SERIES = 1_000
+"""Racks with series at most: those over their limit first, then by draw. Rack names come
+from node names (xname cabinets), which a hostile node chooses; the series count must not."""
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -86,7 +90,11 @@ def capacity_families(picture: Picture | None) -> list[Metric]:
     rack_limit = GaugeMetricFamily(
         "capwatch_capacity_rack_limit_watts", "A rack's power limit, where known.", labels=["rack"]
     )
-    for r in p.racks:
+    racks = sorted(p.racks, key=lambda r: (not r.over, -r.draw_w, r.rack))
+    shown = racks[:MAX_RACK_SERIES]
+    doc = f"Racks in the picture (series for at most {MAX_RACK_SERIES}: over-limit first)."
+    out.append(_gauge("capwatch_capacity_racks", doc, len(racks)))
+    for r in shown:
         rack_draw.add_metric([r.rack], r.draw_w)
         if r.limit_w is not None:
             rack_limit.add_metric([r.rack], r.limit_w)
