@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import httpx
 
 from collector.alerts.webhook import classify, sign
-from collector.store.db import OutboxEntry, OutboxOutcome, OutboxReport, Store
+from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport
+from collector.store.db import Store
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger

@@ -37,7 +37,8 @@ from collector.alerts.silence import (
 )
 from collector.alerts.webhook import group_body
 from collector.live import LiveView
-from collector.store.db import AlertChange, GroupLog, OutboxEntry, OutboxNew, Store
+from collector.store.alerts import AlertChange, GroupLog, OutboxEntry, OutboxNew
+from collector.store.db import Store
 from shared.clock import Clock
 from shared.logging import get_logger
 

@@ -29,7 +29,7 @@ from typing import Final, NamedTuple, Protocol, Self
 
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
-from collector.store.db import OutboxReport
+from collector.store.alerts import OutboxReport
 from shared.errors import MqttConnectError, MqttWireError
 from shared.logging import get_logger
 

@@ -31,7 +31,8 @@ from typing import Final, Protocol
 
 from collector.ingest.reader import MetaItem, StopUnit, Unit, WriterItem
 from collector.ingest.validate import Ingestor, Item, Rejected
-from collector.store.db import NodeUpdate, OutboxReport, QuarantineRow, SampleRow, Store
+from collector.store.alerts import OutboxReport
+from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger

@@ -30,6 +30,7 @@ from typing import Any, Final, Literal, NamedTuple, Self
 
 import aiosqlite
 
+from collector.store.alerts import AlertTables
 from collector.store.codec import PayloadCodec
 from collector.store.migrations import MIGRATIONS
 from shared.errors import StoreError
@@ -37,13 +38,7 @@ from shared.logging import get_logger
 
 __all__ = [
     "MIGRATIONS",
-    "AlertChange",
-    "GroupLog",
     "NodeUpdate",
-    "OutboxEntry",
-    "OutboxNew",
-    "OutboxOutcome",
-    "OutboxReport",
     "QuarantineRow",
     "SampleRow",
     "Store",
@@ -90,76 +85,6 @@ class NodeUpdate:
     inventory_ts: float | None = None
 
 
-class AlertChange(NamedTuple):
-    """One alert state change, as stored (labels and annotations as JSON text)."""
-
-    fingerprint: str
-    rule: str
-    labels: str
-    annotations: str
-    previous: str
-    state: str
-    at: float
-    active_at: float
-    starts_at: float | None
-    ends_at: float | None
-
-
-class OutboxNew(NamedTuple):
-    """A notification to put in the outbox with the alert change it announces."""
-
-    uuid: str
-    receiver: str
-    fingerprint: str
-    rule: str
-    status: str
-    body: str
-    created: float
-    expires_at: float
-
-
-class GroupLog(NamedTuple):
-    """One row of ``alert_groups``: fingerprints (JSON lists) last notified for a group."""
-
-    group_key: str
-    firing: str
-    resolved: str
-    notified_at: float
-
-
-class OutboxEntry(NamedTuple):
-    """A pending notification, as the delivery task needs it."""
-
-    id: int
-    uuid: str
-    receiver: str
-    body: str
-    created: float
-    expires_at: float
-    attempts: int
-    next_at: float
-    redeliveries: int
-
-
-class OutboxOutcome(NamedTuple):
-    """What became of a notification after an attempt (``state`` pending: retry at ``next_at``)."""
-
-    id: int
-    state: Literal["pending", "delivered", "dead"]
-    attempts: int
-    next_at: float
-    last_status: int | None
-    last_error: str | None
-    response_head: str | None
-    done_at: float | None
-
-
-class OutboxReport(NamedTuple):
-    """Delivery outcomes for the writer to record (an item on the writer's queue)."""
-
-    outcomes: list[OutboxOutcome]
-
-
 class QuarantineRow(NamedTuple):
     """One row of ``quarantine``: a message that was rejected or could not be stored."""
 
@@ -195,28 +120,6 @@ _INSERT_QUARANTINE: Final = (
     "(received_ms, node, topic, reason, detail, payload_head, payload_bytes)",
     7,
     "",
-)
-_UPSERT_ALERT: Final = (
-    "INSERT INTO alerts "
-    "(fingerprint, rule, labels, annotations, state, active_at, starts_at, updated)",
-    8,
-    " ON CONFLICT (fingerprint) DO UPDATE SET state = excluded.state, "
-    "annotations = excluded.annotations, active_at = excluded.active_at, "
-    "starts_at = excluded.starts_at, updated = excluded.updated",
-)
-_INSERT_ALERT_HISTORY: Final = (
-    "INSERT INTO alert_history "
-    "(fingerprint, rule, labels, annotations, previous, state, at, starts_at, ends_at)",
-    9,
-    "",
-)
-_INSERT_OUTBOX: Final = (
-    "INSERT INTO outbox (uuid, receiver, fingerprint, rule, status, body, created, expires_at, "
-    "state, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id"
-)
-_OUTBOX_ENTRY: Final = (
-    "SELECT id, uuid, receiver, body, created, expires_at, attempts, next_at, redeliveries "
-    "FROM outbox"
 )
 _UPSERT_META: Final = (
     "INSERT INTO meta (key, value, updated)",
@@ -311,7 +214,7 @@ def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
     return _Limited
 
 
-class Store:
+class Store(AlertTables):
     """Async context manager around the SQLite file.
 
     >>> async with Store(path) as store:
@@ -608,130 +511,6 @@ class Store:
             deleted = cur.rowcount
             await cur.close()
         return max(deleted, 0)
-
-    async def write_alerts(
-        self,
-        changes: Sequence[AlertChange],
-        keep_history_s: float,
-        outbox: Sequence[OutboxNew] = (),
-        now: float | None = None,
-        *,
-        groups: Sequence[GroupLog] = (),
-        forget_groups: Sequence[str] = (),
-    ) -> list[OutboxEntry]:
-        """Record alert state changes: the current pending/firing set, the history, and the
-        notifications they cause (``outbox``), all in one transaction; return the latter as
-        stored (with their ids), for the delivery task.
-
-        ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
-        deleted in it too. History, delivered notifications and dead letters older than
-        ``keep_history_s`` go in the same transaction (``now``: the alert clock's time,
-        default the system's).
-        """
-        now = time.time() if now is None else now
-        live = [c for c in changes if c.state in ("pending", "firing")]
-        gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
-        async with self._transaction("recording alert changes"):
-            await self._insert_many(
-                _UPSERT_ALERT,
-                [
-                    (
-                        c.fingerprint,
-                        c.rule,
-                        c.labels,
-                        c.annotations,
-                        c.state,
-                        c.active_at,
-                        c.starts_at,
-                        now,
-                    )
-                    for c in live
-                ],
-            )
-            if gone:
-                await self.conn.executemany("DELETE FROM alerts WHERE fingerprint = ?", gone)
-            await self._insert_many(
-                _INSERT_ALERT_HISTORY,
-                [
-                    (
-                        c.fingerprint,
-                        c.rule,
-                        c.labels,
-                        c.annotations,
-                        c.previous,
-                        c.state,
-                        c.at,
-                        c.starts_at,
-                        c.ends_at,
-                    )
-                    for c in changes
-                ],
-            )
-            await self.conn.execute(
-                "DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,)
-            )
-            entries = [await self._insert_outbox(n) for n in outbox]
-            if groups:
-                await self.conn.executemany(
-                    "INSERT INTO alert_groups (group_key, firing, resolved, notified_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (group_key) DO UPDATE SET "
-                    "firing = excluded.firing, resolved = excluded.resolved, "
-                    "notified_at = excluded.notified_at",
-                    groups,
-                )
-            if forget_groups:
-                await self.conn.executemany(
-                    "DELETE FROM alert_groups WHERE group_key = ?", [(k,) for k in forget_groups]
-                )
-            await self.conn.execute(
-                "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
-                (now - keep_history_s,),
-            )
-        return entries
-
-    async def _insert_outbox(self, n: OutboxNew) -> OutboxEntry:
-        async with self.conn.execute(_INSERT_OUTBOX, (*n, n.created)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return OutboxEntry(
-            int(row[0]), n.uuid, n.receiver, n.body, n.created, n.expires_at, 0, n.created, 0
-        )
-
-    async def write_outbox(self, outcomes: Sequence[OutboxOutcome]) -> None:
-        """Record delivery outcomes in one transaction (only on rows still pending)."""
-        async with self._transaction("recording delivery outcomes"):
-            await self.conn.executemany(
-                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_status = ?, "
-                "last_error = ?, response_head = ?, done_at = ? "
-                "WHERE id = ? AND state = 'pending'",
-                [(*o[1:], o.id) for o in outcomes],
-            )
-
-    async def pending_outbox(self) -> list[OutboxEntry]:
-        """Every notification still to deliver, oldest first."""
-        rows = await self.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
-        return [OutboxEntry(*r) for r in rows]
-
-    async def active_alerts(self) -> list[sqlite3.Row]:
-        """The pending and firing alerts last recorded (to restore them after a restart)."""
-        return await self.fetchall(
-            "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
-        )
-
-    async def alert_groups(self) -> list[GroupLog]:
-        """What was last notified per alert group (to restore the dispatcher's log)."""
-        rows = await self.fetchall(
-            "SELECT group_key, firing, resolved, notified_at FROM alert_groups"
-        )
-        return [GroupLog(*r) for r in rows]
-
-    async def active_silences(self, now: float) -> list[sqlite3.Row]:
-        """Silences not ended at ``now`` (id, matchers, starts_at, ends_at, comment, author)."""
-        return await self.fetchall(
-            "SELECT id, matchers, starts_at, ends_at, comment, author FROM silences "
-            "WHERE ends_at > ? ORDER BY id",
-            (now,),
-        )
 
     async def meta(self, key: str) -> str | None:
         """A fact the collector stored with :meth:`write_batch` (``meta=``), or ``None``."""

@@ -36,7 +36,8 @@ from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
 from collector.live import LiveView
 from collector.settings import ReceiverSettings
-from collector.store.db import OutboxEntry, OutboxReport, Store
+from collector.store.alerts import OutboxEntry, OutboxReport
+from collector.store.db import Store
 from shared.clock import FakeClock
 from tests.collector.alerts.receiver import Answer, Receiver, each, free_port
 from tests.helpers import db_rows, wait_until

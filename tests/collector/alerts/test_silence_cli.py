@@ -12,7 +12,8 @@ import pytest
 
 from collector.alerts.fingerprint import fingerprint
 from collector.cli import main as collector_main
-from collector.store.db import AlertChange, Store
+from collector.store.alerts import AlertChange
+from collector.store.db import Store
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
