@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from collector.alerts.fingerprint import fingerprint
+from collector.alerts.fingerprint import fingerprint_of_items
 
 if TYPE_CHECKING:
     from collector.live import LiveView
@@ -233,7 +233,7 @@ class Evaluator:
             st = by_key[key] = AlertState(
                 rule=rule.name,
                 labels=labels,
-                fingerprint=fingerprint(labels),
+                fingerprint=fingerprint_of_items(key),
                 state="pending",
                 active_at=now,
                 last_seen=now,

@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from collector.alerts.fingerprint import fingerprint, fingerprint_int
+from collector.alerts.fingerprint import fingerprint, fingerprint_int, fingerprint_of_items
 
 
 def _reference(labels: dict[str, str]) -> str:
@@ -90,3 +90,11 @@ def test_separator_keeps_name_value_boundaries_apart() -> None:
 def test_fingerprint_ignores_insertion_order() -> None:
     """Label names are sorted first, so dict order does not matter."""
     assert fingerprint({"b": "2", "a": "1"}) == fingerprint({"a": "1", "b": "2"})
+
+
+def test_the_evaluators_remembered_fingerprint_equals_the_published_one() -> None:
+    """The cached form the evaluator uses (items sorted by name) gives Alertmanager's value."""
+    labels = {"alertname": "NodeStale", "severity": "warning", "node": "x1000c0s0b0n0", "é": ""}
+    items = tuple(sorted(labels.items()))
+    assert fingerprint_of_items(items) == fingerprint(labels)
+    assert fingerprint_of_items(items) == fingerprint_of_items(items)  # from the cache
