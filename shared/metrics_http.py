@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["MetricsServer", "Readiness", "check_listen", "parse_listen"]
+__all__ = [
+    "MAX_CONNECTIONS",
+    "REQUEST_TIMEOUT_S",
+    "MetricsServer",
+    "Readiness",
+    "check_listen",
+    "parse_listen",
+]
 
 log = get_logger("metrics_http")
 
@@ -72,14 +79,62 @@ def check_listen(value: str | None) -> str | None:
     return value
 
 
+MAX_CONNECTIONS: Final = 16
+"""Connections served at once; more are closed at once (a scraper or two, a probe, a human)."""
+REQUEST_TIMEOUT_S: Final = 10.0
+"""A connection idle this long mid-request is dropped (no thread held by a slow client)."""
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     """A scrape in flight must not keep the daemon from exiting."""
     allow_reuse_address = True
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self.active = 0
+        """Connections being served now."""
+        self.refused = 0
+        """Connections closed because ``max_connections`` were being served."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, at most ``max_connections`` of them; beyond, close."""
+        with self._lock:
+            full = self.active >= self.max_connections
+            if full:
+                self.refused += 1
+            else:
+                self.active += 1
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or went away: a debug line, not a traceback on stderr."""
+        log.debug("http_client_error", client=str(client_address))
 
 
 class _QuietHandler(WSGIRequestHandler):
     """wsgiref logs every request to stderr; a scrape every 15 s is not news."""
+
+    timeout = REQUEST_TIMEOUT_S
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http_request", line=format % args)
@@ -138,8 +193,12 @@ class MetricsServer:
         ready: Readiness,
         *,
         field: str = "metrics_listen",
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self.host = host
+        self._max_connections = max_connections
+        self._request_timeout_s = request_timeout_s
         self.port = port
         self._app = make_app(registry, ready)
         self._field = field
@@ -148,10 +207,15 @@ class MetricsServer:
 
     async def __aenter__(self) -> Self:
         family = _family(self.host, self._field)
-        server_class = type("_BoundServer", (_Server,), {"address_family": family})
+        server_class = type(
+            "_BoundServer",
+            (_Server,),
+            {"address_family": family, "max_connections": self._max_connections},
+        )
+        handler = type("_Handler", (_QuietHandler,), {"timeout": self._request_timeout_s})
         try:
             server: WSGIServer = make_server(
-                self.host, self.port, self._app, server_class, handler_class=_QuietHandler
+                self.host, self.port, self._app, server_class, handler_class=handler
             )
         except OSError as exc:
             raise ConfigError(
@@ -169,6 +233,14 @@ class MetricsServer:
         self._thread.start()
         log.info("metrics_listening", host=self.host, port=self.port)
         return self
+
+    def active(self) -> int:
+        """Connections being served now."""
+        return 0 if self._server is None else self._server.active
+
+    def refused(self) -> int:
+        """Connections closed because the limit was reached."""
+        return 0 if self._server is None else self._server.refused
 
     async def __aexit__(
         self,

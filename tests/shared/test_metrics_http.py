@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from shared.errors import ConfigError
 from shared.metrics_http import MetricsServer, parse_listen
+from tests.helpers import wait_until
 
 
 @pytest.mark.parametrize(
@@ -77,3 +78,27 @@ async def test_an_unresolvable_host_is_a_config_error_naming_the_setting() -> No
         async with server:
             pass
     assert info.value.field == "metrics_listen"
+
+
+async def test_connections_beyond_the_limit_are_closed_and_idle_ones_time_out() -> None:
+    """Two idle connections hold the two slots: a third is closed at once, without a thread;
+    once the idle ones time out, a scrape is served again."""
+    registry = CollectorRegistry()
+    Gauge("capwatch_test_value", "A value.", registry=registry).set(1)
+    async with MetricsServer(
+        "127.0.0.1", 0, registry, lambda: (True, "ok"), max_connections=2, request_timeout_s=1.0
+    ) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(2)]
+        try:
+            await wait_until(lambda: srv.active() == 2, what="two connections served")
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            with extra:
+                assert extra.recv(1) == b""  # closed by the server, no response
+            assert srv.refused() == 1
+            await wait_until(lambda: srv.active() == 0, what="the idle ones timed out")
+            async with httpx.AsyncClient(trust_env=False) as client:
+                resp = await client.get(f"http://127.0.0.1:{srv.port}/metrics")
+            assert "capwatch_test_value 1.0" in resp.text
+        finally:
+            for s in idle:
+                s.close()
