@@ -46,6 +46,7 @@ from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseT
 from collector.governance.ops import LeaseRequest, add_lease, overlapping
 from collector.governance.quota import RESOURCES, Quota
 from collector.governance.state import Governance, TenantQuota
+from collector.store.pools import follow_leases
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 
@@ -292,6 +293,7 @@ def apply_spec(
             for node in removed:
                 w.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, name))
         w.ensure_pool(name, want_nodes)
+        follow_leases(w.fetchall, w.execute, [name], w.now)
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
 

@@ -10,13 +10,14 @@ cannot race it; ``BEGIN IMMEDIATE`` makes two pool commands queue instead of int
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
 from collector.store.oneshot import connect_store
-from shared.errors import StoreError
+from shared.errors import ConfigError, StoreError
 
 __all__ = [
     "FREE",
@@ -24,6 +25,7 @@ __all__ = [
     "PoolTransaction",
     "Rows",
     "declare_inventories",
+    "follow_leases",
     "leased_nodes",
     "node_records",
     "pool_members",
@@ -144,6 +146,61 @@ def leased_nodes(store: Rows, now: float) -> set[str]:
     return {r[0] for r in rows}
 
 
+def follow_leases(
+    fetchall: Callable[[str, Sequence[Any]], list[Any]],
+    execute: Callable[[str, Sequence[Any]], Any],
+    pools: Iterable[str],
+    now: float,
+) -> bool:
+    """Make the leases of ``pools`` (those not ended at ``now``) hold the pools' nodes as they
+    are now: a lease of a pool leases its members, so nodes added to the pool join the lease
+    and nodes removed leave it. A node that another lease holds at an overlapping time cannot
+    join: :class:`ConfigError` naming the node and both leases (the caller's transaction then
+    changes nothing). Returns whether a lease changed (the collector's generation must move).
+    """
+    if not _has_table(fetchall, "leases") or not _has_table(fetchall, "lease_nodes"):
+        return False
+    changed = False
+    for pool in sorted(set(pools) - {FREE}):
+        leases = fetchall(
+            "SELECT id, name, start_at, end_at FROM leases "
+            "WHERE pool = ? AND (end_at IS NULL OR end_at > ?) ORDER BY id",
+            (pool, now),
+        )
+        if not leases:
+            continue
+        members = {r[0] for r in fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))}
+        for lease_id, name, start_at, end_at in leases:
+            held = {
+                r[0]
+                for r in fetchall("SELECT node FROM lease_nodes WHERE lease_id = ?", (lease_id,))
+            }
+            for node in sorted(members - held):
+                clash = fetchall(
+                    "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
+                    "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
+                    "AND (l.end_at IS NULL OR l.end_at > ?) AND (? IS NULL OR l.start_at < ?)",
+                    (node, lease_id, start_at, end_at, end_at),
+                )
+                if clash:
+                    other, tenant = clash[0][0], clash[0][1]
+                    raise ConfigError(
+                        f"node {node} is in lease {other!r} (tenant {tenant}) at the same time "
+                        f"as pool {pool!r} is leased ({name!r}): it cannot join that pool",
+                        field="nodes",
+                    )
+                execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
+                changed = True
+            for node in sorted(held - members):
+                execute("DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node))
+                changed = True
+    return changed
+
+
+def _has_table(fetchall: Callable[[str, Sequence[Any]], list[Any]], name: str) -> bool:
+    return bool(fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+
 class PoolTransaction:
     """One write transaction on the pool tables; reads see its own writes."""
 
@@ -180,10 +237,13 @@ class PoolTransaction:
         return nodes
 
     def move(self, nodes: Iterable[str], to_pool: str, reason: str) -> None:
-        """Move ``nodes`` into ``to_pool`` (``free``: out of any pool), recording each move."""
+        """Move ``nodes`` into ``to_pool`` (``free``: out of any pool), recording each move;
+        the leases of the pools involved follow (:func:`follow_leases`)."""
         current = pool_members(self)
+        touched = {to_pool}
         for node in nodes:
             before = current.get(node, FREE)
+            touched.add(before)
             if before == to_pool:
                 continue
             if to_pool == FREE:
@@ -198,6 +258,13 @@ class PoolTransaction:
                 "INSERT INTO pool_moves (ts, node, from_pool, to_pool, reason) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (self.now, node, before, to_pool, reason),
+            )
+        if follow_leases(self.fetchall, self._conn.execute, touched, self.now):
+            # The running collector reloads its governance state when this moves.
+            self._conn.execute(
+                "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                ("governance_generation", uuid.uuid4().hex, self.now),
             )
 
 

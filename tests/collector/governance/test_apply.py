@@ -158,3 +158,22 @@ async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
     assert "a100" in err
     after = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
     assert after == pools
+
+
+async def test_a_leased_pool_grown_by_the_file_grows_its_lease(tmp_path: Path) -> None:
+    """acme-a gains n4 in the file: the lease of acme-a now holds n4 too; giving it n3,
+    which beta leases at the same time, is refused and changes nothing."""
+    db = str(await make_store(tmp_path, NODES))
+    assert cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))[0] == 0
+    grown = CLUSTER.replace('nodes = ["n1", "n2"]', 'nodes = ["n1", "n2", "n4"]')
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, grown, "grown.toml"))
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "show", "acme-2041", "--db", db, "--json")
+    assert sorted(json.loads(out)["nodes"]) == ["n1", "n2", "n4"]
+    clash = CLUSTER.replace('nodes = ["n1", "n2"]', 'nodes = ["n1", "n2", "n3"]')
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, clash, "clash.toml"))
+    assert code == 2
+    assert "node n3 is in lease 'beta-2041'" in err
+    assert "cannot join" in err
+    code, out, _ = cli("lease", "show", "acme-2041", "--db", db, "--json")
+    assert sorted(json.loads(out)["nodes"]) == ["n1", "n2", "n4"]

@@ -265,3 +265,41 @@ async def test_a_pool_named_import_is_refused(tmp_path: Path) -> None:
     assert code == 2
     assert "'import' is a word of `collector inventory`" in err
     assert _members(Path(db)) == {}
+
+
+async def test_a_leased_pool_carries_its_lease_when_its_nodes_change(tmp_path: Path) -> None:
+    """A lease of a pool leases its members: a node added to the pool joins the lease, a node
+    removed leaves it (and may then be leased by another tenant); a node another tenant leases
+    at the same time cannot join the pool, and the refusal changes nothing."""
+    specs = [Spec(f"x1000c0s{i}b0n0") for i in range(4)]
+    db = str(await make_store(tmp_path, specs))
+    start = dt.date.today().isoformat()
+    assert cli("pool", "create", "acme", "--nodes", "x1000c0s0b0n0", "--db", db)[0] == 0
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "acme", "--pool", "acme",
+                       "--name", "acme-l", "--start", start)  # fmt: skip
+    assert (code, err) == (0, "")
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "other", "--nodes",
+                       "x1000c0s3b0n0", "--name", "other-l", "--start", start)  # fmt: skip
+    assert (code, err) == (0, "")
+
+    def leased(name: str) -> list[str]:
+        code, out, _ = cli("lease", "show", name, "--db", db, "--json")
+        assert code == 0
+        return sorted(json.loads(out)["nodes"])
+
+    assert cli("pool", "add", "acme", "x1000c0s1b0n0", "--db", db)[0] == 0
+    assert leased("acme-l") == ["x1000c0s0b0n0", "x1000c0s1b0n0"]
+    assert cli("pool", "remove", "acme", "x1000c0s0b0n0", "--db", db)[0] == 0
+    assert leased("acme-l") == ["x1000c0s1b0n0"]
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "third", "--nodes",
+                       "x1000c0s0b0n0", "--start", start)  # fmt: skip
+    assert (code, err) == (0, "")  # no longer acme's
+
+    code, _, err = cli("pool", "add", "acme", "x1000c0s3b0n0", "--db", db)
+    assert code == 2
+    assert "x1000c0s3b0n0" in err
+    assert "other-l" in err
+    assert err.count("\n") == 1
+    assert leased("acme-l") == ["x1000c0s1b0n0"]
+    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    assert "x1000c0s3b0n0" not in pools
