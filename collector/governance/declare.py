@@ -422,7 +422,9 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
         }
         if lease.pool is not None:
             entry["pool"] = lease.pool
-        else:
+        if lease.pool is None or sorted(lease.nodes) != sorted(pools.get(lease.pool, ())):
+            # The pool changed since the lease took its nodes (`pool add/remove`): the lease
+            # still holds what it took, so say which, or applying the export would change it.
             entry["nodes"] = list(lease.nodes)
         optional: dict[str, Any] = {
             "term_days": lt.term_days,

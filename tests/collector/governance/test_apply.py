@@ -158,3 +158,21 @@ async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
     assert "a100" in err
     after = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
     assert after == pools
+
+
+async def test_export_round_trips_a_pool_lease_whose_pool_changed(tmp_path: Path) -> None:
+    """A node removed from a leased pool is still the lease's: the export says so, and
+    applying it changes nothing (it used to empty the lease: `nodes 1 -> 0`)."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "px",
+                       "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, _, err = cli("pool", "remove", "px", "n1", "--db", db)
+    assert code == 0, err
+    code, exported, _ = cli("export", "--db", db)
+    assert code == 0
+    code, out, err = cli("apply", "--db", db, "-f", _file(tmp_path, exported, "exported.toml"))
+    assert (code, err) == (0, "")
+    assert out.startswith("nothing to change"), out
+    code, out, _ = cli("lease", "show", "x-2041-06-01", "--db", db, "--json")
+    assert json.loads(out)["nodes"] == ["n1"]
