@@ -115,6 +115,12 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
     nominal = _number(args.nominal, "--nominal")
     bl = _number(args.borrowing_limit, "--borrowing-limit")
     ll = _number(args.lending_limit, "--lending-limit")
+    from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
+
+    if args.tenant is not None:
+        validate_tenant_name(args.tenant, field="TENANT")
+    if args.cohort:
+        validate_tenant_name(args.cohort, what="cohort", field="--cohort")
     with GovernanceWriter(db, now=now) as w:
         if args.tenant is None:
             if args.cohort is None:

@@ -164,6 +164,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         if err["type"] == "extra_forbidden":
             msg = "unknown key (see `collector apply --help` for the file's shape)"
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+    _check_names(spec, source)
     owner: dict[str, str] = {}
     for name, pool in sorted(spec.pools.items()):
         if pool.pattern is not None:
@@ -188,6 +189,32 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         except LeaseError as exc:
             raise ConfigError(f"{source}: leases.{name}: {exc}", field=f"leases.{name}") from None
     return spec
+
+
+def _check_names(spec: ClusterSpec, source: str) -> None:
+    """Tenant, cohort and pool names follow the commands' rule (`collector pool create`)."""
+    from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
+    from collector.governance.pattern import POOL_NAME_RE  # noqa: PLC0415
+
+    names: list[tuple[str, str, str | None]] = [(f"cohorts.{n}", "cohort", n) for n in spec.cohorts]
+    names += [(f"tenants.{n}", "tenant", n) for n in spec.tenants]
+    names += [(f"tenants.{n}.cohort", "cohort", t.cohort) for n, t in spec.tenants.items()]
+    names += [(f"leases.{n}.tenant", "tenant", x.tenant) for n, x in spec.leases.items()]
+    for key, what, name in names:
+        if name is not None:
+            try:
+                validate_tenant_name(name, what=what, field=key)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
+    pools = [(f"pools.{n}", n) for n in spec.pools]
+    pools += [(f"leases.{n}.pool", x.pool) for n, x in spec.leases.items() if x.pool]
+    for key, pool in pools:
+        if pool is not None and pool != "free" and not POOL_NAME_RE.match(pool):
+            raise ConfigError(
+                f"{source}: {key}: pool name {pool!r} must be 1-63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit",
+                field=key,
+            )
 
 
 def _num(value: float | None) -> str:

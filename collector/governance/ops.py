@@ -25,6 +25,7 @@ from collector.governance.lease import (
     renew,
     today_in,
 )
+from collector.governance.pattern import POOL_NAME_RE, validate_pool_name
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 from shared.errors import ConfigError
@@ -40,6 +41,7 @@ __all__ = [
     "find_lease",
     "lease_admission",
     "overlapping",
+    "validate_tenant_name",
 ]
 
 
@@ -55,6 +57,17 @@ class LeaseRequest:
     force_reason: str | None = None
     """Set: add it even beyond the tenant's quota, and record why."""
     comment: str = ""
+
+
+def validate_tenant_name(name: str, *, what: str = "tenant", field: str = "--tenant") -> str:
+    """``name`` if it can name a tenant (or cohort): the rule of pool names."""
+    if not POOL_NAME_RE.match(name):
+        raise ConfigError(
+            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit",
+            field=field,
+        )
+    return name
 
 
 def overlapping(
@@ -105,6 +118,7 @@ def add_lease(
                 f"node name {node!r} is not a node id (letters, digits, . _ -, at most 63)",
                 field="--nodes",
             )
+    validate_tenant_name(req.tenant)
     gov = w.state()
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
@@ -115,6 +129,7 @@ def add_lease(
                 "`free` is every node in no pool: lease named nodes (--nodes) or a pool",
                 field="--pool",
             )
+        validate_pool_name(req.pool, field="--pool")
         if nodes:
             elsewhere = w.pools_of(nodes)
             moved = sorted((n, p) for n, p in elsewhere.items() if p != req.pool)

@@ -176,3 +176,32 @@ async def test_export_round_trips_a_pool_lease_whose_pool_changed(tmp_path: Path
     assert out.startswith("nothing to change"), out
     code, out, _ = cli("lease", "show", "x-2041-06-01", "--db", db, "--json")
     assert json.loads(out)["nodes"] == ["n1"]
+
+
+async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
+    """apply, lease add and quota set refuse the tenant, cohort and pool names that `pool
+    create` refuses (they used to store '', 'a b' or a control character)."""
+    db = str(await make_store(tmp_path, NODES))
+    files = {
+        '[tenants.""]\npriority = 1\n': 'tenants.: tenant name ""',
+        '[tenants."a b"]\npriority = 1\n': "tenants.a b: tenant name 'a b'",
+        '[tenants.t]\ncohort = "c\\u0007"\n': "tenants.t.cohort: cohort name",
+        '[pools."a b"]\nnodes = ["n1"]\n': "pools.a b: pool name 'a b'",
+    }
+    for i, (text, expected) in enumerate(files.items()):
+        code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, text, f"n{i}.toml"))
+        assert code == 2, text
+        assert expected.replace('""', "''") in err, err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "t", "--pool", "a b",
+                       "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "pool name 'a b'" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", " ", "--nodes", "n1",
+                       "--start", "2041-06-01")  # fmt: skip
+    assert code == 2
+    assert "tenant name ' '" in err
+    code, _, err = cli("quota", "set", "", "--nominal", "1", "--db", db)
+    assert code == 2
+    assert "tenant name ''" in err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
