@@ -19,7 +19,8 @@ import datetime as dt
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -76,8 +77,9 @@ def _governance(rows: dict[str, list[Any]]) -> Governance:
         return _parse(rows)
     except (ValueError, TypeError, IndexError) as exc:
         raise StoreError(
-            f"unreadable governance row ({exc}): fix it with `collector lease|quota|apply`, "
-            "or `collector export`, correct the file and apply it",
+            f"unreadable governance row, {exc}: no command reads the governance state while "
+            "it is there; correct or delete that row with sqlite3 (the collector keeps its "
+            "last good state meanwhile)",
             fatal=False,
         ) from None
 
@@ -87,20 +89,22 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
     g.cohorts = {r[0] for r in rows["cohorts"]}
-    g.cohort_quotas = {(r[0], r[1]): float(r[2]) for r in rows["cohort_quotas"]}
+    for r in rows["cohort_quotas"]:
+        with _row("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}"):
+            g.cohort_quotas[(r[0], r[1])] = float(r[2])
     for r in rows["tenants"]:
-        g.tenants[r[0]] = r[1]
-        g.priorities[r[0]] = int(r[2])
+        with _row("tenants", f"name = {r[0]!r}"):
+            g.tenants[r[0]] = r[1]
+            g.priorities[r[0]] = int(r[2])
     for r in rows["quotas"]:
-        g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
+        with _row("quotas", f"tenant = {r[0]!r} AND resource = {r[1]!r}"):
+            g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
     nodes: dict[int, list[str]] = {}
     for r in rows["lease_nodes"]:
         nodes.setdefault(int(r[0]), []).append(r[1])
     for r in rows["leases"]:
-        try:
+        with _row("leases", f"id = {r[0]!r} (lease {r[1]!r})"):
             terms = _terms(r)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"lease {r[1]!r}: {exc}") from None
         g.leases.append(
             Lease(
                 id=int(r[0]),
@@ -115,6 +119,15 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
             )
         )
     return g
+
+
+@contextmanager
+def _row(table: str, where: str) -> Iterator[None]:
+    """Name the row (table and key) a bad value came from, so it can be found and fixed."""
+    try:
+        yield
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"{table} row WHERE {where}: {exc}") from None
 
 
 def _terms(r: Any) -> LeaseTerms:
