@@ -19,8 +19,7 @@ import datetime as dt
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -89,22 +88,31 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
     g.cohorts = {r[0] for r in rows["cohorts"]}
-    for r in rows["cohort_quotas"]:
-        with _row("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}"):
+    r: Any = None
+    try:
+        for r in rows["cohort_quotas"]:
             g.cohort_quotas[(r[0], r[1])] = float(r[2])
-    for r in rows["tenants"]:
-        with _row("tenants", f"name = {r[0]!r}"):
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}", exc) from None
+    try:
+        for r in rows["tenants"]:
             g.tenants[r[0]] = r[1]
             g.priorities[r[0]] = int(r[2])
-    for r in rows["quotas"]:
-        with _row("quotas", f"tenant = {r[0]!r} AND resource = {r[1]!r}"):
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("tenants", f"name = {r[0]!r}", exc) from None
+    try:
+        for r in rows["quotas"]:
             g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("quotas", f"tenant = {r[0]!r} AND resource = {r[1]!r}", exc) from None
     nodes: dict[int, list[str]] = {}
     for r in rows["lease_nodes"]:
         nodes.setdefault(int(r[0]), []).append(r[1])
     for r in rows["leases"]:
-        with _row("leases", f"id = {r[0]!r} (lease {r[1]!r})"):
+        try:
             terms = _terms(r)
+        except (ValueError, TypeError) as exc:
+            raise _bad("leases", f"id = {r[0]!r} (lease {r[1]!r})", exc) from None
         g.leases.append(
             Lease(
                 id=int(r[0]),
@@ -121,13 +129,9 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     return g
 
 
-@contextmanager
-def _row(table: str, where: str) -> Iterator[None]:
+def _bad(table: str, where: str, exc: Exception) -> ValueError:
     """Name the row (table and key) a bad value came from, so it can be found and fixed."""
-    try:
-        yield
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"{table} row WHERE {where}: {exc}") from None
+    return ValueError(f"{table} row WHERE {where}: {exc}")
 
 
 def _terms(r: Any) -> LeaseTerms:
