@@ -46,6 +46,9 @@ USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
 _BUSY_TIMEOUT_S: Final = 5.0
+LOCK_BUDGET_S: Final = 3.0
+"""Longest a command may hold the write lock: the collector's own writes wait at most 5 s
+for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
 _NO_TABLE: Final = (
     "has no leases table yet: start this version's `collector run` once to migrate it"
 )
@@ -195,9 +198,13 @@ class GovernanceWriter:
     governance generation moves only with a commit.
     """
 
-    def __init__(self, path: Path, *, now: float | None = None) -> None:
+    def __init__(
+        self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
+    ) -> None:
         self.path = path
         self.now = time.time() if now is None else now
+        self.lock_budget_s = lock_budget_s
+        self._locked_at = 0.0
         self._conn: sqlite3.Connection | None = None
         self._discard = False
 
@@ -217,6 +224,7 @@ class GovernanceWriter:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
         self._conn = conn
+        self._locked_at = time.monotonic()
         return self
 
     def __exit__(
@@ -260,6 +268,12 @@ class GovernanceWriter:
         """Run one statement inside the transaction."""
         if self._conn is None:
             raise StoreError("governance writer is not open: use `with GovernanceWriter(path)`")
+        if time.monotonic() - self._locked_at > self.lock_budget_s:
+            raise StoreError(
+                f"this change held the database's write lock for over {self.lock_budget_s:g} s "
+                "(a running collector stops after waiting 5 s for it), so nothing was changed: "
+                "apply it in smaller parts"
+            )
         return self._execute_on(self._conn, sql, params)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,22 @@ async def test_a_bad_quota_row_is_named_so_it_can_be_fixed(tmp_path: Path) -> No
     assert (code, err.count("\n")) == (2, 1)
     assert "quotas row WHERE tenant = 'acme' AND resource = 'gpus'" in err, err
     assert "sqlite3" in err
+
+
+async def test_a_writer_past_its_lock_budget_changes_nothing(tmp_path: Path) -> None:
+    """A change that holds the write lock longer than its budget is refused and rolled back
+    (a running collector stops after 5 s waiting for the lock: a 2,000-lease apply held it
+    for minutes and killed it); the lock is free again afterwards."""
+    db = tmp_path / "capwatch.db"
+    async with Store(db):
+        pass
+    with (
+        pytest.raises(StoreError, match="held the database's write lock for over 0 s"),
+        GovernanceWriter(db, lock_budget_s=0.0) as w,
+    ):
+        w.put_quota("acme", "gpus", Quota(9.0))
+    with GovernanceWriter(db, lock_budget_s=60.0) as w:
+        assert w.state().quotas == {}
+        w.put_quota("acme", "gpus", Quota(9.0))
+    code, out, _ = cli("export", "--db", str(db), "--json")
+    assert (code, json.loads(out)["tenants"]["acme"]["quota"]["gpus"]["nominal"]) == (0, 9.0)
