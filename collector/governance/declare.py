@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -329,7 +330,6 @@ def plan_patterns(
     """The nodes of each pool the file declares by pattern, planned one after the other
     (each takes from what the earlier ones left free), as ``collector pool apply`` plans:
     fewest nodes, the pool's own members first, ``leased`` nodes untouchable."""
-    import dataclasses  # noqa: PLC0415
 
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
@@ -364,6 +364,7 @@ def _apply_leases(
 ) -> list[str]:
     changes: list[str] = []
     stored = {lease.name: lease for lease in gov.leases}
+    current = w.state()  # after the tenants and quotas above; kept current lease by lease
     for name, ls in sorted(spec.leases.items()):
         terms = ls.terms()
         nodes = sorted(set(ls.nodes)) if ls.nodes else w.pool_nodes(ls.pool or "")
@@ -382,6 +383,7 @@ def _apply_leases(
                         comment=ls.comment,
                     ),
                     hardware,
+                    current,
                 )
             except ConfigError as exc:
                 raise ConfigError(f"leases.{name}: {exc}", field=f"leases.{name}") from None
@@ -398,7 +400,7 @@ def _apply_leases(
         if sorted(have.nodes) != nodes:
             changes.append(f"~ lease {name}: nodes {len(have.nodes)} -> {len(nodes)}")
         if have.terms != terms or sorted(have.nodes) != nodes:
-            clash = overlapping(w.state(), nodes, terms, skip=have.id)
+            clash = overlapping(current, nodes, terms, skip=have.id)
             if clash:
                 node, other = clash[0]
                 raise ConfigError(
@@ -408,6 +410,10 @@ def _apply_leases(
                 )
             w.update_lease(have, terms, comment=ls.comment)
             w.set_lease_nodes(have, nodes)
+            current.leases = [
+                dataclasses.replace(x, terms=terms, nodes=tuple(nodes)) if x.id == have.id else x
+                for x in current.leases
+            ]
         elif have.comment != ls.comment:
             w.update_lease(have, terms, comment=ls.comment)
     return changes

@@ -110,8 +110,14 @@ def add_lease(
     w: GovernanceWriter,
     req: LeaseRequest,
     hardware: Mapping[str, tuple[int, float]],
+    gov: Governance | None = None,
 ) -> tuple[int, Admission | None]:
-    """Check and store ``req``; its id and the quota answer it was admitted with."""
+    """Check and store ``req``; its id and the quota answer it was admitted with.
+
+    ``gov``: the transaction's state when the caller keeps it across many adds (``collector
+    apply``: reloading it per lease made a 2,000-lease file quadratic); the new lease is
+    appended to it.
+    """
     for node in req.nodes:
         if not NODE_ID_RE.match(node):
             raise ConfigError(
@@ -119,7 +125,7 @@ def add_lease(
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)
-    gov = w.state()
+    gov = w.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
     nodes = list(req.nodes)
@@ -183,6 +189,21 @@ def add_lease(
         forced=forced,
         force_reason=req.force_reason if forced else None,
         comment=req.comment,
+    )
+    gov.tenants.setdefault(req.tenant, None)
+    gov.priorities.setdefault(req.tenant, 0)
+    gov.leases.append(
+        Lease(
+            id=lease_id,
+            name=req.name,
+            tenant=req.tenant,
+            pool=req.pool,
+            nodes=tuple(dict.fromkeys(nodes)),
+            terms=req.terms,
+            forced=forced,
+            force_reason=req.force_reason if forced else None,
+            comment=req.comment,
+        )
     )
     return lease_id, admission
 

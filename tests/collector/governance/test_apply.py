@@ -205,3 +205,18 @@ async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
     assert "tenant name ''" in err
     code, out, _ = cli("export", "--db", db, "--json")
     assert json.loads(out) == {}
+
+
+async def test_leases_of_one_file_see_each_other(tmp_path: Path) -> None:
+    """apply keeps one state across the file's leases (no reload per lease): a second lease
+    of the same node at the same time is still refused, and nothing is written."""
+    db = str(await make_store(tmp_path, NODES))
+    text = (
+        '[leases.first]\ntenant = "a"\nnodes = ["n1"]\nstart = 2041-01-01\n\n'
+        '[leases.second]\ntenant = "b"\nnodes = ["n2", "n1"]\nstart = 2041-03-01\n'
+    )
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, text))
+    assert code == 2
+    assert "leases.second: node n1 is already in lease 'first'" in err, err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
