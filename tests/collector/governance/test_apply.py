@@ -220,3 +220,14 @@ async def test_leases_of_one_file_see_each_other(tmp_path: Path) -> None:
     assert "leases.second: node n1 is already in lease 'first'" in err, err
     code, out, _ = cli("export", "--db", db, "--json")
     assert json.loads(out) == {}
+
+
+async def test_a_file_over_32_mib_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """`-f /dev/zero` or a runaway generator: one line, exit 2 (it was read into memory)."""
+    db = str(await make_store(tmp_path, NODES))
+    big = tmp_path / "huge.toml"
+    with big.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    code, _, err = cli("apply", "--db", db, "-f", str(big))
+    assert (code, err.count("\n")) == (2, 1)
+    assert "is larger than 32 MiB" in err, err
