@@ -115,6 +115,12 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
     nominal = _number(args.nominal, "--nominal")
     bl = _number(args.borrowing_limit, "--borrowing-limit")
     ll = _number(args.lending_limit, "--lending-limit")
+    if ll is not None and nominal is not None and ll > nominal:
+        raise ConfigError(
+            f"--lending-limit {ll:g} is more than --nominal {nominal:g}: a tenant lends at most "
+            "its nominal quota (Kueue refuses it too)",
+            field="--lending-limit",
+        )
     from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
 
     if args.tenant is not None:

@@ -71,6 +71,12 @@ class QuotaSpec(_Strict):
     lending_limit: float | None = Field(default=None, ge=0)
     period: Literal["day", "week", "month"] | None = None
 
+    @model_validator(mode="after")
+    def _lends_at_most_nominal(self) -> QuotaSpec:
+        if self.lending_limit is not None and self.lending_limit > self.nominal:
+            raise ValueError("lending_limit is more than nominal (Kueue refuses it too)")
+        return self
+
 
 class CohortSpec(_Strict):
     """A cohort and its own nominal quota per resource."""

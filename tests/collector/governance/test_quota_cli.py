@@ -163,3 +163,20 @@ async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
     assert json.loads(out)["source"] == "store"
     code, out, _ = cli("quota", "show", "--db", db)
     assert (code, "usage computed from the store's samples at" in out) == (0, True)
+
+
+async def test_a_lending_limit_above_nominal_is_refused(tmp_path: Path) -> None:
+    """Kueue refuses lendingLimit > nominalQuota; so do `quota set` and `apply` (both
+    stored it)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("quota", "set", "acme", "--nominal", "4", "--lending-limit", "10",
+                       "--db", db)  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "--lending-limit 10 is more than --nominal 4" in err
+    toml = tmp_path / "c.toml"
+    toml.write_text("[tenants.acme]\nquota.gpus = { nominal = 4, lending_limit = 10 }\n")
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert code == 2
+    assert "tenants.acme.quota.gpus: Value error, lending_limit is more than nominal" in err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
