@@ -247,7 +247,13 @@ def cancel(terms: LeaseTerms, on: dt.date) -> LeaseTerms:
     if terms.notice_given is not None:
         raise LeaseError(f"notice was already given on {terms.notice_given.isoformat()}")
     if status(terms, on) == "expired":
-        raise LeaseError("the lease has already expired: there is nothing to cancel")
+        end = effective_end(terms)
+        last = (
+            "" if end is None else f" (its last day is {(end - dt.timedelta(days=1)).isoformat()})"
+        )
+        raise LeaseError(
+            f"the lease has ended by {on.isoformat()}{last}: there is nothing to cancel"
+        )
     return replace(terms, notice_given=on)
 
 
