@@ -134,13 +134,15 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
             w.put_cohort(args.cohort)
             if args.remove:
                 w.put_cohort_quota(args.cohort, args.resource, None)
-                print(f"cohort {args.cohort}: {args.resource} quota removed")
-                return 0
+                return _said(args, f"cohort {args.cohort}: {args.resource} quota removed")
             if nominal is None:
                 raise ConfigError("set needs --nominal N", field="--nominal")
             w.put_cohort_quota(args.cohort, args.resource, nominal)
-            print(f"cohort {args.cohort}: own {args.resource} quota {nominal:g}")
-            return 0
+            return _said(
+                args,
+                f"cohort {args.cohort}: own {args.resource} quota {nominal:g}",
+                nominal=nominal,
+            )
         gov = w.state()
         cohort = args.cohort if args.cohort is not None else gov.tenants.get(args.tenant)
         priority = (
@@ -149,12 +151,15 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
         w.put_tenant(args.tenant, cohort or None, priority)
         if args.remove:
             w.put_quota(args.tenant, args.resource, None)
-            print(f"tenant {args.tenant}: {args.resource} quota removed")
-            return 0
+            return _said(args, f"tenant {args.tenant}: {args.resource} quota removed")
         if nominal is None:
             if args.cohort is not None or args.priority is not None:
-                print(f"tenant {args.tenant}: cohort {cohort or '-'}, priority {priority}")
-                return 0
+                return _said(
+                    args,
+                    f"tenant {args.tenant}: cohort {cohort or '-'}, priority {priority}",
+                    cohort=cohort or None,
+                    priority=priority,
+                )
             raise ConfigError("set needs --nominal N", field="--nominal")
         period = args.period if args.resource == "gpu_hours" else None
         w.put_quota(args.tenant, args.resource, Quota(nominal, bl, ll), period)
@@ -162,10 +167,46 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
         f"borrowing limit {bl:g}" if bl is not None else "borrows without limit",
         f"lending limit {ll:g}" if ll is not None else "lends all it does not use",
     ]
-    print(
+    text = (
         f"tenant {args.tenant}: {args.resource} nominal {nominal:g} "
         f"({', '.join(limits)}), cohort {cohort or '-'}"
     )
+    return _said(
+        args,
+        text,
+        nominal=nominal,
+        borrowing_limit=bl,
+        lending_limit=ll,
+        cohort=cohort or None,
+        priority=priority,
+    )
+
+
+def _said(
+    args: argparse.Namespace,
+    text: str,
+    *,
+    nominal: float | None = None,
+    borrowing_limit: float | None = None,
+    lending_limit: float | None = None,
+    cohort: str | None = None,
+    priority: int | None = None,
+) -> int:
+    """What `set` did: one line, or with --json the flags it applied as one object."""
+    if not args.json:
+        print(text)
+        return 0
+    row: dict[str, Any] = {"tenant": args.tenant, "resource": args.resource}
+    row.update(
+        nominal=nominal,
+        borrowing_limit=borrowing_limit,
+        lending_limit=lending_limit,
+        cohort=cohort if args.tenant is not None else args.cohort,
+        priority=priority,
+        removed=bool(args.remove),
+        message=text,
+    )
+    print_json(row)
     return 0
 
 

@@ -180,3 +180,18 @@ async def test_a_lending_limit_above_nominal_is_refused(tmp_path: Path) -> None:
     assert "tenants.acme.quota.gpus: Value error, lending_limit is more than nominal" in err
     code, out, _ = cli("export", "--db", db, "--json")
     assert json.loads(out) == {}
+
+
+async def test_quota_set_prints_json_with_json(tmp_path: Path) -> None:
+    """`quota set --json` answers one JSON object (it printed its text line)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, out, _ = cli("quota", "set", "acme", "--nominal", "9", "--borrowing-limit", "1",
+                       "--cohort", "research", "--json", "--db", db)  # fmt: skip
+    assert code == 0
+    row = json.loads(out)
+    assert (row["tenant"], row["nominal"], row["borrowing_limit"], row["cohort"]) == (
+        "acme", 9.0, 1.0, "research",
+    )  # fmt: skip
+    code, out, _ = cli("quota", "set", "--cohort", "research", "--nominal", "12", "--json",
+                       "--db", db)  # fmt: skip
+    assert (json.loads(out)["cohort"], json.loads(out)["nominal"]) == ("research", 12.0)
