@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.governance.quota import MAX_QUOTA
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _number(value: float | None, flag: str) -> float | None:
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise ConfigError(f"{flag} must be a number >= 0, got {value}", field=flag)
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= MAX_QUOTA):
+        raise ConfigError(
+            f"{flag} must be a number from 0 to {MAX_QUOTA:g}, got {value:g}", field=flag
+        )
     return value
 
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease, overlapping
-from collector.governance.quota import RESOURCES, Quota
+from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota
 from collector.governance.state import Governance, TenantQuota
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
@@ -66,9 +66,9 @@ class _Strict(BaseModel):
 class QuotaSpec(_Strict):
     """One tenant's quota on one resource."""
 
-    nominal: float = Field(ge=0)
-    borrowing_limit: float | None = Field(default=None, ge=0)
-    lending_limit: float | None = Field(default=None, ge=0)
+    nominal: float = Field(ge=0, le=MAX_QUOTA)
+    borrowing_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    lending_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
     period: Literal["day", "week", "month"] | None = None
 
     @model_validator(mode="after")
@@ -86,8 +86,8 @@ class CohortSpec(_Strict):
     @model_validator(mode="after")
     def _non_negative(self) -> CohortSpec:
         for resource, value in self.quota.items():
-            if value < 0:
-                raise ValueError(f"quota.{resource} must be >= 0")
+            if not 0 <= value <= MAX_QUOTA:
+                raise ValueError(f"quota.{resource} must be from 0 to {MAX_QUOTA:g}")
         return self
 
 

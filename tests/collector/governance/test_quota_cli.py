@@ -106,7 +106,14 @@ async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
     b_alloc = next(r for r in json.loads(out)["quotas"] if r["basis"] == "allocated")
     assert b_alloc["available"] == 13  # 37 in the cohort - 24 used
     code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "-1")
-    assert (code, "--nominal must be a number >= 0" in err) == (2, True)
+    assert (code, "--nominal must be a number from 0 to 1e+12" in err) == (2, True)
+    # 1e308 twice in a cohort made `available` infinite: `--json` printed Infinity (not JSON)
+    code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "1e308")
+    assert (code, "--nominal must be a number from 0 to 1e+12, got 1e+308" in err) == (2, True)
+    toml = Path(db).parent / "huge.toml"
+    toml.write_text("[tenants.a]\nquota.gpus = { nominal = 1e308 }\n")
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert (code, "tenants.a.quota.gpus.nominal: Input should be less than" in err) == (2, True)
     code, _, err = cli("quota", "show", "nobody", "--db", db)
     assert (code, "no tenant 'nobody'" in err) == (2, True)
 
