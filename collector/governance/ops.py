@@ -125,6 +125,7 @@ def add_lease(
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)
+    _check_known(w, req.nodes)
     gov = w.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
@@ -206,6 +207,26 @@ def add_lease(
         )
     )
     return lease_id, admission
+
+
+def _check_known(w: GovernanceWriter, nodes: Sequence[str]) -> None:
+    """Named nodes must be known (an agent's or a declared inventory), as `pool create`
+    requires: a typo leased a node that does not exist, with 0 GPUs against the quota."""
+    if not nodes:
+        return
+    declared = w.fetchall(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'declared_inventories'"
+    )
+    for node in dict.fromkeys(nodes):
+        if w.fetchall("SELECT 1 FROM nodes WHERE node = ?", (node,)) or (
+            declared and w.fetchall("SELECT 1 FROM declared_inventories WHERE node = ?", (node,))
+        ):
+            continue
+        raise ConfigError(
+            f"unknown node {node!r}: no agent or declared inventory (see `collector "
+            "inventory`; `collector inventory import` declares nodes not booted yet)",
+            field="--nodes",
+        )
 
 
 def change_lease(

@@ -136,3 +136,19 @@ async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
     assert "cannot extend lease 'first': node n1 is leased from 2041-02-01 by lease 'second'" in err
     code, _, err = cli("lease", "renew", "first", "--db", db)
     assert (code, "by lease 'second'" in err) == (2, True)
+
+
+async def test_a_node_no_inventory_knows_is_refused(tmp_path: Path) -> None:
+    """A typo in --nodes (or a cluster.toml lease) is refused as `pool create` refuses it; it
+    used to lease a node that does not exist, counted as 0 GPUs against the quota."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1,n11",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "unknown node 'n11': no agent or declared inventory" in err
+    toml = tmp_path / "c.toml"
+    toml.write_text('[leases.l]\ntenant = "acme"\nnodes = ["n12"]\nstart = 2041-01-01\n')
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert (code, "leases.l: unknown node 'n12'" in err) == (2, True)
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert json.loads(out) == {"leases": []}
