@@ -201,7 +201,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
 def _check_names(spec: ClusterSpec, source: str) -> None:
     """Tenant, cohort and pool names follow the commands' rule (`collector pool create`)."""
     from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
-    from collector.governance.pattern import POOL_NAME_RE  # noqa: PLC0415
+    from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
 
     names: list[tuple[str, str, str | None]] = [(f"cohorts.{n}", "cohort", n) for n in spec.cohorts]
     names += [(f"tenants.{n}", "tenant", n) for n in spec.tenants]
@@ -216,12 +216,11 @@ def _check_names(spec: ClusterSpec, source: str) -> None:
     pools = [(f"pools.{n}", n) for n in spec.pools]
     pools += [(f"leases.{n}.pool", x.pool) for n, x in spec.leases.items() if x.pool]
     for key, pool in pools:
-        if pool is not None and pool != "free" and not POOL_NAME_RE.match(pool):
-            raise ConfigError(
-                f"{source}: {key}: pool name {pool!r} must be 1-63 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit",
-                field=key,
-            )
+        if pool is not None and pool != "free":  # `free` has its own line in apply_spec
+            try:
+                validate_pool_name(pool, field=key)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
 
 
 def _num(value: float | None) -> str:

@@ -187,6 +187,8 @@ async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
         '[tenants."a b"]\npriority = 1\n': "tenants.a b: tenant name 'a b'",
         '[tenants.t]\ncohort = "c\\u0007"\n': "tenants.t.cohort: cohort name",
         '[pools."a b"]\nnodes = ["n1"]\n': "pools.a b: pool name 'a b'",
+        '[pools.FREE]\nnodes = ["n1"]\n': "pools.FREE: 'free' is the implicit pool",
+        '[pools.import]\nnodes = ["n1"]\n': "pools.import: 'import' is a word",
     }
     for i, (text, expected) in enumerate(files.items()):
         code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, text, f"n{i}.toml"))
