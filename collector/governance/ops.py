@@ -125,6 +125,12 @@ def add_lease(
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)
+    if req.name.isdigit() or not req.name.strip() or not req.name.isprintable():
+        raise ConfigError(
+            f"lease name {req.name!r} must be printable text and not a number (a number "
+            "reads as a lease id in `lease show|cancel|extend|renew`)",
+            field="--name",
+        )
     _check_known(w, req.nodes)
     gov = w.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):

@@ -152,3 +152,17 @@ async def test_a_node_no_inventory_knows_is_refused(tmp_path: Path) -> None:
     assert (code, "leases.l: unknown node 'n12'" in err) == (2, True)
     code, out, _ = cli("lease", "list", "--db", db, "--json")
     assert json.loads(out) == {"leases": []}
+
+
+async def test_a_lease_name_that_reads_as_an_id_is_refused(tmp_path: Path) -> None:
+    """`--name 1` on a second lease made `lease cancel 1` ambiguous (id 1 or the one named
+    1); a number, a blank or a control character is refused."""
+    db = str(await make_store(tmp_path, {"n1": 8, "n2": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    for name in ("1", " ", "a\x1b[2Jb"):
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n2",
+                           "--start", "2041-01-01", "--name", name)  # fmt: skip
+        assert (code, err.count("\n")) == (2, 1), name
+        assert "must be printable text and not a number" in err
