@@ -166,3 +166,15 @@ async def test_a_lease_name_that_reads_as_an_id_is_refused(tmp_path: Path) -> No
                            "--start", "2041-01-01", "--name", name)  # fmt: skip
         assert (code, err.count("\n")) == (2, 1), name
         assert "must be printable text and not a number" in err
+
+
+async def test_lease_show_escapes_the_comment(tmp_path: Path) -> None:
+    """A comment holding terminal escapes is shown escaped (it reached the terminal raw)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--comment", "x\x1b]0;pwned\x07")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "show", "a-2041-01-01", "--db", db)
+    assert code == 0
+    assert "\x1b" not in out
+    assert "x\\x1b]0;pwned\\x07" in out
