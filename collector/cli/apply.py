@@ -66,11 +66,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=run)
 
 
+_MAX_BYTES: Final = 32 << 20
+"""Largest file read (a 100,000-node cluster's file is a few MB): `-f /dev/zero` or a
+runaway generator is refused instead of filling memory."""
+
+
 def _read(name: str) -> dict[str, Any]:
     import tomllib  # noqa: PLC0415
 
     try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        if name == "-":
+            data = sys.stdin.buffer.read(_MAX_BYTES + 1)
+        else:
+            with Path(name).open("rb") as f:
+                data = f.read(_MAX_BYTES + 1)
+        if len(data) > _MAX_BYTES:
+            raise ConfigError(
+                f"{name!r} is larger than {_MAX_BYTES >> 20} MiB: split it into several files",
+                field="--file",
+            )
+        text = data.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {name!r}: {exc.strerror}", field="--file") from None
     except UnicodeDecodeError:

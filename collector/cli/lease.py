@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import shown as safe_text
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -293,8 +294,9 @@ def _show(args: argparse.Namespace, db: Path, now: float) -> int:
         return 0
     width = max(len(k) for k in row)
     for key, value in row.items():
-        shown = ", ".join(value) if isinstance(value, list) else value
-        print(f"{key.ljust(width)}  {'-' if shown is None else shown}")
+        text = ", ".join(value) if isinstance(value, list) else value
+        # comment and force reason are anyone's free text: no escape reaches the terminal
+        print(f"{key.ljust(width)}  {'-' if text is None else safe_text(str(text))}")
     return 0
 
 

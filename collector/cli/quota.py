@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.governance.quota import MAX_QUOTA
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -103,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _number(value: float | None, flag: str) -> float | None:
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise ConfigError(f"{flag} must be a number >= 0, got {value}", field=flag)
+    if value is not None and (not math.isfinite(value) or not 0 <= value <= MAX_QUOTA):
+        raise ConfigError(
+            f"{flag} must be a number from 0 to {MAX_QUOTA:g}, got {value:g}", field=flag
+        )
     return value
 
 
@@ -115,6 +118,18 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
     nominal = _number(args.nominal, "--nominal")
     bl = _number(args.borrowing_limit, "--borrowing-limit")
     ll = _number(args.lending_limit, "--lending-limit")
+    if ll is not None and nominal is not None and ll > nominal:
+        raise ConfigError(
+            f"--lending-limit {ll:g} is more than --nominal {nominal:g}: a tenant lends at most "
+            "its nominal quota (Kueue refuses it too)",
+            field="--lending-limit",
+        )
+    from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
+
+    if args.tenant is not None:
+        validate_tenant_name(args.tenant, field="TENANT")
+    if args.cohort:
+        validate_tenant_name(args.cohort, what="cohort", field="--cohort")
     with GovernanceWriter(db, now=now) as w:
         if args.tenant is None:
             if args.cohort is None:
@@ -122,13 +137,15 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
             w.put_cohort(args.cohort)
             if args.remove:
                 w.put_cohort_quota(args.cohort, args.resource, None)
-                print(f"cohort {args.cohort}: {args.resource} quota removed")
-                return 0
+                return _said(args, f"cohort {args.cohort}: {args.resource} quota removed")
             if nominal is None:
                 raise ConfigError("set needs --nominal N", field="--nominal")
             w.put_cohort_quota(args.cohort, args.resource, nominal)
-            print(f"cohort {args.cohort}: own {args.resource} quota {nominal:g}")
-            return 0
+            return _said(
+                args,
+                f"cohort {args.cohort}: own {args.resource} quota {nominal:g}",
+                nominal=nominal,
+            )
         gov = w.state()
         cohort = args.cohort if args.cohort is not None else gov.tenants.get(args.tenant)
         priority = (
@@ -137,12 +154,15 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
         w.put_tenant(args.tenant, cohort or None, priority)
         if args.remove:
             w.put_quota(args.tenant, args.resource, None)
-            print(f"tenant {args.tenant}: {args.resource} quota removed")
-            return 0
+            return _said(args, f"tenant {args.tenant}: {args.resource} quota removed")
         if nominal is None:
             if args.cohort is not None or args.priority is not None:
-                print(f"tenant {args.tenant}: cohort {cohort or '-'}, priority {priority}")
-                return 0
+                return _said(
+                    args,
+                    f"tenant {args.tenant}: cohort {cohort or '-'}, priority {priority}",
+                    cohort=cohort or None,
+                    priority=priority,
+                )
             raise ConfigError("set needs --nominal N", field="--nominal")
         period = args.period if args.resource == "gpu_hours" else None
         w.put_quota(args.tenant, args.resource, Quota(nominal, bl, ll), period)
@@ -150,10 +170,46 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
         f"borrowing limit {bl:g}" if bl is not None else "borrows without limit",
         f"lending limit {ll:g}" if ll is not None else "lends all it does not use",
     ]
-    print(
+    text = (
         f"tenant {args.tenant}: {args.resource} nominal {nominal:g} "
         f"({', '.join(limits)}), cohort {cohort or '-'}"
     )
+    return _said(
+        args,
+        text,
+        nominal=nominal,
+        borrowing_limit=bl,
+        lending_limit=ll,
+        cohort=cohort or None,
+        priority=priority,
+    )
+
+
+def _said(
+    args: argparse.Namespace,
+    text: str,
+    *,
+    nominal: float | None = None,
+    borrowing_limit: float | None = None,
+    lending_limit: float | None = None,
+    cohort: str | None = None,
+    priority: int | None = None,
+) -> int:
+    """What `set` did: one line, or with --json the flags it applied as one object."""
+    if not args.json:
+        print(text)
+        return 0
+    row: dict[str, Any] = {"tenant": args.tenant, "resource": args.resource}
+    row.update(
+        nominal=nominal,
+        borrowing_limit=borrowing_limit,
+        lending_limit=lending_limit,
+        cohort=cohort if args.tenant is not None else args.cohort,
+        priority=priority,
+        removed=bool(args.remove),
+        message=text,
+    )
+    print_json(row)
     return 0
 
 

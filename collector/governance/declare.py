@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease, overlapping
-from collector.governance.quota import RESOURCES, Quota
+from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import follow_leases
 from shared.errors import ConfigError
@@ -66,10 +67,16 @@ class _Strict(BaseModel):
 class QuotaSpec(_Strict):
     """One tenant's quota on one resource."""
 
-    nominal: float = Field(ge=0)
-    borrowing_limit: float | None = Field(default=None, ge=0)
-    lending_limit: float | None = Field(default=None, ge=0)
+    nominal: float = Field(ge=0, le=MAX_QUOTA)
+    borrowing_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    lending_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
     period: Literal["day", "week", "month"] | None = None
+
+    @model_validator(mode="after")
+    def _lends_at_most_nominal(self) -> QuotaSpec:
+        if self.lending_limit is not None and self.lending_limit > self.nominal:
+            raise ValueError("lending_limit is more than nominal (Kueue refuses it too)")
+        return self
 
 
 class CohortSpec(_Strict):
@@ -80,8 +87,8 @@ class CohortSpec(_Strict):
     @model_validator(mode="after")
     def _non_negative(self) -> CohortSpec:
         for resource, value in self.quota.items():
-            if value < 0:
-                raise ValueError(f"quota.{resource} must be >= 0")
+            if not 0 <= value <= MAX_QUOTA:
+                raise ValueError(f"quota.{resource} must be from 0 to {MAX_QUOTA:g}")
         return self
 
 
@@ -165,6 +172,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         if err["type"] == "extra_forbidden":
             msg = "unknown key (see `collector apply --help` for the file's shape)"
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+    _check_names(spec, source)
     owner: dict[str, str] = {}
     for name, pool in sorted(spec.pools.items()):
         if pool.pattern is not None:
@@ -189,6 +197,31 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         except LeaseError as exc:
             raise ConfigError(f"{source}: leases.{name}: {exc}", field=f"leases.{name}") from None
     return spec
+
+
+def _check_names(spec: ClusterSpec, source: str) -> None:
+    """Tenant, cohort and pool names follow the commands' rule (`collector pool create`)."""
+    from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
+    from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
+
+    names: list[tuple[str, str, str | None]] = [(f"cohorts.{n}", "cohort", n) for n in spec.cohorts]
+    names += [(f"tenants.{n}", "tenant", n) for n in spec.tenants]
+    names += [(f"tenants.{n}.cohort", "cohort", t.cohort) for n, t in spec.tenants.items()]
+    names += [(f"leases.{n}.tenant", "tenant", x.tenant) for n, x in spec.leases.items()]
+    for key, what, name in names:
+        if name is not None:
+            try:
+                validate_tenant_name(name, what=what, field=key)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
+    pools = [(f"pools.{n}", n) for n in spec.pools]
+    pools += [(f"leases.{n}.pool", x.pool) for n, x in spec.leases.items() if x.pool]
+    for key, pool in pools:
+        if pool is not None and pool != "free":  # `free` has its own line in apply_spec
+            try:
+                validate_pool_name(pool, field=key)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
 
 
 def _num(value: float | None) -> str:
@@ -304,7 +337,6 @@ def plan_patterns(
     """The nodes of each pool the file declares by pattern, planned one after the other
     (each takes from what the earlier ones left free), as ``collector pool apply`` plans:
     fewest nodes, the pool's own members first, ``leased`` nodes untouchable."""
-    import dataclasses  # noqa: PLC0415
 
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
@@ -339,6 +371,7 @@ def _apply_leases(
 ) -> list[str]:
     changes: list[str] = []
     stored = {lease.name: lease for lease in gov.leases}
+    current = w.state()  # after the tenants and quotas above; kept current lease by lease
     for name, ls in sorted(spec.leases.items()):
         terms = ls.terms()
         nodes = sorted(set(ls.nodes)) if ls.nodes else w.pool_nodes(ls.pool or "")
@@ -357,6 +390,7 @@ def _apply_leases(
                         comment=ls.comment,
                     ),
                     hardware,
+                    current,
                 )
             except ConfigError as exc:
                 raise ConfigError(f"leases.{name}: {exc}", field=f"leases.{name}") from None
@@ -373,7 +407,7 @@ def _apply_leases(
         if sorted(have.nodes) != nodes:
             changes.append(f"~ lease {name}: nodes {len(have.nodes)} -> {len(nodes)}")
         if have.terms != terms or sorted(have.nodes) != nodes:
-            clash = overlapping(w.state(), nodes, terms, skip=have.id)
+            clash = overlapping(current, nodes, terms, skip=have.id)
             if clash:
                 node, other = clash[0]
                 raise ConfigError(
@@ -383,6 +417,10 @@ def _apply_leases(
                 )
             w.update_lease(have, terms, comment=ls.comment)
             w.set_lease_nodes(have, nodes)
+            current.leases = [
+                dataclasses.replace(x, terms=terms, nodes=tuple(nodes)) if x.id == have.id else x
+                for x in current.leases
+            ]
         elif have.comment != ls.comment:
             w.update_lease(have, terms, comment=ls.comment)
     return changes
@@ -424,7 +462,9 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
         }
         if lease.pool is not None:
             entry["pool"] = lease.pool
-        else:
+        if lease.pool is None or sorted(lease.nodes) != sorted(pools.get(lease.pool, ())):
+            # The pool changed since the lease took its nodes (`pool add/remove`): the lease
+            # still holds what it took, so say which, or applying the export would change it.
             entry["nodes"] = list(lease.nodes)
         optional: dict[str, Any] = {
             "term_days": lt.term_days,

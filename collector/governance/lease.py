@@ -10,8 +10,11 @@ zones: a lease in Asia/Tokyo starts nine hours before the same dates in UTC.
 The rules, as a lawyer would read them:
 
 * **Duration** is in days. Months and years are converted once, when the lease is written,
-  by :func:`add_months` from the start date: a month from Jan 31 is Feb 28 (Feb 29 in a leap
-  year), never Mar 3; a year from Feb 29 is Feb 28. Days are calendar days, so leap days count
+  from the start date, to the day before the same day of the later month (a month from
+  Jan 15 runs to Feb 14 inclusive), and when that month has no such day, to its last day: a
+  month from Jan 31 runs to Feb 28 inclusive (Feb 29 in a leap year), never into March; a
+  year from Feb 29 runs to Feb 28 (BGB §188(3), the common-law corresponding-date rule).
+  Days are calendar days, so leap days count
   (a 365-day lease from 2028-01-01 ends 2028-12-31, one day short of the calendar year).
 * **Notice** given on day ``d`` (a date in the lease's zone) with a notice period of ``n``
   days takes effect at ``d + n``: the lease ends then (exclusive), or at the contractual
@@ -170,7 +173,7 @@ def parse_date(text: str, *, field: str = "date") -> dt.date:
 
 def parse_days(text: str, start: dt.date, *, field: str = "duration") -> int:
     """A length in days: ``180``, ``180d``, ``26w``, ``6m`` or ``1y`` (months and years from
-    ``start`` by :func:`add_months`, so ``6m`` from Jan 31 ends on Jul 31)."""
+    ``start``: ``6m`` from Jan 31 runs to Jul 30 inclusive, ``1m`` from Jan 31 to Feb 28)."""
     m = _DAYS.match(text)
     if m is None:
         raise LeaseError(f"{field} {text!r} is not a length: write e.g. 180d, 26w, 6m or 1y")
@@ -181,7 +184,10 @@ def parse_days(text: str, start: dt.date, *, field: str = "duration") -> int:
         return 7 * n
     months = n if unit == "m" else 12 * n
     try:
-        return (add_months(start, months) - start).days
+        end = add_months(start, months)
+        if end.day < start.day:  # clamped: that month has no such day, so it runs to its end
+            end += dt.timedelta(days=1)
+        return (end - start).days
     except (ValueError, OverflowError):
         raise LeaseError(f"{field} {text!r} runs past the calendar (year 9999)") from None
 
@@ -241,7 +247,13 @@ def cancel(terms: LeaseTerms, on: dt.date) -> LeaseTerms:
     if terms.notice_given is not None:
         raise LeaseError(f"notice was already given on {terms.notice_given.isoformat()}")
     if status(terms, on) == "expired":
-        raise LeaseError("the lease has already expired: there is nothing to cancel")
+        end = effective_end(terms)
+        last = (
+            "" if end is None else f" (its last day is {(end - dt.timedelta(days=1)).isoformat()})"
+        )
+        raise LeaseError(
+            f"the lease has ended by {on.isoformat()}{last}: there is nothing to cancel"
+        )
     return replace(terms, notice_given=on)
 
 

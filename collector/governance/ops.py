@@ -25,6 +25,7 @@ from collector.governance.lease import (
     renew,
     today_in,
 )
+from collector.governance.pattern import POOL_NAME_RE, validate_pool_name
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 from shared.errors import ConfigError
@@ -40,6 +41,7 @@ __all__ = [
     "find_lease",
     "lease_admission",
     "overlapping",
+    "validate_tenant_name",
 ]
 
 
@@ -55,6 +57,17 @@ class LeaseRequest:
     force_reason: str | None = None
     """Set: add it even beyond the tenant's quota, and record why."""
     comment: str = ""
+
+
+def validate_tenant_name(name: str, *, what: str = "tenant", field: str = "--tenant") -> str:
+    """``name`` if it can name a tenant (or cohort): the rule of pool names."""
+    if not POOL_NAME_RE.match(name):
+        raise ConfigError(
+            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit",
+            field=field,
+        )
+    return name
 
 
 def overlapping(
@@ -97,15 +110,29 @@ def add_lease(
     w: GovernanceWriter,
     req: LeaseRequest,
     hardware: Mapping[str, tuple[int, float]],
+    gov: Governance | None = None,
 ) -> tuple[int, Admission | None]:
-    """Check and store ``req``; its id and the quota answer it was admitted with."""
+    """Check and store ``req``; its id and the quota answer it was admitted with.
+
+    ``gov``: the transaction's state when the caller keeps it across many adds (``collector
+    apply``: reloading it per lease made a 2,000-lease file quadratic); the new lease is
+    appended to it.
+    """
     for node in req.nodes:
         if not NODE_ID_RE.match(node):
             raise ConfigError(
                 f"node name {node!r} is not a node id (letters, digits, . _ -, at most 63)",
                 field="--nodes",
             )
-    gov = w.state()
+    validate_tenant_name(req.tenant)
+    if req.name.isdigit() or not req.name.strip() or not req.name.isprintable():
+        raise ConfigError(
+            f"lease name {req.name!r} must be printable text and not a number (a number "
+            "reads as a lease id in `lease show|cancel|extend|renew`)",
+            field="--name",
+        )
+    _check_known(w, req.nodes)
+    gov = w.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
     nodes = list(req.nodes)
@@ -115,6 +142,7 @@ def add_lease(
                 "`free` is every node in no pool: lease named nodes (--nodes) or a pool",
                 field="--pool",
             )
+        validate_pool_name(req.pool, field="--pool")
         if nodes:
             elsewhere = w.pools_of(nodes)
             moved = sorted((n, p) for n, p in elsewhere.items() if p != req.pool)
@@ -169,7 +197,42 @@ def add_lease(
         force_reason=req.force_reason if forced else None,
         comment=req.comment,
     )
+    gov.tenants.setdefault(req.tenant, None)
+    gov.priorities.setdefault(req.tenant, 0)
+    gov.leases.append(
+        Lease(
+            id=lease_id,
+            name=req.name,
+            tenant=req.tenant,
+            pool=req.pool,
+            nodes=tuple(dict.fromkeys(nodes)),
+            terms=req.terms,
+            forced=forced,
+            force_reason=req.force_reason if forced else None,
+            comment=req.comment,
+        )
+    )
     return lease_id, admission
+
+
+def _check_known(w: GovernanceWriter, nodes: Sequence[str]) -> None:
+    """Named nodes must be known (an agent's or a declared inventory), as `pool create`
+    requires: a typo leased a node that does not exist, with 0 GPUs against the quota."""
+    if not nodes:
+        return
+    declared = w.fetchall(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'declared_inventories'"
+    )
+    for node in dict.fromkeys(nodes):
+        if w.fetchall("SELECT 1 FROM nodes WHERE node = ?", (node,)) or (
+            declared and w.fetchall("SELECT 1 FROM declared_inventories WHERE node = ?", (node,))
+        ):
+            continue
+        raise ConfigError(
+            f"unknown node {node!r}: no agent or declared inventory (see `collector "
+            "inventory`; `collector inventory import` declares nodes not booted yet)",
+            field="--nodes",
+        )
 
 
 def change_lease(

@@ -31,10 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["RESOURCES", "Admission", "Figures", "Quota", "QuotaTree"]
+__all__ = ["MAX_QUOTA", "RESOURCES", "Admission", "Figures", "Quota", "QuotaTree"]
 
 RESOURCES: Final = ("gpus", "power_kw", "gpu_hours")
 """The resources a quota can bound: GPUs, live power in kW, GPU-hours per period."""
+MAX_QUOTA: Final = 1e12
+"""Largest quota or limit a command accepts: sums over a cohort stay finite (two tenants
+at 1e308 made `available` infinite and `--json` print `Infinity`, which is not JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,9 @@ USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
 _BUSY_TIMEOUT_S: Final = 5.0
+LOCK_BUDGET_S: Final = 3.0
+"""Longest a command may hold the write lock: the collector's own writes wait at most 5 s
+for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
 _NO_TABLE: Final = (
     "has no leases table yet: start this version's `collector run` once to migrate it"
 )
@@ -76,8 +79,9 @@ def _governance(rows: dict[str, list[Any]]) -> Governance:
         return _parse(rows)
     except (ValueError, TypeError, IndexError) as exc:
         raise StoreError(
-            f"unreadable governance row ({exc}): fix it with `collector lease|quota|apply`, "
-            "or `collector export`, correct the file and apply it",
+            f"unreadable governance row, {exc}: no command reads the governance state while "
+            "it is there; correct or delete that row with sqlite3 (the collector keeps its "
+            "last good state meanwhile)",
             fatal=False,
         ) from None
 
@@ -87,12 +91,23 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
     g.cohorts = {r[0] for r in rows["cohorts"]}
-    g.cohort_quotas = {(r[0], r[1]): float(r[2]) for r in rows["cohort_quotas"]}
-    for r in rows["tenants"]:
-        g.tenants[r[0]] = r[1]
-        g.priorities[r[0]] = int(r[2])
-    for r in rows["quotas"]:
-        g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
+    r: Any = None
+    try:
+        for r in rows["cohort_quotas"]:
+            g.cohort_quotas[(r[0], r[1])] = float(r[2])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}", exc) from None
+    try:
+        for r in rows["tenants"]:
+            g.tenants[r[0]] = r[1]
+            g.priorities[r[0]] = int(r[2])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("tenants", f"name = {r[0]!r}", exc) from None
+    try:
+        for r in rows["quotas"]:
+            g.quotas[(r[0], r[1])] = TenantQuota(Quota(r[2], r[3], r[4]), r[5])
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad("quotas", f"tenant = {r[0]!r} AND resource = {r[1]!r}", exc) from None
     nodes: dict[int, list[str]] = {}
     for r in rows["lease_nodes"]:
         nodes.setdefault(int(r[0]), []).append(r[1])
@@ -100,7 +115,7 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
         try:
             terms = _terms(r)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"lease {r[1]!r}: {exc}") from None
+            raise _bad("leases", f"id = {r[0]!r} (lease {r[1]!r})", exc) from None
         g.leases.append(
             Lease(
                 id=int(r[0]),
@@ -115,6 +130,11 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
             )
         )
     return g
+
+
+def _bad(table: str, where: str, exc: Exception) -> ValueError:
+    """Name the row (table and key) a bad value came from, so it can be found and fixed."""
+    return ValueError(f"{table} row WHERE {where}: {exc}")
 
 
 def _terms(r: Any) -> LeaseTerms:
@@ -178,9 +198,13 @@ class GovernanceWriter:
     governance generation moves only with a commit.
     """
 
-    def __init__(self, path: Path, *, now: float | None = None) -> None:
+    def __init__(
+        self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
+    ) -> None:
         self.path = path
         self.now = time.time() if now is None else now
+        self.lock_budget_s = lock_budget_s
+        self._locked_at = 0.0
         self._conn: sqlite3.Connection | None = None
         self._discard = False
 
@@ -200,6 +224,7 @@ class GovernanceWriter:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
         self._conn = conn
+        self._locked_at = time.monotonic()
         return self
 
     def __exit__(
@@ -243,6 +268,12 @@ class GovernanceWriter:
         """Run one statement inside the transaction."""
         if self._conn is None:
             raise StoreError("governance writer is not open: use `with GovernanceWriter(path)`")
+        if time.monotonic() - self._locked_at > self.lock_budget_s:
+            raise StoreError(
+                f"this change held the database's write lock for over {self.lock_budget_s:g} s "
+                "(a running collector stops after waiting 5 s for it), so nothing was changed: "
+                "apply it in smaller parts"
+            )
         return self._execute_on(self._conn, sql, params)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:

@@ -177,3 +177,78 @@ async def test_a_leased_pool_grown_by_the_file_grows_its_lease(tmp_path: Path) -
     assert "cannot join" in err
     code, out, _ = cli("lease", "show", "acme-2041", "--db", db, "--json")
     assert sorted(json.loads(out)["nodes"]) == ["n1", "n2", "n4"]
+
+
+async def test_export_round_trips_a_pool_lease_whose_pool_changed(tmp_path: Path) -> None:
+    """A node removed from a leased pool leaves the lease (a lease of a pool follows the
+    pool); the export says what the store holds, and applying it changes nothing."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "px",
+                       "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, _, err = cli("pool", "remove", "px", "n1", "--db", db)
+    assert code == 0, err
+    code, exported, _ = cli("export", "--db", db)
+    assert code == 0
+    code, out, err = cli("apply", "--db", db, "-f", _file(tmp_path, exported, "exported.toml"))
+    assert (code, err) == (0, "")
+    assert out.startswith("nothing to change"), out
+    code, out, _ = cli("lease", "show", "x-2041-06-01", "--db", db, "--json")
+    assert json.loads(out)["nodes"] == []
+
+
+async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
+    """apply, lease add and quota set refuse the tenant, cohort and pool names that `pool
+    create` refuses (they used to store '', 'a b' or a control character)."""
+    db = str(await make_store(tmp_path, NODES))
+    files = {
+        '[tenants.""]\npriority = 1\n': 'tenants.: tenant name ""',
+        '[tenants."a b"]\npriority = 1\n': "tenants.a b: tenant name 'a b'",
+        '[tenants.t]\ncohort = "c\\u0007"\n': "tenants.t.cohort: cohort name",
+        '[pools."a b"]\nnodes = ["n1"]\n': "pools.a b: pool name 'a b'",
+        '[pools.FREE]\nnodes = ["n1"]\n': "pools.FREE: 'free' is the implicit pool",
+        '[pools.import]\nnodes = ["n1"]\n': "pools.import: 'import' is a word",
+    }
+    for i, (text, expected) in enumerate(files.items()):
+        code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, text, f"n{i}.toml"))
+        assert code == 2, text
+        assert expected.replace('""', "''") in err, err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "t", "--pool", "a b",
+                       "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "pool name 'a b'" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", " ", "--nodes", "n1",
+                       "--start", "2041-06-01")  # fmt: skip
+    assert code == 2
+    assert "tenant name ' '" in err
+    code, _, err = cli("quota", "set", "", "--nominal", "1", "--db", db)
+    assert code == 2
+    assert "tenant name ''" in err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
+
+
+async def test_leases_of_one_file_see_each_other(tmp_path: Path) -> None:
+    """apply keeps one state across the file's leases (no reload per lease): a second lease
+    of the same node at the same time is still refused, and nothing is written."""
+    db = str(await make_store(tmp_path, NODES))
+    text = (
+        '[leases.first]\ntenant = "a"\nnodes = ["n1"]\nstart = 2041-01-01\n\n'
+        '[leases.second]\ntenant = "b"\nnodes = ["n2", "n1"]\nstart = 2041-03-01\n'
+    )
+    code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, text))
+    assert code == 2
+    assert "leases.second: node n1 is already in lease 'first'" in err, err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
+
+
+async def test_a_file_over_32_mib_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """`-f /dev/zero` or a runaway generator: one line, exit 2 (it was read into memory)."""
+    db = str(await make_store(tmp_path, NODES))
+    big = tmp_path / "huge.toml"
+    with big.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    code, _, err = cli("apply", "--db", db, "-f", str(big))
+    assert (code, err.count("\n")) == (2, 1)
+    assert "is larger than 32 MiB" in err, err

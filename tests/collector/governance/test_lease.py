@@ -60,9 +60,14 @@ def test_add_months_clamps_to_the_month_end(start: D, months: int, expected: D) 
 
 
 def test_parse_days_converts_months_from_the_start() -> None:
-    """6m from Jan 31 lasts to Jul 31; 1y from a leap day to Feb 28; weeks and bare days."""
+    """6m from Jan 31 lasts to Jul 30 inclusive; 1m from Jan 31 and 1y from a leap day to the
+    last day of February inclusive (it used to stop a day short, on Feb 27); weeks, days."""
     assert parse_days("6m", D(2026, 1, 31)) == (D(2026, 7, 31) - D(2026, 1, 31)).days
-    assert parse_days("1y", D(2028, 2, 29)) == 365
+    assert parse_days("1y", D(2028, 2, 29)) == (D(2029, 3, 1) - D(2028, 2, 29)).days
+    assert parse_days("1m", D(2026, 1, 31)) == (D(2026, 3, 1) - D(2026, 1, 31)).days
+    assert parse_days("1m", D(2028, 1, 30)) == (D(2028, 3, 1) - D(2028, 1, 30)).days
+    assert parse_days("1m", D(2026, 3, 31)) == (D(2026, 5, 1) - D(2026, 3, 31)).days
+    assert parse_days("1m", D(2026, 2, 28)) == 28
     assert parse_days("1y", D(2028, 1, 1)) == 366
     assert parse_days("26w", D(2026, 1, 1)) == 182
     assert parse_days("180", D(2026, 1, 1)) == 180
@@ -117,7 +122,7 @@ def test_renewing_lease_rolls_over_and_its_deadline_moves() -> None:
 def test_cancel_twice_or_after_expiry_is_refused() -> None:
     """Notice can be given once, and not on an expired lease."""
     t = LeaseTerms(D(2026, 1, 1), 10)
-    with pytest.raises(LeaseError, match="already expired"):
+    with pytest.raises(LeaseError, match="ended by 2026-02-01 \\(its last day is 2026-01-10\\)"):
         cancel(t, D(2026, 2, 1))
     c = cancel(t, D(2026, 1, 2))
     with pytest.raises(LeaseError, match="already given on 2026-01-02"):

@@ -136,3 +136,45 @@ async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
     assert "cannot extend lease 'first': node n1 is leased from 2041-02-01 by lease 'second'" in err
     code, _, err = cli("lease", "renew", "first", "--db", db)
     assert (code, "by lease 'second'" in err) == (2, True)
+
+
+async def test_a_node_no_inventory_knows_is_refused(tmp_path: Path) -> None:
+    """A typo in --nodes (or a cluster.toml lease) is refused as `pool create` refuses it; it
+    used to lease a node that does not exist, counted as 0 GPUs against the quota."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1,n11",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "unknown node 'n11': no agent or declared inventory" in err
+    toml = tmp_path / "c.toml"
+    toml.write_text('[leases.l]\ntenant = "acme"\nnodes = ["n12"]\nstart = 2041-01-01\n')
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert (code, "leases.l: unknown node 'n12'" in err) == (2, True)
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert json.loads(out) == {"leases": []}
+
+
+async def test_a_lease_name_that_reads_as_an_id_is_refused(tmp_path: Path) -> None:
+    """`--name 1` on a second lease made `lease cancel 1` ambiguous (id 1 or the one named
+    1); a number, a blank or a control character is refused."""
+    db = str(await make_store(tmp_path, {"n1": 8, "n2": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    for name in ("1", " ", "a\x1b[2Jb"):
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n2",
+                           "--start", "2041-01-01", "--name", name)  # fmt: skip
+        assert (code, err.count("\n")) == (2, 1), name
+        assert "must be printable text and not a number" in err
+
+
+async def test_lease_show_escapes_the_comment(tmp_path: Path) -> None:
+    """A comment holding terminal escapes is shown escaped (it reached the terminal raw)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--comment", "x\x1b]0;pwned\x07")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "show", "a-2041-01-01", "--db", db)
+    assert code == 0
+    assert "\x1b" not in out
+    assert "x\\x1b]0;pwned\\x07" in out

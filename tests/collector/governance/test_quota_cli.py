@@ -106,7 +106,14 @@ async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
     b_alloc = next(r for r in json.loads(out)["quotas"] if r["basis"] == "allocated")
     assert b_alloc["available"] == 13  # 37 in the cohort - 24 used
     code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "-1")
-    assert (code, "--nominal must be a number >= 0" in err) == (2, True)
+    assert (code, "--nominal must be a number from 0 to 1e+12" in err) == (2, True)
+    # 1e308 twice in a cohort made `available` infinite: `--json` printed Infinity (not JSON)
+    code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "1e308")
+    assert (code, "--nominal must be a number from 0 to 1e+12, got 1e+308" in err) == (2, True)
+    toml = Path(db).parent / "huge.toml"
+    toml.write_text("[tenants.a]\nquota.gpus = { nominal = 1e308 }\n")
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert (code, "tenants.a.quota.gpus.nominal: Input should be less than" in err) == (2, True)
     code, _, err = cli("quota", "show", "nobody", "--db", db)
     assert (code, "no tenant 'nobody'" in err) == (2, True)
 
@@ -163,3 +170,35 @@ async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
     assert json.loads(out)["source"] == "store"
     code, out, _ = cli("quota", "show", "--db", db)
     assert (code, "usage computed from the store's samples at" in out) == (0, True)
+
+
+async def test_a_lending_limit_above_nominal_is_refused(tmp_path: Path) -> None:
+    """Kueue refuses lendingLimit > nominalQuota; so do `quota set` and `apply` (both
+    stored it)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, _, err = cli("quota", "set", "acme", "--nominal", "4", "--lending-limit", "10",
+                       "--db", db)  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "--lending-limit 10 is more than --nominal 4" in err
+    toml = tmp_path / "c.toml"
+    toml.write_text("[tenants.acme]\nquota.gpus = { nominal = 4, lending_limit = 10 }\n")
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
+    assert code == 2
+    assert "tenants.acme.quota.gpus: Value error, lending_limit is more than nominal" in err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out) == {}
+
+
+async def test_quota_set_prints_json_with_json(tmp_path: Path) -> None:
+    """`quota set --json` answers one JSON object (it printed its text line)."""
+    db = str(await make_store(tmp_path, {"n1": 8}))
+    code, out, _ = cli("quota", "set", "acme", "--nominal", "9", "--borrowing-limit", "1",
+                       "--cohort", "research", "--json", "--db", db)  # fmt: skip
+    assert code == 0
+    row = json.loads(out)
+    assert (row["tenant"], row["nominal"], row["borrowing_limit"], row["cohort"]) == (
+        "acme", 9.0, 1.0, "research",
+    )  # fmt: skip
+    code, out, _ = cli("quota", "set", "--cohort", "research", "--nominal", "12", "--json",
+                       "--db", db)  # fmt: skip
+    assert (json.loads(out)["cohort"], json.loads(out)["nominal"]) == ("research", 12.0)

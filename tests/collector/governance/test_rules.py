@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -158,9 +159,43 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
         await job(store)
         with GovernanceWriter(db, now=clock.time()) as w:
             w.execute("UPDATE leases SET tz = 'Mars/Olympus'")
-        with pytest.raises(StoreError, match="lease 'a1': unknown time zone") as info:
+        with pytest.raises(StoreError, match=r"lease 'a1'\): unknown time zone") as info:
             await job(store)
         assert info.value.fatal is False
         assert [lease.name for lease in job.view.gov.leases] == ["a1"]
     code, _, err = cli("lease", "list", "--db", str(db))
     assert (code, err.count("\n"), "unreadable governance row" in err) == (2, 1, True)
+
+
+async def test_a_bad_quota_row_is_named_so_it_can_be_fixed(tmp_path: Path) -> None:
+    """Text in a quota's number column: the one line names the table and the row's key (it
+    used to say only "'>=' not supported" and send the user to commands that all fail)."""
+    db = tmp_path / "capwatch.db"
+    async with Store(db):
+        pass
+    with GovernanceWriter(db) as w:
+        w.put_quota("acme", "gpus", Quota(9.0))
+        w.execute("UPDATE quotas SET nominal = 'lots'")
+    code, _, err = cli("quota", "show", "--db", str(db))
+    assert (code, err.count("\n")) == (2, 1)
+    assert "quotas row WHERE tenant = 'acme' AND resource = 'gpus'" in err, err
+    assert "sqlite3" in err
+
+
+async def test_a_writer_past_its_lock_budget_changes_nothing(tmp_path: Path) -> None:
+    """A change that holds the write lock longer than its budget is refused and rolled back
+    (a running collector stops after 5 s waiting for the lock: a 2,000-lease apply held it
+    for minutes and killed it); the lock is free again afterwards."""
+    db = tmp_path / "capwatch.db"
+    async with Store(db):
+        pass
+    with (
+        pytest.raises(StoreError, match="held the database's write lock for over 0 s"),
+        GovernanceWriter(db, lock_budget_s=0.0) as w,
+    ):
+        w.put_quota("acme", "gpus", Quota(9.0))
+    with GovernanceWriter(db, lock_budget_s=60.0) as w:
+        assert w.state().quotas == {}
+        w.put_quota("acme", "gpus", Quota(9.0))
+    code, out, _ = cli("export", "--db", str(db), "--json")
+    assert (code, json.loads(out)["tenants"]["acme"]["quota"]["gpus"]["nominal"]) == (0, 9.0)
