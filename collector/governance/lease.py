@@ -218,8 +218,8 @@ def effective_end(terms: LeaseTerms) -> dt.date | None:
 def status(terms: LeaseTerms, today: dt.date) -> LeaseStatus:
     """``pending``, ``active``, ``notice_given`` or ``expired`` on ``today`` (lease's zone)."""
     end = effective_end(terms)
-    if end is not None and today >= end:
-        return "expired"
+    if end is not None and (today >= end or end <= terms.start):
+        return "expired"  # ended, or cancelled so early that it never runs
     if today < terms.start:
         return "pending"
     return "notice_given" if terms.notice_given is not None else "active"

@@ -86,6 +86,16 @@ def test_cancel_ends_at_notice_plus_period() -> None:
     assert status(t, D(2026, 5, 2)) == "expired"
 
 
+def test_a_lease_cancelled_so_early_that_it_never_runs_is_expired() -> None:
+    """Notice 60 days before a start, 30 days' notice: it ends before it starts, so it is
+    expired at once, not pending until a start it will never have."""
+    t = cancel(LeaseTerms(D(2026, 6, 1), 180, notice_days=30), D(2026, 4, 1))
+    assert effective_end(t) == D(2026, 6, 1)  # notice + period is May 1: it ends at its start
+    assert status(t, D(2026, 4, 1)) == "expired"
+    kept = cancel(LeaseTerms(D(2026, 6, 1), 180, notice_days=90), D(2026, 4, 1))
+    assert status(kept, D(2026, 4, 1)) == "pending"  # ends Jun 30: runs a month
+
+
 def test_cancel_respects_the_contractual_minimum() -> None:
     """With a 120-day minimum, notice on day 1 still runs to day 120."""
     t = cancel(LeaseTerms(D(2026, 1, 1), 180, notice_days=30, min_days=120), D(2026, 1, 1))
