@@ -36,6 +36,7 @@ from collector.store.governance import (
     usage_snapshot_async,
 )
 from shared.clock import Clock
+from shared.errors import StoreError
 from shared.logging import get_logger
 from shared.schema import Inventory, Sample
 
@@ -132,6 +133,8 @@ class GovernanceJob:
         self.view = GovernanceView()
         self.loads = 0
         """How many times the state was (re)loaded from the store (tests wait on it)."""
+        self.unreadable = 0
+        """How many store changes left the state unreadable (a hand-edited row)."""
         self._live = live
         self._clock = clock
         self._busy = busy_util_pct
@@ -154,7 +157,18 @@ class GovernanceJob:
         self.interval_s = self._interval_s
         generation = await generation_async(store.fetchall)
         if generation != self._generation:
-            self.view.gov = await load_governance_async(store.fetchall)
+            try:
+                loaded = await load_governance_async(store.fetchall)
+            except StoreError as exc:
+                if exc.fatal:
+                    raise
+                # A row a command did not write (edited by hand): said once per change of
+                # the store, not at every evaluation; the last good state stays in force.
+                self._generation = generation
+                self.unreadable += 1
+                log.error("governance_unreadable", error=str(exc), kept="the last good state")
+                loaded = self.view.gov
+            self.view.gov = loaded
             self._generation = generation
             self.loads += 1
             log.info(
