@@ -11,14 +11,17 @@ import aiomqtt
 import msgspec
 import pytest
 
+from agent.service import AgentService, build_sampler
+from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorSettings
-from shared.clock import Clock
+from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
 from shared.topics import sample_topic
+from tests.helpers import wait_until
 
 
 def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
@@ -88,3 +91,23 @@ class HotGpuNode:
         payload = encode(msgspec.structs.replace(sample, gpus=gpus))
         async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="hot") as client:
             await client.publish(sample_topic(self.node), payload, qos=1)
+
+
+@pytest.fixture
+async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentService]:
+    """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
+    settings = AgentSettings(
+        node_id="metrics-node-1",
+        interval_s=1.0,
+        gpu_backend="fake",
+        fake_gpus=2,
+        mqtt=fast_mqtt(mosquitto),
+        metrics_listen="127.0.0.1:0",
+    )
+    service = AgentService(settings, build_sampler(settings, SystemClock()))
+    task = asyncio.create_task(service.run(), name="agent-under-test")
+    await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
+    yield service
+    service.stop()
+    async with asyncio.timeout(20):
+        await task

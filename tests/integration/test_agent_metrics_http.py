@@ -4,7 +4,6 @@ real broker that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,26 +15,6 @@ from shared.clock import SystemClock
 from shared.errors import ConfigError
 from tests.helpers import wait_until
 from tests.integration.conftest import fast_mqtt
-
-
-@pytest.fixture
-async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentService]:
-    """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
-    settings = AgentSettings(
-        node_id="metrics-node-1",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=2,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-    )
-    service = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(service.run(), name="agent-under-test")
-    await wait_until(lambda: service.metrics_port is not None, what="metrics server")
-    yield service
-    service.stop()
-    async with asyncio.timeout(20):
-        await task
 
 
 async def _get(port: int | None, path: str) -> httpx.Response:

@@ -7,20 +7,18 @@ import asyncio
 import json
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from agent.service import AgentService, build_sampler
-from agent.settings import AgentSettings
+from agent.service import AgentService
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
-from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,26 +44,6 @@ async def collector(collector_runner: CollectorRunner) -> Collector:
     c = await collector_runner.start()
     await wait_until(lambda: c.metrics is not None and c.metrics.port is not None, what="port")
     return c
-
-
-@pytest.fixture
-async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentService]:
-    """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
-    settings = AgentSettings(
-        node_id="prom-node-1",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=2,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-    )
-    service = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(service.run(), name="agent-under-test")
-    await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
-    yield service
-    service.stop()
-    async with asyncio.timeout(20):
-        await task
 
 
 class PrometheusProcess:
