@@ -201,9 +201,7 @@ def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | 
     (home / "alertmanager.yml").write_text(
         "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n"
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     proc = subprocess.Popen(
         [
             binary,

@@ -166,26 +166,22 @@ class AlertJob:
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )
-        if not (transitions or flushes or logged or gone):
-            self.evaluated_at = now
-            if self._push is not None:
-                self._push(firing, resolved, now)
-            return
-        outbox = [n for f in flushes for n in self._notifications(f, now)]
-        groups = [
-            GroupLog(key, json.dumps(sorted(n.firing)), json.dumps(sorted(n.resolved)), n.at)
-            for key, n in logged.items()
-        ]
-        entries = await store.write_alerts(
-            [_change(t) for t in transitions],
-            self._keep_history_s,
-            outbox,
-            now,
-            groups=groups,
-            forget_groups=gone,
-        )
-        if entries and self._notify is not None:
-            self._notify(entries)  # committed: now the delivery may send them
+        if transitions or flushes or logged or gone:
+            outbox = [n for f in flushes for n in self._notifications(f, now)]
+            groups = [
+                GroupLog(key, json.dumps(sorted(n.firing)), json.dumps(sorted(n.resolved)), n.at)
+                for key, n in logged.items()
+            ]
+            entries = await store.write_alerts(
+                [_change(t) for t in transitions],
+                self._keep_history_s,
+                outbox,
+                now,
+                groups=groups,
+                forget_groups=gone,
+            )
+            if entries and self._notify is not None:
+                self._notify(entries)  # committed: now the delivery may send them
         if self._push is not None:
             self._push(firing, resolved, now)
         self.evaluated_at = now

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.collector.alerts.receiver import free_port
 
 _CONFIG = """\
 route:
@@ -40,12 +41,6 @@ def find_alertmanager() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def running_alertmanager(tmp_path: Path) -> Iterator[str]:
     """Run Alertmanager until the context ends; yield its base URL."""
@@ -57,7 +52,7 @@ def running_alertmanager(tmp_path: Path) -> Iterator[str]:
     home = tmp_path / "alertmanager"
     home.mkdir()
     (home / "alertmanager.yml").write_text(_CONFIG)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (home / "log").open("wb")
     proc = subprocess.Popen(
