@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Sequence
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.cli import main as collector_main
 from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.schema import CpuPackage, GpuInfo, Inventory, NicInfo, encode
+from tests.collector.governance.fleet import cli
 
 __all__ = ["Spec", "cli", "inventory", "make_store"]
 
@@ -94,11 +92,3 @@ async def make_store(tmp_path: Path, specs: Sequence[Spec], name: str = "capwatc
     async with Store(db, compress=False) as store:
         await store.write_batch(rows, updates, new_nodes=[s.node for s in specs])
     return db
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """Run ``collector ARGS``: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = collector_main(list(args))
-    return code, out.getvalue(), err.getvalue()

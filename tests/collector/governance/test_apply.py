@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tests.collector.governance.fleet import cli, make_store
 from tests.collector.governance.hw_fleet import Spec
-from tests.collector.governance.hw_fleet import cli as hw_cli
 from tests.collector.governance.hw_fleet import make_store as make_hw_store
 
 NODES = {"n1": 8, "n2": 8, "n3": 4, "n4": 4}
@@ -143,16 +142,16 @@ async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
     db = str(await make_hw_store(tmp_path, specs))
     toml = tmp_path / "cluster.toml"
     toml.write_text('[pools.named]\nnodes = ["x1001c0s0b0n0"]\n[pools.zinal]\npattern = "a100:8"\n')
-    code, out, err = hw_cli("apply", "--db", db, "-f", str(toml))
+    code, out, err = cli("apply", "--db", db, "-f", str(toml))
     assert (code, err) == (0, "")
     pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
     assert pools == {"x1001c0s0b0n0": "named", "x1001c0s1b0n0": "zinal"}
-    code, out, _ = hw_cli("apply", "--db", db, "-f", str(toml))
+    code, out, _ = cli("apply", "--db", db, "-f", str(toml))
     assert (code, out.splitlines()[0]) == (0, "nothing to change: the store already says "
                                               "what the file says")  # fmt: skip
 
     toml.write_text('[pools.zinal]\npattern = "a100:64"\n')
-    code, _, err = hw_cli("apply", "--db", db, "-f", str(toml))
+    code, _, err = cli("apply", "--db", db, "-f", str(toml))
     assert code == 2
     assert err.count("\n") == 1
     assert "a100" in err
