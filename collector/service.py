@@ -43,7 +43,14 @@ from collector.capacity.job import CapacityJob
 from collector.capacity.rules import CapacityRuleSettings, capacity_rules
 from collector.governance.job import GovernanceJob
 from collector.governance.rules import governance_rules
-from collector.ingest.reader import Connect, Reader, Subscriber, WriterItem
+from collector.ingest.reader import (
+    FILTERS_META_KEY,
+    Connect,
+    FilterState,
+    Reader,
+    Subscriber,
+    WriterItem,
+)
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer
 from collector.live import LiveView
@@ -164,6 +171,7 @@ class Collector:
             s.db_path, compress=s.compress_payloads, synchronous=s.sqlite_synchronous
         ) as store:
             had_session = await store.meta("mqtt_session") == session_key
+            held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
             # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
             # (the subscriber pauses there), so this bounds what waits in memory to about
             # queue_max messages and queue_max_bytes.
@@ -179,6 +187,7 @@ class Collector:
                 topics=SUBSCRIPTIONS,
                 session_key=session_key,
                 had_session=had_session,
+                held=held,
                 stop=self._stop,
                 connected=self.connected,
                 reconnect_min_s=s.mqtt.reconnect_min_s,

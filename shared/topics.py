@@ -8,6 +8,7 @@ from typing import Final
 from shared.errors import ConfigError
 
 __all__ = [
+    "LEGACY_SUBSCRIPTIONS",
     "NODE_ID_RE",
     "PREFIX",
     "SUBSCRIPTIONS",
@@ -22,8 +23,24 @@ PREFIX: Final = "capwatch/v1/nodes"
 NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 r"""A node id: one safe topic level. ``\Z``, not ``$``: ``$`` also matches before a final
 newline, so ``"n1\n"`` would pass. Equal to :data:`shared.schema.NODE_ID_PATTERN`."""
-#: What the collector subscribes to.
-SUBSCRIPTIONS: Final = (f"{PREFIX}/+/sample", f"{PREFIX}/+/inventory", f"{PREFIX}/+/status")
+SUBSCRIPTIONS: Final = (f"{PREFIX}/#",)
+"""What the collector subscribes to: one filter for every message kind.
+
+One filter, not one per kind: NATS serves each subscription of an MQTT session from its own
+JetStream consumer (each allowed ``max_ack_pending`` = 1,024 unacknowledged messages) but caps
+the whole session at the same 1,024 pending; a message a consumer delivers past the session's
+cap is not sent and comes back only after the consumer's AckWait (30 s). With three filters,
+a resumed session's backlog lost its middle for 30 s (nats-server ``server/mqtt.go``,
+``trackPending``/``trackPublish``: "We have reached max pending, don't send the message now").
+With one filter the consumer's own limit is reached first. Topics of unknown kinds are
+rejected and quarantined by the ingestor like any bad message.
+"""
+LEGACY_SUBSCRIPTIONS: Final = (
+    f"{PREFIX}/+/sample",
+    f"{PREFIX}/+/inventory",
+    f"{PREFIX}/+/status",
+)
+"""The filters of a session made by earlier collectors (one per kind): retired on upgrade."""
 
 
 def validate_node_id(node: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,10 +33,14 @@ from collector.ingest.validate import Ingestor, Item
 from collector.store.alerts import OutboxReport
 from shared.errors import MqttConnectError, MqttWireError
 from shared.logging import get_logger
+from shared.topics import LEGACY_SUBSCRIPTIONS
 
 __all__ = [
+    "FILTERS_META_KEY",
+    "RETIRE_AFTER_S",
     "Acker",
     "Connect",
+    "FilterState",
     "MetaItem",
     "Reader",
     "StopUnit",
@@ -68,6 +73,8 @@ class Subscriber(Protocol):
 
     async def subscribe(self, topics: Sequence[tuple[str, int]]) -> list[int]: ...
 
+    async def unsubscribe(self, topics: Sequence[str]) -> None: ...
+
     async def next_batch(self) -> list[Message]: ...
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
@@ -77,6 +84,40 @@ class Acker(Protocol):
     """Where a unit's acknowledgements go: the connection its messages came on."""
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
+
+
+FILTERS_META_KEY: Final = "mqtt_filters"
+"""``meta`` key of the topic filters the broker's session holds (:class:`FilterState`)."""
+RETIRE_AFTER_S: Final = 300.0
+"""How long after adding new filters the reader may unsubscribe the ones they replace."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterState:
+    """The topic filters the broker holds for the collector's session, and since when.
+
+    ``since`` is the wall-clock time the last filter was added (``None``: unknown).
+    """
+
+    filters: tuple[str, ...]
+    since: float | None
+
+    def to_json(self) -> str:
+        """The ``meta`` value."""
+        return json.dumps({"filters": list(self.filters), "since": self.since})
+
+    @classmethod
+    def from_json(cls, value: str | None) -> FilterState | None:
+        """Read the ``meta`` value; ``None`` if absent or unreadable (treated as legacy)."""
+        if value is None:
+            return None
+        try:
+            raw = json.loads(value)
+            filters = tuple(str(f) for f in raw["filters"])
+            since = raw["since"]
+            return cls(filters, None if since is None else float(since))
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 Connect = Callable[[], Subscriber]
@@ -126,6 +167,7 @@ class Reader:
         topics: Sequence[str],
         session_key: str,
         had_session: bool,
+        held: FilterState | None = None,
         stop: asyncio.Event,
         connected: asyncio.Event,
         reconnect_min_s: float = 0.5,
@@ -137,6 +179,7 @@ class Reader:
         self._topics = list(topics)
         self._session_key = session_key
         self._expect_session = had_session
+        self._held = held if had_session else None
         self._stop = stop
         self.connected = connected
         """Set while subscribed (tests and the demo wait on it)."""
@@ -208,6 +251,7 @@ class Reader:
             # A resumed session keeps its subscriptions. Subscribing again would make the
             # broker resend every retained inventory and status (two per node) each restart.
             log.info("mqtt_session_resumed", session=self._session_key)
+            await self._update_filters(sub)
         else:
             if self._expect_session:
                 self.counters["mqtt_sessions_lost"] += 1
@@ -221,10 +265,46 @@ class Reader:
                 )
             await sub.subscribe([(t, 1) for t in self._topics])
             log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
+            await self._remember_filters(FilterState(tuple(self._topics), self._now()))
         if not self._expect_session:  # the first session this database knows of: remember it
             await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
             self._expect_session = True
         self.connected.set()
+
+    async def _update_filters(self, sub: Subscriber) -> None:
+        """Bring a resumed session's filters to ``topics``: add first, retire later.
+
+        A session made by an earlier collector holds :data:`LEGACY_SUBSCRIPTIONS`. The new
+        filters are added at once (messages matching both arrive twice for a while; the
+        store drops the duplicates). The old ones are removed only at a resumed connection
+        :data:`RETIRE_AFTER_S` after that: a broker that keeps a queue per subscription (NATS:
+        one JetStream consumer each) drops an unsubscribed filter's backlog, and by then
+        everything published before the new filter existed has been delivered through the
+        old ones (redeliveries included: NATS' AckWait is 30 s).
+        """
+        held = self._held or FilterState(LEGACY_SUBSCRIPTIONS, None)
+        wanted = self._topics
+        added = [t for t in wanted if t not in held.filters]
+        if added:
+            await sub.subscribe([(t, 1) for t in added])
+            log.info("mqtt_subscriptions_added", added=added, session=self._session_key)
+            await self._remember_filters(FilterState((*held.filters, *added), self._now()))
+            return
+        retired = [t for t in held.filters if t not in wanted]
+        if not retired:
+            return
+        if held.since is not None and self._now() - held.since < RETIRE_AFTER_S:
+            return
+        await sub.unsubscribe(retired)
+        log.info("mqtt_subscriptions_retired", retired=retired, session=self._session_key)
+        await self._remember_filters(FilterState(tuple(wanted), held.since))
+
+    async def _remember_filters(self, state: FilterState) -> None:
+        self._held = state
+        await self._queue.put(Unit(None, [MetaItem(FILTERS_META_KEY, state.to_json())]))
+
+    def _now(self) -> float:
+        return self._ingestor.clock.time()
 
     async def _consume(self, sub: Subscriber) -> None:
         """Ingest reads until stop. Raises MqttWireError when the connection ends."""

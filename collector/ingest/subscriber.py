@@ -20,8 +20,8 @@ collector that crashes between receipt and its SQLite commit loses what it alrea
   backpressure instead of the collector buffering without bound.
 
 Supported: CONNECT (username/password, clean session flag, keepalive), TLS through an
-``ssl.SSLContext``, SUBSCRIBE at QoS 0/1, PUBLISH QoS 0/1 from the broker, PINGREQ/PINGRESP,
-DISCONNECT. Not supported: publishing, unsubscribing, last wills, QoS 2 (a QoS 2 PUBLISH is a
+``ssl.SSLContext``, SUBSCRIBE at QoS 0/1, UNSUBSCRIBE, PUBLISH QoS 0/1 from the broker,
+PINGREQ/PINGRESP, DISCONNECT. Not supported: publishing, last wills, QoS 2 (a QoS 2 PUBLISH is a
 protocol error), MQTT 5, websockets. Error tree (``CapwatchError`` is in :mod:`shared.errors`)::
 
     CapwatchError
@@ -214,7 +214,7 @@ class MqttSubscriber:
                     ssl=tls,
                     server_hostname=self.host if tls is not None else None,
                 )
-                self._write(self._connectencode_packet())
+                self._write(self._connect_packet())
                 session_present, code = await self._connack
         except TimeoutError as exc:  # before OSError: TimeoutError is one
             await self._abort()
@@ -305,23 +305,7 @@ class MqttSubscriber:
                 raise ValueError("an MQTT topic filter cannot be empty")
             body += encode_string(topic, f"topic filter {topic[:40]!r}")
             body.append(qos)
-        loop, _ = self._require_open()
-        packet_id = self._next_packet_id()
-        future: asyncio.Future[list[int]] = loop.create_future()
-        self._subacks[packet_id] = future
-        self._write(encode_packet(0x82, packet_id.to_bytes(2, "big") + body))
-        try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                codes = await future
-        except TimeoutError:
-            error = MqttConnectionLost(
-                f"no SUBACK from {self._where} within {self.connect_timeout_s:g} s; "
-                "connection closed"
-            )
-            self._fail(error)
-            raise error from None
-        finally:
-            self._subacks.pop(packet_id, None)
+        codes = await self._request(0x82, bytes(body), "SUBACK")
         if len(codes) != len(topics) or any(c not in (0, 1, 0x80) for c in codes):
             raise MqttProtocolError(
                 f"SUBACK from {self._where} has return codes {codes} for {len(topics)} filters"
@@ -334,6 +318,17 @@ class MqttSubscriber:
                 refused=refused,
             )
         return codes
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Remove topic filters from the session; wait for the broker's UNSUBACK.
+
+        Raises :class:`MqttConnectionLost` (closing the connection) if no UNSUBACK comes within
+        ``connect_timeout_s``.
+        """
+        if not topics:
+            raise ValueError("unsubscribe() needs at least one topic filter")
+        body = b"".join(encode_string(t, f"topic filter {t[:40]!r}") for t in topics)
+        await self._request(0xA2, body, "UNSUBACK")
 
     async def next_batch(self) -> list[Message]:
         """All messages parsed so far (at least one), in arrival order; waits if none.
@@ -385,6 +380,26 @@ class MqttSubscriber:
 
     # --- internals ------------------------------------------------------------------------
 
+    async def _request(self, first: int, body: bytes, answer: str) -> list[int]:
+        """Send SUBSCRIBE or UNSUBSCRIBE with the next packet id; return the answer's codes."""
+        loop, _ = self._require_open()
+        packet_id = self._next_packet_id()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._subacks[packet_id] = future
+        self._write(encode_packet(first, packet_id.to_bytes(2, "big") + body))
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                return await future
+        except TimeoutError:
+            error = MqttConnectionLost(
+                f"no {answer} from {self._where} within {self.connect_timeout_s:g} s; "
+                "connection closed"
+            )
+            self._fail(error)
+            raise error from None
+        finally:
+            self._subacks.pop(packet_id, None)
+
     def _require_open(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Transport]:
         if self._error is not None:
             raise self._error.with_traceback(None)
@@ -405,7 +420,7 @@ class MqttSubscriber:
                 self._last_packet_id = packet_id
                 return packet_id
 
-    def _connectencode_packet(self) -> bytes:
+    def _connect_packet(self) -> bytes:
         flags = 0x02 if self.clean_session else 0x00
         payload = encode_string(self.client_id, "client_id")
         if self._username is not None:
@@ -501,6 +516,11 @@ class MqttSubscriber:
             # A SUBACK for a subscribe() that timed out is no longer awaited: ignore it.
             if future is not None and not future.done():
                 future.set_result(list(body[2:]))
+            return
+        if first == 0xB0 and len(body) == 2:  # UNSUBACK: no return codes in 3.1.1
+            future = self._subacks.get((body[0] << 8) | body[1])
+            if future is not None and not future.done():
+                future.set_result([])
             return
         connack = self._connack
         if first == 0x20 and len(body) == 2 and connack is not None and not connack.done():

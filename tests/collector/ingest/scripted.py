@@ -36,6 +36,7 @@ class ScriptedBroker:
     """Called at each ack (e.g. rows in the database), recorded in :class:`AckRecord`."""
     acks: list[AckRecord] = field(default_factory=list)
     subscriptions: list[list[tuple[str, int]]] = field(default_factory=list)
+    unsubscriptions: list[list[str]] = field(default_factory=list)
     connections: int = 0
     refuse_with: int | None = None
     """A CONNACK return code to refuse every connection with (4: bad credentials)."""
@@ -91,6 +92,10 @@ class ScriptedSubscriber:
         self.broker.subscriptions.append(list(topics))
         self.broker.session_present = True
         return [1 for _ in topics]
+
+    async def unsubscribe(self, topics: Sequence[str]) -> None:
+        """Record the unsubscription."""
+        self.broker.unsubscriptions.append(list(topics))
 
     async def next_batch(self) -> list[Message]:
         """The next scripted read; raises MqttConnectionLost at a scripted drop."""

@@ -16,7 +16,14 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.packets import Message
-from collector.ingest.reader import StopUnit, Unit, WriterItem
+from collector.ingest.reader import (
+    FILTERS_META_KEY,
+    RETIRE_AFTER_S,
+    FilterState,
+    StopUnit,
+    Unit,
+    WriterItem,
+)
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer
 from collector.service import Collector
@@ -25,7 +32,7 @@ from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
 from shared.schema import encode
-from shared.topics import sample_topic
+from shared.topics import LEGACY_SUBSCRIPTIONS, SUBSCRIPTIONS, sample_topic
 from tests.collector.ingest.scripted import ScriptedBroker
 from tests.helpers import count_samples, db_rows, wait_until
 
@@ -46,12 +53,14 @@ def _sample_messages(broker: ScriptedBroker, n_nodes: int, ticks: int) -> list[M
 class Running:
     """A collector on a scripted broker, in this event loop."""
 
-    def __init__(self, tmp_path: Path, broker: ScriptedBroker, **settings: object) -> None:
+    def __init__(
+        self, tmp_path: Path, broker: ScriptedBroker, *, wall: float = T0, **settings: object
+    ) -> None:
         self.db = tmp_path / "c.db"
         self.broker = broker
         self.settings = CollectorSettings.model_validate({"db_path": self.db, **settings})
         self.collector = Collector(
-            self.settings, clock=FakeClock(start_wall=T0), connect=broker.connect
+            self.settings, clock=FakeClock(start_wall=wall), connect=broker.connect
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -389,13 +398,70 @@ async def test_the_reader_waits_when_the_queue_is_full(tmp_path: Path) -> None:
     assert count_samples(run.db) == 200
 
 
-async def test_a_new_database_on_a_resumed_session_remembers_it(tmp_path: Path) -> None:
-    """The broker resumes a session this database never saw: it is recorded, not re-subscribed."""
-    broker = ScriptedBroker(session_present=True)
+def _held_filters(db: Path) -> FilterState | None:
+    rows = db_rows(db, f"SELECT value FROM meta WHERE key = '{FILTERS_META_KEY}'")
+    return FilterState.from_json(rows[0][0]) if rows else None
+
+
+async def test_a_new_session_subscribes_the_one_filter_and_records_it(tmp_path: Path) -> None:
+    """A fresh session gets the one filter of every kind, and the database remembers it."""
+    broker = ScriptedBroker()
     run = Running(tmp_path, broker)
-    await run.start()  # waits for the mqtt_session fact
+    await run.start()
     await run.stop()
+    assert broker.subscriptions == [[("capwatch/v1/nodes/#", 1)]]
+    assert _held_filters(run.db) == FilterState(SUBSCRIPTIONS, T0)
+
+
+async def test_a_resumed_session_with_the_current_filter_is_not_resubscribed(
+    tmp_path: Path,
+) -> None:
+    """Resuming a session that holds the current filter subscribes nothing (no retained flood)."""
+    await _run_once(tmp_path, ScriptedBroker())
+    broker = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, broker)
     assert broker.subscriptions == []
+    assert broker.unsubscriptions == []
+
+
+async def test_a_new_database_on_a_resumed_session_adds_the_filter(tmp_path: Path) -> None:
+    """A resumed session this database never saw holds unknown filters: the filter is added."""
+    broker = ScriptedBroker(session_present=True)
+    run = await _run_once(tmp_path, broker)
+    assert broker.subscriptions == [[(SUBSCRIPTIONS[0], 1)]]
+    assert broker.unsubscriptions == []
+    assert _held_filters(run.db) == FilterState((*LEGACY_SUBSCRIPTIONS, *SUBSCRIPTIONS), T0)
+
+
+async def test_a_legacy_session_gets_the_new_filter_and_retires_the_old_ones_later(
+    tmp_path: Path,
+) -> None:
+    """Per-kind filters of an older collector: add '#' now, unsubscribe them only later."""
+    run = await _run_once(tmp_path, ScriptedBroker())
+    with sqlite3.connect(run.db) as conn:  # as an older collector left it: no filters fact
+        conn.execute("DELETE FROM meta WHERE key = ?", (FILTERS_META_KEY,))
+    added = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, added)
+    assert added.subscriptions == [[(SUBSCRIPTIONS[0], 1)]]
+    assert added.unsubscriptions == []
+    soon = ScriptedBroker(session_present=True)  # a restart soon after: nothing changes
+    await _run_once(tmp_path, soon, wall=T0 + RETIRE_AFTER_S - 1)
+    assert (soon.subscriptions, soon.unsubscriptions) == ([], [])
+    later = ScriptedBroker(session_present=True)
+    run = await _run_once(tmp_path, later, wall=T0 + RETIRE_AFTER_S + 1)
+    assert later.subscriptions == []
+    assert later.unsubscriptions == [list(LEGACY_SUBSCRIPTIONS)]
+    assert _held_filters(run.db) == FilterState(SUBSCRIPTIONS, T0)
+    again = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, again, wall=T0 + 2 * RETIRE_AFTER_S)
+    assert (again.subscriptions, again.unsubscriptions) == ([], [])
+
+
+async def _run_once(tmp_path: Path, broker: ScriptedBroker, *, wall: float = T0) -> Running:
+    run = Running(tmp_path, broker, wall=wall)
+    await run.start()  # waits for the mqtt_session fact (written after the filters fact)
+    await run.stop()
+    return run
 
 
 async def test_a_session_the_broker_keeps_closing_is_called_contested(tmp_path: Path) -> None:
