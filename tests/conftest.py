@@ -10,11 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
-from collector.localbroker import MosquittoBroker, find_mosquitto
-from tests.helpers import NO_MOSQUITTO, NO_PROMETHEUS, skip_without_mosquitto
+from collector.localbroker import (
+    BrokerProcess,
+    EmbeddedBroker,
+    MosquittoBroker,
+    amqtt_available,
+    find_mosquitto,
+)
+from collector.natsbroker import NatsBroker, find_nats_server
+from tests.helpers import (
+    NO_MOSQUITTO,
+    NO_NATS,
+    NO_PROMETHEUS,
+    skip_without_mosquitto,
+    skip_without_nats,
+)
+
+BROKERS: Final = ("mosquitto", "nats", "embedded")
+"""The brokers the subscriber's conformance tests run against (the ``broker`` fixture)."""
 
 
 @pytest.fixture
@@ -26,10 +43,43 @@ def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
         yield broker
 
 
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsBroker]:
+    """A running NATS server (JetStream + MQTT) with its store in ``tmp_path``."""
+    if find_nats_server() is None:
+        skip_without_nats()
+    with NatsBroker(tmp_path / "nats") as broker:
+        yield broker
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
+    """Each broker capwatch is tested with, in turn: Mosquitto, NATS, the embedded amqtt.
+
+    A test that needs what one of them documentedly lacks checks its class and skips.
+    """
+    kind: str = request.param
+    found: BrokerProcess
+    if kind == "mosquitto":
+        if find_mosquitto() is None:
+            skip_without_mosquitto()
+        found = MosquittoBroker(tmp_path / "broker")
+    elif kind == "nats":
+        if find_nats_server() is None:
+            skip_without_nats()
+        found = NatsBroker(tmp_path / "nats")
+    else:
+        if not amqtt_available():
+            pytest.fail("amqtt is not installed: it is a dev dependency (pip install -e .[dev])")
+        found = EmbeddedBroker(tmp_path / "amqtt")
+    with found:
+        yield found
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a broker are integration tests, whatever module they live in."""
     for item in items:
-        if "mosquitto" in getattr(item, "fixturenames", ()):
+        if {"mosquitto", "nats", "broker"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
@@ -48,6 +98,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         reporter.write_line(
             f"!!! {len(skipped)} integration tests were SKIPPED: Mosquitto is not installed. "
             "Fix: sudo apt-get install -y mosquitto   (then run scripts/test.sh again)",
+            red=True,
+            bold=True,
+        )
+    no_nats = [
+        r for r in reporter.stats.get("skipped", []) if NO_NATS in str(getattr(r, "longrepr", ""))
+    ]
+    if no_nats:
+        reporter.write_line(
+            f"!!! {len(no_nats)} broker conformance tests were SKIPPED: nats-server is not "
+            "installed. Fix: sudo apt-get install -y nats-server   "
+            "(then run scripts/test.sh again)",
             red=True,
             bold=True,
         )

@@ -77,6 +77,18 @@ def prometheus_tool(name: str) -> str:
     pytest.skip(f"{NO_PROMETHEUS} ({name} is missing; apt-get install prometheus)")
 
 
+NO_NATS: Final = "nats-server is not installed"
+"""In every skip for a missing ``nats-server``: counted like :data:`NO_MOSQUITTO`."""
+
+
+def skip_without_nats() -> NoReturn:
+    """Skip the test for want of ``nats-server``; under ``CI=true``, fail (``.ci/run``
+    installs it: the subscriber's conformance on a second broker must not be left out)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{NO_NATS}; .ci/run must install it")
+    pytest.skip(f"{NO_NATS} (apt-get install nats-server)")
+
+
 def promtool_check_metrics(text: str) -> tuple[int, list[str]]:
     """``promtool check metrics`` on ``text``: its exit status (0 clean, 3 lint problems,
     1 unparsable) and the problems it printed, one per line."""

@@ -14,7 +14,7 @@ import pytest
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
-from collector.localbroker import MosquittoBroker
+from collector.localbroker import BrokerProcess, MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from shared.clock import Clock, SystemClock
@@ -24,7 +24,7 @@ from shared.topics import sample_topic
 from tests.helpers import wait_until
 
 
-def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
+def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
     """Broker settings with short reconnect backoff, for tests."""
     return MqttSettings(
         host=broker.host, port=broker.port, reconnect_min_s=0.2, reconnect_max_s=1.0
@@ -34,7 +34,7 @@ def fast_mqtt(broker: MosquittoBroker) -> MqttSettings:
 class CollectorRunner:
     """Starts and stops real :class:`Collector` instances on one database file."""
 
-    def __init__(self, broker: MosquittoBroker, db: Path) -> None:
+    def __init__(self, broker: BrokerProcess, db: Path) -> None:
         self.settings = CollectorSettings(
             mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
         )
