@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from collector.nodefacts import gpu_power_w
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
 __all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "XidSeen"]
@@ -73,7 +74,8 @@ class NodeState:
     """Some GPU has a remap pending or a remapping failure."""
     # Fleet sums for /metrics, refreshed with the above, so a scrape adds per node, not per GPU.
     gpu_power_w: float | None = None
-    """Sum of the latest sample's GPU power (interval power where known); None: none known."""
+    """Sum of the latest sample's GPU power (:func:`collector.nodefacts.gpu_power_w`); None:
+    none known."""
     gpu_util_sum: float = 0.0
     gpu_util_n: int = 0
     """GPUs of the latest sample that report utilisation, and the sum of their percentages."""
@@ -137,7 +139,7 @@ class LiveView:
             t = gpu.temp_c
             if t is not None and (max_temp is None or t > max_temp):
                 max_temp = t
-            w = gpu.power_interval_w if gpu.power_interval_w is not None else gpu.power_w
+            w = gpu_power_w(gpu)
             if w is not None:
                 power = w if power is None else power + w
             if gpu.util_pct is not None:
@@ -218,15 +220,6 @@ class LiveView:
     def nodes(self) -> Iterator[NodeState]:
         """Every known node, in the order first seen."""
         return iter(self._nodes.values())
-
-    def is_stale(self, st: NodeState, now: float, stale_intervals: float) -> bool:
-        """True when ``st`` sent samples but none for ``stale_intervals`` x its own interval.
-
-        A node that never sent a valid sample is not stale (nothing to compare with).
-        """
-        if st.sample is None or st.sample_received is None:
-            return False
-        return now - st.sample_received > stale_intervals * st.sample.interval_s
 
     def rejects(self, st: NodeState, now: float, window_s: float, reason: str | None = None) -> int:
         """Rejects of ``reason`` (any when ``None``) counted in the buckets of the last window.

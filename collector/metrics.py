@@ -37,9 +37,9 @@ from prometheus_client.registry import Collector as _PromCollector
 
 from collector.alerts.rule import SEVERITIES, AlertState
 from collector.live import LiveView
+from collector.nodefacts import STATES, Staleness
 from collector.store.db import Store
 from collector.store.health import oldest_sample_received, store_size_bytes
-from collector.store.queries import node_state
 from shared.logging import get_logger
 from shared.metrics_http import MetricsServer, parse_listen
 
@@ -147,14 +147,13 @@ async def fleet_families(
     view: LiveView,
     now: float,
     *,
-    stale_intervals: float,
-    default_interval_s: float,
+    staleness: Staleness,
     chunk: int = FLEET_CHUNK_NODES,
 ) -> list[Metric]:
     """Nodes by state, GPUs, mean GPU utilisation and power over the online nodes, as
-    ``collector query`` counts them (:func:`collector.store.queries.node_state`)."""
+    ``collector query`` counts them (:mod:`collector.nodefacts`)."""
     nodes = list(view.nodes())  # a copy: the view may change while we yield
-    counts = {"online": 0, "stale": 0, "offline": 0}
+    counts = dict.fromkeys(STATES, 0)
     gpus = util_n = 0
     util_sum = 0.0
     gpu_w: float | None = None
@@ -166,14 +165,7 @@ async def fleet_families(
             if st.reject_only:
                 continue
             sample = st.sample
-            state = node_state(
-                st.status,
-                st.sample_received,
-                None if sample is None else sample.interval_s,
-                now,
-                stale_intervals=stale_intervals,
-                default_interval_s=default_interval_s,
-            )
+            state = staleness.of(st, now)
             counts[state] += 1
             if state != "online" or sample is None:
                 continue
@@ -419,8 +411,7 @@ class CollectorMetrics:
         return await fleet_families(
             c.live,
             c.clock.time(),
-            stale_intervals=c.settings.stale_intervals,
-            default_interval_s=c.settings.expected_interval_s,
+            staleness=c.settings.staleness(),
         )
 
     async def _alerts(self) -> list[Metric]:

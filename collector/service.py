@@ -102,12 +102,12 @@ class Collector:
             interval_s=settings.governance.eval_interval_s,
             first_interval_s=settings.alerts.eval_interval_s,
             busy_util_pct=settings.governance.busy_util_pct,
-            stale_intervals=settings.alerts.stale_intervals,
+            staleness=settings.staleness(),
         )
         """Tenants, quotas and leases from the store, and their usage from the live view."""
         self.capacity: CapacityJob | None = None
         """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
-        rules = builtin_rules(settings.alerts.builtin())
+        rules = builtin_rules(settings.alerts.builtin(settings.staleness()))
         if settings.capacity.plan is not None:
             self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
             rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
@@ -346,7 +346,7 @@ def _capacity_job(
         clock,
         interval_s=c.interval_s,
         keep_s=c.keep_s,
-        stale_intervals=settings.stale_intervals,
+        staleness=settings.staleness(),
         stale_basis=c.stale_basis,
         counters=counters,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,7 +17,7 @@ from pydantic import (
 )
 
 from collector.governance.settings import GovernanceSettings
-from collector.store.queries import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS
+from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.store.reader import DEFAULT_DB_PATH
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings
@@ -53,7 +53,9 @@ class AlertSettings(BaseModel):
     eval_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
     """How often the rules are evaluated on the live view."""
     offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
-    stale_intervals: float = Field(default=3.0, gt=0, le=1000)
+    stale_intervals: float | None = Field(default=None, gt=0, le=1000)
+    """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
+    read, with a warning: it stands for the top-level key when that one is not given."""
     stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
     gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
     gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
@@ -74,8 +76,9 @@ class AlertSettings(BaseModel):
     external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
     """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
 
-    def builtin(self) -> BuiltinSettings:
-        """The rules' thresholds from these settings; an unknown rule name is refused."""
+    def builtin(self, staleness: Staleness) -> BuiltinSettings:
+        """The rules' thresholds from these settings and the collector's ``staleness``; an
+        unknown rule name is refused."""
         from collector.alerts.builtin import BuiltinSettings, builtin_rules  # noqa: PLC0415
 
         known = {rule.name for rule in builtin_rules()}
@@ -86,7 +89,8 @@ class AlertSettings(BaseModel):
                 f"`collector rules` ({', '.join(sorted(known))})",
                 field="alerts.disabled",
             )
-        values = self.model_dump(exclude={"eval_interval_s", "external_url"})
+        values = self.model_dump(exclude={"eval_interval_s", "external_url", "stale_intervals"})
+        values["staleness"] = staleness
         values["xid_codes"] = frozenset(self.xid_codes)
         values["disabled"] = frozenset(self.disabled)
         return BuiltinSettings(**values)
@@ -329,8 +333,46 @@ class CollectorSettings(CapwatchSettings):
     compress_payloads: bool = True
     """Store sample JSON zstd-compressed (8x smaller, ~11 us per sample in the writer thread)."""
     expected_interval_s: float = Field(default=DEFAULT_INTERVAL_S, gt=0, le=3600)
-    """A node with no sample for ``stale_intervals`` x its interval is stale."""
+    """The sampling interval of a node that has not sampled yet."""
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
+    """A node with no sample for this many of its intervals is stale: for the alert rules,
+    governance, capacity, ``/metrics`` and every command (:mod:`collector.nodefacts`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_stale_intervals(cls, data: Any) -> Any:
+        # ``alerts.stale_intervals`` (the rules' and governance's key until there was one)
+        # stands for the top-level key when that is not given; ``setting_warnings`` says so.
+        if not isinstance(data, dict) or "stale_intervals" in data:
+            return data
+        alerts = data.get("alerts")
+        old = (
+            alerts.get("stale_intervals")
+            if isinstance(alerts, dict)
+            else getattr(alerts, "stale_intervals", None)
+        )
+        return data if old is None else {**data, "stale_intervals": old}
+
+    def staleness(self) -> Staleness:
+        """When a node is stale, for every consumer."""
+        return Staleness(self.stale_intervals, self.expected_interval_s)
+
+    def setting_warnings(self) -> list[str]:
+        """One line per setting that is read but replaced (the entry point prints them)."""
+        old = self.alerts.stale_intervals
+        if old is None:
+            return []
+        if old != self.stale_intervals:
+            return [
+                f"setting 'alerts.stale_intervals' ({old:g}) is replaced by the top-level "
+                f"'stale_intervals', which is also set and wins ({self.stale_intervals:g}): "
+                "remove 'alerts.stale_intervals'"
+            ]
+        return [
+            "setting 'alerts.stale_intervals' is replaced by the top-level 'stale_intervals' "
+            "(one value for the rules, governance, capacity, /metrics and the commands): "
+            "move it there"
+        ]
 
     metrics_listen: str | None = None
     """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);

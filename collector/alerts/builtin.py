@@ -8,19 +8,22 @@ Every condition first checks a per-node summary the live view keeps (hottest GPU
 clock-event bits, "some GPU has uncorrected ECC", ...), so a healthy node costs a couple of
 attribute reads per rule and only a suspicious node is looked at GPU by GPU.
 
-Temperature and clock rules read only fresh samples: a node that stopped sending is
-``NodeStale``, not a GPU stuck at its last temperature forever. ECC and row-remapping state is
-the last one reported (agents send it on slow ticks) and is kept while the node is stale.
+Temperature and clock rules read only an online node's newest sample
+(:meth:`collector.nodefacts.Staleness.current`): a node that stopped sending is
+``NodeStale`` (or ``NodeOffline``), not a GPU stuck at its last temperature forever. ECC
+and row-remapping state is the last one reported (agents send it on slow ticks) and is kept
+while the node is stale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from collector.alerts.rule import Instance, Rule
 from collector.live import LiveView, NodeState
+from collector.nodefacts import Staleness
 
 __all__ = [
     "CLOCK_EVENT_NAMES",
@@ -73,8 +76,8 @@ class BuiltinSettings:
 
     offline_for_s: float = 30.0
     """An agent restarting says offline then online within seconds: do not page for that."""
-    stale_intervals: float = 3.0
-    """No sample for this many of the node's own sample intervals."""
+    staleness: Staleness = field(default_factory=Staleness)
+    """When a node is stale (the top-level ``stale_intervals`` and ``expected_interval_s``)."""
     stale_for_s: float = 0.0
     gpu_temp_c: float = 85.0
     gpu_temp_for_s: float = 60.0
@@ -141,15 +144,6 @@ def _gpu_labels(st: NodeState, index: int, uuid: str | None = None) -> dict[str,
     return labels
 
 
-def _stale_check(s: BuiltinSettings) -> Callable[[LiveView, NodeState, float], bool]:
-    intervals = s.stale_intervals
-
-    def stale(view: LiveView, st: NodeState, now: float) -> bool:
-        return view.is_stale(st, now, intervals)
-
-    return stale
-
-
 # -- node rules
 
 
@@ -174,21 +168,24 @@ def _node_offline(s: BuiltinSettings) -> Rule:
 
 
 def _node_stale(s: BuiltinSettings) -> Rule:
-    intervals = s.stale_intervals
+    staleness = s.staleness
+    intervals = staleness.intervals
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
-            if st.status != "offline" and view.is_stale(st, now, intervals):
-                age = now - (st.sample_received or now)
-                yield Instance({"node": st.node}, {"age_s": f"{age:.0f}"})
+            if not st.reject_only and staleness.of(st, now) == "stale":
+                last = st.sample_received
+                age = "never" if last is None else f"{now - last:.0f} s ago"
+                yield Instance({"node": st.node}, {"last": age})
 
     return Rule(
         name="NodeStale",
         severity="warning",
-        summary="No samples from {node} for {age_s} s",
+        summary="No samples from {node} (last: {last})",
         description=(
             f"{{node}} is not offline but sent no sample for {intervals:g} of its sample "
-            "intervals (last one {age_s} s ago): agent hung, network or broker trouble."
+            "intervals (last one: {last}; a node that never sampled: since it came online): "
+            "agent hung, network or broker trouble."
         ),
         condition=condition,
         for_s=s.stale_for_s,
@@ -200,13 +197,15 @@ def _node_stale(s: BuiltinSettings) -> Rule:
 
 def _gpu_temperature(s: BuiltinSettings) -> Rule:
     limit = s.gpu_temp_c
-    is_stale = _stale_check(s)
+    current = s.staleness.current
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
             hottest = st.max_temp_c
-            sample = st.sample
-            if hottest is None or hottest < limit or sample is None or is_stale(view, st, now):
+            if hottest is None or hottest < limit:
+                continue
+            sample = current(st, now)
+            if sample is None:
                 continue
             for g in sample.gpus:
                 if g.temp_c is not None and g.temp_c >= limit:
@@ -306,12 +305,14 @@ def _gpu_row_remap(s: BuiltinSettings) -> Rule:
 
 def _gpu_clock_throttled(s: BuiltinSettings) -> Rule:
     mask = s.throttle_mask
-    is_stale = _stale_check(s)
+    current = s.staleness.current
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
-            sample = st.sample
-            if not st.clock_reasons_any & mask or sample is None or is_stale(view, st, now):
+            if not st.clock_reasons_any & mask:
+                continue
+            sample = current(st, now)
+            if sample is None:
                 continue
             for g in sample.gpus:
                 bits = (g.clock_event_reasons or 0) & mask

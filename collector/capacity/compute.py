@@ -2,9 +2,9 @@
 
 Per node (:class:`NodeModel`):
 
-- GPUs: interval power from the energy counter (``power_interval_w``), else the
-  instantaneous reading (``power_w``); a GPU of the node type that the sample does not
-  report (or reports without power) counts at the type's ``gpu_w``;
+- GPUs: each GPU's power as :func:`collector.nodefacts.gpu_power_w` chooses it (interval
+  power, else instantaneous); a GPU of the node type that the sample does not report (or
+  reports without power) counts at the type's ``gpu_w``;
 - CPU: the RAPL package power (``cpu_power_w``) when reported, else the type's ``cpu_w``;
 - the rest (DRAM, NVMe, NICs, aux, nameplate above the parts' sum): no sensor reports it,
   so it comes from the node type's model, at its maximum;
@@ -12,9 +12,11 @@ Per node (:class:`NodeModel`):
   nameplate and the node is flagged (``clamped``), so no node moves the site's draw by more
   than its nameplate.
 
-A stale or offline node (or one that never sent a sample) counts on ``stale_basis``:
-nameplate (default), its last measured draw, or zero. A node whose type cannot be found
-(:class:`~collector.capacity.config.CapacityPlan`) counts at the fallback and is listed.
+A node's state is :class:`collector.nodefacts.Staleness`'s. A stale or offline node counts
+on ``stale_basis``: nameplate (default), its last measured draw, or zero. An online node
+awaiting its first sample counts at its nameplate (it is up; nothing says it draws less).
+A node whose type cannot be found (:class:`~collector.capacity.config.CapacityPlan`) counts
+at the fallback and is listed.
 
 Then the solver (:func:`collector.power.solve_fixed`, fixed-fleet mode) builds the fabric
 for the fleet's counts per type and answers the headroom and how many more nodes fit, with
@@ -38,6 +40,7 @@ from collector.capacity.picture import (
     StaleBasis,
     TypeDraw,
 )
+from collector.nodefacts import DEFAULT_STALENESS, Staleness, gpu_power_w
 from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
 
 if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
@@ -80,9 +83,7 @@ class NodeModel:
         gpu_total = 0.0
         per_gpu = []
         for g in sample.gpus:
-            w = g.power_interval_w
-            if w is None:
-                w = g.power_w
+            w = gpu_power_w(g)
             if w is not None:
                 gpu_total += w
                 per_gpu.append(w)
@@ -135,12 +136,6 @@ class TypeMatcher:
         return self._by_gpus.get(len(inv.gpus))
 
 
-def _stale(st: NodeState, now: float, stale_intervals: float) -> bool:
-    if st.status == "offline" or st.sample is None or st.sample_received is None:
-        return True
-    return now - st.sample_received > stale_intervals * st.sample.interval_s
-
-
 def fleet_solution(
     plan: Plan, counts: dict[str, int], totals: dict[str, float], *, basis: PowerBasis = "max"
 ) -> Solution:
@@ -173,7 +168,7 @@ def compute_picture(
     nodes: Iterable[NodeState],
     now: float,
     *,
-    stale_intervals: float = 3.0,
+    staleness: Staleness = DEFAULT_STALENESS,
     stale_basis: StaleBasis = "nameplate",
     matcher: TypeMatcher | None = None,
     keep_nodes: bool = False,
@@ -197,7 +192,7 @@ def compute_picture(
     unmatched: list[str] = []
     clamped: list[str] = []
     stale: list[str] = []
-    n_unmatched = n_clamped = n_stale = n_measured = 0
+    n_unmatched = n_clamped = n_stale = n_measured = n_unsampled = 0
     draws: list[NodeDraw] = []
     fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
     rack_cache: dict[str, tuple[str, float | None]] = {}
@@ -208,7 +203,7 @@ def compute_picture(
         if inv is None and inventories:
             inv = inventories.get(st.node)
         name = match(st.node, inv)
-        is_stale = _stale(st, now, stale_intervals)
+        is_stale = staleness.of(st, now) != "online"
         clamp = False
         per_gpu: tuple[float, ...] = ()
         basis: Basis
@@ -220,7 +215,10 @@ def compute_picture(
         else:
             model = models[name]
             nameplate = model.nameplate_w
-            if (is_stale and stale_basis != "last") or st.sample is None:
+            if st.sample is None and not is_stale:  # online, its first sample due
+                basis, w = "nameplate", nameplate
+                n_unsampled += 1
+            elif (is_stale and stale_basis != "last") or st.sample is None:
                 basis = "zero" if stale_basis == "zero" else "nameplate"
                 w = 0.0 if stale_basis == "zero" else nameplate
             else:
@@ -230,7 +228,7 @@ def compute_picture(
                 n_stale += 1
                 if len(stale) < _LISTED:
                     stale.append(st.node)
-            elif not clamp:
+            elif basis == "measured" and not clamp:
                 n_measured += 1
                 measured_n[name] += 1
             if clamp and not is_stale:  # a stale node counts once, as stale (a partition)
@@ -326,6 +324,7 @@ def compute_picture(
         measured_nodes=n_measured,
         stale_basis=stale_basis,
         stale_nodes=n_stale,
+        unsampled_nodes=n_unsampled,
         unmatched_nodes=n_unmatched,
         fallback_type=fallback_type,
         fallback_w=fallback_w,

@@ -9,6 +9,7 @@ then counts as stale, never as a crash.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 
 from collector.live import NodeState
 from collector.store.capacity import latest_node_rows
@@ -19,10 +20,16 @@ from shared.schema import decode_inventory, decode_sample
 __all__ = ["nodes_from_store"]
 
 
-def nodes_from_store(reader: StoreReader) -> list[NodeState]:
-    """One :class:`NodeState` per node in ``nodes``, newest sample included."""
+def nodes_from_store(
+    reader: StoreReader, *, nodes: Collection[str] | None = None
+) -> list[NodeState]:
+    """One :class:`NodeState` per node in the ``nodes`` table (those of ``nodes`` only, when
+    given: only they are decoded), newest sample included."""
     out = []
-    for node, status, status_ts, inventory, received, dict_id, payload in latest_node_rows(reader):
+    for row in latest_node_rows(reader):
+        node, status, status_ts, inventory, inventory_ts, received, dict_id, payload = row
+        if nodes is not None and node not in nodes:
+            continue
         st = NodeState(node)
         if status in ("online", "offline"):
             st.status = status  # type: ignore[assignment]
@@ -30,6 +37,7 @@ def nodes_from_store(reader: StoreReader) -> list[NodeState]:
         if inventory is not None:
             with contextlib.suppress(SchemaError):
                 st.inventory = decode_inventory(bytes(inventory))
+                st.inventory_ts = inventory_ts
         if payload is not None:
             try:
                 st.sample = decode_sample(reader.payload(bytes(payload), dict_id))

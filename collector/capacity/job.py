@@ -22,6 +22,7 @@ from collector.capacity.compute import TypeMatcher, compute_picture
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
 from collector.live import LiveView, NodeState
+from collector.nodefacts import DEFAULT_STALENESS, Staleness
 from collector.store.capacity import (
     SnapshotRow,
     known_nodes,
@@ -86,7 +87,7 @@ class CapacityJob:
         state: CapacityState | None = None,
         interval_s: float = 30.0,
         keep_s: float = 30 * 86_400.0,
-        stale_intervals: float = 3.0,
+        staleness: Staleness = DEFAULT_STALENESS,
         stale_basis: StaleBasis = "nameplate",
         counters: Counter[str] | None = None,
     ) -> None:
@@ -97,7 +98,7 @@ class CapacityJob:
         self._view = view
         self._clock = clock
         self._keep_s = keep_s
-        self._stale_intervals = stale_intervals
+        self._staleness = staleness
         self._stale_basis: StaleBasis = stale_basis
         self._matcher = TypeMatcher(cplan)
         self._known: dict[str, NodeState] = {}
@@ -122,7 +123,7 @@ class CapacityJob:
             self._cplan,
             self._nodes(),
             self._clock.time(),
-            stale_intervals=self._stale_intervals,
+            staleness=self._staleness,
             stale_basis=self._stale_basis,
             matcher=self._matcher,
             inventories=self._inventories,

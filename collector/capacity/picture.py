@@ -103,7 +103,9 @@ class Picture:
     measured_nodes: int
     stale_basis: StaleBasis
     stale_nodes: int
-    """Stale, offline or never-sampled nodes, counted on ``stale_basis``."""
+    """Stale or offline nodes (:mod:`collector.nodefacts`), counted on ``stale_basis``."""
+    unsampled_nodes: int = 0
+    """Online nodes awaiting their first sample, counted at nameplate."""
     unmatched_nodes: int
     fallback_type: str
     fallback_w: float

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from shared.cli import add_broker_args, add_log_args
 
 if TYPE_CHECKING:
+    from collector.nodefacts import Staleness
     from collector.settings import CollectorSettings
 
 __all__ = ["ReadSettings", "add_settings_args", "read_settings_from_args", "settings_from_args"]
@@ -53,7 +55,10 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
         "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         **extra,
     }
-    return load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
+    settings = load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
+    for line in settings.setting_warnings():  # stderr: stdout may be --json
+        print(f"warning: {line}", file=sys.stderr)
+    return settings
 
 
 class ReadSettings(NamedTuple):
@@ -62,6 +67,12 @@ class ReadSettings(NamedTuple):
     db_path: Path
     stale_intervals: float
     expected_interval_s: float
+
+    def staleness(self) -> Staleness:
+        """When a node is stale (:mod:`collector.nodefacts`)."""
+        from collector.nodefacts import Staleness  # noqa: PLC0415
+
+        return Staleness(self.stale_intervals, self.expected_interval_s)
 
 
 def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
@@ -75,7 +86,7 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     the same errors.
     """
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
-        from collector.store.queries import (  # noqa: PLC0415
+        from collector.nodefacts import (  # noqa: PLC0415
             DEFAULT_INTERVAL_S,
             DEFAULT_STALE_INTERVALS,
         )

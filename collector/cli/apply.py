@@ -103,7 +103,7 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
     from collector.store.pools import leased_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    nodes = load_nodes(settings.db_path, settings.stale_intervals, settings.expected_interval_s)
+    nodes = load_nodes(settings.db_path, settings.staleness())
     with StoreReader(settings.db_path) as store:
         leased = leased_nodes(store, time.time())
     return plan_patterns(spec, nodes, leased)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collector.capacity.config import CapacityPlan
     from collector.capacity.picture import Picture, StaleBasis
     from collector.capacity.whatif import WhatIf
+    from collector.nodefacts import Staleness
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
 
@@ -115,25 +116,25 @@ class CapacityCliSettings(NamedTuple):
 
     db_path: Path
     plan: Path | None
-    stale_intervals: float
+    staleness: Staleness
     stale_basis: StaleBasis
 
 
 def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
-        from collector.store.queries import DEFAULT_STALE_INTERVALS  # noqa: PLC0415
+        from collector.nodefacts import Staleness  # noqa: PLC0415
         from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: Path | None = args.db
         return CapacityCliSettings(
-            DEFAULT_DB_PATH if db is None else db, args.plan, DEFAULT_STALE_INTERVALS, "nameplate"
+            DEFAULT_DB_PATH if db is None else db, args.plan, Staleness(), "nameplate"
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 
     s = settings_from_args(args)
     return CapacityCliSettings(
-        s.db_path, args.plan or s.capacity.plan, s.stale_intervals, s.capacity.stale_basis
+        s.db_path, args.plan or s.capacity.plan, s.staleness(), s.capacity.stale_basis
     )
 
 
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 cplan,
                 nodes_from_store(reader),
                 time.time(),
-                stale_intervals=s.stale_intervals,
+                staleness=s.staleness,
                 stale_basis=args.stale_basis or s.stale_basis,
                 exclude=frozenset(removed),
             )
@@ -250,9 +251,12 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
         if p.facility_w is not None and p.pue is not None
         else ""
     )
+    unsampled = (
+        f"{p.unsampled_nodes:,} awaiting a first sample at nameplate, " if p.unsampled_nodes else ""
+    )
     counted = (
         f"{p.nodes:,}: {p.measured_nodes:,} measured, {p.stale_nodes:,} stale/offline at "
-        f"{p.stale_basis}, {p.unmatched_nodes:,} unmatched at {_kw(p.fallback_w)} "
+        f"{p.stale_basis}, {unsampled}{p.unmatched_nodes:,} unmatched at {_kw(p.fallback_w)} "
         f"({p.fallback_type}), {p.clamped_nodes:,} clamped to nameplate"
     )
     binding = _WORDS.get(p.binding or "", "none known")

@@ -15,6 +15,7 @@ from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
+    from collector.nodefacts import Staleness
 
 __all__ = [
     "MAX_COLUMNS",
@@ -86,12 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
-    nodes = load_nodes(
-        settings.db_path,
-        settings.stale_intervals,
-        settings.expected_interval_s,
-        with_ids=args.node is not None,
-    )
+    nodes = load_nodes(settings.db_path, settings.staleness(), with_ids=args.node is not None)
     if args.node is not None:
         return _one_node(nodes, args.node, as_json=args.json)
     if pool is not None:
@@ -109,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_nodes(
-    db: Path, stale_intervals: float, interval_s: float, *, with_ids: bool = False
-) -> list[NodeComponents]:
+def load_nodes(db: Path, staleness: Staleness, *, with_ids: bool = False) -> list[NodeComponents]:
     """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
     serials, UUIDs and interface names."""
     from collector.governance.inventory import describe_nodes  # noqa: PLC0415
@@ -123,8 +117,7 @@ def load_nodes(
     return describe_nodes(
         records,
         time.time(),
-        stale_intervals=stale_intervals,
-        default_interval_s=interval_s,
+        staleness=staleness,
         with_ids=with_ids,
     )
 

@@ -193,7 +193,7 @@ def _carve(args: argparse.Namespace, db: Path, now: float) -> tuple[str, str]:
             field="--pool",
         )
     settings = read_settings_from_args(args)
-    nodes = load_nodes(db, settings.stale_intervals, settings.expected_interval_s)
+    nodes = load_nodes(db, settings.staleness())
     if any(n.pool == pattern.pool for n in nodes):
         raise ConfigError(
             f"pool {pattern.pool!r} exists: --pattern carves a new pool from free; lease the "

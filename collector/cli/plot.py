@@ -22,6 +22,7 @@ from shared.units import parse_duration
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from collector.nodefacts import Staleness
     from collector.store.reader import StoreReader
 
 __all__ = ["add_parser", "run"]
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                 plan = Path(snap["plan"]) if snap is not None and snap.get("plan") else None
             fig = capacity_figure(rows, plan.name if plan is not None else "", now - since_s, now)
         else:
-            fig = _hierarchy(reader, args.plan or s.plan, s.stale_intervals, now)
+            fig = _hierarchy(reader, args.plan or s.plan, s.staleness, now)
     save(fig, out)
     print(f"{args.picture} picture written to {out}")
     return 0
@@ -141,9 +142,7 @@ def _usage(
     return usage_figure(rows, "fleet", since, now)
 
 
-def _hierarchy(
-    reader: StoreReader, plan: Path | None, stale_intervals: float, now: float
-) -> Figure:
+def _hierarchy(reader: StoreReader, plan: Path | None, staleness: Staleness, now: float) -> Figure:
     from collector.capacity.compute import compute_picture  # noqa: PLC0415
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
     from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
@@ -161,6 +160,6 @@ def _hierarchy(
         )
     cplan = load_capacity_plan(plan)
     picture = compute_picture(
-        cplan, nodes_from_store(reader), now, stale_intervals=stale_intervals, keep_nodes=True
+        cplan, nodes_from_store(reader), now, staleness=staleness, keep_nodes=True
     )
     return hierarchy_figure(cplan, picture)

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-    return load_nodes(settings.db_path, settings.stale_intervals, settings.expected_interval_s)
+    return load_nodes(settings.db_path, settings.staleness())
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:

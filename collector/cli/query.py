@@ -147,8 +147,7 @@ def _summary(
     summary = fleet_summary(
         store,
         now,
-        stale_intervals=settings.stale_intervals,
-        default_interval_s=settings.expected_interval_s,
+        staleness=settings.staleness(),
     )
     summary["nodes"] = summary["nodes"][: args.limit or _LIMIT_DEFAULT]
     if args.json:

@@ -17,6 +17,7 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.state import Governance
     from collector.governance.usage import Usage
+    from collector.nodefacts import Staleness
 
 __all__ = ["add_parser", "run"]
 
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.busy_util <= 100:
         raise ConfigError("--busy-util must be between 0 and 100", field="--busy-util")
     gov, usages, source = _read(
-        settings.db_path, now, args.busy_util, settings.stale_intervals, from_store=args.from_store
+        settings.db_path, now, args.busy_util, settings.staleness(), from_store=args.from_store
     )
     if args.action == "show":
         return _show(args, gov, usages, source)
@@ -222,11 +223,11 @@ class _Source(NamedTuple):
 
 
 def _read(
-    db: Path, now: float, busy_util: float, stale_intervals: float, *, from_store: bool
+    db: Path, now: float, busy_util: float, staleness: Staleness, *, from_store: bool
 ) -> tuple[Governance, list[Usage], _Source]:
+    from collector.governance.fromstore import usages_from_store  # noqa: PLC0415
     from collector.store.governance import load_governance, usage_snapshot  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
-    from collector.store.usage import usages_from_store  # noqa: PLC0415
 
     with StoreReader(db) as store:
         if not store.has_table("quotas"):
@@ -240,7 +241,7 @@ def _read(
             if snap is not None:
                 return gov, snap[0], snap[1]
         allocated, measured = usages_from_store(
-            store, gov, now, busy_util_pct=busy_util, stale_intervals=stale_intervals
+            store, gov, now, busy_util_pct=busy_util, staleness=staleness
         )
     return gov, [allocated, measured], _Source("store", now)
 

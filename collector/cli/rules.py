@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     defaults = AlertSettings().model_dump()
     changed = {k: v for k, v in settings.alerts.model_dump().items() if defaults.get(k) != v}
-    rules = builtin_rules(settings.alerts.builtin())
+    rules = builtin_rules(settings.alerts.builtin(settings.staleness()))
     rows: list[dict[str, Any]] = [
         {
             "name": r.name,

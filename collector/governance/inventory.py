@@ -31,8 +31,8 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
+from collector.nodefacts import Staleness
 from collector.store.pools import NodeRecord
-from collector.store.queries import node_state
 from shared.schema import (
     MAX_ACCELERATORS,
     MAX_CPU_PACKAGES,
@@ -223,8 +223,7 @@ def describe_nodes(
     records: Iterable[NodeRecord],
     now: float,
     *,
-    stale_intervals: float,
-    default_interval_s: float,
+    staleness: Staleness,
     with_ids: bool = False,
 ) -> list[NodeComponents]:
     """Each record as :class:`NodeComponents` (an unreadable inventory is a problem, never an
@@ -241,13 +240,13 @@ def describe_nodes(
         if r.source == "declared":
             state = "declared"
         else:
-            state = node_state(
-                r.status,
-                r.last_received,
-                r.interval_s,
+            state = staleness.state(
                 now,
-                stale_intervals=stale_intervals,
-                default_interval_s=default_interval_s,
+                status=r.status,
+                status_ts=r.status_ts,
+                inventory_ts=r.inventory_ts,
+                received=r.last_received,
+                interval_s=r.interval_s,
             )
         out.append(
             NodeComponents(r.node, r.pool, state, rack_of(r.node), tuple(comps), tuple(problems))

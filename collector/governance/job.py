@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Final
 from collector.governance.report import QuotaStanding, standings
 from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
-    NodeMeasure,
+    FactsCache,
     Usage,
     allocated_usage,
     measured_usage,
+    node_facts,
 )
-from collector.live import LiveView, NodeState
+from collector.live import LiveView
+from collector.nodefacts import DEFAULT_STALENESS, NodeMeasure, Staleness
 from collector.store.governance import (
     USAGE_KEY,
     generation_async,
@@ -38,19 +40,16 @@ from collector.store.governance import (
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger
-from shared.schema import Inventory, Sample
 
 if TYPE_CHECKING:
     from collector.store.db import Store
 
-__all__ = ["GovernanceJob", "GovernanceView", "node_measure"]
+__all__ = ["GovernanceJob", "GovernanceView"]
 
 log = get_logger("governance")
 
 _MAX_STEP_S: Final = 300.0
 """Integrate at most this long between evaluations (a paused collector learns nothing)."""
-_MAX_GPU_W: Final = 5_000.0
-_MAX_CPU_W: Final = 20_000.0
 
 
 @dataclass(slots=True)
@@ -67,50 +66,6 @@ class GovernanceView:
     """When this view was computed (collector clock)."""
 
 
-def node_measure(
-    st: NodeState, view: LiveView, now: float, *, busy_util_pct: float, stale_intervals: float
-) -> NodeMeasure | None:
-    """``st``'s measured state from its latest sample; ``None`` when offline or stale."""
-    sample = st.sample
-    if sample is None or st.status == "offline" or view.is_stale(st, now, stale_intervals):
-        return None
-    return _sample_measure(sample, busy_util_pct)
-
-
-def _sample_measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
-    # One pass, few calls: this runs for every leased node at every evaluation. The schema
-    # bounds each value already; the totals are clamped once more below.
-    busy = 0
-    n_util = 0
-    util_sum = 0.0
-    watts = 0.0
-    known = False
-    for g in sample.gpus:
-        u = g.util_pct
-        if u is not None:
-            n_util += 1
-            util_sum += u
-            if u >= busy_util_pct:
-                busy += 1
-        w = g.power_interval_w
-        if w is None:
-            w = g.power_w
-        if w is not None:
-            watts += w
-            known = True
-    gpus = len(sample.gpus)
-    watts = min(max(watts, 0.0), _MAX_GPU_W * gpus)
-    if sample.cpu_power_w is not None:
-        watts += min(max(sample.cpu_power_w, 0.0), _MAX_CPU_W)
-        known = True
-    return NodeMeasure(
-        gpus=gpus,
-        busy_gpus=busy,
-        power_w=watts if known else None,
-        util_pct=min(max(util_sum / n_util, 0.0), 100.0) if n_util else None,
-    )
-
-
 class GovernanceJob:
     """Keeps :attr:`view` current; a writer job (see the module docstring)."""
 
@@ -122,7 +77,7 @@ class GovernanceJob:
         interval_s: float = 5.0,
         first_interval_s: float | None = None,
         busy_util_pct: float = 10.0,
-        stale_intervals: float = 3.0,
+        staleness: Staleness = DEFAULT_STALENESS,
     ) -> None:
         self.name = "governance"
         # The writer schedules each run ``interval_s`` after the last, reading it anew: the
@@ -138,18 +93,14 @@ class GovernanceJob:
         self._live = live
         self._clock = clock
         self._busy = busy_util_pct
-        self._stale = stale_intervals
+        self._staleness = staleness
         self._generation: str | None = None
         self._hours: dict[str, tuple[float, float]] = {}
         """Tenant -> (start of its current GPU-hours period, utilisation-weighted GPU-hours
         its nodes did in it so far)."""
         self._restored = False
         self._last: float | None = None
-        self._hardware: dict[str, tuple[Inventory, tuple[int, float]]] = {}
-        """Per node: the inventory last read and its (GPUs, power limits); recomputed only
-        when the live view holds another inventory object."""
-        self._measured: dict[str, tuple[Sample, NodeMeasure]] = {}
-        """Per node: the sample last measured, and its measure."""
+        self._facts = FactsCache()
 
     async def __call__(self, store: Store) -> None:
         """Reload if the store's governance changed; recompute usage and standings."""
@@ -190,47 +141,23 @@ class GovernanceJob:
             if self._hours.get(tenant, (None, 0.0))[0] != start:
                 self._hours[tenant] = (start, 0.0)  # a new period starts from zero
         leased = {n for lease in gov.leases for n in lease.nodes}
-        if len(self._measured) > len(leased):  # leases gave nodes back: drop their caches
-            self._measured = {n: v for n, v in self._measured.items() if n in leased}
-            self._hardware = {n: v for n, v in self._hardware.items() if n in leased}
-        measures: dict[str, NodeMeasure] = {}
-        hardware: dict[str, tuple[int, float]] = {}
+        if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
+            self._facts.keep(leased)
+        held, measures = node_facts(
+            (st for st in map(self._live.get, leased) if st is not None),
+            now,
+            staleness=self._staleness,
+            busy_util_pct=self._busy,
+            cache=self._facts,
+        )
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
-        for node in leased:
-            st = self._live.get(node)
-            if st is None:
-                continue
-            inv = st.inventory
-            if inv is not None:
-                cached = self._hardware.get(node)
-                if cached is None or cached[0] is not inv:
-                    limits = sum(
-                        min(max(g.power_limit_w or 0.0, 0.0), _MAX_GPU_W) for g in inv.gpus
-                    )
-                    cached = self._hardware[node] = (inv, (len(inv.gpus), limits))
-                hardware[node] = cached[1]
-            sample = st.sample
-            if (
-                sample is None
-                or st.status == "offline"
-                or self._live.is_stale(st, now, self._stale)
-            ):
-                continue
-            seen = self._measured.get(node)
-            if seen is not None and seen[0] is sample:
-                m = seen[1]
-            else:
-                m = _sample_measure(sample, self._busy)
-                self._measured[node] = (sample, m)
-            measures[node] = m
-            if node not in hardware:
-                hardware[node] = (m.gpus, 0.0)
+        for node, m in measures.items() if step > 0 else ():
             owner = holder.get(node)
-            if step > 0 and m.util_pct is not None and owner is not None and owner in self._hours:
+            if m.util_pct is not None and owner is not None and owner in self._hours:
                 since, hours = self._hours[owner]
                 self._hours[owner] = (since, hours + m.gpus * m.util_pct / 100.0 * step / 3600.0)
         self._last = now
-        allocated = allocated_usage(gov, hardware, now)
+        allocated = allocated_usage(gov, held, now)
         tenant_hours = {t: h for t, (_, h) in self._hours.items()}
         measured = measured_usage(gov, measures, tenant_hours, now)
         self.view = GovernanceView(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import ConfigError
+from shared.schema import MAX_GPU_POWER_W
 
 if TYPE_CHECKING:
     from collector.governance.rules import GovernanceRuleSettings
@@ -28,7 +29,7 @@ class GovernanceSettings(BaseModel):
     notice_deadline_days: int = Field(default=14, ge=0, le=3650)
     busy_util_pct: float = Field(default=10.0, ge=0, le=100)
     """Measured basis: a GPU at or above this utilisation is busy."""
-    idle_gpu_w: float = Field(default=100.0, ge=0, le=5000)
+    idle_gpu_w: float = Field(default=100.0, ge=0, le=MAX_GPU_POWER_W)
     expired_in_use_for_s: float = Field(default=300.0, ge=0, le=30 * _DAY_S)
     idle_util_pct: float = Field(default=10.0, ge=0, le=100)
     idle_for_s: float = Field(default=6 * 3600.0, ge=0, le=30 * _DAY_S)

@@ -7,30 +7,36 @@
   fresh samples only), live power (GPU + CPU package, kW) and utilisation-weighted GPU-hours
   in the period (from the stored samples, or accumulated from the live view).
 
-Pure: the caller brings per-node facts (from the store for the command line, from the live
-view in the collector). Every figure is clamped: a node cannot report negative or absurd use
-into a tenant's total.
+Pure: the caller brings per-node facts (:mod:`collector.nodefacts`, from the live view in the
+collector, from node states rebuilt from the store for the command line). Every figure is
+clamped: a node cannot report negative or absurd use into a tenant's total.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.governance.lease import instant
 from collector.governance.state import Governance, Lease, period_start
+from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
+
+if TYPE_CHECKING:
+    from collector.live import NodeState
+    from shared.schema import Inventory, Sample
 
 __all__ = [
     "BASES",
     "DEFAULT_BUSY_UTIL_PCT",
     "Basis",
+    "FactsCache",
     "LeaseWindow",
-    "NodeMeasure",
     "Usage",
     "allocated_usage",
     "lease_windows",
     "measured_usage",
+    "node_facts",
 ]
 
 Basis = Literal["allocated", "measured"]
@@ -39,17 +45,6 @@ DEFAULT_BUSY_UTIL_PCT: Final = 10.0
 """A GPU at or above this utilisation counts as busy on the measured basis."""
 _MAX_NODE_KW: Final = 1_000.0
 """A node claiming more than a megawatt is broken, not busy: clamp it."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeMeasure:
-    """One node's latest measured state (fresh samples only; stale nodes are left out)."""
-
-    gpus: int
-    busy_gpus: int
-    power_w: float | None
-    util_pct: float | None = None
-    """Mean GPU utilisation of the sample (``None``: not reported)."""
 
 
 @dataclass(slots=True)
@@ -92,6 +87,56 @@ def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
 
 def _start(lease: Lease) -> float:
     return instant(lease.terms.start, lease.terms.tz)
+
+
+@dataclass(slots=True)
+class FactsCache:
+    """Per node: the inventory and the sample last read and their facts, reused while the
+    live view holds the same objects (most nodes between two evaluations)."""
+
+    hardware: dict[str, tuple[Inventory, Hardware]] = field(default_factory=dict)
+    measured: dict[str, tuple[Sample, NodeMeasure]] = field(default_factory=dict)
+
+    def keep(self, nodes: Collection[str]) -> None:
+        """Forget every node not in ``nodes``."""
+        self.hardware = {n: v for n, v in self.hardware.items() if n in nodes}
+        self.measured = {n: v for n, v in self.measured.items() if n in nodes}
+
+
+def node_facts(
+    states: Iterable[NodeState],
+    now: float,
+    *,
+    staleness: Staleness,
+    busy_util_pct: float,
+    cache: FactsCache | None = None,
+) -> tuple[dict[str, Hardware], dict[str, NodeMeasure]]:
+    """Per node: its hardware and, while it is online, its measures (both bases' inputs).
+
+    A node without an inventory counts its current sample's GPUs, without power limits.
+    The collector passes its live view's states and a cache; ``quota show --from-store``
+    states rebuilt from the store.
+    """
+    cache = FactsCache() if cache is None else cache
+    held: dict[str, Hardware] = {}
+    measures: dict[str, NodeMeasure] = {}
+    for st in states:
+        node, inv = st.node, st.inventory
+        if inv is not None:
+            hw = cache.hardware.get(node)
+            if hw is None or hw[0] is not inv:
+                hw = cache.hardware[node] = (inv, hardware(inv))
+            held[node] = hw[1]
+        sample = staleness.current(st, now)
+        if sample is None:
+            continue
+        seen = cache.measured.get(node)
+        if seen is None or seen[0] is not sample:
+            seen = cache.measured[node] = (sample, measure(sample, busy_util_pct))
+        measures[node] = seen[1]
+        if node not in held:
+            held[node] = Hardware(seen[1].gpus, 0.0)
+    return held, measures
 
 
 def allocated_usage(

@@ -116,12 +116,23 @@ def snapshot_series(reader: StoreReader, since: float) -> list[dict[str, Any]]:
 def latest_node_rows(
     reader: StoreReader,
 ) -> Iterator[
-    tuple[str, str | None, float | None, bytes | None, float | None, int | None, bytes | None]
+    tuple[
+        str,
+        str | None,
+        float | None,
+        bytes | None,
+        float | None,
+        float | None,
+        int | None,
+        bytes | None,
+    ]
 ]:
-    """Per node: (node, status, status_ts, inventory JSON, newest sample's received time,
-    its payload dict id, its payload blob), through the ``(node, ts_ms)`` index."""
+    """Per node: (node, status, status_ts, inventory JSON, inventory_ts, newest sample's
+    received time, its payload dict id, its payload blob), through the ``(node, ts_ms)``
+    index."""
     rows = reader.fetchall(
-        "SELECT n.node, n.status, n.status_ts, n.inventory, s.received_ms / 1000.0 AS received, "
+        "SELECT n.node, n.status, n.status_ts, n.inventory, n.inventory_ts, "
+        "s.received_ms / 1000.0 AS received, "
         "s.payload_dict, s.payload FROM nodes n LEFT JOIN samples s ON s.rowid = "
         "(SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
         "ORDER BY n.node"
@@ -132,6 +143,7 @@ def latest_node_rows(
             r["status"],
             r["status_ts"],
             r["inventory"],
+            r["inventory_ts"],
             r["received"],
             r["payload_dict"],
             r["payload"],

@@ -54,7 +54,9 @@ class NodeRecord(NamedTuple):
 
     node: str
     status: str | None
+    status_ts: float | None
     inventory: bytes
+    inventory_ts: float | None
     source: str
     """``agent`` (its own retained inventory) or ``declared`` (``inventory import``)."""
     last_received: float | None
@@ -75,7 +77,7 @@ def node_records(store: Rows) -> list[NodeRecord]:
     decl_join = "LEFT JOIN declared_inventories d ON d.node = n.node " if declared else ""
     # The newest sample through the (node, ts_ms) index: one short descent per node.
     sql = (
-        f"SELECT n.node, n.status, {inv_col} AS inventory, "
+        f"SELECT n.node, n.status, n.status_ts, {inv_col} AS inventory, n.inventory_ts, "
         "CASE WHEN n.inventory IS NOT NULL THEN 'agent' ELSE 'declared' END AS source, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, "
         f"{pool_col} AS pool FROM nodes n {decl_join}{pool_join}"
@@ -86,7 +88,8 @@ def node_records(store: Rows) -> list[NodeRecord]:
     if declared:
         pool_join = "LEFT JOIN pool_nodes p ON p.node = d.node " if pooled else ""
         sql += (
-            f" UNION ALL SELECT d.node, NULL, d.inventory, 'declared', NULL, NULL, NULL, "
+            " UNION ALL SELECT d.node, NULL, NULL, d.inventory, NULL, 'declared', NULL, NULL, "
+            f"NULL, "
             f"{pool_col} FROM declared_inventories d {pool_join}"
             "WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = d.node)"
         )
@@ -95,7 +98,9 @@ def node_records(store: Rows) -> list[NodeRecord]:
         NodeRecord(
             r["node"],
             r["status"],
+            r["status_ts"],
             bytes(r["inventory"]),
+            r["inventory_ts"],
             r["source"],
             r["last_received"],
             r["interval_s"],

@@ -19,14 +19,10 @@ from agent.simulate import FleetSimulator
 from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
 from collector.ingest.validate import sample_row
+from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.settings import CollectorSettings
 from collector.store.db import NodeUpdate, SampleRow, Store
-from collector.store.queries import (
-    DEFAULT_INTERVAL_S,
-    DEFAULT_STALE_INTERVALS,
-    fleet_summary,
-    printable,
-)
+from collector.store.queries import fleet_summary, printable
 from collector.store.reader import DEFAULT_DB_PATH, StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
@@ -183,7 +179,7 @@ async def test_fleet_summary_uses_each_nodes_newest_sample_even_if_a_late_one_ar
             ["x1000c0s0b0n0", "x1000c0s0b0n1"],
         )
     with StoreReader(tmp_path / "c.db") as reader:
-        summary = fleet_summary(reader, 1.8e9 + 11, stale_intervals=3, default_interval_s=5)
+        summary = fleet_summary(reader, 1.8e9 + 11, staleness=Staleness(3, 5))
     by_node = {n["node"]: n for n in summary["nodes"]}
     assert by_node["x1000c0s0b0n0"]["last_sample_age_s"] == 1.0
     assert by_node["x1000c0s0b0n0"]["state"] == "online"

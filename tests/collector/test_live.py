@@ -102,20 +102,6 @@ def test_status_and_inventory_are_recorded_with_their_times() -> None:
     assert len(st.inventory.gpus) == 8
 
 
-def test_is_stale_after_the_given_number_of_the_nodes_own_intervals() -> None:
-    """5 s samples: stale after 15 s without one; a node without samples is never stale."""
-    view = LiveView()
-    view.on_sample(_sample(), T0)
-    st = view.get(NODE)
-    assert st is not None
-    assert not view.is_stale(st, T0 + 15, 3)
-    assert view.is_stale(st, T0 + 15.1, 3)
-    view.on_status("x1000c0s0b0n1", "online", T0)
-    other = view.get("x1000c0s0b0n1")
-    assert other is not None
-    assert not view.is_stale(other, T0 + 1e6, 3)
-
-
 def test_rejects_are_counted_per_reason_in_time_buckets() -> None:
     """Window sums by reason and in total; the series has one slot per bucket."""
     view = LiveView(reject_bucket_s=10, reject_buckets=6)

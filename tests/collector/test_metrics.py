@@ -17,6 +17,7 @@ from agent.simulate import FleetSimulator
 from collector.alerts.rule import AlertState
 from collector.live import LiveView
 from collector.metrics import alert_families, fleet_families, ingest_families
+from collector.nodefacts import Staleness
 from tests.helpers import promtool_check_metrics
 
 NOW = 1_700_000_000.0
@@ -42,9 +43,7 @@ async def test_fleet_aggregates_equal_the_sums_over_online_nodes() -> None:
     """Nodes by state as `collector query` counts them; GPUs, mean utilisation and power
     summed over the online nodes only, recomputed here from the samples themselves."""
     view, _ = _view()
-    got = _values(
-        await fleet_families(view, NOW, stale_intervals=3.0, default_interval_s=5.0, chunk=4)
-    )
+    got = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5), chunk=4))
     online = [st.sample for st in list(view.nodes())[:4] if st.sample is not None]
     gpus = [g for sample in online for g in sample.gpus]
     power = sum(
@@ -68,12 +67,8 @@ async def test_fleet_aggregates_equal_the_sums_over_online_nodes() -> None:
 async def test_chunked_walk_gives_the_same_figures_as_one_pass() -> None:
     """Yielding to the loop between chunks changes nothing in the result."""
     view, _ = _view(9)
-    one = _values(
-        await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5, chunk=10**6)
-    )
-    many = _values(
-        await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5, chunk=1)
-    )
+    one = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5), chunk=10**6))
+    many = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5), chunk=1))
     assert one == many
 
 
@@ -88,7 +83,7 @@ async def test_unknown_power_is_absent_not_zero() -> None:
     )
     view = LiveView()
     view.on_sample(blind, NOW)
-    got = _values(await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5))
+    got = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5)))
     assert got[("capwatch_fleet_gpus", ())] == 2
     assert not any(name.endswith("_watts") for name, _ in got)
 
@@ -97,8 +92,8 @@ async def test_series_count_does_not_grow_with_the_fleet() -> None:
     """No per-node or per-GPU series: 3 nodes and 300 nodes give the same series."""
     small, _ = _view(3)
     big, _ = _view(300)
-    a = await fleet_families(small, NOW, stale_intervals=3, default_interval_s=5)
-    b = await fleet_families(big, NOW, stale_intervals=3, default_interval_s=5)
+    a = await fleet_families(small, NOW, staleness=Staleness(3, 5))
+    b = await fleet_families(big, NOW, staleness=Staleness(3, 5))
     assert set(_values(a)) == set(_values(b))
 
 
@@ -168,7 +163,7 @@ async def test_promtool_accepts_the_collector_families_without_remarks() -> None
             connected=False,
             last_commit_age_s=None,
         ),
-        *await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5),
+        *await fleet_families(view, NOW, staleness=Staleness(3, 5)),
         *alert_families([]),
     ]
     registry = CollectorRegistry(auto_describe=False)
@@ -285,7 +280,7 @@ async def test_samples_at_the_schemas_bounds_give_finite_exact_aggregates() -> N
             gpus=[msgspec.structs.replace(gpu, index=k) for k in range(MAX_GPUS)],
         )
         view.on_sample(sample, NOW)
-    got = _values(await fleet_families(view, NOW, stale_intervals=3, default_interval_s=5))
+    got = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5)))
     assert got[("capwatch_fleet_gpus", ())] == nodes * MAX_GPUS
     assert got[("capwatch_fleet_gpu_power_watts", ())] == nodes * MAX_GPUS * MAX_GPU_POWER_W
     assert got[("capwatch_fleet_gpu_utilisation_ratio", ())] == 1.0

@@ -11,6 +11,7 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.capacity.compute import compute_picture, fleet_solution
 from collector.capacity.config import CapacityPlan, parse_capacity
+from collector.nodefacts import Staleness
 from collector.power.plan import read_plan_document
 from shared.errors import PlanError
 from shared.schema import Sample
@@ -69,7 +70,7 @@ def test_stale_and_offline_nodes_count_at_nameplate_by_default() -> None:
     # node 0 falls silent: its sample arrived long ago
     view.get(sim.node_ids[0]).sample_received = NOW - 3600  # type: ignore[union-attr]
     view.on_status(sim.node_ids[1], "offline", NOW)
-    p = compute_picture(cplan, view.nodes(), NOW, stale_intervals=3)
+    p = compute_picture(cplan, view.nodes(), NOW, staleness=Staleness(3))
     assert p.stale_nodes == 2
     assert set(p.stale) == {sim.node_ids[0], sim.node_ids[1]}
     expected = _truth(cplan, samples[2:]) + 2 * 10_200
@@ -232,7 +233,7 @@ def test_node_counts_by_basis_add_up_to_the_nodes_with_a_stale_clamped_node() ->
     view.on_sample(msgspec.structs.replace(samples[4], ts=samples[4].ts + 1, gpus=gpus), NOW)
     view.get(sim.node_ids[2]).sample_received = NOW - 3600  # type: ignore[union-attr]
     for basis in ("nameplate", "last", "zero"):
-        p = compute_picture(cplan, view.nodes(), NOW, stale_intervals=3, stale_basis=basis)
+        p = compute_picture(cplan, view.nodes(), NOW, staleness=Staleness(3), stale_basis=basis)
         parts = p.measured_nodes + p.stale_nodes + p.unmatched_nodes + p.clamped_nodes
         assert parts == p.nodes == 6, basis
         assert (p.stale_nodes, p.clamped_nodes, list(p.clamped)) == (1, 1, [sim.node_ids[4]])

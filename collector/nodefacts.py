@@ -1,0 +1,211 @@
+"""What a node is, decided once: its state, GPU power, busy GPUs, measures and hardware.
+
+Every part of the collector that asks one of these questions asks here: the live view and
+the alert rules (``NodeStale``, and which sample the GPU rules read), the capacity picture,
+governance usage (the daemon's and ``quota show --from-store``), ``collector query``,
+the inventory and pool commands, and ``/metrics``. They take a node's facts from the live
+view (:class:`~collector.live.NodeState`) or from the store's newest rows; the answer is the
+same function of the same values.
+
+**State** (:meth:`Staleness.state`), on the collector's clock:
+
+- ``offline``: its status topic says so (the agent said it, or the broker published its last
+  will), whatever its samples;
+- ``stale``: not offline, and its newest sample arrived more than ``stale_intervals`` x that
+  sample's own interval ago;
+- ``online`` otherwise.
+
+**A node that is not offline and has never sent a sample** is ``online`` (awaiting its first
+sample) for ``stale_intervals`` x ``expected_interval_s`` from when the collector heard it
+come online (its ``online`` status; a node known only by its inventory: when the inventory
+arrived), then ``stale``; one the collector heard nothing of but its name is ``stale``.
+Why: an agent publishes its status at connect and its first sample one interval later, and a
+restarted collector gets every retained ``online`` status before the next round of samples;
+calling those nodes stale at once would page for every node at each restart. Calling them
+online for ever would hide an agent that connects and never samples (a broken GPU driver
+hanging the sampler). Kubernetes' node lifecycle controller answers the same question the
+same way: a node that never posted its status gets the grace period counted from its
+registration, then goes ``Unknown``. Such a node has no measures: it counts no GPUs, power
+or utilisation, and the capacity picture counts it at its nameplate.
+
+**Measures** come only from an online node's newest sample (:func:`measure`): a stale or
+offline node's last sample says what it did, not what it does. **GPU power** of one GPU is
+the interval power from the energy counter (``power_interval_w``, the accurate figure) when
+the sample has it, else the instantaneous reading (``power_w``); a GPU is **busy** at or
+above the utilisation threshold. **Hardware** (:func:`hardware`): the inventory's GPUs and
+the sum of their enforced power limits. Values past the wire schema's bounds
+(:data:`shared.schema.MAX_GPU_POWER_W`, :data:`~shared.schema.MAX_CPU_POWER_W`) cannot be
+decoded; sums are still clamped to them, so a state built by hand cannot exceed them either.
+
+Pure: no I/O, no clock; the caller passes ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
+
+if TYPE_CHECKING:  # annotations only: the live view imports this module, and `collector
+    # query` (states only) does not load the wire schema's msgspec
+    from collector.live import NodeState
+    from shared.schema import GpuSample, Sample
+
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "DEFAULT_STALENESS",
+    "DEFAULT_STALE_INTERVALS",
+    "STATES",
+    "Hardware",
+    "NodeMeasure",
+    "Staleness",
+    "State",
+    "gpu_power_w",
+    "hardware",
+    "measure",
+]
+
+State = Literal["online", "stale", "offline"]
+STATES: Final[tuple[State, ...]] = ("online", "stale", "offline")
+
+DEFAULT_STALE_INTERVALS: Final = 3.0
+"""A node with no sample for this many of its intervals is stale (``stale_intervals``)."""
+DEFAULT_INTERVAL_S: Final = 5.0
+"""A node's sampling interval before its first sample says (``expected_interval_s``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """When a node is stale: ``intervals`` x its sample interval without a sample.
+
+    ``expected_interval_s`` stands for the interval of a node that has not sampled yet.
+    """
+
+    intervals: float = DEFAULT_STALE_INTERVALS
+    expected_interval_s: float = DEFAULT_INTERVAL_S
+
+    def state(
+        self,
+        now: float,
+        *,
+        status: str | None,
+        status_ts: float | None,
+        inventory_ts: float | None,
+        received: float | None,
+        interval_s: float | None,
+    ) -> State:
+        """The state of a node from its stored or live facts (see the module docstring).
+
+        ``received``/``interval_s``: its newest sample's arrival and interval (``None``: no
+        sample); ``status_ts``/``inventory_ts``: when its status and inventory arrived.
+        """
+        if status == "offline":
+            return "offline"
+        if received is not None:
+            limit = self.intervals * (interval_s or self.expected_interval_s)
+            return "stale" if now - received > limit else "online"
+        since = status_ts if status == "online" else inventory_ts
+        if since is None or now - since > self.intervals * self.expected_interval_s:
+            return "stale"
+        return "online"
+
+    def of(self, st: NodeState, now: float) -> State:
+        """The state of a live-view node."""
+        sample = st.sample
+        return self.state(
+            now,
+            status=st.status,
+            status_ts=st.status_ts,
+            inventory_ts=st.inventory_ts,
+            received=st.sample_received,
+            interval_s=None if sample is None else sample.interval_s,
+        )
+
+    def current(self, st: NodeState, now: float) -> Sample | None:
+        """The sample that says what ``st`` does now: its newest, while it is online."""
+        sample = st.sample
+        if sample is None or self.of(st, now) != "online":
+            return None
+        return sample
+
+
+DEFAULT_STALENESS: Final = Staleness()
+"""The defaults (immutable: a safe default argument)."""
+
+
+def gpu_power_w(gpu: GpuSample) -> float | None:
+    """One GPU's power: interval power when reported, else the instantaneous reading."""
+    w = gpu.power_interval_w
+    return gpu.power_w if w is None else w
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMeasure:
+    """One online node's measures from its newest sample."""
+
+    gpus: int
+    busy_gpus: int
+    """GPUs at or above the busy threshold."""
+    power_w: float | None
+    """GPU + CPU package power (``None``: neither reported)."""
+    util_pct: float | None = None
+    """Mean GPU utilisation of the sample (``None``: not reported)."""
+
+
+def measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
+    """The measures of one sample; a GPU is busy at ``busy_util_pct`` or more."""
+    from shared.schema import MAX_CPU_POWER_W, MAX_GPU_POWER_W  # noqa: PLC0415 (see above)
+
+    # One pass, few calls: this runs for every leased node at every evaluation.
+    busy = n_util = 0
+    util_sum = gpu_w = 0.0
+    gpu_known = False
+    for g in sample.gpus:
+        u = g.util_pct
+        if u is not None:
+            n_util += 1
+            util_sum += u
+            if u >= busy_util_pct:
+                busy += 1
+        w = gpu_power_w(g)
+        if w is not None:
+            gpu_w += w
+            gpu_known = True
+    gpus = len(sample.gpus)
+    gpu_w = min(max(gpu_w, 0.0), MAX_GPU_POWER_W * gpus)
+    watts = gpu_w
+    cpu = sample.cpu_power_w
+    if cpu is not None:
+        watts += min(max(cpu, 0.0), MAX_CPU_POWER_W)
+    return NodeMeasure(
+        gpus=gpus,
+        busy_gpus=busy,
+        power_w=watts if gpu_known or cpu is not None else None,
+        util_pct=min(max(util_sum / n_util, 0.0), 100.0) if n_util else None,
+    )
+
+
+class Hardware(NamedTuple):
+    """What a node's inventory holds: GPUs and the sum of their enforced power limits."""
+
+    gpus: int
+    gpu_power_limit_w: float
+
+
+class _GpuLimit(Protocol):
+    @property
+    def power_limit_w(self) -> float | None: ...
+
+
+class _HasGpus(Protocol):
+    @property
+    def gpus(self) -> Sequence[_GpuLimit]: ...
+
+
+def hardware(inv: _HasGpus) -> Hardware:
+    """The hardware counts of one inventory (a decoded :class:`~shared.schema.Inventory`,
+    or any struct with its ``gpus[].power_limit_w``: a reader that decodes only those)."""
+    from shared.schema import MAX_GPU_POWER_W  # noqa: PLC0415 (see the imports)
+
+    limits = sum(min(max(g.power_limit_w or 0.0, 0.0), MAX_GPU_POWER_W) for g in inv.gpus)
+    return Hardware(len(inv.gpus), limits)
