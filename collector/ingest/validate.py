@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from collector.live import LiveView
+from collector.nodefacts import gpu_power_w
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
 from shared.clock import Clock
 from shared.errors import SchemaError
@@ -78,9 +79,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
     if gpus:
         utils = [g.util_pct for g in gpus if g.util_pct is not None]
         util = sum(utils) / len(utils) if utils else None
-        # Interval power from the energy counter is the accurate figure; fall back to the
-        # instantaneous reading for GPUs (or the first sample) that lack it.
-        watts = [g.power_interval_w if g.power_interval_w is not None else g.power_w for g in gpus]
+        watts = [gpu_power_w(g) for g in gpus]
         known = [w for w in watts if w is not None]
         power = sum(known) if known else None
         # The schema bounds each GPU's memory so that this sum fits int64 (shared/schema.md);
