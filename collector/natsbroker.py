@@ -10,7 +10,7 @@ configuration/mqtt). Its semantics differ from Mosquitto's where it matters to t
   reason the collector subscribes one filter (:data:`shared.topics.SUBSCRIPTIONS`);
 - sessions, queued and retained messages live in JetStream streams on disk (``store_dir``),
   so they survive a restart;
-- no shared subscriptions (``$share/...``), no QoS 2.
+- MQTT 3.1.1 only; no shared subscriptions (``$share/...``); QoS 2 only from 2.10.
 
 Not for production: no TLS, no authentication, loopback only.
 """

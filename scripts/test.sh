@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Run capwatch's tests (creates .venv on first use). Extra arguments go to pytest.
-# The integration tests need Mosquitto, Alertmanager and Prometheus: when one is missing,
+# The integration tests need Mosquitto, NATS, Alertmanager and Prometheus: when one is missing,
 # this script installs it if it may (root, or passwordless sudo); otherwise those tests are
 # skipped, loudly (under CI=true they fail instead).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # The broker-security tests also need mosquitto_passwd (Debian: same package); the
-# Alertmanager push tests prometheus-alertmanager, the metrics tests prometheus (promtool).
+# Alertmanager push tests prometheus-alertmanager, the metrics tests prometheus (promtool),
+# the broker conformance tests nats-server.
 missing=()
 { { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } &&
   command -v mosquitto_passwd >/dev/null 2>&1; } || missing+=(mosquitto)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+{ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; } || missing+=(nats-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then
