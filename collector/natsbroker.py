@@ -12,7 +12,8 @@ configuration/mqtt). Its semantics differ from Mosquitto's where it matters to t
   so they survive a restart;
 - MQTT 3.1.1 only; no shared subscriptions (``$share/...``); QoS 2 only from 2.10.
 
-Not for production: no TLS, no authentication, loopback only.
+Not for production: no authentication, loopback only; TLS on the MQTT listener when given a
+certificate and key.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ jetstream {{
 }}
 mqtt {{
   listen: {host}:{port}
-}}
+{tls}}}
+"""
+_TLS = """  tls {{
+    cert_file: "{cert}"
+    key_file: "{key}"
+  }}
 """
 
 
@@ -51,6 +57,7 @@ class NatsBroker(BrokerProcess):
     """A ``nats-server`` with JetStream and an MQTT listener on loopback ports.
 
     ``port`` is the MQTT port (what capwatch connects to); ``client_port`` the NATS one.
+    ``tls``: (certificate, key) files: the MQTT listener then speaks TLS only.
     ``restart()`` stops it with SIGTERM and starts it again on the same ports and store.
     """
 
@@ -61,6 +68,7 @@ class NatsBroker(BrokerProcess):
         host: str = "127.0.0.1",
         port: int | None = None,
         binary: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         found = binary or find_nats_server()
         if found is None:
@@ -76,7 +84,11 @@ class NatsBroker(BrokerProcess):
         self.config_path = data_dir / "nats.conf"
         self.config_path.write_text(
             _CONFIG.format(
-                host=host, port=self.port, client_port=self.client_port, data_dir=data_dir
+                host=host,
+                port=self.port,
+                client_port=self.client_port,
+                data_dir=data_dir,
+                tls="" if tls is None else _TLS.format(cert=tls[0], key=tls[1]),
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

@@ -16,8 +16,10 @@ import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import BrokerProcess, EmbeddedBroker
-from tests.helpers import count_samples, db_rows, wait_until
+from collector.natsbroker import NatsBroker, find_nats_server
+from tests.helpers import count_samples, db_rows, skip_without_nats, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.secure_broker import make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +90,21 @@ async def test_a_broker_restart_loses_no_sample(
     await publish_fleet(fast_mqtt(broker), sim, ticks=10, burst=True, start_ts=start + 20)
     await wait_until(lambda: count_samples(runner.db) == 600, what="all 600 samples")
     assert collector.counters["mqtt_sessions_lost"] == 0
+
+
+async def test_the_collector_ingests_from_nats_over_tls(tmp_path: Path) -> None:
+    """NATS' MQTT listener with TLS: the collector verifies it against the CA and stores."""
+    if find_nats_server() is None:
+        skip_without_nats()
+    pki = make_pki(tmp_path / "pki", client_cn="unused")
+    sim = FleetSimulator(10, gpus_per_node=2, seed=25, interval_s=1)
+    with NatsBroker(tmp_path / "nats", tls=(pki.server_cert, pki.server_key)) as nats:
+        mqtt = fast_mqtt(nats).model_copy(update={"tls_ca_file": pki.ca_cert})
+        runner = CollectorRunner(nats, tmp_path / "capwatch.db")
+        runner.settings = runner.settings.model_copy(update={"mqtt": mqtt})
+        try:
+            await runner.start()
+            await publish_fleet(mqtt, sim, ticks=10, burst=True, start_ts=time.time() - 60)
+            await wait_until(lambda: count_samples(runner.db) == 100, what="100 samples")
+        finally:
+            await runner.stop()
