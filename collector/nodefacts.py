@@ -46,9 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
-if TYPE_CHECKING:  # annotations only: the live view imports this module, and `collector
-    # query` (states only) does not load the wire schema's msgspec
-    from collector.live import NodeState
+if TYPE_CHECKING:  # annotations only: `collector query` (states only) does not load the
+    # wire schema's msgspec
     from shared.schema import GpuSample, Sample
 
 __all__ = [
@@ -57,6 +56,7 @@ __all__ = [
     "DEFAULT_STALE_INTERVALS",
     "STATES",
     "Hardware",
+    "NodeFacts",
     "NodeMeasure",
     "Staleness",
     "State",
@@ -72,6 +72,24 @@ DEFAULT_STALE_INTERVALS: Final = 3.0
 """A node with no sample for this many of its intervals is stale (``stale_intervals``)."""
 DEFAULT_INTERVAL_S: Final = 5.0
 """A node's sampling interval before its first sample says (``expected_interval_s``)."""
+
+
+class NodeFacts(Protocol):
+    """What :meth:`Staleness.of` reads of a node (:class:`collector.live.NodeState` is one).
+
+    A protocol, not the live view's class: the live view imports this module.
+    """
+
+    @property
+    def sample(self) -> Sample | None: ...
+    @property
+    def sample_received(self) -> float | None: ...
+    @property
+    def status(self) -> str | None: ...
+    @property
+    def status_ts(self) -> float | None: ...
+    @property
+    def inventory_ts(self) -> float | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +127,7 @@ class Staleness:
             return "stale"
         return "online"
 
-    def of(self, st: NodeState, now: float) -> State:
+    def of(self, st: NodeFacts, now: float) -> State:
         """The state of a live-view node."""
         sample = st.sample
         return self.state(
@@ -121,7 +139,7 @@ class Staleness:
             interval_s=None if sample is None else sample.interval_s,
         )
 
-    def current(self, st: NodeState, now: float) -> Sample | None:
+    def current(self, st: NodeFacts, now: float) -> Sample | None:
         """The sample that says what ``st`` does now: its newest, while it is online."""
         sample = st.sample
         if sample is None or self.of(st, now) != "online":
