@@ -399,6 +399,7 @@ class MqttSubscriber:
             raise error from None
         finally:
             self._subacks.pop(packet_id, None)
+            self._pause_if_full()  # what arrived with the answer may be past the bound
 
     def _require_open(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Transport]:
         if self._error is not None:
@@ -494,19 +495,24 @@ class MqttSubscriber:
                 self._ready = batch
             self._ready_bytes += sum([len(m[1]) for m in batch])
             self._wake()
-            # Never pause while a SUBACK is awaited: a broker resuming a persistent session
-            # sends queued messages before the SUBACK, which would then never be read.
-            if (
-                (
-                    len(self._ready) > self.max_buffered
-                    or self._ready_bytes > self.max_buffered_bytes
-                )
-                and not self._paused
-                and not self._subacks
-                and self._error is None
-            ):
-                self._paused = True
-                cast(asyncio.Transport, self._transport).pause_reading()
+            self._pause_if_full()
+
+    def _pause_if_full(self) -> None:
+        """Pause reading past ``max_buffered`` messages or ``max_buffered_bytes``.
+
+        Never while a SUBACK is awaited: a broker resuming a persistent session sends queued
+        messages before the SUBACK, which would then never be read. The check runs again
+        when the last awaited answer has arrived (:meth:`_request`).
+        """
+        if (
+            (len(self._ready) > self.max_buffered or self._ready_bytes > self.max_buffered_bytes)
+            and not self._paused
+            and not self._subacks
+            and self._error is None
+            and self._transport is not None
+        ):
+            self._paused = True
+            self._transport.pause_reading()
 
     def _on_control(self, first: int, body: bytes) -> None:
         if first == 0xD0 and not body:  # PINGRESP

@@ -27,6 +27,7 @@ from collector.ingest.subscriber import (
     MqttWireError,
 )
 from collector.localbroker import MosquittoBroker, free_port
+from tests.collector.ingest.wire import publish_packet
 from tests.helpers import wait_until
 
 _STEP_S = 10.0
@@ -34,35 +35,6 @@ _STEP_S = 10.0
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _publish_packet(
-    topic: str,
-    payload: bytes,
-    *,
-    qos: int = 0,
-    packet_id: int | None = None,
-    retain: bool = False,
-    dup: bool = False,
-) -> bytes:
-    """A broker-to-client PUBLISH, encoded from the spec independently of the module."""
-    raw_topic = topic.encode()
-    body = len(raw_topic).to_bytes(2, "big") + raw_topic
-    if qos:
-        assert packet_id is not None
-        body += packet_id.to_bytes(2, "big")
-    body += payload
-    first = 0x30 | (dup << 3) | (qos << 1) | retain
-    return bytes((first,)) + _remaining_length(len(body)) + body
 
 
 def _subscriber(
@@ -211,7 +183,7 @@ _STREAM_MESSAGES = [
 
 def _stream(messages: list[Message]) -> bytes:
     return b"".join(
-        _publish_packet(
+        publish_packet(
             m.topic, m.payload, qos=m.qos, packet_id=m.packet_id, retain=m.retain, dup=m.dup
         )
         for m in messages
@@ -528,9 +500,9 @@ async def test_ack_sends_pubacks_after_the_fact_and_disconnect_on_exit() -> None
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
-            _publish_packet("t/a", b"1", qos=1, packet_id=5)
-            + _publish_packet("t/b", b"2", qos=1, packet_id=7)
-            + _publish_packet("t/c", b"3")
+            publish_packet("t/a", b"1", qos=1, packet_id=5)
+            + publish_packet("t/b", b"2", qos=1, packet_id=7)
+            + publish_packet("t/c", b"3")
         )
         while packet := await reader.read(4096):
             received.append(packet)
@@ -552,8 +524,8 @@ async def test_qos2_publish_is_a_protocol_error_after_earlier_messages() -> None
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(
-            _publish_packet("t/ok", b"fine", qos=1, packet_id=1)
-            + _publish_packet("t/bad", b"qos2", qos=2, packet_id=2)
+            publish_packet("t/ok", b"fine", qos=1, packet_id=1)
+            + publish_packet("t/bad", b"qos2", qos=2, packet_id=2)
         )
         await _drain(reader)
 

@@ -225,3 +225,30 @@ async def test_one_read_past_the_buffer_bound_pauses_then_delivers_everything(
     assert [m.packet_id for m in got] == list(range(1, total + 1))
     assert [m.payload[:5] for m in got] == [b"%05d" % n for n in range(total)]
     assert all(len(m.payload) == payload_size for m in got)
+
+
+# --- a SUBACK and a backlog in one read -------------------------------------------------------
+
+
+async def test_a_backlog_arriving_with_the_suback_pauses_reading_once_subscribed() -> None:
+    """SUBACK plus more than max_buffered messages in one read: paused after subscribe()."""
+    backlog = [b"b%03d" % i for i in range(100)]
+    ready = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert (await wire.read_packet(reader))[0] == 0x10, "expected CONNECT"
+        writer.write(wire.CONNACK_OK)
+        subscribe = await wire.read_packet(reader)
+        suback = wire.suback(int.from_bytes(subscribe[2:4], "big"), [1])
+        writer.write(suback + b"".join(wire.publish_packet("t/b", p) for p in backlog))
+        await ready.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server, contextlib.AsyncExitStack() as stack:
+        sub = await _open(server.sockets[0].getsockname()[1], stack, max_buffered=20)
+        assert sub.reading_paused is True
+        got = await _next(sub)
+        assert sub.reading_paused is False
+        ready.set()
+    assert [m.payload for m in got] == backlog
