@@ -39,6 +39,7 @@ __all__ = [
     "backoff_s",
     "classify",
     "generator_url",
+    "go_quote",
     "group_body",
     "group_key",
     "retry_after_s",
@@ -64,14 +65,70 @@ def generator_url(external_url: str, fingerprint: str) -> str:
     return f"{external_url}/alerts?fingerprint={fingerprint}" if external_url else ""
 
 
+_GO_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def go_quote(value: str | bytes) -> str:
+    r"""``value`` as Go's ``strconv.Quote`` writes it (``strconv/quote.go``), in double quotes.
+
+    ``"`` and ``\`` are backslashed; a printable character is kept as it is, non-ASCII ones
+    too (Go's ``IsPrint``: Unicode categories L, M, N, P, S and the ASCII space, which is
+    exactly what :meth:`str.isprintable` accepts); the others are escaped: ``\a \b \f
+    \n \r \t \v``, other ASCII controls and DEL as ``\x1b``/``\x7f`` (Go 1.19 and
+    later), the rest as ``\u00a0``, ``\u2028``, ``\ufeff`` or ``\U000e0001``. Both
+    languages take the categories from their Unicode tables, so a character assigned in a
+    Unicode version only one of them knows is escaped by the other one only.
+
+    ``bytes`` are a Go string exactly: each byte that is not part of valid UTF-8 is written
+    ``\xff``. A Python ``str`` can hold a lone surrogate, which no Go string can: capwatch
+    hands labels to Go as JSON, and Go's JSON decoder turns a lone surrogate into U+FFFD,
+    a printable character, so that is what is written for one.
+    """
+    if isinstance(value, bytes):
+        # Each invalid byte becomes one of U+DC80..U+DCFF, as Go's decoder takes it: one at a time.
+        text, invalid = value.decode("utf-8", "surrogateescape"), "\\x{:02x}"
+    else:
+        text, invalid = value, "\ufffd"
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(invalid.format(code & 0xFF))
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
 def _label_set(labels: Mapping[str, str]) -> str:
-    """prometheus/common ``LabelSet.String()``: ``{a="1", b="2"}``, names sorted, values quoted."""
-    pairs = (f"{k}={json.dumps(labels[k], ensure_ascii=False)}" for k in sorted(labels))
-    return "{" + ", ".join(pairs) + "}"
+    """prometheus/common ``LabelSet.String()``: ``{a="1", b="2"}``, names sorted and written
+    as they are, values quoted by :func:`go_quote`."""
+    return "{" + ", ".join(f"{k}={go_quote(labels[k])}" for k in sorted(labels)) + "}"
 
 
 def group_key(route_key: str, group_labels: Mapping[str, str]) -> str:
-    """Alertmanager's ``groupKey``: the route's key, ``:``, the group labels."""
+    """Alertmanager's ``groupKey`` (``dispatch.go``, ``aggrGroup.GroupKey``): the route's key,
+    ``:``, the group labels."""
     return f"{route_key}:{_label_set(group_labels)}"
 
 
