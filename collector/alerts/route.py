@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -126,14 +126,14 @@ class Route:
     group_interval_s: float = 60.0
     repeat_interval_s: float = 4 * 3600.0
     continue_: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """Alertmanager's route key: ``{}`` (root) or ``{}/{matchers}``, sorted (written once:
+    every alert's group key starts with it, at every evaluation)."""
 
-    @property
-    def key(self) -> str:
-        """Alertmanager's route key: ``{}`` (root) or ``{}/{matchers}``, sorted."""
-        if not self.matchers:
-            return "{}"
+    def __post_init__(self) -> None:
         ordered = sorted(self.matchers, key=lambda m: m.sort_key)
-        return "{}/{" + ",".join(str(m) for m in ordered) + "}"
+        key = "{}/{" + ",".join(str(m) for m in ordered) + "}" if ordered else "{}"
+        object.__setattr__(self, "key", key)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether every matcher matches ``labels``."""

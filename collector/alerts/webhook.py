@@ -22,13 +22,15 @@ receiver's ``max_age_s``.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import hmac
-import json
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple
+
+import msgspec
 
 __all__ = [
     "BACKOFF_CAP_S",
@@ -55,6 +57,7 @@ BACKOFF_FACTOR: Final = 2.0
 BACKOFF_CAP_S: Final = 60.0
 
 
+@functools.lru_cache(maxsize=4096)  # a mass event's alerts share a few instants
 def rfc3339(t: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.250Z``."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -187,6 +190,7 @@ def group_body(
     """The version-4 JSON body of one group's notification: every alert given, firing and
     resolved; ``status`` firing if any fires; at most ``max_alerts`` (0: all), the rest
     counted in ``truncatedAlerts``."""
+    kept = alerts if max_alerts <= 0 else alerts[:max_alerts]
     items = [
         {
             "status": "firing" if a.ends_at is None else "resolved",
@@ -197,22 +201,23 @@ def group_body(
             "generatorURL": generator_url(external_url, a.fingerprint),
             "fingerprint": a.fingerprint,
         }
-        for a in alerts
+        for a in kept
     ]
-    kept = items if max_alerts <= 0 else items[:max_alerts]
     body = {
         "receiver": receiver,
         "status": "firing" if any(a.ends_at is None for a in alerts) else "resolved",
-        "alerts": kept,
+        "alerts": items,
         "groupLabels": dict(group_labels),
         "commonLabels": _common([a.labels for a in alerts]),
         "commonAnnotations": _common([a.annotations for a in alerts]),
         "externalURL": external_url,
         "version": "4",
         "groupKey": group_key(route_key, group_labels),
-        "truncatedAlerts": len(items) - len(kept),
+        "truncatedAlerts": len(alerts) - len(kept),
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    # msgspec writes what json.dumps(ensure_ascii=False, separators=(",", ":")) writes, 5x
+    # faster: a mass event's one group of 12,500 alerts is 5.5 MB.
+    return msgspec.json.encode(body).decode()
 
 
 def sign(secret: bytes, body: bytes, timestamp: str | None) -> str:
