@@ -1,4 +1,7 @@
-"""GPU sampling behind a small backend interface; the real one talks to NVML (domain notes §3).
+"""GPU sampling behind a small backend interface; the real one talks to NVML.
+
+NVML: NVIDIA's NVML API Reference Guide (docs.nvidia.com/deploy/nvml-api/), through
+NVIDIA's Python bindings (``nvidia-ml-py``, module ``pynvml``).
 
 :class:`NvmlBackend` takes the NVML module as a parameter: ``pynvml`` on a GPU node,
 :class:`agent.fake_nvml.FakeNvml` in tests and demos. A node without a library, a driver or a

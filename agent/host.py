@@ -4,7 +4,7 @@ The counters come straight from ``proc_root`` (``stat``, ``loadavg``, ``meminfo`
 ``diskstats``, ``net/dev``, ``self/mounts``) and ``sysfs_root``: the same files psutil reads,
 but psutil can only be pointed at a test fixture through its module-global ``PROCFS_PATH``,
 and its equivalent calls cost more CPU than this whole sampler (bench/bench_agent.py). Rates
-follow domain notes §5: deltas over the monotonic clock, ``None`` on the first sample and
+follow :mod:`agent.rates`: deltas over the monotonic clock, ``None`` on the first sample and
 after a reset.
 
 Only physical disks and network interfaces are counted, so traffic is not counted twice

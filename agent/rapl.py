@@ -1,4 +1,7 @@
-"""CPU package (and DRAM) power from Intel RAPL energy counters in sysfs (domain notes §4).
+"""CPU package (and DRAM) power from Intel RAPL energy counters in sysfs.
+
+The powercap framework (Linux ``Documentation/power/powercap/powercap.rst``): one
+``intel-rapl:N`` zone per package, ``intel-rapl:N:M`` sub-zones (``name`` says ``dram``).
 
 ``<sysfs>/class/powercap/intel-rapl:N/energy_uj`` counts microjoules and wraps at
 ``max_energy_range_uj``. Since Linux 5.10 (CVE-2020-8694) only root may read it: without

@@ -1,4 +1,7 @@
-"""Rates from cumulative counters over a monotonic clock (domain notes §5).
+"""Rates from cumulative counters over a monotonic clock.
+
+The interval is measured on ``time.monotonic`` (``CLOCK_MONOTONIC``), never the wall clock: an
+NTP step or an operator setting the date would make it negative or huge.
 
 A rate needs two readings, so the first update returns ``None`` ("unknown", never ``0``).
 A counter that went backwards was reset (reboot, driver reload, hot-plug): that interval is

@@ -71,7 +71,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:
 
 def node_sampler(settings: AgentSettings) -> NodeSampler:
     """The node sampler the settings describe, on the system clock (not started)."""
-    from agent.service import build_sampler  # noqa: PLC0415 (psutil/NVML only when sampling)
+    from agent.service import build_sampler  # noqa: PLC0415 (NVML only when sampling)
     from shared.clock import SystemClock  # noqa: PLC0415
 
     return build_sampler(settings, SystemClock())

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from collector.alerts.route import Route, routes_for
 from collector.alerts.webhook import BodyAlert, group_key
 
 __all__ = ["Dispatcher", "Flush", "GroupAlert", "Notified", "log_key", "needs_update"]
+
+_SHARED_MAX: Final = 1 << 16
 
 
 GroupAlert = BodyAlert
@@ -62,6 +64,15 @@ class _Group:
     next_flush: float
     notified: Notified | None
     alerts: dict[str, GroupAlert] = field(default_factory=dict)
+
+
+class _Placement(NamedTuple):
+    """Where an alert goes on one route: the group's labels, ``groupKey`` and log key."""
+
+    route: Route
+    labels: dict[str, str]
+    group_key: str
+    key: str
 
 
 def needs_update(
@@ -99,6 +110,12 @@ class Dispatcher:
         self._routes = list(routes)
         self._log = dict(log or {})
         self._groups: dict[str, _Group] = {}
+        self._placed: dict[str, list[_Placement]] = {}
+        """Each firing alert's groups by fingerprint, until it resolves: the routes' matchers
+        (RE2 through its Python binding: microseconds each) and its group keys are worked
+        out once per alert, not at every evaluation."""
+        self._shared: dict[tuple[int, tuple[tuple[str, str], ...]], _Placement] = {}
+        """One placement per route and group labels, whatever the number of its alerts."""
 
     def prune_log(self, firing: Iterable[Mapping[str, str]]) -> list[str]:
         """Drop the log entries no group of ``firing`` (the alerts restored at start) can
@@ -119,25 +136,44 @@ class Dispatcher:
     ) -> None:
         """Take this evaluation's firing alerts (all of them) and those just resolved."""
         for alert in firing:
-            for route in routes_for(self._routes, alert.labels):
-                self._group(route, alert.labels, now).alerts[alert.fingerprint] = alert
+            for place in self._places(alert):
+                group = self._groups.get(place.key)
+                if group is None:
+                    group = self._groups[place.key] = _Group(
+                        place.group_key,
+                        place.route,
+                        place.labels,
+                        now + place.route.group_wait_s,
+                        self._log.get(place.key),
+                    )
+                group.alerts[alert.fingerprint] = alert
         for alert in resolved:
-            for route in routes_for(self._routes, alert.labels):
-                key = log_key(group_key(route.key, route.group_labels(alert.labels)), route)
-                group = self._groups.get(key)
+            for place in self._places(alert):
+                group = self._groups.get(place.key)
                 if group is not None and alert.fingerprint in group.alerts:
                     group.alerts[alert.fingerprint] = alert
+            self._placed.pop(alert.fingerprint, None)
 
-    def _group(self, route: Route, labels: Mapping[str, str], now: float) -> _Group:
+    def _places(self, alert: GroupAlert) -> list[_Placement]:
+        places = self._placed.get(alert.fingerprint)
+        if places is None:
+            places = self._placed[alert.fingerprint] = [
+                self._place(route, alert.labels) for route in routes_for(self._routes, alert.labels)
+            ]
+        return places
+
+    def _place(self, route: Route, labels: Mapping[str, str]) -> _Placement:
         group_labels = route.group_labels(labels)
-        gkey = group_key(route.key, group_labels)
-        key = log_key(gkey, route)
-        group = self._groups.get(key)
-        if group is None:
-            group = self._groups[key] = _Group(
-                gkey, route, group_labels, now + route.group_wait_s, self._log.get(key)
+        shared = (id(route), tuple(group_labels.items()))
+        place = self._shared.get(shared)
+        if place is None:
+            if len(self._shared) >= _SHARED_MAX:  # label churn: start again
+                self._shared.clear()
+            gkey = group_key(route.key, group_labels)
+            place = self._shared[shared] = _Placement(
+                route, group_labels, gkey, log_key(gkey, route)
             )
-        return group
+        return place
 
     def flush(
         self, now: float, is_muted: Callable[[GroupAlert], bool]

@@ -8,15 +8,15 @@ Routes are tried in order: an alert goes to the first route whose matchers all m
 on to the next ones only while the matched route has ``continue``. With no ``[[routes]]``
 the default route applies: every receiver, ``group_by = ["alertname"]``. Each route's key
 is Alertmanager's: ``{}`` for the root, ``{}/{matchers}`` for a route below it, which is
-what ``groupKey`` starts with (``dispatch/route.go``).
+what ``groupKey`` starts with (``dispatch/route.go``): the matchers sorted by name, value and
+operator, each written as ``pkg/labels/matcher.go`` writes it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 __all__ = [
@@ -35,6 +35,8 @@ ALL_LABELS: Final = "..."
 Op = Literal["=", "!=", "=~", "!~"]
 _MATCHER: Final = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)(.*)\Z", re.DOTALL)
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_OPS: Final[tuple[Op, ...]] = ("=", "!=", "=~", "!~")
+"""In the order of Alertmanager's ``MatchType`` values (the last sort key of a route's matchers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,17 @@ class Matcher:
         return (got == self.value) if self.op == "=" else (got != self.value)
 
     def __str__(self) -> str:
-        return f"{self.name}{self.op}{json.dumps(self.value, ensure_ascii=False)}"
+        """Alertmanager's ``Matcher.String()`` for a name without reserved characters (which
+        :data:`_LABEL_NAME` guarantees): ``name``, the operator, the value in double quotes
+        with only ``\\``, newline and ``"`` escaped (OpenMetrics' escaping, not Go's
+        ``strconv.Quote``)."""
+        value = self.value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+        return f'{self.name}{self.op}"{value}"'
+
+    @property
+    def sort_key(self) -> tuple[str, str, int]:
+        """Alertmanager's order of a route's matchers (``Matchers.Less``)."""
+        return (self.name, self.value, _OPS.index(self.op))
 
 
 def parse_matcher(text: str) -> Matcher:
@@ -76,12 +88,12 @@ def make_matcher(name: str, op: str, value: str, *, text: str | None = None) -> 
     """A matcher from its parts (``op``: ``=``, ``!=``, ``=~``, ``!~``); :class:`ValueError`
     says what is wrong (about ``text``, the matcher as written, when given)."""
     shown = text if text is not None else f"{name}{op}{value}"
-    if op not in ("=", "!=", "=~", "!~") or not _LABEL_NAME.match(name):
+    if op not in _OPS or not _LABEL_NAME.match(name):
         raise ValueError(f"{shown!r} is not a matcher: use name=value, name!=value, ...")
     regex = None
     if op in ("=~", "!~"):
         regex = _compile_re2(value, shown)
-    return Matcher(name, op, value, regex)  # type: ignore[arg-type]
+    return Matcher(name, op, value, regex)
 
 
 def _compile_re2(value: str, shown: str) -> Any:
@@ -114,13 +126,14 @@ class Route:
     group_interval_s: float = 60.0
     repeat_interval_s: float = 4 * 3600.0
     continue_: bool = False
+    key: str = field(init=False, repr=False, compare=False)
+    """Alertmanager's route key: ``{}`` (root) or ``{}/{matchers}``, sorted (written once:
+    every alert's group key starts with it, at every evaluation)."""
 
-    @property
-    def key(self) -> str:
-        """Alertmanager's route key: ``{}`` (root) or ``{}/{matchers}``."""
-        if not self.matchers:
-            return "{}"
-        return "{}/{" + ",".join(str(m) for m in self.matchers) + "}"
+    def __post_init__(self) -> None:
+        ordered = sorted(self.matchers, key=lambda m: m.sort_key)
+        key = "{}/{" + ",".join(str(m) for m in ordered) + "}" if ordered else "{}"
+        object.__setattr__(self, "key", key)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether every matcher matches ``labels``."""

@@ -28,9 +28,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from itertools import repeat
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from collector.alerts.fingerprint import fingerprint_of_items
+from collector.alerts.fingerprint import fingerprints_of_items
 
 if TYPE_CHECKING:
     from collector.live import LiveView
@@ -92,16 +93,11 @@ class Rule:
 
     def alert_labels(self, instance: Instance) -> dict[str, str]:
         """The full label set of an alert: instance labels, static labels, name, severity."""
-        labels = dict(instance.labels)
-        labels.update(self.labels)
-        labels["alertname"] = self.name
-        labels["severity"] = self.severity
-        return labels
+        return {**instance.labels, **self.labels, "alertname": self.name, "severity": self.severity}
 
     def annotations(self, labels: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
         """``summary`` and ``description`` rendered for one alert."""
-        ctx = _Context(labels)
-        ctx.update(values)
+        ctx = _Context(labels, **values)
         return {
             "summary": self.summary.format_map(ctx),
             "description": self.description.format_map(ctx),
@@ -141,9 +137,11 @@ class AlertState:
         return tuple(sorted(self.labels.items()))
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One state change of one alert, returned by :meth:`Evaluator.evaluate`."""
+class Transition(NamedTuple):
+    """One state change of one alert, returned by :meth:`Evaluator.evaluate`.
+
+    A named tuple, not a frozen dataclass: a mass event makes thousands in one evaluation,
+    and a frozen dataclass costs three times as much to build."""
 
     rule: str
     fingerprint: str
@@ -205,10 +203,24 @@ class Evaluator:
             rule = self.rules.get(name)
             seen: set[_Key] = set()
             if rule is not None:
+                changed: list[AlertState] = []
+                before: list[State] = []
+                new_keys: list[_Key] = []
                 for inst in rule.condition(view, now):
-                    change = self._active(rule, inst, by_key, seen, now)
-                    if change is not None:
-                        out.append(change)
+                    self._active(
+                        rule,
+                        inst,
+                        by_key,
+                        seen,
+                        now,
+                        changed=changed,
+                        before=before,
+                        new_keys=new_keys,
+                    )
+                if new_keys:  # their fingerprints hashed together (a mass event makes thousands)
+                    for key, fp in zip(new_keys, fingerprints_of_items(new_keys), strict=True):
+                        by_key[key].fingerprint = fp
+                out += map(_transition, changed, before, repeat(now))
             if len(seen) < len(by_key):
                 self._absent(rule, by_key, seen, now, out)
         return out
@@ -220,29 +232,41 @@ class Evaluator:
         by_key: dict[_Key, AlertState],
         seen: set[_Key],
         now: float,
-    ) -> Transition | None:
-        """Update (or create) the instance's alert; its change, if any (at most one)."""
+        *,
+        changed: list[AlertState],
+        before: list[State],
+        new_keys: list[_Key],
+    ) -> None:
+        """Update the instance's alert, or create it (its key into ``new_keys``: it has no
+        fingerprint yet); its change, if any (at most one), goes to ``changed`` and the state
+        it left to ``before``."""
         labels = rule.alert_labels(inst)
         key = tuple(sorted(labels.items()))
         if key in seen:  # one alert per label set, whatever the condition yields
-            return None
+            return
         seen.add(key)
         values = dict(inst.values)
         st = by_key.get(key)
-        if st is None:
-            st = by_key[key] = AlertState(
-                rule=rule.name,
-                labels=labels,
-                fingerprint=fingerprint_of_items(key),
-                state="pending",
-                active_at=now,
-                last_seen=now,
+        if st is None:  # built in its final state: a mass event creates thousands
+            fires = rule.for_s <= 0
+            by_key[key] = st = AlertState(
+                rule.name,
+                labels,
+                "",
+                "firing" if fires else "pending",
+                now,
+                now if fires else None,
+                None,
+                None,
+                now,
+                rule.annotations(labels, values),
+                values,
             )
-            st.values = values
-            st.annotations = rule.annotations(labels, values)
-            if rule.for_s > 0:
-                return _transition(st, "inactive", now)
-        elif st.values != values:
+            new_keys.append(key)
+            changed.append(st)
+            before.append("inactive")
+            return
+        if st.values != values:
             st.values = values
             st.annotations = rule.annotations(labels, values)
         st.last_seen = now
@@ -250,8 +274,8 @@ class Evaluator:
         if st.state == "pending" and now - st.active_at >= rule.for_s:
             st.state = "firing"
             st.fired_at = now
-            return _transition(st, "pending" if rule.for_s > 0 else "inactive", now)
-        return None
+            changed.append(st)
+            before.append("pending" if rule.for_s > 0 else "inactive")
 
     def _absent(
         self,
@@ -285,14 +309,14 @@ class Evaluator:
 
 def _transition(st: AlertState, previous: State, now: float) -> Transition:
     return Transition(
-        rule=st.rule,
-        fingerprint=st.fingerprint,
-        labels=st.labels,
-        annotations=st.annotations,
-        previous=previous,
-        state=st.state,
-        at=now,
-        active_at=st.active_at,
-        starts_at=st.fired_at,
-        ends_at=st.resolved_at,
+        st.rule,
+        st.fingerprint,
+        st.labels,
+        st.annotations,
+        previous,
+        st.state,
+        now,
+        st.active_at,
+        st.fired_at,
+        st.resolved_at,
     )

@@ -22,13 +22,15 @@ receiver's ``max_age_s``.
 from __future__ import annotations
 
 import email.utils
+import functools
 import hashlib
 import hmac
-import json
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple
+
+import msgspec
 
 __all__ = [
     "BACKOFF_CAP_S",
@@ -39,6 +41,7 @@ __all__ = [
     "backoff_s",
     "classify",
     "generator_url",
+    "go_quote",
     "group_body",
     "group_key",
     "retry_after_s",
@@ -54,6 +57,7 @@ BACKOFF_FACTOR: Final = 2.0
 BACKOFF_CAP_S: Final = 60.0
 
 
+@functools.lru_cache(maxsize=4096)  # a mass event's alerts share a few instants
 def rfc3339(t: float) -> str:
     """Unix seconds as RFC 3339 UTC with milliseconds: ``2024-05-01T12:00:00.250Z``."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -64,14 +68,70 @@ def generator_url(external_url: str, fingerprint: str) -> str:
     return f"{external_url}/alerts?fingerprint={fingerprint}" if external_url else ""
 
 
+_GO_ESCAPES: Final = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def go_quote(value: str | bytes) -> str:
+    r"""``value`` as Go's ``strconv.Quote`` writes it (``strconv/quote.go``), in double quotes.
+
+    ``"`` and ``\`` are backslashed; a printable character is kept as it is, non-ASCII ones
+    too (Go's ``IsPrint``: Unicode categories L, M, N, P, S and the ASCII space, which is
+    exactly what :meth:`str.isprintable` accepts); the others are escaped: ``\a \b \f
+    \n \r \t \v``, other ASCII controls and DEL as ``\x1b``/``\x7f`` (Go 1.19 and
+    later), the rest as ``\u00a0``, ``\u2028``, ``\ufeff`` or ``\U000e0001``. Both
+    languages take the categories from their Unicode tables, so a character assigned in a
+    Unicode version only one of them knows is escaped by the other one only.
+
+    ``bytes`` are a Go string exactly: each byte that is not part of valid UTF-8 is written
+    ``\xff``. A Python ``str`` can hold a lone surrogate, which no Go string can: capwatch
+    hands labels to Go as JSON, and Go's JSON decoder turns a lone surrogate into U+FFFD,
+    a printable character, so that is what is written for one.
+    """
+    if isinstance(value, bytes):
+        # Each invalid byte becomes one of U+DC80..U+DCFF, as Go's decoder takes it: one at a time.
+        text, invalid = value.decode("utf-8", "surrogateescape"), "\\x{:02x}"
+    else:
+        text, invalid = value, "\ufffd"
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(invalid.format(code & 0xFF))
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
 def _label_set(labels: Mapping[str, str]) -> str:
-    """prometheus/common ``LabelSet.String()``: ``{a="1", b="2"}``, names sorted, values quoted."""
-    pairs = (f"{k}={json.dumps(labels[k], ensure_ascii=False)}" for k in sorted(labels))
-    return "{" + ", ".join(pairs) + "}"
+    """prometheus/common ``LabelSet.String()``: ``{a="1", b="2"}``, names sorted and written
+    as they are, values quoted by :func:`go_quote`."""
+    return "{" + ", ".join(f"{k}={go_quote(labels[k])}" for k in sorted(labels)) + "}"
 
 
 def group_key(route_key: str, group_labels: Mapping[str, str]) -> str:
-    """Alertmanager's ``groupKey``: the route's key, ``:``, the group labels."""
+    """Alertmanager's ``groupKey`` (``dispatch.go``, ``aggrGroup.GroupKey``): the route's key,
+    ``:``, the group labels."""
     return f"{route_key}:{_label_set(group_labels)}"
 
 
@@ -130,6 +190,7 @@ def group_body(
     """The version-4 JSON body of one group's notification: every alert given, firing and
     resolved; ``status`` firing if any fires; at most ``max_alerts`` (0: all), the rest
     counted in ``truncatedAlerts``."""
+    kept = alerts if max_alerts <= 0 else alerts[:max_alerts]
     items = [
         {
             "status": "firing" if a.ends_at is None else "resolved",
@@ -140,22 +201,23 @@ def group_body(
             "generatorURL": generator_url(external_url, a.fingerprint),
             "fingerprint": a.fingerprint,
         }
-        for a in alerts
+        for a in kept
     ]
-    kept = items if max_alerts <= 0 else items[:max_alerts]
     body = {
         "receiver": receiver,
         "status": "firing" if any(a.ends_at is None for a in alerts) else "resolved",
-        "alerts": kept,
+        "alerts": items,
         "groupLabels": dict(group_labels),
         "commonLabels": _common([a.labels for a in alerts]),
         "commonAnnotations": _common([a.annotations for a in alerts]),
         "externalURL": external_url,
         "version": "4",
         "groupKey": group_key(route_key, group_labels),
-        "truncatedAlerts": len(items) - len(kept),
+        "truncatedAlerts": len(alerts) - len(kept),
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    # msgspec writes what json.dumps(ensure_ascii=False, separators=(",", ":")) writes, 5x
+    # faster: a mass event's one group of 12,500 alerts is 5.5 MB.
+    return msgspec.json.encode(body).decode()
 
 
 def sign(secret: bytes, body: bytes, timestamp: str | None) -> str:

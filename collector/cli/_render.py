@@ -22,10 +22,13 @@ class Column(NamedTuple):
 
 
 def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """Rows as an aligned text table; ``None`` shows as ``-``."""
-    cells = [[c.header for c in columns]]
+    """Rows as an aligned text table; ``None`` shows as ``-``. Every cell goes through
+    :func:`shown`: names in a table were chosen by a node or an operator (models, racks, pools,
+    tenants, silences' comments), and a newline or an ANSI escape in one must not break its row
+    or redraw the terminal."""
+    cells = [[shown(c.header) for c in columns]]
     for row in rows:
-        cells.append(["-" if row.get(c.key) is None else c.fmt(row[c.key]) for c in columns])
+        cells.append(["-" if row.get(c.key) is None else shown(c.fmt(row[c.key])) for c in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = []
     for r in cells:
@@ -46,8 +49,8 @@ def shown(text: str) -> str:
     """``text`` as a terminal shows it safely: control and other non-printable characters
     (ANSI escapes, newlines, bidi overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``.
 
-    For what the nodes send (model and NIC names) before it goes into a table: a hostile
-    node must not redraw the operator's terminal or break the table's rows.
+    :func:`render_table` shows every cell through it; use it too for names printed outside a
+    table. Idempotent: what it returns is printable.
     """
     if text.isprintable():
         return text

@@ -26,7 +26,7 @@ The alerts of the built-in rules (see `collector rules`), as the collector recor
   --dead-letters  webhook notifications given up on: receiver, alert, last status, error
   --redeliver ID  send dead letter ID again (the collector picks it up within ~10 s)
 
-Rules are evaluated every alerts.eval_interval_s (default 5 s) on the collector's live view
+Rules are evaluated every alerts.eval_interval_s (default 1 s) on the collector's live view
 of the fleet; an alert is pending while its condition has held less than the rule's `for`,
 firing after that, and resolved once the condition has been gone for `keep_firing_for`.
 Firing and resolved alerts are sent, grouped by the [[routes]] (default: every receiver,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
     )
     binding = _WORDS.get(p.binding or "", "none known")
     if p.binding_detail:
-        binding += f": {p.binding_detail}"
+        binding += f": {shown(p.binding_detail)}"  # it may name a rack
     lines = [
         f"Site capacity at {when} ({source}); plan {p.plan or '-'}",
         f"  cap (IT budget)  {_kw(p.cap_w):>14}",

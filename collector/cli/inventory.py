@@ -263,11 +263,10 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
             }
         )
         return 0
-    print(f"{node.node}  pool {node.pool}  {node.state}  rack {node.rack or '-'}")
+    print(f"{node.node}  pool {node.pool}  {node.state}  rack {shown(node.rack or '-')}")
     for c in comps:
-        c["model"] = shown(c["model"])
         c["size"] = f"{c['count'] * 16} GiB" if c["kind"] == "memory" else str(c["count"])
-        c["id_text"] = shown(", ".join(c["ids"])) or None
+        c["id_text"] = ", ".join(c["ids"]) or None
     print(
         render_table(
             comps,

@@ -22,7 +22,7 @@ problem) and gets :data:`RACK_TIME_LIMIT_S`. Past
 :data:`MILP_TIME_LIMIT_S`, the answer is the greedy one and says so. The greedy answer is
 computed every time, so a plan can say how many nodes clstr's way would have taken.
 
-Greedy (clstr's rule, domain notes §8): start empty; while some need is unmet, take the node
+Greedy (clstr's rule): start empty; while some need is unmet, take the node
 that scores highest, where a node scores ``sum over unmet terms t of min(a_t, remaining_t) /
 available_t`` (units it brings, weighted by scarcity: fewer units left among the candidates
 weigh more) minus 0.01 per component kind it has that no term asks for; ties go to nodes

@@ -12,8 +12,8 @@ Kinds and what one unit is:
 - ``accelerator``: one GPU or accelerator NVML does not report (another vendor's).
 
 A pattern term (``a100``, ``epyc``, ``memory``) matches a component whose description,
-``"<kind> <model>"`` lower-cased, contains it (clstr's rule, domain notes §8), so a term can
-also name a whole kind (``gpu``, ``nic``).
+``"<kind> <model>"`` lower-cased, contains it (clstr's rule,
+:mod:`collector.governance.pattern`), so a term can also name a whole kind (``gpu``, ``nic``).
 
 Components reported missing or in error are listed apart and never counted: an NVIDIA GPU on
 the PCI bus that NVML does not report, GPUs listed under an NVML status other than ``ok``,

@@ -2,7 +2,7 @@
 
 ``zinal:a100:4:epyc:30:memory:80`` asks pool ``zinal`` to hold at least 4 components whose
 description contains ``a100``, 30 that contain ``epyc`` (CPU packages) and 80 units of 16 GiB
-of memory (domain notes §8). Terms are case-insensitive substrings of a component's
+of memory. Terms are case-insensitive substrings of a component's
 ``"<kind> <model>"`` (:mod:`collector.governance.inventory`); counts are of components, and a
 pool gets whole nodes, so ``a100:2`` on 4-GPU nodes yields 4.
 """

@@ -43,7 +43,7 @@ __all__ = [
     "SampleRow",
     "Store",
     "Synchronous",
-    "variable_limit",
+    "sqlite_variable_limit",
 ]
 
 Synchronous = Literal["full", "normal"]
@@ -159,7 +159,7 @@ def _multi_row_sql(head: str, ncols: int, nrows: int, tail: str) -> str:
     return f"{head} VALUES {', '.join([one] * nrows)}{tail}"
 
 
-def variable_limit() -> int:
+def sqlite_variable_limit() -> int:
     """The most bound variables one statement may have with this process's SQLite library."""
     conn = sqlite3.connect(":memory:")
     try:
@@ -243,7 +243,7 @@ class Store(AlertTables):
         self._limit_override = variable_limit
         self._identity: tuple[int, int] | None = None
         """(device, inode) of the file when it was opened: a write checks it is still there."""
-        self.max_variables = min(globals()["variable_limit"](), variable_limit or 1 << 30)
+        self.max_variables = min(sqlite_variable_limit(), variable_limit or 1 << 30)
 
     @classmethod
     def open_readonly(cls, path: Path) -> Self:

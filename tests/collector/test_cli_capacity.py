@@ -10,6 +10,7 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.capacity.compute import compute_picture, fleet_solution
+from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import snapshot_row
 from collector.capacity.whatif import parse_add
 from collector.cli import main
@@ -223,3 +224,33 @@ def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("collector run: error: setting 'capacity.plan' (")
     assert message in last
+
+
+async def test_a_rack_name_with_a_newline_and_an_escape_stays_on_its_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rack named ``row<LF>9<ESC>[2J`` in the plan is shown escaped: its table row stays one
+    line, and nothing reaches the terminal as a control character."""
+    plan = tmp_path / "site.toml"
+    plan.write_text(
+        PLAN.read_text().replace(
+            '[[capacity.racks]]\nname = "service-row"\nnodes = ["svc-*"]\nlimit_kw = 10',
+            '[[capacity.racks]]\nname = "row\\n9\\u001b[2J"\nnodes = ["x1000c0s0*"]\nlimit_kw = 1',
+        )
+    )
+    cplan = load_capacity_plan(plan)
+    assert cplan.racks[0].name == "row\n9\x1b[2J"
+    view, _ = filled_view(FleetSimulator(3, seed=7), time.time())
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        p = compute_picture(cplan, view.nodes(), time.time())
+        await write_snapshot(store, snapshot_row(p), keep_s=86_400)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    rows = [line for line in out.splitlines() if line.startswith("row")]
+    assert len(rows) == 1
+    assert rows[0].startswith("row\\n9\\x1b[2J  ")
+    assert rows[0].endswith("OVER")
+    assert "row\\n9\\x1b[2J draws" in out  # the binding line names it too

@@ -6,7 +6,12 @@ import functools
 
 import pytest
 
-from collector.alerts.fingerprint import fingerprint, fingerprint_int, fingerprint_of_items
+from collector.alerts.fingerprint import (
+    fingerprint,
+    fingerprint_int,
+    fingerprint_of_items,
+    fingerprints_of_items,
+)
 
 
 def _reference(labels: dict[str, str]) -> str:
@@ -98,3 +103,28 @@ def test_the_evaluators_remembered_fingerprint_equals_the_published_one() -> Non
     items = tuple(sorted(labels.items()))
     assert fingerprint_of_items(items) == fingerprint(labels)
     assert fingerprint_of_items(items) == fingerprint_of_items(items)  # from the cache
+
+
+def test_a_mass_event_hashed_together_gives_each_alerts_own_fingerprint() -> None:
+    """Thousands of new label sets at once (every node stale): the batched hash gives what
+    Alertmanager gives for each, whatever the lengths, characters or repeats."""
+    pinned = {"alertname": "GpuTemperature", "severity": "warning", "node": "x1000c0s0b0n0"}
+    labels = [
+        {"alertname": "NodeStale", "severity": "warning", "node": f"x1000c{c}s{s}b0n{n}"}
+        for c in range(8)
+        for s in range(16)
+        for n in range(2)
+    ]  # 256 sets, most of one length (one batch), some longer
+    labels += [
+        {"alertname": "NodeStale", "rack": f"A\u00a0{i}\n\U0001f525", "é": "ü" * (i % 3)}
+        for i in range(40)
+    ]
+    labels += [{**pinned, "gpu": str(i)} for i in range(20)]  # the pinned value among them
+    labels += [{}, {"a": ""}, {"ab": "c"}, {"a": "bc"}]  # too few of their length to batch
+    labels += labels[:30]  # repeats within one call
+    keys = [tuple(sorted(ls.items())) for ls in labels]
+    got = fingerprints_of_items(keys)
+    assert got == [fingerprint(ls) for ls in labels]
+    assert got[labels.index({**pinned, "gpu": "3"})] == "dbe088098d40f6ad"
+    assert got[labels.index({})] == f"{14695981039346656037:016x}"
+    assert fingerprints_of_items(keys) == got  # the second time from the memo

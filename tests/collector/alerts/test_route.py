@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.group import Dispatcher, GroupAlert, Notified, needs_update
-from collector.alerts.route import Route, default_route, parse_matcher, routes_for
+from collector.alerts.route import Route, default_route, make_matcher, parse_matcher, routes_for
 from collector.settings import CollectorSettings
 from shared.errors import ConfigError
 from shared.settings import load_settings
@@ -136,3 +136,18 @@ def test_regex_syntax_is_alertmanagers_re2(text: str) -> None:
     """Lookarounds and backreferences, which Alertmanager (Go's RE2) refuses, are refused."""
     with pytest.raises(ValueError, match="bad regular expression"):
         parse_matcher(text)
+
+
+def test_route_key_sorts_and_escapes_matchers_as_alertmanager() -> None:
+    """``{}/{a="x",a!~"x",z="1"}``: sorted by name, value, operator; only ``\\``, newline and
+    ``"`` escaped in a value (``Matcher.String()``), a tab or U+00A0 kept as it is."""
+    route = Route(
+        (
+            parse_matcher("z=1"),
+            parse_matcher("a!~x"),
+            parse_matcher("a=x"),
+            make_matcher("rack", "=", 'r\\1\n"b"\t\u00a0.'),
+        ),
+        ("ops",),
+    )
+    assert route.key == '{}/{a="x",a!~"x",rack="r\\\\1\\n\\"b\\"\t\u00a0.",z="1"}'

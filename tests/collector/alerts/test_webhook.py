@@ -1,4 +1,5 @@
-"""Webhook pure parts: retry policy, Retry-After, backoff bounds, signing, truncation."""
+"""Webhook pure parts: retry policy, Retry-After, backoff bounds, signing, truncation, the
+``groupKey`` and Go's quoting in it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collector.alerts.webhook import (
     BodyAlert,
     backoff_s,
     classify,
+    go_quote,
     group_body,
     group_key,
     retry_after_s,
@@ -80,6 +82,64 @@ def test_signature_is_grafanas_construction() -> None:
 def test_group_key_quotes_values_like_alertmanager() -> None:
     """``{}:{a="x", b="y \\"q\\""}``: sorted names, Go-quoted values, ``, `` between."""
     assert group_key("{}", {"b": 'y "q"', "a": "x"}) == '{}:{a="x", b="y \\"q\\""}'
+
+
+# What Go's strconv.Quote returns. The first rows are Go's own table (src/strconv/quote_test.go,
+# `quotetests`, the Quote column); the others follow from quote.go's rules (IsPrint: Unicode
+# categories L, M, N, P, S and the ASCII space; DEL as \x7f since Go 1.19).
+_GO_QUOTE_CASES = [
+    pytest.param("\a\b\f\r\n\t\v", r'"\a\b\f\r\n\t\v"', id="go-named-escapes"),
+    pytest.param("\\", r'"\\"', id="go-backslash"),
+    pytest.param(b"abc\xffdef", r'"abc\xffdef"', id="go-invalid-utf8-byte"),
+    pytest.param("\u263a", '"\u263a"', id="go-printable-non-ascii-kept"),
+    pytest.param("\U0010ffff", r'"\U0010ffff"', id="go-unassigned-astral"),
+    pytest.param("\x04", r'"\x04"', id="go-ascii-control"),
+    pytest.param("!\u00a0!\u2000!\u3000!", r'"!\u00a0!\u2000!\u3000!"', id="go-spaces-not-print"),
+    pytest.param("", '""', id="empty"),
+    pytest.param('say "hi"', r'"say \"hi\""', id="double-quote"),
+    pytest.param("it's `x`", '"it\'s `x`"', id="single-quote-and-backtick-kept"),
+    pytest.param("\x00\x1b\x1f", r'"\x00\x1b\x1f"', id="nul-esc-us"),
+    pytest.param("\x7f", r'"\x7f"', id="del"),
+    pytest.param("\x85", r'"\u0085"', id="c1-control-nel"),
+    pytest.param("A\u00a0B", r'"A\u00a0B"', id="no-break-space"),
+    pytest.param("\u00ad", r'"\u00ad"', id="soft-hyphen-format"),
+    pytest.param("a\u2028b\u2029c", r'"a\u2028b\u2029c"', id="line-paragraph-separators"),
+    pytest.param("\ufeffrack", r'"\ufeffrack"', id="byte-order-mark"),
+    pytest.param("a\u200bb", r'"a\u200bb"', id="zero-width-space-format"),
+    pytest.param("\ue000", r'"\ue000"', id="private-use"),
+    pytest.param("\U000e0001", r'"\U000e0001"', id="astral-format-tag"),
+    pytest.param("caf\u00e9 e\u0301 \u4e2d", '"caf\u00e9 e\u0301 \u4e2d"', id="letters-marks-kept"),
+    pytest.param("\U0001f525 \u00bd \u2603", '"\U0001f525 \u00bd \u2603"', id="emoji-symbols"),
+    pytest.param("\ufffd", '"\ufffd"', id="replacement-char-kept"),
+    pytest.param(b"\xed\xa0\x80", r'"\xed\xa0\x80"', id="utf8-encoded-surrogate-bytes"),
+    pytest.param(b"\xe2\x82A", r'"\xe2\x82A"', id="truncated-sequence"),
+    pytest.param(b"\xc0\x80", r'"\xc0\x80"', id="overlong-nul"),
+    # A Python str may hold a lone surrogate; it reaches Go as JSON, which makes it U+FFFD.
+    pytest.param("a\ud800b", '"a\ufffdb"', id="lone-surrogate-as-go-decodes-it"),
+]
+
+
+@pytest.mark.parametrize(("value", "quoted"), _GO_QUOTE_CASES)
+def test_go_quote_writes_what_go_strconv_quote_writes(value: str | bytes, quoted: str) -> None:
+    """Each case as Go's ``strconv.Quote`` prints it."""
+    assert go_quote(value) == quoted
+
+
+def test_group_key_quotes_values_with_go_escapes_not_json_ones() -> None:
+    """A rack named ``A<U+00A0>B`` is ``"A\\u00a0B"`` in the groupKey, as Alertmanager's; JSON's
+    escapes differ for ESC, DEL and U+2028 too."""
+    labels = {"rack": "A\u00a0B", "zone": "\x1b\x7f\u2028"}
+    assert group_key("{}", labels) == r'{}:{rack="A\u00a0B", zone="\x1b\x7f\u2028"}'
+    body = json.loads(
+        group_body(
+            receiver="ops",
+            route_key="{}",
+            group_labels=labels,
+            alerts=[BodyAlert("fp", {"alertname": "A", **labels}, {}, NOW)],
+        )
+    )
+    assert body["groupKey"] == r'{}:{rack="A\u00a0B", zone="\x1b\x7f\u2028"}'
+    assert body["groupLabels"] == labels  # the JSON fields themselves keep the raw values
 
 
 def test_max_alerts_truncates_and_counts() -> None:

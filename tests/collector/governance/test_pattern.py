@@ -1,4 +1,4 @@
-"""Pool patterns (domain notes §8) and the fewest-node plan that meets one."""
+"""Pool patterns (:mod:`collector.governance.pattern`) and the fewest-node plan that meets one."""
 
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ def test_spine_count_none_when_leaves_exceed_spine_ports() -> None:
     [(1, 31, 248, 8, 4), (2, 63, 504, 16, 8), (3, 95, 760, 24, 16), (4, 127, 1016, 32, 16)],
 )
 def test_dgx_h100_superpod_table(sus: int, nodes: int, gpus: int, leaves: int, spines: int) -> None:
-    """domain.md §9: N SUs hold 32N-1 DGX nodes (UFM slot) with these leaves and spines."""
+    """NVIDIA's DGX SuperPOD reference architecture (DGX H100), compute fabric table: N SUs
+    hold 32N-1 DGX nodes (the UFM takes a slot) with these leaves and spines."""
     plan = load_plan(DATA / "dgx_h100_superpod.toml")
     solution = solve_fixed(plan, {"DGX-H100": nodes})
     fabric = solution.fabric

@@ -33,7 +33,7 @@ def _new() -> dict[str, Any]:
 
 
 def test_old_tool_config_loads_unchanged() -> None:
-    """The §10 config: one 7,850 W node type, 32/32 leaf ports, 6 W per link end."""
+    """The old tool's example config: one 7,850 W node type, 32/32 leaf ports, 6 W per link end."""
     plan = load_plan(DATA / "old_tool_example.json")
     assert plan.legacy
     assert plan.site.it_cap_mw == 5.0

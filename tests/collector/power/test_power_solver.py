@@ -40,7 +40,8 @@ def _with_site(plan: Plan, **changes: Any) -> Plan:
 
 
 def _old_tool_oracle(cap_w: float) -> tuple[int, float]:
-    """domain.md §10 written out independently: largest node count and its total power."""
+    """The old tool's flat formula written out independently: largest node count and its
+    total power."""
     node_w = 8 * 700 + 700 + 400 + 200 + 8 * 75 + 350
 
     def total(n: int) -> float:
@@ -78,7 +79,8 @@ def test_old_tool_parity_in_flat_mode() -> None:
 
 @pytest.mark.parametrize("cap_mw", [0.05, 0.5, 1.0, 2.5, 5.0, 7.77, 12.0])
 def test_flat_mode_matches_old_tool_formula_at_many_caps(cap_mw: float) -> None:
-    """The flat model agrees with an independent transcription of §10 at several caps."""
+    """The flat model agrees with an independent transcription of the old tool's formula at
+    several caps."""
     nodes, total_w = _old_tool_oracle(cap_mw * 1e6)
     solution = solve_max(_flat(_with_site(_old_tool(), it_cap_mw=cap_mw)))
     assert solution.nodes == nodes
