@@ -19,8 +19,9 @@ from pydantic import (
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.store.reader import DEFAULT_DB_PATH
+from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.settings import CapwatchSettings
+from shared.settings import CapwatchSettings, DurationText
 
 if TYPE_CHECKING:
     from collector.alerts.builtin import BuiltinSettings
@@ -128,20 +129,12 @@ class ReceiverSettings(BaseModel):
     idempotency_header: str = Field(default="Idempotency-Key", pattern=_HEADER)
 
 
-def _duration(value: str, field: str) -> float:
-    from shared.units import parse_duration  # noqa: PLC0415
-
-    try:
-        return parse_duration(value, field=field)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
 class RouteSettings(BaseModel):
     """``[[routes]]``: which alerts go to which receivers, grouped how, notified when.
 
     Routes are tried in order; the first whose ``match`` all match takes the alert (and the
-    next ones too while ``continue`` is true). Durations are text: ``"5s"``, ``"1m"``, ``"4h"``.
+    next ones too while ``continue`` is true). Durations are text in Prometheus' grammar
+    (:mod:`shared.durations`): ``"5s"``, ``"1m"``, ``"4h"``, ``"1h30m"``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -152,11 +145,11 @@ class RouteSettings(BaseModel):
     """Receiver names (``[[receivers]]``); empty: every receiver."""
     group_by: list[str] = Field(default=["alertname"], max_length=32)
     """Labels that make a group; ``["..."]``: every label (no grouping)."""
-    group_wait: str = "5s"
+    group_wait: DurationText = "5s"
     """A new group's first notification waits this long for more alerts."""
-    group_interval: str = "1m"
+    group_interval: DurationText = "1m"
     """Then at most this often, when the group changed."""
-    repeat_interval: str = "4h"
+    repeat_interval: DurationText = "4h"
     """Unchanged and firing: sent again after this long."""
     continue_: bool = Field(default=False, alias="continue")
     """Also try the routes after this one."""
@@ -170,12 +163,6 @@ class RouteSettings(BaseModel):
             parse_matcher(m)
         return value
 
-    @field_validator("group_wait", "group_interval", "repeat_interval")
-    @classmethod
-    def _durations(cls, value: str) -> str:
-        _duration(value, "duration")
-        return value
-
     def route(self, all_receivers: list[str]) -> Route:
         """The route these settings describe."""
         from collector.alerts.route import Route, parse_matcher  # noqa: PLC0415
@@ -184,9 +171,9 @@ class RouteSettings(BaseModel):
             tuple(parse_matcher(m) for m in self.match),
             tuple(self.receivers or all_receivers),
             tuple(self.group_by),
-            _duration(self.group_wait, "group_wait"),
-            _duration(self.group_interval, "group_interval"),
-            _duration(self.repeat_interval, "repeat_interval"),
+            parse_duration(self.group_wait, field="group_wait"),
+            parse_duration(self.group_interval, field="group_interval"),
+            parse_duration(self.repeat_interval, field="repeat_interval"),
             self.continue_,
         )
 
@@ -284,20 +271,20 @@ class AlertmanagerSettings(BaseModel):
     url: HttpUrl
     """Alertmanager's base URL (``http://alertmanager:9093``); ``/api/v2/alerts`` is added."""
     timeout_s: float = Field(default=10.0, gt=0, le=300)
-    resend_interval: str = "1m"
+    resend_interval: DurationText = "1m"
     """Firing alerts are sent again this often (Prometheus' ``--rules.alert.resend-delay``)."""
 
     @field_validator("resend_interval")
     @classmethod
     def _duration_ok(cls, value: str) -> str:
-        if _duration(value, "resend_interval") <= 0:
+        if parse_duration(value, field="resend_interval") <= 0:
             raise ValueError("resend_interval must be > 0")
         return value
 
     @property
     def resend_s(self) -> float:
         """``resend_interval`` in seconds."""
-        return _duration(self.resend_interval, "resend_interval")
+        return parse_duration(self.resend_interval, field="resend_interval")
 
     @property
     def alerts_url(self) -> str:

@@ -341,6 +341,11 @@ def test_bad_flags_are_one_error_line_and_exit_2(
     ("argv", "message"),
     [
         (["--since", "5x"], "--since '5x' is not a duration"),
+        (["--since", "300"], "--since '300' is not a duration: a number needs a unit"),
+        (
+            ["--since", "1.5h"],
+            "--since '1.5h' is not a duration: whole numbers only; write '1h30m'",
+        ),
         (["--node", "a/b"], "--node 'a/b' is not a node id"),
         (["--config", "/nonexistent.toml"], "config file '/nonexistent.toml' does not exist"),
     ],
