@@ -16,15 +16,16 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alerts.settings import AlertSettings
+from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.store.reader import DEFAULT_DB_PATH
+from collector.paths import DEFAULT_DB_PATH
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText
 
 if TYPE_CHECKING:
-    from collector.alerts.builtin import BuiltinSettings
     from collector.alerts.route import Route
     from collector.alerts.silence import InhibitRule
 
@@ -33,68 +34,17 @@ __all__ = [
     "AlertmanagerSettings",
     "CapacitySettings",
     "CollectorSettings",
+    "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
     "RouteSettings",
 ]
+# AlertSettings, CapacitySettings and GovernanceSettings live with their rules, which take
+# them as they are (one place for each default); named here too, as the tables of this file.
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
 _DAY_S: Final = 86_400.0
-
-
-class AlertSettings(BaseModel):
-    """``[alerts]``: when the built-in rules fire (see ``collector rules`` for all of them).
-
-    Defaults equal :class:`collector.alerts.builtin.BuiltinSettings` (a test holds them so).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    eval_interval_s: float = Field(default=5.0, ge=0.5, le=3600)
-    """How often the rules are evaluated on the live view."""
-    offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
-    stale_intervals: float | None = Field(default=None, gt=0, le=1000)
-    """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
-    read, with a warning: it stands for the top-level key when that one is not given."""
-    stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
-    gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
-    gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    gpu_temp_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    xid_codes: list[int] = Field(default=[48, 63, 64, 74, 79, 92, 94, 95], max_length=256)
-    xid_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
-    xid_keep_firing_for_s: float = Field(default=900.0, ge=0, le=_DAY_S)
-    throttle_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
-    throttle_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    ecc_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
-    clock_skew_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
-    clock_skew_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
-    rejects_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
-    rejects_min: int = Field(default=10, ge=1)
-    rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
-    disabled: list[str] = Field(default=[], max_length=64)
-    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
-    external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
-    """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
-
-    def builtin(self, staleness: Staleness) -> BuiltinSettings:
-        """The rules' thresholds from these settings and the collector's ``staleness``; an
-        unknown rule name is refused."""
-        from collector.alerts.builtin import BuiltinSettings, builtin_rules  # noqa: PLC0415
-
-        known = {rule.name for rule in builtin_rules()}
-        unknown = sorted(set(self.disabled) - known)
-        if unknown:
-            raise ConfigError(
-                f"setting 'alerts.disabled' names unknown rules {unknown}: use names from "
-                f"`collector rules` ({', '.join(sorted(known))})",
-                field="alerts.disabled",
-            )
-        values = self.model_dump(exclude={"eval_interval_s", "external_url", "stale_intervals"})
-        values["staleness"] = staleness
-        values["xid_codes"] = frozenset(self.xid_codes)
-        values["disabled"] = frozenset(self.disabled)
-        return BuiltinSettings(**values)
 
 
 _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
@@ -176,54 +126,6 @@ class RouteSettings(BaseModel):
             parse_duration(self.repeat_interval, field="repeat_interval"),
             self.continue_,
         )
-
-
-class CapacitySettings(BaseModel):
-    """``[capacity]``: live headroom under the site's cap (off unless ``plan`` is set).
-
-    The plan is the file ``collector solve`` reads, plus its optional ``[capacity]`` table
-    (node-type matching, racks, fallback): see :mod:`collector.capacity.config`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    plan: Path | None = None
-    """Site plan (.toml/.json): set it to compute a capacity snapshot every interval."""
-    interval_s: float = Field(default=30.0, ge=0.5, le=3600)
-    keep_s: float = Field(default=30 * _DAY_S, gt=0, le=_TEN_YEARS_S)
-    """Snapshots older than this are deleted."""
-    stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
-    """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
-    warn_pct: float = Field(default=90.0, gt=0, le=1000)
-    critical_pct: float = Field(default=98.0, gt=0, le=1000)
-    for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    keep_firing_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
-    rising_w_per_min: float = Field(default=0.0, ge=0)
-    """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
-    rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
-    disabled: list[str] = Field(default=[], max_length=16)
-    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
-
-    @model_validator(mode="after")
-    def _checked(self) -> CapacitySettings:
-        unknown: list[str] = []
-        if self.disabled:  # the rules module only when needed: settings load for every command
-            from collector.capacity.rules import CAPACITY_RULE_NAMES  # noqa: PLC0415
-
-            unknown = sorted(set(self.disabled) - set(CAPACITY_RULE_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"setting 'capacity.disabled' names unknown rules {unknown}: use "
-                f"{', '.join(CAPACITY_RULE_NAMES)}",
-                field="capacity.disabled",
-            )
-        if self.critical_pct < self.warn_pct:
-            raise ConfigError(
-                f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "
-                f"'capacity.warn_pct' ({self.warn_pct:g}): raise it",
-                field="capacity.critical_pct",
-            )
-        return self
 
 
 class InhibitRuleSettings(BaseModel):
