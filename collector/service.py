@@ -40,7 +40,7 @@ from collector.alerts.delivery import Delivery, read_pending
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
 from collector.capacity.job import CapacityJob
-from collector.capacity.rules import CapacityRuleSettings, capacity_rules
+from collector.capacity.rules import capacity_rules
 from collector.governance.job import GovernanceJob
 from collector.governance.rules import governance_rules
 from collector.ingest.reader import (
@@ -107,11 +107,11 @@ class Collector:
         """Tenants, quotas and leases from the store, and their usage from the live view."""
         self.capacity: CapacityJob | None = None
         """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
-        rules = builtin_rules(settings.alerts.builtin(settings.staleness()))
+        rules = builtin_rules(settings.alerts, settings.staleness())
         if settings.capacity.plan is not None:
             self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
-            rules += capacity_rules(self.capacity.state, CapacityRuleSettings.of(settings.capacity))
-        rules += governance_rules(lambda: self.governance.view, settings.governance.rules())
+            rules += capacity_rules(self.capacity.state, settings.capacity)
+        rules += governance_rules(lambda: self.governance.view, settings.governance)
         self.evaluator = Evaluator(rules)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)

@@ -16,14 +16,16 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alerts.settings import AlertSettings
+from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.store.reader import DEFAULT_DB_PATH
+from collector.paths import DEFAULT_DB_PATH
+from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.settings import CapwatchSettings
+from shared.settings import CapwatchSettings, DurationText
 
 if TYPE_CHECKING:
-    from collector.alerts.builtin import BuiltinSettings
     from collector.alerts.route import Route
     from collector.alerts.silence import InhibitRule
 
@@ -32,70 +34,17 @@ __all__ = [
     "AlertmanagerSettings",
     "CapacitySettings",
     "CollectorSettings",
+    "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
     "RouteSettings",
 ]
+# AlertSettings, CapacitySettings and GovernanceSettings live with their rules, which take
+# them as they are (one place for each default); named here too, as the tables of this file.
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
 _DAY_S: Final = 86_400.0
-
-
-class AlertSettings(BaseModel):
-    """``[alerts]``: when the built-in rules fire (see ``collector rules`` for all of them).
-
-    Defaults equal :class:`collector.alerts.builtin.BuiltinSettings` (a test holds them so).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    eval_interval_s: float = Field(default=1.0, ge=0.5, le=3600)
-    """How often the rules are evaluated on the live view. Every second: a breach reaches a
-    receiver within about a second plus its route's ``group_wait``; a cycle costs a few ms
-    at 12,500 nodes (``bench/bench_alerts.py``)."""
-    offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
-    stale_intervals: float | None = Field(default=None, gt=0, le=1000)
-    """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
-    read, with a warning: it stands for the top-level key when that one is not given."""
-    stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
-    gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
-    gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    gpu_temp_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    xid_codes: list[int] = Field(default=[48, 63, 64, 74, 79, 92, 94, 95], max_length=256)
-    xid_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
-    xid_keep_firing_for_s: float = Field(default=900.0, ge=0, le=_DAY_S)
-    throttle_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
-    throttle_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    ecc_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
-    clock_skew_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
-    clock_skew_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
-    rejects_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
-    rejects_min: int = Field(default=10, ge=1)
-    rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
-    disabled: list[str] = Field(default=[], max_length=64)
-    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
-    external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
-    """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
-
-    def builtin(self, staleness: Staleness) -> BuiltinSettings:
-        """The rules' thresholds from these settings and the collector's ``staleness``; an
-        unknown rule name is refused."""
-        from collector.alerts.builtin import BuiltinSettings, builtin_rules  # noqa: PLC0415
-
-        known = {rule.name for rule in builtin_rules()}
-        unknown = sorted(set(self.disabled) - known)
-        if unknown:
-            raise ConfigError(
-                f"setting 'alerts.disabled' names unknown rules {unknown}: use names from "
-                f"`collector rules` ({', '.join(sorted(known))})",
-                field="alerts.disabled",
-            )
-        values = self.model_dump(exclude={"eval_interval_s", "external_url", "stale_intervals"})
-        values["staleness"] = staleness
-        values["xid_codes"] = frozenset(self.xid_codes)
-        values["disabled"] = frozenset(self.disabled)
-        return BuiltinSettings(**values)
 
 
 _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
@@ -130,20 +79,12 @@ class ReceiverSettings(BaseModel):
     idempotency_header: str = Field(default="Idempotency-Key", pattern=_HEADER)
 
 
-def _duration(value: str, field: str) -> float:
-    from shared.units import parse_duration  # noqa: PLC0415
-
-    try:
-        return parse_duration(value, field=field)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
 class RouteSettings(BaseModel):
     """``[[routes]]``: which alerts go to which receivers, grouped how, notified when.
 
     Routes are tried in order; the first whose ``match`` all match takes the alert (and the
-    next ones too while ``continue`` is true). Durations are text: ``"5s"``, ``"1m"``, ``"4h"``.
+    next ones too while ``continue`` is true). Durations are text in Prometheus' grammar
+    (:mod:`shared.durations`): ``"5s"``, ``"1m"``, ``"4h"``, ``"1h30m"``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -154,11 +95,11 @@ class RouteSettings(BaseModel):
     """Receiver names (``[[receivers]]``); empty: every receiver."""
     group_by: list[str] = Field(default=["alertname"], max_length=32)
     """Labels that make a group; ``["..."]``: every label (no grouping)."""
-    group_wait: str = "5s"
+    group_wait: DurationText = "5s"
     """A new group's first notification waits this long for more alerts."""
-    group_interval: str = "1m"
+    group_interval: DurationText = "1m"
     """Then at most this often, when the group changed."""
-    repeat_interval: str = "4h"
+    repeat_interval: DurationText = "4h"
     """Unchanged and firing: sent again after this long."""
     continue_: bool = Field(default=False, alias="continue")
     """Also try the routes after this one."""
@@ -172,12 +113,6 @@ class RouteSettings(BaseModel):
             parse_matcher(m)
         return value
 
-    @field_validator("group_wait", "group_interval", "repeat_interval")
-    @classmethod
-    def _durations(cls, value: str) -> str:
-        _duration(value, "duration")
-        return value
-
     def route(self, all_receivers: list[str]) -> Route:
         """The route these settings describe."""
         from collector.alerts.route import Route, parse_matcher  # noqa: PLC0415
@@ -186,59 +121,11 @@ class RouteSettings(BaseModel):
             tuple(parse_matcher(m) for m in self.match),
             tuple(self.receivers or all_receivers),
             tuple(self.group_by),
-            _duration(self.group_wait, "group_wait"),
-            _duration(self.group_interval, "group_interval"),
-            _duration(self.repeat_interval, "repeat_interval"),
+            parse_duration(self.group_wait, field="group_wait"),
+            parse_duration(self.group_interval, field="group_interval"),
+            parse_duration(self.repeat_interval, field="repeat_interval"),
             self.continue_,
         )
-
-
-class CapacitySettings(BaseModel):
-    """``[capacity]``: live headroom under the site's cap (off unless ``plan`` is set).
-
-    The plan is the file ``collector solve`` reads, plus its optional ``[capacity]`` table
-    (node-type matching, racks, fallback): see :mod:`collector.capacity.config`.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    plan: Path | None = None
-    """Site plan (.toml/.json): set it to compute a capacity snapshot every interval."""
-    interval_s: float = Field(default=30.0, ge=0.5, le=3600)
-    keep_s: float = Field(default=30 * _DAY_S, gt=0, le=_TEN_YEARS_S)
-    """Snapshots older than this are deleted."""
-    stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
-    """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
-    warn_pct: float = Field(default=90.0, gt=0, le=1000)
-    critical_pct: float = Field(default=98.0, gt=0, le=1000)
-    for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    keep_firing_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
-    rising_w_per_min: float = Field(default=0.0, ge=0)
-    """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
-    rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
-    disabled: list[str] = Field(default=[], max_length=16)
-    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
-
-    @model_validator(mode="after")
-    def _checked(self) -> CapacitySettings:
-        unknown: list[str] = []
-        if self.disabled:  # the rules module only when needed: settings load for every command
-            from collector.capacity.rules import CAPACITY_RULE_NAMES  # noqa: PLC0415
-
-            unknown = sorted(set(self.disabled) - set(CAPACITY_RULE_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"setting 'capacity.disabled' names unknown rules {unknown}: use "
-                f"{', '.join(CAPACITY_RULE_NAMES)}",
-                field="capacity.disabled",
-            )
-        if self.critical_pct < self.warn_pct:
-            raise ConfigError(
-                f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "
-                f"'capacity.warn_pct' ({self.warn_pct:g}): raise it",
-                field="capacity.critical_pct",
-            )
-        return self
 
 
 class InhibitRuleSettings(BaseModel):
@@ -286,20 +173,20 @@ class AlertmanagerSettings(BaseModel):
     url: HttpUrl
     """Alertmanager's base URL (``http://alertmanager:9093``); ``/api/v2/alerts`` is added."""
     timeout_s: float = Field(default=10.0, gt=0, le=300)
-    resend_interval: str = "1m"
+    resend_interval: DurationText = "1m"
     """Firing alerts are sent again this often (Prometheus' ``--rules.alert.resend-delay``)."""
 
     @field_validator("resend_interval")
     @classmethod
     def _duration_ok(cls, value: str) -> str:
-        if _duration(value, "resend_interval") <= 0:
+        if parse_duration(value, field="resend_interval") <= 0:
             raise ValueError("resend_interval must be > 0")
         return value
 
     @property
     def resend_s(self) -> float:
         """``resend_interval`` in seconds."""
-        return _duration(self.resend_interval, "resend_interval")
+        return parse_duration(self.resend_interval, field="resend_interval")
 
     @property
     def alerts_url(self) -> str:

@@ -18,9 +18,10 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +30,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,14 +39,33 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
 
 __all__ = [
     "CapwatchSettings",
+    "DurationText",
     "MqttSettings",
     "format_validation_error",
     "load_settings",
 ]
+
+
+def _duration_text(value: str) -> str:
+    try:
+        parse_duration(value)
+    except DurationError as exc:
+        # The same reason and fix as on the command line; format_validation_error adds the
+        # field and the value.
+        raise PydanticCustomError(
+            "duration", "not a duration: {reason}; {fix}", {"reason": exc.reason, "fix": exc.fix}
+        ) from None
+    return value
+
+
+DurationText = Annotated[str, AfterValidator(_duration_text)]
+"""A duration setting written as text (``group_wait = "1h30m"``), kept as written; checked
+against :mod:`shared.durations`' grammar, which :func:`shared.durations.parse_duration` reads."""
 
 
 class MqttSettings(BaseModel):

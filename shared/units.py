@@ -1,38 +1,16 @@
-"""Parsing and formatting of human units on the command line (durations, bytes, watts)."""
+"""Formatting of human units for tables (durations, bytes, watts).
+
+Durations given as text are parsed by :func:`shared.durations.parse_duration`, the one grammar.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Final
-
-from shared.errors import ConfigError
-
-__all__ = ["format_bytes", "format_duration", "format_watts", "parse_duration"]
-
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_MAX_DURATION_S: Final = 100 * 365.25 * 86400.0
-"""A century: longer is a typo, and would overflow SQLite's integers as milliseconds."""
-
-
-def parse_duration(text: str, *, field: str = "duration") -> float:
-    """``"15m"`` -> 900.0. Units: ms, s, m, h, d, w; a bare number is seconds."""
-    match = _DURATION_RE.match(text)
-    if match is None:
-        raise ConfigError(
-            f"{field} {text!r} is not a duration: use a number with a unit, e.g. 30s, 15m, 2h, 1d",
-            field=field,
-        )
-    seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
-    if seconds > _MAX_DURATION_S:
-        raise ConfigError(
-            f"{field} {text!r} is longer than 100 years: give a shorter duration", field=field
-        )
-    return seconds
+__all__ = ["format_bytes", "format_duration", "format_watts"]
 
 
 def format_duration(seconds: float | None) -> str:
-    """``754.2`` -> ``"12m34s"``; ``None`` -> ``"-"``."""
+    """``754.2`` -> ``"12m34s"``; ``None`` -> ``"-"``. For reading, rounded to the second;
+    :func:`shared.durations.format_exact` writes a duration back in the grammar."""
     if seconds is None:
         return "-"
     s = max(0, round(seconds))

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415
 
     from agent.service import AgentService  # noqa: PLC0415
+    from shared.durations import parse_duration  # noqa: PLC0415
     from shared.sdnotify import SdNotifier  # noqa: PLC0415
-    from shared.units import parse_duration  # noqa: PLC0415
 
     extra: dict[str, object] = {}
     if args.buffer is not None:

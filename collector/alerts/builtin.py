@@ -1,8 +1,10 @@
 """The built-in rules: node health, GPU hardware trouble, and what the ingest path rejects.
 
-:func:`builtin_rules` builds them from a :class:`BuiltinSettings` (thresholds, ``for`` and
-``keep_firing_for`` of each). Labels: ``alertname``, ``severity``, ``node``; per-GPU rules add
-``gpu`` (the index) and ``uuid`` where the node told us.
+:func:`builtin_rules` builds them from the ``[alerts]`` settings
+(:class:`collector.alerts.settings.AlertSettings`: thresholds, ``for`` and ``keep_firing_for``
+of each) and the collector's :class:`~collector.nodefacts.Staleness`. Labels: ``alertname``,
+``severity``, ``node``; per-GPU rules add ``gpu`` (the index) and ``uuid`` where the node
+told us.
 
 Every condition first checks a per-node summary the live view keeps (hottest GPU, OR of the
 clock-event bits, "some GPU has uncorrected ECC", ...), so a healthy node costs a couple of
@@ -18,21 +20,20 @@ while the node is stale.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Final
 
-from collector.alerts.rule import Instance, Rule
+from collector.alerts.rule import Instance, Rule, enabled_rules
+from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.live import LiveView, NodeState
-from collector.nodefacts import Staleness
+from collector.nodefacts import DEFAULT_STALENESS, Staleness
 
 __all__ = [
     "CLOCK_EVENT_NAMES",
-    "CRITICAL_XIDS",
     "HW_POWER_BRAKE_SLOWDOWN",
     "HW_SLOWDOWN",
     "HW_THERMAL_SLOWDOWN",
     "SW_THERMAL_SLOWDOWN",
-    "BuiltinSettings",
+    "THROTTLE_MASK",
     "builtin_rules",
 ]
 
@@ -55,69 +56,31 @@ CLOCK_EVENT_NAMES: Final = {
     HW_POWER_BRAKE_SLOWDOWN: "hw_power_brake",
 }
 
-CRITICAL_XIDS: Final = {
-    48: "double-bit ECC error",
-    63: "row remapping recorded (ECC page retirement)",
-    64: "row remapping failure",
-    74: "NVLink error",
-    79: "GPU has fallen off the bus",
-    92: "high single-bit ECC error rate",
-    94: "contained ECC error",
-    95: "uncontained ECC error",
-}
-"""XIDs that mean hardware trouble (NVIDIA's XID catalogue). Application faults such as 13
-(graphics engine exception), 31 (MMU fault) and 43 (GPU stopped processing) are the job's
-problem, not the hardware's, and are not alerts."""
+THROTTLE_MASK: Final = (
+    HW_SLOWDOWN | SW_THERMAL_SLOWDOWN | HW_THERMAL_SLOWDOWN | HW_POWER_BRAKE_SLOWDOWN
+)
+"""The clock event reasons ``GpuClockThrottled`` fires on: heat and power brakes."""
 
 
-@dataclass(frozen=True, slots=True)
-class BuiltinSettings:
-    """Thresholds and timings of the built-in rules; every field has a working default."""
-
-    offline_for_s: float = 30.0
-    """An agent restarting says offline then online within seconds: do not page for that."""
-    staleness: Staleness = field(default_factory=Staleness)
-    """When a node is stale (the top-level ``stale_intervals`` and ``expected_interval_s``)."""
-    stale_for_s: float = 0.0
-    gpu_temp_c: float = 85.0
-    gpu_temp_for_s: float = 60.0
-    gpu_temp_keep_firing_for_s: float = 60.0
-    xid_codes: frozenset[int] = field(default_factory=lambda: frozenset(CRITICAL_XIDS))
-    xid_window_s: float = 60.0
-    """An XID counts while its sample arrived within this window..."""
-    xid_keep_firing_for_s: float = 900.0
-    """...and the alert keeps firing this long after: an XID is an event, not a state."""
-    throttle_mask: int = (
-        HW_SLOWDOWN | SW_THERMAL_SLOWDOWN | HW_THERMAL_SLOWDOWN | HW_POWER_BRAKE_SLOWDOWN
-    )
-    throttle_for_s: float = 120.0
-    throttle_keep_firing_for_s: float = 60.0
-    ecc_keep_firing_for_s: float = 0.0
-    clock_skew_window_s: float = 60.0
-    clock_skew_keep_firing_for_s: float = 300.0
-    rejects_window_s: float = 300.0
-    rejects_min: int = 10
-    """Rejects of any reason in ``rejects_window_s`` that count as rising."""
-    rejects_keep_firing_for_s: float = 300.0
-    disabled: frozenset[str] = frozenset()
-    """Rule names to leave out."""
-
-
-def builtin_rules(settings: BuiltinSettings | None = None) -> list[Rule]:
-    """The built-in rules configured by ``settings`` (defaults when ``None``)."""
-    s = settings or BuiltinSettings()
+def builtin_rules(
+    settings: AlertSettings | None = None, staleness: Staleness = DEFAULT_STALENESS
+) -> list[Rule]:
+    """The built-in rules configured by ``settings`` (the defaults when ``None``), less those
+    it disables; ``staleness``: when a node is stale (the top-level ``stale_intervals`` and
+    ``expected_interval_s``)."""
+    s = settings or AlertSettings()
     rules = [
         _node_offline(s),
-        _node_stale(s),
-        _gpu_temperature(s),
+        _node_stale(s, staleness),
+        _gpu_temperature(s, staleness),
         _gpu_xid(s),
         _gpu_ecc(s),
         _gpu_row_remap(s),
-        _gpu_clock_throttled(s),
+        _gpu_clock_throttled(s, staleness),
         _node_clock_skew(s),
         _node_rejects_rising(s),
     ]
-    return [r for r in rules if r.name not in s.disabled]
+    return enabled_rules(rules, s.disabled, field="alerts.disabled")
 
 
 def _uuid(st: NodeState, index: int) -> str | None:
@@ -147,7 +110,7 @@ def _gpu_labels(st: NodeState, index: int, uuid: str | None = None) -> dict[str,
 # -- node rules
 
 
-def _node_offline(s: BuiltinSettings) -> Rule:
+def _node_offline(s: AlertSettings) -> Rule:
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
             if st.status == "offline":
@@ -167,8 +130,7 @@ def _node_offline(s: BuiltinSettings) -> Rule:
     )
 
 
-def _node_stale(s: BuiltinSettings) -> Rule:
-    staleness = s.staleness
+def _node_stale(s: AlertSettings, staleness: Staleness) -> Rule:
     intervals = staleness.intervals
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
@@ -195,9 +157,9 @@ def _node_stale(s: BuiltinSettings) -> Rule:
 # -- GPU rules
 
 
-def _gpu_temperature(s: BuiltinSettings) -> Rule:
+def _gpu_temperature(s: AlertSettings, staleness: Staleness) -> Rule:
     limit = s.gpu_temp_c
-    current = s.staleness.current
+    current = staleness.current
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
@@ -225,8 +187,8 @@ def _gpu_temperature(s: BuiltinSettings) -> Rule:
     )
 
 
-def _gpu_xid(s: BuiltinSettings) -> Rule:
-    codes = s.xid_codes
+def _gpu_xid(s: AlertSettings) -> Rule:
+    codes = frozenset(s.xid_codes)
     window = s.xid_window_s
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
@@ -255,7 +217,7 @@ def _gpu_xid(s: BuiltinSettings) -> Rule:
     )
 
 
-def _gpu_ecc(s: BuiltinSettings) -> Rule:
+def _gpu_ecc(s: AlertSettings) -> Rule:
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
             if not st.ecc_uncorrected_any:
@@ -278,7 +240,7 @@ def _gpu_ecc(s: BuiltinSettings) -> Rule:
     )
 
 
-def _gpu_row_remap(s: BuiltinSettings) -> Rule:
+def _gpu_row_remap(s: AlertSettings) -> Rule:
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
             if not st.remap_bad_any:
@@ -303,9 +265,9 @@ def _gpu_row_remap(s: BuiltinSettings) -> Rule:
     )
 
 
-def _gpu_clock_throttled(s: BuiltinSettings) -> Rule:
-    mask = s.throttle_mask
-    current = s.staleness.current
+def _gpu_clock_throttled(s: AlertSettings, staleness: Staleness) -> Rule:
+    mask = THROTTLE_MASK
+    current = staleness.current
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
@@ -337,7 +299,7 @@ def _gpu_clock_throttled(s: BuiltinSettings) -> Rule:
 # -- ingest rules
 
 
-def _node_clock_skew(s: BuiltinSettings) -> Rule:
+def _node_clock_skew(s: AlertSettings) -> Rule:
     window = s.clock_skew_window_s
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
@@ -362,7 +324,7 @@ def _node_clock_skew(s: BuiltinSettings) -> Rule:
     )
 
 
-def _node_rejects_rising(s: BuiltinSettings) -> Rule:
+def _node_rejects_rising(s: AlertSettings) -> Rule:
     window = s.rejects_window_s
     least = s.rejects_min
 

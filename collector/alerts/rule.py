@@ -32,6 +32,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.alerts.fingerprint import fingerprints_of_items
+from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.live import LiveView
@@ -45,6 +46,7 @@ __all__ = [
     "Rule",
     "State",
     "Transition",
+    "enabled_rules",
 ]
 
 State = Literal["inactive", "pending", "firing", "resolved"]
@@ -102,6 +104,27 @@ class Rule:
             "summary": self.summary.format_map(ctx),
             "description": self.description.format_map(ctx),
         }
+
+
+def enabled_rules(rules: list[Rule], disabled: Iterable[str], *, field: str) -> list[Rule]:
+    """``rules`` less those named in ``disabled`` (the setting ``field``, e.g.
+    ``alerts.disabled``); a name that is none of ``rules`` is refused: :class:`ConfigError`
+    naming the setting, the unknown names and the valid ones.
+
+    Every rule family (built-in, capacity, governance) filters its rules through this one
+    function, and its settings model calls the family's builder when it loads, so that a typo
+    is refused by every command, in the same words.
+    """
+    off = set(disabled)
+    known = sorted(r.name for r in rules)
+    unknown = sorted(off.difference(known))
+    if unknown:
+        raise ConfigError(
+            f"setting {field!r} names unknown rule{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))}: use one of {', '.join(known)}",
+            field=field,
+        )
+    return [r for r in rules if r.name not in off]
 
 
 class _Context(dict[str, str]):

@@ -12,71 +12,29 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-from collector.alerts.rule import Condition, Instance, Rule
-from collector.capacity.job import CapacityState
-from collector.live import LiveView
+from collector.alerts.rule import Condition, Instance, Rule, enabled_rules
+from collector.capacity.settings import CapacitySettings
 
 if TYPE_CHECKING:
-    from collector.settings import CapacitySettings
+    from collector.capacity.job import CapacityState
+    from collector.live import LiveView
 
-__all__ = ["CAPACITY_RULE_NAMES", "CapacityRuleSettings", "capacity_rules"]
-
-CAPACITY_RULE_NAMES: Final = (
-    "SitePowerHigh",
-    "SitePowerCritical",
-    "RackPowerOverLimit",
-    "SiteWorstCaseOverCap",
-    "SitePowerRising",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityRuleSettings:
-    """Thresholds and timings of the capacity rules."""
-
-    warn_pct: float = 90.0
-    critical_pct: float = 98.0
-    for_s: float = 60.0
-    """How long a site or rack condition must hold before it fires."""
-    keep_firing_for_s: float = 120.0
-    rising_w_per_min: float = 0.0
-    """Draw slope (least squares over ``rising_window_s``) that fires; 0: 2 % of the cap
-    per minute."""
-    rising_window_s: float = 300.0
-    max_age_s: float = 300.0
-    """A picture older than this (the capacity job stopped) raises no alerts."""
-    disabled: frozenset[str] = frozenset()
-    """Rules to leave out, by name."""
-
-    @classmethod
-    def of(cls, c: CapacitySettings) -> CapacityRuleSettings:
-        """The rules' settings from the collector's ``[capacity]`` settings."""
-        return cls(
-            warn_pct=c.warn_pct,
-            critical_pct=c.critical_pct,
-            for_s=c.for_s,
-            keep_firing_for_s=c.keep_firing_for_s,
-            rising_w_per_min=c.rising_w_per_min,
-            rising_window_s=c.rising_window_s,
-            max_age_s=max(300.0, 3 * c.interval_s),
-            disabled=frozenset(c.disabled),
-        )
+__all__ = ["capacity_rules"]
 
 
 def _w(watts: float) -> str:
     return f"{watts / 1e3:,.1f} kW"
 
 
-def _fresh(state: CapacityState, now: float, s: CapacityRuleSettings) -> bool:
+def _fresh(state: CapacityState, now: float, s: CapacitySettings) -> bool:
     p = state.picture
     return p is not None and now - p.at <= s.max_age_s
 
 
 def _site_draw(
-    state: CapacityState, s: CapacityRuleSettings, low: float, high: float | None
+    state: CapacityState, s: CapacitySettings, low: float, high: float | None
 ) -> Condition:
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         p = state.picture
@@ -97,11 +55,11 @@ def _site_draw(
     return condition
 
 
-def capacity_rules(
-    state: CapacityState, settings: CapacityRuleSettings | None = None
-) -> list[Rule]:
-    """The capacity rules over ``state`` (defaults when ``settings`` is ``None``)."""
-    s = settings or CapacityRuleSettings()
+def capacity_rules(state: CapacityState, settings: CapacitySettings | None = None) -> list[Rule]:
+    """The capacity rules over ``state``, configured by the ``[capacity]`` settings (the
+    defaults when ``None``), less those it disables. ``state`` is read only when a rule is
+    evaluated."""
+    s = settings or CapacitySettings()
 
     def racks(view: LiveView, now: float) -> Iterator[Instance]:
         p = state.picture
@@ -189,4 +147,4 @@ def capacity_rules(
             keep_firing_for_s=s.keep_firing_for_s,
         ),
     ]
-    return [r for r in rules if r.name not in s.disabled]
+    return enabled_rules(rules, s.disabled, field="capacity.disabled")

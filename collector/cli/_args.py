@@ -90,7 +90,7 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
             DEFAULT_INTERVAL_S,
             DEFAULT_STALE_INTERVALS,
         )
-        from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
+        from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: Path | None = args.db
         return ReadSettings(

@@ -124,7 +124,7 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
         from collector.nodefacts import Staleness  # noqa: PLC0415
-        from collector.store.reader import DEFAULT_DB_PATH  # noqa: PLC0415
+        from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: Path | None = args.db
         return CapacityCliSettings(

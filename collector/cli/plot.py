@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args
+from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
-from shared.units import parse_duration
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
-from shared.units import format_bytes, format_duration, format_watts, parse_duration
+from shared.units import format_bytes, format_duration, format_watts
 
 if TYPE_CHECKING:
     from collector.cli._args import ReadSettings

@@ -34,13 +34,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Print the rules in force."""
     from collector.alerts.builtin import builtin_rules  # noqa: PLC0415
+    from collector.alerts.settings import AlertSettings  # noqa: PLC0415
     from collector.cli._args import settings_from_args  # noqa: PLC0415
-    from collector.settings import AlertSettings  # noqa: PLC0415
 
     settings = settings_from_args(args)
     defaults = AlertSettings().model_dump()
     changed = {k: v for k, v in settings.alerts.model_dump().items() if defaults.get(k) != v}
-    rules = builtin_rules(settings.alerts.builtin(settings.staleness()))
+    rules = builtin_rules(settings.alerts, settings.staleness())
     rows: list[dict[str, Any]] = [
         {
             "name": r.name,
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if settings.capacity.plan is not None:
         from collector.capacity.job import CapacityState  # noqa: PLC0415
-        from collector.capacity.rules import CapacityRuleSettings, capacity_rules  # noqa: PLC0415
+        from collector.capacity.rules import capacity_rules  # noqa: PLC0415
 
         rows.extend(
             {
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 "summary": r.summary,
                 "source": f"capacity ({settings.capacity.plan})",
             }
-            for r in capacity_rules(CapacityState(), CapacityRuleSettings.of(settings.capacity))
+            for r in capacity_rules(CapacityState(), settings.capacity)
         )
     from collector.governance.job import GovernanceView  # noqa: PLC0415
     from collector.governance.rules import governance_rules  # noqa: PLC0415
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             "summary": r.summary,
             "source": "governance",
         }
-        for r in governance_rules(GovernanceView, settings.governance.rules())
+        for r in governance_rules(GovernanceView, settings.governance)
     ]
     if args.json:
         print_json(

@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415 (imports stay inside the command: --help is instant)
 
     from collector.cli._args import settings_from_args  # noqa: PLC0415
+    from shared.durations import parse_duration  # noqa: PLC0415
     from shared.logging import configure_logging  # noqa: PLC0415
-    from shared.units import parse_duration  # noqa: PLC0415
 
     extra: dict[str, Any] = {"client_id": args.client_id}
     if args.metrics_listen is not None:

@@ -10,8 +10,9 @@ from typing import Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.units import format_duration, parse_duration
+from shared.units import format_duration
 
 __all__ = ["add_parser", "run"]
 

@@ -21,43 +21,28 @@ quota alert says which basis it judged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from collector.alerts.rule import Instance, Rule
+from collector.alerts.rule import Instance, Rule, enabled_rules
 from collector.governance.lease import effective_end, notice_deadline, today_in
 from collector.governance.report import band
+from collector.governance.settings import GovernanceSettings
 from collector.governance.state import HOLDING
 
 if TYPE_CHECKING:
     from collector.governance.job import GovernanceView
     from collector.live import LiveView
 
-__all__ = ["GovernanceRuleSettings", "governance_rules"]
-
-
-@dataclass(frozen=True, slots=True)
-class GovernanceRuleSettings:
-    """Thresholds of the governance rules; every field has a working default."""
-
-    lease_end_days: int = 30
-    notice_deadline_days: int = 14
-    busy_util_pct: float = 10.0
-    idle_gpu_w: float = 100.0
-    """A GPU drawing more than this is working, whatever its utilisation says."""
-    expired_in_use_for_s: float = 300.0
-    idle_util_pct: float = 10.0
-    idle_for_s: float = 6 * 3600.0
-    high_pct: float = 90.0
-    quota_for_s: float = 300.0
-    disabled: frozenset[str] = frozenset()
+__all__ = ["governance_rules"]
 
 
 def governance_rules(
-    view: Callable[[], GovernanceView], settings: GovernanceRuleSettings | None = None
+    view: Callable[[], GovernanceView], settings: GovernanceSettings | None = None
 ) -> list[Rule]:
-    """The governance rules, reading the job's current view through ``view()``."""
-    s = settings or GovernanceRuleSettings()
+    """The governance rules, configured by the ``[governance]`` settings (the defaults when
+    ``None``) less those it disables, reading the job's current view through ``view()``
+    (called only when a rule is evaluated)."""
+    s = settings or GovernanceSettings()
     rules = [
         _lease_ending(view, s),
         _notice_deadline(view, s),
@@ -65,10 +50,10 @@ def governance_rules(
         _leased_idle(view, s),
         *_quota_rules(view, s),
     ]
-    return [r for r in rules if r.name not in s.disabled]
+    return enabled_rules(rules, s.disabled, field="governance.disabled")
 
 
-def _lease_ending(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+def _lease_ending(view: Callable[[], GovernanceView], s: GovernanceSettings) -> Rule:
     days = s.lease_end_days
 
     def condition(_: LiveView, now: float) -> Iterator[Instance]:
@@ -97,7 +82,7 @@ def _lease_ending(view: Callable[[], GovernanceView], s: GovernanceRuleSettings)
     )
 
 
-def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceSettings) -> Rule:
     days = s.notice_deadline_days
 
     def condition(_: LiveView, now: float) -> Iterator[Instance]:
@@ -128,7 +113,7 @@ def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceRuleSettin
     )
 
 
-def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -> Rule:
     busy_pct = s.busy_util_pct
     idle_w = s.idle_gpu_w
 
@@ -167,7 +152,7 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceRuleSetting
     )
 
 
-def _leased_idle(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> Rule:
+def _leased_idle(view: Callable[[], GovernanceView], s: GovernanceSettings) -> Rule:
     limit = s.idle_util_pct
 
     def condition(_: LiveView, now: float) -> Iterator[Instance]:
@@ -200,7 +185,7 @@ def _leased_idle(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) 
     )
 
 
-def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceRuleSettings) -> list[Rule]:
+def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> list[Rule]:
     def in_band(wanted: str) -> Callable[[LiveView, float], Iterator[Instance]]:
         def condition(_: LiveView, now: float) -> Iterator[Instance]:
             for q in view().standings:

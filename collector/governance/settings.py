@@ -1,16 +1,17 @@
-"""``[governance]``: thresholds of the lease and quota rules (see ``collector rules``)."""
+"""``[governance]``: thresholds of the lease and quota rules (see ``collector rules``); the
+only place their defaults live: :func:`collector.governance.rules.governance_rules` takes
+this model as it is."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import ConfigError
 from shared.schema import MAX_GPU_POWER_W
 
 if TYPE_CHECKING:
-    from collector.governance.rules import GovernanceRuleSettings
+    from collector.governance.job import GovernanceView
 
 __all__ = ["GovernanceSettings"]
 
@@ -18,7 +19,8 @@ _DAY_S: Final = 86_400.0
 
 
 class GovernanceSettings(BaseModel):
-    """Defaults equal :class:`collector.governance.rules.GovernanceRuleSettings`."""
+    """``[governance]``: how often usage is recomputed, and when the governance rules fire;
+    every field has a working default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -30,6 +32,7 @@ class GovernanceSettings(BaseModel):
     busy_util_pct: float = Field(default=10.0, ge=0, le=100)
     """Measured basis: a GPU at or above this utilisation is busy."""
     idle_gpu_w: float = Field(default=100.0, ge=0, le=MAX_GPU_POWER_W)
+    """A GPU drawing more than this is working, whatever its utilisation says."""
     expired_in_use_for_s: float = Field(default=300.0, ge=0, le=30 * _DAY_S)
     idle_util_pct: float = Field(default=10.0, ge=0, le=100)
     idle_for_s: float = Field(default=6 * 3600.0, ge=0, le=30 * _DAY_S)
@@ -38,22 +41,15 @@ class GovernanceSettings(BaseModel):
     disabled: list[str] = Field(default=[], max_length=16)
     """Governance rules to leave out, by name (e.g. ["LeasedGpusIdle"])."""
 
-    def rules(self) -> GovernanceRuleSettings:
-        """The rules' thresholds; an unknown rule name in ``disabled`` is refused."""
-        from collector.governance.job import GovernanceView  # noqa: PLC0415
-        from collector.governance.rules import (  # noqa: PLC0415
-            GovernanceRuleSettings,
-            governance_rules,
-        )
+    @model_validator(mode="after")
+    def _disabled_rules_exist(self) -> Self:
+        if self.disabled:  # the rules module only when needed: settings load for every command
+            from collector.governance.rules import governance_rules  # noqa: PLC0415
 
-        known = {r.name for r in governance_rules(GovernanceView)}
-        unknown = sorted(set(self.disabled) - known)
-        if unknown:
-            raise ConfigError(
-                f"setting 'governance.disabled' names unknown rules {unknown}: use "
-                f"{', '.join(sorted(known))}",
-                field="governance.disabled",
-            )
-        values = self.model_dump(exclude={"eval_interval_s"})
-        values["disabled"] = frozenset(self.disabled)
-        return GovernanceRuleSettings(**values)
+            governance_rules(_no_view, self)  # refuses an unknown name
+        return self
+
+
+def _no_view() -> GovernanceView:
+    """Names only: building the rules calls no view (and needs no governance job)."""
+    raise AssertionError("a rule built to check names was evaluated")

@@ -18,10 +18,7 @@ from typing import Any, Final, Self
 
 from shared.errors import StoreError
 
-__all__ = ["DEFAULT_DB_PATH", "StoreReader"]
-
-DEFAULT_DB_PATH: Final = Path("capwatch.db")
-"""Where the collector keeps its store unless told otherwise (``db_path``)."""
+__all__ = ["StoreReader"]
 
 _BUSY_TIMEOUT_S: Final = 5.0
 

@@ -20,10 +20,11 @@ from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
 from collector.ingest.validate import sample_row
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
+from collector.paths import DEFAULT_DB_PATH
 from collector.settings import CollectorSettings
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.queries import fleet_summary, printable
-from collector.store.reader import DEFAULT_DB_PATH, StoreReader
+from collector.store.reader import StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
 
@@ -341,6 +342,11 @@ def test_bad_flags_are_one_error_line_and_exit_2(
     ("argv", "message"),
     [
         (["--since", "5x"], "--since '5x' is not a duration"),
+        (["--since", "300"], "--since '300' is not a duration: a number needs a unit"),
+        (
+            ["--since", "1.5h"],
+            "--since '1.5h' is not a duration: whole numbers only; write '1h30m'",
+        ),
         (["--node", "a/b"], "--node 'a/b' is not a node id"),
         (["--config", "/nonexistent.toml"], "config file '/nonexistent.toml' does not exist"),
     ],

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.metrics_core import Metric
 
 from agent.simulate import FleetSimulator
-from collector.alerts.builtin import BuiltinSettings, builtin_rules
+from collector.alerts.builtin import builtin_rules
 from collector.capacity.compute import compute_picture
 from collector.capacity.fromstore import nodes_from_store
 from collector.governance.fromstore import usages_from_store
@@ -114,7 +114,7 @@ async def test_every_consumer_gives_each_node_the_same_state(fleet: Fleet) -> No
     now = fleet.now
     by_kind = {fleet.node[k]: s for k, s in EXPECTED.items()}
 
-    rules = {r.name: r for r in builtin_rules(BuiltinSettings(staleness=STALENESS))}
+    rules = {r.name: r for r in builtin_rules(staleness=STALENESS)}
     stale = {i.labels["node"] for i in rules["NodeStale"].condition(fleet.view, now)}
     offline = {i.labels["node"] for i in rules["NodeOffline"].condition(fleet.view, now)}
     from_rules = {
@@ -260,7 +260,9 @@ def test_the_old_alerts_stale_intervals_key_is_read_with_a_warning(
     config.write_text("stale_intervals = 4\n[alerts]\nstale_intervals = 7\n")
     both = load_settings(CollectorSettings, config_file=config)
     assert both.stale_intervals == 4
-    assert both.alerts.builtin(both.staleness()).staleness == Staleness(4, 5)
+    assert both.staleness() == Staleness(4, 5)
+    (stale,) = [r for r in builtin_rules(both.alerts, both.staleness()) if r.name == "NodeStale"]
+    assert "sent no sample for 4 of its sample intervals" in stale.description
     (line,) = both.setting_warnings()
     assert "which is also set and wins (4)" in line
     config.write_text("stale_intervals = 4\n")

@@ -1,4 +1,5 @@
-"""Topics and node ids, unit parsing. (Settings: tests/shared/test_settings.py.)"""
+"""Topics and node ids, unit formatting. (Durations: test_durations.py; settings:
+test_settings.py.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from shared.errors import ConfigError
 from shared.topics import parse_topic, sample_topic, validate_node_id
-from shared.units import format_bytes, format_duration, format_watts, parse_duration
+from shared.units import format_bytes, format_duration, format_watts
 
 
 @pytest.mark.parametrize("node", ["x1000c0s0b0n0", "gpu-node.17", "A_1"])
@@ -28,29 +29,6 @@ def test_parse_topic_rejects_foreign_topics() -> None:
     assert parse_topic("capwatch/v2/nodes/n/sample") is None
     assert parse_topic("capwatch/v1/nodes/n/sample/extra") is None
     assert parse_topic("capwatch/v1/nodes/has space/sample") is None
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("15m", 900.0),
-        ("30s", 30.0),
-        ("2h", 7200.0),
-        ("1d", 86400.0),
-        ("250ms", 0.25),
-        ("45", 45.0),
-        ("1.5h", 5400.0),
-    ],
-)
-def test_parse_duration(text: str, seconds: float) -> None:
-    """Durations take ms/s/m/h/d/w; a bare number is seconds."""
-    assert parse_duration(text) == seconds
-
-
-def test_bad_duration_names_the_flag() -> None:
-    """The error says which flag and shows valid examples."""
-    with pytest.raises(ConfigError, match=r"--since '15 minutes' is not a duration.*15m"):
-        parse_duration("15 minutes", field="--since")
 
 
 def test_formatters() -> None:

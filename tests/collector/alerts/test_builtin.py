@@ -6,14 +6,9 @@ from typing import Any
 
 import msgspec
 
-from collector.alerts.builtin import (
-    CRITICAL_XIDS,
-    HW_POWER_BRAKE_SLOWDOWN,
-    HW_THERMAL_SLOWDOWN,
-    BuiltinSettings,
-    builtin_rules,
-)
+from collector.alerts.builtin import HW_POWER_BRAKE_SLOWDOWN, HW_THERMAL_SLOWDOWN, builtin_rules
 from collector.alerts.rule import Evaluator, Transition
+from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.live import LiveView
 from shared.clock import FakeClock
 from shared.schema import Sample
@@ -25,7 +20,7 @@ NODE = "x1000c0s0b0n0"
 class Fleet:
     """A live view, the built-in rules and a fake clock, driven like the collector drives them."""
 
-    def __init__(self, settings: BuiltinSettings | None = None) -> None:
+    def __init__(self, settings: AlertSettings | None = None) -> None:
         self.clock = FakeClock()
         self.view = LiveView()
         self.ev = Evaluator(builtin_rules(settings))
@@ -135,14 +130,14 @@ def test_gpu_temperature_fires_per_gpu_after_for_and_clears_after_cooling() -> N
 
 def test_gpu_temperature_threshold_is_configurable_and_inclusive() -> None:
     """A threshold of 68 °C makes the realistic sample's GPUs (at 68 °C) fire."""
-    f = Fleet(BuiltinSettings(gpu_temp_c=68.0, gpu_temp_for_s=0))
+    f = Fleet(AlertSettings(gpu_temp_c=68.0, gpu_temp_for_s=0))
     f.run(5)
     assert len(f.firing("GpuTemperature")) == 8
 
 
 def test_gpu_xid_fires_on_a_critical_xid_and_keeps_firing_after_the_sample() -> None:
     """XID 79 fires at once; later samples without it keep it firing for keep_firing_for."""
-    f = Fleet(BuiltinSettings(xid_window_s=30, xid_keep_firing_for_s=120))
+    f = Fleet(AlertSettings(xid_window_s=30, xid_keep_firing_for_s=120))
     f.sample(xids=[{"gpu_index": 3, "xid": 79, "ts": f.clock.time() - 1}])
     f.step()
     assert f.firing("GpuXid") == [
@@ -238,7 +233,7 @@ def test_gpu_clock_throttled_needs_a_sustained_thermal_or_brake_reason() -> None
 
 def test_stale_node_does_not_keep_its_last_temperature_alert() -> None:
     """A hot GPU whose node stopped sending resolves; NodeStale says why."""
-    f = Fleet(BuiltinSettings(gpu_temp_for_s=0, gpu_temp_keep_firing_for_s=0))
+    f = Fleet(AlertSettings(gpu_temp_for_s=0, gpu_temp_keep_firing_for_s=0))
     f.view.on_status(NODE, "online", f.clock.time())
     f.sample(gpu0={"temp_c": 99.0})
     f.step()
@@ -250,7 +245,7 @@ def test_stale_node_does_not_keep_its_last_temperature_alert() -> None:
 
 def test_node_clock_skew_fires_on_clock_skew_rejects_only() -> None:
     """clock_skew rejects fire NodeClockSkew; other reasons do not; it clears after the window."""
-    f = Fleet(BuiltinSettings(clock_skew_window_s=60, clock_skew_keep_firing_for_s=60))
+    f = Fleet(AlertSettings(clock_skew_window_s=60, clock_skew_keep_firing_for_s=60))
     f.view.on_reject(NODE, "invalid", f.clock.time())
     f.step()
     assert f.ev.states() == []
@@ -266,7 +261,7 @@ def test_node_clock_skew_fires_on_clock_skew_rejects_only() -> None:
 
 def test_node_rejects_rising_fires_at_the_threshold_and_clears() -> None:
     """9 rejects in the window are not enough, the 10th fires; quiet for long enough clears."""
-    f = Fleet(BuiltinSettings(rejects_window_s=60, rejects_min=10, rejects_keep_firing_for_s=0))
+    f = Fleet(AlertSettings(rejects_window_s=60, rejects_min=10, rejects_keep_firing_for_s=0))
     for _ in range(9):
         f.view.on_reject(NODE, "invalid", f.clock.time())
     f.step()
@@ -294,7 +289,7 @@ def test_builtin_rules_are_distinct_and_can_be_disabled() -> None:
         "NodeClockSkew",
         "NodeRejectsRising",
     ]
-    rules = builtin_rules(BuiltinSettings(disabled=frozenset({"GpuXid"})))
+    rules = builtin_rules(AlertSettings(disabled=["GpuXid"]))
     assert "GpuXid" not in [r.name for r in rules]
     assert all(r.summary and r.description for r in rules)
 

@@ -96,6 +96,22 @@ def test_a_bad_route_is_one_line_naming_the_key(tmp_path: Path, toml: str, key: 
     assert "\n" not in str(caught.value)
 
 
+def test_route_durations_take_prometheus_grammar_and_refusals_say_what_to_write(
+    tmp_path: Path,
+) -> None:
+    """``1h30m`` is read as Prometheus reads it; a decimal (once accepted) is refused with the
+    exact text to write instead, naming the key."""
+    s = _load(tmp_path, '[[routes]]\ngroup_wait = "0"\nrepeat_interval = "1d12h"\n')
+    (route,) = s.alert_routes()
+    assert (route.group_wait_s, route.repeat_interval_s) == (0.0, 129_600.0)
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, '[[routes]]\ngroup_interval = "1.5m"\n')
+    assert str(caught.value).startswith(
+        "setting 'routes.0.group_interval' = '1.5m': not a duration: whole numbers only; "
+        "write '1m30s' instead"
+    )
+
+
 def test_two_routes_with_one_group_key_are_two_groups() -> None:
     """A catch-all route with ``continue`` before another catch-all: both receivers hear
     of the alert (Alertmanager keeps groups per route), each logged on its own."""

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from agent.simulate import FleetSimulator
 from collector.capacity.job import CapacityJob, CapacityState
-from collector.capacity.rules import CapacityRuleSettings, capacity_rules
+from collector.capacity.rules import capacity_rules
 from collector.live import LiveView
 from collector.settings import CapacitySettings
 from collector.store.db import NodeUpdate, Store
@@ -56,7 +56,7 @@ def test_capacity_settings_refuse_unknown_rules_and_critical_below_warning() -> 
 def test_disabled_capacity_rules_are_left_out() -> None:
     """capacity.disabled removes the named rules only."""
     c = CapacitySettings(disabled=["SiteWorstCaseOverCap"])
-    names = [r.name for r in capacity_rules(job_state(), CapacityRuleSettings.of(c))]
+    names = [r.name for r in capacity_rules(job_state(), c)]
     assert "SiteWorstCaseOverCap" not in names
     assert "SitePowerHigh" in names
 

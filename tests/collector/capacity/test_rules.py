@@ -9,7 +9,8 @@ from collector.alerts.rule import Evaluator
 from collector.capacity.compute import compute_picture
 from collector.capacity.job import CapacityState
 from collector.capacity.picture import Picture
-from collector.capacity.rules import CAPACITY_RULE_NAMES, CapacityRuleSettings, capacity_rules
+from collector.capacity.rules import capacity_rules
+from collector.capacity.settings import CapacitySettings
 from collector.live import LiveView
 from tests.collector.capacity.helpers import filled_view, site_plan
 
@@ -31,14 +32,14 @@ def _evaluator(
     *,
     rising_w_per_min: float = 0.0,
     rising_window_s: float = 300.0,
-    max_age_s: float = 300.0,
+    interval_s: float = 30.0,
 ) -> Evaluator:
-    settings = CapacityRuleSettings(
+    settings = CapacitySettings(
         for_s=0.0,
         keep_firing_for_s=0.0,
         rising_w_per_min=rising_w_per_min,
         rising_window_s=rising_window_s,
-        max_age_s=max_age_s,
+        interval_s=interval_s,
     )
     return Evaluator(capacity_rules(state, settings))
 
@@ -83,16 +84,25 @@ def test_draw_rising_faster_than_the_slope_fires() -> None:
 
 
 def test_a_picture_too_old_raises_nothing() -> None:
-    """When the capacity job stopped, its last picture does not keep alerts alive."""
-    state = CapacityState()
-    ev = _evaluator(state, max_age_s=60.0)
-    base = _picture()
-    state.update(replace(base, it_w=0.99 * base.cap_w))
-    assert "SitePowerCritical" in _firing(ev, NOW)
-    assert _firing(ev, NOW + 61) == {}
+    """When the capacity job stopped, its last picture does not keep alerts alive: after
+    5 minutes, or three capacity intervals when those are longer."""
+    for interval_s, max_age_s in ((30.0, 300.0), (200.0, 600.0)):
+        state = CapacityState()
+        ev = _evaluator(state, interval_s=interval_s)
+        base = _picture()
+        state.update(replace(base, it_w=0.99 * base.cap_w))
+        assert "SitePowerCritical" in _firing(ev, NOW)
+        assert "SitePowerCritical" in _firing(ev, NOW + max_age_s)
+        assert _firing(ev, NOW + max_age_s + 1) == {}
 
 
-def test_rule_names_are_the_listed_ones() -> None:
-    """The exported names are the rules' names, in order."""
-    names = tuple(r.name for r in capacity_rules(CapacityState()))
-    assert names == CAPACITY_RULE_NAMES
+def test_rule_names() -> None:
+    """Five capacity rules, in this order (the names ``capacity.disabled`` takes)."""
+    names = [r.name for r in capacity_rules(CapacityState())]
+    assert names == [
+        "SitePowerHigh",
+        "SitePowerCritical",
+        "RackPowerOverLimit",
+        "SiteWorstCaseOverCap",
+        "SitePowerRising",
+    ]

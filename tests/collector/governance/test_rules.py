@@ -12,7 +12,8 @@ from collector.alerts.rule import Evaluator
 from collector.governance.job import GovernanceJob
 from collector.governance.lease import LeaseTerms
 from collector.governance.quota import Quota
-from collector.governance.rules import GovernanceRuleSettings, governance_rules
+from collector.governance.rules import governance_rules
+from collector.governance.settings import GovernanceSettings
 from collector.live import LiveView
 from collector.store.db import Store
 from collector.store.governance import GovernanceWriter
@@ -22,7 +23,7 @@ from tests.collector.governance.fleet import cli, inventory, sample
 
 NOON: dt.datetime = dt.datetime(2041, 3, 1, 12, 0, tzinfo=dt.UTC)
 TODAY = NOON.date()
-SETTINGS = GovernanceRuleSettings(
+SETTINGS = GovernanceSettings(
     quota_for_s=0, idle_for_s=0, expired_in_use_for_s=0, lease_end_days=20
 )
 

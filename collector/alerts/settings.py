@@ -1,0 +1,77 @@
+"""``[alerts]``: when the built-in rules fire; the only place their defaults live.
+
+:func:`collector.alerts.builtin.builtin_rules` takes this model as it is: no second copy of
+the thresholds to keep equal. ``collector rules`` lists the rules and the values in force.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["CRITICAL_XIDS", "AlertSettings"]
+
+_DAY_S: Final = 86_400.0
+
+CRITICAL_XIDS: Final = {
+    48: "double-bit ECC error",
+    63: "row remapping recorded (ECC page retirement)",
+    64: "row remapping failure",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error",
+    95: "uncontained ECC error",
+}
+"""XIDs that mean hardware trouble (NVIDIA's XID catalogue), the default of ``xid_codes``.
+Application faults such as 13 (graphics engine exception), 31 (MMU fault) and 43 (GPU
+stopped processing) are the job's problem, not the hardware's, and are not alerts."""
+
+
+class AlertSettings(BaseModel):
+    """``[alerts]``: thresholds, ``for`` and ``keep_firing_for`` of the built-in rules (see
+    ``collector rules`` for all of them); every field has a working default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    eval_interval_s: float = Field(default=1.0, ge=0.5, le=3600)
+    """How often the rules are evaluated on the live view. Every second: a breach reaches a
+    receiver within about a second plus its route's ``group_wait``; a cycle costs a few ms
+    at 12,500 nodes (``bench/bench_alerts.py``)."""
+    offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
+    """An agent restarting says offline then online within seconds: do not page for that."""
+    stale_intervals: float | None = Field(default=None, gt=0, le=1000)
+    """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
+    read, with a warning: it stands for the top-level key when that one is not given."""
+    stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
+    gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    gpu_temp_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    xid_codes: list[int] = Field(default_factory=lambda: sorted(CRITICAL_XIDS), max_length=256)
+    """XIDs that fire ``GpuXid`` (default: :data:`CRITICAL_XIDS`)."""
+    xid_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
+    """An XID counts while its sample arrived within this window..."""
+    xid_keep_firing_for_s: float = Field(default=900.0, ge=0, le=_DAY_S)
+    """...and the alert keeps firing this long after: an XID is an event, not a state."""
+    throttle_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
+    throttle_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    ecc_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    clock_skew_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
+    clock_skew_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    rejects_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    rejects_min: int = Field(default=10, ge=1)
+    """Rejects of any reason in ``rejects_window_s`` that count as rising."""
+    rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    disabled: list[str] = Field(default=[], max_length=64)
+    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
+    external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
+    """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
+
+    @model_validator(mode="after")
+    def _disabled_rules_exist(self) -> Self:
+        if self.disabled:  # the rules module only when needed: settings load for every command
+            from collector.alerts.builtin import builtin_rules  # noqa: PLC0415
+
+            builtin_rules(self)  # refuses an unknown name (collector.alerts.rule.enabled_rules)
+        return self
