@@ -129,6 +129,28 @@ class BrokerProcess:
         """Start the broker and wait until it accepts connections."""
         raise NotImplementedError
 
+    def _launch(
+        self, argv: Sequence[str], *, ports: Sequence[int], output: Path | None = None
+    ) -> None:
+        """Run ``argv`` (its output appended to ``output``, else discarded) and wait until
+        each of ``ports`` accepts connections; on any failure, stop it again."""
+        if self._proc is not None:
+            return
+        with contextlib.ExitStack() as stack:
+            out = stack.enter_context(output.open("ab")) if output is not None else None
+            self._proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            for port in ports:
+                wait_for_port(self.host, port, timeout_s=20.0)
+        except BaseException:  # also Ctrl-C while waiting: never leave an orphan broker
+            self.stop()
+            raise
+
     def stop(self) -> None:
         """SIGTERM, so the broker shuts down cleanly (Mosquitto saves its state); SIGKILL
         after 10 s."""
@@ -220,19 +242,7 @@ class MosquittoBroker(BrokerProcess):
 
     def start(self) -> None:
         """Start the broker and wait until it accepts connections."""
-        if self._proc is not None:
-            return
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port(self.host, self.port)
-        except BaseException:  # also Ctrl-C while waiting: never leave an orphan mosquitto
-            self.stop()
-            raise
+        self._launch([self.binary, "-c", str(self.config_path)], ports=[self.port])
 
 
 class EmbeddedBroker(BrokerProcess):

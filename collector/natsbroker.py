@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from collector.localbroker import BrokerProcess, free_port, wait_for_port
+from collector.localbroker import BrokerProcess, free_port
 from shared.errors import CapwatchError
 
 __all__ = ["NatsBroker", "find_nats_server"]
@@ -100,17 +100,6 @@ class NatsBroker(BrokerProcess):
 
     def start(self) -> None:
         """Start the server and wait until its MQTT listener accepts connections."""
-        if self._proc is not None:
-            return
-        with self.log_path.open("ab") as log_file:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for_port(self.host, self.port, timeout_s=20.0)
-        except BaseException:  # also Ctrl-C while waiting: never leave an orphan server
-            self.stop()
-            raise
+        self._launch(
+            [self.binary, "-c", str(self.config_path)], ports=[self.port], output=self.log_path
+        )

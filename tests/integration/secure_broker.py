@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import pytest
 
-from collector.localbroker import BrokerProcess, find_mosquitto, free_port, wait_for_port
+from collector.localbroker import BrokerProcess, find_mosquitto, free_port
 from shared.errors import CapwatchError
 from tests.helpers import skip_without_mosquitto
 
@@ -233,19 +233,10 @@ class DeployedBroker(BrokerProcess):
     def start(self) -> None:
         """Start ``mosquitto -c`` and wait until every listener accepts connections."""
         stderr = self.data_dir / "stderr"
-        with stderr.open("wb") as err:
-            self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=subprocess.STDOUT,
-            )
+        ports = [p for p in (self.port, self.tls_port) if p is not None]
         try:
-            for port in (self.port, self.tls_port):
-                if port is not None:
-                    wait_for_port(self.host, port, timeout_s=10)
+            self._launch([self.binary, "-c", str(self.config_path)], ports=ports, output=stderr)
         except CapwatchError as exc:
-            self.stop()
             raise AssertionError(
                 f"mosquitto did not start: {stderr.read_text(errors='replace')}{self.log_text()}"
             ) from exc

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiomqtt
 import pytest
@@ -27,6 +27,7 @@ from collector.ingest.subscriber import (
     MqttWireError,
 )
 from collector.localbroker import MosquittoBroker, free_port
+from tests.collector.ingest import wire
 from tests.collector.ingest.wire import publish_packet
 from tests.helpers import wait_until
 
@@ -110,10 +111,6 @@ async def _publish(
 
 # --- a scripted broker for what Mosquitto never does ---------------------------------------
 
-_CONNACK_OK = b"\x20\x02\x00\x00"
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
 
 async def _drain(reader: asyncio.StreamReader) -> None:
     """Read and discard until the client closes the connection."""
@@ -126,47 +123,13 @@ async def _drain_script(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     await _drain(reader)
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> bytes:
-    """One whole MQTT packet (fixed header included) from the client."""
-    header = await reader.readexactly(1)
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        header += bytes((byte,))
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return header + await reader.readexactly(length)
-
-
 @contextlib.asynccontextmanager
 async def _scripted_broker(
-    script: Script, *, connack: bytes = _CONNACK_OK
+    script: wire.Script, *, connack: bytes = wire.CONNACK_OK
 ) -> AsyncIterator[tuple[int, asyncio.Future[None]]]:
-    """A loopback server that answers CONNECT with ``connack``, then runs ``script``.
-
-    Yields (port, a future done when the script is).
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            assert (await _read_packet(reader))[0] == 0x10, "expected CONNECT"
-            writer.write(connack)
-            await script(reader, writer)
-        except Exception as exc:  # reported to the test through ``done``
-            if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(None)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1], done
+    """:func:`wire.scripted_broker`, and at exit the script must have ended well."""
+    async with wire.scripted_broker(script, connack=connack) as (port, done):
+        yield port, done
         async with asyncio.timeout(_STEP_S):
             await done
 
@@ -541,11 +504,11 @@ async def test_refused_subscription_raises_subscribe_error() -> None:
     """A SUBACK failure code (0x80) names the refused filter; granted QoS are returned else."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        packet = await _read_packet(reader)
+        packet = await wire.read_packet(reader)
         assert packet[0] == 0x82
         packet_id = packet[2:4]
         writer.write(b"\x90\x04" + packet_id + b"\x80\x01")
-        packet = await _read_packet(reader)
+        packet = await wire.read_packet(reader)
         writer.write(b"\x90\x03" + packet[2:4] + b"\x00")
         await _drain(reader)
 

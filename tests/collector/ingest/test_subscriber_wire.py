@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -21,38 +21,19 @@ from tests.helpers import wait_until
 _STEP_S = 10.0
 """Bound of one network wait, and of each scripted broker's whole run."""
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+def _broker(
+    script: wire.Script,
+) -> contextlib.AbstractAsyncContextManager[tuple[int, asyncio.Future[None]]]:
+    """:func:`wire.scripted_broker` that also answers SUBSCRIBE with SUBACK before ``script``."""
 
-@contextlib.asynccontextmanager
-async def _broker(script: Script) -> AsyncIterator[tuple[int, asyncio.Future[None]]]:
-    """A loopback server: CONNECT -> CONNACK, SUBSCRIBE -> SUBACK, then ``script``.
+    async def subscribed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        subscribe = await wire.read_packet(reader)
+        assert subscribe[0] == 0x82, "expected SUBSCRIBE"
+        writer.write(wire.suback(int.from_bytes(subscribe[2:4], "big"), [1]))
+        await script(reader, writer)
 
-    Yields (port, a future done when the script is, with its exception if it failed).
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            assert (await wire.read_packet(reader))[0] == 0x10, "expected CONNECT"
-            writer.write(wire.CONNACK_OK)
-            subscribe = await wire.read_packet(reader)
-            assert subscribe[0] == 0x82, "expected SUBSCRIBE"
-            writer.write(wire.suback(int.from_bytes(subscribe[2:4], "big"), [1]))
-            await script(reader, writer)
-        except Exception as exc:  # reported to the test through ``done``
-            if not done.done():
-                done.set_exception(exc)
-        else:
-            if not done.done():
-                done.set_result(None)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1], done
+    return wire.scripted_broker(subscribed)
 
 
 async def _open(

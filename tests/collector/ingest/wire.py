@@ -8,7 +8,8 @@ written in ``test_subscriber.py``; this is the copy the newer tests share.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 PINGRESP = b"\xd0\x00"
 CONNACK_OK = b"\x20\x02\x00\x00"
@@ -65,3 +66,37 @@ async def read_packet(reader: asyncio.StreamReader) -> bytes:
         shift += 7
         if byte < 0x80:
             return header + await reader.readexactly(length)
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""What a scripted broker does after the handshake, with the client's streams."""
+
+
+@contextlib.asynccontextmanager
+async def scripted_broker(
+    script: Script, *, connack: bytes = CONNACK_OK
+) -> AsyncIterator[tuple[int, asyncio.Future[None]]]:
+    """A loopback server that answers CONNECT with ``connack``, then runs ``script``.
+
+    Yields (port, a future done when the script is, with its exception if it failed).
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            assert (await read_packet(reader))[0] == 0x10, "expected CONNECT"
+            writer.write(connack)
+            await script(reader, writer)
+        except Exception as exc:  # reported to the test through ``done``
+            if not done.done():
+                done.set_exception(exc)
+        else:
+            if not done.done():
+                done.set_result(None)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1], done
