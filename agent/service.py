@@ -113,6 +113,7 @@ class AgentService:
     async def run(self) -> None:
         """Sample and publish until :meth:`stop`."""
         await asyncio.to_thread(self.spool.open)
+        self.sampler.epoch = self.spool.epoch
         try:
             inventory = await asyncio.to_thread(self.sampler.start)
             self._inventory = encode(inventory)
