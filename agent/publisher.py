@@ -31,7 +31,7 @@ from shared.schema import NodeStatus, encode
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["Publisher", "refused_credentials"]
+__all__ = ["Publisher", "next_backoff", "refused_credentials"]
 
 log = get_logger("publisher")
 
@@ -40,6 +40,20 @@ _FLUSH_ON_STOP_S: Final = 5.0
 _NOT_AUTHORIZED: Final = frozenset({4, 5, 134, 135})
 """CONNACK refusals for credentials or authorisation: 4 bad user name or password, 5 not
 authorised (MQTT 3.1.1); 134, 135 the same in MQTT 5 wording (paho 2 reports both so)."""
+
+
+def next_backoff(attempt: int, min_s: float, max_s: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt + 1`` (0: the first retry).
+
+    The first retry waits ``min_s``; later ones a uniform draw in ``[min_s, min(max_s,
+    min_s * 2**attempt)]`` ("full jitter", AWS Architecture Blog, "Exponential Backoff And
+    Jitter", 2015), so agents that lost the same broker do not come back in the same second,
+    and each is back within ``max_s`` of the broker's return.
+    """
+    if attempt <= 0:
+        return min_s
+    cap = min(max_s, min_s * 2.0 ** min(attempt, 32))
+    return random.uniform(min_s, max(min_s, cap))
 
 
 def refused_credentials(exc: aiomqtt.MqttError) -> bool:
@@ -105,7 +119,7 @@ class Publisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; then flush (bounded) and say ``offline``."""
-        delay = self.mqtt.reconnect_min_s
+        attempt = 0
         while not stop.is_set():
             try:
                 async with self._client() as client:
@@ -117,12 +131,14 @@ class Publisher:
                         broker=f"{self.mqtt.host}:{self.mqtt.port}",
                         spooled=len(self.spool),
                     )
-                    delay = self.mqtt.reconnect_min_s
+                    attempt = 0
                     await self._drain(client, stop)
                     await self._goodbye(client)
                     return
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
+                delay = next_backoff(attempt, self.mqtt.reconnect_min_s, self.mqtt.reconnect_max_s)
+                attempt += 1
                 if refused_credentials(exc):
                     log.error(
                         "mqtt_not_authorized",
@@ -145,10 +161,6 @@ class Publisher:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
-                delay = max(
-                    self.mqtt.reconnect_min_s,
-                    min(self.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0),
-                )
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         try:

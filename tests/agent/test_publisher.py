@@ -12,7 +12,7 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from agent.publisher import Publisher
+from agent.publisher import Publisher, next_backoff
 from agent.spool import Spool
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
@@ -143,3 +143,17 @@ async def test_backoff_starts_again_from_the_minimum_after_a_good_connection(
     assert delays[0] == _MIN_S
     assert delays[refusals - 1] > _MIN_S  # it had grown
     assert delays[refusals] == _MIN_S  # the retry after the good connection
+
+
+def test_reconnect_delays_are_jittered_and_capped_at_a_few_seconds() -> None:
+    """The first retry waits reconnect_min_s; later ones are spread over [min, cap], and the
+    default cap brings an agent back within 5 s of the broker's return."""
+    assert MqttSettings().reconnect_max_s == 5.0
+    assert next_backoff(0, 0.5, 5.0) == 0.5
+    draws = [next_backoff(attempt, 0.5, 5.0) for attempt in range(1, 40) for _ in range(20)]
+    assert min(draws) >= 0.5
+    assert max(draws) <= 5.0
+    late = [next_backoff(10, 0.5, 5.0) for _ in range(200)]
+    assert len(set(late)) > 150  # jittered: a fleet does not come back in the same instant
+    assert max(late) > 4.0
+    assert min(late) < 1.5

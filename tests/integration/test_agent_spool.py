@@ -20,13 +20,13 @@ import httpx
 import msgspec
 import pytest
 
-from agent.simulate import FleetSimulator
+from agent.simulate import FleetSimulator, publish_fleet
 from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import sample_topic
-from tests.helpers import db_rows, wait_until
-from tests.integration.conftest import CollectorRunner
+from tests.helpers import count_samples, db_rows, wait_until
+from tests.integration.conftest import CollectorRunner, fast_mqtt
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +187,28 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     (gap,) = result["gaps"]
     assert (gap["epoch"], gap["after_seq"], gap["next_seq"], gap["missing"]) == (3, 2, 7, 4)
     assert gap["to_ts"] - gap["from_ts"] == pytest.approx(1.0, abs=0.01)
+
+
+async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_stored(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """``agent simulate``'s publisher outlives a broker restart: it reconnects, sends again
+    what was in flight, goes on ticking; every generated sample ends up stored."""
+    collector = await collector_runner.start()
+    sim = FleetSimulator(5, gpus_per_node=1, seed=9, interval_s=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=4))
+    db = collector_runner.db
+    await wait_until(lambda: count_samples(db) >= 10, what="two ticks before the restart")
+    await asyncio.to_thread(mosquitto.restart, 1.5)
+    assert not task.done()
+    before = count_samples(db)
+    await wait_until(lambda: count_samples(db) >= before + 10, what="ticks after the restart")
+    stop.set()
+    async with asyncio.timeout(30):
+        stats = await task
+    assert stats.reconnects >= 1
+    await wait_until(
+        lambda: count_samples(db) == 5 * stats.ticks, what=f"all {5 * stats.ticks} samples"
+    )
+    assert collector.counters["samples"] >= 5 * stats.ticks
