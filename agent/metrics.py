@@ -27,8 +27,8 @@ blank fields: absent, never 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client.core import (
@@ -55,6 +55,7 @@ DCGM_LABELS: Final = (
 """dcgm-exporter's label set on every ``DCGM_FI_*`` series, in its order."""
 
 _MIB: Final = 1024 * 1024
+_LOST_REASONS: Final = ("full", "age", "torn", "corrupt", "memory_full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,12 @@ class AgentStats:
     connected: bool
     last_ack_age_s: float | None
     """Seconds since the broker last acknowledged a sample; ``None``: never."""
+    lost: Mapping[str, int] = field(default_factory=dict)
+    """Spooled samples lost, per reason (``full``, ``age``, ``torn``, ``corrupt``,
+    ``memory_full``): :attr:`agent.spool.Spool.lost`."""
+    spool_bytes: int = 0
+    spool_write_errors: int = 0
+    epoch: int | None = None
 
 
 class _Dcgm:
@@ -366,12 +373,38 @@ def _agent_families(
     )
     yield CounterMetricFamily(
         "capwatch_agent_dropped",
-        "Samples dropped, oldest first, because the offline buffer was full.",
+        "Spooled samples lost before the broker had them, all reasons.",
         stats.dropped,
     )
-    yield GaugeMetricFamily(
-        "capwatch_agent_buffered_samples", "Samples waiting for the broker.", stats.buffered
+    lost = CounterMetricFamily(
+        "capwatch_agent_spool_lost_samples",
+        "Spooled samples lost before the broker had them: full (oldest dropped past "
+        "spool_max_bytes), age (past buffer_s), torn (a write cut short by a crash), corrupt "
+        "(bad bytes skipped; one per run), memory_full (disk unwritable, memory fallback full).",
+        labels=["reason"],
     )
+    for reason in _LOST_REASONS:
+        lost.add_metric([reason], stats.lost.get(reason, 0))
+    yield lost
+    yield GaugeMetricFamily(
+        "capwatch_agent_buffered_samples",
+        "Samples in the spool waiting for the broker's acknowledgement.",
+        stats.buffered,
+    )
+    yield GaugeMetricFamily(
+        "capwatch_agent_spool_bytes", "Bytes of the spool's segment files.", stats.spool_bytes
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_spool_write_errors",
+        "Spool writes that failed (disk full, I/O error); the sample waited in memory.",
+        stats.spool_write_errors,
+    )
+    if stats.epoch is not None:
+        yield GaugeMetricFamily(
+            "capwatch_agent_epoch",
+            "The agent's boot counter (counted up at each start; samples carry it).",
+            stats.epoch,
+        )
     yield GaugeMetricFamily(
         "capwatch_agent_mqtt_connected", "1 while connected to the broker.", int(stats.connected)
     )

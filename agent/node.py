@@ -77,6 +77,8 @@ class NodeSampler:
         self._bounds = Bounds(clock, get_logger("agent.node"))
         self._started = False
         self._seq = 0
+        self.epoch: int | None = None
+        """The agent's boot counter, stamped on every sample (set once the spool is open)."""
         self._slow_due = float("-inf")
 
     def start(self) -> Inventory:
@@ -138,6 +140,7 @@ class NodeSampler:
             node=self._node,
             ts=ts,
             seq=self._seq,
+            epoch=self.epoch,
             interval_s=self._interval_s,
             cpu=host.cpu,
             mem=host.mem,

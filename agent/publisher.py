@@ -1,11 +1,11 @@
-"""MQTT side of the agent: a bounded offline buffer and a reconnecting publisher.
+"""MQTT side of the agent: a reconnecting publisher that empties the spool.
 
-Samples go into :class:`SampleBuffer` as encoded bytes. :class:`Publisher` keeps one
-connection (outer reconnect loop, randomised capped backoff, as aiomqtt documents), sends
-the retained inventory and ``online`` status on every connect, then publishes the buffer in
-order with QoS 1. A sample leaves the buffer only after the broker's PUBACK, so a broker
-that goes away mid-publish costs at most a duplicate (the collector drops those), never a
-loss. When the buffer is full the oldest sample goes, counted and logged.
+Samples wait in the on-disk :class:`agent.spool.Spool` as encoded bytes. :class:`Publisher`
+keeps one connection (outer reconnect loop, randomised capped backoff, as aiomqtt
+documents), sends the retained inventory and ``online`` status on every connect, then
+publishes the spool in order with QoS 1. A sample leaves the spool only after the broker's
+PUBACK, so a broker that goes away mid-publish costs at most a duplicate (the collector
+drops those), never a loss; after a reconnect, what was not acknowledged is sent again.
 
 A broker that refuses the credentials is logged at error level, naming the settings to fix
 (``mqtt_not_authorized``), and retried with the same backoff: the broker's password file
@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -26,12 +25,13 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.spool import Spool
 from shared.logging import get_logger
 from shared.schema import NodeStatus, encode
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["Publisher", "SampleBuffer", "refused_credentials"]
+__all__ = ["Publisher", "next_backoff", "refused_credentials"]
 
 log = get_logger("publisher")
 
@@ -42,57 +42,26 @@ _NOT_AUTHORIZED: Final = frozenset({4, 5, 134, 135})
 authorised (MQTT 3.1.1); 134, 135 the same in MQTT 5 wording (paho 2 reports both so)."""
 
 
+def next_backoff(attempt: int, min_s: float, max_s: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt + 1`` (0: the first retry).
+
+    The first retry waits ``min_s``; later ones a uniform draw in ``[min_s, min(max_s,
+    min_s * 2**attempt)]`` ("full jitter", AWS Architecture Blog, "Exponential Backoff And
+    Jitter", 2015), so agents that lost the same broker do not come back in the same second,
+    and each is back within ``max_s`` of the broker's return.
+    """
+    if attempt <= 0:
+        return min_s
+    cap = min(max_s, min_s * 2.0 ** min(attempt, 32))
+    return random.uniform(min_s, max(min_s, cap))
+
+
 def refused_credentials(exc: aiomqtt.MqttError) -> bool:
     """Whether the broker refused the connection for its user name or password."""
     if not isinstance(exc, MqttConnectError):
         return False
     rc = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
     return rc in _NOT_AUTHORIZED
-
-
-class SampleBuffer:
-    """FIFO of encoded samples with a fixed capacity; drops the oldest when full."""
-
-    def __init__(self, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self._items: deque[bytes] = deque()
-        self._nonempty = asyncio.Event()
-        self.dropped = 0
-        self.high_water = 0
-        """Most samples ever waiting at once (how long the worst outage was, in samples)."""
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, payload: bytes) -> None:
-        """Append a sample; if full, drop the oldest first (counted, logged every 100)."""
-        if len(self._items) >= self.capacity:
-            self._items.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning(
-                    "buffer_full_dropped_oldest", dropped_total=self.dropped, capacity=self.capacity
-                )
-        self._items.append(payload)
-        self.high_water = max(self.high_water, len(self._items))
-        self._nonempty.set()
-
-    def peek(self) -> bytes | None:
-        """The oldest sample, left in place."""
-        return self._items[0] if self._items else None
-
-    def remove(self, payload: bytes) -> None:
-        """Remove ``payload`` if it is still the oldest (it may have been dropped meanwhile)."""
-        if self._items and self._items[0] is payload:
-            self._items.popleft()
-        if not self._items:
-            self._nonempty.clear()
-
-    async def wait(self) -> None:
-        """Return once the buffer holds something."""
-        await self._nonempty.wait()
 
 
 class Publisher:
@@ -107,7 +76,7 @@ class Publisher:
         self,
         mqtt: MqttSettings,
         node_id: str,
-        buffer: SampleBuffer,
+        spool: Spool,
         inventory: Callable[[], bytes],
         clock: Callable[[], float],
         *,
@@ -117,7 +86,7 @@ class Publisher:
         self._tls_context = mqtt.tls_context()
         self.publish_timeout_s = publish_timeout_s
         self.node_id = node_id
-        self.buffer = buffer
+        self.spool = spool
         self._inventory = inventory
         self._clock = clock
         self._topic = sample_topic(node_id)
@@ -150,7 +119,7 @@ class Publisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set; then flush (bounded) and say ``offline``."""
-        delay = self.mqtt.reconnect_min_s
+        attempt = 0
         while not stop.is_set():
             try:
                 async with self._client() as client:
@@ -160,14 +129,16 @@ class Publisher:
                     log.info(
                         "mqtt_connected",
                         broker=f"{self.mqtt.host}:{self.mqtt.port}",
-                        buffered=len(self.buffer),
+                        spooled=len(self.spool),
                     )
-                    delay = self.mqtt.reconnect_min_s
+                    attempt = 0
                     await self._drain(client, stop)
                     await self._goodbye(client)
                     return
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
+                delay = next_backoff(attempt, self.mqtt.reconnect_min_s, self.mqtt.reconnect_max_s)
+                attempt += 1
                 if refused_credentials(exc):
                     log.error(
                         "mqtt_not_authorized",
@@ -177,23 +148,19 @@ class Publisher:
                         fix="check the settings mqtt.username and mqtt.password "
                         "(CAPWATCH_MQTT__USERNAME, CAPWATCH_MQTT__PASSWORD) against the "
                         "broker's password file",
-                        buffered=len(self.buffer),
+                        spooled=len(self.spool),
                         retry_in_s=round(delay, 2),
                     )
                 else:
                     log.warning(
                         "mqtt_disconnected",
                         error=str(exc),
-                        buffered=len(self.buffer),
+                        spooled=len(self.spool),
                         retry_in_s=round(delay, 2),
                     )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await stop.wait()
-                delay = max(
-                    self.mqtt.reconnect_min_s,
-                    min(self.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0),
-                )
 
     async def _announce(self, client: aiomqtt.Client) -> None:
         try:
@@ -207,25 +174,27 @@ class Publisher:
         await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Publish buffered samples in order until stop; a sample leaves only after PUBACK.
+        """Publish spooled samples in order until stop; a sample leaves only after PUBACK.
 
-        After stop, what is buffered gets ``_FLUSH_ON_STOP_S`` to go out, so a long backlog
-        cannot hold the agent past its service manager's stop timeout.
+        After stop, what is spooled gets ``_FLUSH_ON_STOP_S`` to go out, so a long backlog
+        cannot hold the agent past its service manager's stop timeout; the rest stays in
+        the spool for the next start.
         """
         loop = asyncio.get_running_loop()
         flush_deadline: float | None = None
+        self.spool.rewind()  # whatever the last connection did not get acknowledged
         while True:
             if stop.is_set():
                 if flush_deadline is None:
                     flush_deadline = loop.time() + _FLUSH_ON_STOP_S
                 elif loop.time() > flush_deadline:
-                    log.warning("stop_flush_incomplete", unsent=len(self.buffer))
+                    log.info("stop_flush_incomplete", unsent_spooled=len(self.spool))
                     return
-            payload = self.buffer.peek()
-            if payload is None:
+            record = self.spool.next()
+            if record is None:
                 if stop.is_set():
                     return
-                waiter = asyncio.ensure_future(self.buffer.wait())
+                waiter = asyncio.ensure_future(self.spool.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 try:
                     await asyncio.wait((waiter, stopper), return_when=asyncio.FIRST_COMPLETED)
@@ -235,10 +204,10 @@ class Publisher:
                 continue
             try:
                 async with asyncio.timeout(self.publish_timeout_s):
-                    await client.publish(self._topic, payload, qos=1)
+                    await client.publish(self._topic, record.payload, qos=1)
             except TimeoutError as exc:
                 raise aiomqtt.MqttError("publish not acknowledged in time") from exc
-            self.buffer.remove(payload)
+            self.spool.ack(record)
             self.published += 1
             self.last_ack = time.monotonic()
 

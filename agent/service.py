@@ -1,8 +1,9 @@
-"""The agent's lifecycle: one sampling task and one publishing task.
+"""The agent's lifecycle: a sampling task, a publishing task and the spool's fsync task.
 
 The sampler ticks on a monotonic schedule (``start + k * interval``; a late tick is not
-made up twice), takes a sample in a worker thread (NVML calls block), encodes it and puts
-it in the bounded buffer. The publisher empties the buffer whenever the broker is there.
+made up twice), takes a sample in a worker thread (NVML calls block), encodes it and
+appends it to the on-disk spool (page cache; fsync happens in a worker thread every
+``spool_fsync_s``). The publisher empties the spool whenever the broker is there.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from agent.host import HostSampler, NicFilter
 from agent.node import NodeSampler, make_gpu_backend
-from agent.publisher import Publisher, SampleBuffer
+from agent.publisher import Publisher
 from agent.rapl import RaplReader
 from agent.settings import AgentSettings
+from agent.spool import Spool
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
 from shared.schema import Inventory, encode
@@ -66,7 +68,8 @@ class AgentService:
     """``await AgentService(settings, sampler).run()`` until :meth:`stop`.
 
     The constructor reads the MQTT TLS files (a bad one is a ``ConfigError`` here, not
-    inside the task group); :meth:`run` starts the sampler, then the tasks.
+    inside the task group); :meth:`run` opens the spool (``settings.spool_dir``, which the
+    entry point resolves), starts the sampler, then the tasks.
     """
 
     def __init__(
@@ -84,11 +87,18 @@ class AgentService:
         """Clock monotonic time of the last sample taken (the watchdog's health check)."""
         self.sampler = sampler
         self.clock: Clock = clock or SystemClock()
-        self.buffer = SampleBuffer(settings.buffer_samples)
+        if settings.spool_dir is None:
+            raise ValueError("settings.spool_dir must be set (the entry point resolves it)")
+        self.spool = Spool(
+            settings.spool_dir,
+            max_bytes=settings.spool_bytes,
+            max_age_s=settings.buffer_s,
+            clock=self.clock.time,
+        )
         self._stop = asyncio.Event()
         self._inventory = b""
         self.publisher = Publisher(
-            settings.mqtt, settings.node_id, self.buffer, lambda: self._inventory, self.clock.time
+            settings.mqtt, settings.node_id, self.spool, lambda: self._inventory, self.clock.time
         )
         self.samples_taken = 0
         self.exposition: AgentExposition | None = None
@@ -102,30 +112,42 @@ class AgentService:
 
     async def run(self) -> None:
         """Sample and publish until :meth:`stop`."""
-        inventory = await asyncio.to_thread(self.sampler.start)
-        self._inventory = encode(inventory)
-        log.info(
-            "agent_started",
-            node=self.settings.node_id,
-            gpus=len(inventory.gpus),
-            gpu_status=inventory.gpu_status,
-            interval_s=self.settings.interval_s,
-            buffer_samples=self.buffer.capacity,
-        )
+        await asyncio.to_thread(self.spool.open)
+        self.sampler.epoch = self.spool.epoch
         try:
-            async with self._metrics_server(inventory), asyncio.TaskGroup() as tg:
-                if self.notifier is not None:
-                    tg.create_task(self.notifier.run(self.sampling, self._stop), name="sd-notify")
-                tg.create_task(self._sample_loop(), name="sampler")
-                tg.create_task(self.publisher.run(self._stop), name="publisher")
+            inventory = await asyncio.to_thread(self.sampler.start)
+            self._inventory = encode(inventory)
+            log.info(
+                "agent_started",
+                node=self.settings.node_id,
+                gpus=len(inventory.gpus),
+                gpu_status=inventory.gpu_status,
+                interval_s=self.settings.interval_s,
+                epoch=self.spool.epoch,
+                spooled=len(self.spool),
+            )
+            try:
+                async with self._metrics_server(inventory), asyncio.TaskGroup() as tg:
+                    if self.notifier is not None:
+                        tg.create_task(
+                            self.notifier.run(self.sampling, self._stop), name="sd-notify"
+                        )
+                    tg.create_task(self._sample_loop(), name="sampler")
+                    tg.create_task(self.publisher.run(self._stop), name="publisher")
+                    tg.create_task(
+                        self.spool.run_sync(self._stop, self.settings.spool_fsync_s),
+                        name="spool-sync",
+                    )
+            finally:
+                await asyncio.to_thread(self.sampler.close)
         finally:
-            await asyncio.to_thread(self.sampler.close)
+            await asyncio.to_thread(self.spool.close)
         log.info(
             "agent_stopped",
             samples=self.samples_taken,
             published=self.publisher.published,
-            dropped=self.buffer.dropped,
-            unsent=len(self.buffer),
+            lost=sum(self.spool.lost.values()),
+            unsent_spooled=len(self.spool),
         )
 
     @contextlib.asynccontextmanager
@@ -158,8 +180,12 @@ class AgentService:
         return AgentStats(
             samples_taken=self.samples_taken,
             published=self.publisher.published,
-            dropped=self.buffer.dropped,
-            buffered=len(self.buffer),
+            dropped=sum(self.spool.lost.values()),
+            buffered=len(self.spool),
+            lost=dict(self.spool.lost),
+            spool_bytes=self.spool.spool_bytes,
+            spool_write_errors=self.spool.write_errors,
+            epoch=self.spool.epoch,
             connected=self.publisher.connected.is_set(),
             last_ack_age_s=None if ack is None else max(0.0, time.monotonic() - ack),
         )
@@ -177,7 +203,7 @@ class AgentService:
         """Ready while connected and the broker acknowledged a sample recently: within two
         intervals plus the publish timeout (a sample is due every interval)."""
         if not self.publisher.connected.is_set():
-            return False, f"not connected to the broker ({len(self.buffer)} samples buffered)"
+            return False, f"not connected to the broker ({len(self.spool)} samples spooled)"
         ack = self.publisher.last_ack
         if ack is None:
             return False, "connected, no sample acknowledged yet"
@@ -192,7 +218,7 @@ class AgentService:
         tick = self.clock.monotonic()
         while not self._stop.is_set():
             sample = await asyncio.to_thread(self.sampler.sample)
-            self.buffer.put(encode(sample))
+            self.spool.append(encode(sample))
             self.samples_taken += 1
             self.last_sample_at = self.clock.monotonic()
             if self.exposition is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -14,9 +15,32 @@ from shared.schema import MAX_GPUS, MAX_INTERVAL_S
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
 
-__all__ = ["AgentSettings"]
+__all__ = ["SAMPLE_BYTES_BUDGET", "AgentSettings", "default_spool_dir"]
 
 _WEEK_S: Final = 7 * 86_400.0
+SAMPLE_BYTES_BUDGET: Final = 6 * 1024
+"""Spool bytes allowed per sample when ``spool_max_bytes`` is unset: twice an 8-GPU sample
+(~3.3 KB encoded, bench/bench_agent.py), room for nodes with more processes, NICs, disks."""
+_MIN_SPOOL_BYTES: Final = 1024 * 1024
+
+
+def default_spool_dir(environ: Mapping[str, str]) -> Path:
+    """Where the spool goes when ``spool_dir`` is unset (the entry point passes ``os.environ``).
+
+    systemd's ``StateDirectory=`` (``$STATE_DIRECTORY``, the first of a colon-separated
+    list), else ``$XDG_STATE_HOME/capwatch-agent``, else ``~/.local/state/capwatch-agent``
+    (the XDG Base Directory default).
+    """
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state)
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg:
+        return Path(xdg) / "capwatch-agent"
+    home = environ.get("HOME", "")
+    return (Path(home) if home else Path.home()) / ".local" / "state" / "capwatch-agent"
+
+
 _GLOB: Final = re.compile(r"[A-Za-z0-9_.:@*?\[\]!-]{1,64}")
 """Interface names (letters, digits, ``_ . : @ -``) with the glob characters ``* ? [ ] !``."""
 
@@ -28,9 +52,18 @@ class AgentSettings(CapwatchSettings):
     interval_s: float = Field(default=5.0, ge=1.0, le=MAX_INTERVAL_S)
     slow_interval_s: float = Field(default=60.0, ge=1.0)
     """ECC counters and remapped rows are read this often."""
-    buffer_s: float = Field(default=3600.0, ge=0.0, le=_WEEK_S)
-    """How much sampling time to keep while the broker is away (samples = buffer_s / interval_s);
-    at most a week (~120,960 samples at 5 s, ~250 MB of memory)."""
+    buffer_s: float = Field(default=86_400.0, ge=0.0, le=_WEEK_S)
+    """How old a spooled sample may get while the broker is away before it is dropped
+    (counted); at most a week. A day by default: the collector refuses older samples."""
+    spool_dir: Path | None = None
+    """Directory of the on-disk spool (one agent per directory); unset: see
+    :func:`default_spool_dir`. Env ``CAPWATCH_SPOOL_DIR``; flag ``--spool-dir``."""
+    spool_max_bytes: int | None = Field(default=None, ge=_MIN_SPOOL_BYTES, le=2**40)
+    """Bytes the spool may hold; unset: ``buffer_s / interval_s`` samples of
+    ``SAMPLE_BYTES_BUDGET`` (6 KiB): a day at 5 s is ~100 MiB, at 1 s ~500 MiB."""
+    spool_fsync_s: float = Field(default=1.0, gt=0.0, le=3600.0)
+    """How often spooled samples are fsynced (in a worker thread, never on the tick): a
+    host that loses power loses at most this much of what it had not sent."""
     gpu_backend: Literal["nvml", "fake", "none"] = "nvml"
     fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
@@ -98,5 +131,12 @@ class AgentSettings(CapwatchSettings):
 
     @property
     def buffer_samples(self) -> int:
-        """Capacity of the offline buffer in samples (at least one)."""
+        """Samples taken in ``buffer_s`` (at least one)."""
         return max(1, int(self.buffer_s / self.interval_s))
+
+    @property
+    def spool_bytes(self) -> int:
+        """The spool's byte bound: ``spool_max_bytes``, or sized from ``buffer_s``."""
+        if self.spool_max_bytes is not None:
+            return self.spool_max_bytes
+        return max(_MIN_SPOOL_BYTES, self.buffer_samples * SAMPLE_BYTES_BUDGET)

@@ -23,6 +23,7 @@ from typing import Final
 
 import aiomqtt
 
+from agent.publisher import next_backoff, refused_credentials
 from shared.logging import get_logger
 from shared.schema import (
     MAX_GPUS,
@@ -104,6 +105,7 @@ class SimStats:
     late_ticks: int = 0
     elapsed_s: float = 0.0
     errors: int = 0
+    reconnects: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -270,80 +272,142 @@ async def publish_fleet(
 
     ``burst``: no waiting between ticks; sample timestamps still step by the interval from
     ``start_ts`` (the benchmark uses this to offer load as fast as the broker takes it).
+
+    Like the agent, it outlives the broker once connected (the first connection failing is
+    raised: a wrong address or password is the user's to fix): a lost connection is retried
+    with the agent's backoff (:func:`agent.publisher.next_backoff`), messages that were in
+    flight are sent again first (duplicates are harmless), and inventories and statuses are
+    re-announced.
+    Ticks go on being generated meanwhile, up to the bounded queue; then the generator
+    waits for the broker (a simulated fleet has no spool).
     """
     stop = stop or asyncio.Event()
     stats = SimStats()
     queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=workers * 8)
+    retry: list[tuple[tuple[str, bytes, bool], bool]] = []
+    """Messages a lost connection interrupted (and whether they came off the queue, which
+    waits for their acknowledgement): sent first after a reconnect."""
+    generated = asyncio.Event()
     t0 = time.monotonic()
-    async with aiomqtt.Client(
-        mqtt.host,
-        mqtt.port,
-        username=mqtt.username,
-        password=mqtt.password_value(),
-        identifier=client_id,
-        clean_session=True,
-        keepalive=mqtt.keepalive_s,
-        tls_context=mqtt.tls_context(),
-        max_inflight_messages=workers,
-        timeout=30,
-    ) as client:
-        # Many publishes in flight is the point here, not a symptom: silence that warning.
-        client.pending_calls_threshold = workers + 1
+
+    def announcements(status: str) -> list[tuple[str, bytes, bool]]:
+        now = time.time()
+        out: list[tuple[str, bytes, bool]] = []
+        for i, node in enumerate(sim.node_ids):
+            if status == "online":
+                out.append((inventory_topic(node), encode(sim.inventory(i, now)), True))
+            out.append(
+                (
+                    status_topic(node),
+                    encode(NodeStatus(v=1, node=node, status=status, ts=now)),  # type: ignore[arg-type]
+                    True,
+                )
+            )
+        return out
+
+    async def produce() -> None:
+        base_ts = start_ts if start_ts is not None else time.time()
+        next_tick = time.monotonic()
+        while not stop.is_set() and (ticks is None or stats.ticks < ticks):
+            ts = base_ts + stats.ticks * sim.interval_s if burst else time.time()
+            for topic, payload in sim.tick(ts):
+                await queue.put((topic, payload, False))
+            stats.ticks += 1
+            if burst:
+                continue
+            next_tick += sim.interval_s
+            delay = next_tick - time.monotonic()
+            if delay < 0:
+                stats.late_ticks += 1
+                next_tick = time.monotonic()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+        await queue.join()
+        for item in announcements("offline"):
+            await queue.put(item)
+        await queue.join()
+        generated.set()
+
+    async def connection(client: aiomqtt.Client) -> None:
+        async def send(item: tuple[str, bytes, bool], from_queue: bool) -> None:
+            topic, payload, retain = item
+            try:
+                await client.publish(topic, payload, qos=1, retain=retain)
+            except BaseException as exc:  # lost connection, or cancelled because of one
+                stats.errors += isinstance(exc, aiomqtt.MqttError)
+                retry.append((item, from_queue))
+                raise
+            stats.published += 0 if retain else 1
+            if from_queue:
+                queue.task_done()
 
         async def worker() -> None:
             while True:
-                topic, payload, retain = await queue.get()
-                try:
-                    await client.publish(topic, payload, qos=1, retain=retain)
-                    stats.published += 0 if retain else 1
-                except aiomqtt.MqttError:
-                    stats.errors += 1
-                    raise
-                finally:
-                    queue.task_done()
+                await send(await queue.get(), True)
 
+        async def resend() -> None:
+            # In-flight messages of the lost connection, then (re-)announce every node.
+            pending = [*retry, *((item, False) for item in announcements("online"))]
+            retry.clear()
+            for k in range(0, len(pending), workers):
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        for item, from_queue in pending[k : k + workers]:
+                            tg.create_task(send(item, from_queue), name="sim-resend")
+                except BaseException:
+                    retry.extend(pending[k + workers :])
+                    raise
+
+        await resend()
         async with asyncio.TaskGroup() as tg:
             pool = [tg.create_task(worker(), name=f"sim-publisher-{k}") for k in range(workers)]
-            now = time.time()
-            for i, node in enumerate(sim.node_ids):
-                await queue.put((inventory_topic(node), encode(sim.inventory(i, now)), True))
-                await queue.put(
-                    (
-                        status_topic(node),
-                        encode(NodeStatus(v=1, node=node, status="online", ts=now)),
-                        True,
-                    )
-                )
-            base_ts = start_ts if start_ts is not None else now
-            next_tick = time.monotonic()
-            while not stop.is_set() and (ticks is None or stats.ticks < ticks):
-                ts = base_ts + stats.ticks * sim.interval_s if burst else time.time()
-                for topic, payload in sim.tick(ts):
-                    await queue.put((topic, payload, False))
-                stats.ticks += 1
-                if burst:
-                    continue
-                next_tick += sim.interval_s
-                delay = next_tick - time.monotonic()
-                if delay < 0:
-                    stats.late_ticks += 1
-                    next_tick = time.monotonic()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-            await queue.join()
-            now = time.time()
-            for node in sim.node_ids:
-                await queue.put(
-                    (
-                        status_topic(node),
-                        encode(NodeStatus(v=1, node=node, status="offline", ts=now)),
-                        True,
-                    )
-                )
-            await queue.join()
+            await generated.wait()  # a worker's lost connection cancels this wait
             for task in pool:
                 task.cancel()
+
+    async def connect_forever() -> None:
+        attempt = 0
+        connected_once = False
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    mqtt.host,
+                    mqtt.port,
+                    username=mqtt.username,
+                    password=mqtt.password_value(),
+                    identifier=client_id,
+                    clean_session=True,
+                    keepalive=mqtt.keepalive_s,
+                    tls_context=mqtt.tls_context(),
+                    max_inflight_messages=workers,
+                    timeout=30,
+                ) as client:
+                    # Many publishes in flight is the point here, not a symptom.
+                    client.pending_calls_threshold = workers + 1
+                    attempt, connected_once = 0, True
+                    await connection(client)
+                    return
+            except* aiomqtt.MqttError as group:
+                if not connected_once or any(
+                    refused_credentials(e)
+                    for e in group.exceptions
+                    if isinstance(e, aiomqtt.MqttError)
+                ):
+                    raise  # no broker there, or not these credentials: the user's to fix
+                delay = next_backoff(attempt, mqtt.reconnect_min_s, mqtt.reconnect_max_s)
+                attempt += 1
+                stats.reconnects += 1
+                log.warning(
+                    "simulator_disconnected",
+                    error=str(group.exceptions[0]),
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(produce(), name="sim-ticks")
+        tg.create_task(connect_forever(), name="sim-connection")
     stats.elapsed_s = time.monotonic() - t0
     return stats

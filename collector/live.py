@@ -25,7 +25,7 @@ from typing import Final, Literal
 from collector.nodefacts import gpu_power_w
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
-__all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "XidSeen"]
+__all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "SeqGap", "XidSeen"]
 
 DEFAULT_MAX_NODES: Final = 50_000
 """Four times the 12,500-node fleet the benchmarks use."""
@@ -43,6 +43,26 @@ class XidSeen:
     """The driver's time of the event (node clock)."""
     received: float
     """When the sample carrying it was stored (collector clock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeqGap:
+    """Samples a node numbered but the collector never got: a jump in ``seq`` within one
+    agent ``epoch`` (a new epoch starting again at 0 is a restart, not a gap)."""
+
+    epoch: int | None
+    after_seq: int
+    """The last sequence number received before the gap."""
+    missing: int
+    ts_before: float
+    ts_after: float
+    """Node clock: the samples either side of the gap."""
+    received: float
+    """When the sample after the gap arrived (collector clock)."""
+
+
+_NO_EPOCH: Final = -1
+"""The epoch of an agent before the field: its seq restarts at 0 with each process."""
 
 
 @dataclass(slots=True)
@@ -79,6 +99,15 @@ class NodeState:
     gpu_util_sum: float = 0.0
     gpu_util_n: int = 0
     """GPUs of the latest sample that report utilisation, and the sum of their percentages."""
+    # Sequence tracking: the highest seq of the newest epoch, and the last gaps (rare, so a
+    # tuple replaced on each one: nothing allocated per healthy node).
+    seq_epoch: int = _NO_EPOCH
+    seq_last: int | None = None
+    seq_ts: float = 0.0
+    gaps: tuple[SeqGap, ...] = ()
+    """The last ``max_gaps`` gaps, oldest first."""
+    missing_total: int = 0
+    """Samples missing in all gaps seen since the collector started."""
 
     @property
     def reject_only(self) -> bool:
@@ -97,6 +126,7 @@ class LiveView:
         reject_buckets: int = 60,
         max_reasons: int = 16,
         max_xids: int = 64,
+        max_gaps: int = 16,
     ) -> None:
         if max_nodes < 1:
             raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
@@ -107,6 +137,11 @@ class LiveView:
         self.reject_buckets = reject_buckets
         self.max_reasons = max_reasons
         self.max_xids = max_xids
+        self.max_gaps = max_gaps
+        self.gaps_total = 0
+        """Gaps in sequence numbers seen, all nodes (since this process started)."""
+        self.missing_total = 0
+        """Samples missing in those gaps, all nodes."""
         self.refused = 0
         """Updates dropped because the view was full of real nodes."""
         self.evicted = 0
@@ -124,6 +159,7 @@ class LiveView:
         st = self._get(sample.node, real=True)
         if st is None:
             return False
+        self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
         if st.sample is not None and sample.ts <= st.sample.ts:
             return False
@@ -261,6 +297,33 @@ class LiveView:
         return [x for x in st.xids if x.received >= since]
 
     # -- internals
+
+    def _track_seq(self, st: NodeState, sample: Sample, received: float) -> None:
+        """Note a jump in ``seq`` within the node's newest epoch as a gap (a few compares
+        per sample). A duplicate or an older epoch's late sample changes nothing."""
+        epoch = _NO_EPOCH if sample.epoch is None else sample.epoch
+        seq = sample.seq
+        last = st.seq_last
+        if last is None or epoch > st.seq_epoch or (epoch == _NO_EPOCH and seq < last):
+            # The first sample, a new start, or an agent before epochs restarting at 0.
+            st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
+            return
+        if epoch < st.seq_epoch or seq <= last:
+            return
+        missing = seq - last - 1
+        if missing:
+            gap = SeqGap(
+                None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received
+            )
+            st.gaps = (*st.gaps[-(self.max_gaps - 1) :], gap) if self.max_gaps > 1 else (gap,)
+            st.missing_total += missing
+            self.gaps_total += 1
+            self.missing_total += missing
+        st.seq_last, st.seq_ts = seq, sample.ts
+
+    def missing_since(self, st: NodeState, since: float) -> int:
+        """Samples missing in ``st``'s gaps that showed up at or after ``since``."""
+        return sum(g.missing for g in st.gaps if g.received >= since)
 
     def _keep_xids(self, st: NodeState, sample: Sample, received: float) -> None:
         if not sample.xids:

@@ -154,7 +154,7 @@ async def fleet_families(
     ``collector query`` counts them (:mod:`collector.nodefacts`)."""
     nodes = list(view.nodes())  # a copy: the view may change while we yield
     counts = dict.fromkeys(STATES, 0)
-    gpus = util_n = 0
+    gpus = util_n = with_gaps = 0
     util_sum = 0.0
     gpu_w: float | None = None
     cpu_w: float | None = None
@@ -164,6 +164,8 @@ async def fleet_families(
         for st in nodes[start : start + chunk]:
             if st.reject_only:
                 continue
+            if st.gaps:
+                with_gaps += 1
             sample = st.sample
             state = staleness.of(st, now)
             counts[state] += 1
@@ -191,6 +193,22 @@ async def fleet_families(
             "capwatch_fleet_live_refused",
             "Node updates dropped because the live view was full.",
             view.refused,
+        ),
+        CounterMetricFamily(
+            "capwatch_fleet_sample_gaps",
+            "Jumps in a node's seq within one agent epoch (samples it numbered, never "
+            "received), all nodes, since the collector started.",
+            view.gaps_total,
+        ),
+        CounterMetricFamily(
+            "capwatch_fleet_samples_missing",
+            "Samples missing in those gaps, all nodes; `collector query --node N --gaps`.",
+            view.missing_total,
+        ),
+        GaugeMetricFamily(
+            "capwatch_fleet_nodes_with_gaps",
+            "Nodes with a gap in the live view's memory (the last few per node).",
+            with_gaps,
         ),
     ]
     # Unknown is absent, not 0 W: a family with no sample (declared, so dashboards and the

@@ -187,6 +187,8 @@ if [[ $user_mode == 0 ]]; then
         -p DevicePolicy=closed
         -p "DeviceAllow=char-nvidia* rw"
         -p ProtectSystem=strict
+        -p StateDirectory=capwatch-agent
+        -p StateDirectoryMode=0700
         -p ProtectHome=yes
         -p PrivateTmp=yes
         -p PrivateMounts=yes

@@ -369,6 +369,9 @@ class Sample(_Struct, frozen=True):
     interval_s: Annotated[float, msgspec.Meta(ge=MIN_INTERVAL_S, le=MAX_INTERVAL_S)]
     cpu: CpuStats
     mem: MemStats
+    epoch: Count | None = None
+    """The agent's boot counter (one more at each start; ``seq`` restarts at 0 with it):
+    a jump in ``seq`` within one epoch is a gap. ``None``: an agent before this field."""
     disks: Annotated[list[DiskStats], msgspec.Meta(max_length=MAX_DISKS)] = msgspec.field(
         default_factory=list
     )

@@ -96,7 +96,9 @@ class MqttSettings(BaseModel):
     tls_key_file: Path | None = None
     """Its private key (PEM, unencrypted); unset: the key is in ``tls_cert_file``."""
     reconnect_min_s: float = Field(default=0.5, gt=0, le=3600)
-    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600)
+    reconnect_max_s: float = Field(default=5.0, gt=0, le=3600)
+    """Longest wait between reconnect attempts: back within a few seconds of the broker's
+    return; the draws are jittered, so a fleet's agents spread over those seconds."""
 
     @model_validator(mode="after")
     def _password_needs_a_username(self) -> Self:

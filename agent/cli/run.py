@@ -17,14 +17,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="sample and publish every interval until stopped",
         description="Publish one sample per interval on capwatch/v1/nodes/<node>/"
         "sample (QoS 1), a retained inventory and online status; the broker's "
-        "last will marks the node offline. While the broker is away, samples wait "
-        "in a bounded buffer (one hour by default) and are sent in order later.",
+        "last will marks the node offline. Every sample is first appended to an on-disk "
+        "spool and leaves it once the broker acknowledged it: while the broker is away, "
+        "samples wait there (a day by default, across agent restarts and reboots) and are "
+        "sent in order later.",
     )
     add_settings_args(p, broker=True)
     p.add_argument(
         "--buffer",
         metavar="DURATION",
-        help="how much sampling time to buffer while disconnected (default 1h)",
+        help="how old a spooled sample may get before it is dropped (default 1d; env "
+        "CAPWATCH_BUFFER_S)",
+    )
+    p.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="on-disk spool directory (default: $STATE_DIRECTORY under systemd, else "
+        "$XDG_STATE_HOME/capwatch-agent, else ~/.local/state/capwatch-agent; env "
+        "CAPWATCH_SPOOL_DIR)",
     )
     p.add_argument(
         "--metrics-listen",
@@ -42,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import os  # noqa: PLC0415
 
     from agent.service import AgentService  # noqa: PLC0415
+    from agent.settings import default_spool_dir  # noqa: PLC0415
     from shared.durations import parse_duration  # noqa: PLC0415
     from shared.sdnotify import SdNotifier  # noqa: PLC0415
 
@@ -50,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
         extra["buffer_s"] = parse_duration(args.buffer, field="--buffer")
     if args.metrics_listen is not None:
         extra["metrics_listen"] = args.metrics_listen
+    if args.spool_dir is not None:
+        extra["spool_dir"] = args.spool_dir
     settings = settings_from_args(args, **extra)
+    if settings.spool_dir is None:
+        settings = settings.model_copy(update={"spool_dir": default_spool_dir(os.environ)})
     notifier = SdNotifier.from_environ(os.environ, os.getpid())
     service = AgentService(settings, node_sampler(settings), notifier=notifier)
 

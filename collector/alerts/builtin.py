@@ -79,6 +79,7 @@ def builtin_rules(
         _gpu_clock_throttled(s, staleness),
         _node_clock_skew(s),
         _node_rejects_rising(s),
+        _node_samples_missing(s),
     ]
     return enabled_rules(rules, s.disabled, field="alerts.disabled")
 
@@ -347,4 +348,32 @@ def _node_rejects_rising(s: AlertSettings) -> Rule:
         ),
         condition=condition,
         keep_firing_for_s=s.rejects_keep_firing_for_s,
+    )
+
+
+def _node_samples_missing(s: AlertSettings) -> Rule:
+    window = s.samples_missing_window_s
+    least = s.samples_missing_min
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        since = now - window
+        for st in view.nodes():
+            gaps = st.gaps
+            if not gaps or gaps[-1].received < since:
+                continue
+            n = view.missing_since(st, since)
+            if n >= least:
+                yield Instance({"node": st.node}, {"count": str(n)})
+
+    return Rule(
+        name="NodeSamplesMissing",
+        severity="warning",
+        summary=f"{{count}} samples of {{node}} missing in {window:g} s",
+        description=(
+            f"{{node}} numbered {{count}} samples in the last {window:g} s that never arrived "
+            "(a jump in seq within one agent epoch: its spool overflowed, its disk failed, "
+            "or the broker lost them): `collector query --node {node} --gaps` lists them."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.samples_missing_keep_firing_for_s,
     )

@@ -63,6 +63,12 @@ class AlertSettings(BaseModel):
     rejects_min: int = Field(default=10, ge=1)
     """Rejects of any reason in ``rejects_window_s`` that count as rising."""
     rejects_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    samples_missing_window_s: float = Field(default=900.0, gt=0, le=_DAY_S)
+    samples_missing_min: int = Field(default=1, ge=1)
+    """Samples missing (gaps in a node's ``seq`` within one agent epoch) in
+    ``samples_missing_window_s`` that fire ``NodeSamplesMissing``: any, by default, since an
+    agent with its spool loses none unless its spool overflowed or its disk failed."""
+    samples_missing_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
     disabled: list[str] = Field(default=[], max_length=64)
     """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
     external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")

@@ -32,6 +32,8 @@ Answers from the collector's store (works while the collector runs).
                 utilisation, GPU and CPU power, the collector's counters; then one line
                 per node from its latest sample
   --node NODE   that node's samples since --since (default 15m), newest first
+  --gaps        with --node: its gaps since --since (default 15m), newest first: samples
+                the agent numbered (seq, within one agent epoch) that were never stored
   --gpus        one row per GPU from each node's latest sample (with --node: that node)
   --rejected    messages the collector quarantined (rejected or not storable), newest
                 first, with the rejected counters per reason; --node and --since filter
@@ -44,6 +46,7 @@ examples:
   collector query
   collector query --node x1000c0s0b0n0 --since 1h
   collector query --gpus --node x1000c0s0b0n0
+  collector query --node x1000c0s0b0n0 --gaps --since 1d
   collector query --rejected --since 24h --json
 
 exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
@@ -92,6 +95,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--gpus", action="store_true", help="per-GPU rows from each node's latest sample"
     )
     mode.add_argument(
+        "--gaps",
+        action="store_true",
+        help="with --node: samples the node numbered but the store never got (a jump in seq "
+        "within one agent epoch), with the times either side",
+    )
+    mode.add_argument(
         "--rejected",
         action="store_true",
         help="quarantined messages (rejected or not storable) and rejected counters by reason",
@@ -119,9 +128,13 @@ def run(args: argparse.Namespace) -> int:
             "starting with a letter or digit",
             field="--node",
         )
+    if args.gaps and args.node is None:
+        raise ConfigError("--gaps needs --node NODE: the node whose gaps to list", field="--gaps")
     now = time.time()
     with StoreReader(settings.db_path) as store:
-        if args.rejected:
+        if args.gaps:
+            _gaps(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
+        elif args.rejected:
             _rejected(store, args, since_s, now)
         elif args.gpus:
             _gpus(store, args)
@@ -166,6 +179,34 @@ def _samples(store: StoreReader, args: argparse.Namespace, since_s: float, now: 
         print_json({"node": args.node, "since_s": since_s, "samples": samples})
     else:
         _print_samples(args.node, samples, now)
+
+
+def _gaps(store: StoreReader, args: argparse.Namespace, since_s: float, now: float) -> None:
+    from collector.store.queries import node_gaps  # noqa: PLC0415
+
+    since_ms = round((now - since_s) * 1000)
+    gaps = node_gaps(store, args.node, since_ms, args.limit or _LIMIT_DEFAULT)
+    missing = sum(g["missing"] for g in gaps)
+    if args.json:
+        print_json({"node": args.node, "since_s": since_s, "missing": missing, "gaps": gaps})
+        return
+    if not gaps:
+        print(f"no gaps from {args.node} in that window")
+        return
+    rows = [{**g, "age_s": now - g["to_ts"], "span_s": g["to_ts"] - g["from_ts"]} for g in gaps]
+    print(
+        render_table(
+            rows,
+            [
+                Column("age_s", "AGE", format_duration),
+                Column("epoch", "EPOCH"),
+                Column("after_seq", "AFTER SEQ"),
+                Column("missing", "MISSING"),
+                Column("span_s", "SPAN", format_duration),
+            ],
+        )
+    )
+    print(f"{missing} samples missing in {len(gaps)} gaps")
 
 
 def _gpus(store: StoreReader, args: argparse.Namespace) -> None:

@@ -101,6 +101,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         power,
         sample.cpu_power_w,
         payload,
+        sample.epoch,
     )
 
 

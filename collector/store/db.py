@@ -68,6 +68,8 @@ class SampleRow(NamedTuple):
     gpu_power_w: float | None
     cpu_power_w: float | None
     payload: bytes
+    epoch: int | None = None
+    """The agent's boot counter (``Sample.epoch``); ``None`` from agents before it."""
 
 
 @dataclass(slots=True)
@@ -99,9 +101,10 @@ class QuarantineRow(NamedTuple):
 
 _SAMPLE_COLUMNS: Final = (
     "node, ts_ms, seq, received_ms, interval_s, cpu_pct, mem_used_bytes, mem_total_bytes, "
-    "gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w, payload, payload_dict"
+    "gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w, payload, payload_dict, "
+    "epoch"
 )
-_INSERT_SAMPLES: Final = (f"INSERT OR IGNORE INTO samples ({_SAMPLE_COLUMNS})", 15, "")
+_INSERT_SAMPLES: Final = (f"INSERT OR IGNORE INTO samples ({_SAMPLE_COLUMNS})", 16, "")
 
 _INSERT_NODE: Final = ("INSERT OR IGNORE INTO nodes (node)", 1, "")
 _UPSERT_STATUS: Final = (
@@ -382,12 +385,12 @@ class Store(AlertTables):
         async with self._transaction(f"storing a batch ({len(rows)} sample rows)"):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
-                samples = [(*r[:-1], r.payload, None) for r in rows]
+                samples = [(*r[:-2], r.payload, None, r.epoch) for r in rows]
             else:
                 # Off the event loop, in one GIL-free call for the whole batch.
                 payloads = [r.payload for r in rows]
                 blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
-                samples = [(*r[:-1], b, dict_id) for r, b in zip(rows, blobs, strict=True)]
+                samples = [(*r[:-2], b, dict_id, r.epoch) for r, b in zip(rows, blobs, strict=True)]
             inserted = await self._insert_many(_INSERT_SAMPLES, samples)
             await self._insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self._insert_many(_UPSERT_STATUS, statuses)

@@ -341,4 +341,10 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX lease_nodes_lease ON lease_nodes (lease_id);
         """,
     ),
+    (
+        # The agent's boot counter: seq restarts at 0 with each epoch, so a gap is a jump in
+        # seq within one (node, epoch). NULL: an agent before the field.
+        "0013_samples_epoch",
+        "ALTER TABLE samples ADD COLUMN epoch INTEGER;",
+    ),
 )

@@ -125,6 +125,35 @@ def node_samples(store: StoreReader, node: str, since_ms: int, limit: int) -> li
     ]
 
 
+def node_gaps(store: StoreReader, node: str, since_ms: int, limit: int) -> list[dict[str, Any]]:
+    """A node's gaps since ``since_ms``, newest first: a jump in ``seq`` between two stored
+    samples of one agent epoch (the samples between were numbered but never stored).
+
+    Samples from agents before ``epoch`` are left out: their ``seq`` restarts at 0 with each
+    process, so a jump cannot be told from a restart.
+    """
+    rows = store.fetchall(
+        "SELECT epoch, prev_seq, seq, prev_ts_ms, ts_ms FROM ("
+        " SELECT epoch, seq, ts_ms, LAG(seq) OVER w AS prev_seq, LAG(ts_ms) OVER w AS prev_ts_ms"
+        " FROM samples WHERE node = ? AND ts_ms >= ? AND epoch IS NOT NULL"
+        " WINDOW w AS (PARTITION BY epoch ORDER BY seq)"
+        ") WHERE seq - prev_seq > 1 ORDER BY ts_ms DESC LIMIT ?",
+        (node, since_ms, limit),
+    )
+    return [
+        {
+            "node": node,
+            "epoch": r["epoch"],
+            "after_seq": r["prev_seq"],
+            "next_seq": r["seq"],
+            "missing": r["seq"] - r["prev_seq"] - 1,
+            "from_ts": r["prev_ts_ms"] / 1000,
+            "to_ts": r["ts_ms"] / 1000,
+        }
+        for r in rows
+    ]
+
+
 def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dict[str, Any]]:
     """One row per GPU from the latest stored sample of ``node``, or of the first
     ``limit_nodes`` nodes (by name) that have samples."""

@@ -25,7 +25,15 @@ from tests.helpers import promtool_check_metrics
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 _STATS = AgentStats(
-    samples_taken=3, published=2, dropped=1, buffered=1, connected=True, last_ack_age_s=0.5
+    samples_taken=3,
+    published=2,
+    dropped=3,
+    buffered=1,
+    connected=True,
+    last_ack_age_s=0.5,
+    lost={"full": 2, "torn": 1},
+    spool_bytes=4096,
+    epoch=7,
 )
 
 
@@ -228,7 +236,12 @@ def test_host_metrics_use_node_exporter_names_and_units(
     assert sample.cpu_power_w is not None
     assert series[("capwatch_node_cpu_power_watts", ())] == pytest.approx(sample.cpu_power_w)
     assert series[("capwatch_agent_published_total", ())] == 2
-    assert series[("capwatch_agent_dropped_total", ())] == 1
+    assert series[("capwatch_agent_dropped_total", ())] == 3
+    assert series[("capwatch_agent_spool_lost_samples_total", (("reason", "full"),))] == 2
+    assert series[("capwatch_agent_spool_lost_samples_total", (("reason", "torn"),))] == 1
+    assert series[("capwatch_agent_spool_lost_samples_total", (("reason", "age"),))] == 0
+    assert series[("capwatch_agent_spool_bytes", ())] == 4096
+    assert series[("capwatch_agent_epoch", ())] == 7
     assert series[("capwatch_agent_mqtt_connected", ())] == 1
 
 
@@ -240,7 +253,11 @@ def test_before_the_first_sample_only_the_agents_own_metrics_show() -> None:
         "capwatch_agent_samples_total",
         "capwatch_agent_published_total",
         "capwatch_agent_dropped_total",
+        "capwatch_agent_spool_lost_samples_total",
         "capwatch_agent_buffered_samples",
+        "capwatch_agent_spool_bytes",
+        "capwatch_agent_spool_write_errors_total",
+        "capwatch_agent_epoch",
         "capwatch_agent_mqtt_connected",
         "capwatch_agent_last_ack_age_seconds",
     }

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from agent.publisher import Publisher, SampleBuffer
+from agent.publisher import Publisher, next_backoff
+from agent.spool import Spool
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
 
@@ -65,6 +67,7 @@ class _ScriptedBroker:
 async def _run_publisher(
     broker: _ScriptedBroker,
     until: Callable[[Publisher, list[MutableMapping[str, Any]]], bool],
+    spool_dir: Path,
     *,
     password: str | None = None,
 ) -> list[MutableMapping[str, Any]]:
@@ -79,9 +82,10 @@ async def _run_publisher(
         reconnect_min_s=_MIN_S,
         reconnect_max_s=_MAX_S,
     )
-    buffer = SampleBuffer(10)
-    buffer.put(b"{}")
-    publisher = Publisher(mqtt, "n1", buffer, lambda: b"{}", time.time, publish_timeout_s=0.3)
+    spool = Spool(spool_dir, max_bytes=1 << 20, max_age_s=3600.0)
+    spool.open()
+    spool.append(b"{}")
+    publisher = Publisher(mqtt, "n1", spool, lambda: b"{}", time.time, publish_timeout_s=0.3)
     stop = asyncio.Event()
     with capture_logs() as logs:
         async with server:
@@ -96,12 +100,14 @@ async def _run_publisher(
 
 @pytest.mark.parametrize("code", [4, 5], ids=["bad-username-or-password", "not-authorised"])
 async def test_refused_credentials_are_an_error_naming_the_settings_and_retried(
-    code: int,
+    code: int, tmp_path: Path
 ) -> None:
     """CONNACK 4 or 5: ``mqtt_not_authorized`` at error level, naming mqtt.username and
     mqtt.password (never the password's value), and the publisher keeps retrying."""
     broker = _ScriptedBroker(lambda _: code)
-    logs = await _run_publisher(broker, lambda _, __: broker.connections >= 3, password="s3cret-pw")
+    logs = await _run_publisher(
+        broker, lambda _, __: broker.connections >= 3, tmp_path, password="s3cret-pw"
+    )
     refused = [e for e in logs if e["event"] == "mqtt_not_authorized"]
     assert len(refused) >= 2
     assert {e["log_level"] for e in refused} == {"error"}
@@ -112,15 +118,17 @@ async def test_refused_credentials_are_an_error_naming_the_settings_and_retried(
     assert "s3cret-pw" not in repr(logs)
 
 
-async def test_other_refusals_stay_warnings() -> None:
+async def test_other_refusals_stay_warnings(tmp_path: Path) -> None:
     """CONNACK 3 (server unavailable) is a transient ``mqtt_disconnected`` warning."""
     broker = _ScriptedBroker(lambda _: 3)
-    logs = await _run_publisher(broker, lambda _, __: broker.connections >= 2)
+    logs = await _run_publisher(broker, lambda _, __: broker.connections >= 2, tmp_path)
     events = {(e["event"], e["log_level"]) for e in logs if e["event"].startswith("mqtt_")}
     assert events == {("mqtt_disconnected", "warning")}
 
 
-async def test_backoff_starts_again_from_the_minimum_after_a_good_connection() -> None:
+async def test_backoff_starts_again_from_the_minimum_after_a_good_connection(
+    tmp_path: Path,
+) -> None:
     """Ten refusals grow the reconnect delay; one good connection resets it, so the next
     loss is retried after reconnect_min_s."""
     refusals = 10
@@ -130,8 +138,22 @@ async def test_backoff_starts_again_from_the_minimum_after_a_good_connection() -
         lost = [e for e in logs if e["event"] == "mqtt_disconnected"]
         return publisher.connects == 1 and len(lost) > refusals
 
-    logs = await _run_publisher(broker, lost_after_connect)
+    logs = await _run_publisher(broker, lost_after_connect, tmp_path)
     delays = [e["retry_in_s"] for e in logs if e["event"] == "mqtt_disconnected"]
     assert delays[0] == _MIN_S
     assert delays[refusals - 1] > _MIN_S  # it had grown
     assert delays[refusals] == _MIN_S  # the retry after the good connection
+
+
+def test_reconnect_delays_are_jittered_and_capped_at_a_few_seconds() -> None:
+    """The first retry waits reconnect_min_s; later ones are spread over [min, cap], and the
+    default cap brings an agent back within 5 s of the broker's return."""
+    assert MqttSettings().reconnect_max_s == 5.0
+    assert next_backoff(0, 0.5, 5.0) == 0.5
+    draws = [next_backoff(attempt, 0.5, 5.0) for attempt in range(1, 40) for _ in range(20)]
+    assert min(draws) >= 0.5
+    assert max(draws) <= 5.0
+    late = [next_backoff(10, 0.5, 5.0) for _ in range(200)]
+    assert len(set(late)) > 150  # jittered: a fleet does not come back in the same instant
+    assert max(late) > 4.0
+    assert min(late) < 1.5

@@ -1,49 +1,19 @@
-"""The agent's offline buffer and the fleet simulator (no broker needed)."""
+"""The fleet simulator, and the publisher against a broker that never acknowledges."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
-from agent.publisher import Publisher, SampleBuffer
+from agent.publisher import Publisher
 from agent.simulate import FleetSimulator, pci_bus_id, xname
+from agent.spool import Spool
 from shared.schema import MAX_GPUS, decode_inventory, decode_sample, encode
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
-
-
-def test_buffer_drops_oldest_when_full_and_counts() -> None:
-    """Capacity 3: the 4th and 5th samples push out the two oldest."""
-    buf = SampleBuffer(3)
-    items = [bytes([i]) for i in range(5)]
-    for item in items:
-        buf.put(item)
-    assert len(buf) == 3
-    assert buf.dropped == 2
-    assert buf.peek() == items[2]
-    assert buf.high_water == 3
-
-
-def test_buffer_remove_only_takes_the_sample_that_was_sent() -> None:
-    """If the sample being published was dropped meanwhile, remove() leaves the new oldest."""
-    buf = SampleBuffer(2)
-    first = b"first"
-    buf.put(first)
-    sent = buf.peek()
-    buf.put(b"second")
-    buf.put(b"third")  # drops "first" while it was in flight
-    assert sent is first
-    buf.remove(first)
-    assert buf.peek() == b"second"
-    assert len(buf) == 2
-
-
-def test_buffer_rejects_zero_capacity() -> None:
-    """A buffer must hold at least one sample."""
-    with pytest.raises(ValueError, match="at least 1"):
-        SampleBuffer(0)
 
 
 def test_xnames_are_valid_cray_names_and_unique() -> None:
@@ -104,7 +74,7 @@ def test_simulated_energy_counter_integrates_power() -> None:
     assert second.energy_j - first.energy_j == pytest.approx(second.power_interval_w * 5, abs=0.2)
 
 
-async def test_publisher_reconnects_when_the_broker_never_acknowledges() -> None:
+async def test_publisher_reconnects_when_the_broker_never_acknowledges(tmp_path: Path) -> None:
     """A broker that accepts the connection but never PUBACKs makes the agent reconnect;
     it must not end the agent (and with it the offline buffer)."""
     connections = 0
@@ -122,9 +92,10 @@ async def test_publisher_reconnects_when_the_broker_never_acknowledges() -> None
     server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     mqtt = MqttSettings(host="127.0.0.1", port=port, reconnect_min_s=0.1, reconnect_max_s=0.2)
-    buffer = SampleBuffer(10)
-    buffer.put(b"{}")
-    publisher = Publisher(mqtt, "n1", buffer, lambda: b"{}", time.time, publish_timeout_s=0.3)
+    spool = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0)
+    spool.open()
+    spool.append(b"{}")
+    publisher = Publisher(mqtt, "n1", spool, lambda: b"{}", time.time, publish_timeout_s=0.3)
     stop = asyncio.Event()
     async with server:
         task = asyncio.create_task(publisher.run(stop))
@@ -133,4 +104,4 @@ async def test_publisher_reconnects_when_the_broker_never_acknowledges() -> None
         stop.set()
         async with asyncio.timeout(10):
             await task
-    assert len(buffer) == 1  # nothing was acknowledged, so nothing left the buffer
+    assert len(spool) == 1  # nothing was acknowledged, so nothing left the spool

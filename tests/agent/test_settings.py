@@ -98,7 +98,8 @@ def test_deploy_agent_env_example_loads_with_every_example_uncommented(
     assert settings.nic_include == ("bond*", "br-data")
     assert settings.nic_exclude == ("ib*",)
     assert (settings.node_id, settings.mqtt.username) == ("gpu-node-017", "gpu-node-017")
-    assert (settings.interval_s, settings.buffer_s) == (5.0, 3600.0)
+    assert (settings.interval_s, settings.buffer_s) == (5.0, 86_400.0)
+    assert settings.spool_dir == Path("/var/lib/capwatch-agent")
     for documented in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE", "CAPWATCH_BUFFER_S"):
         assert documented in pairs
 

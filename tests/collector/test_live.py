@@ -160,3 +160,40 @@ def test_bad_bounds_are_refused() -> None:
         LiveView(max_nodes=0)
     with pytest.raises(ValueError, match="reject_bucket_s"):
         LiveView(reject_bucket_s=0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "gaps"),
+    [
+        ([(1, 0), (1, 1), (1, 5), (1, 6)], [(1, 1, 3)]),  # seq 2-4 never came
+        ([(1, 0), (1, 1), (2, 0), (2, 1)], []),  # a restart is not a gap
+        ([(1, 0), (1, 1), (1, 1), (1, 0), (1, 2)], []),  # duplicates resent after a reconnect
+        ([(2, 0), (1, 9), (2, 1)], []),  # an older epoch's late sample changes nothing
+        ([(None, 5), (None, 6), (None, 0), (None, 1)], []),  # an agent before epochs restarts
+        ([(None, 5), (None, 8)], [(None, 5, 2)]),
+    ],
+)
+def test_a_jump_in_seq_within_one_epoch_is_a_gap_and_nothing_else_is(
+    sent: list[tuple[int | None, int]], gaps: list[tuple[int | None, int, int]]
+) -> None:
+    """Gaps are (epoch, last seq before, missing); counted per node and for the fleet."""
+    view = LiveView()
+    for k, (epoch, seq) in enumerate(sent):
+        view.on_sample(_sample(T0 + k, seq=seq, epoch=epoch), T0 + k)
+    st = view.get(NODE)
+    assert st is not None
+    assert [(g.epoch, g.after_seq, g.missing) for g in st.gaps] == gaps
+    assert view.missing_total == st.missing_total == sum(g[2] for g in gaps)
+    assert view.missing_since(st, T0) == st.missing_total
+    assert view.missing_since(st, T0 + len(sent)) == 0
+
+
+def test_a_node_keeps_only_its_last_gaps() -> None:
+    """max_gaps bounds the gaps a node keeps; the counters keep counting."""
+    view = LiveView(max_gaps=2)
+    for k in range(5):
+        view.on_sample(_sample(T0 + k, seq=2 * k, epoch=1), T0 + k)
+    st = view.get(NODE)
+    assert st is not None
+    assert [g.after_seq for g in st.gaps] == [4, 6]
+    assert (view.gaps_total, view.missing_total) == (4, 4)

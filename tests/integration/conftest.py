@@ -94,7 +94,7 @@ class HotGpuNode:
 
 
 @pytest.fixture
-async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentService]:
+async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[AgentService]:
     """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
     settings = AgentSettings(
         node_id="metrics-node-1",
@@ -103,6 +103,7 @@ async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentService]:
         fake_gpus=2,
         mqtt=fast_mqtt(mosquitto),
         metrics_listen="127.0.0.1:0",
+        spool_dir=tmp_path / "agent-spool",
     )
     service = AgentService(settings, build_sampler(settings, SystemClock()))
     task = asyncio.create_task(service.run(), name="agent-under-test")

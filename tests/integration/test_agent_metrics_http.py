@@ -4,6 +4,7 @@ real broker that goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -58,7 +59,7 @@ async def test_metrics_show_the_sample_just_published(agent: AgentService) -> No
 
 
 async def test_a_port_in_use_is_one_config_error_naming_the_setting(
-    agent: AgentService, mosquitto: MosquittoBroker
+    agent: AgentService, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     """A second agent on the same metrics port fails before sampling, naming metrics_listen."""
     settings = AgentSettings(
@@ -66,6 +67,7 @@ async def test_a_port_in_use_is_one_config_error_naming_the_setting(
         gpu_backend="none",
         mqtt=fast_mqtt(mosquitto),
         metrics_listen=f"127.0.0.1:{agent.metrics_port}",
+        spool_dir=tmp_path / "spool-2",
     )
     other = AgentService(settings, build_sampler(settings, SystemClock()))
     with pytest.raises(ConfigError, match="metrics_listen") as info:

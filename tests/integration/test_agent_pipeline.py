@@ -24,9 +24,14 @@ NODE = "itest-node-1"
 class AgentRunner:
     """A real AgentService (fake GPUs: there is no NVIDIA driver here) in the test's loop."""
 
-    def __init__(self, broker: MosquittoBroker, gpus: int) -> None:
+    def __init__(self, broker: MosquittoBroker, gpus: int, spool_dir: Path) -> None:
         self.settings = AgentSettings(
-            node_id=NODE, interval_s=1.0, gpu_backend="fake", fake_gpus=gpus, mqtt=fast_mqtt(broker)
+            node_id=NODE,
+            interval_s=1.0,
+            gpu_backend="fake",
+            fake_gpus=gpus,
+            mqtt=fast_mqtt(broker),
+            spool_dir=spool_dir,
         )
         self.service = AgentService(self.settings, build_sampler(self.settings, SystemClock()))
         self._task: asyncio.Task[None] | None = None
@@ -44,8 +49,8 @@ class AgentRunner:
 
 
 @pytest.fixture
-async def agent(mosquitto: MosquittoBroker) -> AsyncIterator[AgentRunner]:
-    runner = AgentRunner(mosquitto, gpus=2)
+async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[AgentRunner]:
+    runner = AgentRunner(mosquitto, gpus=2, spool_dir=tmp_path / "spool")
     yield runner
     await runner.stop()
 
@@ -135,5 +140,5 @@ async def test_broker_restart_mid_stream_stores_every_sample_exactly_once(
         r[0] for r in db_rows(db, "SELECT seq FROM samples WHERE node = ? ORDER BY seq", (NODE,))
     ]
     assert seqs == list(range(taken))
-    assert agent.service.buffer.dropped == 0
-    assert agent.service.buffer.high_water >= 2  # samples really waited out the outage
+    assert sum(agent.service.spool.lost.values()) == 0
+    assert agent.service.spool.high_water >= 2  # samples really waited out the outage

@@ -28,7 +28,11 @@ async def test_collector_and_agent_notify_ready_and_ping_the_watchdog(
         notifier=SdNotifier(str(c_sd.path), watchdog_s=0.6),
     )
     settings = AgentSettings(
-        node_id="sd-node", interval_s=1.0, gpu_backend="none", mqtt=fast_mqtt(mosquitto)
+        node_id="sd-node",
+        interval_s=1.0,
+        gpu_backend="none",
+        mqtt=fast_mqtt(mosquitto),
+        spool_dir=tmp_path / "spool",
     )
     agent = AgentService(
         settings,

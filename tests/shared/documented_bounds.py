@@ -64,6 +64,7 @@ NUMBERS: dict[str, dict[str, Bound]] = {
     "sample": {
         "ts": _TS,
         "seq": _COUNT,
+        "epoch": _COUNT,
         "interval_s": _f(s.MIN_INTERVAL_S, s.MAX_INTERVAL_S),
         "cpu.count": _CPUS,
         "cpu.pct": _PCT,

@@ -288,6 +288,7 @@ def test_builtin_rules_are_distinct_and_can_be_disabled() -> None:
         "GpuClockThrottled",
         "NodeClockSkew",
         "NodeRejectsRising",
+        "NodeSamplesMissing",
     ]
     rules = builtin_rules(AlertSettings(disabled=["GpuXid"]))
     assert "GpuXid" not in [r.name for r in rules]

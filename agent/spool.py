@@ -1,0 +1,609 @@
+"""The agent's on-disk spool: every sample waits here, in order, until the broker has it.
+
+A sample is appended before it is published and leaves only after the broker's PUBACK, so
+an agent restarted (or killed, or its node rebooted) while the broker is away sends what it
+had once the broker is back.
+
+Layout of the directory (one agent per directory)::
+
+    seg-0000000000000007.log   records, appended in order; ids grow by one per segment
+    seg-0000000000000008.log   the tail segment, open for appending
+    cursor                     <segment id u64><offset u64><crc32 u32>: first unacknowledged
+    epoch                      the agent's boot counter, as decimal text
+
+A record is ``<magic u16><length u32><crc32 u32><payload>`` (little-endian); the CRC covers
+the length bytes and the payload. Each record is written with one ``write(2)``. At open each
+segment is read through: a record cut short at the end of a file (a crash mid-write) is
+*torn*: counted, and the file truncated to the last whole record; a bad record in the middle
+(CRC, magic or length wrong) is *corrupt*: counted, and skipped by searching for the next
+magic that starts a record whose CRC holds. Neither stops the agent.
+
+Durability: appends go to the page cache (an agent crash loses nothing); :meth:`Spool.sync`
+``fsync``\\s the tail, rolled segments and the directory, and the agent runs it in a worker
+thread every ``fsync_s``, so the sampling tick never waits for the disk. A host that loses
+power loses at most the last ``fsync_s`` of samples (and a stale ``cursor`` costs duplicates,
+which the collector's ``(node, ts)`` key ignores).
+
+Bounds: ``max_bytes`` over all segments and ``max_age_s`` per segment (a segment's age is
+its last append). Over either, the oldest segment goes, unsent records and all, counted per
+reason (:attr:`Spool.lost`) and logged at warning. A segment is at most ``max_bytes / 32``,
+so a drop removes about 3 % of the spool at once.
+
+If a write fails (disk full, I/O error), the record is kept in memory instead, up to
+``memory_records``, and later records follow it there until it is sent: order holds and the
+agent keeps publishing on a full disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from shared.logging import get_logger
+
+__all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "segment_bytes_for"]
+
+log = get_logger("spool")
+
+MAX_RECORD_BYTES: Final = 1 << 20
+"""A record's payload: the collector refuses samples over 1,000,000 bytes anyway."""
+_MAGIC: Final = 0xC5A7
+_HEADER: Final = struct.Struct("<HII")
+_CURSOR: Final = struct.Struct("<QQ")
+_CURSOR_BYTES: Final = _CURSOR.size + 4
+_MIN_SEGMENT: Final = 64 * 1024
+_MAX_SEGMENT: Final = 16 * 1024 * 1024
+_READ_AHEAD: Final = 256 * 1024
+_MAX_EPOCH: Final = 2**53 - 1
+
+
+def segment_bytes_for(max_bytes: int) -> int:
+    """Segment size for a spool of ``max_bytes``: 1/32 of it, within 64 KiB - 16 MiB."""
+    return max(_MIN_SEGMENT, min(_MAX_SEGMENT, max_bytes // 32))
+
+
+class SpoolRecord(NamedTuple):
+    """One spooled sample as handed to the publisher; give it back to :meth:`Spool.ack`."""
+
+    segment: int
+    """Segment id; -1 for a record held in memory after a failed write."""
+    offset: int
+    end: int
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Segment:
+    id: int
+    path: Path
+    size: int
+    records: int
+    mtime: float
+    """Wall time of the last append (the file's mtime after a restart)."""
+
+
+def _frame(payload: bytes) -> bytes:
+    length = len(payload)
+    crc = zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "little")))
+    return _HEADER.pack(_MAGIC, length, crc) + payload
+
+
+def _record_at(buf: bytes, pos: int) -> int:
+    """End of the whole, valid record at ``pos``; -1 if cut short by the end of ``buf``;
+    -2 if what is there is not a record."""
+    if pos + _HEADER.size > len(buf):
+        return -1
+    magic: int
+    length: int
+    crc: int
+    magic, length, crc = _HEADER.unpack_from(buf, pos)
+    if magic != _MAGIC or length > MAX_RECORD_BYTES:
+        return -2
+    end = pos + _HEADER.size + length
+    if end > len(buf):
+        return -1
+    body = buf[pos + _HEADER.size : end]
+    if zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little"))) != crc:
+        return -2
+    return end
+
+
+def _record_fits(buf: bytes, pos: int) -> bool:
+    """Whether ``buf`` holds the header at ``pos`` and as many bytes as it announces."""
+    if len(buf) - pos < _HEADER.size:
+        return False
+    length: int = min(_HEADER.unpack_from(buf, pos)[1], MAX_RECORD_BYTES)
+    return pos + _HEADER.size + length <= len(buf)
+
+
+def _resync(buf: bytes, pos: int) -> int:
+    """Offset of the next valid record after the bad one at ``pos``, or ``len(buf)``."""
+    magic = _MAGIC.to_bytes(2, "little")
+    at = buf.find(magic, pos + 1)
+    while at != -1:
+        if _record_at(buf, at) >= 0:
+            return at
+        at = buf.find(magic, at + 1)
+    return len(buf)
+
+
+class _Scan(NamedTuple):
+    records: int
+    """Whole records from ``start`` on."""
+    valid_end: int
+    """Where the last whole record ends (the file is truncated there when torn)."""
+    corrupt: int
+    torn: int
+
+
+def _scan(buf: bytes, start: int) -> _Scan:
+    records = corrupt = torn = 0
+    pos = valid_end = start
+    while pos < len(buf):
+        end = _record_at(buf, pos)
+        if end >= 0:
+            records += 1
+            pos = valid_end = end
+            continue
+        nxt = _resync(buf, pos)
+        if nxt >= len(buf):
+            torn += 1  # nothing whole after it: the write a crash cut short
+            break
+        corrupt += 1
+        pos = nxt
+    return _Scan(records, valid_end, corrupt, torn)
+
+
+class Spool:
+    """Bounded, crash-safe FIFO of encoded samples in ``directory``.
+
+    ``open()`` (blocking: run it in a thread) reads the directory back; then, on one event
+    loop: :meth:`append` each sample, :meth:`next` / :meth:`ack` to publish them in order,
+    :meth:`rewind` after a lost connection (resend what was not acknowledged). Blocking
+    ``fsync`` lives in :meth:`sync` alone, for a worker thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        max_age_s: float,
+        segment_bytes: int | None = None,
+        memory_records: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.segment_bytes = segment_bytes or segment_bytes_for(max_bytes)
+        if not 0 < self.segment_bytes <= max_bytes:
+            raise ValueError(f"segment_bytes must be in (0, max_bytes={max_bytes}]")
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self.epoch = 0
+        """This start's boot counter (one more than the previous start's), set by open()."""
+        self.lost: Counter[str] = Counter()
+        """Samples lost, per reason: ``full``, ``age`` (dropped oldest first), ``torn``,
+        ``corrupt`` (found at open; a corrupt run of bytes counts once), ``memory_full``."""
+        self.write_errors = 0
+        self.high_water = 0
+        """Most samples ever waiting at once."""
+        self.bytes_written = 0
+        self._segments: deque[_Segment] = deque()
+        self._bytes = 0
+        self._records = 0
+        self._wfd: int | None = None
+        self._to_sync: list[int] = []
+        self._dir_dirty = False
+        self._unsynced = False
+        self._next_id = 0
+        # Ack cursor: always in the head segment; how many of its records are acknowledged.
+        self._ack_off = 0
+        self._head_acked = 0
+        self._cursor_written: tuple[int, int] | None = None
+        self._cursor_fd: int | None = None
+        # Read cursor: the next record next() hands out.
+        self._read: _Segment | None = None
+        self._read_off = 0
+        self._closing: list[int] = []
+        self._rfd: tuple[int, int] | None = None
+        self._rbuf = b""
+        self._rbuf_at = (-1, 0)
+        self._memory: deque[bytes] = deque()
+        self._memory_read = 0
+        self._memory_records = memory_records
+        self._readable = asyncio.Event()
+
+    # -- open / close
+
+    def open(self) -> None:
+        """Create or read back the directory; count the epoch up. Blocking."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.epoch = self._next_epoch()
+        cursor = self._read_cursor()
+        paths = sorted(self.directory.glob("seg-*.log"))
+        now = self._clock()
+        for path in paths:
+            try:
+                seg_id = int(path.stem[4:], 16)
+            except ValueError:
+                continue
+            self._next_id = max(self._next_id, seg_id + 1)
+            if cursor is not None and seg_id < cursor[0]:
+                path.unlink()  # acknowledged before the restart
+                continue
+            data = path.read_bytes()
+            start = cursor[1] if cursor is not None and seg_id == cursor[0] else 0
+            if start > len(data) or (start and _record_at(data, start) == -2):
+                start = 0  # a cursor that does not point at a record: resend the segment
+            scan = _scan(data, start)
+            if scan.torn:
+                with path.open("r+b") as f:
+                    f.truncate(scan.valid_end)
+            self._count_lost("torn", scan.torn, path=path.name)
+            self._count_lost("corrupt", scan.corrupt, path=path.name)
+            seg = _Segment(seg_id, path, scan.valid_end, scan.records, path.stat().st_mtime)
+            if not self._segments:
+                self._ack_off = self._read_off = start
+                self._read = seg
+            self._segments.append(seg)
+            self._bytes += seg.size
+            self._records += seg.records
+        self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
+        self.expire(now)
+        self._enforce_bytes()
+        if len(self):
+            self._readable.set()
+        self.high_water = len(self)
+        log.info(
+            "spool_opened",
+            path=str(self.directory),
+            epoch=self.epoch,
+            pending=len(self),
+            spool_bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            max_age_s=self.max_age_s,
+        )
+
+    def close(self) -> None:
+        """Sync everything and close the files. Blocking."""
+        self.sync()
+        self._write_cursor()
+        for fd in (self._wfd, self._cursor_fd, self._rfd[1] if self._rfd else None):
+            if fd is not None:
+                os.close(fd)
+        self._wfd = self._cursor_fd = self._rfd = None
+
+    def _next_epoch(self) -> int:
+        path = self.directory / "epoch"
+        try:
+            epoch = int(path.read_text().strip()) + 1
+        except FileNotFoundError:
+            epoch = 0
+        except ValueError:
+            # Unreadable: the wall clock in ms is above any count a counter reached.
+            epoch = int(self._clock() * 1000)
+            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch)
+        epoch = min(epoch, _MAX_EPOCH)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write(f"{epoch}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        self._fsync_dir()
+        return epoch
+
+    def _read_cursor(self) -> tuple[int, int] | None:
+        try:
+            raw = (self.directory / "cursor").read_bytes()[:_CURSOR_BYTES]
+        except FileNotFoundError:
+            return None
+        if len(raw) != _CURSOR_BYTES:
+            return None
+        body = raw[: _CURSOR.size]
+        if zlib.crc32(body) != int.from_bytes(raw[_CURSOR.size :], "little"):
+            return None
+        seg_id, offset = _CURSOR.unpack(body)
+        return seg_id, offset
+
+    def _write_cursor(self) -> None:
+        """Record the ack cursor in place (page cache; a stale one only costs duplicates)."""
+        if self._cursor_fd is None or not self._segments:
+            return
+        pos = (self._segments[0].id, self._ack_off)
+        if pos == self._cursor_written:
+            return
+        body = _CURSOR.pack(*pos)
+        os.pwrite(self._cursor_fd, body + zlib.crc32(body).to_bytes(4, "little"), 0)
+        self._cursor_written = pos
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- size
+
+    def __len__(self) -> int:
+        """Samples not yet acknowledged by the broker (on disk and in memory)."""
+        return self._records - self._head_acked + len(self._memory)
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes of the segment files."""
+        return self._bytes
+
+    # -- writing
+
+    def append(self, payload: bytes) -> None:
+        """Spool one encoded sample (page cache only: no fsync here)."""
+        if len(payload) > MAX_RECORD_BYTES:
+            raise ValueError(f"a record holds at most {MAX_RECORD_BYTES} bytes")
+        if self._memory or not self._append_to_disk(payload):
+            self._append_to_memory(payload)
+        self.high_water = max(self.high_water, len(self))
+        self._readable.set()
+
+    def _append_to_disk(self, payload: bytes) -> bool:
+        record = _frame(payload)
+        tail = self._segments[-1] if self._segments else None
+        try:
+            if (
+                tail is None
+                or self._wfd is None
+                or (tail.records and tail.size + len(record) > self.segment_bytes)
+            ):
+                tail = self._roll()
+            assert self._wfd is not None
+            written = os.write(self._wfd, record)
+            if written != len(record):
+                raise OSError(f"short write: {written} of {len(record)} bytes")
+        except OSError as exc:
+            self.write_errors += 1
+            if tail is not None and self._wfd is not None:
+                # No torn record left behind; failing that, the reader skips it as corrupt.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._wfd, tail.size)
+            if self.write_errors == 1 or self.write_errors % 100 == 0:
+                log.warning(
+                    "spool_write_failed",
+                    error=str(exc),
+                    write_errors=self.write_errors,
+                    fallback="memory",
+                )
+            return False
+        tail.size += len(record)
+        tail.records += 1
+        tail.mtime = self._clock()
+        self._bytes += len(record)
+        self._records += 1
+        self.bytes_written += len(record)
+        self._unsynced = True
+        self._enforce_bytes()
+        return True
+
+    def _append_to_memory(self, payload: bytes) -> None:
+        if len(self._memory) >= self._memory_records:
+            self._memory.popleft()
+            self._memory_read = max(0, self._memory_read - 1)
+            self._count_lost("memory_full", 1)
+        self._memory.append(payload)
+
+    def _roll(self) -> _Segment:
+        if self._wfd is not None:
+            self._to_sync.append(self._wfd)  # the syncer fsyncs and closes it
+            self._wfd = None
+        seg_id = self._next_id
+        self._next_id += 1
+        path = self.directory / f"seg-{seg_id:016x}.log"
+        self._wfd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
+        seg = _Segment(seg_id, path, 0, 0, self._clock())
+        if not self._segments:
+            self._ack_off = self._head_acked = 0
+            self._read, self._read_off = seg, 0
+        self._segments.append(seg)
+        self._dir_dirty = True
+        self._pop_acked_heads()
+        return seg
+
+    # -- bounds
+
+    def _enforce_bytes(self) -> None:
+        while self._bytes > self.max_bytes and len(self._segments) > 1:
+            self._drop_head("full")
+
+    def expire(self, now: float | None = None) -> None:
+        """Drop segments whose last append is older than ``max_age_s``."""
+        now = self._clock() if now is None else now
+        while self._segments and now - self._segments[0].mtime > self.max_age_s:
+            if len(self._segments) == 1 and self._wfd is not None:
+                self._roll()  # the tail itself is that old: start a new one first
+            self._drop_head("age")
+
+    def _drop_head(self, reason: str) -> None:
+        seg = self._segments.popleft()
+        unsent = seg.records - self._head_acked
+        self._records -= seg.records
+        self._bytes -= seg.size
+        self._head_acked = self._ack_off = 0
+        if self._read is seg:
+            self._read = self._segments[0] if self._segments else None
+            self._read_off = 0
+        self._close_read(seg.id)
+        seg.path.unlink(missing_ok=True)
+        self._dir_dirty = True
+        self._count_lost(reason, unsent, path=seg.path.name)
+
+    def _pop_acked_heads(self) -> None:
+        """Delete head segments whose every record is acknowledged (never the tail)."""
+        while len(self._segments) > 1 and self._ack_off >= self._segments[0].size:
+            head = self._segments.popleft()
+            self._records -= head.records
+            self._bytes -= head.size
+            self._head_acked = self._ack_off = 0
+            if self._read is head:
+                self._read, self._read_off = self._segments[0], 0
+            self._close_read(head.id)
+            head.path.unlink(missing_ok=True)
+            self._dir_dirty = True
+
+    def _count_lost(self, reason: str, n: int, **kw: object) -> None:
+        if n <= 0:
+            return
+        self.lost[reason] += n
+        log.warning(
+            "spool_samples_lost", reason=reason, samples=n, lost_total=self.lost[reason], **kw
+        )
+
+    # -- reading
+
+    def next(self) -> SpoolRecord | None:
+        """The next record not handed out since the last :meth:`rewind`, or ``None``."""
+        seg = self._read
+        while seg is not None:
+            if self._read_off >= seg.size:
+                if seg is self._segments[-1]:
+                    break
+                seg = self._segments[self._segments.index(seg) + 1]
+                self._read, self._read_off = seg, 0
+                continue
+            buf, base = self._window(seg, self._read_off)
+            pos = self._read_off - base
+            end = _record_at(buf, pos)
+            if end < 0:
+                # Written by this process, so bad bytes here are the disk's doing: skip them.
+                self._count_lost("corrupt", 1, path=seg.path.name)
+                self._read_off = _resync(self._read_all(seg), self._read_off)
+                continue
+            record = SpoolRecord(seg.id, self._read_off, base + end, buf[pos + _HEADER.size : end])
+            self._read_off = base + end
+            return record
+        if self._memory_read < len(self._memory):
+            payload = self._memory[self._memory_read]
+            self._memory_read += 1
+            return SpoolRecord(-1, self._memory_read - 1, self._memory_read, payload)
+        self._readable.clear()
+        return None
+
+    def ack(self, record: SpoolRecord) -> None:
+        """The broker has ``record``: forget it (unless it was dropped meanwhile)."""
+        if record.segment == -1:
+            if self._memory and self._memory[0] is record.payload:
+                self._memory.popleft()
+                self._memory_read = max(0, self._memory_read - 1)
+            return
+        self._pop_acked_heads()
+        if not self._segments:
+            return
+        head = self._segments[0]
+        if record.segment != head.id or record.offset != self._ack_off:
+            return  # dropped (full / age) or acknowledged already
+        self._ack_off = record.end
+        self._head_acked += 1
+        self._pop_acked_heads()
+
+    def rewind(self) -> None:
+        """Hand out again everything not acknowledged (after a lost connection)."""
+        if self._segments:
+            self._read, self._read_off = self._segments[0], self._ack_off
+        self._memory_read = 0
+        if len(self):
+            self._readable.set()
+
+    async def wait(self) -> None:
+        """Return once :meth:`next` may have something."""
+        await self._readable.wait()
+
+    def _read_fd(self, seg: _Segment) -> int:
+        if self._rfd is not None and self._rfd[0] == seg.id:
+            return self._rfd[1]
+        self._close_read(None)
+        fd = os.open(seg.path, os.O_RDONLY)
+        self._rfd = (seg.id, fd)
+        return fd
+
+    def _close_read(self, seg_id: int | None) -> None:
+        if self._rfd is not None and (seg_id is None or self._rfd[0] == seg_id):
+            os.close(self._rfd[1])
+            self._rfd = None
+            self._rbuf, self._rbuf_at = b"", (-1, 0)
+
+    def _window(self, seg: _Segment, offset: int) -> tuple[bytes, int]:
+        """Bytes of ``seg`` from ``offset`` or before, holding the record there if whole."""
+        sid, base = self._rbuf_at
+        buf = self._rbuf
+        if sid == seg.id and base <= offset and _record_fits(buf, offset - base):
+            return buf, base
+        buf = os.pread(self._read_fd(seg), min(seg.size - offset, _READ_AHEAD), offset)
+        if not _record_fits(buf, 0) and len(buf) >= _HEADER.size:
+            length = min(_HEADER.unpack_from(buf, 0)[1], MAX_RECORD_BYTES)
+            want = min(seg.size - offset, _HEADER.size + length)
+            buf = os.pread(self._read_fd(seg), want, offset)
+        self._rbuf, self._rbuf_at = buf, (seg.id, offset)
+        return buf, offset
+
+    def _read_all(self, seg: _Segment) -> bytes:
+        return os.pread(self._read_fd(seg), seg.size, 0)
+
+    # -- durability (a worker thread)
+
+    def take_sync(self) -> tuple[list[int], bool]:
+        """On the loop: the file descriptors :meth:`sync_fds` should fsync (the tail and
+        rolled segments) and whether the directory changed; resets both."""
+        fds = list(self._to_sync)
+        closing = len(fds)
+        if self._wfd is not None and self._unsynced:
+            fds.append(self._wfd)
+        self._unsynced = False
+        dirty, self._dir_dirty = self._dir_dirty, False
+        self._write_cursor()
+        self._closing = fds[:closing]
+        self._to_sync = []
+        return fds, dirty
+
+    def sync_fds(self, fds: list[int], dir_dirty: bool) -> None:
+        """In a worker thread: fsync ``fds`` and, if asked, the directory."""
+        for fd in fds:
+            os.fsync(fd)
+        if dir_dirty:
+            self._fsync_dir()
+
+    def done_sync(self) -> None:
+        """On the loop, after :meth:`sync_fds`: close the rolled segments' descriptors."""
+        for fd in self._closing:
+            os.close(fd)
+        self._closing = []
+
+    def sync(self) -> None:
+        """Blocking: everything spooled so far reaches the disk."""
+        fds, dirty = self.take_sync()
+        self.sync_fds(fds, dirty)
+        self.done_sync()
+
+    async def run_sync(self, stop: asyncio.Event, every_s: float) -> None:
+        """Until ``stop``: every ``every_s``, expire old segments and fsync in a thread."""
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(every_s):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+            self.expire()
+            fds, dirty = self.take_sync()
+            try:
+                if fds or dirty:
+                    await asyncio.to_thread(self.sync_fds, fds, dirty)
+            finally:
+                self.done_sync()

@@ -1,0 +1,184 @@
+"""The on-disk spool with real files: order, restarts, torn and corrupt records, bounds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.spool import Spool
+
+
+def _open(path: Path, *, max_bytes: int = 1 << 20, segment_bytes: int | None = None) -> Spool:
+    spool = Spool(path, max_bytes=max_bytes, max_age_s=3600.0, segment_bytes=segment_bytes)
+    spool.open()
+    return spool
+
+
+def _payloads(n: int, start: int = 0) -> list[bytes]:
+    return [f"sample-{i:05d}-".encode() * 20 for i in range(start, start + n)]
+
+
+def _drain(spool: Spool, *, ack: bool = True) -> list[bytes]:
+    out = []
+    while (record := spool.next()) is not None:
+        out.append(record.payload)
+        if ack:
+            spool.ack(record)
+    return out
+
+
+def test_records_come_back_in_order_and_leave_only_when_acknowledged(tmp_path: Path) -> None:
+    """next() hands records out in append order; rewind() hands the unacknowledged out again."""
+    spool = _open(tmp_path, segment_bytes=2048)
+    items = _payloads(40)
+    for p in items:
+        spool.append(p)
+    first = [spool.next() for _ in range(5)]
+    assert [r.payload for r in first if r] == items[:5]
+    for r in first[:3]:
+        assert r is not None
+        spool.ack(r)
+    spool.rewind()  # a lost connection: 3 and 4 were sent, never acknowledged
+    assert _drain(spool) == items[3:]
+    assert len(spool) == 0
+    assert len(list(tmp_path.glob("seg-*.log"))) == 1  # acknowledged segments are deleted
+    spool.close()
+
+
+def test_a_killed_agent_restarts_with_every_unacknowledged_sample_in_order(
+    tmp_path: Path,
+) -> None:
+    """No close(): what was appended survives in the files; acknowledged samples (cursor
+    written by the fsync task) are not sent again; the epoch counts up."""
+    spool = _open(tmp_path, segment_bytes=4096)
+    items = _payloads(100)
+    for p in items[:60]:
+        spool.append(p)
+    for _ in range(25):
+        record = spool.next()
+        assert record is not None
+        spool.ack(record)
+    spool.sync()  # the periodic fsync task's step: cursor and data
+    for p in items[60:]:
+        spool.append(p)  # never synced: the page cache still has them after a kill
+    epoch = spool.epoch
+    del spool  # killed: no close, no flush
+
+    again = _open(tmp_path, segment_bytes=4096)
+    assert again.epoch == epoch + 1
+    assert len(again) == 75
+    assert _drain(again) == items[25:]
+    assert sum(again.lost.values()) == 0
+    again.close()
+
+
+def test_a_torn_last_record_is_counted_and_the_rest_is_read(tmp_path: Path) -> None:
+    """A record cut short at the end of the tail (a crash mid-write) is counted as torn and
+    cut off; the whole records before it are read, and new ones follow them."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    whole = seg.stat().st_size
+    with seg.open("r+b") as f:
+        f.truncate(whole - 7)  # the last record lost its end
+    with capture_logs() as logs:
+        again = _open(tmp_path)
+    assert again.lost["torn"] == 1
+    assert any(e["event"] == "spool_samples_lost" and e["reason"] == "torn" for e in logs)
+    again.append(b"after the restart")
+    assert _drain(again) == [*items[:9], b"after the restart"]
+    again.close()
+
+
+def test_a_corrupt_middle_record_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A flipped byte inside record 4 fails its CRC: that record is skipped (counted), the
+    records after it are found again and read."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    data = bytearray(seg.read_bytes())
+    record_len = len(data) // 10
+    data[4 * record_len + 30] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    again = _open(tmp_path)
+    assert again.lost["corrupt"] == 1
+    assert again.lost["torn"] == 0
+    assert _drain(again) == items[:4] + items[5:]
+    again.close()
+
+
+def test_a_full_spool_drops_the_oldest_segment_and_counts_its_samples(tmp_path: Path) -> None:
+    """Past max_bytes the oldest segment goes: its unsent samples counted as ``full``, a
+    warning logged; what stays is the newest samples, in order, within the bound."""
+    spool = _open(tmp_path, max_bytes=8192, segment_bytes=2048)
+    items = _payloads(200)
+    with capture_logs() as logs:
+        for p in items:
+            spool.append(p)
+    kept = len(spool)
+    assert spool.lost["full"] == 200 - kept > 0
+    assert spool.spool_bytes <= 8192
+    assert sum(f.stat().st_size for f in tmp_path.glob("seg-*.log")) <= 8192
+    warnings = [e for e in logs if e["event"] == "spool_samples_lost"]
+    assert warnings
+    assert {e["log_level"] for e in warnings} == {"warning"}
+    assert _drain(spool) == items[200 - kept :]
+    spool.close()
+
+
+def test_samples_older_than_max_age_are_dropped_and_counted(tmp_path: Path) -> None:
+    """A segment whose last append is older than max_age_s goes (``age``), tail included.
+    (Segments go whole: 1024-byte segments hold three of these records, so nine fill three.)"""
+    now = [1_000.0]
+    spool = Spool(
+        tmp_path, max_bytes=1 << 20, max_age_s=60.0, segment_bytes=1024, clock=lambda: now[0]
+    )
+    spool.open()
+    for p in _payloads(9):
+        spool.append(p)
+    now[0] += 30.0
+    fresh = _payloads(3, start=9)
+    for p in fresh:
+        spool.append(p)
+    now[0] += 40.0  # the first nine are 70 s old, the last three 40 s
+    spool.expire()
+    assert spool.lost["age"] == 9
+    assert _drain(spool) == fresh
+    now[0] += 61.0
+    spool.expire()
+    assert len(spool) == 0
+    spool.close()
+
+
+def test_an_unwritable_disk_keeps_samples_in_memory_in_order(tmp_path: Path) -> None:
+    """The next segment file is /dev/full (ENOSPC): the write fails, is counted, and the
+    samples wait in memory, in order, until acknowledged."""
+    spool = _open(tmp_path)
+    os.symlink("/dev/full", tmp_path / "seg-0000000000000000.log")
+    items = _payloads(3)
+    for p in items:
+        spool.append(p)
+    assert spool.write_errors == 1  # later samples follow the first into memory
+    assert len(spool) == 3
+    assert _drain(spool) == items
+    assert len(spool) == 0
+
+
+@pytest.mark.parametrize("content", ["not a number\n", ""])
+def test_an_unreadable_epoch_file_moves_the_epoch_past_any_counter(
+    tmp_path: Path, content: str
+) -> None:
+    """A damaged epoch file: the wall clock in ms, above any count a counter reached."""
+    (tmp_path / "epoch").write_text(content)
+    spool = _open(tmp_path)
+    assert spool.epoch > 10**12
+    spool.close()
