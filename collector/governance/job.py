@@ -1,21 +1,24 @@
 """Governance state inside the collector: loaded from the store, usage kept from the live view.
 
-:class:`GovernanceJob` runs in the writer task before the alert rules, every evaluation
-interval. It reads one meta row (``governance_generation``, bumped by every command that
-writes tenants, quotas or leases) and reloads the whole state only when it moved; otherwise it
-touches no table. Usage on both bases comes from the in-memory :class:`LiveView`: inventories
-for the allocated basis, the latest samples for the measured one. Measured GPU-hours are read
+:class:`GovernanceJob` is a cycle of the evaluator (:mod:`collector.evaluate`), run before
+the alert rules, every evaluation interval. It reads one meta row (``governance_generation``,
+bumped by every command that writes tenants, quotas or leases) and reloads the whole state
+only when it moved; otherwise it touches no table. Usage on both bases comes from a snapshot
+of the live view, computed in a worker thread: inventories for the allocated basis, the
+latest samples for the measured one. Measured GPU-hours are read
 from the stored samples once per period kind (at start, or when a quota first asks for that
 period) and then integrated from the live view at each evaluation, so no evaluation re-reads
 samples.
 
 The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`), and a
-snapshot of both usages in meta ``governance_usage``, which ``collector quota show`` reads
-while it is fresh instead of recomputing the measured basis from the stored samples.
+snapshot of both usages in meta ``governance_usage`` (a :class:`UsageRecord` the writer
+stores), which ``collector quota show`` reads while it is fresh instead of recomputing the
+measured basis from the stored samples.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -43,7 +46,7 @@ from shared.schema import Inventory, Sample
 if TYPE_CHECKING:
     from collector.store.db import Store
 
-__all__ = ["GovernanceJob", "GovernanceView", "node_measure"]
+__all__ = ["GovernanceJob", "GovernanceView", "UsageRecord", "node_measure"]
 
 log = get_logger("governance")
 
@@ -111,12 +114,23 @@ def _sample_measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """The usage snapshot for ``collector quota show``: one meta row, for the writer."""
+
+    text: str
+    name: str = "governance"
+
+    async def write(self, store: Store) -> None:
+        """Store the snapshot."""
+        await store.write_batch([], meta=[(USAGE_KEY, self.text)])
+
+
 class GovernanceJob:
-    """Keeps :attr:`view` current; a writer job (see the module docstring)."""
+    """Keeps :attr:`view` current; an evaluator cycle (see the module docstring)."""
 
     def __init__(
         self,
-        live: LiveView,
         clock: Clock,
         *,
         interval_s: float = 5.0,
@@ -135,7 +149,6 @@ class GovernanceJob:
         """How many times the state was (re)loaded from the store (tests wait on it)."""
         self.unreadable = 0
         """How many store changes left the state unreadable (a hand-edited row)."""
-        self._live = live
         self._clock = clock
         self._busy = busy_util_pct
         self._stale = stale_intervals
@@ -151,8 +164,9 @@ class GovernanceJob:
         self._measured: dict[str, tuple[Sample, NodeMeasure]] = {}
         """Per node: the sample last measured, and its measure."""
 
-    async def __call__(self, store: Store) -> None:
-        """Reload if the store's governance changed; recompute usage and standings."""
+    async def __call__(self, store: Store, view: LiveView) -> UsageRecord | None:
+        """Reload if the store's governance changed; recompute usage and standings from
+        ``view`` (a snapshot) in a worker thread."""
         now = self._clock.time()
         self.interval_s = self._interval_s
         generation = await generation_async(store.fetchall)
@@ -181,9 +195,13 @@ class GovernanceJob:
         if not gov.leases:
             self.view = GovernanceView(gov=gov, at=now)
             self._last = now
-            return
+            return None
         if not self._restored:
             await self._restore_hours(store)
+        return UsageRecord(await asyncio.to_thread(self._usage, gov, view, now))
+
+    def _usage(self, gov: Governance, live: LiveView, now: float) -> str:
+        """The pure part: usage, standings and :attr:`view`; returns the snapshot's text."""
         holder = {n: t for t, nodes in gov.tenant_nodes(now).items() for n in nodes}
         for tenant in gov.tenants:
             start = period_start(gov.period_of(tenant), now)
@@ -197,7 +215,7 @@ class GovernanceJob:
         hardware: dict[str, tuple[int, float]] = {}
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
         for node in leased:
-            st = self._live.get(node)
+            st = live.get(node)
             if st is None:
                 continue
             inv = st.inventory
@@ -210,11 +228,7 @@ class GovernanceJob:
                     cached = self._hardware[node] = (inv, (len(inv.gpus), limits))
                 hardware[node] = cached[1]
             sample = st.sample
-            if (
-                sample is None
-                or st.status == "offline"
-                or self._live.is_stale(st, now, self._stale)
-            ):
+            if sample is None or st.status == "offline" or live.is_stale(st, now, self._stale):
                 continue
             seen = self._measured.get(node)
             if seen is not None and seen[0] is sample:
@@ -250,7 +264,7 @@ class GovernanceJob:
             "usage": {u.basis: u.by_resource for u in (allocated, measured)},
             "gpu_hours": {t: [start, h] for t, (start, h) in self._hours.items()},
         }
-        await store.write_batch([], meta=[(USAGE_KEY, json.dumps(snapshot))])
+        return json.dumps(snapshot)
 
     async def _restore_hours(self, store: Store) -> None:
         """Take back the measured GPU-hours of the current periods from the last snapshot
