@@ -1,10 +1,10 @@
 """The evaluator: the periodic cycles (governance, alert rules, capacity) beside the writer.
 
-One task of the collector's ``TaskGroup``. Each time a cycle is due it takes a
+One task of the collector's ``TaskGroup``. It runs the due cycles in order, each on a fresh
 :meth:`~collector.live.LiveView.snapshot` of the live view (immutable, so a cycle can read it
-from a worker thread while the writer goes on storing and updating the view), runs the due
-cycles in order, and puts what each made for the store on the writer's queue as a
-:class:`~collector.ingest.writer.Record`: the writer only writes it. A cycle reads the store
+from a worker thread while the writer goes on storing and updating the view), and puts what
+each made for the store on the writer's queue as a :class:`~collector.ingest.writer.Record`:
+the writer only writes it. A cycle reads the store
 through its own read-only connection (WAL: readers never wait for the writer), and runs its
 heavy pure work with :func:`asyncio.to_thread`, so neither storing nor acknowledging waits for
 an evaluation.
@@ -101,10 +101,11 @@ class PeriodicEvaluator:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
                 continue
-            view = self._live.snapshot()
             for i, cycle in enumerate(self._cycles):
                 if mono() >= due[i]:
-                    await self._run(cycle, view)
+                    # A snapshot per cycle (a dict copy): one taken before a long governance
+                    # cycle would make every node look older to the alert rules after it.
+                    await self._run(cycle, self._live.snapshot())
                     due[i] = mono() + cycle.interval_s
 
     async def _run(self, cycle: Cycle, view: LiveView) -> None:

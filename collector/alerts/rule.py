@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from collector.alerts.fingerprint import fingerprint_of_items
+from collector.cooperate import YIELD_EVERY, yield_gil
 
 if TYPE_CHECKING:
     from collector.live import LiveView
@@ -213,7 +214,9 @@ class Evaluator:
             rule = self.rules.get(name)
             seen: set[_Key] = set()
             if rule is not None:
-                for inst in rule.condition(view, now):
+                for i, inst in enumerate(rule.condition(view, now), 1):
+                    if not i % YIELD_EVERY:
+                        yield_gil()  # the evaluator runs this in a thread: collector.cooperate
                     change = self._active(rule, inst, by_key, seen, now)
                     if change is not None:
                         out.append(change)

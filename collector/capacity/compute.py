@@ -38,6 +38,7 @@ from collector.capacity.picture import (
     StaleBasis,
     TypeDraw,
 )
+from collector.cooperate import YIELD_EVERY, yield_gil
 from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
 
 if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
@@ -201,7 +202,9 @@ def compute_picture(
     draws: list[NodeDraw] = []
     fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
     rack_cache: dict[str, tuple[str, float | None]] = {}
-    for st in nodes:
+    for i, st in enumerate(nodes):
+        if not i % YIELD_EVERY:
+            yield_gil()  # the evaluator runs this in a thread: see collector.cooperate
         if st.reject_only or st.node in exclude:
             continue
         inv = st.inventory

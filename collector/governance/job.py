@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from collector.cooperate import YIELD_EVERY, yield_gil
 from collector.governance.report import QuotaStanding, standings
 from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
@@ -214,7 +215,9 @@ class GovernanceJob:
         measures: dict[str, NodeMeasure] = {}
         hardware: dict[str, tuple[int, float]] = {}
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
-        for node in leased:
+        for i, node in enumerate(leased):
+            if not i % YIELD_EVERY:
+                yield_gil()  # runs in the evaluator's thread: see collector.cooperate
             st = live.get(node)
             if st is None:
                 continue
