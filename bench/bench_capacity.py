@@ -30,7 +30,7 @@ from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import CapacityJob
 from collector.capacity.whatif import what_if
 from collector.evaluate import run_once
-from collector.ingest.validate import Accepted, Ingestor
+from collector.ingest.validate import Ingestor
 from collector.live import LiveView
 from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.clock import SystemClock
@@ -125,12 +125,11 @@ async def _fill(db: Path, messages: list[tuple[str, bytes]]) -> None:
     rows, updates, nodes = [], [], set()
     for topic, payload in messages:
         item = ingestor.handle(topic, payload)
-        row = item.row if isinstance(item, Accepted) else None
-        if isinstance(row, SampleRow):
-            rows.append(row)
-            nodes.add(row.node)
-        elif isinstance(row, NodeUpdate):
-            updates.append(row)
+        if isinstance(item, SampleRow):
+            rows.append(item)
+            nodes.add(item.node)
+        elif isinstance(item, NodeUpdate):
+            updates.append(item)
     async with Store(db) as store:
         await store.write_batch(rows, updates, sorted(nodes))
 

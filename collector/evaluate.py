@@ -9,10 +9,11 @@ through its own read-only connection (WAL: readers never wait for the writer), a
 heavy pure work with :func:`asyncio.to_thread`, so neither storing nor acknowledging waits for
 an evaluation.
 
-What a cycle sees: the live view holds exactly what the writer has committed (it is fed after
-each commit), as of the snapshot. What its record says reaches the store after the samples
-queued before it; a record still queued when the writer stops is dropped, as if that cycle
-had not run (its notifications are sent only once it is committed).
+What a cycle sees: the live view as of its snapshot, which holds every message validated so
+far (:mod:`collector.ingest.validate` says exactly how that differs from what is committed).
+What its record says reaches the store after the samples queued before it; a record still
+queued when the writer stops is dropped, as if that cycle had not run (its notifications are
+sent only once it is committed).
 
 A cycle that fails is logged and counted under ``job_failed_<name>``; the others go on. A
 store that cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.

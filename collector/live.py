@@ -1,6 +1,8 @@
 """The collector's in-memory view of the fleet: what alert rules and capacity read.
 
-The writer calls ``on_*`` after each commit, so the view never holds what the store does not.
+The ingest validator calls ``on_*`` as each message is validated, just before the writer
+stores it (:mod:`collector.ingest.validate` says exactly what the rules may see, and why not
+after the commit).
 Per node it keeps the latest sample (and when it arrived, on the collector's clock), the
 status and inventory, the last known ECC and row-remapping state per GPU (agents send those
 only on slow ticks), recent XID events, and reject counts per reason in fixed time buckets.
@@ -11,9 +13,9 @@ valid message needs the room; when every slot holds a real node, the newcomer is
 counted in :attr:`LiveView.refused`. Per node: at most ``max_reasons`` reject reasons x
 ``reject_buckets`` buckets and the last ``max_xids`` XID events.
 
-Pure data: no I/O, no locks. One task (the writer) updates it; the evaluator reads a
-:meth:`LiveView.snapshot`, in a worker thread, while the writer goes on. That is safe without
-locks because a :class:`NodeState` in the view is never changed: an update stores a changed
+Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
+reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
+without locks because a :class:`NodeState` in the view is never changed: an update stores a changed
 copy of it in the view's dict (copy on write, its containers too), and a snapshot is a copy
 of that dict, a few hundred microseconds at 12,500 nodes.
 """
@@ -152,7 +154,7 @@ class LiveView:
         copy._nodes = dict(self._nodes)
         return copy
 
-    # -- updates (the writer, after a commit): each stores a changed copy of the node state
+    # -- updates (the validator): each stores a changed copy of the node state
 
     def on_sample(self, sample: Sample, received: float) -> bool:
         """Hold ``sample`` as its node's latest unless an equal or newer one is held.

@@ -2,10 +2,9 @@
 
 It takes units off the reader's bounded queue, commits as many as are waiting (up to
 ``batch_max_rows`` sample rows) in one transaction, and only then acknowledges their
-messages, on the connection each came from, and shows them to the live view
-(:meth:`Ingestor.committed`): the rules never see a message the store refused. Between
-batches it does its own small upkeep: retention (one small chunk at a time, so ingestion
-never waits long), counters and the quarantine bound. One owner, so no locks.
+messages, on the connection each came from. Between batches it does its own small upkeep:
+retention (one small chunk at a time, so ingestion never waits long), counters and the
+quarantine bound. One owner, so no locks.
 
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
@@ -33,7 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 from collector.ingest.reader import MetaItem, StopUnit, Unit
-from collector.ingest.validate import Accepted, Ingestor, Item, Rejected
+from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -202,16 +201,15 @@ class Writer:
         quarantine: list[QuarantineRow] = []
         meta: list[tuple[str, str]] = []
         for item in items:
-            row = item.row if isinstance(item, Accepted) else item
-            if isinstance(row, SampleRow):
-                rows.append(row)
-            elif isinstance(row, Rejected):
-                quarantine.append(row.quarantine)
-            elif isinstance(row, NodeUpdate):
-                prev = updates.get(row.node)
-                updates[row.node] = row if prev is None else _merge(prev, row)
+            if isinstance(item, SampleRow):
+                rows.append(item)
+            elif isinstance(item, Rejected):
+                quarantine.append(item.quarantine)
+            elif isinstance(item, NodeUpdate):
+                prev = updates.get(item.node)
+                updates[item.node] = item if prev is None else _merge(prev, item)
             else:
-                meta.append((row.key, row.value))
+                meta.append((item.key, item.value))
         new_nodes = {r.node for r in rows} - self._known_nodes
         try:
             inserted = await self._store.write_batch(
@@ -230,24 +228,24 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return
         self._known_nodes |= new_nodes
-        self._ingestor.committed(items)
         self.counters["stored"] += inserted
         self.counters["duplicates"] += len(rows) - inserted
         self.counters["quarantined"] += len(quarantine)
 
     async def _quarantine_poison(self, item: Item | MetaItem, exc: StoreError) -> None:
         """One message the store refused: keep what we can of it in quarantine, ack it."""
-        row = item.row if isinstance(item, Accepted) else item
-        if isinstance(row, SampleRow):
-            topic, payload = sample_topic(row.node), row.payload
-        elif isinstance(row, NodeUpdate):
-            topic = status_topic(row.node) if row.inventory is None else inventory_topic(row.node)
-            payload = row.inventory or (row.status or "").encode()
-        elif isinstance(row, Rejected):
-            q = row.quarantine
+        if isinstance(item, SampleRow):
+            topic, payload = sample_topic(item.node), item.payload
+        elif isinstance(item, NodeUpdate):
+            topic = (
+                status_topic(item.node) if item.inventory is None else inventory_topic(item.node)
+            )
+            payload = item.inventory or (item.status or "").encode()
+        elif isinstance(item, Rejected):
+            q = item.quarantine
             topic, payload = q.topic, q.payload_head
         else:
-            topic, payload = f"meta/{row.key}", row.value.encode()
+            topic, payload = f"meta/{item.key}", item.value.encode()
         rejected = self._ingestor.reject("store_refused", topic, payload, str(exc))
         try:
             await self._store.write_batch([], quarantine=[rejected.quarantine])
@@ -255,7 +253,6 @@ class Writer:
             # Not even a quarantine row can be written: the store is broken, not the message.
             log.error("store_failed", error=str(again), after=str(exc))
             raise StoreError(str(again), fatal=True, exit_code=1) from again
-        self._ingestor.committed([rejected])
         self.counters["quarantined"] += 1
 
     async def flush_counters(self) -> None:

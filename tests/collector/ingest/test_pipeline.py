@@ -17,12 +17,11 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.ingest.packets import Message
 from collector.ingest.reader import StopUnit, Unit
-from collector.ingest.validate import Accepted, Ingestor, sample_row
+from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
-from collector.live import LiveView
 from collector.service import Collector
 from collector.settings import CollectorSettings
-from collector.store.db import SampleRow, Store
+from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
 from shared.schema import encode
@@ -233,14 +232,8 @@ class _Link:
         self.acked.extend(packet_ids)
 
 
-def _accepted(sim: FleetSimulator, i: int, ts: float) -> Accepted:
-    """Node ``i``'s sample at ``ts`` as the validator passes it on, received at T0."""
-    s = sim.sample(i, ts, 0)
-    return Accepted(sample_row(s, encode(s), T0), s, T0)
-
-
-async def _run_writer(store: Store, units: list[Unit], live: LiveView | None = None) -> Writer:
-    ingestor = Ingestor(FakeClock(start_wall=T0), live=live)
+async def _run_writer(store: Store, units: list[Unit]) -> Writer:
+    ingestor = Ingestor(FakeClock(start_wall=T0))
     queue: asyncio.Queue[WriterItem] = asyncio.Queue()
     for unit in units:
         queue.put_nowait(unit)
@@ -256,22 +249,23 @@ async def test_a_row_sqlite_refuses_is_found_by_bisection_and_quarantined(
 ) -> None:
     """One unstorable row among 64: the other 63 are stored, it is quarantined, all acked."""
     sim = FleetSimulator(64, gpus_per_node=2, seed=8, interval_s=5)
-    rows = [_accepted(sim, i, T0 - 10) for i in range(64)]
+    rows = []
+    for i in range(64):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
     # Past int64: what a validation gap once let through, and what crashed the writer.
-    poison = rows[41].row
-    assert isinstance(poison, SampleRow)
-    rows[41] = rows[41]._replace(row=poison._replace(gpu_mem_used_bytes=2**64))
+    rows[41] = rows[41]._replace(gpu_mem_used_bytes=2**64)
     link = _Link()
     unit = Unit(link, list(rows), list(range(1, 65)))
     async with Store(tmp_path / "c.db") as store:
         writer = await _run_writer(store, [unit])
     assert count_samples(tmp_path / "c.db") == 63
     assert db_rows(
-        tmp_path / "c.db", "SELECT count(*) FROM samples WHERE node = ?", (rows[41].row.node,)
+        tmp_path / "c.db", "SELECT count(*) FROM samples WHERE node = ?", (rows[41].node,)
     ) == [(0,)]
     quarantined = db_rows(tmp_path / "c.db", "SELECT node, reason, detail FROM quarantine")
     assert len(quarantined) == 1
-    assert quarantined[0][:2] == (rows[41].row.node, "store_refused")
+    assert quarantined[0][:2] == (rows[41].node, "store_refused")
     assert "OverflowError" in quarantined[0][2]
     assert link.acked == list(range(1, 65))
     assert writer.counters["store_bisections"] >= 6  # log2(64) levels down to one row
@@ -282,7 +276,10 @@ async def test_a_store_that_cannot_be_written_stops_without_acking(tmp_path: Pat
     """Disk full: the writer raises a fatal StoreError and acknowledges nothing."""
     db = tmp_path / "c.db"
     sim = FleetSimulator(200, gpus_per_node=8, seed=3, interval_s=5)
-    rows = [_accepted(sim, i, T0 - 10) for i in range(200)]
+    rows = []
+    for i in range(200):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
     link = _Link()
     async with Store(db) as store:
         pages = (await store.fetchall("PRAGMA page_count"))[0][0]
@@ -352,27 +349,22 @@ def test_per_node_reject_counts_are_bounded() -> None:
 
 
 async def test_a_row_a_trigger_refuses_is_bisected_not_fatal(tmp_path: Path) -> None:
-    """An SQLite error about the data (a constraint) costs that row only, not the store;
-    the live view (what the rules read) gets the stored samples, and the refusal, only."""
+    """An SQLite error about the data (a constraint) costs that row only, not the store."""
     sim = FleetSimulator(40, gpus_per_node=2, seed=8, interval_s=5)
-    rows = [_accepted(sim, i, T0 - 10) for i in range(40)]
-    refused = rows[17].row.node
+    rows = []
+    for i in range(40):
+        s = sim.sample(i, T0 - 10, 0)
+        rows.append(sample_row(s, encode(s), T0))
+    refused = rows[17].node
     link = _Link()
-    live = LiveView()
     async with Store(tmp_path / "c.db") as store:
         await store.conn.execute(
             "CREATE TRIGGER refuse BEFORE INSERT ON samples WHEN NEW.node = "
             f"'{refused}' BEGIN SELECT RAISE(ABORT, 'refused by policy'); END"
         )
         await store.conn.commit()
-        await _run_writer(store, [Unit(link, list(rows), list(range(1, 41)))], live)
+        await _run_writer(store, [Unit(link, list(rows), list(range(1, 41)))])
     assert count_samples(tmp_path / "c.db") == 39
-    held = {st.node for st in live.nodes() if st.sample is not None}
-    assert held == set(sim.node_ids) - {refused}
-    st = live.get(refused)
-    assert st is not None
-    assert st.sample is None
-    assert live.rejects(st, T0, 60, "store_refused") == 1
     assert db_rows(tmp_path / "c.db", "SELECT node, reason FROM quarantine") == [
         (refused, "store_refused")
     ]
