@@ -29,6 +29,7 @@ from agent.simulate import FleetSimulator
 from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import CapacityJob
 from collector.capacity.whatif import what_if
+from collector.evaluate import run_once
 from collector.ingest.validate import Ingestor
 from collector.live import LiveView
 from collector.store.db import NodeUpdate, SampleRow, Store
@@ -133,14 +134,16 @@ async def _fill(db: Path, messages: list[tuple[str, bytes]]) -> None:
         await store.write_batch(rows, updates, sorted(nodes))
 
 
-async def _cycles(job: CapacityJob, db: Path, runs: int) -> tuple[float, float]:
+async def _cycles(job: CapacityJob, view: LiveView, db: Path, runs: int) -> tuple[float, float]:
     """Median CPU ms and wall ms of one whole cycle (picture, solves, snapshot write)."""
     cpu, wall = [], []
     async with Store(db) as store:
-        await job(store)  # warm: type matching cached per inventory, as in the collector
+        await run_once(
+            job, store, view
+        )  # warm: type matching cached per inventory, as in the collector
         for _ in range(runs):
             t0, c0 = time.perf_counter(), time.process_time()
-            await job(store)
+            await run_once(job, store, view)
             wall.append((time.perf_counter() - t0) * 1e3)
             cpu.append((time.process_time() - c0) * 1e3)
     return statistics.median(cpu), statistics.median(wall)
@@ -167,10 +170,10 @@ def main() -> None:
         now = time.time()
         messages: list[tuple[str, bytes]] = []
         view = fleet_view(now, messages)
-        job = CapacityJob(cplan, view, SystemClock(), interval_s=30.0)
+        job = CapacityJob(cplan, SystemClock(), interval_s=30.0)
         db = Path(tmp) / "capwatch.db"
         asyncio.run(_fill(db, messages))
-        cpu_ms, wall_ms = asyncio.run(_cycles(job, db, 15))
+        cpu_ms, wall_ms = asyncio.run(_cycles(job, view, db, 15))
         p = job.state.picture
         assert p is not None
         kinds = ", ".join(f"{t.nodes:,} {t.node_type}" for t in p.types)

@@ -73,9 +73,18 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-class _Collector:
+class CollectorProcess:
+    """``collector run`` as a child process against ``broker``, logging to ``log``."""
+
     def __init__(
-        self, broker: MosquittoBroker, db: Path, log: Path, synchronous: str = "full"
+        self,
+        broker: MosquittoBroker,
+        db: Path,
+        log: Path,
+        synchronous: str = "full",
+        *,
+        log_level: str = "warning",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = [
             str(BIN / "collector"),
@@ -87,10 +96,10 @@ class _Collector:
             "--db",
             str(db),
             "--log-level",
-            "warning",
+            log_level,
         ]
         self.log = log
-        self.env = {**os.environ, "CAPWATCH_SQLITE_SYNCHRONOUS": synchronous}
+        self.env = {**os.environ, "CAPWATCH_SQLITE_SYNCHRONOUS": synchronous, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
@@ -127,7 +136,7 @@ def _wait_stored(
     return n, time.monotonic() - t0
 
 
-def _wait_subscribed(db: Path, timeout_s: float = 30.0) -> None:
+def wait_subscribed(db: Path, timeout_s: float = 60.0) -> None:
     """Until the collector has stored the fact that it holds a broker session."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
@@ -147,9 +156,9 @@ def bench_drain(work: Path, nodes: int, ticks: int, synchronous: str) -> dict[st
     inflight = int(os.environ.get("BENCH_INFLIGHT", "1000"))
     with MosquittoBroker(work / "broker-drain", max_inflight=inflight) as broker:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
-        col = _Collector(broker, db, work / "collector-drain.log", synchronous)
+        col = CollectorProcess(broker, db, work / "collector-drain.log", synchronous)
         col.start()
-        _wait_subscribed(db)  # the broker now keeps a session for it
+        wait_subscribed(db)  # the broker now keeps a session for it
         col.stop()
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
         t0 = time.monotonic()
@@ -191,9 +200,9 @@ def bench_live(work: Path, nodes: int, seconds: int, synchronous: str) -> dict[s
     db = work / "live.db"
     with MosquittoBroker(work / "broker-live") as broker:
         mqtt = MqttSettings(host=broker.host, port=broker.port)
-        col = _Collector(broker, db, work / "collector-live.log", synchronous)
+        col = CollectorProcess(broker, db, work / "collector-live.log", synchronous)
         col.start()
-        _wait_subscribed(db)
+        wait_subscribed(db)
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=8, interval_s=1.0)
         t0 = time.monotonic()
         stats = asyncio.run(publish_fleet(mqtt, sim, ticks=seconds, burst=False))

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from agent.simulate import FleetSimulator
+from collector.evaluate import run_once
 from collector.governance.job import GovernanceJob
 from collector.governance.lease import LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease
@@ -46,7 +47,8 @@ TENANTS = 50
 COHORTS = 5
 
 
-async def _build(db: Path, minutes: int) -> None:
+async def build_store(db: Path, minutes: int) -> None:
+    """12,500 nodes with ``minutes`` of samples, 50 tenants in 5 cohorts, each leasing 250."""
     sim = FleetSimulator(NODES, gpus_per_node=8, seed=3, interval_s=60)
     now = time.time()
     async with Store(db) as store:
@@ -101,13 +103,13 @@ async def _collector_snapshot(db: Path) -> float:
         live.on_inventory(sim.inventory(i, now), now)
         live.on_sample(sim.sample(i, now, int(now) // 60), now)
     async with Store(db) as store:
-        job = GovernanceJob(live, SystemClock())
-        await job(store)  # loads the state and the period's GPU-hours
+        job = GovernanceJob(SystemClock())
+        await run_once(job, store, live)  # loads the state and the period's GPU-hours
         later = now + 5.0
         for i in range(NODES):  # every node sent a new sample since: nothing cached
             live.on_sample(sim.sample(i, later, int(later) // 60 + 1), later)
         t0 = time.perf_counter()
-        await job(store)
+        await run_once(job, store, live)
         return time.perf_counter() - t0
 
 
@@ -133,7 +135,7 @@ def main() -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(args.db) + suffix).unlink(missing_ok=True)
         t0 = time.perf_counter()
-        asyncio.run(_build(args.db, args.minutes))
+        asyncio.run(build_store(args.db, args.minutes))
         print(f"built {args.db}: {NODES} nodes, {NODES * args.minutes} samples, "
               f"{TENANTS} tenants in {time.perf_counter() - t0:.1f} s")  # fmt: skip
     collector = str(BIN / "collector")

@@ -332,7 +332,7 @@ class CollectorMetrics:
         self.oldest_received: float | None = None
         self.name = "store_stats"
         self.interval_s = 10.0
-        """As a writer :class:`~collector.ingest.writer.Job`: the oldest row is read this often."""
+        """As an evaluator :class:`~collector.evaluate.Cycle`: the oldest row is read this often."""
         self._timeout_s = timeout_s
         self._sources: list[FamilySource] = []
         self._writer: Writer | None = None
@@ -358,8 +358,8 @@ class CollectorMetrics:
         """The writer's hook: one batch committed in ``seconds``."""
         self.commit_seconds.observe(seconds)
 
-    async def __call__(self, store: Store) -> None:
-        """The writer job: read the oldest sample's arrival time (one index descent)."""
+    async def __call__(self, store: Store, view: LiveView) -> None:
+        """The evaluator cycle: read the oldest sample's arrival time (one index descent)."""
         self.oldest_received = await oldest_sample_received(store)
 
     def ready(self) -> tuple[bool, str]:
@@ -385,7 +385,6 @@ class CollectorMetrics:
         listen = self.collector.settings.metrics_listen
         assert listen is not None
         host, port = parse_listen(listen, field="metrics_listen")
-        # Before the writer's task starts, so the connection is ours for one statement.
         self.oldest_received = await oldest_sample_received(self.store)
         expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)

@@ -6,8 +6,8 @@ Data path (one way, through bounded queues)::
         --> SQLite (WAL, synchronous=FULL), then PUBACK for every message of the batch
 
 :class:`Collector` builds what must be right before anything runs (the TLS context, the
-store and its migrations), then runs the reader and the writer as two named tasks of one
-``TaskGroup`` until :meth:`Collector.stop`. Messages are acknowledged only after the commit
+store and its migrations), then runs the reader, the writer and the evaluator as named tasks
+of one ``TaskGroup`` until :meth:`Collector.stop`. Messages are acknowledged only after the commit
 that stored (or quarantined) them, so a crash, a kill or a power cut at any point loses
 nothing the broker was told is stored: the broker redelivers the rest to the next collector
 with the same client id, and the store drops the duplicates.
@@ -16,8 +16,13 @@ Alert notifications leave through a third task, the webhook delivery (only when 
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
 outcomes on the writer's queue; it never writes the store and the writer never waits for it.
 
-With ``capacity.plan`` set, the writer also runs the capacity job (the live power picture
-against the site's cap, one snapshot per cycle) and the capacity rules join the alert rules.
+The evaluator (:mod:`collector.evaluate`) runs the periodic cycles beside the writer:
+governance, the alert rules and, with ``capacity.plan`` set, the capacity job (the live power
+picture against the site's cap; the capacity rules join the alert rules). It reads a
+snapshot of the live view and the store through its own read-only connection, and puts
+what they make for the store on the writer's queue: the writer only writes and acknowledges.
+Once the writer has stopped, the evaluator is cancelled (a record it still had queued is
+dropped, as if that cycle had not run).
 
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
@@ -41,18 +46,12 @@ from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator
 from collector.capacity.job import CapacityJob
 from collector.capacity.rules import capacity_rules
+from collector.evaluate import Cycle, PeriodicEvaluator
 from collector.governance.job import GovernanceJob
 from collector.governance.rules import governance_rules
-from collector.ingest.reader import (
-    FILTERS_META_KEY,
-    Connect,
-    FilterState,
-    Reader,
-    Subscriber,
-    WriterItem,
-)
+from collector.ingest.reader import FILTERS_META_KEY, Connect, FilterState, Reader, Subscriber
 from collector.ingest.validate import Ingestor
-from collector.ingest.writer import Writer
+from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
@@ -97,7 +96,6 @@ class Collector:
             live=self.live,
         )
         self.governance = GovernanceJob(
-            self.live,
             self.clock,
             interval_s=settings.governance.eval_interval_s,
             first_interval_s=settings.alerts.eval_interval_s,
@@ -109,7 +107,7 @@ class Collector:
         """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
         rules = builtin_rules(settings.alerts, settings.staleness())
         if settings.capacity.plan is not None:
-            self.capacity = _capacity_job(settings, self.live, self.clock, self.ingestor.counters)
+            self.capacity = _capacity_job(settings, self.clock, self.ingestor.counters)
             rules += capacity_rules(self.capacity.state, settings.capacity)
         rules += governance_rules(lambda: self.governance.view, settings.governance)
         self.evaluator = Evaluator(rules)
@@ -218,7 +216,6 @@ class Collector:
                 )
             alerts = AlertJob(
                 self.evaluator,
-                self.live,
                 self.clock,
                 interval_s=s.alerts.eval_interval_s,
                 counters=self.counters,
@@ -266,21 +263,29 @@ class Collector:
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
                 extra_counters=self._queue_depth,
-                jobs=[
-                    self.governance,  # first: the governance rules read its view
-                    alerts,
-                    *([] if self.capacity is None else [self.capacity]),
-                    *([] if metrics is None else [metrics]),
-                ],
                 on_commit=None if metrics is None else metrics.on_commit,
             )
+            cycles: list[Cycle] = [
+                self.governance,  # first: the governance rules read its view
+                alerts,
+                *([] if self.capacity is None else [self.capacity]),
+                *([] if metrics is None else [metrics]),
+            ]
             serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
-            async with serving, asyncio.TaskGroup() as tg:
+            async with (
+                Store.open_readonly(s.db_path) as reads,
+                serving,
+                asyncio.TaskGroup() as tg,
+            ):
+                evaluator = PeriodicEvaluator(
+                    cycles, self.live, reads, self._queue, self.clock, counters=self.counters
+                )
                 if self.notifier is not None:
                     alive = _writer_alive(writer, self.clock, s.metrics_ready_commit_s)
                     tg.create_task(self.notifier.run(alive, self._stop), name="sd-notify")
                 tg.create_task(reader.run(), name="mqtt-reader")
-                tg.create_task(_write_then(writer, delivery, push), name="store-writer")
+                evaluating = tg.create_task(evaluator.run(), name="evaluator")
+                tg.create_task(_write_then(writer, delivery, push, evaluating), name="store-writer")
                 if delivery is not None:
                     tg.create_task(delivery.run(), name="webhook-delivery")
                 if push is not None:
@@ -326,9 +331,7 @@ def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], 
     return alive
 
 
-def _capacity_job(
-    settings: CollectorSettings, live: LiveView, clock: Clock, counters: Counter[str]
-) -> CapacityJob:
+def _capacity_job(settings: CollectorSettings, clock: Clock, counters: Counter[str]) -> CapacityJob:
     """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
 
@@ -342,7 +345,6 @@ def _capacity_job(
         ) from exc
     return CapacityJob(
         cplan,
-        live,
         clock,
         interval_s=c.interval_s,
         keep_s=c.keep_s,
@@ -353,13 +355,17 @@ def _capacity_job(
 
 
 async def _write_then(
-    writer: Writer, delivery: Delivery | None, push: AlertmanagerPush | None
+    writer: Writer,
+    delivery: Delivery | None,
+    push: AlertmanagerPush | None,
+    evaluating: asyncio.Task[None],
 ) -> None:
-    """Run the writer; once it has stopped, stop the delivery (its outcomes have no taker)
-    and the Alertmanager push (no more alerts come)."""
+    """Run the writer; once it has stopped, stop the evaluator, the delivery (their records
+    have no taker) and the Alertmanager push (no more alerts come)."""
     try:
         await writer.run()
     finally:
+        evaluating.cancel()
         if delivery is not None:
             delivery.stop()
         if push is not None:

@@ -1,10 +1,11 @@
 """The alert rules at work in the collector: evaluate on the live view, record the changes.
 
-:class:`AlertJob` runs inside the writer task (it owns the store's connection) every
-``interval_s``: one :meth:`Evaluator.evaluate` over the in-memory :class:`LiveView` (never
-the store), then the state changes in one transaction (``alerts`` holds what is pending or
-firing, ``alert_history`` every change). On start it restores the pending and firing alerts
-of the previous run, so a restarted collector neither forgets nor re-announces them.
+:class:`AlertJob` is a cycle of the evaluator (:mod:`collector.evaluate`), every
+``interval_s``: one :meth:`Evaluator.evaluate` over a snapshot of the live view (never the
+store), in a worker thread; the state changes come back as an :class:`AlertRecord` that the
+writer commits in one transaction (``alerts`` holds what is pending or firing,
+``alert_history`` every change). On start it restores the pending and firing alerts of the
+previous run, so a restarted collector neither forgets nor re-announces them.
 
 Notifications: the firing alerts and the resolutions go to the :class:`Dispatcher` (routes,
 groups, the notification log); the silences in force are read back at every evaluation (one
@@ -12,15 +13,18 @@ indexed query) and, with the inhibit rules (default: ``NodeOffline`` mutes its n
 alerts. Alertmanagers (``push``) get every firing alert and resolution, unmuted. Each group
 flush that sends becomes one outbox row per receiver of its route (the webhook body, fixed
 once, and an idempotency key), written with the notification log entry in the same
-transaction as the changes; after the commit they are offered to the delivery task (``notify``).
+transaction as the changes; after the commit they are offered to the delivery task (``notify``),
+and the Alertmanagers get their update.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from collector.alerts.group import Dispatcher, Flush, GroupAlert, Notified
@@ -45,7 +49,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collector.settings import ReceiverSettings
 
-__all__ = ["AlertJob"]
+__all__ = ["AlertJob", "AlertRecord"]
 
 log = get_logger("alerts")
 
@@ -71,13 +75,32 @@ def _change(t: Transition) -> AlertChange:
     )
 
 
+@dataclass(slots=True)
+class AlertRecord:
+    """One evaluation's changes and notifications, for the writer (see :meth:`write`)."""
+
+    job: AlertJob
+    now: float
+    transitions: list[Transition]
+    outbox: list[OutboxNew]
+    groups: list[GroupLog]
+    forget_groups: list[str]
+    flushes: list[Flush]
+    firing: list[GroupAlert]
+    resolved: list[GroupAlert]
+    name: str = "alerts"
+
+    async def write(self, store: Store) -> None:
+        """Commit the changes, then hand the notifications on (see the module docstring)."""
+        await self.job._recorded(store, self)  # the job's other half
+
+
 class AlertJob:
     """Evaluates the rules every ``interval_s`` and records the changes; see the module."""
 
     def __init__(
         self,
         evaluator: Evaluator,
-        view: LiveView,
         clock: Clock,
         *,
         interval_s: float = 5.0,
@@ -102,7 +125,6 @@ class AlertJob:
         self._push = push
         self.interval_s = interval_s
         self._evaluator = evaluator
-        self._view = view
         self._clock = clock
         self._keep_history_s = keep_history_s
         self.counters: Counter[str] = Counter() if counters is None else counters
@@ -144,12 +166,18 @@ class AlertJob:
             log.info("alerts_restored", alerts=len(states))
         return len(states)
 
-    async def __call__(self, store: Store) -> None:
-        """One evaluation; its changes and notifications are recorded before the next one."""
+    async def __call__(self, store: Store, view: LiveView) -> AlertRecord:
+        """One evaluation of ``view`` (a snapshot); ``store`` is read for the silences."""
         now = self._clock.time()
-        transitions = self._evaluator.evaluate(self._view, now)
+        silences = await self._silences(store, now)
+        record = await asyncio.to_thread(self._evaluate, view, now, silences)
         self.counters["alert_evaluations"] += 1
-        self.counters["alert_changes"] += len(transitions)
+        self.counters["alert_changes"] += len(record.transitions)
+        return record
+
+    def _evaluate(self, view: LiveView, now: float, silences: list[Silence]) -> AlertRecord:
+        """The pure part, in a worker thread: rules, life cycle, groups, webhook bodies."""
+        transitions = self._evaluator.evaluate(view, now)
         firing = [
             GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now)
             for s in self._evaluator.states()
@@ -161,31 +189,42 @@ class AlertJob:
             if t.state == "resolved"
         ]
         self._dispatcher.observe(firing, resolved, now)
-        silences = await self._silences(store, now)
         inhibitor = Inhibitor(self._inhibit_rules, ((a.fingerprint, a.labels) for a in firing))
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )
-        if transitions or flushes or logged or gone:
-            outbox = [n for f in flushes for n in self._notifications(f, now)]
-            groups = [
+        return AlertRecord(
+            self,
+            now,
+            transitions,
+            [n for f in flushes for n in self._notifications(f, now)],
+            [
                 GroupLog(key, json.dumps(sorted(n.firing)), json.dumps(sorted(n.resolved)), n.at)
                 for key, n in logged.items()
-            ]
+            ],
+            list(gone),
+            flushes,
+            firing,
+            resolved,
+        )
+
+    async def _recorded(self, store: Store, r: AlertRecord) -> None:
+        """The writer's half: the changes in one transaction, then what waited for it."""
+        if r.transitions or r.flushes or r.groups or r.forget_groups:
             entries = await store.write_alerts(
-                [_change(t) for t in transitions],
+                [_change(t) for t in r.transitions],
                 self._keep_history_s,
-                outbox,
-                now,
-                groups=groups,
-                forget_groups=gone,
+                r.outbox,
+                r.now,
+                groups=r.groups,
+                forget_groups=r.forget_groups,
             )
             if entries and self._notify is not None:
                 self._notify(entries)  # committed: now the delivery may send them
         if self._push is not None:
-            self._push(firing, resolved, now)
-        self.evaluated_at = now
-        for t in transitions:
+            self._push(r.firing, r.resolved, r.now)
+        self.evaluated_at = r.now
+        for t in r.transitions:
             if t.notify:
                 log.info(
                     "alert_" + t.state,
@@ -193,7 +232,7 @@ class AlertJob:
                     fingerprint=t.fingerprint,
                     labels=dict(t.labels),
                 )
-        for f in flushes:
+        for f in r.flushes:
             if f.route.receivers:
                 log.info("alert_group_notified", group_key=f.group_key, alerts=len(f.alerts))
 

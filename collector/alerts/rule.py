@@ -32,6 +32,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.alerts.fingerprint import fingerprints_of_items
+from collector.cooperate import YIELD_EVERY, yield_gil
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -199,10 +200,17 @@ class Evaluator:
                 raise ValueError(f"two rules are named {rule.name!r}")
             self.rules[rule.name] = rule
         self._states: dict[str, dict[_Key, AlertState]] = {name: {} for name in self.rules}
+        self._published: tuple[AlertState, ...] = ()
 
     def states(self) -> list[AlertState]:
-        """Every pending and firing alert."""
-        return [s for by_key in self._states.values() for s in by_key.values()]
+        """Every pending and firing alert, as of the last evaluation or restore.
+
+        Safe to call while :meth:`evaluate` runs in another thread (``/metrics`` does): it
+        reads a tuple that each evaluation replaces when done."""
+        return list(self._published)
+
+    def _publish(self) -> None:
+        self._published = tuple(s for by_key in self._states.values() for s in by_key.values())
 
     def restore(self, states: Iterable[AlertState], now: float, *, hold_s: float = 0.0) -> None:
         """Take over persisted pending and firing states, e.g. after a restart.
@@ -218,6 +226,7 @@ class Evaluator:
                 continue
             st.hold_until = now + hold_s if st.state == "firing" else 0.0
             self._states.setdefault(st.rule, {})[st.key] = st
+        self._publish()
 
     def evaluate(self, view: LiveView, now: float) -> list[Transition]:
         """One evaluation of every rule at ``now``: the state changes, in rule order."""
@@ -229,7 +238,9 @@ class Evaluator:
                 changed: list[AlertState] = []
                 before: list[State] = []
                 new_keys: list[_Key] = []
-                for inst in rule.condition(view, now):
+                for i, inst in enumerate(rule.condition(view, now), 1):
+                    if not i % YIELD_EVERY:
+                        yield_gil()  # the evaluator runs this in a thread: collector.cooperate
                     self._active(
                         rule,
                         inst,
@@ -246,6 +257,7 @@ class Evaluator:
                 out += map(_transition, changed, before, repeat(now))
             if len(seen) < len(by_key):
                 self._absent(rule, by_key, seen, now, out)
+        self._publish()
         return out
 
     def _active(

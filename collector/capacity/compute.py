@@ -40,6 +40,7 @@ from collector.capacity.picture import (
     StaleBasis,
     TypeDraw,
 )
+from collector.cooperate import YIELD_EVERY, yield_gil
 from collector.nodefacts import DEFAULT_STALENESS, Staleness, gpu_power_w
 from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
 
@@ -196,7 +197,9 @@ def compute_picture(
     draws: list[NodeDraw] = []
     fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
     rack_cache: dict[str, tuple[str, float | None]] = {}
-    for st in nodes:
+    for i, st in enumerate(nodes):
+        if not i % YIELD_EVERY:
+            yield_gil()  # the evaluator runs this in a thread: see collector.cooperate
         if st.reject_only or st.node in exclude:
             continue
         inv = st.inventory

@@ -1,14 +1,16 @@
 """The collector's capacity cycle: live picture, fixed-fleet solve, one snapshot row.
 
-:class:`CapacityJob` runs inside the writer task (like the alert job) every ``interval_s``
-(default 30 s) when a site plan is configured: it computes the :class:`Picture` from the
-in-memory live view (never the store), writes one ``capacity_snapshots`` row (and deletes
-rows older than ``keep_s``), and keeps the picture and a short history of IT draw in a
-:class:`CapacityState` that the capacity alert rules read.
+:class:`CapacityJob` is a cycle of the evaluator (:mod:`collector.evaluate`, like the alert
+job), every ``interval_s`` (default 30 s) when a site plan is configured: it computes the
+:class:`Picture` from a snapshot of the live view (never the store) in a worker thread, keeps
+it and a short history of IT draw in a :class:`CapacityState` that the capacity alert rules
+read, and hands the writer one ``capacity_snapshots`` row (a :class:`SnapshotRecord`; rows
+older than ``keep_s`` go in the same transaction).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -35,7 +37,7 @@ from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import Inventory, decode_inventory
 
-__all__ = ["CapacityJob", "CapacityState", "snapshot_row"]
+__all__ = ["CapacityJob", "CapacityState", "SnapshotRecord", "snapshot_row"]
 
 log = get_logger("capacity")
 
@@ -75,13 +77,40 @@ def snapshot_row(p: Picture) -> SnapshotRow:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    """One cycle's picture, for the writer: its snapshot row, then the log line."""
+
+    picture: Picture
+    row: SnapshotRow
+    keep_s: float
+    name: str = "capacity"
+
+    async def write(self, store: Store) -> None:
+        """Store the row (and delete the rows past ``keep_s``)."""
+        deleted = await write_snapshot(store, self.row, keep_s=self.keep_s)
+        p = self.picture
+        log.info(
+            "capacity_snapshot",
+            it_w=round(p.it_w),
+            cap_w=round(p.cap_w),
+            headroom_pct=round(p.headroom_pct, 2),
+            nodes=p.nodes,
+            stale=p.stale_nodes,
+            unmatched=p.unmatched_nodes,
+            clamped=p.clamped_nodes,
+            binding=p.binding,
+            deleted=deleted,
+            ms=round(p.compute_ms, 1),
+        )
+
+
 class CapacityJob:
-    """Computes and stores the live picture every ``interval_s``; see the module."""
+    """Computes the live picture every ``interval_s``; see the module."""
 
     def __init__(
         self,
         cplan: CapacityPlan,
-        view: LiveView,
         clock: Clock,
         *,
         state: CapacityState | None = None,
@@ -95,7 +124,6 @@ class CapacityJob:
         self.interval_s = interval_s
         self.state = state if state is not None else CapacityState()
         self._cplan = cplan
-        self._view = view
         self._clock = clock
         self._keep_s = keep_s
         self._staleness = staleness
@@ -106,22 +134,21 @@ class CapacityJob:
         self._inventories: dict[str, Inventory] = {}
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.cpu_ms = 0.0
-        """CPU time of the last cycle (picture, solve and snapshot write), ms."""
+        """CPU time of the last cycle's picture and solves (its worker thread), ms."""
 
-    def _nodes(self) -> Iterator[NodeState]:
+    def _nodes(self, view: LiveView) -> Iterator[NodeState]:
         """The live view's nodes, then those known from the store that it has not seen."""
-        view = self._view
         if not self._known:
             return view.nodes()
         for node in [n for n in self._known if n in view]:  # it reported: the view has it
             del self._known[node]
         return itertools.chain(view.nodes(), self._known.values())
 
-    def compute(self) -> Picture:
-        """The picture of the live view now (no store write)."""
+    def compute(self, view: LiveView) -> Picture:
+        """The picture of ``view`` now (no store write)."""
         return compute_picture(
             self._cplan,
-            self._nodes(),
+            self._nodes(view),
             self._clock.time(),
             staleness=self._staleness,
             stale_basis=self._stale_basis,
@@ -153,25 +180,17 @@ class CapacityJob:
             log.info("capacity_restored", points=len(points), nodes=len(self._known))
         return len(points)
 
-    async def __call__(self, store: Store) -> None:
-        """One cycle: picture, snapshot row, state for the rules."""
-        cpu0 = time.process_time()
-        picture = self.compute()
-        row = snapshot_row(picture)
-        deleted = await write_snapshot(store, row, keep_s=self._keep_s)
+    async def __call__(self, store: Store, view: LiveView) -> SnapshotRecord:
+        """One cycle on ``view`` (a snapshot): picture and row in a worker thread, the state
+        for the rules; the row is for the writer."""
+        picture, row = await asyncio.to_thread(self._cycle, view)
         self.state.update(picture)
-        self.cpu_ms = (time.process_time() - cpu0) * 1000
         self.counters["capacity_snapshots"] += 1
-        log.info(
-            "capacity_snapshot",
-            it_w=round(picture.it_w),
-            cap_w=round(picture.cap_w),
-            headroom_pct=round(picture.headroom_pct, 2),
-            nodes=picture.nodes,
-            stale=picture.stale_nodes,
-            unmatched=picture.unmatched_nodes,
-            clamped=picture.clamped_nodes,
-            binding=picture.binding,
-            deleted=deleted,
-            ms=round(picture.compute_ms, 1),
-        )
+        return SnapshotRecord(picture, row, self._keep_s)
+
+    def _cycle(self, view: LiveView) -> tuple[Picture, SnapshotRow]:
+        cpu0 = time.thread_time()
+        picture = self.compute(view)
+        row = snapshot_row(picture)
+        self.cpu_ms = (time.thread_time() - cpu0) * 1000
+        return picture, row

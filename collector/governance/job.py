@@ -1,25 +1,30 @@
 """Governance state inside the collector: loaded from the store, usage kept from the live view.
 
-:class:`GovernanceJob` runs in the writer task before the alert rules, every evaluation
-interval. It reads one meta row (``governance_generation``, bumped by every command that
-writes tenants, quotas or leases) and reloads the whole state only when it moved; otherwise it
-touches no table. Usage on both bases comes from the in-memory :class:`LiveView`: inventories
-for the allocated basis, the latest samples for the measured one. Measured GPU-hours are read
+:class:`GovernanceJob` is a cycle of the evaluator (:mod:`collector.evaluate`), run before
+the alert rules, every evaluation interval. It reads one meta row (``governance_generation``,
+bumped by every command that writes tenants, quotas or leases) and reloads the whole state
+only when it moved; otherwise it touches no table. Usage on both bases comes from a snapshot
+of the live view, computed in a worker thread: inventories for the allocated basis, the
+latest samples for the measured one. Measured GPU-hours are read
 from the stored samples once per period kind (at start, or when a quota first asks for that
 period) and then integrated from the live view at each evaluation, so no evaluation re-reads
 samples.
 
 The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`), and a
-snapshot of both usages in meta ``governance_usage``, which ``collector quota show`` reads
-while it is fresh instead of recomputing the measured basis from the stored samples.
+snapshot of both usages in meta ``governance_usage`` (a :class:`UsageRecord` the writer
+stores), which ``collector quota show`` reads while it is fresh instead of recomputing the
+measured basis from the stored samples.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from collector.cooperate import YIELD_EVERY, yield_gil
 from collector.governance.report import QuotaStanding, standings
 from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
@@ -29,7 +34,7 @@ from collector.governance.usage import (
     measured_usage,
     node_facts,
 )
-from collector.live import LiveView
+from collector.live import LiveView, NodeState
 from collector.nodefacts import DEFAULT_STALENESS, NodeMeasure, Staleness
 from collector.store.governance import (
     USAGE_KEY,
@@ -44,7 +49,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collector.store.db import Store
 
-__all__ = ["GovernanceJob", "GovernanceView"]
+__all__ = ["GovernanceJob", "GovernanceView", "UsageRecord"]
 
 log = get_logger("governance")
 
@@ -66,12 +71,31 @@ class GovernanceView:
     """When this view was computed (collector clock)."""
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """The usage snapshot for ``collector quota show``: one meta row, for the writer."""
+
+    text: str
+    name: str = "governance"
+
+    async def write(self, store: Store) -> None:
+        """Store the snapshot."""
+        await store.write_batch([], meta=[(USAGE_KEY, self.text)])
+
+
+def _cooperating(states: Iterable[NodeState]) -> Iterator[NodeState]:
+    """``states``, handing the GIL to the event loop every few hundred (a worker thread)."""
+    for i, st in enumerate(states, 1):
+        if not i % YIELD_EVERY:
+            yield_gil()  # runs in the evaluator's thread: see collector.cooperate
+        yield st
+
+
 class GovernanceJob:
-    """Keeps :attr:`view` current; a writer job (see the module docstring)."""
+    """Keeps :attr:`view` current; an evaluator cycle (see the module docstring)."""
 
     def __init__(
         self,
-        live: LiveView,
         clock: Clock,
         *,
         interval_s: float = 5.0,
@@ -90,7 +114,6 @@ class GovernanceJob:
         """How many times the state was (re)loaded from the store (tests wait on it)."""
         self.unreadable = 0
         """How many store changes left the state unreadable (a hand-edited row)."""
-        self._live = live
         self._clock = clock
         self._busy = busy_util_pct
         self._staleness = staleness
@@ -102,8 +125,9 @@ class GovernanceJob:
         self._last: float | None = None
         self._facts = FactsCache()
 
-    async def __call__(self, store: Store) -> None:
-        """Reload if the store's governance changed; recompute usage and standings."""
+    async def __call__(self, store: Store, view: LiveView) -> UsageRecord | None:
+        """Reload if the store's governance changed; recompute usage and standings from
+        ``view`` (a snapshot) in a worker thread."""
         now = self._clock.time()
         self.interval_s = self._interval_s
         generation = await generation_async(store.fetchall)
@@ -132,9 +156,13 @@ class GovernanceJob:
         if not gov.leases:
             self.view = GovernanceView(gov=gov, at=now)
             self._last = now
-            return
+            return None
         if not self._restored:
             await self._restore_hours(store)
+        return UsageRecord(await asyncio.to_thread(self._usage, gov, view, now))
+
+    def _usage(self, gov: Governance, live: LiveView, now: float) -> str:
+        """The pure part: usage, standings and :attr:`view`; returns the snapshot's text."""
         holder = {n: t for t, nodes in gov.tenant_nodes(now).items() for n in nodes}
         for tenant in gov.tenants:
             start = period_start(gov.period_of(tenant), now)
@@ -144,7 +172,7 @@ class GovernanceJob:
         if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
             self._facts.keep(leased)
         held, measures = node_facts(
-            (st for st in map(self._live.get, leased) if st is not None),
+            _cooperating(st for st in map(live.get, leased) if st is not None),
             now,
             staleness=self._staleness,
             busy_util_pct=self._busy,
@@ -177,7 +205,7 @@ class GovernanceJob:
             "usage": {u.basis: u.by_resource for u in (allocated, measured)},
             "gpu_hours": {t: [start, h] for t, (start, h) in self._hours.items()},
         }
-        await store.write_batch([], meta=[(USAGE_KEY, json.dumps(snapshot))])
+        return json.dumps(snapshot)
 
     async def _restore_hours(self, store: Store) -> None:
         """Take back the measured GPU-hours of the current periods from the last snapshot

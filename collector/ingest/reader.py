@@ -30,7 +30,6 @@ from typing import Final, NamedTuple, Protocol, Self
 
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
-from collector.store.alerts import OutboxReport
 from shared.errors import MqttConnectError, MqttWireError
 from shared.logging import get_logger
 from shared.topics import LEGACY_SUBSCRIPTIONS
@@ -46,7 +45,7 @@ __all__ = [
     "StopUnit",
     "Subscriber",
     "Unit",
-    "WriterItem",
+    "UnitQueue",
 ]
 
 log = get_logger("reader")
@@ -151,8 +150,12 @@ class StopUnit:
     done: asyncio.Future[None]
 
 
-WriterItem = Unit | StopUnit | OutboxReport
-"""What the writer's queue carries: the reader's units and stop, the delivery's outcomes."""
+class UnitQueue(Protocol):
+    """Where the reader puts its units: the writer's bounded queue."""
+
+    def full(self) -> bool: ...
+
+    async def put(self, item: Unit | StopUnit, /) -> None: ...
 
 
 class Reader:
@@ -162,7 +165,7 @@ class Reader:
         self,
         connect: Connect,
         ingestor: Ingestor,
-        queue: asyncio.Queue[WriterItem],
+        queue: UnitQueue,
         *,
         topics: Sequence[str],
         session_key: str,

@@ -1,18 +1,20 @@
-"""The writer: the one task that owns the store's connection.
+"""The writer: the one task that owns the store's connection. It only writes and acknowledges.
 
 It takes units off the reader's bounded queue, commits as many as are waiting (up to
 ``batch_max_rows`` sample rows) in one transaction, and only then acknowledges their
-messages, on the connection each came from. Between batches it runs the periodic jobs that
-also write: retention (one small chunk at a time, so ingestion never waits long), counters
-and the quarantine bound. One owner, so no locks.
+messages, on the connection each came from. Between batches it does its own small upkeep:
+retention (one small chunk at a time, so ingestion never waits long), counters and the
+quarantine bound. One owner, so no locks.
 
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
 for before acknowledging).
 
-Delivery outcomes: the webhook delivery task never writes the store; it puts an
-:class:`OutboxReport` on this same queue, and the writer records it after the units it came
-with (the outbox rows are the writer's like every other row).
+Other tasks' results: the webhook delivery's outcomes and the evaluator's (alert changes,
+governance usage, capacity snapshots) arrive on this same queue as :class:`Record` items.
+Their work is done before they are queued; the writer only awaits :meth:`Record.write`, in
+queue order, after the units gathered with them. A record the store refuses (not a broken
+store) is logged and counted under ``job_failed_<name>``; ingestion goes on.
 
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
@@ -29,29 +31,40 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from collector.ingest.reader import MetaItem, StopUnit, Unit, WriterItem
+from collector.ingest.reader import MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
-from collector.store.alerts import OutboxReport
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["Job", "Writer"]
+__all__ = ["Record", "Writer", "WriterItem"]
 
 log = get_logger("writer")
 
 _COUNTERS_EVERY_S: Final = 2.0
 
 
-class Job(Protocol):
-    """Periodic work that writes (the alert rules): run by the writer between batches."""
+class Record(Protocol):
+    """Another task's finished result for the store (delivery outcomes, an evaluation's).
 
-    name: str
-    interval_s: float
+    ``write`` only writes (and, once committed, hands on what waited for the commit, such as
+    notifications to send): whatever takes time was done before the record was queued.
+    """
 
-    async def __call__(self, store: Store) -> None: ...
+    @property
+    def name(self) -> str:
+        """What it records, for logs and the ``job_failed_<name>`` counter."""
+        ...
+
+    async def write(self, store: Store) -> None:
+        """Write it, in the writer's task; raise :class:`StoreError` if the store refuses."""
+        ...
+
+
+WriterItem = Unit | StopUnit | Record
+"""What the writer's queue carries: the reader's units and stop, other tasks' records."""
 
 
 class Writer:
@@ -71,7 +84,6 @@ class Writer:
         quarantine_max_rows: int = 10_000,
         counters_every_s: float = _COUNTERS_EVERY_S,
         extra_counters: Callable[[], dict[str, int]] | None = None,
-        jobs: Sequence[Job] = (),
         on_commit: Callable[[float], None] | None = None,
     ) -> None:
         self._store = store
@@ -85,7 +97,6 @@ class Writer:
         self._quarantine_max_rows = quarantine_max_rows
         self._counters_every_s = counters_every_s
         self._extra_counters = extra_counters
-        self._jobs = list(jobs)
         self.counters: Counter[str] = ingestor.counters
         self._known_nodes: set[str] = set()
         self._on_commit = on_commit
@@ -98,15 +109,14 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
-        next_job = [mono() + job.interval_s for job in self._jobs]
         while True:
-            first = await self._next(min(next_retention, next_counters, *next_job) - mono())
+            first = await self._next(min(next_retention, next_counters) - mono())
             if first is not None:
-                units, reports, stop = self._gather(first)
+                units, records, stop = self._gather(first)
                 if units:
                     await self._write_units(units)
-                if reports:
-                    await self._write_reports(reports)
+                for record in records:
+                    await self._write_record(record)
                 if stop is not None:
                     await self.flush_counters()
                     stop.done.set_result(None)
@@ -118,36 +128,19 @@ class Writer:
             if now >= next_retention:
                 more = await self._retention_chunk()
                 next_retention = now if more else now + self._retention_check_s
-            for i, job in enumerate(self._jobs):
-                if now >= next_job[i]:
-                    await self._run_job(job)
-                    next_job[i] = now + job.interval_s
 
-    async def _run_job(self, job: Job) -> None:
-        """Run one periodic job; a broken one is logged and counted, ingestion goes on."""
+    async def _write_record(self, record: Record) -> None:
+        """Write one record; one the store refuses is logged and counted, ingestion goes on
+        (refused delivery outcomes leave their outbox rows pending: they are sent again)."""
         try:
-            await job(self._store)
+            await record.write(self._store)
         except StoreError as exc:
             if exc.fatal:
                 raise
-            log.error("job_failed", job=job.name, error=str(exc))
-            self.counters[f"job_failed_{job.name}"] += 1
-        except Exception:
-            # A bug in one rule must not stop the collector from storing samples: it would
-            # fail again after every restart, with the broker's backlog growing behind it.
-            log.exception("job_failed", job=job.name)
-            self.counters[f"job_failed_{job.name}"] += 1
-
-    async def _write_reports(self, reports: list[OutboxReport]) -> None:
-        """Record webhook delivery outcomes; a refused write leaves the rows pending (resent)."""
-        outcomes = [o for r in reports for o in r.outcomes]
-        try:
-            await self._store.write_outbox(outcomes)
-        except StoreError as exc:
-            if exc.fatal:
-                raise
-            log.error("outbox_update_failed", error=str(exc), outcomes=len(outcomes))
-            self.counters["outbox_update_failed"] += 1
+            log.error("job_failed", job=record.name, error=str(exc))
+            self.counters[f"job_failed_{record.name}"] += 1
+        else:
+            self.last_commit = self._clock.monotonic()
 
     async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
@@ -160,22 +153,22 @@ class Writer:
                 return await self._queue.get()
         return None
 
-    def _gather(self, first: WriterItem) -> tuple[list[Unit], list[OutboxReport], StopUnit | None]:
+    def _gather(self, first: WriterItem) -> tuple[list[Unit], list[Record], StopUnit | None]:
         """``first`` and the items already waiting behind it, up to ``batch_max_rows`` items."""
         units: list[Unit] = []
-        reports: list[OutboxReport] = []
+        records: list[Record] = []
         item: WriterItem = first
         size = 0
         while True:
             if isinstance(item, StopUnit):
-                return units, reports, item
-            if isinstance(item, OutboxReport):
-                reports.append(item)
-            else:
+                return units, records, item
+            if isinstance(item, Unit):
                 units.append(item)
                 size += len(item.items)
+            else:
+                records.append(item)
             if size >= self._batch_max_rows or self._queue.empty():
-                return units, reports, None
+                return units, records, None
             item = self._queue.get_nowait()
 
     async def _write_units(self, units: list[Unit]) -> None:

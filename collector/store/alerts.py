@@ -13,9 +13,13 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any, Final, Literal, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
 
 import aiosqlite
+
+if TYPE_CHECKING:
+    from collector.store.db import Store
 
 __all__ = [
     "AlertChange",
@@ -92,10 +96,16 @@ class OutboxOutcome(NamedTuple):
     done_at: float | None
 
 
-class OutboxReport(NamedTuple):
-    """Delivery outcomes for the writer to record (an item on the writer's queue)."""
+@dataclass(frozen=True, slots=True)
+class OutboxReport:
+    """Delivery outcomes for the writer to record (a record on the writer's queue)."""
 
     outcomes: list[OutboxOutcome]
+    name: str = "outbox_update"
+
+    async def write(self, store: Store) -> None:
+        """Record the outcomes; refused, the rows stay pending and are sent again."""
+        await store.write_outbox(self.outcomes)
 
 
 class _Core(Protocol):

@@ -45,6 +45,8 @@ def test_summaries_follow_the_latest_sample() -> None:
     assert st is not None
     assert (st.max_temp_c, st.clock_reasons_any) == (91.5, 0x44)
     view.on_sample(_sample(T0 + 5), T0 + 5)
+    st = view.get(NODE)
+    assert st is not None
     assert (st.max_temp_c, st.clock_reasons_any) == (68.0, 0x4)
 
 
@@ -69,6 +71,8 @@ def test_ecc_and_remap_state_survive_fast_ticks() -> None:
     assert st.ecc_uncorrected_any
     assert st.remap_bad_any
     view.on_sample(_sample(T0 + 10), T0 + 10)  # slow tick: all clear again
+    st = view.get(NODE)
+    assert st is not None
     assert not st.ecc_uncorrected_any
     assert not st.remap_bad_any
 
@@ -86,7 +90,41 @@ def test_xids_are_kept_once_even_from_late_samples() -> None:
     assert view.xids_since(st, T0 + 11.5) == []
     many = [{"gpu_index": 0, "xid": 48, "ts": T0 + i} for i in range(5)]
     view.on_sample(_sample(T0 + 20, xids=many), T0 + 20)
+    st = view.get(NODE)
+    assert st is not None
     assert [x.ts for x in st.xids] == [T0 + 2, T0 + 3, T0 + 4]  # bounded, newest kept
+
+
+def test_a_snapshot_is_unchanged_by_later_updates() -> None:
+    """The evaluator reads a snapshot in a thread while the writer goes on updating."""
+    view = LiveView(reject_bucket_s=10, reject_buckets=6)
+    d = sample_dict()
+    d["gpus"][5]["ecc"]["uncorrected_volatile"] = 4
+    d.update(xids=[{"gpu_index": 3, "xid": 79, "ts": T0 - 1}])
+    view.on_sample(msgspec.convert(d, Sample), T0)
+    view.on_status(NODE, "online", T0)
+    view.on_reject(NODE, "clock_skew", T0)
+    snap = view.snapshot()
+    before = snap.get(NODE)
+    assert before is not None
+    view.on_sample(_sample(T0 + 5, xids=[{"gpu_index": 0, "xid": 48, "ts": T0 + 4}]), T0 + 5)
+    view.on_status(NODE, "offline", T0 + 6)
+    view.on_reject(NODE, "clock_skew", T0 + 1)
+    view.on_reject(NODE, "invalid", T0 + 2)
+    view.on_status("x1000c0s0b0n1", "online", T0 + 7)
+    st = snap.get(NODE)
+    assert st is before
+    assert st.sample is not None
+    assert (st.sample.ts, st.status, st.ecc[5].uncorrected_volatile) == (T0, "online", 4)
+    assert [x.xid for x in st.xids] == [79]
+    assert snap.rejects(st, T0 + 5, 60) == 1
+    assert len(snap) == 1
+    now = view.get(NODE)
+    assert now is not None
+    assert now.status == "offline"
+    assert [x.xid for x in now.xids] == [79, 48]
+    assert view.rejects(now, T0 + 5, 60) == 3
+    assert len(view) == 2
 
 
 def test_status_and_inventory_are_recorded_with_their_times() -> None:

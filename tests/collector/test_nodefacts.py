@@ -25,6 +25,7 @@ from agent.simulate import FleetSimulator
 from collector.alerts.builtin import builtin_rules
 from collector.capacity.compute import compute_picture
 from collector.capacity.fromstore import nodes_from_store
+from collector.evaluate import run_once
 from collector.governance.fromstore import usages_from_store
 from collector.governance.inventory import describe_nodes
 from collector.governance.job import GovernanceJob
@@ -168,11 +169,9 @@ async def test_usage_counts_only_online_sampled_nodes_in_the_collector_and_from_
                        ",".join(fleet.node.values()), "--start", start, "--force",
                        "--reason", "test")  # fmt: skip
     assert (code, err) == (0, "")
-    job = GovernanceJob(
-        fleet.view, FakeClock(start_wall=now), busy_util_pct=10.0, staleness=STALENESS
-    )
+    job = GovernanceJob(FakeClock(start_wall=now), busy_util_pct=10.0, staleness=STALENESS)
     async with Store(fleet.db) as store:
-        await job(store)
+        await run_once(job, store, fleet.view)
     with StoreReader(fleet.db) as reader:
         gov = load_governance(reader.fetchall)
         allocated, measured = usages_from_store(

@@ -31,9 +31,10 @@ from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.alerts.silence import DEFAULT_INHIBIT_RULES, InhibitRule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
 from collector.cli import main as collector_main
-from collector.ingest.reader import StopUnit, WriterItem
+from collector.evaluate import PeriodicEvaluator
+from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
-from collector.ingest.writer import Writer
+from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
 from collector.settings import ReceiverSettings
 from collector.store.alerts import OutboxEntry, OutboxReport
@@ -128,7 +129,6 @@ async def running(
         )
         job = AlertJob(
             Evaluator([rule, offline_rule]),
-            LiveView(),
             clock,
             interval_s=0.05,
             receivers=receivers,
@@ -138,11 +138,13 @@ async def running(
             inhibit_rules=inhibit_rules,
         )
         await job.restore(store, hold_s=0.0)
-        writer = Writer(store, queue, Ingestor(clock), clock, jobs=[job])
-        async with asyncio.TaskGroup() as tg:
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        async with Store.open_readonly(db) as reads, asyncio.TaskGroup() as tg:
+            evaluator = PeriodicEvaluator([job], LiveView(), reads, queue, clock)
             tg.create_task(writer.run(), name="writer")
+            evaluating = tg.create_task(evaluator.run(), name="evaluator")
             tg.create_task(delivery.run(), name="delivery")
-            # The writer schedules the job from its start: nudge the clock until it has run.
+            # The evaluator schedules the job from its start: nudge the clock until it has run.
             while not job.counters["alert_evaluations"]:
                 clock.advance(0.05)
                 await asyncio.sleep(0.01)
@@ -150,6 +152,7 @@ async def running(
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             await queue.put(StopUnit(done))
             await done
+            evaluating.cancel()
             delivery.stop()
 
 

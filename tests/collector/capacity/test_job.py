@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from agent.simulate import FleetSimulator
 from collector.capacity.job import CapacityJob, CapacityState
 from collector.capacity.rules import capacity_rules
+from collector.evaluate import run_once
 from collector.live import LiveView
 from collector.settings import CapacitySettings
 from collector.store.db import NodeUpdate, Store
@@ -26,17 +27,17 @@ async def test_each_cycle_stores_a_snapshot_and_a_restart_restores_the_history(
     """Three cycles, three rows; a new job on the same store takes back draw and picture."""
     db = tmp_path / "c.db"
     view, _ = filled_view(FleetSimulator(10, seed=3), time.time())
-    job = CapacityJob(site_plan(), view, SystemClock())
+    job = CapacityJob(site_plan(), SystemClock())
     async with Store(db) as store:
         for _ in range(3):
-            await job(store)
+            await run_once(job, store, view)
         rows = await store.fetchall("SELECT nodes, it_w FROM capacity_snapshots ORDER BY at")
     assert [r[0] for r in rows] == [10, 10, 10]
     assert job.state.picture is not None
     assert rows[-1][1] == pytest.approx(job.state.picture.it_w)
     assert job.cpu_ms > 0
 
-    again = CapacityJob(site_plan(), view, SystemClock())
+    again = CapacityJob(site_plan(), SystemClock())
     async with Store(db) as store:
         assert await again.restore(store, window_s=300) == 3
     assert len(again.state.history) == 3
@@ -83,16 +84,16 @@ async def test_a_restarted_collector_counts_the_nodes_the_store_knows(tmp_path: 
             sim.node_ids,
         )
     view = LiveView()
-    job = CapacityJob(site_plan(), view, SystemClock())
+    job = CapacityJob(site_plan(), SystemClock())
     async with Store(db) as store:
         await job.restore(store, window_s=300)
-    p = job.compute()
+    p = job.compute(view)
     assert p.nodes == 6
     assert p.unmatched_nodes == 0
     assert p.stale_nodes == 6
     assert p.nodes_w == pytest.approx(6 * 10_200)
     view.on_sample(sim.sample(0, now, 0), now)  # node 0 is back, its inventory not resent
-    p = job.compute()
+    p = job.compute(view)
     assert p.nodes == 6
     assert p.unmatched_nodes == 0
     assert p.measured_nodes == 1

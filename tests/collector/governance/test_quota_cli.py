@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from collector.evaluate import run_once
 from collector.governance.job import GovernanceJob
 from collector.live import LiveView
 from collector.store.db import Store
@@ -157,7 +158,7 @@ async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
     live.on_sample(sample("a2", now, [0] * 8, gpu_w=600, cpu_w=200), now)
     live.on_sample(sample("b1", now, [5] * 8, gpu_w=700, cpu_w=300), now)
     async with Store(Path(db)) as store:
-        await GovernanceJob(live, clock)(store)
+        await run_once(GovernanceJob(clock), store, live)
     code, out, _ = cli("quota", "show", "--db", db, "--json")
     from_collector = json.loads(out)
     assert from_collector["source"] == "collector"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from collector.alerts.rule import Evaluator
+from collector.evaluate import run_once
 from collector.governance.job import GovernanceJob
 from collector.governance.lease import LeaseTerms
 from collector.governance.quota import Quota
@@ -78,9 +79,9 @@ async def test_lease_and_quota_rules_fire_on_both_bases(tmp_path: Path) -> None:
             _lease(w, "old", "c", ["n3"], start=TODAY - dt.timedelta(days=31), duration_days=30)
             _lease(w, "b1", "b", ["n4"], start=TODAY - dt.timedelta(days=1), duration_days=365,
                    notice_days=350)  # fmt: skip
-        job = GovernanceJob(live, clock, busy_util_pct=10.0)
+        job = GovernanceJob(clock, busy_util_pct=10.0)
         ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
-        await job(store)
+        await run_once(job, store, live)
         firing = _firing(ev, live, now)
     assert ("LeaseEndingSoon", "lease=a1", "tenant=a") in firing  # 20 days left
     assert ("LeaseNoticeDeadline", "lease=b1", "tenant=b") in firing  # 14 days left
@@ -102,19 +103,19 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
     live = _live(clock, {"n1": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        job = GovernanceJob(live, clock, interval_s=15.0, first_interval_s=5.0)
+        job = GovernanceJob(clock, interval_s=15.0, first_interval_s=5.0)
         assert job.interval_s == 5.0  # the first view soon after start...
         ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
-        await job(store)
+        await run_once(job, store, live)
         assert job.interval_s == 15.0  # ...then at its own pace
-        await job(store)
+        await run_once(job, store, live)
         assert job.loads == 1
         assert _firing(ev, live, clock.time()) == set()
         with GovernanceWriter(db, now=clock.time()) as w:
             w.put_quota("a", "gpus", Quota(8))
             _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=365)
         clock.advance(5)
-        await job(store)
+        await run_once(job, store, live)
         assert job.loads == 2
         firing = _firing(ev, live, clock.time())
     assert ("QuotaFull", "basis=allocated", "resource=gpus", "tenant=a") in firing
@@ -130,17 +131,17 @@ async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> Non
         with GovernanceWriter(db, now=clock.time()) as w:
             w.put_quota("a", "gpu_hours", Quota(2), "day")
             _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=10)
-        job = GovernanceJob(live, clock)
-        await job(store)
+        job = GovernanceJob(clock)
+        await run_once(job, store, live)
         assert job.view.measured.of("gpu_hours")["a"] == 0.0
         for _ in range(3):
             clock.advance(300)  # the sample stays fresh: re-announce it
             live.on_sample(sample("n1", clock.time(), [50.0] * 8, gpu_w=1200, cpu_w=300),
                            clock.time())  # fmt: skip
-            await job(store)
+            await run_once(job, store, live)
         # A restarted collector takes the hours back from the snapshot, reading no sample.
-        again = GovernanceJob(live, clock)
-        await again(store)
+        again = GovernanceJob(clock)
+        await run_once(again, store, live)
     # 8 GPUs x 50 % x 900 s = 1 GPU-hour; allocated: 8 GPUs x 12.25 h since midnight.
     assert round(job.view.measured.of("gpu_hours")["a"], 6) == 1.0
     assert round(job.view.allocated.of("gpu_hours")["a"], 6) == 8 * 12.25
@@ -156,13 +157,13 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
     async with Store(db) as store:
         with GovernanceWriter(db, now=clock.time()) as w:
             _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=365)
-        job = GovernanceJob(live, clock)
-        await job(store)
+        job = GovernanceJob(clock)
+        await run_once(job, store, live)
         with GovernanceWriter(db, now=clock.time()) as w:
             w.execute("UPDATE leases SET tz = 'Mars/Olympus'")
         for _ in range(3):
             clock.advance(60)
-            await job(store)  # no exception: the last good state stays in force
+            await run_once(job, store, live)  # no exception: the last good state stays in force
         assert job.unreadable == 1  # said once for this change of the store
         assert [lease.name for lease in job.view.gov.leases] == ["a1"]
     code, _, err = cli("lease", "list", "--db", str(db))

@@ -22,10 +22,9 @@ from collector.ingest.reader import (
     FilterState,
     StopUnit,
     Unit,
-    WriterItem,
 )
 from collector.ingest.validate import Ingestor, sample_row
-from collector.ingest.writer import Writer
+from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store

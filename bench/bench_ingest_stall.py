@@ -1,0 +1,160 @@
+"""Ingest stall: the gaps between two commits while every periodic evaluation is on.
+
+The collector (``collector run``, a child process) ingests ``--rate`` samples/s (default
+10,000: 12,500 8-GPU nodes every 1.25 s) from the simulator through a real Mosquitto, with
+the alert rules, governance (50 tenants in 5 cohorts, each leasing 250 nodes, quotas on
+GPUs, power and GPU-hours: the store of ``bench_quota.py``) and capacity (the site plan of
+``bench_capacity.py``) all on. Its writer logs ``batch_stored`` after each commit (debug
+level); the bench reads those times back and prints the gaps between consecutive commits
+while the load was offered: the longest, p50 and p99. A gap is time in which nothing was
+stored or acknowledged. (Target in issue 14: longest < 25 ms.)
+
+Simulator, broker and collector share the machine. Once the collector has started, this
+process (the simulator) lowers its own priority (``nice``), so that it takes only the CPU the
+collector leaves: on a small machine the figures are then the collector's own stalls rather
+than the load generator's turn on a core. ``--no-nice`` keeps it equal.
+
+Usage: ``.venv/bin/python bench/bench_ingest_stall.py [--seconds 40] [--rate 10000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.simulate import FleetSimulator, publish_fleet
+from bench.bench_capacity import PLAN
+from bench.bench_pipeline import CollectorProcess, wait_subscribed
+from bench.bench_quota import NODES, build_store
+from collector.localbroker import MosquittoBroker
+from shared.settings import MqttSettings
+
+__all__ = ["main"]
+
+_WARMUP_S = 3.0
+"""Gaps in the first seconds of load are left out (retained inventories, first batches)."""
+
+
+def _commits(log: Path) -> list[tuple[float, float]]:
+    """(Unix time, ms the batch took to store and ack) of each ``batch_stored`` line."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if '"batch_stored"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            ts, ms = event["timestamp"], float(event["ms"])
+        except (ValueError, KeyError):
+            continue
+        out.append((dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp(), ms))
+    return out
+
+
+def _events(log: Path, names: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
+    for line in log.read_text(errors="replace").splitlines():
+        for name in names:
+            if f'"{name}"' in line:
+                counts[name] += 1
+    return counts
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))]
+
+
+def main() -> None:
+    """Build the store, run the collector under load, print the inter-commit gaps."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--seconds", type=int, default=40, help="seconds of offered load")
+    p.add_argument("--rate", type=int, default=10_000, help="samples/s offered (12,500 nodes)")
+    p.add_argument("--eval-interval-s", type=float, default=5.0, help="alerts and governance")
+    p.add_argument("--capacity-interval-s", type=float, default=10.0)
+    p.add_argument("--keep", type=Path, help="copy the collector's log here")
+    p.add_argument("--no-nice", action="store_true", help="the simulator keeps its priority")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="where the database goes (e.g. /dev/shm: leaves out the disk's fsync latency, "
+        "which a shared machine's other writers make noisy)",
+    )
+    args = p.parse_args()
+    interval_s = NODES / args.rate
+    with tempfile.TemporaryDirectory(prefix="capwatch-stall-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        db = work / "capwatch.db"
+        t0 = time.perf_counter()
+        asyncio.run(build_store(db, 1))  # nodes, inventories, tenants, quotas, leases
+        plan = work / "site.json"
+        plan.write_text(json.dumps(PLAN))
+        took_s = time.perf_counter() - t0
+        print(f"store: {NODES:,} nodes, 50 tenants leasing 250 each ({took_s:.1f} s)")
+        env = {
+            "CAPWATCH_CAPACITY__PLAN": str(plan),
+            "CAPWATCH_CAPACITY__INTERVAL_S": str(args.capacity_interval_s),
+            "CAPWATCH_ALERTS__EVAL_INTERVAL_S": str(args.eval_interval_s),
+            "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(args.eval_interval_s),
+            "CAPWATCH_EXPECTED_INTERVAL_S": str(interval_s),
+        }
+        log = work / "collector.log"
+        with MosquittoBroker(work / "broker") as broker:
+            col = CollectorProcess(broker, db, log, log_level="debug", env=env)
+            col.start()
+            wait_subscribed(db)
+            if not args.no_nice:
+                os.nice(10)  # the collector (started before) keeps its priority
+            sim = FleetSimulator(NODES, gpus_per_node=8, seed=3, interval_s=interval_s)
+            mqtt = MqttSettings(host=broker.host, port=broker.port)
+            ticks = max(2, round(args.seconds / interval_s))
+            start = time.time()
+            stats = asyncio.run(publish_fleet(mqtt, sim, ticks=ticks, burst=False))
+            end = time.time()
+            time.sleep(2.0)  # the last batches
+            cpu_s, rss_mb = col.stop()
+        if args.keep is not None:
+            args.keep.write_bytes(log.read_bytes())
+        commits = [c for c in _commits(log) if start + _WARMUP_S <= c[0] <= end]
+        gaps = sorted((b[0] - a[0]) * 1000 for a, b in itertools.pairwise(commits))
+        # The part of each gap before its batch started: the writer was not writing (the
+        # loop ran something else, or no message was waiting); the rest is the batch itself.
+        idle = sorted((b[0] - a[0]) * 1000 - b[1] for a, b in itertools.pairwise(commits))
+        batch_ms = sorted(c[1] for c in commits)
+        events = _events(
+            log, ("governance_loaded", "capacity_snapshot", "alert_firing", "job_failed")
+        )
+    offered_s = end - start
+    print(
+        f"offered: {stats.published:,} samples in {offered_s:.1f} s "
+        f"({stats.published / offered_s:,.0f}/s, target {args.rate:,}/s; late ticks "
+        f"{stats.late_ticks}); evaluation every {args.eval_interval_s:g} s, capacity every "
+        f"{args.capacity_interval_s:g} s"
+    )
+    print(f"collector: {cpu_s:.1f} s CPU, peak RSS {rss_mb:.0f} MB; events {events}")
+    if not gaps:
+        print("no commits logged in the window (is the collector logging at debug?)")
+        return
+    print(f"commits in the window: {len(commits):,} (after the first {_WARMUP_S:g} s of load)")
+    print(f"{'longest gap between two commits':<40} {gaps[-1]:8.1f} ms")
+    print(f"{'p99 gap':<40} {_percentile(gaps, 0.99):8.1f} ms")
+    print(f"{'p50 gap':<40} {statistics.median(gaps):8.1f} ms")
+    print(f"{'gaps over 25 ms':<40} {sum(g > 25 for g in gaps):8d}")
+    print(f"{'longest wait before a batch started':<40} {idle[-1]:8.1f} ms")
+    p99_batch = _percentile(batch_ms, 0.99)
+    print(f"{'longest batch (store + acks); p99':<40} {batch_ms[-1]:8.1f} ms; {p99_batch:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

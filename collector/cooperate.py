@@ -1,0 +1,28 @@
+"""Yield points for long pure work that runs in a worker thread beside the event loop.
+
+CPython runs one thread's Python code at a time (the GIL). The evaluator's cycles run in a
+worker thread (:mod:`collector.evaluate`); a cycle that computes for hundreds of
+milliseconds would hold the GIL for a whole switch interval (``sys.getswitchinterval()``,
+5 ms) each time the event loop's thread asks for it, and that thread asks at every await
+that crosses a thread or the kernel (each SQLite statement, each socket read): a batch
+commit then took as long as the evaluation beside it (``bench/bench_ingest_stall.py``).
+Handing the GIL over every few hundred nodes (``time.sleep(0)`` releases it) lets the loop
+take it at once: measured with one core kept busy by another process, the loop's worst
+step beside 300 ms of pure work went from 50 ms (20 ms at a 0.5 ms switch interval) to
+under 10 ms. Called on the loop's own thread (a command, a test) it costs a system call.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+__all__ = ["YIELD_EVERY", "yield_gil"]
+
+YIELD_EVERY: Final = 256
+"""Nodes (or alerts) between two yield points: well under a millisecond of work."""
+
+
+def yield_gil() -> None:
+    """Let another thread (the event loop's) take the GIL now, if it is waiting for it."""
+    time.sleep(0)

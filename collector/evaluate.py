@@ -1,0 +1,129 @@
+"""The evaluator: the periodic cycles (governance, alert rules, capacity) beside the writer.
+
+One task of the collector's ``TaskGroup``. It runs the due cycles in order, each on a fresh
+:meth:`~collector.live.LiveView.snapshot` of the live view (immutable, so a cycle can read it
+from a worker thread while the writer goes on storing and updating the view), and puts what
+each made for the store on the writer's queue as a :class:`~collector.ingest.writer.Record`:
+the writer only writes it. A cycle reads the store
+through its own read-only connection (WAL: readers never wait for the writer), and runs its
+heavy pure work with :func:`asyncio.to_thread`, so neither storing nor acknowledging waits for
+an evaluation.
+
+What a cycle sees: the live view as of its snapshot, which holds every message validated so
+far (:mod:`collector.ingest.validate` says exactly how that differs from what is committed).
+What its record says reaches the store after the samples queued before it; a record still
+queued when the writer stops is dropped, as if that cycle had not run (its notifications are
+sent only once it is committed).
+
+A cycle that fails is logged and counted under ``job_failed_<name>``; the others go on. A
+store that cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+from collector.ingest.writer import Record
+from collector.live import LiveView
+from collector.store.db import Store
+from shared.clock import Clock
+from shared.errors import StoreError
+from shared.logging import get_logger
+
+__all__ = ["Cycle", "PeriodicEvaluator", "RecordQueue", "run_once"]
+
+log = get_logger("evaluate")
+
+
+class Cycle(Protocol):
+    """One periodic evaluation (the alert rules, governance, capacity, store statistics)."""
+
+    @property
+    def name(self) -> str:
+        """For logs and the ``job_failed_<name>`` counter."""
+        ...
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds from the end of one run to the next (read again after each run)."""
+        ...
+
+    async def __call__(self, store: Store, view: LiveView) -> Record | None:
+        """Evaluate ``view`` (a snapshot), reading ``store`` (read-only); return what the
+        writer must record, if anything."""
+        ...
+
+
+class RecordQueue(Protocol):
+    """Where the records go: the writer's queue."""
+
+    async def put(self, item: Record, /) -> None: ...
+
+
+async def run_once(cycle: Cycle, store: Store, view: LiveView) -> None:
+    """One cycle on a snapshot of ``view``, its record written to ``store`` (which must be
+    writable): what the evaluator and the writer do together, in one call (tests, benches)."""
+    record = await cycle(store, view.snapshot())
+    if record is not None:
+        await record.write(store)
+
+
+class PeriodicEvaluator:
+    """Runs ``cycles`` in order, each every its ``interval_s``; see the module docstring."""
+
+    def __init__(
+        self,
+        cycles: Sequence[Cycle],
+        live: LiveView,
+        store: Store,
+        records: RecordQueue,
+        clock: Clock,
+        *,
+        counters: Counter[str] | None = None,
+    ) -> None:
+        self._cycles = list(cycles)
+        self._live = live
+        self._store = store
+        self._records = records
+        self._clock = clock
+        self.counters: Counter[str] = Counter() if counters is None else counters
+
+    async def run(self) -> None:
+        """Evaluate until cancelled (the collector cancels it once the writer has stopped)."""
+        mono = self._clock.monotonic
+        due = [mono() + c.interval_s for c in self._cycles]
+        if not self._cycles:
+            return
+        while True:
+            wait_s = min(due) - mono()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue
+            for i, cycle in enumerate(self._cycles):
+                if mono() >= due[i]:
+                    # A snapshot per cycle (a dict copy): one taken before a long governance
+                    # cycle would make every node look older to the alert rules after it.
+                    await self._run(cycle, self._live.snapshot())
+                    due[i] = mono() + cycle.interval_s
+
+    async def _run(self, cycle: Cycle, view: LiveView) -> None:
+        """One cycle; a broken one is logged and counted, the others (and ingestion) go on."""
+        try:
+            record = await cycle(self._store, view)
+        except StoreError as exc:
+            if exc.fatal:
+                raise
+            log.error("job_failed", job=cycle.name, error=str(exc))
+            self.counters[f"job_failed_{cycle.name}"] += 1
+            return
+        except Exception:
+            # A bug in one rule must not stop the others, nor the collector: it would fail
+            # again after every restart, with the broker's backlog growing behind it.
+            log.exception("job_failed", job=cycle.name)
+            self.counters[f"job_failed_{cycle.name}"] += 1
+            return
+        if record is not None:
+            await self._records.put(record)
