@@ -413,7 +413,7 @@ class NvmlBackend:
                 reasons, "gpus[].clock_event_reasons", MAX_CLOCK_EVENT_REASONS
             ),
             pstate=b.optional_int(pstate, "gpus[].pstate", MAX_PSTATE),
-            processes=_processes(b, procs) if procs else [],
+            processes=tuple(_processes(b, procs)) if procs else (),
             ecc=self._ecc(dev) if slow else None,
             remapped_rows=self._remapped_rows(dev) if slow else None,
         )

@@ -247,7 +247,7 @@ class HostSampler:
         return CpuStats(
             count=b.clamped(len(cores), "cpu.count", MAX_CPUS, 1),
             pct=pct,
-            per_core_pct=per_core,
+            per_core_pct=None if per_core is None else tuple(per_core),
             load1=b.clamped(float(load[0]), "cpu.load1", MAX_LOAD, 0.0),
             load5=b.clamped(float(load[1]), "cpu.load5", MAX_LOAD, 0.0),
             load15=b.clamped(float(load[2]), "cpu.load15", MAX_LOAD, 0.0),
@@ -373,7 +373,7 @@ class HostSampler:
             tx_bytes_per_s=b.optional(
                 _sum_known(tx_known), "net.tx_bytes_per_s", MAX_NODE_BYTES_PER_S
             ),
-            nics=nics,
+            nics=tuple(nics),
         )
 
     def _nic_info(self, name: str) -> NicInfo:

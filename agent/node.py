@@ -144,12 +144,12 @@ class NodeSampler:
             interval_s=self._interval_s,
             cpu=host.cpu,
             mem=host.mem,
-            disks=host.disks,
+            disks=tuple(host.disks),
             disk_io=host.disk_io,
             net=host.net,
             cpu_power_w=cpu_power_w,
-            gpus=gpus,
-            xids=self._gpu.drain_xids(),
+            gpus=tuple(gpus),
+            xids=tuple(self._gpu.drain_xids()),
         )
         self._seq += 1
         return sample

@@ -232,21 +232,21 @@ class FleetSimulator:
             mem=MemStats(
                 total_bytes=_NODE_MEM, used_bytes=mem_used, available_bytes=_NODE_MEM - mem_used
             ),
-            disks=[
+            disks=(
                 DiskStats(
                     mount="/",
                     device="/dev/nvme0n1p2",
                     fstype="ext4",
                     total_bytes=1_900_000_000_000,
                     used_bytes=420_000_000_000,
-                )
-            ],
+                ),
+            ),
             disk_io=DiskIoStats(
                 read_bytes_per_s=2.0e6 * mean_util, write_bytes_per_s=5.0e5 * mean_util
             ),
             net=NetStats(rx_bytes_per_s=1.2e8 * mean_util, tx_bytes_per_s=1.1e8 * mean_util),
             cpu_power_w=round(180 + 3.2 * cpu_pct * 4, 1),
-            gpus=gpus,
+            gpus=tuple(gpus),
         )
 
     def tick(self, ts: float) -> Iterator[tuple[str, bytes]]:

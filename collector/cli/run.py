@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "run",
         help="run the collector daemon",
         description=(
-            "Subscribe to capwatch/v1/nodes/+/{sample,inventory,status} with a persistent "
+            "Subscribe to capwatch/v1/nodes/# (samples, inventories, statuses) with a persistent "
             "session (QoS 1) so the broker keeps samples while the collector restarts; "
             "validate every message against the wire schema's physical bounds; store samples "
             "in SQLite and acknowledge each message only after the commit that stored it "
@@ -83,6 +83,13 @@ async def _serve(settings: CollectorSettings) -> None:
 
     notifier = SdNotifier.from_environ(os.environ, os.getpid())
     collector = Collector(settings, notifier=notifier)
+    # Everything loaded so far (modules, settings, rules) lives as long as the process: moved
+    # out of the collector's reach (gc.freeze), a full collection scans only what came after.
+    # With the wire schema's structs untracked and its arrays tuples, that is about two
+    # objects per node: a full pass over a 12,500-node live view takes ~5 ms, not ~32 ms
+    # (each such pass is a pause of the event loop, between two commits).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, collector.stop)

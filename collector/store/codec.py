@@ -51,7 +51,7 @@ def dictionary_bytes() -> bytes:
             sm_clock_mhz=1980,
             clock_event_reasons=0,
             pstate=0,
-            processes=[GpuProcess(pid=12345, used_mem_bytes=60_000_000_000)],
+            processes=(GpuProcess(pid=12345, used_mem_bytes=60_000_000_000),),
         )
         for g in range(8)
     ]
@@ -69,23 +69,23 @@ def dictionary_bytes() -> bytes:
             swap_total_bytes=0,
             swap_used_bytes=0,
         ),
-        disks=[
+        disks=(
             DiskStats(
                 mount="/",
                 device="/dev/nvme0n1p2",
                 fstype="ext4",
                 total_bytes=1_900_000_000_000,
                 used_bytes=420_000_000_000,
-            )
-        ],
+            ),
+        ),
         disk_io=DiskIoStats(read_bytes_per_s=163_500_000.0, write_bytes_per_s=40_875_000.0),
         net=NetStats(
             rx_bytes_per_s=9_810_000_000.0,
             tx_bytes_per_s=8_992_500_000.0,
-            nics=[NicStats(name="ib0", rx_bytes_per_s=1.2e9, tx_bytes_per_s=1.1e9)],
+            nics=(NicStats(name="ib0", rx_bytes_per_s=1.2e9, tx_bytes_per_s=1.1e9),),
         ),
         cpu_power_w=480.0,
-        gpus=gpus,
+        gpus=tuple(gpus),
     )
     return encode(sample)
 

@@ -73,7 +73,7 @@ def test_sample_values_at_fixed_load(clock: FakeClock, backends: list[NvmlBacken
     assert gpu.temp_c == round(30 + 0.07 * _LOAD_50_W)
     assert (gpu.sm_clock_mhz, gpu.pstate, gpu.clock_event_reasons) == (1980, 0, 0)
     used = 1024 * _MIB + int(0.5 * 0.7 * 81_559 * _MIB) - 512 * _MIB
-    assert gpu.processes == [GpuProcess(pid=4001, used_mem_bytes=used)]
+    assert gpu.processes == (GpuProcess(pid=4001, used_mem_bytes=used),)
     assert gpu.ecc is None
     assert gpu.remapped_rows is None
 

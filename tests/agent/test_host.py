@@ -175,7 +175,7 @@ def test_cpu_percent_comes_from_tick_deltas(fake: FakeHost, clock: FakeClock) ->
     fake.write()
     clock.advance(5)
     cpu = host.sample().cpu
-    assert cpu.per_core_pct == [100.0, 25.0, 0.0, 30.0]
+    assert cpu.per_core_pct == (100.0, 25.0, 0.0, 30.0)
     assert cpu.pct == 38.8  # 155 busy of 400 ticks
     assert cpu.count == 4
     assert (cpu.load1, cpu.load5, cpu.load15) == (0.5, 1.25, 2.0)
@@ -199,7 +199,7 @@ def test_cpu_going_offline_skips_per_core_interval(fake: FakeHost, clock: FakeCl
     fake.cpus["cpu2"][3] += 100
     fake.write()
     clock.advance(5)
-    assert host.sample().cpu.per_core_pct == [0.0, 100.0, 0.0]
+    assert host.sample().cpu.per_core_pct == (0.0, 100.0, 0.0)
 
 
 def test_memory_used_is_total_minus_available(fake: FakeHost, clock: FakeClock) -> None:

@@ -127,7 +127,7 @@ def test_samples_round_trip_and_rates_appear_on_the_second(
     assert decode_sample(encode(second)) == second
     assert (second.seq, second.ts) == (1, clock.time())
     assert second.cpu.pct == 50.0
-    assert second.cpu.per_core_pct == [50.0] * 4
+    assert second.cpu.per_core_pct == (50.0,) * 4
     assert second.disk_io.read_bytes_per_s == 100 * 512 / 5
     assert second.disk_io.write_bytes_per_s == 200 * 512 / 5
     assert (second.net.rx_bytes_per_s, second.net.tx_bytes_per_s) == (1_000.0, 2_000.0)
@@ -160,12 +160,12 @@ def test_xids_are_carried_by_the_next_sample(
     node.start()
     nvml.inject_xid(5, 94)
     deadline = time.monotonic() + 5
-    xids: list[XidEvent] = []
+    xids: tuple[XidEvent, ...] = ()
     while not xids and time.monotonic() < deadline:
         time.sleep(0.01)
         xids = node.sample().xids
-    assert xids == [XidEvent(gpu_index=5, xid=94, ts=clock.time())]
-    assert node.sample().xids == []
+    assert xids == (XidEvent(gpu_index=5, xid=94, ts=clock.time()),)
+    assert node.sample().xids == ()
 
 
 def test_make_gpu_backend_kinds(clock: FakeClock) -> None:
@@ -201,7 +201,7 @@ def test_node_without_gpus_or_rapl(fake: FakeHost, clock: FakeClock) -> None:
     inventory = sampler.start()
     assert (inventory.gpu_status, inventory.gpus) == ("disabled", [])
     sample = sampler.sample()
-    assert (sample.gpus, sample.cpu_power_w) == ([], None)
+    assert (sample.gpus, sample.cpu_power_w) == ((), None)
     assert decode_sample(encode(sample)) == sample
     sampler.close()
 

@@ -89,7 +89,7 @@ def _leaves(t: msgspec.inspect.Type, path: str, out: dict[str, msgspec.inspect.T
     elif isinstance(t, msgspec.inspect.StructType):
         for f in t.fields:
             _leaves(f.type, f"{path}.{f.name}" if path else f.name, out)
-    elif isinstance(t, msgspec.inspect.ListType):
+    elif isinstance(t, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
         out[path] = t
         _leaves(t.item_type, f"{path}[]", out)
     elif isinstance(
@@ -105,7 +105,8 @@ def test_every_number_list_and_string_has_its_documented_bound(kind: str) -> Non
     _leaves(msgspec.inspect.type_info(_STRUCTS[kind]), "", leaves)
     numeric = msgspec.inspect.IntType | msgspec.inspect.FloatType
     numbers = {p: t for p, t in leaves.items() if isinstance(t, numeric)}
-    lists = {p: t for p, t in leaves.items() if isinstance(t, msgspec.inspect.ListType)}
+    arrays = msgspec.inspect.ListType | msgspec.inspect.VarTupleType
+    lists = {p: t for p, t in leaves.items() if isinstance(t, arrays)}
     strings = {p: t for p, t in leaves.items() if isinstance(t, msgspec.inspect.StrType)}
     assert set(numbers) == set(NUMBERS[kind])
     assert set(lists) == set(LISTS[kind])
@@ -116,7 +117,7 @@ def test_every_number_list_and_string_has_its_documented_bound(kind: str) -> Non
         assert (t.ge, t.gt) == (b.lo, None), path
         assert (t.lt, t.le) == ((b.hi, None) if b.hi_open else (None, b.hi)), path
     for path, lt in lists.items():
-        assert isinstance(lt, msgspec.inspect.ListType)
+        assert isinstance(lt, arrays)
         assert lt.max_length == LISTS[kind][path], path
     for path, st in strings.items():
         assert isinstance(st, msgspec.inspect.StrType)

@@ -67,10 +67,10 @@ def sample(node: str, ts: float, utils: list[float], *, gpu_w: float, cpu_w: flo
         cpu=CpuStats(pct=10.0, count=192),
         mem=MemStats(total_bytes=2 << 40, used_bytes=1 << 30, available_bytes=1 << 40),
         cpu_power_w=cpu_w,
-        gpus=[
+        gpus=tuple(
             GpuSample(index=g, uuid=_uuid(0, g), util_pct=u, power_w=gpu_w / max(1, len(utils)))
             for g, u in enumerate(utils)
-        ],
+        ),
     )
 
 
