@@ -146,7 +146,9 @@ class AgentService:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.exposition)
         ProcessCollector(registry=registry)
-        async with MetricsServer(host, port, registry, self.ready) as server:
+        async with MetricsServer(
+            host, port, registry, self.ready, web_config_file=self.settings.web_config_file
+        ) as server:
             self.metrics_port = server.port
             yield
 

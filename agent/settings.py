@@ -46,6 +46,10 @@ class AgentSettings(CapwatchSettings):
     metrics_listen: str | None = None
     """``HOST:PORT`` to serve ``/metrics``, ``/healthz``, ``/readyz`` on (unset: no server).
     Env ``CAPWATCH_METRICS_LISTEN``; flag ``--metrics-listen``."""
+    web_config_file: Path | None = None
+    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
+    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
+    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
 
     @field_validator("metrics_listen")
     @classmethod

@@ -372,7 +372,13 @@ class CollectorMetrics:
         expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)
         try:
-            async with MetricsServer(host, port, self.registry, self.ready) as server:
+            async with MetricsServer(
+                host,
+                port,
+                self.registry,
+                self.ready,
+                web_config_file=self.collector.settings.web_config_file,
+            ) as server:
                 self.port = server.port
                 yield server
         finally:

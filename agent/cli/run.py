@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 
 from agent.cli._args import add_settings_args, node_sampler, settings_from_args
 
@@ -33,6 +34,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "names), /healthz and /readyz here, e.g. 0.0.0.0:9400 (default: off; env "
         "CAPWATCH_METRICS_LISTEN)",
     )
+    p.add_argument(
+        "--web-config-file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
+        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
+        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -50,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         extra["buffer_s"] = parse_duration(args.buffer, field="--buffer")
     if args.metrics_listen is not None:
         extra["metrics_listen"] = args.metrics_listen
+    if args.web_config_file is not None:
+        extra["web_config_file"] = args.web_config_file
     settings = settings_from_args(args, **extra)
     notifier = SdNotifier.from_environ(os.environ, os.getpid())
     service = AgentService(settings, node_sampler(settings), notifier=notifier)
