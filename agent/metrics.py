@@ -27,6 +27,8 @@ blank fields: absent, never 0.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -39,9 +41,24 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from shared.schema import GpuEcc, GpuInfo, GpuRemappedRows, GpuSample, Inventory, Sample
+from shared.schema import (
+    METRICS_ADDRESS_PATTERN,
+    GpuEcc,
+    GpuInfo,
+    GpuRemappedRows,
+    GpuSample,
+    Inventory,
+    Sample,
+)
 
-__all__ = ["DCGM_LABELS", "AgentExposition", "AgentStats", "dcgm_families", "host_families"]
+__all__ = [
+    "DCGM_LABELS",
+    "AgentExposition",
+    "AgentStats",
+    "advertised_address",
+    "dcgm_families",
+    "host_families",
+]
 
 DCGM_LABELS: Final = (
     "gpu",
@@ -429,3 +446,25 @@ class AgentExposition(Collector):
             ecc=dict(self._ecc),
             remapped=dict(self._remapped),
         )
+
+
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
+
+
+def advertised_address(
+    listen_host: str,
+    port: int,
+    advertise: str | None,
+    *,
+    fqdn: Callable[[], str] = socket.getfqdn,
+) -> str | None:
+    """The ``HOST:PORT`` the inventory announces for ``/metrics``: ``advertise`` when set;
+    else the listen host when it names one (``10.1.2.3``), or ``fqdn()`` when it listens on
+    every address, with the bound ``port``. ``None`` when that is not a valid target (an
+    FQDN with a character Prometheus would refuse): better no address than an inventory
+    the collector must reject."""
+    if advertise is not None:
+        return advertise
+    host = fqdn() if listen_host in _WILDCARDS else listen_host
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return address if re.fullmatch(METRICS_ADDRESS_PATTERN, address) else None

@@ -15,6 +15,7 @@ Paths:
 * ``/healthz``: 200 while the process serves HTTP at all (liveness).
 * ``/readyz``: 200 ``ready`` or 503 with the reason, from the daemon's ``ready()`` callback
   (readiness: the collector's broker and writer, the agent's last acknowledged publish).
+* a daemon's own ``routes`` (the collector's ``/sd``: Prometheus HTTP service discovery).
 
 With a web config file (:mod:`shared.webconfig`, exporter-toolkit's format) the server
 speaks TLS (the handshake in the connection's own thread, under the request timeout, so a
@@ -28,14 +29,14 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from shared.errors import ConfigError
+from shared.errors import CapwatchError, ConfigError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "REQUEST_TIMEOUT_S",
     "MetricsServer",
     "Readiness",
+    "Route",
     "check_listen",
     "parse_listen",
 ]
@@ -57,6 +59,9 @@ log = get_logger("metrics_http")
 
 Readiness = Callable[[], tuple[bool, str]]
 """``ready()``: whether the daemon is ready, and a one-line reason (shown by ``/readyz``)."""
+Route = Callable[[], tuple[str, bytes]]
+"""A daemon's own path (the collector's ``/sd``): called in the request thread, returns
+(content type, body)."""
 
 _TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
 
@@ -171,10 +176,15 @@ def _family(host: str, field: str) -> socket.AddressFamily:
 
 
 def make_app(
-    registry: CollectorRegistry, ready: Readiness, *, auth: BasicAuth | None = None
+    registry: CollectorRegistry,
+    ready: Readiness,
+    *,
+    auth: BasicAuth | None = None,
+    routes: Mapping[str, Route] | None = None,
 ) -> WSGIApplication:
-    """The WSGI app: ``/healthz`` and ``/readyz`` here, everything else prometheus_client's;
-    with ``auth``, every path behind its users."""
+    """The WSGI app: ``/healthz``, ``/readyz`` and ``routes`` here, ``/metrics``
+    prometheus_client's; with ``auth``, every path behind its users."""
+    own = dict(routes or {})
     from prometheus_client import make_wsgi_app  # noqa: PLC0415 (only when serving)
 
     metrics = make_wsgi_app(registry)
@@ -191,6 +201,14 @@ def make_app(
             ok, reason = ready()
             start_response("200 OK" if ok else "503 Service Unavailable", [_TEXT])
             return [reason.encode() + b"\n"]
+        if path in own:
+            try:
+                content_type, payload = own[path]()
+            except CapwatchError as exc:
+                start_response("503 Service Unavailable", [_TEXT])
+                return [str(exc).encode() + b"\n"]
+            start_response("200 OK", [("Content-Type", content_type)])
+            return [payload]
         if path in ("/metrics", "/"):
             body: Iterable[bytes] = metrics(environ, start_response)
             return body
@@ -220,8 +238,10 @@ class MetricsServer:
         max_connections: int = MAX_CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         web_config_file: Path | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.host = host
+        self._routes = routes
         self._web_config_file = web_config_file
         self._registry = registry
         self._ready = ready
@@ -240,7 +260,7 @@ class MetricsServer:
 
             web = load_web_config(self._web_config_file)
             tls, auth = web.tls, web.auth
-        app = make_app(self._registry, self._ready, auth=auth)
+        app = make_app(self._registry, self._ready, auth=auth, routes=self._routes)
         family = _family(self.host, self._field)
         server_class = type(
             "_BoundServer",

@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "CAPWATCH_METRICS_LISTEN)",
     )
     p.add_argument(
+        "--metrics-advertise",
+        metavar="HOST:PORT",
+        help="where Prometheus reaches that server, announced in the inventory for the "
+        "collector's service discovery (default: the listen host, or this node's FQDN when "
+        "it listens on all addresses, and the listen port; env CAPWATCH_METRICS_ADVERTISE)",
+    )
+    p.add_argument(
         "--web-config-file",
         type=Path,
         metavar="FILE",
@@ -61,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         extra["metrics_listen"] = args.metrics_listen
     if args.web_config_file is not None:
         extra["web_config_file"] = args.web_config_file
+    if args.metrics_advertise is not None:
+        extra["metrics_advertise"] = args.metrics_advertise
     settings = settings_from_args(args, **extra)
     notifier = SdNotifier.from_environ(os.environ, os.getpid())
     service = AgentService(settings, node_sampler(settings), notifier=notifier)

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from agent.host import HostSampler
-from agent.metrics import DCGM_LABELS, AgentExposition, AgentStats
+from agent.metrics import DCGM_LABELS, AgentExposition, AgentStats, advertised_address
 from agent.node import NodeSampler
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
@@ -303,3 +303,17 @@ def test_nvidias_dcgm_dashboard_finds_its_series_and_labels(
         labels = _labels(series, name)
         assert sorted(d["gpu"] for d in labels) == ["0", "1", "2", "3"], name
         assert all(d[k] for d in labels for k in _NVIDIA_DASHBOARD_LABELS), name
+
+
+def test_the_advertised_address_is_the_setting_else_the_listen_host_else_the_fqdn() -> None:
+    """--metrics-advertise wins; a specific listen host is used as it is (IPv6 bracketed); a
+    wildcard listen gives the FQDN; an FQDN no target can carry gives no address."""
+    fqdn = "gpu-node-017.cluster.example"
+    assert advertised_address("0.0.0.0", 9400, "gw.example:19400", fqdn=lambda: fqdn) == (
+        "gw.example:19400"
+    )
+    assert advertised_address("10.1.2.3", 9400, None, fqdn=lambda: fqdn) == "10.1.2.3:9400"
+    assert advertised_address("::1", 9400, None, fqdn=lambda: fqdn) == "[::1]:9400"
+    assert advertised_address("0.0.0.0", 9401, None, fqdn=lambda: fqdn) == f"{fqdn}:9401"
+    assert advertised_address("::", 9401, None, fqdn=lambda: fqdn) == f"{fqdn}:9401"
+    assert advertised_address("0.0.0.0", 9400, None, fqdn=lambda: "bad host") is None
