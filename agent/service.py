@@ -143,7 +143,9 @@ class AgentService:
         from shared.metrics_http import MetricsServer, parse_listen  # noqa: PLC0415
 
         host, port = parse_listen(self.settings.metrics_listen, field="metrics_listen")
-        self.exposition = AgentExposition(self.stats)
+        self.exposition = AgentExposition(
+            self.stats, hostname_label=self.settings.dcgm_hostname_label
+        )
         self.exposition.inventory = inventory
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.exposition)

@@ -50,6 +50,11 @@ class AgentSettings(CapwatchSettings):
     """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
     format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
     shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
+    dcgm_hostname_label: Literal["Hostname", "hostname"] = "Hostname"
+    """How ``/metrics`` spells dcgm-exporter's host label on the ``DCGM_FI_*`` series:
+    ``Hostname`` (dcgm-exporter's releases so far) or ``hostname`` (its main branch); pick
+    the one your dashboards and the site's dcgm-exporters use. Flag
+    ``--dcgm-hostname-label``, env ``CAPWATCH_DCGM_HOSTNAME_LABEL``."""
     metrics_advertise: str | None = None
     """``HOST:PORT`` at which Prometheus reaches that server, announced in the inventory
     (the collector's service discovery lists it). Unset: the listen address when it names one

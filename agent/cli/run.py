@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "CAPWATCH_METRICS_LISTEN)",
     )
     p.add_argument(
+        "--dcgm-hostname-label",
+        choices=["Hostname", "hostname"],
+        help="spelling of dcgm-exporter's host label on the DCGM_FI_* series: Hostname "
+        "(default, its releases) or hostname (its main branch; env "
+        "CAPWATCH_DCGM_HOSTNAME_LABEL)",
+    )
+    p.add_argument(
         "--metrics-advertise",
         metavar="HOST:PORT",
         help="where Prometheus reaches that server, announced in the inventory for the "
@@ -68,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         extra["metrics_listen"] = args.metrics_listen
     if args.web_config_file is not None:
         extra["web_config_file"] = args.web_config_file
+    if args.dcgm_hostname_label is not None:
+        extra["dcgm_hostname_label"] = args.dcgm_hostname_label
     if args.metrics_advertise is not None:
         extra["metrics_advertise"] = args.metrics_advertise
     settings = settings_from_args(args, **extra)
