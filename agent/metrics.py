@@ -9,8 +9,9 @@ Names (the README's table lists every one):
 
 * GPU metrics use **dcgm-exporter's names, labels and units** (``DCGM_FI_DEV_POWER_USAGE``
   in W, ``DCGM_FI_DEV_FB_USED`` in MiB, ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` in mJ, ...;
-  labels ``gpu``, ``UUID``, ``pci_bus_id``, ``device``, ``modelName``, ``Hostname``,
-  ``DCGM_FI_DRIVER_VERSION``), so dashboards built for dcgm-exporter work unchanged.
+  labels ``gpu``, ``UUID``, ``pci_bus_id``, ``device``, ``modelName``, ``Hostname`` (or
+  ``hostname``, as dcgm-exporter's main branch spells it: the ``dcgm_hostname_label``
+  setting), ``DCGM_FI_DRIVER_VERSION``), so dashboards built for dcgm-exporter work unchanged.
   dcgm-exporter types its counters ``counter`` without the ``_total`` suffix that
   prometheus_client adds to every counter; to keep the exact names those families are
   exposed untyped (PromQL's ``rate()`` reads them the same).
@@ -27,9 +28,11 @@ blank fields: absent, never 0.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,9 +42,26 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from shared.schema import GpuEcc, GpuInfo, GpuRemappedRows, GpuSample, Inventory, Sample
+from shared.schema import (
+    METRICS_ADDRESS_PATTERN,
+    GpuEcc,
+    GpuInfo,
+    GpuRemappedRows,
+    GpuSample,
+    Inventory,
+    Sample,
+)
 
-__all__ = ["DCGM_LABELS", "AgentExposition", "AgentStats", "dcgm_families", "host_families"]
+__all__ = [
+    "DCGM_LABELS",
+    "AgentExposition",
+    "AgentStats",
+    "HostnameLabel",
+    "advertised_address",
+    "dcgm_families",
+    "dcgm_labels",
+    "host_families",
+]
 
 DCGM_LABELS: Final = (
     "gpu",
@@ -52,7 +72,18 @@ DCGM_LABELS: Final = (
     "Hostname",
     "DCGM_FI_DRIVER_VERSION",
 )
-"""dcgm-exporter's label set on every ``DCGM_FI_*`` series, in its order."""
+"""dcgm-exporter's label set on every ``DCGM_FI_*`` series, in its order (its releases so
+far; its main branch spells the host label ``hostname``: see :func:`dcgm_labels`)."""
+
+HostnameLabel = Literal["Hostname", "hostname"]
+"""The two spellings of dcgm-exporter's host label: ``Hostname`` (its releases up to now) and
+``hostname`` (its main branch). The agent's ``dcgm_hostname_label`` setting picks one."""
+
+
+def dcgm_labels(hostname_label: HostnameLabel = "Hostname") -> tuple[str, ...]:
+    """:data:`DCGM_LABELS` with the host label spelled ``hostname_label``."""
+    return tuple(hostname_label if k == "Hostname" else k for k in DCGM_LABELS)
+
 
 _MIB: Final = 1024 * 1024
 _LOST_REASONS: Final = ("full", "age", "torn", "corrupt", "memory_full")
@@ -98,7 +129,7 @@ def _gpu_info(inventory: Inventory | None, uuid: str) -> GpuInfo | None:
 
 
 def _gpu_labels(
-    gpu: GpuSample, info: GpuInfo | None, inventory: Inventory | None
+    gpu: GpuSample, info: GpuInfo | None, inventory: Inventory | None, hostname: HostnameLabel
 ) -> dict[str, str]:
     return {
         "gpu": str(gpu.index),
@@ -108,7 +139,7 @@ def _gpu_labels(
         # every system we know of, and the wire schema does not carry the minor.
         "device": f"nvidia{gpu.index}",
         "modelName": info.name if info is not None else "",
-        "Hostname": inventory.host if inventory is not None else "",
+        hostname: inventory.host if inventory is not None else "",
         "DCGM_FI_DRIVER_VERSION": (inventory.gpu_driver or "") if inventory is not None else "",
     }
 
@@ -125,12 +156,15 @@ def dcgm_families(
     last_xid: dict[int, int] | None = None,
     ecc: dict[int, GpuEcc] | None = None,
     remapped: dict[int, GpuRemappedRows] | None = None,
+    hostname_label: HostnameLabel = "Hostname",
 ) -> list[Metric]:
     """The GPU part of ``sample`` under dcgm-exporter's names, labels and units.
 
     ``last_xid``, ``ecc`` and ``remapped`` are per GPU index, carried over from earlier
     samples (a sample has XIDs only when one happened, ECC and rows only on slow ticks).
+    ``hostname_label``: how the host label is spelled.
     """
+    label_names = dcgm_labels(hostname_label)
     last_xid = last_xid or {}
     ecc = ecc or {}
     remapped = remapped or {}
@@ -159,8 +193,15 @@ def dcgm_families(
         "fb_used": _Dcgm("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
         "fb_total": _Dcgm("DCGM_FI_DEV_FB_TOTAL", "gauge", "Framebuffer memory total (in MiB)."),
         "pstate": _Dcgm("DCGM_FI_DEV_PSTATE", "gauge", "Performance state (P-State) 0-15."),
+        # DCGM 3.3 renamed the field (NVML's "throttle" became "clock event"); dcgm-exporter
+        # exports the new name. The old one stays for one release (README: Deprecated).
         "reasons": _Dcgm(
-            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge", "Current clock throttle reasons."
+            "DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "gauge", "Current clock event reasons."
+        ),
+        "reasons_old": _Dcgm(
+            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
+            "gauge",
+            "Current clock throttle reasons (deprecated: DCGM_FI_DEV_CLOCKS_EVENT_REASONS).",
         ),
         "limit": _Dcgm(
             "DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "gauge", "Effective power limit (in W)."
@@ -206,11 +247,11 @@ def dcgm_families(
         "capwatch_gpu_power_interval_watts",
         "Mean GPU power over the last sampling interval, from the energy counter (W); "
         "more accurate than DCGM_FI_DEV_POWER_USAGE, which is a short-window reading.",
-        labels=DCGM_LABELS,
+        labels=label_names,
     )
     for gpu in sample.gpus:
         info = _gpu_info(inventory, gpu.uuid)
-        labels = _gpu_labels(gpu, info, inventory)
+        labels = _gpu_labels(gpu, info, inventory, hostname_label)
         f["sm_clock"].add(labels, gpu.sm_clock_mhz)
         f["temp"].add(labels, gpu.temp_c)
         f["power"].add(labels, gpu.power_w)
@@ -226,6 +267,7 @@ def dcgm_families(
             f["fb_free"].add(labels, _mib(max(0, gpu.mem_total_bytes - gpu.mem_used_bytes)))
         f["pstate"].add(labels, gpu.pstate)
         f["reasons"].add(labels, gpu.clock_event_reasons)
+        f["reasons_old"].add(labels, gpu.clock_event_reasons)
         f["limit"].add(labels, None if info is None else info.power_limit_w)
         e = gpu.ecc or ecc.get(gpu.index)
         if e is not None:
@@ -240,7 +282,7 @@ def dcgm_families(
             f["rows_fail"].add(labels, int(r.failure))
             f["rows_pending"].add(labels, int(r.pending))
         if gpu.power_interval_w is not None:
-            interval.add_metric([labels[k] for k in DCGM_LABELS], gpu.power_interval_w)
+            interval.add_metric([labels[k] for k in label_names], gpu.power_interval_w)
     out = [d.metric for d in f.values() if d.metric.samples]
     if interval.samples:
         out.append(interval)
@@ -429,8 +471,11 @@ class AgentExposition(Collector):
     over that sample's XIDs; nothing else per tick) and sets :attr:`inventory` once.
     """
 
-    def __init__(self, stats: Callable[[], AgentStats]) -> None:
+    def __init__(
+        self, stats: Callable[[], AgentStats], *, hostname_label: HostnameLabel = "Hostname"
+    ) -> None:
         self._stats = stats
+        self._hostname_label: HostnameLabel = hostname_label
         self.inventory: Inventory | None = None
         self.sample: Sample | None = None
         self._last_xid: dict[int, int] = {}
@@ -461,4 +506,27 @@ class AgentExposition(Collector):
             last_xid=dict(self._last_xid),
             ecc=dict(self._ecc),
             remapped=dict(self._remapped),
+            hostname_label=self._hostname_label,
         )
+
+
+_WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})
+
+
+def advertised_address(
+    listen_host: str,
+    port: int,
+    advertise: str | None,
+    *,
+    fqdn: Callable[[], str] = socket.getfqdn,
+) -> str | None:
+    """The ``HOST:PORT`` the inventory announces for ``/metrics``: ``advertise`` when set;
+    else the listen host when it names one (``10.1.2.3``), or ``fqdn()`` when it listens on
+    every address, with the bound ``port``. ``None`` when that is not a valid target (an
+    FQDN with a character Prometheus would refuse): better no address than an inventory
+    the collector must reject."""
+    if advertise is not None:
+        return advertise
+    host = fqdn() if listen_host in _WILDCARDS else listen_host
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return address if re.fullmatch(METRICS_ADDRESS_PATTERN, address) else None

@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from agent.host import HostSampler, NicFilter
 from agent.node import NodeSampler, make_gpu_backend
 from agent.publisher import Publisher
@@ -159,17 +161,26 @@ class AgentService:
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 (only when serving)
         from prometheus_client.process_collector import ProcessCollector  # noqa: PLC0415
 
-        from agent.metrics import AgentExposition  # noqa: PLC0415
+        from agent.metrics import AgentExposition, advertised_address  # noqa: PLC0415
         from shared.metrics_http import MetricsServer, parse_listen  # noqa: PLC0415
 
         host, port = parse_listen(self.settings.metrics_listen, field="metrics_listen")
-        self.exposition = AgentExposition(self.stats)
+        self.exposition = AgentExposition(
+            self.stats, hostname_label=self.settings.dcgm_hostname_label
+        )
         self.exposition.inventory = inventory
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.exposition)
         ProcessCollector(registry=registry)
-        async with MetricsServer(host, port, registry, self.ready) as server:
+        async with MetricsServer(
+            host, port, registry, self.ready, web_config_file=self.settings.web_config_file
+        ) as server:
             self.metrics_port = server.port
+            # Known once bound (port 0); getfqdn may ask DNS: not on the loop.
+            address = await asyncio.to_thread(
+                advertised_address, host, server.port, self.settings.metrics_advertise
+            )
+            self._inventory = encode(msgspec.structs.replace(inventory, metrics_address=address))
             yield
 
     def stats(self) -> AgentStats:

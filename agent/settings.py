@@ -11,7 +11,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.schema import MAX_GPUS, MAX_INTERVAL_S
+from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
 
@@ -79,6 +79,20 @@ class AgentSettings(CapwatchSettings):
     metrics_listen: str | None = None
     """``HOST:PORT`` to serve ``/metrics``, ``/healthz``, ``/readyz`` on (unset: no server).
     Env ``CAPWATCH_METRICS_LISTEN``; flag ``--metrics-listen``."""
+    web_config_file: Path | None = None
+    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
+    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
+    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
+    dcgm_hostname_label: Literal["Hostname", "hostname"] = "Hostname"
+    """How ``/metrics`` spells dcgm-exporter's host label on the ``DCGM_FI_*`` series:
+    ``Hostname`` (dcgm-exporter's releases so far) or ``hostname`` (its main branch); pick
+    the one your dashboards and the site's dcgm-exporters use. Flag
+    ``--dcgm-hostname-label``, env ``CAPWATCH_DCGM_HOSTNAME_LABEL``."""
+    metrics_advertise: str | None = None
+    """``HOST:PORT`` at which Prometheus reaches that server, announced in the inventory
+    (the collector's service discovery lists it). Unset: the listen address when it names one
+    host, else (``0.0.0.0``, ``::``) this node's FQDN, with the bound port. Flag
+    ``--metrics-advertise``, env ``CAPWATCH_METRICS_ADVERTISE``."""
 
     @field_validator("metrics_listen")
     @classmethod
@@ -86,6 +100,17 @@ class AgentSettings(CapwatchSettings):
         from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
         return check_listen(value)
+
+    @field_validator("metrics_advertise")
+    @classmethod
+    def _advertise_is_a_target(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(METRICS_ADDRESS_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not HOST:PORT as Prometheus scrapes it: write e.g. "
+                "gpu-node-017.cluster.example:9400, 10.1.2.3:9400 or [fd00::17]:9400 "
+                "(port 1-65535)"
+            )
+        return value
 
     @field_validator("node_id")
     @classmethod

@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/bench_metrics.py [--seconds S] [--nodes N] [--scrapes K]
 
-Agent: two real ``agent run --interval 1 --gpu-backend fake`` processes (8 fake GPUs)
-publishing to a local Mosquitto, one without and one with ``--metrics-listen``; the second
-is scraped once per tick (every second: 15 times Prometheus' default rate, so the worst
-case). Whole-process CPU (utime + stime of every thread, ``/proc/<pid>/stat``) over the
-window, per tick, and RSS at its end. In-process: what the sampler pays per tick
-(``AgentExposition.update``) and what one scrape costs (families + text).
+Agent: three real ``agent run --interval 1 --gpu-backend fake`` processes (8 fake GPUs)
+publishing to a local Mosquitto: one without ``--metrics-listen``, one with it, one with it
+behind ``--web-config-file`` (TLS and a bcrypt user). The last two are scraped once per tick
+(every second: 15 times Prometheus' default rate, so the worst case). Whole-process CPU
+(utime + stime of every thread, ``/proc/<pid>/stat``) over the window, per tick, and RSS at
+its end. In-process: what the sampler pays per tick (``AgentExposition.update``) and what
+one scrape costs (families + text).
 
 Collector: 12,500 simulated 8-GPU nodes put into a collector's live view, its /metrics served
 by the real server on loopback, scraped ``--scrapes`` times over HTTP while a heartbeat task
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -81,12 +83,36 @@ def _free_port() -> int:
         return port
 
 
+def _secured(workdir: Path) -> tuple[Path, ssl.SSLContext]:
+    """A web config (TLS with a throw-away CA, one bcrypt user, cost 12 as htpasswd -B
+    makes by default here) and the client context that trusts its CA."""
+    import bcrypt  # noqa: PLC0415
+
+    from tests.integration.secure_broker import make_pki  # noqa: PLC0415
+
+    pki = make_pki(workdir / "pki", client_cn="prometheus")
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(12)).decode()
+    web = workdir / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    return web, ssl.create_default_context(cafile=pki.ca_cert)
+
+
 def _agent_process(
-    broker: MosquittoBroker, workdir: Path, seconds: int, *, metrics: bool
+    broker: MosquittoBroker,
+    workdir: Path,
+    seconds: int,
+    *,
+    metrics: bool,
+    secured: tuple[Path, ssl.SSLContext] | None = None,
 ) -> tuple[float, float, int]:
-    """(CPU ms per tick, RSS MB, bytes of the last scrape) of one agent process."""
+    """(CPU ms per tick, RSS MB, bytes of the last scrape) of one agent process; with
+    ``secured``, /metrics over TLS with basic auth (a new TLS connection per scrape: the
+    server closes each, as for Prometheus)."""
     port = _free_port()
-    log = workdir / f"agent-{metrics}.log"
+    log = workdir / f"agent-{metrics}-{secured is not None}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPWATCH_")}
     command = [
         sys.executable, "-m", "agent", "run", "--interval", "1", "--gpu-backend", "fake",
@@ -95,6 +121,12 @@ def _agent_process(
     ]  # fmt: skip
     if metrics:
         command += ["--metrics-listen", f"127.0.0.1:{port}"]
+    scheme = "http"
+    verify: ssl.SSLContext | bool = True
+    auth: tuple[str, str] | None = None
+    if secured is not None:
+        command += ["--web-config-file", str(secured[0])]
+        scheme, verify, auth = "https", secured[1], ("prometheus", "s3cret")
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=_REPO, env=env, stdout=out, stderr=out)
     size = 0
@@ -105,11 +137,15 @@ def _agent_process(
                 raise SystemExit(f"agent did not connect:\n{log.read_text()}")
             time.sleep(0.05)
         time.sleep(3.0)  # warm-up: rate baselines, the first slow tick
-        cpu0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
-        with httpx.Client(trust_env=False, timeout=5) as client:
+        with httpx.Client(trust_env=False, timeout=5, verify=verify, auth=auth) as client:
+            if metrics:  # outside the window: the one bcrypt check of the password
+                client.get(f"{scheme}://127.0.0.1:{port}/metrics").raise_for_status()
+            cpu0, t0 = _proc_cpu_s(proc.pid), time.monotonic()
             while time.monotonic() - t0 < seconds:
                 if metrics:
-                    size = len(client.get(f"http://127.0.0.1:{port}/metrics").content)
+                    r = client.get(f"{scheme}://127.0.0.1:{port}/metrics")
+                    r.raise_for_status()
+                    size = len(r.content)
                 time.sleep(1.0)
         cpu1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
         rss = _rss_mb(proc.pid)
@@ -226,11 +262,16 @@ def main() -> None:
             with MosquittoBroker(workdir / "broker") as broker:
                 off = _agent_process(broker, workdir, args.seconds, metrics=False)
                 on = _agent_process(broker, workdir, args.seconds, metrics=True)
+                tls = _agent_process(
+                    broker, workdir, args.seconds, metrics=True, secured=_secured(workdir)
+                )
             print(
                 f"agent run --interval 1 (8 fake GPUs), {args.seconds} s window:\n"
                 f"  metrics off: {off[0]:.2f} ms CPU/tick, RSS {off[1]:.1f} MB\n"
                 f"  metrics on, scraped every tick: {on[0]:.2f} ms CPU/tick, RSS {on[1]:.1f} MB"
                 f" ({on[2]:,} bytes per scrape)\n"
+                f"  metrics on, TLS + basic auth, scraped every tick: {tls[0]:.2f} ms CPU/tick, "
+                f"RSS {tls[1]:.1f} MB (TLS + auth: {tls[0] - on[0]:+.2f} ms CPU per scrape)\n"
                 f"  extra: {on[0] - off[0]:+.2f} ms CPU/tick, {on[1] - off[1]:+.1f} MB RSS "
                 f"(CPU resolution {1000 / os.sysconf('SC_CLK_TCK') / args.seconds:.1f} ms/tick)"
             )

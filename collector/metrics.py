@@ -45,6 +45,7 @@ from shared.metrics_http import MetricsServer, parse_listen
 
 if TYPE_CHECKING:
     from collector.ingest.writer import Writer
+    from collector.sd import ServiceDiscovery
     from collector.service import Collector
 
 __all__ = [
@@ -389,11 +390,36 @@ class CollectorMetrics:
         expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)
         try:
-            async with MetricsServer(host, port, self.registry, self.ready) as server:
+            async with MetricsServer(
+                host,
+                port,
+                self.registry,
+                self.ready,
+                web_config_file=self.collector.settings.web_config_file,
+                routes={"/sd": self.service_discovery()},
+            ) as server:
                 self.port = server.port
                 yield server
         finally:
             self.registry.unregister(expo)
+
+    def service_discovery(self) -> ServiceDiscovery:
+        """``/sd``: the agents as Prometheus HTTP service discovery target groups."""
+        from collector.governance.inventory import rack_of  # noqa: PLC0415
+        from collector.sd import ServiceDiscovery  # noqa: PLC0415
+
+        settings = self.collector.settings
+        racks = rack_of
+        if settings.capacity.plan is not None:
+            from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+
+            plan = load_capacity_plan(settings.capacity.plan)  # checked at start already
+
+            def racks(node: str) -> str | None:
+                rack = plan.rack_of(node)[0]
+                return None if rack == "-" else rack
+
+        return ServiceDiscovery(settings.db_path, racks, self.collector.clock.time)
 
     # -- the built-in sources
 

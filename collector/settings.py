@@ -266,6 +266,10 @@ class CollectorSettings(CapwatchSettings):
     metrics_listen: str | None = None
     """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);
     unset: no HTTP server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
+    web_config_file: Path | None = None
+    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
+    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
+    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
     metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
     """``/readyz`` says unready when the writer has not committed for this long."""
 

@@ -27,6 +27,6 @@ stamp="$venv/.capwatch-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "==> installing capwatch and its dependencies into .venv" >&2
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
+  "$venv/bin/python" -m pip install --quiet -e "$root[collector,dev]"
   touch "$stamp"
 fi

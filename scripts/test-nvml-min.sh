@@ -22,7 +22,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
         { echo "test-nvml-min: $python is older than 3.11; set PYTHON" >&2; exit 2; }
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e . "pytest>=8" "pytest-asyncio>=0.24"
+    # The plain install (no collector extra): the agent's tests need only what it ships.
+    "$venv/bin/python" -m pip install --quiet -e . "pytest>=8" "pytest-asyncio>=0.24" "psutil>=6"
 fi
 
 installed="$("$venv/bin/python" -c 'from importlib.metadata import version; print(version("nvidia-ml-py"))')"

@@ -15,31 +15,42 @@ Paths:
 * ``/healthz``: 200 while the process serves HTTP at all (liveness).
 * ``/readyz``: 200 ``ready`` or 503 with the reason, from the daemon's ``ready()`` callback
   (readiness: the collector's broker and writer, the agent's last acknowledged publish).
+* a daemon's own ``routes`` (the collector's ``/sd``: Prometheus HTTP service discovery).
+
+With a web config file (:mod:`shared.webconfig`, exporter-toolkit's format) the server
+speaks TLS (the handshake in the connection's own thread, under the request timeout, so a
+client that stalls in it holds one thread, not the accept loop) and asks every request for
+a basic-auth user: 401 with ``WWW-Authenticate: Basic`` otherwise, on every path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from shared.errors import ConfigError
+from shared.errors import CapwatchError, ConfigError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from prometheus_client.registry import CollectorRegistry
 
+    from shared.webconfig import BasicAuth
+
 __all__ = [
     "MAX_CONNECTIONS",
     "REQUEST_TIMEOUT_S",
     "MetricsServer",
     "Readiness",
+    "Route",
     "check_listen",
     "parse_listen",
 ]
@@ -48,6 +59,9 @@ log = get_logger("metrics_http")
 
 Readiness = Callable[[], tuple[bool, str]]
 """``ready()``: whether the daemon is ready, and a one-line reason (shown by ``/readyz``)."""
+Route = Callable[[], tuple[str, bytes]]
+"""A daemon's own path (the collector's ``/sd``): called in the request thread, returns
+(content type, body)."""
 
 _TEXT: Final = ("Content-Type", "text/plain; charset=utf-8")
 
@@ -136,6 +150,14 @@ class _QuietHandler(WSGIRequestHandler):
 
     timeout = REQUEST_TIMEOUT_S
 
+    def setup(self) -> None:
+        """TLS: the handshake here, in this connection's thread, bounded by ``timeout``
+        (a failed one ends the connection through the server's ``handle_error``)."""
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http_request", line=format % args)
 
@@ -153,13 +175,24 @@ def _family(host: str, field: str) -> socket.AddressFamily:
     return infos[0][0]
 
 
-def make_app(registry: CollectorRegistry, ready: Readiness) -> WSGIApplication:
-    """The WSGI app: ``/healthz`` and ``/readyz`` here, everything else prometheus_client's."""
+def make_app(
+    registry: CollectorRegistry,
+    ready: Readiness,
+    *,
+    auth: BasicAuth | None = None,
+    routes: Mapping[str, Route] | None = None,
+) -> WSGIApplication:
+    """The WSGI app: ``/healthz``, ``/readyz`` and ``routes`` here, ``/metrics``
+    prometheus_client's; with ``auth``, every path behind its users."""
+    own = dict(routes or {})
     from prometheus_client import make_wsgi_app  # noqa: PLC0415 (only when serving)
 
     metrics = make_wsgi_app(registry)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if auth is not None and not auth.check(environ.get("HTTP_AUTHORIZATION")):
+            start_response("401 Unauthorized", [_TEXT, ("WWW-Authenticate", "Basic")])
+            return [b"Unauthorized\n"]
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             start_response("200 OK", [_TEXT])  # a new list: wsgiref adds to it
@@ -168,6 +201,14 @@ def make_app(registry: CollectorRegistry, ready: Readiness) -> WSGIApplication:
             ok, reason = ready()
             start_response("200 OK" if ok else "503 Service Unavailable", [_TEXT])
             return [reason.encode() + b"\n"]
+        if path in own:
+            try:
+                content_type, payload = own[path]()
+            except CapwatchError as exc:
+                start_response("503 Service Unavailable", [_TEXT])
+                return [str(exc).encode() + b"\n"]
+            start_response("200 OK", [("Content-Type", content_type)])
+            return [payload]
         if path in ("/metrics", "/"):
             body: Iterable[bytes] = metrics(environ, start_response)
             return body
@@ -181,8 +222,9 @@ class MetricsServer:
     """``async with MetricsServer(host, port, registry, ready) as srv:`` serves until exit.
 
     Binding happens in ``__aenter__``: a port in use or an address the host does not have is
-    a :class:`ConfigError` naming ``field`` before the daemon starts its tasks. ``srv.port``
-    is the bound port (useful with port 0).
+    a :class:`ConfigError` naming ``field`` before the daemon starts its tasks, and so is a
+    bad ``web_config_file`` (read there, certificates included). ``srv.port`` is the bound
+    port (useful with port 0).
     """
 
     def __init__(
@@ -195,17 +237,30 @@ class MetricsServer:
         field: str = "metrics_listen",
         max_connections: int = MAX_CONNECTIONS,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
+        web_config_file: Path | None = None,
+        routes: Mapping[str, Route] | None = None,
     ) -> None:
         self.host = host
+        self._routes = routes
+        self._web_config_file = web_config_file
+        self._registry = registry
+        self._ready = ready
         self._max_connections = max_connections
         self._request_timeout_s = request_timeout_s
         self.port = port
-        self._app = make_app(registry, ready)
         self._field = field
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     async def __aenter__(self) -> Self:
+        tls: ssl.SSLContext | None = None
+        auth: BasicAuth | None = None
+        if self._web_config_file is not None:
+            from shared.webconfig import load_web_config  # noqa: PLC0415 (yaml, bcrypt)
+
+            web = load_web_config(self._web_config_file)
+            tls, auth = web.tls, web.auth
+        app = make_app(self._registry, self._ready, auth=auth, routes=self._routes)
         family = _family(self.host, self._field)
         server_class = type(
             "_BoundServer",
@@ -215,7 +270,7 @@ class MetricsServer:
         handler = type("_Handler", (_QuietHandler,), {"timeout": self._request_timeout_s})
         try:
             server: WSGIServer = make_server(
-                self.host, self.port, self._app, server_class, handler_class=handler
+                self.host, self.port, app, server_class, handler_class=handler
             )
         except OSError as exc:
             raise ConfigError(
@@ -224,6 +279,10 @@ class MetricsServer:
                 field=self._field,
             ) from exc
         assert isinstance(server, _Server)
+        if tls is not None:
+            server.socket = tls.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
@@ -231,7 +290,13 @@ class MetricsServer:
         )
         self._thread.daemon = True
         self._thread.start()
-        log.info("metrics_listening", host=self.host, port=self.port)
+        log.info(
+            "metrics_listening",
+            host=self.host,
+            port=self.port,
+            tls=tls is not None,
+            basic_auth=auth is not None,
+        )
         return self
 
     def active(self) -> int:

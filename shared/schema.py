@@ -66,6 +66,7 @@ __all__ = [
     "MAX_VERSION_LEN",
     "MAX_XID",
     "MAX_XIDS",
+    "METRICS_ADDRESS_PATTERN",
     "MIN_INTERVAL_S",
     "MIN_TEMP_C",
     "MIN_TS_S",
@@ -145,6 +146,12 @@ MAC_PATTERN: Final = r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){0,31}\Z"
 NODE_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_ID_LEN - 1}}}\Z"
 """The rule of :data:`shared.topics.NODE_ID_RE` (one safe MQTT topic level)."""
 GPU_STATUS_PATTERN: Final = rf"^[a-z][a-z0-9_]{{0,{MAX_GPU_STATUS_LEN - 1}}}\Z"
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+METRICS_ADDRESS_PATTERN: Final = (
+    rf"^(?:[A-Za-z0-9][A-Za-z0-9._-]{{0,252}}|\[[0-9A-Fa-f:.]{{2,45}}\]):{_PORT}\Z"
+)
+"""``HOST:PORT`` as Prometheus takes a target: a DNS name or IPv4 address (at most 253
+characters), or ``[IPv6]``; port 1-65535. At most 259 characters in all."""
 """``ok``, ``no_driver``, ...: a lower-case word, so a new agent's reason still decodes."""
 
 # -- numbers
@@ -464,6 +471,9 @@ class Inventory(_Struct, frozen=True):
     accelerators: Annotated[list[AcceleratorInfo], msgspec.Meta(max_length=MAX_ACCELERATORS)] = (
         msgspec.field(default_factory=list)
     )
+    metrics_address: Annotated[str, msgspec.Meta(pattern=METRICS_ADDRESS_PATTERN)] | None = None
+    """Where the agent serves ``/metrics``, ``HOST:PORT`` (``--metrics-advertise``); the
+    collector's Prometheus service discovery (``/sd``) lists it. ``None``: no /metrics."""
 
 
 class NodeStatus(_Struct, frozen=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 
 from agent.cli._args import add_settings_args, node_sampler, settings_from_args
 
@@ -43,6 +44,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "names), /healthz and /readyz here, e.g. 0.0.0.0:9400 (default: off; env "
         "CAPWATCH_METRICS_LISTEN)",
     )
+    p.add_argument(
+        "--dcgm-hostname-label",
+        choices=["Hostname", "hostname"],
+        help="spelling of dcgm-exporter's host label on the DCGM_FI_* series: Hostname "
+        "(default, its releases) or hostname (its main branch; env "
+        "CAPWATCH_DCGM_HOSTNAME_LABEL)",
+    )
+    p.add_argument(
+        "--metrics-advertise",
+        metavar="HOST:PORT",
+        help="where Prometheus reaches that server, announced in the inventory for the "
+        "collector's service discovery (default: the listen host, or this node's FQDN when "
+        "it listens on all addresses, and the listen port; env CAPWATCH_METRICS_ADVERTISE)",
+    )
+    p.add_argument(
+        "--web-config-file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
+        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
+        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -63,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
         extra["metrics_listen"] = args.metrics_listen
     if args.spool_dir is not None:
         extra["spool_dir"] = args.spool_dir
+    if args.web_config_file is not None:
+        extra["web_config_file"] = args.web_config_file
+    if args.dcgm_hostname_label is not None:
+        extra["dcgm_hostname_label"] = args.dcgm_hostname_label
+    if args.metrics_advertise is not None:
+        extra["metrics_advertise"] = args.metrics_advertise
     settings = settings_from_args(args, **extra)
     if settings.spool_dir is None:
         settings = settings.model_copy(update={"spool_dir": default_spool_dir(os.environ)})

@@ -14,13 +14,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Collection, Sequence
 from typing import Final
 
 from shared.cli import run_command
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXTRA_MODULES", "build_parser", "main", "missing_extra"]
+
+EXTRA_MODULES: Final = {
+    "aiosqlite": "aiosqlite",
+    "zstandard": "zstandard",
+    "httpx": "httpx",
+    "scipy": "scipy",
+    "tomli-w": "tomli_w",
+    "tzdata": "tzdata",
+    "google-re2": "re2",
+}
+"""The ``collector`` extra of pyproject.toml (distribution: module it installs). The plain
+install (``pip install capwatch``) is the node agent; a test holds this equal to the extra."""
 
 COMMANDS: Final = {
     "run": ("collector.cli.run", "run the collector daemon"),
@@ -105,10 +118,31 @@ def _named_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def missing_extra() -> list[str]:
+    """The distributions of the ``collector`` extra that are not installed (none: all are).
+
+    ``find_spec`` of a top-level name finds the module without importing it (~µs each).
+    """
+    return [
+        dist for dist, module in EXTRA_MODULES.items() if importlib.util.find_spec(module) is None
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``collector`` console script."""
+    """Entry point of the ``collector`` console script.
+
+    In an agent-only install (no ``collector`` extra) a command is refused with one line
+    naming the extra (exit 2), not an ``ImportError`` from deep inside it.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     command = _named_command(args)
+    if command in COMMANDS and (missing := missing_extra()):
+        print(
+            f"collector {command}: error: the collector's dependencies are not installed "
+            f"({', '.join(missing)}): pip install 'capwatch[collector]'",
+            file=sys.stderr,
+        )
+        return 2
     return run_command(build_parser(() if command is None else (command,)), args)
 
 

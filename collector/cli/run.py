@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli._args import add_settings_args
@@ -47,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="serve /metrics (Prometheus: ingest health, fleet aggregates, alert counts; no "
         "per-GPU series), /healthz and /readyz here, e.g. 127.0.0.1:9474 (default: off)",
     )
+    p.add_argument(
+        "--web-config-file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
+        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
+        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -61,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"client_id": args.client_id}
     if args.metrics_listen is not None:
         extra["metrics_listen"] = args.metrics_listen
+    if args.web_config_file is not None:
+        extra["web_config_file"] = args.web_config_file
     if args.retention is not None:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
     settings = settings_from_args(args, **extra)

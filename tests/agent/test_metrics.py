@@ -14,7 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from agent.host import HostSampler
-from agent.metrics import DCGM_LABELS, AgentExposition, AgentStats
+from agent.metrics import (
+    DCGM_LABELS,
+    AgentExposition,
+    AgentStats,
+    advertised_address,
+    dcgm_labels,
+)
 from agent.node import NodeSampler
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
@@ -121,7 +127,8 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
             "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes // mib,
             "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) // mib,
             "DCGM_FI_DEV_PSTATE": g.pstate,
-            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,
+            "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": g.clock_event_reasons,
+            "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,  # old name, one release
             "DCGM_FI_DEV_ENFORCED_POWER_LIMIT": info.power_limit_w,
             "DCGM_FI_DEV_XID_ERRORS": 0,
             "capwatch_gpu_power_interval_watts": g.power_interval_w,
@@ -156,6 +163,25 @@ def test_dcgm_series_carry_dcgm_exporters_labels_from_the_inventory(
             "Hostname": inventory.host,
             "DCGM_FI_DRIVER_VERSION": "550.54.15",
         }
+
+
+def test_the_host_label_can_be_spelled_as_dcgm_exporters_main_branch_does(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """hostname_label="hostname": every GPU series, capwatch's interval power too, carries
+    ``hostname`` with the inventory's host and no ``Hostname``."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS, hostname_label="hostname")
+    expo.inventory = inventory
+    expo.update(sample)
+    _, series = _scrape(expo)
+    for name in ("DCGM_FI_DEV_GPU_TEMP", "capwatch_gpu_power_interval_watts"):
+        labels = _labels(series, name)
+        assert len(labels) == 4, name
+        assert [set(d) for d in labels] == [set(dcgm_labels("hostname"))] * 4
+        assert {d["hostname"] for d in labels} == {inventory.host}
+        assert all("Hostname" not in d for d in labels)
 
 
 def test_xid_shows_the_last_code_per_gpu_and_stays_after_later_samples(
@@ -320,3 +346,17 @@ def test_nvidias_dcgm_dashboard_finds_its_series_and_labels(
         labels = _labels(series, name)
         assert sorted(d["gpu"] for d in labels) == ["0", "1", "2", "3"], name
         assert all(d[k] for d in labels for k in _NVIDIA_DASHBOARD_LABELS), name
+
+
+def test_the_advertised_address_is_the_setting_else_the_listen_host_else_the_fqdn() -> None:
+    """--metrics-advertise wins; a specific listen host is used as it is (IPv6 bracketed); a
+    wildcard listen gives the FQDN; an FQDN no target can carry gives no address."""
+    fqdn = "gpu-node-017.cluster.example"
+    assert advertised_address("0.0.0.0", 9400, "gw.example:19400", fqdn=lambda: fqdn) == (
+        "gw.example:19400"
+    )
+    assert advertised_address("10.1.2.3", 9400, None, fqdn=lambda: fqdn) == "10.1.2.3:9400"
+    assert advertised_address("::1", 9400, None, fqdn=lambda: fqdn) == "[::1]:9400"
+    assert advertised_address("0.0.0.0", 9401, None, fqdn=lambda: fqdn) == f"{fqdn}:9401"
+    assert advertised_address("::", 9401, None, fqdn=lambda: fqdn) == f"{fqdn}:9401"
+    assert advertised_address("0.0.0.0", 9400, None, fqdn=lambda: "bad host") is None

@@ -11,14 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
 import pytest
 
-from agent.service import AgentService
+from agent.service import AgentService, build_sampler
+from agent.settings import AgentSettings
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
+from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner
+from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.secure_broker import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,10 +53,11 @@ async def collector(collector_runner: CollectorRunner) -> Collector:
 class PrometheusProcess:
     """``/usr/bin/prometheus`` with a generated config, tmp storage, on a free port."""
 
-    def __init__(self, tmp: Path, targets: dict[str, int]) -> None:
+    def __init__(self, tmp: Path, targets: dict[str, int], *, jobs: str = "") -> None:
+        """Scrape ``targets`` (job: port on 127.0.0.1) and the ``jobs`` given as YAML."""
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        jobs = "".join(
+        jobs += "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
             for job, port in targets.items()
         )
@@ -176,3 +181,54 @@ async def test_promtool_accepts_the_running_collectors_metrics(collector: Collec
     body = (await _get(f"http://127.0.0.1:{collector.metrics.port}/metrics")).text
     assert "capwatch_collector_batch_commit_seconds_bucket" in body
     assert promtool_check_metrics(body) == (0, [])
+
+
+async def test_prometheus_scrapes_an_agent_over_tls_with_basic_auth(
+    mosquitto: MosquittoBroker, prometheus_factory: list[PrometheusProcess], tmp_path: Path
+) -> None:
+    """An agent with a web config (TLS, bcrypt user): Prometheus with the CA and the right
+    password scrapes it (``up == 1``, its GPU series arrive); with a wrong password the
+    target is down (``up == 0``, a 401)."""
+    pki = make_pki(tmp_path / "pki", client_cn="prometheus")
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    settings = AgentSettings(
+        node_id="tls-node-1",
+        interval_s=1.0,
+        gpu_backend="fake",
+        fake_gpus=2,
+        mqtt=fast_mqtt(mosquitto),
+        metrics_listen="127.0.0.1:0",
+        web_config_file=web,
+        spool_dir=tmp_path / "spool",
+    )
+    agent = AgentService(settings, build_sampler(settings, SystemClock()))
+    task = asyncio.create_task(agent.run(), name="tls-agent")
+    try:
+        await wait_until(lambda: agent.metrics_port is not None, what="agent metrics port")
+        target = f"127.0.0.1:{agent.metrics_port}"
+        jobs = "".join(
+            f"  - job_name: {job}\n    scheme: https\n"
+            f"    tls_config:\n      ca_file: {pki.ca_cert}\n"
+            f"    basic_auth:\n      username: prometheus\n      password: {password}\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+            for job, password in (("agent-tls", "s3cret"), ("agent-wrong-password", "guess"))
+        )
+        prom = PrometheusProcess(tmp_path, {}, jobs=jobs)
+        prometheus_factory.append(prom)
+        await _until_answered(prom, 'up{job="agent-tls"} == 1')
+        await _until_answered(prom, 'up{job="agent-wrong-password"} == 0')
+        power = await _until_answered(prom, 'DCGM_FI_DEV_POWER_USAGE{job="agent-tls"}')
+        assert sorted(r["metric"]["gpu"] for r in power) == ["0", "1"]
+        assert await prom.query('DCGM_FI_DEV_POWER_USAGE{job="agent-wrong-password"}') == []
+        targets = (await _get(f"{prom.url}/api/v1/targets")).json()["data"]["activeTargets"]
+        wrong = next(t for t in targets if t["labels"]["job"] == "agent-wrong-password")
+        assert "401" in wrong["lastError"]
+    finally:
+        agent.stop()
+        async with asyncio.timeout(20):
+            await task

@@ -179,6 +179,7 @@ STRINGS: dict[str, dict[str, Text]] = {
         "cpus[].model": Text(s.MAX_MODEL_NAME_LEN, min_length=0),
         "accelerators[].name": Text(s.MAX_MODEL_NAME_LEN),
         "accelerators[].pci_bus_id": Text(pattern=s.PCI_BUS_ID_PATTERN),
+        "metrics_address": Text(pattern=s.METRICS_ADDRESS_PATTERN),
     },
     "status": {"node": _NODE},
 }

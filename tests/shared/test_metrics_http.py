@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
+import ssl
+from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
@@ -11,6 +14,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from shared.errors import ConfigError
 from shared.metrics_http import MetricsServer, parse_listen
 from tests.helpers import wait_until
+from tests.integration.secure_broker import Pki, make_pki
 
 
 @pytest.mark.parametrize(
@@ -102,3 +106,84 @@ async def test_connections_beyond_the_limit_are_closed_and_idle_ones_time_out() 
         finally:
             for s in idle:
                 s.close()
+
+
+def _secured(tmp_path: Path, pki: Pki, *, client_ca: bool = False) -> Path:
+    """A web config: TLS with the test CA's server certificate, user prometheus:s3cret."""
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    tls = f"  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+    if client_ca:
+        tls += f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {pki.ca_cert}\n"
+    path = tmp_path / "web.yml"
+    path.write_text(f"tls_server_config:\n{tls}basic_auth_users:\n  prometheus: '{hashed}'\n")
+    return path
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    Gauge("capwatch_test_value", "A value.", registry=registry).set(42)
+    return registry
+
+
+async def test_tls_with_basic_auth_serves_the_right_user_only(tmp_path: Path) -> None:
+    """Over TLS: the right password gets /metrics; a wrong one, none, or plain HTTP does
+    not (401 with a Basic challenge on every path; plain HTTP: no answer)."""
+    pki = make_pki(tmp_path / "pki", client_cn="prometheus")
+    web = _secured(tmp_path, pki)
+    tls = ssl.create_default_context(cafile=pki.ca_cert)
+    async with (
+        MetricsServer(
+            "127.0.0.1", 0, _registry(), lambda: (True, "ok"), web_config_file=web
+        ) as srv,
+        httpx.AsyncClient(base_url=f"https://127.0.0.1:{srv.port}", verify=tls) as client,
+    ):
+        ok = await client.get("/metrics", auth=("prometheus", "s3cret"))
+        assert ok.status_code == 200
+        assert "capwatch_test_value 42.0" in ok.text
+        for auth in (("prometheus", "wrong"), ("grafana", "s3cret"), None):
+            for path in ("/metrics", "/healthz", "/readyz"):
+                refused = await client.get(path, auth=auth)
+                assert refused.status_code == 401, (auth, path)
+                assert refused.headers["www-authenticate"] == "Basic"
+                assert "42" not in refused.text
+        async with httpx.AsyncClient(trust_env=False) as plain:
+            with pytest.raises(httpx.TransportError):
+                await plain.get(
+                    f"http://127.0.0.1:{srv.port}/metrics", auth=("prometheus", "s3cret")
+                )
+        # The server still answers after the plain-HTTP attempt failed its handshake.
+        assert (await client.get("/healthz", auth=("prometheus", "s3cret"))).status_code == 200
+
+
+async def test_a_required_client_certificate_is_checked(tmp_path: Path) -> None:
+    """RequireAndVerifyClientCert: without a certificate the handshake fails; with the CA's
+    client certificate (and the password) /metrics answers."""
+    pki = make_pki(tmp_path / "pki", client_cn="prometheus")
+    web = _secured(tmp_path, pki, client_ca=True)
+    without = ssl.create_default_context(cafile=pki.ca_cert)
+    with_cert = ssl.create_default_context(cafile=pki.ca_cert)
+    with_cert.load_cert_chain(pki.client_cert, pki.client_key)
+    async with MetricsServer(
+        "127.0.0.1", 0, _registry(), lambda: (True, "ok"), web_config_file=web
+    ) as srv:
+        url = f"https://127.0.0.1:{srv.port}/metrics"
+        async with httpx.AsyncClient(verify=without) as client:
+            # TLS 1.3: the client's handshake ends before the server checks its certificate,
+            # so the refusal (an alert) may come with the first read, as ssl's own error.
+            with pytest.raises((httpx.TransportError, ssl.SSLError)):
+                await client.get(url, auth=("prometheus", "s3cret"))
+        async with httpx.AsyncClient(verify=with_cert) as client:
+            ok = await client.get(url, auth=("prometheus", "s3cret"))
+            assert ok.status_code == 200
+            assert "capwatch_test_value 42.0" in ok.text
+
+
+async def test_a_bad_web_config_stops_the_server_before_it_binds(tmp_path: Path) -> None:
+    """A key file that does not exist: ConfigError naming web_config_file; nothing bound."""
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n")
+    server = MetricsServer("127.0.0.1", 0, _registry(), lambda: (True, "ok"), web_config_file=web)
+    with pytest.raises(ConfigError, match=r"cert_file .*a.crt does not exist") as info:
+        await server.__aenter__()
+    assert info.value.field == "web_config_file"
+    assert server.active() == 0

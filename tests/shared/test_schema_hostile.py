@@ -313,6 +313,34 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
         ["ok", "no_driver", "a" * 32],
         ["", "OK", "no driver", "a" * 33, "ok\n"],
     ),
+    (
+        "inventory",
+        "metrics_address",
+        [
+            "gpu-node-017.cluster.example:9400",
+            "10.1.2.3:1",
+            "[fd00::17]:65535",
+            "x1000c0s0b0n0:9400",
+            "a" * 253 + ":9400",
+        ],
+        [
+            "",
+            "gpu-node-017",
+            "gpu-node-017:",
+            ":9400",
+            "host:0",
+            "host:65536",
+            "host:99999",
+            "host:09400",
+            "a" * 254 + ":9400",
+            "fd00::17:9400",
+            "http://host:9400",
+            "host:9400/metrics",
+            "host :9400",
+            "host:9400\n",
+            "-host:9400",
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,126 @@
+"""Prometheus HTTP service discovery of the agents: ``/sd`` on the collector's metrics server.
+
+Prometheus' ``http_sd_configs`` fetches a JSON list of target groups::
+
+    [{"targets": ["gpu-node-017.cluster.example:9400"],
+      "labels": {"node": "gpu-node-017", "rack": "x1001", "pool": "training",
+                 "tenant": "acme"}}]
+
+One group per node whose agent announced a ``metrics_address`` in its inventory (``agent
+run --metrics-advertise``; the default is the node's FQDN and the listen port), whatever its
+status: an offline node stays a target, so ``up == 0`` shows it. Labels:
+
+* ``node``: the node id;
+* ``rack``: the ``[[capacity.racks]]`` rule of the capacity plan when one is configured,
+  else the xname cabinet (``x1001``); absent when neither names one;
+* ``pool``: the node's pool (``free`` when in none), as ``collector pool`` lists it;
+* ``tenant``: the tenant of the lease in force that holds the node; absent when none.
+
+Everything is read from the store through a read-only connection of its own in the HTTP
+thread (the functions ``collector inventory`` and ``collector lease`` use), never on the
+event loop or the writer's connection. Answers are reused for ``min_interval_s`` so a
+scraper gone wild costs the store one read per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from collector.store.governance import load_governance
+from collector.store.pools import NodeRecord, node_records
+from collector.store.reader import StoreReader
+from shared.logging import get_logger
+
+__all__ = ["SD_CONTENT_TYPE", "ServiceDiscovery", "target_groups"]
+
+log = get_logger("sd")
+
+SD_CONTENT_TYPE: Final = "application/json"
+
+
+class _Advertised(msgspec.Struct):
+    """The one inventory field /sd needs (the stored inventory was validated on arrival)."""
+
+    metrics_address: str | None = None
+
+
+_decoder = msgspec.json.Decoder(_Advertised)
+
+
+def target_groups(
+    records: Iterable[NodeRecord],
+    tenants: Mapping[str, str],
+    rack_of: Callable[[str], str | None],
+) -> list[dict[str, Any]]:
+    """The http_sd target groups of ``records`` (by node), ``tenants`` (node: tenant)."""
+    groups: list[dict[str, Any]] = []
+    for r in records:
+        if r.source != "agent":
+            continue
+        try:
+            address = _decoder.decode(r.inventory).metrics_address
+        except msgspec.DecodeError:
+            continue
+        if address is None:
+            continue
+        labels = {"node": r.node, "pool": r.pool}
+        if (rack := rack_of(r.node)) is not None:
+            labels["rack"] = rack
+        if (tenant := tenants.get(r.node)) is not None:
+            labels["tenant"] = tenant
+        groups.append({"targets": [address], "labels": labels})
+    return groups
+
+
+class ServiceDiscovery:
+    """``/sd``'s answer, computed from the store at ``db_path`` (in the caller's thread)."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        rack_of: Callable[[str], str | None],
+        now: Callable[[], float],
+        *,
+        min_interval_s: float = 5.0,
+    ) -> None:
+        self._db_path = db_path
+        self._rack_of = rack_of
+        self._now = now
+        self._min_interval_s = min_interval_s
+        self._lock = threading.Lock()
+        self._body = b"[]"
+        self._at = float("-inf")
+        self.reads = 0
+        """Store reads so far (a test counts them)."""
+
+    def __call__(self) -> tuple[str, bytes]:
+        """(content type, body): the target groups as JSON."""
+        with self._lock:
+            if time.monotonic() - self._at >= self._min_interval_s:
+                self._body = json.dumps(self._groups()).encode()
+                self._at = time.monotonic()
+                self.reads += 1
+            return SD_CONTENT_TYPE, self._body
+
+    def _groups(self) -> list[dict[str, Any]]:
+        now = self._now()
+        with StoreReader(self._db_path) as store:
+            records = node_records(store)
+            try:
+                gov = load_governance(store.fetchall)
+            except ValueError as exc:  # a hand-edited governance row: still list the targets
+                log.warning("sd_governance_unreadable", error=str(exc))
+                tenants: dict[str, str] = {}
+            else:
+                tenants = {}
+                for lease in sorted(gov.holding(now), key=lambda lease: lease.id):
+                    for node in lease.nodes:
+                        tenants.setdefault(node, lease.tenant)
+        return target_groups(records, tenants, self._rack_of)
