@@ -26,12 +26,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self
 
 import aiosqlite
 
 from collector.store.alerts import AlertTables
 from collector.store.codec import PayloadCodec
+from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.migrations import MIGRATIONS
 from shared.errors import StoreError
 from shared.logging import get_logger
@@ -45,8 +46,6 @@ __all__ = [
     "Synchronous",
     "sqlite_variable_limit",
 ]
-
-Synchronous = Literal["full", "normal"]
 
 log = get_logger("store")
 
@@ -261,46 +260,23 @@ class Store(AlertTables):
         return self._conn
 
     async def __aenter__(self) -> Self:
+        self._conn = await open_async(
+            self.path,
+            write=not self.readonly,
+            synchronous=self.synchronous,
+            factory=_connection_factory(self._limit_override),
+        )
+        if self.readonly:
+            return self
         try:
-            if self.readonly:
-                if not self.path.is_file():
-                    raise StoreError(
-                        f"no capwatch database at {str(self.path)!r}: start `collector run` "
-                        "first or pass --db / CAPWATCH_DB_PATH"
-                    )
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes ? and #
-                self._conn = await aiosqlite.connect(uri, uri=True)
-                await self._conn.execute("PRAGMA busy_timeout = 5000")
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = await aiosqlite.connect(
-                    self.path, factory=_connection_factory(self._limit_override)
-                )
-                for pragma in (
-                    "PRAGMA journal_mode = WAL",
-                    # FULL: a commit is on disk before the broker hears it is stored.
-                    f"PRAGMA synchronous = {self.synchronous.upper()}",
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA temp_store = MEMORY",
-                    "PRAGMA cache_size = -65536",
-                ):
-                    await self._conn.execute(pragma)
-                await self._migrate()
-                if self._compress:
-                    self._dict_id = await self._register_dict()
-                st = os.stat(self.path)
-                self._identity = (st.st_dev, st.st_ino)
-        except sqlite3.Error as exc:
+            await self._migrate()
+            if self._compress:
+                self._dict_id = await self._register_dict()
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+        except (sqlite3.Error, OSError) as exc:
             await self._close()
-            raise StoreError(
-                f"cannot open database {str(self.path)!r}: {exc}: set db_path (--db / "
-                "CAPWATCH_DB_PATH) to a file in a folder this user can write"
-            ) from exc
-        except OSError as exc:
-            await self._close()
-            raise StoreError(
-                f"cannot open database {str(self.path)!r}: {exc.strerror or exc}"
-            ) from exc
+            raise open_failed(self.path, exc, creating=True) from exc
         except BaseException:
             await self._close()
             raise
@@ -525,7 +501,6 @@ class Store(AlertTables):
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query and return all rows (``sqlite3.Row``: by index or name)."""
         try:
-            self.conn.row_factory = sqlite3.Row
             async with self.conn.execute(sql, params) as cur:
                 rows = await cur.fetchall()
         except sqlite3.Error as exc:

@@ -27,6 +27,7 @@ from typing import Any, Final, Self
 from collector.governance.lease import LeaseTerms, effective_end, instant
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
+from collector.store.connect import open_sync
 from shared.errors import StoreError
 
 __all__ = [
@@ -45,7 +46,6 @@ GENERATION_KEY: Final = "governance_generation"
 USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
-_BUSY_TIMEOUT_S: Final = 5.0
 LOCK_BUDGET_S: Final = 3.0
 """Longest a command may hold the write lock: the collector's own writes wait at most 5 s
 for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
@@ -213,15 +213,11 @@ class GovernanceWriter:
         self._discard = True
 
     def __enter__(self) -> Self:
-        if not self.path.is_file():
-            raise StoreError(
-                f"no capwatch database at {str(self.path)!r}: start `collector run` first or "
-                "pass --db / CAPWATCH_DB_PATH"
-            )
+        conn = open_sync(self.path, write=True)
         try:
-            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
+            conn.close()
             raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
         self._conn = conn
         self._locked_at = time.monotonic()

@@ -10,27 +10,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 
+from collector.store.connect import open_sync
 from shared.errors import StoreError
 
-__all__ = ["connect_store", "execute_once"]
-
-_BUSY_TIMEOUT_S: Final = 5.0
-
-
-def connect_store(path: Path) -> sqlite3.Connection:
-    """A read-write connection (autocommit, a busy timeout) to the existing store at ``path``;
-    :class:`StoreError` with the fix when there is none or it cannot be opened."""
-    if not path.is_file():
-        raise StoreError(
-            f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
-            "--db / CAPWATCH_DB_PATH"
-        )
-    try:
-        return sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {str(path)!r}: {exc}") from exc
+__all__ = ["execute_once"]
 
 
 def execute_once(
@@ -40,7 +24,7 @@ def execute_once(
 
     ``no_table`` completes the error when the store predates the table (not yet migrated).
     """
-    conn = connect_store(path)
+    conn = open_sync(path, write=True)
     try:
         return conn.execute(sql, params)
     except sqlite3.OperationalError as exc:

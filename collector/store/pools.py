@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
-from collector.store.oneshot import connect_store
+from collector.store.connect import open_sync
 from shared.errors import ConfigError, StoreError
 
 __all__ = [
@@ -323,6 +323,4 @@ def declare_inventories(path: Path, rows: Sequence[tuple[str, bytes]], now: floa
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = connect_store(path)
-    conn.row_factory = sqlite3.Row
-    return conn
+    return open_sync(path, write=True)
