@@ -326,7 +326,7 @@ def apply_spec(
             for node in removed:
                 w.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, name))
         w.ensure_pool(name, want_nodes)
-        follow_leases(w.fetchall, w.execute, [name], w.now)
+        follow_leases(w.tx, [name])
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
 

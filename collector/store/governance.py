@@ -6,19 +6,18 @@ collector, on its own connection) run the same queries into one
 :class:`~collector.governance.state.Governance`.
 
 Writes come from the commands (``collector lease|quota|apply``), never from the collector:
-:class:`GovernanceWriter` is one stdlib ``sqlite3`` connection and one ``BEGIN IMMEDIATE``
-transaction, so an overlap check and the insert it allows cannot be split by another
-command's write, and a file applied by ``collector apply`` goes in whole or not at all. Every
-write bumps meta ``governance_generation`` in the same transaction; the collector compares it
-at each evaluation (one primary-key read) and reloads the state only when it moved.
+:class:`GovernanceWriter` is one :class:`~collector.store.command.Command` transaction, so an
+overlap check and the insert it allows cannot be split by another command's write, and a
+file applied by ``collector apply`` goes in whole or not at all. Every commit moves the
+governance generation (:meth:`~collector.store.command.Command.bump_generation`); the
+collector compares it at each evaluation (one primary-key read) and reloads the state only
+when it moved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +26,7 @@ from typing import Any, Final, Self
 from collector.governance.lease import LeaseTerms, effective_end, instant
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
-from collector.store.connect import open_sync
+from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
 from shared.errors import StoreError
 
 __all__ = [
@@ -42,13 +41,9 @@ __all__ = [
     "usage_snapshot_async",
 ]
 
-GENERATION_KEY: Final = "governance_generation"
 USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
-LOCK_BUDGET_S: Final = 3.0
-"""Longest a command may hold the write lock: the collector's own writes wait at most 5 s
-for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
 _NO_TABLE: Final = (
     "has no leases table yet: start this version's `collector run` once to migrate it"
 )
@@ -201,26 +196,13 @@ class GovernanceWriter:
     def __init__(
         self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
     ) -> None:
+        self.tx = Command(path, now=now, no_table=_NO_TABLE, lock_budget_s=lock_budget_s)
         self.path = path
-        self.now = time.time() if now is None else now
-        self.lock_budget_s = lock_budget_s
-        self._locked_at = 0.0
-        self._conn: sqlite3.Connection | None = None
-        self._discard = False
-
-    def discard(self) -> None:
-        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
-        self._discard = True
+        self.now = self.tx.now
 
     def __enter__(self) -> Self:
-        conn = open_sync(self.path, write=True)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
-        self._conn = conn
-        self._locked_at = time.monotonic()
+        self.tx.__enter__()
+        self.tx.bump_generation()
         return self
 
     def __exit__(
@@ -229,52 +211,19 @@ class GovernanceWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if exc_type is None and not self._discard:
-                self._execute_on(
-                    conn,
-                    "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
-                    "DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                    (GENERATION_KEY, uuid.uuid4().hex, self.now),
-                )
-                conn.execute("COMMIT")
-            else:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot write {str(self.path)!r}: {err}") from err
-        finally:
-            conn.close()
+        self.tx.__exit__(exc_type, exc, tb)
 
-    def _execute_on(
-        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
-    ) -> sqlite3.Cursor:
-        try:
-            return conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise StoreError(f"{str(self.path)!r} {_NO_TABLE}") from exc
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
-        except (sqlite3.Error, OverflowError) as exc:
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
+    def discard(self) -> None:
+        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
+        self.tx.discard()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run one statement inside the transaction."""
-        if self._conn is None:
-            raise StoreError("governance writer is not open: use `with GovernanceWriter(path)`")
-        if time.monotonic() - self._locked_at > self.lock_budget_s:
-            raise StoreError(
-                f"this change held the database's write lock for over {self.lock_budget_s:g} s "
-                "(a running collector stops after waiting 5 s for it), so nothing was changed: "
-                "apply it in smaller parts"
-            )
-        return self._execute_on(self._conn, sql, params)
+        return self.tx.execute(sql, params)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read inside the transaction (sees its own writes)."""
-        return self.execute(sql, params).fetchall()
+        return self.tx.fetchall(sql, params)
 
     def state(self) -> Governance:
         """The governance state as this transaction sees it."""
