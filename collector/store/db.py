@@ -30,7 +30,6 @@ from typing import Any, Final, NamedTuple, Self
 
 import aiosqlite
 
-from collector.store.alerts import AlertTables
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.migrations import MIGRATIONS
@@ -216,7 +215,7 @@ def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
     return _Limited
 
 
-class Store(AlertTables):
+class Store:
     """Async context manager around the SQLite file.
 
     >>> async with Store(path) as store:
@@ -358,7 +357,7 @@ class Store(AlertTables):
             if u.inventory is not None:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
         now = time.time()
-        async with self._transaction(f"storing a batch ({len(rows)} sample rows)"):
+        async with self.transaction(f"storing a batch ({len(rows)} sample rows)"):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
                 samples = [(*r[:-2], r.payload, None, r.epoch) for r in rows]
@@ -367,29 +366,27 @@ class Store(AlertTables):
                 payloads = [r.payload for r in rows]
                 blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
                 samples = [(*r[:-2], b, dict_id, r.epoch) for r, b in zip(rows, blobs, strict=True)]
-            inserted = await self._insert_many(_INSERT_SAMPLES, samples)
-            await self._insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
-            await self._insert_many(_UPSERT_STATUS, statuses)
-            await self._insert_many(_UPSERT_INVENTORY, inventories)
-            await self._insert_many(_INSERT_QUARANTINE, list(quarantine))
-            await self._insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            inserted = await self.insert_many(_INSERT_SAMPLES, samples)
+            await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
+            await self.insert_many(_UPSERT_STATUS, statuses)
+            await self.insert_many(_UPSERT_INVENTORY, inventories)
+            await self.insert_many(_INSERT_QUARANTINE, list(quarantine))
+            await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
         return max(inserted, 0)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[None]:
-        """One write transaction: commit, once the file is known to still be ours; on any
-        failure roll back and raise :class:`StoreError` saying whether the store is usable."""
+    async def transaction(self, what: str) -> AsyncIterator[None]:
+        """One write transaction (the writer's; ``what`` names it in the error): commit, once
+        the file is known to still be ours; on any failure roll back and raise
+        :class:`StoreError` saying whether the store is usable. The table modules beside this
+        one (alerts, capacity snapshots) write inside it with :meth:`execute`,
+        :meth:`executemany` and :meth:`insert_many`."""
         try:
             yield
             self._check_file()
             await self.conn.commit()
         except Exception as exc:
             raise await self._failed(what, exc) from exc
-
-    def transaction(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """One write transaction for the table modules beside this one (e.g. capacity
-        snapshots): committed on success, else rolled back into a :class:`StoreError`."""
-        return self._transaction(what)
 
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
@@ -416,10 +413,27 @@ class Store(AlertTables):
             f"{what} failed in {str(self.path)!r}: {detail}{_hint(exc)}", fatal=fatal, exit_code=1
         )
 
-    async def _insert_many(
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement inside :meth:`transaction`; return how many rows it changed."""
+        cur = await self.conn.execute(sql, params)
+        changed = cur.rowcount
+        await cur.close()
+        return max(changed, 0)
+
+    async def execute_returning(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one ``... RETURNING`` statement inside :meth:`transaction`; return its rows."""
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement over ``rows`` inside :meth:`transaction`."""
+        await self.conn.executemany(sql, rows)
+
+    async def insert_many(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
     ) -> int:
-        """Run ``statement`` over ``rows``, many rows per statement; return rows changed."""
+        """Run ``statement`` (head, columns, tail) over ``rows`` inside :meth:`transaction`,
+        many rows per statement (within SQLite's bound-variable limit); return rows changed."""
         head, ncols, tail = statement
         per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         changed = 0
@@ -438,15 +452,15 @@ class Store(AlertTables):
         node_rejects: dict[tuple[str, str], tuple[int, int]] | None = None,
     ) -> None:
         """Replace the stored counters with the collector's current ones; add node rejects."""
-        async with self._transaction("writing counters"):
-            await self.conn.executemany(
+        async with self.transaction("writing counters"):
+            await self.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                 "updated = excluded.updated",
                 [(k, v, now) for k, v in counters.items()],
             )
             if node_rejects:
-                await self.conn.executemany(
+                await self.executemany(
                     "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (node, reason) DO UPDATE SET count = count + excluded.count, "
                     "last_ms = max(last_ms, excluded.last_ms)",
@@ -485,11 +499,8 @@ class Store(AlertTables):
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
         """Run one DELETE in its own transaction; return how many rows went."""
-        async with self._transaction(what):
-            cur = await self.conn.execute(sql, params)
-            deleted = cur.rowcount
-            await cur.close()
-        return max(deleted, 0)
+        async with self.transaction(what):
+            return await self.execute(sql, params)
 
     async def meta(self, key: str) -> str | None:
         """A fact the collector stored with :meth:`write_batch` (``meta=``), or ``None``."""
