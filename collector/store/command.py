@@ -25,12 +25,15 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from collector.store.connect import open_sync, refused
+from collector.store.query import Query, run
 from shared.errors import StoreError
 
 __all__ = ["GENERATION_KEY", "LOCK_BUDGET_S", "Command"]
+
+T = TypeVar("T")
 
 GENERATION_KEY: Final = "governance_generation"
 LOCK_BUDGET_S: Final = 3.0
@@ -144,6 +147,10 @@ class Command:
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """A read inside the transaction (sees its own writes)."""
         return self.execute(sql, params).fetchall()
+
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) inside the transaction."""
+        return run(query, self.fetchall)
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (one not yet migrated may lack it)."""

@@ -26,13 +26,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import aiosqlite
 
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.migrations import MIGRATIONS
+from collector.store.query import Query
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 log = get_logger("store")
+
+T = TypeVar("T")
 
 
 class SampleRow(NamedTuple):
@@ -508,6 +511,11 @@ class Store:
         return str(rows[0][0]) if rows else None
 
     # -- reader side ---------------------------------------------------------------------
+
+    async def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) on this connection: the async counterpart
+        of :func:`collector.store.query.run`, the only one."""
+        return query.build([await self.fetchall(sql, p) for sql, p in query.statements])
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query and return all rows (``sqlite3.Row``: by index or name)."""

@@ -1,9 +1,8 @@
 """Tenants, cohorts, quotas and leases in the store: the SQL, and only here.
 
-Reads: :func:`load_governance` (command line, through a
-:class:`~collector.store.reader.StoreReader`) and :func:`load_governance_async` (the
-collector, on its own connection) run the same queries into one
-:class:`~collector.governance.state.Governance`.
+Reads are :class:`~collector.store.query.Query` objects, written once: ``reader.run(
+governance())`` on a command's snapshot, ``await store.run(governance())`` on the
+collector's connection, ``w.state()`` inside a write.
 
 Writes come from the commands (``collector lease|quota|apply``), never from the collector:
 :class:`GovernanceWriter` is one :class:`~collector.store.command.Command` transaction, so an
@@ -18,28 +17,28 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from collector.governance.lease import LeaseTerms, effective_end, instant
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
+from collector.store.query import Query, first_value, single
 from shared.errors import StoreError
 
 __all__ = [
     "GENERATION_KEY",
     "USAGE_KEY",
     "GovernanceWriter",
-    "generation_async",
-    "load_governance",
-    "load_governance_async",
-    "pool_nodes",
+    "generation",
+    "governance",
     "usage_snapshot",
-    "usage_snapshot_async",
 ]
+
+T = TypeVar("T")
 
 USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
@@ -145,45 +144,24 @@ def _terms(r: Any) -> LeaseTerms:
     )
 
 
-def load_governance(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> Governance:
-    """The whole governance state, read with ``fetchall`` (``StoreReader.fetchall``)."""
-    return _governance({k: fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
+def governance() -> Query[Governance]:
+    """The whole governance state (:func:`_governance` on the rows of :data:`_QUERIES`)."""
+    names = list(_QUERIES)
+    return Query(
+        tuple(_QUERIES.values()),
+        lambda results: _governance(dict(zip(names, results, strict=True))),
+    )
 
 
-async def load_governance_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> Governance:
-    """The same, with the collector's ``Store.fetchall``."""
-    return _governance({k: await fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
-
-
-async def generation_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> str:
+def generation() -> Query[str]:
     """The store's governance generation ("" before the first governance write)."""
     sql, params = _QUERIES["generation"]
-    rows = await fetchall(sql, params)
-    return str(rows[0][0]) if rows else ""
+    return single(sql, params, lambda rows: first_value(rows) or "")
 
 
-def usage_snapshot(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> str | None:
+def usage_snapshot() -> Query[str | None]:
     """The collector's last usage snapshot (JSON text), or ``None``."""
-    rows = fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
-    return str(rows[0][0]) if rows else None
-
-
-async def usage_snapshot_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> str | None:
-    """The same with the collector's ``Store.fetchall``."""
-    rows = await fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
-    return str(rows[0][0]) if rows else None
-
-
-def pool_nodes(fetchall: Callable[[str, Sequence[Any]], list[Any]], pool: str) -> list[str]:
-    """The nodes of ``pool`` (from ``pool_nodes``), sorted."""
-    rows = fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
-    return [r[0] for r in rows]
+    return single("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,), first_value)
 
 
 class GovernanceWriter:
@@ -225,9 +203,13 @@ class GovernanceWriter:
         """A read inside the transaction (sees its own writes)."""
         return self.tx.fetchall(sql, params)
 
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) inside the transaction."""
+        return self.tx.run(query)
+
     def state(self) -> Governance:
         """The governance state as this transaction sees it."""
-        return load_governance(self.fetchall)
+        return self.tx.run(governance())
 
     # -- cohorts, tenants, quotas
 
@@ -308,7 +290,8 @@ class GovernanceWriter:
 
     def pool_nodes(self, pool: str) -> list[str]:
         """The nodes of ``pool`` as this transaction sees them."""
-        return pool_nodes(self.fetchall, pool)
+        rows = self.fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+        return [r[0] for r in rows]
 
     def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
         """Node -> the pool it is in, for those of ``nodes`` in one."""

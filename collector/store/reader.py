@@ -14,12 +14,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from collector.store.connect import open_sync, refused
+from collector.store.query import Query, run
 from shared.errors import StoreError
 
 __all__ = ["StoreReader"]
+
+T = TypeVar("T")
 
 
 class StoreReader:
@@ -73,6 +76,10 @@ class StoreReader:
             return self.conn.execute(sql, params).fetchall()
         except (sqlite3.Error, OverflowError) as exc:
             raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) on this snapshot."""
+        return run(query, self.fetchall)
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (a store not yet migrated may lack it)."""
