@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from collector.governance.declare import export_spec  # noqa: PLC0415
     from collector.store.governance import governance  # noqa: PLC0415
+    from collector.store.pools import pools_with_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
@@ -46,9 +47,7 @@ def run(args: argparse.Namespace) -> int:
                 "`collector run` once to migrate it"
             )
         gov = store.run(governance())
-        pools: dict[str, list[str]] = {r[0]: [] for r in store.fetchall("SELECT name FROM pools")}
-        for node, pool in store.fetchall("SELECT node, pool FROM pool_nodes"):
-            pools.setdefault(pool, []).append(node)
+        pools = pools_with_nodes(store)
     doc = export_spec(gov, pools)
     if args.json:
         print_json(doc)

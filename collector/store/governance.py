@@ -16,7 +16,6 @@ when it moved.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -195,14 +194,6 @@ class GovernanceWriter:
         """Roll back instead of committing at exit (a dry run, or nothing changed)."""
         self.tx.discard()
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """Run one statement inside the transaction."""
-        return self.tx.execute(sql, params)
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """A read inside the transaction (sees its own writes)."""
-        return self.tx.fetchall(sql, params)
-
     def run(self, query: Query[T]) -> T:
         """A query (:mod:`collector.store.query`) inside the transaction."""
         return self.tx.run(query)
@@ -215,7 +206,7 @@ class GovernanceWriter:
 
     def put_cohort(self, name: str, comment: str = "") -> None:
         """Create cohort ``name`` or update its comment."""
-        self.execute(
+        self.tx.execute(
             "INSERT INTO cohorts (name, comment, created) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET comment = excluded.comment",
             (name, comment, self.now),
@@ -224,11 +215,11 @@ class GovernanceWriter:
     def put_cohort_quota(self, cohort: str, resource: str, nominal: float | None) -> None:
         """Set (``None``: remove) the cohort's own nominal quota on ``resource``."""
         if nominal is None:
-            self.execute(
+            self.tx.execute(
                 "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
             )
             return
-        self.execute(
+        self.tx.execute(
             "INSERT INTO cohort_quotas (cohort, resource, nominal) VALUES (?, ?, ?) "
             "ON CONFLICT (cohort, resource) DO UPDATE SET nominal = excluded.nominal",
             (cohort, resource, nominal),
@@ -237,10 +228,10 @@ class GovernanceWriter:
     def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
-            self.execute(
+            self.tx.execute(
                 "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
             )
-        self.execute(
+        self.tx.execute(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET cohort = excluded.cohort, "
             "priority = excluded.priority, comment = excluded.comment",
@@ -249,7 +240,7 @@ class GovernanceWriter:
 
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
-        self.execute(
+        self.tx.execute(
             "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
         )
 
@@ -258,10 +249,12 @@ class GovernanceWriter:
     ) -> None:
         """Set (``None``: remove) ``tenant``'s quota on ``resource``."""
         if quota is None:
-            self.execute("DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource))
+            self.tx.execute(
+                "DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource)
+            )
             return
         self.ensure_tenant(tenant)
-        self.execute(
+        self.tx.execute(
             "INSERT INTO quotas (tenant, resource, nominal, borrowing_limit, lending_limit, "
             "period) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, resource) DO UPDATE SET "
             "nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
@@ -280,31 +273,37 @@ class GovernanceWriter:
 
     def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
         """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
-        self.execute("INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now))
+        self.tx.execute(
+            "INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now)
+        )
         for node in nodes:
-            self.execute(
+            self.tx.execute(
                 "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
                 "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
                 (node, pool),
             )
 
+    def leave_pool(self, node: str, pool: str) -> None:
+        """Take ``node`` out of ``pool`` (into ``free``) if it is there."""
+        self.tx.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, pool))
+
     def pool_nodes(self, pool: str) -> list[str]:
         """The nodes of ``pool`` as this transaction sees them."""
-        rows = self.fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+        rows = self.tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
         return [r[0] for r in rows]
 
     def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
         """Node -> the pool it is in, for those of ``nodes`` in one."""
         out: dict[str, str] = {}
         for node in nodes:
-            rows = self.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
+            rows = self.tx.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
             if rows:
                 out[node] = rows[0][0]
         return out
 
     def pool_exists(self, pool: str) -> bool:
         """Whether ``pool`` is a stored pool."""
-        return bool(self.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
+        return bool(self.tx.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
 
     # -- leases
 
@@ -323,7 +322,7 @@ class GovernanceWriter:
         """Store a new lease (overlaps already checked by the caller); return its id."""
         self.ensure_tenant(tenant)
         start_at, end_at = _instants(terms)
-        cur = self.execute(
+        cur = self.tx.execute(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
             "start_at, end_at, comment, created, updated) "
@@ -351,14 +350,16 @@ class GovernanceWriter:
         )
         lease_id = int(cur.lastrowid or 0)
         for node in dict.fromkeys(nodes):
-            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
+            self.tx.execute(
+                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
+            )
         return lease_id
 
     def update_lease(self, lease: Lease, terms: LeaseTerms, *, comment: str | None = None) -> None:
         """Replace ``lease``'s dates (cancel, extend, renew, apply)."""
         start_at, end_at = _instants(terms)
         notice = None if terms.notice_given is None else terms.notice_given.isoformat()
-        self.execute(
+        self.tx.execute(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
             "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
@@ -385,9 +386,11 @@ class GovernanceWriter:
 
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
         """Replace the nodes ``lease`` holds."""
-        self.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
+        self.tx.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
         for node in dict.fromkeys(nodes):
-            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node))
+            self.tx.execute(
+                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node)
+            )
 
 
 def _instants(terms: LeaseTerms) -> tuple[float, float | None]:

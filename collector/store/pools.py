@@ -26,13 +26,13 @@ __all__ = [
     "Rows",
     "declare_inventories",
     "follow_leases",
-    "known_nodes",
     "leased_nodes",
     "node_records",
     "pool_members",
     "pool_transaction",
     "pools",
     "pools_with_nodes",
+    "unknown_nodes",
 ]
 
 FREE: Final = "free"
@@ -201,12 +201,20 @@ def follow_leases(tx: Command, pools: Iterable[str]) -> None:
                 tx.bump_generation()
 
 
-def known_nodes(store: Rows) -> set[str]:
-    """Every node with an agent (``nodes``) or a declared inventory."""
-    known = {r[0] for r in store.fetchall("SELECT node FROM nodes")}
-    if store.has_table("declared_inventories"):
-        known |= {r[0] for r in store.fetchall("SELECT node FROM declared_inventories")}
-    return known
+def unknown_nodes(store: Rows, nodes: Iterable[str]) -> list[str]:
+    """Those of ``nodes`` with neither an agent's (``nodes``) nor a declared inventory."""
+    wanted = list(dict.fromkeys(nodes))
+    tables = ["nodes", "declared_inventories"]
+    if not store.has_table("declared_inventories"):
+        tables.pop()
+    known: set[str] = set()
+    for i in range(0, len(wanted), 500):  # far under SQLite's bound-variable limit
+        chunk = wanted[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        for table in tables:
+            rows = store.fetchall(f"SELECT node FROM {table} WHERE node IN ({marks})", chunk)
+            known.update(r[0] for r in rows)
+    return [node for node in wanted if node not in known]
 
 
 def pools_with_nodes(store: Rows) -> dict[str, list[str]]:
