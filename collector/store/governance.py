@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from collector.governance.lease import LeaseTerms, effective_end, instant
@@ -182,13 +181,8 @@ class GovernanceWriter:
         self.tx.bump_generation()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.tx.__exit__(exc_type, exc, tb)
+    def __exit__(self, *exc_info: Any) -> None:
+        self.tx.__exit__(*exc_info)
 
     def discard(self) -> None:
         """Roll back instead of committing at exit (a dry run, or nothing changed)."""
