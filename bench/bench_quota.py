@@ -77,7 +77,7 @@ async def build_store(db: Path, minutes: int) -> None:
             w.put_quota(tenant, "gpus", Quota(per * 8, borrowing_limit=200))
             w.put_quota(tenant, "power_kw", Quota(per * 6.0))
             w.put_quota(tenant, "gpu_hours", Quota(per * 8 * 24 * 30.0), "month")
-        hardware = node_hardware(w.fetchall)
+        hardware = w.run(node_hardware())
         for t in range(TENANTS):
             nodes = tuple(sim.node_ids[t * per : (t + 1) * per])
             add_lease(

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import httpx
 
 from collector.alerts.webhook import classify, sign
-from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport
+from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
 from shared.clock import Clock
 from shared.errors import StoreError
@@ -61,7 +61,7 @@ def read_pending(db: Path) -> LoadPending:
 
     async def load() -> list[OutboxEntry]:
         async with Store.open_readonly(db) as store:
-            return await store.pending_outbox()
+            return await pending_outbox(store)
 
     return load
 

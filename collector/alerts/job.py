@@ -41,7 +41,16 @@ from collector.alerts.silence import (
 )
 from collector.alerts.webhook import group_body
 from collector.live import LiveView
-from collector.store.alerts import AlertChange, GroupLog, OutboxEntry, OutboxNew
+from collector.store.alerts import (
+    AlertChange,
+    GroupLog,
+    OutboxEntry,
+    OutboxNew,
+    active_alerts,
+    active_silences,
+    alert_groups,
+    write_alerts,
+)
 from collector.store.db import Store
 from shared.clock import Clock
 from shared.logging import get_logger
@@ -134,7 +143,7 @@ class AlertJob:
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
         states = []
-        for row in await store.active_alerts():
+        for row in await active_alerts(store):
             labels = json.loads(row["labels"])
             states.append(
                 AlertState(
@@ -152,12 +161,12 @@ class AlertJob:
             g.group_key: Notified(
                 frozenset(json.loads(g.firing)), frozenset(json.loads(g.resolved)), g.notified_at
             )
-            for g in await store.alert_groups()
+            for g in await alert_groups(store)
         }
         self._dispatcher = Dispatcher(self._routes, log_entries)
         orphans = self._dispatcher.prune_log(s.labels for s in states if s.state == "firing")
         if orphans:
-            await store.write_alerts([], self._keep_history_s, forget_groups=orphans)
+            await write_alerts(store, [], self._keep_history_s, forget_groups=orphans)
             log.info("alert_groups_pruned", groups=len(orphans))
         # `collector alerts` marks inhibited alerts by the rules this collector applies.
         rules = inhibit_rules_to_json(self._inhibit_rules)
@@ -211,7 +220,8 @@ class AlertJob:
     async def _recorded(self, store: Store, r: AlertRecord) -> None:
         """The writer's half: the changes in one transaction, then what waited for it."""
         if r.transitions or r.flushes or r.groups or r.forget_groups:
-            entries = await store.write_alerts(
+            entries = await write_alerts(
+                store,
                 [_change(t) for t in r.transitions],
                 self._keep_history_s,
                 r.outbox,
@@ -239,7 +249,7 @@ class AlertJob:
     async def _silences(self, store: Store, now: float) -> list[Silence]:
         """The silences in force (a bad row, written by hand, is skipped and counted)."""
         out = []
-        for row in await store.active_silences(now):
+        for row in await active_silences(store, now):
             try:
                 out.append(silence_from_row(tuple(row)))
             except (ValueError, TypeError) as exc:

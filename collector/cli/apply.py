@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     spec = parse_spec(_read(args.file), source="stdin" if args.file == "-" else args.file)
     planned = _plan_patterns(spec, settings) if any(p.pattern for p in spec.pools.values()) else {}
     with GovernanceWriter(settings.db_path, now=time.time()) as w:
-        changes = apply_spec(w, spec, node_hardware(w.fetchall), planned)
+        changes = apply_spec(w, spec, w.run(node_hardware()), planned)
         if args.dry_run or not changes:
             w.discard()
     if args.json:

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     import tomli_w  # noqa: PLC0415
 
     from collector.governance.declare import export_spec  # noqa: PLC0415
-    from collector.store.governance import load_governance  # noqa: PLC0415
+    from collector.store.governance import governance  # noqa: PLC0415
+    from collector.store.pools import pools_with_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
@@ -45,10 +46,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{str(settings.db_path)!r} has no leases table yet: start this version's "
                 "`collector run` once to migrate it"
             )
-        gov = load_governance(store.fetchall)
-        pools: dict[str, list[str]] = {r[0]: [] for r in store.fetchall("SELECT name FROM pools")}
-        for node, pool in store.fetchall("SELECT node, pool FROM pool_nodes"):
-            pools.setdefault(pool, []).append(node)
+        gov = store.run(governance())
+        pools = pools_with_nodes(store)
     doc = export_spec(gov, pools)
     if args.json:
         print_json(doc)

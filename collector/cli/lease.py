@@ -149,7 +149,7 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         comment=args.comment,
     )
     with GovernanceWriter(db, now=now) as w:
-        lease_id, admission = add_lease(w, req, node_hardware(w.fetchall))
+        lease_id, admission = add_lease(w, req, w.run(node_hardware()))
         lease = next(x for x in w.state().leases if x.id == lease_id)
     row = lease_row(lease, now)
     if admission is not None:
@@ -245,7 +245,7 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
 
 
 def _state(db: Path) -> Governance:
-    from collector.store.governance import load_governance  # noqa: PLC0415
+    from collector.store.governance import governance  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -254,7 +254,7 @@ def _state(db: Path) -> Governance:
                 f"{str(db)!r} has no leases table yet: start this version's `collector run` "
                 "once to migrate it"
             )
-        return load_governance(store.fetchall)
+        return store.run(governance())
 
 
 def _list(args: argparse.Namespace, db: Path, now: float) -> int:

@@ -163,7 +163,12 @@ def _change(
     db: Path, action: str, name: str, nodes: list[str], comment: str, *, as_json: bool = False
 ) -> int:
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
-    from collector.store.pools import FREE, pool_members, pool_transaction  # noqa: PLC0415
+    from collector.store.pools import (  # noqa: PLC0415
+        FREE,
+        pool_members,
+        pool_transaction,
+        unknown_nodes,
+    )
 
     if action != "delete":
         validate_pool_name(name)
@@ -184,14 +189,12 @@ def _change(
                 print(f"pool {name} deleted; {len(moved)} nodes returned to free")
             return 0
         members = pool_members(tx)
-        known = {r[0] for r in tx.fetchall("SELECT node FROM nodes")}
-        if tx.has_table("declared_inventories"):
-            known |= {r[0] for r in tx.fetchall("SELECT node FROM declared_inventories")}
+        unknown = set(unknown_nodes(tx, nodes)) if action != "remove" else set()
         for node in nodes:
             where = members.get(node, FREE)
             if action == "remove" and where != name:
                 raise ConfigError(f"node {node!r} is not in pool {name!r} (it is in {where})")
-            if action != "remove" and node not in known:
+            if node in unknown:
                 raise ConfigError(f"unknown node {node!r}: no agent or declared inventory")
             if action != "remove" and where not in (FREE, name):
                 raise ConfigError(

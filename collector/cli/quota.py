@@ -226,7 +226,7 @@ def _read(
     db: Path, now: float, busy_util: float, staleness: Staleness, *, from_store: bool
 ) -> tuple[Governance, list[Usage], _Source]:
     from collector.governance.fromstore import usages_from_store  # noqa: PLC0415
-    from collector.store.governance import load_governance, usage_snapshot  # noqa: PLC0415
+    from collector.store.governance import governance, usage_snapshot  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
@@ -235,9 +235,9 @@ def _read(
                 f"{str(db)!r} has no quotas table yet: start this version's `collector run` "
                 "once to migrate it"
             )
-        gov = load_governance(store.fetchall)
+        gov = store.run(governance())
         if not from_store:
-            snap = _snapshot(usage_snapshot(store.fetchall), gov, now, busy_util)
+            snap = _snapshot(store.run(usage_snapshot()), gov, now, busy_util)
             if snap is not None:
                 return gov, snap[0], snap[1]
         allocated, measured = usages_from_store(

@@ -324,9 +324,9 @@ def apply_spec(
             removed = sorted(set(have_nodes) - set(want_nodes))
             changes.append(f"~ pool {name}: +{added} -{removed}")
             for node in removed:
-                w.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, name))
+                w.leave_pool(node, name)
         w.ensure_pool(name, want_nodes)
-        follow_leases(w.fetchall, w.execute, [name], w.now)
+        follow_leases(w.tx, [name])
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
 

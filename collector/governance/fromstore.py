@@ -39,7 +39,7 @@ def usages_from_store(
     hours: dict[str, float] = {}
     if gov.has_quota("gpu_hours"):
         for w in lease_windows(gov, now):
-            hours[w.tenant] = hours.get(w.tenant, 0.0) + gpu_hours_in(
-                store.fetchall, w.nodes, w.since, w.until
+            hours[w.tenant] = hours.get(w.tenant, 0.0) + store.run(
+                gpu_hours_in(w.nodes, w.since, w.until)
             )
     return allocated_usage(gov, held, now), measured_usage(gov, measures, hours, now)

@@ -38,9 +38,9 @@ from collector.live import LiveView, NodeState
 from collector.nodefacts import DEFAULT_STALENESS, NodeMeasure, Staleness
 from collector.store.governance import (
     USAGE_KEY,
-    generation_async,
-    load_governance_async,
-    usage_snapshot_async,
+    generation,
+    governance,
+    usage_snapshot,
 )
 from shared.clock import Clock
 from shared.errors import StoreError
@@ -130,21 +130,21 @@ class GovernanceJob:
         ``view`` (a snapshot) in a worker thread."""
         now = self._clock.time()
         self.interval_s = self._interval_s
-        generation = await generation_async(store.fetchall)
-        if generation != self._generation:
+        stored = await store.run(generation())
+        if stored != self._generation:
             try:
-                loaded = await load_governance_async(store.fetchall)
+                loaded = await store.run(governance())
             except StoreError as exc:
                 if exc.fatal:
                     raise
                 # A row a command did not write (edited by hand): said once per change of
                 # the store, not at every evaluation; the last good state stays in force.
-                self._generation = generation
+                self._generation = stored
                 self.unreadable += 1
                 log.error("governance_unreadable", error=str(exc), kept="the last good state")
                 loaded = self.view.gov
             self.view.gov = loaded
-            self._generation = generation
+            self._generation = stored
             self.loads += 1
             log.info(
                 "governance_loaded",
@@ -211,7 +211,7 @@ class GovernanceJob:
         """Take back the measured GPU-hours of the current periods from the last snapshot
         (a restart loses only the time the collector was down; no sample is re-read)."""
         self._restored = True
-        text = await usage_snapshot_async(store.fetchall)
+        text = await store.run(usage_snapshot())
         if text is None:
             return
         try:

@@ -28,6 +28,7 @@ from collector.governance.lease import (
 from collector.governance.pattern import POOL_NAME_RE, validate_pool_name
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
+from collector.store.pools import unknown_nodes
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 
@@ -218,18 +219,10 @@ def add_lease(
 def _check_known(w: GovernanceWriter, nodes: Sequence[str]) -> None:
     """Named nodes must be known (an agent's or a declared inventory), as `pool create`
     requires: a typo leased a node that does not exist, with 0 GPUs against the quota."""
-    if not nodes:
-        return
-    declared = w.fetchall(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'declared_inventories'"
-    )
-    for node in dict.fromkeys(nodes):
-        if w.fetchall("SELECT 1 FROM nodes WHERE node = ?", (node,)) or (
-            declared and w.fetchall("SELECT 1 FROM declared_inventories WHERE node = ?", (node,))
-        ):
-            continue
+    unknown = unknown_nodes(w.tx, nodes)
+    if unknown:
         raise ConfigError(
-            f"unknown node {node!r}: no agent or declared inventory (see `collector "
+            f"unknown node {unknown[0]!r}: no agent or declared inventory (see `collector "
             "inventory`; `collector inventory import` declares nodes not booted yet)",
             field="--nodes",
         )

@@ -2,33 +2,36 @@
 the webhook delivery sends (tables ``alerts``, ``alert_history``, ``outbox``,
 ``alert_groups``, ``silences``).
 
-:class:`AlertTables` holds the methods; :class:`~collector.store.db.Store` inherits them, so
-the writer's one connection records an alert change, its notifications and the group log in
-one transaction (``store.write_alerts(...)``).
+Plain functions of the writer's :class:`~collector.store.db.Store` (its public
+``transaction``, ``execute``, ``insert_many``, ``fetchall``), so the writer's one connection
+records an alert change, its notifications and the group log in one transaction
+(``write_alerts(store, ...)``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Protocol
-
-import aiosqlite
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from collector.store.db import Store
 
 __all__ = [
     "AlertChange",
-    "AlertTables",
     "GroupLog",
     "OutboxEntry",
     "OutboxNew",
     "OutboxOutcome",
     "OutboxReport",
+    "active_alerts",
+    "active_silences",
+    "alert_groups",
+    "pending_outbox",
+    "write_alerts",
+    "write_outbox",
 ]
 
 
@@ -105,22 +108,7 @@ class OutboxReport:
 
     async def write(self, store: Store) -> None:
         """Record the outcomes; refused, the rows stay pending and are sent again."""
-        await store.write_outbox(self.outcomes)
-
-
-class _Core(Protocol):
-    """What these methods use of :class:`~collector.store.db.Store`."""
-
-    @property
-    def conn(self) -> aiosqlite.Connection: ...
-
-    def _transaction(self, what: str) -> contextlib.AbstractAsyncContextManager[None]: ...
-
-    async def _insert_many(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
-    ) -> int: ...
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+        await write_outbox(store, self.outcomes)
 
 
 _UPSERT_ALERT: Final = (
@@ -147,130 +135,126 @@ _OUTBOX_ENTRY: Final = (
 )
 
 
-class AlertTables:
-    """The alert and outbox writes and reads of the store (mixed into ``Store``)."""
+async def write_alerts(
+    store: Store,
+    changes: Sequence[AlertChange],
+    keep_history_s: float,
+    outbox: Sequence[OutboxNew] = (),
+    now: float | None = None,
+    *,
+    groups: Sequence[GroupLog] = (),
+    forget_groups: Sequence[str] = (),
+) -> list[OutboxEntry]:
+    """Record alert state changes: the current pending/firing set, the history, and the
+    notifications they cause (``outbox``), all in one transaction; return the latter as
+    stored (with their ids), for the delivery task.
 
-    async def write_alerts(
-        self: _Core,
-        changes: Sequence[AlertChange],
-        keep_history_s: float,
-        outbox: Sequence[OutboxNew] = (),
-        now: float | None = None,
-        *,
-        groups: Sequence[GroupLog] = (),
-        forget_groups: Sequence[str] = (),
-    ) -> list[OutboxEntry]:
-        """Record alert state changes: the current pending/firing set, the history, and the
-        notifications they cause (``outbox``), all in one transaction; return the latter as
-        stored (with their ids), for the delivery task.
-
-        ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
-        deleted in it too. History, delivered notifications and dead letters older than
-        ``keep_history_s`` go in the same transaction (``now``: the alert clock's time,
-        default the system's).
-        """
-        now = time.time() if now is None else now
-        live = [c for c in changes if c.state in ("pending", "firing")]
-        gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
-        async with self._transaction("recording alert changes"):
-            await self._insert_many(
-                _UPSERT_ALERT,
-                [
-                    (
-                        c.fingerprint,
-                        c.rule,
-                        c.labels,
-                        c.annotations,
-                        c.state,
-                        c.active_at,
-                        c.starts_at,
-                        now,
-                    )
-                    for c in live
-                ],
-            )
-            if gone:
-                await self.conn.executemany("DELETE FROM alerts WHERE fingerprint = ?", gone)
-            await self._insert_many(
-                _INSERT_ALERT_HISTORY,
-                [
-                    (
-                        c.fingerprint,
-                        c.rule,
-                        c.labels,
-                        c.annotations,
-                        c.previous,
-                        c.state,
-                        c.at,
-                        c.starts_at,
-                        c.ends_at,
-                    )
-                    for c in changes
-                ],
-            )
-            await self.conn.execute(
-                "DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,)
-            )
-            entries = [await _insert_outbox(self, n) for n in outbox]
-            if groups:
-                await self.conn.executemany(
-                    "INSERT INTO alert_groups (group_key, firing, resolved, notified_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (group_key) DO UPDATE SET "
-                    "firing = excluded.firing, resolved = excluded.resolved, "
-                    "notified_at = excluded.notified_at",
-                    groups,
+    ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
+    deleted in it too. History, delivered notifications and dead letters older than
+    ``keep_history_s`` go in the same transaction (``now``: the alert clock's time,
+    default the system's).
+    """
+    now = time.time() if now is None else now
+    live = [c for c in changes if c.state in ("pending", "firing")]
+    gone = [(c.fingerprint,) for c in changes if c.state not in ("pending", "firing")]
+    async with store.transaction("recording alert changes"):
+        await store.insert_many(
+            _UPSERT_ALERT,
+            [
+                (
+                    c.fingerprint,
+                    c.rule,
+                    c.labels,
+                    c.annotations,
+                    c.state,
+                    c.active_at,
+                    c.starts_at,
+                    now,
                 )
-            if forget_groups:
-                await self.conn.executemany(
-                    "DELETE FROM alert_groups WHERE group_key = ?", [(k,) for k in forget_groups]
+                for c in live
+            ],
+        )
+        if gone:
+            await store.executemany("DELETE FROM alerts WHERE fingerprint = ?", gone)
+        await store.insert_many(
+            _INSERT_ALERT_HISTORY,
+            [
+                (
+                    c.fingerprint,
+                    c.rule,
+                    c.labels,
+                    c.annotations,
+                    c.previous,
+                    c.state,
+                    c.at,
+                    c.starts_at,
+                    c.ends_at,
                 )
-            await self.conn.execute(
-                "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
-                (now - keep_history_s,),
+                for c in changes
+            ],
+        )
+        await store.execute("DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,))
+        entries = [await _insert_outbox(store, n) for n in outbox]
+        if groups:
+            await store.executemany(
+                "INSERT INTO alert_groups (group_key, firing, resolved, notified_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (group_key) DO UPDATE SET "
+                "firing = excluded.firing, resolved = excluded.resolved, "
+                "notified_at = excluded.notified_at",
+                groups,
             )
-        return entries
-
-    async def write_outbox(self: _Core, outcomes: Sequence[OutboxOutcome]) -> None:
-        """Record delivery outcomes in one transaction (only on rows still pending)."""
-        async with self._transaction("recording delivery outcomes"):
-            await self.conn.executemany(
-                "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_status = ?, "
-                "last_error = ?, response_head = ?, done_at = ? "
-                "WHERE id = ? AND state = 'pending'",
-                [(*o[1:], o.id) for o in outcomes],
+        if forget_groups:
+            await store.executemany(
+                "DELETE FROM alert_groups WHERE group_key = ?", [(k,) for k in forget_groups]
             )
-
-    async def pending_outbox(self: _Core) -> list[OutboxEntry]:
-        """Every notification still to deliver, oldest first."""
-        rows = await self.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
-        return [OutboxEntry(*r) for r in rows]
-
-    async def active_alerts(self: _Core) -> list[sqlite3.Row]:
-        """The pending and firing alerts last recorded (to restore them after a restart)."""
-        return await self.fetchall(
-            "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
+        await store.execute(
+            "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
+            (now - keep_history_s,),
         )
+    return entries
 
-    async def alert_groups(self: _Core) -> list[GroupLog]:
-        """What was last notified per alert group (to restore the dispatcher's log)."""
-        rows = await self.fetchall(
-            "SELECT group_key, firing, resolved, notified_at FROM alert_groups"
-        )
-        return [GroupLog(*r) for r in rows]
 
-    async def active_silences(self: _Core, now: float) -> list[sqlite3.Row]:
-        """Silences not ended at ``now`` (id, matchers, starts_at, ends_at, comment, author)."""
-        return await self.fetchall(
-            "SELECT id, matchers, starts_at, ends_at, comment, author FROM silences "
-            "WHERE ends_at > ? ORDER BY id",
-            (now,),
+async def write_outbox(store: Store, outcomes: Sequence[OutboxOutcome]) -> None:
+    """Record delivery outcomes in one transaction (only on rows still pending)."""
+    async with store.transaction("recording delivery outcomes"):
+        await store.executemany(
+            "UPDATE outbox SET state = ?, attempts = ?, next_at = ?, last_status = ?, "
+            "last_error = ?, response_head = ?, done_at = ? "
+            "WHERE id = ? AND state = 'pending'",
+            [(*o[1:], o.id) for o in outcomes],
         )
 
 
-async def _insert_outbox(self: _Core, n: OutboxNew) -> OutboxEntry:
-    async with self.conn.execute(_INSERT_OUTBOX, (*n, n.created)) as cur:
-        row = await cur.fetchone()
-    assert row is not None
+async def pending_outbox(store: Store) -> list[OutboxEntry]:
+    """Every notification still to deliver, oldest first."""
+    rows = await store.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
+    return [OutboxEntry(*r) for r in rows]
+
+
+async def active_alerts(store: Store) -> list[sqlite3.Row]:
+    """The pending and firing alerts last recorded (to restore them after a restart)."""
+    return await store.fetchall(
+        "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
+    )
+
+
+async def alert_groups(store: Store) -> list[GroupLog]:
+    """What was last notified per alert group (to restore the dispatcher's log)."""
+    rows = await store.fetchall("SELECT group_key, firing, resolved, notified_at FROM alert_groups")
+    return [GroupLog(*r) for r in rows]
+
+
+async def active_silences(store: Store, now: float) -> list[sqlite3.Row]:
+    """Silences not ended at ``now`` (id, matchers, starts_at, ends_at, comment, author)."""
+    return await store.fetchall(
+        "SELECT id, matchers, starts_at, ends_at, comment, author FROM silences "
+        "WHERE ends_at > ? ORDER BY id",
+        (now,),
+    )
+
+
+async def _insert_outbox(store: Store, n: OutboxNew) -> OutboxEntry:
+    (row,) = await store.execute_returning(_INSERT_OUTBOX, (*n, n.created))
     return OutboxEntry(
         int(row[0]), n.uuid, n.receiver, n.body, n.created, n.expires_at, 0, n.created, 0
     )

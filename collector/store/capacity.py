@@ -55,17 +55,14 @@ class SnapshotRow(NamedTuple):
 async def write_snapshot(store: Store, row: SnapshotRow, *, keep_s: float) -> int:
     """Insert ``row`` and delete snapshots older than ``keep_s`` before it; return deleted."""
     async with store.transaction("writing a capacity snapshot"):
-        await store.conn.execute(
+        await store.execute(
             f"INSERT INTO capacity_snapshots ({', '.join(SnapshotRow._fields)}) "
             f"VALUES ({', '.join('?' * len(SnapshotRow._fields))})",
             row,
         )
-        cur = await store.conn.execute(
+        return await store.execute(
             "DELETE FROM capacity_snapshots WHERE at < ?", (row.at - keep_s,)
         )
-        deleted = cur.rowcount
-        await cur.close()
-    return max(deleted, 0)
 
 
 async def recent_snapshots(

@@ -26,13 +26,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, NamedTuple, Self
+from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import aiosqlite
 
-from collector.store.alerts import AlertTables
 from collector.store.codec import PayloadCodec
+from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.migrations import MIGRATIONS
+from collector.store.query import Query
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -46,9 +47,9 @@ __all__ = [
     "sqlite_variable_limit",
 ]
 
-Synchronous = Literal["full", "normal"]
-
 log = get_logger("store")
+
+T = TypeVar("T")
 
 
 class SampleRow(NamedTuple):
@@ -217,7 +218,7 @@ def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
     return _Limited
 
 
-class Store(AlertTables):
+class Store:
     """Async context manager around the SQLite file.
 
     >>> async with Store(path) as store:
@@ -261,46 +262,23 @@ class Store(AlertTables):
         return self._conn
 
     async def __aenter__(self) -> Self:
+        self._conn = await open_async(
+            self.path,
+            write=not self.readonly,
+            synchronous=self.synchronous,
+            factory=_connection_factory(self._limit_override),
+        )
+        if self.readonly:
+            return self
         try:
-            if self.readonly:
-                if not self.path.is_file():
-                    raise StoreError(
-                        f"no capwatch database at {str(self.path)!r}: start `collector run` "
-                        "first or pass --db / CAPWATCH_DB_PATH"
-                    )
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes ? and #
-                self._conn = await aiosqlite.connect(uri, uri=True)
-                await self._conn.execute("PRAGMA busy_timeout = 5000")
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._conn = await aiosqlite.connect(
-                    self.path, factory=_connection_factory(self._limit_override)
-                )
-                for pragma in (
-                    "PRAGMA journal_mode = WAL",
-                    # FULL: a commit is on disk before the broker hears it is stored.
-                    f"PRAGMA synchronous = {self.synchronous.upper()}",
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA temp_store = MEMORY",
-                    "PRAGMA cache_size = -65536",
-                ):
-                    await self._conn.execute(pragma)
-                await self._migrate()
-                if self._compress:
-                    self._dict_id = await self._register_dict()
-                st = os.stat(self.path)
-                self._identity = (st.st_dev, st.st_ino)
-        except sqlite3.Error as exc:
+            await self._migrate()
+            if self._compress:
+                self._dict_id = await self._register_dict()
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+        except (sqlite3.Error, OSError) as exc:
             await self._close()
-            raise StoreError(
-                f"cannot open database {str(self.path)!r}: {exc}: set db_path (--db / "
-                "CAPWATCH_DB_PATH) to a file in a folder this user can write"
-            ) from exc
-        except OSError as exc:
-            await self._close()
-            raise StoreError(
-                f"cannot open database {str(self.path)!r}: {exc.strerror or exc}"
-            ) from exc
+            raise open_failed(self.path, exc, creating=True) from exc
         except BaseException:
             await self._close()
             raise
@@ -382,7 +360,7 @@ class Store(AlertTables):
             if u.inventory is not None:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
         now = time.time()
-        async with self._transaction(f"storing a batch ({len(rows)} sample rows)"):
+        async with self.transaction(f"storing a batch ({len(rows)} sample rows)"):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
                 samples = [(*r[:-2], r.payload, None, r.epoch) for r in rows]
@@ -391,29 +369,27 @@ class Store(AlertTables):
                 payloads = [r.payload for r in rows]
                 blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
                 samples = [(*r[:-2], b, dict_id, r.epoch) for r, b in zip(rows, blobs, strict=True)]
-            inserted = await self._insert_many(_INSERT_SAMPLES, samples)
-            await self._insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
-            await self._insert_many(_UPSERT_STATUS, statuses)
-            await self._insert_many(_UPSERT_INVENTORY, inventories)
-            await self._insert_many(_INSERT_QUARANTINE, list(quarantine))
-            await self._insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            inserted = await self.insert_many(_INSERT_SAMPLES, samples)
+            await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
+            await self.insert_many(_UPSERT_STATUS, statuses)
+            await self.insert_many(_UPSERT_INVENTORY, inventories)
+            await self.insert_many(_INSERT_QUARANTINE, list(quarantine))
+            await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
         return max(inserted, 0)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[None]:
-        """One write transaction: commit, once the file is known to still be ours; on any
-        failure roll back and raise :class:`StoreError` saying whether the store is usable."""
+    async def transaction(self, what: str) -> AsyncIterator[None]:
+        """One write transaction (the writer's; ``what`` names it in the error): commit, once
+        the file is known to still be ours; on any failure roll back and raise
+        :class:`StoreError` saying whether the store is usable. The table modules beside this
+        one (alerts, capacity snapshots) write inside it with :meth:`execute`,
+        :meth:`executemany` and :meth:`insert_many`."""
         try:
             yield
             self._check_file()
             await self.conn.commit()
         except Exception as exc:
             raise await self._failed(what, exc) from exc
-
-    def transaction(self, what: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """One write transaction for the table modules beside this one (e.g. capacity
-        snapshots): committed on success, else rolled back into a :class:`StoreError`."""
-        return self._transaction(what)
 
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
@@ -440,10 +416,27 @@ class Store(AlertTables):
             f"{what} failed in {str(self.path)!r}: {detail}{_hint(exc)}", fatal=fatal, exit_code=1
         )
 
-    async def _insert_many(
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement inside :meth:`transaction`; return how many rows it changed."""
+        cur = await self.conn.execute(sql, params)
+        changed = cur.rowcount
+        await cur.close()
+        return max(changed, 0)
+
+    async def execute_returning(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run one ``... RETURNING`` statement inside :meth:`transaction`; return its rows."""
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement over ``rows`` inside :meth:`transaction`."""
+        await self.conn.executemany(sql, rows)
+
+    async def insert_many(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
     ) -> int:
-        """Run ``statement`` over ``rows``, many rows per statement; return rows changed."""
+        """Run ``statement`` (head, columns, tail) over ``rows`` inside :meth:`transaction`,
+        many rows per statement (within SQLite's bound-variable limit); return rows changed."""
         head, ncols, tail = statement
         per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         changed = 0
@@ -462,15 +455,15 @@ class Store(AlertTables):
         node_rejects: dict[tuple[str, str], tuple[int, int]] | None = None,
     ) -> None:
         """Replace the stored counters with the collector's current ones; add node rejects."""
-        async with self._transaction("writing counters"):
-            await self.conn.executemany(
+        async with self.transaction("writing counters"):
+            await self.executemany(
                 "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
                 "updated = excluded.updated",
                 [(k, v, now) for k, v in counters.items()],
             )
             if node_rejects:
-                await self.conn.executemany(
+                await self.executemany(
                     "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (node, reason) DO UPDATE SET count = count + excluded.count, "
                     "last_ms = max(last_ms, excluded.last_ms)",
@@ -509,11 +502,8 @@ class Store(AlertTables):
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
         """Run one DELETE in its own transaction; return how many rows went."""
-        async with self._transaction(what):
-            cur = await self.conn.execute(sql, params)
-            deleted = cur.rowcount
-            await cur.close()
-        return max(deleted, 0)
+        async with self.transaction(what):
+            return await self.execute(sql, params)
 
     async def meta(self, key: str) -> str | None:
         """A fact the collector stored with :meth:`write_batch` (``meta=``), or ``None``."""
@@ -522,10 +512,14 @@ class Store(AlertTables):
 
     # -- reader side ---------------------------------------------------------------------
 
+    async def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) on this connection: the async counterpart
+        of :func:`collector.store.query.run`, the only one."""
+        return query.build([await self.fetchall(sql, p) for sql, p in query.statements])
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a read query and return all rows (``sqlite3.Row``: by index or name)."""
         try:
-            self.conn.row_factory = sqlite3.Row
             async with self.conn.execute(sql, params) as cur:
                 rows = await cur.fetchall()
         except sqlite3.Error as exc:

@@ -1,54 +1,46 @@
 """Tenants, cohorts, quotas and leases in the store: the SQL, and only here.
 
-Reads: :func:`load_governance` (command line, through a
-:class:`~collector.store.reader.StoreReader`) and :func:`load_governance_async` (the
-collector, on its own connection) run the same queries into one
-:class:`~collector.governance.state.Governance`.
+Reads are :class:`~collector.store.query.Query` objects, written once: ``reader.run(
+governance())`` on a command's snapshot, ``await store.run(governance())`` on the
+collector's connection, ``w.state()`` inside a write.
 
 Writes come from the commands (``collector lease|quota|apply``), never from the collector:
-:class:`GovernanceWriter` is one stdlib ``sqlite3`` connection and one ``BEGIN IMMEDIATE``
-transaction, so an overlap check and the insert it allows cannot be split by another
-command's write, and a file applied by ``collector apply`` goes in whole or not at all. Every
-write bumps meta ``governance_generation`` in the same transaction; the collector compares it
-at each evaluation (one primary-key read) and reloads the state only when it moved.
+:class:`GovernanceWriter` is one :class:`~collector.store.command.Command` transaction, so an
+overlap check and the insert it allows cannot be split by another command's write, and a
+file applied by ``collector apply`` goes in whole or not at all. Every commit moves the
+governance generation (:meth:`~collector.store.command.Command.bump_generation`); the
+collector compares it at each evaluation (one primary-key read) and reloads the state only
+when it moved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
-import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 from collector.governance.lease import LeaseTerms, effective_end, instant
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
+from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
+from collector.store.query import Query, first_value, single
 from shared.errors import StoreError
 
 __all__ = [
     "GENERATION_KEY",
     "USAGE_KEY",
     "GovernanceWriter",
-    "generation_async",
-    "load_governance",
-    "load_governance_async",
-    "pool_nodes",
+    "generation",
+    "governance",
     "usage_snapshot",
-    "usage_snapshot_async",
 ]
 
-GENERATION_KEY: Final = "governance_generation"
+T = TypeVar("T")
+
 USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
-_BUSY_TIMEOUT_S: Final = 5.0
-LOCK_BUDGET_S: Final = 3.0
-"""Longest a command may hold the write lock: the collector's own writes wait at most 5 s
-for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
 _NO_TABLE: Final = (
     "has no leases table yet: start this version's `collector run` once to migrate it"
 )
@@ -150,45 +142,24 @@ def _terms(r: Any) -> LeaseTerms:
     )
 
 
-def load_governance(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> Governance:
-    """The whole governance state, read with ``fetchall`` (``StoreReader.fetchall``)."""
-    return _governance({k: fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
+def governance() -> Query[Governance]:
+    """The whole governance state (:func:`_governance` on the rows of :data:`_QUERIES`)."""
+    names = list(_QUERIES)
+    return Query(
+        tuple(_QUERIES.values()),
+        lambda results: _governance(dict(zip(names, results, strict=True))),
+    )
 
 
-async def load_governance_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> Governance:
-    """The same, with the collector's ``Store.fetchall``."""
-    return _governance({k: await fetchall(sql, p) for k, (sql, p) in _QUERIES.items()})
-
-
-async def generation_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> str:
+def generation() -> Query[str]:
     """The store's governance generation ("" before the first governance write)."""
     sql, params = _QUERIES["generation"]
-    rows = await fetchall(sql, params)
-    return str(rows[0][0]) if rows else ""
+    return single(sql, params, lambda rows: first_value(rows) or "")
 
 
-def usage_snapshot(fetchall: Callable[[str, Sequence[Any]], list[Any]]) -> str | None:
+def usage_snapshot() -> Query[str | None]:
     """The collector's last usage snapshot (JSON text), or ``None``."""
-    rows = fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
-    return str(rows[0][0]) if rows else None
-
-
-async def usage_snapshot_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-) -> str | None:
-    """The same with the collector's ``Store.fetchall``."""
-    rows = await fetchall("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,))
-    return str(rows[0][0]) if rows else None
-
-
-def pool_nodes(fetchall: Callable[[str, Sequence[Any]], list[Any]], pool: str) -> list[str]:
-    """The nodes of ``pool`` (from ``pool_nodes``), sorted."""
-    rows = fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
-    return [r[0] for r in rows]
+    return single("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,), first_value)
 
 
 class GovernanceWriter:
@@ -201,94 +172,35 @@ class GovernanceWriter:
     def __init__(
         self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
     ) -> None:
+        self.tx = Command(path, now=now, no_table=_NO_TABLE, lock_budget_s=lock_budget_s)
         self.path = path
-        self.now = time.time() if now is None else now
-        self.lock_budget_s = lock_budget_s
-        self._locked_at = 0.0
-        self._conn: sqlite3.Connection | None = None
-        self._discard = False
+        self.now = self.tx.now
+
+    def __enter__(self) -> Self:
+        self.tx.__enter__()
+        self.tx.bump_generation()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.tx.__exit__(*exc_info)
 
     def discard(self) -> None:
         """Roll back instead of committing at exit (a dry run, or nothing changed)."""
-        self._discard = True
+        self.tx.discard()
 
-    def __enter__(self) -> Self:
-        if not self.path.is_file():
-            raise StoreError(
-                f"no capwatch database at {str(self.path)!r}: start `collector run` first or "
-                "pass --db / CAPWATCH_DB_PATH"
-            )
-        try:
-            conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
-        self._conn = conn
-        self._locked_at = time.monotonic()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            if exc_type is None and not self._discard:
-                self._execute_on(
-                    conn,
-                    "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
-                    "DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                    (GENERATION_KEY, uuid.uuid4().hex, self.now),
-                )
-                conn.execute("COMMIT")
-            else:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot write {str(self.path)!r}: {err}") from err
-        finally:
-            conn.close()
-
-    def _execute_on(
-        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
-    ) -> sqlite3.Cursor:
-        try:
-            return conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise StoreError(f"{str(self.path)!r} {_NO_TABLE}") from exc
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
-        except (sqlite3.Error, OverflowError) as exc:
-            raise StoreError(f"cannot write {str(self.path)!r}: {exc}") from exc
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """Run one statement inside the transaction."""
-        if self._conn is None:
-            raise StoreError("governance writer is not open: use `with GovernanceWriter(path)`")
-        if time.monotonic() - self._locked_at > self.lock_budget_s:
-            raise StoreError(
-                f"this change held the database's write lock for over {self.lock_budget_s:g} s "
-                "(a running collector stops after waiting 5 s for it), so nothing was changed: "
-                "apply it in smaller parts"
-            )
-        return self._execute_on(self._conn, sql, params)
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """A read inside the transaction (sees its own writes)."""
-        return self.execute(sql, params).fetchall()
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) inside the transaction."""
+        return self.tx.run(query)
 
     def state(self) -> Governance:
         """The governance state as this transaction sees it."""
-        return load_governance(self.fetchall)
+        return self.tx.run(governance())
 
     # -- cohorts, tenants, quotas
 
     def put_cohort(self, name: str, comment: str = "") -> None:
         """Create cohort ``name`` or update its comment."""
-        self.execute(
+        self.tx.execute(
             "INSERT INTO cohorts (name, comment, created) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET comment = excluded.comment",
             (name, comment, self.now),
@@ -297,11 +209,11 @@ class GovernanceWriter:
     def put_cohort_quota(self, cohort: str, resource: str, nominal: float | None) -> None:
         """Set (``None``: remove) the cohort's own nominal quota on ``resource``."""
         if nominal is None:
-            self.execute(
+            self.tx.execute(
                 "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
             )
             return
-        self.execute(
+        self.tx.execute(
             "INSERT INTO cohort_quotas (cohort, resource, nominal) VALUES (?, ?, ?) "
             "ON CONFLICT (cohort, resource) DO UPDATE SET nominal = excluded.nominal",
             (cohort, resource, nominal),
@@ -310,10 +222,10 @@ class GovernanceWriter:
     def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
-            self.execute(
+            self.tx.execute(
                 "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
             )
-        self.execute(
+        self.tx.execute(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET cohort = excluded.cohort, "
             "priority = excluded.priority, comment = excluded.comment",
@@ -322,7 +234,7 @@ class GovernanceWriter:
 
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
-        self.execute(
+        self.tx.execute(
             "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
         )
 
@@ -331,10 +243,12 @@ class GovernanceWriter:
     ) -> None:
         """Set (``None``: remove) ``tenant``'s quota on ``resource``."""
         if quota is None:
-            self.execute("DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource))
+            self.tx.execute(
+                "DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource)
+            )
             return
         self.ensure_tenant(tenant)
-        self.execute(
+        self.tx.execute(
             "INSERT INTO quotas (tenant, resource, nominal, borrowing_limit, lending_limit, "
             "period) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, resource) DO UPDATE SET "
             "nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
@@ -353,30 +267,37 @@ class GovernanceWriter:
 
     def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
         """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
-        self.execute("INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now))
+        self.tx.execute(
+            "INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now)
+        )
         for node in nodes:
-            self.execute(
+            self.tx.execute(
                 "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
                 "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
                 (node, pool),
             )
 
+    def leave_pool(self, node: str, pool: str) -> None:
+        """Take ``node`` out of ``pool`` (into ``free``) if it is there."""
+        self.tx.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, pool))
+
     def pool_nodes(self, pool: str) -> list[str]:
         """The nodes of ``pool`` as this transaction sees them."""
-        return pool_nodes(self.fetchall, pool)
+        rows = self.tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
+        return [r[0] for r in rows]
 
     def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
         """Node -> the pool it is in, for those of ``nodes`` in one."""
         out: dict[str, str] = {}
         for node in nodes:
-            rows = self.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
+            rows = self.tx.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
             if rows:
                 out[node] = rows[0][0]
         return out
 
     def pool_exists(self, pool: str) -> bool:
         """Whether ``pool`` is a stored pool."""
-        return bool(self.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
+        return bool(self.tx.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
 
     # -- leases
 
@@ -395,7 +316,7 @@ class GovernanceWriter:
         """Store a new lease (overlaps already checked by the caller); return its id."""
         self.ensure_tenant(tenant)
         start_at, end_at = _instants(terms)
-        cur = self.execute(
+        cur = self.tx.execute(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
             "start_at, end_at, comment, created, updated) "
@@ -423,14 +344,16 @@ class GovernanceWriter:
         )
         lease_id = int(cur.lastrowid or 0)
         for node in dict.fromkeys(nodes):
-            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
+            self.tx.execute(
+                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
+            )
         return lease_id
 
     def update_lease(self, lease: Lease, terms: LeaseTerms, *, comment: str | None = None) -> None:
         """Replace ``lease``'s dates (cancel, extend, renew, apply)."""
         start_at, end_at = _instants(terms)
         notice = None if terms.notice_given is None else terms.notice_given.isoformat()
-        self.execute(
+        self.tx.execute(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
             "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
@@ -457,9 +380,11 @@ class GovernanceWriter:
 
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
         """Replace the nodes ``lease`` holds."""
-        self.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
+        self.tx.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
         for node in dict.fromkeys(nodes):
-            self.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node))
+            self.tx.execute(
+                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node)
+            )
 
 
 def _instants(terms: LeaseTerms) -> tuple[float, float | None]:

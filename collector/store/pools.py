@@ -2,21 +2,21 @@
 
 Reads go through anything with ``fetchall``/``has_table`` (a :class:`StoreReader`, or the
 write transaction of :func:`pool_transaction`, so that ``pool apply`` decides and writes on one
-snapshot). Writes are short stdlib ``sqlite3`` transactions on tables the collector's writer
-never touches (``pools``, ``pool_nodes``, ``pool_moves``, ``declared_inventories``), so they
-cannot race it; ``BEGIN IMMEDIATE`` makes two pool commands queue instead of interleaving.
+snapshot). Writes are :class:`~collector.store.command.Command` transactions on tables the
+collector's writer never touches (``pools``, ``pool_nodes``, ``pool_moves``,
+``declared_inventories``), so they cannot race it; two pool commands queue instead of
+interleaving.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
-from collector.store.oneshot import connect_store
+from collector.store.command import Command
 from shared.errors import ConfigError, StoreError
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
     "pool_members",
     "pool_transaction",
     "pools",
+    "pools_with_nodes",
+    "unknown_nodes",
 ]
 
 FREE: Final = "free"
@@ -151,37 +153,31 @@ def leased_nodes(store: Rows, now: float) -> set[str]:
     return {r[0] for r in rows}
 
 
-def follow_leases(
-    fetchall: Callable[[str, Sequence[Any]], list[Any]],
-    execute: Callable[[str, Sequence[Any]], Any],
-    pools: Iterable[str],
-    now: float,
-) -> bool:
-    """Make the leases of ``pools`` (those not ended at ``now``) hold the pools' nodes as they
-    are now: a lease of a pool leases its members, so nodes added to the pool join the lease
-    and nodes removed leave it. A node that another lease holds at an overlapping time cannot
-    join: :class:`ConfigError` naming the node and both leases (the caller's transaction then
-    changes nothing). Returns whether a lease changed (the collector's generation must move).
+def follow_leases(tx: Command, pools: Iterable[str]) -> None:
+    """Make the leases of ``pools`` (those not ended at ``tx.now``) hold the pools' nodes as
+    they are now: a lease of a pool leases its members, so nodes added to the pool join the
+    lease and nodes removed leave it. A node that another lease holds at an overlapping time
+    cannot join: :class:`ConfigError` naming the node and both leases (the transaction then
+    changes nothing). When a lease changed, the commit moves the governance generation.
     """
-    if not _has_table(fetchall, "leases") or not _has_table(fetchall, "lease_nodes"):
-        return False
-    changed = False
+    if not tx.has_table("leases") or not tx.has_table("lease_nodes"):
+        return
     for pool in sorted(set(pools) - {FREE}):
-        leases = fetchall(
+        leases = tx.fetchall(
             "SELECT id, name, start_at, end_at FROM leases "
             "WHERE pool = ? AND (end_at IS NULL OR end_at > ?) ORDER BY id",
-            (pool, now),
+            (pool, tx.now),
         )
         if not leases:
             continue
-        members = {r[0] for r in fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))}
+        members = {r[0] for r in tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))}
         for lease_id, name, start_at, end_at in leases:
             held = {
                 r[0]
-                for r in fetchall("SELECT node FROM lease_nodes WHERE lease_id = ?", (lease_id,))
+                for r in tx.fetchall("SELECT node FROM lease_nodes WHERE lease_id = ?", (lease_id,))
             }
             for node in sorted(members - held):
-                clash = fetchall(
+                clash = tx.fetchall(
                     "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
                     "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
                     "AND (l.end_at IS NULL OR l.end_at > ?) AND (? IS NULL OR l.start_at < ?)",
@@ -194,35 +190,56 @@ def follow_leases(
                         f"as pool {pool!r} is leased ({name!r}): it cannot join that pool",
                         field="nodes",
                     )
-                execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
-                changed = True
+                tx.execute(
+                    "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
+                )
+                tx.bump_generation()
             for node in sorted(held - members):
-                execute("DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node))
-                changed = True
-    return changed
+                tx.execute(
+                    "DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node)
+                )
+                tx.bump_generation()
 
 
-def _has_table(fetchall: Callable[[str, Sequence[Any]], list[Any]], name: str) -> bool:
-    return bool(fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+def unknown_nodes(store: Rows, nodes: Iterable[str]) -> list[str]:
+    """Those of ``nodes`` with neither an agent's (``nodes``) nor a declared inventory."""
+    wanted = list(dict.fromkeys(nodes))
+    tables = ["nodes", "declared_inventories"]
+    if not store.has_table("declared_inventories"):
+        tables.pop()
+    known: set[str] = set()
+    for i in range(0, len(wanted), 500):  # far under SQLite's bound-variable limit
+        chunk = wanted[i : i + 500]
+        marks = ", ".join("?" * len(chunk))
+        for table in tables:
+            rows = store.fetchall(f"SELECT node FROM {table} WHERE node IN ({marks})", chunk)
+            known.update(r[0] for r in rows)
+    return [node for node in wanted if node not in known]
+
+
+def pools_with_nodes(store: Rows) -> dict[str, list[str]]:
+    """Pool -> its nodes (in stored order), every stored pool, an empty one too."""
+    out: dict[str, list[str]] = {r[0]: [] for r in store.fetchall("SELECT name FROM pools")}
+    for node, pool in store.fetchall("SELECT node, pool FROM pool_nodes"):
+        out.setdefault(pool, []).append(node)
+    return out
 
 
 class PoolTransaction:
-    """One write transaction on the pool tables; reads see its own writes."""
+    """The pool commands' writes, in one :class:`~collector.store.command.Command`; reads
+    see its own writes."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, now: float) -> None:
-        self._conn = conn
-        self._path = path
-        self.now = now
+    def __init__(self, tx: Command) -> None:
+        self.tx = tx
+        self.now = tx.now
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a query inside the transaction."""
-        return self._conn.execute(sql, params).fetchall()
+        return self.tx.fetchall(sql, params)
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name``."""
-        return bool(
-            self.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
-        )
+        return self.tx.has_table(name)
 
     def exists(self, name: str) -> bool:
         """Whether pool ``name`` exists (``free`` always does)."""
@@ -230,7 +247,7 @@ class PoolTransaction:
 
     def create(self, name: str, comment: str = "") -> None:
         """Create an empty pool."""
-        self._conn.execute(
+        self.tx.execute(
             "INSERT INTO pools (name, created, comment) VALUES (?, ?, ?)", (name, self.now, comment)
         )
 
@@ -238,7 +255,7 @@ class PoolTransaction:
         """Delete a pool; its nodes return to ``free``. Returns them."""
         nodes = [r[0] for r in self.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (name,))]
         self.move(nodes, FREE, f"delete {name}")
-        self._conn.execute("DELETE FROM pools WHERE name = ?", (name,))
+        self.tx.execute("DELETE FROM pools WHERE name = ?", (name,))
         return nodes
 
     def move(self, nodes: Iterable[str], to_pool: str, reason: str) -> None:
@@ -252,77 +269,40 @@ class PoolTransaction:
             if before == to_pool:
                 continue
             if to_pool == FREE:
-                self._conn.execute("DELETE FROM pool_nodes WHERE node = ?", (node,))
+                self.tx.execute("DELETE FROM pool_nodes WHERE node = ?", (node,))
             else:
-                self._conn.execute(
+                self.tx.execute(
                     "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
                     "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
                     (node, to_pool),
                 )
-            self._conn.execute(
+            self.tx.execute(
                 "INSERT INTO pool_moves (ts, node, from_pool, to_pool, reason) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (self.now, node, before, to_pool, reason),
             )
-        if follow_leases(self.fetchall, self._conn.execute, touched, self.now):
-            # The running collector reloads its governance state when this moves.
-            self._conn.execute(
-                "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
-                "DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                ("governance_generation", uuid.uuid4().hex, self.now),
-            )
+        follow_leases(self.tx, touched)
 
 
 @contextmanager
 def pool_transaction(path: Path, now: float) -> Iterator[PoolTransaction]:
     """A write transaction on the store at ``path``: committed when the block ends, rolled
     back (nothing changed) when it raises."""
-    conn = _connect(path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        tx = PoolTransaction(conn, path, now)
+    with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
         if not tx.has_table("pool_moves"):
             raise StoreError(f"{str(path)!r} {_NOT_MIGRATED}")
-        yield tx
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        conn.rollback()
-        raise StoreError(f"cannot update pools in {str(path)!r}: {exc}") from exc
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
+        yield PoolTransaction(tx)
 
 
 def declare_inventories(path: Path, rows: Sequence[tuple[str, bytes]], now: float) -> int:
     """Store declared inventories (node, validated JSON) in one transaction; return how many."""
-    conn = _connect(path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        if not conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'declared_inventories'"
-        ).fetchall():
+    with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
+        if not tx.has_table("declared_inventories"):
             raise StoreError(f"{str(path)!r} {_NOT_MIGRATED}")
-        conn.executemany(
+        tx.executemany(
             "INSERT INTO declared_inventories (node, inventory, declared) VALUES (?, ?, ?) "
             "ON CONFLICT (node) DO UPDATE SET inventory = excluded.inventory, "
             "declared = excluded.declared",
             [(node, blob, now) for node, blob in rows],
         )
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        conn.rollback()
-        raise StoreError(f"cannot store declared inventories in {str(path)!r}: {exc}") from exc
-    except BaseException:
-        conn.rollback()
-        raise
-    finally:
-        conn.close()
     return len(rows)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = connect_store(path)
-    conn.row_factory = sqlite3.Row
-    return conn

@@ -14,13 +14,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self, TypeVar
 
+from collector.store.connect import open_sync, refused
+from collector.store.query import Query, run
 from shared.errors import StoreError
 
 __all__ = ["StoreReader"]
 
-_BUSY_TIMEOUT_S: Final = 5.0
+T = TypeVar("T")
 
 
 class StoreReader:
@@ -39,18 +41,7 @@ class StoreReader:
         self._decompressors: dict[int, Callable[[bytes], bytes]] = {}
 
     def __enter__(self) -> Self:
-        if not self.path.is_file():
-            raise StoreError(
-                f"no capwatch database at {str(self.path)!r}: start `collector run` first or "
-                "pass --db / CAPWATCH_DB_PATH"
-            )
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri escapes ? and #
-        try:
-            conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {str(self.path)!r}: {exc}") from exc
-        conn.row_factory = sqlite3.Row
-        self._conn = conn
+        conn = self._conn = open_sync(self.path, write=False)
         try:
             # One snapshot for the whole answer: counts and rows agree with each other.
             conn.execute("BEGIN")
@@ -83,18 +74,12 @@ class StoreReader:
         """Run a read query and return all its rows."""
         try:
             return self.conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise StoreError(
-                    f"{str(self.path)!r} is not a capwatch database (or an empty one): point "
-                    "--db / CAPWATCH_DB_PATH at the collector's database; `collector run` "
-                    "creates it"
-                ) from exc
-            raise StoreError(f"query failed on {str(self.path)!r}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"query failed on {str(self.path)!r}: {exc}") from exc
-        except OverflowError as exc:  # a parameter past SQLite's 64-bit integers
-            raise StoreError(f"a value in the query is too large: {exc}") from exc
+        except (sqlite3.Error, OverflowError) as exc:
+            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) on this snapshot."""
+        return run(query, self.fetchall)
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (a store not yet migrated may lack it)."""

@@ -1,19 +1,18 @@
 """``collector silence add|expire``: the command's writes to the collector's store.
 
 As ``--redeliver`` does (:mod:`collector.store.outbox`): one short statement in its own
-transaction, stdlib ``sqlite3`` with a busy timeout, on a table the collector only reads
+:class:`~collector.store.command.Command` transaction, on a table the collector only reads
 (it re-reads the silences in force at every evaluation), so it never holds up the writer.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from collector.store.oneshot import execute_once
+from collector.store.command import Command
 from shared.errors import ConfigError
 
 __all__ = ["add_silence", "expire_silence"]
@@ -21,10 +20,6 @@ __all__ = ["add_silence", "expire_silence"]
 _NO_TABLE: Final = (
     "has no silences table yet: start this version's `collector run` once to migrate it"
 )
-
-
-def _execute(path: Path, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
-    return execute_once(path, sql, params, no_table=_NO_TABLE)
 
 
 def add_silence(
@@ -37,27 +32,28 @@ def add_silence(
     author: str,
 ) -> int:
     """Store a silence (matchers already checked); return its id."""
-    cur = _execute(
-        path,
-        "INSERT INTO silences (matchers, starts_at, ends_at, comment, author, created) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            json.dumps(list(matchers), ensure_ascii=False),
-            starts_at,
-            ends_at,
-            comment,
-            author,
-            starts_at,
-        ),
-    )
+    with Command(path, now=starts_at, no_table=_NO_TABLE) as tx:
+        cur = tx.execute(
+            "INSERT INTO silences (matchers, starts_at, ends_at, comment, author, created) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                json.dumps(list(matchers), ensure_ascii=False),
+                starts_at,
+                ends_at,
+                comment,
+                author,
+                starts_at,
+            ),
+        )
     return int(cur.lastrowid or 0)
 
 
 def expire_silence(path: Path, silence_id: int, now: float) -> None:
     """End silence ``silence_id`` now; :class:`ConfigError` if no such silence is in force."""
-    cur = _execute(
-        path, "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?", (now, silence_id, now)
-    )
+    with Command(path, now=now, no_table=_NO_TABLE) as tx:
+        cur = tx.execute(
+            "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?", (now, silence_id, now)
+        )
     if cur.rowcount != 1:
         raise ConfigError(
             f"no silence in force with id {silence_id}: pick one from `collector silence list`",

@@ -12,16 +12,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
 from collector.nodefacts import Hardware, hardware
+from collector.store.query import Query, single
 
-__all__ = ["gpu_hours_in", "gpu_hours_in_async", "node_hardware"]
-
-Fetch = Callable[[str, Sequence[Any]], list[Any]]
+__all__ = ["gpu_hours_in", "node_hardware"]
 
 
 class _GpuInfo(msgspec.Struct):
@@ -35,15 +34,19 @@ class _Inventory(msgspec.Struct):
 _inventory_decoder = msgspec.json.Decoder(_Inventory)
 
 
-def node_hardware(fetchall: Fetch) -> dict[str, Hardware]:
+def node_hardware() -> Query[dict[str, Hardware]]:
     """Node -> its hardware (:func:`collector.nodefacts.hardware`) from its inventory.
 
     msgspec reads only the GPUs' power limits (~3 us an inventory; SQLite's JSON functions
     took six times longer, the whole schema's decoder ten times). An unreadable inventory
     is left out (no GPUs).
     """
+    return single("SELECT node, inventory FROM nodes WHERE inventory IS NOT NULL", (), _hardware)
+
+
+def _hardware(rows: list[Any]) -> dict[str, Hardware]:
     out: dict[str, Hardware] = {}
-    for node, blob in fetchall("SELECT node, inventory FROM nodes WHERE inventory IS NOT NULL", ()):
+    for node, blob in rows:
         try:
             inv = _inventory_decoder.decode(blob)
         except msgspec.DecodeError:
@@ -64,33 +67,12 @@ def _gpu_hours_sql(n: int) -> str:
     )
 
 
-def _hours_queries(
-    nodes: Sequence[str], since: float, until: float
-) -> Iterator[tuple[str, list[Any]]]:
-    lo, hi = int(since * 1000), int(until * 1000)
-    for i in range(0, len(nodes), _HOURS_CHUNK):
-        chunk = list(nodes[i : i + _HOURS_CHUNK])
-        yield _gpu_hours_sql(len(chunk)), [*chunk, lo, hi]
-
-
-def gpu_hours_in(fetchall: Fetch, nodes: Sequence[str], since: float, until: float) -> float:
+def gpu_hours_in(nodes: Sequence[str], since: float, until: float) -> Query[float]:
     """Utilisation-weighted GPU-hours of ``nodes``' samples stamped in [since, until): one
-    ``(node, ts_ms)`` index range per node."""
-    if until <= since:
-        return 0.0
-    return sum(float(fetchall(sql, p)[0][0]) for sql, p in _hours_queries(nodes, since, until))
-
-
-async def gpu_hours_in_async(
-    fetchall: Callable[[str, Sequence[Any]], Awaitable[list[Any]]],
-    nodes: Sequence[str],
-    since: float,
-    until: float,
-) -> float:
-    """The same with the collector's ``Store.fetchall``."""
-    if until <= since:
-        return 0.0
-    total = 0.0
-    for sql, p in _hours_queries(nodes, since, until):
-        total += float((await fetchall(sql, p))[0][0])
-    return total
+    ``(node, ts_ms)`` index range per node, :data:`_HOURS_CHUNK` nodes a statement."""
+    lo, hi = int(since * 1000), int(until * 1000)
+    chunks = [nodes[i : i + _HOURS_CHUNK] for i in range(0, len(nodes), _HOURS_CHUNK)]
+    statements = tuple(
+        (_gpu_hours_sql(len(chunk)), (*chunk, lo, hi)) for chunk in chunks if until > since
+    )
+    return Query(statements, lambda results: sum((float(rows[0][0]) for rows in results), 0.0))

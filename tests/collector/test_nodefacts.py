@@ -35,7 +35,7 @@ from collector.metrics import fleet_families
 from collector.nodefacts import Staleness, State, gpu_power_w, hardware, measure
 from collector.settings import CollectorSettings
 from collector.store.db import NodeUpdate, SampleRow, Store
-from collector.store.governance import load_governance
+from collector.store.governance import governance
 from collector.store.pools import node_records
 from collector.store.queries import fleet_summary
 from collector.store.reader import StoreReader
@@ -173,7 +173,7 @@ async def test_usage_counts_only_online_sampled_nodes_in_the_collector_and_from_
     async with Store(fleet.db) as store:
         await run_once(job, store, fleet.view)
     with StoreReader(fleet.db) as reader:
-        gov = load_governance(reader.fetchall)
+        gov = reader.run(governance())
         allocated, measured = usages_from_store(
             reader, gov, now, busy_util_pct=10.0, staleness=STALENESS
         )

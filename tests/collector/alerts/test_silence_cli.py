@@ -12,7 +12,7 @@ import pytest
 
 from collector.alerts.fingerprint import fingerprint
 from collector.cli import main as collector_main
-from collector.store.alerts import AlertChange
+from collector.store.alerts import AlertChange, write_alerts
 from collector.store.db import Store
 
 
@@ -42,7 +42,7 @@ async def _store(tmp_path: Path, *alerts: dict[str, str]) -> Path:
         for labels in alerts
     ]
     async with Store(db) as store:
-        await store.write_alerts(changes, 86_400.0, now=now)
+        await write_alerts(store, changes, 86_400.0, now=now)
     return db
 
 

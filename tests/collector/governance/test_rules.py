@@ -160,7 +160,7 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
         job = GovernanceJob(clock)
         await run_once(job, store, live)
         with GovernanceWriter(db, now=clock.time()) as w:
-            w.execute("UPDATE leases SET tz = 'Mars/Olympus'")
+            w.tx.execute("UPDATE leases SET tz = 'Mars/Olympus'")
         for _ in range(3):
             clock.advance(60)
             await run_once(job, store, live)  # no exception: the last good state stays in force
@@ -178,7 +178,7 @@ async def test_a_bad_quota_row_is_named_so_it_can_be_fixed(tmp_path: Path) -> No
         pass
     with GovernanceWriter(db) as w:
         w.put_quota("acme", "gpus", Quota(9.0))
-        w.execute("UPDATE quotas SET nominal = 'lots'")
+        w.tx.execute("UPDATE quotas SET nominal = 'lots'")
     code, _, err = cli("quota", "show", "--db", str(db))
     assert (code, err.count("\n")) == (2, 1)
     assert "quotas row WHERE tenant = 'acme' AND resource = 'gpus'" in err, err

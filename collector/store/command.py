@@ -1,0 +1,159 @@
+"""One command transaction: how every command (pool, lease, quota, apply, silence,
+inventory import, alerts --redeliver) writes to the store.
+
+``with Command(path, now=...) as tx`` is one stdlib ``sqlite3`` connection
+(:func:`~collector.store.connect.open_sync`) and one ``BEGIN IMMEDIATE`` transaction, so a
+check and the write it allows cannot be split by another command's write. It commits when
+the block ends, rolls back when it raises or after :meth:`Command.discard`.
+
+* **Lock budget.** The collector's writer waits at most the busy timeout (5 s) for the write
+  lock and then stops; a statement that would run after :data:`LOCK_BUDGET_S` (3 s) of
+  holding it is refused and the whole change rolled back.
+* **Generation.** After :meth:`Command.bump_generation` the commit also moves meta
+  ``governance_generation`` (:data:`GENERATION_KEY`): the collector compares it at each
+  evaluation and reloads its governance state only when it moved.
+* **Errors.** Whatever SQLite says becomes one :class:`StoreError` line
+  (:func:`~collector.store.connect.refused`); ``no_table`` says what to do when the store
+  predates a table this command needs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+from collector.store.connect import open_sync, refused
+from collector.store.query import Query, run
+from shared.errors import StoreError
+
+__all__ = ["GENERATION_KEY", "LOCK_BUDGET_S", "Command"]
+
+T = TypeVar("T")
+
+GENERATION_KEY: Final = "governance_generation"
+LOCK_BUDGET_S: Final = 3.0
+"""Longest a command may hold the write lock: the collector's own writes wait at most 5 s
+for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
+_NOT_MIGRATED: Final = "is not migrated yet: start this version's `collector run` once"
+
+
+class Command:
+    """One write transaction of a command on the existing store at ``path``.
+
+    Reads (:meth:`fetchall`, :meth:`run`) see the transaction's own writes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        now: float | None = None,
+        no_table: str = _NOT_MIGRATED,
+        lock_budget_s: float = LOCK_BUDGET_S,
+    ) -> None:
+        self.path = path
+        self.now = time.time() if now is None else now
+        self.lock_budget_s = lock_budget_s
+        self._no_table = no_table
+        self._conn: sqlite3.Connection | None = None
+        self._locked_at = 0.0
+        self._discard = False
+        self._bump = False
+
+    def __enter__(self) -> Self:
+        conn = open_sync(self.path, write=True)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self._refused(exc) from exc
+        self._conn = conn
+        self._locked_at = time.monotonic()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if exc_type is None and not self._discard:
+                if self._bump:
+                    conn.execute(
+                        "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                        "updated = excluded.updated",
+                        (GENERATION_KEY, uuid.uuid4().hex, self.now),
+                    )
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if exc is None:
+                raise self._refused(err) from err
+        finally:
+            conn.close()
+
+    def _refused(self, exc: BaseException) -> StoreError:
+        return refused(self.path, exc, doing="cannot write", no_table=self._no_table)
+
+    def discard(self) -> None:
+        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
+        self._discard = True
+
+    def bump_generation(self) -> None:
+        """Move the governance generation with the commit (leases, quotas, tenants changed)."""
+        self._bump = True
+
+    def _live(self) -> sqlite3.Connection:
+        """The connection, while the transaction is open and within its lock budget."""
+        if self._conn is None:
+            raise StoreError("command transaction is not open: use `with Command(path)`")
+        if time.monotonic() - self._locked_at > self.lock_budget_s:
+            raise StoreError(
+                f"this change held the database's write lock for over {self.lock_budget_s:g} s "
+                "(a running collector stops after waiting 5 s for it), so nothing was changed: "
+                "apply it in smaller parts"
+            )
+        return self._conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement inside the transaction (refused past the lock budget)."""
+        conn = self._live()
+        try:
+            return conn.execute(sql, params)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise self._refused(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement over ``rows`` inside the transaction."""
+        conn = self._live()
+        try:
+            conn.executemany(sql, rows)
+        except (sqlite3.Error, OverflowError) as exc:
+            raise self._refused(exc) from exc
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A read inside the transaction (sees its own writes)."""
+        return self.execute(sql, params).fetchall()
+
+    def run(self, query: Query[T]) -> T:
+        """A query (:mod:`collector.store.query`) inside the transaction."""
+        return run(query, self.fetchall)
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (one not yet migrated may lack it)."""
+        return bool(
+            self.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        )

@@ -1,0 +1,35 @@
+"""A query written once gives the same answer on every connection of the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collector.governance.quota import Quota
+from collector.store.command import Command
+from collector.store.db import Store
+from collector.store.governance import GovernanceWriter, generation, governance, usage_snapshot
+from collector.store.reader import StoreReader
+from collector.store.usage import gpu_hours_in
+
+
+async def test_reader_command_and_collector_read_the_same_governance(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        assert await store.run(generation()) == ""
+        assert await store.run(usage_snapshot()) is None
+    with GovernanceWriter(db, now=1.0) as w:
+        w.put_tenant("t", "c", 3)
+        w.put_quota("t", "gpus", Quota(8.0, None, None))
+    with StoreReader(db) as reader:
+        from_reader = reader.run(governance())
+        hours_reader = reader.run(gpu_hours_in(["a", "b"], 0.0, 10.0))
+    with Command(db) as tx:
+        from_command = tx.run(governance())
+        tx.discard()
+    async with Store(db) as store:
+        from_store = await store.run(governance())
+        assert await store.run(generation()) == from_store.generation != ""
+        assert await store.run(gpu_hours_in(["a", "b"], 0.0, 10.0)) == hours_reader == 0.0
+    assert from_reader == from_command == from_store
+    assert from_store.tenants == {"t": "c"}
+    assert from_store.quotas[("t", "gpus")].quota.nominal == 8.0
