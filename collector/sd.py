@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import msgspec
 
-from collector.store.governance import load_governance
+from collector.store.governance import governance
 from collector.store.pools import NodeRecord, node_records
 from collector.store.reader import StoreReader
 from shared.logging import get_logger
@@ -114,7 +114,7 @@ class ServiceDiscovery:
         with StoreReader(self._db_path) as store:
             records = node_records(store)
             try:
-                gov = load_governance(store.fetchall)
+                gov = store.run(governance())
             except ValueError as exc:  # a hand-edited governance row: still list the targets
                 log.warning("sd_governance_unreadable", error=str(exc))
                 tenants: dict[str, str] = {}

@@ -371,6 +371,8 @@ def main() -> int:
             "nvml",
             "--node-id",
             node if node[:1].isalnum() else "demo-host",
+            "--spool-dir",
+            str(workdir / "agent-spool"),
         )
         spawn(
             "simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1"
