@@ -42,7 +42,8 @@ def _totals(metric: Counter) -> Iterator[tuple[dict[str, str], float]]:
 
 
 def value(metric: Counter) -> int:
-    """The value of an unlabelled counter, or of one child (``counter.labels(...)``)."""
+    """The value of an unlabelled counter or of one child (``counter.labels(...)``); of a
+    labelled parent, the sum over its children."""
     return sum(int(v) for _, v in _totals(metric))
 
 

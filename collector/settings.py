@@ -267,7 +267,8 @@ class CollectorSettings(CapwatchSettings):
     """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);
     unset: no HTTP server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
     metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
-    """``/readyz`` says unready when the writer has not committed for this long."""
+    """``/readyz`` says unready, and the watchdog stops its pings, when the writer has not
+    committed for this long or the evaluator is this late (:mod:`collector.health`)."""
 
     @field_validator("metrics_listen")
     @classmethod
