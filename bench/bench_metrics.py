@@ -40,7 +40,7 @@ from agent.host import HostSampler
 from agent.metrics import AgentExposition, AgentStats
 from agent.node import NodeSampler, make_gpu_backend
 from agent.simulate import FleetSimulator
-from collector.ingest.writer import Writer
+from collector.ingest.writer import Writer, WriterItem
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorSettings
@@ -195,10 +195,15 @@ async def _collector(nodes: int, scrapes: int, workdir: Path) -> None:
         collector.live.on_status(sim.node_ids[i], "online", now)
     collector.connected.set()
     async with Store(settings.db_path) as store:
-        from collector.metrics import FLEET_CHUNK_NODES, CollectorMetrics  # noqa: PLC0415
+        from collector.health import Health  # noqa: PLC0415
+        from collector.metrics import FLEET_CHUNK_NODES  # noqa: PLC0415
 
-        metrics = CollectorMetrics(collector, store)
-        writer = Writer(store, asyncio.Queue(), collector.ingestor, collector.clock)
+        metrics = collector.exposition(store)
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+        writer = Writer(store, queue, collector.ingestor, collector.clock)
+        health = Health(
+            collector.clock, limit_s=30, connected=collector.connected, writer=writer, queue=queue
+        )
         runs = []
         for _ in range(6):
             t0 = time.perf_counter()
@@ -214,7 +219,7 @@ async def _collector(nodes: int, scrapes: int, workdir: Path) -> None:
                 lateness.append(time.perf_counter() - t - 0.001)
 
         stop = asyncio.Event()
-        async with metrics.serve(writer) as server, asyncio.TaskGroup() as tg:
+        async with metrics.serve(health) as server, asyncio.TaskGroup() as tg:
             tg.create_task(heartbeat(stop))
             await asyncio.sleep(2.0)
             idle_worst = max(lateness) * 1000

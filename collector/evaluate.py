@@ -15,17 +15,24 @@ What its record says reaches the store after the samples queued before it; a rec
 queued when the writer stops is dropped, as if that cycle had not run (its notifications are
 sent only once it is committed).
 
-A cycle that fails is logged and counted under ``job_failed_<name>``; the others go on. A
-store that cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
+A cycle that fails is logged and counted in ``job_failures{job=<name>}`` (the writer's
+counter: a job also fails when the store refuses its record); the others go on. A store that
+cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
+
+Liveness: :attr:`PeriodicEvaluator.last_turn` is stamped after each cycle and before each
+sleep, so it is never older than the longest interval while the evaluator works; the
+collector's :class:`~collector.health.Health` reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+from prometheus_client import CollectorRegistry, Counter
+
+from collector.ingest.metrics import WriterMetrics
 from collector.ingest.writer import Record
 from collector.live import LiveView
 from collector.store.db import Store
@@ -43,7 +50,7 @@ class Cycle(Protocol):
 
     @property
     def name(self) -> str:
-        """For logs and the ``job_failed_<name>`` counter."""
+        """For logs and the ``job_failures{job}`` label (code-defined, a handful)."""
         ...
 
     @property
@@ -82,14 +89,27 @@ class PeriodicEvaluator:
         records: RecordQueue,
         clock: Clock,
         *,
-        counters: Counter[str] | None = None,
+        job_failures: Counter | None = None,
     ) -> None:
         self._cycles = list(cycles)
         self._live = live
         self._store = store
         self._records = records
         self._clock = clock
-        self.counters: Counter[str] = Counter() if counters is None else counters
+        if job_failures is None:
+            job_failures = WriterMetrics(CollectorRegistry()).job_failures
+        self.job_failures = job_failures
+        """Failed cycles by name (labels ``job``): the writer's counter, shared."""
+        self.last_turn = clock.monotonic()
+        """Clock monotonic time the evaluator last finished a cycle or went to sleep."""
+
+    def overdue_s(self, now: float) -> float:
+        """Seconds the evaluator is late at clock monotonic ``now``: since its last turn,
+        beyond the longest interval it may sleep. 0 while on time, and with no cycles."""
+        if not self._cycles:
+            return 0.0
+        longest = max(c.interval_s for c in self._cycles)
+        return max(0.0, now - self.last_turn - longest)
 
     async def run(self) -> None:
         """Evaluate until cancelled (the collector cancels it once the writer has stopped)."""
@@ -98,6 +118,7 @@ class PeriodicEvaluator:
         if not self._cycles:
             return
         while True:
+            self.last_turn = mono()
             wait_s = min(due) - mono()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
@@ -117,13 +138,13 @@ class PeriodicEvaluator:
             if exc.fatal:
                 raise
             log.error("job_failed", job=cycle.name, error=str(exc))
-            self.counters[f"job_failed_{cycle.name}"] += 1
+            self.job_failures.labels(cycle.name).inc()
             return
         except Exception:
             # A bug in one rule must not stop the others, nor the collector: it would fail
             # again after every restart, with the broker's backlog growing behind it.
             log.exception("job_failed", job=cycle.name)
-            self.counters[f"job_failed_{cycle.name}"] += 1
+            self.job_failures.labels(cycle.name).inc()
             return
         if record is not None:
             await self._records.put(record)

@@ -6,7 +6,7 @@ the agents' ``/metrics``. Everything here is a handful of series whatever the fl
 Where the work happens. The collector is one asyncio loop, and the HTTP server runs in a
 thread (:mod:`shared.metrics_http`). A scrape asks the loop for a snapshot
 (``run_coroutine_threadsafe``): each *source* is a small ``async`` function that reads the
-loop's objects (counters, the live view, the alert states) and returns finished metric
+loop's objects (the health facts, the live view, the alert states) and returns finished metric
 families. The fleet source walks a copy of the node list in chunks of
 :data:`FLEET_CHUNK_NODES`, yielding to the loop between chunks, and adds per-node sums the
 live view keeps on each update (never per GPU), so a scrape at 12,500 nodes never holds the
@@ -17,8 +17,10 @@ loop does not answer within ``timeout_s`` (stalled), the scrape gets the last sn
 Adding a family later (capacity, quotas) is one function: write ``async def f() ->
 list[Metric]`` and :meth:`CollectorMetrics.add` it.
 
-The batch commit histogram is a prometheus_client ``Histogram`` the writer feeds directly
-(``on_commit``): its own lock, no snapshot needed.
+The counters and the batch commit histogram are not sources: each component owns its
+prometheus_client objects, registered on the collector's one registry
+(:mod:`collector.counters`), and increments them itself (their own locks, no snapshot
+needed). ``/readyz`` is the collector's :class:`~collector.health.Health`, as the watchdog is.
 """
 
 from __future__ import annotations
@@ -27,26 +29,26 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector as _PromCollector
 
 from collector.alerts.rule import SEVERITIES, AlertState
+from collector.health import Health
 from collector.live import LiveView
 from collector.nodefacts import STATES, Staleness
+from collector.settings import CollectorSettings
 from collector.store.db import Store
 from collector.store.health import oldest_sample_received, store_size_bytes
+from shared.clock import Clock
 from shared.logging import get_logger
 from shared.metrics_http import MetricsServer, parse_listen
 
 if TYPE_CHECKING:
-    from collector.ingest.writer import Writer
     from collector.sd import ServiceDiscovery
-    from collector.service import Collector
 
 __all__ = [
     "FLEET_CHUNK_NODES",
@@ -55,7 +57,6 @@ __all__ = [
     "LoopSnapshot",
     "alert_families",
     "fleet_families",
-    "ingest_families",
 ]
 
 log = get_logger("metrics")
@@ -65,83 +66,6 @@ FamilySource = Callable[[], Awaitable[list[Metric]]]
 
 FLEET_CHUNK_NODES: Final = 500
 """Nodes summed between two yields to the loop (~0.4 ms of work on the development machine)."""
-
-COMMIT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-# Counter names of the ingest path (collector/ingest/*) and their exposition; the rest of
-# the counters map by prefix (below) or land in capwatch_collector_events_total{event}.
-_COUNTERS: Final = {
-    "received": ("messages_received", "MQTT messages received (all topics)."),
-    "samples": ("samples_valid", "Sample messages that passed validation."),
-    "stored": ("samples_stored", "Sample rows stored (duplicates not counted)."),
-    "duplicates": ("samples_duplicate", "Samples already stored (redeliveries), dropped."),
-    "quarantined": ("messages_quarantined", "Rejected messages kept in quarantine."),
-    "mqtt_disconnects": ("mqtt_disconnects", "Connections to the broker lost."),
-    "retention_deleted": ("retention_deleted_rows", "Sample rows deleted by retention."),
-    "alert_evaluations": ("alert_evaluations", "Evaluations of the alert rules."),
-}
-_LABELLED: Final = (
-    ("rejected_", "messages_rejected", "reason", "Messages rejected, by reason."),
-    ("webhook_", "webhook_outcomes", "outcome", "Webhook delivery outcomes, by outcome."),
-    ("job_failed_", "job_failures", "job", "Periodic jobs that failed, by job."),
-)
-
-
-def ingest_families(
-    counters: Mapping[str, int],
-    *,
-    queue_units: int,
-    queue_capacity: int,
-    connected: bool,
-    last_commit_age_s: float | None,
-) -> list[Metric]:
-    """The ingest path's counters and state, under ``capwatch_collector_*``."""
-    out: list[Metric] = []
-    for key, (name, doc) in _COUNTERS.items():
-        out.append(CounterMetricFamily(f"capwatch_collector_{name}", doc, counters.get(key, 0)))
-    labelled = {
-        prefix: CounterMetricFamily(f"capwatch_collector_{name}", doc, labels=[label])
-        for prefix, name, label, doc in _LABELLED
-    }
-    events = CounterMetricFamily(
-        "capwatch_collector_events",
-        "Other events the collector counts (see the counters table), by name.",
-        labels=["event"],
-    )
-    for key, value in sorted(counters.items()):
-        if key in _COUNTERS or key == "rejected":
-            continue
-        prefix = next((p for p in labelled if key.startswith(p)), None)
-        if prefix is not None:
-            labelled[prefix].add_metric([key.removeprefix(prefix)], value)
-        else:
-            events.add_metric([key], value)
-    out += [*labelled.values(), events]
-    out.append(
-        GaugeMetricFamily(
-            "capwatch_collector_queue_units",
-            "Validated reads waiting for the writer (each up to batch_max_rows messages).",
-            queue_units,
-        )
-    )
-    out.append(
-        GaugeMetricFamily(
-            "capwatch_collector_queue_capacity_units", "Size of the writer's queue.", queue_capacity
-        )
-    )
-    out.append(
-        GaugeMetricFamily(
-            "capwatch_collector_broker_connected", "1 while subscribed to the broker.", connected
-        )
-    )
-    out.append(
-        _maybe(
-            "capwatch_collector_last_commit_age_seconds",
-            "Seconds since the writer last committed (a batch or its counters, every ~2 s).",
-            last_commit_age_s,
-        )
-    )
-    return out
 
 
 async def fleet_families(
@@ -317,29 +241,39 @@ class LoopSnapshot(_PromCollector):
 
 
 class CollectorMetrics:
-    """The collector's registry and its sources; :meth:`serve` runs the HTTP endpoint."""
+    """The collector's scrape-time sources on ``registry``; :meth:`serve` runs the endpoint.
 
-    def __init__(self, collector: Collector, store: Store, *, timeout_s: float = 5.0) -> None:
-        self.collector = collector
+    The counters and the commit histogram are not here: each component registered its own
+    on the same registry (:mod:`collector.counters` lists them).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        store: Store,
+        settings: CollectorSettings,
+        *,
+        clock: Clock,
+        live: LiveView,
+        alert_states: Callable[[], Iterable[AlertState]],
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.registry = registry
         self.store = store
-        self.registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self.registry)
-        self.commit_seconds = Histogram(
-            "capwatch_collector_batch_commit_seconds",
-            "Time to store one batch (one transaction) and learn it is durable.",
-            buckets=COMMIT_BUCKETS_S,
-            registry=self.registry,
-        )
+        self.settings = settings
+        self._clock = clock
+        self._live = live
+        self._alert_states = alert_states
         self.oldest_received: float | None = None
         self.name = "store_stats"
         self.interval_s = 10.0
         """As an evaluator :class:`~collector.evaluate.Cycle`: the oldest row is read this often."""
         self._timeout_s = timeout_s
         self._sources: list[FamilySource] = []
-        self._writer: Writer | None = None
         self.port: int | None = None
         """The bound port while serving (``metrics_listen`` may say 0)."""
-        self.add(self._ingest)
+        self._health: Health | None = None
+        self.add(self._health_facts)
         self.add(self._store)
         self.add(self._fleet)
         self.add(self._alerts)
@@ -355,38 +289,19 @@ class CollectorMetrics:
             out += await source()
         return out
 
-    def on_commit(self, seconds: float) -> None:
-        """The writer's hook: one batch committed in ``seconds``."""
-        self.commit_seconds.observe(seconds)
-
     async def __call__(self, store: Store, view: LiveView) -> None:
         """The evaluator cycle: read the oldest sample's arrival time (one index descent)."""
         self.oldest_received = await oldest_sample_received(store)
 
-    def ready(self) -> tuple[bool, str]:
-        """Ready while subscribed to the broker and the writer committed within
-        ``metrics_ready_commit_s`` (it commits its counters every ~2 s even when idle).
-        Runs in the HTTP thread: reads two values, never waits on the loop."""
-        c = self.collector
-        if not c.connected.is_set():
-            return False, "not connected to the broker"
-        last = None if self._writer is None else self._writer.last_commit
-        limit = c.settings.metrics_ready_commit_s
-        if last is None:
-            return False, "connected, the writer has not committed yet"
-        age = c.clock.monotonic() - last
-        if age > limit:
-            return False, f"the writer has not committed for {age:.1f} s (limit {limit:.0f} s)"
-        return True, f"ready: connected, last commit {age:.1f} s ago"
-
     @contextlib.asynccontextmanager
-    async def serve(self, writer: Writer) -> AsyncIterator[MetricsServer]:
-        """Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``metrics_listen`` while inside."""
-        self._writer = writer
-        listen = self.collector.settings.metrics_listen
+    async def serve(self, health: Health) -> AsyncIterator[MetricsServer]:
+        """Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``metrics_listen`` while inside;
+        ``/readyz`` and the queue, broker and commit gauges are ``health``'s."""
+        listen = self.settings.metrics_listen
         assert listen is not None
         host, port = parse_listen(listen, field="metrics_listen")
         self.oldest_received = await oldest_sample_received(self.store)
+        self._health = health
         expo = LoopSnapshot(asyncio.get_running_loop(), self.snapshot, self._timeout_s)
         self.registry.register(expo)
         try:
@@ -394,8 +309,8 @@ class CollectorMetrics:
                 host,
                 port,
                 self.registry,
-                self.ready,
-                web_config_file=self.collector.settings.web_config_file,
+                health.ready,
+                web_config_file=self.settings.web_config_file,
                 routes={"/sd": self.service_discovery()},
             ) as server:
                 self.port = server.port
@@ -408,7 +323,7 @@ class CollectorMetrics:
         from collector.governance.inventory import rack_of  # noqa: PLC0415
         from collector.sd import ServiceDiscovery  # noqa: PLC0415
 
-        settings = self.collector.settings
+        settings = self.settings
         racks = rack_of
         if settings.capacity.plan is not None:
             from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
@@ -419,28 +334,19 @@ class CollectorMetrics:
                 rack = plan.rack_of(node)[0]
                 return None if rack == "-" else rack
 
-        return ServiceDiscovery(settings.db_path, racks, self.collector.clock.time)
+        return ServiceDiscovery(settings.db_path, racks, self._clock.time)
 
     # -- the built-in sources
 
-    async def _ingest(self) -> list[Metric]:
-        c = self.collector
-        units, capacity = c.queue_units
-        last = None if self._writer is None else self._writer.last_commit
-        return ingest_families(
-            c.counters,
-            queue_units=units,
-            queue_capacity=capacity,
-            connected=c.connected.is_set(),
-            last_commit_age_s=None if last is None else max(0.0, c.clock.monotonic() - last),
-        )
+    async def _health_facts(self) -> list[Metric]:
+        return [] if self._health is None else self._health.families()
 
     async def _store(self) -> list[Metric]:
         return [
             GaugeMetricFamily(
                 "capwatch_collector_store_size_bytes",
                 "Database file and write-ahead log on disk.",
-                store_size_bytes(self.collector.settings.db_path),
+                store_size_bytes(self.settings.db_path),
             ),
             _maybe(
                 "capwatch_collector_store_oldest_sample_timestamp_seconds",
@@ -450,12 +356,9 @@ class CollectorMetrics:
         ]
 
     async def _fleet(self) -> list[Metric]:
-        c = self.collector
         return await fleet_families(
-            c.live,
-            c.clock.time(),
-            staleness=c.settings.staleness(),
+            self._live, self._clock.time(), staleness=self.settings.staleness()
         )
 
     async def _alerts(self) -> list[Metric]:
-        return alert_families(self.collector.evaluator.states())
+        return alert_families(self._alert_states())

@@ -35,20 +35,25 @@ import contextlib
 import fcntl
 import os
 import ssl
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
 from collector.alerts.builtin import builtin_rules
-from collector.alerts.delivery import Delivery, read_pending
-from collector.alerts.job import AlertJob
+from collector.alerts.delivery import Delivery, DeliveryMetrics, read_pending
+from collector.alerts.job import AlertJob, AlertJobMetrics
 from collector.alerts.rule import Evaluator
-from collector.capacity.job import CapacityJob
+from collector.capacity.job import CapacityJob, CapacityJobMetrics
 from collector.capacity.rules import capacity_rules
+from collector.counters import CounterRows, counter_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator
 from collector.governance.job import GovernanceJob
 from collector.governance.rules import governance_rules
+from collector.health import Health
+from collector.ingest.metrics import IngestMetrics, ReaderMetrics, WriterMetrics
 from collector.ingest.reader import FILTERS_META_KEY, Connect, FilterState, Reader, Subscriber
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
@@ -63,7 +68,7 @@ from shared.topics import SUBSCRIPTIONS
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from collector.alerts.ampush import AlertmanagerPush
+    from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
     from shared.sdnotify import SdNotifier
 
@@ -87,6 +92,22 @@ class Collector:
         self.notifier = notifier
         """systemd's notify socket (``READY=1``, watchdog) when run by systemd."""
         self.clock: Clock = clock or SystemClock()
+        self.registry = CollectorRegistry(auto_describe=False)
+        """The one registry: each component registers its own metrics on it; ``/metrics``
+        serves it. (No auto_describe: the scrape-time collector must not run at register.)"""
+        ProcessCollector(registry=self.registry)
+        self.ingest_metrics = IngestMetrics(self.registry)
+        self.reader_metrics = ReaderMetrics(self.registry)
+        self.writer_metrics = WriterMetrics(self.registry)
+        self.delivery_metrics = DeliveryMetrics(self.registry)
+        self.alert_metrics = AlertJobMetrics(self.registry)
+        self._counted: list[CounterRows] = [
+            self.ingest_metrics,
+            self.reader_metrics,
+            self.writer_metrics,
+            self.delivery_metrics,
+            self.alert_metrics,
+        ]
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
         self.ingestor = Ingestor(
@@ -94,6 +115,7 @@ class Collector:
             max_skew_s=settings.max_clock_skew_s,
             max_age_s=settings.retention_s,
             live=self.live,
+            metrics=self.ingest_metrics,
         )
         self.governance = GovernanceJob(
             self.clock,
@@ -107,10 +129,18 @@ class Collector:
         """The capacity job (only with ``capacity.plan``): its ``state`` holds the picture."""
         rules = builtin_rules(settings.alerts, settings.staleness())
         if settings.capacity.plan is not None:
-            self.capacity = _capacity_job(settings, self.clock, self.ingestor.counters)
+            capacity_metrics = CapacityJobMetrics(self.registry)
+            self._counted.append(capacity_metrics)
+            self.capacity = _capacity_job(settings, self.clock, capacity_metrics)
             rules += capacity_rules(self.capacity.state, settings.capacity)
         rules += governance_rules(lambda: self.governance.view, settings.governance)
         self.evaluator = Evaluator(rules)
+        self.push_metrics: PushMetrics | None = None
+        if settings.alertmanagers:
+            from collector.alerts.ampush import PushMetrics  # noqa: PLC0415 (only when on)
+
+            self.push_metrics = PushMetrics(self.registry)
+            self._counted.append(self.push_metrics)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -120,16 +150,31 @@ class Collector:
         """Set while subscribed to the broker (tests and the demo wait on it)."""
         self.metrics: CollectorMetrics | None = None
         """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
+        self.health: Health | None = None
+        """Liveness (the watchdog) and readiness (``/readyz``), once running."""
 
-    @property
-    def counters(self) -> Counter[str]:
-        """The live counters (received, stored, duplicates, rejected by reason, ...)."""
-        return self.ingestor.counters
+    def exposition(self, store: Store) -> CollectorMetrics:
+        """The /metrics sources over this collector's registry, live view and alerts."""
+        from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
+
+        return CollectorMetrics(
+            self.registry,
+            store,
+            self.settings,
+            clock=self.clock,
+            live=self.live,
+            alert_states=self.evaluator.states,
+        )
+
+    def counter_values(self) -> dict[str, int]:
+        """Every component's counters by their ``counters``-table names, and the queue's
+        depth: what the table holds and ``collector_stopped`` logs (this process's)."""
+        return {**counter_values(self._counted), "queue_units": self.queue_units[0]}
 
     @property
     def stored_total(self) -> int:
         """Sample rows this process stored (duplicates not counted)."""
-        return self.ingestor.counters["stored"]
+        return value(self.writer_metrics.stored)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish: commit and ack what was received, close. Signal-safe."""
@@ -140,9 +185,6 @@ class Collector:
         """Units waiting in the writer's queue, and its size (0, 0 before it exists)."""
         q = self._queue
         return (0, 0) if q is None else (q.qsize(), q.maxsize)
-
-    def _queue_depth(self) -> dict[str, int]:
-        return {"queue_units": self._queue.qsize() if self._queue is not None else 0}
 
     async def run(self) -> None:
         """Run until :meth:`stop`; raise :class:`StoreError` if the store cannot be written."""
@@ -161,7 +203,7 @@ class Collector:
             )
         with _only_collector(s.db_path):
             await self._run(connect, session_key)
-        log.info("collector_stopped", **dict(self.counters))
+        log.info("collector_stopped", **self.counter_values())
 
     async def _run(self, connect: Connect, session_key: str) -> None:
         s = self.settings
@@ -190,6 +232,7 @@ class Collector:
                 connected=self.connected,
                 reconnect_min_s=s.mqtt.reconnect_min_s,
                 reconnect_max_s=s.mqtt.reconnect_max_s,
+                metrics=self.reader_metrics,
             )
             delivery = None
             if s.receivers:
@@ -200,7 +243,7 @@ class Collector:
                     load_pending=read_pending(s.db_path),
                     rescan_s=self.delivery_rescan_s,
                     poll_s=self.delivery_poll_s,
-                    counters=self.counters,
+                    metrics=self.delivery_metrics,
                 )
             push = None
             if s.alertmanagers:
@@ -211,14 +254,14 @@ class Collector:
                     self.clock,
                     eval_interval_s=s.alerts.eval_interval_s,
                     external_url=s.alerts.external_url,
-                    counters=self.counters,
+                    metrics=self.push_metrics,
                     poll_s=self.delivery_poll_s,
                 )
             alerts = AlertJob(
                 self.evaluator,
                 self.clock,
                 interval_s=s.alerts.eval_interval_s,
-                counters=self.counters,
+                metrics=self.alert_metrics,
                 receivers=s.receivers,
                 external_url=s.alerts.external_url,
                 notify=None if delivery is None else delivery.offer,
@@ -230,9 +273,7 @@ class Collector:
             await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
             metrics = None
             if s.metrics_listen is not None:
-                from collector.metrics import CollectorMetrics  # noqa: PLC0415 (only when on)
-
-                metrics = self.metrics = CollectorMetrics(self, store)
+                metrics = self.metrics = self.exposition(store)
                 if self.capacity is not None:
                     from collector.capacity.metrics import capacity_families  # noqa: PLC0415
 
@@ -262,8 +303,8 @@ class Collector:
                 retention_check_s=s.retention_check_s,
                 retention_chunk_rows=s.retention_chunk_rows,
                 quarantine_max_rows=s.quarantine_max_rows,
-                extra_counters=self._queue_depth,
-                on_commit=None if metrics is None else metrics.on_commit,
+                counter_values=self.counter_values,
+                metrics=self.writer_metrics,
             )
             cycles: list[Cycle] = [
                 self.governance,  # first: the governance rules read its view
@@ -271,25 +312,36 @@ class Collector:
                 *([] if self.capacity is None else [self.capacity]),
                 *([] if metrics is None else [metrics]),
             ]
-            serving = contextlib.nullcontext() if metrics is None else metrics.serve(writer)
-            async with (
-                Store.open_readonly(s.db_path) as reads,
-                serving,
-                asyncio.TaskGroup() as tg,
-            ):
+            async with Store.open_readonly(s.db_path) as reads:
                 evaluator = PeriodicEvaluator(
-                    cycles, self.live, reads, self._queue, self.clock, counters=self.counters
+                    cycles,
+                    self.live,
+                    reads,
+                    self._queue,
+                    self.clock,
+                    job_failures=self.writer_metrics.job_failures,
                 )
-                if self.notifier is not None:
-                    alive = _writer_alive(writer, self.clock, s.metrics_ready_commit_s)
-                    tg.create_task(self.notifier.run(alive, self._stop), name="sd-notify")
-                tg.create_task(reader.run(), name="mqtt-reader")
-                evaluating = tg.create_task(evaluator.run(), name="evaluator")
-                tg.create_task(_write_then(writer, delivery, push, evaluating), name="store-writer")
-                if delivery is not None:
-                    tg.create_task(delivery.run(), name="webhook-delivery")
-                if push is not None:
-                    tg.create_task(push.run(), name="alertmanager-push")
+                health = self.health = Health(
+                    self.clock,
+                    limit_s=s.metrics_ready_commit_s,
+                    connected=self.connected,
+                    writer=writer,
+                    queue=self._queue,
+                    evaluator=evaluator,
+                )
+                serving = contextlib.nullcontext() if metrics is None else metrics.serve(health)
+                async with serving, asyncio.TaskGroup() as tg:
+                    if (notifier := self.notifier) is not None:
+                        tg.create_task(notifier.run(health.alive, self._stop), name="sd-notify")
+                    tg.create_task(reader.run(), name="mqtt-reader")
+                    evaluating = tg.create_task(evaluator.run(), name="evaluator")
+                    tg.create_task(
+                        _write_then(writer, delivery, push, evaluating), name="store-writer"
+                    )
+                    if delivery is not None:
+                        tg.create_task(delivery.run(), name="webhook-delivery")
+                    if push is not None:
+                        tg.create_task(push.run(), name="alertmanager-push")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -318,20 +370,9 @@ class Collector:
         return connect
 
 
-def _writer_alive(writer: Writer, clock: Clock, limit_s: float) -> Callable[[], tuple[bool, str]]:
-    """The watchdog's health check: the writer committed within ``limit_s`` (it commits its
-    counters every ~2 s even when idle; the broker being away does not count against it)."""
-    started = clock.monotonic()
-
-    def alive() -> tuple[bool, str]:
-        last = writer.last_commit if writer.last_commit is not None else started
-        age = clock.monotonic() - last
-        return age <= limit_s, f"writer last committed {age:.0f} s ago (limit {limit_s:.0f} s)"
-
-    return alive
-
-
-def _capacity_job(settings: CollectorSettings, clock: Clock, counters: Counter[str]) -> CapacityJob:
+def _capacity_job(
+    settings: CollectorSettings, clock: Clock, metrics: CapacityJobMetrics
+) -> CapacityJob:
     """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
 
@@ -350,7 +391,7 @@ def _capacity_job(settings: CollectorSettings, clock: Clock, counters: Counter[s
         keep_s=c.keep_s,
         staleness=settings.staleness(),
         stale_basis=c.stale_basis,
-        counters=counters,
+        metrics=metrics,
     )
 
 

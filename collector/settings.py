@@ -271,7 +271,8 @@ class CollectorSettings(CapwatchSettings):
     format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
     shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
     metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
-    """``/readyz`` says unready when the writer has not committed for this long."""
+    """``/readyz`` says unready, and the watchdog stops its pings, when the writer has not
+    committed for this long or the evaluator is this late (:mod:`collector.health`)."""
 
     @field_validator("metrics_listen")
     @classmethod

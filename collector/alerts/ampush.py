@@ -32,21 +32,22 @@ import asyncio
 import contextlib
 import json
 import random
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.webhook import BodyAlert, backoff_s, generator_url, rfc3339
+from collector.counters import value
 from shared.clock import Clock
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
     from collector.settings import AlertmanagerSettings
 
-__all__ = ["MAX_BATCH", "RESOLVED_RETENTION_S", "AlertmanagerPush", "postable_alert"]
+__all__ = ["MAX_BATCH", "RESOLVED_RETENTION_S", "AlertmanagerPush", "PushMetrics", "postable_alert"]
 
 log = get_logger("alertmanager")
 
@@ -82,6 +83,33 @@ class _Target:
     failures: int = 0
 
 
+class PushMetrics:
+    """What the Alertmanager push counts, on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, namespace="capwatch_collector", registry=registry)
+
+        self.alerts_sent = counter(
+            "alertmanager_alerts_sent", "Alerts the Alertmanagers accepted (one per push each)."
+        )
+        self.push_failed = counter(
+            "alertmanager_push_failed", "Pushes that failed (no answer, or a 5xx): retried."
+        )
+        self.push_refused = counter(
+            "alertmanager_push_refused", "Pushes an Alertmanager refused (a 4xx): dropped."
+        )
+
+    def counter_rows(self) -> dict[str, int]:
+        """``alertmanager_alerts_sent``, ``alertmanager_push_failed``,
+        ``alertmanager_push_refused``."""
+        return {
+            "alertmanager_alerts_sent": value(self.alerts_sent),
+            "alertmanager_push_failed": value(self.push_failed),
+            "alertmanager_push_refused": value(self.push_refused),
+        }
+
+
 class AlertmanagerPush:
     """Pushes the alert job's alerts to the configured Alertmanagers; see the module."""
 
@@ -92,7 +120,7 @@ class AlertmanagerPush:
         *,
         eval_interval_s: float,
         external_url: str = "",
-        counters: Counter[str] | None = None,
+        metrics: PushMetrics | None = None,
         poll_s: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
@@ -100,7 +128,7 @@ class AlertmanagerPush:
         self._clock = clock
         self._eval_interval_s = eval_interval_s
         self._external_url = external_url.rstrip("/")
-        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.metrics = PushMetrics(CollectorRegistry()) if metrics is None else metrics
         self._poll_s = poll_s
         self._rng = rng or random.Random()
         self._firing: dict[str, BodyAlert] = {}
@@ -206,20 +234,20 @@ class AlertmanagerPush:
                     )
             except (TimeoutError, httpx.HTTPError) as exc:
                 error = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-                self.counters["alertmanager_push_failed"] += 1
+                self.metrics.push_failed.inc()
                 log.warning("alertmanager_push_failed", target=t.cfg.name, error=error)
                 return False
             status = resp.status_code
             if 200 <= status < 300:
-                self.counters["alertmanager_alerts_sent"] += len(batch)
+                self.metrics.alerts_sent.inc(len(batch))
                 continue
             head = resp.text[:256]
             if status == 429 or status >= 500:
-                self.counters["alertmanager_push_failed"] += 1
+                self.metrics.push_failed.inc()
                 log.warning("alertmanager_push_failed", target=t.cfg.name, status=status)
                 return False
             # Refused for good (a 4xx): sending the same alerts again would not help.
-            self.counters["alertmanager_push_refused"] += 1
+            self.metrics.push_refused.inc()
             log.error("alertmanager_push_refused", target=t.cfg.name, status=status, body=head)
         if alerts:
             log.debug("alertmanager_pushed", target=t.cfg.name, alerts=len(alerts))

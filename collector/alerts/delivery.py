@@ -31,14 +31,15 @@ import asyncio
 import contextlib
 import heapq
 import random
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.webhook import classify, sign
+from collector.counters import labelled_values, value
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
 from shared.clock import Clock
@@ -48,7 +49,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collector.settings import ReceiverSettings
 
-__all__ = ["Delivery", "LoadPending", "read_pending"]
+__all__ = ["OUTCOMES", "Delivery", "DeliveryMetrics", "LoadPending", "read_pending"]
 
 log = get_logger("delivery")
 
@@ -77,6 +78,45 @@ class _Result(NamedTuple):
     error: str | None
 
 
+OUTCOMES: Final = ("pending", "delivered", "dead")
+"""The ``outcome`` label's values: an outbox row's state after an attempt."""
+
+
+class DeliveryMetrics:
+    """What the webhook delivery counts, on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ns = "capwatch_collector"
+        self.outcomes = Counter(
+            "webhook_outcomes",
+            "Webhook delivery outcomes, by outcome (pending: will be retried).",
+            ("outcome",),
+            namespace=ns,
+            registry=registry,
+        )
+        self.outcome_by: Final = {o: self.outcomes.labels(o) for o in OUTCOMES}
+        self.handoff_full = Counter(
+            "webhook_handoff_full",
+            "Committed notifications not handed over (hand-off full): found by a rescan.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.outbox_read_failures = Counter(
+            "webhook_outbox_read_failures",
+            "Reads of the pending outbox that failed (tried again at the next scan).",
+            namespace=ns,
+            registry=registry,
+        )
+
+    def counter_rows(self) -> dict[str, int]:
+        """``webhook_<outcome>``, ``webhook_handoff_full``, ``webhook_outbox_read_failed``."""
+        return {
+            **{f"webhook_{o}": n for o, n in labelled_values(self.outcomes).items()},
+            "webhook_handoff_full": value(self.handoff_full),
+            "webhook_outbox_read_failed": value(self.outbox_read_failures),
+        }
+
+
 class Delivery:
     """Sends the outbox to the receivers; see the module docstring.
 
@@ -96,7 +136,7 @@ class Delivery:
         poll_s: float = 1.0,
         handoff_max: int = 256,
         rng: random.Random | None = None,
-        counters: Counter[str] | None = None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self._receivers = list(receivers)
         self._report = report
@@ -105,7 +145,7 @@ class Delivery:
         self._rescan_s = rescan_s
         self._poll_s = poll_s
         self._rng = rng or random.Random()
-        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.metrics = DeliveryMetrics(CollectorRegistry()) if metrics is None else metrics
         self._handoff: asyncio.Queue[list[OutboxEntry]] = asyncio.Queue(maxsize=handoff_max)
         self._rescan = asyncio.Event()
         self._stop = asyncio.Event()
@@ -126,7 +166,7 @@ class Delivery:
         try:
             self._handoff.put_nowait(entries)
         except asyncio.QueueFull:
-            self.counters["webhook_handoff_full"] += 1
+            self.metrics.handoff_full.inc()
             self._rescan.set()
 
     def stop(self) -> None:
@@ -174,7 +214,7 @@ class Delivery:
                     # The writer may still be migrating a new file, or the disk is failing
                     # (then the writer stops the collector): try again at the next scan.
                     log.warning("outbox_read_failed", error=str(exc))
-                    self.counters["webhook_outbox_read_failed"] += 1
+                    self.metrics.outbox_read_failures.inc()
                 else:
                     self._scan(pending)
             with contextlib.suppress(TimeoutError):
@@ -219,7 +259,7 @@ class Delivery:
         """Queue ``outcome`` for the writer (the latest per notification wins)."""
         self._outcomes[entry.id] = outcome
         self._outcomes_ready.set()
-        self.counters[f"webhook_{outcome.state}"] += 1
+        self.metrics.outcome_by[outcome.state].inc()
         if outcome.state != "pending":
             self._active.pop(entry.id, None)
             self._settled[entry.id] = entry.redeliveries

@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.group import Dispatcher, Flush, GroupAlert, Notified
 from collector.alerts.route import Route, default_route
@@ -40,6 +41,7 @@ from collector.alerts.silence import (
     silence_from_row,
 )
 from collector.alerts.webhook import group_body
+from collector.counters import value
 from collector.live import LiveView
 from collector.store.alerts import (
     AlertChange,
@@ -58,7 +60,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collector.settings import ReceiverSettings
 
-__all__ = ["AlertJob", "AlertRecord"]
+__all__ = ["AlertJob", "AlertJobMetrics", "AlertRecord"]
 
 log = get_logger("alerts")
 
@@ -104,6 +106,30 @@ class AlertRecord:
         await self.job._recorded(store, self)  # the job's other half
 
 
+class AlertJobMetrics:
+    """What the alert job counts, on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, namespace="capwatch_collector", registry=registry)
+
+        self.evaluations = counter("alert_evaluations", "Evaluations of the alert rules.")
+        self.changes = counter(
+            "alert_changes", "Alert state changes (pending, firing, resolved) recorded."
+        )
+        self.silences_unreadable = counter(
+            "silences_unreadable", "Silence rows that could not be read (skipped)."
+        )
+
+    def counter_rows(self) -> dict[str, int]:
+        """``alert_evaluations``, ``alert_changes``, ``silence_unreadable``."""
+        return {
+            "alert_evaluations": value(self.evaluations),
+            "alert_changes": value(self.changes),
+            "silence_unreadable": value(self.silences_unreadable),
+        }
+
+
 class AlertJob:
     """Evaluates the rules every ``interval_s`` and records the changes; see the module."""
 
@@ -114,7 +140,7 @@ class AlertJob:
         *,
         interval_s: float = 5.0,
         keep_history_s: float = _KEEP_HISTORY_S,
-        counters: Counter[str] | None = None,
+        metrics: AlertJobMetrics | None = None,
         receivers: Sequence[ReceiverSettings] = (),
         external_url: str = "",
         notify: Callable[[list[OutboxEntry]], None] | None = None,
@@ -136,7 +162,7 @@ class AlertJob:
         self._evaluator = evaluator
         self._clock = clock
         self._keep_history_s = keep_history_s
-        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.metrics = AlertJobMetrics(CollectorRegistry()) if metrics is None else metrics
         self.evaluated_at = float("-inf")
         """Clock time of the last evaluation whose changes are recorded (tests wait on it)."""
 
@@ -180,8 +206,8 @@ class AlertJob:
         now = self._clock.time()
         silences = await self._silences(store, now)
         record = await asyncio.to_thread(self._evaluate, view, now, silences)
-        self.counters["alert_evaluations"] += 1
-        self.counters["alert_changes"] += len(record.transitions)
+        self.metrics.evaluations.inc()
+        self.metrics.changes.inc(len(record.transitions))
         return record
 
     def _evaluate(self, view: LiveView, now: float, silences: list[Silence]) -> AlertRecord:
@@ -253,7 +279,7 @@ class AlertJob:
             try:
                 out.append(silence_from_row(tuple(row)))
             except (ValueError, TypeError) as exc:
-                self.counters["silence_unreadable"] += 1
+                self.metrics.silences_unreadable.inc()
                 log.warning("silence_unreadable", id=row[0], error=str(exc))
         return out
 

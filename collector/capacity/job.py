@@ -15,14 +15,17 @@ import contextlib
 import itertools
 import json
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from prometheus_client import CollectorRegistry, Counter
+
 from collector.capacity.compute import TypeMatcher, compute_picture
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
+from collector.counters import value
 from collector.live import LiveView, NodeState
 from collector.nodefacts import DEFAULT_STALENESS, Staleness
 from collector.store.capacity import (
@@ -37,7 +40,7 @@ from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import Inventory, decode_inventory
 
-__all__ = ["CapacityJob", "CapacityState", "SnapshotRecord", "snapshot_row"]
+__all__ = ["CapacityJob", "CapacityJobMetrics", "CapacityState", "SnapshotRecord", "snapshot_row"]
 
 log = get_logger("capacity")
 
@@ -105,6 +108,22 @@ class SnapshotRecord:
         )
 
 
+class CapacityJobMetrics:
+    """What the capacity job counts, on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.snapshots = Counter(
+            "capacity_snapshots",
+            "Capacity pictures recorded in the store.",
+            namespace="capwatch_collector",
+            registry=registry,
+        )
+
+    def counter_rows(self) -> dict[str, int]:
+        """``capacity_snapshots``."""
+        return {"capacity_snapshots": value(self.snapshots)}
+
+
 class CapacityJob:
     """Computes the live picture every ``interval_s``; see the module."""
 
@@ -118,7 +137,7 @@ class CapacityJob:
         keep_s: float = 30 * 86_400.0,
         staleness: Staleness = DEFAULT_STALENESS,
         stale_basis: StaleBasis = "nameplate",
-        counters: Counter[str] | None = None,
+        metrics: CapacityJobMetrics | None = None,
     ) -> None:
         self.name = "capacity"
         self.interval_s = interval_s
@@ -132,7 +151,7 @@ class CapacityJob:
         self._known: dict[str, NodeState] = {}
         """Nodes the store knew at start (status, inventory): counted until they report."""
         self._inventories: dict[str, Inventory] = {}
-        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.metrics = CapacityJobMetrics(CollectorRegistry()) if metrics is None else metrics
         self.cpu_ms = 0.0
         """CPU time of the last cycle's picture and solves (its worker thread), ms."""
 
@@ -185,7 +204,7 @@ class CapacityJob:
         for the rules; the row is for the writer."""
         picture, row = await asyncio.to_thread(self._cycle, view)
         self.state.update(picture)
-        self.counters["capacity_snapshots"] += 1
+        self.metrics.snapshots.inc()
         return SnapshotRecord(picture, row, self._keep_s)
 
     def _cycle(self, view: LiveView) -> tuple[Picture, SnapshotRow]:

@@ -323,7 +323,7 @@ def _print_rejected(result: dict[str, Any], now: float) -> None:
     by_reason = ", ".join(
         f"{name.removeprefix('rejected_')} {n}"
         for name, n in counters.items()
-        if name.startswith("rejected_")
+        if name.startswith("rejected_") and n  # the collector writes every reason, zeros too
     )
     total = counters.get("rejected", 0)
     print(

@@ -22,12 +22,14 @@ import asyncio
 import contextlib
 import json
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, NamedTuple, Protocol, Self
 
+from prometheus_client import CollectorRegistry
+
+from collector.ingest.metrics import ReaderMetrics
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
 from shared.errors import MqttConnectError, MqttWireError
@@ -175,6 +177,7 @@ class Reader:
         connected: asyncio.Event,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        metrics: ReaderMetrics | None = None,
     ) -> None:
         self._connect = connect
         self._ingestor = ingestor
@@ -188,7 +191,7 @@ class Reader:
         """Set while subscribed (tests and the demo wait on it)."""
         self._min_s = reconnect_min_s
         self._max_s = reconnect_max_s
-        self.counters: Counter[str] = ingestor.counters
+        self.metrics = ReaderMetrics(CollectorRegistry()) if metrics is None else metrics
 
     async def run(self) -> None:
         """Read until stop; then wait until the writer has stored and acked everything."""
@@ -225,10 +228,10 @@ class Reader:
 
     def _disconnected(self, exc: MqttWireError, short_lived: int, *, retry_in_s: float) -> None:
         """Count and log a lost or refused connection; say loudly what needs a person."""
-        self.counters["mqtt_disconnects"] += 1
+        self.metrics.disconnects.inc()
         if isinstance(exc, MqttConnectError) and exc.return_code in (4, 5):
             # Retried (the broker's passwd or ACL may be fixed), but said loudly.
-            self.counters["mqtt_not_authorized"] += 1
+            self.metrics.not_authorized.inc()
             log.error(
                 "mqtt_not_authorized",
                 error=str(exc),
@@ -237,7 +240,7 @@ class Reader:
                 "broker's password file and ACL",
             )
         if short_lived >= _CONTESTED_AFTER:
-            self.counters["mqtt_session_contested"] += 1
+            self.metrics.session_contested.inc()
             log.error(
                 "mqtt_session_contested",
                 session=self._session_key,
@@ -257,7 +260,7 @@ class Reader:
             await self._update_filters(sub)
         else:
             if self._expect_session:
-                self.counters["mqtt_sessions_lost"] += 1
+                self.metrics.sessions_lost.inc()
                 log.error(
                     "mqtt_session_lost",
                     session=self._session_key,
@@ -322,7 +325,7 @@ class Reader:
                     batch, nxt = nxt.result(), None  # raises MqttWireError on disconnect
                     unit = self._ingest(sub, batch)
                     if self._queue.full():
-                        self.counters["reader_waits"] += 1
+                        self.metrics.waits.inc()
                     await self._queue.put(unit)
                 if stop.done():
                     return

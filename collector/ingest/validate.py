@@ -2,8 +2,9 @@
 
 :meth:`Ingestor.handle` is the hot path (one call per message). It returns exactly one item
 per message: a :class:`SampleRow`, a :class:`NodeUpdate`, or a :class:`Rejected` that the
-writer keeps in the bounded quarantine table. A rejected message is counted under
-``rejected_<reason>`` (and per node, when the topic names one), logged at most once per
+writer keeps in the bounded quarantine table. A rejected message is counted by reason
+(:class:`~collector.ingest.metrics.IngestMetrics`; per node too, when the topic names one),
+logged at most once per
 reason every ``log_every_s`` seconds, and acknowledged like any other: it never reaches the
 samples table and never raises.
 
@@ -31,6 +32,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
+from prometheus_client import CollectorRegistry
+
+from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
 from collector.nodefacts import gpu_power_w
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
@@ -119,7 +123,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
 
 
 class Ingestor:
-    """Validates messages and keeps the counters; see the module docstring."""
+    """Validates messages and counts them in ``metrics``; see the module docstring."""
 
     def __init__(
         self,
@@ -129,13 +133,18 @@ class Ingestor:
         max_age_s: float = 86_400.0,
         log_every_s: float = 10.0,
         live: LiveView | None = None,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self.clock = clock
+        self.metrics = IngestMetrics(CollectorRegistry()) if metrics is None else metrics
+        m = self.metrics
+        self._received, self._samples = m.received, m.samples
+        self._status, self._inventory = m.status, m.inventory
+        self._rejected_by = m.rejected_by
         self.live = live
         """The in-memory view of the fleet the rules read; fed here (see the module docstring)."""
         self.max_skew_s = max_skew_s
         self.max_age_s = max_age_s
-        self.counters: Counter[str] = Counter()
         self._node_rejects: dict[tuple[str, str], list[int]] = {}
         self._log_every_s = log_every_s
         self._last_log: dict[str, float] = {}
@@ -149,7 +158,7 @@ class Ingestor:
 
     def handle(self, topic: str, payload: bytes) -> Item:
         """Validate one message; see the module docstring for the result."""
-        self.counters["received"] += 1
+        self._received.inc()
         now = self.clock.time()
         parsed = parse_topic(topic)
         node = None if parsed is None else parsed[0]
@@ -184,18 +193,18 @@ class Ingestor:
             problem = self._timing_problem(message.ts, now)
             if problem is not None:
                 return problem
-            self.counters["samples"] += 1
+            self._samples.inc()
             if self.live is not None:
                 self.live.on_sample(message, now)
             # Stored as validated and re-encoded: unknown fields (unbounded padding, in
             # principle) and duplicate keys do not reach the store.
             return sample_row(message, encode(message), now)
         if isinstance(message, NodeStatus):
-            self.counters["status"] += 1
+            self._status.inc()
             if self.live is not None:
                 self.live.on_status(node, message.status, now)
             return NodeUpdate(node=node, status=message.status, status_ts=now)
-        self.counters["inventory"] += 1
+        self._inventory.inc()
         if self.live is not None:
             self.live.on_inventory(message, now)
         return NodeUpdate(node=node, inventory=encode(message), inventory_ts=now)
@@ -231,8 +240,8 @@ class Ingestor:
         now: float,
     ) -> Rejected:
         """Count and (rate-limited) log a rejected message; return its quarantine row."""
-        self.counters[f"rejected_{reason}"] += 1
-        self.counters["rejected"] += 1
+        by_reason = self._rejected_by
+        (by_reason.get(reason) or by_reason[OTHER_REASON]).inc()
         now_ms = round(now * 1000)
         if node is not None:
             if self.live is not None:

@@ -3,8 +3,9 @@
 It takes units off the reader's bounded queue, commits as many as are waiting (up to
 ``batch_max_rows`` sample rows) in one transaction, and only then acknowledges their
 messages, on the connection each came from. Between batches it does its own small upkeep:
-retention (one small chunk at a time, so ingestion never waits long), counters and the
-quarantine bound. One owner, so no locks.
+retention (one small chunk at a time, so ingestion never waits long), the ``counters`` table
+(:func:`~collector.counters.counter_values`, every ~2 s) and the quarantine bound. One
+owner, so no locks.
 
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
@@ -14,7 +15,7 @@ Other tasks' results: the webhook delivery's outcomes and the evaluator's (alert
 governance usage, capacity snapshots) arrive on this same queue as :class:`Record` items.
 Their work is done before they are queued; the writer only awaits :meth:`Record.write`, in
 queue order, after the units gathered with them. A record the store refuses (not a broken
-store) is logged and counted under ``job_failed_<name>``; ingestion goes on.
+store) is logged and counted in ``job_failures{job=<name>}``; ingestion goes on.
 
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
@@ -27,10 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+import functools
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
+from prometheus_client import CollectorRegistry
+
+from collector import counters
+from collector.ingest.metrics import WriterMetrics
 from collector.ingest.reader import MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
@@ -55,7 +60,7 @@ class Record(Protocol):
 
     @property
     def name(self) -> str:
-        """What it records, for logs and the ``job_failed_<name>`` counter."""
+        """What it records, for logs and the ``job_failures{job}`` label (code-defined)."""
         ...
 
     async def write(self, store: Store) -> None:
@@ -83,8 +88,8 @@ class Writer:
         retention_chunk_rows: int = 5_000,
         quarantine_max_rows: int = 10_000,
         counters_every_s: float = _COUNTERS_EVERY_S,
-        extra_counters: Callable[[], dict[str, int]] | None = None,
-        on_commit: Callable[[float], None] | None = None,
+        counter_values: Callable[[], dict[str, int]] | None = None,
+        metrics: WriterMetrics | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -96,13 +101,15 @@ class Writer:
         self._retention_chunk_rows = retention_chunk_rows
         self._quarantine_max_rows = quarantine_max_rows
         self._counters_every_s = counters_every_s
-        self._extra_counters = extra_counters
-        self.counters: Counter[str] = ingestor.counters
+        self.metrics = WriterMetrics(CollectorRegistry()) if metrics is None else metrics
+        self._counter_values = counter_values or functools.partial(
+            counters.counter_values, (ingestor.metrics, self.metrics)
+        )
+        """What the ``counters`` table gets: by default validation's and the writer's own."""
         self._known_nodes: set[str] = set()
-        self._on_commit = on_commit
-        """Called with each batch's commit time in seconds (the metrics histogram)."""
         self.last_commit: float | None = None
-        """Clock monotonic time of the last commit (a batch or the counters); /readyz reads it."""
+        """Clock monotonic time of the last commit (a batch or the counters); the collector's
+        :class:`~collector.health.Health` reads it."""
 
     async def run(self) -> None:
         """Store until a :class:`StopUnit` arrives; raise :class:`StoreError` if the store fails."""
@@ -138,7 +145,7 @@ class Writer:
             if exc.fatal:
                 raise
             log.error("job_failed", job=record.name, error=str(exc))
-            self.counters[f"job_failed_{record.name}"] += 1
+            self.metrics.job_failures.labels(record.name).inc()
         else:
             self.last_commit = self._clock.monotonic()
 
@@ -177,8 +184,7 @@ class Writer:
         await self._store_items(items)
         done = self._clock.monotonic()
         self.last_commit = done
-        if self._on_commit is not None:
-            self._on_commit(done - t0)
+        self.metrics.commit_seconds.observe(done - t0)
         acked = 0
         for unit in units:
             if unit.acks and unit.link is not None:
@@ -220,7 +226,7 @@ class Writer:
                 log.error("store_failed", error=str(exc))
                 raise
             if len(items) > 1:
-                self.counters["store_bisections"] += 1
+                self.metrics.bisections.inc()
                 half = len(items) // 2
                 await self._store_items(items[:half])
                 await self._store_items(items[half:])
@@ -228,9 +234,10 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return
         self._known_nodes |= new_nodes
-        self.counters["stored"] += inserted
-        self.counters["duplicates"] += len(rows) - inserted
-        self.counters["quarantined"] += len(quarantine)
+        m = self.metrics
+        m.stored.inc(inserted)
+        m.duplicates.inc(len(rows) - inserted)
+        m.quarantined.inc(len(quarantine))
 
     async def _quarantine_poison(self, item: Item | MetaItem, exc: StoreError) -> None:
         """One message the store refused: keep what we can of it in quarantine, ack it."""
@@ -253,20 +260,17 @@ class Writer:
             # Not even a quarantine row can be written: the store is broken, not the message.
             log.error("store_failed", error=str(again), after=str(exc))
             raise StoreError(str(again), fatal=True, exit_code=1) from again
-        self.counters["quarantined"] += 1
+        self.metrics.quarantined.inc()
 
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
-        counters = dict(self.counters)
-        if self._extra_counters is not None:
-            counters.update(self._extra_counters())
         await self._store.write_counters(
-            counters, self._clock.time(), self._ingestor.take_node_rejects()
+            self._counter_values(), self._clock.time(), self._ingestor.take_node_rejects()
         )
         self.last_commit = self._clock.monotonic()
         trimmed = await self._store.trim_quarantine(self._quarantine_max_rows)
         if trimmed:
-            self.counters["quarantine_trimmed"] += trimmed
+            self.metrics.quarantine_trimmed.inc(trimmed)
         # Node names come from topics: with a broker that lets anyone write any node's
         # topic, this table would otherwise grow with every invented name.
         await self._store.trim_node_rejects(self._quarantine_max_rows)
@@ -276,7 +280,7 @@ class Writer:
         cutoff_ms = round((self._clock.time() - self._retention_s) * 1000)
         deleted = await self._store.delete_older_than(cutoff_ms, self._retention_chunk_rows)
         if deleted:
-            self.counters["retention_deleted"] += deleted
+            self.metrics.retention_deleted.inc(deleted)
             log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
         return deleted >= self._retention_chunk_rows
 

@@ -71,7 +71,7 @@ async def db(tmp_path: Path) -> Path:
         )
         await store.write_counters(
             {"stored": 27, "duplicates": 1, "rejected": 7, "rejected_invalid": 5,
-             "rejected_not_json": 2, "samples": 28},
+             "rejected_not_json": 2, "rejected_too_old": 0, "samples": 28},
             now,
         )  # fmt: skip
     conn = sqlite3.connect(path)
@@ -248,7 +248,12 @@ def test_rejected_lists_quarantined_messages_newest_first_with_counters(
 ) -> None:
     """--rejected --json: 50 newest by default, every column, the rejected* counters."""
     r = _json(capsys, db, "--rejected")
-    assert r["counters"] == {"rejected": 7, "rejected_invalid": 5, "rejected_not_json": 2}
+    assert r["counters"] == {
+        "rejected": 7,
+        "rejected_invalid": 5,
+        "rejected_not_json": 2,
+        "rejected_too_old": 0,
+    }
     messages = r["messages"]
     assert [m["id"] for m in messages] == list(range(QUARANTINED, QUARANTINED - 50, -1))
     assert list(messages[0]) == [
@@ -275,7 +280,8 @@ def test_rejected_filters_by_node_since_and_limit(
 def test_rejected_table_escapes_and_cuts_the_payload(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The table: counters by reason, then one line per message, payload escaped and cut."""
+    """The table: counters by reason (those at 0 left out), then one line per message,
+    payload escaped and cut."""
     assert main(["query", "--db", str(db), "--rejected", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "rejected since the collector started: 7 (invalid 5, not_json 2)"

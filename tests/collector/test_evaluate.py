@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+
+from prometheus_client import CollectorRegistry
 
 from agent.simulate import FleetSimulator
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.capacity.job import CapacityJob
+from collector.counters import labelled_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator
+from collector.ingest.metrics import WriterMetrics
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
@@ -40,7 +43,7 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
         AlertJob(Evaluator([broken]), clock, interval_s=0.02),
         CapacityJob(site_plan(), clock, interval_s=0.02),
     ]
-    counters: Counter[str] = Counter()
+    failures = WriterMetrics(CollectorRegistry()).job_failures
 
     def snapshots() -> int:
         return int(db_rows(db, "SELECT count(*) FROM capacity_snapshots")[0][0])
@@ -49,11 +52,11 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
         queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
         writer = Writer(store, queue, Ingestor(clock, live=view), clock)
         async with Store.open_readonly(db) as reads, asyncio.TaskGroup() as tg:
-            evaluator = PeriodicEvaluator(cycles, view, reads, queue, clock, counters=counters)
+            evaluator = PeriodicEvaluator(cycles, view, reads, queue, clock, job_failures=failures)
             tg.create_task(writer.run(), name="writer")
             evaluating = tg.create_task(evaluator.run(), name="evaluator")
             await wait_until(
-                lambda: counters["job_failed_alerts"] >= 2 and snapshots() >= 2,
+                lambda: value(failures.labels("alerts")) >= 2 and snapshots() >= 2,
                 what="two failed alert cycles and two stored capacity snapshots",
             )
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -61,4 +64,4 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
             await done
             evaluating.cancel()
     assert db_rows(db, "SELECT DISTINCT nodes FROM capacity_snapshots") == [(10,)]
-    assert counters["job_failed_capacity"] == 0
+    assert labelled_values(failures) == {"alerts": value(failures.labels("alerts"))}

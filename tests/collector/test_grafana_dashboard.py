@@ -4,6 +4,7 @@ collector and agent expositions, not from a list kept by hand)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,8 @@ from collector.capacity.compute import compute_picture
 from collector.capacity.metrics import capacity_families
 from collector.governance.metrics import quota_families
 from collector.governance.report import QuotaStanding
-from collector.metrics import CollectorMetrics
+from collector.health import Health
+from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
@@ -101,7 +103,7 @@ async def exposed(tmp_path: Path) -> set[str]:
     settings = CollectorSettings(db_path=tmp_path / "c.db", metrics_listen="127.0.0.1:0")
     collector = Collector(settings)
     async with Store(settings.db_path) as store:
-        metrics = CollectorMetrics(collector, store)
+        metrics = collector.exposition(store)
         # A collector with a site plan also serves the capacity picture's families.
         sim = FleetSimulator(4, seed=3, interval_s=5)
         view, _ = filled_view(sim, 1_700_000_000.0)
@@ -111,8 +113,16 @@ async def exposed(tmp_path: Path) -> set[str]:
             borrowed=0, lendable=1, available=1, potential=8, borrowing_limit=None,
             lending_limit=None, period=None,
         )  # fmt: skip
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=16)
+        writer = Writer(store, queue, collector.ingestor, collector.clock)
+        health = Health(
+            collector.clock, limit_s=30, connected=collector.connected, writer=writer, queue=queue
+        )
         families = (
-            await metrics.snapshot() + capacity_families(picture) + quota_families([standing])
+            health.families()
+            + await metrics.snapshot()
+            + capacity_families(picture)
+            + quota_families([standing])
         )
         metrics.registry.register(_Snapshot(families))
         collector_text = generate_latest(metrics.registry).decode()

@@ -1,23 +1,30 @@
 """The collector's metric families: fleet aggregates from the live view, alert counts, the
-ingest counters' names; no per-node or per-GPU series whatever the fleet size."""
+components' typed counters; no per-node or per-GPU series whatever the fleet size."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 import msgspec
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from agent.simulate import FleetSimulator
 from collector.alerts.rule import AlertState
+from collector.health import Health
+from collector.ingest.metrics import REJECT_REASONS
+from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
-from collector.metrics import alert_families, fleet_families, ingest_families
+from collector.metrics import alert_families, fleet_families
 from collector.nodefacts import Staleness
+from collector.service import Collector as CapwatchCollector
+from collector.settings import CollectorSettings
+from collector.store.db import Store
+from shared.topics import sample_topic
 from tests.helpers import promtool_check_metrics
 
 NOW = 1_700_000_000.0
@@ -120,28 +127,42 @@ def test_alerts_are_counted_by_state_and_severity_with_zeros() -> None:
     assert got[("capwatch_alerts", (("severity", "warning"), ("state", "firing")))] == 0
 
 
-def test_ingest_counters_map_to_named_families_and_reasons_to_labels() -> None:
-    """received/stored/duplicates by name; rejected_<reason> as reason="..."; an unknown
-    counter is kept as an event, never dropped."""
-    counters = Counter(
-        received=10, stored=7, duplicates=2, rejected=3, rejected_invalid=2, rejected_clock_skew=1
-    )
-    counters["webhook_delivered"] = 4
-    counters["something_new"] = 5
-    got = _values(
-        ingest_families(
-            counters, queue_units=1, queue_capacity=16, connected=True, last_commit_age_s=0.5
-        )
-    )
-    assert got[("capwatch_collector_messages_received_total", ())] == 10
+def _collector(tmp_path: Path) -> CapwatchCollector:
+    return CapwatchCollector(CollectorSettings(db_path=tmp_path / "c.db"))
+
+
+def test_counters_are_typed_families_with_bounded_labels(tmp_path: Path) -> None:
+    """Each component's counters are named families on the collector's one registry; a
+    reject reason outside the fixed set (a bug) counts as "other", never as a new label
+    value; there is no catch-all events family; the counters table reads the same values."""
+    collector = _collector(tmp_path)
+    ingest = collector.ingestor
+    ingest.handle(sample_topic("n1"), b"][")
+    ingest.handle("capwatch/v1/nodes/n1/bogus", b"{}")
+    ingest.reject("made_up_by_a_bug", sample_topic("n1"), b"x", "?")
+    collector.writer_metrics.stored.inc(7)
+    collector.writer_metrics.job_failures.labels("alerts").inc()
+    collector.delivery_metrics.outcome_by["delivered"].inc(4)
+    text = generate_latest(collector.registry).decode()
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    rejected = "capwatch_collector_messages_rejected_total"
+    assert got[(rejected, (("reason", "not_json"),))] == 1
+    assert got[(rejected, (("reason", "bad_topic"),))] == 1
+    assert got[(rejected, (("reason", "other"),))] == 1
+    reasons = {dict(labels)["reason"] for name, labels in got if name == rejected}
+    assert reasons == {*REJECT_REASONS, "other"}
+    assert got[("capwatch_collector_messages_received_total", ())] == 2
     assert got[("capwatch_collector_samples_stored_total", ())] == 7
-    assert got[("capwatch_collector_samples_duplicate_total", ())] == 2
-    assert got[("capwatch_collector_messages_rejected_total", (("reason", "invalid"),))] == 2
-    assert got[("capwatch_collector_messages_rejected_total", (("reason", "clock_skew"),))] == 1
+    assert got[("capwatch_collector_job_failures_total", (("job", "alerts"),))] == 1
     assert got[("capwatch_collector_webhook_outcomes_total", (("outcome", "delivered"),))] == 4
-    assert got[("capwatch_collector_events_total", (("event", "something_new"),))] == 5
-    assert got[("capwatch_collector_broker_connected", ())] == 1
-    assert got[("capwatch_collector_queue_units", ())] == 1
+    assert not any(name.startswith("capwatch_collector_events") for name, _ in got)
+    table = collector.counter_values()
+    assert (table["received"], table["rejected"], table["rejected_not_json"]) == (2, 3, 1)
+    assert (table["stored"], table["job_failed_alerts"], table["webhook_delivered"]) == (7, 1, 4)
 
 
 class _Families(Collector):
@@ -152,21 +173,21 @@ class _Families(Collector):
         return self.families
 
 
-async def test_promtool_accepts_the_collector_families_without_remarks() -> None:
+async def test_promtool_accepts_the_collector_families_without_remarks(tmp_path: Path) -> None:
     """The collector's families (no inherited names) pass promtool with no lint remark."""
     view, _ = _view()
+    collector = _collector(tmp_path)
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=16)
+    writer = Writer(Store(tmp_path / "c.db"), queue, collector.ingestor, collector.clock)
+    health = Health(
+        collector.clock, limit_s=30, connected=collector.connected, writer=writer, queue=queue
+    )
     families = [
-        *ingest_families(
-            Counter(received=3, rejected_invalid=1),
-            queue_units=0,
-            queue_capacity=16,
-            connected=False,
-            last_commit_age_s=None,
-        ),
+        *health.families(),
         *await fleet_families(view, NOW, staleness=Staleness(3, 5)),
         *alert_families([]),
     ]
-    registry = CollectorRegistry(auto_describe=False)
+    registry = collector.registry  # every component's counters, the process collector
     registry.register(_Families(families))
     rc, problems = promtool_check_metrics(generate_latest(registry).decode())
     assert (rc, problems) == (0, [])

@@ -22,6 +22,7 @@ import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.cli import main as collector_main
+from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import sample_topic
@@ -167,7 +168,9 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
         for k, (epoch, seq) in enumerate(sent):
             sample = msgspec.structs.replace(sim.sample(0, now - 60 + k, seq), epoch=epoch)
             await client.publish(sample_topic(node), encode(sample), qos=1)
-    await wait_until(lambda: collector.counters["samples"] == len(sent), what="the samples")
+    await wait_until(
+        lambda: value(collector.ingest_metrics.samples) == len(sent), what="the samples"
+    )
     await wait_until(
         lambda: (
             db_rows(
@@ -211,4 +214,4 @@ async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_st
     await wait_until(
         lambda: count_samples(db) == 5 * stats.ticks, what=f"all {5 * stats.ticks} samples"
     )
-    assert collector.counters["samples"] >= 5 * stats.ticks
+    assert value(collector.ingest_metrics.samples) >= 5 * stats.ticks

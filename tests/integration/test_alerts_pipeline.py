@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from tests.helpers import db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, HotGpuNode
@@ -70,10 +71,10 @@ async def test_a_hot_gpu_fires_then_resolves_and_a_restart_does_not_refire(
     await collector_runner.stop()
     collector = await collector_runner.start()  # an empty view: the alert must not re-fire
     await publish(95.0)
-    await wait_until(lambda: collector.counters["samples"] == 1, what="the hot sample")
-    seen = collector.counters["alert_evaluations"]
+    await wait_until(lambda: value(collector.ingest_metrics.samples) == 1, what="the hot sample")
+    seen = value(collector.alert_metrics.evaluations)
     await wait_until(
-        lambda: collector.counters["alert_evaluations"] >= seen + 2, what="two evaluations"
+        lambda: value(collector.alert_metrics.evaluations) >= seen + 2, what="two evaluations"
     )
     assert _history(collector_runner, "GpuTemperature") == [("inactive", "firing")]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
+from collector.counters import value
 from collector.localbroker import BrokerProcess, EmbeddedBroker
 from collector.natsbroker import NatsBroker, find_nats_server
 from tests.helpers import count_samples, db_rows, skip_without_nats, wait_until
@@ -56,7 +57,7 @@ async def test_a_resumed_session_delivers_its_whole_backlog_at_once(
     )
     assert db_rows(runner.db, "SELECT count(DISTINCT node) FROM samples") == [(50,)]
     assert db_rows(runner.db, "SELECT min(seq), max(seq) FROM samples") == [(0, 39)]
-    assert collector.counters["rejected"] == 0
+    assert value(collector.ingest_metrics.rejected) == 0
 
 
 async def test_live_samples_are_all_stored(broker: BrokerProcess, runner: CollectorRunner) -> None:
@@ -89,7 +90,7 @@ async def test_a_broker_restart_loses_no_sample(
     collector = await runner.start()
     await publish_fleet(fast_mqtt(broker), sim, ticks=10, burst=True, start_ts=start + 20)
     await wait_until(lambda: count_samples(runner.db) == 600, what="all 600 samples")
-    assert collector.counters["mqtt_sessions_lost"] == 0
+    assert value(collector.reader_metrics.sessions_lost) == 0
 
 
 async def test_the_collector_ingests_from_nats_over_tls(tmp_path: Path) -> None:

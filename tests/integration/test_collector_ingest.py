@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
+from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from shared.clock import FakeClock
 from shared.schema import encode
@@ -44,7 +45,7 @@ async def test_malformed_and_mismatched_messages_are_counted_and_never_stored(
             await client.publish(topic, payload, qos=1)
 
     await wait_until(lambda: count_samples(collector_runner.db) == 1, what="the good sample")
-    c = collector.counters
+    c = collector.counter_values()
     assert c["rejected_not_json"] == 1
     assert c["rejected_version"] == 1
     assert c["rejected_invalid"] == 1
@@ -73,12 +74,12 @@ async def test_a_hostile_node_cannot_stop_or_poison_ingestion(
 
     def variant(**changes: object) -> bytes:
         doc = msgspec.json.decode(msgspec.json.encode(base))
-        for path, value in changes.items():
+        for path, new in changes.items():
             target = doc
             *parents, leaf = path.split("__")
             for part in parents:
                 target = target[int(part)] if part.isdigit() else target[part]
-            target[int(leaf) if leaf.isdigit() else leaf] = value
+            target[int(leaf) if leaf.isdigit() else leaf] = new
         return msgspec.json.encode(doc)
 
     hostile = [
@@ -104,7 +105,7 @@ async def test_a_hostile_node_cannot_stop_or_poison_ingestion(
     )
     reasons = db_rows(collector_runner.db, "SELECT reason FROM quarantine ORDER BY id")
     assert [r for (r,) in reasons] == ["invalid"] * 6 + ["clock_skew", "invalid", "not_json"]
-    assert collector.counters["rejected"] == 9
+    assert value(collector.ingest_metrics.rejected) == 9
     stored = db_rows(collector_runner.db, "SELECT seq, gpu_mem_used_bytes FROM samples")
     assert stored[0][0] == 1
     assert 0 <= stored[0][1] < 2**40
@@ -145,9 +146,11 @@ async def test_graceful_stop_commits_everything_received(
     stats = await publish_fleet(
         fast_mqtt(mosquitto), sim, ticks=20, burst=True, start_ts=time.time() - 60
     )
-    await wait_until(lambda: collector.counters["samples"] >= 100, what="the burst arriving")
+    await wait_until(
+        lambda: value(collector.ingest_metrics.samples) >= 100, what="the burst arriving"
+    )
     await collector_runner.stop()  # likely mid-stream: the rest stays queued at the broker
-    taken = collector.counters["samples"]
+    taken = value(collector.ingest_metrics.samples)
     assert count_samples(collector_runner.db) == taken  # nothing taken was left unstored
     await collector_runner.start()
     await wait_until(
@@ -185,7 +188,7 @@ async def test_retention_deletes_by_arrival_time_while_running(
         what="only the 50 recent arrivals left",
     )
     assert collector_runner.collector is not None
-    assert collector_runner.collector.counters["retention_deleted"] == 300
+    assert value(collector_runner.collector.writer_metrics.retention_deleted) == 300
 
     # A late sample (replayed after an outage): stamped 550 s ago, it arrives now. Once its
     # timestamp is past the window but its arrival is not, it stays.

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
@@ -83,7 +84,9 @@ async def test_quota_alerts_fire_on_both_bases(
     publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, utils, stop))
     try:
         db = str(collector_runner.db)
-        await wait_until(lambda: collector.counters["samples"] >= 4, what="samples stored")
+        await wait_until(
+            lambda: value(collector.ingest_metrics.samples) >= 4, what="samples stored"
+        )
         today = dt.datetime.now(dt.UTC).date().isoformat()
         assert cli("quota", "set", "a", "--db", db, "--nominal", "8")[0] == 0
         code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes",
@@ -159,7 +162,9 @@ async def test_lease_rules_fire_from_live_data(
     publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, [95.0] * 8, stop))
     try:
         db = str(collector_runner.db)
-        await wait_until(lambda: collector.counters["samples"] >= 2, what="samples stored")
+        await wait_until(
+            lambda: value(collector.ingest_metrics.samples) >= 2, what="samples stored"
+        )
         today = dt.datetime.now(dt.UTC).date()
         old, new = sim.node_ids
         code, _, err = cli("lease", "add", "--db", db, "--tenant", "gone", "--nodes", old,

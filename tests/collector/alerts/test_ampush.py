@@ -14,6 +14,7 @@ from pydantic import HttpUrl
 from collector.alerts.ampush import AlertmanagerPush
 from collector.alerts.fingerprint import fingerprint
 from collector.alerts.webhook import BodyAlert
+from collector.counters import value
 from collector.settings import AlertmanagerSettings
 from shared.clock import Clock, FakeClock, SystemClock
 from tests.collector.alerts.alertmanager import am_alerts, running_alertmanager
@@ -113,7 +114,7 @@ async def test_a_failed_push_is_retried_with_the_latest_state() -> None:
             push.update([alert], [], start)
 
             def failed(n: int) -> Callable[[], bool]:
-                return lambda: push.counters["alertmanager_push_failed"] == n
+                return lambda: value(push.metrics.push_failed) == n
 
             await wait_until(failed(1), what="the refused push")
             clock.advance(5)  # past the first backoff (at most 0.5 s): the retry is due
@@ -139,4 +140,4 @@ async def test_a_refused_push_is_not_retried() -> None:
             clock.advance(10)
             await asyncio.sleep(0.2)
             assert len(rx.received()) == 1
-            assert push.counters["alertmanager_push_refused"] == 1
+            assert value(push.metrics.push_refused) == 1

@@ -31,6 +31,7 @@ from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.alerts.silence import DEFAULT_INHIBIT_RULES, InhibitRule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
 from collector.cli import main as collector_main
+from collector.counters import value
 from collector.evaluate import PeriodicEvaluator
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
@@ -145,7 +146,7 @@ async def running(
             evaluating = tg.create_task(evaluator.run(), name="evaluator")
             tg.create_task(delivery.run(), name="delivery")
             # The evaluator schedules the job from its start: nudge the clock until it has run.
-            while not job.counters["alert_evaluations"]:
+            while not value(job.metrics.evaluations):
                 clock.advance(0.05)
                 await asyncio.sleep(0.01)
             yield Rig(db, clock, switch, delivery, offline, lambda: job.evaluated_at)

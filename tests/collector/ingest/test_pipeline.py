@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.counters import value
 from collector.ingest.packets import Message
 from collector.ingest.reader import (
     FILTERS_META_KEY,
@@ -115,7 +116,9 @@ async def test_each_message_is_acked_only_after_the_commit_that_stored_it(
     with _write_locked(running.db):  # a backlog builds up behind the first commit
         for i in range(0, 60, 10):
             running.broker.deliver(messages[i : i + 10])
-        await wait_until(lambda: running.collector.counters["received"] == 60, what="60 taken")
+        await wait_until(
+            lambda: value(running.collector.ingest_metrics.received) == 60, what="60 taken"
+        )
     await wait_until(lambda: len(running.broker.acked_ids()) == 60, what="60 acks")
 
     acked = 0
@@ -141,7 +144,9 @@ async def test_batches_end_at_read_boundaries_near_batch_max_rows(tmp_path: Path
     with _write_locked(run.db):
         for i in range(0, 100, 10):
             broker.deliver(messages[i : i + 10])
-        await wait_until(lambda: run.collector.counters["received"] == 100, what="100 taken")
+        await wait_until(
+            lambda: value(run.collector.ingest_metrics.received) == 100, what="100 taken"
+        )
     await wait_until(lambda: len(broker.acked_ids()) == 100, what="100 acks")
     await run.stop()
     observed = sorted({r.observed for r in broker.acks})
@@ -158,7 +163,9 @@ async def test_stop_stores_and_acks_everything_the_reader_took(running: Running)
     with _write_locked(running.db):
         for i in range(0, 100, 20):
             running.broker.deliver(messages[i : i + 20])
-        await wait_until(lambda: running.collector.counters["received"] == 100, what="taken")
+        await wait_until(
+            lambda: value(running.collector.ingest_metrics.received) == 100, what="taken"
+        )
         assert count_samples(running.db) == 0
         running.collector.stop()  # with 100 samples still waiting for the writer
     await running.stop()
@@ -197,7 +204,7 @@ async def test_rejected_messages_are_quarantined_counted_per_node_and_acked(
         (node, sample_topic(node), "clock_skew", len(future)),
         (None, "somewhere/else", "bad_topic", len(good)),
     ]
-    assert collector.counters["rejected_clock_skew"] == 1
+    assert value(collector.ingest_metrics.rejected_by["clock_skew"]) == 1
     per_node = db_rows(running.db, "SELECT node, reason, count FROM node_rejects ORDER BY reason")
     assert per_node == [(node, "clock_skew", 1), (node, "not_json", 1)]
 
@@ -210,20 +217,20 @@ async def test_a_lost_broker_session_is_counted_and_the_collector_subscribes_aga
     first = Running(tmp_path, broker)
     await first.start()
     await first.stop()
-    assert first.collector.counters["mqtt_sessions_lost"] == 0
+    assert value(first.collector.reader_metrics.sessions_lost) == 0
     assert len(broker.subscriptions) == 1
 
     resumed = Running(tmp_path, broker)  # the broker kept the session
     await resumed.start()
     await resumed.stop()
-    assert resumed.collector.counters["mqtt_sessions_lost"] == 0
+    assert value(resumed.collector.reader_metrics.sessions_lost) == 0
     assert len(broker.subscriptions) == 1  # a resumed session is not subscribed again
 
     broker.session_present = False  # someone took the session over, or the broker lost it
     lost = Running(tmp_path, broker)
     await lost.start()
     await lost.stop()
-    assert lost.collector.counters["mqtt_sessions_lost"] == 1
+    assert value(lost.collector.reader_metrics.sessions_lost) == 1
     assert len(broker.subscriptions) == 2
 
 
@@ -276,8 +283,8 @@ async def test_a_row_sqlite_refuses_is_found_by_bisection_and_quarantined(
     assert quarantined[0][:2] == (rows[41].node, "store_refused")
     assert "OverflowError" in quarantined[0][2]
     assert link.acked == list(range(1, 65))
-    assert writer.counters["store_bisections"] >= 6  # log2(64) levels down to one row
-    assert writer.counters["stored"] == 63
+    assert value(writer.metrics.bisections) >= 6  # log2(64) levels down to one row
+    assert value(writer.metrics.stored) == 63
 
 
 async def test_a_store_that_cannot_be_written_stops_without_acking(tmp_path: Path) -> None:
@@ -342,7 +349,7 @@ async def test_the_quarantine_keeps_only_the_newest_rows(tmp_path: Path) -> None
         await asyncio.wait_for(writer.run(), 20)
     kept = db_rows(tmp_path / "c.db", "SELECT count(*), min(node), max(id) FROM quarantine")
     assert kept == [(100, "n100", 150)]
-    assert writer.counters["quarantine_trimmed"] == 50
+    assert value(writer.metrics.quarantine_trimmed) == 50
 
 
 def test_per_node_reject_counts_are_bounded() -> None:
@@ -389,9 +396,9 @@ async def test_the_reader_waits_when_the_queue_is_full(tmp_path: Path) -> None:
     with _write_locked(run.db):
         for i in range(0, 200, 10):
             broker.deliver(messages[i : i + 10])
-        await wait_until(lambda: collector.counters["reader_waits"] >= 1, what="reader waiting")
+        await wait_until(lambda: value(collector.reader_metrics.waits) >= 1, what="reader waiting")
         # One read in the writer's hands, two queued, one in the reader's: no more.
-        assert collector.counters["received"] <= 40
+        assert value(collector.ingest_metrics.received) <= 40
     await wait_until(lambda: len(broker.acked_ids()) == 200, what="everything, once unstuck")
     await run.stop()
     assert count_samples(run.db) == 200
@@ -471,9 +478,9 @@ async def test_a_session_the_broker_keeps_closing_is_called_contested(tmp_path: 
         broker.drop_connection()
     task = asyncio.create_task(run.collector.run())
     await wait_until(
-        lambda: run.collector.counters["mqtt_session_contested"] >= 1, what="contested"
+        lambda: value(run.collector.reader_metrics.session_contested) >= 1, what="contested"
     )
-    assert run.collector.counters["mqtt_disconnects"] >= 3
+    assert value(run.collector.reader_metrics.disconnects) >= 3
     run.collector.stop()
     await asyncio.wait_for(task, 20)
 
@@ -483,7 +490,9 @@ async def test_refused_credentials_are_an_error_and_retried(tmp_path: Path) -> N
     broker = ScriptedBroker(refuse_with=4)
     run = Running(tmp_path, broker, mqtt={"reconnect_min_s": 0.01, "reconnect_max_s": 0.05})
     task = asyncio.create_task(run.collector.run())
-    await wait_until(lambda: run.collector.counters["mqtt_not_authorized"] >= 2, what="retried")
+    await wait_until(
+        lambda: value(run.collector.reader_metrics.not_authorized) >= 2, what="retried"
+    )
     assert not run.collector.connected.is_set()
     run.collector.stop()
     await asyncio.wait_for(task, 20)

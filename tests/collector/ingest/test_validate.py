@@ -6,6 +6,8 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.counters import labelled_values, value
+from collector.ingest.metrics import OTHER_REASON, REJECT_REASONS
 from collector.ingest.validate import Ingestor, Rejected
 from collector.store.db import NodeUpdate, SampleRow
 from shared.clock import FakeClock
@@ -37,12 +39,15 @@ def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
     assert ing.handle(status_topic(s.node), status) == NodeUpdate(
         s.node, status="online", status_ts=1.8e9 + 1
     )
-    assert ing.counters["rejected_not_json"] == 3
-    assert ing.counters["rejected_topic_mismatch"] == 1
-    assert ing.counters["rejected_invalid"] == 1
-    assert ing.counters["rejected"] == 5
-    assert ing.counters["samples"] == 1
-    assert ing.counters["status"] == 1
+    m = ing.metrics
+    assert labelled_values(m.rejected) == {
+        **dict.fromkeys((*REJECT_REASONS, OTHER_REASON), 0),
+        "not_json": 3,
+        "topic_mismatch": 1,
+        "invalid": 1,
+    }
+    assert (value(m.rejected), value(m.samples), value(m.status)) == (5, 1, 1)
+    assert m.counter_rows()["rejected_not_json"] == 3  # the counters table's name
 
 
 @pytest.mark.parametrize(

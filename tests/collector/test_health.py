@@ -1,0 +1,153 @@
+"""One health object answers both the systemd watchdog and /readyz: a collector whose writer
+is stuck stops pinging the watchdog and answers 503 on /readyz, for the same reason."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from agent.simulate import FleetSimulator
+from collector.evaluate import PeriodicEvaluator
+from collector.health import Health
+from collector.ingest.validate import Ingestor
+from collector.ingest.writer import Writer, WriterItem
+from collector.live import LiveView
+from collector.metrics import CollectorMetrics
+from collector.service import Collector
+from collector.settings import CollectorSettings
+from collector.store.db import Store
+from shared.clock import FakeClock
+from shared.schema import encode
+from shared.sdnotify import SdNotifier
+from shared.topics import sample_topic
+from tests.collector.ingest.scripted import ScriptedBroker
+from tests.helpers import wait_until
+from tests.shared.test_sdnotify import FakeSystemd
+
+T0 = 1_800_000_000.0
+LIMIT_S = 5.0
+
+
+@contextmanager
+def _write_locked(db: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from another connection: the writer's next commit waits
+    (SQLite's busy handler, up to 5 s of real time: the test releases it well before)."""
+    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+async def _readyz(port: int) -> httpx.Response:
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+        return await client.get(f"http://127.0.0.1:{port}/readyz")
+
+
+async def test_a_stalled_writer_stops_the_watchdog_and_fails_readyz(tmp_path: Path) -> None:
+    """Writer stuck on a locked database past metrics_ready_commit_s (fake clock): no
+    WATCHDOG=1 while it is stuck, /readyz 503 naming the writer; both recover after."""
+    sd = FakeSystemd(tmp_path / "notify")
+    broker = ScriptedBroker()
+    clock = FakeClock(start_wall=T0)
+    settings = CollectorSettings(
+        db_path=tmp_path / "c.db",
+        metrics_listen="127.0.0.1:0",
+        metrics_ready_commit_s=LIMIT_S,
+    )
+    collector = Collector(
+        settings,
+        clock=clock,
+        connect=broker.connect,
+        notifier=SdNotifier(str(sd.path), watchdog_s=0.3),
+    )
+    sim = FleetSimulator(1, gpus_per_node=2, seed=5, interval_s=5)
+
+    def deliver(k: int) -> None:
+        s = sim.sample(0, T0 - 10 + k, k)
+        broker.deliver([broker.message(sample_topic(s.node), encode(s))])
+
+    task = asyncio.create_task(collector.run(), name="collector-under-test")
+    try:
+        await wait_until(collector.connected.is_set, what="subscribed")
+        assert collector.metrics is not None
+        assert collector.metrics.port is not None
+        port = collector.metrics.port
+        deliver(0)
+        await wait_until(lambda: collector.stored_total == 1, what="one commit")
+        await wait_until(lambda: sd.drain().count("WATCHDOG=1") >= 2, what="pings")
+        assert (await _readyz(port)).status_code == 200
+
+        with _write_locked(settings.db_path):
+            deliver(1)  # the writer is now waiting for the lock
+            clock.advance(LIMIT_S + 1)
+            await wait_until(
+                lambda: any("writer has not committed" in m for m in sd.drain()),
+                what="the watchdog withheld",
+            )
+            stuck = await _readyz(port)
+            withheld_at = max(i for i, m in enumerate(sd.got) if m.startswith("STATUS="))
+        assert stuck.status_code == 503
+        assert "the writer has not committed for 6 s" in stuck.text
+        assert "ready" not in stuck.text.split("; ")
+
+        await wait_until(lambda: collector.stored_total == 2, what="the commit after release")
+        await wait_until(lambda: "WATCHDOG=1" in sd.drain()[withheld_at + 1 :], what="pings")
+        withheld, after = sd.got[withheld_at], sd.got[withheld_at + 1 :]
+        assert "the writer has not committed for 6 s" in withheld
+        # Not one ping from the withholding until the STATUS that says it resumed.
+        assert after[0].startswith("STATUS=ready"), after[:3]
+        assert (await _readyz(port)).status_code == 200
+    finally:
+        collector.stop()
+        async with asyncio.timeout(20):
+            await task
+        sd.sock.close()
+
+
+async def test_a_late_evaluator_makes_the_collector_not_alive(tmp_path: Path) -> None:
+    """An evaluator that has not turned for its longest interval + the limit is reported,
+    and the collector is neither alive nor ready; the writer alone is not enough."""
+    clock = FakeClock(start_wall=T0)
+    view = LiveView()
+    async with Store(tmp_path / "c.db") as store:
+        metrics = CollectorMetrics(
+            CollectorRegistry(),
+            store,
+            CollectorSettings(db_path=tmp_path / "c.db"),
+            clock=clock,
+            live=view,
+            alert_states=list,
+        )  # a cycle of interval 10 s
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        evaluator = PeriodicEvaluator([metrics], view, store, queue, clock)
+        connected = asyncio.Event()
+        connected.set()
+        health = Health(
+            clock,
+            limit_s=LIMIT_S,
+            connected=connected,
+            writer=writer,
+            queue=queue,
+            evaluator=evaluator,
+        )
+        await writer.flush_counters()  # one commit, now
+        assert health.check().ready
+        clock.advance(10 + LIMIT_S - 1)
+        await writer.flush_counters()
+        assert health.check().alive
+        clock.advance(2)
+        await writer.flush_counters()  # the writer is fine; the evaluator is 1 s past
+        report = health.check()
+        assert (report.alive, report.ready) == (False, False)
+        assert "the evaluator is 6 s late (limit 5 s)" in report.reasons
+        assert health.alive()[0] is False
