@@ -6,10 +6,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from shared.errors import CapwatchError
 
-__all__ = ["add_broker_args", "add_log_args", "first_capwatch_error", "run_command"]
+__all__ = [
+    "add_broker_args",
+    "add_log_args",
+    "add_web_config_arg",
+    "first_capwatch_error",
+    "run_command",
+]
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +33,18 @@ def add_log_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="JSON log lines (default: when stderr is not a terminal)",
+    )
+
+
+def add_web_config_arg(parser: argparse.ArgumentParser) -> None:
+    """``--web-config-file``: TLS and basic auth for a daemon's /metrics (both daemons)."""
+    parser.add_argument(
+        "--web-config-file",
+        type=Path,
+        metavar="FILE",
+        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
+        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
+        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import signal
-from pathlib import Path
 
 from agent.cli._args import add_settings_args, node_sampler, settings_from_args
+from shared.cli import add_web_config_arg
 
 __all__ = ["add_parser", "run"]
 
@@ -58,14 +58,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "collector's service discovery (default: the listen host, or this node's FQDN when "
         "it listens on all addresses, and the listen port; env CAPWATCH_METRICS_ADVERTISE)",
     )
-    p.add_argument(
-        "--web-config-file",
-        type=Path,
-        metavar="FILE",
-        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
-        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
-        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
-    )
+    add_web_config_arg(p)
     p.set_defaults(handler=run)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli._args import add_settings_args
+from shared.cli import add_web_config_arg
 
 if TYPE_CHECKING:
     from collector.settings import CollectorSettings
@@ -48,14 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="serve /metrics (Prometheus: ingest health, fleet aggregates, alert counts; no "
         "per-GPU series), /healthz and /readyz here, e.g. 127.0.0.1:9474 (default: off)",
     )
-    p.add_argument(
-        "--web-config-file",
-        type=Path,
-        metavar="FILE",
-        help="TLS and basic auth for that server: Prometheus exporter-toolkit's web config "
-        "(tls_server_config, basic_auth_users with bcrypt hashes), as node_exporter's "
-        "--web.config.file (env CAPWATCH_WEB_CONFIG_FILE)",
-    )
+    add_web_config_arg(p)
     p.set_defaults(handler=run)
 
 
