@@ -299,7 +299,13 @@ class Reader:
         retired = [t for t in held.filters if t not in wanted]
         if not retired:
             return
-        if held.since is not None and self._now() - held.since < RETIRE_AFTER_S:
+        now = self._now()
+        if held.since is not None and now < held.since:
+            # The wall clock went back (it was ahead when the filters were added): wait from
+            # now, or the old filters would stay until the clock caught up (months, maybe).
+            await self._remember_filters(FilterState(held.filters, now))
+            return
+        if held.since is not None and now - held.since < RETIRE_AFTER_S:
             return
         await sub.unsubscribe(retired)
         log.info("mqtt_subscriptions_retired", retired=retired, session=self._session_key)

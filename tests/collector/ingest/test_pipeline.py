@@ -496,3 +496,22 @@ async def test_refused_credentials_are_an_error_and_retried(tmp_path: Path) -> N
     assert not run.collector.connected.is_set()
     run.collector.stop()
     await asyncio.wait_for(task, 20)
+
+
+async def test_old_filters_are_retired_after_the_wall_clock_went_back(tmp_path: Path) -> None:
+    """Filters added while the wall clock ran a day ahead: once it is set right, the old
+    ones go RETIRE_AFTER_S later, not when the clock reaches the day-ahead time."""
+    ahead = T0 + 86_400.0
+    run = await _run_once(tmp_path, ScriptedBroker(), wall=ahead)
+    with sqlite3.connect(run.db) as conn:  # as an older collector left it: no filters fact
+        conn.execute("DELETE FROM meta WHERE key = ?", (FILTERS_META_KEY,))
+    added = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, added, wall=ahead)
+    assert added.subscriptions == [[(SUBSCRIPTIONS[0], 1)]]
+    corrected = ScriptedBroker(session_present=True)  # NTP set the clock right
+    await _run_once(tmp_path, corrected, wall=T0)
+    assert corrected.unsubscriptions == []
+    later = ScriptedBroker(session_present=True)
+    run = await _run_once(tmp_path, later, wall=T0 + RETIRE_AFTER_S + 1)
+    assert later.unsubscriptions == [list(LEGACY_SUBSCRIPTIONS)]
+    assert _held_filters(run.db) == FilterState(SUBSCRIPTIONS, T0)
