@@ -286,7 +286,10 @@ class Spool:
     def _next_epoch(self) -> int:
         path = self.directory / "epoch"
         try:
-            epoch = int(path.read_text().strip()) + 1
+            stored = int(path.read_text().strip())
+            if stored < 0:  # never written so; kept, every sample would carry an invalid epoch
+                raise ValueError(f"negative epoch {stored}")
+            epoch = stored + 1
         except FileNotFoundError:
             epoch = 0
         except ValueError:

@@ -173,11 +173,12 @@ def test_an_unwritable_disk_keeps_samples_in_memory_in_order(tmp_path: Path) -> 
     assert len(spool) == 0
 
 
-@pytest.mark.parametrize("content", ["not a number\n", ""])
+@pytest.mark.parametrize("content", ["not a number\n", "", "-5\n", "-1\n"])
 def test_an_unreadable_epoch_file_moves_the_epoch_past_any_counter(
     tmp_path: Path, content: str
 ) -> None:
-    """A damaged epoch file: the wall clock in ms, above any count a counter reached."""
+    """A damaged epoch file: the wall clock in ms, above any count a counter reached.
+    A negative count too: the collector refuses a sample whose epoch is below 0."""
     (tmp_path / "epoch").write_text(content)
     spool = _open(tmp_path)
     assert spool.epoch > 10**12
