@@ -358,8 +358,13 @@ class LiveView:
         epoch = _NO_EPOCH if sample.epoch is None else sample.epoch
         seq = sample.seq
         last = st.seq_last
-        if last is None or epoch > st.seq_epoch or (epoch == _NO_EPOCH and seq < last):
-            # The first sample, a new start, or an agent before epochs restarting at 0.
+        if (
+            last is None
+            or epoch > st.seq_epoch
+            or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
+        ):
+            # The first sample, a new start, or an agent before epochs restarting at 0
+            # (its sample is newer than the last: an older one is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
             return
         if epoch < st.seq_epoch or seq <= last:

@@ -235,3 +235,19 @@ def test_a_node_keeps_only_its_last_gaps() -> None:
     assert st is not None
     assert [g.after_seq for g in st.gaps] == [4, 6]
     assert (view.gaps_total, view.missing_total) == (4, 4)
+
+
+def test_a_late_duplicate_from_an_agent_before_epochs_is_not_a_restart() -> None:
+    """An agent without epochs: a redelivered older sample (its own, older ts) is not a
+    restart, so the next sample is no gap (a restart's sample is newer than the last)."""
+    view = LiveView()
+    for seq in (5, 6, 7, 5, 8):  # seq 5 again: a redelivery, e.g. through a second filter
+        view.on_sample(_sample(T0 + seq, seq=seq, epoch=None), T0 + 10)
+    st = view.get(NODE)
+    assert st is not None
+    assert (st.gaps, view.missing_total) == ((), 0)
+    view.on_sample(_sample(T0 + 20, seq=0, epoch=None), T0 + 20)  # a real restart
+    view.on_sample(_sample(T0 + 25, seq=1, epoch=None), T0 + 25)
+    st = view.get(NODE)
+    assert st is not None
+    assert st.gaps == ()
