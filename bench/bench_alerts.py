@@ -21,6 +21,7 @@ import time
 import msgspec
 
 from agent.simulate import FleetSimulator
+from collector import heap
 from collector.alerts.builtin import HW_THERMAL_SLOWDOWN, builtin_rules
 from collector.alerts.group import Dispatcher, GroupAlert
 from collector.alerts.route import default_route
@@ -63,8 +64,16 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=12_500)
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="CPython's default GC policy instead of the daemon's (collector.heap)",
+    )
     args = parser.parse_args()
 
+    if not args.default_gc:  # as `collector run` does: its view is built after the freeze
+        heap.configure()
+        heap.freeze_startup()
     sim = FleetSimulator(args.nodes, gpus_per_node=args.gpus, seed=1)
     samples = [sim.sample(i, _T0, 1) for i in range(args.nodes)]
     view = LiveView(max_nodes=max(args.nodes, 1))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import gc
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from collector.cli._args import add_settings_args
 from shared.cli import add_web_config_arg
@@ -13,8 +12,6 @@ if TYPE_CHECKING:
     from collector.settings import CollectorSettings
 
 __all__ = ["add_parser", "run"]
-
-_GC_GEN0_THRESHOLD: Final = 10_000
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,10 +66,9 @@ def run(args: argparse.Namespace) -> int:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
     settings = settings_from_args(args, **extra)
     configure_logging(settings.log_level, json=settings.log_json)
-    # The daemon holds a large, long-lived heap (the live view: every node's latest sample).
-    # With CPython's default first threshold (700 allocations) the collector runs so often,
-    # and promotes so much, that it cost ~20 us per ingested sample at 12,500 nodes.
-    gc.set_threshold(_GC_GEN0_THRESHOLD, 10, 10)
+    from collector import heap  # noqa: PLC0415
+
+    heap.configure()
     asyncio.run(_serve(settings))
     return 0
 
@@ -82,18 +78,13 @@ async def _serve(settings: CollectorSettings) -> None:
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from collector import heap  # noqa: PLC0415
     from collector.service import Collector  # noqa: PLC0415
     from shared.sdnotify import SdNotifier  # noqa: PLC0415
 
     notifier = SdNotifier.from_environ(os.environ, os.getpid())
     collector = Collector(settings, notifier=notifier)
-    # Everything loaded so far (modules, settings, rules) lives as long as the process: moved
-    # out of the collector's reach (gc.freeze), a full collection scans only what came after.
-    # With the wire schema's structs untracked and its arrays tuples, that is about two
-    # objects per node: a full pass over a 12,500-node live view takes ~5 ms, not ~32 ms
-    # (each such pass is a pause of the event loop, between two commits).
-    gc.collect()
-    gc.freeze()
+    heap.freeze_startup()  # what was loaded to serve lives as long as the process
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, collector.stop)

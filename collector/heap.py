@@ -1,0 +1,35 @@
+"""The collector daemon's garbage-collector policy, in one place (the daemon and its benches).
+
+The daemon holds a large, long-lived heap: the live view (every node's latest sample) and
+the alert states. Two settings keep CPython's cyclic collector from pausing the event loop:
+
+- :func:`configure`: a first-generation threshold of 10,000 allocations instead of 700. With
+  the default the collector ran so often, and promoted so much, that it cost ~20 µs per
+  ingested sample at 12,500 nodes.
+- :func:`freeze_startup`: everything loaded before serving (modules, settings, rules) lives
+  as long as the process; moved to the permanent generation (``gc.freeze``), a full
+  collection scans only what came after. With the wire schema's structs untracked and their
+  arrays tuples, that is about two objects per node: a full pass over a 12,500-node live
+  view takes ~5 ms instead of ~32 ms, and the first evaluation of a mass event (12,500 new
+  alerts) ~90 ms instead of ~125 ms (``bench/bench_alerts.py``).
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Final
+
+__all__ = ["GEN0_THRESHOLD", "configure", "freeze_startup"]
+
+GEN0_THRESHOLD: Final = 10_000
+
+
+def configure() -> None:
+    """Set the daemon's collection thresholds (call once, at start)."""
+    gc.set_threshold(GEN0_THRESHOLD, 10, 10)
+
+
+def freeze_startup() -> None:
+    """Collect once, then exempt every object alive now from later collections."""
+    gc.collect()
+    gc.freeze()
