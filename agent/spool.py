@@ -44,7 +44,7 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -89,6 +89,9 @@ class _Segment:
     records: int
     mtime: float
     """Wall time of the last append (the file's mtime after a restart)."""
+    corrupt_at: set[int] = field(default_factory=set)
+    """Offsets of the corrupt stretches already counted in ``lost`` (each counts once,
+    however often :meth:`Spool.next` reads over it)."""
 
 
 def _frame(payload: bytes) -> bytes:
@@ -141,12 +144,14 @@ class _Scan(NamedTuple):
     """Whole records from ``start`` on."""
     valid_end: int
     """Where the last whole record ends (the file is truncated there when torn)."""
-    corrupt: int
+    corrupt: list[int]
+    """Where each corrupt stretch starts."""
     torn: int
 
 
 def _scan(buf: bytes, start: int) -> _Scan:
-    records = corrupt = torn = 0
+    records = torn = 0
+    corrupt: list[int] = []
     pos = valid_end = start
     while pos < len(buf):
         end = _record_at(buf, pos)
@@ -158,7 +163,7 @@ def _scan(buf: bytes, start: int) -> _Scan:
         if nxt >= len(buf):
             torn += 1  # nothing whole after it: the write a crash cut short
             break
-        corrupt += 1
+        corrupt.append(pos)
         pos = nxt
     return _Scan(records, valid_end, corrupt, torn)
 
@@ -193,7 +198,8 @@ class Spool:
         """This start's boot counter (one more than the previous start's), set by open()."""
         self.lost: Counter[str] = Counter()
         """Samples lost, per reason: ``full``, ``age`` (dropped oldest first), ``torn``,
-        ``corrupt`` (found at open; a corrupt run of bytes counts once), ``memory_full``."""
+        ``corrupt`` (found at open or by :meth:`next`; a corrupt run of bytes counts once,
+        however often it is read), ``memory_full``."""
         self.write_errors = 0
         self.high_water = 0
         """Most samples ever waiting at once."""
@@ -250,8 +256,9 @@ class Spool:
                 with path.open("r+b") as f:
                     f.truncate(scan.valid_end)
             self._count_lost("torn", scan.torn, path=path.name)
-            self._count_lost("corrupt", scan.corrupt, path=path.name)
+            self._count_lost("corrupt", len(scan.corrupt), path=path.name)
             seg = _Segment(seg_id, path, scan.valid_end, scan.records, path.stat().st_mtime)
+            seg.corrupt_at.update(scan.corrupt)
             if not self._segments:
                 self._ack_off = self._read_off = start
                 self._read = seg
@@ -486,8 +493,10 @@ class Spool:
             pos = self._read_off - base
             end = _record_at(buf, pos)
             if end < 0:
-                # Written by this process, so bad bytes here are the disk's doing: skip them.
-                self._count_lost("corrupt", 1, path=seg.path.name)
+                # Found at open (counted there), or the disk's doing since: skip them.
+                if self._read_off not in seg.corrupt_at:
+                    seg.corrupt_at.add(self._read_off)
+                    self._count_lost("corrupt", 1, path=seg.path.name)
                 self._read_off = _resync(self._read_all(seg), self._read_off)
                 continue
             record = SpoolRecord(seg.id, self._read_off, base + end, buf[pos + _HEADER.size : end])

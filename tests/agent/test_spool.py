@@ -183,3 +183,46 @@ def test_an_unreadable_epoch_file_moves_the_epoch_past_any_counter(
     spool = _open(tmp_path)
     assert spool.epoch > 10**12
     spool.close()
+
+
+def test_a_corrupt_stretch_found_at_open_is_counted_once_however_often_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """A corrupt record in the middle of a segment counts once: at open, not again when
+    next() reads over it, nor after a rewind() reads over it a second time."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    data = bytearray(seg.read_bytes())
+    data[4 * (len(data) // 10) + 30] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    again = _open(tmp_path)
+    assert again.lost["corrupt"] == 1
+    assert _drain(again, ack=False) == items[:4] + items[5:]
+    again.rewind()  # a lost connection: everything is read again
+    assert _drain(again) == items[:4] + items[5:]
+    assert again.lost == {"corrupt": 1}
+    again.close()
+
+
+def test_a_record_damaged_after_it_was_written_is_counted_once(tmp_path: Path) -> None:
+    """Bytes the disk damaged after open are found by next(): counted when first read over,
+    not again when a rewind() reads over them again."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    (seg,) = tmp_path.glob("seg-*.log")
+    record_len = seg.stat().st_size // 10
+    with seg.open("r+b") as f:
+        f.seek(6 * record_len + 30)
+        f.write(b"\x00\x01\x02")
+    assert _drain(spool, ack=False) == items[:6] + items[7:]
+    assert spool.lost == {"corrupt": 1}
+    spool.rewind()
+    assert _drain(spool) == items[:6] + items[7:]
+    assert spool.lost == {"corrupt": 1}
+    spool.close()
