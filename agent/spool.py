@@ -16,7 +16,8 @@ the length bytes and the payload. Each record is written with one ``write(2)``. 
 segment is read through: a record cut short at the end of a file (a crash mid-write) is
 *torn*: counted, and the file truncated to the last whole record; a bad record in the middle
 (CRC, magic or length wrong) is *corrupt*: counted, and skipped by searching for the next
-magic that starts a record whose CRC holds. Neither stops the agent.
+magic that starts a record whose CRC holds. Neither stops the agent, nor does a stray
+entry named like a segment that is not a regular file (skipped, with a warning).
 
 Durability: appends go to the page cache (an agent crash loses nothing); :meth:`Spool.sync`
 ``fsync``\\s the tail, rolled segments and the directory, and the agent runs it in a worker
@@ -243,7 +244,12 @@ class Spool:
                 seg_id = int(path.stem[4:], 16)
             except ValueError:
                 continue
-            self._next_id = max(self._next_id, seg_id + 1)
+            self._next_id = max(self._next_id, seg_id + 1)  # never reuse the name
+            if not path.is_file():
+                # Not written by a spool (it creates regular files only), so it holds none of
+                # its samples: nothing to count as lost. A FIFO would block a read forever.
+                log.warning("spool_entry_skipped", path=path.name, reason="not a regular file")
+                continue
             if cursor is not None and seg_id < cursor[0]:
                 path.unlink()  # acknowledged before the restart
                 continue

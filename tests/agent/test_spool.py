@@ -226,3 +226,46 @@ def test_a_record_damaged_after_it_was_written_is_counted_once(tmp_path: Path) -
     assert _drain(spool) == items[:6] + items[7:]
     assert spool.lost == {"corrupt": 1}
     spool.close()
+
+
+@pytest.mark.parametrize("seg_id", [0, 1, 9], ids=["before-cursor", "at-cursor", "after-last"])
+def test_a_directory_named_like_a_segment_is_skipped_with_a_warning(
+    tmp_path: Path, seg_id: int
+) -> None:
+    """A stray directory ``seg-*.log`` (before the cursor, where a segment was, or past the
+    last) does not stop open(): it is left alone with a warning, the samples are read, and
+    new segments are not written over its name."""
+    spool = _open(tmp_path, segment_bytes=2048)
+    items = _payloads(12)  # 270-byte records: 7 in segment 0, 5 in segment 1
+    for p in items:
+        spool.append(p)
+    for _ in range(7):  # segment 0 is acknowledged and deleted: the cursor is in segment 1
+        record = spool.next()
+        assert record is not None
+        spool.ack(record)
+    spool.close()
+    assert [p.name for p in tmp_path.glob("seg-*.log")] == ["seg-0000000000000001.log"]
+    stray = tmp_path / f"seg-{seg_id:016x}.log"
+    stray.unlink(missing_ok=True)  # at-cursor: segment 1 (5 samples) was lost to it
+    stray.mkdir()
+    with capture_logs() as logs:
+        again = _open(tmp_path, segment_bytes=2048)
+    skipped = [e for e in logs if e["event"] == "spool_entry_skipped"]
+    assert [(e["path"], e["log_level"]) for e in skipped] == [(stray.name, "warning")]
+    again.append(b"after the restart")
+    assert again.write_errors == 0
+    expected = items[7:] if seg_id != 1 else []
+    assert _drain(again) == [*expected, b"after the restart"]
+    assert stray.is_dir()
+    again.close()
+
+
+def test_a_fifo_named_like_a_segment_does_not_block_open(tmp_path: Path) -> None:
+    """A FIFO ``seg-*.log`` would block a read forever: open() skips it with a warning."""
+    os.mkfifo(tmp_path / "seg-0000000000000000.log")
+    with capture_logs() as logs:
+        spool = _open(tmp_path)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["spool_entry_skipped"]
+    spool.append(b"one")
+    assert _drain(spool) == [b"one"]
+    spool.close()
