@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from shared.logging import get_logger
+from shared.schema import MAX_COUNTER
 
 __all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "segment_bytes_for"]
 
@@ -64,7 +65,8 @@ _CURSOR_BYTES: Final = _CURSOR.size + 4
 _MIN_SEGMENT: Final = 64 * 1024
 _MAX_SEGMENT: Final = 16 * 1024 * 1024
 _READ_AHEAD: Final = 256 * 1024
-_MAX_EPOCH: Final = 2**53 - 1
+_MAX_EPOCH: Final = MAX_COUNTER
+"""The wire schema's bound on ``epoch``."""
 
 
 def segment_bytes_for(max_bytes: int) -> int:
@@ -302,13 +304,19 @@ class Spool:
             stored = int(path.read_text().strip())
             if stored < 0:  # never written so; kept, every sample would carry an invalid epoch
                 raise ValueError(f"negative epoch {stored}")
+            if stored >= _MAX_EPOCH:
+                # Never counted to (a start a millisecond for ~285,000 years); kept, the epoch
+                # would stay at the bound and no later start would show.
+                raise ValueError(f"epoch {stored} at or over the bound {_MAX_EPOCH}")
             epoch = stored + 1
         except FileNotFoundError:
             epoch = 0
-        except ValueError:
-            # Unreadable: the wall clock in ms is above any count a counter reached.
+        except ValueError as exc:
+            # Unreadable: the wall clock in ms is above any count a counter reached from 0.
+            # From the bound it is a step down: the collector's live view takes this start
+            # for an older epoch until it restarts (stored gaps are per epoch, unaffected).
             epoch = int(self._clock() * 1000)
-            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch)
+            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch, error=str(exc))
         epoch = min(epoch, _MAX_EPOCH)
         tmp = path.with_suffix(".tmp")
         with tmp.open("w") as f:

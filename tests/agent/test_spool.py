@@ -269,3 +269,34 @@ def test_a_fifo_named_like_a_segment_does_not_block_open(tmp_path: Path) -> None
     spool.append(b"one")
     assert _drain(spool) == [b"one"]
     spool.close()
+
+
+@pytest.mark.parametrize("stored", [2**53 - 1, 2**53, 2**64], ids=["at-bound", "over", "far-over"])
+def test_an_epoch_file_at_the_bound_starts_again_from_the_wall_clock(
+    tmp_path: Path, stored: int
+) -> None:
+    """No count can reach the schema's bound (2**53 - 1), so a file there is damaged like an
+    unreadable one: the epoch becomes the wall clock in ms (warned), and later starts count
+    up from it, each visible as a new epoch instead of all staying at the bound."""
+    (tmp_path / "epoch").write_text(f"{stored}\n")
+    clock = 1_750_000_000.5
+
+    def start() -> Spool:
+        spool = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, clock=lambda: clock)
+        spool.open()
+        spool.close()
+        return spool
+
+    with capture_logs() as logs:
+        first = start()
+    assert first.epoch == 1_750_000_000_500
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["spool_epoch_unreadable"]
+    assert [start().epoch, start().epoch] == [1_750_000_000_501, 1_750_000_000_502]
+
+
+def test_the_last_epoch_below_the_bound_is_still_counted_to(tmp_path: Path) -> None:
+    """A count one below the bound still moves on by one, to the bound itself."""
+    (tmp_path / "epoch").write_text(f"{2**53 - 2}\n")
+    spool = _open(tmp_path)
+    assert spool.epoch == 2**53 - 1
+    spool.close()
