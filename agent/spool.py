@@ -32,13 +32,13 @@ so a drop removes about 3 % of the spool at once.
 
 If a write fails (disk full, I/O error), the record is kept in memory instead, up to
 ``memory_records``, and later records follow it there until it is sent: order holds and the
-agent keeps publishing on a full disk.
+agent keeps publishing on a full disk. A failed write that cannot be truncated away ends
+its segment: the next write starts a new one, never after bytes the spool does not know.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import struct
 import time
@@ -397,9 +397,15 @@ class Spool:
         except OSError as exc:
             self.write_errors += 1
             if tail is not None and self._wfd is not None:
-                # No torn record left behind; failing that, the reader skips it as corrupt.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._wfd, tail.size)
+                try:
+                    os.ftruncate(self._wfd, tail.size)  # no torn record left behind
+                except OSError as trunc_exc:
+                    # Bytes of unknown length after the last record: the next append would go
+                    # after them (O_APPEND) at an offset the spool does not know. Roll instead;
+                    # a restart's scan cuts them off as torn.
+                    log.warning("spool_truncate_failed", path=tail.path.name, error=str(trunc_exc))
+                    self._to_sync.append(self._wfd)  # the syncer fsyncs and closes it
+                    self._wfd = None
             if self.write_errors == 1 or self.write_errors % 100 == 0:
                 log.warning(
                     "spool_write_failed",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -300,3 +304,52 @@ def test_the_last_epoch_below_the_bound_is_still_counted_to(tmp_path: Path) -> N
     spool = _open(tmp_path)
     assert spool.epoch == 2**53 - 1
     spool.close()
+
+
+@contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """RLIMIT_FSIZE for this process: a write(2) crossing ``limit`` is cut short there."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_after_a_cut_short_write_that_cannot_be_truncated_the_spool_rolls(
+    tmp_path: Path,
+) -> None:
+    """A write cut short (the file size limit) leaves bytes the spool does not know; when the
+    ftruncate that should remove them fails too (a memfd sealed against shrinking), later
+    records go to a new segment, never after those bytes: each is read back once, nothing
+    counted lost."""
+    memfd = os.memfd_create("segment", os.MFD_ALLOW_SEALING)
+    try:
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        spool = _open(tmp_path)
+        os.symlink(f"/proc/self/fd/{memfd}", tmp_path / "seg-0000000000000000.log")
+        items = _payloads(6)
+        for p in items[:3]:
+            spool.append(p)
+        # capture_logs: the warning goes to a list, not to a (size-limited) output file.
+        with capture_logs() as logs, _file_size_limit(os.fstat(memfd).st_size + 5):
+            spool.append(items[3])  # 5 bytes of it reach the file, then it waits in memory
+        assert [(e["event"], e["error"]) for e in logs] == [
+            ("spool_truncate_failed", "[Errno 1] Operation not permitted"),
+            ("spool_write_failed", "short write: 5 of 270 bytes"),
+        ]
+        assert spool.write_errors == 1
+        with pytest.raises(PermissionError):
+            os.ftruncate(memfd, 0)  # what the spool's ftruncate met
+        assert _drain(spool) == items[:4]
+        for p in items[4:]:
+            spool.append(p)
+        assert _drain(spool) == items[4:]
+        assert spool.lost == {}
+        assert os.fstat(memfd).st_size == 3 * 270 + 5  # nothing appended after the 5 bytes
+        assert [p.name for p in tmp_path.glob("seg-*.log")] == ["seg-0000000000000001.log"]
+        assert spool.write_errors == 1
+        spool.close()
+    finally:
+        os.close(memfd)
