@@ -16,7 +16,8 @@ the length bytes and the payload. Each record is written with one ``write(2)``. 
 segment is read through: a record cut short at the end of a file (a crash mid-write) is
 *torn*: counted, and the file truncated to the last whole record; a bad record in the middle
 (CRC, magic or length wrong) is *corrupt*: counted, and skipped by searching for the next
-magic that starts a record whose CRC holds. Neither stops the agent.
+magic that starts a record whose CRC holds. Neither stops the agent, nor does a stray
+entry named like a segment that is not a regular file (skipped, with a warning).
 
 Durability: appends go to the page cache (an agent crash loses nothing); :meth:`Spool.sync`
 ``fsync``\\s the tail, rolled segments and the directory, and the agent runs it in a worker
@@ -31,24 +32,25 @@ so a drop removes about 3 % of the spool at once.
 
 If a write fails (disk full, I/O error), the record is kept in memory instead, up to
 ``memory_records``, and later records follow it there until it is sent: order holds and the
-agent keeps publishing on a full disk.
+agent keeps publishing on a full disk. A failed write that cannot be truncated away ends
+its segment: the next write starts a new one, never after bytes the spool does not know.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import struct
 import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from shared.logging import get_logger
+from shared.schema import MAX_COUNTER
 
 __all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "segment_bytes_for"]
 
@@ -63,7 +65,8 @@ _CURSOR_BYTES: Final = _CURSOR.size + 4
 _MIN_SEGMENT: Final = 64 * 1024
 _MAX_SEGMENT: Final = 16 * 1024 * 1024
 _READ_AHEAD: Final = 256 * 1024
-_MAX_EPOCH: Final = 2**53 - 1
+_MAX_EPOCH: Final = MAX_COUNTER
+"""The wire schema's bound on ``epoch``."""
 
 
 def segment_bytes_for(max_bytes: int) -> int:
@@ -89,6 +92,9 @@ class _Segment:
     records: int
     mtime: float
     """Wall time of the last append (the file's mtime after a restart)."""
+    corrupt_at: set[int] = field(default_factory=set)
+    """Offsets of the corrupt stretches already counted in ``lost`` (each counts once,
+    however often :meth:`Spool.next` reads over it)."""
 
 
 def _frame(payload: bytes) -> bytes:
@@ -141,12 +147,14 @@ class _Scan(NamedTuple):
     """Whole records from ``start`` on."""
     valid_end: int
     """Where the last whole record ends (the file is truncated there when torn)."""
-    corrupt: int
+    corrupt: list[int]
+    """Where each corrupt stretch starts."""
     torn: int
 
 
 def _scan(buf: bytes, start: int) -> _Scan:
-    records = corrupt = torn = 0
+    records = torn = 0
+    corrupt: list[int] = []
     pos = valid_end = start
     while pos < len(buf):
         end = _record_at(buf, pos)
@@ -158,7 +166,7 @@ def _scan(buf: bytes, start: int) -> _Scan:
         if nxt >= len(buf):
             torn += 1  # nothing whole after it: the write a crash cut short
             break
-        corrupt += 1
+        corrupt.append(pos)
         pos = nxt
     return _Scan(records, valid_end, corrupt, torn)
 
@@ -193,7 +201,8 @@ class Spool:
         """This start's boot counter (one more than the previous start's), set by open()."""
         self.lost: Counter[str] = Counter()
         """Samples lost, per reason: ``full``, ``age`` (dropped oldest first), ``torn``,
-        ``corrupt`` (found at open; a corrupt run of bytes counts once), ``memory_full``."""
+        ``corrupt`` (found at open or by :meth:`next`; a corrupt run of bytes counts once,
+        however often it is read), ``memory_full``."""
         self.write_errors = 0
         self.high_water = 0
         """Most samples ever waiting at once."""
@@ -237,7 +246,12 @@ class Spool:
                 seg_id = int(path.stem[4:], 16)
             except ValueError:
                 continue
-            self._next_id = max(self._next_id, seg_id + 1)
+            self._next_id = max(self._next_id, seg_id + 1)  # never reuse the name
+            if not path.is_file():
+                # Not written by a spool (it creates regular files only), so it holds none of
+                # its samples: nothing to count as lost. A FIFO would block a read forever.
+                log.warning("spool_entry_skipped", path=path.name, reason="not a regular file")
+                continue
             if cursor is not None and seg_id < cursor[0]:
                 path.unlink()  # acknowledged before the restart
                 continue
@@ -250,8 +264,9 @@ class Spool:
                 with path.open("r+b") as f:
                     f.truncate(scan.valid_end)
             self._count_lost("torn", scan.torn, path=path.name)
-            self._count_lost("corrupt", scan.corrupt, path=path.name)
+            self._count_lost("corrupt", len(scan.corrupt), path=path.name)
             seg = _Segment(seg_id, path, scan.valid_end, scan.records, path.stat().st_mtime)
+            seg.corrupt_at.update(scan.corrupt)
             if not self._segments:
                 self._ack_off = self._read_off = start
                 self._read = seg
@@ -289,13 +304,19 @@ class Spool:
             stored = int(path.read_text().strip())
             if stored < 0:  # never written so; kept, every sample would carry an invalid epoch
                 raise ValueError(f"negative epoch {stored}")
+            if stored >= _MAX_EPOCH:
+                # Never counted to (a start a millisecond for ~285,000 years); kept, the epoch
+                # would stay at the bound and no later start would show.
+                raise ValueError(f"epoch {stored} at or over the bound {_MAX_EPOCH}")
             epoch = stored + 1
         except FileNotFoundError:
             epoch = 0
-        except ValueError:
-            # Unreadable: the wall clock in ms is above any count a counter reached.
+        except ValueError as exc:
+            # Unreadable: the wall clock in ms is above any count a counter reached from 0.
+            # From the bound it is a step down: the collector's live view takes this start
+            # for an older epoch until it restarts (stored gaps are per epoch, unaffected).
             epoch = int(self._clock() * 1000)
-            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch)
+            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch, error=str(exc))
         epoch = min(epoch, _MAX_EPOCH)
         tmp = path.with_suffix(".tmp")
         with tmp.open("w") as f:
@@ -376,9 +397,15 @@ class Spool:
         except OSError as exc:
             self.write_errors += 1
             if tail is not None and self._wfd is not None:
-                # No torn record left behind; failing that, the reader skips it as corrupt.
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._wfd, tail.size)
+                try:
+                    os.ftruncate(self._wfd, tail.size)  # no torn record left behind
+                except OSError as trunc_exc:
+                    # Bytes of unknown length after the last record: the next append would go
+                    # after them (O_APPEND) at an offset the spool does not know. Roll instead;
+                    # a restart's scan cuts them off as torn.
+                    log.warning("spool_truncate_failed", path=tail.path.name, error=str(trunc_exc))
+                    self._to_sync.append(self._wfd)  # the syncer fsyncs and closes it
+                    self._wfd = None
             if self.write_errors == 1 or self.write_errors % 100 == 0:
                 log.warning(
                     "spool_write_failed",
@@ -486,8 +513,10 @@ class Spool:
             pos = self._read_off - base
             end = _record_at(buf, pos)
             if end < 0:
-                # Written by this process, so bad bytes here are the disk's doing: skip them.
-                self._count_lost("corrupt", 1, path=seg.path.name)
+                # Found at open (counted there), or the disk's doing since: skip them.
+                if self._read_off not in seg.corrupt_at:
+                    seg.corrupt_at.add(self._read_off)
+                    self._count_lost("corrupt", 1, path=seg.path.name)
                 self._read_off = _resync(self._read_all(seg), self._read_off)
                 continue
             record = SpoolRecord(seg.id, self._read_off, base + end, buf[pos + _HEADER.size : end])

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -183,3 +187,169 @@ def test_an_unreadable_epoch_file_moves_the_epoch_past_any_counter(
     spool = _open(tmp_path)
     assert spool.epoch > 10**12
     spool.close()
+
+
+def test_a_corrupt_stretch_found_at_open_is_counted_once_however_often_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """A corrupt record in the middle of a segment counts once: at open, not again when
+    next() reads over it, nor after a rewind() reads over it a second time."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    data = bytearray(seg.read_bytes())
+    data[4 * (len(data) // 10) + 30] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    again = _open(tmp_path)
+    assert again.lost["corrupt"] == 1
+    assert _drain(again, ack=False) == items[:4] + items[5:]
+    again.rewind()  # a lost connection: everything is read again
+    assert _drain(again) == items[:4] + items[5:]
+    assert again.lost == {"corrupt": 1}
+    again.close()
+
+
+def test_a_record_damaged_after_it_was_written_is_counted_once(tmp_path: Path) -> None:
+    """Bytes the disk damaged after open are found by next(): counted when first read over,
+    not again when a rewind() reads over them again."""
+    spool = _open(tmp_path)
+    items = _payloads(10)
+    for p in items:
+        spool.append(p)
+    (seg,) = tmp_path.glob("seg-*.log")
+    record_len = seg.stat().st_size // 10
+    with seg.open("r+b") as f:
+        f.seek(6 * record_len + 30)
+        f.write(b"\x00\x01\x02")
+    assert _drain(spool, ack=False) == items[:6] + items[7:]
+    assert spool.lost == {"corrupt": 1}
+    spool.rewind()
+    assert _drain(spool) == items[:6] + items[7:]
+    assert spool.lost == {"corrupt": 1}
+    spool.close()
+
+
+@pytest.mark.parametrize("seg_id", [0, 1, 9], ids=["before-cursor", "at-cursor", "after-last"])
+def test_a_directory_named_like_a_segment_is_skipped_with_a_warning(
+    tmp_path: Path, seg_id: int
+) -> None:
+    """A stray directory ``seg-*.log`` (before the cursor, where a segment was, or past the
+    last) does not stop open(): it is left alone with a warning, the samples are read, and
+    new segments are not written over its name."""
+    spool = _open(tmp_path, segment_bytes=2048)
+    items = _payloads(12)  # 270-byte records: 7 in segment 0, 5 in segment 1
+    for p in items:
+        spool.append(p)
+    for _ in range(7):  # segment 0 is acknowledged and deleted: the cursor is in segment 1
+        record = spool.next()
+        assert record is not None
+        spool.ack(record)
+    spool.close()
+    assert [p.name for p in tmp_path.glob("seg-*.log")] == ["seg-0000000000000001.log"]
+    stray = tmp_path / f"seg-{seg_id:016x}.log"
+    stray.unlink(missing_ok=True)  # at-cursor: segment 1 (5 samples) was lost to it
+    stray.mkdir()
+    with capture_logs() as logs:
+        again = _open(tmp_path, segment_bytes=2048)
+    skipped = [e for e in logs if e["event"] == "spool_entry_skipped"]
+    assert [(e["path"], e["log_level"]) for e in skipped] == [(stray.name, "warning")]
+    again.append(b"after the restart")
+    assert again.write_errors == 0
+    expected = items[7:] if seg_id != 1 else []
+    assert _drain(again) == [*expected, b"after the restart"]
+    assert stray.is_dir()
+    again.close()
+
+
+def test_a_fifo_named_like_a_segment_does_not_block_open(tmp_path: Path) -> None:
+    """A FIFO ``seg-*.log`` would block a read forever: open() skips it with a warning."""
+    os.mkfifo(tmp_path / "seg-0000000000000000.log")
+    with capture_logs() as logs:
+        spool = _open(tmp_path)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["spool_entry_skipped"]
+    spool.append(b"one")
+    assert _drain(spool) == [b"one"]
+    spool.close()
+
+
+@pytest.mark.parametrize("stored", [2**53 - 1, 2**53, 2**64], ids=["at-bound", "over", "far-over"])
+def test_an_epoch_file_at_the_bound_starts_again_from_the_wall_clock(
+    tmp_path: Path, stored: int
+) -> None:
+    """No count can reach the schema's bound (2**53 - 1), so a file there is damaged like an
+    unreadable one: the epoch becomes the wall clock in ms (warned), and later starts count
+    up from it, each visible as a new epoch instead of all staying at the bound."""
+    (tmp_path / "epoch").write_text(f"{stored}\n")
+    clock = 1_750_000_000.5
+
+    def start() -> Spool:
+        spool = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, clock=lambda: clock)
+        spool.open()
+        spool.close()
+        return spool
+
+    with capture_logs() as logs:
+        first = start()
+    assert first.epoch == 1_750_000_000_500
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["spool_epoch_unreadable"]
+    assert [start().epoch, start().epoch] == [1_750_000_000_501, 1_750_000_000_502]
+
+
+def test_the_last_epoch_below_the_bound_is_still_counted_to(tmp_path: Path) -> None:
+    """A count one below the bound still moves on by one, to the bound itself."""
+    (tmp_path / "epoch").write_text(f"{2**53 - 2}\n")
+    spool = _open(tmp_path)
+    assert spool.epoch == 2**53 - 1
+    spool.close()
+
+
+@contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """RLIMIT_FSIZE for this process: a write(2) crossing ``limit`` is cut short there."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_after_a_cut_short_write_that_cannot_be_truncated_the_spool_rolls(
+    tmp_path: Path,
+) -> None:
+    """A write cut short (the file size limit) leaves bytes the spool does not know; when the
+    ftruncate that should remove them fails too (a memfd sealed against shrinking), later
+    records go to a new segment, never after those bytes: each is read back once, nothing
+    counted lost."""
+    memfd = os.memfd_create("segment", os.MFD_ALLOW_SEALING)
+    try:
+        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        spool = _open(tmp_path)
+        os.symlink(f"/proc/self/fd/{memfd}", tmp_path / "seg-0000000000000000.log")
+        items = _payloads(6)
+        for p in items[:3]:
+            spool.append(p)
+        # capture_logs: the warning goes to a list, not to a (size-limited) output file.
+        with capture_logs() as logs, _file_size_limit(os.fstat(memfd).st_size + 5):
+            spool.append(items[3])  # 5 bytes of it reach the file, then it waits in memory
+        assert [(e["event"], e["error"]) for e in logs] == [
+            ("spool_truncate_failed", "[Errno 1] Operation not permitted"),
+            ("spool_write_failed", "short write: 5 of 270 bytes"),
+        ]
+        assert spool.write_errors == 1
+        with pytest.raises(PermissionError):
+            os.ftruncate(memfd, 0)  # what the spool's ftruncate met
+        assert _drain(spool) == items[:4]
+        for p in items[4:]:
+            spool.append(p)
+        assert _drain(spool) == items[4:]
+        assert spool.lost == {}
+        assert os.fstat(memfd).st_size == 3 * 270 + 5  # nothing appended after the 5 bytes
+        assert [p.name for p in tmp_path.glob("seg-*.log")] == ["seg-0000000000000001.log"]
+        assert spool.write_errors == 1
+        spool.close()
+    finally:
+        os.close(memfd)
