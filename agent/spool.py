@@ -273,6 +273,7 @@ class Spool:
             self._segments.append(seg)
             self._bytes += seg.size
             self._records += seg.records
+            del data, scan  # one segment in memory at a time (a day's spool: 16 vs 32 MiB peak)
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self.expire(now)
         self._enforce_bytes()
