@@ -26,6 +26,12 @@ from tests.integration.conftest import CollectorRunner
 pytestmark = pytest.mark.integration
 
 
+async def _cli(*args: str) -> tuple[int, str, str]:
+    """A command beside the running collector: in a thread, as it would be in its own
+    process (on the collector's loop, its write could wait on the writer that waits on it)."""
+    return await asyncio.to_thread(cli, *args)
+
+
 async def _publish_fleet(broker: MosquittoBroker, sim: FleetSimulator, utils: list[float],
                          stop: asyncio.Event) -> None:  # fmt: skip
     """Node 0's GPUs at ``utils``, node 1 idle, a sample of each every 0.3 s until ``stop``."""
@@ -88,8 +94,8 @@ async def test_quota_alerts_fire_on_both_bases(
             lambda: value(collector.ingest_metrics.samples) >= 4, what="samples stored"
         )
         today = dt.datetime.now(dt.UTC).date().isoformat()
-        assert cli("quota", "set", "a", "--db", db, "--nominal", "8")[0] == 0
-        code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes",
+        assert (await _cli("quota", "set", "a", "--db", db, "--nominal", "8"))[0] == 0
+        code, _, err = await _cli("lease", "add", "--db", db, "--tenant", "a", "--nodes",
                            ",".join(sim.node_ids), "--start", today, "--force")  # fmt: skip
         assert (code, err) == (0, "")
         await wait_until(
@@ -107,7 +113,7 @@ async def test_quota_alerts_fire_on_both_bases(
             lambda: _firing(collector_runner) == {("QuotaExceeded", "allocated", "gpus")},
             what="measured back under 90 %",
         )
-        assert cli("quota", "set", "a", "--db", db, "--nominal", "7.5")[0] == 0  # now 93 %
+        assert (await _cli("quota", "set", "a", "--db", db, "--nominal", "7.5"))[0] == 0  # now 93 %
         await wait_until(
             lambda: (
                 _firing(collector_runner)
@@ -118,7 +124,7 @@ async def test_quota_alerts_fire_on_both_bases(
             ),
             what="QuotaHigh (measured) after the nominal was lowered",
         )
-        code, out, _ = cli("quota", "show", "a", "--db", db, "--json")
+        code, out, _ = await _cli("quota", "show", "a", "--db", db, "--json")
         rows = {r["basis"]: r for r in json.loads(out)["quotas"]}
         assert (rows["allocated"]["in_use"], rows["measured"]["in_use"]) == (16, 7)
 
@@ -167,11 +173,11 @@ async def test_lease_rules_fire_from_live_data(
         )
         today = dt.datetime.now(dt.UTC).date()
         old, new = sim.node_ids
-        code, _, err = cli("lease", "add", "--db", db, "--tenant", "gone", "--nodes", old,
+        code, _, err = await _cli("lease", "add", "--db", db, "--tenant", "gone", "--nodes", old,
                            "--start", (today - dt.timedelta(days=40)).isoformat(),
                            "--duration", "30d", "--name", "ended")  # fmt: skip
         assert (code, err) == (0, "")
-        code, _, err = cli("lease", "add", "--db", db, "--tenant", "here", "--nodes", new,
+        code, _, err = await _cli("lease", "add", "--db", db, "--tenant", "here", "--nodes", new,
                            "--start", (today - dt.timedelta(days=10)).isoformat(),
                            "--duration", "100d", "--notice", "90d", "--name", "due")  # fmt: skip
         assert (code, err) == (0, "")
@@ -185,7 +191,7 @@ async def test_lease_rules_fire_from_live_data(
             lambda: firing() == {("LeaseExpiredInUse", "ended"), ("LeaseNoticeDeadline", "due")},
             what="LeaseExpiredInUse and LeaseNoticeDeadline",
         )
-        assert cli("lease", "cancel", "due", "--db", db)[0] == 0
+        assert (await _cli("lease", "cancel", "due", "--db", db))[0] == 0
         await wait_until(
             lambda: firing() == {("LeaseExpiredInUse", "ended")}, what="notice recorded"
         )
