@@ -33,6 +33,9 @@ _DGX_H100_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
 _MIB = 1024 * 1024
 _GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle
 _SW_POWER_CAP = 0x4  # nvmlClocksEventReasonSwPowerCap
+_HBM3_CLOCK_MHZ = 2619  # H100 SXM's memory clock, the same under load and idle
+_MEM_RESERVED = 512 * _MIB
+_CODEC_PERIOD_US = 167_000  # NVML's encoder/decoder sampling period on recent GPUs
 
 
 @dataclass(slots=True)
@@ -46,6 +49,7 @@ class _FakeGpu:
     omega: float
     energy_offset_mj: float
     unsupported: frozenset[str]
+    pcie_replays: int
     lost: bool = False
 
 
@@ -61,7 +65,10 @@ class FakeNvml:
 
     ``mode`` makes ``nvmlInit`` fail as on a node without the library, the driver, or the
     permission. ``unsupported`` maps a GPU index to pynvml function names that raise
-    ``NVMLError_NotSupported`` there; ``missing_functions`` raise
+    ``NVMLError_NotSupported`` there, or to ``NVML_CLOCK_MEM`` (that clock type alone is
+    unsupported) and ``NVML_FI_DEV_MEMORY_TEMP`` (``nvmlDeviceGetFieldValues`` succeeds and
+    that field's own status says NotSupported, as on a GPU without a memory sensor);
+    ``missing_functions`` raise
     ``NVMLError_FunctionNotFound`` everywhere (an older driver; ``nvmlDeviceGetMemoryInfo_v2``
     names the versioned memory call). ``load_pct`` pins every GPU's utilisation; ``None``
     gives each GPU its own slow sine between 5 and 95 %. Every device call is counted in
@@ -85,6 +92,15 @@ class FakeNvml:
 
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
     NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
+    NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
+    NVML_FI_DEV_MEMORY_TEMP = pynvml.NVML_FI_DEV_MEMORY_TEMP
+    NVML_SUCCESS = pynvml.NVML_SUCCESS
+    NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
+    NVML_VALUE_TYPE_DOUBLE = pynvml.NVML_VALUE_TYPE_DOUBLE
+    NVML_VALUE_TYPE_UNSIGNED_INT = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+    NVML_VALUE_TYPE_UNSIGNED_LONG = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG = pynvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG
     NVML_MEMORY_ERROR_TYPE_CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
     NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
@@ -143,6 +159,7 @@ class FakeNvml:
                 omega=2 * math.pi / rng.uniform(60.0, 180.0),
                 energy_offset_mj=0.0,
                 unsupported=frozenset(unsupported.get(i, ())),
+                pcie_replays=i,  # a few replays since driver load; each GPU its own count
             )
             # The counter starts where a driver loaded some hours ago would be.
             gpu.energy_offset_mj = rng.uniform(1e9, 5e9) - 1000 * self._energy_j(gpu, now)
@@ -302,7 +319,7 @@ class FakeNvml:
             raise self.NVMLError_ArgumentVersionMismatch()
         used = self._mem_used(gpu, self._clock.monotonic())
         if version:
-            reserved = 512 * _MIB
+            reserved = _MEM_RESERVED
             return pynvml.c_nvmlMemory_v2_t(
                 version=version,
                 total=self._mem_total,
@@ -336,11 +353,46 @@ class FakeNvml:
         return round(30 + 0.07 * self._power_w(gpu, self._clock.monotonic()))
 
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
-        """SM clock in MHz: boost under load, idle clock otherwise."""
+        """SM clock in MHz (boost under load, idle clock otherwise), or the memory clock."""
         gpu = self._device(handle, "nvmlDeviceGetClockInfo")
+        if clock_type == pynvml.NVML_CLOCK_MEM:
+            if "NVML_CLOCK_MEM" in gpu.unsupported:
+                raise self.NVMLError_NotSupported()
+            return _HBM3_CLOCK_MHZ
         if clock_type != pynvml.NVML_CLOCK_SM:
             raise self.NVMLError_InvalidArgument()
         return 1980 if self._util(gpu, self._clock.monotonic()) >= 5 else 345
+
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:
+        """``c_nvmlFieldValue_t`` per field: memory temperature (°C, rising with power, 5 °C
+        above the GPU's); any other field's status is NotSupported."""
+        gpu = self._device(handle, "nvmlDeviceGetFieldValues")
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for fv, field_id in zip(values, field_ids, strict=True):
+            fv.fieldId = field_id
+            if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and (
+                "NVML_FI_DEV_MEMORY_TEMP" not in gpu.unsupported
+            ):
+                fv.nvmlReturn = pynvml.NVML_SUCCESS
+                fv.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                fv.value.uiVal = round(35 + 0.07 * self._power_w(gpu, self._clock.monotonic()))
+            else:
+                fv.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
+        """``[utilisation %, sampling period us]``: a little video encoding with the load."""
+        gpu = self._device(handle, "nvmlDeviceGetEncoderUtilization")
+        return [round(self._util(gpu, self._clock.monotonic()) * 0.05), _CODEC_PERIOD_US]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
+        """``[utilisation %, sampling period us]``: data-loader decoding, twice the encoder."""
+        gpu = self._device(handle, "nvmlDeviceGetDecoderUtilization")
+        return [round(self._util(gpu, self._clock.monotonic()) * 0.1), _CODEC_PERIOD_US]
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: Any) -> int:
+        """PCIe replays since driver load: the GPU's index (constant)."""
+        return self._device(handle, "nvmlDeviceGetPcieReplayCounter").pcie_replays
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:
         """Bitmask: GPU idle, or software power cap near the limit."""

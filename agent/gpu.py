@@ -33,6 +33,7 @@ from shared.schema import (
     MAX_GPU_POWER_W,
     MAX_GPUS,
     MAX_MODEL_NAME_LEN,
+    MAX_PCIE_REPLAYS,
     MAX_PID,
     MAX_PROCESSES_PER_GPU,
     MAX_PSTATE,
@@ -153,6 +154,15 @@ class NvmlModule(Protocol):
 
     NVML_TEMPERATURE_GPU: int
     NVML_CLOCK_SM: int
+    NVML_CLOCK_MEM: int
+    NVML_FI_DEV_MEMORY_TEMP: int
+    NVML_SUCCESS: int
+    NVML_ERROR_NOT_SUPPORTED: int
+    NVML_VALUE_TYPE_DOUBLE: int
+    NVML_VALUE_TYPE_UNSIGNED_INT: int
+    NVML_VALUE_TYPE_UNSIGNED_LONG: int
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: int
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG: int
     NVML_MEMORY_ERROR_TYPE_CORRECTED: int
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED: int
     NVML_VOLATILE_ECC: int
@@ -178,6 +188,10 @@ class NvmlModule(Protocol):
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int, /) -> int: ...
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int, /) -> int: ...
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int], /) -> Any: ...
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any, /) -> Sequence[int]: ...
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any, /) -> Sequence[int]: ...
+    def nvmlDeviceGetPcieReplayCounter(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetPerformanceState(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any, /) -> list[Any]: ...
     def nvmlDeviceGetTotalEccErrors(
@@ -245,6 +259,7 @@ class NvmlBackend:
         self._event_set: Any = None
         self._reasons_calls: tuple[tuple[str, Callable[[Any], int]], ...] = ()
         self._unsupported_errors: tuple[type[Exception], ...] = ()
+        self._field_value_attrs: dict[int, str] = {}
 
     @property
     def _nvml(self) -> NvmlModule:
@@ -312,6 +327,14 @@ class NvmlBackend:
             nvml.NVMLError_ArgumentVersionMismatch,
             *((mismatch,) if mismatch is not None else ()),  # unversioned call, older driver
         )
+        # c_nvmlValue_t's member for each value type a field may come back as.
+        self._field_value_attrs = {
+            nvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+            nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        }
         # The newer name first (R535 drivers on); the older one is slated for removal.
         self._reasons_calls = tuple(
             (field_name, getattr(nvml, function))
@@ -384,6 +407,10 @@ class NvmlBackend:
             energy_j = b.optional(energy_mj / 1000, "gpus[].energy_j", MAX_ENERGY_J)
         temp = call(dev, "temperature", nvml.nvmlDeviceGetTemperature, nvml.NVML_TEMPERATURE_GPU)
         sm_clock = call(dev, "sm_clock", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM)
+        mem_clock = call(dev, "mem_clock", nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM)
+        enc = call(dev, "encoder_utilization", nvml.nvmlDeviceGetEncoderUtilization)
+        dec = call(dev, "decoder_utilization", nvml.nvmlDeviceGetDecoderUtilization)
+        replays = call(dev, "pcie_replays", nvml.nvmlDeviceGetPcieReplayCounter)
         reasons = self._first(dev, *self._reasons_calls)
         pstate = call(dev, "pstate", nvml.nvmlDeviceGetPerformanceState)
         procs = call(dev, "processes", nvml.nvmlDeviceGetComputeRunningProcesses)
@@ -416,6 +443,22 @@ class NvmlBackend:
             processes=tuple(_processes(b, procs)) if procs else (),
             ecc=self._ecc(dev) if slow else None,
             remapped_rows=self._remapped_rows(dev) if slow else None,
+            mem_clock_mhz=b.optional_int(mem_clock, "gpus[].mem_clock_mhz", MAX_CLOCK_MHZ),
+            mem_temp_c=b.optional(
+                self._memory_temp(dev), "gpus[].mem_temp_c", MAX_TEMP_C, MIN_TEMP_C
+            ),
+            # [utilisation %, sampling period in us]
+            enc_util_pct=b.optional(enc[0], "gpus[].enc_util_pct", 100.0) if enc else None,
+            dec_util_pct=b.optional(dec[0], "gpus[].dec_util_pct", 100.0) if dec else None,
+            pcie_replays=b.optional_int(replays, "gpus[].pcie_replays", MAX_PCIE_REPLAYS),
+            mem_reserved_bytes=(
+                # Only the v2 struct has it: the v1 fallback (drivers before R510) leaves None.
+                b.optional_int(
+                    getattr(mem, "reserved", None), "gpus[].mem_reserved_bytes", MAX_GPU_MEM_BYTES
+                )
+                if mem is not None
+                else None
+            ),
         )
 
     def _memory(self, dev: _Device) -> Any:
@@ -423,6 +466,34 @@ class NvmlBackend:
         get = nvml.nvmlDeviceGetMemoryInfo
         # v2 reports "used" without the driver's reservation; drivers before R510 lack it.
         return self._first(dev, ("memory_v2", get, nvml.nvmlMemory_v2), ("memory", get))
+
+    def _memory_temp(self, dev: _Device) -> float | None:
+        """``NVML_FI_DEV_MEMORY_TEMP`` in °C. NVML answers a field request per field: the call
+        succeeds and the field's own status says NotSupported on GPUs without the sensor."""
+        nvml = self._nvml
+        name = "mem_temp"
+        values = self._call(
+            dev, name, nvml.nvmlDeviceGetFieldValues, [nvml.NVML_FI_DEV_MEMORY_TEMP]
+        )
+        if values is None:
+            return None
+        fv = values[0]
+        if fv.nvmlReturn != nvml.NVML_SUCCESS:
+            if fv.nvmlReturn == nvml.NVML_ERROR_NOT_SUPPORTED:
+                dev.unsupported.add(name)
+                self._log.debug("gpu_field_unsupported", gpu=dev.index, field=name)
+            elif (name, str(fv.nvmlReturn)) not in dev.logged_errors:
+                dev.logged_errors.add((name, str(fv.nvmlReturn)))
+                self._log.warning(
+                    "gpu_read_failed", gpu=dev.index, field=name, nvml_return=fv.nvmlReturn
+                )
+            return None
+        attr = self._field_value_attrs.get(fv.valueType)
+        if attr is None:  # a value type this agent does not know: garbage, not a temperature
+            dev.bounds.rejected("gpus[].mem_temp_c", f"value type {fv.valueType}")
+            return None
+        value: float = getattr(fv.value, attr)
+        return value
 
     def _ecc(self, dev: _Device) -> GpuEcc | None:
         nvml = self._nvml

@@ -170,6 +170,8 @@ def dcgm_families(
     remapped = remapped or {}
     f = {
         "sm_clock": _Dcgm("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM clock frequency (in MHz)."),
+        "mem_clock": _Dcgm("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock frequency (in MHz)."),
+        "mem_temp": _Dcgm("DCGM_FI_DEV_MEMORY_TEMP", "gauge", "Memory temperature (in C)."),
         "temp": _Dcgm("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
         "power": _Dcgm("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
         "energy": _Dcgm(
@@ -177,8 +179,13 @@ def dcgm_families(
             "counter",
             "Total energy consumption since boot (in mJ).",
         ),
+        "replays": _Dcgm(
+            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "counter", "Total number of PCIe retries."
+        ),
         "util": _Dcgm("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
         "mem_util": _Dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory utilization (in %)."),
+        "enc_util": _Dcgm("DCGM_FI_DEV_ENC_UTIL", "gauge", "Encoder utilization (in %)."),
+        "dec_util": _Dcgm("DCGM_FI_DEV_DEC_UTIL", "gauge", "Decoder utilization (in %)."),
         # NVIDIA's dcgm-exporter dashboard draws utilisation from this profiling field, which
         # NVML lacks; NVML's kernel-active share of time is the nearest figure, so it stands in
         # (as a ratio, like the field) and says so in its help text.
@@ -192,6 +199,11 @@ def dcgm_families(
         "fb_free": _Dcgm("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
         "fb_used": _Dcgm("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
         "fb_total": _Dcgm("DCGM_FI_DEV_FB_TOTAL", "gauge", "Framebuffer memory total (in MiB)."),
+        # Not in dcgm-exporter's default counters, but DCGM's field of that name (NVML's v2
+        # memory info), which dcgm-exporter exports when a counters file lists it.
+        "fb_reserved": _Dcgm(
+            "DCGM_FI_DEV_FB_RESERVED", "gauge", "Framebuffer memory reserved (in MiB)."
+        ),
         "pstate": _Dcgm("DCGM_FI_DEV_PSTATE", "gauge", "Performance state (P-State) 0-15."),
         # DCGM 3.3 renamed the field (NVML's "throttle" became "clock event"); dcgm-exporter
         # exports the new name. The old one stays for one release (README: Deprecated).
@@ -253,18 +265,27 @@ def dcgm_families(
         info = _gpu_info(inventory, gpu.uuid)
         labels = _gpu_labels(gpu, info, inventory, hostname_label)
         f["sm_clock"].add(labels, gpu.sm_clock_mhz)
+        f["mem_clock"].add(labels, gpu.mem_clock_mhz)
+        f["mem_temp"].add(labels, gpu.mem_temp_c)
         f["temp"].add(labels, gpu.temp_c)
         f["power"].add(labels, gpu.power_w)
         f["energy"].add(labels, None if gpu.energy_j is None else gpu.energy_j * 1000.0)
+        f["replays"].add(labels, gpu.pcie_replays)
         f["util"].add(labels, gpu.util_pct)
         f["mem_util"].add(labels, gpu.mem_util_pct)
+        f["enc_util"].add(labels, gpu.enc_util_pct)
+        f["dec_util"].add(labels, gpu.dec_util_pct)
         f["gr_active"].add(labels, None if gpu.util_pct is None else gpu.util_pct / 100.0)
         f["xid"].add(labels, last_xid.get(gpu.index, 0))
         f["fb_used"].add(labels, _mib(gpu.mem_used_bytes))
         f["fb_total"].add(labels, _mib(gpu.mem_total_bytes))
+        f["fb_reserved"].add(labels, _mib(gpu.mem_reserved_bytes))
         if gpu.mem_used_bytes is not None and gpu.mem_total_bytes is not None:
-            # NVML's total includes driver-reserved memory, so this counts it as free.
-            f["fb_free"].add(labels, _mib(max(0, gpu.mem_total_bytes - gpu.mem_used_bytes)))
+            # NVML's total includes the driver's reservation: NVML's free (v2) leaves it out.
+            # Without the v2 reading (drivers before R510) it is unknown and counts as free.
+            reserved = gpu.mem_reserved_bytes or 0
+            free = gpu.mem_total_bytes - reserved - gpu.mem_used_bytes
+            f["fb_free"].add(labels, _mib(max(0, free)))
         f["pstate"].add(labels, gpu.pstate)
         f["reasons"].add(labels, gpu.clock_event_reasons)
         f["reasons_old"].add(labels, gpu.clock_event_reasons)

@@ -51,6 +51,8 @@ _GPU_NAME: Final = "NVIDIA H100 80GB HBM3"
 _GPU_MEM: Final = 80 * 1024**3
 _GPU_LIMIT_W: Final = 700.0
 _GPU_IDLE_W: Final = 70.0
+_GPU_MEM_CLOCK_MHZ: Final = 2619  # HBM3, the same under load and idle
+_GPU_MEM_RESERVED: Final = 512 * 1024**2
 _NODE_MEM: Final = 2 * 1024**4
 _CPUS: Final = 224
 
@@ -211,6 +213,12 @@ class FleetSimulator:
                     sm_clock_mhz=clock,
                     clock_event_reasons=reasons,
                     pstate=pstate,
+                    mem_clock_mhz=_GPU_MEM_CLOCK_MHZ,
+                    mem_temp_c=temp_c + 5.0,
+                    enc_util_pct=0.0,
+                    dec_util_pct=0.0,
+                    pcie_replays=g,
+                    mem_reserved_bytes=_GPU_MEM_RESERVED,
                 )
             )
         mean_util = total_util / self.gpus_per_node if self.gpus_per_node else p.base

@@ -55,6 +55,7 @@ __all__ = [
     "MAX_NODE_BYTES_PER_S",
     "MAX_NODE_ID_LEN",
     "MAX_PATH_LEN",
+    "MAX_PCIE_REPLAYS",
     "MAX_PCI_CLASS",
     "MAX_PCI_ID",
     "MAX_PID",
@@ -185,6 +186,8 @@ MAX_PSTATE: Final = 32
 MAX_CLOCK_EVENT_REASONS: Final = 2**32 - 1
 """Bitmask; NVML defines bits up to 0x400."""
 MAX_XID: Final = 2**32 - 1
+MAX_PCIE_REPLAYS: Final = 2**32 - 1
+"""NVML's PCIe replay counter is an unsigned int."""
 MAX_LOAD: Final = 4_194_304.0
 """A load average counts tasks, and Linux has at most PID_MAX_LIMIT (2**22) of them."""
 MAX_PID: Final = 4_194_304
@@ -355,6 +358,19 @@ class GpuSample(_Struct, frozen=True):
     """Only on slow ticks."""
     remapped_rows: GpuRemappedRows | None = None
     """Only on slow ticks."""
+    mem_clock_mhz: Mhz | None = None
+    """Memory clock (``nvmlDeviceGetClockInfo(NVML_CLOCK_MEM)``)."""
+    mem_temp_c: Celsius | None = None
+    """Memory (HBM) temperature, NVML field ``NVML_FI_DEV_MEMORY_TEMP``; GPUs without a
+    memory sensor leave it ``None``."""
+    enc_util_pct: Pct | None = None
+    """Video encoder utilisation over NVML's sampling period."""
+    dec_util_pct: Pct | None = None
+    """Video decoder utilisation over NVML's sampling period."""
+    pcie_replays: Annotated[int, msgspec.Meta(ge=0, le=MAX_PCIE_REPLAYS)] | None = None
+    """PCIe replay (retry) counter since driver load."""
+    mem_reserved_bytes: GpuBytes | None = None
+    """Memory the driver reserves (``nvmlDeviceGetMemoryInfo`` v2); ``None`` before R510."""
 
 
 class XidEvent(_Struct, frozen=True):

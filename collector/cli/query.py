@@ -310,8 +310,11 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
                 Column("power_w", "POWER", format_watts),
                 Column("power_interval_w", "POWER(INT)", format_watts),
                 Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
+                Column("mem_temp_c", "MEM TEMP", lambda v: f"{v:.0f}C"),
                 Column("sm_clock_mhz", "SM MHZ"),
+                Column("mem_clock_mhz", "MEM MHZ"),
                 Column("pstate", "P"),
+                Column("pcie_replays", "REPLAYS"),
                 Column("processes", "PROCS"),
             ],
         )

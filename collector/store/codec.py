@@ -52,6 +52,12 @@ def dictionary_bytes() -> bytes:
             clock_event_reasons=0,
             pstate=0,
             processes=(GpuProcess(pid=12345, used_mem_bytes=60_000_000_000),),
+            mem_clock_mhz=2619,
+            mem_temp_c=71.0,
+            enc_util_pct=0.0,
+            dec_util_pct=3.0,
+            pcie_replays=0,
+            mem_reserved_bytes=536_870_912,
         )
         for g in range(8)
     ]

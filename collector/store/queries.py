@@ -42,8 +42,25 @@ _GPU_FIELDS: Final = (
     "sm_clock_mhz",
     "pstate",
     "clock_event_reasons",
+    "mem_reserved_bytes",
+    "mem_clock_mhz",
+    "mem_temp_c",
+    "enc_util_pct",
+    "dec_util_pct",
+    "pcie_replays",
 )
-_GPU_FLOATS: Final = frozenset({"util_pct", "power_w", "power_interval_w", "energy_j", "temp_c"})
+_GPU_FLOATS: Final = frozenset(
+    {
+        "util_pct",
+        "power_w",
+        "power_interval_w",
+        "energy_j",
+        "temp_c",
+        "mem_temp_c",
+        "enc_util_pct",
+        "dec_util_pct",
+    }
+)
 
 
 def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> dict[str, Any]:

@@ -130,6 +130,7 @@ def test_power_past_the_schema_bound_is_unknown_not_a_lost_sample(
         ("gpus[].power_limit_w", 0),
         ("gpus[].power_w", 0),
         ("gpus[].temp_c", 0),  # the fake's temperature follows power: 452 C
+        ("gpus[].mem_temp_c", 0),  # and so does its memory's
     ]
 
 
@@ -210,6 +211,7 @@ def test_older_apis_are_used_when_newer_are_missing(
     assert gpu.clock_event_reasons == 0x1  # GPU idle, from the throttle-reasons call
     assert gpu.mem_total_bytes == 81_559 * _MIB
     assert gpu.mem_used_bytes == 1024 * _MIB + int(0.02 * 0.7 * 81_559 * _MIB)
+    assert gpu.mem_reserved_bytes is None  # only the v2 struct reports it
     assert nvml.call_count("nvmlDeviceGetCurrentClocksEventReasons") == 1
     assert nvml.call_count("nvmlDeviceGetCurrentClocksThrottleReasons") == 3
     assert nvml.call_count("nvmlDeviceGetMemoryInfo_v2") == 1  # at start, then remembered

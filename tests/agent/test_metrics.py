@@ -115,6 +115,7 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
         assert g.mem_used_bytes is not None
         assert g.mem_total_bytes is not None
         assert g.power_interval_w is not None
+        assert g.mem_reserved_bytes is not None
         expected = {
             "DCGM_FI_DEV_GPU_UTIL": g.util_pct,
             "DCGM_FI_DEV_MEM_COPY_UTIL": g.mem_util_pct,
@@ -125,7 +126,14 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
             "DCGM_FI_DEV_SM_CLOCK": g.sm_clock_mhz,
             "DCGM_FI_DEV_FB_USED": g.mem_used_bytes // mib,  # whole MiB, as DCGM
             "DCGM_FI_DEV_FB_TOTAL": g.mem_total_bytes // mib,
-            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_used_bytes) // mib,
+            "DCGM_FI_DEV_FB_FREE": (g.mem_total_bytes - g.mem_reserved_bytes - g.mem_used_bytes)
+            // mib,
+            "DCGM_FI_DEV_FB_RESERVED": g.mem_reserved_bytes // mib,
+            "DCGM_FI_DEV_MEM_CLOCK": g.mem_clock_mhz,
+            "DCGM_FI_DEV_MEMORY_TEMP": g.mem_temp_c,
+            "DCGM_FI_DEV_ENC_UTIL": g.enc_util_pct,
+            "DCGM_FI_DEV_DEC_UTIL": g.dec_util_pct,
+            "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": g.pcie_replays,
             "DCGM_FI_DEV_PSTATE": g.pstate,
             "DCGM_FI_DEV_CLOCKS_EVENT_REASONS": g.clock_event_reasons,
             "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": g.clock_event_reasons,  # old name, one release
@@ -138,6 +146,39 @@ def test_every_dcgm_field_carries_the_samples_value_in_dcgm_units(
             assert _value(series, name, g.index) == pytest.approx(want), name
     # the sample's values are real readings, not zeros that would match anything
     assert {_value(series, "DCGM_FI_DEV_POWER_USAGE", i) > 0 for i in range(4)} == {True}
+    # the fake's own figures, so a field read from the wrong call cannot pass
+    assert [_value(series, "DCGM_FI_DEV_PCIE_REPLAY_COUNTER", i) for i in range(4)] == [0, 1, 2, 3]
+    assert {_value(series, "DCGM_FI_DEV_MEM_CLOCK", i) for i in range(4)} == {2619}
+    assert {_value(series, "DCGM_FI_DEV_FB_RESERVED", i) for i in range(4)} == {512}
+    for i in range(4):
+        enc = _value(series, "DCGM_FI_DEV_ENC_UTIL", i)
+        dec = _value(series, "DCGM_FI_DEV_DEC_UTIL", i)
+        temp = _value(series, "DCGM_FI_DEV_GPU_TEMP", i)
+        assert 0 < enc < dec < 100
+        assert 30 < _value(series, "DCGM_FI_DEV_MEMORY_TEMP", i) != temp
+
+
+def test_new_dcgm_fields_have_dcgm_exporters_types(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """Memory clock and temperature, encoder/decoder utilisation and reserved framebuffer are
+    gauges; the PCIe replay counter is a dcgm counter, exposed untyped under its exact name."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(sample)
+    text, _ = _scrape(expo)
+    for name in (
+        "DCGM_FI_DEV_MEM_CLOCK",
+        "DCGM_FI_DEV_MEMORY_TEMP",
+        "DCGM_FI_DEV_ENC_UTIL",
+        "DCGM_FI_DEV_DEC_UTIL",
+        "DCGM_FI_DEV_FB_RESERVED",
+    ):
+        assert f"# TYPE {name} gauge\n" in text, name
+    assert "# TYPE DCGM_FI_DEV_PCIE_REPLAY_COUNTER untyped\n" in text
+    assert "DCGM_FI_DEV_PCIE_REPLAY_COUNTER_total" not in text
 
 
 def test_dcgm_series_carry_dcgm_exporters_labels_from_the_inventory(
@@ -240,6 +281,7 @@ def test_an_unsupported_field_is_absent_not_zero(tmp_path: Path) -> None:
     _, series = _scrape(expo)
     assert [d["gpu"] for d in _labels(series, "DCGM_FI_DEV_POWER_USAGE")] == ["0"]
     assert len(_labels(series, "DCGM_FI_DEV_GPU_TEMP")) == 2
+    assert len(_labels(series, "DCGM_FI_DEV_MEMORY_TEMP")) == 2
     assert ("capwatch_node_cpu_power_watts", ()) not in series  # no RAPL reader
 
 
@@ -292,8 +334,9 @@ def test_before_the_first_sample_only_the_agents_own_metrics_show() -> None:
 def test_promtool_accepts_the_agent_exposition(
     node: tuple[NodeSampler, FakeClock, FakeNvml],
 ) -> None:
-    """promtool parses it; its only lint remarks are the camelCase names we keep on purpose
-    (dcgm-exporter's labels, node_exporter's node_memory_* names)."""
+    """promtool parses it; its only lint remarks are the names we keep on purpose
+    (dcgm-exporter's camelCase labels and its DCGM_FI_DEV_PCIE_REPLAY_COUNTER, node_exporter's
+    node_memory_* names)."""
     sampler, clock, _ = node
     inventory, sample = _two_samples(sampler, clock)
     expo = AgentExposition(lambda: _STATS)
@@ -309,6 +352,7 @@ def test_promtool_accepts_the_agent_exposition(
             p.endswith("label names should be written in 'snake_case' not 'camelCase'")
             and (p.startswith(("DCGM_FI_", "capwatch_gpu_")))
         )
+        and p != "DCGM_FI_DEV_PCIE_REPLAY_COUNTER metric name should not include type 'counter'"
         and not (
             p.startswith("node_memory_")
             and p.endswith("metric names should be written in 'snake_case' not 'camelCase'")

@@ -103,9 +103,9 @@ class AbsurdNvml(FakeNvml):
         return 10**9
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:  # noqa: N802
-        """2**70 bytes."""
+        """2**70 bytes (and as much reserved)."""
         super().nvmlDeviceGetMemoryInfo(handle, version)
-        return SimpleNamespace(total=2**70, used=2**70, free=0)
+        return SimpleNamespace(total=2**70, used=2**70, free=0, reserved=2**70)
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:  # noqa: N802
         """Sane GPU utilisation, NaN memory utilisation."""
@@ -130,6 +130,32 @@ class AbsurdNvml(FakeNvml):
         """100,000 MHz: inside the agent's old check, outside the schema."""
         super().nvmlDeviceGetClockInfo(handle, clock_type)
         return 100_000
+
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:  # noqa: N802
+        """A NaN memory temperature."""
+        super().nvmlDeviceGetFieldValues(handle, field_ids)
+        nan = SimpleNamespace(dVal=math.nan)
+        return [
+            SimpleNamespace(
+                nvmlReturn=pynvml.NVML_SUCCESS, valueType=pynvml.NVML_VALUE_TYPE_DOUBLE, value=nan
+            )
+            for _ in field_ids
+        ]
+
+    def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:  # noqa: N802
+        """101 %."""
+        super().nvmlDeviceGetEncoderUtilization(handle)
+        return [101, 167_000]
+
+    def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:  # noqa: N802
+        """2**32 - 1 %, an unset unsigned int."""
+        super().nvmlDeviceGetDecoderUtilization(handle)
+        return [2**32 - 1, 167_000]
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle: Any) -> int:  # noqa: N802
+        """Past NVML's 32-bit counter."""
+        super().nvmlDeviceGetPcieReplayCounter(handle)
+        return 2**33
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, handle: Any) -> int:  # noqa: N802
         """A 40-bit mask."""
@@ -300,6 +326,8 @@ def test_absurd_readings_never_cost_the_sample(
     assert (gpu.power_w, gpu.energy_j, gpu.temp_c, gpu.mem_util_pct) == (None, None, None, None)
     assert (gpu.mem_used_bytes, gpu.mem_total_bytes) == (None, None)
     assert (gpu.sm_clock_mhz, gpu.clock_event_reasons, gpu.pstate) == (None, None, None)
+    assert (gpu.mem_clock_mhz, gpu.mem_temp_c, gpu.mem_reserved_bytes) == (None, None, None)
+    assert (gpu.enc_util_pct, gpu.dec_util_pct, gpu.pcie_replays) == (None, None, None)
     assert len(gpu.processes) == MAX_PROCESSES_PER_GPU - 1  # capped, then PID 2**40 went
     assert gpu.processes[0].pid == 999
     assert gpu.processes[0].used_mem_bytes is None
@@ -344,6 +372,8 @@ def _check_logs(logs: list[MutableMapping[str, Any]]) -> None:
         "gpus[].energy_j", "gpus[].mem_used_bytes", "gpus[].mem_total_bytes",
         "gpus[].mem_util_pct", "gpus[].temp_c", "gpus[].sm_clock_mhz",
         "gpus[].clock_event_reasons", "gpus[].pstate", "gpus[].processes[].pid",
+        "gpus[].mem_clock_mhz", "gpus[].mem_temp_c", "gpus[].enc_util_pct",
+        "gpus[].dec_util_pct", "gpus[].pcie_replays", "gpus[].mem_reserved_bytes",
         "gpus[].processes[].used_mem_bytes", "gpus[].ecc.corrected_volatile",
         "gpus[].remapped_rows.correctable", "xids[].xid",
     }  # fmt: skip

@@ -227,10 +227,15 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
     assert list(gpus[0]) == [
         "node", "ts", "index", "uuid", "util_pct", "mem_used_bytes", "mem_total_bytes",
         "power_w", "power_interval_w", "energy_j", "temp_c", "sm_clock_mhz", "pstate",
-        "clock_event_reasons", "processes",
+        "clock_event_reasons", "mem_reserved_bytes", "mem_clock_mhz", "mem_temp_c",
+        "enc_util_pct", "dec_util_pct", "pcie_replays", "processes",
     ]  # fmt: skip
-    assert all(isinstance(g["util_pct"], float) for g in gpus)
-    assert all(isinstance(g["temp_c"], float) for g in gpus)
+    for key in ("util_pct", "temp_c", "mem_temp_c", "enc_util_pct", "dec_util_pct"):
+        assert all(isinstance(g[key], float) for g in gpus), key
+    # the simulated agents' readings: HBM3 clock, 512 MiB reserved, replays = GPU index
+    assert {(g["mem_clock_mhz"], g["mem_reserved_bytes"]) for g in gpus} == {(2619, 512 * 2**20)}
+    assert [g["pcie_replays"] for g in gpus] == [g["index"] for g in gpus]
+    assert all(g["mem_temp_c"] == g["temp_c"] + 5 for g in gpus)
     newest = _json(capsys, db, "--node", ONLINE, "--since", "1m")["samples"][0]
     mine = [g for g in gpus if g["node"] == ONLINE]
     assert {round(g["ts"], 3) for g in mine} == {newest["ts"]}  # ts_ms: to the millisecond
@@ -241,6 +246,23 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
         ONLINE,
         ONLINE,
     ]
+
+
+def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--gpus as a table: MEM TEMP, MEM MHZ and REPLAYS columns with each GPU's reading."""
+    gpus = _json(capsys, db, "--gpus", "--node", ONLINE)["gpus"]
+    assert main(["query", "--db", str(db), "--gpus", "--node", ONLINE]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.index("TEMP") < header.index("MEM TEMP") < header.index("SM MHZ")
+    assert header.index("SM MHZ") < header.index("MEM MHZ") < header.index("REPLAYS")
+    assert len(lines) == len(gpus) == 2
+    for line, g in zip(lines, gpus, strict=True):
+        cells = line.split()
+        temp, mem_temp = f"{g['temp_c']:.0f}C", f"{g['mem_temp_c']:.0f}C"
+        assert cells[cells.index(temp) + 1] == mem_temp
+        assert cells[-4:-1] == [str(g["mem_clock_mhz"]), str(g["pstate"]), str(g["pcie_replays"])]
 
 
 def test_rejected_lists_quarantined_messages_newest_first_with_counters(

@@ -56,6 +56,12 @@ def _gpu(g: int) -> dict[str, Any]:
             "uncorrected_aggregate": 0,
         },
         "remapped_rows": {"correctable": 1, "uncorrectable": 0, "pending": False, "failure": False},
+        "mem_clock_mhz": 2619,
+        "mem_temp_c": 71.0,
+        "enc_util_pct": 0.0,
+        "dec_util_pct": 12.0,
+        "pcie_replays": 3,
+        "mem_reserved_bytes": 536_870_912,
     }
 
 
