@@ -1,4 +1,5 @@
-"""Running the agent's command line in a fresh interpreter, as an operator would."""
+"""Running the agent's command line in a fresh interpreter, as an operator would; opening
+an NVML backend on the fake NVML."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["REPO", "run_agent"]
+from agent.fake_nvml import FakeNvml
+from agent.gpu import NvmlBackend
+from shared.clock import FakeClock
+
+__all__ = ["REPO", "open_backend", "run_agent"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,3 +44,11 @@ def run_agent(
         text=True,
         timeout=timeout_s,
     )
+
+
+def open_backend(nvml: FakeNvml, clock: FakeClock, opened: list[NvmlBackend]) -> NvmlBackend:
+    """An :class:`NvmlBackend` on ``nvml``, added to ``opened`` (the ``backends`` fixture
+    closes it after the test)."""
+    backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=20)
+    opened.append(backend)
+    return backend

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -14,6 +13,7 @@ from agent.fake_nvml import FakeMode, FakeNvml
 from agent.gpu import NullGpuBackend, NvmlBackend, NvmlModule
 from shared.clock import FakeClock
 from shared.schema import MAX_GPU_POWER_W, MAX_XIDS, GpuEcc, GpuProcess, GpuRemappedRows, XidEvent
+from tests.agent.helpers import open_backend as _backend
 
 _MIB = 2**20
 _LOAD_50_W = 70 + (700 - 70) * 0.9 * 0.5  # the fake's power at 50 % load: 353.5 W
@@ -23,21 +23,6 @@ _LOAD_50_W = 70 + (700 - 70) * 0.9 * 0.5  # the fake's power at 50 % load: 353.5
 def clock() -> FakeClock:
     """A fake clock."""
     return FakeClock()
-
-
-@pytest.fixture
-def backends() -> Iterator[list[NvmlBackend]]:
-    """Backends a test opens; closed afterwards so no XID thread outlives its test."""
-    opened: list[NvmlBackend] = []
-    yield opened
-    for backend in opened:
-        backend.close()
-
-
-def _backend(nvml: FakeNvml, clock: FakeClock, opened: list[NvmlBackend]) -> NvmlBackend:
-    backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=20)
-    opened.append(backend)
-    return backend
 
 
 def test_start_reports_static_facts(clock: FakeClock, backends: list[NvmlBackend]) -> None:

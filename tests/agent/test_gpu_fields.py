@@ -3,7 +3,6 @@ encoder/decoder utilisation, PCIe replays, reserved framebuffer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +13,7 @@ from structlog.testing import capture_logs
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from shared.clock import FakeClock
+from tests.agent.helpers import open_backend as _backend
 
 _MIB = 2**20
 _LOAD_50_W = 70 + (700 - 70) * 0.9 * 0.5  # the fake's power at 50 % load: 353.5 W
@@ -29,21 +29,6 @@ _NEW_CALLS = (
 def clock() -> FakeClock:
     """A fake clock."""
     return FakeClock()
-
-
-@pytest.fixture
-def backends() -> Iterator[list[NvmlBackend]]:
-    """Backends a test opens; closed afterwards so no XID thread outlives its test."""
-    opened: list[NvmlBackend] = []
-    yield opened
-    for backend in opened:
-        backend.close()
-
-
-def _backend(nvml: FakeNvml, clock: FakeClock, opened: list[NvmlBackend]) -> NvmlBackend:
-    backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=20)
-    opened.append(backend)
-    return backend
 
 
 def test_new_fields_carry_nvmls_readings(clock: FakeClock, backends: list[NvmlBackend]) -> None:
