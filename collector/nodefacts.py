@@ -123,9 +123,16 @@ class Staleness:
             limit = self.intervals * (interval_s or self.expected_interval_s)
             return "stale" if now - received > limit else "online"
         since = status_ts if status == "online" else inventory_ts
-        if since is None or now - since > self.intervals * self.expected_interval_s:
+        if since is None or now - since > self.grace_s:
             return "stale"
         return "online"
+
+    @property
+    def grace_s(self) -> float:
+        """How long a node heard of but not yet sampling is ``online`` (awaiting its first
+        sample) before it is ``stale``: also how long a restarted collector holds its
+        restored alerts while the live view refills."""
+        return self.intervals * self.expected_interval_s
 
     def of(self, st: NodeFacts, now: float) -> State:
         """The state of a live-view node."""

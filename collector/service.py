@@ -269,8 +269,9 @@ class Collector:
                 inhibit_rules=s.alert_inhibit_rules(),
                 push=None if push is None else push.update,
             )
-            # Firing alerts stay firing while the live view refills after a restart.
-            await alerts.restore(store, hold_s=3 * s.expected_interval_s + 2 * alerts.interval_s)
+            # Firing alerts stay firing while the live view refills after a restart: until a
+            # node that does not sample again could be called stale, and two evaluations.
+            await alerts.restore(store, hold_s=s.staleness().grace_s + 2 * alerts.interval_s)
             metrics = None
             if s.metrics_listen is not None:
                 metrics = self.metrics = self.exposition(store)

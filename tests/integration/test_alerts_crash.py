@@ -30,7 +30,8 @@ _HOT_GPU = 3
 
 
 def _config(path: Path, receiver_url: str) -> Path:
-    # expected_interval_s 1: the restored alert's hold (3 intervals + 2 evaluations) is 4 s.
+    # expected_interval_s 1: the restored alert's hold (stale_intervals 3 x 1 s, plus two
+    # evaluations) is 4 s.
     path.write_text(
         f"""\
 expected_interval_s = 1.0
