@@ -8,6 +8,7 @@ how many and the command that fixes it; under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -21,13 +22,16 @@ from collector.localbroker import (
     amqtt_available,
     find_mosquitto,
 )
+from collector.localpg import LocalPostgres, find_pg_bin
 from collector.natsbroker import NatsBroker, find_nats_server
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,
+    NO_POSTGRES,
     NO_PROMETHEUS,
     skip_without_mosquitto,
     skip_without_nats,
+    skip_without_postgres,
 )
 
 BROKERS: Final = ("mosquitto", "nats", "embedded")
@@ -76,10 +80,31 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerPro
         yield found
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """One real PostgreSQL for the whole run (initdb costs seconds); tests take a fresh
+    database each through :func:`postgres_url`."""
+    if find_pg_bin() is None:
+        skip_without_postgres()
+    with LocalPostgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL."""
+    return postgres_server.create_database(f"test_{next(_databases)}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a broker are integration tests, whatever module they live in."""
     for item in items:
-        if {"mosquitto", "nats", "broker"} & set(getattr(item, "fixturenames", ())):
+        if {"mosquitto", "nats", "broker", "postgres_server"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.integration)
 
 
@@ -109,6 +134,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             f"!!! {len(no_nats)} broker conformance tests were SKIPPED: nats-server is not "
             "installed. Fix: sudo apt-get install -y nats-server   "
             "(then run scripts/test.sh again)",
+            red=True,
+            bold=True,
+        )
+    no_postgres = [
+        r
+        for r in reporter.stats.get("skipped", [])
+        if NO_POSTGRES in str(getattr(r, "longrepr", ""))
+    ]
+    if no_postgres:
+        reporter.write_line(
+            f"!!! {len(no_postgres)} PostgreSQL tests were SKIPPED: PostgreSQL is not installed. "
+            "Fix: sudo apt-get install -y postgresql   (then run scripts/test.sh again)",
             red=True,
             bold=True,
         )

@@ -89,6 +89,18 @@ def skip_without_nats() -> NoReturn:
     pytest.skip(f"{NO_NATS} (apt-get install nats-server)")
 
 
+NO_POSTGRES: Final = "PostgreSQL is not installed"
+"""In every skip for a missing PostgreSQL server: counted like :data:`NO_MOSQUITTO`."""
+
+
+def skip_without_postgres() -> NoReturn:
+    """Skip the test for want of PostgreSQL; under ``CI=true``, fail (``.ci/run`` installs
+    it: the store's second backend must not be left untested)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{NO_POSTGRES}; .ci/run must install it")
+    pytest.skip(f"{NO_POSTGRES} (apt-get install postgresql)")
+
+
 def promtool_check_metrics(text: str) -> tuple[int, list[str]]:
     """``promtool check metrics`` on ``text``: its exit status (0 clean, 3 lint problems,
     1 unparsable) and the problems it printed, one per line."""
