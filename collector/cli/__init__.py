@@ -31,6 +31,7 @@ EXTRA_MODULES: Final = {
     "tomli-w": "tomli_w",
     "tzdata": "tzdata",
     "google-re2": "re2",
+    "psycopg": "psycopg",
 }
 """The ``collector`` extra of pyproject.toml (distribution: module it installs). The plain
 install (``pip install capwatch``) is the node agent; a test holds this equal to the extra."""
