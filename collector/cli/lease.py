@@ -38,8 +38,14 @@ from Jan 31 ends on Feb 28, or 29 in a leap year).
   extend  NAME|ID --by 30d: make it longer;  renew NAME|ID: one more term
 
 A node cannot be in two leases at once: add refuses, naming the node and the lease. With
-quotas set (`collector quota`), add also refuses a lease beyond what the tenant may hold
-(its nominal quota plus what it may borrow) unless --force, which is recorded.
+quotas set (`collector quota`), add, extend and renew (and `pool add`/`apply` growing a
+leased pool) are admitted only if the tenant stays within what it may hold (its nominal
+quota plus what its cohort lends, within its borrowing limit) at every instant of the
+days the change adds, given every other lease in force then, from today on: the answer
+does not depend on the order leases were added. A refusal names the first day it fails,
+the tenant, the resource (gpus; power_kw of the GPUs' power limits) and the figures;
+--force --reason "why" admits it anyway and records the reason on the lease. Nodes
+declared by `collector inventory import` count their GPUs like an agent's.
 The running collector picks changes up at its next rule evaluation."""
 
 _EPILOG: Final = """\
@@ -84,8 +90,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--auto-renew", action="store_true", help="add: renews each term until notice")
     p.add_argument("--name", help="add: the lease's name (default TENANT-START)")
     p.add_argument("--comment", default="", help="add: free text")
-    p.add_argument("--force", action="store_true", help="add: even beyond the tenant's quota")
-    p.add_argument("--reason", help="add --force: why (recorded with the lease)")
+    p.add_argument(
+        "--force", action="store_true", help="add/extend/renew: even beyond the tenant's quota"
+    )
+    p.add_argument("--reason", help="with --force: why (recorded with the lease)")
     p.add_argument("--on", help="cancel: the day notice was given (default today in its zone)")
     p.add_argument("--by", help="extend: how much longer, e.g. 30d or 3m")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
@@ -304,7 +312,11 @@ def _change(args: argparse.Namespace, db: Path, now: float) -> int:
     from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
     from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.usage import node_hardware  # noqa: PLC0415
 
+    if args.force and args.action == "cancel":
+        raise ConfigError("cancel gives nodes back: --force is for add, extend and renew")
+    force_reason = (args.reason or "forced without a reason") if args.force else None
     with GovernanceWriter(db, now=now) as w:
         days = None
         try:
@@ -316,7 +328,15 @@ def _change(args: argparse.Namespace, db: Path, now: float) -> int:
                 days = parse_days(args.by, current.scheduled_end, field="--by")
         except LeaseError as exc:
             raise ConfigError(str(exc)) from None
-        lease, _ = change_lease(w, args.lease, args.action, on=on, days=days)
+        lease, _ = change_lease(
+            w,
+            args.lease,
+            args.action,
+            on=on,
+            days=days,
+            hardware=w.run(node_hardware()) if args.action != "cancel" else None,
+            force_reason=force_reason,
+        )
         changed = next(x for x in w.state().leases if x.id == lease.id)
     row = lease_row(changed, now)
     if args.json:

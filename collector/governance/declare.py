@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from collector.governance.admit import admit
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
-from collector.governance.ops import LeaseRequest, add_lease, overlapping
+from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
 from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import follow_leases
@@ -254,6 +255,7 @@ def apply_spec(
     planned = planned or {}
     gov = w.state()
     changes: list[str] = []
+    grown: dict[int, list[str]] = {}
     cohorts = set(spec.cohorts) | {t.cohort for t in spec.tenants.values() if t.cohort}
     for name in sorted(cohorts):
         c = spec.cohorts.get(name, CohortSpec())
@@ -326,9 +328,29 @@ def apply_spec(
             for node in removed:
                 w.leave_pool(node, name)
         w.ensure_pool(name, want_nodes)
-        follow_leases(w.tx, [name])
+        grown.update(follow_leases(w.tx, [name]))
+    _judge_growth(w, spec, grown)
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
+
+
+def _judge_growth(w: GovernanceWriter, spec: ClusterSpec, grown: Mapping[int, list[str]]) -> None:
+    """Leases whose pool the file grew: admitted over the rest of the lease, or forced by
+    the file's ``force_reason`` for that lease."""
+    if not grown:
+        return
+    leases = {lease.id: lease for lease in w.state().leases}
+    for lease_id, nodes in sorted(grown.items()):
+        lease = leases[lease_id]
+        declared = spec.leases.get(lease.name)
+        try:
+            judge_growth(
+                w.tx,
+                {lease_id: nodes},
+                force_reason=None if declared is None else declared.force_reason,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"pools.{lease.pool}: {exc}", field=f"pools.{lease.pool}") from None
 
 
 def plan_patterns(
@@ -415,6 +437,15 @@ def _apply_leases(
                     "at the same time",
                     field=f"leases.{name}",
                 )
+            verdict = admit(current, hardware, ls.tenant, nodes, terms, now=w.now, old=have)
+            if verdict.refusal is not None:
+                if ls.force_reason is None:
+                    raise ConfigError(
+                        f"leases.{name}: {verdict.refusal.text()}; raise the quota, or give "
+                        'the lease force_reason = "why"',
+                        field=f"leases.{name}",
+                    )
+                w.mark_forced(have.id, ls.force_reason)
             w.update_lease(have, terms, comment=ls.comment)
             w.set_lease_nodes(have, nodes)
             current.leases = [

@@ -33,6 +33,7 @@ __all__ = [
     "GovernanceWriter",
     "generation",
     "governance",
+    "mark_forced",
     "usage_snapshot",
 ]
 
@@ -223,7 +224,8 @@ class GovernanceWriter:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
             self.tx.execute(
-                "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
+                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (cohort, self.now),
             )
         self.tx.execute(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
@@ -235,7 +237,8 @@ class GovernanceWriter:
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
+            "INSERT INTO tenants (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, self.now),
         )
 
     def put_quota(
@@ -268,7 +271,8 @@ class GovernanceWriter:
     def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
         """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now)
+            "INSERT INTO pools (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (pool, self.now),
         )
         for node in nodes:
             self.tx.execute(
@@ -378,6 +382,10 @@ class GovernanceWriter:
             ),
         )
 
+    def mark_forced(self, lease_id: int, reason: str) -> None:
+        """Record that lease ``lease_id`` was let past its tenant's quota, and why."""
+        mark_forced(self.tx, lease_id, reason)
+
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
         """Replace the nodes ``lease`` holds."""
         self.tx.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
@@ -385,6 +393,16 @@ class GovernanceWriter:
             self.tx.execute(
                 "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node)
             )
+
+
+def mark_forced(tx: Command, lease_id: int, reason: str) -> None:
+    """Record on lease ``lease_id`` that a change let it past its tenant's quota (``--force``)
+    and why; a later forced change's reason replaces the earlier one."""
+    tx.execute(
+        "UPDATE leases SET forced = 1, force_reason = ?, updated = ? WHERE id = ?",
+        (reason, tx.now, lease_id),
+    )
+    tx.bump_generation()
 
 
 def _instants(terms: LeaseTerms) -> tuple[float, float | None]:

@@ -85,7 +85,8 @@ async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
                        "--start", _today())  # fmt: skip
     assert code == 2
-    assert "lease of 4 GPUs exceeds what tenant a may hold" in err
+    assert f"on {_today()} tenant a would exceed its gpus quota: it holds 16 GPUs" in err
+    assert "this asks 4 more, but only 1 available (nominal 9" in err
     code, out, _ = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
                        "--start", _today(), "--force", "--reason", "burst", "--json")  # fmt: skip
     row = json.loads(out)
