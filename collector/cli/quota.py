@@ -37,7 +37,10 @@ Every figure says its basis:
   set     TENANT --resource gpus --nominal 9 [--borrowing-limit 1] [--lending-limit 1]
           [--period month] [--cohort C] [--priority N];  --cohort C without TENANT sets
           the cohort's own nominal quota;  --remove drops the tenant's quota on --resource
-  show    [TENANT]: nominal, in use, borrowed, lendable, available now, per basis
+  show    [TENANT]: nominal, in use, borrowed, lendable, available now (never below 0,
+          as Kueue's), per basis; a cohort whose members hold more than it has is named
+          with the members over their own nominal plus what they may borrow (STATE
+          exceeded: only a tenant whose own use is beyond that)
   check   TENANT --gpus N: would N more GPUs be admitted, and from whose unused quota"""
 
 _EPILOG: Final = """\
@@ -297,7 +300,7 @@ def _source_line(source: _Source) -> str:
 
 
 def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
-    from collector.governance.report import standings  # noqa: PLC0415
+    from collector.governance.report import overcommitted, standings  # noqa: PLC0415
 
     if args.tenant is not None:
         _known(gov, args.tenant)
@@ -305,8 +308,14 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source
         s.as_dict()
         for s in standings(gov, usages, tenants=None if args.tenant is None else [args.tenant])
     ]
+    mine = None if args.tenant is None else gov.tenants.get(args.tenant)
+    over = [
+        c.as_dict() for c in overcommitted(gov, usages) if args.tenant is None or c.cohort == mine
+    ]
     if args.json:
-        print_json({"source": source.name, "as_of": source.as_of, "quotas": rows})
+        print_json(
+            {"source": source.name, "as_of": source.as_of, "quotas": rows, "overcommitted": over}
+        )
         return 0
     if not rows:
         print("no quotas: set one with `collector quota set TENANT --resource gpus --nominal N`")
@@ -325,6 +334,12 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source
         Column("band", "STATE", align_right=False),
     ]
     print(render_table(rows, columns))
+    for c in over:
+        print(
+            f"\nCOHORT {c['cohort']} OVERCOMMITTED on {c['resource']} ({c['basis']}): its "
+            f"members hold {c['in_use']:g} of {c['quota']:g}; over their own limit: "
+            f"{', '.join(c['over']) or '-'}"
+        )
     print(f"\n{_source_line(source)}")
     return 0
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.cooperate import YIELD_EVERY, yield_gil
-from collector.governance.report import QuotaStanding, standings
+from collector.governance.report import CohortStanding, QuotaStanding, overcommitted, standings
 from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
     FactsCache,
@@ -68,6 +68,8 @@ class GovernanceView:
     allocated: Usage = field(default_factory=lambda: Usage("allocated"))
     measured: Usage = field(default_factory=lambda: Usage("measured"))
     standings: list[QuotaStanding] = field(default_factory=list)
+    cohorts: list[CohortStanding] = field(default_factory=list)
+    """Cohorts whose members hold more than they have (``CohortOvercommitted``)."""
     at: float = float("-inf")
     """When this view was computed (collector clock)."""
 
@@ -199,6 +201,7 @@ class GovernanceJob:
             allocated=allocated,
             measured=measured,
             standings=standings(gov, [allocated, measured]),
+            cohorts=overcommitted(gov, [allocated, measured]),
             at=now,
         )
         # For `collector quota show`: the figures the rules judged, without re-deriving them

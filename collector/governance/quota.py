@@ -13,7 +13,15 @@ cohort of cohorts):
 * a member's **available** is ``max(0, local - usage) + parent``, where ``parent`` is the
   cohort's ``subtree - usage``, capped when the member has a borrowing limit at
   ``(nominal - local) - max(0, usage - local) + borrowingLimit``; a tenant in no cohort has
-  ``nominal - usage``. Negative means over-admitted (quota lowered under running use).
+  ``nominal - usage``. Never below 0, as Kueue's ``ClusterQueueSnapshot.Available``: a
+  member whose neighbour was let over (``--force``, a quota lowered under running use) has
+  nothing available, not a debt.
+* a member's **limit** (:meth:`QuotaTree.limit`) is what it may hold given the others' use:
+  its nominal quota (guaranteed: Kueue's ``reclaimWithinCohort`` gives back what others
+  borrowed of it) or, if more, what ``available`` would leave it were it idle; a member
+  holding more is over its nominal plus what it may borrow (``QuotaExceeded``);
+* a cohort is **overcommitted** (:meth:`QuotaTree.overcommit`) when its members' usage
+  beyond their local quotas exceeds its subtree quota.
 
 So, with one resource (the cases of Kueue's documentation, all tests): A 9 and B 12 in a
 cohort, B idle: A may use 21; with A's borrowing limit 1, A may use 10; with B's lending
@@ -68,11 +76,18 @@ class Figures:
     """The tenant's unused quota that its cohort may borrow (within its lending limit),
     whether or not someone borrows it at the moment."""
     available: float
-    """How much more it may take now (Kueue's ``available``); negative: over-admitted."""
+    """How much more it may take now (Kueue's ``Available``, never below 0)."""
     potential: float
     """How much it could use with every other member idle (Kueue's potentialAvailable)."""
     borrowing_limit: float | None
     cohort: str | None
+    limit: float = 0.0
+    """What it may hold given the others' use: its nominal plus what it may borrow."""
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether it holds more than its nominal plus what it may borrow."""
+        return self.usage > self.limit + 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +177,29 @@ class QuotaTree:
         return sum(self._used_in_parent(n, usage) for n in self._by_cohort.get(cohort, ()))
 
     def available(self, tenant: str, usage: Mapping[str, float]) -> float:
-        """Kueue's ``available(node)``: how much more ``tenant`` may take now."""
+        """Kueue's ``ClusterQueueSnapshot.Available``: how much more ``tenant`` may take now,
+        never below 0."""
+        return max(0.0, self._available(tenant, usage))
+
+    def limit(self, tenant: str, usage: Mapping[str, float]) -> float:
+        """What ``tenant`` may hold given the others' use in ``usage``: the more of its
+        nominal quota and what it could take were it idle."""
+        idle = dict(usage)
+        idle[tenant] = 0.0
+        return max(self._member(tenant).quota.nominal, self._available(tenant, idle))
+
+    def overcommit(self, cohort: str, usage: Mapping[str, float]) -> tuple[float, float] | None:
+        """(subtree quota, usage) of ``cohort`` when its members hold more than it has."""
+        subtree = self.cohort_subtree(cohort)
+        used = self.cohort_usage(cohort, usage)
+        return (subtree, used) if used > subtree + 1e-9 else None
+
+    def cohorts(self) -> list[str]:
+        """Cohort names, sorted."""
+        return sorted(self._cohorts)
+
+    def _available(self, tenant: str, usage: Mapping[str, float]) -> float:
+        """Kueue's ``available(node)``, unclamped: negative when over-admitted."""
         m = self._member(tenant)
         used = _use(usage, tenant)
         if m.cohort is None:
@@ -205,6 +242,7 @@ class QuotaTree:
             potential=self.potential(tenant),
             borrowing_limit=m.quota.borrowing_limit,
             cohort=m.cohort,
+            limit=self.limit(tenant, usage),
         )
 
     def check(self, tenant: str, amount: float, usage: Mapping[str, float]) -> Admission:
