@@ -32,9 +32,15 @@ from Jan 31 ends on Feb 28, or 29 in a leap year).
           [--duration 180d] [--notice 90d] [--minimum 120d] [--tz ZONE] [--auto-renew]
           [--name NAME] [--force [--reason TEXT]]
   list    every lease with its status (pending, active, notice_given, expired)
-  show    NAME|ID: its dates, last day to give notice, and nodes
+  show    NAME|ID: its dates, last day to give notice (notice_deadline), and nodes
   cancel  NAME|ID [--on DATE]: record notice (default today): it ends at notice + period or
           the contractual minimum, whichever is later
+
+Notice in months counts back from the term's end in calendar months, the day clamped to
+the month's end: a year from 2038-02-28 with --notice 3m ends 2039-02-28 (exclusive), so
+notice is due by 2038-11-28. In days, in days. Without a notice period, notice can be given
+on any day up to the lease's last day and takes effect at the end of that day; the shown
+deadline is then the term's last day, the last day `cancel` ends it with its term.
   extend  NAME|ID --by 30d: make it longer;  renew NAME|ID: one more term
 
 A node cannot be in two leases at once: add refuses, naming the node and the lease. With
@@ -84,7 +90,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--start", help="add: first day, YYYY-MM-DD in --tz")
     p.add_argument("--duration", default="180d", help="add: 180d, 26w, 6m, 1y (default 180d)")
-    p.add_argument("--notice", default="0d", help="add: notice period for cancelling, e.g. 90d")
+    p.add_argument(
+        "--notice",
+        default="0d",
+        help="add: notice period for cancelling: 90d, or 3m (calendar months counted back "
+        "from the term's end); default none: notice on any day ends the lease after that day",
+    )
     p.add_argument("--minimum", default="0d", help="add: contractual minimum term, e.g. 120d")
     p.add_argument("--tz", default="UTC", help="add: IANA time zone of the dates (default UTC)")
     p.add_argument("--auto-renew", action="store_true", help="add: renews each term until notice")
@@ -121,6 +132,7 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         LeaseTerms,
         parse_date,
         parse_days,
+        parse_notice,
     )
     from collector.governance.ops import LeaseRequest, add_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415
@@ -136,10 +148,12 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         raise ConfigError("add needs --start YYYY-MM-DD", field="--start")
     try:
         start = parse_date(args.start, field="--start")
+        notice_days, notice_months = parse_notice(args.notice, start, field="--notice")
         terms = LeaseTerms(
             start=start,
             duration_days=parse_days(args.duration, start, field="--duration"),
-            notice_days=parse_days(args.notice, start, field="--notice"),
+            notice_days=notice_days,
+            notice_months=notice_months,
             min_days=parse_days(args.minimum, start, field="--minimum"),
             tz=args.tz,
             auto_renew=args.auto_renew,
@@ -241,7 +255,9 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
         "tz": t.tz,
         "status": lease.status(now),
         "duration_days": t.duration_days,
-        "notice_days": t.notice_days,
+        "notice": t.notice,
+        "notice_days": None if t.notice_months else t.notice_days,
+        "notice_months": t.notice_months or None,
         "min_days": t.min_days,
         "auto_renew": t.auto_renew,
         "notice_given": None if t.notice_given is None else t.notice_given.isoformat(),

@@ -31,7 +31,7 @@ Example::
     pool = "acme-a"                       # or nodes = [...]
     start = 2026-01-01
     duration_days = 180
-    notice_days = 90
+    notice_days = 90                      # or notice_months = 3 (back from the term's end)
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ class LeaseSpec(_Strict):
     duration_days: int = Field(default=DEFAULT_DURATION_DAYS, ge=1, le=100 * 366)
     term_days: int | None = Field(default=None, ge=1, le=100 * 366)
     notice_days: int = Field(default=0, ge=0, le=100 * 366)
+    notice_months: int = Field(default=0, ge=0, le=1200)
+    """A notice period in calendar months, counted back from a term's end."""
     min_days: int = Field(default=0, ge=0, le=100 * 366)
     tz: str = "UTC"
     auto_renew: bool = False
@@ -146,6 +148,7 @@ class LeaseSpec(_Strict):
             duration_days=self.duration_days,
             term_days=self.term_days,
             notice_days=self.notice_days,
+            notice_months=self.notice_months,
             min_days=self.min_days,
             tz=self.tz,
             auto_renew=self.auto_renew,
@@ -500,6 +503,7 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
         optional: dict[str, Any] = {
             "term_days": lt.term_days,
             "notice_days": lt.notice_days or None,
+            "notice_months": lt.notice_months or None,
             "min_days": lt.min_days or None,
             "tz": None if lt.tz == "UTC" else lt.tz,
             "auto_renew": lt.auto_renew or None,

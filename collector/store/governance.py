@@ -57,8 +57,8 @@ _QUERIES: Final = {
     ),
     "leases": (
         "SELECT id, name, tenant, pool, start, duration_days, term_days, notice_days, "
-        "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment "
-        "FROM leases ORDER BY id",
+        "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment, "
+        "notice_months FROM leases ORDER BY id",
         (),
     ),
     "lease_nodes": ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
@@ -140,6 +140,7 @@ def _terms(r: Any) -> LeaseTerms:
         tz=r[9],
         auto_renew=bool(r[10]),
         notice_given=None if r[11] is None else dt.date.fromisoformat(r[11]),
+        notice_months=int(r[15]),
     )
 
 
@@ -323,8 +324,8 @@ class GovernanceWriter:
         cur = self.tx.execute(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
-            "start_at, end_at, comment, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "start_at, end_at, comment, created, updated, notice_months) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 name,
                 tenant,
@@ -344,6 +345,7 @@ class GovernanceWriter:
                 comment,
                 self.now,
                 self.now,
+                terms.notice_months,
             ),
         )
         lease_id = int(cur.lastrowid or 0)
@@ -362,7 +364,7 @@ class GovernanceWriter:
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
             "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
             "ELSE coalesce(notice_recorded, ?) END, start_at = ?, end_at = ?, "
-            "comment = coalesce(?, comment), updated = ? WHERE id = ?",
+            "comment = coalesce(?, comment), updated = ?, notice_months = ? WHERE id = ?",
             (
                 terms.start.isoformat(),
                 terms.duration_days,
@@ -378,6 +380,7 @@ class GovernanceWriter:
                 end_at,
                 comment,
                 self.now,
+                terms.notice_months,
                 lease.id,
             ),
         )
