@@ -154,6 +154,7 @@ def overcommitted(gov: Governance, usages: Iterable[Usage]) -> list[CohortStandi
                 over = tree.overcommit(cohort, use)
                 if over is None:
                     continue
-                members = tuple(t for t in tree.members(cohort) if tree.figures(t, use).exceeded)
+                under = tree.tenants_under(cohort)
+                members = tuple(t for t in under if tree.figures(t, use).exceeded)
                 out.append(CohortStanding(cohort, resource, usage.basis, *over, members))
     return out

@@ -48,8 +48,11 @@ _NO_TABLE: Final = (
 
 _QUERIES: Final = {
     "generation": ("SELECT value FROM meta WHERE key = ?", (GENERATION_KEY,)),
-    "cohorts": ("SELECT name FROM cohorts ORDER BY name", ()),
-    "cohort_quotas": ("SELECT cohort, resource, nominal FROM cohort_quotas", ()),
+    "cohorts": ("SELECT name, parent FROM cohorts ORDER BY name", ()),
+    "cohort_quotas": (
+        "SELECT cohort, resource, nominal, borrowing_limit, lending_limit FROM cohort_quotas",
+        (),
+    ),
     "tenants": ("SELECT name, cohort, priority FROM tenants ORDER BY name", ()),
     "quotas": (
         "SELECT tenant, resource, nominal, borrowing_limit, lending_limit, period FROM quotas",
@@ -84,10 +87,11 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
     g.cohorts = {r[0] for r in rows["cohorts"]}
+    g.cohort_parents = {r[0]: r[1] for r in rows["cohorts"] if r[1] is not None}
     r: Any = None
     try:
         for r in rows["cohort_quotas"]:
-            g.cohort_quotas[(r[0], r[1])] = float(r[2])
+            g.cohort_quotas[(r[0], r[1])] = Quota(float(r[2]), r[3], r[4])
     except (ValueError, TypeError, IndexError) as exc:
         raise _bad("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}", exc) from None
     try:
@@ -200,26 +204,39 @@ class GovernanceWriter:
 
     # -- cohorts, tenants, quotas
 
-    def put_cohort(self, name: str, comment: str = "") -> None:
-        """Create cohort ``name`` or update its comment."""
+    def put_cohort(self, name: str) -> None:
+        """Create cohort ``name`` unless it exists."""
         self.tx.execute(
-            "INSERT INTO cohorts (name, comment, created) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET comment = excluded.comment",
-            (name, comment, self.now),
+            "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, self.now),
         )
 
-    def put_cohort_quota(self, cohort: str, resource: str, nominal: float | None) -> None:
-        """Set (``None``: remove) the cohort's own nominal quota on ``resource``."""
-        if nominal is None:
+    def put_cohort_quota(self, cohort: str, resource: str, quota: Quota | None) -> None:
+        """Set (``None``: remove) the cohort's own quota on ``resource``: its nominal and,
+        towards its parent, its borrowing and lending limits."""
+        if quota is None:
             self.tx.execute(
                 "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
             )
             return
         self.tx.execute(
-            "INSERT INTO cohort_quotas (cohort, resource, nominal) VALUES (?, ?, ?) "
-            "ON CONFLICT (cohort, resource) DO UPDATE SET nominal = excluded.nominal",
-            (cohort, resource, nominal),
+            "INSERT INTO cohort_quotas (cohort, resource, nominal, borrowing_limit, "
+            "lending_limit) VALUES (?, ?, ?, ?, ?) ON CONFLICT (cohort, resource) DO UPDATE "
+            "SET nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
+            "lending_limit = excluded.lending_limit",
+            (cohort, resource, quota.nominal, quota.borrowing_limit, quota.lending_limit),
         )
+
+    def set_cohort_parent(self, cohort: str, parent: str | None) -> None:
+        """Make ``parent`` (created if new; ``None``: none) the parent of ``cohort`` (the
+        caller checked that no cycle results: :func:`collector.governance.quota.find_cycle`)."""
+        self.put_cohort(cohort)
+        if parent is not None:
+            self.tx.execute(
+                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (parent, self.now),
+            )
+        self.tx.execute("UPDATE cohorts SET parent = ? WHERE name = ?", (parent, cohort))
 
     def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
         """Create tenant ``name`` or update its cohort, priority and comment."""
