@@ -35,7 +35,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from collector.governance.lease import LeaseTerms, interval, today_in
+from collector.governance.lease import LeaseTerms, effective_end, interval, today_in
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 
@@ -44,6 +44,7 @@ __all__ = ["ADMITTED_RESOURCES", "Refusal", "Verdict", "admit"]
 ADMITTED_RESOURCES: Final = ("gpus", "power_kw")
 """The resources a lease holds for its whole span (GPU-hours accrue; see the docstring)."""
 _EPS: Final = 1e-9
+_DAY: Final = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +137,7 @@ def admit(
         return Verdict(None, None)
     new_nodes = frozenset(nodes)
     s1, e1 = interval(terms)
-    base: list[_Span] = [
-        _lease_span(lease) for lease in gov.leases if old is None or lease.id != old.id
-    ]
+    base: list[_Span] = []
     asked: list[_Span] = []
     if old is None:
         asked.append(_Span(tenant, new_nodes, s1, e1))
@@ -159,6 +158,19 @@ def admit(
         return Verdict(None, None)
     w0 = min(a.since for a in asked)
     w1 = max(a.until for a in asked)
+    # Dates first (a lease's instants are within a day of its dates in any zone): only the
+    # leases near the window pay for their instants.
+    first = dt.datetime.fromtimestamp(w0, dt.UTC).date() - _DAY
+    last = None if w1 == float("inf") else dt.datetime.fromtimestamp(w1, dt.UTC).date() + _DAY
+    for lease in gov.leases:
+        if old is not None and lease.id == old.id:
+            continue
+        if last is not None and lease.terms.start > last:
+            continue
+        end = effective_end(lease.terms)
+        if end is not None and end < first:
+            continue
+        base.append(_lease_span(lease))
     return _sweep(
         gov,
         hardware,
