@@ -70,7 +70,7 @@ async def build_store(db: Path, minutes: int) -> None:
     with GovernanceWriter(db) as w:
         for c in range(COHORTS):
             w.put_cohort(f"cohort{c}")
-            w.put_cohort_quota(f"cohort{c}", "gpus", 100.0)
+            w.put_cohort_quota(f"cohort{c}", "gpus", Quota(100.0))
         for t in range(TENANTS):
             tenant = f"tenant{t:02d}"
             w.put_tenant(tenant, f"cohort{t % COHORTS}", t % 3)

@@ -284,12 +284,16 @@ class Collector:
                         return capacity_families(state.picture)
 
                     metrics.add(capacity_source)
-                from collector.governance.metrics import quota_families  # noqa: PLC0415
+                from collector.governance.metrics import (  # noqa: PLC0415
+                    cohort_families,
+                    quota_families,
+                )
 
                 governance = self.governance
 
                 async def quota_source() -> list[Metric]:
-                    return quota_families(governance.view.standings)
+                    v = governance.view
+                    return quota_families(v.standings) + cohort_families(v.standings, v.cohorts)
 
                 metrics.add(quota_source)
             if self.capacity is not None:

@@ -32,14 +32,26 @@ from Jan 31 ends on Feb 28, or 29 in a leap year).
           [--duration 180d] [--notice 90d] [--minimum 120d] [--tz ZONE] [--auto-renew]
           [--name NAME] [--force [--reason TEXT]]
   list    every lease with its status (pending, active, notice_given, expired)
-  show    NAME|ID: its dates, last day to give notice, and nodes
+  show    NAME|ID: its dates, last day to give notice (notice_deadline), and nodes
   cancel  NAME|ID [--on DATE]: record notice (default today): it ends at notice + period or
           the contractual minimum, whichever is later
+
+Notice in months counts back from the term's end in calendar months, the day clamped to
+the month's end: a year from 2038-02-28 with --notice 3m ends 2039-02-28 (exclusive), so
+notice is due by 2038-11-28. In days, in days. Without a notice period, notice can be given
+on any day up to the lease's last day and takes effect at the end of that day; the shown
+deadline is then the term's last day, the last day `cancel` ends it with its term.
   extend  NAME|ID --by 30d: make it longer;  renew NAME|ID: one more term
 
 A node cannot be in two leases at once: add refuses, naming the node and the lease. With
-quotas set (`collector quota`), add also refuses a lease beyond what the tenant may hold
-(its nominal quota plus what it may borrow) unless --force, which is recorded.
+quotas set (`collector quota`), add, extend and renew (and `pool add`/`apply` growing a
+leased pool) are admitted only if the tenant stays within what it may hold (its nominal
+quota plus what its cohort lends, within its borrowing limit) at every instant of the
+days the change adds, given every other lease in force then, from today on: the answer
+does not depend on the order leases were added. A refusal names the first day it fails,
+the tenant, the resource (gpus; power_kw of the GPUs' power limits) and the figures;
+--force --reason "why" admits it anyway and records the reason on the lease. Nodes
+declared by `collector inventory import` count their GPUs like an agent's.
 The running collector picks changes up at its next rule evaluation."""
 
 _EPILOG: Final = """\
@@ -78,14 +90,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--start", help="add: first day, YYYY-MM-DD in --tz")
     p.add_argument("--duration", default="180d", help="add: 180d, 26w, 6m, 1y (default 180d)")
-    p.add_argument("--notice", default="0d", help="add: notice period for cancelling, e.g. 90d")
+    p.add_argument(
+        "--notice",
+        default="0d",
+        help="add: notice period for cancelling: 90d, or 3m (calendar months counted back "
+        "from the term's end); default none: notice on any day ends the lease after that day",
+    )
     p.add_argument("--minimum", default="0d", help="add: contractual minimum term, e.g. 120d")
     p.add_argument("--tz", default="UTC", help="add: IANA time zone of the dates (default UTC)")
     p.add_argument("--auto-renew", action="store_true", help="add: renews each term until notice")
     p.add_argument("--name", help="add: the lease's name (default TENANT-START)")
     p.add_argument("--comment", default="", help="add: free text")
-    p.add_argument("--force", action="store_true", help="add: even beyond the tenant's quota")
-    p.add_argument("--reason", help="add --force: why (recorded with the lease)")
+    p.add_argument(
+        "--force", action="store_true", help="add/extend/renew: even beyond the tenant's quota"
+    )
+    p.add_argument("--reason", help="with --force: why (recorded with the lease)")
     p.add_argument("--on", help="cancel: the day notice was given (default today in its zone)")
     p.add_argument("--by", help="extend: how much longer, e.g. 30d or 3m")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
@@ -113,6 +132,7 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         LeaseTerms,
         parse_date,
         parse_days,
+        parse_notice,
     )
     from collector.governance.ops import LeaseRequest, add_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415
@@ -128,10 +148,12 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
         raise ConfigError("add needs --start YYYY-MM-DD", field="--start")
     try:
         start = parse_date(args.start, field="--start")
+        notice_days, notice_months = parse_notice(args.notice, start, field="--notice")
         terms = LeaseTerms(
             start=start,
             duration_days=parse_days(args.duration, start, field="--duration"),
-            notice_days=parse_days(args.notice, start, field="--notice"),
+            notice_days=notice_days,
+            notice_months=notice_months,
             min_days=parse_days(args.minimum, start, field="--minimum"),
             tz=args.tz,
             auto_renew=args.auto_renew,
@@ -233,7 +255,9 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
         "tz": t.tz,
         "status": lease.status(now),
         "duration_days": t.duration_days,
-        "notice_days": t.notice_days,
+        "notice": t.notice,
+        "notice_days": None if t.notice_months else t.notice_days,
+        "notice_months": t.notice_months or None,
         "min_days": t.min_days,
         "auto_renew": t.auto_renew,
         "notice_given": None if t.notice_given is None else t.notice_given.isoformat(),
@@ -304,7 +328,11 @@ def _change(args: argparse.Namespace, db: Path, now: float) -> int:
     from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
     from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.usage import node_hardware  # noqa: PLC0415
 
+    if args.force and args.action == "cancel":
+        raise ConfigError("cancel gives nodes back: --force is for add, extend and renew")
+    force_reason = (args.reason or "forced without a reason") if args.force else None
     with GovernanceWriter(db, now=now) as w:
         days = None
         try:
@@ -316,7 +344,15 @@ def _change(args: argparse.Namespace, db: Path, now: float) -> int:
                 days = parse_days(args.by, current.scheduled_end, field="--by")
         except LeaseError as exc:
             raise ConfigError(str(exc)) from None
-        lease, _ = change_lease(w, args.lease, args.action, on=on, days=days)
+        lease, _ = change_lease(
+            w,
+            args.lease,
+            args.action,
+            on=on,
+            days=days,
+            hardware=w.run(node_hardware()) if args.action != "cancel" else None,
+            force_reason=force_reason,
+        )
         changed = next(x for x in w.state().leases if x.id == lease.id)
     row = lease_row(changed, now)
     if args.json:

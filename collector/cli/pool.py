@@ -38,6 +38,9 @@ round up to whole nodes. It chooses the FEWEST nodes (an integer program solved 
 SciPy's milp/HiGHS; greedy past a size limit, and says so), preferring nodes already in the
 pool, then fewer racks (xname cabinets); it never takes a node that is not online or is
 leased (nor one given with --exclude), and releases the nodes the pattern does not need.
+A leased pool's lease holds the nodes added to it: add and apply refuse growth that takes
+its tenant past its quota at any time in the rest of the lease (naming the first such day),
+unless --force --reason "why", which is recorded on the lease.
 An impossible pattern changes nothing and says what is missing. --dry-run prints the
 resulting inventory table and the moves and changes nothing."""
 
@@ -74,6 +77,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--exclude", nargs="+", default=[], metavar="NODE", help="with apply: never move these"
     )
     p.add_argument("--comment", default="", help="with create/apply: what the pool is for")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with add/apply: grow a leased pool even beyond its tenant's quota (recorded)",
+    )
+    p.add_argument("--reason", help="with --force: why (recorded with the lease)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
 
@@ -100,8 +109,21 @@ def run(args: argparse.Namespace) -> int:
     if args.action in ("create", "delete") and nodes:
         raise ConfigError(f"{args.action} takes only NAME (create: --nodes for nodes)")
     return _change(
-        settings.db_path, args.action, name, nodes or args.nodes, args.comment, as_json=args.json
+        settings.db_path,
+        args.action,
+        name,
+        nodes or args.nodes,
+        args.comment,
+        as_json=args.json,
+        force_reason=_forced(args),
     )
+
+
+def _forced(args: argparse.Namespace) -> str | None:
+    """``--force``: the reason recorded on a lease its pool's growth takes past quota."""
+    if args.reason is not None and not args.force:
+        raise ConfigError("--reason goes with --force", field="--reason")
+    return (args.reason or "forced without a reason") if args.force else None
 
 
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
@@ -160,8 +182,16 @@ def _require_pool(db: Path, name: str) -> None:
 
 
 def _change(
-    db: Path, action: str, name: str, nodes: list[str], comment: str, *, as_json: bool = False
+    db: Path,
+    action: str,
+    name: str,
+    nodes: list[str],
+    comment: str,
+    *,
+    as_json: bool = False,
+    force_reason: str | None = None,
 ) -> int:
+    from collector.governance.ops import judge_growth  # noqa: PLC0415
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
     from collector.store.pools import (  # noqa: PLC0415
         FREE,
@@ -202,7 +232,7 @@ def _change(
                     f"`collector pool remove {where} {node}` first"
                 )
         target = FREE if action == "remove" else name
-        tx.move(nodes, target, action)
+        judge_growth(tx.tx, tx.move(nodes, target, action), force_reason=force_reason)
     if as_json:
         print_json({"pool": name, "action": action, "nodes": nodes})
         return 0
@@ -213,6 +243,7 @@ def _change(
 
 def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
+    from collector.governance.ops import judge_growth  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
     from collector.store.pools import (  # noqa: PLC0415
         FREE,
@@ -238,7 +269,7 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
                 tx.create(plan.pool, args.comment)
             reason = f"apply {pattern}"
             tx.move(plan.release, FREE, reason)
-            tx.move(plan.take, plan.pool, reason)
+            judge_growth(tx.tx, tx.move(plan.take, plan.pool, reason), force_reason=_forced(args))
     _print_plan(plan, nodes, as_json=args.json, dry_run=args.dry_run)
     return 0
 

@@ -15,9 +15,11 @@ from collector.governance.quota import MAX_QUOTA
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collector.governance.quota import Quota
     from collector.governance.state import Governance
     from collector.governance.usage import Usage
     from collector.nodefacts import Staleness
+    from collector.store.governance import GovernanceWriter
 
 __all__ = ["add_parser", "run"]
 
@@ -37,13 +39,24 @@ Every figure says its basis:
   set     TENANT --resource gpus --nominal 9 [--borrowing-limit 1] [--lending-limit 1]
           [--period month] [--cohort C] [--priority N];  --cohort C without TENANT sets
           the cohort's own nominal quota;  --remove drops the tenant's quota on --resource
-  show    [TENANT]: nominal, in use, borrowed, lendable, available now, per basis
-  check   TENANT --gpus N: would N more GPUs be admitted, and from whose unused quota"""
+  show    [TENANT]: nominal, in use, borrowed, lendable, available now (never below 0,
+          as Kueue's), per basis; a cohort whose members hold more than it has is named
+          with the members over their own nominal plus what they may borrow (STATE
+          exceeded: only a tenant whose own use is beyond that)
+          --tree: the cohort tree of --resource per basis: each cohort's own quota and
+          limits, subtree and guaranteed quota, use and available; each tenant's under it
+  check   TENANT --gpus N: would N more GPUs be admitted, and from whose unused quota
+
+Cohorts form a tree (Kueue's hierarchical cohorts, KEP-79): `set --cohort C --parent P`
+gives C a parent, and its own --nominal, --borrowing-limit and --lending-limit (the limits
+apply towards its parent, as in Kueue); a parent that would close a cycle is refused."""
 
 _EPILOG: Final = """\
 examples:
   collector quota set acme --resource gpus --nominal 9 --cohort research
   collector quota set --cohort research --resource gpus --nominal 12
+  collector quota set --cohort left --parent research --nominal 10 --borrowing-limit 5
+  collector quota show --tree
   collector quota show --json
   collector quota check acme --gpus 4
 
@@ -69,6 +82,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--period", choices=("day", "week", "month"), help="set gpu_hours: period")
     p.add_argument("--cohort", help="set: the tenant's cohort (or, alone, the cohort's quota)")
     p.add_argument("--priority", type=int, help="set: the tenant's priority")
+    p.add_argument(
+        "--parent",
+        metavar="COHORT",
+        help="set --cohort C: C's parent cohort (Kueue's hierarchical cohorts; - for none)",
+    )
+    p.add_argument(
+        "--tree",
+        action="store_true",
+        help="show: the cohort tree, each cohort's and tenant's figures under its parent",
+    )
     p.add_argument("--remove", action="store_true", help="set: drop this quota")
     p.add_argument("--gpus", type=float, help="check: how many more GPUs")
     p.add_argument(
@@ -99,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     gov, usages, source = _read(
         settings.db_path, now, args.busy_util, settings.staleness(), from_store=args.from_store
     )
+    if args.action == "show" and args.tree:
+        return _tree(args, gov, usages, source)
     if args.action == "show":
         return _show(args, gov, usages, source)
     return _check(args, gov, usages, source)
@@ -135,17 +160,12 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
         if args.tenant is None:
             if args.cohort is None:
                 raise ConfigError("set needs a TENANT, or --cohort C for the cohort's own quota")
-            w.put_cohort(args.cohort)
-            if args.remove:
-                w.put_cohort_quota(args.cohort, args.resource, None)
-                return _said(args, f"cohort {args.cohort}: {args.resource} quota removed")
-            if nominal is None:
-                raise ConfigError("set needs --nominal N", field="--nominal")
-            w.put_cohort_quota(args.cohort, args.resource, nominal)
-            return _said(
-                args,
-                f"cohort {args.cohort}: own {args.resource} quota {nominal:g}",
-                nominal=nominal,
+            return _set_cohort(w, args, Quota(nominal, bl, ll) if nominal is not None else None)
+        if args.parent is not None:
+            raise ConfigError(
+                "--parent is a cohort's: `quota set --cohort C --parent P` (a tenant's cohort "
+                "is --cohort)",
+                field="--parent",
             )
         gov = w.state()
         cohort = args.cohort if args.cohort is not None else gov.tenants.get(args.tenant)
@@ -186,6 +206,64 @@ def _set(args: argparse.Namespace, db: Path, now: float) -> int:
     )
 
 
+def _set_cohort(w: GovernanceWriter, args: argparse.Namespace, quota: Quota | None) -> int:
+    """``set --cohort C [--parent P] [--nominal N ...]``: the cohort's place and own quota."""
+    from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
+    from collector.governance.quota import find_cycle  # noqa: PLC0415
+
+    cohort: str = args.cohort
+    w.put_cohort(cohort)
+    gov = w.state()
+    parent = gov.cohort_parents.get(cohort)
+    said: list[str] = []
+    if args.parent is not None:
+        parent = None if args.parent == "-" else args.parent
+        if parent is not None:
+            validate_tenant_name(parent, what="cohort", field="--parent")
+        parents: dict[str, str | None] = dict(gov.cohort_parents)
+        parents[cohort] = parent
+        cycle = find_cycle(parents)
+        if cycle is not None:
+            raise ConfigError(
+                f"cohort {cohort} cannot have parent {parent}: parents would form a cycle "
+                f"{' -> '.join(cycle)}; pick another --parent",
+                field="--parent",
+            )
+        w.set_cohort_parent(cohort, parent)
+        said.append(f"parent {parent or '-'}")
+    if args.remove:
+        w.put_cohort_quota(cohort, args.resource, None)
+        said.append(f"{args.resource} quota removed")
+    elif quota is not None:
+        if parent is None and (quota.borrowing_limit, quota.lending_limit) != (None, None):
+            raise ConfigError(
+                f"cohort {cohort} has no parent: its borrowing and lending limits are towards "
+                "a parent cohort; give --parent P (Kueue allows them only then)",
+                field="--parent",
+            )
+        w.put_cohort_quota(cohort, args.resource, quota)
+        said.append(_cohort_quota_text(args.resource, quota))
+    elif args.parent is None:
+        raise ConfigError("set --cohort needs --nominal N or --parent P", field="--nominal")
+    return _said(
+        args,
+        f"cohort {cohort}: {', '.join(said)}",
+        nominal=None if quota is None else quota.nominal,
+        borrowing_limit=None if quota is None else quota.borrowing_limit,
+        lending_limit=None if quota is None else quota.lending_limit,
+        parent=parent,
+    )
+
+
+def _cohort_quota_text(resource: str, q: Quota) -> str:
+    text = f"own {resource} quota {q.nominal:g}"
+    if q.borrowing_limit is not None:
+        text += f", borrowing limit {q.borrowing_limit:g}"
+    if q.lending_limit is not None:
+        text += f", lending limit {q.lending_limit:g}"
+    return text
+
+
 def _said(
     args: argparse.Namespace,
     text: str,
@@ -195,6 +273,7 @@ def _said(
     lending_limit: float | None = None,
     cohort: str | None = None,
     priority: int | None = None,
+    parent: str | None = None,
 ) -> int:
     """What `set` did: one line, or with --json the flags it applied as one object."""
     if not args.json:
@@ -210,6 +289,8 @@ def _said(
         removed=bool(args.remove),
         message=text,
     )
+    if args.tenant is None:
+        row["parent"] = parent
     print_json(row)
     return 0
 
@@ -297,7 +378,7 @@ def _source_line(source: _Source) -> str:
 
 
 def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
-    from collector.governance.report import standings  # noqa: PLC0415
+    from collector.governance.report import overcommitted, standings  # noqa: PLC0415
 
     if args.tenant is not None:
         _known(gov, args.tenant)
@@ -305,8 +386,14 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source
         s.as_dict()
         for s in standings(gov, usages, tenants=None if args.tenant is None else [args.tenant])
     ]
+    mine = None if args.tenant is None else gov.tenants.get(args.tenant)
+    over = [
+        c.as_dict() for c in overcommitted(gov, usages) if args.tenant is None or c.cohort == mine
+    ]
     if args.json:
-        print_json({"source": source.name, "as_of": source.as_of, "quotas": rows})
+        print_json(
+            {"source": source.name, "as_of": source.as_of, "quotas": rows, "overcommitted": over}
+        )
         return 0
     if not rows:
         print("no quotas: set one with `collector quota set TENANT --resource gpus --nominal N`")
@@ -325,8 +412,89 @@ def _show(args: argparse.Namespace, gov: Governance, usages: list[Usage], source
         Column("band", "STATE", align_right=False),
     ]
     print(render_table(rows, columns))
+    for c in over:
+        print(
+            f"\nCOHORT {c['cohort']} OVERCOMMITTED on {c['resource']} ({c['basis']}): its "
+            f"members hold {c['in_use']:g} of {c['quota']:g}; over their own limit: "
+            f"{', '.join(c['over']) or '-'}"
+        )
     print(f"\n{_source_line(source)}")
     return 0
+
+
+def _tree(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:
+    """``show --tree``: the cohort tree of ``--resource``, per basis, each node's figures."""
+    tree = gov.tree(args.resource)
+    out: list[dict[str, Any]] = []
+    for usage in usages:
+        use = usage.of(args.resource)
+
+        def cohort_node(name: str, use: dict[str, float] = use) -> dict[str, Any]:
+            figures = {k: _round(v) for k, v in tree.cohort_figures(name, use).items()}
+            kids, members = tree.children(name)
+            children = [cohort_node(k) for k in kids] + [tenant_node(t, use) for t in members]
+            return {"cohort": name, **figures, "children": children}
+
+        def tenant_node(name: str, use: dict[str, float]) -> dict[str, Any]:
+            f = tree.figures(name, use)
+            q = gov.quotas[(name, args.resource)].quota
+            return {
+                "tenant": name,
+                "nominal": f.nominal,
+                "borrowing_limit": f.borrowing_limit,
+                "lending_limit": q.lending_limit,
+                "in_use": _round(f.usage),
+                "available": _round(f.available),
+                "limit": _round(f.limit),
+                "state": "exceeded" if f.exceeded else ("borrowing" if f.borrowed else "ok"),
+            }
+
+        roots, alone = tree.roots()
+        nodes = [cohort_node(c) for c in roots] + [tenant_node(t, use) for t in alone]
+        out.append({"resource": args.resource, "basis": usage.basis, "tree": nodes})
+    if args.json:
+        print_json({"source": source.name, "as_of": source.as_of, "trees": out})
+        return 0
+    for t in out:
+        print(f"{t['resource']} ({t['basis']} basis)")
+        for i, node in enumerate(t["tree"]):
+            _draw(node, "", last=i == len(t["tree"]) - 1)
+        print()
+    print(_source_line(source))
+    return 0
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _limits(node: dict[str, Any]) -> str:
+    parts = [f"nominal {_fmt(node['nominal'])}"]
+    if node.get("borrowing_limit") is not None:
+        parts.append(f"borrow <= {_fmt(node['borrowing_limit'])}")
+    if node.get("lending_limit") is not None:
+        parts.append(f"lend <= {_fmt(node['lending_limit'])}")
+    return ", ".join(parts)
+
+
+def _draw(node: dict[str, Any], prefix: str, *, last: bool) -> None:
+    """One node of the tree and, below it, its children, with box-drawing branches."""
+    branch = "└─ " if last else "├─ "
+    if "cohort" in node:
+        line = (
+            f"{node['cohort']}/  {_limits(node)}; subtree {_fmt(node['subtree'])}, "
+            f"guaranteed {_fmt(node['guaranteed'])}, in use {_fmt(node['in_use'])}, "
+            f"available {_fmt(node['available'])}"
+        )
+    else:
+        line = (
+            f"{node['tenant']}  {_limits(node)}; in use {_fmt(node['in_use'])}, available "
+            f"{_fmt(node['available'])}, limit {_fmt(node['limit'])} [{node['state']}]"
+        )
+    print(f"{prefix}{branch}{line}")
+    children = node.get("children", [])
+    for i, child in enumerate(children):
+        _draw(child, prefix + ("   " if last else "│  "), last=i == len(children) - 1)
 
 
 def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage], source: _Source) -> int:

@@ -11,8 +11,12 @@ shape, so ``collector export | collector apply -f -`` is a no-op.
 
 Example::
 
+    [cohorts.org]
+    quota = { gpus = 4 }                  # the cohort's own nominal quota
+
     [cohorts.research]
-    quota = { gpus = 12 }                 # the cohort's own nominal quota
+    parent = "org"                        # a cohort of cohorts (Kueue KEP-79)
+    quota = { gpus = { nominal = 12, borrowing_limit = 4, lending_limit = 6 } }
 
     [tenants.acme]
     cohort = "research"
@@ -31,7 +35,7 @@ Example::
     pool = "acme-a"                       # or nodes = [...]
     start = 2026-01-01
     duration_days = 180
-    notice_days = 90
+    notice_days = 90                      # or notice_months = 3 (back from the term's end)
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from collector.governance.admit import admit
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
-from collector.governance.ops import LeaseRequest, add_lease, overlapping
-from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota
+from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
+from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import follow_leases
 from shared.errors import ConfigError
@@ -79,17 +84,46 @@ class QuotaSpec(_Strict):
         return self
 
 
-class CohortSpec(_Strict):
-    """A cohort and its own nominal quota per resource."""
+class CohortQuotaSpec(_Strict):
+    """A cohort's own quota on one resource; the limits apply towards its parent."""
 
-    quota: dict[Literal["gpus", "power_kw", "gpu_hours"], float] = {}
+    nominal: float = Field(ge=0, le=MAX_QUOTA)
+    borrowing_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
+    lending_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
+
+    def quota(self) -> Quota:
+        """As the arithmetic takes it."""
+        return Quota(self.nominal, self.borrowing_limit, self.lending_limit)
+
+
+class CohortSpec(_Strict):
+    """A cohort: its parent (Kueue's hierarchical cohorts) and its own quota per resource,
+    a number (its nominal) or ``{ nominal, borrowing_limit, lending_limit }``."""
+
+    parent: str | None = None
+    quota: dict[Literal["gpus", "power_kw", "gpu_hours"], float | CohortQuotaSpec] = {}
 
     @model_validator(mode="after")
     def _non_negative(self) -> CohortSpec:
         for resource, value in self.quota.items():
-            if not 0 <= value <= MAX_QUOTA:
+            if isinstance(value, float | int) and not 0 <= value <= MAX_QUOTA:
                 raise ValueError(f"quota.{resource} must be from 0 to {MAX_QUOTA:g}")
+            limited = isinstance(value, CohortQuotaSpec) and (
+                value.borrowing_limit is not None or value.lending_limit is not None
+            )
+            if limited and self.parent is None:
+                raise ValueError(
+                    f"quota.{resource}: borrowing and lending limits are towards a parent: "
+                    'give the cohort parent = "NAME" (Kueue allows them only then)'
+                )
         return self
+
+    def quota_of(self, resource: str) -> Quota | None:
+        """Its own quota on ``resource``, or ``None``."""
+        value = self.quota.get(resource)  # type: ignore[call-overload]
+        if value is None:
+            return None
+        return value.quota() if isinstance(value, CohortQuotaSpec) else Quota(float(value))
 
 
 class TenantSpec(_Strict):
@@ -125,6 +159,8 @@ class LeaseSpec(_Strict):
     duration_days: int = Field(default=DEFAULT_DURATION_DAYS, ge=1, le=100 * 366)
     term_days: int | None = Field(default=None, ge=1, le=100 * 366)
     notice_days: int = Field(default=0, ge=0, le=100 * 366)
+    notice_months: int = Field(default=0, ge=0, le=1200)
+    """A notice period in calendar months, counted back from a term's end."""
     min_days: int = Field(default=0, ge=0, le=100 * 366)
     tz: str = "UTC"
     auto_renew: bool = False
@@ -145,6 +181,7 @@ class LeaseSpec(_Strict):
             duration_days=self.duration_days,
             term_days=self.term_days,
             notice_days=self.notice_days,
+            notice_months=self.notice_months,
             min_days=self.min_days,
             tz=self.tz,
             auto_renew=self.auto_renew,
@@ -173,6 +210,13 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
             msg = "unknown key (see `collector apply --help` for the file's shape)"
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
     _check_names(spec, source)
+    cycle = find_cycle({n: c.parent for n, c in spec.cohorts.items()})
+    if cycle is not None:
+        raise ConfigError(
+            f"{source}: cohorts: parents form a cycle: {' -> '.join(cycle)}; a cohort tree "
+            "has no cycles (Kueue disables such cohorts)",
+            field=f"cohorts.{cycle[0]}.parent",
+        )
     owner: dict[str, str] = {}
     for name, pool in sorted(spec.pools.items()):
         if pool.pattern is not None:
@@ -205,6 +249,7 @@ def _check_names(spec: ClusterSpec, source: str) -> None:
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
 
     names: list[tuple[str, str, str | None]] = [(f"cohorts.{n}", "cohort", n) for n in spec.cohorts]
+    names += [(f"cohorts.{n}.parent", "cohort", c.parent) for n, c in spec.cohorts.items()]
     names += [(f"tenants.{n}", "tenant", n) for n in spec.tenants]
     names += [(f"tenants.{n}.cohort", "cohort", t.cohort) for n, t in spec.tenants.items()]
     names += [(f"leases.{n}.tenant", "tenant", x.tenant) for n, x in spec.leases.items()]
@@ -224,8 +269,12 @@ def _check_names(spec: ClusterSpec, source: str) -> None:
                 raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
 
 
-def _num(value: float | None) -> str:
-    return "none" if value is None else f"{value:g}"
+def _cohort_text(q: Quota | None) -> str:
+    if q is None:
+        return "none"
+    if q.borrowing_limit is None and q.lending_limit is None:
+        return f"{q.nominal:g}"
+    return _quota_text(TenantQuota(q))
 
 
 def _quota_text(q: TenantQuota | None) -> str:
@@ -254,7 +303,20 @@ def apply_spec(
     planned = planned or {}
     gov = w.state()
     changes: list[str] = []
+    grown: dict[int, list[str]] = {}
     cohorts = set(spec.cohorts) | {t.cohort for t in spec.tenants.values() if t.cohort}
+    cohorts |= {c.parent for c in spec.cohorts.values() if c.parent}
+    parents = dict(gov.cohort_parents)
+    parents.update({n: c.parent for n, c in spec.cohorts.items() if c.parent})
+    for n, c in spec.cohorts.items():
+        if c.parent is None:
+            parents.pop(n, None)
+    cycle = find_cycle(parents)
+    if cycle is not None:
+        raise ConfigError(
+            f"cohorts: with the stored cohorts, parents form a cycle: {' -> '.join(cycle)}",
+            field=f"cohorts.{cycle[0]}.parent",
+        )
     for name in sorted(cohorts):
         c = spec.cohorts.get(name, CohortSpec())
         if name not in gov.cohorts:
@@ -262,11 +324,19 @@ def apply_spec(
         w.put_cohort(name)
         if name not in spec.cohorts:
             continue
+        if gov.cohort_parents.get(name) != c.parent:
+            changes.append(
+                f"~ cohort {name} parent: {gov.cohort_parents.get(name) or '-'} -> "
+                f"{c.parent or '-'}"
+            )
+            w.set_cohort_parent(name, c.parent)
         for resource in RESOURCES:
-            own = c.quota.get(resource)
+            own = c.quota_of(resource)
             had = gov.cohort_quotas.get((name, resource))
             if own != had:
-                changes.append(f"~ cohort {name} {resource}: {_num(had)} -> {_num(own)}")
+                changes.append(
+                    f"~ cohort {name} {resource}: {_cohort_text(had)} -> {_cohort_text(own)}"
+                )
                 w.put_cohort_quota(name, resource, own)
     for name, t in sorted(spec.tenants.items()):
         if name not in gov.tenants:
@@ -326,9 +396,29 @@ def apply_spec(
             for node in removed:
                 w.leave_pool(node, name)
         w.ensure_pool(name, want_nodes)
-        follow_leases(w.tx, [name])
+        grown.update(follow_leases(w.tx, [name]))
+    _judge_growth(w, spec, grown)
     changes += _apply_leases(w, spec, gov, hardware)
     return changes
+
+
+def _judge_growth(w: GovernanceWriter, spec: ClusterSpec, grown: Mapping[int, list[str]]) -> None:
+    """Leases whose pool the file grew: admitted over the rest of the lease, or forced by
+    the file's ``force_reason`` for that lease."""
+    if not grown:
+        return
+    leases = {lease.id: lease for lease in w.state().leases}
+    for lease_id, nodes in sorted(grown.items()):
+        lease = leases[lease_id]
+        declared = spec.leases.get(lease.name)
+        try:
+            judge_growth(
+                w.tx,
+                {lease_id: nodes},
+                force_reason=None if declared is None else declared.force_reason,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"pools.{lease.pool}: {exc}", field=f"pools.{lease.pool}") from None
 
 
 def plan_patterns(
@@ -415,6 +505,15 @@ def _apply_leases(
                     "at the same time",
                     field=f"leases.{name}",
                 )
+            verdict = admit(current, hardware, ls.tenant, nodes, terms, now=w.now, old=have)
+            if verdict.refusal is not None:
+                if ls.force_reason is None:
+                    raise ConfigError(
+                        f"leases.{name}: {verdict.refusal.text()}; raise the quota, or give "
+                        'the lease force_reason = "why"',
+                        field=f"leases.{name}",
+                    )
+                w.mark_forced(have.id, ls.force_reason)
             w.update_lease(have, terms, comment=ls.comment)
             w.set_lease_nodes(have, nodes)
             current.leases = [
@@ -430,8 +529,24 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
     """The store's governance state as a ``cluster.toml`` document (for ``tomli_w``)."""
     doc: dict[str, Any] = {"cohorts": {}, "tenants": {}, "pools": {}, "leases": {}}
     for name in sorted(gov.cohorts):
-        quota = {r: v for (c, r), v in sorted(gov.cohort_quotas.items()) if c == name}
-        doc["cohorts"][name] = {"quota": quota} if quota else {}
+        quota: dict[str, Any] = {}
+        for (c, r), cq in sorted(gov.cohort_quotas.items()):
+            if c != name:
+                continue
+            if cq.borrowing_limit is None and cq.lending_limit is None:
+                quota[r] = cq.nominal
+            else:
+                limits = {"borrowing_limit": cq.borrowing_limit, "lending_limit": cq.lending_limit}
+                quota[r] = {
+                    "nominal": cq.nominal,
+                    **{k: v for k, v in limits.items() if v is not None},
+                }
+        cohort: dict[str, Any] = {}
+        if name in gov.cohort_parents:
+            cohort["parent"] = gov.cohort_parents[name]
+        if quota:
+            cohort["quota"] = quota
+        doc["cohorts"][name] = cohort
     for name in sorted(gov.tenants):
         t: dict[str, Any] = {"priority": gov.priorities.get(name, 0)}
         if gov.tenants[name]:
@@ -469,6 +584,7 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
         optional: dict[str, Any] = {
             "term_days": lt.term_days,
             "notice_days": lt.notice_days or None,
+            "notice_months": lt.notice_months or None,
             "min_days": lt.min_days or None,
             "tz": None if lt.tz == "UTC" else lt.tz,
             "auto_renew": lt.auto_renew or None,

@@ -19,7 +19,7 @@ from collector.governance.usage import (
 )
 from collector.nodefacts import Staleness
 from collector.store.reader import StoreReader
-from collector.store.usage import gpu_hours_in
+from collector.store.usage import declared_hardware, gpu_hours_in
 
 __all__ = ["usages_from_store"]
 
@@ -35,7 +35,13 @@ def usages_from_store(
     """Allocated and measured use per tenant, from one snapshot of the store."""
     leased = {n for lease in gov.leases for n in lease.nodes}
     states = nodes_from_store(store, nodes=leased) if leased else []
-    held, measures = node_facts(states, now, staleness=staleness, busy_util_pct=busy_util_pct)
+    held, measures = node_facts(
+        states,
+        now,
+        staleness=staleness,
+        busy_util_pct=busy_util_pct,
+        declared=store.run(declared_hardware()) if leased else {},
+    )
     hours: dict[str, float] = {}
     if gov.has_quota("gpu_hours"):
         for w in lease_windows(gov, now):

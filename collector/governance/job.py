@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.cooperate import YIELD_EVERY, yield_gil
-from collector.governance.report import QuotaStanding, standings
+from collector.governance.report import CohortStanding, QuotaStanding, overcommitted, standings
 from collector.governance.state import Governance, period_start
 from collector.governance.usage import (
     FactsCache,
@@ -35,13 +35,14 @@ from collector.governance.usage import (
     node_facts,
 )
 from collector.live import LiveView, NodeState
-from collector.nodefacts import DEFAULT_STALENESS, NodeMeasure, Staleness
+from collector.nodefacts import DEFAULT_STALENESS, Hardware, NodeMeasure, Staleness
 from collector.store.governance import (
     USAGE_KEY,
     generation,
     governance,
     usage_snapshot,
 )
+from collector.store.usage import declared_hardware
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger
@@ -67,6 +68,8 @@ class GovernanceView:
     allocated: Usage = field(default_factory=lambda: Usage("allocated"))
     measured: Usage = field(default_factory=lambda: Usage("measured"))
     standings: list[QuotaStanding] = field(default_factory=list)
+    cohorts: list[CohortStanding] = field(default_factory=list)
+    """Cohorts whose members hold more than they have (``CohortOvercommitted``)."""
     at: float = float("-inf")
     """When this view was computed (collector clock)."""
 
@@ -124,6 +127,8 @@ class GovernanceJob:
         self._restored = False
         self._last: float | None = None
         self._facts = FactsCache()
+        self._declared: dict[str, Hardware] = {}
+        """Hardware of declared inventories (`inventory import` moves the generation)."""
 
     async def __call__(self, store: Store, view: LiveView) -> UsageRecord | None:
         """Reload if the store's governance changed; recompute usage and standings from
@@ -134,6 +139,7 @@ class GovernanceJob:
         if stored != self._generation:
             try:
                 loaded = await store.run(governance())
+                self._declared = await store.run(declared_hardware())
             except StoreError as exc:
                 if exc.fatal:
                     raise
@@ -177,6 +183,7 @@ class GovernanceJob:
             staleness=self._staleness,
             busy_util_pct=self._busy,
             cache=self._facts,
+            declared={n: hw for n, hw in self._declared.items() if n in leased},
         )
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
         for node, m in measures.items() if step > 0 else ():
@@ -194,6 +201,7 @@ class GovernanceJob:
             allocated=allocated,
             measured=measured,
             standings=standings(gov, [allocated, measured]),
+            cohorts=overcommitted(gov, [allocated, measured]),
             at=now,
         )
         # For `collector quota show`: the figures the rules judged, without re-deriving them

@@ -16,15 +16,27 @@ The rules, as a lawyer would read them:
   year from Feb 29 runs to Feb 28 (BGB §188(3), the common-law corresponding-date rule).
   Days are calendar days, so leap days count
   (a 365-day lease from 2028-01-01 ends 2028-12-31, one day short of the calendar year).
-* **Notice** given on day ``d`` (a date in the lease's zone) with a notice period of ``n``
-  days takes effect at ``d + n``: the lease ends then (exclusive), or at the contractual
-  minimum end (``start + min_days``), whichever is later (:func:`effective_end`). Notice never
-  makes a non-renewing lease longer: it still ends at its scheduled end at the latest.
+* **Notice** is a period in days or in calendar months (``--notice 90d``, ``--notice 3m``;
+  a year is 12 months), kept as written. Notice given on day ``d`` (a date in the lease's
+  zone) takes effect (:func:`notice_effect`): with ``n`` days, at ``d + n``; with ``m``
+  months, at the same day ``m`` months later, counted so that notice on the last day to
+  give it (below) takes effect exactly at the term's end (when that month has no such day,
+  the first day after it). The lease then ends at that date (exclusive) or at the
+  contractual minimum end (``start + min_days``), whichever is later (:func:`effective_end`).
+  Notice never makes a non-renewing lease longer: it still ends at its scheduled end.
+* **Without a notice period** notice takes effect at the end of the day it is given: the
+  lease holds that day and ends after it. So notice can be given on any day of the lease up
+  to its last day (``cancel`` refuses only once the lease has ended), and the last day to
+  give notice that ends it with its term is the term's last day.
 * **Renewing** leases (``auto_renew``) roll over into a new term of ``term_days`` at each
   term end until notice is given; then they end at the later of notice + period and the
   minimum. Without notice their end is open (``None``).
 * **Last day to give notice** (:func:`notice_deadline`): the last date on which notice still
-  ends the lease at the end of its current term, ``term_end - notice_days``. For a renewing
+  ends the lease at the end of its current term, counted back from the term's end (its
+  exclusive end date) as a lawyer counts a period backwards: ``n`` days back, or ``m``
+  calendar months back with the day clamped to the month's end (a term ending 2039-02-28
+  with 3 months' notice: 2038-11-28; ending 2039-05-31 with 3 months: 2039-02-28), and
+  the term's last day when there is no notice period. For a renewing
   lease, missing it means the lease runs into the next term (to notice + period); for a
   fixed lease it is the last day on which cancelling ends it before its scheduled end.
 * **Status** (:func:`status`): ``pending`` before the start, ``expired`` from the effective
@@ -54,9 +66,11 @@ __all__ = [
     "instant",
     "interval",
     "notice_deadline",
+    "notice_effect",
     "overlaps",
     "parse_date",
     "parse_days",
+    "parse_notice",
     "renew",
     "status",
     "term_end",
@@ -67,6 +81,8 @@ DEFAULT_DURATION_DAYS: Final = 180
 MAX_DAYS: Final = 36_600
 """Any one length (duration, term, notice, minimum): 100 years. With starts up to year 8000
 no date a lease computes can leave the calendar (year 9999)."""
+MAX_NOTICE_MONTHS: Final = 1200
+"""A notice period in months: at most 100 years, as any other length."""
 _FIRST_YEAR: Final = 1970
 _LAST_YEAR: Final = 8000
 LeaseStatus = Literal["pending", "active", "notice_given", "expired"]
@@ -93,8 +109,16 @@ class LeaseTerms:
     """Length of one renewal term (default: the original duration)."""
     notice_given: dt.date | None = None
     """The date (in ``tz``) on which notice was given, or ``None``."""
+    notice_months: int = 0
+    """A notice period in calendar months (then ``notice_days`` is 0)."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.notice_months <= MAX_NOTICE_MONTHS:
+            raise LeaseError(
+                f"notice_months must be from 0 to {MAX_NOTICE_MONTHS}, got {self.notice_months}"
+            )
+        if self.notice_months and self.notice_days:
+            raise LeaseError("a notice period is in days or in months, not both")
         if not _FIRST_YEAR <= self.start.year <= _LAST_YEAR:
             raise LeaseError(
                 f"start {self.start.isoformat()} is out of range: years {_FIRST_YEAR} to "
@@ -115,6 +139,11 @@ class LeaseTerms:
         if self.term_days is not None and self.term_days < 1:
             raise LeaseError(f"a renewal term must be at least 1 day, got {self.term_days}")
         check_zone(self.tz)
+
+    @property
+    def notice(self) -> str:
+        """The notice period as written: ``90d``, ``3m`` or ``0d``."""
+        return f"{self.notice_months}m" if self.notice_months else f"{self.notice_days}d"
 
     @property
     def term(self) -> int:
@@ -147,8 +176,13 @@ def today_in(tz: str, now: float) -> dt.date:
     return dt.datetime.fromtimestamp(now, check_zone(tz)).date()
 
 
+_EPOCH_ORDINAL: Final = dt.date(1970, 1, 1).toordinal()
+
+
 def instant(day: dt.date, tz: str) -> float:
     """The instant (Unix seconds) at which ``day`` begins in zone ``tz``."""
+    if tz == "UTC":  # most leases: no zone lookup (admission computes thousands of these)
+        return float((day.toordinal() - _EPOCH_ORDINAL) * 86_400)
     return dt.datetime(day.year, day.month, day.day, tzinfo=check_zone(tz)).timestamp()
 
 
@@ -192,6 +226,37 @@ def parse_days(text: str, start: dt.date, *, field: str = "duration") -> int:
         raise LeaseError(f"{field} {text!r} runs past the calendar (year 9999)") from None
 
 
+def parse_notice(text: str, start: dt.date, *, field: str = "--notice") -> tuple[int, int]:
+    """A notice period: (days, months). ``3m`` and ``1y`` are kept as calendar months
+    (counted back from a term's end, not forward from the start); ``90d``, ``2w`` in days."""
+    m = _DAYS.match(text)
+    if m is not None and m.group(2).lower() in ("m", "y"):
+        months = int(m.group(1)) * (12 if m.group(2).lower() == "y" else 1)
+        if months > MAX_NOTICE_MONTHS:
+            raise LeaseError(f"{field} {text!r} is longer than {MAX_NOTICE_MONTHS} months")
+        return 0, months
+    return parse_days(text, start, field=field), 0
+
+
+def notice_effect(terms: LeaseTerms, on: dt.date) -> dt.date:
+    """The date (exclusive end) at which notice given on ``on`` ends the lease, before the
+    contractual minimum and the scheduled end are applied (see the module docstring)."""
+    m = terms.notice_months
+    if not m:
+        return on + dt.timedelta(days=max(terms.notice_days, 1))
+    end = add_months(on, m)
+    if add_months(end, -m) < on:  # clamped (Nov 30 + 3 months = Feb 28): the day after
+        end += dt.timedelta(days=1)
+    return end
+
+
+def _deadline(terms: LeaseTerms, end: dt.date) -> dt.date:
+    """The last day notice ends the lease at ``end``: the period counted back from it."""
+    if terms.notice_months:
+        return add_months(end, -terms.notice_months)
+    return end - dt.timedelta(days=max(terms.notice_days, 1))
+
+
 def term_end(terms: LeaseTerms, today: dt.date) -> dt.date:
     """End (exclusive) of the term that holds ``today`` (the first one before the start).
 
@@ -209,7 +274,7 @@ def effective_end(terms: LeaseTerms) -> dt.date | None:
     """The date (exclusive) the lease ends; ``None``: a renewing lease without notice."""
     if terms.notice_given is None:
         return None if terms.auto_renew else terms.scheduled_end
-    by_notice = max(terms.notice_given + dt.timedelta(days=terms.notice_days), terms.min_end)
+    by_notice = max(notice_effect(terms, terms.notice_given), terms.min_end)
     if terms.auto_renew:
         return by_notice
     return min(by_notice, terms.scheduled_end)
@@ -234,11 +299,11 @@ def notice_deadline(terms: LeaseTerms, today: dt.date) -> dt.date | None:
     if terms.notice_given is not None or status(terms, today) == "expired":
         return None
     end = term_end(terms, today)
-    deadline = end - dt.timedelta(days=terms.notice_days)
+    deadline = _deadline(terms, end)
     if terms.auto_renew and deadline < today:
         # Too late for this term: the next term's deadline is the one that still counts.
         end += dt.timedelta(days=terms.term)
-        deadline = end - dt.timedelta(days=terms.notice_days)
+        deadline = _deadline(terms, end)
     return deadline
 
 

@@ -1,7 +1,7 @@
 """Lease and quota changes with their checks: overlaps, quota admission, forced leases.
 
 The checks are pure functions of a :class:`Governance` (:func:`overlapping`,
-:func:`lease_admission`); :func:`add_lease` and friends run them on the state a
+:func:`collector.governance.admit.admit`); :func:`add_lease` and friends run them on the state a
 :class:`~collector.store.governance.GovernanceWriter` transaction sees and write the result
 in that same transaction, so two commands cannot both pass the check and both write.
 Refusals are :class:`~shared.errors.ConfigError` with one line naming the node and lease or
@@ -11,16 +11,16 @@ the quota and the way out.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from collector.governance.admit import Verdict, admit
 from collector.governance.lease import (
     LeaseError,
     LeaseTerms,
     cancel,
     extend,
-    instant,
     overlaps,
     renew,
     today_in,
@@ -33,14 +33,16 @@ from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
+    from collector.store.command import Command
     from collector.store.governance import GovernanceWriter
 
 __all__ = [
     "LeaseRequest",
     "add_lease",
+    "admit_growth",
     "change_lease",
     "find_lease",
-    "lease_admission",
+    "judge_growth",
     "overlapping",
     "validate_tenant_name",
 ]
@@ -81,30 +83,6 @@ def overlapping(
             (node, lease) for lease in leases if lease.id != skip and overlaps(lease.terms, terms)
         )
     return out
-
-
-def lease_admission(
-    gov: Governance,
-    hardware: Mapping[str, tuple[int, float]],
-    tenant: str,
-    nodes: Sequence[str],
-    terms: LeaseTerms,
-    *,
-    now: float,
-) -> Admission | None:
-    """Whether ``tenant`` may hold ``nodes``' GPUs on top of its other leases, by its GPU
-    quota (allocated basis, at the lease's start or now, whichever is later).
-
-    ``None`` when the tenant has no GPU quota: it is not governed on GPUs.
-    """
-    if (tenant, "gpus") not in gov.quotas:
-        return None
-    at = max(now, instant(terms.start, terms.tz))
-    usage: dict[str, float] = {}
-    for t, held in gov.tenant_nodes(at).items():
-        usage[t] = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in held))
-    wanted = float(sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in set(nodes)))
-    return gov.tree("gpus").check(tenant, wanted, usage)
 
 
 def add_lease(
@@ -176,18 +154,9 @@ def add_lease(
             "pick other nodes or dates, or cancel that lease",
             field="--nodes",
         )
-    admission = lease_admission(gov, hardware, req.tenant, nodes, req.terms, now=w.now)
-    forced = False
-    if admission is not None and not admission.admitted:
-        if req.force_reason is None:
-            raise ConfigError(
-                f"lease of {admission.amount:g} GPUs exceeds what tenant {req.tenant} may "
-                f"hold: {max(0.0, admission.available):g} GPUs available within its quota "
-                "and what its cohort lends; raise its quota (`collector quota set`) or add "
-                '--force --reason "why"',
-                field="--force",
-            )
-        forced = True
+    verdict = admit(gov, hardware, req.tenant, nodes, req.terms, now=w.now)
+    admission = verdict.first
+    forced = _refused(verdict, req.force_reason, f"lease {req.name!r}")
     lease_id = w.add_lease(
         name=req.name,
         tenant=req.tenant,
@@ -235,9 +204,16 @@ def change_lease(
     *,
     on: dt.date | None = None,
     days: int | None = None,
+    hardware: Mapping[str, tuple[int, float]] | None = None,
+    force_reason: str | None = None,
 ) -> tuple[Lease, LeaseTerms]:
     """Cancel (notice ``on``, default today), extend by ``days`` or renew lease ``ref``
-    (name or id); the lease as it was and its new terms."""
+    (name or id); the lease as it was and its new terms.
+
+    Extending or renewing is admitted over the days it adds (:func:`~collector.governance.
+    admit.admit`, with ``hardware``: node -> (GPUs, GPU power limits in W)); beyond quota
+    only with ``force_reason``, recorded on the lease.
+    """
     gov = w.state()
     lease = find_lease(gov, ref)
     today = today_in(lease.terms.tz, w.now)
@@ -263,8 +239,71 @@ def change_lease(
                 f"{other.terms.start.isoformat()} by lease {other.name!r} (id {other.id})",
                 field=action,
             )
+        verdict = admit(gov, hardware or {}, lease.tenant, lease.nodes, terms, now=w.now, old=lease)
+        if _refused(verdict, force_reason, f"cannot {action} lease {lease.name!r}"):
+            w.mark_forced(lease.id, force_reason or "forced without a reason")
     w.update_lease(lease, terms)
     return lease, terms
+
+
+def admit_growth(
+    gov: Governance,
+    hardware: Mapping[str, tuple[int, float]],
+    grown: Mapping[int, Collection[str]],
+    *,
+    now: float,
+    force_reason: str | None = None,
+) -> list[int]:
+    """Judge leases that gained nodes because their pool grew (``grown``: lease id -> the
+    nodes it gained; ``gov``: the state with the nodes already added). The ids of the
+    leases admitted only by ``force_reason``; :class:`ConfigError` for the first refused.
+    """
+    forced: list[int] = []
+    by_id = {lease.id: lease for lease in gov.leases}
+    for lease_id, added in sorted(grown.items()):
+        lease = by_id.get(lease_id)
+        if lease is None:
+            continue
+        before = replace(lease, nodes=tuple(n for n in lease.nodes if n not in set(added)))
+        verdict = admit(gov, hardware, lease.tenant, lease.nodes, lease.terms, now=now, old=before)
+        what = f"pool {lease.pool!r} cannot grow while leased ({lease.name!r})"
+        if _refused(verdict, force_reason, what):
+            forced.append(lease_id)
+    return forced
+
+
+def judge_growth(
+    tx: Command, grown: Mapping[int, Collection[str]], *, force_reason: str | None = None
+) -> list[int]:
+    """:func:`admit_growth` inside the transaction ``tx`` that grew the pools (its state and
+    the nodes' hardware as it sees them); records ``force_reason`` on the leases it let
+    past their quota and returns their ids."""
+    if not grown:
+        return []
+    from collector.store.governance import governance, mark_forced  # noqa: PLC0415
+    from collector.store.usage import node_hardware  # noqa: PLC0415
+
+    gov = tx.run(governance())
+    forced = admit_growth(
+        gov, tx.run(node_hardware()), grown, now=tx.now, force_reason=force_reason
+    )
+    for lease_id in forced:
+        mark_forced(tx, lease_id, force_reason or "forced without a reason")
+    return forced
+
+
+def _refused(verdict: Verdict, force_reason: str | None, what: str) -> bool:
+    """Whether the change goes in only because it is forced; :class:`ConfigError` naming
+    the first failing day when it is refused and not forced."""
+    if verdict.refusal is None:
+        return False
+    if force_reason is None:
+        raise ConfigError(
+            f"{what}: {verdict.refusal.text()}; raise its quota (`collector quota set`), "
+            'pick other dates or nodes, or add --force --reason "why"',
+            field="--force",
+        )
+    return True
 
 
 def find_lease(gov: Governance, ref: str) -> Lease:

@@ -13,7 +13,15 @@ cohort of cohorts):
 * a member's **available** is ``max(0, local - usage) + parent``, where ``parent`` is the
   cohort's ``subtree - usage``, capped when the member has a borrowing limit at
   ``(nominal - local) - max(0, usage - local) + borrowingLimit``; a tenant in no cohort has
-  ``nominal - usage``. Negative means over-admitted (quota lowered under running use).
+  ``nominal - usage``. Never below 0, as Kueue's ``ClusterQueueSnapshot.Available``: a
+  member whose neighbour was let over (``--force``, a quota lowered under running use) has
+  nothing available, not a debt.
+* a member's **limit** (:meth:`QuotaTree.limit`) is what it may hold given the others' use:
+  its nominal quota (guaranteed: Kueue's ``reclaimWithinCohort`` gives back what others
+  borrowed of it) or, if more, what ``available`` would leave it were it idle; a member
+  holding more is over its nominal plus what it may borrow (``QuotaExceeded``);
+* a cohort is **overcommitted** (:meth:`QuotaTree.overcommit`) when its members' usage
+  beyond their local quotas exceeds its subtree quota.
 
 So, with one resource (the cases of Kueue's documentation, all tests): A 9 and B 12 in a
 cohort, B idle: A may use 21; with A's borrowing limit 1, A may use 10; with B's lending
@@ -31,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["MAX_QUOTA", "RESOURCES", "Admission", "Figures", "Quota", "QuotaTree"]
+__all__ = ["MAX_QUOTA", "RESOURCES", "Admission", "Figures", "Quota", "QuotaTree", "find_cycle"]
 
 RESOURCES: Final = ("gpus", "power_kw", "gpu_hours")
 """The resources a quota can bound: GPUs, live power in kW, GPU-hours per period."""
@@ -68,11 +76,18 @@ class Figures:
     """The tenant's unused quota that its cohort may borrow (within its lending limit),
     whether or not someone borrows it at the moment."""
     available: float
-    """How much more it may take now (Kueue's ``available``); negative: over-admitted."""
+    """How much more it may take now (Kueue's ``Available``, never below 0)."""
     potential: float
     """How much it could use with every other member idle (Kueue's potentialAvailable)."""
     borrowing_limit: float | None
     cohort: str | None
+    limit: float = 0.0
+    """What it may hold given the others' use: its nominal plus what it may borrow."""
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether it holds more than its nominal plus what it may borrow."""
+        return self.usage > self.limit + 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,105 +109,272 @@ class Admission:
     Kueue's ``reclaimWithinCohort`` preemption would give back."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
-    quota: Quota
-    cohort: str | None
+@dataclass(slots=True)
+class _Node:
+    """A tenant (Kueue's ClusterQueue) or a cohort in the tree, with its fixed quantities."""
 
-    @property
-    def local(self) -> float:
-        """Kueue's localQuota: guaranteed, never lent."""
-        ll = self.quota.lending_limit
-        return 0.0 if ll is None else max(0.0, self.quota.nominal - ll)
+    name: str
+    quota: Quota
+    parent: str | None
+    is_tenant: bool
+    children: list[str] = field(default_factory=list)
+    """Child cohorts, then tenants (keys of the tree's node table)."""
+    subtree: float = 0.0
+    local: float = 0.0
 
     @property
     def stored(self) -> float:
-        """What the member puts in its cohort (``subtree - local``)."""
-        return self.quota.nominal - self.local
+        """What the node puts in its parent (``subtree - local``)."""
+        return self.subtree - self.local
+
+
+def _key(name: str, is_tenant: bool) -> str:
+    # Tenants and cohorts have separate name spaces (a tenant may share a cohort's name).
+    return f"t:{name}" if is_tenant else f"c:{name}"
+
+
+def find_cycle(parents: Mapping[str, str | None]) -> list[str] | None:
+    """The first cohort cycle in ``parents`` (cohort -> parent), as the cohorts along it
+    with the first repeated at the end (``a -> b -> a``), or ``None``."""
+    for start in sorted(parents):
+        seen: list[str] = []
+        node: str | None = start
+        while node is not None and node not in seen:
+            seen.append(node)
+            node = parents.get(node)
+        if node is not None:
+            return [*seen[seen.index(node) :], node]
+    return None
 
 
 class QuotaTree:
-    """Tenants' quotas on one resource, grouped in flat cohorts (each with its own nominal).
+    """Tenants' quotas on one resource in a tree of cohorts (Kueue's hierarchical cohorts).
 
     ``tenants``: name -> (quota, cohort name or ``None``); ``cohorts``: name -> the cohort's
-    own nominal quota. A tenant naming an unknown cohort is in a cohort of nominal 0.
+    own quota (a :class:`Quota`, or a number: its nominal); ``parents``: cohort -> its
+    parent cohort. A name used as a cohort or parent without an entry is a cohort of
+    nominal 0. A cohort's borrowing and lending limits apply only when it has a parent, as
+    in Kueue. Cohorts on a cycle of parents are cut loose from their parents (Kueue disables
+    them until the cycle is removed; the commands refuse to write one, :func:`find_cycle`).
     """
 
     def __init__(
         self,
         tenants: Mapping[str, tuple[Quota, str | None]],
-        cohorts: Mapping[str, float] | None = None,
+        cohorts: Mapping[str, float | Quota] | None = None,
+        parents: Mapping[str, str | None] | None = None,
     ) -> None:
-        self._members = {name: _Member(q, c) for name, (q, c) in tenants.items()}
-        self._cohorts: dict[str, float] = dict(cohorts or {})
-        for m in self._members.values():
-            if m.cohort is not None:
-                self._cohorts.setdefault(m.cohort, 0.0)
-        self._by_cohort: dict[str, list[str]] = {c: [] for c in self._cohorts}
-        for name, m in sorted(self._members.items()):
-            if m.cohort is not None:
-                self._by_cohort[m.cohort].append(name)
+        own = {
+            c: q if isinstance(q, Quota) else Quota(float(q)) for c, q in (cohorts or {}).items()
+        }
+        links = dict(parents or {})
+        names = set(own) | set(links) | {p for p in links.values() if p is not None}
+        names |= {c for _, c in tenants.values() if c is not None}
+        cycle = find_cycle(links)
+        while cycle is not None:
+            for c in cycle:
+                links[c] = None
+            cycle = find_cycle(links)
+        self._nodes: dict[str, _Node] = {}
+        for name in sorted(names):
+            self._nodes[_key(name, False)] = _Node(
+                name, own.get(name, Quota(0.0)), links.get(name), False
+            )
+        for t, (q, cohort) in sorted(tenants.items()):
+            self._nodes[_key(t, True)] = _Node(t, q, cohort, True)
+        for k, n in self._nodes.items():
+            if n.parent is not None:
+                self._nodes[_key(n.parent, False)].children.append(k)
+        self._roots = [k for k, n in self._nodes.items() if n.parent is None]
+        for k in self._roots:
+            self._settle(k)
+
+    def _settle(self, key: str) -> None:
+        """Kueue's ``updateCohortResourceNode``: subtree and local quota, bottom up."""
+        n = self._nodes[key]
+        n.subtree = n.quota.nominal
+        for child in n.children:
+            self._settle(child)
+            n.subtree += self._nodes[child].stored
+        ll = n.quota.lending_limit
+        # A root's lending limit has nowhere to lend to: everything stays local to it.
+        n.local = 0.0 if ll is None or n.parent is None else max(0.0, n.subtree - ll)
+
+    # -- structure
 
     @property
     def tenants(self) -> list[str]:
         """Tenant names, sorted."""
-        return sorted(self._members)
+        return sorted(n.name for n in self._nodes.values() if n.is_tenant)
+
+    def cohorts(self) -> list[str]:
+        """Cohort names, sorted."""
+        return sorted(n.name for n in self._nodes.values() if not n.is_tenant)
+
+    def parent(self, cohort: str) -> str | None:
+        """``cohort``'s parent cohort."""
+        return self._cohort(cohort).parent
+
+    def children(self, cohort: str) -> tuple[list[str], list[str]]:
+        """``cohort``'s child cohorts and tenants, each sorted."""
+        kids = [self._nodes[k] for k in self._cohort(cohort).children]
+        return (
+            sorted(n.name for n in kids if not n.is_tenant),
+            sorted(n.name for n in kids if n.is_tenant),
+        )
+
+    def roots(self) -> tuple[list[str], list[str]]:
+        """The cohorts without a parent and the tenants in no cohort, each sorted."""
+        top = [self._nodes[k] for k in self._roots]
+        return (
+            sorted(n.name for n in top if not n.is_tenant),
+            sorted(n.name for n in top if n.is_tenant),
+        )
 
     def members(self, cohort: str) -> list[str]:
-        """The tenants of ``cohort``, sorted."""
-        return list(self._by_cohort.get(cohort, ()))
+        """The tenants directly in ``cohort``, sorted."""
+        return self.children(cohort)[1]
 
-    def _member(self, tenant: str) -> _Member:
-        m = self._members.get(tenant)
-        if m is None:
+    def tenants_under(self, cohort: str) -> list[str]:
+        """Every tenant in ``cohort``'s subtree, sorted."""
+        out: list[str] = []
+        stack = [_key(cohort, False)]
+        while stack:
+            n = self._nodes[stack.pop()]
+            if n.is_tenant:
+                out.append(n.name)
+            stack.extend(n.children)
+        return sorted(out)
+
+    def _member(self, tenant: str) -> _Node:
+        n = self._nodes.get(_key(tenant, True))
+        if n is None:
             raise KeyError(tenant)
-        return m
+        return n
 
-    def _used_in_parent(self, name: str, usage: Mapping[str, float]) -> float:
-        m = self._members[name]
-        return max(0.0, _use(usage, name) - m.local)
+    def _cohort(self, cohort: str) -> _Node:
+        n = self._nodes.get(_key(cohort, False))
+        if n is None:
+            raise KeyError(cohort)
+        return n
+
+    # -- usage
+
+    def _usages(self, usage: Mapping[str, float], idle: str | None = None) -> dict[str, float]:
+        """Node key -> Kueue's ``Usage``: a tenant's own, a cohort's its children's usage
+        past their local quotas. ``idle``: a node key counted as using nothing."""
+        out: dict[str, float] = {}
+
+        def walk(key: str) -> float:
+            n = self._nodes[key]
+            if n.is_tenant:
+                u = _use(usage, n.name)
+            else:
+                u = 0.0
+                for child in n.children:
+                    cu = walk(child)
+                    u += max(0.0, cu - self._nodes[child].local)
+            if key == idle:
+                u = 0.0
+            out[key] = u
+            return u
+
+        for root in self._roots:
+            walk(root)
+        return out
+
+    def _avail(self, key: str, used: Mapping[str, float]) -> float:
+        """Kueue's ``available(node)``, unclamped (negative: over-admitted)."""
+        n = self._nodes[key]
+        u = used[key]
+        if n.parent is None:
+            return n.subtree - u
+        parent = self._avail(_key(n.parent, False), used)
+        bl = n.quota.borrowing_limit
+        if bl is not None:
+            parent = min(parent, n.stored - max(0.0, u - n.local) + bl)
+        return max(0.0, n.local - u) + parent
+
+    def _potential(self, key: str) -> float:
+        n = self._nodes[key]
+        if n.parent is None:
+            return n.subtree
+        most = n.local + self._potential(_key(n.parent, False))
+        bl = n.quota.borrowing_limit
+        if bl is not None:
+            most = min(most, n.subtree + bl)
+        return most
 
     def cohort_subtree(self, cohort: str) -> float:
-        """The cohort's subtree quota: its own nominal plus what its members put in."""
-        own = self._cohorts.get(cohort, 0.0)
-        return own + sum(self._members[n].stored for n in self._by_cohort.get(cohort, ()))
+        """The cohort's subtree quota: its own nominal plus what its children put in."""
+        return self._cohort(cohort).subtree
 
     def cohort_usage(self, cohort: str, usage: Mapping[str, float]) -> float:
-        """Members' usage beyond their local quotas, which counts against the cohort."""
-        return sum(self._used_in_parent(n, usage) for n in self._by_cohort.get(cohort, ()))
+        """Children's usage beyond their local quotas, which counts against the cohort."""
+        return self._usages(usage)[_key(cohort, False)]
 
     def available(self, tenant: str, usage: Mapping[str, float]) -> float:
-        """Kueue's ``available(node)``: how much more ``tenant`` may take now."""
-        m = self._member(tenant)
-        used = _use(usage, tenant)
-        if m.cohort is None:
-            return m.quota.nominal - used
-        parent = self.cohort_subtree(m.cohort) - self.cohort_usage(m.cohort, usage)
-        bl = m.quota.borrowing_limit
-        if bl is not None:
-            parent = min(parent, m.stored - max(0.0, used - m.local) + bl)
-        return max(0.0, m.local - used) + parent
+        """Kueue's ``ClusterQueueSnapshot.Available``: how much more ``tenant`` may take now,
+        never below 0."""
+        key = _key(self._member(tenant).name, True)
+        return max(0.0, self._avail(key, self._usages(usage)))
+
+    def _available(self, tenant: str, usage: Mapping[str, float]) -> float:
+        key = _key(self._member(tenant).name, True)
+        return self._avail(key, self._usages(usage))
+
+    def limit(self, tenant: str, usage: Mapping[str, float]) -> float:
+        """What ``tenant`` may hold given the others' use in ``usage``: the more of its
+        nominal quota and what it could take were it idle."""
+        key = _key(self._member(tenant).name, True)
+        idle = self._avail(key, self._usages(usage, idle=key))
+        return max(self._nodes[key].quota.nominal, idle)
+
+    def cohort_available(self, cohort: str, usage: Mapping[str, float]) -> float:
+        """What ``cohort``'s subtree may still take (Kueue's ``available`` of the cohort,
+        never below 0)."""
+        key = _key(cohort, False)
+        self._cohort(cohort)
+        return max(0.0, self._avail(key, self._usages(usage)))
+
+    def overcommit(self, cohort: str, usage: Mapping[str, float]) -> tuple[float, float] | None:
+        """(what ``cohort`` may hold, its usage) when its members hold more: its usage beyond
+        the more of its subtree quota and what it could take were its subtree idle."""
+        key = _key(cohort, False)
+        n = self._cohort(cohort)
+        used = self._usages(usage)[key]
+        most = max(n.subtree, self._avail(key, self._usages(usage, idle=key)))
+        return (most, used) if used > most + 1e-9 else None
 
     def potential(self, tenant: str) -> float:
         """Kueue's ``potentialAvailable``: the most ``tenant`` could use, others idle."""
-        m = self._member(tenant)
-        if m.cohort is None:
-            return m.quota.nominal
-        most = m.local + self.cohort_subtree(m.cohort)
-        bl = m.quota.borrowing_limit
-        if bl is not None:
-            most = min(most, m.quota.nominal + bl)
-        return most
+        return self._potential(_key(self._member(tenant).name, True))
+
+    def cohort_figures(self, cohort: str, usage: Mapping[str, float]) -> dict[str, float | None]:
+        """A cohort's own quota and limits, subtree and local (guaranteed) quota, usage and
+        available: what ``quota show --tree`` prints for it."""
+        n = self._cohort(cohort)
+        key = _key(cohort, False)
+        used = self._usages(usage)
+        return {
+            "nominal": n.quota.nominal,
+            "borrowing_limit": n.quota.borrowing_limit,
+            "lending_limit": n.quota.lending_limit,
+            "subtree": n.subtree,
+            "guaranteed": n.local,
+            "in_use": used[key],
+            "available": max(0.0, self._avail(key, used)),
+        }
 
     def lendable(self, tenant: str, usage: Mapping[str, float]) -> float:
         """The part of ``tenant``'s quota in its cohort that it does not use now."""
         m = self._member(tenant)
-        if m.cohort is None:
+        if m.parent is None:
             return 0.0
-        return max(0.0, m.stored - self._used_in_parent(tenant, usage))
+        return max(0.0, m.stored - max(0.0, _use(usage, tenant) - m.local))
 
     def figures(self, tenant: str, usage: Mapping[str, float]) -> Figures:
-        """``tenant``'s nominal, usage, borrowed, lendable, available and potential."""
+        """``tenant``'s nominal, usage, borrowed, lendable, available, potential and limit."""
         m = self._member(tenant)
         used = _use(usage, tenant)
         return Figures(
@@ -204,7 +386,8 @@ class QuotaTree:
             available=self.available(tenant, usage),
             potential=self.potential(tenant),
             borrowing_limit=m.quota.borrowing_limit,
-            cohort=m.cohort,
+            cohort=m.parent,
+            limit=self.limit(tenant, usage),
         )
 
     def check(self, tenant: str, amount: float, usage: Mapping[str, float]) -> Admission:
@@ -217,13 +400,13 @@ class QuotaTree:
         from_own = min(amount, own_room)
         borrowed = amount - from_own
         lenders: list[tuple[str, float]] = []
-        if admitted and borrowed > 0 and m.cohort is not None:
-            lenders = self._lenders(tenant, m.cohort, borrowed, usage)
+        if admitted and borrowed > 0 and m.parent is not None:
+            lenders = self._lenders(tenant, m.parent, borrowed, usage)
         reclaimable = 0.0
-        if not admitted and m.cohort is not None and own_room > 0:
+        if not admitted and m.parent is not None and own_room > 0:
             others_borrow = sum(
-                max(0.0, _use(usage, n) - self._members[n].quota.nominal)
-                for n in self._by_cohort[m.cohort]
+                max(0.0, _use(usage, n) - self._member(n).quota.nominal)
+                for n in self.members(m.parent)
                 if n != tenant
             )
             reclaimable = min(own_room, others_borrow)
@@ -234,11 +417,15 @@ class QuotaTree:
     def _lenders(
         self, tenant: str, cohort: str, borrowed: float, usage: Mapping[str, float]
     ) -> list[tuple[str, float]]:
-        names = self._by_cohort[cohort]
-        free = self.cohort_subtree(cohort) - self.cohort_usage(cohort, usage)
+        c = self._cohort(cohort)
+        names = self.members(cohort)
+        used = self._usages(usage)
+        # The room inside the cohort itself (its own quota and what its children put in),
+        # before anything comes from above it.
+        free = max(0.0, c.subtree - used[_key(cohort, False)])
         lend = {n: self.lendable(n, usage) for n in names if n != tenant}
         own_lent = self.lendable(tenant, usage)
-        cohort_own = max(0.0, free - sum(lend.values()) - own_lent)
+        cohort_own = max(0.0, min(c.quota.nominal, free - sum(lend.values()) - own_lent))
         out: list[tuple[str, float]] = []
         left = borrowed
         take = min(left, cohort_own)
@@ -252,6 +439,8 @@ class QuotaTree:
             if take > 0:
                 out.append((name, take))
                 left -= take
+        if left > 1e-9 and c.parent is not None:
+            out.append((f"<{c.parent}>", left))  # from above the cohort
         return out
 
 

@@ -13,9 +13,12 @@ quota alert says which basis it judged.
   ``idle_gpu_w`` per GPU.
 * ``LeasedGpusIdle`` (info): a tenant's leased GPUs average under ``idle_util_pct`` for
   ``idle_for_s``: capacity paid for and unused.
-* ``QuotaHigh`` (warning, at ``high_pct`` % of nominal or more), ``QuotaFull`` (info: at or
-  past the nominal, borrowing from here on) and ``QuotaExceeded`` (critical: beyond the
-  borrowing limit or what the cohort lends), per tenant, resource and basis.
+* ``QuotaHigh`` (warning, at ``high_pct`` % of nominal or more), ``QuotaFull`` (info: at
+  the nominal, or past it and borrowing) and ``QuotaExceeded`` (critical: the tenant's own
+  use beyond its nominal plus what it may borrow; never because a neighbour is over), per
+  tenant, resource and basis.
+* ``CohortOvercommitted`` (critical): a cohort's members hold more than it has (labels
+  ``cohort``, ``resource``, ``basis``), naming the members over their own limit.
 """
 
 from __future__ import annotations
@@ -192,6 +195,7 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
                 if band(q, high_pct=s.high_pct) != wanted:
                     continue
                 pct = q.pct
+                borrowed = q.in_use - q.nominal
                 yield Instance(
                     {"tenant": q.tenant, "resource": q.resource, "basis": q.basis},
                     {
@@ -199,7 +203,13 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
                         "nominal": f"{q.nominal:.4g}",
                         "pct": "-" if pct is None else f"{pct:.0f}",
                         "available": f"{q.available:.4g}",
+                        "limit": f"{q.limit:.4g}",
                         "cohort": q.cohort or "-",
+                        "standing": (
+                            f"past its {q.resource} quota ({q.basis}): borrowing {borrowed:.4g}"
+                            if borrowed > 1e-9
+                            else f"at its {q.resource} quota ({q.basis})"
+                        ),
                     },
                 )
 
@@ -218,10 +228,10 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
         Rule(
             name="QuotaFull",
             severity="info",
-            summary="{tenant} at or past its {resource} quota ({basis}): borrowing",
+            summary="{tenant} {standing}",
             description=(
-                f"{common}: from here on it borrows from cohort {{cohort}}'s unused quota "
-                "({available} more available)."
+                f"{common}: beyond its nominal it borrows from cohort {{cohort}}'s unused "
+                "quota ({available} more available)."
             ),
             condition=in_band("full"),
             for_s=s.quota_for_s,
@@ -231,10 +241,38 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
             severity="critical",
             summary="{tenant} beyond what it may borrow of {resource} ({basis})",
             description=(
-                f"{common}: {{available}} past its borrowing limit or what cohort "
-                "{cohort} lends. Lower its use, or raise quotas (`collector quota set`)."
+                f"{common}: more than the {{limit}} it may hold (its nominal plus what its "
+                "borrowing limit and cohort {cohort} let it borrow now). Lower its use, or "
+                "raise quotas (`collector quota set`)."
             ),
             condition=in_band("exceeded"),
             for_s=s.quota_for_s,
         ),
+        _cohort_overcommitted(view, s),
     ]
+
+
+def _cohort_overcommitted(view: Callable[[], GovernanceView], s: GovernanceSettings) -> Rule:
+    def condition(_: LiveView, now: float) -> Iterator[Instance]:
+        for c in view().cohorts:
+            yield Instance(
+                {"cohort": c.cohort, "resource": c.resource, "basis": c.basis},
+                {
+                    "in_use": f"{c.in_use:.4g}",
+                    "quota": f"{c.quota:.4g}",
+                    "over": ", ".join(c.over) or "-",
+                },
+            )
+
+    return Rule(
+        name="CohortOvercommitted",
+        severity="critical",
+        summary="Cohort {cohort} holds {in_use} {resource} of {quota} ({basis})",
+        description=(
+            "The members of cohort {cohort} hold {in_use} {resource} ({basis} basis) beyond "
+            "their local quotas, more than the cohort's {quota}: its idle members have "
+            "nothing left to take. Over their own nominal plus what they may borrow: {over}."
+        ),
+        condition=condition,
+        for_s=s.quota_for_s,
+    )

@@ -72,13 +72,15 @@ class Governance:
     """Tenant -> its cohort (``None``: in no cohort)."""
     priorities: dict[str, int] = field(default_factory=dict)
     cohorts: set[str] = field(default_factory=set)
-    cohort_quotas: dict[tuple[str, str], float] = field(default_factory=dict)
-    """(cohort, resource) -> the cohort's own nominal quota."""
+    cohort_quotas: dict[tuple[str, str], Quota] = field(default_factory=dict)
+    """(cohort, resource) -> the cohort's own quota (limits: towards its parent)."""
     quotas: dict[tuple[str, str], TenantQuota] = field(default_factory=dict)
     """(tenant, resource) -> quota."""
     leases: list[Lease] = field(default_factory=list)
     generation: str = ""
     """The store's ``governance_generation`` this state was loaded at."""
+    cohort_parents: dict[str, str] = field(default_factory=dict)
+    """Cohort -> its parent cohort (Kueue's hierarchical cohorts); absent: a root."""
 
     def leases_of(self, tenant: str) -> list[Lease]:
         """``tenant``'s leases, in id order."""
@@ -113,8 +115,8 @@ class Governance:
             for t, c in self.tenants.items()
             if (t, resource) in self.quotas
         }
-        cohorts = {c: self.cohort_quotas.get((c, resource), 0.0) for c in self.cohorts}
-        return QuotaTree(tenants, cohorts)
+        cohorts = {c: self.cohort_quotas.get((c, resource), Quota(0.0)) for c in self.cohorts}
+        return QuotaTree(tenants, cohorts, self.cohort_parents)
 
     def period_of(self, tenant: str) -> Period:
         """The GPU-hours period of ``tenant`` (``month`` unless its quota says otherwise)."""

@@ -110,10 +110,14 @@ def node_facts(
     staleness: Staleness,
     busy_util_pct: float,
     cache: FactsCache | None = None,
+    declared: Mapping[str, Hardware] | None = None,
 ) -> tuple[dict[str, Hardware], dict[str, NodeMeasure]]:
     """Per node: its hardware and, while it is online, its measures (both bases' inputs).
 
-    A node without an inventory counts its current sample's GPUs, without power limits.
+    Hardware comes from the agent's inventory; for a node without one, from its declared
+    inventory (``declared``: ``collector inventory import``, which may name nodes no agent
+    runs on yet, so those count too); else from its current sample's GPUs, without power
+    limits.
     The collector passes its live view's states and a cache; ``quota show --from-store``
     states rebuilt from the store.
     """
@@ -134,8 +138,10 @@ def node_facts(
         if seen is None or seen[0] is not sample:
             seen = cache.measured[node] = (sample, measure(sample, busy_util_pct))
         measures[node] = seen[1]
-        if node not in held:
+        if node not in held and node not in (declared or {}):
             held[node] = Hardware(seen[1].gpus, 0.0)
+    for node, hw_declared in (declared or {}).items():
+        held.setdefault(node, hw_declared)
     return held, measures
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "GovernanceWriter",
     "generation",
     "governance",
+    "mark_forced",
     "usage_snapshot",
 ]
 
@@ -47,8 +48,11 @@ _NO_TABLE: Final = (
 
 _QUERIES: Final = {
     "generation": ("SELECT value FROM meta WHERE key = ?", (GENERATION_KEY,)),
-    "cohorts": ("SELECT name FROM cohorts ORDER BY name", ()),
-    "cohort_quotas": ("SELECT cohort, resource, nominal FROM cohort_quotas", ()),
+    "cohorts": ("SELECT name, parent FROM cohorts ORDER BY name", ()),
+    "cohort_quotas": (
+        "SELECT cohort, resource, nominal, borrowing_limit, lending_limit FROM cohort_quotas",
+        (),
+    ),
     "tenants": ("SELECT name, cohort, priority FROM tenants ORDER BY name", ()),
     "quotas": (
         "SELECT tenant, resource, nominal, borrowing_limit, lending_limit, period FROM quotas",
@@ -56,8 +60,8 @@ _QUERIES: Final = {
     ),
     "leases": (
         "SELECT id, name, tenant, pool, start, duration_days, term_days, notice_days, "
-        "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment "
-        "FROM leases ORDER BY id",
+        "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment, "
+        "notice_months FROM leases ORDER BY id",
         (),
     ),
     "lease_nodes": ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
@@ -83,10 +87,11 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
     gen = rows["generation"]
     g.generation = str(gen[0][0]) if gen else ""
     g.cohorts = {r[0] for r in rows["cohorts"]}
+    g.cohort_parents = {r[0]: r[1] for r in rows["cohorts"] if r[1] is not None}
     r: Any = None
     try:
         for r in rows["cohort_quotas"]:
-            g.cohort_quotas[(r[0], r[1])] = float(r[2])
+            g.cohort_quotas[(r[0], r[1])] = Quota(float(r[2]), r[3], r[4])
     except (ValueError, TypeError, IndexError) as exc:
         raise _bad("cohort_quotas", f"cohort = {r[0]!r} AND resource = {r[1]!r}", exc) from None
     try:
@@ -139,6 +144,7 @@ def _terms(r: Any) -> LeaseTerms:
         tz=r[9],
         auto_renew=bool(r[10]),
         notice_given=None if r[11] is None else dt.date.fromisoformat(r[11]),
+        notice_months=int(r[15]),
     )
 
 
@@ -198,32 +204,46 @@ class GovernanceWriter:
 
     # -- cohorts, tenants, quotas
 
-    def put_cohort(self, name: str, comment: str = "") -> None:
-        """Create cohort ``name`` or update its comment."""
+    def put_cohort(self, name: str) -> None:
+        """Create cohort ``name`` unless it exists."""
         self.tx.execute(
-            "INSERT INTO cohorts (name, comment, created) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET comment = excluded.comment",
-            (name, comment, self.now),
+            "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, self.now),
         )
 
-    def put_cohort_quota(self, cohort: str, resource: str, nominal: float | None) -> None:
-        """Set (``None``: remove) the cohort's own nominal quota on ``resource``."""
-        if nominal is None:
+    def put_cohort_quota(self, cohort: str, resource: str, quota: Quota | None) -> None:
+        """Set (``None``: remove) the cohort's own quota on ``resource``: its nominal and,
+        towards its parent, its borrowing and lending limits."""
+        if quota is None:
             self.tx.execute(
                 "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
             )
             return
         self.tx.execute(
-            "INSERT INTO cohort_quotas (cohort, resource, nominal) VALUES (?, ?, ?) "
-            "ON CONFLICT (cohort, resource) DO UPDATE SET nominal = excluded.nominal",
-            (cohort, resource, nominal),
+            "INSERT INTO cohort_quotas (cohort, resource, nominal, borrowing_limit, "
+            "lending_limit) VALUES (?, ?, ?, ?, ?) ON CONFLICT (cohort, resource) DO UPDATE "
+            "SET nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
+            "lending_limit = excluded.lending_limit",
+            (cohort, resource, quota.nominal, quota.borrowing_limit, quota.lending_limit),
         )
+
+    def set_cohort_parent(self, cohort: str, parent: str | None) -> None:
+        """Make ``parent`` (created if new; ``None``: none) the parent of ``cohort`` (the
+        caller checked that no cycle results: :func:`collector.governance.quota.find_cycle`)."""
+        self.put_cohort(cohort)
+        if parent is not None:
+            self.tx.execute(
+                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (parent, self.now),
+            )
+        self.tx.execute("UPDATE cohorts SET parent = ? WHERE name = ?", (parent, cohort))
 
     def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
             self.tx.execute(
-                "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
+                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                (cohort, self.now),
             )
         self.tx.execute(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
@@ -235,7 +255,8 @@ class GovernanceWriter:
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
+            "INSERT INTO tenants (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, self.now),
         )
 
     def put_quota(
@@ -268,7 +289,8 @@ class GovernanceWriter:
     def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
         """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now)
+            "INSERT INTO pools (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+            (pool, self.now),
         )
         for node in nodes:
             self.tx.execute(
@@ -319,8 +341,8 @@ class GovernanceWriter:
         cur = self.tx.execute(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
-            "start_at, end_at, comment, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "start_at, end_at, comment, created, updated, notice_months) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 name,
                 tenant,
@@ -340,6 +362,7 @@ class GovernanceWriter:
                 comment,
                 self.now,
                 self.now,
+                terms.notice_months,
             ),
         )
         lease_id = int(cur.lastrowid or 0)
@@ -358,7 +381,7 @@ class GovernanceWriter:
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
             "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
             "ELSE coalesce(notice_recorded, ?) END, start_at = ?, end_at = ?, "
-            "comment = coalesce(?, comment), updated = ? WHERE id = ?",
+            "comment = coalesce(?, comment), updated = ?, notice_months = ? WHERE id = ?",
             (
                 terms.start.isoformat(),
                 terms.duration_days,
@@ -374,9 +397,14 @@ class GovernanceWriter:
                 end_at,
                 comment,
                 self.now,
+                terms.notice_months,
                 lease.id,
             ),
         )
+
+    def mark_forced(self, lease_id: int, reason: str) -> None:
+        """Record that lease ``lease_id`` was let past its tenant's quota, and why."""
+        mark_forced(self.tx, lease_id, reason)
 
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
         """Replace the nodes ``lease`` holds."""
@@ -385,6 +413,16 @@ class GovernanceWriter:
             self.tx.execute(
                 "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node)
             )
+
+
+def mark_forced(tx: Command, lease_id: int, reason: str) -> None:
+    """Record on lease ``lease_id`` that a change let it past its tenant's quota (``--force``)
+    and why; a later forced change's reason replaces the earlier one."""
+    tx.execute(
+        "UPDATE leases SET forced = 1, force_reason = ?, updated = ? WHERE id = ?",
+        (reason, tx.now, lease_id),
+    )
+    tx.bump_generation()
 
 
 def _instants(terms: LeaseTerms) -> tuple[float, float | None]:

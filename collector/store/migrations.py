@@ -347,4 +347,20 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0013_samples_epoch",
         "ALTER TABLE samples ADD COLUMN epoch INTEGER;",
     ),
+    (
+        # A notice period in calendar months, kept as written: months count back from a
+        # term's end, so they cannot be converted to days once at the start. 0: in days.
+        "0014_lease_notice_months",
+        "ALTER TABLE leases ADD COLUMN notice_months INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        # Hierarchical cohorts (Kueue KEP-79): a cohort's parent, and its own borrowing and
+        # lending limits towards that parent (NULL: unbounded).
+        "0015_cohort_tree",
+        """
+        ALTER TABLE cohorts ADD COLUMN parent TEXT;
+        ALTER TABLE cohort_quotas ADD COLUMN borrowing_limit REAL;
+        ALTER TABLE cohort_quotas ADD COLUMN lending_limit REAL;
+        """,
+    ),
 )

@@ -153,15 +153,18 @@ def leased_nodes(store: Rows, now: float) -> set[str]:
     return {r[0] for r in rows}
 
 
-def follow_leases(tx: Command, pools: Iterable[str]) -> None:
+def follow_leases(tx: Command, pools: Iterable[str]) -> dict[int, list[str]]:
     """Make the leases of ``pools`` (those not ended at ``tx.now``) hold the pools' nodes as
     they are now: a lease of a pool leases its members, so nodes added to the pool join the
     lease and nodes removed leave it. A node that another lease holds at an overlapping time
     cannot join: :class:`ConfigError` naming the node and both leases (the transaction then
     changes nothing). When a lease changed, the commit moves the governance generation.
+    Returns lease id -> the nodes it gained, for the caller's quota admission
+    (:func:`collector.governance.ops.admit_growth`).
     """
+    grown: dict[int, list[str]] = {}
     if not tx.has_table("leases") or not tx.has_table("lease_nodes"):
-        return
+        return grown
     for pool in sorted(set(pools) - {FREE}):
         leases = tx.fetchall(
             "SELECT id, name, start_at, end_at FROM leases "
@@ -193,12 +196,14 @@ def follow_leases(tx: Command, pools: Iterable[str]) -> None:
                 tx.execute(
                     "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
                 )
+                grown.setdefault(int(lease_id), []).append(node)
                 tx.bump_generation()
             for node in sorted(held - members):
                 tx.execute(
                     "DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node)
                 )
                 tx.bump_generation()
+    return grown
 
 
 def unknown_nodes(store: Rows, nodes: Iterable[str]) -> list[str]:
@@ -258,9 +263,10 @@ class PoolTransaction:
         self.tx.execute("DELETE FROM pools WHERE name = ?", (name,))
         return nodes
 
-    def move(self, nodes: Iterable[str], to_pool: str, reason: str) -> None:
+    def move(self, nodes: Iterable[str], to_pool: str, reason: str) -> dict[int, list[str]]:
         """Move ``nodes`` into ``to_pool`` (``free``: out of any pool), recording each move;
-        the leases of the pools involved follow (:func:`follow_leases`)."""
+        the leases of the pools involved follow (:func:`follow_leases`): lease id -> the
+        nodes it gained."""
         current = pool_members(self)
         touched = {to_pool}
         for node in nodes:
@@ -281,7 +287,7 @@ class PoolTransaction:
                 "VALUES (?, ?, ?, ?, ?)",
                 (self.now, node, before, to_pool, reason),
             )
-        follow_leases(self.tx, touched)
+        return follow_leases(self.tx, touched)
 
 
 @contextmanager
@@ -305,4 +311,5 @@ def declare_inventories(path: Path, rows: Sequence[tuple[str, bytes]], now: floa
             "declared = excluded.declared",
             [(node, blob, now) for node, blob in rows],
         )
+        tx.bump_generation()  # a leased node's GPUs count from its declared inventory
     return len(rows)

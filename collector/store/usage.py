@@ -1,8 +1,9 @@
 """What the quota and lease commands read about nodes: hardware and GPU-hours.
 
 * :func:`node_hardware`: GPUs and summed GPU power limits per node, from the stored
-  inventories (msgspec reads just those fields; the counting is
-  :func:`collector.nodefacts.hardware`).
+  inventories, an agent's or, for a node whose agent has sent none, the one declared by
+  ``collector inventory import`` (msgspec reads just those fields; the counting is
+  :func:`collector.nodefacts.hardware`); :func:`declared_hardware`: the declared ones alone.
 * :func:`gpu_hours_in`: utilisation-weighted GPU-hours (``gpu_count x mean utilisation x
   interval``) of some nodes' samples stamped in a window, through the ``(node, ts_ms)``
   index; ``quota show --from-store`` asks it for each lease's nodes over the part of the
@@ -20,7 +21,7 @@ import msgspec
 from collector.nodefacts import Hardware, hardware
 from collector.store.query import Query, single
 
-__all__ = ["gpu_hours_in", "node_hardware"]
+__all__ = ["declared_hardware", "gpu_hours_in", "node_hardware"]
 
 
 class _GpuInfo(msgspec.Struct):
@@ -41,7 +42,19 @@ def node_hardware() -> Query[dict[str, Hardware]]:
     took six times longer, the whole schema's decoder ten times). An unreadable inventory
     is left out (no GPUs).
     """
-    return single("SELECT node, inventory FROM nodes WHERE inventory IS NOT NULL", (), _hardware)
+    return single(
+        "SELECT node, inventory FROM nodes WHERE inventory IS NOT NULL UNION ALL "
+        "SELECT d.node, d.inventory FROM declared_inventories d WHERE NOT EXISTS "
+        "(SELECT 1 FROM nodes n WHERE n.node = d.node AND n.inventory IS NOT NULL)",
+        (),
+        _hardware,
+    )
+
+
+def declared_hardware() -> Query[dict[str, Hardware]]:
+    """Node -> the hardware of its declared inventory (``collector inventory import``): what
+    a node counts while its agent has sent no inventory of its own."""
+    return single("SELECT node, inventory FROM declared_inventories", (), _hardware)
 
 
 def _hardware(rows: list[Any]) -> dict[str, Hardware]:

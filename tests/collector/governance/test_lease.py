@@ -15,8 +15,10 @@ from collector.governance.lease import (
     extend,
     instant,
     notice_deadline,
+    notice_effect,
     overlaps,
     parse_days,
+    parse_notice,
     renew,
     status,
     today_in,
@@ -205,3 +207,43 @@ def test_dates_and_lengths_stay_inside_the_calendar() -> None:
     assert status(cancel(t, D(8090, 1, 1)), D(8090, 1, 2)) == "notice_given"
     with pytest.raises(LeaseError, match="duration_days 36720 is longer"):
         renew(LeaseTerms(D(2026, 1, 1), 18_360), D(2026, 1, 2))
+
+
+def test_month_notice_counts_back_from_the_term_end() -> None:
+    """The issue's case: a year from 2038-02-28 with 3 months' notice ends 2039-02-28
+    (exclusive); three calendar months before that is 2038-11-28, and notice on that day
+    ends the lease with its term while a day later does not."""
+    start = D(2038, 2, 28)
+    days, months = parse_notice("3m", start)
+    assert (days, months) == (0, 3)
+    t = LeaseTerms(start, parse_days("1y", start), notice_months=months)
+    assert t.scheduled_end == D(2039, 2, 28)
+    assert notice_deadline(t, start) == D(2038, 11, 28)
+    assert notice_effect(t, D(2038, 11, 28)) == D(2039, 2, 28)
+    assert notice_effect(t, D(2038, 11, 29)) == D(2039, 3, 1)  # too late for that end
+    renewing = LeaseTerms(start, 365, notice_months=3, auto_renew=True)
+    assert effective_end(cancel(renewing, D(2038, 11, 28))) == D(2039, 2, 28)
+    assert effective_end(cancel(renewing, D(2038, 11, 29))) == D(2039, 3, 1)
+
+
+def test_month_notice_clamps_to_the_month_end_and_years_are_twelve_months() -> None:
+    """A term ending May 31 with 3 months' notice: due by Feb 28 (no Feb 31); 1y = 12m."""
+    t = LeaseTerms(D(2039, 1, 1), (D(2039, 5, 31) - D(2039, 1, 1)).days, notice_months=3)
+    assert notice_deadline(t, D(2039, 1, 1)) == D(2039, 2, 28)
+    assert parse_notice("1y", D(2039, 1, 1)) == (0, 12)
+    assert parse_notice("90d", D(2039, 1, 1)) == (90, 0)
+    assert parse_notice("2w", D(2039, 1, 1)) == (14, 0)
+    with pytest.raises(LeaseError, match="in days or in months, not both"):
+        LeaseTerms(D(2039, 1, 1), 30, notice_days=5, notice_months=1)
+
+
+def test_without_notice_the_deadline_is_the_last_day_and_cancel_accepts_it() -> None:
+    """No notice period: the deadline is the lease's last day, cancel on it ends the lease
+    with its term (it holds that day), and the day after is refused as ended."""
+    t = LeaseTerms(D(2041, 1, 1), 31)
+    deadline = notice_deadline(t, D(2041, 1, 1))
+    assert deadline == D(2041, 1, 31)
+    assert effective_end(cancel(t, D(2041, 1, 31))) == t.scheduled_end
+    assert effective_end(cancel(t, D(2041, 1, 10))) == D(2041, 1, 11)  # holds Jan 10
+    with pytest.raises(LeaseError, match="has ended"):
+        cancel(t, D(2041, 2, 1))

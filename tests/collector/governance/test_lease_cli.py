@@ -178,3 +178,33 @@ async def test_lease_show_escapes_the_comment(tmp_path: Path) -> None:
     assert code == 0
     assert "\x1b" not in out
     assert "x\\x1b]0;pwned\\x07" in out
+
+
+async def test_month_notice_deadline_in_json_and_cancel_on_it(tmp_path: Path) -> None:
+    """--notice 3m on a year from 2038-02-28: notice_deadline 2038-11-28 in list and show
+    --json; a lease without notice shows its last day and cancelling on it is accepted."""
+    db = str(await make_store(tmp_path, NODES))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2038-02-28", "--duration", "1y", "--notice", "3m",
+                       "--name", "m")  # fmt: skip
+    assert (code, err) == (0, "")
+    row = json.loads(cli("lease", "show", "m", "--db", db, "--json")[1])
+    assert (row["notice"], row["notice_months"], row["notice_days"]) == ("3m", 3, None)
+    assert (row["last_day"], row["notice_deadline"]) == ("2039-02-27", "2038-11-28")
+    listed = json.loads(cli("lease", "list", "--db", db, "--json")[1])["leases"]
+    assert listed[0]["notice_deadline"] == "2038-11-28"
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n2",
+                       "--start", "2041-01-01", "--duration", "31d", "--name", "z")  # fmt: skip
+    assert (code, err) == (0, "")
+    row = json.loads(cli("lease", "show", "z", "--db", db, "--json")[1])
+    assert (row["notice"], row["notice_deadline"], row["last_day"]) == (
+        "0d",
+        "2041-01-31",
+        "2041-01-31",
+    )
+    code, out, err = cli("lease", "cancel", "z", "--db", db, "--on", "2041-01-31", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["last_day"] == "2041-01-31"
+    code, _, err = cli("lease", "cancel", "m", "--db", db, "--on", "2038-11-28", "--json")
+    assert code == 0, err
+    assert json.loads(cli("lease", "show", "m", "--db", db, "--json")[1])["end"] == "2039-02-28"

@@ -87,11 +87,41 @@ def test_queue_over_its_nominal_borrows_and_can_be_reclaimed() -> None:
     assert ok.lenders == [("b", 2)]
 
 
-def test_over_admitted_is_negative() -> None:
-    """Quota lowered under running use: available goes negative rather than hiding it."""
+def test_over_admitted_is_clamped_at_zero_and_exceeded() -> None:
+    """Quota lowered under running use: available is 0 (Kueue's ClusterQueueSnapshot.
+    Available clamps), and the tenant is over its limit."""
     tree = QuotaTree({"solo": (Quota(4), None)})
-    assert tree.available("solo", {"solo": 6}) == -2
+    assert tree.available("solo", {"solo": 6}) == 0
     assert not tree.check("solo", 1, {"solo": 6}).admitted
+    f = tree.figures("solo", {"solo": 6})
+    assert (f.limit, f.exceeded) == (4, True)
+
+
+def test_oversubscription_spills_into_the_cohort_but_only_the_spiller_is_exceeded() -> None:
+    """Kueue's "cq oversubscription spills into cohort" (pkg/cache/scheduler/
+    resource_test.go): cq1 (10) uses 31 of a cohort of 10 + 10 + 10 in which cq2 lends
+    nothing: both have 0 available; only cq1 is over its nominal plus what it may borrow,
+    and the cohort is overcommitted."""
+    tree = QuotaTree(
+        {"cq1": (Quota(10), "cohort"), "cq2": (Quota(10, 0, 0), "cohort")}, {"cohort": 10}
+    )
+    use = {"cq1": 31}
+    assert (tree.available("cq1", use), tree.available("cq2", use)) == (0, 0)
+    assert (tree.potential("cq1"), tree.potential("cq2")) == (20, 10)
+    assert tree.figures("cq1", use).exceeded
+    assert not tree.figures("cq2", use).exceeded
+    assert tree.figures("cq2", use).limit == 10
+    assert tree.overcommit("cohort", use) == (20, 31)
+
+
+def test_a_neighbour_forced_over_leaves_an_idle_tenant_unexceeded() -> None:
+    """a idle and b at 20 of nominals 8 + 8: a has 0 available, keeps its nominal as its
+    limit and is not exceeded; b's limit is 16 (a's 8 lent), so b is."""
+    tree = QuotaTree({"a": (Quota(8), "c"), "b": (Quota(8), "c")})
+    use = {"a": 0, "b": 20}
+    assert tree.available("a", use) == 0
+    assert (tree.limit("a", use), tree.figures("a", use).exceeded) == (8, False)
+    assert (tree.limit("b", use), tree.figures("b", use).exceeded) == (16, True)
 
 
 def test_tenant_without_cohort_has_its_nominal_only() -> None:

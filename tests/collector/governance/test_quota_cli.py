@@ -85,7 +85,8 @@ async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
                        "--start", _today())  # fmt: skip
     assert code == 2
-    assert "lease of 4 GPUs exceeds what tenant a may hold" in err
+    assert f"on {_today()} tenant a would exceed its gpus quota: it holds 16 GPUs" in err
+    assert "this asks 4 more, but only 1 available (nominal 9" in err
     code, out, _ = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
                        "--start", _today(), "--force", "--reason", "burst", "--json")  # fmt: skip
     row = json.loads(out)
@@ -203,3 +204,49 @@ async def test_quota_set_prints_json_with_json(tmp_path: Path) -> None:
     code, out, _ = cli("quota", "set", "--cohort", "research", "--nominal", "12", "--json",
                        "--db", db)  # fmt: skip
     assert (json.loads(out)["cohort"], json.loads(out)["nominal"]) == ("research", 12.0)
+
+
+async def test_show_names_an_overcommitted_cohort_and_clamps_available(tmp_path: Path) -> None:
+    """b forced to 16 GPUs beside an idle a (nominals 4 + 4): the cohort is reported
+    overcommitted naming b; a's available is 0, not negative, and a is not exceeded."""
+    db = str(await make_store(tmp_path, NODES))
+    for tenant in ("a", "b"):
+        assert cli("quota", "set", tenant, "--db", db, "--nominal", "4", "--cohort", "r")[0] == 0
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "a1,a2",
+                       "--start", _today(), "--force", "--reason", "test")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("quota", "show", "--db", db, "--json", "--from-store")
+    shown = json.loads(out)
+    rows = {(r["tenant"], r["basis"]): r for r in shown["quotas"]}
+    a = rows[("a", "allocated")]
+    assert (a["available"], a["limit"], a["band"]) == (0, 4, "ok")
+    b = rows[("b", "allocated")]
+    assert (b["limit"], b["band"]) == (8, "exceeded")
+    assert shown["overcommitted"] == [
+        {"cohort": "r", "resource": "gpus", "basis": "allocated", "quota": 8, "in_use": 16,
+         "over": ["b"]}
+    ]  # fmt: skip
+    code, out, _ = cli("quota", "show", "--db", db, "--from-store")
+    assert (
+        "COHORT r OVERCOMMITTED on gpus (allocated): its members hold 16 of 8; over their "
+        "own limit: b"
+    ) in out
+
+
+def test_metrics_flag_an_overcommitted_cohort() -> None:
+    """capwatch_cohort_overcommitted is 1 for the cohort over, 0 for one within."""
+    from collector.governance.metrics import cohort_families  # noqa: PLC0415
+    from collector.governance.report import CohortStanding, QuotaStanding  # noqa: PLC0415
+
+    def standing(tenant: str, cohort: str) -> QuotaStanding:
+        return QuotaStanding(tenant, cohort, "gpus", "allocated", 8, 0, 0, 0, 0, 0, None, None,
+                             None)  # fmt: skip
+
+    fams = cohort_families(
+        [standing("a", "r"), standing("b", "s")],
+        [CohortStanding("r", "gpus", "allocated", 8.0, 16.0, ("a",))],
+    )
+    values = {(f.name, s.labels["cohort"]): s.value for f in fams for s in f.samples}
+    assert values[("capwatch_cohort_overcommitted", "r")] == 1
+    assert values[("capwatch_cohort_overcommitted", "s")] == 0
+    assert values[("capwatch_cohort_in_use", "r")] == 16

@@ -202,3 +202,53 @@ async def test_a_writer_past_its_lock_budget_changes_nothing(tmp_path: Path) -> 
         w.put_quota("acme", "gpus", Quota(9.0))
     code, out, _ = cli("export", "--db", str(db), "--json")
     assert (code, json.loads(out)["tenants"]["acme"]["quota"]["gpus"]["nominal"]) == (0, 9.0)
+
+
+async def test_a_forced_neighbour_overcommits_the_cohort_not_the_idle_tenant(
+    tmp_path: Path,
+) -> None:
+    """a (nominal 8) holds nothing, b (nominal 8) forced to 24 GPUs: no QuotaExceeded for a, one for
+    b, CohortOvercommitted for the cohort naming b; c exactly at its nominal is QuotaFull
+    without a word of borrowing."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    now = clock.time()
+    live = _live(
+        clock,
+        {
+            "n2": (8, [0.0] * 8),  # b
+            "n3": (8, [0.0] * 8),  # b
+            "n4": (8, [0.0] * 8),  # b
+            "n5": (8, [0.0] * 8),  # c, alone
+        },
+    )
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        with GovernanceWriter(db, now=now) as w:
+            w.put_tenant("a", "research", 0)
+            w.put_tenant("b", "research", 0)
+            w.put_quota("a", "gpus", Quota(8))
+            w.put_quota("b", "gpus", Quota(8))
+            w.put_quota("c", "gpus", Quota(8))
+            _lease(w, "lb", "b", ["n2", "n3", "n4"], start=TODAY, duration_days=30)
+            _lease(w, "lc", "c", ["n5"], start=TODAY, duration_days=30)
+        job = GovernanceJob(clock, busy_util_pct=10.0)
+        ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
+        await run_once(job, store, live)
+        firing = _firing(ev, live, now)
+        states = {
+            (s.rule, s.labels.get("tenant") or s.labels.get("cohort")): s for s in ev.states()
+        }
+    quota = {f for f in firing if f[0] in ("QuotaExceeded", "CohortOvercommitted")}
+    assert quota == {
+        ("QuotaExceeded", "basis=allocated", "resource=gpus", "tenant=b"),
+        ("CohortOvercommitted", "basis=allocated", "resource=gpus"),
+    }
+    cohort = states[("CohortOvercommitted", "research")]
+    assert cohort.labels["cohort"] == "research"
+    text = cohort.annotations["description"]
+    assert "hold 24 gpus (allocated basis)" in text
+    assert "more than the cohort's 16" in text
+    assert text.endswith("may borrow: b.")
+    full = states[("QuotaFull", "c")]
+    assert full.annotations["summary"] == "c at its gpus quota (allocated)"
+    assert "borrowing" not in full.annotations["summary"]
