@@ -347,4 +347,13 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0013_samples_epoch",
         "ALTER TABLE samples ADD COLUMN epoch INTEGER;",
     ),
+    (
+        # The node's input power as its BMC or PSU sensors read it, and which one
+        # (Sample.node_power_w/node_power_source). NULL: not reported.
+        "0014_samples_node_power",
+        """
+        ALTER TABLE samples ADD COLUMN node_power_w REAL;
+        ALTER TABLE samples ADD COLUMN node_power_source TEXT;
+        """,
+    ),
 )

@@ -323,6 +323,16 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
         assert promtool_check_metrics(scraped) == (0, [])
         assert 'capwatch_capacity_nodes_obtained{obtained="measured"} 100.0' in scraped
         assert 'capwatch_capacity_type_rest_nodes{node_type="DGX-H100"} 100.0' in scraped
+        assert 'capwatch_fleet_node_input_power_nodes{source="dcmi"} 100.0' in scraped
+
+        out_q = io.StringIO()
+        with contextlib.redirect_stdout(out_q):
+            assert collector_main(["query", "--db", str(db), "--json", "--node", measured]) == 0
+        stored = json.loads(out_q.getvalue())["samples"][0]
+        assert stored["node_power_source"] == "dcmi"
+        assert stored["node_power_w"] == pytest.approx(
+            collector.live.get(measured).sample.node_power_w  # type: ignore[union-attr]
+        )
     finally:
         stop.set()
         await publisher
