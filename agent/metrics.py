@@ -20,7 +20,8 @@ Names (the README's table lists every one):
   rates node_exporter leaves to PromQL (CPU busy, bytes/s) are ``capwatch_node_*``.
 * What neither has: ``capwatch_gpu_power_interval_watts`` (mean power over the last
   interval from the energy counter: the accurate figure), ``capwatch_node_cpu_power_watts``
-  (RAPL), and the agent's own health (``capwatch_agent_*``).
+  (RAPL), ``capwatch_node_input_power_watts{source}`` (the BMC or PSUs), and the agent's
+  own health (``capwatch_agent_*``).
 
 A field the device does not report (``None``) is left out, as dcgm-exporter leaves out
 blank fields: absent, never 0.
@@ -348,6 +349,9 @@ def host_families(sample: Sample, inventory: Inventory | None) -> list[Metric]:
         _gauge("capwatch_node_cpu_power_watts",
                "CPU package (+DRAM where exposed) power from RAPL over the last interval (W).",
                s.cpu_power_w),
+        _gauge("capwatch_node_input_power_watts",
+               "The whole node's input power, read from its BMC (DCMI) or PSU sensors (W).",
+               s.node_power_w, source=s.node_power_source or "unknown"),
     ]  # fmt: skip
     fs_labels = ["device", "fstype", "mountpoint"]
     size = GaugeMetricFamily(

@@ -14,6 +14,7 @@ from agent.bounds import Bounds
 from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
 from agent.hardware import PciNames, nic_details, read_hardware
 from agent.host import HostSampler
+from agent.nodepower import NodePower
 from agent.rapl import RaplReader
 from shared.clock import Clock
 from shared.logging import get_logger
@@ -59,6 +60,7 @@ class NodeSampler:
         slow_interval_s: float,
         clock: Clock,
         pci_ids: Sequence[Path] | None = None,
+        node_power: NodePower | None = None,
     ) -> None:
         if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
             raise ValueError(
@@ -80,6 +82,8 @@ class NodeSampler:
         self.epoch: int | None = None
         """The agent's boot counter, stamped on every sample (set once the spool is open)."""
         self._slow_due = float("-inf")
+        self.node_power = node_power
+        """The node's input power, polled in its own task (the service runs it)."""
 
     def start(self) -> Inventory:
         """Start the GPU backend and describe the node. Call once, before :meth:`sample`."""
@@ -135,6 +139,7 @@ class NodeSampler:
         host = self._host.sample()
         cpu_power_w = self._rapl.sample() if self._rapl is not None else None
         gpus = self._gpu.sample(now, slow)
+        node_power = self.node_power.latest() if self.node_power is not None else None
         sample = Sample(
             v=1,
             node=self._node,
@@ -148,6 +153,8 @@ class NodeSampler:
             disk_io=host.disk_io,
             net=host.net,
             cpu_power_w=cpu_power_w,
+            node_power_w=None if node_power is None else node_power[0],
+            node_power_source=None if node_power is None else node_power[1],
             gpus=tuple(gpus),
             xids=tuple(self._gpu.drain_xids()),
         )

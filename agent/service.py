@@ -18,6 +18,7 @@ import msgspec
 
 from agent.host import HostSampler, NicFilter
 from agent.node import NodeSampler, make_gpu_backend
+from agent.nodepower import DcmiPower, HwmonPower, NodePower
 from agent.publisher import Publisher
 from agent.rapl import RaplReader
 from agent.settings import AgentSettings
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from agent.metrics import AgentExposition, AgentStats
     from shared.sdnotify import SdNotifier
 
-__all__ = ["AgentService", "build_sampler", "next_tick"]
+__all__ = ["AgentService", "build_node_power", "build_sampler", "next_tick"]
 
 log = get_logger("agent")
 
@@ -50,7 +51,20 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         interval_s=settings.interval_s,
         slow_interval_s=settings.slow_interval_s,
         clock=clock,
+        node_power=build_node_power(settings, clock),
     )
+
+
+def build_node_power(settings: AgentSettings, clock: Clock) -> NodePower | None:
+    """The node power sources the settings ask for and this node has (``None``: none)."""
+    kind = settings.node_power
+    dcmi = hwmon = None
+    if kind in ("auto", "dcmi") and (kind == "dcmi" or settings.ipmi_device.exists()):
+        dcmi = DcmiPower(settings.dcmi_command, timeout_s=settings.dcmi_timeout_s)
+    if kind in ("auto", "hwmon"):
+        hwmon = HwmonPower(settings.sysfs_root)
+    reader = NodePower(clock, dcmi=dcmi, hwmon=hwmon, interval_s=settings.node_power_interval_s)
+    return reader if reader.sources else None
 
 
 def next_tick(scheduled: float, now: float, interval: float) -> tuple[float, int]:
@@ -135,6 +149,8 @@ class AgentService:
                             self.notifier.run(self.sampling, self._stop), name="sd-notify"
                         )
                     tg.create_task(self._sample_loop(), name="sampler")
+                    if self.sampler.node_power is not None:
+                        tg.create_task(self.sampler.node_power.run(self._stop), name="node-power")
                     tg.create_task(self.publisher.run(self._stop), name="publisher")
                     tg.create_task(
                         self.spool.run_sync(self._stop, self.settings.spool_fsync_s),

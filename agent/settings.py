@@ -68,6 +68,19 @@ class AgentSettings(CapwatchSettings):
     fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
     sysfs_root: Path = Path("/sys")
+    node_power: Literal["auto", "dcmi", "hwmon", "none"] = "auto"
+    """Where the node's input power is read: ``auto`` tries the BMC in band (DCMI, when
+    ``ipmi_device`` exists) then the PSU sensors (hwmon) and takes the first that answers;
+    ``dcmi`` or ``hwmon`` only that one; ``none`` not at all. Env ``CAPWATCH_NODE_POWER``."""
+    ipmi_device: Path = Path("/dev/ipmi0")
+    """The kernel's IPMI device (``ipmi_devintf``): DCMI is tried only where it exists."""
+    dcmi_command: Annotated[tuple[str, ...], NoDecode] = ("ipmitool", "dcmi", "power", "reading")
+    """The command that prints a DCMI power reading as ipmitool does (run, never a shell).
+    Env ``CAPWATCH_DCMI_COMMAND``: words separated by spaces."""
+    dcmi_timeout_s: float = Field(default=3.0, gt=0.0, le=60.0)
+    """How long one DCMI read may take before it is abandoned (the tick never waits)."""
+    node_power_interval_s: float = Field(default=10.0, ge=1.0, le=MAX_INTERVAL_S)
+    """How often the node power is read (a BMC updates its reading about every second)."""
     proc_root: Path = Path("/proc")
     nic_include: Annotated[tuple[str, ...], NoDecode] = ()
     """Globs of virtual interfaces to count too (``bond*``); physical ones always count.
@@ -116,6 +129,20 @@ class AgentSettings(CapwatchSettings):
     @classmethod
     def _node_id_is_topic_safe(cls, value: str) -> str:
         validate_node_id(value)
+        return value
+
+    @field_validator("dcmi_command", mode="before")
+    @classmethod
+    def _split_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(value.split())
+        return value
+
+    @field_validator("dcmi_command")
+    @classmethod
+    def _command_is_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or not all(value):
+            raise ValueError("must name a command, e.g. 'ipmitool dcmi power reading'")
         return value
 
     @field_validator("nic_include", "nic_exclude", mode="before")

@@ -6,6 +6,12 @@ jitter), so the same seed always gives the same fleet. GPU power follows utilisa
 idle and the power limit; the energy counter integrates it, so interval power from the
 counter and the instantaneous reading agree as on real parts.
 
+Each node also draws what no sensor reports (DRAM, NVMe, NICs, fans, PSU losses): its own
+``rest_w`` around ``rest_mean_w`` (+- ``rest_spread_w``, fixed per node by the seed), and
+with ``bmc_share`` a share of the nodes report their input power as a BMC reads it
+(``node_power_w`` = GPUs + CPU + that rest, source ``dcmi``): :meth:`FleetSimulator.true_power_w`
+is each node's truth, reported or not.
+
 Publishing uses one MQTT connection and ``workers`` coroutines that each await their own
 QoS 1 PUBACKs, so up to ``workers`` messages are in flight without one task per message.
 """
@@ -122,6 +128,9 @@ class FleetSimulator:
         seed: int = 0,
         interval_s: float = 5.0,
         first_index: int = 0,
+        bmc_share: float = 0.0,
+        rest_mean_w: float = 1_900.0,
+        rest_spread_w: float = 150.0,
     ) -> None:
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
@@ -149,6 +158,23 @@ class FleetSimulator:
             for i in range(first_index, first_index + nodes)
         ]
         self._seq = 0
+        if not 0.0 <= bmc_share <= 1.0:
+            raise ValueError(f"bmc_share must be within 0..1, got {bmc_share}")
+        # Drawn after the profiles, from their own generator: adding these kept every seed's
+        # fleet (GPU and CPU power) as it was.
+        extra = random.Random(seed * 7919 + 1)
+        self.rest_w = [
+            rest_mean_w + extra.uniform(-rest_spread_w, rest_spread_w) for _ in range(nodes)
+        ]
+        """Each node's true unreported parts, W."""
+        self.reports_bmc = [i < round(bmc_share * nodes) for i in range(nodes)]
+        extra.shuffle(self.reports_bmc)
+        """Which nodes report their input power (``node_power_w``)."""
+
+    def true_power_w(self, i: int, sample: Sample) -> float:
+        """Node ``i``'s true input power at ``sample``: GPUs (interval power) + CPU + rest."""
+        gpus = sum(g.power_interval_w or 0.0 for g in sample.gpus)
+        return gpus + (sample.cpu_power_w or 0.0) + self.rest_w[i]
 
     def inventory(self, i: int, ts: float) -> Inventory:
         """Node ``i``'s retained inventory."""
@@ -224,6 +250,10 @@ class FleetSimulator:
         mean_util = total_util / self.gpus_per_node if self.gpus_per_node else p.base
         cpu_pct = min(100.0, 3.0 + mean_util * 0.25)
         mem_used = int(_NODE_MEM * (0.15 + 0.5 * mean_util / 100))
+        cpu_w = round(180 + 3.2 * cpu_pct * 4, 1)
+        node_w = None
+        if self.reports_bmc[i]:
+            node_w = sum(g.power_interval_w or 0.0 for g in gpus) + cpu_w + self.rest_w[i]
         return Sample(
             v=1,
             node=self.node_ids[i],
@@ -253,7 +283,9 @@ class FleetSimulator:
                 read_bytes_per_s=2.0e6 * mean_util, write_bytes_per_s=5.0e5 * mean_util
             ),
             net=NetStats(rx_bytes_per_s=1.2e8 * mean_util, tx_bytes_per_s=1.1e8 * mean_util),
-            cpu_power_w=round(180 + 3.2 * cpu_pct * 4, 1),
+            cpu_power_w=cpu_w,
+            node_power_w=node_w,
+            node_power_source=None if node_w is None else "dcmi",
             gpus=tuple(gpus),
         )
 

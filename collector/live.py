@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from collector.nodefacts import gpu_power_w
+from collector.nodefacts import PowerReading, gpu_power_w, sample_power
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
 __all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "SeqGap", "XidSeen"]
@@ -115,6 +115,9 @@ class NodeState:
     """The last ``max_gaps`` gaps, oldest first."""
     missing_total: int = 0
     """Samples missing in all gaps seen since the collector started."""
+    node_power: PowerReading | None = None
+    """The newest reading of the node's input power: from its sample (the agent read its
+    BMC or PSUs) or polled out of band by the collector (:meth:`LiveView.on_node_power`)."""
 
     @property
     def reject_only(self) -> bool:
@@ -148,6 +151,7 @@ class NodeState:
             self.seq_ts,
             self.gaps,
             self.missing_total,
+            self.node_power,
         )
 
 
@@ -209,6 +213,9 @@ class LiveView:
             return False
         st.sample = sample
         st.sample_received = received
+        reading = sample_power(sample, received)
+        if reading is not None:
+            st.node_power = reading
         max_temp: float | None = None
         reasons = 0
         ecc_changed = remap_changed = False
@@ -247,6 +254,17 @@ class LiveView:
         if remap_changed:
             st.remap_bad_any = any(r.pending or r.failure for r in st.remapped_rows.values())
         return True
+
+    def on_node_power(self, node: str, reading: PowerReading) -> None:
+        """Hold ``reading`` (polled out of band) as ``node``'s input power unless a newer one
+        is held. Only for a node the view knows: a poll cannot add a node to the fleet."""
+        held = self._nodes.get(node)
+        if held is None or held.reject_only:
+            return
+        if held.node_power is not None and held.node_power.received > reading.received:
+            return
+        st = self._nodes[node] = held._copy()
+        st.node_power = reading
 
     def on_status(self, node: str, status: Status, ts: float) -> None:
         """Record ``node``'s status (``online``/``offline``, incl. the broker's last will)."""

@@ -46,6 +46,7 @@ from collector.store.health import oldest_sample_received, store_size_bytes
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.metrics_http import MetricsServer, parse_listen
+from shared.schema import NODE_POWER_SOURCES
 
 if TYPE_CHECKING:
     from collector.sd import ServiceDiscovery
@@ -83,6 +84,8 @@ async def fleet_families(
     util_sum = 0.0
     gpu_w: float | None = None
     cpu_w: float | None = None
+    input_w = dict.fromkeys((*NODE_POWER_SOURCES, "other"), 0.0)
+    input_n = dict.fromkeys(input_w, 0)
     for start in range(0, len(nodes), chunk):
         if start:
             await asyncio.sleep(0)
@@ -91,6 +94,12 @@ async def fleet_families(
                 continue
             if st.gaps:
                 with_gaps += 1
+            if st.node_power is not None:
+                reading = staleness.node_power(st, now)
+                if reading is not None:
+                    src = reading.source if reading.source in input_w else "other"
+                    input_w[src] += reading.watts
+                    input_n[src] += 1
             sample = st.sample
             state = staleness.of(st, now)
             counts[state] += 1
@@ -108,8 +117,25 @@ async def fleet_families(
     )
     for state, n in counts.items():
         by_state.add_metric([state], n)
+    inputs = GaugeMetricFamily(
+        "capwatch_fleet_node_input_power_watts",
+        "Nodes' input power as their BMC (DCMI, Redfish) or PSU sensors (hwmon) read it, "
+        "fresh readings only, by source (absent: no node reads it), W.",
+        labels=["source"],
+    )
+    inputs_n = GaugeMetricFamily(
+        "capwatch_fleet_node_input_power_nodes",
+        "Nodes with a fresh input power reading, by source.",
+        labels=["source"],
+    )
+    for src, w in input_w.items():
+        if input_n[src]:  # no reading from a source: its power is unknown, not 0 W
+            inputs.add_metric([src], w)
+        inputs_n.add_metric([src], input_n[src])
     out: list[Metric] = [
         by_state,
+        inputs,
+        inputs_n,
         GaugeMetricFamily("capwatch_fleet_gpus", "GPUs on online nodes.", gpus),
         GaugeMetricFamily(
             "capwatch_fleet_live_nodes", "Nodes the live view holds (bounded).", len(nodes)

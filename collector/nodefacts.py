@@ -33,7 +33,11 @@ offline node's last sample says what it did, not what it does. **GPU power** of 
 the interval power from the energy counter (``power_interval_w``, the accurate figure) when
 the sample has it, else the instantaneous reading (``power_w``); a GPU is **busy** at or
 above the utilisation threshold. **Hardware** (:func:`hardware`): the inventory's GPUs and
-the sum of their enforced power limits. Values past the wire schema's bounds
+the sum of their enforced power limits. **Node power** (:meth:`Staleness.node_power_w`): the
+node's input power as its BMC or PSU sensors read it (:class:`PowerReading`: from the agent's
+sample, or polled by the collector out of band), while it is fresh: no older than
+``stale_intervals`` x the interval its source reports at, whatever the agent's state (a node
+whose agent died still draws what its BMC says). Values past the wire schema's bounds
 (:data:`shared.schema.MAX_GPU_POWER_W`, :data:`~shared.schema.MAX_CPU_POWER_W`) cannot be
 decoded; sums are still clamped to them, so a state built by hand cannot exceed them either.
 
@@ -58,11 +62,13 @@ __all__ = [
     "Hardware",
     "NodeFacts",
     "NodeMeasure",
+    "PowerReading",
     "Staleness",
     "State",
     "gpu_power_w",
     "hardware",
     "measure",
+    "sample_power",
 ]
 
 State = Literal["online", "stale", "offline"]
@@ -72,6 +78,33 @@ DEFAULT_STALE_INTERVALS: Final = 3.0
 """A node with no sample for this many of its intervals is stale (``stale_intervals``)."""
 DEFAULT_INTERVAL_S: Final = 5.0
 """A node's sampling interval before its first sample says (``expected_interval_s``)."""
+
+
+class PowerReading(NamedTuple):
+    """One reading of a node's input power, as the collector holds it."""
+
+    watts: float
+    source: str
+    """``dcmi``, ``redfish``, ``hwmon`` (:data:`shared.schema.NODE_POWER_SOURCES`)."""
+    received: float
+    """When it arrived (collector clock)."""
+    interval_s: float
+    """How often its source reports: the sample's interval, or the collector's poll interval."""
+
+
+def sample_power(sample: Sample, received: float) -> PowerReading | None:
+    """The node power a sample reports, as a reading (``None``: it reports none)."""
+    from shared.schema import MAX_NODE_POWER_W  # noqa: PLC0415 (see the imports)
+
+    w = sample.node_power_w
+    if w is None:
+        return None
+    return PowerReading(
+        min(max(w, 0.0), MAX_NODE_POWER_W),
+        sample.node_power_source or "unknown",
+        received,
+        sample.interval_s,
+    )
 
 
 class NodeFacts(Protocol):
@@ -90,6 +123,8 @@ class NodeFacts(Protocol):
     def status_ts(self) -> float | None: ...
     @property
     def inventory_ts(self) -> float | None: ...
+    @property
+    def node_power(self) -> PowerReading | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +180,13 @@ class Staleness:
             received=st.sample_received,
             interval_s=None if sample is None else sample.interval_s,
         )
+
+    def node_power(self, st: NodeFacts, now: float) -> PowerReading | None:
+        """``st``'s input power reading while it is fresh (``None``: none, or too old)."""
+        r = st.node_power
+        if r is None or now - r.received > self.intervals * r.interval_s:
+            return None
+        return r
 
     def current(self, st: NodeFacts, now: float) -> Sample | None:
         """The sample that says what ``st`` does now: its newest, while it is online."""

@@ -396,6 +396,7 @@ def _capacity_job(
         keep_s=c.keep_s,
         staleness=settings.staleness(),
         stale_basis=c.stale_basis,
+        rest_basis=c.rest_basis,
         metrics=metrics,
     )
 

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_NIC_SPEED_MBPS",
     "MAX_NODE_BYTES_PER_S",
     "MAX_NODE_ID_LEN",
+    "MAX_NODE_POWER_W",
     "MAX_PATH_LEN",
     "MAX_PCIE_REPLAYS",
     "MAX_PCI_CLASS",
@@ -72,6 +73,8 @@ __all__ = [
     "MIN_TEMP_C",
     "MIN_TS_S",
     "NODE_ID_PATTERN",
+    "NODE_POWER_SOURCES",
+    "NODE_POWER_SOURCE_PATTERN",
     "PCI_BUS_ID_PATTERN",
     "SCHEMA_VERSION",
     "AcceleratorInfo",
@@ -154,6 +157,12 @@ METRICS_ADDRESS_PATTERN: Final = (
 """``HOST:PORT`` as Prometheus takes a target: a DNS name or IPv4 address (at most 253
 characters), or ``[IPv6]``; port 1-65535. At most 259 characters in all."""
 """``ok``, ``no_driver``, ...: a lower-case word, so a new agent's reason still decodes."""
+NODE_POWER_SOURCES: Final = ("dcmi", "redfish", "hwmon")
+"""Where a node's input power was read: the BMC in band (IPMI DCMI "Get Power Reading"),
+the BMC's Redfish service, or the kernel's hwmon PSU sensors."""
+NODE_POWER_SOURCE_PATTERN: Final = r"^[a-z][a-z0-9_]{0,15}\Z"
+"""A lower-case word (one of :data:`NODE_POWER_SOURCES` today), so a newer agent's source
+still decodes; the collector labels a word it does not know ``other``."""
 
 # -- numbers
 MIN_TS_S: Final = 946_684_800.0
@@ -176,6 +185,9 @@ MAX_NIC_SPEED_MBPS: Final = 4_000_000
 """4 Tb/s link speed, the same figure as MAX_DEVICE_BYTES_PER_S."""
 MAX_GPU_POWER_W: Final = 5_000.0
 MAX_CPU_POWER_W: Final = 10_000.0
+MAX_NODE_POWER_W: Final = 100_000.0
+"""A whole node's input power: 100 kW, seven times the largest 8-GPU server's nameplate
+(14.3 kW); a whole NVL72 rack is ~120 kW, but it is a rack of nodes, not one node."""
 MAX_ENERGY_J: Final = 1e12
 """45 years at 700 W; as mJ (NVML's unit) 1e15 < 2**53, so float64 keeps every mJ."""
 MIN_TEMP_C: Final = -60.0
@@ -401,6 +413,11 @@ class Sample(_Struct, frozen=True):
     net: NetStats = msgspec.field(default_factory=NetStats)
     cpu_power_w: CpuWatts | None = None
     """CPU package (+DRAM where exposed) power from RAPL; ``None`` when unreadable."""
+    node_power_w: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_NODE_POWER_W)] | None = None
+    """The whole node's input power (what its PSUs draw), from ``node_power_source``;
+    ``None``: no source answered (or an agent before this field)."""
+    node_power_source: Annotated[str, msgspec.Meta(pattern=NODE_POWER_SOURCE_PATTERN)] | None = None
+    """Where ``node_power_w`` was read: ``dcmi``, ``redfish`` or ``hwmon``."""
     gpus: Annotated[tuple[GpuSample, ...], msgspec.Meta(max_length=MAX_GPUS)] = ()
     xids: Annotated[tuple[XidEvent, ...], msgspec.Meta(max_length=MAX_XIDS)] = ()
 

@@ -1,23 +1,38 @@
 """The live power picture: each node's draw, the fleet's fabric and headroom from the solver.
 
-Per node (:class:`NodeModel`):
+Per node, in this order (:func:`compute_picture`; :class:`NodeModel` holds a type's model):
 
-- GPUs: each GPU's power as :func:`collector.nodefacts.gpu_power_w` chooses it (interval
-  power, else instantaneous); a GPU of the node type that the sample does not report (or
-  reports without power) counts at the type's ``gpu_w``;
-- CPU: the RAPL package power (``cpu_power_w``) when reported, else the type's ``cpu_w``;
-- the rest (DRAM, NVMe, NICs, aux, nameplate above the parts' sum): no sensor reports it,
-  so it comes from the node type's model, at its maximum;
+- **measured**: its input power as its BMC or PSU sensors read it
+  (:meth:`collector.nodefacts.Staleness.node_power`: reported in its sample, or polled by the
+  collector, while fresh), whatever the agent's state;
+- otherwise, from a fresh sample, **GPUs + CPU + the unreported parts**: each GPU's power as
+  :func:`collector.nodefacts.gpu_power_w` chooses it (interval power, else instantaneous), a
+  GPU of the node type that the sample does not report (or reports without power) at the
+  type's ``gpu_w``; the RAPL package power (``cpu_power_w``) when reported, else the type's
+  ``cpu_w``; and the parts no sensor reports (DRAM, NVMe, NICs, fans, PSU losses) at the
+  type's figure for them (:mod:`collector.capacity.calibrate`), on ``rest_basis``:
+
+  - ``calibrated`` (default): the median of node - GPUs - CPU over the type's nodes that
+    report all three this cycle (**calibrated**), or, with fewer than
+    :data:`~collector.capacity.calibrate.MIN_NODES` of them, the model below (**modelled**);
+  - ``model``: the type's model of its parts at their maximum: ``dram_w + nvme_w +
+    nics_per_node x nic_w + node_aux_w`` (**modelled**);
+  - ``nameplate``: that model plus the nameplate slack (``nameplate_w`` above the parts' sum),
+    so the node counts as if every part sat at its maximum and the PSU at its rating
+    (**modelled**; the conservative count before measured power);
+
 - a total above the type's nameplate is a broken sensor or a forged sample: it counts at the
   nameplate and the node is flagged (``clamped``), so no node moves the site's draw by more
   than its nameplate.
 
-A node's state is :class:`collector.nodefacts.Staleness`'s. A stale or offline node counts
-on ``stale_basis``: nameplate (default), its last measured draw, or zero. An online node
-awaiting its first sample counts at its nameplate (it is up; nothing says it draws less).
-A node whose type cannot be found (:class:`~collector.capacity.config.CapacityPlan`) counts
-at the fallback and is listed.
+Without a fresh reading (**assumed**): a node's state is
+:class:`collector.nodefacts.Staleness`'s; a stale or offline node counts on ``stale_basis``:
+nameplate (default), its last draw (its last input power reading, else its last sample as
+above), or zero. An online node awaiting its first sample counts at its nameplate (it is up;
+nothing says it draws less). A node whose type cannot be found
+(:class:`~collector.capacity.config.CapacityPlan`) counts at the fallback and is listed.
 
+The nameplate slack counts in the worst case whatever the basis: every node at its nameplate.
 Then the solver (:func:`collector.power.solve_fixed`, fixed-fleet mode) builds the fabric
 for the fleet's counts per type and answers the headroom and how many more nodes fit, with
 each type at its mean live draw; and again with every node at nameplate (the worst case).
@@ -29,14 +44,18 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
+from collector.capacity.calibrate import RestFigure, rest_figure
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import (
+    OBTAINED,
     Basis,
     NodeDraw,
+    Obtained,
     Picture,
     RackDraw,
+    RestBasis,
     StaleBasis,
     TypeDraw,
 )
@@ -48,10 +67,27 @@ if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or 
     from collector.live import NodeState
     from shared.schema import Inventory, Sample
 
-__all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution"]
+__all__ = ["NodeModel", "Sensors", "TypeMatcher", "compute_picture", "fleet_solution"]
 
 _LISTED: Final = 100
 """Names kept per list (unmatched, clamped, stale) in a picture."""
+
+
+class Sensors(NamedTuple):
+    """What one sample's sensors say of a node, the type's model filling the gaps."""
+
+    gpu_w: float
+    """Measured GPUs plus those not reporting at the type's ``gpu_w``."""
+    gpus_modelled: int
+    cpu_w: float
+    cpu_measured: bool
+    per_gpu: tuple[float, ...]
+    """Measured power per GPU."""
+
+    @property
+    def complete(self) -> bool:
+        """Every GPU of the type and the CPU reported: node - GPUs - CPU is the rest."""
+        return self.gpus_modelled == 0 and self.cpu_measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +98,11 @@ class NodeModel:
     gpus: int
     gpu_w: float
     cpu_w: float
-    rest_w: float
-    """DRAM + NVMe + NICs + aux + nameplate above the parts' sum: from the model."""
+    parts_w: float
+    """DRAM + NVMe + NICs + aux at their maximum: the model of the unreported parts."""
+    slack_w: float
+    """The nameplate above the sum of all parts: counted only on ``rest_basis`` nameplate
+    and in the worst case."""
     nameplate_w: float
 
     @classmethod
@@ -75,12 +114,17 @@ class NodeModel:
             t.gpus_per_node,
             t.gpu_w,
             t.cpu_w,
-            c.dram_w + c.nvme_w + c.nic_w + c.aux_w + c.other_w,
+            c.dram_w + c.nvme_w + c.nic_w + c.aux_w,
+            c.other_w,
             t.max_w,
         )
 
-    def draw(self, sample: Sample) -> tuple[float, bool, tuple[float, ...]]:
-        """(draw W, clamped, measured W per GPU) of one sample."""
+    def rest_w(self, basis: RestBasis) -> float:
+        """The model's unreported parts on ``basis`` (``calibrated``: as ``model``)."""
+        return self.parts_w + (self.slack_w if basis == "nameplate" else 0.0)
+
+    def sensors(self, sample: Sample) -> Sensors:
+        """The GPU and CPU power of one sample, the model standing in for what it lacks."""
         gpu_total = 0.0
         per_gpu = []
         for g in sample.gpus:
@@ -88,14 +132,16 @@ class NodeModel:
             if w is not None:
                 gpu_total += w
                 per_gpu.append(w)
-        missing = self.gpus - len(per_gpu)
-        if missing > 0:
-            gpu_total += missing * self.gpu_w
+        missing = max(self.gpus - len(per_gpu), 0)
+        gpu_total += missing * self.gpu_w
         cpu = sample.cpu_power_w
-        total = gpu_total + (self.cpu_w if cpu is None else cpu) + self.rest_w
-        if total > self.nameplate_w:
-            return self.nameplate_w, True, tuple(per_gpu)
-        return total, False, tuple(per_gpu)
+        return Sensors(
+            gpu_total,
+            missing,
+            self.cpu_w if cpu is None else cpu,
+            cpu is not None,
+            tuple(per_gpu),
+        )
 
 
 class TypeMatcher:
@@ -164,6 +210,24 @@ def _next_binding(
     return s.binding[0].constraint if s.binding else None
 
 
+class _Pending(NamedTuple):
+    """One node's count before the unreported parts are known (they may be calibrated)."""
+
+    node: str
+    node_type: str
+    rack: str
+    draw_w: float
+    """Final draw; for ``needs_rest``: the sensors' part (GPUs + CPU)."""
+    nameplate_w: float
+    basis: Basis
+    obtained: Obtained
+    needs_rest: bool
+    sensors: Sensors | None
+    node_power_w: float | None
+    source: str | None
+    clamped: bool
+
+
 def compute_picture(
     cplan: CapacityPlan,
     nodes: Iterable[NodeState],
@@ -171,6 +235,7 @@ def compute_picture(
     *,
     staleness: Staleness = DEFAULT_STALENESS,
     stale_basis: StaleBasis = "nameplate",
+    rest_basis: RestBasis = "calibrated",
     matcher: TypeMatcher | None = None,
     keep_nodes: bool = False,
     exclude: frozenset[str] = frozenset(),
@@ -185,18 +250,14 @@ def compute_picture(
     plan = cplan.plan
     match = matcher or TypeMatcher(cplan)
     models = {t.name: NodeModel.of(t) for t in plan.node_types}
-    counts = dict.fromkeys(models, 0)
-    totals = dict.fromkeys(models, 0.0)
-    worst = dict.fromkeys(models, 0.0)
-    measured_n = dict.fromkeys(models, 0)
-    rack_draw: dict[str, list[float]] = {}
+    residuals: dict[str, list[float]] = {name: [] for name in models}
+    pending: list[_Pending] = []
     unmatched: list[str] = []
-    clamped: list[str] = []
     stale: list[str] = []
-    n_unmatched = n_clamped = n_stale = n_measured = n_unsampled = 0
-    draws: list[NodeDraw] = []
+    n_unmatched = n_stale = n_unsampled = 0
     fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
     rack_cache: dict[str, tuple[str, float | None]] = {}
+    rack_limits: dict[str, float | None] = {}
     for i, st in enumerate(nodes):
         if not i % YIELD_EVERY:
             yield_gil()  # the evaluator runs this in a thread: see collector.cooperate
@@ -206,60 +267,203 @@ def compute_picture(
         if inv is None and inventories:
             inv = inventories.get(st.node)
         name = match(st.node, inv)
-        is_stale = staleness.of(st, now) != "online"
-        clamp = False
-        per_gpu: tuple[float, ...] = ()
-        basis: Basis
+        rack = rack_cache.get(st.node)
+        if rack is None:
+            rack = rack_cache[st.node] = cplan.rack_of(st.node)
+        rack_limits.setdefault(rack[0], rack[1])
         if name is None:
             n_unmatched += 1
             if len(unmatched) < _LISTED:
                 unmatched.append(st.node)
-            name, w, nameplate, basis = fallback_type, fallback_w, fallback_w, "fallback"
+            pending.append(
+                _Pending(
+                    st.node,
+                    fallback_type,
+                    rack[0],
+                    fallback_w,
+                    fallback_w,
+                    "fallback",
+                    "assumed",
+                    False,
+                    None,
+                    None,
+                    None,
+                    False,
+                )
+            )
+            continue
+        model = models[name]
+        nameplate = model.nameplate_w
+        reading = staleness.node_power(st, now)
+        is_stale = staleness.of(st, now) != "online"
+        if reading is not None:  # measured: the node's own input power
+            sensors = None if is_stale or st.sample is None else model.sensors(st.sample)
+            w = reading.watts
+            if sensors is not None and sensors.complete and w <= nameplate:
+                residuals[name].append(w - sensors.gpu_w - sensors.cpu_w)
+            pending.append(
+                _Pending(
+                    st.node,
+                    name,
+                    rack[0],
+                    min(w, nameplate),
+                    nameplate,
+                    "measured",
+                    "measured",
+                    False,
+                    sensors,
+                    w,
+                    reading.source,
+                    w > nameplate,
+                )
+            )
+            continue
+        if is_stale:
+            n_stale += 1
+            if len(stale) < _LISTED:
+                stale.append(st.node)
+        if st.sample is None and not is_stale:  # online, its first sample due
+            n_unsampled += 1
+            pending.append(
+                _Pending(
+                    st.node,
+                    name,
+                    rack[0],
+                    nameplate,
+                    nameplate,
+                    "nameplate",
+                    "assumed",
+                    False,
+                    None,
+                    None,
+                    None,
+                    False,
+                )
+            )
+        elif is_stale and stale_basis == "last" and st.node_power is not None:
+            w = st.node_power.watts  # its last input power reading
+            pending.append(
+                _Pending(
+                    st.node,
+                    name,
+                    rack[0],
+                    min(w, nameplate),
+                    nameplate,
+                    "last",
+                    "assumed",
+                    False,
+                    None,
+                    w,
+                    st.node_power.source,
+                    w > nameplate,
+                )
+            )
+        elif (is_stale and stale_basis != "last") or st.sample is None:
+            zero = stale_basis == "zero"
+            pending.append(
+                _Pending(
+                    st.node,
+                    name,
+                    rack[0],
+                    0.0 if zero else nameplate,
+                    nameplate,
+                    "zero" if zero else "nameplate",
+                    "assumed",
+                    False,
+                    None,
+                    None,
+                    None,
+                    False,
+                )
+            )
         else:
-            model = models[name]
-            nameplate = model.nameplate_w
-            if st.sample is None and not is_stale:  # online, its first sample due
-                basis, w = "nameplate", nameplate
-                n_unsampled += 1
-            elif (is_stale and stale_basis != "last") or st.sample is None:
-                basis = "zero" if stale_basis == "zero" else "nameplate"
-                w = 0.0 if stale_basis == "zero" else nameplate
-            else:
-                w, clamp, per_gpu = model.draw(st.sample)
-                basis = "last" if is_stale else "measured"
-            if is_stale:
-                n_stale += 1
-                if len(stale) < _LISTED:
-                    stale.append(st.node)
-            elif basis == "measured" and not clamp:
-                n_measured += 1
-                measured_n[name] += 1
-            if clamp and not is_stale:  # a stale node counts once, as stale (a partition)
+            sensors = model.sensors(st.sample)
+            pending.append(
+                _Pending(
+                    st.node,
+                    name,
+                    rack[0],
+                    sensors.gpu_w + sensors.cpu_w,
+                    nameplate,
+                    "last" if is_stale else "measured",
+                    "assumed" if is_stale else "modelled",
+                    True,
+                    sensors,
+                    None,
+                    None,
+                    False,
+                )
+            )
+    figures: dict[str, RestFigure] = {
+        name: rest_figure(rest_basis, m.parts_w, m.slack_w, residuals[name])
+        for name, m in models.items()
+    }
+    counts = dict.fromkeys(models, 0)
+    totals = dict.fromkeys(models, 0.0)
+    worst = dict.fromkeys(models, 0.0)
+    measured_n = dict.fromkeys(models, 0)
+    type_by: dict[str, dict[str, float]] = {name: dict.fromkeys(OBTAINED, 0.0) for name in models}
+    type_nodes_by: dict[str, dict[str, int]] = {name: dict.fromkeys(OBTAINED, 0) for name in models}
+    rack_draw: dict[str, list[float]] = {}
+    rack_by: dict[str, dict[str, float]] = {}
+    site_by: dict[str, float] = dict.fromkeys(OBTAINED, 0.0)
+    site_nodes_by: dict[str, int] = dict.fromkeys(OBTAINED, 0)
+    clamped: list[str] = []
+    n_clamped = n_measured = 0
+    draws: list[NodeDraw] = []
+    for e in pending:
+        w, obtained, clamp, rest = e.draw_w, e.obtained, e.clamped, 0.0
+        if e.needs_rest:
+            fig = figures[e.node_type]
+            rest = fig.rest_w
+            w += rest
+            if obtained == "modelled" and fig.rest_from == "calibrated":
+                obtained = "calibrated"
+            if w > e.nameplate_w:
+                w, clamp = e.nameplate_w, True
+        if e.basis == "measured":
+            if clamp:
                 n_clamped += 1
                 if len(clamped) < _LISTED:
-                    clamped.append(st.node)
-        counts[name] += 1
-        totals[name] += w
-        worst[name] += nameplate
-        rack = rack_cache.get(st.node)
-        if rack is None:
-            rack = rack_cache[st.node] = cplan.rack_of(st.node)
-        acc = rack_draw.get(rack[0])
+                    clamped.append(e.node)
+            else:
+                n_measured += 1
+                measured_n[e.node_type] += 1
+        counts[e.node_type] += 1
+        totals[e.node_type] += w
+        worst[e.node_type] += e.nameplate_w
+        type_by[e.node_type][obtained] += w
+        type_nodes_by[e.node_type][obtained] += 1
+        site_by[obtained] += w
+        site_nodes_by[obtained] += 1
+        acc = rack_draw.get(e.rack)
         if acc is None:
-            rack_draw[rack[0]] = [1.0, w, rack[1] if rack[1] is not None else math.nan]
+            limit = rack_limits[e.rack]
+            rack_draw[e.rack] = [1.0, w, limit if limit is not None else math.nan]
+            rack_by[e.rack] = dict.fromkeys(OBTAINED, 0.0)
         else:
             acc[0] += 1
             acc[1] += w
+        rack_by[e.rack][obtained] += w
         if keep_nodes:
+            s = e.sensors
             draws.append(
                 NodeDraw(
-                    st.node,
-                    None if basis == "fallback" else name,
-                    rack[0],
+                    e.node,
+                    None if e.basis == "fallback" else e.node_type,
+                    e.rack,
                     w,
-                    basis,
+                    e.basis,
                     clamp,
-                    per_gpu,
+                    () if s is None else s.per_gpu,
+                    obtained,
+                    e.node_power_w,
+                    e.source,
+                    0.0 if s is None else s.gpu_w,
+                    0 if s is None else s.gpus_modelled,
+                    0.0 if s is None else s.cpu_w,
+                    False if s is None else s.cpu_measured,
+                    rest,
                 )
             )
     live = fleet_solution(plan, counts, totals, basis=plan.site.power_basis)
@@ -271,6 +475,7 @@ def compute_picture(
                 nodes=int(a[0]),
                 draw_w=a[1],
                 limit_w=None if math.isnan(a[2]) else a[2],
+                draw_by=rack_by[r],
             )
             for r, a in rack_draw.items()
         ),
@@ -292,6 +497,14 @@ def compute_picture(
                 if live.fits
                 else None
             ),
+            draw_by=type_by[name],
+            nodes_by=type_nodes_by[name],
+            rest_w=figures[name].rest_w,
+            rest_from=figures[name].rest_from,
+            rest_nodes=figures[name].nodes,
+            rest_p25_w=figures[name].p25_w,
+            rest_p75_w=figures[name].p75_w,
+            model_rest_w=models[name].parts_w,
         )
         for name in models
     )
@@ -343,5 +556,8 @@ def compute_picture(
         clamped=tuple(clamped),
         stale=tuple(stale),
         compute_ms=round((time.perf_counter() - t0) * 1000, 3),
+        rest_basis=rest_basis,
+        draw_by=site_by,
+        nodes_by=site_nodes_by,
         node_draws=tuple(draws) if keep_nodes else None,
     )

@@ -2,7 +2,8 @@
 
 Each node's newest sample (decoded and validated again, as the collector did when it
 stored it), its status and inventory, and when the sample arrived (collector clock). A row
-that no longer decodes (written by an older version, damaged) leaves that part out: the node
+that no longer decodes (written by an older version, damaged) leaves that part out (the
+input power a sample reports comes with it): the node
 then counts as stale, never as a crash.
 """
 
@@ -12,6 +13,7 @@ import contextlib
 from collections.abc import Collection
 
 from collector.live import NodeState
+from collector.nodefacts import sample_power
 from collector.store.capacity import latest_node_rows
 from collector.store.reader import StoreReader
 from shared.errors import SchemaError, StoreError
@@ -42,6 +44,8 @@ def nodes_from_store(
             try:
                 st.sample = decode_sample(reader.payload(bytes(payload), dict_id))
                 st.sample_received = received
+                if received is not None:
+                    st.node_power = sample_power(st.sample, received)
             except (SchemaError, StoreError):
                 pass
         out.append(st)

@@ -24,7 +24,13 @@ from prometheus_client import CollectorRegistry, Counter
 
 from collector.capacity.compute import TypeMatcher, compute_picture
 from collector.capacity.config import CapacityPlan
-from collector.capacity.picture import Picture, StaleBasis, picture_from_dict, picture_to_dict
+from collector.capacity.picture import (
+    Picture,
+    RestBasis,
+    StaleBasis,
+    picture_from_dict,
+    picture_to_dict,
+)
 from collector.counters import value
 from collector.live import LiveView, NodeState
 from collector.nodefacts import DEFAULT_STALENESS, Staleness
@@ -137,6 +143,7 @@ class CapacityJob:
         keep_s: float = 30 * 86_400.0,
         staleness: Staleness = DEFAULT_STALENESS,
         stale_basis: StaleBasis = "nameplate",
+        rest_basis: RestBasis = "calibrated",
         metrics: CapacityJobMetrics | None = None,
     ) -> None:
         self.name = "capacity"
@@ -147,6 +154,7 @@ class CapacityJob:
         self._keep_s = keep_s
         self._staleness = staleness
         self._stale_basis: StaleBasis = stale_basis
+        self._rest_basis: RestBasis = rest_basis
         self._matcher = TypeMatcher(cplan)
         self._known: dict[str, NodeState] = {}
         """Nodes the store knew at start (status, inventory): counted until they report."""
@@ -171,6 +179,7 @@ class CapacityJob:
             self._clock.time(),
             staleness=self._staleness,
             stale_basis=self._stale_basis,
+            rest_basis=self._rest_basis,
             matcher=self._matcher,
             inventories=self._inventories,
         )

@@ -1,8 +1,10 @@
 """The capacity picture as Prometheus families for the collector's ``/metrics``.
 
 A handful of site-wide series (cap, live IT and facility draw, headroom, worst case, node
-counts by how they were counted, the snapshot's time), one series per node type (how many
-more fit) and one per rack (draw and limit: hundreds at most, never per node or GPU).
+counts by how they were counted, the nodes' draw and count by how it was obtained, the
+snapshot's time), a few per node type (how many more fit, draw by how obtained, the figure
+for its unreported parts and its spread) and one per rack (draw and limit: hundreds at
+most, never per node or GPU).
 Nothing before the first capacity cycle: a dashboard shows "no data", not a zero cap.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from collector.capacity.picture import Picture
+from collector.capacity.picture import OBTAINED, Picture
 
 __all__ = ["MAX_RACK_SERIES", "capacity_families"]
 
@@ -98,4 +100,62 @@ def capacity_families(picture: Picture | None) -> list[Metric]:
         rack_draw.add_metric([r.rack], r.draw_w)
         if r.limit_w is not None:
             rack_limit.add_metric([r.rack], r.limit_w)
-    return [*out, nodes, more, type_draw, rack_draw, rack_limit]
+    obtained = GaugeMetricFamily(
+        "capwatch_capacity_nodes_draw_watts",
+        "Nodes' live draw by how it was obtained: measured (input power from the BMC or PSU "
+        "sensors), calibrated or modelled (GPUs + CPU read, the unreported parts calibrated "
+        "per type or from its model), assumed (no fresh reading: on a basis).",
+        labels=["obtained"],
+    )
+    obtained_n = GaugeMetricFamily(
+        "capwatch_capacity_nodes_obtained",
+        "Nodes by how their live draw was obtained (as capwatch_capacity_nodes_draw_watts).",
+        labels=["obtained"],
+    )
+    for k in OBTAINED:
+        obtained.add_metric([k], p.draw_by.get(k, 0.0))
+        obtained_n.add_metric([k], p.nodes_by.get(k, 0))
+    type_obtained = GaugeMetricFamily(
+        "capwatch_capacity_type_obtained_draw_watts",
+        "Live draw of a node type's nodes by how it was obtained.",
+        labels=["node_type", "obtained"],
+    )
+    rest = GaugeMetricFamily(
+        "capwatch_capacity_type_rest_watts",
+        "What one node's unreported parts (DRAM, NVMe, NICs, fans, PSU losses) count at when "
+        "its input power is not measured; rest_from: calibrated (median of node - GPUs - CPU "
+        "over the type's nodes reporting all three), model, or nameplate (model + slack).",
+        labels=["node_type", "rest_from"],
+    )
+    spread = GaugeMetricFamily(
+        "capwatch_capacity_type_rest_percentile_watts",
+        "Quartiles of node - GPUs - CPU over the nodes a type's calibration came from.",
+        labels=["node_type", "percentile"],
+    )
+    rest_n = GaugeMetricFamily(
+        "capwatch_capacity_type_rest_nodes",
+        "Nodes a type's calibration of its unreported parts came from (0: the model).",
+        labels=["node_type"],
+    )
+    for t in p.types:
+        for k in OBTAINED:
+            type_obtained.add_metric([t.node_type, k], t.draw_by.get(k, 0.0))
+        rest.add_metric([t.node_type, t.rest_from], t.rest_w)
+        rest_n.add_metric([t.node_type], t.rest_nodes)
+        if t.rest_p25_w is not None and t.rest_p75_w is not None:
+            spread.add_metric([t.node_type, "25"], t.rest_p25_w)
+            spread.add_metric([t.node_type, "75"], t.rest_p75_w)
+    return [
+        *out,
+        nodes,
+        more,
+        type_draw,
+        rack_draw,
+        rack_limit,
+        obtained,
+        obtained_n,
+        type_obtained,
+        rest,
+        spread,
+        rest_n,
+    ]

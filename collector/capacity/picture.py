@@ -10,10 +10,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
+    "OBTAINED",
     "Basis",
     "NodeDraw",
+    "Obtained",
     "Picture",
     "RackDraw",
+    "RestBasis",
+    "RestFrom",
     "StaleBasis",
     "TypeDraw",
     "picture_from_dict",
@@ -24,7 +28,23 @@ StaleBasis = Literal["nameplate", "last", "zero"]
 """How a stale or offline node counts: at its nameplate, its last measured draw, or 0 W."""
 
 Basis = Literal["measured", "nameplate", "last", "zero", "fallback"]
-"""How one node's draw was found."""
+"""How one node was counted: from fresh readings (``measured``), or on a basis."""
+
+RestBasis = Literal["calibrated", "model", "nameplate"]
+"""What a node's unreported parts count at when its input power is not measured: calibrated
+per node type from nodes that report both, the type's model of its parts, or the model plus
+the nameplate slack (the most conservative)."""
+
+RestFrom = Literal["calibrated", "model", "nameplate"]
+"""Where a node type's figure for its unreported parts came from this cycle."""
+
+Obtained = Literal["measured", "calibrated", "modelled", "assumed"]
+"""How a draw was obtained: the node's input power read by its BMC or PSUs (``measured``);
+its GPUs and CPU read plus the unreported parts calibrated (``calibrated``) or from the model
+(``modelled``); or no fresh reading (``assumed``: stale, offline, awaiting a first sample,
+unmatched, counted on a basis)."""
+
+OBTAINED: tuple[Obtained, ...] = ("measured", "calibrated", "modelled", "assumed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +60,18 @@ class NodeDraw:
     clamped: bool
     gpu_w: tuple[float, ...]
     """Measured power per GPU (empty when not measured)."""
+    obtained: Obtained = "assumed"
+    node_power_w: float | None = None
+    """The node's fresh input power reading (``None``: none)."""
+    node_power_source: str | None = None
+    gpu_sum_w: float = 0.0
+    """GPUs as counted: the measured ones, plus those not reporting at the type's gpu_w."""
+    gpus_modelled: int = 0
+    """GPUs of the type counted at its gpu_w (not reporting power)."""
+    cpu_w: float = 0.0
+    cpu_measured: bool = False
+    rest_w: float = 0.0
+    """The unreported parts as counted (0 when the draw was measured or assumed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +91,20 @@ class TypeDraw:
     """More that fit if every node (old and new) drew its nameplate."""
     next_binding: str | None
     """What stops one more node past ``more_live`` (``None``: nothing, or no answer)."""
+    draw_by: dict[str, float] = field(default_factory=dict)
+    """``draw_w`` split by how it was obtained (:data:`OBTAINED`)."""
+    nodes_by: dict[str, int] = field(default_factory=dict)
+    """Nodes by how their draw was obtained."""
+    rest_w: float = 0.0
+    """What one node's unreported parts count at (when its input power is not measured)."""
+    rest_from: RestFrom = "nameplate"
+    rest_nodes: int = 0
+    """Nodes the calibration came from (reporting input power, GPU and CPU power)."""
+    rest_p25_w: float | None = None
+    rest_p75_w: float | None = None
+    """The spread of the calibration: quartiles of node - GPUs - CPU over those nodes."""
+    model_rest_w: float = 0.0
+    """The type's model of its unreported parts (DRAM, NVMe, NICs, aux), without slack."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +115,8 @@ class RackDraw:
     nodes: int
     draw_w: float
     limit_w: float | None
+    draw_by: dict[str, float] = field(default_factory=dict)
+    """``draw_w`` split by how it was obtained (:data:`OBTAINED`)."""
 
     @property
     def fraction(self) -> float | None:
@@ -129,6 +177,12 @@ class Picture:
     stale: tuple[str, ...] = ()
     """Names of nodes counted on ``stale_basis`` (the first 100)."""
     compute_ms: float = 0.0
+    rest_basis: RestBasis = "nameplate"
+    """How unreported parts were counted (snapshots before this field: ``nameplate``)."""
+    draw_by: dict[str, float] = field(default_factory=dict)
+    """``nodes_w`` split by how it was obtained (:data:`OBTAINED`)."""
+    nodes_by: dict[str, int] = field(default_factory=dict)
+    """Nodes by how their draw was obtained."""
     node_draws: tuple[NodeDraw, ...] | None = field(default=None, compare=False)
 
     @property
@@ -172,7 +226,13 @@ def picture_from_dict(d: dict[str, Any]) -> Picture:
         **kwargs,
         types=tuple(TypeDraw(**t) for t in d.get("types", [])),
         racks=tuple(
-            RackDraw(rack=r["rack"], nodes=r["nodes"], draw_w=r["draw_w"], limit_w=r["limit_w"])
+            RackDraw(
+                rack=r["rack"],
+                nodes=r["nodes"],
+                draw_w=r["draw_w"],
+                limit_w=r["limit_w"],
+                draw_by=r.get("draw_by", {}),
+            )
             for r in d.get("racks", [])
         ),
     )

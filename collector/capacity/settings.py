@@ -37,6 +37,11 @@ class CapacitySettings(BaseModel):
     """Snapshots older than this are deleted."""
     stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
     """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
+    rest_basis: Literal["calibrated", "model", "nameplate"] = "calibrated"
+    """What a node's unreported parts (DRAM, NVMe, NICs, fans, PSU losses) count at when its
+    input power is not measured: calibrated per node type from the nodes whose BMC reports
+    it (else the model), the type's model of its parts, or the model plus the nameplate slack
+    (the conservative count of capwatch before measured node power)."""
     warn_pct: float = Field(default=90.0, gt=0, le=1000)
     critical_pct: float = Field(default=98.0, gt=0, le=1000)
     for_s: float = Field(default=60.0, ge=0, le=_DAY_S)

@@ -21,7 +21,7 @@ from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.capacity.config import CapacityPlan
-    from collector.capacity.picture import Picture, StaleBasis
+    from collector.capacity.picture import NodeDraw, Picture, RestBasis, StaleBasis, TypeDraw
     from collector.capacity.whatif import WhatIf
     from collector.nodefacts import Staleness
 
@@ -36,6 +36,13 @@ the racks nearest their limit.
 By default it shows the newest snapshot the collector stored (every capacity.interval_s,
 when capacity.plan is set); --now recomputes from each node's newest stored sample.
 
+Every draw says how it was obtained: measured (the node's input power from its BMC or PSU
+sensors), calibrated (GPUs + CPU read, the unreported parts from the median of node - GPUs -
+CPU over the type's nodes that report all three), modelled (GPUs + CPU read, the rest from
+the type's model; --rest-basis nameplate adds the nameplate slack), assumed (no fresh
+reading: stale, offline, unmatched, awaiting a first sample). --explain NODE shows one
+node's sum.
+
 What-if: --add TYPE=N or --add NxTYPE (repeatable) adds nodes at their nameplate (or
 --basis typical) and asks the solver: new draw, new fabric (maybe a new tier), fits or
 not and which constraint breaks. --remove POOL leaves a pool's nodes out (decommission)."""
@@ -47,6 +54,8 @@ examples:
   collector capacity --add 32xDGX-H100
   collector capacity --add DGX-H100=32 --add HGX-B200=8 --json
   collector capacity --remove old-a100 --add 64xHGX-B200
+  collector capacity --explain x1000c0s0b0n0
+  collector capacity --now --rest-basis nameplate
 
 exit status: 0 answered (with --add: the grown fleet fits); 1 the --add fleet does not fit;
 2 a bad flag, plan or setting, or no snapshot yet (one line)."""
@@ -106,6 +115,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=("nameplate", "last", "zero"),
         help="how stale/offline nodes count (implies --now; default: capacity.stale_basis)",
     )
+    p.add_argument(
+        "--rest-basis",
+        choices=("calibrated", "model", "nameplate"),
+        help="what unreported parts count at (implies --now; default: capacity.rest_basis)",
+    )
+    p.add_argument(
+        "--explain",
+        metavar="NODE",
+        help="show how one node's draw was summed (implies --now)",
+    )
     p.add_argument("--top", type=int, default=5, metavar="N", help="racks to show (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
@@ -118,6 +137,7 @@ class CapacityCliSettings(NamedTuple):
     plan: Path | None
     staleness: Staleness
     stale_basis: StaleBasis
+    rest_basis: RestBasis
 
 
 def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
@@ -128,13 +148,17 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
 
         db: Path | None = args.db
         return CapacityCliSettings(
-            DEFAULT_DB_PATH if db is None else db, args.plan, Staleness(), "nameplate"
+            DEFAULT_DB_PATH if db is None else db, args.plan, Staleness(), "nameplate", "calibrated"
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 
     s = settings_from_args(args)
     return CapacityCliSettings(
-        s.db_path, args.plan or s.capacity.plan, s.staleness(), s.capacity.stale_basis
+        s.db_path,
+        args.plan or s.capacity.plan,
+        s.staleness(),
+        s.capacity.stale_basis,
+        s.capacity.rest_basis,
     )
 
 
@@ -160,7 +184,13 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
     s = load_settings_for(args)
-    recompute = args.now or bool(args.remove) or args.stale_basis is not None
+    recompute = (
+        args.now
+        or bool(args.remove)
+        or args.stale_basis is not None
+        or args.rest_basis is not None
+        or args.explain is not None
+    )
     cplan: CapacityPlan | None = None
     source = "recomputed from the store's newest samples"
     with StoreReader(s.db_path) as reader:
@@ -186,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
                 time.time(),
                 staleness=s.staleness,
                 stale_basis=args.stale_basis or s.stale_basis,
+                rest_basis=args.rest_basis or s.rest_basis,
                 exclude=frozenset(removed),
+                keep_nodes=args.explain is not None,
             )
             if removed:
                 source += f", without {len(removed)} node(s) of pool(s) {', '.join(args.remove)}"
@@ -205,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
             source = f"snapshot, {age:.0f} s old"
             if age > _OLD_SNAPSHOT_S:
                 source += ": is the collector running? --now recomputes"
+    if args.explain is not None:
+        return _explain(picture, args.explain, as_json=args.json)
     answer = None
     if args.add and cplan is not None:
         from collector.capacity.whatif import parse_add, what_if  # noqa: PLC0415
@@ -271,6 +305,8 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
         f"  worst case       {_kw(p.worst_it_w):>14}  {_pct(p.worst_it_w, p.cap_w)}   "
         "(every node at nameplate)",
         f"  nodes            {counted}",
+        f"  obtained         {_obtained(p.draw_by, p.nodes_by)}",
+        f"  unreported parts {_REST_BASIS[p.rest_basis]} (rest_basis {p.rest_basis})",
         f"  binding          {binding}",
         f"  fits             {'yes' if p.fits else 'NO'}",
     ]
@@ -287,6 +323,8 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
             "nodes": t.nodes,
             "draw": t.draw_w,
             "mean": t.draw_w / t.nodes if t.nodes else None,
+            "rest": t,
+            "measured": t.nodes_by.get("measured", 0),
             "more_live": t.more_live,
             "more_np": t.more_nameplate,
             "next": _WORDS.get(t.next_binding or "", t.next_binding),
@@ -302,6 +340,8 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
                 Column("nodes", "NODES", lambda v: f"{v:,}"),
                 Column("draw", "DRAW", _kw),
                 Column("mean", "PER NODE", _kw),
+                Column("measured", "MEASURED", lambda v: f"{v:,}"),
+                Column("rest", "REST/NODE", _rest_cell, align_right=False),
                 Column("more_live", "MORE (LIVE)", lambda v: f"{v:,}"),
                 Column("more_np", "MORE (NAMEPLATE)", lambda v: f"{v:,}"),
                 Column("next", "THEN LIMITED BY", align_right=False),
@@ -340,6 +380,29 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
     return lines
 
 
+_REST_BASIS: Final = {
+    "calibrated": "calibrated per node type from nodes reporting input power, else modelled",
+    "model": "the type's model (DRAM, NVMe, NICs, aux), without nameplate slack",
+    "nameplate": "the type's model plus nameplate slack (conservative)",
+}
+
+
+def _obtained(draw_by: dict[str, float], nodes_by: dict[str, int]) -> str:
+    """``nodes_w`` split by how it was obtained, e.g. ``1.2 MW measured (150 nodes), ...``."""
+    if not draw_by:
+        return "- (a snapshot from before this was recorded)"
+    return ", ".join(
+        f"{_kw(draw_by.get(k, 0.0))} {k} ({nodes_by.get(k, 0):,})"
+        for k in ("measured", "calibrated", "modelled", "assumed")
+    )
+
+
+def _rest_cell(t: TypeDraw) -> str:
+    if t.rest_from == "calibrated":
+        return f"{t.rest_w / 1e3:,.2f} kW calibrated (n={t.rest_nodes:,})"
+    return f"{t.rest_w / 1e3:,.2f} kW {'modelled' if t.rest_from == 'model' else 'nameplate'}"
+
+
 def _whatif_lines(w: WhatIf) -> list[str]:
     added = ", ".join(
         f"{n:,} x {name} at {_kw(w.added_node_w[name])}" for name, n in w.added.items()
@@ -365,4 +428,93 @@ def _whatif_lines(w: WhatIf) -> list[str]:
     ]
     if w.detail:
         lines.append(f"  why              {w.detail}")
+    return lines
+
+
+_SOURCES: Final = {
+    "dcmi": "its BMC in band (IPMI DCMI)",
+    "redfish": "its BMC's Redfish service",
+    "hwmon": "its PSU sensors (hwmon)",
+}
+
+
+def _explain(p: Picture, node: str, *, as_json: bool) -> int:
+    """Print how ``node``'s draw was summed."""
+    draw = next((n for n in p.node_draws or () if n.node == node), None)
+    if draw is None:
+        raise ConfigError(
+            f"--explain {node!r}: no such node in the picture (see `collector query`)",
+            field="--explain",
+        )
+    t = next((x for x in p.types if x.node_type == draw.node_type), None)
+    if as_json:
+        from dataclasses import asdict  # noqa: PLC0415
+
+        print_json(
+            {
+                "node": asdict(draw),
+                "node_type": None if t is None else asdict(t),
+                "rest_basis": p.rest_basis,
+                "lines": _explain_lines(draw, t, p),
+            }
+        )
+    else:
+        print("\n".join(_explain_lines(draw, t, p)))
+    return 0
+
+
+def _w(watts: float) -> str:
+    return f"{watts:>9,.0f} W"
+
+
+def _rest_words(t: TypeDraw) -> str:
+    if t.rest_from == "calibrated":
+        return (
+            f"calibrated: median of node - GPUs - CPU over {t.rest_nodes:,} {t.node_type} "
+            f"node(s) reporting all three (quartiles {t.rest_p25_w or 0:,.0f} - "
+            f"{t.rest_p75_w or 0:,.0f} W; the model says {t.model_rest_w:,.0f} W)"
+        )
+    if t.rest_from == "model":
+        return f"the type's model: DRAM + NVMe + NICs + aux at their maximum ({t.node_type})"
+    slack = t.rest_w - t.model_rest_w
+    return f"the model {t.model_rest_w:,.0f} W + nameplate slack {slack:,.0f} W (rest_basis)"
+
+
+def _explain_lines(n: NodeDraw, t: TypeDraw | None, p: Picture) -> list[str]:
+    kind = n.node_type or f"unmatched, as {p.fallback_type}"
+    clamp = " (clamped to its nameplate)" if n.clamped else ""
+    lines = [f"{shown(n.node)} ({kind}, rack {shown(n.rack)}): {n.draw_w:,.0f} W, {n.obtained}"]
+    if n.basis == "fallback":
+        lines.append(f"  fallback     {_w(n.draw_w)}   no node type matched: capacity.fallback_w")
+        return lines
+    if n.obtained == "measured":
+        src = _SOURCES.get(n.node_power_source or "", shown(n.node_power_source or "-"))
+        lines.append(f"  input power  {_w(n.node_power_w or 0.0)}   read by {src}{clamp}")
+        if n.cpu_w or n.gpu_sum_w:
+            rest = (n.node_power_w or 0.0) - n.gpu_sum_w - n.cpu_w
+            lines.append(
+                f"  (sensors: GPUs {n.gpu_sum_w:,.0f} W + CPU {n.cpu_w:,.0f} W; "
+                f"node - GPUs - CPU = {rest:,.0f} W)"
+            )
+        return lines
+    if n.obtained == "assumed":
+        why = {
+            "nameplate": "no fresh reading: counted at its nameplate",
+            "zero": "stale or offline: counted at 0 W (stale_basis zero)",
+            "last": "stale or offline: its last draw (stale_basis last)",
+        }.get(n.basis, n.basis)
+        lines.append(f"  assumed      {_w(n.draw_w)}   {why}{clamp}")
+        if not n.rest_w:
+            return lines
+    gpus = len(n.gpu_w) + n.gpus_modelled
+    gpu_note = f"{len(n.gpu_w)} of {gpus} measured" + (
+        f", {n.gpus_modelled} at the type's gpu_w" if n.gpus_modelled else ""
+    )
+    lines += [
+        f"  GPUs         {_w(n.gpu_sum_w)}   {gpu_note}",
+        f"  CPU          {_w(n.cpu_w)}   "
+        + ("RAPL package power" if n.cpu_measured else "the type's cpu_w (no RAPL reading)"),
+        f"  rest         {_w(n.rest_w)}   " + (_rest_words(t) if t is not None else ""),
+        f"  = draw       {_w(n.draw_w)}{clamp}",
+    ]
     return lines

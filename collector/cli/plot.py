@@ -22,7 +22,7 @@ from shared.topics import NODE_ID_RE
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from collector.nodefacts import Staleness
+    from collector.cli.capacity import CapacityCliSettings
     from collector.store.reader import StoreReader
 
 __all__ = ["add_parser", "run"]
@@ -107,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
             from collector.store.capacity import latest_snapshot, snapshot_series  # noqa: PLC0415
 
             rows = snapshot_series(reader, now - since_s)
+            snap = latest_snapshot(reader) if rows else None
             plan = s.plan
-            if plan is None:
-                snap = latest_snapshot(reader)
-                plan = Path(snap["plan"]) if snap is not None and snap.get("plan") else None
-            fig = capacity_figure(rows, plan.name if plan is not None else "", now - since_s, now)
+            if plan is None and snap is not None and snap.get("plan"):
+                plan = Path(snap["plan"])
+            fig = capacity_figure(
+                rows, plan.name if plan is not None else "", now - since_s, now, latest=snap
+            )
         else:
-            fig = _hierarchy(reader, args.plan or s.plan, s.staleness, now)
+            fig = _hierarchy(reader, args.plan or s.plan, s, now)
     save(fig, out)
     print(f"{args.picture} picture written to {out}")
     return 0
@@ -142,7 +144,9 @@ def _usage(
     return usage_figure(rows, "fleet", since, now)
 
 
-def _hierarchy(reader: StoreReader, plan: Path | None, staleness: Staleness, now: float) -> Figure:
+def _hierarchy(
+    reader: StoreReader, plan: Path | None, s: CapacityCliSettings, now: float
+) -> Figure:
     from collector.capacity.compute import compute_picture  # noqa: PLC0415
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
     from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
@@ -160,6 +164,12 @@ def _hierarchy(reader: StoreReader, plan: Path | None, staleness: Staleness, now
         )
     cplan = load_capacity_plan(plan)
     picture = compute_picture(
-        cplan, nodes_from_store(reader), now, staleness=staleness, keep_nodes=True
+        cplan,
+        nodes_from_store(reader),
+        now,
+        staleness=s.staleness,
+        stale_basis=s.stale_basis,
+        rest_basis=s.rest_basis,
+        keep_nodes=True,
     )
     return hierarchy_figure(cplan, picture)

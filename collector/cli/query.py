@@ -242,7 +242,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"nodes {s['nodes_total']}: {s['nodes_online']} online, {s['nodes_stale']} stale, "
         f"{s['nodes_offline']} offline | GPUs online {s['gpus_online']} | mean GPU util "
         f"{'-' if util is None else _pct(util)} | GPU power {format_watts(s['gpu_power_w'])} | "
-        f"CPU power {format_watts(s['cpu_power_w'])}"
+        f"CPU power {format_watts(s['cpu_power_w'])} | node input power (BMC/PSU) "
+        f"{format_watts(s.get('node_power_w'))}"
     )
     c = s["counters"]
     if c:
@@ -266,6 +267,8 @@ def _print_summary(s: dict[str, Any]) -> None:
                 Column("gpu_util_pct", "GPU UTIL", _pct),
                 Column("gpu_power_w", "GPU POWER", format_watts),
                 Column("cpu_power_w", "CPU POWER", format_watts),
+                Column("node_power_w", "NODE POWER", format_watts),
+                Column("node_power_source", "FROM", lambda v: v or "-", align_right=False),
             ],
         )
     )
@@ -289,6 +292,8 @@ def _print_samples(node: str, samples: list[dict[str, Any]], now: float) -> None
                 Column("gpu_mem_used_bytes", "GPU MEM", format_bytes),
                 Column("gpu_power_w", "GPU POWER", format_watts),
                 Column("cpu_power_w", "CPU POWER", format_watts),
+                Column("node_power_w", "NODE POWER", format_watts),
+                Column("node_power_source", "FROM", lambda v: v or "-", align_right=False),
             ],
         )
     )

@@ -119,6 +119,8 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         sample.cpu_power_w,
         payload,
         sample.epoch,
+        sample.node_power_w,
+        sample.node_power_source,
     )
 
 

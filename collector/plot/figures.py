@@ -100,10 +100,29 @@ def usage_figure(
     return fig
 
 
+def _obtained_line(latest: Mapping[str, Any] | None) -> str:
+    """How the newest picture's node draw was obtained, as a second title line."""
+    by = (latest or {}).get("draw_by") or {}
+    n = (latest or {}).get("nodes_by") or {}
+    if not by:
+        return ""
+    parts = ", ".join(
+        f"{by.get(k, 0.0) / 1e6:,.3f} MW {k} ({n.get(k, 0):,})"
+        for k in ("measured", "calibrated", "modelled", "assumed")
+    )
+    return f"\nnodes now: {parts}; rest_basis {(latest or {}).get('rest_basis', '-')}"
+
+
 def capacity_figure(
-    rows: Sequence[Mapping[str, Any]], plan: str, start: float, end: float
+    rows: Sequence[Mapping[str, Any]],
+    plan: str,
+    start: float,
+    end: float,
+    *,
+    latest: Mapping[str, Any] | None = None,
 ) -> Figure:
-    """Live IT draw against the cap over time, with the 90/98 % lines and the worst case."""
+    """Live IT draw against the cap over time, with the 90/98 % lines and the worst case;
+    ``latest`` (the newest snapshot's picture) says how its nodes' draw was obtained."""
     fig = new_figure(f"Site IT draw against the cap ({plan or 'site plan'})")
     ax = fig.subplots()
     t = _times(rows)
@@ -148,7 +167,7 @@ def capacity_figure(
             f"now: {last['it_w'] / 1e6:,.3f} MW ({last['it_w'] / cap_w:.1%} of the "
             f"{cap_w / 1e6:,.2f} MW cap), headroom {last['headroom_w'] / 1e6:,.3f} MW; "
             f"worst case {last['worst_it_w'] / 1e6:,.3f} MW; {last['stale_nodes']} of "
-            f"{last['nodes']} nodes counted at nameplate (stale/offline)",
+            f"{last['nodes']} nodes counted at nameplate (stale/offline)" + _obtained_line(latest),
             fontsize=11,
         )
     else:

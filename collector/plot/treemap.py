@@ -45,6 +45,20 @@ def _split(
     return out
 
 
+_REST_STYLE: Final = {
+    "measured": ("0.65", ""),
+    "calibrated": ("0.8", ""),
+    "modelled": ("0.9", ".."),
+}
+"""Face colour and hatch of a node's rest (all but its GPUs) by how the node's draw was
+obtained."""
+_REST_LABEL: Final = {
+    "measured": "rest of node, measured (BMC input power - GPUs)",
+    "calibrated": "rest of node: CPU + unreported parts calibrated per type",
+    "modelled": "rest of node: CPU + unreported parts from the type's model",
+}
+
+
 def hierarchy_figure(
     cplan: CapacityPlan, picture: Picture, *, max_gpu_nodes: int = 2_000
 ) -> Figure:
@@ -83,7 +97,7 @@ def hierarchy_figure(
     colours: list[float] = []
     outlines: list[Rectangle] = []
     nodes_out: list[Rectangle] = []
-    modelled: list[Rectangle] = []
+    rest_boxes: dict[str, list[Rectangle]] = {"measured": [], "calibrated": [], "modelled": []}
     unmeasured: list[Rectangle] = []
     rack_boxes = _split([sum(n.draw_w for n in by_rack[r]) for r in racks], 0, 0, width, height)
     pad = _PAD * width
@@ -105,8 +119,10 @@ def hierarchy_figure(
                     if k < len(n.gpu_w):
                         rects.append(Rectangle((bx, by), bw, bh))
                         colours.append(min(n.gpu_w[k] / gpu_max, 1.0))
-                    else:  # the rest of the node is modelled, not measured: neutral
-                        modelled.append(Rectangle((bx, by), bw, bh))
+                    else:  # the rest of the node (CPU and the unreported parts): neutral,
+                        # shaded by how it was obtained
+                        how = n.obtained if n.obtained in rest_boxes else "modelled"
+                        rest_boxes[how].append(Rectangle((bx, by), bw, bh))
             elif n.basis != "measured":  # stale, offline, unmatched: not measured now
                 unmeasured.append(Rectangle((nx, ny), nw, nh))
             else:
@@ -133,7 +149,12 @@ def hierarchy_figure(
     cells = PatchCollection(rects, cmap=cmap, norm=norm, edgecolor="white", linewidth=0.2)
     cells.set_array(colours)
     ax.add_collection(cells)
-    ax.add_collection(PatchCollection(modelled, facecolor="0.85", edgecolor="white", linewidth=0.2))
+    for shade, (face, hatch) in _REST_STYLE.items():
+        ax.add_collection(
+            PatchCollection(
+                rest_boxes[shade], facecolor=face, hatch=hatch, edgecolor="white", linewidth=0.2
+            )
+        )
     ax.add_collection(
         PatchCollection(
             unmeasured, facecolor="lightsteelblue", edgecolor="0.3", hatch="//", linewidth=0.5
@@ -166,7 +187,10 @@ def hierarchy_figure(
         Rectangle((0, 0), 1, 1, facecolor="none", edgecolor="0.3", label="node"),
         Rectangle((0, 0), 1, 1, facecolor=cmap(0.95), label="GPU at its limit"),
         Rectangle((0, 0), 1, 1, facecolor=cmap(0.1), label="GPU idle"),
-        Rectangle((0, 0), 1, 1, facecolor="0.85", label="rest of node (CPU + modelled parts)"),
+        *(
+            Rectangle((0, 0), 1, 1, facecolor=face, hatch=hatch, label=_REST_LABEL[shade])
+            for shade, (face, hatch) in _REST_STYLE.items()
+        ),
         Rectangle(
             (0, 0),
             1,

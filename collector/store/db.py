@@ -71,6 +71,9 @@ class SampleRow(NamedTuple):
     payload: bytes
     epoch: int | None = None
     """The agent's boot counter (``Sample.epoch``); ``None`` from agents before it."""
+    node_power_w: float | None = None
+    """The node's input power (``Sample.node_power_w``, from its BMC or PSUs)."""
+    node_power_source: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,9 +106,11 @@ class QuarantineRow(NamedTuple):
 _SAMPLE_COLUMNS: Final = (
     "node, ts_ms, seq, received_ms, interval_s, cpu_pct, mem_used_bytes, mem_total_bytes, "
     "gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w, payload, payload_dict, "
-    "epoch"
+    "epoch, node_power_w, node_power_source"
 )
-_INSERT_SAMPLES: Final = (f"INSERT OR IGNORE INTO samples ({_SAMPLE_COLUMNS})", 16, "")
+_INSERT_SAMPLES: Final = (f"INSERT OR IGNORE INTO samples ({_SAMPLE_COLUMNS})", 18, "")
+_SUMMARY: Final = 13
+"""SampleRow's columns before the payload."""
 
 _INSERT_NODE: Final = ("INSERT OR IGNORE INTO nodes (node)", 1, "")
 _UPSERT_STATUS: Final = (
@@ -363,12 +368,18 @@ class Store:
         async with self.transaction(f"storing a batch ({len(rows)} sample rows)"):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
-                samples = [(*r[:-2], r.payload, None, r.epoch) for r in rows]
+                samples = [
+                    (*r[:_SUMMARY], r.payload, None, r.epoch, r.node_power_w, r.node_power_source)
+                    for r in rows
+                ]
             else:
                 # Off the event loop, in one GIL-free call for the whole batch.
                 payloads = [r.payload for r in rows]
                 blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
-                samples = [(*r[:-2], b, dict_id, r.epoch) for r, b in zip(rows, blobs, strict=True)]
+                samples = [
+                    (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
+                    for r, b in zip(rows, blobs, strict=True)
+                ]
             inserted = await self.insert_many(_INSERT_SAMPLES, samples)
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)

@@ -363,4 +363,13 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE cohort_quotas ADD COLUMN lending_limit REAL;
         """,
     ),
+    (
+        # The node's input power as its BMC or PSU sensors read it, and which one
+        # (Sample.node_power_w/node_power_source). NULL: not reported.
+        "0016_samples_node_power",
+        """
+        ALTER TABLE samples ADD COLUMN node_power_w REAL;
+        ALTER TABLE samples ADD COLUMN node_power_source TEXT;
+        """,
+    ),
 )

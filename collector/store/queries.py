@@ -71,7 +71,8 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
-        "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w FROM nodes n LEFT JOIN samples s "
+        "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w, s.node_power_w, s.node_power_source "
+        "FROM nodes n LEFT JOIN samples s "
         "ON s.rowid = (SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
         "ORDER BY n.node"
     )
@@ -82,6 +83,7 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
     util_gpus = 0
     gpu_power: float | None = None
     cpu_power: float | None = None
+    node_power: float | None = None
     for r in rows:
         state = staleness.state(
             now,
@@ -102,6 +104,8 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
                 gpu_power = (gpu_power or 0.0) + r["gpu_power_w"]
             if r["cpu_power_w"] is not None:
                 cpu_power = (cpu_power or 0.0) + r["cpu_power_w"]
+            if r["node_power_w"] is not None:
+                node_power = (node_power or 0.0) + r["node_power_w"]
         nodes.append(
             {
                 "node": r["node"],
@@ -112,6 +116,8 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
                 "gpu_util_pct": r["gpu_util_pct"],
                 "gpu_power_w": r["gpu_power_w"],
                 "cpu_power_w": r["cpu_power_w"],
+                "node_power_w": r["node_power_w"],
+                "node_power_source": r["node_power_source"],
             }
         )
     return {
@@ -124,6 +130,7 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
         # None when no online node reports it: unknown, not 0 W.
         "gpu_power_w": None if gpu_power is None else round(gpu_power, 1),
         "cpu_power_w": None if cpu_power is None else round(cpu_power, 1),
+        "node_power_w": None if node_power is None else round(node_power, 1),
         "counters": store.counters(),
         "nodes": nodes,
     }
@@ -133,8 +140,8 @@ def node_samples(store: StoreReader, node: str, since_ms: int, limit: int) -> li
     """A node's samples stamped at or after ``since_ms``, newest first."""
     rows = store.fetchall(
         "SELECT ts_ms, seq, interval_s, cpu_pct, mem_used_bytes, mem_total_bytes, gpu_count, "
-        "gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w FROM samples "
-        "WHERE node = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
+        "gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w, node_power_w, "
+        "node_power_source FROM samples WHERE node = ? AND ts_ms >= ? ORDER BY ts_ms DESC LIMIT ?",
         (node, since_ms, limit),
     )
     return [

@@ -110,7 +110,7 @@ def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
     s = _json(capsys, db)
     assert list(s) == [
         "nodes_total", "nodes_online", "nodes_stale", "nodes_offline", "gpus_online",
-        "gpu_util_mean_pct", "gpu_power_w", "cpu_power_w", "counters", "nodes",
+        "gpu_util_mean_pct", "gpu_power_w", "cpu_power_w", "node_power_w", "counters", "nodes",
     ]  # fmt: skip
     assert (s["nodes_total"], s["nodes_online"], s["nodes_stale"], s["nodes_offline"]) == (
         3,
@@ -129,7 +129,7 @@ def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
     online = by_node[ONLINE]
     assert list(online) == [
         "node", "state", "last_sample_age_s", "gpus", "cpu_pct", "gpu_util_pct", "gpu_power_w",
-        "cpu_power_w",
+        "cpu_power_w", "node_power_w", "node_power_source",
     ]  # fmt: skip
     assert 1.5 <= online["last_sample_age_s"] < 30
     assert s["gpu_power_w"] == round(online["gpu_power_w"], 1)
@@ -155,6 +155,7 @@ def test_summary_table_shows_counts_counters_and_nodes(
     assert lines[1] == "collector: stored 27, duplicates 1, rejected 7"
     assert lines[3].split() == [
         "NODE", "STATE", "AGE", "GPUS", "CPU", "GPU", "UTIL", "GPU", "POWER", "CPU", "POWER",
+        "NODE", "POWER", "FROM",
     ]  # fmt: skip
     assert [line.split()[:2] for line in lines[4:]] == [
         [ONLINE, "online"],
@@ -200,6 +201,7 @@ def test_node_samples_are_newest_first_within_since(
     assert list(r["samples"][0]) == [
         "node", "ts", "seq", "interval_s", "cpu_pct", "mem_used_bytes", "mem_total_bytes",
         "gpu_count", "gpu_util_pct", "gpu_mem_used_bytes", "gpu_power_w", "cpu_power_w",
+        "node_power_w", "node_power_source",
     ]  # fmt: skip
     assert r["samples"][0]["gpu_count"] == 2
 

@@ -308,3 +308,21 @@ async def test_samples_at_the_schemas_bounds_give_finite_exact_aggregates() -> N
     assert got[("capwatch_fleet_node_power_watts", ())] == nodes * (
         MAX_GPUS * MAX_GPU_POWER_W + MAX_CPU_POWER_W
     )
+
+
+async def test_node_input_power_is_summed_by_source_while_fresh() -> None:
+    """Nodes whose BMC reports input power: the sum per source; a stale reading is not
+    counted, and a source nobody reads has no power series."""
+    sim = FleetSimulator(4, seed=2, interval_s=5, bmc_share=0.5)
+    view = LiveView()
+    for i in range(4):
+        view.on_sample(sim.sample(i, NOW, 0), NOW)
+    got = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5)))
+    readings = [st.sample.node_power_w or 0.0 for st in view.nodes() if st.sample is not None]
+    assert got[("capwatch_fleet_node_input_power_watts", (("source", "dcmi"),))] == pytest.approx(
+        sum(readings)
+    )
+    assert got[("capwatch_fleet_node_input_power_nodes", (("source", "dcmi"),))] == 2
+    assert ("capwatch_fleet_node_input_power_watts", (("source", "redfish"),)) not in got
+    later = _values(await fleet_families(view, NOW + 60, staleness=Staleness(3, 5)))
+    assert later[("capwatch_fleet_node_input_power_nodes", (("source", "dcmi"),))] == 0

@@ -42,9 +42,10 @@ SEED = 21
 
 
 def _plan_file(tmp_path: Path) -> Path:
-    """The capacity site plan plus a small rack (four nodes, 20 kW) that the fleet overloads."""
+    """The capacity site plan plus a small rack (four nodes, 12 kW) that the fleet overloads:
+    four DGX-H100 at idle draw 3 kW each (GPUs 8 x 70 W, CPU 180 W, the model's rest 2.3 kW)."""
     doc: dict[str, Any] = json.loads(json.dumps(read_plan_document(PLAN)))
-    doc["capacity"]["racks"].append({"name": "hot-rack", "nodes": ["x1000c0s0b*"], "limit_kw": 20})
+    doc["capacity"]["racks"].append({"name": "hot-rack", "nodes": ["x1000c0s0b*"], "limit_kw": 12})
     path = tmp_path / "site.json"
     path.write_text(json.dumps(doc))
     return path
@@ -159,7 +160,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         assert series["capwatch_capacity_cap_watts"] == 5e6
         assert series['capwatch_capacity_nodes{counted="stale"}'] == 1
         assert series['capwatch_capacity_nodes{counted="unmatched"}'] == 1
-        assert series['capwatch_capacity_rack_limit_watts{rack="hot-rack"}'] == 20_000
+        assert series['capwatch_capacity_rack_limit_watts{rack="hot-rack"}'] == 12_000
         assert series["capwatch_capacity_it_draw_watts"] == pytest.approx(true_it, rel=0.01)
         assert series["capwatch_capacity_headroom_watts"] == pytest.approx(
             5e6 - series["capwatch_capacity_it_draw_watts"]
@@ -223,6 +224,116 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
                 code = collector_main(["plot", picture, "--db", str(db), "--out", str(png), *extra])
             assert code == 0
             assert png_size(png) == (1600, 1000)
+    finally:
+        stop.set()
+        await publisher
+
+
+BMC_FLEET = 200
+
+
+async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner, tmp_path: Path
+) -> None:
+    """200 simulated DGX nodes, half of which report their BMC's input power: the measured
+    part of the live draw is the sum of those readings, IT draw is nodes + fabric, the type's
+    calibrated rest is within 1 % of the simulator's true rest, and the whole draw within
+    1 % of the truth; `--explain` shows a node's sum, /metrics how each part was obtained."""
+    plan_path = _plan_file(tmp_path)
+    s = collector_runner.settings
+    collector_runner.settings = s.model_copy(
+        update={
+            "capacity": CapacitySettings(plan=plan_path, interval_s=0.5),
+            "metrics_listen": "127.0.0.1:0",
+        }
+    )
+    collector = await collector_runner.start()
+    stop = asyncio.Event()
+    sim = FleetSimulator(BMC_FLEET, seed=SEED, interval_s=600, bmc_share=0.5)
+    publisher = asyncio.create_task(publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=32))
+    try:
+        db = collector_runner.db
+
+        def settled() -> bool:
+            rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
+            if not rows:
+                return False
+            by = json.loads(rows[0][0]).get("nodes_by", {})
+            return bool(by.get("measured") == BMC_FLEET // 2 and by.get("calibrated"))
+
+        await wait_until(settled, timeout_s=60, what="a snapshot with the BMC readings")
+        await wait_until(
+            lambda: all(
+                (st := collector.live.get(n)) is not None and st.sample is not None
+                for n in sim.node_ids
+            ),
+            what="every node's sample in the live view",
+        )
+        code, out = _cli("--db", str(db), "--now", "--plan", str(plan_path))
+        assert code == 0
+        p = out["capacity"]
+        truth_sim = FleetSimulator(BMC_FLEET, seed=SEED, interval_s=600, bmc_share=0.5)
+        readings = truth = 0.0
+        for i, node in enumerate(sim.node_ids):
+            st = collector.live.get(node)
+            assert st is not None
+            assert st.sample is not None
+            true_w = truth_sim.true_power_w(i, truth_sim.sample(i, st.sample.ts, st.sample.seq))
+            truth += true_w
+            if sim.reports_bmc[i]:
+                assert st.sample.node_power_w == pytest.approx(true_w)
+                readings += st.sample.node_power_w or 0.0
+        assert p["nodes_by"]["measured"] == BMC_FLEET // 2
+        assert p["draw_by"]["measured"] == pytest.approx(readings, rel=1e-9)
+        assert p["it_w"] == pytest.approx(p["nodes_w"] + p["fabric_w"], rel=1e-12)
+        assert p["nodes_w"] == pytest.approx(truth, rel=0.01)
+        dgx = next(t for t in p["types"] if t["node_type"] == "DGX-H100")
+        assert dgx["rest_from"] == "calibrated"
+        assert dgx["rest_nodes"] == BMC_FLEET // 2
+        true_rest = sum(sim.rest_w) / BMC_FLEET
+        assert dgx["rest_w"] == pytest.approx(true_rest, rel=0.01)
+        assert dgx["rest_p25_w"] < dgx["rest_w"] < dgx["rest_p75_w"]
+
+        old = _cli("--db", str(db), "--plan", str(plan_path), "--rest-basis", "nameplate")[1]
+        assert old["capacity"]["nodes_w"] > p["nodes_w"]  # the slack on every unmeasured node
+
+        measured = sim.node_ids[sim.reports_bmc.index(True)]
+        calibrated = sim.node_ids[sim.reports_bmc.index(False)]
+        code, explained = _cli("--db", str(db), "--plan", str(plan_path), "--explain", measured)
+        assert code == 0
+        assert explained["node"]["obtained"] == "measured"
+        assert explained["node"]["node_power_source"] == "dcmi"
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            code = collector_main(
+                ["capacity", "--db", str(db), "--plan", str(plan_path), "--explain", calibrated]
+            )
+        assert code == 0
+        lines = text.getvalue()
+        assert f"{calibrated} (DGX-H100, rack hot-rack)" in lines
+        assert "calibrated: median of node - GPUs - CPU over 100 DGX-H100 node(s)" in lines
+        assert "8 of 8 measured" in lines
+        assert "RAPL package power" in lines
+        with contextlib.redirect_stdout(io.StringIO()):
+            bad = collector_main(["capacity", "--db", str(db), "--explain", "nope"])
+        assert bad == 2
+
+        assert collector.metrics is not None
+        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
+        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
+        assert promtool_check_metrics(scraped) == (0, [])
+        assert 'capwatch_capacity_nodes_obtained{obtained="measured"} 100.0' in scraped
+        assert 'capwatch_capacity_type_rest_nodes{node_type="DGX-H100"} 100.0' in scraped
+        assert 'capwatch_fleet_node_input_power_nodes{source="dcmi"} 100.0' in scraped
+
+        out_q = io.StringIO()
+        with contextlib.redirect_stdout(out_q):
+            assert collector_main(["query", "--db", str(db), "--json", "--node", measured]) == 0
+        stored = json.loads(out_q.getvalue())["samples"][0]
+        assert stored["node_power_source"] == "dcmi"
+        assert stored["node_power_w"] == pytest.approx(
+            collector.live.get(measured).sample.node_power_w  # type: ignore[union-attr]
+        )
     finally:
         stop.set()
         await publisher

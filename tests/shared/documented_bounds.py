@@ -90,6 +90,7 @@ NUMBERS: dict[str, dict[str, Bound]] = {
         "net.nics[].rx_drops": _COUNT,
         "net.nics[].tx_drops": _COUNT,
         "cpu_power_w": _f(0.0, s.MAX_CPU_POWER_W),
+        "node_power_w": _f(0.0, s.MAX_NODE_POWER_W),
         "gpus[].index": _GPU_INDEX,
         "gpus[].util_pct": _PCT,
         "gpus[].mem_util_pct": _PCT,
@@ -167,6 +168,7 @@ STRINGS: dict[str, dict[str, Text]] = {
         "disks[].fstype": Text(s.MAX_FSTYPE_LEN),
         "net.nics[].name": Text(s.MAX_NIC_NAME_LEN),
         "gpus[].uuid": _UUID,
+        "node_power_source": Text(pattern=s.NODE_POWER_SOURCE_PATTERN),
     },
     "inventory": {
         "node": _NODE,

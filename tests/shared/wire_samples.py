@@ -123,6 +123,8 @@ def sample_dict() -> dict[str, Any]:
             "nics": [_nic(n) for n in ("eno1", "ibp26s0", "ibp60s0", "ibp77s0")],
         },
         "cpu_power_w": 537.1,
+        "node_power_w": 8412.0,
+        "node_power_source": "dcmi",
         "gpus": [_gpu(g) for g in range(8)],
         "xids": [{"gpu_index": 3, "xid": 79, "ts": _TS - 2.5}],
     }

@@ -8,6 +8,7 @@ from typing import Final
 from agent.simulate import FleetSimulator
 from collector.capacity.compute import NodeModel
 from collector.capacity.config import CapacityPlan, load_capacity_plan
+from collector.capacity.picture import RestBasis
 from collector.live import LiveView
 from shared.schema import Sample
 
@@ -26,9 +27,11 @@ def true_node_w(sample: Sample, rest_w: float) -> float:
     return gpus + (sample.cpu_power_w or 0.0) + rest_w
 
 
-def dgx_rest_w(cplan: CapacityPlan) -> float:
-    """DGX-H100's unreported parts (DRAM, NVMe, NICs, aux, nameplate above the sum)."""
-    return NodeModel.of(cplan.types["DGX-H100"]).rest_w
+def dgx_rest_w(cplan: CapacityPlan, basis: RestBasis = "model") -> float:
+    """DGX-H100's unreported parts: DRAM, NVMe, NICs, aux (``model``; also what
+    ``calibrated`` counts with no node reporting its input power), plus the nameplate above
+    the parts' sum on ``nameplate``."""
+    return NodeModel.of(cplan.types["DGX-H100"]).rest_w(basis)
 
 
 def filled_view(
