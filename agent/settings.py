@@ -69,6 +69,14 @@ class AgentSettings(CapwatchSettings):
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
     sysfs_root: Path = Path("/sys")
     proc_root: Path = Path("/proc")
+    attribute_jobs: bool = True
+    """Attribute each GPU process to its Slurm job or Kubernetes pod and its user (from
+    ``proc_root``'s cgroup and environment files; agent/jobs.py). Env
+    ``CAPWATCH_ATTRIBUTE_JOBS``."""
+    pod_log_dir: Path = Path("/var/log")
+    """Where the kubelet writes ``containers/`` and ``pods/`` (the pods' log directories):
+    the names of the pods and containers a process's cgroup names by id. Env
+    ``CAPWATCH_POD_LOG_DIR``."""
     nic_include: Annotated[tuple[str, ...], NoDecode] = ()
     """Globs of virtual interfaces to count too (``bond*``); physical ones always count.
     Env ``CAPWATCH_NIC_INCLUDE``: comma-separated or a JSON list."""
