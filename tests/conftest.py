@@ -8,6 +8,7 @@ how many and the command that fixes it; under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -22,6 +23,7 @@ from collector.localbroker import (
     find_mosquitto,
 )
 from collector.natsbroker import NatsBroker, find_nats_server
+from tests.slurm import SlurmCluster, slurm_missing
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,
@@ -52,6 +54,20 @@ def nats(tmp_path: Path) -> Iterator[NatsBroker]:
         yield broker
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node Slurm (munged, slurmctld, slurmd; tests/slurm.py) for the whole
+    session; skipped without Debian's munge and slurm-wlm (failed under ``CI=true``)."""
+    missing = slurm_missing()
+    if missing:
+        message = f"Slurm is not installed ({', '.join(missing)} missing; apt-get install munge slurm-wlm)"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{message}; .ci/run must install it")
+        pytest.skip(message)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
 @pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
     """Each broker capwatch is tested with, in turn: Mosquitto, NATS, the embedded amqtt.
@@ -79,7 +95,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerPro
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a broker are integration tests, whatever module they live in."""
     for item in items:
-        if {"mosquitto", "nats", "broker"} & set(getattr(item, "fixturenames", ())):
+        if {"mosquitto", "nats", "broker", "slurm"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
