@@ -23,7 +23,6 @@ from collector.localbroker import (
     find_mosquitto,
 )
 from collector.natsbroker import NatsBroker, find_nats_server
-from tests.slurm import SlurmCluster, slurm_missing
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,
@@ -31,6 +30,7 @@ from tests.helpers import (
     skip_without_mosquitto,
     skip_without_nats,
 )
+from tests.slurm import SlurmCluster, slurm_missing
 
 BROKERS: Final = ("mosquitto", "nats", "embedded")
 """The brokers the subscriber's conformance tests run against (the ``broker`` fixture)."""
@@ -60,7 +60,10 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     session; skipped without Debian's munge and slurm-wlm (failed under ``CI=true``)."""
     missing = slurm_missing()
     if missing:
-        message = f"Slurm is not installed ({', '.join(missing)} missing; apt-get install munge slurm-wlm)"
+        message = (
+            f"Slurm is not installed ({', '.join(missing)} missing; "
+            "apt-get install munge slurm-wlm)"
+        )
         if os.environ.get("CI", "").lower() not in ("", "0", "false"):
             pytest.fail(f"{message}; .ci/run must install it")
         pytest.skip(message)

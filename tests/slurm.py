@@ -19,18 +19,18 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self
 
-__all__ = ["NODE_NAME", "PARTITION", "SlurmCluster", "SlurmUnavailable", "slurm_missing"]
+__all__ = ["NODE_NAME", "PARTITION", "SlurmCluster", "SlurmUnavailableError", "slurm_missing"]
 
 NODE_NAME: Final = "capwatch-node"
 PARTITION: Final = "debug"
 _BINARIES: Final = ("munged", "slurmctld", "slurmd", "scontrol", "srun", "sbatch", "squeue")
 
 
-class SlurmUnavailable(RuntimeError):
+class SlurmUnavailableError(RuntimeError):
     """Slurm's daemons could not be started here; the message says why, with their logs."""
 
 
@@ -179,7 +179,7 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
             f"--log-file={self.root / 'log' / 'munged.log'}", f"--seed-file={m / 'munged.seed'}",
         )  # fmt: skip
-        self._wait(lambda: self.munge_socket.exists(), "munged's socket")
+        self._wait(self.munge_socket.exists, "munged's socket")
         self._spawn(_binary("slurmctld"), "-D", "-f", str(self.conf))
         self._wait(self._ctld_up, "slurmctld answering scontrol ping")
         self._spawn(_binary("slurmd"), "-D", "-f", str(self.conf), "-N", NODE_NAME)
@@ -193,18 +193,17 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         done = self.run("sinfo", "-h", "-n", NODE_NAME, "-o", "%T", check=False, timeout_s=10)
         return done.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated")
 
-    def _wait(self, ready: object, what: str) -> None:
-        assert callable(ready)
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self._timeout
         while not ready():
             for p in self._procs:
                 if p.poll() is not None:
-                    raise SlurmUnavailable(
-                        f"{Path(str(p.args[0])).name} exited ({p.returncode}) while waiting for "
-                        f"{what}:\n{self.logs()}"
+                    name = Path(str(p.args[0] if isinstance(p.args, list) else p.args)).name
+                    raise SlurmUnavailableError(
+                        f"{name} exited ({p.returncode}) while waiting for {what}:\n{self.logs()}"
                     )
             if time.monotonic() > deadline:
-                raise SlurmUnavailable(f"no {what} in {self._timeout:g} s:\n{self.logs()}")
+                raise SlurmUnavailableError(f"no {what} in {self._timeout:g} s:\n{self.logs()}")
             time.sleep(0.2)
 
     def logs(self) -> str:
