@@ -141,6 +141,7 @@ class FakeNvml:
         self._event_sets: list[_EventSet] = []
         self.calls: Counter[tuple[str, int]] = Counter()
         """Device calls made, by ``(pynvml function name, gpu index)``."""
+        self._processes: dict[int, list[tuple[int, int]]] = {}
 
         rng = random.Random(seed)
         unsupported = unsupported or {}
@@ -190,6 +191,14 @@ class FakeNvml:
                 if gpu in event_set.gpus and not event_set.freed:
                     event_set.pending.append((gpu, xid))
             self._lock.notify_all()
+
+    def set_processes(self, gpu: int, processes: Iterable[tuple[int, int]] | None) -> None:
+        """From now on ``gpu`` runs these ``(pid, used bytes)`` (a real process's PID, say),
+        whatever its load; ``None``: back to the profile's one training process."""
+        if processes is None:
+            self._processes.pop(gpu, None)
+        else:
+            self._processes[gpu] = list(processes)
 
     def lose_gpu(self, gpu: int) -> None:
         """From now on every call on ``gpu`` raises ``NVMLError_GpuIsLost``."""
@@ -414,8 +423,21 @@ class FakeNvml:
         return 0 if self._util(gpu, self._clock.monotonic()) >= 5 else 8
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
-        """One training process per GPU from 10 % load on."""
+        """One training process per GPU from 10 % load on (or what :meth:`set_processes` set)."""
         gpu = self._device(handle, "nvmlDeviceGetComputeRunningProcesses")
+        chosen = self._processes.get(gpu.index)
+        if chosen is not None:
+            return [
+                pynvml.nvmlFriendlyObject(
+                    {
+                        "pid": pid,
+                        "usedGpuMemory": used,
+                        "gpuInstanceId": 0xFFFFFFFF,
+                        "computeInstanceId": 0xFFFFFFFF,
+                    }
+                )
+                for pid, used in chosen
+            ]
         t = self._clock.monotonic()
         if self._util(gpu, t) < 10:
             return []

@@ -50,6 +50,7 @@ from shared.schema import (
     GpuRemappedRows,
     GpuSample,
     Inventory,
+    Job,
     Sample,
 )
 
@@ -118,9 +119,10 @@ class _Dcgm:
         # prometheus_client writes "unknown" as "untyped" in the text format.
         self.metric = Metric(name, doc, "gauge" if kind == "gauge" else "unknown")
 
-    def add(self, labels: dict[str, str], value: float | None) -> None:
+    def add(self, label_sets: list[dict[str, str]], value: float | None) -> None:
         if value is not None:
-            self.metric.add_sample(self.metric.name, labels, float(value))
+            for labels in label_sets:
+                self.metric.add_sample(self.metric.name, labels, float(value))
 
 
 def _gpu_info(inventory: Inventory | None, uuid: str) -> GpuInfo | None:
@@ -145,6 +147,31 @@ def _gpu_labels(
     }
 
 
+def _owner_labels(gpu: GpuSample, jobs: dict[str, Job]) -> list[dict[str, str]]:
+    """dcgm-exporter's attribution labels of the jobs on ``gpu``, one set per job: ``hpc_job``
+    for a Slurm job (as its HPC job mapping adds), ``pod``, ``namespace``, ``container`` for
+    a pod (as its kubelet pod-resources mapping adds). A GPU shared by several jobs has its
+    series once per job, as dcgm-exporter repeats them; none: no set (no extra labels)."""
+    out: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for p in gpu.processes:
+        if p.job is None or (p.job, p.container or "") in seen:
+            continue
+        seen.add((p.job, p.container or ""))
+        info = jobs.get(p.job)
+        if info is not None and info.scheduler == "kubernetes":
+            out.append(
+                {
+                    "pod": info.name or p.job,
+                    "namespace": info.namespace or "",
+                    "container": p.container or "",
+                }
+            )
+        else:
+            out.append({"hpc_job": p.job})
+    return out
+
+
 def _mib(value: int | None) -> int | None:
     """Whole MiB, as DCGM reports framebuffer memory (an integer field)."""
     return None if value is None else value // _MIB
@@ -165,7 +192,6 @@ def dcgm_families(
     samples (a sample has XIDs only when one happened, ECC and rows only on slow ticks).
     ``hostname_label``: how the host label is spelled.
     """
-    label_names = dcgm_labels(hostname_label)
     last_xid = last_xid or {}
     ecc = ecc or {}
     remapped = remapped or {}
@@ -256,15 +282,18 @@ def dcgm_families(
             "DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether remapping of rows is pending"
         ),
     }
-    interval = GaugeMetricFamily(
+    f["interval"] = _Dcgm(
         "capwatch_gpu_power_interval_watts",
+        "gauge",
         "Mean GPU power over the last sampling interval, from the energy counter (W); "
         "more accurate than DCGM_FI_DEV_POWER_USAGE, which is a short-window reading.",
-        labels=label_names,
     )
+    jobs = {j.id: j for j in sample.jobs}
     for gpu in sample.gpus:
         info = _gpu_info(inventory, gpu.uuid)
-        labels = _gpu_labels(gpu, info, inventory, hostname_label)
+        base = _gpu_labels(gpu, info, inventory, hostname_label)
+        owners = _owner_labels(gpu, jobs) if gpu.processes else []
+        labels = [{**base, **o} for o in owners] if owners else [base]
         f["sm_clock"].add(labels, gpu.sm_clock_mhz)
         f["mem_clock"].add(labels, gpu.mem_clock_mhz)
         f["mem_temp"].add(labels, gpu.mem_temp_c)
@@ -303,12 +332,8 @@ def dcgm_families(
             f["rows_cor"].add(labels, r.correctable)
             f["rows_fail"].add(labels, int(r.failure))
             f["rows_pending"].add(labels, int(r.pending))
-        if gpu.power_interval_w is not None:
-            interval.add_metric([labels[k] for k in label_names], gpu.power_interval_w)
-    out = [d.metric for d in f.values() if d.metric.samples]
-    if interval.samples:
-        out.append(interval)
-    return out
+        f["interval"].add(labels, gpu.power_interval_w)
+    return [d.metric for d in f.values() if d.metric.samples]
 
 
 def _gauge(name: str, doc: str, value: float | None, **labels: str) -> GaugeMetricFamily | None:

@@ -14,6 +14,7 @@ from agent.bounds import Bounds
 from agent.gpu import GpuBackend, NullGpuBackend, NvmlBackend
 from agent.hardware import PciNames, nic_details, read_hardware
 from agent.host import HostSampler
+from agent.jobs import Attribution, JobAttributor
 from agent.nodepower import NodePower
 from agent.rapl import RaplReader
 from shared.clock import Clock
@@ -21,9 +22,13 @@ from shared.logging import get_logger
 from shared.schema import (
     MAX_HOSTNAME_LEN,
     MAX_INTERVAL_S,
+    MAX_JOBS,
     MAX_VERSION_LEN,
     MIN_INTERVAL_S,
+    GpuProcess,
+    GpuSample,
     Inventory,
+    Job,
     Sample,
 )
 from shared.topics import validate_node_id
@@ -47,6 +52,9 @@ class NodeSampler:
     ``slow_interval_s`` (and on the first sample) the GPU part includes ECC counters and
     remapped rows. Every part keeps its readings inside the wire schema's bounds
     (:mod:`agent.bounds`), so one broken sensor never gets a whole sample rejected.
+
+    ``jobs``: attributes the GPUs' processes to Slurm jobs and pods (:mod:`agent.jobs`); it
+    answers from its cache, so a process is attributed from the tick after it was first seen.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class NodeSampler:
         clock: Clock,
         pci_ids: Sequence[Path] | None = None,
         node_power: NodePower | None = None,
+        jobs: JobAttributor | None = None,
     ) -> None:
         if not MIN_INTERVAL_S <= interval_s <= MAX_INTERVAL_S:
             raise ValueError(
@@ -75,6 +84,7 @@ class NodeSampler:
         self._interval_s = interval_s
         self._slow_interval_s = slow_interval_s
         self._clock = clock
+        self._jobs = jobs
         self._pci_names = PciNames() if pci_ids is None else PciNames(pci_ids)
         self._bounds = Bounds(clock, get_logger("agent.node"))
         self._started = False
@@ -140,6 +150,9 @@ class NodeSampler:
         cpu_power_w = self._rapl.sample() if self._rapl is not None else None
         gpus = self._gpu.sample(now, slow)
         node_power = self.node_power.latest() if self.node_power is not None else None
+        jobs: tuple[Job, ...] = ()
+        if self._jobs is not None:
+            gpus, jobs = self._attribute(gpus, self._jobs)
         sample = Sample(
             v=1,
             node=self._node,
@@ -157,13 +170,60 @@ class NodeSampler:
             node_power_source=None if node_power is None else node_power[1],
             gpus=tuple(gpus),
             xids=tuple(self._gpu.drain_xids()),
+            jobs=jobs,
         )
         self._seq += 1
         return sample
 
+    def _attribute(
+        self, gpus: list[GpuSample], attributor: JobAttributor
+    ) -> tuple[list[GpuSample], tuple[Job, ...]]:
+        """The GPUs with their processes' owners filled in, and those owners' jobs."""
+        owners = attributor.lookup({p.pid for g in gpus for p in g.processes})
+        if not owners:
+            return gpus, ()
+        jobs: dict[str, Job] = {}
+        out = []
+        for g in gpus:
+            procs = g.processes
+            if not procs:
+                out.append(g)
+                continue
+            attributed = tuple(_attributed(p, owners.get(p.pid), jobs) for p in procs)
+            out.append(msgspec.structs.replace(g, processes=attributed))
+        listed = tuple(jobs.values())
+        if len(listed) > MAX_JOBS:
+            self._bounds.truncated("jobs", kept=MAX_JOBS, dropped=len(listed) - MAX_JOBS)
+            listed = listed[:MAX_JOBS]
+        return out, listed
+
     def close(self) -> None:
-        """Release the GPU backend (stops its XID thread). Idempotent."""
+        """Release the GPU backend (stops its XID thread) and the job attribution's worker.
+        Idempotent."""
         self._gpu.close()
+        if self._jobs is not None:
+            self._jobs.close()
+
+
+def _attributed(p: GpuProcess, a: Attribution | None, jobs: dict[str, Job]) -> GpuProcess:
+    if a is None:
+        return p
+    info = a.info
+    if info is not None:
+        seen = jobs.get(info.id)
+        if seen is None:
+            jobs[info.id] = info
+        elif info.started is not None and (seen.started is None or info.started < seen.started):
+            # The job started when its first process on this node's GPUs did.
+            jobs[info.id] = msgspec.structs.replace(seen, started=info.started)
+    return GpuProcess(
+        pid=p.pid,
+        used_mem_bytes=p.used_mem_bytes,
+        user=a.user,
+        job=a.job,
+        step=a.step,
+        container=a.container,
+    )
 
 
 def make_gpu_backend(

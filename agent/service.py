@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from agent.bounds import Bounds
 from agent.host import HostSampler, NicFilter
+from agent.jobs import JobAttributor
 from agent.node import NodeSampler, make_gpu_backend
 from agent.nodepower import DcmiPower, HwmonPower, NodePower
 from agent.publisher import Publisher
@@ -37,7 +39,15 @@ log = get_logger("agent")
 
 
 def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
-    """The node sampler the settings describe (GPU backend, sysfs/proc roots, intervals)."""
+    """The node sampler the settings describe (GPU backend, sysfs/proc roots, intervals,
+    job attribution)."""
+    jobs = None
+    if settings.attribute_jobs and settings.gpu_backend != "none":
+        jobs = JobAttributor(
+            settings.proc_root,
+            Bounds(clock, get_logger("agent.jobs")),
+            pod_log_root=settings.pod_log_dir,
+        )
     return NodeSampler(
         settings.node_id,
         gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
@@ -52,6 +62,7 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         slow_interval_s=settings.slow_interval_s,
         clock=clock,
         node_power=build_node_power(settings, clock),
+        jobs=jobs,
     )
 
 

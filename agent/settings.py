@@ -82,6 +82,14 @@ class AgentSettings(CapwatchSettings):
     node_power_interval_s: float = Field(default=10.0, ge=1.0, le=MAX_INTERVAL_S)
     """How often the node power is read (a BMC updates its reading about every second)."""
     proc_root: Path = Path("/proc")
+    attribute_jobs: bool = True
+    """Attribute each GPU process to its Slurm job or Kubernetes pod and its user (from
+    ``proc_root``'s cgroup and environment files; agent/jobs.py). Env
+    ``CAPWATCH_ATTRIBUTE_JOBS``."""
+    pod_log_dir: Path = Path("/var/log")
+    """Where the kubelet writes ``containers/`` and ``pods/`` (the pods' log directories):
+    the names of the pods and containers a process's cgroup names by id. Env
+    ``CAPWATCH_POD_LOG_DIR``."""
     nic_include: Annotated[tuple[str, ...], NoDecode] = ()
     """Globs of virtual interfaces to count too (``bond*``); physical ones always count.
     Env ``CAPWATCH_NIC_INCLUDE``: comma-separated or a JSON list."""

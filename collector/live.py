@@ -118,6 +118,9 @@ class NodeState:
     node_power: PowerReading | None = None
     """The newest reading of the node's input power: from its sample (the agent read its
     BMC or PSUs) or polled out of band by the collector (:meth:`LiveView.on_node_power`)."""
+    min_util_pct: float | None = None
+    """The least busy GPU's utilisation in the latest sample (``JobGpuIdle`` skips a node
+    whose every GPU is busy without looking at its jobs)."""
 
     @property
     def reject_only(self) -> bool:
@@ -152,6 +155,7 @@ class NodeState:
             self.gaps,
             self.missing_total,
             self.node_power,
+            self.min_util_pct,
         )
 
 
@@ -222,6 +226,7 @@ class LiveView:
         power: float | None = None
         util_sum = 0.0
         util_n = 0
+        min_util: float | None = None
         ecc: dict[int, GpuEcc] | None = None
         remapped: dict[int, GpuRemappedRows] | None = None
         for gpu in sample.gpus:
@@ -231,9 +236,12 @@ class LiveView:
             w = gpu_power_w(gpu)
             if w is not None:
                 power = w if power is None else power + w
-            if gpu.util_pct is not None:
-                util_sum += gpu.util_pct
+            u = gpu.util_pct
+            if u is not None:
+                util_sum += u
                 util_n += 1
+                if min_util is None or u < min_util:
+                    min_util = u
             if gpu.clock_event_reasons:
                 reasons |= gpu.clock_event_reasons
             if gpu.ecc is not None:
@@ -249,6 +257,7 @@ class LiveView:
         st.max_temp_c = max_temp
         st.clock_reasons_any = reasons
         st.gpu_power_w, st.gpu_util_sum, st.gpu_util_n = power, util_sum, util_n
+        st.min_util_pct = min_util
         if ecc_changed:
             st.ecc_uncorrected_any = any((e.uncorrected_volatile or 0) > 0 for e in st.ecc.values())
         if remap_changed:

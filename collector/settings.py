@@ -51,8 +51,17 @@ _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
+_EXEC_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 class ReceiverSettings(BaseModel):
-    """``[[receivers]]``: a webhook that gets every firing and resolved notification.
+    """``[[receivers]]``: where every firing and resolved notification goes.
+
+    ``kind = "webhook"`` (the default): an HTTP POST to ``url``. ``kind = "exec"``: runs
+    ``command`` (an argv list, no shell) with the same Alertmanager v4 body on stdin and the
+    group's labels in its environment (:mod:`collector.alerts.actions`); exit status 0 is
+    delivered, anything else is retried like a 5xx. Both go through the outbox: retries,
+    ``timeout_s``, ``max_in_flight``, ``max_age_s`` and dead letters are the same.
 
     Which alerts it hears of: ``[[routes]]`` (none: every receiver hears of every alert).
     The secret is a :class:`SecretStr`: never logged, never in an error line.
@@ -63,7 +72,15 @@ class ReceiverSettings(BaseModel):
     )
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    url: HttpUrl
+    kind: Literal["webhook", "exec"] = "webhook"
+    url: HttpUrl | None = None
+    """``webhook``: where to POST."""
+    command: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    """``exec``: the program and its arguments, e.g. ``["/etc/capwatch/slurm-drain.sh"]``."""
+    env: dict[str, str] = Field(default={}, max_length=64)
+    """``exec``: more environment for the command (``CAPWATCH_RESUME = "1"``); ``PATH`` is
+    ``/usr/local/sbin:...:/bin`` unless given here. The collector's own environment is not
+    passed on."""
     secret: SecretStr | None = None
     """Signs each request (HMAC-SHA256, as Grafana does); unset: unsigned."""
     timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -77,6 +94,27 @@ class ReceiverSettings(BaseModel):
     timestamp_header: str = Field(default="X-Capwatch-Timestamp", pattern=r"^$|" + _HEADER)
     """Empty: sign the body alone, as Grafana does without a timestamp header."""
     idempotency_header: str = Field(default="Idempotency-Key", pattern=_HEADER)
+
+    @model_validator(mode="after")
+    def _target_of_its_kind(self) -> ReceiverSettings:
+        if self.kind == "webhook" and (self.url is None or self.command is not None):
+            raise ValueError(
+                f'receiver {self.name!r}: a webhook needs url = "https://..." and no command '
+                '(or set kind = "exec" to run a command)'
+            )
+        if self.kind == "exec" and (self.command is None or self.url is not None):
+            raise ValueError(
+                f'receiver {self.name!r}: kind = "exec" needs command = ["/path/to/program", '
+                "...] and no url"
+            )
+        for key in self.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"receiver {self.name!r}: env name {key!r} is not a variable name")
+        return self
+
+    def exec_env(self) -> dict[str, str]:
+        """The command's base environment: ``PATH`` and :attr:`env`."""
+        return {"PATH": _EXEC_PATH, **self.env}
 
 
 class RouteSettings(BaseModel):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run capwatch's tests (creates .venv on first use). Extra arguments go to pytest.
-# The integration tests need Mosquitto, NATS, Alertmanager and Prometheus: when one is missing,
+# The integration tests need Mosquitto, NATS, Alertmanager, Prometheus and Slurm: when one is missing,
 # this script installs it if it may (root, or passwordless sudo); otherwise those tests are
 # skipped, loudly (under CI=true they fail instead).
 set -euo pipefail
@@ -17,6 +17,11 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; } || missing+=(nats-server)
 # PostgreSQL (initdb, pg_ctl): the store's second backend; Debian keeps them off PATH.
 { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing+=(postgresql)
+
+# Slurm (munged, slurmctld, slurmd on free ports: tests/slurm.py): job attribution and the
+# exec receiver's drain action are tested against a real one.
+{ command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ]; } || missing+=(munge)
+{ command -v slurmd >/dev/null 2>&1 || [ -x /usr/sbin/slurmd ]; } || missing+=(slurm-wlm)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then

@@ -26,6 +26,8 @@ __all__ = [
     "GPU_STATUS_PATTERN",
     "GPU_UUID_PATTERN",
     "INT64_MAX",
+    "JOB_ID_PATTERN",
+    "K8S_NAME_PATTERN",
     "MAC_PATTERN",
     "MAX_ACCELERATORS",
     "MAX_CLOCK_EVENT_REASONS",
@@ -46,7 +48,10 @@ __all__ = [
     "MAX_GPU_STATUS_LEN",
     "MAX_HOSTNAME_LEN",
     "MAX_HOST_MEM_BYTES",
+    "MAX_ID_LEN",
     "MAX_INTERVAL_S",
+    "MAX_JOBS",
+    "MAX_JOB_NAME_LEN",
     "MAX_LOAD",
     "MAX_MODEL_NAME_LEN",
     "MAX_NICS",
@@ -65,6 +70,7 @@ __all__ = [
     "MAX_SERIAL_LEN",
     "MAX_TEMP_C",
     "MAX_TS_S",
+    "MAX_USER_LEN",
     "MAX_VERSION_LEN",
     "MAX_XID",
     "MAX_XIDS",
@@ -88,6 +94,7 @@ __all__ = [
     "GpuRemappedRows",
     "GpuSample",
     "Inventory",
+    "Job",
     "MemStats",
     "NetStats",
     "NicInfo",
@@ -123,6 +130,9 @@ MAX_CPU_PACKAGES: Final = 64
 """CPU sockets per node: the largest single-image servers have 32."""
 MAX_ACCELERATORS: Final = 64
 """Accelerators NVML does not report, per node: as MAX_GPUS."""
+MAX_JOBS: Final = 256
+"""Jobs (Slurm jobs, Kubernetes pods) with a process on a node's GPUs: 64 GPUs shared by
+four jobs each."""
 
 # -- string lengths and patterns. Patterns end in \Z, not $: Python's $ also matches before a
 # trailing newline, so "GPU-...\n" would pass.
@@ -138,6 +148,18 @@ MAX_HOSTNAME_LEN: Final = 253
 MAX_VERSION_LEN: Final = 80
 """NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE; also the agent version."""
 MAX_GPU_STATUS_LEN: Final = 32
+MAX_ID_LEN: Final = 64
+"""Scheduler identifiers: Slurm job ids, steps, accounts, partitions; Kubernetes pod UIDs."""
+MAX_USER_LEN: Final = 64
+"""A user name (useradd allows 32; directory services longer), or the numeric uid."""
+MAX_JOB_NAME_LEN: Final = 253
+"""A Kubernetes pod name: a DNS subdomain (RFC 1123), at most 253 characters."""
+JOB_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_.:+-]{{0,{MAX_ID_LEN - 1}}}\Z"
+"""A Slurm job id (``4242``, an array task's ``4242_7``), step (``0``, ``batch``, ``extern``,
+het ``0+1``), account or partition, or a pod UID: letters, digits and ``_ . : + -``."""
+K8S_NAME_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?\Z"
+"""A Kubernetes object name (namespace, pod, container): lower-case RFC 1123, ≤ 253
+characters (namespaces and containers are labels of ≤ 63, a subset)."""
 _UUID = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
 GPU_UUID_PATTERN: Final = (
     rf"^(?:GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}})\Z"
@@ -317,11 +339,46 @@ class NetStats(_Struct, frozen=True):
     nics: Annotated[tuple[NicStats, ...], msgspec.Meta(max_length=MAX_NICS)] = ()
 
 
-class GpuProcess(_Struct, frozen=True):
-    """A compute process on a GPU."""
+JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
+K8sName = Annotated[str, msgspec.Meta(pattern=K8S_NAME_PATTERN)]
+
+
+class GpuProcess(_Struct, frozen=True, omit_defaults=True):
+    """A compute process on a GPU, and whose it is (where the agent could tell).
+
+    ``omit_defaults``: a field the agent could not attribute is absent, not ``null``, so an
+    unattributed process costs no more bytes than before these fields.
+    """
 
     pid: Annotated[int, msgspec.Meta(ge=0, le=MAX_PID)]
     used_mem_bytes: GpuBytes | None = None
+    user: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_LEN)] | None = None
+    """The process's user name (the numeric uid where the node cannot name it)."""
+    job: JobId | None = None
+    """The Slurm job id or the pod UID this process belongs to: the ``id`` of an entry of the
+    sample's ``jobs``, which says more about it."""
+    step: JobId | None = None
+    """The Slurm job step (``0``, ``batch``, ``extern``, ``interactive``)."""
+    container: K8sName | None = None
+    """The Kubernetes container (of the pod named by ``job``)."""
+
+
+class Job(_Struct, frozen=True, omit_defaults=True):
+    """A Slurm job or a Kubernetes pod with processes on this node's GPUs."""
+
+    id: JobId
+    """Slurm: the job id; Kubernetes: the pod UID."""
+    scheduler: Literal["slurm", "kubernetes"]
+    account: JobId | None = None
+    """Slurm account (from the job's environment)."""
+    partition: JobId | None = None
+    """Slurm partition (from the job's environment)."""
+    namespace: K8sName | None = None
+    """Kubernetes namespace of the pod."""
+    name: K8sName | None = None
+    """Kubernetes pod name."""
+    started: Timestamp | None = None
+    """When the earliest of its processes on this node's GPUs started (Unix seconds)."""
 
 
 class GpuEcc(_Struct, frozen=True):
@@ -420,6 +477,8 @@ class Sample(_Struct, frozen=True):
     """Where ``node_power_w`` was read: ``dcmi``, ``redfish`` or ``hwmon``."""
     gpus: Annotated[tuple[GpuSample, ...], msgspec.Meta(max_length=MAX_GPUS)] = ()
     xids: Annotated[tuple[XidEvent, ...], msgspec.Meta(max_length=MAX_XIDS)] = ()
+    jobs: Annotated[tuple[Job, ...], msgspec.Meta(max_length=MAX_JOBS)] = ()
+    """The jobs the GPUs' processes belong to (``gpus[].processes[].job`` names them)."""
 
 
 class GpuInfo(_Struct, frozen=True):

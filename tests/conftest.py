@@ -9,6 +9,7 @@ how many and the command that fixes it; under ``CI=true`` they fail instead.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -33,6 +34,7 @@ from tests.helpers import (
     skip_without_nats,
     skip_without_postgres,
 )
+from tests.slurm import SlurmCluster, slurm_missing
 
 BROKERS: Final = ("mosquitto", "nats", "embedded")
 """The brokers the subscriber's conformance tests run against (the ``broker`` fixture)."""
@@ -54,6 +56,23 @@ def nats(tmp_path: Path) -> Iterator[NatsBroker]:
         skip_without_nats()
     with NatsBroker(tmp_path / "nats") as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node Slurm (munged, slurmctld, slurmd; tests/slurm.py) for the whole
+    session; skipped without Debian's munge and slurm-wlm (failed under ``CI=true``)."""
+    missing = slurm_missing()
+    if missing:
+        message = (
+            f"Slurm is not installed ({', '.join(missing)} missing; "
+            "apt-get install munge slurm-wlm)"
+        )
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(f"{message}; .ci/run must install it")
+        pytest.skip(message)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=BROKERS)
@@ -102,7 +121,7 @@ def postgres_url(postgres_server: LocalPostgres) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that start a broker are integration tests, whatever module they live in."""
     for item in items:
-        if {"mosquitto", "nats", "broker", "postgres_server"} & set(
+        if {"mosquitto", "nats", "broker", "postgres_server", "slurm"} & set(
             getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.integration)

@@ -24,6 +24,7 @@ from typing import Final
 
 from collector.alerts.rule import Instance, Rule, enabled_rules
 from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
+from collector.jobfacts import jobs_on
 from collector.live import LiveView, NodeState
 from collector.nodefacts import DEFAULT_STALENESS, Staleness
 
@@ -80,6 +81,7 @@ def builtin_rules(
         _node_clock_skew(s),
         _node_rejects_rising(s),
         _node_samples_missing(s),
+        _job_gpu_idle(s, staleness),
     ]
     return enabled_rules(rules, s.disabled, field="alerts.disabled")
 
@@ -376,4 +378,43 @@ def _node_samples_missing(s: AlertSettings) -> Rule:
         ),
         condition=condition,
         keep_firing_for_s=s.samples_missing_keep_firing_for_s,
+    )
+
+
+# -- job rules
+
+
+def _job_gpu_idle(s: AlertSettings, staleness: Staleness) -> Rule:
+    limit = s.job_idle_util_pct
+    current = staleness.current
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        for st in view.nodes():
+            least = st.min_util_pct
+            if least is None or least >= limit:
+                continue  # every GPU busy: no idle job here
+            sample = current(st, now)
+            if sample is None or not sample.jobs:
+                continue
+            for j in jobs_on(sample):
+                if j.util_pct and max(j.util_pct) < limit:
+                    yield Instance(
+                        {"node": st.node, "job": j.label, "user": j.user},
+                        {
+                            "gpus": ",".join(map(str, j.gpus)),
+                            "util_pct": f"{max(j.util_pct):.1f}",
+                        },
+                    )
+
+    return Rule(
+        name="JobGpuIdle",
+        severity="warning",
+        summary="Job {job} of {user} idles GPUs {gpus} on {node}",
+        description=(
+            "Job {job} (user {user}) holds GPUs {gpus} on {node}, none above "
+            f"{{util_pct}} % utilisation (threshold {limit:g} %) for "
+            f"{s.job_idle_for_s / 60:g} min: it reserves GPUs it does not use."
+        ),
+        condition=condition,
+        for_s=s.job_idle_for_s,
     )

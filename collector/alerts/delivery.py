@@ -1,4 +1,8 @@
-"""Webhook delivery: the task that sends the outbox, and never writes the store.
+"""Notification delivery: the task that sends the outbox, and never writes the store.
+
+Two transports, one path: a webhook receiver POSTs the body; an ``exec`` receiver runs its
+command with the body on stdin (:mod:`collector.alerts.actions`). Everything below (outbox,
+hand-off, workers, ``max_in_flight``, ``timeout_s``, retries, dead letters) is the same.
 
 Flow (nothing is lost at any step)::
 
@@ -38,7 +42,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from collector.alerts.webhook import classify, sign
+from collector.alerts.actions import run_action
+from collector.alerts.webhook import Verdict, backoff_s, classify, sign
 from collector.counters import labelled_values, value
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
@@ -76,6 +81,8 @@ class _Result(NamedTuple):
     retry_after: str | None
     head: str | None
     error: str | None
+    exit_code: int | None = None
+    """An ``exec`` receiver's command: its exit status (``status`` is then None)."""
 
 
 OUTCOMES: Final = ("pending", "delivered", "dead")
@@ -179,14 +186,16 @@ class Delivery:
         """Deliver until :meth:`stop`."""
         async with contextlib.AsyncExitStack() as stack:
             for cfg in self._receivers:
-                client = await stack.enter_async_context(
-                    httpx.AsyncClient(
-                        timeout=httpx.Timeout(cfg.timeout_s),
-                        limits=httpx.Limits(max_connections=cfg.max_in_flight),
-                        follow_redirects=False,
-                        trust_env=False,  # settings come from the TOML file, not the environment
+                client = None
+                if cfg.kind == "webhook":
+                    client = await stack.enter_async_context(
+                        httpx.AsyncClient(
+                            timeout=httpx.Timeout(cfg.timeout_s),
+                            limits=httpx.Limits(max_connections=cfg.max_in_flight),
+                            follow_redirects=False,
+                            trust_env=False,  # settings come from the TOML file, not the env
+                        )
                     )
-                )
                 self._workers[cfg.name] = _Worker(cfg, client, self)
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -275,7 +284,9 @@ class Delivery:
 class _Worker:
     """One receiver: its due notifications, at most ``max_in_flight`` requests at a time."""
 
-    def __init__(self, cfg: ReceiverSettings, client: httpx.AsyncClient, owner: Delivery) -> None:
+    def __init__(
+        self, cfg: ReceiverSettings, client: httpx.AsyncClient | None, owner: Delivery
+    ) -> None:
         self.cfg = cfg
         self._client = client
         self._owner = owner
@@ -331,7 +342,15 @@ class _Worker:
         attempts = entry.attempts + 1
         res = await self._send(entry)
         now = self._clock.time()
-        verdict = classify(res.status, res.retry_after, attempts, now, self._owner._rng)
+        if self.cfg.kind == "exec":
+            # A command is a transport with one answer: done (0), or try again later.
+            verdict = (
+                Verdict("delivered")
+                if res.exit_code == 0
+                else Verdict("retry", backoff_s(attempts, self._owner._rng))
+            )
+        else:
+            verdict = classify(res.status, res.retry_after, attempts, now, self._owner._rng)
         state = verdict.kind
         error = res.error
         if state == "retry" and now + verdict.wait_s > entry.expires_at:
@@ -367,6 +386,9 @@ class _Worker:
 
     async def _send(self, entry: OutboxEntry) -> _Result:
         cfg = self.cfg
+        if self._client is None:  # kind = "exec"
+            done = await run_action(cfg, entry.body)
+            return _Result(None, None, done.head, done.error, done.exit_code)
         body = entry.body.encode()
         headers = {
             "Content-Type": "application/json",

@@ -69,6 +69,10 @@ class AlertSettings(BaseModel):
     ``samples_missing_window_s`` that fire ``NodeSamplesMissing``: any, by default, since an
     agent with its spool loses none unless its spool overflowed or its disk failed."""
     samples_missing_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    job_idle_util_pct: float = Field(default=5.0, gt=0, le=100)
+    """``JobGpuIdle``: a job whose every GPU is below this utilisation..."""
+    job_idle_for_s: float = Field(default=1800.0, ge=0, le=7 * _DAY_S)
+    """...for this long (30 min) holds GPUs it does not use."""
     disabled: list[str] = Field(default=[], max_length=64)
     """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
     external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")

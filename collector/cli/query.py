@@ -34,7 +34,11 @@ Answers from the collector's store (works while the collector runs).
   --node NODE   that node's samples since --since (default 15m), newest first
   --gaps        with --node: its gaps since --since (default 15m), newest first: samples
                 the agent numbered (seq, within one agent epoch) that were never stored
-  --gpus        one row per GPU from each node's latest sample (with --node: that node)
+  --gpus        one row per GPU from each node's latest sample (with --node: that node),
+                with the jobs (Slurm job id, namespace/pod) that have a process on it
+  --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
+                utilisation, power, GPU-hours so far (GPUs held x time since the job's
+                first GPU process started on each node), most GPUs first
   --rejected    messages the collector quarantined (rejected or not storable), newest
                 first, with the rejected counters per reason; --node and --since filter
 
@@ -46,6 +50,7 @@ examples:
   collector query
   collector query --node x1000c0s0b0n0 --since 1h
   collector query --gpus --node x1000c0s0b0n0
+  collector query --jobs --json
   collector query --node x1000c0s0b0n0 --gaps --since 1d
   collector query --rejected --since 24h --json
 
@@ -95,6 +100,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--gpus", action="store_true", help="per-GPU rows from each node's latest sample"
     )
     mode.add_argument(
+        "--jobs",
+        action="store_true",
+        help="running jobs (Slurm, Kubernetes pods) with their GPUs, utilisation, power, "
+        "GPU-hours so far",
+    )
+    mode.add_argument(
         "--gaps",
         action="store_true",
         help="with --node: samples the node numbered but the store never got (a jump in seq "
@@ -138,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             _rejected(store, args, since_s, now)
         elif args.gpus:
             _gpus(store, args)
+        elif args.jobs:
+            _jobs(store, settings, now, args.json)
         elif args.node is not None:
             _samples(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
         else:
@@ -217,6 +230,35 @@ def _gpus(store: StoreReader, args: argparse.Namespace) -> None:
         print_json({"gpus": rows})
     else:
         _print_gpus(rows)
+
+
+def _jobs(store: StoreReader, settings: ReadSettings, now: float, as_json: bool) -> None:
+    from collector.store.queries import job_rows  # noqa: PLC0415
+
+    rows = job_rows(store, now, staleness=settings.staleness())
+    if as_json:
+        print_json({"jobs": rows})
+        return
+    if not rows:
+        print("no running jobs seen (agents attribute GPU processes to Slurm jobs and pods)")
+        return
+    print(
+        render_table(
+            rows,
+            [
+                Column("label", "JOB", align_right=False),
+                Column("user", "USER", align_right=False),
+                Column("account", "ACCOUNT", align_right=False),
+                Column("partition", "PARTITION", align_right=False),
+                Column("nodes", "NODES", lambda v: _cut(",".join(v), 40), align_right=False),
+                Column("gpus", "GPUS", lambda v: f"{v:g}"),
+                Column("gpu_util_mean_pct", "UTIL", _pct),
+                Column("power_w", "POWER", format_watts),
+                Column("started", "AGE", lambda v: format_duration(max(0.0, now - v))),
+                Column("gpu_hours", "GPU-H", lambda v: f"{v:.2f}"),
+            ],
+        )
+    )
 
 
 def _rejected(
@@ -321,6 +363,7 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
                 Column("pstate", "P"),
                 Column("pcie_replays", "REPLAYS"),
                 Column("processes", "PROCS"),
+                Column("jobs", "JOB", lambda v: _cut(",".join(v), 40) or "-", align_right=False),
             ],
         )
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from collector.jobfacts import job_label
 from collector.nodefacts import STATES, Staleness
 from collector.store.reader import StoreReader
 
@@ -20,6 +21,7 @@ __all__ = [
     "dead_letters",
     "fleet_summary",
     "gpu_rows",
+    "job_rows",
     "meta_value",
     "node_samples",
     "printable",
@@ -197,16 +199,108 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
     out: list[dict[str, Any]] = []
     for r in latest:
         # Stored payloads were validated on arrival; plain JSON reads them back without
-        # judging old rows by a newer schema's rules (and without msgspec's import).
+        # judging old rows by a newer schema's rules.
         sample = json.loads(store.payload(r["payload"], r["payload_dict"]))
+        infos = {j.get("id"): j for j in sample.get("jobs") or ()}
         for g in sample.get("gpus") or ():
             row: dict[str, Any] = {"node": r["node"], "ts": float(sample["ts"])}
             for key in _GPU_FIELDS:
                 value = g.get(key)
                 row[key] = float(value) if key in _GPU_FLOATS and value is not None else value
-            row["processes"] = len(g.get("processes") or ())
+            procs = g.get("processes") or ()
+            row["processes"] = len(procs)
+            ids = list(dict.fromkeys(p["job"] for p in procs if p.get("job")))
+            row["jobs"] = [_label(i, infos.get(i)) for i in ids]
             out.append(row)
     return out
+
+
+def _label(job_id: str, info: dict[str, Any] | None) -> str:
+    if info is None:
+        return job_id
+    return job_label(
+        job_id,
+        scheduler=info.get("scheduler"),
+        namespace=info.get("namespace"),
+        name=info.get("name"),
+    )
+
+
+def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[dict[str, Any]]:
+    """The jobs running on online nodes (their newest samples), most GPUs first.
+
+    Per job: its nodes, GPUs held (a shared GPU split between its jobs,
+    :mod:`collector.jobfacts`), mean utilisation of its GPUs, its share of their power, when
+    its first GPU process started, and GPU-hours so far: GPUs held now x the time since that
+    start, per node (an estimate: a job that held fewer GPUs earlier is counted as holding
+    today's all along).
+    """
+    # The schema's decoder (and the rule's reading of a job, :mod:`collector.jobfacts`) only
+    # for this question: the other queries read plain JSON and load no msgspec.
+    from collector.jobfacts import jobs_on  # noqa: PLC0415
+    from shared.errors import SchemaError  # noqa: PLC0415
+    from shared.schema import decode_sample  # noqa: PLC0415
+
+    rows = store.fetchall(
+        "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.received_ms, s.interval_s, "
+        "s.payload, s.payload_dict FROM nodes n JOIN samples s ON s.node = n.node AND s.ts_ms = "
+        "(SELECT max(ts_ms) FROM samples WHERE node = n.node) ORDER BY n.node"
+    )
+    jobs: dict[str, dict[str, Any]] = {}
+    utils: dict[str, list[float]] = {}
+    for r in rows:
+        state = staleness.state(
+            now,
+            status=r["status"],
+            status_ts=r["status_ts"],
+            inventory_ts=r["inventory_ts"],
+            received=r["received_ms"] / 1000,
+            interval_s=r["interval_s"],
+        )
+        if state != "online":
+            continue
+        try:
+            sample = decode_sample(store.payload(r["payload"], r["payload_dict"]))
+        except SchemaError:
+            continue  # stored under another schema's rules: not this answer's to judge
+        for j in jobs_on(sample):
+            info = j.info
+            row = jobs.get(j.job)
+            if row is None:
+                row = jobs[j.job] = {
+                    "job": j.job,
+                    "label": j.label,
+                    "scheduler": info.scheduler if info is not None else None,
+                    "user": j.user or None,
+                    "account": info.account if info is not None else None,
+                    "partition": info.partition if info is not None else None,
+                    "namespace": info.namespace if info is not None else None,
+                    "pod": info.name if info is not None else None,
+                    "nodes": [],
+                    "gpus": 0.0,
+                    "gpu_util_mean_pct": None,
+                    "power_w": None,
+                    "started": None,
+                    "gpu_hours": 0.0,
+                }
+                utils[j.job] = []
+            row["nodes"].append(sample.node)
+            row["gpus"] += j.gpu_share
+            utils[j.job] += j.util_pct
+            if j.power_w is not None:
+                row["power_w"] = (row["power_w"] or 0.0) + j.power_w
+            started = info.started if info is not None else None
+            if started is not None:
+                row["started"] = started if row["started"] is None else min(row["started"], started)
+                row["gpu_hours"] += j.gpu_share * max(0.0, sample.ts - started) / 3600
+    for job, row in jobs.items():
+        u = utils[job]
+        row["gpu_util_mean_pct"] = round(sum(u) / len(u), 2) if u else None
+        row["gpus"] = round(row["gpus"], 3)
+        row["gpu_hours"] = round(row["gpu_hours"], 3)
+        if row["power_w"] is not None:
+            row["power_w"] = round(row["power_w"], 1)
+    return sorted(jobs.values(), key=lambda r: (-r["gpus"], r["label"]))
 
 
 def printable(head: bytes) -> str:

@@ -24,9 +24,11 @@ from agent.metrics import (
 from agent.node import NodeSampler
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
-from shared.schema import GpuEcc, Inventory, Sample, XidEvent
+from shared.schema import GpuEcc, GpuProcess, Inventory, Job, Sample, XidEvent
 from tests.agent.test_host import FakeHost
 from tests.helpers import promtool_check_metrics
+
+_POD = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -204,6 +206,49 @@ def test_dcgm_series_carry_dcgm_exporters_labels_from_the_inventory(
             "Hostname": inventory.host,
             "DCGM_FI_DRIVER_VERSION": "550.54.15",
         }
+
+
+def test_gpus_of_jobs_carry_dcgm_exporters_hpc_job_and_pod_labels(
+    node: tuple[NodeSampler, FakeClock, FakeNvml],
+) -> None:
+    """GPU 0: Slurm job 4242 (``hpc_job``); GPU 1 shared by 4242 and a pod's container: its
+    series twice, once per job (as dcgm-exporter repeats them); GPUs 2-3: no extra labels."""
+    sampler, clock, _ = node
+    inventory, sample = _two_samples(sampler, clock)
+    g = list(sample.gpus)
+    g[0] = msgspec.structs.replace(g[0], processes=(GpuProcess(pid=7, job="4242", step="0"),))
+    g[1] = msgspec.structs.replace(
+        g[1],
+        processes=(
+            GpuProcess(pid=7, job="4242"),
+            GpuProcess(pid=8, job=_POD, container="pytorch"),
+            GpuProcess(pid=9, job=_POD, container="pytorch"),
+        ),
+    )
+    g[2] = msgspec.structs.replace(g[2], processes=(GpuProcess(pid=10),))
+    jobs = (
+        Job(id="4242", scheduler="slurm"),
+        Job(id=_POD, scheduler="kubernetes", namespace="ml-team", name="trainer-7f9c"),
+    )
+    expo = AgentExposition(lambda: _STATS)
+    expo.inventory = inventory
+    expo.update(msgspec.structs.replace(sample, gpus=tuple(g), jobs=jobs))
+    text, series = _scrape(expo)
+    extra = {"hpc_job", "pod", "namespace", "container"}
+    for name in ("DCGM_FI_DEV_GPU_UTIL", "capwatch_gpu_power_interval_watts"):
+        owners = sorted(
+            (d["gpu"], sorted((k, v) for k, v in d.items() if k in extra))
+            for d in _labels(series, name)
+        )
+        assert owners == [
+            ("0", [("hpc_job", "4242")]),
+            ("1", [("container", "pytorch"), ("namespace", "ml-team"), ("pod", "trainer-7f9c")]),
+            ("1", [("hpc_job", "4242")]),
+            ("2", []),
+            ("3", []),
+        ], name
+    rc, problems = promtool_check_metrics(text)
+    assert rc in (0, 3), problems  # 3: the camelCase lint remarks of the test above only
 
 
 def test_the_host_label_can_be_spelled_as_dcgm_exporters_main_branch_does(

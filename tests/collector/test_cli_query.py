@@ -230,7 +230,7 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
         "node", "ts", "index", "uuid", "util_pct", "mem_used_bytes", "mem_total_bytes",
         "power_w", "power_interval_w", "energy_j", "temp_c", "sm_clock_mhz", "pstate",
         "clock_event_reasons", "mem_reserved_bytes", "mem_clock_mhz", "mem_temp_c",
-        "enc_util_pct", "dec_util_pct", "pcie_replays", "processes",
+        "enc_util_pct", "dec_util_pct", "pcie_replays", "processes", "jobs",
     ]  # fmt: skip
     for key in ("util_pct", "temp_c", "mem_temp_c", "enc_util_pct", "dec_util_pct"):
         assert all(isinstance(g[key], float) for g in gpus), key
@@ -264,7 +264,8 @@ def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
         cells = line.split()
         temp, mem_temp = f"{g['temp_c']:.0f}C", f"{g['mem_temp_c']:.0f}C"
         assert cells[cells.index(temp) + 1] == mem_temp
-        assert cells[-4:-1] == [str(g["mem_clock_mhz"]), str(g["pstate"]), str(g["pcie_replays"])]
+        assert cells[-5:-2] == [str(g["mem_clock_mhz"]), str(g["pstate"]), str(g["pcie_replays"])]
+        assert cells[-1] == "-"  # no job: the simulated agents attribute nothing
 
 
 def test_rejected_lists_quarantined_messages_newest_first_with_counters(

@@ -105,6 +105,7 @@ NUMBERS: dict[str, dict[str, Bound]] = {
         "gpus[].pstate": _i(0, s.MAX_PSTATE),
         "gpus[].processes[].pid": _i(0, s.MAX_PID),
         "gpus[].processes[].used_mem_bytes": _GPU_BYTES,
+        "jobs[].started": _TS,
         "gpus[].ecc.corrected_volatile": _COUNT,
         "gpus[].ecc.uncorrected_volatile": _COUNT,
         "gpus[].ecc.corrected_aggregate": _COUNT,
@@ -148,6 +149,7 @@ LISTS: dict[str, dict[str, int]] = {
         "gpus": s.MAX_GPUS,
         "gpus[].processes": s.MAX_PROCESSES_PER_GPU,
         "xids": s.MAX_XIDS,
+        "jobs": s.MAX_JOBS,
     },
     "inventory": {
         "gpus": s.MAX_GPUS,
@@ -160,6 +162,8 @@ LISTS: dict[str, dict[str, int]] = {
 
 _NODE = Text(pattern=s.NODE_ID_PATTERN)
 _UUID = Text(pattern=s.GPU_UUID_PATTERN)
+_JOB_ID = Text(pattern=s.JOB_ID_PATTERN)
+_K8S = Text(pattern=s.K8S_NAME_PATTERN)
 STRINGS: dict[str, dict[str, Text]] = {
     "sample": {
         "node": _NODE,
@@ -169,6 +173,15 @@ STRINGS: dict[str, dict[str, Text]] = {
         "net.nics[].name": Text(s.MAX_NIC_NAME_LEN),
         "gpus[].uuid": _UUID,
         "node_power_source": Text(pattern=s.NODE_POWER_SOURCE_PATTERN),
+        "gpus[].processes[].user": Text(s.MAX_USER_LEN),
+        "gpus[].processes[].job": _JOB_ID,
+        "gpus[].processes[].step": _JOB_ID,
+        "gpus[].processes[].container": _K8S,
+        "jobs[].id": _JOB_ID,
+        "jobs[].account": _JOB_ID,
+        "jobs[].partition": _JOB_ID,
+        "jobs[].namespace": _K8S,
+        "jobs[].name": _K8S,
     },
     "inventory": {
         "node": _NODE,
@@ -234,7 +247,7 @@ def assert_within_documented_bounds(kind: str, decoded: dict[str, Any]) -> None:
         gpus = decoded["gpus"]
         sums = [
             sum(g["mem_used_bytes"] or 0 for g in gpus),
-            sum(p["used_mem_bytes"] or 0 for g in gpus for p in g["processes"]),
+            sum(p.get("used_mem_bytes") or 0 for g in gpus for p in g["processes"]),
             sum(d["total_bytes"] for d in decoded["disks"]),
             sum(n["rx_drops"] for n in decoded["net"]["nics"]),
         ]

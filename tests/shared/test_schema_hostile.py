@@ -308,6 +308,18 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
         ["", "a" * 64, "a/b", "n1\n", "-x", "n+", "n#", "n 1", "NaN\x00"],
     ),
     (
+        "sample",
+        "gpus[].processes[].job",
+        ["4242", "4242_7", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "0+1", "a" * 64],
+        ["", "a" * 65, "_4242", "42 42", "4242\n", "job/1", "42;rm", "ü"],
+    ),
+    (
+        "sample",
+        "jobs[].name",
+        ["trainer-7f9c", "a", "vllm-0.svc", "a" * 253],
+        ["", "a" * 254, "Trainer", "-x", "x-", "a_b", "x\n", "ns/pod"],
+    ),
+    (
         "inventory",
         "gpu_status",
         ["ok", "no_driver", "a" * 32],

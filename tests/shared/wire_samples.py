@@ -28,6 +28,9 @@ _TS = 1_800_000_000.0
 _GPU_MEM = 85_520_809_984
 
 
+_POD_UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
 def uuid(index: int) -> str:
     """An NVML-style GPU UUID, distinct per index."""
     return f"GPU-{index:08x}-c209-4cac-a29f-6fbed82c07cd"
@@ -48,7 +51,15 @@ def _gpu(g: int) -> dict[str, Any]:
         "sm_clock_mhz": 1980,
         "clock_event_reasons": 4,
         "pstate": 0,
-        "processes": [{"pid": 4000 + g, "used_mem_bytes": 49_955_706_466}],
+        "processes": [
+            {
+                "pid": 4000 + g,
+                "used_mem_bytes": 49_955_706_466,
+                "user": "alice",
+                "job": "4242" if g < 6 else _POD_UID,
+                **({"step": "0"} if g < 6 else {"container": "pytorch"}),
+            }
+        ],
         "ecc": {
             "corrected_volatile": 0,
             "uncorrected_volatile": 0,
@@ -127,6 +138,22 @@ def sample_dict() -> dict[str, Any]:
         "node_power_source": "dcmi",
         "gpus": [_gpu(g) for g in range(8)],
         "xids": [{"gpu_index": 3, "xid": 79, "ts": _TS - 2.5}],
+        "jobs": [
+            {
+                "id": "4242",
+                "scheduler": "slurm",
+                "account": "physics",
+                "partition": "gpu",
+                "started": _TS - 3600.0,
+            },
+            {
+                "id": _POD_UID,
+                "scheduler": "kubernetes",
+                "namespace": "ml-team",
+                "name": "trainer-7f9c",
+                "started": _TS - 60.0,
+            },
+        ],
     }
 
 

@@ -289,6 +289,7 @@ def test_builtin_rules_are_distinct_and_can_be_disabled() -> None:
         "NodeClockSkew",
         "NodeRejectsRising",
         "NodeSamplesMissing",
+        "JobGpuIdle",
     ]
     rules = builtin_rules(AlertSettings(disabled=["GpuXid"]))
     assert "GpuXid" not in [r.name for r in rules]
@@ -302,3 +303,37 @@ def test_healthy_node_raises_nothing() -> None:
     f.run(600)
     assert f.ev.states() == []
     assert f.log == []
+
+
+_IDLE = {f"gpu{g}": {"util_pct": 2.0} for g in range(6)}  # the Slurm job's six GPUs
+
+
+def test_job_gpu_idle_fires_after_30_minutes_labelled_with_job_and_user() -> None:
+    """Job 4242 holds GPUs 0-5 at 2 % for 30 minutes: JobGpuIdle for it, not for the pod
+    busy on GPUs 6-7."""
+    f = Fleet()
+    f.run(1795, **_IDLE)
+    assert f.firing("JobGpuIdle") == []
+    f.run(10, **_IDLE)
+    assert f.firing("JobGpuIdle") == [
+        {
+            "alertname": "JobGpuIdle",
+            "severity": "warning",
+            "node": NODE,
+            "job": "4242",
+            "user": "alice",
+        }
+    ]
+    (state,) = [a for a in f.ev.states() if a.rule == "JobGpuIdle"]
+    assert "GPUs 0,1,2,3,4,5" in state.annotations["description"]
+    f.run(10)  # busy again
+    assert f.firing("JobGpuIdle") == []
+
+
+def test_job_gpu_idle_needs_every_gpu_of_the_job_idle() -> None:
+    """One of the job's six GPUs at 50 %: the job uses its GPUs; an idle pod is named by
+    namespace/pod."""
+    f = Fleet()
+    pod_idle = {"gpu6": {"util_pct": 0.0}, "gpu7": {"util_pct": 1.0}}
+    f.run(1900, **{**_IDLE, "gpu3": {"util_pct": 50.0}}, **pod_idle)
+    assert [a["job"] for a in f.firing("JobGpuIdle")] == ["ml-team/trainer-7f9c"]

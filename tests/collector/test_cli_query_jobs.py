@@ -1,0 +1,142 @@
+"""``collector query --jobs`` and the JOB column of ``--gpus``: jobs from a real store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from collector.cli import main
+from collector.ingest.validate import sample_row
+from collector.store.db import NodeUpdate, Store
+from shared.schema import Sample, encode
+from tests.shared.wire_samples import sample_dict
+
+A, B, GONE = "gpu-a", "gpu-b", "gpu-gone"
+POD = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+def _sample(node: str, ts: float, **changes: Any) -> Sample:
+    d = sample_dict()
+    d.update(node=node, ts=ts, xids=[], **changes)
+    return msgspec.convert(d, Sample)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> tuple[Path, float]:
+    """Node A: the realistic sample (Slurm job 4242 on GPUs 0-5 for an hour, a pod on 6-7
+    for a minute). Node B: job 4242 on GPU 0, GPU 1 shared by 4242 and job 5 (for two
+    hours). A node gone offline with job 99 on it."""
+    path = tmp_path / "capwatch.db"
+    now = time.time()
+    a_jobs = sample_dict()["jobs"]
+    a_jobs[0]["started"], a_jobs[1]["started"] = now - 3601, now - 61
+    a = _sample(A, now - 1, jobs=a_jobs)
+    d = sample_dict()
+    gpus = d["gpus"][:2]
+    gpus[0]["processes"] = [{"pid": 7, "user": "alice", "job": "4242", "step": "1"}]
+    gpus[1]["processes"] = [
+        {"pid": 8, "user": "alice", "job": "4242", "step": "1"},
+        {"pid": 9, "user": "bob", "job": "5"},
+    ]
+    jobs = [
+        {"id": "4242", "scheduler": "slurm", "account": "physics", "started": now - 7201},
+        {"id": "5", "scheduler": "slurm", "started": now - 3601},
+    ]
+    b = _sample(B, now - 1, gpus=gpus, jobs=jobs)
+    gone = _sample(GONE, now - 1, jobs=[{"id": "99", "scheduler": "slurm"}])
+    gone = msgspec.structs.replace(
+        gone,
+        gpus=tuple(
+            msgspec.structs.replace(
+                g, processes=(msgspec.structs.replace(g.processes[0], job="99"),)
+            )
+            for g in gone.gpus
+        ),
+    )
+    async with Store(path) as store:
+        await store.write_batch(
+            [sample_row(s, encode(s), now) for s in (a, b, gone)],
+            [NodeUpdate(GONE, status="offline", status_ts=now)],
+            [A, B, GONE],
+        )
+    return path, a.ts
+
+
+def _json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["query", "--db", str(db), "--json", *args]) == 0
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return result
+
+
+def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
+    db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Job 4242 spans both nodes (6 + 1.5 GPUs: GPU 1 of B is shared with job 5); the
+    offline node's job is not running; GPU-hours are GPUs held x time since started."""
+    path, ts = db
+    jobs = {j["job"]: j for j in _json(capsys, path, "--jobs")["jobs"]}
+    assert list(jobs) == ["4242", POD, "5"]  # most GPUs first
+    j = jobs["4242"]
+    assert (j["label"], j["user"], j["account"], j["partition"]) == (
+        "4242",
+        "alice",
+        "physics",
+        "gpu",
+    )
+    assert j["nodes"] == [A, B]
+    assert j["gpus"] == 7.5
+    # the realistic GPU g runs at 83 + g %: A's GPUs 0-5 and B's 0-1
+    utils = [83.0 + g for g in range(6)] + [83.0, 84.0]
+    assert j["gpu_util_mean_pct"] == round(sum(utils) / len(utils), 2)
+    assert j["power_w"] == round(6 * 531.75 + 1.5 * 531.75, 1)
+    assert j["started"] == pytest.approx(ts + 1 - 7201)  # B's start, the earlier
+    # A: 6 GPUs for the hour before its sample; B: 1.5 GPUs for 7200 s
+    assert j["gpu_hours"] == pytest.approx(6 * 1.0 + 1.5 * 2.0, abs=1e-3)
+    assert jobs[POD]["gpu_hours"] == pytest.approx(2 * 60 / 3600, abs=1e-3)
+    pod = jobs[POD]
+    assert (pod["label"], pod["namespace"], pod["pod"], pod["gpus"]) == (
+        "ml-team/trainer-7f9c", "ml-team", "trainer-7f9c", 2.0
+    )  # fmt: skip
+    assert (jobs["5"]["user"], jobs["5"]["gpus"], jobs["5"]["gpu_hours"]) == ("bob", 0.5, 0.5)
+
+
+def test_jobs_table_and_gpus_job_column(
+    db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table names each job once; --gpus shows each GPU's jobs (both, when shared)."""
+    path, _ = db
+    assert main(["query", "--db", str(path), "--jobs"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split()[:2] == ["JOB", "USER"]
+    assert [line.split()[0] for line in lines] == ["4242", "ml-team/trainer-7f9c", "5"]
+    assert "gpu-a,gpu-b" in lines[0]
+    gpus = _json(capsys, path, "--gpus", "--node", B)["gpus"]
+    assert [g["jobs"] for g in gpus] == [["4242"], ["4242", "5"]]
+    assert main(["query", "--db", str(path), "--gpus", "--node", A]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-1] == "JOB"
+    assert [line.split()[-1] for line in out[1:]] == ["4242"] * 6 + ["ml-team/trainer-7f9c"] * 2
+
+
+async def test_jobs_without_attribution_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Samples from agents that attribute nothing: one line; an empty list in JSON."""
+    path = tmp_path / "plain.db"
+    d = sample_dict()
+    d["jobs"] = []
+    for g in d["gpus"]:
+        g["processes"] = [{"pid": 1}]
+    s = msgspec.convert({**d, "ts": time.time(), "xids": []}, Sample)
+    async with Store(path) as store:
+        await store.write_batch([sample_row(s, encode(s), time.time())], [], [s.node])
+    capsys.readouterr()
+    assert main(["query", "--db", str(path), "--jobs"]) == 0
+    assert capsys.readouterr().out.startswith("no running jobs seen")
+    assert _json(capsys, path, "--jobs") == {"jobs": []}
