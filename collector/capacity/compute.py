@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or 
     from collector.live import NodeState
     from shared.schema import Inventory, Sample
 
-__all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution"]
+__all__ = ["NodeModel", "TypeMatcher", "compute_picture", "fleet_solution", "node_model_of"]
 
 _LISTED: Final = 100
 """Names kept per list (unmatched, clamped, stale) in a picture."""
@@ -88,14 +88,20 @@ class NodeModel:
             if w is not None:
                 gpu_total += w
                 per_gpu.append(w)
-        missing = self.gpus - len(per_gpu)
-        if missing > 0:
-            gpu_total += missing * self.gpu_w
-        cpu = sample.cpu_power_w
-        total = gpu_total + (self.cpu_w if cpu is None else cpu) + self.rest_w
+        total, clamped = self.draw_of(gpu_total, len(per_gpu), sample.cpu_power_w)
+        return total, clamped, tuple(per_gpu)
+
+    def draw_of(self, gpu_w: float, gpus_reported: int, cpu_w: float | None) -> tuple[float, bool]:
+        """(draw W, clamped) of a node whose ``gpus_reported`` GPUs draw ``gpu_w`` together
+        and whose CPU package draws ``cpu_w`` (``None``: unreported): the model fills in
+        the GPUs not reported, the CPU when unreported and the rest, up to the nameplate.
+        :meth:`draw` for one sample; the usage ledger for a node's mean over an hour."""
+        missing = self.gpus - gpus_reported
+        total = gpu_w + (missing * self.gpu_w if missing > 0 else 0.0)
+        total += (self.cpu_w if cpu_w is None else cpu_w) + self.rest_w
         if total > self.nameplate_w:
-            return self.nameplate_w, True, tuple(per_gpu)
-        return total, False, tuple(per_gpu)
+            return self.nameplate_w, True
+        return total, False
 
 
 class TypeMatcher:
@@ -135,6 +141,21 @@ class TypeMatcher:
                 continue
             return m.node_type
         return self._by_gpus.get(len(inv.gpus))
+
+
+def node_model_of(
+    cplan: CapacityPlan, inventory_of: Callable[[str], Inventory | None]
+) -> Callable[[str], NodeModel | None]:
+    """Node -> its type's model (``None``: unmatched), finding types as the live picture
+    does (:class:`TypeMatcher`); ``inventory_of`` gives a node's inventory."""
+    matcher = TypeMatcher(cplan)
+    models = {t.name: NodeModel.of(t) for t in cplan.plan.node_types}
+
+    def model(node: str) -> NodeModel | None:
+        name = matcher(node, inventory_of(node))
+        return None if name is None else models.get(name)
+
+    return model
 
 
 def fleet_solution(

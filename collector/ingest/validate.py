@@ -38,6 +38,7 @@ from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
 from collector.nodefacts import gpu_power_w
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
+from collector.store.rollups import pack_gpus
 from shared.clock import Clock
 from shared.errors import SchemaError
 from shared.logging import get_logger
@@ -119,6 +120,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         sample.cpu_power_w,
         payload,
         sample.epoch,
+        pack_gpus(gpus),
     )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
-from collector.governance.lease import LeaseTerms, effective_end, instant
+from collector.governance.lease import LeaseTerms, instants
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
@@ -387,6 +387,4 @@ class GovernanceWriter:
             )
 
 
-def _instants(terms: LeaseTerms) -> tuple[float, float | None]:
-    end = effective_end(terms)
-    return instant(terms.start, terms.tz), None if end is None else instant(end, terms.tz)
+_instants = instants
