@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AlertSettings",
     "AlertmanagerSettings",
+    "BillingSettings",
     "CapacitySettings",
     "CollectorSettings",
     "GovernanceSettings",
@@ -220,6 +221,31 @@ class RollupSettings(BaseModel):
         return self
 
 
+class BillingSettings(BaseModel):
+    """``[billing]``: prices for ``collector usage``'s cost column. A lease's GPU-hours are
+    priced by its contract (``gpu_hour_by_lease``), else its tenant's price
+    (``gpu_hour_by_tenant``), else ``gpu_hour``; energy at ``kwh`` on the node energy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    currency: str = Field(default="EUR", min_length=1, max_length=8)
+    gpu_hour: float = Field(default=0.0, ge=0, le=1e6)
+    """Price of an allocated GPU-hour."""
+    gpu_hour_by_tenant: dict[str, float] = Field(default={}, max_length=10_000)
+    gpu_hour_by_lease: dict[str, float] = Field(default={}, max_length=10_000)
+    """Contract prices, by lease name."""
+    kwh: float = Field(default=0.0, ge=0, le=1e6)
+    """Price of a kWh of node energy (measured, else modelled)."""
+
+    def gpu_hour_price(self, tenant: str | None, lease: str) -> float:
+        """The price of one allocated GPU-hour of ``lease`` (held by ``tenant``)."""
+        if lease in self.gpu_hour_by_lease:
+            return self.gpu_hour_by_lease[lease]
+        if tenant is not None and tenant in self.gpu_hour_by_tenant:
+            return self.gpu_hour_by_tenant[tenant]
+        return self.gpu_hour
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
@@ -308,6 +334,8 @@ class CollectorSettings(CapwatchSettings):
         return check_listen(value)
 
     rollups: RollupSettings = RollupSettings()
+    billing: BillingSettings = BillingSettings()
+    """Prices of GPU-hours and energy for ``collector usage`` (``[billing]``)."""
     """Rollups kept beyond the raw samples, and the usage ledger (``[rollups]``)."""
     alerts: AlertSettings = AlertSettings()
     governance: GovernanceSettings = GovernanceSettings()
