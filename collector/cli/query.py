@@ -189,17 +189,23 @@ def _wants_history(
     store: StoreReader, node: str | None, since_s: float | None, step_s: int | None, now: float
 ) -> bool:
     """History when asked (--step), when --since is given for the fleet, or when a node's
-    --since reaches back past its oldest raw sample."""
+    --since reaches back past its oldest raw sample into rollups (a node that is only new
+    lists its samples)."""
     if step_s is not None:
         return True
     if since_s is None:
         return False
     if node is None:
         return True
-    from collector.store.rollups import oldest_raw  # noqa: PLC0415
+    from collector.store.rollups import oldest_raw, rollups_before  # noqa: PLC0415
 
     oldest = store.run(oldest_raw(node))
-    return oldest is None or now - since_s < oldest
+    start = now - since_s
+    if oldest is not None and start >= oldest:
+        return False
+    return store.has_table("rollups") and store.run(
+        rollups_before(node, now if oldest is None else oldest)
+    )
 
 
 def _history(

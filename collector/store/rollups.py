@@ -390,6 +390,16 @@ def oldest_raw(node: str | None) -> Query[float | None]:
     )
 
 
+def rollups_before(node: str, until: float) -> Query[bool]:
+    """Whether ``node`` has 1-hour rollups beginning before ``until`` (history the raw
+    samples no longer hold)."""
+    return single(
+        "SELECT 1 FROM rollups WHERE node = ? AND res = ? AND bucket < ? LIMIT 1",
+        (node, HOUR, math.floor(until)),
+        bool,
+    )
+
+
 def rollup_rows() -> Query[dict[str, int]]:
     """Rows per table and resolution (for the benchmark's bytes per node-day)."""
     return single(
