@@ -51,6 +51,7 @@ from collector.capacity.rules import capacity_rules
 from collector.counters import CounterRows, counter_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator
 from collector.governance.job import GovernanceJob
+from collector.governance.ledger import LedgerJob
 from collector.governance.rules import governance_rules
 from collector.health import Health
 from collector.ingest.metrics import IngestMetrics, ReaderMetrics, WriterMetrics
@@ -60,6 +61,7 @@ from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
+from collector.store.rollups import HOUR, MINUTE, RollupConfig
 from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
 
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
+    from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
 
 __all__ = ["Collector"]
@@ -134,6 +137,10 @@ class Collector:
             self.capacity = _capacity_job(settings, self.clock, capacity_metrics)
             rules += capacity_rules(self.capacity.state, settings.capacity)
         rules += governance_rules(lambda: self.governance.view, settings.governance)
+        self.ledger: LedgerJob | None = None
+        """The usage ledger's job (with rollups on): recomputes the hours the rollups moved."""
+        if settings.rollups.enabled:
+            self.ledger = self._ledger_job(settings)
         self.evaluator = Evaluator(rules)
         self.push_metrics: PushMetrics | None = None
         if settings.alertmanagers:
@@ -152,6 +159,26 @@ class Collector:
         """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
         self.health: Health | None = None
         """Liveness (the watchdog) and readiness (``/readyz``), once running."""
+
+    def _ledger_job(self, settings: CollectorSettings) -> LedgerJob:
+        model = None
+        if self.capacity is not None:
+            from collector.capacity.compute import node_model_of  # noqa: PLC0415
+
+            live = self.live
+
+            def inventory_of(node: str) -> Inventory | None:
+                st = live.get(node)
+                return None if st is None else st.inventory
+
+            model = node_model_of(self.capacity.cplan, inventory_of)
+        governance = self.governance
+        return LedgerJob(
+            self.clock,
+            interval_s=settings.rollups.ledger_interval_s,
+            governance=lambda: governance.view.gov,
+            model=model,
+        )
 
     def exposition(self, store: Store) -> CollectorMetrics:
         """The /metrics sources over this collector's registry, live view and alerts."""
@@ -207,8 +234,14 @@ class Collector:
 
     async def _run(self, connect: Connect, session_key: str) -> None:
         s = self.settings
+        rollups = (
+            RollupConfig(busy_util_pct=s.governance.busy_util_pct) if s.rollups.enabled else None
+        )
         async with Store(
-            s.db_path, compress=s.compress_payloads, synchronous=s.sqlite_synchronous
+            s.db_path,
+            compress=s.compress_payloads,
+            synchronous=s.sqlite_synchronous,
+            rollups=rollups,
         ) as store:
             had_session = await store.meta("mqtt_session") == session_key
             held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
@@ -307,6 +340,11 @@ class Collector:
                 retention_s=s.retention_s,
                 retention_check_s=s.retention_check_s,
                 retention_chunk_rows=s.retention_chunk_rows,
+                rollup_retention_s=(
+                    {MINUTE: s.rollups.retention_1m_s, HOUR: s.rollups.retention_1h_s}
+                    if s.rollups.enabled
+                    else None
+                ),
                 quarantine_max_rows=s.quarantine_max_rows,
                 counter_values=self.counter_values,
                 metrics=self.writer_metrics,
@@ -316,6 +354,7 @@ class Collector:
                 alerts,
                 *([] if self.capacity is None else [self.capacity]),
                 *([] if metrics is None else [metrics]),
+                *([] if self.ledger is None else [self.ledger]),
             ]
             async with Store.open_readonly(s.db_path) as reads:
                 evaluator = PeriodicEvaluator(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 __all__ = [
     "AlertSettings",
     "AlertmanagerSettings",
+    "BillingSettings",
     "CapacitySettings",
     "CollectorSettings",
     "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
+    "RollupSettings",
     "RouteSettings",
 ]
 # AlertSettings, CapacitySettings and GovernanceSettings live with their rules, which take
@@ -232,6 +234,56 @@ class AlertmanagerSettings(BaseModel):
         return str(self.url).rstrip("/") + "/api/v2/alerts"
 
 
+class RollupSettings(BaseModel):
+    """``[rollups]``: the 1-minute and 1-hour aggregates kept beyond the raw samples, and
+    the usage ledger made of them (:mod:`collector.store.rollups`, :mod:`collector.ledger`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    enabled: bool = True
+    """Roll samples up as they are stored (off: no rollups, no ledger; raw samples only)."""
+    retention_1m_s: float = Field(default=90 * _DAY_S, gt=0, le=_TEN_YEARS_S)
+    """1-minute rollups whose bucket began longer ago are deleted (by the retention job)."""
+    retention_1h_s: float = Field(default=730 * _DAY_S, gt=0, le=_TEN_YEARS_S)
+    """1-hour rollups and usage-ledger hours older than this are deleted."""
+    ledger_interval_s: float = Field(default=300.0, ge=1, le=86_400)
+    """How often the usage ledger recomputes the hours whose rollups moved."""
+
+    @model_validator(mode="after")
+    def _hours_outlive_minutes(self) -> Self:
+        if self.retention_1h_s < self.retention_1m_s:
+            raise ValueError(
+                f"retention_1h_s ({self.retention_1h_s:g}) is shorter than retention_1m_s "
+                f"({self.retention_1m_s:g}): keep the hours at least as long as the minutes"
+            )
+        return self
+
+
+class BillingSettings(BaseModel):
+    """``[billing]``: prices for ``collector usage``'s cost column. A lease's GPU-hours are
+    priced by its contract (``gpu_hour_by_lease``), else its tenant's price
+    (``gpu_hour_by_tenant``), else ``gpu_hour``; energy at ``kwh`` on the node energy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    currency: str = Field(default="EUR", min_length=1, max_length=8)
+    gpu_hour: float = Field(default=0.0, ge=0, le=1e6)
+    """Price of an allocated GPU-hour."""
+    gpu_hour_by_tenant: dict[str, float] = Field(default={}, max_length=10_000)
+    gpu_hour_by_lease: dict[str, float] = Field(default={}, max_length=10_000)
+    """Contract prices, by lease name."""
+    kwh: float = Field(default=0.0, ge=0, le=1e6)
+    """Price of a kWh of node energy (measured, else modelled)."""
+
+    def gpu_hour_price(self, tenant: str | None, lease: str) -> float:
+        """The price of one allocated GPU-hour of ``lease`` (held by ``tenant``)."""
+        if lease in self.gpu_hour_by_lease:
+            return self.gpu_hour_by_lease[lease]
+        if tenant is not None and tenant in self.gpu_hour_by_tenant:
+            return self.gpu_hour_by_tenant[tenant]
+        return self.gpu_hour
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
@@ -319,6 +371,10 @@ class CollectorSettings(CapwatchSettings):
 
         return check_listen(value)
 
+    rollups: RollupSettings = RollupSettings()
+    billing: BillingSettings = BillingSettings()
+    """Prices of GPU-hours and energy for ``collector usage`` (``[billing]``)."""
+    """Rollups kept beyond the raw samples, and the usage ledger (``[rollups]``)."""
     alerts: AlertSettings = AlertSettings()
     governance: GovernanceSettings = GovernanceSettings()
     """Thresholds of the lease and quota rules (``[governance]``)."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -67,7 +67,14 @@ if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or 
     from collector.live import NodeState
     from shared.schema import Inventory, Sample
 
-__all__ = ["NodeModel", "Sensors", "TypeMatcher", "compute_picture", "fleet_solution"]
+__all__ = [
+    "NodeModel",
+    "Sensors",
+    "TypeMatcher",
+    "compute_picture",
+    "fleet_solution",
+    "node_model_of",
+]
 
 _LISTED: Final = 100
 """Names kept per list (unmatched, clamped, stale) in a picture."""
@@ -143,6 +150,21 @@ class NodeModel:
             tuple(per_gpu),
         )
 
+    def draw_of(
+        self, gpu_w: float, gpus_reported: int, cpu_w: float | None, *, basis: RestBasis = "model"
+    ) -> tuple[float, bool]:
+        """(draw W, clamped) of a node whose ``gpus_reported`` GPUs draw ``gpu_w`` together
+        and whose CPU package draws ``cpu_w`` (``None``: unreported): the model fills in the
+        GPUs not reported, the CPU when unreported and the unreported parts on ``basis``, up to
+        the nameplate. The usage ledger's node energy for a node without an input-power
+        reading (its mean over an hour)."""
+        missing = max(self.gpus - gpus_reported, 0)
+        total = gpu_w + missing * self.gpu_w + (self.cpu_w if cpu_w is None else cpu_w)
+        total += self.rest_w(basis)
+        if total > self.nameplate_w:
+            return self.nameplate_w, True
+        return total, False
+
 
 class TypeMatcher:
     """Finds each node's type; remembers the answer per inventory (cycles stay cheap)."""
@@ -181,6 +203,21 @@ class TypeMatcher:
                 continue
             return m.node_type
         return self._by_gpus.get(len(inv.gpus))
+
+
+def node_model_of(
+    cplan: CapacityPlan, inventory_of: Callable[[str], Inventory | None]
+) -> Callable[[str], NodeModel | None]:
+    """Node -> its type's model (``None``: unmatched), finding types as the live picture
+    does (:class:`TypeMatcher`); ``inventory_of`` gives a node's inventory."""
+    matcher = TypeMatcher(cplan)
+    models = {t.name: NodeModel.of(t) for t in cplan.plan.node_types}
+
+    def model(node: str) -> NodeModel | None:
+        name = matcher(node, inventory_of(node))
+        return None if name is None else models.get(name)
+
+    return model
 
 
 def fleet_solution(

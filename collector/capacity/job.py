@@ -150,6 +150,8 @@ class CapacityJob:
         self.interval_s = interval_s
         self.state = state if state is not None else CapacityState()
         self._cplan = cplan
+        self.cplan = cplan
+        """The site plan it was built with (the usage ledger models node energy by it)."""
         self._clock = clock
         self._keep_s = keep_s
         self._staleness = staleness

@@ -84,6 +84,10 @@ COMMANDS: Final = {
         "tenants, cohorts, quotas, pools and leases from a TOML file (--dry-run: the diff)",
     ),
     "export": ("collector.cli.export", "the governance state as the TOML `apply` reads"),
+    "usage": (
+        "collector.cli.usage",
+        "GPU-hours allocated and busy, energy and cost per tenant, lease or pool, by period",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

@@ -9,6 +9,7 @@ and the compute hierarchy as a treemap coloured by power. Drawing is
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -31,7 +32,8 @@ _DESCRIPTION: Final = """\
 Pictures of the fleet as PNG files (needs matplotlib: pip install 'capwatch[plot]').
 
   usage       (default) CPU, memory and GPU utilisation and power over --since: the fleet,
-              one node with --node, or one pool's nodes with --pool
+              one node with --node, or one pool's nodes with --pool; raw samples where
+              kept, rollups before (the title says which; rollups hold no CPU/memory %)
   capacity    live IT draw against the cap over --since, with the 90 % and 98 % lines and
               the worst case (every node at nameplate), from the capacity snapshots
   hierarchy   site -> rack -> node -> GPU as a treemap, area by power drawn, colour by
@@ -41,6 +43,7 @@ _EPILOG: Final = """\
 examples:
   collector plot --out fleet.png --since 6h
   collector plot usage --node x1000c0s0b0n0 --out node.png
+  collector plot usage --since 30d --out month.png
   collector plot capacity --since 24h --out capacity.png
   collector plot hierarchy --plan site.toml --out racks.png
 
@@ -125,23 +128,41 @@ def _usage(
     reader: StoreReader, node: str | None, pool: str | None, since: float, now: float
 ) -> Figure:
     from collector.plot.figures import usage_figure  # noqa: PLC0415
+    from collector.store.rollups import oldest_raw  # noqa: PLC0415
     from collector.store.series import fleet_series, known_node, node_series  # noqa: PLC0415
 
-    if node is not None:
-        if not known_node(reader, node):
-            raise ConfigError(
-                f"--node {node!r}: no such node (see `collector query`)", field="--node"
-            )
-        return usage_figure(node_series(reader, node, since), f"node {node}", since, now)
+    members = None
+    if node is not None and not known_node(reader, node):
+        raise ConfigError(f"--node {node!r}: no such node (see `collector query`)", field="--node")
     if pool is not None:
         from collector.store.capacity import pool_members  # noqa: PLC0415
 
-        if not pool_members(reader, pool):
+        members = pool_members(reader, pool)
+        if not members:
             raise ConfigError(f"--pool {pool!r}: no such pool, or it has no nodes", field="--pool")
+    subject = f"node {node}" if node else f"pool {pool}" if pool else "fleet"
+    oldest = reader.run(oldest_raw(node))
+    if oldest is not None and oldest <= since:  # all raw: as fine as the samples allow
+        if node is not None:
+            return usage_figure(node_series(reader, node, since), subject, since, now)
         rows = fleet_series(reader, since, max((now - since) / 200, 1.0), pool=pool)
-        return usage_figure(rows, f"pool {pool}", since, now)
-    rows = fleet_series(reader, since, max((now - since) / 200, 1.0))
-    return usage_figure(rows, "fleet", since, now)
+        return usage_figure(rows, subject, since, now)
+    from collector.store.series import history  # noqa: PLC0415
+
+    step = _plot_step(now - since)
+    h = history(
+        reader, since, now, step, node=node, nodes=None if members is None else sorted(members)
+    )
+    names = {"raw": "raw samples", "1m": "1-minute rollups", "1h": "1-hour rollups"}
+    note = " then ".join(names[s] for s in h["sources"]) or "no data"
+    return usage_figure(h["points"], f"{subject} ({note})", since, now)
+
+
+def _plot_step(window_s: float) -> int:
+    """About 200 points over the window, in whole minutes, or whole hours from an hour."""
+    step = max(window_s / 200, 60.0)
+    unit = 3600 if step >= 3600 else 60
+    return int(math.ceil(step / unit) * unit)
 
 
 def _hierarchy(

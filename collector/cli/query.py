@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
-from shared.durations import parse_duration
+from shared.durations import format_exact, parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 from shared.units import format_bytes, format_duration, format_watts
@@ -41,6 +41,13 @@ Answers from the collector's store (works while the collector runs).
                 first GPU process started on each node), most GPUs first
   --rejected    messages the collector quarantined (rejected or not storable), newest
                 first, with the rejected counters per reason; --node and --since filter
+  --step STEP   history in steps (a whole number of minutes, or of hours from 1h): the
+                node's (--node) or the fleet's mean GPU utilisation and power per step over
+                --since, from the raw samples where the store still has them (retention_s)
+                and from the rollups before (1-minute ones for steps under an hour, kept
+                rollups.retention_1m_s; 1-hour ones, rollups.retention_1h_s); each step
+                says its source (raw, 1m, 1h). Also without --step when --since reaches
+                past the raw samples (step 1h past two days, else 1m), or --since alone
 
 A node is offline when its status topic says so, stale when it sent no sample for
 stale_intervals x its sampling interval (settings; default 3 x)."""
@@ -53,6 +60,8 @@ examples:
   collector query --jobs --json
   collector query --node x1000c0s0b0n0 --gaps --since 1d
   collector query --rejected --since 24h --json
+  collector query --node x1000c0s0b0n0 --since 30d --step 1h
+  collector query --since 7d --json
 
 exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
 
@@ -123,6 +132,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"at most N nodes (summary, --gpus) or samples (--node); default "
         f"{_LIMIT_DEFAULT}; with --rejected at most N messages, default {_LIMIT_DEFAULT_REJECTED}",
     )
+    p.add_argument(
+        "--step",
+        metavar="DURATION",
+        help="history per step over --since: raw samples where kept, rollups before (each "
+        "step says which); a whole number of minutes, or of hours from 1h, e.g. 5m, 1h, 1d",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.set_defaults(handler=run)
 
@@ -141,9 +156,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.gaps and args.node is None:
         raise ConfigError("--gaps needs --node NODE: the node whose gaps to list", field="--gaps")
+    step_s = None if args.step is None else _step(args.step)
+    if step_s is not None and (args.gaps or args.rejected or args.gpus):
+        raise ConfigError("--step goes with --since and --node, or alone", field="--step")
     now = time.time()
     with StoreReader(settings.db_path) as store:
-        if args.gaps:
+        if not (args.gaps or args.rejected or args.gpus) and _wants_history(
+            store, args.node, since_s, step_s, now
+        ):
+            _history(store, args, since_s, step_s, now)
+        elif args.gaps:
             _gaps(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
         elif args.rejected:
             _rejected(store, args, since_s, now)
@@ -156,6 +178,102 @@ def run(args: argparse.Namespace) -> int:
         else:
             _summary(store, args, settings, now)
     return 0
+
+
+_MINUTE_S: Final = 60
+_HOUR_S: Final = 3600
+_TWO_DAYS_S: Final = 2 * 86_400.0
+
+
+def _step(text: str) -> int:
+    """``--step`` in seconds: whole minutes, or whole hours from an hour (the rollups')."""
+    step = parse_duration(text, field="--step")
+    unit = _HOUR_S if step >= _HOUR_S else _MINUTE_S
+    if step < _MINUTE_S or step % unit:
+        raise ConfigError(
+            f"--step {text!r} must be a whole number of minutes (1m-59m) or of hours (1h, "
+            "6h, 1d...): the rollups' buckets are minutes and hours",
+            field="--step",
+        )
+    return int(step)
+
+
+def _wants_history(
+    store: StoreReader, node: str | None, since_s: float | None, step_s: int | None, now: float
+) -> bool:
+    """History when asked (--step), when --since is given for the fleet, or when a node's
+    --since reaches back past its oldest raw sample into rollups (a node that is only new
+    lists its samples)."""
+    if step_s is not None:
+        return True
+    if since_s is None:
+        return False
+    if node is None:
+        return True
+    from collector.store.rollups import oldest_raw, rollups_before  # noqa: PLC0415
+
+    oldest = store.run(oldest_raw(node))
+    start = now - since_s
+    if oldest is not None and start >= oldest:
+        return False
+    return store.has_table("rollups") and store.run(
+        rollups_before(node, now if oldest is None else oldest)
+    )
+
+
+def _history(
+    store: StoreReader,
+    args: argparse.Namespace,
+    since_s: float | None,
+    step_s: int | None,
+    now: float,
+) -> None:
+    from collector.store.series import history  # noqa: PLC0415
+
+    window = _SINCE_DEFAULT_NODE_S if since_s is None else since_s
+    if step_s is None:
+        step_s = _HOUR_S if window > _TWO_DAYS_S else _MINUTE_S
+    result = history(store, now - window, now, step_s, node=args.node)
+    result = {"node": args.node, "since_s": window, **result}
+    if args.json:
+        print_json(result)
+        return
+    _print_history(result)
+
+
+def _print_history(result: dict[str, Any]) -> None:
+    import datetime as dt  # noqa: PLC0415
+
+    def utc(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    subject = f"node {result['node']}" if result["node"] else "fleet"
+    names = {"raw": "raw samples", "1m": "1-minute rollups", "1h": "1-hour rollups"}
+    sources = [names[s] for s in result["sources"]]
+    print(
+        f"{subject}, step {format_exact(result['step_s'] * 1000)}: "
+        + (" then ".join(sources) if sources else "no data")
+        + (
+            f" (raw from {utc(result['raw_from'])} UTC)"
+            if "raw" in result["sources"] and len(sources) > 1
+            else ""
+        )
+    )
+    if not result["points"]:
+        return
+    print(
+        render_table(
+            [{**p, "time": utc(p["t"])} for p in result["points"]],
+            [
+                Column("time", "TIME (UTC)", align_right=False),
+                Column("source", "SOURCE", align_right=False),
+                Column("samples", "SAMPLES"),
+                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("gpu_power_w", "GPU POWER", format_watts),
+                Column("cpu_power_w", "CPU POWER", format_watts),
+            ],
+        )
+    )
 
 
 def _pct(v: float) -> str:

@@ -280,6 +280,13 @@ def effective_end(terms: LeaseTerms) -> dt.date | None:
     return min(by_notice, terms.scheduled_end)
 
 
+def instants(terms: LeaseTerms) -> tuple[float, float | None]:
+    """The instants the lease holds its nodes between: its start and its effective end
+    (exclusive; ``None``: open-ended), each at midnight in the lease's zone."""
+    end = effective_end(terms)
+    return instant(terms.start, terms.tz), None if end is None else instant(end, terms.tz)
+
+
 def status(terms: LeaseTerms, today: dt.date) -> LeaseStatus:
     """``pending``, ``active``, ``notice_given`` or ``expired`` on ``today`` (lease's zone)."""
     end = effective_end(terms)

@@ -13,7 +13,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from collector.governance.lease import LeaseStatus, LeaseTerms, effective_end, status, today_in
+from collector.governance.lease import (
+    LeaseStatus,
+    LeaseTerms,
+    effective_end,
+    instants,
+    status,
+    today_in,
+)
 from collector.governance.quota import RESOURCES, Quota, QuotaTree
 
 __all__ = [
@@ -53,6 +60,10 @@ class Lease:
     def end(self) -> dt.date | None:
         """Its effective end date (exclusive), ``None`` when open-ended."""
         return effective_end(self.terms)
+
+    def interval(self) -> tuple[float, float | None]:
+        """The instants it holds its nodes between (:func:`~.lease.instants`)."""
+        return instants(self.terms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
 from collector.nodefacts import gpu_power_w
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
+from collector.store.rollups import pack_gpus
 from shared.clock import Clock
 from shared.errors import SchemaError
 from shared.logging import get_logger
@@ -121,6 +122,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         sample.epoch,
         sample.node_power_w,
         sample.node_power_source,
+        pack_gpus(gpus),
     )
 
 

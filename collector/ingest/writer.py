@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry
@@ -86,6 +86,9 @@ class Writer:
         retention_s: float = 86_400.0,
         retention_check_s: float = 30.0,
         retention_chunk_rows: int = 5_000,
+        rollup_retention_s: Mapping[int, float] | None = None,
+        rollup_fold_s: float = 5.0,
+        rollup_fold_samples: int = 20_000,
         quarantine_max_rows: int = 10_000,
         counters_every_s: float = _COUNTERS_EVERY_S,
         counter_values: Callable[[], dict[str, int]] | None = None,
@@ -99,6 +102,12 @@ class Writer:
         self._retention_s = retention_s
         self._retention_check_s = retention_check_s
         self._retention_chunk_rows = retention_chunk_rows
+        self._rollup_retention_s = dict(rollup_retention_s or {})
+        """Rollup resolution (s) -> how long its buckets are kept (none: rollups are off)."""
+        self._fold_s = rollup_fold_s
+        self._fold_samples = rollup_fold_samples
+        """Staged samples are folded into the rollups every ``rollup_fold_s``, or sooner
+        once this many wait (a fold's transaction stays short during a drain)."""
         self._quarantine_max_rows = quarantine_max_rows
         self._counters_every_s = counters_every_s
         self.metrics = WriterMetrics(CollectorRegistry()) if metrics is None else metrics
@@ -116,8 +125,9 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
+        next_fold = mono()  # at once: what a crash left staged
         while True:
-            first = await self._next(min(next_retention, next_counters) - mono())
+            first = await self._next(min(next_retention, next_counters, next_fold) - mono())
             if first is not None:
                 units, records, stop = self._gather(first)
                 if units:
@@ -125,10 +135,14 @@ class Writer:
                 for record in records:
                     await self._write_record(record)
                 if stop is not None:
+                    await self.fold_rollups()
                     await self.flush_counters()
                     stop.done.set_result(None)
                     return
             now = mono()
+            if now >= next_fold or self._store.pending_rollups >= self._fold_samples:
+                await self.fold_rollups()
+                next_fold = now + self._fold_s
             if now >= next_counters:
                 await self.flush_counters()
                 next_counters = now + self._counters_every_s
@@ -262,6 +276,16 @@ class Writer:
             raise StoreError(str(again), fatal=True, exit_code=1) from again
         self.metrics.quarantined.inc()
 
+    async def fold_rollups(self) -> None:
+        """Fold the samples staged for the rollups into them (with rollups on)."""
+        if self._store.rollups is None:
+            return
+        t0 = self._clock.monotonic()
+        folded = await self._store.fold_rollups()
+        if folded:
+            self.last_commit = self._clock.monotonic()
+            log.debug("rollups_folded", samples=folded, ms=round((self.last_commit - t0) * 1e3, 2))
+
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
         await self._store.write_counters(
@@ -282,7 +306,16 @@ class Writer:
         if deleted:
             self.metrics.retention_deleted.inc(deleted)
             log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
-        return deleted >= self._retention_chunk_rows
+        more = deleted >= self._retention_chunk_rows
+        for res, keep_s in self._rollup_retention_s.items():
+            cutoff_s = self._clock.time() - keep_s
+            gone = await self._store.delete_rollups_older_than(
+                res, cutoff_s, self._retention_chunk_rows
+            )
+            if gone:
+                log.info("rollup_retention_deleted", res_s=res, rows=gone, cutoff_s=cutoff_s)
+            more = more or gone >= self._retention_chunk_rows
+        return more
 
 
 def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:

@@ -32,8 +32,18 @@ import aiosqlite
 
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
+from collector.store.ledger import LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS
 from collector.store.query import Query
+from collector.store.rollups import (
+    FOLD_SQL,
+    HOUR,
+    PENDING_GPU_SQL,
+    PENDING_SQL,
+    RollupConfig,
+    pending_rows,
+    retention_sql,
+)
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -74,6 +84,9 @@ class SampleRow(NamedTuple):
     node_power_w: float | None = None
     """The node's input power (``Sample.node_power_w``, from its BMC or PSUs)."""
     node_power_source: str | None = None
+    gpu_stats: bytes = b""
+    """The GPUs as the rollups read them (:func:`collector.store.rollups.pack_gpus`); not a
+    column of ``samples``."""
 
 
 @dataclass(slots=True)
@@ -108,9 +121,15 @@ _SAMPLE_COLUMNS: Final = (
     "gpu_count, gpu_util_pct, gpu_mem_used_bytes, gpu_power_w, cpu_power_w, payload, payload_dict, "
     "epoch, node_power_w, node_power_source"
 )
-_INSERT_SAMPLES: Final = (f"INSERT OR IGNORE INTO samples ({_SAMPLE_COLUMNS})", 18, "")
+_INSERT_SAMPLES: Final = (
+    f"INSERT INTO samples ({_SAMPLE_COLUMNS})",
+    18,
+    " ON CONFLICT (node, ts_ms) DO NOTHING",
+)
 _SUMMARY: Final = 13
 """SampleRow's columns before the payload."""
+_RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
+"""``RETURNING`` (SQLite 3.35, 2021): the insert itself says which samples were new."""
 
 _INSERT_NODE: Final = ("INSERT OR IGNORE INTO nodes (node)", 1, "")
 _UPSERT_STATUS: Final = (
@@ -241,8 +260,13 @@ class Store:
         compress: bool = True,
         synchronous: Synchronous = "full",
         variable_limit: int | None = None,
+        rollups: RollupConfig | None = None,
     ) -> None:
         self.path = path
+        self.rollups = rollups
+        """How :meth:`write_batch` rolls new samples up (``None``: it does not)."""
+        self.pending_rollups = 0
+        """Samples staged for the rollups since the last fold by this store."""
         self.readonly = readonly
         self.synchronous: Synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
@@ -380,13 +404,64 @@ class Store:
                     (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
                     for r, b in zip(rows, blobs, strict=True)
                 ]
-            inserted = await self.insert_many(_INSERT_SAMPLES, samples)
+            rollups = self.rollups
+            if rollups is None or not rollups.enabled or not rows:
+                inserted = await self.insert_many(_INSERT_SAMPLES, samples)
+            else:
+                new = await self._insert_samples_new(rows, samples)
+                inserted = len(new)
+                await self._roll_up(new, rollups)
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)
             await self.insert_many(_UPSERT_INVENTORY, inventories)
             await self.insert_many(_INSERT_QUARANTINE, list(quarantine))
             await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
         return max(inserted, 0)
+
+    async def _insert_samples_new(
+        self, rows: Sequence[SampleRow], samples: list[tuple[Any, ...]]
+    ) -> list[SampleRow]:
+        """Insert ``samples`` (``rows`` stored); return the rows that were new, not duplicates
+        of a stored ``(node, ts_ms)``."""
+        by_key = {(r.node, r.ts_ms): r for r in rows}
+        if _RETURNING:
+            head, ncols, tail = _INSERT_SAMPLES
+            returning = (head, ncols, tail + " RETURNING node, ts_ms")
+            keys: list[Any] = await self.insert_many_returning(returning, samples)
+        else:  # an older SQLite: ask which keys exist, then insert
+            present: set[tuple[str, int]] = set()
+            for i in range(0, len(rows), 400):
+                chunk = rows[i : i + 400]
+                found = await self.fetchall(
+                    "SELECT node, ts_ms FROM samples WHERE "
+                    + " OR ".join(["(node = ? AND ts_ms = ?)"] * len(chunk)),
+                    [v for r in chunk for v in (r.node, r.ts_ms)],
+                )
+                present.update((f[0], f[1]) for f in found)
+            await self.insert_many(_INSERT_SAMPLES, samples)
+            keys = [k for k in by_key if k not in present]
+        return [by_key[(k[0], k[1])] for k in keys]
+
+    async def _roll_up(self, new: Sequence[SampleRow], config: RollupConfig) -> None:
+        """Stage ``new`` samples for the rollups (:mod:`collector.store.rollups`)."""
+        if not new:
+            return
+        node_rows, gpu_rows = pending_rows(new, config.busy_util_pct)
+        await self.insert_many(PENDING_SQL, node_rows)
+        await self.insert_many(PENDING_GPU_SQL, gpu_rows)
+        self.pending_rollups += len(new)
+
+    async def fold_rollups(self) -> int:
+        """Fold the staged samples into the rollups, in one transaction; return how many
+        samples were staged (left by a crash, too)."""
+        staged = 0
+        async with self.transaction("folding rollups"):
+            for sql in FOLD_SQL:
+                changed = await self.execute(sql)
+                if sql == "DELETE FROM rollup_pending":
+                    staged = max(staged, changed)  # the node rows: one per sample
+        self.pending_rollups = 0
+        return staged
 
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[None]:
@@ -459,6 +534,20 @@ class Store:
             await cur.close()
         return changed
 
+    async def insert_many_returning(
+        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
+    ) -> list[sqlite3.Row]:
+        """As :meth:`insert_many` for a statement ending in ``RETURNING``: its rows."""
+        head, ncols, tail = statement
+        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        out: list[sqlite3.Row] = []
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            sql = _multi_row_sql(head, ncols, len(chunk), tail)
+            async with self.conn.execute(sql, [v for row in chunk for v in row]) as cur:
+                out.extend(await cur.fetchall())
+        return out
+
     async def write_counters(
         self,
         counters: dict[str, int],
@@ -493,6 +582,20 @@ class Store:
             (cutoff_ms, chunk_rows),
             "retention delete",
         )
+
+    async def delete_rollups_older_than(self, res: int, cutoff_s: float, chunk_rows: int) -> int:
+        """Delete at most ``chunk_rows`` node and as many GPU rollups of resolution ``res``
+        whose bucket began before ``cutoff_s`` (and, for the hours, ledger hours); return
+        the most rows one table lost (a full chunk: call again)."""
+        cutoff = int(cutoff_s)
+        async with self.transaction("rollup retention delete"):
+            node = await self.execute(retention_sql(gpu=False), (res, cutoff, chunk_rows))
+            gpu = await self.execute(retention_sql(gpu=True), (res, cutoff, chunk_rows))
+            ledger = 0
+            if res == HOUR:
+                ledger = await self.execute(LEDGER_RETENTION_SQL, (cutoff, chunk_rows))
+                await self.execute("DELETE FROM ledger_dirty WHERE hour < ?", (cutoff,))
+        return max(node, gpu, ledger)
 
     async def trim_quarantine(self, keep_rows: int) -> int:
         """Keep only the newest ``keep_rows`` quarantined messages; return how many went."""

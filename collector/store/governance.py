@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
-from collector.governance.lease import LeaseTerms, effective_end, instant
+from collector.governance.lease import LeaseTerms, instants
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
@@ -337,7 +337,7 @@ class GovernanceWriter:
     ) -> int:
         """Store a new lease (overlaps already checked by the caller); return its id."""
         self.ensure_tenant(tenant)
-        start_at, end_at = _instants(terms)
+        start_at, end_at = instants(terms)
         cur = self.tx.execute(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
@@ -374,7 +374,7 @@ class GovernanceWriter:
 
     def update_lease(self, lease: Lease, terms: LeaseTerms, *, comment: str | None = None) -> None:
         """Replace ``lease``'s dates (cancel, extend, renew, apply)."""
-        start_at, end_at = _instants(terms)
+        start_at, end_at = instants(terms)
         notice = None if terms.notice_given is None else terms.notice_given.isoformat()
         self.tx.execute(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
@@ -423,8 +423,3 @@ def mark_forced(tx: Command, lease_id: int, reason: str) -> None:
         (reason, tx.now, lease_id),
     )
     tx.bump_generation()
-
-
-def _instants(terms: LeaseTerms) -> tuple[float, float | None]:
-    end = effective_end(terms)
-    return instant(terms.start, terms.tz), None if end is None else instant(end, terms.tz)

@@ -372,4 +372,104 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE samples ADD COLUMN node_power_source TEXT;
         """,
     ),
+    (
+        # Rollups (collector/store/rollups.py): per node and per GPU, 1-minute (res 60) and
+        # 1-hour (res 3600) aggregates of the samples stamped in each bucket (node clock),
+        # from the rows that were new (a duplicate adds nothing): staged in the batch's
+        # transaction (rollup_pending*), folded in every few seconds. Sums and counts, so a
+        # mean is sum / count and a bucket merges by addition; min/max by comparison. Kept
+        # per resolution (rollups.retention_1m_s / retention_1h_s), deleted by bucket
+        # through *_res_bucket.
+        # The usage ledger (collector/store/ledger.py): per hour, per node and per lease
+        # that held it, recomputed from the 1-hour rollups and the leases; ledger_dirty
+        # names the hours whose rollups moved since (n counts the batches: a recompute
+        # clears an hour only if no batch touched it meanwhile).
+        "0017_rollups_and_ledger",
+        """
+        CREATE TABLE rollups (
+            node TEXT NOT NULL,
+            res INTEGER NOT NULL,          -- 60 | 3600 seconds
+            bucket INTEGER NOT NULL,       -- start, Unix seconds (the samples' own clock)
+            samples INTEGER NOT NULL,
+            seconds REAL NOT NULL,         -- sum of the samples' intervals
+            gpus INTEGER NOT NULL,         -- most GPUs in one sample
+            gpu_s REAL NOT NULL,           -- sum of GPUs x interval (GPU-seconds reported)
+            util_gpu_s REAL NOT NULL,      -- sum of GPUs x mean utilisation x interval
+            busy_gpu_s REAL NOT NULL,      -- sum of busy GPUs x interval (busy_util_pct then)
+            util_n INTEGER NOT NULL, util_sum REAL NOT NULL, util_min REAL, util_max REAL,
+            power_n INTEGER NOT NULL, power_sum REAL NOT NULL, power_min REAL, power_max REAL,
+            temp_max REAL,                 -- hottest GPU
+            mem_n INTEGER NOT NULL, mem_sum REAL NOT NULL, mem_min REAL, mem_max REAL,
+            gpu_energy_j REAL NOT NULL,
+            cpu_n INTEGER NOT NULL, cpu_sum REAL NOT NULL, cpu_min REAL, cpu_max REAL,
+            cpu_energy_j REAL NOT NULL,
+            PRIMARY KEY (node, res, bucket)
+        ) WITHOUT ROWID;
+        CREATE INDEX rollups_res_bucket ON rollups (res, bucket);
+        CREATE TABLE gpu_rollups (
+            node TEXT NOT NULL,
+            res INTEGER NOT NULL,
+            bucket INTEGER NOT NULL,
+            gpu INTEGER NOT NULL,          -- the GPU's index on its node
+            samples INTEGER NOT NULL,
+            seconds REAL NOT NULL,
+            util_n INTEGER NOT NULL, util_sum REAL NOT NULL, util_min REAL, util_max REAL,
+            power_n INTEGER NOT NULL, power_sum REAL NOT NULL, power_min REAL, power_max REAL,
+            temp_n INTEGER NOT NULL, temp_sum REAL NOT NULL, temp_min REAL, temp_max REAL,
+            mem_n INTEGER NOT NULL, mem_sum REAL NOT NULL, mem_min REAL, mem_max REAL,
+            energy_j REAL NOT NULL,
+            PRIMARY KEY (node, res, bucket, gpu)
+        ) WITHOUT ROWID;
+        CREATE INDEX gpu_rollups_res_bucket ON gpu_rollups (res, bucket);
+        -- What the writer's batches stored and the rollups do not hold yet: one row per new
+        -- sample (and one per GPU), appended in the batch's transaction, folded into the
+        -- rollups and deleted in one transaction every few seconds.
+        CREATE TABLE rollup_pending (
+            node TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            interval_s REAL NOT NULL,
+            gpus INTEGER NOT NULL,
+            util REAL,                     -- mean GPU utilisation
+            busy INTEGER NOT NULL,         -- GPUs at or above busy_util_pct
+            power REAL,                    -- GPU power, all GPUs
+            temp_max REAL,
+            mem REAL,                      -- GPU memory used, all GPUs
+            cpu REAL                       -- CPU package power (RAPL)
+        );
+        CREATE TABLE rollup_pending_gpu (
+            node TEXT NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            interval_s REAL NOT NULL,
+            gpu INTEGER NOT NULL,
+            util REAL,
+            power REAL,
+            temp REAL,
+            mem REAL
+        );
+        CREATE TABLE usage_ledger (
+            hour INTEGER NOT NULL,         -- start, Unix seconds (UTC hours)
+            node TEXT NOT NULL,
+            lease TEXT NOT NULL,           -- '' when no lease held the node
+            tenant TEXT,                   -- NULL when no lease held the node
+            pool TEXT NOT NULL,            -- the lease's pool, else the node's, else 'free'
+            gpus INTEGER NOT NULL,         -- GPUs of the node (inventory, else samples)
+            held_h REAL NOT NULL,          -- hours of this hour the lease held the node
+            allocated_gpu_h REAL NOT NULL,
+            busy_gpu_h REAL NOT NULL,
+            used_gpu_h REAL NOT NULL,      -- utilisation-weighted GPU-hours
+            reported_gpu_h REAL NOT NULL,  -- GPU-hours the node's samples covered
+            gpu_kwh REAL NOT NULL,
+            cpu_kwh REAL NOT NULL,
+            node_kwh REAL,
+            node_kwh_basis TEXT NOT NULL,  -- measured | model | gpu+cpu
+            computed REAL NOT NULL,
+            PRIMARY KEY (hour, node, lease)
+        ) WITHOUT ROWID;
+        CREATE INDEX usage_ledger_tenant ON usage_ledger (tenant, hour);
+        CREATE TABLE ledger_dirty (
+            hour INTEGER PRIMARY KEY,
+            n INTEGER NOT NULL
+        );
+        """,
+    ),
 )

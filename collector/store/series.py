@@ -1,16 +1,22 @@
-"""Time series for ``collector plot``: one node's samples, or the fleet in time buckets.
+"""Time series for ``collector plot`` and ``collector query``: one node's samples, or the
+fleet in time buckets; and :func:`history`, raw samples where kept and rollups before.
 
 Served by indexes: ``samples (node, ts_ms)`` for a node, ``samples (received_ms)`` for the
-fleet (by arrival time, which the collector's clock sets).
+fleet (by arrival time, which the collector's clock sets); ``rollups`` by its primary key
+for a node, by ``(res, bucket)`` for the fleet.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
+from collector.store import rollups
 from collector.store.reader import StoreReader
+from collector.store.rollups import HOUR, MINUTE
 
-__all__ = ["fleet_series", "known_node", "node_series"]
+__all__ = ["fleet_series", "history", "known_node", "node_series"]
 
 
 def known_node(reader: StoreReader, node: str) -> bool:
@@ -61,3 +67,134 @@ def fleet_series(
         (bucket_ms, bucket_ms, since_ms, *extra, bucket_ms),
     )
     return [dict(r) for r in rows]
+
+
+def _step_bucket(column: str, step_s: int) -> str:
+    """SQL for the start (Unix s) of ``column``'s (ms) step."""
+    return f"{column} / {step_s * 1000} * {step_s}"
+
+
+def _raw_points(
+    reader: StoreReader,
+    node: str | None,
+    *,
+    since: float,
+    until: float,
+    step_s: int,
+    nodes: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    """Raw samples per step: a node's by time stamp, the fleet's by arrival."""
+    lo, hi = round(since * 1000), round(until * 1000)
+    if node is not None:
+        rows = reader.fetchall(
+            f"SELECT {_step_bucket('ts_ms', step_s)} AS t, count(*) AS samples, "
+            "avg(cpu_pct) AS cpu_pct, "
+            "avg(100.0 * mem_used_bytes / NULLIF(mem_total_bytes, 0)) AS mem_pct, "
+            "avg(gpu_util_pct) AS gpu_util_pct, avg(gpu_power_w) AS gpu_power_w, "
+            "avg(cpu_power_w) AS cpu_power_w, avg(gpu_mem_used_bytes) AS gpu_mem_used_bytes "
+            "FROM samples WHERE node = ? AND ts_ms >= ? AND ts_ms < ? GROUP BY 1 ORDER BY 1",
+            (node, lo, hi),
+        )
+    else:
+        where, extra = "", tuple[str, ...]()
+        if nodes is not None:
+            where = f" AND node IN ({', '.join('?' * len(nodes))})"
+            extra = tuple(nodes)
+        rows = reader.fetchall(
+            f"SELECT {_step_bucket('received_ms', step_s)} AS t, count(*) AS samples, "
+            "avg(cpu_pct) AS cpu_pct, "
+            "avg(100.0 * mem_used_bytes / NULLIF(mem_total_bytes, 0)) AS mem_pct, "
+            "avg(gpu_util_pct) AS gpu_util_pct, "
+            "avg(gpu_power_w) * count(DISTINCT node) AS gpu_power_w, "
+            "avg(cpu_power_w) * count(DISTINCT node) AS cpu_power_w, "
+            "count(DISTINCT node) AS nodes FROM samples WHERE received_ms >= ? "
+            f"AND received_ms < ?{where} GROUP BY 1 ORDER BY 1",
+            (lo, hi, *extra),
+        )
+    return [{**dict(r), "t": float(r["t"]), "source": "raw"} for r in rows]
+
+
+def _rollup_points(
+    reader: StoreReader,
+    node: str | None,
+    *,
+    since: float,
+    until: float,
+    step_s: int,
+    nodes: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    """Rollup buckets per step: 1-hour buckets for steps of an hour or more, else 1-minute."""
+    res = HOUR if step_s >= HOUR else MINUTE
+    source = "1h" if res == HOUR else "1m"
+    if node is None:
+        points = reader.run(rollups.fleet_series(res, since, until, step_s, nodes))
+        return [{**p, "t": float(p["t"]), "source": source} for p in points]
+    buckets = reader.run(rollups.node_series(node, res, since, until))
+    out: dict[int, dict[str, Any]] = {}
+    for b in buckets:
+        t = int(b["t"]) // step_s * step_s
+        acc = out.setdefault(t, {"t": float(t), "samples": 0, "source": source, "_w": []})
+        acc["samples"] += b["samples"]
+        acc["_w"].append(b)
+    points = []
+    for acc in out.values():
+        parts = acc.pop("_w")
+        n = sum(p["samples"] for p in parts) or 1
+
+        def mean(key: str, parts: list[dict[str, Any]] = parts, n: int = n) -> float | None:
+            known = [(p[key], p["samples"]) for p in parts if p[key] is not None]
+            if not known:
+                return None
+            return float(sum(v * w for v, w in known) / sum(w for _, w in known))
+
+        acc.update(
+            cpu_pct=None,
+            mem_pct=None,
+            gpu_util_pct=mean("gpu_util_pct"),
+            gpu_power_w=mean("gpu_power_w"),
+            cpu_power_w=mean("cpu_power_w"),
+            gpu_mem_used_bytes=mean("gpu_mem_used_bytes"),
+            gpu_util_max_pct=max(
+                (p["gpu_util_max_pct"] for p in parts if p["gpu_util_max_pct"] is not None),
+                default=None,
+            ),
+            gpu_energy_j=sum(p["gpu_energy_j"] for p in parts),
+            cpu_energy_j=sum(p["cpu_energy_j"] for p in parts),
+        )
+        points.append(acc)
+    return points
+
+
+def history(
+    reader: StoreReader,
+    since: float,
+    until: float,
+    step_s: int,
+    *,
+    node: str | None = None,
+    nodes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``node``'s (or the fleet's, or ``nodes``') history in steps of ``step_s`` (a whole
+    number of minutes, or of hours from an hour): raw samples where the store still has
+    them, rollups before (1-hour buckets for steps of an hour or more, else 1-minute), each
+    point saying its ``source`` (``raw``, ``1m``, ``1h``). Raw begins at the first step
+    boundary after the oldest stored sample (the node's by time stamp, the fleet's by
+    arrival), so no step mixes the two."""
+    oldest = reader.run(rollups.oldest_raw(node))
+    split = until if oldest is None else max(since, math.ceil(oldest / step_s) * step_s)
+    points: list[dict[str, Any]] = []
+    if split > since and reader.has_table("rollups"):
+        points += _rollup_points(
+            reader, node, since=since, until=min(split, until), step_s=step_s, nodes=nodes
+        )
+    if split < until:
+        points += _raw_points(reader, node, since=split, until=until, step_s=step_s, nodes=nodes)
+    sources = sorted({p["source"] for p in points}, key=("1h", "1m", "raw").index)
+    return {
+        "since": since,
+        "until": until,
+        "step_s": step_s,
+        "raw_from": split,
+        "sources": sources,
+        "points": points,
+    }

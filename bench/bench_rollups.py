@@ -1,0 +1,222 @@
+"""Rollups and the usage ledger: cost per sample, bytes per node-day, month-long reads.
+
+Prints figures (targets in issue 17, not pass/fail):
+
+``cost``
+    ``Store.write_batch`` of 8-GPU samples (4,000-sample batches, as the writer commits
+    during a drain) with rollups off and on, and the folds: process CPU microseconds per
+    sample (the writer's connection thread included).
+``bytes``
+    20 nodes x one day at 30 s through the real path (stage, fold), raw samples then
+    deleted and the file vacuumed: rollup bytes per node-day (node + 8 GPUs, both
+    resolutions).
+``reads``
+    A store of 1,000 8-GPU nodes x 30 days of 1-hour rollups (staged one row per node-hour
+    and folded) and the usage ledger made by :func:`collector.governance.ledger.ledger_rows`
+    (50 tenants, one lease of 20 nodes each), then whole processes, median of 5:
+    ``collector usage --month`` and ``collector query --node N --since 30d --step 1h``.
+
+The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
+``CAPWATCH_ROLLUPS__ENABLED=false|true``.
+
+Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|all]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from agent.simulate import FleetSimulator
+from collector.governance.lease import LeaseTerms
+from collector.governance.ledger import ledger_rows, node_hours
+from collector.ingest.validate import sample_row
+from collector.store.db import NodeUpdate, Store
+from collector.store.governance import GovernanceWriter, governance
+from collector.store.ledger import write_ledger
+from collector.store.rollups import HOUR, PENDING_SQL, RollupConfig, hour_rows
+from shared.schema import encode
+
+__all__ = ["main"]
+
+BIN = Path(sys.executable).parent
+
+
+async def cost() -> None:
+    """CPU us per sample, rollups off and on."""
+    n, ticks = 4000, 13
+    sim = FleetSimulator(n, gpus_per_node=8, seed=3, interval_s=5)
+    t0 = 1.8e9
+    batches = [
+        [
+            sample_row(s, encode(s), t0 + 5 * k)
+            for s in (sim.sample(i, t0 + 5 * k, k) for i in range(n))
+        ]
+        for k in range(ticks)
+    ]
+    for on in (False, True, False, True):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = RollupConfig() if on else None
+            async with Store(Path(d) / "c.db", rollups=cfg, synchronous="normal") as st:
+                await st.write_batch(batches[0])
+                if on:
+                    await st.fold_rollups()
+                c0, w0 = time.process_time(), time.perf_counter()
+                fold_cpu = 0.0
+                for k, b in enumerate(batches[1:], 1):
+                    await st.write_batch(b)
+                    if on and k % 5 == 0:  # 20,000 staged: the writer's fold threshold
+                        f = time.process_time()
+                        await st.fold_rollups()
+                        fold_cpu += time.process_time() - f
+                if on:
+                    f = time.process_time()
+                    await st.fold_rollups()
+                    fold_cpu += time.process_time() - f
+                samples = n * (ticks - 1)
+                cpu = (time.process_time() - c0) / samples * 1e6
+                wall = (time.perf_counter() - w0) / samples * 1e6
+                print(
+                    f"cost: rollups {'on ' if on else 'off'} {cpu:6.1f} us CPU/sample "
+                    f"({wall:.1f} us wall; folds {fold_cpu / samples * 1e6:.1f} us/sample)"
+                )
+
+
+async def size() -> None:
+    """Rollup bytes per node-day."""
+    nodes, step = 20, 30
+    sim = FleetSimulator(nodes, gpus_per_node=8, seed=4, interval_s=step)
+    t0 = 1.8e9 - 1.8e9 % 86_400
+    with tempfile.TemporaryDirectory() as d:
+        db = Path(d) / "c.db"
+        async with Store(db, rollups=RollupConfig(), synchronous="normal") as st:
+            for k in range(86_400 // step):
+                t = t0 + step * k
+                await st.write_batch(
+                    [
+                        sample_row(s, encode(s), t)
+                        for s in (sim.sample(i, t, k) for i in range(nodes))
+                    ]
+                )
+                if k % 200 == 0:
+                    await st.fold_rollups()
+            await st.fold_rollups()
+            empty = await _bytes(st)  # raw + rollups
+            await st.delete_older_than(1 << 62, 1 << 30)
+            await st.execute("VACUUM")
+            rolled = await _bytes(st)
+        print(
+            f"bytes: rollups {rolled / nodes:,.0f} B per node-day (node + 8 GPUs, 1m + 1h; "
+            f"store with a day of raw at {step} s: {empty / nodes:,.0f} B per node-day)"
+        )
+
+
+async def _bytes(st: Store) -> int:
+    rows = await st.fetchall("PRAGMA page_count")
+    size = await st.fetchall("PRAGMA page_size")
+    return int(rows[0][0]) * int(size[0][0])
+
+
+async def _bytes_of(db: Path) -> int:
+    async with Store(db) as st:
+        return await _bytes(st)
+
+
+def _median_ms(argv: list[str], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+async def reads(db: Path) -> None:
+    """usage --month and query --since 30d --step 1h on 1,000 nodes x 30 days."""
+    nodes, days, tenants = 1000, 30, 50
+    month0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp()
+    names = [f"x{1000 + i // 64}c0s{i % 64 // 8}b0n{i % 8}" for i in range(nodes)]
+    inv = encode(FleetSimulator(1, gpus_per_node=8, seed=1).inventory(0, month0))
+    async with Store(db, rollups=RollupConfig(), synchronous="normal") as st:
+        await st.write_batch(
+            [], [NodeUpdate(n, inventory=inv, inventory_ts=month0) for n in names], names
+        )
+        for day in range(days):
+            staged = []
+            for h in range(24):
+                t_ms = round((month0 + (day * 24 + h) * 3600) * 1000)
+                for i, n in enumerate(names):
+                    util = float((i * 7 + h * 13) % 100)
+                    busy = int(8 * util / 100)
+                    staged.append((n, t_ms, 3600.0, 8, util, busy, 8 * 400.0, 60.0, 6.4e11, 300.0))
+            async with st.transaction("staging a day"):
+                await st.insert_many(PENDING_SQL, staged)
+            await st.fold_rollups()
+    with GovernanceWriter(db, now=month0) as w:
+        for k in range(tenants):
+            w.add_lease(
+                name=f"lease-{k}",
+                tenant=f"tenant-{k}",
+                pool=None,
+                nodes=names[k * 20 : k * 20 + 20],
+                terms=LeaseTerms(start=dt.date(2026, 11, 1), duration_days=365),
+            )
+    async with Store(db) as st:
+        gov = await st.run(governance())
+        gpus = dict.fromkeys(names, 8)
+        for day in range(days):
+            hours = [int(month0) + (day * 24 + h) * HOUR for h in range(24)]
+            rows = []
+            for hour in hours:
+                rollups = node_hours(await st.run(hour_rows(hour, hour + HOUR)))
+                rows += ledger_rows(hour, rollups, gov, gpus=gpus, pools={})
+            await write_ledger(st, hours, rows, (), time.time())
+        (ledger,) = (await st.fetchall("SELECT count(*) FROM usage_ledger"))[0]
+    print(
+        f"reads: store of {nodes} nodes x {days} days, {ledger:,} ledger rows, "
+        f"{(await _bytes_of(db)) / 1e6:,.0f} MB"
+    )
+    usage = _median_ms(
+        [str(BIN / "collector"), "usage", "--db", str(db), "--month", "2026-11", "--json"]
+    )
+    query = _median_ms(
+        [str(BIN / "collector"), "query", "--db", str(db), "--node", names[0], "--since", "40d",
+         "--step", "1h", "--json"]
+    )  # fmt: skip
+    print(
+        f"reads: collector usage --month 2026-11 --json: {usage:.0f} ms "
+        "(median of 5, whole process)"
+    )
+    print(f"reads: collector query --node N --since 40d --step 1h --json: {query:.0f} ms")
+
+
+def main() -> None:
+    """Run the parts asked for and print their figures."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--part", choices=("cost", "bytes", "reads", "all"), default="all")
+    p.add_argument("--db", type=Path, help="reads: build the store here (default: a temp dir)")
+    args = p.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if args.part in ("cost", "all"):
+        asyncio.run(cost())
+    if args.part in ("bytes", "all"):
+        asyncio.run(size())
+    if args.part in ("reads", "all"):
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(reads(args.db or Path(d) / "month.db"))
+
+
+if __name__ == "__main__":
+    main()

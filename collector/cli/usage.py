@@ -1,0 +1,192 @@
+"""``collector usage``: who held and used what, from the usage ledger, with cost.
+
+Argument handling and output only: the sums are :func:`collector.store.ledger.ledger_days`,
+the folding and pricing :func:`collector.governance.billing.usage_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import csv
+import datetime as dt
+import sys
+from typing import Any, Final
+
+from collector.cli import COMMANDS
+from collector.cli._args import add_settings_args, settings_from_args
+from collector.cli._render import Column, print_json, render_table
+from shared.errors import ConfigError
+
+__all__ = ["add_parser", "period_window", "run"]
+
+_DESCRIPTION: Final = """\
+GPU-hours, energy and cost per tenant from the usage ledger (the collector keeps it per
+hour and node from the rollups and the leases in force each hour).
+
+  allocated    GPUs of the leased nodes x the hours the lease held them
+  busy         GPU-hours at or above governance.busy_util_pct
+  utilisation  busy / allocated; idle leased = allocated - busy
+  energy       GPU (energy counters), CPU (RAPL), node: measured where reported, else the
+               capacity plan's model of the node type, else GPU + CPU ('basis' says which)
+  cost         allocated GPU-hours x the [billing] price (by lease, else tenant, else
+               gpu_hour) + node kWh x kwh
+
+Rows are per period (--by) and tenant; 'totals' add them up; 'fleet' also counts the
+hours no lease held. Days and months are UTC."""
+
+_EPILOG: Final = """\
+examples:
+  collector usage --month 2026-11
+  collector usage --tenant acme --from 2026-11-01 --to 2026-11-15 --by day
+  collector usage --pool a100 --month 2026-11 --json
+  collector usage --month 2026-11 --csv > november.csv
+
+exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
+
+_COLUMNS: Final = (
+    "period",
+    "tenant",
+    "allocated_gpu_hours",
+    "busy_gpu_hours",
+    "utilisation_pct",
+    "idle_leased_gpu_hours",
+    "used_gpu_hours",
+    "gpu_kwh",
+    "cpu_kwh",
+    "node_kwh",
+    "node_kwh_basis",
+    "gpu_hour_cost",
+    "energy_cost",
+    "cost",
+)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``collector usage``."""
+    p = sub.add_parser(
+        "usage",
+        help=COMMANDS["usage"][1],
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings_args(p)
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--tenant", metavar="T", help="only this tenant's leases")
+    who.add_argument("--lease", metavar="L", help="only this lease")
+    who.add_argument("--pool", metavar="P", help="only this pool's hours")
+    p.add_argument("--month", metavar="YYYY-MM", help="one calendar month (UTC)")
+    p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (UTC)")
+    p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day, included (UTC)")
+    p.add_argument(
+        "--by", choices=("day", "week", "month"), default="month", help="rows per (default month)"
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    out.add_argument("--csv", action="store_true", help="the rows as CSV")
+    p.set_defaults(handler=run)
+
+
+def _day(text: str, flag: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r} is not a date: write YYYY-MM-DD, e.g. 2026-11-01", field=flag
+        ) from None
+
+
+def period_window(month: str | None, start: str | None, end: str | None) -> tuple[float, float]:
+    """[since, until) in Unix seconds for ``--month`` or ``--from``/``--to`` (UTC days)."""
+    if month is not None:
+        if start is not None or end is not None:
+            raise ConfigError("--month or --from/--to, not both", field="--month")
+        try:
+            year, mon = (int(x) for x in month.split("-"))
+            first = dt.date(year, mon, 1)
+        except ValueError:
+            raise ConfigError(
+                f"--month {month!r} is not a month: write YYYY-MM, e.g. 2026-11", field="--month"
+            ) from None
+        last = first.replace(day=calendar.monthrange(year, mon)[1])
+    elif start is not None and end is not None:
+        first, last = _day(start, "--from"), _day(end, "--to")
+        if last < first:
+            raise ConfigError(f"--to {end} is before --from {start}", field="--to")
+    else:
+        raise ConfigError(
+            "say which days: --month YYYY-MM, or --from YYYY-MM-DD --to YYYY-MM-DD",
+            field="--month",
+        )
+    since = dt.datetime(first.year, first.month, first.day, tzinfo=dt.UTC).timestamp()
+    until = since + ((last - first).days + 1) * 86_400.0
+    return since, until
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the usage rows and totals; exit 0, or 2 with one line on a bad flag."""
+    from collector.governance.billing import usage_report  # noqa: PLC0415
+    from collector.store.ledger import ledger_days  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    since, until = period_window(args.month, args.start, args.end)
+    settings = settings_from_args(args)
+    with StoreReader(settings.db_path) as reader:
+        if not reader.has_table("usage_ledger"):
+            raise ConfigError(
+                f"{settings.db_path} has no usage ledger yet: start this version's "
+                "`collector run` once to migrate it",
+                field="--db",
+            )
+        days = reader.run(
+            ledger_days(since, until, tenant=args.tenant, lease=args.lease, pool=args.pool)
+        )
+    report = usage_report(days, args.by, settings.billing)
+    report = {"since": since, "until": until, "by": args.by, **report}
+    if args.json:
+        print_json(report)
+    elif args.csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(report["rows"])
+    else:
+        _print(report)
+    return 0
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _print(report: dict[str, Any]) -> None:
+    rows = report["rows"]
+    if not rows:
+        print("no leased hours in that window")
+    else:
+        cur = report["currency"]
+        totals = {**report["totals"], "period": "total", "tenant": ""}
+        print(
+            render_table(
+                [*rows, totals],
+                [
+                    Column("period", "PERIOD", align_right=False),
+                    Column("tenant", "TENANT", align_right=False),
+                    Column("allocated_gpu_hours", "ALLOC GPU-H", _num),
+                    Column("busy_gpu_hours", "BUSY GPU-H", _num),
+                    Column("utilisation_pct", "UTIL", lambda v: f"{v:.1f}%"),
+                    Column("idle_leased_gpu_hours", "IDLE GPU-H", _num),
+                    Column("gpu_kwh", "GPU KWH", _num),
+                    Column("cpu_kwh", "CPU KWH", _num),
+                    Column("node_kwh", "NODE KWH", _num),
+                    Column("node_kwh_basis", "BASIS", align_right=False),
+                    Column("cost", f"COST {cur}", lambda v: f"{v:,.2f}"),
+                ],
+            )
+        )
+    f = report["fleet"]
+    print(
+        f"fleet: {_num(f['allocated_gpu_hours'])} GPU-hours allocated, "
+        f"{_num(f['reported_gpu_hours'])} reported, {_num(f['node_kwh'])} kWh "
+        f"({f['node_kwh_basis']})"
+    )

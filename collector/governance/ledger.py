@@ -1,0 +1,247 @@
+"""The usage ledger: per hour and node, who held it (lease, tenant, pool) and what it did.
+
+:func:`ledger_rows` is pure: from one hour's 1-hour rollups (:mod:`collector.store.rollups`),
+the leases (:class:`~collector.governance.state.Governance`, as the store's governance read
+returns them) and each node's GPUs, it makes the hour's rows. A lease that held a node for
+part of the hour (leases start and end at midnight in their own zone) gets that fraction of
+the hour: of the allocated GPU-hours exactly, and of what the node measured in the hour
+(busy and utilisation-weighted GPU-hours, energy) in proportion; the rest of the hour is a
+row of no lease (``tenant`` NULL), so the tenants' rows and the unleased rows add up to the
+fleet's.
+
+* allocated GPU-hours: the node's GPUs (inventory, else the most its samples reported) x
+  the hours the lease held it, whether the node reported or not;
+* busy GPU-hours: GPUs at or above ``governance.busy_util_pct`` x their time, as rolled up;
+* used GPU-hours: GPUs x mean utilisation x time (the quotas' measured basis);
+* GPU energy from the GPUs' interval power (energy counter), CPU energy from RAPL;
+* node energy: ``measured`` where a node reports its own draw (no agent does yet: BMC
+  readings are planned), else ``model``: the capacity plan's model of the node type
+  (:meth:`collector.capacity.compute.NodeModel.draw_of`, the same as the live picture) at
+  the hour's mean GPU and CPU power, else ``gpu+cpu``: the two measured parts alone.
+
+:class:`LedgerJob` is an evaluator cycle: every ``rollups.ledger_interval_s`` it recomputes
+the hours the writer marked dirty (their rollups moved) and returns a record that replaces
+their rows. So a collector outage loses nothing the rollups got afterwards (an agent's spool
+replayed late lands in its hours, which are then recomputed), and a restart recomputes what
+was marked and not yet done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from collector.governance.state import Governance
+from collector.store.ledger import (
+    LedgerRow,
+    dirty_hours,
+    ledger_at,
+    pool_of_nodes,
+    write_ledger,
+)
+from collector.store.rollups import HOUR, hour_rows
+from collector.store.usage import node_hardware
+from shared.clock import Clock
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from collector.capacity.compute import NodeModel
+    from collector.live import LiveView
+    from collector.store.db import Store
+
+__all__ = ["LedgerJob", "LedgerRecord", "NodeHour", "ledger_rows", "node_hours"]
+
+log = get_logger("ledger")
+
+_J_PER_KWH: Final = 3.6e6
+FREE: Final = "free"
+"""The pool of a node in none (:data:`collector.store.pools.FREE`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHour:
+    """One node's 1-hour rollup, as the ledger reads it."""
+
+    node: str
+    hour: int
+    seconds: float
+    gpus: int
+    gpu_s: float
+    util_gpu_s: float
+    busy_gpu_s: float
+    gpu_energy_j: float
+    cpu_energy_j: float
+    gpu_w: float | None
+    """Mean GPU power (all GPUs) over its samples."""
+    cpu_w: float | None
+
+
+def node_hours(rows: Iterable[Any]) -> list[NodeHour]:
+    """:class:`NodeHour` of the rows of :func:`collector.store.rollups.hour_rows`."""
+    return [
+        NodeHour(
+            node=r[0],
+            hour=int(r[1]),
+            seconds=float(r[2]),
+            gpus=int(r[3]),
+            gpu_s=float(r[4]),
+            util_gpu_s=float(r[5]),
+            busy_gpu_s=float(r[6]),
+            gpu_energy_j=float(r[7]),
+            cpu_energy_j=float(r[8]),
+            gpu_w=r[9] / r[10] if r[10] else None,
+            cpu_w=r[11] / r[12] if r[12] else None,
+        )
+        for r in rows
+    ]
+
+
+_Share = tuple[str, str | None, str | None, float]
+"""(lease name or '', tenant, the lease's pool, hours held)."""
+
+
+def _holders(gov: Governance, start: float, end: float) -> dict[str, list[_Share]]:
+    """Node -> (lease, tenant, pool, hours held) of each lease holding it in [start, end)."""
+    out: dict[str, list[_Share]] = {}
+    for lease in gov.leases:
+        s, e = lease.interval()
+        held = (min(end, math.inf if e is None else e) - max(start, s)) / 3600.0
+        if held <= 0:
+            continue
+        for node in lease.nodes:
+            out.setdefault(node, []).append((lease.name, lease.tenant, lease.pool, held))
+    return out
+
+
+def ledger_rows(
+    hour: int,
+    rollups: Sequence[NodeHour],
+    gov: Governance,
+    *,
+    gpus: Mapping[str, int],
+    pools: Mapping[str, str],
+    model: Callable[[str], NodeModel | None] | None = None,
+    now: float = math.inf,
+) -> list[LedgerRow]:
+    """The ledger rows of ``hour`` (see the module docstring). ``gpus``: node -> its GPUs
+    by its inventory; ``pools``: node -> its pool now; ``model``: node -> its type's power
+    model (``None``: no capacity plan, or its type is unknown); ``now``: the hour counts
+    only up to it (the current hour is allocated as far as it has gone)."""
+    end = min(hour + HOUR, now)
+    span = max(end - hour, 0.0) / 3600.0
+    holders = _holders(gov, hour, end)
+    by_node = {r.node: r for r in rollups}
+    out: list[LedgerRow] = []
+    for node in sorted(by_node.keys() | holders.keys()):
+        r = by_node.get(node)
+        n_gpus = gpus.get(node) or (r.gpus if r is not None else 0)
+        node_model = None if model is None else model(node)
+        shares = [
+            (lease, tenant, pool, held) for lease, tenant, pool, held in holders.get(node, [])
+        ]
+        rest = span - sum(s[3] for s in shares)
+        if r is not None and (rest > 1e-9 or not shares):
+            shares.append(("", None, None, max(rest, 0.0)))
+        measured_span = sum(s[3] for s in shares) or 1.0
+        for lease, tenant, pool, held in shares:
+            f = held / measured_span
+            if r is None:
+                measured = (0.0, 0.0, 0.0, 0.0, 0.0)
+                node_kwh, basis = None, "none"
+            else:
+                gpu_kwh = r.gpu_energy_j / _J_PER_KWH * f
+                cpu_kwh = r.cpu_energy_j / _J_PER_KWH * f
+                measured = (
+                    r.busy_gpu_s / 3600.0 * f,
+                    r.util_gpu_s / 3600.0 * f,
+                    r.gpu_s / 3600.0 * f,
+                    gpu_kwh,
+                    cpu_kwh,
+                )
+                if node_model is not None:
+                    draw_w, _ = node_model.draw_of(r.gpu_w or 0.0, r.gpus, r.cpu_w)
+                    node_kwh, basis = draw_w * r.seconds / _J_PER_KWH * f, "model"
+                else:
+                    node_kwh, basis = gpu_kwh + cpu_kwh, "gpu+cpu"
+            out.append(
+                LedgerRow(
+                    hour,
+                    node,
+                    lease,
+                    tenant,
+                    pool or pools.get(node, FREE),
+                    n_gpus,
+                    held,
+                    n_gpus * held if lease else 0.0,
+                    *measured,
+                    node_kwh,
+                    basis,
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    """Recomputed ledger hours, for the writer."""
+
+    hours: tuple[int, ...]
+    rows: tuple[LedgerRow, ...]
+    dirty: tuple[tuple[int, int], ...]
+    at: float
+    name: str = "ledger"
+
+    async def write(self, store: Store) -> None:
+        """Replace the hours' rows and clear their marks (see :func:`write_ledger`)."""
+        await write_ledger(store, self.hours, self.rows, self.dirty, self.at)
+
+
+class LedgerJob:
+    """Recomputes dirty ledger hours every ``interval_s``; an evaluator cycle."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        interval_s: float = 300.0,
+        governance: Callable[[], Governance],
+        model: Callable[[str], NodeModel | None] | None = None,
+        max_hours: int = 48,
+    ) -> None:
+        self.name = "ledger"
+        self.interval_s = interval_s
+        self._clock = clock
+        self._governance = governance
+        self._model = model
+        self._max_hours = max_hours
+        """Hours recomputed per run at most (oldest first): a long replay is caught up over
+        several runs, each short."""
+        self.runs = 0
+
+    async def __call__(self, store: Store, view: LiveView) -> LedgerRecord | None:
+        """Recompute the dirty hours from ``store`` (read-only) and the leases."""
+        now = self._clock.time()
+        self.runs += 1
+        dirty = (await store.run(dirty_hours()))[: self._max_hours]
+        # The hours since the last run too, marked or not: a lease holds its nodes (and is
+        # allocated their GPU-hours) whether any node reported in the hour or not.
+        last = await store.run(ledger_at())
+        current = int(now) // HOUR * HOUR
+        first = current if last is None else max(int(last) // HOUR * HOUR, current - 48 * HOUR)
+        hours = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
+        hours = hours[: self._max_hours]
+        hardware = await store.run(node_hardware())
+        pools = await store.run(pool_of_nodes())
+        gpus = {n: h.gpus for n, h in hardware.items()}
+        gov = self._governance()
+        rows: list[LedgerRow] = []
+        for hour in hours:
+            rollups = node_hours(await store.run(hour_rows(hour, hour + HOUR)))
+            rows.extend(
+                ledger_rows(hour, rollups, gov, gpus=gpus, pools=pools, model=self._model, now=now)
+            )
+        log.info("ledger_computed", hours=len(hours), rows=len(rows))
+        done = tuple(d for d in dirty if d[0] in set(hours))
+        return LedgerRecord(tuple(hours), tuple(rows), done, now)

@@ -1,0 +1,190 @@
+"""The usage ledger from rollups and leases, and ``collector usage`` over it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.cli import main
+from collector.governance.lease import LeaseTerms
+from collector.governance.ledger import LedgerJob
+from collector.ingest.validate import sample_row
+from collector.live import LiveView
+from collector.store.db import NodeUpdate, Store
+from collector.store.governance import GovernanceWriter, governance
+from collector.store.reader import StoreReader
+from collector.store.rollups import RollupConfig
+from shared.clock import FakeClock
+from shared.schema import encode
+from tests.helpers import db_rows
+
+DAY0 = dt.datetime(2026, 11, 10, tzinfo=dt.UTC).timestamp()
+GPUS = 4
+
+
+@pytest.fixture(autouse=True)
+def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os  # noqa: PLC0415
+
+    for key in list(os.environ):
+        if key.startswith("CAPWATCH_"):
+            monkeypatch.delenv(key)
+
+
+async def _ledger(db: Path, now: float) -> None:
+    """One ledger run as the collector does it (a read-only connection, then the writer)."""
+    async with Store.open_readonly(db) as reads:
+        gov = await reads.run(governance())
+        job = LedgerJob(FakeClock(start_wall=now), governance=lambda: gov, max_hours=200)
+        record = await job(reads, LiveView())
+    assert record is not None
+    async with Store(db) as store:
+        await record.write(store)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    """Three 4-GPU nodes sampled every 5 min for two days from 2026-11-10 (UTC); node
+    n0 and n1 leased by acme for one day, n2 by bravo for thirty; the ledger computed."""
+    path = tmp_path / "capwatch.db"
+    sim = FleetSimulator(3, gpus_per_node=GPUS, seed=2, interval_s=300)
+    rows = []
+    for k in range(2 * 24 * 12):
+        t = DAY0 + 300 * k
+        for i in range(3):
+            s = sim.sample(i, t, k)
+            rows.append(sample_row(s, encode(s), t + 1))
+    inventories = [
+        NodeUpdate(n, inventory=encode(sim.inventory(i, DAY0)), inventory_ts=DAY0)
+        for i, n in enumerate(sim.node_ids)
+    ]
+    async with Store(path, rollups=RollupConfig(busy_util_pct=10.0)) as store:
+        await store.write_batch(rows, inventories, sim.node_ids)
+        await store.fold_rollups()
+    n0, n1, n2 = sim.node_ids
+    start = dt.date(2026, 11, 10)
+    with GovernanceWriter(path, now=DAY0) as w:
+        w.add_lease(
+            name="acme-1", tenant="acme", pool=None, nodes=[n0, n1],
+            terms=LeaseTerms(start=start, duration_days=1),
+        )  # fmt: skip
+        w.add_lease(
+            name="bravo-1", tenant="bravo", pool=None, nodes=[n2],
+            terms=LeaseTerms(start=start, duration_days=30),
+        )  # fmt: skip
+    await _ledger(path, DAY0 + 2 * 86_400)
+    return path
+
+
+def _usage(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["usage", "--db", str(db), "--json", *args]) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_tenants_allocated_hours_add_up_to_the_fleets(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Allocated GPU-hours: acme 2 nodes x 24 h, bravo 1 node x 48 h (x 4 GPUs); the
+    tenants' rows sum to the totals and to the fleet's allocated hours."""
+    got = _usage(capsys, db, "--month", "2026-11")
+    by_tenant = {r["tenant"]: r for r in got["rows"]}
+    assert by_tenant["acme"]["allocated_gpu_hours"] == pytest.approx(2 * 24 * GPUS)
+    assert by_tenant["bravo"]["allocated_gpu_hours"] == pytest.approx(1 * 48 * GPUS)
+    total = sum(r["allocated_gpu_hours"] for r in got["rows"])
+    assert got["totals"]["allocated_gpu_hours"] == pytest.approx(total)
+    assert got["fleet"]["allocated_gpu_hours"] == pytest.approx(total)
+    # Every hour the nodes reported is in the fleet: 3 nodes x 48 h x 4 GPUs.
+    assert got["fleet"]["reported_gpu_hours"] == pytest.approx(3 * 48 * GPUS, rel=0.01)
+    for r in got["rows"]:
+        assert 0 < r["busy_gpu_hours"] <= r["allocated_gpu_hours"] + 1e-6
+        assert r["gpu_kwh"] > 0
+        assert r["cpu_kwh"] >= 0
+        assert r["node_kwh"] == pytest.approx(r["gpu_kwh"] + r["cpu_kwh"])
+        assert r["node_kwh_basis"] == "gpu+cpu"
+
+
+def test_energy_matches_the_rollups(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fleet's GPU kWh is the rollups' GPU energy (nothing lost or counted twice by
+    splitting hours between leases)."""
+    got = _usage(capsys, db, "--from", "2026-11-10", "--to", "2026-11-11", "--by", "day")
+    (joules,) = db_rows(db, "SELECT sum(gpu_energy_j) FROM rollups WHERE res = 3600")[0]
+    assert got["fleet"]["gpu_kwh"] == pytest.approx(joules / 3.6e6)
+    assert [r["period"] for r in got["rows"]] == [
+        "2026-11-10",
+        "2026-11-10",
+        "2026-11-11",
+    ]
+
+
+def test_recomputing_the_ledger_changes_nothing(db: Path) -> None:
+    """The ledger made again from the same rollups and leases is the same."""
+    before = db_rows(db, "SELECT * FROM usage_ledger ORDER BY hour, node, lease")
+    import asyncio  # noqa: PLC0415
+
+    async def again() -> None:
+        async with Store(db) as store:  # every hour dirty again
+            await store.execute("DELETE FROM meta WHERE key = 'ledger_at'")
+            await store.conn.commit()
+        with StoreReader(db) as r:
+            hours = [h for (h,) in r.fetchall("SELECT DISTINCT hour FROM usage_ledger")]
+        async with Store(db) as store:
+            for h in hours:
+                await store.execute("INSERT INTO ledger_dirty (hour, n) VALUES (?, 1)", (h,))
+            await store.conn.commit()
+        await _ledger(db, DAY0 + 2 * 86_400)
+
+    asyncio.run(again())
+    after = db_rows(db, "SELECT * FROM usage_ledger ORDER BY hour, node, lease")
+    assert len(after) == len(before) > 0
+    for a, b in zip(after, before, strict=True):
+        assert a[:-1] == pytest.approx(b[:-1])  # all but `computed`
+
+
+def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cost: a lease's contract price, else the tenant's, else the default; plus kWh."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[billing]\ncurrency = "USD"\ngpu_hour = 2.0\nkwh = 0.5\n'
+        'gpu_hour_by_tenant = { acme = 3.0 }\ngpu_hour_by_lease = { "bravo-1" = 1.0 }\n'
+    )
+    got = _usage(capsys, db, "--config", str(cfg), "--month", "2026-11")
+    by_tenant = {r["tenant"]: r for r in got["rows"]}
+    acme, bravo = by_tenant["acme"], by_tenant["bravo"]
+    assert acme["gpu_hour_cost"] == pytest.approx(3.0 * 2 * 24 * GPUS)
+    assert bravo["gpu_hour_cost"] == pytest.approx(1.0 * 48 * GPUS)
+    assert acme["cost"] == pytest.approx(acme["gpu_hour_cost"] + 0.5 * acme["node_kwh"])
+    assert got["currency"] == "USD"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        ([], "--month YYYY-MM"),
+        (["--month", "2026-13"], "--month '2026-13'"),
+        (["--from", "2026-11-05", "--to", "2026-11-01"], "--to"),
+        (["--from", "yesterday", "--to", "2026-11-01"], "--from 'yesterday'"),
+    ],
+)
+def test_bad_dates_are_one_line(
+    db: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A window the command cannot read is refused, naming the flag."""
+    assert main(["usage", "--db", str(db), *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_csv_has_a_header_and_a_row_per_tenant(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--csv: the columns, then one line per period and tenant."""
+    assert main(["usage", "--db", str(db), "--month", "2026-11", "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("period,tenant,allocated_gpu_hours,busy_gpu_hours")
+    assert [line.split(",")[1] for line in lines[1:]] == ["acme", "bravo"]

@@ -1,0 +1,199 @@
+"""Rollups written with the samples: values, duplicates, late samples, restarts, retention."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from collector.ingest.validate import sample_row
+from collector.store.db import SampleRow, Store
+from collector.store.reader import StoreReader
+from collector.store.rollups import HOUR, MINUTE, RollupConfig, gpu_series, node_series
+from shared.schema import CpuStats, GpuSample, MemStats, Sample, encode
+from tests.helpers import db_rows
+
+T0 = 1_800_000_000.0 - 1_800_000_000 % 3600  # an hour's start
+
+
+def _sample(ts: float, utils: tuple[float | None, ...], *, cpu_w: float | None = 200.0) -> Sample:
+    gpus = tuple(
+        GpuSample(
+            index=i,
+            uuid=f"GPU-00000000-0000-0000-0000-00000000000{i}",
+            util_pct=u,
+            power_w=100.0 + i,
+            power_interval_w=None if u is None else 300.0 + 10 * i,
+            temp_c=50.0 + i,
+            mem_used_bytes=1_000 * (i + 1),
+        )
+        for i, u in enumerate(utils)
+    )
+    return Sample(
+        v=1,
+        node="n1",
+        ts=ts,
+        seq=int(ts),
+        interval_s=5.0,
+        cpu=CpuStats(count=8, pct=10.0),
+        mem=MemStats(total_bytes=10, used_bytes=5, available_bytes=5),
+        cpu_power_w=cpu_w,
+        gpus=gpus,
+    )
+
+
+def _row(s: Sample) -> SampleRow:
+    return sample_row(s, encode(s), s.ts + 0.1)
+
+
+def _rows() -> list[SampleRow]:
+    """Two GPUs, 12 samples in minute 0 and 6 in minute 1; GPU 1 reports no utilisation
+    (nor interval power) in every third sample."""
+    out = []
+    for k in range(18):
+        u1 = None if k % 3 == 0 else 5.0 * k
+        out.append(_row(_sample(T0 + 5 * k, (80.0, u1), cpu_w=None if k == 7 else 200.0)))
+    return out
+
+
+def _all(db: Path) -> list[tuple[object, ...]]:
+    return db_rows(db, "SELECT * FROM rollups ORDER BY node, res, bucket") + db_rows(
+        db, "SELECT * FROM gpu_rollups ORDER BY node, res, bucket, gpu"
+    )
+
+
+def _same(a: list[tuple[object, ...]], b: list[tuple[object, ...]]) -> None:
+    """Equal rows, sums compared to float rounding (addition in another order)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x == pytest.approx(y)
+
+
+async def _store(
+    db: Path, rows: list[SampleRow], *batches: slice, fold_every: int = 1, fold: bool = True
+) -> None:
+    """Write ``rows[batch]`` for each batch, folding after every ``fold_every`` batches."""
+    async with Store(db, rollups=RollupConfig(busy_util_pct=50.0)) as store:
+        for i, b in enumerate(batches or (slice(None),), 1):
+            await store.write_batch(rows[b])
+            if fold and not i % fold_every:
+                await store.fold_rollups()
+        if fold:
+            await store.fold_rollups()
+
+
+async def test_minute_and_hour_rollups_hold_counts_means_extremes_and_energy(
+    tmp_path: Path,
+) -> None:
+    """A node's minute buckets and its hour hold what its samples said."""
+    db = tmp_path / "c.db"
+    await _store(db, _rows())
+    with StoreReader(db) as r:
+        minutes = r.run(node_series("n1", MINUTE, T0, T0 + 3600))
+        hours = r.run(node_series("n1", HOUR, T0, T0 + 3600))
+        gpus = r.run(gpu_series("n1", MINUTE, T0, T0 + 120))
+    assert [m["t"] for m in minutes] == [T0, T0 + 60]
+    assert [m["samples"] for m in minutes] == [12, 6]
+    m0 = minutes[0]
+    assert m0["seconds"] == 60.0
+    # Minute 0: GPU 1 reports 5k for k in 1,2,4,5,7,8,10,11 (not 0,3,6,9).
+    u1 = [5.0 * k for k in range(12) if k % 3]
+    means = [80.0] * 4 + [(80.0 + u) / 2 for u in u1]
+    assert m0["gpu_util_pct"] == pytest.approx(sum(means) / 12)
+    assert m0["gpu_util_min_pct"] == 42.5
+    assert m0["gpu_util_max_pct"] == 80.0
+    # GPU power: interval power when reported, else the instantaneous reading.
+    watts = [300.0 + 101.0 if k % 3 == 0 else 300.0 + 310.0 for k in range(12)]
+    assert m0["gpu_energy_j"] == pytest.approx(sum(w * 5 for w in watts))
+    assert m0["cpu_energy_j"] == pytest.approx(200.0 * 5 * 11)  # sample 7 had no RAPL
+    assert m0["gpu_temp_max_c"] == 51.0
+    # Busy at >= 50 %: GPU 0 always, GPU 1 at 50, 55 (k 10, 11).
+    assert m0["busy_gpu_s"] == pytest.approx((12 + 2) * 5.0)
+    (h,) = hours
+    assert h["samples"] == 18
+    assert h["t"] == T0
+    assert h["gpu_energy_j"] == pytest.approx(
+        minutes[0]["gpu_energy_j"] + minutes[1]["gpu_energy_j"]
+    )
+    g1 = next(g for g in gpus if g["gpu"] == 1 and g["t"] == T0)
+    assert g1["samples"] == 12
+    assert g1["util_pct"] == pytest.approx(sum(u1) / len(u1))
+    assert g1["util_min_pct"] == 5.0
+    assert g1["util_max_pct"] == 55.0
+    assert g1["power_min_w"] == 101.0
+    assert g1["power_max_w"] == 310.0
+    assert g1["mem_used_bytes"] == 2_000.0
+
+
+async def test_duplicates_add_nothing(tmp_path: Path) -> None:
+    """Samples delivered again (same node and time stamp) leave every rollup as it was."""
+    once, twice = tmp_path / "once.db", tmp_path / "twice.db"
+    rows = _rows()
+    await _store(once, rows)
+    await _store(twice, rows, slice(0, 10), slice(5, 18), slice(None), slice(3, 4), fold_every=2)
+    assert _all(once) == _all(twice)
+    assert db_rows(twice, "SELECT samples FROM rollups WHERE res = 3600") == [(18,)]
+
+
+async def test_late_samples_land_in_their_buckets_in_any_order(tmp_path: Path) -> None:
+    """Samples stored in any order and any batches give the same rollups as in order."""
+    rows = _rows()
+    shuffled = list(rows)
+    random.Random(7).shuffle(shuffled)
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    await _store(a, rows)
+    await _store(b, shuffled, *(slice(i, i + 4) for i in range(0, 18, 4)))
+    assert len(_all(a)) == 3 + 3 * 2  # 2 minutes and an hour; per GPU too
+    _same(_all(a), _all(b))
+
+
+async def test_rollups_survive_a_restart_and_a_crash_before_the_fold(tmp_path: Path) -> None:
+    """A store closed and opened again goes on merging into the same buckets; samples staged
+    but not folded when it stopped (a crash) are folded by the next store, once."""
+    rows = _rows()
+    whole, halves = tmp_path / "whole.db", tmp_path / "halves.db"
+    await _store(whole, rows)
+    await _store(halves, rows[:9])
+    await _store(halves, rows, slice(9, 14), fold=False)  # stopped before folding these
+    assert db_rows(halves, "SELECT count(*) FROM rollup_pending") == [(5,)]
+    await _store(halves, rows, slice(5, 18))  # 14..17 new, the rest duplicates
+    _same(_all(whole), _all(halves))
+    assert db_rows(halves, "SELECT count(*) FROM rollup_pending_gpu") == [(0,)]
+
+
+async def test_no_rollups_without_config(tmp_path: Path) -> None:
+    """A store opened without a rollup config (rollups off) writes samples only."""
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        assert await store.write_batch(_rows()) == 18
+    assert db_rows(db, "SELECT count(*) FROM rollups") == [(0,)]
+
+
+async def test_folds_mark_their_hours_for_the_ledger(tmp_path: Path) -> None:
+    """Each fold of new samples counts once on each hour they touched; duplicates do not."""
+    db = tmp_path / "c.db"
+    late = _row(_sample(T0 - 10, (10.0,)))
+    rows = _rows()
+    await _store(db, [*rows, late], slice(0, 10), slice(10, 18), slice(18, 19), slice(0, 5))
+    assert db_rows(db, "SELECT hour, n FROM ledger_dirty ORDER BY hour") == [
+        (T0 - 3600, 1),
+        (T0, 2),
+    ]
+
+
+async def test_rollup_retention_deletes_old_buckets_in_chunks(tmp_path: Path) -> None:
+    """Buckets of one resolution older than the cutoff go, a chunk at a time; the other
+    resolution stays."""
+    db = tmp_path / "c.db"
+    async with Store(db, rollups=RollupConfig()) as store:
+        await store.write_batch(_rows())
+        assert await store.fold_rollups() == 18
+        assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 1) == 1
+        assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 10) == 1  # GPU 1's
+        assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 10) == 0
+        assert await store.delete_rollups_older_than(HOUR, T0, 10) == 0
+    assert db_rows(db, "SELECT res, bucket FROM rollups ORDER BY res") == [
+        (MINUTE, T0 + 60),
+        (HOUR, T0),
+    ]
