@@ -80,11 +80,16 @@ class Subscriber(Protocol):
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
 
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
+
 
 class Acker(Protocol):
-    """Where a unit's acknowledgements go: the connection its messages came on."""
+    """Where a unit's acknowledgements go: the connection its messages came on (the writer
+    publishes the store's watermarks there too)."""
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
 
 
 FILTERS_META_KEY: Final = "mqtt_filters"

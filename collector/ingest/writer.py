@@ -7,6 +7,12 @@ retention (one small chunk at a time, so ingestion never waits long), the ``coun
 (:func:`~collector.counters.counter_values`, every ~2 s) and the quarantine bound. One
 owner, so no locks.
 
+The store's watermarks (:mod:`collector.ingest.watermark`): each committed batch's sample
+rows move them; every ``watermark_interval_s`` the writer writes the changed ones to the
+``watermarks`` table and, after that commit, publishes them retained on the connection the
+last unit came from (QoS 0: one that is lost with the connection is offered again at the
+next interval). One message per changed node per interval, whatever the sample rate.
+
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
 for before acknowledging).
@@ -36,13 +42,16 @@ from prometheus_client import CollectorRegistry
 
 from collector import counters
 from collector.ingest.metrics import WriterMetrics
-from collector.ingest.reader import MetaItem, StopUnit, Unit
+from collector.ingest.reader import Acker, MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger
-from shared.topics import inventory_topic, sample_topic, status_topic
+from shared.schema import Watermark, encode
+from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
 __all__ = ["Record", "Writer", "WriterItem"]
 
@@ -90,6 +99,8 @@ class Writer:
         counters_every_s: float = _COUNTERS_EVERY_S,
         counter_values: Callable[[], dict[str, int]] | None = None,
         metrics: WriterMetrics | None = None,
+        watermarks: Watermarks | None = None,
+        watermark_interval_s: float = 1.0,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -107,6 +118,11 @@ class Writer:
         )
         """What the ``counters`` table gets: by default validation's and the writer's own."""
         self._known_nodes: set[str] = set()
+        self.watermarks = watermarks
+        """Per node, what the store holds (``None``: none published)."""
+        self._watermark_interval_s = watermark_interval_s
+        self._link: Acker | None = None
+        """The connection of the last unit stored: where watermarks are published."""
         self.last_commit: float | None = None
         """Clock monotonic time of the last commit (a batch or the counters); the collector's
         :class:`~collector.health.Health` reads it."""
@@ -116,8 +132,10 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
+        marking = self.watermarks is not None and self._watermark_interval_s > 0
+        next_marks = mono() + self._watermark_interval_s if marking else float("inf")
         while True:
-            first = await self._next(min(next_retention, next_counters) - mono())
+            first = await self._next(min(next_retention, next_counters, next_marks) - mono())
             if first is not None:
                 units, records, stop = self._gather(first)
                 if units:
@@ -126,9 +144,14 @@ class Writer:
                     await self._write_record(record)
                 if stop is not None:
                     await self.flush_counters()
+                    if marking:
+                        await self.flush_watermarks()
                     stop.done.set_result(None)
                     return
             now = mono()
+            if now >= next_marks:
+                await self.flush_watermarks()
+                next_marks = now + self._watermark_interval_s
             if now >= next_counters:
                 await self.flush_counters()
                 next_counters = now + self._counters_every_s
@@ -187,6 +210,8 @@ class Writer:
         self.metrics.commit_seconds.observe(done - t0)
         acked = 0
         for unit in units:
+            if unit.link is not None:
+                self._link = unit.link
             if unit.acks and unit.link is not None:
                 # After a reconnect the old link is closed: the broker redelivers those
                 # messages to the new one, and the store drops the duplicates.
@@ -234,6 +259,8 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return
         self._known_nodes |= new_nodes
+        if self.watermarks is not None and rows:
+            self.watermarks.note(rows, self._clock.time())
         m = self.metrics
         m.stored.inc(inserted)
         m.duplicates.inc(len(rows) - inserted)
@@ -275,6 +302,29 @@ class Writer:
         # topic, this table would otherwise grow with every invented name.
         await self._store.trim_node_rejects(self._quarantine_max_rows)
 
+    async def flush_watermarks(self) -> None:
+        """Write the changed watermarks, then (after that commit) publish them retained."""
+        marks = self.watermarks
+        if marks is None:
+            return
+        rows = marks.due(self._clock.time())
+        if not rows:
+            return
+        t0 = self._clock.monotonic()
+        await write_watermarks(self._store, rows)
+        self.last_commit = self._clock.monotonic()
+        link = self._link
+        try:
+            if link is None:
+                raise MqttWireError("no connection to publish on yet")
+            link.publish_retained([_watermark_message(r) for r in rows])
+        except MqttWireError as exc:
+            marks.retry(rows)
+            log.debug("watermarks_not_published", nodes=len(rows), error=str(exc))
+            return
+        self.metrics.watermarks_published.inc(len(rows))
+        self.metrics.watermark_seconds.observe(self._clock.monotonic() - t0)
+
     async def _retention_chunk(self) -> bool:
         """Delete one chunk of samples that arrived before the window; True if more remain."""
         cutoff_ms = round((self._clock.time() - self._retention_s) * 1000)
@@ -283,6 +333,11 @@ class Writer:
             self.metrics.retention_deleted.inc(deleted)
             log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
         return deleted >= self._retention_chunk_rows
+
+
+def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:
+    mark = Watermark(v=1, node=row.node, epoch=row.epoch, seq=row.seq, top=row.top)
+    return watermark_topic(row.node), encode(mark)
 
 
 def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:
