@@ -515,7 +515,8 @@ class Watermark(_Struct, frozen=True):
     v: Literal[1]
     node: NodeId
     epoch: Count
-    seq: Count
+    seq: Annotated[int, msgspec.Meta(ge=-1, le=MAX_COUNTER)]
+    """-1: not even ``seq`` 0 of ``epoch`` is stored yet."""
     top: Count
 
 

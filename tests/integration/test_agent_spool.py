@@ -44,10 +44,19 @@ def _free_port() -> int:
 class _AgentProcess:
     """``agent run`` as a real process (no GPUs), its /metrics on a loopback port."""
 
-    def __init__(self, broker: MosquittoBroker, spool_dir: Path, log: Path) -> None:
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        spool_dir: Path,
+        log: Path,
+        node: str = NODE,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.metrics_port = _free_port()
-        env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1"}
-        argv = [sys.executable, "-m", "agent", "run", "--node-id", NODE, "--interval", "1"]
+        self.node = node
+        self.log = log
+        env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1", **(env or {})}
+        argv = [sys.executable, "-m", "agent", "run", "--node-id", node, "--interval", "1"]
         argv += ["--gpu-backend", "none", "--host", broker.host, "--port", str(broker.port)]
         argv += ["--spool-dir", str(spool_dir)]
         argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
@@ -84,9 +93,9 @@ def agents() -> Iterator[list[_AgentProcess]]:
             a.kill()
 
 
-def _stored(db: Path) -> list[tuple[int, int]]:
+def _stored(db: Path, node: str = NODE) -> list[tuple[int, int]]:
     """(epoch, seq) of the node's stored samples, in the order they arrived."""
-    rows = db_rows(db, "SELECT epoch, seq FROM samples WHERE node = ? ORDER BY rowid", (NODE,))
+    rows = db_rows(db, "SELECT epoch, seq FROM samples WHERE node = ? ORDER BY rowid", (node,))
     return [(int(e), int(s)) for e, s in rows]
 
 
@@ -215,3 +224,93 @@ async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_st
         lambda: count_samples(db) == 5 * stats.ticks, what=f"all {5 * stats.ticks} samples"
     )
     assert value(collector.ingest_metrics.samples) >= 5 * stats.ticks
+
+
+# -- the store's watermark: a broker that loses its state loses nothing ------------------------
+
+
+def _taken(agent: _AgentProcess) -> int:
+    """Samples the stopped agent took (its ``agent_stopped`` log line)."""
+    for line in reversed(agent.log.read_text().splitlines()):
+        if '"agent_stopped"' in line:
+            event = json.loads(line)
+            if event.get("node", agent.node) == agent.node:
+                return int(event["samples"])
+    raise AssertionError(f"no agent_stopped line in {agent.log}")
+
+
+def _watermark(agent: _AgentProcess) -> float:
+    return agent.metric("capwatch_agent_watermark_seq") or -1.0
+
+
+def _start_agents(
+    broker: MosquittoBroker, tmp_path: Path, agents: list[_AgentProcess], n: int
+) -> list[_AgentProcess]:
+    started = []
+    for i in range(n):
+        node = f"wm-node-{i}"
+        a = _AgentProcess(broker, tmp_path / f"spool-{i}", tmp_path / f"{node}.log", node=node)
+        agents.append(a)
+        started.append(a)
+    return started
+
+
+async def _stop_and_count(db: Path, agents: list[_AgentProcess]) -> dict[str, tuple[int, int, int]]:
+    """Stop the agents; once every sample each took is stored, per node: (taken, stored
+    rows, distinct seqs)."""
+    for a in agents:
+        await asyncio.to_thread(a.stop)
+    taken = {a.node: _taken(a) for a in agents}
+    for a in agents:
+        await wait_until(
+            lambda a=a: len({s for _, s in _stored(db, a.node)}) >= taken[a.node],  # type: ignore[misc]
+            timeout_s=30,
+            what=f"{a.node}: all {taken[a.node]} samples stored",
+        )
+    out = {}
+    for a in agents:
+        seqs = [s for _, s in _stored(db, a.node)]
+        out[a.node] = (taken[a.node], len(seqs), len(set(seqs)))
+    return out
+
+
+@pytest.mark.parametrize("mosquitto", [{"persistence": False}], indirect=True)
+async def test_a_broker_killed_without_persistence_while_the_collector_is_away_loses_nothing(
+    mosquitto: MosquittoBroker,
+    collector_runner: CollectorRunner,
+    agents: list[_AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """Three agents publish through their spools; the collector stops, samples queue in the
+    broker (acknowledged to the agents); the broker is SIGKILLed and comes back empty (no
+    persistence: the collector's session and its queue are gone). The collector returns, its
+    watermarks report the hole, the agents send their held samples again: every seq each
+    agent took is stored, once."""
+    await collector_runner.start()
+    db = collector_runner.db
+    fleet = _start_agents(mosquitto, tmp_path, agents, 3)
+    for a in fleet:
+        await wait_until(lambda a=a: _watermark(a) >= 2, timeout_s=30, what=f"{a.node} watermark")  # type: ignore[misc]
+    await collector_runner.stop()
+    queued_from = {a.node: len(_stored(db, a.node)) for a in fleet}
+    acked = {a.node: a.metric("capwatch_agent_published_total") or 0 for a in fleet}
+    for a in fleet:  # acknowledged by the broker, stored nowhere
+        await wait_until(
+            lambda a=a: (a.metric("capwatch_agent_published_total") or 0) >= acked[a.node] + 3,  # type: ignore[misc]
+            timeout_s=30,
+            what=f"{a.node}: 3 samples the broker acknowledged while the collector is away",
+        )
+    await asyncio.to_thread(mosquitto.kill)
+    await asyncio.to_thread(mosquitto.start)
+    collector = await collector_runner.start()
+    await wait_until(
+        lambda: all(len(_stored(db, a.node)) > queued_from[a.node] + 4 for a in fleet),
+        timeout_s=30,
+        what="samples after the collector's return",
+    )
+    assert value(collector.reader_metrics.sessions_lost) == 1  # the broker forgot everything
+    counts = await _stop_and_count(db, fleet)
+    for node, (taken, rows, distinct) in counts.items():
+        assert (rows, distinct) == (taken, taken), node  # 0 lost, none stored twice
+    resent = sum(1 for a in fleet if '"spool_resend"' in a.log.read_text())
+    assert resent == len(fleet)  # each agent sent its held samples again
