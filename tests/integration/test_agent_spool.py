@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 import pytest
 
@@ -27,82 +20,27 @@ from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import sample_topic
 from tests.helpers import count_samples, db_rows, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import (
+    SPOOL_NODE,
+    AgentProcess,
+    CollectorRunner,
+    fast_mqtt,
+    start_agents,
+    stop_and_count,
+    stored_seqs,
+    wait_acknowledged,
+    wait_watermarks,
+)
 
 pytestmark = pytest.mark.integration
 
-NODE = "spool-node-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class _AgentProcess:
-    """``agent run`` as a real process (no GPUs), its /metrics on a loopback port."""
-
-    def __init__(
-        self,
-        broker: MosquittoBroker,
-        spool_dir: Path,
-        log: Path,
-        node: str = NODE,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.metrics_port = _free_port()
-        self.node = node
-        self.log = log
-        env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1", **(env or {})}
-        argv = [sys.executable, "-m", "agent", "run", "--node-id", node, "--interval", "1"]
-        argv += ["--gpu-backend", "none", "--host", broker.host, "--port", str(broker.port)]
-        argv += ["--spool-dir", str(spool_dir)]
-        argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def metric(self, name: str) -> float | None:
-        """One unlabelled series of its /metrics, or None while it does not answer."""
-        try:
-            body = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            return None
-        for line in body.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_AgentProcess]]:
-    started: list[_AgentProcess] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.kill()
-
-
-def _stored(db: Path, node: str = NODE) -> list[tuple[int, int]]:
-    """(epoch, seq) of the node's stored samples, in the order they arrived."""
-    rows = db_rows(db, "SELECT epoch, seq FROM samples WHERE node = ? ORDER BY rowid", (node,))
-    return [(int(e), int(s)) for e, s in rows]
+NODE = SPOOL_NODE
 
 
 async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_order(
     mosquitto: MosquittoBroker,
     collector_runner: CollectorRunner,
-    agents: list[_AgentProcess],
+    agents: list[AgentProcess],
     tmp_path: Path,
 ) -> None:
     """Broker down; agent A spools, is SIGKILLed; agent B starts on the same spool (epoch
@@ -113,17 +51,17 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
     spool, log = tmp_path / "spool", tmp_path / "agent.log"
     await asyncio.to_thread(mosquitto.stop)
 
-    first = _AgentProcess(mosquitto, spool, log)
+    first = AgentProcess(mosquitto, spool, log)
     agents.append(first)
 
-    def spooled(a: _AgentProcess, n: int) -> bool:
+    def spooled(a: AgentProcess, n: int) -> bool:
         value = a.metric("capwatch_agent_buffered_samples")
         return value is not None and value >= n
 
     await wait_until(lambda: spooled(first, 3), timeout_s=30, what="agent A spooling 3 samples")
     await asyncio.to_thread(first.kill)
 
-    second = _AgentProcess(mosquitto, spool, log)
+    second = AgentProcess(mosquitto, spool, log)
     agents.append(second)
     await wait_until(lambda: second.metric("capwatch_agent_epoch") == 1, what="agent B (epoch 1)")
     assert second.metric("capwatch_agent_dropped_total") == 0
@@ -135,10 +73,10 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
 
     await asyncio.to_thread(mosquitto.start)
     await wait_until(
-        lambda: any(e == 1 and s >= 4 for e, s in _stored(db)), timeout_s=30, what="B's samples"
+        lambda: any(e == 1 and s >= 4 for e, s in stored_seqs(db)), timeout_s=30, what="B's samples"
     )
     await asyncio.to_thread(second.stop)
-    rows = _stored(db)
+    rows = stored_seqs(db)
     a_seqs = [s for e, s in rows if e == 0]
     b_seqs = [s for e, s in rows if e == 1]
     assert len(a_seqs) >= 3
@@ -201,7 +139,7 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     assert gap["to_ts"] - gap["from_ts"] == pytest.approx(1.0, abs=0.01)
 
 
-async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_stored(
+async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_isstored_seqs(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
     """``agent simulate``'s publisher outlives a broker restart: it reconnects, sends again
@@ -229,56 +167,11 @@ async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_st
 # -- the store's watermark: a broker that loses its state loses nothing ------------------------
 
 
-def _taken(agent: _AgentProcess) -> int:
-    """Samples the stopped agent took (its ``agent_stopped`` log line)."""
-    for line in reversed(agent.log.read_text().splitlines()):
-        if '"agent_stopped"' in line:
-            event = json.loads(line)
-            if event.get("node", agent.node) == agent.node:
-                return int(event["samples"])
-    raise AssertionError(f"no agent_stopped line in {agent.log}")
-
-
-def _watermark(agent: _AgentProcess) -> float:
-    return agent.metric("capwatch_agent_watermark_seq") or -1.0
-
-
-def _start_agents(
-    broker: MosquittoBroker, tmp_path: Path, agents: list[_AgentProcess], n: int
-) -> list[_AgentProcess]:
-    started = []
-    for i in range(n):
-        node = f"wm-node-{i}"
-        a = _AgentProcess(broker, tmp_path / f"spool-{i}", tmp_path / f"{node}.log", node=node)
-        agents.append(a)
-        started.append(a)
-    return started
-
-
-async def _stop_and_count(db: Path, agents: list[_AgentProcess]) -> dict[str, tuple[int, int, int]]:
-    """Stop the agents; once every sample each took is stored, per node: (taken, stored
-    rows, distinct seqs)."""
-    for a in agents:
-        await asyncio.to_thread(a.stop)
-    taken = {a.node: _taken(a) for a in agents}
-    for a in agents:
-        await wait_until(
-            lambda a=a: len({s for _, s in _stored(db, a.node)}) >= taken[a.node],  # type: ignore[misc]
-            timeout_s=30,
-            what=f"{a.node}: all {taken[a.node]} samples stored",
-        )
-    out = {}
-    for a in agents:
-        seqs = [s for _, s in _stored(db, a.node)]
-        out[a.node] = (taken[a.node], len(seqs), len(set(seqs)))
-    return out
-
-
 @pytest.mark.parametrize("mosquitto", [{"persistence": False}], indirect=True)
 async def test_a_broker_killed_without_persistence_while_the_collector_is_away_loses_nothing(
     mosquitto: MosquittoBroker,
     collector_runner: CollectorRunner,
-    agents: list[_AgentProcess],
+    agents: list[AgentProcess],
     tmp_path: Path,
 ) -> None:
     """Three agents publish through their spools; the collector stops, samples queue in the
@@ -288,28 +181,21 @@ async def test_a_broker_killed_without_persistence_while_the_collector_is_away_l
     agent took is stored, once."""
     await collector_runner.start()
     db = collector_runner.db
-    fleet = _start_agents(mosquitto, tmp_path, agents, 3)
-    for a in fleet:
-        await wait_until(lambda a=a: _watermark(a) >= 2, timeout_s=30, what=f"{a.node} watermark")  # type: ignore[misc]
+    fleet = start_agents(mosquitto, tmp_path, agents, 3)
+    await wait_watermarks(fleet, 2)
     await collector_runner.stop()
-    queued_from = {a.node: len(_stored(db, a.node)) for a in fleet}
-    acked = {a.node: a.metric("capwatch_agent_published_total") or 0 for a in fleet}
-    for a in fleet:  # acknowledged by the broker, stored nowhere
-        await wait_until(
-            lambda a=a: (a.metric("capwatch_agent_published_total") or 0) >= acked[a.node] + 3,  # type: ignore[misc]
-            timeout_s=30,
-            what=f"{a.node}: 3 samples the broker acknowledged while the collector is away",
-        )
+    queued_from = {a.node: len(stored_seqs(db, a.node)) for a in fleet}
+    await wait_acknowledged(fleet, 3)  # by the broker, stored nowhere
     await asyncio.to_thread(mosquitto.kill)
     await asyncio.to_thread(mosquitto.start)
     collector = await collector_runner.start()
     await wait_until(
-        lambda: all(len(_stored(db, a.node)) > queued_from[a.node] + 4 for a in fleet),
+        lambda: all(len(stored_seqs(db, a.node)) > queued_from[a.node] + 4 for a in fleet),
         timeout_s=30,
         what="samples after the collector's return",
     )
     assert value(collector.reader_metrics.sessions_lost) == 1  # the broker forgot everything
-    counts = await _stop_and_count(db, fleet)
+    counts = await stop_and_count(db, fleet)
     for node, (taken, rows, distinct) in counts.items():
         assert (rows, distinct) == (taken, taken), node  # 0 lost, none stored twice
     resent = sum(1 for a in fleet if '"spool_resend"' in a.log.read_text())
