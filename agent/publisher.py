@@ -218,6 +218,11 @@ class Publisher:
             error = f"names node {mark.node!r}"
         except SchemaError as exc:
             error = str(exc)
+        if mark is not None and mark.node == self.node_id and mark.epoch > self.spool.epoch:
+            # Retained from an epoch this spool never reached (its directory was wiped):
+            # it passes nothing of ours. The collector follows our epoch once it stores it.
+            error = f"epoch {mark.epoch} is past ours ({self.spool.epoch})"
+            mark = None
         if mark is None or mark.node != self.node_id:
             self.watermarks_refused += 1
             if self.watermarks_refused == 1 or self.watermarks_refused % 100 == 0:

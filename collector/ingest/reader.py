@@ -82,6 +82,9 @@ class Subscriber(Protocol):
 
     def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
 
+    @property
+    def closed(self) -> bool: ...
+
 
 class Acker(Protocol):
     """Where a unit's acknowledgements go: the connection its messages came on (the writer
@@ -90,6 +93,9 @@ class Acker(Protocol):
     def ack(self, packet_ids: Iterable[int]) -> None: ...
 
     def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
 
 
 FILTERS_META_KEY: Final = "mqtt_filters"

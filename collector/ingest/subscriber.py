@@ -182,6 +182,11 @@ class MqttSubscriber:
         return self._parser.packets
 
     @property
+    def closed(self) -> bool:
+        """Whether this connection has ended (or was never opened)."""
+        return self._error is not None or self._transport is None
+
+    @property
     def reading_paused(self) -> bool:
         """Whether reading is paused because ``max_buffered`` messages (or bytes) wait."""
         return self._paused

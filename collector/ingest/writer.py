@@ -12,6 +12,11 @@ rows move them; every ``watermark_interval_s`` the writer writes the changed one
 ``watermarks`` table and, after that commit, publishes them retained on the connection the
 last unit came from (QoS 0: one that is lost with the connection is offered again at the
 next interval). One message per changed node per interval, whatever the sample rate.
+A broker whose ACL does not let the collector write there closes the connection at the
+first one (Mosquitto 2.0 does so even at QoS 0): the first publish on each connection is
+a probe, judged at the next interval; three connections in a row lost right after one, and
+watermarks stop for an hour (``watermarks_refused``, logged as an error naming the ACL
+line), so an old ACL costs three reconnects, not a reconnect every second.
 
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
@@ -58,6 +63,9 @@ __all__ = ["Record", "Writer", "WriterItem"]
 log = get_logger("writer")
 
 _COUNTERS_EVERY_S: Final = 2.0
+_REFUSALS: Final = 3
+"""Connections in a row lost right after their first watermark publish: the broker refuses."""
+_REFUSED_PAUSE_S: Final = 3600.0
 
 
 class Record(Protocol):
@@ -123,6 +131,12 @@ class Writer:
         self._watermark_interval_s = watermark_interval_s
         self._link: Acker | None = None
         """The connection of the last unit stored: where watermarks are published."""
+        self._verified: Acker | None = None
+        """The connection known to take watermarks (it outlived a publish)."""
+        self._probe: tuple[Acker, list[WatermarkRow]] | None = None
+        """The first publish on a connection not yet verified, judged at the next flush."""
+        self._refusals = 0
+        self._marks_paused_until = 0.0
         self.last_commit: float | None = None
         """Clock monotonic time of the last commit (a batch or the counters); the collector's
         :class:`~collector.health.Health` reads it."""
@@ -305,25 +319,55 @@ class Writer:
     async def flush_watermarks(self) -> None:
         """Write the changed watermarks, then (after that commit) publish them retained."""
         marks = self.watermarks
-        if marks is None:
+        t0 = self._clock.monotonic()
+        if marks is None or t0 < self._marks_paused_until or not self._judge_probe(marks, t0):
             return
+        link = self._link
+        if link is None or link.closed:
+            return  # what changed stays due until there is a connection
         rows = marks.due(self._clock.time())
         if not rows:
             return
-        t0 = self._clock.monotonic()
         await write_watermarks(self._store, rows)
         self.last_commit = self._clock.monotonic()
-        link = self._link
         try:
-            if link is None:
-                raise MqttWireError("no connection to publish on yet")
             link.publish_retained([_watermark_message(r) for r in rows])
         except MqttWireError as exc:
             marks.retry(rows)
             log.debug("watermarks_not_published", nodes=len(rows), error=str(exc))
             return
+        if link is not self._verified:
+            self._probe = (link, rows)
         self.metrics.watermarks_published.inc(len(rows))
         self.metrics.watermark_seconds.observe(self._clock.monotonic() - t0)
+
+    def _judge_probe(self, marks: Watermarks, now: float) -> bool:
+        """Whether watermarks may be published: the last connection's first publish did not
+        end it, or not three connections in a row (see the module docstring)."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return True
+        link, rows = probe
+        if not link.closed:
+            self._verified, self._refusals = link, 0
+            return True
+        marks.retry(rows)
+        self._refusals += 1
+        if self._refusals < _REFUSALS:
+            return True
+        self._refusals = 0
+        self._marks_paused_until = now + _REFUSED_PAUSE_S
+        self.metrics.watermarks_refused.inc()
+        log.error(
+            "watermarks_refused",
+            connections_lost=_REFUSALS,
+            paused_s=_REFUSED_PAUSE_S,
+            hint="the broker closed the connection right after each watermark publish: let "
+            "the collector's user write them (deploy/mosquitto.acl: 'topic write "
+            "capwatch/v1/watermarks/#'), or set watermark_interval_s = 0. Meanwhile agents "
+            "forget samples at the broker's PUBACK",
+        )
+        return False
 
     async def _retention_chunk(self) -> bool:
         """Delete one chunk of samples that arrived before the window; True if more remain."""

@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -430,6 +430,38 @@ async def test_only_the_collector_writes_a_nodes_watermark_and_only_that_node_re
                 stolen = len(intruder.messages) + len(ops.messages)
     assert (mark.node, mark.epoch, mark.seq, mark.top) == (_NODE, 1, 2, 2)
     assert stolen == 0
+
+
+async def test_an_acl_without_the_watermark_line_costs_three_reconnects_not_ingest(
+    tmp_path: Path, passwd: Path
+) -> None:
+    """The ACL before watermarks: Mosquitto closes the collector's connection at its first
+    watermark publish. After three such connections the collector stops publishing them
+    (watermarks_refused) and goes on storing samples on a connection that stays up."""
+    old_acl = tmp_path / "old.acl"
+    lines = (DEPLOY / "mosquitto.acl").read_text().splitlines()
+    old_acl.write_text("\n".join(x for x in lines if "watermarks" not in x) + "\n")
+    db, log = tmp_path / "capwatch.db", tmp_path / "collector.log"
+    seq = 0
+    with DeployedBroker(tmp_path / "broker", passwd, acl=old_acl) as broker:
+        async with _collector(broker, db, log), _client(_settings(broker, _NODE)) as node:
+
+            async def publish_until(done: Callable[[], bool]) -> None:
+                nonlocal seq
+                async with asyncio.timeout(60):
+                    while not done():
+                        sample = msgspec.structs.replace(_SIM.sample(0, _T0 + seq, seq), epoch=1)
+                        await node.publish(sample_topic(_NODE), encode(sample), qos=1)
+                        seq += 1
+                        await asyncio.sleep(0.1)
+
+            await publish_until(lambda: "watermarks_refused" in _read(log))
+            connects = len(_collector_connects(broker))
+            stored = count_samples(db)
+            await publish_until(lambda: count_samples(db) >= stored + 30)
+            assert len(_collector_connects(broker)) == connects  # no more reconnects
+    assert 3 <= connects <= 5
+    assert count_samples(db) <= seq
 
 
 # --- passwords --------------------------------------------------------------------------

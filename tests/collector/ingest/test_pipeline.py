@@ -250,6 +250,10 @@ class _Link:
     def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
         pass
 
+    @property
+    def closed(self) -> bool:
+        return False
+
 
 async def _run_writer(store: Store, units: list[Unit]) -> Writer:
     ingestor = Ingestor(FakeClock(start_wall=T0))
