@@ -437,7 +437,8 @@ async def test_an_acl_without_the_watermark_line_costs_three_reconnects_not_inge
 ) -> None:
     """The ACL before watermarks: Mosquitto closes the collector's connection at its first
     watermark publish. After three such connections the collector stops publishing them
-    (watermarks_refused) and goes on storing samples on a connection that stays up."""
+    (watermarks_refused) and goes on storing samples on a connection that stays up (the
+    first, three lost, the one after)."""
     old_acl = tmp_path / "old.acl"
     lines = (DEPLOY / "mosquitto.acl").read_text().splitlines()
     old_acl.write_text("\n".join(x for x in lines if "watermarks" not in x) + "\n")
@@ -456,6 +457,8 @@ async def test_an_acl_without_the_watermark_line_costs_three_reconnects_not_inge
                         await asyncio.sleep(0.1)
 
             await publish_until(lambda: "watermarks_refused" in _read(log))
+            stored = count_samples(db)
+            await publish_until(lambda: count_samples(db) >= stored + 10)  # connected again
             connects = len(_collector_connects(broker))
             stored = count_samples(db)
             await publish_until(lambda: count_samples(db) >= stored + 30)
