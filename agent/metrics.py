@@ -107,6 +107,12 @@ class AgentStats:
     ``memory_full``): :attr:`agent.spool.Spool.lost`."""
     spool_bytes: int = 0
     spool_write_errors: int = 0
+    unconfirmed: int = 0
+    """Acknowledged by the broker, held for the store's watermark (part of ``buffered``)."""
+    confirmed: int = 0
+    resent: int = 0
+    released: int = 0
+    watermark_seq: int | None = None
     epoch: int | None = None
 
 
@@ -480,9 +486,38 @@ def _agent_families(
     yield lost
     yield GaugeMetricFamily(
         "capwatch_agent_buffered_samples",
-        "Samples in the spool waiting for the broker's acknowledgement.",
+        "Samples in the spool: waiting for the broker's acknowledgement, or held for the "
+        "store's watermark.",
         stats.buffered,
     )
+    yield GaugeMetricFamily(
+        "capwatch_agent_unconfirmed_samples",
+        "Samples the broker acknowledged, held until the collector's store watermark passes them.",
+        stats.unconfirmed,
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_confirmed_samples",
+        "Held samples the store's watermark passed (then forgotten).",
+        stats.confirmed,
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_resent_samples",
+        "Held samples sent again because the store's watermark reported a hole.",
+        stats.resent,
+    )
+    yield CounterMetricFamily(
+        "capwatch_agent_released_samples",
+        "Held samples forgotten unconfirmed: watermark_hold_s after their PUBACK, or dropped "
+        "with a full or expired spool segment (the broker had them).",
+        stats.released,
+    )
+    if stats.watermark_seq is not None:
+        yield GaugeMetricFamily(
+            "capwatch_agent_watermark_seq",
+            "The last store watermark heard (every seq of its epoch up to it is stored; -1: "
+            "none yet).",
+            stats.watermark_seq,
+        )
     yield GaugeMetricFamily(
         "capwatch_agent_spool_bytes", "Bytes of the spool's segment files.", stats.spool_bytes
     )

@@ -7,6 +7,17 @@ publishes the spool in order with QoS 1. A sample leaves the spool only after th
 PUBACK, so a broker that goes away mid-publish costs at most a duplicate (the collector
 drops those), never a loss; after a reconnect, what was not acknowledged is sent again.
 
+The store's watermark closes the loop: on every connect the publisher subscribes (QoS 0) to
+its node's watermark topic, where the collector keeps, retained, the highest contiguous
+``seq`` of this node's epoch it has stored. Once one is heard, acknowledged samples stay in
+the spool until a watermark passes them (:meth:`agent.spool.Spool.confirm`), so a broker
+that loses its state (killed without persistence, a host that lost power) loses nothing.
+A watermark that says samples are missing above it (``top > seq``: the broker lost some,
+or the collector's session) makes the publisher send again everything held, once per
+watermark value. No watermark ever (an older collector, an ACL without the topic): samples
+leave at PUBACK, as before; watermarks that stop coming: held samples go ``hold_s`` after
+their PUBACK.
+
 A broker that refuses the credentials is logged at error level, naming the settings to fix
 (``mqtt_not_authorized``), and retried with the same backoff: the broker's password file
 may be fixed while the agent waits.
@@ -26,10 +37,11 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.spool import Spool
+from shared.errors import SchemaError
 from shared.logging import get_logger
-from shared.schema import NodeStatus, encode
+from shared.schema import NodeStatus, Watermark, decode_watermark, encode
 from shared.settings import MqttSettings
-from shared.topics import inventory_topic, sample_topic, status_topic
+from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
 __all__ = ["Publisher", "next_backoff", "refused_credentials"]
 
@@ -95,6 +107,13 @@ class Publisher:
         self.connected = asyncio.Event()
         self.last_ack: float | None = None
         """Monotonic time (``time.monotonic``) of the last sample the broker acknowledged."""
+        self.watermark: Watermark | None = None
+        """The store's last watermark heard for this node."""
+        self.watermarks_heard = 0
+        self.watermarks_refused = 0
+        """Watermark messages that did not decode, or named another node."""
+        self._resent_for: tuple[int, int] | None = None
+        self._resend = False
 
     def _status(self, status: str) -> bytes:
         ts = self._clock() if status == "online" else None
@@ -132,7 +151,13 @@ class Publisher:
                         spooled=len(self.spool),
                     )
                     attempt = 0
-                    await self._drain(client, stop)
+                    listener = asyncio.create_task(self._listen(client), name="watermark-listener")
+                    try:
+                        await self._drain(client, stop)
+                    finally:
+                        listener.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await listener
                     await self._goodbye(client)
                     return
             except aiomqtt.MqttError as exc:
@@ -172,6 +197,50 @@ class Publisher:
     async def _announce_now(self, client: aiomqtt.Client) -> None:
         await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
         await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
+        if self.spool.hold_s > 0:
+            # Before the first sample goes out: the retained watermark arrives right after.
+            await client.subscribe(watermark_topic(self.node_id), qos=0)
+
+    async def _listen(self, client: aiomqtt.Client) -> None:
+        """Take the store's watermarks as they come; end quietly with the connection (the
+        drain notices it at its next publish)."""
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in client.messages:
+                payload = message.payload
+                if isinstance(payload, bytes | bytearray):
+                    self.on_watermark(bytes(payload))
+
+    def on_watermark(self, payload: bytes) -> None:
+        """One watermark message: forget what it passes; resend if it reports a hole."""
+        mark: Watermark | None = None
+        try:
+            mark = decode_watermark(payload)
+            error = f"names node {mark.node!r}"
+        except SchemaError as exc:
+            error = str(exc)
+        if mark is not None and mark.node == self.node_id and mark.epoch > self.spool.epoch:
+            # Retained from an epoch this spool never reached (its directory was wiped):
+            # it passes nothing of ours. The collector follows our epoch once it stores it.
+            error = f"epoch {mark.epoch} is past ours ({self.spool.epoch})"
+            mark = None
+        if mark is None or mark.node != self.node_id:
+            self.watermarks_refused += 1
+            if self.watermarks_refused == 1 or self.watermarks_refused % 100 == 0:
+                log.warning("watermark_refused", error=error, refused=self.watermarks_refused)
+            return
+        self.watermark = mark
+        self.watermarks_heard += 1
+        spool = self.spool
+        if not spool.holding:
+            spool.holding = True
+            log.info("watermark_heard", epoch=mark.epoch, seq=mark.seq, hold_s=spool.hold_s)
+        spool.confirm(mark.epoch, mark.seq)
+        at = (mark.epoch, mark.seq)
+        if mark.top > mark.seq and spool.unconfirmed and self._resent_for != at:
+            # The store has samples above a hole: the broker lost some that it acknowledged.
+            self._resent_for = at
+            self._resend = True
+            spool.wake()
 
     async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Publish spooled samples in order until stop; a sample leaves only after PUBACK.
@@ -184,6 +253,17 @@ class Publisher:
         flush_deadline: float | None = None
         self.spool.rewind()  # whatever the last connection did not get acknowledged
         while True:
+            if self._resend:  # between two publishes: nothing in flight
+                self._resend = False
+                mark = self.watermark
+                n = self.spool.resend()
+                log.warning(
+                    "spool_resend",
+                    samples=n,
+                    epoch=None if mark is None else mark.epoch,
+                    after_seq=None if mark is None else mark.seq,
+                    store_top=None if mark is None else mark.top,
+                )
             if stop.is_set():
                 if flush_deadline is None:
                     flush_deadline = loop.time() + _FLUSH_ON_STOP_S

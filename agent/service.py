@@ -120,7 +120,9 @@ class AgentService:
             settings.spool_dir,
             max_bytes=settings.spool_bytes,
             max_age_s=settings.buffer_s,
+            hold_s=settings.watermark_hold_s,
             clock=self.clock.time,
+            monotonic=self.clock.monotonic,
         )
         self._stop = asyncio.Event()
         self._inventory = b""
@@ -223,6 +225,13 @@ class AgentService:
             lost=dict(self.spool.lost),
             spool_bytes=self.spool.spool_bytes,
             spool_write_errors=self.spool.write_errors,
+            unconfirmed=self.spool.unconfirmed,
+            confirmed=self.spool.confirmed,
+            resent=self.spool.resent,
+            released=self.spool.released,
+            watermark_seq=None
+            if self.publisher.watermark is None
+            else self.publisher.watermark.seq,
             epoch=self.spool.epoch,
             connected=self.publisher.connected.is_set(),
             last_ack_age_s=None if ack is None else max(0.0, time.monotonic() - ack),

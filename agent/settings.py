@@ -64,6 +64,11 @@ class AgentSettings(CapwatchSettings):
     spool_fsync_s: float = Field(default=1.0, gt=0.0, le=3600.0)
     """How often spooled samples are fsynced (in a worker thread, never on the tick): a
     host that loses power loses at most this much of what it had not sent."""
+    watermark_hold_s: float = Field(default=600.0, ge=0.0, le=_WEEK_S)
+    """How long a sample the broker acknowledged stays in the spool waiting for the
+    collector's store watermark to pass it (so a broker that loses its state loses nothing).
+    Only once a watermark was heard; past this, it goes unconfirmed (an older collector, or
+    one that stopped publishing, costs at most this much spool). 0: forget at PUBACK."""
     gpu_backend: Literal["nvml", "fake", "none"] = "nvml"
     fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""

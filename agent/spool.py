@@ -1,14 +1,20 @@
-"""The agent's on-disk spool: every sample waits here, in order, until the broker has it.
+"""The agent's on-disk spool: every sample waits here, in order, until the store has it.
 
-A sample is appended before it is published and leaves only after the broker's PUBACK, so
-an agent restarted (or killed, or its node rebooted) while the broker is away sends what it
-had once the broker is back.
+A sample is appended before it is published. The broker's PUBACK (:meth:`Spool.ack`) does
+not end its stay once the collector's store watermark has been heard (:attr:`Spool.holding`):
+it is *held* until a watermark passes it (:meth:`Spool.confirm`), because the broker is not a
+durable queue (a broker that loses its state loses what it acknowledged). Held samples are
+sent again on :meth:`Spool.resend` (the collector reports a hole). A held sample is released
+without confirmation ``hold_s`` after its PUBACK (:meth:`Spool.release`): a collector that
+stops publishing watermarks (an older one, an ACL without the watermark topic) costs at most
+``hold_s`` of spool, and the agent is back to forgetting at PUBACK. An agent restarted (or
+killed, or its node rebooted) sends everything it had not retired once the broker is back.
 
 Layout of the directory (one agent per directory)::
 
     seg-0000000000000007.log   records, appended in order; ids grow by one per segment
     seg-0000000000000008.log   the tail segment, open for appending
-    cursor                     <segment id u64><offset u64><crc32 u32>: first unacknowledged
+    cursor                     <segment id u64><offset u64><crc32 u32>: first not retired
     epoch                      the agent's boot counter, as decimal text
 
 A record is ``<magic u16><length u32><crc32 u32><payload>`` (little-endian); the CRC covers
@@ -49,10 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NamedTuple
 
+import msgspec
+
 from shared.logging import get_logger
 from shared.schema import MAX_COUNTER
 
-__all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "segment_bytes_for"]
+__all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "record_key", "segment_bytes_for"]
 
 log = get_logger("spool")
 
@@ -95,6 +103,32 @@ class _Segment:
     corrupt_at: set[int] = field(default_factory=set)
     """Offsets of the corrupt stretches already counted in ``lost`` (each counts once,
     however often :meth:`Spool.next` reads over it)."""
+
+
+class _Key(msgspec.Struct):
+    seq: int
+    epoch: int | None = None
+
+
+_key_decoder = msgspec.json.Decoder(_Key)
+
+
+def record_key(payload: bytes) -> tuple[int, int] | None:
+    """``(epoch, seq)`` of an encoded sample; ``None`` if it has no epoch or is unreadable."""
+    try:
+        key = _key_decoder.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    return None if key.epoch is None else (key.epoch, key.seq)
+
+
+class _Held(NamedTuple):
+    """A record the broker acknowledged, waiting for the store's watermark."""
+
+    record: SpoolRecord
+    key: tuple[int, int]
+    acked_at: float
+    """Monotonic time of the PUBACK."""
 
 
 def _frame(payload: bytes) -> bytes:
@@ -176,8 +210,9 @@ class Spool:
 
     ``open()`` (blocking: run it in a thread) reads the directory back; then, on one event
     loop: :meth:`append` each sample, :meth:`next` / :meth:`ack` to publish them in order,
-    :meth:`rewind` after a lost connection (resend what was not acknowledged). Blocking
-    ``fsync`` lives in :meth:`sync` alone, for a worker thread.
+    :meth:`rewind` after a lost connection (resend what was not acknowledged),
+    :meth:`confirm` / :meth:`resend` / :meth:`release` for what the store's watermark says.
+    Blocking ``fsync`` lives in :meth:`sync` alone, for a worker thread.
     """
 
     def __init__(
@@ -188,7 +223,9 @@ class Spool:
         max_age_s: float,
         segment_bytes: int | None = None,
         memory_records: int = 4096,
+        hold_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.segment_bytes = segment_bytes or segment_bytes_for(max_bytes)
         if not 0 < self.segment_bytes <= max_bytes:
@@ -197,6 +234,19 @@ class Spool:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self._clock = clock
+        self._monotonic = monotonic
+        self.hold_s = hold_s
+        """How long an acknowledged sample waits for the store's watermark (0: not at all)."""
+        self.holding = False
+        """Set once a watermark was heard: from then on :meth:`ack` holds samples."""
+        self.confirmed = 0
+        """Samples a watermark passed."""
+        self.released = 0
+        """Held samples let go unconfirmed: ``hold_s`` after their PUBACK, or dropped with
+        their segment (full, age; the broker had them)."""
+        self.resent = 0
+        """Held samples handed out again by :meth:`resend`."""
+        self._held: deque[_Held] = deque()
         self.epoch = 0
         """This start's boot counter (one more than the previous start's), set by open()."""
         self.lost: Counter[str] = Counter()
@@ -362,8 +412,13 @@ class Spool:
     # -- size
 
     def __len__(self) -> int:
-        """Samples not yet acknowledged by the broker (on disk and in memory)."""
+        """Samples not retired yet: not acknowledged by the broker, or held (disk and memory)."""
         return self._records - self._head_acked + len(self._memory)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Samples the broker acknowledged, held until the store's watermark passes them."""
+        return len(self._held)
 
     @property
     def spool_bytes(self) -> int:
@@ -465,7 +520,12 @@ class Spool:
 
     def _drop_head(self, reason: str) -> None:
         seg = self._segments.popleft()
-        unsent = seg.records - self._head_acked
+        held = 0
+        while self._held and 0 <= self._held[0].record.segment <= seg.id:
+            if self._held.popleft().record.segment == seg.id:
+                held += 1
+        self.released += held
+        unsent = seg.records - self._head_acked - held
         self._records -= seg.records
         self._bytes -= seg.size
         self._head_acked = self._ack_off = 0
@@ -531,7 +591,56 @@ class Spool:
         return None
 
     def ack(self, record: SpoolRecord) -> None:
-        """The broker has ``record``: forget it (unless it was dropped meanwhile)."""
+        """The broker has ``record``: hold it for the store's watermark (once one was heard
+        and ``hold_s`` > 0, and the record says its epoch), else forget it."""
+        if self.holding and self.hold_s > 0:
+            key = record_key(record.payload)
+            if key is not None:
+                self._held.append(_Held(record, key, self._monotonic()))
+                return
+        self._retire(record)
+
+    def confirm(self, epoch: int, seq: int) -> int:
+        """The store holds every sample of epochs before ``epoch`` and of ``epoch`` up to
+        ``seq``: forget those held; return how many."""
+        held = self._held
+        mark = (epoch, seq)
+        n = 0
+        while held and held[0].key <= mark:
+            self._retire(held.popleft().record)
+            n += 1
+        self.confirmed += n
+        return n
+
+    def release(self, now: float | None = None) -> int:
+        """Forget held samples acknowledged more than ``hold_s`` ago; return how many."""
+        held = self._held
+        if not held:
+            return 0
+        cutoff = (self._monotonic() if now is None else now) - self.hold_s
+        n = 0
+        while held and held[0].acked_at <= cutoff:
+            self._retire(held.popleft().record)
+            n += 1
+        if n:
+            self.released += n
+            log.info("spool_released_unconfirmed", samples=n, hold_s=self.hold_s)
+        return n
+
+    def resend(self) -> int:
+        """Hand out again everything held (and after it): the store lacks some of it."""
+        n = len(self._held)
+        self._held.clear()
+        self.resent += n
+        if self._segments:
+            self._read, self._read_off = self._segments[0], self._ack_off
+        self._memory_read = 0
+        if len(self):
+            self._readable.set()
+        return n
+
+    def _retire(self, record: SpoolRecord) -> None:
+        """Forget ``record`` for good (unless it was dropped meanwhile)."""
         if record.segment == -1:
             if self._memory and self._memory[0] is record.payload:
                 self._memory.popleft()
@@ -548,12 +657,29 @@ class Spool:
         self._pop_acked_heads()
 
     def rewind(self) -> None:
-        """Hand out again everything not acknowledged (after a lost connection)."""
-        if self._segments:
-            self._read, self._read_off = self._segments[0], self._ack_off
-        self._memory_read = 0
-        if len(self):
+        """Hand out again everything not acknowledged (after a lost connection); what is
+        held the broker had acknowledged: it waits for the watermark (or :meth:`resend`)."""
+        read: tuple[_Segment, int] | None = None
+        memory_held = 0
+        for h in reversed(self._held):
+            if h.record.segment == -1:
+                memory_held += 1
+            elif read is None:
+                seg = next((s for s in self._segments if s.id == h.record.segment), None)
+                if seg is not None:
+                    read = (seg, h.record.end)
+                break
+        if read is None and self._segments:
+            read = (self._segments[0], self._ack_off)
+        if read is not None:
+            self._read, self._read_off = read
+        self._memory_read = memory_held
+        if len(self) > len(self._held):
             self._readable.set()
+
+    def wake(self) -> None:
+        """Wake :meth:`wait` (the publisher has something to do besides reading)."""
+        self._readable.set()
 
     async def wait(self) -> None:
         """Return once :meth:`next` may have something."""
@@ -634,6 +760,7 @@ class Spool:
             except TimeoutError:
                 pass
             self.expire()
+            self.release()
             fds, dirty = self.take_sync()
             try:
                 if fds or dirty:

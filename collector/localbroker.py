@@ -97,7 +97,7 @@ listener {port} {host}
 # persistence file in a private data_dir; its restart then silently forgets every session.
 user {user}
 allow_anonymous true
-persistence true
+persistence {persistence}
 persistence_location {data_dir}/
 autosave_interval 60
 # A slow QoS 1 subscriber must not lose messages silently (default is 1000, then drop).
@@ -164,6 +164,13 @@ class BrokerProcess:
             proc.kill()
             proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL: the broker saves nothing (what it held since its last autosave is lost)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
     def restart(self, downtime_s: float = 0.0) -> None:
         """Stop, stay down ``downtime_s``, start again on the same port."""
         self.stop()
@@ -199,7 +206,9 @@ class MosquittoBroker(BrokerProcess):
     """A ``mosquitto`` process on a loopback port, with its state in ``data_dir``.
 
     ``restart()`` stops it with SIGTERM (mosquitto saves its persistence file) and starts it
-    again on the same port, which is how tests simulate a broker outage.
+    again on the same port, which is how tests simulate a broker outage; ``kill()`` ends it
+    with SIGKILL (nothing saved). ``persistence=False``: a restart starts empty (no sessions,
+    no queued or retained messages), like a broker that lost its state.
     """
 
     def __init__(
@@ -211,6 +220,7 @@ class MosquittoBroker(BrokerProcess):
         max_queued_bytes: int = 2 * 1024**3,
         max_inflight: int = 1000,
         binary: str | None = None,
+        persistence: bool = True,
     ) -> None:
         found = binary or find_mosquitto()
         if found is None:
@@ -231,6 +241,7 @@ class MosquittoBroker(BrokerProcess):
                 max_queued_bytes=max_queued_bytes,
                 max_inflight=max_inflight,
                 user=pwd.getpwuid(os.geteuid()).pw_name,
+                persistence="true" if persistence else "false",
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

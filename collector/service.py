@@ -57,11 +57,13 @@ from collector.health import Health
 from collector.ingest.metrics import IngestMetrics, ReaderMetrics, WriterMetrics
 from collector.ingest.reader import FILTERS_META_KEY, Connect, FilterState, Reader, Subscriber
 from collector.ingest.validate import Ingestor
+from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from collector.store.rollups import HOUR, MINUTE, RollupConfig
+from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
@@ -78,6 +80,10 @@ if TYPE_CHECKING:
 __all__ = ["Collector"]
 
 log = get_logger("collector")
+
+_RESTORE_ABOVE_ROWS = 1_000_000
+"""At most this many stored seqs above watermark holes are read back at start (a few per
+node that has a hole; the bound keeps a pathological store from delaying the start)."""
 
 
 class Collector:
@@ -113,6 +119,8 @@ class Collector:
         ]
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
+        self.watermarks = Watermarks(hole_s=settings.watermark_hole_s)
+        """Per node, what the store holds: published for the agents (``watermark_interval_s``)."""
         self.ingestor = Ingestor(
             self.clock,
             max_skew_s=settings.max_clock_skew_s,
@@ -244,6 +252,12 @@ class Collector:
             rollups=rollups,
         ) as store:
             had_session = await store.meta("mqtt_session") == session_key
+            if s.watermark_interval_s > 0:
+                self.watermarks.restore(
+                    await load_watermarks(store),
+                    await stored_above(store, _RESTORE_ABOVE_ROWS),
+                    self.clock.time(),
+                )
             held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
             # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
             # (the subscriber pauses there), so this bounds what waits in memory to about
@@ -348,6 +362,8 @@ class Collector:
                 quarantine_max_rows=s.quarantine_max_rows,
                 counter_values=self.counter_values,
                 metrics=self.writer_metrics,
+                watermarks=self.watermarks if s.watermark_interval_s > 0 else None,
+                watermark_interval_s=s.watermark_interval_s,
             )
             cycles: list[Cycle] = [
                 self.governance,  # first: the governance rules read its view

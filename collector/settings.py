@@ -307,6 +307,13 @@ class CollectorSettings(CapwatchSettings):
     """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
     quarantine_max_rows: int = Field(default=10_000, ge=100)
     """Rejected messages kept for `collector query --rejected` (the newest)."""
+    watermark_interval_s: float = Field(default=1.0, ge=0, le=3600)
+    """How often each node's store watermark is published when it changed (retained, on
+    ``capwatch/v1/watermarks/<node>``); agents keep spooled samples until it passes them.
+    0: never published (agents then forget samples at the broker's PUBACK)."""
+    watermark_hole_s: float = Field(default=300.0, gt=0, le=86_400)
+    """A hole in a node's stored seqs that its agent has not filled this long after the
+    first sample above it is given up (the agent no longer has those samples)."""
     sqlite_synchronous: Literal["full", "normal"] = "full"
     """full: an acknowledged sample survives a power cut; normal: only a process crash."""
     compress_payloads: bool = True

@@ -101,10 +101,12 @@ __all__ = [
     "NicStats",
     "NodeStatus",
     "Sample",
+    "Watermark",
     "XidEvent",
     "decode_inventory",
     "decode_sample",
     "decode_status",
+    "decode_watermark",
     "encode",
 ]
 
@@ -577,13 +579,31 @@ class NodeStatus(_Struct, frozen=True):
     ts: Timestamp | None = None
 
 
+class Watermark(_Struct, frozen=True):
+    """Retained payload of ``capwatch/v1/watermarks/<node>``, written by the collector.
+
+    Everything the node sent with an epoch below ``epoch``, and of ``epoch`` every ``seq``
+    up to and including ``seq``, is in the store (committed): the agent may forget it.
+    ``top`` is the highest ``seq`` of ``epoch`` stored; ``top > seq`` says samples between
+    are missing (lost by the broker, or given up by the agent).
+    """
+
+    v: Literal[1]
+    node: NodeId
+    epoch: Count
+    seq: Annotated[int, msgspec.Meta(ge=-1, le=MAX_COUNTER)]
+    """-1: not even ``seq`` 0 of ``epoch`` is stored yet."""
+    top: Count
+
+
 _encoder = msgspec.json.Encoder()
 _sample_decoder = msgspec.json.Decoder(Sample)
 _inventory_decoder = msgspec.json.Decoder(Inventory)
 _status_decoder = msgspec.json.Decoder(NodeStatus)
+_watermark_decoder = msgspec.json.Decoder(Watermark)
 
 
-def encode(obj: Sample | Inventory | NodeStatus) -> bytes:
+def encode(obj: Sample | Inventory | NodeStatus | Watermark) -> bytes:
     """Serialise a wire struct to compact JSON bytes."""
     return _encoder.encode(obj)
 
@@ -619,3 +639,8 @@ def decode_inventory(payload: bytes | bytearray | memoryview) -> Inventory:
 def decode_status(payload: bytes | bytearray | memoryview) -> NodeStatus:
     """Decode and validate a status message."""
     return _decode(_status_decoder, payload)
+
+
+def decode_watermark(payload: bytes | bytearray | memoryview) -> Watermark:
+    """Decode and validate a watermark message."""
+    return _decode(_watermark_decoder, payload)

@@ -12,14 +12,24 @@ __all__ = [
     "NODE_ID_RE",
     "PREFIX",
     "SUBSCRIPTIONS",
+    "WATERMARK_PREFIX",
     "inventory_topic",
     "parse_topic",
     "sample_topic",
     "status_topic",
     "validate_node_id",
+    "watermark_topic",
 ]
 
 PREFIX: Final = "capwatch/v1/nodes"
+WATERMARK_PREFIX: Final = "capwatch/v1/watermarks"
+"""Where the collector tells each node what its store holds (:func:`watermark_topic`).
+
+Not below :data:`PREFIX`: there every topic is a node's own (agents write theirs, the
+collector reads them all); this tree is the other way round (the collector writes, each
+node reads only its own), so the broker's ACL grants the two trees separately and the
+collector's subscription never brings its own messages back.
+"""
 NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 r"""A node id: one safe topic level. ``\Z``, not ``$``: ``$`` also matches before a final
 newline, so ``"n1\n"`` would pass. Equal to :data:`shared.schema.NODE_ID_PATTERN`."""
@@ -71,6 +81,12 @@ def inventory_topic(node: str) -> str:
 def status_topic(node: str) -> str:
     """Topic of a node's online/offline status (QoS 1, retained; the will sets offline)."""
     return f"{PREFIX}/{node}/status"
+
+
+def watermark_topic(node: str) -> str:
+    """Topic of a node's store watermark (retained, QoS 0; only the collector writes it and
+    only that node reads it): payload :class:`shared.schema.Watermark`."""
+    return f"{WATERMARK_PREFIX}/{node}"
 
 
 _PREFIX_PARTS: Final = PREFIX.count("/") + 1

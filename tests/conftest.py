@@ -41,11 +41,17 @@ BROKERS: Final = ("mosquitto", "nats", "embedded")
 
 
 @pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    """A running Mosquitto with persistence in ``tmp_path``; stopped after the test."""
+def mosquitto(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MosquittoBroker]:
+    """A running Mosquitto with persistence in ``tmp_path``; stopped after the test.
+
+    ``persistence`` of :class:`MosquittoBroker` through indirect parametrisation:
+    ``@pytest.mark.parametrize("mosquitto", [{"persistence": False}], indirect=True)``.
+    """
     if find_mosquitto() is None:
         skip_without_mosquitto()
-    with MosquittoBroker(tmp_path / "broker") as broker:
+    options: dict[str, bool] = getattr(request, "param", {})
+    persistence = options.get("persistence", True)
+    with MosquittoBroker(tmp_path / "broker", persistence=persistence) as broker:
         yield broker
 
 

@@ -141,6 +141,23 @@ class WriterMetrics:
             "retention_deleted_rows", "Sample rows deleted by retention."
         )
         self.job_failures = counter("job_failures", "Periodic jobs that failed, by job.", ("job",))
+        self.watermarks_published = counter(
+            "watermarks_published",
+            "Watermark messages published (one per node whose store watermark changed, at "
+            "most once per watermark_interval_s).",
+        )
+        self.watermarks_refused = counter(
+            "watermarks_refused",
+            "Times watermark publishing was paused for an hour: the broker closed three "
+            "connections in a row right after a watermark publish (its ACL refuses them).",
+        )
+        self.watermark_seconds = Histogram(
+            "watermark_flush_seconds",
+            "Time to write the changed watermarks (one transaction) and publish them.",
+            namespace=_NS,
+            buckets=COMMIT_BUCKETS_S,
+            registry=registry,
+        )
         self.commit_seconds = Histogram(
             "batch_commit_seconds",
             "Time to store one batch (one transaction) and learn it is durable.",
@@ -151,7 +168,8 @@ class WriterMetrics:
 
     def counter_rows(self) -> dict[str, int]:
         """``stored``, ``duplicates``, ``quarantined``, ``store_bisections``,
-        ``quarantine_trimmed``, ``retention_deleted`` and ``job_failed_<job>``."""
+        ``quarantine_trimmed``, ``retention_deleted``, ``watermarks_published``,
+        ``watermarks_refused`` and ``job_failed_<job>``."""
         return {
             "stored": value(self.stored),
             "duplicates": value(self.duplicates),
@@ -159,5 +177,7 @@ class WriterMetrics:
             "store_bisections": value(self.bisections),
             "quarantine_trimmed": value(self.quarantine_trimmed),
             "retention_deleted": value(self.retention_deleted),
+            "watermarks_published": value(self.watermarks_published),
+            "watermarks_refused": value(self.watermarks_refused),
             **{f"job_failed_{job}": n for job, n in labelled_values(self.job_failures).items()},
         }

@@ -80,11 +80,22 @@ class Subscriber(Protocol):
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
 
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
 
 class Acker(Protocol):
-    """Where a unit's acknowledgements go: the connection its messages came on."""
+    """Where a unit's acknowledgements go: the connection its messages came on (the writer
+    publishes the store's watermarks there too)."""
 
     def ack(self, packet_ids: Iterable[int]) -> None: ...
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
 
 
 FILTERS_META_KEY: Final = "mqtt_filters"

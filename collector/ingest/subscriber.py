@@ -21,7 +21,9 @@ collector that crashes between receipt and its SQLite commit loses what it alrea
 
 Supported: CONNECT (username/password, clean session flag, keepalive), TLS through an
 ``ssl.SSLContext``, SUBSCRIBE at QoS 0/1, UNSUBSCRIBE, PUBLISH QoS 0/1 from the broker,
-PINGREQ/PINGRESP, DISCONNECT. Not supported: publishing, last wills, QoS 2 (a QoS 2 PUBLISH is a
+retained PUBLISH at QoS 0 to the broker (:meth:`MqttSubscriber.publish_retained`: the
+collector's watermarks), PINGREQ/PINGRESP, DISCONNECT. Not supported: QoS 1 publishing,
+last wills, QoS 2 (a QoS 2 PUBLISH is a
 protocol error), MQTT 5, websockets. Error tree (``CapwatchError`` is in :mod:`shared.errors`)::
 
     CapwatchError
@@ -178,6 +180,11 @@ class MqttSubscriber:
     def packets_received(self) -> int:
         """Complete MQTT packets read from the broker, over every connection of this object."""
         return self._parser.packets
+
+    @property
+    def closed(self) -> bool:
+        """Whether this connection has ended (or was never opened)."""
+        return self._error is not None or self._transport is None
 
     @property
     def reading_paused(self) -> bool:
@@ -377,6 +384,24 @@ class MqttSubscriber:
         if min(ids) < 1 or max(ids) > 0xFFFF:
             raise ValueError(f"MQTT packet ids are 1..65535, got {min(ids)}..{max(ids)}")
         self._write(struct.pack(f">{len(ids)}I", *[PUBACK_HEADER | i for i in ids]))
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish ``(topic, payload)`` pairs retained at QoS 0, all in one write.
+
+        QoS 0: nothing to wait for, and a message lost with the connection is replaced by
+        the next one on its topic (the caller publishes again what changes). Raises
+        :class:`MqttConnectionLost` if the connection has ended.
+        """
+        if not messages:
+            return
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        self._write(
+            b"".join(
+                encode_packet(0x31, encode_string(topic, "topic") + payload)
+                for topic, payload in messages
+            )
+        )
 
     # --- internals ------------------------------------------------------------------------
 

@@ -7,6 +7,17 @@ retention (one small chunk at a time, so ingestion never waits long), the ``coun
 (:func:`~collector.counters.counter_values`, every ~2 s) and the quarantine bound. One
 owner, so no locks.
 
+The store's watermarks (:mod:`collector.ingest.watermark`): each committed batch's sample
+rows move them; every ``watermark_interval_s`` the writer writes the changed ones to the
+``watermarks`` table and, after that commit, publishes them retained on the connection the
+last unit came from (QoS 0: one that is lost with the connection is offered again at the
+next interval). One message per changed node per interval, whatever the sample rate.
+A broker whose ACL does not let the collector write there closes the connection at the
+first one (Mosquitto 2.0 does so even at QoS 0): the first publish on each connection is
+a probe, judged at the next interval; three connections in a row lost right after one, and
+watermarks stop for an hour (``watermarks_refused``, logged as an error naming the ACL
+line), so an old ACL costs three reconnects, not a reconnect every second.
+
 Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
 collector commits big batches and an idle one commits each read at once (no timer to wait
 for before acknowledging).
@@ -36,19 +47,25 @@ from prometheus_client import CollectorRegistry
 
 from collector import counters
 from collector.ingest.metrics import WriterMetrics
-from collector.ingest.reader import MetaItem, StopUnit, Unit
+from collector.ingest.reader import Acker, MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
 from shared.logging import get_logger
-from shared.topics import inventory_topic, sample_topic, status_topic
+from shared.schema import Watermark, encode
+from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
 __all__ = ["Record", "Writer", "WriterItem"]
 
 log = get_logger("writer")
 
 _COUNTERS_EVERY_S: Final = 2.0
+_REFUSALS: Final = 3
+"""Connections in a row lost right after their first watermark publish: the broker refuses."""
+_REFUSED_PAUSE_S: Final = 3600.0
 
 
 class Record(Protocol):
@@ -93,6 +110,8 @@ class Writer:
         counters_every_s: float = _COUNTERS_EVERY_S,
         counter_values: Callable[[], dict[str, int]] | None = None,
         metrics: WriterMetrics | None = None,
+        watermarks: Watermarks | None = None,
+        watermark_interval_s: float = 1.0,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -116,6 +135,17 @@ class Writer:
         )
         """What the ``counters`` table gets: by default validation's and the writer's own."""
         self._known_nodes: set[str] = set()
+        self.watermarks = watermarks
+        """Per node, what the store holds (``None``: none published)."""
+        self._watermark_interval_s = watermark_interval_s
+        self._link: Acker | None = None
+        """The connection of the last unit stored: where watermarks are published."""
+        self._verified: Acker | None = None
+        """The connection known to take watermarks (it outlived a publish)."""
+        self._probe: tuple[Acker, list[WatermarkRow]] | None = None
+        """The first publish on a connection not yet verified, judged at the next flush."""
+        self._refusals = 0
+        self._marks_paused_until = 0.0
         self.last_commit: float | None = None
         """Clock monotonic time of the last commit (a batch or the counters); the collector's
         :class:`~collector.health.Health` reads it."""
@@ -126,8 +156,12 @@ class Writer:
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
         next_fold = mono()  # at once: what a crash left staged
+        marking = self.watermarks is not None and self._watermark_interval_s > 0
+        next_marks = mono() + self._watermark_interval_s if marking else float("inf")
         while True:
-            first = await self._next(min(next_retention, next_counters, next_fold) - mono())
+            first = await self._next(
+                min(next_retention, next_counters, next_fold, next_marks) - mono()
+            )
             if first is not None:
                 units, records, stop = self._gather(first)
                 if units:
@@ -137,12 +171,17 @@ class Writer:
                 if stop is not None:
                     await self.fold_rollups()
                     await self.flush_counters()
+                    if marking:
+                        await self.flush_watermarks()
                     stop.done.set_result(None)
                     return
             now = mono()
             if now >= next_fold or self._store.pending_rollups >= self._fold_samples:
                 await self.fold_rollups()
                 next_fold = now + self._fold_s
+            if now >= next_marks:
+                await self.flush_watermarks()
+                next_marks = now + self._watermark_interval_s
             if now >= next_counters:
                 await self.flush_counters()
                 next_counters = now + self._counters_every_s
@@ -201,6 +240,8 @@ class Writer:
         self.metrics.commit_seconds.observe(done - t0)
         acked = 0
         for unit in units:
+            if unit.link is not None:
+                self._link = unit.link
             if unit.acks and unit.link is not None:
                 # After a reconnect the old link is closed: the broker redelivers those
                 # messages to the new one, and the store drops the duplicates.
@@ -248,6 +289,8 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return
         self._known_nodes |= new_nodes
+        if self.watermarks is not None and rows:
+            self.watermarks.note(rows, self._clock.time())
         m = self.metrics
         m.stored.inc(inserted)
         m.duplicates.inc(len(rows) - inserted)
@@ -299,6 +342,59 @@ class Writer:
         # topic, this table would otherwise grow with every invented name.
         await self._store.trim_node_rejects(self._quarantine_max_rows)
 
+    async def flush_watermarks(self) -> None:
+        """Write the changed watermarks, then (after that commit) publish them retained."""
+        marks = self.watermarks
+        t0 = self._clock.monotonic()
+        if marks is None or t0 < self._marks_paused_until or not self._judge_probe(marks, t0):
+            return
+        link = self._link
+        if link is None or link.closed:
+            return  # what changed stays due until there is a connection
+        rows = marks.due(self._clock.time())
+        if not rows:
+            return
+        await write_watermarks(self._store, rows)
+        self.last_commit = self._clock.monotonic()
+        try:
+            link.publish_retained([_watermark_message(r) for r in rows])
+        except MqttWireError as exc:
+            marks.retry(rows)
+            log.debug("watermarks_not_published", nodes=len(rows), error=str(exc))
+            return
+        if link is not self._verified:
+            self._probe = (link, rows)
+        self.metrics.watermarks_published.inc(len(rows))
+        self.metrics.watermark_seconds.observe(self._clock.monotonic() - t0)
+
+    def _judge_probe(self, marks: Watermarks, now: float) -> bool:
+        """Whether watermarks may be published: the last connection's first publish did not
+        end it, or not three connections in a row (see the module docstring)."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return True
+        link, rows = probe
+        if not link.closed:
+            self._verified, self._refusals = link, 0
+            return True
+        marks.retry(rows)
+        self._refusals += 1
+        if self._refusals < _REFUSALS:
+            return True
+        self._refusals = 0
+        self._marks_paused_until = now + _REFUSED_PAUSE_S
+        self.metrics.watermarks_refused.inc()
+        log.error(
+            "watermarks_refused",
+            connections_lost=_REFUSALS,
+            paused_s=_REFUSED_PAUSE_S,
+            hint="the broker closed the connection right after each watermark publish: let "
+            "the collector's user write them (deploy/mosquitto.acl: 'topic write "
+            "capwatch/v1/watermarks/#'), or set watermark_interval_s = 0. Meanwhile agents "
+            "forget samples at the broker's PUBACK",
+        )
+        return False
+
     async def _retention_chunk(self) -> bool:
         """Delete one chunk of samples that arrived before the window; True if more remain."""
         cutoff_ms = round((self._clock.time() - self._retention_s) * 1000)
@@ -316,6 +412,11 @@ class Writer:
                 log.info("rollup_retention_deleted", res_s=res, rows=gone, cutoff_s=cutoff_s)
             more = more or gone >= self._retention_chunk_rows
         return more
+
+
+def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:
+    mark = Watermark(v=1, node=row.node, epoch=row.epoch, seq=row.seq, top=row.top)
+    return watermark_topic(row.node), encode(mark)
 
 
 def _merge(old: NodeUpdate, new: NodeUpdate) -> NodeUpdate:

@@ -2,8 +2,9 @@
 
 Nothing above this package writes SQL; it calls the functions of the table modules
 (``alerts``, ``capacity``, ``governance``, ``pools``, ``queries``, ``series``, ``silences``,
-``outbox``, ``usage``, ``health``) with one of three handles. A second backend (PostgreSQL)
-implements these same handles and, where its dialect differs, its own SQL for the modules:
+``outbox``, ``usage``, ``health``, ``watermarks``) with one of three handles. A second
+backend (PostgreSQL) implements these same handles and, where its dialect differs, its own
+SQL for the modules:
 
 * **Opening** (:mod:`~collector.store.connect`): ``open_sync(path, write=)`` for commands,
   ``open_async(path, write=, synchronous=)`` for the collector; every opening error is one

@@ -18,6 +18,9 @@ Tables:
     rejects per node and reason, summed over restarts.
 ``meta``
     what the collector must remember across restarts (the MQTT session it holds).
+``watermarks``
+    per node: the highest contiguous ``seq`` of its current epoch stored, as last published
+    to the agent (:mod:`collector.store.watermarks`).
 ``alerts`` / ``alert_history``
     pending and firing alerts, and every alert state change.
 ``tenants`` / ``cohorts`` / ``cohort_quotas`` / ``quotas`` / ``leases`` / ``lease_nodes``
@@ -469,6 +472,20 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE TABLE ledger_dirty (
             hour INTEGER PRIMARY KEY,
             n INTEGER NOT NULL
+        );
+        """,
+    ),
+    (
+        # Per node, what the collector last told the agent its store holds (the watermark):
+        # read back at start, so a restarted collector goes on from the store's truth.
+        "0018_watermarks",
+        """
+        CREATE TABLE watermarks (
+            node TEXT PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,     -- every seq of epoch up to this one is stored
+            top INTEGER NOT NULL,     -- the highest seq of epoch stored
+            ts_ms INTEGER NOT NULL      -- its newest sample's time (node clock)
         );
         """,
     ),

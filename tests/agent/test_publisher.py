@@ -8,12 +8,14 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from agent.publisher import Publisher, next_backoff
 from agent.spool import Spool
+from shared.schema import Watermark, encode
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
 
@@ -157,3 +159,54 @@ def test_reconnect_delays_are_jittered_and_capped_at_a_few_seconds() -> None:
     assert len(set(late)) > 150  # jittered: a fleet does not come back in the same instant
     assert max(late) > 4.0
     assert min(late) < 1.5
+
+
+def _watermark_publisher(tmp_path: Path) -> Publisher:
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600, hold_s=60)
+    spool.open()
+    for _ in range(2):  # two more starts: this one is epoch 2
+        spool.close()
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600, hold_s=60)
+        spool.open()
+    for seq in range(5):
+        spool.append(encode_sample(epoch=2, seq=seq))
+    while (record := spool.next()) is not None:
+        spool.holding = True
+        spool.ack(record)
+    return Publisher(MqttSettings(), "wm-node", spool, lambda: b"{}", time.time)
+
+
+def encode_sample(*, epoch: int, seq: int) -> bytes:
+    """Enough of a sample for the spool's (epoch, seq) key."""
+    return msgspec.json.encode({"v": 1, "node": "wm-node", "seq": seq, "epoch": epoch})
+
+
+def _mark(node: str, epoch: int, seq: int, top: int) -> bytes:
+    return encode(Watermark(v=1, node=node, epoch=epoch, seq=seq, top=top))
+
+
+def test_a_watermark_confirms_and_a_hole_asks_for_one_resend_per_value(tmp_path: Path) -> None:
+    """(2, 1): two forgotten; (2, 1, top 4) twice: one resend asked; (2, 3, top 4): another."""
+    pub = _watermark_publisher(tmp_path)
+    pub.on_watermark(_mark("wm-node", 2, 1, 1))
+    assert (len(pub.spool), pub.spool.unconfirmed) == (3, 3)
+    pub.on_watermark(_mark("wm-node", 2, 1, 4))
+    assert pub._resend
+    pub._resend = False
+    pub.on_watermark(_mark("wm-node", 2, 1, 4))
+    assert not pub._resend  # the same watermark: already sent again for it
+    pub.on_watermark(_mark("wm-node", 2, 3, 4))
+    assert pub._resend
+    assert pub.watermarks_heard == 4
+
+
+def test_a_watermark_of_another_node_or_a_later_epoch_is_refused(tmp_path: Path) -> None:
+    """Another node's (a broker delivering more than the ACL says) or one from an epoch this
+    spool never reached (a wiped spool directory) confirms nothing."""
+    pub = _watermark_publisher(tmp_path)
+    with capture_logs() as logs:
+        pub.on_watermark(_mark("other-node", 2, 4, 4))
+        pub.on_watermark(_mark("wm-node", 9, 4, 4))
+        pub.on_watermark(b"not json")
+    assert (pub.spool.unconfirmed, pub.watermarks_refused, pub.watermarks_heard) == (5, 3, 0)
+    assert [e["event"] for e in logs].count("watermark_refused") == 1  # then every 100th

@@ -1,27 +1,34 @@
-"""Fixtures for whole-system tests: a collector running in the test's event loop."""
+"""Fixtures for whole-system tests: a collector running in the test's event loop, and real
+agent processes publishing through their spools (crash tests kill and restart them)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import msgspec
 import pytest
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
-from collector.localbroker import BrokerProcess, MosquittoBroker
+from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
 from shared.topics import sample_topic
-from tests.helpers import wait_until
+from tests.helpers import db_rows, wait_until
 
 
 def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
@@ -112,3 +119,136 @@ async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Age
     service.stop()
     async with asyncio.timeout(20):
         await task
+
+
+SPOOL_NODE = "spool-node-1"
+"""The node id of an :class:`AgentProcess` unless given."""
+
+
+class AgentProcess:
+    """``agent run`` as a real process (no GPUs), its /metrics on a loopback port."""
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        spool_dir: Path,
+        log: Path,
+        node: str = SPOOL_NODE,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.node = node
+        self.log = log
+        env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1", **(env or {})}
+        argv = [sys.executable, "-m", "agent", "run", "--node-id", node, "--interval", "1"]
+        argv += ["--gpu-backend", "none", "--host", broker.host, "--port", str(broker.port)]
+        argv += ["--spool-dir", str(spool_dir)]
+        argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def metric(self, name: str) -> float | None:
+        """One unlabelled series of its /metrics, or None while it does not answer."""
+        try:
+            body = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    """Agent processes a test starts (appends); SIGKILLed after it if still running."""
+    started: list[AgentProcess] = []
+    yield started
+    for a in started:
+        if a.proc.poll() is None:
+            a.kill()
+
+
+def stored_seqs(db: Path, node: str = SPOOL_NODE) -> list[tuple[int, int]]:
+    """(epoch, seq) of the node's stored samples, in the order they arrived."""
+    rows = db_rows(db, "SELECT epoch, seq FROM samples WHERE node = ? ORDER BY rowid", (node,))
+    return [(int(e), int(s)) for e, s in rows]
+
+
+def samples_taken(agent: AgentProcess) -> int:
+    """Samples the stopped agent took (its ``agent_stopped`` log line)."""
+    for line in reversed(agent.log.read_text().splitlines()):
+        if '"agent_stopped"' in line:
+            event = json.loads(line)
+            if event.get("node", agent.node) == agent.node:
+                return int(event["samples"])
+    raise AssertionError(f"no agent_stopped line in {agent.log}")
+
+
+def watermark_seq(agent: AgentProcess) -> float:
+    """The last store watermark the agent heard (-1 before any)."""
+    return agent.metric("capwatch_agent_watermark_seq") or -1.0
+
+
+async def wait_watermarks(fleet: list[AgentProcess], seq: int) -> None:
+    """Until every agent heard a watermark at ``seq`` or past it."""
+    for a in fleet:
+
+        def reached(a: AgentProcess = a) -> bool:
+            return watermark_seq(a) >= seq
+
+        await wait_until(reached, timeout_s=30, what=f"{a.node}: watermark {seq}")
+
+
+async def wait_acknowledged(fleet: list[AgentProcess], more: int) -> None:
+    """Until the broker acknowledged ``more`` samples of every agent from now on."""
+    acked = {a.node: a.metric("capwatch_agent_published_total") or 0 for a in fleet}
+    for a in fleet:
+
+        def grown(a: AgentProcess = a) -> bool:
+            return (a.metric("capwatch_agent_published_total") or 0) >= acked[a.node] + more
+
+        await wait_until(grown, timeout_s=30, what=f"{a.node}: {more} samples acknowledged")
+
+
+def start_agents(
+    broker: MosquittoBroker, tmp_path: Path, agents: list[AgentProcess], n: int
+) -> list[AgentProcess]:
+    """``n`` agent processes, nodes ``wm-node-<i>``, each with its spool and log in tmp."""
+    started = []
+    for i in range(n):
+        node = f"wm-node-{i}"
+        a = AgentProcess(broker, tmp_path / f"spool-{i}", tmp_path / f"{node}.log", node=node)
+        agents.append(a)
+        started.append(a)
+    return started
+
+
+async def stop_and_count(db: Path, agents: list[AgentProcess]) -> dict[str, tuple[int, int, int]]:
+    """Stop the agents; once every sample each took is stored, per node: (taken, stored
+    rows, distinct seqs)."""
+    for a in agents:
+        await asyncio.to_thread(a.stop)
+    taken = {a.node: samples_taken(a) for a in agents}
+    for a in agents:
+
+        def all_stored(a: AgentProcess = a) -> bool:
+            return len({s for _, s in stored_seqs(db, a.node)}) >= taken[a.node]
+
+        await wait_until(
+            all_stored, timeout_s=30, what=f"{a.node}: all {taken[a.node]} samples stored"
+        )
+    out = {}
+    for a in agents:
+        seqs = [s for _, s in stored_seqs(db, a.node)]
+        out[a.node] = (taken[a.node], len(seqs), len(set(seqs)))
+    return out

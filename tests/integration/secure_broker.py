@@ -123,12 +123,14 @@ def deployed_config(
     tls_port: int | None = None,
     mutual_tls: bool = False,
     without: Sequence[str] = (),
+    acl: Path | None = None,
 ) -> str:
     """deploy/mosquitto.conf with paths moved into ``data_dir`` and the listener on ``port``.
 
     ``tls``: also uncomment the TLS listener block (on ``tls_port``, loopback), and with
     ``mutual_tls`` its require_certificate / use_identity_as_username lines. ``without``:
-    drop every line equal to one of these (each must occur at least once).
+    drop every line equal to one of these (each must occur at least once). ``acl``: another
+    ACL file instead of deploy/'s (e.g. one from before a line was added).
     """
     lines = (DEPLOY / "mosquitto.conf").read_text().splitlines()
     moved = {
@@ -137,7 +139,7 @@ def deployed_config(
         "pid_file /run/mosquitto/mosquitto.pid": f"pid_file {data_dir}/mosquitto.pid",
         "persistence_location /var/lib/mosquitto/": f"persistence_location {data_dir}/",
         "password_file /etc/mosquitto/passwd": f"password_file {passwd}",
-        "acl_file /etc/mosquitto/capwatch.acl": f"acl_file {DEPLOY / 'mosquitto.acl'}",
+        "acl_file /etc/mosquitto/capwatch.acl": f"acl_file {acl or DEPLOY / 'mosquitto.acl'}",
         "log_dest file /var/log/mosquitto/mosquitto.log": f"log_dest file {data_dir}/log",
     }
     if tls is not None:
@@ -193,6 +195,7 @@ class DeployedBroker(BrokerProcess):
         tls: Pki | None = None,
         mutual_tls: bool = False,
         without: Sequence[str] = (),
+        acl: Path | None = None,
     ) -> None:
         self.binary, _ = need_mosquitto_tools()
         self.host = _HOST
@@ -210,6 +213,7 @@ class DeployedBroker(BrokerProcess):
                 tls_port=self.tls_port,
                 mutual_tls=mutual_tls,
                 without=without,
+                acl=acl,
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

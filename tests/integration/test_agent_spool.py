@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 import pytest
 
@@ -27,73 +20,27 @@ from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import sample_topic
 from tests.helpers import count_samples, db_rows, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import (
+    SPOOL_NODE,
+    AgentProcess,
+    CollectorRunner,
+    fast_mqtt,
+    start_agents,
+    stop_and_count,
+    stored_seqs,
+    wait_acknowledged,
+    wait_watermarks,
+)
 
 pytestmark = pytest.mark.integration
 
-NODE = "spool-node-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class _AgentProcess:
-    """``agent run`` as a real process (no GPUs), its /metrics on a loopback port."""
-
-    def __init__(self, broker: MosquittoBroker, spool_dir: Path, log: Path) -> None:
-        self.metrics_port = _free_port()
-        env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1"}
-        argv = [sys.executable, "-m", "agent", "run", "--node-id", NODE, "--interval", "1"]
-        argv += ["--gpu-backend", "none", "--host", broker.host, "--port", str(broker.port)]
-        argv += ["--spool-dir", str(spool_dir)]
-        argv += ["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def metric(self, name: str) -> float | None:
-        """One unlabelled series of its /metrics, or None while it does not answer."""
-        try:
-            body = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
-        except httpx.HTTPError:
-            return None
-        for line in body.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-
-
-@pytest.fixture
-def agents() -> Iterator[list[_AgentProcess]]:
-    started: list[_AgentProcess] = []
-    yield started
-    for a in started:
-        if a.proc.poll() is None:
-            a.kill()
-
-
-def _stored(db: Path) -> list[tuple[int, int]]:
-    """(epoch, seq) of the node's stored samples, in the order they arrived."""
-    rows = db_rows(db, "SELECT epoch, seq FROM samples WHERE node = ? ORDER BY rowid", (NODE,))
-    return [(int(e), int(s)) for e, s in rows]
+NODE = SPOOL_NODE
 
 
 async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_order(
     mosquitto: MosquittoBroker,
     collector_runner: CollectorRunner,
-    agents: list[_AgentProcess],
+    agents: list[AgentProcess],
     tmp_path: Path,
 ) -> None:
     """Broker down; agent A spools, is SIGKILLed; agent B starts on the same spool (epoch
@@ -104,17 +51,17 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
     spool, log = tmp_path / "spool", tmp_path / "agent.log"
     await asyncio.to_thread(mosquitto.stop)
 
-    first = _AgentProcess(mosquitto, spool, log)
+    first = AgentProcess(mosquitto, spool, log)
     agents.append(first)
 
-    def spooled(a: _AgentProcess, n: int) -> bool:
+    def spooled(a: AgentProcess, n: int) -> bool:
         value = a.metric("capwatch_agent_buffered_samples")
         return value is not None and value >= n
 
     await wait_until(lambda: spooled(first, 3), timeout_s=30, what="agent A spooling 3 samples")
     await asyncio.to_thread(first.kill)
 
-    second = _AgentProcess(mosquitto, spool, log)
+    second = AgentProcess(mosquitto, spool, log)
     agents.append(second)
     await wait_until(lambda: second.metric("capwatch_agent_epoch") == 1, what="agent B (epoch 1)")
     assert second.metric("capwatch_agent_dropped_total") == 0
@@ -126,10 +73,10 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
 
     await asyncio.to_thread(mosquitto.start)
     await wait_until(
-        lambda: any(e == 1 and s >= 4 for e, s in _stored(db)), timeout_s=30, what="B's samples"
+        lambda: any(e == 1 and s >= 4 for e, s in stored_seqs(db)), timeout_s=30, what="B's samples"
     )
     await asyncio.to_thread(second.stop)
-    rows = _stored(db)
+    rows = stored_seqs(db)
     a_seqs = [s for e, s in rows if e == 0]
     b_seqs = [s for e, s in rows if e == 1]
     assert len(a_seqs) >= 3
@@ -192,7 +139,7 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     assert gap["to_ts"] - gap["from_ts"] == pytest.approx(1.0, abs=0.01)
 
 
-async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_stored(
+async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_isstored_seqs(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
     """``agent simulate``'s publisher outlives a broker restart: it reconnects, sends again
@@ -215,3 +162,41 @@ async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_is_st
         lambda: count_samples(db) == 5 * stats.ticks, what=f"all {5 * stats.ticks} samples"
     )
     assert value(collector.ingest_metrics.samples) >= 5 * stats.ticks
+
+
+# -- the store's watermark: a broker that loses its state loses nothing ------------------------
+
+
+@pytest.mark.parametrize("mosquitto", [{"persistence": False}], indirect=True)
+async def test_a_broker_killed_without_persistence_while_the_collector_is_away_loses_nothing(
+    mosquitto: MosquittoBroker,
+    collector_runner: CollectorRunner,
+    agents: list[AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """Three agents publish through their spools; the collector stops, samples queue in the
+    broker (acknowledged to the agents); the broker is SIGKILLed and comes back empty (no
+    persistence: the collector's session and its queue are gone). The collector returns, its
+    watermarks report the hole, the agents send their held samples again: every seq each
+    agent took is stored, once."""
+    await collector_runner.start()
+    db = collector_runner.db
+    fleet = start_agents(mosquitto, tmp_path, agents, 3)
+    await wait_watermarks(fleet, 2)
+    await collector_runner.stop()
+    queued_from = {a.node: len(stored_seqs(db, a.node)) for a in fleet}
+    await wait_acknowledged(fleet, 3)  # by the broker, stored nowhere
+    await asyncio.to_thread(mosquitto.kill)
+    await asyncio.to_thread(mosquitto.start)
+    collector = await collector_runner.start()
+    await wait_until(
+        lambda: all(len(stored_seqs(db, a.node)) > queued_from[a.node] + 4 for a in fleet),
+        timeout_s=30,
+        what="samples after the collector's return",
+    )
+    assert value(collector.reader_metrics.sessions_lost) == 1  # the broker forgot everything
+    counts = await stop_and_count(db, fleet)
+    for node, (taken, rows, distinct) in counts.items():
+        assert (rows, distinct) == (taken, taken), node  # 0 lost, none stored twice
+    resent = sum(1 for a in fleet if '"spool_resend"' in a.log.read_text())
+    assert resent == len(fleet)  # each agent sent its held samples again

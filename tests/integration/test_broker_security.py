@@ -18,12 +18,13 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import msgspec
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
@@ -31,9 +32,16 @@ from pydantic import SecretStr
 from agent.simulate import FleetSimulator
 from collector.governance.settings import GovernanceSettings
 from collector.settings import AlertSettings, CollectorSettings
-from shared.schema import encode
+from shared.schema import decode_watermark, encode
 from shared.settings import MqttSettings, load_settings
-from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
+from shared.topics import (
+    PREFIX,
+    WATERMARK_PREFIX,
+    inventory_topic,
+    sample_topic,
+    status_topic,
+    watermark_topic,
+)
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.secure_broker import (
     DEPLOY,
@@ -388,6 +396,77 @@ async def test_a_node_writes_only_its_sample_inventory_and_status_topics(
     assert live_extra == 0
     assert retained == sorted(own)
     assert retained_extra == 0
+
+
+async def test_only_the_collector_writes_a_nodes_watermark_and_only_that_node_reads_it(
+    tmp_path: Path, passwd: Path
+) -> None:
+    """deploy/'s ACL: the collector as deployed publishes a node's store watermark after
+    storing its samples, and that node reads it; the node cannot forge its own (its
+    retained publish is dropped), another node and the ops user read none."""
+    topic = watermark_topic(_NODE)
+    samples = [
+        encode(msgspec.structs.replace(_SIM.sample(0, _T0 + 5 * seq, seq), epoch=1))
+        for seq in range(3)
+    ]
+    db, log = tmp_path / "capwatch.db", tmp_path / "collector.log"
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        async with asyncio.timeout(_TEST_S):
+            with contextlib.suppress(aiomqtt.MqttError):  # Mosquitto may hang up on it
+                async with _client(_settings(broker, _NODE)) as forger:
+                    await forger.publish(topic, b"forged", qos=1, retain=True)
+            async with _collector(broker, db, log), _client(_settings(broker, _NODE)) as node:
+                await node.subscribe(topic, qos=0)
+                while count_samples(db) < len(samples):  # connected is not yet subscribed
+                    for payload in samples:
+                        await node.publish(sample_topic(_NODE), payload, qos=1)
+                    await asyncio.sleep(0.2)
+                mark = decode_watermark((await _next(node)).payload)
+            async with (
+                _client(_settings(broker, _INTRUDER)) as intruder,
+                _client(_settings(broker, _OPS)) as ops,
+            ):
+                for reader in (intruder, ops):
+                    await reader.subscribe(f"{WATERMARK_PREFIX}/#", qos=0)
+                    await _round_trip(reader)
+                stolen = len(intruder.messages) + len(ops.messages)
+    assert (mark.node, mark.epoch, mark.seq, mark.top) == (_NODE, 1, 2, 2)
+    assert stolen == 0
+
+
+async def test_an_acl_without_the_watermark_line_costs_three_reconnects_not_ingest(
+    tmp_path: Path, passwd: Path
+) -> None:
+    """The ACL before watermarks: Mosquitto closes the collector's connection at its first
+    watermark publish. After three such connections the collector stops publishing them
+    (watermarks_refused) and goes on storing samples on a connection that stays up (the
+    first, three lost, the one after)."""
+    old_acl = tmp_path / "old.acl"
+    lines = (DEPLOY / "mosquitto.acl").read_text().splitlines()
+    old_acl.write_text("\n".join(x for x in lines if "watermarks" not in x) + "\n")
+    db, log = tmp_path / "capwatch.db", tmp_path / "collector.log"
+    seq = 0
+    with DeployedBroker(tmp_path / "broker", passwd, acl=old_acl) as broker:
+        async with _collector(broker, db, log), _client(_settings(broker, _NODE)) as node:
+
+            async def publish_until(done: Callable[[], bool]) -> None:
+                nonlocal seq
+                async with asyncio.timeout(60):
+                    while not done():
+                        sample = msgspec.structs.replace(_SIM.sample(0, _T0 + seq, seq), epoch=1)
+                        await node.publish(sample_topic(_NODE), encode(sample), qos=1)
+                        seq += 1
+                        await asyncio.sleep(0.1)
+
+            await publish_until(lambda: "watermarks_refused" in _read(log))
+            stored = count_samples(db)
+            await publish_until(lambda: count_samples(db) >= stored + 10)  # connected again
+            connects = len(_collector_connects(broker))
+            stored = count_samples(db)
+            await publish_until(lambda: count_samples(db) >= stored + 30)
+            assert len(_collector_connects(broker)) == connects  # no more reconnects
+    assert 3 <= connects <= 5
+    assert count_samples(db) <= seq
 
 
 # --- passwords --------------------------------------------------------------------------

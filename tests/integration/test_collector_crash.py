@@ -1,7 +1,10 @@
-"""A collector killed with SIGKILL mid-stream loses nothing: acks follow commits."""
+"""A collector killed with SIGKILL mid-stream loses nothing: acks follow commits; with the
+broker killed too (no persistence), the agents' spools and the store's watermark make up
+for what the broker lost."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -14,7 +17,14 @@ from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import MosquittoBroker
 from collector.store.db import MIGRATIONS
 from tests.helpers import count_samples, db_rows, wait_until
-from tests.integration.conftest import fast_mqtt
+from tests.integration.conftest import (
+    AgentProcess,
+    fast_mqtt,
+    start_agents,
+    stop_and_count,
+    wait_acknowledged,
+    wait_watermarks,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +96,50 @@ async def test_sigkill_mid_drain_then_restart_stores_every_sample_once(
     counters = dict(db_rows(db, "SELECT name, value FROM counters"))
     assert counters.get("rejected", 0) == 0
     assert db_rows(db, "SELECT count(DISTINCT node) FROM samples") == [(1000,)]
+
+
+def count_node(db: Path, node: str) -> int:
+    """Sample rows of ``node``."""
+    return int(db_rows(db, "SELECT count(*) FROM samples WHERE node = ?", (node,))[0][0])
+
+
+@pytest.mark.parametrize("mosquitto", [{"persistence": False}], indirect=True)
+async def test_collector_and_broker_sigkilled_mid_stream_lose_no_agent_sample(
+    mosquitto: MosquittoBroker, agents: list[AgentProcess], tmp_path: Path
+) -> None:
+    """Three agents publish through their spools to a collector process; the collector is
+    SIGKILLed, samples queue in the broker, then the broker is SIGKILLed too and restarts
+    empty (no persistence). The next collector finds no session; its watermarks report the
+    hole and the agents send their held samples again: every seq each took, stored once."""
+    db, log = tmp_path / "capwatch.db", tmp_path / "collector.log"
+    proc = _collector(mosquitto, db, log)
+    try:
+        # Subscribed before the agents start: samples of an epoch are counted from seq 0, and
+        # ones the broker dropped for want of a subscriber would be a hole given up later.
+        await wait_until(
+            lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+            what="collector subscribed",
+        )
+        fleet = start_agents(mosquitto, tmp_path, agents, 3)
+        await wait_watermarks(fleet, 2)
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    await wait_acknowledged(fleet, 3)  # by the broker, stored nowhere
+    await asyncio.to_thread(mosquitto.kill)
+    await asyncio.to_thread(mosquitto.start)
+    proc = _collector(mosquitto, db, log)
+    try:
+        before = {a.node: count_node(db, a.node) for a in fleet}
+        await wait_until(
+            lambda: all(count_node(db, a.node) > before[a.node] + 4 for a in fleet),
+            timeout_s=30,
+            what="samples after the collector's return",
+        )
+        counts = await stop_and_count(db, fleet)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    for node, (taken, rows, distinct) in counts.items():
+        assert (rows, distinct) == (taken, taken), node  # 0 lost, none stored twice
+    assert "mqtt_session_lost" in log.read_text()

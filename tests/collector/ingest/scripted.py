@@ -35,6 +35,10 @@ class ScriptedBroker:
     probe: Callable[[], int] = lambda: 0
     """Called at each ack (e.g. rows in the database), recorded in :class:`AckRecord`."""
     acks: list[AckRecord] = field(default_factory=list)
+    retained: dict[str, bytes] = field(default_factory=dict)
+    """What the collector published retained, by topic (the latest payload)."""
+    published: list[tuple[str, bytes, int]] = field(default_factory=list)
+    """Every retained publish: topic, payload, and what the probe saw at that moment."""
     subscriptions: list[list[tuple[str, int]]] = field(default_factory=list)
     unsubscriptions: list[list[str]] = field(default_factory=list)
     connections: int = 0
@@ -112,3 +116,12 @@ class ScriptedSubscriber:
         if self.closed:
             raise MqttConnectionLost("closed")
         self.broker.acks.append(AckRecord(self.link, list(packet_ids), self.broker.probe()))
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Record retained publishes (refused once the connection is gone, as for real)."""
+        if self.closed:
+            raise MqttConnectionLost("closed")
+        observed = self.broker.probe()
+        for topic, payload in messages:
+            self.broker.retained[topic] = payload
+            self.broker.published.append((topic, payload, observed))

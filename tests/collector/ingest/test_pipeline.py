@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -31,8 +32,8 @@ from collector.settings import CollectorSettings
 from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
-from shared.schema import encode
-from shared.topics import LEGACY_SUBSCRIPTIONS, SUBSCRIPTIONS, sample_topic
+from shared.schema import decode_watermark, encode
+from shared.topics import LEGACY_SUBSCRIPTIONS, SUBSCRIPTIONS, sample_topic, watermark_topic
 from tests.collector.ingest.scripted import ScriptedBroker
 from tests.helpers import count_samples, db_rows, wait_until
 
@@ -245,6 +246,13 @@ class _Link:
 
     def ack(self, packet_ids: Iterable[int]) -> None:
         self.acked.extend(packet_ids)
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
 
 
 async def _run_writer(store: Store, units: list[Unit]) -> Writer:
@@ -515,3 +523,67 @@ async def test_old_filters_are_retired_after_the_wall_clock_went_back(tmp_path: 
     run = await _run_once(tmp_path, later, wall=T0 + RETIRE_AFTER_S + 1)
     assert later.unsubscriptions == [list(LEGACY_SUBSCRIPTIONS)]
     assert _held_filters(run.db) == FilterState(SUBSCRIPTIONS, T0)
+
+
+# -- the store's watermarks -------------------------------------------------------------------
+
+
+def _epoch_messages(broker: ScriptedBroker, nodes: int, seqs: Iterable[int]) -> list[Message]:
+    """Samples of epoch 7 with the given seqs, for each of ``nodes`` nodes."""
+    sim = FleetSimulator(nodes, gpus_per_node=1, seed=5, interval_s=1)
+    out = []
+    for seq in seqs:
+        for i in range(nodes):
+            s = msgspec.structs.replace(sim.sample(i, T0 - 100 + seq, seq), epoch=7)
+            out.append(broker.message(sample_topic(s.node), encode(s)))
+    return out
+
+
+def _published(broker: ScriptedBroker) -> list[tuple[str, int, int, int, int]]:
+    """(node, epoch, seq, top, samples stored when published) of every watermark published."""
+    out = []
+    for _topic, payload, observed in broker.published:
+        mark = decode_watermark(payload)
+        out.append((mark.node, mark.epoch, mark.seq, mark.top, observed))
+    return out
+
+
+async def test_watermarks_are_published_after_their_commit_once_per_node_and_survive_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Five reads of three nodes' seqs 0..4: one watermark per node (seq 4), published with
+    all 15 samples stored; seq 7 of one node leaves a hole (seq 4, top 7); after a restart,
+    5 and 6 arriving close it (seq 7): the store, not memory, knew 7 was there."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker)
+    broker.probe = lambda: count_samples(run.db)
+    collector = await run.start()
+    clock = collector.clock
+    assert isinstance(clock, FakeClock)
+    messages = _epoch_messages(broker, 3, range(5))
+    for k in range(0, 15, 3):
+        broker.deliver(messages[k : k + 3])
+    await wait_until(lambda: count_samples(run.db) == 15, what="15 stored")
+    clock.advance(1.0)
+    await wait_until(lambda: len(broker.published) >= 3, what="watermarks published")
+    nodes = sorted({m.topic.split("/")[3] for m in messages})
+    assert sorted(_published(broker)) == [(n, 7, 4, 4, 15) for n in nodes]
+    assert sorted(broker.retained) == [watermark_topic(n) for n in nodes]
+    node = nodes[0]
+
+    broker.deliver(_epoch_messages(broker, 1, [7]))
+    await wait_until(lambda: count_samples(run.db) == 16, what="seq 7 stored")
+    clock.advance(1.0)
+    await wait_until(lambda: len(broker.published) == 4, what="the hole published")
+    assert _published(broker)[-1][:4] == (node, 7, 4, 7)
+    await run.stop()
+
+    again = Running(tmp_path, broker)
+    collector = await again.start()
+    clock = collector.clock
+    assert isinstance(clock, FakeClock)
+    broker.deliver(_epoch_messages(broker, 1, [5, 6]))
+    await wait_until(lambda: count_samples(run.db) == 18, what="5 and 6 stored")
+    clock.advance(1.0)
+    await wait_until(lambda: len(broker.published) == 5, what="the closed hole published")
+    assert _published(broker)[-1] == (node, 7, 7, 7, 18)

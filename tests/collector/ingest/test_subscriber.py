@@ -26,7 +26,7 @@ from collector.ingest.subscriber import (
     MqttSubscriber,
     MqttWireError,
 )
-from collector.localbroker import MosquittoBroker, free_port
+from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from tests.collector.ingest import wire
 from tests.collector.ingest.wire import publish_packet
 from tests.helpers import wait_until
@@ -545,3 +545,35 @@ async def test_missing_connack_times_out_as_connect_error() -> None:
         sub = MqttSubscriber("127.0.0.1", port, client_id="s", connect_timeout_s=0.3)
         with pytest.raises(MqttConnectError, match=r"within 0\.3 s"):
             await _connect(sub, stack)
+
+
+async def test_publish_retained_is_kept_by_every_broker_for_a_later_subscriber(
+    broker: BrokerProcess,
+) -> None:
+    """Two retained QoS 0 messages published in one write on a subscriber's connection: a
+    client subscribing afterwards gets both, flagged retained (Mosquitto, NATS, amqtt)."""
+    messages = [("w/a", b'{"seq":1}'), ("w/b", b'{"seq":2}')]
+    async with contextlib.AsyncExitStack() as stack:
+        pub = MqttSubscriber(
+            broker.host, broker.port, client_id="writer", clean_session=True,
+            connect_timeout_s=_STEP_S,
+        )  # fmt: skip
+        await _connect(pub, stack)
+        pub.publish_retained(messages)
+        reader = MqttSubscriber(
+            broker.host, broker.port, client_id="reader", clean_session=True,
+            connect_timeout_s=_STEP_S,
+        )  # fmt: skip
+        await _connect(reader, stack)
+        got: list[Message] = []
+
+        async def retained_arrived() -> None:
+            while len({m.topic for m in got}) < 2:
+                await _subscribe(reader, "w/#", 0)  # again until the broker has them
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        got.extend(await reader.next_batch())
+
+        async with asyncio.timeout(_STEP_S):
+            await retained_arrived()
+    assert {m.topic: (m.payload, m.retain) for m in got} == {t: (p, True) for t, p in messages}

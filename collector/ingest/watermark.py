@@ -1,0 +1,209 @@
+"""Per node, the highest contiguous sequence the store holds: what the agent may forget.
+
+The writer feeds :meth:`Watermarks.note` the sample rows of every committed batch (a
+duplicate the store ignored is stored too), so the state here is never ahead of the store.
+Every ``interval_s`` the writer takes the nodes whose watermark changed
+(:meth:`Watermarks.due`), writes them to the ``watermarks`` table, and only then publishes
+them, retained, each on its node's topic (:func:`shared.topics.watermark_topic`): at most
+one message per node per interval, whatever the sample rate. At start the table (and the
+samples stored above a hole) are read back (:meth:`Watermarks.restore`).
+
+Contiguity is counted within the node's newest agent epoch, from ``seq`` 0: ``seq`` is the
+highest number such that every sample of the epoch up to it is stored (-1: not even 0 yet),
+``top`` the highest stored. A node's newer epoch starts a new watermark (the agent sends an
+older epoch's samples before the newer ones, so those arrived first). A jump past
+``seq + 1`` leaves a hole: the samples above it are kept as ranges, and ``top > seq`` tells
+the agent to send again what it has past ``seq``. A hole that is not filled within
+``hole_s`` of the first sample stored above it is given up (the agent no longer has those
+samples: dropped from its full spool, or cut short by a crash), so a lost sample holds a
+node's watermark back for ``hole_s``, not forever.
+
+Bounded: at most ``max_nodes`` nodes and ``max_ranges`` ranges per node (past that the
+lowest hole is given up at once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from collector.store.db import SampleRow
+from collector.store.watermarks import WatermarkRow
+
+__all__ = ["Watermarks"]
+
+_MAX_RANGES: Final = 64
+_MAX_NODES: Final = 50_000
+
+
+@dataclass(slots=True)
+class _Mark:
+    epoch: int
+    seq: int
+    top: int
+    ts_ms: int
+    """The newest sample's time of this epoch (node clock): a lower epoch with newer samples
+    is an agent whose spool (and epoch counter) was wiped."""
+    ranges: list[list[int]] = field(default_factory=list)
+    """Stored runs above a hole: ``[first, last, since_ms]``, ascending; since: when the
+    first of them was stored (collector clock)."""
+
+
+class Watermarks:
+    """Every node's watermark, fed by committed rows; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        hole_s: float,
+        max_ranges: int = _MAX_RANGES,
+        max_nodes: int = _MAX_NODES,
+    ) -> None:
+        self.hole_ms = round(hole_s * 1000)
+        self.max_ranges = max(1, max_ranges)
+        self.max_nodes = max_nodes
+        self._marks: dict[str, _Mark] = {}
+        self._dirty: set[str] = set()
+        self._holed: set[str] = set()
+        self.holes_given_up = 0
+        """Holes skipped because nothing filled them in ``hole_s`` (since start)."""
+        self.missing_given_up = 0
+        """Samples in those holes."""
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def get(self, node: str) -> tuple[int, int, int] | None:
+        """``(epoch, seq, top)`` of ``node`` as it stands, or ``None``."""
+        m = self._marks.get(node)
+        return None if m is None else (m.epoch, m.seq, m.top)
+
+    def restore(
+        self, rows: Iterable[WatermarkRow], above: Iterable[tuple[str, int]], now: float
+    ) -> None:
+        """Start from the table (``rows``) and the seqs stored above their holes (``above``,
+        ordered by node and seq). Nothing is due after this: the broker has them retained."""
+        now_ms = round(now * 1000)
+        for r in rows:
+            self._marks[r.node] = _Mark(r.epoch, r.seq, r.top, r.ts_ms)
+        for node, seq in above:
+            m = self._marks.get(node)
+            if m is not None and seq > m.seq + 1:
+                self._add_range(node, m, seq, now_ms)
+            elif m is not None and seq == m.seq + 1:
+                m.seq = seq
+                self._absorb(node, m)
+
+    def note(self, rows: Sequence[SampleRow], now: float) -> None:
+        """Sample rows just committed (stored, or already there)."""
+        marks = self._marks
+        dirty = self._dirty
+        now_ms = -1
+        for r in rows:
+            epoch = r.epoch
+            if epoch is None:  # an agent before epochs: it does not read watermarks either
+                continue
+            node, seq = r.node, r.seq
+            m = marks.get(node)
+            if m is not None and epoch == m.epoch:
+                last = m.seq
+                if seq == last + 1:
+                    m.seq = seq
+                    if m.ranges:
+                        self._absorb(node, m)
+                elif seq > last + 1:
+                    if now_ms < 0:
+                        now_ms = round(now * 1000)
+                    if not self._add_range(node, m, seq, now_ms):
+                        continue  # already stored above the hole: nothing new
+                else:
+                    continue  # a duplicate
+                m.top = max(m.top, seq)
+                m.ts_ms = max(m.ts_ms, r.ts_ms)
+                dirty.add(node)
+            elif m is None or epoch > m.epoch or r.ts_ms > m.ts_ms:
+                # A new node, the agent's next start, or an agent that counts epochs from 0
+                # again (its spool was wiped): newer samples under a lower epoch.
+                if m is None and len(marks) >= self.max_nodes:
+                    continue
+                m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms)
+                self._holed.discard(node)
+                if seq == 0:
+                    m.seq = 0
+                else:
+                    if now_ms < 0:
+                        now_ms = round(now * 1000)
+                    self._add_range(node, m, seq, now_ms)
+                dirty.add(node)
+            # else: a late sample of an older epoch (its watermark was sent with that epoch)
+
+    def due(self, now: float) -> list[WatermarkRow]:
+        """The nodes whose watermark changed since the last call (holes older than
+        ``hole_s`` given up first), as rows to write and then publish."""
+        now_ms = round(now * 1000)
+        if self._holed:
+            for node in list(self._holed):
+                m = self._marks[node]
+                while m.ranges and now_ms - m.ranges[0][2] >= self.hole_ms:
+                    self._give_up(node, m)
+                    self._dirty.add(node)
+        marks = self._marks
+        out = []
+        for node in self._dirty:
+            mark = marks.get(node)
+            if mark is not None:
+                out.append(WatermarkRow(node, mark.epoch, mark.seq, mark.top, mark.ts_ms))
+        self._dirty.clear()
+        return out
+
+    def retry(self, rows: Iterable[WatermarkRow]) -> None:
+        """These could not be published: offer them again at the next :meth:`due`."""
+        self._dirty.update(r.node for r in rows)
+
+    def forget(self, node: str) -> None:
+        """Drop ``node`` (decommissioned)."""
+        self._marks.pop(node, None)
+        self._dirty.discard(node)
+        self._holed.discard(node)
+
+    # -- internals
+
+    def _add_range(self, node: str, m: _Mark, seq: int, now_ms: int) -> bool:
+        """Note ``seq`` (past ``m.seq + 1``) as stored; False if it already was."""
+        ranges = m.ranges
+        i = len(ranges)
+        while i and ranges[i - 1][0] > seq:
+            i -= 1
+        # ranges[i - 1] starts at or below seq, ranges[i] above it
+        if i and ranges[i - 1][1] >= seq:
+            return False
+        if i and ranges[i - 1][1] == seq - 1:
+            ranges[i - 1][1] = seq
+            if i < len(ranges) and ranges[i][0] == seq + 1:
+                ranges[i - 1][1] = ranges[i][1]
+                del ranges[i]
+        elif i < len(ranges) and ranges[i][0] == seq + 1:
+            ranges[i][0] = seq
+        else:
+            ranges.insert(i, [seq, seq, now_ms])
+        self._holed.add(node)
+        while len(ranges) > self.max_ranges:
+            self._give_up(node, m)
+        return True
+
+    def _absorb(self, node: str, m: _Mark) -> None:
+        """Move ``seq`` through the ranges that now touch it."""
+        ranges = m.ranges
+        while ranges and ranges[0][0] <= m.seq + 1:
+            m.seq = max(m.seq, ranges[0][1])
+            del ranges[0]
+        if not ranges:
+            self._holed.discard(node)
+
+    def _give_up(self, node: str, m: _Mark) -> None:
+        first = m.ranges[0]
+        self.holes_given_up += 1
+        self.missing_given_up += first[0] - m.seq - 1
+        m.seq = first[0] - 1
+        self._absorb(node, m)

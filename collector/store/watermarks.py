@@ -1,0 +1,66 @@
+"""The ``watermarks`` table: per node, what the store holds of its current agent epoch.
+
+The collector's writer keeps each node's watermark in memory
+(:class:`collector.ingest.watermark.Watermarks`), fed by the sample rows it has committed,
+and writes the changed ones here in one transaction before it publishes them; at start it
+reads them back (:func:`load_watermarks`), with the seqs already stored above a hole
+(:func:`stored_above`), so a restarted collector goes on from the store's truth.
+
+Portable SQL: an upsert with ``ON CONFLICT ... DO UPDATE``, plain joins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from collector.store.db import Store
+
+__all__ = ["WatermarkRow", "load_watermarks", "stored_above", "write_watermarks"]
+
+
+class WatermarkRow(NamedTuple):
+    """One row of ``watermarks``, in column order."""
+
+    node: str
+    epoch: int
+    seq: int
+    top: int
+    ts_ms: int
+    """The newest stored sample's time of ``epoch`` (node clock, ms)."""
+
+
+_UPSERT: Final = (
+    "INSERT INTO watermarks (node, epoch, seq, top, ts_ms)",
+    5,
+    " ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq,"
+    " top = excluded.top, ts_ms = excluded.ts_ms",
+)
+
+
+async def write_watermarks(store: Store, rows: Sequence[WatermarkRow]) -> None:
+    """Upsert ``rows`` in one transaction of the writer's store."""
+    if not rows:
+        return
+    async with store.transaction(f"writing {len(rows)} watermarks"):
+        await store.insert_many(_UPSERT, [tuple(r) for r in rows])
+
+
+async def load_watermarks(store: Store) -> list[WatermarkRow]:
+    """Every node's watermark as last written."""
+    rows = await store.fetchall("SELECT node, epoch, seq, top, ts_ms FROM watermarks")
+    return [WatermarkRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+
+async def stored_above(store: Store, limit: int) -> list[tuple[str, int]]:
+    """``(node, seq)`` of the samples stored above a hole: of each node's watermark epoch,
+    above its ``seq`` (only nodes whose ``top`` says there are any), ordered; at most
+    ``limit`` rows."""
+    rows = await store.fetchall(
+        "SELECT s.node, s.seq FROM watermarks w JOIN samples s"
+        " ON s.node = w.node AND s.epoch = w.epoch AND s.seq > w.seq"
+        " WHERE w.top > w.seq ORDER BY s.node, s.seq LIMIT ?",
+        (limit,),
+    )
+    return [(str(r[0]), int(r[1])) for r in rows]
