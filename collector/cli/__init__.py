@@ -83,7 +83,10 @@ COMMANDS: Final = {
         "collector.cli.apply",
         "tenants, cohorts, quotas, pools and leases from a TOML file (--dry-run: the diff)",
     ),
-    "export": ("collector.cli.export", "the governance state as the TOML `apply` reads"),
+    "export": (
+        "collector.cli.export",
+        "the governance state: TOML for `apply`, Kueue manifests or Slurm reservations",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""
