@@ -35,7 +35,7 @@ periods, tenant priorities, which nodes a tenant leases.
 
 Names: capwatch's names allow ``_``, capitals and a trailing ``.``/``-``; Kubernetes names
 are DNS-1123 subdomains. A name that is not one is lowered, its other characters replaced
-by ``-`` and a hash of the original appended (``Team_A`` -> ``team-a-5f1c2e``); every
+by ``-`` and a hash of the original appended (``Team_A`` -> ``team-a-e61a54``); every
 object carries its capwatch name in the annotation ``capwatch.io/name``.
 """
 
