@@ -55,9 +55,11 @@ Print the governance state in one of three shapes:
          Node names are passed as capwatch knows them: scontrol refuses a reservation
          naming a node Slurm does not know ("Invalid node name specified") and the script
          goes on with the next line; with --slurm-nodes FILE (`sinfo -N -h -o %N`) such
-         leases are left out beforehand, as a comment and a warning on stderr. A name
-         Slurm already has is refused ("Duplicate reservation name"): delete or update it
-         with scontrol. With slurmdbd, each tenant must exist as an account.
+         leases are left out beforehand, as a comment and a warning on stderr. The script
+         only creates: run again, each line is refused ("Requested reservation overlaps
+         with another reservation", or "Duplicate reservation name" once the lease
+         changed): update or delete those with scontrol. With slurmdbd, each tenant must
+         exist as an account.
 
 --json: toml as JSON; kueue as a v1 List (kubectl applies it too); slurm as the
 reservations' fields, each with its command."""
