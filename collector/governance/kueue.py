@@ -55,10 +55,12 @@ from shared.errors import ConfigError
 __all__ = [
     "API_VERSION",
     "GPU_RESOURCE",
+    "NAME_ANNOTATION",
     "PRODUCT_LABEL",
     "Flavor",
     "KueueExport",
     "apportion",
+    "check_label_key",
     "flavors_of",
     "k8s_name",
     "kueue_manifests",
