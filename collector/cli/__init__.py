@@ -83,7 +83,10 @@ COMMANDS: Final = {
         "collector.cli.apply",
         "tenants, cohorts, quotas, pools and leases from a TOML file (--dry-run: the diff)",
     ),
-    "export": ("collector.cli.export", "the governance state as the TOML `apply` reads"),
+    "export": (
+        "collector.cli.export",
+        "the governance state: TOML for `apply`, Kueue manifests or Slurm reservations",
+    ),
     "usage": (
         "collector.cli.usage",
         "GPU-hours allocated and busy, energy and cost per tenant, lease or pool, by period",
