@@ -28,7 +28,6 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
@@ -36,6 +35,7 @@ import msgspec
 from collector.store.governance import governance
 from collector.store.pools import NodeRecord, node_records
 from collector.store.reader import StoreReader
+from collector.store.target import StoreTarget
 from shared.logging import get_logger
 
 __all__ = ["SD_CONTENT_TYPE", "ServiceDiscovery", "target_groups"]
@@ -84,7 +84,7 @@ class ServiceDiscovery:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: StoreTarget,
         rack_of: Callable[[str], str | None],
         now: Callable[[], float],
         *,

@@ -32,7 +32,6 @@ import contextlib
 import heapq
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import httpx
@@ -42,6 +41,7 @@ from collector.alerts.webhook import classify, sign
 from collector.counters import labelled_values, value
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
+from collector.store.target import StoreTarget
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger
@@ -57,7 +57,7 @@ LoadPending = Callable[[], Awaitable[list[OutboxEntry]]]
 """Reads the pending outbox rows (the delivery's own read-only connection)."""
 
 
-def read_pending(db: Path) -> LoadPending:
+def read_pending(db: StoreTarget) -> LoadPending:
     """Pending outbox rows read on a connection of the delivery's own, never the writer's."""
 
     async def load() -> list[OutboxEntry]:

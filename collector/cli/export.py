@@ -40,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         if not store.has_table("leases"):
             raise ConfigError(
-                f"{str(settings.db_path)!r} has no leases table yet: start this version's "
+                f"{str(settings.store_target)!r} has no leases table yet: start this version's "
                 "`collector run` once to migrate it"
             )
         gov = store.run(governance())

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.gaps and args.node is None:
         raise ConfigError("--gaps needs --node NODE: the node whose gaps to list", field="--gaps")
     now = time.time()
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         if args.gaps:
             _gaps(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
         elif args.rejected:

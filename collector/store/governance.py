@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
 from collector.governance.lease import LeaseTerms, effective_end, instant
@@ -25,6 +24,7 @@ from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
 from collector.store.query import Query, first_value, single
+from collector.store.target import StoreTarget
 from shared.errors import StoreError
 
 __all__ = [
@@ -170,7 +170,7 @@ class GovernanceWriter:
     """
 
     def __init__(
-        self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
+        self, path: StoreTarget, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
     ) -> None:
         self.tx = Command(path, now=now, no_table=_NO_TABLE, lock_budget_s=lock_budget_s)
         self.path = path
@@ -223,7 +223,8 @@ class GovernanceWriter:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
             self.tx.execute(
-                "INSERT OR IGNORE INTO cohorts (name, created) VALUES (?, ?)", (cohort, self.now)
+                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (cohort, self.now),
             )
         self.tx.execute(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
@@ -235,7 +236,8 @@ class GovernanceWriter:
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO tenants (name, created) VALUES (?, ?)", (name, self.now)
+            "INSERT INTO tenants (name, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (name, self.now),
         )
 
     def put_quota(
@@ -268,7 +270,8 @@ class GovernanceWriter:
     def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
         """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
         self.tx.execute(
-            "INSERT OR IGNORE INTO pools (name, created) VALUES (?, ?)", (pool, self.now)
+            "INSERT INTO pools (name, created) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (pool, self.now),
         )
         for node in nodes:
             self.tx.execute(
@@ -320,7 +323,7 @@ class GovernanceWriter:
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
             "start_at, end_at, comment, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 name,
                 tenant,
@@ -342,7 +345,7 @@ class GovernanceWriter:
                 self.now,
             ),
         )
-        lease_id = int(cur.lastrowid or 0)
+        lease_id = int(cur.fetchall()[0][0])
         for node in dict.fromkeys(nodes):
             self.tx.execute(
                 "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
@@ -356,7 +359,7 @@ class GovernanceWriter:
         self.tx.execute(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
-            "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
+            "notice_recorded = CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL "
             "ELSE coalesce(notice_recorded, ?) END, start_at = ?, end_at = ?, "
             "comment = coalesce(?, comment), updated = ? WHERE id = ?",
             (

@@ -437,8 +437,8 @@ def test_read_settings_take_config_and_env_through_the_settings_model(
     config.write_text("stale_intervals = 7\n")
     assert read_settings_from_args(_args("--config", str(config))).stale_intervals == 7.0
     monkeypatch.setenv("capwatch_db_path", "/from/env.db")  # any case, as pydantic-settings
-    assert read_settings_from_args(_args()).db_path == Path("/from/env.db")
-    assert read_settings_from_args(_args("--db", "flag.db")).db_path == Path("flag.db")
+    assert read_settings_from_args(_args()).store_target == Path("/from/env.db")
+    assert read_settings_from_args(_args("--db", "flag.db")).store_target == Path("flag.db")
     monkeypatch.setenv("CAPWATCH_LOG_LEVEL", "loud")  # not used by query, still checked
     with pytest.raises(ConfigError, match="log_level"):
         read_settings_from_args(_args())
