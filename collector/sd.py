@@ -32,10 +32,10 @@ from typing import Any, Final
 
 import msgspec
 
+from collector.paths import StoreTarget
 from collector.store.governance import governance
 from collector.store.pools import NodeRecord, node_records
 from collector.store.reader import StoreReader
-from collector.store.target import StoreTarget
 from shared.logging import get_logger
 
 __all__ = ["SD_CONTENT_TYPE", "ServiceDiscovery", "target_groups"]

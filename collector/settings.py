@@ -20,8 +20,7 @@ from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.paths import DEFAULT_DB_PATH
-from collector.store.target import PgTarget, StoreTarget, is_url, parse_target
+from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText

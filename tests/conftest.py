@@ -24,7 +24,7 @@ from collector.localbroker import (
 )
 from collector.localpg import LocalPostgres, find_pg_bin
 from collector.natsbroker import NatsBroker, find_nats_server
-from collector.store.target import StoreTarget, parse_target
+from collector.paths import StoreTarget, parse_target
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,

@@ -13,7 +13,7 @@ from typing import Any, Final, NoReturn
 
 import pytest
 
-from collector.store.target import PgTarget, StoreTarget
+from collector.paths import PgTarget, StoreTarget
 
 NO_MOSQUITTO: Final = "mosquitto is not installed"
 """In every skip for a missing broker tool: tests/conftest.py counts the skips carrying it

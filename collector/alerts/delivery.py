@@ -39,9 +39,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.webhook import classify, sign
 from collector.counters import labelled_values, value
+from collector.paths import StoreTarget
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
-from collector.store.target import StoreTarget
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger

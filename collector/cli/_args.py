@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from collector.store.target import PgTarget, StoreTarget, parse_target
+from collector.paths import PgTarget, StoreTarget, parse_target
 from shared.cli import add_broker_args, add_log_args
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 import argparse
 import time

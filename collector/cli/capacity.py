@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collector.capacity.picture import Picture, StaleBasis
     from collector.capacity.whatif import WhatIf
     from collector.nodefacts import Staleness
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
 
@@ -125,8 +125,7 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
         from collector.nodefacts import Staleness  # noqa: PLC0415
-        from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
-        from collector.store.target import parse_target  # noqa: PLC0415
+        from collector.paths import DEFAULT_DB_PATH, parse_target  # noqa: PLC0415
 
         db: str | None = args.db
         return CapacityCliSettings(

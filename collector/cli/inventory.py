@@ -16,7 +16,7 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
     from collector.nodefacts import Staleness
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = [
     "MAX_COLUMNS",

@@ -14,7 +14,7 @@ from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.governance.state import Governance, Lease
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = ["add_parser", "lease_row", "run"]
 

@@ -14,7 +14,7 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.allocate import Plan
     from collector.governance.inventory import NodeComponents
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = ["add_parser", "run"]
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collector.governance.state import Governance
     from collector.governance.usage import Usage
     from collector.nodefacts import Staleness
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = ["add_parser", "run"]
 

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
+from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, SyncCursor, open_sync, refused
 from collector.store.dialect import Dialect, Row
 from collector.store.query import Query, run
-from collector.store.target import StoreTarget
 from shared.errors import StoreError
 
 __all__ = ["GENERATION_KEY", "LOCK_BUDGET_S", "Command"]

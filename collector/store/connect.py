@@ -2,7 +2,7 @@
 
 Every connection to the store comes from here: the collector's writer and its read-only
 helpers (:func:`open_async`, aiosqlite) and every command (:func:`open_sync`: a
-:class:`SyncConn`, stdlib ``sqlite3`` or, for a :class:`~collector.store.target.PgTarget`,
+:class:`SyncConn`, stdlib ``sqlite3`` or, for a :class:`~collector.paths.PgTarget`,
 psycopg through :mod:`collector.store.pg`; no event loop for one question). The busy
 timeout and the writer's pragmas are decided here once, and so are the lines an operator
 reads when the store is missing, is not a capwatch store, or refuses a statement
@@ -25,7 +25,7 @@ from shared.errors import StoreError
 if TYPE_CHECKING:
     import aiosqlite
 
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = [
     "BUSY_TIMEOUT_S",

@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeVar
 
 import aiosqlite
 
+from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.dialect import Dialect, Row
 from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.query import Query
-from collector.store.target import StoreTarget
 from shared.errors import StoreError
 from shared.logging import get_logger
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 if TYPE_CHECKING:
-    from collector.store.target import StoreTarget
+    from collector.paths import StoreTarget
 
 __all__ = ["Dialect", "PgRow", "Row", "dialect_of", "pg_row_factory", "pg_sql", "pick"]
 
@@ -39,7 +39,7 @@ class Row(Protocol):
 
 
 def dialect_of(target: StoreTarget) -> Dialect:
-    """``postgresql`` for a :class:`~collector.store.target.PgTarget`, else ``sqlite``."""
+    """``postgresql`` for a :class:`~collector.paths.PgTarget`, else ``sqlite``."""
     from pathlib import Path  # noqa: PLC0415
 
     return "sqlite" if isinstance(target, Path) else "postgresql"

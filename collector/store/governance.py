@@ -22,9 +22,9 @@ from typing import Any, Final, Self, TypeVar
 from collector.governance.lease import LeaseTerms, effective_end, instant
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
+from collector.paths import StoreTarget
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
 from collector.store.query import Query, first_value, single
-from collector.store.target import StoreTarget
 from shared.errors import StoreError
 
 __all__ = [

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
-from collector.store.target import StoreTarget
 from shared.errors import ConfigError
 
 __all__ = ["request_redelivery"]

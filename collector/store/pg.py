@@ -1,6 +1,6 @@
 """The PostgreSQL backend: connections, error classes, samples by COPY, day partitions.
 
-Loaded only for a :class:`~collector.store.target.PgTarget` (psycopg is imported here and
+Loaded only for a :class:`~collector.paths.PgTarget` (psycopg is imported here and
 nowhere else). Each handle of the store layer has its PostgreSQL side here:
 
 * :class:`PgSync` — a command's connection (:class:`~collector.store.reader.StoreReader`,
@@ -42,9 +42,9 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
 
+from collector.paths import PgTarget
 from collector.store.connect import BUSY_TIMEOUT_S, open_failed
 from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
-from collector.store.target import PgTarget
 from shared.errors import StoreError
 from shared.logging import get_logger
 

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, NamedTuple, Protocol
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
 from collector.store.dialect import Row
 from collector.store.queries import LATEST_SAMPLE
-from collector.store.target import StoreTarget
 from shared.errors import ConfigError, StoreError
 
 __all__ = [

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync, refused
 from collector.store.dialect import Dialect, Row
 from collector.store.query import Query, run
-from collector.store.target import StoreTarget
 from shared.errors import StoreError
 
 __all__ = ["StoreReader"]

@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
-from collector.store.target import StoreTarget
 from shared.errors import ConfigError
 
 __all__ = ["add_silence", "expire_silence"]

@@ -9,9 +9,9 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
+from collector.paths import StoreTarget
 from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store, Synchronous
 from collector.store.reader import StoreReader
-from collector.store.target import StoreTarget
 from shared.errors import StoreError
 from shared.schema import encode
 from tests.helpers import count_samples, db_rows
