@@ -66,6 +66,24 @@ def _pg_rows(db: PgTarget, sql: str, params: tuple[Any, ...]) -> list[tuple[Any,
             return []
 
 
+def db_execute(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement (``?`` placeholders) on a store and commit: a test's hand edit."""
+    if isinstance(db, PgTarget):
+        import psycopg  # noqa: PLC0415
+
+        from collector.store.dialect import pg_sql  # noqa: PLC0415
+
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute(pg_sql(sql), params)
+        return
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
 def count_samples(db: StoreTarget, node: str | None = None) -> int:
     """Stored sample rows, for one node or all."""
     if node is None:

@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import FloatLoader
 
 from collector.paths import PgTarget
 from collector.store.connect import BUSY_TIMEOUT_S, open_failed
@@ -124,9 +125,13 @@ def _connect(target: PgTarget, *, autocommit: bool, read_only: bool) -> psycopg.
     if password is not None:
         kwargs["password"] = password
     try:
-        return psycopg.connect(target.url, **kwargs)
+        conn = psycopg.connect(target.url, **kwargs)
     except psycopg.Error as exc:
         raise open_failed(target, exc) from exc
+    # ``ts_ms / 1000.0``, ``avg(bigint)`` are numeric in PostgreSQL: read them as float, as
+    # SQLite gives them (the schema has no numeric column, so nothing exact is lost).
+    conn.adapters.register_loader("numeric", FloatLoader)
+    return conn
 
 
 def connect_sync(target: PgTarget, *, write: bool) -> PgSync:
