@@ -73,8 +73,8 @@ def db_execute(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> None:
 
         from collector.store.dialect import pg_sql  # noqa: PLC0415
 
-        with psycopg.connect(db.url, autocommit=True) as conn:
-            conn.execute(pg_sql(sql), params)
+        with psycopg.connect(db.url, autocommit=True) as pg:
+            pg.execute(pg_sql(sql), params)
         return
     conn = sqlite3.connect(db, timeout=5)
     try:

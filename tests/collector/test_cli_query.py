@@ -20,9 +20,8 @@ from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
 from collector.ingest.validate import sample_row
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.paths import DEFAULT_DB_PATH
+from collector.paths import DEFAULT_DB_PATH, StoreTarget
 from collector.settings import CollectorSettings
-from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
