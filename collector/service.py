@@ -309,6 +309,7 @@ class Collector:
                 quarantine_max_rows=s.quarantine_max_rows,
                 counter_values=self.counter_values,
                 metrics=self.writer_metrics,
+                stopping=self._stop.is_set,
             )
             cycles: list[Cycle] = [
                 self.governance,  # first: the governance rules read its view

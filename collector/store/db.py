@@ -481,7 +481,10 @@ class Store:
     async def reconnect(self) -> None:
         """After an ``unavailable`` error: a new connection (PostgreSQL), or
         :class:`StoreError` while the server cannot be reached."""
-        await self._db.reconnect()
+        try:
+            await self._db.reconnect()
+        except StoreError as exc:  # it was reachable at the start: still away, not a mistake
+            raise StoreError(str(exc), fatal=True, unavailable=True, exit_code=1) from exc
         log.info("store_reconnected", db=str(self.path))
 
     async def _migrate(self) -> None:
