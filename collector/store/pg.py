@@ -378,13 +378,23 @@ class PgBackend:
         return await self._call(self._fetchall, sql, params)
 
     def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        if self._conn is None and not self.write:
+            self._reader_reconnect()  # the last try found the server away
         try:
             return self._fetch_once(sql, params)
         except psycopg.Error as exc:
             if self.write or self.kind(exc) != "unavailable":
                 raise
-        self._reconnect()  # a reader: the server restarted; the question can be asked again
+        self._reader_reconnect()  # a reader: the server restarted; ask again
         return self._fetch_once(sql, params)
+
+    def _reader_reconnect(self) -> None:
+        """A reader's reconnect: still away, this question fails (not fatal: the
+        evaluator's next cycle asks again)."""
+        try:
+            self._reconnect()
+        except StoreError as exc:
+            raise StoreError(str(exc), fatal=False, unavailable=True) from exc
 
     def _fetch_once(self, sql: str, params: Sequence[Any]) -> list[Row]:
         conn = self.conn

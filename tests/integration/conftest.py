@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import msgspec
@@ -15,8 +16,9 @@ from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
 from collector.localbroker import BrokerProcess, MosquittoBroker
+from collector.paths import StoreTarget
 from collector.service import Collector
-from collector.settings import CollectorSettings
+from collector.settings import CollectorSettings, StoreSettings
 from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
@@ -32,12 +34,14 @@ def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
 
 
 class CollectorRunner:
-    """Starts and stops real :class:`Collector` instances on one database file."""
+    """Starts and stops real :class:`Collector` instances on one store (a SQLite file or a
+    PostgreSQL database)."""
 
-    def __init__(self, broker: BrokerProcess, db: Path) -> None:
-        self.settings = CollectorSettings(
-            mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
+    def __init__(self, broker: BrokerProcess, db: StoreTarget) -> None:
+        where: dict[str, Any] = (
+            {"db_path": db} if isinstance(db, Path) else {"store": StoreSettings(url=db.url)}
         )
+        self.settings = CollectorSettings(mqtt=fast_mqtt(broker), batch_max_delay_s=0.05, **where)
         self.db = db
         self.clock: Clock | None = None
         self.collector: Collector | None = None
