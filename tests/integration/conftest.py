@@ -42,10 +42,16 @@ class CollectorRunner:
             {"db_path": db} if isinstance(db, Path) else {"store": StoreSettings(url=db.url)}
         )
         self.settings = CollectorSettings(mqtt=fast_mqtt(broker), batch_max_delay_s=0.05, **where)
-        self.db = db
+        self.target = db
         self.clock: Clock | None = None
         self.collector: Collector | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def db(self) -> Path:
+        """The SQLite file (the runners of most tests)."""
+        assert isinstance(self.target, Path), "a PostgreSQL runner: use .target"
+        return self.target
 
     async def start(self) -> Collector:
         """Start a collector and wait until it is subscribed."""

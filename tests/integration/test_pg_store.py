@@ -42,7 +42,7 @@ async def test_a_postgresql_crash_or_restart_mid_ingest_loses_and_doubles_nothin
     reconnects and writes the batch again; every sample published is stored exactly once, so
     none was acknowledged before its commit."""
     collector = await pg_runner.start()
-    db = pg_runner.db
+    db = pg_runner.target
     sim = FleetSimulator(25, gpus_per_node=8, seed=5, interval_s=1)
     now = time.time()
     first = await publish_fleet(fast_mqtt(mosquitto), sim, ticks=8, burst=True, start_ts=now - 60)
