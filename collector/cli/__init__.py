@@ -84,6 +84,10 @@ COMMANDS: Final = {
         "tenants, cohorts, quotas, pools and leases from a TOML file (--dry-run: the diff)",
     ),
     "export": ("collector.cli.export", "the governance state as the TOML `apply` reads"),
+    "migrate": (
+        "collector.cli.migrate",
+        "copy a SQLite store into PostgreSQL: --from capwatch.db --to postgresql://...",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

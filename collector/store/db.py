@@ -376,6 +376,9 @@ class _Sqlite:
         del cutoff_ms  # no partitions: retention deletes rows
         return 0
 
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        del tables  # an INTEGER PRIMARY KEY continues after the largest by itself
+
     async def size_bytes(self) -> int:
         total = 0
         for path in (self.path, self.path.with_name(self.path.name + "-wal")):
@@ -513,6 +516,37 @@ class Store:
     async def size_bytes(self) -> int:
         """Bytes the store takes on disk (SQLite: file and WAL; PostgreSQL: the database)."""
         return await self._db.size_bytes()
+
+    @staticmethod
+    def sample_columns() -> tuple[str, ...]:
+        """The columns of ``samples``, in the order :meth:`import_rows` takes them."""
+        return tuple(c.strip() for c in _SAMPLE_COLUMNS.split(","))
+
+    async def import_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> int:
+        """Insert rows copied from another store (``collector migrate``) in one transaction;
+        samples (in :meth:`sample_columns` order) by the sample path. Return rows inserted."""
+        what = f"importing {len(rows)} rows of {table}"
+        if table == "samples":
+            if tuple(columns) != self.sample_columns():
+                raise StoreError(f"samples columns {list(columns)} are not this version's")
+            try:
+                await self._db.prepare_samples({int(r[1]) // _DAY_MS for r in rows})
+            except Exception as exc:
+                raise await self._failed(what, exc) from exc
+            async with self.transaction(what):
+                return await self._db.insert_samples(rows)
+        statement = (f"INSERT INTO {table} ({', '.join(columns)})", len(columns), "")
+        async with self.transaction(what):
+            return await self.insert_many(statement, rows)
+
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        """After rows came in with their ids: each table's next id follows its largest."""
+        try:
+            await self._db.continue_identities(tables)
+        except Exception as exc:
+            raise await self._failed("setting the next ids", exc) from exc
 
     # -- writer side ---------------------------------------------------------------------
 

@@ -549,6 +549,21 @@ class PgBackend:
             self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
         return dropped
 
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        """Each table's identity sequence continues after its largest ``id``."""
+        await self._call(self._continue_identities, tables)
+
+    def _continue_identities(self, tables: Sequence[str]) -> None:
+        conn = self.conn
+        for table in tables:
+            conn.execute(
+                pgsql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, 'id'), "
+                    "coalesce(max(id), 0) + 1, false) FROM {}"
+                ).format(pgsql.Literal(table), pgsql.Identifier(table))
+            )
+        conn.commit()
+
     async def size_bytes(self) -> int:
         """The database's size on disk (``pg_database_size``)."""
         rows = await self.fetchall("SELECT pg_database_size(current_database())", ())
