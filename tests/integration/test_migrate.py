@@ -109,8 +109,8 @@ async def test_a_collectors_store_round_trips_into_postgresql(
     assert "samples" in out
     assert _table(target, "leases") == _table(source, "leases")
     async with Store(target) as store:  # new ids continue after the copied ones
-        rows = await store.fetchall(
+        new = await store.fetchall(
             "INSERT INTO silences (matchers, starts_at, ends_at, comment, author, created) "
             "VALUES ('[]', 0, 0, '', '', 0) RETURNING id"
         )
-        assert rows[0][0] == 2
+        assert new[0][0] == 2
