@@ -3,13 +3,14 @@ turn): migrations, dedup, retention, node news, payloads."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
-from collector.paths import StoreTarget
+from collector.paths import StoreTarget, parse_target
 from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store, Synchronous
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
@@ -149,3 +150,38 @@ async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(
         ("n1", "invalid", 5, 2000),
         ("n3", "y", 1, 900),
     ]
+
+
+async def test_postgresql_partitions_samples_by_day_and_drops_whole_days(
+    postgres_url: str,
+) -> None:
+    """A day without a partition gets one before its batch (a late sample never fails);
+    retention drops the days wholly past the cutoff and trims the partial one."""
+    target = parse_target(postgres_url)
+    day_s = 86_400
+    first = (int(time.time()) // day_s - 5) * day_s  # midnight UTC five days ago
+    sim = FleetSimulator(2, gpus_per_node=2, seed=4, interval_s=5)
+    rows = []
+    for d in range(3):
+        for i in range(2):
+            s = sim.sample(i, first + d * day_s + 3600, d)
+            rows.append(sample_row(s, encode(s), first + d * day_s + 3600.1))
+    async with Store(target) as store:
+        assert await store.write_batch(rows) == 6
+        names = [r[0] for r in db_rows(target, _PARTITIONS)]
+        days = [time.strftime("%Y%m%d", time.gmtime(first + d * day_s)) for d in range(3)]
+        assert {f"samples_d{d}" for d in days} <= set(names)
+        cutoff_ms = (first + day_s + 7200) * 1000  # day 0 wholly before, day 1 in part
+        await store.delete_older_than(cutoff_ms, 100)
+        names = [r[0] for r in db_rows(target, _PARTITIONS)]
+        assert f"samples_d{days[0]}" not in names
+        assert f"samples_d{days[1]}" in names  # partly inside the window: trimmed
+        left = db_rows(target, "SELECT ts_ms FROM samples ORDER BY ts_ms")
+        assert left == [((first + 2 * day_s + 3600) * 1000,)] * 2
+        assert await store.write_batch(rows[:2]) == 2  # a late day again: on demand
+
+
+_PARTITIONS = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
+)
