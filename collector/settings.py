@@ -205,8 +205,6 @@ class StoreSettings(BaseModel):
     password in it: ``PGPASSWORD``, ``~/.pgpass`` or :attr:`password_file`."""
     password_file: Path | None = None
     """A file whose first line is the database role's password."""
-    pool_max: int = Field(default=4, ge=1, le=64)
-    """Connections the collector's readers (``/sd``, the evaluator) share at most."""
 
     @field_validator("url")
     @classmethod
