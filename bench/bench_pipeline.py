@@ -79,7 +79,7 @@ class CollectorProcess:
     def __init__(
         self,
         broker: MosquittoBroker,
-        db: Path,
+        db: Path | str,
         log: Path,
         synchronous: str = "full",
         *,

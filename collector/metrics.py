@@ -360,7 +360,7 @@ class CollectorMetrics:
                 rack = plan.rack_of(node)[0]
                 return None if rack == "-" else rack
 
-        return ServiceDiscovery(settings.db_path, racks, self._clock.time)
+        return ServiceDiscovery(settings.store_target, racks, self._clock.time)
 
     # -- the built-in sources
 
@@ -372,7 +372,7 @@ class CollectorMetrics:
             GaugeMetricFamily(
                 "capwatch_collector_store_size_bytes",
                 "Database file and write-ahead log on disk.",
-                store_size_bytes(self.settings.db_path),
+                await store_size_bytes(self.store),
             ),
             _maybe(
                 "capwatch_collector_store_oldest_sample_timestamp_seconds",

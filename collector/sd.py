@@ -28,11 +28,11 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
+from collector.paths import StoreTarget
 from collector.store.governance import governance
 from collector.store.pools import NodeRecord, node_records
 from collector.store.reader import StoreReader
@@ -84,7 +84,7 @@ class ServiceDiscovery:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: StoreTarget,
         rack_of: Callable[[str], str | None],
         now: Callable[[], float],
         *,

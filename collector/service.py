@@ -227,7 +227,7 @@ class Collector:
         connect = self._connect or self._mqtt_connect(s.mqtt.tls_context())  # once, up front
         client_id = s.session_client_id
         session_key = f"{s.mqtt.host}:{s.mqtt.port}/{client_id}"
-        log.info("collector_starting", db=str(s.db_path), session=session_key)
+        log.info("collector_starting", db=str(s.store_target), session=session_key)
         if s.mqtt.username is not None and client_id != s.mqtt.username:
             log.warning(
                 "client_id_differs_from_username",
@@ -236,7 +236,10 @@ class Collector:
                 hint="a broker with use_username_as_clientid (as shipped) keeps the session "
                 "under the username; set client_id to the username or leave it unset",
             )
-        with _only_collector(s.db_path):
+        target = s.store_target
+        # SQLite: one collector per file. PostgreSQL takes several (each its own MQTT user).
+        only = _only_collector(target) if isinstance(target, Path) else contextlib.nullcontext()
+        with only:
             await self._run(connect, session_key)
         log.info("collector_stopped", **self.counter_values())
 
@@ -246,7 +249,7 @@ class Collector:
             RollupConfig(busy_util_pct=s.governance.busy_util_pct) if s.rollups.enabled else None
         )
         async with Store(
-            s.db_path,
+            s.store_target,
             compress=s.compress_payloads,
             synchronous=s.sqlite_synchronous,
             rollups=rollups,
@@ -287,7 +290,7 @@ class Collector:
                     s.receivers,
                     self._queue.put,
                     self.clock,
-                    load_pending=read_pending(s.db_path),
+                    load_pending=read_pending(s.store_target),
                     rescan_s=self.delivery_rescan_s,
                     poll_s=self.delivery_poll_s,
                     metrics=self.delivery_metrics,
@@ -364,6 +367,7 @@ class Collector:
                 metrics=self.writer_metrics,
                 watermarks=self.watermarks if s.watermark_interval_s > 0 else None,
                 watermark_interval_s=s.watermark_interval_s,
+                stopping=self._stop.is_set,
             )
             cycles: list[Cycle] = [
                 self.governance,  # first: the governance rules read its view
@@ -372,7 +376,7 @@ class Collector:
                 *([] if metrics is None else [metrics]),
                 *([] if self.ledger is None else [self.ledger]),
             ]
-            async with Store.open_readonly(s.db_path) as reads:
+            async with Store.open_readonly(s.store_target) as reads:
                 evaluator = PeriodicEvaluator(
                     cycles,
                     self.live,

@@ -20,7 +20,7 @@ from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.paths import DEFAULT_DB_PATH
+from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText
@@ -284,10 +284,55 @@ class BillingSettings(BaseModel):
         return self.gpu_hour
 
 
+class StoreSettings(BaseModel):
+    """``[store]``: a PostgreSQL store instead of the SQLite file ``db_path`` (a site with
+    several collectors, or more data than one file on one machine should hold)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None
+    """``postgresql://user@host:port/database``; unset: the SQLite file ``db_path``. No
+    password in it: ``PGPASSWORD``, ``~/.pgpass`` or :attr:`password_file`."""
+    password_file: Path | None = None
+    """A file whose first line is the database role's password."""
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not is_url(value):
+            raise ValueError(
+                "takes a postgresql://user@host:port/database URL; a SQLite file goes in db_path"
+            )
+        parse_target(value, field="store.url")  # one line on a foreign scheme or a password
+        return value
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
 
     db_path: Path = DEFAULT_DB_PATH
+    store: StoreSettings = StoreSettings()
+    """``[store] url``: PostgreSQL instead of the SQLite file ``db_path``."""
+
+    @field_validator("db_path", mode="before")
+    @classmethod
+    def _db_path_is_a_path(cls, value: Any) -> Any:
+        if isinstance(value, str) and is_url(value):
+            raise ValueError(
+                "is a SQLite file path: a postgresql:// URL goes in store.url "
+                "(CAPWATCH_STORE__URL) or --db"
+            )
+        return value
+
+    @property
+    def store_target(self) -> StoreTarget:
+        """The store every connection opens: ``store.url`` when set, else ``db_path``."""
+        if self.store.url is not None:
+            return PgTarget(self.store.url, self.store.password_file)
+        return self.db_path
+
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
     Unset: the MQTT username (the shipped broker config binds client ids to usernames),

@@ -6,7 +6,7 @@ Third-party errors are converted at the boundary (``raise StoreError(...) from e
     ├── ConfigError        a user's setting or flag is wrong: one line naming the field and the fix
     ├── SchemaError        a wire message failed validation (``reason``: not_json / invalid /
     │                      version / topic_mismatch)
-    ├── StoreError         the SQLite store cannot be opened or written
+    ├── StoreError         the store (SQLite or PostgreSQL) cannot be opened or written
     ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
     ├── PlanError          a power plan is invalid (``field`` names the culprit)
     └── MqttWireError      the collector's MQTT subscriber (collector/ingest/subscriber.py):
@@ -70,13 +70,25 @@ class StoreError(CapwatchError):
 
     ``fatal`` is true when the store cannot take any write (disk full, I/O error, read-only,
     file gone); false when only the data of this write was refused, so the rest can be stored.
+    ``unavailable`` (PostgreSQL) is true when the server could not be reached or went away
+    (a restart, a failover): nothing of the write was committed, and it can be tried again
+    on a new connection (the writer does; a write error that is ``unavailable`` is also
+    ``fatal``, for a caller that cannot reconnect).
     ``exit_code`` is 2 when the user can fix it (a wrong path), 1 when a running store failed
     (a supervisor may restart the collector once the disk has room again).
     """
 
-    def __init__(self, message: str, *, fatal: bool = True, exit_code: int = 2) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fatal: bool = True,
+        exit_code: int = 2,
+        unavailable: bool = False,
+    ) -> None:
         super().__init__(message)
         self.fatal = fatal
+        self.unavailable = unavailable
         self.exit_code = exit_code
 
 

@@ -25,6 +25,7 @@ from collector.localbroker import (
 )
 from collector.localpg import LocalPostgres, find_pg_bin
 from collector.natsbroker import NatsBroker, find_nats_server
+from collector.paths import StoreTarget, parse_target
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,
@@ -122,6 +123,17 @@ _databases = itertools.count()
 def postgres_url(postgres_server: LocalPostgres) -> str:
     """The URL of a new, empty database on the session's PostgreSQL."""
     return postgres_server.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    """Each backend in turn, as ``--db`` takes it: a SQLite file in ``tmp_path`` (not yet
+    created), then a fresh empty PostgreSQL database. ``str()`` of either is the ``--db``
+    argument."""
+    if request.param == "sqlite":
+        return tmp_path / "c.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return parse_target(url)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Final, NoReturn
 
 import pytest
 
+from collector.paths import PgTarget, StoreTarget
+
 NO_MOSQUITTO: Final = "mosquitto is not installed"
 """In every skip for a missing broker tool: tests/conftest.py counts the skips carrying it
 and ends the run with one loud line."""
@@ -35,8 +37,12 @@ async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 20.0, what:
         await asyncio.sleep(0.05)
 
 
-def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a read query on a (possibly live, WAL) database file with a fresh connection."""
+def db_rows(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a read query (``?`` placeholders) on a (possibly live) store with a fresh
+    connection: a SQLite file (WAL), or a PostgreSQL database; rows as plain tuples, none
+    when the store or its tables are not created yet."""
+    if isinstance(db, PgTarget):
+        return _pg_rows(db, sql, params)
     if not db.exists():
         return []
     conn = sqlite3.connect(db, timeout=5)
@@ -48,7 +54,37 @@ def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any,
         conn.close()
 
 
-def count_samples(db: Path, node: str | None = None) -> int:
+def _pg_rows(db: PgTarget, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    import psycopg  # noqa: PLC0415
+
+    from collector.store.dialect import pg_sql  # noqa: PLC0415
+
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        try:
+            return [tuple(r) for r in conn.execute(pg_sql(sql), params).fetchall()]
+        except psycopg.errors.UndefinedTable:
+            return []
+
+
+def db_execute(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> None:
+    """Run one statement (``?`` placeholders) on a store and commit: a test's hand edit."""
+    if isinstance(db, PgTarget):
+        import psycopg  # noqa: PLC0415
+
+        from collector.store.dialect import pg_sql  # noqa: PLC0415
+
+        with psycopg.connect(db.url, autocommit=True) as pg:
+            pg.execute(pg_sql(sql), params)
+        return
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+def count_samples(db: StoreTarget, node: str | None = None) -> int:
     """Stored sample rows, for one node or all."""
     if node is None:
         rows = db_rows(db, "SELECT count(*) FROM samples")

@@ -36,7 +36,6 @@ import contextlib
 import heapq
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import httpx
@@ -45,6 +44,7 @@ from prometheus_client import CollectorRegistry, Counter
 from collector.alerts.actions import run_action
 from collector.alerts.webhook import Verdict, backoff_s, classify, sign
 from collector.counters import labelled_values, value
+from collector.paths import StoreTarget
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
 from collector.store.db import Store
 from shared.clock import Clock
@@ -62,7 +62,7 @@ LoadPending = Callable[[], Awaitable[list[OutboxEntry]]]
 """Reads the pending outbox rows (the delivery's own read-only connection)."""
 
 
-def read_pending(db: Path) -> LoadPending:
+def read_pending(db: StoreTarget) -> LoadPending:
     """Pending outbox rows read on a connection of the delivery's own, never the writer's."""
 
     async def load() -> list[OutboxEntry]:

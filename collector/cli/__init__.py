@@ -91,6 +91,10 @@ COMMANDS: Final = {
         "collector.cli.usage",
         "GPU-hours allocated and busy, energy and cost per tenant, lease or pool, by period",
     ),
+    "migrate": (
+        "collector.cli.migrate",
+        "copy a SQLite store into PostgreSQL: --from capwatch.db --to postgresql://...",
+    ),
 }
 """Each command's module and the help line ``collector --help`` shows for it (which the
 module registers too; a test holds them equal)."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from collector.paths import PgTarget, StoreTarget, parse_target
 from shared.cli import add_broker_args, add_log_args
 
 if TYPE_CHECKING:
@@ -34,9 +35,10 @@ def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) 
     )
     parser.add_argument(
         "--db",
-        type=Path,
-        metavar="PATH",
-        help="SQLite database (default: capwatch.db; env CAPWATCH_DB_PATH)",
+        metavar="PATH|URL",
+        help="the store: a SQLite file (default: capwatch.db; env CAPWATCH_DB_PATH) or "
+        "postgresql://user@host:port/database (setting store.url; the password from "
+        "PGPASSWORD, ~/.pgpass or store.password_file, never in the URL)",
     )
     if broker:
         add_broker_args(parser)
@@ -48,14 +50,21 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
     from collector.settings import CollectorSettings  # noqa: PLC0415 (pydantic: not for --help)
     from shared.settings import load_settings  # noqa: PLC0415
 
+    db: str | None = getattr(args, "db", None)
+    target = None if db is None else parse_target(db)
     overrides: dict[str, Any] = {
-        "db_path": getattr(args, "db", None),
+        "db_path": target if isinstance(target, Path) else None,
+        "store": {"url": target.url} if isinstance(target, PgTarget) else None,
         "log_level": getattr(args, "log_level", None),
         "log_json": getattr(args, "log_json", None),
         "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         **extra,
     }
     settings = load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
+    if isinstance(target, Path) and settings.store.url is not None:  # the flag wins
+        settings = settings.model_copy(
+            update={"store": settings.store.model_copy(update={"url": None})}
+        )
     for line in settings.setting_warnings():  # stderr: stdout may be --json
         print(f"warning: {line}", file=sys.stderr)
     return settings
@@ -64,7 +73,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
 class ReadSettings(NamedTuple):
     """The part of :class:`~collector.settings.CollectorSettings` a store reader uses."""
 
-    db_path: Path
+    store_target: StoreTarget
     stale_intervals: float
     expected_interval_s: float
 
@@ -92,9 +101,13 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
         )
         from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
-        db: Path | None = args.db
+        db: str | None = args.db
         return ReadSettings(
-            DEFAULT_DB_PATH if db is None else db, DEFAULT_STALE_INTERVALS, DEFAULT_INTERVAL_S
+            DEFAULT_DB_PATH if db is None else parse_target(db),
+            DEFAULT_STALE_INTERVALS,
+            DEFAULT_INTERVAL_S,
         )
     settings = settings_from_args(args)
-    return ReadSettings(settings.db_path, settings.stale_intervals, settings.expected_interval_s)
+    return ReadSettings(
+        settings.store_target, settings.stale_intervals, settings.expected_interval_s
+    )

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collector.paths import StoreTarget
+
 import argparse
 import time
-from pathlib import Path
 from typing import Any, Final
 
 from collector.cli import COMMANDS
@@ -155,12 +159,12 @@ def run(args: argparse.Namespace) -> int:
                 "`collector alerts --dead-letters`",
                 field="--redeliver",
             )
-        return _redeliver(settings.db_path, args.redeliver, as_json=args.json)
+        return _redeliver(settings.store_target, args.redeliver, as_json=args.json)
     if args.dead_letters:
-        return _dead_letters(settings.db_path, args.limit, as_json=args.json)
+        return _dead_letters(settings.store_target, args.limit, as_json=args.json)
     since_s = 86_400.0 if args.since is None else parse_duration(args.since, field="--since")
     now = time.time()
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         if args.history:
             rows = alert_history(store, now - since_s, args.limit)
         else:
@@ -192,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _redeliver(db: Path, outbox_id: int, *, as_json: bool = False) -> int:
+def _redeliver(db: StoreTarget, outbox_id: int, *, as_json: bool = False) -> int:
     from collector.store.outbox import request_redelivery  # noqa: PLC0415
 
     request_redelivery(db, outbox_id, time.time())
@@ -203,7 +207,7 @@ def _redeliver(db: Path, outbox_id: int, *, as_json: bool = False) -> int:
     return 0
 
 
-def _dead_letters(db: Path, limit: int, *, as_json: bool) -> int:
+def _dead_letters(db: StoreTarget, limit: int, *, as_json: bool) -> int:
     from collector.store.queries import dead_letters  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 

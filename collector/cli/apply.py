@@ -103,8 +103,8 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
     from collector.store.pools import leased_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    nodes = load_nodes(settings.db_path, settings.staleness())
-    with StoreReader(settings.db_path) as store:
+    nodes = load_nodes(settings.store_target, settings.staleness())
+    with StoreReader(settings.store_target) as store:
         leased = leased_nodes(store, time.time())
     return plan_patterns(spec, nodes, leased)
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     spec = parse_spec(_read(args.file), source="stdin" if args.file == "-" else args.file)
     planned = _plan_patterns(spec, settings) if any(p.pattern for p in spec.pools.values()) else {}
-    with GovernanceWriter(settings.db_path, now=time.time()) as w:
+    with GovernanceWriter(settings.store_target, now=time.time()) as w:
         changes = apply_spec(w, spec, w.run(node_hardware()), planned)
         if args.dry_run or not changes:
             w.discard()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collector.capacity.picture import NodeDraw, Picture, RestBasis, StaleBasis, TypeDraw
     from collector.capacity.whatif import WhatIf
     from collector.nodefacts import Staleness
+    from collector.paths import StoreTarget
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
 
@@ -133,7 +134,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 class CapacityCliSettings(NamedTuple):
     """What ``collector capacity`` and ``collector plot`` need from the settings."""
 
-    db_path: Path
+    db_path: StoreTarget
     plan: Path | None
     staleness: Staleness
     stale_basis: StaleBasis
@@ -144,17 +145,21 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
         from collector.nodefacts import Staleness  # noqa: PLC0415
-        from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
+        from collector.paths import DEFAULT_DB_PATH, parse_target  # noqa: PLC0415
 
-        db: Path | None = args.db
+        db: str | None = args.db
         return CapacityCliSettings(
-            DEFAULT_DB_PATH if db is None else db, args.plan, Staleness(), "nameplate", "calibrated"
+            DEFAULT_DB_PATH if db is None else parse_target(db),
+            args.plan,
+            Staleness(),
+            "nameplate",
+            "calibrated",
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 
     s = settings_from_args(args)
     return CapacityCliSettings(
-        s.db_path,
+        s.store_target,
         args.plan or s.capacity.plan,
         s.staleness(),
         s.capacity.stale_basis,

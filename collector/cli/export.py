@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--slurm-nodes applies to --format slurm", field="--slurm-nodes")
     settings = read_settings_from_args(args)
     now = time.time()
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         if not store.has_table("leases"):
             raise ConfigError(
-                f"{str(settings.db_path)!r} has no leases table yet: start this version's "
+                f"{str(settings.store_target)!r} has no leases table yet: start this version's "
                 "`collector run` once to migrate it"
             )
         gov = store.run(governance())
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "kueue":
         from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-        nodes = load_nodes(settings.db_path, settings.staleness())
+        nodes = load_nodes(settings.store_target, settings.staleness())
         node_gpus = {
             n.node: {c.model: c.count for c in n.components if c.kind == "gpu"} for n in nodes
         }

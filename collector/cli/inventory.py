@@ -16,6 +16,7 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
     from collector.nodefacts import Staleness
+    from collector.paths import StoreTarget
 
 __all__ = [
     "MAX_COLUMNS",
@@ -83,18 +84,18 @@ def run(args: argparse.Namespace) -> int:
     if words and words[0] == "import":
         if len(words) != 2:
             raise ConfigError("import needs exactly one FILE (JSON lines; `-` for stdin)")
-        return _import(settings.db_path, words[1], as_json=args.json)
+        return _import(settings.store_target, words[1], as_json=args.json)
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
-    nodes = load_nodes(settings.db_path, settings.staleness(), with_ids=args.node is not None)
+    nodes = load_nodes(settings.store_target, settings.staleness(), with_ids=args.node is not None)
     if args.node is not None:
         return _one_node(nodes, args.node, as_json=args.json)
     if pool is not None:
         from collector.store.pools import FREE  # noqa: PLC0415
 
         if pool != FREE and not any(n.pool == pool for n in nodes):
-            _check_pool(settings.db_path, pool)
+            _check_pool(settings.store_target, pool)
         nodes = [n for n in nodes if n.pool == pool]
     if args.json:
         print_fast_json(inventory_json(nodes))
@@ -105,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_nodes(db: Path, staleness: Staleness, *, with_ids: bool = False) -> list[NodeComponents]:
+def load_nodes(
+    db: StoreTarget, staleness: Staleness, *, with_ids: bool = False
+) -> list[NodeComponents]:
     """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
     serials, UUIDs and interface names."""
     from collector.governance.inventory import describe_nodes  # noqa: PLC0415
@@ -122,7 +125,7 @@ def load_nodes(db: Path, staleness: Staleness, *, with_ids: bool = False) -> lis
     )
 
 
-def _check_pool(db: Path, pool: str) -> None:
+def _check_pool(db: StoreTarget, pool: str) -> None:
     from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
@@ -283,7 +286,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
     return 0
 
 
-def _import(db: Path, file: str, *, as_json: bool = False) -> int:
+def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
     import sys  # noqa: PLC0415
 
     from collector.store.pools import declare_inventories  # noqa: PLC0415

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
@@ -15,6 +14,7 @@ from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.governance.state import Governance, Lease
+    from collector.paths import StoreTarget
 
 __all__ = ["add_parser", "lease_row", "run"]
 
@@ -116,17 +116,17 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     if args.action == "add":
-        return _add(args, settings.db_path, now)
+        return _add(args, settings.store_target, now)
     if args.action == "list":
-        return _list(args, settings.db_path, now)
+        return _list(args, settings.store_target, now)
     if args.lease is None:
         raise ConfigError(f"{args.action} needs the lease's name or id", field="lease")
     if args.action == "show":
-        return _show(args, settings.db_path, now)
-    return _change(args, settings.db_path, now)
+        return _show(args, settings.store_target, now)
+    return _change(args, settings.store_target, now)
 
 
-def _add(args: argparse.Namespace, db: Path, now: float) -> int:
+def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.lease import (  # noqa: PLC0415
         LeaseError,
         LeaseTerms,
@@ -196,7 +196,7 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
     return 0
 
 
-def _carve(args: argparse.Namespace, db: Path, now: float) -> tuple[str, str]:
+def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, str]:
     """``--pattern``: the new pool's name and the nodes the plan takes from ``free`` (the
     lease's transaction creates the pool with them, so a refused lease leaves no pool)."""
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
@@ -268,7 +268,7 @@ def lease_row(lease: Lease, now: float) -> dict[str, Any]:
     }
 
 
-def _state(db: Path) -> Governance:
+def _state(db: StoreTarget) -> Governance:
     from collector.store.governance import governance  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
@@ -281,7 +281,7 @@ def _state(db: Path) -> Governance:
         return store.run(governance())
 
 
-def _list(args: argparse.Namespace, db: Path, now: float) -> int:
+def _list(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     gov = _state(db)
     rows = [lease_row(x, now) for x in gov.leases if not args.tenant or x.tenant == args.tenant]
     if args.json:
@@ -306,7 +306,7 @@ def _list(args: argparse.Namespace, db: Path, now: float) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace, db: Path, now: float) -> int:
+def _show(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.ops import find_lease  # noqa: PLC0415
 
     gov = _state(db)
@@ -324,7 +324,7 @@ def _show(args: argparse.Namespace, db: Path, now: float) -> int:
     return 0
 
 
-def _change(args: argparse.Namespace, db: Path, now: float) -> int:
+def _change(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
     from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from collector.cli import COMMANDS
@@ -15,6 +14,7 @@ from shared.errors import ConfigError
 if TYPE_CHECKING:
     from collector.governance.allocate import Plan
     from collector.governance.inventory import NodeComponents
+    from collector.paths import StoreTarget
 
 __all__ = ["add_parser", "run"]
 
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action in ("create", "delete") and nodes:
         raise ConfigError(f"{args.action} takes only NAME (create: --nodes for nodes)")
     return _change(
-        settings.db_path,
+        settings.store_target,
         args.action,
         name,
         nodes or args.nodes,
@@ -129,14 +129,14 @@ def _forced(args: argparse.Namespace) -> str | None:
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-    return load_nodes(settings.db_path, settings.staleness())
+    return load_nodes(settings.store_target, settings.staleness())
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:
     from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         rows = pools(store)
     free = sum(1 for n in _nodes(settings) if n.pool == "free")
     rows.append({"name": "free", "created": None, "comment": "nodes in no pool", "nodes": free})
@@ -161,7 +161,7 @@ def _show(settings: ReadSettings, name: str, *, as_json: bool) -> int:
 
     nodes = [n for n in _nodes(settings) if n.pool == name]
     if name != "free" and not nodes:
-        _require_pool(settings.db_path, name)
+        _require_pool(settings.store_target, name)
     if as_json:
         print_json({"pool": name, **inventory_json(nodes)})
     else:
@@ -169,7 +169,7 @@ def _show(settings: ReadSettings, name: str, *, as_json: bool) -> int:
     return 0
 
 
-def _require_pool(db: Path, name: str) -> None:
+def _require_pool(db: StoreTarget, name: str) -> None:
     from collector.store.pools import pools  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
@@ -182,7 +182,7 @@ def _require_pool(db: Path, name: str) -> None:
 
 
 def _change(
-    db: Path,
+    db: StoreTarget,
     action: str,
     name: str,
     nodes: list[str],
@@ -255,14 +255,14 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
 
     pattern = parse_pattern(args.pattern, field="-p")
     nodes = _nodes(settings)
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         excluded = leased_nodes(store, time.time()) | set(args.exclude)
         before = pool_members(store)
     plan = plan_pool(nodes, pattern, excluded=excluded)
     if not args.dry_run:
         # Plan on a read snapshot (the solve must not hold the write lock the collector's
         # writer needs), then write only if no pool command moved a node in between.
-        with pool_transaction(settings.db_path, time.time()) as tx:
+        with pool_transaction(settings.store_target, time.time()) as tx:
             if pool_members(tx) != before:
                 raise ConfigError("pools changed while planning: run the command again")
             if not tx.exists(plan.pool):

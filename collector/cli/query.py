@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if step_s is not None and (args.gaps or args.rejected or args.gpus):
         raise ConfigError("--step goes with --since and --node, or alone", field="--step")
     now = time.time()
-    with StoreReader(settings.db_path) as store:
+    with StoreReader(settings.store_target) as store:
         if not (args.gaps or args.rejected or args.gpus) and _wants_history(
             store, args.node, since_s, step_s, now
         ):

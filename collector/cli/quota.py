@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.cli import COMMANDS
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from collector.governance.state import Governance
     from collector.governance.usage import Usage
     from collector.nodefacts import Staleness
+    from collector.paths import StoreTarget
     from collector.store.governance import GovernanceWriter
 
 __all__ = ["add_parser", "run"]
@@ -116,11 +116,11 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     if args.action == "set":
-        return _set(args, settings.db_path, now)
+        return _set(args, settings.store_target, now)
     if not 0 <= args.busy_util <= 100:
         raise ConfigError("--busy-util must be between 0 and 100", field="--busy-util")
     gov, usages, source = _read(
-        settings.db_path, now, args.busy_util, settings.staleness(), from_store=args.from_store
+        settings.store_target, now, args.busy_util, settings.staleness(), from_store=args.from_store
     )
     if args.action == "show" and args.tree:
         return _tree(args, gov, usages, source)
@@ -137,7 +137,7 @@ def _number(value: float | None, flag: str) -> float | None:
     return value
 
 
-def _set(args: argparse.Namespace, db: Path, now: float) -> int:
+def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.quota import Quota  # noqa: PLC0415
     from collector.store.governance import GovernanceWriter  # noqa: PLC0415
 
@@ -304,7 +304,7 @@ class _Source(NamedTuple):
 
 
 def _read(
-    db: Path, now: float, busy_util: float, staleness: Staleness, *, from_store: bool
+    db: StoreTarget, now: float, busy_util: float, staleness: Staleness, *, from_store: bool
 ) -> tuple[Governance, list[Usage], _Source]:
     from collector.governance.fromstore import usages_from_store  # noqa: PLC0415
     from collector.store.governance import governance, usage_snapshot  # noqa: PLC0415

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collector.paths import StoreTarget
+
 import argparse
 import time
-from pathlib import Path
 from typing import Final
 
 from collector.cli import COMMANDS
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     if args.action == "add":
-        return _add(args, settings.db_path, now)
+        return _add(args, settings.store_target, now)
     if args.action == "expire":
         from collector.store.silences import expire_silence  # noqa: PLC0415
 
@@ -77,16 +81,16 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"no silence in force with id {args.id}: pick one from `collector silence list`"
             )
-        expire_silence(settings.db_path, args.id, now)
+        expire_silence(settings.store_target, args.id, now)
         if args.json:
             print_json({"id": args.id, "expired": True})
         else:
             print(f"silence {args.id} expired: its alerts notify again")
         return 0
-    return _list(settings.db_path, now, everything=args.all, as_json=args.json)
+    return _list(settings.store_target, now, everything=args.all, as_json=args.json)
 
 
-def _add(args: argparse.Namespace, db: Path, now: float) -> int:
+def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.alerts.route import parse_matcher  # noqa: PLC0415
     from collector.store.silences import add_silence  # noqa: PLC0415
 
@@ -110,7 +114,7 @@ def _add(args: argparse.Namespace, db: Path, now: float) -> int:
     return 0
 
 
-def _list(db: Path, now: float, *, everything: bool, as_json: bool) -> int:
+def _list(db: StoreTarget, now: float, *, everything: bool, as_json: bool) -> int:
     from collector.store.queries import silences  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 

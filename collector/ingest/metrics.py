@@ -134,6 +134,11 @@ class WriterMetrics:
         self.bisections = counter(
             "store_bisections", "Batches split in two to find a row the store refused."
         )
+        self.store_unavailable = counter(
+            "store_unavailable",
+            "Writes that found the store unavailable (PostgreSQL restarting, failing over) "
+            "and were retried after a reconnect.",
+        )
         self.quarantine_trimmed = counter(
             "quarantine_trimmed_rows", "Quarantine rows deleted to keep it bounded (oldest first)."
         )
@@ -168,13 +173,14 @@ class WriterMetrics:
 
     def counter_rows(self) -> dict[str, int]:
         """``stored``, ``duplicates``, ``quarantined``, ``store_bisections``,
-        ``quarantine_trimmed``, ``retention_deleted``, ``watermarks_published``,
-        ``watermarks_refused`` and ``job_failed_<job>``."""
+        ``store_unavailable``, ``quarantine_trimmed``, ``retention_deleted``,
+        ``watermarks_published``, ``watermarks_refused`` and ``job_failed_<job>``."""
         return {
             "stored": value(self.stored),
             "duplicates": value(self.duplicates),
             "quarantined": value(self.quarantined),
             "store_bisections": value(self.bisections),
+            "store_unavailable": value(self.store_unavailable),
             "quarantine_trimmed": value(self.quarantine_trimmed),
             "retention_deleted": value(self.retention_deleted),
             "watermarks_published": value(self.watermarks_published),

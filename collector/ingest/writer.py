@@ -33,6 +33,13 @@ data (not the disk), the batch is bisected until the message(s) at fault are fou
 are quarantined and acknowledged like any rejected message, and the rest is stored. A store
 that cannot be written at all raises :class:`StoreError` out of :meth:`Writer.run`, and the
 unstored messages are never acknowledged.
+
+A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
+unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
+writes the same batch again (nothing of it was committed, nothing acknowledged; a sample
+the server did commit before the connection broke comes back as a duplicate and is
+dropped). Meanwhile the queue fills and the reader stops reading: the broker keeps the
+rest. A stop asked for while it waits ends the wait with the error.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Final, Protocol
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -66,6 +74,11 @@ _COUNTERS_EVERY_S: Final = 2.0
 _REFUSALS: Final = 3
 """Connections in a row lost right after their first watermark publish: the broker refuses."""
 _REFUSED_PAUSE_S: Final = 3600.0
+_RETRY_MIN_S: Final = 0.2
+_RETRY_MAX_S: Final = 10.0
+"""Backoff between reconnects to an unavailable store (randomised, doubling up to this)."""
+
+T = TypeVar("T")
 
 
 class Record(Protocol):
@@ -112,8 +125,10 @@ class Writer:
         metrics: WriterMetrics | None = None,
         watermarks: Watermarks | None = None,
         watermark_interval_s: float = 1.0,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
+        self._stopping = stopping
         self._queue = queue
         self._ingestor = ingestor
         self._clock = clock
@@ -193,7 +208,7 @@ class Writer:
         """Write one record; one the store refuses is logged and counted, ingestion goes on
         (refused delivery outcomes leave their outbox rows pending: they are sent again)."""
         try:
-            await record.write(self._store)
+            await self._durably(lambda: record.write(self._store))
         except StoreError as exc:
             if exc.fatal:
                 raise
@@ -272,9 +287,10 @@ class Writer:
             else:
                 meta.append((item.key, item.value))
         new_nodes = {r.node for r in rows} - self._known_nodes
+        nodes, news = sorted(new_nodes), list(updates.values())
         try:
-            inserted = await self._store.write_batch(
-                rows, list(updates.values()), sorted(new_nodes), quarantine, meta
+            inserted = await self._durably(
+                lambda: self._store.write_batch(rows, news, nodes, quarantine, meta)
             )
         except StoreError as exc:
             if exc.fatal:
@@ -331,16 +347,16 @@ class Writer:
 
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
-        await self._store.write_counters(
-            self._counter_values(), self._clock.time(), self._ingestor.take_node_rejects()
-        )
+        store, keep = self._store, self._quarantine_max_rows
+        values, rejects = self._counter_values(), self._ingestor.take_node_rejects()
+        await self._durably(lambda: store.write_counters(values, self._clock.time(), rejects))
         self.last_commit = self._clock.monotonic()
-        trimmed = await self._store.trim_quarantine(self._quarantine_max_rows)
+        trimmed = await self._durably(lambda: store.trim_quarantine(keep))
         if trimmed:
             self.metrics.quarantine_trimmed.inc(trimmed)
         # Node names come from topics: with a broker that lets anyone write any node's
         # topic, this table would otherwise grow with every invented name.
-        await self._store.trim_node_rejects(self._quarantine_max_rows)
+        await self._durably(lambda: store.trim_node_rejects(keep))
 
     async def flush_watermarks(self) -> None:
         """Write the changed watermarks, then (after that commit) publish them retained."""
@@ -398,7 +414,9 @@ class Writer:
     async def _retention_chunk(self) -> bool:
         """Delete one chunk of samples that arrived before the window; True if more remain."""
         cutoff_ms = round((self._clock.time() - self._retention_s) * 1000)
-        deleted = await self._store.delete_older_than(cutoff_ms, self._retention_chunk_rows)
+        deleted = await self._durably(
+            lambda: self._store.delete_older_than(cutoff_ms, self._retention_chunk_rows)
+        )
         if deleted:
             self.metrics.retention_deleted.inc(deleted)
             log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
@@ -412,6 +430,30 @@ class Writer:
                 log.info("rollup_retention_deleted", res_s=res, rows=gone, cutoff_s=cutoff_s)
             more = more or gone >= self._retention_chunk_rows
         return more
+
+    async def _durably(self, write: Callable[[], Awaitable[T]]) -> T:
+        """``write()``; while the store is unavailable, reconnect with backoff and write
+        again (see the module docstring)."""
+        delay = _RETRY_MIN_S
+        while True:
+            try:
+                return await write()
+            except StoreError as exc:
+                if not exc.unavailable or self._stopping():
+                    raise
+                log.warning("store_unavailable", error=str(exc), retry_in_s=round(delay, 2))
+            self.metrics.store_unavailable.inc()
+            while True:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, _RETRY_MAX_S)
+                try:
+                    await self._store.reconnect()
+                except StoreError as exc:
+                    if not exc.unavailable or self._stopping():
+                        raise
+                    log.warning("store_unreachable", error=str(exc), retry_in_s=round(delay, 2))
+                    continue
+                break
 
 
 def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:

@@ -26,20 +26,17 @@ SQL for the modules:
 * **Queries** (:mod:`~collector.store.query`): a read is a ``Query`` (statements + the function
   their rows become), written once and run by any of the three handles.
 
-Still SQLite-specific, for the second backend to deal with:
-
-* SQL text: ``?`` placeholders; ``INSERT OR IGNORE``; ``rowid`` (each node's newest sample,
-  retention chunks); ``total()``; scalar ``max(a, b)``; ``sqlite_master`` (``has_table``) and
-  ``PRAGMA table_info`` (``pools.leased_nodes``); the migrations' DDL run by
-  ``executescript``.
-* Types in signatures: rows are ``sqlite3.Row`` (index or name); ``Command.execute`` returns a
-  ``sqlite3.Cursor`` (``rowcount``, ``lastrowid``); ``Store.conn`` is the aiosqlite
-  connection (tests reach it to fake a full disk).
-* Semantics: ``BEGIN IMMEDIATE`` and the busy timeout stand for "take the write lock now";
-  ``fatal`` is decided from SQLite result codes; the writer checks the file's identity
-  before each commit; WAL and ``synchronous``; the bound-variable limit sizes multi-row
-  inserts; sample payloads are zstd frames against a dictionary stored in the database.
+Two backends behind those handles: a SQLite file (a :class:`pathlib.Path`) and PostgreSQL (a
+:class:`~collector.paths.PgTarget`, ``--db postgresql://...``), chosen where the connection is
+made (:func:`~collector.store.connect.open_sync`, :class:`~collector.store.db.Store`). The
+table modules write one SQL text for both (``?`` placeholders, rewritten for psycopg by
+:func:`~collector.store.dialect.pg_sql`; ``ON CONFLICT``; no ``rowid``, ``total()`` or scalar
+``max``); rows read by index or name on both (:class:`~collector.store.dialect.Row`).
+What only one backend does lives in its class: SQLite's file identity check, WAL and
+``synchronous``, the bound-variable limit (:mod:`collector.store.db`); PostgreSQL's COPY,
+day partitions, advisory locks, error classes and reconnects (:mod:`collector.store.pg`).
+The migrations are one list (:func:`~collector.store.migrations.migrations_for`).
 
 Imports nothing itself, so that a read command can load :mod:`collector.store.reader`
-without the writer's dependencies (aiosqlite, zstandard).
+without the writer's dependencies (aiosqlite, zstandard) or psycopg.
 """

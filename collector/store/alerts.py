@@ -10,7 +10,6 @@ records an alert change, its notifications and the group log in one transaction
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from collector.store.db import Store
+    from collector.store.dialect import Row
 
 __all__ = [
     "AlertChange",
@@ -231,7 +231,7 @@ async def pending_outbox(store: Store) -> list[OutboxEntry]:
     return [OutboxEntry(*r) for r in rows]
 
 
-async def active_alerts(store: Store) -> list[sqlite3.Row]:
+async def active_alerts(store: Store) -> list[Row]:
     """The pending and firing alerts last recorded (to restore them after a restart)."""
     return await store.fetchall(
         "SELECT fingerprint, rule, labels, annotations, state, active_at, starts_at FROM alerts"
@@ -244,7 +244,7 @@ async def alert_groups(store: Store) -> list[GroupLog]:
     return [GroupLog(*r) for r in rows]
 
 
-async def active_silences(store: Store, now: float) -> list[sqlite3.Row]:
+async def active_silences(store: Store, now: float) -> list[Row]:
     """Silences not ended at ``now`` (id, matchers, starts_at, ends_at, comment, author)."""
     return await store.fetchall(
         "SELECT id, matchers, starts_at, ends_at, comment, author FROM silences "

@@ -1,10 +1,12 @@
 """One command transaction: how every command (pool, lease, quota, apply, silence,
 inventory import, alerts --redeliver) writes to the store.
 
-``with Command(path, now=...) as tx`` is one stdlib ``sqlite3`` connection
-(:func:`~collector.store.connect.open_sync`) and one ``BEGIN IMMEDIATE`` transaction, so a
-check and the write it allows cannot be split by another command's write. It commits when
-the block ends, rolls back when it raises or after :meth:`Command.discard`.
+``with Command(path, now=...) as tx`` is one connection
+(:func:`~collector.store.connect.open_sync`) and one write transaction that takes the
+commands' write lock first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level
+advisory lock), so a check and the write it allows cannot be split by another command's
+write. It commits when the block ends, rolls back when it raises or after
+:meth:`Command.discard`.
 
 * **Lock budget.** The collector's writer waits at most the busy timeout (5 s) for the write
   lock and then stops; a statement that would run after :data:`LOCK_BUDGET_S` (3 s) of
@@ -19,15 +21,15 @@ the block ends, rolls back when it raises or after :meth:`Command.discard`.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from collector.store.connect import open_sync, refused
+from collector.paths import StoreTarget
+from collector.store.connect import SyncConn, SyncCursor, open_sync, refused
+from collector.store.dialect import Dialect, Row
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -50,7 +52,7 @@ class Command:
 
     def __init__(
         self,
-        path: Path,
+        path: StoreTarget,
         *,
         now: float | None = None,
         no_table: str = _NOT_MIGRATED,
@@ -60,7 +62,7 @@ class Command:
         self.now = time.time() if now is None else now
         self.lock_budget_s = lock_budget_s
         self._no_table = no_table
-        self._conn: sqlite3.Connection | None = None
+        self._conn: SyncConn | None = None
         self._locked_at = 0.0
         self._discard = False
         self._bump = False
@@ -68,8 +70,8 @@ class Command:
     def __enter__(self) -> Self:
         conn = open_sync(self.path, write=True)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            conn.begin(write=True)
+        except conn.errors as exc:
             conn.close()
             raise self._refused(exc) from exc
         self._conn = conn
@@ -94,12 +96,12 @@ class Command:
                         "updated = excluded.updated",
                         (GENERATION_KEY, uuid.uuid4().hex, self.now),
                     )
-                conn.execute("COMMIT")
+                conn.commit()
             else:
-                conn.execute("ROLLBACK")
-        except sqlite3.Error as err:
+                conn.rollback()
+        except conn.errors as err:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                conn.rollback()
             if exc is None:
                 raise self._refused(err) from err
         finally:
@@ -116,7 +118,12 @@ class Command:
         """Move the governance generation with the commit (leases, quotas, tenants changed)."""
         self._bump = True
 
-    def _live(self) -> sqlite3.Connection:
+    @property
+    def dialect(self) -> Dialect:
+        """Which backend this transaction runs on."""
+        return self._live().dialect
+
+    def _live(self) -> SyncConn:
         """The connection, while the transaction is open and within its lock budget."""
         if self._conn is None:
             raise StoreError("command transaction is not open: use `with Command(path)`")
@@ -128,12 +135,13 @@ class Command:
             )
         return self._conn
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """Run one statement inside the transaction (refused past the lock budget)."""
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> SyncCursor:
+        """Run one statement inside the transaction (refused past the lock budget); its
+        ``rowcount``, and its rows (``... RETURNING id``) by ``fetchall()``."""
         conn = self._live()
         try:
             return conn.execute(sql, params)
-        except (sqlite3.Error, OverflowError) as exc:
+        except conn.errors as exc:
             raise self._refused(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -141,12 +149,17 @@ class Command:
         conn = self._live()
         try:
             conn.executemany(sql, rows)
-        except (sqlite3.Error, OverflowError) as exc:
+        except conn.errors as exc:
             raise self._refused(exc) from exc
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """A read inside the transaction (sees its own writes)."""
-        return self.execute(sql, params).fetchall()
+        cur = self.execute(sql, params)
+        conn = self._live()
+        try:
+            return cur.fetchall()
+        except conn.errors as exc:
+            raise self._refused(exc) from exc
 
     def run(self, query: Query[T]) -> T:
         """A query (:mod:`collector.store.query`) inside the transaction."""
@@ -154,6 +167,16 @@ class Command:
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (one not yet migrated may lack it)."""
-        return bool(
-            self.fetchall("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
-        )
+        conn = self._live()
+        try:
+            return conn.has_table(name)
+        except conn.errors as exc:
+            raise self._refused(exc) from exc
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        conn = self._live()
+        try:
+            return conn.columns(table)
+        except conn.errors as exc:
+            raise self._refused(exc) from exc

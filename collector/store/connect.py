@@ -1,29 +1,37 @@
 """Opening the store: the one place a connection is made, and the errors it says.
 
 Every connection to the store comes from here: the collector's writer and its read-only
-helpers (:func:`open_async`, aiosqlite) and every command (:func:`open_sync`, stdlib
-``sqlite3``: no event loop for one question). The busy timeout and the writer's pragmas are
-decided here once, and so are the lines an operator reads when the store is missing, is not
-a capwatch store, or refuses a statement (:func:`missing`, :func:`not_capwatch`,
-:func:`refused`).
+helpers (:func:`open_async`, aiosqlite) and every command (:func:`open_sync`: a
+:class:`SyncConn`, stdlib ``sqlite3`` or, for a :class:`~collector.paths.PgTarget`,
+psycopg through :mod:`collector.store.pg`; no event loop for one question). The busy
+timeout and the writer's pragmas are decided here once, and so are the lines an operator
+reads when the store is missing, is not a capwatch store, or refuses a statement
+(:func:`missing`, :func:`not_capwatch`, :func:`refused`), whatever the backend.
 
-aiosqlite is imported only by :func:`open_async`, so a command that imports this module
-pays for none of the writer's dependencies.
+aiosqlite is imported only by :func:`open_async`, psycopg only for a PostgreSQL store, so a
+command that imports this module pays for none of the writer's dependencies.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
+from collector.store.dialect import Dialect
 from shared.errors import StoreError
 
 if TYPE_CHECKING:
     import aiosqlite
 
+    from collector.paths import StoreTarget
+
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "SqliteSync",
+    "SyncConn",
+    "SyncCursor",
     "Synchronous",
     "missing",
     "not_capwatch",
@@ -39,7 +47,87 @@ BUSY_TIMEOUT_S: Final = 5.0
 """How long any connection waits for another's write lock before it gives up."""
 
 
-def missing(path: Path) -> StoreError:
+class SyncCursor(Protocol):
+    """What a statement leaves: rows changed, and its rows."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class SyncConn(Protocol):
+    """A command's connection, whatever the backend (:class:`SqliteSync`,
+    :class:`collector.store.pg.PgSync`): autocommit until :meth:`begin`."""
+
+    dialect: Dialect
+    errors: tuple[type[BaseException], ...]
+    """What its statements raise (the handles turn them into :class:`StoreError`)."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> SyncCursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+    def begin(self, *, write: bool) -> None: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def in_transaction(self) -> bool: ...
+    def has_table(self, name: str) -> bool: ...
+    def columns(self, table: str) -> set[str]: ...
+
+
+class SqliteSync:
+    """:class:`SyncConn` over a stdlib :class:`sqlite3.Connection` (rows :class:`sqlite3.Row`)."""
+
+    dialect: Dialect = "sqlite"
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error, OverflowError)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One statement."""
+        return self.raw.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """One statement over ``rows``."""
+        self.raw.executemany(sql, rows)
+
+    def begin(self, *, write: bool) -> None:
+        """A read snapshot, or (``write``) the write lock now: two commands never interleave."""
+        self.raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll back the open transaction."""
+        self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close (an open transaction is rolled back)."""
+        self.raw.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open."""
+        return self.raw.in_transaction
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table ``name``."""
+        rows = self.raw.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchall()
+        return bool(rows)
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        return {
+            r[1] for r in self.raw.execute("SELECT name, name FROM pragma_table_info(?)", (table,))
+        }
+
+
+def missing(path: StoreTarget) -> StoreError:
     """The store at ``path`` does not exist (a command never creates it)."""
     return StoreError(
         f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
@@ -47,7 +135,7 @@ def missing(path: Path) -> StoreError:
     )
 
 
-def not_capwatch(path: Path) -> StoreError:
+def not_capwatch(path: StoreTarget) -> StoreError:
     """``path`` is an SQLite file without the capwatch schema (empty or foreign)."""
     return StoreError(
         f"{str(path)!r} is not a capwatch database (or an empty one): point --db / "
@@ -55,8 +143,10 @@ def not_capwatch(path: Path) -> StoreError:
     )
 
 
-def open_failed(path: Path, exc: BaseException, *, creating: bool = False) -> StoreError:
+def open_failed(path: StoreTarget, exc: BaseException, *, creating: bool = False) -> StoreError:
     """The store at ``path`` could not be opened (or, ``creating``, created and migrated)."""
+    if not isinstance(path, Path):
+        return StoreError(f"cannot open database {str(path)!r}: {_first_line(exc)}")
     if isinstance(exc, sqlite3.Error):
         fix = (
             ": set db_path (--db / CAPWATCH_DB_PATH) to a file in a folder this user can write"
@@ -68,17 +158,28 @@ def open_failed(path: Path, exc: BaseException, *, creating: bool = False) -> St
     return StoreError(f"cannot open database {str(path)!r}: {detail}")
 
 
-def refused(path: Path, exc: BaseException, *, doing: str, no_table: str | None) -> StoreError:
+def refused(
+    path: StoreTarget, exc: BaseException, *, doing: str, no_table: str | None
+) -> StoreError:
     """A statement the store refused, as one line: ``doing`` says what was being done
     (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
     predates a table (not yet migrated), ``None``: it is then not a capwatch store."""
-    if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
+    if (
+        isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+    ) or sqlstate == "42P01":  # undefined_table
         if no_table is None:
             return not_capwatch(path)
         return StoreError(f"{str(path)!r} {no_table}")
-    if isinstance(exc, OverflowError):  # a parameter past SQLite's 64-bit integers
-        return StoreError(f"a value is too large for the store {str(path)!r}: {exc}")
-    return StoreError(f"{doing} {str(path)!r}: {exc}")
+    if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
+        return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
+    return StoreError(f"{doing} {str(path)!r}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error as one line (PostgreSQL adds DETAIL and HINT lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _existing(path: Path, *, write: bool) -> str:
@@ -88,17 +189,21 @@ def _existing(path: Path, *, write: bool) -> str:
     return str(path) if write else f"{path.resolve().as_uri()}?mode=ro"  # escapes ? and #
 
 
-def open_sync(path: Path, *, write: bool) -> sqlite3.Connection:
+def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:
     """A command's connection to the existing store at ``path``: autocommit (the caller
-    says ``BEGIN``), the busy timeout, rows as :class:`sqlite3.Row`; read-only unless
+    says :meth:`SyncConn.begin`), the busy timeout, rows by index or name; read-only unless
     ``write``. :class:`StoreError` with the fix when there is none or it cannot be opened."""
+    if not isinstance(path, Path):
+        from collector.store.pg import connect_sync  # noqa: PLC0415 - psycopg: PostgreSQL only
+
+        return connect_sync(path, write=write)
     target = _existing(path, write=write)
     try:
         conn = sqlite3.connect(target, uri=not write, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     except sqlite3.Error as exc:
         raise open_failed(path, exc) from exc
     conn.row_factory = sqlite3.Row
-    return conn
+    return SqliteSync(conn)
 
 
 async def open_async(

@@ -1,17 +1,23 @@
-"""The rolling SQLite store: one connection, its pragmas and migrations, and its writes.
+"""The collector's store: one connection, its migrations, and its writes.
 
-One :class:`Store` owns one aiosqlite connection (WAL mode, so ``collector query`` can read
-while the daemon writes). Only the collector's writer task calls the ``write_*`` methods, so
-there is no lock: one owner, one transaction at a time. Readers open their own connection
-with :meth:`Store.open_readonly`. The schema is in :mod:`collector.store.migrations`.
+One :class:`Store` owns one connection: to a SQLite file (aiosqlite, WAL mode, so
+``collector query`` can read while the daemon writes), or to PostgreSQL
+(:class:`~collector.store.pg.PgBackend`) for a ``postgresql://`` target. Only the
+collector's writer task calls the ``write_*`` methods, so there is no lock: one owner, one
+transaction at a time. Readers open their own connection with :meth:`Store.open_readonly`.
+The schema is in :mod:`collector.store.migrations`; what differs between the backends is in
+their backend class (:class:`_Sqlite` here, ``PgBackend``), the rest is written once.
 
-Durability: ``synchronous = FULL`` by default, so a committed batch survives a power cut or
-an OS crash, not only a process crash: the collector acknowledges samples to the broker
-after the commit, and the broker forgets what it has been told is stored.
+Durability: SQLite's ``synchronous = FULL`` by default (PostgreSQL: its default
+``synchronous_commit``), so a committed batch survives a power cut or an OS crash, not only
+a process crash: the collector acknowledges samples to the broker after the commit, and the
+broker forgets what it has been told is stored.
 
 A failed write is rolled back and raised as :class:`StoreError` whose ``fatal`` says whether
 the store itself is unusable (disk full, I/O error, read-only, corrupt, locked) or only this
-batch could not be written (a value SQLite refuses): the writer bisects the latter.
+batch could not be written (a value the store refuses): the writer bisects the latter. On
+PostgreSQL ``unavailable`` says the server went away (restart, failover): the writer
+reconnects (:meth:`Store.reconnect`) and writes the batch again.
 """
 
 from __future__ import annotations
@@ -26,14 +32,16 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeVar
 
 import aiosqlite
 
+from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
+from collector.store.dialect import Dialect, Row
 from collector.store.ledger import LEDGER_RETENTION_SQL
-from collector.store.migrations import MIGRATIONS
+from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.query import Query
 from collector.store.rollups import (
     FOLD_SQL,
@@ -46,6 +54,9 @@ from collector.store.rollups import (
 )
 from shared.errors import StoreError
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from collector.store.pg import PgBackend
 
 __all__ = [
     "MIGRATIONS",
@@ -131,7 +142,7 @@ _SUMMARY: Final = 13
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 """``RETURNING`` (SQLite 3.35, 2021): the insert itself says which samples were new."""
 
-_INSERT_NODE: Final = ("INSERT OR IGNORE INTO nodes (node)", 1, "")
+_INSERT_NODE: Final = ("INSERT INTO nodes (node)", 1, " ON CONFLICT (node) DO NOTHING")
 _UPSERT_STATUS: Final = (
     "INSERT INTO nodes (node, status, status_ts)",
     3,
@@ -218,6 +229,12 @@ class _FileGoneError(Exception):
     """The database file is not the one this store opened: nothing more may be written."""
 
 
+Kind = Literal["unavailable", "fatal", "refused"]
+"""What a failed write means: reconnect and retry, stop, or bisect the batch."""
+
+_DAY_MS: Final = 86_400_000
+
+
 def _is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, _FileGoneError):
         return True
@@ -242,8 +259,175 @@ def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
     return _Limited
 
 
+class _Sqlite:
+    """SQLite's side of :class:`Store`: the aiosqlite connection and what only SQLite does
+    (the file's identity, the bound-variable limit, the pragmas)."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool,
+        synchronous: Synchronous,
+        variable_limit: int | None,
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.synchronous: Synchronous = synchronous
+        self._limit_override = variable_limit
+        self._conn: aiosqlite.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        """(device, inode) of the file when it was opened: a write checks it is still there."""
+        self.max_variables = min(sqlite_variable_limit(), variable_limit or 1 << 30)
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open: use `async with Store(path)`")
+        return self._conn
+
+    async def open(self) -> None:
+        self._conn = await open_async(
+            self.path,
+            write=not self.readonly,
+            synchronous=self.synchronous,
+            factory=_connection_factory(self._limit_override),
+        )
+
+    def remember_file(self) -> None:
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+
+    async def reconnect(self) -> None:
+        raise StoreError(f"the database {str(self.path)!r} cannot be reopened", fatal=True)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    @staticmethod
+    def kind(exc: BaseException) -> Kind:
+        return "fatal" if _is_fatal(exc) else "refused"
+
+    @staticmethod
+    def hint(exc: BaseException) -> str:
+        return _hint(exc)
+
+    async def migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
+        conn = self.conn
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        async with conn.execute("SELECT name FROM schema_migrations") as cur:
+            done = {row[0] async for row in cur}
+        applied = []
+        for name, sql in migrations:
+            if name in done:
+                continue
+            await conn.executescript(
+                f"BEGIN;\n{sql}\nINSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
+                "\nCOMMIT;"
+            )
+            applied.append(name)
+        return applied
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> int:
+        cur = await self.conn.execute(sql, params)
+        changed = cur.rowcount
+        await cur.close()
+        return max(changed, 0)
+
+    async def returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self.conn.executemany(sql, rows)
+
+    async def insert_many(
+        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
+    ) -> int:
+        head, ncols, tail = statement
+        per_statement = max(1, min(max_rows, self.max_variables // ncols))
+        changed = 0
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            sql = _multi_row_sql(head, ncols, len(chunk), tail)
+            cur = await self.conn.execute(sql, [v for row in chunk for v in row])
+            changed += cur.rowcount
+            await cur.close()
+        return changed
+
+    async def fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def commit(self) -> None:
+        self._check_file()
+        await self.conn.commit()
+
+    async def rollback(self) -> None:
+        await self.conn.rollback()
+
+    def _check_file(self) -> None:
+        """Raise a fatal error if the database file was deleted or replaced since it opened.
+
+        SQLite would go on committing into the unlinked file, and the collector would
+        acknowledge samples that no one can ever read.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise _FileGoneError(f"the database file is gone ({exc.strerror})") from exc
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise _FileGoneError("the database file was replaced by another file")
+
+    async def prepare_samples(self, days: set[int]) -> None:
+        del days  # one table: nothing to prepare
+
+    async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        return await self.insert_many(_INSERT_SAMPLES, rows, _MAX_ROWS_PER_STATEMENT)
+
+    async def insert_samples_new(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[str, int]] | None:
+        """Insert ``rows``; the ``(node, ts_ms)`` of those that were new (``None``: this
+        SQLite has no ``RETURNING``, nothing was inserted)."""
+        if not _RETURNING:
+            return None
+        head, ncols, tail = _INSERT_SAMPLES
+        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        out: list[tuple[str, int]] = []
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            sql = _multi_row_sql(head, ncols, len(chunk), tail + " RETURNING node, ts_ms")
+            async with self.conn.execute(sql, [v for row in chunk for v in row]) as cur:
+                out.extend((r[0], r[1]) for r in await cur.fetchall())
+        return out
+
+    async def drop_days_before(self, cutoff_ms: int) -> int:
+        del cutoff_ms  # no partitions: retention deletes rows
+        return 0
+
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        del tables  # an INTEGER PRIMARY KEY continues after the largest by itself
+
+    async def size_bytes(self) -> int:
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+
 class Store:
-    """Async context manager around the SQLite file.
+    """Async context manager around the store (a SQLite file or a PostgreSQL database).
 
     >>> async with Store(path) as store:
     ...     await store.write_batch(rows)
@@ -254,7 +438,7 @@ class Store:
 
     def __init__(
         self,
-        path: Path,
+        path: StoreTarget,
         *,
         readonly: bool = False,
         compress: bool = True,
@@ -269,43 +453,58 @@ class Store:
         """Samples staged for the rollups since the last fold by this store."""
         self.readonly = readonly
         self.synchronous: Synchronous = synchronous
-        self._conn: aiosqlite.Connection | None = None
         self.codec = PayloadCodec()
         self._compress = compress
         self._dict_id: int | None = None
-        self._limit_override = variable_limit
-        self._identity: tuple[int, int] | None = None
-        """(device, inode) of the file when it was opened: a write checks it is still there."""
-        self.max_variables = min(sqlite_variable_limit(), variable_limit or 1 << 30)
+        self._db: _Sqlite | PgBackend
+        if isinstance(path, Path):
+            self._db = _Sqlite(
+                path, readonly=readonly, synchronous=synchronous, variable_limit=variable_limit
+            )
+        else:
+            from collector.store.pg import PgBackend  # noqa: PLC0415 - psycopg: PostgreSQL only
+
+            self._db = PgBackend(path, write=not readonly, sample_columns=_SAMPLE_COLUMNS)
 
     @classmethod
-    def open_readonly(cls, path: Path) -> Self:
-        """A store for queries: fails clearly if the file does not exist, never writes."""
+    def open_readonly(cls, path: StoreTarget) -> Self:
+        """A store for queries: fails clearly if it does not exist, never writes."""
         return cls(path, readonly=True)
 
     @property
+    def dialect(self) -> Dialect:
+        """Which backend this store is."""
+        return self._db.dialect
+
+    @property
+    def max_variables(self) -> int:
+        """SQLite: the most bound variables a statement of this connection may have."""
+        return self._db.max_variables if isinstance(self._db, _Sqlite) else 65_535
+
+    @property
     def conn(self) -> aiosqlite.Connection:
-        """The open connection."""
-        if self._conn is None:
-            raise StoreError("store is not open: use `async with Store(path)`")
-        return self._conn
+        """The open SQLite connection (tests reach it to fake a failing disk)."""
+        if not isinstance(self._db, _Sqlite):
+            raise StoreError("a PostgreSQL store has no SQLite connection")
+        return self._db.conn
 
     async def __aenter__(self) -> Self:
-        self._conn = await open_async(
-            self.path,
-            write=not self.readonly,
-            synchronous=self.synchronous,
-            factory=_connection_factory(self._limit_override),
-        )
+        await self._db.open()
         if self.readonly:
             return self
         try:
+            if isinstance(self._db, _Sqlite):
+                self._db.remember_file()
             await self._migrate()
             if self._compress:
                 self._dict_id = await self._register_dict()
-            st = os.stat(self.path)
-            self._identity = (st.st_dev, st.st_ino)
         except (sqlite3.Error, OSError) as exc:
+            await self._close()
+            raise open_failed(self.path, exc, creating=True) from exc
+        except StoreError:
+            await self._close()
+            raise
+        except Exception as exc:  # psycopg's errors: this module does not import psycopg
             await self._close()
             raise open_failed(self.path, exc, creating=True) from exc
         except BaseException:
@@ -322,40 +521,32 @@ class Store:
         await self._close()
 
     async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+        await self._db.close()
+
+    async def reconnect(self) -> None:
+        """After an ``unavailable`` error: a new connection (PostgreSQL), or
+        :class:`StoreError` while the server cannot be reached."""
+        try:
+            await self._db.reconnect()
+        except StoreError as exc:  # it was reachable at the start: still away, not a mistake
+            raise StoreError(str(exc), fatal=True, unavailable=True, exit_code=1) from exc
+        log.info("store_reconnected", db=str(self.path))
 
     async def _migrate(self) -> None:
-        conn = self.conn
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        async with conn.execute("SELECT name FROM schema_migrations") as cur:
-            done = {row[0] async for row in cur}
-        for name, sql in MIGRATIONS:
-            if name in done:
-                continue
-            await conn.executescript(
-                f"BEGIN;\n{sql}\nINSERT INTO schema_migrations VALUES ('{name}', {time.time()});"
-                "\nCOMMIT;"
-            )
+        for name in await self._db.migrate(migrations_for(self.dialect)):
             log.info("migration_applied", name=name, db=str(self.path))
 
     async def _register_dict(self) -> int:
-        conn = self.conn
-        await conn.execute(
-            "INSERT OR IGNORE INTO payload_dicts (sha256, dict) VALUES (?, ?)",
-            (self.codec.sha256, self.codec.dictionary),
-        )
-        await conn.commit()
-        async with conn.execute(
+        async with self.transaction("registering the payload dictionary"):
+            await self.execute(
+                "INSERT INTO payload_dicts (sha256, dict) VALUES (?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                (self.codec.sha256, self.codec.dictionary),
+            )
+        rows = await self.fetchall(
             "SELECT id FROM payload_dicts WHERE sha256 = ?", (self.codec.sha256,)
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
+        )
+        return int(rows[0][0])
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
@@ -363,6 +554,41 @@ class Store:
             row[0]
             for row in await self.fetchall("SELECT name FROM schema_migrations ORDER BY name")
         ]
+
+    async def size_bytes(self) -> int:
+        """Bytes the store takes on disk (SQLite: file and WAL; PostgreSQL: the database)."""
+        return await self._db.size_bytes()
+
+    @staticmethod
+    def sample_columns() -> tuple[str, ...]:
+        """The columns of ``samples``, in the order :meth:`import_rows` takes them."""
+        return tuple(c.strip() for c in _SAMPLE_COLUMNS.split(","))
+
+    async def import_rows(
+        self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    ) -> int:
+        """Insert rows copied from another store (``collector migrate``) in one transaction;
+        samples (in :meth:`sample_columns` order) by the sample path. Return rows inserted."""
+        what = f"importing {len(rows)} rows of {table}"
+        if table == "samples":
+            if tuple(columns) != self.sample_columns():
+                raise StoreError(f"samples columns {list(columns)} are not this version's")
+            try:
+                await self._db.prepare_samples({int(r[1]) // _DAY_MS for r in rows})
+            except Exception as exc:
+                raise await self._failed(what, exc) from exc
+            async with self.transaction(what):
+                return await self._db.insert_samples(rows)
+        statement = (f"INSERT INTO {table} ({', '.join(columns)})", len(columns), "")
+        async with self.transaction(what):
+            return await self.insert_many(statement, rows)
+
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        """After rows came in with their ids: each table's next id follows its largest."""
+        try:
+            await self._db.continue_identities(tables)
+        except Exception as exc:
+            raise await self._failed("setting the next ids", exc) from exc
 
     # -- writer side ---------------------------------------------------------------------
 
@@ -378,7 +604,7 @@ class Store:
         messages and meta facts in one transaction; return how many sample rows were new.
 
         On any failure the transaction is rolled back and :class:`StoreError` raised, with
-        ``fatal`` telling a broken store from a batch SQLite refused.
+        ``fatal`` telling a broken store from a batch the store refused.
         """
         dict_id = self._dict_id
         statuses: list[tuple[Any, ...]] = []
@@ -389,7 +615,13 @@ class Store:
             if u.inventory is not None:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
         now = time.time()
-        async with self.transaction(f"storing a batch ({len(rows)} sample rows)"):
+        what = f"storing a batch ({len(rows)} sample rows)"
+        if rows:
+            try:  # PostgreSQL: each day's partition, before the batch's transaction
+                await self._db.prepare_samples({r.ts_ms // _DAY_MS for r in rows})
+            except Exception as exc:
+                raise await self._failed(what, exc) from exc
+        async with self.transaction(what):
             samples: list[tuple[Any, ...]]
             if dict_id is None or not rows:
                 samples = [
@@ -406,7 +638,7 @@ class Store:
                 ]
             rollups = self.rollups
             if rollups is None or not rollups.enabled or not rows:
-                inserted = await self.insert_many(_INSERT_SAMPLES, samples)
+                inserted = await self._db.insert_samples(samples)
             else:
                 new = await self._insert_samples_new(rows, samples)
                 inserted = len(new)
@@ -424,11 +656,8 @@ class Store:
         """Insert ``samples`` (``rows`` stored); return the rows that were new, not duplicates
         of a stored ``(node, ts_ms)``."""
         by_key = {(r.node, r.ts_ms): r for r in rows}
-        if _RETURNING:
-            head, ncols, tail = _INSERT_SAMPLES
-            returning = (head, ncols, tail + " RETURNING node, ts_ms")
-            keys: list[Any] = await self.insert_many_returning(returning, samples)
-        else:  # an older SQLite: ask which keys exist, then insert
+        keys = await self._db.insert_samples_new(samples)
+        if keys is None:  # an older SQLite (no RETURNING): ask which keys exist, then insert
             present: set[tuple[str, int]] = set()
             for i in range(0, len(rows), 400):
                 chunk = rows[i : i + 400]
@@ -438,7 +667,7 @@ class Store:
                     [v for r in chunk for v in (r.node, r.ts_ms)],
                 )
                 present.update((f[0], f[1]) for f in found)
-            await self.insert_many(_INSERT_SAMPLES, samples)
+            await self._db.insert_samples(samples)
             keys = [k for k in by_key if k not in present]
         return [by_key[(k[0], k[1])] for k in keys]
 
@@ -465,88 +694,59 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[None]:
-        """One write transaction (the writer's; ``what`` names it in the error): commit, once
-        the file is known to still be ours; on any failure roll back and raise
+        """One write transaction (the writer's; ``what`` names it in the error): commit (on
+        SQLite once the file is known to still be ours); on any failure roll back and raise
         :class:`StoreError` saying whether the store is usable. The table modules beside this
         one (alerts, capacity snapshots) write inside it with :meth:`execute`,
         :meth:`executemany` and :meth:`insert_many`."""
         try:
             yield
-            self._check_file()
-            await self.conn.commit()
+            await self._db.commit()
         except Exception as exc:
             raise await self._failed(what, exc) from exc
 
-    def _check_file(self) -> None:
-        """Raise a fatal error if the database file was deleted or replaced since it opened.
-
-        SQLite would go on committing into the unlinked file, and the collector would
-        acknowledge samples that no one can ever read.
-        """
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise _FileGoneError(f"the database file is gone ({exc.strerror})") from exc
-        if (st.st_dev, st.st_ino) != self._identity:
-            raise _FileGoneError("the database file was replaced by another file")
-
     async def _failed(self, what: str, exc: Exception) -> StoreError:
         """Roll back after ``exc`` and say whether the store is still usable."""
-        fatal = _is_fatal(exc)
+        if isinstance(exc, StoreError):
+            kind: Kind = "unavailable" if exc.unavailable else "refused"
+        else:
+            kind = self._db.kind(exc)
         try:
-            await self.conn.rollback()
-        except (sqlite3.Error, ValueError, StoreError):
-            fatal = True  # cannot even roll back: nothing more can be written
+            await self._db.rollback()
+        except Exception:
+            if kind == "refused":
+                kind = "fatal"
         detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, sqlite3.Error) else str(exc)
+        if self.dialect == "postgresql":
+            detail = detail.strip().splitlines()[0] if detail.strip() else detail
         return StoreError(
-            f"{what} failed in {str(self.path)!r}: {detail}{_hint(exc)}", fatal=fatal, exit_code=1
+            f"{what} failed in {str(self.path)!r}: {detail}{self._db.hint(exc)}",
+            fatal=kind != "refused",
+            unavailable=kind == "unavailable",
+            exit_code=1,
         )
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement inside :meth:`transaction`; return how many rows it changed."""
-        cur = await self.conn.execute(sql, params)
-        changed = cur.rowcount
-        await cur.close()
-        return max(changed, 0)
+        return await self._db.execute(sql, params)
 
-    async def execute_returning(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    async def execute_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one ``... RETURNING`` statement inside :meth:`transaction`; return its rows."""
-        async with self.conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return await self._db.returning(sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement over ``rows`` inside :meth:`transaction`."""
-        await self.conn.executemany(sql, rows)
+        await self._db.executemany(sql, rows)
 
     async def insert_many(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
     ) -> int:
         """Run ``statement`` (head, columns, tail) over ``rows`` inside :meth:`transaction`,
-        many rows per statement (within SQLite's bound-variable limit); return rows changed."""
-        head, ncols, tail = statement
-        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
-        changed = 0
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail)
-            cur = await self.conn.execute(sql, [v for row in chunk for v in row])
-            changed += cur.rowcount
-            await cur.close()
-        return changed
-
-    async def insert_many_returning(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
-    ) -> list[sqlite3.Row]:
-        """As :meth:`insert_many` for a statement ending in ``RETURNING``: its rows."""
-        head, ncols, tail = statement
-        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
-        out: list[sqlite3.Row] = []
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail)
-            async with self.conn.execute(sql, [v for row in chunk for v in row]) as cur:
-                out.extend(await cur.fetchall())
-        return out
+        many rows per statement (within the backend's bound-variable limit); return rows
+        changed."""
+        if not rows:
+            return 0
+        return await self._db.insert_many(statement, rows, _MAX_ROWS_PER_STATEMENT)
 
     async def write_counters(
         self,
@@ -565,19 +765,27 @@ class Store:
             if node_rejects:
                 await self.executemany(
                     "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (node, reason) DO UPDATE SET count = count + excluded.count, "
-                    "last_ms = max(last_ms, excluded.last_ms)",
+                    "ON CONFLICT (node, reason) DO UPDATE SET "
+                    "count = node_rejects.count + excluded.count, "
+                    "last_ms = CASE WHEN excluded.last_ms > node_rejects.last_ms "
+                    "THEN excluded.last_ms ELSE node_rejects.last_ms END",
                     [(n, r, c, t) for (n, r), (c, t) in node_rejects.items()],
                 )
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
-        """Delete at most ``chunk_rows`` samples that arrived before ``cutoff_ms``.
+        """Delete samples that arrived before ``cutoff_ms``: at most ``chunk_rows`` rows,
+        after (PostgreSQL) dropping the day partitions wholly before it.
 
         Small chunks keep each write transaction short, so ingestion never stalls behind
         retention. The oldest arrivals go first, found through the ``received_ms`` index.
+        A dropped partition counts the rows the planner estimates it held.
         """
-        return await self._delete(
-            "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples "
+        try:
+            dropped = await self._db.drop_days_before(cutoff_ms)
+        except Exception as exc:
+            raise await self._failed("dropping old partitions", exc) from exc
+        return dropped + await self._delete(
+            "DELETE FROM samples WHERE (node, ts_ms) IN (SELECT node, ts_ms FROM samples "
             "WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
             (cutoff_ms, chunk_rows),
             "retention delete",
@@ -609,8 +817,8 @@ class Store:
         """Keep the ``keep_rows`` (node, reason) pairs rejected most recently."""
         return await self._delete(
             "DELETE FROM node_rejects WHERE (node, reason) IN (SELECT node, reason FROM "
-            "node_rejects ORDER BY last_ms DESC LIMIT -1 OFFSET ?)",
-            (keep_rows,),
+            "node_rejects ORDER BY last_ms DESC LIMIT ? OFFSET ?)",
+            ((1 << 62), keep_rows),  # LIMIT: "all" in both dialects (SQLite needs one)
             "node rejects trim",
         )
 
@@ -631,11 +839,30 @@ class Store:
         of :func:`collector.store.query.run`, the only one."""
         return query.build([await self.fetchall(sql, p) for sql, p in query.statements])
 
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Run a read query and return all rows (``sqlite3.Row``: by index or name)."""
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run a read query and return all rows (by index or name)."""
         try:
-            async with self.conn.execute(sql, params) as cur:
-                rows = await cur.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"query failed: {exc}") from exc
-        return list(rows)
+            return await self._db.fetchall(sql, params)
+        except StoreError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"query failed: {exc}") from exc
+            kind = self._db.kind(exc)
+            if kind == "refused" and not isinstance(exc, _db_errors(self._db)):
+                raise  # not the store's error: a bug, with its traceback
+            first = str(exc).strip().splitlines()
+            # A reader whose server is away: this question fails, the next one reconnects.
+            raise StoreError(
+                f"query failed on {str(self.path)!r}: {first[0] if first else exc!r}",
+                fatal=kind == "fatal",
+                unavailable=kind == "unavailable",
+            ) from exc
+
+
+def _db_errors(db: _Sqlite | PgBackend) -> tuple[type[BaseException], ...]:
+    if isinstance(db, _Sqlite):
+        return (sqlite3.Error,)
+    import psycopg  # noqa: PLC0415 - loaded already by the backend
+
+    return (psycopg.Error, OverflowError)

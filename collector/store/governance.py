@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Final, Self, TypeVar
 
 from collector.governance.lease import LeaseTerms, instants
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
+from collector.paths import StoreTarget
 from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
 from collector.store.query import Query, first_value, single
 from shared.errors import StoreError
@@ -176,7 +176,7 @@ class GovernanceWriter:
     """
 
     def __init__(
-        self, path: Path, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
+        self, path: StoreTarget, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
     ) -> None:
         self.tx = Command(path, now=now, no_table=_NO_TABLE, lock_budget_s=lock_budget_s)
         self.path = path
@@ -342,7 +342,7 @@ class GovernanceWriter:
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
             "start_at, end_at, comment, created, updated, notice_months) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 name,
                 tenant,
@@ -365,7 +365,7 @@ class GovernanceWriter:
                 terms.notice_months,
             ),
         )
-        lease_id = int(cur.lastrowid or 0)
+        lease_id = int(cur.fetchall()[0][0])
         for node in dict.fromkeys(nodes):
             self.tx.execute(
                 "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
@@ -379,7 +379,7 @@ class GovernanceWriter:
         self.tx.execute(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
-            "notice_recorded = CASE WHEN ? IS NULL THEN NULL "
+            "notice_recorded = CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL "
             "ELSE coalesce(notice_recorded, ?) END, start_at = ?, end_at = ?, "
             "comment = coalesce(?, comment), updated = ?, notice_months = ? WHERE id = ?",
             (

@@ -5,8 +5,6 @@ SQL lives in the store package; this is the one question the metrics ask of the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collector.store.db import Store
 
 __all__ = ["oldest_sample_received", "store_size_bytes"]
@@ -22,12 +20,7 @@ async def oldest_sample_received(store: Store) -> float | None:
     return None if value is None else value / 1000.0
 
 
-def store_size_bytes(db: Path) -> int:
-    """Bytes the database takes on disk: the file and its write-ahead log (absent: 0)."""
-    total = 0
-    for path in (db, db.with_name(db.name + "-wal")):
-        try:
-            total += path.stat().st_size
-        except FileNotFoundError:
-            continue
-    return total
+async def store_size_bytes(store: Store) -> int:
+    """Bytes the store takes on disk: a SQLite file and its write-ahead log (absent: 0), or
+    a PostgreSQL database (``pg_database_size``)."""
+    return await store.size_bytes()

@@ -11,9 +11,9 @@ fresh ``max_age_s`` and the backoff starting over.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Final
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
 from shared.errors import ConfigError
 
@@ -22,7 +22,7 @@ __all__ = ["request_redelivery"]
 _NO_TABLE: Final = "has no outbox yet: no dead letters (see `collector alerts --dead-letters`)"
 
 
-def request_redelivery(path: Path, outbox_id: int, now: float) -> None:
+def request_redelivery(path: StoreTarget, outbox_id: int, now: float) -> None:
     """Make dead letter ``outbox_id`` pending again; :class:`ConfigError` if there is none."""
     with Command(path, now=now, no_table=_NO_TABLE) as tx:
         cur = tx.execute(

@@ -10,13 +10,14 @@ interleaving.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
+from collector.store.dialect import Row
+from collector.store.queries import LATEST_SAMPLE
 from shared.errors import ConfigError, StoreError
 
 __all__ = [
@@ -46,9 +47,11 @@ _NOT_MIGRATED: Final = (
 class Rows(Protocol):
     """What the read functions need: a read-only store or a pool transaction."""
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
     def has_table(self, name: str) -> bool: ...
+
+    def columns(self, table: str) -> set[str]: ...
 
 
 class NodeRecord(NamedTuple):
@@ -83,8 +86,7 @@ def node_records(store: Rows) -> list[NodeRecord]:
         "CASE WHEN n.inventory IS NOT NULL THEN 'agent' ELSE 'declared' END AS source, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, "
         f"{pool_col} AS pool FROM nodes n {decl_join}{pool_join}"
-        "LEFT JOIN samples s ON s.rowid = "
-        "(SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
+        f"LEFT JOIN samples s ON {LATEST_SAMPLE} "
         f"WHERE {inv_col} IS NOT NULL"
     )
     if declared:
@@ -137,11 +139,7 @@ def leased_nodes(store: Rows, now: float) -> set[str]:
     any lease where ``leases`` has no ``end_at``; none before leases exist."""
     if not store.has_table("lease_nodes"):
         return set()
-    columns = (
-        {r[1] for r in store.fetchall("PRAGMA table_info(leases)")}
-        if store.has_table("leases")
-        else set()
-    )
+    columns = store.columns("leases")
     if {"id", "end_at"} <= columns:
         rows = store.fetchall(
             "SELECT DISTINCT ln.node FROM lease_nodes ln JOIN leases l ON l.id = ln.lease_id "
@@ -183,7 +181,8 @@ def follow_leases(tx: Command, pools: Iterable[str]) -> dict[int, list[str]]:
                 clash = tx.fetchall(
                     "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
                     "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
-                    "AND (l.end_at IS NULL OR l.end_at > ?) AND (? IS NULL OR l.start_at < ?)",
+                    "AND (l.end_at IS NULL OR l.end_at > ?) "
+                    "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR l.start_at < ?)",
                     (node, lease_id, start_at, end_at, end_at),
                 )
                 if clash:
@@ -238,13 +237,17 @@ class PoolTransaction:
         self.tx = tx
         self.now = tx.now
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a query inside the transaction."""
         return self.tx.fetchall(sql, params)
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name``."""
         return self.tx.has_table(name)
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        return self.tx.columns(table)
 
     def exists(self, name: str) -> bool:
         """Whether pool ``name`` exists (``free`` always does)."""
@@ -291,7 +294,7 @@ class PoolTransaction:
 
 
 @contextmanager
-def pool_transaction(path: Path, now: float) -> Iterator[PoolTransaction]:
+def pool_transaction(path: StoreTarget, now: float) -> Iterator[PoolTransaction]:
     """A write transaction on the store at ``path``: committed when the block ends, rolled
     back (nothing changed) when it raises."""
     with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
@@ -300,7 +303,7 @@ def pool_transaction(path: Path, now: float) -> Iterator[PoolTransaction]:
         yield PoolTransaction(tx)
 
 
-def declare_inventories(path: Path, rows: Sequence[tuple[str, bytes]], now: float) -> int:
+def declare_inventories(path: StoreTarget, rows: Sequence[tuple[str, bytes]], now: float) -> int:
     """Store declared inventories (node, validated JSON) in one transaction; return how many."""
     with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
         if not tx.has_table("declared_inventories"):

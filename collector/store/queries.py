@@ -16,6 +16,7 @@ from collector.nodefacts import STATES, Staleness
 from collector.store.reader import StoreReader
 
 __all__ = [
+    "LATEST_SAMPLE",
     "active_alerts",
     "alert_history",
     "dead_letters",
@@ -28,6 +29,13 @@ __all__ = [
     "rejected_messages",
     "silences",
 ]
+
+LATEST_SAMPLE: Final = (
+    "s.node = n.node AND s.ts_ms = "
+    "(SELECT ts_ms FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1)"
+)
+"""Join condition of node ``n`` to its newest sample ``s``: one descent of the unique
+``(node, ts_ms)`` index for the newest time, one lookup for the row (both backends)."""
 
 # Wire-schema GPU fields a row shows, and those that are floats there: a payload decoded as
 # plain JSON gives 87 where the schema's decoder gave 87.0, and --json must not change.
@@ -74,9 +82,7 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
         "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w, s.node_power_w, s.node_power_source "
-        "FROM nodes n LEFT JOIN samples s "
-        "ON s.rowid = (SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
-        "ORDER BY n.node"
+        f"FROM nodes n LEFT JOIN samples s ON {LATEST_SAMPLE} ORDER BY n.node"
     )
     nodes: list[dict[str, Any]] = []
     counts = dict.fromkeys(STATES, 0)
@@ -163,7 +169,7 @@ def node_gaps(store: StoreReader, node: str, since_ms: int, limit: int) -> list[
         " SELECT epoch, seq, ts_ms, LAG(seq) OVER w AS prev_seq, LAG(ts_ms) OVER w AS prev_ts_ms"
         " FROM samples WHERE node = ? AND ts_ms >= ? AND epoch IS NOT NULL"
         " WINDOW w AS (PARTITION BY epoch ORDER BY seq)"
-        ") WHERE seq - prev_seq > 1 ORDER BY ts_ms DESC LIMIT ?",
+        ") AS g WHERE seq - prev_seq > 1 ORDER BY ts_ms DESC LIMIT ?",
         (node, since_ms, limit),
     )
     return [
@@ -191,9 +197,8 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
         )
     else:
         latest = store.fetchall(
-            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s ON s.rowid = "
-            "(SELECT rowid FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) "
-            "ORDER BY n.node LIMIT ?",
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
+            f"ON {LATEST_SAMPLE} ORDER BY n.node LIMIT ?",
             (limit_nodes,),
         )
     out: list[dict[str, Any]] = []

@@ -1,22 +1,23 @@
-"""Read-only access to the store for the command line: stdlib ``sqlite3``, synchronous.
+"""Read-only access to the store for the command line: synchronous (stdlib ``sqlite3``, or
+psycopg for a PostgreSQL store).
 
 ``collector query`` asks one question and exits. It needs no event loop, no aiosqlite thread
 and none of the writer's machinery: :mod:`collector.store.db` brings aiosqlite, asyncio,
 structlog and zstandard, ~0.15 s of imports on a small machine, far more than the answer
 takes. A :class:`StoreReader` is one read-only connection and one read transaction, so
 every figure of an answer comes from the same snapshot while the collector keeps writing
-(WAL mode).
+(WAL mode; on PostgreSQL a ``REPEATABLE READ, READ ONLY`` transaction).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from collector.store.connect import open_sync, refused
+from collector.paths import StoreTarget
+from collector.store.connect import SyncConn, open_sync, refused
+from collector.store.dialect import Dialect, Row
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -31,21 +32,22 @@ class StoreReader:
     >>> with StoreReader(path) as store:
     ...     rows = store.fetchall("SELECT count(*) AS n FROM samples")
 
-    Rows are :class:`sqlite3.Row` (by index or by name). Fails with :class:`StoreError` (one
-    line with the fix) when the file does not exist; never creates or writes anything.
+    Rows read by index or by name (:class:`~collector.store.dialect.Row`). Fails with
+    :class:`StoreError` (one line with the fix) when the store does not exist; never creates
+    or writes anything.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: StoreTarget) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
+        self._conn: SyncConn | None = None
         self._decompressors: dict[int, Callable[[bytes], bytes]] = {}
 
     def __enter__(self) -> Self:
         conn = self._conn = open_sync(self.path, write=False)
         try:
             # One snapshot for the whole answer: counts and rows agree with each other.
-            conn.execute("BEGIN")
-        except sqlite3.Error as exc:
+            conn.begin(write=False)
+        except conn.errors as exc:
             self._close()
             raise StoreError(f"cannot read database {str(self.path)!r}: {exc}") from exc
         return self
@@ -64,17 +66,23 @@ class StoreReader:
             conn.close()  # ends the read transaction; nothing to commit
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> SyncConn:
         """The open connection."""
         if self._conn is None:
             raise StoreError("store is not open: use `with StoreReader(path)`")
         return self._conn
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    @property
+    def dialect(self) -> Dialect:
+        """Which backend answers (for the few statements that differ)."""
+        return self.conn.dialect
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a read query and return all its rows."""
+        conn = self.conn
         try:
-            return self.conn.execute(sql, params).fetchall()
-        except (sqlite3.Error, OverflowError) as exc:
+            return conn.execute(sql, params).fetchall()
+        except conn.errors as exc:
             raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
 
     def run(self, query: Query[T]) -> T:
@@ -83,10 +91,19 @@ class StoreReader:
 
     def has_table(self, name: str) -> bool:
         """Whether the store has table ``name`` (a store not yet migrated may lack it)."""
-        rows = self.fetchall(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        )
-        return bool(rows)
+        conn = self.conn
+        try:
+            return conn.has_table(name)
+        except conn.errors as exc:
+            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        conn = self.conn
+        try:
+            return conn.columns(table)
+        except conn.errors as exc:
+            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
 
     def counters(self) -> dict[str, int]:
         """The counters last flushed by the collector."""

@@ -320,12 +320,15 @@ def fleet_series(
         where = f" AND node IN ({', '.join('?' * len(nodes))})"
         params = tuple(nodes)
     return single(
-        "SELECT (bucket / ?) * ? AS t, sum(util_sum) / NULLIF(sum(util_n), 0) AS gpu_util_pct, "
+        # The step computed once, in a subquery: PostgreSQL does not take GROUP BY on an
+        # expression whose parameter is another placeholder than the select list's.
+        "SELECT b * ? AS t, sum(util_sum) / NULLIF(sum(util_n), 0) AS gpu_util_pct, "
         "sum(power_sum) / NULLIF(sum(samples), 0) * count(DISTINCT node) AS gpu_power_w, "
         "sum(cpu_sum) / NULLIF(sum(samples), 0) * count(DISTINCT node) AS cpu_power_w, "
-        "count(DISTINCT node) AS nodes FROM rollups WHERE res = ? AND bucket >= ? "
-        f"AND bucket < ?{where} GROUP BY bucket / ? ORDER BY 1",
-        (step, step, res, math.floor(since), math.ceil(until), *params, step),
+        "count(DISTINCT node) AS nodes FROM (SELECT bucket / ? AS b, node, util_sum, util_n, "
+        "power_sum, samples, cpu_sum FROM rollups WHERE res = ? AND bucket >= ? "
+        f"AND bucket < ?{where}) AS r GROUP BY b ORDER BY 1",
+        (step, step, res, math.floor(since), math.ceil(until), *params),
         lambda rows: [{**dict(r), "cpu_pct": None, "mem_pct": None} for r in rows],
     )
 

@@ -57,14 +57,19 @@ def fleet_series(
     if span["lo"] is not None:  # buckets over the data, not over an empty window
         bucket_s = min(bucket_s, max((span["hi"] - span["lo"]) / 1000 / 150, 1.0))
     bucket_ms = max(1, round(bucket_s * 1000))
+    # The bucket computed once, in a subquery: PostgreSQL does not take GROUP BY on an
+    # expression whose parameter is another placeholder than the select list's.
     rows = reader.fetchall(
-        "SELECT (received_ms / ?) * ? / 1000.0 AS t, avg(cpu_pct) AS cpu_pct, "
+        "SELECT b * ? / 1000.0 AS t, avg(cpu_pct) AS cpu_pct, "
         "avg(100.0 * mem_used_bytes / NULLIF(mem_total_bytes, 0)) AS mem_pct, "
         "avg(gpu_util_pct) AS gpu_util_pct, "
         "avg(gpu_power_w) * count(DISTINCT node) AS gpu_power_w, "
         "avg(cpu_power_w) * count(DISTINCT node) AS cpu_power_w, count(DISTINCT node) AS nodes "
-        "FROM samples WHERE received_ms >= ?" + in_pool + " GROUP BY received_ms / ? ORDER BY 1",
-        (bucket_ms, bucket_ms, since_ms, *extra, bucket_ms),
+        "FROM (SELECT received_ms / ? AS b, node, cpu_pct, mem_used_bytes, mem_total_bytes, "
+        "gpu_util_pct, gpu_power_w, cpu_power_w FROM samples WHERE received_ms >= ?"
+        + in_pool
+        + ") AS s GROUP BY b ORDER BY 1",
+        (bucket_ms, bucket_ms, since_ms, *extra),
     )
     return [dict(r) for r in rows]
 

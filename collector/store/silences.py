@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
 
+from collector.paths import StoreTarget
 from collector.store.command import Command
 from shared.errors import ConfigError
 
@@ -23,7 +23,7 @@ _NO_TABLE: Final = (
 
 
 def add_silence(
-    path: Path,
+    path: StoreTarget,
     matchers: Sequence[str],
     starts_at: float,
     ends_at: float,
@@ -35,7 +35,7 @@ def add_silence(
     with Command(path, now=starts_at, no_table=_NO_TABLE) as tx:
         cur = tx.execute(
             "INSERT INTO silences (matchers, starts_at, ends_at, comment, author, created) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 json.dumps(list(matchers), ensure_ascii=False),
                 starts_at,
@@ -45,10 +45,11 @@ def add_silence(
                 starts_at,
             ),
         )
-    return int(cur.lastrowid or 0)
+        silence_id: int = cur.fetchall()[0][0]
+    return silence_id
 
 
-def expire_silence(path: Path, silence_id: int, now: float) -> None:
+def expire_silence(path: StoreTarget, silence_id: int, now: float) -> None:
     """End silence ``silence_id`` now; :class:`ConfigError` if no such silence is in force."""
     with Command(path, now=now, no_table=_NO_TABLE) as tx:
         cur = tx.execute(

@@ -75,7 +75,7 @@ _HOURS_CHUNK: Final = 500
 def _gpu_hours_sql(n: int) -> str:
     # Values were validated on ingest (utilisation 0-100 %, interval bounded): no clamps.
     return (
-        "SELECT total(gpu_count * coalesce(gpu_util_pct, 0) * interval_s) / 360000.0 "
+        "SELECT coalesce(sum(gpu_count * coalesce(gpu_util_pct, 0) * interval_s), 0) / 360000.0 "
         f"FROM samples WHERE node IN ({', '.join('?' * n)}) AND ts_ms >= ? AND ts_ms < ?"
     )
 

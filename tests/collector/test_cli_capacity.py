@@ -14,13 +14,14 @@ from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import snapshot_row
 from collector.capacity.whatif import parse_add
 from collector.cli import main
+from collector.paths import StoreTarget
 from collector.store.capacity import write_snapshot
 from collector.store.db import Store
 from shared.errors import ConfigError
 from tests.collector.capacity.helpers import PLAN, filled_view, site_plan
 
 
-async def _store(db: Path, *, snapshots: int) -> None:
+async def _store(db: StoreTarget, *, snapshots: int) -> None:
     """A migrated store holding ``snapshots`` capacity snapshots of a 20-node fleet."""
     cplan = site_plan()
     now = time.time()
@@ -32,10 +33,10 @@ async def _store(db: Path, *, snapshots: int) -> None:
 
 
 async def test_the_newest_snapshot_is_shown_with_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--json prints the newest snapshot's picture and where it came from."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=3)
     capsys.readouterr()  # the store's log lines
     assert main(["capacity", "--db", str(db), "--json"]) == 0
@@ -45,9 +46,11 @@ async def test_the_newest_snapshot_is_shown_with_json(
     assert out["capacity"]["cap_w"] == 5e6
 
 
-async def test_snapshots_older_than_the_keep_window_are_deleted(tmp_path: Path) -> None:
+async def test_snapshots_older_than_the_keep_window_are_deleted(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """Each write deletes the snapshots that fell out of keep_s."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=3)
     cplan = site_plan()
     view, _ = filled_view(FleetSimulator(2, seed=7), time.time())
@@ -60,10 +63,10 @@ async def test_snapshots_older_than_the_keep_window_are_deleted(tmp_path: Path) 
 
 
 async def test_what_if_equals_the_solver_on_the_grown_fleet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--add TYPE=N adds N nameplates and the grown fabric, exactly as solve_fixed says."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     capsys.readouterr()
     code = main(
@@ -84,10 +87,10 @@ async def test_what_if_equals_the_solver_on_the_grown_fleet(
 
 
 async def test_what_if_that_breaks_the_cap_exits_1_naming_the_constraint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Adding 400 B200 nodes to a 5 MW site: does not fit, the IT cap breaks first."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     capsys.readouterr()
     code = main(["capacity", "--db", str(db), "--plan", str(PLAN), "--add", "400xHGX-B200"])
@@ -106,10 +109,14 @@ async def test_what_if_that_breaks_the_cap_exits_1_naming_the_constraint(
     ],
 )
 async def test_a_bad_flag_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    store_url: StoreTarget,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
 ) -> None:
     """Each mistake: exit 2, one line on stderr naming the flag, no traceback."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     assert main(["capacity", "--db", str(db), "--plan", str(PLAN), *argv]) == 2
     err = capsys.readouterr().err
@@ -118,10 +125,10 @@ async def test_a_bad_flag_is_one_line_and_exit_2(
 
 
 async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An empty store says how to get a snapshot; --now without a plan asks for one."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=0)
     assert main(["capacity", "--db", str(db)]) == 2
     assert "no capacity snapshot yet" in capsys.readouterr().err
@@ -132,10 +139,10 @@ async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
 
 
 async def test_plot_refuses_a_non_png_and_a_node_with_another_picture(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Bad plot flags are one line and exit 2."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     assert main(["plot", "--db", str(db), "--out", str(tmp_path / "a.jpg")]) == 2
     assert "write a .png file" in capsys.readouterr().err
@@ -169,10 +176,10 @@ def test_parse_add_refuses_odd_and_absurd_counts(text: str, message: str) -> Non
 
 
 async def test_plot_since_zero_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--since 0 would draw an empty window (and matplotlib warns): refused, naming it."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     capsys.readouterr()
     out = tmp_path / "c.png"
@@ -184,10 +191,10 @@ async def test_plot_since_zero_is_one_line_and_exit_2(
 
 
 async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A mistyped --node is refused (as a mistyped --pool is), not drawn as an empty picture."""
-    db = tmp_path / "c.db"
+    db = store_url
     await _store(db, snapshots=1)
     capsys.readouterr()
     out = tmp_path / "n.png"
@@ -202,7 +209,7 @@ async def test_plot_usage_of_an_unknown_node_is_one_line_and_exit_2(
     [("absent.toml", "cannot read plan"), ("plan.yaml", "must be a .json or .toml file")],
 )
 def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
-    tmp_path: Path, plan: str, message: str
+    store_url: StoreTarget, tmp_path: Path, plan: str, message: str
 ) -> None:
     """A missing or wrongly named plan file: one line naming capacity.plan, exit 2."""
     import subprocess  # noqa: PLC0415
@@ -211,7 +218,7 @@ def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
     (tmp_path / "plan.yaml").write_text("site: {}")
     cfg = tmp_path / "collector.toml"
     cfg.write_text(f'[capacity]\nplan = "{tmp_path / plan}"\n')
-    db = tmp_path / "c.db"
+    db = store_url
     # A process of its own: `collector run` configures logging for the whole process.
     proc = subprocess.run(
         [sys.executable, "-m", "collector", "run", "--config", str(cfg), "--db", str(db)],
@@ -227,7 +234,7 @@ def test_collector_run_names_capacity_plan_when_the_file_is_unusable(
 
 
 async def test_a_rack_name_with_a_newline_and_an_escape_stays_on_its_row(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A rack named ``row<LF>9<ESC>[2J`` in the plan is shown escaped: its table row stays one
     line, and nothing reaches the terminal as a control character."""
@@ -241,7 +248,7 @@ async def test_a_rack_name_with_a_newline_and_an_escape_stays_on_its_row(
     cplan = load_capacity_plan(plan)
     assert cplan.racks[0].name == "row\n9\x1b[2J"
     view, _ = filled_view(FleetSimulator(3, seed=7), time.time())
-    db = tmp_path / "c.db"
+    db = store_url
     async with Store(db) as store:
         p = compute_picture(cplan, view.nodes(), time.time())
         await write_snapshot(store, snapshot_row(p), keep_s=86_400)

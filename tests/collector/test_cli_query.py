@@ -20,13 +20,14 @@ from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
 from collector.ingest.validate import sample_row
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.paths import DEFAULT_DB_PATH
+from collector.paths import DEFAULT_DB_PATH, StoreTarget
 from collector.settings import CollectorSettings
-from collector.store.db import NodeUpdate, SampleRow, Store
+from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
+from tests.helpers import db_execute
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL_S = 30
@@ -58,9 +59,10 @@ def _rows(sim: FleetSimulator, now: float) -> list[SampleRow]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    """Three 2-GPU nodes sampled every 30 s (one stale, one offline), counters, quarantine."""
-    path = tmp_path / "capwatch.db"
+async def db(store_url: StoreTarget) -> StoreTarget:
+    """Three 2-GPU nodes sampled every 30 s (one stale, one offline), counters, quarantine:
+    on each backend in turn."""
+    path = store_url
     now = time.time()
     sim = FleetSimulator(3, gpus_per_node=2, seed=3, interval_s=INTERVAL_S)
     async with Store(path) as store:
@@ -74,13 +76,11 @@ async def db(tmp_path: Path) -> Path:
              "rejected_not_json": 2, "rejected_too_old": 0, "samples": 28},
             now,
         )  # fmt: skip
-    conn = sqlite3.connect(path)
-    with conn:  # oldest first, as the collector writes them: ids grow with arrival
-        conn.executemany(
-            "INSERT INTO quarantine (received_ms, node, topic, reason, detail, payload_head, "
-            "payload_bytes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
+        # oldest first, as the collector writes them: ids grow with arrival
+        await store.write_batch(
+            [],
+            quarantine=[
+                QuarantineRow(
                     round((now - 60 * (QUARANTINED - k)) * 1000),
                     None if k % 3 == 2 else NODES[k % 3],
                     "capwatch/v1/nodes/bad+id/sample" if k % 3 == 2 else f"t/{NODES[k % 3]}",
@@ -92,11 +92,10 @@ async def db(tmp_path: Path) -> Path:
                 for k in range(QUARANTINED)
             ],
         )
-    conn.close()
     return path
 
 
-def _json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
+def _json(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
     capsys.readouterr()
     assert main(["query", "--db", str(db), "--json", *args]) == 0
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
@@ -104,7 +103,7 @@ def _json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str,
 
 
 def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """States from status and sample age; GPUs and power count online nodes only."""
     s = _json(capsys, db)
@@ -137,7 +136,7 @@ def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
 
 
 def test_summary_limit_cuts_the_node_list_not_the_totals(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--limit 1 lists one node; the counts still cover the fleet."""
     s = _json(capsys, db, "--limit", "1")
@@ -146,7 +145,7 @@ def test_summary_limit_cuts_the_node_list_not_the_totals(
 
 
 def test_summary_table_shows_counts_counters_and_nodes(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The table: a summary line, the collector's counters, one line per node."""
     assert main(["query", "--db", str(db)]) == 0
@@ -192,7 +191,7 @@ async def test_fleet_summary_uses_each_nodes_newest_sample_even_if_a_late_one_ar
 
 
 def test_node_samples_are_newest_first_within_since(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--node N --since 100s: the samples of the last 100 s (4 at 30 s), newest first."""
     r = _json(capsys, db, "--node", ONLINE, "--since", "100s")
@@ -207,7 +206,7 @@ def test_node_samples_are_newest_first_within_since(
 
 
 def test_node_samples_default_to_the_last_15_minutes(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--node N alone: since 15m (all 30 samples of the online node, 10 of the stale one)."""
     assert _json(capsys, db, "--node", ONLINE)["since_s"] == 900.0
@@ -219,7 +218,7 @@ def test_node_samples_default_to_the_last_15_minutes(
 
 
 def test_gpus_rows_come_from_each_nodes_latest_sample(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--gpus: one row per GPU of every node with samples; floats stay floats in JSON."""
     gpus = _json(capsys, db, "--gpus")["gpus"]
@@ -251,7 +250,7 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
 
 
 def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--gpus as a table: MEM TEMP, MEM MHZ and REPLAYS columns with each GPU's reading."""
     gpus = _json(capsys, db, "--gpus", "--node", ONLINE)["gpus"]
@@ -269,7 +268,7 @@ def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
 
 
 def test_rejected_lists_quarantined_messages_newest_first_with_counters(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--rejected --json: 50 newest by default, every column, the rejected* counters."""
     r = _json(capsys, db, "--rejected")
@@ -292,7 +291,7 @@ def test_rejected_lists_quarantined_messages_newest_first_with_counters(
 
 
 def test_rejected_filters_by_node_since_and_limit(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--node keeps that node's messages; --since their arrival window; --limit the count."""
     by_node = _json(capsys, db, "--rejected", "--node", STALE, "--limit", "100")["messages"]
@@ -303,7 +302,7 @@ def test_rejected_filters_by_node_since_and_limit(
 
 
 def test_rejected_table_escapes_and_cuts_the_payload(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The table: counters by reason (those at 0 left out), then one line per message,
     payload escaped and cut."""
@@ -321,12 +320,10 @@ def test_rejected_table_escapes_and_cuts_the_payload(
 
 
 def test_rejected_on_a_store_without_quarantine_is_empty(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A store from before the quarantine migration has nothing quarantined."""
-    conn = sqlite3.connect(db)
-    conn.execute("DROP TABLE quarantine")
-    conn.close()
+    db_execute(db, "DROP TABLE quarantine")
     assert _json(capsys, db, "--rejected")["messages"] == []
     assert main(["query", "--db", str(db), "--rejected"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "no quarantined messages match"
@@ -383,7 +380,7 @@ def test_bad_flags_are_one_error_line_and_exit_2(
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(
-    db: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    db: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     """A bad duration, node id or config file: one line naming it, exit 2."""
     assert main(["query", "--db", str(db), *argv]) == 2
@@ -440,8 +437,8 @@ def test_read_settings_take_config_and_env_through_the_settings_model(
     config.write_text("stale_intervals = 7\n")
     assert read_settings_from_args(_args("--config", str(config))).stale_intervals == 7.0
     monkeypatch.setenv("capwatch_db_path", "/from/env.db")  # any case, as pydantic-settings
-    assert read_settings_from_args(_args()).db_path == Path("/from/env.db")
-    assert read_settings_from_args(_args("--db", "flag.db")).db_path == Path("flag.db")
+    assert read_settings_from_args(_args()).store_target == Path("/from/env.db")
+    assert read_settings_from_args(_args("--db", "flag.db")).store_target == Path("flag.db")
     monkeypatch.setenv("CAPWATCH_LOG_LEVEL", "loud")  # not used by query, still checked
     with pytest.raises(ConfigError, match="log_level"):
         read_settings_from_args(_args())
@@ -502,14 +499,16 @@ def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     assert _loaded(*argv, names=heavy) == []
 
 
-def test_query_without_config_or_env_skips_the_settings_model(db: Path) -> None:
+def test_query_without_config_or_env_skips_the_settings_model(db: StoreTarget) -> None:
     """A plain query never loads pydantic; neither does --rejected."""
     assert _loaded("query", "--db", str(db), names=_SETTINGS) == []
     assert _loaded("query", "--db", str(db), "--rejected", names=_SETTINGS) == []
 
 
-def test_query_reads_without_the_daemons_store_code(db: Path) -> None:
+def test_query_reads_without_the_daemons_store_code(db: StoreTarget) -> None:
     """The summary loads no aiosqlite/asyncio/structlog/zstd/msgspec; --gpus only zstandard."""
+    if not isinstance(db, Path):
+        pytest.skip("SQLite's budget: psycopg itself loads asyncio")
     if _loaded("query", "--db", str(db), names=("collector.store.db",)):
         pytest.skip(
             "collector/store/__init__.py imports collector.store.db (aiosqlite, structlog, "

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -22,8 +23,9 @@ from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
+from collector.paths import StoreTarget
 from collector.service import Collector
-from collector.settings import CollectorSettings
+from collector.settings import CollectorSettings, StoreSettings
 from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
@@ -39,16 +41,24 @@ def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
 
 
 class CollectorRunner:
-    """Starts and stops real :class:`Collector` instances on one database file."""
+    """Starts and stops real :class:`Collector` instances on one store (a SQLite file or a
+    PostgreSQL database)."""
 
-    def __init__(self, broker: BrokerProcess, db: Path) -> None:
-        self.settings = CollectorSettings(
-            mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
+    def __init__(self, broker: BrokerProcess, db: StoreTarget) -> None:
+        where: dict[str, Any] = (
+            {"db_path": db} if isinstance(db, Path) else {"store": StoreSettings(url=db.url)}
         )
-        self.db = db
+        self.settings = CollectorSettings(mqtt=fast_mqtt(broker), batch_max_delay_s=0.05, **where)
+        self.target = db
         self.clock: Clock | None = None
         self.collector: Collector | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def db(self) -> Path:
+        """The SQLite file (the runners of most tests)."""
+        assert isinstance(self.target, Path), "a PostgreSQL runner: use .target"
+        return self.target
 
     async def start(self) -> Collector:
         """Start a collector and wait until it is subscribed."""

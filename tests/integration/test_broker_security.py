@@ -152,6 +152,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "governance": "[governance]",
         "rollups": "[rollups]",
         "billing": "[billing]",
+        "store": "[store]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}

@@ -6,12 +6,12 @@ import io
 import json
 import time
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 
 import pytest
 
 from collector.alerts.fingerprint import fingerprint
 from collector.cli import main as collector_main
+from collector.paths import StoreTarget
 from collector.store.alerts import AlertChange, write_alerts
 from collector.store.db import Store
 
@@ -23,8 +23,7 @@ def _cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-async def _store(tmp_path: Path, *alerts: dict[str, str]) -> Path:
-    db = tmp_path / "capwatch.db"
+async def _store(db: StoreTarget, *alerts: dict[str, str]) -> StoreTarget:
     now = time.time()
     changes = [
         AlertChange(
@@ -50,9 +49,9 @@ HOT = {"alertname": "GpuTemperature", "node": "x1000c0", "gpu": "3", "severity":
 OTHER = {"alertname": "GpuTemperature", "node": "y2", "gpu": "0", "severity": "warning"}
 
 
-async def test_add_list_expire(tmp_path: Path) -> None:
+async def test_add_list_expire(store_url: StoreTarget) -> None:
     """A silence is listed with its matchers until it is expired."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, out, _ = _cli(
         "silence", "add", "--db", db, "--match", "alertname=GpuTemperature",
         "--match", "node=~x1000.*", "--for", "2h", "--comment", "row 3", "--author", "jdoe",
@@ -85,10 +84,10 @@ async def test_add_list_expire(tmp_path: Path) -> None:
     ],
 )
 async def test_a_bad_silence_is_one_line_exit_2(
-    tmp_path: Path, args: list[str], message: str
+    store_url: StoreTarget, args: list[str], message: str
 ) -> None:
     """A bad matcher or duration names the flag; nothing is stored."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, _, err = _cli("silence", "add", "--db", db, *args)
     assert code == 2
     assert message in err
@@ -96,18 +95,18 @@ async def test_a_bad_silence_is_one_line_exit_2(
     assert json.loads(_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
 
 
-async def test_expire_of_an_unknown_silence_is_exit_2(tmp_path: Path) -> None:
+async def test_expire_of_an_unknown_silence_is_exit_2(store_url: StoreTarget) -> None:
     """No such silence in force: one line, exit 2."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, _, err = _cli("silence", "expire", "9", "--db", db)
     assert code == 2
     assert "no silence in force with id 9" in err
 
 
-async def test_alerts_shows_silenced_and_inhibited(tmp_path: Path) -> None:
+async def test_alerts_shows_silenced_and_inhibited(store_url: StoreTarget) -> None:
     """Silenced alerts still show, marked; NodeOffline marks its node's others inhibited."""
     offline = {"alertname": "NodeOffline", "node": "y2", "severity": "critical"}
-    db = str(await _store(tmp_path, HOT, OTHER, offline))
+    db = str(await _store(store_url, HOT, OTHER, offline))
     _cli("silence", "add", "--db", db, "--match", "node=~x1000.*", "--for", "1h")
     code, out, _ = _cli("alerts", "--db", db, "--json")
     assert code == 0
@@ -126,9 +125,9 @@ async def test_alerts_shows_silenced_and_inhibited(tmp_path: Path) -> None:
     assert "inhibited" in table
 
 
-async def test_add_and_expire_with_json_print_json(tmp_path: Path) -> None:
+async def test_add_and_expire_with_json_print_json(store_url: StoreTarget) -> None:
     """--json on add gives the new silence's ID to scripts; expire --json confirms in JSON."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, out, err = _cli(
         "silence", "add", "--db", db, "--match", "node=n1", "--for", "1h", "--json"
     )
@@ -142,10 +141,10 @@ async def test_add_and_expire_with_json_print_json(tmp_path: Path) -> None:
 
 
 async def test_expire_of_an_id_beyond_sqlite_integers_says_no_such_silence(
-    tmp_path: Path,
+    store_url: StoreTarget,
 ) -> None:
     """An ID of 23 digits: the usual one line, not SQLite's int-conversion error."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, _, err = _cli("silence", "expire", "99999999999999999999999", "--db", db)
     assert code == 2
     assert "no silence in force with id 99999999999999999999999" in err
@@ -160,10 +159,10 @@ async def test_expire_of_an_id_beyond_sqlite_integers_says_no_such_silence(
     ],
 )
 async def test_alerts_limit_and_redeliver_out_of_range_are_one_line_exit_2(
-    tmp_path: Path, args: list[str], message: str
+    store_url: StoreTarget, args: list[str], message: str
 ) -> None:
     """--limit 0 was read as 1 and a 20-digit one reached SQLite; so did a 23-digit ID."""
-    db = str(await _store(tmp_path))
+    db = str(await _store(store_url))
     code, _, err = _cli("alerts", "--db", db, *args)
     assert code == 2
     assert message in err

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from collector.cli import main as collector_main
 from collector.ingest.validate import sample_row
+from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, Store
 from shared.schema import (
     CpuStats,
@@ -75,13 +76,14 @@ def sample(node: str, ts: float, utils: list[float], *, gpu_w: float, cpu_w: flo
 
 
 async def make_store(
-    tmp_path: Path,
+    where: StoreTarget,
     gpus: dict[str, int],
     samples: Sequence[tuple[Sample, float]] = (),
-) -> Path:
-    """A migrated store with an inventory per node in ``gpus`` and the ``samples`` stored
-    as received at the paired time."""
-    db = tmp_path / "capwatch.db"
+) -> StoreTarget:
+    """A migrated store (``where``: a folder for ``capwatch.db``, or the ``store_url``
+    fixture's target) with an inventory per node in ``gpus`` and the ``samples`` stored as
+    received at the paired time."""
+    db = where / "capwatch.db" if isinstance(where, Path) and where.is_dir() else where
     now = time.time()
     async with Store(db) as store:
         updates = [

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.schema import CpuPackage, GpuInfo, Inventory, NicInfo, encode
 from tests.collector.governance.fleet import cli
@@ -64,9 +65,12 @@ def inventory(s: Spec, ts: float | None = None) -> Inventory:
     )
 
 
-async def make_store(tmp_path: Path, specs: Sequence[Spec], name: str = "capwatch.db") -> Path:
-    """A migrated store holding ``specs`` as the collector's writer would store them."""
-    db = tmp_path / name
+async def make_store(
+    where: StoreTarget, specs: Sequence[Spec], name: str = "capwatch.db"
+) -> StoreTarget:
+    """A migrated store holding ``specs`` as the collector's writer would store them
+    (``where``: a folder for the file ``name``, or the ``store_url`` fixture's target)."""
+    db = where / name if isinstance(where, Path) and where.is_dir() else where
     now = time.time()
     updates = [NodeUpdate(s.node, s.status, now, encode(inventory(s, now)), now) for s in specs]
     rows = [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
+from collector.paths import StoreTarget, parse_target
 from tests.collector.governance.fleet import cli, make_store
 from tests.collector.governance.hw_fleet import Spec
 from tests.collector.governance.hw_fleet import make_store as make_hw_store
+from tests.helpers import db_rows
 
 NODES = {"n1": 8, "n2": 8, "n3": 4, "n4": 4}
 
@@ -53,9 +54,11 @@ def _file(tmp_path: Path, text: str, name: str = "cluster.toml") -> str:
     return str(path)
 
 
-async def test_apply_is_idempotent_and_export_round_trips(tmp_path: Path) -> None:
+async def test_apply_is_idempotent_and_export_round_trips(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """The second apply changes nothing; the export applies as a no-op too."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     f = _file(tmp_path, CLUSTER)
     code, out, err = cli("apply", "--db", db, "-f", f, "--json")
     assert (code, err) == (0, "")
@@ -74,9 +77,11 @@ async def test_apply_is_idempotent_and_export_round_trips(tmp_path: Path) -> Non
     assert out.startswith("nothing to change")
 
 
-async def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path: Path) -> None:
+async def test_dry_run_prints_the_diff_and_writes_nothing(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """A dry run lists the changes; the store is unchanged afterwards."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     f = _file(tmp_path, CLUSTER)
     code, out, _ = cli("apply", "--db", db, "-f", f, "--dry-run")
     assert code == 0
@@ -96,9 +101,11 @@ async def test_dry_run_prints_the_diff_and_writes_nothing(tmp_path: Path) -> Non
     ]
 
 
-async def test_bad_file_changes_nothing_and_names_the_key(tmp_path: Path) -> None:
+async def test_bad_file_changes_nothing_and_names_the_key(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """An unknown key, a bad value or an overlapping lease: exit 2, one line, store untouched."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     cases = {
         CLUSTER.replace("priority = 10", "priorty = 10"): "tenants.acme.priorty: unknown key",
         CLUSTER.replace("nominal = 8,", "nominal = -8,"): "tenants.beta.quota.gpus.nominal",
@@ -120,9 +127,11 @@ async def test_bad_file_changes_nothing_and_names_the_key(tmp_path: Path) -> Non
         assert json.loads(out) == {}, expected
 
 
-async def test_apply_does_not_take_nodes_from_pools_it_does_not_name(tmp_path: Path) -> None:
+async def test_apply_does_not_take_nodes_from_pools_it_does_not_name(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """A node in a pool the file does not declare stays there: apply refuses, naming both."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     code, _, _ = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "team-x",
                      "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
     assert code == 0
@@ -144,7 +153,7 @@ async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
     toml.write_text('[pools.named]\nnodes = ["x1001c0s0b0n0"]\n[pools.zinal]\npattern = "a100:8"\n')
     code, out, err = cli("apply", "--db", db, "-f", str(toml))
     assert (code, err) == (0, "")
-    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    pools = dict(db_rows(parse_target(db), "SELECT node, pool FROM pool_nodes"))
     assert pools == {"x1001c0s0b0n0": "named", "x1001c0s1b0n0": "zinal"}
     code, out, _ = cli("apply", "--db", db, "-f", str(toml))
     assert (code, out.splitlines()[0]) == (0, "nothing to change: the store already says "
@@ -155,14 +164,16 @@ async def test_a_pool_by_pattern_is_planned_and_applying_again_changes_nothing(
     assert code == 2
     assert err.count("\n") == 1
     assert "a100" in err
-    after = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    after = dict(db_rows(parse_target(db), "SELECT node, pool FROM pool_nodes"))
     assert after == pools
 
 
-async def test_a_leased_pool_grown_by_the_file_grows_its_lease(tmp_path: Path) -> None:
+async def test_a_leased_pool_grown_by_the_file_grows_its_lease(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """acme-a gains n4 in the file: the lease of acme-a now holds n4 too; giving it n3,
     which beta leases at the same time, is refused and changes nothing."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     assert cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))[0] == 0
     grown = CLUSTER.replace('nodes = ["n1", "n2"]', 'nodes = ["n1", "n2", "n4"]')
     code, _, err = cli("apply", "--db", db, "-f", _file(tmp_path, grown, "grown.toml"))
@@ -178,10 +189,12 @@ async def test_a_leased_pool_grown_by_the_file_grows_its_lease(tmp_path: Path) -
     assert sorted(json.loads(out)["nodes"]) == ["n1", "n2", "n4"]
 
 
-async def test_export_round_trips_a_pool_lease_whose_pool_changed(tmp_path: Path) -> None:
+async def test_export_round_trips_a_pool_lease_whose_pool_changed(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """A node removed from a leased pool leaves the lease (a lease of a pool follows the
     pool); the export says what the store holds, and applying it changes nothing."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "px",
                        "--nodes", "n1", "--start", "2041-06-01")  # fmt: skip
     assert (code, err) == (0, "")
@@ -196,10 +209,10 @@ async def test_export_round_trips_a_pool_lease_whose_pool_changed(tmp_path: Path
     assert json.loads(out)["nodes"] == []
 
 
-async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
+async def test_names_follow_the_commands_rule(store_url: StoreTarget, tmp_path: Path) -> None:
     """apply, lease add and quota set refuse the tenant, cohort and pool names that `pool
     create` refuses (they used to store '', 'a b' or a control character)."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     files = {
         '[tenants.""]\npriority = 1\n': 'tenants.: tenant name ""',
         '[tenants."a b"]\npriority = 1\n': "tenants.a b: tenant name 'a b'",
@@ -227,10 +240,10 @@ async def test_names_follow_the_commands_rule(tmp_path: Path) -> None:
     assert json.loads(out) == {}
 
 
-async def test_leases_of_one_file_see_each_other(tmp_path: Path) -> None:
+async def test_leases_of_one_file_see_each_other(store_url: StoreTarget, tmp_path: Path) -> None:
     """apply keeps one state across the file's leases (no reload per lease): a second lease
     of the same node at the same time is still refused, and nothing is written."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     text = (
         '[leases.first]\ntenant = "a"\nnodes = ["n1"]\nstart = 2041-01-01\n\n'
         '[leases.second]\ntenant = "b"\nnodes = ["n2", "n1"]\nstart = 2041-03-01\n'
@@ -242,9 +255,11 @@ async def test_leases_of_one_file_see_each_other(tmp_path: Path) -> None:
     assert json.loads(out) == {}
 
 
-async def test_a_file_over_32_mib_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+async def test_a_file_over_32_mib_is_refused_before_it_is_read_whole(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """`-f /dev/zero` or a runaway generator: one line, exit 2 (it was read into memory)."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     big = tmp_path / "huge.toml"
     with big.open("wb") as f:
         f.truncate((32 << 20) + 1)  # sparse: costs no disk

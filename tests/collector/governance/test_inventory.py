@@ -8,8 +8,10 @@ from pathlib import Path
 import msgspec
 
 from collector.governance.inventory import components_of, rack_of
+from collector.paths import StoreTarget
 from shared.schema import AcceleratorInfo, NicInfo, encode
 from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
+from tests.helpers import db_execute
 
 
 async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks(
@@ -35,9 +37,9 @@ async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks
     assert a.count("✅ (32)") == 1  # 512 GiB installed = 32 units
 
 
-async def test_json_counts_units_per_column(tmp_path: Path) -> None:
+async def test_json_counts_units_per_column(store_url: StoreTarget) -> None:
     """--json: CPU sockets, GPUs and 16 GiB units per node."""
-    db = str(await make_store(tmp_path, [Spec("x1000c0s0b0n0", sockets=2, mem_gib=256)]))
+    db = str(await make_store(store_url, [Spec("x1000c0s0b0n0", sockets=2, mem_gib=256)]))
     code, out, _ = cli("inventory", "--db", db, "--json")
     assert code == 0
     (node,) = json.loads(out)["nodes"]
@@ -55,11 +57,11 @@ async def test_json_counts_units_per_column(tmp_path: Path) -> None:
 
 
 async def test_gpus_missing_from_the_latest_sample_and_a_nic_down_are_errors(
-    tmp_path: Path,
+    store_url: StoreTarget,
 ) -> None:
     """A node whose latest sample has 3 of its 4 GPUs, with a NIC down, says so."""
     nics = [NicInfo(name="ib0", speed_mbps=200_000, model="Mellanox ConnectX-6", up=False)]
-    db = str(await make_store(tmp_path, [Spec("n1", sample_gpus=3, nics=nics)]))
+    db = str(await make_store(store_url, [Spec("n1", sample_gpus=3, nics=nics)]))
     _code, out, _ = cli("inventory", "--db", db, "--json")
     (node,) = json.loads(out)["nodes"]
     assert node["problems"] == ["nic ib0 down", "gpu: 3 of 4 in the latest sample"]
@@ -95,9 +97,9 @@ def test_memory_without_installed_size_rounds_reported_total_up() -> None:
     assert (by_kind["cpu"].model, by_kind["cpu"].count) == (EPYC, 1)  # old agent: one package
 
 
-async def test_node_lists_components_one_per_row_with_serials(tmp_path: Path) -> None:
+async def test_node_lists_components_one_per_row_with_serials(store_url: StoreTarget) -> None:
     """--node: kind, model, count or size, and the GPU serials."""
-    db = str(await make_store(tmp_path, [Spec("x1000c0s0b0n0", gpus=2, mem_gib=1024)]))
+    db = str(await make_store(store_url, [Spec("x1000c0s0b0n0", gpus=2, mem_gib=1024)]))
     code, out, _ = cli("inventory", "--db", db, "--node", "x1000c0s0b0n0")
     assert code == 0
     assert "SN-x1000c0s0b0n0-0, SN-x1000c0s0b0n0-1" in out
@@ -110,9 +112,11 @@ async def test_node_lists_components_one_per_row_with_serials(tmp_path: Path) ->
     assert "no inventory for node 'nope'" in err
 
 
-async def test_import_declares_nodes_and_an_agent_inventory_replaces_them(tmp_path: Path) -> None:
+async def test_import_declares_nodes_and_an_agent_inventory_replaces_them(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """Declared nodes show as `declared`; once an agent reports, its own inventory wins."""
-    db = await make_store(tmp_path, [Spec("n1")])
+    db = await make_store(store_url, [Spec("n1")])
     lines = tmp_path / "racked.jsonl"
     declared = [inventory(Spec("n1", gpu=H100, gpus=8)), inventory(Spec("n2", gpu=H100, gpus=8))]
     lines.write_bytes(b"\n".join(encode(i) for i in declared) + b"\n\n")
@@ -128,9 +132,11 @@ async def test_import_declares_nodes_and_an_agent_inventory_replaces_them(tmp_pa
     assert nodes["n2"]["components"][f"gpu {H100}"] == 8
 
 
-async def test_import_with_a_bad_line_names_it_and_imports_nothing(tmp_path: Path) -> None:
+async def test_import_with_a_bad_line_names_it_and_imports_nothing(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """Line 2 has 65 GPUs: exit 2 naming line 2 and the field; no node declared."""
-    db = await make_store(tmp_path, [Spec("n1")])
+    db = await make_store(store_url, [Spec("n1")])
     good = encode(inventory(Spec("n2")))
     bad = msgspec.json.decode(encode(inventory(Spec("n3", gpus=1))))
     bad["gpus"] = bad["gpus"] * 65
@@ -145,9 +151,9 @@ async def test_import_with_a_bad_line_names_it_and_imports_nothing(tmp_path: Pat
     assert [n["node"] for n in nodes] == ["n1"]
 
 
-async def test_unknown_pool_is_a_clear_error(tmp_path: Path) -> None:
+async def test_unknown_pool_is_a_clear_error(store_url: StoreTarget) -> None:
     """`inventory nope` names the pools that exist."""
-    db = await make_store(tmp_path, [Spec("n1")])
+    db = await make_store(store_url, [Spec("n1")])
     code, _, err = cli("inventory", "nope", "--db", str(db))
     assert code == 2
     assert "no pool 'nope': pools are free" in err
@@ -164,18 +170,15 @@ def test_rack_is_the_normalised_xname_cabinet() -> None:
     assert rack_of("x1001c8s5b0n0") is None  # chassis 0-7
 
 
-async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(store_url: StoreTarget) -> None:
     """A row that is not JSON, or with 10^6 sockets, shows as unreadable; the rest still shows."""
-    import sqlite3  # noqa: PLC0415
-
-    db = await make_store(tmp_path, [Spec("good")])
+    db = await make_store(store_url, [Spec("good")])
     bad = msgspec.json.decode(encode(inventory(Spec("huge"))))
     bad["cpus"][0]["sockets"] = 10**6
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO nodes (node, inventory) VALUES ('junk', x'00ff')")
-        conn.execute(
-            "INSERT INTO nodes (node, inventory) VALUES ('huge', ?)", (msgspec.json.encode(bad),)
-        )
+    db_execute(db, "INSERT INTO nodes (node, inventory) VALUES ('junk', ?)", (b"\x00\xff",))
+    db_execute(
+        db, "INSERT INTO nodes (node, inventory) VALUES ('huge', ?)", (msgspec.json.encode(bad),)
+    )
     code, out, _ = cli("inventory", "--db", str(db), "--json")
     assert code == 0
     nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
@@ -237,7 +240,7 @@ async def test_control_characters_a_node_sends_never_reach_the_terminal(tmp_path
 
 
 async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
-    tmp_path: Path,
+    store_url: StoreTarget,
 ) -> None:
     """The table keeps the MAX_COLUMNS kinds most nodes have; the rest count under OTHER."""
     from collector.cli.inventory import MAX_COLUMNS  # noqa: PLC0415
@@ -247,7 +250,7 @@ async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
         for i in range(MAX_COLUMNS * 3)
     ]
     specs = [Spec(f"x1000c0s{i}b0n0") for i in range(3)] + [Spec("evil", nics=nics)]
-    db = str(await make_store(tmp_path, specs))
+    db = str(await make_store(store_url, specs))
     code, out, err = cli("inventory", "--db", db)
     assert code == 0, err
     lines = out.splitlines()
@@ -264,10 +267,11 @@ async def test_one_node_with_a_thousand_models_cannot_widen_the_fleet_table(
 
 
 async def test_import_reads_a_file_with_a_utf8_bom_and_says_one_inventory_per_line(
+    store_url: StoreTarget,
     tmp_path: Path,
 ) -> None:
     """A BOM from a Windows editor is skipped; pretty-printed JSON gets the one-per-line hint."""
-    db = await make_store(tmp_path, [Spec("n1")])
+    db = await make_store(store_url, [Spec("n1")])
     lines = tmp_path / "bom.jsonl"
     lines.write_bytes(b"\xef\xbb\xbf" + encode(inventory(Spec("n2"))) + b"\r\n")
     code, out, err = cli("inventory", "import", str(lines), "--db", str(db))

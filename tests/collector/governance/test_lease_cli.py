@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from collector.paths import StoreTarget
 from tests.collector.governance.fleet import cli, make_store
 
 NODES = {"n1": 8, "n2": 8, "n3": 4}
 
 
-async def test_add_list_show_by_nodes(tmp_path: Path) -> None:
+async def test_add_list_show_by_nodes(store_url: StoreTarget) -> None:
     """A lease added by nodes is listed with its dates and shown with its nodes."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     code, out, err = cli(
         "lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1,n2",
         "--start", "2041-01-01", "--duration", "180d", "--notice", "90d",
@@ -33,9 +34,9 @@ async def test_add_list_show_by_nodes(tmp_path: Path) -> None:
     assert json.loads(out)["nodes"] == ["n1", "n2"]
 
 
-async def test_overlap_is_refused_naming_node_and_lease(tmp_path: Path) -> None:
+async def test_overlap_is_refused_naming_node_and_lease(store_url: StoreTarget) -> None:
     """A second lease on a leased node in overlapping dates exits 2 naming both."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     assert cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1,n2",
                "--start", "2041-01-01", "--duration", "31d")[0] == 0  # fmt: skip
     code, out, err = cli(
@@ -53,9 +54,9 @@ async def test_overlap_is_refused_naming_node_and_lease(tmp_path: Path) -> None:
     assert (code, err) == (0, "")
 
 
-async def test_lease_by_pool_creates_it_and_survives_reopen(tmp_path: Path) -> None:
+async def test_lease_by_pool_creates_it_and_survives_reopen(store_url: StoreTarget) -> None:
     """--pool with --nodes creates the pool; the lease reads back the same after reopening."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     code, _, err = cli(
         "lease", "add", "--db", db, "--tenant", "acme", "--pool", "acme-a", "--nodes", "n1,n3",
         "--start", "2041-03-01", "--tz", "Asia/Tokyo", "--duration", "1y", "--name", "acme-1",
@@ -82,9 +83,9 @@ async def test_lease_by_pool_creates_it_and_survives_reopen(tmp_path: Path) -> N
     assert (code, "`free` is every node in no pool" in err) == (2, True)
 
 
-async def test_cancel_extend_renew(tmp_path: Path) -> None:
+async def test_cancel_extend_renew(store_url: StoreTarget) -> None:
     """Cancel records notice and the end; extend/renew then refuse; on a fresh lease they work."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01",
         "--notice", "90d", "--name", "l1")  # fmt: skip
     cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n2", "--start", "2041-01-01",
@@ -103,9 +104,9 @@ async def test_cancel_extend_renew(tmp_path: Path) -> None:
     assert json.loads(out)["duration_days"] == 391
 
 
-async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
+async def test_bad_flags_are_one_line(store_url: StoreTarget) -> None:
     """A bad date, duration or zone exits 2 with the flag named."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     base = ("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1")
     code, _, err = cli(*base, "--start", "2041-02-30")
     assert (code, err.count("\n")) == (2, 1)
@@ -124,9 +125,9 @@ async def test_bad_flags_are_one_line(tmp_path: Path) -> None:
     assert (code, "no lease 'missing'" in err) == (2, True)
 
 
-async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
+async def test_extend_into_the_next_lease_is_refused(store_url: StoreTarget) -> None:
     """Extending a lease over the start of the node's next lease names that lease."""
-    db = str(await make_store(tmp_path, NODES))
+    db = str(await make_store(store_url, NODES))
     cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01",
         "--duration", "31d", "--name", "first")  # fmt: skip
     cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n1", "--start", "2041-02-01",
@@ -138,10 +139,10 @@ async def test_extend_into_the_next_lease_is_refused(tmp_path: Path) -> None:
     assert (code, "by lease 'second'" in err) == (2, True)
 
 
-async def test_a_node_no_inventory_knows_is_refused(tmp_path: Path) -> None:
+async def test_a_node_no_inventory_knows_is_refused(store_url: StoreTarget, tmp_path: Path) -> None:
     """A typo in --nodes (or a cluster.toml lease) is refused as `pool create` refuses it; it
     used to lease a node that does not exist, counted as 0 GPUs against the quota."""
-    db = str(await make_store(tmp_path, {"n1": 8}))
+    db = str(await make_store(store_url, {"n1": 8}))
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1,n11",
                        "--start", "2041-01-01")  # fmt: skip
     assert (code, err.count("\n")) == (2, 1)
@@ -154,10 +155,10 @@ async def test_a_node_no_inventory_knows_is_refused(tmp_path: Path) -> None:
     assert json.loads(out) == {"leases": []}
 
 
-async def test_a_lease_name_that_reads_as_an_id_is_refused(tmp_path: Path) -> None:
+async def test_a_lease_name_that_reads_as_an_id_is_refused(store_url: StoreTarget) -> None:
     """`--name 1` on a second lease made `lease cancel 1` ambiguous (id 1 or the one named
     1); a number, a blank or a control character is refused."""
-    db = str(await make_store(tmp_path, {"n1": 8, "n2": 8}))
+    db = str(await make_store(store_url, {"n1": 8, "n2": 8}))
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
                        "--start", "2041-01-01")  # fmt: skip
     assert (code, err) == (0, "")
@@ -168,9 +169,9 @@ async def test_a_lease_name_that_reads_as_an_id_is_refused(tmp_path: Path) -> No
         assert "must be printable text and not a number" in err
 
 
-async def test_lease_show_escapes_the_comment(tmp_path: Path) -> None:
+async def test_lease_show_escapes_the_comment(store_url: StoreTarget) -> None:
     """A comment holding terminal escapes is shown escaped (it reached the terminal raw)."""
-    db = str(await make_store(tmp_path, {"n1": 8}))
+    db = str(await make_store(store_url, {"n1": 8}))
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
                        "--start", "2041-01-01", "--comment", "x\x1b]0;pwned\x07")  # fmt: skip
     assert (code, err) == (0, "")

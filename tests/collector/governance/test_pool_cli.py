@@ -4,40 +4,40 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from collector.governance.lease import LeaseTerms
+from collector.paths import StoreTarget, parse_target
 from collector.store.governance import GovernanceWriter
 from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
+from tests.helpers import db_rows
 
 
-def _members(db: Path) -> dict[str, str]:
-    with sqlite3.connect(db) as conn:
-        return dict(conn.execute("SELECT node, pool FROM pool_nodes").fetchall())
+def _members(db: StoreTarget) -> dict[str, str]:
+    return dict(db_rows(db, "SELECT node, pool FROM pool_nodes"))
 
 
-def _dump(db: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as conn:
-        return [
-            *conn.execute("SELECT * FROM pools ORDER BY name"),
-            *conn.execute("SELECT * FROM pool_nodes ORDER BY node"),
-            *conn.execute("SELECT * FROM pool_moves ORDER BY id"),
-        ]
+def _dump(db: StoreTarget) -> list[tuple[object, ...]]:
+    return [
+        *db_rows(db, "SELECT * FROM pools ORDER BY name"),
+        *db_rows(db, "SELECT * FROM pool_nodes ORDER BY node"),
+        *db_rows(db, "SELECT * FROM pool_moves ORDER BY id"),
+    ]
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> Path:
-    """Six 4 x A100 nodes in two racks, one 8 x H100 node, one A100 node offline."""
+async def fleet(store_url: StoreTarget) -> StoreTarget:
+    """Six 4 x A100 nodes in two racks, one 8 x H100 node, one A100 node offline (each
+    backend in turn)."""
     specs = [Spec(f"x1000c0s{i}b0n0") for i in range(3)]
     specs += [Spec(f"x2000c0s{i}b0n0") for i in range(3)]
     specs += [Spec("x3000c0s0b0n0", gpu=H100, gpus=8), Spec("x3000c0s1b0n0", status="offline")]
-    return await make_store(tmp_path, specs)
+    return await make_store(store_url, specs)
 
 
-async def test_create_add_remove_delete_and_list(fleet: Path) -> None:
+async def test_create_add_remove_delete_and_list(fleet: StoreTarget) -> None:
     """A pool gains and loses nodes; deleting it returns them to free."""
     db = str(fleet)
     assert cli("pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0")[0] == 0
@@ -57,7 +57,7 @@ async def test_create_add_remove_delete_and_list(fleet: Path) -> None:
     assert _members(fleet) == {}
 
 
-async def test_no_node_in_two_pools(fleet: Path) -> None:
+async def test_no_node_in_two_pools(fleet: StoreTarget) -> None:
     """Adding a node of pool a to pool b is refused, naming its pool; nothing changes."""
     db = str(fleet)
     cli("pool", "create", "a", "--db", db, "--nodes", "x1000c0s0b0n0")
@@ -70,7 +70,7 @@ async def test_no_node_in_two_pools(fleet: Path) -> None:
     assert (code, "unknown node 'nope'" in err) == (2, True)
 
 
-async def test_apply_takes_the_fewest_online_nodes_in_one_rack(fleet: Path) -> None:
+async def test_apply_takes_the_fewest_online_nodes_in_one_rack(fleet: StoreTarget) -> None:
     """`zinal:a100:8` takes two A100 nodes of one rack, never the offline one."""
     db = str(fleet)
     code, out, err = cli("pool", "apply", "-p", "zinal:a100:8", "--db", db, "--json")
@@ -86,7 +86,7 @@ async def test_apply_takes_the_fewest_online_nodes_in_one_rack(fleet: Path) -> N
     assert (json.loads(out)["take"], json.loads(out)["release"]) == ([], [])
 
 
-async def test_apply_shrinks_and_grows_and_survives_a_reopen(fleet: Path) -> None:
+async def test_apply_shrinks_and_grows_and_survives_a_reopen(fleet: StoreTarget) -> None:
     """Growing keeps the pool's nodes; shrinking releases the ones not needed."""
     db = str(fleet)
     cli("pool", "apply", "-p", "zinal:a100:8", "--db", db)
@@ -102,7 +102,7 @@ async def test_apply_shrinks_and_grows_and_survives_a_reopen(fleet: Path) -> Non
     assert set(_members(fleet)) < grown
 
 
-async def test_dry_run_changes_nothing_and_prints_table_and_moves(fleet: Path) -> None:
+async def test_dry_run_changes_nothing_and_prints_table_and_moves(fleet: StoreTarget) -> None:
     """--dry-run: the resulting table and the moves, and the store byte-for-byte as before."""
     db = str(fleet)
     cli("pool", "create", "zinal", "--db", db, "--nodes", "x2000c0s0b0n0")
@@ -116,7 +116,7 @@ async def test_dry_run_changes_nothing_and_prints_table_and_moves(fleet: Path) -
     assert _dump(fleet) == before
 
 
-async def test_impossible_pattern_leaves_pools_unchanged(fleet: Path) -> None:
+async def test_impossible_pattern_leaves_pools_unchanged(fleet: StoreTarget) -> None:
     """Too few H100s: exit 2, what is missing, no row changed."""
     db = str(fleet)
     cli("pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0")
@@ -129,7 +129,7 @@ async def test_impossible_pattern_leaves_pools_unchanged(fleet: Path) -> None:
     assert _dump(fleet) == before
 
 
-async def test_bad_pattern_is_exit_2_with_one_line(fleet: Path) -> None:
+async def test_bad_pattern_is_exit_2_with_one_line(fleet: StoreTarget) -> None:
     """A malformed pattern never reaches the store."""
     code, _, err = cli("pool", "apply", "-p", "zinal:a100", "--db", str(fleet))
     assert code == 2
@@ -137,7 +137,7 @@ async def test_bad_pattern_is_exit_2_with_one_line(fleet: Path) -> None:
     assert "needs a pool name and at least one component:qty pair" in err
 
 
-async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) -> None:
+async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: StoreTarget) -> None:
     """A node named in a lease in force (lease_nodes, the leases half) is never taken."""
     today = dt.datetime.now(dt.UTC).date()
     with GovernanceWriter(fleet) as w:
@@ -156,7 +156,7 @@ async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: Path) 
     assert "need 16 a100, pool + free hold 8 (20 more on free nodes not online or excluded" in err
 
 
-async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> None:
+async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: StoreTarget) -> None:
     """Only leases not ended exclude their nodes (ended, renewing without notice, far end)."""
     today = dt.datetime.now(dt.UTC).date()
     with GovernanceWriter(fleet) as w:
@@ -173,13 +173,15 @@ async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: Path) -> No
     assert not nodes & {"x1000c0s1b0n0", "x1000c0s2b0n0"}  # open-ended, and ends in ~2095
 
 
-async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(tmp_path: Path) -> None:
+async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(
+    store_url: StoreTarget,
+) -> None:
     """`lease add --pattern` takes the fewest free nodes meeting the pattern into a new pool,
     never a node another tenant leases, and leases it; an impossible pattern, or a lease the
     store refuses, leaves no pool behind."""
     specs = [Spec(f"x1000c0s{i}b0n0", gpus=4) for i in range(4)]
     specs.append(Spec("x1001c0s0b0n0", gpus=8))
-    db = str(await make_store(tmp_path, specs))
+    db = str(await make_store(store_url, specs))
     start = dt.date.today().isoformat()
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "other",
                        "--nodes", "x1001c0s0b0n0", "--start", start)  # fmt: skip
@@ -189,7 +191,7 @@ async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(tmp_path
     assert (code, err) == (0, "")
     lease = json.loads(out)
     assert (lease["pool"], lease["tenant"], lease["nodes"]) == ("zinal", "zinal", 2)
-    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    pools = dict(db_rows(parse_target(db), "SELECT node, pool FROM pool_nodes"))
     zinal = sorted(n for n, p in pools.items() if p == "zinal")
     # two 4-GPU nodes, not the 8-GPU node that would be one: another tenant leases it
     assert len(zinal) == 2
@@ -204,19 +206,21 @@ async def test_lease_by_pattern_carves_a_new_pool_from_free_in_one_step(tmp_path
                        "zinal:a100:4", "--start", start)  # fmt: skip
     assert code == 2
     assert "exists" in err
-    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM pools")}
+    names = {r[0] for r in db_rows(parse_target(db), "SELECT name FROM pools")}
     assert "big" not in names
-    assert len(sqlite3.connect(db).execute("SELECT * FROM leases").fetchall()) == 2
+    assert len(db_rows(parse_target(db), "SELECT * FROM leases")) == 2
 
 
-async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(tmp_path: Path) -> None:
+async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """`free` (the nodes in no pool, as `pool list` shows it) is accepted where a pool is."""
     from collector.store.capacity import pool_members  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
     from collector.store.series import fleet_series  # noqa: PLC0415
     from tests.collector.capacity.helpers import PLAN  # noqa: PLC0415
 
-    db = await make_store(tmp_path, [Spec("n1"), Spec("n2"), Spec("n3")])
+    db = await make_store(store_url, [Spec("n1"), Spec("n2"), Spec("n3")])
     assert cli("pool", "create", "p", "--nodes", "n1", "--db", str(db))[0] == 0
     with StoreReader(db) as reader:
         assert pool_members(reader, "free") == {"n2", "n3"}
@@ -232,9 +236,11 @@ async def test_free_is_a_pool_for_capacity_remove_and_plot_usage(tmp_path: Path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-async def test_json_flag_makes_pool_changes_and_import_print_json(tmp_path: Path) -> None:
+async def test_json_flag_makes_pool_changes_and_import_print_json(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """--json on create/add/remove/delete and inventory import prints JSON, not prose."""
-    db = str(await make_store(tmp_path, [Spec("n1"), Spec("n2")]))
+    db = str(await make_store(store_url, [Spec("n1"), Spec("n2")]))
     steps = [
         (
             ("pool", "create", "p", "--nodes", "n1"),
@@ -258,21 +264,23 @@ async def test_json_flag_makes_pool_changes_and_import_print_json(tmp_path: Path
     assert json.loads(out) == {"declared": 1, "nodes": ["rack-new-1"]}
 
 
-async def test_a_pool_named_import_is_refused(tmp_path: Path) -> None:
+async def test_a_pool_named_import_is_refused(store_url: StoreTarget) -> None:
     """`collector inventory import` means import FILE, so no pool may be called import."""
-    db = str(await make_store(tmp_path, [Spec("n1")]))
+    db = str(await make_store(store_url, [Spec("n1")]))
     code, _, err = cli("pool", "create", "import", "--db", db)
     assert code == 2
     assert "'import' is a word of `collector inventory`" in err
-    assert _members(Path(db)) == {}
+    assert _members(parse_target(db)) == {}
 
 
-async def test_a_leased_pool_carries_its_lease_when_its_nodes_change(tmp_path: Path) -> None:
+async def test_a_leased_pool_carries_its_lease_when_its_nodes_change(
+    store_url: StoreTarget,
+) -> None:
     """A lease of a pool leases its members: a node added to the pool joins the lease, a node
     removed leaves it (and may then be leased by another tenant); a node another tenant leases
     at the same time cannot join the pool, and the refusal changes nothing."""
     specs = [Spec(f"x1000c0s{i}b0n0") for i in range(4)]
-    db = str(await make_store(tmp_path, specs))
+    db = str(await make_store(store_url, specs))
     start = dt.date.today().isoformat()
     assert cli("pool", "create", "acme", "--nodes", "x1000c0s0b0n0", "--db", db)[0] == 0
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "acme", "--pool", "acme",
@@ -301,5 +309,5 @@ async def test_a_leased_pool_carries_its_lease_when_its_nodes_change(tmp_path: P
     assert "other-l" in err
     assert err.count("\n") == 1
     assert leased("acme-l") == ["x1000c0s1b0n0"]
-    pools = dict(sqlite3.connect(db).execute("SELECT node, pool FROM pool_nodes").fetchall())
+    pools = dict(db_rows(parse_target(db), "SELECT node, pool FROM pool_nodes"))
     assert "x1000c0s3b0n0" not in pools

@@ -10,6 +10,7 @@ from pathlib import Path
 from collector.evaluate import run_once
 from collector.governance.job import GovernanceJob
 from collector.live import LiveView
+from collector.paths import StoreTarget, parse_target
 from collector.store.db import Store
 from shared.clock import FakeClock
 from tests.collector.governance.fleet import cli, inventory, make_store, sample
@@ -21,7 +22,7 @@ def _today(offset_days: int = 0) -> str:
     return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=offset_days)).isoformat()
 
 
-async def _fleet(tmp_path: Path) -> str:
+async def _fleet(store_url: StoreTarget) -> str:
     """a holds a1+a2 (16 GPUs, 5 busy), b holds b1 (8 GPUs, idle); nominal a 9, b 16."""
     now = time.time()
     samples = [
@@ -29,7 +30,7 @@ async def _fleet(tmp_path: Path) -> str:
         (sample("a2", now - 1, [0] * 8, gpu_w=600, cpu_w=200), now - 1),
         (sample("b1", now - 1, [5] * 8, gpu_w=700, cpu_w=300), now - 1),
     ]
-    db = str(await make_store(tmp_path, NODES, samples))
+    db = str(await make_store(store_url, NODES, samples))
     for tenant, nominal in (("a", "9"), ("b", "16")):
         code, _, err = cli("quota", "set", tenant, "--db", db, "--resource", "gpus",
                            "--nominal", nominal, "--cohort", "research")  # fmt: skip
@@ -41,9 +42,9 @@ async def _fleet(tmp_path: Path) -> str:
     return db
 
 
-async def test_show_reports_both_bases(tmp_path: Path) -> None:
+async def test_show_reports_both_bases(store_url: StoreTarget) -> None:
     """a holds 16 GPUs (7 borrowed) but only 5 are busy; b lends what it does not use."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     code, out, err = cli("quota", "show", "--db", db, "--json")
     assert (code, err) == (0, "")
     rows = {(r["tenant"], r["basis"]): r for r in json.loads(out)["quotas"]}
@@ -63,9 +64,9 @@ async def test_show_reports_both_bases(tmp_path: Path) -> None:
     assert "b " not in out
 
 
-async def test_check_names_the_lender(tmp_path: Path) -> None:
+async def test_check_names_the_lender(store_url: StoreTarget) -> None:
     """Measured, a (5 busy of nominal 9) takes 8 more: 4 of its own, 4 borrowed from b."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     code, out, _ = cli("quota", "check", "a", "--db", db, "--gpus", "8", "--json")
     assert code == 0
     checks = {c["basis"]: c for c in json.loads(out)["checks"]}
@@ -79,9 +80,9 @@ async def test_check_names_the_lender(tmp_path: Path) -> None:
     assert "borrows 4 from b 4" in out
 
 
-async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
+async def test_lease_beyond_quota_needs_force(store_url: StoreTarget) -> None:
     """b2 (4 GPUs) for a, already at its limit, is refused; --force records the reason."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "b2",
                        "--start", _today())  # fmt: skip
     assert code == 2
@@ -100,9 +101,9 @@ async def test_lease_beyond_quota_needs_force(tmp_path: Path) -> None:
     assert (code, "free-rider has no gpus quota, so nothing limits it" in err) == (2, True)
 
 
-async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
+async def test_cohort_own_quota_and_bad_values(store_url: StoreTarget, tmp_path: Path) -> None:
     """A cohort's own quota adds to what its members may take; bad numbers exit 2."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     assert cli("quota", "set", "--db", db, "--cohort", "research", "--nominal", "12")[0] == 0
     code, out, _ = cli("quota", "show", "b", "--db", db, "--json")
     b_alloc = next(r for r in json.loads(out)["quotas"] if r["basis"] == "allocated")
@@ -112,7 +113,7 @@ async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
     # 1e308 twice in a cohort made `available` infinite: `--json` printed Infinity (not JSON)
     code, _, err = cli("quota", "set", "a", "--db", db, "--nominal", "1e308")
     assert (code, "--nominal must be a number from 0 to 1e+12, got 1e+308" in err) == (2, True)
-    toml = Path(db).parent / "huge.toml"
+    toml = tmp_path / "huge.toml"
     toml.write_text("[tenants.a]\nquota.gpus = { nominal = 1e308 }\n")
     code, _, err = cli("apply", "--db", db, "-f", str(toml))
     assert (code, "tenants.a.quota.gpus.nominal: Input should be less than" in err) == (2, True)
@@ -120,9 +121,9 @@ async def test_cohort_own_quota_and_bad_values(tmp_path: Path) -> None:
     assert (code, "no tenant 'nobody'" in err) == (2, True)
 
 
-async def test_power_and_gpu_hours_on_both_bases(tmp_path: Path) -> None:
+async def test_power_and_gpu_hours_on_both_bases(store_url: StoreTarget) -> None:
     """Power: GPU limits held vs live GPU+CPU draw; GPU-hours: held vs utilisation-weighted."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     code, _, _ = cli("quota", "set", "a", "--db", db, "--resource", "power_kw", "--nominal", "10")
     assert code == 0
     code, _, err = cli("quota", "set", "a", "--db", db, "--resource", "gpu_hours",
@@ -146,10 +147,10 @@ async def test_power_and_gpu_hours_on_both_bases(tmp_path: Path) -> None:
     assert {r["resource"] for r in json.loads(out)["quotas"]} == {"gpus"}
 
 
-async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
+async def test_show_reads_the_collectors_fresh_figures(store_url: StoreTarget) -> None:
     """While the collector's snapshot is fresh and current, show uses it (same figures as
     computed from the store); after a governance write it computes again."""
-    db = await _fleet(tmp_path)
+    db = await _fleet(store_url)
     clock = FakeClock(start_wall=time.time())
     live = LiveView()
     now = clock.time()
@@ -158,7 +159,7 @@ async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
     live.on_sample(sample("a1", now, [90, 95, 80, 50, 11, 0, 0, 0], gpu_w=3000, cpu_w=500), now)
     live.on_sample(sample("a2", now, [0] * 8, gpu_w=600, cpu_w=200), now)
     live.on_sample(sample("b1", now, [5] * 8, gpu_w=700, cpu_w=300), now)
-    async with Store(Path(db)) as store:
+    async with Store(parse_target(db)) as store:
         await run_once(GovernanceJob(clock), store, live)
     code, out, _ = cli("quota", "show", "--db", db, "--json")
     from_collector = json.loads(out)
@@ -174,10 +175,12 @@ async def test_show_reads_the_collectors_fresh_figures(tmp_path: Path) -> None:
     assert (code, "usage computed from the store's samples at" in out) == (0, True)
 
 
-async def test_a_lending_limit_above_nominal_is_refused(tmp_path: Path) -> None:
+async def test_a_lending_limit_above_nominal_is_refused(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
     """Kueue refuses lendingLimit > nominalQuota; so do `quota set` and `apply` (both
     stored it)."""
-    db = str(await make_store(tmp_path, {"n1": 8}))
+    db = str(await make_store(store_url, {"n1": 8}))
     code, _, err = cli("quota", "set", "acme", "--nominal", "4", "--lending-limit", "10",
                        "--db", db)  # fmt: skip
     assert (code, err.count("\n")) == (2, 1)
@@ -191,9 +194,9 @@ async def test_a_lending_limit_above_nominal_is_refused(tmp_path: Path) -> None:
     assert json.loads(out) == {}
 
 
-async def test_quota_set_prints_json_with_json(tmp_path: Path) -> None:
+async def test_quota_set_prints_json_with_json(store_url: StoreTarget) -> None:
     """`quota set --json` answers one JSON object (it printed its text line)."""
-    db = str(await make_store(tmp_path, {"n1": 8}))
+    db = str(await make_store(store_url, {"n1": 8}))
     code, out, _ = cli("quota", "set", "acme", "--nominal", "9", "--borrowing-limit", "1",
                        "--cohort", "research", "--json", "--db", db)  # fmt: skip
     assert code == 0

@@ -1,12 +1,15 @@
-"""The one opener and the one command transaction, on real SQLite files."""
+"""The one opener and the one command transaction, on real SQLite files and a real
+PostgreSQL (``store_url``)."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from collector.paths import StoreTarget
 from collector.store.command import GENERATION_KEY, Command
 from collector.store.db import Store
 from collector.store.pools import pool_transaction
@@ -16,27 +19,32 @@ from shared.errors import StoreError
 from tests.helpers import db_rows
 
 
-async def _store(tmp_path: Path) -> Path:
-    db = tmp_path / "c.db"
+async def _store(db: StoreTarget) -> StoreTarget:
     async with Store(db):
         pass
     return db
 
 
-def _fail_after_a_write(db: Path) -> None:
+def _fail_after_a_write(db: StoreTarget) -> None:
     with Command(db, now=4.0) as tx:
         tx.execute("INSERT INTO pools (name, created) VALUES ('d', 4)")
         tx.bump_generation()
         raise RuntimeError("boom")
 
 
-def _create_pool_without_budget(db: Path) -> None:
+def _create_pool_without_budget(db: StoreTarget) -> None:
     with pool_transaction(db, 1.0) as tx:
         tx.tx.lock_budget_s = 0.0
         tx.create("p")
 
 
-def _generation(db: Path) -> list[tuple[object, ...]]:
+def _insert_two(db: StoreTarget, insert: str) -> None:
+    with Command(db) as tx:
+        tx.execute(insert, ("y", 2))
+        tx.execute(insert, ("x", 3))
+
+
+def _generation(db: StoreTarget) -> list[tuple[object, ...]]:
     return db_rows(db, "SELECT value FROM meta WHERE key = ?", (GENERATION_KEY,))
 
 
@@ -71,9 +79,9 @@ async def test_a_foreign_file_names_the_table_the_command_needs(tmp_path: Path) 
 
 
 async def test_the_generation_moves_only_with_a_commit_that_asked_for_it(
-    tmp_path: Path,
+    store_url: StoreTarget,
 ) -> None:
-    db = await _store(tmp_path)
+    db = await _store(store_url)
     with Command(db, now=1.0) as tx:
         tx.execute("INSERT INTO pools (name, created) VALUES ('a', 1)")
     assert _generation(db) == []
@@ -92,21 +100,51 @@ async def test_the_generation_moves_only_with_a_commit_that_asked_for_it(
     assert db_rows(db, "SELECT name FROM pools ORDER BY name") == [("a",), ("b",)]
 
 
-async def test_a_pool_change_past_the_lock_budget_changes_nothing(tmp_path: Path) -> None:
+async def test_a_pool_change_past_the_lock_budget_changes_nothing(store_url: StoreTarget) -> None:
     """Pool commands run in the same command transaction: its lock budget holds for them."""
-    db = await _store(tmp_path)
+    db = await _store(store_url)
     with pytest.raises(StoreError, match="held the database's write lock for over 0 s"):
         _create_pool_without_budget(db)
     assert db_rows(db, "SELECT name FROM pools") == []
 
 
-async def test_a_refused_statement_is_one_store_error(tmp_path: Path) -> None:
-    db = await _store(tmp_path)
+async def test_a_refused_statement_is_one_store_error(store_url: StoreTarget) -> None:
+    db = await _store(store_url)
     insert = "INSERT INTO pools (name, created) VALUES (?, ?)"
     with Command(db) as tx:
         tx.execute(insert, ("x", 1))
-    with pytest.raises(StoreError, match=r"cannot write .*UNIQUE constraint"), Command(db) as tx:
+    with (
+        pytest.raises(StoreError, match=r"cannot write .*(UNIQUE constraint|duplicate key)"),
+        Command(db) as tx,
+    ):
         tx.execute(insert, ("x", 2))
+    big = "INSERT INTO lease_nodes (lease_id, node) VALUES (?, 'n')"  # a 64-bit column
     with pytest.raises(StoreError, match="too large"), Command(db) as tx:
-        tx.execute(insert, ("y", 1 << 70))
+        tx.execute(big, (1 << 70,))
     assert db_rows(db, "SELECT name, created FROM pools") == [("x", 1)]
+    with pytest.raises(StoreError) as caught:
+        _insert_two(db, insert)
+    assert "\n" not in str(caught.value)  # PostgreSQL's DETAIL line left out
+    assert db_rows(db, "SELECT name FROM pools") == [("x",)]
+
+
+async def test_two_commands_never_interleave(store_url: StoreTarget) -> None:
+    """A second command waits for the first one's commit (SQLite's write lock, PostgreSQL's
+    advisory lock): its check sees the first one's write."""
+    db = await _store(store_url)
+    order: list[str] = []
+    first = Command(db, now=1.0).__enter__()
+    first.execute("INSERT INTO pools (name, created) VALUES ('a', 1)")
+
+    def second() -> None:
+        with Command(db, now=2.0) as tx:
+            order.append(f"second sees {len(tx.fetchall('SELECT name FROM pools'))}")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive()  # waiting for the first one's lock
+    order.append("first commits")
+    first.__exit__(None, None, None)
+    thread.join(10)
+    assert order == ["first commits", "second sees 1"]

@@ -1,13 +1,16 @@
-"""The SQLite store on real files: migrations, dedup, retention, node news, payloads."""
+"""The store on real SQLite files and a real PostgreSQL (``store_url``: each backend in
+turn): migrations, dedup, retention, node news, payloads."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
+from collector.paths import StoreTarget, parse_target
 from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store, Synchronous
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
@@ -25,46 +28,48 @@ def _rows(n_nodes: int, ticks: int, t0: float = 1.8e9) -> list[SampleRow]:
     return out
 
 
-async def test_migrations_are_recorded_once(tmp_path: Path) -> None:
+async def test_migrations_are_recorded_once(store_url: StoreTarget) -> None:
     """Opening twice applies each named migration once."""
-    db = tmp_path / "c.db"
+    db = store_url
     async with Store(db) as store:
         assert await store.migrations() == [name for name, _ in MIGRATIONS]
     async with Store(db) as store:
         assert await store.migrations() == [name for name, _ in MIGRATIONS]
-    assert db_rows(db, "PRAGMA journal_mode") == [("wal",)]
+    if isinstance(db, Path):
+        assert db_rows(db, "PRAGMA journal_mode") == [("wal",)]
 
 
-async def test_redelivered_samples_are_stored_once(tmp_path: Path) -> None:
+async def test_redelivered_samples_are_stored_once(store_url: StoreTarget) -> None:
     """(node, ts) is unique: writing the same rows again inserts nothing."""
     rows = _rows(3, 4)
-    async with Store(tmp_path / "c.db") as store:
+    async with Store(store_url) as store:
         assert await store.write_batch(rows) == 12
         assert await store.write_batch(rows[5:]) == 0
-    assert count_samples(tmp_path / "c.db") == 12
+        assert await store.write_batch(rows[:2] + rows[:2]) == 0  # twice in one batch too
+    assert count_samples(store_url) == 12
 
 
-async def test_retention_deletes_in_chunks_only_old_rows(tmp_path: Path) -> None:
+async def test_retention_deletes_in_chunks_only_old_rows(store_url: StoreTarget) -> None:
     """Rows older than the cutoff go, at most chunk_rows per call; newer ones stay."""
     rows = _rows(10, 10)  # ts_ms from 1.8e12 in 5 s steps
-    async with Store(tmp_path / "c.db") as store:
+    async with Store(store_url) as store:
         await store.write_batch(rows)
         cutoff = round((1.8e9 + 5 * 6) * 1000)  # ticks 0..5 are older: 60 rows
         assert await store.delete_older_than(cutoff, 25) == 25
         assert await store.delete_older_than(cutoff, 25) == 25
         assert await store.delete_older_than(cutoff, 25) == 10
         assert await store.delete_older_than(cutoff, 25) == 0
-    remaining = db_rows(tmp_path / "c.db", "SELECT min(ts_ms), count(*) FROM samples")
+    remaining = db_rows(store_url, "SELECT min(ts_ms), count(*) FROM samples")
     assert remaining == [(cutoff, 40)]
 
 
-async def test_status_updates_merge_into_nodes(tmp_path: Path) -> None:
+async def test_status_updates_merge_into_nodes(store_url: StoreTarget) -> None:
     """Status and inventory land in the nodes table; a later status replaces the earlier."""
-    async with Store(tmp_path / "c.db") as store:
+    async with Store(store_url) as store:
         await store.write_batch([], [NodeUpdate("n1", status="online", status_ts=1.0)])
         await store.write_batch([], [NodeUpdate("n1", inventory=b"{}", inventory_ts=2.0)])
         await store.write_batch([], [NodeUpdate("n1", status="offline", status_ts=3.0)])
-    assert db_rows(tmp_path / "c.db", "SELECT status, status_ts, inventory FROM nodes") == [
+    assert db_rows(store_url, "SELECT status, status_ts, inventory FROM nodes") == [
         ("offline", 3.0, b"{}")
     ]
 
@@ -90,13 +95,13 @@ async def test_readonly_store_on_missing_file_says_what_to_do(tmp_path: Path) ->
             pass
 
 
-async def test_payloads_are_compressed_and_read_back_exactly(tmp_path: Path) -> None:
+async def test_payloads_are_compressed_and_read_back_exactly(store_url: StoreTarget) -> None:
     """Stored payloads are zstd frames ~8x smaller; reading one gives the original JSON."""
     rows = _rows(5, 2)
-    async with Store(tmp_path / "c.db") as store:
+    async with Store(store_url) as store:
         await store.write_batch(rows)
-    # A reader (another process, the query commands) finds the dictionary in the file.
-    with StoreReader(tmp_path / "c.db") as reader:
+    # A reader (another process, the query commands) finds the dictionary in the store.
+    with StoreReader(store_url) as reader:
         stored = reader.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
         assert len(stored) == 10
         originals = {(r.node, r.ts_ms): r.payload for r in rows}
@@ -131,9 +136,11 @@ async def test_a_deleted_database_file_is_fatal_not_written_into_the_void(tmp_pa
     assert caught.value.exit_code == 1
 
 
-async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(tmp_path: Path) -> None:
+async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(
+    store_url: StoreTarget,
+) -> None:
     """Each flush adds its counts; only the most recently rejected pairs are kept."""
-    db = tmp_path / "c.db"
+    db = store_url
     async with Store(db) as store:
         await store.write_counters({}, 1.0, {("n1", "invalid"): (2, 1000), ("n2", "x"): (1, 500)})
     async with Store(db) as store:  # a restarted collector
@@ -143,3 +150,38 @@ async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(tmp_path: 
         ("n1", "invalid", 5, 2000),
         ("n3", "y", 1, 900),
     ]
+
+
+async def test_postgresql_partitions_samples_by_day_and_drops_whole_days(
+    postgres_url: str,
+) -> None:
+    """A day without a partition gets one before its batch (a late sample never fails);
+    retention drops the days wholly past the cutoff and trims the partial one."""
+    target = parse_target(postgres_url)
+    day_s = 86_400
+    first = (int(time.time()) // day_s - 5) * day_s  # midnight UTC five days ago
+    sim = FleetSimulator(2, gpus_per_node=2, seed=4, interval_s=5)
+    rows = []
+    for d in range(3):
+        for i in range(2):
+            s = sim.sample(i, first + d * day_s + 3600, d)
+            rows.append(sample_row(s, encode(s), first + d * day_s + 3600.1))
+    async with Store(target) as store:
+        assert await store.write_batch(rows) == 6
+        names = [r[0] for r in db_rows(target, _PARTITIONS)]
+        days = [time.strftime("%Y%m%d", time.gmtime(first + d * day_s)) for d in range(3)]
+        assert {f"samples_d{d}" for d in days} <= set(names)
+        cutoff_ms = (first + day_s + 7200) * 1000  # day 0 wholly before, day 1 in part
+        await store.delete_older_than(cutoff_ms, 100)
+        names = [r[0] for r in db_rows(target, _PARTITIONS)]
+        assert f"samples_d{days[0]}" not in names
+        assert f"samples_d{days[1]}" in names  # partly inside the window: trimmed
+        left = db_rows(target, "SELECT ts_ms FROM samples ORDER BY ts_ms")
+        assert left == [((first + 2 * day_s + 3600) * 1000,)] * 2
+        assert await store.write_batch(rows[:2]) == 2  # a late day again: on demand
+
+
+_PARTITIONS = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
+)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collector.governance.quota import Quota
+from collector.paths import StoreTarget
 from collector.store.command import Command
 from collector.store.db import Store
 from collector.store.governance import GovernanceWriter, generation, governance, usage_snapshot
@@ -12,8 +11,10 @@ from collector.store.reader import StoreReader
 from collector.store.usage import gpu_hours_in
 
 
-async def test_reader_command_and_collector_read_the_same_governance(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
+async def test_reader_command_and_collector_read_the_same_governance(
+    store_url: StoreTarget,
+) -> None:
+    db = store_url
     async with Store(db) as store:
         assert await store.run(generation()) == ""
         assert await store.run(usage_snapshot()) is None

@@ -1,0 +1,156 @@
+"""Drain benchmark into PostgreSQL: simulator -> real Mosquitto -> one collector -> PostgreSQL.
+
+The same drain as ``bench_pipeline.py --mode drain`` (its collector process and publisher,
+reused): the collector registers its persistent session and stops; the simulator queues
+``nodes x ticks`` 8-GPU samples at the broker; the collector starts again and we time until
+every sample is stored. Then the same on SQLite, on the same machine, for comparison.
+
+Figures (not pass/fail; the target, >= 10,000 samples/s per collector, is in the issue):
+stored/s including the collector's start, lost (published - stored), duplicates (stored rows
+minus distinct (node, seq)), collector CPU us per sample (its /proc accounting), PostgreSQL
+CPU us per sample (the postmaster and every backend, waited-for children included, minus
+this script's polling backend), and bytes per sample on disk (the samples partitions with
+their indexes and TOAST).
+
+Usage: ``.venv/bin/python bench/bench_pg_drain.py [--nodes 12500] [--ticks 8] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.simulate import FleetSimulator, publish_fleet
+from bench.bench_pipeline import CollectorProcess, bench_drain
+from collector.localbroker import MosquittoBroker
+from collector.localpg import LocalPostgres
+from shared.settings import MqttSettings
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _pg_cpu_s(postmaster: int, exclude: int) -> float:
+    """CPU seconds of the postmaster, its waited-for children and its live children."""
+    fields = _stat(postmaster)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (postmaster, exclude):
+            continue
+        try:
+            fields = _stat(int(entry.name))
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == postmaster:  # ppid
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
+    try:
+        row = conn.execute(sql).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0] or 0) if row else 0  # type: ignore[call-overload]
+
+
+def bench_pg_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
+    """Queue a burst at the broker, then time one collector storing it into PostgreSQL."""
+    inflight = int(os.environ.get("BENCH_INFLIGHT", "1000"))
+    with (
+        LocalPostgres(work / "pg") as pg,
+        MosquittoBroker(work / "broker-pg", max_inflight=inflight) as broker,
+        psycopg.connect(pg.url, autocommit=True) as poll,
+    ):
+        poller = _scalar(poll, "SELECT pg_backend_pid()")
+        mqtt = MqttSettings(host=broker.host, port=broker.port)
+        col = CollectorProcess(broker, pg.url, work / "collector-pg.log")
+        col.start()
+        deadline = time.monotonic() + 60
+        while not _scalar(poll, "SELECT count(*) FROM meta WHERE key = 'mqtt_session'"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the collector did not subscribe")
+            time.sleep(0.05)
+        col.stop()
+        sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
+        stats = asyncio.run(
+            publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=time.time() - ticks - 60)
+        )
+        assert pg.pid is not None
+        pg_cpu0 = _pg_cpu_s(pg.pid, poller)
+        col.start()
+        t0 = time.monotonic()
+        stored = 0
+        timeout_s = float(os.environ.get("BENCH_TIMEOUT", "600"))
+        while time.monotonic() - t0 < timeout_s:
+            stored = _scalar(poll, "SELECT count(*) FROM samples")
+            if stored >= stats.published:
+                break
+            time.sleep(0.25)
+        took = time.monotonic() - t0
+        pg_cpu = _pg_cpu_s(pg.pid, poller) - pg_cpu0
+        cpu, rss = col.stop()
+        stored = _scalar(poll, "SELECT count(*) FROM samples")
+        distinct = _scalar(poll, "SELECT count(DISTINCT (node, seq)) FROM samples")
+        poll.execute("VACUUM ANALYZE samples")
+        on_disk = _scalar(
+            poll,
+            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
+            "WHERE inhparent = 'samples'::regclass",
+        )
+    return {
+        "published": stats.published,
+        "stored": stored,
+        "lost": stats.published - stored,
+        "duplicates": stored - distinct,
+        "drain_s_incl_startup": round(took, 2),
+        "stored_per_s_incl_startup": round(stored / took),
+        "collector_cpu_s": round(cpu, 2),
+        "collector_cpu_us_per_sample": round(cpu / max(stored, 1) * 1e6, 1),
+        "collector_peak_rss_mb": round(rss, 1),
+        "postgres_cpu_s": round(pg_cpu, 2),
+        "postgres_cpu_us_per_sample": round(pg_cpu / max(stored, 1) * 1e6, 1),
+        "db_bytes_per_sample": round(on_disk / max(stored, 1)),
+    }
+
+
+def main() -> None:
+    """Parse flags, run both drains, print figures (JSON with --json)."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--nodes", type=int, default=12_500, help="8-GPU nodes (default 12500)")
+    p.add_argument("--ticks", type=int, default=8, help="samples per node (default 8: 100,000)")
+    p.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="capwatch-bench-") as tmp:
+        work = Path(tmp)
+        results["postgresql"] = bench_pg_drain(work, args.nodes, args.ticks)
+        if not args.no_sqlite:
+            results["sqlite"] = bench_drain(work, args.nodes, args.ticks, "full")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    for store, figures in results.items():
+        print(f"[drain into {store}] {args.nodes} nodes x {args.ticks} samples (8 GPUs each)")
+        for k, v in figures.items():
+            print(f"  {k:32s} {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""``collector migrate``: copy a SQLite store, table by table, into a PostgreSQL store.
+
+The source is read in one snapshot (one read transaction) in batches of :data:`BATCH_ROWS`;
+each batch goes into the target in one transaction through the collector's own
+:class:`~collector.store.db.Store` (samples by the sample path: the day partitions they
+need, then COPY; the other tables by multi-row inserts). Ids are kept, so every reference
+(a sample's payload dictionary, a lease's nodes, the outbox ids a dead letter is redelivered
+by) holds; the target's identity sequences then continue after them. The target is created
+and migrated by the same migrations as ``collector run``; one that holds any row is refused
+unless ``force`` (then it is emptied first).
+
+Samples go in as stored (compressed payloads and their dictionary ids), not re-encoded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from collector.paths import PgTarget
+from collector.store.connect import SqliteSync, open_sync
+from collector.store.db import Store
+from collector.store.migrations import MIGRATIONS
+from shared.errors import ConfigError, StoreError
+
+__all__ = ["BATCH_ROWS", "TABLES", "CopyReport", "copy_store"]
+
+TABLES: Final = (
+    "payload_dicts",
+    "samples",
+    "nodes",
+    "counters",
+    "quarantine",
+    "node_rejects",
+    "meta",
+    "alerts",
+    "alert_history",
+    "outbox",
+    "alert_groups",
+    "silences",
+    "pools",
+    "pool_nodes",
+    "declared_inventories",
+    "pool_moves",
+    "capacity_snapshots",
+    "cohorts",
+    "cohort_quotas",
+    "tenants",
+    "quotas",
+    "leases",
+    "lease_nodes",
+)
+"""Every table of the schema, referenced tables before those that refer to them."""
+
+_IDENTITY: Final = (
+    "payload_dicts",
+    "quarantine",
+    "alert_history",
+    "outbox",
+    "silences",
+    "pool_moves",
+    "leases",
+)
+"""Tables whose ``id`` the store numbers (PostgreSQL: an identity column)."""
+
+BATCH_ROWS: Final = 5_000
+
+
+@dataclass(slots=True)
+class CopyReport:
+    """What was copied: rows per table, in :data:`TABLES` order, and how long it took."""
+
+    source: str
+    target: str
+    tables: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "from": self.source,
+            "to": self.target,
+            "tables": dict(self.tables),
+            "rows": sum(self.tables.values()),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _source(path: Path) -> SqliteSync:
+    conn = open_sync(path, write=False)
+    assert isinstance(conn, SqliteSync)
+    try:
+        conn.begin(write=False)  # one snapshot: a running collector may keep writing
+        rows = conn.execute("SELECT name FROM schema_migrations").fetchall()
+    except conn.errors as exc:
+        conn.close()
+        raise StoreError(f"{str(path)!r} is not a capwatch database: {exc}") from exc
+    missing = [name for name, _ in MIGRATIONS if name not in {r[0] for r in rows}]
+    if missing:
+        conn.close()
+        raise StoreError(
+            f"{str(path)!r} is not migrated to this version ({missing[0]} missing): start this "
+            "version's `collector run` on it once, then migrate"
+        )
+    return conn
+
+
+async def copy_store(
+    source: Path,
+    target: PgTarget,
+    *,
+    force: bool = False,
+    batch_rows: int = BATCH_ROWS,
+    progress: Callable[[str, int], None] | None = None,
+) -> CopyReport:
+    """Copy every table of the SQLite store ``source`` into ``target``; see the module
+    docstring. ``progress(table, rows so far)`` after each batch."""
+    if not isinstance(source, Path) or not isinstance(target, PgTarget):
+        raise ConfigError(
+            "collector migrate copies a SQLite file (--from) into PostgreSQL (--to "
+            "postgresql://...)",
+            field="--to",
+        )
+    started = time.monotonic()
+    report = CopyReport(str(source), str(target))
+    reader = _source(source)
+    try:
+        async with Store(target, compress=False) as store:
+            await _empty_target(store, target, force=force)
+            for table in TABLES:
+                report.tables[table] = await _copy_table(reader, store, table, batch_rows, progress)
+            await store.continue_identities(_IDENTITY)
+    finally:
+        reader.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _empty_target(store: Store, target: PgTarget, *, force: bool) -> None:
+    held = [t for t in TABLES if await store.fetchall(f"SELECT 1 FROM {t} LIMIT 1")]
+    if not held:
+        return
+    if not force:
+        raise ConfigError(
+            f"{str(target)!r} is not empty ({', '.join(held)} hold rows): migrate into an "
+            "empty database, or pass --force to empty it first (its rows are lost)",
+            field="--to",
+        )
+    async with store.transaction("emptying the target"):
+        await store.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
+
+
+async def _copy_table(
+    reader: SqliteSync,
+    store: Store,
+    table: str,
+    batch_rows: int,
+    progress: Callable[[str, int], None] | None,
+) -> int:
+    columns = [
+        r[1] for r in reader.raw.execute(f"SELECT cid, name FROM pragma_table_info('{table}')")
+    ]
+    wanted = store.sample_columns() if table == "samples" else None
+    if wanted is not None:
+        columns = [c for c in wanted if c in columns]
+    cursor = reader.raw.execute(f"SELECT {', '.join(columns)} FROM {table}")
+    copied = 0
+    while True:
+        batch: Sequence[tuple[Any, ...]] = [tuple(r) for r in cursor.fetchmany(batch_rows)]
+        if not batch:
+            return copied
+        copied += await store.import_rows(table, columns, batch)
+        if progress is not None:
+            progress(table, copied)

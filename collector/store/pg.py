@@ -1,0 +1,603 @@
+"""The PostgreSQL backend: connections, error classes, samples by COPY, day partitions.
+
+Loaded only for a :class:`~collector.paths.PgTarget` (psycopg is imported here and
+nowhere else). Each handle of the store layer has its PostgreSQL side here:
+
+* :class:`PgSync` — a command's connection (:class:`~collector.store.reader.StoreReader`,
+  :class:`~collector.store.command.Command`): autocommit until ``begin``; a read is one
+  ``REPEATABLE READ, READ ONLY`` snapshot; a write takes the commands' advisory lock first,
+  so two commands never interleave (what ``BEGIN IMMEDIATE`` does on SQLite).
+* :class:`PgBackend` — the collector's :class:`~collector.store.db.Store` on PostgreSQL: one
+  synchronous psycopg connection driven from one worker thread (as aiosqlite drives
+  sqlite3), so a batch's COPY runs without an ``await`` per row. Samples go by binary
+  ``COPY`` into a temporary table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``
+  (a redelivered sample is a duplicate, not an error). The batch is acknowledged after the
+  commit, as on SQLite.
+* Day partitions: ``samples`` is range-partitioned on ``ts_ms`` (the sample's own time; the
+  unique ``(node, ts_ms)`` key that drops duplicates must hold the partition key), one
+  partition per UTC day (``samples_dYYYYMMDD``), created ahead for the next days and on
+  demand before a batch holding a sample of a day without one (validation bounds a
+  sample's time to the retention window and the allowed clock skew, so that is a bounded
+  set of days). Retention drops the partitions whose whole day is past the window, then
+  trims the oldest partial day in chunks like SQLite does.
+
+Errors are classed once (:func:`classify`): ``unavailable`` (the server restarted, the
+connection broke, a failover left a read-only standby: reconnect and try again, nothing was
+committed), ``fatal`` (the store cannot take writes: disk full, permissions) or a refused
+batch (the data: bisect it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import functools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, Literal, TypeVar
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.pq import TransactionStatus
+from psycopg.types.numeric import FloatLoader
+
+from collector.paths import PgTarget
+from collector.store.connect import BUSY_TIMEOUT_S, open_failed
+from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
+from shared.errors import StoreError
+from shared.logging import get_logger
+
+__all__ = [
+    "DAY_MS",
+    "PgBackend",
+    "PgSync",
+    "classify",
+    "connect_sync",
+    "partition_name",
+]
+
+log = get_logger("store")
+
+T = TypeVar("T")
+
+DAY_MS: Final = 86_400_000
+_COMMANDS_LOCK: Final = 0x63617077_00000001
+"""Advisory lock every command transaction takes: commands queue instead of interleaving."""
+_MIGRATE_LOCK: Final = 0x63617077_00000002
+_PARTITION_LOCK: Final = 0x63617077_00000003
+_AHEAD_DAYS: Final = 2
+"""Partitions created ahead of today (a sample's day normally has one before it comes)."""
+_CONNECT_TIMEOUT_S: Final = 10
+_MAX_PARAMS: Final = 65_535  # bind parameters of one statement (the protocol's 16 bits)
+
+Kind = Literal["unavailable", "fatal", "refused"]
+
+# SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html)
+_UNAVAILABLE_CLASSES: Final = frozenset({"08", "57"})  # connection; operator intervention
+_UNAVAILABLE_CODES: Final = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: a standby after failover
+        "53300",  # too_many_connections
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout, pg_cancel_backend)
+    }
+)
+_FATAL_CLASSES: Final = frozenset({"53", "58", "XX", "F0"})  # resources, system, internal
+_FATAL_CODES: Final = frozenset({"42501"})  # insufficient_privilege
+
+
+def classify(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> Kind:
+    """What an error means for the writer: try again after reconnecting, stop, or bisect."""
+    if conn is not None and (conn.closed or conn.broken):
+        return "unavailable"
+    if isinstance(exc, psycopg.errors.CheckViolation) and "no partition" in str(exc):
+        return "unavailable"  # another collector dropped the day meanwhile: ensure, again
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        code = getattr(exc, "sqlstate", None)
+        if code is None:
+            return "unavailable"
+    code = getattr(exc, "sqlstate", None)
+    if code is None:
+        return "fatal" if isinstance(exc, MemoryError) else "refused"
+    if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES:
+        return "unavailable"
+    if code[:2] in _FATAL_CLASSES or code in _FATAL_CODES:
+        return "fatal"
+    return "refused"
+
+
+def _connect(target: PgTarget, *, autocommit: bool, read_only: bool) -> psycopg.Connection[Any]:
+    options = f"-c lock_timeout={int(BUSY_TIMEOUT_S * 1000)}"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
+    kwargs: dict[str, Any] = {
+        "autocommit": autocommit,
+        "row_factory": pg_row_factory,
+        "connect_timeout": _CONNECT_TIMEOUT_S,
+        "application_name": "capwatch",
+        "options": options,
+    }
+    password = target.password()
+    if password is not None:
+        kwargs["password"] = password
+    try:
+        conn = psycopg.connect(target.url, **kwargs)
+    except psycopg.Error as exc:
+        raise open_failed(target, exc) from exc
+    # ``ts_ms / 1000.0``, ``avg(bigint)`` are numeric in PostgreSQL: read them as float, as
+    # SQLite gives them (the schema has no numeric column, so nothing exact is lost).
+    conn.adapters.register_loader("numeric", FloatLoader)
+    return conn
+
+
+def connect_sync(target: PgTarget, *, write: bool) -> PgSync:
+    """A command's connection (autocommit until :meth:`PgSync.begin`)."""
+    return PgSync(_connect(target, autocommit=True, read_only=not write))
+
+
+class PgSync:
+    """:class:`~collector.store.connect.SyncConn` over psycopg; rows are :class:`PgRow`."""
+
+    dialect: Dialect = "postgresql"
+    errors: tuple[type[BaseException], ...] = (psycopg.Error, OverflowError)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        """One statement (``?`` placeholders)."""
+        return self.raw.execute(pg_sql(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """One statement over ``rows``."""
+        with self.raw.cursor() as cur:
+            cur.executemany(pg_sql(sql), [tuple(r) for r in rows])
+
+    def begin(self, *, write: bool) -> None:
+        """A read snapshot, or a write transaction holding the commands' lock."""
+        if write:
+            self.raw.execute("BEGIN")
+            self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (_COMMANDS_LOCK,))
+        else:
+            self.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    def commit(self) -> None:
+        """Commit the open transaction."""
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll back the open transaction."""
+        self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close (an open transaction is rolled back)."""
+        self.raw.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (or failed and not yet rolled back)."""
+        return self.raw.info.transaction_status != TransactionStatus.IDLE
+
+    def has_table(self, name: str) -> bool:
+        """Whether the store has table ``name`` (in the connection's schema)."""
+        return _has_table(self.raw, name)
+
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table`` (empty: no such table)."""
+        return _columns(self.raw, table)
+
+
+def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
+    cur = conn.execute(
+        "SELECT 1 FROM information_schema.tables "
+        "WHERE table_schema = current_schema() AND table_name = %s",
+        (name,),
+    )
+    return cur.fetchone() is not None
+
+
+def _columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    cur = conn.execute(
+        "SELECT column_name FROM information_schema.columns "
+        "WHERE table_schema = current_schema() AND table_name = %s",
+        (table,),
+    )
+    return {r[0] for r in cur.fetchall()}
+
+
+def partition_name(day: int) -> str:
+    """The partition of UTC day ``day`` (days since 1970-01-01): ``samples_dYYYYMMDD``."""
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    return f"samples_d{date:%Y%m%d}"
+
+
+def _day_of(name: str) -> int | None:
+    if not name.startswith("samples_d") or len(name) != 17:
+        return None
+    try:
+        date = dt.datetime.strptime(name[9:], "%Y%m%d").replace(tzinfo=dt.UTC).date()
+    except ValueError:
+        return None
+    return (date - dt.date(1970, 1, 1)).days
+
+
+_SAMPLE_TYPES: Final = (
+    "text",  # node
+    "int8",  # ts_ms
+    "int8",  # seq
+    "int8",  # received_ms
+    "float8",  # interval_s
+    "float8",  # cpu_pct
+    "int8",  # mem_used_bytes
+    "int8",  # mem_total_bytes
+    "int8",  # gpu_count
+    "float8",  # gpu_util_pct
+    "int8",  # gpu_mem_used_bytes
+    "float8",  # gpu_power_w
+    "float8",  # cpu_power_w
+    "bytea",  # payload
+    "int8",  # payload_dict
+    "int8",  # epoch
+    "float8",  # node_power_w
+    "text",  # node_power_source
+)
+
+
+class PgBackend:
+    """The collector's connection to a PostgreSQL store (see the module docstring).
+
+    Every method runs its statements in this backend's own worker thread; the event loop
+    only awaits the result.
+    """
+
+    dialect: Dialect = "postgresql"
+
+    def __init__(self, target: PgTarget, *, write: bool, sample_columns: str) -> None:
+        self.target = target
+        self.write = write
+        self._columns = sample_columns
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capwatch-pg")
+        self._days: set[int] = set()
+        """Days known to have a partition (reloaded after a reconnect)."""
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The open connection."""
+        if self._conn is None:
+            raise StoreError(f"the store {str(self.target)!r} is not connected", fatal=True)
+        return self._conn
+
+    async def open(self) -> None:
+        """Connect (:class:`StoreError` with the server's reason when it cannot)."""
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        # Writer: transactions begin implicitly and end with commit/rollback, as on SQLite.
+        self._conn = _connect(self.target, autocommit=not self.write, read_only=not self.write)
+        self._days.clear()
+
+    async def reconnect(self) -> None:
+        """Drop the connection and open a new one."""
+        await self._call(self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._close_conn()
+        self._open()
+        if self.write and _has_table(self.conn, "samples"):
+            self._prepare_copy()
+            self.conn.commit()
+
+    def _close_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    async def close(self) -> None:
+        """Close the connection and the worker thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closing: close here
+            await self._call(self._close_conn)
+        self._close_conn()
+        self._thread.shutdown(wait=True)
+
+    def kind(self, exc: BaseException) -> Kind:
+        """What ``exc`` means (:func:`classify`), with this connection's state."""
+        return classify(exc, self._conn)
+
+    @staticmethod
+    def hint(exc: BaseException) -> str:
+        """What an operator can do about a failed write, where we can tell."""
+        code = getattr(exc, "sqlstate", None) or ""
+        if code == "53100":
+            return " (the database server's disk is full: free space there)"
+        if code == "42501":
+            return " (grant the collector's role what it lacks: see deploy/README.md)"
+        if code == "25006":
+            return " (the server is a read-only standby: point store.url at the primary)"
+        return ""
+
+    # -- statements ---------------------------------------------------------------------
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> int:
+        """One statement inside the open transaction; rows changed."""
+        return await self._call(self._execute, sql, params)
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        cur = self.conn.execute(pg_sql(sql), tuple(params))
+        return max(cur.rowcount, 0)
+
+    async def returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        """One ``... RETURNING`` statement; its rows."""
+        return await self._call(self._returning, sql, params)
+
+    def _returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        return self.conn.execute(pg_sql(sql), tuple(params)).fetchall()
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """One statement over ``rows`` (pipelined by psycopg)."""
+        await self._call(self._executemany, sql, [tuple(r) for r in rows])
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(pg_sql(sql), rows)
+
+    async def insert_many(
+        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
+    ) -> int:
+        """``statement`` (head, columns, tail) over ``rows``, many rows per statement."""
+        if not rows:
+            return 0
+        return await self._call(self._insert_many, statement, rows, max_rows)
+
+    def _insert_many(
+        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
+    ) -> int:
+        head, ncols, tail = statement
+        per = max(1, min(max_rows, _MAX_PARAMS // ncols))
+        changed = 0
+        for i in range(0, len(rows), per):
+            chunk = rows[i : i + per]
+            sql = _multi_row_pg(pg_sql(head), ncols, len(chunk), pg_sql(tail))
+            cur = self.conn.execute(sql, [v for row in chunk for v in row])
+            changed += max(cur.rowcount, 0)
+        return changed
+
+    async def fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        """A read; outside a transaction it ends at once (no snapshot left open). A reader
+        whose connection broke reconnects once and asks again."""
+        return await self._call(self._fetchall, sql, params)
+
+    def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        if self._conn is None and not self.write:
+            self._reader_reconnect()  # the last try found the server away
+        try:
+            return self._fetch_once(sql, params)
+        except psycopg.Error as exc:
+            if self.write or self.kind(exc) != "unavailable":
+                raise
+        self._reader_reconnect()  # a reader: the server restarted; ask again
+        return self._fetch_once(sql, params)
+
+    def _reader_reconnect(self) -> None:
+        """A reader's reconnect: still away, this question fails (not fatal: the
+        evaluator's next cycle asks again)."""
+        try:
+            self._reconnect()
+        except StoreError as exc:
+            raise StoreError(str(exc), fatal=False, unavailable=True) from exc
+
+    def _fetch_once(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        conn = self.conn
+        idle = conn.info.transaction_status == TransactionStatus.IDLE
+        rows = conn.execute(pg_sql(sql), tuple(params)).fetchall()
+        if idle and not conn.autocommit:
+            conn.commit()
+        return rows
+
+    async def commit(self) -> None:
+        """Commit the open transaction (once it returns, the rows are durable)."""
+        await self._call(self.conn.commit)
+
+    async def rollback(self) -> None:
+        """Roll back the open transaction."""
+        await self._call(self.conn.rollback)
+
+    # -- schema ------------------------------------------------------------------------
+
+    async def migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
+        """Apply the migrations not yet applied, under a lock (collectors starting together
+        migrate once); return the names applied now."""
+        return await self._call(self._migrate, migrations)
+
+    def _migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
+        conn = self.conn
+        applied: list[str] = []
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+            for name, text in migrations:
+                if name in done:
+                    continue
+                conn.execute(text.encode())  # several statements, no parameters
+                conn.execute(
+                    "INSERT INTO schema_migrations (name, applied_at) VALUES (%s, %s)",
+                    (name, time.time()),
+                )
+                applied.append(name)
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
+        self._prepare_copy()
+        self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
+        conn.commit()
+        return applied
+
+    def _prepare_copy(self) -> None:
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS samples_in "
+            "(LIKE samples INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+
+    # -- samples -----------------------------------------------------------------------
+
+    async def prepare_samples(self, days: set[int]) -> None:
+        """Before a batch's transaction: a partition for each of ``days`` (in a short
+        transaction of its own, so the batch never holds the partition lock)."""
+        if days - self._days:
+            await self._call(self._ensure_days, sorted(days))
+
+    def _ensure_days(self, days: Iterable[int]) -> None:
+        conn = self.conn
+        wanted = [d for d in days if d not in self._days]
+        if not wanted:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+            existing = self._partition_days()
+            for day in wanted:
+                if day in existing:
+                    continue
+                conn.execute(
+                    pgsql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF samples "
+                        "FOR VALUES FROM ({}) TO ({})"
+                    ).format(
+                        pgsql.Identifier(partition_name(day)),
+                        pgsql.Literal(day * DAY_MS),
+                        pgsql.Literal((day + 1) * DAY_MS),
+                    )
+                )
+                existing.add(day)
+                log.info("partition_created", partition=partition_name(day))
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
+        self._days = existing
+
+    def _partition_days(self) -> set[int]:
+        rows = self.conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'samples'::regclass"
+        ).fetchall()
+        return {d for (name,) in rows if (d := _day_of(name)) is not None}
+
+    async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Inside the batch's transaction: COPY ``rows`` in, keep the new ones; how many."""
+        if not rows:
+            return 0
+        return await self._call(self._insert_samples, rows)
+
+    def _insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        conn = self.conn
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY samples_in ({self._columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(list(_SAMPLE_TYPES))
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO samples ({self._columns}) SELECT {self._columns} FROM samples_in "
+                "ON CONFLICT DO NOTHING"
+            )
+            return max(cur.rowcount, 0)  # samples_in empties at the commit
+
+    async def insert_samples_new(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[str, int]] | None:
+        """As :meth:`insert_samples`; the ``(node, ts_ms)`` of the rows that were new."""
+        if not rows:
+            return []
+        return await self._call(self._insert_samples_new, rows)
+
+    def _insert_samples_new(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
+        conn = self.conn
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY samples_in ({self._columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(list(_SAMPLE_TYPES))
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO samples ({self._columns}) SELECT {self._columns} FROM samples_in "
+                "ON CONFLICT DO NOTHING RETURNING node, ts_ms"
+            )
+            return [(r[0], r[1]) for r in cur.fetchall()]  # samples_in empties at the commit
+
+    async def drop_days_before(self, cutoff_ms: int) -> int:
+        """Drop the partitions wholly before ``cutoff_ms`` (each in its own short
+        transaction); return their estimated rows (the planner's count, not a scan)."""
+        return await self._call(self._drop_days_before, cutoff_ms)
+
+    def _drop_days_before(self, cutoff_ms: int) -> int:
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'samples'::regclass"
+        ).fetchall()
+        conn.commit()
+        dropped = 0
+        for name, estimate in rows:
+            day = _day_of(name)
+            if day is None or (day + 1) * DAY_MS > cutoff_ms:
+                continue
+            try:
+                conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(pgsql.Identifier(name)))
+                conn.commit()
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                raise
+            self._days.discard(day)
+            dropped += int(estimate)
+            log.info("partition_dropped", partition=name, rows_estimate=int(estimate))
+        if dropped or _today() + _AHEAD_DAYS not in self._days:
+            self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
+        return dropped
+
+    async def continue_identities(self, tables: Sequence[str]) -> None:
+        """Each table's identity sequence continues after its largest ``id``."""
+        await self._call(self._continue_identities, tables)
+
+    def _continue_identities(self, tables: Sequence[str]) -> None:
+        conn = self.conn
+        for table in tables:
+            conn.execute(
+                pgsql.SQL(
+                    "SELECT setval(pg_get_serial_sequence({}, 'id'), "
+                    "coalesce(max(id), 0) + 1, false) FROM {}"
+                ).format(pgsql.Literal(table), pgsql.Identifier(table))
+            )
+        conn.commit()
+
+    async def size_bytes(self) -> int:
+        """The database's size on disk (``pg_database_size``)."""
+        rows = await self.fetchall("SELECT pg_database_size(current_database())", ())
+        return int(rows[0][0])
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row_pg(head: str, ncols: int, nrows: int, tail: str) -> str:
+    one = "(" + ", ".join(["%s"] * ncols) + ")"
+    return f"{head} VALUES {', '.join([one] * nrows)}{tail}"
+
+
+def _today() -> int:
+    return int(time.time() // 86_400)

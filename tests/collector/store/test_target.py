@@ -1,0 +1,110 @@
+"""Which store ``--db`` and the settings name: a SQLite path, a postgresql:// URL, or a line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+from collector.cli._args import read_settings_from_args, settings_from_args
+from collector.cli.query import add_parser
+from collector.paths import PgTarget, parse_target, redact
+from shared.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("CAPWATCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # a store created by mistake would appear here
+
+
+def test_a_postgresql_url_is_a_pg_target_and_a_path_stays_a_file() -> None:
+    url = "postgresql://capwatch@db.example:5432/capwatch?sslmode=require"
+    assert parse_target(url) == PgTarget(url)
+    assert parse_target("postgres://u@h/d") == PgTarget("postgres://u@h/d")
+    assert parse_target("capwatch.db") == Path("capwatch.db")
+    assert parse_target("/var/lib/capwatch/x:y.db") == Path("/var/lib/capwatch/x:y.db")
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u@h/d", "postgres+foo://u@h/d", "sqlite:///tmp/c.db", "HTTP://h/x"]
+)
+def test_another_scheme_is_one_line_and_exit_2(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any other scheme:// is refused, naming --db and what it takes; nothing is created."""
+    assert main(["query", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "--db:" in err
+    assert "postgresql://" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_password_in_the_url_is_refused_and_never_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--db would put it in ps and the shell history: refused, shown as ***."""
+    assert main(["query", "--db", "postgresql://u:hunter2@h/d"]) == 2
+    assert main(["query", "--db", "postgresql://u@h/d?password=hunter2"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert err.count("PGPASSWORD") == 2
+
+
+def test_redact_hides_the_password_wherever_it_is() -> None:
+    assert redact("postgresql://u:p@h:5/d") == "postgresql://u:***@h:5/d"
+    assert redact("postgresql://u@h/d?password=p&sslmode=x") == (
+        "postgresql://u@h/d?password=***&sslmode=x"
+    )
+    assert str(PgTarget("postgresql://u@h/d")) == "postgresql://u@h/d"
+
+
+def test_an_unreachable_server_is_one_line_and_no_sqlite_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--db postgresql://...` once created ./postgresql:/... and answered with empty figures."""
+    assert main(["query", "--db", "postgresql://capwatch@127.0.0.1:1/capwatch", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1
+    assert "cannot open database 'postgresql://capwatch@127.0.0.1:1/capwatch'" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_settings_take_store_url_and_refuse_a_url_in_db_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[store] url selects PostgreSQL; --db PATH wins over it; CAPWATCH_DB_PATH holds paths."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    config = tmp_path / "c.toml"
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config.write_text(f'[store]\nurl = "postgresql://cw@h/d"\npassword_file = "{secret}"\n')
+    args = parser.parse_args(["query", "--config", str(config)])
+    target = settings_from_args(args).store_target
+    assert target == PgTarget("postgresql://cw@h/d", secret)
+    assert isinstance(target, PgTarget)
+    assert target.password() == "s3cret"
+    flag = parser.parse_args(["query", "--config", str(config), "--db", "here.db"])
+    assert settings_from_args(flag).store_target == Path("here.db")
+    monkeypatch.setenv("CAPWATCH_DB_PATH", "postgresql://cw@h/d")
+    with pytest.raises(ConfigError, match=r"db_path.*store\.url"):
+        read_settings_from_args(parser.parse_args(["query"]))
+    monkeypatch.delenv("CAPWATCH_DB_PATH")
+    config.write_text('[store]\nurl = "capwatch.db"\n')
+    with pytest.raises(ConfigError, match=r"store\.url.*postgresql://"):
+        settings_from_args(args)
+
+
+def test_an_unreadable_password_file_names_the_setting(tmp_path: Path) -> None:
+    target = PgTarget("postgresql://u@h/d", tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"store\.password_file"):
+        target.password()
