@@ -4,10 +4,11 @@ way to give up on a test for want of Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -26,6 +27,28 @@ def skip_without_mosquitto(missing: str = "mosquitto") -> NoReturn:
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):
         pytest.fail(f"{NO_MOSQUITTO} ({missing} is missing); .ci/run must install it")
     pytest.skip(f"{NO_MOSQUITTO} ({missing} is missing; apt-get install mosquitto)")
+
+
+@contextlib.asynccontextmanager
+async def write_locked(db: Path) -> AsyncIterator[None]:
+    """Hold SQLite's write lock from another connection: the collector's commits wait.
+
+    Taken in a thread: the collector under test may be inside a write transaction that needs
+    this event loop to reach its commit, and ``BEGIN IMMEDIATE`` waits for it (SQLite's busy
+    handler, up to 5 s), so taking the lock on the loop itself can deadlock until "database
+    is locked"."""
+
+    def begin() -> sqlite3.Connection:
+        conn = sqlite3.connect(db, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+
+    conn = await asyncio.to_thread(begin)
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
 
 
 async def wait_until(pred: Callable[[], bool], *, timeout_s: float = 20.0, what: str = "") -> None:

@@ -4,9 +4,6 @@ is stuck stops pinging the watchdog and answers 503 on /readyz, for the same rea
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,24 +24,11 @@ from shared.schema import encode
 from shared.sdnotify import SdNotifier
 from shared.topics import sample_topic
 from tests.collector.ingest.scripted import ScriptedBroker
-from tests.helpers import wait_until
+from tests.helpers import wait_until, write_locked
 from tests.shared.test_sdnotify import FakeSystemd
 
 T0 = 1_800_000_000.0
 LIMIT_S = 5.0
-
-
-@contextmanager
-def _write_locked(db: Path) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection: the writer's next commit waits
-    (SQLite's busy handler, up to 5 s of real time: the test releases it well before)."""
-    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
 
 
 async def _readyz(port: int) -> httpx.Response:
@@ -86,7 +70,7 @@ async def test_a_stalled_writer_stops_the_watchdog_and_fails_readyz(tmp_path: Pa
         await wait_until(lambda: sd.drain().count("WATCHDOG=1") >= 2, what="pings")
         assert (await _readyz(port)).status_code == 200
 
-        with _write_locked(settings.db_path):
+        async with write_locked(settings.db_path):
             deliver(1)  # the writer is now waiting for the lock
             clock.advance(LIMIT_S + 1)
             await wait_until(

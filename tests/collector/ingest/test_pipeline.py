@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,7 +34,7 @@ from shared.errors import ConfigError, StoreError
 from shared.schema import decode_watermark, encode
 from shared.topics import LEGACY_SUBSCRIPTIONS, SUBSCRIPTIONS, sample_topic, watermark_topic
 from tests.collector.ingest.scripted import ScriptedBroker
-from tests.helpers import count_samples, db_rows, wait_until
+from tests.helpers import count_samples, db_rows, wait_until, write_locked
 
 T0 = 1_800_000_000.0
 """The collector's wall clock in these tests; samples are stamped just before it."""
@@ -96,25 +95,13 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         await asyncio.wait_for(run.task, 20)
 
 
-@contextmanager
-def _write_locked(db: Path) -> Iterator[None]:
-    """Hold SQLite's write lock from another connection: the collector's commits wait."""
-    conn = sqlite3.connect(db, timeout=5, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
-
-
 async def test_each_message_is_acked_only_after_the_commit_that_stored_it(
     running: Running,
 ) -> None:
     """At every ack, the store already holds every sample acknowledged so far."""
     await running.start()
     messages = _sample_messages(running.broker, 10, 6)
-    with _write_locked(running.db):  # a backlog builds up behind the first commit
+    async with write_locked(running.db):  # a backlog builds up behind the first commit
         for i in range(0, 60, 10):
             running.broker.deliver(messages[i : i + 10])
         await wait_until(
@@ -142,7 +129,7 @@ async def test_batches_end_at_read_boundaries_near_batch_max_rows(tmp_path: Path
     broker.probe = lambda: count_samples(run.db)
     await run.start()
     messages = _sample_messages(broker, 10, 10)
-    with _write_locked(run.db):
+    async with write_locked(run.db):
         for i in range(0, 100, 10):
             broker.deliver(messages[i : i + 10])
         await wait_until(
@@ -161,7 +148,7 @@ async def test_stop_stores_and_acks_everything_the_reader_took(running: Running)
     """A stop while the writer is behind still commits and acks every message received."""
     await running.start()
     messages = _sample_messages(running.broker, 20, 5)
-    with _write_locked(running.db):
+    async with write_locked(running.db):
         for i in range(0, 100, 20):
             running.broker.deliver(messages[i : i + 20])
         await wait_until(
@@ -401,7 +388,7 @@ async def test_the_reader_waits_when_the_queue_is_full(tmp_path: Path) -> None:
     broker.probe = lambda: count_samples(run.db)
     collector = await run.start()
     messages = _sample_messages(broker, 10, 20)
-    with _write_locked(run.db):
+    async with write_locked(run.db):
         for i in range(0, 200, 10):
             broker.deliver(messages[i : i + 10])
         await wait_until(lambda: value(collector.reader_metrics.waits) >= 1, what="reader waiting")
