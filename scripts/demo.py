@@ -17,7 +17,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    apply`` of a pattern, as a dry run and then for real;
 8. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort: one
    leases the pool of step 7, the other named nodes), ``collector lease list``,
-   ``collector quota show`` on both bases; then a clean shutdown.
+   ``collector quota show`` on both bases and as the cohort tree;
+9. the quotas as schedulers read them: ``collector export --format kueue`` (ResourceFlavor,
+   Cohort, ClusterQueue manifests) and ``--format slurm`` (reservations); then a clean
+   shutdown.
 
 Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
 a receiver on loopback (this script; it checks each signature and prints what it got), and,
@@ -96,7 +99,7 @@ def _cluster_toml(nodes: int, pooled: list[str]) -> str:
 [tenants.climate]
 cohort = "research"
 quota.gpus = {{ nominal = {gpus * 3 // 4}, borrowing_limit = {gpus // 2} }}
-quota.power_kw = {{ nominal = {len(first) * 4} }}
+quota.power_kw = {{ nominal = {len(first) * 6} }}
 [tenants.genomics]
 cohort = "research"
 quota.gpus = {{ nominal = {8 * len(rest) + gpus // 2}, lending_limit = {gpus // 2} }}
@@ -430,6 +433,10 @@ def main() -> int:
         _run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
         _run_cli("collector", "lease", "list", "--db", str(db))
         _run_cli("collector", "quota", "show", "--db", str(db))
+        _run_cli("collector", "quota", "show", "--tree", "--db", str(db))
+        _banner("9. quotas schedulers obey: Kueue manifests and Slurm reservations")
+        _run_cli("collector", "export", "--format", "kueue", "--db", str(db))
+        _run_cli("collector", "export", "--format", "slurm", "--db", str(db))
     finally:
         _banner("shutdown")
         for name, proc in reversed(procs):
