@@ -408,8 +408,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     c = s["counters"]
     if c:
         print(
-            f"collector: stored {c.get('stored', 0)}, duplicates {c.get('duplicates', 0)}, "
-            f"rejected {c.get('rejected', 0)}"
+            f"store, all time: stored {c.get('stored_total', 0)}, duplicates "
+            f"{c.get('duplicates_total', 0)}, quarantined {c.get('quarantined_total', 0)} | "
+            f"this collector process: stored {c.get('stored', 0)}, duplicates "
+            f"{c.get('duplicates', 0)}, rejected {c.get('rejected', 0)}"
         )
     print()
     if not s["nodes"]:
@@ -497,6 +499,15 @@ def _print_rejected(result: dict[str, Any], now: float) -> None:
     total = counters.get("rejected", 0)
     print(
         f"rejected since the collector started: {total}" + (f" ({by_reason})" if by_reason else "")
+    )
+    kept = ", ".join(
+        f"{name.removeprefix('quarantined_total_')} {n}"
+        for name, n in counters.items()
+        if name.startswith("quarantined_total_")
+    )
+    print(
+        f"quarantined in all (every collector process): {counters.get('quarantined_total', 0)}"
+        + (f" ({kept})" if kept else "")
     )
     messages = result["messages"]
     if not messages:

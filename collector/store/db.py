@@ -60,11 +60,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIGRATIONS",
+    "TOTALS",
     "NodeUpdate",
     "QuarantineRow",
     "SampleRow",
     "Store",
     "Synchronous",
+    "batch_totals",
     "sqlite_variable_limit",
 ]
 
@@ -160,6 +162,34 @@ _INSERT_QUARANTINE: Final = (
     7,
     "",
 )
+_ADD_TOTALS: Final = (
+    "INSERT INTO counters (name, value, updated)",
+    3,
+    " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value, "
+    "updated = excluded.updated",
+)
+TOTALS: Final = ("stored_total", "duplicates_total", "quarantined_total")
+"""The store's own counts, added in each batch's transaction: what was committed, across
+every collector process and restart (a SIGKILLed batch is neither stored nor counted).
+``quarantined_total_<reason>`` splits the last by reason. The other rows of ``counters``
+are the running process's (:meth:`write_counters`)."""
+
+
+def batch_totals(
+    sample_rows: int, inserted: int, quarantine: Sequence[QuarantineRow]
+) -> dict[str, int]:
+    """What one batch adds to :data:`TOTALS` (only the counts that are not zero)."""
+    totals: dict[str, int] = {
+        "stored_total": inserted,
+        "duplicates_total": sample_rows - inserted,
+        "quarantined_total": len(quarantine),
+    }
+    for q in quarantine:
+        key = f"quarantined_total_{q.reason}"
+        totals[key] = totals.get(key, 0) + 1
+    return {k: v for k, v in totals.items() if v > 0}
+
+
 _UPSERT_META: Final = (
     "INSERT INTO meta (key, value, updated)",
     3,
@@ -648,6 +678,8 @@ class Store:
             await self.insert_many(_UPSERT_INVENTORY, inventories)
             await self.insert_many(_INSERT_QUARANTINE, list(quarantine))
             await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            totals = batch_totals(len(rows), inserted, quarantine)
+            await self.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
         return max(inserted, 0)
 
     async def _insert_samples_new(

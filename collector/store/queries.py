@@ -326,7 +326,11 @@ def rejected_messages(
     whole fleet's. ``payload_head`` (the message's first 256 bytes) comes as
     :func:`printable` text.
     """
-    counters = {k: v for k, v in sorted(store.counters().items()) if k.startswith("rejected")}
+    counters = {
+        k: v
+        for k, v in sorted(store.counters().items())
+        if k.startswith(("rejected", "quarantined_total"))
+    }
     if not store.has_table("quarantine"):  # a store the collector has not migrated yet
         return {"counters": counters, "messages": []}
     where: list[str] = []

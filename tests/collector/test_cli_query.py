@@ -27,7 +27,7 @@ from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
-from tests.helpers import db_execute
+from tests.helpers import count_samples, db_execute
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL_S = 30
@@ -151,7 +151,11 @@ def test_summary_table_shows_counts_counters_and_nodes(
     assert main(["query", "--db", str(db)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("nodes 3: 1 online, 1 stale, 1 offline | GPUs online 2 |")
-    assert lines[1] == "collector: stored 27, duplicates 1, rejected 7"
+    # The store's totals (added by each committed batch), then the last process's counters.
+    assert lines[1] == (
+        f"store, all time: stored {count_samples(db)}, duplicates 0, quarantined "
+        f"{QUARANTINED} | this collector process: stored 27, duplicates 1, rejected 7"
+    )
     assert lines[3].split() == [
         "NODE", "STATE", "AGE", "GPUS", "CPU", "GPU", "UTIL", "GPU", "POWER", "CPU", "POWER",
         "NODE", "POWER", "FROM",
@@ -277,6 +281,9 @@ def test_rejected_lists_quarantined_messages_newest_first_with_counters(
         "rejected_invalid": 5,
         "rejected_not_json": 2,
         "rejected_too_old": 0,
+        "quarantined_total": QUARANTINED,
+        "quarantined_total_invalid": QUARANTINED // 2,
+        "quarantined_total_not_json": QUARANTINED // 2,
     }
     messages = r["messages"]
     assert [m["id"] for m in messages] == list(range(QUARANTINED, QUARANTINED - 50, -1))
@@ -309,9 +316,13 @@ def test_rejected_table_escapes_and_cuts_the_payload(
     assert main(["query", "--db", str(db), "--rejected", "--limit", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "rejected since the collector started: 7 (invalid 5, not_json 2)"
-    assert lines[2].split()[:5] == ["AGE", "NODE/TOPIC", "REASON", "SIZE", "DETAIL"]
-    assert len(lines) == 5
-    newest = lines[3]
+    assert lines[1] == (
+        f"quarantined in all (every collector process): {QUARANTINED} "
+        f"(invalid {QUARANTINED // 2}, not_json {QUARANTINED // 2})"
+    )
+    assert lines[3].split()[:5] == ["AGE", "NODE/TOPIC", "REASON", "SIZE", "DETAIL"]
+    assert len(lines) == 6
+    newest = lines[4]
     assert "capwatch/v1/nodes/bad+id/sample" in newest
     assert "message 59" in newest
     payload = newest[newest.index('{"v"') :]

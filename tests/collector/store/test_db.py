@@ -11,7 +11,14 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
 from collector.paths import StoreTarget, parse_target
-from collector.store.db import MIGRATIONS, NodeUpdate, SampleRow, Store, Synchronous
+from collector.store.db import (
+    MIGRATIONS,
+    NodeUpdate,
+    QuarantineRow,
+    SampleRow,
+    Store,
+    Synchronous,
+)
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
 from shared.schema import encode
@@ -47,6 +54,31 @@ async def test_redelivered_samples_are_stored_once(store_url: StoreTarget) -> No
         assert await store.write_batch(rows[5:]) == 0
         assert await store.write_batch(rows[:2] + rows[:2]) == 0  # twice in one batch too
     assert count_samples(store_url) == 12
+
+
+async def test_store_totals_count_what_was_committed_across_restarts(
+    store_url: StoreTarget,
+) -> None:
+    """stored_total, duplicates_total and quarantined_total(_<reason>) are added in each
+    batch's transaction: after restarts they equal what the store holds; a write still in
+    flight when the process dies (a transaction never committed) counts nothing."""
+    rows = _rows(3, 4)
+    bad = QuarantineRow(1, "n1", "capwatch/v1/nodes/n1/sample", "invalid", "x", b"{", 1)
+    async with Store(store_url) as store:
+        assert await store.write_batch(rows[:8], quarantine=[bad]) == 8
+    async with Store(store_url) as store:  # a restart
+        assert await store.write_batch(rows[4:], quarantine=[bad, bad._replace(reason="skew")])
+        refused = rows[8]._replace(ts_ms=rows[8].ts_ms + 1, interval_s=None)  # NOT NULL
+        with pytest.raises(StoreError):  # rolled back: neither stored nor counted
+            await store.write_batch([*rows[:3], refused], quarantine=[bad])
+        await store.write_batch(rows[:1])
+    with StoreReader(store_url) as reader:
+        c = reader.counters()
+    assert c["stored_total"] == count_samples(store_url) == 12
+    assert c["duplicates_total"] == 4 + 1
+    assert c["quarantined_total"] == 3
+    assert c["quarantined_total_invalid"] == 2
+    assert c["quarantined_total_skew"] == 1
 
 
 async def test_retention_deletes_in_chunks_only_old_rows(store_url: StoreTarget) -> None:
