@@ -12,6 +12,10 @@ that stored (or quarantined) them, so a crash, a kill or a power cut at any poin
 nothing the broker was told is stored: the broker redelivers the rest to the next collector
 with the same client id, and the store drops the duplicates.
 
+With ``[[redfish.bmcs]]``, the Redfish poller (:mod:`collector.redfish.poller`) is one more
+task: it reads BMCs over the management network and hands each node's input power to the
+live view (never to the writer: a polled reading is not stored), so capacity counts it.
+
 Alert notifications leave through a third task, the webhook delivery (only when receivers
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
 outcomes on the writer's queue; it never writes the store and the writer never waits for it.
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
 
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
+    from collector.redfish.poller import RedfishPoller
     from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
 
@@ -148,6 +153,10 @@ class Collector:
 
             self.push_metrics = PushMetrics(self.registry)
             self._counted.append(self.push_metrics)
+        self.redfish: RedfishPoller | None = None
+        """The Redfish poller (only with ``[[redfish.bmcs]]``): BMC readings into the live view."""
+        if settings.redfish.enabled:
+            self.redfish = self._redfish_poller(settings)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -159,6 +168,20 @@ class Collector:
         """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
         self.health: Health | None = None
         """Liveness (the watchdog) and readiness (``/readyz``), once running."""
+
+    def _redfish_poller(self, settings: CollectorSettings) -> RedfishPoller:
+        """The poller for ``[redfish]`` (credentials read and checked now: exit 2 if bad)."""
+        from collector.redfish.credentials import load_credentials  # noqa: PLC0415 (when on)
+        from collector.redfish.metrics import RedfishMetrics  # noqa: PLC0415
+        from collector.redfish.poller import RedfishPoller  # noqa: PLC0415
+
+        r = settings.redfish
+        assert r.credentials_file is not None  # RedfishSettings requires it with bmcs
+        metrics = RedfishMetrics(self.registry)
+        self._counted.append(metrics)
+        return RedfishPoller(
+            r, load_credentials(r.credentials_file), self.live.on_node_power, self.clock, metrics
+        )
 
     def _ledger_job(self, settings: CollectorSettings) -> LedgerJob:
         model = None
@@ -329,6 +352,15 @@ class Collector:
                     return quota_families(v.standings) + cohort_families(v.standings, v.cohorts)
 
                 metrics.add(quota_source)
+                if self.redfish is not None:
+                    from collector.redfish.metrics import bmc_families  # noqa: PLC0415
+
+                    bmcs = self.redfish.bmcs
+
+                    async def redfish_source() -> list[Metric]:
+                        return bmc_families(bmcs)
+
+                    metrics.add(redfish_source)
             if self.capacity is not None:
                 await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(
@@ -386,6 +418,8 @@ class Collector:
                         tg.create_task(delivery.run(), name="webhook-delivery")
                     if push is not None:
                         tg.create_task(push.run(), name="alertmanager-push")
+                    if self.redfish is not None:
+                        tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
