@@ -113,7 +113,10 @@ def bounded_watts(value: object, what: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RedfishError(f"{what} is not a number", outcome="invalid")
-    w = float(value)
+    try:
+        w = float(value)
+    except OverflowError:  # an integer past a double's range
+        w = float("inf")
     if not 0.0 <= w <= MAX_NODE_POWER_W:  # NaN fails too
         raise RedfishError(
             f"{what} = {w:g} W is outside [0, {MAX_NODE_POWER_W:g}]", outcome="out_of_range"

@@ -17,7 +17,7 @@ from shared.topics import NODE_ID_RE
 __all__ = ["BmcSettings", "RedfishSettings"]
 
 _MAX_BMCS: Final = 100_000
-_CHASSIS_ID: Final = r"^[A-Za-z0-9][A-Za-z0-9._~:@!$&'()*+,;=-]{0,127}\Z"
+_CHASSIS_ID: Final = r"^[A-Za-z0-9][A-Za-z0-9._~:@!$&'()*+,;=-]{0,127}$"
 """A Redfish resource id as one URL path segment (RFC 3986 pchar less '%' and '/')."""
 
 
@@ -26,7 +26,7 @@ class BmcSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    node: str = Field(pattern=NODE_ID_RE.pattern)
+    node: str
     """The capwatch node id whose input power this BMC reads (as its agent names it)."""
     url: HttpUrl
     """The BMC's base URL, ``https://10.1.0.17`` (``/redfish/v1/...`` is added)."""
@@ -38,6 +38,16 @@ class BmcSettings(BaseModel):
     insecure: bool = False
     """Do not verify this BMC's TLS certificate (self-signed): anyone on the management
     network could then read the credentials sent to it. Prefer ``ca_file``."""
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, value: str) -> str:
+        if not NODE_ID_RE.match(value):
+            raise ValueError(
+                "not a node id: 1-63 letters, digits, '.', '_' or '-', starting with a letter "
+                "or digit (the id its agent reports)"
+            )
+        return value
 
     @field_validator("url")
     @classmethod
