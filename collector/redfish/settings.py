@@ -49,15 +49,18 @@ class BmcSettings(BaseModel):
             )
         return value
 
-    @field_validator("url")
-    @classmethod
-    def _base_only(cls, value: HttpUrl) -> HttpUrl:
-        if value.query or value.fragment or value.username or value.password:
-            raise ValueError(
-                "give the BMC's base URL only (https://host[:port]): no query, fragment or "
-                "user:password (credentials go in redfish.credentials_file)"
+    @model_validator(mode="after")
+    def _base_only(self) -> Self:
+        u = self.url
+        if u.query or u.fragment or u.username or u.password:
+            # ConfigError, not ValueError: pydantic would quote the URL, password and all.
+            raise ConfigError(
+                f"setting 'redfish.bmcs.url' of node {self.node!r}: give the BMC's base URL "
+                "only (https://host[:port]), no query, fragment or user:password (credentials "
+                "go in redfish.credentials_file)",
+                field="redfish.bmcs.url",
             )
-        return value
+        return self
 
     @property
     def base_url(self) -> str:
