@@ -9,8 +9,8 @@ open, the rest is not).
 
 One server can stand for many BMCs by path (``/bmc/<n>/redfish/v1/...``, for the benchmark);
 faults are set while it runs: ``delay_s`` (a slow BMC), ``overrides`` (a body served instead
-of a resource's: garbage, an absurd reading). ``python -m tests.redfish MOCKUP PORT`` serves
-one in the foreground (bench/bench_redfish.py runs it so in its own process).
+of a resource's: garbage, an absurd reading). ``python -m tests.redfish MOCKUP PORT [CERT
+KEY]`` serves one in the foreground (bench/bench_redfish.py runs it in its own process).
 """
 
 from __future__ import annotations
@@ -150,6 +150,8 @@ class MockupBmc:
 
 
 class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # a round opens up to max_concurrency connections at once
+
     def handle_error(self, request: object, client_address: object) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
@@ -178,7 +180,8 @@ def _error(message_id: str) -> bytes:
     ).encode()
 
 
-if __name__ == "__main__":  # python -m tests.redfish MOCKUP PORT
-    with MockupBmc(Path(sys.argv[1]), port=int(sys.argv[2])) as served:
+if __name__ == "__main__":  # python -m tests.redfish MOCKUP PORT [CERT KEY]
+    tls = (Path(sys.argv[3]), Path(sys.argv[4])) if len(sys.argv) > 4 else None
+    with MockupBmc(Path(sys.argv[1]), port=int(sys.argv[2]), tls=tls) as served:
         print(served.url, flush=True)
         threading.Event().wait()

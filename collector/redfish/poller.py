@@ -105,7 +105,7 @@ class _Round:
 
     def __init__(self, started: float) -> None:
         self.started = started
-        self.pending = 0
+        self.pending = 1
 
 
 class _Stopped(Exception):  # noqa: N818 (a signal, not an error)
@@ -187,56 +187,64 @@ class RedfishPoller:
         n = 0
         while True:
             now = self._clock.monotonic()
-            rnd = _Round(now)
+            rnd = _Round(now)  # pending = 1: the dispatch itself, until every poll started
             for bmc in self.bmcs:
                 if bmc.busy:
                     self.metrics.skipped.inc()
                     continue
                 if bmc.retry_at > now:
                     continue
+                # A slot first, then the task: at most max_concurrency polls exist at once
+                # (not one task per BMC woken together: that would hold the loop, and
+                # ingestion with it, for a whole fleet's worth of task steps).
+                await self._sem.acquire()
                 bmc.busy = True
                 rnd.pending += 1
                 tg.create_task(self._poll(bmc, rnd), name=f"redfish-poll-{bmc.node}")
-            # The next round on the interval's grid; a late loop skips the rounds it missed.
+            self._done(rnd)
+            # The next round on the interval's grid; a late round skips the starts it missed.
             n = max(n + 1, int((self._clock.monotonic() - start) / interval) + 1)
             await asyncio.sleep(max(0.0, start + n * interval - self._clock.monotonic()))
 
     # -- one poll
 
     async def _poll(self, bmc: BmcState, rnd: _Round) -> None:
+        """One poll; its slot of the semaphore was taken by :meth:`_rounds`."""
         outcome = "ok"
         detail = ""
         watts = 0.0
+        began = self._clock.monotonic()
         try:
-            async with self._sem:
-                began = self._clock.monotonic()
-                try:
-                    async with asyncio.timeout(self.settings.timeout_s):
-                        watts = await self._read(bmc)
-                except RedfishError as exc:
-                    outcome, detail = exc.outcome, str(exc)
-                except (TimeoutError, httpx.TimeoutException):
-                    outcome, detail = "timeout", f"no answer within {self.settings.timeout_s:g} s"
-                except httpx.ConnectError as exc:
-                    outcome, detail = _connect_outcome(exc)
-                except httpx.TransportError as exc:
-                    outcome, detail = "transport", type(exc).__name__
-                except (msgspec.DecodeError, RecursionError, httpx.DecodingError):
-                    outcome, detail = "invalid", "the answer is not JSON"
-                except httpx.HTTPError as exc:  # the rest of httpx's tree: a broken exchange
-                    outcome, detail = "transport", type(exc).__name__
-                self.metrics.poll_seconds.observe(self._clock.monotonic() - began)
+            async with asyncio.timeout(self.settings.timeout_s):
+                watts = await self._read(bmc)
+        except RedfishError as exc:
+            outcome, detail = exc.outcome, str(exc)
+        except (TimeoutError, httpx.TimeoutException):
+            outcome, detail = "timeout", f"no answer within {self.settings.timeout_s:g} s"
+        except httpx.ConnectError as exc:
+            outcome, detail = _connect_outcome(exc)
+        except httpx.TransportError as exc:
+            outcome, detail = "transport", type(exc).__name__
+        except (msgspec.DecodeError, RecursionError, httpx.DecodingError):
+            outcome, detail = "invalid", "the answer is not JSON"
+        except httpx.HTTPError as exc:  # the rest of httpx's tree: a broken exchange
+            outcome, detail = "transport", type(exc).__name__
         finally:
+            self._sem.release()
             bmc.busy = False
-            rnd.pending -= 1
-            if rnd.pending == 0:
-                self.metrics.round_seconds.observe(self._clock.monotonic() - rnd.started)
+            self.metrics.poll_seconds.observe(self._clock.monotonic() - began)
+            self._done(rnd)
         self._count(bmc, outcome, detail)
         if outcome == "ok":
             self._on_reading(
                 bmc.node,
                 PowerReading(watts, SOURCE, self._clock.time(), self.settings.interval_s),
             )
+
+    def _done(self, rnd: _Round) -> None:
+        rnd.pending -= 1
+        if rnd.pending == 0:
+            self.metrics.round_seconds.observe(self._clock.monotonic() - rnd.started)
 
     def _count(self, bmc: BmcState, outcome: str, detail: str) -> None:
         self.metrics.poll_by[outcome].inc()
@@ -320,7 +328,7 @@ class RedfishPoller:
                 )
             links = picked
         _choose(bmc, links)
-        log.info(
+        log.debug(
             "redfish_resource",
             node=bmc.node,
             chassis=links.path,
