@@ -177,6 +177,7 @@ class Collector:
 
         r = settings.redfish
         assert r.credentials_file is not None  # RedfishSettings requires it with bmcs
+        _raise_open_files(len(r.bmcs) + 1024)  # a kept-alive socket per BMC
         metrics = RedfishMetrics(self.registry)
         self._counted.append(metrics)
         return RedfishPoller(
@@ -472,6 +473,25 @@ def _capacity_job(
         rest_basis=c.rest_basis,
         metrics=metrics,
     )
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards ``wanted`` (up to the hard limit, as Go
+    programs do at start): systemd's default soft limit, 1,024, is less than a socket per
+    BMC of a large fleet beside the store and the broker."""
+    import resource  # noqa: PLC0415
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open_files_limited",
+            limit=target,
+            wanted=wanted,
+            hint="raise LimitNOFILE= in the unit: each polled BMC keeps a socket open",
+        )
 
 
 async def _write_then(
