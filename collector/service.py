@@ -12,6 +12,10 @@ that stored (or quarantined) them, so a crash, a kill or a power cut at any poin
 nothing the broker was told is stored: the broker redelivers the rest to the next collector
 with the same client id, and the store drops the duplicates.
 
+With ``[[redfish.bmcs]]``, the Redfish poller (:mod:`collector.redfish.poller`) is one more
+task: it reads BMCs over the management network and hands each node's input power to the
+live view (never to the writer: a polled reading is not stored), so capacity counts it.
+
 Alert notifications leave through a third task, the webhook delivery (only when receivers
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
 outcomes on the writer's queue; it never writes the store and the writer never waits for it.
@@ -74,6 +78,7 @@ if TYPE_CHECKING:
 
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
+    from collector.redfish.poller import RedfishPoller
     from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
 
@@ -156,6 +161,10 @@ class Collector:
 
             self.push_metrics = PushMetrics(self.registry)
             self._counted.append(self.push_metrics)
+        self.redfish: RedfishPoller | None = None
+        """The Redfish poller (only with ``[[redfish.bmcs]]``): BMC readings into the live view."""
+        if settings.redfish.enabled:
+            self.redfish = self._redfish_poller(settings)
         self._connect = connect
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
@@ -167,6 +176,21 @@ class Collector:
         """The /metrics endpoint while running with ``metrics_listen`` (its ``port``)."""
         self.health: Health | None = None
         """Liveness (the watchdog) and readiness (``/readyz``), once running."""
+
+    def _redfish_poller(self, settings: CollectorSettings) -> RedfishPoller:
+        """The poller for ``[redfish]`` (credentials read and checked now: exit 2 if bad)."""
+        from collector.redfish.credentials import load_credentials  # noqa: PLC0415 (when on)
+        from collector.redfish.metrics import RedfishMetrics  # noqa: PLC0415
+        from collector.redfish.poller import RedfishPoller  # noqa: PLC0415
+
+        r = settings.redfish
+        assert r.credentials_file is not None  # RedfishSettings requires it with bmcs
+        _raise_open_files(len(r.bmcs) + 1024)  # a kept-alive socket per BMC
+        metrics = RedfishMetrics(self.registry)
+        self._counted.append(metrics)
+        return RedfishPoller(
+            r, load_credentials(r.credentials_file), self.live.on_node_power, self.clock, metrics
+        )
 
     def _ledger_job(self, settings: CollectorSettings) -> LedgerJob:
         model = None
@@ -346,6 +370,15 @@ class Collector:
                     return quota_families(v.standings) + cohort_families(v.standings, v.cohorts)
 
                 metrics.add(quota_source)
+                if self.redfish is not None:
+                    from collector.redfish.metrics import bmc_families  # noqa: PLC0415
+
+                    bmcs = self.redfish.bmcs
+
+                    async def redfish_source() -> list[Metric]:
+                        return bmc_families(bmcs)
+
+                    metrics.add(redfish_source)
             if self.capacity is not None:
                 await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
             writer = Writer(
@@ -406,6 +439,8 @@ class Collector:
                         tg.create_task(delivery.run(), name="webhook-delivery")
                     if push is not None:
                         tg.create_task(push.run(), name="alertmanager-push")
+                    if self.redfish is not None:
+                        tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -458,6 +493,25 @@ def _capacity_job(
         rest_basis=c.rest_basis,
         metrics=metrics,
     )
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards ``wanted`` (up to the hard limit, as Go
+    programs do at start): systemd's default soft limit, 1,024, is less than a socket per
+    BMC of a large fleet beside the store and the broker."""
+    import resource  # noqa: PLC0415
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open_files_limited",
+            limit=target,
+            wanted=wanted,
+            hint="raise LimitNOFILE= in the unit: each polled BMC keeps a socket open",
+        )
 
 
 async def _write_then(

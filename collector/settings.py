@@ -21,6 +21,7 @@ from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
+from collector.redfish.settings import BmcSettings, RedfishSettings
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText
@@ -33,16 +34,19 @@ __all__ = [
     "AlertSettings",
     "AlertmanagerSettings",
     "BillingSettings",
+    "BmcSettings",
     "CapacitySettings",
     "CollectorSettings",
     "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
+    "RedfishSettings",
     "RollupSettings",
     "RouteSettings",
 ]
-# AlertSettings, CapacitySettings and GovernanceSettings live with their rules, which take
-# them as they are (one place for each default); named here too, as the tables of this file.
+# AlertSettings, CapacitySettings, GovernanceSettings and RedfishSettings live with the code
+# that takes them as they are (one place for each default); named here too, as the tables of
+# this file.
 
 
 _TEN_YEARS_S: Final = 10 * 365.25 * 86_400
@@ -444,6 +448,8 @@ class CollectorSettings(CapwatchSettings):
 
     capacity: CapacitySettings = CapacitySettings()
     """Live headroom under the site's cap (``[capacity] plan = "site.toml"``)."""
+    redfish: RedfishSettings = RedfishSettings()
+    """BMCs polled out of band for their nodes' input power (``[[redfish.bmcs]]``)."""
 
     routes: list[RouteSettings] = Field(default=[], max_length=64)
     """Which receivers hear of which alerts (``[[routes]]``); none: every receiver, alerts

@@ -9,11 +9,13 @@ Third-party errors are converted at the boundary (``raise StoreError(...) from e
     ├── StoreError         the store (SQLite or PostgreSQL) cannot be opened or written
     ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
     ├── PlanError          a power plan is invalid (``field`` names the culprit)
-    └── MqttWireError      the collector's MQTT subscriber (collector/ingest/subscriber.py):
-        ├── MqttConnectError     refused or unreachable (``return_code``)
-        ├── MqttConnectionLost   the connection ended
-        ├── MqttProtocolError    the broker sent something malformed
-        └── MqttSubscribeError   a subscription was refused (``refused``)
+    ├── MqttWireError      the collector's MQTT subscriber (collector/ingest/subscriber.py):
+    │   ├── MqttConnectError     refused or unreachable (``return_code``)
+    │   ├── MqttConnectionLost   the connection ended
+    │   ├── MqttProtocolError    the broker sent something malformed
+    │   └── MqttSubscribeError   a subscription was refused (``refused``)
+    └── RedfishError       a BMC's Redfish answer gave no reading (``outcome``: auth / invalid
+                           / out_of_range / ...; collector/redfish/poller.py)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "MqttSubscribeError",
     "MqttWireError",
     "PlanError",
+    "RedfishError",
     "SchemaError",
     "StoreError",
 ]
@@ -134,3 +137,15 @@ class MqttSubscribeError(MqttWireError):
     def __init__(self, message: str, *, refused: list[str]) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+class RedfishError(CapwatchError):
+    """A BMC's Redfish service answered, but not with a usable power reading.
+
+    ``outcome`` is the poll outcome it is counted under (``auth``, ``http_error``,
+    ``not_found``, ``invalid``, ``out_of_range``, ``no_reading``).
+    """
+
+    def __init__(self, message: str, *, outcome: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome

@@ -27,6 +27,7 @@ EXTRA_MODULES: Final = {
     "aiosqlite": "aiosqlite",
     "zstandard": "zstandard",
     "httpx": "httpx",
+    "sniffio": "sniffio",
     "scipy": "scipy",
     "tomli-w": "tomli_w",
     "tzdata": "tzdata",

@@ -31,7 +31,7 @@ from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator
 from collector.governance.settings import GovernanceSettings
-from collector.settings import AlertSettings, CollectorSettings
+from collector.settings import AlertSettings, BmcSettings, CollectorSettings, RedfishSettings
 from shared.schema import decode_watermark, encode
 from shared.settings import MqttSettings, load_settings
 from shared.topics import (
@@ -153,10 +153,13 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "rollups": "[rollups]",
         "billing": "[billing]",
         "store": "[store]",
+        "redfish": "[redfish]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}
     named |= {f"{key} = " for key in GovernanceSettings.model_fields}
+    named |= {f"{key} = " for key in RedfishSettings.model_fields if key != "bmcs"}
+    named |= {"[[redfish.bmcs]]", *(f"{key} = " for key in BmcSettings.model_fields)}
     assert sorted(key for key in named if key not in text) == []
     assert settings.alerts == AlertSettings()
     assert settings.governance == GovernanceSettings()

@@ -68,7 +68,8 @@ async def test_store_totals_count_what_was_committed_across_restarts(
         assert await store.write_batch(rows[:8], quarantine=[bad]) == 8
     async with Store(store_url) as store:  # a restart
         assert await store.write_batch(rows[4:], quarantine=[bad, bad._replace(reason="skew")])
-        refused = rows[8]._replace(ts_ms=rows[8].ts_ms + 1, interval_s=None)  # NOT NULL
+        # NOT NULL: a row the store refuses, as a real refusal would come
+        refused = rows[8]._replace(ts_ms=rows[8].ts_ms + 1, interval_s=None)  # type: ignore[arg-type]
         with pytest.raises(StoreError):  # rolled back: neither stored nor counted
             await store.write_batch([*rows[:3], refused], quarantine=[bad])
         await store.write_batch(rows[:1])
