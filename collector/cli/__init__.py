@@ -28,6 +28,7 @@ EXTRA_MODULES: Final = {
     "zstandard": "zstandard",
     "httpx": "httpx",
     "scipy": "scipy",
+    "numpy": "numpy",
     "tomli-w": "tomli_w",
     "tzdata": "tzdata",
     "google-re2": "re2",

@@ -472,4 +472,28 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Rollups folded in bulk (collector/store/partials.py): a batch's new samples are
+        # staged as one row (rollup_stage.body, columns packed), folded about once a minute
+        # into one row per node and bucket; each GPU's statistics are packed into its node's
+        # row (gpu_stats: float32 records) instead of a row per GPU, so gpu_rollups goes
+        # (the per-GPU history rolled up before this version with it; the node rows stay).
+        # The staged rows of the version before are dropped too: a clean stop folds them,
+        # a crash just before the upgrade loses those few seconds from the rollups (the
+        # samples themselves are kept). node_*: the node's input power (BMC/PSUs) where
+        # reported, node_s the seconds it covered, node_energy_j power x interval.
+        "0018_rollups_packed",
+        """
+        DROP TABLE gpu_rollups;
+        DROP TABLE rollup_pending;
+        DROP TABLE rollup_pending_gpu;
+        CREATE TABLE rollup_stage (body BLOB NOT NULL);
+        ALTER TABLE rollups ADD COLUMN node_n INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_sum REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_max REAL;
+        ALTER TABLE rollups ADD COLUMN node_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_energy_j REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN gpu_stats BLOB;
+        """,
+    ),
 )
