@@ -131,9 +131,10 @@ _SUMS: Final = (
     "sum(allocated_gpu_h) AS allocated_gpu_hours, sum(busy_gpu_h) AS busy_gpu_hours, "
     "sum(used_gpu_h) AS used_gpu_hours, sum(reported_gpu_h) AS reported_gpu_hours, "
     "sum(gpu_kwh) AS gpu_kwh, sum(cpu_kwh) AS cpu_kwh, sum(node_kwh) AS node_kwh, "
-    "sum(CASE WHEN node_kwh_basis = 'model' THEN 1 ELSE 0 END) AS model_rows, "
-    "sum(CASE WHEN node_kwh_basis = 'gpu+cpu' THEN 1 ELSE 0 END) AS parts_rows, "
-    "sum(CASE WHEN node_kwh_basis = 'measured' THEN 1 ELSE 0 END) AS measured_rows, "
+    # A partly measured hour ('measured+model') counts as measured and as its fallback.
+    "sum(CASE WHEN node_kwh_basis LIKE '%model' THEN 1 ELSE 0 END) AS model_rows, "
+    "sum(CASE WHEN node_kwh_basis LIKE '%gpu+cpu' THEN 1 ELSE 0 END) AS parts_rows, "
+    "sum(CASE WHEN node_kwh_basis LIKE 'measured%' THEN 1 ELSE 0 END) AS measured_rows, "
     "sum(held_h) AS held_node_hours"
 )
 

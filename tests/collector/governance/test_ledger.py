@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -188,3 +189,41 @@ def test_csv_has_a_header_and_a_row_per_tenant(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("period,tenant,allocated_gpu_hours,busy_gpu_hours")
     assert [line.split(",")[1] for line in lines[1:]] == ["acme", "bravo"]
+
+
+async def test_node_energy_is_measured_where_the_node_reported_it(tmp_path: Path) -> None:
+    """A node whose BMC reported its input power in every sample of an hour has that
+    hour's energy measured (power x interval); an hour it reported for half of is measured
+    over that half plus GPU+CPU over the rest; a node that never reported is GPU+CPU."""
+    path = tmp_path / "capwatch.db"
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=5, interval_s=60, bmc_share=0.5)
+    bmc = sim.reports_bmc.index(True)
+    rows, watts = [], {0: 0.0, 1: 0.0}
+    for k in range(120):  # two hours at 1 min
+        t = DAY0 + 60 * k
+        for i in range(2):
+            s = sim.sample(i, t, k)
+            if i == bmc and k >= 90:  # the BMC stops answering half way through hour 1
+                s = msgspec.structs.replace(s, node_power_w=None, node_power_source=None)
+            if i == bmc and s.node_power_w is not None:
+                watts[k // 60] += s.node_power_w * 60
+            rows.append(sample_row(s, encode(s), t + 1))
+    async with Store(path, rollups=RollupConfig()) as store:
+        await store.write_batch(rows, (), sim.node_ids)
+        await store.fold_rollups()
+    await _ledger(path, DAY0 + 2 * 3600)
+    got = {
+        (r[0], r[1]): r[2:]
+        for r in db_rows(
+            path,
+            "SELECT hour, node, node_kwh, node_kwh_basis, gpu_kwh, cpu_kwh FROM usage_ledger",
+        )
+    }
+    node, other = sim.node_ids[bmc], sim.node_ids[1 - bmc]
+    h0, h1 = int(DAY0), int(DAY0) + 3600
+    assert got[(h0, node)][:2] == (pytest.approx(watts[0] / 3.6e6), "measured")
+    kwh, basis, gpu_kwh, cpu_kwh = got[(h1, node)]
+    assert basis == "measured+gpu+cpu"
+    assert kwh == pytest.approx(watts[1] / 3.6e6 + (gpu_kwh + cpu_kwh) * 0.5)
+    kwh, basis, gpu_kwh, cpu_kwh = got[(h0, other)]
+    assert (kwh, basis) == (pytest.approx(gpu_kwh + cpu_kwh), "gpu+cpu")
