@@ -29,10 +29,12 @@ from types import TracebackType
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
 import aiosqlite
+import numpy as np
+import numpy.typing as npt
 
 from collector.store.codec import PayloadCodec
 from collector.store.connect import Synchronous, open_async, open_failed
-from collector.store.ledger import LEDGER_RETENTION_SQL
+from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS
 from collector.store.partials import Staged, buckets, concat, merge, stage
 from collector.store.query import Query
@@ -496,7 +498,7 @@ class Store:
                     cur.row_factory = None  # tuples: a third of the cost of sqlite3.Row
                     stored += await cur.fetchall()
             rows = await asyncio.to_thread(lambda: merge(new, stored).rows())
-            await self.insert_many(UPSERT_SQL, rows)
+            await self.insert_array(UPSERT_SQL, rows)
             hours = sorted({k[2] for k in keys if k[1] == HOUR})
             await self.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
             await self.execute(CLEAR_STAGE_SQL)
@@ -576,6 +578,18 @@ class Store:
             await cur.close()
         return changed
 
+    async def insert_array(
+        self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]
+    ) -> None:
+        """As :meth:`insert_many` for rows as a 2-D object array (no tuple per row)."""
+        head, ncols, tail = statement
+        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            sql = _multi_row_sql(head, ncols, len(chunk), tail)
+            cur = await self.conn.execute(sql, chunk.ravel().tolist())
+            await cur.close()
+
     async def insert_many_returning(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
     ) -> list[sqlite3.Row]:
@@ -636,6 +650,7 @@ class Store:
             if res == HOUR:
                 ledger = await self.execute(LEDGER_RETENTION_SQL, (cutoff, chunk_rows))
                 await self.execute("DELETE FROM ledger_dirty WHERE hour < ?", (cutoff,))
+                await self.execute(DAILY_RETENTION_SQL, (cutoff // 86_400,))
         return max(node, ledger)
 
     async def trim_quarantine(self, keep_rows: int) -> int:

@@ -239,23 +239,26 @@ class Buckets:
             self.names.extend(list(index)[len(self.names) :])
         return np.array(out, dtype=np.int64)
 
-    def rows(self) -> list[tuple[Any, ...]]:
-        """``(node, res, bucket, *NODE_COLUMNS, gpu_stats)`` per bucket; NaN as ``None``."""
-        if not len(self.keys):
-            return []
+    def rows(self) -> npt.NDArray[np.object_]:
+        """``(node, res, bucket, *NODE_COLUMNS, gpu_stats)`` per bucket, a row of an object
+        array each (NaN as ``None``): parameters without a tuple per row, so a fold leaves
+        the garbage collector nothing to scan."""
+        n = len(self.keys)
+        out = np.empty((n, 4 + len(NODE_COLUMNS)), dtype=object)
+        if not n:
+            return out
         gk = _combined(self.gpu_keys)
         nk = _combined(self.keys)
-        lo = np.searchsorted(gk, nk, "left")
-        hi = np.searchsorted(gk, nk, "right")
+        lo = np.searchsorted(gk, nk, "left").tolist()
+        hi = np.searchsorted(gk, nk, "right").tolist()
         packed = self.gpu_values.astype(_GPU_DTYPE)
+        out[:, 0] = np.array(self.names, dtype=object)[self.keys[:, 0]]
+        out[:, 1:3] = self.keys[:, 1:3]
         values = self.values.astype(object)
         values[np.isnan(self.values)] = None
-        rows = values.tolist()
-        names = self.names
-        return [
-            (names[k[0]], k[1], k[2], *v, packed[a:b].tobytes() if b > a else None)
-            for k, v, a, b in zip(self.keys.tolist(), rows, lo.tolist(), hi.tolist(), strict=True)
-        ]
+        out[:, 3:-1] = values
+        out[:, -1] = [packed[a:b].tobytes() if b > a else None for a, b in zip(lo, hi, strict=True)]
+        return out
 
 
 def _combined(keys: I64) -> I64:
@@ -283,13 +286,15 @@ def _reduce(keys: I64, values: F64, ops: tuple[list[int], list[int], list[int]])
     if keys.shape[1] > 3:
         key = (key << 7) | keys[:, 3]
     order, starts = _starts(key)
-    values = values[order]
-    out = np.empty((len(starts), values.shape[1]))
     sums, mins, maxs = ops
-    out[:, sums] = np.add.reduceat(values[:, sums], starts, axis=0)
+    perm = np.array(sums + mins + maxs, dtype=np.int64)
+    grouped = values[np.ix_(order, perm)]  # one copy: sorted rows, columns by op
+    a, b = len(sums), len(sums) + len(mins)
+    out = np.empty((len(starts), values.shape[1]))
+    out[:, perm[:a]] = np.add.reduceat(grouped[:, :a], starts, axis=0)
     if mins:
-        out[:, mins] = np.fmin.reduceat(values[:, mins], starts, axis=0)
-    out[:, maxs] = np.fmax.reduceat(values[:, maxs], starts, axis=0)
+        out[:, perm[a:b]] = np.fmin.reduceat(grouped[:, a:b], starts, axis=0)
+    out[:, perm[b:]] = np.fmax.reduceat(grouped[:, b:], starts, axis=0)
     return keys[order[starts]], out
 
 

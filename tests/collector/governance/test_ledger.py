@@ -146,6 +146,47 @@ def test_recomputing_the_ledger_changes_nothing(db: Path) -> None:
     assert len(after) == len(before) > 0
     for a, b in zip(after, before, strict=True):
         assert a[:-1] == pytest.approx(b[:-1])  # all but `computed`
+    _daily_is_the_hours_summed(db)
+
+
+def _daily_is_the_hours_summed(db: Path) -> None:
+    daily = db_rows(
+        db,
+        "SELECT day, lease, pool, tenant, n, allocated_gpu_h, used_gpu_h, node_kwh "
+        "FROM usage_daily ORDER BY day, lease, pool",
+    )
+    hourly = db_rows(
+        db,
+        "SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h), "
+        "sum(used_gpu_h), sum(node_kwh) FROM usage_ledger GROUP BY 1, lease, pool "
+        "ORDER BY 1, lease, pool",
+    )
+    assert len(daily) == len(hourly) > 0
+    for d, h in zip(daily, hourly, strict=True):
+        assert d == pytest.approx(h)
+
+
+def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
+    """A lease's nodes taken away after its hours were written: the hours recomputed move
+    to no lease, and the daily sums follow (no group left behind with nothing in it)."""
+    import asyncio  # noqa: PLC0415
+
+    with GovernanceWriter(db, now=DAY0) as w:
+        (lease,) = [x for x in w.state().leases if x.name == "acme-1"]
+        w.set_lease_nodes(lease, [])
+
+    async def again() -> None:
+        with StoreReader(db) as r:
+            hours = [h for (h,) in r.fetchall("SELECT DISTINCT hour FROM usage_ledger")]
+        async with Store(db) as store:
+            for h in hours:
+                await store.execute("INSERT INTO ledger_dirty (hour, n) VALUES (?, 1)", (h,))
+            await store.conn.commit()
+        await _ledger(db, DAY0 + 2 * 86_400)
+
+    asyncio.run(again())
+    assert db_rows(db, "SELECT count(*) FROM usage_daily WHERE lease = 'acme-1'") == [(0,)]
+    _daily_is_the_hours_summed(db)
 
 
 def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
