@@ -235,12 +235,14 @@ class LedgerJob:
         clock: Clock,
         *,
         interval_s: float = 300.0,
+        first_interval_s: float | None = None,
         governance: Callable[[], Governance],
         model: Callable[[str], NodeModel | None] | None = None,
         max_hours: int = 48,
     ) -> None:
         self.name = "ledger"
-        self.interval_s = interval_s
+        self.interval_s = interval_s if first_interval_s is None else first_interval_s
+        self._interval_s = interval_s
         self._clock = clock
         self._governance = governance
         self._model = model
@@ -252,6 +254,7 @@ class LedgerJob:
     async def __call__(self, store: Store, view: LiveView) -> LedgerRecord | None:
         """Recompute the dirty hours from ``store`` (read-only) and the leases."""
         now = self._clock.time()
+        self.interval_s = self._interval_s
         self.runs += 1
         dirty = (await store.run(dirty_hours()))[: self._max_hours]
         # The hours since the last run too, marked or not: a lease holds its nodes (and is
