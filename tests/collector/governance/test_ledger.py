@@ -268,3 +268,52 @@ async def test_node_energy_is_measured_where_the_node_reported_it(tmp_path: Path
     assert kwh == pytest.approx(watts[1] / 3.6e6 + (gpu_kwh + cpu_kwh) * 0.5)
     kwh, basis, gpu_kwh, cpu_kwh = got[(h0, other)]
     assert (kwh, basis) == (pytest.approx(gpu_kwh + cpu_kwh), "gpu+cpu")
+
+
+def test_plot_usage_per_day_draws_a_tenants_ledger(db: Path, tmp_path: Path) -> None:
+    """plot usage --tenant --month: a 1600x1000 PNG whose bars are the tenant's allocated
+    and busy GPU-hours per day (acme held two nodes on 2026-11-10 only)."""
+    pytest.importorskip("matplotlib")
+    import datetime as _dt  # noqa: PLC0415
+
+    from collector.governance.billing import usage_report  # noqa: PLC0415
+    from collector.plot.ledger import ledger_figure  # noqa: PLC0415
+    from collector.settings import BillingSettings  # noqa: PLC0415
+    from collector.store.ledger import ledger_days  # noqa: PLC0415
+
+    out = tmp_path / "acme.png"
+    args = ["plot", "usage", "--db", str(db), "--tenant", "acme", "--month", "2026-11"]
+    assert main([*args, "--out", str(out)]) == 0
+    head = out.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(head[16:20]), int.from_bytes(head[20:24])) == (1600, 1000)
+
+    since = _dt.datetime(2026, 11, 1, tzinfo=_dt.UTC).timestamp()
+    with StoreReader(db) as r:
+        days = r.run(ledger_days(since, since + 30 * 86_400, tenant="acme"))
+    report = usage_report(days, "day", BillingSettings())
+    fig = ledger_figure(report, "tenant acme", _dt.date(2026, 11, 1), _dt.date(2026, 11, 30))
+    top = fig.axes[0]
+    allocated = [b.get_height() for b in top.containers[0]]
+    busy = [b.get_height() for b in top.containers[1]]
+    assert len(allocated) == 30
+    assert allocated[9] == pytest.approx(2 * 24 * GPUS)  # 2026-11-10
+    assert sum(allocated) == pytest.approx(allocated[9])
+    assert 0 < busy[9] <= allocated[9]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tenant", "acme"], "--tenant"),
+        (["--tenant", "nobody", "--month", "2026-11"], "--tenant 'nobody'"),
+        (["--node", "x1000c0s0b0n0", "--month", "2026-11"], "--month"),
+    ],
+)
+def test_plot_usage_per_day_bad_flags_are_one_line(
+    db: Path, tmp_path: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tenant without days, an unknown tenant, --month with --node: refused, named."""
+    out = str(tmp_path / "x.png")
+    assert main(["plot", "usage", "--db", str(db), "--out", out, *args]) == 2
+    assert needle in capsys.readouterr().err
