@@ -11,8 +11,9 @@ Prints figures (targets in issue 17, not pass/fail):
     deleted and the file vacuumed: rollup bytes per node-day (node + 8 GPUs, both
     resolutions).
 ``reads``
-    A store of 1,000 8-GPU nodes x 30 days of 1-hour rollups (staged one row per node-hour
-    and folded) and the usage ledger made by :func:`collector.governance.ledger.ledger_rows`
+    A store of 1,000 8-GPU nodes x 30 days of 1-hour rollups (one sample per node-hour,
+    stored, folded, then the raw samples deleted) and the usage ledger made by
+    :func:`collector.governance.ledger.ledger_rows`
     (50 tenants, one lease of 20 nodes each), then whole processes, median of 5:
     ``collector usage --month`` and ``collector query --node N --since 30d --step 1h``.
 
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 
 import structlog
@@ -41,10 +43,11 @@ from agent.simulate import FleetSimulator
 from collector.governance.lease import LeaseTerms
 from collector.governance.ledger import ledger_rows, node_hours
 from collector.ingest.validate import sample_row
-from collector.store.db import NodeUpdate, Store
+from collector.ingest.writer import FOLD_SAMPLES
+from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import GovernanceWriter, governance
 from collector.store.ledger import write_ledger
-from collector.store.rollups import HOUR, PENDING_SQL, RollupConfig, hour_rows
+from collector.store.rollups import HOUR, RollupConfig, hour_rows
 from shared.schema import encode
 
 __all__ = ["main"]
@@ -73,9 +76,9 @@ async def cost() -> None:
                     await st.fold_rollups()
                 c0, w0 = time.process_time(), time.perf_counter()
                 fold_cpu = 0.0
-                for k, b in enumerate(batches[1:], 1):
+                for b in batches[1:]:
                     await st.write_batch(b)
-                    if on and k % 5 == 0:  # 20,000 staged: the writer's fold threshold
+                    if on and st.pending_rollups >= FOLD_SAMPLES:  # the writer's threshold
                         f = time.process_time()
                         await st.fold_rollups()
                         fold_cpu += time.process_time() - f
@@ -152,16 +155,19 @@ async def reads(db: Path) -> None:
             [], [NodeUpdate(n, inventory=inv, inventory_ts=month0) for n in names], names
         )
         for day in range(days):
-            staged = []
+            samples = []
             for h in range(24):
                 t_ms = round((month0 + (day * 24 + h) * 3600) * 1000)
                 for i, n in enumerate(names):
                     util = float((i * 7 + h * 13) % 100)
-                    busy = int(8 * util / 100)
-                    staged.append((n, t_ms, 3600.0, 8, util, busy, 8 * 400.0, 60.0, 6.4e11, 300.0))
-            async with st.transaction("staging a day"):
-                await st.insert_many(PENDING_SQL, staged)
+                    stats = array("d", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
+                    samples.append(
+                        SampleRow(n, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
+                                  8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())
+                    )  # fmt: skip
+            await st.write_batch(samples)
             await st.fold_rollups()
+        await st.delete_older_than(1 << 62, 1 << 30)  # rollups alone, as after 24 h
     with GovernanceWriter(db, now=month0) as w:
         for k in range(tenants):
             w.add_lease(

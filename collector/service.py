@@ -208,6 +208,9 @@ class Collector:
         return LedgerJob(
             self.clock,
             interval_s=settings.rollups.ledger_interval_s,
+            # Soon after a start: the hours a crash or an outage left dirty are recomputed
+            # before the quotas' measured basis has to bridge them.
+            first_interval_s=min(settings.rollups.ledger_interval_s, 10.0),
             governance=lambda: governance.view.gov,
             model=model,
         )
@@ -395,6 +398,7 @@ class Collector:
                     if s.rollups.enabled
                     else None
                 ),
+                rollup_fold_s=s.rollups.fold_interval_s,
                 quarantine_max_rows=s.quarantine_max_rows,
                 counter_values=self.counter_values,
                 metrics=self.writer_metrics,

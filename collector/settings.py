@@ -252,6 +252,9 @@ class RollupSettings(BaseModel):
     """1-hour rollups and usage-ledger hours older than this are deleted."""
     ledger_interval_s: float = Field(default=300.0, ge=1, le=86_400)
     """How often the usage ledger recomputes the hours whose rollups moved."""
+    fold_interval_s: float = Field(default=60.0, ge=0.1, le=3_600)
+    """How often the samples stored since are folded into the rollups (sooner once 100,000
+    wait): the rarer, the cheaper per sample; the ledger sees a sample after its fold."""
 
     @model_validator(mode="after")
     def _hours_outlive_minutes(self) -> Self:

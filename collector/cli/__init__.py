@@ -29,6 +29,7 @@ EXTRA_MODULES: Final = {
     "httpx": "httpx",
     "sniffio": "sniffio",
     "scipy": "scipy",
+    "numpy": "numpy",
     "tomli-w": "tomli_w",
     "tzdata": "tzdata",
     "google-re2": "re2",

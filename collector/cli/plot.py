@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from collector.cli.capacity import CapacityCliSettings
+    from collector.paths import StoreTarget
     from collector.store.reader import StoreReader
 
 __all__ = ["add_parser", "run"]
@@ -33,7 +34,10 @@ Pictures of the fleet as PNG files (needs matplotlib: pip install 'capwatch[plot
 
   usage       (default) CPU, memory and GPU utilisation and power over --since: the fleet,
               one node with --node, or one pool's nodes with --pool; raw samples where
-              kept, rollups before (the title says which; rollups hold no CPU/memory %)
+              kept, rollups before (the title says which; rollups hold no CPU/memory %).
+              With --month (or --from/--to): the usage ledger per day instead, allocated
+              against busy GPU-hours and energy, of one tenant (--tenant) or all of them,
+              totals and cost as `collector usage` has them
   capacity    live IT draw against the cap over --since, with the 90 % and 98 % lines and
               the worst case (every node at nameplate), from the capacity snapshots
   hierarchy   site -> rack -> node -> GPU as a treemap, area by power drawn, colour by
@@ -44,6 +48,7 @@ examples:
   collector plot --out fleet.png --since 6h
   collector plot usage --node x1000c0s0b0n0 --out node.png
   collector plot usage --since 30d --out month.png
+  collector plot usage --tenant acme --month 2026-11 --out acme-november.png
   collector plot capacity --since 24h --out capacity.png
   collector plot hierarchy --plan site.toml --out racks.png
 
@@ -70,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--node", metavar="NODE", help="usage: this node instead of the fleet")
     p.add_argument("--pool", metavar="POOL", help="usage: this pool's nodes instead of the fleet")
     p.add_argument("--since", default="1h", metavar="DURATION", help="how far back (default 1h)")
+    p.add_argument("--tenant", metavar="T", help="usage per day: this tenant's leases")
+    p.add_argument("--month", metavar="YYYY-MM", help="usage per day over one month (UTC)")
+    p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="usage per day: first day")
+    p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="usage per day: last day")
     p.add_argument(
         "--plan",
         type=Path,
@@ -97,13 +106,26 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--node goes with the usage picture", field="--node")
     if args.pool is not None and (args.picture != "usage" or args.node is not None):
         raise ConfigError("--pool goes with the usage picture, without --node", field="--pool")
+    per_day = args.month is not None or args.start is not None or args.end is not None
+    if per_day and (args.picture != "usage" or args.node is not None or args.pool is not None):
+        raise ConfigError(
+            "--month/--from/--to go with the usage picture, without --node or --pool",
+            field="--month",
+        )
+    if args.tenant is not None and not per_day:
+        raise ConfigError(
+            "--tenant plots the usage ledger: say which days with --month YYYY-MM (or --from/--to)",
+            field="--tenant",
+        )
     out: Path = args.out or Path(f"{args.picture}.png")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: write a .png file", field="--out")
     s = load_settings_for(args)
     now = time.time()
     with StoreReader(s.db_path) as reader:
-        if args.picture == "usage":
+        if per_day:
+            fig = _ledger(reader, args, s.db_path)
+        elif args.picture == "usage":
             fig = _usage(reader, args.node, args.pool, now - since_s, now)
         elif args.picture == "capacity":
             from collector.plot.figures import capacity_figure  # noqa: PLC0415
@@ -156,6 +178,40 @@ def _usage(
     names = {"raw": "raw samples", "1m": "1-minute rollups", "1h": "1-hour rollups"}
     note = " then ".join(names[s] for s in h["sources"]) or "no data"
     return usage_figure(h["points"], f"{subject} ({note})", since, now)
+
+
+def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> Figure:
+    """The usage ledger per day of --month or --from/--to, one tenant's or every one's."""
+    import datetime as dt  # noqa: PLC0415
+
+    from collector.cli._args import settings_from_args  # noqa: PLC0415
+    from collector.cli.usage import period_window  # noqa: PLC0415
+    from collector.governance.billing import usage_report  # noqa: PLC0415
+    from collector.plot.ledger import ledger_figure  # noqa: PLC0415
+    from collector.store.governance import governance  # noqa: PLC0415
+    from collector.store.ledger import ledger_days  # noqa: PLC0415
+
+    since, until = period_window(args.month, args.start, args.end)
+    if not reader.has_table("usage_daily"):
+        raise ConfigError(
+            f"{db} has no usage ledger yet: start this version's `collector run` once to "
+            "migrate it",
+            field="--db",
+        )
+    if args.tenant is not None and args.tenant not in reader.run(governance()).tenants:
+        raise ConfigError(
+            f"--tenant {args.tenant!r}: no such tenant (see `collector quota show`)",
+            field="--tenant",
+        )
+    report = usage_report(
+        reader.run(ledger_days(since, until, tenant=args.tenant)),
+        "day",
+        settings_from_args(args).billing,
+    )
+    first = dt.datetime.fromtimestamp(since, dt.UTC).date()
+    last = dt.datetime.fromtimestamp(until - 86_400, dt.UTC).date()
+    subject = f"tenant {args.tenant}" if args.tenant else "all tenants"
+    return ledger_figure(report, subject, first, last)
 
 
 def _plot_step(window_s: float) -> int:

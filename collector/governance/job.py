@@ -5,10 +5,16 @@ the alert rules, every evaluation interval. It reads one meta row (``governance_
 bumped by every command that writes tenants, quotas or leases) and reloads the whole state
 only when it moved; otherwise it touches no table. Usage on both bases comes from a snapshot
 of the live view, computed in a worker thread: inventories for the allocated basis, the
-latest samples for the measured one. Measured GPU-hours are read
-from the stored samples once per period kind (at start, or when a quota first asks for that
-period) and then integrated from the live view at each evaluation, so no evaluation re-reads
-samples.
+latest samples for the measured one.
+
+Measured GPU-hours (utilisation-weighted) of a tenant's current period are the usage
+ledger's up to its last run (``ledger_at``: the ledger's daily sums, read again only when
+the ledger moved) plus what this job integrated from the live view since then. So a restart
+or an outage loses nothing the rollups hold: the ledger recomputes the hours they moved
+(an agent's spool replayed after an outage lands in its hours), and the integral only
+bridges the few minutes since its last run. Samples stamped in the last fold interval
+before a ledger run (not folded yet when it ran) count at its next run. Without a ledger
+(rollups off) the integral alone counts, restored from the last usage snapshot at start.
 
 The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`), and a
 snapshot of both usages in meta ``governance_usage`` (a :class:`UsageRecord` the writer
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -42,6 +49,7 @@ from collector.store.governance import (
     governance,
     usage_snapshot,
 )
+from collector.store.ledger import ledger_at, tenant_used_hours
 from collector.store.usage import declared_hardware
 from shared.clock import Clock
 from shared.errors import StoreError
@@ -124,6 +132,14 @@ class GovernanceJob:
         self._hours: dict[str, tuple[float, float]] = {}
         """Tenant -> (start of its current GPU-hours period, utilisation-weighted GPU-hours
         its nodes did in it so far)."""
+        self._ledger_at: float | None = None
+        """When the usage ledger last ran (``None``: never; the integral alone counts)."""
+        self._ledger_key: tuple[float | None, tuple[tuple[str, float], ...]] | None = None
+        self._ledger_hours: dict[str, float] = {}
+        """Tenant -> GPU-hours of its current period in the ledger (up to ``ledger_at``)."""
+        self._steps: dict[str, list[tuple[float, float]]] = {}
+        """Tenant -> (when, GPU-hours) integrated at each evaluation, kept while after
+        ``ledger_at``."""
         self._restored = False
         self._last: float | None = None
         self._facts = FactsCache()
@@ -163,9 +179,27 @@ class GovernanceJob:
             self.view = GovernanceView(gov=gov, at=now)
             self._last = now
             return None
-        if not self._restored:
+        await self._read_ledger(store, gov, now)
+        if self._ledger_at is None and not self._restored:
             await self._restore_hours(store)
         return UsageRecord(await asyncio.to_thread(self._usage, gov, view, now))
+
+    async def _read_ledger(self, store: Store, gov: Governance, now: float) -> None:
+        """The ledger's GPU-hours of each tenant's current period, read again only when the
+        ledger ran since (or a period began)."""
+        at = await store.run(ledger_at())
+        starts = tuple(sorted((t, period_start(gov.period_of(t), now)) for t in gov.tenants))
+        key = (at, starts)
+        if at is None or key == self._ledger_key:
+            self._ledger_at = at
+            return
+        hours: dict[str, float] = {}
+        for start in sorted({s for _, s in starts}):
+            used = await store.run(tenant_used_hours(start, math.inf))
+            for tenant, s in starts:
+                if s == start:
+                    hours[tenant] = used.get(tenant, (0.0, 0.0))[0]
+        self._ledger_key, self._ledger_at, self._ledger_hours = key, at, hours
 
     def _usage(self, gov: Governance, live: LiveView, now: float) -> str:
         """The pure part: usage, standings and :attr:`view`; returns the snapshot's text."""
@@ -186,14 +220,17 @@ class GovernanceJob:
             declared={n: hw for n, hw in self._declared.items() if n in leased},
         )
         step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
+        did: dict[str, float] = {}
         for node, m in measures.items() if step > 0 else ():
             owner = holder.get(node)
             if m.util_pct is not None and owner is not None and owner in self._hours:
-                since, hours = self._hours[owner]
-                self._hours[owner] = (since, hours + m.gpus * m.util_pct / 100.0 * step / 3600.0)
+                did[owner] = did.get(owner, 0.0) + m.gpus * m.util_pct / 100.0 * step / 3600.0
+        for owner, h in did.items():
+            since, hours = self._hours[owner]
+            self._hours[owner] = (since, hours + h)
         self._last = now
         allocated = allocated_usage(gov, held, now)
-        tenant_hours = {t: h for t, (_, h) in self._hours.items()}
+        tenant_hours = self._tenant_hours(did, now)
         measured = measured_usage(gov, measures, tenant_hours, now)
         self.view = GovernanceView(
             gov=gov,
@@ -211,9 +248,26 @@ class GovernanceJob:
             "generation": self._generation,
             "busy_util_pct": self._busy,
             "usage": {u.basis: u.by_resource for u in (allocated, measured)},
-            "gpu_hours": {t: [start, h] for t, (start, h) in self._hours.items()},
+            "gpu_hours": {
+                t: [start, tenant_hours.get(t, h)] for t, (start, h) in self._hours.items()
+            },
         }
         return json.dumps(snapshot)
+
+    def _tenant_hours(self, did: dict[str, float], now: float) -> dict[str, float]:
+        """Each tenant's measured GPU-hours this period: the ledger's plus the integral
+        since it ran (see the module docstring); without a ledger, the integral's."""
+        at = self._ledger_at
+        if at is None:
+            return {t: h for t, (_, h) in self._hours.items()}
+        out: dict[str, float] = {}
+        for tenant, (since, _) in self._hours.items():
+            steps = [(t, h) for t, h in self._steps.get(tenant, ()) if t > at and t > since]
+            if did.get(tenant):
+                steps.append((now, did[tenant]))
+            self._steps[tenant] = steps
+            out[tenant] = self._ledger_hours.get(tenant, 0.0) + sum(h for _, h in steps)
+        return out
 
     async def _restore_hours(self, store: Store) -> None:
         """Take back the measured GPU-hours of the current periods from the last snapshot

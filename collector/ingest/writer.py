@@ -66,7 +66,7 @@ from shared.logging import get_logger
 from shared.schema import Watermark, encode
 from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
-__all__ = ["Record", "Writer", "WriterItem"]
+__all__ = ["FOLD_EVERY_S", "FOLD_SAMPLES", "Record", "Writer", "WriterItem"]
 
 log = get_logger("writer")
 
@@ -79,6 +79,11 @@ _RETRY_MAX_S: Final = 10.0
 """Backoff between reconnects to an unavailable store (randomised, doubling up to this)."""
 
 T = TypeVar("T")
+FOLD_EVERY_S: Final = 60.0
+FOLD_SAMPLES: Final = 100_000
+"""Staged samples are folded into the rollups every minute, or sooner once this many wait
+(~40 MB of columns): a fold writes one row per node and bucket it touched, so the rarer,
+the cheaper per sample (collector/store/rollups.py)."""
 
 
 class Record(Protocol):
@@ -117,8 +122,8 @@ class Writer:
         retention_check_s: float = 30.0,
         retention_chunk_rows: int = 5_000,
         rollup_retention_s: Mapping[int, float] | None = None,
-        rollup_fold_s: float = 5.0,
-        rollup_fold_samples: int = 20_000,
+        rollup_fold_s: float = FOLD_EVERY_S,
+        rollup_fold_samples: int = FOLD_SAMPLES,
         quarantine_max_rows: int = 10_000,
         counters_every_s: float = _COUNTERS_EVERY_S,
         counter_values: Callable[[], dict[str, int]] | None = None,
@@ -141,7 +146,7 @@ class Writer:
         self._fold_s = rollup_fold_s
         self._fold_samples = rollup_fold_samples
         """Staged samples are folded into the rollups every ``rollup_fold_s``, or sooner
-        once this many wait (a fold's transaction stays short during a drain)."""
+        once this many wait."""
         self._quarantine_max_rows = quarantine_max_rows
         self._counters_every_s = counters_every_s
         self.metrics = WriterMetrics(CollectorRegistry()) if metrics is None else metrics

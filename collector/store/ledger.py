@@ -2,9 +2,11 @@
 
 Rows are made by :mod:`collector.governance.ledger` from the 1-hour rollups and the leases,
 and written here, a whole hour at a time (an hour's rows are replaced, so a recompute gives
-the same rows, and a lease edited afterwards re-attributes the hours recomputed). Reads are
-:class:`~collector.store.query.Query` objects for ``collector usage`` and for the quota's
-measured basis.
+the same rows, and a lease edited afterwards re-attributes the hours recomputed). Beside
+them, ``usage_daily`` sums them per UTC day, lease and pool, kept in the same transaction:
+each hour rewritten takes its old rows' sums out and adds its new ones (so keeping it costs
+the hour's rows, not the day's). Reads are :class:`~collector.store.query.Query` objects for
+``collector usage`` and for the quota's measured basis; whole days read the daily sums.
 
 Portable SQL (``ON CONFLICT``; no SQLite-only functions).
 """
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from collector.store.db import Store
 
 __all__ = [
+    "DAILY_RETENTION_SQL",
     "LEDGER_AT_KEY",
     "LEDGER_COLUMNS",
     "LEDGER_RETENTION_SQL",
@@ -68,6 +71,8 @@ LEDGER_RETENTION_SQL: Final = (
     "DELETE FROM usage_ledger WHERE (hour, node, lease) IN (SELECT hour, node, lease "
     "FROM usage_ledger WHERE hour < ? ORDER BY hour LIMIT ?)"
 )
+DAILY_RETENTION_SQL: Final = "DELETE FROM usage_daily WHERE day < ?"
+"""The days wholly before a cutoff day (their hours are gone with the ledger's)."""
 
 
 def dirty_hours() -> Query[list[tuple[int, int]]]:
@@ -94,6 +99,46 @@ def ledger_at() -> Query[float | None]:
     )
 
 
+_DAILY_SUMS: Final = (
+    "count(*), sum(allocated_gpu_h), sum(busy_gpu_h), sum(used_gpu_h), sum(reported_gpu_h), "
+    "sum(gpu_kwh), sum(cpu_kwh), coalesce(sum(node_kwh), 0), sum(held_h), "
+    # A partly measured hour ('measured+model') counts as measured and as its fallback.
+    "sum(CASE WHEN node_kwh_basis LIKE '%model' THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN node_kwh_basis LIKE '%gpu+cpu' THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN node_kwh_basis LIKE 'measured%' THEN 1 ELSE 0 END)"
+)
+_DAILY_COLUMNS: Final = (
+    "n",
+    "allocated_gpu_h",
+    "busy_gpu_h",
+    "used_gpu_h",
+    "reported_gpu_h",
+    "gpu_kwh",
+    "cpu_kwh",
+    "node_kwh",
+    "held_h",
+    "model_n",
+    "parts_n",
+    "measured_n",
+)
+
+
+def _daily_sql(sign: str) -> str:
+    """Add (``sign`` '+') or take out ('-') one hour's ledger rows in the daily sums."""
+    return (
+        f"INSERT INTO usage_daily (day, lease, pool, tenant, {', '.join(_DAILY_COLUMNS)}) "
+        f"SELECT hour / 86400, lease, pool, max(tenant), {_DAILY_SUMS} FROM usage_ledger "
+        "WHERE hour = ? GROUP BY hour / 86400, lease, pool "
+        "ON CONFLICT (day, lease, pool) DO UPDATE SET tenant = coalesce(excluded.tenant, "
+        "usage_daily.tenant), "
+        + ", ".join(f"{c} = usage_daily.{c} {sign} excluded.{c}" for c in _DAILY_COLUMNS)
+    )
+
+
+_DAILY_ADD: Final = _daily_sql("+")
+_DAILY_TAKE: Final = _daily_sql("-")
+
+
 async def write_ledger(
     store: Store,
     hours: Sequence[int],
@@ -101,12 +146,19 @@ async def write_ledger(
     dirty: Sequence[tuple[int, int]],
     at: float,
 ) -> None:
-    """Replace ``hours``' ledger rows by ``rows``; clear the ``dirty`` marks no batch moved
-    since they were read; record ``at`` as the ledger's time. One transaction."""
+    """Replace ``hours``' ledger rows by ``rows`` and their share of the daily sums; clear
+    the ``dirty`` marks no batch moved since they were read; record ``at`` as the ledger's
+    time. One transaction."""
     async with store.transaction(f"writing the usage ledger ({len(hours)} hours)"):
         for hour in hours:
+            await store.execute(_DAILY_TAKE, (hour,))
             await store.execute("DELETE FROM usage_ledger WHERE hour = ?", (hour,))
         await store.insert_many(_INSERT, [(*r, at) for r in rows])
+        for hour in hours:
+            await store.execute(_DAILY_ADD, (hour,))
+        days = sorted({h // 86_400 for h in hours})
+        for day in days:  # groups no hour holds any more (a lease re-attributed)
+            await store.execute("DELETE FROM usage_daily WHERE day = ? AND n = 0", (day,))
         for hour, n in dirty:
             await store.execute("DELETE FROM ledger_dirty WHERE hour = ? AND n = ?", (hour, n))
         await store.execute(
@@ -116,25 +168,50 @@ async def write_ledger(
         )
 
 
+def _whole_days(since: float, until: float) -> tuple[int, int] | None:
+    """[first, last) day numbers when [since, until) is whole UTC days, else ``None``."""
+    if since % 86_400 or (until % 86_400 and not math.isinf(until)):
+        return None
+    last = 1 << 40 if math.isinf(until) else int(until) // 86_400
+    return int(since) // 86_400, last
+
+
 def tenant_used_hours(since: float, until: float) -> Query[dict[str, tuple[float, float]]]:
     """Tenant -> (utilisation-weighted, busy) GPU-hours its leases' nodes did in the ledger
-    hours in [since, until)."""
+    hours in [since, until) (whole UTC days: from the daily sums)."""
+    days = _whole_days(since, until)
+    if days is not None:
+        sql = (
+            "SELECT tenant, sum(used_gpu_h), sum(busy_gpu_h) FROM usage_daily "
+            "WHERE day >= ? AND day < ? AND tenant IS NOT NULL GROUP BY tenant"
+        )
+        params: tuple[float, ...] = days
+    else:
+        sql = (
+            "SELECT tenant, sum(used_gpu_h), sum(busy_gpu_h) FROM usage_ledger "
+            "WHERE hour >= ? AND hour < ? AND tenant IS NOT NULL GROUP BY tenant"
+        )
+        params = (math.floor(since), math.ceil(min(until, 1 << 40)))
     return single(
-        "SELECT tenant, sum(used_gpu_h), sum(busy_gpu_h) FROM usage_ledger "
-        "WHERE hour >= ? AND hour < ? AND tenant IS NOT NULL GROUP BY tenant",
-        (math.floor(since), math.ceil(until)),
-        lambda rows: {r[0]: (float(r[1] or 0.0), float(r[2] or 0.0)) for r in rows},
+        sql, params, lambda rows: {r[0]: (float(r[1] or 0.0), float(r[2] or 0.0)) for r in rows}
     )
 
 
-_SUMS: Final = (
+_HOURLY_SUMS: Final = (
     "sum(allocated_gpu_h) AS allocated_gpu_hours, sum(busy_gpu_h) AS busy_gpu_hours, "
     "sum(used_gpu_h) AS used_gpu_hours, sum(reported_gpu_h) AS reported_gpu_hours, "
     "sum(gpu_kwh) AS gpu_kwh, sum(cpu_kwh) AS cpu_kwh, sum(node_kwh) AS node_kwh, "
-    "sum(CASE WHEN node_kwh_basis = 'model' THEN 1 ELSE 0 END) AS model_rows, "
-    "sum(CASE WHEN node_kwh_basis = 'gpu+cpu' THEN 1 ELSE 0 END) AS parts_rows, "
-    "sum(CASE WHEN node_kwh_basis = 'measured' THEN 1 ELSE 0 END) AS measured_rows, "
+    "sum(CASE WHEN node_kwh_basis LIKE '%model' THEN 1 ELSE 0 END) AS model_rows, "
+    "sum(CASE WHEN node_kwh_basis LIKE '%gpu+cpu' THEN 1 ELSE 0 END) AS parts_rows, "
+    "sum(CASE WHEN node_kwh_basis LIKE 'measured%' THEN 1 ELSE 0 END) AS measured_rows, "
     "sum(held_h) AS held_node_hours"
+)
+_DAILY_READ: Final = (
+    "sum(allocated_gpu_h) AS allocated_gpu_hours, sum(busy_gpu_h) AS busy_gpu_hours, "
+    "sum(used_gpu_h) AS used_gpu_hours, sum(reported_gpu_h) AS reported_gpu_hours, "
+    "sum(gpu_kwh) AS gpu_kwh, sum(cpu_kwh) AS cpu_kwh, sum(node_kwh) AS node_kwh, "
+    "sum(model_n) AS model_rows, sum(parts_n) AS parts_rows, "
+    "sum(measured_n) AS measured_rows, sum(held_h) AS held_node_hours"
 )
 
 
@@ -148,16 +225,22 @@ def ledger_days(
 ) -> Query[list[dict[str, Any]]]:
     """Ledger sums per UTC day, tenant, lease and pool over the hours in [since, until)
     (``tenant``/``lease``/``pool``: only those rows); the caller folds days into weeks or
-    months. Rows no lease held have ``tenant`` NULL and ``lease`` ''."""
-    where = "hour >= ? AND hour < ?"
-    params: list[Any] = [math.floor(since), math.ceil(until)]
+    months. Rows no lease held have ``tenant`` NULL and ``lease`` ''. Whole days read the
+    daily sums; a window that cuts a day reads the hours."""
+    days = _whole_days(since, until)
+    if days is not None:
+        table, day, sums = "usage_daily", "day", _DAILY_READ
+        where, params = "day >= ? AND day < ?", list[Any](days)
+    else:
+        table, day, sums = "usage_ledger", "hour / 86400", _HOURLY_SUMS
+        where, params = "hour >= ? AND hour < ?", [math.floor(since), math.ceil(until)]
     for col, value in (("tenant", tenant), ("lease", lease), ("pool", pool)):
         if value is not None:
             where += f" AND {col} = ?"
             params.append(value)
     return single(
-        f"SELECT hour / 86400 AS day, tenant, lease, pool, {_SUMS} FROM usage_ledger "
-        f"WHERE {where} GROUP BY hour / 86400, tenant, lease, pool ORDER BY 1",
+        f"SELECT {day} AS day, tenant, lease, pool, {sums} FROM {table} "
+        f"WHERE {where} GROUP BY {day}, tenant, lease, pool ORDER BY 1",
         params,
         lambda rows: [dict(r) for r in rows],
     )

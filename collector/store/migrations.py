@@ -498,6 +498,55 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Rollups folded in bulk (collector/store/partials.py): a batch's new samples are
+        # staged as one row (rollup_stage.body, columns packed), folded about once a minute
+        # into one row per node and bucket; each GPU's statistics are packed into its node's
+        # row (gpu_stats: float32 records) instead of a row per GPU, so gpu_rollups goes
+        # (the per-GPU history rolled up before this version with it; the node rows stay).
+        # The staged rows of the version before are dropped too: a clean stop folds them,
+        # a crash just before the upgrade loses those few seconds from the rollups (the
+        # samples themselves are kept). node_*: the node's input power (BMC/PSUs) where
+        # reported, node_s the seconds it covered, node_energy_j power x interval.
+        "0019_rollups_packed",
+        """
+        DROP TABLE gpu_rollups;
+        DROP TABLE rollup_pending;
+        DROP TABLE rollup_pending_gpu;
+        CREATE TABLE rollup_stage (body BLOB NOT NULL);
+        ALTER TABLE rollups ADD COLUMN node_n INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_sum REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_max REAL;
+        ALTER TABLE rollups ADD COLUMN node_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN node_energy_j REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN gpu_stats BLOB;
+        -- The usage ledger summed per UTC day, lease and pool (collector/store/ledger.py):
+        -- kept with the hourly rows (each hour rewritten takes its old rows' sums out and
+        -- puts its new ones in, in the same transaction), so a month is ~30 rows per
+        -- lease, not 720 per node. n: the hourly rows it sums (0: none left, deleted).
+        CREATE TABLE usage_daily (
+            day INTEGER NOT NULL,          -- days since 1970-01-01 (UTC)
+            lease TEXT NOT NULL,
+            pool TEXT NOT NULL,
+            tenant TEXT,
+            n INTEGER NOT NULL,
+            allocated_gpu_h REAL NOT NULL, busy_gpu_h REAL NOT NULL, used_gpu_h REAL NOT NULL,
+            reported_gpu_h REAL NOT NULL, gpu_kwh REAL NOT NULL, cpu_kwh REAL NOT NULL,
+            node_kwh REAL NOT NULL, held_h REAL NOT NULL,
+            model_n INTEGER NOT NULL, parts_n INTEGER NOT NULL, measured_n INTEGER NOT NULL,
+            PRIMARY KEY (day, lease, pool)
+        ) WITHOUT ROWID;
+        CREATE INDEX usage_daily_tenant ON usage_daily (tenant, day);
+        INSERT INTO usage_daily
+        SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h),
+            sum(busy_gpu_h), sum(used_gpu_h), sum(reported_gpu_h), sum(gpu_kwh), sum(cpu_kwh),
+            coalesce(sum(node_kwh), 0), sum(held_h),
+            sum(CASE WHEN node_kwh_basis LIKE '%model' THEN 1 ELSE 0 END),
+            sum(CASE WHEN node_kwh_basis LIKE '%gpu+cpu' THEN 1 ELSE 0 END),
+            sum(CASE WHEN node_kwh_basis LIKE 'measured%' THEN 1 ELSE 0 END)
+        FROM usage_ledger GROUP BY hour / 86400, lease, pool;
+        """,
+    ),
 )
 
 

@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
 from psycopg.types.numeric import FloatLoader
 
 from collector.paths import PgTarget
@@ -373,6 +374,15 @@ class PgBackend:
             cur = self.conn.execute(sql, [v for row in chunk for v in row])
             changed += max(cur.rowcount, 0)
         return changed
+
+    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read whose rows are plain tuples, inside the writer's transaction."""
+        return await self._call(self._fetch_tuples, sql, params)
+
+    def _fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(pg_sql(sql), tuple(params))
+            return cur.fetchall()
 
     async def fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
         """A read; outside a transaction it ends at once (no snapshot left open). A reader

@@ -1,66 +1,76 @@
-"""Rollups: per node and per GPU, 1-minute and 1-hour aggregates of the stored samples.
+"""Rollups: per node (and, packed in its row, per GPU), 1-minute and 1-hour aggregates of
+the stored samples.
 
-Two steps, both in the writer's task, each one transaction:
+Two steps, both in the writer's task:
 
-* **stage** (:func:`pending_rows`, in :meth:`~collector.store.db.Store.write_batch`): the
-  samples the insert reports as new (``ON CONFLICT DO NOTHING RETURNING``) are appended to
-  ``rollup_pending`` (one row per sample) and ``rollup_pending_gpu`` (one per GPU), in the
-  batch's own transaction. A duplicate (the same ``(node, ts_ms)``, the samples table's key)
-  is not new, so it adds nothing.
-* **fold** (:data:`FOLD_SQL`, :meth:`~collector.store.db.Store.fold_rollups`, every few
-  seconds): the staged rows are aggregated per bucket by SQL, merged into the rollups
-  (``ON CONFLICT ... DO UPDATE``: counts and sums add, minima and maxima compare), the
-  hours they touched are marked for the usage ledger, and the staged rows are deleted.
+* **stage** (in :meth:`~collector.store.db.Store.write_batch`, the batch's transaction):
+  the samples the insert reports as new (``ON CONFLICT DO NOTHING RETURNING``) become one
+  :class:`~collector.store.partials.Staged` (columns, built in one pass), kept in memory
+  and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`). A duplicate (the same
+  ``(node, ts_ms)``, the samples table's key) is not new, so it adds nothing.
+* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so): the
+  staged samples become partial aggregates per bucket (numpy, in a worker thread: the
+  minutes from the samples, the hours from the minutes,
+  :func:`collector.store.partials.buckets`), the buckets already stored under those keys
+  are read and merged in (:func:`collector.store.partials.merge`), written back
+  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and ``rollup_stage``
+  emptied: one transaction.
 
 So every sample counts exactly once whatever happens between the two (a crash leaves the
-staged rows for the next fold), a late sample lands in the bucket of its own time stamp, and
-the merge is order-independent. Appending is cheap (no conflict to look up), and the fold
-aggregates a few seconds of samples in SQLite's own code, so a sample costs a few
-microseconds, not an upsert per GPU and resolution.
+staged rows, which the next store reads back at open and folds), a late sample lands in the
+bucket of its own time stamp, and the merge is order-independent. A batch costs one row to
+stage; a fold writes one row per node and bucket it touched, whatever the sample rate.
 
-A bucket keeps sums and counts (a mean is ``sum / n``), minimum and maximum.
+A bucket keeps sums and counts (a mean is ``sum / n``), minimum and maximum. Its GPUs are
+one blob (``gpu_stats``, :data:`collector.store.partials.GPU_COLUMNS`), not a row each.
 
 Energy: a sample's GPU energy is its GPUs' power (:func:`collector.nodefacts.gpu_power_w`:
 the interval power, which the agent derives from the energy counter's delta over exactly
 that interval and leaves unset across a counter reset or the first reading; else the
 instantaneous reading) times its interval; the CPU's is the RAPL package power times the
-interval. So every sample's energy is its own: no state between samples, nothing counted
-twice when a late sample arrives between two others.
+interval; the node's, where it reports its input power (BMC/PSUs), that power times the
+interval, with the seconds it covered (``node_s``). So every sample's energy is its own: no
+state between samples, nothing counted twice when a late sample arrives between two others.
 
 Busy GPU-seconds use the busy threshold in force when the sample is stored
 (``governance.busy_util_pct``).
 
-The SQL here is portable (``ON CONFLICT``, ``CASE`` instead of SQLite's scalar
-``min``/``max``, ``WHERE true`` before ``ON CONFLICT`` in ``INSERT ... SELECT``); the DDL is
-migration ``0014``.
+One writer: the fold reads and rewrites its buckets in one transaction of the only
+connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
+several collectors write, the read must lock its rows (PostgreSQL: ``FOR UPDATE``). The
+DDL is migrations ``0017`` and ``0018``.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from collector.store.partials import GPU_COLUMNS, MIN, NODE_COLUMNS, SUM, decode_gpus
 from collector.store.query import Query, single
 
 if TYPE_CHECKING:
     from shared.schema import GpuSample
 
 __all__ = [
-    "FOLD_SQL",
+    "CLEAR_STAGE_SQL",
     "HOUR",
+    "MARK_HOURS_SQL",
     "MINUTE",
-    "PENDING_GPU_SQL",
-    "PENDING_SQL",
     "RESOLUTIONS",
+    "RETENTION_SQL",
+    "STAGED_SQL",
+    "STAGE_SQL",
+    "UPSERT_SQL",
     "RollupConfig",
     "gpu_series",
     "node_series",
     "pack_gpus",
-    "pending_rows",
     "rollup_rows",
+    "stored_sql",
 ]
 
 MINUTE: Final = 60
@@ -102,171 +112,63 @@ def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
     return values.tobytes()
 
 
-PENDING_SQL: Final = (
-    "INSERT INTO rollup_pending "
-    "(node, ts_ms, interval_s, gpus, util, busy, power, temp_max, mem, cpu)",
-    10,
-    "",
-)
-PENDING_GPU_SQL: Final = (
-    "INSERT INTO rollup_pending_gpu (node, ts_ms, interval_s, gpu, util, power, temp, mem)",
-    8,
-    "",
-)
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (body)", 1, "")
+"""One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
+batch's transaction."""
+STAGED_SQL: Final = "SELECT body FROM rollup_stage"
+CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage"
+
+_KEY: Final = ("node", "res", "bucket")
+_COLUMNS: Final = (*_KEY, *(c for c, _ in NODE_COLUMNS), "gpu_stats")
 
 
-def pending_rows(
-    rows: Iterable[Any], busy_util_pct: float
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The staged rows of new sample rows (:class:`~collector.store.db.SampleRow`):
-    ``(node rows, GPU rows)`` for :data:`PENDING_SQL` and :data:`PENDING_GPU_SQL`."""
-    nodes: list[tuple[Any, ...]] = []
-    gpus: list[tuple[Any, ...]] = []
-    add_gpu = gpus.append
-    for r in rows:
-        node, ts, dt = r.node, r.ts_ms, r.interval_s
-        busy = 0
-        temp_max: float | None = None
-        stats = r.gpu_stats
-        if stats:
-            packed = array("d")
-            packed.frombytes(stats)
-            it = iter(packed.tolist())
-            for idx, u, w, t, m in zip(it, it, it, it, it, strict=True):
-                # NaN (not reported) is stored as NULL; x == x is False only for NaN.
-                if u == u and u >= busy_util_pct:  # noqa: PLR0124
-                    busy += 1
-                if t == t and (temp_max is None or t > temp_max):  # noqa: PLR0124
-                    temp_max = t
-                add_gpu(
-                    (
-                        node,
-                        ts,
-                        dt,
-                        int(idx),
-                        u if u == u else None,  # noqa: PLR0124
-                        w if w == w else None,  # noqa: PLR0124
-                        t if t == t else None,  # noqa: PLR0124
-                        m if m == m else None,  # noqa: PLR0124
-                    )
-                )
-        nodes.append(
-            (
-                node,
-                ts,
-                dt,
-                r.gpu_count,
-                r.gpu_util_pct,
-                busy,
-                r.gpu_power_w,
-                temp_max,
-                r.gpu_mem_used_bytes,
-                r.cpu_power_w,
-            )
-        )
-    return nodes, gpus
-
-
-_SUM, _MIN, _MAX = 0, 1, 2
-
-# Rollup column -> (how two buckets merge, its aggregate over staged rows).
-_NODE: Final = (
-    ("samples", _SUM, "count(*)"),
-    ("seconds", _SUM, "sum(interval_s)"),
-    ("gpus", _MAX, "max(gpus)"),
-    ("gpu_s", _SUM, "sum(gpus * interval_s)"),
-    ("util_gpu_s", _SUM, "coalesce(sum(gpus * util / 100.0 * interval_s), 0)"),
-    ("busy_gpu_s", _SUM, "sum(busy * interval_s)"),
-    ("util_n", _SUM, "count(util)"),
-    ("util_sum", _SUM, "coalesce(sum(util), 0)"),
-    ("util_min", _MIN, "min(util)"),
-    ("util_max", _MAX, "max(util)"),
-    ("power_n", _SUM, "count(power)"),
-    ("power_sum", _SUM, "coalesce(sum(power), 0)"),
-    ("power_min", _MIN, "min(power)"),
-    ("power_max", _MAX, "max(power)"),
-    ("temp_max", _MAX, "max(temp_max)"),
-    ("mem_n", _SUM, "count(mem)"),
-    ("mem_sum", _SUM, "coalesce(sum(mem), 0)"),
-    ("mem_min", _MIN, "min(mem)"),
-    ("mem_max", _MAX, "max(mem)"),
-    ("gpu_energy_j", _SUM, "coalesce(sum(power * interval_s), 0)"),
-    ("cpu_n", _SUM, "count(cpu)"),
-    ("cpu_sum", _SUM, "coalesce(sum(cpu), 0)"),
-    ("cpu_min", _MIN, "min(cpu)"),
-    ("cpu_max", _MAX, "max(cpu)"),
-    ("cpu_energy_j", _SUM, "coalesce(sum(cpu * interval_s), 0)"),
-)
-_GPU: Final = (
-    ("samples", _SUM, "count(*)"),
-    ("seconds", _SUM, "sum(interval_s)"),
-    ("util_n", _SUM, "count(util)"),
-    ("util_sum", _SUM, "coalesce(sum(util), 0)"),
-    ("util_min", _MIN, "min(util)"),
-    ("util_max", _MAX, "max(util)"),
-    ("power_n", _SUM, "count(power)"),
-    ("power_sum", _SUM, "coalesce(sum(power), 0)"),
-    ("power_min", _MIN, "min(power)"),
-    ("power_max", _MAX, "max(power)"),
-    ("temp_n", _SUM, "count(temp)"),
-    ("temp_sum", _SUM, "coalesce(sum(temp), 0)"),
-    ("temp_min", _MIN, "min(temp)"),
-    ("temp_max", _MAX, "max(temp)"),
-    ("mem_n", _SUM, "count(mem)"),
-    ("mem_sum", _SUM, "coalesce(sum(mem), 0)"),
-    ("mem_min", _MIN, "min(mem)"),
-    ("mem_max", _MAX, "max(mem)"),
-    ("energy_j", _SUM, "coalesce(sum(power * interval_s), 0)"),
-)
-
-
-def _set(table: str, col: str, op: int) -> str:
-    if op == _SUM:
-        return f"{col} = {table}.{col} + excluded.{col}"
-    cmp = "<" if op == _MIN else ">"
+def _merged(col: str, op: int) -> str:
+    if op == SUM:
+        return f"{col} = rollups.{col} + excluded.{col}"
+    cmp = "<" if op == MIN else ">"
     return (
-        f"{col} = CASE WHEN {table}.{col} IS NULL OR excluded.{col} {cmp} {table}.{col} "
-        f"THEN excluded.{col} ELSE {table}.{col} END"
+        f"{col} = CASE WHEN rollups.{col} IS NULL OR excluded.{col} {cmp} rollups.{col} "
+        f"THEN excluded.{col} ELSE rollups.{col} END"
     )
 
 
-def _fold(gpu: bool, res: int) -> str:
-    table, staged = ("gpu_rollups", "rollup_pending_gpu") if gpu else ("rollups", "rollup_pending")
-    spec = _GPU if gpu else _NODE
-    key = ("node", "res", "bucket", "gpu") if gpu else ("node", "res", "bucket")
-    bucket = f"ts_ms / {res * 1000} * {res}"
-    group = f"node, {bucket}" + (", gpu" if gpu else "")
-    select_key = f"node, {res}, {bucket}" + (", gpu" if gpu else "")
-    cols = (*key, *(c for c, _, _ in spec))
-    return (
-        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select_key}, "
-        + ", ".join(agg for _, _, agg in spec)
-        + f" FROM {staged} WHERE true GROUP BY {group} ON CONFLICT ({', '.join(key)}) "
-        + "DO UPDATE SET "
-        + ", ".join(_set(table, c, op) for c, op, _ in spec)
-    )
-
-
-FOLD_SQL: Final = (
-    *(_fold(gpu, res) for gpu in (False, True) for res in RESOLUTIONS),
-    # The hours the staged samples touched, for the usage ledger (collector.store.ledger).
-    "INSERT INTO ledger_dirty (hour, n) SELECT DISTINCT ts_ms / 3600000 * 3600, 1 "
-    "FROM rollup_pending WHERE true ON CONFLICT (hour) DO UPDATE SET n = ledger_dirty.n + 1",
-    "DELETE FROM rollup_pending",
-    "DELETE FROM rollup_pending_gpu",
+UPSERT_SQL: Final = (
+    f"INSERT INTO rollups ({', '.join(_COLUMNS)})",
+    len(_COLUMNS),
+    " ON CONFLICT (node, res, bucket) DO UPDATE SET "
+    + ", ".join(_merged(c, op) for c, op in NODE_COLUMNS)
+    + ", gpu_stats = excluded.gpu_stats",
 )
-"""The fold, in order, in one transaction: staged rows into both resolutions' node and GPU
-rollups, their hours marked for the ledger, then the staged rows gone."""
+"""New partial buckets (:meth:`collector.store.partials.Buckets.rows`) into the stored
+ones: the node's columns merge here (sums add, minima and maxima compare: ``CASE``, not
+SQLite's scalar ``min``/``max``), its packed GPUs were merged by the fold, which read them
+first (:func:`stored_sql`) in its transaction."""
+MARK_HOURS_SQL: Final = (
+    "INSERT INTO ledger_dirty (hour, n)",
+    2,
+    " ON CONFLICT (hour) DO UPDATE SET n = ledger_dirty.n + excluded.n",
+)
+"""The hours a fold moved, for the usage ledger (:mod:`collector.store.ledger`)."""
 
 
-def retention_sql(gpu: bool) -> str:
-    """One chunk of a resolution's buckets older than a cutoff (res, cutoff, limit)."""
-    table = "gpu_rollups" if gpu else "rollups"
-    key = "node, res, bucket, gpu" if gpu else "node, res, bucket"
+def stored_sql(keys: int) -> str:
+    """The packed GPUs of the stored buckets of ``keys`` (node, res, bucket) triples, as
+    :func:`collector.store.partials.merge` reads them."""
+    values = ", ".join(["(?, ?, ?)"] * keys)
+    # A join, not `(node, res, bucket) IN (VALUES ...)`: SQLite scans the whole table for
+    # that one, and looks each key up through the primary key for this.
     return (
-        f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} "
-        "WHERE res = ? AND bucket < ? ORDER BY bucket LIMIT ?)"
+        f"WITH k (node, res, bucket) AS (VALUES {values}) "
+        "SELECT r.node, r.res, r.bucket, r.gpu_stats FROM k JOIN rollups r "
+        "ON r.node = k.node AND r.res = k.res AND r.bucket = k.bucket"
     )
+
+
+RETENTION_SQL: Final = (
+    "DELETE FROM rollups WHERE (node, res, bucket) IN (SELECT node, res, bucket FROM rollups "
+    "WHERE res = ? AND bucket < ? ORDER BY bucket LIMIT ?)"
+)
+"""One chunk of a resolution's buckets older than a cutoff (res, cutoff, limit)."""
 
 
 # -- reads --------------------------------------------------------------------------------
@@ -335,33 +237,42 @@ def fleet_series(
 
 def gpu_series(node: str, res: int, since: float, until: float) -> Query[list[dict[str, Any]]]:
     """``node``'s per-GPU buckets of resolution ``res`` in [since, until), oldest first."""
+    col = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
+
+    def mean(g: list[float], what: str) -> float | None:
+        n = g[col[f"{what}_n"]]
+        return g[col[f"{what}_sum"]] / n if n else None
+
+    def known(g: list[float], key: str) -> float | None:
+        v = g[col[key]]
+        return None if v != v else v  # noqa: PLR0124 (NaN: none reported)
 
     def build(rows: list[Any]) -> list[dict[str, Any]]:
         return [
             {
-                "t": float(r["bucket"]),
-                "gpu": r["gpu"],
-                "samples": r["samples"],
-                "util_pct": r["util_sum"] / r["util_n"] if r["util_n"] else None,
-                "util_min_pct": r["util_min"],
-                "util_max_pct": r["util_max"],
-                "power_w": r["power_sum"] / r["power_n"] if r["power_n"] else None,
-                "power_min_w": r["power_min"],
-                "power_max_w": r["power_max"],
-                "temp_c": r["temp_sum"] / r["temp_n"] if r["temp_n"] else None,
-                "temp_max_c": r["temp_max"],
-                "mem_used_bytes": r["mem_sum"] / r["mem_n"] if r["mem_n"] else None,
-                "mem_used_max_bytes": r["mem_max"],
-                "energy_j": r["energy_j"],
+                "t": float(r[0]),
+                "gpu": int(g[0]),
+                "samples": int(max(g[col["util_n"]], g[col["power_n"]], g[col["temp_n"]],
+                                   g[col["mem_n"]])),
+                "util_pct": mean(g, "util"),
+                "util_min_pct": known(g, "util_min"),
+                "util_max_pct": known(g, "util_max"),
+                "power_w": mean(g, "power"),
+                "power_min_w": known(g, "power_min"),
+                "power_max_w": known(g, "power_max"),
+                "temp_c": mean(g, "temp"),
+                "temp_max_c": known(g, "temp_max"),
+                "mem_used_bytes": mean(g, "mem"),
+                "mem_used_max_bytes": known(g, "mem_max"),
+                "energy_j": g[col["energy_j"]],
             }
             for r in rows
-        ]
+            for g in decode_gpus(r[1]).tolist()
+        ]  # fmt: skip
 
     return single(
-        "SELECT bucket, gpu, samples, util_n, util_sum, util_min, util_max, power_n, "
-        "power_sum, power_min, power_max, temp_n, temp_sum, temp_max, mem_n, mem_sum, "
-        "mem_max, energy_j FROM gpu_rollups WHERE node = ? AND res = ? AND bucket >= ? "
-        "AND bucket < ? ORDER BY bucket, gpu",
+        "SELECT bucket, gpu_stats FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
+        "AND bucket < ? ORDER BY bucket",
         (node, res, math.floor(since), math.ceil(until)),
         build,
     )
@@ -371,7 +282,8 @@ def hour_rows(since: float, until: float) -> Query[list[Any]]:
     """Every node's 1-hour buckets in [since, until): what the usage ledger is made of."""
     return single(
         "SELECT node, bucket, seconds, gpus, gpu_s, util_gpu_s, busy_gpu_s, gpu_energy_j, "
-        "cpu_energy_j, power_sum, power_n, cpu_sum, cpu_n, samples FROM rollups "
+        "cpu_energy_j, power_sum, power_n, cpu_sum, cpu_n, samples, node_s, node_energy_j "
+        "FROM rollups "
         "WHERE res = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, node",
         (HOUR, math.floor(since), math.ceil(until)),
         list,
@@ -404,10 +316,9 @@ def rollups_before(node: str, until: float) -> Query[bool]:
 
 
 def rollup_rows() -> Query[dict[str, int]]:
-    """Rows per table and resolution (for the benchmark's bytes per node-day)."""
+    """Rows per resolution (for the benchmark's bytes per node-day)."""
     return single(
-        "SELECT 'rollups' AS t, res, count(*) FROM rollups GROUP BY res "
-        "UNION ALL SELECT 'gpu_rollups', res, count(*) FROM gpu_rollups GROUP BY res",
+        "SELECT res, count(*) FROM rollups GROUP BY res",
         (),
-        lambda rows: {f"{r[0]}_{r[1]}": int(r[2]) for r in rows},
+        lambda rows: {f"rollups_{r[0]}": int(r[1]) for r in rows},
     )

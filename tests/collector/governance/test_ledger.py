@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -145,6 +146,47 @@ def test_recomputing_the_ledger_changes_nothing(db: Path) -> None:
     assert len(after) == len(before) > 0
     for a, b in zip(after, before, strict=True):
         assert a[:-1] == pytest.approx(b[:-1])  # all but `computed`
+    _daily_is_the_hours_summed(db)
+
+
+def _daily_is_the_hours_summed(db: Path) -> None:
+    daily = db_rows(
+        db,
+        "SELECT day, lease, pool, tenant, n, allocated_gpu_h, used_gpu_h, node_kwh "
+        "FROM usage_daily ORDER BY day, lease, pool",
+    )
+    hourly = db_rows(
+        db,
+        "SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h), "
+        "sum(used_gpu_h), sum(node_kwh) FROM usage_ledger GROUP BY 1, lease, pool "
+        "ORDER BY 1, lease, pool",
+    )
+    assert len(daily) == len(hourly) > 0
+    for d, h in zip(daily, hourly, strict=True):
+        assert d == pytest.approx(h)
+
+
+def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
+    """A lease's nodes taken away after its hours were written: the hours recomputed move
+    to no lease, and the daily sums follow (no group left behind with nothing in it)."""
+    import asyncio  # noqa: PLC0415
+
+    with GovernanceWriter(db, now=DAY0) as w:
+        (lease,) = [x for x in w.state().leases if x.name == "acme-1"]
+        w.set_lease_nodes(lease, [])
+
+    async def again() -> None:
+        with StoreReader(db) as r:
+            hours = [h for (h,) in r.fetchall("SELECT DISTINCT hour FROM usage_ledger")]
+        async with Store(db) as store:
+            for h in hours:
+                await store.execute("INSERT INTO ledger_dirty (hour, n) VALUES (?, 1)", (h,))
+            await store.conn.commit()
+        await _ledger(db, DAY0 + 2 * 86_400)
+
+    asyncio.run(again())
+    assert db_rows(db, "SELECT count(*) FROM usage_daily WHERE lease = 'acme-1'") == [(0,)]
+    _daily_is_the_hours_summed(db)
 
 
 def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,3 +230,90 @@ def test_csv_has_a_header_and_a_row_per_tenant(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("period,tenant,allocated_gpu_hours,busy_gpu_hours")
     assert [line.split(",")[1] for line in lines[1:]] == ["acme", "bravo"]
+
+
+async def test_node_energy_is_measured_where_the_node_reported_it(tmp_path: Path) -> None:
+    """A node whose BMC reported its input power in every sample of an hour has that
+    hour's energy measured (power x interval); an hour it reported for half of is measured
+    over that half plus GPU+CPU over the rest; a node that never reported is GPU+CPU."""
+    path = tmp_path / "capwatch.db"
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=5, interval_s=60, bmc_share=0.5)
+    bmc = sim.reports_bmc.index(True)
+    rows, watts = [], {0: 0.0, 1: 0.0}
+    for k in range(120):  # two hours at 1 min
+        t = DAY0 + 60 * k
+        for i in range(2):
+            s = sim.sample(i, t, k)
+            if i == bmc and k >= 90:  # the BMC stops answering half way through hour 1
+                s = msgspec.structs.replace(s, node_power_w=None, node_power_source=None)
+            if i == bmc and s.node_power_w is not None:
+                watts[k // 60] += s.node_power_w * 60
+            rows.append(sample_row(s, encode(s), t + 1))
+    async with Store(path, rollups=RollupConfig()) as store:
+        await store.write_batch(rows, (), sim.node_ids)
+        await store.fold_rollups()
+    await _ledger(path, DAY0 + 2 * 3600)
+    got = {
+        (r[0], r[1]): r[2:]
+        for r in db_rows(
+            path,
+            "SELECT hour, node, node_kwh, node_kwh_basis, gpu_kwh, cpu_kwh FROM usage_ledger",
+        )
+    }
+    node, other = sim.node_ids[bmc], sim.node_ids[1 - bmc]
+    h0, h1 = int(DAY0), int(DAY0) + 3600
+    assert got[(h0, node)][:2] == (pytest.approx(watts[0] / 3.6e6), "measured")
+    kwh, basis, gpu_kwh, cpu_kwh = got[(h1, node)]
+    assert basis == "measured+gpu+cpu"
+    assert kwh == pytest.approx(watts[1] / 3.6e6 + (gpu_kwh + cpu_kwh) * 0.5)
+    kwh, basis, gpu_kwh, cpu_kwh = got[(h0, other)]
+    assert (kwh, basis) == (pytest.approx(gpu_kwh + cpu_kwh), "gpu+cpu")
+
+
+def test_plot_usage_per_day_draws_a_tenants_ledger(db: Path, tmp_path: Path) -> None:
+    """plot usage --tenant --month: a 1600x1000 PNG whose bars are the tenant's allocated
+    and busy GPU-hours per day (acme held two nodes on 2026-11-10 only)."""
+    pytest.importorskip("matplotlib")
+    import datetime as _dt  # noqa: PLC0415
+
+    from collector.governance.billing import usage_report  # noqa: PLC0415
+    from collector.plot.ledger import ledger_figure  # noqa: PLC0415
+    from collector.settings import BillingSettings  # noqa: PLC0415
+    from collector.store.ledger import ledger_days  # noqa: PLC0415
+
+    out = tmp_path / "acme.png"
+    args = ["plot", "usage", "--db", str(db), "--tenant", "acme", "--month", "2026-11"]
+    assert main([*args, "--out", str(out)]) == 0
+    head = out.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(head[16:20]), int.from_bytes(head[20:24])) == (1600, 1000)
+
+    since = _dt.datetime(2026, 11, 1, tzinfo=_dt.UTC).timestamp()
+    with StoreReader(db) as r:
+        days = r.run(ledger_days(since, since + 30 * 86_400, tenant="acme"))
+    report = usage_report(days, "day", BillingSettings())
+    fig = ledger_figure(report, "tenant acme", _dt.date(2026, 11, 1), _dt.date(2026, 11, 30))
+    top = fig.axes[0]
+    allocated = [b.get_height() for b in top.containers[0]]
+    busy = [b.get_height() for b in top.containers[1]]
+    assert len(allocated) == 30
+    assert allocated[9] == pytest.approx(2 * 24 * GPUS)  # 2026-11-10
+    assert sum(allocated) == pytest.approx(allocated[9])
+    assert 0 < busy[9] <= allocated[9]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--tenant", "acme"], "--tenant"),
+        (["--tenant", "nobody", "--month", "2026-11"], "--tenant 'nobody'"),
+        (["--node", "x1000c0s0b0n0", "--month", "2026-11"], "--month"),
+    ],
+)
+def test_plot_usage_per_day_bad_flags_are_one_line(
+    db: Path, tmp_path: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tenant without days, an unknown tenant, --month with --node: refused, named."""
+    out = str(tmp_path / "x.png")
+    assert main(["plot", "usage", "--db", str(db), "--out", out, *args]) == 2
+    assert needle in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 
 from collector.ingest.validate import sample_row
 from collector.store.db import SampleRow, Store
+from collector.store.partials import decode_gpus
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE, RollupConfig, gpu_series, node_series
 from shared.schema import CpuStats, GpuSample, MemStats, Sample, encode
@@ -58,9 +59,13 @@ def _rows() -> list[SampleRow]:
 
 
 def _all(db: Path) -> list[tuple[object, ...]]:
-    return db_rows(db, "SELECT * FROM rollups ORDER BY node, res, bucket") + db_rows(
-        db, "SELECT * FROM gpu_rollups ORDER BY node, res, bucket, gpu"
-    )
+    """Every bucket, its packed GPUs unpacked (one row per GPU after the node's)."""
+    out: list[tuple[object, ...]] = []
+    for row in db_rows(db, "SELECT * FROM rollups ORDER BY node, res, bucket"):
+        *node, blob = row
+        out.append(tuple(node))
+        out += [tuple(g) for g in decode_gpus(blob).tolist()]
+    return out
 
 
 def _same(a: list[tuple[object, ...]], b: list[tuple[object, ...]]) -> None:
@@ -144,7 +149,7 @@ async def test_late_samples_land_in_their_buckets_in_any_order(tmp_path: Path) -
     a, b = tmp_path / "a.db", tmp_path / "b.db"
     await _store(a, rows)
     await _store(b, shuffled, *(slice(i, i + 4) for i in range(0, 18, 4)))
-    assert len(_all(a)) == 3 + 3 * 2  # 2 minutes and an hour; per GPU too
+    assert len(_all(a)) == 3 + 3 * 2  # 2 minutes and an hour; 2 GPUs in each
     _same(_all(a), _all(b))
 
 
@@ -156,10 +161,10 @@ async def test_rollups_survive_a_restart_and_a_crash_before_the_fold(tmp_path: P
     await _store(whole, rows)
     await _store(halves, rows[:9])
     await _store(halves, rows, slice(9, 14), fold=False)  # stopped before folding these
-    assert db_rows(halves, "SELECT count(*) FROM rollup_pending") == [(5,)]
+    assert db_rows(halves, "SELECT count(*) FROM rollup_stage") == [(1,)]  # one batch
     await _store(halves, rows, slice(5, 18))  # 14..17 new, the rest duplicates
     _same(_all(whole), _all(halves))
-    assert db_rows(halves, "SELECT count(*) FROM rollup_pending_gpu") == [(0,)]
+    assert db_rows(halves, "SELECT count(*) FROM rollup_stage") == [(0,)]
 
 
 async def test_no_rollups_without_config(tmp_path: Path) -> None:
@@ -189,10 +194,12 @@ async def test_rollup_retention_deletes_old_buckets_in_chunks(tmp_path: Path) ->
     async with Store(db, rollups=RollupConfig()) as store:
         await store.write_batch(_rows())
         assert await store.fold_rollups() == 18
+        await store.write_batch([_row(_sample(T0 - 60, (10.0,)))])  # the minute before
+        assert await store.fold_rollups() == 1
         assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 1) == 1
-        assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 10) == 1  # GPU 1's
+        assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 10) == 1
         assert await store.delete_rollups_older_than(MINUTE, T0 + 60, 10) == 0
-        assert await store.delete_rollups_older_than(HOUR, T0, 10) == 0
+        assert await store.delete_rollups_older_than(HOUR, T0, 10) == 1
     assert db_rows(db, "SELECT res, bucket FROM rollups ORDER BY res") == [
         (MINUTE, T0 + 60),
         (HOUR, T0),
