@@ -63,7 +63,7 @@ from collector.store.db import Store
 from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError, PlanError
 from shared.logging import get_logger
-from shared.topics import SUBSCRIPTIONS
+from shared.topics import collector_subscriptions
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -224,7 +224,7 @@ class Collector:
                 connect,
                 self.ingestor,
                 self._queue,
-                topics=SUBSCRIPTIONS,
+                topics=collector_subscriptions(s.mqtt.share_group),
                 session_key=session_key,
                 had_session=had_session,
                 held=held,

@@ -23,7 +23,7 @@ from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Sta
 from collector.paths import DEFAULT_DB_PATH
 from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.settings import CapwatchSettings, DurationText
+from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
 
 if TYPE_CHECKING:
     from collector.alerts.route import Route
@@ -33,7 +33,9 @@ __all__ = [
     "AlertSettings",
     "AlertmanagerSettings",
     "CapacitySettings",
+    "CollectorMqttSettings",
     "CollectorSettings",
+    "ElectionSettings",
     "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
@@ -194,14 +196,60 @@ class AlertmanagerSettings(BaseModel):
         return str(self.url).rstrip("/") + "/api/v2/alerts"
 
 
+class CollectorMqttSettings(MqttSettings):
+    """``[mqtt]`` of the collector: the broker settings both programs share, plus how
+    several collectors share the samples."""
+
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """Several collectors: the name of their MQTT shared subscription. Each sample goes to
+    one member of the group; inventories and statuses to all. Unset: one collector, a
+    plain subscription to every node's topics (:func:`shared.topics.collector_subscriptions`).
+    Flag ``--share-group``, env ``CAPWATCH_MQTT__SHARE_GROUP``."""
+
+
+class ElectionSettings(BaseModel):
+    """``[election]``: which of several collectors runs the leader's jobs (alerts,
+    governance, capacity, webhook delivery, the Alertmanager push).
+
+    On a SQLite store there is one collector and it always leads; on a PostgreSQL store the
+    collectors elect one through a lease row in the database
+    (:mod:`collector.store.leader`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    lease_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """How long a leader's lease lasts without renewal (database clock). It renews every
+    third of it; a leader that cannot renew stops its jobs before the lease ends, and
+    another collector takes over once it has ended."""
+    poll_s: float | None = Field(default=None, gt=0, le=60.0)
+    """How often a standby collector tries to take an ended lease; unset: a tenth of
+    ``lease_s``."""
+    url: SecretStr | None = None
+    """The PostgreSQL database that holds the lease; unset: the store's, when the store is
+    PostgreSQL (the normal case). Set alone, it elects among collectors that each keep a
+    SQLite store (tests and trials; their stores are not shared)."""
+
+    @property
+    def poll_interval_s(self) -> float:
+        """Seconds between a standby collector's attempts to take the lease."""
+        return self.lease_s / 10 if self.poll_s is None else self.poll_s
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
+
+    mqtt: CollectorMqttSettings = CollectorMqttSettings()
 
     db_path: Path = DEFAULT_DB_PATH
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
     Unset: the MQTT username (the shipped broker config binds client ids to usernames),
-    else ``capwatch-collector``. See :attr:`session_client_id`."""
+    else ``capwatch-collector`` (with ``mqtt.share_group``:
+    ``capwatch-collector-<hostname>-<instance>``). See :attr:`session_client_id`."""
+    instance: str = Field(default="1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+    """This collector's name among those on the same host (``--instance``): part of the
+    default client id with a share group, and of its name in the leader election."""
+    election: ElectionSettings = ElectionSettings()
     retention_s: float = Field(default=86_400.0, gt=0, le=_TEN_YEARS_S)
     """Raw samples that arrived longer ago are deleted, in small chunks."""
     retention_check_s: float = Field(default=30.0, gt=0, le=86_400)
@@ -363,5 +411,26 @@ class CollectorSettings(CapwatchSettings):
 
     @property
     def session_client_id(self) -> str:
-        """The client id the broker keeps the collector's session under."""
-        return self.client_id or self.mqtt.username or "capwatch-collector"
+        """The client id the broker keeps the collector's session under.
+
+        Alone, ``capwatch-collector`` by default (as always: a default that changed would
+        leave the old session's queue behind). In a share group each member needs its own
+        session, so the default names the host and the instance; a site that moves a
+        member to another host sets ``client_id`` (or the username) so that the session,
+        and what the broker holds in it, follows."""
+        if self.client_id or self.mqtt.username:
+            return self.client_id or self.mqtt.username or ""
+        if self.mqtt.share_group is None:
+            return "capwatch-collector"
+        return f"capwatch-collector-{default_node_id()}-{self.instance}"
+
+    def election_url(self) -> str | None:
+        """The PostgreSQL URL the collectors elect their leader through, ``None`` when this
+        collector always leads (a SQLite store and no ``election.url``)."""
+        if self.election.url is not None:
+            return self.election.url.get_secret_value()
+        store = str(self.db_path)
+        # A PostgreSQL store URL (its backend parses it; a Path has folded "//" into "/").
+        if store.startswith(("postgresql:", "postgres:")):
+            return store.replace(":/", "://", 1) if "://" not in store else store
+        return None

@@ -52,8 +52,12 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
         "db_path": getattr(args, "db", None),
         "log_level": getattr(args, "log_level", None),
         "log_json": getattr(args, "log_json", None),
-        "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         **extra,
+        "mqtt": {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            **extra.get("mqtt", {}),
+        },
     }
     settings = load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
     for line in settings.setting_warnings():  # stderr: stdout may be --json

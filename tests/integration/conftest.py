@@ -16,7 +16,7 @@ from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
 from collector.localbroker import BrokerProcess, MosquittoBroker
 from collector.service import Collector
-from collector.settings import CollectorSettings
+from collector.settings import CollectorMqttSettings, CollectorSettings
 from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
@@ -36,7 +36,9 @@ class CollectorRunner:
 
     def __init__(self, broker: BrokerProcess, db: Path) -> None:
         self.settings = CollectorSettings(
-            mqtt=fast_mqtt(broker), db_path=db, batch_max_delay_s=0.05
+            mqtt=CollectorMqttSettings(**dict(fast_mqtt(broker))),
+            db_path=db,
+            batch_max_delay_s=0.05,
         )
         self.db = db
         self.clock: Clock | None = None

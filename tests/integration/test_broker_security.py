@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator
 from collector.governance.settings import GovernanceSettings
-from collector.settings import AlertSettings, CollectorSettings
+from collector.settings import AlertSettings, CollectorMqttSettings, CollectorSettings
 from shared.schema import encode
 from shared.settings import MqttSettings, load_settings
 from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
@@ -155,7 +155,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "client_id": "capwatch-collector",
     }
     assert settings.mqtt.username == "capwatch-collector"
-    defaults = CollectorSettings(mqtt=MqttSettings(username="capwatch-collector"))
+    defaults = CollectorSettings(mqtt=CollectorMqttSettings(username="capwatch-collector"))
     assert settings.model_dump(exclude={"db_path", "client_id", "log_json"}) == (
         defaults.model_dump(exclude={"db_path", "client_id", "log_json"})
     )
