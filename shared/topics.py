@@ -9,6 +9,7 @@ from shared.errors import ConfigError
 
 __all__ = [
     "LEGACY_SUBSCRIPTIONS",
+    "LIVE_SUBSCRIPTION",
     "NODE_ID_RE",
     "PREFIX",
     "SHARE_GROUP_RE",
@@ -77,6 +78,15 @@ def collector_subscriptions(share_group: str | None) -> tuple[str, ...]:
         f"{PREFIX}/+/inventory",
         f"{PREFIX}/+/status",
     )
+
+
+LIVE_SUBSCRIPTION: Final = f"{PREFIX}/+/sample"
+"""The elected leader's live feed in a share group: every node's samples at QoS 0, for its
+live view only (the members store them through the shared filter). Subscribed on the
+leader's own connection while it leads, unsubscribed when it steps down and at every
+connect of a standby, so a persistent session never keeps it for long (a broker keeps no
+QoS 0 messages for an absent client: Mosquitto's ``queue_qos0_messages`` is off by default).
+"""
 
 
 def validate_node_id(node: str) -> str:
