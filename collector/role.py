@@ -36,12 +36,14 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from collector.ingest.writer import Record
+from collector.store.db import Store
 from collector.store.leader import Lease
 from shared.clock import Clock
 from shared.errors import StoreError
 from shared.logging import get_logger
 
-__all__ = ["Election", "Fence", "Role", "RoleMetrics"]
+__all__ = ["Election", "Fence", "FencedRecords", "RecordQueue", "Role", "RoleMetrics"]
 
 log = get_logger("role")
 
@@ -255,3 +257,42 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
         async with asyncio.timeout(max(0.0, timeout_s)):
             await event.wait()
     return event.is_set()
+
+
+class RecordQueue(Protocol):
+    """The writer's queue, as far as a term's jobs use it."""
+
+    async def put(self, item: Record, /) -> None: ...
+
+
+class FencedRecords:
+    """The writer's queue as one term's jobs see it: each record they queue is written only
+    if the term still holds when the writer comes to it (else it is dropped, as if its
+    cycle had not run: an alert record's notifications are then never sent)."""
+
+    def __init__(self, queue: RecordQueue, fence: Fence) -> None:
+        self._queue = queue
+        self.fence = fence
+
+    async def put(self, record: Record, /) -> None:
+        """Queue ``record`` under this term's fence."""
+        await self._queue.put(_Fenced(record, self.fence))
+
+
+@dataclass(slots=True)
+class _Fenced:
+    record: Record
+    fence: Fence
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    async def write(self, store: Store) -> None:
+        if not self.fence.active:
+            log.warning("record_dropped_not_leader", job=self.record.name, token=self.fence.token)
+            return
+        # With the PostgreSQL store, the record's transaction must also run
+        # collector.store.leader.check_token(conn, self.fence.token) before its writes, so a
+        # term that ended meanwhile (another collector's token) rolls it back.
+        await self.record.write(store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -205,6 +205,31 @@ class CollectorMqttSettings(MqttSettings):
     one member of the group; inventories and statuses to all. Unset: one collector, a
     plain subscription to every node's topics (:func:`shared.topics.collector_subscriptions`).
     Flag ``--share-group``, env ``CAPWATCH_MQTT__SHARE_GROUP``."""
+    live_username: str | None = None
+    """With a share group: the MQTT user of the leader's live feed (every node's samples
+    at QoS 0 on a connection of its own, :data:`shared.topics.LIVE_SUBSCRIPTION`). It must
+    differ from ``username``: a broker that binds client ids to usernames would otherwise
+    give the feed's clean session the collector's own persistent one, and discard it.
+    Unset without a ``username``: the feed connects anonymously, client id ``<id>-live``."""
+    live_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _live_user_of_its_own(self) -> Self:
+        if self.share_group is None or self.username is None:
+            return self
+        if self.live_username is None or self.live_username == self.username:
+            raise ConfigError(
+                "setting 'mqtt.live_username' must name a second MQTT user when "
+                "mqtt.share_group and mqtt.username are set (the leader's live feed of every "
+                f"sample; e.g. {self.username}-live, with read access to "
+                "capwatch/v1/nodes/+/sample: deploy/mosquitto.acl)",
+                field="mqtt.live_username",
+            )
+        return self
+
+    def live_password_value(self) -> str | None:
+        """The live feed user's password in clear text, for the MQTT client only."""
+        return None if self.live_password is None else self.live_password.get_secret_value()
 
 
 class ElectionSettings(BaseModel):

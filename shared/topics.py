@@ -81,12 +81,14 @@ def collector_subscriptions(share_group: str | None) -> tuple[str, ...]:
 
 
 LIVE_SUBSCRIPTION: Final = f"{PREFIX}/+/sample"
-"""The elected leader's live feed in a share group: every node's samples at QoS 0, for its
-live view only (the members store them through the shared filter). Subscribed on the
-leader's own connection while it leads, unsubscribed when it steps down and at every
-connect of a standby, so a persistent session never keeps it for long (a broker keeps no
-QoS 0 messages for an absent client: Mosquitto's ``queue_qos0_messages`` is off by default).
-"""
+"""The leader's live feed in a share group: every node's samples at QoS 0, for its live
+view only (the members store them through the shared filter), on a connection of its own
+with a clean session (nothing kept for it while it is away) and its own client id.
+
+Not on the collector's own connection: Mosquitto 2.0 sends a client one copy of a message
+that matches both its shared and a plain subscription, at the plain one's QoS, so the
+leader's share would arrive at QoS 0 only, and never be stored (measured:
+tests/integration/test_share_group.py)."""
 
 
 def validate_node_id(node: str) -> str:

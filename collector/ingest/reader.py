@@ -178,13 +178,8 @@ class Reader:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
         metrics: ReaderMetrics | None = None,
-        live_topic: str | None = None,
     ) -> None:
         self._connect = connect
-        self._live_topic = live_topic
-        self._live_wanted = False
-        self._live_on = False
-        self._live_changed = asyncio.Event()
         self._ingestor = ingestor
         self._queue = queue
         self._topics = list(topics)
@@ -280,33 +275,7 @@ class Reader:
         if not self._expect_session:  # the first session this database knows of: remember it
             await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
             self._expect_session = True
-        self._live_on = False
-        await self._apply_live(sub)
         self.connected.set()
-
-    def want_live(self, on: bool) -> None:
-        """Take every node's samples at QoS 0 for the live view too (the leader, in a share
-        group: :data:`shared.topics.LIVE_SUBSCRIPTION`), or stop. Applied on the current
-        connection by the reader's task, and at every connect."""
-        if self._live_topic is not None and on != self._live_wanted:
-            self._live_wanted = on
-            self._live_changed.set()
-
-    async def _apply_live(self, sub: Subscriber) -> None:
-        """Subscribe or unsubscribe the live feed as wanted (at a connect: unsubscribe it
-        whatever the session held, so a standby never keeps it)."""
-        self._live_changed.clear()
-        topic = self._live_topic
-        if topic is None:
-            return
-        if self._live_wanted:
-            await sub.subscribe([(topic, 0)])
-            self._live_on = True
-            log.info("mqtt_live_feed_on", topic=topic)
-        else:
-            self._live_on = False
-            await sub.unsubscribe([topic])
-            log.info("mqtt_live_feed_off", topic=topic)
 
     async def _update_filters(self, sub: Subscriber) -> None:
         """Bring a resumed session's filters to ``topics``: add first, retire later.
@@ -353,17 +322,11 @@ class Reader:
         """Ingest reads until stop. Raises MqttWireError when the connection ends."""
         stop = asyncio.ensure_future(self._stop.wait())
         nxt: asyncio.Future[list[Message]] | None = None
-        live: asyncio.Future[bool] | None = None
         try:
             while True:
                 if nxt is None:
                     nxt = asyncio.ensure_future(sub.next_batch())
-                changed = live or asyncio.ensure_future(self._live_changed.wait())
-                live = changed
-                await asyncio.wait((nxt, stop, changed), return_when=asyncio.FIRST_COMPLETED)
-                if changed.done():
-                    live = None
-                    await self._apply_live(sub)
+                await asyncio.wait((nxt, stop), return_when=asyncio.FIRST_COMPLETED)
                 if nxt.done():
                     batch, nxt = nxt.result(), None  # raises MqttWireError on disconnect
                     unit = self._ingest(sub, batch)
@@ -374,23 +337,11 @@ class Reader:
                     return
         finally:
             stop.cancel()
-            if live is not None:
-                live.cancel()
             if nxt is not None:
                 nxt.cancel()  # next_batch() takes messages only when it returns: nothing lost
 
     def _ingest(self, sub: Subscriber, batch: list[Message]) -> Unit:
         handle = self._ingestor.handle
-        if self._live_on:
-            # QoS 0 is the live feed (every filter that stores is QoS 1): the view only.
-            observe = self._ingestor.observe
-            kept = []
-            for m in batch:
-                if m.qos == 0:
-                    observe(m.topic, m.payload)
-                else:
-                    kept.append(m)
-            batch = kept
         items: list[Item | MetaItem] = [handle(m.topic, m.payload) for m in batch]
         acks = [m.packet_id for m in batch if m.packet_id is not None]
         return Unit(sub, items, acks)

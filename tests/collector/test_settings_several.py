@@ -49,8 +49,32 @@ def test_share_group_members_get_their_own_client_id_by_default() -> None:
     two = CollectorSettings(mqtt=group, instance="2")
     assert one.session_client_id == f"capwatch-collector-{host}-1"
     assert two.session_client_id == f"capwatch-collector-{host}-2"
-    named = CollectorSettings(mqtt=CollectorMqttSettings(share_group="g", username="collector-b"))
+    named = CollectorSettings(
+        mqtt=CollectorMqttSettings(
+            share_group="g", username="collector-b", live_username="collector-b-live"
+        )
+    )
     assert named.session_client_id == "collector-b"
+
+
+@pytest.mark.parametrize("live", [None, "capwatch-collector-2"])
+def test_a_share_group_member_with_a_username_needs_a_live_user_of_its_own(
+    tmp_path: Path, live: str | None
+) -> None:
+    """The leader's live feed is a clean session: under the collector's own user (the
+    broker makes the username the client id) it would discard the collector's session.
+    Unset or equal: one line naming mqtt.live_username, exit 2."""
+    config = tmp_path / "c.toml"
+    lines = ["[mqtt]", 'username = "capwatch-collector-2"', 'share_group = "site"']
+    if live is not None:
+        lines.append(f'live_username = "{live}"')
+    config.write_text("\n".join(lines) + "\n")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = collector_main(["run", "--config", str(config), "--db", str(tmp_path / "c.db")])
+    assert code == 2
+    assert "mqtt.live_username" in err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("group", ["a/b", "a+", "#", "", "-x", "x" * 65])

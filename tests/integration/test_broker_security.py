@@ -142,6 +142,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "inhibit_rules": "[[inhibit_rules]]",
         "capacity": "[capacity]",
         "governance": "[governance]",
+        "election": "[election]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}

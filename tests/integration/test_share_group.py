@@ -38,6 +38,7 @@ from shared.topics import (
 )
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import fast_mqtt
+from tests.integration.secure_broker import DeployedBroker, make_passwd
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +251,42 @@ async def test_sigkilled_collectors_share_is_stored_when_it_returns(
     assert len(a | b_rows) == 400
     for db in (db_a, db_b):
         assert db_rows(db, "SELECT count(*) FROM nodes WHERE inventory IS NOT NULL") == [(50,)]
+
+
+async def test_the_shipped_acl_lets_both_collector_users_share_and_a_node_user_drops_a_share(
+    tmp_path: Path,
+) -> None:
+    """deploy/'s config and ACL: capwatch-collector and capwatch-collector-2, each with its
+    own session, split the samples through the shared filter. A node's user that joins the
+    same group reads none of them, but Mosquitto 2.0 grants its subscription, counts it as
+    a member and drops the samples it may not read: its share is lost (deploy/README.md)."""
+    users = {u: f"pw-{u}" for u in ("capwatch-collector", "capwatch-collector-2", "n0", "n1")}
+    with DeployedBroker(tmp_path / "broker", make_passwd(tmp_path / "passwd", users)) as broker:
+        members = [
+            MqttSubscriber(
+                broker.host,
+                broker.port,
+                client_id=user,
+                username=user,
+                password=users[user],
+                clean_session=False,
+            )
+            for user in ("capwatch-collector", "capwatch-collector-2", "n1")
+        ]
+        async with members[0] as a, members[1] as b, members[2] as intruder:
+            for sub in (a, b, intruder):
+                await sub.subscribe([(t, 1) for t in collector_subscriptions(_GROUP)])
+            async with aiomqtt.Client(
+                broker.host, broker.port, username="n0", password=users["n0"]
+            ) as node:
+                for seq in range(10):
+                    await node.publish(sample_topic("n0"), f"n0:{seq}".encode(), qos=1)
+            got_a = _samples(await _take(a, 1) + await _settle(a))
+            got_b = _samples(await _take(b, 1) + await _settle(b))
+            got_intruder = _samples(await _settle(intruder))
+    assert got_a
+    assert got_b
+    assert got_intruder == []
+    assert set(got_a).isdisjoint(got_b)
+    # Round-robin over three members: the intruder's third never reached anyone.
+    assert len(got_a) + len(got_b) == 10 - 10 // 3
