@@ -24,6 +24,13 @@ what they make for the store on the writer's queue: the writer only writes and a
 Once the writer has stopped, the evaluator is cancelled (a record it still had queued is
 dropped, as if that cycle had not run).
 
+The leader's jobs (the alert, governance and capacity cycles, webhook delivery, the
+Alertmanager push) run in a term of the collector's :class:`~collector.role.Role`: on a
+SQLite store the one collector leads from the start; with an election (a PostgreSQL store),
+only the elected collector runs them, after taking back the live view and the alert state
+from the store, and they are cancelled the moment its term ends. The /metrics statistics
+cycle runs on every collector.
+
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
 """

@@ -30,6 +30,7 @@ from collector.ingest.subscriber import MqttSubscriber
 from collector.localbroker import BrokerProcess, MosquittoBroker
 from collector.natsbroker import NatsBroker
 from shared.topics import (
+    LIVE_SUBSCRIPTION,
     PREFIX,
     collector_subscriptions,
     inventory_topic,
@@ -290,3 +291,22 @@ async def test_the_shipped_acl_lets_both_collector_users_share_and_a_node_user_d
     assert set(got_a).isdisjoint(got_b)
     # Round-robin over three members: the intruder's third never reached anyone.
     assert len(got_a) + len(got_b) == 10 - 10 // 3
+
+
+async def test_a_member_with_a_plain_filter_too_gets_one_copy_at_qos_0(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """Why the leader's live feed has a connection of its own: Mosquitto 2.0 sends a member
+    that also holds a plain QoS 0 filter for the samples one copy of each, at QoS 0, its own
+    share included; a collector would never store (nor be asked to acknowledge) its share."""
+    async with _member(mosquitto, "a") as a, _member(mosquitto, "b") as b:
+        await a.subscribe([(LIVE_SUBSCRIPTION, 0)])
+        await _publish(mosquitto, range(1))
+        got_a = await _take(a, _NODES)
+        got_a += await _settle(a)
+        got_b = await _take(b, _NODES // 2)
+        got_b += await _settle(b)
+    assert sorted(_samples(got_a)) == sorted(f"n{i}:0" for i in range(_NODES))
+    assert {m.qos for m in got_a} == {0}
+    assert len(got_b) == _NODES // 2  # b keeps its half, at QoS 1
+    assert {m.qos for m in got_b} == {1}
