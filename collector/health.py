@@ -22,6 +22,8 @@ attributes, never wait on the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -58,7 +60,10 @@ class Health:
         writer: Writer,
         queue: asyncio.Queue[WriterItem],
         evaluator: PeriodicEvaluator | None = None,
+        role: Callable[[], str] | None = None,
     ) -> None:
+        self._role = role
+        self._watched: list[PeriodicEvaluator] = []
         self._clock = clock
         self.limit_s = limit_s
         self._connected = connected
@@ -66,6 +71,15 @@ class Health:
         self._queue = queue
         self._evaluator = evaluator
         self._started = clock.monotonic()
+
+    @contextlib.contextmanager
+    def watching(self, evaluator: PeriodicEvaluator) -> Iterator[None]:
+        """Judge ``evaluator``'s lateness too while the block runs (a leader's term)."""
+        self._watched.append(evaluator)
+        try:
+            yield
+        finally:
+            self._watched.remove(evaluator)
 
     def commit_age_s(self) -> float | None:
         """Seconds since the writer's last commit; ``None`` before its first."""
@@ -86,10 +100,10 @@ class Health:
             notes.append("the writer has not committed yet")
         else:
             notes.append(f"last commit {age:.1f} s ago")
-        if self._evaluator is not None:
-            late = self._evaluator.overdue_s(now)
-            if late > limit:
-                problems.append(f"the evaluator is {late:.0f} s late (limit {limit:g} s)")
+        evaluators = [*([] if self._evaluator is None else [self._evaluator]), *self._watched]
+        late = max((e.overdue_s(now) for e in evaluators), default=0.0)
+        if late > limit:
+            problems.append(f"the evaluator is {late:.0f} s late (limit {limit:g} s)")
         alive = not problems
         connected = self._connected.is_set()
         if connected:
@@ -97,6 +111,8 @@ class Health:
         else:
             problems.append("not connected to the broker")
         notes.append(f"queue {self._queue.qsize()}/{self._queue.maxsize}")
+        if self._role is not None:
+            notes.append(self._role())
         ready = alive and connected and last is not None
         return HealthReport(alive, ready, (("ready",) if ready else ()) + (*problems, *notes))
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -318,6 +318,25 @@ class LiveView:
         if st.last_reject is None or ts > st.last_reject:
             st.last_reject = ts
 
+    def merge(self, states: Iterable[NodeState]) -> int:
+        """Take in node states read from the store (a new leader's takeover: each node's
+        newest stored sample, status and inventory), keeping whatever the view already holds
+        that is newer. Returns how many nodes were merged."""
+        n = 0
+        for st in states:
+            if st.inventory is not None and _newer(
+                st.inventory_ts, self._nodes.get(st.node), "inventory_ts"
+            ):
+                self.on_inventory(st.inventory, st.inventory_ts or 0.0)
+            if st.status is not None and _newer(
+                st.status_ts, self._nodes.get(st.node), "status_ts"
+            ):
+                self.on_status(st.node, st.status, st.status_ts or 0.0)
+            if st.sample is not None and st.sample_received is not None:
+                self.on_sample(st.sample, st.sample_received)  # keeps a newer one
+            n += 1
+        return n
+
     def forget(self, node: str) -> None:
         """Drop ``node`` (decommissioned); a later message brings it back."""
         self._nodes.pop(node, None)
@@ -444,3 +463,11 @@ class LiveView:
         del self._nodes[victim.node]
         self.evicted += 1
         return True
+
+
+def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
+    """Whether a stored fact stamped ``ts`` is newer than what ``held`` has in ``field``."""
+    if ts is None:
+        return False
+    have: float | None = None if held is None else getattr(held, field)
+    return have is None or have < ts

@@ -28,6 +28,13 @@ what they make for the store on the writer's queue: the writer only writes and a
 Once the writer has stopped, the evaluator is cancelled (a record it still had queued is
 dropped, as if that cycle had not run).
 
+The leader's jobs (the alert, governance and capacity cycles, webhook delivery, the
+Alertmanager push) run in a term of the collector's :class:`~collector.role.Role`: on a
+SQLite store the one collector leads from the start; with an election (a PostgreSQL store),
+only the elected collector runs them, after taking back the live view and the alert state
+from the store, and they are cancelled the moment its term ends. The /metrics statistics
+cycle runs on every collector.
+
 The subscriber is injectable (``connect``): tests drive batching, ack order, stop and
 poison handling without a broker; the real one is :class:`MqttSubscriber`.
 """
@@ -38,8 +45,10 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import random
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,21 +72,23 @@ from collector.ingest.reader import FILTERS_META_KEY, Connect, FilterState, Read
 from collector.ingest.validate import Ingestor
 from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
-from collector.live import LiveView
+from collector.live import LiveView, NodeState
+from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from collector.store.rollups import HOUR, MINUTE, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
-from shared.errors import ConfigError, PlanError
+from shared.errors import ConfigError, MqttWireError, PlanError
 from shared.logging import get_logger
-from shared.topics import SUBSCRIPTIONS
+from shared.topics import LIVE_SUBSCRIPTION, collector_subscriptions
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
+    from collector.paths import StoreTarget
     from collector.redfish.poller import RedfishPoller
     from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
@@ -150,11 +161,18 @@ class Collector:
             self.capacity = _capacity_job(settings, self.clock, capacity_metrics)
             rules += capacity_rules(self.capacity.state, settings.capacity)
         rules += governance_rules(lambda: self.governance.view, settings.governance)
+        self._rules = rules
         self.ledger: LedgerJob | None = None
         """The usage ledger's job (with rollups on): recomputes the hours the rollups moved."""
         if settings.rollups.enabled:
             self.ledger = self._ledger_job(settings)
         self.evaluator = Evaluator(rules)
+        """The alert rules' states: the current term's (a new term takes them back anew)."""
+        self.role_metrics = RoleMetrics(self.registry)
+        self.role: Role | None = None
+        """Leader or standby, once running (:mod:`collector.role`)."""
+        self.leader_evaluator: PeriodicEvaluator | None = None
+        """The evaluator of the current or last term (tests and benches watch its cycles)."""
         self.push_metrics: PushMetrics | None = None
         if settings.alertmanagers:
             from collector.alerts.ampush import PushMetrics  # noqa: PLC0415 (only when on)
@@ -166,6 +184,9 @@ class Collector:
         if settings.redfish.enabled:
             self.redfish = self._redfish_poller(settings)
         self._connect = connect
+        self._live_connect: Connect | None = None
+        """The leader's live feed in a share group (the real broker only, not for tests that
+        inject ``connect``)."""
         self.unit_bytes = max(1 << 20, settings.queue_max_bytes // 16)
         """Payload bytes after which the subscriber stops reading until the reader takes them."""
         self._stop = asyncio.Event()
@@ -225,7 +246,7 @@ class Collector:
             self.settings,
             clock=self.clock,
             live=self.live,
-            alert_states=self.evaluator.states,
+            alert_states=lambda: self.evaluator.states(),  # noqa: PLW0108 (a new term replaces it)
         )
 
     def counter_values(self) -> dict[str, int]:
@@ -275,176 +296,293 @@ class Collector:
         rollups = (
             RollupConfig(busy_util_pct=s.governance.busy_util_pct) if s.rollups.enabled else None
         )
-        async with Store(
-            s.store_target,
-            compress=s.compress_payloads,
-            synchronous=s.sqlite_synchronous,
-            rollups=rollups,
-        ) as store:
-            had_session = await store.meta("mqtt_session") == session_key
-            if s.watermark_interval_s > 0:
-                self.watermarks.restore(
-                    await load_watermarks(store),
-                    await stored_above(store, _RESTORE_ABOVE_ROWS),
-                    self.clock.time(),
-                )
-            held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
-            # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
-            # (the subscriber pauses there), so this bounds what waits in memory to about
-            # queue_max messages and queue_max_bytes.
-            self._queue = asyncio.Queue(
-                maxsize=max(
-                    2, min(s.queue_max // s.batch_max_rows, s.queue_max_bytes // self.unit_bytes)
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(
+                Store(
+                    s.store_target,
+                    compress=s.compress_payloads,
+                    synchronous=s.sqlite_synchronous,
+                    rollups=rollups,
                 )
             )
-            reader = Reader(
-                connect,
-                self.ingestor,
-                self._queue,
-                topics=SUBSCRIPTIONS,
-                session_key=session_key,
-                had_session=had_session,
-                held=held,
-                stop=self._stop,
-                connected=self.connected,
-                reconnect_min_s=s.mqtt.reconnect_min_s,
-                reconnect_max_s=s.mqtt.reconnect_max_s,
-                metrics=self.reader_metrics,
-            )
-            delivery = None
-            if s.receivers:
-                delivery = Delivery(
-                    s.receivers,
-                    self._queue.put,
-                    self.clock,
-                    load_pending=read_pending(s.store_target),
-                    rescan_s=self.delivery_rescan_s,
-                    poll_s=self.delivery_poll_s,
-                    metrics=self.delivery_metrics,
-                )
-            push = None
-            if s.alertmanagers:
-                from collector.alerts.ampush import AlertmanagerPush  # noqa: PLC0415
+            election = None
+            if (url := s.election_url()) is not None:
+                from collector.paths import PgTarget  # noqa: PLC0415
+                from collector.store.leader import LeaderLease  # noqa: PLC0415 (psycopg)
 
-                push = AlertmanagerPush(
-                    s.alertmanagers,
-                    self.clock,
-                    eval_interval_s=s.alerts.eval_interval_s,
-                    external_url=s.alerts.external_url,
-                    metrics=self.push_metrics,
-                    poll_s=self.delivery_poll_s,
-                )
-            alerts = AlertJob(
-                self.evaluator,
-                self.clock,
-                interval_s=s.alerts.eval_interval_s,
-                metrics=self.alert_metrics,
-                receivers=s.receivers,
-                external_url=s.alerts.external_url,
-                notify=None if delivery is None else delivery.offer,
-                routes=s.alert_routes(),
-                inhibit_rules=s.alert_inhibit_rules(),
-                push=None if push is None else push.update,
-            )
-            # Firing alerts stay firing while the live view refills after a restart: until a
-            # node that does not sample again could be called stale, and two evaluations.
-            await alerts.restore(store, hold_s=s.staleness().grace_s + 2 * alerts.interval_s)
-            metrics = None
-            if s.metrics_listen is not None:
-                metrics = self.metrics = self.exposition(store)
-                if self.capacity is not None:
-                    from collector.capacity.metrics import capacity_families  # noqa: PLC0415
-
-                    state = self.capacity.state
-
-                    async def capacity_source() -> list[Metric]:
-                        return capacity_families(state.picture)
-
-                    metrics.add(capacity_source)
-                from collector.governance.metrics import (  # noqa: PLC0415
-                    cohort_families,
-                    quota_families,
-                )
-
-                governance = self.governance
-
-                async def quota_source() -> list[Metric]:
-                    v = governance.view
-                    return quota_families(v.standings) + cohort_families(v.standings, v.cohorts)
-
-                metrics.add(quota_source)
-                if self.redfish is not None:
-                    from collector.redfish.metrics import bmc_families  # noqa: PLC0415
-
-                    bmcs = self.redfish.bmcs
-
-                    async def redfish_source() -> list[Metric]:
-                        return bmc_families(bmcs)
-
-                    metrics.add(redfish_source)
-            if self.capacity is not None:
-                await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
-            writer = Writer(
-                store,
-                self._queue,
-                self.ingestor,
-                self.clock,
-                batch_max_rows=s.batch_max_rows,
-                retention_s=s.retention_s,
-                retention_check_s=s.retention_check_s,
-                retention_chunk_rows=s.retention_chunk_rows,
-                rollup_retention_s=(
-                    {MINUTE: s.rollups.retention_1m_s, HOUR: s.rollups.retention_1h_s}
-                    if s.rollups.enabled
+                target = s.store_target
+                password = (
+                    target.password()
+                    if s.election.url is None and isinstance(target, PgTarget)
                     else None
-                ),
-                rollup_fold_s=s.rollups.fold_interval_s,
-                quarantine_max_rows=s.quarantine_max_rows,
-                counter_values=self.counter_values,
-                metrics=self.writer_metrics,
-                watermarks=self.watermarks if s.watermark_interval_s > 0 else None,
-                watermark_interval_s=s.watermark_interval_s,
-                stopping=self._stop.is_set,
+                )
+                election = await stack.enter_async_context(LeaderLease(url, password=password))
+            await self._run_on(store, election, connect, session_key)
+
+    async def _run_on(
+        self, store: Store, election: Election | None, connect: Connect, session_key: str
+    ) -> None:
+        s = self.settings
+        had_session = await store.meta("mqtt_session") == session_key
+        if self._marking:
+            self.watermarks.restore(
+                await load_watermarks(store),
+                await stored_above(store, _RESTORE_ABOVE_ROWS),
+                self.clock.time(),
             )
-            cycles: list[Cycle] = [
-                self.governance,  # first: the governance rules read its view
-                alerts,
-                *([] if self.capacity is None else [self.capacity]),
-                *([] if metrics is None else [metrics]),
-                *([] if self.ledger is None else [self.ledger]),
-            ]
-            async with Store.open_readonly(s.store_target) as reads:
-                evaluator = PeriodicEvaluator(
-                    cycles,
-                    self.live,
-                    reads,
-                    self._queue,
-                    self.clock,
-                    job_failures=self.writer_metrics.job_failures,
-                )
-                health = self.health = Health(
-                    self.clock,
-                    limit_s=s.metrics_ready_commit_s,
-                    connected=self.connected,
-                    writer=writer,
-                    queue=self._queue,
-                    evaluator=evaluator,
-                )
-                serving = contextlib.nullcontext() if metrics is None else metrics.serve(health)
-                async with serving, asyncio.TaskGroup() as tg:
-                    if (notifier := self.notifier) is not None:
-                        tg.create_task(notifier.run(health.alive, self._stop), name="sd-notify")
-                    tg.create_task(reader.run(), name="mqtt-reader")
-                    evaluating = tg.create_task(evaluator.run(), name="evaluator")
-                    tg.create_task(
-                        _write_then(writer, delivery, push, evaluating), name="store-writer"
-                    )
-                    if delivery is not None:
-                        tg.create_task(delivery.run(), name="webhook-delivery")
-                    if push is not None:
-                        tg.create_task(push.run(), name="alertmanager-push")
-                    if self.redfish is not None:
-                        tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
+        held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
+        # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
+        # (the subscriber pauses there), so this bounds what waits in memory to about
+        # queue_max messages and queue_max_bytes.
+        queue = self._queue = asyncio.Queue(
+            maxsize=max(
+                2, min(s.queue_max // s.batch_max_rows, s.queue_max_bytes // self.unit_bytes)
+            )
+        )
+        reader = Reader(
+            connect,
+            self.ingestor,
+            queue,
+            topics=collector_subscriptions(s.mqtt.share_group),
+            session_key=session_key,
+            had_session=had_session,
+            held=held,
+            stop=self._stop,
+            connected=self.connected,
+            reconnect_min_s=s.mqtt.reconnect_min_s,
+            reconnect_max_s=s.mqtt.reconnect_max_s,
+            metrics=self.reader_metrics,
+        )
+        role = self.role = Role(
+            s.session_client_id,
+            self.clock,
+            election=election,
+            lease_s=s.election.lease_s,
+            poll_s=s.election.poll_interval_s,
+            metrics=self.role_metrics,
+        )
+        hold_s = s.staleness().grace_s + 2 * s.alerts.eval_interval_s
+        alone: _LeaderJobs | None = None
+        if election is None:
+            # One collector: it leads from the start, and takes back its alerts before
+            # anything runs, as it always did. Firing alerts stay firing while the live view
+            # refills after a restart: until a node that does not sample again could be
+            # called stale, and two evaluations.
+            alone = self._leader_jobs(queue)
+            await alone.alerts.restore(store, hold_s=hold_s)
+        metrics = None
+        if s.metrics_listen is not None:
+            metrics = self.metrics = self.exposition(store)
+            if self.capacity is not None:
+                from collector.capacity.metrics import capacity_families  # noqa: PLC0415
+
+                state = self.capacity.state
+
+                async def capacity_source() -> list[Metric]:
+                    return capacity_families(state.picture)
+
+                metrics.add(capacity_source)
+            from collector.governance.metrics import (  # noqa: PLC0415
+                cohort_families,
+                quota_families,
+            )
+
+            governance = self.governance
+
+            async def quota_source() -> list[Metric]:
+                v = governance.view
+                return quota_families(v.standings) + cohort_families(v.standings, v.cohorts)
+
+            metrics.add(quota_source)
+            if self.redfish is not None:
+                from collector.redfish.metrics import bmc_families  # noqa: PLC0415
+
+                bmcs = self.redfish.bmcs
+
+                async def redfish_source() -> list[Metric]:
+                    return bmc_families(bmcs)
+
+                metrics.add(redfish_source)
+        if self.capacity is not None and election is None:
+            await self.capacity.restore(store, window_s=s.capacity.rising_window_s)
+        writer = Writer(
+            store,
+            queue,
+            self.ingestor,
+            self.clock,
+            batch_max_rows=s.batch_max_rows,
+            retention_s=s.retention_s,
+            retention_check_s=s.retention_check_s,
+            retention_chunk_rows=s.retention_chunk_rows,
+            rollup_retention_s=(
+                {MINUTE: s.rollups.retention_1m_s, HOUR: s.rollups.retention_1h_s}
+                if s.rollups.enabled
+                else None
+            ),
+            rollup_fold_s=s.rollups.fold_interval_s,
+            quarantine_max_rows=s.quarantine_max_rows,
+            counter_values=self.counter_values,
+            metrics=self.writer_metrics,
+            watermarks=self.watermarks if self._marking else None,
+            watermark_interval_s=s.watermark_interval_s,
+            stopping=self._stop.is_set,
+        )
+        async with Store.open_readonly(s.store_target) as reads:
+            # Every collector keeps its own /metrics statistics; the leader's cycles run in
+            # its term (_lead).
+            evaluator = PeriodicEvaluator(
+                [] if metrics is None else [metrics],
+                self.live,
+                reads,
+                queue,
+                self.clock,
+                job_failures=self.writer_metrics.job_failures,
+            )
+            health = self.health = Health(
+                self.clock,
+                limit_s=s.metrics_ready_commit_s,
+                connected=self.connected,
+                writer=writer,
+                queue=queue,
+                evaluator=evaluator,
+                role=None if election is None else role.describe,
+            )
+
+            async def lead(fence: Fence) -> None:
+                if alone is not None:
+                    await self._lead(alone, reads, fence, health)
+                    return
+                await self._take_over(reads, fence, health, hold_s)
+
+            until = asyncio.Event()
+            serving = contextlib.nullcontext() if metrics is None else metrics.serve(health)
+            async with serving, asyncio.TaskGroup() as tg:
+                if (notifier := self.notifier) is not None:
+                    tg.create_task(notifier.run(health.alive, self._stop), name="sd-notify")
+                tg.create_task(reader.run(), name="mqtt-reader")
+                evaluating = tg.create_task(evaluator.run(), name="evaluator")
+                tg.create_task(role.run(lead, until), name="role")
+                tg.create_task(_write_then(writer, until, evaluating), name="store-writer")
+
+    def _leader_jobs(self, queue: RecordQueue) -> _LeaderJobs:
+        """The leader's jobs for one term (a new term starts from what the store holds)."""
+        s = self.settings
+        delivery = None
+        if s.receivers:
+            delivery = Delivery(
+                s.receivers,
+                queue.put,
+                self.clock,
+                load_pending=read_pending(s.store_target),
+                rescan_s=self.delivery_rescan_s,
+                poll_s=self.delivery_poll_s,
+                metrics=self.delivery_metrics,
+            )
+        push = None
+        if s.alertmanagers:
+            from collector.alerts.ampush import AlertmanagerPush  # noqa: PLC0415
+
+            push = AlertmanagerPush(
+                s.alertmanagers,
+                self.clock,
+                eval_interval_s=s.alerts.eval_interval_s,
+                external_url=s.alerts.external_url,
+                metrics=self.push_metrics,
+                poll_s=self.delivery_poll_s,
+            )
+        self.evaluator = Evaluator(self._rules)
+        alerts = AlertJob(
+            self.evaluator,
+            self.clock,
+            interval_s=s.alerts.eval_interval_s,
+            metrics=self.alert_metrics,
+            receivers=s.receivers,
+            external_url=s.alerts.external_url,
+            notify=None if delivery is None else delivery.offer,
+            routes=s.alert_routes(),
+            inhibit_rules=s.alert_inhibit_rules(),
+            push=None if push is None else push.update,
+        )
+        return _LeaderJobs(alerts, delivery, push)
+
+    async def _take_over(self, reads: Store, fence: Fence, health: Health, hold_s: float) -> None:
+        """A new term of an elected leader: the live view filled from the store, the
+        alerts and capacity history taken back, then the leader's jobs."""
+        s = self.settings
+        records = FencedRecords(_put_record(self._queue), fence)
+        started = self.clock.monotonic()
+        merged = self.live.merge(await asyncio.to_thread(_stored_nodes, s.store_target))
+        jobs = self._leader_jobs(records)
+        await records.put(await jobs.alerts.take_back(reads, hold_s=hold_s))
+        if self.capacity is not None:
+            await self.capacity.restore(reads, window_s=s.capacity.rising_window_s)
+        log.info(
+            "leader_took_over",
+            token=fence.token,
+            nodes=merged,
+            ms=round((self.clock.monotonic() - started) * 1000),
+        )
+        await self._lead(jobs, reads, fence, health)
+
+    async def _lead(self, jobs: _LeaderJobs, reads: Store, fence: Fence, health: Health) -> None:
+        """Run the leader's cycles, delivery and push until cancelled (the term ended)."""
+        records = FencedRecords(_put_record(self._queue), fence)
+        cycles: list[Cycle] = [
+            self.governance,  # first: the governance rules read its view
+            jobs.alerts,
+            *([] if self.capacity is None else [self.capacity]),
+            *([] if self.ledger is None else [self.ledger]),
+        ]
+        evaluator = PeriodicEvaluator(
+            cycles,
+            self.live,
+            reads,
+            records,
+            self.clock,
+            job_failures=self.writer_metrics.job_failures,
+        )
+        self.leader_evaluator = evaluator
+        with health.watching(evaluator):
+            async with asyncio.TaskGroup() as tg:
+                if self.settings.mqtt.share_group is not None and self._live_connect is not None:
+                    tg.create_task(self._live_feed(self._live_connect), name="mqtt-live-feed")
+                tg.create_task(evaluator.run(), name="leader-evaluator")
+                if jobs.delivery is not None:
+                    tg.create_task(jobs.delivery.run(), name="webhook-delivery")
+                if jobs.push is not None:
+                    tg.create_task(jobs.push.run(), name="alertmanager-push")
+                if self.redfish is not None:
+                    tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
+
+    async def _live_feed(self, connect: Connect) -> None:
+        """The leader's view of every node's samples in a share group (it stores only its
+        share): QoS 0 on a clean session of its own, into the live view only. Reconnects
+        with the reader's backoff; ends when the term is cancelled."""
+        s = self.settings
+        delay = s.mqtt.reconnect_min_s
+        while True:
+            try:
+                async with connect() as sub:
+                    await sub.subscribe([(LIVE_SUBSCRIPTION, 0)])
+                    log.info("mqtt_live_feed_on", topic=LIVE_SUBSCRIPTION)
+                    delay = s.mqtt.reconnect_min_s
+                    observe = self.ingestor.observe
+                    while True:
+                        for m in await sub.next_batch():
+                            observe(m.topic, m.payload)
+            except MqttWireError as exc:
+                log.warning("mqtt_live_feed_lost", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(s.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
+
+    @property
+    def _marking(self) -> bool:
+        """Whether this collector publishes the store's watermarks. Not in a share group:
+        each member stores only its share of a node's samples, so its own count of what is
+        stored would show holes that another member filled (a watermark from the shared
+        store's truth is not built yet); agents then forget samples at the PUBACK."""
+        s = self.settings
+        return s.watermark_interval_s > 0 and s.mqtt.share_group is None
 
     delivery_rescan_s: float = 10.0
     """How often the delivery re-reads the pending outbox (``--redeliver`` waits that long)."""
@@ -455,6 +593,22 @@ class Collector:
         from collector.ingest.subscriber import MqttSubscriber  # noqa: PLC0415 (not for tests)
 
         s = self.settings
+
+        def live() -> Subscriber:
+            return MqttSubscriber(
+                s.mqtt.host,
+                s.mqtt.port,
+                client_id=f"{s.session_client_id}-live",
+                username=s.mqtt.live_username,
+                password=s.mqtt.live_password_value(),
+                keepalive_s=s.mqtt.keepalive_s,
+                clean_session=True,
+                ssl_context=ssl_context,
+                max_buffered=s.batch_max_rows,
+                max_buffered_bytes=self.unit_bytes,
+            )
+
+        self._live_connect = live
 
         def connect() -> Subscriber:
             return MqttSubscriber(
@@ -518,22 +672,37 @@ def _raise_open_files(wanted: int) -> None:
         )
 
 
-async def _write_then(
-    writer: Writer,
-    delivery: Delivery | None,
-    push: AlertmanagerPush | None,
-    evaluating: asyncio.Task[None],
-) -> None:
-    """Run the writer; once it has stopped, stop the evaluator, the delivery (their records
-    have no taker) and the Alertmanager push (no more alerts come)."""
+async def _write_then(writer: Writer, until: asyncio.Event, evaluating: asyncio.Task[None]) -> None:
+    """Run the writer; once it has stopped, end the leader's jobs (their records have no
+    taker; the role releases the lease) and the /metrics statistics."""
     try:
         await writer.run()
     finally:
+        until.set()
         evaluating.cancel()
-        if delivery is not None:
-            delivery.stop()
-        if push is not None:
-            push.stop()
+
+
+def _put_record(queue: asyncio.Queue[WriterItem] | None) -> RecordQueue:
+    assert queue is not None
+    return queue
+
+
+def _stored_nodes(db: StoreTarget) -> list[NodeState]:
+    """Each node's newest stored sample, status and inventory (a new leader's live view)."""
+    from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    with StoreReader(db) as reader:
+        return nodes_from_store(reader)
+
+
+@dataclass(slots=True)
+class _LeaderJobs:
+    """What one term of leadership runs beside the cycles."""
+
+    alerts: AlertJob
+    delivery: Delivery | None
+    push: AlertmanagerPush | None
 
 
 @contextlib.contextmanager

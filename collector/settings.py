@@ -24,7 +24,7 @@ from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, pars
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.settings import CapwatchSettings, DurationText
+from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
 
 if TYPE_CHECKING:
     from collector.alerts.route import Route
@@ -36,7 +36,9 @@ __all__ = [
     "BillingSettings",
     "BmcSettings",
     "CapacitySettings",
+    "CollectorMqttSettings",
     "CollectorSettings",
+    "ElectionSettings",
     "GovernanceSettings",
     "InhibitRuleSettings",
     "ReceiverSettings",
@@ -316,8 +318,74 @@ class StoreSettings(BaseModel):
         return value
 
 
+class CollectorMqttSettings(MqttSettings):
+    """``[mqtt]`` of the collector: the broker settings both programs share, plus how
+    several collectors share the samples."""
+
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """Several collectors: the name of their MQTT shared subscription. Each sample goes to
+    one member of the group; inventories and statuses to all. Unset: one collector, a
+    plain subscription to every node's topics (:func:`shared.topics.collector_subscriptions`).
+    Flag ``--share-group``, env ``CAPWATCH_MQTT__SHARE_GROUP``."""
+    live_username: str | None = None
+    """With a share group: the MQTT user of the leader's live feed (every node's samples
+    at QoS 0 on a connection of its own, :data:`shared.topics.LIVE_SUBSCRIPTION`). It must
+    differ from ``username``: a broker that binds client ids to usernames would otherwise
+    give the feed's clean session the collector's own persistent one, and discard it.
+    Unset without a ``username``: the feed connects anonymously, client id ``<id>-live``."""
+    live_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _live_user_of_its_own(self) -> Self:
+        if self.share_group is None or self.username is None:
+            return self
+        if self.live_username is None or self.live_username == self.username:
+            raise ConfigError(
+                "setting 'mqtt.live_username' must name a second MQTT user when "
+                "mqtt.share_group and mqtt.username are set (the leader's live feed of every "
+                f"sample; e.g. {self.username}-live, with read access to "
+                "capwatch/v1/nodes/+/sample: deploy/mosquitto.acl)",
+                field="mqtt.live_username",
+            )
+        return self
+
+    def live_password_value(self) -> str | None:
+        """The live feed user's password in clear text, for the MQTT client only."""
+        return None if self.live_password is None else self.live_password.get_secret_value()
+
+
+class ElectionSettings(BaseModel):
+    """``[election]``: which of several collectors runs the leader's jobs (alerts,
+    governance, capacity, webhook delivery, the Alertmanager push).
+
+    On a SQLite store there is one collector and it always leads; on a PostgreSQL store the
+    collectors elect one through a lease row in the database
+    (:mod:`collector.store.leader`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    lease_s: float = Field(default=10.0, ge=1.0, le=600.0)
+    """How long a leader's lease lasts without renewal (database clock). It renews every
+    third of it; a leader that cannot renew stops its jobs before the lease ends, and
+    another collector takes over once it has ended."""
+    poll_s: float | None = Field(default=None, gt=0, le=60.0)
+    """How often a standby collector tries to take an ended lease; unset: a tenth of
+    ``lease_s``."""
+    url: SecretStr | None = None
+    """The PostgreSQL database that holds the lease; unset: the store's, when the store is
+    PostgreSQL (the normal case). Set alone, it elects among collectors that each keep a
+    SQLite store (tests and trials; their stores are not shared)."""
+
+    @property
+    def poll_interval_s(self) -> float:
+        """Seconds between a standby collector's attempts to take the lease."""
+        return self.lease_s / 10 if self.poll_s is None else self.poll_s
+
+
 class CollectorSettings(CapwatchSettings):
     """Settings of ``collector run`` and the commands that read the store."""
+
+    mqtt: CollectorMqttSettings = CollectorMqttSettings()
 
     db_path: Path = DEFAULT_DB_PATH
     store: StoreSettings = StoreSettings()
@@ -343,7 +411,12 @@ class CollectorSettings(CapwatchSettings):
     client_id: str | None = Field(default=None, min_length=1, max_length=128)
     """Fixed MQTT client id: with clean_session off, the broker keeps our messages for us.
     Unset: the MQTT username (the shipped broker config binds client ids to usernames),
-    else ``capwatch-collector``. See :attr:`session_client_id`."""
+    else ``capwatch-collector`` (with ``mqtt.share_group``:
+    ``capwatch-collector-<hostname>-<instance>``). See :attr:`session_client_id`."""
+    instance: str = Field(default="1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+    """This collector's name among those on the same host (``--instance``): part of the
+    default client id with a share group, and of its name in the leader election."""
+    election: ElectionSettings = ElectionSettings()
     retention_s: float = Field(default=86_400.0, gt=0, le=_TEN_YEARS_S)
     """Raw samples that arrived longer ago are deleted, in small chunks."""
     retention_check_s: float = Field(default=30.0, gt=0, le=86_400)
@@ -518,5 +591,22 @@ class CollectorSettings(CapwatchSettings):
 
     @property
     def session_client_id(self) -> str:
-        """The client id the broker keeps the collector's session under."""
-        return self.client_id or self.mqtt.username or "capwatch-collector"
+        """The client id the broker keeps the collector's session under.
+
+        Alone, ``capwatch-collector`` by default (as always: a default that changed would
+        leave the old session's queue behind). In a share group each member needs its own
+        session, so the default names the host and the instance; a site that moves a
+        member to another host sets ``client_id`` (or the username) so that the session,
+        and what the broker holds in it, follows."""
+        if self.client_id or self.mqtt.username:
+            return self.client_id or self.mqtt.username or ""
+        if self.mqtt.share_group is None:
+            return "capwatch-collector"
+        return f"capwatch-collector-{default_node_id()}-{self.instance}"
+
+    def election_url(self) -> str | None:
+        """The PostgreSQL URL the collectors elect their leader through, ``None`` when this
+        collector always leads (a SQLite store and no ``election.url``)."""
+        if self.election.url is not None:
+            return self.election.url.get_secret_value()
+        return self.store.url  # a PostgreSQL store: its own database (no password in it)

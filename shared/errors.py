@@ -7,6 +7,7 @@ Third-party errors are converted at the boundary (``raise StoreError(...) from e
     ├── SchemaError        a wire message failed validation (``reason``: not_json / invalid /
     │                      version / topic_mismatch)
     ├── StoreError         the store (SQLite or PostgreSQL) cannot be opened or written
+    │   └── NotLeaderError a deposed leader's state change, refused by its fencing token
     ├── GpuBackendError    NVML failed in a way that is not "this node has no GPUs"
     ├── PlanError          a power plan is invalid (``field`` names the culprit)
     ├── MqttWireError      the collector's MQTT subscriber (collector/ingest/subscriber.py):
@@ -29,6 +30,7 @@ __all__ = [
     "MqttProtocolError",
     "MqttSubscribeError",
     "MqttWireError",
+    "NotLeaderError",
     "PlanError",
     "RedfishError",
     "SchemaError",
@@ -93,6 +95,16 @@ class StoreError(CapwatchError):
         self.fatal = fatal
         self.unavailable = unavailable
         self.exit_code = exit_code
+
+
+class NotLeaderError(StoreError):
+    """A leader-only state change was refused: ``token`` no longer holds the lease (another
+    collector took over, or the lease ended). The transaction is rolled back; not fatal: the
+    collector goes on ingesting as a standby."""
+
+    def __init__(self, message: str, *, token: int) -> None:
+        super().__init__(message, fatal=False, exit_code=1)
+        self.token = token
 
 
 class GpuBackendError(CapwatchError):

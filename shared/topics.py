@@ -9,10 +9,13 @@ from shared.errors import ConfigError
 
 __all__ = [
     "LEGACY_SUBSCRIPTIONS",
+    "LIVE_SUBSCRIPTION",
     "NODE_ID_RE",
     "PREFIX",
+    "SHARE_GROUP_RE",
     "SUBSCRIPTIONS",
     "WATERMARK_PREFIX",
+    "collector_subscriptions",
     "inventory_topic",
     "parse_topic",
     "sample_topic",
@@ -51,6 +54,51 @@ LEGACY_SUBSCRIPTIONS: Final = (
     f"{PREFIX}/+/status",
 )
 """The filters of a session made by earlier collectors (one per kind): retired on upgrade."""
+
+
+SHARE_GROUP_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+"""A share group name (``mqtt.share_group``): one topic level, no wildcards (MQTT 5.0
+section 4.8.2: a ShareName must not contain ``/``, ``+`` or ``#``)."""
+
+
+def collector_subscriptions(share_group: str | None) -> tuple[str, ...]:
+    """The filters a collector subscribes to: :data:`SUBSCRIPTIONS` when it is alone
+    (``share_group`` unset), else samples through the shared subscription
+    ``$share/<group>/capwatch/v1/nodes/+/sample`` and the retained inventory and status
+    through plain ones.
+
+    With a group, the broker hands each sample to one member of the group (Mosquitto 2:
+    round-robin), and every member gets every inventory and status (each stores them; the
+    store keeps one row per node). Not ``capwatch/v1/nodes/#`` beside the shared filter:
+    that would match the samples too, and each member would get all of them again. Only
+    the three kinds of wire schema v1 are received (a kind added later needs its filter
+    here). The shared filter is MQTT 5.0's syntax, which Mosquitto 2 also accepts from MQTT
+    3.1.1 clients; NATS' MQTT grants it and then delivers nothing (deploy/README.md).
+    """
+    if share_group is None:
+        return SUBSCRIPTIONS
+    if not SHARE_GROUP_RE.match(share_group):
+        raise ConfigError(
+            f"share group {share_group!r} is not usable in a topic filter: use 1-64 letters, "
+            "digits, '.', '_' or '-', starting with a letter or digit (--share-group)",
+            field="mqtt.share_group",
+        )
+    return (
+        f"$share/{share_group}/{PREFIX}/+/sample",
+        f"{PREFIX}/+/inventory",
+        f"{PREFIX}/+/status",
+    )
+
+
+LIVE_SUBSCRIPTION: Final = f"{PREFIX}/+/sample"
+"""The leader's live feed in a share group: every node's samples at QoS 0, for its live
+view only (the members store them through the shared filter), on a connection of its own
+with a clean session (nothing kept for it while it is away) and its own client id.
+
+Not on the collector's own connection: Mosquitto 2.0 sends a client one copy of a message
+that matches both its shared and a plain subscription, at the plain one's QoS, so the
+leader's share would arrive at QoS 0 only, and never be stored (measured:
+tests/integration/test_share_group.py)."""
 
 
 def validate_node_id(node: str) -> str:

@@ -60,7 +60,7 @@ from shared.logging import get_logger
 if TYPE_CHECKING:
     from collector.settings import ReceiverSettings
 
-__all__ = ["AlertJob", "AlertJobMetrics", "AlertRecord"]
+__all__ = ["AlertJob", "AlertJobMetrics", "AlertRecord", "RestoreRecord"]
 
 log = get_logger("alerts")
 
@@ -104,6 +104,25 @@ class AlertRecord:
     async def write(self, store: Store) -> None:
         """Commit the changes, then hand the notifications on (see the module docstring)."""
         await self.job._recorded(store, self)  # the job's other half
+
+
+@dataclass(slots=True)
+class RestoreRecord:
+    """What taking back the alerts makes for the store (see :meth:`AlertJob.take_back`)."""
+
+    restored: int
+    orphans: list[str]
+    inhibit_rules: str
+    job: AlertJob
+    name: str = "alerts"
+
+    async def write(self, store: Store) -> None:
+        """Forget the notification groups of alerts that no longer fire; record the inhibit
+        rules this collector applies (`collector alerts` marks inhibited alerts by them)."""
+        if self.orphans:
+            await write_alerts(store, [], self.job.keep_history_s, forget_groups=self.orphans)
+            log.info("alert_groups_pruned", groups=len(self.orphans))
+        await store.write_batch([], meta=[("inhibit_rules", self.inhibit_rules)])
 
 
 class AlertJobMetrics:
@@ -161,13 +180,23 @@ class AlertJob:
         self.interval_s = interval_s
         self._evaluator = evaluator
         self._clock = clock
-        self._keep_history_s = keep_history_s
+        self.keep_history_s = keep_history_s
+        """How long resolved alerts stay in the history."""
         self.metrics = AlertJobMetrics(CollectorRegistry()) if metrics is None else metrics
         self.evaluated_at = float("-inf")
         """Clock time of the last evaluation whose changes are recorded (tests wait on it)."""
 
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
+        record = await self.take_back(store, hold_s=hold_s)
+        await record.write(store)
+        return record.restored
+
+    async def take_back(self, store: Store, *, hold_s: float) -> RestoreRecord:
+        """The reading half of :meth:`restore`: the alerts and notification log as the store
+        holds them, taken into this job. What that makes for the store (notification groups
+        of alerts that no longer fire, the inhibit rules in force) is the returned record's,
+        for whoever owns the writes (a new leader puts it on the writer's queue)."""
         states = []
         for row in await active_alerts(store):
             labels = json.loads(row["labels"])
@@ -191,15 +220,11 @@ class AlertJob:
         }
         self._dispatcher = Dispatcher(self._routes, log_entries)
         orphans = self._dispatcher.prune_log(s.labels for s in states if s.state == "firing")
-        if orphans:
-            await write_alerts(store, [], self._keep_history_s, forget_groups=orphans)
-            log.info("alert_groups_pruned", groups=len(orphans))
-        # `collector alerts` marks inhibited alerts by the rules this collector applies.
-        rules = inhibit_rules_to_json(self._inhibit_rules)
-        await store.write_batch([], meta=[("inhibit_rules", rules)])
         if states:
             log.info("alerts_restored", alerts=len(states))
-        return len(states)
+        return RestoreRecord(
+            len(states), list(orphans), inhibit_rules_to_json(self._inhibit_rules), self
+        )
 
     async def __call__(self, store: Store, view: LiveView) -> AlertRecord:
         """One evaluation of ``view`` (a snapshot); ``store`` is read for the silences."""
@@ -249,7 +274,7 @@ class AlertJob:
             entries = await write_alerts(
                 store,
                 [_change(t) for t in r.transitions],
-                self._keep_history_s,
+                self.keep_history_s,
                 r.outbox,
                 r.now,
                 groups=r.groups,

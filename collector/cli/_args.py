@@ -57,8 +57,12 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> CollectorSetti
         "store": {"url": target.url} if isinstance(target, PgTarget) else None,
         "log_level": getattr(args, "log_level", None),
         "log_json": getattr(args, "log_json", None),
-        "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},
         **extra,
+        "mqtt": {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            **extra.get("mqtt", {}),
+        },
     }
     settings = load_settings(CollectorSettings, config_file=args.config, overrides=overrides)
     if isinstance(target, Path) and settings.store.url is not None:  # the flag wins

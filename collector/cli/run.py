@@ -36,7 +36,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--client-id",
         metavar="ID",
         help="MQTT client id of the persistent session (default: the MQTT username, else "
-        "capwatch-collector)",
+        "capwatch-collector; with --share-group capwatch-collector-<hostname>-<instance>)",
+    )
+    p.add_argument(
+        "--share-group",
+        metavar="NAME",
+        help="run as one of several collectors: take samples through the MQTT shared "
+        "subscription $share/NAME/capwatch/v1/nodes/+/sample (each sample goes to one member; "
+        "Mosquitto 2, not NATS), inventories and statuses through plain ones; give each "
+        "collector its own MQTT user (setting mqtt.share_group; default: unset, one collector)",
+    )
+    p.add_argument(
+        "--instance",
+        metavar="NAME",
+        help="this collector's name among several on one host: part of its default client id "
+        "and of its name in the leader election (setting instance; default 1)",
     )
     p.add_argument("--retention", metavar="DURATION", help="keep raw samples this long (e.g. 24h)")
     p.add_argument(
@@ -57,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from shared.durations import parse_duration  # noqa: PLC0415
     from shared.logging import configure_logging  # noqa: PLC0415
 
-    extra: dict[str, Any] = {"client_id": args.client_id}
+    extra: dict[str, Any] = {
+        "client_id": args.client_id,
+        "instance": args.instance,
+        "mqtt": {"share_group": args.share_group},
+    }
     if args.metrics_listen is not None:
         extra["metrics_listen"] = args.metrics_listen
     if args.web_config_file is not None:

@@ -171,6 +171,30 @@ class Ingestor:
             return self._reject(*verdict, topic=topic, payload=payload, node=node, now=now)
         return verdict
 
+    def observe(self, topic: str, payload: bytes) -> bool:
+        """A sample for the live view only: the leader's QoS 0 feed of every node's samples,
+        which another collector of the share group stores (:mod:`collector.role`).
+
+        Validated as :meth:`handle` validates it; counted nowhere and never quarantined
+        (the collector that stores it does both). Returns whether it became its node's
+        latest."""
+        parsed = parse_topic(topic)
+        live = self.live
+        if parsed is None or parsed[1] != "sample" or live is None:
+            return False
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return False
+        try:
+            message = _DECODERS["sample"](payload)
+        except Exception:  # as in _accept: a bad message is the message's fault
+            return False
+        now = self.clock.time()
+        if not isinstance(message, Sample) or message.node != parsed[0]:
+            return False
+        if self._timing_problem(message.ts, now) is not None:
+            return False
+        return live.on_sample(message, now)
+
     def _accept(
         self, parsed: tuple[str, str] | None, payload: bytes, now: float
     ) -> SampleRow | NodeUpdate | _Problem:

@@ -25,7 +25,7 @@ from agent.simulate import FleetSimulator
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
 from collector.service import Collector
-from collector.settings import CollectorSettings, StoreSettings
+from collector.settings import CollectorMqttSettings, CollectorSettings, StoreSettings
 from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
@@ -48,7 +48,9 @@ class CollectorRunner:
         where: dict[str, Any] = (
             {"db_path": db} if isinstance(db, Path) else {"store": StoreSettings(url=db.url)}
         )
-        self.settings = CollectorSettings(mqtt=fast_mqtt(broker), batch_max_delay_s=0.05, **where)
+        self.settings = CollectorSettings(
+            mqtt=CollectorMqttSettings(**dict(fast_mqtt(broker))), batch_max_delay_s=0.05, **where
+        )
         self.target = db
         self.clock: Clock | None = None
         self.collector: Collector | None = None

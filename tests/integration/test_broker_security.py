@@ -31,7 +31,13 @@ from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator
 from collector.governance.settings import GovernanceSettings
-from collector.settings import AlertSettings, BmcSettings, CollectorSettings, RedfishSettings
+from collector.settings import (
+    AlertSettings,
+    BmcSettings,
+    CollectorMqttSettings,
+    CollectorSettings,
+    RedfishSettings,
+)
 from shared.schema import decode_watermark, encode
 from shared.settings import MqttSettings, load_settings
 from shared.topics import (
@@ -154,6 +160,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "billing": "[billing]",
         "store": "[store]",
         "redfish": "[redfish]",
+        "election": "[election]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
     named |= {f"{key} = " for key in AlertSettings.model_fields}
@@ -169,7 +176,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "client_id": "capwatch-collector",
     }
     assert settings.mqtt.username == "capwatch-collector"
-    defaults = CollectorSettings(mqtt=MqttSettings(username="capwatch-collector"))
+    defaults = CollectorSettings(mqtt=CollectorMqttSettings(username="capwatch-collector"))
     assert settings.model_dump(exclude={"db_path", "client_id", "log_json"}) == (
         defaults.model_dump(exclude={"db_path", "client_id", "log_json"})
     )

@@ -18,6 +18,7 @@ from agent.simulate import FleetSimulator, publish_fleet
 from collector.counters import value
 from collector.localbroker import BrokerProcess, EmbeddedBroker
 from collector.natsbroker import NatsBroker, find_nats_server
+from collector.settings import CollectorMqttSettings
 from tests.helpers import count_samples, db_rows, skip_without_nats, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
 from tests.integration.secure_broker import make_pki
@@ -102,7 +103,9 @@ async def test_the_collector_ingests_from_nats_over_tls(tmp_path: Path) -> None:
     with NatsBroker(tmp_path / "nats", tls=(pki.server_cert, pki.server_key)) as nats:
         mqtt = fast_mqtt(nats).model_copy(update={"tls_ca_file": pki.ca_cert})
         runner = CollectorRunner(nats, tmp_path / "capwatch.db")
-        runner.settings = runner.settings.model_copy(update={"mqtt": mqtt})
+        runner.settings = runner.settings.model_copy(
+            update={"mqtt": CollectorMqttSettings(**dict(mqtt))}
+        )
         try:
             await runner.start()
             await publish_fleet(mqtt, sim, ticks=10, burst=True, start_ts=time.time() - 60)

@@ -9,7 +9,7 @@ from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
-from collector.settings import CollectorSettings
+from collector.settings import CollectorMqttSettings, CollectorSettings
 from shared.clock import SystemClock
 from shared.sdnotify import SdNotifier
 from tests.helpers import wait_until
@@ -24,7 +24,9 @@ async def test_collector_and_agent_notify_ready_and_ping_the_watchdog(
     sampling), and STOPPING=1 on a clean stop."""
     c_sd, a_sd = FakeSystemd(tmp_path / "c.sock"), FakeSystemd(tmp_path / "a.sock")
     collector = Collector(
-        CollectorSettings(mqtt=fast_mqtt(mosquitto), db_path=tmp_path / "c.db"),
+        CollectorSettings(
+            mqtt=CollectorMqttSettings(**dict(fast_mqtt(mosquitto))), db_path=tmp_path / "c.db"
+        ),
         notifier=SdNotifier(str(c_sd.path), watchdog_s=0.6),
     )
     settings = AgentSettings(

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from agent.settings import AgentSettings
-from collector.settings import CollectorSettings
+from collector.settings import CollectorMqttSettings, CollectorSettings
 from shared.errors import ConfigError
 from shared.settings import MqttSettings, load_settings
 from tests.integration.secure_broker import Pki, make_pki
@@ -80,7 +80,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_password_is_hidden_in_repr_and_dumps_but_given_to_the_client() -> None:
     """repr, str and JSON show asterisks; password_value() is the text for the MQTT client."""
     s = CollectorSettings(
-        mqtt=MqttSettings(username="capwatch-collector", password=SecretStr(_SECRET))
+        mqtt=CollectorMqttSettings(username="capwatch-collector", password=SecretStr(_SECRET))
     )
     for shown in (repr(s), str(s), repr(s.mqtt), s.model_dump_json(), str(s.model_dump())):
         assert _SECRET not in shown

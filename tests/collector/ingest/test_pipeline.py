@@ -27,12 +27,18 @@ from collector.ingest.reader import (
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
-from collector.settings import CollectorSettings
+from collector.settings import CollectorMqttSettings, CollectorSettings
 from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
 from shared.schema import decode_watermark, encode
-from shared.topics import LEGACY_SUBSCRIPTIONS, SUBSCRIPTIONS, sample_topic, watermark_topic
+from shared.topics import (
+    LEGACY_SUBSCRIPTIONS,
+    SUBSCRIPTIONS,
+    collector_subscriptions,
+    sample_topic,
+    watermark_topic,
+)
 from tests.collector.ingest.scripted import ScriptedBroker
 from tests.helpers import count_samples, db_rows, wait_until, write_locked
 
@@ -458,8 +464,29 @@ async def test_a_legacy_session_gets_the_new_filter_and_retires_the_old_ones_lat
     assert (again.subscriptions, again.unsubscriptions) == ([], [])
 
 
-async def _run_once(tmp_path: Path, broker: ScriptedBroker, *, wall: float = T0) -> Running:
-    run = Running(tmp_path, broker, wall=wall)
+async def test_joining_a_share_group_adds_its_filters_then_retires_the_plain_one(
+    tmp_path: Path,
+) -> None:
+    """A lone collector's session given --share-group goes through the same migration:
+    the shared sample filter and the plain inventory/status filters now, '#' only later."""
+    group = CollectorMqttSettings(share_group="g")
+    await _run_once(tmp_path, ScriptedBroker(), client_id="c1")
+    added = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, added, client_id="c1", mqtt=group)
+    wanted = collector_subscriptions("g")
+    assert added.subscriptions == [[(t, 1) for t in wanted]]
+    assert wanted[0] == "$share/g/capwatch/v1/nodes/+/sample"
+    assert added.unsubscriptions == []
+    later = ScriptedBroker(session_present=True)
+    run = await _run_once(tmp_path, later, wall=T0 + RETIRE_AFTER_S + 1, client_id="c1", mqtt=group)
+    assert later.unsubscriptions == [list(SUBSCRIPTIONS)]
+    assert _held_filters(run.db) == FilterState(wanted, T0)
+
+
+async def _run_once(
+    tmp_path: Path, broker: ScriptedBroker, *, wall: float = T0, **settings: object
+) -> Running:
+    run = Running(tmp_path, broker, wall=wall, **settings)
     await run.start()  # waits for the mqtt_session fact (written after the filters fact)
     await run.stop()
     return run
