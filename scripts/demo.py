@@ -285,6 +285,12 @@ def main() -> int:
         action="store_true",
         help="use the embedded Python broker even if Mosquitto is installed",
     )
+    parser.add_argument(
+        "--site",
+        action="store_true",
+        help="a site's shape instead: PostgreSQL, two collectors in a share group with an "
+        "elected leader, the leader SIGKILLed mid-run (scripts/demo_site.py)",
+    )
     args = parser.parse_args()
     # Checked before anything starts: one line and exit 2, not a crash half-way through.
     if not 1 <= args.nodes <= _MAX_NODES:
@@ -297,6 +303,10 @@ def main() -> int:
         )
         return 2
 
+    if args.site:
+        import demo_site  # noqa: PLC0415 (scripts/: beside this file)
+
+        return demo_site.run(args)
     from collector import localbroker  # noqa: PLC0415 (after the venv is known to work)
 
     workdir: Path = args.dir

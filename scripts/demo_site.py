@@ -1,0 +1,217 @@
+"""``scripts/demo.sh --site``: a site's shape on this machine, no root needed.
+
+1. PostgreSQL (Debian's ``postgresql``) on a free port, its cluster in ``demo-run/postgres``;
+   Mosquitto; a webhook receiver on loopback;
+2. two ``collector run`` sharing the ingest (``--share-group site``) and the PostgreSQL store;
+   they elect a leader through the database (lease 5 s here);
+3. the simulated fleet, and a hostile node whose messages raise alerts;
+4. the leader is killed with SIGKILL mid-run; the other takes over (its ``/readyz`` turns
+   from ``standby`` to ``leader``) and the seconds it took are printed;
+5. the usual queries against PostgreSQL: the fleet with the store's totals, alerts, capacity,
+   and which collector delivered which notification (each once);
+6. the killed collector comes back and stores the backlog its session held (Mosquitto does
+   not re-route a dead member's share of a shared subscription).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from demo import (
+    _DEMO_SECRET,
+    BIN,
+    ROOT,
+    _banner,
+    _free_port,
+    _Hooks,
+    _hostile_node,
+    _run_cli,
+    _show_notifications,
+)
+
+LEASE_S = 5.0
+"""The election's lease in the demo (the default is 10 s): a takeover within seconds."""
+
+
+def _readyz(port: int) -> str:
+    """``/readyz``'s body: ``ready: leader (token N)`` or ``... standby``; '' when down."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return str(resp.read().decode().strip())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        body = getattr(exc, "read", None)
+        return body().decode().strip() if callable(body) else ""
+
+
+def run(args: argparse.Namespace) -> int:
+    """The site demo; 2 when PostgreSQL or Mosquitto is missing, 1 if no takeover."""
+    from collector.localbroker import MosquittoBroker, find_mosquitto  # noqa: PLC0415
+    from collector.localpg import LocalPostgres, find_pg_bin  # noqa: PLC0415
+
+    if find_pg_bin() is None:
+        print(
+            "demo --site: error: PostgreSQL is not installed: sudo apt-get install -y "
+            "postgresql   (then run scripts/demo.sh --site again)",
+            file=sys.stderr,
+        )
+        return 2
+    if find_mosquitto() is None:
+        print(
+            "demo --site: error: Mosquitto is not installed (shared subscriptions need it): "
+            "sudo apt-get install -y mosquitto",
+            file=sys.stderr,
+        )
+        return 2
+    workdir: Path = args.dir
+    if workdir.exists():
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    hooks = _Hooks()
+    config = workdir / "collector.toml"
+    config.write_text(
+        "[alerts]\neval_interval_s = 1.0\n"
+        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{_DEMO_SECRET}"\n'
+        '\n[[routes]]\ngroup_wait = "1s"\ngroup_interval = "5s"\n'
+        f"\n[election]\nlease_s = {LEASE_S}\n"
+    )
+    env = {
+        **os.environ,
+        "CAPWATCH_LOG_JSON": "false",
+        "CAPWATCH_CAPACITY__PLAN": str(ROOT / "deploy" / "site.example.toml"),
+        "CAPWATCH_CAPACITY__INTERVAL_S": "2",
+    }
+
+    def spawn(name: str, *argv: str) -> None:
+        log = (workdir / f"{name}.log").open("wb")
+        procs[name] = subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        print(f"started {name} (pid {procs[name].pid}), log: {workdir / (name + '.log')}")
+
+    _banner("site 1. PostgreSQL, Mosquitto, a webhook receiver")
+    with (
+        LocalPostgres(workdir / "postgres") as pg,
+        MosquittoBroker(workdir / "broker") as broker,
+    ):
+        url = pg.url
+        print(f"PostgreSQL at {url} (log: {pg.log_path})")
+        print(f"Mosquitto on {broker.host}:{broker.port}; webhooks to {hooks.url}")
+        common = ["--host", broker.host, "--port", str(broker.port)]
+        ports = {"collector-a": _free_port(), "collector-b": _free_port()}
+        try:
+            _banner("site 2. two collectors: one share group, one store, an elected leader")
+            for name, port in ports.items():
+                spawn(
+                    name,
+                    "collector",
+                    "run",
+                    "--config",
+                    str(config),
+                    *common,
+                    "--db",
+                    url,
+                    "--share-group",
+                    "site",
+                    "--instance",
+                    name.removeprefix("collector-"),
+                    "--metrics-listen",
+                    f"127.0.0.1:{port}",
+                )
+                time.sleep(1.5)  # a stays the first leader, so the kill below is telling
+            _banner("site 3. the simulated fleet and a hostile node")
+            spawn(
+                "simulator",
+                "agent",
+                "simulate",
+                *common,
+                "--nodes",
+                str(args.nodes),
+                "--interval",
+                "1",
+            )
+            time.sleep(3.0)
+            sent = _hostile_node(broker.host, broker.port)
+            print(f"published {sent} poisonous samples (they raise alerts)")
+            time.sleep(max(3.0, args.seconds / 2))
+            for name, port in ports.items():
+                print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
+            leader = next((n for n, p in ports.items() if "leader" in _readyz(p)), None)
+            if leader is None:
+                print("no collector leads: see the collector logs")
+                return 1
+            other = next(n for n in ports if n != leader)
+            _banner(f"site 4. SIGKILL the leader ({leader}); {other} takes over")
+            before = len(hooks.got)
+            killed = time.monotonic()
+            procs[leader].send_signal(signal.SIGKILL)
+            procs[leader].wait()
+            took = None
+            while time.monotonic() - killed < 4 * LEASE_S:
+                if "leader" in _readyz(ports[other]):
+                    took = time.monotonic() - killed
+                    break
+                time.sleep(0.1)
+            if took is None:
+                print(f"{other} did not take over within {4 * LEASE_S:g} s: see its log")
+                return 1
+            print(f"{other} /readyz: {_readyz(ports[other])}, {took:.1f} s after the kill")
+            print(f"(a lease of {LEASE_S:g} s: the takeover waits for it to end)")
+            time.sleep(max(3.0, args.seconds / 2))
+            _banner("site 5. the usual queries, against PostgreSQL")
+            _run_cli("collector", "query", "--db", url, "--limit", "6")
+            _run_cli("collector", "alerts", "--db", url)
+            _run_cli("collector", "capacity", "--db", url)
+            _show_notifications(hooks, None)
+            print(
+                f"notifications before the kill: {before}, after: {len(hooks.got) - before} "
+                "(firing alerts are not notified again by the new leader)"
+            )
+            _banner(f"site 6. {leader} comes back (systemd: Restart=always) with its backlog")
+            print(
+                f"Mosquitto does not re-route a dead member's share: {leader}'s nodes look "
+                "stale until it returns, their samples held in its session (deploy/README.md)"
+            )
+            spawn(
+                leader,
+                "collector",
+                "run",
+                "--config",
+                str(config),
+                *common,
+                "--db",
+                url,
+                "--share-group",
+                "site",
+                "--instance",
+                leader.removeprefix("collector-"),
+                "--metrics-listen",
+                f"127.0.0.1:{ports[leader]}",
+            )
+            time.sleep(4.0)
+            for name, port in ports.items():
+                print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
+            _run_cli("collector", "query", "--db", url, "--limit", "4")
+        finally:
+            _banner("shutdown")
+            for name, proc in reversed(procs.items()):
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                print(f"{name} stopped ({proc.returncode})")
+            hooks.close()
+    print(f"\nlogs are in {workdir}; PostgreSQL and Mosquitto were stopped")
+    return 0
