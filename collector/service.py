@@ -91,6 +91,7 @@ if TYPE_CHECKING:
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
     from collector.paths import StoreTarget
+    from collector.pdu.poller import PduPoller
     from collector.redfish.poller import RedfishPoller
     from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
@@ -187,6 +188,15 @@ class Collector:
         """The Redfish poller (only with ``[[redfish.bmcs]]``): BMC readings into the live view."""
         if settings.redfish.enabled:
             self.redfish = self._redfish_poller(settings)
+        self.pdus: PduPoller | None = None
+        """The PDU poller (only with ``[[pdus.units]]``): racks' draw into the live view."""
+        if settings.pdus.enabled:
+            from collector.pdu.metrics import PduMetrics  # noqa: PLC0415 (only when on)
+            from collector.pdu.poller import PduPoller  # noqa: PLC0415
+
+            pdu_metrics = PduMetrics(self.registry)
+            self._counted.append(pdu_metrics)
+            self.pdus = PduPoller(settings.pdus, self.polled.on_rack, self.clock, pdu_metrics)
         self._connect = connect
         self._live_connect: Connect | None = None
         """The leader's live feed in a share group (the real broker only, not for tests that
@@ -557,6 +567,8 @@ class Collector:
                     tg.create_task(jobs.push.run(), name="alertmanager-push")
                 if self.redfish is not None:
                     tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
+                if self.pdus is not None:
+                    tg.create_task(self.pdus.run(), name="pdu-poller")
                 if (every := self._polled_interval_s) is not None:
                     tg.create_task(self.polled.run(records, every), name="polled-power")
 
@@ -587,6 +599,7 @@ class Collector:
         poller)."""
         s = self.settings
         every = [s.redfish.interval_s] if self.redfish is not None else []
+        every += [s.pdus.interval_s] if self.pdus is not None else []
         return min(every) if every else None
 
     @property
