@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -191,12 +191,26 @@ class LiveView:
         self.evicted = 0
         """Reject-only nodes dropped to make room for real ones."""
         self._nodes: dict[str, NodeState] = {}
+        self._racks: dict[str, PowerReading] = {}
 
     def snapshot(self) -> LiveView:
         """The view as it is now, unchanged by later updates (they store new node states)."""
         view = copy.copy(self)  # every setting and counter, whatever is added later
         view._nodes = dict(self._nodes)
+        view._racks = dict(self._racks)
         return view
+
+    @property
+    def rack_power(self) -> Mapping[str, PowerReading]:
+        """Each rack's newest draw read from its PDUs (:meth:`on_rack_power`), by rack name."""
+        return self._racks
+
+    def on_rack_power(self, rack: str, reading: PowerReading) -> None:
+        """Hold ``reading`` (the sum of a rack's PDUs) as ``rack``'s draw unless a newer one
+        is held. Racks come from the collector's PDU settings: bounded by them."""
+        held = self._racks.get(rack)
+        if held is None or held.received <= reading.received:
+            self._racks[rack] = reading
 
     # -- updates (the validator): each stores a changed copy of the node state
 

@@ -37,7 +37,8 @@ the sum of their enforced power limits. **Node power** (:meth:`Staleness.node_po
 node's input power as its BMC or PSU sensors read it (:class:`PowerReading`: from the agent's
 sample, or polled by the collector out of band), while it is fresh: no older than
 ``stale_intervals`` x the interval its source reports at, whatever the agent's state (a node
-whose agent died still draws what its BMC says). Values past the wire schema's bounds
+whose agent died still draws what its BMC says); a rack's reading from its PDUs is fresh by
+the same rule (:meth:`Staleness.fresh`). Values past the wire schema's bounds
 (:data:`shared.schema.MAX_GPU_POWER_W`, :data:`~shared.schema.MAX_CPU_POWER_W`) cannot be
 decoded; sums are still clamped to them, so a state built by hand cannot exceed them either.
 
@@ -85,7 +86,8 @@ class PowerReading(NamedTuple):
 
     watts: float
     source: str
-    """``dcmi``, ``redfish``, ``hwmon`` (:data:`shared.schema.NODE_POWER_SOURCES`)."""
+    """``dcmi``, ``redfish``, ``hwmon`` (:data:`shared.schema.NODE_POWER_SOURCES`); a rack's:
+    ``pdu``."""
     received: float
     """When it arrived (collector clock)."""
     interval_s: float
@@ -184,9 +186,12 @@ class Staleness:
     def node_power(self, st: NodeFacts, now: float) -> PowerReading | None:
         """``st``'s input power reading while it is fresh (``None``: none, or too old)."""
         r = st.node_power
-        if r is None or now - r.received > self.intervals * r.interval_s:
-            return None
-        return r
+        return r if r is not None and self.fresh(r, now) else None
+
+    def fresh(self, reading: PowerReading, now: float) -> bool:
+        """Whether a power reading (a node's, or a rack's from its PDUs) still says what is
+        drawn at ``now``: no older than ``intervals`` x the interval its source reports at."""
+        return now - reading.received <= self.intervals * reading.interval_s
 
     def current(self, st: NodeFacts, now: float) -> Sample | None:
         """The sample that says what ``st`` does now: its newest, while it is online."""

@@ -14,7 +14,8 @@ with the same client id, and the store drops the duplicates.
 
 With ``[[redfish.bmcs]]``, the Redfish poller (:mod:`collector.redfish.poller`) is one more
 task: it reads BMCs over the management network and hands each node's input power to the
-live view (never to the writer: a polled reading is not stored), so capacity counts it.
+live view, so capacity counts it; the newest reading per node reaches the store once per poll
+interval (:mod:`collector.polled`), so commands that recompute from the store count it too.
 
 Alert notifications leave through a third task, the webhook delivery (only when receivers
 are configured): it reads the outbox over its own read-only connection, sends, and puts the
@@ -73,6 +74,7 @@ from collector.ingest.validate import Ingestor
 from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView, NodeState
+from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
     from collector.metrics import CollectorMetrics
     from collector.paths import StoreTarget
+    from collector.pdu.poller import PduPoller
     from collector.redfish.poller import RedfishPoller
     from shared.schema import Inventory
     from shared.sdnotify import SdNotifier
@@ -179,10 +182,21 @@ class Collector:
 
             self.push_metrics = PushMetrics(self.registry)
             self._counted.append(self.push_metrics)
+        self.polled = PolledPower(self.live)
+        """Where the pollers hand their readings: the live view, and the store each interval."""
         self.redfish: RedfishPoller | None = None
         """The Redfish poller (only with ``[[redfish.bmcs]]``): BMC readings into the live view."""
         if settings.redfish.enabled:
             self.redfish = self._redfish_poller(settings)
+        self.pdus: PduPoller | None = None
+        """The PDU poller (only with ``[[pdus.units]]``): racks' draw into the live view."""
+        if settings.pdus.enabled:
+            from collector.pdu.metrics import PduMetrics  # noqa: PLC0415 (only when on)
+            from collector.pdu.poller import PduPoller  # noqa: PLC0415
+
+            pdu_metrics = PduMetrics(self.registry)
+            self._counted.append(pdu_metrics)
+            self.pdus = PduPoller(settings.pdus, self.polled.on_rack, self.clock, pdu_metrics)
         self._connect = connect
         self._live_connect: Connect | None = None
         """The leader's live feed in a share group (the real broker only, not for tests that
@@ -210,7 +224,7 @@ class Collector:
         metrics = RedfishMetrics(self.registry)
         self._counted.append(metrics)
         return RedfishPoller(
-            r, load_credentials(r.credentials_file), self.live.on_node_power, self.clock, metrics
+            r, load_credentials(r.credentials_file), self.polled.on_node, self.clock, metrics
         )
 
     def _ledger_job(self, settings: CollectorSettings) -> LedgerJob:
@@ -553,6 +567,10 @@ class Collector:
                     tg.create_task(jobs.push.run(), name="alertmanager-push")
                 if self.redfish is not None:
                     tg.create_task(self.redfish.run(self._stop), name="redfish-poller")
+                if self.pdus is not None:
+                    tg.create_task(self.pdus.run(), name="pdu-poller")
+                if (every := self._polled_interval_s) is not None:
+                    tg.create_task(self.polled.run(records, every), name="polled-power")
 
     async def _live_feed(self, connect: Connect) -> None:
         """The leader's view of every node's samples in a share group (it stores only its
@@ -574,6 +592,15 @@ class Collector:
                 log.warning("mqtt_live_feed_lost", error=str(exc), retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
             delay = min(s.mqtt.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
+
+    @property
+    def _polled_interval_s(self) -> float | None:
+        """How often polled readings are stored: the shortest poll interval (``None``: no
+        poller)."""
+        s = self.settings
+        every = [s.redfish.interval_s] if self.redfish is not None else []
+        every += [s.pdus.interval_s] if self.pdus is not None else []
+        return min(every) if every else None
 
     @property
     def _marking(self) -> bool:

@@ -21,6 +21,7 @@ from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
+from collector.pdu.settings import PduSettings, PdusSettings
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from shared.durations import parse_duration
 from shared.errors import ConfigError
@@ -41,6 +42,8 @@ __all__ = [
     "ElectionSettings",
     "GovernanceSettings",
     "InhibitRuleSettings",
+    "PduSettings",
+    "PdusSettings",
     "ReceiverSettings",
     "RedfishSettings",
     "RollupSettings",
@@ -526,6 +529,8 @@ class CollectorSettings(CapwatchSettings):
     """Live headroom under the site's cap (``[capacity] plan = "site.toml"``)."""
     redfish: RedfishSettings = RedfishSettings()
     """BMCs polled out of band for their nodes' input power (``[[redfish.bmcs]]``)."""
+    pdus: PdusSettings = PdusSettings()
+    """Rack PDUs read over SNMP for their racks' draw (``[[pdus.units]]``)."""
 
     routes: list[RouteSettings] = Field(default=[], max_length=64)
     """Which receivers hear of which alerts (``[[routes]]``); none: every receiver, alerts

@@ -15,6 +15,8 @@ missing=()
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 { command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; } || missing+=(nats-server)
+# snmpsimd: a real SNMP agent replaying recorded rack-PDU walks (tests/snmpsim.py).
+command -v snmpsimd >/dev/null 2>&1 || missing+=(snmpsim)
 # PostgreSQL (initdb, pg_ctl): the store's second backend; Debian keeps them off PATH.
 { command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing+=(postgresql)
 

@@ -50,6 +50,7 @@ from collector.capacity.calibrate import RestFigure, rest_figure
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import (
     OBTAINED,
+    PDU,
     Basis,
     NodeDraw,
     Obtained,
@@ -60,7 +61,7 @@ from collector.capacity.picture import (
     TypeDraw,
 )
 from collector.cooperate import YIELD_EVERY, yield_gil
-from collector.nodefacts import DEFAULT_STALENESS, Staleness, gpu_power_w
+from collector.nodefacts import DEFAULT_STALENESS, PowerReading, Staleness, gpu_power_w
 from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
 
 if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
@@ -76,6 +77,9 @@ __all__ = [
     "node_model_of",
 ]
 
+_BY_NODE: Final = tuple(k for k in OBTAINED if k != PDU)
+"""How a node's own draw is obtained (the ``draw_by`` keys; ``measured (pdu)`` only where a
+rack was counted at its PDUs)."""
 _LISTED: Final = 100
 """Names kept per list (unmatched, clamped, stale) in a picture."""
 
@@ -265,6 +269,39 @@ class _Pending(NamedTuple):
     clamped: bool
 
 
+def _rack_by_pdu(
+    pdu_w: float,
+    by_type: dict[str, dict[str, float]],
+    n_by_type: dict[str, dict[str, int]],
+    *,
+    totals: dict[str, float],
+    type_by: dict[str, dict[str, float]],
+    type_nodes_by: dict[str, dict[str, int]],
+    site_by: dict[str, float],
+    site_nodes_by: dict[str, int],
+) -> None:
+    """Count one rack at its PDUs' reading ``pdu_w`` instead of its nodes' sum: each node
+    type's share of the rack moves from how it was obtained to :data:`PDU`, scaled so the
+    rack sums to ``pdu_w`` (shared by node count when the nodes summed to 0 W)."""
+    nodes_w = sum(w for t in by_type.values() for w in t.values())
+    n_all = sum(n for t in n_by_type.values() for n in t.values())
+    for name, by in by_type.items():
+        type_w = sum(by.values())
+        n = sum(n_by_type[name].values())
+        share = pdu_w * (type_w / nodes_w if nodes_w > 0 else n / n_all)
+        totals[name] += share - type_w
+        for k, w in by.items():
+            type_by[name][k] -= w
+            site_by[k] -= w
+        for k, m in n_by_type[name].items():
+            type_nodes_by[name][k] -= m
+            site_nodes_by[k] -= m
+        type_by[name][PDU] = type_by[name].get(PDU, 0.0) + share
+        type_nodes_by[name][PDU] = type_nodes_by[name].get(PDU, 0) + n
+        site_by[PDU] = site_by.get(PDU, 0.0) + share
+        site_nodes_by[PDU] = site_nodes_by.get(PDU, 0) + n
+
+
 def compute_picture(
     cplan: CapacityPlan,
     nodes: Iterable[NodeState],
@@ -277,11 +314,13 @@ def compute_picture(
     keep_nodes: bool = False,
     exclude: frozenset[str] = frozenset(),
     inventories: Mapping[str, Inventory] | None = None,
+    rack_power: Mapping[str, PowerReading] | None = None,
 ) -> Picture:
     """The live picture of ``nodes`` at ``now`` (collector clock); see the module.
 
     ``inventories``: known inventories for nodes whose state has none (a restarted
-    collector's view, until the agents reconnect); ``exclude``: nodes left out (a pool).
+    collector's view, until the agents reconnect); ``exclude``: nodes left out (a pool);
+    ``rack_power``: each rack's draw read from its PDUs (counted while fresh).
     """
     t0 = time.perf_counter()
     plan = cplan.plan
@@ -295,10 +334,15 @@ def compute_picture(
     fallback_type, fallback_w = cplan.fallback_type, cplan.fallback_w
     rack_cache: dict[str, tuple[str, float | None]] = {}
     rack_limits: dict[str, float | None] = {}
+    excluded_racks: set[str] = set()
     for i, st in enumerate(nodes):
         if not i % YIELD_EVERY:
             yield_gil()  # the evaluator runs this in a thread: see collector.cooperate
-        if st.reject_only or st.node in exclude:
+        if st.reject_only:
+            continue
+        if st.node in exclude:
+            # its rack's PDUs still read it: that rack counts at its other nodes' sum
+            excluded_racks.add(cplan.rack_of(st.node)[0])
             continue
         inv = st.inventory
         if inv is None and inventories:
@@ -439,15 +483,17 @@ def compute_picture(
     totals = dict.fromkeys(models, 0.0)
     worst = dict.fromkeys(models, 0.0)
     measured_n = dict.fromkeys(models, 0)
-    type_by: dict[str, dict[str, float]] = {name: dict.fromkeys(OBTAINED, 0.0) for name in models}
-    type_nodes_by: dict[str, dict[str, int]] = {name: dict.fromkeys(OBTAINED, 0) for name in models}
+    type_by: dict[str, dict[str, float]] = {name: dict.fromkeys(_BY_NODE, 0.0) for name in models}
+    type_nodes_by: dict[str, dict[str, int]] = {name: dict.fromkeys(_BY_NODE, 0) for name in models}
     rack_draw: dict[str, list[float]] = {}
     rack_by: dict[str, dict[str, float]] = {}
-    site_by: dict[str, float] = dict.fromkeys(OBTAINED, 0.0)
-    site_nodes_by: dict[str, int] = dict.fromkeys(OBTAINED, 0)
+    site_by: dict[str, float] = dict.fromkeys(_BY_NODE, 0.0)
+    site_nodes_by: dict[str, int] = dict.fromkeys(_BY_NODE, 0)
     clamped: list[str] = []
     n_clamped = n_measured = 0
     draws: list[NodeDraw] = []
+    rack_type_by: dict[str, dict[str, dict[str, float]]] = {}
+    rack_type_n: dict[str, dict[str, dict[str, int]]] = {}
     for e in pending:
         w, obtained, clamp, rest = e.draw_w, e.obtained, e.clamped, 0.0
         if e.needs_rest:
@@ -477,11 +523,15 @@ def compute_picture(
         if acc is None:
             limit = rack_limits[e.rack]
             rack_draw[e.rack] = [1.0, w, limit if limit is not None else math.nan]
-            rack_by[e.rack] = dict.fromkeys(OBTAINED, 0.0)
+            rack_by[e.rack] = dict.fromkeys(_BY_NODE, 0.0)
         else:
             acc[0] += 1
             acc[1] += w
         rack_by[e.rack][obtained] += w
+        in_rack = rack_type_by.setdefault(e.rack, {}).setdefault(e.node_type, {})
+        in_rack[obtained] = in_rack.get(obtained, 0.0) + w
+        in_rack_n = rack_type_n.setdefault(e.rack, {}).setdefault(e.node_type, {})
+        in_rack_n[obtained] = in_rack_n.get(obtained, 0) + 1
         if keep_nodes:
             s = e.sensors
             draws.append(
@@ -503,6 +553,29 @@ def compute_picture(
                     rest,
                 )
             )
+    pdu_racks: dict[str, float] = {}
+    if rack_power:
+        # the wire schema's bound on one node's input power, per node of the rack: a broken
+        # PDU or a wrong OID cannot move the site's draw without bound
+        from shared.schema import MAX_NODE_POWER_W  # noqa: PLC0415 (see the imports)
+    for r, reading in (rack_power or {}).items():
+        acc = rack_draw.get(r)
+        if acc is None or r in excluded_racks or not staleness.fresh(reading, now):
+            continue  # no node counted there, some left out, or the reading is too old
+        pdu_w = min(max(reading.watts, 0.0), acc[0] * MAX_NODE_POWER_W)
+        pdu_racks[r] = acc[1]
+        _rack_by_pdu(
+            pdu_w,
+            rack_type_by[r],
+            rack_type_n[r],
+            totals=totals,
+            type_by=type_by,
+            type_nodes_by=type_nodes_by,
+            site_by=site_by,
+            site_nodes_by=site_nodes_by,
+        )
+        acc[1] = pdu_w
+        rack_by[r] = {**dict.fromkeys(_BY_NODE, 0.0), PDU: pdu_w}
     live = fleet_solution(plan, counts, totals, basis=plan.site.power_basis)
     worst_s = fleet_solution(plan, counts, worst, basis="max")
     racks = sorted(
@@ -513,6 +586,7 @@ def compute_picture(
                 draw_w=a[1],
                 limit_w=None if math.isnan(a[2]) else a[2],
                 draw_by=rack_by[r],
+                nodes_w=pdu_racks.get(r),
             )
             for r, a in rack_draw.items()
         ),

@@ -184,6 +184,7 @@ class CapacityJob:
             rest_basis=self._rest_basis,
             matcher=self._matcher,
             inventories=self._inventories,
+            rack_power=view.rack_power,
         )
 
     async def restore(self, store: Store, *, window_s: float) -> int:

@@ -87,7 +87,9 @@ def capacity_families(picture: Picture | None) -> list[Metric]:
         more.add_metric([t.node_type, "nameplate"], t.more_nameplate)
         type_draw.add_metric([t.node_type], t.draw_w)
     rack_draw = GaugeMetricFamily(
-        "capwatch_capacity_rack_draw_watts", "Live draw of a rack's nodes.", labels=["rack"]
+        "capwatch_capacity_rack_draw_watts",
+        "Live draw of a rack: its PDUs' reading while fresh, else its nodes' sum.",
+        labels=["rack"],
     )
     rack_limit = GaugeMetricFamily(
         "capwatch_capacity_rack_limit_watts", "A rack's power limit, where known.", labels=["rack"]
@@ -96,15 +98,24 @@ def capacity_families(picture: Picture | None) -> list[Metric]:
     shown = racks[:MAX_RACK_SERIES]
     doc = f"Racks in the picture (series for at most {MAX_RACK_SERIES}: over-limit first)."
     out.append(_gauge("capwatch_capacity_racks", doc, len(racks)))
+    rack_nodes = GaugeMetricFamily(
+        "capwatch_capacity_rack_nodes_draw_watts",
+        "For a rack counted at its PDUs' reading (capwatch_capacity_rack_draw_watts is that "
+        "reading, obtained 'measured (pdu)'): what its nodes sum to, counted one by one.",
+        labels=["rack"],
+    )
     for r in shown:
         rack_draw.add_metric([r.rack], r.draw_w)
         if r.limit_w is not None:
             rack_limit.add_metric([r.rack], r.limit_w)
+        if r.nodes_w is not None:
+            rack_nodes.add_metric([r.rack], r.nodes_w)
     obtained = GaugeMetricFamily(
         "capwatch_capacity_nodes_draw_watts",
         "Nodes' live draw by how it was obtained: measured (input power from the BMC or PSU "
         "sensors), calibrated or modelled (GPUs + CPU read, the unreported parts calibrated "
-        "per type or from its model), assumed (no fresh reading: on a basis).",
+        "per type or from its model), assumed (no fresh reading: on a basis), measured (pdu) "
+        "(the nodes of racks counted at their PDUs' reading).",
         labels=["obtained"],
     )
     obtained_n = GaugeMetricFamily(
@@ -152,6 +163,7 @@ def capacity_families(picture: Picture | None) -> list[Metric]:
         type_draw,
         rack_draw,
         rack_limit,
+        rack_nodes,
         obtained,
         obtained_n,
         type_obtained,

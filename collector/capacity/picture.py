@@ -7,10 +7,11 @@ stores and ``collector capacity --json`` prints), :func:`picture_from_dict` read
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "OBTAINED",
+    "PDU",
     "Basis",
     "NodeDraw",
     "Obtained",
@@ -38,13 +39,17 @@ the nameplate slack (the most conservative)."""
 RestFrom = Literal["calibrated", "model", "nameplate"]
 """Where a node type's figure for its unreported parts came from this cycle."""
 
-Obtained = Literal["measured", "calibrated", "modelled", "assumed"]
+Obtained = Literal["measured", "calibrated", "modelled", "assumed", "measured (pdu)"]
 """How a draw was obtained: the node's input power read by its BMC or PSUs (``measured``);
 its GPUs and CPU read plus the unreported parts calibrated (``calibrated``) or from the model
-(``modelled``); or no fresh reading (``assumed``: stale, offline, awaiting a first sample,
-unmatched, counted on a basis)."""
+(``modelled``); no fresh reading (``assumed``: stale, offline, awaiting a first sample,
+unmatched, counted on a basis); or its rack's PDUs read (``measured (pdu)``: the rack counts
+at their reading, whatever its nodes say)."""
 
-OBTAINED: tuple[Obtained, ...] = ("measured", "calibrated", "modelled", "assumed")
+PDU: Final = "measured (pdu)"
+"""The draw of racks counted at their PDUs' reading."""
+
+OBTAINED: tuple[Obtained, ...] = ("measured", "calibrated", "modelled", "assumed", PDU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,14 @@ class RackDraw:
     limit_w: float | None
     draw_by: dict[str, float] = field(default_factory=dict)
     """``draw_w`` split by how it was obtained (:data:`OBTAINED`)."""
+    nodes_w: float | None = None
+    """With a fresh PDU reading (``draw_w`` is then that reading): what its nodes summed to
+    as counted one by one; ``None``: the rack counts at its nodes' sum."""
+
+    @property
+    def by_pdu(self) -> bool:
+        """Counted at its PDUs' reading."""
+        return self.nodes_w is not None
 
     @property
     def fraction(self) -> float | None:
@@ -232,6 +245,7 @@ def picture_from_dict(d: dict[str, Any]) -> Picture:
                 draw_w=r["draw_w"],
                 limit_w=r["limit_w"],
                 draw_by=r.get("draw_by", {}),
+                nodes_w=r.get("nodes_w"),
             )
             for r in d.get("racks", [])
         ),

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from collector.capacity.picture import PDU
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args
 from collector.cli._render import Column, print_json, render_table, shown
@@ -202,7 +203,10 @@ def run(args: argparse.Namespace) -> int:
         if recompute:
             # the solver, the live view and the wire schema: only when recomputing
             from collector.capacity.compute import compute_picture  # noqa: PLC0415
-            from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+            from collector.capacity.fromstore import (  # noqa: PLC0415
+                nodes_from_store,
+                racks_from_store,
+            )
 
             cplan = _plan(s.plan, None)
             removed: set[str] = set()
@@ -224,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
                 rest_basis=args.rest_basis or s.rest_basis,
                 exclude=frozenset(removed),
                 keep_nodes=args.explain is not None,
+                rack_power=racks_from_store(reader),
             )
             if removed:
                 source += f", without {len(removed)} node(s) of pool(s) {', '.join(args.remove)}"
@@ -369,6 +374,7 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
                         "limit": r.limit_w,
                         "pct": (r.fraction or 0.0) * 100,
                         "over": "OVER" if r.over else "",
+                        "how": PDU if r.by_pdu else "its nodes",
                     }
                     for r in racks
                 ],
@@ -378,6 +384,7 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
                     Column("draw", "DRAW", _kw),
                     Column("limit", "LIMIT", _kw),
                     Column("pct", "%", lambda v: f"{v:.1f}"),
+                    Column("how", "OBTAINED", align_right=False),
                     Column("over", "", align_right=False),
                 ],
             ),
@@ -396,10 +403,10 @@ def _obtained(draw_by: dict[str, float], nodes_by: dict[str, int]) -> str:
     """``nodes_w`` split by how it was obtained, e.g. ``1.2 MW measured (150 nodes), ...``."""
     if not draw_by:
         return "- (a snapshot from before this was recorded)"
-    return ", ".join(
-        f"{_kw(draw_by.get(k, 0.0))} {k} ({nodes_by.get(k, 0):,})"
-        for k in ("measured", "calibrated", "modelled", "assumed")
-    )
+    keys = ["measured", "calibrated", "modelled", "assumed"]
+    if nodes_by.get(PDU):
+        keys.append(PDU)
+    return ", ".join(f"{_kw(draw_by.get(k, 0.0))} {k} ({nodes_by.get(k, 0):,})" for k in keys)
 
 
 def _rest_cell(t: TypeDraw) -> str:
@@ -452,6 +459,13 @@ def _explain(p: Picture, node: str, *, as_json: bool) -> int:
             field="--explain",
         )
     t = next((x for x in p.types if x.node_type == draw.node_type), None)
+    lines = _explain_lines(draw, t, p)
+    rack = next((r for r in p.racks if r.rack == draw.rack and r.by_pdu), None)
+    if rack is not None:
+        lines.append(
+            f"  its rack {shown(rack.rack)} counts at its PDUs' reading, {rack.draw_w:,.0f} W "
+            f"({PDU}), not its {rack.nodes:,} nodes' sum {rack.nodes_w or 0.0:,.0f} W"
+        )
     if as_json:
         from dataclasses import asdict  # noqa: PLC0415
 
@@ -460,11 +474,12 @@ def _explain(p: Picture, node: str, *, as_json: bool) -> int:
                 "node": asdict(draw),
                 "node_type": None if t is None else asdict(t),
                 "rest_basis": p.rest_basis,
-                "lines": _explain_lines(draw, t, p),
+                "rack": None if rack is None else asdict(rack),
+                "lines": lines,
             }
         )
     else:
-        print("\n".join(_explain_lines(draw, t, p)))
+        print("\n".join(lines))
     return 0
 
 

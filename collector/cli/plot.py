@@ -226,7 +226,10 @@ def _hierarchy(
 ) -> Figure:
     from collector.capacity.compute import compute_picture  # noqa: PLC0415
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
-    from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+    from collector.capacity.fromstore import (  # noqa: PLC0415
+        nodes_from_store,
+        racks_from_store,
+    )
     from collector.plot.treemap import hierarchy_figure  # noqa: PLC0415
     from collector.store.capacity import latest_snapshot  # noqa: PLC0415
 
@@ -248,5 +251,6 @@ def _hierarchy(
         stale_basis=s.stale_basis,
         rest_basis=s.rest_basis,
         keep_nodes=True,
+        rack_power=racks_from_store(reader),
     )
     return hierarchy_figure(cplan, picture)

@@ -13,12 +13,12 @@ loop, its work per poll a few hundred microseconds of CPU (bench/bench_redfish.p
 slow or dead BMC holds one of the ``max_concurrency`` slots for at most ``timeout_s``, while
 the rounds go on without it.
 
-Failures: a BMC whose poll failed is retried after ``interval x 2^failures`` (at most
-``backoff_max_s``) times a random factor in [0.5, 1) (jitter: BMCs that failed together, a
-management switch rebooting, come back spread out). A refused login (401/403) backs off to
-``backoff_max_s`` at once: BMCs lock an account after a few failed logins. Each change of a
-BMC's outcome is logged once (``redfish_poll_failed``, ``redfish_poll_recovered``), not every
-poll; the credentials are never logged.
+Failures (:func:`collector.polling.count_outcome`, shared with the PDU poller): a BMC whose
+poll failed is retried after ``interval x 2^failures`` (at most ``backoff_max_s``) times a
+random factor in [0.5, 1). A refused login (401/403) backs off to ``backoff_max_s`` at once:
+BMCs lock an account after a few failed logins. Each change of a BMC's outcome is logged once
+(``redfish_poll_failed``, ``redfish_poll_recovered``), not every poll; the credentials are
+never logged.
 
 Connections: one :class:`httpx.AsyncClient` per BMC (one connection, kept alive between
 polls, so TLS is negotiated once, not every interval), the TLS contexts shared by every BMC
@@ -40,6 +40,7 @@ import httpx
 import msgspec
 
 from collector.nodefacts import PowerReading
+from collector.polling import count_outcome
 from collector.redfish.credentials import Credentials
 from collector.redfish.metrics import RedfishMetrics
 from collector.redfish.reading import (
@@ -248,40 +249,30 @@ class RedfishPoller:
 
     def _count(self, bmc: BmcState, outcome: str, detail: str) -> None:
         self.metrics.poll_by[outcome].inc()
-        bmc.counts[outcome] = bmc.counts.get(outcome, 0) + 1
-        previous, bmc.last_outcome = bmc.last_outcome, outcome
-        s = self.settings
-        if outcome == "ok":
-            if bmc.failures:
-                log.info("redfish_poll_recovered", node=bmc.node, failures=bmc.failures)
-                bmc.failures = 0
-                self.metrics.backoff.dec()
-            return
-        if bmc.failures == 0:
-            self.metrics.backoff.inc()
-        bmc.failures += 1
+        extra = {}
         if outcome == "auth":
-            delay = s.backoff_max_s
-        else:
-            delay = min(s.backoff_max_s, s.interval_s * 2.0**bmc.failures)
-        bmc.retry_at = self._clock.monotonic() + delay * self._rng.uniform(0.5, 1.0)
-        if outcome != previous:
-            extra = {}
-            if outcome == "auth":
-                extra["user"] = bmc.user
-                extra["hint"] = (
-                    f"the BMC refused the login: fix node {bmc.node!r}'s entry (or [default]) "
-                    "in redfish.credentials_file and restart the collector"
-                )
-            log.warning(
-                "redfish_poll_failed",
-                node=bmc.node,
-                url=bmc.cfg.base_url,
-                outcome=outcome,
-                detail=detail,
-                retry_in_s=round(delay, 1),
-                **extra,
+            extra["user"] = bmc.user
+            extra["hint"] = (
+                f"the BMC refused the login: fix node {bmc.node!r}'s entry (or [default]) "
+                "in redfish.credentials_file and restart the collector"
             )
+        s = self.settings
+        count_outcome(
+            bmc,
+            outcome,
+            now=self._clock.monotonic(),
+            interval_s=s.interval_s,
+            backoff_max_s=s.backoff_max_s,
+            rng=self._rng,
+            in_backoff=self.metrics.backoff,
+            log=log,
+            event="redfish_poll",
+            at_once=outcome == "auth",
+            node=bmc.node,
+            url=bmc.cfg.base_url,
+            detail=detail,
+            **extra,
+        )
 
     async def _read(self, bmc: BmcState) -> float:
         """The node's input power in watts (:class:`RedfishError` and httpx's errors else)."""

@@ -2,7 +2,7 @@
 
 Nothing above this package writes SQL; it calls the functions of the table modules
 (``alerts``, ``capacity``, ``governance``, ``pools``, ``queries``, ``series``, ``silences``,
-``outbox``, ``usage``, ``health``, ``watermarks``) with one of three handles. A second
+``outbox``, ``usage``, ``health``, ``watermarks``, ``power``) with one of three handles. A second
 backend (PostgreSQL) implements these same handles and, where its dialect differs, its own
 SQL for the modules:
 

@@ -52,6 +52,7 @@ TABLES: Final = (
     "quotas",
     "leases",
     "lease_nodes",
+    "polled_power",
 )
 """Every table of the schema, referenced tables before those that refer to them."""
 

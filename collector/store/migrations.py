@@ -21,6 +21,9 @@ Tables:
 ``watermarks``
     per node: the highest contiguous ``seq`` of its current epoch stored, as last published
     to the agent (:mod:`collector.store.watermarks`).
+``polled_power``
+    the newest reading polled out of band per node (BMC) and per rack (PDUs)
+    (:mod:`collector.store.power`).
 ``alerts`` / ``alert_history``
     pending and firing alerts, and every alert state change.
 ``tenants`` / ``cohorts`` / ``cohort_quotas`` / ``quotas`` / ``leases`` / ``lease_nodes``
@@ -545,6 +548,24 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             sum(CASE WHEN node_kwh_basis LIKE '%gpu+cpu' THEN 1 ELSE 0 END),
             sum(CASE WHEN node_kwh_basis LIKE 'measured%' THEN 1 ELSE 0 END)
         FROM usage_ledger GROUP BY hour / 86400, lease, pool;
+        """,
+    ),
+    (
+        # The newest reading polled out of band (collector/store/power.py): a node's input
+        # power from its BMC (scope 'node'), a rack's from its PDUs (scope 'rack'), so that
+        # commands recomputing from the store (capacity --now, --explain) count them too.
+        # received: collector clock (s); interval_s: the poll interval (freshness).
+        "0020_polled_power",
+        """
+        CREATE TABLE polled_power (
+            scope TEXT NOT NULL,
+            name TEXT NOT NULL,
+            watts REAL NOT NULL,
+            source TEXT NOT NULL,
+            received REAL NOT NULL,
+            interval_s REAL NOT NULL,
+            PRIMARY KEY (scope, name)
+        ) WITHOUT ROWID;
         """,
     ),
 )

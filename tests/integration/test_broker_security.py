@@ -36,6 +36,8 @@ from collector.settings import (
     BmcSettings,
     CollectorMqttSettings,
     CollectorSettings,
+    PduSettings,
+    PdusSettings,
     RedfishSettings,
 )
 from shared.schema import decode_watermark, encode
@@ -160,6 +162,7 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
         "billing": "[billing]",
         "store": "[store]",
         "redfish": "[redfish]",
+        "pdus": "[pdus]",
         "election": "[election]",
     }
     named = {tables.get(key, f"{key} = ") for key in CollectorSettings.model_fields}
@@ -167,6 +170,8 @@ def test_deploy_collector_toml_example_loads_and_shows_the_defaults(
     named |= {f"{key} = " for key in GovernanceSettings.model_fields}
     named |= {f"{key} = " for key in RedfishSettings.model_fields if key != "bmcs"}
     named |= {"[[redfish.bmcs]]", *(f"{key} = " for key in BmcSettings.model_fields)}
+    named |= {f"{key} = " for key in PdusSettings.model_fields if key != "units"}
+    named |= {"[[pdus.units]]", *(f"{key} = " for key in PduSettings.model_fields)}
     assert sorted(key for key in named if key not in text) == []
     assert settings.alerts == AlertSettings()
     assert settings.governance == GovernanceSettings()

@@ -44,7 +44,8 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
 ) -> None:
     """20 simulated DGX nodes without node power; three BMCs on the 2022 mockup (374 W), two
     on the 2020 one (344 W), one down: `collector capacity --json` counts five nodes measured
-    at 3 x 374 + 2 x 344 W; /metrics has the poll counters, promtool-clean."""
+    at 3 x 374 + 2 x 344 W, and so do `--now` and `--explain` (recomputed from the store's
+    polled readings); /metrics has the poll counters, promtool-clean."""
     sim = FleetSimulator(FLEET, seed=5, interval_s=600)  # one tick, then quiet
     creds = write_credentials(
         tmp_path / "bmc.toml", {"default": {"username": USER, "password": PASSWORD}}
@@ -85,6 +86,20 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
             assert p["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
             dgx = next(t for t in p["types"] if t["node_type"] == "DGX-H100")
             assert dgx["nodes_by"]["measured"] == 5
+            # Recomputed from the store: the polled readings were stored (polled_power).
+            await wait_until(
+                lambda: len(db_rows(db, "SELECT name FROM polled_power WHERE scope = 'node'")) == 5,
+                timeout_s=30,
+                what="five stored BMC readings",
+            )
+            now = _cli("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
+            assert now["nodes_by"]["measured"] == 5
+            assert now["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
+            explained = _cli("--db", str(db), "--plan", str(PLAN), "--explain", sim.node_ids[3])
+            assert explained["node"]["obtained"] == "measured"
+            assert explained["node"]["node_power_source"] == "redfish"
+            assert explained["node"]["draw_w"] == 344.0
+            assert "read by" in explained["lines"][1]
             for node in sim.node_ids:
                 st = collector.live.get(node)
                 assert st is not None
