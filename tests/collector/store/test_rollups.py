@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from collector.ingest.validate import sample_row
+from collector.paths import parse_target
 from collector.store.db import SampleRow, Store
 from collector.store.partials import decode_gpus
 from collector.store.reader import StoreReader
@@ -204,3 +205,26 @@ async def test_rollup_retention_deletes_old_buckets_in_chunks(tmp_path: Path) ->
         (MINUTE, T0 + 60),
         (HOUR, T0),
     ]
+
+
+@pytest.mark.integration
+async def test_collectors_sharing_a_store_fold_each_sample_once(postgres_url: str) -> None:
+    """Two collectors of a share group write one PostgreSQL store: one that (re)starts while
+    the other has samples staged does not fold them too, and a fold leaves the other's
+    staged samples for their owner, who takes them back after a crash."""
+    target = parse_target(postgres_url)
+    rows = _rows()
+    config = RollupConfig(busy_util_pct=50.0)
+    async with Store(target, rollups=config, stage_owner="a") as a:
+        await a.write_batch(rows[:6])  # staged, not folded yet
+        async with Store(target, rollups=config, stage_owner="b") as b:  # b starts
+            await b.write_batch(rows[6:12])
+            assert await b.fold_rollups() == 6  # its own batch only
+        # b stops before folding its next batch (a crash): it stays staged for b
+        async with Store(target, rollups=config, stage_owner="b") as b:
+            await b.write_batch(rows[12:18])
+        assert await a.fold_rollups() == 6
+    async with Store(target, rollups=config, stage_owner="b") as b:  # b is back
+        assert await b.fold_rollups() == 6
+    assert db_rows(target, "SELECT samples FROM rollups WHERE res = 3600") == [(18,)]
+    assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
