@@ -428,6 +428,9 @@ class _Sqlite:
     async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
         return await self.insert_many(_INSERT_SAMPLES, rows, _MAX_ROWS_PER_STATEMENT)
 
+    async def lock_fold(self) -> None:
+        """One collector per SQLite file: no other fold to wait for."""
+
     async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read whose rows are plain tuples (a third of the cost of ``sqlite3.Row``)."""
         async with self.conn.execute(sql, params) as cur:
@@ -765,6 +768,7 @@ class Store:
             return 0
         new = await asyncio.to_thread(lambda: buckets(concat(staged)))
         async with self.transaction("folding rollups"):
+            await self._db.lock_fold()  # before reading the buckets it will write back
             keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
             stored: list[Any] = []
             per = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // 3))

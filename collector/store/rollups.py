@@ -37,11 +37,12 @@ Busy GPU-seconds use the busy threshold in force when the sample is stored
 
 One writer: the fold reads and rewrites its buckets in one transaction of the only
 connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
-several collectors write, the read must lock its rows (PostgreSQL: ``FOR UPDATE``). The
-DDL is migrations ``0017``, ``0019`` and ``0020``. Several collectors may write one PostgreSQL
-store (a share group): each stages under its own name (``rollup_stage.owner``) and reads
-back and folds only its own staged rows, so a sample is folded by the collector that
-stored it, once.
+several collectors write, a fold first takes an advisory lock for its transaction
+(PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
+cover a bucket that two folds both find missing and both insert. The DDL is migrations
+``0017``, ``0019`` and ``0020``. Several collectors may write one PostgreSQL store (a
+share group): each stages under its own name (``rollup_stage.owner``) and reads back and
+folds only its own staged rows, so a sample is folded by the collector that stored it, once.
 """
 
 from __future__ import annotations
