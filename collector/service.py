@@ -317,6 +317,7 @@ class Collector:
                     compress=s.compress_payloads,
                     synchronous=s.sqlite_synchronous,
                     rollups=rollups,
+                    stage_owner=s.session_client_id,
                 )
             )
             election = None

@@ -52,9 +52,19 @@ TABLES: Final = (
     "quotas",
     "leases",
     "lease_nodes",
+    "rollups",
+    "rollup_stage",
+    "ledger_dirty",
+    "usage_ledger",
+    "usage_daily",
+    "watermarks",
     "polled_power",
 )
-"""Every table of the schema, referenced tables before those that refer to them."""
+"""Every table of the schema, referenced tables before those that refer to them (a table a
+new migration adds goes here too: the migrate test compares this with the schema). The
+rollups and the usage ledger are the history the raw samples no longer hold; the staged
+samples are folded by the target's first collector; the watermarks let it go on from what
+the agents were last told."""
 
 _IDENTITY: Final = (
     "payload_dicts",

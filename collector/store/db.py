@@ -47,6 +47,7 @@ from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.partials import Staged, buckets, concat, merge, stage
 from collector.store.query import Query
 from collector.store.rollups import (
+    CLAIM_STAGE_SQL,
     CLEAR_STAGE_SQL,
     HOUR,
     MARK_HOURS_SQL,
@@ -427,6 +428,9 @@ class _Sqlite:
     async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
         return await self.insert_many(_INSERT_SAMPLES, rows, _MAX_ROWS_PER_STATEMENT)
 
+    async def lock_fold(self) -> None:
+        """One collector per SQLite file: no other fold to wait for."""
+
     async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read whose rows are plain tuples (a third of the cost of ``sqlite3.Row``)."""
         async with self.conn.execute(sql, params) as cur:
@@ -486,10 +490,14 @@ class Store:
         synchronous: Synchronous = "full",
         variable_limit: int | None = None,
         rollups: RollupConfig | None = None,
+        stage_owner: str = "",
     ) -> None:
         self.path = path
         self.rollups = rollups
         """How :meth:`write_batch` rolls new samples up (``None``: it does not)."""
+        self.stage_owner = stage_owner
+        """Whose staged samples this store writes, takes back and folds: its collector's
+        MQTT session client id (several collectors may write one PostgreSQL store)."""
         self.pending_rollups = 0
         """Samples staged for the rollups and not folded yet."""
         self._staged: list[Staged] = []
@@ -690,7 +698,7 @@ class Store:
                 inserted = len(new)
                 if new:
                     staged = stage(new, rollups.busy_util_pct)
-                    await self.insert_many(STAGE_SQL, [(staged.encode(),)])
+                    await self.insert_many(STAGE_SQL, [(self.stage_owner, staged.encode())])
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)
             await self.insert_many(_UPSERT_INVENTORY, inventories)
@@ -738,8 +746,12 @@ class Store:
         return [by_key[(k[0], k[1])] for k in keys]
 
     async def _read_staged(self) -> None:
-        """Take back the samples staged and not folded when the last store stopped."""
-        for (body,) in await self.fetchall(STAGED_SQL):
+        """Take back the samples this collector staged and did not fold before it stopped
+        (and those staged before stages had owners)."""
+        async with self.transaction("taking back the staged samples"):
+            await self.execute(CLAIM_STAGE_SQL, (self.stage_owner,))
+            staged = await self.fetchall(STAGED_SQL, (self.stage_owner,))
+        for (body,) in staged:
             try:
                 self._staged.append(Staged.decode(body))
             except ValueError as exc:  # not this version's: those samples stay unrolled
@@ -756,6 +768,7 @@ class Store:
             return 0
         new = await asyncio.to_thread(lambda: buckets(concat(staged)))
         async with self.transaction("folding rollups"):
+            await self._db.lock_fold()  # before reading the buckets it will write back
             keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
             stored: list[Any] = []
             per = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // 3))
@@ -768,7 +781,7 @@ class Store:
             await self.insert_array(UPSERT_SQL, rows)
             hours = sorted({k[2] for k in keys if k[1] == HOUR})
             await self.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
-            await self.execute(CLEAR_STAGE_SQL)
+            await self.execute(CLEAR_STAGE_SQL, (self.stage_owner,))
         del self._staged[: len(staged)]
         folded = sum(map(len, staged))
         self.pending_rollups -= folded

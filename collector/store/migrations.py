@@ -568,6 +568,19 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        # Several collectors write one PostgreSQL store (a share group): each stages its
+        # own batches and folds only those (a collector that started while another had
+        # samples staged folded them too, counting them twice; a fold emptied the others'
+        # staged rows, so a member that crashed then lost them from the rollups). owner:
+        # the collector's MQTT session client id, stable across its restarts; '' (rows
+        # staged before this version) is taken by the first collector that opens the store.
+        "0021_rollup_stage_owner",
+        """
+        ALTER TABLE rollup_stage ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+        CREATE INDEX rollup_stage_owner ON rollup_stage (owner);
+        """,
+    ),
 )
 
 

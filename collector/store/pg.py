@@ -68,6 +68,10 @@ _COMMANDS_LOCK: Final = 0x63617077_00000001
 """Advisory lock every command transaction takes: commands queue instead of interleaving."""
 _MIGRATE_LOCK: Final = 0x63617077_00000002
 _PARTITION_LOCK: Final = 0x63617077_00000003
+_FOLD_LOCK: Final = 0x63617077_00000004
+"""Taken by a rollup fold for its transaction: folds of several collectors writing this
+store one after another (a fold reads the packed GPU statistics of its buckets, merges
+and writes them back; two at once would each write back only their own)."""
 _AHEAD_DAYS: Final = 2
 """Partitions created ahead of today (a sample's day normally has one before it comes)."""
 _CONNECT_TIMEOUT_S: Final = 10
@@ -374,6 +378,10 @@ class PgBackend:
             cur = self.conn.execute(sql, [v for row in chunk for v in row])
             changed += max(cur.rowcount, 0)
         return changed
+
+    async def lock_fold(self) -> None:
+        """First in a rollup fold's transaction: wait for any other collector's fold."""
+        await self._call(self._execute, "SELECT pg_advisory_xact_lock(?)", (_FOLD_LOCK,))
 
     async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read whose rows are plain tuples, inside the writer's transaction."""

@@ -37,8 +37,12 @@ Busy GPU-seconds use the busy threshold in force when the sample is stored
 
 One writer: the fold reads and rewrites its buckets in one transaction of the only
 connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
-several collectors write, the read must lock its rows (PostgreSQL: ``FOR UPDATE``). The
-DDL is migrations ``0017`` and ``0018``.
+several collectors write, a fold first takes an advisory lock for its transaction
+(PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
+cover a bucket that two folds both find missing and both insert. The DDL is migrations
+``0017``, ``0019`` and ``0020``. Several collectors may write one PostgreSQL store (a
+share group): each stages under its own name (``rollup_stage.owner``) and reads back and
+folds only its own staged rows, so a sample is folded by the collector that stored it, once.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from shared.schema import GpuSample
 
 __all__ = [
+    "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
     "HOUR",
     "MARK_HOURS_SQL",
@@ -112,11 +117,16 @@ def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
     return values.tobytes()
 
 
-STAGE_SQL: Final = ("INSERT INTO rollup_stage (body)", 1, "")
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, body)", 2, "")
 """One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
-batch's transaction."""
-STAGED_SQL: Final = "SELECT body FROM rollup_stage"
-CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage"
+batch's transaction, under its collector's name (the owner)."""
+CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
+"""Rows staged before stages had owners: the first collector to open the store takes them
+(one statement, so two collectors starting at once do not both)."""
+STAGED_SQL: Final = "SELECT body FROM rollup_stage WHERE owner = ?"
+CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ?"
+"""A fold empties its own collector's staged rows, never another's (several collectors
+write one PostgreSQL store: each folds only what it staged)."""
 
 _KEY: Final = ("node", "res", "bucket")
 _COLUMNS: Final = (*_KEY, *(c for c, _ in NODE_COLUMNS), "gpu_stats")

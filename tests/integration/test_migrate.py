@@ -18,6 +18,8 @@ from collector.paths import parse_target
 from collector.store.alerts import AlertChange, OutboxNew, write_alerts
 from collector.store.copy import TABLES
 from collector.store.db import Store
+from collector.store.ledger import LedgerRow, write_ledger
+from collector.store.watermarks import WatermarkRow, write_watermarks
 from tests.collector.governance.fleet import cli as _cli
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
@@ -36,7 +38,7 @@ def _table(db: Any, table: str) -> list[tuple[Any, ...]]:
 
 async def _build(runner: CollectorRunner, mosquitto: MosquittoBroker) -> Path:
     """The collector stores a fleet; the commands add a silence, a pool, a lease, a quota;
-    an alert fires with a notification in the outbox."""
+    an alert fires with a notification in the outbox; an hour of usage ledger and a watermark."""
     db = runner.db
     await runner.start()
     sim = FleetSimulator(6, gpus_per_node=8, seed=9, interval_s=1)
@@ -64,8 +66,15 @@ async def _build(runner: CollectorRunner, mosquitto: MosquittoBroker) -> Path:
         "firing", now, now, now, None,
     )  # fmt: skip
     note = OutboxNew("u-1", "hook", change.fingerprint, change.rule, "firing", "{}", now, now + 60)
+    hour = int(now) - int(now) % 3600
+    ledger = LedgerRow(
+        hour, sim.node_ids[0], "l1", "acme", "p1", 8, 1.0, 8.0, 2.0, 3.0, 8.0, 1.5, 0.2, 2.0,
+        "measured",
+    )  # fmt: skip
     async with Store(db) as store:
         await write_alerts(store, [change], 86_400.0, [note], now=now)
+        await write_ledger(store, [hour], [ledger], [], now)
+        await write_watermarks(store, [WatermarkRow(sim.node_ids[0], 7, 4, 4, int(now * 1000))])
     return db
 
 
@@ -83,6 +92,14 @@ async def test_a_collectors_store_round_trips_into_postgresql(
     assert (code, err) == (0, "")
     report = json.loads(out)
     assert list(report["tables"]) == list(TABLES)
+    schema = {
+        r[0]
+        for r in db_rows(source, "SELECT name FROM sqlite_master WHERE type = 'table'")
+        if r[0] != "schema_migrations"
+    }
+    assert set(TABLES) == schema  # a table added by a migration is copied too
+    for table in ("rollups", "watermarks", "usage_ledger", "usage_daily"):
+        assert report["tables"][table] > 0, table
     for table in TABLES:
         rows = _table(source, table)
         assert _table(target, table) == rows, table

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import pytest
 
 from collector.ingest.validate import sample_row
+from collector.paths import parse_target
 from collector.store.db import SampleRow, Store
 from collector.store.partials import decode_gpus
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE, RollupConfig, gpu_series, node_series
 from shared.schema import CpuStats, GpuSample, MemStats, Sample, encode
-from tests.helpers import db_rows
+from tests.helpers import db_rows, wait_until
 
 T0 = 1_800_000_000.0 - 1_800_000_000 % 3600  # an hour's start
 
@@ -204,3 +206,66 @@ async def test_rollup_retention_deletes_old_buckets_in_chunks(tmp_path: Path) ->
         (MINUTE, T0 + 60),
         (HOUR, T0),
     ]
+
+
+@pytest.mark.integration
+async def test_collectors_sharing_a_store_fold_each_sample_once(postgres_url: str) -> None:
+    """Two collectors of a share group write one PostgreSQL store: one that (re)starts while
+    the other has samples staged does not fold them too, and a fold leaves the other's
+    staged samples for their owner, who takes them back after a crash."""
+    target = parse_target(postgres_url)
+    rows = _rows()
+    config = RollupConfig(busy_util_pct=50.0)
+    async with Store(target, rollups=config, stage_owner="a") as a:
+        await a.write_batch(rows[:6])  # staged, not folded yet
+        async with Store(target, rollups=config, stage_owner="b") as b:  # b starts
+            await b.write_batch(rows[6:12])
+            assert await b.fold_rollups() == 6  # its own batch only
+        # b stops before folding its next batch (a crash): it stays staged for b
+        async with Store(target, rollups=config, stage_owner="b") as b:
+            await b.write_batch(rows[12:18])
+        assert await a.fold_rollups() == 6
+    async with Store(target, rollups=config, stage_owner="b") as b:  # b is back
+        assert await b.fold_rollups() == 6
+    assert db_rows(target, "SELECT samples FROM rollups WHERE res = 3600") == [(18,)]
+    assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+@pytest.mark.integration
+async def test_two_collectors_folding_the_same_buckets_at_once_keep_every_gpu(
+    postgres_url: str,
+) -> None:
+    """Members of a share group each store part of a node's samples and fold at the same
+    moment: the hour's packed GPU statistics hold every sample, not only the last fold's."""
+    import psycopg  # noqa: PLC0415
+
+    target = parse_target(postgres_url)
+    rows = _rows()
+    config = RollupConfig(busy_util_pct=50.0)
+    async with (
+        Store(target, rollups=config, stage_owner="a") as a,
+        Store(target, rollups=config, stage_owner="b") as b,
+    ):
+        await a.write_batch(rows[0::2])
+        await b.write_batch(rows[1::2])
+        # Hold both folds at their writes (reads still pass) until both wait, so each has
+        # read the buckets before the other wrote them unless the folds are serialised.
+        with psycopg.connect(postgres_url) as gate:
+            gate.execute("LOCK TABLE rollups IN EXCLUSIVE MODE")
+            folds = asyncio.gather(a.fold_rollups(), b.fold_rollups())
+            await wait_until(
+                lambda: (
+                    gate.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    ).fetchone()
+                    == (2,)
+                ),
+                what="both folds waiting",
+            )
+            gate.commit()
+            assert sorted(await folds) == [9, 9]
+    with StoreReader(target) as r:
+        gpus = r.run(gpu_series("n1", HOUR, T0, T0 + 3600))
+    assert db_rows(target, "SELECT samples FROM rollups WHERE res = 3600") == [(18,)]
+    assert [g["samples"] for g in gpus] == [18, 18]  # each GPU in every sample
