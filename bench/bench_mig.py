@@ -37,8 +37,8 @@ from shared.schema import Sample, encode
 
 _LAYOUTS: dict[str, Mapping[int, Sequence[str]]] = {
     "no MIG": {},
-    "7 x 1g.10gb": dict.fromkeys(range(8), ["1g.10gb"] * 7),
-    "3g.40gb + 2 x 2g.20gb": dict.fromkeys(range(8), ["3g.40gb", "2g.20gb", "2g.20gb"]),
+    "7 x 1g.10gb": {g: ["1g.10gb"] * 7 for g in range(8)},
+    "3g.40gb + 2 x 2g.20gb": {g: ["3g.40gb", "2g.20gb", "2g.20gb"] for g in range(8)},
 }
 
 
@@ -62,62 +62,78 @@ def _scrape(sample: Sample) -> bytes:
     return generate_latest(registry)
 
 
+def _measure(layout: Mapping[int, Sequence[str]], n: int) -> dict[str, float]:
+    """One layout's figures."""
+    clock = FakeClock()
+    nvml = FakeNvml(8, clock=clock, load_pct=40, mig=layout)
+    backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=50)
+    node = NodeSampler(
+        "bench-node",
+        gpu=backend,
+        rapl=RaplReader(Path("/sys"), clock),
+        host=HostSampler(clock),
+        interval_s=5.0,
+        slow_interval_s=60.0,
+        clock=clock,
+    )
+    node.start()
+    try:
+
+        def tick() -> None:
+            clock.advance(5.0)
+            encode(node.sample())
+
+        def calls(slow: bool) -> int:
+            before = sum(nvml.calls.values())
+            backend.sample(clock.monotonic(), slow=slow)
+            return sum(nvml.calls.values()) - before
+
+        backend.sample(clock.monotonic(), slow=True)  # the first: MIG devices found
+        out = {
+            "fast_us": _cpu_us(lambda: backend.sample(clock.monotonic(), slow=False), n),
+            "slow_us": _cpu_us(lambda: backend.sample(clock.monotonic(), slow=True), n // 4),
+            "fast_calls": calls(slow=False),
+            "slow_calls": calls(slow=True),
+            "tick_us": _cpu_us(tick, n),  # 5 s steps: one slow tick in 12
+        }
+        sample = node.sample()
+        out["migs"] = sum(len(g.mig) for g in sample.gpus)
+        out["wire"] = len(encode(sample))
+        out["scrape_bytes"] = len(_scrape(sample))
+        out["scrape_us"] = _cpu_us(lambda: _scrape(sample), n // 4)
+    finally:
+        node.close()
+    return out
+
+
 def main() -> None:
     """Print one block of figures per layout."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=300, help="ticks per figure (default 300)")
     args = parser.parse_args()
     configure_logging("warning")
-    n = args.ticks
     base: dict[str, float] = {}
     for name, layout in _LAYOUTS.items():
-        clock = FakeClock()
-        nvml = FakeNvml(8, clock=clock, load_pct=40, mig=layout)
-        backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=50)
-        node = NodeSampler(
-            "bench-node",
-            gpu=backend,
-            rapl=RaplReader(Path("/sys"), clock),
-            host=HostSampler(clock),
-            interval_s=5.0,
-            slow_interval_s=60.0,
-            clock=clock,
-        )
-        node.start()
-        try:
-
-            def tick() -> None:
-                clock.advance(5.0)
-                encode(node.sample())
-
-            backend.sample(clock.monotonic(), slow=True)  # the first: MIG devices found
-            fast_us = _cpu_us(lambda: backend.sample(clock.monotonic(), slow=False), n)
-            before = sum(nvml.calls.values())
-            backend.sample(clock.monotonic(), slow=True)
-            slow_calls = sum(nvml.calls.values()) - before
-            before = sum(nvml.calls.values())
-            backend.sample(clock.monotonic(), slow=False)
-            fast_calls = sum(nvml.calls.values()) - before
-            slow_us = _cpu_us(lambda: backend.sample(clock.monotonic(), slow=True), n // 4)
-            tick_us = _cpu_us(tick, n)  # 5 s steps: one slow tick in 12
-            sample = node.sample()
-            wire = len(encode(sample))
-            text = _scrape(sample)
-            scrape_us = _cpu_us(lambda: _scrape(sample), n // 4)
-        finally:
-            node.close()
-        migs = sum(len(g.mig) for g in sample.gpus)
-        base.setdefault("tick", tick_us)
-        base.setdefault("wire", wire)
-        print(f"{name} ({migs} MIG devices on 8 GPUs)")
-        print(f"  GPU backend, fast tick   {fast_us:8.0f} us  ({fast_calls} NVML calls)")
-        print(f"  GPU backend, slow tick   {slow_us:8.0f} us  ({slow_calls} NVML calls)")
+        f = _measure(layout, args.ticks)
+        base = base or f
+        print(f"{name} ({f['migs']:.0f} MIG devices on 8 GPUs)")
         print(
-            f"  node tick (1 slow in 12) {tick_us:8.0f} us  "
-            f"({tick_us - base['tick']:+.0f} us vs no MIG)"
+            f"  GPU backend, fast tick   {f['fast_us']:8.0f} us  ({f['fast_calls']:.0f} NVML calls)"
         )
-        print(f"  wire bytes per sample    {wire:8d}     ({wire - base['wire']:+d} vs no MIG)")
-        print(f"  /metrics scrape          {scrape_us:8.0f} us  ({len(text)} bytes)")
+        print(
+            f"  GPU backend, slow tick   {f['slow_us']:8.0f} us  ({f['slow_calls']:.0f} NVML calls)"
+        )
+        print(
+            f"  node tick (1 slow in 12) {f['tick_us']:8.0f} us  "
+            f"({f['tick_us'] - base['tick_us']:+.0f} us vs no MIG)"
+        )
+        print(
+            f"  wire bytes per sample    {f['wire']:8.0f}     "
+            f"({f['wire'] - base['wire']:+.0f} vs no MIG)"
+        )
+        print(
+            f"  /metrics scrape          {f['scrape_us']:8.0f} us  ({f['scrape_bytes']:.0f} bytes)"
+        )
 
 
 if __name__ == "__main__":
