@@ -233,9 +233,7 @@ def test_capacity_threshold_lines_follow_the_collectors_settings(tmp_path: Path)
         json.dumps(
             {
                 "rule_files": [],
-                "tests": [
-                    {"interval": "1m", "input_series": series, "promql_expr_test": tests}
-                ],
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
             }
         )
     )
