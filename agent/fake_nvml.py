@@ -17,12 +17,13 @@ import random
 import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pynvml
 
+from agent.fake_mig import H100_PROFILES, MAX_MIG_DEVICES, FakeMig, layout
 from shared.clock import Clock, SystemClock
 
 __all__ = ["FakeMode", "FakeNvml"]
@@ -51,6 +52,8 @@ class _FakeGpu:
     unsupported: frozenset[str]
     pcie_replays: int
     lost: bool = False
+    mig: list[FakeMig] | None = None
+    """MIG mode on, with these MIG devices; ``None``: MIG mode off."""
 
 
 @dataclass(slots=True, eq=False)
@@ -72,7 +75,15 @@ class FakeNvml:
     ``NVMLError_FunctionNotFound`` everywhere (an older driver; ``nvmlDeviceGetMemoryInfo_v2``
     names the versioned memory call). ``load_pct`` pins every GPU's utilisation; ``None``
     gives each GPU its own slow sine between 5 and 95 %. Every device call is counted in
-    :attr:`calls` by ``(function name, gpu index)``.
+    :attr:`calls` by ``(function name, gpu index)`` (a MIG device's under its GPU's index).
+
+    ``mig`` puts GPUs in MIG mode: GPU index -> the GPU instance profiles created on it
+    (``["1g.10gb"] * 7``, ``["3g.40gb", "2g.20gb", "2g.20gb"]``; an empty list is MIG mode
+    with no instance), each with one compute instance over the whole GPU instance, as an
+    H100 80GB has them (:mod:`agent.fake_mig`). As NVML documents: utilisation is
+    NotSupported on a MIG device and on a GPU in MIG mode; a MIG device answers its UUID,
+    memory, attributes and instance ids, and NotSupported for what belongs to its GPU
+    (power, temperature, clocks); its handle is invalid once :meth:`set_mig` destroyed it.
     """
 
     # pynvml's own classes and constants, so `except nvml.NVMLError_NotSupported` matches.
@@ -87,6 +98,7 @@ class FakeNvml:
     NVMLError_Timeout = pynvml.NVMLError_Timeout
     NVMLError_Uninitialized = pynvml.NVMLError_Uninitialized
     NVMLError_InvalidArgument = pynvml.NVMLError_InvalidArgument
+    NVMLError_NotFound = pynvml.NVMLError_NotFound
     if hasattr(pynvml, "NVMLLibraryMismatchError"):  # nvidia-ml-py 12.550 on: mirror the binding
         NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
 
@@ -106,6 +118,7 @@ class FakeNvml:
     NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
     NVML_AGGREGATE_ECC = pynvml.NVML_AGGREGATE_ECC
     NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
+    NVML_GPU_INSTANCE_PROFILE_COUNT = pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT
     nvmlMemory_v2 = pynvml.nvmlMemory_v2
     nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
@@ -124,6 +137,7 @@ class FakeNvml:
         unsupported: Mapping[int, Iterable[str]] | None = None,
         missing_functions: Iterable[str] = (),
         load_pct: float | None = None,
+        mig: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         if load_pct is not None and not 0.0 <= load_pct <= 100.0:
             raise ValueError(f"load_pct must be within 0..100, got {load_pct}")
@@ -142,6 +156,8 @@ class FakeNvml:
         self.calls: Counter[tuple[str, int]] = Counter()
         """Device calls made, by ``(pynvml function name, gpu index)``."""
         self._processes: dict[int, list[tuple[int, int]]] = {}
+        self._migs: dict[int, FakeMig] = {}  # id(handle) -> MIG device
+        self._mig_handles: dict[int, Any] = {}  # address -> the MIG device's handle
 
         rng = random.Random(seed)
         unsupported = unsupported or {}
@@ -169,6 +185,8 @@ class FakeNvml:
             self._handles.append(handle)
             # Handles live as long as the fake, so their ids are a cheap, stable key.
             self._by_handle_id[id(handle)] = gpu
+        for index, profiles in (mig or {}).items():
+            self.set_mig(index, profiles)
 
     # -- test controls ----------------------------------------------------------------------
 
@@ -200,6 +218,14 @@ class FakeNvml:
         else:
             self._processes[gpu] = list(processes)
 
+    def set_mig(self, gpu: int, profiles: Sequence[str] | None) -> None:
+        """Destroy ``gpu``'s MIG devices (their handles turn invalid) and create these GPU
+        instance profiles (``None``: MIG mode off); ``ValueError`` if an H100 cannot."""
+        g = self._gpus[gpu]
+        for dev in g.mig or ():
+            dev.destroyed = True
+        g.mig = None if profiles is None else layout(gpu, profiles)
+
     def lose_gpu(self, gpu: int) -> None:
         """From now on every call on ``gpu`` raises ``NVMLError_GpuIsLost``."""
         self._gpus[gpu].lost = True
@@ -229,7 +255,12 @@ class FakeNvml:
         return mean * t - amplitude / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
 
     def _mem_used(self, gpu: _FakeGpu, t: float) -> int:
+        if gpu.mig is not None:
+            return sum(self._mig_mem_used(gpu, m, t) for m in gpu.mig)
         return 1024 * _MIB + int(self._util(gpu, t) / 100 * 0.7 * self._mem_total)
+
+    def _mig_mem_used(self, gpu: _FakeGpu, mig: FakeMig, t: float) -> int:
+        return 64 * _MIB + int(self._util(gpu, t) / 100 * 0.7 * mig.profile.memory_mb * _MIB)
 
     # -- the pynvml surface -------------------------------------------------------------------
 
@@ -238,8 +269,20 @@ class FakeNvml:
             raise self.NVMLError_Uninitialized()
 
     def _device(self, handle: Any, function: str) -> _FakeGpu:
+        """The GPU of a GPU handle; NotSupported for a MIG device's handle."""
+        gpu, mig = self._resolve(handle, function)
+        if mig is not None:
+            raise self.NVMLError_NotSupported()
+        return gpu
+
+    def _resolve(self, handle: Any, function: str) -> tuple[_FakeGpu, FakeMig | None]:
+        """The GPU, and the MIG device when ``handle`` is one's."""
         self._check_init()
-        gpu = self._by_handle_id.get(id(handle)) or self._by_address(handle)
+        mig = self._migs.get(id(handle))
+        if mig is not None:
+            gpu = self._gpus[mig.gpu_index]
+        else:
+            gpu = self._by_handle_id.get(id(handle)) or self._by_address(handle)
         self.calls[(function, gpu.index)] += 1
         if function in self._missing:
             raise self.NVMLError_FunctionNotFound()
@@ -247,7 +290,16 @@ class FakeNvml:
             raise self.NVMLError_GpuIsLost()
         if function in gpu.unsupported:
             raise self.NVMLError_NotSupported()
-        return gpu
+        if mig is not None and mig.destroyed:
+            raise self.NVMLError_InvalidArgument()
+        return gpu, mig
+
+    def _mig_device(self, handle: Any, function: str) -> tuple[_FakeGpu, FakeMig]:
+        """The MIG device of a MIG device's handle; InvalidArgument for a GPU's."""
+        gpu, mig = self._resolve(handle, function)
+        if mig is None:
+            raise self.NVMLError_InvalidArgument()
+        return gpu, mig
 
     def _by_address(self, handle: Any) -> _FakeGpu:
         # A copy of a handle (event data carries one): compare the pointer values.
@@ -295,8 +347,11 @@ class FakeNvml:
         return self._name
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
-        """``GPU-<uuid4>``, fixed by the seed."""
-        return self._device(handle, "nvmlDeviceGetUUID").uuid
+        """``GPU-<uuid4>``, fixed by the seed; a MIG device's ``MIG-<uuid>``."""
+        gpu, mig = self._resolve(handle, "nvmlDeviceGetUUID")
+        if mig is None:
+            return gpu.uuid
+        return f"MIG-{uuid.UUID(int=(mig.address << 64) | gpu.index, version=4)}"
 
     def nvmlDeviceGetSerial(self, handle: Any) -> str:
         """Board serial number."""
@@ -316,31 +371,121 @@ class FakeNvml:
         return round(self._limit_w * 1000)
 
     def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
-        """``[current, pending]``: MIG disabled."""
-        self._device(handle, "nvmlDeviceGetMigMode")
-        return [0, 0]
+        """``[current, pending]``: enabled where ``mig`` gave the GPU a layout."""
+        gpu = self._device(handle, "nvmlDeviceGetMigMode")
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig is not None else 0
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any) -> int:
+        """7, MIG mode or not (an H100)."""
+        self._device(handle, "nvmlDeviceGetMaxMigDeviceCount")
+        return MAX_MIG_DEVICES
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int) -> Any:
+        """The ``index``-th MIG device, NotFound past the last one (or outside MIG mode)."""
+        gpu = self._device(handle, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if not 0 <= index < MAX_MIG_DEVICES:
+            raise self.NVMLError_InvalidArgument()
+        if gpu.mig is None or index >= len(gpu.mig):
+            raise self.NVMLError_NotFound()
+        mig = gpu.mig[index]
+        mig_handle = self._mig_handles.get(mig.address)
+        if mig_handle is None:  # one handle per MIG device, as for GPUs: ids stay unique
+            mig_handle = ctypes.cast(ctypes.c_void_p(mig.address), pynvml.c_nvmlDevice_t)
+            self._mig_handles[mig.address] = mig_handle
+            self._migs[id(mig_handle)] = mig
+        return mig_handle
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any) -> int:
+        """A MIG device's GPU instance id."""
+        return self._mig_device(handle, "nvmlDeviceGetGpuInstanceId")[1].gi_id
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any) -> int:
+        """A MIG device's compute instance id."""
+        return self._mig_device(handle, "nvmlDeviceGetComputeInstanceId")[1].ci_id
+
+    def nvmlDeviceGetAttributes(self, handle: Any) -> Any:
+        """``c_nvmlDeviceAttributes`` of a MIG device (its compute instance spans its GPU
+        instance); a whole GPU's has no instance slices."""
+        _, mig = self._resolve(handle, "nvmlDeviceGetAttributes")
+        if mig is None:
+            whole = H100_PROFILES[4]
+            return pynvml.c_nvmlDeviceAttributes(
+                multiprocessorCount=whole.sms, memorySizeMB=self._mem_total // _MIB
+            )
+        p = mig.profile
+        return pynvml.c_nvmlDeviceAttributes(
+            multiprocessorCount=p.sms,
+            sharedCopyEngineCount=p.copy_engines,
+            sharedDecoderCount=p.decoders,
+            sharedEncoderCount=0,
+            sharedJpegCount=p.jpegs,
+            sharedOfaCount=p.ofas,
+            gpuInstanceSliceCount=p.slices,
+            computeInstanceSliceCount=p.slices,
+            memorySizeMB=p.memory_mb,
+        )
+
+    def nvmlDeviceGetGpuInstanceProfileInfo(
+        self, handle: Any, profile: int, version: int = 2
+    ) -> Any:
+        """``c_nvmlGpuInstanceProfileInfo_v2_t`` (``version=1``: the v1 struct, no name);
+        NotSupported for a profile an H100 lacks or outside MIG mode."""
+        function = (
+            "nvmlDeviceGetGpuInstanceProfileInfoV"
+            if version == 2
+            else "nvmlDeviceGetGpuInstanceProfileInfo"
+        )
+        gpu = self._device(handle, function)
+        p = H100_PROFILES.get(profile)
+        if gpu.mig is None or p is None:
+            raise self.NVMLError_NotSupported()
+        fields = {
+            "id": p.id,
+            "sliceCount": p.slices,
+            "instanceCount": p.instances,
+            "multiprocessorCount": p.sms,
+            "copyEngineCount": p.copy_engines,
+            "decoderCount": p.decoders,
+            "jpegCount": p.jpegs,
+            "ofaCount": p.ofas,
+            "memorySizeMB": p.memory_mb,
+        }
+        if version == 1:
+            return pynvml.c_nvmlGpuInstanceProfileInfo_t(**fields)
+        info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+        for key, value in fields.items():
+            setattr(info, key, value)
+        info.name = p.name.encode()
+        return info
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         """``c_nvmlMemory_v2_t`` when ``version`` is given, else ``c_nvmlMemory_t``."""
         function = "nvmlDeviceGetMemoryInfo_v2" if version else "nvmlDeviceGetMemoryInfo"
-        gpu = self._device(handle, function)
+        gpu, mig = self._resolve(handle, function)
         if version and version != pynvml.nvmlMemory_v2:
             raise self.NVMLError_ArgumentVersionMismatch()
-        used = self._mem_used(gpu, self._clock.monotonic())
+        t = self._clock.monotonic()
+        if mig is not None:  # the GPU instance's memory; the driver's reservation is the GPU's
+            used = self._mig_mem_used(gpu, mig, t)
+            total, reserved = mig.profile.memory_mb * _MIB, 0
+        else:
+            used, total, reserved = self._mem_used(gpu, t), self._mem_total, _MEM_RESERVED
         if version:
-            reserved = _MEM_RESERVED
             return pynvml.c_nvmlMemory_v2_t(
                 version=version,
-                total=self._mem_total,
+                total=total,
                 reserved=reserved,
-                free=self._mem_total - reserved - used,
+                free=total - reserved - used,
                 used=used,
             )
-        return pynvml.c_nvmlMemory_t(total=self._mem_total, free=self._mem_total - used, used=used)
+        return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
 
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any:
-        """``c_nvmlUtilization_t`` (GPU and memory %)."""
+        """``c_nvmlUtilization_t`` (GPU and memory %); NotSupported in MIG mode."""
         gpu = self._device(handle, "nvmlDeviceGetUtilizationRates")
+        if gpu.mig is not None:
+            raise self.NVMLError_NotSupported()
         util = self._util(gpu, self._clock.monotonic())
         return pynvml.c_nvmlUtilization_t(gpu=round(util), memory=round(util * 0.6))
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 from agent.bounds import Bounds
+from agent.mig import GiProfile, gi_profile, profile_name
 from agent.rates import CounterRate
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
@@ -32,6 +33,8 @@ from shared.schema import (
     MAX_GPU_MEM_BYTES,
     MAX_GPU_POWER_W,
     MAX_GPUS,
+    MAX_MIG_DEVICES,
+    MAX_MIG_INSTANCE_ID,
     MAX_MODEL_NAME_LEN,
     MAX_PCIE_REPLAYS,
     MAX_PID,
@@ -42,6 +45,7 @@ from shared.schema import (
     MAX_VERSION_LEN,
     MAX_XID,
     MAX_XIDS,
+    MIG_PROFILE_PATTERN,
     MIN_TEMP_C,
     PCI_BUS_ID_PATTERN,
     GpuEcc,
@@ -49,6 +53,7 @@ from shared.schema import (
     GpuProcess,
     GpuRemappedRows,
     GpuSample,
+    MigSample,
     XidEvent,
 )
 
@@ -77,8 +82,23 @@ _CLOCK_REASONS_CALLS: Final = (
     ("clocks_throttle_reasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
 )
 
+_MIG_SYMBOLS: Final = (
+    "NVMLError_NotFound",
+    "NVMLError_InvalidArgument",
+    "NVML_GPU_INSTANCE_PROFILE_COUNT",
+    "nvmlDeviceGetMaxMigDeviceCount",
+    "nvmlDeviceGetMigDeviceHandleByIndex",
+    "nvmlDeviceGetGpuInstanceId",
+    "nvmlDeviceGetComputeInstanceId",
+    "nvmlDeviceGetAttributes",
+    "nvmlDeviceGetGpuInstanceProfileInfo",
+)
+"""What MIG enumeration needs: in every nvidia-ml-py since 11.450 (the floor has them all);
+a binding without one reads no MIG devices rather than failing."""
+
 _UUID_RE: Final = re.compile(GPU_UUID_PATTERN)
 _PCI_BUS_ID_RE: Final = re.compile(PCI_BUS_ID_PATTERN)
+_MIG_PROFILE_RE: Final = re.compile(MIG_PROFILE_PATTERN)
 
 _T = TypeVar("_T")
 
@@ -151,6 +171,8 @@ class NvmlModule(Protocol):
     NVMLError_NoPermission: type[Exception]
     NVMLError_GpuIsLost: type[Exception]
     NVMLError_Timeout: type[Exception]
+    NVMLError_NotFound: type[Exception]
+    NVMLError_InvalidArgument: type[Exception]
 
     NVML_TEMPERATURE_GPU: int
     NVML_CLOCK_SM: int
@@ -168,6 +190,7 @@ class NvmlModule(Protocol):
     NVML_VOLATILE_ECC: int
     NVML_AGGREGATE_ECC: int
     NVML_DEVICE_MIG_ENABLE: int
+    NVML_GPU_INSTANCE_PROFILE_COUNT: int
     nvmlMemory_v2: int
     nvmlEventTypeXidCriticalError: int
 
@@ -182,6 +205,14 @@ class NvmlModule(Protocol):
     def nvmlDeviceGetPciInfo(self, handle: Any, /) -> Any: ...
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any, /) -> int: ...
     def nvmlDeviceGetMigMode(self, handle: Any, /) -> Sequence[int]: ...
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: Any, index: int, /) -> Any: ...
+    def nvmlDeviceGetGpuInstanceId(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetComputeInstanceId(self, handle: Any, /) -> int: ...
+    def nvmlDeviceGetAttributes(self, handle: Any, /) -> Any: ...
+    def nvmlDeviceGetGpuInstanceProfileInfo(
+        self, handle: Any, profile: int, version: int = 2, /
+    ) -> Any: ...
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None, /) -> Any: ...
     def nvmlDeviceGetUtilizationRates(self, handle: Any, /) -> Any: ...
     def nvmlDeviceGetPowerUsage(self, handle: Any, /) -> int: ...
@@ -218,6 +249,24 @@ class _Device:
     logged_errors: set[tuple[str, str]] = field(default_factory=set)
     energy: CounterRate = field(default_factory=CounterRate)
     lost: bool = False
+    mig_enabled: bool = False
+    is_mig: bool = False
+    """A MIG device's handle (of the GPU ``index``)."""
+    migs: list[_Mig] = field(default_factory=list)
+    """The MIG devices found at the last enumeration, by GPU instance id."""
+    mig_stale: bool = False
+    """A MIG device stopped answering: enumerate again at the next sample."""
+    gi_profiles: tuple[GiProfile, ...] | None = None
+    """The GPU's GPU instance profiles, read once."""
+
+
+@dataclass(slots=True, eq=False)
+class _Mig:
+    dev: _Device
+    """The MIG device's handle, with its own unsupported fields and logged errors."""
+    gi_id: int
+    ci_id: int
+    profile: str | None
 
 
 class NvmlBackend:
@@ -260,6 +309,7 @@ class NvmlBackend:
         self._reasons_calls: tuple[tuple[str, Callable[[Any], int]], ...] = ()
         self._unsupported_errors: tuple[type[Exception], ...] = ()
         self._field_value_attrs: dict[int, str] = {}
+        self._mig_readable = False
 
     @property
     def _nvml(self) -> NvmlModule:
@@ -319,6 +369,10 @@ class NvmlBackend:
         missing = [name for name in OPTIONAL_NVML_SYMBOLS if not hasattr(nvml, name)]
         if missing:
             self._log.debug("nvml_binding_lacks_symbols", symbols=missing)
+        mig_missing = [name for name in _MIG_SYMBOLS if not hasattr(nvml, name)]
+        self._mig_readable = not mig_missing
+        if mig_missing:
+            self._log.info("nvml_binding_lacks_mig", symbols=mig_missing)
         # A release without the class cannot raise it, so leaving it out loses nothing.
         mismatch: type[Exception] | None = getattr(nvml, "NVMLLibraryMismatchError", None)
         self._unsupported_errors = (
@@ -363,6 +417,7 @@ class NvmlBackend:
         pci = self._call(dev, "pci_info", nvml.nvmlDeviceGetPciInfo)
         limit_mw = self._call(dev, "power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit)
         mig = self._call(dev, "mig_mode", nvml.nvmlDeviceGetMigMode)
+        dev.mig_enabled = mig is not None and mig[0] == nvml.NVML_DEVICE_MIG_ENABLE
         mem = self._memory(dev)
         raw_name = _text(name) if name is not None else ""
         self._devices.append(dev)
@@ -378,7 +433,7 @@ class NvmlBackend:
                 else None
             ),
             power_limit_w=_watts(bounds, "gpus[].power_limit_w", limit_mw),
-            mig_mode=mig[0] == nvml.NVML_DEVICE_MIG_ENABLE if mig is not None else None,
+            mig_mode=dev.mig_enabled if mig is not None else None,
             mem_total_bytes=(
                 bounds.optional_int(mem.total, "gpus[].mem_total_bytes", MAX_GPU_MEM_BYTES)
                 if mem is not None
@@ -387,7 +442,14 @@ class NvmlBackend:
         )
 
     def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
-        """Read every GPU; a field a GPU does not support is ``None``."""
+        """Read every GPU; a field a GPU does not support is ``None``.
+
+        MIG devices are enumerated on slow ticks (the first sample is one) and after one
+        stopped answering: an instance created in between shows from the next slow tick.
+        """
+        for dev in self._devices:
+            if (slow or dev.mig_stale) and self._mig_readable and not dev.lost:
+                self._enumerate_mig(dev)
         return [self._sample_device(dev, now_mono, slow) for dev in self._devices]
 
     def _sample_device(self, dev: _Device, now_mono: float, slow: bool) -> GpuSample:
@@ -459,7 +521,130 @@ class NvmlBackend:
                 if mem is not None
                 else None
             ),
+            mig=tuple(self._sample_mig(dev)) if dev.migs else (),
         )
+
+    def _enumerate_mig(self, dev: _Device) -> None:
+        """Find ``dev``'s MIG devices (none outside MIG mode), their ids and profiles."""
+        nvml = self._nvml
+        dev.mig_stale = False
+        mode = self._call(dev, "mig_mode", nvml.nvmlDeviceGetMigMode)
+        enabled = mode is not None and mode[0] == nvml.NVML_DEVICE_MIG_ENABLE
+        if enabled != dev.mig_enabled:  # utilisation's answer depends on the mode: ask again
+            dev.unsupported -= {"utilization", "mig_utilization"}
+            self._log.info("gpu_mig_mode", gpu=dev.index, enabled=enabled)
+        dev.mig_enabled = enabled
+        count = (
+            self._call(dev, "mig_device_count", nvml.nvmlDeviceGetMaxMigDeviceCount)
+            if dev.mig_enabled
+            else None
+        )
+        migs: list[_Mig] = []
+        if count and "mig_devices" not in dev.unsupported:
+            if dev.gi_profiles is None:
+                dev.gi_profiles = self._gi_profiles(dev)
+            for slot in range(min(count, MAX_MIG_DEVICES)):
+                try:
+                    handle = nvml.nvmlDeviceGetMigDeviceHandleByIndex(dev.handle, slot)
+                except nvml.NVMLError_NotFound:
+                    continue  # an empty slot
+                except self._unsupported_errors:
+                    dev.unsupported.add("mig_devices")  # an older driver: never asked again
+                    break
+                except nvml.NVMLError as exc:
+                    self._log_once(dev, "mig_device_handle", exc)
+                    continue
+                found = self._open_mig(dev, handle)
+                if found is not None:
+                    migs.append(found)
+            migs.sort(key=lambda m: (m.gi_id, m.ci_id))
+        layout = [(m.gi_id, m.ci_id, m.profile) for m in migs]
+        if layout != [(m.gi_id, m.ci_id, m.profile) for m in dev.migs]:
+            self._log.info("gpu_mig_devices", gpu=dev.index, devices=layout)
+        dev.migs = migs
+
+    def _open_mig(self, dev: _Device, handle: Any) -> _Mig | None:
+        nvml = self._nvml
+        mdev = _Device(
+            index=dev.index, handle=handle, uuid=dev.uuid, bounds=dev.bounds, is_mig=True
+        )
+        b = dev.bounds
+        gi = b.optional_int(
+            self._call(mdev, "gpu_instance_id", nvml.nvmlDeviceGetGpuInstanceId),
+            "gpus[].mig[].gi_id",
+            MAX_MIG_INSTANCE_ID,
+        )
+        ci = b.optional_int(
+            self._call(mdev, "compute_instance_id", nvml.nvmlDeviceGetComputeInstanceId),
+            "gpus[].mig[].ci_id",
+            MAX_MIG_INSTANCE_ID,
+        )
+        if gi is None or ci is None:  # required: a series without its instance is no use
+            return None
+        attrs = self._call(mdev, "attributes", nvml.nvmlDeviceGetAttributes)
+        name = profile_name(attrs, dev.gi_profiles or ()) if attrs is not None else None
+        profile = b.matching(name, "gpus[].mig[].profile", _MIG_PROFILE_RE) if name else None
+        return _Mig(dev=mdev, gi_id=gi, ci_id=ci, profile=profile)
+
+    def _gi_profiles(self, dev: _Device) -> tuple[GiProfile, ...]:
+        """The GPU instance profiles ``dev`` offers (NVML answers NotSupported for the
+        indices it lacks); the v1 struct, without names, on drivers before R470."""
+        nvml = self._nvml
+        get = nvml.nvmlDeviceGetGpuInstanceProfileInfo
+        absent = (nvml.NVMLError_NotSupported, nvml.NVMLError_InvalidArgument)
+        versions: tuple[int, ...] = (2, 1)
+        profiles = []
+        for index in range(nvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
+            for version in versions:
+                try:
+                    info = get(dev.handle, index, version)
+                except nvml.NVMLError_FunctionNotFound:
+                    versions = (1,)  # no versioned call (before R470): no names either
+                    continue
+                except absent:
+                    break  # not a profile of this GPU (or one this driver does not know)
+                except nvml.NVMLError as exc:
+                    self._log_once(dev, "gi_profile", exc)
+                    break
+                profiles.append(gi_profile(info))
+                break
+        return tuple(profiles)
+
+    def _sample_mig(self, dev: _Device) -> list[MigSample]:
+        b = dev.bounds
+        out = []
+        for m in dev.migs:
+            mem = self._memory(m.dev)
+            if mem is None and not {"memory", "memory_v2"} <= m.dev.unsupported:
+                dev.mig_stale = True  # destroyed, most likely: enumerate again next tick
+            util = None
+            if "mig_utilization" not in dev.unsupported:  # NVML: NotSupported on MIG devices
+                util = self._call(m.dev, "utilization", self._nvml.nvmlDeviceGetUtilizationRates)
+                if "utilization" in m.dev.unsupported:
+                    dev.unsupported.add("mig_utilization")  # for every MIG device of this GPU
+            out.append(
+                MigSample(
+                    gi_id=m.gi_id,
+                    ci_id=m.ci_id,
+                    profile=m.profile,
+                    mem_used_bytes=(
+                        b.optional_int(mem.used, "gpus[].mig[].mem_used_bytes", MAX_GPU_MEM_BYTES)
+                        if mem is not None
+                        else None
+                    ),
+                    mem_total_bytes=(
+                        b.optional_int(mem.total, "gpus[].mig[].mem_total_bytes", MAX_GPU_MEM_BYTES)
+                        if mem is not None
+                        else None
+                    ),
+                    util_pct=(
+                        b.optional(util.gpu, "gpus[].mig[].util_pct", 100.0)
+                        if util is not None
+                        else None
+                    ),
+                )
+            )
+        return out
 
     def _memory(self, dev: _Device) -> Any:
         nvml = self._nvml
@@ -555,11 +740,20 @@ class NvmlBackend:
             dev.lost = True
             self._log.error("gpu_lost", gpu=dev.index, uuid=dev.uuid, field=name)
         except nvml.NVMLError as exc:
-            key = (name, type(exc).__name__)
-            if key not in dev.logged_errors:  # once per field and error, not every tick
-                dev.logged_errors.add(key)
-                self._log.warning("gpu_read_failed", gpu=dev.index, field=name, error=str(exc))
+            self._log_once(dev, name, exc)
         return None
+
+    def _log_once(self, dev: _Device, name: str, exc: Exception) -> None:
+        key = (name, type(exc).__name__)
+        if key in dev.logged_errors:  # once per field and error, not every tick
+            return
+        dev.logged_errors.add(key)
+        nvml = self._nvml
+        if dev.is_mig and isinstance(exc, nvml.NVMLError_InvalidArgument | nvml.NVMLError_NotFound):
+            # A destroyed MIG device's handle (MIG reconfigured): enumerated again next tick.
+            self._log.info("gpu_mig_device_gone", gpu=dev.index, field=name)
+        else:
+            self._log.warning("gpu_read_failed", gpu=dev.index, field=name, error=str(exc))
 
     def _first(self, dev: _Device, *choices: tuple[Any, ...]) -> Any:
         """The first choice ``(name, fn, *args)`` the GPU supports (newer API, then older)."""

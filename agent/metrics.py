@@ -25,6 +25,14 @@ Names (the README's table lists every one):
 
 A field the device does not report (``None``) is left out, as dcgm-exporter leaves out
 blank fields: absent, never 0.
+
+MIG: a GPU in MIG mode has, besides its own series, one set per GPU instance labelled as
+dcgm-exporter labels them, ``GPU_I_PROFILE`` (``1g.10gb``) and ``GPU_I_ID`` after
+``modelName``, with the GPU's ``gpu`` and ``UUID``: framebuffer used, free and total. NVML
+gives no utilisation for MIG devices (nor for their GPU in MIG mode), so
+``DCGM_FI_DEV_GPU_UTIL`` is absent there, as dcgm-exporter documents; DCGM's profiling
+fields (``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` per instance) need DCGM itself. Compute instances
+of one GPU instance share its memory: the series are per GPU instance, as dcgm-exporter's.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from shared.schema import (
     GpuSample,
     Inventory,
     Job,
+    MigSample,
     Sample,
 )
 
@@ -151,6 +160,17 @@ def _gpu_labels(
         hostname: inventory.host if inventory is not None else "",
         "DCGM_FI_DRIVER_VERSION": (inventory.gpu_driver or "") if inventory is not None else "",
     }
+
+
+def _mig_labels(base: dict[str, str], mig: MigSample, hostname: str) -> dict[str, str]:
+    """``base`` with dcgm-exporter's MIG labels inserted before the host label, its order."""
+    out: dict[str, str] = {}
+    for key, value in base.items():
+        if key == hostname:
+            out["GPU_I_PROFILE"] = mig.profile or ""
+            out["GPU_I_ID"] = str(mig.gi_id)
+        out[key] = value
+    return out
 
 
 def _owner_labels(gpu: GpuSample, jobs: dict[str, Job]) -> list[dict[str, str]]:
@@ -339,6 +359,18 @@ def dcgm_families(
             f["rows_fail"].add(labels, int(r.failure))
             f["rows_pending"].add(labels, int(r.pending))
         f["interval"].add(labels, gpu.power_interval_w)
+        seen: set[int] = set()
+        for mig in gpu.mig:
+            if mig.gi_id in seen:  # another compute instance of the same GPU instance
+                continue
+            seen.add(mig.gi_id)
+            mlabels = [_mig_labels(base, mig, hostname_label)]
+            f["fb_used"].add(mlabels, _mib(mig.mem_used_bytes))
+            f["fb_total"].add(mlabels, _mib(mig.mem_total_bytes))
+            if mig.mem_used_bytes is not None and mig.mem_total_bytes is not None:
+                f["fb_free"].add(mlabels, _mib(max(0, mig.mem_total_bytes - mig.mem_used_bytes)))
+            f["util"].add(mlabels, mig.util_pct)
+            f["gr_active"].add(mlabels, None if mig.util_pct is None else mig.util_pct / 100.0)
     return [d.metric for d in f.values() if d.metric.samples]
 
 

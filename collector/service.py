@@ -389,12 +389,16 @@ class Collector:
         if s.metrics_listen is not None:
             metrics = self.metrics = self.exposition(store)
             if self.capacity is not None:
-                from collector.capacity.metrics import capacity_families  # noqa: PLC0415
+                from collector.capacity.metrics import (  # noqa: PLC0415
+                    capacity_families,
+                    threshold_families,
+                )
 
                 state = self.capacity.state
+                thresholds = threshold_families(s.capacity.warn_pct, s.capacity.critical_pct)
 
                 async def capacity_source() -> list[Metric]:
-                    return capacity_families(state.picture)
+                    return capacity_families(state.picture) + thresholds
 
                 metrics.add(capacity_source)
             from collector.governance.metrics import (  # noqa: PLC0415

@@ -53,6 +53,8 @@ __all__ = [
     "MAX_JOBS",
     "MAX_JOB_NAME_LEN",
     "MAX_LOAD",
+    "MAX_MIG_DEVICES",
+    "MAX_MIG_INSTANCE_ID",
     "MAX_MODEL_NAME_LEN",
     "MAX_NICS",
     "MAX_NIC_NAME_LEN",
@@ -75,6 +77,7 @@ __all__ = [
     "MAX_XID",
     "MAX_XIDS",
     "METRICS_ADDRESS_PATTERN",
+    "MIG_PROFILE_PATTERN",
     "MIN_INTERVAL_S",
     "MIN_TEMP_C",
     "MIN_TS_S",
@@ -96,6 +99,7 @@ __all__ = [
     "Inventory",
     "Job",
     "MemStats",
+    "MigSample",
     "NetStats",
     "NicInfo",
     "NicStats",
@@ -132,6 +136,9 @@ MAX_CPU_PACKAGES: Final = 64
 """CPU sockets per node: the largest single-image servers have 32."""
 MAX_ACCELERATORS: Final = 64
 """Accelerators NVML does not report, per node: as MAX_GPUS."""
+MAX_MIG_DEVICES: Final = 16
+"""MIG devices per GPU: NVML's ``nvmlDeviceGetMaxMigDeviceCount`` is 7 on A100, H100 and
+B200; twice that leaves room for a part with more slices."""
 MAX_JOBS: Final = 256
 """Jobs (Slurm jobs, Kubernetes pods) with a process on a node's GPUs: 64 GPUs shared by
 four jobs each."""
@@ -181,6 +188,9 @@ METRICS_ADDRESS_PATTERN: Final = (
 """``HOST:PORT`` as Prometheus takes a target: a DNS name or IPv4 address (at most 253
 characters), or ``[IPv6]``; port 1-65535. At most 259 characters in all."""
 """``ok``, ``no_driver``, ...: a lower-case word, so a new agent's reason still decodes."""
+MIG_PROFILE_PATTERN: Final = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}\Z"
+"""A GPU instance profile as NVML and nvidia-smi name it without their ``MIG `` prefix:
+``1g.10gb``, ``3g.40gb``, ``1g.10gb+me``, ``1g.12gb-me``; at most 32 characters."""
 NODE_POWER_SOURCES: Final = ("dcmi", "redfish", "hwmon")
 """Where a node's input power was read: the BMC in band (IPMI DCMI "Get Power Reading"),
 the BMC's Redfish service, or the kernel's hwmon PSU sensors."""
@@ -217,6 +227,9 @@ MAX_ENERGY_J: Final = 1e12
 MIN_TEMP_C: Final = -60.0
 MAX_TEMP_C: Final = 200.0
 MAX_CLOCK_MHZ: Final = 10_000
+MAX_MIG_INSTANCE_ID: Final = 255
+"""GPU and compute instance ids: NVML numbers them from 0 within one GPU (0-14 on A100 and
+H100); the MIG device UUID form ``MIG-GPU-<uuid>/<gi>/<ci>`` allows three digits."""
 MAX_PSTATE: Final = 32
 """P0-P15; NVML's ``NVML_PSTATE_UNKNOWN`` is 32."""
 MAX_CLOCK_EVENT_REASONS: Final = 2**32 - 1
@@ -401,6 +414,29 @@ class GpuRemappedRows(_Struct, frozen=True):
     failure: bool
 
 
+MigInstanceId = Annotated[int, msgspec.Meta(ge=0, le=MAX_MIG_INSTANCE_ID)]
+
+
+class MigSample(_Struct, frozen=True, omit_defaults=True):
+    """One MIG device (a compute instance within a GPU instance) of a GPU in MIG mode.
+
+    NVML reports memory per MIG device, not utilisation (``nvmlDeviceGetUtilizationRates``
+    answers NotSupported on MIG devices and on their parent): ``util_pct`` is carried should
+    a driver report it. Power, temperature and clocks belong to the whole GPU (its
+    :class:`GpuSample`). ``omit_defaults``: an unknown field costs no bytes.
+    """
+
+    gi_id: MigInstanceId
+    """GPU instance id (dcgm-exporter's ``GPU_I_ID``)."""
+    ci_id: MigInstanceId
+    """Compute instance id within the GPU instance."""
+    profile: Annotated[str, msgspec.Meta(pattern=MIG_PROFILE_PATTERN)] | None = None
+    """The GPU instance profile, ``1g.10gb`` (dcgm-exporter's ``GPU_I_PROFILE``)."""
+    mem_used_bytes: GpuBytes | None = None
+    mem_total_bytes: GpuBytes | None = None
+    util_pct: Pct | None = None
+
+
 class GpuSample(_Struct, frozen=True):
     """One GPU at one tick. A field the device does not support is ``None``."""
 
@@ -442,6 +478,9 @@ class GpuSample(_Struct, frozen=True):
     """PCIe replay (retry) counter since driver load."""
     mem_reserved_bytes: GpuBytes | None = None
     """Memory the driver reserves (``nvmlDeviceGetMemoryInfo`` v2); ``None`` before R510."""
+    mig: Annotated[tuple[MigSample, ...], msgspec.Meta(max_length=MAX_MIG_DEVICES)] = ()
+    """The GPU's MIG devices, by GPU instance id; empty outside MIG mode (or from an agent
+    before this field)."""
 
 
 class XidEvent(_Struct, frozen=True):

@@ -14,11 +14,26 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from collector.capacity.picture import OBTAINED, Picture
 
-__all__ = ["MAX_RACK_SERIES", "capacity_families"]
+__all__ = ["MAX_RACK_SERIES", "capacity_families", "threshold_families"]
 
 MAX_RACK_SERIES = 1_000
 """Racks with series at most: those over their limit first, then by draw. Rack names come
 from node names (xname cabinets), which a hostile node chooses; the series count must not."""
+
+
+def threshold_families(warn_pct: float, critical_pct: float) -> list[Metric]:
+    """The capacity alerts' thresholds as shares of the cap, ``level`` ``warning`` and
+    ``critical`` (``capacity.warn_pct``, ``capacity.critical_pct``): dashboards draw their
+    threshold lines as ``cap_watts x`` this, so one dashboard follows every site's settings."""
+    g = GaugeMetricFamily(
+        "capwatch_capacity_threshold_ratio",
+        "Share of the cap at which the capacity alert of this level fires (settings "
+        "capacity.warn_pct, capacity.critical_pct).",
+        labels=["level"],
+    )
+    g.add_metric(["warning"], warn_pct / 100)
+    g.add_metric(["critical"], critical_pct / 100)
+    return [g]
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -35,7 +35,9 @@ Answers from the collector's store (works while the collector runs).
   --gaps        with --node: its gaps since --since (default 15m), newest first: samples
                 the agent numbered (seq, within one agent epoch) that were never stored
   --gpus        one row per GPU from each node's latest sample (with --node: that node),
-                with the jobs (Slurm job id, namespace/pod) that have a process on it
+                with the jobs (Slurm job id, namespace/pod) that have a process on it;
+                a GPU in MIG mode is followed by a row per MIG device (profile, GPU
+                instance id, memory; NVML reports no utilisation for MIG devices)
   --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
                 utilisation, power, GPU-hours so far (GPUs held x time since the job's
                 first GPU process started on each node), most GPUs first
@@ -465,12 +467,30 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
     if not rows:
         print("no GPU data stored yet")
         return
+    table: list[dict[str, Any]] = []
+    for r in rows:
+        # A GPU in MIG mode: its row, then one row per MIG device (its profile and GPU
+        # instance, its memory; power, clocks and temperature are the GPU's).
+        migs = r["mig"]
+        table.append({**r, "mig": f"{len(migs)} MIG" if migs else None})
+        table.extend(
+            {
+                "node": "",
+                "index": r["index"],
+                "mig": _mig_label(m),
+                "util_pct": m["util_pct"],
+                "mem_used_bytes": m["mem_used_bytes"],
+                "mem_total_bytes": m["mem_total_bytes"],
+            }
+            for m in migs
+        )
     print(
         render_table(
-            rows,
+            table,
             [
                 Column("node", "NODE", align_right=False),
                 Column("index", "GPU"),
+                Column("mig", "MIG", align_right=False),
                 Column("util_pct", "UTIL", _pct),
                 Column("mem_used_bytes", "MEM USED", format_bytes),
                 Column("mem_total_bytes", "MEM TOTAL", format_bytes),
@@ -487,6 +507,12 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
             ],
         )
     )
+
+
+def _mig_label(mig: dict[str, Any]) -> str:
+    """``3g.40gb gi1`` (``ci2`` added for a second compute instance of a GPU instance)."""
+    ci = f" ci{mig['ci_id']}" if mig["ci_id"] else ""
+    return f"{mig['profile'] or '?'} gi{mig['gi_id']}{ci}"
 
 
 def _print_rejected(result: dict[str, Any], now: float) -> None:

@@ -216,8 +216,22 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
             row["processes"] = len(procs)
             ids = list(dict.fromkeys(p["job"] for p in procs if p.get("job")))
             row["jobs"] = [_label(i, infos.get(i)) for i in ids]
+            row["mig"] = [_mig_row(m) for m in g.get("mig") or ()]
             out.append(row)
     return out
+
+
+def _mig_row(mig: dict[str, Any]) -> dict[str, Any]:
+    """One MIG device of a GPU: its instance ids, profile and memory (``None``: not sent)."""
+    util = mig.get("util_pct")
+    return {
+        "gi_id": mig.get("gi_id"),
+        "ci_id": mig.get("ci_id"),
+        "profile": mig.get("profile"),
+        "util_pct": None if util is None else float(util),
+        "mem_used_bytes": mig.get("mem_used_bytes"),
+        "mem_total_bytes": mig.get("mem_total_bytes"),
+    }
 
 
 def _label(job_id: str, info: dict[str, Any] | None) -> str:

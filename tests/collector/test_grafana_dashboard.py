@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.metrics import AgentExposition, AgentStats
 from agent.simulate import FleetSimulator
 from collector.capacity.compute import compute_picture
-from collector.capacity.metrics import capacity_families
+from collector.capacity.metrics import capacity_families, threshold_families
 from collector.governance.metrics import quota_families
 from collector.governance.report import QuotaStanding
 from collector.health import Health
@@ -26,6 +27,7 @@ from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from tests.collector.capacity.helpers import filled_view, site_plan
+from tests.helpers import prometheus_tool
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "capwatch.json"
 
@@ -122,6 +124,7 @@ async def exposed(tmp_path: Path) -> set[str]:
             health.families()
             + await metrics.snapshot()
             + capacity_families(picture)
+            + threshold_families(90.0, 98.0)
             + quota_families([standing])
         )
         metrics.registry.register(_Snapshot(families))
@@ -183,3 +186,62 @@ def test_every_query_names_only_metrics_capwatch_exposes(exposed: set[str]) -> N
         "DCGM_FI_DEV_POWER_USAGE",
     ):
         assert needed in used
+
+
+def test_capacity_threshold_lines_follow_the_collectors_settings(tmp_path: Path) -> None:
+    """The capacity panel's warning and critical lines are the cap times the thresholds the
+    collector exports from its settings (no fixed 0.9/0.98): Prometheus's own engine
+    (``promtool test rules``) evaluates the dashboard's expressions over a collector whose
+    settings say 85 % and 95 %, and one with the defaults, in the same Prometheus."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    lines = {
+        t["legendFormat"].split()[0]: t["expr"]
+        for t in _targets(dashboard)
+        if "capwatch_capacity_threshold_ratio" in t["expr"]
+    }
+    assert set(lines) == {"warning", "critical"}
+    # the series as two collectors' /metrics carry them, from their settings
+    series = []
+    for instance, (warn, critical) in (("c1:9101", (85.0, 95.0)), ("c2:9101", (90.0, 98.0))):
+        labels = f'job="capwatch-collector", instance="{instance}"'
+        series.append({"series": f"capwatch_capacity_cap_watts{{{labels}}}", "values": "2000000"})
+        (family,) = threshold_families(warn, critical)
+        for sample in family.samples:
+            level = sample.labels["level"]
+            series.append(
+                {
+                    "series": f'capwatch_capacity_threshold_ratio{{{labels}, level="{level}"}}',
+                    "values": f"{sample.value}",
+                }
+            )
+    tests = [
+        {
+            "expr": lines[level].replace("$job", ".*"),
+            "eval_time": "0m",
+            "exp_samples": [
+                {"labels": f'{{instance="{i}", job="capwatch-collector"}}', "value": v}
+                for i, v in values
+            ],
+        }
+        for level, values in (
+            ("warning", (("c1:9101", 1_700_000), ("c2:9101", 1_800_000))),
+            ("critical", (("c1:9101", 1_900_000), ("c2:9101", 1_960_000))),
+        )
+    ]
+    spec = tmp_path / "thresholds_test.yml"
+    spec.write_text(
+        json.dumps(
+            {
+                "rule_files": [],
+                "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+            }
+        )
+    )
+    proc = subprocess.run(
+        [prometheus_tool("promtool"), "test", "rules", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

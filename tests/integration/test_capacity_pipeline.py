@@ -97,7 +97,9 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
     s = collector_runner.settings
     collector_runner.settings = s.model_copy(
         update={
-            "capacity": CapacitySettings(plan=plan_path, interval_s=0.5, for_s=0.0),
+            "capacity": CapacitySettings(
+                plan=plan_path, interval_s=0.5, for_s=0.0, warn_pct=85.0, critical_pct=97.5
+            ),
             "alerts": s.alerts.model_copy(update={"eval_interval_s": 0.5}),
             "metrics_listen": "127.0.0.1:0",
         }
@@ -158,6 +160,9 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
             if line.startswith("capwatch_capacity_")
         }
         assert series["capwatch_capacity_cap_watts"] == 5e6
+        # the dashboard's threshold lines come from these (the settings above)
+        assert series['capwatch_capacity_threshold_ratio{level="warning"}'] == 0.85
+        assert series['capwatch_capacity_threshold_ratio{level="critical"}'] == 0.975
         assert series['capwatch_capacity_nodes{counted="stale"}'] == 1
         assert series['capwatch_capacity_nodes{counted="unmatched"}'] == 1
         assert series['capwatch_capacity_rack_limit_watts{rack="hot-rack"}'] == 12_000

@@ -73,6 +73,28 @@ def _gpu(g: int) -> dict[str, Any]:
         "dec_util_pct": 12.0,
         "pcie_replays": 3,
         "mem_reserved_bytes": 536_870_912,
+        # The first GPU in MIG mode as 3g.40gb + 2g.20gb (+ one 2g.20gb unused, not listed).
+        "mig": (
+            [
+                {
+                    "gi_id": 1,
+                    "ci_id": 0,
+                    "profile": "3g.40gb",
+                    "mem_used_bytes": 20_971_520_000,
+                    "mem_total_bytes": 42_412_212_224,
+                    "util_pct": 40.0,
+                },
+                {
+                    "gi_id": 3,
+                    "ci_id": 0,
+                    "profile": "2g.20gb",
+                    "mem_used_bytes": 1_073_741_824,
+                    "mem_total_bytes": 21_072_183_296,
+                },
+            ]
+            if g == 0
+            else []
+        ),
     }
 
 
