@@ -47,6 +47,7 @@ from psycopg.types.numeric import FloatLoader
 from collector.paths import PgTarget
 from collector.store.connect import BUSY_TIMEOUT_S, open_failed
 from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
+from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -423,6 +424,16 @@ class PgBackend:
     async def rollback(self) -> None:
         """Roll back the open transaction."""
         await self._call(self.conn.rollback)
+
+    async def check_fence(self, token: int) -> None:
+        """First in a leader's transaction: :class:`~shared.errors.NotLeaderError` unless
+        ``token`` still holds the lease (the row then stays share-locked against a takeover
+        until this transaction ends; see :mod:`collector.store.leader`)."""
+        await self._call(self._check_fence, token)
+
+    def _check_fence(self, token: int) -> None:
+        if self.conn.execute(CHECK_TOKEN_SQL, {"name": ROLE, "token": token}).fetchone() is None:
+            raise not_leader(token)
 
     # -- schema ------------------------------------------------------------------------
 
