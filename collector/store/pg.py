@@ -467,6 +467,11 @@ class PgBackend:
                 conn.rollback()
             raise
         self._prepare_copy()
+        # Commit before taking the partition lock: CREATE TEMP TABLE ... (LIKE samples) holds
+        # samples' ACCESS SHARE lock until then, and a collector starting beside this one,
+        # holding the partition lock, waits on it to add a day (a deadlock, seen with two
+        # collectors started at once on an empty database).
+        conn.commit()
         self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
         conn.commit()
         return applied
