@@ -11,7 +11,9 @@ Figures (not pass/fail; the target, >= 10,000 samples/s per collector, is in the
 stored/s including the collector's start, lost (published - stored), duplicates (stored rows
 minus distinct (node, seq)), collector CPU us per sample (its /proc accounting), PostgreSQL
 CPU us per sample (the postmaster and every backend, waited-for children included, minus
-this script's polling backend), and bytes per sample on disk (the samples partitions with
+this script's polling backend), the broker's CPU us per sample (Mosquitto's /proc
+accounting from before the publish to the end of the drain: each sample in and out once),
+and bytes per sample on disk (the samples partitions with
 their indexes and TOAST).
 
 Usage: ``.venv/bin/python bench/bench_pg_drain.py [--nodes 12500] [--ticks 8]
@@ -60,6 +62,12 @@ def _pg_cpu_s(postmaster: int, exclude: int) -> float:
         if int(fields[1]) == postmaster:  # ppid
             total += int(fields[11]) + int(fields[12])
     return total / _TICK
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of one process (user + system)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
@@ -114,6 +122,8 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> d
         for c in first.values():
             c.stop()
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
+        assert broker.pid is not None
+        broker_cpu0 = _cpu_s(broker.pid)
         stats = asyncio.run(
             publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=time.time() - ticks - 60)
         )
@@ -135,6 +145,7 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> d
             time.sleep(0.25)
         took = time.monotonic() - t0
         pg_cpu = _pg_cpu_s(pg.pid, poller) - pg_cpu0
+        broker_cpu = _cpu_s(broker.pid) - broker_cpu0
         stops = [c.stop() for c in cols]
         cpu, rss = sum(s[0] for s in stops), max(s[1] for s in stops)
         stored = _scalar(poll, "SELECT count(*) FROM samples")
@@ -156,6 +167,7 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> d
         "collector_cpu_s": round(cpu, 2),
         "collector_cpu_us_per_sample": round(cpu / max(stored, 1) * 1e6, 1),
         "collector_peak_rss_mb": round(rss, 1),
+        "broker_cpu_us_per_sample_in_and_out": round(broker_cpu / max(stored, 1) * 1e6, 1),
         "postgres_cpu_s": round(pg_cpu, 2),
         "postgres_cpu_us_per_sample": round(pg_cpu / max(stored, 1) * 1e6, 1),
         "db_bytes_per_sample": round(on_disk / max(stored, 1)),

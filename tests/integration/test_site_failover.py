@@ -6,10 +6,12 @@ other collector takes over. The receiver then answers 200: exactly one notificat
 delivered (the outbox row the dead leader left pending, with its Idempotency-Key), the
 firing alert is not notified again, and no sample published meanwhile is stored twice.
 
-Not checked yet: that the killed member, started again, stores the share its session held.
-On one shared store it does not (within 20 s): the ``mqtt_session`` and ``mqtt_filters``
-meta rows are one per store, not one per collector, so the restarted member believes it
-never had a session and subscribes again on the resumed one.
+Not checked here yet: that the killed member, started again, stores the share its session
+held. bench/bench_failover.py sees it do so on a shared store, but in this test (share
+published right after the kill) the restarted member stored none of it within 20 s; not
+explained yet. A suspect: the ``mqtt_session`` and ``mqtt_filters`` meta rows are one per
+store, not one per collector, so on a shared store the restarted member believes it never
+had a session and subscribes again on the resumed one.
 """
 
 from __future__ import annotations
