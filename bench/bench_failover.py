@@ -1,9 +1,9 @@
 """Failover benchmark: SIGKILL of the elected leader -> the new leader's first evaluation.
 
-Real processes on this machine: a throw-away PostgreSQL (the election's lease row), Mosquitto,
-two ``collector run --share-group site`` (each with its own SQLite store and /metrics; the
-election through ``CAPWATCH_ELECTION__URL``), and ``agent simulate`` publishing ``--nodes``
-nodes every second. Once the fleet flows, the leader (the collector whose /metrics says
+Real processes on this machine: a throw-away PostgreSQL (the shared store, and the election's
+lease row in it), Mosquitto, two ``collector run --share-group site --db postgresql://...``
+(one store, each its own /metrics), and ``agent simulate`` publishing ``--nodes`` nodes every
+second. Once the fleet flows, the leader (the collector whose /metrics says
 ``capwatch_collector_leader 1``) is killed with SIGKILL. Printed per run, from the kill:
 
 - ``lease_end_s``: when the database ends the dead leader's lease (``expires_at`` read right
@@ -14,7 +14,8 @@ nodes every second. Once the fleet flows, the leader (the collector whose /metri
 
 Then the killed collector is started again (its MQTT session held its share of the samples
 published meanwhile: Mosquitto does not re-route a shared subscription's messages) and the
-run checks that every published sample is stored in exactly one of the two stores.
+run checks that every published sample is stored, once (``count(*)`` and distinct keys of the
+shared store, against what was published).
 
 Usage: ``.venv/bin/python bench/bench_failover.py [--runs 3] [--lease 10] [--nodes 200]``
 """
@@ -25,106 +26,61 @@ import argparse
 import json
 import os
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psycopg
 
 from collector.localbroker import MosquittoBroker, free_port
+from collector.localcollector import metric, start_member, wait_for
 from collector.localpg import LocalPostgres
 
 BIN = Path(sys.executable).parent
 
 
-def _metric(port: int, name: str) -> float | None:
+def _stored(url: str) -> tuple[int, int]:
+    """Rows in the shared store's ``samples``, and distinct (node, ts_ms) among them."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith((name + " ", name + "{")):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def _collector(
-    name: str, db: Path, mqtt_port: int, metrics_port: int, *, env: dict[str, str], log: Path
-) -> subprocess.Popen[bytes]:
-    argv = [
-        str(BIN / "collector"),
-        "run",
-        "--db",
-        str(db),
-        "--port",
-        str(mqtt_port),
-        "--share-group",
-        "site",
-        "--client-id",
-        f"collector-{name}",
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
-        "--log-level",
-        "warning",
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-
-
-def _keys(db: Path) -> set[tuple[str, int]]:
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return {(n, t) for n, t in conn.execute("SELECT node, ts_ms FROM samples")}
-    except sqlite3.OperationalError:
-        return set()
-
-
-def _until(pred: object, timeout_s: float, what: str, step_s: float = 0.02) -> float:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return time.monotonic()
-        time.sleep(step_s)
-    raise SystemExit(f"timed out after {timeout_s} s waiting for {what}")
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT (node, ts_ms)) FROM samples"
+            ).fetchone()
+    except psycopg.Error:
+        return 0, 0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _one_run(work: Path, url: str, args: argparse.Namespace, run: int) -> dict[str, float]:
     with MosquittoBroker(work / f"broker{run}") as broker:
-        env = {
-            **os.environ,
-            "CAPWATCH_ELECTION__URL": url,
-            "CAPWATCH_ELECTION__LEASE_S": str(args.lease),
-        }
+        env = {**os.environ, "CAPWATCH_ELECTION__LEASE_S": str(args.lease)}
         ports = {"a": free_port("127.0.0.1"), "b": free_port("127.0.0.1")}
-        dbs = {n: work / f"r{run}-{n}.db" for n in ports}
+        dbs = dict.fromkeys(ports, url)  # one shared store: the election is in it too
         logs = {n: work / f"r{run}-{n}.log" for n in ports}
         procs = {
-            n: _collector(n, dbs[n], broker.port, ports[n], env=env, log=logs[n]) for n in ports
+            n: start_member(n, dbs[n], broker.port, ports[n], env=env, log=logs[n]) for n in ports
         }
         sim = None
         try:
-            _until(
+            wait_for(
                 lambda: all(
-                    _metric(p, "capwatch_collector_leader") is not None for p in ports.values()
+                    metric(p, "capwatch_collector_leader") is not None for p in ports.values()
                 ),
                 30,
                 "both collectors serving /metrics",
                 0.1,
             )
-            _until(
-                lambda: any(_metric(p, "capwatch_collector_leader") == 1 for p in ports.values()),
+            wait_for(
+                lambda: any(metric(p, "capwatch_collector_leader") == 1 for p in ports.values()),
                 30,
                 "a leader",
                 0.1,
             )
             leader = next(
-                n for n, p in ports.items() if _metric(p, "capwatch_collector_leader") == 1
+                n for n, p in ports.items() if metric(p, "capwatch_collector_leader") == 1
             )
             survivor = "b" if leader == "a" else "a"
             ticks = args.seconds
@@ -151,7 +107,7 @@ def _one_run(work: Path, url: str, args: argparse.Namespace, run: int) -> dict[s
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(3.0 + (run * 0.37) % 2)  # kill at varying points of the renew cycle
-            before = _metric(ports[survivor], "capwatch_collector_alert_evaluations_total") or 0
+            before = metric(ports[survivor], "capwatch_collector_alert_evaluations_total") or 0
             killed = time.monotonic()
             procs[leader].send_signal(signal.SIGKILL)
             procs[leader].wait()
@@ -160,39 +116,34 @@ def _one_run(work: Path, url: str, args: argparse.Namespace, run: int) -> dict[s
                     "SELECT extract(epoch FROM expires_at - now()) FROM capwatch_leader"
                 ).fetchone()
             lease_end = killed + float(row[0]) if row else killed
-            elected = _until(
-                lambda: _metric(ports[survivor], "capwatch_collector_leader") == 1,
+            elected = wait_for(
+                lambda: metric(ports[survivor], "capwatch_collector_leader") == 1,
                 args.lease * 3,
                 "the survivor to lead",
             )
-            first_eval = _until(
+            first_eval = wait_for(
                 lambda: (
-                    (_metric(ports[survivor], "capwatch_collector_alert_evaluations_total") or 0)
+                    (metric(ports[survivor], "capwatch_collector_alert_evaluations_total") or 0)
                     > before
                 ),
                 30,
                 "the new leader's first evaluation",
             )
             sim.wait(timeout=ticks + 60)
-            procs[leader] = _collector(
+            procs[leader] = start_member(
                 leader, dbs[leader], broker.port, ports[leader], env=env, log=logs[leader]
             )
             expected = args.nodes * ticks
-            _until(
-                lambda: len(_keys(dbs["a"]) | _keys(dbs["b"])) >= expected,
-                60,
-                "every sample stored",
-                0.5,
-            )
-            a, b = _keys(dbs["a"]), _keys(dbs["b"])
+            wait_for(lambda: _stored(url)[0] >= expected, 60, "every sample stored", 0.5)
+            rows, distinct = _stored(url)
             return {
                 "lease_end_s": lease_end - killed,
                 "elected_s": elected - killed,
                 "first_eval_s": first_eval - killed,
                 "expiry_to_eval_s": first_eval - lease_end,
                 "published": expected,
-                "stored": len(a | b),
-                "duplicates": len(a & b),
+                "stored": distinct,
+                "duplicates": rows - distinct,
             }
         finally:
             if sim is not None and sim.poll() is None:
@@ -225,7 +176,7 @@ def main() -> None:
                         f"{r['elected_s']:.2f} s, first evaluation {r['first_eval_s']:.2f} s "
                         f"after the SIGKILL ({r['expiry_to_eval_s']:.2f} s after the lease "
                         f"ended); samples {r['stored']:.0f}/{r['published']:.0f} stored, "
-                        f"{r['duplicates']:.0f} in both stores",
+                        f"{r['duplicates']:.0f} twice",
                         flush=True,
                     )
     if args.json:

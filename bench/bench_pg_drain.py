@@ -1,18 +1,23 @@
 """Drain benchmark into PostgreSQL: simulator -> real Mosquitto -> one collector -> PostgreSQL.
 
 The same drain as ``bench_pipeline.py --mode drain`` (its collector process and publisher,
-reused): the collector registers its persistent session and stops; the simulator queues
-``nodes x ticks`` 8-GPU samples at the broker; the collector starts again and we time until
-every sample is stored. Then the same on SQLite, on the same machine, for comparison.
+reused), through one collector and then two in one share group (``mqtt.share_group``: each
+stores its share; collector CPU is both processes'): the collectors register their
+persistent sessions and stop; the simulator queues ``nodes x ticks`` 8-GPU samples at the
+broker; the collectors start again and we time until every sample is stored. Then the same
+on SQLite, on the same machine, for comparison.
 
 Figures (not pass/fail; the target, >= 10,000 samples/s per collector, is in the issue):
 stored/s including the collector's start, lost (published - stored), duplicates (stored rows
 minus distinct (node, seq)), collector CPU us per sample (its /proc accounting), PostgreSQL
 CPU us per sample (the postmaster and every backend, waited-for children included, minus
-this script's polling backend), and bytes per sample on disk (the samples partitions with
+this script's polling backend), the broker's CPU us per sample (Mosquitto's /proc
+accounting from before the publish to the end of the drain: each sample in and out once),
+and bytes per sample on disk (the samples partitions with
 their indexes and TOAST).
 
-Usage: ``.venv/bin/python bench/bench_pg_drain.py [--nodes 12500] [--ticks 8] [--json]``
+Usage: ``.venv/bin/python bench/bench_pg_drain.py [--nodes 12500] [--ticks 8]
+[--collectors 1,2] [--no-sqlite] [--json]``
 """
 
 from __future__ import annotations
@@ -59,6 +64,12 @@ def _pg_cpu_s(postmaster: int, exclude: int) -> float:
     return total / _TICK
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of one process (user + system)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
     try:
         row = conn.execute(sql).fetchone()
@@ -67,31 +78,63 @@ def _scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> int:
     return int(row[0] or 0) if row else 0  # type: ignore[call-overload]
 
 
-def bench_pg_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
-    """Queue a burst at the broker, then time one collector storing it into PostgreSQL."""
+def _registered(log: Path) -> bool:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return False
+    return "mqtt_subscribed" in text or "mqtt_session_resumed" in text
+
+
+def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> dict[str, float]:
+    """Queue a burst at the broker, then time ``collectors`` collectors (one share group
+    when more than one) storing it into one PostgreSQL store."""
     inflight = int(os.environ.get("BENCH_INFLIGHT", "1000"))
+    tag = f"pg{collectors}"
     with (
-        LocalPostgres(work / "pg") as pg,
-        MosquittoBroker(work / "broker-pg", max_inflight=inflight) as broker,
+        LocalPostgres(work / tag) as pg,
+        MosquittoBroker(work / f"broker-{tag}", max_inflight=inflight) as broker,
         psycopg.connect(pg.url, autocommit=True) as poll,
     ):
         poller = _scalar(poll, "SELECT pg_backend_pid()")
         mqtt = MqttSettings(host=broker.host, port=broker.port)
-        col = CollectorProcess(broker, pg.url, work / "collector-pg.log")
-        col.start()
+        names = [chr(ord("a") + i) for i in range(collectors)]
+        envs = {
+            n: {}
+            if collectors == 1
+            else {"CAPWATCH_MQTT__SHARE_GROUP": "site", "CAPWATCH_CLIENT_ID": f"collector-{n}"}
+            for n in names
+        }
+        # First run registers each persistent session (info logs say when), then stops.
+        first = {
+            n: CollectorProcess(
+                broker, pg.url, work / f"reg-{tag}-{n}.log", log_level="info", env=envs[n]
+            )
+            for n in names
+        }
+        for c in first.values():
+            c.start()
         deadline = time.monotonic() + 60
-        while not _scalar(poll, "SELECT count(*) FROM meta WHERE key = 'mqtt_session'"):
+        while not all(_registered(c.log) for c in first.values()):
             if time.monotonic() > deadline:
-                raise TimeoutError("the collector did not subscribe")
+                raise TimeoutError("the collectors did not subscribe")
             time.sleep(0.05)
-        col.stop()
+        for c in first.values():
+            c.stop()
         sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
+        assert broker.pid is not None
+        broker_cpu0 = _cpu_s(broker.pid)
         stats = asyncio.run(
             publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=time.time() - ticks - 60)
         )
         assert pg.pid is not None
+        cols = [
+            CollectorProcess(broker, pg.url, work / f"collector-{tag}-{n}.log", env=envs[n])
+            for n in names
+        ]
         pg_cpu0 = _pg_cpu_s(pg.pid, poller)
-        col.start()
+        for c in cols:
+            c.start()
         t0 = time.monotonic()
         stored = 0
         timeout_s = float(os.environ.get("BENCH_TIMEOUT", "600"))
@@ -102,7 +145,9 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
             time.sleep(0.25)
         took = time.monotonic() - t0
         pg_cpu = _pg_cpu_s(pg.pid, poller) - pg_cpu0
-        cpu, rss = col.stop()
+        broker_cpu = _cpu_s(broker.pid) - broker_cpu0
+        stops = [c.stop() for c in cols]
+        cpu, rss = sum(s[0] for s in stops), max(s[1] for s in stops)
         stored = _scalar(poll, "SELECT count(*) FROM samples")
         distinct = _scalar(poll, "SELECT count(DISTINCT (node, seq)) FROM samples")
         poll.execute("VACUUM ANALYZE samples")
@@ -112,6 +157,7 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
             "WHERE inhparent = 'samples'::regclass",
         )
     return {
+        "collectors": collectors,
         "published": stats.published,
         "stored": stored,
         "lost": stats.published - stored,
@@ -121,6 +167,7 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int) -> dict[str, float]:
         "collector_cpu_s": round(cpu, 2),
         "collector_cpu_us_per_sample": round(cpu / max(stored, 1) * 1e6, 1),
         "collector_peak_rss_mb": round(rss, 1),
+        "broker_cpu_us_per_sample_in_and_out": round(broker_cpu / max(stored, 1) * 1e6, 1),
         "postgres_cpu_s": round(pg_cpu, 2),
         "postgres_cpu_us_per_sample": round(pg_cpu / max(stored, 1) * 1e6, 1),
         "db_bytes_per_sample": round(on_disk / max(stored, 1)),
@@ -134,13 +181,20 @@ def main() -> None:
     )
     p.add_argument("--nodes", type=int, default=12_500, help="8-GPU nodes (default 12500)")
     p.add_argument("--ticks", type=int, default=8, help="samples per node (default 8: 100,000)")
+    p.add_argument(
+        "--collectors",
+        default="1,2",
+        help="how many collectors drain into PostgreSQL, one run each (default 1,2: one, "
+        "then two in one share group)",
+    )
     p.add_argument("--no-sqlite", action="store_true", help="skip the SQLite comparison")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="capwatch-bench-") as tmp:
         work = Path(tmp)
-        results["postgresql"] = bench_pg_drain(work, args.nodes, args.ticks)
+        for n in (int(c) for c in args.collectors.split(",")):
+            results[f"postgresql x{n}"] = bench_pg_drain(work, args.nodes, args.ticks, n)
         if not args.no_sqlite:
             results["sqlite"] = bench_drain(work, args.nodes, args.ticks, "full")
     if args.json:

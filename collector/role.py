@@ -40,7 +40,7 @@ from collector.ingest.writer import Record
 from collector.store.db import Store
 from collector.store.leader import Lease
 from shared.clock import Clock
-from shared.errors import StoreError
+from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
 __all__ = ["Election", "Fence", "FencedRecords", "RecordQueue", "Role", "RoleMetrics"]
@@ -69,6 +69,14 @@ class Fence:
 
     token: int | None
     active: bool = True
+    in_store: bool = True
+    """Whether the lease row lives in the store's own database (a PostgreSQL store and no
+    separate ``election.url``): only then can a store transaction check ``token``."""
+
+    @property
+    def store_token(self) -> int | None:
+        """The token the store's transactions check (``None``: nothing to check)."""
+        return self.token if self.in_store else None
 
 
 class RoleMetrics:
@@ -113,8 +121,11 @@ class Role:
         poll_s: float = 1.0,
         margin_s: float | None = None,
         metrics: RoleMetrics | None = None,
+        lease_in_store: bool = True,
     ) -> None:
         self.holder = holder
+        self.lease_in_store = lease_in_store
+        """Whether the election's lease row is in the store's database (:attr:`Fence.in_store`)."""
         self._clock = clock
         self._election = election
         self.lease_s = lease_s
@@ -236,7 +247,7 @@ class Role:
             next_renew = sent_now + self.renew_s
 
     def _begin(self, token: int | None) -> Fence:
-        fence = self.fence = Fence(token)
+        fence = self.fence = Fence(token, in_store=self.lease_in_store)
         self.metrics.leader.set(1)
         self.metrics.token.set(token or 0)
         self.metrics.terms.inc()
@@ -292,7 +303,16 @@ class _Fenced:
         if not self.fence.active:
             log.warning("record_dropped_not_leader", job=self.record.name, token=self.fence.token)
             return
-        # With the PostgreSQL store, the record's transaction must also run
-        # collector.store.leader.check_token(conn, self.fence.token) before its writes, so a
-        # term that ended meanwhile (another collector's token) rolls it back.
-        await self.record.write(store)
+        # Each transaction of the record checks the term's token first, in that transaction
+        # (PostgreSQL): a term that ended meanwhile, by the database's clock, rolls it back.
+        try:
+            with store.fenced(self.fence.store_token):
+                await self.record.write(store)
+        except NotLeaderError as exc:
+            self.fence.active = False  # the database says so: queue nothing more this term
+            log.warning(
+                "record_refused_not_leader",
+                job=self.record.name,
+                token=self.fence.token,
+                error=str(exc),
+            )

@@ -375,6 +375,7 @@ class Collector:
             lease_s=s.election.lease_s,
             poll_s=s.election.poll_interval_s,
             metrics=self.role_metrics,
+            lease_in_store=s.election.url is None,
         )
         hold_s = s.staleness().grace_s + 2 * s.alerts.eval_interval_s
         alone: _LeaderJobs | None = None
@@ -383,7 +384,7 @@ class Collector:
             # anything runs, as it always did. Firing alerts stay firing while the live view
             # refills after a restart: until a node that does not sample again could be
             # called stale, and two evaluations.
-            alone = self._leader_jobs(queue)
+            alone = self._leader_jobs(queue, None)
             await alone.alerts.restore(store, hold_s=hold_s)
         metrics = None
         if s.metrics_listen is not None:
@@ -483,7 +484,7 @@ class Collector:
                 tg.create_task(role.run(lead, until), name="role")
                 tg.create_task(_write_then(writer, until, evaluating), name="store-writer")
 
-    def _leader_jobs(self, queue: RecordQueue) -> _LeaderJobs:
+    def _leader_jobs(self, queue: RecordQueue, token: int | None) -> _LeaderJobs:
         """The leader's jobs for one term (a new term starts from what the store holds)."""
         s = self.settings
         delivery = None
@@ -492,7 +493,7 @@ class Collector:
                 s.receivers,
                 queue.put,
                 self.clock,
-                load_pending=read_pending(s.store_target),
+                load_pending=read_pending(s.store_target, token),
                 rescan_s=self.delivery_rescan_s,
                 poll_s=self.delivery_poll_s,
                 metrics=self.delivery_metrics,
@@ -531,7 +532,7 @@ class Collector:
         records = FencedRecords(_put_record(self._queue), fence)
         started = self.clock.monotonic()
         merged = self.live.merge(await asyncio.to_thread(_stored_nodes, s.store_target))
-        jobs = self._leader_jobs(records)
+        jobs = self._leader_jobs(records, fence.store_token)
         await records.put(await jobs.alerts.take_back(reads, hold_s=hold_s))
         if self.capacity is not None:
             await self.capacity.restore(reads, window_s=s.capacity.rising_window_s)

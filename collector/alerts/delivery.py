@@ -62,12 +62,14 @@ LoadPending = Callable[[], Awaitable[list[OutboxEntry]]]
 """Reads the pending outbox rows (the delivery's own read-only connection)."""
 
 
-def read_pending(db: StoreTarget) -> LoadPending:
-    """Pending outbox rows read on a connection of the delivery's own, never the writer's."""
+def read_pending(db: StoreTarget, token: int | None = None) -> LoadPending:
+    """Pending outbox rows read on a connection of the delivery's own, never the writer's;
+    with an elected leader's ``token``, only while that term holds the lease (the claim:
+    :func:`~collector.store.alerts.pending_outbox`)."""
 
     async def load() -> list[OutboxEntry]:
         async with Store.open_readonly(db) as store:
-            return await pending_outbox(store)
+            return await pending_outbox(store, token)
 
     return load
 

@@ -225,9 +225,23 @@ async def write_outbox(store: Store, outcomes: Sequence[OutboxOutcome]) -> None:
         )
 
 
-async def pending_outbox(store: Store) -> list[OutboxEntry]:
-    """Every notification still to deliver, oldest first."""
-    rows = await store.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
+async def pending_outbox(store: Store, token: int | None = None) -> list[OutboxEntry]:
+    """Every notification still to deliver, oldest first.
+
+    ``token`` (an elected leader's term, PostgreSQL): the delivery's claim. The rows are
+    read in the same statement, one snapshot, as the check that ``token`` holds the lease:
+    a deposed leader reads none (and so sends none); the new leader reads every row still
+    pending, each with the ``Idempotency-Key`` it was committed with.
+    """
+    if token is None:
+        rows = await store.fetchall(f"{_OUTBOX_ENTRY} WHERE state = 'pending' ORDER BY id")
+    else:
+        from collector.store.leader import HOLDS_TOKEN_SQL, ROLE  # noqa: PLC0415 (psycopg)
+
+        rows = await store.fetchall(
+            f"{_OUTBOX_ENTRY} WHERE state = 'pending' AND {HOLDS_TOKEN_SQL} ORDER BY id",
+            (ROLE, token),
+        )
     return [OutboxEntry(*r) for r in rows]
 
 

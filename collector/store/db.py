@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -58,7 +59,7 @@ from collector.store.rollups import (
     RollupConfig,
     stored_sql,
 )
-from shared.errors import StoreError
+from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -154,14 +155,21 @@ _INSERT_NODE: Final = ("INSERT INTO nodes (node)", 1, " ON CONFLICT (node) DO NO
 _UPSERT_STATUS: Final = (
     "INSERT INTO nodes (node, status, status_ts)",
     3,
-    " ON CONFLICT (node) DO UPDATE SET status = excluded.status, status_ts = excluded.status_ts",
+    " ON CONFLICT (node) DO UPDATE SET status = excluded.status, status_ts = excluded.status_ts"
+    " WHERE nodes.status_ts IS NULL OR nodes.status_ts < excluded.status_ts",
 )
 _UPSERT_INVENTORY: Final = (
     "INSERT INTO nodes (node, inventory, inventory_ts)",
     3,
     " ON CONFLICT (node) DO UPDATE SET inventory = excluded.inventory,"
-    " inventory_ts = excluded.inventory_ts",
+    " inventory_ts = excluded.inventory_ts"
+    " WHERE nodes.inventory_ts IS NULL OR nodes.inventory_ts < excluded.inventory_ts",
 )
+"""Node status and inventory only move forward in the message's own time: with several
+collectors in a share group, two may store messages of one node in either order, and an
+older commit must not replace a newer status (nor a redelivered message an update)."""
+_FENCE: contextvars.ContextVar[int | None] = contextvars.ContextVar("capwatch_fence", default=None)
+"""The fencing token :meth:`Store.transaction` checks first, in this task (:meth:`Store.fenced`)."""
 _INSERT_QUARANTINE: Final = (
     "INSERT INTO quarantine "
     "(received_ms, node, topic, reason, detail, payload_head, payload_bytes)",
@@ -408,6 +416,9 @@ class _Sqlite:
 
     async def rollback(self) -> None:
         await self.conn.rollback()
+
+    async def check_fence(self, token: int) -> None:
+        """One collector owns a SQLite file (its lock): no term to check."""
 
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
@@ -795,10 +806,31 @@ class Store:
         one (alerts, capacity snapshots) write inside it with :meth:`execute`,
         :meth:`executemany` and :meth:`insert_many`."""
         try:
+            if (token := _FENCE.get()) is not None:
+                await self._db.check_fence(token)
             yield
             await self._db.commit()
+        except NotLeaderError:
+            with contextlib.suppress(Exception):  # a broken connection ends it as well
+                await self._db.rollback()
+            raise
         except Exception as exc:
             raise await self._failed(what, exc) from exc
+
+    @staticmethod
+    @contextlib.contextmanager
+    def fenced(token: int | None) -> Iterator[None]:
+        """Inside, each :meth:`transaction` of this task first checks that ``token`` still
+        holds the leader's lease, in that same transaction (PostgreSQL:
+        :func:`collector.store.leader.check_token`; the lease row lives in the store's
+        database). A deposed leader's transaction then raises
+        :class:`~shared.errors.NotLeaderError` and is rolled back, nothing of it written.
+        ``None`` (a lone collector, SQLite) checks nothing."""
+        reset = _FENCE.set(token)
+        try:
+            yield
+        finally:
+            _FENCE.reset(reset)
 
     async def _failed(self, what: str, exc: Exception) -> StoreError:
         """Roll back after ``exc`` and say whether the store is still usable."""

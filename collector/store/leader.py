@@ -45,7 +45,17 @@ import psycopg
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
-__all__ = ["CHECK_TOKEN_SQL", "LEADER_TABLE_SQL", "LeaderLease", "Lease", "Term", "check_token"]
+__all__ = [
+    "CHECK_TOKEN_SQL",
+    "HOLDS_TOKEN_SQL",
+    "LEADER_TABLE_SQL",
+    "ROLE",
+    "LeaderLease",
+    "Lease",
+    "Term",
+    "check_token",
+    "not_leader",
+]
 
 log = get_logger("leader")
 
@@ -98,6 +108,12 @@ FOR SHARE
 """The fence, for any transaction of the leader's: a row back means the term still holds
 (and the row stays locked against a takeover until the transaction ends)."""
 
+HOLDS_TOKEN_SQL: Final = (
+    "EXISTS (SELECT 1 FROM capwatch_leader WHERE name = ? AND token = ? AND expires_at > now())"
+)
+"""The fence as a condition of one read (params: name, token): a read-only snapshot cannot
+lock the row, but what it reads is what the term saw while it still held the lease."""
+
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -133,9 +149,12 @@ async def check_token(
     async with conn.cursor() as cur:
         await cur.execute(CHECK_TOKEN_SQL, {"name": name, "token": token})
         if await cur.fetchone() is None:
-            raise NotLeaderError(
-                f"leadership lost: token {token} no longer holds the lease", token=token
-            )
+            raise not_leader(token)
+
+
+def not_leader(token: int) -> NotLeaderError:
+    """The error of a fenced transaction whose ``token`` no longer holds the lease."""
+    return NotLeaderError(f"leadership lost: token {token} no longer holds the lease", token=token)
 
 
 class LeaderLease:

@@ -47,6 +47,7 @@ from psycopg.types.numeric import FloatLoader
 from collector.paths import PgTarget
 from collector.store.connect import BUSY_TIMEOUT_S, open_failed
 from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
+from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
 from shared.errors import StoreError
 from shared.logging import get_logger
 
@@ -432,6 +433,16 @@ class PgBackend:
         """Roll back the open transaction."""
         await self._call(self.conn.rollback)
 
+    async def check_fence(self, token: int) -> None:
+        """First in a leader's transaction: :class:`~shared.errors.NotLeaderError` unless
+        ``token`` still holds the lease (the row then stays share-locked against a takeover
+        until this transaction ends; see :mod:`collector.store.leader`)."""
+        await self._call(self._check_fence, token)
+
+    def _check_fence(self, token: int) -> None:
+        if self.conn.execute(CHECK_TOKEN_SQL, {"name": ROLE, "token": token}).fetchone() is None:
+            raise not_leader(token)
+
     # -- schema ------------------------------------------------------------------------
 
     async def migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
@@ -464,6 +475,11 @@ class PgBackend:
                 conn.rollback()
             raise
         self._prepare_copy()
+        # Commit before taking the partition lock: CREATE TEMP TABLE ... (LIKE samples) holds
+        # samples' ACCESS SHARE lock until then, and a collector starting beside this one,
+        # holding the partition lock, waits on it to add a day (a deadlock, seen with two
+        # collectors started at once on an empty database).
+        conn.commit()
         self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
         conn.commit()
         return applied

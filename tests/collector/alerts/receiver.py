@@ -48,6 +48,13 @@ class Receiver:
         with self._lock:
             return list(self.requests)
 
+    def script_answers(self, answers: list[Answer]) -> int:
+        """Answer the next requests with ``answers`` (then 200), from now on; return how
+        many requests came before (the ones answered by the old script)."""
+        with self._lock:
+            self.script[:] = answers
+            return len(self.requests)
+
     def _answer(self, req: Request) -> Answer:
         with self._lock:
             self.requests.append(req)

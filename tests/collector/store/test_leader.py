@@ -22,7 +22,7 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 
-async def _acquire_when_free(election: LeaderLease, holder: str, ttl_s: float) -> Lease:
+async def acquire_when_free(election: LeaderLease, holder: str, ttl_s: float) -> Lease:
     """Try every 0.1 s until the lease is ours (fails after 15 s)."""
     async with asyncio.timeout(15):
         while True:
@@ -45,7 +45,7 @@ async def test_two_contenders_one_leader_and_the_token_goes_up_at_each_takeover(
         current = await b.current()
         assert current is not None
         assert (current.holder, current.token) == ("a", first.token)
-        second = await _acquire_when_free(b, "b", ttl_s=1.0)
+        second = await acquire_when_free(b, "b", ttl_s=1.0)
         assert second.token == first.token + 1
         assert await a.renew(first) is None  # deposed
         renewed = await b.renew(second)
@@ -63,7 +63,7 @@ async def test_a_deposed_leaders_fenced_write_fails_in_its_transaction(postgres_
     async with LeaderLease(postgres_url) as a, LeaderLease(postgres_url) as b:
         old = await a.try_acquire("a", ttl_s=1.0)
         assert old is not None
-        new = await _acquire_when_free(b, "b", ttl_s=5.0)
+        new = await acquire_when_free(b, "b", ttl_s=5.0)
     async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
         await conn.execute("CREATE TABLE alert_state (id int PRIMARY KEY, state text)")
         await conn.commit()
@@ -100,7 +100,7 @@ async def test_a_takeover_waits_for_the_old_leaders_fenced_transaction(postgres_
         async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
             async with conn.transaction():
                 await check_token(conn, old.token)
-                takeover = asyncio.create_task(_acquire_when_free(b, "b", ttl_s=5.0))
+                takeover = asyncio.create_task(acquire_when_free(b, "b", ttl_s=5.0))
                 await asyncio.sleep(2.0)  # the lease has ended; b's UPDATE waits on the lock
                 assert not takeover.done()
             new = await takeover

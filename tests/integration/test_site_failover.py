@@ -1,0 +1,185 @@
+"""The site setup end to end: two ``collector run`` processes in one share group on one real
+PostgreSQL store, a real Mosquitto, and a real webhook receiver on loopback that answers 503.
+
+The leader is SIGKILLed while its alert fires and its notification is being retried; the
+other collector takes over. The receiver then answers 200: exactly one notification is
+delivered (the outbox row the dead leader left pending, with its Idempotency-Key), the
+firing alert is not notified again, and no sample published meanwhile is stored twice.
+
+Not checked here yet: that the killed member, started again, stores the share its session
+held. bench/bench_failover.py sees it do so on a shared store, but in this test (share
+published right after the kill) the restarted member stored none of it within 20 s; not
+explained yet. A suspect: the ``mqtt_session`` and ``mqtt_filters`` meta rows are one per
+store, not one per collector, so on a shared store the restarted member believes it never
+had a session and subscribes again on the resumed one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from agent.simulate import FleetSimulator, publish_fleet
+from collector.localbroker import MosquittoBroker, free_port
+from collector.localcollector import metric, start_member
+from tests.collector.alerts.receiver import Answer, Receiver, Request
+from tests.helpers import wait_until
+from tests.integration.conftest import HotGpuNode, fast_mqtt
+
+pytestmark = pytest.mark.integration
+
+_LEASE_S = 2.0
+_UNAVAILABLE = Answer(503, {"Retry-After": "1"}, b"busy")
+
+
+def _config(path: Path, receiver_url: str) -> Path:
+    path.write_text(
+        f"""
+[alerts]
+eval_interval_s = 0.5
+gpu_temp_for_s = 0.0
+gpu_temp_keep_firing_for_s = 0.0
+
+[election]
+lease_s = {_LEASE_S}
+poll_s = 0.1
+
+[[receivers]]
+name = "ops"
+url = "{receiver_url}"
+timeout_s = 5
+
+[[routes]]
+group_wait = "0s"
+group_interval = "0s"
+repeat_interval = "1h"
+"""
+    )
+    return path
+
+
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+@contextlib.contextmanager
+def _members(
+    url: str, broker: MosquittoBroker, config: Path, tmp_path: Path
+) -> Iterator[dict[str, tuple[int, subprocess.Popen[bytes]]]]:
+    """Collectors a and b on the shared store: name -> (metrics port, process)."""
+    members: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+
+    def start(name: str) -> None:
+        port = members[name][0] if name in members else free_port("127.0.0.1")
+        proc = start_member(
+            name,
+            url,
+            broker.port,
+            port,
+            log=tmp_path / f"{name}.log",
+            env={**os.environ},
+            extra=["--config", str(config)],
+            log_level="info",
+        )
+        members[name] = (port, proc)
+
+    start("a")
+    start("b")
+    try:
+        yield members
+    finally:
+        for _, proc in members.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
+
+
+@contextlib.asynccontextmanager
+async def _keep_hot(node: HotGpuNode) -> AsyncIterator[None]:
+    """GPU 3 at 95 C every 0.5 s, so the alert keeps firing and the node stays fresh."""
+
+    async def loop() -> None:
+        while True:
+            await node.publish(95.0)
+            await asyncio.sleep(0.5)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _leader(members: dict[str, tuple[int, subprocess.Popen[bytes]]]) -> str | None:
+    for name, (port, proc) in members.items():
+        if proc.poll() is None and metric(port, "capwatch_collector_leader") == 1:
+            return name
+    return None
+
+
+async def test_sigkill_of_the_leader_while_its_webhook_gets_503_delivers_once(
+    mosquitto: MosquittoBroker, postgres_url: str, tmp_path: Path
+) -> None:
+    rx = Receiver(script=[_UNAVAILABLE] * 10_000)
+    with rx.serve():
+        config = _config(tmp_path / "collector.toml", rx.url)
+        with _members(postgres_url, mosquitto, config, tmp_path) as members:
+            await wait_until(lambda: _leader(members) is not None, what="a leader")
+            leader = _leader(members)
+            assert leader is not None
+            survivor = "b" if leader == "a" else "a"
+            hot = HotGpuNode(mosquitto)
+            async with _keep_hot(hot):
+                await wait_until(lambda: len(rx.received()) >= 2, what="503s to the leader")
+                members[leader][1].send_signal(signal.SIGKILL)
+                members[leader][1].wait(timeout=10)
+                # Published while the leader is dead: half of it waits in its session.
+                fleet = FleetSimulator(40, gpus_per_node=2, seed=9, interval_s=1)
+                await publish_fleet(fast_mqtt(mosquitto), fleet, ticks=5, burst=True)
+                await wait_until(lambda: _leader(members) == survivor, what="the takeover")
+                tried = rx.script_answers([])  # the receiver is back: 200 from now on
+                await wait_until(
+                    lambda: _rows(postgres_url, "SELECT state FROM outbox") == [("delivered",)],
+                    what="the notification recorded delivered",
+                )
+                await asyncio.sleep(6 * 0.5)  # several evaluations of the firing alert
+                # (The killed member's restart, which should store its session's share of
+                # the fleet, is left out here: see the module docstring.)
+
+    def hot_firing(requests: list[Request]) -> list[Request]:
+        return [
+            r
+            for r in requests
+            if "GpuTemperature" in r.body.decode(errors="replace")
+            and json.loads(r.body)["status"] == "firing"
+        ]
+
+    firing = hot_firing(rx.received())
+    assert len({r.headers["idempotency-key"] for r in firing}) == 1, (
+        "one notification, sent by both leaders with the same key"
+    )
+    assert len(firing) == len(hot_firing(rx.received()[:tried])) + 1, (
+        "after the takeover: one request, answered 200"
+    )
+    assert _rows(
+        postgres_url,
+        "SELECT count(*) FROM outbox WHERE rule = 'GpuTemperature' AND status = 'firing'",
+    ) == [(1,)], "no re-notify"
+    (row,) = _rows(
+        postgres_url,
+        f"SELECT count(*), count(DISTINCT (node, ts_ms)) FROM samples WHERE node <> '{hot.node}'",
+    )
+    assert row[0] == row[1], "no fleet sample stored twice"
+    assert int(str(row[0])) >= 80, "the survivor's share of the fleet is stored"
