@@ -149,7 +149,7 @@ def wait_subscribed(db: Path, timeout_s: float = 60.0) -> None:
     while time.monotonic() - t0 < timeout_s:
         try:
             with sqlite3.connect(db, timeout=5) as conn:
-                if conn.execute("SELECT 1 FROM meta WHERE key = 'mqtt_session'").fetchone():
+                if conn.execute("SELECT 1 FROM meta WHERE key LIKE 'mqtt_session %'").fetchone():
                     return
         except sqlite3.OperationalError:
             pass  # not created yet

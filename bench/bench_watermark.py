@@ -131,7 +131,7 @@ class _Collector:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while not _query(self.db, "SELECT count(*) FROM meta WHERE key = 'mqtt_session'"):
+        while not _query(self.db, "SELECT count(*) FROM meta WHERE key LIKE 'mqtt_session %'"):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"collector did not subscribe: {self.log.read_text()[-800:]}")
             time.sleep(0.1)

@@ -69,7 +69,7 @@ from collector.governance.ledger import LedgerJob
 from collector.governance.rules import governance_rules
 from collector.health import Health
 from collector.ingest.metrics import IngestMetrics, ReaderMetrics, WriterMetrics
-from collector.ingest.reader import FILTERS_META_KEY, Connect, FilterState, Reader, Subscriber
+from collector.ingest.reader import Connect, Reader, Subscriber, load_session
 from collector.ingest.validate import Ingestor
 from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
@@ -338,14 +338,13 @@ class Collector:
         self, store: Store, election: Election | None, connect: Connect, session_key: str
     ) -> None:
         s = self.settings
-        had_session = await store.meta("mqtt_session") == session_key
+        had_session, held = await load_session(store.meta, session_key)
         if self._marking:
             self.watermarks.restore(
                 await load_watermarks(store),
                 await stored_above(store, _RESTORE_ABOVE_ROWS),
                 self.clock.time(),
             )
-        held = FilterState.from_json(await store.meta(FILTERS_META_KEY))
         # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
         # (the subscriber pauses there), so this bounds what waits in memory to about
         # queue_max messages and queue_max_bytes.

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, NamedTuple, Protocol, Self
@@ -39,6 +39,7 @@ from shared.topics import LEGACY_SUBSCRIPTIONS
 __all__ = [
     "FILTERS_META_KEY",
     "RETIRE_AFTER_S",
+    "SESSION_META_KEY",
     "Acker",
     "Connect",
     "FilterState",
@@ -48,6 +49,8 @@ __all__ = [
     "Subscriber",
     "Unit",
     "UnitQueue",
+    "load_session",
+    "session_meta_keys",
 ]
 
 log = get_logger("reader")
@@ -98,8 +101,33 @@ class Acker(Protocol):
     def closed(self) -> bool: ...
 
 
+SESSION_META_KEY: Final = "mqtt_session"
 FILTERS_META_KEY: Final = "mqtt_filters"
-"""``meta`` key of the topic filters the broker's session holds (:class:`FilterState`)."""
+"""``meta`` keys of the broker session a collector last had and of the topic filters that
+session holds (:class:`FilterState`): each followed by the session (``host:port/client
+id``, :func:`session_meta_keys`), since collectors sharing one store (a share group) each
+have their own session. A store from before that has them bare (one collector's)."""
+
+
+def session_meta_keys(session_key: str) -> tuple[str, str]:
+    """The ``meta`` keys of session ``session_key``'s facts: (the session, its filters)."""
+    return f"{SESSION_META_KEY} {session_key}", f"{FILTERS_META_KEY} {session_key}"
+
+
+async def load_session(
+    meta: Callable[[str], Awaitable[str | None]], session_key: str
+) -> tuple[bool, FilterState | None]:
+    """Whether the store knows session ``session_key`` (the broker should have kept it), and
+    the filters it holds: from this session's own keys, else from the bare keys a store of
+    one collector kept before (when they name this session)."""
+    own, filters = session_meta_keys(session_key)
+    if await meta(own) == session_key:
+        return True, FilterState.from_json(await meta(filters))
+    if await meta(SESSION_META_KEY) == session_key:
+        return True, FilterState.from_json(await meta(FILTERS_META_KEY))
+    return False, None
+
+
 RETIRE_AFTER_S: Final = 300.0
 """How long after adding new filters the reader may unsubscribe the ones they replace."""
 
@@ -196,6 +224,7 @@ class Reader:
         self._topics = list(topics)
         self._session_key = session_key
         self._expect_session = had_session
+        self._remembered = False
         self._held = held if had_session else None
         self._stop = stop
         self.connected = connected
@@ -283,9 +312,17 @@ class Reader:
             await sub.subscribe([(t, 1) for t in self._topics])
             log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
             await self._remember_filters(FilterState(tuple(self._topics), self._now()))
-        if not self._expect_session:  # the first session this database knows of: remember it
-            await self._queue.put(Unit(None, [MetaItem("mqtt_session", self._session_key)]))
-            self._expect_session = True
+        if not self._remembered:
+            # Once per process: this session and its filters under this session's own keys
+            # (the first session this store knows of, or one a store from before per-session
+            # keys knew by the bare keys).
+            own, filters = session_meta_keys(self._session_key)
+            items: list[Item | MetaItem] = [MetaItem(own, self._session_key)]
+            if self._held is not None:
+                items.insert(0, MetaItem(filters, self._held.to_json()))
+            await self._queue.put(Unit(None, items))
+            self._remembered = True
+        self._expect_session = True
         self.connected.set()
 
     async def _update_filters(self, sub: Subscriber) -> None:
@@ -324,7 +361,8 @@ class Reader:
 
     async def _remember_filters(self, state: FilterState) -> None:
         self._held = state
-        await self._queue.put(Unit(None, [MetaItem(FILTERS_META_KEY, state.to_json())]))
+        key = session_meta_keys(self._session_key)[1]
+        await self._queue.put(Unit(None, [MetaItem(key, state.to_json())]))
 
     def _now(self) -> float:
         return self._ingestor.clock.time()

@@ -135,7 +135,7 @@ async def test_sigkill_with_a_pending_delivery_then_restart_delivers_once_and_st
         proc = _collector(mosquitto, config, db, log)
         try:
             await wait_until(
-                lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+                lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key LIKE 'mqtt_session %'")),
                 what="collector subscribed (its session is remembered)",
             )
             nodes.hot.add(first)

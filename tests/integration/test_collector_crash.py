@@ -60,7 +60,7 @@ async def test_sigkill_mid_drain_then_restart_stores_every_sample_once(
             what="collector started",
         )
         await wait_until(
-            lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+            lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key LIKE 'mqtt_session %'")),
             what="collector subscribed (its session is remembered)",
         )
     finally:
@@ -117,7 +117,7 @@ async def test_collector_and_broker_sigkilled_mid_stream_lose_no_agent_sample(
         # Subscribed before the agents start: samples of an epoch are counted from seq 0, and
         # ones the broker dropped for want of a subscriber would be a hole given up later.
         await wait_until(
-            lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+            lambda: bool(db_rows(db, "SELECT value FROM meta WHERE key LIKE 'mqtt_session %'")),
             what="collector subscribed",
         )
         fleet = start_agents(mosquitto, tmp_path, agents, 3)

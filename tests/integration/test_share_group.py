@@ -205,7 +205,7 @@ def _collector_process(
 
 
 def _subscribed(db: Path) -> bool:
-    return bool(db_rows(db, "SELECT value FROM meta WHERE key = 'mqtt_filters'"))
+    return bool(db_rows(db, "SELECT value FROM meta WHERE key LIKE 'mqtt_filters %'"))
 
 
 def _stored(db: Path) -> set[tuple[str, int]]:

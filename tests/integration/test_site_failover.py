@@ -7,11 +7,12 @@ delivered (the outbox row the dead leader left pending, with its Idempotency-Key
 firing alert is not notified again, and no sample published meanwhile is stored twice.
 
 Not checked here yet: that the killed member, started again, stores the share its session
-held. bench/bench_failover.py sees it do so on a shared store, but in this test (share
-published right after the kill) the restarted member stored none of it within 20 s; not
-explained yet. A suspect: the ``mqtt_session`` and ``mqtt_filters`` meta rows are one per
-store, not one per collector, so on a shared store the restarted member believes it never
-had a session and subscribes again on the resumed one.
+held. With the session facts now kept per collector (one ``mqtt_session`` row per store made
+a restarted member take the other's session for a lost one of its own and subscribe again),
+the restarted member resumes its own session and receives its share (its counters say so),
+but in this burst case its commits of that share did not show in the store within 30 s —
+they appeared only at its stop. Not explained yet; bench/bench_failover.py (1 Hz, not a
+burst) sees the restarted member store its share on a shared store.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -75,8 +76,9 @@ def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
 @contextlib.contextmanager
 def _members(
     url: str, broker: MosquittoBroker, config: Path, tmp_path: Path
-) -> Iterator[dict[str, tuple[int, subprocess.Popen[bytes]]]]:
-    """Collectors a and b on the shared store: name -> (metrics port, process)."""
+) -> Iterator[tuple[dict[str, tuple[int, subprocess.Popen[bytes]]], Callable[[str], None]]]:
+    """Collectors a and b on the shared store: name -> (metrics port, process), and the
+    function that starts one (again, on its port)."""
     members: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
 
     def start(name: str) -> None:
@@ -96,7 +98,7 @@ def _members(
     start("a")
     start("b")
     try:
-        yield members
+        yield members, start
     finally:
         for _, proc in members.values():
             if proc.poll() is None:
@@ -135,7 +137,7 @@ async def test_sigkill_of_the_leader_while_its_webhook_gets_503_delivers_once(
     rx = Receiver(script=[_UNAVAILABLE] * 10_000)
     with rx.serve():
         config = _config(tmp_path / "collector.toml", rx.url)
-        with _members(postgres_url, mosquitto, config, tmp_path) as members:
+        with _members(postgres_url, mosquitto, config, tmp_path) as (members, _start):
             await wait_until(lambda: _leader(members) is not None, what="a leader")
             leader = _leader(members)
             assert leader is not None

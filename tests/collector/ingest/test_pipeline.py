@@ -75,7 +75,9 @@ class Running:
         self.task = asyncio.create_task(self.collector.run(), name="collector-under-test")
         await wait_until(self.collector.connected.is_set, timeout_s=10, what="subscribed")
         await wait_until(
-            lambda: bool(db_rows(self.db, "SELECT value FROM meta WHERE key = 'mqtt_session'")),
+            lambda: bool(
+                db_rows(self.db, "SELECT value FROM meta WHERE key LIKE 'mqtt_session %'")
+            ),
             timeout_s=10,
             what="session remembered",
         )
@@ -406,7 +408,7 @@ async def test_the_reader_waits_when_the_queue_is_full(tmp_path: Path) -> None:
 
 
 def _held_filters(db: Path) -> FilterState | None:
-    rows = db_rows(db, f"SELECT value FROM meta WHERE key = '{FILTERS_META_KEY}'")
+    rows = db_rows(db, f"SELECT value FROM meta WHERE key LIKE '{FILTERS_META_KEY} %'")
     return FilterState.from_json(rows[0][0]) if rows else None
 
 
@@ -446,7 +448,7 @@ async def test_a_legacy_session_gets_the_new_filter_and_retires_the_old_ones_lat
     """Per-kind filters of an older collector: add '#' now, unsubscribe them only later."""
     run = await _run_once(tmp_path, ScriptedBroker())
     with sqlite3.connect(run.db) as conn:  # as an older collector left it: no filters fact
-        conn.execute("DELETE FROM meta WHERE key = ?", (FILTERS_META_KEY,))
+        conn.execute("DELETE FROM meta WHERE key LIKE ?", (f"{FILTERS_META_KEY} %",))
     added = ScriptedBroker(session_present=True)
     await _run_once(tmp_path, added)
     assert added.subscriptions == [[(SUBSCRIPTIONS[0], 1)]]
@@ -492,6 +494,34 @@ async def _run_once(
     return run
 
 
+async def test_collectors_sharing_a_store_each_keep_their_own_session(tmp_path: Path) -> None:
+    """Two collectors on one store (a share group): each remembers its own broker session
+    and filters, so a restart of one resumes its session without subscribing again (a
+    resubscription makes the broker resend every retained message, and where the session
+    of the other was taken for its own, it lost the samples its session held)."""
+    a = await _run_once(tmp_path, ScriptedBroker(), client_id="capwatch-collector-a")
+    b = await _run_once(tmp_path, ScriptedBroker(), client_id="capwatch-collector-b")
+    assert a.db == b.db
+    again = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, again, client_id="capwatch-collector-a")
+    assert again.subscriptions == []
+    assert value(a.collector.reader_metrics.sessions_lost) == 0
+
+
+async def test_a_store_from_before_per_session_keys_keeps_its_session(tmp_path: Path) -> None:
+    """A store of one collector written before the keys carried the session: its bare
+    mqtt_session / mqtt_filters facts still say the session is known and what it holds."""
+    run = await _run_once(tmp_path, ScriptedBroker())
+    with sqlite3.connect(run.db) as conn:  # as the version before left it
+        conn.execute("UPDATE meta SET key = 'mqtt_session' WHERE key LIKE 'mqtt_session %'")
+        conn.execute(
+            "UPDATE meta SET key = ? WHERE key LIKE ?", (FILTERS_META_KEY, f"{FILTERS_META_KEY} %")
+        )
+    resumed = ScriptedBroker(session_present=True)
+    await _run_once(tmp_path, resumed)
+    assert resumed.subscriptions == []  # the filters it holds are known: nothing to add
+
+
 async def test_a_session_the_broker_keeps_closing_is_called_contested(tmp_path: Path) -> None:
     """Closed right after each connect (another client with our id): an error, with backoff."""
     broker = ScriptedBroker()
@@ -526,7 +556,7 @@ async def test_old_filters_are_retired_after_the_wall_clock_went_back(tmp_path: 
     ahead = T0 + 86_400.0
     run = await _run_once(tmp_path, ScriptedBroker(), wall=ahead)
     with sqlite3.connect(run.db) as conn:  # as an older collector left it: no filters fact
-        conn.execute("DELETE FROM meta WHERE key = ?", (FILTERS_META_KEY,))
+        conn.execute("DELETE FROM meta WHERE key LIKE ?", (f"{FILTERS_META_KEY} %",))
     added = ScriptedBroker(session_present=True)
     await _run_once(tmp_path, added, wall=ahead)
     assert added.subscriptions == [[(SUBSCRIPTIONS[0], 1)]]
