@@ -27,6 +27,7 @@ EXTRA_MODULES: Final = {
     "aiosqlite": "aiosqlite",
     "zstandard": "zstandard",
     "httpx": "httpx",
+    "pysnmp": "pysnmp",
     "sniffio": "sniffio",
     "scipy": "scipy",
     "numpy": "numpy",
