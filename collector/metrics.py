@@ -44,6 +44,7 @@ from collector.settings import CollectorSettings
 from collector.store.db import Store
 from collector.store.health import oldest_sample_received, store_size_bytes
 from shared.clock import Clock
+from shared.errors import StoreError
 from shared.logging import get_logger
 from shared.metrics_http import MetricsServer, parse_listen
 from shared.schema import NODE_POWER_SOURCES
@@ -368,11 +369,18 @@ class CollectorMetrics:
         return [] if self._health is None else self._health.families()
 
     async def _store(self) -> list[Metric]:
+        try:
+            size: float | None = await store_size_bytes(self.store)
+        except StoreError as exc:
+            # The store away (PostgreSQL restarting): the scrape still answers, without the
+            # size, and its store_unavailable counter says what is going on.
+            log.debug("metrics_store_size_unread", error=str(exc))
+            size = None
         return [
-            GaugeMetricFamily(
+            _maybe(
                 "capwatch_collector_store_size_bytes",
                 "Database file and write-ahead log on disk.",
-                await store_size_bytes(self.store),
+                size,
             ),
             _maybe(
                 "capwatch_collector_store_oldest_sample_timestamp_seconds",

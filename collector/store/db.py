@@ -620,8 +620,14 @@ class Store:
         ]
 
     async def size_bytes(self) -> int:
-        """Bytes the store takes on disk (SQLite: file and WAL; PostgreSQL: the database)."""
-        return await self._db.size_bytes()
+        """Bytes the store takes on disk (SQLite: file and WAL; PostgreSQL: the database);
+        :class:`StoreError` when it cannot be read (the server away)."""
+        try:
+            return await self._db.size_bytes()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._read_failed(exc) from exc
 
     @staticmethod
     def sample_columns() -> tuple[str, ...]:
@@ -990,18 +996,23 @@ class Store:
         except StoreError:
             raise
         except Exception as exc:
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"query failed: {exc}") from exc
-            kind = self._db.kind(exc)
-            if kind == "refused" and not isinstance(exc, _db_errors(self._db)):
-                raise  # not the store's error: a bug, with its traceback
-            first = str(exc).strip().splitlines()
-            # A reader whose server is away: this question fails, the next one reconnects.
-            raise StoreError(
-                f"query failed on {str(self.path)!r}: {first[0] if first else exc!r}",
-                fatal=kind == "fatal",
-                unavailable=kind == "unavailable",
-            ) from exc
+            raise self._read_failed(exc) from exc
+
+    def _read_failed(self, exc: Exception) -> Exception:
+        """The :class:`StoreError` of a failed read (``exc`` itself when it is not the
+        store's error: a bug, with its traceback)."""
+        if isinstance(exc, sqlite3.Error):
+            return StoreError(f"query failed: {exc}")
+        kind = self._db.kind(exc)
+        if kind == "refused" and not isinstance(exc, _db_errors(self._db)):
+            return exc
+        first = str(exc).strip().splitlines()
+        # A reader whose server is away: this question fails, the next one reconnects.
+        return StoreError(
+            f"query failed on {str(self.path)!r}: {first[0] if first else exc!r}",
+            fatal=kind == "fatal",
+            unavailable=kind == "unavailable",
+        )
 
 
 def _db_errors(db: _Sqlite | PgBackend) -> tuple[type[BaseException], ...]:

@@ -28,8 +28,10 @@ call. Every call is bounded by ``timeout_s``: a renewal that hangs on a dead con
 fail before the lease would end (:class:`collector.role.Role` steps down by its own clock
 before then).
 
-The table is created on first use (``CREATE TABLE IF NOT EXISTS``); with the PostgreSQL
-store backend it becomes one of its migrations.
+The table is one of the PostgreSQL store's migrations (``0022_leader_lease``). An election
+database of its own (``[election] url``) is not migrated: there the lease creates the table
+on first use, under an advisory lock, so that collectors starting together do not race on
+``CREATE TABLE IF NOT EXISTS`` (two at once: one fails on a duplicate ``pg_type`` row).
 """
 
 from __future__ import annotations
@@ -42,13 +44,13 @@ from typing import Final, Self
 
 import psycopg
 
+from collector.store.migrations import LEADER_TABLE_SQL
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
 __all__ = [
     "CHECK_TOKEN_SQL",
     "HOLDS_TOKEN_SQL",
-    "LEADER_TABLE_SQL",
     "ROLE",
     "LeaderLease",
     "Lease",
@@ -62,15 +64,9 @@ log = get_logger("leader")
 ROLE: Final = "collector"
 """The elected role (one lease row)."""
 
-LEADER_TABLE_SQL: Final = """
-CREATE TABLE IF NOT EXISTS capwatch_leader (
-    name        text PRIMARY KEY,
-    holder      text NOT NULL,
-    token       bigint NOT NULL,
-    acquired_at timestamptz NOT NULL,
-    expires_at  timestamptz NOT NULL
-)
-"""
+_TABLE_LOCK: Final = 0x63617077_00000005
+"""Advisory lock held while the lease creates its table (collector/store/pg.py numbers the
+store's others)."""
 
 _ACQUIRE: Final = """
 INSERT INTO capwatch_leader AS l (name, holder, token, acquired_at, expires_at)
@@ -246,7 +242,9 @@ class LeaderLease:
             )
             self._ready = False
         if not self._ready:
-            await self._conn.execute(LEADER_TABLE_SQL)
+            async with self._conn.transaction():
+                await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_TABLE_LOCK,))
+                await self._conn.execute(LEADER_TABLE_SQL)
             self._ready = True
         return self._conn
 

@@ -32,6 +32,9 @@ Tables:
 ``outbox``
     one webhook notification per (alert change, receiver), written in the same transaction
     as the change: pending until delivered or a dead letter (``collector alerts --dead-letters``).
+``capwatch_leader``
+    PostgreSQL only: the elected leader's lease and fencing token
+    (:mod:`collector.store.leader`). A SQLite store has one collector, which always leads.
 
 One list for both backends: :data:`MIGRATIONS` holds each migration's name and its SQLite
 text; :func:`migrations_for` gives PostgreSQL's, which is the same DDL with its types
@@ -47,7 +50,20 @@ from typing import Final
 
 from collector.store.dialect import Dialect
 
-__all__ = ["MIGRATIONS", "POSTGRESQL", "migrations_for", "pg_ddl"]
+__all__ = ["LEADER_TABLE_SQL", "MIGRATIONS", "POSTGRESQL", "migrations_for", "pg_ddl"]
+
+LEADER_TABLE_SQL: Final = """
+CREATE TABLE IF NOT EXISTS capwatch_leader (
+    name        text PRIMARY KEY,
+    holder      text NOT NULL,
+    token       bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL
+)
+"""
+"""The leader's lease table (PostgreSQL). ``IF NOT EXISTS``: a store whose election created
+it before it was a migration keeps it, and :class:`~collector.store.leader.LeaderLease`
+creates it with this text in an election database of its own (``[election] url``)."""
 
 MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -581,6 +597,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX rollup_stage_owner ON rollup_stage (owner);
         """,
     ),
+    (
+        # The leader's lease (PostgreSQL: its text is in POSTGRESQL). Created on the
+        # election's first use before, two collectors starting together raced on it (one
+        # failed an election with a duplicate pg_type row); here it is made under the
+        # migrations' lock. Nothing on SQLite: one collector per file, no election.
+        "0022_leader_lease",
+        "-- PostgreSQL only",
+    ),
 )
 
 
@@ -627,6 +651,7 @@ POSTGRESQL: Final[dict[str, str]] = {
             updated DOUBLE PRECISION NOT NULL
         );
         """,
+    "0022_leader_lease": LEADER_TABLE_SQL + ";",
 }
 """PostgreSQL's own text of the migrations whose schema differs there (by name)."""
 

@@ -19,8 +19,10 @@ from collector.health import Health
 from collector.ingest.metrics import REJECT_REASONS
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
+from collector.localpg import LocalPostgres
 from collector.metrics import alert_families, fleet_families
 from collector.nodefacts import Staleness
+from collector.paths import parse_target
 from collector.service import Collector as CapwatchCollector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
@@ -326,3 +328,23 @@ async def test_node_input_power_is_summed_by_source_while_fresh() -> None:
     assert ("capwatch_fleet_node_input_power_watts", (("source", "redfish"),)) not in got
     later = _values(await fleet_families(view, NOW + 60, staleness=Staleness(3, 5)))
     assert later[("capwatch_fleet_node_input_power_nodes", (("source", "dcmi"),))] == 0
+
+
+@pytest.mark.integration
+async def test_the_scrape_answers_while_the_postgresql_store_is_away(
+    postgres_server: LocalPostgres, postgres_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped: the snapshot still comes (the writer's counters say the store is
+    away), only without the store's size; a failed size read no longer fails the scrape."""
+    collector = _collector(tmp_path)
+    async with Store(parse_target(postgres_url)) as store:
+        metrics = collector.exposition(store)
+        size = "capwatch_collector_store_size_bytes"
+        assert _values(await metrics.snapshot())[(size, ())] > 0
+        postgres_server.stop()
+        try:
+            away = _values(await metrics.snapshot())
+        finally:
+            postgres_server.start()
+        assert (size, ()) not in away
+        assert ("capwatch_fleet_nodes", (("state", "online"),)) in away

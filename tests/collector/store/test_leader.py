@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from collector.localpg import LocalPostgres
+from collector.paths import parse_target
 from collector.role import Fence, Role
+from collector.store.db import Store
 from collector.store.leader import LeaderLease, Lease, check_token
 from shared.clock import SystemClock
 from shared.errors import NotLeaderError, StoreError
@@ -210,3 +213,32 @@ async def test_a_leader_cut_from_postgres_stops_within_the_lease_and_the_other_t
         now_leading = next(c for c in both if c.role.leading)
         assert now_leading.fences[-1].token is not None
         assert now_leading.fences[-1].token > (fence.token or 0)
+
+
+async def test_the_lease_table_is_a_migration_of_the_store(postgres_url: str) -> None:
+    """A new PostgreSQL store has capwatch_leader before any election ran; an election on
+    it then works (the table the lease would create is the migration's)."""
+    async with Store(parse_target(postgres_url)) as store:
+        assert "0022_leader_lease" in await store.migrations()
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT to_regclass('capwatch_leader')").fetchone() == (
+            "capwatch_leader",
+        )
+    async with LeaderLease(postgres_url) as election:
+        assert await election.try_acquire("a", ttl_s=1.0) is not None
+
+
+async def test_collectors_starting_together_on_a_separate_election_database_all_elect(
+    postgres_server: LocalPostgres,
+) -> None:
+    """An ``[election] url`` database is not the store's: each lease creates the table
+    there. Many at once, each on a fresh database: none fails, one holds the lease."""
+    for _ in range(5):
+        url = postgres_server.create_database(f"election_{uuid.uuid4().hex[:12]}")
+        leases = [LeaderLease(url) for _ in range(8)]
+        try:
+            got = await asyncio.gather(*(e.try_acquire(f"c{i}", 5.0) for i, e in enumerate(leases)))
+        finally:
+            for e in leases:
+                await e.__aexit__(None, None, None)
+        assert sum(lease is not None for lease in got) == 1
