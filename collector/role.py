@@ -163,13 +163,21 @@ class Role:
             await self._lead_alone(lead, until)
             return
         election = self._election
+        failing = 0  # tries in a row that could not reach the election's database
         while not until.is_set():
             sent = self._clock.monotonic()
             try:
                 lease = await election.try_acquire(self.holder, self.lease_s)
             except StoreError as exc:
-                log.warning("leader_election_failed", error=str(exc))
+                # Once per outage (a standby tries every poll_s: a tenth of the lease).
+                if not failing:
+                    log.warning("leader_election_failed", error=str(exc))
+                failing += 1
                 lease = None
+            else:
+                if failing:
+                    log.info("leader_election_reachable", failed_tries=failing)
+                failing = 0
             if lease is None:
                 await _wait(until, self.poll_s)
                 continue

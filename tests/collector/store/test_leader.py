@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from collector.localpg import LocalPostgres
 from collector.paths import parse_target
@@ -242,3 +244,20 @@ async def test_collectors_starting_together_on_a_separate_election_database_all_
             for e in leases:
                 await e.__aexit__(None, None, None)
         assert sum(lease is not None for lease in got) == 1
+
+
+async def test_an_unreachable_election_database_is_logged_once_per_outage(tmp_path: Path) -> None:
+    """A standby tries every poll_s (a tenth of the lease): while the database is away it
+    says so once, not at every try, and once more when it is back, then leads."""
+    with LocalPostgres(tmp_path / "pg") as server:
+        contender = _Contender(server.url, "a", lease_s=2.0)
+        server.stop()
+        with capture_logs() as logs:
+            contender.start()
+            await asyncio.sleep(1.5)  # ~15 tries against a stopped server
+            server.start()
+            await wait_until(lambda: contender.role.leading, timeout_s=15, what="elected")
+            await contender.stop()
+    events = [e["event"] for e in logs]
+    assert events.count("leader_election_failed") == 1, events
+    assert events.count("leader_election_reachable") == 1, events
