@@ -4,6 +4,8 @@ agent processes publishing through their spools (crash tests kill and restart th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ import pytest
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator
+from collector.cli import main as collector_main
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
 from collector.service import Collector
@@ -264,3 +267,18 @@ async def stop_and_count(db: Path, agents: list[AgentProcess]) -> dict[str, tupl
         seqs = [s for _, s in stored_seqs(db, a.node)]
         out[a.node] = (taken[a.node], len(seqs), len(set(seqs)))
     return out
+
+
+def capacity_json(*argv: str) -> tuple[int, dict[str, Any]]:
+    """``collector capacity ARGV --json`` in this process: its exit status and document."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = collector_main(["capacity", *argv, "--json"])
+    return code, json.loads(out.getvalue())
+
+
+def capacity_ok(*argv: str) -> dict[str, Any]:
+    """As :func:`capacity_json`, for a command that must succeed."""
+    code, doc = capacity_json(*argv)
+    assert code == 0
+    return doc

@@ -33,7 +33,7 @@ from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
 from tests.collector.capacity.helpers import PLAN, dgx_rest_w, true_node_w
 from tests.helpers import db_rows, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner, capacity_json, fast_mqtt
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +57,6 @@ def png_size(path: Path) -> tuple[int, int]:
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     assert head[12:16] == b"IHDR"
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-def _cli(*argv: str) -> tuple[int, dict[str, Any]]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = collector_main(["capacity", *argv, "--json"])
-    return code, json.loads(out.getvalue())
 
 
 async def _publish_odd_nodes(broker: MosquittoBroker) -> None:
@@ -122,7 +115,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
             return rows == [(FLEET + 3, 1, 1, 1)]
 
         await wait_until(settled, timeout_s=60, what="a snapshot of the whole fleet")
-        code, out = _cli("--db", str(db))
+        code, out = capacity_json("--db", str(db))
         assert code == 0
         p = out["capacity"]
         # the truth: each simulated node's own power at the sample the collector holds
@@ -182,7 +175,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
             what="RackPowerOverLimit for hot-rack",
         )
 
-        code, out = _cli("--db", str(db), "--plan", str(plan_path), "--add", "32xDGX-H100")
+        code, out = capacity_json("--db", str(db), "--plan", str(plan_path), "--add", "32xDGX-H100")
         w = out["what_if"]
         latest = out["capacity"]
         counts = {t["node_type"]: t["nodes"] for t in latest["types"]}
@@ -195,7 +188,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         assert w["fits"] is solved.fits
         assert code == (0 if solved.fits else 1)
 
-        code, out = _cli("--db", str(db), "--plan", str(plan_path), "--now")
+        code, out = capacity_json("--db", str(db), "--plan", str(plan_path), "--now")
         assert out["capacity"]["nodes"] == FLEET + 3
         assert out["capacity"]["nodes_w"] == pytest.approx(truth, rel=0.01)
         with sqlite3.connect(db) as conn:
@@ -205,7 +198,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
                 [(n,) for n in sim.node_ids[:10]],
             )
         conn.close()
-        code, out = _cli("--db", str(db), "--plan", str(plan_path), "--remove", "old")
+        code, out = capacity_json("--db", str(db), "--plan", str(plan_path), "--remove", "old")
         assert out["capacity"]["nodes"] == FLEET + 3 - 10
         assert "without 10 node(s)" in out["source"]
 
@@ -274,7 +267,7 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
             ),
             what="every node's sample in the live view",
         )
-        code, out = _cli("--db", str(db), "--now", "--plan", str(plan_path))
+        code, out = capacity_json("--db", str(db), "--now", "--plan", str(plan_path))
         assert code == 0
         p = out["capacity"]
         truth_sim = FleetSimulator(BMC_FLEET, seed=SEED, interval_s=600, bmc_share=0.5)
@@ -299,12 +292,16 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
         assert dgx["rest_w"] == pytest.approx(true_rest, rel=0.01)
         assert dgx["rest_p25_w"] < dgx["rest_w"] < dgx["rest_p75_w"]
 
-        old = _cli("--db", str(db), "--plan", str(plan_path), "--rest-basis", "nameplate")[1]
+        old = capacity_json("--db", str(db), "--plan", str(plan_path), "--rest-basis", "nameplate")[
+            1
+        ]
         assert old["capacity"]["nodes_w"] > p["nodes_w"]  # the slack on every unmeasured node
 
         measured = sim.node_ids[sim.reports_bmc.index(True)]
         calibrated = sim.node_ids[sim.reports_bmc.index(False)]
-        code, explained = _cli("--db", str(db), "--plan", str(plan_path), "--explain", measured)
+        code, explained = capacity_json(
+            "--db", str(db), "--plan", str(plan_path), "--explain", measured
+        )
         assert code == 0
         assert explained["node"]["obtained"] == "measured"
         assert explained["node"]["node_power_source"] == "dcmi"

@@ -4,8 +4,6 @@ the rack counts at its two PDUs' sum, in the collector's snapshot and in `--now`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -14,28 +12,18 @@ import pytest
 from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator, publish_fleet
-from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from collector.pdu.settings import PduSettings, PdusSettings
 from collector.settings import CapacitySettings
 from tests.collector.capacity.helpers import PLAN
 from tests.helpers import db_rows, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner, capacity_ok, fast_mqtt
 from tests.snmpsim import PDU_DATA, SnmpSim, skip_without_snmpsim
 
 pytestmark = pytest.mark.integration
 
 APC_POWER = "1.3.6.1.4.1.318.1.1.26.4.3.1.5.1"  # PowerNet-MIB rPDU2DeviceStatusPower.1
 RACK_W = 12_340.0 + 11_110.0
-
-
-def _cli(*argv: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = collector_main(["capacity", *argv, "--json"])
-    assert code == 0
-    doc: dict[str, Any] = json.loads(out.getvalue())
-    return doc
 
 
 async def test_a_rack_fed_by_two_pdus_counts_at_their_sum(
@@ -101,7 +89,7 @@ async def test_a_rack_fed_by_two_pdus_counts_at_their_sum(
                 return bool(p.get("nodes") == 20 and p["nodes_by"].get("measured (pdu)") == 20)
 
             await wait_until(settled, timeout_s=60, what="a snapshot with x1000 read by its PDUs")
-            p = _cli("--db", str(db))["capacity"]
+            p = capacity_ok("--db", str(db))["capacity"]
             (rack,) = [r for r in p["racks"] if r["rack"] == "x1000"]
             assert rack["draw_w"] == RACK_W
             assert rack["nodes_w"] is not None
@@ -113,7 +101,7 @@ async def test_a_rack_fed_by_two_pdus_counts_at_their_sum(
                 timeout_s=30,
                 what="the rack's reading stored",
             )
-            now = _cli("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
+            now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
             assert now["nodes_by"]["measured (pdu)"] == 20
             assert now["nodes_w"] == pytest.approx(RACK_W)
             assert collector.pdus is not None

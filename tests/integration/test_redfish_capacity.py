@@ -5,38 +5,25 @@ counts those nodes as measured at the BMCs' figures."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
-from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.settings import CapacitySettings
 from tests.collector.capacity.helpers import PLAN
 from tests.collector.redfish.conftest import PASSWORD, USER, closed_port, write_credentials
 from tests.helpers import db_rows, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner, capacity_ok, fast_mqtt
 from tests.redfish import RACKMOUNT_2020, RACKMOUNT_2022, MockupBmc
 
 pytestmark = pytest.mark.integration
 
 FLEET = 20
-
-
-def _cli(*argv: str) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = collector_main(["capacity", *argv, "--json"])
-    assert code == 0
-    doc: dict[str, Any] = json.loads(out.getvalue())
-    return doc
 
 
 async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
@@ -81,7 +68,7 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
                 )
 
             await wait_until(settled, timeout_s=60, what="a snapshot with five BMC readings")
-            p = _cli("--db", str(db))["capacity"]
+            p = capacity_ok("--db", str(db))["capacity"]
             assert p["nodes_by"]["measured"] == 5
             assert p["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
             dgx = next(t for t in p["types"] if t["node_type"] == "DGX-H100")
@@ -92,10 +79,12 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
                 timeout_s=30,
                 what="five stored BMC readings",
             )
-            now = _cli("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
+            now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
             assert now["nodes_by"]["measured"] == 5
             assert now["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
-            explained = _cli("--db", str(db), "--plan", str(PLAN), "--explain", sim.node_ids[3])
+            explained = capacity_ok(
+                "--db", str(db), "--plan", str(PLAN), "--explain", sim.node_ids[3]
+            )
             assert explained["node"]["obtained"] == "measured"
             assert explained["node"]["node_power_source"] == "redfish"
             assert explained["node"]["draw_w"] == 344.0
