@@ -1,5 +1,6 @@
 """What every out-of-band poller of the collector does alike: a target's backoff after a
-failed poll, and the log line when its outcome changes (Redfish BMCs, SNMP PDUs).
+failed poll, the log line when its outcome changes, and the schedule of their rounds
+(Redfish BMCs, SNMP PDUs).
 
 A target whose poll failed is retried after ``interval x 2^failures`` (at most
 ``backoff_max_s``) times a random factor in [0.5, 1) (jitter: targets that failed together,
@@ -10,12 +11,31 @@ is logged once, not every poll.
 
 from __future__ import annotations
 
+import asyncio
 import random
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from prometheus_client import Gauge
 
-__all__ = ["Target", "count_outcome"]
+if TYPE_CHECKING:
+    from shared.clock import Clock
+
+__all__ = ["Target", "count_outcome", "on_grid"]
+
+
+async def on_grid(
+    clock: Clock, interval_s: float, one_round: Callable[[float], Awaitable[None]]
+) -> NoReturn:
+    """Run ``one_round(now)`` at the start and every ``interval_s`` after it, on that grid
+    (monotonic clock), until cancelled; a round that ends late skips the starts it missed
+    rather than running them back to back."""
+    start = clock.monotonic()
+    n = 0
+    while True:
+        await one_round(clock.monotonic())
+        n = max(n + 1, int((clock.monotonic() - start) / interval_s) + 1)
+        await asyncio.sleep(max(0.0, start + n * interval_s - clock.monotonic()))
 
 
 class Target(Protocol):

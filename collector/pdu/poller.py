@@ -24,7 +24,7 @@ from typing import Any, Final
 from collector.nodefacts import PowerReading
 from collector.pdu.metrics import PduMetrics
 from collector.pdu.settings import PduSettings, PdusSettings
-from collector.polling import count_outcome
+from collector.polling import count_outcome, on_grid
 from shared.clock import Clock
 from shared.logging import get_logger
 
@@ -101,19 +101,15 @@ class PduPoller:
             self._engine.close_dispatcher()
 
     async def _rounds(self, tg: asyncio.TaskGroup) -> None:
-        interval = self.settings.interval_s
-        start = self._clock.monotonic()
-        n = 0
-        while True:
-            now = self._clock.monotonic()
+        async def one_round(now: float) -> None:
             for pdu in self.pdus:
                 if pdu.busy or pdu.retry_at > now:
                     continue
                 await self._sem.acquire()  # a slot, then the task (as the Redfish poller)
                 pdu.busy = True
                 tg.create_task(self._poll(pdu), name=f"pdu-poll-{pdu.cfg.label}")
-            n = max(n + 1, int((self._clock.monotonic() - start) / interval) + 1)
-            await asyncio.sleep(max(0.0, start + n * interval - self._clock.monotonic()))
+
+        await on_grid(self._clock, self.settings.interval_s, one_round)
 
     async def _poll(self, pdu: PduState) -> None:
         outcome, detail, watts = "ok", "", 0.0

@@ -40,7 +40,7 @@ import httpx
 import msgspec
 
 from collector.nodefacts import PowerReading
-from collector.polling import count_outcome
+from collector.polling import count_outcome, on_grid
 from collector.redfish.credentials import Credentials
 from collector.redfish.metrics import RedfishMetrics
 from collector.redfish.reading import (
@@ -183,11 +183,7 @@ class RedfishPoller:
                     await client.aclose()
 
     async def _rounds(self, tg: asyncio.TaskGroup) -> None:
-        interval = self.settings.interval_s
-        start = self._clock.monotonic()
-        n = 0
-        while True:
-            now = self._clock.monotonic()
+        async def one_round(now: float) -> None:
             rnd = _Round(now)  # pending = 1: the dispatch itself, until every poll started
             for bmc in self.bmcs:
                 if bmc.busy:
@@ -203,9 +199,8 @@ class RedfishPoller:
                 rnd.pending += 1
                 tg.create_task(self._poll(bmc, rnd), name=f"redfish-poll-{bmc.node}")
             self._done(rnd)
-            # The next round on the interval's grid; a late round skips the starts it missed.
-            n = max(n + 1, int((self._clock.monotonic() - start) / interval) + 1)
-            await asyncio.sleep(max(0.0, start + n * interval - self._clock.monotonic()))
+
+        await on_grid(self._clock, self.settings.interval_s, one_round)
 
     # -- one poll
 
