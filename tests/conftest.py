@@ -145,56 +145,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+_MISSING_PEERS: Final = (
+    (NO_MOSQUITTO, "integration tests", "Mosquitto is not installed", "mosquitto"),
+    (NO_NATS, "broker conformance tests", "nats-server is not installed", "nats-server"),
+    (NO_POSTGRES, "PostgreSQL tests", "PostgreSQL is not installed", "postgresql"),
+    (NO_PROMETHEUS, "metrics tests", "Prometheus (promtool) is not installed", "prometheus"),
+)
+"""Per real peer: the text in its skips (tests/helpers.py), the tests it skips, why, and the
+Debian package that fixes it."""
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Say loudly, as the very last line, when integration tests were skipped for no broker
-    (every skip through :func:`tests.helpers.skip_without_mosquitto`)."""
+    """Say loudly, as the very last lines, when integration tests were skipped for want of a
+    real peer (every skip through the ``skip_without_*`` helpers of :mod:`tests.helpers`)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
-    skipped = [
-        r
-        for r in reporter.stats.get("skipped", [])
-        if NO_MOSQUITTO in str(getattr(r, "longrepr", ""))
-    ]
-    if skipped:
-        reporter.write_line(
-            f"!!! {len(skipped)} integration tests were SKIPPED: Mosquitto is not installed. "
-            "Fix: sudo apt-get install -y mosquitto   (then run scripts/test.sh again)",
-            red=True,
-            bold=True,
-        )
-    no_nats = [
-        r for r in reporter.stats.get("skipped", []) if NO_NATS in str(getattr(r, "longrepr", ""))
-    ]
-    if no_nats:
-        reporter.write_line(
-            f"!!! {len(no_nats)} broker conformance tests were SKIPPED: nats-server is not "
-            "installed. Fix: sudo apt-get install -y nats-server   "
-            "(then run scripts/test.sh again)",
-            red=True,
-            bold=True,
-        )
-    no_postgres = [
-        r
-        for r in reporter.stats.get("skipped", [])
-        if NO_POSTGRES in str(getattr(r, "longrepr", ""))
-    ]
-    if no_postgres:
-        reporter.write_line(
-            f"!!! {len(no_postgres)} PostgreSQL tests were SKIPPED: PostgreSQL is not installed. "
-            "Fix: sudo apt-get install -y postgresql   (then run scripts/test.sh again)",
-            red=True,
-            bold=True,
-        )
-    no_prometheus = [
-        r
-        for r in reporter.stats.get("skipped", [])
-        if NO_PROMETHEUS in str(getattr(r, "longrepr", ""))
-    ]
-    if no_prometheus:
-        reporter.write_line(
-            f"!!! {len(no_prometheus)} metrics tests were SKIPPED: Prometheus (promtool) is not "
-            "installed. Fix: sudo apt-get install -y prometheus   (then run scripts/test.sh again)",
-            red=True,
-            bold=True,
-        )
+    skips = [str(getattr(r, "longrepr", "")) for r in reporter.stats.get("skipped", [])]
+    for marker, tests, why, package in _MISSING_PEERS:
+        n = sum(marker in text for text in skips)
+        if n:
+            reporter.write_line(
+                f"!!! {n} {tests} were SKIPPED: {why}. "
+                f"Fix: sudo apt-get install -y {package}   (then run scripts/test.sh again)",
+                red=True,
+                bold=True,
+            )
