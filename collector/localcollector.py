@@ -20,7 +20,7 @@ def start_member(
     name: str,
     db: str,
     mqtt_port: int,
-    metrics_port: int,
+    metrics_port: int | None,
     *,
     log: Path,
     env: Mapping[str, str] | None = None,
@@ -29,8 +29,8 @@ def start_member(
     log_level: str = "warning",
 ) -> subprocess.Popen[bytes]:
     """``collector run --share-group group --client-id collector-<name>`` on ``db`` (a path
-    or a ``postgresql://`` URL), serving /metrics on loopback ``metrics_port``; its output
-    is appended to ``log``."""
+    or a ``postgresql://`` URL), serving /metrics on loopback ``metrics_port`` (``None``:
+    no /metrics); its output is appended to ``log``."""
     argv = [
         sys.executable,
         "-m",
@@ -46,8 +46,7 @@ def start_member(
         group,
         "--client-id",
         f"collector-{name}",
-        "--metrics-listen",
-        f"127.0.0.1:{metrics_port}",
+        *([] if metrics_port is None else ["--metrics-listen", f"127.0.0.1:{metrics_port}"]),
         "--log-level",
         log_level,
         *extra,

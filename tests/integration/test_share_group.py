@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -28,6 +27,7 @@ from agent.simulate import FleetSimulator, publish_fleet
 from collector.ingest.packets import Message
 from collector.ingest.subscriber import MqttSubscriber
 from collector.localbroker import BrokerProcess, MosquittoBroker
+from collector.localcollector import start_member
 from collector.natsbroker import NatsBroker
 from shared.topics import (
     LIVE_SUBSCRIPTION,
@@ -174,28 +174,10 @@ async def test_nats_grants_the_shared_filter_and_delivers_nothing(nats: NatsBrok
 
 @contextmanager
 def _collector_process(
-    broker: MosquittoBroker, db: Path, client_id: str, log: Path
+    broker: MosquittoBroker, db: Path, name: str, log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    argv = [
-        sys.executable,
-        "-m",
-        "collector",
-        "run",
-        "--host",
-        broker.host,
-        "--port",
-        str(broker.port),
-        "--db",
-        str(db),
-        "--share-group",
-        _GROUP,
-        "--client-id",
-        client_id,
-        "--log-level",
-        "warning",
-    ]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    """``collector run`` in the share group, client id ``collector-<name>``."""
+    proc = start_member(name, str(db), broker.port, None, log=log, group=_GROUP)
     try:
         yield proc
     finally:
@@ -223,8 +205,8 @@ async def test_sigkilled_collectors_share_is_stored_when_it_returns(
     sim = FleetSimulator(50, gpus_per_node=2, seed=5, interval_s=1)
     start = time.time() - 30
     mqtt = fast_mqtt(mosquitto)
-    with _collector_process(mosquitto, db_a, "collector-a", tmp_path / "a.log"):
-        with _collector_process(mosquitto, db_b, "collector-b", tmp_path / "b.log") as b:
+    with _collector_process(mosquitto, db_a, "a", tmp_path / "a.log"):
+        with _collector_process(mosquitto, db_b, "b", tmp_path / "b.log") as b:
             await wait_until(
                 lambda: _subscribed(db_a) and _subscribed(db_b), what="both subscribed"
             )
@@ -242,7 +224,7 @@ async def test_sigkilled_collectors_share_is_stored_when_it_returns(
         # Nothing re-routed: a stored its own half of the 200 new samples, no more.
         assert count_samples(db_a) == 200 - at_kill_b + 100
         assert count_samples(db_b) == at_kill_b
-        with _collector_process(mosquitto, db_b, "collector-b", tmp_path / "b.log"):
+        with _collector_process(mosquitto, db_b, "b", tmp_path / "b.log"):
             await wait_until(
                 lambda: count_samples(db_a) + count_samples(db_b) == 400,
                 what="b's queued share stored after its return",
