@@ -386,6 +386,9 @@ def test_file_settings_name_files_on_read_only_volumes(
         else:
             items = volume["secret"].get("items")
             assert items is None or key in [i["path"] for i in items], path
+            # A secret: not for others; for the daemon through the pod's fsGroup.
+            assert volume["secret"]["defaultMode"] & 0o077 == 0o040, path
+            assert pod_spec(workload)["securityContext"].get("fsGroup") is not None
 
 
 @pytest.mark.parametrize("daemon", DAEMONS)

@@ -145,6 +145,8 @@ Call with (dict "root" $ "web" .Values.agent.webConfig). */}}
 - name: web-config
   secret:
     secretName: {{ .web.secretName }}
+    # Its private key: the daemon's group (the pod's fsGroup) reads it, nobody else.
+    defaultMode: 0440
 {{- end }}
 {{- end -}}
 
