@@ -295,5 +295,6 @@ def test_notes_list_the_broker_users_to_create(tmp_path: Path) -> None:
         assert f"capwatch-collector-{ordinal} (reads" in notes
         assert f"capwatch-collector-{ordinal}-live (reads" in notes
     assert "capwatch-collector-3" not in notes
+    assert "kubectl get nodes -l nvidia.com/gpu.present=true -o name" in notes
     assert "http://capwatch-collector.capwatch.svc:9474/metrics" in notes
     assert "kubectl -n capwatch rollout status statefulset/capwatch-collector" in notes
