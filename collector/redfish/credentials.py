@@ -1,8 +1,10 @@
 """The BMCs' user names and passwords: ``redfish.credentials_file``.
 
-A TOML (``.toml``) or JSON (``.json``) file, readable by the collector's user only (mode
-0600 or 0400: a file group or others can read is refused, as OpenSSH refuses a private
-key)::
+A TOML (``.toml``) or JSON (``.json``) file that others cannot read and group cannot write
+(0600, 0400, or 0440/0640 for a group of the collector's own: a Kubernetes Secret volume with the
+pod's ``fsGroup`` is mounted 0440 whatever its ``defaultMode``, the kubelet adding group read
+for that group); a file others can read, or group can write, is refused, as OpenSSH refuses a
+private key::
 
     [default]                       # every BMC without its own entry
     username = "capwatch"
@@ -107,9 +109,9 @@ def load_credentials(path: Path) -> Credentials:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"setting '{_FIELD}' ({path}) is not a regular file", field=_FIELD)
         mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
+        if mode & 0o027:  # others: any access; group: write (group read: see the docstring)
             raise ConfigError(
-                f"setting '{_FIELD}' ({path}) is readable or writable by group or others "
+                f"setting '{_FIELD}' ({path}) is readable by others or writable by group "
                 f"(mode {mode:04o}): it holds passwords; chmod 600 {path}",
                 field=_FIELD,
             )

@@ -111,13 +111,24 @@ def test_credentials_by_node_then_default(tmp_path: Path) -> None:
         assert "pw" not in repr(creds) + repr(n1)
 
 
-def test_a_credentials_file_others_can_read_is_refused(tmp_path: Path) -> None:
-    """Mode 0644: refused with the chmod that fixes it."""
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660, 0o620])
+def test_a_credentials_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """Readable by others or writable by group: refused with the chmod that fixes it."""
     path = write_credentials(
-        tmp_path / "c.toml", {"default": {"username": "u", "password": "p"}}, mode=0o644
+        tmp_path / "c.toml", {"default": {"username": "u", "password": "p"}}, mode=mode
     )
-    with pytest.raises(ConfigError, match=r"mode 0644.*chmod 600"):
+    with pytest.raises(ConfigError, match=rf"mode {mode:04o}.*chmod 600"):
         load_credentials(path)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o440, 0o640])
+def test_a_credentials_file_its_group_can_read_is_taken(tmp_path: Path, mode: int) -> None:
+    """0440 is how a Kubernetes Secret volume with the pod's fsGroup arrives."""
+    path = write_credentials(
+        tmp_path / "c.toml", {"default": {"username": "u", "password": "p"}}, mode=mode
+    )
+    creds = load_credentials(path)
+    assert creds.of("any") is not None
 
 
 @pytest.mark.parametrize(
