@@ -141,17 +141,8 @@ def allocated_days(
     return out
 
 
-_MEASURED: Final = (
-    "busy_gpu_hours",
-    "used_gpu_hours",
-    "reported_gpu_hours",
-    "gpu_kwh",
-    "cpu_kwh",
-    "node_kwh",
-    "model_rows",
-    "parts_rows",
-    "measured_rows",
-)
+_MEASURED: Final = (*_SUMMED[1:7], "model_rows", "parts_rows", "measured_rows")
+"""What the ledger measured of a group (all but allocated and the costs)."""
 
 
 def billed_days(
