@@ -51,7 +51,7 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -67,9 +67,6 @@ from collector.store.partials import (
 )
 from collector.store.query import Query, single
 
-if TYPE_CHECKING:
-    from shared.schema import GpuSample
-
 __all__ = [
     "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
@@ -81,6 +78,7 @@ __all__ = [
     "STAGED_SQL",
     "STAGE_SQL",
     "UPSERT_SQL",
+    "GpuReading",
     "RollupConfig",
     "gpu_points",
     "gpu_records",
@@ -108,7 +106,25 @@ class RollupConfig:
     enabled: bool = True
 
 
-def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
+class GpuReading(Protocol):
+    """What :func:`pack_gpus` reads of a GPU: a :class:`~shared.schema.GpuSample`, or a
+    struct that decodes only these (a read of stored payloads)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def util_pct(self) -> float | None: ...
+    @property
+    def power_w(self) -> float | None: ...
+    @property
+    def power_interval_w(self) -> float | None: ...
+    @property
+    def temp_c(self) -> float | None: ...
+    @property
+    def mem_used_bytes(self) -> int | None: ...
+
+
+def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
     """One sample's GPUs as the rollups read them: five doubles per GPU (index, utilisation %,
     power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory used
     bytes; NaN for unreported). Bytes, not a list of tuples: a queued row then holds no
