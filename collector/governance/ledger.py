@@ -7,10 +7,14 @@ part of the hour (leases start and end at midnight in their own zone) gets that 
 the hour: of the allocated GPU-hours exactly, and of what the node measured in the hour
 (busy and utilisation-weighted GPU-hours, energy) in proportion; the rest of the hour is a
 row of no lease (``tenant`` NULL), so the tenants' rows and the unleased rows add up to the
-fleet's.
+fleet's. A row's pool is the lease's pool, else the pool the node was in at the start of the
+hour (:class:`~collector.store.ledger.PoolHistory`: a node moved at 10:20 counts in its new
+pool from 11:00), not its pool now.
 
 * allocated GPU-hours: the node's GPUs (inventory, else the most its samples reported) x
-  the hours the lease held it, whether the node reported or not;
+  the hours the lease held it, whether the node reported or not, in the hours this job
+  computed (``collector usage`` bills each lease's whole contract instead, hours no
+  collector ran included: :func:`collector.governance.billing.allocated_days`);
 * busy GPU-hours: GPUs at or above ``governance.busy_util_pct`` x their time, as rolled up;
 * used GPU-hours: GPUs x mean utilisation x time (the quotas' measured basis);
 * GPU energy from the GPUs' interval power (energy counter), CPU energy from RAPL;
