@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -34,16 +35,19 @@ def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _three_days(db: StoreTarget, seed: int) -> list[Sample]:
-    """One 2-GPU node sampled every 10 minutes for three days, through the store's write
-    path; raw samples kept for the last day only (the retention job deleted the rest),
-    rollups for all. Returns the samples sent."""
+    """One 2-GPU node sampled every 10 minutes for three days (GPU 1 at 90 % throughout,
+    so the two GPUs differ), through the store's write path; raw samples kept for the last
+    day only (the retention job deleted the rest), rollups for all. Returns the samples
+    sent."""
     now = time.time()
     sim = FleetSimulator(1, gpus_per_node=2, seed=seed, interval_s=600)
     start = (now - DAYS * 86_400) // 3600 * 3600 + 3600
     samples = []
     t, k = start, 0
     while t < now - 60:
-        samples.append(sim.sample(0, t, k))
+        s = sim.sample(0, t, k)
+        gpus = (s.gpus[0], msgspec.structs.replace(s.gpus[1], util_pct=90.0))
+        samples.append(msgspec.structs.replace(s, gpus=gpus))
         t += 600
         k += 1
     async with Store(db, rollups=RollupConfig()) as store:
@@ -173,6 +177,8 @@ def test_gpu_history_reads_rollups_then_raw_samples_per_gpu(
             assert p["util_pct"] == pytest.approx(util, rel=1e-5)
             assert p["energy_j"] == pytest.approx(energy, rel=1e-5)
             assert p["util_min_pct"] <= p["util_pct"] <= p["util_max_pct"]
+    assert {p["util_pct"] for p in points if p["gpu"] == 1} == {90.0}
+    assert all(p["util_pct"] < 90 for p in points if p["gpu"] == 0)
 
 
 def test_gpu_history_raw_steps_mean_what_the_rollups_do(
