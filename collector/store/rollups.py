@@ -55,6 +55,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
+from collector.nodefacts import GpuPower, gpu_power_w
 from collector.store.partials import (
     F64,
     GPU_COLUMNS,
@@ -106,7 +107,7 @@ class RollupConfig:
     enabled: bool = True
 
 
-class GpuReading(Protocol):
+class GpuReading(GpuPower, Protocol):
     """What :func:`pack_gpus` reads of a GPU: a :class:`~shared.schema.GpuSample`, or a
     struct that decodes only these (a read of stored payloads)."""
 
@@ -114,10 +115,6 @@ class GpuReading(Protocol):
     def index(self) -> int: ...
     @property
     def util_pct(self) -> float | None: ...
-    @property
-    def power_w(self) -> float | None: ...
-    @property
-    def power_interval_w(self) -> float | None: ...
     @property
     def temp_c(self) -> float | None: ...
     @property
@@ -129,8 +126,6 @@ def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
     power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory used
     bytes; NaN for unreported). Bytes, not a list of tuples: a queued row then holds no
     objects the garbage collector tracks."""
-    from collector.nodefacts import gpu_power_w  # noqa: PLC0415 (the schema's import)
-
     values = array("d")
     for g in gpus:
         w = gpu_power_w(g)
