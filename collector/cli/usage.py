@@ -147,14 +147,13 @@ def read_days(
     lease's allocated GPU-hours those of its contract up to ``now`` (default: the clock),
     as :func:`collector.governance.billing.usage_report` reads them."""
     from collector.governance.billing import allocated_days, billed_days  # noqa: PLC0415
-    from collector.store.governance import governance  # noqa: PLC0415
-    from collector.store.ledger import ledger_days, pool_history  # noqa: PLC0415
+    from collector.store.ledger import leases_held, ledger_days, pool_history  # noqa: PLC0415
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
     days = reader.run(ledger_days(since, until, tenant=tenant, lease=lease, pool=pool))
     gpus = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
     allocated = allocated_days(
-        reader.run(governance()).leases,
+        reader.run(leases_held()),
         gpus,
         reader.run(pool_history(since)),
         since,

@@ -28,12 +28,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collector.governance.state import Lease
     from collector.store.ledger import PoolHistory
 
 __all__ = [
     "BY",
     "By",
+    "Contract",
     "GroupKey",
     "Prices",
     "allocated_days",
@@ -81,6 +81,21 @@ def period_label(day: int, by: By) -> str:
     return f"{d.year}-{d.month:02d}"
 
 
+class Contract(Protocol):
+    """What a bill reads of a lease: a :class:`~collector.governance.state.Lease`, or the
+    lease table's row (:class:`~collector.store.ledger.LeaseHeld`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def pool(self) -> str | None: ...
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+    def interval(self) -> tuple[float, float | None]: ...
+
+
 GroupKey = tuple[int, str, str, str]
 """(UTC day number, tenant, lease, pool): one group of the ledger's daily sums."""
 _DAY_S: Final = 86_400
@@ -104,7 +119,7 @@ def _days(lo: float, hi: float) -> Iterable[tuple[int, float, float]]:
 
 
 def allocated_days(
-    leases: Iterable[Lease],
+    leases: Iterable[Contract],
     gpus: Mapping[str, int],
     pools: PoolHistory,
     since: float,

@@ -36,9 +36,11 @@ __all__ = [
     "LEDGER_AT_KEY",
     "LEDGER_COLUMNS",
     "LEDGER_RETENTION_SQL",
+    "LeaseHeld",
     "LedgerRow",
     "PoolHistory",
     "dirty_hours",
+    "leases_held",
     "ledger_at",
     "ledger_days",
     "pool_history",
@@ -159,6 +161,46 @@ def pool_history(since: float) -> Query[PoolHistory]:
             ("SELECT node, ts, from_pool FROM pool_moves WHERE ts > ? ORDER BY ts, id", (first,)),
         ),
         lambda results: PoolHistory({r[0]: r[1] for r in results[0]}, results[1]),
+    )
+
+
+class LeaseHeld(NamedTuple):
+    """A lease as its bill reads it: who, which pool, when (the instants the lease table
+    keeps, :func:`collector.governance.lease.instants`), which nodes."""
+
+    name: str
+    tenant: str
+    pool: str | None
+    start_at: float
+    end_at: float | None
+    """``None``: open-ended (renewing without notice)."""
+    nodes: tuple[str, ...]
+
+    def interval(self) -> tuple[float, float | None]:
+        """The instants it holds its nodes between."""
+        return self.start_at, self.end_at
+
+
+def leases_held() -> Query[list[LeaseHeld]]:
+    """Every lease with its nodes, by id: two short reads, none of the governance model
+    (``collector usage`` loads no quota arithmetic)."""
+
+    def build(results: list[list[Any]]) -> list[LeaseHeld]:
+        nodes: dict[int, list[str]] = {}
+        for lease_id, node in results[1]:
+            nodes.setdefault(int(lease_id), []).append(node)
+        return [
+            LeaseHeld(r[1], r[2], r[3], float(r[4]), None if r[5] is None else float(r[5]),
+                      tuple(nodes.get(int(r[0]), ())))
+            for r in results[0]
+        ]  # fmt: skip
+
+    return Query(
+        (
+            ("SELECT id, name, tenant, pool, start_at, end_at FROM leases ORDER BY id", ()),
+            ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
+        ),
+        build,
     )
 
 
