@@ -15,12 +15,19 @@ Prints figures (targets in issue 17, not pass/fail):
     stored, folded, then the raw samples deleted) and the usage ledger made by
     :func:`collector.governance.ledger.ledger_rows`
     (50 tenants, one lease of 20 nodes each), then whole processes, median of 5:
-    ``collector usage --month`` and ``collector query --node N --since 30d --step 1h``.
+    ``collector usage --month``, ``collector query --node N --since 30d --step 1h`` and
+    the same with ``--gpus`` (each of the node's 8 GPUs per hour, from rollups alone).
+``gpus``
+    One 8-GPU node through the real path (encoded samples, stage, fold): 29 days at 60 s,
+    then a day at 5 s kept raw (17,280 samples; the older deleted as retention does), then
+    whole processes, median of 5: ``collector query --node N --gpus --since 30d --step 1h``
+    (29 days of 1-hour rollups, a day of raw payloads decoded) and, for comparison, the
+    node's own ``--since 30d --step 1h``.
 
 The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
 ``CAPWATCH_ROLLUPS__ENABLED=false|true``.
 
-Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|all]``
+Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|gpus|all]``
 """
 
 from __future__ import annotations
@@ -204,6 +211,41 @@ async def reads(db: Path) -> None:
         "(median of 5, whole process)"
     )
     print(f"reads: collector query --node N --since 40d --step 1h --json: {query:.0f} ms")
+    gpu_ms = _median_ms(
+        [str(BIN / "collector"), "query", "--db", str(db), "--node", names[0], "--gpus",
+         "--since", "30d", "--step", "1h", "--json"]
+    )  # fmt: skip
+    print(f"reads: collector query --node N --gpus --since 30d --step 1h --json: {gpu_ms:.0f} ms")
+
+
+async def gpu_reads(db: Path) -> None:
+    """query --gpus --since 30d --step 1h over rollups and a day of raw samples at 5 s."""
+    sim = FleetSimulator(1, gpus_per_node=8, seed=11, interval_s=5)
+    node = sim.node_ids[0]
+    now = time.time()
+    raw_from = now - 86_400
+    t, k = raw_from - 29 * 86_400, 0
+    async with Store(db, rollups=RollupConfig(), synchronous="normal") as st:
+        while t < now:
+            batch = []
+            for _ in range(4000):
+                if t >= now:
+                    break
+                s = sim.sample(0, t, k)
+                batch.append(sample_row(s, encode(s), t))
+                t, k = t + (5 if t >= raw_from else 60), k + 1
+            await st.write_batch(batch, new_nodes=[node] if k <= 4000 else ())
+            await st.fold_rollups()
+        await st.delete_older_than(round(raw_from * 1000), 1 << 30)
+        (raw,) = (await st.fetchall("SELECT count(*) FROM samples"))[0]
+    base = [str(BIN / "collector"), "query", "--db", str(db), "--node", node, "--since", "30d"]
+    gpus = _median_ms([*base, "--gpus", "--step", "1h", "--json"])
+    table = _median_ms([*base, "--gpus", "--step", "1h"])
+    own = _median_ms([*base, "--step", "1h", "--json"])
+    print(f"gpus: one 8-GPU node, 29 days of rollups + {raw:,} raw samples (a day at 5 s)")
+    print(f"gpus: collector query --node N --gpus --since 30d --step 1h --json: {gpus:.0f} ms")
+    print(f"gpus: the same as a table: {table:.0f} ms")
+    print(f"gpus: collector query --node N --since 30d --step 1h --json: {own:.0f} ms")
 
 
 def main() -> None:
@@ -211,8 +253,9 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--part", choices=("cost", "bytes", "reads", "all"), default="all")
+    p.add_argument("--part", choices=("cost", "bytes", "reads", "gpus", "all"), default="all")
     p.add_argument("--db", type=Path, help="reads: build the store here (default: a temp dir)")
+    p.add_argument("--gpus-db", type=Path, help="gpus: build the store here (default: a temp dir)")
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.part in ("cost", "all"):
@@ -222,6 +265,9 @@ def main() -> None:
     if args.part in ("reads", "all"):
         with tempfile.TemporaryDirectory() as d:
             asyncio.run(reads(args.db or Path(d) / "month.db"))
+    if args.part in ("gpus", "all"):
+        with tempfile.TemporaryDirectory() as d:
+            asyncio.run(gpu_reads(args.gpus_db or Path(d) / "gpus.db"))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:  # annotations only: `collector query` (states only) does not load the
     # wire schema's msgspec
-    from shared.schema import GpuSample, Sample
+    from shared.schema import Sample
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
@@ -205,7 +205,17 @@ DEFAULT_STALENESS: Final = Staleness()
 """The defaults (immutable: a safe default argument)."""
 
 
-def gpu_power_w(gpu: GpuSample) -> float | None:
+class GpuPower(Protocol):
+    """A GPU's two power readings: a :class:`~shared.schema.GpuSample`, or a struct that
+    decodes only what it reads."""
+
+    @property
+    def power_w(self) -> float | None: ...
+    @property
+    def power_interval_w(self) -> float | None: ...
+
+
+def gpu_power_w(gpu: GpuPower) -> float | None:
     """One GPU's power: interval power when reported, else the instantaneous reading."""
     w = gpu.power_interval_w
     return gpu.power_w if w is None else w

@@ -185,11 +185,10 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
     import datetime as dt  # noqa: PLC0415
 
     from collector.cli._args import settings_from_args  # noqa: PLC0415
-    from collector.cli.usage import period_window  # noqa: PLC0415
+    from collector.cli.usage import period_window, read_days  # noqa: PLC0415
     from collector.governance.billing import usage_report  # noqa: PLC0415
     from collector.plot.ledger import ledger_figure  # noqa: PLC0415
     from collector.store.governance import governance  # noqa: PLC0415
-    from collector.store.ledger import ledger_days  # noqa: PLC0415
 
     since, until = period_window(args.month, args.start, args.end)
     if not reader.has_table("usage_daily"):
@@ -204,7 +203,7 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
             field="--tenant",
         )
     report = usage_report(
-        reader.run(ledger_days(since, until, tenant=args.tenant)),
+        read_days(reader, since, until, tenant=args.tenant),
         "day",
         settings_from_args(args).billing,
     )

@@ -37,7 +37,10 @@ Answers from the collector's store (works while the collector runs).
   --gpus        one row per GPU from each node's latest sample (with --node: that node),
                 with the jobs (Slurm job id, namespace/pod) that have a process on it;
                 a GPU in MIG mode is followed by a row per MIG device (profile, GPU
-                instance id, memory; NVML reports no utilisation for MIG devices)
+                instance id, memory; NVML reports no utilisation for MIG devices).
+                With --node and --since (or --step): that node's GPUs' history, a row
+                per step and GPU (utilisation, power, temperature, memory, energy), from
+                raw samples and rollups as --step says below
   --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
                 utilisation, power, GPU-hours so far (GPUs held x time since the job's
                 first GPU process started on each node), most GPUs first
@@ -63,6 +66,7 @@ examples:
   collector query --node x1000c0s0b0n0 --gaps --since 1d
   collector query --rejected --since 24h --json
   collector query --node x1000c0s0b0n0 --since 30d --step 1h
+  collector query --node x1000c0s0b0n0 --gpus --since 30d --step 1h --json
   collector query --since 7d --json
 
 exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
@@ -159,12 +163,21 @@ def run(args: argparse.Namespace) -> int:
     if args.gaps and args.node is None:
         raise ConfigError("--gaps needs --node NODE: the node whose gaps to list", field="--gaps")
     step_s = None if args.step is None else _step(args.step)
-    if step_s is not None and (args.gaps or args.rejected or args.gpus):
-        raise ConfigError("--step goes with --since and --node, or alone", field="--step")
+    if step_s is not None and (args.gaps or args.rejected):
+        raise ConfigError(
+            "--step goes with --since and --node (and --gpus), or alone", field="--step"
+        )
+    gpu_history = args.gpus and (since_s is not None or step_s is not None)
+    if gpu_history and args.node is None:
+        raise ConfigError(
+            "--gpus with --since or --step is one node's GPU history: add --node NODE",
+            field="--node",
+        )
     now = time.time()
     with StoreReader(settings.store_target) as store:
-        if not (args.gaps or args.rejected or args.gpus) and _wants_history(
-            store, args.node, since_s, step_s, now
+        if gpu_history or (
+            not (args.gaps or args.rejected or args.gpus)
+            and _wants_history(store, args.node, since_s, step_s, now)
         ):
             _history(store, args, since_s, step_s, now)
         elif args.gaps:
@@ -230,42 +243,30 @@ def _history(
     step_s: int | None,
     now: float,
 ) -> None:
-    from collector.store.series import history  # noqa: PLC0415
+    """A node's or the fleet's history, or with --gpus a node's GPUs'."""
+    from collector.store.series import gpu_history, history  # noqa: PLC0415
 
-    window = _SINCE_DEFAULT_NODE_S if since_s is None else since_s
-    if step_s is None:
-        step_s = _HOUR_S if window > _TWO_DAYS_S else _MINUTE_S
-    result = history(store, now - window, now, step_s, node=args.node)
+    window, step_s = _window(since_s, step_s)
+    if args.gpus:
+        result = gpu_history(store, args.node, now - window, now, step_s)
+    else:
+        result = history(store, now - window, now, step_s, node=args.node)
     result = {"node": args.node, "since_s": window, **result}
     if args.json:
         print_json(result)
-        return
-    _print_history(result)
+    elif args.gpus:
+        _print_gpu_history(result)
+    else:
+        _print_history(result)
 
 
 def _print_history(result: dict[str, Any]) -> None:
-    import datetime as dt  # noqa: PLC0415
-
-    def utc(t: float) -> str:
-        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
-
     subject = f"node {result['node']}" if result["node"] else "fleet"
-    names = {"raw": "raw samples", "1m": "1-minute rollups", "1h": "1-hour rollups"}
-    sources = [names[s] for s in result["sources"]]
-    print(
-        f"{subject}, step {format_exact(result['step_s'] * 1000)}: "
-        + (" then ".join(sources) if sources else "no data")
-        + (
-            f" (raw from {utc(result['raw_from'])} UTC)"
-            if "raw" in result["sources"] and len(sources) > 1
-            else ""
-        )
-    )
-    if not result["points"]:
+    if not _print_sources(subject, result):
         return
     print(
         render_table(
-            [{**p, "time": utc(p["t"])} for p in result["points"]],
+            [{**p, "time": _utc(p["t"])} for p in result["points"]],
             [
                 Column("time", "TIME (UTC)", align_right=False),
                 Column("source", "SOURCE", align_right=False),
@@ -276,6 +277,77 @@ def _print_history(result: dict[str, Any]) -> None:
             ],
         )
     )
+
+
+def _print_gpu_history(result: dict[str, Any]) -> None:
+    if _print_sources(f"node {result['node']} GPUs {_ranges(result['gpus'])}", result):
+        print(
+            render_table(
+                [
+                    {**p, "time": _utc(p["t"]), "kwh": p["energy_j"] / 3.6e6}
+                    for p in result["points"]
+                ],
+                [
+                    Column("time", "TIME (UTC)", align_right=False),
+                    Column("source", "SOURCE", align_right=False),
+                    Column("gpu", "GPU"),
+                    Column("samples", "SAMPLES"),
+                    Column("util_pct", "UTIL", _pct),
+                    Column("util_max_pct", "UTIL MAX", _pct),
+                    Column("power_w", "POWER", format_watts),
+                    Column("power_max_w", "POWER MAX", format_watts),
+                    Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
+                    Column("temp_max_c", "TEMP MAX", lambda v: f"{v:.0f}C"),
+                    Column("mem_used_bytes", "MEM USED", format_bytes),
+                    Column("kwh", "ENERGY", lambda v: f"{v:.3f} kWh"),
+                ],
+            )
+        )
+    if result["unreadable_samples"]:
+        print(f"{result['unreadable_samples']} raw samples left out: their GPUs could not be read")
+
+
+def _window(since_s: float | None, step_s: int | None) -> tuple[float, int]:
+    """History's window (--since, default 15m) and step (--step, else 1h past two days,
+    else 1m)."""
+    window = _SINCE_DEFAULT_NODE_S if since_s is None else since_s
+    if step_s is None:
+        step_s = _HOUR_S if window > _TWO_DAYS_S else _MINUTE_S
+    return window, step_s
+
+
+def _utc(t: float) -> str:
+    import datetime as dt  # noqa: PLC0415
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _ranges(ids: list[int]) -> str:
+    """``0-3,6``: sorted indexes as runs."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or "-"
+
+
+def _print_sources(subject: str, result: dict[str, Any]) -> bool:
+    """A history's first line: its step and sources (where raw begins when both); whether
+    it has points to list."""
+    names = {"raw": "raw samples", "1m": "1-minute rollups", "1h": "1-hour rollups"}
+    sources = [names[s] for s in result["sources"]]
+    print(
+        f"{subject}, step {format_exact(result['step_s'] * 1000)}: "
+        + (" then ".join(sources) if sources else "no data")
+        + (
+            f" (raw from {_utc(result['raw_from'])} UTC)"
+            if "raw" in result["sources"] and len(sources) > 1
+            else ""
+        )
+    )
+    return bool(result["points"])
 
 
 def _pct(v: float) -> str:

@@ -1,7 +1,9 @@
 """``collector usage``: who held and used what, from the usage ledger, with cost.
 
-Argument handling and output only: the sums are :func:`collector.store.ledger.ledger_days`,
-the folding and pricing :func:`collector.governance.billing.usage_report`.
+Argument handling and output only: the reads are :func:`read_days` (the ledger's sums,
+:func:`collector.store.ledger.ledger_days`, with the leases' allocation,
+:func:`collector.governance.billing.allocated_days`), the folding and pricing
+:func:`collector.governance.billing.usage_report`.
 """
 
 from __future__ import annotations
@@ -11,22 +13,28 @@ import calendar
 import csv
 import datetime as dt
 import sys
-from typing import Any, Final
+import time
+from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, settings_from_args
 from collector.cli._render import Column, print_json, render_table
 from shared.errors import ConfigError
 
-__all__ = ["add_parser", "period_window", "run"]
+if TYPE_CHECKING:
+    from collector.store.reader import StoreReader
+
+__all__ = ["add_parser", "period_window", "read_days", "run"]
 
 _DESCRIPTION: Final = """\
 GPU-hours, energy and cost per tenant from the usage ledger (the collector keeps it per
 hour and node from the rollups and the leases in force each hour).
 
-  allocated    GPUs of the leased nodes x the hours the lease held them
-  busy         GPU-hours at or above governance.busy_util_pct
-  utilisation  busy / allocated; idle leased = allocated - busy
+  allocated    GPUs of the lease's nodes x the hours the lease was in force (the lease
+               table: billed whether or not a collector ran or a node reported)
+  busy         GPU-hours at or above governance.busy_util_pct (measured)
+  utilisation  busy / allocated; idle leased = allocated - busy (unseen hours count idle)
+  coverage     GPU-hours the samples covered / allocated: where monitoring had a gap
   energy       GPU (energy counters), CPU (RAPL), node: measured where reported, else the
                capacity plan's model of the node type, else GPU + CPU ('basis' says which)
   cost         allocated GPU-hours x the [billing] price (by lease, else tenant, else
@@ -50,6 +58,7 @@ _COLUMNS: Final = (
     "allocated_gpu_hours",
     "busy_gpu_hours",
     "utilisation_pct",
+    "coverage_pct",
     "idle_leased_gpu_hours",
     "used_gpu_hours",
     "gpu_kwh",
@@ -124,10 +133,41 @@ def period_window(month: str | None, start: str | None, end: str | None) -> tupl
     return since, until
 
 
+def read_days(
+    reader: StoreReader,
+    since: float,
+    until: float,
+    *,
+    tenant: str | None = None,
+    lease: str | None = None,
+    pool: str | None = None,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """The ledger's sums per UTC day, tenant, lease and pool over [since, until), each
+    lease's allocated GPU-hours those of its contract up to ``now`` (default: the clock),
+    as :func:`collector.governance.billing.usage_report` reads them."""
+    from collector.governance.billing import allocated_days, billed_days  # noqa: PLC0415
+    from collector.store.ledger import leases_held, ledger_days, pool_history  # noqa: PLC0415
+    from collector.store.usage import node_hardware  # noqa: PLC0415
+
+    days = reader.run(ledger_days(since, until, tenant=tenant, lease=lease, pool=pool))
+    gpus = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
+    allocated = allocated_days(
+        reader.run(leases_held()),
+        gpus,
+        reader.run(pool_history(since)),
+        since,
+        min(until, time.time() if now is None else now),
+        tenant=tenant,
+        lease=lease,
+        pool=pool,
+    )
+    return billed_days(days, allocated)
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the usage rows and totals; exit 0, or 2 with one line on a bad flag."""
     from collector.governance.billing import usage_report  # noqa: PLC0415
-    from collector.store.ledger import ledger_days  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     since, until = period_window(args.month, args.start, args.end)
@@ -139,9 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 "`collector run` once to migrate it",
                 field="--db",
             )
-        days = reader.run(
-            ledger_days(since, until, tenant=args.tenant, lease=args.lease, pool=args.pool)
-        )
+        days = read_days(reader, since, until, tenant=args.tenant, lease=args.lease, pool=args.pool)
     report = usage_report(days, args.by, settings.billing)
     report = {"since": since, "until": until, "by": args.by, **report}
     if args.json:
@@ -153,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print(report)
     return 0
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}%"
 
 
 def _num(v: float | None) -> str:
@@ -174,7 +216,8 @@ def _print(report: dict[str, Any]) -> None:
                     Column("tenant", "TENANT", align_right=False),
                     Column("allocated_gpu_hours", "ALLOC GPU-H", _num),
                     Column("busy_gpu_hours", "BUSY GPU-H", _num),
-                    Column("utilisation_pct", "UTIL", lambda v: f"{v:.1f}%"),
+                    Column("utilisation_pct", "UTIL", _pct),
+                    Column("coverage_pct", "COVERAGE", _pct),
                     Column("idle_leased_gpu_hours", "IDLE GPU-H", _num),
                     Column("gpu_kwh", "GPU KWH", _num),
                     Column("cpu_kwh", "CPU KWH", _num),
@@ -186,7 +229,8 @@ def _print(report: dict[str, Any]) -> None:
         )
     f = report["fleet"]
     print(
-        f"fleet: {_num(f['allocated_gpu_hours'])} GPU-hours allocated, "
+        f"fleet: {_num(f['allocated_gpu_hours'])} GPU-hours allocated ("
+        f"{'-' if f['coverage_pct'] is None else _pct(f['coverage_pct'])} covered by samples), "
         f"{_num(f['reported_gpu_hours'])} reported, {_num(f['node_kwh'])} kWh "
         f"({f['node_kwh_basis']})"
     )

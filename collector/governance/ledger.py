@@ -7,10 +7,14 @@ part of the hour (leases start and end at midnight in their own zone) gets that 
 the hour: of the allocated GPU-hours exactly, and of what the node measured in the hour
 (busy and utilisation-weighted GPU-hours, energy) in proportion; the rest of the hour is a
 row of no lease (``tenant`` NULL), so the tenants' rows and the unleased rows add up to the
-fleet's.
+fleet's. A row's pool is the lease's pool, else the pool the node was in at the start of the
+hour (:class:`~collector.store.ledger.PoolHistory`: a node moved at 10:20 counts in its new
+pool from 11:00), not its pool now.
 
 * allocated GPU-hours: the node's GPUs (inventory, else the most its samples reported) x
-  the hours the lease held it, whether the node reported or not;
+  the hours the lease held it, whether the node reported or not, in the hours this job
+  computed (``collector usage`` bills each lease's whole contract instead, hours no
+  collector ran included: :func:`collector.governance.billing.allocated_days`);
 * busy GPU-hours: GPUs at or above ``governance.busy_util_pct`` x their time, as rolled up;
 * used GPU-hours: GPUs x mean utilisation x time (the quotas' measured basis);
 * GPU energy from the GPUs' interval power (energy counter), CPU energy from RAPL;
@@ -38,12 +42,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from collector.governance.billing import in_force
 from collector.governance.state import Governance
 from collector.store.ledger import (
     LedgerRow,
     dirty_hours,
     ledger_at,
-    pool_of_nodes,
+    pool_history,
     write_ledger,
 )
 from collector.store.rollups import HOUR, hour_rows
@@ -138,8 +143,8 @@ def _holders(gov: Governance, start: float, end: float) -> dict[str, list[_Share
     """Node -> (lease, tenant, pool, hours held) of each lease holding it in [start, end)."""
     out: dict[str, list[_Share]] = {}
     for lease in gov.leases:
-        s, e = lease.interval()
-        held = (min(end, math.inf if e is None else e) - max(start, s)) / 3600.0
+        lo, hi = in_force(lease.interval(), start, end)
+        held = (hi - lo) / 3600.0
         if held <= 0:
             continue
         for node in lease.nodes:
@@ -158,7 +163,8 @@ def ledger_rows(
     now: float = math.inf,
 ) -> list[LedgerRow]:
     """The ledger rows of ``hour`` (see the module docstring). ``gpus``: node -> its GPUs
-    by its inventory; ``pools``: node -> its pool now; ``model``: node -> its type's power
+    by its inventory; ``pools``: node -> its pool during the hour (its pool at the hour's
+    start, :class:`~collector.store.ledger.PoolHistory`); ``model``: node -> its type's power
     model (``None``: no capacity plan, or its type is unknown); ``now``: the hour counts
     only up to it (the current hour is allocated as far as it has gone)."""
     end = min(hour + HOUR, now)
@@ -265,14 +271,22 @@ class LedgerJob:
         hours = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
         hours = hours[: self._max_hours]
         hardware = await store.run(node_hardware())
-        pools = await store.run(pool_of_nodes())
+        pools = await store.run(pool_history(min(hours, default=current)))
         gpus = {n: h.gpus for n, h in hardware.items()}
         gov = self._governance()
         rows: list[LedgerRow] = []
         for hour in hours:
             rollups = node_hours(await store.run(hour_rows(hour, hour + HOUR)))
             rows.extend(
-                ledger_rows(hour, rollups, gov, gpus=gpus, pools=pools, model=self._model, now=now)
+                ledger_rows(
+                    hour,
+                    rollups,
+                    gov,
+                    gpus=gpus,
+                    pools=pools.at_hour(hour),
+                    model=self._model,
+                    now=now,
+                )
             )
         log.info("ledger_computed", hours=len(hours), rows=len(rows))
         done = tuple(d for d in dirty if d[0] in set(hours))

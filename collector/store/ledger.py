@@ -8,13 +8,22 @@ each hour rewritten takes its old rows' sums out and adds its new ones (so keepi
 the hour's rows, not the day's). Reads are :class:`~collector.store.query.Query` objects for
 ``collector usage`` and for the quota's measured basis; whole days read the daily sums.
 
+The pool an hour counts in is the node's pool at the start of that hour
+(:class:`PoolHistory`, from ``pool_nodes`` and the ``pool_moves`` that ``collector pool``
+records): a node moved at 10:20 counts in its old pool until 11:00, in its new one from
+then. Hours are the ledger's grain, and splitting one would make two rows of no lease for one
+node and hour; pools move by an operator's command, rarely, so the hour a move falls in
+is the whole error.
+
 Portable SQL (``ON CONFLICT``; no SQLite-only functions).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.store.query import Query, first_value, single
@@ -27,11 +36,14 @@ __all__ = [
     "LEDGER_AT_KEY",
     "LEDGER_COLUMNS",
     "LEDGER_RETENTION_SQL",
+    "LeaseHeld",
     "LedgerRow",
+    "PoolHistory",
     "dirty_hours",
+    "leases_held",
     "ledger_at",
     "ledger_days",
-    "pool_of_nodes",
+    "pool_history",
     "tenant_used_hours",
     "write_ledger",
 ]
@@ -85,9 +97,111 @@ def dirty_hours() -> Query[list[tuple[int, int]]]:
     )
 
 
-def pool_of_nodes() -> Query[dict[str, str]]:
-    """Node -> its pool now, for the nodes in one (the ledger's pool of an unleased node)."""
-    return single("SELECT node, pool FROM pool_nodes", (), lambda rows: {r[0]: r[1] for r in rows})
+_HOUR: Final = 3600
+_FREE: Final = "free"
+"""The pool of a node in none (:data:`collector.store.pools.FREE`)."""
+
+
+class PoolHistory:
+    """Which pool each node counted in, hour by hour: its pool at the start of the hour.
+
+    Made of the pools now (``pool_nodes``) and the moves recorded since some instant
+    (``pool_moves``): before a move, a node was in the move's ``from_pool``. A move at
+    ``ts`` counts from the first hour that starts at or after ``ts``.
+    """
+
+    def __init__(
+        self, now: Mapping[str, str] | None = None, moves: Iterable[Sequence[Any]] = ()
+    ) -> None:
+        """``now``: node -> its pool now (nodes in none left out); ``moves``: (node, ts,
+        from_pool) in the order they were made."""
+        self._now = dict(now or {})
+        self._moves: dict[str, tuple[list[float], list[str]]] = {}
+        for node, ts, from_pool in moves:
+            starts, pools = self._moves.setdefault(node, ([], []))
+            starts.append(math.ceil(float(ts) / _HOUR) * _HOUR)
+            pools.append(from_pool)
+
+    def at(self, node: str, t: float) -> str:
+        """The pool ``node`` counts in at instant ``t`` (``free``: in none)."""
+        moved = self._moves.get(node)
+        if moved is not None:
+            starts, pools = moved
+            i = bisect.bisect_right(starts, t)  # the first move that counts after t
+            if i < len(starts):
+                return pools[i]
+        return self._now.get(node, _FREE)
+
+    def spans(self, node: str, since: float, until: float) -> list[tuple[float, float, str]]:
+        """(start, end, pool): ``node``'s pools over [since, until), in time order."""
+        moved = self._moves.get(node)
+        cuts = [t for t in (moved[0] if moved else ()) if since < t < until]
+        edges = [since, *sorted(set(cuts)), until]
+        return [(a, b, self.at(node, a)) for a, b in itertools.pairwise(edges)]
+
+    def at_hour(self, hour: float) -> dict[str, str]:
+        """Node -> the pool it counts in during ``hour``, for the nodes in one."""
+        out = dict(self._now)
+        for node in self._moves:
+            pool = self.at(node, hour)
+            if pool == _FREE:
+                out.pop(node, None)
+            else:
+                out[node] = pool
+        return out
+
+
+def pool_history(since: float) -> Query[PoolHistory]:
+    """The pools now and every move since the start of the hour holding ``since``: what
+    :class:`PoolHistory` needs to say a node's pool at any instant from ``since`` on."""
+    first = math.floor(since / _HOUR) * _HOUR
+    return Query(
+        (
+            ("SELECT node, pool FROM pool_nodes", ()),
+            ("SELECT node, ts, from_pool FROM pool_moves WHERE ts > ? ORDER BY ts, id", (first,)),
+        ),
+        lambda results: PoolHistory({r[0]: r[1] for r in results[0]}, results[1]),
+    )
+
+
+class LeaseHeld(NamedTuple):
+    """A lease as its bill reads it: who, which pool, when (the instants the lease table
+    keeps, :func:`collector.governance.lease.instants`), which nodes."""
+
+    name: str
+    tenant: str
+    pool: str | None
+    start_at: float
+    end_at: float | None
+    """``None``: open-ended (renewing without notice)."""
+    nodes: tuple[str, ...]
+
+    def interval(self) -> tuple[float, float | None]:
+        """The instants it holds its nodes between."""
+        return self.start_at, self.end_at
+
+
+def leases_held() -> Query[list[LeaseHeld]]:
+    """Every lease with its nodes, by id: two short reads, none of the governance model
+    (``collector usage`` loads no quota arithmetic)."""
+
+    def build(results: list[list[Any]]) -> list[LeaseHeld]:
+        nodes: dict[int, list[str]] = {}
+        for lease_id, node in results[1]:
+            nodes.setdefault(int(lease_id), []).append(node)
+        return [
+            LeaseHeld(r[1], r[2], r[3], float(r[4]), None if r[5] is None else float(r[5]),
+                      tuple(nodes.get(int(r[0]), ())))
+            for r in results[0]
+        ]  # fmt: skip
+
+    return Query(
+        (
+            ("SELECT id, name, tenant, pool, start_at, end_at FROM leases ORDER BY id", ()),
+            ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
+        ),
+        build,
+    )
 
 
 def ledger_at() -> Query[float | None]:

@@ -45,6 +45,8 @@ __all__ = [
     "buckets",
     "concat",
     "decode_gpus",
+    "gpu_minutes",
+    "gpu_steps",
     "merge",
     "stage",
 ]
@@ -396,6 +398,35 @@ def _gpu_minutes(codes: I64, minute: I64, staged: Staged) -> tuple[I64, F64]:
         (np.repeat(codes, per)[first], np.full(len(first), 60), gmin[first], idx[first])
     )
     return keys.astype(np.int64), out
+
+
+def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tuple[I64, F64]:
+    """One node's samples (time stamps, intervals, GPUs as
+    :func:`~collector.store.rollups.pack_gpus` packs them) as its GPUs' 1-minute records
+    (:data:`GPU_COLUMNS`) with each one's minute, by minute then GPU: what a fold makes of
+    them, for a read of raw samples."""
+    n = len(ts_ms)
+    values = np.full((n, len(_SAMPLE)), math.nan)
+    values[:, 0] = interval_s
+    gpus = np.frombuffer(b"".join(gpu_stats), dtype=np.float64).reshape(-1, _PACKED)
+    counts = np.fromiter(map(len, gpu_stats), dtype=np.int64, count=n) // (8 * _PACKED)
+    staged = Staged([""] * n, ts_ms, values, counts, gpus)
+    keys, records = _gpu_minutes(np.zeros(n, np.int64), ts_ms // 60_000 * 60, staged)
+    return keys[:, 2], records
+
+
+def gpu_steps(times: I64, records: F64, step: int) -> tuple[I64, F64]:
+    """GPU records (:data:`GPU_COLUMNS`, each at its bucket's start in ``times``) merged per
+    GPU and ``step`` seconds (whole minutes) as buckets merge: each step's start and
+    record, by step then GPU."""
+    if not len(times):
+        return times, records
+    starts = times // step * step
+    keys = np.column_stack(
+        (np.zeros_like(starts), np.full_like(starts, 60), starts, records[:, 0].astype(np.int64))
+    )
+    merged, out = _reduce(keys, records, _GPU_OPS)
+    return merged[:, 2], out
 
 
 def _by_hour(keys: I64) -> I64:

@@ -51,13 +51,22 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
-from collector.store.partials import GPU_COLUMNS, MIN, NODE_COLUMNS, SUM, decode_gpus
+import numpy as np
+
+from collector.nodefacts import GpuPower, gpu_power_w
+from collector.store.partials import (
+    F64,
+    GPU_COLUMNS,
+    GPU_RECORD_BYTES,
+    I64,
+    MIN,
+    NODE_COLUMNS,
+    SUM,
+    decode_gpus,
+)
 from collector.store.query import Query, single
-
-if TYPE_CHECKING:
-    from shared.schema import GpuSample
 
 __all__ = [
     "CLAIM_STAGE_SQL",
@@ -70,7 +79,10 @@ __all__ = [
     "STAGED_SQL",
     "STAGE_SQL",
     "UPSERT_SQL",
+    "GpuReading",
     "RollupConfig",
+    "gpu_points",
+    "gpu_records",
     "gpu_series",
     "node_series",
     "pack_gpus",
@@ -95,13 +107,25 @@ class RollupConfig:
     enabled: bool = True
 
 
-def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
+class GpuReading(GpuPower, Protocol):
+    """What :func:`pack_gpus` reads of a GPU: a :class:`~shared.schema.GpuSample`, or a
+    struct that decodes only these (a read of stored payloads)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def util_pct(self) -> float | None: ...
+    @property
+    def temp_c(self) -> float | None: ...
+    @property
+    def mem_used_bytes(self) -> int | None: ...
+
+
+def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
     """One sample's GPUs as the rollups read them: five doubles per GPU (index, utilisation %,
     power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory used
     bytes; NaN for unreported). Bytes, not a list of tuples: a queued row then holds no
     objects the garbage collector tracks."""
-    from collector.nodefacts import gpu_power_w  # noqa: PLC0415 (the schema's import)
-
     values = array("d")
     for g in gpus:
         w = gpu_power_w(g)
@@ -245,8 +269,27 @@ def fleet_series(
     )
 
 
-def gpu_series(node: str, res: int, since: float, until: float) -> Query[list[dict[str, Any]]]:
-    """``node``'s per-GPU buckets of resolution ``res`` in [since, until), oldest first."""
+def gpu_records(node: str, res: int, since: float, until: float) -> Query[tuple[I64, F64]]:
+    """``node``'s per-GPU records of resolution ``res`` in [since, until), oldest first:
+    each record's bucket start, and the records (:data:`~.partials.GPU_COLUMNS`)."""
+
+    def build(rows: list[Any]) -> tuple[I64, F64]:
+        blobs = [r[1] or b"" for r in rows]
+        per = np.fromiter((len(b) // GPU_RECORD_BYTES for b in blobs), np.int64, len(blobs))
+        starts = np.fromiter((int(r[0]) for r in rows), np.int64, len(rows))
+        return np.repeat(starts, per), decode_gpus(b"".join(blobs))
+
+    return single(
+        "SELECT bucket, gpu_stats FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
+        "AND bucket < ? ORDER BY bucket",
+        (node, res, math.floor(since), math.ceil(until)),
+        build,
+    )
+
+
+def gpu_points(times: I64, records: F64) -> list[dict[str, Any]]:
+    """GPU records (:data:`~.partials.GPU_COLUMNS`, each at its start in ``times``) as points
+    of a series: counts, means, minima and maxima, energy (``None``: nothing reported)."""
     col = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 
     def mean(g: list[float], what: str) -> float | None:
@@ -257,35 +300,32 @@ def gpu_series(node: str, res: int, since: float, until: float) -> Query[list[di
         v = g[col[key]]
         return None if v != v else v  # noqa: PLR0124 (NaN: none reported)
 
-    def build(rows: list[Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "t": float(r[0]),
-                "gpu": int(g[0]),
-                "samples": int(max(g[col["util_n"]], g[col["power_n"]], g[col["temp_n"]],
-                                   g[col["mem_n"]])),
-                "util_pct": mean(g, "util"),
-                "util_min_pct": known(g, "util_min"),
-                "util_max_pct": known(g, "util_max"),
-                "power_w": mean(g, "power"),
-                "power_min_w": known(g, "power_min"),
-                "power_max_w": known(g, "power_max"),
-                "temp_c": mean(g, "temp"),
-                "temp_max_c": known(g, "temp_max"),
-                "mem_used_bytes": mean(g, "mem"),
-                "mem_used_max_bytes": known(g, "mem_max"),
-                "energy_j": g[col["energy_j"]],
-            }
-            for r in rows
-            for g in decode_gpus(r[1]).tolist()
-        ]  # fmt: skip
+    return [
+        {
+            "t": float(t),
+            "gpu": int(g[0]),
+            "samples": int(max(g[col["util_n"]], g[col["power_n"]], g[col["temp_n"]],
+                               g[col["mem_n"]])),
+            "util_pct": mean(g, "util"),
+            "util_min_pct": known(g, "util_min"),
+            "util_max_pct": known(g, "util_max"),
+            "power_w": mean(g, "power"),
+            "power_min_w": known(g, "power_min"),
+            "power_max_w": known(g, "power_max"),
+            "temp_c": mean(g, "temp"),
+            "temp_max_c": known(g, "temp_max"),
+            "mem_used_bytes": mean(g, "mem"),
+            "mem_used_max_bytes": known(g, "mem_max"),
+            "energy_j": g[col["energy_j"]],
+        }
+        for t, g in zip(times.tolist(), records.tolist(), strict=True)
+    ]  # fmt: skip
 
-    return single(
-        "SELECT bucket, gpu_stats FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
-        "AND bucket < ? ORDER BY bucket",
-        (node, res, math.floor(since), math.ceil(until)),
-        build,
-    )
+
+def gpu_series(node: str, res: int, since: float, until: float) -> Query[list[dict[str, Any]]]:
+    """``node``'s per-GPU buckets of resolution ``res`` in [since, until), oldest first."""
+    q = gpu_records(node, res, since, until)
+    return Query(q.statements, lambda results: gpu_points(*q.build(results)))
 
 
 def hour_rows(since: float, until: float) -> Query[list[Any]]:

@@ -1,9 +1,15 @@
 """Time series for ``collector plot`` and ``collector query``: one node's samples, or the
-fleet in time buckets; and :func:`history`, raw samples where kept and rollups before.
+fleet in time buckets; and :func:`history` (a node's or the fleet's) and
+:func:`gpu_history` (a node's GPUs'), raw samples where kept and rollups before.
 
 Served by indexes: ``samples (node, ts_ms)`` for a node, ``samples (received_ms)`` for the
 fleet (by arrival time, which the collector's clock sets); ``rollups`` by its primary key
 for a node, by ``(res, bucket)`` for the fleet.
+
+A GPU's raw steps read the samples' stored payloads (only their GPUs are decoded) and
+aggregate them as the rollups' fold does (:func:`collector.store.partials.gpu_minutes`,
+then per step :func:`~collector.store.partials.gpu_steps`), so a raw step and a rolled-up
+one mean the same: counts, means, minima, maxima, energy of the GPU's power x interval.
 """
 
 from __future__ import annotations
@@ -12,11 +18,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+import numpy as np
+
 from collector.store import rollups
+from collector.store.partials import F64, I64, gpu_minutes, gpu_steps
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE
 
-__all__ = ["fleet_series", "history", "known_node", "node_series"]
+__all__ = ["fleet_series", "gpu_history", "history", "known_node", "node_series"]
 
 
 def known_node(reader: StoreReader, node: str) -> bool:
@@ -119,6 +129,12 @@ def _raw_points(
     return [{**dict(r), "t": float(r["t"]), "source": "raw"} for r in rows]
 
 
+def _resolution(step_s: int) -> tuple[int, str]:
+    """The rollups a step reads, and the source it says: 1-hour buckets for steps of an
+    hour or more, else 1-minute."""
+    return (HOUR, "1h") if step_s >= HOUR else (MINUTE, "1m")
+
+
 def _rollup_points(
     reader: StoreReader,
     node: str | None,
@@ -128,9 +144,8 @@ def _rollup_points(
     step_s: int,
     nodes: Sequence[str] | None,
 ) -> list[dict[str, Any]]:
-    """Rollup buckets per step: 1-hour buckets for steps of an hour or more, else 1-minute."""
-    res = HOUR if step_s >= HOUR else MINUTE
-    source = "1h" if res == HOUR else "1m"
+    """Rollup buckets per step (:func:`_resolution`)."""
+    res, source = _resolution(step_s)
     if node is None:
         points = reader.run(rollups.fleet_series(res, since, until, step_s, nodes))
         return [{**p, "t": float(p["t"]), "source": source} for p in points]
@@ -185,8 +200,7 @@ def history(
     point saying its ``source`` (``raw``, ``1m``, ``1h``). Raw begins at the first step
     boundary after the oldest stored sample (the node's by time stamp, the fleet's by
     arrival), so no step mixes the two."""
-    oldest = reader.run(rollups.oldest_raw(node))
-    split = until if oldest is None else max(since, math.ceil(oldest / step_s) * step_s)
+    split = _raw_from(reader, node, since, until, step_s)
     points: list[dict[str, Any]] = []
     if split > since and reader.has_table("rollups"):
         points += _rollup_points(
@@ -194,6 +208,21 @@ def history(
         )
     if split < until:
         points += _raw_points(reader, node, since=split, until=until, step_s=step_s, nodes=nodes)
+    return _answer(since, until, step_s, split, points)
+
+
+def _raw_from(
+    reader: StoreReader, node: str | None, since: float, until: float, step: int
+) -> float:
+    """Where a history's raw steps begin: the first step boundary after the oldest stored
+    sample (``until``: none stored), so no step mixes raw samples and rollups."""
+    oldest = reader.run(rollups.oldest_raw(node))
+    return until if oldest is None else max(since, math.ceil(oldest / step) * step)
+
+
+def _answer(
+    since: float, until: float, step_s: int, split: float, points: list[dict[str, Any]]
+) -> dict[str, Any]:
     sources = sorted({p["source"] for p in points}, key=("1h", "1m", "raw").index)
     return {
         "since": since,
@@ -202,4 +231,75 @@ def history(
         "raw_from": split,
         "sources": sources,
         "points": points,
+    }
+
+
+class _Gpu(msgspec.Struct):
+    """What a GPU history reads of a stored sample's GPU (:class:`rollups.GpuReading`):
+    msgspec skips the rest of the payload (processes, MIG devices, ECC...), a third of the
+    time a whole ``GpuSample`` takes to decode. Stored payloads were validated on arrival."""
+
+    index: int
+    util_pct: float | None = None
+    power_w: float | None = None
+    power_interval_w: float | None = None
+    temp_c: float | None = None
+    mem_used_bytes: int | None = None
+
+
+class _Gpus(msgspec.Struct):
+    gpus: list[_Gpu] = msgspec.field(default_factory=list)
+
+
+def _raw_gpu_records(
+    reader: StoreReader, node: str, since: float, until: float
+) -> tuple[I64, F64, int]:
+    """``node``'s GPUs' 1-minute records from its raw samples stamped in [since, until),
+    and how many samples could not be read (a payload without GPUs of that shape)."""
+    rows = reader.fetchall(
+        "SELECT ts_ms, interval_s, payload, payload_dict FROM samples "
+        "WHERE node = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
+        (node, round(since * 1000), round(until * 1000)),
+    )
+    decode = msgspec.json.Decoder(_Gpus).decode
+    stats: list[bytes] = []
+    unreadable = 0
+    for r in rows:
+        try:
+            gpus = decode(reader.payload(r[2], r[3])).gpus
+        except msgspec.DecodeError:  # ValidationError too: a payload of another shape
+            gpus, unreadable = [], unreadable + 1
+        stats.append(rollups.pack_gpus(gpus))
+    ts = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    intervals = np.fromiter((r[1] for r in rows), np.float64, len(rows))
+    minutes, records = gpu_minutes(ts, intervals, stats)
+    return minutes, records, unreadable
+
+
+def gpu_history(
+    reader: StoreReader, node: str, since: float, until: float, step_s: int
+) -> dict[str, Any]:
+    """``node``'s GPUs, each in steps of ``step_s`` over [since, until), as :func:`history`
+    splits a node's (raw samples where kept, rollups before, each point's ``source``):
+    per GPU and step, samples, mean/min/max utilisation and power, mean and hottest
+    temperature, mean and most memory used, energy (J). ``gpus``: the GPU indexes seen;
+    ``unreadable_samples``: raw samples whose GPUs could not be read (left out)."""
+    split = _raw_from(reader, node, since, until, step_s)
+    points: list[dict[str, Any]] = []
+    if split > since and reader.has_table("rollups"):
+        res, source = _resolution(step_s)
+        times, records = reader.run(rollups.gpu_records(node, res, since, min(split, until)))
+        points += [
+            {**p, "source": source} for p in rollups.gpu_points(*gpu_steps(times, records, step_s))
+        ]
+    unreadable = 0
+    if split < until:
+        times, records, unreadable = _raw_gpu_records(reader, node, split, until)
+        points += [
+            {**p, "source": "raw"} for p in rollups.gpu_points(*gpu_steps(times, records, step_s))
+        ]
+    return {
+        **_answer(since, until, step_s, split, points),
+        "gpus": sorted({p["gpu"] for p in points}),
+        "unreadable_samples": unreadable,
     }

@@ -8,14 +8,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
 from collector.cli import main
 from collector.ingest.validate import sample_row
+from collector.nodefacts import gpu_power_w
+from collector.paths import StoreTarget
 from collector.store.db import Store
-from collector.store.rollups import RollupConfig
-from shared.schema import encode
+from collector.store.reader import StoreReader
+from collector.store.rollups import HOUR, RollupConfig, gpu_series
+from shared.schema import Sample, encode
 
 NODE = "x1000c0s0b0n0"
 DAYS = 3
@@ -30,25 +34,36 @@ def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    """One 2-GPU node sampled every 10 minutes for three days; raw samples kept for the
-    last day only (the retention job deleted the rest), rollups for all."""
-    path = tmp_path / "capwatch.db"
+async def _three_days(db: StoreTarget, seed: int) -> list[Sample]:
+    """One 2-GPU node sampled every 10 minutes for three days (GPU 1 at 90 % throughout,
+    so the two GPUs differ), through the store's write path; raw samples kept for the last
+    day only (the retention job deleted the rest), rollups for all. Returns the samples
+    sent."""
     now = time.time()
-    sim = FleetSimulator(1, gpus_per_node=2, seed=5, interval_s=600)
+    sim = FleetSimulator(1, gpus_per_node=2, seed=seed, interval_s=600)
     start = (now - DAYS * 86_400) // 3600 * 3600 + 3600
-    rows = []
+    samples = []
     t, k = start, 0
     while t < now - 60:
         s = sim.sample(0, t, k)
-        rows.append(sample_row(s, encode(s), t + 0.5))
+        gpus = (s.gpus[0], msgspec.structs.replace(s.gpus[1], util_pct=90.0))
+        samples.append(msgspec.structs.replace(s, gpus=gpus))
         t += 600
         k += 1
-    async with Store(path, rollups=RollupConfig()) as store:
-        await store.write_batch(rows, new_nodes=[NODE])
+    async with Store(db, rollups=RollupConfig()) as store:
+        await store.write_batch(
+            [sample_row(s, encode(s), s.ts + 0.5) for s in samples], new_nodes=[NODE]
+        )
         await store.fold_rollups()
         await store.delete_older_than(round((now - 86_400) * 1000), 10_000)
+    return samples
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> Path:
+    """:func:`_three_days` in a SQLite file."""
+    path = tmp_path / "capwatch.db"
+    await _three_days(path, seed=5)
     return path
 
 
@@ -120,3 +135,92 @@ def test_plot_usage_over_a_month_draws_from_rollups(db: Path, tmp_path: Path) ->
     out = tmp_path / "month.png"
     assert main(["plot", "usage", "--db", str(db), "--since", "30d", "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+@pytest.fixture
+async def gpu_db(store_url: StoreTarget) -> tuple[StoreTarget, list[Sample]]:
+    """:func:`_three_days` on each backend, with the samples sent."""
+    return store_url, await _three_days(store_url, seed=6)
+
+
+def _expected(samples: list[Sample], t: float, step: int, gpu: int) -> tuple[float, float]:
+    """GPU ``gpu``'s mean utilisation and energy (power x interval) over the step at ``t``."""
+    mine = [
+        (g, s.interval_s) for s in samples if t <= s.ts < t + step for g in s.gpus if g.index == gpu
+    ]
+    utils = [g.util_pct for g, _ in mine if g.util_pct is not None]
+    energy = sum((gpu_power_w(g) or 0.0) * dt for g, dt in mine)
+    return sum(utils) / len(utils), energy
+
+
+def test_gpu_history_reads_rollups_then_raw_samples_per_gpu(
+    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--gpus --since 3d --step 1h: a point per GPU and hour, from the 1-hour rollups before
+    the raw samples and from the samples after, each saying which; both give the GPU's own
+    mean utilisation and energy of its samples in that hour."""
+    db, samples = gpu_db
+    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "3d", "--step", "1h")
+    assert (got["node"], got["sources"], got["gpus"]) == (NODE, ["1h", "raw"], [0, 1])
+    assert got["unreadable_samples"] == 0
+    points = got["points"]
+    raw_from = got["raw_from"]
+    assert {p["source"] for p in points if p["t"] < raw_from} == {"1h"}
+    assert {p["source"] for p in points if p["t"] >= raw_from} == {"raw"}
+    keys = [(p["t"], p["gpu"]) for p in points]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == len(keys)
+    assert all(p["samples"] == 6 for p in points[2:-2])  # every 10 min: six an hour
+    for source in ("1h", "raw"):
+        for p in [p for p in points if p["source"] == source][2:6]:
+            util, energy = _expected(samples, p["t"], 3600, p["gpu"])
+            assert p["util_pct"] == pytest.approx(util, rel=1e-5)
+            assert p["energy_j"] == pytest.approx(energy, rel=1e-5)
+            assert p["util_min_pct"] <= p["util_pct"] <= p["util_max_pct"]
+    assert {p["util_pct"] for p in points if p["gpu"] == 1} == {90.0}
+    assert all(p["util_pct"] < 90 for p in points if p["gpu"] == 0)
+
+
+def test_gpu_history_raw_steps_mean_what_the_rollups_do(
+    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Within the raw retention the rollups hold the same hours: each raw step's figures
+    are the 1-hour rollup's of that hour (the same arithmetic, float32 apart)."""
+    db, _ = gpu_db
+    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "1d", "--step", "1h")
+    raw = [p for p in got["points"] if p["source"] == "raw"][:-2]  # the last hour still open
+    assert len(raw) > 20
+    with StoreReader(db) as reader:
+        rolled = {
+            (p["t"], p["gpu"]): p
+            for p in reader.run(gpu_series(NODE, HOUR, raw[0]["t"], raw[-1]["t"] + 1))
+        }
+    for p in raw:
+        r = rolled[(p["t"], p["gpu"])]
+        for key in ("samples", "util_pct", "util_max_pct", "power_w", "temp_max_c", "energy_j"):
+            assert p[key] == pytest.approx(r[key], rel=1e-5), key
+
+
+def test_gpu_history_minute_steps_and_the_table(
+    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step under an hour reads the 1-minute rollups; the table names the GPUs and its
+    sources in its first line, then a row per step and GPU."""
+    db, _ = gpu_db
+    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "30m")
+    assert got["sources"] == ["1m", "raw"]
+    assert {p["samples"] for p in got["points"]} <= {3, 2, 1}
+    args = ["query", "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "6h"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        f"node {NODE} GPUs 0-1, step 6h: 1-hour rollups then raw samples (raw from "
+    )
+    assert lines[1].split()[:5] == ["TIME", "(UTC)", "SOURCE", "GPU", "SAMPLES"]
+    assert len(lines) - 2 == 2 * len({line[:16] for line in lines[2:]})  # two GPUs a step
+
+
+def test_gpu_history_needs_a_node(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--gpus --since without --node: one line naming --node, exit 2."""
+    assert main(["query", "--db", str(db), "--gpus", "--since", "1d"]) == 2
+    assert "--node" in capsys.readouterr().err

@@ -16,8 +16,11 @@ from collector.governance.lease import LeaseTerms
 from collector.governance.ledger import LedgerJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
+from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, Store
 from collector.store.governance import GovernanceWriter, governance
+from collector.store.ledger import PoolHistory
+from collector.store.pools import pool_transaction
 from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
@@ -37,7 +40,7 @@ def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-async def _ledger(db: Path, now: float) -> None:
+async def _ledger(db: StoreTarget, now: float) -> None:
     """One ledger run as the collector does it (a read-only connection, then the writer)."""
     async with Store.open_readonly(db) as reads:
         gov = await reads.run(governance())
@@ -82,7 +85,7 @@ async def db(tmp_path: Path) -> Path:
     return path
 
 
-def _usage(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
+def _usage(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
     capsys.readouterr()
     assert main(["usage", "--db", str(db), "--json", *args]) == 0
     out: dict[str, Any] = json.loads(capsys.readouterr().out)
@@ -92,12 +95,15 @@ def _usage(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str
 def test_tenants_allocated_hours_add_up_to_the_fleets(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Allocated GPU-hours: acme 2 nodes x 24 h, bravo 1 node x 48 h (x 4 GPUs); the
-    tenants' rows sum to the totals and to the fleet's allocated hours."""
+    """Allocated GPU-hours are the contracts': acme 2 nodes x 24 h, bravo 1 node x the 21
+    days of November its lease is in force (x 4 GPUs), though the nodes reported for two
+    days only; the tenants' rows sum to the totals and to the fleet's allocated hours."""
     got = _usage(capsys, db, "--month", "2026-11")
     by_tenant = {r["tenant"]: r for r in got["rows"]}
     assert by_tenant["acme"]["allocated_gpu_hours"] == pytest.approx(2 * 24 * GPUS)
-    assert by_tenant["bravo"]["allocated_gpu_hours"] == pytest.approx(1 * 48 * GPUS)
+    assert by_tenant["bravo"]["allocated_gpu_hours"] == pytest.approx(21 * 24 * GPUS)
+    assert by_tenant["acme"]["coverage_pct"] == pytest.approx(100.0, abs=1.0)
+    assert by_tenant["bravo"]["coverage_pct"] == pytest.approx(100.0 * 2 / 21, abs=0.2)
     total = sum(r["allocated_gpu_hours"] for r in got["rows"])
     assert got["totals"]["allocated_gpu_hours"] == pytest.approx(total)
     assert got["fleet"]["allocated_gpu_hours"] == pytest.approx(total)
@@ -200,7 +206,7 @@ def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFix
     by_tenant = {r["tenant"]: r for r in got["rows"]}
     acme, bravo = by_tenant["acme"], by_tenant["bravo"]
     assert acme["gpu_hour_cost"] == pytest.approx(3.0 * 2 * 24 * GPUS)
-    assert bravo["gpu_hour_cost"] == pytest.approx(1.0 * 48 * GPUS)
+    assert bravo["gpu_hour_cost"] == pytest.approx(1.0 * 21 * 24 * GPUS)  # the contract
     assert acme["cost"] == pytest.approx(acme["gpu_hour_cost"] + 0.5 * acme["node_kwh"])
     assert got["currency"] == "USD"
 
@@ -317,3 +323,123 @@ def test_plot_usage_per_day_bad_flags_are_one_line(
     out = str(tmp_path / "x.png")
     assert main(["plot", "usage", "--db", str(db), "--out", out, *args]) == 2
     assert needle in capsys.readouterr().err
+
+
+async def _sampled(db: StoreTarget, sim: FleetSimulator, hours: list[float], nodes: int) -> None:
+    """The first ``nodes`` of ``sim`` sampled every 10 minutes in ``hours`` (each the start
+    of an hour), all of ``sim``'s nodes with an inventory; stored and rolled up."""
+    rows = []
+    for h in hours:
+        for k in range(6):
+            t = h + 600 * k
+            for i in range(nodes):
+                s = sim.sample(i, t, int(t // 600))
+                rows.append(sample_row(s, encode(s), t + 1))
+    inventories = [
+        NodeUpdate(n, inventory=encode(sim.inventory(i, DAY0)), inventory_ts=DAY0)
+        for i, n in enumerate(sim.node_ids)
+    ]
+    async with Store(db, rollups=RollupConfig()) as store:
+        await store.write_batch(rows, inventories, sim.node_ids)
+        await store.fold_rollups()
+
+
+async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A one-day lease bills its 24 hours whatever the monitoring saw: acme's node reported
+    18 of them (a six-hour gap with no collector), bravo's none at all. Busy hours and
+    energy stay measured; coverage shows the gap; the tenants add up to the fleet."""
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=7, interval_s=600)
+    seen = [DAY0 + 3600 * h for h in [*range(12), *range(18, 24)]]
+    await _sampled(store_url, sim, seen, nodes=1)
+    n0, n1 = sim.node_ids
+    one_day = LeaseTerms(start=dt.date(2026, 11, 10), duration_days=1)
+    with GovernanceWriter(store_url, now=DAY0) as w:
+        w.add_lease(name="acme-1", tenant="acme", pool=None, nodes=[n0], terms=one_day)
+        w.add_lease(name="bravo-1", tenant="bravo", pool=None, nodes=[n1], terms=one_day)
+    await _ledger(store_url, DAY0 + 86_400)
+
+    got = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")
+    acme, bravo = got["rows"]
+    assert (acme["tenant"], bravo["tenant"]) == ("acme", "bravo")
+    assert acme["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
+    assert acme["reported_gpu_hours"] == pytest.approx(18 * GPUS)
+    assert acme["coverage_pct"] == pytest.approx(75.0)
+    assert 0 < acme["busy_gpu_hours"] <= acme["reported_gpu_hours"]
+    assert acme["gpu_kwh"] > 0
+    assert bravo["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
+    assert (bravo["coverage_pct"], bravo["busy_gpu_hours"], bravo["gpu_kwh"]) == (0.0, 0.0, 0.0)
+    assert bravo["node_kwh_basis"] == "none"
+    total = acme["allocated_gpu_hours"] + bravo["allocated_gpu_hours"]
+    assert got["totals"]["allocated_gpu_hours"] == pytest.approx(total)
+    assert got["fleet"]["allocated_gpu_hours"] == pytest.approx(total)
+    # The ledger alone holds the hours it computed (those some node reported in): 18 of
+    # each lease's 24.
+    ((ledger,),) = db_rows(store_url, "SELECT sum(allocated_gpu_h) FROM usage_ledger")
+    assert ledger == pytest.approx(2 * 18 * GPUS)
+
+    # A lease in force now bills up to now, not to the end of the window.
+    from collector.cli.usage import read_days  # noqa: PLC0415
+
+    with StoreReader(store_url) as reader:
+        days = read_days(reader, DAY0, DAY0 + 2 * 86_400, tenant="acme", now=DAY0 + 6 * 3600)
+    assert sum(d["allocated_gpu_hours"] for d in days) == pytest.approx(6 * GPUS)
+
+
+async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two nodes in pool `a`, moved to `b` at 00:20 on 2026-11-15: their ledger hours count
+    in `a` until 01:00 (the pool at each hour's start), in `b` after, whether a lease of
+    named nodes holds them (acme holds n0) or none (n1); acme's allocated hours split the
+    same way, and `usage --pool` sees each pool's share."""
+    day = DAY0 + 4 * 86_400  # 2026-11-14
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=8, interval_s=600)
+    await _sampled(store_url, sim, [day + 3600 * h for h in range(48)], nodes=2)
+    n0, n1 = sim.node_ids
+    with pool_transaction(store_url, now=day - 86_400) as tx:
+        tx.create("a")
+        tx.create("b")
+        tx.move([n0, n1], "a", "test")
+    with pool_transaction(store_url, now=day + 86_400 + 1200) as tx:
+        tx.move([n0, n1], "b", "test")
+    with GovernanceWriter(store_url, now=day) as w:
+        w.add_lease(
+            name="acme-1", tenant="acme", pool=None, nodes=[n0],
+            terms=LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2),
+        )  # fmt: skip
+    await _ledger(store_url, day + 2 * 86_400)
+
+    pools = db_rows(
+        store_url, "SELECT pool, count(*) FROM usage_ledger WHERE node = ? GROUP BY pool", (n1,)
+    )
+    assert sorted(pools) == [("a", 25), ("b", 23)]
+    for pool, hours in (("a", 25), ("b", 23)):
+        got = _usage(capsys, store_url, "--month", "2026-11", "--pool", pool)
+        (acme,) = got["rows"]
+        assert acme["allocated_gpu_hours"] == pytest.approx(hours * GPUS)
+        assert acme["coverage_pct"] == pytest.approx(100.0)
+        assert got["fleet"]["reported_gpu_hours"] == pytest.approx(2 * hours * GPUS)
+
+
+def test_pool_history_counts_a_move_from_the_next_hour() -> None:
+    """A node's pool at an instant is its pool at the start of that hour: a move at 10:20
+    counts from 11:00, one made exactly at 12:00 from 12:00; before any move recorded, the
+    pool the first one took it from; after the last, its pool now."""
+    h = 1_800_000_000 // 3600 * 3600
+    history = PoolHistory({"n": "c"}, [("n", h + 1200, "a"), ("n", h + 7200, "b")])
+    assert [history.at("n", h + s) for s in (0, 3599, 3600, 7199, 7200)] == [
+        "a",
+        "a",
+        "b",
+        "b",
+        "c",
+    ]
+    assert history.at("other", h) == "free"
+    assert history.spans("n", h - 3600, h + 5 * 3600) == [
+        (h - 3600, h + 3600, "a"),
+        (h + 3600, h + 7200, "b"),
+        (h + 7200, h + 5 * 3600, "c"),
+    ]
+    assert history.at_hour(h) == {"n": "a"}
