@@ -289,7 +289,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
 def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
     import sys  # noqa: PLC0415
 
-    from collector.store.pools import declare_inventories  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
     from shared.errors import SchemaError  # noqa: PLC0415
     from shared.schema import decode_inventory, encode  # noqa: PLC0415
 
@@ -314,7 +314,8 @@ def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
         rows[inv.node] = encode(inv)
     if not rows:
         raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")
-    n = declare_inventories(db, sorted(rows.items()), time.time())
+    with Command(db, now=time.time()) as tx:
+        n = tx.pools.declare_inventories(sorted(rows.items()))
     if as_json:
         print_json({"declared": n, "nodes": sorted(rows)})
         return 0

@@ -21,8 +21,10 @@ SQL for the modules:
   snapshot): ``fetchall``, ``run(query)``, ``has_table``, ``counters``, ``payload``.
 * **Command** (:mod:`~collector.store.command`, context manager; a command's one write
   transaction): ``execute``, ``executemany``, ``fetchall``, ``run(query)``, ``has_table``,
-  ``discard``, ``bump_generation``; the write lock held at most ``LOCK_BUDGET_S``.
-  ``GovernanceWriter`` and ``pool_transaction`` are domain methods over one ``Command``.
+  ``discard``, ``bump_generation``; the write lock held at most ``LOCK_BUDGET_S``. Its domain
+  methods: ``tx.governance`` (tenants, cohorts, quotas, leases) and ``tx.pools`` (pools and
+  their moves, declared inventories), written in the table modules against the protocols of
+  :mod:`~collector.store.statements`.
 * **Queries** (:mod:`~collector.store.query`): a read is a ``Query`` (statements + the function
   their rows become), written once and run by any of the three handles.
 

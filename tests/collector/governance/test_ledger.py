@@ -16,8 +16,9 @@ from collector.governance.lease import LeaseTerms
 from collector.governance.ledger import LedgerJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
+from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
-from collector.store.governance import GovernanceWriter, governance
+from collector.store.governance import governance
 from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
@@ -69,12 +70,12 @@ async def db(tmp_path: Path) -> Path:
         await store.fold_rollups()
     n0, n1, n2 = sim.node_ids
     start = dt.date(2026, 11, 10)
-    with GovernanceWriter(path, now=DAY0) as w:
-        w.add_lease(
+    with Command(path, now=DAY0) as tx:
+        tx.governance.add_lease(
             name="acme-1", tenant="acme", pool=None, nodes=[n0, n1],
             terms=LeaseTerms(start=start, duration_days=1),
         )  # fmt: skip
-        w.add_lease(
+        tx.governance.add_lease(
             name="bravo-1", tenant="bravo", pool=None, nodes=[n2],
             terms=LeaseTerms(start=start, duration_days=30),
         )  # fmt: skip
@@ -171,9 +172,9 @@ def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
     to no lease, and the daily sums follow (no group left behind with nothing in it)."""
     import asyncio  # noqa: PLC0415
 
-    with GovernanceWriter(db, now=DAY0) as w:
-        (lease,) = [x for x in w.state().leases if x.name == "acme-1"]
-        w.set_lease_nodes(lease, [])
+    with Command(db, now=DAY0) as tx:
+        (lease,) = [x for x in tx.governance.state().leases if x.name == "acme-1"]
+        tx.governance.set_lease_nodes(lease, [])
 
     async def again() -> None:
         with StoreReader(db) as r:
