@@ -8,8 +8,8 @@ SQL for the modules:
 
 * **Opening** (:mod:`~collector.store.connect`): ``open_sync(path, write=)`` for commands,
   ``open_async(path, write=, synchronous=)`` for the collector; every opening error is one
-  :class:`~shared.errors.StoreError` built there (``missing``, ``not_capwatch``,
-  ``open_failed``, ``refused``).
+  :class:`~shared.errors.StoreError` built in :mod:`~collector.store.errors` (``missing``,
+  ``not_capwatch``, ``open_failed``, ``refused``), for both backends.
 * **Store** (:mod:`~collector.store.db`, async context manager; the writer's connection, or
   ``Store.open_readonly``): ``transaction(what)`` (commit or roll back into a ``StoreError``
   whose ``fatal`` tells a broken store from a refused batch) and, inside it, ``execute``

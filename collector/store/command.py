@@ -31,8 +31,9 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from collector.paths import StoreTarget
-from collector.store.connect import SyncConn, SyncCursor, open_sync, refused
+from collector.store.connect import SyncConn, SyncCursor, open_sync
 from collector.store.dialect import Dialect, Row
+from collector.store.errors import refused
 from collector.store.governance import GENERATION_KEY, GovernanceWrites
 from collector.store.pools import PoolWrites
 from collector.store.query import Query, run
