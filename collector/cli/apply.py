@@ -103,7 +103,7 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
     from collector.store.pools import leased_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    nodes = load_nodes(settings.store_target, settings.staleness())
+    nodes = load_nodes(settings)
     with StoreReader(settings.store_target) as store:
         leased = leased_nodes(store, time.time())
     return plan_patterns(spec, nodes, leased)

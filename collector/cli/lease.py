@@ -215,7 +215,7 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
             field="--pool",
         )
     settings = read_settings_from_args(args)
-    nodes = load_nodes(db, settings.staleness())
+    nodes = load_nodes(settings)
     if any(n.pool == pattern.pool for n in nodes):
         raise ConfigError(
             f"pool {pattern.pool!r} exists: --pattern carves a new pool from free; lease the "

@@ -36,8 +36,9 @@ apply matches each component as a case-insensitive substring of "<kind> <model>"
 cpu = sockets, gpu, memory = 16 GiB units, nic, accelerator); counts are of components and
 round up to whole nodes. It chooses the FEWEST nodes (an integer program solved exactly by
 SciPy's milp/HiGHS; greedy past a size limit, and says so), preferring nodes already in the
-pool, then fewer racks (xname cabinets); it never takes a node that is not online or is
-leased (nor one given with --exclude), and releases the nodes the pattern does not need.
+pool, then fewer racks (the plan's [[capacity.racks]], else xname cabinets); it never takes
+a node that is not online or is leased (nor one given with --exclude), and releases the
+nodes the pattern does not need.
 A leased pool's lease holds the nodes added to it: add and apply refuse growth that takes
 its tenant past its quota at any time in the rest of the lease (naming the first such day),
 unless --force --reason "why", which is recorded on the lease.
@@ -129,7 +130,7 @@ def _forced(args: argparse.Namespace) -> str | None:
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-    return load_nodes(settings.store_target, settings.staleness())
+    return load_nodes(settings)
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:
