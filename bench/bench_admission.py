@@ -3,7 +3,7 @@
 Prints figures (targets in issue 16: admission of one lease against 2,000 existing leases
 over two years < 300 ms). The store is built once through the store's own API
 (:class:`collector.store.db.Store` for the inventories, the commands' writer
-:class:`collector.store.governance.GovernanceWriter` for the governance): 500 8-GPU nodes
+:class:`collector.store.command.Command` for the governance): 500 8-GPU nodes
 each leased four times in a row (2,000 leases, 180 days each, from a year ago to a year
 ahead, so every lease is in the two years around today), 50 tenants in a tree of three
 levels (a root cohort, 5 cohorts under it, 2 under each of those: 10 leaf cohorts of 5
@@ -31,8 +31,8 @@ from pathlib import Path
 from agent.simulate import FleetSimulator
 from collector.governance.lease import LeaseTerms
 from collector.governance.quota import Quota
+from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
-from collector.store.governance import GovernanceWriter
 from shared.schema import encode
 
 __all__ = ["main"]
@@ -62,24 +62,24 @@ def build_store(db: Path) -> list[str]:
     nodes = asyncio.run(_nodes(db))
     leased, spares = nodes[:NODES], nodes[NODES:]
     first = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=360)
-    with GovernanceWriter(db) as w:
-        w.put_cohort_quota("root", "gpus", Quota(64))
+    with Command(db) as tx:
+        tx.governance.put_cohort_quota("root", "gpus", Quota(64))
         for m in range(5):
-            w.set_cohort_parent(f"mid{m}", "root")
-            w.put_cohort_quota(f"mid{m}", "gpus", Quota(32, borrowing_limit=256))
+            tx.governance.set_cohort_parent(f"mid{m}", "root")
+            tx.governance.put_cohort_quota(f"mid{m}", "gpus", Quota(32, borrowing_limit=256))
             for leaf in range(2):
                 name = f"leaf{m}{leaf}"
-                w.set_cohort_parent(name, f"mid{m}")
-                w.put_cohort_quota(name, "gpus", Quota(16, borrowing_limit=128))
+                tx.governance.set_cohort_parent(name, f"mid{m}")
+                tx.governance.put_cohort_quota(name, "gpus", Quota(16, borrowing_limit=128))
         for t in range(TENANTS):
             m, leaf = divmod(t // 5, 2)
             tenant = f"tenant{t:02d}"
-            w.put_tenant(tenant, f"leaf{m}{leaf}", 0)
-            w.put_quota(tenant, "gpus", Quota(80, borrowing_limit=200))
+            tx.governance.put_tenant(tenant, f"leaf{m}{leaf}", 0)
+            tx.governance.put_quota(tenant, "gpus", Quota(80, borrowing_limit=200))
         for i, node in enumerate(leased):
             for k in range(LEASES_PER_NODE):
                 start = first + dt.timedelta(days=k * TERM_DAYS + i % 30)
-                w.add_lease(
+                tx.governance.add_lease(
                     name=f"l{i}-{k}",
                     tenant=f"tenant{(i + k) % TENANTS:02d}",
                     pool=None,

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from collector.governance.allocate import plan_pool
-from collector.governance.inventory import Component, NodeComponents, rack_of
+from collector.governance.inventory import Component, NodeComponents
 from collector.governance.pattern import parse_pattern
+from collector.nodefacts import rack_of
 from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.schema import CpuPackage, GpuInfo, Inventory, NicInfo, encode
 

@@ -2,7 +2,7 @@
 
 Prints figures (target in issue 8: < 500 ms). The store is built once through the store's
 own API (:class:`collector.store.db.Store`, simulator inventories and samples) and the
-commands' own writer (:class:`collector.store.governance.GovernanceWriter`): 12,500 8-GPU
+commands' own writer (:class:`collector.store.command.Command`): 12,500 8-GPU
 nodes with ``--minutes`` of samples at one a minute ending now, 50 tenants in 5 cohorts,
 each leasing 250 nodes, with quotas on gpus, power_kw and gpu_hours (the GPU-hours figure
 reads every sample of the period, so ``--minutes`` sizes that part of the work).
@@ -33,8 +33,8 @@ from collector.governance.ops import LeaseRequest, add_lease
 from collector.governance.quota import Quota
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
+from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
-from collector.store.governance import GovernanceWriter
 from collector.store.usage import node_hardware
 from shared.clock import SystemClock
 from shared.schema import encode
@@ -67,21 +67,21 @@ async def build_store(db: Path, minutes: int) -> None:
             await store.write_batch(rows)
     start = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=10)
     per = NODES // TENANTS
-    with GovernanceWriter(db) as w:
+    with Command(db) as tx:
         for c in range(COHORTS):
-            w.put_cohort(f"cohort{c}")
-            w.put_cohort_quota(f"cohort{c}", "gpus", Quota(100.0))
+            tx.governance.put_cohort(f"cohort{c}")
+            tx.governance.put_cohort_quota(f"cohort{c}", "gpus", Quota(100.0))
         for t in range(TENANTS):
             tenant = f"tenant{t:02d}"
-            w.put_tenant(tenant, f"cohort{t % COHORTS}", t % 3)
-            w.put_quota(tenant, "gpus", Quota(per * 8, borrowing_limit=200))
-            w.put_quota(tenant, "power_kw", Quota(per * 6.0))
-            w.put_quota(tenant, "gpu_hours", Quota(per * 8 * 24 * 30.0), "month")
-        hardware = w.run(node_hardware())
+            tx.governance.put_tenant(tenant, f"cohort{t % COHORTS}", t % 3)
+            tx.governance.put_quota(tenant, "gpus", Quota(per * 8, borrowing_limit=200))
+            tx.governance.put_quota(tenant, "power_kw", Quota(per * 6.0))
+            tx.governance.put_quota(tenant, "gpu_hours", Quota(per * 8 * 24 * 30.0), "month")
+        hardware = tx.run(node_hardware())
         for t in range(TENANTS):
             nodes = tuple(sim.node_ids[t * per : (t + 1) * per])
             add_lease(
-                w,
+                tx,
                 LeaseRequest(
                     name=f"lease{t:02d}",
                     tenant=f"tenant{t:02d}",

@@ -51,8 +51,9 @@ from collector.governance.lease import LeaseTerms
 from collector.governance.ledger import ledger_rows, node_hours
 from collector.ingest.validate import sample_row
 from collector.ingest.writer import FOLD_SAMPLES
+from collector.store.command import Command
 from collector.store.db import NodeUpdate, SampleRow, Store
-from collector.store.governance import GovernanceWriter, governance
+from collector.store.governance import governance
 from collector.store.ledger import write_ledger
 from collector.store.rollups import HOUR, RollupConfig, hour_rows
 from shared.schema import encode
@@ -175,9 +176,9 @@ async def reads(db: Path) -> None:
             await st.write_batch(samples)
             await st.fold_rollups()
         await st.delete_older_than(1 << 62, 1 << 30)  # rollups alone, as after 24 h
-    with GovernanceWriter(db, now=month0) as w:
+    with Command(db, now=month0) as tx:
         for k in range(tenants):
-            w.add_lease(
+            tx.governance.add_lease(
                 name=f"lease-{k}",
                 tenant=f"tenant-{k}",
                 pool=None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -347,21 +348,14 @@ class CollectorMetrics:
 
     def service_discovery(self) -> ServiceDiscovery:
         """``/sd``: the agents as Prometheus HTTP service discovery target groups."""
-        from collector.governance.inventory import rack_of  # noqa: PLC0415
+        from collector.capacity.config import rack_rules  # noqa: PLC0415
+        from collector.nodefacts import rack_of  # noqa: PLC0415
         from collector.sd import ServiceDiscovery  # noqa: PLC0415
 
-        settings = self.settings
-        racks = rack_of
-        if settings.capacity.plan is not None:
-            from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
-
-            plan = load_capacity_plan(settings.capacity.plan)  # checked at start already
-
-            def racks(node: str) -> str | None:
-                rack = plan.rack_of(node)[0]
-                return None if rack == "-" else rack
-
-        return ServiceDiscovery(settings.store_target, racks, self._clock.time)
+        rules = rack_rules(self.settings.capacity.plan)  # the plan was checked at start
+        return ServiceDiscovery(
+            self.settings.store_target, functools.partial(rack_of, rules=rules), self._clock.time
+        )
 
     # -- the built-in sources
 

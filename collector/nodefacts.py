@@ -42,11 +42,19 @@ the same rule (:meth:`Staleness.fresh`). Values past the wire schema's bounds
 (:data:`shared.schema.MAX_GPU_POWER_W`, :data:`~shared.schema.MAX_CPU_POWER_W`) cannot be
 decoded; sums are still clamped to them, so a state built by hand cannot exceed them either.
 
+**Rack** (:func:`rack_of`): the operator's racks win (the plan's ``[[capacity.racks]]``, first
+rule whose patterns name the node), else the node's xname cabinet (HPE Cray's xname
+``x1001c1s5b0n0`` stands in cabinet ``x1001``), else none. A rack's name is spelled one way
+(:func:`rack_name`: a cabinet in lower case without leading zeros, as CSM normalises
+xnames), so the capacity picture, ``/sd``'s labels, the PDUs' racks and ``pool apply``'s
+fewest racks all name the same rack for the same node.
+
 Pure: no I/O, no clock; the caller passes ``now``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
@@ -64,11 +72,14 @@ __all__ = [
     "NodeFacts",
     "NodeMeasure",
     "PowerReading",
+    "RackRule",
     "Staleness",
     "State",
     "gpu_power_w",
     "hardware",
     "measure",
+    "rack_name",
+    "rack_of",
     "sample_power",
 ]
 
@@ -291,3 +302,34 @@ def hardware(inv: _HasGpus) -> Hardware:
 
     limits = sum(min(max(g.power_limit_w or 0.0, 0.0), MAX_GPU_POWER_W) for g in inv.gpus)
     return Hardware(len(inv.gpus), limits)
+
+
+_CABINET: Final = re.compile(r"x([0-9]{1,4})\Z", re.IGNORECASE)
+_XNAME: Final = re.compile(r"x([0-9]{1,4})c[0-7]s[0-9]+b[0-9]+n[0-9]+\Z", re.IGNORECASE)
+"""cabinet, chassis, slot, board (BMC), node (HPE Cray CSM's component names)."""
+
+
+class RackRule(Protocol):
+    """One of the operator's racks (``[[capacity.racks]]``): its name and the nodes it holds."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def regex(self) -> re.Pattern[str]: ...
+
+
+def rack_name(name: str) -> str:
+    """A rack's name as every consumer spells it: an xname cabinet normalised (``X01001`` ->
+    ``x1001``), any other name as given."""
+    m = _CABINET.match(name)
+    return name if m is None else f"x{int(m.group(1))}"
+
+
+def rack_of(node: str, rules: Sequence[RackRule] = ()) -> str | None:
+    """The rack ``node`` stands in: the first of ``rules`` whose patterns name it, else its
+    xname cabinet (``X01001c1s5b0n0`` -> ``x1001``), else ``None``."""
+    for rule in rules:
+        if rule.regex.match(node):
+            return rule.name
+    m = _XNAME.match(node)
+    return None if m is None else f"x{int(m.group(1))}"

@@ -11,8 +11,9 @@ run --metrics-advertise``; the default is the node's FQDN and the listen port), 
 status: an offline node stays a target, so ``up == 0`` shows it. Labels:
 
 * ``node``: the node id;
-* ``rack``: the ``[[capacity.racks]]`` rule of the capacity plan when one is configured,
-  else the xname cabinet (``x1001``); absent when neither names one;
+* ``rack``: the node's rack as every consumer names it (:func:`collector.nodefacts.rack_of`:
+  the capacity plan's ``[[capacity.racks]]`` rule, else the xname cabinet ``x1001``); absent
+  when neither names one;
 * ``pool``: the node's pool (``free`` when in none), as ``collector pool`` lists it;
 * ``tenant``: the tenant of the lease in force that holds the node; absent when none.
 

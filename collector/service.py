@@ -230,7 +230,7 @@ class Collector:
     def _ledger_job(self, settings: CollectorSettings) -> LedgerJob:
         model = None
         if self.capacity is not None:
-            from collector.capacity.compute import node_model_of  # noqa: PLC0415
+            from collector.capacity.node import node_model_of  # noqa: PLC0415
 
             live = self.live
 

@@ -31,9 +31,6 @@ collector's /readyz and /metrics are shown too.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
-import json
 import math
 import os
 import shutil
@@ -43,22 +40,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from demo_common import (
+    BIN,
+    DEMO_SECRET,
+    ROOT,
+    Hooks,
+    banner,
+    free_port,
+    hostile_node,
+    run_cli,
+    show_notifications,
+)
+
 _MAX_NODES = 200_000
 """What ``agent simulate --nodes`` takes."""
 _MIN_SECONDS, _MAX_SECONDS = 1.0, 86_400.0
-
-
-def _banner(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
-
-
-def _run_cli(*args: str) -> None:
-    print(f"$ {' '.join(args)}", flush=True)
-    subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
 
 
 def _pool_nodes(db: Path, pool: str) -> list[str]:
@@ -123,76 +120,6 @@ tz = "Asia/Tokyo"
     return text
 
 
-def _hostile_node(host: str, port: int) -> int:
-    """Publish what once crash-looped or poisoned the collector; return how many messages."""
-    import asyncio  # noqa: PLC0415
-
-    import aiomqtt  # noqa: PLC0415
-    import msgspec  # noqa: PLC0415
-
-    from agent.simulate import FleetSimulator  # noqa: PLC0415
-    from shared.schema import encode  # noqa: PLC0415
-    from shared.topics import sample_topic  # noqa: PLC0415
-
-    sim = FleetSimulator(1, gpus_per_node=2, seed=666, interval_s=1, first_index=4096)
-    node = sim.node_ids[0]
-    good = msgspec.json.decode(encode(sim.sample(0, time.time(), 0)))
-    evil = [
-        b"{this is not json",
-        msgspec.json.encode({**good, "ts": time.time() + 86_400}),  # a day ahead
-        msgspec.json.encode({**good, "disk_io": {"read_bytes_per_s": 1e300}}),
-        msgspec.json.encode(
-            {**good, "gpus": [{**g, "mem_used_bytes": 2**62} for g in good["gpus"]]}
-        ),
-        msgspec.json.encode({**good, "cpu": {**good["cpu"], "per_core_pct": [1.0] * 150_000}}),
-    ]
-
-    async def publish() -> None:
-        async with aiomqtt.Client(host, port, identifier=f"hostile-{node}") as client:
-            for payload in evil * 2:  # twice: ten rejects make NodeRejectsRising fire
-                await client.publish(sample_topic(node), payload, qos=1)
-
-    asyncio.run(publish())
-    return 2 * len(evil)
-
-
-_DEMO_SECRET = "demo-secret"
-
-
-class _Hooks:
-    """A webhook receiver on loopback: records each notification, checks its signature."""
-
-    def __init__(self) -> None:
-        import threading  # noqa: PLC0415
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
-
-        self.got: list[tuple[bool, dict[str, Any]]] = []
-        hooks = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                ts = self.headers.get("X-Capwatch-Timestamp", "")
-                mac = hmac.new(_DEMO_SECRET.encode(), ts.encode() + b":" + body, hashlib.sha256)
-                ok = hmac.compare_digest(
-                    mac.hexdigest(), self.headers.get("X-Capwatch-Signature", "")
-                )
-                hooks.got.append((ok, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | None:
     """A real Alertmanager on a free loopback port, when one is installed."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
@@ -204,7 +131,7 @@ def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | 
     (home / "alertmanager.yml").write_text(
         "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n"
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             binary,
@@ -218,37 +145,6 @@ def _start_alertmanager(workdir: Path) -> tuple[subprocess.Popen[bytes], str] | 
     )
     print(f"Alertmanager (pid {proc.pid}) on 127.0.0.1:{port}")
     return proc, f"http://127.0.0.1:{port}"
-
-
-def _show_notifications(hooks: _Hooks, am_url: str | None) -> None:
-    for ok, body in hooks.got:
-        names = sorted({f"{a['labels']['alertname']}[{a['status']}]" for a in body["alerts"]})
-        print(
-            f"webhook: {body.get('status')} groupKey={body.get('groupKey')} "
-            f"alerts={','.join(names)} signature={'ok' if ok else 'BAD'}"
-        )
-    if not hooks.got:
-        print("webhook: nothing received yet")
-    if am_url is not None:
-        import httpx  # noqa: PLC0415
-
-        try:
-            held = httpx.get(f"{am_url}/api/v2/alerts", timeout=5).json()
-        except httpx.HTTPError as exc:
-            print(f"Alertmanager: not reachable ({exc})")
-            return
-        for a in held:
-            print(
-                f"Alertmanager holds {a['labels']['alertname']} node={a['labels'].get('node')} "
-                f"fingerprint={a['fingerprint']} state={a['status']['state']}"
-            )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _show_metrics(base: str) -> None:
@@ -317,8 +213,8 @@ def main() -> int:
     env = {**os.environ, "CAPWATCH_LOG_JSON": "false"}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    _banner("0. alert receivers: a webhook on loopback, and Alertmanager if installed")
-    hooks = _Hooks()
+    banner("0. alert receivers: a webhook on loopback, and Alertmanager if installed")
+    hooks = Hooks()
     print(f"webhook receiver at {hooks.url} (checks X-Capwatch-Signature)")
     am = _start_alertmanager(workdir)
     if am is not None:
@@ -326,12 +222,12 @@ def main() -> int:
     config = workdir / "collector.toml"
     config.write_text(
         "[alerts]\neval_interval_s = 1.0\n"
-        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{_DEMO_SECRET}"\n'
+        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{DEMO_SECRET}"\n'
         '\n[[routes]]\ngroup_wait = "1s"\ngroup_interval = "5s"\n'
         + ("" if am is None else f'\n[[alertmanagers]]\nname = "site"\nurl = "{am[1]}"\n')
     )
 
-    _banner("1. broker")
+    banner("1. broker")
     broker = localbroker.local_broker(
         workdir / "broker", prefer="embedded" if args.embedded_broker else "mosquitto"
     )
@@ -352,11 +248,11 @@ def main() -> int:
         print(f"started {name} (pid {proc.pid}), log: {workdir / (name + '.log')}")
 
     try:
-        _banner("2. collector, 3. this machine's agent, 4. simulated fleet")
+        banner("2. collector, 3. this machine's agent, 4. simulated fleet")
         site = ROOT / "deploy" / "site.example.toml"
         env["CAPWATCH_CAPACITY__PLAN"] = str(site)  # live capacity, every 2 s here
         env["CAPWATCH_CAPACITY__INTERVAL_S"] = "2"
-        metrics_port = _free_port()
+        metrics_port = free_port()
         spawn(
             "collector",
             "collector",
@@ -391,8 +287,8 @@ def main() -> int:
             "simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1"
         )
         time.sleep(min(2.0, args.seconds))
-        _banner("5. a hostile node")
-        sent = _hostile_node(broker.host, broker.port)
+        banner("5. a hostile node")
+        sent = hostile_node(broker.host, broker.port)
         print(f"published {sent} poisonous samples (garbage, 1e300 B/s, 2^62 bytes, a day ahead)")
         print(f"collecting for {args.seconds:.0f} s ...", flush=True)
         time.sleep(max(0.0, args.seconds - 2.0))
@@ -403,52 +299,52 @@ def main() -> int:
                 )
                 return 1
 
-        _banner("6. collector query: the fleet")
-        _run_cli("collector", "query", "--db", str(db), "--limit", "12")
-        _banner(f"collector query --node {node}: this machine's real samples")
-        _run_cli(
+        banner("6. collector query: the fleet")
+        run_cli("collector", "query", "--db", str(db), "--limit", "12")
+        banner(f"collector query --node {node}: this machine's real samples")
+        run_cli(
             "collector", "query", "--db", str(db), "--node", node, "--since", "1m", "--limit", "5"
         )
-        _banner("collector query --gpus --node x1000c0s0b0n0: per-GPU rows")
-        _run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
-        _banner("collector query --rejected: what the hostile node sent, quarantined and acked")
-        _run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
-        _banner("collector alerts: what the built-in rules made of it (collector rules lists them)")
-        _run_cli("collector", "alerts", "--db", str(db))
-        _banner("what the alert receivers got")
-        _show_notifications(hooks, None if am is None else am[1])
+        banner("collector query --gpus --node x1000c0s0b0n0: per-GPU rows")
+        run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
+        banner("collector query --rejected: what the hostile node sent, quarantined and acked")
+        run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
+        banner("collector alerts: what the built-in rules made of it (collector rules lists them)")
+        run_cli("collector", "alerts", "--db", str(db))
+        banner("what the alert receivers got")
+        show_notifications(hooks, None if am is None else am[1])
         plan = ROOT / "deploy" / "plan.example.json"
         if plan.is_file():
-            _banner("collector solve: how many GPUs fit under the example plan's cap")
-            _run_cli("collector", "solve", "--config", str(plan))
-        _banner("collector capacity: live draw under the site's cap, and a what-if")
-        _run_cli("collector", "capacity", "--db", str(db))
-        _run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
-        _banner("collector plot: capacity history and the rack/node/GPU treemap")
+            banner("collector solve: how many GPUs fit under the example plan's cap")
+            run_cli("collector", "solve", "--config", str(plan))
+        banner("collector capacity: live draw under the site's cap, and a what-if")
+        run_cli("collector", "capacity", "--db", str(db))
+        run_cli("collector", "capacity", "--db", str(db), "--add", "32xDGX-H100")
+        banner("collector plot: capacity history and the rack/node/GPU treemap")
         for picture in ("usage", "capacity", "hierarchy"):
             png = str(workdir / f"{picture}.png")
-            _run_cli("collector", "plot", picture, "--db", str(db), "--since", "1m", "--out", png)
-        _banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
+            run_cli("collector", "plot", picture, "--db", str(db), "--since", "1m", "--out", png)
+        banner("the collector's /readyz and /metrics (Prometheus; deploy/grafana has a dashboard)")
         _show_metrics(f"http://127.0.0.1:{metrics_port}")
-        _banner("7. inventory and pools: components per node, then a pool sized by a pattern")
-        _run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
-        _run_cli("collector", "inventory", "--db", str(db))
+        banner("7. inventory and pools: components per node, then a pool sized by a pattern")
+        run_cli("collector", "inventory", "--db", str(db), "--node", "x1000c0s0b0n0")
+        run_cli("collector", "inventory", "--db", str(db))
         pattern = "demo:h100:20:epyc:6:memory:300"
-        _run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
-        _run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
-        _run_cli("collector", "pool", "list", "--db", str(db))
-        _banner("8. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
+        run_cli("collector", "pool", "apply", "-p", pattern, "--dry-run", "--db", str(db))
+        run_cli("collector", "pool", "apply", "-p", pattern, "--db", str(db))
+        run_cli("collector", "pool", "list", "--db", str(db))
+        banner("8. leases and quotas: collector apply -f cluster.toml, lease list, quota show")
         cluster = workdir / "cluster.toml"
         cluster.write_text(_cluster_toml(args.nodes, _pool_nodes(db, "demo")))
-        _run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
-        _run_cli("collector", "lease", "list", "--db", str(db))
-        _run_cli("collector", "quota", "show", "--db", str(db))
-        _run_cli("collector", "quota", "show", "--tree", "--db", str(db))
-        _banner("9. quotas schedulers obey: Kueue manifests and Slurm reservations")
-        _run_cli("collector", "export", "--format", "kueue", "--db", str(db))
-        _run_cli("collector", "export", "--format", "slurm", "--db", str(db))
+        run_cli("collector", "apply", "--db", str(db), "-f", str(cluster))
+        run_cli("collector", "lease", "list", "--db", str(db))
+        run_cli("collector", "quota", "show", "--db", str(db))
+        run_cli("collector", "quota", "show", "--tree", "--db", str(db))
+        banner("9. quotas schedulers obey: Kueue manifests and Slurm reservations")
+        run_cli("collector", "export", "--format", "kueue", "--db", str(db))
+        run_cli("collector", "export", "--format", "slurm", "--db", str(db))
     finally:
-        _banner("shutdown")
+        banner("shutdown")
         for name, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -25,17 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from demo import (
-    _DEMO_SECRET,
-    BIN,
-    ROOT,
-    _banner,
-    _free_port,
-    _Hooks,
-    _hostile_node,
-    _run_cli,
-    _show_notifications,
-)
+import demo_common as demo
 
 LEASE_S = 5.0
 """The election's lease in the demo (the default is 10 s): a takeover within seconds."""
@@ -77,29 +67,29 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    hooks = _Hooks()
+    hooks = demo.Hooks()
     config = workdir / "collector.toml"
     config.write_text(
         "[alerts]\neval_interval_s = 1.0\n"
-        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{_DEMO_SECRET}"\n'
+        f'\n[[receivers]]\nname = "demo"\nurl = "{hooks.url}"\nsecret = "{demo.DEMO_SECRET}"\n'
         '\n[[routes]]\ngroup_wait = "1s"\ngroup_interval = "5s"\n'
         f"\n[election]\nlease_s = {LEASE_S}\n"
     )
     env = {
         **os.environ,
         "CAPWATCH_LOG_JSON": "false",
-        "CAPWATCH_CAPACITY__PLAN": str(ROOT / "deploy" / "site.example.toml"),
+        "CAPWATCH_CAPACITY__PLAN": str(demo.ROOT / "deploy" / "site.example.toml"),
         "CAPWATCH_CAPACITY__INTERVAL_S": "2",
     }
 
     def spawn(name: str, *argv: str) -> None:
         log = (workdir / f"{name}.log").open("wb")
         procs[name] = subprocess.Popen(
-            [str(BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env
+            [str(demo.BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env=env
         )
         print(f"started {name} (pid {procs[name].pid}), log: {workdir / (name + '.log')}")
 
-    _banner("site 1. PostgreSQL, Mosquitto, a webhook receiver")
+    demo.banner("site 1. PostgreSQL, Mosquitto, a webhook receiver")
     with (
         LocalPostgres(workdir / "postgres") as pg,
         MosquittoBroker(workdir / "broker") as broker,
@@ -108,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"PostgreSQL at {url} (log: {pg.log_path})")
         print(f"Mosquitto on {broker.host}:{broker.port}; webhooks to {hooks.url}")
         common = ["--host", broker.host, "--port", str(broker.port)]
-        ports = {"collector-a": _free_port(), "collector-b": _free_port()}
+        ports = {"collector-a": demo.free_port(), "collector-b": demo.free_port()}
         try:
-            _banner("site 2. two collectors: one share group, one store, an elected leader")
+            demo.banner("site 2. two collectors: one share group, one store, an elected leader")
             for name, port in ports.items():
                 spawn(
                     name,
@@ -129,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                     f"127.0.0.1:{port}",
                 )
                 time.sleep(1.5)  # a stays the first leader, so the kill below is telling
-            _banner("site 3. the simulated fleet and a hostile node")
+            demo.banner("site 3. the simulated fleet and a hostile node")
             spawn(
                 "simulator",
                 "agent",
@@ -141,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 "1",
             )
             time.sleep(3.0)
-            sent = _hostile_node(broker.host, broker.port)
+            sent = demo.hostile_node(broker.host, broker.port)
             print(f"published {sent} poisonous samples (they raise alerts)")
             time.sleep(max(3.0, args.seconds / 2))
             for name, port in ports.items():
@@ -151,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 print("no collector leads: see the collector logs")
                 return 1
             other = next(n for n in ports if n != leader)
-            _banner(f"site 4. SIGKILL the leader ({leader}); {other} takes over")
+            demo.banner(f"site 4. SIGKILL the leader ({leader}); {other} takes over")
             before = len(hooks.got)
             killed = time.monotonic()
             procs[leader].send_signal(signal.SIGKILL)
@@ -168,16 +158,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{other} /readyz: {_readyz(ports[other])}, {took:.1f} s after the kill")
             print(f"(a lease of {LEASE_S:g} s: the takeover waits for it to end)")
             time.sleep(max(3.0, args.seconds / 2))
-            _banner("site 5. the usual queries, against PostgreSQL")
-            _run_cli("collector", "query", "--db", url, "--limit", "6")
-            _run_cli("collector", "alerts", "--db", url)
-            _run_cli("collector", "capacity", "--db", url)
-            _show_notifications(hooks, None)
+            demo.banner("site 5. the usual queries, against PostgreSQL")
+            demo.run_cli("collector", "query", "--db", url, "--limit", "6")
+            demo.run_cli("collector", "alerts", "--db", url)
+            demo.run_cli("collector", "capacity", "--db", url)
+            demo.show_notifications(hooks, None)
             print(
                 f"notifications before the kill: {before}, after: {len(hooks.got) - before} "
                 "(firing alerts are not notified again by the new leader)"
             )
-            _banner(f"site 6. {leader} comes back (systemd: Restart=always) with its backlog")
+            demo.banner(f"site 6. {leader} comes back (systemd: Restart=always) with its backlog")
             print(
                 f"Mosquitto does not re-route a dead member's share: {leader}'s nodes look "
                 "stale until it returns, their samples held in its session (deploy/README.md)"
@@ -201,9 +191,9 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(4.0)
             for name, port in ports.items():
                 print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
-            _run_cli("collector", "query", "--db", url, "--limit", "4")
+            demo.run_cli("collector", "query", "--db", url, "--limit", "4")
         finally:
-            _banner("shutdown")
+            demo.banner("shutdown")
             for name, proc in reversed(procs.items()):
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
+from collector.alerts.names import BUILTIN
 from collector.alerts.rule import Instance, Rule, enabled_rules
 from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.jobfacts import jobs_on
@@ -121,7 +122,7 @@ def _node_offline(s: AlertSettings) -> Rule:
                 yield Instance({"node": st.node}, {"for_s": f"{now - since:.0f}"})
 
     return Rule(
-        name="NodeOffline",
+        name=BUILTIN.NodeOffline,
         severity="critical",
         summary="Node {node} is offline",
         description=(
@@ -144,7 +145,7 @@ def _node_stale(s: AlertSettings, staleness: Staleness) -> Rule:
                 yield Instance({"node": st.node}, {"last": age})
 
     return Rule(
-        name="NodeStale",
+        name=BUILTIN.NodeStale,
         severity="warning",
         summary="No samples from {node} (last: {last})",
         description=(
@@ -177,7 +178,7 @@ def _gpu_temperature(s: AlertSettings, staleness: Staleness) -> Rule:
                     yield Instance(_gpu_labels(st, g.index, g.uuid), {"temp_c": f"{g.temp_c:.0f}"})
 
     return Rule(
-        name="GpuTemperature",
+        name=BUILTIN.GpuTemperature,
         severity="warning",
         summary="GPU {gpu} on {node} at {temp_c} °C",
         description=(
@@ -208,7 +209,7 @@ def _gpu_xid(s: AlertSettings) -> Rule:
                     )
 
     return Rule(
-        name="GpuXid",
+        name=BUILTIN.GpuXid,
         severity="critical",
         summary="XID {xid} on GPU {gpu} of {node}: {meaning}",
         description=(
@@ -231,7 +232,7 @@ def _gpu_ecc(s: AlertSettings) -> Rule:
                     yield Instance(_gpu_labels(st, index), {"count": str(count)})
 
     return Rule(
-        name="GpuEccUncorrectable",
+        name=BUILTIN.GpuEccUncorrectable,
         severity="critical",
         summary="{count} uncorrectable ECC errors on GPU {gpu} of {node}",
         description=(
@@ -256,7 +257,7 @@ def _gpu_row_remap(s: AlertSettings) -> Rule:
                     yield Instance(_gpu_labels(st, index), {"remap": what})
 
     return Rule(
-        name="GpuRowRemap",
+        name=BUILTIN.GpuRowRemap,
         severity="critical",
         summary="Row remapping {remap} on GPU {gpu} of {node}",
         description=(
@@ -286,7 +287,7 @@ def _gpu_clock_throttled(s: AlertSettings, staleness: Staleness) -> Rule:
                     yield Instance(_gpu_labels(st, g.index, g.uuid), {"reasons": names})
 
     return Rule(
-        name="GpuClockThrottled",
+        name=BUILTIN.GpuClockThrottled,
         severity="warning",
         summary="GPU {gpu} on {node} clocks held down: {reasons}",
         description=(
@@ -315,7 +316,7 @@ def _node_clock_skew(s: AlertSettings) -> Rule:
                 yield Instance({"node": st.node}, {"count": str(n)})
 
     return Rule(
-        name="NodeClockSkew",
+        name=BUILTIN.NodeClockSkew,
         severity="warning",
         summary="{node}'s clock is ahead of the collector's",
         description=(
@@ -341,7 +342,7 @@ def _node_rejects_rising(s: AlertSettings) -> Rule:
                 yield Instance({"node": st.node}, {"count": str(n)})
 
     return Rule(
-        name="NodeRejectsRising",
+        name=BUILTIN.NodeRejectsRising,
         severity="warning",
         summary=f"{{count}} messages from {{node}} rejected in {window:g} s",
         description=(
@@ -368,7 +369,7 @@ def _node_samples_missing(s: AlertSettings) -> Rule:
                 yield Instance({"node": st.node}, {"count": str(n)})
 
     return Rule(
-        name="NodeSamplesMissing",
+        name=BUILTIN.NodeSamplesMissing,
         severity="warning",
         summary=f"{{count}} samples of {{node}} missing in {window:g} s",
         description=(
@@ -407,7 +408,7 @@ def _job_gpu_idle(s: AlertSettings, staleness: Staleness) -> Rule:
                     )
 
     return Rule(
-        name="JobGpuIdle",
+        name=BUILTIN.JobGpuIdle,
         severity="warning",
         summary="Job {job} of {user} idles GPUs {gpus} on {node}",
         description=(

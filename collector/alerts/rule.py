@@ -32,8 +32,8 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.alerts.fingerprint import fingerprints_of_items
+from collector.alerts.names import refuse_unknown
 from collector.cooperate import YIELD_EVERY, yield_gil
-from shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from collector.live import LiveView
@@ -109,22 +109,11 @@ class Rule:
 
 def enabled_rules(rules: list[Rule], disabled: Iterable[str], *, field: str) -> list[Rule]:
     """``rules`` less those named in ``disabled`` (the setting ``field``, e.g.
-    ``alerts.disabled``); a name that is none of ``rules`` is refused: :class:`ConfigError`
-    naming the setting, the unknown names and the valid ones.
-
-    Every rule family (built-in, capacity, governance) filters its rules through this one
-    function, and its settings model calls the family's builder when it loads, so that a typo
-    is refused by every command, in the same words.
-    """
+    ``alerts.disabled``); a name that is none of ``rules`` is refused in the words of
+    :func:`collector.alerts.names.refuse_unknown`, which every family's settings model
+    also calls when it loads, against the same names (:mod:`collector.alerts.names`)."""
+    refuse_unknown(disabled, (r.name for r in rules), field=field)
     off = set(disabled)
-    known = sorted(r.name for r in rules)
-    unknown = sorted(off.difference(known))
-    if unknown:
-        raise ConfigError(
-            f"setting {field!r} names unknown rule{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(map(repr, unknown))}: use one of {', '.join(known)}",
-            field=field,
-        )
     return [r for r in rules if r.name not in off]
 
 

@@ -10,6 +10,8 @@ from typing import Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from collector.alerts import names
+
 __all__ = ["CRITICAL_XIDS", "AlertSettings"]
 
 _DAY_S: Final = 86_400.0
@@ -74,14 +76,12 @@ class AlertSettings(BaseModel):
     job_idle_for_s: float = Field(default=1800.0, ge=0, le=7 * _DAY_S)
     """...for this long (30 min) holds GPUs it does not use."""
     disabled: list[str] = Field(default=[], max_length=64)
-    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"])."""
+    """Built-in rules to leave out, by name (e.g. ["NodeRejectsRising"]; the names:
+    :data:`collector.alerts.names.BUILTIN`)."""
     external_url: str = Field(default="", max_length=1024, pattern=r"^(https?://\S+)?$")
     """Where people reach this collector: ``externalURL`` and ``generatorURL`` in webhooks."""
 
     @model_validator(mode="after")
     def _disabled_rules_exist(self) -> Self:
-        if self.disabled:  # the rules module only when needed: settings load for every command
-            from collector.alerts.builtin import builtin_rules  # noqa: PLC0415
-
-            builtin_rules(self)  # refuses an unknown name (collector.alerts.rule.enabled_rules)
+        names.refuse_unknown(self.disabled, names.BUILTIN, field="alerts.disabled")
         return self

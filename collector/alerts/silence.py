@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from collector.alerts.names import BUILTIN
 from collector.alerts.route import Matcher, make_matcher, parse_matcher
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "silence_from_row",
 ]
 
-INHIBITING_RULE: Final = "NodeOffline"
+INHIBITING_RULE: Final = BUILTIN.NodeOffline
 
 
 @dataclass(frozen=True, slots=True)

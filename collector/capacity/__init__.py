@@ -2,7 +2,9 @@
 
 - :mod:`collector.capacity.config`: the site plan plus ``[capacity]`` (node-type matching,
   racks, the fallback for unmatched nodes).
-- :mod:`collector.capacity.compute`: each node's draw, the fleet's fabric and headroom.
+- :mod:`collector.capacity.node`: one node's type and what it counts at.
+- :mod:`collector.capacity.compute`: the fleet's draw per type and rack, its fabric and
+  headroom.
 - :mod:`collector.capacity.picture`: what it answers (:class:`Picture`).
 - :mod:`collector.capacity.whatif`: ``--add`` / ``--remove`` through the solver.
 - :mod:`collector.capacity.job`: the collector's periodic snapshot.

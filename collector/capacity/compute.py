@@ -1,36 +1,11 @@
 """The live power picture: each node's draw, the fleet's fabric and headroom from the solver.
 
-Per node, in this order (:func:`compute_picture`; :class:`NodeModel` holds a type's model):
-
-- **measured**: its input power as its BMC or PSU sensors read it
-  (:meth:`collector.nodefacts.Staleness.node_power`: reported in its sample, or polled by the
-  collector, while fresh), whatever the agent's state;
-- otherwise, from a fresh sample, **GPUs + CPU + the unreported parts**: each GPU's power as
-  :func:`collector.nodefacts.gpu_power_w` chooses it (interval power, else instantaneous), a
-  GPU of the node type that the sample does not report (or reports without power) at the
-  type's ``gpu_w``; the RAPL package power (``cpu_power_w``) when reported, else the type's
-  ``cpu_w``; and the parts no sensor reports (DRAM, NVMe, NICs, fans, PSU losses) at the
-  type's figure for them (:mod:`collector.capacity.calibrate`), on ``rest_basis``:
-
-  - ``calibrated`` (default): the median of node - GPUs - CPU over the type's nodes that
-    report all three this cycle (**calibrated**), or, with fewer than
-    :data:`~collector.capacity.calibrate.MIN_NODES` of them, the model below (**modelled**);
-  - ``model``: the type's model of its parts at their maximum: ``dram_w + nvme_w +
-    nics_per_node x nic_w + node_aux_w`` (**modelled**);
-  - ``nameplate``: that model plus the nameplate slack (``nameplate_w`` above the parts' sum),
-    so the node counts as if every part sat at its maximum and the PSU at its rating
-    (**modelled**; the conservative count before measured power);
-
-- a total above the type's nameplate is a broken sensor or a forged sample: it counts at the
-  nameplate and the node is flagged (``clamped``), so no node moves the site's draw by more
-  than its nameplate.
-
-Without a fresh reading (**assumed**): a node's state is
-:class:`collector.nodefacts.Staleness`'s; a stale or offline node counts on ``stale_basis``:
-nameplate (default), its last draw (its last input power reading, else its last sample as
-above), or zero. An online node awaiting its first sample counts at its nameplate (it is up;
-nothing says it draws less). A node whose type cannot be found
-(:class:`~collector.capacity.config.CapacityPlan`) counts at the fallback and is listed.
+Each node counts as :func:`collector.capacity.node.count_node` says (measured; else GPUs +
+CPU + the unreported parts from a fresh sample; else assumed on ``stale_basis``; never above
+its type's nameplate), in the rack every consumer names (:meth:`CapacityPlan.rack_of`).
+:func:`compute_picture` then adds the unreported parts once this cycle's nodes have
+calibrated them (:mod:`collector.capacity.calibrate`), sums the nodes per type, per rack (a
+rack with a fresh PDU reading counts at it) and per how each draw was obtained.
 
 The nameplate slack counts in the worst case whatever the basis: every node at its nameplate.
 Then the solver (:func:`collector.power.solve_fixed`, fixed-fleet mode) builds the fabric
@@ -42,18 +17,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final
 
 from collector.capacity.calibrate import RestFigure, rest_figure
 from collector.capacity.config import CapacityPlan
+from collector.capacity.node import Counted, NodeModel, TypeMatcher, count_node
 from collector.capacity.picture import (
     OBTAINED,
     PDU,
-    Basis,
     NodeDraw,
-    Obtained,
     Picture,
     RackDraw,
     RestBasis,
@@ -61,167 +35,20 @@ from collector.capacity.picture import (
     TypeDraw,
 )
 from collector.cooperate import YIELD_EVERY, yield_gil
-from collector.nodefacts import DEFAULT_STALENESS, PowerReading, Staleness, gpu_power_w
-from collector.power import NodeType, Plan, PowerBasis, Solution, solve_fixed
+from collector.nodefacts import DEFAULT_STALENESS, PowerReading, Staleness
+from collector.power import Plan, PowerBasis, Solution, solve_fixed
 
 if TYPE_CHECKING:  # annotations only: a what-if need not load the live view or the schema
     from collector.live import NodeState
-    from shared.schema import Inventory, Sample
+    from shared.schema import Inventory
 
-__all__ = [
-    "NodeModel",
-    "Sensors",
-    "TypeMatcher",
-    "compute_picture",
-    "fleet_solution",
-    "node_model_of",
-]
+__all__ = ["compute_picture", "fleet_solution"]
 
 _BY_NODE: Final = tuple(k for k in OBTAINED if k != PDU)
 """How a node's own draw is obtained (the ``draw_by`` keys; ``measured (pdu)`` only where a
 rack was counted at its PDUs)."""
 _LISTED: Final = 100
 """Names kept per list (unmatched, clamped, stale) in a picture."""
-
-
-class Sensors(NamedTuple):
-    """What one sample's sensors say of a node, the type's model filling the gaps."""
-
-    gpu_w: float
-    """Measured GPUs plus those not reporting at the type's ``gpu_w``."""
-    gpus_modelled: int
-    cpu_w: float
-    cpu_measured: bool
-    per_gpu: tuple[float, ...]
-    """Measured power per GPU."""
-
-    @property
-    def complete(self) -> bool:
-        """Every GPU of the type and the CPU reported: node - GPUs - CPU is the rest."""
-        return self.gpus_modelled == 0 and self.cpu_measured
-
-
-@dataclass(frozen=True, slots=True)
-class NodeModel:
-    """One node type as the live model uses it: the parts no sensor reports."""
-
-    node_type: str
-    gpus: int
-    gpu_w: float
-    cpu_w: float
-    parts_w: float
-    """DRAM + NVMe + NICs + aux at their maximum: the model of the unreported parts."""
-    slack_w: float
-    """The nameplate above the sum of all parts: counted only on ``rest_basis`` nameplate
-    and in the worst case."""
-    nameplate_w: float
-
-    @classmethod
-    def of(cls, t: NodeType) -> NodeModel:
-        """The model of node type ``t``."""
-        c = t.components_max
-        return cls(
-            t.name,
-            t.gpus_per_node,
-            t.gpu_w,
-            t.cpu_w,
-            c.dram_w + c.nvme_w + c.nic_w + c.aux_w,
-            c.other_w,
-            t.max_w,
-        )
-
-    def rest_w(self, basis: RestBasis) -> float:
-        """The model's unreported parts on ``basis`` (``calibrated``: as ``model``)."""
-        return self.parts_w + (self.slack_w if basis == "nameplate" else 0.0)
-
-    def sensors(self, sample: Sample) -> Sensors:
-        """The GPU and CPU power of one sample, the model standing in for what it lacks."""
-        gpu_total = 0.0
-        per_gpu = []
-        for g in sample.gpus:
-            w = gpu_power_w(g)
-            if w is not None:
-                gpu_total += w
-                per_gpu.append(w)
-        missing = max(self.gpus - len(per_gpu), 0)
-        gpu_total += missing * self.gpu_w
-        cpu = sample.cpu_power_w
-        return Sensors(
-            gpu_total,
-            missing,
-            self.cpu_w if cpu is None else cpu,
-            cpu is not None,
-            tuple(per_gpu),
-        )
-
-    def draw_of(
-        self, gpu_w: float, gpus_reported: int, cpu_w: float | None, *, basis: RestBasis = "model"
-    ) -> tuple[float, bool]:
-        """(draw W, clamped) of a node whose ``gpus_reported`` GPUs draw ``gpu_w`` together
-        and whose CPU package draws ``cpu_w`` (``None``: unreported): the model fills in the
-        GPUs not reported, the CPU when unreported and the unreported parts on ``basis``, up to
-        the nameplate. The usage ledger's node energy for a node without an input-power
-        reading (its mean over an hour)."""
-        missing = max(self.gpus - gpus_reported, 0)
-        total = gpu_w + missing * self.gpu_w + (self.cpu_w if cpu_w is None else cpu_w)
-        total += self.rest_w(basis)
-        if total > self.nameplate_w:
-            return self.nameplate_w, True
-        return total, False
-
-
-class TypeMatcher:
-    """Finds each node's type; remembers the answer per inventory (cycles stay cheap)."""
-
-    def __init__(self, cplan: CapacityPlan) -> None:
-        self._cplan = cplan
-        self._by_gpus: dict[int, str | None] = {}
-        for t in cplan.plan.node_types:
-            # A GPU count shared by two types says nothing: such nodes need a rule.
-            self._by_gpus[t.gpus_per_node] = None if t.gpus_per_node in self._by_gpus else t.name
-        self._cache: dict[str, tuple[Inventory | None, str | None]] = {}
-
-    def __call__(self, node: str, inventory: Inventory | None) -> str | None:
-        """The node type of ``node`` (``None``: unmatched)."""
-        hit = self._cache.get(node)
-        if hit is not None and hit[0] is inventory:
-            return hit[1]
-        found = self._find(node, inventory)
-        self._cache[node] = (inventory, found)
-        return found
-
-    def _find(self, node: str, inv: Inventory | None) -> str | None:
-        assigned = self._cplan.assigned_type(node)
-        if assigned is not None:
-            return assigned
-        if inv is None:
-            return None
-        gpu_names = " | ".join(g.name for g in inv.gpus).lower()
-        cpu = inv.cpu_model.lower()
-        for m in self._cplan.match:
-            if m.gpus is not None and m.gpus != len(inv.gpus):
-                continue
-            if m.gpu_model is not None and (not inv.gpus or m.gpu_model not in gpu_names):
-                continue
-            if m.cpu_model is not None and m.cpu_model not in cpu:
-                continue
-            return m.node_type
-        return self._by_gpus.get(len(inv.gpus))
-
-
-def node_model_of(
-    cplan: CapacityPlan, inventory_of: Callable[[str], Inventory | None]
-) -> Callable[[str], NodeModel | None]:
-    """Node -> its type's model (``None``: unmatched), finding types as the live picture
-    does (:class:`TypeMatcher`); ``inventory_of`` gives a node's inventory."""
-    matcher = TypeMatcher(cplan)
-    models = {t.name: NodeModel.of(t) for t in cplan.plan.node_types}
-
-    def model(node: str) -> NodeModel | None:
-        name = matcher(node, inventory_of(node))
-        return None if name is None else models.get(name)
-
-    return model
 
 
 def fleet_solution(
@@ -249,24 +76,6 @@ def _next_binding(
     grown_totals[name] = totals.get(name, 0.0) + (more + 1) * mean
     s = fleet_solution(plan, grown, grown_totals, basis=plan.site.power_basis)
     return s.binding[0].constraint if s.binding else None
-
-
-class _Pending(NamedTuple):
-    """One node's count before the unreported parts are known (they may be calibrated)."""
-
-    node: str
-    node_type: str
-    rack: str
-    draw_w: float
-    """Final draw; for ``needs_rest``: the sensors' part (GPUs + CPU)."""
-    nameplate_w: float
-    basis: Basis
-    obtained: Obtained
-    needs_rest: bool
-    sensors: Sensors | None
-    node_power_w: float | None
-    source: str | None
-    clamped: bool
 
 
 def _rack_by_pdu(
@@ -327,7 +136,7 @@ def compute_picture(
     match = matcher or TypeMatcher(cplan)
     models = {t.name: NodeModel.of(t) for t in plan.node_types}
     residuals: dict[str, list[float]] = {name: [] for name in models}
-    pending: list[_Pending] = []
+    pending: list[Counted] = []
     unmatched: list[str] = []
     stale: list[str] = []
     n_unmatched = n_stale = n_unsampled = 0
@@ -356,125 +165,18 @@ def compute_picture(
             n_unmatched += 1
             if len(unmatched) < _LISTED:
                 unmatched.append(st.node)
-            pending.append(
-                _Pending(
-                    st.node,
-                    fallback_type,
-                    rack[0],
-                    fallback_w,
-                    fallback_w,
-                    "fallback",
-                    "assumed",
-                    False,
-                    None,
-                    None,
-                    None,
-                    False,
-                )
-            )
+            pending.append(Counted.fallback(st.node, fallback_type, rack[0], fallback_w))
             continue
-        model = models[name]
-        nameplate = model.nameplate_w
-        reading = staleness.node_power(st, now)
-        is_stale = staleness.of(st, now) != "online"
-        if reading is not None:  # measured: the node's own input power
-            sensors = None if is_stale or st.sample is None else model.sensors(st.sample)
-            w = reading.watts
-            if sensors is not None and sensors.complete and w <= nameplate:
-                residuals[name].append(w - sensors.gpu_w - sensors.cpu_w)
-            pending.append(
-                _Pending(
-                    st.node,
-                    name,
-                    rack[0],
-                    min(w, nameplate),
-                    nameplate,
-                    "measured",
-                    "measured",
-                    False,
-                    sensors,
-                    w,
-                    reading.source,
-                    w > nameplate,
-                )
-            )
-            continue
-        if is_stale:
+        c = count_node(st, models[name], rack[0], now, staleness=staleness, stale_basis=stale_basis)
+        if c.residual_w is not None:
+            residuals[name].append(c.residual_w)
+        if c.stale:
             n_stale += 1
             if len(stale) < _LISTED:
                 stale.append(st.node)
-        if st.sample is None and not is_stale:  # online, its first sample due
+        if c.unsampled:
             n_unsampled += 1
-            pending.append(
-                _Pending(
-                    st.node,
-                    name,
-                    rack[0],
-                    nameplate,
-                    nameplate,
-                    "nameplate",
-                    "assumed",
-                    False,
-                    None,
-                    None,
-                    None,
-                    False,
-                )
-            )
-        elif is_stale and stale_basis == "last" and st.node_power is not None:
-            w = st.node_power.watts  # its last input power reading
-            pending.append(
-                _Pending(
-                    st.node,
-                    name,
-                    rack[0],
-                    min(w, nameplate),
-                    nameplate,
-                    "last",
-                    "assumed",
-                    False,
-                    None,
-                    w,
-                    st.node_power.source,
-                    w > nameplate,
-                )
-            )
-        elif (is_stale and stale_basis != "last") or st.sample is None:
-            zero = stale_basis == "zero"
-            pending.append(
-                _Pending(
-                    st.node,
-                    name,
-                    rack[0],
-                    0.0 if zero else nameplate,
-                    nameplate,
-                    "zero" if zero else "nameplate",
-                    "assumed",
-                    False,
-                    None,
-                    None,
-                    None,
-                    False,
-                )
-            )
-        else:
-            sensors = model.sensors(st.sample)
-            pending.append(
-                _Pending(
-                    st.node,
-                    name,
-                    rack[0],
-                    sensors.gpu_w + sensors.cpu_w,
-                    nameplate,
-                    "last" if is_stale else "measured",
-                    "assumed" if is_stale else "modelled",
-                    True,
-                    sensors,
-                    None,
-                    None,
-                    False,
-                )
-            )
+        pending.append(c)
     figures: dict[str, RestFigure] = {
         name: rest_figure(rest_basis, m.parts_w, m.slack_w, residuals[name])
         for name, m in models.items()

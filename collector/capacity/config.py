@@ -22,6 +22,10 @@ plan's node types and racks::
     nodes = ["gpu-00*"]
     limit_kw = 41                # default: [site] rack_power_kw
 
+The racks are every consumer's (:func:`collector.nodefacts.rack_of`: these rules first, then
+the xname cabinet): the picture's rack limits and PDU readings, ``/sd``'s ``rack`` label,
+``collector inventory`` and ``pool apply``'s fewest racks (:func:`rack_rules`).
+
 Order of matching: explicit assignment, then ``match`` rules in order, then (no rule
 matched) the only node type with the node's GPU count. Every key is checked: an unknown
 key or a wrong type raises :class:`~shared.errors.PlanError` naming the field.
@@ -35,15 +39,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 from pathlib import Path
-from typing import Final
 
+from collector.nodefacts import rack_name, rack_of
 from collector.power import NodeType, Plan, parse_plan
 from collector.power.plan import read_plan_document
 from shared.errors import PlanError
 
-__all__ = ["Assign", "CapacityPlan", "Match", "RackRule", "load_capacity_plan", "parse_capacity"]
-
-_XNAME: Final = re.compile(r"(x[0-9]{1,4})c[0-7]s[0-9]+b[0-9]+n[0-9]+\Z", re.IGNORECASE)
+__all__ = [
+    "Assign",
+    "CapacityPlan",
+    "Match",
+    "RackRule",
+    "load_capacity_plan",
+    "parse_capacity",
+    "rack_rules",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +110,14 @@ class CapacityPlan:
         return kw * 1e3 if kw is not None else None
 
     def rack_of(self, node: str) -> tuple[str, float | None]:
-        """The node's rack and its limit in W: a ``[[capacity.racks]]`` rule, else the xname
-        cabinet, else ``"-"`` (no rack known, no limit)."""
-        for rule in self.racks:
-            if rule.regex.match(node):
-                return rule.name, rule.limit_w if rule.limit_w is not None else self.rack_limit_w
-        m = _XNAME.match(node)
-        if m:
-            return m.group(1).lower(), self.rack_limit_w
-        return "-", None
+        """The node's rack (:func:`collector.nodefacts.rack_of` over :attr:`racks`) and its
+        limit in W (the first ``limit_kw`` a rule of that name gives, else the site's);
+        ``"-"`` and no limit when no rack is known."""
+        rack = rack_of(node, self.racks)
+        if rack is None:
+            return "-", None
+        limits = (r.limit_w for r in self.racks if r.name == rack and r.limit_w is not None)
+        return rack, next(limits, self.rack_limit_w)
 
     def assigned_type(self, node: str) -> str | None:
         """The node type ``[[capacity.assign]]`` gives ``node``, if any."""
@@ -211,7 +220,7 @@ def parse_capacity(data: Mapping[str, object], *, source: str = "") -> CapacityP
         t = _table(raw, path, ("name", "nodes", "limit_kw"), ("name", "nodes"))
         pats, regex = _patterns(t["nodes"], f"{path}.nodes")
         limit = _number(t["limit_kw"], f"{path}.limit_kw") * 1e3 if "limit_kw" in t else None
-        racks.append(RackRule(_str(t["name"], f"{path}.name"), pats, regex, limit))
+        racks.append(RackRule(rack_name(_str(t["name"], f"{path}.name")), pats, regex, limit))
     largest = max(plan.node_types, key=lambda nt: nt.max_w)
     fallback_type = (
         _type_name(cap["fallback_type"], "capacity.fallback_type", plan)
@@ -237,3 +246,9 @@ def parse_capacity(data: Mapping[str, object], *, source: str = "") -> CapacityP
 def load_capacity_plan(path: Path) -> CapacityPlan:
     """Read and check a plan file (``.toml`` or ``.json``) with its ``[capacity]`` table."""
     return parse_capacity(read_plan_document(path), source=str(path.resolve()))
+
+
+def rack_rules(plan: Path | None) -> tuple[RackRule, ...]:
+    """The operator's racks in the plan file ``plan`` (``[[capacity.racks]]``; none without a
+    plan), for the consumers of :func:`collector.nodefacts.rack_of` outside the picture."""
+    return () if plan is None else load_capacity_plan(plan).racks

@@ -22,8 +22,9 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter
 
-from collector.capacity.compute import TypeMatcher, compute_picture
+from collector.capacity.compute import compute_picture
 from collector.capacity.config import CapacityPlan
+from collector.capacity.node import TypeMatcher
 from collector.capacity.picture import (
     Picture,
     RestBasis,

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from collector.alerts.names import CAPACITY
 from collector.alerts.rule import Condition, Instance, Rule, enabled_rules
 from collector.capacity.settings import CapacitySettings
 
@@ -101,7 +102,7 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
 
     rules = [
         Rule(
-            "SitePowerHigh",
+            CAPACITY.SitePowerHigh,
             "warning",
             "Site IT draw at {pct} % of the cap",
             "Live IT draw {it} is {pct} % of the {cap} cap (warning above "
@@ -111,7 +112,7 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
             keep_firing_for_s=s.keep_firing_for_s,
         ),
         Rule(
-            "SitePowerCritical",
+            CAPACITY.SitePowerCritical,
             "critical",
             "Site IT draw at {pct} % of the cap",
             "Live IT draw {it} is {pct} % of the {cap} cap (critical above "
@@ -121,7 +122,7 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
             keep_firing_for_s=s.keep_firing_for_s,
         ),
         Rule(
-            "RackPowerOverLimit",
+            CAPACITY.RackPowerOverLimit,
             "critical",
             "Rack {rack} draws {draw}, above its {limit} limit",
             "Rack {rack} ({nodes} nodes) draws {draw} of live power, above its {limit} limit.",
@@ -130,7 +131,7 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
             keep_firing_for_s=s.keep_firing_for_s,
         ),
         Rule(
-            "SiteWorstCaseOverCap",
+            CAPACITY.SiteWorstCaseOverCap,
             "info",
             "Worst case {worst} is above the {cap} cap",
             "If every node drew its nameplate the site would draw {worst} against a {cap} cap "
@@ -138,7 +139,7 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
             worst,
         ),
         Rule(
-            "SitePowerRising",
+            CAPACITY.SitePowerRising,
             "warning",
             "Site IT draw rising {slope} per minute",
             "Live IT draw ({it} of a {cap} cap) rises {slope} per minute, faster than "

@@ -6,14 +6,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, Self, cast
+from typing import Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from collector.alerts import names
 from shared.errors import ConfigError
-
-if TYPE_CHECKING:
-    from collector.capacity.job import CapacityState
 
 __all__ = ["CapacitySettings"]
 
@@ -50,16 +48,12 @@ class CapacitySettings(BaseModel):
     """SitePowerRising fires above this slope; 0: 2 % of the cap per minute."""
     rising_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
     disabled: list[str] = Field(default=[], max_length=16)
-    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"])."""
+    """Capacity rules to leave out, by name (e.g. ["SiteWorstCaseOverCap"]; the names:
+    :data:`collector.alerts.names.CAPACITY`)."""
 
     @model_validator(mode="after")
     def _checked(self) -> Self:
-        if self.disabled:  # the rules module only when needed: settings load for every command
-            from collector.capacity.rules import capacity_rules  # noqa: PLC0415
-
-            # Names only: no condition runs here, so the rules need no state (and the
-            # settings no capacity job, nor the store under it).
-            capacity_rules(cast("CapacityState", None), self)  # refuses an unknown name
+        names.refuse_unknown(self.disabled, names.CAPACITY, field="capacity.disabled")
         if self.critical_pct < self.warn_pct:
             raise ConfigError(
                 f"setting 'capacity.critical_pct' ({self.critical_pct:g}) is below "

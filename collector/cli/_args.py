@@ -16,6 +16,7 @@ from collector.paths import PgTarget, StoreTarget, parse_target
 from shared.cli import add_broker_args, add_log_args
 
 if TYPE_CHECKING:
+    from collector.capacity.config import RackRule
     from collector.nodefacts import Staleness
     from collector.settings import CollectorSettings
 
@@ -80,12 +81,20 @@ class ReadSettings(NamedTuple):
     store_target: StoreTarget
     stale_intervals: float
     expected_interval_s: float
+    capacity_plan: Path | None = None
+    """``[capacity] plan``: where the operator's racks are (``[[capacity.racks]]``)."""
 
     def staleness(self) -> Staleness:
         """When a node is stale (:mod:`collector.nodefacts`)."""
         from collector.nodefacts import Staleness  # noqa: PLC0415
 
         return Staleness(self.stale_intervals, self.expected_interval_s)
+
+    def rack_rules(self) -> tuple[RackRule, ...]:
+        """The operator's racks, for :func:`collector.nodefacts.rack_of` (none without a plan)."""
+        from collector.capacity.config import rack_rules  # noqa: PLC0415
+
+        return rack_rules(self.capacity_plan)
 
 
 def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
@@ -113,5 +122,8 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
         )
     settings = settings_from_args(args)
     return ReadSettings(
-        settings.store_target, settings.stale_intervals, settings.expected_interval_s
+        settings.store_target,
+        settings.stale_intervals,
+        settings.expected_interval_s,
+        settings.capacity.plan,
     )

@@ -103,7 +103,7 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
     from collector.store.pools import leased_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    nodes = load_nodes(settings.store_target, settings.staleness())
+    nodes = load_nodes(settings)
     with StoreReader(settings.store_target) as store:
         leased = leased_nodes(store, time.time())
     return plan_patterns(spec, nodes, leased)
@@ -112,16 +112,16 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
 def run(args: argparse.Namespace) -> int:
     """Apply (or dry-run) the file."""
     from collector.governance.declare import apply_spec, parse_spec  # noqa: PLC0415
-    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
     spec = parse_spec(_read(args.file), source="stdin" if args.file == "-" else args.file)
     planned = _plan_patterns(spec, settings) if any(p.pattern for p in spec.pools.values()) else {}
-    with GovernanceWriter(settings.store_target, now=time.time()) as w:
-        changes = apply_spec(w, spec, w.run(node_hardware()), planned)
+    with Command(settings.store_target, now=time.time()) as tx:
+        changes = apply_spec(tx, spec, tx.run(node_hardware()), planned)
         if args.dry_run or not changes:
-            w.discard()
+            tx.discard()
     if args.json:
         print_json({"dry_run": args.dry_run, "changes": changes})
         return 0

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "kueue":
         from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-        nodes = load_nodes(settings.store_target, settings.staleness())
+        nodes = load_nodes(settings)
         node_gpus = {
             n.node: {c.model: c.count for c in n.components if c.kind == "gpu"} for n in nodes
         }

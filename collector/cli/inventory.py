@@ -14,8 +14,8 @@ from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collector.cli._args import ReadSettings
     from collector.governance.inventory import NodeComponents
-    from collector.nodefacts import Staleness
     from collector.paths import StoreTarget
 
 __all__ = [
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if len(words) > 1:
         raise ConfigError(f"expected at most one POOL, got {' '.join(words)!r}")
     pool = words[0] if words else None
-    nodes = load_nodes(settings.store_target, settings.staleness(), with_ids=args.node is not None)
+    nodes = load_nodes(settings, with_ids=args.node is not None)
     if args.node is not None:
         return _one_node(nodes, args.node, as_json=args.json)
     if pool is not None:
@@ -106,21 +106,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_nodes(
-    db: StoreTarget, staleness: Staleness, *, with_ids: bool = False
-) -> list[NodeComponents]:
-    """Every node with an inventory, as components (one read snapshot); ``with_ids``: with
-    serials, UUIDs and interface names."""
+def load_nodes(settings: ReadSettings, *, with_ids: bool = False) -> list[NodeComponents]:
+    """Every node with an inventory, as components, in its rack (one read snapshot);
+    ``with_ids``: with serials, UUIDs and interface names."""
     from collector.governance.inventory import describe_nodes  # noqa: PLC0415
     from collector.store.pools import node_records  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    with StoreReader(db) as store:
+    rack_rules = settings.rack_rules()
+    with StoreReader(settings.store_target) as store:
         records = node_records(store)
     return describe_nodes(
         records,
         time.time(),
-        staleness=staleness,
+        staleness=settings.staleness(),
+        rack_rules=rack_rules,
         with_ids=with_ids,
     )
 
@@ -289,7 +289,7 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
 def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
     import sys  # noqa: PLC0415
 
-    from collector.store.pools import declare_inventories  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
     from shared.errors import SchemaError  # noqa: PLC0415
     from shared.schema import decode_inventory, encode  # noqa: PLC0415
 
@@ -314,7 +314,8 @@ def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
         rows[inv.node] = encode(inv)
     if not rows:
         raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")
-    n = declare_inventories(db, sorted(rows.items()), time.time())
+    with Command(db, now=time.time()) as tx:
+        n = tx.pools.declare_inventories(sorted(rows.items()))
     if as_json:
         print_json({"declared": n, "nodes": sorted(rows)})
         return 0

@@ -135,7 +135,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         parse_notice,
     )
     from collector.governance.ops import LeaseRequest, add_lease  # noqa: PLC0415
-    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
     if not args.tenant:
@@ -170,9 +170,9 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         force_reason=(args.reason or "forced without a reason") if args.force else None,
         comment=args.comment,
     )
-    with GovernanceWriter(db, now=now) as w:
-        lease_id, admission = add_lease(w, req, w.run(node_hardware()))
-        lease = next(x for x in w.state().leases if x.id == lease_id)
+    with Command(db, now=now) as tx:
+        lease_id, admission = add_lease(tx, req, tx.run(node_hardware()))
+        lease = next(x for x in tx.governance.state().leases if x.id == lease_id)
     row = lease_row(lease, now)
     if admission is not None:
         row["quota"] = {
@@ -215,7 +215,7 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
             field="--pool",
         )
     settings = read_settings_from_args(args)
-    nodes = load_nodes(db, settings.staleness())
+    nodes = load_nodes(settings)
     if any(n.pool == pattern.pool for n in nodes):
         raise ConfigError(
             f"pool {pattern.pool!r} exists: --pattern carves a new pool from free; lease the "
@@ -327,33 +327,33 @@ def _show(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
 def _change(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.lease import LeaseError, parse_date, parse_days  # noqa: PLC0415
     from collector.governance.ops import change_lease, find_lease  # noqa: PLC0415
-    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
     if args.force and args.action == "cancel":
         raise ConfigError("cancel gives nodes back: --force is for add, extend and renew")
     force_reason = (args.reason or "forced without a reason") if args.force else None
-    with GovernanceWriter(db, now=now) as w:
+    with Command(db, now=now) as tx:
         days = None
         try:
             on = parse_date(args.on, field="--on") if args.on else None
             if args.action == "extend":
                 if not args.by:
                     raise ConfigError("extend needs --by, e.g. --by 30d or --by 3m", field="--by")
-                current = find_lease(w.state(), args.lease).terms
+                current = find_lease(tx.governance.state(), args.lease).terms
                 days = parse_days(args.by, current.scheduled_end, field="--by")
         except LeaseError as exc:
             raise ConfigError(str(exc)) from None
         lease, _ = change_lease(
-            w,
+            tx,
             args.lease,
             args.action,
             on=on,
             days=days,
-            hardware=w.run(node_hardware()) if args.action != "cancel" else None,
+            hardware=tx.run(node_hardware()) if args.action != "cancel" else None,
             force_reason=force_reason,
         )
-        changed = next(x for x in w.state().leases if x.id == lease.id)
+        changed = next(x for x in tx.governance.state().leases if x.id == lease.id)
     row = lease_row(changed, now)
     if args.json:
         print_json(row)

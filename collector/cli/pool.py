@@ -36,8 +36,9 @@ apply matches each component as a case-insensitive substring of "<kind> <model>"
 cpu = sockets, gpu, memory = 16 GiB units, nic, accelerator); counts are of components and
 round up to whole nodes. It chooses the FEWEST nodes (an integer program solved exactly by
 SciPy's milp/HiGHS; greedy past a size limit, and says so), preferring nodes already in the
-pool, then fewer racks (xname cabinets); it never takes a node that is not online or is
-leased (nor one given with --exclude), and releases the nodes the pattern does not need.
+pool, then fewer racks (the plan's [[capacity.racks]], else xname cabinets); it never takes
+a node that is not online or is leased (nor one given with --exclude), and releases the
+nodes the pattern does not need.
 A leased pool's lease holds the nodes added to it: add and apply refuse growth that takes
 its tenant past its quota at any time in the rest of the lease (naming the first such day),
 unless --force --reason "why", which is recorded on the lease.
@@ -129,7 +130,7 @@ def _forced(args: argparse.Namespace) -> str | None:
 def _nodes(settings: ReadSettings) -> list[NodeComponents]:
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
-    return load_nodes(settings.store_target, settings.staleness())
+    return load_nodes(settings)
 
 
 def _list(settings: ReadSettings, *, as_json: bool) -> int:
@@ -193,26 +194,22 @@ def _change(
 ) -> int:
     from collector.governance.ops import judge_growth  # noqa: PLC0415
     from collector.governance.pattern import validate_pool_name  # noqa: PLC0415
-    from collector.store.pools import (  # noqa: PLC0415
-        FREE,
-        pool_members,
-        pool_transaction,
-        unknown_nodes,
-    )
+    from collector.store.command import Command  # noqa: PLC0415
+    from collector.store.pools import FREE, pool_members, unknown_nodes  # noqa: PLC0415
 
     if action != "delete":
         validate_pool_name(name)
     nodes = list(dict.fromkeys(nodes))  # a node named twice moves once
-    with pool_transaction(db, time.time()) as tx:
-        exists = tx.exists(name)
+    with Command(db, now=time.time()) as tx:
+        exists = tx.pools.exists(name)
         if action == "create":
             if exists:
                 raise ConfigError(f"pool {name!r} exists already (add nodes with `pool add`)")
-            tx.create(name, comment)
+            tx.pools.create(name, comment)
         elif not exists or name == FREE:
             raise ConfigError(f"no pool {name!r} (`collector pool list`)", field="NAME")
         if action == "delete":
-            moved = tx.delete(name)
+            moved = tx.pools.delete(name)
             if as_json:
                 print_json({"pool": name, "action": action, "nodes": sorted(moved)})
             else:
@@ -232,7 +229,7 @@ def _change(
                     f"`collector pool remove {where} {node}` first"
                 )
         target = FREE if action == "remove" else name
-        judge_growth(tx.tx, tx.move(nodes, target, action), force_reason=force_reason)
+        judge_growth(tx, tx.pools.move(nodes, target, action), force_reason=force_reason)
     if as_json:
         print_json({"pool": name, "action": action, "nodes": nodes})
         return 0
@@ -245,12 +242,8 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.ops import judge_growth  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
-    from collector.store.pools import (  # noqa: PLC0415
-        FREE,
-        leased_nodes,
-        pool_members,
-        pool_transaction,
-    )
+    from collector.store.command import Command  # noqa: PLC0415
+    from collector.store.pools import FREE, leased_nodes, pool_members  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     pattern = parse_pattern(args.pattern, field="-p")
@@ -262,14 +255,15 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     if not args.dry_run:
         # Plan on a read snapshot (the solve must not hold the write lock the collector's
         # writer needs), then write only if no pool command moved a node in between.
-        with pool_transaction(settings.store_target, time.time()) as tx:
+        with Command(settings.store_target, now=time.time()) as tx:
             if pool_members(tx) != before:
                 raise ConfigError("pools changed while planning: run the command again")
-            if not tx.exists(plan.pool):
-                tx.create(plan.pool, args.comment)
+            if not tx.pools.exists(plan.pool):
+                tx.pools.create(plan.pool, args.comment)
             reason = f"apply {pattern}"
-            tx.move(plan.release, FREE, reason)
-            judge_growth(tx.tx, tx.move(plan.take, plan.pool, reason), force_reason=_forced(args))
+            tx.pools.move(plan.release, FREE, reason)
+            grown = tx.pools.move(plan.take, plan.pool, reason)
+            judge_growth(tx, grown, force_reason=_forced(args))
     _print_plan(plan, nodes, as_json=args.json, dry_run=args.dry_run)
     return 0
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collector.governance.usage import Usage
     from collector.nodefacts import Staleness
     from collector.paths import StoreTarget
-    from collector.store.governance import GovernanceWriter
+    from collector.store.governance import GovernanceWrites
 
 __all__ = ["add_parser", "run"]
 
@@ -139,7 +139,7 @@ def _number(value: float | None, flag: str) -> float | None:
 
 def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.quota import Quota  # noqa: PLC0415
-    from collector.store.governance import GovernanceWriter  # noqa: PLC0415
+    from collector.store.command import Command  # noqa: PLC0415
 
     nominal = _number(args.nominal, "--nominal")
     bl = _number(args.borrowing_limit, "--borrowing-limit")
@@ -156,7 +156,8 @@ def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         validate_tenant_name(args.tenant, field="TENANT")
     if args.cohort:
         validate_tenant_name(args.cohort, what="cohort", field="--cohort")
-    with GovernanceWriter(db, now=now) as w:
+    with Command(db, now=now) as tx:
+        w = tx.governance
         if args.tenant is None:
             if args.cohort is None:
                 raise ConfigError("set needs a TENANT, or --cohort C for the cohort's own quota")
@@ -206,7 +207,7 @@ def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     )
 
 
-def _set_cohort(w: GovernanceWriter, args: argparse.Namespace, quota: Quota | None) -> int:
+def _set_cohort(w: GovernanceWrites, args: argparse.Namespace, quota: Quota | None) -> int:
     """``set --cohort C [--parent P] [--nominal N ...]``: the cohort's place and own quota."""
     from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
     from collector.governance.quota import find_cycle  # noqa: PLC0415

@@ -11,9 +11,9 @@ fewest nodes. Here, for pool P and pattern needs q_t (terms t):
 - solve 1: minimise sum x_g subject to sum_g a_{g,t} x_g >= q_t for every t;
 - solve 2: with sum x_g fixed at that minimum, minimise the nodes taken from free (the pool
   keeps its own first);
-- then, with both counts fixed, as few racks (xname cabinets) as possible: see
-  :mod:`collector.governance.racks` (exact when HiGHS proves it in time, else the best of
-  three answers, with a note).
+- then, with both counts fixed, as few racks as possible (:func:`collector.nodefacts.rack_of`):
+  see :mod:`collector.governance.racks` (exact when HiGHS proves it in time, else the best
+  of three answers, with a note).
 
 Both solves are SciPy's ``milp`` (HiGHS) with a zero MIP gap, so the node count and the
 pool's share are proven, not estimated. The rack step is the hard one (a facility location

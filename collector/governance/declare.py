@@ -2,11 +2,11 @@
 
 The schema (:class:`ClusterSpec`, pydantic, unknown keys refused) names every bad key by its
 dotted path (``tenants.acme.quota.gpus.nominal``). :func:`apply_spec` makes the store say
-what the file says, inside one :class:`~collector.store.governance.GovernanceWriter`
-transaction, and returns the changes as ``+`` (new), ``~`` (changed) and ``-`` (removed)
-lines; applying the same file again changes nothing. What the file does not name (another
-tenant, a pool made by ``collector pool``) is left as it is; for a tenant or cohort it names,
-its quotas are exactly the file's. :func:`export_spec` writes the store's state in the same
+what the file says, inside one :class:`~collector.store.command.Command` transaction, and
+returns the changes as ``+`` (new), ``~`` (changed) and ``-`` (removed) lines; applying the
+same file again changes nothing. What the file does not name (another tenant, a pool made by
+``collector pool``) is left as it is; for a tenant or cohort it names, its quotas are exactly
+the file's. :func:`export_spec` writes the store's state in the same
 shape, so ``collector export | collector apply -f -`` is a no-op.
 
 Example::
@@ -52,13 +52,13 @@ from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseT
 from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
 from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
 from collector.governance.state import Governance, TenantQuota
-from collector.store.pools import follow_leases
+from collector.store.pools import FREE
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
     from collector.governance.inventory import NodeComponents
-    from collector.store.governance import GovernanceWriter
+    from collector.store.command import Command
 
 __all__ = ["ClusterSpec", "apply_spec", "export_spec", "parse_spec", "plan_patterns"]
 
@@ -291,17 +291,17 @@ def _quota_text(q: TenantQuota | None) -> str:
 
 
 def apply_spec(
-    w: GovernanceWriter,
+    tx: Command,
     spec: ClusterSpec,
     hardware: Mapping[str, tuple[int, float]],
     planned: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
-    """Make the store match ``spec`` (in ``w``'s transaction); the change lines.
+    """Make the store match ``spec`` (in the transaction ``tx``); the change lines.
 
     ``planned``: the nodes chosen for each pool declared by pattern (:func:`plan_patterns`).
     """
     planned = planned or {}
-    gov = w.state()
+    gov = tx.governance.state()
     changes: list[str] = []
     grown: dict[int, list[str]] = {}
     cohorts = set(spec.cohorts) | {t.cohort for t in spec.tenants.values() if t.cohort}
@@ -321,7 +321,7 @@ def apply_spec(
         c = spec.cohorts.get(name, CohortSpec())
         if name not in gov.cohorts:
             changes.append(f"+ cohort {name}")
-        w.put_cohort(name)
+        tx.governance.put_cohort(name)
         if name not in spec.cohorts:
             continue
         if gov.cohort_parents.get(name) != c.parent:
@@ -329,7 +329,7 @@ def apply_spec(
                 f"~ cohort {name} parent: {gov.cohort_parents.get(name) or '-'} -> "
                 f"{c.parent or '-'}"
             )
-            w.set_cohort_parent(name, c.parent)
+            tx.governance.set_cohort_parent(name, c.parent)
         for resource in RESOURCES:
             own = c.quota_of(resource)
             had = gov.cohort_quotas.get((name, resource))
@@ -337,7 +337,7 @@ def apply_spec(
                 changes.append(
                     f"~ cohort {name} {resource}: {_cohort_text(had)} -> {_cohort_text(own)}"
                 )
-                w.put_cohort_quota(name, resource, own)
+                tx.governance.put_cohort_quota(name, resource, own)
     for name, t in sorted(spec.tenants.items()):
         if name not in gov.tenants:
             changes.append(f"+ tenant {name} (cohort {t.cohort or '-'}, priority {t.priority})")
@@ -346,7 +346,7 @@ def apply_spec(
                 f"~ tenant {name}: cohort {gov.tenants[name] or '-'} -> {t.cohort or '-'}, "
                 f"priority {gov.priorities.get(name, 0)} -> {t.priority}"
             )
-        w.put_tenant(name, t.cohort, t.priority)
+        tx.governance.put_tenant(name, t.cohort, t.priority)
         for resource in RESOURCES:
             qs = t.quota.get(resource)  # type: ignore[call-overload]
             want = (
@@ -362,7 +362,7 @@ def apply_spec(
                 changes.append(
                     f"~ quota {name} {resource}: {_quota_text(have)} -> {_quota_text(want)}"
                 )
-                w.put_quota(
+                tx.governance.put_quota(
                     name,
                     resource,
                     None if want is None else want.quota,
@@ -371,14 +371,14 @@ def apply_spec(
     for name, p in sorted(spec.pools.items()):
         if name == "free":
             raise ConfigError("pools.free: `free` is every node in no pool; name it otherwise")
-        have_nodes = w.pool_nodes(name) if w.pool_exists(name) else None
+        have_nodes = tx.pools.nodes(name) if tx.pools.exists(name) else None
         chosen = p.nodes if p.nodes is not None else planned.get(name)
         if chosen is None:
             raise ConfigError(f"pools.{name}.pattern: not planned", field=f"pools.{name}")
         want_nodes = sorted(set(chosen))
         if have_nodes == want_nodes:
             continue
-        for node, other in sorted(w.pools_of(want_nodes).items()):
+        for node, other in sorted(tx.pools.pools_of(want_nodes).items()):
             if other != name and other not in spec.pools:
                 raise ConfigError(
                     f"pools.{name}.nodes: {node} is in pool {other!r}, which the file does not "
@@ -389,31 +389,30 @@ def apply_spec(
                 changes.append(f"~ node {node}: pool {other} -> {name}")
         if have_nodes is None:
             changes.append(f"+ pool {name} ({len(want_nodes)} nodes)")
+            tx.pools.create(name)
         else:
             added = sorted(set(want_nodes) - set(have_nodes))
             removed = sorted(set(have_nodes) - set(want_nodes))
             changes.append(f"~ pool {name}: +{added} -{removed}")
-            for node in removed:
-                w.leave_pool(node, name)
-        w.ensure_pool(name, want_nodes)
-        grown.update(follow_leases(w.tx, [name]))
-    _judge_growth(w, spec, grown)
-    changes += _apply_leases(w, spec, gov, hardware)
+            grown.update(tx.pools.move(removed, FREE, f"apply pools.{name}"))
+        grown.update(tx.pools.move(want_nodes, name, f"apply pools.{name}"))
+    _judge_growth(tx, spec, grown)
+    changes += _apply_leases(tx, spec, gov, hardware)
     return changes
 
 
-def _judge_growth(w: GovernanceWriter, spec: ClusterSpec, grown: Mapping[int, list[str]]) -> None:
+def _judge_growth(tx: Command, spec: ClusterSpec, grown: Mapping[int, list[str]]) -> None:
     """Leases whose pool the file grew: admitted over the rest of the lease, or forced by
     the file's ``force_reason`` for that lease."""
     if not grown:
         return
-    leases = {lease.id: lease for lease in w.state().leases}
+    leases = {lease.id: lease for lease in tx.governance.state().leases}
     for lease_id, nodes in sorted(grown.items()):
         lease = leases[lease_id]
         declared = spec.leases.get(lease.name)
         try:
             judge_growth(
-                w.tx,
+                tx,
                 {lease_id: nodes},
                 force_reason=None if declared is None else declared.force_reason,
             )
@@ -430,7 +429,6 @@ def plan_patterns(
 
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
-    from collector.store.pools import FREE  # noqa: PLC0415
 
     current = list(nodes)
     out: dict[str, list[str]] = {}
@@ -454,22 +452,22 @@ def plan_patterns(
 
 
 def _apply_leases(
-    w: GovernanceWriter,
+    tx: Command,
     spec: ClusterSpec,
     gov: Governance,
     hardware: Mapping[str, tuple[int, float]],
 ) -> list[str]:
     changes: list[str] = []
     stored = {lease.name: lease for lease in gov.leases}
-    current = w.state()  # after the tenants and quotas above; kept current lease by lease
+    current = tx.governance.state()  # after the tenants and quotas above; kept current
     for name, ls in sorted(spec.leases.items()):
         terms = ls.terms()
-        nodes = sorted(set(ls.nodes)) if ls.nodes else w.pool_nodes(ls.pool or "")
+        nodes = sorted(set(ls.nodes)) if ls.nodes else tx.pools.nodes(ls.pool or "")
         have = stored.get(name)
         if have is None:
             try:
                 add_lease(
-                    w,
+                    tx,
                     LeaseRequest(
                         name=name,
                         tenant=ls.tenant,
@@ -505,7 +503,7 @@ def _apply_leases(
                     "at the same time",
                     field=f"leases.{name}",
                 )
-            verdict = admit(current, hardware, ls.tenant, nodes, terms, now=w.now, old=have)
+            verdict = admit(current, hardware, ls.tenant, nodes, terms, now=tx.now, old=have)
             if verdict.refusal is not None:
                 if ls.force_reason is None:
                     raise ConfigError(
@@ -513,15 +511,15 @@ def _apply_leases(
                         'the lease force_reason = "why"',
                         field=f"leases.{name}",
                     )
-                w.mark_forced(have.id, ls.force_reason)
-            w.update_lease(have, terms, comment=ls.comment)
-            w.set_lease_nodes(have, nodes)
+                tx.governance.mark_forced(have.id, ls.force_reason)
+            tx.governance.update_lease(have, terms, comment=ls.comment)
+            tx.governance.set_lease_nodes(have, nodes)
             current.leases = [
                 dataclasses.replace(x, terms=terms, nodes=tuple(nodes)) if x.id == have.id else x
                 for x in current.leases
             ]
         elif have.comment != ls.comment:
-            w.update_lease(have, terms, comment=ls.comment)
+            tx.governance.update_lease(have, terms, comment=ls.comment)
     return changes
 
 

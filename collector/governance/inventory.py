@@ -23,15 +23,14 @@ fewer GPUs in the node's latest sample than in its inventory, a NIC whose link w
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Annotated, Final, TypeVar
 
 import msgspec
 
-from collector.nodefacts import Staleness
+from collector.nodefacts import RackRule, Staleness, rack_of
 from collector.store.pools import NodeRecord
 from shared.schema import (
     MAX_ACCELERATORS,
@@ -51,7 +50,6 @@ __all__ = [
     "NodeComponents",
     "components_of",
     "describe_nodes",
-    "rack_of",
 ]
 
 MEMORY_UNIT_BYTES: Final = 16 * 2**30
@@ -61,7 +59,6 @@ KINDS: Final = ("cpu", "gpu", "memory", "nic", "accelerator")
 """Component kinds, in the order of the inventory table's columns."""
 
 _NVIDIA: Final = 0x10DE
-_XNAME: Final = re.compile(r"^x([0-9]{1,4})c([0-7])s([0-9]+)b([0-9]+)n([0-9]+)\Z", re.IGNORECASE)
 
 
 # Stored inventories were validated against the wire schema when they arrived (or were
@@ -144,12 +141,6 @@ class NodeComponents:
         return sum(c.count for c in self.components if term in c.description)
 
 
-def rack_of(node: str) -> str | None:
-    """The xname's cabinet, normalised (``X01001c1s5b0n0`` -> ``x1001``); ``None`` otherwise."""
-    m = _XNAME.match(node)
-    return None if m is None else f"x{int(m.group(1))}"
-
-
 def components_of(
     inv: Inventory | _Inventory, gpu_count: int | None = None, *, with_ids: bool = True
 ) -> tuple[list[Component], list[str]]:
@@ -224,10 +215,12 @@ def describe_nodes(
     now: float,
     *,
     staleness: Staleness,
+    rack_rules: Sequence[RackRule] = (),
     with_ids: bool = False,
 ) -> list[NodeComponents]:
-    """Each record as :class:`NodeComponents` (an unreadable inventory is a problem, never an
-    exception: nothing a node sent may stop the command)."""
+    """Each record as :class:`NodeComponents`, in its rack (:func:`collector.nodefacts.rack_of`
+    with the operator's ``rack_rules``); an unreadable inventory is a problem, never an
+    exception: nothing a node sent may stop the command."""
     out = []
     for r in records:
         try:
@@ -249,7 +242,9 @@ def describe_nodes(
                 interval_s=r.interval_s,
             )
         out.append(
-            NodeComponents(r.node, r.pool, state, rack_of(r.node), tuple(comps), tuple(problems))
+            NodeComponents(
+                r.node, r.pool, state, rack_of(r.node, rack_rules), tuple(comps), tuple(problems)
+            )
         )
     return out
 

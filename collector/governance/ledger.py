@@ -21,7 +21,7 @@ pool from 11:00), not its pool now.
 * node energy: ``measured`` where the node reported its input power (BMC/PSUs,
   ``Sample.node_power_w``) in every sample of the hour: the rollups' power x interval.
   Else the fallback: ``model``, the capacity plan's model of the node type
-  (:meth:`collector.capacity.compute.NodeModel.draw_of`, the same as the live picture) at
+  (:meth:`collector.capacity.node.NodeModel.draw_of`, the same as the live picture) at
   the hour's mean GPU and CPU power, or without one ``gpu+cpu``, the two measured parts
   alone. An hour the node reported its power for only part of (a BMC that stopped
   answering, a new agent) is measured over the seconds it covered plus the fallback over
@@ -57,7 +57,7 @@ from shared.clock import Clock
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
-    from collector.capacity.compute import NodeModel
+    from collector.capacity.node import NodeModel
     from collector.live import LiveView
     from collector.store.db import Store
 

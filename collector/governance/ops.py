@@ -2,8 +2,8 @@
 
 The checks are pure functions of a :class:`Governance` (:func:`overlapping`,
 :func:`collector.governance.admit.admit`); :func:`add_lease` and friends run them on the state a
-:class:`~collector.store.governance.GovernanceWriter` transaction sees and write the result
-in that same transaction, so two commands cannot both pass the check and both write.
+:class:`~collector.store.command.Command` transaction sees and write the result in that
+same transaction, so two commands cannot both pass the check and both write.
 Refusals are :class:`~shared.errors.ConfigError` with one line naming the node and lease or
 the quota and the way out.
 """
@@ -34,7 +34,6 @@ from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
     from collector.store.command import Command
-    from collector.store.governance import GovernanceWriter
 
 __all__ = [
     "LeaseRequest",
@@ -86,7 +85,7 @@ def overlapping(
 
 
 def add_lease(
-    w: GovernanceWriter,
+    tx: Command,
     req: LeaseRequest,
     hardware: Mapping[str, tuple[int, float]],
     gov: Governance | None = None,
@@ -110,8 +109,8 @@ def add_lease(
             "reads as a lease id in `lease show|cancel|extend|renew`)",
             field="--name",
         )
-    _check_known(w, req.nodes)
-    gov = w.state() if gov is None else gov
+    _check_known(tx, req.nodes)
+    gov = tx.governance.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):
         raise ConfigError(f"a lease named {req.name!r} exists: pick another --name", field="--name")
     nodes = list(req.nodes)
@@ -123,7 +122,7 @@ def add_lease(
             )
         validate_pool_name(req.pool, field="--pool")
         if nodes:
-            elsewhere = w.pools_of(nodes)
+            elsewhere = tx.pools.pools_of(nodes)
             moved = sorted((n, p) for n, p in elsewhere.items() if p != req.pool)
             if moved:
                 node, pool = moved[0]
@@ -132,14 +131,16 @@ def add_lease(
                     f"of it first (`collector pool remove`)",
                     field="--nodes",
                 )
-            w.ensure_pool(req.pool, nodes)
-        elif not w.pool_exists(req.pool):
+            if not tx.pools.exists(req.pool):
+                tx.pools.create(req.pool)
+            _grow(tx, gov, tx.pools.move(nodes, req.pool, f"lease {req.name}"), req.force_reason)
+        elif not tx.pools.exists(req.pool):
             raise ConfigError(
                 f"no pool named {req.pool!r}: create it with --nodes (or `collector pool "
                 "create`) first",
                 field="--pool",
             )
-        nodes = w.pool_nodes(req.pool)
+        nodes = tx.pools.nodes(req.pool)
     if not nodes:
         raise ConfigError(
             "a lease needs nodes: --nodes a,b or --pool NAME with nodes in it", field="--nodes"
@@ -154,10 +155,10 @@ def add_lease(
             "pick other nodes or dates, or cancel that lease",
             field="--nodes",
         )
-    verdict = admit(gov, hardware, req.tenant, nodes, req.terms, now=w.now)
+    verdict = admit(gov, hardware, req.tenant, nodes, req.terms, now=tx.now)
     admission = verdict.first
     forced = _refused(verdict, req.force_reason, f"lease {req.name!r}")
-    lease_id = w.add_lease(
+    lease_id = tx.governance.add_lease(
         name=req.name,
         tenant=req.tenant,
         pool=req.pool,
@@ -185,10 +186,24 @@ def add_lease(
     return lease_id, admission
 
 
-def _check_known(w: GovernanceWriter, nodes: Sequence[str]) -> None:
+def _grow(
+    tx: Command, gov: Governance, grown: Mapping[int, list[str]], force_reason: str | None
+) -> None:
+    """The pool's other leases took the nodes that joined it (as ``collector pool add``
+    makes them): admitted as that pool's growth, or forced with ``force_reason``; ``gov``
+    then holds them too, for the checks of the lease being added."""
+    if not grown:
+        return
+    judge_growth(tx, grown, force_reason=force_reason)
+    gov.leases = [
+        replace(x, nodes=(*x.nodes, *grown[x.id])) if x.id in grown else x for x in gov.leases
+    ]
+
+
+def _check_known(tx: Command, nodes: Sequence[str]) -> None:
     """Named nodes must be known (an agent's or a declared inventory), as `pool create`
     requires: a typo leased a node that does not exist, with 0 GPUs against the quota."""
-    unknown = unknown_nodes(w.tx, nodes)
+    unknown = unknown_nodes(tx, nodes)
     if unknown:
         raise ConfigError(
             f"unknown node {unknown[0]!r}: no agent or declared inventory (see `collector "
@@ -198,7 +213,7 @@ def _check_known(w: GovernanceWriter, nodes: Sequence[str]) -> None:
 
 
 def change_lease(
-    w: GovernanceWriter,
+    tx: Command,
     ref: str,
     action: str,
     *,
@@ -214,9 +229,9 @@ def change_lease(
     admit.admit`, with ``hardware``: node -> (GPUs, GPU power limits in W)); beyond quota
     only with ``force_reason``, recorded on the lease.
     """
-    gov = w.state()
+    gov = tx.governance.state()
     lease = find_lease(gov, ref)
-    today = today_in(lease.terms.tz, w.now)
+    today = today_in(lease.terms.tz, tx.now)
     try:
         if action == "cancel":
             terms = cancel(lease.terms, on or today)
@@ -239,10 +254,12 @@ def change_lease(
                 f"{other.terms.start.isoformat()} by lease {other.name!r} (id {other.id})",
                 field=action,
             )
-        verdict = admit(gov, hardware or {}, lease.tenant, lease.nodes, terms, now=w.now, old=lease)
+        verdict = admit(
+            gov, hardware or {}, lease.tenant, lease.nodes, terms, now=tx.now, old=lease
+        )
         if _refused(verdict, force_reason, f"cannot {action} lease {lease.name!r}"):
-            w.mark_forced(lease.id, force_reason or "forced without a reason")
-    w.update_lease(lease, terms)
+            tx.governance.mark_forced(lease.id, force_reason or "forced without a reason")
+    tx.governance.update_lease(lease, terms)
     return lease, terms
 
 
@@ -280,15 +297,14 @@ def judge_growth(
     past their quota and returns their ids."""
     if not grown:
         return []
-    from collector.store.governance import governance, mark_forced  # noqa: PLC0415
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
-    gov = tx.run(governance())
+    gov = tx.governance.state()
     forced = admit_growth(
         gov, tx.run(node_hardware()), grown, now=tx.now, force_reason=force_reason
     )
     for lease_id in forced:
-        mark_forced(tx, lease_id, force_reason or "forced without a reason")
+        tx.governance.mark_forced(lease_id, force_reason or "forced without a reason")
     return forced
 
 

@@ -1,4 +1,6 @@
-"""The last tie preference of ``pool apply``: as few racks (xname cabinets) as possible.
+"""The last tie preference of ``pool apply``: as few racks as possible (each node's rack as
+every consumer names it, :func:`collector.nodefacts.rack_of`: the operator's
+``[[capacity.racks]]``, else the xname cabinet).
 
 By the time this runs, the node count and the number of nodes taken from ``free`` are fixed
 (proven by :mod:`collector.governance.allocate`). Choosing which nodes then is a facility
@@ -16,7 +18,7 @@ fewest racks kept:
 
 The answer is proven fewest when it meets a lower bound (per term, and for the node count,
 the fewest racks whose supply alone reaches it) or HiGHS proves it; a note says when not. A
-node without an xname is a rack of its own.
+node in no rack is a rack of its own.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from collector.alerts.names import GOVERNANCE
 from collector.alerts.rule import Instance, Rule, enabled_rules
 from collector.governance.lease import effective_end, notice_deadline, today_in
 from collector.governance.report import band
@@ -74,7 +75,7 @@ def _lease_ending(view: Callable[[], GovernanceView], s: GovernanceSettings) -> 
                 )
 
     return Rule(
-        name="LeaseEndingSoon",
+        name=GOVERNANCE.LeaseEndingSoon,
         severity="warning",
         summary="Lease {lease} of {tenant} ends in {days} days",
         description=(
@@ -104,7 +105,7 @@ def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceSettings) 
                 )
 
     return Rule(
-        name="LeaseNoticeDeadline",
+        name=GOVERNANCE.LeaseNoticeDeadline,
         severity="warning",
         summary="Last day to give notice on lease {lease} of {tenant}: {deadline}",
         description=(
@@ -142,7 +143,7 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
                     )
 
     return Rule(
-        name="LeaseExpiredInUse",
+        name=GOVERNANCE.LeaseExpiredInUse,
         severity="warning",
         summary="{node} still in use after lease {lease} of {tenant} ended",
         description=(
@@ -175,7 +176,7 @@ def _leased_idle(view: Callable[[], GovernanceView], s: GovernanceSettings) -> R
                 )
 
     return Rule(
-        name="LeasedGpusIdle",
+        name=GOVERNANCE.LeasedGpusIdle,
         severity="info",
         summary="{tenant}'s {gpus} leased GPUs average {util} % utilisation",
         description=(
@@ -218,7 +219,7 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
     common = "{tenant} uses {in_use} {resource} ({basis} basis) of a nominal {nominal}"
     return [
         Rule(
-            name="QuotaHigh",
+            name=GOVERNANCE.QuotaHigh,
             severity="warning",
             summary="{tenant} at {pct} % of its {resource} quota ({basis})",
             description=f"{common}: {{pct}} %, at or above {s.high_pct:g} %.",
@@ -226,7 +227,7 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
             for_s=s.quota_for_s,
         ),
         Rule(
-            name="QuotaFull",
+            name=GOVERNANCE.QuotaFull,
             severity="info",
             summary="{tenant} {standing}",
             description=(
@@ -237,7 +238,7 @@ def _quota_rules(view: Callable[[], GovernanceView], s: GovernanceSettings) -> l
             for_s=s.quota_for_s,
         ),
         Rule(
-            name="QuotaExceeded",
+            name=GOVERNANCE.QuotaExceeded,
             severity="critical",
             summary="{tenant} beyond what it may borrow of {resource} ({basis})",
             description=(
@@ -265,7 +266,7 @@ def _cohort_overcommitted(view: Callable[[], GovernanceView], s: GovernanceSetti
             )
 
     return Rule(
-        name="CohortOvercommitted",
+        name=GOVERNANCE.CohortOvercommitted,
         severity="critical",
         summary="Cohort {cohort} holds {in_use} {resource} of {quota} ({basis})",
         description=(

@@ -4,14 +4,12 @@ this model as it is."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Self
+from typing import Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from collector.alerts import names
 from shared.schema import MAX_GPU_POWER_W
-
-if TYPE_CHECKING:
-    from collector.governance.job import GovernanceView
 
 __all__ = ["GovernanceSettings"]
 
@@ -39,17 +37,10 @@ class GovernanceSettings(BaseModel):
     high_pct: float = Field(default=90.0, gt=0, le=100)
     quota_for_s: float = Field(default=300.0, ge=0, le=30 * _DAY_S)
     disabled: list[str] = Field(default=[], max_length=16)
-    """Governance rules to leave out, by name (e.g. ["LeasedGpusIdle"])."""
+    """Governance rules to leave out, by name (e.g. ["LeasedGpusIdle"]; the names:
+    :data:`collector.alerts.names.GOVERNANCE`)."""
 
     @model_validator(mode="after")
     def _disabled_rules_exist(self) -> Self:
-        if self.disabled:  # the rules module only when needed: settings load for every command
-            from collector.governance.rules import governance_rules  # noqa: PLC0415
-
-            governance_rules(_no_view, self)  # refuses an unknown name
+        names.refuse_unknown(self.disabled, names.GOVERNANCE, field="governance.disabled")
         return self
-
-
-def _no_view() -> GovernanceView:
-    """Names only: building the rules calls no view (and needs no governance job)."""
-    raise AssertionError("a rule built to check names was evaluated")

@@ -1,7 +1,9 @@
 """``[pdus]``: the rack PDUs the collector reads over SNMP; the only place its defaults live.
 
 Off while ``units`` is empty. Each ``[[pdus.units]]`` names the rack it feeds (a rack of the
-plan: a ``[[capacity.racks]]`` name or an xname cabinet) and the OID of its total input power;
+plan: a ``[[capacity.racks]]`` name or an xname cabinet, spelled as every consumer spells it:
+:func:`collector.nodefacts.rack_name`, so ``X01001`` is ``x1001``) and the OID of its total
+input power;
 a rack fed by several PDUs (A and B feeds) lists each: the rack's draw is their sum, counted
 only while every one of them has a fresh reading.
 
@@ -20,8 +22,9 @@ from __future__ import annotations
 import re
 from typing import Final, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from collector.nodefacts import rack_name
 from shared.errors import ConfigError
 
 __all__ = ["PduSettings", "PdusSettings"]
@@ -55,6 +58,11 @@ class PduSettings(BaseModel):
         if self.name is not None:
             return self.name
         return self.host if self.port == 161 else f"{self.host}:{self.port}"
+
+    @field_validator("rack")
+    @classmethod
+    def _rack(cls, rack: str) -> str:
+        return rack_name(rack)
 
     @model_validator(mode="after")
     def _host(self) -> Self:

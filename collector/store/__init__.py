@@ -8,8 +8,8 @@ SQL for the modules:
 
 * **Opening** (:mod:`~collector.store.connect`): ``open_sync(path, write=)`` for commands,
   ``open_async(path, write=, synchronous=)`` for the collector; every opening error is one
-  :class:`~shared.errors.StoreError` built there (``missing``, ``not_capwatch``,
-  ``open_failed``, ``refused``).
+  :class:`~shared.errors.StoreError` built in :mod:`~collector.store.errors` (``missing``,
+  ``not_capwatch``, ``open_failed``, ``refused``), for both backends.
 * **Store** (:mod:`~collector.store.db`, async context manager; the writer's connection, or
   ``Store.open_readonly``): ``transaction(what)`` (commit or roll back into a ``StoreError``
   whose ``fatal`` tells a broken store from a refused batch) and, inside it, ``execute``
@@ -21,8 +21,10 @@ SQL for the modules:
   snapshot): ``fetchall``, ``run(query)``, ``has_table``, ``counters``, ``payload``.
 * **Command** (:mod:`~collector.store.command`, context manager; a command's one write
   transaction): ``execute``, ``executemany``, ``fetchall``, ``run(query)``, ``has_table``,
-  ``discard``, ``bump_generation``; the write lock held at most ``LOCK_BUDGET_S``.
-  ``GovernanceWriter`` and ``pool_transaction`` are domain methods over one ``Command``.
+  ``discard``, ``bump_generation``; the write lock held at most ``LOCK_BUDGET_S``. Its domain
+  methods: ``tx.governance`` (tenants, cohorts, quotas, leases) and ``tx.pools`` (pools and
+  their moves, declared inventories), written in the table modules against the protocols of
+  :mod:`~collector.store.statements`.
 * **Queries** (:mod:`~collector.store.query`): a read is a ``Query`` (statements + the function
   their rows become), written once and run by any of the three handles.
 

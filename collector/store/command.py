@@ -6,15 +6,18 @@ inventory import, alerts --redeliver) writes to the store.
 commands' write lock first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-level
 advisory lock), so a check and the write it allows cannot be split by another command's
 write. It commits when the block ends, rolls back when it raises or after
-:meth:`Command.discard`.
+:meth:`Command.discard`. The writes of a domain are its methods: ``tx.governance``
+(:class:`~collector.store.governance.GovernanceWrites`: tenants, cohorts, quotas, leases) and
+``tx.pools`` (:class:`~collector.store.pools.PoolWrites`: pools, declared inventories).
 
 * **Lock budget.** The collector's writer waits at most the busy timeout (5 s) for the write
   lock and then stops; a statement that would run after :data:`LOCK_BUDGET_S` (3 s) of
   holding it is refused and the whole change rolled back.
-* **Generation.** After :meth:`Command.bump_generation` the commit also moves meta
-  ``governance_generation`` (:data:`GENERATION_KEY`): the collector compares it at each
+* **Generation.** After :meth:`Command.bump_generation` (every governance write calls it) the
+  commit also moves meta ``governance_generation``
+  (:data:`~collector.store.governance.GENERATION_KEY`): the collector compares it at each
   evaluation and reloads its governance state only when it moved.
-* **Errors.** Whatever SQLite says becomes one :class:`StoreError` line
+* **Errors.** Whatever the store says becomes one :class:`StoreError` line
   (:func:`~collector.store.connect.refused`); ``no_table`` says what to do when the store
   predates a table this command needs.
 """
@@ -28,16 +31,18 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from collector.paths import StoreTarget
-from collector.store.connect import SyncConn, SyncCursor, open_sync, refused
+from collector.store.connect import SyncConn, SyncCursor, open_sync
 from collector.store.dialect import Dialect, Row
+from collector.store.errors import refused
+from collector.store.governance import GENERATION_KEY, GovernanceWrites
+from collector.store.pools import PoolWrites
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
-__all__ = ["GENERATION_KEY", "LOCK_BUDGET_S", "Command"]
+__all__ = ["LOCK_BUDGET_S", "Command"]
 
 T = TypeVar("T")
 
-GENERATION_KEY: Final = "governance_generation"
 LOCK_BUDGET_S: Final = 3.0
 """Longest a command may hold the write lock: the collector's own writes wait at most 5 s
 for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
@@ -47,7 +52,8 @@ _NOT_MIGRATED: Final = "is not migrated yet: start this version's `collector run
 class Command:
     """One write transaction of a command on the existing store at ``path``.
 
-    Reads (:meth:`fetchall`, :meth:`run`) see the transaction's own writes.
+    Reads (:meth:`fetchall`, :meth:`run`) see the transaction's own writes; so do the
+    domain methods, :attr:`governance` and :attr:`pools`.
     """
 
     def __init__(
@@ -66,6 +72,10 @@ class Command:
         self._locked_at = 0.0
         self._discard = False
         self._bump = False
+        self.governance: Final = GovernanceWrites(self)
+        """Tenants, cohorts, quotas and leases (each write moves the generation)."""
+        self.pools: Final = PoolWrites(self)
+        """Pools, their moves and the leases that follow them; declared inventories."""
 
     def __enter__(self) -> Self:
         conn = open_sync(self.path, write=True)

@@ -1,12 +1,12 @@
-"""Opening the store: the one place a connection is made, and the errors it says.
+"""Opening the store: the one place a connection is made.
 
 Every connection to the store comes from here: the collector's writer and its read-only
 helpers (:func:`open_async`, aiosqlite) and every command (:func:`open_sync`: a
 :class:`SyncConn`, stdlib ``sqlite3`` or, for a :class:`~collector.paths.PgTarget`,
-psycopg through :mod:`collector.store.pg`; no event loop for one question). The busy
-timeout and the writer's pragmas are decided here once, and so are the lines an operator
-reads when the store is missing, is not a capwatch store, or refuses a statement
-(:func:`missing`, :func:`not_capwatch`, :func:`refused`), whatever the backend.
+psycopg through :mod:`collector.store.pg`; no event loop for one question). The writer's
+pragmas are decided here once; the busy timeout and the lines an operator reads when the
+store is missing, cannot be opened or refuses a statement come from
+:mod:`collector.store.errors`, which the PostgreSQL module shares without importing this one.
 
 aiosqlite is imported only by :func:`open_async`, psycopg only for a PostgreSQL store, so a
 command that imports this module pays for none of the writer's dependencies.
@@ -17,34 +17,19 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from collector.store.dialect import Dialect
-from shared.errors import StoreError
+from collector.store.errors import BUSY_TIMEOUT_S, missing, open_failed
 
 if TYPE_CHECKING:
     import aiosqlite
 
     from collector.paths import StoreTarget
 
-__all__ = [
-    "BUSY_TIMEOUT_S",
-    "SqliteSync",
-    "SyncConn",
-    "SyncCursor",
-    "Synchronous",
-    "missing",
-    "not_capwatch",
-    "open_async",
-    "open_failed",
-    "open_sync",
-    "refused",
-]
+__all__ = ["SqliteSync", "SyncConn", "SyncCursor", "Synchronous", "open_async", "open_sync"]
 
 Synchronous = Literal["full", "normal"]
-
-BUSY_TIMEOUT_S: Final = 5.0
-"""How long any connection waits for another's write lock before it gives up."""
 
 
 class SyncCursor(Protocol):
@@ -125,61 +110,6 @@ class SqliteSync:
         return {
             r[1] for r in self.raw.execute("SELECT name, name FROM pragma_table_info(?)", (table,))
         }
-
-
-def missing(path: StoreTarget) -> StoreError:
-    """The store at ``path`` does not exist (a command never creates it)."""
-    return StoreError(
-        f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
-        "--db / CAPWATCH_DB_PATH"
-    )
-
-
-def not_capwatch(path: StoreTarget) -> StoreError:
-    """``path`` is an SQLite file without the capwatch schema (empty or foreign)."""
-    return StoreError(
-        f"{str(path)!r} is not a capwatch database (or an empty one): point --db / "
-        "CAPWATCH_DB_PATH at the collector's database; `collector run` creates it"
-    )
-
-
-def open_failed(path: StoreTarget, exc: BaseException, *, creating: bool = False) -> StoreError:
-    """The store at ``path`` could not be opened (or, ``creating``, created and migrated)."""
-    if not isinstance(path, Path):
-        return StoreError(f"cannot open database {str(path)!r}: {_first_line(exc)}")
-    if isinstance(exc, sqlite3.Error):
-        fix = (
-            ": set db_path (--db / CAPWATCH_DB_PATH) to a file in a folder this user can write"
-            if creating
-            else ""
-        )
-        return StoreError(f"cannot open database {str(path)!r}: {exc}{fix}")
-    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-    return StoreError(f"cannot open database {str(path)!r}: {detail}")
-
-
-def refused(
-    path: StoreTarget, exc: BaseException, *, doing: str, no_table: str | None
-) -> StoreError:
-    """A statement the store refused, as one line: ``doing`` says what was being done
-    (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
-    predates a table (not yet migrated), ``None``: it is then not a capwatch store."""
-    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
-    if (
-        isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
-    ) or sqlstate == "42P01":  # undefined_table
-        if no_table is None:
-            return not_capwatch(path)
-        return StoreError(f"{str(path)!r} {no_table}")
-    if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
-        return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
-    return StoreError(f"{doing} {str(path)!r}: {_first_line(exc)}")
-
-
-def _first_line(exc: BaseException) -> str:
-    """An error as one line (PostgreSQL adds DETAIL and HINT lines)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _existing(path: Path, *, write: bool) -> str:

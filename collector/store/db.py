@@ -41,8 +41,9 @@ import numpy.typing as npt
 
 from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
-from collector.store.connect import Synchronous, open_async, open_failed
+from collector.store.connect import Synchronous, open_async
 from collector.store.dialect import Dialect, Row
+from collector.store.errors import open_failed
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.partials import Staged, buckets, concat, merge, stage

@@ -2,50 +2,47 @@
 
 Reads are :class:`~collector.store.query.Query` objects, written once: ``reader.run(
 governance())`` on a command's snapshot, ``await store.run(governance())`` on the
-collector's connection, ``w.state()`` inside a write.
+collector's connection, ``tx.governance.state()`` inside a write.
 
 Writes come from the commands (``collector lease|quota|apply``), never from the collector:
-:class:`GovernanceWriter` is one :class:`~collector.store.command.Command` transaction, so an
-overlap check and the insert it allows cannot be split by another command's write, and a
-file applied by ``collector apply`` goes in whole or not at all. Every commit moves the
-governance generation (:meth:`~collector.store.command.Command.bump_generation`); the
-collector compares it at each evaluation (one primary-key read) and reloads the state only
-when it moved.
+:class:`GovernanceWrites`, the domain methods of a :class:`~collector.store.command.Command`
+(``tx.governance``), so an overlap check and the insert it allows cannot be split by another
+command's write, and a file applied by ``collector apply`` goes in whole or not at all. A
+commit that wrote moves the governance generation (:data:`GENERATION_KEY`); the collector
+compares it at each evaluation (one primary-key read) and reloads the state only when it
+moved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, Self, TypeVar
+from collections.abc import Sequence
+from typing import Any, Final
 
 from collector.governance.lease import LeaseTerms, instants
 from collector.governance.quota import Quota
 from collector.governance.state import Governance, Lease, Period, TenantQuota
-from collector.paths import StoreTarget
-from collector.store.command import GENERATION_KEY, LOCK_BUDGET_S, Command
+from collector.store.connect import SyncCursor
 from collector.store.query import Query, first_value, single
+from collector.store.statements import Statements
 from shared.errors import StoreError
 
 __all__ = [
     "GENERATION_KEY",
     "USAGE_KEY",
-    "GovernanceWriter",
+    "GovernanceWrites",
     "generation",
     "governance",
-    "mark_forced",
     "usage_snapshot",
 ]
 
-T = TypeVar("T")
-
+GENERATION_KEY: Final = "governance_generation"
+"""Meta row that moves with every commit that changed the governance (leases, quotas, tenants,
+declared inventories): the collector compares it at each evaluation (one primary-key read)
+and reloads its state only when it moved."""
 USAGE_KEY: Final = "governance_usage"
 """Meta row where the collector leaves the usage it computed at its last evaluation (JSON:
 ``at``, ``generation``, ``busy_util_pct``, ``usage`` per basis, resource and tenant)."""
-_NO_TABLE: Final = (
-    "has no leases table yet: start this version's `collector run` once to migrate it"
-)
-
 _QUERIES: Final = {
     "generation": ("SELECT value FROM meta WHERE key = ?", (GENERATION_KEY,)),
     "cohorts": ("SELECT name, parent FROM cohorts ORDER BY name", ()),
@@ -168,58 +165,44 @@ def usage_snapshot() -> Query[str | None]:
     return single("SELECT value FROM meta WHERE key = ?", (USAGE_KEY,), first_value)
 
 
-class GovernanceWriter:
-    """One write transaction on the governance tables (``with GovernanceWriter(path) as w``).
+class GovernanceWrites:
+    """The governance tables' writes in one command transaction: ``tx.governance`` of a
+    :class:`~collector.store.command.Command` (``with Command(path) as tx``).
 
-    Commits on a clean exit, rolls back on an exception or after :meth:`discard`; the store's
-    governance generation moves only with a commit.
+    Every write moves the governance generation with the commit
+    (:meth:`~collector.store.command.Command.bump_generation`); a transaction that only
+    reads (:meth:`state`) or is discarded leaves it where it was.
     """
 
-    def __init__(
-        self, path: StoreTarget, *, now: float | None = None, lock_budget_s: float = LOCK_BUDGET_S
-    ) -> None:
-        self.tx = Command(path, now=now, no_table=_NO_TABLE, lock_budget_s=lock_budget_s)
-        self.path = path
-        self.now = self.tx.now
-
-    def __enter__(self) -> Self:
-        self.tx.__enter__()
-        self.tx.bump_generation()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.tx.__exit__(*exc_info)
-
-    def discard(self) -> None:
-        """Roll back instead of committing at exit (a dry run, or nothing changed)."""
-        self.tx.discard()
-
-    def run(self, query: Query[T]) -> T:
-        """A query (:mod:`collector.store.query`) inside the transaction."""
-        return self.tx.run(query)
+    def __init__(self, tx: Statements) -> None:
+        self._tx = tx
 
     def state(self) -> Governance:
         """The governance state as this transaction sees it."""
-        return self.tx.run(governance())
+        return self._tx.run(governance())
+
+    def _write(self, sql: str, params: Sequence[Any]) -> SyncCursor:
+        self._tx.bump_generation()
+        return self._tx.execute(sql, params)
 
     # -- cohorts, tenants, quotas
 
     def put_cohort(self, name: str) -> None:
         """Create cohort ``name`` unless it exists."""
-        self.tx.execute(
+        self._write(
             "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (name, self.now),
+            (name, self._tx.now),
         )
 
     def put_cohort_quota(self, cohort: str, resource: str, quota: Quota | None) -> None:
         """Set (``None``: remove) the cohort's own quota on ``resource``: its nominal and,
         towards its parent, its borrowing and lending limits."""
         if quota is None:
-            self.tx.execute(
+            self._write(
                 "DELETE FROM cohort_quotas WHERE cohort = ? AND resource = ?", (cohort, resource)
             )
             return
-        self.tx.execute(
+        self._write(
             "INSERT INTO cohort_quotas (cohort, resource, nominal, borrowing_limit, "
             "lending_limit) VALUES (?, ?, ?, ?, ?) ON CONFLICT (cohort, resource) DO UPDATE "
             "SET nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
@@ -232,31 +215,25 @@ class GovernanceWriter:
         caller checked that no cycle results: :func:`collector.governance.quota.find_cycle`)."""
         self.put_cohort(cohort)
         if parent is not None:
-            self.tx.execute(
-                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                (parent, self.now),
-            )
-        self.tx.execute("UPDATE cohorts SET parent = ? WHERE name = ?", (parent, cohort))
+            self.put_cohort(parent)
+        self._write("UPDATE cohorts SET parent = ? WHERE name = ?", (parent, cohort))
 
     def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
         """Create tenant ``name`` or update its cohort, priority and comment."""
         if cohort is not None:
-            self.tx.execute(
-                "INSERT INTO cohorts (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                (cohort, self.now),
-            )
-        self.tx.execute(
+            self.put_cohort(cohort)
+        self._write(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET cohort = excluded.cohort, "
             "priority = excluded.priority, comment = excluded.comment",
-            (name, cohort, priority, comment, self.now),
+            (name, cohort, priority, comment, self._tx.now),
         )
 
     def ensure_tenant(self, name: str) -> None:
         """Create tenant ``name`` (no cohort, priority 0) unless it exists."""
-        self.tx.execute(
+        self._write(
             "INSERT INTO tenants (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (name, self.now),
+            (name, self._tx.now),
         )
 
     def put_quota(
@@ -264,12 +241,10 @@ class GovernanceWriter:
     ) -> None:
         """Set (``None``: remove) ``tenant``'s quota on ``resource``."""
         if quota is None:
-            self.tx.execute(
-                "DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource)
-            )
+            self._write("DELETE FROM quotas WHERE tenant = ? AND resource = ?", (tenant, resource))
             return
         self.ensure_tenant(tenant)
-        self.tx.execute(
+        self._write(
             "INSERT INTO quotas (tenant, resource, nominal, borrowing_limit, lending_limit, "
             "period) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, resource) DO UPDATE SET "
             "nominal = excluded.nominal, borrowing_limit = excluded.borrowing_limit, "
@@ -283,43 +258,6 @@ class GovernanceWriter:
                 period,
             ),
         )
-
-    # -- pools
-
-    def ensure_pool(self, pool: str, nodes: Iterable[str] = ()) -> None:
-        """Create ``pool`` unless it exists, and move ``nodes`` into it (out of any other)."""
-        self.tx.execute(
-            "INSERT INTO pools (name, created) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-            (pool, self.now),
-        )
-        for node in nodes:
-            self.tx.execute(
-                "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
-                "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
-                (node, pool),
-            )
-
-    def leave_pool(self, node: str, pool: str) -> None:
-        """Take ``node`` out of ``pool`` (into ``free``) if it is there."""
-        self.tx.execute("DELETE FROM pool_nodes WHERE node = ? AND pool = ?", (node, pool))
-
-    def pool_nodes(self, pool: str) -> list[str]:
-        """The nodes of ``pool`` as this transaction sees them."""
-        rows = self.tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,))
-        return [r[0] for r in rows]
-
-    def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
-        """Node -> the pool it is in, for those of ``nodes`` in one."""
-        out: dict[str, str] = {}
-        for node in nodes:
-            rows = self.tx.fetchall("SELECT pool FROM pool_nodes WHERE node = ?", (node,))
-            if rows:
-                out[node] = rows[0][0]
-        return out
-
-    def pool_exists(self, pool: str) -> bool:
-        """Whether ``pool`` is a stored pool."""
-        return bool(self.tx.fetchall("SELECT 1 FROM pools WHERE name = ?", (pool,)))
 
     # -- leases
 
@@ -338,7 +276,7 @@ class GovernanceWriter:
         """Store a new lease (overlaps already checked by the caller); return its id."""
         self.ensure_tenant(tenant)
         start_at, end_at = instants(terms)
-        cur = self.tx.execute(
+        cur = self._write(
             "INSERT INTO leases (name, tenant, pool, start, duration_days, term_days, "
             "notice_days, min_days, tz, auto_renew, notice_given_at, forced, force_reason, "
             "start_at, end_at, comment, created, updated, notice_months) "
@@ -360,23 +298,21 @@ class GovernanceWriter:
                 start_at,
                 end_at,
                 comment,
-                self.now,
-                self.now,
+                self._tx.now,
+                self._tx.now,
                 terms.notice_months,
             ),
         )
         lease_id = int(cur.fetchall()[0][0])
         for node in dict.fromkeys(nodes):
-            self.tx.execute(
-                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
-            )
+            self._write("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
         return lease_id
 
     def update_lease(self, lease: Lease, terms: LeaseTerms, *, comment: str | None = None) -> None:
         """Replace ``lease``'s dates (cancel, extend, renew, apply)."""
         start_at, end_at = instants(terms)
         notice = None if terms.notice_given is None else terms.notice_given.isoformat()
-        self.tx.execute(
+        self._write(
             "UPDATE leases SET start = ?, duration_days = ?, term_days = ?, notice_days = ?, "
             "min_days = ?, tz = ?, auto_renew = ?, notice_given_at = ?, "
             "notice_recorded = CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL "
@@ -392,34 +328,26 @@ class GovernanceWriter:
                 int(terms.auto_renew),
                 notice,
                 notice,
-                self.now,
+                self._tx.now,
                 start_at,
                 end_at,
                 comment,
-                self.now,
+                self._tx.now,
                 terms.notice_months,
                 lease.id,
             ),
         )
 
     def mark_forced(self, lease_id: int, reason: str) -> None:
-        """Record that lease ``lease_id`` was let past its tenant's quota, and why."""
-        mark_forced(self.tx, lease_id, reason)
+        """Record on lease ``lease_id`` that a change let it past its tenant's quota
+        (``--force``) and why; a later forced change's reason replaces the earlier one."""
+        self._write(
+            "UPDATE leases SET forced = 1, force_reason = ?, updated = ? WHERE id = ?",
+            (reason, self._tx.now, lease_id),
+        )
 
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
         """Replace the nodes ``lease`` holds."""
-        self.tx.execute("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
+        self._write("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
         for node in dict.fromkeys(nodes):
-            self.tx.execute(
-                "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node)
-            )
-
-
-def mark_forced(tx: Command, lease_id: int, reason: str) -> None:
-    """Record on lease ``lease_id`` that a change let it past its tenant's quota (``--force``)
-    and why; a later forced change's reason replaces the earlier one."""
-    tx.execute(
-        "UPDATE leases SET forced = 1, force_reason = ?, updated = ? WHERE id = ?",
-        (reason, tx.now, lease_id),
-    )
-    tx.bump_generation()
+            self._write("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node))

@@ -45,8 +45,8 @@ from psycopg.rows import tuple_row
 from psycopg.types.numeric import FloatLoader
 
 from collector.paths import PgTarget
-from collector.store.connect import BUSY_TIMEOUT_S, open_failed
 from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
+from collector.store.errors import BUSY_TIMEOUT_S, open_failed
 from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
 from shared.errors import StoreError
 from shared.logging import get_logger

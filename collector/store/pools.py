@@ -1,36 +1,29 @@
 """Inventories, declared inventories and pools: the SQL of ``collector inventory`` and ``pool``.
 
-Reads go through anything with ``fetchall``/``has_table`` (a :class:`StoreReader`, or the
-write transaction of :func:`pool_transaction`, so that ``pool apply`` decides and writes on one
-snapshot). Writes are :class:`~collector.store.command.Command` transactions on tables the
-collector's writer never touches (``pools``, ``pool_nodes``, ``pool_moves``,
-``declared_inventories``), so they cannot race it; two pool commands queue instead of
-interleaving.
+Reads go through anything that :class:`~collector.store.statements.Reads` (a
+:class:`StoreReader`, or the command's write transaction, so that ``pool apply`` decides and
+writes on one snapshot). Writes are :class:`PoolWrites`, the domain methods of a
+:class:`~collector.store.command.Command` (``tx.pools``), on tables the collector's writer never
+touches (``pools``, ``pool_nodes``, ``pool_moves``, ``declared_inventories``), so they cannot
+race it; two pool commands queue instead of interleaving.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, Final, NamedTuple, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, NamedTuple
 
-from collector.paths import StoreTarget
-from collector.store.command import Command
-from collector.store.dialect import Row
 from collector.store.queries import LATEST_SAMPLE
-from shared.errors import ConfigError, StoreError
+from collector.store.statements import Reads, Statements
+from shared.errors import ConfigError
 
 __all__ = [
     "FREE",
     "NodeRecord",
-    "PoolTransaction",
-    "Rows",
-    "declare_inventories",
-    "follow_leases",
+    "PoolWrites",
     "leased_nodes",
     "node_records",
     "pool_members",
-    "pool_transaction",
     "pools",
     "pools_with_nodes",
     "unknown_nodes",
@@ -38,20 +31,6 @@ __all__ = [
 
 FREE: Final = "free"
 """The implicit pool of every node in no pool."""
-
-_NOT_MIGRATED: Final = (
-    "has no pool tables yet: start `collector run` once with this version to migrate it"
-)
-
-
-class Rows(Protocol):
-    """What the read functions need: a read-only store or a pool transaction."""
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
-
-    def has_table(self, name: str) -> bool: ...
-
-    def columns(self, table: str) -> set[str]: ...
 
 
 class NodeRecord(NamedTuple):
@@ -71,7 +50,7 @@ class NodeRecord(NamedTuple):
     pool: str
 
 
-def node_records(store: Rows) -> list[NodeRecord]:
+def node_records(store: Reads) -> list[NodeRecord]:
     """Every node with an inventory (its agent's, else a declared one), its pool and latest
     sample's GPU count, by node name."""
     declared = store.has_table("declared_inventories")
@@ -115,7 +94,7 @@ def node_records(store: Rows) -> list[NodeRecord]:
     ]
 
 
-def pools(store: Rows) -> list[dict[str, Any]]:
+def pools(store: Reads) -> list[dict[str, Any]]:
     """Every pool (``free`` not included) with its node count, by name."""
     if not store.has_table("pools"):
         return []
@@ -126,14 +105,14 @@ def pools(store: Rows) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-def pool_members(store: Rows) -> dict[str, str]:
+def pool_members(store: Reads) -> dict[str, str]:
     """node -> pool, for every node in a pool."""
     if not store.has_table("pool_nodes"):
         return {}
     return {r["node"]: r["pool"] for r in store.fetchall("SELECT node, pool FROM pool_nodes")}
 
 
-def leased_nodes(store: Rows, now: float) -> set[str]:
+def leased_nodes(store: Reads, now: float) -> set[str]:
     """Nodes named by a lease that has not ended at ``now`` (``lease_nodes`` joined to
     ``leases.end_at``, the leases half's tables; a lease without an end is in force), or by
     any lease where ``leases`` has no ``end_at``; none before leases exist."""
@@ -151,61 +130,7 @@ def leased_nodes(store: Rows, now: float) -> set[str]:
     return {r[0] for r in rows}
 
 
-def follow_leases(tx: Command, pools: Iterable[str]) -> dict[int, list[str]]:
-    """Make the leases of ``pools`` (those not ended at ``tx.now``) hold the pools' nodes as
-    they are now: a lease of a pool leases its members, so nodes added to the pool join the
-    lease and nodes removed leave it. A node that another lease holds at an overlapping time
-    cannot join: :class:`ConfigError` naming the node and both leases (the transaction then
-    changes nothing). When a lease changed, the commit moves the governance generation.
-    Returns lease id -> the nodes it gained, for the caller's quota admission
-    (:func:`collector.governance.ops.admit_growth`).
-    """
-    grown: dict[int, list[str]] = {}
-    if not tx.has_table("leases") or not tx.has_table("lease_nodes"):
-        return grown
-    for pool in sorted(set(pools) - {FREE}):
-        leases = tx.fetchall(
-            "SELECT id, name, start_at, end_at FROM leases "
-            "WHERE pool = ? AND (end_at IS NULL OR end_at > ?) ORDER BY id",
-            (pool, tx.now),
-        )
-        if not leases:
-            continue
-        members = {r[0] for r in tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))}
-        for lease_id, name, start_at, end_at in leases:
-            held = {
-                r[0]
-                for r in tx.fetchall("SELECT node FROM lease_nodes WHERE lease_id = ?", (lease_id,))
-            }
-            for node in sorted(members - held):
-                clash = tx.fetchall(
-                    "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
-                    "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
-                    "AND (l.end_at IS NULL OR l.end_at > ?) "
-                    "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR l.start_at < ?)",
-                    (node, lease_id, start_at, end_at, end_at),
-                )
-                if clash:
-                    other, tenant = clash[0][0], clash[0][1]
-                    raise ConfigError(
-                        f"node {node} is in lease {other!r} (tenant {tenant}) at the same time "
-                        f"as pool {pool!r} is leased ({name!r}): it cannot join that pool",
-                        field="nodes",
-                    )
-                tx.execute(
-                    "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
-                )
-                grown.setdefault(int(lease_id), []).append(node)
-                tx.bump_generation()
-            for node in sorted(held - members):
-                tx.execute(
-                    "DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node)
-                )
-                tx.bump_generation()
-    return grown
-
-
-def unknown_nodes(store: Rows, nodes: Iterable[str]) -> list[str]:
+def unknown_nodes(store: Reads, nodes: Iterable[str]) -> list[str]:
     """Those of ``nodes`` with neither an agent's (``nodes``) nor a declared inventory."""
     wanted = list(dict.fromkeys(nodes))
     tables = ["nodes", "declared_inventories"]
@@ -221,7 +146,7 @@ def unknown_nodes(store: Rows, nodes: Iterable[str]) -> list[str]:
     return [node for node in wanted if node not in known]
 
 
-def pools_with_nodes(store: Rows) -> dict[str, list[str]]:
+def pools_with_nodes(store: Reads) -> dict[str, list[str]]:
     """Pool -> its nodes (in stored order), every stored pool, an empty one too."""
     out: dict[str, list[str]] = {r[0]: [] for r in store.fetchall("SELECT name FROM pools")}
     for node, pool in store.fetchall("SELECT node, pool FROM pool_nodes"):
@@ -229,48 +154,52 @@ def pools_with_nodes(store: Rows) -> dict[str, list[str]]:
     return out
 
 
-class PoolTransaction:
-    """The pool commands' writes, in one :class:`~collector.store.command.Command`; reads
-    see its own writes."""
+class PoolWrites:
+    """The pool and inventory writes of one command transaction: ``tx.pools`` of a
+    :class:`~collector.store.command.Command` (``with Command(path) as tx``); its reads see
+    its own writes."""
 
-    def __init__(self, tx: Command) -> None:
-        self.tx = tx
-        self.now = tx.now
-
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """Run a query inside the transaction."""
-        return self.tx.fetchall(sql, params)
-
-    def has_table(self, name: str) -> bool:
-        """Whether the store has table ``name``."""
-        return self.tx.has_table(name)
-
-    def columns(self, table: str) -> set[str]:
-        """The column names of ``table`` (empty: no such table)."""
-        return self.tx.columns(table)
+    def __init__(self, tx: Statements) -> None:
+        self._tx = tx
 
     def exists(self, name: str) -> bool:
         """Whether pool ``name`` exists (``free`` always does)."""
-        return name == FREE or bool(self.fetchall("SELECT 1 FROM pools WHERE name = ?", (name,)))
+        return name == FREE or bool(
+            self._tx.fetchall("SELECT 1 FROM pools WHERE name = ?", (name,))
+        )
+
+    def nodes(self, pool: str) -> list[str]:
+        """The nodes of ``pool``, by name."""
+        rows = self._tx.fetchall(
+            "SELECT node FROM pool_nodes WHERE pool = ? ORDER BY node", (pool,)
+        )
+        return [r[0] for r in rows]
+
+    def pools_of(self, nodes: Iterable[str]) -> dict[str, str]:
+        """Node -> the pool it is in, for those of ``nodes`` in one."""
+        members = pool_members(self._tx)
+        return {node: members[node] for node in nodes if node in members}
 
     def create(self, name: str, comment: str = "") -> None:
         """Create an empty pool."""
-        self.tx.execute(
-            "INSERT INTO pools (name, created, comment) VALUES (?, ?, ?)", (name, self.now, comment)
+        self._tx.execute(
+            "INSERT INTO pools (name, created, comment) VALUES (?, ?, ?)",
+            (name, self._tx.now, comment),
         )
 
     def delete(self, name: str) -> list[str]:
         """Delete a pool; its nodes return to ``free``. Returns them."""
-        nodes = [r[0] for r in self.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (name,))]
+        nodes = self.nodes(name)
         self.move(nodes, FREE, f"delete {name}")
-        self.tx.execute("DELETE FROM pools WHERE name = ?", (name,))
+        self._tx.execute("DELETE FROM pools WHERE name = ?", (name,))
         return nodes
 
     def move(self, nodes: Iterable[str], to_pool: str, reason: str) -> dict[int, list[str]]:
-        """Move ``nodes`` into ``to_pool`` (``free``: out of any pool), recording each move;
-        the leases of the pools involved follow (:func:`follow_leases`): lease id -> the
-        nodes it gained."""
-        current = pool_members(self)
+        """Move ``nodes`` into ``to_pool`` (``free``: out of any pool), recording each move
+        in ``pool_moves``; the leases of the pools involved follow (:meth:`_follow_leases`):
+        lease id -> the nodes it gained, for the caller's quota admission
+        (:func:`collector.governance.ops.judge_growth`)."""
+        current = pool_members(self._tx)
         touched = {to_pool}
         for node in nodes:
             before = current.get(node, FREE)
@@ -278,41 +207,84 @@ class PoolTransaction:
             if before == to_pool:
                 continue
             if to_pool == FREE:
-                self.tx.execute("DELETE FROM pool_nodes WHERE node = ?", (node,))
+                self._tx.execute("DELETE FROM pool_nodes WHERE node = ?", (node,))
             else:
-                self.tx.execute(
+                self._tx.execute(
                     "INSERT INTO pool_nodes (node, pool) VALUES (?, ?) "
                     "ON CONFLICT (node) DO UPDATE SET pool = excluded.pool",
                     (node, to_pool),
                 )
-            self.tx.execute(
+            self._tx.execute(
                 "INSERT INTO pool_moves (ts, node, from_pool, to_pool, reason) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (self.now, node, before, to_pool, reason),
+                (self._tx.now, node, before, to_pool, reason),
             )
-        return follow_leases(self.tx, touched)
+            current[node] = to_pool
+        return self._follow_leases(touched)
 
+    def _follow_leases(self, pools: Iterable[str]) -> dict[int, list[str]]:
+        """Make the leases of ``pools`` (those not ended at the command's time) hold the
+        pools' nodes as they are now: a lease of a pool leases its members, so nodes added to
+        the pool join the lease and nodes removed leave it. A node that another lease holds at
+        an overlapping time cannot join: :class:`ConfigError` naming the node and both leases
+        (the transaction then changes nothing). When a lease changed, the commit moves the
+        governance generation. Returns lease id -> the nodes it gained."""
+        tx = self._tx
+        grown: dict[int, list[str]] = {}
+        if not tx.has_table("leases") or not tx.has_table("lease_nodes"):
+            return grown
+        for pool in sorted(set(pools) - {FREE}):
+            leases = tx.fetchall(
+                "SELECT id, name, start_at, end_at FROM leases "
+                "WHERE pool = ? AND (end_at IS NULL OR end_at > ?) ORDER BY id",
+                (pool, tx.now),
+            )
+            if not leases:
+                continue
+            members = {
+                r[0] for r in tx.fetchall("SELECT node FROM pool_nodes WHERE pool = ?", (pool,))
+            }
+            for lease_id, name, start_at, end_at in leases:
+                held = {
+                    r[0]
+                    for r in tx.fetchall(
+                        "SELECT node FROM lease_nodes WHERE lease_id = ?", (lease_id,)
+                    )
+                }
+                for node in sorted(members - held):
+                    clash = tx.fetchall(
+                        "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
+                        "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
+                        "AND (l.end_at IS NULL OR l.end_at > ?) "
+                        "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR l.start_at < ?)",
+                        (node, lease_id, start_at, end_at, end_at),
+                    )
+                    if clash:
+                        other, tenant = clash[0][0], clash[0][1]
+                        raise ConfigError(
+                            f"node {node} is in lease {other!r} (tenant {tenant}) at the same time "
+                            f"as pool {pool!r} is leased ({name!r}): it cannot join that pool",
+                            field="nodes",
+                        )
+                    tx.execute(
+                        "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
+                    )
+                    grown.setdefault(int(lease_id), []).append(node)
+                    tx.bump_generation()
+                for node in sorted(held - members):
+                    tx.execute(
+                        "DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node)
+                    )
+                    tx.bump_generation()
+        return grown
 
-@contextmanager
-def pool_transaction(path: StoreTarget, now: float) -> Iterator[PoolTransaction]:
-    """A write transaction on the store at ``path``: committed when the block ends, rolled
-    back (nothing changed) when it raises."""
-    with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
-        if not tx.has_table("pool_moves"):
-            raise StoreError(f"{str(path)!r} {_NOT_MIGRATED}")
-        yield PoolTransaction(tx)
-
-
-def declare_inventories(path: StoreTarget, rows: Sequence[tuple[str, bytes]], now: float) -> int:
-    """Store declared inventories (node, validated JSON) in one transaction; return how many."""
-    with Command(path, now=now, no_table=_NOT_MIGRATED) as tx:
-        if not tx.has_table("declared_inventories"):
-            raise StoreError(f"{str(path)!r} {_NOT_MIGRATED}")
-        tx.executemany(
+    def declare_inventories(self, rows: Sequence[tuple[str, bytes]]) -> int:
+        """Store declared inventories (node, validated JSON); return how many."""
+        self._tx.executemany(
             "INSERT INTO declared_inventories (node, inventory, declared) VALUES (?, ?, ?) "
             "ON CONFLICT (node) DO UPDATE SET inventory = excluded.inventory, "
             "declared = excluded.declared",
-            [(node, blob, now) for node, blob in rows],
+            [(node, blob, self._tx.now) for node, blob in rows],
         )
-        tx.bump_generation()  # a leased node's GPUs count from its declared inventory
-    return len(rows)
+        self._tx.bump_generation()  # a leased node's GPUs count from its declared inventory
+        return len(rows)

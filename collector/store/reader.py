@@ -16,8 +16,9 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from collector.paths import StoreTarget
-from collector.store.connect import SyncConn, open_sync, refused
+from collector.store.connect import SyncConn, open_sync
 from collector.store.dialect import Dialect, Row
+from collector.store.errors import refused
 from collector.store.query import Query, run
 from shared.errors import StoreError
 

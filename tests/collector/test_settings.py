@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.alerts import names
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.rule import Rule
 from collector.capacity.job import CapacityState
@@ -78,6 +79,14 @@ def test_an_unknown_disabled_rule_is_one_line_naming_it_and_the_valid_names(
     assert listed == sorted(listed)
     assert set(listed) <= set(every)
     assert len(listed) == {"alerts": 11, "capacity": 5, "governance": 8}[table]
+
+
+def test_each_family_builds_exactly_the_rules_its_settings_know_by_name() -> None:
+    """The names a ``disabled`` list is checked against at load are the names of the rules
+    each builder makes, in order: a rule added without its name could not be disabled."""
+    assert [r.name for r in builtin_rules()] == list(names.BUILTIN)
+    assert [r.name for r in capacity_rules(CapacityState())] == list(names.CAPACITY)
+    assert [r.name for r in governance_rules(GovernanceView)] == list(names.GOVERNANCE)
 
 
 def test_disabled_rules_are_left_out_of_every_family(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from collector.governance.lease import LeaseTerms
 from collector.localbroker import MosquittoBroker
-from collector.store.governance import GovernanceWriter
+from collector.store.command import Command
 from shared.clock import SystemClock
 from tests.helpers import wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
@@ -55,10 +55,11 @@ def _lease_one_node(db: Path) -> None:
     """LEASED in pool ``training``, leased to ``acme`` since yesterday (as `collector
     lease add` writes it)."""
     today = dt.datetime.now(dt.UTC).date()
-    with GovernanceWriter(db) as w:
-        w.ensure_pool("training", [LEASED])
-        w.ensure_tenant("acme")
-        w.add_lease(
+    with Command(db) as tx:
+        tx.pools.create("training")
+        tx.pools.move([LEASED], "training", "test")
+        tx.governance.ensure_tenant("acme")
+        tx.governance.add_lease(
             name="acme-training",
             tenant="acme",
             pool=None,

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Final
 
 from agent.simulate import FleetSimulator
-from collector.capacity.compute import NodeModel
 from collector.capacity.config import CapacityPlan, load_capacity_plan
+from collector.capacity.node import NodeModel
 from collector.capacity.picture import RestBasis
 from collector.live import LiveView
 from shared.schema import Sample

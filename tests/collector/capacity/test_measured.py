@@ -138,6 +138,38 @@ def test_an_out_of_band_reading_counts_while_fresh_even_for_a_silent_agent() -> 
     assert "x9999c0s0b0n0" not in view
 
 
+def test_a_stale_node_counts_at_its_last_input_power_reading_on_the_last_basis() -> None:
+    """Its agent and BMC silent for an hour: on ``stale_basis = "last"`` the node counts at
+    the last input power read (assumed, listed stale, clamped to its nameplate when that
+    reading was absurd); on the default basis at its nameplate."""
+    cplan = site_plan()
+    sim = FleetSimulator(4, seed=1)
+    view, _ = filled_view(sim, NOW)
+    quiet, absurd = sim.node_ids[0], sim.node_ids[1]
+    for node, watts in ((quiet, 7_000.0), (absurd, 60_000.0)):
+        view.on_node_power(node, PowerReading(watts, "redfish", NOW - 3600, 10.0))
+        view.get(node).sample_received = NOW - 3600  # type: ignore[union-attr]
+    p = compute_picture(
+        cplan, view.nodes(), NOW, staleness=Staleness(3), stale_basis="last", keep_nodes=True
+    )
+    drawn = {n.node: n for n in p.node_draws or ()}
+    got = {
+        n: (d.draw_w, d.basis, d.obtained, d.clamped, d.node_power_w)
+        for n, d in drawn.items()
+        if n in (quiet, absurd)
+    }
+    assert got == {
+        quiet: (7_000.0, "last", "assumed", False, 7_000.0),
+        absurd: (10_200.0, "last", "assumed", True, 60_000.0),
+    }
+    assert (sorted(p.stale), p.stale_nodes, p.nodes_by["assumed"]) == (sorted(got), 2, 2)
+    default = compute_picture(cplan, view.nodes(), NOW, staleness=Staleness(3), keep_nodes=True)
+    assert {n.node: n.draw_w for n in default.node_draws or () if n.node in got} == {
+        quiet: 10_200.0,
+        absurd: 10_200.0,
+    }
+
+
 def test_metrics_say_how_each_draw_was_obtained() -> None:
     """/metrics: nodes' draw and count per obtained, the type's rest figure and spread."""
     cplan = site_plan()

@@ -36,6 +36,8 @@ class Spec:
     """GPUs in the latest sample (default: all); ``None`` in ``sampled``: no sample."""
     sampled: bool = True
     nics: list[NicInfo] = field(default_factory=list)
+    metrics_address: str | None = None
+    """Where its agent's /metrics listens (``/sd`` lists only nodes that announce one)."""
 
 
 def inventory(s: Spec, ts: float | None = None) -> Inventory:
@@ -62,6 +64,7 @@ def inventory(s: Spec, ts: float | None = None) -> Inventory:
         cpus=[CpuPackage(model=s.cpu, sockets=s.sockets)],
         mem_installed_bytes=s.mem_gib * GIB,
         nics=s.nics,
+        metrics_address=s.metrics_address,
     )
 
 

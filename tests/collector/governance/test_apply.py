@@ -189,6 +189,33 @@ async def test_a_leased_pool_grown_by_the_file_grows_its_lease(
     assert sorted(json.loads(out)["nodes"]) == ["n1", "n2", "n4"]
 
 
+async def test_a_node_the_file_moves_between_pools_leaves_the_lease_of_the_pool_it_left(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """pa (applied first, by name) takes n2 from pb: pb's lease, which the file does not
+    name, lets n2 go though pb's nodes are then as the file says (it kept n2 before); every
+    move is in the pool history."""
+    db = await make_store(store_url, NODES)
+    before = '[pools.pa]\nnodes = ["n1"]\n[pools.pb]\nnodes = ["n2", "n3"]\n'
+    code, _, err = cli("apply", "--db", str(db), "-f", _file(tmp_path, before))
+    assert (code, err) == (0, "")
+    code, _, err = cli("lease", "add", "--db", str(db), "--tenant", "b", "--pool", "pb",
+                       "--start", "2041-01-01", "--name", "lb")  # fmt: skip
+    assert (code, err) == (0, "")
+    after = before.replace('["n1"]', '["n1", "n2"]').replace('["n2", "n3"]', '["n3"]')
+    code, out, err = cli("apply", "--db", str(db), "-f", _file(tmp_path, after, "after.toml"))
+    assert (code, err) == (0, ""), out
+    code, out, _ = cli("lease", "show", "lb", "--db", str(db), "--json")
+    assert json.loads(out)["nodes"] == ["n3"]
+    moves = db_rows(db, "SELECT node, from_pool, to_pool, reason FROM pool_moves ORDER BY id")
+    assert moves == [
+        ("n1", "free", "pa", "apply pools.pa"),
+        ("n2", "free", "pb", "apply pools.pb"),
+        ("n3", "free", "pb", "apply pools.pb"),
+        ("n2", "pb", "pa", "apply pools.pa"),
+    ]
+
+
 async def test_export_round_trips_a_pool_lease_whose_pool_changed(
     store_url: StoreTarget, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from collector.governance.inventory import components_of, rack_of
+from collector.governance.inventory import components_of
 from collector.paths import StoreTarget
 from shared.schema import AcceleratorInfo, NicInfo, encode
 from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
@@ -160,14 +160,6 @@ async def test_unknown_pool_is_a_clear_error(store_url: StoreTarget) -> None:
     code, out, _ = cli("inventory", "free", "--db", str(db))
     assert code == 0
     assert "n1" in out
-
-
-def test_rack_is_the_normalised_xname_cabinet() -> None:
-    """Leading zeros and case do not make two racks; a non-xname has no rack."""
-    assert rack_of("x1001c1s5b0n0") == "x1001"
-    assert rack_of("X0101C1S05B0N0") == "x101"
-    assert rack_of("gpu-node-07") is None
-    assert rack_of("x1001c8s5b0n0") is None  # chassis 0-7
 
 
 async def test_a_stored_inventory_gone_bad_is_a_problem_not_a_crash(store_url: StoreTarget) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from collector.paths import StoreTarget
 from tests.collector.governance.fleet import cli, make_store
+from tests.helpers import db_rows
 
 NODES = {"n1": 8, "n2": 8, "n3": 4}
 
@@ -81,6 +82,34 @@ async def test_lease_by_pool_creates_it_and_survives_reopen(store_url: StoreTarg
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "x", "--pool", "free",
                        "--nodes", "n2", "--start", "2042-03-01")  # fmt: skip
     assert (code, "`free` is every node in no pool" in err) == (2, True)
+
+
+async def test_nodes_a_lease_brings_into_its_pool_join_the_pools_other_leases(
+    store_url: StoreTarget,
+) -> None:
+    """``lease add --pool p --nodes n2`` puts n2 in p as ``pool add`` does: p's earlier lease
+    follows its pool (it used to keep only n1 while p held both), within its tenant's quota
+    or forced; each move is in the pool history with the lease that made it."""
+    db = await make_store(store_url, NODES)
+    assert cli("quota", "set", "a", "--nominal", "8", "--db", str(db))[0] == 0
+    code, _, err = cli("lease", "add", "--db", str(db), "--tenant", "a", "--pool", "p",
+                       "--nodes", "n1", "--start", "2041-01-01", "--duration", "31d",
+                       "--name", "first")  # fmt: skip
+    assert (code, err) == (0, "")
+    second = ("lease", "add", "--db", str(db), "--tenant", "b", "--pool", "p", "--nodes", "n2",
+              "--start", "2041-03-01", "--name", "second")  # fmt: skip
+    code, _, err = cli(*second)
+    assert code == 2
+    assert "pool 'p' cannot grow while leased ('first')" in err, err
+    code, _, err = cli(*second, "--force", "--reason", "a's extra node")
+    assert (code, err) == (0, "")
+    for name in ("first", "second"):
+        code, out, _ = cli("lease", "show", name, "--db", str(db), "--json")
+        assert (code, json.loads(out)["nodes"]) == (0, ["n1", "n2"]), name
+    code, out, _ = cli("lease", "show", "first", "--db", str(db), "--json")
+    assert json.loads(out)["force_reason"] == "a's extra node"
+    moves = db_rows(db, "SELECT node, from_pool, to_pool, reason FROM pool_moves ORDER BY id")
+    assert moves == [("n1", "free", "p", "lease first"), ("n2", "free", "p", "lease second")]
 
 
 async def test_cancel_extend_renew(store_url: StoreTarget) -> None:

@@ -17,10 +17,10 @@ from collector.governance.ledger import LedgerJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
 from collector.paths import StoreTarget
+from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
-from collector.store.governance import GovernanceWriter, governance
+from collector.store.governance import governance
 from collector.store.ledger import PoolHistory
-from collector.store.pools import pool_transaction
 from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
@@ -72,12 +72,12 @@ async def db(tmp_path: Path) -> Path:
         await store.fold_rollups()
     n0, n1, n2 = sim.node_ids
     start = dt.date(2026, 11, 10)
-    with GovernanceWriter(path, now=DAY0) as w:
-        w.add_lease(
+    with Command(path, now=DAY0) as tx:
+        tx.governance.add_lease(
             name="acme-1", tenant="acme", pool=None, nodes=[n0, n1],
             terms=LeaseTerms(start=start, duration_days=1),
         )  # fmt: skip
-        w.add_lease(
+        tx.governance.add_lease(
             name="bravo-1", tenant="bravo", pool=None, nodes=[n2],
             terms=LeaseTerms(start=start, duration_days=30),
         )  # fmt: skip
@@ -177,9 +177,9 @@ def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
     to no lease, and the daily sums follow (no group left behind with nothing in it)."""
     import asyncio  # noqa: PLC0415
 
-    with GovernanceWriter(db, now=DAY0) as w:
-        (lease,) = [x for x in w.state().leases if x.name == "acme-1"]
-        w.set_lease_nodes(lease, [])
+    with Command(db, now=DAY0) as tx:
+        (lease,) = [x for x in tx.governance.state().leases if x.name == "acme-1"]
+        tx.governance.set_lease_nodes(lease, [])
 
     async def again() -> None:
         with StoreReader(db) as r:
@@ -355,9 +355,11 @@ async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
     await _sampled(store_url, sim, seen, nodes=1)
     n0, n1 = sim.node_ids
     one_day = LeaseTerms(start=dt.date(2026, 11, 10), duration_days=1)
-    with GovernanceWriter(store_url, now=DAY0) as w:
-        w.add_lease(name="acme-1", tenant="acme", pool=None, nodes=[n0], terms=one_day)
-        w.add_lease(name="bravo-1", tenant="bravo", pool=None, nodes=[n1], terms=one_day)
+    with Command(store_url, now=DAY0) as tx:
+        tx.governance.add_lease(name="acme-1", tenant="acme", pool=None, nodes=[n0], terms=one_day)
+        tx.governance.add_lease(
+            name="bravo-1", tenant="bravo", pool=None, nodes=[n1], terms=one_day
+        )
     await _ledger(store_url, DAY0 + 86_400)
 
     got = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")
@@ -398,14 +400,14 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
     sim = FleetSimulator(2, gpus_per_node=GPUS, seed=8, interval_s=600)
     await _sampled(store_url, sim, [day + 3600 * h for h in range(48)], nodes=2)
     n0, n1 = sim.node_ids
-    with pool_transaction(store_url, now=day - 86_400) as tx:
-        tx.create("a")
-        tx.create("b")
-        tx.move([n0, n1], "a", "test")
-    with pool_transaction(store_url, now=day + 86_400 + 1200) as tx:
-        tx.move([n0, n1], "b", "test")
-    with GovernanceWriter(store_url, now=day) as w:
-        w.add_lease(
+    with Command(store_url, now=day - 86_400) as tx:
+        tx.pools.create("a")
+        tx.pools.create("b")
+        tx.pools.move([n0, n1], "a", "test")
+    with Command(store_url, now=day + 86_400 + 1200) as tx:
+        tx.pools.move([n0, n1], "b", "test")
+    with Command(store_url, now=day) as tx:
+        tx.governance.add_lease(
             name="acme-1", tenant="acme", pool=None, nodes=[n0],
             terms=LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2),
         )  # fmt: skip

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from collector.governance.allocate import ImpossiblePatternError, plan_pool
-from collector.governance.inventory import Component, NodeComponents, rack_of
+from collector.governance.inventory import Component, NodeComponents
 from collector.governance.pattern import Need, parse_pattern
+from collector.nodefacts import rack_of
 from shared.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from collector.governance.lease import LeaseTerms
 from collector.paths import StoreTarget, parse_target
-from collector.store.governance import GovernanceWriter
+from collector.store.command import Command
 from tests.collector.governance.hw_fleet import H100, Spec, cli, make_store
 from tests.helpers import db_rows
 
@@ -140,8 +140,8 @@ async def test_bad_pattern_is_exit_2_with_one_line(fleet: StoreTarget) -> None:
 async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: StoreTarget) -> None:
     """A node named in a lease in force (lease_nodes, the leases half) is never taken."""
     today = dt.datetime.now(dt.UTC).date()
-    with GovernanceWriter(fleet) as w:
-        w.add_lease(
+    with Command(fleet) as tx:
+        tx.governance.add_lease(
             name="held",
             tenant="t",
             pool=None,
@@ -159,13 +159,13 @@ async def test_leased_nodes_are_excluded_when_a_lease_table_exists(fleet: StoreT
 async def test_nodes_of_an_ended_lease_are_free_to_take_again(fleet: StoreTarget) -> None:
     """Only leases not ended exclude their nodes (ended, renewing without notice, far end)."""
     today = dt.datetime.now(dt.UTC).date()
-    with GovernanceWriter(fleet) as w:
+    with Command(fleet) as tx:
         for name, node, terms in (
             ("ended", "x1000c0s0b0n0", LeaseTerms(dt.date(1990, 1, 1), 10)),
             ("renewing", "x1000c0s1b0n0", LeaseTerms(today, 30, auto_renew=True)),
             ("long", "x1000c0s2b0n0", LeaseTerms(today, 25_000)),
         ):
-            w.add_lease(name=name, tenant="t", pool=None, nodes=[node], terms=terms)
+            tx.governance.add_lease(name=name, tenant="t", pool=None, nodes=[node], terms=terms)
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:16", "--db", str(fleet), "--json")
     assert code == 0
     nodes = set(json.loads(out)["nodes"])

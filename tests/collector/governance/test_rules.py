@@ -16,8 +16,8 @@ from collector.governance.quota import Quota
 from collector.governance.rules import governance_rules
 from collector.governance.settings import GovernanceSettings
 from collector.live import LiveView
+from collector.store.command import Command
 from collector.store.db import Store
-from collector.store.governance import GovernanceWriter
 from shared.clock import FakeClock
 from shared.errors import StoreError
 from tests.collector.governance.fleet import cli, inventory, sample
@@ -39,9 +39,9 @@ def _live(clock: FakeClock, fleet: dict[str, tuple[int, list[float]]]) -> LiveVi
     return live
 
 
-def _lease(w: GovernanceWriter, name: str, tenant: str, nodes: list[str], **kw: object) -> None:
+def _lease(tx: Command, name: str, tenant: str, nodes: list[str], **kw: object) -> None:
     terms = LeaseTerms(**kw)  # type: ignore[arg-type]
-    w.add_lease(name=name, tenant=tenant, pool=None, nodes=nodes, terms=terms)
+    tx.governance.add_lease(name=name, tenant=tenant, pool=None, nodes=nodes, terms=terms)
 
 
 def _firing(ev: Evaluator, live: LiveView, now: float) -> set[tuple[str, ...]]:
@@ -71,13 +71,13 @@ async def test_lease_and_quota_rules_fire_on_both_bases(tmp_path: Path) -> None:
     )
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with GovernanceWriter(db, now=now) as w:
-            w.put_quota("a", "gpus", Quota(11))
-            _lease(w, "a1", "a", ["n1", "n2"], start=TODAY - dt.timedelta(days=70),
+        with Command(db, now=now) as tx:
+            tx.governance.put_quota("a", "gpus", Quota(11))
+            _lease(tx, "a1", "a", ["n1", "n2"], start=TODAY - dt.timedelta(days=70),
                    duration_days=90,
                    notice_days=30)  # fmt: skip
-            _lease(w, "old", "c", ["n3"], start=TODAY - dt.timedelta(days=31), duration_days=30)
-            _lease(w, "b1", "b", ["n4"], start=TODAY - dt.timedelta(days=1), duration_days=365,
+            _lease(tx, "old", "c", ["n3"], start=TODAY - dt.timedelta(days=31), duration_days=30)
+            _lease(tx, "b1", "b", ["n4"], start=TODAY - dt.timedelta(days=1), duration_days=365,
                    notice_days=350)  # fmt: skip
         job = GovernanceJob(clock, busy_util_pct=10.0)
         ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
@@ -111,9 +111,9 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
         await run_once(job, store, live)
         assert job.loads == 1
         assert _firing(ev, live, clock.time()) == set()
-        with GovernanceWriter(db, now=clock.time()) as w:
-            w.put_quota("a", "gpus", Quota(8))
-            _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=365)
+        with Command(db, now=clock.time()) as tx:
+            tx.governance.put_quota("a", "gpus", Quota(8))
+            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
         clock.advance(5)
         await run_once(job, store, live)
         assert job.loads == 2
@@ -128,9 +128,9 @@ async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> Non
     live = _live(clock, {"n1": (8, [50.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with GovernanceWriter(db, now=clock.time()) as w:
-            w.put_quota("a", "gpu_hours", Quota(2), "day")
-            _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=10)
+        with Command(db, now=clock.time()) as tx:
+            tx.governance.put_quota("a", "gpu_hours", Quota(2), "day")
+            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=10)
         job = GovernanceJob(clock)
         await run_once(job, store, live)
         assert job.view.measured.of("gpu_hours")["a"] == 0.0
@@ -155,12 +155,13 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
     live = _live(clock, {"n1": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with GovernanceWriter(db, now=clock.time()) as w:
-            _lease(w, "a1", "a", ["n1"], start=TODAY, duration_days=365)
+        with Command(db, now=clock.time()) as tx:
+            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
         job = GovernanceJob(clock)
         await run_once(job, store, live)
-        with GovernanceWriter(db, now=clock.time()) as w:
-            w.tx.execute("UPDATE leases SET tz = 'Mars/Olympus'")
+        with Command(db, now=clock.time()) as tx:
+            tx.execute("UPDATE leases SET tz = 'Mars/Olympus'")
+            tx.bump_generation()
         for _ in range(3):
             clock.advance(60)
             await run_once(job, store, live)  # no exception: the last good state stays in force
@@ -176,9 +177,9 @@ async def test_a_bad_quota_row_is_named_so_it_can_be_fixed(tmp_path: Path) -> No
     db = tmp_path / "capwatch.db"
     async with Store(db):
         pass
-    with GovernanceWriter(db) as w:
-        w.put_quota("acme", "gpus", Quota(9.0))
-        w.tx.execute("UPDATE quotas SET nominal = 'lots'")
+    with Command(db) as tx:
+        tx.governance.put_quota("acme", "gpus", Quota(9.0))
+        tx.execute("UPDATE quotas SET nominal = 'lots'")
     code, _, err = cli("quota", "show", "--db", str(db))
     assert (code, err.count("\n")) == (2, 1)
     assert "quotas row WHERE tenant = 'acme' AND resource = 'gpus'" in err, err
@@ -194,12 +195,12 @@ async def test_a_writer_past_its_lock_budget_changes_nothing(tmp_path: Path) -> 
         pass
     with (
         pytest.raises(StoreError, match="held the database's write lock for over 0 s"),
-        GovernanceWriter(db, lock_budget_s=0.0) as w,
+        Command(db, lock_budget_s=0.0) as tx,
     ):
-        w.put_quota("acme", "gpus", Quota(9.0))
-    with GovernanceWriter(db, lock_budget_s=60.0) as w:
-        assert w.state().quotas == {}
-        w.put_quota("acme", "gpus", Quota(9.0))
+        tx.governance.put_quota("acme", "gpus", Quota(9.0))
+    with Command(db, lock_budget_s=60.0) as tx:
+        assert tx.governance.state().quotas == {}
+        tx.governance.put_quota("acme", "gpus", Quota(9.0))
     code, out, _ = cli("export", "--db", str(db), "--json")
     assert (code, json.loads(out)["tenants"]["acme"]["quota"]["gpus"]["nominal"]) == (0, 9.0)
 
@@ -223,14 +224,14 @@ async def test_a_forced_neighbour_overcommits_the_cohort_not_the_idle_tenant(
     )
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with GovernanceWriter(db, now=now) as w:
-            w.put_tenant("a", "research", 0)
-            w.put_tenant("b", "research", 0)
-            w.put_quota("a", "gpus", Quota(8))
-            w.put_quota("b", "gpus", Quota(8))
-            w.put_quota("c", "gpus", Quota(8))
-            _lease(w, "lb", "b", ["n2", "n3", "n4"], start=TODAY, duration_days=30)
-            _lease(w, "lc", "c", ["n5"], start=TODAY, duration_days=30)
+        with Command(db, now=now) as tx:
+            tx.governance.put_tenant("a", "research", 0)
+            tx.governance.put_tenant("b", "research", 0)
+            tx.governance.put_quota("a", "gpus", Quota(8))
+            tx.governance.put_quota("b", "gpus", Quota(8))
+            tx.governance.put_quota("c", "gpus", Quota(8))
+            _lease(tx, "lb", "b", ["n2", "n3", "n4"], start=TODAY, duration_days=30)
+            _lease(tx, "lc", "c", ["n5"], start=TODAY, duration_days=30)
         job = GovernanceJob(clock, busy_util_pct=10.0)
         ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
         await run_once(job, store, live)

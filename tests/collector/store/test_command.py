@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from collector.paths import StoreTarget
-from collector.store.command import GENERATION_KEY, Command
+from collector.store.command import Command
 from collector.store.db import Store
-from collector.store.pools import pool_transaction
+from collector.store.governance import GENERATION_KEY
 from collector.store.reader import StoreReader
 from collector.store.silences import add_silence
 from shared.errors import StoreError
@@ -33,9 +33,8 @@ def _fail_after_a_write(db: StoreTarget) -> None:
 
 
 def _create_pool_without_budget(db: StoreTarget) -> None:
-    with pool_transaction(db, 1.0) as tx:
-        tx.tx.lock_budget_s = 0.0
-        tx.create("p")
+    with Command(db, now=1.0, lock_budget_s=0.0) as tx:
+        tx.pools.create("p")
 
 
 def _insert_two(db: StoreTarget, insert: str) -> None:
@@ -98,6 +97,25 @@ async def test_the_generation_moves_only_with_a_commit_that_asked_for_it(
         _fail_after_a_write(db)
     assert _generation(db) == first
     assert db_rows(db, "SELECT name FROM pools ORDER BY name") == [("a",), ("b",)]
+
+
+async def test_only_governance_writes_move_the_generation(store_url: StoreTarget) -> None:
+    """Reading the governance state or moving unleased nodes between pools leaves the
+    generation (the collector's cue to reload leases and quotas) where it was; a tenant's
+    write moves it, a declared inventory too (a leased node's GPUs count from it)."""
+    db = await _store(store_url)
+    with Command(db, now=1.0) as tx:
+        assert tx.governance.state().tenants == {}
+        tx.pools.create("p")
+        assert tx.pools.move(["n1"], "p", "test") == {}
+    assert _generation(db) == []
+    with Command(db, now=2.0) as tx:
+        tx.governance.put_tenant("t", None, 0)
+    first = _generation(db)
+    assert len(first) == 1
+    with Command(db, now=3.0) as tx:
+        tx.pools.declare_inventories([("n1", b"{}")])
+    assert _generation(db) not in ([], first)
 
 
 async def test_a_pool_change_past_the_lock_budget_changes_nothing(store_url: StoreTarget) -> None:

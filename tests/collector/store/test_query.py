@@ -6,7 +6,7 @@ from collector.governance.quota import Quota
 from collector.paths import StoreTarget
 from collector.store.command import Command
 from collector.store.db import Store
-from collector.store.governance import GovernanceWriter, generation, governance, usage_snapshot
+from collector.store.governance import generation, governance, usage_snapshot
 from collector.store.reader import StoreReader
 from collector.store.usage import gpu_hours_in
 
@@ -18,9 +18,9 @@ async def test_reader_command_and_collector_read_the_same_governance(
     async with Store(db) as store:
         assert await store.run(generation()) == ""
         assert await store.run(usage_snapshot()) is None
-    with GovernanceWriter(db, now=1.0) as w:
-        w.put_tenant("t", "c", 3)
-        w.put_quota("t", "gpus", Quota(8.0, None, None))
+    with Command(db, now=1.0) as tx:
+        tx.governance.put_tenant("t", "c", 3)
+        tx.governance.put_quota("t", "gpus", Quota(8.0, None, None))
     with StoreReader(db) as reader:
         from_reader = reader.run(governance())
         hours_reader = reader.run(gpu_hours_in(["a", "b"], 0.0, 10.0))

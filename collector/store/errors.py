@@ -1,0 +1,83 @@
+"""What the store says when it cannot be used, whatever the backend: one
+:class:`~shared.errors.StoreError` line each, built here once.
+
+:func:`missing` (no store at the path; a command never creates one), :func:`not_capwatch`
+(an SQLite file without our tables), :func:`open_failed` (cannot be opened, or created) and
+:func:`refused` (a statement the store refused: what was being done, the table a store not
+yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the wait after
+which another connection's write lock becomes such an error, on both backends.
+
+Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connection) and
+:mod:`collector.store.pg` (PostgreSQL), which the opener imports: so this sits below both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from shared.errors import StoreError
+
+if TYPE_CHECKING:
+    from collector.paths import StoreTarget
+
+__all__ = ["BUSY_TIMEOUT_S", "missing", "not_capwatch", "open_failed", "refused"]
+
+BUSY_TIMEOUT_S: Final = 5.0
+"""How long any connection waits for another's write lock before it gives up."""
+
+
+def missing(path: StoreTarget) -> StoreError:
+    """The store at ``path`` does not exist (a command never creates it)."""
+    return StoreError(
+        f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
+        "--db / CAPWATCH_DB_PATH"
+    )
+
+
+def not_capwatch(path: StoreTarget) -> StoreError:
+    """``path`` is an SQLite file without the capwatch schema (empty or foreign)."""
+    return StoreError(
+        f"{str(path)!r} is not a capwatch database (or an empty one): point --db / "
+        "CAPWATCH_DB_PATH at the collector's database; `collector run` creates it"
+    )
+
+
+def open_failed(path: StoreTarget, exc: BaseException, *, creating: bool = False) -> StoreError:
+    """The store at ``path`` could not be opened (or, ``creating``, created and migrated)."""
+    if not isinstance(path, Path):
+        return StoreError(f"cannot open database {str(path)!r}: {_first_line(exc)}")
+    if isinstance(exc, sqlite3.Error):
+        fix = (
+            ": set db_path (--db / CAPWATCH_DB_PATH) to a file in a folder this user can write"
+            if creating
+            else ""
+        )
+        return StoreError(f"cannot open database {str(path)!r}: {exc}{fix}")
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return StoreError(f"cannot open database {str(path)!r}: {detail}")
+
+
+def refused(
+    path: StoreTarget, exc: BaseException, *, doing: str, no_table: str | None
+) -> StoreError:
+    """A statement the store refused, as one line: ``doing`` says what was being done
+    (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
+    predates a table (not yet migrated), ``None``: it is then not a capwatch store."""
+    sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
+    if (
+        isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+    ) or sqlstate == "42P01":  # undefined_table
+        if no_table is None:
+            return not_capwatch(path)
+        return StoreError(f"{str(path)!r} {no_table}")
+    if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
+        return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
+    return StoreError(f"{doing} {str(path)!r}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error as one line (PostgreSQL adds DETAIL and HINT lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,142 @@
+"""What both demos use (``scripts/demo.py`` and ``scripts/demo_site.py``, beside this file):
+where the repository and its virtualenv's commands are, a banner, a command echoed and run,
+a free loopback port, the hostile node's messages, and the webhook receiver on loopback that
+checks each notification's signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BIN",
+    "DEMO_SECRET",
+    "ROOT",
+    "Hooks",
+    "banner",
+    "free_port",
+    "hostile_node",
+    "run_cli",
+    "show_notifications",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
+
+
+def run_cli(*args: str) -> None:
+    print(f"$ {' '.join(args)}", flush=True)
+    subprocess.run([str(BIN / args[0]), *args[1:]], check=False)
+
+
+def hostile_node(host: str, port: int) -> int:
+    """Publish what once crash-looped or poisoned the collector; return how many messages."""
+    import asyncio  # noqa: PLC0415
+
+    import aiomqtt  # noqa: PLC0415
+    import msgspec  # noqa: PLC0415
+
+    from agent.simulate import FleetSimulator  # noqa: PLC0415
+    from shared.schema import encode  # noqa: PLC0415
+    from shared.topics import sample_topic  # noqa: PLC0415
+
+    sim = FleetSimulator(1, gpus_per_node=2, seed=666, interval_s=1, first_index=4096)
+    node = sim.node_ids[0]
+    good = msgspec.json.decode(encode(sim.sample(0, time.time(), 0)))
+    evil = [
+        b"{this is not json",
+        msgspec.json.encode({**good, "ts": time.time() + 86_400}),  # a day ahead
+        msgspec.json.encode({**good, "disk_io": {"read_bytes_per_s": 1e300}}),
+        msgspec.json.encode(
+            {**good, "gpus": [{**g, "mem_used_bytes": 2**62} for g in good["gpus"]]}
+        ),
+        msgspec.json.encode({**good, "cpu": {**good["cpu"], "per_core_pct": [1.0] * 150_000}}),
+    ]
+
+    async def publish() -> None:
+        async with aiomqtt.Client(host, port, identifier=f"hostile-{node}") as client:
+            for payload in evil * 2:  # twice: ten rejects make NodeRejectsRising fire
+                await client.publish(sample_topic(node), payload, qos=1)
+
+    asyncio.run(publish())
+    return 2 * len(evil)
+
+
+DEMO_SECRET = "demo-secret"
+
+
+class Hooks:
+    """A webhook receiver on loopback: records each notification, checks its signature."""
+
+    def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+        self.got: list[tuple[bool, dict[str, Any]]] = []
+        hooks = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                ts = self.headers.get("X-Capwatch-Timestamp", "")
+                mac = hmac.new(DEMO_SECRET.encode(), ts.encode() + b":" + body, hashlib.sha256)
+                ok = hmac.compare_digest(
+                    mac.hexdigest(), self.headers.get("X-Capwatch-Signature", "")
+                )
+                hooks.got.append((ok, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def show_notifications(hooks: Hooks, am_url: str | None) -> None:
+    for ok, body in hooks.got:
+        names = sorted({f"{a['labels']['alertname']}[{a['status']}]" for a in body["alerts"]})
+        print(
+            f"webhook: {body.get('status')} groupKey={body.get('groupKey')} "
+            f"alerts={','.join(names)} signature={'ok' if ok else 'BAD'}"
+        )
+    if not hooks.got:
+        print("webhook: nothing received yet")
+    if am_url is not None:
+        import httpx  # noqa: PLC0415
+
+        try:
+            held = httpx.get(f"{am_url}/api/v2/alerts", timeout=5).json()
+        except httpx.HTTPError as exc:
+            print(f"Alertmanager: not reachable ({exc})")
+            return
+        for a in held:
+            print(
+                f"Alertmanager holds {a['labels']['alertname']} node={a['labels'].get('node')} "
+                f"fingerprint={a['fingerprint']} state={a['status']['state']}"
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
