@@ -3,8 +3,8 @@
 
 :func:`missing` (no store at the path; a command never creates one), :func:`not_capwatch`
 (an SQLite file without our tables), :func:`open_failed` (cannot be opened, or created) and
-:func:`refused` (a statement the store refused: what was being done, the table a store not
-yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the wait after
+:func:`refused` (a statement the store refused: what was being done, the table or column a
+store not yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the wait after
 which another connection's write lock becomes such an error, on both backends.
 
 Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connection) and
@@ -72,6 +72,14 @@ def refused(
         if no_table is None:
             return not_capwatch(path)
         return StoreError(f"{str(path)!r} {no_table}")
+    if (
+        isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc)
+    ) or sqlstate == "42703":  # undefined_column: a store older than this code
+        return StoreError(
+            f"{str(path)!r} is not migrated to this version yet ({_first_line(exc)}): the "
+            "collector migrates it as it starts; wait for it, or start this version's "
+            "`collector run` once"
+        )
     if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
         return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
     return StoreError(f"{doing} {str(path)!r}: {_first_line(exc)}")

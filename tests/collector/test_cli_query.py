@@ -22,6 +22,7 @@ from collector.ingest.validate import sample_row
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.paths import DEFAULT_DB_PATH, StoreTarget
 from collector.settings import CollectorSettings
+from collector.store.connect import open_sync
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
@@ -583,3 +584,21 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     )
     assert proc.stdout == "x" * 80 + "\n"
     assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_store_older_than_this_version_says_it_is_not_migrated(
+    db: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A column this version reads is missing (a store the collector is still migrating as
+    it starts, or an older one): one line saying so and what to do, not the backend's
+    'no such column'; on both backends."""
+    with contextlib.closing(open_sync(db, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute("ALTER TABLE samples DROP COLUMN node_power_w")
+        conn.commit()
+    capsys.readouterr()
+    assert main(["query", "--db", str(db), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "is not migrated to this version yet" in err
+    assert "node_power_w" in err
+    assert "Traceback" not in err
