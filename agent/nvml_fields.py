@@ -1,0 +1,85 @@
+"""NVML field values (``nvmlDeviceGetFieldValues``): the optional readings NVML reports by
+field id rather than through a function of their own.
+
+NVML answers a field request per field: the call succeeds and each field's own status says
+NotSupported on a GPU without that sensor or counter. Every field wanted on a GPU goes in
+one call per tick; a field NVML called NotSupported is left out from then on, and when none
+is left the call is not made at all (``nvmlDeviceGetFieldValues``, NVML API Reference Guide,
+docs.nvidia.com/deploy/nvml-api/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.nvml import Device, NvmlCalls
+
+__all__ = ["Field", "FieldReader"]
+
+_CALL = "field_values"
+"""The name the call itself goes by in a device's unsupported set and the logs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field to request."""
+
+    name: str
+    """Its key in a device's unsupported set and in log lines (``mem_temp``)."""
+    wire: str
+    """The wire field it feeds, named as shared/schema.md names it, for rejected values."""
+    field_id: int
+    scope_id: int | None = None
+    """``nvmlFieldValue_t.scopeId`` (a link, a fan); ``None``: 0, the binding's default."""
+
+
+class FieldReader:
+    """Field values of a device through ``calls``, read from the union member each field's
+    value type names."""
+
+    __slots__ = ("_attrs", "_calls")
+
+    def __init__(self, calls: NvmlCalls) -> None:
+        self._calls = calls
+        nvml = calls.nvml
+        # c_nvmlValue_t's member for each value type a field may come back as.
+        self._attrs = {
+            nvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+            nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+            nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+        }
+
+    def read(self, dev: Device, fields: Sequence[Field]) -> dict[str, float]:
+        """The value of each of ``fields`` ``dev`` answered, by name; one NVML call."""
+        wanted = [f for f in fields if f.name not in dev.unsupported]
+        if not wanted:
+            return {}
+        calls = self._calls
+        nvml = calls.nvml
+        ids = [f.field_id if f.scope_id is None else (f.field_id, f.scope_id) for f in wanted]
+        values = calls.call(dev, _CALL, nvml.nvmlDeviceGetFieldValues, ids)
+        if values is None:
+            if _CALL in dev.unsupported:
+                dev.unsupported.update(f.name for f in fields)
+            return {}
+        out: dict[str, float] = {}
+        for f, fv in zip(wanted, values, strict=False):  # a short answer: the rest unread
+            if fv.nvmlReturn != nvml.NVML_SUCCESS:
+                if fv.nvmlReturn == nvml.NVML_ERROR_NOT_SUPPORTED:
+                    dev.unsupported.add(f.name)
+                    calls.log.debug("gpu_field_unsupported", gpu=dev.index, field=f.name)
+                elif (f.name, str(fv.nvmlReturn)) not in dev.logged_errors:
+                    dev.logged_errors.add((f.name, str(fv.nvmlReturn)))
+                    calls.log.warning(
+                        "gpu_read_failed", gpu=dev.index, field=f.name, nvml_return=fv.nvmlReturn
+                    )
+                continue
+            attr = self._attrs.get(fv.valueType)
+            if attr is None:  # a value type this agent does not know: garbage, not a reading
+                dev.bounds.rejected(f.wire, f"value type {fv.valueType}")
+                continue
+            out[f.name] = getattr(fv.value, attr)
+        return out
