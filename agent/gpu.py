@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, Protocol
 from agent.bounds import Bounds
 from agent.mig import MigReader
 from agent.nvml import OPTIONAL_NVML_SYMBOLS, Device, NvmlCalls, NvmlModule, memory_bytes, text
-from agent.nvml_fields import Field, FieldReader
+from agent.nvml_fields import Field, FieldReader, nvlink, nvlink_fields
 from agent.xid import XidWatch
 from shared.clock import Clock, SystemClock
 from shared.logging import get_logger
@@ -35,6 +35,7 @@ from shared.schema import (
     MAX_GPU_MEM_BYTES,
     MAX_GPU_POWER_W,
     MAX_GPUS,
+    MAX_MIG_INSTANCE_ID,
     MAX_MODEL_NAME_LEN,
     MAX_PCIE_REPLAYS,
     MAX_PID,
@@ -245,7 +246,10 @@ class NvmlBackend:
         self._opened_ = _Opened(
             calls=calls,
             fields=FieldReader(calls),
-            field_list=(Field("mem_temp", "gpus[].mem_temp_c", nvml.NVML_FI_DEV_MEMORY_TEMP),),
+            field_list=(
+                Field("mem_temp", "gpus[].mem_temp_c", nvml.NVML_FI_DEV_MEMORY_TEMP),
+                *nvlink_fields(nvml),
+            ),
             mig=MigReader(calls),
             # The newer name first (R535 drivers on); the older one is slated for removal.
             reasons_calls=tuple(
@@ -279,6 +283,7 @@ class NvmlBackend:
         mig = call(dev, "mig_mode", nvml.nvmlDeviceGetMigMode)
         dev.mig_enabled = mig is not None and mig[0] == nvml.NVML_DEVICE_MIG_ENABLE
         mem = self._calls.memory(dev)
+        self._probe_nvlink(dev)
         raw_name = text(name) if name is not None else ""
         self._devices.append(dev)
         self._uuid_index[uuid] = index
@@ -296,6 +301,15 @@ class NvmlBackend:
             mig_mode=dev.mig_enabled if mig is not None else None,
             mem_total_bytes=memory_bytes(bounds, mem, "gpus[]")[1],
         )
+
+    def _probe_nvlink(self, dev: Device) -> None:
+        """A GPU that reports no NVLink is never asked for NVLink traffic."""
+        links = self._opened.fields.read(
+            dev, (Field("nvlink_links", "gpus[].nvlink", self._nvml.NVML_FI_DEV_NVLINK_LINK_COUNT),)
+        )
+        if links.get("nvlink_links") == 0:
+            dev.unsupported.update(f.name for f in nvlink_fields(self._nvml))
+            self._log.debug("gpu_field_unsupported", gpu=dev.index, field="nvlink", links=0)
 
     def sample(self, now_mono: float, slow: bool) -> list[GpuSample]:
         """Read every GPU; a field a GPU does not support is ``None``.
@@ -331,7 +345,6 @@ class NvmlBackend:
         replays = call(dev, "pcie_replays", nvml.nvmlDeviceGetPcieReplayCounter)
         reasons = opened.calls.first(dev, *opened.reasons_calls)
         pstate = call(dev, "pstate", nvml.nvmlDeviceGetPerformanceState)
-        procs = call(dev, "processes", nvml.nvmlDeviceGetComputeRunningProcesses)
         fields = opened.fields.read(dev, opened.field_list)
         mem_used, mem_total = memory_bytes(b, mem, "gpus[]")
         return GpuSample(
@@ -352,7 +365,7 @@ class NvmlBackend:
                 reasons, "gpus[].clock_event_reasons", MAX_CLOCK_EVENT_REASONS
             ),
             pstate=b.optional_int(pstate, "gpus[].pstate", MAX_PSTATE),
-            processes=tuple(_processes(b, procs)) if procs else (),
+            processes=self._processes(dev),
             ecc=self._ecc(dev) if slow else None,
             remapped_rows=self._remapped_rows(dev) if slow else None,
             mem_clock_mhz=b.optional_int(mem_clock, "gpus[].mem_clock_mhz", MAX_CLOCK_MHZ),
@@ -372,7 +385,32 @@ class NvmlBackend:
                 else None
             ),
             mig=opened.mig.sample(dev),
+            nvlink=nvlink(dev, fields, now_mono),
         )
+
+    def _processes(self, dev: Device) -> tuple[GpuProcess, ...]:
+        """``dev``'s compute processes. In MIG mode each MIG device's own, from its handle,
+        with its instance ids: NVML answers a GPU's handle in MIG mode "only if the caller
+        has appropriate privileges", per instance to anyone ("Per-instance information can
+        be queried by using specific MIG device handles", nvmlDeviceGetComputeRunningProcesses).
+        Where MIG devices do not answer (vGPU host mode) the GPU's handle is asked, and its
+        records' ``gpuInstanceId`` / ``computeInstanceId`` say the instance."""
+        opened = self._opened
+        call = opened.calls.call
+        get = self._nvml.nvmlDeviceGetComputeRunningProcesses
+        migs = opened.mig.devices(dev)
+        if migs and "mig_processes" not in dev.unsupported:
+            records: list[tuple[Any, tuple[int, int] | None]] = []
+            for m in migs:
+                procs = call(m.dev, "processes", get)
+                if "processes" in m.dev.unsupported:
+                    dev.unsupported.add("mig_processes")  # ask the GPU from now on
+                    break
+                records += [(p, (m.gi_id, m.ci_id)) for p in procs or ()]
+            else:
+                return _processes(dev.bounds, records)
+        procs = call(dev, "processes", get)
+        return _processes(dev.bounds, [(p, None) for p in procs or ()])
 
     def _ecc(self, dev: Device) -> GpuEcc | None:
         nvml = self._nvml
@@ -443,14 +481,29 @@ def _watts(bounds: Bounds, field: str, milliwatts: float | None) -> float | None
     return bounds.optional(round(milliwatts / 1000, 2), field, MAX_GPU_POWER_W)
 
 
-def _processes(bounds: Bounds, procs: list[Any]) -> list[GpuProcess]:
-    """NVML's process records, the first ``MAX_PROCESSES_PER_GPU`` with a possible PID."""
+def _processes(
+    bounds: Bounds, records: list[tuple[Any, tuple[int, int] | None]]
+) -> tuple[GpuProcess, ...]:
+    """NVML's process records, the first ``MAX_PROCESSES_PER_GPU`` with a possible PID, each
+    with its MIG instance: the one it was read from, else what the record says."""
     out = []
-    for p in bounds.first(procs, "gpus[].processes", MAX_PROCESSES_PER_GPU):
+    for p, ids in bounds.first(records, "gpus[].processes", MAX_PROCESSES_PER_GPU):
         pid = bounds.optional_int(p.pid, "gpus[].processes[].pid", MAX_PID)
-        if pid is not None:  # required: the entry goes
-            used = bounds.optional_int(
-                p.usedGpuMemory, "gpus[].processes[].used_mem_bytes", MAX_GPU_MEM_BYTES
-            )
-            out.append(GpuProcess(pid=pid, used_mem_bytes=used))
-    return out
+        if pid is None:  # required: the entry goes
+            continue
+        used = bounds.optional_int(
+            p.usedGpuMemory, "gpus[].processes[].used_mem_bytes", MAX_GPU_MEM_BYTES
+        )
+        gi, ci = ids if ids is not None else _instance(p)
+        out.append(GpuProcess(pid=pid, used_mem_bytes=used, gi_id=gi, ci_id=ci))
+    return tuple(out)
+
+
+def _instance(record: Any) -> tuple[int, int] | tuple[None, None]:
+    """A process record's GPU and compute instance ids; none outside MIG mode, where NVML
+    sets them to 0xFFFFFFFF (and older struct versions lack them)."""
+    gi = getattr(record, "gpuInstanceId", None)
+    ci = getattr(record, "computeInstanceId", None)
+    if all(isinstance(i, int) and 0 <= i <= MAX_MIG_INSTANCE_ID for i in (gi, ci)):
+        return gi, ci
+    return None, None

@@ -26,11 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agent.nvml import Device, NvmlCalls, NvmlModule, memory_bytes
+from agent.nvml import Device, NvmlCalls, NvmlModule, memory_bytes, text
 from shared.schema import (
     MAX_MIG_DEVICES,
     MAX_MIG_INSTANCE_ID,
     MIG_PROFILE_PATTERN,
+    MIG_UUID_PATTERN,
     MigSample,
 )
 
@@ -51,6 +52,7 @@ MIG_SYMBOLS: Final = (
 a binding without one reads no MIG devices rather than failing."""
 
 _MIG_PROFILE_RE: Final = re.compile(MIG_PROFILE_PATTERN)
+_MIG_UUID_RE: Final = re.compile(MIG_UUID_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,9 @@ class MigDevice:
     gi_id: int
     ci_id: int
     profile: str | None
+    uuid: str | None
+    """``MIG-<uuid>``: what ``CUDA_VISIBLE_DEVICES`` and Kubernetes' device plugin name the
+    MIG device by."""
 
 
 @dataclass(slots=True, eq=False)
@@ -205,7 +210,9 @@ class MigReader:
         attrs = calls.call(mdev, "attributes", nvml.nvmlDeviceGetAttributes)
         name = profile_name(attrs, profiles) if attrs is not None else None
         profile = b.matching(name, "gpus[].mig[].profile", _MIG_PROFILE_RE) if name else None
-        return MigDevice(dev=mdev, gi_id=gi, ci_id=ci, profile=profile)
+        raw_uuid = calls.call(mdev, "uuid", nvml.nvmlDeviceGetUUID)
+        uuid = b.matching(text(raw_uuid), "gpus[].mig[].uuid", _MIG_UUID_RE) if raw_uuid else None
+        return MigDevice(dev=mdev, gi_id=gi, ci_id=ci, profile=profile, uuid=uuid)
 
     def _gi_profiles(self, dev: Device) -> tuple[GiProfile, ...]:
         """The GPU instance profiles ``dev`` offers (NVML answers NotSupported for the
@@ -257,6 +264,7 @@ class MigReader:
                     profile=m.profile,
                     mem_used_bytes=used,
                     mem_total_bytes=total,
+                    uuid=m.uuid,
                     util_pct=(
                         b.optional(util.gpu, "gpus[].mig[].util_pct", 100.0)
                         if util is not None

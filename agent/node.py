@@ -216,14 +216,7 @@ def _attributed(p: GpuProcess, a: Attribution | None, jobs: dict[str, Job]) -> G
         elif info.started is not None and (seen.started is None or info.started < seen.started):
             # The job started when its first process on this node's GPUs did.
             jobs[info.id] = msgspec.structs.replace(seen, started=info.started)
-    return GpuProcess(
-        pid=p.pid,
-        used_mem_bytes=p.used_mem_bytes,
-        user=a.user,
-        job=a.job,
-        step=a.step,
-        container=a.container,
-    )
+    return msgspec.structs.replace(p, user=a.user, job=a.job, step=a.step, container=a.container)
 
 
 def make_gpu_backend(

@@ -59,6 +59,9 @@ class NvmlModule(Protocol):
     NVML_CLOCK_SM: int
     NVML_CLOCK_MEM: int
     NVML_FI_DEV_MEMORY_TEMP: int
+    NVML_FI_DEV_NVLINK_LINK_COUNT: int
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX: int
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX: int
     NVML_SUCCESS: int
     NVML_ERROR_NOT_SUPPORTED: int
     NVML_VALUE_TYPE_DOUBLE: int
@@ -132,6 +135,8 @@ class Device:
     """Fields NVML said NotSupported (or lacks the function for): never asked again."""
     logged_errors: set[tuple[str, str]] = field(default_factory=set)
     energy: CounterRate = field(default_factory=CounterRate)
+    nvlink_tx: CounterRate = field(default_factory=CounterRate)
+    nvlink_rx: CounterRate = field(default_factory=CounterRate)
     lost: bool = False
     mig_enabled: bool = False
     is_mig: bool = False

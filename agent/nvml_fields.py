@@ -1,21 +1,37 @@
 """NVML field values (``nvmlDeviceGetFieldValues``): the optional readings NVML reports by
-field id rather than through a function of their own.
+field id rather than through a function of their own (memory temperature, NVLink traffic).
 
 NVML answers a field request per field: the call succeeds and each field's own status says
 NotSupported on a GPU without that sensor or counter. Every field wanted on a GPU goes in
 one call per tick; a field NVML called NotSupported is left out from then on, and when none
 is left the call is not made at all (``nvmlDeviceGetFieldValues``, NVML API Reference Guide,
 docs.nvidia.com/deploy/nvml-api/).
+
+NVLink: NVML keeps a data counter per direction and link, in KiB
+(``NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX`` / ``_RX``; ``scopeId`` UINT_MAX sums every link,
+nvml.h). DCGM reads the same pair for ``DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL`` (its
+``DcgmCacheManager::ReadAndCacheNvLinkBandwidth``); here each direction becomes a rate in
+bytes/s over the agent's monotonic interval (:mod:`agent.rates`: the first reading and a
+counter reset give no rate). A GPU that reports no NVLink (``NVML_FI_DEV_NVLINK_LINK_COUNT``
+0, asked once when the GPU is opened) or NotSupported for them is not asked again. The
+counters with protocol overhead (``_RAW_``) are left out: payload is the traffic a job
+moved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from agent.nvml import Device, NvmlCalls
+from agent.nvml import Device, NvmlCalls, NvmlModule
+from shared.schema import MAX_NVLINK_BYTES_PER_S, GpuNvlink
 
-__all__ = ["Field", "FieldReader"]
+__all__ = ["NVLINK_ALL_LINKS", "Field", "FieldReader", "nvlink", "nvlink_fields"]
+
+NVLINK_ALL_LINKS: Final = 0xFFFFFFFF
+"""``scopeId`` UINT_MAX: NVML sums a throughput field over every link of the GPU."""
 
 _CALL = "field_values"
 """The name the call itself goes by in a device's unsupported set and the logs."""
@@ -83,3 +99,44 @@ class FieldReader:
                 continue
             out[f.name] = getattr(fv.value, attr)
         return out
+
+
+def nvlink_fields(nvml: NvmlModule) -> tuple[Field, Field]:
+    """The NVLink data counters, every link summed: transmitted, received."""
+    return (
+        Field(
+            "nvlink_tx",
+            "gpus[].nvlink.tx_bytes_per_s",
+            nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+            NVLINK_ALL_LINKS,
+        ),
+        Field(
+            "nvlink_rx",
+            "gpus[].nvlink.rx_bytes_per_s",
+            nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+            NVLINK_ALL_LINKS,
+        ),
+    )
+
+
+def nvlink(dev: Device, values: Mapping[str, float], now_mono: float) -> GpuNvlink | None:
+    """``dev``'s NVLink rates from this tick's counters (``values`` by field name); ``None``
+    when neither direction has a rate yet."""
+    b = dev.bounds
+    rates: list[float | None] = []
+    for name, counter, wire in (
+        ("nvlink_tx", dev.nvlink_tx, "gpus[].nvlink.tx_bytes_per_s"),
+        ("nvlink_rx", dev.nvlink_rx, "gpus[].nvlink.rx_bytes_per_s"),
+    ):
+        kib = values.get(name)
+        if kib is None or not math.isfinite(kib):  # unread, or garbage in a double
+            rates.append(None)
+            continue
+        rate = counter.update(int(kib) * 1024, now_mono)  # whole KiB: exact in the delta
+        rates.append(
+            None if rate is None else b.optional(float(round(rate)), wire, MAX_NVLINK_BYTES_PER_S)
+        )
+    tx, rx = rates
+    if tx is None and rx is None:
+        return None
+    return GpuNvlink(tx_bytes_per_s=tx, rx_bytes_per_s=rx)
