@@ -425,7 +425,8 @@ class FakeNvml:
         gpu, mig = self._resolve(handle, "nvmlDeviceGetUUID")
         if mig is None:
             return gpu.uuid
-        return f"MIG-{uuid.UUID(int=(mig.address << 64) | gpu.index, version=4)}"
+        # Fixed by the GPU and the instance's handle: a recreated instance gets a new one.
+        return f"MIG-{uuid.uuid5(uuid.UUID(gpu.uuid.removeprefix('GPU-')), str(mig.address))}"
 
     def nvmlDeviceGetSerial(self, handle: Any) -> str:
         """Board serial number."""
