@@ -389,28 +389,40 @@ class NvmlBackend:
         )
 
     def _processes(self, dev: Device) -> tuple[GpuProcess, ...]:
-        """``dev``'s compute processes. In MIG mode each MIG device's own, from its handle,
-        with its instance ids: NVML answers a GPU's handle in MIG mode "only if the caller
-        has appropriate privileges", per instance to anyone ("Per-instance information can
-        be queried by using specific MIG device handles", nvmlDeviceGetComputeRunningProcesses).
-        Where MIG devices do not answer (vGPU host mode) the GPU's handle is asked, and its
-        records' ``gpuInstanceId`` / ``computeInstanceId`` say the instance."""
+        """``dev``'s compute processes, each in MIG mode with the instance it runs in.
+
+        NVML (nvmlDeviceGetComputeRunningProcesses): "In MIG mode, if device handle is
+        provided, the API returns aggregate information, only if the caller has appropriate
+        privileges. Per-instance information can be queried by using specific MIG device
+        handles." So in MIG mode the GPU's handle is asked first (one call; its records name
+        each process's instance); an agent without the privilege (NoPermission, remembered)
+        asks each MIG device's handle instead, one call per device. Where neither answers
+        (per-instance queries are not supported in vGPU host mode) the processes are
+        unknown: said once, not asked again.
+        """
         opened = self._opened
-        call = opened.calls.call
-        get = self._nvml.nvmlDeviceGetComputeRunningProcesses
+        calls = opened.calls
+        get = calls.nvml.nvmlDeviceGetComputeRunningProcesses
         migs = opened.mig.devices(dev)
-        if migs and "mig_processes" not in dev.unsupported:
-            records: list[tuple[Any, tuple[int, int] | None]] = []
-            for m in migs:
-                procs = call(m.dev, "processes", get)
-                if "processes" in m.dev.unsupported:
-                    dev.unsupported.add("mig_processes")  # ask the GPU from now on
-                    break
-                records += [(p, (m.gi_id, m.ci_id)) for p in procs or ()]
-            else:
-                return _processes(dev.bounds, records)
-        procs = call(dev, "processes", get)
-        return _processes(dev.bounds, [(p, None) for p in procs or ()])
+        if not migs:
+            procs = calls.call(dev, "processes", get)
+            return _processes(dev.bounds, [(p, None) for p in procs or ()])
+        if "mig_aggregate" not in dev.unsupported:
+            denied = (calls.nvml.NVMLError_NoPermission,)
+            procs = calls.call(dev, "mig_aggregate", get, also_unsupported=denied)
+            if "mig_aggregate" not in dev.unsupported:
+                return _processes(dev.bounds, [(p, None) for p in procs or ()])
+        if "mig_processes" in dev.unsupported:
+            return ()
+        records: list[tuple[Any, tuple[int, int] | None]] = []
+        for m in migs:
+            procs = calls.call(m.dev, "processes", get)
+            if "processes" in m.dev.unsupported:
+                dev.unsupported.add("mig_processes")
+                self._log.info("gpu_mig_processes_unreadable", gpu=dev.index)
+                return ()
+            records += [(p, (m.gi_id, m.ci_id)) for p in procs or ()]
+        return _processes(dev.bounds, records)
 
     def _ecc(self, dev: Device) -> GpuEcc | None:
         nvml = self._nvml
@@ -504,6 +516,8 @@ def _instance(record: Any) -> tuple[int, int] | tuple[None, None]:
     sets them to 0xFFFFFFFF (and older struct versions lack them)."""
     gi = getattr(record, "gpuInstanceId", None)
     ci = getattr(record, "computeInstanceId", None)
-    if all(isinstance(i, int) and 0 <= i <= MAX_MIG_INSTANCE_ID for i in (gi, ci)):
+    if not (isinstance(gi, int) and isinstance(ci, int)):
+        return None, None
+    if 0 <= gi <= MAX_MIG_INSTANCE_ID and 0 <= ci <= MAX_MIG_INSTANCE_ID:
         return gi, ci
     return None, None

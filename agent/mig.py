@@ -146,7 +146,9 @@ class MigReader:
         """Enumerate ``dev``'s MIG devices on slow ticks (the first sample is one) and after
         one stopped answering: an instance created in between shows from the next slow
         tick."""
-        state = self._gpus.setdefault(dev.index, _GpuMigs())
+        state = self._gpus.get(dev.index)
+        if state is None:
+            state = self._gpus[dev.index] = _GpuMigs()
         if (slow or state.stale) and self.readable and not dev.lost:
             self._enumerate(dev, state)
 

@@ -163,14 +163,22 @@ class NvmlCalls:
             *((mismatch,) if mismatch is not None else ()),  # unversioned call, older driver
         )
 
-    def call(self, dev: Device, name: str, fn: Callable[..., _T], *args: Any) -> _T | None:
-        """``fn(handle, *args)``, or ``None`` for an unsupported field, a lost GPU, an error."""
+    def call(
+        self,
+        dev: Device,
+        name: str,
+        fn: Callable[..., _T],
+        *args: Any,
+        also_unsupported: tuple[type[Exception], ...] = (),
+    ) -> _T | None:
+        """``fn(handle, *args)``, or ``None`` for an unsupported field, a lost GPU, an error.
+        ``also_unsupported``: errors that mean "never ask again" for this field only."""
         if dev.lost or name in dev.unsupported:
             return None
         nvml = self.nvml
         try:
             return fn(dev.handle, *args)
-        except self.unsupported_errors:
+        except (*self.unsupported_errors, *also_unsupported):
             dev.unsupported.add(name)
             self.log.debug("gpu_field_unsupported", gpu=dev.index, field=name)
         except nvml.NVMLError_GpuIsLost:
@@ -219,7 +227,14 @@ def memory_bytes(bounds: Bounds, mem: Any, prefix: str) -> tuple[int | None, int
     range; ``prefix`` names the wire struct (``gpus[]``, ``gpus[].mig[]``)."""
     if mem is None:
         return None, None
-    return (
-        bounds.optional_int(mem.used, f"{prefix}.mem_used_bytes", MAX_GPU_MEM_BYTES),
-        bounds.optional_int(mem.total, f"{prefix}.mem_total_bytes", MAX_GPU_MEM_BYTES),
+    used, total = _MEM_FIELDS.get(prefix) or _MEM_FIELDS.setdefault(
+        prefix, (f"{prefix}.mem_used_bytes", f"{prefix}.mem_total_bytes")
     )
+    return (
+        bounds.optional_int(mem.used, used, MAX_GPU_MEM_BYTES),
+        bounds.optional_int(mem.total, total, MAX_GPU_MEM_BYTES),
+    )
+
+
+_MEM_FIELDS: dict[str, tuple[str, str]] = {}
+"""The wire fields' names by prefix, made once (every tick reads memory)."""

@@ -122,6 +122,8 @@ def nvlink_fields(nvml: NvmlModule) -> tuple[Field, Field]:
 def nvlink(dev: Device, values: Mapping[str, float], now_mono: float) -> GpuNvlink | None:
     """``dev``'s NVLink rates from this tick's counters (``values`` by field name); ``None``
     when neither direction has a rate yet."""
+    if "nvlink_tx" not in values and "nvlink_rx" not in values:
+        return None  # no NVLink, or not read this tick: the counters wait for the next
     b = dev.bounds
     rates: list[float | None] = []
     for name, counter, wire in (

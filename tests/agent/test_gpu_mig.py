@@ -291,14 +291,16 @@ def test_mig_uuid_not_in_nvmls_form_is_left_out(backends: list[NvmlBackend]) -> 
     }
 
 
-def test_processes_are_read_per_mig_device_with_their_instance(
-    backends: list[NvmlBackend],
+@pytest.mark.parametrize("privileged", [False, True])
+def test_processes_in_mig_mode_carry_their_instance(
+    backends: list[NvmlBackend], privileged: bool
 ) -> None:
-    """In MIG mode each MIG device's handle answers its own processes, which carry its
-    GPU and compute instance; the GPU's handle (NoPermission to an unprivileged caller) is
-    not asked; outside MIG mode processes carry no instance."""
+    """In MIG mode each process carries its GPU and compute instance: from the GPU's handle
+    where NVML answers it (a privileged agent: one call per GPU), else from each MIG
+    device's handle (NoPermission on the GPU's: asked once, quietly); outside MIG mode
+    processes carry no instance."""
     clock = FakeClock()
-    nvml = FakeNvml(2, clock=clock, load_pct=50, mig={0: _MIXED})
+    nvml = FakeNvml(2, clock=clock, load_pct=50, mig={0: _MIXED}, mig_aggregate=privileged)
     backend = open_backend(nvml, clock, backends)
     backend.start()
     with capture_logs() as logs:
@@ -315,27 +317,27 @@ def test_processes_are_read_per_mig_device_with_their_instance(
     ]
     assert [(p.pid, p.gi_id, p.ci_id) for p in gpu1.processes] == [(4001, None, None)]
     assert [e for e in logs if e["log_level"] == "warning"] == []
+    calls = nvml.call_count("nvmlDeviceGetComputeRunningProcesses", gpu=0)
+    assert calls == (3 if privileged else 1 + 3 * 3)
 
 
-def test_without_per_instance_answers_the_gpus_records_say_the_instance(
+def test_without_any_answer_in_mig_mode_processes_are_unknown_and_not_asked_again(
     backends: list[NvmlBackend],
 ) -> None:
-    """MIG devices that answer NotSupported for processes (vGPU host mode): asked once, then
-    the GPU's handle (a privileged caller), whose records name each process's instance."""
+    """Neither the GPU's handle (no privilege) nor its MIG devices' (vGPU host mode)
+    answer: no processes, one line saying so, each asked once."""
     clock = FakeClock()
-    nvml = FakeNvml(
-        1, clock=clock, load_pct=50, mig={0: _MIXED}, mig_processes=False, mig_aggregate=True
-    )
+    nvml = FakeNvml(1, clock=clock, load_pct=50, mig={0: _MIXED}, mig_processes=False)
     backend = open_backend(nvml, clock, backends)
     backend.start()
-    (gpu,) = ticks(backend, clock, 3)
-    assert [(p.pid, p.gi_id, p.ci_id) for p in gpu.processes] == [
-        (10_001, 1, 0),
-        (10_003, 3, 0),
-        (10_004, 4, 0),
+    with capture_logs() as logs:
+        (gpu,) = ticks(backend, clock, 3)
+    assert gpu.processes == ()
+    assert [e["event"] for e in logs if e["log_level"] != "debug"] == [
+        "gpu_mig_devices",
+        "gpu_mig_processes_unreadable",
     ]
-    # once on the first MIG device, then three times on the GPU
-    assert nvml.call_count("nvmlDeviceGetComputeRunningProcesses") == 1 + 3
+    assert nvml.call_count("nvmlDeviceGetComputeRunningProcesses") == 1 + 1
 
 
 def test_metrics_label_each_gpu_instance_with_its_own_jobs() -> None:
