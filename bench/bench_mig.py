@@ -82,6 +82,7 @@ def _measure(layout: Mapping[int, Sequence[str]], n: int) -> dict[str, float]:
             "slow_calls": calls(slow=True),
             "tick_us": _cpu_us(tick, n),  # 5 s steps: one slow tick in 12
         }
+        clock.advance(5.0)  # a tick's interval: rates (interval power, NVLink) filled
         sample = node.sample()
         out["migs"] = sum(len(g.mig) for g in sample.gpus)
         out["wire"] = len(encode(sample))
