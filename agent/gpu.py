@@ -406,23 +406,26 @@ class NvmlBackend:
         migs = opened.mig.devices(dev)
         if not migs:
             procs = calls.call(dev, "processes", get)
-            return _processes(dev.bounds, [(p, None) for p in procs or ()])
+            return _processes(dev.bounds, procs, from_records=dev.mig_enabled) if procs else ()
         if "mig_aggregate" not in dev.unsupported:
             denied = (calls.nvml.NVMLError_NoPermission,)
             procs = calls.call(dev, "mig_aggregate", get, also_unsupported=denied)
             if "mig_aggregate" not in dev.unsupported:
-                return _processes(dev.bounds, [(p, None) for p in procs or ()])
+                return _processes(dev.bounds, procs, from_records=True) if procs else ()
         if "mig_processes" in dev.unsupported:
             return ()
-        records: list[tuple[Any, tuple[int, int] | None]] = []
+        records: list[Any] = []
+        instances: list[tuple[int, int]] = []
         for m in migs:
             procs = calls.call(m.dev, "processes", get)
             if "processes" in m.dev.unsupported:
                 dev.unsupported.add("mig_processes")
                 self._log.info("gpu_mig_processes_unreadable", gpu=dev.index)
                 return ()
-            records += [(p, (m.gi_id, m.ci_id)) for p in procs or ()]
-        return _processes(dev.bounds, records)
+            for p in procs or ():
+                records.append(p)
+                instances.append((m.gi_id, m.ci_id))
+        return _processes(dev.bounds, records, instances)
 
     def _ecc(self, dev: Device) -> GpuEcc | None:
         nvml = self._nvml
@@ -494,19 +497,28 @@ def _watts(bounds: Bounds, field: str, milliwatts: float | None) -> float | None
 
 
 def _processes(
-    bounds: Bounds, records: list[tuple[Any, tuple[int, int] | None]]
+    bounds: Bounds,
+    records: list[Any],
+    instances: list[tuple[int, int]] | None = None,
+    *,
+    from_records: bool = False,
 ) -> tuple[GpuProcess, ...]:
     """NVML's process records, the first ``MAX_PROCESSES_PER_GPU`` with a possible PID, each
-    with its MIG instance: the one it was read from, else what the record says."""
+    in MIG mode with its instance: ``instances`` (the MIG device each was read from, one per
+    record), else with ``from_records`` what the record says."""
     out = []
-    for p, ids in bounds.first(records, "gpus[].processes", MAX_PROCESSES_PER_GPU):
+    gi = ci = None
+    for i, p in enumerate(bounds.first(records, "gpus[].processes", MAX_PROCESSES_PER_GPU)):
         pid = bounds.optional_int(p.pid, "gpus[].processes[].pid", MAX_PID)
         if pid is None:  # required: the entry goes
             continue
         used = bounds.optional_int(
             p.usedGpuMemory, "gpus[].processes[].used_mem_bytes", MAX_GPU_MEM_BYTES
         )
-        gi, ci = ids if ids is not None else _instance(p)
+        if instances is not None:
+            gi, ci = instances[i]
+        elif from_records:
+            gi, ci = _instance(p)
         out.append(GpuProcess(pid=pid, used_mem_bytes=used, gi_id=gi, ci_id=ci))
     return tuple(out)
 

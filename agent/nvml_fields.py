@@ -54,11 +54,13 @@ class FieldReader:
     """Field values of a device through ``calls``, read from the union member each field's
     value type names."""
 
-    __slots__ = ("_attrs", "_calls")
+    __slots__ = ("_attrs", "_calls", "_not_supported", "_success")
 
     def __init__(self, calls: NvmlCalls) -> None:
         self._calls = calls
         nvml = calls.nvml
+        self._success = nvml.NVML_SUCCESS
+        self._not_supported = nvml.NVML_ERROR_NOT_SUPPORTED
         # c_nvmlValue_t's member for each value type a field may come back as.
         self._attrs = {
             nvml.NVML_VALUE_TYPE_DOUBLE: "dVal",
@@ -82,20 +84,23 @@ class FieldReader:
                 dev.unsupported.update(f.name for f in fields)
             return {}
         out: dict[str, float] = {}
+        attrs = self._attrs
         for f, fv in zip(wanted, values, strict=False):  # a short answer: the rest unread
-            if fv.nvmlReturn != nvml.NVML_SUCCESS:
-                if fv.nvmlReturn == nvml.NVML_ERROR_NOT_SUPPORTED:
+            status = fv.nvmlReturn
+            if status != self._success:
+                if status == self._not_supported:
                     dev.unsupported.add(f.name)
                     calls.log.debug("gpu_field_unsupported", gpu=dev.index, field=f.name)
-                elif (f.name, str(fv.nvmlReturn)) not in dev.logged_errors:
-                    dev.logged_errors.add((f.name, str(fv.nvmlReturn)))
+                elif (f.name, str(status)) not in dev.logged_errors:
+                    dev.logged_errors.add((f.name, str(status)))
                     calls.log.warning(
-                        "gpu_read_failed", gpu=dev.index, field=f.name, nvml_return=fv.nvmlReturn
+                        "gpu_read_failed", gpu=dev.index, field=f.name, nvml_return=status
                     )
                 continue
-            attr = self._attrs.get(fv.valueType)
+            value_type = fv.valueType
+            attr = attrs.get(value_type)
             if attr is None:  # a value type this agent does not know: garbage, not a reading
-                dev.bounds.rejected(f.wire, f"value type {fv.valueType}")
+                dev.bounds.rejected(f.wire, f"value type {value_type}")
                 continue
             out[f.name] = getattr(fv.value, attr)
         return out
