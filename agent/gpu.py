@@ -389,43 +389,16 @@ class NvmlBackend:
         )
 
     def _processes(self, dev: Device) -> tuple[GpuProcess, ...]:
-        """``dev``'s compute processes, each in MIG mode with the instance it runs in.
-
-        NVML (nvmlDeviceGetComputeRunningProcesses): "In MIG mode, if device handle is
-        provided, the API returns aggregate information, only if the caller has appropriate
-        privileges. Per-instance information can be queried by using specific MIG device
-        handles." So in MIG mode the GPU's handle is asked first (one call; its records name
-        each process's instance); an agent without the privilege (NoPermission, remembered)
-        asks each MIG device's handle instead, one call per device. Where neither answers
-        (per-instance queries are not supported in vGPU host mode) the processes are
-        unknown: said once, not asked again.
-        """
+        """``dev``'s compute processes; in MIG mode each with the instance it runs in
+        (:meth:`agent.mig.MigReader.processes` says how NVML lets them be read)."""
         opened = self._opened
-        calls = opened.calls
-        get = calls.nvml.nvmlDeviceGetComputeRunningProcesses
-        migs = opened.mig.devices(dev)
-        if not migs:
-            procs = calls.call(dev, "processes", get)
-            return _processes(dev.bounds, procs, from_records=dev.mig_enabled) if procs else ()
-        if "mig_aggregate" not in dev.unsupported:
-            denied = (calls.nvml.NVMLError_NoPermission,)
-            procs = calls.call(dev, "mig_aggregate", get, also_unsupported=denied)
-            if "mig_aggregate" not in dev.unsupported:
-                return _processes(dev.bounds, procs, from_records=True) if procs else ()
-        if "mig_processes" in dev.unsupported:
-            return ()
-        records: list[Any] = []
-        instances: list[tuple[int, int]] = []
-        for m in migs:
-            procs = calls.call(m.dev, "processes", get)
-            if "processes" in m.dev.unsupported:
-                dev.unsupported.add("mig_processes")
-                self._log.info("gpu_mig_processes_unreadable", gpu=dev.index)
-                return ()
-            for p in procs or ():
-                records.append(p)
-                instances.append((m.gi_id, m.ci_id))
-        return _processes(dev.bounds, records, instances)
+        in_mig = opened.mig.processes(dev)
+        if in_mig is not None:
+            records, instances = in_mig
+            return _processes(dev.bounds, records, instances) if records else ()
+        get = self._nvml.nvmlDeviceGetComputeRunningProcesses
+        procs = opened.calls.call(dev, "processes", get)
+        return _processes(dev.bounds, procs, None) if procs else ()
 
     def _ecc(self, dev: Device) -> GpuEcc | None:
         nvml = self._nvml
@@ -497,15 +470,11 @@ def _watts(bounds: Bounds, field: str, milliwatts: float | None) -> float | None
 
 
 def _processes(
-    bounds: Bounds,
-    records: list[Any],
-    instances: list[tuple[int, int]] | None = None,
-    *,
-    from_records: bool = False,
+    bounds: Bounds, records: list[Any], instances: list[tuple[int, int] | None] | None
 ) -> tuple[GpuProcess, ...]:
     """NVML's process records, the first ``MAX_PROCESSES_PER_GPU`` with a possible PID, each
-    in MIG mode with its instance: ``instances`` (the MIG device each was read from, one per
-    record), else with ``from_records`` what the record says."""
+    with its MIG instance where ``instances`` (one per record) names one, else (on a GPU in
+    MIG mode) where the record does."""
     out = []
     gi = ci = None
     for i, p in enumerate(bounds.first(records, "gpus[].processes", MAX_PROCESSES_PER_GPU)):
@@ -516,9 +485,7 @@ def _processes(
             p.usedGpuMemory, "gpus[].processes[].used_mem_bytes", MAX_GPU_MEM_BYTES
         )
         if instances is not None:
-            gi, ci = instances[i]
-        elif from_records:
-            gi, ci = _instance(p)
+            gi, ci = instances[i] or _instance(p)
         out.append(GpuProcess(pid=pid, used_mem_bytes=used, gi_id=gi, ci_id=ci))
     return tuple(out)
 

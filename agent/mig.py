@@ -241,6 +241,45 @@ class MigReader:
                 break
         return tuple(profiles)
 
+    def processes(self, dev: Device) -> tuple[list[Any], list[tuple[int, int] | None]] | None:
+        """In MIG mode ``dev``'s process records, each with the instance it was read from
+        (``None``: its record names it); ``None`` outside MIG mode (no MIG device found).
+
+        NVML (nvmlDeviceGetComputeRunningProcesses): "In MIG mode, if device handle is
+        provided, the API returns aggregate information, only if the caller has appropriate
+        privileges. Per-instance information can be queried by using specific MIG device
+        handles." So the GPU's handle is asked first (one call; its records carry
+        ``gpuInstanceId`` / ``computeInstanceId``); an agent without the privilege
+        (NoPermission, remembered) asks each MIG device's handle instead, one call per
+        device. Where neither answers (per-instance queries are not supported in vGPU host
+        mode) the processes are unknown: said once, not asked again.
+        """
+        state = self._gpus.get(dev.index)
+        if state is None or not state.devices:
+            return None
+        calls = self._calls
+        get = calls.nvml.nvmlDeviceGetComputeRunningProcesses
+        if "mig_aggregate" not in dev.unsupported:
+            denied = (calls.nvml.NVMLError_NoPermission,)
+            procs = calls.call(dev, "mig_aggregate", get, also_unsupported=denied)
+            if "mig_aggregate" not in dev.unsupported:
+                aggregate = list(procs or ())
+                return aggregate, [None] * len(aggregate)
+        records: list[Any] = []
+        instances: list[tuple[int, int] | None] = []
+        if "mig_processes" in dev.unsupported:
+            return records, instances
+        for m in state.devices:
+            procs = calls.call(m.dev, "processes", get)
+            if "processes" in m.dev.unsupported:
+                dev.unsupported.add("mig_processes")
+                calls.log.info("gpu_mig_processes_unreadable", gpu=dev.index)
+                return [], []
+            for p in procs or ():
+                records.append(p)
+                instances.append((m.gi_id, m.ci_id))
+        return records, instances
+
     def sample(self, dev: Device) -> tuple[MigSample, ...]:
         """Memory (and utilisation, should NVML give it) of each of ``dev``'s MIG devices."""
         state = self._gpus.get(dev.index)
