@@ -37,6 +37,9 @@ _SW_POWER_CAP = 0x4  # nvmlClocksEventReasonSwPowerCap
 _HBM3_CLOCK_MHZ = 2619  # H100 SXM's memory clock, the same under load and idle
 _MEM_RESERVED = 512 * _MIB
 _CODEC_PERIOD_US = 167_000  # NVML's encoder/decoder sampling period on recent GPUs
+_NVLINK_TX_PEAK = 0.4 * 450e9  # B/s at 100 % load: 40 % of NVLink 4's 450 GB/s per direction
+_NVLINK_RX_SHARE = 0.95  # received: a little less than sent
+_ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: a throughput field summed over every link
 
 
 @dataclass(slots=True)
@@ -51,9 +54,23 @@ class _FakeGpu:
     energy_offset_mj: float
     unsupported: frozenset[str]
     pcie_replays: int
+    nvlink_offset_kib: tuple[float, float] = (0.0, 0.0)
+    """Where the (tx, rx) data counters stood at t = 0, in KiB."""
     lost: bool = False
     mig: list[FakeMig] | None = None
     """MIG mode on, with these MIG devices; ``None``: MIG mode off."""
+
+
+def _process(pid: int, used: int, mig: FakeMig | None) -> Any:
+    """A process record as pynvml returns it (instance ids 0xFFFFFFFF outside MIG mode)."""
+    return pynvml.nvmlFriendlyObject(
+        {
+            "pid": pid,
+            "usedGpuMemory": used,
+            "gpuInstanceId": 0xFFFFFFFF if mig is None else mig.gi_id,
+            "computeInstanceId": 0xFFFFFFFF if mig is None else mig.ci_id,
+        }
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -77,6 +94,12 @@ class FakeNvml:
     gives each GPU its own slow sine between 5 and 95 %. Every device call is counted in
     :attr:`calls` by ``(function name, gpu index)`` (a MIG device's under its GPU's index).
 
+    ``nvlink_links``: NVLinks per GPU (18, as an H100 SXM; 0: a PCIe card without NVLink,
+    whose NVLink fields answer NotSupported). Their data counters (KiB, summed over the links
+    for ``scopeId`` UINT_MAX, as NVML does) grow with the load: up to 180 GB/s sent and
+    171 GB/s received; ``NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX`` in ``unsupported`` makes
+    both NotSupported on that GPU.
+
     ``mig`` puts GPUs in MIG mode: GPU index -> the GPU instance profiles created on it
     (``["1g.10gb"] * 7``, ``["3g.40gb", "2g.20gb", "2g.20gb"]``; an empty list is MIG mode
     with no instance), each with one compute instance over the whole GPU instance, as an
@@ -84,6 +107,8 @@ class FakeNvml:
     NotSupported on a MIG device and on a GPU in MIG mode; a MIG device answers its UUID,
     memory, attributes and instance ids, and NotSupported for what belongs to its GPU
     (power, temperature, clocks); its handle is invalid once :meth:`set_mig` destroyed it.
+    Its processes come from its own handle (``mig_processes=False``: NotSupported there, as
+    in vGPU host mode); the GPU's handle answers them all only with ``mig_aggregate``.
     """
 
     # pynvml's own classes and constants, so `except nvml.NVMLError_NotSupported` matches.
@@ -106,6 +131,9 @@ class FakeNvml:
     NVML_CLOCK_SM = pynvml.NVML_CLOCK_SM
     NVML_CLOCK_MEM = pynvml.NVML_CLOCK_MEM
     NVML_FI_DEV_MEMORY_TEMP = pynvml.NVML_FI_DEV_MEMORY_TEMP
+    NVML_FI_DEV_NVLINK_LINK_COUNT = pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+    NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX = pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX
     NVML_SUCCESS = pynvml.NVML_SUCCESS
     NVML_ERROR_NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
     NVML_VALUE_TYPE_DOUBLE = pynvml.NVML_VALUE_TYPE_DOUBLE
@@ -138,9 +166,17 @@ class FakeNvml:
         missing_functions: Iterable[str] = (),
         load_pct: float | None = None,
         mig: Mapping[int, Sequence[str]] | None = None,
+        nvlink_links: int = 18,
+        mig_aggregate: bool = False,
+        mig_processes: bool = True,
     ) -> None:
         if load_pct is not None and not 0.0 <= load_pct <= 100.0:
             raise ValueError(f"load_pct must be within 0..100, got {load_pct}")
+        if not 0 <= nvlink_links <= pynvml.NVML_NVLINK_MAX_LINKS:
+            raise ValueError(
+                f"nvlink_links must be within 0..{pynvml.NVML_NVLINK_MAX_LINKS}, got {nvlink_links}"
+            )
+        self._nvlink_links = nvlink_links
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._name = name
         self._mem_total = mem_total_bytes
@@ -155,7 +191,9 @@ class FakeNvml:
         self._event_sets: list[_EventSet] = []
         self.calls: Counter[tuple[str, int]] = Counter()
         """Device calls made, by ``(pynvml function name, gpu index)``."""
-        self._processes: dict[int, list[tuple[int, int]]] = {}
+        self._processes: dict[int, list[tuple[int, int, int | None]]] = {}
+        self._mig_aggregate = mig_aggregate
+        self._mig_processes = mig_processes
         self._migs: dict[int, FakeMig] = {}  # id(handle) -> MIG device
         self._mig_handles: dict[int, Any] = {}  # address -> the MIG device's handle
 
@@ -180,6 +218,9 @@ class FakeNvml:
             )
             # The counter starts where a driver loaded some hours ago would be.
             gpu.energy_offset_mj = rng.uniform(1e9, 5e9) - 1000 * self._energy_j(gpu, now)
+            # Some TiB moved since driver load, each GPU its own (not drawn from the seed's
+            # generator: the fleet a seed gives stays as it was).
+            self._set_nvlink(gpu, now, float((i + 1) << 32))
             self._gpus.append(gpu)
             handle = ctypes.cast(ctypes.c_void_p(gpu.address), pynvml.c_nvmlDevice_t)
             self._handles.append(handle)
@@ -202,6 +243,18 @@ class FakeNvml:
         for g in self._gpus if gpu is None else [self._gpus[gpu]]:
             g.energy_offset_mj = -1000 * self._energy_j(g, now)
 
+    def reset_nvlink(self, gpu: int | None = None) -> None:
+        """Restart the NVLink data counters at 0, as a driver reload does (all GPUs if
+        ``None``)."""
+        now = self._clock.monotonic()
+        for g in self._gpus if gpu is None else [self._gpus[gpu]]:
+            self._set_nvlink(g, now, 0.0)
+
+    def nvlink_bytes_per_s(self, gpu: int) -> tuple[float, float]:
+        """The fake's true NVLink (tx, rx) rate of ``gpu`` now, in B/s."""
+        tx = _NVLINK_TX_PEAK * self._util(self._gpus[gpu], self._clock.monotonic()) / 100
+        return tx, tx * _NVLINK_RX_SHARE
+
     def inject_xid(self, gpu: int, xid: int) -> None:
         """Raise XID ``xid`` on ``gpu``: every event set registered for it will deliver it."""
         with self._lock:
@@ -210,13 +263,16 @@ class FakeNvml:
                     event_set.pending.append((gpu, xid))
             self._lock.notify_all()
 
-    def set_processes(self, gpu: int, processes: Iterable[tuple[int, int]] | None) -> None:
+    def set_processes(
+        self, gpu: int, processes: Iterable[tuple[int, int] | tuple[int, int, int]] | None
+    ) -> None:
         """From now on ``gpu`` runs these ``(pid, used bytes)`` (a real process's PID, say),
-        whatever its load; ``None``: back to the profile's one training process."""
+        whatever its load, or ``(pid, used bytes, GPU instance id)`` on a GPU in MIG mode;
+        ``None``: back to the profile's training processes."""
         if processes is None:
             self._processes.pop(gpu, None)
         else:
-            self._processes[gpu] = list(processes)
+            self._processes[gpu] = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in processes]
 
     def set_mig(self, gpu: int, profiles: Sequence[str] | None) -> None:
         """Destroy ``gpu``'s MIG devices (their handles turn invalid) and create these GPU
@@ -253,6 +309,24 @@ class FakeNvml:
         mean = self._idle_w + span * 0.5
         amplitude = span * 0.45
         return mean * t - amplitude / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
+
+    def _util_s(self, gpu: _FakeGpu, t: float) -> float:
+        """Integral of :meth:`_util` (percent-seconds, up to a constant)."""
+        if self._load is not None:
+            return self._load * t
+        return 50.0 * t - 45.0 / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
+
+    def _nvlink_kib(self, gpu: _FakeGpu, t: float) -> tuple[float, float]:
+        """The (tx, rx) data counters at ``t``, in KiB: the integral of the traffic."""
+        tx = _NVLINK_TX_PEAK / 100 * self._util_s(gpu, t) / 1024
+        off_tx, off_rx = gpu.nvlink_offset_kib
+        return off_tx + tx, off_rx + tx * _NVLINK_RX_SHARE
+
+    def _set_nvlink(self, gpu: _FakeGpu, t: float, kib: float) -> None:
+        """Make both of ``gpu``'s NVLink counters read ``kib`` at ``t``."""
+        gpu.nvlink_offset_kib = (0.0, 0.0)
+        tx, rx = self._nvlink_kib(gpu, t)
+        gpu.nvlink_offset_kib = (kib - tx, kib - rx)
 
     def _mem_used(self, gpu: _FakeGpu, t: float) -> int:
         if gpu.mig is not None:
@@ -351,7 +425,8 @@ class FakeNvml:
         gpu, mig = self._resolve(handle, "nvmlDeviceGetUUID")
         if mig is None:
             return gpu.uuid
-        return f"MIG-{uuid.UUID(int=(mig.address << 64) | gpu.index, version=4)}"
+        # Fixed by the GPU and the instance's handle: a recreated instance gets a new one.
+        return f"MIG-{uuid.uuid5(uuid.UUID(gpu.uuid.removeprefix('GPU-')), str(mig.address))}"
 
     def nvmlDeviceGetSerial(self, handle: Any) -> str:
         """Board serial number."""
@@ -517,22 +592,50 @@ class FakeNvml:
             raise self.NVMLError_InvalidArgument()
         return 1980 if self._util(gpu, self._clock.monotonic()) >= 5 else 345
 
-    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:
-        """``c_nvmlFieldValue_t`` per field: memory temperature (°C, rising with power, 5 °C
-        above the GPU's); any other field's status is NotSupported."""
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[Any]) -> Any:
+        """``c_nvmlFieldValue_t`` per field id (or ``(field id, scope id)``, as pynvml takes
+        them): memory temperature (°C, rising with power, 5 °C above the GPU's), the NVLink
+        count, and the NVLink data counters (KiB; scope UINT_MAX: every link, a link id: its
+        share); any other field's status is NotSupported."""
         gpu = self._device(handle, "nvmlDeviceGetFieldValues")
+        t = self._clock.monotonic()
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
-        for fv, field_id in zip(values, field_ids, strict=True):
-            fv.fieldId = field_id
-            if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP and (
-                "NVML_FI_DEV_MEMORY_TEMP" not in gpu.unsupported
-            ):
-                fv.nvmlReturn = pynvml.NVML_SUCCESS
-                fv.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-                fv.value.uiVal = round(35 + 0.07 * self._power_w(gpu, self._clock.monotonic()))
-            else:
+        for fv, requested in zip(values, field_ids, strict=True):
+            field_id, scope = requested if isinstance(requested, tuple) else (requested, 0)
+            fv.fieldId, fv.scopeId = field_id, scope
+            fv.timestamp = round(self._clock.time() * 1e6)
+            value = self._field(gpu, field_id, scope, t)
+            if value is None:
                 fv.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+            else:
+                fv.nvmlReturn = pynvml.NVML_SUCCESS
+                fv.valueType, attr, number = value
+                setattr(fv.value, attr, number)
         return values
+
+    def _field(
+        self, gpu: _FakeGpu, field_id: int, scope: int, t: float
+    ) -> tuple[int, str, int] | None:
+        """(value type, union member, value) of one field, ``None``: NotSupported."""
+        if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP:
+            if "NVML_FI_DEV_MEMORY_TEMP" in gpu.unsupported:
+                return None
+            temp = round(35 + 0.07 * self._power_w(gpu, t))
+            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal", temp
+        links = self._nvlink_links
+        if "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX" in gpu.unsupported:
+            links = 0
+        if field_id == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
+            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal", links
+        throughput = (
+            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+        )
+        if field_id not in throughput or not links or (scope != _ALL_LINKS and scope >= links):
+            return None
+        kib = self._nvlink_kib(gpu, t)[throughput.index(field_id)]
+        share = kib if scope == _ALL_LINKS else kib / links
+        return pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, "ullVal", int(share)
 
     def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
         """``[utilisation %, sampling period us]``: a little video encoding with the load."""
@@ -568,34 +671,40 @@ class FakeNvml:
         return 0 if self._util(gpu, self._clock.monotonic()) >= 5 else 8
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
-        """One training process per GPU from 10 % load on (or what :meth:`set_processes` set)."""
-        gpu = self._device(handle, "nvmlDeviceGetComputeRunningProcesses")
+        """One training process per GPU from 10 % load on (or what :meth:`set_processes`
+        set). In MIG mode one per MIG device, on its own handle, with its instance ids; the
+        GPU's handle answers them all only with ``mig_aggregate`` (NVML: "only if the caller
+        has appropriate privileges"), else NoPermission."""
+        function = "nvmlDeviceGetComputeRunningProcesses"
+        gpu, mig = self._resolve(handle, function)
+        if gpu.mig is None:
+            if mig is not None:  # pragma: no cover (no MIG handle outside MIG mode)
+                raise self.NVMLError_InvalidArgument()
+            return [_process(pid, used, None) for pid, used, _ in self._running(gpu)]
+        if mig is None and not self._mig_aggregate:
+            raise self.NVMLError_NoPermission()
+        if mig is not None and not self._mig_processes:
+            raise self.NVMLError_NotSupported()  # per-instance queries: not in vGPU host mode
+        by_gi = {m.gi_id: m for m in gpu.mig}
+        return [
+            _process(pid, used, by_gi.get(gi) if gi is not None else None)
+            for pid, used, gi in self._running(gpu)
+            if mig is None or gi == mig.gi_id
+        ]
+
+    def _running(self, gpu: _FakeGpu) -> list[tuple[int, int, int | None]]:
+        """``(pid, used bytes, GPU instance id)`` of what runs on ``gpu`` now."""
         chosen = self._processes.get(gpu.index)
         if chosen is not None:
-            return [
-                pynvml.nvmlFriendlyObject(
-                    {
-                        "pid": pid,
-                        "usedGpuMemory": used,
-                        "gpuInstanceId": 0xFFFFFFFF,
-                        "computeInstanceId": 0xFFFFFFFF,
-                    }
-                )
-                for pid, used in chosen
-            ]
+            return chosen
         t = self._clock.monotonic()
         if self._util(gpu, t) < 10:
             return []
-        used = self._mem_used(gpu, t)
+        if gpu.mig is None:
+            return [(4000 + gpu.index, self._mem_used(gpu, t) - 512 * _MIB, None)]
         return [
-            pynvml.nvmlFriendlyObject(
-                {
-                    "pid": 4000 + gpu.index,
-                    "usedGpuMemory": used - 512 * _MIB,
-                    "gpuInstanceId": 0xFFFFFFFF,
-                    "computeInstanceId": 0xFFFFFFFF,
-                }
-            )
+            (10_000 + 100 * gpu.index + m.gi_id, self._mig_mem_used(gpu, m, t) - 32 * _MIB, m.gi_id)
+            for m in gpu.mig
         ]
 
     def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int) -> int:

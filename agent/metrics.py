@@ -26,9 +26,18 @@ Names (the README's table lists every one):
 A field the device does not report (``None``) is left out, as dcgm-exporter leaves out
 blank fields: absent, never 0.
 
+NVLink: ``DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL`` (in dcgm-exporter's default counters) is,
+as DCGM computes it, the GPU's NVLink data sent and received over the interval in KiB/s
+divided by 1000, truncated (DCGM's ``ReadAndCacheNvLinkBandwidth``; typed ``counter`` by
+dcgm-exporter although it is a rate). ``DCGM_FI_PROF_NVLINK_TX_BYTES`` / ``_RX_BYTES``, the
+profiling fields dashboards draw NVLink traffic from, are each direction in bytes/s; NVML
+has no profiling counters, so its data counters stand in (payload only, where DCGM's count
+protocol headers too) and the help text says so.
+
 MIG: a GPU in MIG mode has, besides its own series, one set per GPU instance labelled as
 dcgm-exporter labels them, ``GPU_I_PROFILE`` (``1g.10gb``) and ``GPU_I_ID`` after
-``modelName``, with the GPU's ``gpu`` and ``UUID``: framebuffer used, free and total. NVML
+``modelName``, with the GPU's ``gpu`` and ``UUID``: framebuffer used, free and total, once
+per job with a process in that GPU instance (``hpc_job``, or ``pod`` ...). NVML
 gives no utilisation for MIG devices (nor for their GPU in MIG mode), so
 ``DCGM_FI_DEV_GPU_UTIL`` is absent there, as dcgm-exporter documents; DCGM's profiling
 fields (``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` per instance) need DCGM itself. Compute instances
@@ -39,7 +48,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -49,12 +58,14 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from shared.schema import (
     METRICS_ADDRESS_PATTERN,
     GpuEcc,
     GpuInfo,
+    GpuProcess,
     GpuRemappedRows,
     GpuSample,
     Inventory,
@@ -72,6 +83,7 @@ __all__ = [
     "dcgm_families",
     "dcgm_labels",
     "host_families",
+    "render_sample",
 ]
 
 DCGM_LABELS: Final = (
@@ -173,14 +185,15 @@ def _mig_labels(base: dict[str, str], mig: MigSample, hostname: str) -> dict[str
     return out
 
 
-def _owner_labels(gpu: GpuSample, jobs: dict[str, Job]) -> list[dict[str, str]]:
-    """dcgm-exporter's attribution labels of the jobs on ``gpu``, one set per job: ``hpc_job``
-    for a Slurm job (as its HPC job mapping adds), ``pod``, ``namespace``, ``container`` for
-    a pod (as its kubelet pod-resources mapping adds). A GPU shared by several jobs has its
-    series once per job, as dcgm-exporter repeats them; none: no set (no extra labels)."""
+def _owner_labels(processes: Iterable[GpuProcess], jobs: dict[str, Job]) -> list[dict[str, str]]:
+    """dcgm-exporter's attribution labels of the jobs of ``processes`` (a GPU's, or a GPU
+    instance's), one set per job: ``hpc_job`` for a Slurm job (as its HPC job mapping adds),
+    ``pod``, ``namespace``, ``container`` for a pod (as its kubelet pod-resources mapping
+    adds). A GPU shared by several jobs has its series once per job, as dcgm-exporter
+    repeats them; none: no set (no extra labels)."""
     out: list[dict[str, str]] = []
     seen: set[tuple[str, str]] = set()
-    for p in gpu.processes:
+    for p in processes:
         if p.job is None or (p.job, p.container or "") in seen:
             continue
         seen.add((p.job, p.container or ""))
@@ -307,6 +320,23 @@ def dcgm_families(
         "rows_pending": _Dcgm(
             "DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether remapping of rows is pending"
         ),
+        "nvlink_total": _Dcgm(
+            "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
+            "counter",
+            "Total number of NVLink bandwidth counters for all lanes.",
+        ),
+        "nvlink_tx": _Dcgm(
+            "DCGM_FI_PROF_NVLINK_TX_BYTES",
+            "gauge",
+            "The rate of data transmitted over NVLink, in bytes per second (capwatch: NVML's "
+            "data counters, payload only; DCGM's profiling field counts protocol headers too).",
+        ),
+        "nvlink_rx": _Dcgm(
+            "DCGM_FI_PROF_NVLINK_RX_BYTES",
+            "gauge",
+            "The rate of data received over NVLink, in bytes per second (capwatch: NVML's "
+            "data counters, payload only; DCGM's profiling field counts protocol headers too).",
+        ),
     }
     f["interval"] = _Dcgm(
         "capwatch_gpu_power_interval_watts",
@@ -318,7 +348,7 @@ def dcgm_families(
     for gpu in sample.gpus:
         info = _gpu_info(inventory, gpu.uuid)
         base = _gpu_labels(gpu, info, inventory, hostname_label)
-        owners = _owner_labels(gpu, jobs) if gpu.processes else []
+        owners = _owner_labels(gpu.processes, jobs) if gpu.processes else []
         labels = [{**base, **o} for o in owners] if owners else [base]
         f["sm_clock"].add(labels, gpu.sm_clock_mhz)
         f["mem_clock"].add(labels, gpu.mem_clock_mhz)
@@ -359,12 +389,23 @@ def dcgm_families(
             f["rows_fail"].add(labels, int(r.failure))
             f["rows_pending"].add(labels, int(r.pending))
         f["interval"].add(labels, gpu.power_interval_w)
+        nv = gpu.nvlink
+        if nv is not None:
+            f["nvlink_tx"].add(labels, nv.tx_bytes_per_s)
+            f["nvlink_rx"].add(labels, nv.rx_bytes_per_s)
+            if nv.tx_bytes_per_s is not None and nv.rx_bytes_per_s is not None:
+                # DCGM's figure: KiB/s of both directions / 1000, truncated.
+                kib_s = (nv.tx_bytes_per_s + nv.rx_bytes_per_s) / 1024
+                f["nvlink_total"].add(labels, int(kib_s / 1000))
         seen: set[int] = set()
         for mig in gpu.mig:
             if mig.gi_id in seen:  # another compute instance of the same GPU instance
                 continue
             seen.add(mig.gi_id)
-            mlabels = [_mig_labels(base, mig, hostname_label)]
+            mbase = _mig_labels(base, mig, hostname_label)
+            inside = [p for p in gpu.processes if p.gi_id == mig.gi_id]
+            mowners = _owner_labels(inside, jobs) if inside else []
+            mlabels = [{**mbase, **o} for o in mowners] if mowners else [mbase]
             f["fb_used"].add(mlabels, _mib(mig.mem_used_bytes))
             f["fb_total"].add(mlabels, _mib(mig.mem_total_bytes))
             if mig.mem_used_bytes is not None and mig.mem_total_bytes is not None:
@@ -625,6 +666,21 @@ class AgentExposition(Collector):
             remapped=dict(self._remapped),
             hostname_label=self._hostname_label,
         )
+
+
+def render_sample(sample: Sample, inventory: Inventory | None = None) -> bytes:
+    """What a scrape of an agent that just took ``sample`` returns (its own health figures
+    zero): for benchmarks and tests of the exposition."""
+    expo = AgentExposition(
+        lambda: AgentStats(
+            samples_taken=1, published=1, dropped=0, buffered=0, connected=True, last_ack_age_s=0
+        )
+    )
+    expo.inventory = inventory
+    expo.update(sample)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(expo)
+    return generate_latest(registry)
 
 
 _WILDCARDS: Final = frozenset({"", "0.0.0.0", "::"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
@@ -216,27 +216,22 @@ def _attributed(p: GpuProcess, a: Attribution | None, jobs: dict[str, Job]) -> G
         elif info.started is not None and (seen.started is None or info.started < seen.started):
             # The job started when its first process on this node's GPUs did.
             jobs[info.id] = msgspec.structs.replace(seen, started=info.started)
-    return GpuProcess(
-        pid=p.pid,
-        used_mem_bytes=p.used_mem_bytes,
-        user=a.user,
-        job=a.job,
-        step=a.step,
-        container=a.container,
-    )
+    return msgspec.structs.replace(p, user=a.user, job=a.job, step=a.step, container=a.container)
 
 
 def make_gpu_backend(
     kind: Literal["nvml", "fake", "none"],
     *,
     fake_gpus: int = 8,
+    fake_mig: Mapping[int, Sequence[str]] | None = None,
     seed: int = 0,
     clock: Clock,
 ) -> GpuBackend:
     """The GPU backend named by ``AgentSettings.gpu_backend``.
 
     ``fake`` is NVML's code path over :class:`FakeNvml` (8 x H100 by default, profile fixed
-    by ``seed``); ``none`` reports zero GPUs with status ``disabled``.
+    by ``seed``; ``fake_mig``: GPU index -> the GPU instance profiles created on it); ``none``
+    reports zero GPUs with status ``disabled``.
     """
     if kind == "nvml":
         return NvmlBackend(clock=clock)
@@ -244,7 +239,8 @@ def make_gpu_backend(
         # Test harness: imported only when asked for, never at a real node's start.
         from agent.fake_nvml import FakeNvml  # noqa: PLC0415
 
-        return NvmlBackend(FakeNvml(fake_gpus, seed=seed, clock=clock), clock=clock)
+        nvml = FakeNvml(fake_gpus, seed=seed, clock=clock, mig=fake_mig)
+        return NvmlBackend(nvml, clock=clock)
     if kind == "none":
         return NullGpuBackend()
     raise ValueError(f"unknown GPU backend {kind!r}: use 'nvml', 'fake' or 'none'")

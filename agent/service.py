@@ -50,7 +50,12 @@ def build_sampler(settings: AgentSettings, clock: Clock) -> NodeSampler:
         )
     return NodeSampler(
         settings.node_id,
-        gpu=make_gpu_backend(settings.gpu_backend, fake_gpus=settings.fake_gpus, clock=clock),
+        gpu=make_gpu_backend(
+            settings.gpu_backend,
+            fake_gpus=settings.fake_gpus,
+            fake_mig=settings.fake_mig,
+            clock=clock,
+        ),
         rapl=RaplReader(settings.sysfs_root, clock),
         host=HostSampler(
             clock,

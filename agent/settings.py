@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
@@ -72,6 +72,13 @@ class AgentSettings(CapwatchSettings):
     gpu_backend: Literal["nvml", "fake", "none"] = "nvml"
     fake_gpus: int = Field(default=8, ge=0, le=MAX_GPUS)
     """GPUs of the fake backend (tests, demos on machines without NVIDIA GPUs)."""
+    fake_mig: Annotated[dict[int, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
+    """The fake backend's GPUs in MIG mode: GPU index -> the GPU instance profiles created
+    on it, as ``nvidia-smi mig -cgi`` names an H100 80GB's (``1g.10gb``, ``1g.10gb+me``,
+    ``1g.20gb``, ``2g.20gb``, ``3g.40gb``, ``4g.40gb``, ``7g.80gb``; agent/fake_mig.py); an
+    empty list is MIG mode without instances. Flag ``--fake-mig 0=3g.40gb,2g.20gb,2g.20gb``
+    (once per GPU); env ``CAPWATCH_FAKE_MIG``: ``0=3g.40gb,2g.20gb;1=7g.80gb`` or a JSON
+    object; TOML: a table of GPU index -> list."""
     sysfs_root: Path = Path("/sys")
     node_power: Literal["auto", "dcmi", "hwmon", "none"] = "auto"
     """Where the node's input power is read: ``auto`` tries the BMC in band (DCMI, when
@@ -192,6 +199,49 @@ class AgentSettings(CapwatchSettings):
                     f"{pattern!r} is not an interface name glob (letters, digits, _ . : @ - "
                     "and * ? [ ] !, up to 64; e.g. 'bond*')"
                 )
+        return value
+
+    @field_validator("fake_mig", mode="before")
+    @classmethod
+    def _parse_layouts(cls, value: Any) -> Any:
+        """``"0=3g.40gb,2g.20gb;1=7g.80gb"`` or a JSON object (environment, flags)."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("{"):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object ({exc})") from exc
+        layouts: dict[str, list[str]] = {}
+        for part in filter(None, (p.strip() for p in value.split(";"))):
+            gpu, sep, profiles = part.partition("=")
+            if not sep:
+                raise ValueError(
+                    f"{part!r} names no GPU: write GPU=PROFILES, e.g. 0=3g.40gb,2g.20gb,2g.20gb"
+                )
+            layouts[gpu.strip()] = [p.strip() for p in profiles.split(",") if p.strip()]
+        return layouts
+
+    @field_validator("fake_mig")
+    @classmethod
+    def _layouts_fit(
+        cls, value: dict[int, tuple[str, ...]], info: ValidationInfo
+    ) -> dict[int, tuple[str, ...]]:
+        if not value:
+            return value
+        if info.data.get("gpu_backend") != "fake":
+            raise ValueError("MIG layouts are for the fake GPU backend: set gpu_backend = fake")
+        gpus = info.data.get("fake_gpus", 0)
+        # The fake's own table of what an H100 can hold; a demo setting, so loaded only here.
+        from agent.fake_mig import layout  # noqa: PLC0415
+
+        for gpu, profiles in value.items():
+            if not 0 <= gpu < gpus:
+                raise ValueError(f"GPU {gpu} is not one of the {gpus} fake GPUs (0..{gpus - 1})")
+            try:
+                layout(gpu, profiles)
+            except ValueError as exc:
+                raise ValueError(f"GPU {gpu}: {exc}") from None
         return value
 
     @property

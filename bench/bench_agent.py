@@ -5,7 +5,9 @@
 
 CPU time is ``time.process_time`` (user + system of this process, so the kernel's work
 generating /proc files counts) divided by the number of samples. The GPU part runs over
-FakeNvml, so it measures our Python, not the driver: real NVML calls add their own cost.
+FakeNvml, so it measures our Python and the fake's, not the driver: real NVML calls add
+their own cost. "GPU backend alone" replays the fake's recorded answers (one dictionary
+look-up per NVML call), so that figure is the agent's own Python per tick.
 The RSS figure comes from a fresh interpreter that imports the agent's modules and takes
 100 samples, so this script's own allocations do not count.
 
@@ -35,11 +37,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.fake_nvml import FakeNvml
+from agent.gpu import NvmlBackend
 from agent.host import HostSampler
 from agent.node import NodeSampler, make_gpu_backend
 from agent.rapl import RaplReader
 from collector.localbroker import MosquittoBroker
-from shared.clock import SystemClock
+from shared.clock import FakeClock, SystemClock
 from shared.logging import configure_logging
 from shared.schema import encode
 
@@ -64,6 +68,55 @@ def _psutil_reads() -> None:
     psutil.net_io_counters(pernic=True)
     for part in psutil.disk_partitions(all=False):
         psutil.disk_usage(part.mountpoint)
+
+
+class _Replay:
+    """A :class:`FakeNvml`'s answers recorded once per (call, handle, arguments), then
+    replayed: what the GPU backend costs without any NVML behind it."""
+
+    def __init__(self, fake: FakeNvml) -> None:
+        self._fake = fake
+        self._memo: dict[tuple[object, ...], tuple[object, BaseException | None]] = {}
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._fake, name)
+        if not name.startswith("nvmlDevice") or not callable(attr):
+            return attr
+        memo = self._memo
+
+        def call(*args: object) -> object:
+            key = (name, *(tuple(a) if isinstance(a, list) else id(a) for a in args))
+            hit = memo.get(key)
+            if hit is None:
+                try:
+                    hit = memo[key] = (attr(*args), None)
+                except Exception as exc:
+                    hit = memo[key] = (None, exc)
+            if hit[1] is not None:
+                raise hit[1]
+            return hit[0]
+
+        setattr(self, name, call)
+        return call
+
+
+def _backend_alone_us(n: int) -> float:
+    """The GPU backend's fast tick over replayed answers (8 GPUs), best of three."""
+    clock = FakeClock()
+    backend = NvmlBackend(_Replay(FakeNvml(8, clock=clock, load_pct=40)), clock=clock)  # type: ignore[arg-type]
+    backend.start()
+    try:
+        backend.sample(clock.monotonic(), slow=True)
+        best = []
+        for _ in range(3):
+            start = time.process_time()
+            for _ in range(n):
+                clock.advance(5.0)
+                backend.sample(clock.monotonic(), slow=False)
+            best.append((time.process_time() - start) / n * 1e6)
+        return min(best)
+    finally:
+        backend.close()
 
 
 def _node_sampler(gpus: int) -> NodeSampler:
@@ -245,6 +298,7 @@ def main() -> None:
     node = _node_sampler(8)
     node.start()
     print(f"full sample: {_cpu_ms(node.sample, n):.3f} ms CPU/sample (FakeNvml, 8 GPUs)")
+    print(f"GPU backend alone: {_backend_alone_us(n):.0f} us CPU/tick (8 GPUs, NVML replayed)")
     sample = node.sample()
     print(f"encode:      {_cpu_ms(lambda: encode(sample), n):.3f} ms CPU/sample")
     print(f"wire size:   {len(encode(sample))} bytes (8 GPUs, fast tick)")

@@ -21,19 +21,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from agent.host import HostSampler
-from agent.metrics import AgentExposition, AgentStats
+from agent.metrics import render_sample
 from agent.node import NodeSampler
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.logging import configure_logging
-from shared.schema import Sample, encode
+from shared.schema import encode
 
 _LAYOUTS: dict[str, Mapping[int, Sequence[str]]] = {
     "no MIG": {},
@@ -48,18 +46,6 @@ def _cpu_us(fn: Callable[[], object], n: int) -> float:
     for _ in range(n):
         fn()
     return (time.process_time() - start) / n * 1e6
-
-
-def _scrape(sample: Sample) -> bytes:
-    expo = AgentExposition(
-        lambda: AgentStats(
-            samples_taken=1, published=1, dropped=0, buffered=0, connected=True, last_ack_age_s=0
-        )
-    )
-    expo.update(sample)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(expo)
-    return generate_latest(registry)
 
 
 def _measure(layout: Mapping[int, Sequence[str]], n: int) -> dict[str, float]:
@@ -96,11 +82,12 @@ def _measure(layout: Mapping[int, Sequence[str]], n: int) -> dict[str, float]:
             "slow_calls": calls(slow=True),
             "tick_us": _cpu_us(tick, n),  # 5 s steps: one slow tick in 12
         }
+        clock.advance(5.0)  # a tick's interval: rates (interval power, NVLink) filled
         sample = node.sample()
         out["migs"] = sum(len(g.mig) for g in sample.gpus)
         out["wire"] = len(encode(sample))
-        out["scrape_bytes"] = len(_scrape(sample))
-        out["scrape_us"] = _cpu_us(lambda: _scrape(sample), n // 4)
+        out["scrape_bytes"] = len(render_sample(sample))
+        out["scrape_us"] = _cpu_us(lambda: render_sample(sample), n // 4)
     finally:
         node.close()
     return out

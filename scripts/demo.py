@@ -6,13 +6,15 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
 2. ``collector run`` with its database in ``demo-run/``;
 3. ``agent run`` for this machine (real CPU/memory/disk/network; real GPUs when NVML finds
    them, else zero GPUs and a log line saying why);
-4. ``agent simulate`` for a synthetic fleet of xname nodes with 8 fake GPUs each;
+4. ``agent simulate`` for a synthetic fleet of xname nodes with 8 fake GPUs each, and an
+   ``agent run`` over the fake NVML with two H100s in MIG mode (node ``demo-mig``);
 5. a hostile node: garbage, absurd values, a clock a day ahead; the collector quarantines
    and acknowledges each and goes on storing the fleet;
-6. after a few seconds, ``collector query`` four ways (fleet, this machine, per-GPU rows,
-   the quarantined messages), ``collector alerts`` (the hostile node's clock skew and rising
-   rejects), ``collector solve``, ``collector capacity`` (live draw under the example site's
-   cap, and a what-if) and ``collector plot`` (three PNGs);
+6. after a few seconds, ``collector query`` five ways (fleet, this machine, per-GPU rows,
+   the MIG node's GPUs and MIG devices with NVLink traffic, the quarantined messages),
+   ``collector alerts`` (the hostile node's clock skew and rising rejects), ``collector
+   solve``, ``collector capacity`` (live draw under the example site's cap, and a what-if)
+   and ``collector plot`` (three PNGs);
 7. ``collector inventory`` (one node's components, the fleet table) and ``collector pool
    apply`` of a pattern, as a dry run and then for real;
 8. leases and quotas: ``collector apply -f cluster.toml`` (two tenants in a cohort: one
@@ -56,6 +58,14 @@ from demo_common import (
 _MAX_NODES = 200_000
 """What ``agent simulate --nodes`` takes."""
 _MIN_SECONDS, _MAX_SECONDS = 1.0, 86_400.0
+_MIG_NODE = "demo-mig"
+_MIG_LAYOUTS = (
+    "--fake-mig",
+    "0=3g.40gb,2g.20gb,2g.20gb",
+    "--fake-mig",
+    "1=" + ",".join(["1g.10gb"] * 7),
+)
+"""The fake agent's GPUs: one as 3g.40gb + 2 x 2g.20gb, one as 7 x 1g.10gb (an H100 80GB)."""
 
 
 def _pool_nodes(db: Path, pool: str) -> list[str]:
@@ -286,6 +296,11 @@ def main() -> int:
         spawn(
             "simulator", "agent", "simulate", *common, "--nodes", str(args.nodes), "--interval", "1"
         )
+        spawn(
+            "mig-agent", "agent", "run", *common, "--interval", "1", "--node-id", _MIG_NODE,
+            "--gpu-backend", "fake", "--fake-gpus", "2", *_MIG_LAYOUTS,
+            "--spool-dir", str(workdir / "mig-agent-spool"),
+        )  # fmt: skip
         time.sleep(min(2.0, args.seconds))
         banner("5. a hostile node")
         sent = hostile_node(broker.host, broker.port)
@@ -307,6 +322,8 @@ def main() -> int:
         )
         banner("collector query --gpus --node x1000c0s0b0n0: per-GPU rows")
         run_cli("collector", "query", "--db", str(db), "--gpus", "--node", "x1000c0s0b0n0")
+        banner(f"collector query --gpus --node {_MIG_NODE}: MIG devices, their jobs and UUIDs")
+        run_cli("collector", "query", "--db", str(db), "--gpus", "--node", _MIG_NODE)
         banner("collector query --rejected: what the hostile node sent, quarantined and acked")
         run_cli("collector", "query", "--db", str(db), "--rejected", "--limit", "8")
         banner("collector alerts: what the built-in rules made of it (collector rules lists them)")

@@ -6,7 +6,7 @@
 # Keeps its own venv, .venv-nvml-min (gitignored), created on first use: the project
 # (editable, so the working tree is what runs), pytest, and nvidia-ml-py pinned at the floor.
 # The floor is the oldest release with every pynvml name the agent reads unconditionally
-# (agent/gpu.py NvmlModule, agent/fake_nvml.py); the names in agent.gpu.OPTIONAL_NVML_SYMBOLS
+# (agent/nvml.py NvmlModule, agent/fake_nvml.py); the names in agent.nvml.OPTIONAL_NVML_SYMBOLS
 # may be missing. Keep NVML_FLOOR equal to the lower bound in pyproject.toml.
 # NVML_FLOOR=<version> tries another release; PYTHON picks the interpreter (3.11+).
 set -euo pipefail

@@ -62,6 +62,7 @@ __all__ = [
     "MAX_NODE_BYTES_PER_S",
     "MAX_NODE_ID_LEN",
     "MAX_NODE_POWER_W",
+    "MAX_NVLINK_BYTES_PER_S",
     "MAX_PATH_LEN",
     "MAX_PCIE_REPLAYS",
     "MAX_PCI_CLASS",
@@ -78,6 +79,7 @@ __all__ = [
     "MAX_XIDS",
     "METRICS_ADDRESS_PATTERN",
     "MIG_PROFILE_PATTERN",
+    "MIG_UUID_PATTERN",
     "MIN_INTERVAL_S",
     "MIN_TEMP_C",
     "MIN_TS_S",
@@ -93,6 +95,7 @@ __all__ = [
     "DiskStats",
     "GpuEcc",
     "GpuInfo",
+    "GpuNvlink",
     "GpuProcess",
     "GpuRemappedRows",
     "GpuSample",
@@ -174,6 +177,8 @@ GPU_UUID_PATTERN: Final = (
     rf"^(?:GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}})\Z"
 )
 """NVML: ``GPU-<uuid>``; MIG devices ``MIG-<uuid>`` (R470+) or ``MIG-GPU-<uuid>/<gi>/<ci>``."""
+MIG_UUID_PATTERN: Final = rf"^(?:MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}})\Z"
+"""A MIG device's UUID, the MIG forms of :data:`GPU_UUID_PATTERN`."""
 PCI_BUS_ID_PATTERN: Final = r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]\Z"
 """``domain:bus:device.function``, e.g. ``00000000:3B:00.0`` (4-digit legacy domain too)."""
 MAC_PATTERN: Final = r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){0,31}\Z"
@@ -215,6 +220,9 @@ MAX_DEVICE_BYTES_PER_S: Final = 5e11
 """500 GB/s = 4 Tb/s per network interface (a bond of 8 x 400G is 400 GB/s)."""
 MAX_NODE_BYTES_PER_S: Final = 5e12
 """5 TB/s node totals (disk I/O, network): more than a node's memory system can move."""
+MAX_NVLINK_BYTES_PER_S: Final = 4e12
+"""One GPU's NVLink traffic in one direction, all its links: 4 TB/s, over twice NVLink 6's
+1.8 TB/s per direction (Rubin; NVLink 4 on H100 is 450 GB/s, NVLink 5 on B200 900 GB/s)."""
 MAX_NIC_SPEED_MBPS: Final = 4_000_000
 """4 Tb/s link speed, the same figure as MAX_DEVICE_BYTES_PER_S."""
 MAX_GPU_POWER_W: Final = 5_000.0
@@ -356,6 +364,7 @@ class NetStats(_Struct, frozen=True):
 
 JobId = Annotated[str, msgspec.Meta(pattern=JOB_ID_PATTERN)]
 K8sName = Annotated[str, msgspec.Meta(pattern=K8S_NAME_PATTERN)]
+MigInstanceId = Annotated[int, msgspec.Meta(ge=0, le=MAX_MIG_INSTANCE_ID)]
 
 
 class GpuProcess(_Struct, frozen=True, omit_defaults=True):
@@ -376,6 +385,11 @@ class GpuProcess(_Struct, frozen=True, omit_defaults=True):
     """The Slurm job step (``0``, ``batch``, ``extern``, ``interactive``)."""
     container: K8sName | None = None
     """The Kubernetes container (of the pod named by ``job``)."""
+    gi_id: MigInstanceId | None = None
+    """In MIG mode: the GPU instance the process runs in (an entry of the GPU's ``mig``);
+    absent outside MIG mode and where NVML did not say."""
+    ci_id: MigInstanceId | None = None
+    """In MIG mode: its compute instance within ``gi_id``."""
 
 
 class Job(_Struct, frozen=True, omit_defaults=True):
@@ -414,7 +428,17 @@ class GpuRemappedRows(_Struct, frozen=True):
     failure: bool
 
 
-MigInstanceId = Annotated[int, msgspec.Meta(ge=0, le=MAX_MIG_INSTANCE_ID)]
+NvlinkRate = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_NVLINK_BYTES_PER_S)]
+
+
+class GpuNvlink(_Struct, frozen=True, omit_defaults=True):
+    """A GPU's NVLink traffic over the last interval, all its links together, in bytes/s:
+    the data (payload) counters NVML keeps per direction (``NVML_FI_DEV_NVLINK_THROUGHPUT_
+    DATA_TX`` / ``_RX``), which DCGM's ``DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL`` sums. A rate
+    needs two readings: ``None`` (left out) on the first, and after a counter reset."""
+
+    tx_bytes_per_s: NvlinkRate | None = None
+    rx_bytes_per_s: NvlinkRate | None = None
 
 
 class MigSample(_Struct, frozen=True, omit_defaults=True):
@@ -435,6 +459,9 @@ class MigSample(_Struct, frozen=True, omit_defaults=True):
     mem_used_bytes: GpuBytes | None = None
     mem_total_bytes: GpuBytes | None = None
     util_pct: Pct | None = None
+    uuid: Annotated[str, msgspec.Meta(pattern=MIG_UUID_PATTERN)] | None = None
+    """The MIG device's UUID, ``MIG-<uuid>``: what ``CUDA_VISIBLE_DEVICES`` and Kubernetes'
+    device plugin name it by (``None``: an agent before this field)."""
 
 
 class GpuSample(_Struct, frozen=True):
@@ -481,6 +508,9 @@ class GpuSample(_Struct, frozen=True):
     mig: Annotated[tuple[MigSample, ...], msgspec.Meta(max_length=MAX_MIG_DEVICES)] = ()
     """The GPU's MIG devices, by GPU instance id; empty outside MIG mode (or from an agent
     before this field)."""
+    nvlink: GpuNvlink | None = None
+    """NVLink traffic; ``None`` on a GPU without NVLink (or from an agent before this
+    field)."""
 
 
 class XidEvent(_Struct, frozen=True):

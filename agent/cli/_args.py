@@ -43,6 +43,13 @@ def add_settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
     p.add_argument(
         "--fake-gpus", type=int, metavar="N", help="GPUs of the fake backend (default 8)"
     )
+    p.add_argument(
+        "--fake-mig",
+        action="append",
+        metavar="GPU=PROFILES",
+        help="put a fake GPU in MIG mode with these GPU instance profiles, e.g. "
+        "0=3g.40gb,2g.20gb,2g.20gb (once per GPU)",
+    )
     add_log_args(p)
     if broker:
         add_broker_args(p)
@@ -59,6 +66,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:
         "interval_s": args.interval,
         "gpu_backend": args.gpu_backend,
         "fake_gpus": args.fake_gpus,
+        "fake_mig": ";".join(args.fake_mig) if args.fake_mig else None,
         "log_level": args.log_level,
         "log_json": args.log_json,
         "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},

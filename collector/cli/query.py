@@ -553,32 +553,40 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
                 "util_pct": m["util_pct"],
                 "mem_used_bytes": m["mem_used_bytes"],
                 "mem_total_bytes": m["mem_total_bytes"],
+                "processes": m["processes"],
+                "jobs": m["jobs"],
+                "mig_uuid": m["uuid"],
             }
             for m in migs
         )
-    print(
-        render_table(
-            table,
-            [
-                Column("node", "NODE", align_right=False),
-                Column("index", "GPU"),
-                Column("mig", "MIG", align_right=False),
-                Column("util_pct", "UTIL", _pct),
-                Column("mem_used_bytes", "MEM USED", format_bytes),
-                Column("mem_total_bytes", "MEM TOTAL", format_bytes),
-                Column("power_w", "POWER", format_watts),
-                Column("power_interval_w", "POWER(INT)", format_watts),
-                Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
-                Column("mem_temp_c", "MEM TEMP", lambda v: f"{v:.0f}C"),
-                Column("sm_clock_mhz", "SM MHZ"),
-                Column("mem_clock_mhz", "MEM MHZ"),
-                Column("pstate", "P"),
-                Column("pcie_replays", "REPLAYS"),
-                Column("processes", "PROCS"),
-                Column("jobs", "JOB", lambda v: _cut(",".join(v), 40) or "-", align_right=False),
-            ],
-        )
-    )
+    columns = [
+        Column("node", "NODE", align_right=False),
+        Column("index", "GPU"),
+        Column("mig", "MIG", align_right=False),
+        Column("util_pct", "UTIL", _pct),
+        Column("mem_used_bytes", "MEM USED", format_bytes),
+        Column("mem_total_bytes", "MEM TOTAL", format_bytes),
+        Column("power_w", "POWER", format_watts),
+        Column("power_interval_w", "POWER(INT)", format_watts),
+        Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
+        Column("mem_temp_c", "MEM TEMP", lambda v: f"{v:.0f}C"),
+        Column("nvlink_tx_bytes_per_s", "NVLINK TX", _rate),
+        Column("nvlink_rx_bytes_per_s", "NVLINK RX", _rate),
+        Column("sm_clock_mhz", "SM MHZ"),
+        Column("mem_clock_mhz", "MEM MHZ"),
+        Column("pstate", "P"),
+        Column("pcie_replays", "REPLAYS"),
+        Column("processes", "PROCS"),
+        Column("jobs", "JOB", lambda v: _cut(",".join(v), 40) or "-", align_right=False),
+    ]
+    if any(r["mig"] for r in rows):  # a MIG device's UUID: what CUDA_VISIBLE_DEVICES takes
+        columns.append(Column("mig_uuid", "MIG UUID", align_right=False))
+    print(render_table(table, columns))
+
+
+def _rate(bytes_per_s: float) -> str:
+    """``9.0e10`` -> ``"83.8 GiB/s"``."""
+    return f"{format_bytes(bytes_per_s)}/s"
 
 
 def _mig_label(mig: dict[str, Any]) -> str:

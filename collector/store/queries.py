@@ -9,6 +9,7 @@ and lists (JSON-ready); the command module renders them. Every query is served b
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
 from collector.jobfacts import job_label
@@ -212,25 +213,42 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
             for key in _GPU_FIELDS:
                 value = g.get(key)
                 row[key] = float(value) if key in _GPU_FLOATS and value is not None else value
+            nvlink = g.get("nvlink") or {}
+            for direction in ("tx", "rx"):
+                rate = nvlink.get(f"{direction}_bytes_per_s")
+                row[f"nvlink_{direction}_bytes_per_s"] = None if rate is None else float(rate)
             procs = g.get("processes") or ()
             row["processes"] = len(procs)
-            ids = list(dict.fromkeys(p["job"] for p in procs if p.get("job")))
-            row["jobs"] = [_label(i, infos.get(i)) for i in ids]
-            row["mig"] = [_mig_row(m) for m in g.get("mig") or ()]
+            row["jobs"] = _jobs(procs, infos)
+            row["mig"] = [_mig_row(m, procs, infos) for m in g.get("mig") or ()]
             out.append(row)
     return out
 
 
-def _mig_row(mig: dict[str, Any]) -> dict[str, Any]:
-    """One MIG device of a GPU: its instance ids, profile and memory (``None``: not sent)."""
+def _jobs(procs: Sequence[dict[str, Any]], infos: dict[Any, Any]) -> list[str]:
+    """The jobs of ``procs``, once each, in order."""
+    ids = list(dict.fromkeys(p["job"] for p in procs if p.get("job")))
+    return [_label(i, infos.get(i)) for i in ids]
+
+
+def _mig_row(
+    mig: dict[str, Any], procs: Sequence[dict[str, Any]], infos: dict[Any, Any]
+) -> dict[str, Any]:
+    """One MIG device of a GPU: its instance ids, profile, memory and UUID (``None``: not
+    sent), and the processes and jobs of the GPU's that run in it."""
     util = mig.get("util_pct")
+    ids = (mig.get("gi_id"), mig.get("ci_id"))
+    inside = [p for p in procs if (p.get("gi_id"), p.get("ci_id")) == ids]
     return {
-        "gi_id": mig.get("gi_id"),
-        "ci_id": mig.get("ci_id"),
+        "gi_id": ids[0],
+        "ci_id": ids[1],
         "profile": mig.get("profile"),
         "util_pct": None if util is None else float(util),
         "mem_used_bytes": mig.get("mem_used_bytes"),
         "mem_total_bytes": mig.get("mem_total_bytes"),
+        "uuid": mig.get("uuid"),
+        "processes": len(inside),
+        "jobs": _jobs(inside, infos),
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.schema import decode_sample
 from tests.agent.helpers import REPO, run_agent
 from tests.integration.secure_broker import DeployedBroker, make_passwd
 
@@ -98,6 +99,29 @@ def test_sample_help_shows_a_single_percent_sign() -> None:
     assert done.returncode == 0, done.stderr
     assert "rates (CPU %, bytes/s" in done.stdout
     assert "%%" not in done.stdout
+
+
+def test_fake_mig_flags_put_fake_gpus_in_mig_mode() -> None:
+    """``--fake-mig GPU=PROFILES`` once per GPU: those GPUs sample MIG devices (with their
+    UUIDs) and processes in them; a layout an H100 cannot hold is one line, exit 2."""
+    fake = ("--gpu-backend", "fake", "--fake-gpus", "2", "--node-id", "n1")
+    done = run_agent(
+        "sample", *fake, "--fake-mig", "0=3g.40gb,2g.20gb,2g.20gb", "--fake-mig", "1=7g.80gb"
+    )
+    assert done.returncode == 0, done.stderr
+    sample = decode_sample(done.stdout.encode())
+    assert [[m.profile for m in g.mig] for g in sample.gpus] == [
+        ["3g.40gb", "2g.20gb", "2g.20gb"],
+        ["7g.80gb"],
+    ]
+    assert all((m.uuid or "").startswith("MIG-") for g in sample.gpus for m in g.mig)
+    done = run_agent("sample", *fake, "--fake-mig", "0=3g.40gb,4g.40gb,1g.10gb")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "agent sample: error: setting 'fake_mig' = '0=3g.40gb,4g.40gb,1g.10gb': Value error, "
+        "GPU 0: ['MIG 3g.40gb', 'MIG 4g.40gb', 'MIG 1g.10gb'] needs more than 7 slices (fix "
+        "it in the --config file, the CAPWATCH_* environment or the flag)"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,9 @@ def test_new_fields_carry_nvmls_readings(clock: FakeClock, backends: list[NvmlBa
     nvml = FakeNvml(2, clock=clock, load_pct=50)
     backend = _backend(nvml, clock, backends)
     backend.start()
+    # Opening a GPU asks its NVLink count, once: a field value.
+    assert nvml.call_count("nvmlDeviceGetFieldValues") == 2
+    nvml.calls.clear()
     gpus = backend.sample(clock.monotonic(), slow=False)
     for gpu in gpus:
         assert gpu.mem_clock_mhz == 2619
@@ -61,11 +64,13 @@ def test_unsupported_new_fields_are_none_and_probed_once(
             "nvmlDeviceGetEncoderUtilization",
             "nvmlDeviceGetDecoderUtilization",
             "nvmlDeviceGetPcieReplayCounter",
+            "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX",  # no NVLink: its count says 0
         }
     }
     nvml = FakeNvml(2, clock=clock, unsupported=unsupported, load_pct=50)
     backend = _backend(nvml, clock, backends)
     backend.start()
+    nvml.calls.clear()  # the NVLink count asked at the start
     with capture_logs() as logs:
         for _ in range(3):
             first, second = backend.sample(clock.monotonic(), slow=False)
@@ -105,17 +110,18 @@ def test_driver_without_the_functions_reports_none_once(
 
 
 class _FieldStatusNvml(FakeNvml):
-    """The memory temperature field answers with ``status`` (and ``value_type``, ``value``)."""
+    """The memory temperature field answers with ``status`` (and ``value_type``, ``value``);
+    the other fields as the fake does."""
 
     def __init__(self, clock: FakeClock, status: int, value_type: int, value: Any) -> None:
         super().__init__(1, clock=clock, load_pct=50)
         self.status, self.value_type, self.value = status, value_type, value
 
-    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[int]) -> Any:  # noqa: N802
-        """One field value per id, all alike."""
-        super().nvmlDeviceGetFieldValues(handle, field_ids)
+    def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[Any]) -> Any:  # noqa: N802
+        """The fake's field values, the memory temperature's replaced."""
+        values = list(super().nvmlDeviceGetFieldValues(handle, field_ids))
         fv = SimpleNamespace(nvmlReturn=self.status, valueType=self.value_type, value=self.value)
-        return [fv for _ in field_ids]
+        return [fv if v.fieldId == pynvml.NVML_FI_DEV_MEMORY_TEMP else v for v in values]
 
 
 def test_memory_temperature_field_error_is_logged_once_and_retried(
@@ -126,6 +132,7 @@ def test_memory_temperature_field_error_is_logged_once_and_retried(
     nvml = _FieldStatusNvml(clock, pynvml.NVML_ERROR_UNKNOWN, 0, None)
     backend = _backend(nvml, clock, backends)
     backend.start()
+    nvml.calls.clear()  # the NVLink count asked at the start
     with capture_logs() as logs:
         for _ in range(3):
             (gpu,) = backend.sample(clock.monotonic(), slow=False)

@@ -7,16 +7,20 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend, NvmlModule
-from agent.metrics import AgentExposition, AgentStats
 from shared.clock import FakeClock
-from shared.schema import CpuStats, GpuSample, MemStats, MigSample, Sample, decode_sample, encode
-from tests.agent.helpers import open_backend
+from shared.schema import (
+    GpuProcess,
+    GpuSample,
+    MigSample,
+    Sample,
+    decode_sample,
+    encode,
+)
+from tests.agent.helpers import gpu_sample, open_backend, scrape, ticks
 
 _MIB = 2**20
 _MIXED = ["3g.40gb", "2g.20gb", "2g.20gb"]
@@ -130,8 +134,8 @@ def test_without_profile_names_the_name_is_composed(
 
 
 def test_driver_without_mig_calls_reads_the_gpu_as_before(backends: list[NvmlBackend]) -> None:
-    """A driver without the MIG device calls: no MIG devices, no warning, asked once; a
-    driver without device attributes: instances without a profile."""
+    """A driver without the MIG device calls: no MIG devices, asked once; a driver without
+    device attributes: instances without a profile."""
     clock = FakeClock()
     nvml = FakeNvml(
         1, clock=clock, mig={0: _MIXED}, missing_functions={"nvmlDeviceGetMigDeviceHandleByIndex"}
@@ -143,7 +147,11 @@ def test_driver_without_mig_calls_reads_the_gpu_as_before(backends: list[NvmlBac
             (gpu,) = backend.sample(clock.monotonic(), slow=True)
     assert gpu.mig == ()
     assert gpu.power_w is not None
-    assert [e for e in logs if e["log_level"] == "warning"] == []
+    # Without MIG device handles the processes can only come from the GPU's handle, which
+    # NVML answers in MIG mode only to a privileged caller: said once, nothing else.
+    warnings = [(e["event"], e["field"]) for e in logs if e["log_level"] == "warning"]
+    assert warnings == [("gpu_read_failed", "processes")]
+    assert gpu.processes == ()
     assert nvml.call_count("nvmlDeviceGetMigDeviceHandleByIndex") == 1
     nvml = FakeNvml(1, clock=clock, mig={0: _MIXED}, missing_functions={"nvmlDeviceGetAttributes"})
     backend = open_backend(nvml, clock, backends)
@@ -186,16 +194,7 @@ def test_mig_devices_survive_the_wire(backends: list[NvmlBackend]) -> None:
     backend = open_backend(nvml, clock, backends)
     backend.start()
     gpus = tuple(backend.sample(clock.monotonic(), slow=True))
-    sample = Sample(
-        v=1,
-        node="n1",
-        ts=1.8e9,
-        seq=0,
-        interval_s=5.0,
-        cpu=CpuStats(count=4),
-        mem=MemStats(total_bytes=1, used_bytes=0, available_bytes=1),
-        gpus=gpus,
-    )
+    sample = gpu_sample(*gpus)
     decoded = decode_sample(encode(sample))
     assert decoded == sample
     assert sum(len(g.mig) for g in decoded.gpus) == 56
@@ -203,19 +202,7 @@ def test_mig_devices_survive_the_wire(backends: list[NvmlBackend]) -> None:
 
 
 def _series(sample: Sample) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    expo = AgentExposition(
-        lambda: AgentStats(
-            samples_taken=1, published=1, dropped=0, buffered=0, connected=True, last_ack_age_s=0
-        )
-    )
-    expo.update(sample)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(expo)
-    out = {}
-    for family in text_string_to_metric_families(generate_latest(registry).decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return {(name, tuple(sorted(labels.items()))): v for name, labels, v in scrape(sample)}
 
 
 def test_metrics_export_each_gpu_instance_with_dcgm_exporters_labels() -> None:
@@ -238,16 +225,7 @@ def test_metrics_export_each_gpu_instance_with_dcgm_exporters_labels() -> None:
                       mem_total_bytes=20 * gib),
         ),
     )  # fmt: skip
-    sample = Sample(
-        v=1,
-        node="n1",
-        ts=1.8e9,
-        seq=0,
-        interval_s=5.0,
-        cpu=CpuStats(count=4),
-        mem=MemStats(total_bytes=1, used_bytes=0, available_bytes=1),
-        gpus=(gpu,),
-    )
+    sample = gpu_sample(gpu)
     series = _series(sample)
     mig = {
         (name, d["GPU_I_ID"], d["GPU_I_PROFILE"], d["gpu"], d["UUID"]): v
@@ -268,3 +246,126 @@ def test_metrics_export_each_gpu_instance_with_dcgm_exporters_labels() -> None:
     assert series[("DCGM_FI_DEV_FB_USED", tuple(sorted({
         "gpu": "2", "UUID": uuid, "pci_bus_id": "", "device": "nvidia2", "modelName": "",
         "Hostname": "", "DCGM_FI_DRIVER_VERSION": ""}.items())))] == 30 * 1024  # fmt: skip
+
+
+def test_mig_devices_carry_their_uuid(backends: list[NvmlBackend]) -> None:
+    """Each MIG device's UUID as NVML names it on its own handle (``MIG-<uuid>``), distinct
+    per device; it survives the wire."""
+    clock = FakeClock()
+    nvml = FakeNvml(2, clock=clock, mig={0: _MIXED, 1: ["7g.80gb"]})
+    backend = open_backend(nvml, clock, backends)
+    backend.start()
+    gpus = backend.sample(clock.monotonic(), slow=True)
+    handles = [nvml.nvmlDeviceGetMigDeviceHandleByIndex(nvml.nvmlDeviceGetHandleByIndex(0), i)
+               for i in range(3)]  # fmt: skip
+    assert [m.uuid for m in gpus[0].mig] == [nvml.nvmlDeviceGetUUID(h) for h in handles]
+    uuids = [m.uuid for g in gpus for m in g.mig]
+    assert len(set(uuids)) == 4
+    assert all(u is not None and u.startswith("MIG-") for u in uuids)
+    sample = gpu_sample(*gpus)
+    assert [m.uuid for m in decode_sample(encode(sample)).gpus[0].mig] == uuids[:3]
+
+
+def test_mig_uuid_not_in_nvmls_form_is_left_out(backends: list[NvmlBackend]) -> None:
+    """A MIG device answering a UUID that is not a MIG UUID: left out (logged), the device
+    kept."""
+
+    class _BadMigUuid(FakeNvml):
+        def nvmlDeviceGetUUID(self, handle: Any) -> str:  # noqa: N802
+            uuid = super().nvmlDeviceGetUUID(handle)
+            return uuid.replace("MIG-", "GPU-") if uuid.startswith("MIG-") else uuid
+
+    clock = FakeClock()
+    nvml = _BadMigUuid(1, clock=clock, mig={0: _MIXED})
+    backend = open_backend(nvml, clock, backends)
+    backend.start()
+    with capture_logs() as logs:
+        (gpu,) = backend.sample(clock.monotonic(), slow=True)
+    assert [(m.profile, m.uuid) for m in gpu.mig] == [
+        ("3g.40gb", None),
+        ("2g.20gb", None),
+        ("2g.20gb", None),
+    ]
+    assert {e["field"] for e in logs if e["event"] == "reading_out_of_range"} == {
+        "gpus[].mig[].uuid"
+    }
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_processes_in_mig_mode_carry_their_instance(
+    backends: list[NvmlBackend], privileged: bool
+) -> None:
+    """In MIG mode each process carries its GPU and compute instance: from the GPU's handle
+    where NVML answers it (a privileged agent: one call per GPU), else from each MIG
+    device's handle (NoPermission on the GPU's: asked once, quietly); outside MIG mode
+    processes carry no instance."""
+    clock = FakeClock()
+    nvml = FakeNvml(2, clock=clock, load_pct=50, mig={0: _MIXED}, mig_aggregate=privileged)
+    backend = open_backend(nvml, clock, backends)
+    backend.start()
+    with capture_logs() as logs:
+        gpu0, gpu1 = ticks(backend, clock, 3)
+    assert [(p.pid, p.gi_id, p.ci_id) for p in gpu0.processes] == [
+        (10_001, 1, 0),
+        (10_003, 3, 0),
+        (10_004, 4, 0),
+    ]
+    assert [p.used_mem_bytes for p in gpu0.processes] == [
+        _used(40_448, 50) - 32 * _MIB,
+        _used(20_096, 50) - 32 * _MIB,
+        _used(20_096, 50) - 32 * _MIB,
+    ]
+    assert [(p.pid, p.gi_id, p.ci_id) for p in gpu1.processes] == [(4001, None, None)]
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+    calls = nvml.call_count("nvmlDeviceGetComputeRunningProcesses", gpu=0)
+    assert calls == (3 if privileged else 1 + 3 * 3)
+
+
+def test_without_any_answer_in_mig_mode_processes_are_unknown_and_not_asked_again(
+    backends: list[NvmlBackend],
+) -> None:
+    """Neither the GPU's handle (no privilege) nor its MIG devices' (vGPU host mode)
+    answer: no processes, one line saying so, each asked once."""
+    clock = FakeClock()
+    nvml = FakeNvml(1, clock=clock, load_pct=50, mig={0: _MIXED}, mig_processes=False)
+    backend = open_backend(nvml, clock, backends)
+    backend.start()
+    with capture_logs() as logs:
+        (gpu,) = ticks(backend, clock, 3)
+    assert gpu.processes == ()
+    assert [e["event"] for e in logs if e["log_level"] != "debug"] == [
+        "gpu_mig_devices",
+        "gpu_mig_processes_unreadable",
+    ]
+    assert nvml.call_count("nvmlDeviceGetComputeRunningProcesses") == 1 + 1
+
+
+def test_metrics_label_each_gpu_instance_with_its_own_jobs() -> None:
+    """A GPU instance's series carry the jobs of the processes inside it (hpc_job), not
+    those of the GPU's other instances; an idle instance has none."""
+    gib = 1024 * _MIB
+    uuid = "GPU-00000002-c209-4cac-a29f-6fbed82c07cd"
+    gpu = GpuSample(
+        index=0,
+        uuid=uuid,
+        processes=(
+            GpuProcess(pid=11, used_mem_bytes=gib, job="4242", gi_id=1, ci_id=0),
+            GpuProcess(pid=12, used_mem_bytes=gib, job="4343", gi_id=3, ci_id=0),
+            GpuProcess(pid=13, used_mem_bytes=gib, job="4444", gi_id=3, ci_id=0),
+        ),
+        mig=(
+            MigSample(gi_id=1, ci_id=0, profile="3g.40gb", mem_used_bytes=gib,
+                      mem_total_bytes=40 * gib),
+            MigSample(gi_id=3, ci_id=0, profile="2g.20gb", mem_used_bytes=2 * gib,
+                      mem_total_bytes=20 * gib),
+            MigSample(gi_id=4, ci_id=0, profile="2g.20gb", mem_used_bytes=0,
+                      mem_total_bytes=20 * gib),
+        ),
+    )  # fmt: skip
+    sample = gpu_sample(gpu)
+    used = {
+        (d["GPU_I_ID"], d.get("hpc_job")): v
+        for (name, labels), v in _series(sample).items()
+        if name == "DCGM_FI_DEV_FB_USED" and "GPU_I_ID" in (d := dict(labels))
+    }
+    assert used == {("1", "4242"): 1024, ("3", "4343"): 2048, ("3", "4444"): 2048, ("4", None): 0}

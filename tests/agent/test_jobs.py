@@ -346,3 +346,27 @@ def test_a_real_child_process_is_attributed_by_its_environment(
     assert proc.user == pwd.getpwuid(os.getuid()).pw_name
     (job,) = sample.jobs
     assert (job.account, job.partition) == ("chem", "h100")
+
+
+def test_processes_on_mig_devices_keep_their_instance_when_attributed(
+    tmp_path: Path,
+    clock: FakeClock,
+    backends: list[NvmlBackend],
+    attributor: JobAttributor,
+) -> None:
+    """A Slurm job on one MIG device and a pod on another of the same GPU: each process
+    names its job and keeps the GPU instance it runs in."""
+    nvml = FakeNvml(1, clock=clock, mig={0: ["3g.40gb", "2g.20gb"]})
+    nvml.set_processes(0, [(1101, 1 << 30, 1), (1201, 2 << 30, 3)])
+    node = _sampler(tmp_path, clock, open_backend(nvml, clock, backends), attributor)
+    node.start()
+    node.sample()
+    assert attributor.wait_idle(10.0)
+    clock.advance(5.0)
+    sample = decode_sample(encode(node.sample()))
+    (gpu,) = sample.gpus
+    assert [(p.pid, p.job, p.gi_id, p.ci_id) for p in gpu.processes] == [
+        (1101, "4242", 1, 0),
+        (1201, POD1, 3, 0),
+    ]
+    assert [(m.gi_id, m.profile) for m in gpu.mig] == [(1, "3g.40gb"), (3, "2g.20gb")]

@@ -1,4 +1,5 @@
-"""AgentSettings: NIC patterns from the environment and a file, down to the sampler."""
+"""AgentSettings: NIC patterns and the fake backend's MIG layouts from the environment and a
+file, down to the sampler."""
 
 from __future__ import annotations
 
@@ -18,7 +19,14 @@ from tests.agent.test_host import FakeHost
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No CAPWATCH_* variable of the developer's shell leaks into these tests."""
-    for name in ("CAPWATCH_NIC_INCLUDE", "CAPWATCH_NIC_EXCLUDE", "CAPWATCH_BUFFER_S"):
+    for name in (
+        "CAPWATCH_NIC_INCLUDE",
+        "CAPWATCH_NIC_EXCLUDE",
+        "CAPWATCH_BUFFER_S",
+        "CAPWATCH_FAKE_MIG",
+        "CAPWATCH_GPU_BACKEND",
+        "CAPWATCH_FAKE_GPUS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -117,3 +125,62 @@ def test_a_week_of_buffer_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound itself is a valid buffer: 604800 s at 5 s is 120960 samples."""
     monkeypatch.setenv("CAPWATCH_BUFFER_S", "604800")
     assert load_settings(AgentSettings).buffer_samples == 120_960
+
+
+@pytest.mark.parametrize(
+    "env",
+    ["0=3g.40gb,2g.20gb,2g.20gb; 2=", '{"0": ["3g.40gb", "2g.20gb", "2g.20gb"], "2": []}'],
+)
+def test_fake_mig_layouts_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    """CAPWATCH_FAKE_MIG: GPU=profiles separated by ';', or a JSON object; an empty list is
+    MIG mode without instances."""
+    monkeypatch.setenv("CAPWATCH_GPU_BACKEND", "fake")
+    monkeypatch.setenv("CAPWATCH_FAKE_GPUS", "3")
+    monkeypatch.setenv("CAPWATCH_FAKE_MIG", env)
+    settings = load_settings(AgentSettings)
+    assert settings.fake_mig == {0: ("3g.40gb", "2g.20gb", "2g.20gb"), 2: ()}
+
+
+@pytest.mark.parametrize(
+    ("backend", "env", "message"),
+    [
+        ("fake", "3=7g.80gb", "GPU 3 is not one of the 2 fake GPUs (0..1)"),
+        ("fake", "0=5g.50gb", "GPU 0: no H100 GPU instance profile '5g.50gb'"),
+        ("fake", "0=4g.40gb,4g.40gb", "needs more than 7 slices"),
+        ("fake", "0:7g.80gb", "names no GPU: write GPU=PROFILES"),
+        ("fake", "{0: 1}", "not a JSON object"),
+        ("nvml", "0=7g.80gb", "MIG layouts are for the fake GPU backend"),
+    ],
+)
+def test_bad_fake_mig_layout_is_one_config_error(
+    monkeypatch: pytest.MonkeyPatch, backend: str, env: str, message: str
+) -> None:
+    """A layout an H100 cannot hold, a GPU the fake lacks, or a real backend: one line
+    naming fake_mig and what to write."""
+    monkeypatch.setenv("CAPWATCH_GPU_BACKEND", backend)
+    monkeypatch.setenv("CAPWATCH_FAKE_GPUS", "2")
+    monkeypatch.setenv("CAPWATCH_FAKE_MIG", env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AgentSettings)
+    assert caught.value.field == "fake_mig"
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_fake_mig_table_reaches_the_sampler(tmp_path: Path) -> None:
+    """fake_mig as a TOML table: the fake GPUs report MIG mode and those MIG devices."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'gpu_backend = "fake"\nfake_gpus = 2\nnode_id = "n1"\n'
+        '[fake_mig]\n1 = ["3g.40gb", "2g.20gb", "2g.20gb"]\n'
+    )
+    settings = load_settings(AgentSettings, config_file=config)
+    sampler = build_sampler(settings, FakeClock())
+    try:
+        inventory = sampler.start()
+        sample = sampler.sample()
+    finally:
+        sampler.close()
+    assert [g.mig_mode for g in inventory.gpus] == [False, True]
+    assert [m.profile for m in sample.gpus[1].mig] == ["3g.40gb", "2g.20gb", "2g.20gb"]
+    assert sample.gpus[0].mig == ()

@@ -234,7 +234,8 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
         "node", "ts", "index", "uuid", "util_pct", "mem_used_bytes", "mem_total_bytes",
         "power_w", "power_interval_w", "energy_j", "temp_c", "sm_clock_mhz", "pstate",
         "clock_event_reasons", "mem_reserved_bytes", "mem_clock_mhz", "mem_temp_c",
-        "enc_util_pct", "dec_util_pct", "pcie_replays", "processes", "jobs", "mig",
+        "enc_util_pct", "dec_util_pct", "pcie_replays", "nvlink_tx_bytes_per_s",
+        "nvlink_rx_bytes_per_s", "processes", "jobs", "mig",
     ]  # fmt: skip
     for key in ("util_pct", "temp_c", "mem_temp_c", "enc_util_pct", "dec_util_pct"):
         assert all(isinstance(g[key], float) for g in gpus), key

@@ -120,9 +120,9 @@ def test_jobs_table_and_gpus_job_column(
     assert [g["jobs"] for g in gpus] == [["4242"], ["4242", "5"]]
     assert main(["query", "--db", str(path), "--gpus", "--node", A]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[-1] == "JOB"
+    assert out[0].split()[-3:] == ["JOB", "MIG", "UUID"]  # GPU 0 is in MIG mode
     gpu_lines = [line for line in out[1:] if line.startswith(A)]  # not GPU 0's MIG devices
-    assert [line.split()[-1] for line in gpu_lines] == ["4242"] * 6 + ["ml-team/trainer-7f9c"] * 2
+    assert [line.split()[-2] for line in gpu_lines] == ["4242"] * 6 + ["ml-team/trainer-7f9c"] * 2
 
 
 async def test_jobs_without_attribution_says_so(

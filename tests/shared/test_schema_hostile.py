@@ -284,6 +284,12 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
         ],
     ),
     (
+        "sample",
+        "gpus[].mig[].uuid",
+        [f"MIG-{_BODY}", f"MIG-GPU-{_BODY}/1/0", f"MIG-GPU-{_BODY}/14/255"],
+        ["", f"GPU-{_BODY}", f"MIG-{_BODY}\n", f"MIG-GPU-{_BODY}", f"MIG-GPU-{_BODY}/1/1000"],
+    ),
+    (
         "inventory",
         "gpus[].pci_bus_id",
         ["00000000:3B:00.0", "0000:3b:1f.7"],

@@ -58,6 +58,7 @@ def _gpu(g: int) -> dict[str, Any]:
                 "user": "alice",
                 "job": "4242" if g < 6 else _POD_UID,
                 **({"step": "0"} if g < 6 else {"container": "pytorch"}),
+                **({"gi_id": 1, "ci_id": 0} if g == 0 else {}),
             }
         ],
         "ecc": {
@@ -83,6 +84,7 @@ def _gpu(g: int) -> dict[str, Any]:
                     "mem_used_bytes": 20_971_520_000,
                     "mem_total_bytes": 42_412_212_224,
                     "util_pct": 40.0,
+                    "uuid": "MIG-9a0b7c1d-2e3f-5a4b-8c6d-7e8f9a0b1c2d",
                 },
                 {
                     "gi_id": 3,
@@ -90,11 +92,13 @@ def _gpu(g: int) -> dict[str, Any]:
                     "profile": "2g.20gb",
                     "mem_used_bytes": 1_073_741_824,
                     "mem_total_bytes": 21_072_183_296,
+                    "uuid": f"MIG-{uuid(0)}/3/0",
                 },
             ]
             if g == 0
             else []
         ),
+        "nvlink": {"tx_bytes_per_s": 1.5e11 + g, "rx_bytes_per_s": 1.4e11 + g},
     }
 
 
