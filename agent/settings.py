@@ -18,9 +18,10 @@ from shared.topics import validate_node_id
 __all__ = ["SAMPLE_BYTES_BUDGET", "AgentSettings", "default_spool_dir"]
 
 _WEEK_S: Final = 7 * 86_400.0
-SAMPLE_BYTES_BUDGET: Final = 6 * 1024
-"""Spool bytes allowed per sample when ``spool_max_bytes`` is unset: twice an 8-GPU sample
-(~3.3 KB encoded, bench/bench_agent.py), room for nodes with more processes, NICs, disks."""
+SAMPLE_BYTES_BUDGET: Final = 16 * 1024
+"""Spool bytes allowed per sample when ``spool_max_bytes`` is unset: an 8-GPU sample with
+16 job-attributed processes per GPU (~15.6 KB encoded, bench/bench_jobs.py; ~5.3 KB without
+processes, with NVLink, bench/bench_agent.py), so a busy node's day still fits."""
 _MIN_SPOOL_BYTES: Final = 1024 * 1024
 
 
@@ -60,7 +61,8 @@ class AgentSettings(CapwatchSettings):
     :func:`default_spool_dir`. Env ``CAPWATCH_SPOOL_DIR``; flag ``--spool-dir``."""
     spool_max_bytes: int | None = Field(default=None, ge=_MIN_SPOOL_BYTES, le=2**40)
     """Bytes the spool may hold; unset: ``buffer_s / interval_s`` samples of
-    ``SAMPLE_BYTES_BUDGET`` (6 KiB): a day at 5 s is ~100 MiB, at 1 s ~500 MiB."""
+    ``SAMPLE_BYTES_BUDGET`` (16 KiB): a day at 5 s is at most ~270 MiB, at 1 s ~1.3 GiB (a
+    cap, not an allocation: the spool holds only what the broker has not taken)."""
     spool_fsync_s: float = Field(default=1.0, gt=0.0, le=3600.0)
     """How often spooled samples are fsynced (in a worker thread, never on the tick): a
     host that loses power loses at most this much of what it had not sent."""
