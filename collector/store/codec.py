@@ -195,7 +195,8 @@ class PayloadCodec:
 
     def __init__(self, dictionary: bytes | None = None, layout: Layout | None = None) -> None:
         self.dictionary = dictionary if dictionary is not None else dictionary_bytes()
-        self.layout = json.dumps(LAYOUT if layout is None else layout, separators=(",", ":"))
+        self.layout_fields: Layout = LAYOUT if layout is None else layout
+        self.layout = json.dumps(self.layout_fields, separators=(",", ":"))
         """The layout as stored (JSON text)."""
         digest = hashlib.sha256(self.layout.encode())
         digest.update(b"\0")
@@ -259,7 +260,7 @@ class DictionaryTrainer:
         return self.samples > 0 and len(self._kept) >= self.samples
 
     def offer(self, payloads: Sequence[bytes]) -> None:
-        """See a batch's payloads; keep some, spread over the batch, while collecting."""
+        """See a batch's payloads; keep some while collecting."""
         if self.samples <= 0 or self.due:
             return
         if self._skip >= len(payloads):
@@ -267,8 +268,9 @@ class DictionaryTrainer:
             return
         payloads = payloads[self._skip :]
         self._skip = 0
-        # At most an eighth of the collection from one batch: several ticks, many nodes.
-        want = min(self.samples - len(self._kept), max(1, self.samples // 8))
+        # Spread over the batch (many nodes). A large fleet's nodes cannot all be learnt (8
+        # GPU UUIDs each): what a dictionary learns is their shared shape and values.
+        want = self.samples - len(self._kept)
         step = max(1, len(payloads) // want)
         self._kept.extend(payloads[::step][:want])
 
@@ -284,7 +286,7 @@ class DictionaryTrainer:
             trained = zstandard.train_dictionary(self.dict_size, learn, level=_LEVEL)
         except zstandard.ZstdError:
             return None  # too few or too uniform payloads: try again with the next ones
-        candidate = PayloadCodec(trained.as_bytes(), json.loads(current.layout))
+        candidate = PayloadCodec(trained.as_bytes(), current.layout_fields)
         before = sum(map(len, current.compress_batch(held_out)))
         after = sum(map(len, candidate.compress_batch(held_out)))
         return candidate if after <= before * (1 - self.min_gain) else None

@@ -566,7 +566,7 @@ class Store:
                 self._db.remember_file()
             await self._migrate()
             if self._compress:
-                self._dict_id = await self._register_codec(self.codec)
+                self._dict_id = await self._latest_codec()
             if self.rollups is not None:
                 await self._read_staged()
         except (sqlite3.Error, OSError) as exc:
@@ -617,6 +617,18 @@ class Store:
             )
         rows = await self.fetchall("SELECT id FROM payload_dicts WHERE sha256 = ?", (codec.sha256,))
         return int(rows[0][0])
+
+    async def _latest_codec(self) -> int:
+        """Go on with the newest compressing codec of this layout (a trained dictionary is
+        only stored when it did better than the one before), else register the first."""
+        rows = await self.fetchall(
+            "SELECT id, dict FROM payload_dicts WHERE layout = ? ORDER BY id DESC LIMIT 1",
+            (self.codec.layout,),
+        )
+        if rows and rows[0][1]:
+            self.codec = PayloadCodec(bytes(rows[0][1]), self.codec.layout_fields)
+            return int(rows[0][0])
+        return await self._register_codec(self.codec)
 
     async def _codec_id(self) -> int:
         """The row of the codec to store this batch's payloads with: a dictionary trained

@@ -195,22 +195,42 @@ async def test_a_trained_dictionary_that_is_no_better_is_not_kept(tmp_path: Path
 
 
 def test_the_trainer_collects_across_batches_then_again_after_every() -> None:
-    """At most an eighth of the collection from one batch; after training, the next
-    collection starts once ``every`` more payloads went by."""
+    """Payloads are kept until the collection is full; after training, the next collection
+    starts once ``every`` more payloads went by."""
     payloads = [r.payload for batch in _fleet_rows(40, 2) for r in batch]
     trainer = DictionaryTrainer(80, every=100, dict_size=4096)
-    for _ in range(7):
-        trainer.offer(payloads[:40])  # 10 of each batch of 40
+    trainer.offer(payloads[:40])
     assert not trainer.due
     trainer.offer(payloads[40:])
     assert trainer.due
     trainer.train(PayloadCodec())
-    trainer.offer(payloads[:90])
-    trainer.offer(payloads[:5])  # 95 of the 100 to skip went by: nothing kept yet
     assert not trainer.due
-    for _ in range(8):
-        trainer.offer(payloads[:40])
+    trainer.offer(payloads[:90])
+    trainer.offer(payloads[:5])
+    trainer.offer(payloads[:40])  # 5 more to pass, then 35 kept
+    trainer.offer(payloads[:40])
+    assert not trainer.due
+    trainer.offer(payloads[:40])
     assert trainer.due
+
+
+async def test_a_reopened_store_goes_on_with_its_trained_dictionary(tmp_path: Path) -> None:
+    """The newest codec of this layout is used again after a restart: no warm-up on the
+    first dictionary, no new codec row."""
+    db = tmp_path / "c.db"
+    batches = _fleet_rows(40, 6)
+    async with Store(db) as store:
+        store.trainer = DictionaryTrainer(160, dict_size=16_384)
+        for batch in batches[:5]:
+            await store.write_batch(batch)
+        trained = store._dict_id
+    async with Store(db) as store:
+        assert store._dict_id == trained
+        await store.write_batch(batches[5])
+    assert db_rows(db, "SELECT count(*) FROM payload_dicts") == [(2,)]
+    last = {r.node: r.ts_ms for r in batches[5]}
+    used = db_rows(db, "SELECT node, ts_ms, payload_dict FROM samples")
+    assert {d for n, t, d in used if last[n] == t} == {trained}
 
 
 async def test_uncompressed_stores_keep_packed_payloads_readable(tmp_path: Path) -> None:
