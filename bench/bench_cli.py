@@ -4,13 +4,14 @@ Prints figures (not pass/fail; the targets are in the issue: ``--help`` <= 150 m
 query <= 250 ms, median).
 
 The store is built once through the store's own API (:class:`collector.store.db.Store`,
-``write_batch`` of :func:`collector.ingest.validate.sample_row` rows made from
-:class:`agent.simulate.FleetSimulator` samples, inventory and status as ``NodeUpdate``):
-1,000 8-GPU nodes, 24 h at 1-minute cadence = 1.44 M samples, ending now. A later run
-reuses the file and tops it up to the current minute (and deletes what fell out of the
-24 h window), so the queries always see a live fleet. Ten nodes are unhealthy: five went
-silent two hours ago, five more have also reported ``offline``. Quarantined messages are
-inserted directly (the collector core writes them; the store has no writer for them yet).
+``write_batch`` of :func:`collector.ingest.validate.sample_row` rows, packed as ingest packs
+them, made from :class:`agent.simulate.FleetSimulator` samples, inventory and status as
+``NodeUpdate``): 1,000 8-GPU nodes, 24 h at 1-minute cadence = 1.44 M samples, ending now.
+A later run reuses the file and tops it up to the current minute (and deletes what fell out
+of the 24 h window), so the queries always see a live fleet. Ten nodes are unhealthy: five
+went silent two hours ago, five more have also reported ``offline``. Quarantined messages
+are inserted directly (the collector core writes them; the store has no writer for them
+yet).
 
 Each command then runs ``--runs`` times as a fresh process (after one warm-up run that
 also fills the page cache); median, min and max wall time are printed.
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
+from collector.store.codec import pack_sample
 from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.schema import encode
 
@@ -91,7 +93,7 @@ async def _write_ticks(db: Path, first_ts: int, last_ts: int) -> int:
                 if i in SILENT and ts > silent_after:
                     continue
                 sample = sim.sample(i, float(ts), seq)
-                rows.append(sample_row(sample, encode(sample), ts + 0.2))
+                rows.append(sample_row(sample, pack_sample(sample), ts + 0.2))
             written += await store.write_batch(rows)
         cutoff_ms = (last_ts - WINDOW_S) * 1000
         while await store.delete_older_than(cutoff_ms, 50_000):

@@ -156,6 +156,8 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> d
             "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits "
             "WHERE inhparent = 'samples'::regclass",
         )
+        parts = _parts(poll)
+        payload = _scalar(poll, "SELECT sum(octet_length(payload)) FROM samples")
     return {
         "collectors": collectors,
         "published": stats.published,
@@ -171,7 +173,30 @@ def bench_pg_drain(work: Path, nodes: int, ticks: int, collectors: int = 1) -> d
         "postgres_cpu_s": round(pg_cpu, 2),
         "postgres_cpu_us_per_sample": round(pg_cpu / max(stored, 1) * 1e6, 1),
         "db_bytes_per_sample": round(on_disk / max(stored, 1)),
+        "payload_bytes_per_sample": round(payload / max(stored, 1)),
+        **{f"{k}_bytes_per_sample": round(v / max(stored, 1)) for k, v in parts.items()},
     }
+
+
+def _parts(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
+    """Bytes of the samples partitions by part: the heap (with its free space and visibility
+    maps), TOAST, and each index (summed over the partitions, by the parent index's name)."""
+    sizes = conn.execute(
+        "SELECT sum(pg_table_size(c.oid)), "
+        "sum(coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)) "
+        "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'samples'::regclass"
+    ).fetchone()
+    table, toast = (int(v or 0) for v in (sizes or (0, 0)))  # type: ignore[call-overload]
+    out = {"heap": table - toast, "toast": toast}
+    rows = conn.execute(
+        "SELECT p.relname, sum(pg_relation_size(i.inhrelid)) FROM pg_inherits i "
+        "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_index x ON x.indexrelid = p.oid "
+        "WHERE x.indrelid = 'samples'::regclass GROUP BY p.relname ORDER BY p.relname"
+    ).fetchall()
+    for name, size in rows:
+        out[f"index_{name}"] = int(size or 0)  # type: ignore[call-overload]
+    return out
 
 
 def main() -> None:

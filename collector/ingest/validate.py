@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
 from collector.nodefacts import gpu_power_w
+from collector.store.codec import pack_sample
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
 from collector.store.rollups import pack_gpus
 from shared.clock import Clock
@@ -224,9 +225,9 @@ class Ingestor:
             self._samples.inc()
             if self.live is not None:
                 self.live.on_sample(message, now)
-            # Stored as validated and re-encoded: unknown fields (unbounded padding, in
-            # principle) and duplicate keys do not reach the store.
-            return sample_row(message, encode(message), now)
+            # Stored as validated and re-encoded (packed: the store's codec): unknown fields
+            # (unbounded padding, in principle) and duplicate keys do not reach the store.
+            return sample_row(message, pack_sample(message), now)
         if isinstance(message, NodeStatus):
             self._status.inc()
             if self.live is not None:

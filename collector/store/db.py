@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from collector.paths import StoreTarget
-from collector.store.codec import PayloadCodec
+from collector.store.codec import DictionaryTrainer, PayloadCodec
 from collector.store.connect import Synchronous, open_async
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
@@ -100,6 +100,7 @@ class SampleRow(NamedTuple):
     gpu_power_w: float | None
     cpu_power_w: float | None
     payload: bytes
+    """The sample packed (:func:`collector.store.codec.pack_sample`), or its JSON."""
     epoch: int | None = None
     """The agent's boot counter (``Sample.epoch``); ``None`` from agents before it."""
     node_power_w: float | None = None
@@ -516,9 +517,15 @@ class Store:
         """Those samples, as the batches staged them (and as a crash left them)."""
         self.readonly = readonly
         self.synchronous: Synchronous = synchronous
-        self.codec = PayloadCodec()
+        self.codec = PayloadCodec() if compress else PayloadCodec(b"")
+        """How sample payloads are stored (``payload_dicts``): compressed with a dictionary,
+        or (``compress=False``) as they are."""
+        self.trainer = DictionaryTrainer() if compress else DictionaryTrainer(0)
+        """Trains the dictionary :attr:`codec` changes to, on the payloads stored."""
         self._compress = compress
         self._dict_id: int | None = None
+        """:attr:`codec`'s row (registered when the store opens; ``compress=False``: before
+        the first samples are written, so a store only copied into holds no codec)."""
         self._db: _Sqlite | PgBackend
         if isinstance(path, Path):
             self._db = _Sqlite(
@@ -560,7 +567,7 @@ class Store:
                 self._db.remember_file()
             await self._migrate()
             if self._compress:
-                self._dict_id = await self._register_dict()
+                self._dict_id = await self._latest_codec()
             if self.rollups is not None:
                 await self._read_staged()
         except (sqlite3.Error, OSError) as exc:
@@ -601,17 +608,44 @@ class Store:
         for name in await self._db.migrate(migrations_for(self.dialect)):
             log.info("migration_applied", name=name, db=str(self.path))
 
-    async def _register_dict(self) -> int:
+    async def _register_codec(self, codec: PayloadCodec) -> int:
+        """``codec``'s row of ``payload_dicts`` (added if new), in its own transaction."""
         async with self.transaction("registering the payload dictionary"):
             await self.execute(
-                "INSERT INTO payload_dicts (sha256, dict) VALUES (?, ?) "
+                "INSERT INTO payload_dicts (sha256, dict, layout) VALUES (?, ?, ?) "
                 "ON CONFLICT (sha256) DO NOTHING",
-                (self.codec.sha256, self.codec.dictionary),
+                (codec.sha256, codec.dictionary, codec.layout),
             )
-        rows = await self.fetchall(
-            "SELECT id FROM payload_dicts WHERE sha256 = ?", (self.codec.sha256,)
-        )
+        rows = await self.fetchall("SELECT id FROM payload_dicts WHERE sha256 = ?", (codec.sha256,))
         return int(rows[0][0])
+
+    async def _latest_codec(self) -> int:
+        """Go on with the newest compressing codec of this layout (a trained dictionary is
+        only stored when it did better than the one before), else register the first."""
+        rows = await self.fetchall(
+            "SELECT id, dict FROM payload_dicts WHERE layout = ? ORDER BY id DESC LIMIT 1",
+            (self.codec.layout,),
+        )
+        if rows and rows[0][1]:
+            self.codec = PayloadCodec(bytes(rows[0][1]), self.codec.layout_fields)
+            return int(rows[0][0])
+        return await self._register_codec(self.codec)
+
+    async def _codec_id(self) -> int:
+        """The row of the codec to store this batch's payloads with: a dictionary trained
+        on the payloads stored so far, when the trainer has one that does better."""
+        if self._dict_id is None:
+            self._dict_id = await self._register_codec(self.codec)
+        if self.trainer.due:
+            # Off the event loop; zstd's trainer holds no GIL (~0.2 s, once in a while).
+            trained = await asyncio.to_thread(self.trainer.train, self.codec)
+            if trained is not None:
+                self._dict_id = await self._register_codec(trained)
+                self.codec = trained
+                log.info(
+                    "payload_dictionary_trained", id=self._dict_id, bytes=len(trained.dictionary)
+                )
+        return self._dict_id
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
@@ -677,7 +711,6 @@ class Store:
         On any failure the transaction is rolled back and :class:`StoreError` raised, with
         ``fatal`` telling a broken store from a batch the store refused.
         """
-        dict_id = self._dict_id
         statuses: list[tuple[Any, ...]] = []
         inventories: list[tuple[Any, ...]] = []
         for u in updates:
@@ -687,26 +720,23 @@ class Store:
                 inventories.append((u.node, u.inventory, u.inventory_ts))
         now = time.time()
         what = f"storing a batch ({len(rows)} sample rows)"
+        dict_id: int | None = None
         if rows:
+            dict_id = await self._codec_id()
             try:  # PostgreSQL: each day's partition, before the batch's transaction
                 await self._db.prepare_samples({r.ts_ms // _DAY_MS for r in rows})
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
         async with self.transaction(what):
-            samples: list[tuple[Any, ...]]
-            if dict_id is None or not rows:
-                samples = [
-                    (*r[:_SUMMARY], r.payload, None, r.epoch, r.node_power_w, r.node_power_source)
-                    for r in rows
-                ]
-            else:
+            payloads = [r.payload for r in rows]
+            if self._compress and rows:
                 # Off the event loop, in one GIL-free call for the whole batch.
-                payloads = [r.payload for r in rows]
-                blobs = await asyncio.to_thread(self.codec.compress_batch, payloads)
-                samples = [
-                    (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
-                    for r, b in zip(rows, blobs, strict=True)
-                ]
+                payloads = await asyncio.to_thread(self.codec.compress_batch, payloads)
+                self.trainer.offer([r.payload for r in rows])
+            samples = [
+                (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
+                for r, b in zip(rows, payloads, strict=True)
+            ]
             rollups = self.rollups
             staged: Staged | None = None
             if rollups is None or not rollups.enabled or not rows:

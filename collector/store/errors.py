@@ -4,8 +4,8 @@
 :func:`missing` (no store at the path; a command never creates one), :func:`not_capwatch`
 (an SQLite file without our tables), :func:`open_failed` (cannot be opened, or created) and
 :func:`refused` (a statement the store refused: what was being done, the table or column a
-store not yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the wait after
-which another connection's write lock becomes such an error, on both backends.
+store not yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the
+wait after which another connection's write lock becomes such an error, on both backends.
 
 Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connection) and
 :mod:`collector.store.pg` (PostgreSQL), which the opener imports: so this sits below both.

@@ -4,7 +4,8 @@ Tables:
 
 ``samples``
     one row per node sample: summary columns for fast queries plus the validated payload
-    (zstd-compressed against ``payload_dicts``) for per-GPU detail. ``(node, ts_ms)`` is
+    (packed and zstd-compressed by the codec of ``payload_dicts`` it names:
+    :mod:`collector.store.codec`) for per-GPU detail. ``(node, ts_ms)`` is
     unique, which is what makes QoS 1 redelivery harmless (``INSERT OR IGNORE``); retention
     deletes by ``received_ms`` (arrival), never by the node's own clock.
 ``nodes``
@@ -604,6 +605,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         # migrations' lock. Nothing on SQLite: one collector per file, no election.
         "0022_leader_lease",
         "-- PostgreSQL only",
+    ),
+    (
+        # Payloads are packed by the wire schema's layout before compression
+        # (collector/store/codec.py): each codec row keeps the layout its payloads were
+        # packed by, so a later schema still reads them. NULL: its payloads are the
+        # sample's JSON (every row before this).
+        "0023_payload_layout",
+        "ALTER TABLE payload_dicts ADD COLUMN layout TEXT;",
     ),
 )
 

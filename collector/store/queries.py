@@ -206,7 +206,7 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
     for r in latest:
         # Stored payloads were validated on arrival; plain JSON reads them back without
         # judging old rows by a newer schema's rules.
-        sample = json.loads(store.payload(r["payload"], r["payload_dict"]))
+        sample = store.sample_object(r["payload"], r["payload_dict"])
         infos = {j.get("id"): j for j in sample.get("jobs") or ()}
         for g in sample.get("gpus") or ():
             row: dict[str, Any] = {"node": r["node"], "ts": float(sample["ts"])}

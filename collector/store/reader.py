@@ -11,9 +11,9 @@ every figure of an answer comes from the same snapshot while the collector keeps
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync
@@ -21,6 +21,9 @@ from collector.store.dialect import Dialect, Row
 from collector.store.errors import refused
 from collector.store.query import Query, run
 from shared.errors import StoreError
+
+if TYPE_CHECKING:
+    from collector.store.unpack import PayloadDecoder
 
 __all__ = ["StoreReader"]
 
@@ -41,7 +44,7 @@ class StoreReader:
     def __init__(self, path: StoreTarget) -> None:
         self.path = path
         self._conn: SyncConn | None = None
-        self._decompressors: dict[int, Callable[[bytes], bytes]] = {}
+        self._decoders: dict[int, PayloadDecoder] = {}
 
     def __enter__(self) -> Self:
         conn = self._conn = open_sync(self.path, write=False)
@@ -111,31 +114,42 @@ class StoreReader:
         return {r["name"]: r["value"] for r in self.fetchall("SELECT name, value FROM counters")}
 
     def payload(self, blob: bytes, dict_id: int | None) -> bytes:
-        """A stored sample's JSON, decompressed with the dictionary its row names."""
+        """A stored sample's JSON, read back by the codec its row names (``dict_id``)."""
         if dict_id is None:  # stored uncompressed
             return bytes(blob)
-        decompress = self._decompressors.get(dict_id)
-        if decompress is None:
-            decompress = self._decompressors[dict_id] = self._decompressor(dict_id)
-        return decompress(blob)
+        try:
+            return self._decoder(dict_id).json(bytes(blob))
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
 
-    def _decompressor(self, dict_id: int) -> Callable[[bytes], bytes]:
-        # Only --gpus reads payloads, so only it pays for zstandard. The format is
-        # collector.store.codec's: one zstd frame against a raw-content dictionary.
-        import zstandard  # noqa: PLC0415
+    def sample_object(self, blob: bytes, dict_id: int | None) -> dict[str, Any]:
+        """A stored sample as its JSON object's values (plain JSON: no schema judges an old
+        row by a newer schema's rules)."""
+        try:
+            if dict_id is None:
+                return self._plain().object(bytes(blob))
+            return self._decoder(dict_id).object(bytes(blob))
+        except ValueError as exc:
+            raise StoreError(str(exc)) from exc
 
-        rows = self.fetchall("SELECT dict FROM payload_dicts WHERE id = ?", (dict_id,))
+    def _plain(self) -> PayloadDecoder:
+        from collector.store.unpack import PayloadDecoder  # noqa: PLC0415
+
+        return PayloadDecoder(b"", None)
+
+    def _decoder(self, dict_id: int) -> PayloadDecoder:
+        decoder = self._decoders.get(dict_id)
+        if decoder is not None:
+            return decoder
+        # Only the commands that show a sample's detail read payloads, so only they pay for
+        # the codec's reader (and zstandard).
+        from collector.store.unpack import PayloadDecoder  # noqa: PLC0415
+
+        rows = self.fetchall("SELECT * FROM payload_dicts WHERE id = ?", (dict_id,))
         if not rows:
             raise StoreError(f"payload dictionary {dict_id} is missing from {str(self.path)!r}")
-        dictionary = zstandard.ZstdCompressionDict(
-            bytes(rows[0]["dict"]), dict_type=zstandard.DICT_TYPE_RAWCONTENT
-        )
-        decompressor = zstandard.ZstdDecompressor(dict_data=dictionary)
-
-        def decompress(blob: bytes) -> bytes:
-            try:
-                return decompressor.decompress(blob)
-            except zstandard.ZstdError as exc:
-                raise StoreError(f"a stored payload cannot be decompressed: {exc}") from exc
-
-        return decompress
+        row = rows[0]
+        names = row.keys()  # a sqlite3.Row's `in` looks at its values, not its names
+        layout = row["layout"] if "layout" in names else None  # before 0023: JSON payloads
+        decoder = self._decoders[dict_id] = PayloadDecoder(bytes(row["dict"]), layout)
+        return decoder

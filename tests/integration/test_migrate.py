@@ -113,6 +113,7 @@ async def test_a_collectors_store_round_trips_into_postgresql(
         ("lease", "list", "--json"),
         ("export",),
         ("query", "--node", "x1000c0s0b0n0", "--json"),
+        ("query", "--gpus", "--json"),  # the payloads, read by the codecs they name
     ):
         on_sqlite = await cli(*argv, "--db", str(source))
         assert on_sqlite[0] == 0
