@@ -45,7 +45,7 @@ from collector.store.connect import Synchronous, open_async, open_failed
 from collector.store.dialect import Dialect, Row
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS, migrations_for
-from collector.store.partials import Staged, buckets, concat, merge, stage
+from collector.store.partials import Staged, buckets, merge, stage
 from collector.store.query import Query
 from collector.store.rollups import (
     CLAIM_STAGE_SQL,
@@ -783,7 +783,7 @@ class Store:
         staged = list(self._staged)
         if not staged:
             return 0
-        new = await asyncio.to_thread(lambda: buckets(concat(staged)))
+        new = await asyncio.to_thread(buckets, staged)
         async with self.transaction("folding rollups"):
             await self._db.lock_fold()  # before reading the buckets it will write back
             keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
@@ -794,7 +794,8 @@ class Store:
                 stored += await self._db.fetch_tuples(
                     stored_sql(len(chunk)), [v for k in chunk for v in k]
                 )
-            rows = await asyncio.to_thread(lambda: merge(new, stored).rows())
+            nan_is_null = isinstance(self._db, _Sqlite)  # SQLite binds a NaN as NULL
+            rows = await asyncio.to_thread(lambda: merge(new, stored).rows(nan_is_null=nan_is_null))
             await self.insert_array(UPSERT_SQL, rows)
             hours = sorted({k[2] for k in keys if k[1] == HOUR})
             await self.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])

@@ -9,7 +9,10 @@ late sample lands in its own bucket whatever was stored before it.
 Everything here works on whole columns (a fold's samples at once), never sample by sample
 in Python: a batch of new samples becomes a :class:`Staged` (a few arrays, built in one
 pass over the rows), a fold's staged batches become :class:`Buckets` with :func:`buckets`,
-and :func:`merge` folds stored buckets in.
+and :func:`merge` folds stored buckets in. :func:`buckets` does not sort: each sample gets
+the dense id of its node-minute (``node x minutes + minute`` where the fold spans few
+minutes), each GPU row that of its node-minute and index, and one ``bincount`` (sums) or
+``fmin.at``/``fmax.at`` (extremes) per column adds them up, in key order.
 
 Per-GPU statistics are packed into their node's bucket (:data:`GPU_COLUMNS`, float32, one
 record of :data:`GPU_RECORD_BYTES` per GPU): one row per node and bucket instead of one per
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,7 +46,6 @@ __all__ = [
     "Buckets",
     "Staged",
     "buckets",
-    "concat",
     "decode_gpus",
     "merge",
     "stage",
@@ -121,6 +123,8 @@ _PACKED: Final = 5
 """A staged GPU's values: index, utilisation %, power W, temperature C, memory bytes
 (:func:`collector.store.rollups.pack_gpus`)."""
 _STAGE_VERSION: Final = 1
+MINUTE_S: Final = 60
+HOUR_S: Final = 3600
 
 
 def _ops(spec: Sequence[tuple[str, int]]) -> tuple[list[int], list[int], list[int]]:
@@ -129,6 +133,7 @@ def _ops(spec: Sequence[tuple[str, int]]) -> tuple[list[int], list[int], list[in
 
 _NODE_OPS: Final = _ops(NODE_COLUMNS)
 _GPU_OPS: Final = _ops(GPU_COLUMNS)
+_GPU_AT: Final = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 
 
 @dataclass(slots=True)
@@ -205,18 +210,6 @@ def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
     return Staged([r.node for r in rows], ts, values, counts, gpus)
 
 
-def concat(batches: Iterable[Staged]) -> Staged:
-    """Several staged batches as one."""
-    parts = list(batches)
-    return Staged(
-        [name for b in parts for name in b.nodes],
-        np.concatenate([b.ts_ms for b in parts]) if parts else np.zeros(0, np.int64),
-        np.vstack([b.values for b in parts]) if parts else np.zeros((0, len(_SAMPLE))),
-        np.concatenate([b.gpu_counts for b in parts]) if parts else np.zeros(0, np.int64),
-        np.vstack([b.gpus for b in parts]) if parts else np.zeros((0, _PACKED)),
-    )
-
-
 @dataclass(slots=True)
 class Buckets:
     """Partials per ``(node, res, bucket)`` and per ``(node, res, bucket, gpu)``; nodes as
@@ -231,84 +224,97 @@ class Buckets:
     gpu_values: F64 = field(default_factory=lambda: np.zeros((0, len(GPU_COLUMNS))))
     """``GPU_COLUMNS`` (the GPU's index first, part of the key)."""
 
-    def codes(self, names: Iterable[str]) -> I64:
-        """Codes of ``names``, new ones added."""
+    def codes(self, names: Sequence[str]) -> I64:
+        """Codes of ``names``, new ones added (in the order they first appear)."""
         index = self.index
-        out = [index.setdefault(n, len(index)) for n in names]
-        if len(index) > len(self.names):
-            self.names.extend(list(index)[len(self.names) :])
-        return np.array(out, dtype=np.int64)
+        new = [n for n in dict.fromkeys(names) if n not in index]
+        if new:
+            index.update(zip(new, range(len(index), len(index) + len(new)), strict=True))
+            self.names.extend(new)
+        return np.fromiter(map(index.__getitem__, names), np.int64, len(names))
 
-    def rows(self) -> npt.NDArray[np.object_]:
+    def rows(self, *, nan_is_null: bool = False) -> npt.NDArray[np.object_]:
         """``(node, res, bucket, *NODE_COLUMNS, gpu_stats)`` per bucket, a row of an object
-        array each (NaN as ``None``): parameters without a tuple per row, so a fold leaves
-        the garbage collector nothing to scan."""
+        array each: parameters without a tuple per row, so a fold leaves the garbage
+        collector nothing to scan. NaN (nothing reported) as ``None``, unless the store
+        takes NaN for NULL (``nan_is_null``: SQLite binds a NaN as NULL)."""
         n = len(self.keys)
         out = np.empty((n, 4 + len(NODE_COLUMNS)), dtype=object)
         if not n:
             return out
         gk = _combined(self.gpu_keys)
         nk = _combined(self.keys)
-        lo = np.searchsorted(gk, nk, "left").tolist()
-        hi = np.searchsorted(gk, nk, "right").tolist()
-        packed = self.gpu_values.astype(_GPU_DTYPE)
+        size = GPU_RECORD_BYTES
+        lo = (np.searchsorted(gk, nk, "left") * size).tolist()
+        hi = (np.searchsorted(gk, nk, "right") * size).tolist()
+        packed = np.ascontiguousarray(self.gpu_values, dtype=_GPU_DTYPE).tobytes()
         out[:, 0] = np.array(self.names, dtype=object)[self.keys[:, 0]]
         out[:, 1:3] = self.keys[:, 1:3]
-        values = self.values.astype(object)
-        values[np.isnan(self.values)] = None
-        out[:, 3:-1] = values
-        out[:, -1] = [packed[a:b].tobytes() if b > a else None for a, b in zip(lo, hi, strict=True)]
+        out[:, 3:-1] = self.values
+        if not nan_is_null:
+            out[:, 3:-1][np.isnan(self.values)] = None
+        out[:, -1] = [packed[a:b] if b > a else None for a, b in zip(lo, hi, strict=True)]
         return out
 
 
 def _combined(keys: I64) -> I64:
-    """(code, res, bucket) as one sortable integer: code, then hours before minutes' order
-    does not matter, only that equal keys are equal and the order is that of the sort."""
+    """(code, res, bucket) as one sortable integer: the minutes (by node, then time) before
+    the hours (likewise), so a fold's minutes and hours, each made in order, are in order
+    one after the other. Room for 2^23 nodes and, shifted by 7, a GPU index."""
     hour: I64 = (keys[:, 1] != 60).astype(np.int64)
-    out: I64 = (keys[:, 0] << 33) | (hour << 32) | (keys[:, 2] // 60)
+    out: I64 = (hour << 55) | (keys[:, 0] << 32) | (keys[:, 2] // 60)
     return out
 
 
-def _starts(key: I64) -> tuple[I64, I64]:
-    """The order that sorts ``key``, and where each run of equal keys starts in it."""
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    return order, starts
+def _pairs(major: I64, minor: I64, majors: int) -> tuple[I64, I64, I64]:
+    """Dense ids of the distinct ``(major, minor)`` pairs, numbered in their sorted order
+    (``major`` in ``[0, majors)``): each pair's id, and each id's major and minor. Through
+    ``major x K + minor`` where that leaves few numbers unused (K: the span of ``minor``:
+    a fold's minutes, a node's GPUs), else through a sort."""
+    lo = int(minor.min())
+    minor = minor - lo
+    k = int(minor.max()) + 1
+    if majors * k <= 4 * len(minor) + 1024:
+        slot = major * k + minor
+        seen = np.zeros(majors * k, np.bool_)
+        seen[slot] = True
+        present = np.flatnonzero(seen)
+        rank = np.cumsum(seen) - 1
+        return rank[slot], present // k, present % k + lo
+    distinct, ids = np.unique(major << 32 | minor, return_inverse=True)
+    return ids.reshape(-1), distinct >> 32, (distinct & 0xFFFFFFFF) + lo
 
 
-def _reduce(keys: I64, values: F64, ops: tuple[list[int], list[int], list[int]]) -> tuple[I64, F64]:
-    """Rows with equal keys (node, res, bucket[, gpu]) merged: sums add, minima and
-    maxima compare ignoring NaN; sorted by key."""
-    if not len(keys):
-        return keys, values
-    key = _combined(keys)
-    if keys.shape[1] > 3:
-        key = (key << 7) | keys[:, 3]
-    order, starts = _starts(key)
+def _reduce_ids(ids: I64, cols: F64, ops: tuple[list[int], list[int], list[int]], out: F64) -> F64:
+    """Columns ``cols`` (one row of the array per column) merged per id into ``out`` (a row
+    per column, a column per id): sums add (``bincount``), minima and maxima compare
+    ignoring NaN (``fmin.at``/``fmax.at``). No sort, no copy of the inputs in id order."""
     sums, mins, maxs = ops
-    perm = np.array(sums + mins + maxs, dtype=np.int64)
-    grouped = values[np.ix_(order, perm)]  # one copy: sorted rows, columns by op
-    a, b = len(sums), len(sums) + len(mins)
-    out = np.empty((len(starts), values.shape[1]))
-    out[:, perm[:a]] = np.add.reduceat(grouped[:, :a], starts, axis=0)
-    if mins:
-        out[:, perm[a:b]] = np.fmin.reduceat(grouped[:, a:b], starts, axis=0)
-    out[:, perm[b:]] = np.fmax.reduceat(grouped[:, b:], starts, axis=0)
-    return keys[order[starts]], out
+    groups = out.shape[1]
+    for c in sums:
+        out[c] = np.bincount(ids, weights=cols[c], minlength=groups)
+    out[mins + maxs] = np.nan
+    for c in mins:
+        np.fmin.at(out[c], ids, cols[c])
+    for c in maxs:
+        np.fmax.at(out[c], ids, cols[c])
+    return out
+
+
+def _zero(x: F64) -> F64:
+    """NaN (unreported) as 0 (``np.nan_to_num`` also tests for infinities: 3 passes more)."""
+    return np.where(np.isnan(x), 0.0, x)
 
 
 def _known(x: F64) -> F64:
     return (~np.isnan(x)).astype(np.float64)
 
 
-def _zero(x: F64) -> F64:
-    return np.nan_to_num(x, nan=0.0)
-
-
 def _sample_partials(v: F64) -> F64:
-    dt, g, util, busy, power, tmax, mem, cpu, node_w = v.T
-    return np.column_stack(
+    """Each sample as a partial of one: a row per :data:`NODE_COLUMNS` (``v``: a row per
+    :data:`_SAMPLE` value)."""
+    dt, g, util, busy, power, tmax, mem, cpu, node_w = v
+    return np.stack(
         (
             np.ones_like(dt),
             dt,
@@ -344,84 +350,71 @@ def _sample_partials(v: F64) -> F64:
     )
 
 
-def _gpu_minutes(codes: I64, minute: I64, staged: Staged) -> tuple[I64, F64]:
-    """Each GPU's 1-minute partials, straight from the staged GPU rows (the bulk of a
-    fold's arithmetic: one sort, then one pass per output column)."""
-    per = staged.gpu_counts
-    g = staged.gpus
-    if not len(g):
-        return np.zeros((0, 4), np.int64), np.zeros((0, len(GPU_COLUMNS)))
-    gmin = np.repeat(minute, per)
-    idx = g[:, 0].astype(np.int64)
-    rel = gmin // 60 - gmin.min() // 60
-    order, starts = _starts((np.repeat(codes, per) << 40) | (rel << 7) | idx)
-    cols = g.T[:, order]
-    idx_s, util, power, temp, mem = cols
-    dt = np.repeat(staged.values[:, 0], per)[order]
-
-    def total(x: F64) -> F64:
-        return np.add.reduceat(x, starts)
-
-    def count(x: F64) -> F64:
-        return total(_known(x))
-
-    def low(x: F64) -> F64:
-        return np.fmin.reduceat(x, starts)
-
-    def high(x: F64) -> F64:
-        return np.fmax.reduceat(x, starts)
-
-    out = np.column_stack(
-        (
-            idx_s[starts],
-            count(util),
-            total(_zero(util)),
-            low(util),
-            high(util),
-            count(power),
-            total(_zero(power)),
-            low(power),
-            high(power),
-            count(temp),
-            total(_zero(temp)),
-            high(temp),
-            count(mem),
-            total(_zero(mem)),
-            high(mem),
-            total(_zero(power * dt)),
-        )
-    )
-    first = order[starts]
-    keys = np.column_stack(
-        (np.repeat(codes, per)[first], np.full(len(first), 60), gmin[first], idx[first])
-    )
-    return keys.astype(np.int64), out
+def _gpu_records(ids: I64, g: F64, dt: F64, out: F64) -> None:
+    """Each id's GPU record (:data:`GPU_COLUMNS` but the index, a row of ``out`` each) from
+    the staged GPU rows ``g`` (a row of the array per :data:`_PACKED` value; ``dt``: each
+    GPU row's interval): one
+    ``bincount`` per count or sum, one ``fmin.at``/``fmax.at`` per extreme, straight over
+    the rows. The bulk of a fold's arithmetic."""
+    n = out.shape[1]
+    rows = np.bincount(ids, minlength=n)
+    at = _GPU_AT
+    for name, x in zip(("util", "power", "temp", "mem"), g[1:], strict=True):
+        missing = np.isnan(x)
+        weights = x
+        if missing.any():
+            out[at[f"{name}_n"]] = rows - np.bincount(ids[missing], minlength=n)
+            weights = np.where(missing, 0.0, x)
+        else:
+            out[at[f"{name}_n"]] = rows
+        out[at[f"{name}_sum"]] = np.bincount(ids, weights=weights, minlength=n)
+        if name == "power":
+            out[at["energy_j"]] = np.bincount(ids, weights=weights * dt, minlength=n)
+        for fn, end in ((np.fmin, "min"), (np.fmax, "max")):
+            if f"{name}_{end}" in at:
+                out[at[f"{name}_{end}"]] = np.nan
+                fn.at(out[at[f"{name}_{end}"]], ids, x)
 
 
-def _by_hour(keys: I64) -> I64:
-    out = keys.copy()
-    out[:, 1] = 3600
-    out[:, 2] = keys[:, 2] // 3600 * 3600
-    return out
-
-
-def buckets(staged: Staged, into: Buckets | None = None) -> Buckets:
-    """The 1-minute and 1-hour partials of ``staged`` samples (the hours made from the
-    minutes); node codes from ``into`` (new ones added to it)."""
+def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
+    """The 1-minute and 1-hour partials of the ``staged`` batches' samples (the hours made
+    from the minutes); node codes from ``into`` (new ones added to it). Made in key order
+    (:func:`_combined`): no sort afterwards."""
     out = Buckets() if into is None else into
-    codes = out.codes(staged.nodes)
-    minute = staged.ts_ms // 60_000 * 60
-    keys = np.column_stack((codes, np.full_like(codes, 60), minute))
-    mk, mv = _reduce(keys, _sample_partials(staged.values), _NODE_OPS)
-    gk, gv = _gpu_minutes(codes, minute, staged)
-    hk, hv = _reduce(_by_hour(mk), mv, _NODE_OPS)
-    ghk = np.column_stack((_by_hour(gk[:, :3]), gk[:, 3]))
-    ghk, ghv = _reduce(ghk, gv, _GPU_OPS)
-    out.keys = np.vstack((mk, hk))
-    out.values = np.vstack((mv, hv))
-    out.gpu_keys = np.vstack((gk[:, :3], ghk[:, :3]))
-    out.gpu_values = np.vstack((gv, ghv))
-    _sort(out)
+    parts = [b for b in staged if len(b)]
+    if not parts:
+        return out
+    codes = np.concatenate([out.codes(b.nodes) for b in parts])
+    values = np.vstack([b.values for b in parts])
+    minute = np.concatenate([b.ts_ms for b in parts]) // 60_000
+    # Each sample's node-minute, each node-minute's node-hour (ids in key order).
+    sid, code, minute = _pairs(codes, minute, len(out.names))
+    hid, hcode, hour = _pairs(code, minute // 60, len(out.names))
+    nm, nh = len(code), len(hcode)
+    out.keys = np.empty((nm + nh, 3), np.int64)
+    out.keys[:, 0] = np.concatenate((code, hcode))
+    out.keys[:nm, 1], out.keys[nm:, 1] = MINUTE_S, HOUR_S
+    out.keys[:, 2] = np.concatenate((minute * 60, hour * 3600))
+    v = np.empty((len(NODE_COLUMNS), nm + nh))
+    _reduce_ids(sid, _sample_partials(values.T), _NODE_OPS, v[:, :nm])
+    _reduce_ids(hid, v[:, :nm], _NODE_OPS, v[:, nm:])
+    out.values = v.T
+    per = np.concatenate([b.gpu_counts for b in parts])
+    g = np.concatenate([b.gpus.T for b in parts], axis=1)  # a row per value: contiguous
+    if not g.shape[1]:
+        out.gpu_keys = np.zeros((0, 3), np.int64)
+        out.gpu_values = np.zeros((0, len(GPU_COLUMNS)))
+        return out
+    # The GPUs: an id per node-minute and index, then per node-hour and index.
+    gid, gm, gindex = _pairs(np.repeat(sid, per), g[0].astype(np.int64), nm)
+    ghid, gh, _ = _pairs(hid[gm], gindex, nh)
+    ng = len(gm)
+    gv = np.empty((len(GPU_COLUMNS), ng + len(gh)))
+    _gpu_records(gid, g, np.repeat(values[:, 0], per), gv[:, :ng])
+    gv[0, :ng] = gindex
+    _reduce_ids(ghid, gv[:, :ng], _GPU_OPS, gv[:, ng:])
+    out.gpu_keys = out.keys[np.concatenate((gm, gh + nm))]
+    out.gpu_values = gv.T
     return out
 
 
@@ -444,12 +437,11 @@ def decode_gpus(blob: bytes | None) -> F64:
 def _merge_into(
     into: F64, at: I64, values: F64, ops: tuple[list[int], list[int], list[int]]
 ) -> None:
-    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op."""
-    sums, mins, maxs = ops
-    for cols, fn in ((sums, np.add), (mins, np.fmin), (maxs, np.fmax)):
-        if cols:
-            idx = np.ix_(at, np.array(cols, dtype=np.int64))
-            into[idx] = fn(into[idx], values[:, cols])
+    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op (a
+    column at a time: :func:`buckets` makes ``into`` column by column)."""
+    for cols, fn in zip(ops, (np.add, np.fmin, np.fmax), strict=True):
+        for c in cols:
+            into[at, c] = fn(into[at, c], values[:, c])
 
 
 def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
@@ -461,7 +453,7 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     gvals = decode_gpus(b"".join(blobs))
     if not len(gvals):
         return new
-    codes = new.codes(r[0] for r in stored)
+    codes = new.codes([r[0] for r in stored])
     keys = np.column_stack((codes, [r[1] for r in stored], [r[2] for r in stored]))
     per = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // GPU_RECORD_BYTES
     gkeys = np.repeat(keys.astype(np.int64), per, axis=0)
