@@ -160,7 +160,7 @@ async def reads(db: Path) -> None:
                 t_ms = round((month0 + (day * 24 + h) * 3600) * 1000)
                 for i, n in enumerate(names):
                     util = float((i * 7 + h * 13) % 100)
-                    stats = array("d", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
+                    stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
                     samples.append(
                         SampleRow(n, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
                                   8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())

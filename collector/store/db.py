@@ -765,12 +765,13 @@ class Store:
     async def _read_staged(self) -> None:
         """Take back the samples this collector staged and did not fold before it stopped
         (and those staged before stages had owners)."""
+        busy_util_pct = (self.rollups or RollupConfig()).busy_util_pct  # for version 1 rows
         async with self.transaction("taking back the staged samples"):
             await self.execute(CLAIM_STAGE_SQL, (self.stage_owner,))
             staged = await self.fetchall(STAGED_SQL, (self.stage_owner,))
         for (body,) in staged:
             try:
-                self._staged.append(Staged.decode(body))
+                self._staged.append(Staged.decode(body, busy_util_pct))
             except ValueError as exc:  # not this version's: those samples stay unrolled
                 log.error("rollup_stage_unreadable", error=str(exc))
         self.pending_rollups = sum(map(len, self._staged))

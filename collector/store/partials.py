@@ -23,7 +23,6 @@ No SQL here: :mod:`collector.store.rollups` reads and writes the rows.
 
 from __future__ import annotations
 
-import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ __all__ = [
 ]
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 SUM, MIN, MAX = 0, 1, 2
@@ -117,12 +117,14 @@ sum to ~7 digits: finer than the sensors. A GPU's samples are the most of its co
 GPU_RECORD_BYTES: Final = 4 * len(GPU_COLUMNS)
 _GPU_DTYPE: Final = np.dtype("<f4")
 
-_SAMPLE: Final = ("interval_s", "gpus", "util", "busy", "power", "temp_max", "mem", "cpu", "node_w")
-"""A staged sample's values (:attr:`Staged.values`)."""
+_SAMPLE: Final = ("interval_s", "gpus", "util", "power", "mem", "cpu", "node_w")
+"""A staged sample's values (:attr:`Staged.values`): a :class:`~collector.store.db.SampleRow`'s
+interval, GPUs, mean utilisation, GPU power, GPU memory, CPU power and node power."""
 _PACKED: Final = 5
 """A staged GPU's values: index, utilisation %, power W, temperature C, memory bytes
-(:func:`collector.store.rollups.pack_gpus`)."""
-_STAGE_VERSION: Final = 1
+(:func:`collector.store.rollups.pack_gpus`, float32)."""
+_F32: Final = np.dtype("<f4")
+_STAGE_VERSION: Final = 2
 MINUTE_S: Final = 60
 HOUR_S: Final = 3600
 
@@ -138,76 +140,84 @@ _GPU_AT: Final = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 
 @dataclass(slots=True)
 class Staged:
-    """New samples (one batch's, or a fold's), as columns."""
+    """New samples (one batch's), as columns: float32 throughout, as staged in the store, so
+    a fold of samples read back after a crash adds exactly what it would have added."""
 
     nodes: list[str]
     ts_ms: I64
-    values: F64
+    values: F32
     """One row per sample: :data:`_SAMPLE`."""
-    gpu_counts: I64
-    gpus: F64
+    gpu_counts: npt.NDArray[np.uint8]
+    gpus: F32
     """One row per GPU of each sample in turn (``gpu_counts`` of them): :data:`_PACKED`."""
+    busy_util_pct: float
+    """The busy threshold in force when these samples were stored."""
 
     def __len__(self) -> int:
         return len(self.nodes)
 
     def encode(self) -> bytes:
-        """The bytes staged in the store (read back by :meth:`decode` after a crash): values
-        as float32 (what the GPU records keep), ~220 B a sample of 8 GPUs."""
+        """The bytes staged in the store (read back by :meth:`decode` after a crash): ~200 B
+        a sample of 8 GPUs, the arrays' own bytes (no conversion)."""
         return msgspec.msgpack.encode(
             (
                 _STAGE_VERSION,
+                self.busy_util_pct,
                 self.nodes,
-                self.ts_ms.astype("<i8").tobytes(),
-                self.values.astype("<f4").tobytes(),
-                self.gpu_counts.astype("<u1").tobytes(),
-                self.gpus.astype("<f4").tobytes(),
+                self.ts_ms.astype("<i8", copy=False).tobytes(),
+                self.values.tobytes(),
+                self.gpu_counts.tobytes(),
+                self.gpus.tobytes(),
             )
         )
 
     @classmethod
-    def decode(cls, body: bytes) -> Staged:
-        """What :meth:`encode` wrote; ``ValueError`` if it is not that."""
+    def decode(cls, body: bytes, busy_util_pct: float) -> Staged:
+        """What :meth:`encode` wrote (or version 1 wrote: its busy GPUs, counted then, are
+        counted again at ``busy_util_pct``); ``ValueError`` if it is not that."""
         try:
-            version, nodes, ts, values, counts, gpus = msgspec.msgpack.decode(body)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            fields = msgspec.msgpack.decode(body)
+            version = fields[0]
+            if version == 1:
+                _, nodes, ts, values, counts, gpus = fields
+                old = np.frombuffer(values, _F32).reshape(-1, 9)
+                values = old[:, [0, 1, 2, 4, 6, 7, 8]].tobytes()  # less busy and hottest
+            elif version == _STAGE_VERSION:
+                _, busy_util_pct, nodes, ts, values, counts, gpus = fields
+            else:
+                raise ValueError(f"staged rollup batch of version {version!r}")
+            return cls(
+                list(nodes),
+                np.frombuffer(ts, "<i8").astype(np.int64),
+                np.frombuffer(values, _F32).reshape(-1, len(_SAMPLE)),
+                np.frombuffer(counts, np.uint8),
+                np.frombuffer(gpus, _F32).reshape(-1, _PACKED),
+                float(busy_util_pct),
+            )
+        except ValueError:
+            raise
+        except (msgspec.DecodeError, TypeError, IndexError) as exc:
             raise ValueError(f"unreadable staged rollup batch: {exc}") from exc
-        if version != _STAGE_VERSION:
-            raise ValueError(f"staged rollup batch of version {version!r}")
-        return cls(
-            list(nodes),
-            np.frombuffer(ts, "<i8").astype(np.int64),
-            np.frombuffer(values, "<f4").astype(np.float64).reshape(-1, len(_SAMPLE)),
-            np.frombuffer(counts, "<u1").astype(np.int64),
-            np.frombuffer(gpus, "<f4").astype(np.float64).reshape(-1, _PACKED),
-        )
 
 
 _SAMPLE_FIELDS: Final = operator.itemgetter(4, 8, 9, 11, 10, 12, 15)
-"""A :class:`~collector.store.db.SampleRow`'s interval, GPUs, utilisation, GPU power, GPU
-memory, CPU power and node power, in one C call."""
+"""A :class:`~collector.store.db.SampleRow`'s :data:`_SAMPLE` values, in one C call."""
 
 
 def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
-    """New sample rows as columns. Busy GPUs (utilisation at or above ``busy_util_pct``)
-    and the hottest GPU are counted here, per sample, with the threshold in force now."""
+    """New sample rows as columns, with the busy threshold in force now. Little work, on
+    the writer's path: one conversion of the rows' values, the GPUs' packed bytes joined
+    (the fold does the arithmetic)."""
     n = len(rows)
-    got = np.array(list(map(_SAMPLE_FIELDS, rows)), dtype=np.float64).reshape(n, 7)
-    values = np.empty((n, len(_SAMPLE)))
-    values[:, [0, 1, 2, 4, 6, 7, 8]] = got
-    values[:, 3] = 0.0
-    values[:, 5] = math.nan
+    values = np.array(list(map(_SAMPLE_FIELDS, rows)), dtype=_F32).reshape(n, len(_SAMPLE))
     blobs = [r.gpu_stats for r in rows]
-    gpus = np.frombuffer(b"".join(blobs), dtype=np.float64).reshape(-1, _PACKED)
-    counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (8 * _PACKED)
-    has = counts > 0
-    if has.any():
-        starts = (np.cumsum(counts) - counts)[has]
-        busy = np.where(gpus[:, 1] >= busy_util_pct, 1.0, 0.0)  # NaN (unreported): not busy
-        values[has, 3] = np.add.reduceat(busy, starts)
-        values[has, 5] = np.fmax.reduceat(gpus[:, 3], starts)
-    ts = np.fromiter((r.ts_ms for r in rows), dtype=np.int64, count=n)
-    return Staged([r.node for r in rows], ts, values, counts, gpus)
+    gpus = np.frombuffer(b"".join(blobs), dtype=_F32).reshape(-1, _PACKED)
+    counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (4 * _PACKED)
+    ts = np.fromiter(map(_TS, rows), dtype=np.int64, count=n)
+    return Staged([r.node for r in rows], ts, values, counts.astype(np.uint8), gpus, busy_util_pct)
+
+
+_TS: Final = operator.attrgetter("ts_ms")
 
 
 @dataclass(slots=True)
@@ -376,6 +386,22 @@ def _gpu_records(ids: I64, g: F64, dt: F64, out: F64) -> None:
                 fn.at(out[at[f"{name}_{end}"]], ids, x)
 
 
+def _sample_values(parts: Sequence[Staged], per: I64, g: F64) -> F64:
+    """The staged samples' values (a row each: interval, GPUs, utilisation, busy GPUs,
+    GPU power, hottest GPU, GPU memory, CPU power, node power) with their busy GPUs (at or
+    above each batch's threshold; NaN, unreported, is not busy) and hottest GPU counted
+    from the GPU rows ``g`` (``per`` sample)."""
+    n = len(per)
+    sample = np.repeat(np.arange(n), per)
+    threshold = np.repeat([b.busy_util_pct for b in parts], [len(b.gpus) for b in parts])
+    hottest = np.full(n, np.nan)
+    np.fmax.at(hottest, sample, g[3])
+    interval, gpus, util, power, mem, cpu, node_w = np.vstack([b.values for b in parts]).T
+    busy = np.bincount(sample, weights=g[1] >= threshold, minlength=n)
+    out = (interval, gpus, util, busy, power, hottest, mem, cpu, node_w)
+    return np.stack(out, dtype=np.float64)
+
+
 def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     """The 1-minute and 1-hour partials of the ``staged`` batches' samples (the hours made
     from the minutes); node codes from ``into`` (new ones added to it). Made in key order
@@ -385,7 +411,10 @@ def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     if not parts:
         return out
     codes = np.concatenate([out.codes(b.nodes) for b in parts])
-    values = np.vstack([b.values for b in parts])
+    per = np.concatenate([b.gpu_counts for b in parts]).astype(np.int64)
+    # A row per value, contiguous; float64, as fmin.at and fmax.at take it without a cast.
+    g = np.concatenate([b.gpus.T for b in parts], axis=1, dtype=np.float64)
+    values = _sample_values(parts, per, g)
     minute = np.concatenate([b.ts_ms for b in parts]) // 60_000
     # Each sample's node-minute, each node-minute's node-hour (ids in key order).
     sid, code, minute = _pairs(codes, minute, len(out.names))
@@ -396,11 +425,9 @@ def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     out.keys[:nm, 1], out.keys[nm:, 1] = MINUTE_S, HOUR_S
     out.keys[:, 2] = np.concatenate((minute * 60, hour * 3600))
     v = np.empty((len(NODE_COLUMNS), nm + nh))
-    _reduce_ids(sid, _sample_partials(values.T), _NODE_OPS, v[:, :nm])
+    _reduce_ids(sid, _sample_partials(values), _NODE_OPS, v[:, :nm])
     _reduce_ids(hid, v[:, :nm], _NODE_OPS, v[:, nm:])
     out.values = v.T
-    per = np.concatenate([b.gpu_counts for b in parts])
-    g = np.concatenate([b.gpus.T for b in parts], axis=1)  # a row per value: contiguous
     if not g.shape[1]:
         out.gpu_keys = np.zeros((0, 3), np.int64)
         out.gpu_values = np.zeros((0, len(GPU_COLUMNS)))
@@ -410,7 +437,7 @@ def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     ghid, gh, _ = _pairs(hid[gm], gindex, nh)
     ng = len(gm)
     gv = np.empty((len(GPU_COLUMNS), ng + len(gh)))
-    _gpu_records(gid, g, np.repeat(values[:, 0], per), gv[:, :ng])
+    _gpu_records(gid, g, np.repeat(values[0], per), gv[:, :ng])
     gv[0, :ng] = gindex
     _reduce_ids(ghid, gv[:, :ng], _GPU_OPS, gv[:, ng:])
     out.gpu_keys = out.keys[np.concatenate((gm, gh + nm))]

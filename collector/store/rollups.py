@@ -48,6 +48,7 @@ folds only its own staged rows, so a sample is folded by the collector that stor
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,6 +86,7 @@ RESOLUTIONS: Final = (MINUTE, HOUR)
 _PACKED: Final = 5
 """Values per GPU in :func:`pack_gpus`: index, utilisation, power, temperature, memory."""
 _NAN: Final = math.nan
+_BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +98,14 @@ class RollupConfig:
 
 
 def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
-    """One sample's GPUs as the rollups read them: five doubles per GPU (index, utilisation %,
-    power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory used
-    bytes; NaN for unreported). Bytes, not a list of tuples: a queued row then holds no
-    objects the garbage collector tracks."""
+    """One sample's GPUs as the rollups read them: five float32 per GPU (index, utilisation
+    %, power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory
+    used bytes; NaN for unreported), what the rollups' GPU records keep. Bytes, not a list
+    of tuples: a queued row then holds no objects the garbage collector tracks; and the
+    bytes the staging joins as they are."""
     from collector.nodefacts import gpu_power_w  # noqa: PLC0415 (the schema's import)
 
-    values = array("d")
+    values = array("f")
     for g in gpus:
         w = gpu_power_w(g)
         values.extend(
@@ -114,6 +117,8 @@ def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
                 _NAN if g.mem_used_bytes is None else float(g.mem_used_bytes),
             )
         )
+    if _BIG_ENDIAN:
+        values.byteswap()  # little-endian, as staged and stored
     return values.tobytes()
 
 
