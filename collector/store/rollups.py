@@ -63,13 +63,20 @@ if TYPE_CHECKING:
 __all__ = [
     "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
+    "FOLDED_SQL",
+    "FOREIGN_SQL",
+    "FORGET_SQL",
     "HOUR",
     "MARK_HOURS_SQL",
     "MINUTE",
+    "ORPHANS_SQL",
+    "OWNED_SQL",
     "RESOLUTIONS",
     "RETENTION_SQL",
+    "SEEN_SQL",
     "STAGED_SQL",
     "STAGE_SQL",
+    "TAKEOVER_FOLDS",
     "UPSERT_SQL",
     "RollupConfig",
     "gpu_series",
@@ -89,12 +96,21 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
+TAKEOVER_FOLDS: Final = 10
+"""A collector that has not folded for this many fold intervals has its staged rows taken
+over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RollupConfig:
     """How the writer rolls samples up: the busy threshold, and whether at all."""
 
     busy_util_pct: float = 10.0
     enabled: bool = True
+    takeover_after_s: float = TAKEOVER_FOLDS * 60.0
+    """A fold takes over (folds, and counts) the staged rows of another collector of the
+    store whose last fold or start is older than this: a share group's member that never
+    came back, or a collector whose MQTT client id changed."""
 
 
 def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
@@ -122,16 +138,39 @@ def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
     return values.tobytes()
 
 
-STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, body)", 2, "")
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, body)", 3, "")
 """One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
-batch's transaction, under its collector's name (the owner)."""
+batch's transaction, under its collector's name (the owner) and its number among them."""
 CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
 """Rows staged before stages had owners: the first collector to open the store takes them
 (one statement, so two collectors starting at once do not both)."""
-STAGED_SQL: Final = "SELECT body FROM rollup_stage WHERE owner = ?"
+STAGED_SQL: Final = "SELECT seq, body FROM rollup_stage WHERE owner = ?"
+OWNED_SQL: Final = "SELECT DISTINCT seq FROM rollup_stage WHERE owner = ?"
+"""The numbers of the batches a collector still owns when it folds (another may have taken
+over the others)."""
 CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ?"
-"""A fold empties its own collector's staged rows, never another's (several collectors
-write one PostgreSQL store: each folds only what it staged)."""
+"""A fold empties its own collector's staged rows and those it took over, never another's
+(several collectors write one PostgreSQL store: each folds what it staged)."""
+FOLDED_SQL: Final = (
+    "INSERT INTO rollup_owners (owner, folded) VALUES (?, ?) "
+    "ON CONFLICT (owner) DO UPDATE SET folded = excluded.folded"
+)
+"""A collector's fold (or start), in that transaction: it is alive, its rows are its own."""
+SEEN_SQL: Final = (
+    "INSERT INTO rollup_owners (owner, folded) SELECT DISTINCT owner, ? FROM rollup_stage "
+    "WHERE owner <> '' ON CONFLICT (owner) DO NOTHING"
+)
+"""Owners with staged rows and no fold recorded (staged before this version) count from
+the first fold that sees them (the WHERE also settles SQLite's ``SELECT ... ON`` parse)."""
+ORPHANS_SQL: Final = (
+    "SELECT o.owner FROM rollup_owners o WHERE o.owner <> ? AND o.folded < ? "
+    "AND EXISTS (SELECT 1 FROM rollup_stage s WHERE s.owner = o.owner) ORDER BY o.owner"
+)
+"""Other collectors with staged rows whose last fold is older than the cutoff."""
+FORGET_SQL: Final = "DELETE FROM rollup_owners WHERE owner = ?"
+"""An owner whose rows were taken over: back, it starts anew (it records its start)."""
+FOREIGN_SQL: Final = "SELECT 1 FROM rollup_stage WHERE owner <> ? LIMIT 1"
+"""Whether any other collector has rows staged (a fold with nothing of its own looks)."""
 
 _KEY: Final = ("node", "res", "bucket")
 _COLUMNS: Final = (*_KEY, *(c for c, _ in NODE_COLUMNS), "gpu_stats")
