@@ -26,6 +26,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -209,7 +210,9 @@ def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
     the writer's path: one conversion of the rows' values, the GPUs' packed bytes joined
     (the fold does the arithmetic)."""
     n = len(rows)
-    values = np.array(list(map(_SAMPLE_FIELDS, rows)), dtype=_F32).reshape(n, len(_SAMPLE))
+    # One flat list: numpy converts it at a third of the cost of a list of tuples.
+    flat = list(chain.from_iterable(map(_SAMPLE_FIELDS, rows)))
+    values = np.array(flat, dtype=_F32).reshape(n, len(_SAMPLE))
     blobs = [r.gpu_stats for r in rows]
     gpus = np.frombuffer(b"".join(blobs), dtype=_F32).reshape(-1, _PACKED)
     counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (4 * _PACKED)
