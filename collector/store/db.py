@@ -49,6 +49,7 @@ from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.partials import Staged, stage
 from collector.store.query import Query
 from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
+from collector.store.rows import SampleRow
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
@@ -70,33 +71,6 @@ __all__ = [
 log = get_logger("store")
 
 T = TypeVar("T")
-
-
-class SampleRow(NamedTuple):
-    """One row of ``samples``, in column order."""
-
-    node: str
-    ts_ms: int
-    seq: int
-    received_ms: int
-    interval_s: float
-    cpu_pct: float | None
-    mem_used_bytes: int
-    mem_total_bytes: int
-    gpu_count: int
-    gpu_util_pct: float | None
-    gpu_mem_used_bytes: int | None
-    gpu_power_w: float | None
-    cpu_power_w: float | None
-    payload: bytes
-    epoch: int | None = None
-    """The agent's boot counter (``Sample.epoch``); ``None`` from agents before it."""
-    node_power_w: float | None = None
-    """The node's input power (``Sample.node_power_w``, from its BMC or PSUs)."""
-    node_power_source: str | None = None
-    gpu_stats: bytes = b""
-    """The GPUs as the rollups read them (:func:`collector.store.rollups.pack_gpus`); not a
-    column of ``samples``."""
 
 
 @dataclass(slots=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from collector.store.partials import Buckets, Staged, buckets, merge
@@ -45,13 +44,12 @@ from collector.store.rollups import (
     RollupConfig,
     stored_sql,
 )
+from collector.store.writes import Writes
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
-
-    from collector.store.dialect import Row
 
 __all__ = ["FoldStore", "Stage"]
 
@@ -61,7 +59,7 @@ _KEYS_PER_READ: Final = 2000
 """Stored buckets read per statement (three parameters each, within SQLite's limit)."""
 
 
-class FoldStore(Protocol):
+class FoldStore(Writes, Protocol):
     """What a fold needs of its store (:class:`collector.store.db.Store`)."""
 
     @property
@@ -70,19 +68,9 @@ class FoldStore(Protocol):
     @property
     def nan_is_null(self) -> bool: ...
 
-    def transaction(self, what: str) -> AbstractAsyncContextManager[None]: ...
-
     async def lock_fold(self) -> None: ...
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
-
     async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
-
-    async def insert_many(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
-    ) -> int: ...
 
     async def insert_array(
         self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from collector.store.db import SampleRow
+    from collector.store.rows import SampleRow
 
 __all__ = [
     "GPU_COLUMNS",
@@ -119,7 +119,7 @@ GPU_RECORD_BYTES: Final = 4 * len(GPU_COLUMNS)
 _GPU_DTYPE: Final = np.dtype("<f4")
 
 _SAMPLE: Final = ("interval_s", "gpus", "util", "power", "mem", "cpu", "node_w")
-"""A staged sample's values (:attr:`Staged.values`): a :class:`~collector.store.db.SampleRow`'s
+"""A staged sample's values (:attr:`Staged.values`): a :class:`~collector.store.rows.SampleRow`'s
 interval, GPUs, mean utilisation, GPU power, GPU memory, CPU power and node power."""
 _PACKED: Final = 5
 """A staged GPU's values: index, utilisation %, power W, temperature C, memory bytes
@@ -201,8 +201,16 @@ class Staged:
             raise ValueError(f"unreadable staged rollup batch: {exc}") from exc
 
 
-_SAMPLE_FIELDS: Final = operator.itemgetter(4, 8, 9, 11, 10, 12, 15)
-"""A :class:`~collector.store.db.SampleRow`'s :data:`_SAMPLE` values, in one C call."""
+_SAMPLE_FIELDS: Final = operator.attrgetter(
+    "interval_s",
+    "gpu_count",
+    "gpu_util_pct",
+    "gpu_power_w",
+    "gpu_mem_used_bytes",
+    "cpu_power_w",
+    "node_power_w",
+)
+"""A :class:`~collector.store.rows.SampleRow`'s :data:`_SAMPLE` values, in one C call."""
 
 
 def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
