@@ -668,16 +668,16 @@ class Store:
                     (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
                     for r, b in zip(rows, blobs, strict=True)
                 ]
-            rollups, stage_of = self.rollups, self._stage
+            rollups = self._stage
             staged: Staged | None = None
-            if rollups is None or stage_of is None or not rollups.enabled or not rows:
+            if rollups is None or not rollups.config.enabled or not rows:
                 inserted = await self._db.insert_samples(samples)
             else:
                 new = await self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
-                    staged = stage(new, rollups.busy_util_pct)
-                    await self.insert_many(STAGE_SQL, [stage_of.row(staged)])
+                    staged = stage(new, rollups.config.busy_util_pct)
+                    await self.insert_many(STAGE_SQL, [rollups.row(staged)])
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)
             await self.insert_many(_UPSERT_INVENTORY, inventories)
@@ -685,8 +685,8 @@ class Store:
             await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             totals = batch_totals(len(rows), inserted, quarantine)
             await self.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
-        if staged is not None and stage_of is not None:  # committed: the fold may count them
-            stage_of.committed(staged)
+        if staged is not None and rollups is not None:  # committed: the fold may count them
+            rollups.committed(staged)
         return max(inserted, 0)
 
     async def _insert_samples_new(

@@ -5,16 +5,17 @@ Two steps, both in the writer's task:
 
 * **stage** (in :meth:`~collector.store.db.Store.write_batch`, the batch's transaction):
   the samples the insert reports as new (``ON CONFLICT DO NOTHING RETURNING``) become one
-  :class:`~collector.store.partials.Staged` (columns, built in one pass), kept in memory
-  and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`). A duplicate (the same
-  ``(node, ts_ms)``, the samples table's key) is not new, so it adds nothing.
-* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so): the
-  staged samples become partial aggregates per bucket (numpy, in a worker thread: the
-  minutes from the samples, the hours from the minutes,
+  :class:`~collector.store.partials.Staged` (columns, little work: the arithmetic waits for
+  the fold), kept in memory and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`).
+  A duplicate (the same ``(node, ts_ms)``, the samples table's key) is not new, so it adds
+  nothing.
+* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so;
+  :mod:`collector.store.fold`): the staged samples become partial aggregates per bucket
+  (numpy, in a worker thread: the minutes from the samples, the hours from the minutes,
   :func:`collector.store.partials.buckets`), the buckets already stored under those keys
   are read and merged in (:func:`collector.store.partials.merge`), written back
-  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and ``rollup_stage``
-  emptied: one transaction.
+  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the folded
+  ``rollup_stage`` rows deleted: one transaction.
 
 So every sample counts exactly once whatever happens between the two (a crash leaves the
 staged rows, which the next store reads back at open and folds), a late sample lands in the
@@ -40,9 +41,11 @@ connection that writes them. The SQL is portable (``ON CONFLICT``, row values); 
 several collectors write, a fold first takes an advisory lock for its transaction
 (PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
 cover a bucket that two folds both find missing and both insert. The DDL is migrations
-``0017``, ``0019`` and ``0020``. Several collectors may write one PostgreSQL store (a
-share group): each stages under its own name (``rollup_stage.owner``) and reads back and
-folds only its own staged rows, so a sample is folded by the collector that stored it, once.
+``0017``, ``0019``, ``0021`` and ``0023``. Several collectors may write one PostgreSQL
+store (a share group): each stages under its own name (``rollup_stage.owner``) and reads
+back and folds its own staged rows, so a sample is folded by the collector that stored it,
+once; or, if that one stopped folding (gone for good), by the collector that takes its rows
+over (:mod:`collector.store.fold`).
 """
 
 from __future__ import annotations

@@ -12,12 +12,15 @@ import msgspec
 import numpy as np
 import pytest
 
-from collector.ingest.validate import sample_row
+from collector.counters import value
+from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.writer import Writer, WriterItem
 from collector.paths import StoreTarget, parse_target
 from collector.store.db import SampleRow, Store
 from collector.store.partials import decode_gpus, stage
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE, RollupConfig, gpu_series, node_series
+from shared.clock import FakeClock
 from shared.schema import CpuStats, GpuSample, MemStats, Sample, encode
 from tests.helpers import db_rows, wait_until
 
@@ -399,3 +402,20 @@ async def test_a_collector_whose_stage_was_taken_over_folds_only_what_it_still_o
     assert db_rows(target, "SELECT samples FROM rollups WHERE res = 3600") == [(18,)]
     assert [g["samples"] for g in gpus] == [18, 18]
     assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+async def test_the_writer_counts_the_samples_its_folds_take_over(tmp_path: Path) -> None:
+    """The samples a fold took over from a collector gone quiet count in the writer's
+    ``rollup_samples_taken_over``."""
+    db = tmp_path / "c.db"
+    async with Store(db, rollups=RollupConfig(), stage_owner="gone") as gone:
+        await gone.write_batch(_rows())
+    quiet = RollupConfig(takeover_after_s=0.0)  # any owner silent since: gone
+    async with Store(db, rollups=quiet, stage_owner="me") as store:
+        clock = FakeClock(start_wall=T0)
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        await writer.fold_rollups()
+        await writer.fold_rollups()
+    assert value(writer.metrics.rollups_taken_over) == 18
+    assert db_rows(db, "SELECT count(*) FROM rollup_stage") == [(0,)]
