@@ -125,6 +125,7 @@ _PACKED: Final = 5
 """A staged GPU's values: index, utilisation %, power W, temperature C, memory bytes
 (:func:`collector.store.rollups.pack_gpus`, float32)."""
 _F32: Final = np.dtype("<f4")
+_F64: Final = np.dtype("<f8")
 _STAGE_VERSION: Final = 2
 MINUTE_S: Final = 60
 HOUR_S: Final = 3600
@@ -141,12 +142,13 @@ _GPU_AT: Final = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 
 @dataclass(slots=True)
 class Staged:
-    """New samples (one batch's), as columns: float32 throughout, as staged in the store, so
-    a fold of samples read back after a crash adds exactly what it would have added."""
+    """New samples (one batch's), as columns, as staged in the store (the samples' values
+    float64, the GPUs' float32, as their records keep them), so a fold of samples read back
+    after a crash adds exactly what it would have added."""
 
     nodes: list[str]
     ts_ms: I64
-    values: F32
+    values: F64
     """One row per sample: :data:`_SAMPLE`."""
     gpu_counts: npt.NDArray[np.uint8]
     gpus: F32
@@ -158,7 +160,7 @@ class Staged:
         return len(self.nodes)
 
     def encode(self) -> bytes:
-        """The bytes staged in the store (read back by :meth:`decode` after a crash): ~200 B
+        """The bytes staged in the store (read back by :meth:`decode` after a crash): ~240 B
         a sample of 8 GPUs, the arrays' own bytes (no conversion)."""
         return msgspec.msgpack.encode(
             (
@@ -181,7 +183,7 @@ class Staged:
             version = fields[0]
             if version == 1:
                 _, nodes, ts, values, counts, gpus = fields
-                old = np.frombuffer(values, _F32).reshape(-1, 9)
+                old = np.frombuffer(values, _F32).reshape(-1, 9).astype("<f8")
                 values = old[:, [0, 1, 2, 4, 6, 7, 8]].tobytes()  # less busy and hottest
             elif version == _STAGE_VERSION:
                 _, busy_util_pct, nodes, ts, values, counts, gpus = fields
@@ -190,7 +192,7 @@ class Staged:
             return cls(
                 list(nodes),
                 np.frombuffer(ts, "<i8").astype(np.int64),
-                np.frombuffer(values, _F32).reshape(-1, len(_SAMPLE)),
+                np.frombuffer(values, _F64).reshape(-1, len(_SAMPLE)),
                 np.frombuffer(counts, np.uint8),
                 np.frombuffer(gpus, _F32).reshape(-1, _PACKED),
                 float(busy_util_pct),
@@ -220,7 +222,7 @@ def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
     n = len(rows)
     # One flat list: numpy converts it at a third of the cost of a list of tuples.
     flat = list(chain.from_iterable(map(_SAMPLE_FIELDS, rows)))
-    values = np.array(flat, dtype=_F32).reshape(n, len(_SAMPLE))
+    values = np.array(flat, dtype=_F64).reshape(n, len(_SAMPLE))
     blobs = [r.gpu_stats for r in rows]
     gpus = np.frombuffer(b"".join(blobs), dtype=_F32).reshape(-1, _PACKED)
     counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (4 * _PACKED)
@@ -258,7 +260,10 @@ class Buckets:
         """``(node, res, bucket, *NODE_COLUMNS, gpu_stats)`` per bucket, a row of an object
         array each: parameters without a tuple per row, so a fold leaves the garbage
         collector nothing to scan. NaN (nothing reported) as ``None``, unless the store
-        takes NaN for NULL (``nan_is_null``: SQLite binds a NaN as NULL)."""
+        takes NaN for NULL (``nan_is_null``: SQLite binds a NaN as NULL). In the table's
+        key order (node name, resolution, bucket): the rows then go into its B-tree one
+        after the other, not each into the middle of a full page (which costs time, and
+        half-empty pages)."""
         n = len(self.keys)
         out = np.empty((n, 4 + len(NODE_COLUMNS)), dtype=object)
         if not n:
@@ -275,7 +280,11 @@ class Buckets:
         if not nan_is_null:
             out[:, 3:-1][np.isnan(self.values)] = None
         out[:, -1] = [packed[a:b] if b > a else None for a, b in zip(lo, hi, strict=True)]
-        return out
+        by_name = np.empty(len(self.names), np.int64)
+        by_name[sorted(range(len(self.names)), key=self.names.__getitem__)] = np.arange(
+            len(self.names)
+        )
+        return out[np.lexsort((self.keys[:, 2], self.keys[:, 1], by_name[self.keys[:, 0]]))]
 
 
 def _combined(keys: I64) -> I64:
@@ -475,24 +484,31 @@ def decode_gpus(blob: bytes | None) -> F64:
 def _merge_into(
     into: F64, at: I64, values: F64, ops: tuple[list[int], list[int], list[int]]
 ) -> None:
-    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op (a
-    column at a time: :func:`buckets` makes ``into`` column by column)."""
+    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op, a
+    column at a time (:func:`buckets` makes ``into`` a column after another in memory)."""
+    columns, merged = into.T, np.ascontiguousarray(values.T)
     for cols, fn in zip(ops, (np.add, np.fmin, np.fmax), strict=True):
         for c in cols:
-            into[at, c] = fn(into[at, c], values[:, c])
+            column = columns[c]
+            column[at] = fn(column[at], merged[c])
 
 
 def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     """``new`` with the GPU records of the ``stored`` buckets of its keys merged in (rows
     ``(node, res, bucket, gpu_stats)`` read from the store; the node's own columns merge in
     SQL, :data:`collector.store.rollups.UPSERT_SQL`). No re-sort: each stored record is
-    looked up among ``new``'s (sorted) ones; only a GPU that ``new`` lacks is added."""
-    blobs = [r[3] or b"" for r in stored]
-    gvals = decode_gpus(b"".join(blobs))
-    if not len(gvals):
+    looked up among ``new``'s (sorted) ones, in their order (so the lookups and the merge
+    walk ``new``'s records forward); only a GPU that ``new`` lacks is added."""
+    if not stored:
         return new
     codes = new.codes([r[0] for r in stored])
     keys = np.column_stack((codes, [r[1] for r in stored], [r[2] for r in stored]))
+    order = np.argsort(_combined(keys), kind="stable")
+    keys = keys[order]
+    blobs = [stored[i][3] or b"" for i in order.tolist()]
+    gvals = decode_gpus(b"".join(blobs))
+    if not len(gvals):
+        return new
     per = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // GPU_RECORD_BYTES
     gkeys = np.repeat(keys.astype(np.int64), per, axis=0)
     want = (_combined(gkeys) << 7) | gvals[:, 0].astype(np.int64)
