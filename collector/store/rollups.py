@@ -113,7 +113,8 @@ class RollupConfig:
     takeover_after_s: float = TAKEOVER_FOLDS * 60.0
     """A fold takes over (folds, and counts) the staged rows of another collector of the
     store whose last fold or start is older than this: a share group's member that never
-    came back, or a collector whose MQTT client id changed."""
+    came back, or a collector whose MQTT client id changed. Each collector dates its folds
+    by its own clock: the members' clocks must agree to well within this (NTP)."""
 
 
 def pack_gpus(gpus: Sequence[GpuSample]) -> bytes:
