@@ -47,6 +47,8 @@ __all__ = [
     "Staged",
     "buckets",
     "decode_gpus",
+    "gpu_minutes",
+    "gpu_steps",
     "merge",
     "stage",
 ]
@@ -380,13 +382,14 @@ def _sample_partials(v: F64) -> F64:
     )
 
 
-def _gpu_records(ids: I64, g: F64, dt: F64, out: F64) -> None:
-    """Each id's GPU record (:data:`GPU_COLUMNS` but the index, a row of ``out`` each) from
-    the staged GPU rows ``g`` (a row of the array per :data:`_PACKED` value; ``dt``: each
-    GPU row's interval): one
-    ``bincount`` per count or sum, one ``fmin.at``/``fmax.at`` per extreme, straight over
-    the rows. The bulk of a fold's arithmetic."""
+def _gpu_records(ids: I64, index: I64, g: F64, dt: F64, out: F64) -> None:
+    """Each id's GPU record (:data:`GPU_COLUMNS`, a row of ``out`` each; ``index``: each
+    id's GPU) from the staged GPU rows ``g`` (a row of the array per :data:`_PACKED` value;
+    ``dt``: each GPU row's interval): one ``bincount`` per count or sum, one
+    ``fmin.at``/``fmax.at`` per extreme, straight over the rows. The bulk of a fold's
+    arithmetic."""
     n = out.shape[1]
+    out[0] = index
     rows = np.bincount(ids, minlength=n)
     at = _GPU_AT
     for name, x in zip(("util", "power", "temp", "mem"), g[1:], strict=True):
@@ -457,12 +460,41 @@ def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     ghid, gh, _ = _pairs(hid[gm], gindex, nh)
     ng = len(gm)
     gv = np.empty((len(GPU_COLUMNS), ng + len(gh)))
-    _gpu_records(gid, g, np.repeat(values[0], per), gv[:, :ng])
-    gv[0, :ng] = gindex
+    _gpu_records(gid, gindex, g, np.repeat(values[0], per), gv[:, :ng])
     _reduce_ids(ghid, gv[:, :ng], _GPU_OPS, gv[:, ng:])
     out.gpu_keys = out.keys[np.concatenate((gm, gh + nm))]
     out.gpu_values = gv.T
     return out
+
+
+def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tuple[I64, F64]:
+    """One node's samples (time stamps, intervals, GPUs as
+    :func:`~collector.store.rollups.pack_gpus` packs them) as its GPUs' 1-minute records
+    (:data:`GPU_COLUMNS`) with each one's minute, by minute then GPU: what a fold makes of
+    them, for a read of raw samples."""
+    n = len(ts_ms)
+    g = np.frombuffer(b"".join(gpu_stats), _F32).reshape(-1, _PACKED).T.astype(np.float64)
+    if not g.shape[1]:
+        return np.zeros(0, np.int64), np.zeros((0, len(GPU_COLUMNS)))
+    per = np.fromiter(map(len, gpu_stats), np.int64, n) // (4 * _PACKED)
+    sid, _, minute = _pairs(np.zeros(n, np.int64), np.asarray(ts_ms) // 60_000, 1)
+    gid, gm, gindex = _pairs(np.repeat(sid, per), g[0].astype(np.int64), len(minute))
+    out = np.empty((len(GPU_COLUMNS), len(gm)))
+    _gpu_records(gid, gindex, g, np.repeat(np.asarray(interval_s, np.float64), per), out)
+    return minute[gm] * 60, out.T
+
+
+def gpu_steps(times: I64, records: F64, step: int) -> tuple[I64, F64]:
+    """GPU records (:data:`GPU_COLUMNS`, each at its bucket's start in ``times``) merged per
+    GPU and ``step`` seconds (whole minutes) as buckets merge: each step's start and
+    record, by step then GPU."""
+    if not len(times):
+        return times, records
+    sid, _, start = _pairs(np.zeros(len(times), np.int64), times // step, 1)
+    gid, gs, _ = _pairs(sid, records[:, 0].astype(np.int64), len(start))
+    out = np.empty((len(GPU_COLUMNS), len(gs)))
+    _reduce_ids(gid, np.ascontiguousarray(records.T), _GPU_OPS, out)
+    return start[gs] * step, out.T
 
 
 def _sort(b: Buckets) -> None:

@@ -17,7 +17,7 @@ from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
 from collector.paths import StoreTarget, parse_target
 from collector.store.db import SampleRow, Store
-from collector.store.partials import decode_gpus, stage
+from collector.store.partials import buckets, decode_gpus, gpu_minutes, gpu_steps, stage
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE, RollupConfig, gpu_series, node_series
 from shared.clock import FakeClock
@@ -419,3 +419,20 @@ async def test_the_writer_counts_the_samples_its_folds_take_over(tmp_path: Path)
         await writer.fold_rollups()
     assert value(writer.metrics.rollups_taken_over) == 18
     assert db_rows(db, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+def test_gpu_minutes_and_steps_are_what_a_fold_makes_of_raw_samples() -> None:
+    """A node's raw samples through ``gpu_minutes`` are the GPU records a fold keeps for
+    its minutes, and those through ``gpu_steps`` per hour the fold's hour records."""
+    rows = [*_rows(), _row(_sample(T0 + 3600 + 5, (20.0, 40.0)))]  # and the next hour
+    fold = buckets([stage(rows, 50.0)])
+    ts = np.array([r.ts_ms for r in rows])
+    intervals = np.array([r.interval_s for r in rows])
+    minutes, records = gpu_minutes(ts, intervals, [r.gpu_stats for r in rows])
+    stored = fold.gpu_keys[:, 1] == MINUTE
+    expected = [T0, T0, T0 + 60, T0 + 60, T0 + 3600, T0 + 3600]  # two GPUs a minute
+    assert minutes.tolist() == fold.gpu_keys[stored, 2].tolist() == expected
+    np.testing.assert_allclose(records, fold.gpu_values[stored])
+    hours, merged = gpu_steps(minutes, records, HOUR)
+    assert hours.tolist() == fold.gpu_keys[~stored, 2].tolist()
+    np.testing.assert_allclose(merged, fold.gpu_values[~stored])
