@@ -27,7 +27,7 @@ Prints figures (targets in issue 17, not pass/fail):
 The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
 ``CAPWATCH_ROLLUPS__ENABLED=false|true``.
 
-Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|gpus|all]``
+Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|gpus|all] [--rounds N]``
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ __all__ = ["main"]
 BIN = Path(sys.executable).parent
 
 
-async def cost() -> None:
-    """CPU us per sample, rollups off and on."""
+async def cost(rounds: int) -> None:
+    """CPU us per sample, rollups off and on, ``rounds`` pairs (in turn, off first then on
+    first: paired under the same load), then the range of each and of the difference."""
     n, ticks = 4000, 13
     sim = FleetSimulator(n, gpus_per_node=8, seed=3, interval_s=5)
     t0 = 1.8e9
@@ -75,32 +76,43 @@ async def cost() -> None:
         ]
         for k in range(ticks)
     ]
-    for on in (False, True, False, True):
-        with tempfile.TemporaryDirectory() as d:
-            cfg = RollupConfig() if on else None
-            async with Store(Path(d) / "c.db", rollups=cfg, synchronous="normal") as st:
-                await st.write_batch(batches[0])
-                if on:
-                    await st.fold_rollups()
-                c0, w0 = time.process_time(), time.perf_counter()
-                fold_cpu = 0.0
-                for b in batches[1:]:
-                    await st.write_batch(b)
-                    if on and st.pending_rollups >= FOLD_SAMPLES:  # the writer's threshold
+    figures: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for r in range(rounds):
+        for on in (False, True) if r % 2 == 0 else (True, False):
+            with tempfile.TemporaryDirectory() as d:
+                cfg = RollupConfig() if on else None
+                async with Store(Path(d) / "c.db", rollups=cfg, synchronous="normal") as st:
+                    await st.write_batch(batches[0])
+                    if on:
+                        await st.fold_rollups()
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    fold_cpu = 0.0
+                    for b in batches[1:]:
+                        await st.write_batch(b)
+                        if on and st.pending_rollups >= FOLD_SAMPLES:  # the writer's threshold
+                            f = time.process_time()
+                            await st.fold_rollups()
+                            fold_cpu += time.process_time() - f
+                    if on:
                         f = time.process_time()
                         await st.fold_rollups()
                         fold_cpu += time.process_time() - f
-                if on:
-                    f = time.process_time()
-                    await st.fold_rollups()
-                    fold_cpu += time.process_time() - f
-                samples = n * (ticks - 1)
-                cpu = (time.process_time() - c0) / samples * 1e6
-                wall = (time.perf_counter() - w0) / samples * 1e6
-                print(
-                    f"cost: rollups {'on ' if on else 'off'} {cpu:6.1f} us CPU/sample "
-                    f"({wall:.1f} us wall; folds {fold_cpu / samples * 1e6:.1f} us/sample)"
-                )
+                    samples = n * (ticks - 1)
+                    cpu = (time.process_time() - c0) / samples * 1e6
+                    wall = (time.perf_counter() - w0) / samples * 1e6
+                    folds = fold_cpu / samples * 1e6
+                    figures[on].append((cpu, folds))
+                    print(
+                        f"cost: rollups {'on ' if on else 'off'} {cpu:6.1f} us CPU/sample "
+                        f"({wall:.1f} us wall; folds {folds:.1f} us/sample)"
+                    )
+    off, on_ = [c for c, _ in figures[False]], [c for c, _ in figures[True]]
+    more = [b - a for a, b in zip(off, on_, strict=True)]
+    print(
+        f"cost: off {min(off):.1f}..{max(off):.1f}, on {min(on_):.1f}..{max(on_):.1f} us "
+        f"CPU/sample; on - off, paired: {min(more):.1f}..{max(more):.1f} us; the folds "
+        f"{min(f for _, f in figures[True]):.1f}..{max(f for _, f in figures[True]):.1f} us"
+    )
 
 
 async def size() -> None:
@@ -168,7 +180,7 @@ async def reads(db: Path) -> None:
                 t_ms = round((month0 + (day * 24 + h) * 3600) * 1000)
                 for i, n in enumerate(names):
                     util = float((i * 7 + h * 13) % 100)
-                    stats = array("d", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
+                    stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
                     samples.append(
                         SampleRow(n, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
                                   8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())
@@ -257,10 +269,11 @@ def main() -> None:
     p.add_argument("--part", choices=("cost", "bytes", "reads", "gpus", "all"), default="all")
     p.add_argument("--db", type=Path, help="reads: build the store here (default: a temp dir)")
     p.add_argument("--gpus-db", type=Path, help="gpus: build the store here (default: a temp dir)")
+    p.add_argument("--rounds", type=int, default=3, help="cost: pairs of runs (default 3)")
     args = p.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.part in ("cost", "all"):
-        asyncio.run(cost())
+        asyncio.run(cost(args.rounds))
     if args.part in ("bytes", "all"):
         asyncio.run(size())
     if args.part in ("reads", "all"):

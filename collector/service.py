@@ -78,7 +78,7 @@ from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
-from collector.store.rollups import HOUR, MINUTE, RollupConfig
+from collector.store.rollups import HOUR, MINUTE, TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
 from shared.errors import ConfigError, MqttWireError, PlanError
@@ -307,9 +307,12 @@ class Collector:
 
     async def _run(self, connect: Connect, session_key: str) -> None:
         s = self.settings
-        rollups = (
-            RollupConfig(busy_util_pct=s.governance.busy_util_pct) if s.rollups.enabled else None
-        )
+        rollups = None
+        if s.rollups.enabled:
+            rollups = RollupConfig(
+                busy_util_pct=s.governance.busy_util_pct,
+                takeover_after_s=TAKEOVER_FOLDS * s.rollups.fold_interval_s,
+            )
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(
                 Store(

@@ -145,6 +145,11 @@ class WriterMetrics:
         self.retention_deleted = counter(
             "retention_deleted_rows", "Sample rows deleted by retention."
         )
+        self.rollups_taken_over = counter(
+            "rollup_samples_taken_over",
+            "Staged samples of another collector of the store, gone quiet (no fold for "
+            "rollups.fold_interval_s x 10), folded by this one.",
+        )
         self.job_failures = counter("job_failures", "Periodic jobs that failed, by job.", ("job",))
         self.watermarks_published = counter(
             "watermarks_published",

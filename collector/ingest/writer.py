@@ -345,7 +345,9 @@ class Writer:
         if self._store.rollups is None:
             return
         t0 = self._clock.monotonic()
+        taken = self._store.rollups_taken_over
         folded = await self._store.fold_rollups()
+        self.metrics.rollups_taken_over.inc(self._store.rollups_taken_over - taken)
         if folded:
             self.last_commit = self._clock.monotonic()
             log.debug("rollups_folded", samples=folded, ms=round((self.last_commit - t0) * 1e3, 2))

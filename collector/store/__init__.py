@@ -16,7 +16,8 @@ SQL for the modules:
   (rows changed), ``execute_returning``, ``executemany``, ``insert_many(statement, rows)``;
   reads ``fetchall(sql, params)`` and ``await run(query)``; the writer's own operations
   ``write_batch``, ``write_counters``, ``delete_older_than``, ``trim_quarantine``,
-  ``trim_node_rejects``, ``meta``, ``migrations``.
+  ``trim_node_rejects``, ``meta``, ``migrations``. The modules it imports (the ledger, the
+  rollups' fold) take it as a :class:`~collector.store.writes.Writes`, a protocol.
 * **StoreReader** (:mod:`~collector.store.reader`, context manager; a command's read-only
   snapshot): ``fetchall``, ``run(query)``, ``has_table``, ``counters``, ``payload``.
 * **Command** (:mod:`~collector.store.command`, context manager; a command's one write

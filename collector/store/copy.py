@@ -54,6 +54,7 @@ TABLES: Final = (
     "lease_nodes",
     "rollups",
     "rollup_stage",
+    "rollup_owners",
     "ledger_dirty",
     "usage_ledger",
     "usage_daily",

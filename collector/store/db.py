@@ -44,22 +44,13 @@ from collector.store.codec import DictionaryTrainer, PayloadCodec
 from collector.store.connect import Synchronous, open_async
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
+from collector.store.fold import Stage
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS, migrations_for
-from collector.store.partials import Staged, buckets, concat, merge, stage
+from collector.store.partials import Staged, stage
 from collector.store.query import Query
-from collector.store.rollups import (
-    CLAIM_STAGE_SQL,
-    CLEAR_STAGE_SQL,
-    HOUR,
-    MARK_HOURS_SQL,
-    RETENTION_SQL,
-    STAGE_SQL,
-    STAGED_SQL,
-    UPSERT_SQL,
-    RollupConfig,
-    stored_sql,
-)
+from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
+from collector.store.rows import SampleRow
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
@@ -81,34 +72,6 @@ __all__ = [
 log = get_logger("store")
 
 T = TypeVar("T")
-
-
-class SampleRow(NamedTuple):
-    """One row of ``samples``, in column order."""
-
-    node: str
-    ts_ms: int
-    seq: int
-    received_ms: int
-    interval_s: float
-    cpu_pct: float | None
-    mem_used_bytes: int
-    mem_total_bytes: int
-    gpu_count: int
-    gpu_util_pct: float | None
-    gpu_mem_used_bytes: int | None
-    gpu_power_w: float | None
-    cpu_power_w: float | None
-    payload: bytes
-    """The sample packed (:func:`collector.store.codec.pack_sample`), or its JSON."""
-    epoch: int | None = None
-    """The agent's boot counter (``Sample.epoch``); ``None`` from agents before it."""
-    node_power_w: float | None = None
-    """The node's input power (``Sample.node_power_w``, from its BMC or PSUs)."""
-    node_power_source: str | None = None
-    gpu_stats: bytes = b""
-    """The GPUs as the rollups read them (:func:`collector.store.rollups.pack_gpus`); not a
-    column of ``samples``."""
 
 
 @dataclass(slots=True)
@@ -511,10 +474,8 @@ class Store:
         self.stage_owner = stage_owner
         """Whose staged samples this store writes, takes back and folds: its collector's
         MQTT session client id (several collectors may write one PostgreSQL store)."""
-        self.pending_rollups = 0
-        """Samples staged for the rollups and not folded yet."""
-        self._staged: list[Staged] = []
-        """Those samples, as the batches staged them (and as a crash left them)."""
+        self._stage = None if rollups is None else Stage(stage_owner, rollups)
+        """The samples staged for the rollups and not folded yet (:mod:`collector.store.fold`)."""
         self.readonly = readonly
         self.synchronous: Synchronous = synchronous
         self.codec = PayloadCodec() if compress else PayloadCodec(b"")
@@ -568,8 +529,8 @@ class Store:
             await self._migrate()
             if self._compress:
                 self._dict_id = await self._latest_codec()
-            if self.rollups is not None:
-                await self._read_staged()
+            if self._stage is not None:
+                await self._stage.read_back(self, time.time())
         except (sqlite3.Error, OSError) as exc:
             await self._close()
             raise open_failed(self.path, exc, creating=True) from exc
@@ -737,16 +698,16 @@ class Store:
                 (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
                 for r, b in zip(rows, payloads, strict=True)
             ]
-            rollups = self.rollups
+            rollups = self._stage
             staged: Staged | None = None
-            if rollups is None or not rollups.enabled or not rows:
+            if rollups is None or not rollups.config.enabled or not rows:
                 inserted = await self._db.insert_samples(samples)
             else:
                 new = await self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
-                    staged = stage(new, rollups.busy_util_pct)
-                    await self.insert_many(STAGE_SQL, [(self.stage_owner, staged.encode())])
+                    staged = stage(new, rollups.config.busy_util_pct)
+                    await self.insert_many(STAGE_SQL, [rollups.row(staged)])
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)
             await self.insert_many(_UPSERT_INVENTORY, inventories)
@@ -754,9 +715,8 @@ class Store:
             await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             totals = batch_totals(len(rows), inserted, quarantine)
             await self.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
-        if staged is not None:  # committed: the fold may count them
-            self._staged.append(staged)
-            self.pending_rollups += len(staged)
+        if staged is not None and rollups is not None:  # committed: the fold may count them
+            rollups.committed(staged)
         return max(inserted, 0)
 
     async def _insert_samples_new(
@@ -793,47 +753,38 @@ class Store:
             keys = [k for k in by_key if k not in present]
         return [by_key[(k[0], k[1])] for k in keys]
 
-    async def _read_staged(self) -> None:
-        """Take back the samples this collector staged and did not fold before it stopped
-        (and those staged before stages had owners)."""
-        async with self.transaction("taking back the staged samples"):
-            await self.execute(CLAIM_STAGE_SQL, (self.stage_owner,))
-            staged = await self.fetchall(STAGED_SQL, (self.stage_owner,))
-        for (body,) in staged:
-            try:
-                self._staged.append(Staged.decode(body))
-            except ValueError as exc:  # not this version's: those samples stay unrolled
-                log.error("rollup_stage_unreadable", error=str(exc))
-        self.pending_rollups = sum(map(len, self._staged))
-        if self._staged:
-            log.info("rollup_stage_restored", samples=self.pending_rollups)
+    @property
+    def pending_rollups(self) -> int:
+        """Samples staged for the rollups and not folded yet."""
+        return 0 if self._stage is None else self._stage.pending
 
-    async def fold_rollups(self) -> int:
+    @property
+    def rollups_taken_over(self) -> int:
+        """Samples other collectors staged and this one folded, their owners gone quiet
+        (:mod:`collector.store.fold`)."""
+        return 0 if self._stage is None else self._stage.taken_over
+
+    async def fold_rollups(self, now: float | None = None) -> int:
         """Fold the staged samples into the rollups, in one transaction; return how many
-        samples were staged (left by a crash, too). See :mod:`collector.store.rollups`."""
-        staged = list(self._staged)
-        if not staged:
+        samples were staged (left by a crash, too; and those taken over from a collector
+        gone quiet as of ``now``, Unix s, default the clock's). See
+        :mod:`collector.store.fold`."""
+        if self._stage is None:
             return 0
-        new = await asyncio.to_thread(lambda: buckets(concat(staged)))
-        async with self.transaction("folding rollups"):
-            await self._db.lock_fold()  # before reading the buckets it will write back
-            keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
-            stored: list[Any] = []
-            per = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // 3))
-            for i in range(0, len(keys), per):
-                chunk = keys[i : i + per]
-                stored += await self._db.fetch_tuples(
-                    stored_sql(len(chunk)), [v for k in chunk for v in k]
-                )
-            rows = await asyncio.to_thread(lambda: merge(new, stored).rows())
-            await self.insert_array(UPSERT_SQL, rows)
-            hours = sorted({k[2] for k in keys if k[1] == HOUR})
-            await self.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
-            await self.execute(CLEAR_STAGE_SQL, (self.stage_owner,))
-        del self._staged[: len(staged)]
-        folded = sum(map(len, staged))
-        self.pending_rollups -= folded
-        return folded
+        return await self._stage.fold(self, time.time() if now is None else now)
+
+    async def lock_fold(self) -> None:
+        """First in a rollup fold's transaction: wait for any other collector's fold."""
+        await self._db.lock_fold()
+
+    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read inside :meth:`transaction` whose rows are plain tuples."""
+        return await self._db.fetch_tuples(sql, params)
+
+    @property
+    def nan_is_null(self) -> bool:
+        """Whether a NaN parameter is stored as NULL (SQLite's binding does that)."""
+        return isinstance(self._db, _Sqlite)
 
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[None]:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from collector.store.query import Query, first_value, single
 
 if TYPE_CHECKING:
-    from collector.store.db import Store
+    from collector.store.writes import Writes
 
 __all__ = [
     "DAILY_RETENTION_SQL",
@@ -254,7 +254,7 @@ _DAILY_TAKE: Final = _daily_sql("-")
 
 
 async def write_ledger(
-    store: Store,
+    store: Writes,
     hours: Sequence[int],
     rows: Sequence[LedgerRow],
     dirty: Sequence[tuple[int, int]],

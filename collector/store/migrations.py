@@ -614,6 +614,22 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0023_payload_layout",
         "ALTER TABLE payload_dicts ADD COLUMN layout TEXT;",
     ),
+    (
+        # A share group's member that never comes back left its staged rollup rows
+        # unfolded for good. rollup_owners: each owner's last fold (or start), Unix s; a
+        # fold takes over the staged rows of an owner that has not folded for
+        # rollups.takeover_after_s (collector/store/rollups.py). seq numbers an owner's
+        # staged batches, so one whose rows were taken over while it was still running
+        # folds only those it still owns (0: staged before this version).
+        "0024_rollup_owners",
+        """
+        ALTER TABLE rollup_stage ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE rollup_owners (
+            owner TEXT PRIMARY KEY,
+            folded REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -9,7 +9,10 @@ late sample lands in its own bucket whatever was stored before it.
 Everything here works on whole columns (a fold's samples at once), never sample by sample
 in Python: a batch of new samples becomes a :class:`Staged` (a few arrays, built in one
 pass over the rows), a fold's staged batches become :class:`Buckets` with :func:`buckets`,
-and :func:`merge` folds stored buckets in.
+and :func:`merge` folds stored buckets in. :func:`buckets` does not sort: each sample gets
+the dense id of its node-minute (``node x minutes + minute`` where the fold spans few
+minutes), each GPU row that of its node-minute and index, and one ``bincount`` (sums) or
+``fmin.at``/``fmax.at`` (extremes) per column adds them up, in key order.
 
 Per-GPU statistics are packed into their node's bucket (:data:`GPU_COLUMNS`, float32, one
 record of :data:`GPU_RECORD_BYTES` per GPU): one row per node and bucket instead of one per
@@ -20,10 +23,10 @@ No SQL here: :mod:`collector.store.rollups` reads and writes the rows.
 
 from __future__ import annotations
 
-import math
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -31,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from collector.store.db import SampleRow
+    from collector.store.rows import SampleRow
 
 __all__ = [
     "GPU_COLUMNS",
@@ -43,7 +46,6 @@ __all__ = [
     "Buckets",
     "Staged",
     "buckets",
-    "concat",
     "decode_gpus",
     "gpu_minutes",
     "gpu_steps",
@@ -52,6 +54,7 @@ __all__ = [
 ]
 
 F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 SUM, MIN, MAX = 0, 1, 2
@@ -117,12 +120,17 @@ sum to ~7 digits: finer than the sensors. A GPU's samples are the most of its co
 GPU_RECORD_BYTES: Final = 4 * len(GPU_COLUMNS)
 _GPU_DTYPE: Final = np.dtype("<f4")
 
-_SAMPLE: Final = ("interval_s", "gpus", "util", "busy", "power", "temp_max", "mem", "cpu", "node_w")
-"""A staged sample's values (:attr:`Staged.values`)."""
+_SAMPLE: Final = ("interval_s", "gpus", "util", "power", "mem", "cpu", "node_w")
+"""A staged sample's values (:attr:`Staged.values`): a :class:`~collector.store.rows.SampleRow`'s
+interval, GPUs, mean utilisation, GPU power, GPU memory, CPU power and node power."""
 _PACKED: Final = 5
 """A staged GPU's values: index, utilisation %, power W, temperature C, memory bytes
-(:func:`collector.store.rollups.pack_gpus`)."""
-_STAGE_VERSION: Final = 1
+(:func:`collector.store.rollups.pack_gpus`, float32)."""
+_F32: Final = np.dtype("<f4")
+_F64: Final = np.dtype("<f8")
+_STAGE_VERSION: Final = 2
+MINUTE_S: Final = 60
+HOUR_S: Final = 3600
 
 
 def _ops(spec: Sequence[tuple[str, int]]) -> tuple[list[int], list[int], list[int]]:
@@ -131,92 +139,100 @@ def _ops(spec: Sequence[tuple[str, int]]) -> tuple[list[int], list[int], list[in
 
 _NODE_OPS: Final = _ops(NODE_COLUMNS)
 _GPU_OPS: Final = _ops(GPU_COLUMNS)
+_GPU_AT: Final = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 
 
 @dataclass(slots=True)
 class Staged:
-    """New samples (one batch's, or a fold's), as columns."""
+    """New samples (one batch's), as columns, as staged in the store (the samples' values
+    float64, the GPUs' float32, as their records keep them), so a fold of samples read back
+    after a crash adds exactly what it would have added."""
 
     nodes: list[str]
     ts_ms: I64
     values: F64
     """One row per sample: :data:`_SAMPLE`."""
-    gpu_counts: I64
-    gpus: F64
+    gpu_counts: npt.NDArray[np.uint8]
+    gpus: F32
     """One row per GPU of each sample in turn (``gpu_counts`` of them): :data:`_PACKED`."""
+    busy_util_pct: float
+    """The busy threshold in force when these samples were stored."""
 
     def __len__(self) -> int:
         return len(self.nodes)
 
     def encode(self) -> bytes:
-        """The bytes staged in the store (read back by :meth:`decode` after a crash): values
-        as float32 (what the GPU records keep), ~220 B a sample of 8 GPUs."""
+        """The bytes staged in the store (read back by :meth:`decode` after a crash): ~240 B
+        a sample of 8 GPUs, the arrays' own bytes (no conversion)."""
         return msgspec.msgpack.encode(
             (
                 _STAGE_VERSION,
+                self.busy_util_pct,
                 self.nodes,
-                self.ts_ms.astype("<i8").tobytes(),
-                self.values.astype("<f4").tobytes(),
-                self.gpu_counts.astype("<u1").tobytes(),
-                self.gpus.astype("<f4").tobytes(),
+                self.ts_ms.astype("<i8", copy=False).tobytes(),
+                self.values.tobytes(),
+                self.gpu_counts.tobytes(),
+                self.gpus.tobytes(),
             )
         )
 
     @classmethod
-    def decode(cls, body: bytes) -> Staged:
-        """What :meth:`encode` wrote; ``ValueError`` if it is not that."""
+    def decode(cls, body: bytes, busy_util_pct: float) -> Staged:
+        """What :meth:`encode` wrote (or version 1 wrote: its busy GPUs, counted then, are
+        counted again at ``busy_util_pct``); ``ValueError`` if it is not that."""
         try:
-            version, nodes, ts, values, counts, gpus = msgspec.msgpack.decode(body)
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
+            fields = msgspec.msgpack.decode(body)
+            version = fields[0]
+            if version == 1:
+                _, nodes, ts, values, counts, gpus = fields
+                old = np.frombuffer(values, _F32).reshape(-1, 9).astype("<f8")
+                values = old[:, [0, 1, 2, 4, 6, 7, 8]].tobytes()  # less busy and hottest
+            elif version == _STAGE_VERSION:
+                _, busy_util_pct, nodes, ts, values, counts, gpus = fields
+            else:
+                raise ValueError(f"staged rollup batch of version {version!r}")
+            return cls(
+                list(nodes),
+                np.frombuffer(ts, "<i8").astype(np.int64),
+                np.frombuffer(values, _F64).reshape(-1, len(_SAMPLE)),
+                np.frombuffer(counts, np.uint8),
+                np.frombuffer(gpus, _F32).reshape(-1, _PACKED),
+                float(busy_util_pct),
+            )
+        except ValueError:
+            raise
+        except (msgspec.DecodeError, TypeError, IndexError) as exc:
             raise ValueError(f"unreadable staged rollup batch: {exc}") from exc
-        if version != _STAGE_VERSION:
-            raise ValueError(f"staged rollup batch of version {version!r}")
-        return cls(
-            list(nodes),
-            np.frombuffer(ts, "<i8").astype(np.int64),
-            np.frombuffer(values, "<f4").astype(np.float64).reshape(-1, len(_SAMPLE)),
-            np.frombuffer(counts, "<u1").astype(np.int64),
-            np.frombuffer(gpus, "<f4").astype(np.float64).reshape(-1, _PACKED),
-        )
 
 
-_SAMPLE_FIELDS: Final = operator.itemgetter(4, 8, 9, 11, 10, 12, 15)
-"""A :class:`~collector.store.db.SampleRow`'s interval, GPUs, utilisation, GPU power, GPU
-memory, CPU power and node power, in one C call."""
+_SAMPLE_FIELDS: Final = operator.attrgetter(
+    "interval_s",
+    "gpu_count",
+    "gpu_util_pct",
+    "gpu_power_w",
+    "gpu_mem_used_bytes",
+    "cpu_power_w",
+    "node_power_w",
+)
+"""A :class:`~collector.store.rows.SampleRow`'s :data:`_SAMPLE` values, in one C call."""
 
 
 def stage(rows: Sequence[SampleRow], busy_util_pct: float) -> Staged:
-    """New sample rows as columns. Busy GPUs (utilisation at or above ``busy_util_pct``)
-    and the hottest GPU are counted here, per sample, with the threshold in force now."""
+    """New sample rows as columns, with the busy threshold in force now. Little work, on
+    the writer's path: one conversion of the rows' values, the GPUs' packed bytes joined
+    (the fold does the arithmetic)."""
     n = len(rows)
-    got = np.array(list(map(_SAMPLE_FIELDS, rows)), dtype=np.float64).reshape(n, 7)
-    values = np.empty((n, len(_SAMPLE)))
-    values[:, [0, 1, 2, 4, 6, 7, 8]] = got
-    values[:, 3] = 0.0
-    values[:, 5] = math.nan
+    # One flat list: numpy converts it at a third of the cost of a list of tuples.
+    flat = list(chain.from_iterable(map(_SAMPLE_FIELDS, rows)))
+    values = np.array(flat, dtype=_F64).reshape(n, len(_SAMPLE))
     blobs = [r.gpu_stats for r in rows]
-    gpus = np.frombuffer(b"".join(blobs), dtype=np.float64).reshape(-1, _PACKED)
-    counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (8 * _PACKED)
-    has = counts > 0
-    if has.any():
-        starts = (np.cumsum(counts) - counts)[has]
-        busy = np.where(gpus[:, 1] >= busy_util_pct, 1.0, 0.0)  # NaN (unreported): not busy
-        values[has, 3] = np.add.reduceat(busy, starts)
-        values[has, 5] = np.fmax.reduceat(gpus[:, 3], starts)
-    ts = np.fromiter((r.ts_ms for r in rows), dtype=np.int64, count=n)
-    return Staged([r.node for r in rows], ts, values, counts, gpus)
+    gpus = np.frombuffer(b"".join(blobs), dtype=_F32).reshape(-1, _PACKED)
+    counts = np.fromiter(map(len, blobs), dtype=np.int64, count=n) // (4 * _PACKED)
+    ts = np.fromiter(map(_TS, rows), dtype=np.int64, count=n)
+    return Staged([r.node for r in rows], ts, values, counts.astype(np.uint8), gpus, busy_util_pct)
 
 
-def concat(batches: Iterable[Staged]) -> Staged:
-    """Several staged batches as one."""
-    parts = list(batches)
-    return Staged(
-        [name for b in parts for name in b.nodes],
-        np.concatenate([b.ts_ms for b in parts]) if parts else np.zeros(0, np.int64),
-        np.vstack([b.values for b in parts]) if parts else np.zeros((0, len(_SAMPLE))),
-        np.concatenate([b.gpu_counts for b in parts]) if parts else np.zeros(0, np.int64),
-        np.vstack([b.gpus for b in parts]) if parts else np.zeros((0, _PACKED)),
-    )
+_TS: Final = operator.attrgetter("ts_ms")
 
 
 @dataclass(slots=True)
@@ -233,84 +249,104 @@ class Buckets:
     gpu_values: F64 = field(default_factory=lambda: np.zeros((0, len(GPU_COLUMNS))))
     """``GPU_COLUMNS`` (the GPU's index first, part of the key)."""
 
-    def codes(self, names: Iterable[str]) -> I64:
-        """Codes of ``names``, new ones added."""
+    def codes(self, names: Sequence[str]) -> I64:
+        """Codes of ``names``, new ones added (in the order they first appear)."""
         index = self.index
-        out = [index.setdefault(n, len(index)) for n in names]
-        if len(index) > len(self.names):
-            self.names.extend(list(index)[len(self.names) :])
-        return np.array(out, dtype=np.int64)
+        new = [n for n in dict.fromkeys(names) if n not in index]
+        if new:
+            index.update(zip(new, range(len(index), len(index) + len(new)), strict=True))
+            self.names.extend(new)
+        return np.fromiter(map(index.__getitem__, names), np.int64, len(names))
 
-    def rows(self) -> npt.NDArray[np.object_]:
+    def rows(self, *, nan_is_null: bool = False) -> npt.NDArray[np.object_]:
         """``(node, res, bucket, *NODE_COLUMNS, gpu_stats)`` per bucket, a row of an object
-        array each (NaN as ``None``): parameters without a tuple per row, so a fold leaves
-        the garbage collector nothing to scan."""
+        array each: parameters without a tuple per row, so a fold leaves the garbage
+        collector nothing to scan. NaN (nothing reported) as ``None``, unless the store
+        takes NaN for NULL (``nan_is_null``: SQLite binds a NaN as NULL). In the table's
+        key order (node name, resolution, bucket): the rows then go into its B-tree one
+        after the other, not each into the middle of a full page (which costs time, and
+        half-empty pages)."""
         n = len(self.keys)
         out = np.empty((n, 4 + len(NODE_COLUMNS)), dtype=object)
         if not n:
             return out
         gk = _combined(self.gpu_keys)
         nk = _combined(self.keys)
-        lo = np.searchsorted(gk, nk, "left").tolist()
-        hi = np.searchsorted(gk, nk, "right").tolist()
-        packed = self.gpu_values.astype(_GPU_DTYPE)
+        size = GPU_RECORD_BYTES
+        lo = (np.searchsorted(gk, nk, "left") * size).tolist()
+        hi = (np.searchsorted(gk, nk, "right") * size).tolist()
+        packed = np.ascontiguousarray(self.gpu_values, dtype=_GPU_DTYPE).tobytes()
         out[:, 0] = np.array(self.names, dtype=object)[self.keys[:, 0]]
         out[:, 1:3] = self.keys[:, 1:3]
-        values = self.values.astype(object)
-        values[np.isnan(self.values)] = None
-        out[:, 3:-1] = values
-        out[:, -1] = [packed[a:b].tobytes() if b > a else None for a, b in zip(lo, hi, strict=True)]
-        return out
+        out[:, 3:-1] = self.values
+        if not nan_is_null:
+            out[:, 3:-1][np.isnan(self.values)] = None
+        out[:, -1] = [packed[a:b] if b > a else None for a, b in zip(lo, hi, strict=True)]
+        by_name = np.empty(len(self.names), np.int64)
+        by_name[sorted(range(len(self.names)), key=self.names.__getitem__)] = np.arange(
+            len(self.names)
+        )
+        return out[np.lexsort((self.keys[:, 2], self.keys[:, 1], by_name[self.keys[:, 0]]))]
 
 
 def _combined(keys: I64) -> I64:
-    """(code, res, bucket) as one sortable integer: code, then hours before minutes' order
-    does not matter, only that equal keys are equal and the order is that of the sort."""
+    """(code, res, bucket) as one sortable integer: the minutes (by node, then time) before
+    the hours (likewise), so a fold's minutes and hours, each made in order, are in order
+    one after the other. Room for 2^23 nodes and, shifted by 7, a GPU index."""
     hour: I64 = (keys[:, 1] != 60).astype(np.int64)
-    out: I64 = (keys[:, 0] << 33) | (hour << 32) | (keys[:, 2] // 60)
+    out: I64 = (hour << 55) | (keys[:, 0] << 32) | (keys[:, 2] // 60)
     return out
 
 
-def _starts(key: I64) -> tuple[I64, I64]:
-    """The order that sorts ``key``, and where each run of equal keys starts in it."""
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    return order, starts
+def _pairs(major: I64, minor: I64, majors: int) -> tuple[I64, I64, I64]:
+    """Dense ids of the distinct ``(major, minor)`` pairs, numbered in their sorted order
+    (``major`` in ``[0, majors)``): each pair's id, and each id's major and minor. Through
+    ``major x K + minor`` where that leaves few numbers unused (K: the span of ``minor``:
+    a fold's minutes, a node's GPUs), else through a sort."""
+    lo = int(minor.min())
+    minor = minor - lo
+    k = int(minor.max()) + 1
+    if majors * k <= 4 * len(minor) + 1024:
+        slot = major * k + minor
+        seen = np.zeros(majors * k, np.bool_)
+        seen[slot] = True
+        present = np.flatnonzero(seen)
+        rank = np.cumsum(seen) - 1
+        return rank[slot], present // k, present % k + lo
+    distinct, ids = np.unique(major << 32 | minor, return_inverse=True)
+    return ids.reshape(-1), distinct >> 32, (distinct & 0xFFFFFFFF) + lo
 
 
-def _reduce(keys: I64, values: F64, ops: tuple[list[int], list[int], list[int]]) -> tuple[I64, F64]:
-    """Rows with equal keys (node, res, bucket[, gpu]) merged: sums add, minima and
-    maxima compare ignoring NaN; sorted by key."""
-    if not len(keys):
-        return keys, values
-    key = _combined(keys)
-    if keys.shape[1] > 3:
-        key = (key << 7) | keys[:, 3]
-    order, starts = _starts(key)
+def _reduce_ids(ids: I64, cols: F64, ops: tuple[list[int], list[int], list[int]], out: F64) -> F64:
+    """Columns ``cols`` (one row of the array per column) merged per id into ``out`` (a row
+    per column, a column per id): sums add (``bincount``), minima and maxima compare
+    ignoring NaN (``fmin.at``/``fmax.at``). No sort, no copy of the inputs in id order."""
     sums, mins, maxs = ops
-    perm = np.array(sums + mins + maxs, dtype=np.int64)
-    grouped = values[np.ix_(order, perm)]  # one copy: sorted rows, columns by op
-    a, b = len(sums), len(sums) + len(mins)
-    out = np.empty((len(starts), values.shape[1]))
-    out[:, perm[:a]] = np.add.reduceat(grouped[:, :a], starts, axis=0)
-    if mins:
-        out[:, perm[a:b]] = np.fmin.reduceat(grouped[:, a:b], starts, axis=0)
-    out[:, perm[b:]] = np.fmax.reduceat(grouped[:, b:], starts, axis=0)
-    return keys[order[starts]], out
+    groups = out.shape[1]
+    for c in sums:
+        out[c] = np.bincount(ids, weights=cols[c], minlength=groups)
+    out[mins + maxs] = np.nan
+    for c in mins:
+        np.fmin.at(out[c], ids, cols[c])
+    for c in maxs:
+        np.fmax.at(out[c], ids, cols[c])
+    return out
+
+
+def _zero(x: F64) -> F64:
+    """NaN (unreported) as 0 (``np.nan_to_num`` also tests for infinities: 3 passes more)."""
+    return np.where(np.isnan(x), 0.0, x)
 
 
 def _known(x: F64) -> F64:
     return (~np.isnan(x)).astype(np.float64)
 
 
-def _zero(x: F64) -> F64:
-    return np.nan_to_num(x, nan=0.0)
-
-
 def _sample_partials(v: F64) -> F64:
-    dt, g, util, busy, power, tmax, mem, cpu, node_w = v.T
-    return np.column_stack(
+    """Each sample as a partial of one: a row per :data:`NODE_COLUMNS` (``v``: a row per
+    :data:`_SAMPLE` value)."""
+    dt, g, util, busy, power, tmax, mem, cpu, node_w = v
+    return np.stack(
         (
             np.ones_like(dt),
             dt,
@@ -346,58 +382,89 @@ def _sample_partials(v: F64) -> F64:
     )
 
 
-def _gpu_minutes(codes: I64, minute: I64, staged: Staged) -> tuple[I64, F64]:
-    """Each GPU's 1-minute partials, straight from the staged GPU rows (the bulk of a
-    fold's arithmetic: one sort, then one pass per output column)."""
-    per = staged.gpu_counts
-    g = staged.gpus
-    if not len(g):
-        return np.zeros((0, 4), np.int64), np.zeros((0, len(GPU_COLUMNS)))
-    gmin = np.repeat(minute, per)
-    idx = g[:, 0].astype(np.int64)
-    rel = gmin // 60 - gmin.min() // 60
-    order, starts = _starts((np.repeat(codes, per) << 40) | (rel << 7) | idx)
-    cols = g.T[:, order]
-    idx_s, util, power, temp, mem = cols
-    dt = np.repeat(staged.values[:, 0], per)[order]
+def _gpu_records(ids: I64, index: I64, g: F64, dt: F64, out: F64) -> None:
+    """Each id's GPU record (:data:`GPU_COLUMNS`, a row of ``out`` each; ``index``: each
+    id's GPU) from the staged GPU rows ``g`` (a row of the array per :data:`_PACKED` value;
+    ``dt``: each GPU row's interval): one ``bincount`` per count or sum, one
+    ``fmin.at``/``fmax.at`` per extreme, straight over the rows. The bulk of a fold's
+    arithmetic."""
+    n = out.shape[1]
+    out[0] = index
+    rows = np.bincount(ids, minlength=n)
+    at = _GPU_AT
+    for name, x in zip(("util", "power", "temp", "mem"), g[1:], strict=True):
+        missing = np.isnan(x)
+        weights = x
+        if missing.any():
+            out[at[f"{name}_n"]] = rows - np.bincount(ids[missing], minlength=n)
+            weights = np.where(missing, 0.0, x)
+        else:
+            out[at[f"{name}_n"]] = rows
+        out[at[f"{name}_sum"]] = np.bincount(ids, weights=weights, minlength=n)
+        if name == "power":
+            out[at["energy_j"]] = np.bincount(ids, weights=weights * dt, minlength=n)
+        for fn, end in ((np.fmin, "min"), (np.fmax, "max")):
+            if f"{name}_{end}" in at:
+                out[at[f"{name}_{end}"]] = np.nan
+                fn.at(out[at[f"{name}_{end}"]], ids, x)
 
-    def total(x: F64) -> F64:
-        return np.add.reduceat(x, starts)
 
-    def count(x: F64) -> F64:
-        return total(_known(x))
+def _sample_values(parts: Sequence[Staged], per: I64, g: F64) -> F64:
+    """The staged samples' values (a row each: interval, GPUs, utilisation, busy GPUs,
+    GPU power, hottest GPU, GPU memory, CPU power, node power) with their busy GPUs (at or
+    above each batch's threshold; NaN, unreported, is not busy) and hottest GPU counted
+    from the GPU rows ``g`` (``per`` sample)."""
+    n = len(per)
+    sample = np.repeat(np.arange(n), per)
+    threshold = np.repeat([b.busy_util_pct for b in parts], [len(b.gpus) for b in parts])
+    hottest = np.full(n, np.nan)
+    np.fmax.at(hottest, sample, g[3])
+    interval, gpus, util, power, mem, cpu, node_w = np.vstack([b.values for b in parts]).T
+    busy = np.bincount(sample, weights=g[1] >= threshold, minlength=n)
+    out = (interval, gpus, util, busy, power, hottest, mem, cpu, node_w)
+    return np.stack(out, dtype=np.float64)
 
-    def low(x: F64) -> F64:
-        return np.fmin.reduceat(x, starts)
 
-    def high(x: F64) -> F64:
-        return np.fmax.reduceat(x, starts)
-
-    out = np.column_stack(
-        (
-            idx_s[starts],
-            count(util),
-            total(_zero(util)),
-            low(util),
-            high(util),
-            count(power),
-            total(_zero(power)),
-            low(power),
-            high(power),
-            count(temp),
-            total(_zero(temp)),
-            high(temp),
-            count(mem),
-            total(_zero(mem)),
-            high(mem),
-            total(_zero(power * dt)),
-        )
-    )
-    first = order[starts]
-    keys = np.column_stack(
-        (np.repeat(codes, per)[first], np.full(len(first), 60), gmin[first], idx[first])
-    )
-    return keys.astype(np.int64), out
+def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
+    """The 1-minute and 1-hour partials of the ``staged`` batches' samples (the hours made
+    from the minutes); node codes from ``into`` (new ones added to it). Made in key order
+    (:func:`_combined`): no sort afterwards."""
+    out = Buckets() if into is None else into
+    parts = [b for b in staged if len(b)]
+    if not parts:
+        return out
+    codes = np.concatenate([out.codes(b.nodes) for b in parts])
+    per = np.concatenate([b.gpu_counts for b in parts]).astype(np.int64)
+    # A row per value, contiguous; float64, as fmin.at and fmax.at take it without a cast.
+    g = np.concatenate([b.gpus.T for b in parts], axis=1, dtype=np.float64)
+    values = _sample_values(parts, per, g)
+    minute = np.concatenate([b.ts_ms for b in parts]) // 60_000
+    # Each sample's node-minute, each node-minute's node-hour (ids in key order).
+    sid, code, minute = _pairs(codes, minute, len(out.names))
+    hid, hcode, hour = _pairs(code, minute // 60, len(out.names))
+    nm, nh = len(code), len(hcode)
+    out.keys = np.empty((nm + nh, 3), np.int64)
+    out.keys[:, 0] = np.concatenate((code, hcode))
+    out.keys[:nm, 1], out.keys[nm:, 1] = MINUTE_S, HOUR_S
+    out.keys[:, 2] = np.concatenate((minute * 60, hour * 3600))
+    v = np.empty((len(NODE_COLUMNS), nm + nh))
+    _reduce_ids(sid, _sample_partials(values), _NODE_OPS, v[:, :nm])
+    _reduce_ids(hid, v[:, :nm], _NODE_OPS, v[:, nm:])
+    out.values = v.T
+    if not g.shape[1]:
+        out.gpu_keys = np.zeros((0, 3), np.int64)
+        out.gpu_values = np.zeros((0, len(GPU_COLUMNS)))
+        return out
+    # The GPUs: an id per node-minute and index, then per node-hour and index.
+    gid, gm, gindex = _pairs(np.repeat(sid, per), g[0].astype(np.int64), nm)
+    ghid, gh, _ = _pairs(hid[gm], gindex, nh)
+    ng = len(gm)
+    gv = np.empty((len(GPU_COLUMNS), ng + len(gh)))
+    _gpu_records(gid, gindex, g, np.repeat(values[0], per), gv[:, :ng])
+    _reduce_ids(ghid, gv[:, :ng], _GPU_OPS, gv[:, ng:])
+    out.gpu_keys = out.keys[np.concatenate((gm, gh + nm))]
+    out.gpu_values = gv.T
+    return out
 
 
 def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tuple[I64, F64]:
@@ -406,13 +473,15 @@ def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tupl
     (:data:`GPU_COLUMNS`) with each one's minute, by minute then GPU: what a fold makes of
     them, for a read of raw samples."""
     n = len(ts_ms)
-    values = np.full((n, len(_SAMPLE)), math.nan)
-    values[:, 0] = interval_s
-    gpus = np.frombuffer(b"".join(gpu_stats), dtype=np.float64).reshape(-1, _PACKED)
-    counts = np.fromiter(map(len, gpu_stats), dtype=np.int64, count=n) // (8 * _PACKED)
-    staged = Staged([""] * n, ts_ms, values, counts, gpus)
-    keys, records = _gpu_minutes(np.zeros(n, np.int64), ts_ms // 60_000 * 60, staged)
-    return keys[:, 2], records
+    g = np.frombuffer(b"".join(gpu_stats), _F32).reshape(-1, _PACKED).T.astype(np.float64)
+    if not g.shape[1]:
+        return np.zeros(0, np.int64), np.zeros((0, len(GPU_COLUMNS)))
+    per = np.fromiter(map(len, gpu_stats), np.int64, n) // (4 * _PACKED)
+    sid, _, minute = _pairs(np.zeros(n, np.int64), np.asarray(ts_ms) // 60_000, 1)
+    gid, gm, gindex = _pairs(np.repeat(sid, per), g[0].astype(np.int64), len(minute))
+    out = np.empty((len(GPU_COLUMNS), len(gm)))
+    _gpu_records(gid, gindex, g, np.repeat(np.asarray(interval_s, np.float64), per), out)
+    return minute[gm] * 60, out.T
 
 
 def gpu_steps(times: I64, records: F64, step: int) -> tuple[I64, F64]:
@@ -421,39 +490,11 @@ def gpu_steps(times: I64, records: F64, step: int) -> tuple[I64, F64]:
     record, by step then GPU."""
     if not len(times):
         return times, records
-    starts = times // step * step
-    keys = np.column_stack(
-        (np.zeros_like(starts), np.full_like(starts, 60), starts, records[:, 0].astype(np.int64))
-    )
-    merged, out = _reduce(keys, records, _GPU_OPS)
-    return merged[:, 2], out
-
-
-def _by_hour(keys: I64) -> I64:
-    out = keys.copy()
-    out[:, 1] = 3600
-    out[:, 2] = keys[:, 2] // 3600 * 3600
-    return out
-
-
-def buckets(staged: Staged, into: Buckets | None = None) -> Buckets:
-    """The 1-minute and 1-hour partials of ``staged`` samples (the hours made from the
-    minutes); node codes from ``into`` (new ones added to it)."""
-    out = Buckets() if into is None else into
-    codes = out.codes(staged.nodes)
-    minute = staged.ts_ms // 60_000 * 60
-    keys = np.column_stack((codes, np.full_like(codes, 60), minute))
-    mk, mv = _reduce(keys, _sample_partials(staged.values), _NODE_OPS)
-    gk, gv = _gpu_minutes(codes, minute, staged)
-    hk, hv = _reduce(_by_hour(mk), mv, _NODE_OPS)
-    ghk = np.column_stack((_by_hour(gk[:, :3]), gk[:, 3]))
-    ghk, ghv = _reduce(ghk, gv, _GPU_OPS)
-    out.keys = np.vstack((mk, hk))
-    out.values = np.vstack((mv, hv))
-    out.gpu_keys = np.vstack((gk[:, :3], ghk[:, :3]))
-    out.gpu_values = np.vstack((gv, ghv))
-    _sort(out)
-    return out
+    sid, _, start = _pairs(np.zeros(len(times), np.int64), times // step, 1)
+    gid, gs, _ = _pairs(sid, records[:, 0].astype(np.int64), len(start))
+    out = np.empty((len(GPU_COLUMNS), len(gs)))
+    _reduce_ids(gid, np.ascontiguousarray(records.T), _GPU_OPS, out)
+    return start[gs] * step, out.T
 
 
 def _sort(b: Buckets) -> None:
@@ -475,25 +516,31 @@ def decode_gpus(blob: bytes | None) -> F64:
 def _merge_into(
     into: F64, at: I64, values: F64, ops: tuple[list[int], list[int], list[int]]
 ) -> None:
-    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op."""
-    sums, mins, maxs = ops
-    for cols, fn in ((sums, np.add), (mins, np.fmin), (maxs, np.fmax)):
-        if cols:
-            idx = np.ix_(at, np.array(cols, dtype=np.int64))
-            into[idx] = fn(into[idx], values[:, cols])
+    """Merge ``values`` into the rows ``at`` of ``into`` (distinct rows), column by op, a
+    column at a time (:func:`buckets` makes ``into`` a column after another in memory)."""
+    columns, merged = into.T, np.ascontiguousarray(values.T)
+    for cols, fn in zip(ops, (np.add, np.fmin, np.fmax), strict=True):
+        for c in cols:
+            column = columns[c]
+            column[at] = fn(column[at], merged[c])
 
 
 def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     """``new`` with the GPU records of the ``stored`` buckets of its keys merged in (rows
     ``(node, res, bucket, gpu_stats)`` read from the store; the node's own columns merge in
     SQL, :data:`collector.store.rollups.UPSERT_SQL`). No re-sort: each stored record is
-    looked up among ``new``'s (sorted) ones; only a GPU that ``new`` lacks is added."""
-    blobs = [r[3] or b"" for r in stored]
+    looked up among ``new``'s (sorted) ones, in their order (so the lookups and the merge
+    walk ``new``'s records forward); only a GPU that ``new`` lacks is added."""
+    if not stored:
+        return new
+    codes = new.codes([r[0] for r in stored])
+    keys = np.column_stack((codes, [r[1] for r in stored], [r[2] for r in stored]))
+    order = np.argsort(_combined(keys), kind="stable")
+    keys = keys[order]
+    blobs = [stored[i][3] or b"" for i in order.tolist()]
     gvals = decode_gpus(b"".join(blobs))
     if not len(gvals):
         return new
-    codes = new.codes(r[0] for r in stored)
-    keys = np.column_stack((codes, [r[1] for r in stored], [r[2] for r in stored]))
     per = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // GPU_RECORD_BYTES
     gkeys = np.repeat(keys.astype(np.int64), per, axis=0)
     want = (_combined(gkeys) << 7) | gvals[:, 0].astype(np.int64)

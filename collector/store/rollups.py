@@ -5,16 +5,17 @@ Two steps, both in the writer's task:
 
 * **stage** (in :meth:`~collector.store.db.Store.write_batch`, the batch's transaction):
   the samples the insert reports as new (``ON CONFLICT DO NOTHING RETURNING``) become one
-  :class:`~collector.store.partials.Staged` (columns, built in one pass), kept in memory
-  and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`). A duplicate (the same
-  ``(node, ts_ms)``, the samples table's key) is not new, so it adds nothing.
-* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so): the
-  staged samples become partial aggregates per bucket (numpy, in a worker thread: the
-  minutes from the samples, the hours from the minutes,
+  :class:`~collector.store.partials.Staged` (columns, little work: the arithmetic waits for
+  the fold), kept in memory and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`).
+  A duplicate (the same ``(node, ts_ms)``, the samples table's key) is not new, so it adds
+  nothing.
+* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so;
+  :mod:`collector.store.fold`): the staged samples become partial aggregates per bucket
+  (numpy, in a worker thread: the minutes from the samples, the hours from the minutes,
   :func:`collector.store.partials.buckets`), the buckets already stored under those keys
   are read and merged in (:func:`collector.store.partials.merge`), written back
-  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and ``rollup_stage``
-  emptied: one transaction.
+  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the folded
+  ``rollup_stage`` rows deleted: one transaction.
 
 So every sample counts exactly once whatever happens between the two (a crash leaves the
 staged rows, which the next store reads back at open and folds), a late sample lands in the
@@ -40,14 +41,17 @@ connection that writes them. The SQL is portable (``ON CONFLICT``, row values); 
 several collectors write, a fold first takes an advisory lock for its transaction
 (PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
 cover a bucket that two folds both find missing and both insert. The DDL is migrations
-``0017``, ``0019`` and ``0020``. Several collectors may write one PostgreSQL store (a
-share group): each stages under its own name (``rollup_stage.owner``) and reads back and
-folds only its own staged rows, so a sample is folded by the collector that stored it, once.
+``0017``, ``0019``, ``0021`` and ``0023``. Several collectors may write one PostgreSQL
+store (a share group): each stages under its own name (``rollup_stage.owner``) and reads
+back and folds its own staged rows, so a sample is folded by the collector that stored it,
+once; or, if that one stopped folding (gone for good), by the collector that takes its rows
+over (:mod:`collector.store.fold`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,13 +75,20 @@ from collector.store.query import Query, single
 __all__ = [
     "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
+    "FOLDED_SQL",
+    "FOREIGN_SQL",
+    "FORGET_SQL",
     "HOUR",
     "MARK_HOURS_SQL",
     "MINUTE",
+    "ORPHANS_SQL",
+    "OWNED_SQL",
     "RESOLUTIONS",
     "RETENTION_SQL",
+    "SEEN_SQL",
     "STAGED_SQL",
     "STAGE_SQL",
+    "TAKEOVER_FOLDS",
     "UPSERT_SQL",
     "GpuReading",
     "RollupConfig",
@@ -97,6 +108,12 @@ RESOLUTIONS: Final = (MINUTE, HOUR)
 _PACKED: Final = 5
 """Values per GPU in :func:`pack_gpus`: index, utilisation, power, temperature, memory."""
 _NAN: Final = math.nan
+_BIG_ENDIAN: Final = sys.byteorder == "big"
+
+
+TAKEOVER_FOLDS: Final = 10
+"""A collector that has not folded for this many fold intervals has its staged rows taken
+over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +122,11 @@ class RollupConfig:
 
     busy_util_pct: float = 10.0
     enabled: bool = True
+    takeover_after_s: float = TAKEOVER_FOLDS * 60.0
+    """A fold takes over (folds, and counts) the staged rows of another collector of the
+    store whose last fold or start is older than this: a share group's member that never
+    came back, or a collector whose MQTT client id changed. Each collector dates its folds
+    by its own clock: the members' clocks must agree to well within this (NTP)."""
 
 
 class GpuReading(GpuPower, Protocol):
@@ -122,11 +144,12 @@ class GpuReading(GpuPower, Protocol):
 
 
 def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
-    """One sample's GPUs as the rollups read them: five doubles per GPU (index, utilisation %,
-    power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory used
-    bytes; NaN for unreported). Bytes, not a list of tuples: a queued row then holds no
-    objects the garbage collector tracks."""
-    values = array("d")
+    """One sample's GPUs as the rollups read them: five float32 per GPU (index, utilisation
+    %, power W as :func:`~collector.nodefacts.gpu_power_w` picks it, temperature C, memory
+    used bytes; NaN for unreported), what the rollups' GPU records keep. Bytes, not a list
+    of tuples: a queued row then holds no objects the garbage collector tracks; and the
+    bytes the staging joins as they are."""
+    values = array("f")
     for g in gpus:
         w = gpu_power_w(g)
         values.extend(
@@ -138,19 +161,44 @@ def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
                 _NAN if g.mem_used_bytes is None else float(g.mem_used_bytes),
             )
         )
+    if _BIG_ENDIAN:
+        values.byteswap()  # little-endian, as staged and stored
     return values.tobytes()
 
 
-STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, body)", 2, "")
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, body)", 3, "")
 """One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
-batch's transaction, under its collector's name (the owner)."""
+batch's transaction, under its collector's name (the owner) and its number among them."""
 CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
 """Rows staged before stages had owners: the first collector to open the store takes them
 (one statement, so two collectors starting at once do not both)."""
-STAGED_SQL: Final = "SELECT body FROM rollup_stage WHERE owner = ?"
+STAGED_SQL: Final = "SELECT seq, body FROM rollup_stage WHERE owner = ?"
+OWNED_SQL: Final = "SELECT DISTINCT seq FROM rollup_stage WHERE owner = ?"
+"""The numbers of the batches a collector still owns when it folds (another may have taken
+over the others)."""
 CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ?"
-"""A fold empties its own collector's staged rows, never another's (several collectors
-write one PostgreSQL store: each folds only what it staged)."""
+"""A fold empties its own collector's staged rows and those it took over, never another's
+(several collectors write one PostgreSQL store: each folds what it staged)."""
+FOLDED_SQL: Final = (
+    "INSERT INTO rollup_owners (owner, folded) VALUES (?, ?) "
+    "ON CONFLICT (owner) DO UPDATE SET folded = excluded.folded"
+)
+"""A collector's fold (or start), in that transaction: it is alive, its rows are its own."""
+SEEN_SQL: Final = (
+    "INSERT INTO rollup_owners (owner, folded) SELECT DISTINCT owner, ? FROM rollup_stage "
+    "WHERE owner <> '' ON CONFLICT (owner) DO NOTHING"
+)
+"""Owners with staged rows and no fold recorded (staged before this version) count from
+the first fold that sees them (the WHERE also settles SQLite's ``SELECT ... ON`` parse)."""
+ORPHANS_SQL: Final = (
+    "SELECT o.owner FROM rollup_owners o WHERE o.owner <> ? AND o.folded < ? "
+    "AND EXISTS (SELECT 1 FROM rollup_stage s WHERE s.owner = o.owner) ORDER BY o.owner"
+)
+"""Other collectors with staged rows whose last fold is older than the cutoff."""
+FORGET_SQL: Final = "DELETE FROM rollup_owners WHERE owner = ?"
+"""An owner whose rows were taken over: back, it starts anew (it records its start)."""
+FOREIGN_SQL: Final = "SELECT 1 FROM rollup_stage WHERE owner <> ? LIMIT 1"
+"""Whether any other collector has rows staged (a fold with nothing of its own looks)."""
 
 _KEY: Final = ("node", "res", "bucket")
 _COLUMNS: Final = (*_KEY, *(c for c, _ in NODE_COLUMNS), "gpu_stats")
