@@ -282,6 +282,8 @@ class DictionaryTrainer:
         kept, self._kept, self._skip = self._kept, [], self.every
         held_out = kept[::4]
         learn: list[bytes | bytearray | memoryview] = [p for i, p in enumerate(kept) if i % 4]
+        if not learn:
+            return None
         try:
             trained = zstandard.train_dictionary(self.dict_size, learn, level=_LEVEL)
         except zstandard.ZstdError:
