@@ -69,7 +69,14 @@ from collector.governance.ledger import LedgerJob
 from collector.governance.rules import governance_rules
 from collector.health import Health
 from collector.ingest.metrics import IngestMetrics, ReaderMetrics, WriterMetrics
-from collector.ingest.reader import Connect, Reader, Subscriber, load_session
+from collector.ingest.reader import (
+    UNIT_BYTES,
+    UNIT_MESSAGES,
+    Connect,
+    Reader,
+    Subscriber,
+    load_session,
+)
 from collector.ingest.validate import Ingestor
 from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
@@ -345,13 +352,12 @@ class Collector:
                 await stored_above(store, _RESTORE_ABOVE_ROWS),
                 self.clock.time(),
             )
-        # Each unit is one read: at most batch_max_rows messages or unit_bytes of payload
-        # (the subscriber pauses there), so this bounds what waits in memory to about
-        # queue_max messages and queue_max_bytes.
+        # Each unit is at most unit_messages messages and UNIT_BYTES of payload (the
+        # reader cuts each read into such units), so this bounds what waits in memory to
+        # queue_max messages and queue_max_bytes, whichever is reached first.
+        unit_messages = min(UNIT_MESSAGES, s.batch_max_rows)
         queue = self._queue = asyncio.Queue(
-            maxsize=max(
-                2, min(s.queue_max // s.batch_max_rows, s.queue_max_bytes // self.unit_bytes)
-            )
+            maxsize=max(2, min(s.queue_max // unit_messages, s.queue_max_bytes // UNIT_BYTES))
         )
         reader = Reader(
             connect,
@@ -365,6 +371,7 @@ class Collector:
             connected=self.connected,
             reconnect_min_s=s.mqtt.reconnect_min_s,
             reconnect_max_s=s.mqtt.reconnect_max_s,
+            unit_messages=unit_messages,
             metrics=self.reader_metrics,
         )
         role = self.role = Role(

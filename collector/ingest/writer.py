@@ -18,9 +18,14 @@ a probe, judged at the next interval; three connections in a row lost right afte
 watermarks stop for an hour (``watermarks_refused``, logged as an error naming the ACL
 line), so an old ACL costs three reconnects, not a reconnect every second.
 
-Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
-collector commits big batches and an idle one commits each read at once (no timer to wait
-for before acknowledging).
+Batches are what waited, bounded by time: while a commit runs, the next units queue up, and
+an idle collector commits each unit at once (no timer to wait for before acknowledging). A
+batch takes at most as many rows as the last batches say fit in :data:`BATCH_TARGET_S`
+(:class:`BatchLimit`): after a pause (a collection, an evaluation's record, the rollups' fold)
+the backlog is committed in several short batches, each acknowledged at once, rather than one
+long one that every message behind it waits for. Only while batches at that limit leave rows
+waiting for :data:`BEHIND_S` in a row (a backlog to drain) are they as large as
+``batch_max_rows``, the most rows a second (fewer commits a row).
 
 Other tasks' results: the webhook delivery's outcomes and the evaluator's (alert changes,
 governance usage, capacity snapshots) arrive on this same queue as :class:`Record` items.
@@ -66,7 +71,16 @@ from shared.logging import get_logger
 from shared.schema import Watermark, encode
 from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
-__all__ = ["FOLD_EVERY_S", "FOLD_SAMPLES", "Record", "Writer", "WriterItem"]
+__all__ = [
+    "BATCH_TARGET_S",
+    "BEHIND_S",
+    "FOLD_EVERY_S",
+    "FOLD_SAMPLES",
+    "BatchLimit",
+    "Record",
+    "Writer",
+    "WriterItem",
+]
 
 log = get_logger("writer")
 
@@ -79,6 +93,11 @@ _RETRY_MAX_S: Final = 10.0
 """Backoff between reconnects to an unavailable store (randomised, doubling up to this)."""
 
 T = TypeVar("T")
+BATCH_TARGET_S: Final = 0.008
+"""How long a batch (store and acknowledgements) should take while the writer keeps up."""
+BEHIND_S: Final = 0.5
+"""Batches at the time limit leaving rows waiting this long: a backlog, drained at full size."""
+_BATCH_MIN_ROWS: Final = 32
 FOLD_EVERY_S: Final = 60.0
 FOLD_SAMPLES: Final = 100_000
 """Staged samples are folded into the rollups every minute, or sooner once this many wait
@@ -101,6 +120,46 @@ class Record(Protocol):
     async def write(self, store: Store) -> None:
         """Write it, in the writer's task; raise :class:`StoreError` if the store refuses."""
         ...
+
+
+class BatchLimit:
+    """How many rows the next batch may take (see the module docstring).
+
+    ``rows`` starts at ``max_rows``; each batch that reached it, or took longer than
+    ``target_s``, moves it towards the rows that would have taken ``target_s`` at that
+    batch's pace (at most halved or doubled per batch, against the noise of a shared
+    machine; never below :data:`_BATCH_MIN_ROWS`). While batches stopped at it with more
+    waiting for ``behind_s`` in a row, :meth:`now` is ``max_rows``.
+    """
+
+    def __init__(
+        self, max_rows: int, *, target_s: float = BATCH_TARGET_S, behind_s: float = BEHIND_S
+    ) -> None:
+        self.max_rows = max_rows
+        self.rows = max_rows
+        self._min_rows = min(_BATCH_MIN_ROWS, max_rows)
+        self._target_s = target_s
+        self._behind_s = behind_s
+        self._capped_since: float | None = None
+
+    def now(self, t: float) -> int:
+        """The limit for a batch gathered at monotonic time ``t``."""
+        since = self._capped_since
+        if since is not None and t - since >= self._behind_s:
+            return self.max_rows
+        return self.rows
+
+    def observe(self, rows: int, took_s: float, *, capped: bool, t: float) -> None:
+        """A batch of ``rows`` took ``took_s``; ``capped``: it stopped at the limit with more
+        waiting."""
+        if not capped:
+            self._capped_since = None
+        elif self._capped_since is None:
+            self._capped_since = t
+        if rows >= self.rows or took_s > self._target_s:
+            fits = rows * self._target_s / max(took_s, 1e-6)  # rows that take target_s
+            moved = min(2 * self.rows, max(self.rows / 2, fits))
+            self.rows = round(min(self.max_rows, max(self._min_rows, moved)))
 
 
 WriterItem = Unit | StopUnit | Record
@@ -137,7 +196,7 @@ class Writer:
         self._queue = queue
         self._ingestor = ingestor
         self._clock = clock
-        self._batch_max_rows = batch_max_rows
+        self.batch_limit = BatchLimit(batch_max_rows)
         self._retention_s = retention_s
         self._retention_check_s = retention_check_s
         self._retention_chunk_rows = retention_chunk_rows
@@ -183,9 +242,12 @@ class Writer:
                 min(next_retention, next_counters, next_fold, next_marks) - mono()
             )
             if first is not None:
-                units, records, stop = self._gather(first)
+                limit = self.batch_limit
+                t0 = mono()
+                units, records, stop, capped = self._gather(first, limit.now(t0))
                 if units:
-                    await self._write_units(units)
+                    rows = await self._write_units(units)
+                    limit.observe(rows, mono() - t0, capped=capped, t=t0)
                 for record in records:
                     await self._write_record(record)
                 if stop is not None:
@@ -233,25 +295,31 @@ class Writer:
                 return await self._queue.get()
         return None
 
-    def _gather(self, first: WriterItem) -> tuple[list[Unit], list[Record], StopUnit | None]:
-        """``first`` and the items already waiting behind it, up to ``batch_max_rows`` items."""
+    def _gather(
+        self, first: WriterItem, most: int
+    ) -> tuple[list[Unit], list[Record], StopUnit | None, bool]:
+        """``first`` and the items already waiting behind it, up to ``most`` items; and
+        whether it stopped there with more waiting."""
         units: list[Unit] = []
         records: list[Record] = []
         item: WriterItem = first
         size = 0
         while True:
             if isinstance(item, StopUnit):
-                return units, records, item
+                return units, records, item, False
             if isinstance(item, Unit):
                 units.append(item)
                 size += len(item.items)
             else:
                 records.append(item)
-            if size >= self._batch_max_rows or self._queue.empty():
-                return units, records, None
+            if self._queue.empty():
+                return units, records, None, False
+            if size >= most:
+                return units, records, None, True
             item = self._queue.get_nowait()
 
-    async def _write_units(self, units: list[Unit]) -> None:
+    async def _write_units(self, units: list[Unit]) -> int:
+        """Store the units' items in one batch, then acknowledge them; return how many."""
         items = [item for unit in units for item in unit.items]
         t0 = self._clock.monotonic()
         await self._store_items(items)
@@ -274,6 +342,7 @@ class Writer:
             acked=acked,
             ms=round((self._clock.monotonic() - t0) * 1000, 2),
         )
+        return len(items)
 
     async def _store_items(self, items: Sequence[Item | MetaItem]) -> None:
         """Write ``items`` in one transaction; bisect around data SQLite refuses."""
