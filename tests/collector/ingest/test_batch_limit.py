@@ -18,30 +18,31 @@ from shared.schema import encode
 from tests.helpers import count_samples
 
 
+def _limits(*batches: tuple[int, float, bool]) -> list[int]:
+    """The limit after each batch ``(rows, took_s, capped)``, 0.1 s apart, 8 ms target."""
+    limit = BatchLimit(4_000, target_s=0.008)
+    out = []
+    for k, (rows, took_s, capped) in enumerate(batches):
+        limit.observe(rows, took_s, capped=capped, t=0.1 * k)
+        out.append(limit.now(0.1 * k + 0.05))
+    return out
+
+
 def test_a_slow_batch_shrinks_the_limit_towards_the_target_time_by_at_most_half() -> None:
     """4,000 rows in 64 ms against an 8 ms target: 2,000 next (at most halved), then
     2,000 in 16 ms: 1,000; a batch at the target keeps it."""
-    limit = BatchLimit(4_000, target_s=0.008)
-    assert limit.now(0.0) == 4_000
-    limit.observe(4_000, 0.064, capped=False, t=0.0)
-    assert limit.now(0.1) == 2_000
-    limit.observe(2_000, 0.016, capped=True, t=0.1)
-    assert limit.now(0.2) == 1_000
-    limit.observe(1_000, 0.008, capped=True, t=0.2)
-    assert limit.now(0.3) == 1_000
+    assert BatchLimit(4_000).now(0.0) == 4_000
+    steps = _limits((4_000, 0.064, False), (2_000, 0.016, True), (1_000, 0.008, True))
+    assert steps == [2_000, 1_000, 1_000]
 
 
 def test_a_fast_batch_at_the_limit_raises_it_and_a_small_one_leaves_it() -> None:
     """A full batch in half the target doubles the limit (up to the maximum); a batch
     below the limit that was fast says nothing about larger ones."""
-    limit = BatchLimit(4_000, target_s=0.008)
-    limit.observe(4_000, 0.032, capped=False, t=0.0)  # -> 2,000
-    limit.observe(100, 0.001, capped=False, t=0.1)
-    assert limit.now(0.2) == 2_000
-    limit.observe(2_000, 0.004, capped=True, t=0.2)
-    assert limit.now(0.3) == 4_000
-    limit.observe(4_000, 0.001, capped=True, t=0.3)
-    assert limit.now(0.3) == 4_000
+    steps = _limits(
+        (4_000, 0.032, False), (100, 0.001, False), (2_000, 0.004, False), (4_000, 0.001, False)
+    )
+    assert steps == [2_000, 2_000, 4_000, 4_000]
 
 
 def test_a_slow_small_batch_shrinks_the_limit_but_never_below_the_floor() -> None:
