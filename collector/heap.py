@@ -18,9 +18,11 @@ one per sample) and the alert states are ``msgspec`` structs with ``gc=False``
 (:class:`collector.live.NodeState`, :class:`collector.alerts.rule.AlertState`). Still
 tracked, for whoever goes further: each node's XID deque and its inventory's four lists
 (``shared.schema.Inventory``: ~60,000 objects at 12,500 nodes, in every full pass), and the
-per-node objects the governance and capacity cycles build each time (``Hardware``,
-``NodeMeasure``, ``Row``: they survive a young pass while a cycle runs, and a
-middle-generation pass then scans them, tens of milliseconds on a loaded machine).
+per-node objects the governance and capacity cycles build each time (``Hardware`` and
+``NodeMeasure``: a named tuple and a frozen dataclass, both tracked for good, since CPython
+untracks only exact tuples; sqlite3 ``Row`` s: they survive a young pass while a cycle
+runs, and a middle-generation pass then scans them, tens of milliseconds on a loaded
+machine). ``msgspec`` structs with ``gc=False`` would do, where the module may import msgspec.
 """
 
 from __future__ import annotations
