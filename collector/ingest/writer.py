@@ -135,7 +135,11 @@ class BatchLimit:
     ``target_s``, moves it towards the rows that would have taken ``target_s`` at that
     batch's pace (at most halved or doubled per batch, against the noise of a shared
     machine; never below :data:`_BATCH_MIN_ROWS`). While batches stopped at it with more
-    waiting for ``behind_s`` in a row, :meth:`now` is ``max_rows``.
+    waiting for ``behind_s`` in a row, :meth:`now` is ``max_rows``; only a batch under half
+    the limit that left nothing waiting ends that (the writer keeps up again). A drain
+    through the broker's in-flight window (Mosquitto's ``max_inflight_messages``, 1,000 in
+    deploy/) empties the queue at every window, with batches the size of the limit: that
+    is still a backlog.
     """
 
     def __init__(
@@ -158,10 +162,11 @@ class BatchLimit:
     def observe(self, rows: int, took_s: float, *, capped: bool, t: float) -> None:
         """A batch of ``rows`` took ``took_s``; ``capped``: it stopped at the limit with more
         waiting."""
-        if not capped:
+        if capped:
+            if self._capped_since is None:
+                self._capped_since = t
+        elif rows < self.rows / 2:
             self._capped_since = None
-        elif self._capped_since is None:
-            self._capped_since = t
         if rows >= self.rows or took_s > self._target_s:
             fits = rows * self._target_s / max(took_s, 1e-6)  # rows that take target_s
             moved = min(2 * self.rows, max(self.rows / 2, fits))

@@ -67,6 +67,21 @@ def test_a_backlog_at_the_limit_for_behind_s_gets_the_largest_batches_until_drai
     assert limit.now(0.7) == 1_000
 
 
+def test_a_drain_through_the_in_flight_window_is_a_backlog_though_it_empties_the_queue() -> None:
+    """Windows of 1,000 messages at a 500-row limit: a capped batch, then one that takes
+    the rest (the queue empty, the broker sending the next window): still behind."""
+    limit = BatchLimit(4_000, target_s=0.008, behind_s=0.5)
+    limit.observe(4_000, 0.064, capped=True, t=0.0)  # -> 2,000
+    limit.observe(2_000, 0.032, capped=True, t=0.1)  # -> 1,000
+    limit.observe(1_000, 0.016, capped=True, t=0.2)  # -> 500
+    t = 0.3
+    while t < 0.6:
+        limit.observe(500, 0.008, capped=True, t=t)
+        limit.observe(500, 0.008, capped=False, t=t + 0.05)
+        t += 0.1
+    assert limit.now(t) == 4_000
+
+
 class _Link:
     """Where the units' acks go: notes how many samples the store held at each ack."""
 
