@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 from collector.nodefacts import PowerReading, gpu_power_w, sample_power
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
@@ -71,10 +73,15 @@ _NO_EPOCH: Final = -1
 """The epoch of an agent before the field: its seq restarts at 0 with each process."""
 
 
-@dataclass(slots=True)
-class NodeState:
+class NodeState(msgspec.Struct, gc=False):
     """Everything the view knows about one node. Read it, never change it: the view stores
-    changed copies (see the module docstring)."""
+    changed copies (see the module docstring).
+
+    ``gc=False``: not tracked by the cyclic garbage collector (it refers to no object that
+    refers back to it). Each sample stores a new one, and a snapshot keeps the old ones alive
+    while an evaluation reads it: tracked, 12,500 nodes at a sample a second put ~12,500
+    objects into each young-generation pass and made the middle-generation passes scan
+    ~60,000-80,000 objects (tens of milliseconds with the event loop stopped)."""
 
     node: str
     sample: Sample | None = None
@@ -83,12 +90,12 @@ class NodeState:
     status_ts: float | None = None
     inventory: Inventory | None = None
     inventory_ts: float | None = None
-    ecc: dict[int, GpuEcc] = field(default_factory=dict)
+    ecc: dict[int, GpuEcc] = msgspec.field(default_factory=dict)
     """Last known ECC counters per GPU index (sent on slow ticks only)."""
-    remapped_rows: dict[int, GpuRemappedRows] = field(default_factory=dict)
+    remapped_rows: dict[int, GpuRemappedRows] = msgspec.field(default_factory=dict)
     """Last known row-remapping state per GPU index (sent on slow ticks only)."""
-    xids: deque[XidSeen] = field(default_factory=deque)
-    rejects: dict[str, deque[list[int]]] = field(default_factory=dict)
+    xids: deque[XidSeen] = msgspec.field(default_factory=deque)
+    rejects: dict[str, deque[list[int]]] = msgspec.field(default_factory=dict)
     """Per reason: ``[bucket number, count]`` pairs, oldest first."""
     last_reject: float | None = None
     # Summaries over the GPUs, refreshed on each update so a rule can skip a healthy node

@@ -8,8 +8,9 @@ Python's ``sorted`` orders by code point, which is the same order as Go's byte-w
 the UTF-8 encodings.
 
 A mass event (every node stale at once) needs thousands of new fingerprints in one
-evaluation: :func:`fingerprints_of_items` hashes them together (:func:`_fnv1a_lanes`), three
-to four times faster than one at a time, and remembers the last :data:`_MEMO_SIZE` of them.
+evaluation: :func:`fingerprints_of_items` hashes them together (:func:`_fnv1a_lanes`, numpy:
+12,500 node alerts in ~1 ms instead of ~8 ms with Python integers), and remembers the last
+:data:`_MEMO_SIZE` of them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ FNV64_OFFSET: Final = 14695981039346656037
 FNV64_PRIME: Final = 1099511628211
 _MASK: Final = 2**64 - 1
 _SEP: Final = b"\xff"
-_LANE: Final = 14
-"""Bytes per hash in :func:`_fnv1a_lanes`: a 64-bit hash times the 41-bit prime needs 105 bits."""
 _LANES_MIN: Final = 16
 """Fewer label sets of one length than this are hashed one by one (the lanes' set-up costs more)."""
 _MEMO_SIZE: Final = 1 << 15
@@ -55,30 +54,27 @@ def _fnv1a(data: bytes) -> int:
 
 
 def _fnv1a_lanes(datas: Sequence[bytes]) -> list[str]:
-    """FNV-1a 64 of byte strings of one length, all at once, as ``%016x``: SIMD within one
-    Python integer.
+    """FNV-1a 64 of byte strings of one length, all at once, as ``%016x``.
 
-    ``h`` holds one hash per :data:`_LANE` bytes (big-endian: string ``i``'s hash in the low
-    8 bytes of lane ``i``). At each byte position, one XOR with an integer holding that byte
-    of every string at the bottom of its lane, one multiplication by the prime (no lane's
-    product reaches the next lane) and one AND with every lane's low 64 bits: three
-    operations on big integers, each a loop in C, instead of three interpreted ones per
-    string. The bytes every string starts with (``alertname``, the rule's name, the next
-    label's name) are hashed once.
+    One unsigned 64-bit lane per string (numpy): at each byte position, one XOR of every
+    lane with that byte of its string and one multiplication by the prime, each a loop in
+    C; uint64 arithmetic wraps modulo 2**64 as FNV's does. The bytes every string starts
+    with (``alertname``, the rule's name, the next label's name) are hashed once.
     """
+    import numpy as np  # noqa: PLC0415 (the collector has it; commands reading alerts need not)
+
     n, length = len(datas), len(datas[0])
     first, last = min(datas), max(datas)  # what they all start with, these two do
     start = next((j for j, (a, b) in enumerate(zip(first, last, strict=True)) if a != b), length)
-    block = b"".join(datas)
-    column = bytearray(_LANE * n)
-    h = int.from_bytes(_fnv1a(datas[0][:start]).to_bytes(_LANE, "big") * n, "big")
-    mask = int.from_bytes(_MASK.to_bytes(_LANE, "big") * n, "big")
-    for j in range(start, length):
-        column[_LANE - 1 :: _LANE] = block[j::length]
-        h = ((h ^ int.from_bytes(column, "big")) * FNV64_PRIME) & mask
-    digits = h.to_bytes(_LANE * n, "big").hex()
-    lane, low = 2 * _LANE, 2 * _LANE - 16
-    return [digits[lane * i + low : lane * (i + 1)] for i in range(n)]
+    # Byte j of every string, contiguous: one row per position after the common start.
+    columns = np.frombuffer(b"".join(datas), np.uint8).reshape(n, length)[:, start:].T.copy()
+    h = np.full(n, _fnv1a(datas[0][:start]), dtype=np.uint64)
+    prime = np.uint64(FNV64_PRIME)
+    for column in columns:
+        h ^= column
+        h *= prime
+    digits = h.astype(">u8").tobytes().hex()
+    return [digits[16 * i : 16 * (i + 1)] for i in range(n)]
 
 
 def _remember(new: Mapping[Items, str]) -> None:

@@ -65,10 +65,30 @@ __all__ = ["AlertJob", "AlertJobMetrics", "AlertRecord", "RestoreRecord"]
 log = get_logger("alerts")
 
 _KEEP_HISTORY_S: Final = 30 * 86_400.0
+_LOGGED_CHANGES: Final = 20
+"""Alerts that went firing or resolved, logged a line each per evaluation; the rest of a mass
+event is one line (the writer logs them: 12,500 lines cost it ~0.14 s of CPU, samples waiting)."""
 
 
 def _json(mapping: Mapping[str, str]) -> str:
     return json.dumps(dict(mapping), sort_keys=True, ensure_ascii=False)
+
+
+def _log_changes(transitions: Sequence[Transition]) -> None:
+    """A line per alert that went firing or resolved, up to :data:`_LOGGED_CHANGES`; then
+    one line counting the rest by rule and state (the store's history has each one)."""
+    notified = [t for t in transitions if t.notify]
+    for t in notified[:_LOGGED_CHANGES]:
+        log.info(
+            "alert_" + t.state, alertname=t.rule, fingerprint=t.fingerprint, labels=dict(t.labels)
+        )
+    rest = notified[_LOGGED_CHANGES:]
+    if rest:
+        counts: dict[str, int] = {}
+        for t in rest:
+            key = f"{t.rule} {t.state}"
+            counts[key] = counts.get(key, 0) + 1
+        log.info("alert_changes_not_logged", alerts=len(rest), by_rule=counts)
 
 
 def _change(t: Transition) -> AlertChange:
@@ -93,6 +113,9 @@ class AlertRecord:
     job: AlertJob
     now: float
     transitions: list[Transition]
+    changes: list[AlertChange]
+    """The transitions as the store records them (made in the worker thread, not the
+    writer's: a mass event has thousands, two JSON documents each)."""
     outbox: list[OutboxNew]
     groups: list[GroupLog]
     forget_groups: list[str]
@@ -257,6 +280,7 @@ class AlertJob:
             self,
             now,
             transitions,
+            [_change(t) for t in transitions],
             [n for f in flushes for n in self._notifications(f, now)],
             [
                 GroupLog(key, json.dumps(sorted(n.firing)), json.dumps(sorted(n.resolved)), n.at)
@@ -270,10 +294,10 @@ class AlertJob:
 
     async def _recorded(self, store: Store, r: AlertRecord) -> None:
         """The writer's half: the changes in one transaction, then what waited for it."""
-        if r.transitions or r.flushes or r.groups or r.forget_groups:
+        if r.changes or r.flushes or r.groups or r.forget_groups:
             entries = await write_alerts(
                 store,
-                [_change(t) for t in r.transitions],
+                r.changes,
                 self.keep_history_s,
                 r.outbox,
                 r.now,
@@ -285,14 +309,7 @@ class AlertJob:
         if self._push is not None:
             self._push(r.firing, r.resolved, r.now)
         self.evaluated_at = r.now
-        for t in r.transitions:
-            if t.notify:
-                log.info(
-                    "alert_" + t.state,
-                    alertname=t.rule,
-                    fingerprint=t.fingerprint,
-                    labels=dict(t.labels),
-                )
+        _log_changes(r.transitions)
         for f in r.flushes:
             if f.route.receivers:
                 log.info("alert_group_notified", group_key=f.group_key, alerts=len(f.alerts))

@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
         extra["retention_s"] = parse_duration(args.retention, field="--retention")
     settings = settings_from_args(args, **extra)
     configure_logging(settings.log_level, json=settings.log_json)
-    from collector import heap  # noqa: PLC0415
+    from collector import cooperate, heap  # noqa: PLC0415
 
     heap.configure()
+    cooperate.configure()
     asyncio.run(_serve(settings))
     return 0
 

@@ -65,6 +65,8 @@ class Watermarks:
         self.max_nodes = max_nodes
         self._marks: dict[str, _Mark] = {}
         self._dirty: set[str] = set()
+        self._round: list[str] = []
+        """The nodes of the round being written and published, not yet taken."""
         self._holed: set[str] = set()
         self.holes_given_up = 0
         """Holes skipped because nothing filled them in ``hole_s`` (since start)."""
@@ -138,24 +140,39 @@ class Watermarks:
                 dirty.add(node)
             # else: a late sample of an older epoch (its watermark was sent with that epoch)
 
-    def due(self, now: float) -> list[WatermarkRow]:
-        """The nodes whose watermark changed since the last call (holes older than
-        ``hole_s`` given up first), as rows to write and then publish."""
-        now_ms = round(now * 1000)
-        if self._holed:
-            for node in list(self._holed):
-                m = self._marks[node]
-                while m.ranges and now_ms - m.ranges[0][2] >= self.hole_ms:
-                    self._give_up(node, m)
-                    self._dirty.add(node)
+    def due(self, now: float, most: int | None = None) -> list[WatermarkRow]:
+        """The nodes whose watermark changed, as rows to write and then publish.
+
+        A round takes every node changed since the last round began (holes older than
+        ``hole_s`` given up first); with ``most``, one call returns at most that many of
+        them and the next calls the rest (:attr:`pending`), so the writer can commit them
+        in short transactions with sample batches between; a node is in a round once."""
+        if not self._round:
+            now_ms = round(now * 1000)
+            if self._holed:
+                for node in list(self._holed):
+                    m = self._marks[node]
+                    while m.ranges and now_ms - m.ranges[0][2] >= self.hole_ms:
+                        self._give_up(node, m)
+                        self._dirty.add(node)
+            self._round = list(self._dirty)
+            self._dirty.clear()
+        left = self._round
+        cut = 0 if most is None else max(0, len(left) - most)
+        taken = left[cut:]
+        del left[cut:]
         marks = self._marks
         out = []
-        for node in self._dirty:
+        for node in taken:
             mark = marks.get(node)
             if mark is not None:
                 out.append(WatermarkRow(node, mark.epoch, mark.seq, mark.top, mark.ts_ms))
-        self._dirty.clear()
         return out
+
+    @property
+    def pending(self) -> int:
+        """Nodes of the current round not yet taken by :meth:`due`."""
+        return len(self._round)
 
     def retry(self, rows: Iterable[WatermarkRow]) -> None:
         """These could not be published: offer them again at the next :meth:`due`."""

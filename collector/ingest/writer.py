@@ -11,16 +11,24 @@ The store's watermarks (:mod:`collector.ingest.watermark`): each committed batch
 rows move them; every ``watermark_interval_s`` the writer writes the changed ones to the
 ``watermarks`` table and, after that commit, publishes them retained on the connection the
 last unit came from (QoS 0: one that is lost with the connection is offered again at the
-next interval). One message per changed node per interval, whatever the sample rate.
+next interval). One message per changed node per interval, whatever the sample rate; at
+most :data:`WATERMARKS_PER_FLUSH` per transaction, the rest of the round after the next
+batch (12,500 at once held the writer for ~40 ms of CPU, the loop for ~20 ms of it).
 A broker whose ACL does not let the collector write there closes the connection at the
 first one (Mosquitto 2.0 does so even at QoS 0): the first publish on each connection is
-a probe, judged at the next interval; three connections in a row lost right after one, and
+a probe, judged at the next interval (the rest of its round waits for it); three
+connections in a row lost right after one, and
 watermarks stop for an hour (``watermarks_refused``, logged as an error naming the ACL
 line), so an old ACL costs three reconnects, not a reconnect every second.
 
-Batches are as large as the backlog: while a commit runs, the next units queue up, so a busy
-collector commits big batches and an idle one commits each read at once (no timer to wait
-for before acknowledging).
+Batches are what waited, bounded by time: while a commit runs, the next units queue up, and
+an idle collector commits each unit at once (no timer to wait for before acknowledging). A
+batch takes at most as many rows as the last batches say fit in :data:`BATCH_TARGET_S`
+(:class:`BatchLimit`): after a pause (a collection, an evaluation's record, the rollups' fold)
+the backlog is committed in several short batches, each acknowledged at once, rather than one
+long one that every message behind it waits for. Only while batches at that limit leave rows
+waiting for :data:`BEHIND_S` in a row (a backlog to drain) are they as large as
+``batch_max_rows``, the most rows a second (fewer commits a row).
 
 Other tasks' results: the webhook delivery's outcomes and the evaluator's (alert changes,
 governance usage, capacity snapshots) arrive on this same queue as :class:`Record` items.
@@ -66,7 +74,17 @@ from shared.logging import get_logger
 from shared.schema import Watermark, encode
 from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
-__all__ = ["FOLD_EVERY_S", "FOLD_SAMPLES", "Record", "Writer", "WriterItem"]
+__all__ = [
+    "BATCH_TARGET_S",
+    "BEHIND_S",
+    "FOLD_EVERY_S",
+    "FOLD_SAMPLES",
+    "WATERMARKS_PER_FLUSH",
+    "BatchLimit",
+    "Record",
+    "Writer",
+    "WriterItem",
+]
 
 log = get_logger("writer")
 
@@ -79,6 +97,13 @@ _RETRY_MAX_S: Final = 10.0
 """Backoff between reconnects to an unavailable store (randomised, doubling up to this)."""
 
 T = TypeVar("T")
+BATCH_TARGET_S: Final = 0.008
+"""How long a batch (store and acknowledgements) should take while the writer keeps up."""
+BEHIND_S: Final = 0.5
+"""Batches at the time limit leaving rows waiting this long: a backlog, drained at full size."""
+_BATCH_MIN_ROWS: Final = 32
+WATERMARKS_PER_FLUSH: Final = 1_000
+"""Watermarks written (and published) in one transaction at most."""
 FOLD_EVERY_S: Final = 60.0
 FOLD_SAMPLES: Final = 100_000
 """Staged samples are folded into the rollups every minute, or sooner once this many wait
@@ -101,6 +126,51 @@ class Record(Protocol):
     async def write(self, store: Store) -> None:
         """Write it, in the writer's task; raise :class:`StoreError` if the store refuses."""
         ...
+
+
+class BatchLimit:
+    """How many rows the next batch may take (see the module docstring).
+
+    ``rows`` starts at ``max_rows``; each batch that reached it, or took longer than
+    ``target_s``, moves it towards the rows that would have taken ``target_s`` at that
+    batch's pace (at most halved or doubled per batch, against the noise of a shared
+    machine; never below :data:`_BATCH_MIN_ROWS`). While batches stopped at it with more
+    waiting for ``behind_s`` in a row, :meth:`now` is ``max_rows``; only a batch under half
+    the limit that left nothing waiting ends that (the writer keeps up again). A drain
+    through the broker's in-flight window (Mosquitto's ``max_inflight_messages``, 1,000 in
+    deploy/) empties the queue at every window, with batches the size of the limit: that
+    is still a backlog.
+    """
+
+    def __init__(
+        self, max_rows: int, *, target_s: float = BATCH_TARGET_S, behind_s: float = BEHIND_S
+    ) -> None:
+        self.max_rows = max_rows
+        self.rows = max_rows
+        self._min_rows = min(_BATCH_MIN_ROWS, max_rows)
+        self._target_s = target_s
+        self._behind_s = behind_s
+        self._capped_since: float | None = None
+
+    def now(self, t: float) -> int:
+        """The limit for a batch gathered at monotonic time ``t``."""
+        since = self._capped_since
+        if since is not None and t - since >= self._behind_s:
+            return self.max_rows
+        return self.rows
+
+    def observe(self, rows: int, took_s: float, *, capped: bool, t: float) -> None:
+        """A batch of ``rows`` took ``took_s``; ``capped``: it stopped at the limit with more
+        waiting."""
+        if capped:
+            if self._capped_since is None:
+                self._capped_since = t
+        elif rows < self.rows / 2:
+            self._capped_since = None
+        if rows >= self.rows or took_s > self._target_s:
+            fits = rows * self._target_s / max(took_s, 1e-6)  # rows that take target_s
+            moved = min(2 * self.rows, max(self.rows / 2, fits))
+            self.rows = round(min(self.max_rows, max(self._min_rows, moved)))
 
 
 WriterItem = Unit | StopUnit | Record
@@ -137,7 +207,7 @@ class Writer:
         self._queue = queue
         self._ingestor = ingestor
         self._clock = clock
-        self._batch_max_rows = batch_max_rows
+        self.batch_limit = BatchLimit(batch_max_rows)
         self._retention_s = retention_s
         self._retention_check_s = retention_check_s
         self._retention_chunk_rows = retention_chunk_rows
@@ -183,16 +253,20 @@ class Writer:
                 min(next_retention, next_counters, next_fold, next_marks) - mono()
             )
             if first is not None:
-                units, records, stop = self._gather(first)
+                limit = self.batch_limit
+                t0 = mono()
+                units, records, stop, capped = self._gather(first, limit.now(t0))
                 if units:
-                    await self._write_units(units)
+                    rows = await self._write_units(units)
+                    limit.observe(rows, mono() - t0, capped=capped, t=t0)
                 for record in records:
                     await self._write_record(record)
                 if stop is not None:
                     await self.fold_rollups()
                     await self.flush_counters()
                     if marking:
-                        await self.flush_watermarks()
+                        while await self.flush_watermarks():
+                            pass
                     stop.done.set_result(None)
                     return
             now = mono()
@@ -200,8 +274,8 @@ class Writer:
                 await self.fold_rollups()
                 next_fold = now + self._fold_s
             if now >= next_marks:
-                await self.flush_watermarks()
-                next_marks = now + self._watermark_interval_s
+                more = await self.flush_watermarks()
+                next_marks = now if more else now + self._watermark_interval_s
             if now >= next_counters:
                 await self.flush_counters()
                 next_counters = now + self._counters_every_s
@@ -233,25 +307,31 @@ class Writer:
                 return await self._queue.get()
         return None
 
-    def _gather(self, first: WriterItem) -> tuple[list[Unit], list[Record], StopUnit | None]:
-        """``first`` and the items already waiting behind it, up to ``batch_max_rows`` items."""
+    def _gather(
+        self, first: WriterItem, most: int
+    ) -> tuple[list[Unit], list[Record], StopUnit | None, bool]:
+        """``first`` and the items already waiting behind it, up to ``most`` items; and
+        whether it stopped there with more waiting."""
         units: list[Unit] = []
         records: list[Record] = []
         item: WriterItem = first
         size = 0
         while True:
             if isinstance(item, StopUnit):
-                return units, records, item
+                return units, records, item, False
             if isinstance(item, Unit):
                 units.append(item)
                 size += len(item.items)
             else:
                 records.append(item)
-            if size >= self._batch_max_rows or self._queue.empty():
-                return units, records, None
+            if self._queue.empty():
+                return units, records, None, False
+            if size >= most:
+                return units, records, None, True
             item = self._queue.get_nowait()
 
-    async def _write_units(self, units: list[Unit]) -> None:
+    async def _write_units(self, units: list[Unit]) -> int:
+        """Store the units' items in one batch, then acknowledge them; return how many."""
         items = [item for unit in units for item in unit.items]
         t0 = self._clock.monotonic()
         await self._store_items(items)
@@ -274,6 +354,7 @@ class Writer:
             acked=acked,
             ms=round((self._clock.monotonic() - t0) * 1000, 2),
         )
+        return len(items)
 
     async def _store_items(self, items: Sequence[Item | MetaItem]) -> None:
         """Write ``items`` in one transaction; bisect around data SQLite refuses."""
@@ -365,18 +446,19 @@ class Writer:
         # topic, this table would otherwise grow with every invented name.
         await self._durably(lambda: store.trim_node_rejects(keep))
 
-    async def flush_watermarks(self) -> None:
-        """Write the changed watermarks, then (after that commit) publish them retained."""
+    async def flush_watermarks(self) -> bool:
+        """Write changed watermarks (at most :data:`WATERMARKS_PER_FLUSH`), then (after that
+        commit) publish them retained; return whether more of the round may go now."""
         marks = self.watermarks
         t0 = self._clock.monotonic()
         if marks is None or t0 < self._marks_paused_until or not self._judge_probe(marks, t0):
-            return
+            return False
         link = self._link
         if link is None or link.closed:
-            return  # what changed stays due until there is a connection
-        rows = marks.due(self._clock.time())
+            return False  # what changed stays due until there is a connection
+        rows = marks.due(self._clock.time(), WATERMARKS_PER_FLUSH)
         if not rows:
-            return
+            return marks.pending > 0
         await write_watermarks(self._store, rows)
         self.last_commit = self._clock.monotonic()
         try:
@@ -384,11 +466,13 @@ class Writer:
         except MqttWireError as exc:
             marks.retry(rows)
             log.debug("watermarks_not_published", nodes=len(rows), error=str(exc))
-            return
-        if link is not self._verified:
-            self._probe = (link, rows)
+            return False
         self.metrics.watermarks_published.inc(len(rows))
         self.metrics.watermark_seconds.observe(self._clock.monotonic() - t0)
+        if link is not self._verified:
+            self._probe = (link, rows)
+            return False  # a probe: judged at the next interval, before the rest goes
+        return marks.pending > 0
 
     def _judge_probe(self, marks: Watermarks, now: float) -> bool:
         """Whether watermarks may be published: the last connection's first publish did not

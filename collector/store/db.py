@@ -966,10 +966,14 @@ class Store:
 
     # -- reader side ---------------------------------------------------------------------
 
-    async def run(self, query: Query[T]) -> T:
+    async def run(self, query: Query[T], *, build_in_thread: bool = False) -> T:
         """A query (:mod:`collector.store.query`) on this connection: the async counterpart
-        of :func:`collector.store.query.run`, the only one."""
-        return query.build([await self.fetchall(sql, p) for sql, p in query.statements])
+        of :func:`collector.store.query.run`, the only one. ``build_in_thread``: what the
+        rows become is made in a worker thread (a large answer: the event loop goes on)."""
+        results = [await self.fetchall(sql, p) for sql, p in query.statements]
+        if build_in_thread:
+            return await asyncio.to_thread(query.build, results)
+        return query.build(results)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a read query and return all rows (by index or name)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import msgspec
@@ -93,6 +94,19 @@ def test_xids_are_kept_once_even_from_late_samples() -> None:
     st = view.get(NODE)
     assert st is not None
     assert [x.ts for x in st.xids] == [T0 + 2, T0 + 3, T0 + 4]  # bounded, newest kept
+
+
+def test_node_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:
+    """Each update stores a new node state: untracked, 12,500 nodes sampling every second
+    add nothing for a collection to scan (collector/heap.py)."""
+    view = LiveView()
+    view.on_sample(_sample(T0, xids=[{"gpu_index": 3, "xid": 79, "ts": T0 - 1}]), T0)
+    view.on_status(NODE, "online", T0)
+    view.on_inventory(msgspec.convert(inventory_dict(), Inventory), T0)
+    view.on_reject(NODE, "clock_skew", T0)
+    view.on_reject("x1000c0s0b0n1", "invalid", T0)
+    states = [view.get(NODE), view.get("x1000c0s0b0n1")]
+    assert all(st is not None and not gc.is_tracked(st) for st in states)
 
 
 def test_a_snapshot_is_unchanged_by_later_updates() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 
 import pytest
@@ -172,6 +173,17 @@ def test_one_alert_per_label_set_with_alertmanager_fingerprint() -> None:
     clock.advance(5)
     assert ev.evaluate(VIEW, clock.time()) == []
     assert len(ev.states()) == 2
+
+
+def test_alert_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:
+    """A mass event makes thousands of alert states at once: untracked, they add nothing for
+    the collections during (and after) that evaluation to scan."""
+    cond = Switch()
+    cond.active = {f"n{i}": "1" for i in range(3)}
+    ev = Evaluator([_rule(cond)])
+    ev.evaluate(LiveView(), 1000.0)
+    assert len(ev.states()) == 3
+    assert not any(gc.is_tracked(st) for st in ev.states())
 
 
 def test_annotations_follow_the_latest_values_while_firing() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -445,3 +446,31 @@ def test_pool_history_counts_a_move_from_the_next_hour() -> None:
         (h + 7200, h + 5 * 3600, "c"),
     ]
     assert history.at_hour(h) == {"n": "a"}
+
+
+async def test_the_ledger_makes_its_rows_off_the_event_loop(tmp_path: Path) -> None:
+    """The rows of every hour (12,500 nodes' worth in a fleet) are made in a worker thread:
+    the node power model it asks per node is never asked on the loop's thread."""
+    path = tmp_path / "capwatch.db"
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=5, interval_s=60)
+    rows = []
+    for k in range(60):
+        for i in range(2):
+            s = sim.sample(i, DAY0 + 60 * k, k)
+            rows.append(sample_row(s, encode(s), DAY0 + 60 * k + 1))
+    async with Store(path, rollups=RollupConfig()) as store:
+        await store.write_batch(rows, (), sim.node_ids)
+        await store.fold_rollups()
+    asked: set[int] = set()
+
+    def model(node: str) -> None:
+        asked.add(threading.get_ident())
+
+    async with Store.open_readonly(path) as reads:
+        gov = await reads.run(governance())
+        job = LedgerJob(FakeClock(start_wall=DAY0 + 3600), governance=lambda: gov, model=model)
+        record = await job(reads, LiveView())
+    assert record is not None
+    assert {r.node for r in record.rows} == set(sim.node_ids)
+    assert asked
+    assert threading.get_ident() not in asked

@@ -631,3 +631,33 @@ async def test_watermarks_are_published_after_their_commit_once_per_node_and_sur
     clock.advance(1.0)
     await wait_until(lambda: len(broker.published) == 5, what="the closed hole published")
     assert _published(broker)[-1] == (node, 7, 7, 7, 18)
+
+
+async def test_a_round_of_many_watermarks_goes_out_in_parts_the_first_a_probe(
+    tmp_path: Path,
+) -> None:
+    """2,500 nodes' watermarks due: each part is written before it is published, at most
+    1,000 a part; the first part on a new connection is a probe, the rest of the round
+    follows at the next interval, each node once."""
+    broker = ScriptedBroker()
+    run = Running(tmp_path, broker)
+    broker.probe = lambda: len(db_rows(run.db, "SELECT node FROM watermarks"))
+    collector = await run.start()
+    clock = collector.clock
+    assert isinstance(clock, FakeClock)
+    messages = _epoch_messages(broker, 2500, [0])
+    for k in range(0, 2500, 500):
+        broker.deliver(messages[k : k + 500])
+    await wait_until(lambda: count_samples(run.db) == 2500, what="2,500 stored")
+    clock.advance(1.0)
+    await wait_until(lambda: len(broker.published) >= 1000, what="the probe published")
+    await asyncio.sleep(0.2)
+    assert len(broker.published) == 1000
+    clock.advance(1.0)
+    await wait_until(lambda: len(broker.published) >= 2500, what="the rest published")
+    parts = [o for _t, _p, o in broker.published]  # watermark rows stored at each publish
+    assert sorted(set(parts)) == [1000, 2000, 2500]
+    assert sorted(n for n, *_ in _published(broker)) == sorted(
+        m.topic.split("/")[3] for m in messages
+    )
+    await run.stop()

@@ -119,3 +119,21 @@ def test_retry_offers_rows_that_could_not_be_published_again() -> None:
     rows = w.due(T0)
     w.retry(rows)
     assert _due(w) == {"a": (0, 0, 0)}
+
+
+def test_a_round_is_taken_a_part_at_a_time_and_a_node_only_once_per_round() -> None:
+    """2,500 changed nodes taken 1,000 at a time: 1,000, 1,000, 500, each node once, with
+    the newest value at the time it is taken; a node that changes again meanwhile waits
+    for the next round."""
+    w = _marks()
+    nodes = [f"n{i:04d}" for i in range(2500)]
+    w.note([_row(n, 1, 0) for n in nodes], T0)
+    first = w.due(T0, 1000)
+    assert (len(first), w.pending) == (1000, 1500)
+    again = first[0].node
+    w.note([_row(again, 1, 1)], T0)  # changes again within the round
+    later = w.due(T0, 1000) + w.due(T0, 1000)
+    assert (len(later), w.pending) == (1500, 0)
+    assert sorted(r.node for r in first + later) == nodes
+    assert [(r.node, r.seq) for r in w.due(T0, 1000)] == [(again, 1)]  # the next round
+    assert w.due(T0, 1000) == []
