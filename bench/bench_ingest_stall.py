@@ -7,7 +7,9 @@ GPUs, power and GPU-hours: the store of ``bench_quota.py``) and capacity (the si
 ``bench_capacity.py``) all on. Its writer logs ``batch_stored`` after each commit (debug
 level); the bench reads those times back and prints the gaps between consecutive commits
 while the load was offered: the longest, p50 and p99. A gap is time in which nothing was
-stored or acknowledged. (Target in issue 14: longest < 25 ms.)
+stored or acknowledged. (Target in issue 14: longest < 25 ms.) For the five longest it prints
+what the writer did besides sample batches (a rollup fold, an evaluation's record: their
+``ms``) and which evaluator cycles ended then, from the same log.
 
 Simulator, broker and collector share the machine. Once the collector has started, this
 process (the simulator) lowers its own priority (``nice``), so that it takes only the CPU the
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,6 +62,43 @@ def _commits(log: Path) -> list[tuple[float, float]]:
             continue
         out.append((dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp(), ms))
     return out
+
+
+_WORK: Final = ("rollups_folded", "record_stored")
+"""The writer's own work besides sample batches (debug lines with ``ms``)."""
+_CYCLES: Final = (
+    "capacity_snapshot",
+    "ledger_computed",
+    "governance_loaded",
+    "alert_changes_not_logged",
+)
+"""What the evaluator logs as it finishes a cycle (the mass event's line among them)."""
+
+
+def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
+    """For each gap ``(start, end)`` (Unix times), the writer's other work that ended in it
+    (with its ms) and the evaluator's cycles that ended in it or just before."""
+    lines: list[tuple[float, str]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if not any(f'"{name}"' in line for name in (*_WORK, *_CYCLES)):
+            continue
+        try:
+            event = json.loads(line)
+            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        what = event["event"]
+        if "job" in event:
+            what += f" {event['job']}"
+        if "ms" in event:
+            what += f" {float(event['ms']):.0f} ms"
+        elif "alerts" in event:
+            what += f" ({event['alerts']} alerts)"
+        lines.append((ts, what))
+    return [
+        ", ".join(w for ts, w in lines if start - 0.05 <= ts <= end) or "nothing logged"
+        for start, end in gaps
+    ]
 
 
 def _events(log: Path, names: tuple[str, ...]) -> dict[str, int]:
@@ -128,6 +168,8 @@ def main() -> None:
             args.keep.write_bytes(log.read_bytes())
         commits = [c for c in _commits(log) if start + _WARMUP_S <= c[0] <= end]
         gaps = sorted((b[0] - a[0]) * 1000 for a, b in itertools.pairwise(commits))
+        longest = sorted(itertools.pairwise(commits), key=lambda p: p[0][0] - p[1][0])[:5]
+        made_of = _what_happened(log, [(a[0], b[0]) for a, b in longest])
         # The part of each gap before its batch started: the writer was not writing (the
         # loop ran something else, or no message was waiting); the rest is the batch itself.
         idle = sorted((b[0] - a[0]) * 1000 - b[1] for a, b in itertools.pairwise(commits))
@@ -154,6 +196,9 @@ def main() -> None:
     print(f"{'longest wait before a batch started':<40} {idle[-1]:8.1f} ms")
     p99_batch = _percentile(batch_ms, 0.99)
     print(f"{'longest batch (store + acks); p99':<40} {batch_ms[-1]:8.1f} ms; {p99_batch:.1f} ms")
+    print("the longest gaps, and what the writer and the evaluator logged in them:")
+    for (a, b), what in zip(longest, made_of, strict=True):
+        print(f"  {(b[0] - a[0]) * 1000:8.1f} ms (then a batch of {b[1]:.0f} ms): {what}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
 
-from collector import counters
+from collector import counters, heap
 from collector.ingest.metrics import WriterMetrics
 from collector.ingest.reader import Acker, MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
@@ -286,6 +286,7 @@ class Writer:
     async def _write_record(self, record: Record) -> None:
         """Write one record; one the store refuses is logged and counted, ingestion goes on
         (refused delivery outcomes leave their outbox rows pending: they are sent again)."""
+        t0 = self._clock.monotonic()
         try:
             await self._durably(lambda: record.write(self._store))
         except StoreError as exc:
@@ -295,6 +296,7 @@ class Writer:
             self.metrics.job_failures.labels(record.name).inc()
         else:
             self.last_commit = self._clock.monotonic()
+            log.debug("record_stored", job=record.name, ms=round((self.last_commit - t0) * 1e3, 2))
 
     async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
@@ -427,7 +429,8 @@ class Writer:
             return
         t0 = self._clock.monotonic()
         taken = self._store.rollups_taken_over
-        folded = await self._store.fold_rollups()
+        with heap.paused():
+            folded = await self._store.fold_rollups()
         self.metrics.rollups_taken_over.inc(self._store.rollups_taken_over - taken)
         if folded:
             self.last_commit = self._clock.monotonic()
