@@ -73,7 +73,12 @@ class MockupBmc:
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            # The handshake happens in the connection's own thread (Handler.setup), not in
+            # accept(): a client that stops mid-handshake (a poll cancelled, a refused
+            # certificate) once held the serving thread for good, and shutdown() with it.
+            self._server.socket = ctx.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port: int = self._server.server_address[1]
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
@@ -106,6 +111,10 @@ class MockupBmc:
             protocol_version = "HTTP/1.1"  # keep-alive, as BMCs' web servers
 
             def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):
+                    self.request.settimeout(10.0)
+                    self.request.do_handshake()
+                    self.request.settimeout(None)  # kept alive between rounds, as before
                 super().setup()
                 with bmc._lock:
                     bmc.connections += 1
@@ -153,7 +162,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # a round opens up to max_concurrency connections at once
 
     def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
+        if not isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError | TimeoutError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
         # A client that hung up (a poll timed out, the poller stopped): nothing to report.
 
