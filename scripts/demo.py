@@ -36,7 +36,6 @@ import argparse
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from demo_common import (
     hostile_node,
     run_cli,
     show_notifications,
+    stop_all,
 )
 
 _MAX_NODES = 200_000
@@ -362,14 +362,7 @@ def main() -> int:
         run_cli("collector", "export", "--format", "slurm", "--db", str(db))
     finally:
         banner("shutdown")
-        for name, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            print(f"{name} stopped ({proc.returncode})")
+        stop_all(reversed(procs))
         broker.stop()
         hooks.close()
     print(

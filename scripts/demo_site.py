@@ -99,25 +99,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"Mosquitto on {broker.host}:{broker.port}; webhooks to {hooks.url}")
         common = ["--host", broker.host, "--port", str(broker.port)]
         ports = {"collector-a": demo.free_port(), "collector-b": demo.free_port()}
+
+        def start_member(name: str) -> None:
+            """One collector of the share group ``site`` on the PostgreSQL store."""
+            spawn(
+                name, "collector", "run", "--config", str(config), *common, "--db", url,
+                "--share-group", "site", "--instance", name.removeprefix("collector-"),
+                "--metrics-listen", f"127.0.0.1:{ports[name]}",
+            )  # fmt: skip
+
         try:
             demo.banner("site 2. two collectors: one share group, one store, an elected leader")
-            for name, port in ports.items():
-                spawn(
-                    name,
-                    "collector",
-                    "run",
-                    "--config",
-                    str(config),
-                    *common,
-                    "--db",
-                    url,
-                    "--share-group",
-                    "site",
-                    "--instance",
-                    name.removeprefix("collector-"),
-                    "--metrics-listen",
-                    f"127.0.0.1:{port}",
-                )
+            for name in ports:
+                start_member(name)
                 time.sleep(1.5)  # a stays the first leader, so the kill below is telling
             demo.banner("site 3. the simulated fleet and a hostile node")
             spawn(
@@ -172,36 +166,14 @@ def run(args: argparse.Namespace) -> int:
                 f"Mosquitto does not re-route a dead member's share: {leader}'s nodes look "
                 "stale until it returns, their samples held in its session (deploy/README.md)"
             )
-            spawn(
-                leader,
-                "collector",
-                "run",
-                "--config",
-                str(config),
-                *common,
-                "--db",
-                url,
-                "--share-group",
-                "site",
-                "--instance",
-                leader.removeprefix("collector-"),
-                "--metrics-listen",
-                f"127.0.0.1:{ports[leader]}",
-            )
+            start_member(leader)
             time.sleep(4.0)
             for name, port in ports.items():
                 print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
             demo.run_cli("collector", "query", "--db", url, "--limit", "4")
         finally:
             demo.banner("shutdown")
-            for name, proc in reversed(procs.items()):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                print(f"{name} stopped ({proc.returncode})")
+            demo.stop_all(reversed(procs.items()))
             hooks.close()
     print(f"\nlogs are in {workdir}; PostgreSQL and Mosquitto were stopped")
     return 0

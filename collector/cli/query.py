@@ -296,8 +296,8 @@ def _print_gpu_history(result: dict[str, Any]) -> None:
                     Column("util_max_pct", "UTIL MAX", _pct),
                     Column("power_w", "POWER", format_watts),
                     Column("power_max_w", "POWER MAX", format_watts),
-                    Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
-                    Column("temp_max_c", "TEMP MAX", lambda v: f"{v:.0f}C"),
+                    Column("temp_c", "TEMP", _celsius),
+                    Column("temp_max_c", "TEMP MAX", _celsius),
                     Column("mem_used_bytes", "MEM USED", format_bytes),
                     Column("kwh", "ENERGY", lambda v: f"{v:.3f} kWh"),
                 ],
@@ -352,6 +352,10 @@ def _print_sources(subject: str, result: dict[str, Any]) -> bool:
 
 def _pct(v: float) -> str:
     return f"{v:.1f}%"
+
+
+def _celsius(v: float) -> str:
+    return f"{v:.0f}C"
 
 
 def _cut(text: str, width: int) -> str:
@@ -568,8 +572,8 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
         Column("mem_total_bytes", "MEM TOTAL", format_bytes),
         Column("power_w", "POWER", format_watts),
         Column("power_interval_w", "POWER(INT)", format_watts),
-        Column("temp_c", "TEMP", lambda v: f"{v:.0f}C"),
-        Column("mem_temp_c", "MEM TEMP", lambda v: f"{v:.0f}C"),
+        Column("temp_c", "TEMP", _celsius),
+        Column("mem_temp_c", "MEM TEMP", _celsius),
         Column("nvlink_tx_bytes_per_s", "NVLINK TX", _rate),
         Column("nvlink_rx_bytes_per_s", "NVLINK RX", _rate),
         Column("sm_clock_mhz", "SM MHZ"),
