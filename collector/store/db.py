@@ -689,11 +689,11 @@ class Store:
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
         async with self.transaction(what):
-            payloads = [r.payload for r in rows]
+            payloads = raw = [r.payload for r in rows]
             if self._compress and rows:
                 # Off the event loop, in one GIL-free call for the whole batch.
-                payloads = await asyncio.to_thread(self.codec.compress_batch, payloads)
-                self.trainer.offer([r.payload for r in rows])
+                payloads = await asyncio.to_thread(self.codec.compress_batch, raw)
+                self.trainer.offer(raw)
             samples = [
                 (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
                 for r, b in zip(rows, payloads, strict=True)
