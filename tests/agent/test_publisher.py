@@ -143,7 +143,9 @@ async def test_backoff_starts_again_from_the_minimum_after_a_good_connection(
     logs = await _run_publisher(broker, lost_after_connect, tmp_path)
     delays = [e["retry_in_s"] for e in logs if e["event"] == "mqtt_disconnected"]
     assert delays[0] == _MIN_S
-    assert delays[refusals - 1] > _MIN_S  # it had grown
+    # It had grown: full jitter draws each later delay in [min, cap], so one draw (logged to
+    # 10 ms) may land on the minimum (~1.4 % at cap 0.4 s: CI saw it); nine cannot all.
+    assert max(delays[1:refusals]) > _MIN_S
     assert delays[refusals] == _MIN_S  # the retry after the good connection
 
 
