@@ -33,8 +33,14 @@ waiting for :data:`BEHIND_S` in a row (a backlog to drain) are they as large as
 Other tasks' results: the webhook delivery's outcomes and the evaluator's (alert changes,
 governance usage, capacity snapshots) arrive on this same queue as :class:`Record` items.
 Their work is done before they are queued; the writer only awaits :meth:`Record.write`, in
-queue order, after the units gathered with them. A record the store refuses (not a broken
-store) is logged and counted in ``job_failures{job=<name>}``; ingestion goes on.
+queue order, after the units gathered with them. A large record writes itself in parts, one
+short transaction per call: :meth:`Record.write` returns true while parts remain, and the
+writer calls it again after the next batch, so samples are committed between its parts
+instead of waiting behind all of them. Between batches the writer writes records' parts
+(at least one) until :data:`RECORD_BUDGET_S` is spent or units wait, the one at the head of
+the line first: a record's parts, and records, stay in order. A record the store refuses (not a
+broken store) is logged and counted in ``job_failures{job=<name>}``, the rest of its parts
+dropped; ingestion goes on.
 
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
@@ -53,8 +59,10 @@ rest. A stop asked for while it waits ends the wait with the error.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, Protocol, TypeVar
@@ -79,6 +87,7 @@ __all__ = [
     "BEHIND_S",
     "FOLD_EVERY_S",
     "FOLD_SAMPLES",
+    "RECORD_BUDGET_S",
     "WATERMARKS_PER_FLUSH",
     "BatchLimit",
     "Record",
@@ -102,6 +111,9 @@ BATCH_TARGET_S: Final = 0.008
 BEHIND_S: Final = 0.5
 """Batches at the time limit leaving rows waiting this long: a backlog, drained at full size."""
 _BATCH_MIN_ROWS: Final = 32
+RECORD_BUDGET_S: Final = 0.008
+"""Between two batches, records' parts are written until this much time is spent (at least
+one part): as long as a batch should take."""
 WATERMARKS_PER_FLUSH: Final = 1_000
 """Watermarks written (and published) in one transaction at most."""
 FOLD_EVERY_S: Final = 60.0
@@ -123,8 +135,9 @@ class Record(Protocol):
         """What it records, for logs and the ``job_failures{job}`` label (code-defined)."""
         ...
 
-    async def write(self, store: Store) -> None:
-        """Write it, in the writer's task; raise :class:`StoreError` if the store refuses."""
+    async def write(self, store: Store) -> bool | None:
+        """Write it (or its next part), in the writer's task; return true while parts remain
+        (called again after the next batch); raise :class:`StoreError` if the store refuses."""
         ...
 
 
@@ -236,6 +249,8 @@ class Writer:
         """The first publish on a connection not yet verified, judged at the next flush."""
         self._refusals = 0
         self._marks_paused_until = 0.0
+        self._records: collections.deque[Record] = collections.deque()
+        """Records gathered and not (completely) written, in queue order."""
         self.last_commit: float | None = None
         """Clock monotonic time of the last commit (a batch or the counters); the collector's
         :class:`~collector.health.Health` reads it."""
@@ -249,9 +264,8 @@ class Writer:
         marking = self.watermarks is not None and self._watermark_interval_s > 0
         next_marks = mono() + self._watermark_interval_s if marking else float("inf")
         while True:
-            first = await self._next(
-                min(next_retention, next_counters, next_fold, next_marks) - mono()
-            )
+            due = min(next_retention, next_counters, next_fold, next_marks)
+            first = await self._next(0.0 if self._records else due - mono())
             if first is not None:
                 limit = self.batch_limit
                 t0 = mono()
@@ -259,9 +273,10 @@ class Writer:
                 if units:
                     rows = await self._write_units(units)
                     limit.observe(rows, mono() - t0, capped=capped, t=t0)
-                for record in records:
-                    await self._write_record(record)
+                self._records.extend(records)
                 if stop is not None:
+                    while self._records:
+                        await self._write_records(budget_s=math.inf)
                     await self.fold_rollups()
                     await self.flush_counters()
                     if marking:
@@ -269,6 +284,8 @@ class Writer:
                             pass
                     stop.done.set_result(None)
                     return
+            if self._records:
+                await self._write_records(budget_s=RECORD_BUDGET_S)
             now = mono()
             if now >= next_fold or self._store.pending_rollups >= self._fold_samples:
                 await self.fold_rollups()
@@ -283,20 +300,37 @@ class Writer:
                 more = await self._retention_chunk()
                 next_retention = now if more else now + self._retention_check_s
 
-    async def _write_record(self, record: Record) -> None:
-        """Write one record; one the store refuses is logged and counted, ingestion goes on
-        (refused delivery outcomes leave their outbox rows pending: they are sent again)."""
+    async def _write_records(self, budget_s: float) -> None:
+        """Write the waiting records' parts, in order (at least one part), until none is
+        left, ``budget_s`` is spent or units wait to be stored."""
+        t0 = self._clock.monotonic()
+        while self._records:
+            if not await self._write_record(self._records[0]):
+                self._records.popleft()
+            if self._clock.monotonic() - t0 >= budget_s or not self._queue.empty():
+                return
+
+    async def _write_record(self, record: Record) -> bool:
+        """Write one record's next part; return whether parts remain. One the store refuses
+        is logged and counted (the rest of its parts dropped), ingestion goes on (refused
+        delivery outcomes leave their outbox rows pending: they are sent again)."""
         t0 = self._clock.monotonic()
         try:
-            await self._durably(lambda: record.write(self._store))
+            more = await self._durably(lambda: record.write(self._store))
         except StoreError as exc:
             if exc.fatal:
                 raise
             log.error("job_failed", job=record.name, error=str(exc))
             self.metrics.job_failures.labels(record.name).inc()
-        else:
-            self.last_commit = self._clock.monotonic()
-            log.debug("record_stored", job=record.name, ms=round((self.last_commit - t0) * 1e3, 2))
+            return False
+        self.last_commit = self._clock.monotonic()
+        log.debug(
+            "record_stored",
+            job=record.name,
+            ms=round((self.last_commit - t0) * 1e3, 2),
+            more=bool(more),
+        )
+        return bool(more)
 
     async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""

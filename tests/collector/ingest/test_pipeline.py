@@ -661,3 +661,52 @@ async def test_a_round_of_many_watermarks_goes_out_in_parts_the_first_a_probe(
         m.topic.split("/")[3] for m in messages
     )
     await run.stop()
+
+
+class _PartedRecord:
+    """A record written in ``parts`` parts, noting how many samples were stored before each."""
+
+    def __init__(
+        self, db: Path, parts: int, queue: asyncio.Queue[WriterItem], arrivals: list[WriterItem]
+    ) -> None:
+        self.name = "parted"
+        self._db, self._left, self._queue, self._arrivals = db, parts, queue, arrivals
+        self.seen: list[int] = []
+
+    async def write(self, store: Store) -> bool:
+        self.seen.append(count_samples(self._db))
+        await store.write_counters({"parted": len(self.seen)}, T0, {})
+        if self._arrivals:  # what arrives while this part is written
+            self._queue.put_nowait(self._arrivals.pop(0))
+        self._left -= 1
+        return self._left > 0
+
+
+async def test_a_record_in_parts_lets_the_batches_that_arrive_meanwhile_commit_between_them(
+    tmp_path: Path,
+) -> None:
+    """Samples that arrive while a long record is written are committed between its parts,
+    not after all of them; records stay in order (the one behind waits for the last part)."""
+    db = tmp_path / "c.db"
+    sim = FleetSimulator(3, gpus_per_node=1, seed=5, interval_s=5)
+    units: list[WriterItem] = []
+    for i in range(3):
+        s = sim.sample(i, T0 - 10, 0)
+        units.append(Unit(_Link(), [sample_row(s, encode(s), T0)], [i + 1]))
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    arrivals = [units[1], units[2]]
+    first = _PartedRecord(db, 3, queue, arrivals)
+    behind = _PartedRecord(db, 1, queue, [])
+    queue.put_nowait(units[0])
+    queue.put_nowait(first)
+    queue.put_nowait(behind)
+    async with Store(db) as store:
+        clock = FakeClock(start_wall=T0)
+        writer = Writer(store, queue, Ingestor(clock), clock, retention_s=1e9)
+        task = asyncio.create_task(writer.run())
+        await wait_until(lambda: bool(behind.seen))
+        queue.put_nowait(StopUnit(done))
+        await asyncio.wait_for(task, 20)
+    assert first.seen == [1, 2, 3]
+    assert behind.seen == [3]
