@@ -10,7 +10,7 @@ and slow ticks (MIG devices enumerated again), and a whole node tick (host, GPUs
 at the agent's default mix of one slow tick per 12 (5 s interval, 60 s slow interval). The
 fake answers in Python, so these figures are our cost, not the driver's: real NVML adds its
 own per call (the printed call counts say how many). Wire bytes are the JSON the agent
-publishes; the scrape is the agent's /metrics text (dcgm_families through prometheus_client).
+publishes; the scrape is the agent's /metrics text (agent.dcgm.dcgm_families, prometheus_client).
 """
 
 from __future__ import annotations

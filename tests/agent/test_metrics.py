@@ -11,16 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.dcgm import DCGM_LABELS, dcgm_labels
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from agent.host import HostSampler
-from agent.metrics import (
-    DCGM_LABELS,
-    AgentExposition,
-    AgentStats,
-    advertised_address,
-    dcgm_labels,
-)
+from agent.metrics import AgentExposition, AgentStats, advertised_address
 from agent.node import NodeSampler
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
