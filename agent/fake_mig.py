@@ -12,9 +12,19 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-__all__ = ["H100_PROFILES", "MAX_MIG_DEVICES", "FakeGiProfile", "FakeMig", "layout"]
+import pynvml
+
+__all__ = [
+    "H100_PROFILES",
+    "MAX_MIG_DEVICES",
+    "FakeGiProfile",
+    "FakeMig",
+    "attributes",
+    "layout",
+    "profile_info",
+]
 
 MAX_MIG_DEVICES: Final = 7
 """``nvmlDeviceGetMaxMigDeviceCount`` on A100 and H100."""
@@ -87,3 +97,47 @@ def layout(gpu_index: int, profiles: Iterable[str]) -> list[FakeMig]:
         used.add(free[0])
         out.append(FakeMig(gpu_index, p, free[0], next(_addresses)))
     return out
+
+
+def attributes(profile: FakeGiProfile | None, mem_total: int) -> Any:
+    """``c_nvmlDeviceAttributes`` of a MIG device of ``profile`` (its compute instance spans
+    its GPU instance), or (``None``) of a whole GPU with ``mem_total`` bytes: no slices."""
+    if profile is None:
+        whole = H100_PROFILES[4]
+        return pynvml.c_nvmlDeviceAttributes(
+            multiprocessorCount=whole.sms, memorySizeMB=mem_total // (1024 * 1024)
+        )
+    p = profile
+    return pynvml.c_nvmlDeviceAttributes(
+        multiprocessorCount=p.sms,
+        sharedCopyEngineCount=p.copy_engines,
+        sharedDecoderCount=p.decoders,
+        sharedEncoderCount=0,
+        sharedJpegCount=p.jpegs,
+        sharedOfaCount=p.ofas,
+        gpuInstanceSliceCount=p.slices,
+        computeInstanceSliceCount=p.slices,
+        memorySizeMB=p.memory_mb,
+    )
+
+
+def profile_info(p: FakeGiProfile, version: int) -> Any:
+    """``c_nvmlGpuInstanceProfileInfo_v2_t`` of ``p`` (``version=1``: the v1 struct, no name)."""
+    fields = {
+        "id": p.id,
+        "sliceCount": p.slices,
+        "instanceCount": p.instances,
+        "multiprocessorCount": p.sms,
+        "copyEngineCount": p.copy_engines,
+        "decoderCount": p.decoders,
+        "jpegCount": p.jpegs,
+        "ofaCount": p.ofas,
+        "memorySizeMB": p.memory_mb,
+    }
+    if version == 1:
+        return pynvml.c_nvmlGpuInstanceProfileInfo_t(**fields)
+    info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
+    for key, value in fields.items():
+        setattr(info, key, value)
+    info.name = p.name.encode()
+    return info

@@ -14,16 +14,16 @@ from __future__ import annotations
 import ctypes
 import math
 import random
-import threading
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pynvml
 
-from agent.fake_mig import H100_PROFILES, MAX_MIG_DEVICES, FakeMig, layout
+from agent.fake_events import XidEvents
+from agent.fake_gpu import MIB, FakeGpu, Profile
+from agent.fake_mig import H100_PROFILES, MAX_MIG_DEVICES, FakeMig, attributes, layout, profile_info
 from shared.clock import Clock, SystemClock
 
 __all__ = ["FakeMode", "FakeNvml"]
@@ -31,34 +31,11 @@ __all__ = ["FakeMode", "FakeNvml"]
 FakeMode = Literal["ok", "no_library", "no_driver", "no_permission"]
 
 _DGX_H100_BUSES = (0x18, 0x2A, 0x3A, 0x5D, 0x9A, 0xAB, 0xBA, 0xDB)
-_MIB = 1024 * 1024
 _GPU_IDLE = 0x1  # nvmlClocksEventReasonGpuIdle
 _SW_POWER_CAP = 0x4  # nvmlClocksEventReasonSwPowerCap
 _HBM3_CLOCK_MHZ = 2619  # H100 SXM's memory clock, the same under load and idle
-_MEM_RESERVED = 512 * _MIB
+_MEM_RESERVED = 512 * MIB
 _CODEC_PERIOD_US = 167_000  # NVML's encoder/decoder sampling period on recent GPUs
-_NVLINK_TX_PEAK = 0.4 * 450e9  # B/s at 100 % load: 40 % of NVLink 4's 450 GB/s per direction
-_NVLINK_RX_SHARE = 0.95  # received: a little less than sent
-_ALL_LINKS = 0xFFFFFFFF  # scopeId UINT_MAX: a throughput field summed over every link
-
-
-@dataclass(slots=True)
-class _FakeGpu:
-    index: int
-    address: int
-    uuid: str
-    serial: str
-    bus: int
-    phase: float
-    omega: float
-    energy_offset_mj: float
-    unsupported: frozenset[str]
-    pcie_replays: int
-    nvlink_offset_kib: tuple[float, float] = (0.0, 0.0)
-    """Where the (tx, rx) data counters stood at t = 0, in KiB."""
-    lost: bool = False
-    mig: list[FakeMig] | None = None
-    """MIG mode on, with these MIG devices; ``None``: MIG mode off."""
 
 
 def _process(pid: int, used: int, mig: FakeMig | None) -> Any:
@@ -71,13 +48,6 @@ def _process(pid: int, used: int, mig: FakeMig | None) -> Any:
             "computeInstanceId": 0xFFFFFFFF if mig is None else mig.ci_id,
         }
     )
-
-
-@dataclass(slots=True, eq=False)
-class _EventSet:
-    gpus: set[int] = field(default_factory=set)
-    pending: deque[tuple[int, int]] = field(default_factory=deque)  # (gpu index, xid)
-    freed: bool = False
 
 
 class FakeNvml:
@@ -157,7 +127,7 @@ class FakeNvml:
         clock: Clock | None = None,
         seed: int = 0,
         name: str = "NVIDIA H100 80GB HBM3",
-        mem_total_bytes: int = 81_559 * _MIB,
+        mem_total_bytes: int = 81_559 * MIB,
         power_limit_w: float = 700.0,
         idle_power_w: float = 70.0,
         driver_version: str = "550.54.15",
@@ -176,22 +146,18 @@ class FakeNvml:
             raise ValueError(
                 f"nvlink_links must be within 0..{pynvml.NVML_NVLINK_MAX_LINKS}, got {nvlink_links}"
             )
-        self._nvlink_links = nvlink_links
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._name = name
-        self._mem_total = mem_total_bytes
-        self._limit_w = power_limit_w
-        self._idle_w = idle_power_w
+        self._profile = Profile(
+            load_pct, power_limit_w, idle_power_w, mem_total_bytes, nvlink_links
+        )
         self._driver = driver_version
         self._mode = mode
         self._missing = frozenset(missing_functions)
-        self._load = load_pct
         self._initialized = 0
-        self._lock = threading.Condition()  # guards the event sets; XID waiters sleep on it
-        self._event_sets: list[_EventSet] = []
+        self._events = XidEvents()
         self.calls: Counter[tuple[str, int]] = Counter()
         """Device calls made, by ``(pynvml function name, gpu index)``."""
-        self._processes: dict[int, list[tuple[int, int, int | None]]] = {}
         self._mig_aggregate = mig_aggregate
         self._mig_processes = mig_processes
         self._migs: dict[int, FakeMig] = {}  # id(handle) -> MIG device
@@ -199,12 +165,12 @@ class FakeNvml:
 
         rng = random.Random(seed)
         unsupported = unsupported or {}
-        self._gpus: list[_FakeGpu] = []
+        self._gpus: list[FakeGpu] = []
         self._handles: list[Any] = []
-        self._by_handle_id: dict[int, _FakeGpu] = {}
+        self._by_handle_id: dict[int, FakeGpu] = {}
         now = self._clock.monotonic()
         for i in range(gpus):
-            gpu = _FakeGpu(
+            gpu = FakeGpu(
                 index=i,
                 address=0x7F00_0000 + 0x1000 * i,
                 uuid=f"GPU-{uuid.UUID(int=rng.getrandbits(128), version=4)}",
@@ -212,15 +178,15 @@ class FakeNvml:
                 bus=_DGX_H100_BUSES[i] if gpus <= len(_DGX_H100_BUSES) else 0x10 + i,
                 phase=rng.uniform(0.0, 2 * math.pi),
                 omega=2 * math.pi / rng.uniform(60.0, 180.0),
-                energy_offset_mj=0.0,
                 unsupported=frozenset(unsupported.get(i, ())),
                 pcie_replays=i,  # a few replays since driver load; each GPU its own count
+                profile=self._profile,
             )
             # The counter starts where a driver loaded some hours ago would be.
-            gpu.energy_offset_mj = rng.uniform(1e9, 5e9) - 1000 * self._energy_j(gpu, now)
+            gpu.set_energy(now, rng.uniform(1e9, 5e9))
             # Some TiB moved since driver load, each GPU its own (not drawn from the seed's
             # generator: the fleet a seed gives stays as it was).
-            self._set_nvlink(gpu, now, float((i + 1) << 32))
+            gpu.set_nvlink(now, float((i + 1) << 32))
             self._gpus.append(gpu)
             handle = ctypes.cast(ctypes.c_void_p(gpu.address), pynvml.c_nvmlDevice_t)
             self._handles.append(handle)
@@ -241,27 +207,22 @@ class FakeNvml:
         """Restart the energy counter at 0, as a driver reload does (all GPUs if ``None``)."""
         now = self._clock.monotonic()
         for g in self._gpus if gpu is None else [self._gpus[gpu]]:
-            g.energy_offset_mj = -1000 * self._energy_j(g, now)
+            g.set_energy(now, 0.0)
 
     def reset_nvlink(self, gpu: int | None = None) -> None:
         """Restart the NVLink data counters at 0, as a driver reload does (all GPUs if
         ``None``)."""
         now = self._clock.monotonic()
         for g in self._gpus if gpu is None else [self._gpus[gpu]]:
-            self._set_nvlink(g, now, 0.0)
+            g.set_nvlink(now, 0.0)
 
     def nvlink_bytes_per_s(self, gpu: int) -> tuple[float, float]:
         """The fake's true NVLink (tx, rx) rate of ``gpu`` now, in B/s."""
-        tx = _NVLINK_TX_PEAK * self._util(self._gpus[gpu], self._clock.monotonic()) / 100
-        return tx, tx * _NVLINK_RX_SHARE
+        return self._gpus[gpu].nvlink_bytes_per_s(self._clock.monotonic())
 
     def inject_xid(self, gpu: int, xid: int) -> None:
         """Raise XID ``xid`` on ``gpu``: every event set registered for it will deliver it."""
-        with self._lock:
-            for event_set in self._event_sets:
-                if gpu in event_set.gpus and not event_set.freed:
-                    event_set.pending.append((gpu, xid))
-            self._lock.notify_all()
+        self._events.inject(gpu, xid)
 
     def set_processes(
         self, gpu: int, processes: Iterable[tuple[int, int] | tuple[int, int, int]] | None
@@ -269,10 +230,11 @@ class FakeNvml:
         """From now on ``gpu`` runs these ``(pid, used bytes)`` (a real process's PID, say),
         whatever its load, or ``(pid, used bytes, GPU instance id)`` on a GPU in MIG mode;
         ``None``: back to the profile's training processes."""
-        if processes is None:
-            self._processes.pop(gpu, None)
-        else:
-            self._processes[gpu] = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in processes]
+        self._gpus[gpu].processes = (
+            None
+            if processes is None
+            else [(p[0], p[1], p[2] if len(p) > 2 else None) for p in processes]
+        )
 
     def set_mig(self, gpu: int, profiles: Sequence[str] | None) -> None:
         """Destroy ``gpu``'s MIG devices (their handles turn invalid) and create these GPU
@@ -288,53 +250,7 @@ class FakeNvml:
 
     def power_w(self, gpu: int) -> float:
         """The fake's true power draw of ``gpu`` now, in W."""
-        return self._power_w(self._gpus[gpu], self._clock.monotonic())
-
-    # -- the profile --------------------------------------------------------------------------
-
-    def _util(self, gpu: _FakeGpu, t: float) -> float:
-        if self._load is not None:
-            return self._load
-        return 50.0 + 45.0 * math.sin(gpu.omega * t + gpu.phase)
-
-    def _power_w(self, gpu: _FakeGpu, t: float) -> float:
-        span = (self._limit_w - self._idle_w) * 0.9
-        return self._idle_w + span * self._util(gpu, t) / 100.0
-
-    def _energy_j(self, gpu: _FakeGpu, t: float) -> float:
-        """Integral of :meth:`_power_w` (up to a constant)."""
-        span = (self._limit_w - self._idle_w) * 0.9
-        if self._load is not None:
-            return self._power_w(gpu, t) * t
-        mean = self._idle_w + span * 0.5
-        amplitude = span * 0.45
-        return mean * t - amplitude / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
-
-    def _util_s(self, gpu: _FakeGpu, t: float) -> float:
-        """Integral of :meth:`_util` (percent-seconds, up to a constant)."""
-        if self._load is not None:
-            return self._load * t
-        return 50.0 * t - 45.0 / gpu.omega * math.cos(gpu.omega * t + gpu.phase)
-
-    def _nvlink_kib(self, gpu: _FakeGpu, t: float) -> tuple[float, float]:
-        """The (tx, rx) data counters at ``t``, in KiB: the integral of the traffic."""
-        tx = _NVLINK_TX_PEAK / 100 * self._util_s(gpu, t) / 1024
-        off_tx, off_rx = gpu.nvlink_offset_kib
-        return off_tx + tx, off_rx + tx * _NVLINK_RX_SHARE
-
-    def _set_nvlink(self, gpu: _FakeGpu, t: float, kib: float) -> None:
-        """Make both of ``gpu``'s NVLink counters read ``kib`` at ``t``."""
-        gpu.nvlink_offset_kib = (0.0, 0.0)
-        tx, rx = self._nvlink_kib(gpu, t)
-        gpu.nvlink_offset_kib = (kib - tx, kib - rx)
-
-    def _mem_used(self, gpu: _FakeGpu, t: float) -> int:
-        if gpu.mig is not None:
-            return sum(self._mig_mem_used(gpu, m, t) for m in gpu.mig)
-        return 1024 * _MIB + int(self._util(gpu, t) / 100 * 0.7 * self._mem_total)
-
-    def _mig_mem_used(self, gpu: _FakeGpu, mig: FakeMig, t: float) -> int:
-        return 64 * _MIB + int(self._util(gpu, t) / 100 * 0.7 * mig.profile.memory_mb * _MIB)
+        return self._gpus[gpu].power_w(self._clock.monotonic())
 
     # -- the pynvml surface -------------------------------------------------------------------
 
@@ -342,14 +258,14 @@ class FakeNvml:
         if not self._initialized:
             raise self.NVMLError_Uninitialized()
 
-    def _device(self, handle: Any, function: str) -> _FakeGpu:
+    def _device(self, handle: Any, function: str) -> FakeGpu:
         """The GPU of a GPU handle; NotSupported for a MIG device's handle."""
         gpu, mig = self._resolve(handle, function)
         if mig is not None:
             raise self.NVMLError_NotSupported()
         return gpu
 
-    def _resolve(self, handle: Any, function: str) -> tuple[_FakeGpu, FakeMig | None]:
+    def _resolve(self, handle: Any, function: str) -> tuple[FakeGpu, FakeMig | None]:
         """The GPU, and the MIG device when ``handle`` is one's."""
         self._check_init()
         mig = self._migs.get(id(handle))
@@ -368,14 +284,14 @@ class FakeNvml:
             raise self.NVMLError_InvalidArgument()
         return gpu, mig
 
-    def _mig_device(self, handle: Any, function: str) -> tuple[_FakeGpu, FakeMig]:
+    def _mig_device(self, handle: Any, function: str) -> tuple[FakeGpu, FakeMig]:
         """The MIG device of a MIG device's handle; InvalidArgument for a GPU's."""
         gpu, mig = self._resolve(handle, function)
         if mig is None:
             raise self.NVMLError_InvalidArgument()
         return gpu, mig
 
-    def _by_address(self, handle: Any) -> _FakeGpu:
+    def _by_address(self, handle: Any) -> FakeGpu:
         # A copy of a handle (event data carries one): compare the pointer values.
         address = ctypes.cast(handle, ctypes.c_void_p).value
         for gpu in self._gpus:
@@ -443,7 +359,7 @@ class FakeNvml:
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: Any) -> int:
         """Power limit in mW."""
         self._device(handle, "nvmlDeviceGetEnforcedPowerLimit")
-        return round(self._limit_w * 1000)
+        return round(self._profile.limit_w * 1000)
 
     def nvmlDeviceGetMigMode(self, handle: Any) -> list[int]:
         """``[current, pending]``: enabled where ``mig`` gave the GPU a layout."""
@@ -483,23 +399,7 @@ class FakeNvml:
         """``c_nvmlDeviceAttributes`` of a MIG device (its compute instance spans its GPU
         instance); a whole GPU's has no instance slices."""
         _, mig = self._resolve(handle, "nvmlDeviceGetAttributes")
-        if mig is None:
-            whole = H100_PROFILES[4]
-            return pynvml.c_nvmlDeviceAttributes(
-                multiprocessorCount=whole.sms, memorySizeMB=self._mem_total // _MIB
-            )
-        p = mig.profile
-        return pynvml.c_nvmlDeviceAttributes(
-            multiprocessorCount=p.sms,
-            sharedCopyEngineCount=p.copy_engines,
-            sharedDecoderCount=p.decoders,
-            sharedEncoderCount=0,
-            sharedJpegCount=p.jpegs,
-            sharedOfaCount=p.ofas,
-            gpuInstanceSliceCount=p.slices,
-            computeInstanceSliceCount=p.slices,
-            memorySizeMB=p.memory_mb,
-        )
+        return attributes(None if mig is None else mig.profile, self._profile.mem_total)
 
     def nvmlDeviceGetGpuInstanceProfileInfo(
         self, handle: Any, profile: int, version: int = 2
@@ -515,24 +415,7 @@ class FakeNvml:
         p = H100_PROFILES.get(profile)
         if gpu.mig is None or p is None:
             raise self.NVMLError_NotSupported()
-        fields = {
-            "id": p.id,
-            "sliceCount": p.slices,
-            "instanceCount": p.instances,
-            "multiprocessorCount": p.sms,
-            "copyEngineCount": p.copy_engines,
-            "decoderCount": p.decoders,
-            "jpegCount": p.jpegs,
-            "ofaCount": p.ofas,
-            "memorySizeMB": p.memory_mb,
-        }
-        if version == 1:
-            return pynvml.c_nvmlGpuInstanceProfileInfo_t(**fields)
-        info = pynvml.c_nvmlGpuInstanceProfileInfo_v2_t()
-        for key, value in fields.items():
-            setattr(info, key, value)
-        info.name = p.name.encode()
-        return info
+        return profile_info(p, version)
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
         """``c_nvmlMemory_v2_t`` when ``version`` is given, else ``c_nvmlMemory_t``."""
@@ -542,10 +425,10 @@ class FakeNvml:
             raise self.NVMLError_ArgumentVersionMismatch()
         t = self._clock.monotonic()
         if mig is not None:  # the GPU instance's memory; the driver's reservation is the GPU's
-            used = self._mig_mem_used(gpu, mig, t)
-            total, reserved = mig.profile.memory_mb * _MIB, 0
+            used = gpu.mig_mem_used(mig, t)
+            total, reserved = mig.profile.memory_mb * MIB, 0
         else:
-            used, total, reserved = self._mem_used(gpu, t), self._mem_total, _MEM_RESERVED
+            used, total, reserved = gpu.mem_used(t), self._profile.mem_total, _MEM_RESERVED
         if version:
             return pynvml.c_nvmlMemory_v2_t(
                 version=version,
@@ -561,25 +444,25 @@ class FakeNvml:
         gpu = self._device(handle, "nvmlDeviceGetUtilizationRates")
         if gpu.mig is not None:
             raise self.NVMLError_NotSupported()
-        util = self._util(gpu, self._clock.monotonic())
+        util = gpu.util(self._clock.monotonic())
         return pynvml.c_nvmlUtilization_t(gpu=round(util), memory=round(util * 0.6))
 
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         """Instantaneous power in mW."""
         gpu = self._device(handle, "nvmlDeviceGetPowerUsage")
-        return round(self._power_w(gpu, self._clock.monotonic()) * 1000)
+        return round(gpu.power_w(self._clock.monotonic()) * 1000)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: Any) -> int:
         """Energy since "driver load" in mJ."""
         gpu = self._device(handle, "nvmlDeviceGetTotalEnergyConsumption")
-        return int(gpu.energy_offset_mj + 1000 * self._energy_j(gpu, self._clock.monotonic()))
+        return gpu.energy_mj(self._clock.monotonic())
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         """GPU temperature in °C, rising with power."""
         gpu = self._device(handle, "nvmlDeviceGetTemperature")
         if sensor != pynvml.NVML_TEMPERATURE_GPU:
             raise self.NVMLError_InvalidArgument()
-        return round(30 + 0.07 * self._power_w(gpu, self._clock.monotonic()))
+        return round(30 + 0.07 * gpu.power_w(self._clock.monotonic()))
 
     def nvmlDeviceGetClockInfo(self, handle: Any, clock_type: int) -> int:
         """SM clock in MHz (boost under load, idle clock otherwise), or the memory clock."""
@@ -590,7 +473,7 @@ class FakeNvml:
             return _HBM3_CLOCK_MHZ
         if clock_type != pynvml.NVML_CLOCK_SM:
             raise self.NVMLError_InvalidArgument()
-        return 1980 if self._util(gpu, self._clock.monotonic()) >= 5 else 345
+        return 1980 if gpu.busy(self._clock.monotonic()) else 345
 
     def nvmlDeviceGetFieldValues(self, handle: Any, field_ids: list[Any]) -> Any:
         """``c_nvmlFieldValue_t`` per field id (or ``(field id, scope id)``, as pynvml takes
@@ -604,7 +487,7 @@ class FakeNvml:
             field_id, scope = requested if isinstance(requested, tuple) else (requested, 0)
             fv.fieldId, fv.scopeId = field_id, scope
             fv.timestamp = round(self._clock.time() * 1e6)
-            value = self._field(gpu, field_id, scope, t)
+            value = gpu.field_value(field_id, scope, t)
             if value is None:
                 fv.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
             else:
@@ -613,39 +496,15 @@ class FakeNvml:
                 setattr(fv.value, attr, number)
         return values
 
-    def _field(
-        self, gpu: _FakeGpu, field_id: int, scope: int, t: float
-    ) -> tuple[int, str, int] | None:
-        """(value type, union member, value) of one field, ``None``: NotSupported."""
-        if field_id == pynvml.NVML_FI_DEV_MEMORY_TEMP:
-            if "NVML_FI_DEV_MEMORY_TEMP" in gpu.unsupported:
-                return None
-            temp = round(35 + 0.07 * self._power_w(gpu, t))
-            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal", temp
-        links = self._nvlink_links
-        if "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX" in gpu.unsupported:
-            links = 0
-        if field_id == pynvml.NVML_FI_DEV_NVLINK_LINK_COUNT:
-            return pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, "uiVal", links
-        throughput = (
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-            pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
-        )
-        if field_id not in throughput or not links or (scope != _ALL_LINKS and scope >= links):
-            return None
-        kib = self._nvlink_kib(gpu, t)[throughput.index(field_id)]
-        share = kib if scope == _ALL_LINKS else kib / links
-        return pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, "ullVal", int(share)
-
     def nvmlDeviceGetEncoderUtilization(self, handle: Any) -> list[int]:
         """``[utilisation %, sampling period us]``: a little video encoding with the load."""
         gpu = self._device(handle, "nvmlDeviceGetEncoderUtilization")
-        return [round(self._util(gpu, self._clock.monotonic()) * 0.05), _CODEC_PERIOD_US]
+        return [round(gpu.util(self._clock.monotonic()) * 0.05), _CODEC_PERIOD_US]
 
     def nvmlDeviceGetDecoderUtilization(self, handle: Any) -> list[int]:
         """``[utilisation %, sampling period us]``: data-loader decoding, twice the encoder."""
         gpu = self._device(handle, "nvmlDeviceGetDecoderUtilization")
-        return [round(self._util(gpu, self._clock.monotonic()) * 0.1), _CODEC_PERIOD_US]
+        return [round(gpu.util(self._clock.monotonic()) * 0.1), _CODEC_PERIOD_US]
 
     def nvmlDeviceGetPcieReplayCounter(self, handle: Any) -> int:
         """PCIe replays since driver load: the GPU's index (constant)."""
@@ -659,16 +518,16 @@ class FakeNvml:
         """The pre-R535 name of :meth:`nvmlDeviceGetCurrentClocksEventReasons`."""
         return self._reasons(self._device(handle, "nvmlDeviceGetCurrentClocksThrottleReasons"))
 
-    def _reasons(self, gpu: _FakeGpu) -> int:
+    def _reasons(self, gpu: FakeGpu) -> int:
         t = self._clock.monotonic()
-        if self._util(gpu, t) < 5:
+        if not gpu.busy(t):
             return _GPU_IDLE
-        return _SW_POWER_CAP if self._power_w(gpu, t) >= 0.95 * self._limit_w else 0
+        return _SW_POWER_CAP if gpu.power_w(t) >= 0.95 * self._profile.limit_w else 0
 
     def nvmlDeviceGetPerformanceState(self, handle: Any) -> int:
         """P0 under load, P8 idle."""
         gpu = self._device(handle, "nvmlDeviceGetPerformanceState")
-        return 0 if self._util(gpu, self._clock.monotonic()) >= 5 else 8
+        return 0 if gpu.busy(self._clock.monotonic()) else 8
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:
         """One training process per GPU from 10 % load on (or what :meth:`set_processes`
@@ -680,7 +539,9 @@ class FakeNvml:
         if gpu.mig is None:
             if mig is not None:  # pragma: no cover (no MIG handle outside MIG mode)
                 raise self.NVMLError_InvalidArgument()
-            return [_process(pid, used, None) for pid, used, _ in self._running(gpu)]
+            return [
+                _process(pid, used, None) for pid, used, _ in gpu.running(self._clock.monotonic())
+            ]
         if mig is None and not self._mig_aggregate:
             raise self.NVMLError_NoPermission()
         if mig is not None and not self._mig_processes:
@@ -688,23 +549,8 @@ class FakeNvml:
         by_gi = {m.gi_id: m for m in gpu.mig}
         return [
             _process(pid, used, by_gi.get(gi) if gi is not None else None)
-            for pid, used, gi in self._running(gpu)
+            for pid, used, gi in gpu.running(self._clock.monotonic())
             if mig is None or gi == mig.gi_id
-        ]
-
-    def _running(self, gpu: _FakeGpu) -> list[tuple[int, int, int | None]]:
-        """``(pid, used bytes, GPU instance id)`` of what runs on ``gpu`` now."""
-        chosen = self._processes.get(gpu.index)
-        if chosen is not None:
-            return chosen
-        t = self._clock.monotonic()
-        if self._util(gpu, t) < 10:
-            return []
-        if gpu.mig is None:
-            return [(4000 + gpu.index, self._mem_used(gpu, t) - 512 * _MIB, None)]
-        return [
-            (10_000 + 100 * gpu.index + m.gi_id, self._mig_mem_used(gpu, m, t) - 32 * _MIB, m.gi_id)
-            for m in gpu.mig
         ]
 
     def nvmlDeviceGetTotalEccErrors(self, handle: Any, error_type: int, counter_type: int) -> int:
@@ -720,37 +566,28 @@ class FakeNvml:
     def nvmlEventSetCreate(self) -> Any:
         """A new, empty event set."""
         self._check_init()
-        event_set = _EventSet()
-        with self._lock:
-            self._event_sets.append(event_set)
-        return event_set
+        return self._events.create()
 
     def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: Any) -> None:
         """Only XID events are modelled."""
         gpu = self._device(handle, "nvmlDeviceRegisterEvents")
         if not event_types & pynvml.nvmlEventTypeXidCriticalError:
             raise self.NVMLError_NotSupported()
-        with self._lock:
-            event_set.gpus.add(gpu.index)
+        self._events.register(event_set, gpu.index)
 
     def nvmlEventSetWait_v2(self, event_set: Any, timeout_ms: int) -> Any:
         """Block up to ``timeout_ms`` (real time) for an event, else ``NVMLError_Timeout``."""
         self._check_init()
-        with self._lock:
-            self._lock.wait_for(lambda: event_set.pending or event_set.freed, timeout_ms / 1000)
-            if event_set.freed or not event_set.pending:
-                raise self.NVMLError_Timeout()
-            index, xid = event_set.pending.popleft()
+        event = self._events.wait(event_set, timeout_ms / 1000)
+        if event is None:
+            raise self.NVMLError_Timeout()
         data = pynvml.c_nvmlEventData_t()
-        data.device = self.nvmlDeviceGetHandleByIndex(index)
+        data.device = self.nvmlDeviceGetHandleByIndex(event[0])
         data.eventType = pynvml.nvmlEventTypeXidCriticalError
-        data.eventData = xid
+        data.eventData = event[1]
         return data
 
     def nvmlEventSetFree(self, event_set: Any) -> None:
         """Release an event set."""
         self._check_init()
-        with self._lock:
-            event_set.freed = True
-            self._event_sets.remove(event_set)
-            self._lock.notify_all()
+        self._events.free(event_set)
