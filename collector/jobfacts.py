@@ -5,22 +5,32 @@ and ``jobs[]``, shared/schema.md): ``collector query --gpus`` and ``--jobs`` and
 ``JobGpuIdle`` rule all call :func:`jobs_on` and :func:`job_label`.
 
 A GPU is held by every job with a process on it. A GPU shared by several jobs is split
-evenly between them (``gpu_share``): its power and its GPU-hours count once in all, not
-once per job.
+between them (``gpu_share``): its power and its GPU-hours count once in all, not once per
+job. Without MIG, evenly. A GPU in MIG mode is split between its GPU instances by their
+compute slices (the ``N`` of an ``Ng.Mgb`` profile: NVIDIA's MIG user guide,
+docs.nvidia.com/datacenter/tesla/mig-user-guide/), and each instance evenly between the
+jobs with a process in it: a job in a ``3g.40gb`` instance of an H100 cut into
+``3g.40gb + 2 x 2g.20gb`` holds 3/7 of it, not 1/3. The instances present divide the whole
+GPU (exact for a GPU cut into instances to the last slice, the usual layout; slices left
+unused count for the instances that exist). Where a process's instance or an instance's
+profile is not known (an agent before those fields), the GPU is split evenly.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from collector.nodefacts import gpu_power_w
 
 if TYPE_CHECKING:  # the query command reads stored samples as plain JSON, without msgspec
-    from shared.schema import Job, Sample
+    from shared.schema import GpuSample, Job, Sample
 
-__all__ = ["JobOnNode", "job_label", "jobs_on"]
+__all__ = ["JobOnNode", "job_label", "jobs_on", "mig_slices"]
+
+_SLICES: Final = re.compile(r"([1-9][0-9]?)g\.")
 
 
 def job_label(
@@ -95,9 +105,10 @@ def jobs_on(sample: Sample) -> list[JobOnNode]:
                 j.users.append(p.user)
         if not on_gpu:
             continue
-        share = 1.0 / len(on_gpu)
+        shares = _mig_shares(g) or {job: 1.0 / len(on_gpu) for job in on_gpu}
         watts = gpu_power_w(g)
-        for j in on_gpu.values():
+        for job, j in on_gpu.items():
+            share = shares.get(job, 0.0)
             j.gpus.append(g.index)
             j.gpu_share += share
             if g.util_pct is not None:
@@ -105,3 +116,35 @@ def jobs_on(sample: Sample) -> list[JobOnNode]:
             if watts is not None:
                 j.power_w = (j.power_w or 0.0) + watts * share
     return list(out.values())
+
+
+def mig_slices(profile: str | None) -> int | None:
+    """Compute slices of a GPU instance profile (``3g.40gb`` -> 3); ``None``: not known."""
+    m = _SLICES.match(profile or "")
+    return int(m.group(1)) if m else None
+
+
+def _mig_shares(g: GpuSample) -> dict[str, float] | None:
+    """Each job's share of ``g`` by the compute slices of the GPU instances its processes
+    run in (see the module docstring); ``None``: not in MIG mode, or not known enough."""
+    if not g.mig:
+        return None
+    slices: dict[int, int] = {}
+    for m in g.mig:
+        n = mig_slices(m.profile)
+        if n is None:
+            return None
+        slices[m.gi_id] = n  # compute instances of one GPU instance share its slices
+    in_gi: dict[int, set[str]] = {}
+    for p in g.processes:
+        if p.job is None:
+            continue
+        if p.gi_id is None or p.gi_id not in slices:
+            return None
+        in_gi.setdefault(p.gi_id, set()).add(p.job)
+    whole = sum(slices.values())
+    shares: dict[str, float] = {}
+    for gi, jobs in in_gi.items():
+        for job in jobs:
+            shares[job] = shares.get(job, 0.0) + slices[gi] / whole / len(jobs)
+    return shares

@@ -77,8 +77,10 @@ def _json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str,
 def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
     db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Job 4242 spans both nodes (6 + 1.5 GPUs: GPU 1 of B is shared with job 5); the
-    offline node's job is not running; GPU-hours are GPUs held x time since started."""
+    """Job 4242 spans both nodes (5.6 + 1.5 GPUs: A's GPU 0 is in MIG mode, cut into
+    3g.40gb + 2g.20gb, and the job runs in the 3g instance: 3/5 of it; GPU 1 of B is shared
+    with job 5); the offline node's job is not running; GPU-hours are GPUs held x time since
+    started."""
     path, ts = db
     jobs = {j["job"]: j for j in _json(capsys, path, "--jobs")["jobs"]}
     assert list(jobs) == ["4242", POD, "5"]  # most GPUs first
@@ -90,14 +92,14 @@ def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
         "gpu",
     )
     assert j["nodes"] == [A, B]
-    assert j["gpus"] == 7.5
+    assert j["gpus"] == 7.1
     # the realistic GPU g runs at 83 + g %: A's GPUs 0-5 and B's 0-1
     utils = [83.0 + g for g in range(6)] + [83.0, 84.0]
     assert j["gpu_util_mean_pct"] == round(sum(utils) / len(utils), 2)
-    assert j["power_w"] == round(6 * 531.75 + 1.5 * 531.75, 1)
+    assert j["power_w"] == round(5.6 * 531.75 + 1.5 * 531.75, 1)
     assert j["started"] == pytest.approx(ts + 1 - 7201)  # B's start, the earlier
-    # A: 6 GPUs for the hour before its sample; B: 1.5 GPUs for 7200 s
-    assert j["gpu_hours"] == pytest.approx(6 * 1.0 + 1.5 * 2.0, abs=1e-3)
+    # A: 5.6 GPUs for the hour before its sample; B: 1.5 GPUs for 7200 s
+    assert j["gpu_hours"] == pytest.approx(5.6 * 1.0 + 1.5 * 2.0, abs=1e-3)
     assert jobs[POD]["gpu_hours"] == pytest.approx(2 * 60 / 3600, abs=1e-3)
     pod = jobs[POD]
     assert (pod["label"], pod["namespace"], pod["pod"], pod["gpus"]) == (
