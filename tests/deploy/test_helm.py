@@ -20,7 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from collector.power.plan import load_plan
 from collector.settings import CollectorMqttSettings, CollectorSettings
+from shared.settings import load_settings
 from tests.deploy.helm import (
     CHART,
     CI_VALUES,
@@ -30,7 +32,14 @@ from tests.deploy.helm import (
     render,
     run_helm,
 )
-from tests.deploy.manifests import MANIFESTS, Manifests, container, manifests, pod_spec
+from tests.deploy.manifests import (
+    MANIFESTS,
+    PLAIN,
+    Manifests,
+    container,
+    manifests,
+    pod_spec,
+)
 
 PLAIN_VALUES: Final = CI_VALUES / "plain-manifests-values.yaml"
 
@@ -101,6 +110,17 @@ BAD_VALUES: Final = [
         id="postgresql-without-url",
     ),
     pytest.param({"collector": {"store": {"kind": "mysql"}}}, "collector.store.kind", id="mysql"),
+    pytest.param(
+        {"collector": {"config": {"toml": "retention_s = 1", "existingConfigMap": "site"}}},
+        "collector.config",
+        id="config-text-and-configmap",
+    ),
+    pytest.param(
+        {"collector": {"config": {"toml": "x = 1", "files": {"collector.toml": "y = 2"}}}},
+        "collector.config.files",
+        id="config-file-named-collector-toml",
+    ),
+    pytest.param({"collector": {"maxUnavailable": -1}}, "collector.maxUnavailable", id="pdb"),
 ]
 
 
@@ -173,6 +193,7 @@ def test_existing_secrets_and_ca_are_referenced_not_created() -> None:
             "collector.mqtt.existingSecret=site-collector",
             "collector.store.kind=postgresql",
             "collector.store.postgresql.existingSecret=site-db",
+            "collector.config.existingConfigMap=site-config",
         )
     )
     assert {d["kind"] for d in docs} == {"DaemonSet", "StatefulSet", "Service"}
@@ -185,7 +206,8 @@ def test_existing_secrets_and_ca_are_referenced_not_created() -> None:
                     refs.add((ref["name"], ref["key"]))
         for volume in pod_spec(workload)["volumes"]:
             if "configMap" in volume:
-                refs.add((volume["configMap"]["name"], "ca.crt"))
+                key = "collector.toml" if volume["name"] == "config" else "ca.crt"
+                refs.add((volume["configMap"]["name"], key))
             if "secret" in volume:
                 refs.add((volume["secret"]["secretName"], volume["secret"]["items"][0]["key"]))
     assert refs == {
@@ -195,6 +217,7 @@ def test_existing_secrets_and_ca_are_referenced_not_created() -> None:
         ("site-db", "url"),
         ("site-db", "password"),
         ("site-ca", "ca.crt"),
+        ("site-config", "collector.toml"),
     }
 
 
@@ -298,3 +321,47 @@ def test_notes_list_the_broker_users_to_create(tmp_path: Path) -> None:
     assert "kubectl get nodes -l nvidia.com/gpu.present=true -o name" in notes
     assert "http://capwatch-collector.capwatch.svc:9474/metrics" in notes
     assert "kubectl -n capwatch rollout status statefulset/capwatch-collector" in notes
+
+
+def test_the_collectors_toml_and_its_files_reach_the_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """collector.config: the chart's ConfigMap is mounted where --config and the TOML's own
+    paths look, and what it holds loads into the collector's settings (the pod's variables
+    too) and names a plan the capacity check can read."""
+    docs = manifests("postgresql-share-group")
+    statefulset = docs.one("StatefulSet", "capwatch-collector")
+    spec = container(statefulset, "collector")
+    (volume,) = [v for v in pod_spec(statefulset)["volumes"] if v["name"] == "config"]
+    (mount,) = [m for m in spec["volumeMounts"] if m["name"] == "config"]
+    assert mount["readOnly"] is True
+    flag, path = spec["args"]
+    assert flag == "--config"
+    assert Path(path).parent == Path(mount["mountPath"])
+    data = docs.one("ConfigMap", volume["configMap"]["name"])["data"]
+    assert Path(path).name in data
+    for name, text in data.items():  # the mount, here
+        (tmp_path / name).write_text(text.replace(mount["mountPath"], str(tmp_path)))
+    for name in [n for n in os.environ if n.upper().startswith("CAPWATCH_")]:
+        monkeypatch.delenv(name)
+    for name, value in docs.env(statefulset, "collector").items():
+        if name.startswith("CAPWATCH_") and name != "CAPWATCH_STORE__PASSWORD_FILE":
+            monkeypatch.setenv(name, value)
+    settings = load_settings(CollectorSettings, config_file=tmp_path / Path(path).name)
+    assert settings.alerts.gpu_temp_c == 85.0  # from the TOML
+    assert settings.retention_s == 172800.0  # extraEnv overrides the TOML's 86400
+    assert settings.capacity.plan is not None
+    assert load_plan(settings.capacity.plan).site.it_cap_mw == 5.0
+
+
+def test_a_share_group_gets_a_disruption_budget_over_its_members() -> None:
+    """replicas > 1: a PodDisruptionBudget whose selector picks exactly the collector's pods;
+    one collector (the plain manifests): none."""
+    docs = manifests("postgresql-share-group")
+    statefulset = docs.one("StatefulSet", "capwatch-collector")
+    (pdb,) = [d for d in docs.docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["selector"] == statefulset["spec"]["selector"]
+    assert not [d for d in manifests(PLAIN).docs if d["kind"] == "PodDisruptionBudget"]

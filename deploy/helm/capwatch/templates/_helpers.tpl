@@ -183,3 +183,11 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The ConfigMap holding collector.toml ("": none). */}}
+{{- define "capwatch.collector.configMap" -}}
+{{- $c := .Values.collector.config }}
+{{- if $c.existingConfigMap }}{{ $c.existingConfigMap }}
+{{- else if $c.toml }}{{ include "capwatch.collector.name" . }}-config
+{{- end }}
+{{- end }}
