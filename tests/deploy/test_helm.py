@@ -121,6 +121,20 @@ BAD_VALUES: Final = [
         id="config-file-named-collector-toml",
     ),
     pytest.param({"collector": {"maxUnavailable": -1}}, "collector.maxUnavailable", id="pdb"),
+    pytest.param(
+        {
+            "collector": {
+                "store": {
+                    "postgresql": {
+                        "caConfigMap": "site-db-ca",
+                        "caCert": "-----BEGIN CERTIFICATE-----\nx\n",
+                    }
+                }
+            }
+        },
+        "collector.store.postgresql.caCert",
+        id="two-database-cas",
+    ),
 ]
 
 
@@ -194,6 +208,7 @@ def test_existing_secrets_and_ca_are_referenced_not_created() -> None:
             "collector.store.kind=postgresql",
             "collector.store.postgresql.existingSecret=site-db",
             "collector.config.existingConfigMap=site-config",
+            "collector.store.postgresql.caConfigMap=site-db-ca",
         )
     )
     assert {d["kind"] for d in docs} == {"DaemonSet", "StatefulSet", "Service"}
@@ -218,6 +233,7 @@ def test_existing_secrets_and_ca_are_referenced_not_created() -> None:
         ("site-db", "password"),
         ("site-ca", "ca.crt"),
         ("site-config", "collector.toml"),
+        ("site-db-ca", "ca.crt"),
     }
 
 
@@ -365,3 +381,24 @@ def test_a_share_group_gets_a_disruption_budget_over_its_members() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["spec"]["selector"] == statefulset["spec"]["selector"]
     assert not [d for d in manifests(PLAIN).docs if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_the_database_ca_is_mounted_where_libpq_looks_and_verifies_the_name() -> None:
+    """collector.store.postgresql.caCert: PGSSLROOTCERT names the CA's file on a read-only
+    mount of the ConfigMap that holds it, and PGSSLMODE asks libpq to verify the server's
+    certificate and name; without a CA neither variable is set."""
+    docs = manifests("postgresql-share-group")
+    values = yaml.safe_load((CI_VALUES / "postgresql-share-group-values.yaml").read_text())
+    statefulset = docs.one("StatefulSet", "capwatch-collector")
+    env = docs.env(statefulset, "collector")
+    assert env["PGSSLMODE"] == "verify-full"
+    ca = Path(env["PGSSLROOTCERT"])
+    spec = container(statefulset, "collector")
+    (mount,) = [m for m in spec["volumeMounts"] if Path(m["mountPath"]) == ca.parent]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod_spec(statefulset)["volumes"] if v["name"] == mount["name"]]
+    data = docs.one("ConfigMap", volume["configMap"]["name"])["data"]
+    assert data[ca.name].strip() == values["collector"]["store"]["postgresql"]["caCert"].strip()
+    plain = manifests(PLAIN)
+    plain_env = plain.env(plain.one("StatefulSet", "capwatch-collector"), "collector")
+    assert not {"PGSSLMODE", "PGSSLROOTCERT"} & plain_env.keys()

@@ -191,3 +191,11 @@ imagePullSecrets:
 {{- else if $c.toml }}{{ include "capwatch.collector.name" . }}-config
 {{- end }}
 {{- end }}
+
+{{/* The ConfigMap holding the database server's CA ("": none, or SQLite). */}}
+{{- define "capwatch.collector.storeCaConfigMap" -}}
+{{- $pg := .Values.collector.store.postgresql }}
+{{- if eq .Values.collector.store.kind "postgresql" }}
+{{- $pg.caConfigMap | default (ternary (printf "%s-store-ca" (include "capwatch.collector.name" .)) "" (ne $pg.caCert "")) -}}
+{{- end }}
+{{- end -}}
