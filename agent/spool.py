@@ -10,15 +10,8 @@ stops publishing watermarks (an older one, an ACL without the watermark topic) c
 ``hold_s`` of spool, and the agent is back to forgetting at PUBACK. An agent restarted (or
 killed, or its node rebooted) sends everything it had not retired once the broker is back.
 
-Layout of the directory (one agent per directory)::
-
-    seg-0000000000000007.log   records, appended in order; ids grow by one per segment
-    seg-0000000000000008.log   the tail segment, open for appending
-    cursor                     <segment id u64><offset u64><crc32 u32>: first not retired
-    epoch                      the agent's boot counter, as decimal text
-
-A record is ``<magic u16><length u32><crc32 u32><payload>`` (little-endian); the CRC covers
-the length bytes and the payload. Each record is written with one ``write(2)``. At open each
+The directory holds segment files of records, a cursor and the epoch: their formats are
+:mod:`agent.spoolfile`'s. Each record is written with one ``write(2)``. At open each
 segment is read through: a record cut short at the end of a file (a crash mid-write) is
 *torn*: counted, and the file truncated to the last whole record; a bad record in the middle
 (CRC, magic or length wrong) is *corrupt*: counted, and skipped by searching for the next
@@ -46,9 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import struct
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,24 +48,28 @@ from typing import Final, NamedTuple
 
 import msgspec
 
+from agent.spoolfile import (
+    HEADER,
+    MAX_RECORD_BYTES,
+    encode_cursor,
+    frame,
+    fsync_dir,
+    next_epoch,
+    read_cursor,
+    record_at,
+    record_fits,
+    resync,
+    scan,
+)
 from shared.logging import get_logger
-from shared.schema import MAX_COUNTER
 
 __all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "record_key", "segment_bytes_for"]
 
 log = get_logger("spool")
 
-MAX_RECORD_BYTES: Final = 1 << 20
-"""A record's payload: the collector refuses samples over 1,000,000 bytes anyway."""
-_MAGIC: Final = 0xC5A7
-_HEADER: Final = struct.Struct("<HII")
-_CURSOR: Final = struct.Struct("<QQ")
-_CURSOR_BYTES: Final = _CURSOR.size + 4
 _MIN_SEGMENT: Final = 64 * 1024
 _MAX_SEGMENT: Final = 16 * 1024 * 1024
 _READ_AHEAD: Final = 256 * 1024
-_MAX_EPOCH: Final = MAX_COUNTER
-"""The wire schema's bound on ``epoch``."""
 
 
 def segment_bytes_for(max_bytes: int) -> int:
@@ -129,80 +124,6 @@ class _Held(NamedTuple):
     key: tuple[int, int]
     acked_at: float
     """Monotonic time of the PUBACK."""
-
-
-def _frame(payload: bytes) -> bytes:
-    length = len(payload)
-    crc = zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "little")))
-    return _HEADER.pack(_MAGIC, length, crc) + payload
-
-
-def _record_at(buf: bytes, pos: int) -> int:
-    """End of the whole, valid record at ``pos``; -1 if cut short by the end of ``buf``;
-    -2 if what is there is not a record."""
-    if pos + _HEADER.size > len(buf):
-        return -1
-    magic: int
-    length: int
-    crc: int
-    magic, length, crc = _HEADER.unpack_from(buf, pos)
-    if magic != _MAGIC or length > MAX_RECORD_BYTES:
-        return -2
-    end = pos + _HEADER.size + length
-    if end > len(buf):
-        return -1
-    body = buf[pos + _HEADER.size : end]
-    if zlib.crc32(body, zlib.crc32(length.to_bytes(4, "little"))) != crc:
-        return -2
-    return end
-
-
-def _record_fits(buf: bytes, pos: int) -> bool:
-    """Whether ``buf`` holds the header at ``pos`` and as many bytes as it announces."""
-    if len(buf) - pos < _HEADER.size:
-        return False
-    length: int = min(_HEADER.unpack_from(buf, pos)[1], MAX_RECORD_BYTES)
-    return pos + _HEADER.size + length <= len(buf)
-
-
-def _resync(buf: bytes, pos: int) -> int:
-    """Offset of the next valid record after the bad one at ``pos``, or ``len(buf)``."""
-    magic = _MAGIC.to_bytes(2, "little")
-    at = buf.find(magic, pos + 1)
-    while at != -1:
-        if _record_at(buf, at) >= 0:
-            return at
-        at = buf.find(magic, at + 1)
-    return len(buf)
-
-
-class _Scan(NamedTuple):
-    records: int
-    """Whole records from ``start`` on."""
-    valid_end: int
-    """Where the last whole record ends (the file is truncated there when torn)."""
-    corrupt: list[int]
-    """Where each corrupt stretch starts."""
-    torn: int
-
-
-def _scan(buf: bytes, start: int) -> _Scan:
-    records = torn = 0
-    corrupt: list[int] = []
-    pos = valid_end = start
-    while pos < len(buf):
-        end = _record_at(buf, pos)
-        if end >= 0:
-            records += 1
-            pos = valid_end = end
-            continue
-        nxt = _resync(buf, pos)
-        if nxt >= len(buf):
-            torn += 1  # nothing whole after it: the write a crash cut short
-            break
-        corrupt.append(pos)
-        pos = nxt
-    return _Scan(records, valid_end, corrupt, torn)
 
 
 class Spool:
@@ -287,8 +208,8 @@ class Spool:
     def open(self) -> None:
         """Create or read back the directory; count the epoch up. Blocking."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.epoch = self._next_epoch()
-        cursor = self._read_cursor()
+        self.epoch = next_epoch(self.directory, self._clock)
+        cursor = read_cursor(self.directory)
         paths = sorted(self.directory.glob("seg-*.log"))
         now = self._clock()
         for path in paths:
@@ -307,23 +228,23 @@ class Spool:
                 continue
             data = path.read_bytes()
             start = cursor[1] if cursor is not None and seg_id == cursor[0] else 0
-            if start > len(data) or (start and _record_at(data, start) == -2):
+            if start > len(data) or (start and record_at(data, start) == -2):
                 start = 0  # a cursor that does not point at a record: resend the segment
-            scan = _scan(data, start)
-            if scan.torn:
+            found = scan(data, start)
+            if found.torn:
                 with path.open("r+b") as f:
-                    f.truncate(scan.valid_end)
-            self._count_lost("torn", scan.torn, path=path.name)
-            self._count_lost("corrupt", len(scan.corrupt), path=path.name)
-            seg = _Segment(seg_id, path, scan.valid_end, scan.records, path.stat().st_mtime)
-            seg.corrupt_at.update(scan.corrupt)
+                    f.truncate(found.valid_end)
+            self._count_lost("torn", found.torn, path=path.name)
+            self._count_lost("corrupt", len(found.corrupt), path=path.name)
+            seg = _Segment(seg_id, path, found.valid_end, found.records, path.stat().st_mtime)
+            seg.corrupt_at.update(found.corrupt)
             if not self._segments:
                 self._ack_off = self._read_off = start
                 self._read = seg
             self._segments.append(seg)
             self._bytes += seg.size
             self._records += seg.records
-            del data, scan  # one segment in memory at a time (a day's spool: 16 vs 32 MiB peak)
+            del data, found  # one segment in memory at a time (a day's spool: 16 vs 32 MiB peak)
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self.expire(now)
         self._enforce_bytes()
@@ -349,48 +270,6 @@ class Spool:
                 os.close(fd)
         self._wfd = self._cursor_fd = self._rfd = None
 
-    def _next_epoch(self) -> int:
-        path = self.directory / "epoch"
-        try:
-            stored = int(path.read_text().strip())
-            if stored < 0:  # never written so; kept, every sample would carry an invalid epoch
-                raise ValueError(f"negative epoch {stored}")
-            if stored >= _MAX_EPOCH:
-                # Never counted to (a start a millisecond for ~285,000 years); kept, the epoch
-                # would stay at the bound and no later start would show.
-                raise ValueError(f"epoch {stored} at or over the bound {_MAX_EPOCH}")
-            epoch = stored + 1
-        except FileNotFoundError:
-            epoch = 0
-        except ValueError as exc:
-            # Unreadable: the wall clock in ms is above any count a counter reached from 0.
-            # From the bound it is a step down: the collector's live view takes this start
-            # for an older epoch until it restarts (stored gaps are per epoch, unaffected).
-            epoch = int(self._clock() * 1000)
-            log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch, error=str(exc))
-        epoch = min(epoch, _MAX_EPOCH)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            f.write(f"{epoch}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        self._fsync_dir()
-        return epoch
-
-    def _read_cursor(self) -> tuple[int, int] | None:
-        try:
-            raw = (self.directory / "cursor").read_bytes()[:_CURSOR_BYTES]
-        except FileNotFoundError:
-            return None
-        if len(raw) != _CURSOR_BYTES:
-            return None
-        body = raw[: _CURSOR.size]
-        if zlib.crc32(body) != int.from_bytes(raw[_CURSOR.size :], "little"):
-            return None
-        seg_id, offset = _CURSOR.unpack(body)
-        return seg_id, offset
-
     def _write_cursor(self) -> None:
         """Record the ack cursor in place (page cache; a stale one only costs duplicates)."""
         if self._cursor_fd is None or not self._segments:
@@ -398,16 +277,8 @@ class Spool:
         pos = (self._segments[0].id, self._ack_off)
         if pos == self._cursor_written:
             return
-        body = _CURSOR.pack(*pos)
-        os.pwrite(self._cursor_fd, body + zlib.crc32(body).to_bytes(4, "little"), 0)
+        os.pwrite(self._cursor_fd, encode_cursor(*pos), 0)
         self._cursor_written = pos
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # -- size
 
@@ -437,7 +308,7 @@ class Spool:
         self._readable.set()
 
     def _append_to_disk(self, payload: bytes) -> bool:
-        record = _frame(payload)
+        record = frame(payload)
         tail = self._segments[-1] if self._segments else None
         try:
             if (
@@ -572,15 +443,15 @@ class Spool:
                 continue
             buf, base = self._window(seg, self._read_off)
             pos = self._read_off - base
-            end = _record_at(buf, pos)
+            end = record_at(buf, pos)
             if end < 0:
                 # Found at open (counted there), or the disk's doing since: skip them.
                 if self._read_off not in seg.corrupt_at:
                     seg.corrupt_at.add(self._read_off)
                     self._count_lost("corrupt", 1, path=seg.path.name)
-                self._read_off = _resync(self._read_all(seg), self._read_off)
+                self._read_off = resync(self._read_all(seg), self._read_off)
                 continue
-            record = SpoolRecord(seg.id, self._read_off, base + end, buf[pos + _HEADER.size : end])
+            record = SpoolRecord(seg.id, self._read_off, base + end, buf[pos + HEADER.size : end])
             self._read_off = base + end
             return record
         if self._memory_read < len(self._memory):
@@ -703,12 +574,12 @@ class Spool:
         """Bytes of ``seg`` from ``offset`` or before, holding the record there if whole."""
         sid, base = self._rbuf_at
         buf = self._rbuf
-        if sid == seg.id and base <= offset and _record_fits(buf, offset - base):
+        if sid == seg.id and base <= offset and record_fits(buf, offset - base):
             return buf, base
         buf = os.pread(self._read_fd(seg), min(seg.size - offset, _READ_AHEAD), offset)
-        if not _record_fits(buf, 0) and len(buf) >= _HEADER.size:
-            length = min(_HEADER.unpack_from(buf, 0)[1], MAX_RECORD_BYTES)
-            want = min(seg.size - offset, _HEADER.size + length)
+        if not record_fits(buf, 0) and len(buf) >= HEADER.size:
+            length = min(HEADER.unpack_from(buf, 0)[1], MAX_RECORD_BYTES)
+            want = min(seg.size - offset, HEADER.size + length)
             buf = os.pread(self._read_fd(seg), want, offset)
         self._rbuf, self._rbuf_at = buf, (seg.id, offset)
         return buf, offset
@@ -737,7 +608,7 @@ class Spool:
         for fd in fds:
             os.fsync(fd)
         if dir_dirty:
-            self._fsync_dir()
+            fsync_dir(self.directory)
 
     def done_sync(self) -> None:
         """On the loop, after :meth:`sync_fds`: close the rolled segments' descriptors."""
