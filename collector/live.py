@@ -30,7 +30,7 @@ from typing import Final, Literal
 
 import msgspec
 
-from collector.nodefacts import PowerReading, gpu_power_w, sample_power
+from collector.nodefacts import PowerReading, agent_restarted, gpu_power_w, sample_power
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
 __all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "SeqGap", "XidSeen"]
@@ -427,11 +427,12 @@ class LiveView:
         last = st.seq_last
         if (
             last is None
-            or epoch > st.seq_epoch
+            or agent_restarted(epoch, sample.ts, st.seq_epoch, st.seq_ts)
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
-            # The first sample, a new start, or an agent before epochs restarting at 0
-            # (its sample is newer than the last: an older one is a late duplicate).
+            # The first sample, a new start (a wiped spool's epoch counts from 0 again), or
+            # an agent before epochs restarting at 0 (its sample is newer than the last: an
+            # older one is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
             return
         if epoch < st.seq_epoch or seq <= last:

@@ -75,6 +75,7 @@ __all__ = [
     "RackRule",
     "Staleness",
     "State",
+    "agent_restarted",
     "gpu_power_w",
     "hardware",
     "measure",
@@ -103,6 +104,20 @@ class PowerReading(NamedTuple):
     """When it arrived (collector clock)."""
     interval_s: float
     """How often its source reports: the sample's interval, or the collector's poll interval."""
+
+
+def agent_restarted(epoch: int, ts: float, held_epoch: int, held_ts: float) -> bool:
+    """Whether a sample of agent ``epoch`` stamped ``ts`` comes from a later run of the
+    node's agent than the one held (``held_epoch``, its newest sample stamped ``held_ts``;
+    any unit of time, the same for both).
+
+    A higher epoch is the agent's next start. A lower epoch with a newer time is one too: the
+    agent keeps its epoch counter in its spool, so a wiped or lost spool directory counts
+    from 0 again. A lower epoch with an older time is a late sample of an earlier run, which
+    the agent replays from its spool before the newer ones. The watermarks
+    (:mod:`collector.ingest.watermark`) and the live view's gaps (:mod:`collector.live`)
+    both follow the node's newest run by this rule."""
+    return epoch > held_epoch or (epoch < held_epoch and ts > held_ts)
 
 
 def sample_power(sample: Sample, received: float) -> PowerReading | None:
