@@ -23,6 +23,7 @@ of that dict, a few hundred microseconds at 12,500 nodes.
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -421,7 +422,9 @@ class LiveView:
 
     def _track_seq(self, st: NodeState, sample: Sample, received: float) -> None:
         """Note a jump in ``seq`` within the node's newest epoch as a gap (a few compares
-        per sample). A duplicate or an older epoch's late sample changes nothing."""
+        per sample). A duplicate or an older epoch's late sample changes nothing. A gap
+        counts at most the sample intervals that passed on the node's clock: more samples
+        than that were never numbered by a sane agent."""
         epoch = _NO_EPOCH if sample.epoch is None else sample.epoch
         seq = sample.seq
         last = st.seq_last
@@ -437,7 +440,10 @@ class LiveView:
             return
         if epoch < st.seq_epoch or seq <= last:
             return
-        missing = seq - last - 1
+        # At most the intervals the node's own clock says passed (at least one): a node that
+        # jumps its seq (a bug, a hostile node) must not add 2**53 to the fleet's count.
+        room = max(1, math.ceil((sample.ts - st.seq_ts) / sample.interval_s))
+        missing = min(seq - last - 1, room)
         if missing:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received

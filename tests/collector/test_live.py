@@ -229,6 +229,10 @@ _STEP_S = 60.0
         ([(None, 5), (None, 8)], [(None, 5, 2)]),
         # a wiped spool: the agent counts epochs from 0 again, with newer samples
         ([(7, 0), (7, 1), (0, 0), (0, 4)], [(0, 0, 3)]),
+        # more samples than the node's clock had room for (12 intervals): counts 12
+        ([(1, 0), (1, 2**53 - 1)], [(1, 0, 12)]),
+        ([(1, 0), (1, 14)], [(1, 0, 12)]),
+        ([(1, 0), (1, 13)], [(1, 0, 12)]),
     ],
 )
 def test_a_jump_in_seq_within_one_epoch_is_a_gap_and_nothing_else_is(
@@ -238,7 +242,8 @@ def test_a_jump_in_seq_within_one_epoch_is_a_gap_and_nothing_else_is(
     """Gaps are (epoch, last seq before, missing); counted per node and for the fleet.
 
     A sample is sent every ``_STEP_S`` (its time is ``k`` steps on, or the third number of
-    the tuple)."""
+    the tuple); a gap counts at most the intervals its node's clock says passed, so a node
+    that jumps its ``seq`` does not add 2**53 to the fleet's missing samples."""
     view = LiveView()
     for k, (epoch, seq, *at) in enumerate(sent):
         ts = T0 + _STEP_S * (at[0] if at else k)
