@@ -23,7 +23,6 @@ of that dict, a few hundred microseconds at 12,500 nodes.
 from __future__ import annotations
 
 import copy
-import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,7 +30,13 @@ from typing import Final, Literal
 
 import msgspec
 
-from collector.nodefacts import PowerReading, agent_restarted, gpu_power_w, sample_power
+from collector.nodefacts import (
+    PowerReading,
+    agent_restarted,
+    gap_missing,
+    gpu_power_w,
+    sample_power,
+)
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
 __all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "SeqGap", "XidSeen"]
@@ -440,10 +445,7 @@ class LiveView:
             return
         if epoch < st.seq_epoch or seq <= last:
             return
-        # At most the intervals the node's own clock says passed (at least one): a node that
-        # jumps its seq (a bug, a hostile node) must not add 2**53 to the fleet's count.
-        room = max(1, math.ceil((sample.ts - st.seq_ts) / sample.interval_s))
-        missing = min(seq - last - 1, room)
+        missing = gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
         if missing:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received

@@ -54,6 +54,7 @@ Pure: no I/O, no clock; the caller passes ``now``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ __all__ = [
     "Staleness",
     "State",
     "agent_restarted",
+    "gap_missing",
     "gpu_power_w",
     "hardware",
     "measure",
@@ -118,6 +120,16 @@ def agent_restarted(epoch: int, ts: float, held_epoch: int, held_ts: float) -> b
     (:mod:`collector.ingest.watermark`) and the live view's gaps (:mod:`collector.live`)
     both follow the node's newest run by this rule."""
     return epoch > held_epoch or (epoch < held_epoch and ts > held_ts)
+
+
+def gap_missing(seq_before: int, seq_after: int, elapsed_s: float, interval_s: float) -> int:
+    """Samples missing between two samples of one agent run: those numbered between
+    ``seq_before`` and ``seq_after``, but at most the intervals that passed on the node's own
+    clock (``elapsed_s``; at least one). An agent numbers one sample per interval, so a jump
+    past that is a node whose ``seq`` is not to be believed (a bug, a hostile node): it must
+    not add 2**53 to what the fleet missed. The live view's gaps and ``collector query
+    --gaps`` both count by this."""
+    return max(0, min(seq_after - seq_before - 1, max(1, math.ceil(elapsed_s / interval_s))))
 
 
 def sample_power(sample: Sample, received: float) -> PowerReading | None:
