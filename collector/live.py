@@ -228,7 +228,8 @@ class LiveView:
     # -- updates (the validator): each stores a changed copy of the node state
 
     def on_sample(self, sample: Sample, received: float) -> bool:
-        """Hold ``sample`` as its node's latest unless an equal or newer one is held.
+        """Hold ``sample`` as its node's latest unless an equal or newer one is held
+        (:func:`_later_sample`).
 
         XID events are kept even from a late (replayed) sample: they happened. Returns whether
         the sample became the latest.
@@ -240,7 +241,7 @@ class LiveView:
         self._nodes[st.node] = st
         self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
-        if st.sample is not None and sample.ts <= st.sample.ts:
+        if st.sample is not None and not _later_sample(sample, st.sample):
             return False
         st.sample = sample
         st.sample_received = received
@@ -501,3 +502,16 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
         return False
     have: float | None = None if held is None else getattr(held, field)
     return have is None or have < ts
+
+
+def _later_sample(sample: Sample, held: Sample) -> bool:
+    """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
+    ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a
+    node that booted ahead, or one sample stamped 299 s ahead) froze the node's view for as
+    long as the step, and ``NodeStale`` fired while it sent every interval. Across runs as
+    :func:`~collector.nodefacts.agent_restarted` says; by time for agents before epochs."""
+    if sample.epoch is None or held.epoch is None:
+        return sample.ts > held.ts
+    if sample.epoch == held.epoch:
+        return sample.seq > held.seq
+    return agent_restarted(sample.epoch, sample.ts, held.epoch, held.ts)

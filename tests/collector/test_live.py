@@ -35,6 +35,21 @@ def test_newest_sample_wins_and_older_or_equal_ones_are_ignored() -> None:
     assert (st.sample.seq, st.sample_received) == (2, T0 + 10)
 
 
+def test_a_node_whose_clock_steps_back_stays_current() -> None:
+    """Within one agent run the next seq is the latest whatever its time: a node stamped one
+    sample 299 s ahead (then NTP stepped it back) is not frozen, nor stale, for 299 s."""
+    view = LiveView()
+    view.on_sample(_sample(T0 + 299, seq=1, epoch=4), received=T0)
+    assert view.on_sample(_sample(T0 + 5, seq=2, epoch=4), received=T0 + 5)
+    assert not view.on_sample(_sample(T0 + 300, seq=1, epoch=4), received=T0 + 6)  # resent
+    assert not view.on_sample(_sample(T0 - 100, seq=9, epoch=3), received=T0 + 7)  # late
+    assert view.on_sample(_sample(T0 - 60, seq=0, epoch=5), received=T0 + 8)  # next run
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.epoch, st.sample.seq, st.sample_received) == (5, 0, T0 + 8)
+
+
 def test_summaries_follow_the_latest_sample() -> None:
     """Hottest GPU and the OR of clock-event bits are those of the sample held."""
     view = LiveView()
