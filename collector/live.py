@@ -30,7 +30,13 @@ from typing import Final, Literal
 
 import msgspec
 
-from collector.nodefacts import PowerReading, gpu_power_w, sample_power
+from collector.nodefacts import (
+    PowerReading,
+    agent_restarted,
+    gap_missing,
+    gpu_power_w,
+    sample_power,
+)
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
 
 __all__ = ["DEFAULT_MAX_NODES", "LiveView", "NodeState", "SeqGap", "XidSeen"]
@@ -222,7 +228,8 @@ class LiveView:
     # -- updates (the validator): each stores a changed copy of the node state
 
     def on_sample(self, sample: Sample, received: float) -> bool:
-        """Hold ``sample`` as its node's latest unless an equal or newer one is held.
+        """Hold ``sample`` as its node's latest unless an equal or newer one is held
+        (:func:`_later_sample`).
 
         XID events are kept even from a late (replayed) sample: they happened. Returns whether
         the sample became the latest.
@@ -234,7 +241,7 @@ class LiveView:
         self._nodes[st.node] = st
         self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
-        if st.sample is not None and sample.ts <= st.sample.ts:
+        if st.sample is not None and not _later_sample(sample, st.sample):
             return False
         st.sample = sample
         st.sample_received = received
@@ -421,22 +428,25 @@ class LiveView:
 
     def _track_seq(self, st: NodeState, sample: Sample, received: float) -> None:
         """Note a jump in ``seq`` within the node's newest epoch as a gap (a few compares
-        per sample). A duplicate or an older epoch's late sample changes nothing."""
+        per sample). A duplicate or an older epoch's late sample changes nothing. A gap
+        counts at most the sample intervals that passed on the node's clock: more samples
+        than that were never numbered by a sane agent."""
         epoch = _NO_EPOCH if sample.epoch is None else sample.epoch
         seq = sample.seq
         last = st.seq_last
         if (
             last is None
-            or epoch > st.seq_epoch
+            or agent_restarted(epoch, sample.ts, st.seq_epoch, st.seq_ts)
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
-            # The first sample, a new start, or an agent before epochs restarting at 0
-            # (its sample is newer than the last: an older one is a late duplicate).
+            # The first sample, a new start (a wiped spool's epoch counts from 0 again), or
+            # an agent before epochs restarting at 0 (its sample is newer than the last: an
+            # older one is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
             return
         if epoch < st.seq_epoch or seq <= last:
             return
-        missing = seq - last - 1
+        missing = gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
         if missing:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received
@@ -492,3 +502,16 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
         return False
     have: float | None = None if held is None else getattr(held, field)
     return have is None or have < ts
+
+
+def _later_sample(sample: Sample, held: Sample) -> bool:
+    """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
+    ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a
+    node that booted ahead, or one sample stamped 299 s ahead) froze the node's view for as
+    long as the step, and ``NodeStale`` fired while it sent every interval. Across runs as
+    :func:`~collector.nodefacts.agent_restarted` says; by time for agents before epochs."""
+    if sample.epoch is None or held.epoch is None:
+        return sample.ts > held.ts
+    if sample.epoch == held.epoch:
+        return sample.seq > held.seq
+    return agent_restarted(sample.epoch, sample.ts, held.epoch, held.ts)

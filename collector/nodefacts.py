@@ -54,6 +54,7 @@ Pure: no I/O, no clock; the caller passes ``now``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ __all__ = [
     "RackRule",
     "Staleness",
     "State",
+    "agent_restarted",
+    "gap_missing",
     "gpu_power_w",
     "hardware",
     "measure",
@@ -103,6 +106,30 @@ class PowerReading(NamedTuple):
     """When it arrived (collector clock)."""
     interval_s: float
     """How often its source reports: the sample's interval, or the collector's poll interval."""
+
+
+def agent_restarted(epoch: int, ts: float, held_epoch: int, held_ts: float) -> bool:
+    """Whether a sample of agent ``epoch`` stamped ``ts`` comes from a later run of the
+    node's agent than the one held (``held_epoch``, its newest sample stamped ``held_ts``;
+    any unit of time, the same for both).
+
+    A higher epoch is the agent's next start. A lower epoch with a newer time is one too: the
+    agent keeps its epoch counter in its spool, so a wiped or lost spool directory counts
+    from 0 again. A lower epoch with an older time is a late sample of an earlier run, which
+    the agent replays from its spool before the newer ones. The watermarks
+    (:mod:`collector.ingest.watermark`) and the live view's gaps (:mod:`collector.live`)
+    both follow the node's newest run by this rule."""
+    return epoch > held_epoch or (epoch < held_epoch and ts > held_ts)
+
+
+def gap_missing(seq_before: int, seq_after: int, elapsed_s: float, interval_s: float) -> int:
+    """Samples missing between two samples of one agent run: those numbered between
+    ``seq_before`` and ``seq_after``, but at most the intervals that passed on the node's own
+    clock (``elapsed_s``; at least one). An agent numbers one sample per interval, so a jump
+    past that is a node whose ``seq`` is not to be believed (a bug, a hostile node): it must
+    not add 2**53 to what the fleet missed. The live view's gaps and ``collector query
+    --gaps`` both count by this."""
+    return max(0, min(seq_after - seq_before - 1, max(1, math.ceil(elapsed_s / interval_s))))
 
 
 def sample_power(sample: Sample, received: float) -> PowerReading | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 from agent.cli._args import add_settings_args, node_sampler, print_json, settings_from_args
+from shared.errors import ConfigError
 
 __all__ = ["add_parser", "sample"]
 
@@ -24,14 +26,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=float,
         default=1.0,
         metavar="SECONDS",
-        help="seconds between the priming and the printed reading (default 1; 0: rates null)",
+        help="seconds between the priming and the printed reading, 0 to 3600 (default 1; 0: "
+        "rates null)",
     )
     p.set_defaults(handler=sample)
 
 
 def sample(args: argparse.Namespace) -> int:
     """Start the sampler, prime the rates, print one sample."""
+    from shared.schema import MAX_INTERVAL_S  # noqa: PLC0415 (msgspec: not for --help)
 
+    if not (math.isfinite(args.wait) and 0 <= args.wait <= MAX_INTERVAL_S):
+        raise ConfigError(
+            f"--wait {args.wait!r}: use 0 to {MAX_INTERVAL_S:g} seconds", field="--wait"
+        )
     settings = settings_from_args(args)
     sampler = node_sampler(settings)
     sampler.start()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO
 
-__all__ = ["Column", "print_json", "render_table", "shown"]
+__all__ = ["Column", "pad", "print_json", "render_table", "shown", "width"]
 
 
 # A NamedTuple, not a dataclass: `dataclasses` (with `inspect`) is ~10 ms of imports, a
@@ -29,13 +30,10 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
     cells = [[shown(c.header) for c in columns]]
     for row in rows:
         cells.append(["-" if row.get(c.key) is None else shown(c.fmt(row[c.key])) for c in columns])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    widths = [max(width(r[i]) for r in cells) for i in range(len(columns))]
     lines = []
     for r in cells:
-        parts = [
-            v.rjust(w) if c.align_right else v.ljust(w)
-            for v, w, c in zip(r, widths, columns, strict=True)
-        ]
+        parts = [pad(v, w, right=c.align_right) for v, w, c in zip(r, widths, columns, strict=True)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -55,3 +53,23 @@ def shown(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def width(text: str) -> int:
+    """Terminal columns ``text`` takes: 2 for an East Asian wide or fullwidth character
+    (CJK, most emoji such as ✅ and ❌), 0 for a combining mark, else 1 (Unicode Standard
+    Annex #11, as ``wcwidth`` counts). A node's model name in Chinese must not shift the
+    columns after it."""
+    if text.isascii():
+        return len(text)
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def pad(text: str, columns: int, *, right: bool = False) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns (:func:`width`), on the
+    left when ``right`` (right-aligned)."""
+    fill = " " * max(0, columns - width(text))
+    return fill + text if right else text + fill

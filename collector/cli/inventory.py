@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table, shown
+from collector.cli._render import Column, pad, print_json, render_table, shown, width
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -188,8 +188,8 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
     columns.append(["MISSING/ERROR", *(shown("; ".join(n.problems)) for n in nodes)])
     padded = []
     for col in columns[:-1]:
-        width = max(map(len, col))
-        padded.append([v.ljust(width) for v in col])
+        most = max(map(width, col))
+        padded.append([pad(v, most) for v in col])
     padded.append(columns[-1])
     table = "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
     if hidden:

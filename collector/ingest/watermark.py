@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from collector.nodefacts import agent_restarted
 from collector.store.db import SampleRow
 from collector.store.watermarks import WatermarkRow
 
@@ -124,7 +125,7 @@ class Watermarks:
                 m.top = max(m.top, seq)
                 m.ts_ms = max(m.ts_ms, r.ts_ms)
                 dirty.add(node)
-            elif m is None or epoch > m.epoch or r.ts_ms > m.ts_ms:
+            elif m is None or agent_restarted(epoch, r.ts_ms, m.epoch, m.ts_ms):
                 # A new node, the agent's next start, or an agent that counts epochs from 0
                 # again (its spool was wiped): newer samples under a lower epoch.
                 if m is None and len(marks) >= self.max_nodes:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from collector.jobfacts import job_label
-from collector.nodefacts import STATES, Staleness
+from collector.nodefacts import STATES, Staleness, gap_missing
 from collector.store.reader import StoreReader
 
 __all__ = [
@@ -163,11 +163,13 @@ def node_gaps(store: StoreReader, node: str, since_ms: int, limit: int) -> list[
     samples of one agent epoch (the samples between were numbered but never stored).
 
     Samples from agents before ``epoch`` are left out: their ``seq`` restarts at 0 with each
-    process, so a jump cannot be told from a restart.
+    process, so a jump cannot be told from a restart. ``missing`` is bounded by the node's
+    clock as the live view's is (:func:`collector.nodefacts.gap_missing`).
     """
     rows = store.fetchall(
-        "SELECT epoch, prev_seq, seq, prev_ts_ms, ts_ms FROM ("
-        " SELECT epoch, seq, ts_ms, LAG(seq) OVER w AS prev_seq, LAG(ts_ms) OVER w AS prev_ts_ms"
+        "SELECT epoch, prev_seq, seq, prev_ts_ms, ts_ms, interval_s FROM ("
+        " SELECT epoch, seq, ts_ms, interval_s,"
+        " LAG(seq) OVER w AS prev_seq, LAG(ts_ms) OVER w AS prev_ts_ms"
         " FROM samples WHERE node = ? AND ts_ms >= ? AND epoch IS NOT NULL"
         " WINDOW w AS (PARTITION BY epoch ORDER BY seq)"
         ") AS g WHERE seq - prev_seq > 1 ORDER BY ts_ms DESC LIMIT ?",
@@ -179,7 +181,9 @@ def node_gaps(store: StoreReader, node: str, since_ms: int, limit: int) -> list[
             "epoch": r["epoch"],
             "after_seq": r["prev_seq"],
             "next_seq": r["seq"],
-            "missing": r["seq"] - r["prev_seq"] - 1,
+            "missing": gap_missing(
+                r["prev_seq"], r["seq"], (r["ts_ms"] - r["prev_ts_ms"]) / 1000, r["interval_s"]
+            ),
             "from_ts": r["prev_ts_ms"] / 1000,
             "to_ts": r["ts_ms"] / 1000,
         }

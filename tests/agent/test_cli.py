@@ -61,6 +61,18 @@ def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("wait", ["inf", "nan", "-1", "3601"])
+def test_sample_with_a_wait_out_of_range_is_one_line_naming_the_flag(wait: str) -> None:
+    """``agent sample --wait inf`` was a traceback (OverflowError from time.sleep) and
+    ``--wait -1`` passed as 0: now one line naming the flag and its range, exit 2."""
+    done = run_agent("sample", "--wait", wait)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"agent sample: error: --wait {float(wait)!r}: use 0 to 3600 seconds"
+    )
+    assert done.stdout == ""
+
+
 def test_simulate_without_a_broker_is_one_line_and_exit_1() -> None:
     """``agent simulate --port 1`` (nothing listens): one line naming the broker, exit 1."""
     done = run_agent("simulate", "--port", "1", "--ticks", "1", "--nodes", "1")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -340,6 +341,26 @@ def test_rejected_on_a_store_without_quarantine_is_empty(
     assert _json(capsys, db, "--rejected")["messages"] == []
     assert main(["query", "--db", str(db), "--rejected"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "no quarantined messages match"
+
+
+async def test_gaps_count_at_most_the_intervals_the_nodes_clock_says_passed(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--gaps``: a real gap counts its samples; a seq jumped by 2**53 within one interval
+    counts one, as in the live view (it used to print 9007199254740990 samples missing)."""
+    sim = FleetSimulator(1, gpus_per_node=1, seed=3, interval_s=INTERVAL_S)
+    node = sim.node_ids[0]
+    now = time.time()
+    rows = []
+    for k, seq in [(0, 0), (1, 1), (5, 5), (6, 2**53 - 1)]:  # (intervals on, seq)
+        ts = now - 600 + INTERVAL_S * k
+        sample = msgspec.structs.replace(sim.sample(0, ts, seq), epoch=1)
+        rows.append(sample_row(sample, encode(sample), ts))
+    async with Store(store_url) as store:
+        await store.write_batch(rows, new_nodes=[node])
+    result = _json(capsys, store_url, "--node", node, "--gaps", "--since", "1h")
+    assert [(g["after_seq"], g["missing"]) for g in result["gaps"]] == [(5, 1), (1, 3)]
+    assert result["missing"] == 4
 
 
 def test_printable_escapes_what_a_terminal_would_interpret() -> None:

@@ -35,6 +35,21 @@ def test_newest_sample_wins_and_older_or_equal_ones_are_ignored() -> None:
     assert (st.sample.seq, st.sample_received) == (2, T0 + 10)
 
 
+def test_a_node_whose_clock_steps_back_stays_current() -> None:
+    """Within one agent run the next seq is the latest whatever its time: a node stamped one
+    sample 299 s ahead (then NTP stepped it back) is not frozen, nor stale, for 299 s."""
+    view = LiveView()
+    view.on_sample(_sample(T0 + 299, seq=1, epoch=4), received=T0)
+    assert view.on_sample(_sample(T0 + 5, seq=2, epoch=4), received=T0 + 5)
+    assert not view.on_sample(_sample(T0 + 300, seq=1, epoch=4), received=T0 + 6)  # resent
+    assert not view.on_sample(_sample(T0 - 100, seq=9, epoch=3), received=T0 + 7)  # late
+    assert view.on_sample(_sample(T0 - 60, seq=0, epoch=5), received=T0 + 8)  # next run
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.epoch, st.sample.seq, st.sample_received) == (5, 0, T0 + 8)
+
+
 def test_summaries_follow_the_latest_sample() -> None:
     """Hottest GPU and the OR of clock-event bits are those of the sample held."""
     view = LiveView()
@@ -214,37 +229,53 @@ def test_bad_bounds_are_refused() -> None:
         LiveView(reject_bucket_s=0)
 
 
+_STEP_S = 60.0
+"""Between two samples of these tests: 12 of the samples' 5 s intervals."""
+
+
 @pytest.mark.parametrize(
     ("sent", "gaps"),
     [
         ([(1, 0), (1, 1), (1, 5), (1, 6)], [(1, 1, 3)]),  # seq 2-4 never came
         ([(1, 0), (1, 1), (2, 0), (2, 1)], []),  # a restart is not a gap
         ([(1, 0), (1, 1), (1, 1), (1, 0), (1, 2)], []),  # duplicates resent after a reconnect
-        ([(2, 0), (1, 9), (2, 1)], []),  # an older epoch's late sample changes nothing
+        ([(2, 0), (1, 9, -1), (2, 1)], []),  # an older epoch's late sample changes nothing
         ([(None, 5), (None, 6), (None, 0), (None, 1)], []),  # an agent before epochs restarts
         ([(None, 5), (None, 8)], [(None, 5, 2)]),
+        # a wiped spool: the agent counts epochs from 0 again, with newer samples
+        ([(7, 0), (7, 1), (0, 0), (0, 4)], [(0, 0, 3)]),
+        # more samples than the node's clock had room for (12 intervals): counts 12
+        ([(1, 0), (1, 2**53 - 1)], [(1, 0, 12)]),
+        ([(1, 0), (1, 14)], [(1, 0, 12)]),
+        ([(1, 0), (1, 13)], [(1, 0, 12)]),
     ],
 )
 def test_a_jump_in_seq_within_one_epoch_is_a_gap_and_nothing_else_is(
-    sent: list[tuple[int | None, int]], gaps: list[tuple[int | None, int, int]]
+    sent: list[tuple[int | None, int] | tuple[int | None, int, int]],
+    gaps: list[tuple[int | None, int, int]],
 ) -> None:
-    """Gaps are (epoch, last seq before, missing); counted per node and for the fleet."""
+    """Gaps are (epoch, last seq before, missing); counted per node and for the fleet.
+
+    A sample is sent every ``_STEP_S`` (its time is ``k`` steps on, or the third number of
+    the tuple); a gap counts at most the intervals its node's clock says passed, so a node
+    that jumps its ``seq`` does not add 2**53 to the fleet's missing samples."""
     view = LiveView()
-    for k, (epoch, seq) in enumerate(sent):
-        view.on_sample(_sample(T0 + k, seq=seq, epoch=epoch), T0 + k)
+    for k, (epoch, seq, *at) in enumerate(sent):
+        ts = T0 + _STEP_S * (at[0] if at else k)
+        view.on_sample(_sample(ts, seq=seq, epoch=epoch), ts)
     st = view.get(NODE)
     assert st is not None
     assert [(g.epoch, g.after_seq, g.missing) for g in st.gaps] == gaps
     assert view.missing_total == st.missing_total == sum(g[2] for g in gaps)
     assert view.missing_since(st, T0) == st.missing_total
-    assert view.missing_since(st, T0 + len(sent)) == 0
+    assert view.missing_since(st, T0 + _STEP_S * len(sent)) == 0
 
 
 def test_a_node_keeps_only_its_last_gaps() -> None:
     """max_gaps bounds the gaps a node keeps; the counters keep counting."""
     view = LiveView(max_gaps=2)
     for k in range(5):
-        view.on_sample(_sample(T0 + k, seq=2 * k, epoch=1), T0 + k)
+        view.on_sample(_sample(T0 + _STEP_S * k, seq=2 * k, epoch=1), T0 + _STEP_S * k)
     st = view.get(NODE)
     assert st is not None
     assert [g.after_seq for g in st.gaps] == [4, 6]

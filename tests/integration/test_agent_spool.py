@@ -111,8 +111,9 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     node = sim.node_ids[0]
     now = time.time()
     sent = [(3, 0), (3, 1), (3, 2), (3, 7), (4, 0), (4, 1)]
+    at = [0, 1, 2, 7, 8, 9]  # one interval (1 s) per seq, as the agent numbers them
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="gappy") as client:
-        for k, (epoch, seq) in enumerate(sent):
+        for k, (epoch, seq) in zip(at, sent, strict=True):
             sample = msgspec.structs.replace(sim.sample(0, now - 60 + k, seq), epoch=epoch)
             await client.publish(sample_topic(node), encode(sample), qos=1)
     await wait_until(
@@ -136,7 +137,7 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     assert result["missing"] == 4
     (gap,) = result["gaps"]
     assert (gap["epoch"], gap["after_seq"], gap["next_seq"], gap["missing"]) == (3, 2, 7, 4)
-    assert gap["to_ts"] - gap["from_ts"] == pytest.approx(1.0, abs=0.01)
+    assert gap["to_ts"] - gap["from_ts"] == pytest.approx(5.0, abs=0.01)
 
 
 async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_isstored_seqs(
