@@ -109,8 +109,10 @@ def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser
     parser = argparse.ArgumentParser(
         prog="collector",
         description=(
-            "capwatch collector: subscribes to node agents over MQTT, keeps a rolling SQLite "
-            "store, answers questions about the fleet, and sizes clusters under a power cap."
+            "capwatch collector: subscribes to node agents over MQTT, keeps a rolling store "
+            "(a SQLite file, or PostgreSQL for a site with several collectors) with rollups "
+            "for months, raises alerts, governs leases and quotas, answers questions about "
+            "the fleet, and sizes clusters under a power cap."
         ),
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
