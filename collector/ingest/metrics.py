@@ -60,6 +60,10 @@ class IngestMetrics:
         self.samples = counter("samples_valid", "Sample messages that passed validation.")
         self.status = counter("status_valid", "Status messages that passed validation.")
         self.inventory = counter("inventory_valid", "Inventory messages that passed validation.")
+        self.retained_cleared = counter(
+            "retained_cleared",
+            "Empty status or inventory messages: a retained message cleared (decommission).",
+        )
         self.rejected = counter("messages_rejected", "Messages rejected, by reason.", ("reason",))
         self.rejected_by: Final = {
             reason: self.rejected.labels(reason) for reason in (*REJECT_REASONS, OTHER_REASON)
@@ -67,14 +71,15 @@ class IngestMetrics:
         """The ``rejected`` children, bound once, by reason."""
 
     def counter_rows(self) -> dict[str, int]:
-        """``received``, ``samples``, ``status``, ``inventory``, ``rejected`` and
-        ``rejected_<reason>``."""
+        """``received``, ``samples``, ``status``, ``inventory``, ``retained_cleared``,
+        ``rejected`` and ``rejected_<reason>``."""
         by_reason = labelled_values(self.rejected)
         return {
             "received": value(self.received),
             "samples": value(self.samples),
             "status": value(self.status),
             "inventory": value(self.inventory),
+            "retained_cleared": value(self.retained_cleared),
             "rejected": sum(by_reason.values()),
             **{f"rejected_{reason}": n for reason, n in by_reason.items()},
         }

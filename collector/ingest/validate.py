@@ -21,6 +21,12 @@ which in a drain of a backlog tripled the garbage collector's passes (1.06 s vs 
 100,000 samples), cost ~12 us of CPU per sample (64-69 vs 51-55 us) and ~100 MB of RSS, and
 took a quarter off the drain rate; for a difference that only a store-refused message shows.
 
+An empty message on a node's ``status`` or ``inventory`` topic is not a bad message: it is
+how MQTT clears a retained message (MQTT 3.1.1 and 5.0, section 3.3.1.3: the broker passes
+the zero-byte PUBLISH on to subscribers), e.g. ``mosquitto_pub -r -n`` when a node is
+decommissioned. It is counted (``retained_cleared``) and acknowledged; what the store and
+the live view hold of the node stays as it was.
+
 Time checks use the collector's clock, not the node's: a sample stamped more than
 ``max_skew_s`` ahead of it is ``clock_skew``; one older than the retention window is
 ``too_old`` (late samples replayed after an outage are welcome until then).
@@ -90,6 +96,10 @@ _DECODERS: Final[dict[str, Callable[[bytes], Sample | NodeStatus | Inventory]]] 
 }
 
 
+_RETAINED: Final = ("status", "inventory")
+"""The message kinds a node publishes retained (:mod:`shared.topics`)."""
+
+
 def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
     """Summary columns of a validated sample."""
     gpus = sample.gpus
@@ -145,6 +155,7 @@ class Ingestor:
         m = self.metrics
         self._received, self._samples = m.received, m.samples
         self._status, self._inventory = m.status, m.inventory
+        self._cleared = m.retained_cleared
         self._rejected_by = m.rejected_by
         self.live = live
         """The in-memory view of the fleet the rules read; fed here (see the module docstring)."""
@@ -206,6 +217,9 @@ class Ingestor:
         decode = _DECODERS.get(kind)
         if decode is None:
             return _Problem("bad_topic", f"unknown message kind {kind!r}")
+        if not payload and kind in _RETAINED:
+            self._cleared.inc()
+            return NodeUpdate(node=node)
         if len(payload) > MAX_PAYLOAD_BYTES:
             return _Problem("too_large", f"{len(payload)} bytes")
         try:

@@ -28,7 +28,7 @@ from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
 from collector.settings import CollectorMqttSettings, CollectorSettings
-from collector.store.db import Store
+from collector.store.db import NodeUpdate, Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
 from shared.schema import decode_watermark, encode
@@ -36,6 +36,7 @@ from shared.topics import (
     LEGACY_SUBSCRIPTIONS,
     SUBSCRIPTIONS,
     collector_subscriptions,
+    inventory_topic,
     sample_topic,
     watermark_topic,
 )
@@ -710,3 +711,23 @@ async def test_a_record_in_parts_lets_the_batches_that_arrive_meanwhile_commit_b
         await asyncio.wait_for(task, 20)
     assert first.seen == [1, 2, 3]
     assert behind.seen == [3]
+
+
+async def test_a_cleared_retained_inventory_is_acknowledged_and_keeps_what_is_stored(
+    tmp_path: Path,
+) -> None:
+    """An empty retained inventory (a node decommissioned with ``mosquitto_pub -r -n``) is
+    acknowledged, quarantines nothing and leaves the node's stored inventory as it was."""
+    ingestor = Ingestor(FakeClock(start_wall=T0))
+    sim = FleetSimulator(1, gpus_per_node=1, seed=4, interval_s=5)
+    node = sim.node_ids[0]
+    inventory = ingestor.handle(inventory_topic(node), encode(sim.inventory(0, T0 - 1)))
+    cleared = ingestor.handle(inventory_topic(node), b"")
+    link = _Link()
+    async with Store(tmp_path / "c.db") as store:
+        await _run_writer(store, [Unit(link, [inventory], [1]), Unit(link, [cleared], [2])])
+    assert link.acked == [1, 2]
+    assert db_rows(tmp_path / "c.db", "SELECT count(*) FROM quarantine") == [(0,)]
+    (stored,) = db_rows(tmp_path / "c.db", "SELECT inventory FROM nodes WHERE node = ?", (node,))
+    assert isinstance(inventory, NodeUpdate)
+    assert stored[0] == inventory.inventory

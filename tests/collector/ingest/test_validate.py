@@ -14,7 +14,7 @@ from collector.store.db import NodeUpdate, SampleRow
 from collector.store.unpack import PayloadDecoder
 from shared.clock import FakeClock
 from shared.schema import decode_sample, encode
-from shared.topics import sample_topic, status_topic
+from shared.topics import inventory_topic, sample_topic, status_topic
 
 
 def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
@@ -131,3 +131,18 @@ def test_deeply_nested_json_is_one_reject_not_a_crash(depth: int) -> None:
     assert item.quarantine.reason == "not_json"
     for kind in ("inventory", "status"):  # a retained one would meet every new collector
         assert isinstance(ing.handle(f"capwatch/v1/nodes/{s.node}/{kind}", payload), Rejected)
+
+
+def test_an_empty_retained_status_or_inventory_is_a_cleared_message_not_a_reject() -> None:
+    """``mosquitto_pub -r -n`` on a node's status or inventory topic (MQTT's way to clear a
+    retained message): counted as cleared, no reject, nothing about the node changed; an
+    empty sample is still a bad message."""
+    ing = Ingestor(FakeClock(start_wall=1.8e9))
+    for topic in (status_topic("gpu-1"), inventory_topic("gpu-1")):
+        assert ing.handle(topic, b"") == NodeUpdate("gpu-1")
+    assert isinstance(ing.handle(sample_topic("gpu-1"), b""), Rejected)
+    m = ing.metrics
+    assert value(m.retained_cleared) == 2
+    assert value(m.rejected) == 1
+    assert m.counter_rows()["retained_cleared"] == 2
+    assert list(ing.take_node_rejects()) == [("gpu-1", "not_json")]  # the sample alone
