@@ -75,6 +75,7 @@ from collector.ingest.reader import Acker, MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from collector.store.fold import Fold
 from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -260,7 +261,8 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
-        next_fold = mono()  # at once: what a crash left staged
+        # At once: what a crash left staged (never, with rollups off).
+        next_fold = mono() if self._store.rollups is not None else math.inf
         marking = self.watermarks is not None and self._watermark_interval_s > 0
         next_marks = mono() + self._watermark_interval_s if marking else float("inf")
         while True:
@@ -287,8 +289,8 @@ class Writer:
             if self._records:
                 await self._write_records(budget_s=RECORD_BUDGET_S)
             now = mono()
-            if now >= next_fold or self._store.pending_rollups >= self._fold_samples:
-                await self.fold_rollups()
+            due_fold = now >= next_fold or self._store.pending_rollups >= self._fold_samples
+            if due_fold and self._queue_fold():
                 next_fold = now + self._fold_s
             if now >= next_marks:
                 more = await self.flush_watermarks()
@@ -457,8 +459,20 @@ class Writer:
             raise StoreError(str(again), fatal=True, exit_code=1) from again
         self.metrics.quarantined.inc()
 
+    def _queue_fold(self) -> bool:
+        """Queue the rollups' fold behind the records waiting (its parts are written as a
+        record's, between batches); false while one is in the line already."""
+        if any(isinstance(r, _FoldRecord) for r in self._records):
+            return False
+        fold = self._store.rollup_fold()
+        if fold is None:
+            return False
+        self._records.append(_FoldRecord(fold, self.metrics, self._clock))
+        return True
+
     async def fold_rollups(self) -> None:
-        """Fold the samples staged for the rollups into them (with rollups on)."""
+        """Fold the samples staged for the rollups into them, all of them before it returns
+        (with rollups on; the stop, and tests)."""
         if self._store.rollups is None:
             return
         t0 = self._clock.monotonic()
@@ -582,6 +596,29 @@ class Writer:
                     log.warning("store_unreachable", error=str(exc), retry_in_s=round(delay, 2))
                     continue
                 break
+
+
+class _FoldRecord:
+    """The rollups' fold (:class:`~collector.store.fold.Fold`) as a record: a part per
+    :meth:`write`, the samples it takes over counted, the whole logged at its end."""
+
+    name: Final = "rollups"
+
+    def __init__(self, fold: Fold, metrics: WriterMetrics, clock: Clock) -> None:
+        self._fold = fold
+        self._metrics = metrics
+        self._clock = clock
+        self._t0 = clock.monotonic()
+
+    async def write(self, store: Store) -> bool:
+        taken = store.rollups_taken_over
+        with heap.paused():
+            more = await self._fold.write(store)
+        self._metrics.rollups_taken_over.inc(store.rollups_taken_over - taken)
+        if not more and self._fold.samples:
+            fold, wall_s = self._fold, self._clock.monotonic() - self._t0
+            log.debug("rollups_folded", samples=fold.samples, parts=fold.parts, wall_s=wall_s)
+        return more
 
 
 def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:

@@ -73,6 +73,7 @@ from collector.store.partials import (
 from collector.store.query import Query, single
 
 __all__ = [
+    "ADOPT_SQL",
     "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
     "FOLDED_SQL",
@@ -87,6 +88,7 @@ __all__ = [
     "RETENTION_SQL",
     "SEEN_SQL",
     "STAGED_SQL",
+    "STAGE_SHARDS",
     "STAGE_SQL",
     "TAKEOVER_FOLDS",
     "UPSERT_SQL",
@@ -111,6 +113,10 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
+STAGE_SHARDS: Final = 64
+"""Shards of the staged samples (by node, :meth:`collector.store.partials.Staged.split`):
+a fold writes one shard per transaction (:mod:`collector.store.fold`)."""
+
 TAKEOVER_FOLDS: Final = 10
 """A collector that has not folded for this many fold intervals has its staged rows taken
 over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`)."""
@@ -127,6 +133,8 @@ class RollupConfig:
     store whose last fold or start is older than this: a share group's member that never
     came back, or a collector whose MQTT client id changed. Each collector dates its folds
     by its own clock: the members' clocks must agree to well within this (NTP)."""
+    stage_shards: int = STAGE_SHARDS
+    """Shards a batch's new samples are staged in, by node (one: a fold in one transaction)."""
 
 
 class GpuReading(GpuPower, Protocol):
@@ -166,19 +174,24 @@ def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
     return values.tobytes()
 
 
-STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, body)", 3, "")
-"""One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
-batch's transaction, under its collector's name (the owner) and its number among them."""
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, shard, body)", 4, "")
+"""One batch's new samples of one shard (:meth:`collector.store.partials.Staged.split`,
+:meth:`~collector.store.partials.Staged.encode`), in the batch's transaction, under its
+collector's name (the owner) and the batch's number among them: a row per shard present."""
 CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
 """Rows staged before stages had owners: the first collector to open the store takes them
 (one statement, so two collectors starting at once do not both)."""
-STAGED_SQL: Final = "SELECT seq, body FROM rollup_stage WHERE owner = ?"
-OWNED_SQL: Final = "SELECT DISTINCT seq FROM rollup_stage WHERE owner = ?"
-"""The numbers of the batches a collector still owns when it folds (another may have taken
-over the others)."""
-CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ?"
-"""A fold empties its own collector's staged rows and those it took over, never another's
-(several collectors write one PostgreSQL store: each folds what it staged)."""
+STAGED_SQL: Final = "SELECT seq, shard, body FROM rollup_stage WHERE owner = ? ORDER BY seq"
+OWNED_SQL: Final = "SELECT seq FROM rollup_stage WHERE owner = ? AND shard = ?"
+"""The numbers of a shard's batches a collector still owns when it folds that shard
+(another may have taken over the others)."""
+CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ? AND shard = ? AND seq <= ?"
+"""A fold's part empties its own collector's rows of one shard, those it folded (batches
+staged since have larger numbers), never another's (several collectors write one
+PostgreSQL store: each folds what it staged)."""
+ADOPT_SQL: Final = "UPDATE rollup_stage SET owner = ?, seq = seq + ? WHERE owner = ?"
+"""A takeover: another collector's rows become the folding one's, renumbered after its
+own (new owner, the offset, old owner)."""
 FOLDED_SQL: Final = (
     "INSERT INTO rollup_owners (owner, folded) VALUES (?, ?) "
     "ON CONFLICT (owner) DO UPDATE SET folded = excluded.folded"
