@@ -206,15 +206,19 @@ class Staged:
             raise ValueError(f"unreadable staged rollup batch: {exc}") from exc
 
     def split(self, shards: int) -> list[tuple[int, Staged]]:
-        """The samples by shard: the shard of a node is a stable hash of its name (CRC-32)
-        modulo ``shards``, so a node's samples always land in the same shard and a fold of
+        """The samples by shard: the shard of a node is a stable hash of its name (CRC-32,
+        mixed) scaled to ``shards``, so a node's samples always land in the same shard and a fold of
         one shard writes its nodes' buckets only. Each shard present, with its samples (in
         the batch's order) as a :class:`Staged` of its own."""
         n = len(self.nodes)
         if shards <= 1 or n == 0:
             return [(0, self)] if n else []
         crc = zlib.crc32
-        shard = np.fromiter((crc(s.encode()) for s in self.nodes), np.int64, n) % shards
+        h = np.fromiter((crc(s.encode()) for s in self.nodes), np.uint64, n)
+        # CRC-32 is linear: names that differ in a character or two share its low bits.
+        # Mixed (Knuth's multiplicative hash), then its high bits scaled to [0, shards).
+        h = (h * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+        shard = ((h * np.uint64(shards)) >> np.uint64(32)).astype(np.int64)
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1)).tolist()
         per = self.gpu_counts.astype(np.int64)
