@@ -24,7 +24,7 @@ line), so an old ACL costs three reconnects, not a reconnect every second.
 Batches are what waited, bounded by time: while a commit runs, the next units queue up, and
 an idle collector commits each unit at once (no timer to wait for before acknowledging). A
 batch takes at most as many rows as the last batches say fit in :data:`BATCH_TARGET_S`
-(:class:`BatchLimit`): after a pause (a collection, an evaluation's record, the rollups' fold)
+(:class:`BatchLimit`): after a pause (a collection, an evaluation's record)
 the backlog is committed in several short batches, each acknowledged at once, rather than one
 long one that every message behind it waits for. Only while batches at that limit leave rows
 waiting for :data:`BEHIND_S` in a row (a backlog to drain) are they as large as
@@ -41,6 +41,12 @@ instead of waiting behind all of them. Between batches the writer writes records
 the line first: a record's parts, and records, stay in order. A record the store refuses (not a
 broken store) is logged and counted in ``job_failures{job=<name>}``, the rest of its parts
 dropped; ingestion goes on.
+
+The rollups' fold (every ``rollup_fold_s``, or once ``rollup_fold_samples`` are staged) is
+such a record too, queued by the writer itself behind the records waiting, one at a time:
+a part per shard of the staged samples (:mod:`collector.store.fold`), so a fold of 100,000
+samples no longer holds every batch behind it for most of a second. At a stop the writer
+finishes it and folds what is left.
 
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
@@ -121,7 +127,7 @@ FOLD_EVERY_S: Final = 60.0
 FOLD_SAMPLES: Final = 100_000
 """Staged samples are folded into the rollups every minute, or sooner once this many wait
 (~40 MB of columns): a fold writes one row per node and bucket it touched, so the rarer,
-the cheaper per sample (collector/store/rollups.py)."""
+the cheaper per sample (collector/store/rollups.py); in parts, between batches."""
 
 
 class Record(Protocol):

@@ -9,18 +9,21 @@ Two steps, both in the writer's task:
   the fold), kept in memory and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`).
   A duplicate (the same ``(node, ts_ms)``, the samples table's key) is not new, so it adds
   nothing.
-* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so;
-  :mod:`collector.store.fold`): the staged samples become partial aggregates per bucket
-  (numpy, in a worker thread: the minutes from the samples, the hours from the minutes,
-  :func:`collector.store.partials.buckets`), the buckets already stored under those keys
-  are read and merged in (:func:`collector.store.partials.merge`), written back
-  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the folded
-  ``rollup_stage`` rows deleted: one transaction.
+* **fold** (:meth:`~collector.store.db.Store.rollup_fold`, every minute or so, or once
+  100,000 samples wait; :mod:`collector.store.fold`), a shard of the stage at a time (the
+  samples of a fixed part of the nodes): its staged samples become partial aggregates per
+  bucket (numpy, in a worker thread: the minutes from the samples, the hours from the
+  minutes, :func:`collector.store.partials.buckets`), the buckets already stored under
+  those keys are read and merged in (:func:`collector.store.partials.merge`), written back
+  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the shard's folded
+  ``rollup_stage`` rows deleted: one short transaction per shard.
 
-So every sample counts exactly once whatever happens between the two (a crash leaves the
-staged rows, which the next store reads back at open and folds), a late sample lands in the
+So every sample counts exactly once whatever happens between the two, or between two
+shards of a fold (a crash leaves the staged rows not folded yet, which the next store reads
+back at open and folds), a late sample lands in the
 bucket of its own time stamp, and the merge is order-independent. A batch costs one row to
-stage; a fold writes one row per node and bucket it touched, whatever the sample rate.
+stage (a row per shard present); a fold writes one row per node and bucket it touched,
+whatever the sample rate.
 
 A bucket keeps sums and counts (a mean is ``sum / n``), minimum and maximum. Its GPUs are
 one blob (``gpu_stats``, :data:`collector.store.partials.GPU_COLUMNS`), not a row each.
@@ -36,12 +39,12 @@ state between samples, nothing counted twice when a late sample arrives between 
 Busy GPU-seconds use the busy threshold in force when the sample is stored
 (``governance.busy_util_pct``).
 
-One writer: the fold reads and rewrites its buckets in one transaction of the only
-connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
+One writer: each part of a fold reads and rewrites its buckets in one transaction of the
+only connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
 several collectors write, a fold first takes an advisory lock for its transaction
 (PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
 cover a bucket that two folds both find missing and both insert. The DDL is migrations
-``0017``, ``0019``, ``0021`` and ``0023``. Several collectors may write one PostgreSQL
+``0017``, ``0019``, ``0021``, ``0024`` and ``0025``. Several collectors may write one PostgreSQL
 store (a share group): each stages under its own name (``rollup_stage.owner``) and reads
 back and folds its own staged rows, so a sample is folded by the collector that stored it,
 once; or, if that one stopped folding (gone for good), by the collector that takes its rows
@@ -113,7 +116,7 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
-STAGE_SHARDS: Final = 64
+STAGE_SHARDS: Final = 128
 """Shards of the staged samples (by node, :meth:`collector.store.partials.Staged.split`):
 a fold writes one shard per transaction (:mod:`collector.store.fold`)."""
 
