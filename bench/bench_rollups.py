@@ -24,10 +24,21 @@ Prints figures (targets in issue 17, not pass/fail):
     (29 days of 1-hour rollups, a day of raw payloads decoded) and, for comparison, the
     node's own ``--since 30d --step 1h``.
 
+``parts``
+    The fold at the stall bench's scale: 12,500 8-GPU nodes, 100,000 staged samples (8 per
+    node, in 4,000-sample batches) folded once (the minutes and the hour then stored),
+    then the next 100,000 folded part by part as the writer does (:class:`collector.store.
+    fold.Fold`), each part's ``write`` timed (what the writer waits for: the transaction,
+    and the rest of the part's buckets if their worker thread has not finished): median,
+    p90, longest, and the sum; with the stage in one shard (the fold in one transaction,
+    as before the parts) and in :data:`~collector.store.rollups.STAGE_SHARDS`, ``--rounds``
+    pairs in turn.
+
 The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
 ``CAPWATCH_ROLLUPS__ENABLED=false|true``.
 
-Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|gpus|all] [--rounds N]``
+Usage: ``.venv/bin/python bench/bench_rollups.py [--part cost|bytes|reads|gpus|parts|all]
+[--rounds N]``
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ from collector.store.command import Command
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import governance
 from collector.store.ledger import write_ledger
-from collector.store.rollups import HOUR, RollupConfig, hour_rows
+from collector.store.rollups import HOUR, STAGE_SHARDS, RollupConfig, hour_rows
 from shared.schema import encode
 
 __all__ = ["main"]
@@ -113,6 +124,45 @@ async def cost(rounds: int) -> None:
         f"CPU/sample; on - off, paired: {min(more):.1f}..{max(more):.1f} us; the folds "
         f"{min(f for _, f in figures[True]):.1f}..{max(f for _, f in figures[True]):.1f} us"
     )
+
+
+async def parts(rounds: int) -> None:
+    """Each part's ms of a fold of 100,000 samples at 12,500 nodes, one shard vs the default."""
+    n, per = 12_500, 8
+    sim = FleetSimulator(n, gpus_per_node=8, seed=3, interval_s=1.25)
+    t0 = 1.8e9 - 1.8e9 % 3600
+    rows = [
+        sample_row(s, encode(s), t0 + 1.25 * k)
+        for k in range(2 * per)
+        for s in (sim.sample(i, t0 + 1.25 * k, k) for i in range(n))
+    ]
+    half = n * per
+    for r in range(rounds):
+        for shards in (1, STAGE_SHARDS) if r % 2 == 0 else (STAGE_SHARDS, 1):
+            with tempfile.TemporaryDirectory() as d:
+                cfg = RollupConfig(stage_shards=shards)
+                async with Store(Path(d) / "c.db", rollups=cfg, synchronous="normal") as st:
+                    for i in range(0, half, 4000):
+                        await st.write_batch(rows[i : min(i + 4000, half)])
+                    await st.fold_rollups()
+                    for i in range(half, 2 * half, 4000):
+                        await st.write_batch(rows[i : min(i + 4000, 2 * half)])
+                    fold = st.rollup_fold()
+                    assert fold is not None
+                    ms: list[float] = []
+                    more = True
+                    while more:
+                        t = time.perf_counter()
+                        more = await fold.write(st)
+                        ms.append((time.perf_counter() - t) * 1e3)
+                        await asyncio.sleep(0.008)  # a batch's time: the next part's buckets
+                    ms.sort()
+                    print(
+                        f"parts: {shards:3d} shard(s): {len(ms)} parts ({fold.samples:,} samples)"
+                        f", median {statistics.median(ms):.1f} ms, p90 "
+                        f"{ms[int(0.9 * (len(ms) - 1))]:.1f} ms, longest {ms[-1]:.1f} ms, "
+                        f"sum {sum(ms):.0f} ms"
+                    )
 
 
 async def size() -> None:
@@ -266,7 +316,9 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--part", choices=("cost", "bytes", "reads", "gpus", "all"), default="all")
+    p.add_argument(
+        "--part", choices=("cost", "bytes", "reads", "gpus", "parts", "all"), default="all"
+    )
     p.add_argument("--db", type=Path, help="reads: build the store here (default: a temp dir)")
     p.add_argument("--gpus-db", type=Path, help="gpus: build the store here (default: a temp dir)")
     p.add_argument("--rounds", type=int, default=3, help="cost: pairs of runs (default 3)")
@@ -274,6 +326,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.part in ("cost", "all"):
         asyncio.run(cost(args.rounds))
+    if args.part in ("parts", "all"):
+        asyncio.run(parts(args.rounds))
     if args.part in ("bytes", "all"):
         asyncio.run(size())
     if args.part in ("reads", "all"):

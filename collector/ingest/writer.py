@@ -24,7 +24,7 @@ line), so an old ACL costs three reconnects, not a reconnect every second.
 Batches are what waited, bounded by time: while a commit runs, the next units queue up, and
 an idle collector commits each unit at once (no timer to wait for before acknowledging). A
 batch takes at most as many rows as the last batches say fit in :data:`BATCH_TARGET_S`
-(:class:`BatchLimit`): after a pause (a collection, an evaluation's record, the rollups' fold)
+(:class:`BatchLimit`): after a pause (a collection, an evaluation's record)
 the backlog is committed in several short batches, each acknowledged at once, rather than one
 long one that every message behind it waits for. Only while batches at that limit leave rows
 waiting for :data:`BEHIND_S` in a row (a backlog to drain) are they as large as
@@ -41,6 +41,12 @@ instead of waiting behind all of them. Between batches the writer writes records
 the line first: a record's parts, and records, stay in order. A record the store refuses (not a
 broken store) is logged and counted in ``job_failures{job=<name>}``, the rest of its parts
 dropped; ingestion goes on.
+
+The rollups' fold (every ``rollup_fold_s``, or once ``rollup_fold_samples`` are staged) is
+such a record too, queued by the writer itself behind the records waiting, one at a time:
+a part per shard of the staged samples (:mod:`collector.store.fold`), so a fold of 100,000
+samples no longer holds every batch behind it for most of a second. At a stop the writer
+finishes it and folds what is left.
 
 Poison containment: when a batch cannot be written and the store says the fault is in the
 data (not the disk), the batch is bisected until the message(s) at fault are found; those
@@ -75,6 +81,7 @@ from collector.ingest.reader import Acker, MetaItem, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
+from collector.store.fold import Fold
 from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -120,7 +127,7 @@ FOLD_EVERY_S: Final = 60.0
 FOLD_SAMPLES: Final = 100_000
 """Staged samples are folded into the rollups every minute, or sooner once this many wait
 (~40 MB of columns): a fold writes one row per node and bucket it touched, so the rarer,
-the cheaper per sample (collector/store/rollups.py)."""
+the cheaper per sample (collector/store/rollups.py); in parts, between batches."""
 
 
 class Record(Protocol):
@@ -260,7 +267,8 @@ class Writer:
         mono = self._clock.monotonic
         next_retention = mono()
         next_counters = mono() + self._counters_every_s
-        next_fold = mono()  # at once: what a crash left staged
+        # At once: what a crash left staged (never, with rollups off).
+        next_fold = mono() if self._store.rollups is not None else math.inf
         marking = self.watermarks is not None and self._watermark_interval_s > 0
         next_marks = mono() + self._watermark_interval_s if marking else float("inf")
         while True:
@@ -287,8 +295,8 @@ class Writer:
             if self._records:
                 await self._write_records(budget_s=RECORD_BUDGET_S)
             now = mono()
-            if now >= next_fold or self._store.pending_rollups >= self._fold_samples:
-                await self.fold_rollups()
+            due_fold = now >= next_fold or self._store.pending_rollups >= self._fold_samples
+            if due_fold and self._queue_fold():
                 next_fold = now + self._fold_s
             if now >= next_marks:
                 more = await self.flush_watermarks()
@@ -457,8 +465,20 @@ class Writer:
             raise StoreError(str(again), fatal=True, exit_code=1) from again
         self.metrics.quarantined.inc()
 
+    def _queue_fold(self) -> bool:
+        """Queue the rollups' fold behind the records waiting (its parts are written as a
+        record's, between batches); false while one is in the line already."""
+        if any(isinstance(r, _FoldRecord) for r in self._records):
+            return False
+        fold = self._store.rollup_fold()
+        if fold is None:
+            return False
+        self._records.append(_FoldRecord(fold, self.metrics, self._clock))
+        return True
+
     async def fold_rollups(self) -> None:
-        """Fold the samples staged for the rollups into them (with rollups on)."""
+        """Fold the samples staged for the rollups into them, all of them before it returns
+        (with rollups on; the stop, and tests)."""
         if self._store.rollups is None:
             return
         t0 = self._clock.monotonic()
@@ -582,6 +602,29 @@ class Writer:
                     log.warning("store_unreachable", error=str(exc), retry_in_s=round(delay, 2))
                     continue
                 break
+
+
+class _FoldRecord:
+    """The rollups' fold (:class:`~collector.store.fold.Fold`) as a record: a part per
+    :meth:`write`, the samples it takes over counted, the whole logged at its end."""
+
+    name: Final = "rollups"
+
+    def __init__(self, fold: Fold, metrics: WriterMetrics, clock: Clock) -> None:
+        self._fold = fold
+        self._metrics = metrics
+        self._clock = clock
+        self._t0 = clock.monotonic()
+
+    async def write(self, store: Store) -> bool:
+        taken = store.rollups_taken_over
+        with heap.paused():
+            more = await self._fold.write(store)
+        self._metrics.rollups_taken_over.inc(store.rollups_taken_over - taken)
+        if not more and self._fold.samples:
+            fold, wall_s = self._fold, self._clock.monotonic() - self._t0
+            log.debug("rollups_folded", samples=fold.samples, parts=fold.parts, wall_s=wall_s)
+        return more
 
 
 def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:

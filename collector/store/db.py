@@ -44,7 +44,7 @@ from collector.store.codec import DictionaryTrainer, PayloadCodec
 from collector.store.connect import Synchronous, open_async
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
-from collector.store.fold import Stage
+from collector.store.fold import Fold, Stage
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
 from collector.store.migrations import MIGRATIONS, migrations_for
 from collector.store.partials import Staged, stage
@@ -699,15 +699,15 @@ class Store:
                 for r, b in zip(rows, payloads, strict=True)
             ]
             rollups = self._stage
-            staged: Staged | None = None
+            staged: list[tuple[int, Staged]] = []
             if rollups is None or not rollups.config.enabled or not rows:
                 inserted = await self._db.insert_samples(samples)
             else:
                 new = await self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
-                    staged = stage(new, rollups.config.busy_util_pct)
-                    await self.insert_many(STAGE_SQL, [rollups.row(staged)])
+                    staged = rollups.split(stage(new, rollups.config.busy_util_pct))
+                    await self.insert_many(STAGE_SQL, rollups.rows(staged))
             await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             await self.insert_many(_UPSERT_STATUS, statuses)
             await self.insert_many(_UPSERT_INVENTORY, inventories)
@@ -715,7 +715,7 @@ class Store:
             await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             totals = batch_totals(len(rows), inserted, quarantine)
             await self.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
-        if staged is not None and rollups is not None:  # committed: the fold may count them
+        if staged and rollups is not None:  # committed: the fold may count them
             rollups.committed(staged)
         return max(inserted, 0)
 
@@ -765,13 +765,26 @@ class Store:
         return 0 if self._stage is None else self._stage.taken_over
 
     async def fold_rollups(self, now: float | None = None) -> int:
-        """Fold the staged samples into the rollups, in one transaction; return how many
-        samples were staged (left by a crash, too; and those taken over from a collector
-        gone quiet as of ``now``, Unix s, default the clock's). See
+        """Fold the staged samples into the rollups, all of them, in short transactions one
+        after the other (the writer interleaves them with batches: :meth:`rollup_fold`);
+        return how many samples were staged (left by a crash, too; and those taken over
+        from a collector gone quiet as of ``now``, Unix s, default the clock's). See
         :mod:`collector.store.fold`."""
         if self._stage is None:
             return 0
-        return await self._stage.fold(self, time.time() if now is None else now)
+        return await self._stage.fold_all(self, time.time() if now is None else now)
+
+    def rollup_fold(self, now: float | None = None) -> Fold | None:
+        """The rollups' fold in flight, or a new one as of ``now`` (Unix s, default the
+        clock's), to write part by part (``None``: rollups are off)."""
+        if self._stage is None:
+            return None
+        return self._stage.fold(time.time() if now is None else now)
+
+    @property
+    def folding(self) -> bool:
+        """Whether a fold of the rollups is in flight (begun, not finished)."""
+        return self._stage is not None and self._stage.folding is not None
 
     async def lock_fold(self) -> None:
         """First in a rollup fold's transaction: wait for any other collector's fold."""

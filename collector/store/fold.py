@@ -1,23 +1,52 @@
-"""A store's staged samples and their fold into the rollups (:mod:`collector.store.rollups`).
+"""A store's staged samples and their fold into the rollups (:mod:`collector.store.rollups`),
+in parts: one short transaction each.
 
-:class:`Stage` keeps what one collector staged and has not folded yet: the batches
-(:class:`~collector.store.partials.Staged`), numbered (``rollup_stage.seq``) so that it
-knows which of its rows are still its own. :meth:`Stage.fold` turns them into partial
-buckets (:func:`~collector.store.partials.buckets`, in a worker thread, before the
-transaction), then, in one transaction under the fold lock: reads the packed GPUs of the
-buckets already stored, merges, writes them back (:data:`~collector.store.rollups.UPSERT_SQL`),
-marks their hours for the usage ledger, deletes the rows it folded and records its fold
-(``rollup_owners``).
+:class:`Stage` keeps what one collector staged and has not folded yet: each batch's new
+samples (:class:`~collector.store.partials.Staged`) split in shards by node
+(:meth:`~collector.store.partials.Staged.split`: a stable hash of the node's name, so a
+node's samples are always in one shard), a ``rollup_stage`` row per shard present, the
+batches numbered (``rollup_stage.seq``) so that it knows which of its rows are still its
+own. A :class:`Fold` is written in parts (the writer's record protocol: it queues the fold
+and stores sample batches between the parts). The first part takes over what owners gone
+quiet left (below) and records the fold; then one part per shard: the shard's pieces become
+partial buckets (:func:`~collector.store.partials.buckets`, in a worker thread, started as
+soon as the part before committed, so it runs while the writer stores a batch), then, in one
+transaction under the fold lock: the numbers of the shard's rows it still owns are read
+back, the buckets already stored under its keys read, merged, written back
+(:data:`~collector.store.rollups.UPSERT_SQL`), their hours marked for the usage ledger, and
+the shard's rows it folded deleted (``seq`` up to the last it folded: a batch staged since
+has a larger number and waits for the next fold).
+
+So each part is atomic on its own, and nothing records progress: a crash (or a stop)
+between two parts leaves the shards not folded yet staged, read back by the next store and
+folded once; the shards folded are gone from the stage. A late sample or a duplicate is
+what it was (its own bucket; a duplicate is not staged). One fold is in flight at a time
+(:attr:`Stage.folding`); one whose part failed is resumed at the next, from that part.
+:meth:`Stage.fold_all` writes every part at once (the writer's stop, the CLI, tests).
+
+Why shards at staging rather than ranges of nodes at the fold, with a progress row written
+in each part's transaction: with a progress row, a fold interrupted by a crash must be
+finished, from its row, before any new batch is folded (else a second crash re-reads the
+first fold's rows filtered by the second fold's progress, and counts a range twice), and a
+takeover must adopt another's progress with its rows. Shards make every part stand alone,
+at the cost of a row per shard present at staging (``bench/bench_rollups.py --part cost``:
+the split and its rows are part of the staging it measures). 128 shards: a fold of 100,000
+samples at 12,500 8-GPU nodes becomes 129 transactions of ~100 nodes' buckets each; on a
+2-core machine under a load of ~9, their median 10 ms (64 shards: 23-28 ms; 256: 7 ms, but
+the fold's sum of parts twice the one-transaction fold's), the one-transaction fold
+0.9-2.7 s (``bench/bench_rollups.py --part parts``).
 
 Several collectors may write one PostgreSQL store (a share group), each staging under its
-own name. One that stops for good leaves its rows: the next fold of another collector, once
+own name. One that stops for good leaves its rows: the first part of another's fold, once
 that owner's last fold (or start) is older than :attr:`RollupConfig.takeover_after_s
-<collector.store.rollups.RollupConfig.takeover_after_s>`, folds them too, deletes them and
-forgets the owner; :attr:`Stage.taken_over` counts their samples. The lock serialises it
-with the owner's own folds and start (which records itself first): a collector that comes
-back after its rows were taken reads none back. One that was only slow (its rows taken while
-it ran) finds at its next fold which of its numbered batches it still owns, and folds only
-those: every sample is folded once, by whoever took its row.
+<collector.store.rollups.RollupConfig.takeover_after_s>`, adopts them (they become its own,
+renumbered after its own batches: :data:`~collector.store.rollups.ADOPT_SQL`) and forgets
+the owner, then folds them with its own; :attr:`Stage.taken_over` counts their samples. The
+lock (taken in every part's transaction) serialises this with the owner's own parts and
+start (which records itself first): a collector that comes back after its rows were taken
+reads none back. One that was only slow (its rows taken while it ran, even between two
+parts of its fold) finds, in each part, which of the shard's numbered batches it still
+owns, and folds only those: every sample is folded once, by whoever holds its row.
 """
 
 from __future__ import annotations
@@ -29,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from collector.store.partials import Buckets, Staged, buckets, merge
 from collector.store.rollups import (
+    ADOPT_SQL,
     CLAIM_STAGE_SQL,
     CLEAR_STAGE_SQL,
     FOLDED_SQL,
@@ -51,7 +81,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["FoldStore", "Stage"]
+__all__ = ["Fold", "FoldStore", "Stage"]
 
 log = get_logger("store")
 
@@ -87,22 +117,30 @@ class Stage:
         self.pending = 0
         """Samples staged and not folded yet."""
         self.taken_over = 0
-        """Samples of other collectors' stages this one folded (their owners gone quiet)."""
-        self._batches: list[tuple[int, Staged]] = []
-        """The staged batches by number (0: staged before batches were numbered)."""
+        """Samples of other collectors' stages this one took over (their owners gone quiet)."""
+        self._shards: dict[int, list[tuple[int, Staged]]] = {}
+        """The staged samples by shard: each batch's piece with the batch's number (0:
+        staged before batches were numbered), in that order."""
         self._seq = 1
         self._recorded = -math.inf
         """When this collector last recorded a fold (or its start) in the store."""
+        self.folding: Fold | None = None
+        """The fold in flight: one at a time (resumed where it stopped after a failed part)."""
 
-    def row(self, staged: Staged) -> tuple[str, int, bytes]:
-        """The ``rollup_stage`` row of a batch (:data:`~collector.store.rollups.STAGE_SQL`)."""
-        return (self.owner, self._seq, staged.encode())
+    def split(self, staged: Staged) -> list[tuple[int, Staged]]:
+        """A batch's new samples by shard, as :meth:`rows` and :meth:`committed` take them."""
+        return staged.split(self.config.stage_shards)
 
-    def committed(self, staged: Staged) -> None:
+    def rows(self, pieces: Sequence[tuple[int, Staged]]) -> list[tuple[str, int, int, bytes]]:
+        """The ``rollup_stage`` rows of a batch (:data:`~collector.store.rollups.STAGE_SQL`)."""
+        return [(self.owner, self._seq, k, piece.encode()) for k, piece in pieces]
+
+    def committed(self, pieces: Sequence[tuple[int, Staged]]) -> None:
         """The batch's transaction committed: the next fold counts it."""
-        self._batches.append((self._seq, staged))
+        for k, piece in pieces:
+            self._shards.setdefault(k, []).append((self._seq, piece))
+            self.pending += len(piece)
         self._seq += 1
-        self.pending += len(staged)
 
     async def read_back(self, store: FoldStore, now: float) -> None:
         """Take back the samples this collector staged and did not fold before it stopped
@@ -113,48 +151,34 @@ class Stage:
             await store.execute(FOLDED_SQL, (self.owner, now))
             rows = await store.fetchall(STAGED_SQL, (self.owner,))
         self._recorded = now
-        for seq, body in rows:
+        for seq, shard, body in rows:
             try:
-                self._batches.append((int(seq), Staged.decode(body, self.config.busy_util_pct)))
+                staged = Staged.decode(body, self.config.busy_util_pct)
             except ValueError as exc:  # not this version's: those samples stay unrolled
                 log.error("rollup_stage_unreadable", error=str(exc))
+                continue
+            self._shards.setdefault(int(shard), []).append((int(seq), staged))
+            self.pending += len(staged)
         self._seq = max((int(r[0]) for r in rows), default=0) + 1
-        self.pending = sum(len(b) for _, b in self._batches)
-        if self._batches:
+        if self.pending:
             log.info("rollup_stage_restored", samples=self.pending)
 
-    async def fold(self, store: FoldStore, now: float) -> int:
-        """Fold the staged samples (and those of owners gone quiet) into the rollups, in one
-        transaction; return how many samples that was."""
-        batches = list(self._batches)
-        if not batches and not await self._should_look(store, now):
-            return 0
-        new = await asyncio.to_thread(buckets, [b for _, b in batches])
-        async with store.transaction("folding rollups"):
-            await store.lock_fold()  # before reading the buckets it will write back
-            owned = {int(r[0]) for r in await store.fetchall(OWNED_SQL, (self.owner,))}
-            mine = [b for seq, b in batches if seq in owned]
-            taken = await self._orphans(store, now)
-            theirs = [b for _, staged in taken for b in staged]
-            if len(mine) < len(batches) or theirs:
-                new = await asyncio.to_thread(buckets, mine + theirs)
-            if len(new.keys):
-                await _write(store, new)
-            await store.execute(CLEAR_STAGE_SQL, (self.owner,))
-            for owner, _ in taken:
-                await store.execute(CLEAR_STAGE_SQL, (owner,))
-                await store.execute(FORGET_SQL, (owner,))
-            await store.execute(FOLDED_SQL, (self.owner, now))
-        self._recorded = now
-        del self._batches[: len(batches)]
-        self.pending -= sum(len(b) for _, b in batches)
-        if len(mine) < len(batches):
-            log.warning("rollup_stage_taken_by_another", batches=len(batches) - len(mine))
-        mine_n, theirs_n = sum(map(len, mine)), sum(map(len, theirs))
-        if taken:
-            self.taken_over += theirs_n
-            log.warning("rollup_stage_taken_over", owners=[o for o, _ in taken], samples=theirs_n)
-        return mine_n + theirs_n
+    def fold(self, now: float) -> Fold:
+        """The fold in flight, or a new one as of ``now`` (Unix s): write it part by part."""
+        if self.folding is None:
+            self.folding = Fold(self, now)
+        return self.folding
+
+    async def fold_all(self, store: FoldStore, now: float) -> int:
+        """Finish the fold in flight, then fold everything staged (and what owners gone
+        quiet left), part after part; return how many samples that was."""
+        folded = 0
+        for _ in range(2 if self.folding is not None else 1):
+            fold = self.fold(now)
+            while await fold.write(store):
+                pass
+            folded += fold.samples
+        return folded
 
     async def _should_look(self, store: FoldStore, now: float) -> bool:
         """With nothing of its own staged: whether to fold anyway, to record that this
@@ -163,23 +187,135 @@ class Stage:
             return True
         return bool(await store.fetchall(FOREIGN_SQL, (self.owner,)))
 
-    async def _orphans(self, store: FoldStore, now: float) -> list[tuple[str, list[Staged]]]:
-        """The staged batches of the owners that have not folded since the cutoff (an owner
-        first seen with rows counts from now), by owner; an owner with a row this version
-        cannot read is left to itself."""
-        await store.execute(SEEN_SQL, (now,))
-        cutoff = now - self.config.takeover_after_s
-        owners = [str(r[0]) for r in await store.fetchall(ORPHANS_SQL, (self.owner, cutoff))]
-        out: list[tuple[str, list[Staged]]] = []
-        for owner in owners:
-            rows = await store.fetchall(STAGED_SQL, (owner,))
+    async def _open(self, store: FoldStore, now: float) -> None:
+        """A fold's first part: take over the staged rows of the owners that have not folded
+        since the cutoff (an owner first seen with rows counts from now) and record this
+        fold. Their rows become this collector's, numbered after its own, and are folded
+        with them; an owner with a row this version cannot read is left to itself."""
+        taken: list[tuple[str, int, list[tuple[int, int, Staged]]]] = []
+        seq = self._seq
+        async with store.transaction("taking over staged rollups"):
+            await store.lock_fold()
+            await store.execute(SEEN_SQL, (now,))
+            cutoff = now - self.config.takeover_after_s
+            owners = [str(r[0]) for r in await store.fetchall(ORPHANS_SQL, (self.owner, cutoff))]
+            for owner in owners:
+                rows = await store.fetchall(STAGED_SQL, (owner,))
+                try:
+                    busy = self.config.busy_util_pct
+                    pieces = [(int(s), int(k), Staged.decode(b, busy)) for s, k, b in rows]
+                except ValueError as exc:
+                    log.error("rollup_stage_unreadable", owner=owner, error=str(exc))
+                    continue
+                await store.execute(ADOPT_SQL, (self.owner, seq, owner))
+                await store.execute(FORGET_SQL, (owner,))
+                taken.append((owner, seq, pieces))
+                seq += max((s for s, _, _ in pieces), default=0) + 1
+            await store.execute(FOLDED_SQL, (self.owner, now))
+        self._recorded = now
+        self._seq = seq
+        for owner, offset, pieces in taken:
+            for s, k, piece in pieces:
+                self._shards.setdefault(k, []).append((s + offset, piece))
+            samples = sum(len(piece) for _, _, piece in pieces)
+            self.pending += samples
+            self.taken_over += samples
+            log.warning("rollup_stage_taken_over", owner=owner, samples=samples)
+
+    async def _fold_shard(
+        self,
+        store: FoldStore,
+        now: float,
+        shard: int,
+        pieces: list[tuple[int, Staged]],
+        new: Buckets,
+    ) -> int:
+        """One part: fold ``pieces`` (``new``: their buckets) of ``shard`` into the rollups
+        and delete their rows, in one transaction; return how many samples that was."""
+        if not pieces:
+            return 0
+        async with store.transaction("folding rollups"):
+            await store.lock_fold()  # before reading the buckets it will write back
+            owned = {int(r[0]) for r in await store.fetchall(OWNED_SQL, (self.owner, shard))}
+            mine = [piece for seq, piece in pieces if seq in owned]
+            if len(mine) < len(pieces):
+                new = await asyncio.to_thread(buckets, mine)
+            if len(new.keys):
+                await _write(store, new)
+            await store.execute(CLEAR_STAGE_SQL, (self.owner, shard, pieces[-1][0]))
+            await store.execute(FOLDED_SQL, (self.owner, now))
+        self._recorded = now
+        done = {id(piece) for _, piece in pieces}
+        left = [p for p in self._shards.get(shard, ()) if id(p[1]) not in done]
+        if left:
+            self._shards[shard] = left
+        else:
+            self._shards.pop(shard, None)
+        self.pending -= sum(len(piece) for _, piece in pieces)
+        if len(mine) < len(pieces):
+            log.warning("rollup_stage_taken_by_another", batches=len(pieces) - len(mine))
+        return sum(map(len, mine))
+
+
+class Fold:
+    """One fold of a :class:`Stage`, written in parts, one short transaction each: the
+    writer's :class:`~collector.ingest.writer.Record` protocol (:meth:`write` returns true
+    while parts remain). The first part takes over what owners gone quiet left; then one
+    part per shard. Each shard's arithmetic (:func:`~collector.store.partials.buckets`)
+    runs in a worker thread as soon as the part before it committed, while the writer
+    stores the next batch: the part then only awaits it, reads the stored buckets, merges
+    and writes."""
+
+    name: Final = "rollups"
+
+    def __init__(self, stage: Stage, now: float) -> None:
+        self._stage = stage
+        self.now = now
+        self.samples = 0
+        """Samples folded so far."""
+        self.parts = 0
+        """Transactions written so far."""
+        self._todo: list[int] | None = None
+        """The shards left to fold (``None``: the first part is next)."""
+        self._next: tuple[int, list[tuple[int, Staged]], asyncio.Future[Buckets]] | None = None
+        """The next shard's pieces and their buckets (being) made in a worker thread."""
+
+    async def write(self, store: FoldStore) -> bool:
+        """Write the next part; return whether parts remain."""
+        stage = self._stage
+        if self._todo is None:
+            if not stage.pending and not await stage._should_look(store, self.now):
+                return self._finish()
+            await stage._open(store, self.now)
+            self._todo = sorted(k for k, held in stage._shards.items() if held)
+        else:
+            shard, pieces, made = self._next or self._prepare()
             try:
-                staged = [Staged.decode(body, self.config.busy_util_pct) for _, body in rows]
-            except ValueError as exc:
-                log.error("rollup_stage_unreadable", owner=owner, error=str(exc))
-                continue
-            out.append((owner, staged))
-        return out
+                new = await made
+                self.samples += await stage._fold_shard(store, self.now, shard, pieces, new)
+            except BaseException:
+                self._next = None  # the buckets merged in a part rolled back: made again
+                raise
+            self._next = None
+            self._todo.pop(0)
+        self.parts += 1
+        if not self._todo:
+            return self._finish()
+        self._next = self._prepare()
+        return True
+
+    def _prepare(self) -> tuple[int, list[tuple[int, Staged]], asyncio.Future[Buckets]]:
+        """The next shard's pieces now, their buckets started in a worker thread."""
+        assert self._todo
+        shard = self._todo[0]
+        pieces = list(self._stage._shards.get(shard, ()))
+        loop = asyncio.get_running_loop()
+        return shard, pieces, loop.run_in_executor(None, buckets, [p for _, p in pieces])
+
+    def _finish(self) -> bool:
+        if self._stage.folding is self:
+            self._stage.folding = None
+        return False
 
 
 async def _write(store: FoldStore, new: Buckets) -> None:

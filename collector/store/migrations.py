@@ -630,6 +630,19 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        # The rollups' fold in short transactions (collector/store/fold.py): a batch's new
+        # samples are staged in shards by node (a row per shard present), and a fold writes
+        # one shard's buckets and deletes its rows in each transaction. Rows staged before
+        # this version are shard 0. The index serves a part's reads and deletes; the one on
+        # owner alone is its prefix.
+        "0025_rollup_stage_shard",
+        """
+        ALTER TABLE rollup_stage ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+        DROP INDEX rollup_stage_owner;
+        CREATE INDEX rollup_stage_shard ON rollup_stage (owner, shard, seq);
+        """,
+    ),
 )
 
 

@@ -24,6 +24,7 @@ No SQL here: :mod:`collector.store.rollups` reads and writes the rows.
 from __future__ import annotations
 
 import operator
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -203,6 +204,45 @@ class Staged:
             raise
         except (msgspec.DecodeError, TypeError, IndexError) as exc:
             raise ValueError(f"unreadable staged rollup batch: {exc}") from exc
+
+    def split(self, shards: int) -> list[tuple[int, Staged]]:
+        """The samples by shard: the shard of a node is a stable hash of its name (CRC-32,
+        mixed) scaled to ``shards``, so a node's samples always land in the same shard and a fold of
+        one shard writes its nodes' buckets only. Each shard present, with its samples (in
+        the batch's order) as a :class:`Staged` of its own."""
+        n = len(self.nodes)
+        if shards <= 1 or n == 0:
+            return [(0, self)] if n else []
+        crc = zlib.crc32
+        h = np.fromiter((crc(s.encode()) for s in self.nodes), np.uint64, n)
+        # CRC-32 is linear: names that differ in a character or two share its low bits.
+        # Mixed (Knuth's multiplicative hash), then its high bits scaled to [0, shards).
+        h = (h * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
+        shard = ((h * np.uint64(shards)) >> np.uint64(32)).astype(np.int64)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(shards + 1)).tolist()
+        per = self.gpu_counts.astype(np.int64)
+        first = np.cumsum(per) - per  # each sample's first GPU row
+        per_o = per[order]
+        ends = np.cumsum(per_o)
+        rows = np.repeat(first[order] - (ends - per_o), per_o) + np.arange(int(ends[-1]))
+        gpus, gpu_at = self.gpus[rows], [0, *ends.tolist()]
+        nodes = [self.nodes[i] for i in order.tolist()]
+        ts, values, counts = self.ts_ms[order], self.values[order], self.gpu_counts[order]
+        out: list[tuple[int, Staged]] = []
+        for k in range(shards):
+            a, b = bounds[k], bounds[k + 1]
+            if a < b:
+                piece = Staged(
+                    nodes[a:b],
+                    ts[a:b],
+                    values[a:b],
+                    counts[a:b],
+                    gpus[gpu_at[a] : gpu_at[b]],
+                    self.busy_util_pct,
+                )
+                out.append((k, piece))
+        return out
 
 
 _SAMPLE_FIELDS: Final = operator.attrgetter(

@@ -9,18 +9,21 @@ Two steps, both in the writer's task:
   the fold), kept in memory and written as one row of ``rollup_stage`` (:data:`STAGE_SQL`).
   A duplicate (the same ``(node, ts_ms)``, the samples table's key) is not new, so it adds
   nothing.
-* **fold** (:meth:`~collector.store.db.Store.fold_rollups`, every minute or so;
-  :mod:`collector.store.fold`): the staged samples become partial aggregates per bucket
-  (numpy, in a worker thread: the minutes from the samples, the hours from the minutes,
-  :func:`collector.store.partials.buckets`), the buckets already stored under those keys
-  are read and merged in (:func:`collector.store.partials.merge`), written back
-  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the folded
-  ``rollup_stage`` rows deleted: one transaction.
+* **fold** (:meth:`~collector.store.db.Store.rollup_fold`, every minute or so, or once
+  100,000 samples wait; :mod:`collector.store.fold`), a shard of the stage at a time (the
+  samples of a fixed part of the nodes): its staged samples become partial aggregates per
+  bucket (numpy, in a worker thread: the minutes from the samples, the hours from the
+  minutes, :func:`collector.store.partials.buckets`), the buckets already stored under
+  those keys are read and merged in (:func:`collector.store.partials.merge`), written back
+  (:data:`UPSERT_SQL`), their hours marked for the usage ledger and the shard's folded
+  ``rollup_stage`` rows deleted: one short transaction per shard.
 
-So every sample counts exactly once whatever happens between the two (a crash leaves the
-staged rows, which the next store reads back at open and folds), a late sample lands in the
+So every sample counts exactly once whatever happens between the two, or between two
+shards of a fold (a crash leaves the staged rows not folded yet, which the next store reads
+back at open and folds), a late sample lands in the
 bucket of its own time stamp, and the merge is order-independent. A batch costs one row to
-stage; a fold writes one row per node and bucket it touched, whatever the sample rate.
+stage (a row per shard present); a fold writes one row per node and bucket it touched,
+whatever the sample rate.
 
 A bucket keeps sums and counts (a mean is ``sum / n``), minimum and maximum. Its GPUs are
 one blob (``gpu_stats``, :data:`collector.store.partials.GPU_COLUMNS`), not a row each.
@@ -36,12 +39,12 @@ state between samples, nothing counted twice when a late sample arrives between 
 Busy GPU-seconds use the busy threshold in force when the sample is stored
 (``governance.busy_util_pct``).
 
-One writer: the fold reads and rewrites its buckets in one transaction of the only
-connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
+One writer: each part of a fold reads and rewrites its buckets in one transaction of the
+only connection that writes them. The SQL is portable (``ON CONFLICT``, row values); on a store
 several collectors write, a fold first takes an advisory lock for its transaction
 (PostgreSQL), so the folds run one after another: a row lock (``FOR UPDATE``) would not
 cover a bucket that two folds both find missing and both insert. The DDL is migrations
-``0017``, ``0019``, ``0021`` and ``0023``. Several collectors may write one PostgreSQL
+``0017``, ``0019``, ``0021``, ``0024`` and ``0025``. Several collectors may write one PostgreSQL
 store (a share group): each stages under its own name (``rollup_stage.owner``) and reads
 back and folds its own staged rows, so a sample is folded by the collector that stored it,
 once; or, if that one stopped folding (gone for good), by the collector that takes its rows
@@ -73,6 +76,7 @@ from collector.store.partials import (
 from collector.store.query import Query, single
 
 __all__ = [
+    "ADOPT_SQL",
     "CLAIM_STAGE_SQL",
     "CLEAR_STAGE_SQL",
     "FOLDED_SQL",
@@ -87,6 +91,7 @@ __all__ = [
     "RETENTION_SQL",
     "SEEN_SQL",
     "STAGED_SQL",
+    "STAGE_SHARDS",
     "STAGE_SQL",
     "TAKEOVER_FOLDS",
     "UPSERT_SQL",
@@ -111,6 +116,10 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
+STAGE_SHARDS: Final = 128
+"""Shards of the staged samples (by node, :meth:`collector.store.partials.Staged.split`):
+a fold writes one shard per transaction (:mod:`collector.store.fold`)."""
+
 TAKEOVER_FOLDS: Final = 10
 """A collector that has not folded for this many fold intervals has its staged rows taken
 over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`)."""
@@ -127,6 +136,8 @@ class RollupConfig:
     store whose last fold or start is older than this: a share group's member that never
     came back, or a collector whose MQTT client id changed. Each collector dates its folds
     by its own clock: the members' clocks must agree to well within this (NTP)."""
+    stage_shards: int = STAGE_SHARDS
+    """Shards a batch's new samples are staged in, by node (one: a fold in one transaction)."""
 
 
 class GpuReading(GpuPower, Protocol):
@@ -166,19 +177,24 @@ def pack_gpus(gpus: Sequence[GpuReading]) -> bytes:
     return values.tobytes()
 
 
-STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, body)", 3, "")
-"""One batch's new samples (:meth:`collector.store.partials.Staged.encode`), in the
-batch's transaction, under its collector's name (the owner) and its number among them."""
+STAGE_SQL: Final = ("INSERT INTO rollup_stage (owner, seq, shard, body)", 4, "")
+"""One batch's new samples of one shard (:meth:`collector.store.partials.Staged.split`,
+:meth:`~collector.store.partials.Staged.encode`), in the batch's transaction, under its
+collector's name (the owner) and the batch's number among them: a row per shard present."""
 CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
 """Rows staged before stages had owners: the first collector to open the store takes them
 (one statement, so two collectors starting at once do not both)."""
-STAGED_SQL: Final = "SELECT seq, body FROM rollup_stage WHERE owner = ?"
-OWNED_SQL: Final = "SELECT DISTINCT seq FROM rollup_stage WHERE owner = ?"
-"""The numbers of the batches a collector still owns when it folds (another may have taken
-over the others)."""
-CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ?"
-"""A fold empties its own collector's staged rows and those it took over, never another's
-(several collectors write one PostgreSQL store: each folds what it staged)."""
+STAGED_SQL: Final = "SELECT seq, shard, body FROM rollup_stage WHERE owner = ? ORDER BY seq"
+OWNED_SQL: Final = "SELECT seq FROM rollup_stage WHERE owner = ? AND shard = ?"
+"""The numbers of a shard's batches a collector still owns when it folds that shard
+(another may have taken over the others)."""
+CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ? AND shard = ? AND seq <= ?"
+"""A fold's part empties its own collector's rows of one shard, those it folded (batches
+staged since have larger numbers), never another's (several collectors write one
+PostgreSQL store: each folds what it staged)."""
+ADOPT_SQL: Final = "UPDATE rollup_stage SET owner = ?, seq = seq + ? WHERE owner = ?"
+"""A takeover: another collector's rows become the folding one's, renumbered after its
+own (new owner, the offset, old owner)."""
 FOLDED_SQL: Final = (
     "INSERT INTO rollup_owners (owner, folded) VALUES (?, ?) "
     "ON CONFLICT (owner) DO UPDATE SET folded = excluded.folded"

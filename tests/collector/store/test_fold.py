@@ -1,0 +1,245 @@
+"""The rollups' fold in parts: batches between parts, a crash between (or in) parts, a
+takeover while a fold is in flight, and the writer interleaving parts with batches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.ingest.reader import StopUnit, Unit
+from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.writer import Writer, WriterItem
+from collector.paths import StoreTarget, parse_target
+from collector.store.db import SampleRow, Store
+from collector.store.rollups import RollupConfig
+from shared.clock import FakeClock
+from shared.schema import encode
+from tests.collector.store.test_rollups import _all, _same, other_url
+from tests.helpers import db_rows
+
+__all__ = ["other_url"]  # the fixture, shared with test_rollups
+
+T0 = 1_800_000_000.0 - 1_800_000_000 % 3600
+NODES = 24
+
+
+def _batches(ticks: int, *, nodes: int = NODES) -> list[list[SampleRow]]:
+    """A tick of every node per batch, 5 s apart; two GPUs each."""
+    sim = FleetSimulator(nodes, gpus_per_node=2, seed=11, interval_s=5)
+    out = []
+    for k in range(ticks):
+        samples = (sim.sample(i, T0 + 5 * k, k) for i in range(nodes))
+        out.append([sample_row(s, encode(s), T0 + 5 * k + 1) for s in samples])
+    return out
+
+
+async def _one_fold(db: StoreTarget, batches: Iterable[Sequence[SampleRow]]) -> None:
+    """The reference: every batch stored, then one fold in one transaction (one shard)."""
+    async with Store(db, rollups=RollupConfig(stage_shards=1)) as store:
+        for b in batches:
+            await store.write_batch(b)
+        assert await store.fold_rollups() > 0
+
+
+async def test_a_fold_in_parts_with_batches_between_them_equals_one_fold(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """Batches committed between a fold's parts (new samples, late ones, duplicates of
+    samples the fold is folding) end in the same rollups as all folded at once."""
+    batches = _batches(6)
+    late = [r._replace(ts_ms=r.ts_ms - 3_600_000) for r in batches[5][::3]]  # an hour before
+    between = [batches[2], batches[0][:10], late, batches[3], batches[4], batches[5]]
+    await _one_fold(other_url, [*batches, late])
+    async with Store(store_url, rollups=RollupConfig(stage_shards=8)) as store:
+        await store.write_batch(batches[0])
+        await store.write_batch(batches[1])
+        fold = store.rollup_fold()
+        assert fold is not None
+        parts = 0
+        while await fold.write(store):
+            parts += 1
+            if between:
+                await store.write_batch(between.pop(0))
+            assert store.folding
+        assert not store.folding
+        assert parts >= 6  # the opening part and one per shard: batches went between them
+        assert fold.samples >= 2 * NODES  # and what was staged before each part
+        await store.fold_rollups()
+        assert store.pending_rollups == 0
+    _same(_all(store_url), _all(other_url))
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+async def test_a_store_abandoned_between_parts_folds_the_rest_exactly_once(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """A collector that stops between two parts (a crash at a commit boundary): the next
+    store takes back only the shards not folded yet, and the rollups come out exact."""
+    batches = _batches(4)
+    await _one_fold(other_url, batches)
+    config = RollupConfig(stage_shards=8)
+    async with Store(store_url, rollups=config) as store:
+        for b in batches[:3]:
+            await store.write_batch(b)
+        fold = store.rollup_fold()
+        assert fold is not None
+        for _ in range(4):  # the opening part and three shards
+            assert await fold.write(store)
+        left = store.pending_rollups
+        assert 0 < left < 3 * NODES
+    async with Store(store_url, rollups=config) as store:
+        assert store.pending_rollups == left  # what the folded shards held is gone
+        await store.write_batch(batches[3])
+        await store.write_batch(batches[1])  # redelivered: duplicates
+        assert await store.fold_rollups() == left + NODES
+    _same(_all(store_url), _all(other_url))
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+_CHILD = """
+import asyncio, sys
+from collector.paths import parse_target
+from collector.store.db import Store
+from collector.store.rollups import RollupConfig
+from tests.collector.store.test_fold import _batches
+
+async def main():
+    async with Store(parse_target(sys.argv[1]), rollups=RollupConfig(stage_shards=16)) as s:
+        for b in _batches(3, nodes=200):
+            await s.write_batch(b)
+        print("staged", flush=True)
+        while True:  # fold after fold, part after part, until killed
+            fold = s.rollup_fold()
+            while await fold.write(s):
+                print("part", flush=True)
+            await s.write_batch(_batches(4, nodes=200)[3])  # then duplicates: nothing new
+
+asyncio.run(main())
+"""
+
+
+_REPO = Path(__file__).resolve().parents[3]
+
+
+def _start(target: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(_REPO)}
+    cmd = [sys.executable, "-c", _CHILD, target]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=_REPO, env=env)
+
+
+@pytest.mark.parametrize("after_parts", [2, 9])
+async def test_a_collector_killed_in_the_middle_of_a_fold_loses_and_doubles_nothing(
+    store_url: StoreTarget, other_url: StoreTarget, after_parts: int
+) -> None:
+    """SIGKILL of a process folding part after part (between parts or inside one): the
+    store opened again folds what was left, and the rollups are exact."""
+    await _one_fold(other_url, _batches(4, nodes=200))
+    child = _start(str(store_url))
+    assert child.stdout is not None
+    try:
+        lines = (line for line in child.stdout if line in (b"staged\n", b"part\n"))
+        assert next(lines) == b"staged\n"
+        for _ in range(after_parts):
+            assert next(lines) == b"part\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()
+    async with Store(store_url, rollups=RollupConfig(stage_shards=16)) as store:
+        await store.write_batch(_batches(4, nodes=200)[3])  # whether or not the child did
+        await store.fold_rollups()
+    _same(_all(store_url), _all(other_url))
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+@pytest.mark.integration
+async def test_a_takeover_while_the_owner_is_in_the_middle_of_a_fold_counts_each_sample_once(
+    postgres_url: str, other_url: StoreTarget
+) -> None:
+    """A share group's member silent past the bound with a fold half done: another takes
+    over its rows left; when it goes on with its parts it folds only what it still owns."""
+    target = parse_target(postgres_url)
+    batches = _batches(4)
+    config = RollupConfig(stage_shards=8, takeover_after_s=600.0)
+    await _one_fold(other_url, batches)
+    async with (
+        Store(target, rollups=config, stage_owner="a") as a,
+        Store(target, rollups=config, stage_owner="b") as b,
+    ):
+        await a.write_batch(batches[0])
+        await a.write_batch(batches[1])
+        await b.write_batch(batches[2])
+        slow = a.rollup_fold()
+        assert slow is not None
+        for _ in range(3):
+            assert await slow.write(a)
+        left = a.pending_rollups
+        assert await b.fold_rollups(time.time() + 601) == left + NODES
+        assert b.rollups_taken_over == left
+        while await slow.write(a):
+            pass
+        assert slow.samples < 2 * NODES - left + 1  # its first parts only
+        await a.write_batch(batches[3])
+        assert await a.fold_rollups() == NODES
+    _same(_all(target), _all(other_url))
+    assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
+
+
+class _Link:
+    """Acks a unit by queueing the next one (so a unit arrives during each part), noting
+    whether the store had a fold in flight then."""
+
+    def __init__(self, queue: asyncio.Queue[WriterItem], then: list[WriterItem]) -> None:
+        self._queue, self._then = queue, then
+        self.store: Store | None = None
+        self.folding: list[bool] = []
+
+    def ack(self, packet_ids: Iterable[int]) -> None:
+        del packet_ids
+        assert self.store is not None
+        self.folding.append(self.store.folding)
+        if self._then:
+            self._queue.put_nowait(self._then.pop(0))
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+async def test_the_writer_commits_batches_between_the_parts_of_its_fold(tmp_path: Path) -> None:
+    """The writer queues the fold as a record: the units that arrive meanwhile are stored
+    and acknowledged between its parts, not after the whole fold; at its stop nothing is
+    left staged, and the rollups are those of one fold."""
+    db, ref = tmp_path / "c.db", tmp_path / "ref.db"
+    batches = _batches(12)
+    await _one_fold(ref, batches)
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    then: list[WriterItem] = []
+    link = _Link(queue, then)
+    then += [Unit(link, list(b), [k]) for k, b in enumerate(batches[2:], 1)]
+    then.append(StopUnit(done))
+    async with Store(db, rollups=RollupConfig(stage_shards=8)) as store:
+        link.store = store
+        await store.write_batch(batches[0])
+        await store.write_batch(batches[1])
+        clock = FakeClock(start_wall=T0)
+        writer = Writer(store, queue, Ingestor(clock), clock, retention_s=1e9)
+        queue.put_nowait(then.pop(0))
+        await asyncio.wait_for(writer.run(), 20)
+    assert len(link.folding) == 10
+    assert sum(link.folding) >= 4  # acked while the fold was in flight: between its parts
+    assert db_rows(db, "SELECT count(*) FROM rollup_stage") == [(0,)]
+    _same(_all(db), _all(ref))
