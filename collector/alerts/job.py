@@ -71,11 +71,11 @@ __all__ = ["PART_CHANGES", "AlertJob", "AlertJobMetrics", "AlertRecord", "Restor
 log = get_logger("alerts")
 
 _KEEP_HISTORY_S: Final = 30 * 86_400.0
-PART_CHANGES: Final = 1_000
-"""Alert changes one transaction writes at most: a mass event (every node stale at 12,500
-nodes) is written in parts of ~5-8 ms each (SQLite, loaded 2-core machine;
-``bench/bench_alerts.py --store``), sample batches committed between them, instead of one
-transaction of 60-160 ms."""
+PART_CHANGES: Final = 500
+"""Alert changes one transaction writes at most. The mass event of ``bench/bench_alerts.py``
+(every node stale at 12,500 nodes, 12,687 changes) into SQLite on a 2-core machine at a
+load of ~7: one transaction 270-575 ms; in parts of 500, median 10-26 ms a part (1,000:
+11-19 ms), sample batches committed between them."""
 _LOGGED_CHANGES: Final = 20
 """Alerts that went firing or resolved, logged a line each per evaluation; the rest of a mass
 event is one line (the writer logs them: 12,500 lines cost it ~0.14 s of CPU, samples waiting)."""
