@@ -131,7 +131,11 @@ class FleetSimulator:
         bmc_share: float = 0.0,
         rest_mean_w: float = 1_900.0,
         rest_spread_w: float = 150.0,
+        epoch: int | None = None,
     ) -> None:
+        """``epoch``: the agents' boot counter their samples carry (``Sample.epoch``, with
+        ``seq`` counting from 0 in it, as a real agent's: the collector's watermarks follow
+        them); ``None``: samples without one, as from an agent before that field."""
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
         if not 0 <= gpus_per_node <= MAX_GPUS:
@@ -139,6 +143,7 @@ class FleetSimulator:
         self.gpus_per_node = gpus_per_node
         self.interval_s = interval_s
         self.seed = seed
+        self.epoch = epoch
         self.node_ids = [xname(first_index + i) for i in range(nodes)]
         rng = random.Random(seed)
         self._profiles = [
@@ -259,6 +264,7 @@ class FleetSimulator:
             node=self.node_ids[i],
             ts=ts,
             seq=seq,
+            epoch=self.epoch,
             interval_s=dt,
             cpu=CpuStats(
                 count=_CPUS,

@@ -9,15 +9,25 @@ cycle (target < 100 ms) and the cost of ``on_sample`` per sample; for the mass e
 what grouping costs on top (the default route: the dispatcher's first and next cycle, and
 the one webhook body listing every alert). Not pass/fail.
 
-Usage: ``.venv/bin/python bench/bench_alerts.py [--nodes 12500] [--gpus 8] [--cycles 20]``
+Then the mass event's record as the writer stores it (:class:`collector.alerts.job.AlertRecord`,
+a fresh job's first evaluation of the stale fleet, one receiver): in one transaction, and in
+parts of :data:`collector.alerts.job.PART_CHANGES` (ms per part: how long sample batches wait
+at most), into a SQLite file in a temporary directory (``--dir``: elsewhere, e.g. /dev/shm),
+or ``--db postgresql://...``.
+
+Usage: ``.venv/bin/python bench/bench_alerts.py [--nodes 12500] [--gpus 8] [--cycles 20]
+[--dir DIR | --db URL]``
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import msgspec
 import numpy  # noqa: F401 (collector run has it loaded: the first mass event must not import it)
@@ -26,10 +36,15 @@ from agent.simulate import FleetSimulator
 from collector import heap
 from collector.alerts.builtin import HW_THERMAL_SLOWDOWN, builtin_rules
 from collector.alerts.group import Dispatcher, GroupAlert
+from collector.alerts.job import PART_CHANGES, AlertJob
 from collector.alerts.route import default_route
 from collector.alerts.rule import Evaluator
 from collector.alerts.webhook import group_body
 from collector.live import LiveView
+from collector.paths import StoreTarget, parse_target
+from collector.settings import ReceiverSettings
+from collector.store.db import Store
+from shared.clock import FakeClock
 from shared.schema import GpuEcc, Sample, XidEvent
 
 _T0 = 1_800_000_000.0
@@ -71,6 +86,8 @@ def main() -> None:
         action="store_true",
         help="CPython's default GC policy instead of the daemon's (collector.heap)",
     )
+    parser.add_argument("--dir", type=Path, help="where the SQLite stores go (default: /tmp)")
+    parser.add_argument("--db", help="a PostgreSQL URL to write the records to instead")
     args = parser.parse_args()
 
     if not args.default_gc:  # as `collector run` does: its view is built after the freeze
@@ -131,6 +148,40 @@ def main() -> None:
     )
     _time_grouping(ev, now)
     print(f"LiveView.on_sample: {per_sample_us:.1f} us per {args.gpus}-GPU sample")
+    with tempfile.TemporaryDirectory(prefix="capwatch-alerts-", dir=args.dir) as tmp:
+        for part, label in ((1 << 30, "one transaction"), (PART_CHANGES, "in parts")):
+            target = parse_target(args.db) if args.db else Path(tmp) / f"{part}.db"
+            ms, changes = asyncio.run(_time_record(view, now, target, part))
+            print(
+                f"the mass event's record ({changes} changes), {label}: {len(ms)} part(s), "
+                f"longest {max(ms):.1f} ms, median {statistics.median(ms):.1f} ms, "
+                f"total {sum(ms):.0f} ms"
+            )
+
+
+async def _time_record(
+    view: LiveView, now: float, target: StoreTarget, part_changes: int
+) -> tuple[list[float], int]:
+    """A fresh job's first evaluation of ``view`` at ``now`` (every node stale), its record
+    written to ``target`` in parts of ``part_changes``: ms per part, and the changes."""
+    hook = ReceiverSettings.model_validate({"name": "bench", "url": "http://127.0.0.1:9/"})
+    job = AlertJob(
+        Evaluator(builtin_rules()), FakeClock(start_wall=now), receivers=[hook],
+        part_changes=part_changes,
+    )  # fmt: skip
+    ms: list[float] = []
+    async with Store(target) as store:
+        record = await job(store, view.snapshot())
+        more = True
+        while more:
+            t = time.perf_counter()
+            more = await record.write(store)
+            ms.append((time.perf_counter() - t) * 1e3)
+        if not isinstance(target, Path):  # PostgreSQL: leave it as found
+            async with store.transaction("clearing the bench's alerts"):
+                for table in ("alerts", "alert_history", "outbox", "alert_groups"):
+                    await store.execute(f"DELETE FROM {table}")
+    return ms, len(record.changes)
 
 
 def _time_grouping(ev: Evaluator, now: float) -> None:

@@ -9,7 +9,13 @@ level); the bench reads those times back and prints the gaps between consecutive
 while the load was offered: the longest, p50 and p99. A gap is time in which nothing was
 stored or acknowledged. (Target in issue 14: longest < 25 ms.) For the five longest it prints
 what the writer did besides sample batches (a rollup fold, an evaluation's record: their
-``ms``) and which evaluator cycles ended then, from the same log.
+``ms``) and which evaluator cycles ended then, from the same log; then, per record kind
+(``record_stored``: alerts, governance, capacity, ledger), the ms of each part written
+(records in parts log a line per part) and how many records.
+
+The simulated agents send an epoch (``Sample.epoch``, ``seq`` from 0 in it), as real ones
+do: the collector's watermarks (one message per changed node every second, and their
+table) are part of the load, and the bench prints how many nodes have one stored.
 
 Simulator, broker and collector share the machine. Once the collector has started, this
 process (the simulator) lowers its own priority (``nice``), so that it takes only the CPU the
@@ -27,6 +33,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -101,6 +108,28 @@ def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
     ]
 
 
+def _records(log: Path, start: float, end: float) -> dict[str, tuple[list[float], int]]:
+    """Per record kind, in [start, end] (Unix times): the ms of each part written (sorted)
+    and how many records ended (their last part)."""
+    out: dict[str, tuple[list[float], int]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"record_stored"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+            job, ms, more = event["job"], float(event["ms"]), bool(event.get("more"))
+        except (ValueError, KeyError):
+            continue
+        if start <= ts <= end:
+            parts, records = out.get(job, ([], 0))
+            parts.append(ms)
+            out[job] = (parts, records + (not more))
+    for parts, _ in out.values():
+        parts.sort()
+    return out
+
+
 def _events(log: Path, names: tuple[str, ...]) -> dict[str, int]:
     counts = dict.fromkeys(names, 0)
     for line in log.read_text(errors="replace").splitlines():
@@ -156,7 +185,7 @@ def main() -> None:
             wait_subscribed(db)
             if not args.no_nice:
                 os.nice(10)  # the collector (started before) keeps its priority
-            sim = FleetSimulator(NODES, gpus_per_node=8, seed=3, interval_s=interval_s)
+            sim = FleetSimulator(NODES, gpus_per_node=8, seed=3, interval_s=interval_s, epoch=1)
             mqtt = MqttSettings(host=broker.host, port=broker.port)
             ticks = max(2, round(args.seconds / interval_s))
             start = time.time()
@@ -164,6 +193,8 @@ def main() -> None:
             end = time.time()
             time.sleep(2.0)  # the last batches
             cpu_s, rss_mb = col.stop()
+        with sqlite3.connect(db) as conn:
+            ((marked,),) = conn.execute("SELECT count(*) FROM watermarks").fetchall()
         if args.keep is not None:
             args.keep.write_bytes(log.read_bytes())
         commits = [c for c in _commits(log) if start + _WARMUP_S <= c[0] <= end]
@@ -174,6 +205,7 @@ def main() -> None:
         # loop ran something else, or no message was waiting); the rest is the batch itself.
         idle = sorted((b[0] - a[0]) * 1000 - b[1] for a, b in itertools.pairwise(commits))
         batch_ms = sorted(c[1] for c in commits)
+        records = _records(log, start, end + 2.0)
         events = _events(
             log, ("governance_loaded", "capacity_snapshot", "alert_firing", "job_failed")
         )
@@ -185,6 +217,7 @@ def main() -> None:
         f"{args.capacity_interval_s:g} s"
     )
     print(f"collector: {cpu_s:.1f} s CPU, peak RSS {rss_mb:.0f} MB; events {events}")
+    print(f"watermarks stored: {marked:,} nodes of {NODES:,}")
     if not gaps:
         print("no commits logged in the window (is the collector logging at debug?)")
         return
@@ -199,6 +232,13 @@ def main() -> None:
     print("the longest gaps, and what the writer and the evaluator logged in them:")
     for (a, b), what in zip(longest, made_of, strict=True):
         print(f"  {(b[0] - a[0]) * 1000:8.1f} ms (then a batch of {b[1]:.0f} ms): {what}")
+    print("records written while the load was offered (ms per part):")
+    for job, (parts, n) in sorted(records.items()):
+        print(
+            f"  {job:<12} {n:4d} records, {len(parts):5d} parts: p50 "
+            f"{statistics.median(parts):6.1f}  p99 {_percentile(parts, 0.99):6.1f}  "
+            f"max {parts[-1]:6.1f}  total {sum(parts):7.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ async def run_once(cycle: Cycle, store: Store, view: LiveView) -> None:
     writable): what the evaluator and the writer do together, in one call (tests, benches)."""
     record = await cycle(store, view.snapshot())
     if record is not None:
-        await record.write(store)
+        while await record.write(store):  # every part, none between
+            pass
 
 
 class PeriodicEvaluator:

@@ -316,7 +316,7 @@ class LiveView:
         held = self._get(inventory.node, real=True)
         if held is not None:
             st = self._nodes[inventory.node] = held._copy()
-            st.inventory = inventory
+            st.inventory = _untracked(inventory)
             st.inventory_ts = ts
 
     def on_reject(self, node: str, reason: str, ts: float) -> None:
@@ -515,3 +515,19 @@ def _later_sample(sample: Sample, held: Sample) -> bool:
     if sample.epoch == held.epoch:
         return sample.seq > held.seq
     return agent_restarted(sample.epoch, sample.ts, held.epoch, held.ts)
+
+
+def _untracked(inventory: Inventory) -> Inventory:
+    """``inventory`` with its four arrays as tuples, as the view holds it for as long as the
+    node lives. The lists msgspec decodes are tracked by the cyclic garbage collector for
+    good; a tuple of untracked structs (the schema's are ``gc=False``) is untracked at its
+    first collection. At 12,500 nodes that is 50,000 objects out of every full pass: 10-11.5 ms
+    of CPU a pass with them, 0.7 ms without (:mod:`collector.heap`). The view only reads
+    them (iterates, counts, encodes)."""
+    return msgspec.structs.replace(
+        inventory,
+        gpus=tuple(inventory.gpus),
+        nics=tuple(inventory.nics),
+        cpus=tuple(inventory.cpus),
+        accelerators=tuple(inventory.accelerators),
+    )

@@ -307,15 +307,16 @@ class _Fenced:
     def name(self) -> str:
         return self.record.name
 
-    async def write(self, store: Store) -> None:
+    async def write(self, store: Store) -> bool | None:
         if not self.fence.active:
             log.warning("record_dropped_not_leader", job=self.record.name, token=self.fence.token)
-            return
+            return None
         # Each transaction of the record checks the term's token first, in that transaction
         # (PostgreSQL): a term that ended meanwhile, by the database's clock, rolls it back.
+        # A record in parts: each part is fenced, and the parts left after a refusal dropped.
         try:
             with store.fenced(self.fence.store_token):
-                await self.record.write(store)
+                return await self.record.write(store)
         except NotLeaderError as exc:
             self.fence.active = False  # the database says so: queue nothing more this term
             log.warning(
@@ -324,3 +325,4 @@ class _Fenced:
                 token=self.fence.token,
                 error=str(exc),
             )
+            return None  # the rest of its parts dropped

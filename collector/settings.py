@@ -430,9 +430,15 @@ class CollectorSettings(CapwatchSettings):
     batch_max_delay_s: float = Field(default=0.25, gt=0, le=3600)
     """Unused since the writer commits whatever is waiting at once; kept so configs load."""
     queue_max: int = Field(default=100_000, ge=100)
-    """About this many validated messages wait for the writer; then the reader pauses."""
+    """At most this many validated messages wait for the writer; then the reader pauses.
+    The queue holds units (a read cut in pieces of at most 64 messages and 1 MiB of
+    payload, :data:`collector.ingest.reader.UNIT_MESSAGES` and ``UNIT_BYTES``): ``queue_max
+    / 64`` of them, or ``queue_max_bytes / 1 MiB``, whichever is fewer. With the defaults
+    the bytes bound is the one that holds: 256 units, at most 16,384 messages (~60 MB of
+    3.8 KB 8-GPU samples), not 100,000."""
     queue_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
-    """... or about this many bytes of payload, whichever comes first (memory bound)."""
+    """... and at most this many bytes of payload (the memory bound): ``queue_max_bytes /
+    1 MiB`` units of up to 64 messages each (see ``queue_max``)."""
     max_clock_skew_s: float = Field(default=300.0, gt=0, le=30 * 86_400)
     """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
     quarantine_max_rows: int = Field(default=10_000, ge=100)

@@ -30,9 +30,11 @@ pool from 11:00), not its pool now.
 
 :class:`LedgerJob` is an evaluator cycle: every ``rollups.ledger_interval_s`` it recomputes
 the hours the writer marked dirty (their rollups moved) and returns a record that replaces
-their rows. So a collector outage loses nothing the rollups got afterwards (an agent's spool
-replayed late lands in its hours, which are then recomputed), and a restart recomputes what
-was marked and not yet done.
+their rows, a few hundred at a time (:class:`~collector.store.ledger.LedgerPart`: what a
+reader may see meanwhile is said there; a stop between parts leaves the hour marked). So a
+collector outage loses nothing the rollups got afterwards (an agent's spool replayed late
+lands in its hours, which are then recomputed), and a restart recomputes what was marked
+and not yet done.
 """
 
 from __future__ import annotations
@@ -46,11 +48,14 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.governance.billing import in_force
 from collector.governance.state import Governance
 from collector.store.ledger import (
+    PART_ROWS,
+    LedgerPart,
     LedgerRow,
     dirty_hours,
     ledger_at,
+    ledger_parts,
     pool_history,
-    write_ledger,
+    write_ledger_part,
 )
 from collector.store.rollups import HOUR, hour_rows
 from collector.store.usage import node_hardware
@@ -233,19 +238,25 @@ def _hour_rows(
     return ledger_rows(hour, node_hours(stored), gov, gpus=gpus, pools=pools, model=model, now=now)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LedgerRecord:
-    """Recomputed ledger hours, for the writer."""
+    """Recomputed ledger hours, for the writer: written a part at a time
+    (:class:`~collector.store.ledger.LedgerPart`), sample batches committed between parts."""
 
-    hours: tuple[int, ...]
-    rows: tuple[LedgerRow, ...]
-    dirty: tuple[tuple[int, int], ...]
-    at: float
+    parts: list[LedgerPart]
     name: str = "ledger"
+    written: int = 0
+    """Parts committed so far."""
 
-    async def write(self, store: Store) -> None:
-        """Replace the hours' rows and clear their marks (see :func:`write_ledger`)."""
-        await write_ledger(store, self.hours, self.rows, self.dirty, self.at)
+    async def write(self, store: Store) -> bool:
+        """Write the next part (replace some nodes' rows of an hour; with an hour's last,
+        clear its mark); return whether parts remain. A part refused or unavailable is
+        written again whole (its transaction rolled back), and writing one twice changes
+        nothing."""
+        if self.written < len(self.parts):
+            await write_ledger_part(store, self.parts[self.written])
+            self.written += 1
+        return self.written < len(self.parts)
 
 
 class LedgerJob:
@@ -308,5 +319,7 @@ class LedgerJob:
                 )
             )
         log.info("ledger_computed", hours=len(hours), rows=len(rows))
-        done = tuple(d for d in dirty if d[0] in set(hours))
-        return LedgerRecord(tuple(hours), tuple(rows), done, now)
+        done = [d for d in dirty if d[0] in set(hours)]
+        return LedgerRecord(
+            ledger_parts(hours, rows, done, now, most_rows=PART_ROWS[store.dialect])
+        )

@@ -296,3 +296,22 @@ def test_a_late_duplicate_from_an_agent_before_epochs_is_not_a_restart() -> None
     st = view.get(NODE)
     assert st is not None
     assert st.gaps == ()
+
+
+def test_the_inventories_the_view_holds_are_left_out_of_the_garbage_collectors_passes() -> None:
+    """After a collection, none of a held inventory's arrays is tracked by the GC (each
+    node's four lists would be scanned by every full pass for as long as the node lives)."""
+    from agent.simulate import FleetSimulator  # noqa: PLC0415
+
+    sim = FleetSimulator(2, gpus_per_node=4, seed=1)
+    view = LiveView()
+    for i in range(len(sim.node_ids)):
+        view.on_sample(sim.sample(i, 1_800_000_000.0, 1), 1_800_000_000.0)
+        view.on_inventory(sim.inventory(i, 1_800_000_000.0), 1_800_000_000.0)
+    gc.collect()
+    for node in sim.node_ids:
+        st = view.get(node)
+        inv = None if st is None else st.inventory
+        assert inv is not None
+        assert [len(inv.gpus), len(inv.cpus)] == [4, 1]
+        assert not any(gc.is_tracked(a) for a in (inv.gpus, inv.nics, inv.cpus, inv.accelerators))

@@ -105,3 +105,26 @@ async def test_node_news_only_move_forward(store_url: StoreTarget, order: str) -
     assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows] == [
         ("new-status", 200.0, b"new-inv", 200.0)
     ]
+
+
+async def test_a_leaders_record_in_parts_is_written_part_by_part_under_its_fence(
+    postgres_url: str,
+) -> None:
+    """The fence passes on 'parts remain': the writer calls the fenced ledger record again
+    until its last part, each part checked in its own transaction."""
+    from collector.governance.ledger import LedgerRecord  # noqa: PLC0415
+    from collector.store.ledger import ledger_parts  # noqa: PLC0415
+    from tests.collector.store.test_ledger_parts import HOURS, NODES, _rows  # noqa: PLC0415
+
+    target = parse_target(postgres_url)
+    async with Store(target) as store, LeaderLease(postgres_url) as lease:
+        term = await acquire_when_free(lease, "a", ttl_s=30.0)
+        record = LedgerRecord(ledger_parts(HOURS, _rows(HOURS, NODES, 1.0), [], 5.0, most_rows=3))
+        queue = _Queue()
+        await FencedRecords(queue, Fence(term.token)).put(record)
+        (fenced,) = queue.items
+        calls = 1
+        while await fenced.write(store):
+            calls += 1
+        assert calls == len(record.parts) > 2
+        assert await store.meta("ledger_at") == "5.0"

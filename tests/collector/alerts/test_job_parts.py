@@ -1,0 +1,142 @@
+"""A mass event's alert record written in parts (both backends): the same rows as in one
+transaction, its notification once and only after every state it names, and a stop between
+parts that loses nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pytest
+from pydantic import HttpUrl
+
+from collector.alerts.job import AlertJob
+from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.live import LiveView
+from collector.paths import StoreTarget
+from collector.settings import ReceiverSettings
+from collector.store.alerts import OutboxEntry
+from collector.store.db import Store
+from shared.clock import FakeClock
+from tests.helpers import db_rows
+
+T0 = 1_800_000_000.0
+HOOK = ReceiverSettings(name="hook", url=HttpUrl("http://127.0.0.1:9/hook"))
+
+
+class _Fleet:
+    """The nodes down now: the rule's condition."""
+
+    def __init__(self) -> None:
+        self.down: list[str] = []
+
+    def __call__(self, view: LiveView, now: float) -> Iterable[Instance]:
+        for node in self.down:
+            yield Instance({"node": node})
+
+
+class _Sent:
+    """The delivery as the job sees it: each entry offered, checked against the store at
+    that moment (what a separate connection sees is what is committed)."""
+
+    def __init__(self, db: StoreTarget) -> None:
+        self.db = db
+        self.entries: list[OutboxEntry] = []
+        self.uncommitted: list[str] = []
+
+    def __call__(self, entries: list[OutboxEntry]) -> None:
+        self.entries.extend(entries)
+        stored = {f for (f,) in db_rows(self.db, "SELECT fingerprint FROM alerts")}
+        for e in entries:
+            named = {a["fingerprint"] for a in json.loads(e.body)["alerts"]}
+            self.uncommitted.extend(sorted(named - stored))
+
+
+def _job(fleet: _Fleet, sent: _Sent, clock: FakeClock, part_changes: int) -> AlertJob:
+    rule = Rule("NodeDown", "critical", "{node} is down", "", fleet)
+    return AlertJob(
+        Evaluator([rule]),
+        clock,
+        receivers=[HOOK],
+        notify=sent,
+        part_changes=part_changes,
+    )
+
+
+async def _evaluate(
+    job: AlertJob, store: Store, clock: FakeClock, at: float, *, parts: int | None = None
+) -> int:
+    """One evaluation at ``at``, its record written (``parts``: only that many); return the
+    parts written."""
+    clock.advance(at - clock.time())
+    record = await job(store, LiveView())
+    n = 1
+    while await record.write(store):
+        if parts is not None and n >= parts:
+            break
+        n += 1
+    return n
+
+
+def _tables(db: StoreTarget) -> tuple[list[tuple[object, ...]], ...]:
+    return (
+        db_rows(db, "SELECT fingerprint, state, active_at, starts_at FROM alerts ORDER BY 1"),
+        db_rows(db, "SELECT fingerprint, previous, state, at FROM alert_history ORDER BY 1, 4"),
+        db_rows(db, "SELECT receiver, status, state FROM outbox ORDER BY id"),
+    )
+
+
+async def test_a_mass_event_in_parts_records_what_one_transaction_does_and_notifies_once(
+    store_url: StoreTarget, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """25 nodes down, then 25 more with the group's first notification: in parts of 4
+    changes the tables end as with one transaction; the notification (50 alerts) is offered
+    once, after the last part, and every alert it names is committed by then."""
+    other: StoreTarget = tmp_path_factory.mktemp("whole") / "c.db"
+    results = []
+    for db, part in ((store_url, 4), (other, 10_000)):
+        fleet, sent = _Fleet(), _Sent(db)
+        clock = FakeClock(start_wall=T0)
+        job = _job(fleet, sent, clock, part)
+        async with Store(db) as store:
+            fleet.down = [f"n{i:02d}" for i in range(25)]
+            written = [await _evaluate(job, store, clock, T0)]
+            fleet.down = [f"n{i:02d}" for i in range(50)]
+            written.append(await _evaluate(job, store, clock, T0 + 6))  # past the group's wait
+        assert written == ([7, 7] if part == 4 else [1, 1])
+        assert sent.uncommitted == []
+        assert [len(json.loads(e.body)["alerts"]) for e in sent.entries] == [50]
+        results.append(_tables(db))
+    assert results[0] == results[1]
+    assert len(results[0][0]) == 50
+
+
+async def test_a_stop_between_parts_loses_no_alert_and_sends_the_notification_once(
+    store_url: StoreTarget,
+) -> None:
+    """Stopped after two of the second record's parts (its notification not committed): a
+    restarted job restores the 8 alerts committed, finds the other 17 again and notifies
+    the group once; every alert has one firing change in the history."""
+    fleet, sent = _Fleet(), _Sent(store_url)
+    async with Store(store_url) as store:
+        fleet.down = [f"n{i:02d}" for i in range(25)]
+        clock = FakeClock(start_wall=T0)
+        job = _job(fleet, sent, clock, 4)
+        assert await _evaluate(job, store, clock, T0 + 6, parts=2) == 2
+        assert sent.entries == []
+        (alerts, _, outbox) = _tables(store_url)
+        assert len(alerts) == 8
+        assert outbox == []
+
+        clock = FakeClock(start_wall=T0 + 10)
+        again = _job(fleet, sent, clock, 4)  # the restart
+        assert await again.restore(store, hold_s=0.0) == 8
+        await _evaluate(again, store, clock, T0 + 10)
+        await _evaluate(again, store, clock, T0 + 16)  # past the group's wait
+        await _evaluate(again, store, clock, T0 + 30)  # nothing new: nothing sent again
+    assert sent.uncommitted == []
+    assert [len(json.loads(e.body)["alerts"]) for e in sent.entries] == [25]
+    alerts, history, outbox = _tables(store_url)
+    assert len(alerts) == 25
+    assert [(f, state) for f, _, state, _ in history] == [(f, "firing") for f, *_ in alerts]
+    assert len(outbox) == 1
