@@ -53,12 +53,13 @@ def freeze_startup() -> None:
 @contextlib.contextmanager
 def paused() -> Iterator[None]:
     """No automatic collection inside (every thread's allocations count): for a burst that
-    makes many short-lived objects, acyclic, freed by reference counting when it ends (the
-    rollups' fold: ~25,000 keys, stored and merged rows). Collections triggered inside it
-    scan what is young for them, the writer waiting: in folds of 100,000 samples in
-    ``bench/bench_ingest_stall.py``, 8-83 ms of collections per fold at a load of ~2.5 on
-    2 cores (none with this), up to a middle- and a full-generation pass (~70 + ~170 ms) at
-    ~6. What the other threads make meanwhile is collected after, as if made then."""
+    makes many short-lived objects, acyclic, freed by reference counting when it ends (each
+    part of the rollups' fold: its shard's keys, stored and merged rows). Collections
+    triggered inside it scan what is young for them, the writer waiting: when the fold was
+    one transaction of 100,000 samples (~25,000 keys) in ``bench/bench_ingest_stall.py``,
+    8-83 ms of collections per fold at a load of ~2.5 on 2 cores (none with this), up to a
+    middle- and a full-generation pass (~70 + ~170 ms) at ~6. What the other threads make
+    meanwhile is collected after, as if made then."""
     was = gc.isenabled()
     gc.disable()
     try:
