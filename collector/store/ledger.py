@@ -37,9 +37,11 @@ __all__ = [
     "LEDGER_COLUMNS",
     "LEDGER_RETENTION_SQL",
     "LeaseHeld",
+    "LeaseHistory",
     "LedgerRow",
     "PoolHistory",
     "dirty_hours",
+    "lease_history",
     "leases_held",
     "ledger_at",
     "ledger_days",
@@ -161,6 +163,60 @@ def pool_history(since: float) -> Query[PoolHistory]:
             ("SELECT node, ts, from_pool FROM pool_moves WHERE ts > ? ORDER BY ts, id", (first,)),
         ),
         lambda results: PoolHistory({r[0]: r[1] for r in results[0]}, results[1]),
+    )
+
+
+class LeaseHistory:
+    """Which nodes each lease held, and when: the nodes it holds now (``lease_nodes``), and
+    the moves recorded since some instant (``lease_moves``: a node that joined the lease,
+    or left it, at an instant). A lease holds a node over the spans between those instants,
+    to the second: the ledger splits an hour between the leases that held the node in it,
+    as it splits one a lease began or ended in. The nodes a lease was created with hold from
+    its start."""
+
+    def __init__(self, moves: Iterable[Sequence[Any]] = ()) -> None:
+        """``moves``: (lease name, node, ts, joined) in the order they were made."""
+        self._moves: dict[str, dict[str, list[tuple[float, bool]]]] = {}
+        for lease, node, ts, joined in moves:
+            self._moves.setdefault(lease, {}).setdefault(node, []).append((float(ts), bool(joined)))
+
+    def moved(self, lease: str) -> bool:
+        """Whether any node joined or left ``lease`` in the history."""
+        return lease in self._moves
+
+    def nodes(self, lease: str, now: Sequence[str]) -> tuple[str, ...]:
+        """The nodes ``lease`` held at some instant of the history: ``now`` (those it holds
+        now), then those that left it since."""
+        moved = self._moves.get(lease)
+        if not moved:
+            return tuple(now)
+        return (*now, *sorted(moved.keys() - set(now)))
+
+    def spans(
+        self, lease: str, node: str, held_now: bool, lo: float, hi: float
+    ) -> list[tuple[float, float]]:
+        """The parts of [lo, hi) ``lease`` held ``node`` in (``held_now``: it holds it now)."""
+        moved = self._moves.get(lease, {}).get(node)
+        if not moved:
+            return [(lo, hi)] if held_now and hi > lo else []
+        out: list[tuple[float, float]] = []
+        held, since = not moved[0][1], -math.inf  # before its first move: the other state
+        for ts, joined in [*moved, (math.inf, False)]:
+            if held and min(ts, hi) > max(since, lo):
+                out.append((max(since, lo), min(ts, hi)))
+            held, since = joined, ts
+        return out
+
+
+def lease_history(since: float) -> Query[LeaseHistory]:
+    """Every lease's node moves after ``since``: what :class:`LeaseHistory` needs to say
+    which nodes a lease held at any instant from ``since`` on (moves of no lease stored
+    now are left out)."""
+    return single(
+        "SELECT l.name, m.node, m.ts, m.joined FROM lease_moves m JOIN leases l "
+        "ON l.id = m.lease_id WHERE m.ts > ? ORDER BY m.ts, m.id",
+        (since,),
+        LeaseHistory,
     )
 
 
