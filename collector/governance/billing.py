@@ -19,7 +19,8 @@ the history the nodes that joined or left it (``lease_moves``,
 :class:`~collector.store.ledger.LeaseHistory`), each to the second, as in the ledger; the
 pool its hours count in is the lease's pool, or for a lease of named nodes each node's pool
 in each hour (:class:`~collector.store.ledger.PoolHistory`, as in the ledger). GPUs per
-node come from its inventory (its agent's, else a declared one).
+node come from its inventory (its agent's, else a declared one), else from what its
+samples reported (:func:`node_gpus`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "allocated_days",
     "billed_days",
     "in_force",
+    "node_gpus",
     "period_label",
     "usage_report",
 ]
@@ -101,6 +103,14 @@ class Contract(Protocol):
 GroupKey = tuple[int, str, str, str]
 """(UTC day number, tenant, lease, pool): one group of the ledger's daily sums."""
 _DAY_S: Final = 86_400
+
+
+def node_gpus(inventory: Mapping[str, int], reported: Mapping[str, int]) -> dict[str, int]:
+    """Node -> its GPUs (:func:`collector.nodefacts.gpu_count`): ``inventory``'s (node ->
+    GPUs of its inventory), else the most its samples ``reported``."""
+    from collector.nodefacts import gpu_count  # noqa: PLC0415 (usage's own imports stay few)
+
+    return {n: gpu_count(inventory.get(n), reported.get(n)) for n in {*inventory, *reported}}
 
 
 def in_force(span: tuple[float, float | None], start: float, end: float) -> tuple[float, float]:

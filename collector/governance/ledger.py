@@ -44,8 +44,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from collector.governance.billing import in_force
+from collector.governance.billing import in_force, node_gpus
 from collector.governance.state import Governance
+from collector.nodefacts import gpu_count
 from collector.store.ledger import (
     LeaseHistory,
     LedgerRow,
@@ -53,6 +54,7 @@ from collector.store.ledger import (
     lease_history,
     ledger_at,
     pool_history,
+    reported_gpus,
     write_ledger,
 )
 from collector.store.rollups import HOUR, hour_rows
@@ -194,7 +196,7 @@ def ledger_rows(
     out: list[LedgerRow] = []
     for node in sorted(by_node.keys() | holders.keys()):
         r = by_node.get(node)
-        n_gpus = gpus.get(node) or (r.gpus if r is not None else 0)
+        n_gpus = gpu_count(gpus.get(node), r.gpus if r is not None else None)
         node_model = None if model is None else model(node)
         shares = [
             (lease, tenant, pool, held) for lease, tenant, pool, held in holders.get(node, [])
@@ -321,7 +323,10 @@ class LedgerJob:
         pools = await store.run(pool_history(min(hours, default=current)))
         members = await store.run(lease_history(min(hours, default=current)))
         gov = self._governance()
-        gpus = {n: h.gpus for n, h in hardware.items()}
+        inventory = {n: h.gpus for n, h in hardware.items()}
+        leased = {n for lease in gov.leases for n in members.nodes(lease.name, lease.nodes)}
+        reported = await store.run(reported_gpus(sorted(leased - inventory.keys())))
+        gpus = node_gpus(inventory, reported)
         rows: list[LedgerRow] = []
         for hour in hours:
             stored = await store.run(hour_rows(hour, hour + HOUR))

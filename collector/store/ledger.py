@@ -46,6 +46,7 @@ __all__ = [
     "ledger_at",
     "ledger_days",
     "pool_history",
+    "reported_gpus",
     "tenant_used_hours",
     "write_ledger",
 ]
@@ -218,6 +219,42 @@ def lease_history(since: float) -> Query[LeaseHistory]:
         (since,),
         LeaseHistory,
     )
+
+
+_NODES_CHUNK: Final = 500
+"""Nodes per statement: far under SQLite's variable limit; each an index range."""
+
+
+def reported_gpus(nodes: Sequence[str]) -> Query[dict[str, int]]:
+    """Node -> the most GPUs its samples reported (their GPU array's length), of ``nodes``:
+    the 1-hour rollups' (``gpus``, kept two years) and the raw samples' (``gpu_count``, with
+    the rollups off), each through its primary key, :data:`_NODES_CHUNK` nodes a statement.
+    What :func:`collector.nodefacts.gpu_count` takes for a node with no inventory."""
+    statements = []
+    for i in range(0, len(nodes), _NODES_CHUNK):
+        chunk = tuple(nodes[i : i + _NODES_CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        statements += [
+            (
+                f"SELECT node, max(gpus) FROM rollups WHERE node IN ({marks}) AND res = ? "
+                "GROUP BY node",
+                (*chunk, _HOUR),
+            ),
+            (
+                f"SELECT node, max(gpu_count) FROM samples WHERE node IN ({marks}) GROUP BY node",
+                chunk,
+            ),
+        ]
+
+    def build(results: list[list[Any]]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rows in results:
+            for node, n in rows:
+                if n is not None:
+                    out[node] = max(out.get(node, 0), int(n))
+        return out
+
+    return Query(tuple(statements), build)
 
 
 class LeaseHeld(NamedTuple):

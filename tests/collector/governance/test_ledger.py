@@ -515,6 +515,32 @@ async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
     assert held == pytest.approx(24 + 1 / 3)
 
 
+async def test_a_node_with_no_inventory_counts_the_gpus_its_samples_reported(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A leased node whose agent never sent an inventory has the GPUs its samples reported
+    (4): its one-day lease allocates 24 h x 4 in the bill and in every ledger hour, the
+    hours it did not report in (a six-hour gap) too, not 0."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=11, interval_s=600)
+    seen = [DAY0 + 3600 * h for h in [*range(12), *range(18, 24)]]
+    await _sampled(store_url, sim, seen, nodes=1, inventories=False)
+    (n0,) = sim.node_ids
+    with Command(store_url, now=DAY0) as tx:
+        tx.governance.add_lease(
+            name="acme-1", tenant="acme", pool=None, nodes=[n0],
+            terms=LeaseTerms(start=dt.date(2026, 11, 10), duration_days=1),
+        )  # fmt: skip
+    await _ledger(store_url, DAY0 + 12.5 * 3600)
+    await _ledger(store_url, DAY0 + 86_400)  # computes 12:00-24:00, the gap's hours too
+    (acme,) = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")["rows"]
+    assert acme["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
+    assert acme["coverage_pct"] == pytest.approx(75.0)
+    rows = db_rows(store_url, "SELECT DISTINCT gpus, allocated_gpu_h FROM usage_ledger")
+    assert rows == [(GPUS, pytest.approx(GPUS))]
+    ((hours,),) = db_rows(store_url, "SELECT count(*) FROM usage_ledger")
+    assert hours == 24
+
+
 def test_lease_history_spans_follow_the_moves() -> None:
     """A node that left a lease and came back is held in the spans between; one with no
     move recorded is held all along if the lease holds it now, else never; the nodes of a
