@@ -354,6 +354,28 @@ async def _sampled(
         await store.fold_rollups()
 
 
+def _lease(
+    db: StoreTarget,
+    now: float,
+    name: str,
+    nodes: list[str],
+    start: dt.date,
+    *,
+    days: int,
+    tenant: str = "acme",
+    pool: str | None = None,
+) -> None:
+    """Lease ``nodes`` (or ``pool``) to ``tenant`` for ``days`` from ``start``, at ``now``."""
+    with Command(db, now=now) as tx:
+        tx.governance.add_lease(
+            name=name,
+            tenant=tenant,
+            pool=pool,
+            nodes=nodes,
+            terms=LeaseTerms(start=start, duration_days=days),
+        )
+
+
 async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
     store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -416,11 +438,7 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
         tx.pools.move([n0, n1], "a", "test")
     with Command(store_url, now=day + 86_400 + 1200) as tx:
         tx.pools.move([n0, n1], "b", "test")
-    with Command(store_url, now=day) as tx:
-        tx.governance.add_lease(
-            name="acme-1", tenant="acme", pool=None, nodes=[n0],
-            terms=LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2),
-        )  # fmt: skip
+    _lease(store_url, day, "acme-1", [n0], dt.date(2026, 11, 14), days=2)
     await _ledger(store_url, day + 2 * 86_400)
 
     pools = db_rows(
@@ -446,12 +464,8 @@ async def test_a_node_moved_between_leases_mid_month_bills_each_for_its_time(
     sim = FleetSimulator(2, gpus_per_node=GPUS, seed=9, interval_s=600)
     await _sampled(store_url, sim, [day + 3600 * h for h in range(48)], nodes=2)
     n0, n1 = sim.node_ids
-    two_days = LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2)
-    with Command(store_url, now=day) as tx:
-        tx.governance.add_lease(name="acme-1", tenant="acme", pool=None, nodes=[n0], terms=two_days)
-        tx.governance.add_lease(
-            name="bravo-1", tenant="bravo", pool=None, nodes=[n1], terms=two_days
-        )
+    _lease(store_url, day, "acme-1", [n0], dt.date(2026, 11, 14), days=2)
+    _lease(store_url, day, "bravo-1", [n1], dt.date(2026, 11, 14), days=2, tenant="bravo")
     with Command(store_url, now=day + 86_400 + 1200) as tx:
         leases = {lease.name: lease for lease in tx.governance.state().leases}
         tx.governance.set_lease_nodes(leases["acme-1"], [])
@@ -498,11 +512,7 @@ async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
     with Command(store_url, now=day - 86_400) as tx:
         tx.pools.create("a")
         tx.pools.move([n0, n1], "a", "test")
-    with Command(store_url, now=day) as tx:
-        tx.governance.add_lease(
-            name="acme-a", tenant="acme", pool="a", nodes=[n0, n1],
-            terms=LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2),
-        )  # fmt: skip
+    _lease(store_url, day, "acme-a", [n0, n1], dt.date(2026, 11, 14), days=2, pool="a")
     with Command(store_url, now=day + 86_400 + 1200) as tx:
         tx.pools.move([n1], "free", "test")
     await _ledger(store_url, day + 2 * 86_400)
@@ -525,11 +535,7 @@ async def test_a_node_with_no_inventory_counts_the_gpus_its_samples_reported(
     seen = [DAY0 + 3600 * h for h in [*range(12), *range(18, 24)]]
     await _sampled(store_url, sim, seen, nodes=1, inventories=False)
     (n0,) = sim.node_ids
-    with Command(store_url, now=DAY0) as tx:
-        tx.governance.add_lease(
-            name="acme-1", tenant="acme", pool=None, nodes=[n0],
-            terms=LeaseTerms(start=dt.date(2026, 11, 10), duration_days=1),
-        )  # fmt: skip
+    _lease(store_url, DAY0, "acme-1", [n0], dt.date(2026, 11, 10), days=1)
     await _ledger(store_url, DAY0 + 12.5 * 3600)
     await _ledger(store_url, DAY0 + 86_400)  # computes 12:00-24:00, the gap's hours too
     (acme,) = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")["rows"]
