@@ -14,15 +14,17 @@ Prints figures (targets in issue 17, not pass/fail):
     A store of 1,000 8-GPU nodes x 30 days of 1-hour rollups (one sample per node-hour,
     stored, folded, then the raw samples deleted) and the usage ledger made by
     :func:`collector.governance.ledger.ledger_rows`
-    (50 tenants, one lease of 20 nodes each), then whole processes, median of 5:
+    (50 tenants, one lease of 20 nodes each; the CPU its rows take to make, printed), then
+    whole processes, median of 5:
     ``collector usage --month``, ``collector query --node N --since 30d --step 1h`` and
     the same with ``--gpus`` (each of the node's 8 GPUs per hour, from rollups alone).
 ``gpus``
     One 8-GPU node through the real path (encoded samples, stage, fold): 29 days at 60 s,
     then a day at 5 s kept raw (17,280 samples; the older deleted as retention does), then
     whole processes, median of 5: ``collector query --node N --gpus --since 30d --step 1h``
-    (29 days of 1-hour rollups, a day of raw payloads decoded) and, for comparison, the
-    node's own ``--since 30d --step 1h``.
+    and ``--gpus --since 24h`` (a point per GPU and minute: the rollups for the minutes
+    folded, raw payloads decoded only for those not) and, for comparison, the node's own
+    ``--since 30d --step 1h``. ``--gpus-db PATH`` keeps the store for ``farm-bench``.
 
 The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
 ``CAPWATCH_ROLLUPS__ENABLED=false|true``.
@@ -261,10 +263,12 @@ async def gpu_reads(db: Path) -> None:
     gpus = _median_ms([*base, "--gpus", "--step", "1h", "--json"])
     table = _median_ms([*base, "--gpus", "--step", "1h"])
     own = _median_ms([*base, "--step", "1h", "--json"])
+    day = _median_ms([*base[:-1], "24h", "--gpus", "--json"])
     print(f"gpus: one 8-GPU node, 29 days of rollups + {raw:,} raw samples (a day at 5 s)")
     print(f"gpus: collector query --node N --gpus --since 30d --step 1h --json: {gpus:.0f} ms")
     print(f"gpus: the same as a table: {table:.0f} ms")
     print(f"gpus: collector query --node N --since 30d --step 1h --json: {own:.0f} ms")
+    print(f"gpus: collector query --node N --gpus --since 24h --json: {day:.0f} ms")
 
 
 def main() -> None:
