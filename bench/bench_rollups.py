@@ -14,15 +14,17 @@ Prints figures (targets in issue 17, not pass/fail):
     A store of 1,000 8-GPU nodes x 30 days of 1-hour rollups (one sample per node-hour,
     stored, folded, then the raw samples deleted) and the usage ledger made by
     :func:`collector.governance.ledger.ledger_rows`
-    (50 tenants, one lease of 20 nodes each), then whole processes, median of 5:
+    (50 tenants, one lease of 20 nodes each; the CPU its rows take to make, printed), then
+    whole processes, median of 5:
     ``collector usage --month``, ``collector query --node N --since 30d --step 1h`` and
     the same with ``--gpus`` (each of the node's 8 GPUs per hour, from rollups alone).
 ``gpus``
     One 8-GPU node through the real path (encoded samples, stage, fold): 29 days at 60 s,
     then a day at 5 s kept raw (17,280 samples; the older deleted as retention does), then
     whole processes, median of 5: ``collector query --node N --gpus --since 30d --step 1h``
-    (29 days of 1-hour rollups, a day of raw payloads decoded) and, for comparison, the
-    node's own ``--since 30d --step 1h``.
+    and ``--gpus --since 24h`` (a point per GPU and minute: the rollups for the minutes
+    folded, raw payloads decoded only for those not) and, for comparison, the node's own
+    ``--since 30d --step 1h``. ``--gpus-db PATH`` keeps the store for ``farm-bench``.
 
 ``parts``
     The fold at the stall bench's scale: 12,500 8-GPU nodes, 100,000 staged samples (8 per
@@ -65,7 +67,7 @@ from collector.ingest.writer import FOLD_SAMPLES
 from collector.store.command import Command
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import governance
-from collector.store.ledger import write_ledger
+from collector.store.ledger import lease_history, write_ledger
 from collector.store.rollups import HOUR, STAGE_SHARDS, RollupConfig, hour_rows
 from shared.schema import encode
 
@@ -249,18 +251,24 @@ async def reads(db: Path) -> None:
             )
     async with Store(db) as st:
         gov = await st.run(governance())
+        members = await st.run(lease_history(month0))
         gpus = dict.fromkeys(names, 8)
+        cpu = 0.0
         for day in range(days):
             hours = [int(month0) + (day * 24 + h) * HOUR for h in range(24)]
             rows = []
             for hour in hours:
-                rollups = node_hours(await st.run(hour_rows(hour, hour + HOUR)))
-                rows += ledger_rows(hour, rollups, gov, gpus=gpus, pools={})
+                stored = await st.run(hour_rows(hour, hour + HOUR))
+                c = time.process_time()
+                rollups = node_hours(stored)
+                rows += ledger_rows(hour, rollups, gov, gpus=gpus, pools={}, members=members)
+                cpu += time.process_time() - c
             await write_ledger(st, hours, rows, (), time.time())
         (ledger,) = (await st.fetchall("SELECT count(*) FROM usage_ledger"))[0]
     print(
         f"reads: store of {nodes} nodes x {days} days, {ledger:,} ledger rows, "
-        f"{(await _bytes_of(db)) / 1e6:,.0f} MB"
+        f"{(await _bytes_of(db)) / 1e6:,.0f} MB; the ledger's rows made in {cpu:.2f} s CPU "
+        "(node_hours + ledger_rows, 720 hours)"
     )
     usage = _median_ms(
         [str(BIN / "collector"), "usage", "--db", str(db), "--month", "2026-11", "--json"]
@@ -305,10 +313,12 @@ async def gpu_reads(db: Path) -> None:
     gpus = _median_ms([*base, "--gpus", "--step", "1h", "--json"])
     table = _median_ms([*base, "--gpus", "--step", "1h"])
     own = _median_ms([*base, "--step", "1h", "--json"])
+    day = _median_ms([*base[:-1], "24h", "--gpus", "--json"])
     print(f"gpus: one 8-GPU node, 29 days of rollups + {raw:,} raw samples (a day at 5 s)")
     print(f"gpus: collector query --node N --gpus --since 30d --step 1h --json: {gpus:.0f} ms")
     print(f"gpus: the same as a table: {table:.0f} ms")
     print(f"gpus: collector query --node N --since 30d --step 1h --json: {own:.0f} ms")
+    print(f"gpus: collector query --node N --gpus --since 24h --json: {day:.0f} ms")
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ __all__ = [
     "State",
     "agent_restarted",
     "gap_missing",
+    "gpu_count",
     "gpu_power_w",
     "hardware",
     "measure",
@@ -329,6 +330,16 @@ def hardware(inv: _HasGpus) -> Hardware:
 
     limits = sum(min(max(g.power_limit_w or 0.0, 0.0), MAX_GPU_POWER_W) for g in inv.gpus)
     return Hardware(len(inv.gpus), limits)
+
+
+def gpu_count(inventory: int | None, reported: int | None) -> int:
+    """How many GPUs a node has: its inventory's (:func:`hardware`: its agent's, else a
+    declared one); a node whose agent has sent none, the most its samples reported (the
+    length of their GPU array, :func:`measure`'s ``gpus``: what NVML enumerated); 0 with
+    neither. What a lease allocates of the node (the usage ledger, ``collector usage``)."""
+    if inventory is not None:
+        return inventory
+    return reported or 0
 
 
 _CABINET: Final = re.compile(r"x([0-9]{1,4})\Z", re.IGNORECASE)

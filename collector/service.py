@@ -143,6 +143,7 @@ class Collector:
             max_age_s=settings.retention_s,
             live=self.live,
             metrics=self.ingest_metrics,
+            rollups=settings.rollups.enabled,
         )
         self.governance = GovernanceJob(
             self.clock,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
@@ -39,8 +38,13 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
-    """Pretty JSON on stdout (stable key order as built)."""
-    print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)
+    """Pretty JSON on stdout (stable key order as built; what JSON has no type for, as its
+    ``str``; NaN and infinities as ``null``). msgspec, not :mod:`json`: with an indent
+    :mod:`json` encodes in pure Python, ~20 us a point, most of a long history's time."""
+    import msgspec  # noqa: PLC0415 (not for --help)
+
+    body = msgspec.json.format(msgspec.json.encode(data, enc_hook=str), indent=2)
+    print(body.decode(), file=out or sys.stdout)
 
 
 def shown(text: str) -> str:

@@ -40,7 +40,8 @@ Answers from the collector's store (works while the collector runs).
                 instance id, memory; NVML reports no utilisation for MIG devices).
                 With --node and --since (or --step): that node's GPUs' history, a row
                 per step and GPU (utilisation, power, temperature, memory, energy), from
-                raw samples and rollups as --step says below
+                the rollups for the minutes (hours) already folded, raw samples for those
+                not folded yet (the last minute or two), each step saying its source
   --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
                 utilisation, power, GPU-hours so far (GPUs held x time since the job's
                 first GPU process started on each node), most GPUs first

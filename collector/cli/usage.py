@@ -146,14 +146,28 @@ def read_days(
     """The ledger's sums per UTC day, tenant, lease and pool over [since, until), each
     lease's allocated GPU-hours those of its contract up to ``now`` (default: the clock),
     as :func:`collector.governance.billing.usage_report` reads them."""
-    from collector.governance.billing import allocated_days, billed_days  # noqa: PLC0415
-    from collector.store.ledger import leases_held, ledger_days, pool_history  # noqa: PLC0415
+    from collector.governance.billing import (  # noqa: PLC0415
+        allocated_days,
+        billed_days,
+        node_gpus,
+    )
+    from collector.store.ledger import (  # noqa: PLC0415
+        lease_history,
+        leases_held,
+        ledger_days,
+        pool_history,
+        reported_gpus,
+    )
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
     days = reader.run(ledger_days(since, until, tenant=tenant, lease=lease, pool=pool))
-    gpus = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
+    leases = reader.run(leases_held())
+    members = reader.run(lease_history(since)) if reader.has_table("lease_moves") else None
+    inventory = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
+    leased = {n for h in leases for n in (members.nodes(h.name, h.nodes) if members else h.nodes)}
+    gpus = node_gpus(inventory, reader.run(reported_gpus(sorted(leased - inventory.keys()))))
     allocated = allocated_days(
-        reader.run(leases_held()),
+        leases,
         gpus,
         reader.run(pool_history(since)),
         since,
@@ -161,6 +175,7 @@ def read_days(
         tenant=tenant,
         lease=lease,
         pool=pool,
+        members=members,
     )
     return billed_days(days, allocated)
 

@@ -14,10 +14,13 @@ folding (a tenant's leases may have their own contract prices), then summed per 
 tenant. Totals are the sums of the rows they total; ``fleet`` adds the hours no lease held
 (which allocate nothing), so the tenants' allocated GPU-hours are the fleet's.
 
-A lease's nodes are those the lease table names now (the store keeps no history of a
-lease's nodes); the pool its hours count in is the lease's pool, or for a lease of named
-nodes each node's pool in each hour (:class:`~collector.store.ledger.PoolHistory`, as in
-the ledger). GPUs per node come from its inventory (its agent's, else a declared one).
+A lease holds a node while it names it: the nodes the lease table names now, and over
+the history the nodes that joined or left it (``lease_moves``,
+:class:`~collector.store.ledger.LeaseHistory`), each to the second, as in the ledger; the
+pool its hours count in is the lease's pool, or for a lease of named nodes each node's pool
+in each hour (:class:`~collector.store.ledger.PoolHistory`, as in the ledger). GPUs per
+node come from its inventory (its agent's, else a declared one), else from what its
+samples reported (:func:`node_gpus`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collector.store.ledger import PoolHistory
+    from collector.store.ledger import LeaseHistory, PoolHistory
 
 __all__ = [
     "BY",
@@ -39,6 +42,7 @@ __all__ = [
     "allocated_days",
     "billed_days",
     "in_force",
+    "node_gpus",
     "period_label",
     "usage_report",
 ]
@@ -101,6 +105,14 @@ GroupKey = tuple[int, str, str, str]
 _DAY_S: Final = 86_400
 
 
+def node_gpus(inventory: Mapping[str, int], reported: Mapping[str, int]) -> dict[str, int]:
+    """Node -> its GPUs (:func:`collector.nodefacts.gpu_count`): ``inventory``'s (node ->
+    GPUs of its inventory), else the most its samples ``reported``."""
+    from collector.nodefacts import gpu_count  # noqa: PLC0415 (usage's own imports stay few)
+
+    return {n: gpu_count(inventory.get(n), reported.get(n)) for n in {*inventory, *reported}}
+
+
 def in_force(span: tuple[float, float | None], start: float, end: float) -> tuple[float, float]:
     """The part (lo, hi) of [start, end) inside a lease's ``span``
     (:meth:`~collector.governance.state.Lease.interval`; end ``None``: open); empty when
@@ -128,10 +140,13 @@ def allocated_days(
     tenant: str | None = None,
     lease: str | None = None,
     pool: str | None = None,
+    members: LeaseHistory | None = None,
 ) -> dict[GroupKey, float]:
     """GPU-hours each lease allocated in [since, until) per UTC day and pool: its nodes'
-    GPUs (``gpus``: node -> GPUs by inventory) x the hours it was in force (see the module
-    docstring). ``tenant``/``lease``/``pool``: only those groups."""
+    GPUs (``gpus``: node -> GPUs by inventory) x the hours it was in force and held the
+    node (``members``: the leases' node moves since ``since``; ``None``: none, each lease
+    held the nodes it holds now), see the module docstring. ``tenant``/``lease``/``pool``:
+    only those groups."""
     out: dict[GroupKey, float] = {}
     for held in leases:
         if (tenant is not None and held.tenant != tenant) or (
@@ -143,10 +158,18 @@ def allocated_days(
             continue
         # Nodes that stayed in one pool share one span: summed first, then cut into days.
         spans: dict[tuple[float, float, str], int] = {}
-        for node in held.nodes:
-            parts = pools.spans(node, lo, hi) if held.pool is None else [(lo, hi, held.pool)]
-            for part in parts:
-                spans[part] = spans.get(part, 0) + gpus.get(node, 0)
+        now = set(held.nodes)
+        nodes = held.nodes if members is None else members.nodes(held.name, held.nodes)
+        for node in nodes:
+            times = (
+                [(lo, hi)]
+                if members is None
+                else members.spans(held.name, node, node in now, lo, hi)
+            )
+            for a, b in times:
+                parts = pools.spans(node, a, b) if held.pool is None else [(a, b, held.pool)]
+                for part in parts:
+                    spans[part] = spans.get(part, 0) + gpus.get(node, 0)
         for (a, b, where), n in spans.items():
             if not n or (pool is not None and where != pool):
                 continue

@@ -3,13 +3,14 @@
 :func:`ledger_rows` is pure: from one hour's 1-hour rollups (:mod:`collector.store.rollups`),
 the leases (:class:`~collector.governance.state.Governance`, as the store's governance read
 returns them) and each node's GPUs, it makes the hour's rows. A lease that held a node for
-part of the hour (leases start and end at midnight in their own zone) gets that fraction of
-the hour: of the allocated GPU-hours exactly, and of what the node measured in the hour
-(busy and utilisation-weighted GPU-hours, energy) in proportion; the rest of the hour is a
-row of no lease (``tenant`` NULL), so the tenants' rows and the unleased rows add up to the
-fleet's. A row's pool is the lease's pool, else the pool the node was in at the start of the
-hour (:class:`~collector.store.ledger.PoolHistory`: a node moved at 10:20 counts in its new
-pool from 11:00), not its pool now.
+part of the hour (leases start and end at midnight in their own zone; a node joins or
+leaves a lease at the instant of the command, :class:`~collector.store.ledger.LeaseHistory`)
+gets that fraction of the hour: of the allocated GPU-hours exactly, and of what the node
+measured in the hour (busy and utilisation-weighted GPU-hours, energy) in proportion; the
+rest of the hour is a row of no lease (``tenant`` NULL), so the tenants' rows and the
+unleased rows add up to the fleet's. A row's pool is the lease's pool, else the pool the
+node was in at the start of the hour (:class:`~collector.store.ledger.PoolHistory`: a node
+moved at 10:20 counts in its new pool from 11:00), not its pool now.
 
 * allocated GPU-hours: the node's GPUs (inventory, else the most its samples reported) x
   the hours the lease held it, whether the node reported or not, in the hours this job
@@ -45,16 +46,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from collector.governance.billing import in_force
+from collector.governance.billing import in_force, node_gpus
 from collector.governance.state import Governance
+from collector.nodefacts import gpu_count
 from collector.store.ledger import (
     PART_ROWS,
+    LeaseHistory,
     LedgerPart,
     LedgerRow,
     dirty_hours,
+    lease_history,
     ledger_at,
     ledger_parts,
     pool_history,
+    reported_gpus,
     write_ledger_part,
 )
 from collector.store.rollups import HOUR, hour_rows
@@ -141,20 +146,33 @@ def node_energy(r: NodeHour, model: NodeModel | None) -> tuple[float, str]:
     return measured + fallback * (1.0 - covered), f"measured+{basis}"
 
 
+_NO_MOVES: Final = LeaseHistory()
 _Share = tuple[str, str | None, str | None, float]
 """(lease name or '', tenant, the lease's pool, hours held)."""
 
 
-def _holders(gov: Governance, start: float, end: float) -> dict[str, list[_Share]]:
-    """Node -> (lease, tenant, pool, hours held) of each lease holding it in [start, end)."""
+def _holders(
+    gov: Governance, start: float, end: float, members: LeaseHistory
+) -> dict[str, list[_Share]]:
+    """Node -> (lease, tenant, pool, hours held) of each lease holding it in [start, end):
+    while the lease was in force and the node in it (``members``)."""
     out: dict[str, list[_Share]] = {}
     for lease in gov.leases:
         lo, hi = in_force(lease.interval(), start, end)
-        held = (hi - lo) / 3600.0
-        if held <= 0:
+        if hi <= lo:
             continue
-        for node in lease.nodes:
-            out.setdefault(node, []).append((lease.name, lease.tenant, lease.pool, held))
+        if not members.moved(lease.name):  # most leases: their nodes now, all along
+            share = (lease.name, lease.tenant, lease.pool, (hi - lo) / 3600.0)
+            for node in lease.nodes:
+                out.setdefault(node, []).append(share)
+            continue
+        now = set(lease.nodes)
+        for node in members.nodes(lease.name, lease.nodes):
+            held = sum(b - a for a, b in members.spans(lease.name, node, node in now, lo, hi))
+            if held > 0:
+                out.setdefault(node, []).append(
+                    (lease.name, lease.tenant, lease.pool, held / 3600.0)
+                )
     return out
 
 
@@ -167,20 +185,23 @@ def ledger_rows(
     pools: Mapping[str, str],
     model: Callable[[str], NodeModel | None] | None = None,
     now: float = math.inf,
+    members: LeaseHistory | None = None,
 ) -> list[LedgerRow]:
     """The ledger rows of ``hour`` (see the module docstring). ``gpus``: node -> its GPUs
     by its inventory; ``pools``: node -> its pool during the hour (its pool at the hour's
     start, :class:`~collector.store.ledger.PoolHistory`); ``model``: node -> its type's power
     model (``None``: no capacity plan, or its type is unknown); ``now``: the hour counts
-    only up to it (the current hour is allocated as far as it has gone)."""
+    only up to it (the current hour is allocated as far as it has gone); ``members``: the
+    leases' node moves during the hour (``None``: none, each lease held the nodes it holds
+    now)."""
     end = min(hour + HOUR, now)
     span = max(end - hour, 0.0) / 3600.0
-    holders = _holders(gov, hour, end)
+    holders = _holders(gov, hour, end, members or _NO_MOVES)
     by_node = {r.node: r for r in rollups}
     out: list[LedgerRow] = []
     for node in sorted(by_node.keys() | holders.keys()):
         r = by_node.get(node)
-        n_gpus = gpus.get(node) or (r.gpus if r is not None else 0)
+        n_gpus = gpu_count(gpus.get(node), r.gpus if r is not None else None)
         node_model = None if model is None else model(node)
         shares = [
             (lease, tenant, pool, held) for lease, tenant, pool, held in holders.get(node, [])
@@ -233,9 +254,19 @@ def _hour_rows(
     pools: Mapping[str, str],
     model: Callable[[str], NodeModel | None] | None,
     now: float,
+    members: LeaseHistory,
 ) -> list[LedgerRow]:
     """:func:`ledger_rows` of the hour's stored rollup rows (in the job's worker thread)."""
-    return ledger_rows(hour, node_hours(stored), gov, gpus=gpus, pools=pools, model=model, now=now)
+    return ledger_rows(
+        hour,
+        node_hours(stored),
+        gov,
+        gpus=gpus,
+        pools=pools,
+        model=model,
+        now=now,
+        members=members,
+    )
 
 
 @dataclass(slots=True)
@@ -301,8 +332,12 @@ class LedgerJob:
         # (loaded machine), every sample waiting.
         hardware = await store.run(node_hardware(), build_in_thread=True)
         pools = await store.run(pool_history(min(hours, default=current)))
-        gpus = {n: h.gpus for n, h in hardware.items()}
+        members = await store.run(lease_history(min(hours, default=current)))
         gov = self._governance()
+        inventory = {n: h.gpus for n, h in hardware.items()}
+        leased = {n for lease in gov.leases for n in members.nodes(lease.name, lease.nodes)}
+        reported = await store.run(reported_gpus(sorted(leased - inventory.keys())))
+        gpus = node_gpus(inventory, reported)
         rows: list[LedgerRow] = []
         for hour in hours:
             stored = await store.run(hour_rows(hour, hour + HOUR))
@@ -316,6 +351,7 @@ class LedgerJob:
                     pools=pools.at_hour(hour),
                     model=self._model,
                     now=now,
+                    members=members,
                 )
             )
         log.info("ledger_computed", hours=len(hours), rows=len(rows))

@@ -100,8 +100,12 @@ _RETAINED: Final = ("status", "inventory")
 """The message kinds a node publishes retained (:mod:`shared.topics`)."""
 
 
-def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
-    """Summary columns of a validated sample."""
+def sample_row(
+    sample: Sample, payload: bytes, received: float, *, rollups: bool = True
+) -> SampleRow:
+    """Summary columns of a validated sample; with ``rollups``, its GPUs packed as the
+    rollups' staging reads them (:func:`~collector.store.rollups.pack_gpus`, ~1 us for 8
+    GPUs), else none (nothing would read them)."""
     gpus = sample.gpus
     util = power = None
     mem_used: int | None = None
@@ -133,7 +137,7 @@ def sample_row(sample: Sample, payload: bytes, received: float) -> SampleRow:
         sample.epoch,
         sample.node_power_w,
         sample.node_power_source,
-        pack_gpus(gpus),
+        pack_gpus(gpus) if rollups else b"",
     )
 
 
@@ -149,6 +153,7 @@ class Ingestor:
         log_every_s: float = 10.0,
         live: LiveView | None = None,
         metrics: IngestMetrics | None = None,
+        rollups: bool = True,
     ) -> None:
         self.clock = clock
         self.metrics = IngestMetrics(CollectorRegistry()) if metrics is None else metrics
@@ -159,6 +164,8 @@ class Ingestor:
         self._rejected_by = m.rejected_by
         self.live = live
         """The in-memory view of the fleet the rules read; fed here (see the module docstring)."""
+        self._rollups = rollups
+        """Whether the store rolls samples up (``rollups.enabled``): rows carry packed GPUs."""
         self.max_skew_s = max_skew_s
         self.max_age_s = max_age_s
         self._node_rejects: dict[tuple[str, str], list[int]] = {}
@@ -241,7 +248,7 @@ class Ingestor:
                 self.live.on_sample(message, now)
             # Stored as validated and re-encoded (packed: the store's codec): unknown fields
             # (unbounded padding, in principle) and duplicate keys do not reach the store.
-            return sample_row(message, pack_sample(message), now)
+            return sample_row(message, pack_sample(message), now, rollups=self._rollups)
         if isinstance(message, NodeStatus):
             self._status.inc()
             if self.live is not None:

@@ -52,6 +52,7 @@ TABLES: Final = (
     "quotas",
     "leases",
     "lease_nodes",
+    "lease_moves",
     "rollups",
     "rollup_stage",
     "rollup_owners",
@@ -75,6 +76,7 @@ _IDENTITY: Final = (
     "silences",
     "pool_moves",
     "leases",
+    "lease_moves",
 )
 """Tables whose ``id`` the store numbers (PostgreSQL: an identity column)."""
 

@@ -16,7 +16,7 @@ moved.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from collector.governance.lease import LeaseTerms, instants
@@ -33,6 +33,7 @@ __all__ = [
     "GovernanceWrites",
     "generation",
     "governance",
+    "move_lease_nodes",
     "usage_snapshot",
 ]
 
@@ -347,7 +348,35 @@ class GovernanceWrites:
         )
 
     def set_lease_nodes(self, lease: Lease, nodes: Sequence[str]) -> None:
-        """Replace the nodes ``lease`` holds."""
-        self._write("DELETE FROM lease_nodes WHERE lease_id = ?", (lease.id,))
-        for node in dict.fromkeys(nodes):
-            self._write("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease.id, node))
+        """Replace the nodes ``lease`` holds, each one that joins or leaves recorded
+        (:func:`move_lease_nodes`)."""
+        held = {
+            r[0]
+            for r in self._tx.fetchall(
+                "SELECT node FROM lease_nodes WHERE lease_id = ?", (lease.id,)
+            )
+        }
+        wanted = dict.fromkeys(nodes)
+        self._tx.bump_generation()
+        move_lease_nodes(
+            self._tx, lease.id, [n for n in wanted if n not in held], sorted(held - wanted.keys())
+        )
+
+
+def move_lease_nodes(
+    tx: Statements, lease_id: int, joined: Iterable[str], left: Iterable[str]
+) -> None:
+    """``joined`` nodes join lease ``lease_id``, ``left`` ones leave it, each change
+    recorded in ``lease_moves`` at the command's time, in its transaction: what the usage
+    ledger and ``collector usage`` read to attribute an instant to the lease that held the
+    node then (:class:`collector.store.ledger.LeaseHistory`). The nodes a lease is created
+    with are not moves: they hold from its start."""
+    for node in joined:
+        tx.execute("INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node))
+        tx.execute(_MOVE_SQL, (tx.now, lease_id, node, 1))
+    for node in left:
+        tx.execute("DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node))
+        tx.execute(_MOVE_SQL, (tx.now, lease_id, node, 0))
+
+
+_MOVE_SQL: Final = "INSERT INTO lease_moves (ts, lease_id, node, joined) VALUES (?, ?, ?, ?)"

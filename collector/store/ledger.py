@@ -48,15 +48,18 @@ __all__ = [
     "LEDGER_RETENTION_SQL",
     "PART_ROWS",
     "LeaseHeld",
+    "LeaseHistory",
     "LedgerPart",
     "LedgerRow",
     "PoolHistory",
     "dirty_hours",
+    "lease_history",
     "leases_held",
     "ledger_at",
     "ledger_days",
     "ledger_parts",
     "pool_history",
+    "reported_gpus",
     "tenant_used_hours",
     "write_ledger",
     "write_ledger_part",
@@ -176,6 +179,96 @@ def pool_history(since: float) -> Query[PoolHistory]:
         ),
         lambda results: PoolHistory({r[0]: r[1] for r in results[0]}, results[1]),
     )
+
+
+class LeaseHistory:
+    """Which nodes each lease held, and when: the nodes it holds now (``lease_nodes``), and
+    the moves recorded since some instant (``lease_moves``: a node that joined the lease,
+    or left it, at an instant). A lease holds a node over the spans between those instants,
+    to the second: the ledger splits an hour between the leases that held the node in it,
+    as it splits one a lease began or ended in. The nodes a lease was created with hold from
+    its start."""
+
+    def __init__(self, moves: Iterable[Sequence[Any]] = ()) -> None:
+        """``moves``: (lease name, node, ts, joined) in the order they were made."""
+        self._moves: dict[str, dict[str, list[tuple[float, bool]]]] = {}
+        for lease, node, ts, joined in moves:
+            self._moves.setdefault(lease, {}).setdefault(node, []).append((float(ts), bool(joined)))
+
+    def moved(self, lease: str) -> bool:
+        """Whether any node joined or left ``lease`` in the history."""
+        return lease in self._moves
+
+    def nodes(self, lease: str, now: Sequence[str]) -> tuple[str, ...]:
+        """The nodes ``lease`` held at some instant of the history: ``now`` (those it holds
+        now), then those that left it since."""
+        moved = self._moves.get(lease)
+        if not moved:
+            return tuple(now)
+        return (*now, *sorted(moved.keys() - set(now)))
+
+    def spans(
+        self, lease: str, node: str, held_now: bool, lo: float, hi: float
+    ) -> list[tuple[float, float]]:
+        """The parts of [lo, hi) ``lease`` held ``node`` in (``held_now``: it holds it now)."""
+        moved = self._moves.get(lease, {}).get(node)
+        if not moved:
+            return [(lo, hi)] if held_now and hi > lo else []
+        out: list[tuple[float, float]] = []
+        held, since = not moved[0][1], -math.inf  # before its first move: the other state
+        for ts, joined in [*moved, (math.inf, False)]:
+            if held and min(ts, hi) > max(since, lo):
+                out.append((max(since, lo), min(ts, hi)))
+            held, since = joined, ts
+        return out
+
+
+def lease_history(since: float) -> Query[LeaseHistory]:
+    """Every lease's node moves after ``since``: what :class:`LeaseHistory` needs to say
+    which nodes a lease held at any instant from ``since`` on (moves of no lease stored
+    now are left out)."""
+    return single(
+        "SELECT l.name, m.node, m.ts, m.joined FROM lease_moves m JOIN leases l "
+        "ON l.id = m.lease_id WHERE m.ts > ? ORDER BY m.ts, m.id",
+        (since,),
+        LeaseHistory,
+    )
+
+
+_NODES_CHUNK: Final = 500
+"""Nodes per statement: far under SQLite's variable limit; each an index range."""
+
+
+def reported_gpus(nodes: Sequence[str]) -> Query[dict[str, int]]:
+    """Node -> the most GPUs its samples reported (their GPU array's length), of ``nodes``:
+    the 1-hour rollups' (``gpus``, kept two years) and the raw samples' (``gpu_count``, with
+    the rollups off), each through its primary key, :data:`_NODES_CHUNK` nodes a statement.
+    What :func:`collector.nodefacts.gpu_count` takes for a node with no inventory."""
+    statements = []
+    for i in range(0, len(nodes), _NODES_CHUNK):
+        chunk = tuple(nodes[i : i + _NODES_CHUNK])
+        marks = ", ".join("?" * len(chunk))
+        statements += [
+            (
+                f"SELECT node, max(gpus) FROM rollups WHERE node IN ({marks}) AND res = ? "
+                "GROUP BY node",
+                (*chunk, _HOUR),
+            ),
+            (
+                f"SELECT node, max(gpu_count) FROM samples WHERE node IN ({marks}) GROUP BY node",
+                chunk,
+            ),
+        ]
+
+    def build(results: list[list[Any]]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for rows in results:
+            for node, n in rows:
+                if n is not None:
+                    out[node] = max(out.get(node, 0), int(n))
+        return out
+
+    return Query(tuple(statements), build)
 
 
 class LeaseHeld(NamedTuple):

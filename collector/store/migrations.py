@@ -643,6 +643,24 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX rollup_stage_shard ON rollup_stage (owner, shard, seq);
         """,
     ),
+    (
+        # A lease's membership history: each node that joined or left a lease after its
+        # creation (collector lease/apply, a pool lease following its pool), written in
+        # the transaction that changed lease_nodes. The usage ledger and `collector usage`
+        # attribute each instant to the lease that held the node then
+        # (collector/store/ledger.py LeaseHistory). Before: only the nodes held now.
+        "0026_lease_moves",
+        """
+        CREATE TABLE lease_moves (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            lease_id INTEGER NOT NULL REFERENCES leases (id) ON DELETE CASCADE,
+            node TEXT NOT NULL,
+            joined INTEGER NOT NULL       -- 1: joined the lease at ts, 0: left it
+        );
+        CREATE INDEX lease_moves_ts ON lease_moves (ts);
+        """,
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
+from collector.store.governance import move_lease_nodes
 from collector.store.queries import LATEST_SAMPLE
 from collector.store.statements import Reads, Statements
 from shared.errors import ConfigError
@@ -266,15 +267,11 @@ class PoolWrites:
                             f"as pool {pool!r} is leased ({name!r}): it cannot join that pool",
                             field="nodes",
                         )
-                    tx.execute(
-                        "INSERT INTO lease_nodes (lease_id, node) VALUES (?, ?)", (lease_id, node)
-                    )
+                    move_lease_nodes(tx, lease_id, [node], ())
                     grown.setdefault(int(lease_id), []).append(node)
                     tx.bump_generation()
-                for node in sorted(held - members):
-                    tx.execute(
-                        "DELETE FROM lease_nodes WHERE lease_id = ? AND node = ?", (lease_id, node)
-                    )
+                if held - members:
+                    move_lease_nodes(tx, lease_id, (), sorted(held - members))
                     tx.bump_generation()
         return grown
 

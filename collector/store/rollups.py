@@ -97,6 +97,7 @@ __all__ = [
     "UPSERT_SQL",
     "GpuReading",
     "RollupConfig",
+    "bucket_samples",
     "gpu_points",
     "gpu_records",
     "gpu_series",
@@ -351,39 +352,63 @@ def gpu_records(node: str, res: int, since: float, until: float) -> Query[tuple[
     )
 
 
+def bucket_samples(node: str, res: int, since: float, until: float) -> Query[dict[int, int]]:
+    """``node``'s buckets of resolution ``res`` starting in [since, until): bucket start ->
+    the samples folded into it (what a read compares with the raw samples' count to tell
+    a bucket folded from one still waiting for its fold)."""
+    return single(
+        "SELECT bucket, samples FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
+        "AND bucket < ?",
+        (node, res, math.floor(since), math.ceil(until)),
+        lambda rows: {int(r[0]): int(r[1]) for r in rows},
+    )
+
+
+_GPU_POINT: Final = (
+    ("util_pct", "util"),
+    ("util_min_pct", "util_min"),
+    ("util_max_pct", "util_max"),
+    ("power_w", "power"),
+    ("power_min_w", "power_min"),
+    ("power_max_w", "power_max"),
+    ("temp_c", "temp"),
+    ("temp_max_c", "temp_max"),
+    ("mem_used_bytes", "mem"),
+    ("mem_used_max_bytes", "mem_max"),
+)
+"""A point's values (after its time, GPU and samples; then its energy): a mean where the
+column is a count's (``util`` -> ``util_sum / util_n``), else the column itself."""
+
+
 def gpu_points(times: I64, records: F64) -> list[dict[str, Any]]:
     """GPU records (:data:`~.partials.GPU_COLUMNS`, each at its start in ``times``) as points
-    of a series: counts, means, minima and maxima, energy (``None``: nothing reported)."""
+    of a series: counts, means, minima and maxima, energy (``None``: nothing reported).
+    Column by column in numpy, then one dict a point: a day of 8 GPUs' minutes is 11,520."""
     col = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
-
-    def mean(g: list[float], what: str) -> float | None:
-        n = g[col[f"{what}_n"]]
-        return g[col[f"{what}_sum"]] / n if n else None
-
-    def known(g: list[float], key: str) -> float | None:
-        v = g[col[key]]
-        return None if v != v else v  # noqa: PLR0124 (NaN: none reported)
-
+    g = records.T
+    counts = {what: g[col[f"{what}_n"]] for what in ("util", "power", "temp", "mem")}
+    values: list[list[float | None]] = []
+    for _, what in _GPU_POINT:
+        if what in counts:
+            n = counts[what]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = np.where(n > 0, g[col[f"{what}_sum"]] / n, _NAN)
+        else:
+            v = g[col[what]]
+        values.append([None if x != x else x for x in v.tolist()])  # noqa: PLR0124 (NaN)
+    samples = np.maximum.reduce(list(counts.values())) if len(records) else np.zeros(0)
+    keys = ("t", "gpu", "samples", *(k for k, _ in _GPU_POINT), "energy_j")
     return [
-        {
-            "t": float(t),
-            "gpu": int(g[0]),
-            "samples": int(max(g[col["util_n"]], g[col["power_n"]], g[col["temp_n"]],
-                               g[col["mem_n"]])),
-            "util_pct": mean(g, "util"),
-            "util_min_pct": known(g, "util_min"),
-            "util_max_pct": known(g, "util_max"),
-            "power_w": mean(g, "power"),
-            "power_min_w": known(g, "power_min"),
-            "power_max_w": known(g, "power_max"),
-            "temp_c": mean(g, "temp"),
-            "temp_max_c": known(g, "temp_max"),
-            "mem_used_bytes": mean(g, "mem"),
-            "mem_used_max_bytes": known(g, "mem_max"),
-            "energy_j": g[col["energy_j"]],
-        }
-        for t, g in zip(times.tolist(), records.tolist(), strict=True)
-    ]  # fmt: skip
+        dict(zip(keys, row, strict=True))
+        for row in zip(
+            times.astype(np.float64).tolist(),
+            g[0].astype(np.int64).tolist(),
+            samples.astype(np.int64).tolist(),
+            *values,
+            g[col["energy_j"]].tolist(),
+            strict=True,
+        )
+    ]
 
 
 def gpu_series(node: str, res: int, since: float, until: float) -> Query[list[dict[str, Any]]]:

@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from collector.store import rollups
-from collector.store.partials import F64, I64, gpu_minutes, gpu_steps
+from collector.store.partials import F64, GPU_COLUMNS, I64, gpu_minutes, gpu_steps
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE
 
@@ -276,30 +276,106 @@ def _raw_gpu_records(
     return minutes, records, unreadable
 
 
+def _unfolded(
+    reader: StoreReader, node: str, res: int, since: float, until: float
+) -> list[tuple[float, float]]:
+    """The spans of [since, until) a read takes from ``node``'s raw samples, the rollups
+    of resolution ``res`` not holding them all: each bucket with more raw samples than
+    were folded into it (staged, their fold still to come; or stored with the rollups
+    off), and the part before the first whole bucket (whose rollup reaches before
+    ``since``). Adjacent buckets joined: one read a span. Counted through the
+    ``(node, ts_ms)`` index, no payload read; a bucket whose raw samples retention has
+    partly deleted holds fewer than its rollup, which is then the one read."""
+    first = math.ceil(since / res) * res
+    spans = [(since, min(first, until))] if since < first else []
+    if first >= until:
+        return spans
+    counts = reader.fetchall(
+        f"SELECT ts_ms / {res * 1000} AS b, count(*) FROM samples WHERE node = ? "
+        "AND ts_ms >= ? AND ts_ms < ? GROUP BY 1 ORDER BY 1",
+        (node, first * 1000, round(until * 1000)),
+    )
+    folded = (
+        reader.run(rollups.bucket_samples(node, res, first, until))
+        if reader.has_table("rollups")
+        else {}
+    )
+    for b, n in counts:
+        t = int(b) * res
+        if n <= folded.get(t, 0):
+            continue
+        if spans and spans[-1][1] == t:
+            spans[-1] = (spans[-1][0], min(t + res, until))
+        else:
+            spans.append((t, min(t + res, until)))
+    return spans
+
+
+def _recent_gpu_records(
+    reader: StoreReader, node: str, since: float, until: float, res: int
+) -> tuple[I64, F64, I64, F64, int]:
+    """``node``'s GPU records in [since, until), where its raw samples are kept: the
+    rollups' (resolution ``res``) for the buckets folded, then the raw samples' (1-minute
+    records) for the spans :func:`_unfolded` names, and the raw samples left unread."""
+    spans = _unfolded(reader, node, res, since, until)
+    times, records = np.zeros(0, np.int64), np.zeros((0, len(GPU_COLUMNS)))
+    if reader.has_table("rollups"):
+        first = math.ceil(since / res) * res  # the part before: raw (a span)
+        times, records = reader.run(rollups.gpu_records(node, res, first, until))
+        if spans:
+            lo = np.array([a for a, _ in spans])
+            hi = np.array([b for _, b in spans])
+            at = np.searchsorted(lo, times, side="right") - 1
+            keep = (at < 0) | (times >= hi[np.maximum(at, 0)])
+            times, records = times[keep], records[keep]
+    raw_times, raw_records, unreadable = [], [], 0
+    for a, b in spans:
+        t, r, n = _raw_gpu_records(reader, node, a, b)
+        raw_times.append(t)
+        raw_records.append(r)
+        unreadable += n
+    if not spans:
+        return times, records, times[:0], records[:0], 0
+    return times, records, np.concatenate(raw_times), np.concatenate(raw_records), unreadable
+
+
 def gpu_history(
     reader: StoreReader, node: str, since: float, until: float, step_s: int
 ) -> dict[str, Any]:
-    """``node``'s GPUs, each in steps of ``step_s`` over [since, until), as :func:`history`
-    splits a node's (raw samples where kept, rollups before, each point's ``source``):
-    per GPU and step, samples, mean/min/max utilisation and power, mean and hottest
-    temperature, mean and most memory used, energy (J). ``gpus``: the GPU indexes seen;
-    ``unreadable_samples``: raw samples whose GPUs could not be read (left out)."""
+    """``node``'s GPUs, each in steps of ``step_s`` over [since, until): per GPU and step,
+    samples, mean/min/max utilisation and power, mean and hottest temperature, mean and
+    most memory used, energy (J), each point saying its ``source``. Before the node's raw
+    samples begin (:func:`_raw_from`), the rollups (1-hour buckets for steps of an hour or
+    more, else 1-minute); after, the rollups too for the buckets already folded, and the
+    raw samples only for those still waiting for their fold (:func:`_unfolded`: the last
+    minute or two, a late sample's minute, or all of them with the rollups off): a step
+    holding any of those says ``raw``. ``raw_from``: the first ``raw`` step (``until``:
+    none); ``gpus``: the GPU indexes seen; ``unreadable_samples``: raw samples whose GPUs
+    could not be read (left out)."""
     split = _raw_from(reader, node, since, until, step_s)
+    res, source = _resolution(step_s)
     points: list[dict[str, Any]] = []
     if split > since and reader.has_table("rollups"):
-        res, source = _resolution(step_s)
         times, records = reader.run(rollups.gpu_records(node, res, since, min(split, until)))
         points += [
             {**p, "source": source} for p in rollups.gpu_points(*gpu_steps(times, records, step_s))
         ]
     unreadable = 0
     if split < until:
-        times, records, unreadable = _raw_gpu_records(reader, node, split, until)
+        times, records, raw_times, raw_records, unreadable = _recent_gpu_records(
+            reader, node, split, until, res
+        )
+        raw_steps = set((raw_times // step_s * step_s).tolist())
+        merged = gpu_steps(
+            np.concatenate([times, raw_times]), np.concatenate([records, raw_records]), step_s
+        )
         points += [
-            {**p, "source": "raw"} for p in rollups.gpu_points(*gpu_steps(times, records, step_s))
+            {**p, "source": "raw" if int(p["t"]) in raw_steps else source}
+            for p in rollups.gpu_points(*merged)
         ]
+    raw_from = min((p["t"] for p in points if p["source"] == "raw"), default=until)
     return {
-        **_answer(since, until, step_s, split, points),
+        **_answer(since, until, step_s, raw_from, points),
         "gpus": sorted({p["gpu"] for p in points}),
         "unreadable_samples": unreadable,
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
@@ -17,8 +17,7 @@ from collector.ingest.validate import sample_row
 from collector.nodefacts import gpu_power_w
 from collector.paths import StoreTarget
 from collector.store.db import Store
-from collector.store.reader import StoreReader
-from collector.store.rollups import HOUR, RollupConfig, gpu_series
+from collector.store.rollups import RollupConfig
 from shared.schema import Sample, encode
 
 NODE = "x1000c0s0b0n0"
@@ -34,11 +33,18 @@ def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
-async def _three_days(db: StoreTarget, seed: int) -> list[Sample]:
+UNFOLDED_S: Final = 5400
+""":func:`_three_days`' last samples stored after its fold (staged, not yet folded)."""
+
+
+async def _three_days(
+    db: StoreTarget, seed: int, *, unfolded_s: float = 0.0
+) -> tuple[list[Sample], list[Sample]]:
     """One 2-GPU node sampled every 10 minutes for three days (GPU 1 at 90 % throughout,
     so the two GPUs differ), through the store's write path; raw samples kept for the last
-    day only (the retention job deleted the rest), rollups for all. Returns the samples
-    sent."""
+    day only (the retention job deleted the rest), rollups for all but the samples of the
+    last ``unfolded_s`` and one late sample 12 h back, stored after the fold (staged,
+    their fold still to come). Returns the samples sent (the late one last), and those staged."""
     now = time.time()
     sim = FleetSimulator(1, gpus_per_node=2, seed=seed, interval_s=600)
     start = (now - DAYS * 86_400) // 3600 * 3600 + 3600
@@ -50,13 +56,20 @@ async def _three_days(db: StoreTarget, seed: int) -> list[Sample]:
         samples.append(msgspec.structs.replace(s, gpus=gpus))
         t += 600
         k += 1
+    late: list[Sample] = []
+    if unfolded_s:
+        late = [s for s in samples if s.ts >= now - unfolded_s]
+        twelve = next(s for s in samples if s.ts >= now - 12 * 3600)
+        late.append(msgspec.structs.replace(twelve, ts=twelve.ts + 30, seq=10**6))
     async with Store(db, rollups=RollupConfig()) as store:
         await store.write_batch(
-            [sample_row(s, encode(s), s.ts + 0.5) for s in samples], new_nodes=[NODE]
+            [sample_row(s, encode(s), s.ts + 0.5) for s in samples if s not in late],
+            new_nodes=[NODE],
         )
         await store.fold_rollups()
         await store.delete_older_than(round((now - 86_400) * 1000), 10_000)
-    return samples
+        await store.write_batch([sample_row(s, encode(s), now) for s in late])
+    return [*samples, *late[-1:]], late
 
 
 @pytest.fixture
@@ -137,10 +150,14 @@ def test_plot_usage_over_a_month_draws_from_rollups(db: Path, tmp_path: Path) ->
     assert out.stat().st_size > 10_000
 
 
+GpuDb = tuple[StoreTarget, list[Sample], list[Sample]]
+
+
 @pytest.fixture
-async def gpu_db(store_url: StoreTarget) -> tuple[StoreTarget, list[Sample]]:
-    """:func:`_three_days` on each backend, with the samples sent."""
-    return store_url, await _three_days(store_url, seed=6)
+async def gpu_db(store_url: StoreTarget) -> GpuDb:
+    """:func:`_three_days` on each backend, its last samples staged, with the samples sent
+    (the late one last) and those staged."""
+    return store_url, *await _three_days(store_url, seed=6, unfolded_s=UNFOLDED_S)
 
 
 def _expected(samples: list[Sample], t: float, step: int, gpu: int) -> tuple[float, float]:
@@ -153,63 +170,87 @@ def _expected(samples: list[Sample], t: float, step: int, gpu: int) -> tuple[flo
     return sum(utils) / len(utils), energy
 
 
-def test_gpu_history_reads_rollups_then_raw_samples_per_gpu(
-    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+def _steps(staged: list[Sample], step: int) -> set[float]:
+    """The steps holding the samples ``staged``."""
+    return {float(s.ts // step * step) for s in staged}
+
+
+def test_gpu_history_reads_rollups_and_raw_only_where_not_folded(
+    gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--gpus --since 3d --step 1h: a point per GPU and hour, from the 1-hour rollups before
-    the raw samples and from the samples after, each saying which; both give the GPU's own
-    mean utilisation and energy of its samples in that hour."""
-    db, samples = gpu_db
+    """--gpus --since 3d --step 1h: a point per GPU and hour from the 1-hour rollups, raw
+    samples read only for the hours holding samples not folded yet (the last ones, a late
+    one), each point saying which; both give the GPU's own mean utilisation and energy of
+    its samples in that hour, the late sample included."""
+    db, samples, staged = gpu_db
     got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "3d", "--step", "1h")
     assert (got["node"], got["sources"], got["gpus"]) == (NODE, ["1h", "raw"], [0, 1])
     assert got["unreadable_samples"] == 0
     points = got["points"]
-    raw_from = got["raw_from"]
-    assert {p["source"] for p in points if p["t"] < raw_from} == {"1h"}
-    assert {p["source"] for p in points if p["t"] >= raw_from} == {"raw"}
+    raw = {p["t"] for p in points if p["source"] == "raw"}
+    assert raw == _steps(staged, 3600)
+    assert got["raw_from"] == min(raw)
     keys = [(p["t"], p["gpu"]) for p in points]
     assert keys == sorted(keys)
     assert len(set(keys)) == len(keys)
-    assert all(p["samples"] == 6 for p in points[2:-2])  # every 10 min: six an hour
-    for source in ("1h", "raw"):
-        for p in [p for p in points if p["source"] == source][2:6]:
-            util, energy = _expected(samples, p["t"], 3600, p["gpu"])
-            assert p["util_pct"] == pytest.approx(util, rel=1e-5)
-            assert p["energy_j"] == pytest.approx(energy, rel=1e-5)
-            assert p["util_min_pct"] <= p["util_pct"] <= p["util_max_pct"]
+    late = samples[-1].ts // 3600 * 3600
+    assert [p["samples"] for p in points if p["t"] == late] == [7, 7]  # six an hour, + late
+    for p in points[2:-2]:
+        util, energy = _expected(samples, p["t"], 3600, p["gpu"])
+        assert p["util_pct"] == pytest.approx(util, rel=1e-5)
+        assert p["energy_j"] == pytest.approx(energy, rel=1e-5)
+        assert p["util_min_pct"] <= p["util_pct"] <= p["util_max_pct"]
     assert {p["util_pct"] for p in points if p["gpu"] == 1} == {90.0}
     assert all(p["util_pct"] < 90 for p in points if p["gpu"] == 0)
 
 
-def test_gpu_history_raw_steps_mean_what_the_rollups_do(
-    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+async def test_gpu_history_raw_steps_read_what_their_fold_makes(
+    gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Within the raw retention the rollups hold the same hours: each raw step's figures
-    are the 1-hour rollup's of that hour (the same arithmetic, float32 apart)."""
-    db, _ = gpu_db
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "1d", "--step", "1h")
-    raw = [p for p in got["points"] if p["source"] == "raw"][:-2]  # the last hour still open
-    assert len(raw) > 20
-    with StoreReader(db) as reader:
-        rolled = {
-            (p["t"], p["gpu"]): p
-            for p in reader.run(gpu_series(NODE, HOUR, raw[0]["t"], raw[-1]["t"] + 1))
-        }
+    """The minutes read from raw samples (not folded yet) have, once folded, the same
+    figures from the 1-minute rollups (the same arithmetic, float32 apart)."""
+    db, _, staged = gpu_db
+    args = ("--db", str(db), "--node", NODE, "--gpus", "--since", "1d", "--step", "1m")
+    before = _json(capsys, *args)
+    raw = [p for p in before["points"][2:] if p["source"] == "raw"]
+    assert {p["t"] for p in raw} == _steps(staged, 60)
+    async with Store(db, rollups=RollupConfig()) as store:  # takes the staged rows back
+        assert await store.fold_rollups() == len(staged)
+    after = {(p["t"], p["gpu"]): p for p in _json(capsys, *args)["points"]}
+    assert {after[(p["t"], p["gpu"])]["source"] for p in raw} == {"1m"}
     for p in raw:
-        r = rolled[(p["t"], p["gpu"])]
+        folded = after[(p["t"], p["gpu"])]
         for key in ("samples", "util_pct", "util_max_pct", "power_w", "temp_max_c", "energy_j"):
-            assert p[key] == pytest.approx(r[key], rel=1e-5), key
+            assert p[key] == pytest.approx(folded[key], rel=1e-5), key
+
+
+async def test_gpu_history_with_rollups_off_reads_raw(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store whose collector runs with the rollups off: every step from raw samples."""
+    now = time.time()
+    sim = FleetSimulator(1, gpus_per_node=2, seed=3, interval_s=600)
+    samples = [sim.sample(0, now - 600 * k, k) for k in range(36, 0, -1)]
+    async with Store(store_url) as store:
+        await store.write_batch([sample_row(s, encode(s), s.ts) for s in samples], [], [NODE])
+    got = _json(
+        capsys, "--db", str(store_url), "--node", NODE, "--gpus", "--since", "6h", "--step", "1h"
+    )
+    assert got["sources"] == ["raw"]
+    for p in got["points"][2:-2]:
+        util, energy = _expected(samples, p["t"], 3600, p["gpu"])
+        assert (p["util_pct"], p["energy_j"]) == (pytest.approx(util), pytest.approx(energy))
 
 
 def test_gpu_history_minute_steps_and_the_table(
-    gpu_db: tuple[StoreTarget, list[Sample]], capsys: pytest.CaptureFixture[str]
+    gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A step under an hour reads the 1-minute rollups; the table names the GPUs and its
     sources in its first line, then a row per step and GPU."""
-    db, _ = gpu_db
+    db, _, _ = gpu_db
     got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "30m")
     assert got["sources"] == ["1m", "raw"]
-    assert {p["samples"] for p in got["points"]} <= {3, 2, 1}
+    assert {p["samples"] for p in got["points"]} <= {4, 3, 2, 1}  # 4: the late sample's
     args = ["query", "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "6h"]
     assert main(args) == 0
     lines = capsys.readouterr().out.splitlines()

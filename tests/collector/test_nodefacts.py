@@ -32,7 +32,7 @@ from collector.governance.job import GovernanceJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
 from collector.metrics import fleet_families
-from collector.nodefacts import Staleness, State, gpu_power_w, hardware, measure
+from collector.nodefacts import Staleness, State, gpu_count, gpu_power_w, hardware, measure
 from collector.settings import CollectorSettings
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import governance
@@ -266,3 +266,14 @@ def test_the_old_alerts_stale_intervals_key_is_read_with_a_warning(
     assert "which is also set and wins (4)" in line
     config.write_text("stale_intervals = 4\n")
     assert load_settings(CollectorSettings, config_file=config).setting_warnings() == []
+
+
+def test_gpu_count_is_the_inventorys_else_what_the_samples_reported() -> None:
+    """A node's GPUs: its inventory's, a GPU-less inventory included; without one the most
+    its samples reported; 0 with neither."""
+    assert [gpu_count(8, 4), gpu_count(0, 4), gpu_count(None, 4), gpu_count(None, None)] == [
+        8,
+        0,
+        4,
+        0,
+    ]

@@ -21,7 +21,7 @@ from collector.paths import StoreTarget
 from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
 from collector.store.governance import governance
-from collector.store.ledger import PoolHistory
+from collector.store.ledger import LeaseHistory, PoolHistory
 from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
@@ -327,9 +327,17 @@ def test_plot_usage_per_day_bad_flags_are_one_line(
     assert needle in capsys.readouterr().err
 
 
-async def _sampled(db: StoreTarget, sim: FleetSimulator, hours: list[float], nodes: int) -> None:
+async def _sampled(
+    db: StoreTarget,
+    sim: FleetSimulator,
+    hours: list[float],
+    nodes: int,
+    *,
+    inventories: bool = True,
+) -> None:
     """The first ``nodes`` of ``sim`` sampled every 10 minutes in ``hours`` (each the start
-    of an hour), all of ``sim``'s nodes with an inventory; stored and rolled up."""
+    of an hour), all of ``sim``'s nodes with an inventory (``inventories``); stored and
+    rolled up."""
     rows = []
     for h in hours:
         for k in range(6):
@@ -337,13 +345,36 @@ async def _sampled(db: StoreTarget, sim: FleetSimulator, hours: list[float], nod
             for i in range(nodes):
                 s = sim.sample(i, t, int(t // 600))
                 rows.append(sample_row(s, encode(s), t + 1))
-    inventories = [
+    updates = [
         NodeUpdate(n, inventory=encode(sim.inventory(i, DAY0)), inventory_ts=DAY0)
         for i, n in enumerate(sim.node_ids)
+        if inventories
     ]
     async with Store(db, rollups=RollupConfig()) as store:
-        await store.write_batch(rows, inventories, sim.node_ids)
+        await store.write_batch(rows, updates, sim.node_ids)
         await store.fold_rollups()
+
+
+def _lease(
+    db: StoreTarget,
+    now: float,
+    name: str,
+    nodes: list[str],
+    start: dt.date,
+    *,
+    days: int,
+    tenant: str = "acme",
+    pool: str | None = None,
+) -> None:
+    """Lease ``nodes`` (or ``pool``) to ``tenant`` for ``days`` from ``start``, at ``now``."""
+    with Command(db, now=now) as tx:
+        tx.governance.add_lease(
+            name=name,
+            tenant=tenant,
+            pool=pool,
+            nodes=nodes,
+            terms=LeaseTerms(start=start, duration_days=days),
+        )
 
 
 async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
@@ -408,11 +439,7 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
         tx.pools.move([n0, n1], "a", "test")
     with Command(store_url, now=day + 86_400 + 1200) as tx:
         tx.pools.move([n0, n1], "b", "test")
-    with Command(store_url, now=day) as tx:
-        tx.governance.add_lease(
-            name="acme-1", tenant="acme", pool=None, nodes=[n0],
-            terms=LeaseTerms(start=dt.date(2026, 11, 14), duration_days=2),
-        )  # fmt: skip
+    _lease(store_url, day, "acme-1", [n0], dt.date(2026, 11, 14), days=2)
     await _ledger(store_url, day + 2 * 86_400)
 
     pools = db_rows(
@@ -425,6 +452,114 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
         assert acme["allocated_gpu_hours"] == pytest.approx(hours * GPUS)
         assert acme["coverage_pct"] == pytest.approx(100.0)
         assert got["fleet"]["reported_gpu_hours"] == pytest.approx(2 * hours * GPUS)
+
+
+async def test_a_node_moved_between_leases_mid_month_bills_each_for_its_time(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """n0, leased by acme from 2026-11-14, moved to bravo's lease (which holds n1) at 00:20
+    on the 15th: acme is allocated n0's 24 h 20 min, bravo the rest of its two days plus
+    n1's; the ledger splits the hour of the move 1/3 - 2/3 between them; the tenants' rows
+    still add up to the fleet's allocated hours, in the ledger as in the bill."""
+    day = DAY0 + 4 * 86_400  # 2026-11-14
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=9, interval_s=600)
+    await _sampled(store_url, sim, [day + 3600 * h for h in range(48)], nodes=2)
+    n0, n1 = sim.node_ids
+    _lease(store_url, day, "acme-1", [n0], dt.date(2026, 11, 14), days=2)
+    _lease(store_url, day, "bravo-1", [n1], dt.date(2026, 11, 14), days=2, tenant="bravo")
+    with Command(store_url, now=day + 86_400 + 1200) as tx:
+        leases = {lease.name: lease for lease in tx.governance.state().leases}
+        tx.governance.set_lease_nodes(leases["acme-1"], [])
+        tx.governance.set_lease_nodes(leases["bravo-1"], [n1, n0])
+    await _ledger(store_url, day + 2 * 86_400)
+
+    got = _usage(capsys, store_url, "--month", "2026-11")
+    by_tenant = {r["tenant"]: r["allocated_gpu_hours"] for r in got["rows"]}
+    moved_h = 24 + 1 / 3
+    assert by_tenant == {
+        "acme": pytest.approx(moved_h * GPUS),
+        "bravo": pytest.approx((48 + 48 - moved_h) * GPUS),
+    }
+    assert got["fleet"]["allocated_gpu_hours"] == pytest.approx(2 * 48 * GPUS)
+    assert got["totals"]["allocated_gpu_hours"] == pytest.approx(2 * 48 * GPUS)
+    ledger = db_rows(
+        store_url,
+        "SELECT lease, sum(held_h), sum(allocated_gpu_h) FROM usage_ledger WHERE node = ? "
+        "GROUP BY lease ORDER BY lease",
+        (n0,),
+    )
+    assert ledger == [
+        ("acme-1", pytest.approx(moved_h), pytest.approx(moved_h * GPUS)),
+        ("bravo-1", pytest.approx(48 - moved_h), pytest.approx((48 - moved_h) * GPUS)),
+    ]
+    hour = db_rows(
+        store_url,
+        "SELECT lease, held_h FROM usage_ledger WHERE node = ? AND hour = ? ORDER BY lease",
+        (n0, int(day) + 86_400),
+    )
+    assert hour == [("acme-1", pytest.approx(1 / 3)), ("bravo-1", pytest.approx(2 / 3))]
+
+
+async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lease of pool `a` follows its pool: a node moved out of `a` at 00:20 on the 15th
+    (recorded as leaving the lease, in the pool command's transaction) is billed to the
+    lease until then, not for the whole lease, nor for none of it."""
+    day = DAY0 + 4 * 86_400
+    sim = FleetSimulator(2, gpus_per_node=GPUS, seed=10, interval_s=600)
+    await _sampled(store_url, sim, [day + 3600 * h for h in range(48)], nodes=2)
+    n0, n1 = sim.node_ids
+    with Command(store_url, now=day - 86_400) as tx:
+        tx.pools.create("a")
+        tx.pools.move([n0, n1], "a", "test")
+    _lease(store_url, day, "acme-a", [n0, n1], dt.date(2026, 11, 14), days=2, pool="a")
+    with Command(store_url, now=day + 86_400 + 1200) as tx:
+        tx.pools.move([n1], "free", "test")
+    await _ledger(store_url, day + 2 * 86_400)
+    got = _usage(capsys, store_url, "--month", "2026-11")
+    (acme,) = got["rows"]
+    assert acme["allocated_gpu_hours"] == pytest.approx((48 + 24 + 1 / 3) * GPUS)
+    ((held,),) = db_rows(
+        store_url, "SELECT sum(held_h) FROM usage_ledger WHERE lease = 'acme-a' AND node = ?", (n1,)
+    )
+    assert held == pytest.approx(24 + 1 / 3)
+
+
+async def test_a_node_with_no_inventory_counts_the_gpus_its_samples_reported(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A leased node whose agent never sent an inventory has the GPUs its samples reported
+    (4): its one-day lease allocates 24 h x 4 in the bill and in every ledger hour, the
+    hours it did not report in (a six-hour gap) too, not 0."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=11, interval_s=600)
+    seen = [DAY0 + 3600 * h for h in [*range(12), *range(18, 24)]]
+    await _sampled(store_url, sim, seen, nodes=1, inventories=False)
+    (n0,) = sim.node_ids
+    _lease(store_url, DAY0, "acme-1", [n0], dt.date(2026, 11, 10), days=1)
+    await _ledger(store_url, DAY0 + 12.5 * 3600)
+    await _ledger(store_url, DAY0 + 86_400)  # computes 12:00-24:00, the gap's hours too
+    (acme,) = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")["rows"]
+    assert acme["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
+    assert acme["coverage_pct"] == pytest.approx(75.0)
+    rows = db_rows(store_url, "SELECT DISTINCT gpus, allocated_gpu_h FROM usage_ledger")
+    assert rows == [(GPUS, pytest.approx(GPUS))]
+    ((hours,),) = db_rows(store_url, "SELECT count(*) FROM usage_ledger")
+    assert hours == 24
+
+
+def test_lease_history_spans_follow_the_moves() -> None:
+    """A node that left a lease and came back is held in the spans between; one with no
+    move recorded is held all along if the lease holds it now, else never; the nodes of a
+    lease's history are those it holds now, then those that left it."""
+    h = 1_800_000_000
+    history = LeaseHistory([("L", "n", h + 100, 0), ("L", "n", h + 300, 1), ("L", "m", h, 0)])
+    assert history.spans("L", "n", True, h, h + 1000) == [(h, h + 100), (h + 300, h + 1000)]
+    assert history.spans("L", "n", True, h + 150, h + 250) == []
+    assert history.spans("L", "m", False, h - 50, h + 50) == [(h - 50, h)]
+    assert history.spans("L", "o", True, h, h + 10) == [(h, h + 10)]
+    assert history.spans("L", "o", False, h, h + 10) == []
+    assert history.nodes("L", ("n", "o")) == ("n", "o", "m")
 
 
 def test_pool_history_counts_a_move_from_the_next_hour() -> None:

@@ -9,8 +9,10 @@ from agent.simulate import FleetSimulator
 from collector.counters import labelled_values, value
 from collector.ingest.metrics import OTHER_REASON, REJECT_REASONS
 from collector.ingest.validate import Ingestor, Rejected
+from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
-from collector.store.db import NodeUpdate, SampleRow
+from collector.store.db import NodeUpdate, SampleRow, Store
+from collector.store.rollups import MINUTE, RollupConfig, gpu_series, pack_gpus
 from collector.store.unpack import PayloadDecoder
 from shared.clock import FakeClock
 from shared.schema import decode_sample, encode
@@ -146,3 +148,26 @@ def test_an_empty_retained_status_or_inventory_is_a_cleared_message_not_a_reject
     assert value(m.rejected) == 1
     assert m.counter_rows()["retained_cleared"] == 2
     assert list(ing.take_node_rejects()) == [("gpu-1", "not_json")]  # the sample alone
+
+
+async def test_gpus_are_packed_for_the_rollups_only_when_they_are_on(
+    store_url: StoreTarget,
+) -> None:
+    """With the rollups off a sample's row carries no packed GPUs (nothing would read
+    them); on, it does, and a store that rolls up stages and folds them into the sample's
+    per-GPU records."""
+    clock = FakeClock(start_wall=1.8e9 + 1)
+    s = FleetSimulator(1, gpus_per_node=4, seed=9, interval_s=5).sample(0, 1.8e9, 0)
+    off = Ingestor(clock, rollups=False).handle(sample_topic(s.node), encode(s))
+    on = Ingestor(clock).handle(sample_topic(s.node), encode(s))
+    assert isinstance(off, SampleRow)
+    assert isinstance(on, SampleRow)
+    assert off.gpu_stats == b""
+    assert on.gpu_stats == pack_gpus(s.gpus)
+    async with Store(store_url, rollups=RollupConfig()) as store:
+        await store.write_batch([on], new_nodes=[s.node])
+        assert await store.fold_rollups() == 1
+        points = await store.run(gpu_series(s.node, MINUTE, 1.8e9 - 60, 1.8e9 + 60))
+    assert [(p["gpu"], p["util_pct"]) for p in points] == [
+        (g.index, pytest.approx(g.util_pct)) for g in s.gpus
+    ]
