@@ -13,7 +13,10 @@ SQL for the modules:
 * **Store** (:mod:`~collector.store.db`, async context manager; the writer's connection, or
   ``Store.open_readonly``): ``transaction(what)`` (commit or roll back into a ``StoreError``
   whose ``fatal`` tells a broken store from a refused batch) and, inside it, ``execute``
-  (rows changed), ``execute_returning``, ``executemany``, ``insert_many(statement, rows)``;
+  (rows changed), ``execute_returning``, ``executemany``, ``insert_many(statement, rows)``,
+  a round trip to the store's thread each; ``transact(what, work)``: a whole transaction as
+  one function in that thread, its statements on a :class:`~collector.store.writes.Tx` (a
+  sample batch, a rollup fold's part: one round trip);
   reads ``fetchall(sql, params)`` and ``await run(query)``; the writer's own operations
   ``write_batch``, ``write_counters``, ``delete_older_than``, ``trim_quarantine``,
   ``trim_node_rejects``, ``meta``, ``migrations``. The modules it imports (the ledger, the

@@ -29,7 +29,7 @@ import functools
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -51,6 +51,7 @@ from collector.store.partials import Staged, stage
 from collector.store.query import Query
 from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
 from collector.store.rows import SampleRow
+from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
@@ -175,13 +176,6 @@ _UPSERT_META: Final = (
     " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
 )
 
-# Many rows per statement, not executemany: sqlite3 releases the GIL around every step, and
-# while the event loop is busy each re-acquisition waits a whole switch interval (5 ms), so
-# executemany of 4,000 rows took seconds under load. Every statement is also one hop to
-# aiosqlite's thread, so fewer is better; but never more bound variables than the library
-# allows (999 before SQLite 3.32, e.g. Ubuntu 20.04 and RHEL 8; 32,766 since).
-_MAX_ROWS_PER_STATEMENT: Final = 2000
-
 # Primary result codes after which the store cannot take any write: stop, do not bisect.
 _FATAL_CODES: Final = frozenset(
     {
@@ -270,9 +264,15 @@ def _connection_factory(limit: int | None) -> type[sqlite3.Connection]:
 
 class _Sqlite:
     """SQLite's side of :class:`Store`: the aiosqlite connection and what only SQLite does
-    (the file's identity, the bound-variable limit, the pragmas)."""
+    (the file's identity, the bound-variable limit, the pragmas).
+
+    The statements are synchronous methods on the :class:`sqlite3.Connection` (a
+    :class:`~collector.store.writes.Tx`), run in aiosqlite's thread by :meth:`call`: one
+    statement at a time (the store's async methods), or a whole transaction at once
+    (:meth:`Store.transact`)."""
 
     dialect: Dialect = "sqlite"
+    nan_is_null: bool = True
 
     def __init__(
         self,
@@ -287,6 +287,8 @@ class _Sqlite:
         self.synchronous: Synchronous = synchronous
         self._limit_override = variable_limit
         self._conn: aiosqlite.Connection | None = None
+        self._raw: sqlite3.Connection | None = None
+        """The connection aiosqlite drives, used only in its thread (:meth:`call`)."""
         self._identity: tuple[int, int] | None = None
         """(device, inode) of the file when it was opened: a write checks it is still there."""
         self.max_variables = min(sqlite_variable_limit(), variable_limit or 1 << 30)
@@ -297,6 +299,12 @@ class _Sqlite:
             raise StoreError("store is not open: use `async with Store(path)`")
         return self._conn
 
+    @property
+    def raw(self) -> sqlite3.Connection:
+        if self._raw is None:
+            raise StoreError("store is not open: use `async with Store(path)`")
+        return self._raw
+
     async def open(self) -> None:
         self._conn = await open_async(
             self.path,
@@ -304,6 +312,22 @@ class _Sqlite:
             synchronous=self.synchronous,
             factory=_connection_factory(self._limit_override),
         )
+        async with self._conn.cursor() as cur:
+            self._raw = cur.connection
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in aiosqlite's thread, the one that owns the connection.
+
+        aiosqlite has no public way to run a function there: ``Connection._execute`` is what
+        each of its own methods does (queue the call to its thread, await the result). Each
+        such call is a round trip that waits for the event loop to come back, so a
+        transaction of many statements held the store for as long as the loop was busy;
+        running its statements one after the other in that thread makes them one round
+        trip (the maintainer agrees: https://github.com/omnilib/aiosqlite/issues/19). This
+        is the one place that uses it; tests/collector/store/test_transact.py fails clearly
+        if an aiosqlite release drops it.
+        """
+        return cast("T", await self.conn._execute(fn, *args))  # type: ignore[no-untyped-call]
 
     def remember_file(self) -> None:
         st = os.stat(self.path)
@@ -313,7 +337,7 @@ class _Sqlite:
         raise StoreError(f"the database {str(self.path)!r} cannot be reopened", fatal=True)
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._raw = self._conn, None, None
         if conn is not None:
             await conn.close()
 
@@ -344,21 +368,32 @@ class _Sqlite:
             applied.append(name)
         return applied
 
-    async def execute(self, sql: str, params: Sequence[Any]) -> int:
-        cur = await self.conn.execute(sql, params)
+    # -- statements: synchronous, in aiosqlite's thread (:meth:`call`) -------------------
+
+    def begin(self) -> None:
+        """A write transaction, the file's write lock taken now (waiting for the busy
+        timeout): a read first and a write after in a deferred transaction could not wait
+        for another writer, whose commit in between ends it with SQLITE_BUSY_SNAPSHOT."""
+        if not self.raw.in_transaction:
+            self.raw.execute("BEGIN IMMEDIATE")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = self.raw.execute(sql, params)
         changed = cur.rowcount
-        await cur.close()
+        cur.close()
         return max(changed, 0)
 
-    async def returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        async with self.conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+    def returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.raw.execute(sql, params).fetchall()
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.raw.executemany(sql, rows)
 
-    async def insert_many(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
+    def insert_many(
+        self,
+        statement: tuple[str, int, str],
+        rows: Sequence[tuple[Any, ...]],
+        max_rows: int = MAX_ROWS_PER_STATEMENT,
     ) -> int:
         head, ncols, tail = statement
         per_statement = max(1, min(max_rows, self.max_variables // ncols))
@@ -366,24 +401,38 @@ class _Sqlite:
         for i in range(0, len(rows), per_statement):
             chunk = rows[i : i + per_statement]
             sql = _multi_row_sql(head, ncols, len(chunk), tail)
-            cur = await self.conn.execute(sql, [v for row in chunk for v in row])
-            changed += cur.rowcount
-            await cur.close()
+            changed += self.execute(sql, [v for row in chunk for v in row])
         return changed
 
-    async def fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
-        async with self.conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+    def insert_array(self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]) -> None:
+        """As :meth:`insert_many` for rows as a 2-D object array (no tuple per row)."""
+        head, ncols, tail = statement
+        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        for i in range(0, len(rows), per_statement):
+            chunk = rows[i : i + per_statement]
+            self.execute(_multi_row_sql(head, ncols, len(chunk), tail), chunk.ravel().tolist())
 
-    async def commit(self) -> None:
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.raw.execute(sql, params).fetchall()
+
+    def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read whose rows are plain tuples (a third of the cost of ``sqlite3.Row``)."""
+        cur = self.raw.cursor()
+        cur.row_factory = None  # rows are the tuples sqlite3 builds: no copy of each
+        return cast("list[tuple[Any, ...]]", cur.execute(sql, params).fetchall())
+
+    def commit(self) -> None:
         self._check_file()
-        await self.conn.commit()
+        self.raw.commit()
 
-    async def rollback(self) -> None:
-        await self.conn.rollback()
+    def rollback(self) -> None:
+        self.raw.rollback()
 
-    async def check_fence(self, token: int) -> None:
+    def check_fence(self, token: int) -> None:
         """One collector owns a SQLite file (its lock): no term to check."""
+
+    def lock_fold(self) -> None:
+        """One collector per SQLite file: no other fold to wait for."""
 
     def _check_file(self) -> None:
         """Raise a fatal error if the database file was deleted or replaced since it opened.
@@ -398,37 +447,27 @@ class _Sqlite:
         if (st.st_dev, st.st_ino) != self._identity:
             raise _FileGoneError("the database file was replaced by another file")
 
-    async def prepare_samples(self, days: set[int]) -> None:
-        del days  # one table: nothing to prepare
+    def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        return self.insert_many(_INSERT_SAMPLES, rows)
 
-    async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        return await self.insert_many(_INSERT_SAMPLES, rows, _MAX_ROWS_PER_STATEMENT)
-
-    async def lock_fold(self) -> None:
-        """One collector per SQLite file: no other fold to wait for."""
-
-    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A read whose rows are plain tuples (a third of the cost of ``sqlite3.Row``)."""
-        async with self.conn.execute(sql, params) as cur:
-            cur.row_factory = None  # rows are the tuples sqlite3 builds: no copy of each
-            return cast("list[tuple[Any, ...]]", await cur.fetchall())
-
-    async def insert_samples_new(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> list[tuple[str, int]] | None:
+    def insert_samples_new(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]] | None:
         """Insert ``rows``; the ``(node, ts_ms)`` of those that were new (``None``: this
         SQLite has no ``RETURNING``, nothing was inserted)."""
         if not _RETURNING:
             return None
         head, ncols, tail = _INSERT_SAMPLES
-        per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         out: list[tuple[str, int]] = []
         for i in range(0, len(rows), per_statement):
             chunk = rows[i : i + per_statement]
             sql = _multi_row_sql(head, ncols, len(chunk), tail + " RETURNING node, ts_ms")
-            async with self.conn.execute(sql, [v for row in chunk for v in row]) as cur:
-                out.extend((r[0], r[1]) for r in await cur.fetchall())
+            out.extend((r[0], r[1]) for r in self.returning(sql, [v for row in chunk for v in row]))
         return out
+
+    # -- the rest: async, as PostgreSQL's -------------------------------------------------
+
+    async def prepare_samples(self, days: set[int]) -> None:
+        del days  # one table: nothing to prepare
 
     async def drop_days_before(self, cutoff_ms: int) -> int:
         del cutoff_ms  # no partitions: retention deletes rows
@@ -510,7 +549,7 @@ class Store:
     @property
     def max_variables(self) -> int:
         """SQLite: the most bound variables a statement of this connection may have."""
-        return self._db.max_variables if isinstance(self._db, _Sqlite) else 65_535
+        return self._db.max_variables
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -643,8 +682,7 @@ class Store:
                 await self._db.prepare_samples({int(r[1]) // _DAY_MS for r in rows})
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
-            async with self.transaction(what):
-                return await self._db.insert_samples(rows)
+            return await self.transact(what, lambda _: self._db.insert_samples(rows))
         statement = (f"INSERT INTO {table} ({', '.join(columns)})", len(columns), "")
         async with self.transaction(what):
             return await self.insert_many(statement, rows)
@@ -688,68 +726,71 @@ class Store:
                 await self._db.prepare_samples({r.ts_ms // _DAY_MS for r in rows})
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
-        async with self.transaction(what):
-            payloads = raw = [r.payload for r in rows]
-            if self._compress and rows:
-                # Off the event loop, in one GIL-free call for the whole batch.
-                payloads = await asyncio.to_thread(self.codec.compress_batch, raw)
-                self.trainer.offer(raw)
-            samples = [
-                (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
-                for r, b in zip(rows, payloads, strict=True)
-            ]
-            rollups = self._stage
+        payloads = raw = [r.payload for r in rows]
+        if self._compress and rows:
+            # Off the event loop, in one GIL-free call for the whole batch.
+            payloads = await asyncio.to_thread(self.codec.compress_batch, raw)
+            self.trainer.offer(raw)
+        samples = [
+            (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
+            for r, b in zip(rows, payloads, strict=True)
+        ]
+        rollups = self._stage
+
+        def write(tx: Tx) -> tuple[int, list[tuple[int, Staged]]]:
             staged: list[tuple[int, Staged]] = []
             if rollups is None or not rollups.config.enabled or not rows:
-                inserted = await self._db.insert_samples(samples)
+                inserted = self._db.insert_samples(samples)
             else:
-                new = await self._insert_samples_new(rows, samples)
+                new = self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
                     staged = rollups.split(stage(new, rollups.config.busy_util_pct))
-                    await self.insert_many(STAGE_SQL, rollups.rows(staged))
-            await self.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
-            await self.insert_many(_UPSERT_STATUS, statuses)
-            await self.insert_many(_UPSERT_INVENTORY, inventories)
-            await self.insert_many(_INSERT_QUARANTINE, list(quarantine))
-            await self.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+                    tx.insert_many(STAGE_SQL, rollups.rows(staged))
+            tx.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
+            tx.insert_many(_UPSERT_STATUS, statuses)
+            tx.insert_many(_UPSERT_INVENTORY, inventories)
+            tx.insert_many(_INSERT_QUARANTINE, list(quarantine))
+            tx.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             totals = batch_totals(len(rows), inserted, quarantine)
-            await self.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
+            tx.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
+            return inserted, staged
+
+        inserted, staged = await self.transact(what, write)
         if staged and rollups is not None:  # committed: the fold may count them
             rollups.committed(staged)
         return max(inserted, 0)
 
-    async def _insert_samples_new(
+    def _insert_samples_new(
         self, rows: Sequence[SampleRow], samples: list[tuple[Any, ...]]
     ) -> list[SampleRow]:
         """Insert ``samples`` (``rows`` stored); return the rows that were new, not duplicates
-        of a stored ``(node, ts_ms)``."""
+        of a stored ``(node, ts_ms)``. In the store's thread (:meth:`transact`)."""
         # Usually none is a duplicate: insert plainly (RETURNING costs ~4 us a sample) and
         # count. Only when some were, undo that and ask which (duplicates come with
         # redeliveries after a reconnect: rare).
         # (PostgreSQL: the COPY's INSERT ... SELECT returns the new keys at no such cost.)
-        if isinstance(self._db, _Sqlite):
-            if not self._db.conn.in_transaction:
-                await self.execute("BEGIN")  # the savepoint's RELEASE must not commit
-            await self.execute("SAVEPOINT new_samples")
-            if await self.insert_many(_INSERT_SAMPLES, samples) == len(rows):
-                await self.execute("RELEASE SAVEPOINT new_samples")
+        db = self._db
+        if isinstance(db, _Sqlite):
+            db.execute("SAVEPOINT new_samples")
+            if db.insert_many(_INSERT_SAMPLES, samples) == len(rows):
+                db.execute("RELEASE SAVEPOINT new_samples")
                 return list(rows)
-            await self.execute("ROLLBACK TO SAVEPOINT new_samples")
-            await self.execute("RELEASE SAVEPOINT new_samples")
+            db.execute("ROLLBACK TO SAVEPOINT new_samples")
+            db.execute("RELEASE SAVEPOINT new_samples")
         by_key = {(r.node, r.ts_ms): r for r in rows}
-        keys = await self._db.insert_samples_new(samples)
+        keys = db.insert_samples_new(samples)
         if keys is None:  # an older SQLite (no RETURNING): ask which keys exist, then insert
             present: set[tuple[str, int]] = set()
             for i in range(0, len(rows), 400):
                 chunk = rows[i : i + 400]
-                found = await self.fetchall(
+                found = db.fetchall(
                     "SELECT node, ts_ms FROM samples WHERE "
                     + " OR ".join(["(node = ? AND ts_ms = ?)"] * len(chunk)),
                     [v for r in chunk for v in (r.node, r.ts_ms)],
                 )
                 present.update((f[0], f[1]) for f in found)
-            await self._db.insert_samples(samples)
+            db.insert_samples(samples)
             keys = [k for k in by_key if k not in present]
         return [by_key[(k[0], k[1])] for k in keys]
 
@@ -788,16 +829,7 @@ class Store:
 
     async def lock_fold(self) -> None:
         """First in a rollup fold's transaction: wait for any other collector's fold."""
-        await self._db.lock_fold()
-
-    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """A read inside :meth:`transaction` whose rows are plain tuples."""
-        return await self._db.fetch_tuples(sql, params)
-
-    @property
-    def nan_is_null(self) -> bool:
-        """Whether a NaN parameter is stored as NULL (SQLite's binding does that)."""
-        return isinstance(self._db, _Sqlite)
+        await self._db.call(self._db.lock_fold)
 
     @contextlib.asynccontextmanager
     async def transaction(self, what: str) -> AsyncIterator[None]:
@@ -805,18 +837,53 @@ class Store:
         SQLite once the file is known to still be ours); on any failure roll back and raise
         :class:`StoreError` saying whether the store is usable. The table modules beside this
         one (alerts, capacity snapshots) write inside it with :meth:`execute`,
-        :meth:`executemany` and :meth:`insert_many`."""
+        :meth:`executemany` and :meth:`insert_many`, a round trip to the store's thread
+        each; :meth:`transact` writes a whole transaction in one."""
+        db = self._db
         try:
             if (token := _FENCE.get()) is not None:
-                await self._db.check_fence(token)
+                await db.call(db.check_fence, token)
             yield
-            await self._db.commit()
+            await db.call(db.commit)
         except NotLeaderError:
             with contextlib.suppress(Exception):  # a broken connection ends it as well
-                await self._db.rollback()
+                await db.call(db.rollback)
             raise
         except Exception as exc:
             raise await self._failed(what, exc) from exc
+
+    async def transact(self, what: str, work: Callable[[Tx], T]) -> T:
+        """``work(tx)`` as one write transaction, all of it in the store's thread: begin,
+        the fence (:meth:`fenced`), ``work``'s statements on ``tx``, commit (on SQLite once
+        the file is known to still be ours); one round trip to that thread instead of one
+        per statement (see :mod:`collector.store.writes`). ``work`` runs outside the event
+        loop: it touches no asyncio object. Failures are those of :meth:`transaction`:
+        rolled back, then :class:`StoreError` (or :class:`~shared.errors.NotLeaderError`)."""
+        db, token = self._db, _FENCE.get()
+        rollback_failed = False
+
+        def whole() -> T:
+            nonlocal rollback_failed
+            try:
+                db.begin()
+                if token is not None:
+                    db.check_fence(token)
+                done = work(db)
+                db.commit()
+            except BaseException:
+                try:
+                    db.rollback()
+                except Exception:  # a broken connection: said by the error's kind
+                    rollback_failed = True
+                raise
+            return done
+
+        try:
+            return await db.call(whole)
+        except NotLeaderError:
+            raise
+        except Exception as exc:
+            raise self._error(what, exc, rollback_failed=rollback_failed) from exc
 
     @staticmethod
     @contextlib.contextmanager
@@ -835,15 +902,21 @@ class Store:
 
     async def _failed(self, what: str, exc: Exception) -> StoreError:
         """Roll back after ``exc`` and say whether the store is still usable."""
+        try:
+            await self._db.call(self._db.rollback)
+        except Exception:
+            return self._error(what, exc, rollback_failed=True)
+        return self._error(what, exc, rollback_failed=False)
+
+    def _error(self, what: str, exc: Exception, *, rollback_failed: bool) -> StoreError:
+        """The :class:`StoreError` of a write that failed with ``exc`` and was rolled back
+        (or could not be: then the store is not usable either)."""
         if isinstance(exc, StoreError):
             kind: Kind = "unavailable" if exc.unavailable else "refused"
         else:
             kind = self._db.kind(exc)
-        try:
-            await self._db.rollback()
-        except Exception:
-            if kind == "refused":
-                kind = "fatal"
+        if rollback_failed and kind == "refused":
+            kind = "fatal"
         detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, sqlite3.Error) else str(exc)
         if self.dialect == "postgresql":
             detail = detail.strip().splitlines()[0] if detail.strip() else detail
@@ -856,15 +929,15 @@ class Store:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement inside :meth:`transaction`; return how many rows it changed."""
-        return await self._db.execute(sql, params)
+        return await self._db.call(self._db.execute, sql, params)
 
     async def execute_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run one ``... RETURNING`` statement inside :meth:`transaction`; return its rows."""
-        return await self._db.returning(sql, params)
+        return await self._db.call(self._db.returning, sql, params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement over ``rows`` inside :meth:`transaction`."""
-        await self._db.executemany(sql, rows)
+        await self._db.call(self._db.executemany, sql, list(rows))
 
     async def insert_many(
         self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]]
@@ -874,24 +947,7 @@ class Store:
         changed."""
         if not rows:
             return 0
-        return await self._db.insert_many(statement, rows, _MAX_ROWS_PER_STATEMENT)
-
-    async def insert_array(
-        self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]
-    ) -> None:
-        """As :meth:`insert_many` for rows as a 2-D object array (no tuple per row)."""
-        if isinstance(self._db, _Sqlite):
-            head, ncols, tail = statement
-            per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
-            for i in range(0, len(rows), per_statement):
-                chunk = rows[i : i + per_statement]
-                sql = _multi_row_sql(head, ncols, len(chunk), tail)
-                cur = await self._db.conn.execute(sql, chunk.ravel().tolist())
-                await cur.close()
-        elif len(rows):
-            await self._db.insert_many(
-                statement, [tuple(r) for r in rows.tolist()], _MAX_ROWS_PER_STATEMENT
-            )
+        return await self._db.call(self._db.insert_many, statement, rows)
 
     async def write_counters(
         self,
@@ -991,7 +1047,7 @@ class Store:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Run a read query and return all rows (by index or name)."""
         try:
-            return await self._db.fetchall(sql, params)
+            return await self._db.call(self._db.fetchall, sql, params)
         except StoreError:
             raise
         except Exception as exc:

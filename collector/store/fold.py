@@ -54,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from collector.store.partials import Buckets, Staged, buckets, merge
 from collector.store.rollups import (
@@ -74,12 +74,8 @@ from collector.store.rollups import (
     RollupConfig,
     stored_sql,
 )
-from collector.store.writes import Writes
+from collector.store.writes import Tx, Writes
 from shared.logging import get_logger
-
-if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
 
 __all__ = ["Fold", "FoldStore", "Stage"]
 
@@ -92,19 +88,7 @@ _KEYS_PER_READ: Final = 2000
 class FoldStore(Writes, Protocol):
     """What a fold needs of its store (:class:`collector.store.db.Store`)."""
 
-    @property
-    def max_variables(self) -> int: ...
-
-    @property
-    def nan_is_null(self) -> bool: ...
-
     async def lock_fold(self) -> None: ...
-
-    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
-
-    async def insert_array(
-        self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]
-    ) -> None: ...
 
 
 class Stage:
@@ -234,16 +218,20 @@ class Stage:
         and delete their rows, in one transaction; return how many samples that was."""
         if not pieces:
             return 0
-        async with store.transaction("folding rollups"):
-            await store.lock_fold()  # before reading the buckets it will write back
-            owned = {int(r[0]) for r in await store.fetchall(OWNED_SQL, (self.owner, shard))}
+        owner, last = self.owner, pieces[-1][0]
+
+        def fold(tx: Tx) -> list[Staged]:
+            tx.lock_fold()  # before reading the buckets it will write back
+            owned = {int(r[0]) for r in tx.fetchall(OWNED_SQL, (owner, shard))}
             mine = [piece for seq, piece in pieces if seq in owned]
-            if len(mine) < len(pieces):
-                new = await asyncio.to_thread(buckets, mine)
-            if len(new.keys):
-                await _write(store, new)
-            await store.execute(CLEAR_STAGE_SQL, (self.owner, shard, pieces[-1][0]))
-            await store.execute(FOLDED_SQL, (self.owner, now))
+            made = new if len(mine) == len(pieces) else buckets(mine)
+            if len(made.keys):
+                _write(tx, made)
+            tx.execute(CLEAR_STAGE_SQL, (owner, shard, last))
+            tx.execute(FOLDED_SQL, (owner, now))
+            return mine
+
+        mine = await store.transact("folding rollups", fold)
         self._recorded = now
         done = {id(piece) for _, piece in pieces}
         left = [p for p in self._shards.get(shard, ()) if id(p[1]) not in done]
@@ -318,17 +306,15 @@ class Fold:
         return False
 
 
-async def _write(store: FoldStore, new: Buckets) -> None:
+def _write(tx: Tx, new: Buckets) -> None:
     """Merge ``new`` into the stored buckets of its keys and write them back; mark their
-    hours for the usage ledger (in the caller's transaction)."""
+    hours for the usage ledger (in ``tx``, the store's thread: the merge's numpy too)."""
     keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
     stored: list[Any] = []
-    per = max(1, min(_KEYS_PER_READ, store.max_variables // 3))
+    per = max(1, min(_KEYS_PER_READ, tx.max_variables // 3))
     for i in range(0, len(keys), per):
         chunk = keys[i : i + per]
-        stored += await store.fetch_tuples(stored_sql(len(chunk)), [v for k in chunk for v in k])
-    nan_is_null = store.nan_is_null
-    rows = await asyncio.to_thread(lambda: merge(new, stored).rows(nan_is_null=nan_is_null))
-    await store.insert_array(UPSERT_SQL, rows)
+        stored += tx.fetch_tuples(stored_sql(len(chunk)), [v for k in chunk for v in k])
+    tx.insert_array(UPSERT_SQL, merge(new, stored).rows(nan_is_null=tx.nan_is_null))
     hours = sorted({k[2] for k in keys if k[1] == HOUR})
-    await store.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
+    tx.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])

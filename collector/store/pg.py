@@ -36,7 +36,7 @@ import datetime as dt
 import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import psycopg
 from psycopg import sql as pgsql
@@ -48,8 +48,13 @@ from collector.paths import PgTarget
 from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
 from collector.store.errors import BUSY_TIMEOUT_S, open_failed
 from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
+from collector.store.writes import MAX_ROWS_PER_STATEMENT
 from shared.errors import StoreError
 from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "DAY_MS",
@@ -256,11 +261,14 @@ _SAMPLE_TYPES: Final = (
 class PgBackend:
     """The collector's connection to a PostgreSQL store (see the module docstring).
 
-    Every method runs its statements in this backend's own worker thread; the event loop
-    only awaits the result.
+    Every statement runs in this backend's own worker thread (:meth:`call`); the event loop
+    only awaits the result. The statements are synchronous methods (a
+    :class:`~collector.store.writes.Tx`), so a whole transaction can run in one call.
     """
 
     dialect: Dialect = "postgresql"
+    max_variables: int = _MAX_PARAMS
+    nan_is_null: bool = False
 
     def __init__(self, target: PgTarget, *, write: bool, sample_columns: str) -> None:
         self.target = target
@@ -273,7 +281,10 @@ class PgBackend:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in this backend's thread, where every statement runs (the store's
+        async methods are this around the sync ones below; a whole transaction can be one
+        call: :meth:`~collector.store.db.Store.transact`)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, functools.partial(fn, *args))
 
@@ -286,7 +297,7 @@ class PgBackend:
 
     async def open(self) -> None:
         """Connect (:class:`StoreError` with the server's reason when it cannot)."""
-        await self._call(self._open)
+        await self.call(self._open)
 
     def _open(self) -> None:
         # Writer: transactions begin implicitly and end with commit/rollback, as on SQLite.
@@ -295,7 +306,7 @@ class PgBackend:
 
     async def reconnect(self) -> None:
         """Drop the connection and open a new one."""
-        await self._call(self._reconnect)
+        await self.call(self._reconnect)
 
     def _reconnect(self) -> None:
         self._close_conn()
@@ -313,7 +324,7 @@ class PgBackend:
     async def close(self) -> None:
         """Close the connection and the worker thread."""
         with contextlib.suppress(RuntimeError):  # the loop is closing: close here
-            await self._call(self._close_conn)
+            await self.call(self._close_conn)
         self._close_conn()
         self._thread.shutdown(wait=True)
 
@@ -333,45 +344,36 @@ class PgBackend:
             return " (the server is a read-only standby: point store.url at the primary)"
         return ""
 
-    # -- statements ---------------------------------------------------------------------
+    # -- statements: synchronous, in this backend's thread (:meth:`call`) ----------------
 
-    async def execute(self, sql: str, params: Sequence[Any]) -> int:
+    def begin(self) -> None:
+        """A write transaction: psycopg opens it at its first statement."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement inside the open transaction; rows changed."""
-        return await self._call(self._execute, sql, params)
-
-    def _execute(self, sql: str, params: Sequence[Any]) -> int:
         cur = self.conn.execute(pg_sql(sql), tuple(params))
         return max(cur.rowcount, 0)
 
-    async def returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
+    def returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """One ``... RETURNING`` statement; its rows."""
-        return await self._call(self._returning, sql, params)
-
-    def _returning(self, sql: str, params: Sequence[Any]) -> list[Row]:
         return self.conn.execute(pg_sql(sql), tuple(params)).fetchall()
 
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """One statement over ``rows`` (pipelined by psycopg)."""
-        await self._call(self._executemany, sql, [tuple(r) for r in rows])
-
-    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if rows:
+        batch = [tuple(r) for r in rows]
+        if batch:
             with self.conn.cursor() as cur:
-                cur.executemany(pg_sql(sql), rows)
+                cur.executemany(pg_sql(sql), batch)
 
-    async def insert_many(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
+    def insert_many(
+        self,
+        statement: tuple[str, int, str],
+        rows: Sequence[tuple[Any, ...]],
+        max_rows: int = MAX_ROWS_PER_STATEMENT,
     ) -> int:
         """``statement`` (head, columns, tail) over ``rows``, many rows per statement."""
-        if not rows:
-            return 0
-        return await self._call(self._insert_many, statement, rows, max_rows)
-
-    def _insert_many(
-        self, statement: tuple[str, int, str], rows: Sequence[tuple[Any, ...]], max_rows: int
-    ) -> int:
         head, ncols, tail = statement
-        per = max(1, min(max_rows, _MAX_PARAMS // ncols))
+        per = max(1, min(max_rows, self.max_variables // ncols))
         changed = 0
         for i in range(0, len(rows), per):
             chunk = rows[i : i + per]
@@ -380,25 +382,24 @@ class PgBackend:
             changed += max(cur.rowcount, 0)
         return changed
 
-    async def lock_fold(self) -> None:
+    def insert_array(self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]) -> None:
+        """As :meth:`insert_many` for rows as a 2-D object array."""
+        if len(rows):
+            self.insert_many(statement, [tuple(r) for r in rows.tolist()])
+
+    def lock_fold(self) -> None:
         """First in a rollup fold's transaction: wait for any other collector's fold."""
-        await self._call(self._execute, "SELECT pg_advisory_xact_lock(?)", (_FOLD_LOCK,))
+        self.execute("SELECT pg_advisory_xact_lock(?)", (_FOLD_LOCK,))
 
-    async def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    def fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read whose rows are plain tuples, inside the writer's transaction."""
-        return await self._call(self._fetch_tuples, sql, params)
-
-    def _fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self.conn.cursor(row_factory=tuple_row) as cur:
             cur.execute(pg_sql(sql), tuple(params))
             return cur.fetchall()
 
-    async def fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """A read; outside a transaction it ends at once (no snapshot left open). A reader
         whose connection broke reconnects once and asks again."""
-        return await self._call(self._fetchall, sql, params)
-
-    def _fetchall(self, sql: str, params: Sequence[Any]) -> list[Row]:
         if self._conn is None and not self.write:
             self._reader_reconnect()  # the last try found the server away
         try:
@@ -425,21 +426,18 @@ class PgBackend:
             conn.commit()
         return rows
 
-    async def commit(self) -> None:
+    def commit(self) -> None:
         """Commit the open transaction (once it returns, the rows are durable)."""
-        await self._call(self.conn.commit)
+        self.conn.commit()
 
-    async def rollback(self) -> None:
+    def rollback(self) -> None:
         """Roll back the open transaction."""
-        await self._call(self.conn.rollback)
+        self.conn.rollback()
 
-    async def check_fence(self, token: int) -> None:
+    def check_fence(self, token: int) -> None:
         """First in a leader's transaction: :class:`~shared.errors.NotLeaderError` unless
         ``token`` still holds the lease (the row then stays share-locked against a takeover
         until this transaction ends; see :mod:`collector.store.leader`)."""
-        await self._call(self._check_fence, token)
-
-    def _check_fence(self, token: int) -> None:
         if self.conn.execute(CHECK_TOKEN_SQL, {"name": ROLE, "token": token}).fetchone() is None:
             raise not_leader(token)
 
@@ -448,7 +446,7 @@ class PgBackend:
     async def migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
         """Apply the migrations not yet applied, under a lock (collectors starting together
         migrate once); return the names applied now."""
-        return await self._call(self._migrate, migrations)
+        return await self.call(self._migrate, migrations)
 
     def _migrate(self, migrations: Sequence[tuple[str, str]]) -> list[str]:
         conn = self.conn
@@ -496,7 +494,7 @@ class PgBackend:
         """Before a batch's transaction: a partition for each of ``days`` (in a short
         transaction of its own, so the batch never holds the partition lock)."""
         if days - self._days:
-            await self._call(self._ensure_days, sorted(days))
+            await self.call(self._ensure_days, sorted(days))
 
     def _ensure_days(self, days: Iterable[int]) -> None:
         conn = self.conn
@@ -535,50 +533,42 @@ class PgBackend:
         ).fetchall()
         return {d for (name,) in rows if (d := _day_of(name)) is not None}
 
-    async def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    def insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
         """Inside the batch's transaction: COPY ``rows`` in, keep the new ones; how many."""
         if not rows:
             return 0
-        return await self._call(self._insert_samples, rows)
-
-    def _insert_samples(self, rows: Sequence[tuple[Any, ...]]) -> int:
         conn = self.conn
         with conn.cursor() as cur:
-            with cur.copy(f"COPY samples_in ({self._columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(list(_SAMPLE_TYPES))
-                for row in rows:
-                    copy.write_row(row)
+            self._copy_in(cur, rows)
             cur.execute(
                 f"INSERT INTO samples ({self._columns}) SELECT {self._columns} FROM samples_in "
                 "ON CONFLICT DO NOTHING"
             )
             return max(cur.rowcount, 0)  # samples_in empties at the commit
 
-    async def insert_samples_new(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> list[tuple[str, int]] | None:
+    def insert_samples_new(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
         """As :meth:`insert_samples`; the ``(node, ts_ms)`` of the rows that were new."""
         if not rows:
             return []
-        return await self._call(self._insert_samples_new, rows)
-
-    def _insert_samples_new(self, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
         conn = self.conn
         with conn.cursor() as cur:
-            with cur.copy(f"COPY samples_in ({self._columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(list(_SAMPLE_TYPES))
-                for row in rows:
-                    copy.write_row(row)
+            self._copy_in(cur, rows)
             cur.execute(
                 f"INSERT INTO samples ({self._columns}) SELECT {self._columns} FROM samples_in "
                 "ON CONFLICT DO NOTHING RETURNING node, ts_ms"
             )
             return [(r[0], r[1]) for r in cur.fetchall()]  # samples_in empties at the commit
 
+    def _copy_in(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        with cur.copy(f"COPY samples_in ({self._columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(_SAMPLE_TYPES))
+            for row in rows:
+                copy.write_row(row)
+
     async def drop_days_before(self, cutoff_ms: int) -> int:
         """Drop the partitions wholly before ``cutoff_ms`` (each in its own short
         transaction); return their estimated rows (the planner's count, not a scan)."""
-        return await self._call(self._drop_days_before, cutoff_ms)
+        return await self.call(self._drop_days_before, cutoff_ms)
 
     def _drop_days_before(self, cutoff_ms: int) -> int:
         conn = self.conn
@@ -608,7 +598,7 @@ class PgBackend:
 
     async def continue_identities(self, tables: Sequence[str]) -> None:
         """Each table's identity sequence continues after its largest ``id``."""
-        await self._call(self._continue_identities, tables)
+        await self.call(self._continue_identities, tables)
 
     def _continue_identities(self, tables: Sequence[str]) -> None:
         conn = self.conn
@@ -623,7 +613,7 @@ class PgBackend:
 
     async def size_bytes(self) -> int:
         """The database's size on disk (``pg_database_size``)."""
-        rows = await self.fetchall("SELECT pg_database_size(current_database())", ())
+        rows = await self.call(self.fetchall, "SELECT pg_database_size(current_database())")
         return int(rows[0][0])
 
 
