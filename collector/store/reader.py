@@ -151,5 +151,14 @@ class StoreReader:
         row = rows[0]
         names = row.keys()  # a sqlite3.Row's `in` looks at its values, not its names
         layout = row["layout"] if "layout" in names else None  # before 0023: JSON payloads
-        decoder = self._decoders[dict_id] = PayloadDecoder(bytes(row["dict"]), layout)
+        decoder = self._decoders[dict_id] = PayloadDecoder(
+            bytes(row["dict"]), layout, templates=self._template
+        )
         return decoder
+
+    def _template(self, template_id: int) -> bytes:
+        """A payload template's body (a decoder keeps each it reads)."""
+        rows = self.fetchall("SELECT body FROM payload_templates WHERE id = ?", (template_id,))
+        if not rows:
+            raise ValueError(f"payload template {template_id} is missing from {str(self.path)!r}")
+        return bytes(rows[0][0])
