@@ -253,11 +253,13 @@ def measure(samples: list[Sample]) -> dict[str, dict[str, float]]:
     return out
 
 
-def store_bytes(samples: list[Sample], work: Path) -> dict[str, dict[str, float]]:
+def store_bytes(
+    samples: list[Sample], work: Path, page_size: int | None = None
+) -> dict[str, dict[str, float]]:
     """Bytes per stored sample on each backend (see the module docstring)."""
     nodes = len({s.node for s in samples})
     warm = -(-2000 // nodes) + 1  # ticks before the trained dictionary is in use
-    out = {"sqlite": asyncio.run(_store(work / "codec.db", samples, nodes, warm))}
+    out = {"sqlite": asyncio.run(_store(work / "codec.db", samples, nodes, warm, page_size))}
     try:
         from collector.localpg import LocalPostgres  # noqa: PLC0415
 
@@ -269,7 +271,7 @@ def store_bytes(samples: list[Sample], work: Path) -> dict[str, dict[str, float]
 
 
 async def _store(
-    target: StoreTarget, samples: list[Sample], nodes: int, warm: int
+    target: StoreTarget, samples: list[Sample], nodes: int, warm: int, page_size: int | None = None
 ) -> dict[str, float]:
     ordered = sorted(samples, key=lambda s: (s.seq, s.node))
     rows = [sample_row(s, pack_sample(s), s.ts + 0.2) for s in ordered]
@@ -281,7 +283,7 @@ async def _store(
     kept = sum(1 for s in samples if s.seq >= warm)
     if not kept:
         raise SystemExit(f"--store: more than {warm} ticks needed (--ticks, or more --nodes)")
-    sizes = _sqlite_sizes(target) if isinstance(target, Path) else _pg_sizes(target)
+    sizes = _sqlite_sizes(target, page_size) if isinstance(target, Path) else _pg_sizes(target)
     out = {k: round(v / kept, 1) for k, v in sizes.items() if k.startswith("samples")}
     out["samples_bytes_per_sample"] = round(
         sum(v for k, v in sizes.items() if k.startswith("samples")) / kept, 1
@@ -302,9 +304,12 @@ async def _store(
     return out
 
 
-def _sqlite_sizes(db: Path) -> dict[str, float]:
+def _sqlite_sizes(db: Path, page_size: int | None) -> dict[str, float]:
     conn = sqlite3.connect(db)
     try:
+        if page_size is not None:  # VACUUM rewrites the file in pages of this size
+            conn.execute("PRAGMA journal_mode = DELETE")  # (WAL keeps the page size)
+            conn.execute(f"PRAGMA page_size = {int(page_size)}")
         conn.execute("VACUUM")
         names = dict(
             conn.execute(
@@ -360,6 +365,11 @@ def main() -> None:
     p.add_argument("--corpus", action="append", choices=sorted(_CORPORA), help="(repeatable)")
     p.add_argument("--store", action="store_true", help="also bytes per sample as stored")
     p.add_argument("--no-ways", action="store_true", help="only the --store figures")
+    p.add_argument(
+        "--sqlite-page-size",
+        type=int,
+        help="--store: SQLite's file rewritten in pages of this size (default: the store's)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.nodes * args.ticks < 2500:
@@ -371,7 +381,9 @@ def main() -> None:
             results[corpus] = measure(list(samples))
         if args.store:
             with tempfile.TemporaryDirectory() as work:
-                results[f"{corpus} stored"] = store_bytes(samples, Path(work))
+                results[f"{corpus} stored"] = store_bytes(
+                    samples, Path(work), args.sqlite_page_size
+                )
     if args.json:
         print(json.dumps(results, indent=2))
         return
