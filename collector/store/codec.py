@@ -23,9 +23,27 @@ values: an 8-GPU sample of ``bench/bench_pipeline.py`` compresses to ~200 B inst
 ~410 B (JSON against the first dictionary), in less than half the time. Frames carry no
 dictionary id (the row names its codec) and record their size.
 
+**Per-node templates** (layout version 2, :data:`TEMPLATE`). What does not change from one
+sample of a node to the next, its name, interval, CPU count, memory and filesystem totals,
+filesystem and NIC names, each GPU's index, UUID and memory sizes, is packed apart from the
+rest: the template. A store keeps each template once (``payload_templates``, content
+addressed, written in the transaction of the first batch that needs it) and a compressed
+payload is the template's id (a varint) and a zstd frame of the rest. On samples at the
+agent's precision the GPUs' random UUIDs alone were ~200 of ~1,190 compressed bytes: a
+dictionary cannot learn 8 random UUIDs per node of a large fleet. With templates
+(``bench/bench_codec.py``, trained dictionary): the agent's samples 1,187 -> 935 B, the
+simulator's 198 -> 150 B; a template is ~0.6-0.8 KB once per node (~1 KB with its key
+and index). Packing costs ~3 us more per sample (the GPU rows split in two). Frames are zstd's
+magicless format (``ZSTD_f_zstd1_magicless``: the 4-byte magic number left out, the row
+names its codec). Uncompressed (an empty dictionary), a payload keeps its template inline:
+the template's array, a newline, then the rest's.
+
 Each codec (dictionary + layout) is a row of ``payload_dicts``; each sample row names its
 codec in ``payload_dict``. ``NULL`` there: the payload is the sample's JSON, uncompressed.
 An empty dictionary: the payloads are stored uncompressed (``compress_payloads = false``).
+The layout tells the formats apart: ``NULL`` (JSON payloads), a JSON array (packed, zstd
+frames with their magic, no template: version 1), a JSON object (``{"version": 2, ...}``:
+packed with a template, magicless frames).
 """
 
 from __future__ import annotations
@@ -33,14 +51,15 @@ from __future__ import annotations
 import hashlib
 import json
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Annotated, Any, Final, get_args, get_origin
 
 import msgspec
 import zstandard
 from msgspec.structs import astuple
 
-from collector.store.unpack import ROWS, STRUCT, Layout
+from collector.store.unpack import Layout
 from shared.schema import (
     CpuStats,
     DiskIoStats,
@@ -54,7 +73,16 @@ from shared.schema import (
     encode,
 )
 
-__all__ = ["LAYOUT", "DictionaryTrainer", "PayloadCodec", "dictionary_bytes", "pack_sample"]
+__all__ = [
+    "LAYOUT",
+    "TEMPLATE",
+    "DictionaryTrainer",
+    "PayloadCodec",
+    "dictionary_bytes",
+    "pack_sample",
+    "split_payload",
+    "varint",
+]
 
 _LEVEL: Final = 1  # level 3 compresses 2% better for 30% more CPU
 
@@ -91,35 +119,113 @@ def _layout(struct: type[msgspec.Struct]) -> Layout:
 LAYOUT: Final = _layout(Sample)
 """The layout :func:`pack_sample` writes today."""
 
-_Plan = tuple[tuple[int, int, Any], ...]
-"""The fields :func:`_pack` changes: (position, kind, the nested struct's plan)."""
+TEMPLATE: Final = (
+    "node",
+    "interval_s",
+    "cpu.count",
+    "mem.total_bytes",
+    "mem.swap_total_bytes",
+    "disks.mount",
+    "disks.device",
+    "disks.fstype",
+    "disks.total_bytes",
+    "net.nics.name",
+    "gpus.index",
+    "gpus.uuid",
+    "gpus.mem_total_bytes",
+    "gpus.mem_reserved_bytes",
+)
+"""The fields of a node's template (dotted paths through :data:`LAYOUT`; a row field names
+its array): what a node sends alike in every sample, its identity and its capacities.
+Counters (errors, replays) and clocks change, so they stay in the sample."""
 
 
-def _plan(layout: Layout) -> _Plan:
-    return tuple(
-        (i, STRUCT, _plan(e["fields"])) if "fields" in e else (i, ROWS, None)
-        for i, e in enumerate(layout)
-        if not isinstance(e, str)
-    )
+def _picker(fields: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """Picks ``fields`` of a row's values, as a tuple."""
+    if len(fields) == 1:
+        (j,) = fields
+        return lambda row: (row[j],)
+    return itemgetter(*fields)
 
 
-_PLAN: Final = _plan(LAYOUT)
+def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], Any]:
+    """A function of a sample that returns its two packed arrays, (the fields that vary,
+    those of the template), both in layout order.
+
+    Generated as one Python function (as :mod:`dataclasses` makes ``__init__``): a walk of
+    the layout per sample cost ~4 us more than packing without templates, most of it the
+    walk itself; the generated function reads each field once by name and splits each array
+    of rows with C-level pickers. The names come from the schema's own structs.
+    """
+    lines: list[str] = []
+    env: dict[str, Any] = {"astuple": astuple}
+
+    def walk(layout: Layout, obj: str, prefix: str) -> tuple[str | None, str | None]:
+        var: list[str] = []
+        fixed: list[str] = []
+        for e in layout:
+            if isinstance(e, str):
+                (fixed if prefix + e in template else var).append(f"{obj}.{e}")
+                continue
+            local = f"_v{len(lines)}"
+            if "fields" in e:
+                lines.append(f"{local} = {obj}.{e['name']}")
+                a, b = walk(e["fields"], local, f"{prefix}{e['name']}.")
+            else:
+                lines.append(f"{local} = list(map(astuple, {obj}.{e['name']}))")
+                names = [f"{prefix}{e['name']}.{n}" for n in e["rows"]]
+                keep = [j for j, n in enumerate(names) if n not in template]
+                take = [j for j, n in enumerate(names) if n in template]
+                if not take:  # each row an array of all its fields
+                    a, b = local, None
+                else:
+                    env[f"{local}_var"], env[f"{local}_fixed"] = _picker(keep), _picker(take)
+                    a = f"list(map({local}_var, {local}))" if keep else None
+                    b = f"list(map({local}_fixed, {local}))"
+            if a is not None:
+                var.append(a)
+            if b is not None:
+                fixed.append(b)
+        return (
+            f"({', '.join(var)},)" if var else None,
+            f"({', '.join(fixed)},)" if fixed else None,
+        )
+
+    var, fixed = walk(layout, "s", "")
+    body = "\n    ".join([*lines, f"return {var or '()'}, {fixed or '()'}"])
+    exec(f"def _split(s):\n    {body}\n", env)
+    split: Callable[[Any], Any] = env["_split"]
+    return split
+
+
+_split: Final = _compile_split(LAYOUT, frozenset(TEMPLATE))
 _encoder = msgspec.json.Encoder()
 
 
-def _pack(obj: msgspec.Struct, plan: _Plan) -> list[Any]:
-    values = list(astuple(obj))
-    for i, kind, inner in plan:
-        if kind == STRUCT:
-            values[i] = _pack(values[i], inner)
-        else:
-            values[i] = list(map(astuple, values[i]))
-    return values
-
-
 def pack_sample(sample: Sample) -> bytes:
-    """``sample`` packed by :data:`LAYOUT` (a JSON array); see the module docstring."""
-    return _encoder.encode(_pack(sample, _PLAN))
+    """``sample`` packed by :data:`LAYOUT`: its template's JSON array, a newline, then the
+    array of the rest (see the module docstring). msgspec's JSON holds no newline."""
+    var, fixed = _split(sample)
+    return _encoder.encode(fixed) + b"\n" + _encoder.encode(var)
+
+
+def split_payload(payload: bytes) -> tuple[bytes, bytes]:
+    """A row's payload as (template, the rest); a JSON object (a sample's own JSON) has no
+    template: ``b""``."""
+    if payload[:1] != b"[":
+        return b"", payload
+    fixed, _, var = payload.partition(b"\n")
+    return fixed, var
+
+
+def varint(n: int) -> bytes:
+    """``n`` (>= 0) as an unsigned LEB128 varint (a template id before its frame)."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def dictionary_bytes() -> bytes:
@@ -186,17 +292,25 @@ def dictionary_bytes() -> bytes:
     return encode(sample) + pack_sample(sample)
 
 
+STORED_LAYOUT: Final = {
+    "version": 2,
+    "fields": LAYOUT,
+    "template": list(TEMPLATE),
+    "frame": "zstd-magicless",
+}
+"""What a codec row's ``layout`` says of the payloads :class:`PayloadCodec` stores today."""
+
+
 class PayloadCodec:
     """Compresses payloads with one dictionary (none: stored as they are).
 
-    ``layout`` is the one the payloads were packed by (stored with the dictionary, for
-    readers). Not thread-safe (zstd contexts are not): one thread at a time.
+    Its :attr:`layout` (stored with the dictionary, for readers) is :data:`STORED_LAYOUT`.
+    Not thread-safe (zstd contexts are not): one thread at a time.
     """
 
-    def __init__(self, dictionary: bytes | None = None, layout: Layout | None = None) -> None:
+    def __init__(self, dictionary: bytes | None = None) -> None:
         self.dictionary = dictionary if dictionary is not None else dictionary_bytes()
-        self.layout_fields: Layout = LAYOUT if layout is None else layout
-        self.layout = json.dumps(self.layout_fields, separators=(",", ":"))
+        self.layout = json.dumps(STORED_LAYOUT, separators=(",", ":"))
         """The layout as stored (JSON text)."""
         digest = hashlib.sha256(self.layout.encode())
         digest.update(b"\0")
@@ -206,25 +320,46 @@ class PayloadCodec:
         self._compressor: zstandard.ZstdCompressor | None = None
         if self.dictionary:
             zdict = zstandard.ZstdCompressionDict(self.dictionary)  # raw content or trained
-            zdict.precompute_compress(level=_LEVEL)
-            self._compressor = zstandard.ZstdCompressor(
-                level=_LEVEL, dict_data=zdict, write_dict_id=False
+            params = zstandard.ZstdCompressionParameters.from_level(
+                _LEVEL,
+                format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+                write_dict_id=False,
+                write_content_size=True,
             )
+            zdict.precompute_compress(compression_params=params)
+            self._compressor = zstandard.ZstdCompressor(dict_data=zdict, compression_params=params)
 
-    def compress(self, payload: bytes) -> bytes:
-        """Compressed payload (a zstd frame that records its size)."""
-        return payload if self._compressor is None else self._compressor.compress(payload)
+    def template_key(self, template: bytes) -> str:
+        """Names a template in ``payload_templates``: its body read by this layout."""
+        digest = hashlib.sha256(self.layout.encode())
+        digest.update(b"\0")
+        digest.update(template)
+        return digest.hexdigest()
 
-    def compress_batch(self, payloads: Sequence[bytes]) -> list[bytes]:
-        """Compress many payloads in one C call that holds no GIL (run it in a thread).
+    def compress(self, body: bytes) -> bytes:
+        """Compressed body (a magicless zstd frame that records its size)."""
+        return body if self._compressor is None else self._compressor.compress(body)
+
+    def compress_batch(self, bodies: Sequence[bytes]) -> list[bytes]:
+        """Compress many bodies in one C call that holds no GIL (run it in a thread).
 
         Compressing one at a time from the writer's thread would re-take the GIL per payload,
         and each re-take waits for the busy event loop's switch interval.
         """
-        if not payloads or self._compressor is None:
-            return list(payloads)
-        frames = self._compressor.multi_compress_to_buffer(list(payloads), threads=0)
+        if not bodies or self._compressor is None:
+            return list(bodies)
+        frames = self._compressor.multi_compress_to_buffer(list(bodies), threads=0)
         return [frames[i].tobytes() for i in range(len(frames))]
+
+    def compress_rows(
+        self, payloads: Sequence[bytes]
+    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Rows' payloads (:func:`pack_sample`'s, or samples' JSON) as their templates
+        (``b""``: none), their bodies (the rest) and the bodies' frames (run it in a thread)."""
+        split = list(map(split_payload, payloads))
+        templates = [t for t, _ in split]
+        bodies = [b for _, b in split]
+        return templates, bodies, self.compress_batch(bodies)
 
 
 class DictionaryTrainer:
@@ -288,7 +423,7 @@ class DictionaryTrainer:
             trained = zstandard.train_dictionary(self.dict_size, learn, level=_LEVEL)
         except zstandard.ZstdError:
             return None  # too few or too uniform payloads: try again with the next ones
-        candidate = PayloadCodec(trained.as_bytes(), current.layout_fields)
+        candidate = PayloadCodec(trained.as_bytes())
         before = sum(map(len, current.compress_batch(held_out)))
         after = sum(map(len, candidate.compress_batch(held_out)))
         return candidate if after <= before * (1 - self.min_gain) else None

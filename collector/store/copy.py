@@ -4,12 +4,13 @@ The source is read in one snapshot (one read transaction) in batches of :data:`B
 each batch goes into the target in one transaction through the collector's own
 :class:`~collector.store.db.Store` (samples by the sample path: the day partitions they
 need, then COPY; the other tables by multi-row inserts). Ids are kept, so every reference
-(a sample's payload dictionary, a lease's nodes, the outbox ids a dead letter is redelivered
-by) holds; the target's identity sequences then continue after them. The target is created
-and migrated by the same migrations as ``collector run``; one that holds any row is refused
-unless ``force`` (then it is emptied first).
+(a sample's payload dictionary and template, a lease's nodes, the outbox ids a dead letter
+is redelivered by) holds; the target's identity sequences then continue after them. The
+target is created and migrated by the same migrations as ``collector run``; one that holds
+any row is refused unless ``force`` (then it is emptied first).
 
-Samples go in as stored (compressed payloads and their dictionary ids), not re-encoded.
+Samples go in as stored (compressed payloads, their dictionary ids and the template ids they
+start with), not re-encoded.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = ["BATCH_ROWS", "TABLES", "CopyReport", "copy_store"]
 
 TABLES: Final = (
     "payload_dicts",
+    "payload_templates",
     "samples",
     "nodes",
     "counters",
@@ -70,6 +72,7 @@ the agents were last told."""
 
 _IDENTITY: Final = (
     "payload_dicts",
+    "payload_templates",
     "quarantine",
     "alert_history",
     "outbox",

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from collector.paths import StoreTarget
-from collector.store.codec import DictionaryTrainer, PayloadCodec
+from collector.store.codec import DictionaryTrainer, PayloadCodec, varint
 from collector.store.connect import Synchronous, open_async
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
@@ -114,6 +114,13 @@ _INSERT_SAMPLES: Final = (
 )
 _SUMMARY: Final = 13
 """SampleRow's columns before the payload."""
+_INSERT_TEMPLATE: Final = (
+    "INSERT INTO payload_templates (sha256, body)",
+    2,
+    " ON CONFLICT (sha256) DO NOTHING",
+)
+_TEMPLATES_KEPT: Final = 200_000
+"""Templates :class:`Store` remembers the ids of (a node's is ~0.5 KB with 8 GPUs)."""
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 """``RETURNING`` (SQLite 3.35, 2021): the insert itself says which samples were new."""
 
@@ -523,6 +530,8 @@ class Store:
         self.trainer = DictionaryTrainer() if compress else DictionaryTrainer(0)
         """Trains the dictionary :attr:`codec` changes to, on the payloads stored."""
         self._compress = compress
+        self._templates: dict[bytes, int] = {}
+        """Templates stored (``payload_templates``) by their body: their ids."""
         self._dict_id: int | None = None
         """:attr:`codec`'s row (registered when the store opens; ``compress=False``: before
         the first samples are written, so a store only copied into holds no codec)."""
@@ -627,7 +636,7 @@ class Store:
             (self.codec.layout,),
         )
         if rows and rows[0][1]:
-            self.codec = PayloadCodec(bytes(rows[0][1]), self.codec.layout_fields)
+            self.codec = PayloadCodec(bytes(rows[0][1]))
             return int(rows[0][0])
         return await self._register_codec(self.codec)
 
@@ -646,6 +655,58 @@ class Store:
                     "payload_dictionary_trained", id=self._dict_id, bytes=len(trained.dictionary)
                 )
         return self._dict_id
+
+    async def _compressed(
+        self, rows: Sequence[SampleRow]
+    ) -> tuple[list[bytes], list[bytes]] | None:
+        """Each row's template and frame (:mod:`collector.store.codec`), made off the event
+        loop in one GIL-free call for the whole batch; ``None``: stored as they are
+        (uncompressed, or no rows)."""
+        if not self._compress or not rows:
+            return None
+        templates, bodies, frames = await asyncio.to_thread(
+            self.codec.compress_rows, [r.payload for r in rows]
+        )
+        self.trainer.offer(bodies)
+        return templates, frames
+
+    def _payloads(
+        self,
+        tx: Tx,
+        rows: Sequence[SampleRow],
+        made: tuple[list[bytes], list[bytes]] | None,
+        new_templates: dict[bytes, int],
+    ) -> list[bytes]:
+        """The batch's payloads as stored (in its transaction, :meth:`transact`):
+        uncompressed, the rows' own; compressed, each its template's id and its frame.
+        Templates not stored yet are written here (their ids: ``new_templates``)."""
+        if made is None:
+            return [r.payload for r in rows]
+        templates, frames = made
+        known = self._templates
+        ids = {t: known.get(t) for t in set(templates)}
+        ids[b""] = 0
+        missing = {self.codec.template_key(t): t for t, i in ids.items() if i is None}
+        if missing:
+            tx.insert_many(_INSERT_TEMPLATE, list(missing.items()))
+            keys = list(missing)
+            step = max(1, tx.max_variables - 1)
+            for i in range(0, len(keys), step):
+                chunk = keys[i : i + step]
+                for key, template_id in tx.fetch_tuples(
+                    "SELECT sha256, id FROM payload_templates WHERE sha256 IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                ):
+                    ids[missing[key]] = new_templates[missing[key]] = int(template_id)
+        heads = {t: varint(i) for t, i in ids.items() if i is not None}
+        return [heads[t] + f for t, f in zip(templates, frames, strict=True)]
+
+    def _remember_templates(self, stored: dict[bytes, int]) -> None:
+        """Templates a committed batch stored: later batches name them without a lookup."""
+        if len(self._templates) + len(stored) > _TEMPLATES_KEPT:
+            self._templates.clear()  # nodes come and go: forget them all, look up again
+        self._templates.update(stored)
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
@@ -726,19 +787,17 @@ class Store:
                 await self._db.prepare_samples({r.ts_ms // _DAY_MS for r in rows})
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
-        payloads = raw = [r.payload for r in rows]
-        if self._compress and rows:
-            # Off the event loop, in one GIL-free call for the whole batch.
-            payloads = await asyncio.to_thread(self.codec.compress_batch, raw)
-            self.trainer.offer(raw)
-        samples = [
-            (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
-            for r, b in zip(rows, payloads, strict=True)
-        ]
+        new_templates: dict[bytes, int] = {}
+        made = await self._compressed(rows)
         rollups = self._stage
 
         def write(tx: Tx) -> tuple[int, list[tuple[int, Staged]]]:
             staged: list[tuple[int, Staged]] = []
+            payloads = self._payloads(tx, rows, made, new_templates)
+            samples = [
+                (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
+                for r, b in zip(rows, payloads, strict=True)
+            ]
             if rollups is None or not rollups.config.enabled or not rows:
                 inserted = self._db.insert_samples(samples)
             else:
@@ -757,6 +816,7 @@ class Store:
             return inserted, staged
 
         inserted, staged = await self.transact(what, write)
+        self._remember_templates(new_templates)  # committed: their ids are the store's
         if staged and rollups is not None:  # committed: the fold may count them
             rollups.committed(staged)
         return max(inserted, 0)

@@ -5,9 +5,11 @@ Tables:
 ``samples``
     one row per node sample: summary columns for fast queries plus the validated payload
     (packed and zstd-compressed by the codec of ``payload_dicts`` it names:
-    :mod:`collector.store.codec`) for per-GPU detail. ``(node, ts_ms)`` is
-    unique, which is what makes QoS 1 redelivery harmless (``INSERT OR IGNORE``); retention
-    deletes by ``received_ms`` (arrival), never by the node's own clock.
+    :mod:`collector.store.codec`; its compressed payloads start with the id of a
+    ``payload_templates`` row, the node's constant fields) for per-GPU detail.
+    ``(node, ts_ms)`` is unique, which is what makes QoS 1 redelivery harmless
+    (``INSERT OR IGNORE``); retention deletes by ``received_ms`` (arrival), never by the
+    node's own clock.
 ``nodes``
     one row per node: status from the status topic and the retained inventory.
 ``counters``
@@ -659,6 +661,20 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             joined INTEGER NOT NULL       -- 1: joined the lease at ts, 0: left it
         );
         CREATE INDEX lease_moves_ts ON lease_moves (ts);
+        """,
+    ),
+    (
+        # Per-node templates of the sample payloads (collector/store/codec.py): what a
+        # node sends alike in every sample (its name, GPU UUIDs, NIC and filesystem names,
+        # totals), stored once and named by id at the start of each compressed payload of
+        # a codec whose layout is version 2. sha256: the body read by that layout.
+        "0027_payload_templates",
+        """
+        CREATE TABLE payload_templates (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            body BLOB NOT NULL
+        );
         """,
     ),
 )

@@ -29,6 +29,8 @@ __all__ = ["StoreReader"]
 
 T = TypeVar("T")
 
+_TEMPLATE_WINDOW = 1024
+
 
 class StoreReader:
     """A read-only connection to the store, inside one read transaction.
@@ -45,6 +47,10 @@ class StoreReader:
         self.path = path
         self._conn: SyncConn | None = None
         self._decoders: dict[int, PayloadDecoder] = {}
+        self._templates: dict[int, bytes] = {}
+        self._template_window = 1
+        """Templates read per miss: doubles up to :data:`_TEMPLATE_WINDOW` (one node's
+        history needs one; a fleet's latest samples, one per node, need them all)."""
 
     def __enter__(self) -> Self:
         conn = self._conn = open_sync(self.path, write=False)
@@ -151,5 +157,23 @@ class StoreReader:
         row = rows[0]
         names = row.keys()  # a sqlite3.Row's `in` looks at its values, not its names
         layout = row["layout"] if "layout" in names else None  # before 0023: JSON payloads
-        decoder = self._decoders[dict_id] = PayloadDecoder(bytes(row["dict"]), layout)
+        decoder = self._decoders[dict_id] = PayloadDecoder(
+            bytes(row["dict"]), layout, templates=self._template
+        )
         return decoder
+
+    def _template(self, template_id: int) -> bytes:
+        """A payload template's body; a miss reads the ones after it too (ids follow the
+        order nodes were first stored in), more at each miss."""
+        body = self._templates.get(template_id)
+        if body is None:
+            rows = self.fetchall(
+                "SELECT id, body FROM payload_templates WHERE id >= ? ORDER BY id LIMIT ?",
+                (template_id, self._template_window),
+            )
+            self._template_window = min(2 * self._template_window, _TEMPLATE_WINDOW)
+            self._templates.update((int(r[0]), bytes(r[1])) for r in rows)
+            body = self._templates.get(template_id)
+        if body is None:
+            raise ValueError(f"payload template {template_id} is missing from {str(self.path)!r}")
+        return body

@@ -22,6 +22,8 @@ from collector.store.codec import (
     PayloadCodec,
     dictionary_bytes,
     pack_sample,
+    split_payload,
+    varint,
 )
 from collector.store.db import SampleRow, Store
 from collector.store.reader import StoreReader
@@ -70,29 +72,61 @@ def test_a_packed_sample_decodes_to_the_same_sample(make: Any, fast_json: bool) 
     """decode(encode(s)) == s for every field, through zstd and either JSON reader."""
     sample = make()
     codec = PayloadCodec()
-    decoder = PayloadDecoder(codec.dictionary, codec.layout, fast_json=fast_json)
-    blob = codec.compress(pack_sample(sample))
+    (template,), _, (frame,) = codec.compress_rows([pack_sample(sample)])
+    decoder = PayloadDecoder(
+        codec.dictionary, codec.layout, fast_json=fast_json, templates={300: template}.__getitem__
+    )
+    blob = varint(300) + frame  # a two-byte id
     assert decode_sample(decoder.json(blob)) == sample
     assert msgspec.convert(decoder.object(blob), Sample) == sample
+    inline = PayloadDecoder(b"", codec.layout, fast_json=fast_json)  # uncompressed
+    assert decode_sample(inline.json(pack_sample(sample))) == sample
+    assert msgspec.convert(inline.object(pack_sample(sample)), Sample) == sample
 
 
-def test_packing_drops_the_keys_and_keeps_the_values() -> None:
-    """A packed sample is a JSON array of the fields in schema order, each GPU an array."""
+def _v1_packed(sample: Sample) -> bytes:
+    """``sample`` as version 1 packed it: one array by :data:`LAYOUT`, no template."""
+
+    def pack(obj: dict[str, Any], layout: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for e in layout:
+            if isinstance(e, str):
+                out.append(obj[e])
+            elif "fields" in e:
+                out.append(pack(obj[e["name"]], e["fields"]))
+            else:
+                out.append([[row[n] for n in e["rows"]] for row in obj[e["name"]]])
+        return out
+
+    return msgspec.json.encode(pack(json.loads(encode(sample)), LAYOUT))
+
+
+def test_packing_drops_the_keys_and_keeps_a_nodes_constants_apart() -> None:
+    """A packed sample is its template (name, interval, totals, NIC and filesystem names,
+    each GPU's index, UUID and memory sizes) and the rest, each a JSON array of the fields
+    in schema order, each GPU an array."""
     sample = _full()
-    packed = json.loads(pack_sample(sample))
-    assert packed[:5] == [1, sample.node, sample.ts, sample.seq, sample.interval_s]
-    gpus = packed[[e if isinstance(e, str) else e["name"] for e in LAYOUT].index("gpus")]
-    assert [g[1] for g in gpus] == [g.uuid for g in sample.gpus]
+    template_text, rest_text = split_payload(pack_sample(sample))
+    template, rest = json.loads(template_text), json.loads(rest_text)
+    assert template[:3] == [sample.node, sample.interval_s, [sample.cpu.count]]
+    assert template[-1] == [
+        [g.index, g.uuid, g.mem_total_bytes, g.mem_reserved_bytes] for g in sample.gpus
+    ]
+    assert rest[:3] == [1, sample.ts, sample.seq]
+    assert rest[3][:2] == [sample.cpu.pct, list(sample.cpu.per_core_pct or ())]
+    for g in sample.gpus:
+        assert f'"{g.uuid}"'.encode() not in rest_text  # (a MIG UUID may hold it)
     assert b'"power_w"' not in pack_sample(sample)  # (a MIG device's own keys stay)
     typical = FleetSimulator(1, gpus_per_node=8, seed=1, interval_s=5).sample(0, 1.8e9, 0)
-    assert len(pack_sample(typical)) * 2.5 < len(encode(typical))
+    assert len(split_payload(pack_sample(typical))[1]) * 3 < len(encode(typical))
 
 
 async def test_new_and_old_payloads_read_back_side_by_side(store_url: StoreTarget) -> None:
     """One store holds rows of the JSON era (their dictionary, no layout), uncompressed JSON,
-    a caller's JSON and packed samples: each reads back as the sample it was."""
+    packed rows of version 1 (no template, frames with zstd's magic), a caller's JSON and
+    packed samples with templates: each reads back as the sample it was."""
     sim = FleetSimulator(3, gpus_per_node=8, seed=5, interval_s=5)
-    samples = [sim.sample(i, 1.8e9 + 5 * k, k) for k in range(3) for i in range(3)]
+    samples = [sim.sample(i, 1.8e9 + 5 * k, k) for k in range(4) for i in range(3)]
     old_dict = encode(samples[0])  # a JSON-era raw-content dictionary: a typical sample
     old = zstandard.ZstdCompressor(
         level=1,
@@ -103,13 +137,19 @@ async def test_new_and_old_payloads_read_back_side_by_side(store_url: StoreTarge
             await store.execute(
                 "INSERT INTO payload_dicts (sha256, dict) VALUES ('old', ?)", (old_dict,)
             )
-        old_id = (await store.fetchall("SELECT id FROM payload_dicts WHERE sha256 = 'old'"))[0][0]
+            await store.execute(
+                "INSERT INTO payload_dicts (sha256, dict, layout) VALUES ('v1', ?, ?)",
+                (old_dict, json.dumps(LAYOUT, separators=(",", ":"))),
+            )
+        ids = {r[0]: r[1] for r in await store.fetchall("SELECT sha256, id FROM payload_dicts")}
+        old_id, v1_id = ids["old"], ids["v1"]
         columns = store.sample_columns()
         as_stored = []
         for s, (blob, dict_id) in zip(
-            samples[:4],
+            samples[:4] + samples[9:],
             [(old.compress(encode(s)), old_id) for s in samples[:2]]
-            + [(encode(s), None) for s in samples[2:4]],
+            + [(encode(s), None) for s in samples[2:4]]
+            + [(old.compress(_v1_packed(s)), v1_id) for s in samples[9:]],
             strict=True,
         ):
             r = sample_row(s, b"", 1.8e9)
@@ -120,14 +160,14 @@ async def test_new_and_old_payloads_read_back_side_by_side(store_url: StoreTarge
         await store.write_batch([sample_row(s, pack_sample(s), 1.8e9) for s in samples[6:]])
     with StoreReader(store_url) as reader:
         rows = reader.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
-        assert len(rows) == 9
+        assert len(rows) == 12
         got = {
             (r["node"], r["ts_ms"]): decode_sample(reader.payload(r["payload"], r["payload_dict"]))
             for r in rows
         }
         by_key = {(s.node, round(s.ts * 1000)): s for s in samples}
         assert got == by_key
-        assert {r["payload_dict"] for r in rows} == {old_id, None, store._dict_id}
+        assert {r["payload_dict"] for r in rows} == {old_id, v1_id, None, store._dict_id}
 
 
 def _fleet_rows(nodes: int, ticks: int, *, t0: float = 1.8e9) -> list[list[SampleRow]]:
@@ -169,7 +209,7 @@ async def test_the_store_trains_a_dictionary_on_its_samples_and_reads_both(
     assert bytes(codecs[trained]).startswith(_ZSTD_DICT_MAGIC)
     assert not bytes(codecs[first]).startswith(_ZSTD_DICT_MAGIC)
     layouts = {r[0] for r in db_rows(store_url, "SELECT layout FROM payload_dicts")}
-    assert layouts == {json.dumps(LAYOUT, separators=(",", ":"))}
+    assert layouts == {PayloadCodec(b"").layout}
     sizes = _sizes(store_url)
     assert sizes[trained] < sizes[first] * 0.8
     with StoreReader(store_url) as reader:
@@ -179,7 +219,7 @@ async def test_the_store_trains_a_dictionary_on_its_samples_and_reads_both(
         }
     expected = {(r.node, r.ts_ms): r.payload for batch in batches for r in batch}
     assert {k: decode_sample(v) for k, v in stored.items()} == {
-        k: decode_sample(PayloadDecoder(b"", json.dumps(LAYOUT)).json(v))
+        k: decode_sample(PayloadDecoder(b"", PayloadCodec(b"").layout).json(v))
         for k, v in expected.items()
     }
 
@@ -246,7 +286,7 @@ async def test_uncompressed_stores_keep_packed_payloads_readable(tmp_path: Path)
     assert db_rows(db, "SELECT length(dict) FROM payload_dicts") == [(0,)]
     with StoreReader(db) as reader:
         for r in reader.fetchall("SELECT payload, payload_dict FROM samples"):
-            assert bytes(r["payload"]).startswith(b"[1,")
+            assert bytes(r["payload"]).startswith(b'["x1000')  # the template inline
             assert decode_sample(reader.payload(r["payload"], r["payload_dict"])).v == 1
 
 
@@ -255,8 +295,22 @@ async def test_a_reader_before_the_layout_column_reads_json_era_rows(tmp_path: P
     db = tmp_path / "c.db"
     sim = FleetSimulator(1, gpus_per_node=8, seed=3, interval_s=5)
     s = sim.sample(0, 1.8e9, 0)
-    async with Store(db) as store:
-        await store.write_batch([sample_row(s, encode(s), 1.8e9)])
+    old_dict = encode(s)  # a JSON-era raw-content dictionary
+    old = zstandard.ZstdCompressor(
+        level=1,
+        dict_data=zstandard.ZstdCompressionDict(old_dict, dict_type=zstandard.DICT_TYPE_RAWCONTENT),
+    )
+    async with Store(db, compress=False) as store:
+        async with store.transaction("an old codec"):
+            await store.execute(
+                "INSERT INTO payload_dicts (id, sha256, dict) VALUES (7, 'old', ?)", (old_dict,)
+            )
+        row = sample_row(s, b"", 1.8e9)
+        await store.import_rows(
+            "samples",
+            store.sample_columns(),
+            [(*row[:13], old.compress(encode(s)), 7, row.epoch, None, None)],
+        )
     conn = sqlite3.connect(db)
     conn.execute("ALTER TABLE payload_dicts DROP COLUMN layout")
     conn.commit()
@@ -276,11 +330,15 @@ async def test_a_damaged_payload_is_one_store_error(tmp_path: Path) -> None:
     codec = PayloadCodec()
     with StoreReader(db) as reader:
         with pytest.raises(StoreError, match="cannot be decompressed"):
-            reader.payload(b"\x28\xb5\x2f\xfdgarbage", dict_id)
+            reader.payload(b"\x01\x28\xb5\x2f\xfdgarbage", dict_id)
         with pytest.raises(StoreError, match="does not fit its layout"):
-            reader.payload(codec.compress(b"[1,2,3]"), dict_id)
+            reader.payload(b"\x01" + codec.compress(b"[1,2,3]"), dict_id)
         with pytest.raises(StoreError, match="does not fit its layout"):
-            reader.sample_object(codec.compress(b'[1,"n",1.0,0,1.0,[1],7]'), dict_id)
+            reader.sample_object(b"\x01" + codec.compress(b'[1,"n",1.0,0,1.0,[1],7]'), dict_id)
+        with pytest.raises(StoreError, match="payload template 99 is missing"):
+            reader.payload(b"\x63" + codec.compress(b"[1]"), dict_id)
+        with pytest.raises(StoreError, match="no template id"):
+            reader.payload(b"\xff" * 10, dict_id)
 
 
 def test_the_first_dictionary_holds_a_sample_as_json_and_packed() -> None:
@@ -289,3 +347,57 @@ def test_the_first_dictionary_holds_a_sample_as_json_and_packed() -> None:
     assert d.startswith(b'{"v":1,')
     assert d.endswith(b"]")
     assert b"[1," in d
+
+
+async def test_a_nodes_template_is_stored_once_and_a_new_one_when_it_changes(
+    store_url: StoreTarget,
+) -> None:
+    """Each node's constants go into ``payload_templates`` once, in the batch that first
+    needs them; a node whose constants change (a GPU gone) gets a second template; a
+    reopened store names the stored ones again; every row reads back exactly."""
+    batches = _fleet_rows(4, 3)
+    lost = batches[2][0]
+    sample = decode_sample(PayloadDecoder(b"", PayloadCodec(b"").layout).json(lost.payload))
+    seven = msgspec.structs.replace(sample, gpus=sample.gpus[:7])
+    batches[2][0] = sample_row(seven, pack_sample(seven), 1.8e9 + 10)
+    async with Store(store_url) as store:
+        for batch in batches[:2]:
+            await store.write_batch(batch)
+        assert db_rows(store_url, "SELECT count(*) FROM payload_templates") == [(4,)]
+    async with Store(store_url) as store:
+        await store.write_batch(batches[2])
+    assert db_rows(store_url, "SELECT count(*) FROM payload_templates") == [(5,)]
+    with StoreReader(store_url) as reader:
+        rows = reader.fetchall("SELECT node, ts_ms, payload, payload_dict FROM samples")
+        got = {
+            (r["node"], r["ts_ms"]): decode_sample(reader.payload(r["payload"], r["payload_dict"]))
+            for r in rows
+        }
+    plain = PayloadDecoder(b"", PayloadCodec(b"").layout)
+    assert got == {
+        (r.node, r.ts_ms): decode_sample(plain.json(r.payload)) for batch in batches for r in batch
+    }
+    assert len(got[(lost.node, lost.ts_ms)].gpus) == 7
+    for row in rows:  # the UUIDs are in the templates, not in the rows
+        d = db_rows(store_url, f"SELECT dict FROM payload_dicts WHERE id = {row[3]}")[0][0]
+        assert b"GPU-" not in zstandard.ZstdDecompressor(
+            dict_data=zstandard.ZstdCompressionDict(bytes(d)),
+            format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        ).decompress(bytes(row["payload"])[1:])
+
+
+async def test_a_batch_rolled_back_leaves_no_template_id_behind(tmp_path: Path) -> None:
+    """The templates a failed batch wrote are rolled back with it: the store does not name
+    them in later batches (it writes them again)."""
+    db = tmp_path / "c.db"
+    (batch,) = _fleet_rows(2, 1)
+    async with Store(db) as store:
+        broken = batch[1]._replace(node=None)  # type: ignore[arg-type]  # NOT NULL refuses it
+        with pytest.raises(StoreError):
+            await store.write_batch([batch[0], broken])
+        assert db_rows(db, "SELECT count(*) FROM payload_templates") == [(0,)]
+        await store.write_batch(batch)
+    assert db_rows(db, "SELECT count(*) FROM payload_templates") == [(2,)]
+    with StoreReader(db) as reader:
+        for r in reader.fetchall("SELECT payload, payload_dict FROM samples"):
+            assert decode_sample(reader.payload(r["payload"], r["payload_dict"])).v == 1
