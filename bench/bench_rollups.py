@@ -33,7 +33,7 @@ Prints figures (targets in issue 17, not pass/fail):
     fold.Fold`), each part's ``write`` timed (what the writer waits for: the transaction,
     and the rest of the part's buckets if their worker thread has not finished): median,
     p90, longest, and the sum; with the stage in one shard (the fold in one transaction,
-    as before the parts) and in :data:`~collector.store.rollups.STAGE_SHARDS`, ``--rounds``
+    as before the parts) and in 128 shards (``[rollups] fold_shards``), ``--rounds``
     pairs in turn.
 
 The drain with rollups on and off is ``bench/bench_pipeline.py --mode drain`` with
@@ -56,6 +56,7 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -68,10 +69,13 @@ from collector.store.command import Command
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import governance
 from collector.store.ledger import lease_history, write_ledger
-from collector.store.rollups import HOUR, STAGE_SHARDS, RollupConfig, hour_rows
+from collector.store.rollups import HOUR, RollupConfig, hour_rows
 from shared.schema import encode
 
 __all__ = ["main"]
+
+_PARTED: Final = 128
+"""The shards ``--part parts`` compares with one (``[rollups] fold_shards``)."""
 
 BIN = Path(sys.executable).parent
 
@@ -140,7 +144,7 @@ async def parts(rounds: int) -> None:
     ]
     half = n * per
     for r in range(rounds):
-        for shards in (1, STAGE_SHARDS) if r % 2 == 0 else (STAGE_SHARDS, 1):
+        for shards in (1, _PARTED) if r % 2 == 0 else (_PARTED, 1):
             with tempfile.TemporaryDirectory() as d:
                 cfg = RollupConfig(stage_shards=shards)
                 async with Store(Path(d) / "c.db", rollups=cfg, synchronous="normal") as st:

@@ -286,6 +286,7 @@ class Collector:
             rollups = RollupConfig(
                 busy_util_pct=s.governance.busy_util_pct,
                 takeover_after_s=TAKEOVER_FOLDS * s.rollups.fold_interval_s,
+                stage_shards=s.rollups.fold_shards,
             )
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(

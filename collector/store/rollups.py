@@ -117,9 +117,11 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
-STAGE_SHARDS: Final = 128
+STAGE_SHARDS: Final = 1
 """Shards of the staged samples (by node, :meth:`collector.store.partials.Staged.split`):
-a fold writes one shard per transaction (:mod:`collector.store.fold`)."""
+a fold writes one shard per transaction (:mod:`collector.store.fold`). One by default: a
+fold in one transaction. The ``[rollups] fold_shards`` setting says what more shards cost
+and buy (measured)."""
 
 TAKEOVER_FOLDS: Final = 10
 """A collector that has not folded for this many fold intervals has its staged rows taken
