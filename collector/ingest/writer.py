@@ -3,7 +3,8 @@
 It takes units off the reader's bounded queue, commits as many as are waiting (up to
 ``batch_max_rows`` sample rows) in one transaction, and only then acknowledges their
 messages, on the connection each came from. Between batches it does its own small upkeep:
-retention (one small chunk at a time, so ingestion never waits long), the ``counters`` table
+retention (one small chunk at a time, so ingestion never waits long; then the payload
+templates no stored sample names, their uses written back first), the ``counters`` table
 (:func:`~collector.counters.counter_values`, every ~2 s) and the quarantine bound. One
 owner, so no locks.
 
@@ -569,6 +570,15 @@ class Writer:
             self.metrics.retention_deleted.inc(deleted)
             log.info("retention_deleted", rows=deleted, cutoff_ms=cutoff_ms)
         more = deleted >= self._retention_chunk_rows
+        store, now_ms = self._store, round(self._clock.time() * 1000)
+        await self._durably(lambda: store.write_template_uses(now_ms))
+        if not more:  # the samples past the window are gone: then the templates they named
+            gone = await self._durably(
+                lambda: store.delete_unused_templates(cutoff_ms, self._retention_chunk_rows)
+            )
+            if gone:
+                log.info("templates_deleted", rows=gone, cutoff_ms=cutoff_ms)
+            more = gone >= self._retention_chunk_rows
         for res, keep_s in self._rollup_retention_s.items():
             cutoff_s = self._clock.time() - keep_s
             gone = await self._store.delete_rollups_older_than(

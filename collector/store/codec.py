@@ -38,6 +38,12 @@ magicless format (``ZSTD_f_zstd1_magicless``: the 4-byte magic number left out, 
 names its codec). Uncompressed (an empty dictionary), a payload keeps its template inline:
 the template's array, a newline, then the rest's.
 
+Templates do not outlive the samples that name them: each row's ``used_ms`` is the latest
+arrival of a sample stored with it (set in the batch that stores or, after a while, looks it
+up again; other uses written back every few minutes), and retention deletes the ones unused
+for the samples' retention plus an hour (:meth:`collector.store.db.Store.delete_unused_templates`),
+so a node whose constants keep changing costs a template per change only within the window.
+
 Each codec (dictionary + layout) is a row of ``payload_dicts``; each sample row names its
 codec in ``payload_dict``. ``NULL`` there: the payload is the sample's JSON, uncompressed.
 An empty dictionary: the payloads are stored uncompressed (``compress_payloads = false``).

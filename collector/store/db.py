@@ -26,11 +26,12 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import operator
 import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeVar, cast
@@ -114,13 +115,25 @@ _INSERT_SAMPLES: Final = (
 )
 _SUMMARY: Final = 13
 """SampleRow's columns before the payload."""
-_INSERT_TEMPLATE: Final = (
-    "INSERT INTO payload_templates (sha256, body)",
-    2,
-    " ON CONFLICT (sha256) DO NOTHING",
+_UPSERT_TEMPLATE: Final = (
+    "INSERT INTO payload_templates (sha256, body, used_ms)",
+    3,
+    " ON CONFLICT (sha256) DO UPDATE SET used_ms = CASE WHEN excluded.used_ms >"
+    " payload_templates.used_ms THEN excluded.used_ms ELSE payload_templates.used_ms END",
 )
+"""A template a batch needs, or a later use of one stored (its row locked until the commit:
+a retention delete of another collector waits, then finds it used)."""
 _TEMPLATES_KEPT: Final = 200_000
 """Templates :class:`Store` remembers the ids of (a node's is ~0.5 KB with 8 GPUs)."""
+TEMPLATE_MARGIN_MS: Final = 3_600_000
+"""A template is deleted once no sample has used it for this long past the samples'
+retention (:meth:`Store.delete_unused_templates`): twice the staleness below."""
+_TEMPLATE_FRESH_MS: Final = TEMPLATE_MARGIN_MS // 2
+"""A remembered template id is named without a lookup only while the store knows its row's
+``used_ms`` to be at most this old; older, the batch writes the use in its own transaction."""
+TEMPLATE_USES_EVERY_MS: Final = 300_000
+"""How often :meth:`Store.write_template_uses` writes the uses back (well under
+:data:`_TEMPLATE_FRESH_MS`, so a template in use is never looked up again)."""
 _RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 """``RETURNING`` (SQLite 3.35, 2021): the insert itself says which samples were new."""
 
@@ -532,6 +545,13 @@ class Store:
         self._compress = compress
         self._templates: dict[bytes, int] = {}
         """Templates stored (``payload_templates``) by their body: their ids."""
+        self._confirmed: dict[int, int] = {}
+        """Per remembered template id, a ``used_ms`` its row is known to hold (or more)."""
+        self._used: dict[int, int] = {}
+        """Template ids committed batches named since the last write-back: their last use
+        (the batch's latest ``received_ms``); :meth:`write_template_uses`."""
+        self._uses_due_ms = 0
+        """When :meth:`write_template_uses` writes the uses back next (ms)."""
         self._dict_id: int | None = None
         """:attr:`codec`'s row (registered when the store opens; ``compress=False``: before
         the first samples are written, so a store only copied into holds no codec)."""
@@ -675,21 +695,28 @@ class Store:
         tx: Tx,
         rows: Sequence[SampleRow],
         made: tuple[list[bytes], list[bytes]] | None,
-        new_templates: dict[bytes, int],
+        uses: _TemplateUses,
     ) -> list[bytes]:
         """The batch's payloads as stored (in its transaction, :meth:`transact`):
         uncompressed, the rows' own; compressed, each its template's id and its frame.
-        Templates not stored yet are written here (their ids: ``new_templates``)."""
+        Templates not stored yet, or whose row's ``used_ms`` this store does not know to be
+        recent, are written here (their use too), their ids in ``uses.looked_up``; every id
+        the batch names in ``uses.ids``."""
         if made is None:
             return [r.payload for r in rows]
         templates, frames = made
-        known = self._templates
-        ids = {t: known.get(t) for t in set(templates)}
+        known, confirmed = self._templates, self._confirmed
+        fresh = uses.ms - _TEMPLATE_FRESH_MS
+        ids: dict[bytes, int | None] = {}
+        for t in set(templates):
+            i = known.get(t)
+            ids[t] = i if i is not None and confirmed.get(i, fresh - 1) >= fresh else None
         ids[b""] = 0
         missing = {self.codec.template_key(t): t for t, i in ids.items() if i is None}
+        new_templates = uses.looked_up
         if missing:
-            tx.insert_many(_INSERT_TEMPLATE, list(missing.items()))
-            keys = list(missing)
+            keys = sorted(missing)  # rows locked in one order by every collector
+            tx.insert_many(_UPSERT_TEMPLATE, [(k, missing[k], uses.ms) for k in keys])
             step = max(1, tx.max_variables - 1)
             for i in range(0, len(keys), step):
                 chunk = keys[i : i + step]
@@ -700,13 +727,89 @@ class Store:
                 ):
                     ids[missing[key]] = new_templates[missing[key]] = int(template_id)
         heads = {t: varint(i) for t, i in ids.items() if i is not None}
+        uses.ids = [i for i in ids.values() if i]
         return [heads[t] + f for t, f in zip(templates, frames, strict=True)]
 
-    def _remember_templates(self, stored: dict[bytes, int]) -> None:
-        """Templates a committed batch stored: later batches name them without a lookup."""
+    def _remember_templates(self, uses: _TemplateUses) -> None:
+        """The templates a committed batch named: later batches name the ones it looked up
+        without a lookup, and its uses are written back (:meth:`write_template_uses`)."""
+        stored = uses.looked_up
         if len(self._templates) + len(stored) > _TEMPLATES_KEPT:
             self._templates.clear()  # nodes come and go: forget them all, look up again
+            self._confirmed.clear()
         self._templates.update(stored)
+        self._confirmed.update(dict.fromkeys(stored.values(), uses.ms))
+        self._used.update(dict.fromkeys(uses.ids, uses.ms))
+
+    async def write_template_uses(
+        self, now_ms: int, *, every_ms: int = TEMPLATE_USES_EVERY_MS
+    ) -> int:
+        """Write the template uses of the batches committed since the last write-back into
+        ``payload_templates.used_ms``, in one short transaction, if ``every_ms`` have passed
+        since then (``now_ms``: the writer's clock); return how many ids were written.
+
+        Each row gets the latest use of them all (later than its own by at most
+        ``every_ms``: a template lives that much longer, never less). Uses this store has
+        not written back when it stops or crashes are not needed for safety: a batch only
+        names a template without a lookup while its row is known to have been used within
+        :data:`_TEMPLATE_FRESH_MS`, well inside :data:`TEMPLATE_MARGIN_MS`."""
+        if now_ms < self._uses_due_ms:
+            return 0
+        used, self._used = self._used, {}
+        self._uses_due_ms = now_ms + every_ms
+        if not used:
+            return 0
+        top = max(used.values())
+        ids = sorted(used)  # rows locked in one order by every collector
+
+        def work(tx: Tx) -> None:
+            step = max(1, min(MAX_ROWS_PER_STATEMENT, tx.max_variables - 2))
+            for i in range(0, len(ids), step):
+                chunk = ids[i : i + step]
+                tx.execute(
+                    "UPDATE payload_templates SET used_ms = ? WHERE used_ms < ? AND id IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    [top, top, *chunk],
+                )
+
+        try:
+            await self.transact("writing template uses", work)
+        except BaseException:
+            for i, ms in used.items():  # not written: the next write-back takes them
+                self._used[i] = max(ms, self._used.get(i, ms))
+            raise
+        confirmed = self._confirmed
+        for i in ids:
+            if confirmed.get(i, top) < top:
+                confirmed[i] = top
+        return len(ids)
+
+    async def delete_unused_templates(self, cutoff_ms: int, chunk_rows: int) -> int:
+        """Delete at most ``chunk_rows`` payload templates no sample arrived with since
+        ``cutoff_ms - TEMPLATE_MARGIN_MS`` (``cutoff_ms``: the samples' retention cutoff, as
+        :meth:`delete_older_than`); return how many went.
+
+        No stored sample names such a template once the samples before ``cutoff_ms`` are
+        gone: a batch that names one writes its use in its own transaction, or names it
+        from memory only while its ``used_ms`` is recent (:data:`_TEMPLATE_FRESH_MS`), and
+        uses are written back every :data:`TEMPLATE_USES_EVERY_MS`; the margin covers that
+        delay, a crash that lost the uses not written back, and the clocks of several
+        collectors. The newest template is kept, so SQLite never gives its id to another
+        (an ``INTEGER PRIMARY KEY`` continues after the largest: a reader's cache, by id,
+        stays right). What this store remembers of the deleted ones is forgotten."""
+        before = cutoff_ms - TEMPLATE_MARGIN_MS
+        gone = await self._delete(
+            "DELETE FROM payload_templates WHERE id IN (SELECT id FROM payload_templates "
+            "WHERE used_ms < ? AND id < (SELECT max(id) FROM payload_templates) LIMIT ?)",
+            (before, chunk_rows),
+            "template retention delete",
+        )
+        if gone:
+            confirmed = self._confirmed
+            stale = {t for t, i in self._templates.items() if confirmed.get(i, before) < before}
+            for t in stale:
+                del confirmed[self._templates.pop(t)]
+        return gone
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""
@@ -787,13 +890,13 @@ class Store:
                 await self._db.prepare_samples({r.ts_ms // _DAY_MS for r in rows})
             except Exception as exc:
                 raise await self._failed(what, exc) from exc
-        new_templates: dict[bytes, int] = {}
         made = await self._compressed(rows)
+        uses = _TemplateUses(max(map(_RECEIVED_MS, rows)) if made is not None else 0)
         rollups = self._stage
 
         def write(tx: Tx) -> tuple[int, list[tuple[int, Staged]]]:
             staged: list[tuple[int, Staged]] = []
-            payloads = self._payloads(tx, rows, made, new_templates)
+            payloads = self._payloads(tx, rows, made, uses)
             samples = [
                 (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
                 for r, b in zip(rows, payloads, strict=True)
@@ -816,7 +919,7 @@ class Store:
             return inserted, staged
 
         inserted, staged = await self.transact(what, write)
-        self._remember_templates(new_templates)  # committed: their ids are the store's
+        self._remember_templates(uses)  # committed: their ids are the store's
         if staged and rollups is not None:  # committed: the fold may count them
             rollups.committed(staged)
         return max(inserted, 0)
@@ -1128,6 +1231,22 @@ class Store:
             fatal=kind == "fatal",
             unavailable=kind == "unavailable",
         )
+
+
+_RECEIVED_MS: Final = operator.attrgetter("received_ms")
+
+
+@dataclass(slots=True)
+class _TemplateUses:
+    """The templates one batch names (:meth:`Store._payloads`), for :meth:`Store.write_batch`
+    to remember once it committed."""
+
+    ms: int
+    """When they were used: the batch's latest ``received_ms``."""
+    ids: list[int] = field(default_factory=list)
+    """Every template id the batch names."""
+    looked_up: dict[bytes, int] = field(default_factory=dict)
+    """Templates written or refreshed in the batch's transaction, by body: their ids."""
 
 
 def _db_errors(db: _Sqlite | PgBackend) -> tuple[type[BaseException], ...]:

@@ -668,13 +668,18 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         # node sends alike in every sample (its name, GPU UUIDs, NIC and filesystem names,
         # totals), stored once and named by id at the start of each compressed payload of
         # a codec whose layout is version 2. sha256: the body read by that layout.
+        # used_ms: the latest arrival (received_ms) of a sample stored with it, as its
+        # collectors last wrote it back; retention deletes the templates no stored sample
+        # can still name (collector/store/db.py Store.delete_unused_templates).
         "0027_payload_templates",
         """
         CREATE TABLE payload_templates (
             id INTEGER PRIMARY KEY,
             sha256 TEXT NOT NULL UNIQUE,
-            body BLOB NOT NULL
+            body BLOB NOT NULL,
+            used_ms INTEGER NOT NULL
         );
+        CREATE INDEX payload_templates_used ON payload_templates (used_ms);
         """,
     ),
 )
