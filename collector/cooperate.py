@@ -13,11 +13,16 @@ under 10 ms. Called on the loop's own thread (a command, a test) it costs a syst
 
 Work that has no yield point (JSON of a mass event's webhook bodies, the grouping of
 thousands of alerts) still holds the GIL until the switch interval forces it out, at every
-one of the loop's waits on a thread or the kernel (a batch commit makes a dozen):
-:func:`configure` sets the interval to 1 ms for the daemon. Measured here (13 round trips
-to a worker thread beside a thread of pure work with no yield point, a loaded 2-core
-machine): the slowest of ~1,000 such batches 75-143 ms at CPython's 5 ms, 32-49 ms at 1 ms
-(p99 30-33 ms -> 16-20 ms); beside work that yields, no difference.
+one of the loop's waits on a thread or the kernel: :func:`configure` sets the interval to
+2 ms for the daemon. Measured here (13 round trips to a worker thread beside a thread of
+pure work with no yield point, a loaded 2-core machine): the slowest of ~1,000 such batches
+75-143 ms at CPython's 5 ms, 32-49 ms at 1 ms (p99 30-33 ms -> 16-20 ms); beside work that
+yields, no difference. Since a write transaction runs as one call in the store's thread
+(:meth:`collector.store.db.Store.transact`: its Python, building rows and staging, beside
+the loop's validating), 1 ms cost ~15-18 us of collector CPU a sample in
+``bench/bench_pipeline.py --mode drain`` (rollups off 119 -> 101 us at 5 ms; on 135 ->
+120) in GIL hand-overs; 2 ms keeps the drain's 120 us and the stall bench's p99 gap
+(157 ms; 148 at 1 ms, 239 at 5 ms; 12,500 nodes, one run each).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Final
 
 __all__ = ["SWITCH_INTERVAL_S", "YIELD_EVERY", "configure", "yield_gil"]
 
-SWITCH_INTERVAL_S: Final = 0.001
+SWITCH_INTERVAL_S: Final = 0.002
 """How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms)."""
 
 YIELD_EVERY: Final = 256
