@@ -894,8 +894,9 @@ class Store:
         uses = _TemplateUses(max(map(_RECEIVED_MS, rows)) if made is not None else 0)
         rollups = self._stage
 
-        def write(tx: Tx) -> tuple[int, list[tuple[int, Staged]]]:
+        def write(tx: Tx) -> tuple[int, int, list[tuple[int, Staged]]]:
             staged: list[tuple[int, Staged]] = []
+            seq = 0
             payloads = self._payloads(tx, rows, made, uses)
             samples = [
                 (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
@@ -908,7 +909,8 @@ class Store:
                 inserted = len(new)
                 if new:
                     staged = rollups.split(stage(new, rollups.config.busy_util_pct))
-                    tx.insert_many(STAGE_SQL, rollups.rows(staged))
+                    seq, stage_rows = rollups.rows(staged)
+                    tx.insert_many(STAGE_SQL, stage_rows)
             tx.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
             tx.insert_many(_UPSERT_STATUS, statuses)
             tx.insert_many(_UPSERT_INVENTORY, inventories)
@@ -916,12 +918,12 @@ class Store:
             tx.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             totals = batch_totals(len(rows), inserted, quarantine)
             tx.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
-            return inserted, staged
+            return inserted, seq, staged
 
-        inserted, staged = await self.transact(what, write)
+        inserted, seq, staged = await self.transact(what, write)
         self._remember_templates(uses)  # committed: their ids are the store's
         if staged and rollups is not None:  # committed: the fold may count them
-            rollups.committed(staged)
+            rollups.committed(seq, staged)
         return max(inserted, 0)
 
     def _insert_samples_new(

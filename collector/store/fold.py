@@ -60,11 +60,11 @@ from collector.store.partials import Buckets, Staged, buckets, merge
 from collector.store.rollups import (
     ADOPT_SQL,
     CLAIM_STAGE_SQL,
-    CLEAR_STAGE_SQL,
     FOLDED_SQL,
     FOREIGN_SQL,
     FORGET_SQL,
     HOUR,
+    LOST_STAGE_SQL,
     MARK_HOURS_SQL,
     ORPHANS_SQL,
     OWNED_SQL,
@@ -72,6 +72,7 @@ from collector.store.rollups import (
     STAGED_SQL,
     UPSERT_SQL,
     RollupConfig,
+    clear_stage_sql,
     stored_sql,
 )
 from collector.store.writes import Tx, Writes
@@ -115,16 +116,24 @@ class Stage:
         """A batch's new samples by shard, as :meth:`rows` and :meth:`committed` take them."""
         return staged.split(self.config.stage_shards)
 
-    def rows(self, pieces: Sequence[tuple[int, Staged]]) -> list[tuple[str, int, int, bytes]]:
-        """The ``rollup_stage`` rows of a batch (:data:`~collector.store.rollups.STAGE_SQL`)."""
-        return [(self.owner, self._seq, k, piece.encode()) for k, piece in pieces]
-
-    def committed(self, pieces: Sequence[tuple[int, Staged]]) -> None:
-        """The batch's transaction committed: the next fold counts it."""
-        for k, piece in pieces:
-            self._shards.setdefault(k, []).append((self._seq, piece))
-            self.pending += len(piece)
+    def rows(
+        self, pieces: Sequence[tuple[int, Staged]]
+    ) -> tuple[int, list[tuple[str, int, int, bytes]]]:
+        """A number for one attempt at staging a batch, and its ``rollup_stage`` rows
+        (:data:`~collector.store.rollups.STAGE_SQL`). Each attempt its own number: an attempt
+        whose commit reached the server but whose reply was lost (PostgreSQL, the connection
+        cut then) is retried as unavailable, and its rows, unknown here, must not share a
+        number with a batch this stage knows (a part deletes the numbers it folded; it folds
+        such a row too, :meth:`_fold_shard`)."""
+        seq = self._seq
         self._seq += 1
+        return seq, [(self.owner, seq, k, piece.encode()) for k, piece in pieces]
+
+    def committed(self, seq: int, pieces: Sequence[tuple[int, Staged]]) -> None:
+        """The batch staged as ``seq`` committed: the next fold counts it."""
+        for k, piece in pieces:
+            self._shards.setdefault(k, []).append((seq, piece))
+            self.pending += len(piece)
 
     async def read_back(self, store: FoldStore, now: float) -> None:
         """Take back the samples this collector staged and did not fold before it stopped
@@ -218,16 +227,30 @@ class Stage:
         and delete their rows, in one transaction; return how many samples that was."""
         if not pieces:
             return 0
-        owner, last = self.owner, pieces[-1][0]
+        owner, busy = self.owner, self.config.busy_util_pct
+        known = {seq for seq, _ in self._shards.get(shard, ())}
 
         def fold(tx: Tx) -> list[Staged]:
             tx.lock_fold()  # before reading the buckets it will write back
             owned = {int(r[0]) for r in tx.fetchall(OWNED_SQL, (owner, shard))}
             mine = [piece for seq, piece in pieces if seq in owned]
-            made = new if len(mine) == len(pieces) else buckets(mine)
+            folded = [seq for seq, _ in pieces if seq in owned]
+            whole = len(mine) == len(pieces)
+            # Rows of this owner no batch here knows: an attempt committed whose reply was
+            # lost (see rows()). Their samples are stored (the retry found them duplicates):
+            # fold them now.
+            for seq in sorted(owned - known):
+                for body in tx.fetchall(LOST_STAGE_SQL, (owner, shard, seq)):
+                    mine.append(Staged.decode(body[0], busy))
+                    whole = False
+                folded.append(seq)
+            made = new if whole else buckets(mine)
             if len(made.keys):
                 _write(tx, made)
-            tx.execute(CLEAR_STAGE_SQL, (owner, shard, last))
+            per = max(1, tx.max_variables - 2)
+            for i in range(0, len(folded), per):
+                chunk = folded[i : i + per]
+                tx.execute(clear_stage_sql(len(chunk)), (owner, shard, *chunk))
             tx.execute(FOLDED_SQL, (owner, now))
             return mine
 

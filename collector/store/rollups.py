@@ -78,11 +78,11 @@ from collector.store.query import Query, single
 __all__ = [
     "ADOPT_SQL",
     "CLAIM_STAGE_SQL",
-    "CLEAR_STAGE_SQL",
     "FOLDED_SQL",
     "FOREIGN_SQL",
     "FORGET_SQL",
     "HOUR",
+    "LOST_STAGE_SQL",
     "MARK_HOURS_SQL",
     "MINUTE",
     "ORPHANS_SQL",
@@ -98,6 +98,7 @@ __all__ = [
     "GpuReading",
     "RollupConfig",
     "bucket_samples",
+    "clear_stage_sql",
     "gpu_points",
     "gpu_records",
     "gpu_series",
@@ -191,10 +192,20 @@ STAGED_SQL: Final = "SELECT seq, shard, body FROM rollup_stage WHERE owner = ? O
 OWNED_SQL: Final = "SELECT seq FROM rollup_stage WHERE owner = ? AND shard = ?"
 """The numbers of a shard's batches a collector still owns when it folds that shard
 (another may have taken over the others)."""
-CLEAR_STAGE_SQL: Final = "DELETE FROM rollup_stage WHERE owner = ? AND shard = ? AND seq <= ?"
-"""A fold's part empties its own collector's rows of one shard, those it folded (batches
-staged since have larger numbers), never another's (several collectors write one
-PostgreSQL store: each folds what it staged)."""
+LOST_STAGE_SQL: Final = "SELECT body FROM rollup_stage WHERE owner = ? AND shard = ? AND seq = ?"
+"""A row of this owner's shard that its stage does not know (an attempt committed whose
+reply was lost: :meth:`collector.store.fold.Stage.rows`)."""
+
+
+def clear_stage_sql(n: int) -> str:
+    """A fold's part deletes the ``n`` numbered rows of its own collector's shard that it
+    folded (owner, shard, then the numbers), never another's (several collectors write one
+    PostgreSQL store: each folds what it staged) nor a batch staged since."""
+    return (
+        f"DELETE FROM rollup_stage WHERE owner = ? AND shard = ? AND seq IN ({', '.join('?' * n)})"
+    )
+
+
 ADOPT_SQL: Final = "UPDATE rollup_stage SET owner = ?, seq = seq + ? WHERE owner = ?"
 """A takeover: another collector's rows become the folding one's, renumbered after its
 own (new owner, the offset, old owner)."""

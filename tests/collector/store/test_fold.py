@@ -19,8 +19,9 @@ from collector.ingest.reader import StopUnit, Unit
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
 from collector.paths import StoreTarget, parse_target
+from collector.store import partials
 from collector.store.db import SampleRow, Store
-from collector.store.rollups import RollupConfig
+from collector.store.rollups import STAGE_SQL, RollupConfig
 from shared.clock import FakeClock
 from shared.schema import encode
 from tests.collector.store.test_rollups import _all, _same, other_url
@@ -243,3 +244,26 @@ async def test_the_writer_commits_batches_between_the_parts_of_its_fold(tmp_path
     assert sum(link.folding) >= 4  # acked while the fold was in flight: between its parts
     assert db_rows(db, "SELECT count(*) FROM rollup_stage") == [(0,)]
     _same(_all(db), _all(ref))
+
+
+@pytest.mark.parametrize("shards", [1, 8])
+async def test_a_staged_batch_whose_commit_reply_was_lost_is_folded_once(
+    store_url: StoreTarget, other_url: StoreTarget, shards: int
+) -> None:
+    """PostgreSQL can commit a batch and lose the reply (the connection cut then): the writer
+    retries, the samples are duplicates, and the first attempt's stage rows are unknown to
+    the stage. They keep their own number (the next batch does not reuse it) and the next
+    fold folds them, once, with the batches it knows."""
+    a, b, c = _batches(3)
+    await _one_fold(other_url, [a, b, c])
+    async with Store(store_url, rollups=RollupConfig(stage_shards=shards)) as store:
+        stage = store._stage
+        assert stage is not None
+        await store.write_batch(a)
+        # Batch b's attempt: its stage rows committed, the reply lost (never `committed`).
+        _, lost = stage.rows(stage.split(partials.stage(b, stage.config.busy_util_pct)))
+        await store.transact("the lost attempt", lambda tx: tx.insert_many(STAGE_SQL, lost))
+        await store.write_batch(c)
+        await store.fold_rollups()
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+    _same(_all(store_url), _all(other_url))
