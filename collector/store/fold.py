@@ -14,8 +14,10 @@ soon as the part before committed, so it runs while the writer stores a batch), 
 transaction under the fold lock: the numbers of the shard's rows it still owns are read
 back, the buckets already stored under its keys read, merged, written back
 (:data:`~collector.store.rollups.UPSERT_SQL`), their hours marked for the usage ledger, and
-the shard's rows it folded deleted (``seq`` up to the last it folded: a batch staged since
-has a larger number and waits for the next fold).
+the shard's rows it folded deleted, by their numbers (a batch staged since waits for the
+next fold). A row of its own the stage does not know (an attempt whose commit reached the
+server and whose reply was lost, retried as another: :meth:`Stage.rows`) is folded with
+them.
 
 So each part is atomic on its own, and nothing records progress: a crash (or a stop)
 between two parts leaves the shards not folded yet staged, read back by the next store and
