@@ -175,3 +175,22 @@ def promtool_check_metrics(text: str) -> tuple[int, list[str]]:
     )
     lines = (proc.stdout + proc.stderr).splitlines()
     return proc.returncode, [line for line in lines if line.strip()]
+
+
+def assert_daily_is_the_hours_summed(db: StoreTarget) -> None:
+    """``usage_daily`` holds exactly the ledger's hours summed per UTC day, lease and pool
+    (tenant, hours, allocated, used and held GPU-hours, energy), none left behind."""
+    daily = db_rows(
+        db,
+        "SELECT day, lease, pool, tenant, n, allocated_gpu_h, used_gpu_h, node_kwh, held_h "
+        "FROM usage_daily ORDER BY day, lease, pool",
+    )
+    hourly = db_rows(
+        db,
+        "SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h), "
+        "sum(used_gpu_h), sum(node_kwh), sum(held_h) FROM usage_ledger GROUP BY 1, lease, pool "
+        "ORDER BY 1, lease, pool",
+    )
+    assert len(daily) == len(hourly) > 0
+    for d, h in zip(daily, hourly, strict=True):
+        assert d == pytest.approx(h)

@@ -26,7 +26,7 @@ from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
 from shared.schema import encode
-from tests.helpers import db_rows
+from tests.helpers import assert_daily_is_the_hours_summed, db_rows
 
 DAY0 = dt.datetime(2026, 11, 10, tzinfo=dt.UTC).timestamp()
 GPUS = 4
@@ -154,24 +154,7 @@ def test_recomputing_the_ledger_changes_nothing(db: Path) -> None:
     assert len(after) == len(before) > 0
     for a, b in zip(after, before, strict=True):
         assert a[:-1] == pytest.approx(b[:-1])  # all but `computed`
-    _daily_is_the_hours_summed(db)
-
-
-def _daily_is_the_hours_summed(db: Path) -> None:
-    daily = db_rows(
-        db,
-        "SELECT day, lease, pool, tenant, n, allocated_gpu_h, used_gpu_h, node_kwh "
-        "FROM usage_daily ORDER BY day, lease, pool",
-    )
-    hourly = db_rows(
-        db,
-        "SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h), "
-        "sum(used_gpu_h), sum(node_kwh) FROM usage_ledger GROUP BY 1, lease, pool "
-        "ORDER BY 1, lease, pool",
-    )
-    assert len(daily) == len(hourly) > 0
-    for d, h in zip(daily, hourly, strict=True):
-        assert d == pytest.approx(h)
+    assert_daily_is_the_hours_summed(db)
 
 
 def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
@@ -194,7 +177,7 @@ def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
 
     asyncio.run(again())
     assert db_rows(db, "SELECT count(*) FROM usage_daily WHERE lease = 'acme-1'") == [(0,)]
-    _daily_is_the_hours_summed(db)
+    assert_daily_is_the_hours_summed(db)
 
 
 def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from collector.paths import StoreTarget
 from collector.store.db import Store
 from collector.store.ledger import LedgerPart, LedgerRow, ledger_parts, write_ledger_part
-from tests.helpers import db_rows
+from tests.helpers import assert_daily_is_the_hours_summed, db_rows
 
 HOUR0 = 1_794_268_800  # 2026-11-10 00:00 UTC
 HOURS = [HOUR0, HOUR0 + 3600]
@@ -53,22 +53,6 @@ def _ledger(db: StoreTarget) -> list[tuple[object, ...]]:
     )
 
 
-def _daily_is_the_rows_summed(db: StoreTarget) -> None:
-    daily = db_rows(
-        db,
-        "SELECT day, lease, pool, n, used_gpu_h, node_kwh, held_h FROM usage_daily "
-        "ORDER BY day, lease, pool",
-    )
-    summed = db_rows(
-        db,
-        "SELECT hour / 86400, lease, pool, count(*), sum(used_gpu_h), sum(node_kwh), "
-        "sum(held_h) FROM usage_ledger GROUP BY hour / 86400, lease, pool ORDER BY 1, 2, 3",
-    )
-    assert len(daily) == len(summed) > 0
-    for d, s in zip(daily, summed, strict=True):
-        assert d == pytest.approx(s)
-
-
 async def test_a_ledger_in_parts_equals_one_written_an_hour_at_a_time(
     store_url: StoreTarget, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -88,7 +72,7 @@ async def test_a_ledger_in_parts_equals_one_written_an_hour_at_a_time(
         await _write(db, ledger_parts(HOURS, old, [], 100.0))
         await _dirty(db, HOURS)
         await _write(db, parts)
-        _daily_is_the_rows_summed(db)
+        assert_daily_is_the_hours_summed(db)
         results.append(
             (
                 _ledger(db),
@@ -123,7 +107,7 @@ async def test_a_stop_between_parts_leaves_each_node_old_or_new_and_a_redo_mends
     stop = 2  # the first hour's first two parts
     assert not parts[stop - 1].last_of_hour
     await _write(store_url, [*parts[:stop], parts[stop - 1]])  # the last one twice
-    _daily_is_the_rows_summed(store_url)
+    assert_daily_is_the_hours_summed(store_url)
     got = db_rows(store_url, "SELECT hour, node, computed FROM usage_ledger")
     by_node: dict[tuple[int, str], set[float]] = {}
     for hour, node, computed in got:
@@ -140,7 +124,7 @@ async def test_a_stop_between_parts_leaves_each_node_old_or_new_and_a_redo_mends
 
     redo = ledger_parts(HOURS, new, [(h, 3) for h in HOURS], 300.0, most_rows=3)
     await _write(store_url, redo)
-    _daily_is_the_rows_summed(store_url)
+    assert_daily_is_the_hours_summed(store_url)
     assert _ledger(store_url) == [
         (r.hour, r.node, r.lease, r.tenant, r.pool, r.held_h, r.used_gpu_h, r.node_kwh)
         for r in sorted(new, key=lambda r: (r.hour, r.node, r.lease))
