@@ -99,13 +99,13 @@ def layout(gpu_index: int, profiles: Iterable[str]) -> list[FakeMig]:
     return out
 
 
-def attributes(profile: FakeGiProfile | None, mem_total: int) -> Any:
+def attributes(profile: FakeGiProfile | None, mem_total_mb: int) -> Any:
     """``c_nvmlDeviceAttributes`` of a MIG device of ``profile`` (its compute instance spans
-    its GPU instance), or (``None``) of a whole GPU with ``mem_total`` bytes: no slices."""
+    its GPU instance), or (``None``) of a whole GPU with ``mem_total_mb``: no slices."""
     if profile is None:
         whole = H100_PROFILES[4]
         return pynvml.c_nvmlDeviceAttributes(
-            multiprocessorCount=whole.sms, memorySizeMB=mem_total // (1024 * 1024)
+            multiprocessorCount=whole.sms, memorySizeMB=mem_total_mb
         )
     p = profile
     return pynvml.c_nvmlDeviceAttributes(

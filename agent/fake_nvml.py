@@ -399,7 +399,8 @@ class FakeNvml:
         """``c_nvmlDeviceAttributes`` of a MIG device (its compute instance spans its GPU
         instance); a whole GPU's has no instance slices."""
         _, mig = self._resolve(handle, "nvmlDeviceGetAttributes")
-        return attributes(None if mig is None else mig.profile, self._profile.mem_total)
+        mig_profile = None if mig is None else mig.profile
+        return attributes(mig_profile, self._profile.mem_total // MIB)
 
     def nvmlDeviceGetGpuInstanceProfileInfo(
         self, handle: Any, profile: int, version: int = 2
