@@ -199,3 +199,18 @@ imagePullSecrets:
 {{- $pg.caConfigMap | default (ternary (printf "%s-store-ca" (include "capwatch.collector.name" .)) "" (ne $pg.caCert "")) -}}
 {{- end }}
 {{- end -}}
+
+{{/* A ConfigMap holding a CA certificate (PEM) under ca.crt: the broker's or the database
+server's. Call with (dict "ctx" <labels context> "name" <its name> "pem" <the PEM>). */}}
+{{- define "capwatch.caConfigMap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.root.Release.Namespace }}
+  labels:
+    {{- include "capwatch.labels" .ctx | nindent 4 }}
+data:
+  ca.crt: |
+    {{- .pem | trim | nindent 4 }}
+{{- end -}}
