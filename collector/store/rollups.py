@@ -91,7 +91,6 @@ __all__ = [
     "RETENTION_SQL",
     "SEEN_SQL",
     "STAGED_SQL",
-    "STAGE_SHARDS",
     "STAGE_SQL",
     "TAKEOVER_FOLDS",
     "UPSERT_SQL",
@@ -118,12 +117,6 @@ _NAN: Final = math.nan
 _BIG_ENDIAN: Final = sys.byteorder == "big"
 
 
-STAGE_SHARDS: Final = 1
-"""Shards of the staged samples (by node, :meth:`collector.store.partials.Staged.split`):
-a fold writes one shard per transaction (:mod:`collector.store.fold`). One by default: a
-fold in one transaction. The ``[rollups] fold_shards`` setting says what more shards cost
-and buy (measured)."""
-
 TAKEOVER_FOLDS: Final = 10
 """A collector that has not folded for this many fold intervals has its staged rows taken
 over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`)."""
@@ -140,8 +133,11 @@ class RollupConfig:
     store whose last fold or start is older than this: a share group's member that never
     came back, or a collector whose MQTT client id changed. Each collector dates its folds
     by its own clock: the members' clocks must agree to well within this (NTP)."""
-    stage_shards: int = STAGE_SHARDS
-    """Shards a batch's new samples are staged in, by node (one: a fold in one transaction)."""
+    stage_shards: int = 1
+    """Shards a batch's new samples are staged in, by node
+    (:meth:`collector.store.partials.Staged.split`), a fold writing one shard per transaction
+    (:mod:`collector.store.fold`); one: a fold in one transaction. The ``[rollups]
+    fold_shards`` setting says what more shards cost and buy (measured)."""
 
 
 class GpuReading(GpuPower, Protocol):
