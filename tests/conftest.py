@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -143,6 +144,44 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             getattr(item, "fixturenames", ())
         ):
             item.add_marker(pytest.mark.integration)
+
+
+def _stop_orphaned_sqlite_threads() -> int:
+    """Stop the worker thread of each aiosqlite connection nobody closed; how many there were.
+
+    aiosqlite's thread is not a daemon and stops only when its connection is closed. A
+    connection dropped unclosed under ``filterwarnings = error`` raises its ResourceWarning in
+    ``Connection.__del__`` before that method stops the thread (aiosqlite/core.py), so the
+    thread waits on its queue for ever and the interpreter never exits: one leak hung a CI
+    run until its time ran out. Queueing aiosqlite's own stop sentinel ends each such thread,
+    so a leak fails its test (the warning) and the run ends."""
+    import aiosqlite.core  # noqa: PLC0415 - only needed at the end of the session
+
+    worker = aiosqlite.core._connection_worker_thread
+    sentinel = aiosqlite.core._STOP_RUNNING_SENTINEL
+    stopped = 0
+    for thread in threading.enumerate():
+        if thread.is_alive() and getattr(thread, "_target", None) is worker:
+            queue = thread._args[0]  # type: ignore[attr-defined]
+            queue.put_nowait((None, lambda: sentinel))
+            stopped += 1
+    return stopped
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """An SQLite connection still open when every test has run is a leak: say so, fail the
+    run, and stop its thread so the process can exit."""
+    stopped = _stop_orphaned_sqlite_threads()
+    if stopped:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"!!! {stopped} SQLite connection(s) were never closed (their threads are "
+                "stopped now); find the test whose Store was not closed",
+                red=True,
+                bold=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 _MISSING_PEERS: Final = (

@@ -588,7 +588,11 @@ class Store:
         return self._db.conn
 
     async def __aenter__(self) -> Self:
-        await self._db.open()
+        try:
+            await self._db.open()
+        except BaseException:  # cancelled half-way: close what was opened (no thread left)
+            await self._close()
+            raise
         if self.readonly:
             return self
         try:

@@ -3,6 +3,9 @@ turn): migrations, dedup, retention, node news, payloads."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from collector.store.db import (
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
 from shared.schema import encode
-from tests.helpers import count_samples, db_rows
+from tests.helpers import count_samples, db_rows, wait_until
 
 
 def _rows(n_nodes: int, ticks: int, t0: float = 1.8e9) -> list[SampleRow]:
@@ -218,3 +221,28 @@ _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
 )
+
+
+async def test_opening_cancelled_at_any_point_leaves_no_connection(store_url: StoreTarget) -> None:
+    """A read-only store whose opening is cancelled (a delivery stopped while it rescans the
+    outbox) closes what it had opened: no connection, and no thread of one, is left behind.
+    SQLite's connection thread is not a daemon, so one left open would also keep the process
+    from exiting."""
+    async with Store(store_url):
+        pass
+    before = threading.active_count()
+    for steps in range(60):
+
+        async def enter() -> None:
+            async with Store.open_readonly(store_url):
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(enter())
+        await asyncio.sleep(steps * 1e-4)  # 0 to 6 ms: each step of an opening in turn
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await wait_until(
+            lambda: threading.active_count() <= before,
+            what=f"no connection thread left after a cancel at step {steps}",
+        )
