@@ -189,26 +189,32 @@ class Stage:
         with them; an owner with a row this version cannot read is left to itself."""
         taken: list[tuple[str, int, list[tuple[int, int, Staged]]]] = []
         seq = self._seq
-        async with store.transaction("taking over staged rollups"):
-            await store.lock_fold()
-            await store.execute(SEEN_SQL, (now,))
-            cutoff = now - self.config.takeover_after_s
-            owners = [str(r[0]) for r in await store.fetchall(ORPHANS_SQL, (self.owner, cutoff))]
-            for owner in owners:
-                rows = await store.fetchall(STAGED_SQL, (owner,))
-                try:
-                    busy = self.config.busy_util_pct
-                    pieces = [(int(s), int(k), Staged.decode(b, busy)) for s, k, b in rows]
-                except ValueError as exc:
-                    log.error("rollup_stage_unreadable", owner=owner, error=str(exc))
-                    continue
-                await store.execute(ADOPT_SQL, (self.owner, seq, owner))
-                await store.execute(FORGET_SQL, (owner,))
-                taken.append((owner, seq, pieces))
-                seq += max((s for s, _, _ in pieces), default=0) + 1
-            await store.execute(FOLDED_SQL, (self.owner, now))
+        try:
+            async with store.transaction("taking over staged rollups"):
+                await store.lock_fold()
+                await store.execute(SEEN_SQL, (now,))
+                cutoff = now - self.config.takeover_after_s
+                orphans = await store.fetchall(ORPHANS_SQL, (self.owner, cutoff))
+                for owner in (str(r[0]) for r in orphans):
+                    rows = await store.fetchall(STAGED_SQL, (owner,))
+                    try:
+                        busy = self.config.busy_util_pct
+                        pieces = [(int(s), int(k), Staged.decode(b, busy)) for s, k, b in rows]
+                    except ValueError as exc:
+                        log.error("rollup_stage_unreadable", owner=owner, error=str(exc))
+                        continue
+                    await store.execute(ADOPT_SQL, (self.owner, seq, owner))
+                    await store.execute(FORGET_SQL, (owner,))
+                    taken.append((owner, seq, pieces))
+                    seq += max((s for s, _, _ in pieces), default=0) + 1
+                await store.execute(FOLDED_SQL, (self.owner, now))
+        finally:
+            # Each attempt its own numbers, as rows(): one whose commit reached the server
+            # and whose reply was lost adopted rows under them, which this stage does not
+            # know (its parts fold them as a lost attempt's); a batch staged next must not
+            # reuse them (a part deletes a number it folded, such a row with it).
+            self._seq = seq
         self._recorded = now
-        self._seq = seq
         for owner, offset, pieces in taken:
             for s, k, piece in pieces:
                 self._shards.setdefault(k, []).append((s + offset, piece))

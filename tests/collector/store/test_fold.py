@@ -18,11 +18,12 @@ from agent.simulate import FleetSimulator
 from collector.ingest.reader import StopUnit, Unit
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
-from collector.paths import StoreTarget, parse_target
+from collector.paths import PgTarget, StoreTarget, parse_target
 from collector.store import partials
 from collector.store.db import SampleRow, Store
 from collector.store.rollups import STAGE_SQL, RollupConfig
 from shared.clock import FakeClock
+from shared.errors import StoreError
 from shared.schema import encode
 from tests.collector.store.test_rollups import _all, _same, other_url
 from tests.helpers import db_rows
@@ -267,3 +268,94 @@ async def test_a_staged_batch_whose_commit_reply_was_lost_is_folded_once(
         await store.fold_rollups()
     assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
     _same(_all(store_url), _all(other_url))
+
+
+class _LosesCommitReply:
+    """A TCP proxy in front of PostgreSQL (loopback) that, once :attr:`armed`, forwards the
+    server's bytes until a ``COMMIT``'s CommandComplete and cuts both connections there
+    instead (`the protocol's messages
+    <https://www.postgresql.org/docs/current/protocol-message-formats.html>`_): the
+    transaction committed, its client never hears so (the network cut at that instant)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self.armed = False
+        self.cut = 0
+        self._transports: list[asyncio.BaseTransport] = []
+        self._handlers: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def __aenter__(self) -> _LosesCommitReply:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for t in self._transports:
+            t.abort()  # type: ignore[attr-defined]
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self._upstream)
+        both = [client_w.transport, server_w.transport]
+        self._transports += both
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, down: bool) -> None:
+            while data := await src.read(65536):
+                if down and self.armed and b"C\x00\x00\x00\x0bCOMMIT\x00" in data:
+                    self.armed, self.cut = False, self.cut + 1
+                    for t in both:
+                        t.abort()
+                    return
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(
+            pipe(client_r, server_w, False), pipe(server_r, client_w, True), return_exceptions=True
+        )
+
+
+@pytest.mark.integration
+async def test_a_takeover_whose_commit_reply_was_lost_folds_the_adopted_rows_once(
+    postgres_url: str, other_url: StoreTarget
+) -> None:
+    """The first part of a fold takes over a quiet member's rows and commits, and the reply
+    is lost (the connection cut then): the writer reconnects and writes the part again,
+    which finds nothing more to take. The adopted rows are this collector's now, under
+    numbers its stage never learnt: its next batches must not be staged under the same
+    numbers (a part deletes a number it folded, and the adopted row with it, unfolded)."""
+    target = parse_target(postgres_url)
+    assert isinstance(target, PgTarget)
+    batches = _batches(5)
+    await _one_fold(other_url, batches)
+    config = RollupConfig(stage_shards=1, takeover_after_s=600.0)
+    port = int(target.url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with _LosesCommitReply(port) as proxy:
+        via = parse_target(target.url.replace(f":{port}/", f":{proxy.port}/"))
+        async with Store(target, rollups=config, stage_owner="b") as b:
+            await b.write_batch(batches[0])
+            await b.write_batch(batches[1])
+        async with Store(via, rollups=config, stage_owner="a") as a:
+            await a.write_batch(batches[2])
+            fold = a.rollup_fold(time.time() + 601)
+            assert fold is not None
+            proxy.armed = True
+            with pytest.raises(StoreError) as lost:
+                await fold.write(a)  # the takeover: committed, its reply lost
+            assert lost.value.unavailable
+            assert proxy.cut == 1
+            await a.reconnect()  # as the writer does (Writer._durably), then again
+            assert await fold.write(a)
+            await a.write_batch(batches[3])  # between the parts
+            await a.write_batch(batches[4])
+            while await fold.write(a):
+                pass
+            await a.fold_rollups()
+    assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
+    _same(_all(target), _all(other_url))
