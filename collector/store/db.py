@@ -764,15 +764,25 @@ class Store:
         if not used:
             return 0
         top = max(used.values())
-        ids = sorted(used)  # rows locked in one order by every collector
+        ids = sorted(used)
 
         def work(tx: Tx) -> None:
             step = max(1, min(MAX_ROWS_PER_STATEMENT, tx.max_variables - 2))
             for i in range(0, len(ids), step):
                 chunk = ids[i : i + step]
+                marks = ", ".join("?" * len(chunk))
+                if tx.dialect == "postgresql":
+                    # Row locks in sha256 order, the order a batch's upsert takes them
+                    # (_payloads): in id order, a write-back and another collector's batch
+                    # could each hold a row the other waits for (a deadlock, one aborted).
+                    tx.fetch_tuples(
+                        f"SELECT id FROM payload_templates WHERE id IN ({marks}) "
+                        "ORDER BY sha256 FOR UPDATE",
+                        chunk,
+                    )
                 tx.execute(
-                    "UPDATE payload_templates SET used_ms = ? WHERE used_ms < ? AND id IN "
-                    f"({', '.join('?' * len(chunk))})",
+                    "UPDATE payload_templates SET used_ms = ? WHERE used_ms < ? "
+                    f"AND id IN ({marks})",
                     [top, top, *chunk],
                 )
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from collector.store.dialect import Row
+    from collector.store.dialect import Dialect, Row
 
 __all__ = ["MAX_ROWS_PER_STATEMENT", "Tx", "Writes"]
 
@@ -44,6 +44,11 @@ class Tx(Protocol):
     @property
     def max_variables(self) -> int:
         """The most bound variables one statement may have."""
+        ...
+
+    @property
+    def dialect(self) -> Dialect:
+        """Which backend runs the statements."""
         ...
 
     @property

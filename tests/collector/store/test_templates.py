@@ -7,9 +7,11 @@ computed from ``now``, as the writer computes them from its clock."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
+import psycopg
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -19,7 +21,7 @@ from collector.store.codec import pack_sample
 from collector.store.db import TEMPLATE_MARGIN_MS, TEMPLATE_USES_EVERY_MS, SampleRow, Store
 from collector.store.reader import StoreReader
 from shared.schema import decode_sample
-from tests.helpers import db_rows
+from tests.helpers import db_rows, wait_until
 
 _T0 = 1.8e9
 _RETENTION_S = 600.0
@@ -198,3 +200,56 @@ async def test_the_newest_template_is_kept_so_its_id_is_never_given_again(
     assert ids[0] == newest
     assert ids[1] > newest
     assert _read_back(store_url) == {(_N0, round(later * 1000)): 3}
+
+
+@pytest.mark.integration
+async def test_a_uses_write_back_locks_rows_in_the_batches_order(postgres_url: str) -> None:
+    """Two collectors of a share group: a batch's upsert locks its templates' rows in sha256
+    order; the other collector's write-back of uses must take them in that order too, not in
+    id order, or the two deadlock (PostgreSQL then aborts one: a second lost). Here a second
+    connection holds the row with the smaller sha256 and the larger id, as a batch would,
+    while B writes its uses back; then it takes the other row, as that batch would next."""
+    target = parse_target(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        # As with thousands of templates: the planner reads the rows through the primary
+        # key, in id order (a seq scan of this small table would meet them by position).
+        db = pg.execute("SELECT current_database()").fetchall()[0][0]
+        pg.execute(f'ALTER DATABASE "{db}" SET enable_seqscan = off')
+        pg.execute(f'ALTER DATABASE "{db}" SET enable_bitmapscan = off')
+    async with Store(target, stage_owner="a") as a, Store(target, stage_owner="b") as b:
+        await a.write_batch([_sample(_T0, 0, mem=3)])
+        ((small, first_sha),) = db_rows(target, "SELECT id, sha256 FROM payload_templates")
+        mem = 4
+        while True:  # a later template (larger id) whose sha256 sorts first
+            await a.write_batch([_sample(_T0 + mem, mem, node=1, mem=mem)])
+            ((large, sha),) = db_rows(
+                target, "SELECT id, sha256 FROM payload_templates ORDER BY id DESC LIMIT 1"
+            )
+            if sha < first_sha:
+                break
+            mem += 1
+            assert mem < 64
+        t = _T0 + 100
+        for k in (100, 101):  # looked up, then named from memory: a use to write back
+            await b.write_batch([_sample(t + k, k, mem=3), _sample(t + k, k, node=1, mem=mem)])
+        t += 101
+        with psycopg.connect(postgres_url) as batch, psycopg.connect(postgres_url) as watch:
+            batch.execute("SET lock_timeout = '10s'")
+            batch.execute("UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (large,))
+            uses = asyncio.create_task(b.write_template_uses(round((t + 1) * 1000)))
+
+            def waiting() -> bool:
+                rows = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).fetchall()
+                watch.commit()
+                return bool(rows[0][0])
+
+            await wait_until(waiting, what="the write-back waiting for a row lock")
+            await asyncio.to_thread(
+                batch.execute,
+                "UPDATE payload_templates SET used_ms = used_ms WHERE id = %s",
+                (small,),
+            )
+            batch.commit()
+            assert await uses == 2
