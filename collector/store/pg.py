@@ -566,8 +566,9 @@ class PgBackend:
                 copy.write_row(row)
 
     async def drop_days_before(self, cutoff_ms: int) -> int:
-        """Drop the partitions wholly before ``cutoff_ms`` (each in its own short
-        transaction); return their estimated rows (the planner's count, not a scan)."""
+        """Drop the partitions wholly before ``cutoff_ms`` whose rows all arrived before it
+        too (each in its own short transaction); return their estimated rows (the
+        planner's count, not a scan)."""
         return await self.call(self._drop_days_before, cutoff_ms)
 
     def _drop_days_before(self, cutoff_ms: int) -> int:
@@ -581,6 +582,15 @@ class PgBackend:
         for name, estimate in rows:
             day = _day_of(name)
             if day is None or (day + 1) * DAY_MS > cutoff_ms:
+                continue
+            # Retention goes by arrival (as on SQLite): a day that holds a late arrival (a
+            # spool replayed after an outage) is kept, and its rows go one by one as they
+            # pass the cutoff (delete_older_than), until it is dropped empty.
+            (newest,) = conn.execute(
+                pgsql.SQL("SELECT max(received_ms) FROM {}").format(pgsql.Identifier(name))
+            ).fetchone() or (None,)
+            conn.commit()
+            if newest is not None and newest >= cutoff_ms:
                 continue
             try:
                 conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(pgsql.Identifier(name)))

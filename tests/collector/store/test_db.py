@@ -99,6 +99,28 @@ async def test_retention_deletes_in_chunks_only_old_rows(store_url: StoreTarget)
     assert remaining == [(cutoff, 40)]
 
 
+async def test_retention_keeps_a_late_arrival_whatever_its_day(store_url: StoreTarget) -> None:
+    """Retention goes by arrival on both backends: a sample replayed from an agent's spool
+    after a long outage (its time stamp three days old, its arrival now) stays until its
+    arrival is older than the cutoff, even where (PostgreSQL) the day of its time stamp is a
+    partition wholly before the cutoff; the day's sample that arrived then goes."""
+    sim = FleetSimulator(2, gpus_per_node=2, seed=4, interval_s=5)
+    now = 1.8e9
+    old = now - 3 * 86_400
+    on_time = sim.sample(0, old, 0)
+    replayed = sim.sample(1, old, 0)
+    rows = [
+        sample_row(on_time, encode(on_time), old + 0.1),
+        sample_row(replayed, encode(replayed), now),
+    ]
+    async with Store(store_url) as store:
+        await store.write_batch(rows)
+        cutoff = round((now - 86_400) * 1000)
+        while await store.delete_older_than(cutoff, 25):
+            pass
+    assert db_rows(store_url, "SELECT node FROM samples") == [(replayed.node,)]
+
+
 async def test_status_updates_merge_into_nodes(store_url: StoreTarget) -> None:
     """Status and inventory land in the nodes table; a later status replaces the earlier."""
     async with Store(store_url) as store:
