@@ -77,6 +77,13 @@ class PgTarget:
                 f"({exc.strerror}): point it at a file this user can read",
                 field="store.password_file",
             ) from None
+        except UnicodeDecodeError:
+            # Neither the bytes nor their position: they are the password's.
+            raise ConfigError(
+                f"setting 'store.password_file' ({self.password_file}): not UTF-8 text: save "
+                "the password as UTF-8",
+                field="store.password_file",
+            ) from None
         return text.splitlines()[0].strip() if text.strip() else ""
 
 

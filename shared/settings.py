@@ -309,6 +309,38 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_config_file(path: Path) -> None:
+    """Raise :class:`ConfigError` (one line naming ``path`` and the fix) unless ``path`` is
+    readable TOML. A character device such as ``/dev/null`` is an empty file: no settings."""
+    name = repr(str(path))
+    if not path.exists():
+        raise ConfigError(
+            f"config file {name} does not exist: pass an existing TOML file to --config",
+            field="config",
+        )
+    if path.is_dir():
+        raise ConfigError(
+            f"config file {name} is a directory: pass a TOML file to --config", field="config"
+        )
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {name}: cannot read it ({exc.strerror}): give a file this user can read",
+            field="config",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the whole file first (TOML v1.0.0: "A TOML file must be a valid
+        # UTF-8 encoded Unicode document").
+        raise ConfigError(
+            f"config file {name} is not UTF-8 text (byte {exc.start}): save it as UTF-8",
+            field="config",
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {name} is not valid TOML: {exc}", field="config") from exc
+
+
 def load_settings(
     cls: type[_S], *, config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> _S:
@@ -319,19 +351,7 @@ def load_settings(
     """
     target: type[_S] = cls
     if config_file is not None:
-        if not config_file.is_file():
-            raise ConfigError(
-                f"config file {str(config_file)!r} does not exist: pass an existing TOML file to "
-                "--config",
-                field="config",
-            )
-        try:
-            with config_file.open("rb") as fh:
-                tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(
-                f"config file {str(config_file)!r} is not valid TOML: {exc}", field="config"
-            ) from exc
+        _check_config_file(config_file)
         target = (
             type(  # a subclass that knows the file; pydantic-settings reads it from model_config
                 cls.__name__,

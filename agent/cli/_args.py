@@ -16,24 +16,38 @@ if TYPE_CHECKING:
 __all__ = ["add_settings_args", "node_sampler", "print_json", "settings_from_args"]
 
 
-def add_settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
-    """``--config``, node, interval, GPU backend and logging flags (and the broker's)."""
+def add_settings_args(
+    p: argparse.ArgumentParser, *, broker: bool, sampler: bool = True, interval: bool = True
+) -> None:
+    """``--config`` and logging flags; with ``sampler`` this node's id and GPU backend, with
+    ``interval`` the sampling interval, with ``broker`` the broker's. A command is offered
+    only the flags it uses: one it would ignore is refused by argparse, not dropped."""
     p.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
         help="TOML settings file; CAPWATCH_* env vars override it, flags override both",
     )
+    if interval:
+        p.add_argument(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            help="seconds between samples (default 5, at least 1)",
+        )
+    if sampler:
+        _add_sampler_args(p)
+    add_log_args(p)
+    if broker:
+        add_broker_args(p)
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    """This node's id and GPU backend: what ``run``, ``sample`` and ``inventory`` read."""
     p.add_argument(
         "--node-id",
         metavar="ID",
         help="node name used in topics (default: short hostname; letters, digits, . _ -)",
-    )
-    p.add_argument(
-        "--interval",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between samples (default 5, at least 1)",
     )
     p.add_argument(
         "--gpu-backend",
@@ -50,9 +64,6 @@ def add_settings_args(p: argparse.ArgumentParser, *, broker: bool) -> None:
         help="put a fake GPU in MIG mode with these GPU instance profiles, e.g. "
         "0=3g.40gb,2g.20gb,2g.20gb (once per GPU)",
     )
-    add_log_args(p)
-    if broker:
-        add_broker_args(p)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:
@@ -61,12 +72,13 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> AgentSettings:
     from shared.logging import configure_logging  # noqa: PLC0415
     from shared.settings import load_settings  # noqa: PLC0415
 
+    fake_mig = getattr(args, "fake_mig", None)
     overrides: dict[str, Any] = {
-        "node_id": args.node_id,
-        "interval_s": args.interval,
-        "gpu_backend": args.gpu_backend,
-        "fake_gpus": args.fake_gpus,
-        "fake_mig": ";".join(args.fake_mig) if args.fake_mig else None,
+        "node_id": getattr(args, "node_id", None),
+        "interval_s": getattr(args, "interval", None),
+        "gpu_backend": getattr(args, "gpu_backend", None),
+        "fake_gpus": getattr(args, "fake_gpus", None),
+        "fake_mig": ";".join(fake_mig) if fake_mig else None,
         "log_level": args.log_level,
         "log_json": args.log_json,
         "mqtt": {"host": getattr(args, "host", None), "port": getattr(args, "port", None)},

@@ -12,7 +12,7 @@ __all__ = ["add_parser", "inventory"]
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``agent inventory``."""
     p = sub.add_parser("inventory", help="print this node's inventory as JSON and exit")
-    add_settings_args(p, broker=False)
+    add_settings_args(p, broker=False, interval=False)
     p.set_defaults(handler=inventory)
 
 

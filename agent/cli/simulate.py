@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Publish samples for --nodes synthetic nodes with xname ids and "
         "fake GPUs, deterministic from --seed, plus their inventories and status.",
     )
-    add_settings_args(p, broker=True)
+    add_settings_args(p, broker=True, sampler=False)
     p.add_argument("--nodes", type=int, default=16, metavar="N", help="fleet size (default 16)")
     p.add_argument("--gpus-per-node", type=int, default=8, metavar="N", help="0 to 64 (default 8)")
     p.add_argument("--seed", type=int, default=0, help="profile seed (default 0)")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collector.capacity.whatif import WhatIf
     from collector.nodefacts import Staleness
     from collector.paths import StoreTarget
+    from collector.store.reader import StoreReader
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
 
@@ -36,7 +37,8 @@ how many more nodes of each type fit (fabric growth included), the binding const
 the racks nearest their limit.
 
 By default it shows the newest snapshot the collector stored (every capacity.interval_s,
-when capacity.plan is set); --now recomputes from each node's newest stored sample.
+when capacity.plan is set); --now, or --plan naming another plan than the snapshot's,
+recomputes from each node's newest stored sample.
 
 Every draw says how it was obtained: measured (the node's input power from its BMC or PSU
 sensors), calibrated (GPUs + CPU read, the unreported parts from the median of node - GPUs -
@@ -89,7 +91,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--plan",
         type=Path,
         metavar="FILE",
-        help="site plan (.toml/.json, as `collector solve` reads); default: capacity.plan",
+        help="site plan (.toml/.json, as `collector solve` reads); default: capacity.plan. "
+        "Another plan than the snapshot's recomputes (as --now)",
     )
     p.add_argument("--now", action="store_true", help="recompute from the store's newest samples")
     p.add_argument(
@@ -181,10 +184,66 @@ def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
     return load_capacity_plan(path)
 
 
+def _snapshot(reader: StoreReader) -> Picture:
+    """The newest capacity snapshot the collector stored."""
+    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+    from collector.store.capacity import latest_snapshot  # noqa: PLC0415
+
+    data = latest_snapshot(reader)
+    if data is None:
+        raise ConfigError(
+            "no capacity snapshot yet: set capacity.plan and let `collector run` "
+            "complete a cycle, or add --now --plan FILE",
+            field="capacity.plan",
+        )
+    return picture_from_dict(data)
+
+
+def _made_with(snapshot: Picture, plan: Path | None) -> bool:
+    """Whether the snapshot was computed with ``plan`` (``None``: whichever the collector has)."""
+    if plan is None:
+        return True
+    return bool(snapshot.plan) and Path(snapshot.plan).resolve() == plan.resolve()
+
+
+def _recomputed(
+    reader: StoreReader, s: CapacityCliSettings, args: argparse.Namespace, cplan: CapacityPlan
+) -> tuple[Picture, str]:
+    """The picture from each node's newest stored sample under ``cplan`` (without the pools
+    of --remove), and a line saying so."""
+    # the solver, the live view and the wire schema: only when recomputing
+    from collector.capacity.compute import compute_picture  # noqa: PLC0415
+    from collector.capacity.fromstore import nodes_from_store, racks_from_store  # noqa: PLC0415
+    from collector.store.capacity import pool_members  # noqa: PLC0415
+
+    source = "recomputed from the store's newest samples"
+    removed: set[str] = set()
+    for pool in args.remove:
+        members = pool_members(reader, pool)
+        if not members:
+            raise ConfigError(
+                f"--remove {pool!r}: no such pool, or it has no nodes (see `collector pool list`)",
+                field="--remove",
+            )
+        removed |= members
+    picture = compute_picture(
+        cplan,
+        nodes_from_store(reader),
+        time.time(),
+        staleness=s.staleness,
+        stale_basis=args.stale_basis or s.stale_basis,
+        rest_basis=args.rest_basis or s.rest_basis,
+        exclude=frozenset(removed),
+        keep_nodes=args.explain is not None,
+        rack_power=racks_from_store(reader),
+    )
+    if removed:
+        source += f", without {len(removed)} node(s) of pool(s) {', '.join(args.remove)}"
+    return picture, source
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the capacity picture (and the what-if)."""
-    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
-    from collector.store.capacity import latest_snapshot, pool_members  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     if args.top < 0:
@@ -198,49 +257,14 @@ def run(args: argparse.Namespace) -> int:
         or args.explain is not None
     )
     cplan: CapacityPlan | None = None
-    source = "recomputed from the store's newest samples"
     with StoreReader(s.db_path) as reader:
-        if recompute:
-            # the solver, the live view and the wire schema: only when recomputing
-            from collector.capacity.compute import compute_picture  # noqa: PLC0415
-            from collector.capacity.fromstore import (  # noqa: PLC0415
-                nodes_from_store,
-                racks_from_store,
-            )
-
+        snapshot = None if recompute else _snapshot(reader)
+        if snapshot is None or not _made_with(snapshot, args.plan):
+            # --now and the like, or --plan naming another plan than the snapshot's
             cplan = _plan(s.plan, None)
-            removed: set[str] = set()
-            for pool in args.remove:
-                members = pool_members(reader, pool)
-                if not members:
-                    raise ConfigError(
-                        f"--remove {pool!r}: no such pool, or it has no nodes "
-                        "(see `collector pool list`)",
-                        field="--remove",
-                    )
-                removed |= members
-            picture = compute_picture(
-                cplan,
-                nodes_from_store(reader),
-                time.time(),
-                staleness=s.staleness,
-                stale_basis=args.stale_basis or s.stale_basis,
-                rest_basis=args.rest_basis or s.rest_basis,
-                exclude=frozenset(removed),
-                keep_nodes=args.explain is not None,
-                rack_power=racks_from_store(reader),
-            )
-            if removed:
-                source += f", without {len(removed)} node(s) of pool(s) {', '.join(args.remove)}"
+            picture, source = _recomputed(reader, s, args, cplan)
         else:
-            data = latest_snapshot(reader)
-            if data is None:
-                raise ConfigError(
-                    "no capacity snapshot yet: set capacity.plan and let `collector run` "
-                    "complete a cycle, or add --now --plan FILE",
-                    field="capacity.plan",
-                )
-            picture = picture_from_dict(data)
+            picture = snapshot
             if args.add:
                 cplan = _plan(s.plan, picture.plan)
             age = max(0.0, time.time() - picture.at)

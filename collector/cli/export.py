@@ -30,7 +30,8 @@ Print the governance state in one of three shapes:
 
   kueue  the GPU quotas as Kueue objects (kueue.x-k8s.io/v1beta1, served by Kueue 0.13 and
          later), multi-document YAML for `kubectl apply -f`:
-         - a ResourceFlavor per GPU model in the inventories, selecting its nodes by the
+         - a ResourceFlavor per GPU model in the inventories (the 64 with the most GPUs:
+           Kueue's flavors per resource group; a note names the rest), selecting its nodes by the
            label NVIDIA's GPU feature discovery sets, nvidia.com/gpu.product = the model's
            name with spaces as '-' (NVIDIA-H100-80GB-HBM3); --gpu-label names another key;
          - a Cohort per cohort, with parentName and the cohort's own gpus quota (limits only

@@ -33,6 +33,8 @@ MAX_COLUMNS: Final = 40
 counted under OTHER)."""
 _MAX_HEADER_MODEL: Final = 60
 """A column header shows this many characters of a model name at most (--json: all)."""
+_MAX_PROBLEMS: Final = 3
+"""A node's row shows this many of its problems at most (--node and --json: all)."""
 
 _DESCRIPTION: Final = """\
 The hardware the agents report (their retained inventories), as components:
@@ -185,7 +187,7 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
     ]
     if hidden:
         columns.append(["OTHER", *(f"+{k} kinds" if k else "" for k in other)])
-    columns.append(["MISSING/ERROR", *(shown("; ".join(n.problems)) for n in nodes)])
+    columns.append(["MISSING/ERROR", *(_problems_cell(n) for n in nodes)])
     padded = []
     for col in columns[:-1]:
         most = max(map(width, col))
@@ -198,6 +200,14 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
             "OTHER: `--node NODE` or --json lists them)"
         )
     return table
+
+
+def _problems_cell(n: NodeComponents) -> str:
+    """The first :data:`_MAX_PROBLEMS` problems of a node, then how many more: a node's
+    inventory can list a thousand NICs down, and its row must stay a row."""
+    first = "; ".join(n.problems[:_MAX_PROBLEMS])
+    more = len(n.problems) - _MAX_PROBLEMS
+    return shown(first if more <= 0 else f"{first}; +{more:,} more (--node {n.node})")
 
 
 def _header(key: str) -> str:

@@ -4,7 +4,8 @@ Pure: the governance state and the fleet's GPUs in, ``kueue.x-k8s.io/v1beta1`` o
 (plain dicts, for ``yaml.safe_dump_all``). The mapping, as ``collector export --format
 kueue`` documents it:
 
-* **ResourceFlavor**, one per GPU model in the fleet's inventories, selecting its nodes by
+* **ResourceFlavor**, one per GPU model in the fleet's inventories (at most
+  :data:`MAX_FLAVORS`, those with the most GPUs), selecting its nodes by
   the label NVIDIA's GPU feature discovery sets, ``nvidia.com/gpu.product``, whose value is
   the model's NVML name with spaces as ``-`` (``NVIDIA H100 80GB HBM3`` ->
   ``NVIDIA-H100-80GB-HBM3``; k8s-device-plugin ``internal/lm/resource.go``). A site that
@@ -55,6 +56,7 @@ from shared.errors import ConfigError
 __all__ = [
     "API_VERSION",
     "GPU_RESOURCE",
+    "MAX_FLAVORS",
     "NAME_ANNOTATION",
     "PRODUCT_LABEL",
     "Flavor",
@@ -82,6 +84,12 @@ _LABEL_KEY: Final = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z"
 )
+MAX_FLAVORS: Final = 64
+"""Flavors in one resource group at most: Kueue's ClusterQueue and Cohort CRDs
+(``ResourceGroup.flavors``, ``maxItems: 64`` in v0.14.8). Every flavor is in
+the one group covering ``nvidia.com/gpu``, so a fleet's GPU models past it are left out
+(those with the fewest GPUs): a node's inventory names its models, and one node declaring
+64 made-up ones must not make every ClusterQueue one that Kueue refuses."""
 _ANY_GPU: Final = "gpu"
 """The one flavor when no inventory names a GPU model: no node labels, any node."""
 
@@ -131,12 +139,13 @@ class KueueExport:
 
 
 def flavors_of(fleet: Mapping[str, int]) -> list[Flavor]:
-    """One flavor per GPU model (model -> GPUs in the fleet), by name; the catch-all ``gpu``
-    when there is none."""
+    """One flavor per GPU model (model -> GPUs in the fleet), by name: the
+    :data:`MAX_FLAVORS` models with the most GPUs; the catch-all ``gpu`` when there is
+    none."""
     if not fleet:
         return [Flavor(_ANY_GPU, None, 0)]
     out: dict[str, Flavor] = {}
-    for model in sorted(fleet):
+    for model in sorted(sorted(fleet, key=lambda m: (-fleet[m], m))[:MAX_FLAVORS]):
         name = k8s_name(model.strip().lower().replace(" ", "-"))
         if name in out:  # two spellings of one slug: keep both, told apart by a hash
             name = f"{name[:240]}-{hashlib.sha256(model.encode()).hexdigest()[:6]}"
@@ -241,6 +250,12 @@ def kueue_manifests(
     if flavors[0].model is None:
         out.notes.append(
             "no inventory names a GPU model: one flavor 'gpu' without node labels (any node)"
+        )
+    left_out = sorted(set(fleet) - {f.model for f in flavors})
+    if left_out:
+        out.notes.append(
+            f"{len(left_out)} GPU models past Kueue's {MAX_FLAVORS} flavors in a resource group "
+            f"(those with the fewest GPUs) have no flavor: {', '.join(left_out)}"
         )
     for f in flavors:
         spec: dict[str, Any] = {}

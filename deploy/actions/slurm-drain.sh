@@ -30,6 +30,9 @@ for a in doc.get("alerts", []):
     if not node or not all(c.isalnum() or c in "._-" for c in node):
         continue
     what = " ".join(x for x in (labels.get("alertname", ""), a.get("annotations", {}).get("summary", "")) if x)
+    # A summary holds text a node chose (a user name): one line, printable, or a newline and
+    # tabs in it would be read below as a line of their own, draining another node.
+    what = " ".join("".join(c if c.isprintable() else " " for c in what).split())
     reason = ("capwatch: " + what).replace("\"", "\x27")[:200]
     print(a.get("status", ""), node, reason, sep="\t")
 ')

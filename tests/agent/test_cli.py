@@ -61,6 +61,28 @@ def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        ("simulate", "--fake-gpus"),
+        ("simulate", "--node-id"),
+        ("simulate", "--gpu-backend"),
+        ("simulate", "--fake-mig"),
+        ("inventory", "--interval"),
+    ],
+)
+def test_a_flag_the_command_would_ignore_is_neither_offered_nor_taken(
+    command: str, flag: str
+) -> None:
+    """``agent simulate`` makes its own nodes (xname ids, --gpus-per-node fake GPUs) and
+    ``agent inventory`` takes no samples: their --help does not offer flags they would
+    ignore, and argparse refuses them (exit 2) instead of running without them."""
+    assert flag not in run_agent(command, "--help").stdout
+    done = run_agent(command, flag, "2", "--port", "1")
+    assert done.returncode == 2
+    assert f"unrecognized arguments: {flag} 2" in done.stderr
+
+
 @pytest.mark.parametrize("wait", ["inf", "nan", "-1", "3601"])
 def test_sample_with_a_wait_out_of_range_is_one_line_naming_the_flag(wait: str) -> None:
     """``agent sample --wait inf`` was a traceback (OverflowError from time.sleep) and

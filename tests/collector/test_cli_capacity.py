@@ -99,6 +99,27 @@ async def test_what_if_that_breaks_the_cap_exits_1_naming_the_constraint(
     assert "does NOT fit: IT power cap breaks first" in text
 
 
+async def test_a_plan_other_than_the_snapshots_is_recomputed_not_ignored(
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plan naming another site (here a 2 MW cap) shows that site, not the 5 MW snapshot;
+    the snapshot's own plan still shows the snapshot."""
+    db = store_url
+    await _store(db, snapshots=1)
+    other = tmp_path / "smaller.toml"
+    other.write_text(PLAN.read_text().replace("it_cap_mw = 5.0", "it_cap_mw = 2.0"))
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db), "--plan", str(other), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"].startswith("recomputed")
+    assert out["capacity"]["cap_w"] == 2e6
+    assert out["capacity"]["plan"] == str(other)
+    assert main(["capacity", "--db", str(db), "--plan", str(PLAN), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"].startswith("snapshot, ")
+    assert out["capacity"]["cap_w"] == 5e6
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -74,6 +74,28 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(CollectorSettings, config_file=tmp_path / "nope.toml")
 
 
+def test_a_config_file_that_is_not_utf8_is_one_clear_line(tmp_path: Path) -> None:
+    """TOML is UTF-8: a Latin-1 file is a ConfigError naming the file, not a traceback."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes('[mqtt]\nhost = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"'.*c\.toml' is not UTF-8 text") as info:
+        load_settings(AgentSettings, config_file=cfg)
+    assert info.value.field == "config"
+
+
+def test_a_config_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    """--config pointing at a directory is not called missing."""
+    with pytest.raises(ConfigError, match="is a directory") as info:
+        load_settings(CollectorSettings, config_file=tmp_path)
+    assert info.value.field == "config"
+
+
+def test_an_empty_config_from_dev_null_gives_the_defaults() -> None:
+    """--config /dev/null (no settings from a file) is the defaults, not a missing file."""
+    empty = load_settings(CollectorSettings, config_file=Path("/dev/null"))
+    assert empty.model_dump() == load_settings(CollectorSettings).model_dump()
+
+
 # --- secrets ----------------------------------------------------------------------------
 
 

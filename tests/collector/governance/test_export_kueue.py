@@ -249,6 +249,28 @@ async def test_every_object_validates_against_kueue_crds(tmp_path: Path) -> None
     assert labels[0] == {"example.com/gpu-model": "NVIDIA-A100-SXM4-80GB"}
 
 
+async def test_a_fleet_of_more_gpu_models_than_a_resource_group_holds_still_validates(
+    tmp_path: Path,
+) -> None:
+    """A node declaring 64 GPUs of 64 made-up models (its inventory is its own to write)
+    must not make every ClusterQueue one Kueue refuses (at most 64 flavors in a resource
+    group): the 64 models with the most GPUs are flavors, the rest named in a note, and the
+    figures still sum to the store's."""
+    odd = [Spec(f"odd{i}", gpu=f"Odd GPU {i:02}", gpus=1) for i in range(64)]
+    db = await _store(tmp_path, fleet=[*FLEET, *odd])
+    docs, err = _export(db)
+    for doc in docs:
+        check_object(doc)
+    flavors = _by(docs, "ResourceFlavor")
+    assert len(flavors) == 64
+    assert {A100, H100} <= set(flavors)
+    assert "2 GPU models past Kueue's 64 flavors" in err
+    assert "Odd GPU 62, Odd GPU 63" in err
+    queues = _by(docs, "ClusterQueue")
+    assert _sums(queues["acme"])["nominal"] == 16
+    assert _sums(queues["solo"])["nominal"] == 8
+
+
 def test_a_field_kueue_does_not_know_fails_the_check() -> None:
     """The strict schema refuses a misspelt field, the CEL check a limit without a cohort."""
     cq: Doc = {

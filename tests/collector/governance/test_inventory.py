@@ -92,6 +92,22 @@ async def test_gpus_missing_from_the_latest_sample_and_a_nic_down_are_errors(
     assert "gpu: 3 of 4 in the latest sample" in out
 
 
+async def test_a_node_with_a_thousand_nics_down_keeps_its_table_row_short(
+    tmp_path: Path,
+) -> None:
+    """1,024 NICs down (an inventory says what it likes) make one short MISSING/ERROR cell
+    that counts the rest; --json still lists every problem."""
+    nics = [NicInfo(name=f"eth{i}", speed_mbps=100_000, up=False) for i in range(1024)]
+    db = str(await make_store(tmp_path, [Spec("n1", nics=nics), Spec("n2")]))
+    code, out, err = cli("inventory", "--db", db)
+    assert code == 0, err
+    header, row, _ = out.splitlines()
+    assert row.endswith("nic eth0 down; nic eth1 down; nic eth2 down; +1,021 more (--node n1)")
+    assert len(row) < len(header) + 100
+    _code, out, _ = cli("inventory", "--db", db, "--json")
+    assert len(json.loads(out)["nodes"][0]["problems"]) == 1024
+
+
 def test_nvidia_gpu_on_the_bus_that_nvml_lost_is_an_error_not_a_component() -> None:
     """An NVIDIA device in ``accelerators`` is a lost GPU; an AMD one is a component."""
     inv = msgspec.structs.replace(

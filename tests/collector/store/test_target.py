@@ -108,3 +108,12 @@ def test_an_unreadable_password_file_names_the_setting(tmp_path: Path) -> None:
     target = PgTarget("postgresql://u@h/d", tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"store\.password_file"):
         target.password()
+
+
+def test_a_password_file_that_is_not_utf8_names_the_setting_not_its_bytes(tmp_path: Path) -> None:
+    """A Latin-1 password file: one line naming the setting and the fix, no byte of it shown."""
+    secret = tmp_path / "pw"
+    secret.write_bytes("s\u00e9cret\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"store\.password_file.*not UTF-8") as info:
+        PgTarget("postgresql://u@h/d", secret).password()
+    assert "0xe9" not in str(info.value)
