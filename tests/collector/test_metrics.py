@@ -300,7 +300,12 @@ async def test_samples_at_the_schemas_bounds_give_finite_exact_aggregates() -> N
             base,
             node=f"n{i}",
             cpu_power_w=MAX_CPU_POWER_W,
-            gpus=[msgspec.structs.replace(gpu, index=k) for k in range(MAX_GPUS)],
+            gpus=[
+                msgspec.structs.replace(
+                    gpu, index=k, uuid=f"GPU-{k:08x}-0000-4000-8000-000000000000"
+                )
+                for k in range(MAX_GPUS)
+            ],
         )
         view.on_sample(sample, NOW)
     got = _values(await fleet_families(view, NOW, staleness=Staleness(3, 5)))

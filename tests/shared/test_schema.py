@@ -37,6 +37,9 @@ def test_sample_round_trips_through_json() -> None:
         (lambda d: d.update(seq=2**70), "invalid", "$.seq"),
         (lambda d: d["mem"].update(total_bytes=2**64), "invalid", "$.mem.total_bytes"),
         (lambda d: d.update(ts=1e300), "invalid", "$.ts"),
+        # Two GPUs under one index (or UUID) would merge into one in the rollups and rules.
+        (lambda d: d["gpus"][1].update(index=d["gpus"][0]["index"]), "invalid", "$.gpus"),
+        (lambda d: d["gpus"][1].update(uuid=d["gpus"][0]["uuid"]), "invalid", "$.gpus"),
     ],
 )
 def test_bad_sample_is_rejected_with_reason_and_field(
@@ -91,3 +94,18 @@ def test_inventory_from_an_agent_before_the_hardware_fields_still_decodes() -> N
         del nic["model"], nic["up"]
     inv = decode_inventory(msgspec.json.encode(d))
     assert (inv.cpus, inv.accelerators, inv.mem_dimms, inv.nics[0].model) == ([], [], None, None)
+
+
+@pytest.mark.parametrize("field", ["index", "uuid"])
+def test_an_inventory_naming_one_gpu_twice_is_rejected(field: str) -> None:
+    """An inventory's GPUs are one each: a repeated index or UUID is invalid."""
+    d = inventory_dict()
+    gpus = d["gpus"]
+    assert isinstance(gpus, list)
+    assert len(gpus) >= 2
+    gpus[1][field] = gpus[0][field]
+    with pytest.raises(SchemaError) as info:
+        decode_inventory(msgspec.json.encode(d))
+    assert info.value.reason == "invalid"
+    assert "$.gpus" in str(info.value)
+    assert field in str(info.value)

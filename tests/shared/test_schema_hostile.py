@@ -155,7 +155,10 @@ def test_bounds_keep_per_sample_sums_inside_int64() -> None:
 def test_worst_case_accepted_sample_sums_store_in_sqlite() -> None:
     """MAX_GPUS GPUs at the memory bound decode, and the collector's sum fits a SQLite integer."""
     d = sample_dict()
-    d["gpus"] = [d["gpus"][0] | {"index": i} for i in range(s.MAX_GPUS)]
+    d["gpus"] = [
+        d["gpus"][0] | {"index": i, "uuid": f"GPU-{i:08x}-0000-4000-8000-000000000000"}
+        for i in range(s.MAX_GPUS)
+    ]
     for g in d["gpus"]:
         g["mem_used_bytes"] = s.MAX_GPU_MEM_BYTES
         g["processes"] = [{"pid": 1, "used_mem_bytes": s.MAX_GPU_MEM_BYTES}]
@@ -217,8 +220,11 @@ def _filled(kind: str, path: str, length: int) -> bytes:
     d = _DICTS[kind]()
     items = get(d, keys(path))
     grown = [items[i % len(items)] for i in range(length)]
-    if path == "gpus":  # GPU indexes stay below MAX_GPUS; they need not be unique
-        grown = [g | {"index": i % s.MAX_GPUS} for i, g in enumerate(grown)]
+    if path == "gpus":  # each GPU once (index below MAX_GPUS, and its UUID)
+        grown = [
+            g | {"index": i % s.MAX_GPUS, "uuid": f"GPU-{i:08x}-0000-4000-8000-000000000000"}
+            for i, g in enumerate(grown)
+        ]
     set_at(d, path, grown)
     return encode(d)
 

@@ -231,7 +231,12 @@ def test_a_node_with_two_gpu_models_counts_each_with_or_without_ids() -> None:
     inv = inventory(Spec("n1", gpus=3))
     mixed = msgspec.structs.replace(
         inv,
-        gpus=[*inv.gpus, msgspec.structs.replace(inv.gpus[0], name=H100, index=3)],
+        gpus=[
+            *inv.gpus,
+            msgspec.structs.replace(
+                inv.gpus[0], name=H100, index=3, uuid="GPU-00000003-0000-4000-8000-00000000ffff"
+            ),
+        ],
         nics=[
             NicInfo(name="ib0", speed_mbps=400_000, model="ConnectX-7"),
             NicInfo(name="ib1", speed_mbps=400_000, model="ConnectX-7"),
