@@ -46,7 +46,6 @@ No SQL here: :mod:`collector.store.rollups` reads and writes the rows.
 
 from __future__ import annotations
 
-import math
 import operator
 import zlib
 from collections.abc import Sequence
@@ -628,7 +627,7 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     """``new`` with the ``stored`` buckets of its keys merged in, then each held to its
     length (:func:`_hold`). ``stored``: rows ``(node, res, bucket, gpu_stats, *FOLDED)``
     read from the store (:data:`FOLDED` merged here, the node's other columns in SQL,
-    :data:`collector.store.rollups.UPSERT_SQL`); a ``reported_s`` of ``None`` (a bucket
+    :data:`collector.store.rollups.UPSERT_SQL`); a ``reported_s`` below 0 (NULL: a bucket
     written before it was kept) is its ``seconds``, as reported. A stored bucket's sums
     over time are taken back to what its samples reported (``x reported_s / seconds``)
     before the new ones add to them: a bucket holds the same whatever the folds its samples
@@ -642,11 +641,9 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     order = np.argsort(_combined(keys), kind="stable")
     keys = keys[order]
     rows = [stored[i] for i in order.tolist()]
-    folded = np.array(
-        [[math.nan if v is None else v for v in r[4:]] for r in rows], np.float64
-    ).reshape(-1, len(FOLDED))
+    folded = np.array([r[4:] for r in rows], np.float64).reshape(-1, len(FOLDED))
     reported, timed = folded[:, 0], folded[:, 1:]
-    before = np.isnan(reported)
+    before = reported < 0
     reported[before] = timed[before, 0]
     length = keys[:, 1].astype(np.float64)
     undo = np.where(before, 1.0, np.maximum(reported, length) / length)

@@ -264,7 +264,10 @@ MARK_HOURS_SQL: Final = (
 """The hours a fold moved, for the usage ledger (:mod:`collector.store.ledger`)."""
 
 
-_STORED: Final = ", ".join(f"r.{c}" for c in ("gpu_stats", *FOLDED))
+_STORED: Final = ", ".join(
+    ["r.gpu_stats", f"coalesce(r.{FOLDED[0]}, -1)", *(f"r.{c}" for c in FOLDED[1:])]
+)
+"""``reported_s`` NULL (a bucket written before it was kept) read as -1: all numbers."""
 
 
 def stored_sql(keys: int) -> str:
