@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from structlog.testing import capture_logs
 
 from collector.governance.ledger import LedgerJob
 from collector.ingest.validate import sample_row
@@ -134,8 +135,11 @@ async def test_the_ledger_counts_a_flooding_node_at_most_its_gpus_for_the_hour(
     store_url: StoreTarget,
 ) -> None:
     """The usage ledger, made of the hours, credits the flooding node at most its GPUs x
-    1 h and its input power x 1 h, whatever it claimed."""
-    await _fold(store_url, _flood())
+    1 h and its input power x 1 h, whatever it claimed; the fold named it, once."""
+    with capture_logs() as logs:
+        await _fold(store_url, _flood())
+    (held,) = [e for e in logs if e["event"] == "rollup_buckets_held"]
+    assert (held["buckets"], held["reported_s"]) == (2, {"flood": 540_000})
     async with Store.open_readonly(store_url) as reads:
         gov = await reads.run(governance())
         job = LedgerJob(FakeClock(start_wall=T0 + 2 * HOUR), governance=lambda: gov)
