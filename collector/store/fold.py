@@ -230,15 +230,17 @@ class Stage:
         shard: int,
         pieces: list[tuple[int, Staged]],
         new: Buckets,
-    ) -> int:
+    ) -> tuple[int, Buckets]:
         """One part: fold ``pieces`` (``new``: their buckets) of ``shard`` into the rollups
-        and delete their rows, in one transaction; return how many samples that was."""
+        and delete their rows, in one transaction; return how many samples that was, and
+        the buckets written (:attr:`Buckets.held <collector.store.partials.Buckets.held>`
+        and ``flooded`` say which were held to their length)."""
         if not pieces:
-            return 0
+            return 0, Buckets()
         owner, busy = self.owner, self.config.busy_util_pct
         known = {seq for seq, _ in self._shards.get(shard, ())}
 
-        def fold(tx: Tx) -> list[Staged]:
+        def fold(tx: Tx) -> tuple[list[Staged], Buckets]:
             tx.lock_fold()  # before reading the buckets it will write back
             owned = {int(r[0]) for r in tx.fetchall(OWNED_SQL, (owner, shard))}
             mine = [piece for seq, piece in pieces if seq in owned]
@@ -254,15 +256,15 @@ class Stage:
                 folded.append(seq)
             made = new if whole else buckets(mine)
             if len(made.keys):
-                _write(tx, made)
+                made = _write(tx, made)
             per = max(1, tx.max_variables - 2)
             for i in range(0, len(folded), per):
                 chunk = folded[i : i + per]
                 tx.execute(clear_stage_sql(len(chunk)), (owner, shard, *chunk))
             tx.execute(FOLDED_SQL, (owner, now))
-            return mine
+            return mine, made
 
-        mine = await store.transact("folding rollups", fold)
+        mine, made = await store.transact("folding rollups", fold)
         self._recorded = now
         done = {id(piece) for _, piece in pieces}
         left = [p for p in self._shards.get(shard, ()) if id(p[1]) not in done]
@@ -273,7 +275,7 @@ class Stage:
         self.pending -= sum(len(piece) for _, piece in pieces)
         if len(mine) < len(pieces):
             log.warning("rollup_stage_taken_by_another", batches=len(pieces) - len(mine))
-        return sum(map(len, mine))
+        return sum(map(len, mine)), made
 
 
 class Fold:
@@ -294,6 +296,14 @@ class Fold:
         """Samples folded so far."""
         self.parts = 0
         """Transactions written so far."""
+        self.held = 0
+        """Buckets written so far that were held to their length (their samples reported
+        more seconds than they span: an honest node's jitter, by a fraction of an interval,
+        or a node that over-reports)."""
+        self.flooded: dict[str, float] = {}
+        """The nodes, among those, that reported more than any honest node can (the
+        bucket's length plus the longest interval the schema allows), with the most seconds
+        one of their buckets reported: logged once, when the fold ends."""
         self._todo: list[int] | None = None
         """The shards left to fold (``None``: the first part is next)."""
         self._next: tuple[int, list[tuple[int, Staged]], asyncio.Future[Buckets]] | None = None
@@ -311,7 +321,11 @@ class Fold:
             shard, pieces, made = self._next or self._prepare()
             try:
                 new = await made
-                self.samples += await stage._fold_shard(store, self.now, shard, pieces, new)
+                samples, written = await stage._fold_shard(store, self.now, shard, pieces, new)
+                self.samples += samples
+                self.held += written.held
+                for node, _, _, reported in written.flooded:
+                    self.flooded[node] = max(reported, self.flooded.get(node, 0.0))
             except BaseException:
                 self._next = None  # the buckets merged in a part rolled back: made again
                 raise
@@ -334,18 +348,31 @@ class Fold:
     def _finish(self) -> bool:
         if self._stage.folding is self:
             self._stage.folding = None
+        if self.flooded:
+            worst = sorted(self.flooded.items(), key=lambda kv: -kv[1])[:10]
+            log.warning(
+                "rollup_buckets_held",
+                buckets=self.held,
+                nodes=len(self.flooded),
+                reported_s={node: round(s) for node, s in worst},
+                hint="these nodes' samples report more seconds than they span "
+                "(interval_s); their rollups are held to each bucket's length",
+            )
         return False
 
 
-def _write(tx: Tx, new: Buckets) -> None:
-    """Merge ``new`` into the stored buckets of its keys and write them back; mark their
-    hours for the usage ledger (in ``tx``, the store's thread: the merge's numpy too)."""
+def _write(tx: Tx, new: Buckets) -> Buckets:
+    """Merge ``new`` into the stored buckets of its keys and write them back (return them);
+    mark their hours for the usage ledger (in ``tx``, the store's thread: the merge's numpy
+    too)."""
     keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
     stored: list[Any] = []
     per = max(1, min(_KEYS_PER_READ, tx.max_variables // 3))
     for i in range(0, len(keys), per):
         chunk = keys[i : i + per]
         stored += tx.fetch_tuples(stored_sql(len(chunk)), [v for k in chunk for v in k])
-    tx.insert_array(UPSERT_SQL, merge(new, stored).rows(nan_is_null=tx.nan_is_null))
+    merged = merge(new, stored)
+    tx.insert_array(UPSERT_SQL, merged.rows(nan_is_null=tx.nan_is_null))
     hours = sorted({k[2] for k in keys if k[1] == HOUR})
     tx.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
+    return merged

@@ -65,6 +65,7 @@ import numpy as np
 from collector.nodefacts import GpuPower, gpu_power_w
 from collector.store.partials import (
     F64,
+    FOLDED,
     GPU_COLUMNS,
     GPU_RECORD_BYTES,
     I64,
@@ -231,6 +232,8 @@ _COLUMNS: Final = (*_KEY, *(c for c, _ in NODE_COLUMNS), "gpu_stats")
 
 
 def _merged(col: str, op: int) -> str:
+    if col in FOLDED:  # merged by the fold, which read them first
+        return f"{col} = excluded.{col}"
     if op == SUM:
         return f"{col} = rollups.{col} + excluded.{col}"
     cmp = "<" if op == MIN else ">"
@@ -249,8 +252,10 @@ UPSERT_SQL: Final = (
 )
 """New partial buckets (:meth:`collector.store.partials.Buckets.rows`) into the stored
 ones: the node's columns merge here (sums add, minima and maxima compare: ``CASE``, not
-SQLite's scalar ``min``/``max``), its packed GPUs were merged by the fold, which read them
-first (:func:`stored_sql`) in its transaction."""
+SQLite's scalar ``min``/``max``), except its sums over time
+(:data:`~collector.store.partials.FOLDED`) and its packed GPUs, which the fold merged (and
+held to the bucket's length), having read them first (:func:`stored_sql`) in its
+transaction."""
 MARK_HOURS_SQL: Final = (
     "INSERT INTO ledger_dirty (hour, n)",
     2,
@@ -259,15 +264,21 @@ MARK_HOURS_SQL: Final = (
 """The hours a fold moved, for the usage ledger (:mod:`collector.store.ledger`)."""
 
 
+_STORED: Final = ", ".join(
+    ["r.gpu_stats", f"coalesce(r.{FOLDED[0]}, -1)", *(f"r.{c}" for c in FOLDED[1:])]
+)
+"""``reported_s`` NULL (a bucket written before it was kept) read as -1: all numbers."""
+
+
 def stored_sql(keys: int) -> str:
-    """The packed GPUs of the stored buckets of ``keys`` (node, res, bucket) triples, as
-    :func:`collector.store.partials.merge` reads them."""
+    """The packed GPUs and sums over time of the stored buckets of ``keys`` (node, res,
+    bucket) triples, as :func:`collector.store.partials.merge` reads them."""
     values = ", ".join(["(?, ?, ?)"] * keys)
     # A join, not `(node, res, bucket) IN (VALUES ...)`: SQLite scans the whole table for
     # that one, and looks each key up through the primary key for this.
     return (
         f"WITH k (node, res, bucket) AS (VALUES {values}) "
-        "SELECT r.node, r.res, r.bucket, r.gpu_stats FROM k JOIN rollups r "
+        f"SELECT r.node, r.res, r.bucket, {_STORED} FROM k JOIN rollups r "
         "ON r.node = k.node AND r.res = k.res AND r.bucket = k.bucket"
     )
 

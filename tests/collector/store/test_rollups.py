@@ -82,9 +82,9 @@ def other_url(store_url: StoreTarget, request: pytest.FixtureRequest) -> StoreTa
 def _all(db: StoreTarget) -> list[tuple[object, ...]]:
     """Every bucket, its packed GPUs unpacked (one row per GPU after the node's)."""
     out: list[tuple[object, ...]] = []
-    for row in db_rows(db, "SELECT * FROM rollups ORDER BY node, res, bucket"):
+    for row in db_rows(db, "SELECT *, gpu_stats FROM rollups ORDER BY node, res, bucket"):
         *node, blob = row
-        out.append(tuple(node))
+        out.append(tuple(v for v in node if not isinstance(v, bytes)))
         out += [tuple(g) for g in decode_gpus(blob).tolist()]
     return out
 
