@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from collector.alerts.delivery import Delivery, DeliveryMetrics, read_pending
 from collector.alerts.job import AlertJob, AlertJobMetrics
-from collector.alerts.rule import Evaluator, Rule
+from collector.alerts.rule import Evaluator, EvaluatorMetrics, Rule
 from collector.capacity.job import CapacityJob, CapacityJobMetrics
 from collector.governance.job import GovernanceJob
 from collector.governance.ledger import LedgerJob
@@ -328,6 +328,7 @@ def leader_jobs(
     token: int | None,
     *,
     metrics: tuple[AlertJobMetrics, DeliveryMetrics, PushMetrics | None],
+    evaluator_metrics: EvaluatorMetrics,
     delivery_rescan_s: float,
     delivery_poll_s: float,
 ) -> LeaderJobs:
@@ -359,7 +360,7 @@ def leader_jobs(
             metrics=push_metrics,
             poll_s=delivery_poll_s,
         )
-    evaluator = Evaluator(rules)
+    evaluator = Evaluator(rules, metrics=evaluator_metrics)
     alerts = AlertJob(
         evaluator,
         clock,

@@ -55,7 +55,7 @@ from collector import parts
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import DeliveryMetrics
 from collector.alerts.job import AlertJobMetrics
-from collector.alerts.rule import Evaluator
+from collector.alerts.rule import Evaluator, EvaluatorMetrics
 from collector.capacity.job import CapacityJob, CapacityJobMetrics
 from collector.capacity.rules import capacity_rules
 from collector.counters import CounterRows, counter_values, value
@@ -126,12 +126,14 @@ class Collector:
         self.writer_metrics = WriterMetrics(self.registry)
         self.delivery_metrics = DeliveryMetrics(self.registry)
         self.alert_metrics = AlertJobMetrics(self.registry)
+        self.evaluator_metrics = EvaluatorMetrics(self.registry)
         self._counted: list[CounterRows] = [
             self.ingest_metrics,
             self.reader_metrics,
             self.writer_metrics,
             self.delivery_metrics,
             self.alert_metrics,
+            self.evaluator_metrics,
         ]
         self.live = LiveView()
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
@@ -169,7 +171,7 @@ class Collector:
             self.ledger = parts.ledger_job(
                 settings, self.clock, self.governance, self.capacity, self.live
             )
-        self.evaluator = Evaluator(rules)
+        self.evaluator = Evaluator(rules, metrics=self.evaluator_metrics)
         """The alert rules' states: the current term's (a new term takes them back anew)."""
         self.role_metrics = RoleMetrics(self.registry)
         self.role: Role | None = None
@@ -417,6 +419,7 @@ class Collector:
             queue,
             token,
             metrics=(self.alert_metrics, self.delivery_metrics, self.push_metrics),
+            evaluator_metrics=self.evaluator_metrics,
             delivery_rescan_s=self.delivery_rescan_s,
             delivery_poll_s=self.delivery_poll_s,
         )

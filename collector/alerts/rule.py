@@ -16,7 +16,23 @@ Prometheus' life cycle (``rules/alerting.go``)::
 condition was gone; the condition coming back inside it cancels the countdown, so a flapping
 condition stays one firing alert. Each change is returned as a :class:`Transition` for the
 caller to persist (and, for firing and resolved, to notify). ``startsAt`` is the time the alert
-started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time.
+started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time. A pending alert
+that goes away is counted per rule (``capwatch_collector_alert_pending_cleared_total``): as in
+Prometheus, which keeps pending alerts in memory and in its ``ALERTS`` series only, and
+Alertmanager, which never hears of them, it is not history (``alert_history`` keeps what
+fired: :data:`collector.store.alerts.HISTORY_STATES`).
+
+What one node can make the evaluator hold is bounded: a rule holds at most
+``Rule.max_per_node`` alerts (default :data:`MAX_PER_NODE`, 64) whose ``node`` label names
+the same node, pending and firing together. An instance past that is not created: it is
+counted per rule (``capwatch_collector_alert_instances_dropped_total``) and logged
+(``alert_instances_dropped``: the nodes that lost most and how many; a line per rule at most
+every minute, the first at once). The alerts already held keep their place (a firing
+alert is never displaced by a new one); the count is of the alerts held while the evaluation
+runs, so at the limit a new instance is created at the first evaluation after an old one is
+gone. A node naming 256 new idle jobs in every sample (``JobGpuIdle``) thus holds 64 pending
+alerts, not 256 new ones per sample. Instances without a ``node`` label (capacity and
+governance rules: racks, tenants, leases of the site's own configuration) are not bounded here.
 
 Templates are :meth:`str.format_map` strings over the labels and the instance's values, e.g.
 ``"GPU {gpu} on {node} at {temp_c} °C"``; a missing key renders as ``<no value>``, as in Go
@@ -32,19 +48,25 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 import msgspec
+from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.fingerprint import fingerprints_of_items
 from collector.alerts.names import refuse_unknown
 from collector.cooperate import YIELD_EVERY, yield_gil
+from collector.counters import value
+from shared.logging import get_logger
+from shared.schema import MAX_GPUS
 
 if TYPE_CHECKING:
     from collector.live import LiveView
 
 __all__ = [
+    "MAX_PER_NODE",
     "SEVERITIES",
     "AlertState",
     "Condition",
     "Evaluator",
+    "EvaluatorMetrics",
     "Instance",
     "Rule",
     "State",
@@ -52,8 +74,16 @@ __all__ = [
     "enabled_rules",
 ]
 
+log = get_logger("alerts")
+
 State = Literal["inactive", "pending", "firing", "resolved"]
 SEVERITIES: Final = ("critical", "warning", "info")
+MAX_PER_NODE: Final = MAX_GPUS
+"""Alerts of one rule one node may have at a time (the default ``Rule.max_per_node``): 64,
+the most GPUs a node may report (``shared.schema.MAX_GPUS``), so a rule with an alert per GPU
+never loses one on a node the wire schema accepts, while a rule with an alert per thing a node
+names freely (``JobGpuIdle``: a job, up to ``MAX_JOBS`` = 256 in every sample) cannot make
+more. See the module docstring."""
 _LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 """Prometheus' classic label-name rule: what every Alertmanager accepts."""
 _RESERVED: Final = frozenset({"alertname", "severity"})
@@ -84,10 +114,14 @@ class Rule:
     keep_firing_for_s: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     """Static labels added to every alert of the rule (e.g. ``team``)."""
+    max_per_node: int = MAX_PER_NODE
+    """Alerts of the rule one node (label ``node``) may have at a time; see the module."""
 
     def __post_init__(self) -> None:
         if not _LABEL_NAME.match(self.name):
             raise ValueError(f"rule name {self.name!r} is not a valid alertname")
+        if self.max_per_node < 1:
+            raise ValueError(f"rule {self.name}: max_per_node must be >= 1")
         if self.severity not in SEVERITIES:
             raise ValueError(f"rule {self.name}: severity must be one of {SEVERITIES}")
         if self.for_s < 0 or self.keep_firing_for_s < 0:
@@ -188,18 +222,56 @@ class Transition(NamedTuple):
 
 
 _Key = tuple[tuple[str, str], ...]
+_LOGGED_NODES: Final = 10
+"""Nodes an ``alert_instances_dropped`` line names at most (those that lost most; the rest
+counted in ``more_nodes``)."""
+_LOG_EVERY_S: Final = 60.0
+"""A rule logs ``alert_instances_dropped`` at most this often (the first drop at once)."""
+
+
+class EvaluatorMetrics:
+    """What the evaluator counts per rule, on ``registry`` (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(
+                name, doc, ["alertname"], namespace="capwatch_collector", registry=registry
+            )
+
+        self.pending_cleared = counter(
+            "alert_pending_cleared",
+            "Pending alerts whose condition went away before the rule's for (never fired).",
+        )
+        self.instances_dropped = counter(
+            "alert_instances_dropped",
+            "Alert instances not created: their node already had the rule's max_per_node.",
+        )
+
+    def counter_rows(self) -> dict[str, int]:
+        """``alert_pending_cleared``, ``alert_instances_dropped`` (every rule's together)."""
+        return {
+            "alert_pending_cleared": value(self.pending_cleared),
+            "alert_instances_dropped": value(self.instances_dropped),
+        }
 
 
 class Evaluator:
     """Runs rules over the live view and keeps each alert's life-cycle state."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], *, metrics: EvaluatorMetrics | None = None) -> None:
         self.rules: dict[str, Rule] = {}
         for rule in rules:
             if rule.name in self.rules:
                 raise ValueError(f"two rules are named {rule.name!r}")
             self.rules[rule.name] = rule
         self._states: dict[str, dict[_Key, AlertState]] = {name: {} for name in self.rules}
+        self._held: dict[str, dict[str, int]] = {name: {} for name in self.rules}
+        """Per rule, the alerts held per node (label ``node``): what ``max_per_node`` bounds."""
+        self._unlogged: dict[str, dict[str, int]] = {}
+        """Per rule, instances dropped per node since its last ``alert_instances_dropped``."""
+        self._log_at: dict[str, float] = {}
+        """Per rule, when ``alert_instances_dropped`` may be logged again."""
+        self.metrics = EvaluatorMetrics(CollectorRegistry()) if metrics is None else metrics
         self._published: tuple[AlertState, ...] = ()
 
     def states(self) -> list[AlertState]:
@@ -225,7 +297,13 @@ class Evaluator:
             if st.state not in ("pending", "firing"):
                 continue
             st.hold_until = now + hold_s if st.state == "firing" else 0.0
-            self._states.setdefault(st.rule, {})[st.key] = st
+            by_key = self._states.setdefault(st.rule, {})
+            key = st.key
+            node = st.labels.get("node")
+            if key not in by_key and node is not None:
+                held = self._held.setdefault(st.rule, {})
+                held[node] = held.get(node, 0) + 1
+            by_key[key] = st
         self._publish()
 
     def evaluate(self, view: LiveView, now: float) -> list[Transition]:
@@ -234,10 +312,12 @@ class Evaluator:
         for name, by_key in self._states.items():
             rule = self.rules.get(name)
             seen: set[_Key] = set()
+            held = self._held.setdefault(name, {})
             if rule is not None:
                 changed: list[AlertState] = []
                 before: list[State] = []
                 new_keys: list[_Key] = []
+                dropped: dict[str, int] = {}
                 for i, inst in enumerate(rule.condition(view, now), 1):
                     if not i % YIELD_EVERY:
                         yield_gil()  # the evaluator runs this in a thread: collector.cooperate
@@ -250,15 +330,40 @@ class Evaluator:
                         changed=changed,
                         before=before,
                         new_keys=new_keys,
+                        held=held,
+                        dropped=dropped,
                     )
                 if new_keys:  # their fingerprints hashed together (a mass event makes thousands)
                     for key, fp in zip(new_keys, fingerprints_of_items(new_keys), strict=True):
                         by_key[key].fingerprint = fp
                 out += map(_transition, changed, before, repeat(now))
+                if dropped:
+                    self._dropped(rule, dropped, now)
             if len(seen) < len(by_key):
-                self._absent(rule, by_key, seen, now, out)
+                self._absent(name, rule, by_key, seen, now, out=out, held=held)
         self._publish()
         return out
+
+    def _dropped(self, rule: Rule, dropped: dict[str, int], now: float) -> None:
+        """Count the instances ``rule``'s evaluation did not create (``dropped``: per node);
+        log them, with those of the evaluations since the rule's last line, at most once per
+        :data:`_LOG_EVERY_S`."""
+        self.metrics.instances_dropped.labels(rule.name).inc(sum(dropped.values()))
+        unlogged = self._unlogged.setdefault(rule.name, {})
+        for node, n in dropped.items():
+            unlogged[node] = unlogged.get(node, 0) + n
+        if now < self._log_at.get(rule.name, float("-inf")):
+            return
+        self._log_at[rule.name] = now + _LOG_EVERY_S
+        del self._unlogged[rule.name]
+        log.warning(
+            "alert_instances_dropped",
+            alertname=rule.name,
+            max_per_node=rule.max_per_node,
+            dropped=sum(unlogged.values()),
+            nodes=dict(sorted(unlogged.items(), key=lambda kv: -kv[1])[:_LOGGED_NODES]),
+            more_nodes=max(0, len(unlogged) - _LOGGED_NODES),
+        )
 
     def _active(
         self,
@@ -271,17 +376,26 @@ class Evaluator:
         changed: list[AlertState],
         before: list[State],
         new_keys: list[_Key],
+        held: dict[str, int],
+        dropped: dict[str, int],
     ) -> None:
         """Update the instance's alert, or create it (its key into ``new_keys``: it has no
-        fingerprint yet); its change, if any (at most one), goes to ``changed`` and the state
-        it left to ``before``."""
+        fingerprint yet) unless its node has ``max_per_node`` (counted in ``dropped``); its
+        change, if any (at most one), goes to ``changed`` and the state it left to
+        ``before``."""
         labels = rule.alert_labels(inst)
         key = tuple(sorted(labels.items()))
         if key in seen:  # one alert per label set, whatever the condition yields
             return
+        st = by_key.get(key)
+        if st is None and (node := labels.get("node")) is not None:
+            n = held.get(node, 0)
+            if n >= rule.max_per_node:
+                dropped[node] = dropped.get(node, 0) + 1
+                return
+            held[node] = n + 1
         seen.add(key)
         values = dict(inst.values)
-        st = by_key.get(key)
         if st is None:  # built in its final state: a mass event creates thousands
             fires = rule.for_s <= 0
             by_key[key] = st = AlertState(
@@ -314,19 +428,24 @@ class Evaluator:
 
     def _absent(
         self,
+        name: str,
         rule: Rule | None,
         by_key: dict[_Key, AlertState],
         seen: set[_Key],
         now: float,
+        *,
         out: list[Transition],
+        held: dict[str, int],
     ) -> None:
         keep_for = rule.keep_firing_for_s if rule is not None else 0.0
         gone: list[_Key] = []
+        cleared = 0
         for key, st in by_key.items():
             if key in seen:
                 continue
             if st.state == "pending":
                 gone.append(key)
+                cleared += 1
                 st.state = "inactive"
                 out.append(_transition(st, "pending", now))
                 continue
@@ -339,7 +458,15 @@ class Evaluator:
             st.resolved_at = now
             out.append(_transition(st, "firing", now))
         for key in gone:
-            del by_key[key]
+            node = by_key.pop(key).labels.get("node")
+            if node is not None and node in held:
+                n = held[node] - 1
+                if n:
+                    held[node] = n
+                else:
+                    del held[node]
+        if cleared:
+            self.metrics.pending_cleared.labels(name).inc(cleared)
 
 
 def _transition(st: AlertState, previous: State, now: float) -> Transition:

@@ -27,7 +27,8 @@ _DESCRIPTION: Final = """\
 The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
 
   (no option)     firing and pending alerts: state, since when, labels, silenced, summary
-  --history       state changes (pending, firing, resolved) since --since (default 24h)
+  --history       alerts that went firing, and their resolutions, since --since (default
+                  24h); a pending alert that went away without firing is not history
   --dead-letters  webhook notifications given up on: receiver, alert, last status, error
   --redeliver ID  send dead letter ID again (the collector picks it up within ~10 s)
 
@@ -61,7 +62,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_args(p)
-    p.add_argument("--history", action="store_true", help="state changes instead of alerts")
+    p.add_argument(
+        "--history", action="store_true", help="firing and resolved changes instead of alerts"
+    )
     p.add_argument("--since", metavar="DURATION", help="with --history: how far back (default 24h)")
     p.add_argument(
         "--limit", type=int, default=200, metavar="N", help="with --history: at most N changes"

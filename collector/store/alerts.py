@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collector.store.dialect import Row
 
 __all__ = [
+    "HISTORY_STATES",
     "AlertChange",
     "GroupLog",
     "OutboxEntry",
@@ -33,6 +34,16 @@ __all__ = [
     "write_alerts",
     "write_outbox",
 ]
+
+
+HISTORY_STATES: Final = frozenset({"firing", "resolved"})
+"""The changes ``alert_history`` keeps: an alert that went firing, and its resolution; what
+receivers hear of (Alertmanager is sent firing and resolved alerts only). A pending alert
+that went away without firing is no one's history: Prometheus keeps pending alerts in memory
+and in its ``ALERTS`` series only; here ``alerts`` holds it while it lasts (so a restart
+restores it) and the evaluator counts those that went away
+(``capwatch_collector_alert_pending_cleared_total``). Otherwise a node naming new things to
+alert on in every sample would write two rows per thing per sample, kept 30 days."""
 
 
 class AlertChange(NamedTuple):
@@ -145,9 +156,9 @@ async def write_alerts(
     groups: Sequence[GroupLog] = (),
     forget_groups: Sequence[str] = (),
 ) -> list[OutboxEntry]:
-    """Record alert state changes: the current pending/firing set, the history, and the
-    notifications they cause (``outbox``), all in one transaction; return the latter as
-    stored (with their ids), for the delivery task.
+    """Record alert state changes: the current pending/firing set, the history (the
+    changes to :data:`HISTORY_STATES`), and the notifications they cause (``outbox``), all
+    in one transaction; return the latter as stored (with their ids), for the delivery task.
 
     ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
     deleted in it too. History, delivered notifications and dead letters older than
@@ -191,6 +202,7 @@ async def write_alerts(
                     c.ends_at,
                 )
                 for c in changes
+                if c.state in HISTORY_STATES
             ],
         )
         await store.execute("DELETE FROM alert_history WHERE at < ?", (now - keep_history_s,))

@@ -28,7 +28,7 @@ Tables:
     the newest reading polled out of band per node (BMC) and per rack (PDUs)
     (:mod:`collector.store.power`).
 ``alerts`` / ``alert_history``
-    pending and firing alerts, and every alert state change.
+    pending and firing alerts, and every change to firing or resolved.
 ``tenants`` / ``cohorts`` / ``cohort_quotas`` / ``quotas`` / ``leases`` / ``lease_nodes``
     who holds which nodes until when, and how much each tenant may use (see
     :mod:`collector.store.governance`).
@@ -185,7 +185,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             labels TEXT NOT NULL,
             annotations TEXT NOT NULL,
             previous TEXT NOT NULL,
-            state TEXT NOT NULL,          -- pending | firing | resolved | inactive
+            state TEXT NOT NULL,          -- firing | resolved (0028: no longer pending, inactive)
             at REAL NOT NULL,
             starts_at REAL,
             ends_at REAL
@@ -692,6 +692,15 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0028_rollups_reported",
         """
         ALTER TABLE rollups ADD COLUMN reported_s REAL;
+        """,
+    ),
+    (
+        # alert_history keeps what fired and its resolution (collector/store/alerts.py
+        # HISTORY_STATES); the pending and inactive rows of earlier versions go now, not
+        # over the 30 days of retention.
+        "0029_alert_history_fired",
+        """
+        DELETE FROM alert_history WHERE state NOT IN ('firing', 'resolved');
         """,
     ),
 )
