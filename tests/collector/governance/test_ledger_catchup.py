@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.governance.billing import node_gpus
 from collector.governance.ledger import LedgerJob, LedgerRecord
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
 from collector.paths import StoreTarget
 from collector.store.db import Store
 from collector.store.governance import governance
+from collector.store.ledger import GpuHistory
 from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
@@ -224,3 +226,27 @@ async def test_a_node_without_inventory_is_billed_the_gpus_it_reported_then(
     with StoreReader(store_url) as reader:  # a bill of the first day alone: its own hours
         days = read_days(reader, DAY0, DAY0 + 86_400, tenant="acme", now=DAY0 + 3 * 86_400)
     assert sum(d["allocated_gpu_hours"] for d in days) == pytest.approx(24 * 8)
+
+
+def test_gpu_history_counts_each_hour_its_own_and_a_silent_one_its_last_before() -> None:
+    """Reports at 02:00 (8), 05:00 (64, and 8 from the other source: the most counts),
+    06:00 (8): before 02:00 the first (8); 03:00-04:59 the last before (8); 05:00 64; a
+    node with an inventory counts it all along, one that never reported none (0 GPUs)."""
+    h0 = int(DAY0)
+    reports = [(2 * H, 8), (5 * H + 10, 64), (5 * H, 8), (6 * H, 8), (7 * H, None)]
+    history = GpuHistory([("n", h0 + t, n) for t, n in reports])
+    assert [history.at("n", h0 + h * H) for h in range(9)] == [8, 8, 8, 8, 8, 64, 8, 8, 8]
+    assert history.at("n", h0 + 5 * H + 3599) == 64
+    assert history.at("m", h0) is None
+    assert history.at_hour(h0 + 5 * H) == {"n": 64}
+    assert history.spans("n", h0, h0 + 10 * H) == [
+        (h0, h0 + 5 * H, 8),
+        (h0 + 5 * H, h0 + 6 * H, 64),
+        (h0 + 6 * H, h0 + 10 * H, 8),
+    ]
+    assert node_gpus("n", {}, history, h0 + 1800, h0 + 5.5 * H) == [
+        (h0 + 1800, h0 + 5 * H, 8),
+        (h0 + 5 * H, h0 + 5.5 * H, 64),
+    ]
+    assert node_gpus("n", {"n": 4}, history, h0, h0 + 10 * H) == [(h0, h0 + 10 * H, 4)]
+    assert node_gpus("m", {}, history, h0, h0 + H) == [(h0, h0 + H, 0)]
