@@ -352,7 +352,8 @@ class LedgerJob:
         ``None`` if it stays, whether hours remain for the next runs)."""
         current = int(now) // HOUR * HOUR
         oldest = math.floor((now - self._retention_s) / HOUR) * HOUR
-        first = current if last is None else max(int(last) // HOUR * HOUR, oldest)
+        # A ledger time ahead of the clock (the clock set back) starts again from now.
+        first = current if last is None else min(max(int(last) // HOUR * HOUR, oldest), current)
         todo = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
         hours = todo[: self._max_hours]
         # The hours since the ledger's time are one run of hours, so those written are its

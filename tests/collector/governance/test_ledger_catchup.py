@@ -167,6 +167,25 @@ async def test_a_catch_up_goes_back_only_as_far_as_the_hourly_rollups(
     assert _ledger_at(store_url) == now
 
 
+async def test_a_ledger_time_ahead_of_the_clock_starts_again_from_now(
+    store_url: StoreTarget,
+) -> None:
+    """The ledger's time a day ahead (the clock set back since): the run computes the
+    current hour and records now, rather than waiting a day for the clock to catch up."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=16, interval_s=600)
+    await _sampled(store_url, sim, [DAY0], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=10)
+    clock = FakeClock(start_wall=DAY0 + 86_400)
+    await _catch_up(store_url, _job(store_url, clock))
+    clock = FakeClock(start_wall=DAY0 + 2 * H + 600)
+    await _catch_up(store_url, _job(store_url, clock))
+    assert _ledger_at(store_url) == DAY0 + 2 * H + 600
+    ((held,),) = db_rows(
+        store_url, "SELECT held_h FROM usage_ledger WHERE hour = ?", (int(DAY0) + 2 * H,)
+    )
+    assert held == pytest.approx(600 / H)
+
+
 async def test_a_node_without_inventory_is_billed_the_gpus_it_reported_then(
     store_url: StoreTarget,
 ) -> None:
