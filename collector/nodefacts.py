@@ -334,9 +334,12 @@ def hardware(inv: _HasGpus) -> Hardware:
 
 def gpu_count(inventory: int | None, reported: int | None) -> int:
     """How many GPUs a node has: its inventory's (:func:`hardware`: its agent's, else a
-    declared one); a node whose agent has sent none, the most its samples reported (the
-    length of their GPU array, :func:`measure`'s ``gpus``: what NVML enumerated); 0 with
-    neither. What a lease allocates of the node (the usage ledger, ``collector usage``)."""
+    declared one); a node whose agent has sent none, what its samples reported at the time
+    (the length of their GPU array, :func:`measure`'s ``gpus``: what NVML enumerated; hour
+    by hour, an hour it was silent in its last report's before:
+    :class:`~collector.store.ledger.GpuHistory`); 0 with neither. What a lease allocates of
+    the node (the usage ledger, ``collector usage``: :func:`collector.governance.billing.
+    node_gpus`)."""
     if inventory is not None:
         return inventory
     return reported or 0

@@ -135,6 +135,7 @@ def ledger_job(
         model = node_model_of(capacity.cplan, inventory_of)
     return LedgerJob(
         clock,
+        retention_s=settings.rollups.retention_1h_s,
         interval_s=settings.rollups.ledger_interval_s,
         # Soon after a start: the hours a crash or an outage left dirty are recomputed
         # before the quotas' measured basis has to bridge them.

@@ -188,7 +188,9 @@ def assert_daily_is_the_hours_summed(db: StoreTarget) -> None:
     hourly = db_rows(
         db,
         "SELECT hour / 86400, lease, pool, max(tenant), count(*), sum(allocated_gpu_h), "
-        "sum(used_gpu_h), sum(node_kwh), sum(held_h) FROM usage_ledger GROUP BY 1, lease, pool "
+        # A day of rows with no energy (nodes that sent nothing) sums to 0, as the daily's.
+        "sum(used_gpu_h), coalesce(sum(node_kwh), 0), sum(held_h) FROM usage_ledger "
+        "GROUP BY 1, lease, pool "
         "ORDER BY 1, lease, pool",
     )
     assert len(daily) == len(hourly) > 0

@@ -149,14 +149,13 @@ def read_days(
     from collector.governance.billing import (  # noqa: PLC0415
         allocated_days,
         billed_days,
-        node_gpus,
     )
     from collector.store.ledger import (  # noqa: PLC0415
+        gpu_history,
         lease_history,
         leases_held,
         ledger_days,
         pool_history,
-        reported_gpus,
     )
     from collector.store.usage import node_hardware  # noqa: PLC0415
 
@@ -165,13 +164,15 @@ def read_days(
     members = reader.run(lease_history(since)) if reader.has_table("lease_moves") else None
     inventory = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
     leased = {n for h in leases for n in (members.nodes(h.name, h.nodes) if members else h.nodes)}
-    gpus = node_gpus(inventory, reader.run(reported_gpus(sorted(leased - inventory.keys()))))
+    until = min(until, time.time() if now is None else now)
+    reported = reader.run(gpu_history(sorted(leased - inventory.keys()), since, until))
     allocated = allocated_days(
         leases,
-        gpus,
+        inventory,
         reader.run(pool_history(since)),
         since,
-        min(until, time.time() if now is None else now),
+        until,
+        reported=reported,
         tenant=tenant,
         lease=lease,
         pool=pool,

@@ -20,7 +20,7 @@ the history the nodes that joined or left it (``lease_moves``,
 pool its hours count in is the lease's pool, or for a lease of named nodes each node's pool
 in each hour (:class:`~collector.store.ledger.PoolHistory`, as in the ledger). GPUs per
 node come from its inventory (its agent's, else a declared one), else from what its
-samples reported (:func:`node_gpus`).
+samples reported at the time, hour by hour (:func:`node_gpus`, as in the ledger).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collector.store.ledger import LeaseHistory, PoolHistory
+    from collector.store.ledger import GpuHistory, LeaseHistory, PoolHistory
 
 __all__ = [
     "BY",
@@ -105,12 +105,24 @@ GroupKey = tuple[int, str, str, str]
 _DAY_S: Final = 86_400
 
 
-def node_gpus(inventory: Mapping[str, int], reported: Mapping[str, int]) -> dict[str, int]:
-    """Node -> its GPUs (:func:`collector.nodefacts.gpu_count`): ``inventory``'s (node ->
-    GPUs of its inventory), else the most its samples ``reported``."""
+def node_gpus(
+    node: str,
+    inventory: Mapping[str, int],
+    reported: GpuHistory | None,
+    since: float,
+    until: float,
+) -> list[tuple[float, float, int]]:
+    """(start, end, GPUs) of ``node`` over [since, until), a span per change
+    (:func:`collector.nodefacts.gpu_count`): ``inventory``'s (node -> GPUs of its
+    inventory) all along, else what its samples ``reported`` then
+    (:class:`~collector.store.ledger.GpuHistory`: each hour's own count, an hour it was
+    silent in its last report's before); 0 with neither."""
     from collector.nodefacts import gpu_count  # noqa: PLC0415 (usage's own imports stay few)
 
-    return {n: gpu_count(inventory.get(n), reported.get(n)) for n in {*inventory, *reported}}
+    n = inventory.get(node)
+    if n is not None or reported is None:
+        return [(since, until, gpu_count(n, None))]
+    return [(a, b, gpu_count(None, k)) for a, b, k in reported.spans(node, since, until)]
 
 
 def in_force(span: tuple[float, float | None], start: float, end: float) -> tuple[float, float]:
@@ -137,16 +149,18 @@ def allocated_days(
     since: float,
     until: float,
     *,
+    reported: GpuHistory | None = None,
     tenant: str | None = None,
     lease: str | None = None,
     pool: str | None = None,
     members: LeaseHistory | None = None,
 ) -> dict[GroupKey, float]:
     """GPU-hours each lease allocated in [since, until) per UTC day and pool: its nodes'
-    GPUs (``gpus``: node -> GPUs by inventory) x the hours it was in force and held the
-    node (``members``: the leases' node moves since ``since``; ``None``: none, each lease
-    held the nodes it holds now), see the module docstring. ``tenant``/``lease``/``pool``:
-    only those groups."""
+    GPUs (:func:`node_gpus` of ``gpus``, node -> GPUs by inventory, and ``reported``, what
+    the nodes with none reported) x the hours it was in force and held the node
+    (``members``: the leases' node moves since ``since``; ``None``: none, each lease held
+    the nodes it holds now), see the module docstring. ``tenant``/``lease``/``pool``: only
+    those groups."""
     out: dict[GroupKey, float] = {}
     for held in leases:
         if (tenant is not None and held.tenant != tenant) or (
@@ -167,9 +181,10 @@ def allocated_days(
                 else members.spans(held.name, node, node in now, lo, hi)
             )
             for a, b in times:
-                parts = pools.spans(node, a, b) if held.pool is None else [(a, b, held.pool)]
-                for part in parts:
-                    spans[part] = spans.get(part, 0) + gpus.get(node, 0)
+                for c, d, n in node_gpus(node, gpus, reported, a, b):
+                    parts = pools.spans(node, c, d) if held.pool is None else [(c, d, held.pool)]
+                    for part in parts:
+                        spans[part] = spans.get(part, 0) + n
         for (a, b, where), n in spans.items():
             if not n or (pool is not None and where != pool):
                 continue

@@ -12,8 +12,10 @@ unleased rows add up to the fleet's. A row's pool is the lease's pool, else the 
 node was in at the start of the hour (:class:`~collector.store.ledger.PoolHistory`: a node
 moved at 10:20 counts in its new pool from 11:00), not its pool now.
 
-* allocated GPU-hours: the node's GPUs (inventory, else the most its samples reported) x
-  the hours the lease held it, whether the node reported or not, in the hours this job
+* allocated GPU-hours: the node's GPUs (:func:`collector.nodefacts.gpu_count`: its
+  inventory's, else what its samples reported in that hour, or for an hour it was silent
+  in, in its last report before: :class:`~collector.store.ledger.GpuHistory`) x the hours
+  the lease held it, whether the node reported or not, in the hours this job
   computed (``collector usage`` bills each lease's whole contract instead, hours no
   collector ran included: :func:`collector.governance.billing.allocated_days`);
 * busy GPU-hours: GPUs at or above ``governance.busy_util_pct`` x their time, as rolled up;
@@ -30,12 +32,13 @@ moved at 10:20 counts in its new pool from 11:00), not its pool now.
   ``measured+model`` or ``measured+gpu+cpu``.
 
 :class:`LedgerJob` is an evaluator cycle: every ``rollups.ledger_interval_s`` it recomputes
-the hours the writer marked dirty (their rollups moved) and returns a record that replaces
-their rows, a few hundred at a time (:class:`~collector.store.ledger.LedgerPart`: what a
-reader may see meanwhile is said there; a stop between parts leaves the hour marked). So a
-collector outage loses nothing the rollups got afterwards (an agent's spool replayed late
-lands in its hours, which are then recomputed), and a restart recomputes what was marked
-and not yet done.
+the hours the writer marked dirty (their rollups moved) and those since its last run, and
+returns a record that replaces their rows, a few hundred at a time
+(:class:`~collector.store.ledger.LedgerPart`: what a reader may see meanwhile is said
+there; a stop between parts leaves the hour marked). So a collector outage loses nothing
+the rollups hold: an agent's spool replayed late lands in its hours, which are then
+recomputed; the hours leased nodes were silent in are caught up a few runs at a time
+(:class:`LedgerJob` says how); a restart recomputes what was marked and not yet done.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from collector.governance.billing import in_force, node_gpus
+from collector.governance.billing import in_force
 from collector.governance.state import Governance
 from collector.nodefacts import gpu_count
 from collector.store.ledger import (
@@ -55,11 +58,11 @@ from collector.store.ledger import (
     LedgerPart,
     LedgerRow,
     dirty_hours,
+    gpu_history,
     lease_history,
     ledger_at,
     ledger_parts,
     pool_history,
-    reported_gpus,
     write_ledger_part,
 )
 from collector.store.rollups import HOUR, hour_rows
@@ -182,14 +185,18 @@ def ledger_rows(
     gov: Governance,
     *,
     gpus: Mapping[str, int],
+    reported: Mapping[str, int] | None = None,
     pools: Mapping[str, str],
     model: Callable[[str], NodeModel | None] | None = None,
     now: float = math.inf,
     members: LeaseHistory | None = None,
 ) -> list[LedgerRow]:
     """The ledger rows of ``hour`` (see the module docstring). ``gpus``: node -> its GPUs
-    by its inventory; ``pools``: node -> its pool during the hour (its pool at the hour's
-    start, :class:`~collector.store.ledger.PoolHistory`); ``model``: node -> its type's power
+    by its inventory; ``reported``: node -> the GPUs it counts in the hour by its samples,
+    for nodes with no inventory (:meth:`~collector.store.ledger.GpuHistory.at_hour`: an
+    hour it was silent in too; a node in neither: its rollup's in the hour); ``pools``:
+    node -> its pool during the hour (its pool at the hour's start,
+    :class:`~collector.store.ledger.PoolHistory`); ``model``: node -> its type's power
     model (``None``: no capacity plan, or its type is unknown); ``now``: the hour counts
     only up to it (the current hour is allocated as far as it has gone); ``members``: the
     leases' node moves during the hour (``None``: none, each lease held the nodes it holds
@@ -201,7 +208,9 @@ def ledger_rows(
     out: list[LedgerRow] = []
     for node in sorted(by_node.keys() | holders.keys()):
         r = by_node.get(node)
-        n_gpus = gpu_count(gpus.get(node), r.gpus if r is not None else None)
+        n_gpus = gpu_count(
+            gpus.get(node), (reported or {}).get(node, r.gpus if r is not None else None)
+        )
         node_model = None if model is None else model(node)
         shares = [
             (lease, tenant, pool, held) for lease, tenant, pool, held in holders.get(node, [])
@@ -251,6 +260,7 @@ def _hour_rows(
     gov: Governance,
     *,
     gpus: Mapping[str, int],
+    reported: Mapping[str, int],
     pools: Mapping[str, str],
     model: Callable[[str], NodeModel | None] | None,
     now: float,
@@ -262,6 +272,7 @@ def _hour_rows(
         node_hours(stored),
         gov,
         gpus=gpus,
+        reported=reported,
         pools=pools,
         model=model,
         now=now,
@@ -291,53 +302,104 @@ class LedgerRecord:
 
 
 class LedgerJob:
-    """Recomputes dirty ledger hours every ``interval_s``; an evaluator cycle."""
+    """Recomputes dirty ledger hours every ``interval_s``; an evaluator cycle.
+
+    Each run computes the hours the writer marked dirty and every hour since the ledger's
+    time (``ledger_at``), marked or not: a lease holds its nodes, and is allocated their
+    GPU-hours, whether any node reported in the hour or not. After an outage that is many
+    hours, as far back as the 1-hour rollups go (``retention_s``: older hours have nothing
+    left to read, and the ledger's retention deletes them). A run computes at most
+    ``max_hours`` of them, oldest first, and moves ``ledger_at`` only through the hours it
+    wrote (to the end of the last one, or to now when it wrote all of them); while hours
+    remain, the next run comes after ``catch_up_s``, once this run's record is written
+    (or, should the writer drop it, after ``interval_s``). So a restart or a collector
+    outage loses nothing while the rollups hold the hours.
+    """
 
     def __init__(
         self,
         clock: Clock,
         *,
+        retention_s: float,
         interval_s: float = 300.0,
         first_interval_s: float | None = None,
+        catch_up_s: float = 5.0,
         governance: Callable[[], Governance],
         model: Callable[[str], NodeModel | None] | None = None,
         max_hours: int = 48,
     ) -> None:
+        """``retention_s``: how long the 1-hour rollups are kept (``rollups.retention_1h_s``),
+        the oldest hour a catch-up goes back to."""
         self.name = "ledger"
         self.interval_s = interval_s if first_interval_s is None else first_interval_s
         self._interval_s = interval_s
+        self._catch_up_s = min(catch_up_s, interval_s)
+        self._retention_s = retention_s
         self._clock = clock
         self._governance = governance
         self._model = model
         self._max_hours = max_hours
-        """Hours recomputed per run at most (oldest first): a long replay is caught up over
-        several runs, each short."""
+        """Hours recomputed per run at most (oldest first): a long replay or outage is
+        caught up over several runs, each short."""
+        self._behind: tuple[LedgerRecord, float] | None = None
+        """The record of a run that left hours to do, and when it was made (monotonic)."""
         self.runs = 0
 
-    async def __call__(self, store: Store, view: LiveView) -> LedgerRecord | None:
-        """Recompute the dirty hours from ``store`` (read-only) and the leases."""
-        now = self._clock.time()
-        self.interval_s = self._interval_s
-        self.runs += 1
-        dirty = (await store.run(dirty_hours()))[: self._max_hours]
-        # The hours since the last run too, marked or not: a lease holds its nodes (and is
-        # allocated their GPU-hours) whether any node reported in the hour or not.
-        last = await store.run(ledger_at())
+    def _hours(
+        self, dirty: Sequence[tuple[int, int]], last: float | None, now: float
+    ) -> tuple[list[int], float | None, bool]:
+        """(the hours this run computes, the ledger's time once they are written or
+        ``None`` if it stays, whether hours remain for the next runs)."""
         current = int(now) // HOUR * HOUR
-        first = current if last is None else max(int(last) // HOUR * HOUR, current - 48 * HOUR)
-        hours = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
-        hours = hours[: self._max_hours]
+        oldest = math.floor((now - self._retention_s) / HOUR) * HOUR
+        # A ledger time ahead of the clock (the clock set back) starts again from now.
+        first = current if last is None else min(max(int(last) // HOUR * HOUR, oldest), current)
+        todo = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
+        hours = todo[: self._max_hours]
+        # The hours since the ledger's time are one run of hours, so those written are its
+        # start: the ledger holds them, and the next run begins after the last.
+        since = [h for h in hours if first <= h <= current]
+        until = None if not since else now if since[-1] == current else since[-1] + HOUR
+        return hours, until, len(todo) > len(hours)
+
+    def _waiting(self) -> bool:
+        """Whether the record of a run that left hours to do is still being written (the
+        next run would compute the same hours again)."""
+        if self._behind is None:
+            return False
+        record, made = self._behind
+        if record.written < len(record.parts) and (
+            self._clock.monotonic() - made < self._interval_s
+        ):
+            return True
+        self._behind = None
+        return False
+
+    async def __call__(self, store: Store, view: LiveView) -> LedgerRecord | None:
+        """Recompute the dirty hours and those since the ledger's time from ``store``
+        (read-only) and the leases."""
+        if self._waiting():
+            self.interval_s = self._catch_up_s
+            return None
+        now = self._clock.time()
+        self.runs += 1
+        dirty = await store.run(dirty_hours())
+        last = await store.run(ledger_at())
+        hours, until, behind = self._hours(dirty, last, now)
+        self.interval_s = self._catch_up_s if behind else self._interval_s
         # The nodes' hardware (an inventory decoded per node) and each hour's rows are made
         # in a worker thread: at 12,500 nodes that was ~170 ms of CPU on the event loop
         # (loaded machine), every sample waiting.
         hardware = await store.run(node_hardware(), build_in_thread=True)
-        pools = await store.run(pool_history(min(hours, default=current)))
-        members = await store.run(lease_history(min(hours, default=current)))
+        since = min(hours)
+        pools = await store.run(pool_history(since))
+        members = await store.run(lease_history(since))
         gov = self._governance()
         inventory = {n: h.gpus for n, h in hardware.items()}
         leased = {n for lease in gov.leases for n in members.nodes(lease.name, lease.nodes)}
-        reported = await store.run(reported_gpus(sorted(leased - inventory.keys())))
-        gpus = node_gpus(inventory, reported)
+        reported = await store.run(
+            gpu_history(sorted(leased - inventory.keys()), since, max(hours) + HOUR)
+        )
         rows: list[LedgerRow] = []
         for hour in hours:
             stored = await store.run(hour_rows(hour, hour + HOUR))
@@ -347,15 +409,20 @@ class LedgerJob:
                     hour,
                     stored,
                     gov,
-                    gpus=gpus,
+                    gpus=inventory,
+                    reported=reported.at_hour(hour),
                     pools=pools.at_hour(hour),
                     model=self._model,
                     now=now,
                     members=members,
                 )
             )
-        log.info("ledger_computed", hours=len(hours), rows=len(rows))
-        done = [d for d in dirty if d[0] in set(hours)]
-        return LedgerRecord(
-            ledger_parts(hours, rows, done, now, most_rows=PART_ROWS[store.dialect])
+        log.info("ledger_computed", hours=len(hours), rows=len(rows), behind=behind)
+        computed = set(hours)
+        done = [d for d in dirty if d[0] in computed]
+        record = LedgerRecord(
+            ledger_parts(hours, rows, done, now, until=until, most_rows=PART_ROWS[store.dialect])
         )
+        if behind:
+            self._behind = (record, self._clock.monotonic())
+        return record

@@ -47,19 +47,20 @@ __all__ = [
     "LEDGER_COLUMNS",
     "LEDGER_RETENTION_SQL",
     "PART_ROWS",
+    "GpuHistory",
     "LeaseHeld",
     "LeaseHistory",
     "LedgerPart",
     "LedgerRow",
     "PoolHistory",
     "dirty_hours",
+    "gpu_history",
     "lease_history",
     "leases_held",
     "ledger_at",
     "ledger_days",
     "ledger_parts",
     "pool_history",
-    "reported_gpus",
     "tenant_used_hours",
     "write_ledger",
     "write_ledger_part",
@@ -239,36 +240,124 @@ _NODES_CHUNK: Final = 500
 """Nodes per statement: far under SQLite's variable limit; each an index range."""
 
 
-def reported_gpus(nodes: Sequence[str]) -> Query[dict[str, int]]:
-    """Node -> the most GPUs its samples reported (their GPU array's length), of ``nodes``:
-    the 1-hour rollups' (``gpus``, kept two years) and the raw samples' (``gpu_count``, with
-    the rollups off), each through its primary key, :data:`_NODES_CHUNK` nodes a statement.
-    What :func:`collector.nodefacts.gpu_count` takes for a node with no inventory."""
-    statements = []
+class GpuHistory:
+    """How many GPUs each node's samples reported, hour by hour: for nodes with no inventory,
+    what :func:`collector.nodefacts.gpu_count` takes instead.
+
+    An hour the node reported in counts that hour's own number (the most GPUs in one of its
+    samples: the 1-hour rollup's ``gpus``, or the raw samples' ``gpu_count`` where no rollup
+    holds the hour yet). An hour it was silent in counts its most recent report before that
+    hour, else (silent since before the history begins) its first report after. So a name
+    that once belonged to a bigger machine, or one hostile sample, counts in the hours it
+    was reported in and those it was followed by in silence, not in every hour of the
+    node's history; and an hour recomputed later counts what it counted then.
+    """
+
+    def __init__(self, reports: Iterable[Sequence[Any]] = ()) -> None:
+        """``reports``: (node, hour start, GPUs), in any order; a node's hour reported
+        twice counts its most."""
+        counts: dict[str, dict[int, int]] = {}
+        for node, hour, n in reports:
+            if n is None:
+                continue
+            seen = counts.setdefault(node, {})
+            h = int(hour) // _HOUR * _HOUR
+            seen[h] = max(seen.get(h, 0), int(n))
+        self._hours: dict[str, tuple[list[int], list[int]]] = {}
+        for node, seen in counts.items():
+            hours = sorted(seen)
+            self._hours[node] = (hours, [seen[h] for h in hours])
+
+    def at(self, node: str, t: float) -> int | None:
+        """The GPUs ``node`` counts at instant ``t`` (``None``: it never reported)."""
+        reported = self._hours.get(node)
+        if reported is None:
+            return None
+        hours, counts = reported
+        i = bisect.bisect_right(hours, t)  # hours[i - 1]: its hour, or its last before
+        return counts[i - 1] if i else counts[0]
+
+    def at_hour(self, hour: float) -> dict[str, int]:
+        """Node -> the GPUs it counts during ``hour``, for every node of the history."""
+        return {node: n for node in self._hours if (n := self.at(node, hour)) is not None}
+
+    def spans(self, node: str, since: float, until: float) -> list[tuple[float, float, int | None]]:
+        """(start, end, GPUs): ``node``'s counts over [since, until), in time order, a span
+        per change (``None``: it never reported)."""
+        reported = self._hours.get(node)
+        cuts = [h for h in (reported[0] if reported else ()) if since < h < until]
+        out: list[tuple[float, float, int | None]] = []
+        for a, b in itertools.pairwise([since, *cuts, until]):
+            n = self.at(node, a)
+            if out and out[-1][2] == n:
+                out[-1] = (out[-1][0], b, n)
+            else:
+                out.append((a, b, n))
+        return out
+
+
+_PROBES_CHUNK: Final = 100
+"""Nodes per statement of one-row probes (a UNION ALL of index seeks)."""
+
+
+def _probes(nodes: Sequence[str], sql: str, bound: float) -> list[tuple[str, tuple[Any, ...]]]:
+    """``sql`` (one node's probe: ``?`` for the node, then ``bound``) for each of ``nodes``,
+    :data:`_PROBES_CHUNK` a statement."""
+    out = []
+    for i in range(0, len(nodes), _PROBES_CHUNK):
+        chunk = nodes[i : i + _PROBES_CHUNK]
+        union = " UNION ALL ".join(f"SELECT * FROM ({sql}) AS p{k}" for k in range(len(chunk)))
+        out.append((union, tuple(v for node in chunk for v in (node, bound))))
+    return out
+
+
+_ROLLUP_BEFORE: Final = (
+    f"SELECT node, bucket, gpus FROM rollups WHERE node = ? AND res = {_HOUR} AND bucket < ? "
+    "ORDER BY bucket DESC LIMIT 1"
+)
+_ROLLUP_AFTER: Final = (
+    f"SELECT node, bucket, gpus FROM rollups WHERE node = ? AND res = {_HOUR} AND bucket >= ? "
+    "ORDER BY bucket LIMIT 1"
+)
+_SAMPLE_BEFORE: Final = (
+    "SELECT node, ts_ms / 1000, gpu_count FROM samples WHERE node = ? AND ts_ms < ? "
+    "ORDER BY ts_ms DESC LIMIT 1"
+)
+_SAMPLE_AFTER: Final = (
+    "SELECT node, ts_ms / 1000, gpu_count FROM samples WHERE node = ? AND ts_ms >= ? "
+    "ORDER BY ts_ms LIMIT 1"
+)
+
+
+def gpu_history(nodes: Sequence[str], since: float, until: float) -> Query[GpuHistory]:
+    """What :class:`GpuHistory` needs to say the GPUs of ``nodes`` at any instant in
+    [since, until): their reports in those hours, and each node's last report before them
+    and first after, from the 1-hour rollups and the raw samples (those cover what no fold
+    has rolled up yet, and a store with the rollups off). Every statement reads through a
+    primary key or the ``samples (node, ts_ms)`` index: a range of the hours asked, or one
+    row (``ORDER BY ... LIMIT 1``), never a node's whole history."""
+    first = math.floor(since / _HOUR) * _HOUR
+    last = max(math.ceil(until / _HOUR) * _HOUR, first)
+    statements: list[tuple[str, tuple[Any, ...]]] = []
     for i in range(0, len(nodes), _NODES_CHUNK):
         chunk = tuple(nodes[i : i + _NODES_CHUNK])
         marks = ", ".join("?" * len(chunk))
         statements += [
             (
-                f"SELECT node, max(gpus) FROM rollups WHERE node IN ({marks}) AND res = ? "
-                "GROUP BY node",
-                (*chunk, _HOUR),
+                f"SELECT node, bucket, gpus FROM rollups WHERE node IN ({marks}) AND res = ? "
+                "AND bucket >= ? AND bucket < ?",
+                (*chunk, _HOUR, first, last),
             ),
             (
-                f"SELECT node, max(gpu_count) FROM samples WHERE node IN ({marks}) GROUP BY node",
-                chunk,
+                f"SELECT node, ts_ms / {_HOUR * 1000} * {_HOUR}, max(gpu_count) FROM samples "
+                f"WHERE node IN ({marks}) AND ts_ms >= ? AND ts_ms < ? GROUP BY 1, 2",
+                (*chunk, first * 1000, last * 1000),
             ),
         ]
-
-    def build(results: list[list[Any]]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for rows in results:
-            for node, n in rows:
-                if n is not None:
-                    out[node] = max(out.get(node, 0), int(n))
-        return out
-
-    return Query(tuple(statements), build)
+    before = [*_probes(nodes, _ROLLUP_BEFORE, first), *_probes(nodes, _SAMPLE_BEFORE, first * 1000)]
+    after = [*_probes(nodes, _ROLLUP_AFTER, last), *_probes(nodes, _SAMPLE_AFTER, last * 1000)]
+    statements += before + after
+    return Query(tuple(statements), lambda results: GpuHistory(itertools.chain(*results)))
 
 
 class LeaseHeld(NamedTuple):
@@ -374,9 +463,9 @@ class LedgerPart(NamedTuple):
     added). The hour's last part (``last_of_hour``) also deletes the rows of nodes the new
     computation has none for (their ``computed`` is not ``at``: a node that left, a lease
     that no longer holds it) and clears the hour's dirty mark read as ``dirty``, unless a
-    batch moved it since; the record's last one (``last``) records ``at`` as the ledger's time.
-    So a stop between parts leaves a mark and the old ``ledger_at``: the next run
-    recomputes the hour, and writing a part again changes nothing.
+    batch moved it since; the record's last one records ``ledger_at`` (when not ``None``) as
+    the ledger's time. So a stop between parts leaves a mark and the old ``ledger_at``: the
+    next run recomputes the hour, and writing a part again changes nothing.
     """
 
     hour: int
@@ -385,7 +474,10 @@ class LedgerPart(NamedTuple):
     at: float
     last_of_hour: bool
     dirty: int | None
-    last: bool
+    ledger_at: float | None
+    """The record's last part: the ledger's time it records (meta ``ledger_at``: until when
+    the ledger holds what the rollups held); ``None``: the other parts, or a run that
+    brought the ledger no further (it stays)."""
 
 
 def ledger_parts(
@@ -394,11 +486,13 @@ def ledger_parts(
     dirty: Sequence[tuple[int, int]],
     at: float,
     *,
+    until: float | None,
     most_rows: int = PART_ROWS["sqlite"],
 ) -> list[LedgerPart]:
-    """``rows`` (all the new rows of ``hours``, each node's together) cut in parts of at most
-    ``most_rows`` rows (more where one node has more), in hour order; an hour without rows
-    is one part that only deletes."""
+    """``rows`` (all the new rows of ``hours``, each node's together, computed at ``at``)
+    cut in parts of at most ``most_rows`` rows (more where one node has more), in hour
+    order; an hour without rows is one part that only deletes. The last part records
+    ``until`` as the ledger's time (``None``: it stays)."""
     by_hour: dict[int, list[LedgerRow]] = {h: [] for h in hours}
     for r in rows:
         by_hour[r.hour].append(r)
@@ -416,10 +510,10 @@ def ledger_parts(
             nodes = tuple(dict.fromkeys(r.node for r in chunk))
             out.append(
                 LedgerPart(hour, nodes, tuple(chunk), at, end, marks.get(hour) if end else None,
-                           False)
+                           None)
             )  # fmt: skip
     if out:
-        out[-1] = out[-1]._replace(last=True)
+        out[-1] = out[-1]._replace(ledger_at=until)
     return out
 
 
@@ -443,11 +537,11 @@ async def write_ledger_part(store: Writes, part: LedgerPart) -> None:
                 )
         # Groups no row holds any more (a lease re-attributed, a node gone).
         await store.execute("DELETE FROM usage_daily WHERE day = ? AND n = 0", (hour // 86_400,))
-        if part.last:
+        if part.ledger_at is not None:
             await store.execute(
                 "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
                 "DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (LEDGER_AT_KEY, repr(at), at),
+                (LEDGER_AT_KEY, repr(part.ledger_at), at),
             )
 
 
@@ -462,7 +556,7 @@ async def write_ledger(
     the ``dirty`` marks no batch moved since they were read; record ``at`` as the ledger's
     time: every part of :func:`ledger_parts` in turn (the writer writes them one at a time,
     between sample batches: :class:`collector.governance.ledger.LedgerRecord`)."""
-    for part in ledger_parts(hours, rows, dirty, at):
+    for part in ledger_parts(hours, rows, dirty, at, until=at):
         await write_ledger_part(store, part)
 
 

@@ -18,6 +18,7 @@ from collector.governance.ledger import LedgerJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
 from collector.paths import StoreTarget
+from collector.settings import RollupSettings
 from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
 from collector.store.governance import governance
@@ -30,6 +31,8 @@ from tests.helpers import assert_daily_is_the_hours_summed, db_rows
 
 DAY0 = dt.datetime(2026, 11, 10, tzinfo=dt.UTC).timestamp()
 GPUS = 4
+KEEP_S = RollupSettings().retention_1h_s
+"""The 1-hour rollups' retention by default: the oldest hour a ledger catch-up goes to."""
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +48,9 @@ async def _ledger(db: StoreTarget, now: float) -> None:
     """One ledger run as the collector does it (a read-only connection, then the writer)."""
     async with Store.open_readonly(db) as reads:
         gov = await reads.run(governance())
-        job = LedgerJob(FakeClock(start_wall=now), governance=lambda: gov, max_hours=200)
+        job = LedgerJob(
+            FakeClock(start_wall=now), retention_s=KEEP_S, governance=lambda: gov, max_hours=200
+        )
         record = await job(reads, LiveView())
     assert record is not None
     async with Store(db) as store:
@@ -587,7 +592,12 @@ async def test_the_ledger_makes_its_rows_off_the_event_loop(tmp_path: Path) -> N
 
     async with Store.open_readonly(path) as reads:
         gov = await reads.run(governance())
-        job = LedgerJob(FakeClock(start_wall=DAY0 + 3600), governance=lambda: gov, model=model)
+        job = LedgerJob(
+            FakeClock(start_wall=DAY0 + 3600),
+            retention_s=KEEP_S,
+            governance=lambda: gov,
+            model=model,
+        )
         record = await job(reads, LiveView())
     assert record is not None
     assert {r.node for p in record.parts for r in p.rows} == set(sim.node_ids)

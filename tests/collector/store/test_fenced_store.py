@@ -119,7 +119,9 @@ async def test_a_leaders_record_in_parts_is_written_part_by_part_under_its_fence
     target = parse_target(postgres_url)
     async with Store(target) as store, LeaderLease(postgres_url) as lease:
         term = await acquire_when_free(lease, "a", ttl_s=30.0)
-        record = LedgerRecord(ledger_parts(HOURS, _rows(HOURS, NODES, 1.0), [], 5.0, most_rows=3))
+        record = LedgerRecord(
+            ledger_parts(HOURS, _rows(HOURS, NODES, 1.0), [], 5.0, until=5.0, most_rows=3)
+        )
         queue = _Queue()
         await FencedRecords(queue, Fence(term.token)).put(record)
         (fenced,) = queue.items

@@ -60,8 +60,8 @@ async def test_a_ledger_in_parts_equals_one_written_an_hour_at_a_time(
     and marks as one part per hour, over an older computation with a node more."""
     old = _rows(HOURS, [*NODES, "n99"], 1.0)
     new = _rows(HOURS, NODES, 2.0)
-    small = ledger_parts(HOURS, new, [(HOURS[0], 3)], 200.0, most_rows=3)
-    whole = ledger_parts(HOURS, new, [(HOURS[0], 3)], 200.0, most_rows=10_000)
+    small = ledger_parts(HOURS, new, [(HOURS[0], 3)], 200.0, until=200.0, most_rows=3)
+    whole = ledger_parts(HOURS, new, [(HOURS[0], 3)], 200.0, until=200.0, most_rows=10_000)
     assert len(whole) == 2
     assert len(small) > 2 * len(NODES) // 2
     assert all(len(p.rows) <= 3 for p in small)
@@ -69,7 +69,7 @@ async def test_a_ledger_in_parts_equals_one_written_an_hour_at_a_time(
     other = tmp_path_factory.mktemp("whole") / "c.db"
     results = []
     for db, parts in ((store_url, small), (other, whole)):
-        await _write(db, ledger_parts(HOURS, old, [], 100.0))
+        await _write(db, ledger_parts(HOURS, old, [], 100.0, until=100.0))
         await _dirty(db, HOURS)
         await _write(db, parts)
         assert_daily_is_the_hours_summed(db)
@@ -101,9 +101,9 @@ async def test_a_stop_between_parts_leaves_each_node_old_or_new_and_a_redo_mends
     twice changes nothing; the next run (a new time) written whole gives the full result."""
     old = _rows(HOURS, [*NODES, "n99"], 1.0)
     new = _rows(HOURS, NODES, 2.0)
-    await _write(store_url, ledger_parts(HOURS, old, [], 100.0))
+    await _write(store_url, ledger_parts(HOURS, old, [], 100.0, until=100.0))
     await _dirty(store_url, HOURS)
-    parts = ledger_parts(HOURS, new, [(h, 3) for h in HOURS], 200.0, most_rows=3)
+    parts = ledger_parts(HOURS, new, [(h, 3) for h in HOURS], 200.0, until=200.0, most_rows=3)
     stop = 2  # the first hour's first two parts
     assert not parts[stop - 1].last_of_hour
     await _write(store_url, [*parts[:stop], parts[stop - 1]])  # the last one twice
@@ -122,7 +122,7 @@ async def test_a_stop_between_parts_leaves_each_node_old_or_new_and_a_redo_mends
     ]
     assert db_rows(store_url, "SELECT value FROM meta WHERE key = 'ledger_at'") == [("100.0",)]
 
-    redo = ledger_parts(HOURS, new, [(h, 3) for h in HOURS], 300.0, most_rows=3)
+    redo = ledger_parts(HOURS, new, [(h, 3) for h in HOURS], 300.0, until=300.0, most_rows=3)
     await _write(store_url, redo)
     assert_daily_is_the_hours_summed(store_url)
     assert _ledger(store_url) == [
