@@ -145,7 +145,7 @@ async def test_an_upgrade_drops_the_pending_and_inactive_history_of_earlier_vers
     store_url: StoreTarget,
 ) -> None:
     """A store written by an earlier version (history with pending and inactive rows):
-    migration 0028 leaves the firing and resolved rows only, and later opens keep them."""
+    migration 0029 leaves the firing and resolved rows only, and later opens keep them."""
     async with Store(store_url) as store, store.transaction("an earlier version's rows"):
         for i, (previous, state) in enumerate(
             [

@@ -142,7 +142,8 @@ async def test_the_ledger_counts_a_flooding_node_at_most_its_gpus_for_the_hour(
     assert (held["buckets"], held["reported_s"]) == (2, {"flood": 540_000})
     async with Store.open_readonly(store_url) as reads:
         gov = await reads.run(governance())
-        job = LedgerJob(FakeClock(start_wall=T0 + 2 * HOUR), governance=lambda: gov)
+        clock = FakeClock(start_wall=T0 + 2 * HOUR)
+        job = LedgerJob(clock, governance=lambda: gov, retention_s=30 * 86_400.0)
         record = await job(reads, LiveView())
     assert record is not None
     async with Store(store_url) as store:
