@@ -683,15 +683,17 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         """,
     ),
     (
-        # A rollup bucket is held to its length (collector/store/partials.py): where a
-        # node's samples reported more seconds than the bucket spans, its sums over time
-        # are scaled to it. reported_s keeps what they reported (the sum of their
-        # intervals; seconds is what the bucket holds), so the next fold merges the
-        # bucket as reported and an operator sees the node that over-reports. NULL: a
-        # bucket written before, never held (read as its seconds).
+        # A rollup bucket is held to its length, or its longest interval where that is
+        # longer (collector/store/partials.py): where a node's samples reported more
+        # seconds, its sums over time are scaled to it. reported_s keeps what they
+        # reported (the sum of their intervals; seconds is what the bucket holds) and
+        # longest_s the longest of them, so the next fold merges the bucket as reported
+        # and an operator sees the node that over-reports. NULL: a bucket written
+        # before, never held (read as its seconds and its length).
         "0028_rollups_reported",
         """
         ALTER TABLE rollups ADD COLUMN reported_s REAL;
+        ALTER TABLE rollups ADD COLUMN longest_s REAL;
         """,
     ),
     (

@@ -14,18 +14,23 @@ the dense id of its node-minute (``node x minutes + minute`` where the fold span
 minutes), each GPU row that of its node-minute and index, and one ``bincount`` (sums) or
 ``fmin.at``/``fmax.at`` (extremes) per column adds them up, in key order.
 
-**A node that reports more time than a bucket spans is held to the bucket's length.**
+**A node that reports more time than a bucket spans is held to the bucket's length** (or
+to the longest interval one of its samples reported, where that is longer: a node sampling
+every 20 minutes puts each sample's 20 minutes in the minute of its stamp, whole).
 Each sample counts its own ``interval_s`` (the schema allows up to an hour), so a node that
 sends many samples claiming long intervals would otherwise fill a minute with hours of
 GPU-seconds and energy. After the merge with the stored bucket (:func:`merge`), a bucket
 whose samples reported more seconds (``reported_s``, the sum of their intervals) than it
-spans has its sums over time (:data:`TIMED`: seconds, GPU-seconds, utilisation-weighted and
-busy GPU-seconds, GPU, CPU and node energy, the node power's coverage; and each GPU's
-energy) scaled by length / reported: it holds its length, at the node's reported mean
-rates. ``reported_s`` keeps what was reported, for the operator and for the next merge,
+may hold (:func:`_cap`: its length, or ``longest_s``) has its sums over time (:data:`TIMED`:
+seconds, GPU-seconds, utilisation-weighted and busy GPU-seconds, GPU, CPU and node energy,
+the node power's coverage; and each GPU's energy) scaled by cap / reported: it holds that
+much, at the node's reported mean rates. So an hour never holds more than an hour (the
+schema's longest interval is one), and a flood fills a minute with at most one sample's
+claim. ``reported_s`` keeps what was reported, for the operator and for the next merge,
 which takes a held bucket back to its reported sums before adding (so a bucket holds the
 same whatever the folds and the order its samples came in). Means (utilisation, power,
-temperature: sum / n) count samples, not time, and are not held.
+temperature: sum / n) count samples, not time, and are not held. A read of raw samples
+holds their energy the same way (:func:`gpu_minutes`).
 
 Each resolution is held on its own: a fold's hours are made from its samples' own sums (its
 minutes before they are held), never from held minutes. An honest node's samples stamped in
@@ -33,9 +38,7 @@ a bucket reach back into the one before by the part of the first interval that l
 so they report the bucket's length give or take one interval: such a bucket is untouched,
 or loses at most that one interval's share. Measured on a node sampling every 5 s +/- 0.5 s
 (intervals the time between samples) over a day, five seeds: the hours lose 0.020-0.027 %
-of its time and energy (10-12 of 24 held), the minutes 0.98-1.04 % (about half held). A
-node sampling slower than once a minute loses more of its minutes (each sample's interval
-counts in the one minute of its stamp), none of its hours.
+of its time and energy (10-12 of 24 held), the minutes 0.98-1.04 % (about half held).
 
 Per-GPU statistics are packed into their node's bucket (:data:`GPU_COLUMNS`, float32, one
 record of :data:`GPU_RECORD_BYTES` per GPU): one row per node and bucket instead of one per
@@ -119,12 +122,13 @@ NODE_COLUMNS: Final = (
     ("node_s", SUM),
     ("node_energy_j", SUM),
     ("reported_s", SUM),
+    ("longest_s", MAX),
 )
 """A node's bucket: the ``rollups`` columns after its key, and how two partials merge.
 ``node_*``: the node's input power (BMC/PSU) where it reported it; ``node_s`` the seconds
 it covered, ``node_energy_j`` power x interval over them. ``reported_s``: the seconds its
 samples reported (the sum of their intervals), of which ``seconds`` is what the bucket
-holds (:data:`TIMED`)."""
+holds (:data:`TIMED`); ``longest_s`` the longest interval one of them reported."""
 
 TIMED: Final = (
     "seconds",
@@ -138,9 +142,9 @@ TIMED: Final = (
 )
 """The node's sums over time (each sample's value x its interval), held to the bucket's
 length (:func:`merge`); with its GPUs' ``energy_j``. ``seconds`` first."""
-FOLDED: Final = ("reported_s", *TIMED)
+FOLDED: Final = ("reported_s", "longest_s", *TIMED)
 """The columns the fold merges with the stored bucket itself (:func:`merge`; the others
-merge in SQL): ``reported_s`` first, then :data:`TIMED`."""
+merge in SQL): ``reported_s`` and ``longest_s`` first, then :data:`TIMED`."""
 
 GPU_COLUMNS: Final = (
     ("gpu", MAX),
@@ -190,6 +194,7 @@ _GPU_AT: Final = {c: i for i, (c, _) in enumerate(GPU_COLUMNS)}
 _NODE_AT: Final = {c: i for i, (c, _) in enumerate(NODE_COLUMNS)}
 _TIMED_AT: Final = [_NODE_AT[c] for c in TIMED]
 _REPORTED: Final = _NODE_AT["reported_s"]
+_LONGEST: Final = _NODE_AT["longest_s"]
 _SECONDS: Final = _NODE_AT["seconds"]
 _GPU_ENERGY: Final = _GPU_AT["energy_j"]
 
@@ -476,6 +481,7 @@ def _sample_partials(v: F64) -> F64:
             _known(node_w) * dt,
             _zero(node_w * dt),
             dt,
+            dt,
         )
     )
 
@@ -565,11 +571,14 @@ def buckets(staged: Sequence[Staged], into: Buckets | None = None) -> Buckets:
     return out
 
 
-def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tuple[I64, F64]:
+def gpu_minutes(
+    ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes], hold_s: int = MINUTE_S
+) -> tuple[I64, F64]:
     """One node's samples (time stamps, intervals, GPUs as
     :func:`~collector.store.rollups.pack_gpus` packs them) as its GPUs' 1-minute records
     (:data:`GPU_COLUMNS`) with each one's minute, by minute then GPU: what a fold makes of
-    them, for a read of raw samples."""
+    them, for a read of raw samples; their energy held as the fold holds a bucket of
+    ``hold_s`` seconds (:func:`_hold`: the resolution the read merges them into)."""
     n = len(ts_ms)
     g = np.frombuffer(b"".join(gpu_stats), _F32).reshape(-1, _PACKED).T.astype(np.float64)
     if not g.shape[1]:
@@ -578,7 +587,15 @@ def gpu_minutes(ts_ms: I64, interval_s: F64, gpu_stats: Sequence[bytes]) -> tupl
     sid, _, minute = _pairs(np.zeros(n, np.int64), np.asarray(ts_ms) // 60_000, 1)
     gid, gm, gindex = _pairs(np.repeat(sid, per), g[0].astype(np.int64), len(minute))
     out = np.empty((len(GPU_COLUMNS), len(gm)))
-    _gpu_records(gid, gindex, g, np.repeat(np.asarray(interval_s, np.float64), per), out)
+    dt = np.asarray(interval_s, np.float64)
+    _gpu_records(gid, gindex, g, np.repeat(dt, per), out)
+    held, bucket = np.unique(minute * 60 // hold_s, return_inverse=True)  # minute -> bucket
+    of = bucket[sid]  # each sample's bucket
+    reported = np.bincount(of, weights=dt, minlength=len(held))
+    longest = np.zeros(len(held))
+    np.fmax.at(longest, of, dt)
+    cap = _cap(np.full(len(held), float(hold_s)), longest)
+    out[_GPU_ENERGY] *= np.minimum(1.0, cap / np.maximum(reported, 1e-300))[bucket[gm]]
     return minute[gm] * 60, out.T
 
 
@@ -642,13 +659,14 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     keys = keys[order]
     rows = [stored[i] for i in order.tolist()]
     folded = np.array([r[4:] for r in rows], np.float64).reshape(-1, len(FOLDED))
-    reported, timed = folded[:, 0], folded[:, 1:]
+    reported, longest, timed = folded[:, 0], folded[:, 1], folded[:, 2:]
     before = reported < 0
     reported[before] = timed[before, 0]
-    length = keys[:, 1].astype(np.float64)
-    undo = np.where(before, 1.0, np.maximum(reported, length) / length)
+    cap = _cap(keys[:, 1].astype(np.float64), longest)
+    undo = np.where(before, 1.0, np.maximum(reported, cap) / cap)
     at = np.searchsorted(_combined(new.keys), _combined(keys))
     new.values[at, _REPORTED] += reported
+    new.values[at, _LONGEST] = np.fmax(new.values[at, _LONGEST], longest)
     new.values[at[:, None], _TIMED_AT] += timed * undo[:, None]
     blobs = [r[3] or b"" for r in rows]
     gvals = decode_gpus(b"".join(blobs))
@@ -670,12 +688,20 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     return _hold(new)
 
 
+def _cap(length: F64, longest: F64) -> F64:
+    """The most seconds a bucket holds: its length, or the longest interval one of its
+    samples reported where that is longer (a node sampling every 20 minutes puts each
+    sample's 20 minutes in the minute of its stamp: kept whole). ``longest`` below 0 (NULL:
+    a bucket written before it was kept): the length."""
+    return np.maximum(length, longest)
+
+
 def _hold(b: Buckets) -> Buckets:
-    """Each bucket of ``b`` whose samples reported more seconds than it spans held to its
-    length: its :data:`TIMED` sums and its GPUs' energy scaled by length / reported (so
-    its ``seconds`` is its length); ``reported_s`` kept as reported. Counted in
-    :attr:`Buckets.held`, and :attr:`Buckets.flooded` named."""
-    length = b.keys[:, 1].astype(np.float64)
+    """Each bucket of ``b`` whose samples reported more seconds than it may hold
+    (:func:`_cap`) held to that: its :data:`TIMED` sums and its GPUs' energy scaled by
+    cap / reported (so its ``seconds`` is the cap); ``reported_s`` kept as reported.
+    Counted in :attr:`Buckets.held`, and :attr:`Buckets.flooded` named."""
+    length = _cap(b.keys[:, 1].astype(np.float64), b.values[:, _LONGEST])
     reported = b.values[:, _REPORTED]
     over = np.flatnonzero(reported > length)
     b.held = len(over)

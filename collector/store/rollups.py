@@ -265,9 +265,14 @@ MARK_HOURS_SQL: Final = (
 
 
 _STORED: Final = ", ".join(
-    ["r.gpu_stats", f"coalesce(r.{FOLDED[0]}, -1)", *(f"r.{c}" for c in FOLDED[1:])]
+    [
+        "r.gpu_stats",
+        *(f"coalesce(r.{c}, -1)" for c in FOLDED[:2]),
+        *(f"r.{c}" for c in FOLDED[2:]),
+    ]
 )
-"""``reported_s`` NULL (a bucket written before it was kept) read as -1: all numbers."""
+"""``reported_s`` and ``longest_s`` NULL (a bucket written before they were kept) read as
+-1: all numbers."""
 
 
 def stored_sql(keys: int) -> str:

@@ -252,10 +252,11 @@ class _Gpus(msgspec.Struct):
 
 
 def _raw_gpu_records(
-    reader: StoreReader, node: str, since: float, until: float
+    reader: StoreReader, node: str, since: float, until: float, res: int
 ) -> tuple[I64, F64, int]:
-    """``node``'s GPUs' 1-minute records from its raw samples stamped in [since, until),
-    and how many samples could not be read (a payload without GPUs of that shape)."""
+    """``node``'s GPUs' 1-minute records from its raw samples stamped in [since, until)
+    (their energy held as a bucket of ``res`` is), and how many samples could not be read
+    (a payload without GPUs of that shape)."""
     rows = reader.fetchall(
         "SELECT ts_ms, interval_s, payload, payload_dict FROM samples "
         "WHERE node = ? AND ts_ms >= ? AND ts_ms < ? ORDER BY ts_ms",
@@ -272,7 +273,7 @@ def _raw_gpu_records(
         stats.append(rollups.pack_gpus(gpus))
     ts = np.fromiter((r[0] for r in rows), np.int64, len(rows))
     intervals = np.fromiter((r[1] for r in rows), np.float64, len(rows))
-    minutes, records = gpu_minutes(ts, intervals, stats)
+    minutes, records = gpu_minutes(ts, intervals, stats, res)
     return minutes, records, unreadable
 
 
@@ -330,7 +331,7 @@ def _recent_gpu_records(
             times, records = times[keep], records[keep]
     raw_times, raw_records, unreadable = [], [], 0
     for a, b in spans:
-        t, r, n = _raw_gpu_records(reader, node, a, b)
+        t, r, n = _raw_gpu_records(reader, node, a, b, res)
         raw_times.append(t)
         raw_records.append(r)
         unreadable += n

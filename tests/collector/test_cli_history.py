@@ -161,13 +161,17 @@ async def gpu_db(store_url: StoreTarget) -> GpuDb:
 
 
 def _expected(samples: list[Sample], t: float, step: int, gpu: int) -> tuple[float, float]:
-    """GPU ``gpu``'s mean utilisation and energy (power x interval) over the step at ``t``."""
+    """GPU ``gpu``'s mean utilisation and energy (power x interval) over the step at ``t``;
+    the energy held, as a bucket of the step is, where its samples claimed more time than
+    the step or than the longest of their intervals (the late sample's hour)."""
     mine = [
         (g, s.interval_s) for s in samples if t <= s.ts < t + step for g in s.gpus if g.index == gpu
     ]
     utils = [g.util_pct for g, _ in mine if g.util_pct is not None]
     energy = sum((gpu_power_w(g) or 0.0) * dt for g, dt in mine)
-    return sum(utils) / len(utils), energy
+    claimed = sum(dt for _, dt in mine)
+    most = max(step, *(dt for _, dt in mine))
+    return sum(utils) / len(utils), energy * min(1.0, most / claimed)
 
 
 def _steps(staged: list[Sample], step: int) -> set[float]:

@@ -89,14 +89,16 @@ def _at_most(value: float, bound: float) -> None:
 async def test_a_flooding_node_is_held_to_each_buckets_length(
     store_url: StoreTarget, res: int
 ) -> None:
-    """150 samples in 15 s claiming an hour each fill a minute and an hour no more than
-    the node at its reported power for that bucket's length, whatever the batches and
-    folds they arrive in; what it reported stays visible (``reported_s``)."""
+    """150 samples in 15 s claiming an hour each fill a bucket no more than the node at its
+    reported power for the bucket's length, or for the longest interval one sample claimed
+    where that is longer (an hour, in the minute), whatever the batches and folds they
+    arrive in; what it reported stays visible (``reported_s``)."""
     flood = _flood()
     random.Random(3).shuffle(flood)
     await _fold(store_url, flood[:40], flood[40:41], flood[41:])
     b = _bucket(store_url, "flood", res)
     assert b["reported_s"] == pytest.approx(150 * 3600.0)
+    res = max(res, 3600)  # the bound: one sample's interval where longer than the bucket
     assert b["seconds"] == pytest.approx(res)
     _at_most(b["seconds"], res)
     _at_most(b["node_s"], res)
@@ -221,3 +223,24 @@ async def test_a_bucket_written_before_reported_s_merges_as_reported(
     )
     assert old == [pytest.approx(r, rel=1e-12) for r in new]
     assert old[0][:2] == (pytest.approx(59 * 5.0 + 150 * 3600.0), 3600.0)
+
+
+async def test_a_node_sampling_slower_than_a_bucket_keeps_each_samples_time(
+    store_url: StoreTarget,
+) -> None:
+    """A node sampling every 20 minutes: each sample's 20 minutes count in the minute of its
+    stamp, whole (the bucket may hold the longest interval one of its samples reported),
+    and its hour holds the three samples' hour; nothing held."""
+    rows = [_row("slow", T0 + 1200 * k + 30, 1200.0) for k in range(3)]
+    await _fold(store_url, rows)
+    minutes = db_rows(
+        store_url,
+        "SELECT seconds, node_energy_j FROM rollups WHERE node = ? AND res = ?",
+        ("slow", MINUTE),
+    )
+    assert minutes == [(pytest.approx(1200.0), pytest.approx(NODE_W * 1200))] * 3
+    hour = _bucket(store_url, "slow", HOUR)
+    assert (hour["seconds"], hour["node_energy_j"]) == (
+        pytest.approx(3600.0),
+        pytest.approx(NODE_W * 3600),
+    )
