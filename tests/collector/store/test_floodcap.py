@@ -240,7 +240,5 @@ async def test_a_node_sampling_slower_than_a_bucket_keeps_each_samples_time(
     )
     assert minutes == [(pytest.approx(1200.0), pytest.approx(NODE_W * 1200))] * 3
     hour = _bucket(store_url, "slow", HOUR)
-    assert (hour["seconds"], hour["node_energy_j"]) == (
-        pytest.approx(3600.0),
-        pytest.approx(NODE_W * 3600),
-    )
+    assert hour["seconds"] == pytest.approx(3600.0)
+    assert hour["node_energy_j"] == pytest.approx(NODE_W * 3600)
