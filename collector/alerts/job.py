@@ -21,6 +21,15 @@ nothing: the parts committed are restored at the next start (:meth:`AlertJob.res
 alerts of the parts that were not are found again by the next evaluation, and the groups
 whose notification was not committed are not in the restored notification log, so they are
 notified then (never twice: an outbox row exists only once committed).
+
+A part the store refuses without being broken (a lock held past the busy timeout, a
+constraint: :class:`~shared.errors.StoreError` neither fatal nor ``unavailable``; the writer
+drops the rest of the record) leaves the job ahead of the store: its states hold the changes
+of the parts not committed, its notification log the groups whose notification was not. It
+then goes on as after a stop: the records it made since (from those states) write nothing,
+and its next evaluation first takes the states and the notification log back from the store
+(:meth:`AlertJob.take_back`), so it finds again what the refused parts held, writes it, and
+notifies those groups, once.
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from collector.store.alerts import (
 )
 from collector.store.db import Store
 from shared.clock import Clock
+from shared.errors import StoreError
 from shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -133,6 +143,9 @@ class AlertRecord:
     flushes: list[Flush]
     firing: list[GroupAlert]
     resolved: list[GroupAlert]
+    generation: int
+    """The job's :attr:`AlertJob.generation` when the evaluation began: a record refused
+    since then makes this one's changes stale (see the module docstring)."""
     name: str = "alerts"
     written: int = 0
     """Changes committed so far (a mass event's are written in parts)."""
@@ -225,6 +238,12 @@ class AlertJob:
         self.metrics = AlertJobMetrics(CollectorRegistry()) if metrics is None else metrics
         self.evaluated_at = float("-inf")
         """Clock time of the last evaluation whose changes are recorded (tests wait on it)."""
+        self.generation = 0
+        """Records refused part-way so far: a record made before the last one was refused
+        writes nothing (see the module docstring)."""
+        self._ahead = False
+        """A record was refused: the states and notification log are ahead of the store
+        until the next evaluation takes them back from it."""
 
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
@@ -267,15 +286,29 @@ class AlertJob:
         )
 
     async def __call__(self, store: Store, view: LiveView) -> AlertRecord:
-        """One evaluation of ``view`` (a snapshot); ``store`` is read for the silences."""
+        """One evaluation of ``view`` (a snapshot); ``store`` is read for the silences (and,
+        after a refused record, for the states and notification log to go on from)."""
+        forget: list[str] = []
+        if self._ahead:
+            back = await self.take_back(store, hold_s=0.0)
+            forget, self._ahead = back.orphans, False
+            log.warning("alerts_taken_back", alerts=back.restored, generation=self.generation)
+        # After taking back: a record refused from here on (during the evaluation) makes
+        # this one stale too, and the next evaluation takes back again.
+        generation = self.generation
         now = self._clock.time()
         silences = await self._silences(store, now)
-        record = await asyncio.to_thread(self._evaluate, view, now, silences)
+        record = await asyncio.to_thread(self._evaluate, view, now, silences, generation)
+        # A group this record logs again stays (write_alerts deletes after it upserts).
+        kept = {g.group_key for g in record.groups}.union(record.forget_groups)
+        record.forget_groups += [key for key in forget if key not in kept]
         self.metrics.evaluations.inc()
         self.metrics.changes.inc(len(record.transitions))
         return record
 
-    def _evaluate(self, view: LiveView, now: float, silences: list[Silence]) -> AlertRecord:
+    def _evaluate(
+        self, view: LiveView, now: float, silences: list[Silence], generation: int
+    ) -> AlertRecord:
         """The pure part, in a worker thread: rules, life cycle, groups, webhook bodies."""
         transitions = self._evaluator.evaluate(view, now)
         firing = [
@@ -307,25 +340,35 @@ class AlertJob:
             flushes,
             firing,
             resolved,
+            generation,
         )
 
     async def _recorded(self, store: Store, r: AlertRecord) -> bool:
         """The writer's half: the next part of the changes in one transaction; the
         notifications with the last, then what waited for them. Return whether parts
         remain."""
+        if r.generation != self.generation:
+            log.warning("alert_record_dropped", changes=len(r.changes), generation=r.generation)
+            return False  # made from states a refused record left ahead of the store
         end = min(r.written + self.part_changes, len(r.changes))
         last = end == len(r.changes)
         changes = r.changes[r.written : end]
         if changes or (last and (r.flushes or r.groups or r.forget_groups)):
-            entries = await write_alerts(
-                store,
-                changes,
-                self.keep_history_s,
-                r.outbox if last else (),
-                r.now,
-                groups=r.groups if last else (),
-                forget_groups=r.forget_groups if last else (),
-            )
+            try:
+                entries = await write_alerts(
+                    store,
+                    changes,
+                    self.keep_history_s,
+                    r.outbox if last else (),
+                    r.now,
+                    groups=r.groups if last else (),
+                    forget_groups=r.forget_groups if last else (),
+                )
+            except StoreError as exc:
+                if not exc.unavailable:  # that one the writer writes again, once reconnected
+                    self.generation += 1  # the rest of this record is dropped: go on as after
+                    self._ahead = True  # a stop (see the module docstring)
+                raise
             if entries and self._notify is not None:
                 self._notify(entries)  # committed: now the delivery may send them
         r.written = end  # committed (a part that failed is written again whole)

@@ -285,7 +285,8 @@ class Evaluator:
         self._published = tuple(s for by_key in self._states.values() for s in by_key.values())
 
     def restore(self, states: Iterable[AlertState], now: float, *, hold_s: float = 0.0) -> None:
-        """Take over persisted pending and firing states, e.g. after a restart.
+        """Take over persisted pending and firing states, e.g. after a restart, in place of
+        any held (the alert job takes its states back from the store after a refused write).
 
         A restored firing alert stays firing, without a new transition, while its condition
         holds; it resolves as usual once the condition is gone, but not before ``now + hold_s``
@@ -293,6 +294,7 @@ class Evaluator:
         state for a rule that no longer exists is kept and resolves at the next evaluation
         after the hold, so its receivers hear that it ended.
         """
+        self._states = {name: {} for name in self.rules}
         for st in states:
             if st.state not in ("pending", "firing"):
                 continue

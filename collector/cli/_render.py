@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO
 
-__all__ = ["Column", "pad", "print_json", "render_table", "shown", "width"]
+__all__ = ["Column", "aligned", "cut", "print_json", "render_table", "shown", "width"]
 
 
 # A NamedTuple, not a dataclass: `dataclasses` (with `inspect`) is ~10 ms of imports, a
@@ -29,10 +29,21 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
     cells = [[shown(c.header) for c in columns]]
     for row in rows:
         cells.append(["-" if row.get(c.key) is None else shown(c.fmt(row[c.key])) for c in columns])
-    widths = [max(width(r[i]) for r in cells) for i in range(len(columns))]
+    return aligned(cells, [c.align_right for c in columns])
+
+
+def aligned(cells: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    """Rows of cells (already :func:`shown`) as lines, every column as wide as its widest
+    cell in terminal columns (:func:`width`, measured once a cell), two spaces apart, padded
+    on the left where ``right`` says so; trailing spaces cut."""
+    measured = [[width(v) for v in row] for row in cells]
+    widths = [max(col, default=0) for col in zip(*measured, strict=True)]
     lines = []
-    for r in cells:
-        parts = [pad(v, w, right=c.align_right) for v, w, c in zip(r, widths, columns, strict=True)]
+    for row, sizes in zip(cells, measured, strict=True):
+        parts = [
+            " " * (most - size) + v if r else v + " " * (most - size)
+            for v, size, most, r in zip(row, sizes, widths, right, strict=True)
+        ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
@@ -72,8 +83,16 @@ def width(text: str) -> int:
     )
 
 
-def pad(text: str, columns: int, *, right: bool = False) -> str:
-    """``text`` padded with spaces to ``columns`` terminal columns (:func:`width`), on the
-    left when ``right`` (right-aligned)."""
-    fill = " " * max(0, columns - width(text))
-    return fill + text if right else text + fill
+def cut(text: str, columns: int) -> str:
+    """``text`` as a terminal shows it (:func:`shown`, so that no escape is cut in half) in
+    at most ``columns`` terminal columns (:func:`width`): cut, ending with ``…``, where it
+    takes more."""
+    text = shown(text)
+    if width(text) <= columns:
+        return text
+    room, used = columns - 1, 0  # a column for the "…"
+    for end, c in enumerate(text):
+        used += width(c)
+        if used > room:
+            return text[:end] + "…"
+    return text

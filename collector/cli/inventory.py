@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, pad, print_json, render_table, shown, width
+from collector.cli._render import Column, aligned, cut, print_json, render_table, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -188,12 +188,7 @@ def inventory_table(nodes: list[NodeComponents]) -> str:
     if hidden:
         columns.append(["OTHER", *(f"+{k} kinds" if k else "" for k in other)])
     columns.append(["MISSING/ERROR", *(_problems_cell(n) for n in nodes)])
-    padded = []
-    for col in columns[:-1]:
-        most = max(map(width, col))
-        padded.append([pad(v, most) for v in col])
-    padded.append(columns[-1])
-    table = "\n".join("  ".join(parts).rstrip() for parts in zip(*padded, strict=True))
+    table = aligned(list(zip(*columns, strict=True)), [False] * len(columns))
     if hidden:
         table += (
             f"\n({len(hidden):,} more component kinds, each on fewer nodes, are counted under "
@@ -214,10 +209,7 @@ def _header(key: str) -> str:
     kind, _, model = key.partition(" ")
     if kind == "memory":
         return "MEMORY (16 GiB)"
-    model = shown(model)
-    if len(model) > _MAX_HEADER_MODEL:
-        model = model[: _MAX_HEADER_MODEL - 1] + "…"
-    return f"{kind.upper()} {model}"
+    return f"{kind.upper()} {cut(model, _MAX_HEADER_MODEL)}"
 
 
 def inventory_json(nodes: list[NodeComponents]) -> dict[str, Any]:

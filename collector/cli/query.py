@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, cut, print_json, render_table
 from shared.durations import format_exact, parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
@@ -76,8 +76,8 @@ _LIMIT_DEFAULT: Final = 200
 _LIMIT_MAX: Final = 1_000_000
 _LIMIT_DEFAULT_REJECTED: Final = 50
 _SINCE_DEFAULT_NODE_S: Final = 900.0  # 15m, as the help says
-_TABLE_DETAIL_CHARS: Final = 80  # msgspec names the field path at the end
-_TABLE_PAYLOAD_CHARS: Final = 80
+_TABLE_DETAIL_COLUMNS: Final = 80  # msgspec names the field path at the end
+_TABLE_PAYLOAD_COLUMNS: Final = 80
 
 
 def _count(text: str) -> int:
@@ -359,10 +359,6 @@ def _celsius(v: float) -> str:
     return f"{v:.0f}C"
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _summary(
     store: StoreReader, args: argparse.Namespace, settings: ReadSettings, now: float
 ) -> None:
@@ -447,7 +443,7 @@ def _jobs(store: StoreReader, settings: ReadSettings, now: float, as_json: bool)
                 Column("user", "USER", align_right=False),
                 Column("account", "ACCOUNT", align_right=False),
                 Column("partition", "PARTITION", align_right=False),
-                Column("nodes", "NODES", lambda v: _cut(",".join(v), 40), align_right=False),
+                Column("nodes", "NODES", lambda v: cut(",".join(v), 40), align_right=False),
                 Column("gpus", "GPUS", lambda v: f"{v:g}"),
                 Column("gpu_util_mean_pct", "UTIL", _pct),
                 Column("power_w", "POWER", format_watts),
@@ -582,7 +578,7 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
         Column("pstate", "P"),
         Column("pcie_replays", "REPLAYS"),
         Column("processes", "PROCS"),
-        Column("jobs", "JOB", lambda v: _cut(",".join(v), 40) or "-", align_right=False),
+        Column("jobs", "JOB", lambda v: cut(",".join(v), 40) or "-", align_right=False),
     ]
     if any(r["mig"] for r in rows):  # a MIG device's UUID: what CUDA_VISIBLE_DEVICES takes
         columns.append(Column("mig_uuid", "MIG UUID", align_right=False))
@@ -628,11 +624,11 @@ def _print_rejected(result: dict[str, Any], now: float) -> None:
     rows = [
         {
             "age_s": now - m["received_ms"] / 1000,
-            "source": m["node"] or _cut(m["topic"], 40),
+            "source": m["node"] or cut(m["topic"], 40),
             "reason": m["reason"],
             "payload_bytes": m["payload_bytes"],
-            "detail": _cut(m["detail"], _TABLE_DETAIL_CHARS),
-            "payload_head": _cut(m["payload_head"], _TABLE_PAYLOAD_CHARS),
+            "detail": cut(m["detail"], _TABLE_DETAIL_COLUMNS),
+            "payload_head": cut(m["payload_head"], _TABLE_PAYLOAD_COLUMNS),
         }
         for m in messages
     ]

@@ -16,7 +16,13 @@ older epoch's samples before the newer ones, so those arrived first). A jump pas
 the agent to send again what it has past ``seq``. A hole that is not filled within
 ``hole_s`` of the first sample stored above it is given up (the agent no longer has those
 samples: dropped from its full spool, or cut short by a crash), so a lost sample holds a
-node's watermark back for ``hole_s``, not forever.
+node's watermark back for ``hole_s``, not forever. What a given-up hole counts as missing
+(:attr:`Watermarks.missing_given_up`) is bounded as the live view's gaps are
+(:func:`collector.nodefacts.gap_missing`): at most the intervals that passed on the node's
+clock between the samples either side of it, so a node that sends ``seq`` 2**62 and then 0
+adds what it could have numbered in that time, not 2**62; with no sample known below the
+hole (an epoch's first samples lost, or a range read back at start) nothing bounds the time,
+and the hole counts the one sample it surely lacks.
 
 Bounded: at most ``max_nodes`` nodes and ``max_ranges`` ranges per node (past that the
 lowest hole is given up at once).
@@ -28,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from collector.nodefacts import agent_restarted
+from collector.nodefacts import agent_restarted, gap_missing
 from collector.store.db import SampleRow
 from collector.store.watermarks import WatermarkRow
 
@@ -39,6 +45,21 @@ _MAX_NODES: Final = 50_000
 
 
 @dataclass(slots=True)
+class _Range:
+    """A run of stored seqs above a hole."""
+
+    first: int
+    last: int
+    since_ms: int
+    """When the first of them was stored (collector clock)."""
+    first_ts_ms: int | None
+    last_ts_ms: int | None
+    """Node clock: the samples at ``first`` and ``last`` (``None``: read back at start)."""
+    interval_s: float
+    """The interval of the sample at ``first``: the hole below it is counted in it."""
+
+
+@dataclass(slots=True)
 class _Mark:
     epoch: int
     seq: int
@@ -46,9 +67,10 @@ class _Mark:
     ts_ms: int
     """The newest sample's time of this epoch (node clock): a lower epoch with newer samples
     is an agent whose spool (and epoch counter) was wiped."""
-    ranges: list[list[int]] = field(default_factory=list)
-    """Stored runs above a hole: ``[first, last, since_ms]``, ascending; since: when the
-    first of them was stored (collector clock)."""
+    seq_ts_ms: int | None = None
+    """The time of the sample at ``seq`` (node clock; ``None``: not known)."""
+    ranges: list[_Range] = field(default_factory=list)
+    """Stored runs above a hole, ascending."""
 
 
 class Watermarks:
@@ -89,13 +111,14 @@ class Watermarks:
         ordered by node and seq). Nothing is due after this: the broker has them retained."""
         now_ms = round(now * 1000)
         for r in rows:
-            self._marks[r.node] = _Mark(r.epoch, r.seq, r.top, r.ts_ms)
+            # ts_ms is the newest sample's: the one at seq only when nothing is above it.
+            self._marks[r.node] = _Mark(r.epoch, r.seq, r.top, r.ts_ms, _seq_ts(r))
         for node, seq in above:
             m = self._marks.get(node)
             if m is not None and seq > m.seq + 1:
-                self._add_range(node, m, seq, now_ms)
+                self._add_range(node, m, seq, now_ms, ts_ms=None, interval_s=1.0)
             elif m is not None and seq == m.seq + 1:
-                m.seq = seq
+                m.seq, m.seq_ts_ms = seq, None
                 self._absorb(node, m)
 
     def note(self, rows: Sequence[SampleRow], now: float) -> None:
@@ -112,13 +135,15 @@ class Watermarks:
             if m is not None and epoch == m.epoch:
                 last = m.seq
                 if seq == last + 1:
-                    m.seq = seq
+                    m.seq, m.seq_ts_ms = seq, r.ts_ms
                     if m.ranges:
                         self._absorb(node, m)
                 elif seq > last + 1:
                     if now_ms < 0:
                         now_ms = round(now * 1000)
-                    if not self._add_range(node, m, seq, now_ms):
+                    if not self._add_range(
+                        node, m, seq, now_ms, ts_ms=r.ts_ms, interval_s=r.interval_s
+                    ):
                         continue  # already stored above the hole: nothing new
                 else:
                     continue  # a duplicate
@@ -133,11 +158,11 @@ class Watermarks:
                 m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms)
                 self._holed.discard(node)
                 if seq == 0:
-                    m.seq = 0
+                    m.seq, m.seq_ts_ms = 0, r.ts_ms
                 else:
                     if now_ms < 0:
                         now_ms = round(now * 1000)
-                    self._add_range(node, m, seq, now_ms)
+                    self._add_range(node, m, seq, now_ms, ts_ms=r.ts_ms, interval_s=r.interval_s)
                 dirty.add(node)
             # else: a late sample of an older epoch (its watermark was sent with that epoch)
 
@@ -153,7 +178,7 @@ class Watermarks:
             if self._holed:
                 for node in list(self._holed):
                     m = self._marks[node]
-                    while m.ranges and now_ms - m.ranges[0][2] >= self.hole_ms:
+                    while m.ranges and now_ms - m.ranges[0].since_ms >= self.hole_ms:
                         self._give_up(node, m)
                         self._dirty.add(node)
             self._round = list(self._dirty)
@@ -187,24 +212,36 @@ class Watermarks:
 
     # -- internals
 
-    def _add_range(self, node: str, m: _Mark, seq: int, now_ms: int) -> bool:
-        """Note ``seq`` (past ``m.seq + 1``) as stored; False if it already was."""
+    def _add_range(
+        self,
+        node: str,
+        m: _Mark,
+        seq: int,
+        now_ms: int,
+        *,
+        ts_ms: int | None,
+        interval_s: float,
+    ) -> bool:
+        """Note ``seq`` (past ``m.seq + 1``; stamped ``ts_ms`` on the node's clock, its
+        ``interval_s``) as stored; False if it already was."""
         ranges = m.ranges
         i = len(ranges)
-        while i and ranges[i - 1][0] > seq:
+        while i and ranges[i - 1].first > seq:
             i -= 1
         # ranges[i - 1] starts at or below seq, ranges[i] above it
-        if i and ranges[i - 1][1] >= seq:
+        if i and ranges[i - 1].last >= seq:
             return False
-        if i and ranges[i - 1][1] == seq - 1:
-            ranges[i - 1][1] = seq
-            if i < len(ranges) and ranges[i][0] == seq + 1:
-                ranges[i - 1][1] = ranges[i][1]
+        if i and ranges[i - 1].last == seq - 1:
+            below = ranges[i - 1]
+            below.last, below.last_ts_ms = seq, ts_ms
+            if i < len(ranges) and ranges[i].first == seq + 1:
+                below.last, below.last_ts_ms = ranges[i].last, ranges[i].last_ts_ms
                 del ranges[i]
-        elif i < len(ranges) and ranges[i][0] == seq + 1:
-            ranges[i][0] = seq
+        elif i < len(ranges) and ranges[i].first == seq + 1:
+            above = ranges[i]
+            above.first, above.first_ts_ms, above.interval_s = seq, ts_ms, interval_s
         else:
-            ranges.insert(i, [seq, seq, now_ms])
+            ranges.insert(i, _Range(seq, seq, now_ms, ts_ms, ts_ms, interval_s))
         self._holed.add(node)
         while len(ranges) > self.max_ranges:
             self._give_up(node, m)
@@ -213,15 +250,25 @@ class Watermarks:
     def _absorb(self, node: str, m: _Mark) -> None:
         """Move ``seq`` through the ranges that now touch it."""
         ranges = m.ranges
-        while ranges and ranges[0][0] <= m.seq + 1:
-            m.seq = max(m.seq, ranges[0][1])
+        while ranges and ranges[0].first <= m.seq + 1:
+            if ranges[0].last > m.seq:
+                m.seq, m.seq_ts_ms = ranges[0].last, ranges[0].last_ts_ms
             del ranges[0]
         if not ranges:
             self._holed.discard(node)
 
     def _give_up(self, node: str, m: _Mark) -> None:
-        first = m.ranges[0]
+        """Move ``seq`` past the lowest hole, counting what it held (see the module
+        docstring)."""
+        above = m.ranges[0]
+        before, after = m.seq_ts_ms, above.first_ts_ms
+        elapsed_s = 0.0 if before is None or after is None else (after - before) / 1000
         self.holes_given_up += 1
-        self.missing_given_up += first[0] - m.seq - 1
-        m.seq = first[0] - 1
+        self.missing_given_up += gap_missing(m.seq, above.first, elapsed_s, above.interval_s)
+        m.seq = above.first - 1
         self._absorb(node, m)
+
+
+def _seq_ts(row: WatermarkRow) -> int | None:
+    """The node-clock time of the sample at ``row.seq``, as far as the row tells it."""
+    return row.ts_ms if row.seq == row.top and row.seq >= 0 else None

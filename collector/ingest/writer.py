@@ -71,7 +71,7 @@ import contextlib
 import functools
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry
@@ -483,10 +483,8 @@ class Writer:
         if self._store.rollups is None:
             return
         t0 = self._clock.monotonic()
-        taken = self._store.rollups_taken_over
-        with heap.paused():
+        with _folding(self._store, self.metrics):
             folded = await self._store.fold_rollups()
-        self.metrics.rollups_taken_over.inc(self._store.rollups_taken_over - taken)
         if folded:
             self.last_commit = self._clock.monotonic()
             log.debug("rollups_folded", samples=folded, ms=round((self.last_commit - t0) * 1e3, 2))
@@ -627,14 +625,25 @@ class _FoldRecord:
         self._t0 = clock.monotonic()
 
     async def write(self, store: Store) -> bool:
-        taken = store.rollups_taken_over
-        with heap.paused():
+        with _folding(store, self._metrics):
             more = await self._fold.write(store)
-        self._metrics.rollups_taken_over.inc(store.rollups_taken_over - taken)
         if not more and self._fold.samples:
             fold, wall_s = self._fold, self._clock.monotonic() - self._t0
             log.debug("rollups_folded", samples=fold.samples, parts=fold.parts, wall_s=wall_s)
         return more
+
+
+@contextlib.contextmanager
+def _folding(store: Store, metrics: WriterMetrics) -> Iterator[None]:
+    """Around a fold's work (a part, or all of it): the heap's collections paused, and the
+    samples it took over from collectors gone quiet counted, even when it then fails (what
+    a committed takeover took is this collector's: a later fold does not count it again)."""
+    taken = store.rollups_taken_over
+    try:
+        with heap.paused():
+            yield
+    finally:
+        metrics.rollups_taken_over.inc(store.rollups_taken_over - taken)
 
 
 def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:

@@ -19,6 +19,7 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
+from collector.cli._render import width
 from collector.ingest.validate import sample_row
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.paths import DEFAULT_DB_PATH, StoreTarget
@@ -331,6 +332,38 @@ def test_rejected_table_escapes_and_cuts_the_payload(
     payload = newest[newest.index('{"v"') :]
     assert payload == ('{"v":1,"node":"\\x00\\n\\xff\\u2028' + "x" * 100)[:79] + "…"
     assert "\x00" not in "\n".join(lines)
+
+
+async def test_rejected_table_cuts_wide_text_by_terminal_columns(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A detail and a payload in Chinese (two terminal columns a character): each cell takes
+    at most the table's 80 columns, cut with "…", and the next column starts under its
+    header."""
+    async with Store(store_url) as store:
+        head = "温度" * 80  # 160 characters, 480 bytes: the first 256 are stored
+        await store.write_batch(
+            [],
+            quarantine=[
+                QuarantineRow(
+                    round(time.time() * 1000),
+                    ONLINE,
+                    f"t/{ONLINE}",
+                    "not_json",
+                    "细节" * 60,
+                    head.encode()[:255],  # 85 whole characters
+                    len(head.encode()),
+                )
+            ],
+        )
+    capsys.readouterr()
+    assert main(["query", "--db", str(store_url), "--rejected"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[-2:]
+    detail, payload = row[row.index("细节") : row.index("温度")].rstrip(), row[row.index("温度") :]
+    assert (detail[-1], payload[-1]) == ("…", "…")
+    assert 78 <= width(detail) <= 80
+    assert 78 <= width(payload) <= 80
+    assert width(row[: row.index("温度")]) == width(header[: header.index("PAYLOAD")])
 
 
 def test_rejected_on_a_store_without_quarantine_is_empty(

@@ -1,9 +1,10 @@
 """A mass event's alert record written in parts (both backends): the same rows as in one
 transaction, its notification once and only after every state it names, and a stop between
-parts that loses nothing."""
+parts, or a part the store refuses, that loses nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 
@@ -12,13 +13,17 @@ from pydantic import HttpUrl
 
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.counters import labelled_values
+from collector.ingest.reader import StopUnit
+from collector.ingest.validate import Ingestor
+from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
-from collector.paths import StoreTarget
+from collector.paths import PgTarget, StoreTarget
 from collector.settings import ReceiverSettings
 from collector.store.alerts import OutboxEntry
 from collector.store.db import Store
 from shared.clock import FakeClock
-from tests.helpers import db_rows
+from tests.helpers import db_execute, db_rows
 
 T0 = 1_800_000_000.0
 HOOK = ReceiverSettings(name="hook", url=HttpUrl("http://127.0.0.1:9/hook"))
@@ -137,6 +142,78 @@ async def test_a_stop_between_parts_loses_no_alert_and_sends_the_notification_on
     assert sent.uncommitted == []
     assert [len(json.loads(e.body)["alerts"]) for e in sent.entries] == [25]
     alerts, history, outbox = _tables(store_url)
+    assert len(alerts) == 25
+    assert [(f, state) for f, _, state, _ in history] == [(f, "firing") for f, *_ in alerts]
+    assert len(outbox) == 1
+
+
+def _refuse_node(db: StoreTarget, node: str) -> None:
+    """Make the store refuse the history row of ``node``'s alert (a constraint, as far as
+    the writer can tell: rolled back, the store still writable)."""
+    if isinstance(db, PgTarget):
+        db_execute(
+            db,
+            "CREATE FUNCTION refuse_node() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF position('\"{node}\"' in NEW.labels) > 0 THEN "
+            "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+        )
+        db_execute(
+            db,
+            "CREATE TRIGGER refuse_node BEFORE INSERT ON alert_history "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_node()",
+        )
+    else:
+        db_execute(
+            db,
+            "CREATE TRIGGER refuse_node BEFORE INSERT ON alert_history "
+            f"WHEN instr(NEW.labels, '\"{node}\"') > 0 "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+        )
+
+
+async def test_a_refused_middle_part_is_found_again_and_notified_once(
+    store_url: StoreTarget,
+) -> None:
+    """The third of seven parts refused (the writer drops the rest of the record), and the
+    record evaluated behind it (the group's notification of all 25, made from the states
+    the refusal left uncommitted) dropped too: the next evaluation takes the 8 committed
+    alerts back from the store and finds the other 17 again; the group is notified once,
+    after every alert it names is committed; job and store agree, and a restart restores
+    all 25, each with one firing change in the history."""
+    fleet, sent = _Fleet(), _Sent(store_url)
+    fleet.down = [f"n{i:02d}" for i in range(25)]
+    clock = FakeClock(start_wall=T0)
+    job = _job(fleet, sent, clock, 4)
+    async with Store(store_url) as store:
+        _refuse_node(store_url, "n09")  # in the third part: n08-n11
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        queue.put_nowait(await job(store, LiveView()))
+        clock.advance(6)  # past the group's wait: this record notifies the group
+        queue.put_nowait(await job(store, LiveView()))
+        done = asyncio.get_running_loop().create_future()
+        queue.put_nowait(StopUnit(done))
+        await writer.run()
+        assert labelled_values(writer.metrics.job_failures) == {"alerts": 1}
+        assert len(_tables(store_url)[0]) == 8
+        assert sent.entries == []
+
+        db_execute(
+            store_url,
+            "DROP TRIGGER refuse_node"
+            + (" ON alert_history" if isinstance(store_url, PgTarget) else ""),
+        )
+        for at in (T0 + 12, T0 + 18, T0 + 30):  # found again; the group's wait; nothing new
+            await _evaluate(job, store, clock, at)
+        alerts, history, outbox = _tables(store_url)
+        assert sorted((s.fingerprint, s.state) for s in job._evaluator.states()) == [
+            (f, state) for f, state, *_ in alerts
+        ]
+
+        again = _job(fleet, sent, FakeClock(start_wall=T0 + 40), 4)  # a restart
+        assert await again.restore(store, hold_s=0.0) == 25
+    assert sent.uncommitted == []
+    assert [len(json.loads(e.body)["alerts"]) for e in sent.entries] == [25]
     assert len(alerts) == 25
     assert [(f, state) for f, _, state, _ in history] == [(f, "firing") for f, *_ in alerts]
     assert len(outbox) == 1

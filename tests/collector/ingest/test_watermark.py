@@ -7,6 +7,7 @@ from collector.store.db import SampleRow
 from collector.store.watermarks import WatermarkRow
 
 T0 = 1_800_000_000.0
+T0_MS = round(T0 * 1000)
 
 
 def _row(node: str, epoch: int | None, seq: int, ts_s: float | None = None) -> SampleRow:
@@ -137,3 +138,26 @@ def test_a_round_is_taken_a_part_at_a_time_and_a_node_only_once_per_round() -> N
     assert sorted(r.node for r in first + later) == nodes
     assert [(r.node, r.seq) for r in w.due(T0, 1000)] == [(again, 1)]  # the next round
     assert w.due(T0, 1000) == []
+
+
+def test_a_hostile_jump_in_seq_counts_only_what_the_node_clock_allows() -> None:
+    """seq 2**62 and then 0, ten intervals apart on the node's clock: the hole given up
+    counts at most the ten intervals that passed (as the live view's gaps do), not 2**62;
+    the watermark still moves past it."""
+    w = _marks(hole_s=60)
+    interval_s, elapsed_s = 1.0, 10.0
+    w.note([_row("evil", 3, 2**62, ts_s=T0 + elapsed_s)], T0)
+    w.note([_row("evil", 3, 0, ts_s=T0)], T0)
+    assert _due(w, T0 + 60) == {"evil": (3, 2**62, 2**62)}
+    assert (w.holes_given_up, w.missing_given_up) == (1, round(elapsed_s / interval_s))
+
+
+def test_a_hole_with_no_sample_below_it_counts_the_one_it_surely_lacks() -> None:
+    """An epoch whose first stored sample is seq 2**62: nothing bounds how long the agent
+    ran before it, so the hole counts one sample, whatever the number says; a hole read back
+    at start (no times known) likewise."""
+    w = _marks(hole_s=60)
+    w.note([_row("evil", 3, 2**62, ts_s=T0)], T0)
+    w.restore([WatermarkRow("b", 1, 3, 2**62, T0_MS)], [("b", 2**62)], T0)
+    assert _due(w, T0 + 60) == {"evil": (3, 2**62, 2**62), "b": (1, 2**62, 2**62)}
+    assert (w.holes_given_up, w.missing_given_up) == (2, 2)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from collector.counters import value
+from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor, sample_row
 from collector.ingest.writer import Writer, WriterItem
 from collector.paths import StoreTarget, parse_target
@@ -404,20 +405,32 @@ async def test_a_collector_whose_stage_was_taken_over_folds_only_what_it_still_o
     assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
 
 
-async def test_the_writer_counts_the_samples_its_folds_take_over(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["whole", "parts"])
+async def test_the_writer_counts_the_samples_its_folds_take_over(tmp_path: Path, path: str) -> None:
     """The samples a fold took over from a collector gone quiet count in the writer's
-    ``rollup_samples_taken_over``."""
+    ``rollup_samples_taken_over``: folded whole (the stop's ``fold_rollups``) or part by
+    part between batches (the fold queued as a record while the writer runs)."""
     db = tmp_path / "c.db"
+    rows = _rows()
     async with Store(db, rollups=RollupConfig(), stage_owner="gone") as gone:
-        await gone.write_batch(_rows())
+        await gone.write_batch(rows)
     quiet = RollupConfig(takeover_after_s=0.0)  # any owner silent since: gone
     async with Store(db, rollups=quiet, stage_owner="me") as store:
         clock = FakeClock(start_wall=T0)
         queue: asyncio.Queue[WriterItem] = asyncio.Queue()
         writer = Writer(store, queue, Ingestor(clock), clock)
-        await writer.fold_rollups()
-        await writer.fold_rollups()
-    assert value(writer.metrics.rollups_taken_over) == 18
+        if path == "whole":
+            await writer.fold_rollups()
+            await writer.fold_rollups()
+        else:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(writer.run(), name="writer")
+                # A fold is queued at the writer's start; counted before the stop folds.
+                taken = writer.metrics.rollups_taken_over
+                await wait_until(lambda: value(taken) == len(rows), what="the takeover counted")
+                done = asyncio.get_running_loop().create_future()
+                queue.put_nowait(StopUnit(done))
+    assert value(writer.metrics.rollups_taken_over) == len(rows)
     assert db_rows(db, "SELECT count(*) FROM rollup_stage") == [(0,)]
 
 
