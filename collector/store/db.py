@@ -768,8 +768,22 @@ class Store:
 
         def work(tx: Tx) -> None:
             step = max(1, min(MAX_ROWS_PER_STATEMENT, tx.max_variables - 2))
-            for i in range(0, len(ids), step):
-                chunk = ids[i : i + step]
+            order = ids
+            if tx.dialect == "postgresql":
+                # The statements take their slices in sha256 order too: ids follow sha256
+                # only within the batch that stored them, and a fleet's thousands of
+                # templates (one a node) make several statements.
+                found: list[tuple[str, int]] = []
+                for i in range(0, len(ids), step):
+                    chunk = ids[i : i + step]
+                    found += tx.fetch_tuples(
+                        "SELECT sha256, id FROM payload_templates "
+                        f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                        chunk,
+                    )
+                order = [int(i) for _, i in sorted(found)]
+            for i in range(0, len(order), step):
+                chunk = order[i : i + step]
                 marks = ", ".join("?" * len(chunk))
                 if tx.dialect == "postgresql":
                     # Row locks in sha256 order, the order a batch's upsert takes them

@@ -20,6 +20,7 @@ from collector.paths import StoreTarget, parse_target
 from collector.store.codec import pack_sample
 from collector.store.db import TEMPLATE_MARGIN_MS, TEMPLATE_USES_EVERY_MS, SampleRow, Store
 from collector.store.reader import StoreReader
+from collector.store.writes import MAX_ROWS_PER_STATEMENT
 from shared.schema import decode_sample
 from tests.helpers import db_rows, wait_until
 
@@ -253,3 +254,52 @@ async def test_a_uses_write_back_locks_rows_in_the_batches_order(postgres_url: s
             )
             batch.commit()
             assert await uses == 2
+
+
+@pytest.mark.integration
+async def test_a_write_back_of_more_uses_than_a_statement_takes_keeps_the_batches_order(
+    postgres_url: str,
+) -> None:
+    """A fleet of thousands of nodes names thousands of templates (one per node) between two
+    write-backs, more than one statement takes (``MAX_ROWS_PER_STATEMENT``): the write-back's
+    statements must take their rows in sha256 order across statements too, not each its own
+    slice of ids, or a batch of another collector (sha256 order) deadlocks with it. Here a
+    second connection holds a row of the second slice of ids, as a batch would, then takes
+    a row of the first slice whose sha256 sorts after it."""
+    target = parse_target(postgres_url)
+    n = MAX_ROWS_PER_STATEMENT + 50
+    async with Store(target, stage_owner="a") as a, Store(target, stage_owner="b") as b:
+        # Made over time (a batch stores its new ones in sha256 order, so ids follow it
+        # within a batch, not across them): the last ones in a later batch.
+        made = [_sample(_T0 + k, k, mem=1000 + k) for k in range(n)]
+        await a.write_batch(made[:MAX_ROWS_PER_STATEMENT])
+        await a.write_batch(made[MAX_ROWS_PER_STATEMENT:])
+        t = _T0 + n
+        for k in (100, 101):  # looked up, then named from memory: uses to write back
+            await b.write_batch([_sample(t + k + j / 1e4, k, mem=1000 + j) for j in range(n)])
+        t += 101
+        ids = sorted(db_rows(target, "SELECT id, sha256 FROM payload_templates"))
+        assert len(ids) == n
+        first, second = ids[:MAX_ROWS_PER_STATEMENT], ids[MAX_ROWS_PER_STATEMENT:]
+        held, held_sha = min(second, key=lambda r: r[1])
+        later = next(i for i, sha in first if sha > held_sha)
+        with psycopg.connect(postgres_url) as batch, psycopg.connect(postgres_url) as watch:
+            batch.execute("SET lock_timeout = '10s'")
+            batch.execute("UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (held,))
+            uses = asyncio.create_task(b.write_template_uses(round((t + 1) * 1000)))
+
+            def waiting() -> bool:
+                rows = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).fetchall()
+                watch.commit()
+                return bool(rows[0][0])
+
+            await wait_until(waiting, what="the write-back waiting for a row lock")
+            await asyncio.to_thread(
+                batch.execute,
+                "UPDATE payload_templates SET used_ms = used_ms WHERE id = %s",
+                (later,),
+            )
+            batch.commit()
+            assert await uses == n
