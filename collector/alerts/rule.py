@@ -32,7 +32,9 @@ alert is never displaced by a new one); the count is of the alerts held while th
 runs, so at the limit a new instance is created at the first evaluation after an old one is
 gone. A node naming 256 new idle jobs in every sample (``JobGpuIdle``) thus holds 64 pending
 alerts, not 256 new ones per sample. Instances without a ``node`` label (capacity and
-governance rules: racks, tenants, leases of the site's own configuration) are not bounded here.
+governance rules: racks, tenants, leases of the site's own configuration) are not bounded
+here, nor those of a rule whose instances the site's configuration names per node
+(``LeaseExpiredInUse``: one per ended lease that held the node; it sets its own bound).
 
 Templates are :meth:`str.format_map` strings over the labels and the instance's values, e.g.
 ``"GPU {gpu} on {node} at {temp_c} °C"``; a missing key renders as ``<no value>``, as in Go

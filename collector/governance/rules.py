@@ -24,7 +24,7 @@ quota alert says which basis it judged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from collector.alerts.names import GOVERNANCE
 from collector.alerts.rule import Instance, Rule, enabled_rules
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from collector.live import LiveView
 
 __all__ = ["governance_rules"]
+
+
+_PER_LEASE: Final = 1 << 30
+"""LeaseExpiredInUse's ``max_per_node``: as many as the site's leases (see the rule)."""
 
 
 def governance_rules(
@@ -153,6 +157,9 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
         ),
         condition=condition,
         for_s=s.expired_in_use_for_s,
+        # An alert per ended lease that held the node: the operator's leases name them, not
+        # what a node sends, so the per-node bound (collector.alerts.rule) is not for it.
+        max_per_node=_PER_LEASE,
     )
 
 

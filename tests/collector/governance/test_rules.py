@@ -253,3 +253,23 @@ async def test_a_forced_neighbour_overcommits_the_cohort_not_the_idle_tenant(
     full = states[("QuotaFull", "c")]
     assert full.annotations["summary"] == "c at its gpus quota (allocated)"
     assert "borrowing" not in full.annotations["summary"]
+
+
+async def test_a_node_in_many_ended_leases_has_an_alert_for_each(tmp_path: Path) -> None:
+    """LeaseExpiredInUse names the operator's leases, not something a node sends: a busy
+    node that sat in 70 daily leases, all ended, has 70 alerts (the per-node bound on what
+    a node can make the evaluator hold, 64, is not for it)."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    now = clock.time()
+    live = _live(clock, {"n3": (4, [99.0] * 4)})
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        with Command(db, now=now) as tx:
+            for k in range(70):
+                start = TODAY - dt.timedelta(days=k + 2)
+                _lease(tx, f"day{k}", "c", ["n3"], start=start, duration_days=1)
+        job = GovernanceJob(clock, busy_util_pct=10.0)
+        ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
+        await run_once(job, store, live)
+        firing = _firing(ev, live, now)
+    assert sum(f[0] == "LeaseExpiredInUse" for f in firing) == 70
