@@ -198,7 +198,12 @@ class Staleness:
         """How long a sample (or a reading) whose source reports every ``interval_s``
         (``None``: not known, ``expected_interval_s``) still says what is: ``intervals`` x
         that interval, the interval taken as no shorter than ``min_interval_s``."""
-        return self.intervals * max(interval_s or self.expected_interval_s, self.min_interval_s)
+        interval = interval_s or self.expected_interval_s
+        least = self.min_interval_s
+        # state() inlines these lines: it runs for every node at every evaluation, and the
+        # call (or max()) cost a 12,500-node healthy cycle ~0.5-1 ms of its ~4.5 ms
+        # (bench/bench_alerts.py).
+        return self.intervals * (interval if interval > least else least)
 
     def state(
         self,
@@ -217,8 +222,11 @@ class Staleness:
         """
         if status == "offline":
             return "offline"
-        if received is not None:
-            return "stale" if now - received > self.limit_s(interval_s) else "online"
+        if received is not None:  # limit_s(interval_s), inlined (see there)
+            interval = interval_s or self.expected_interval_s
+            least = self.min_interval_s
+            limit = self.intervals * (interval if interval > least else least)
+            return "stale" if now - received > limit else "online"
         since = status_ts if status == "online" else inventory_ts
         if since is None or now - since > self.grace_s:
             return "stale"
