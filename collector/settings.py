@@ -468,7 +468,9 @@ class CollectorSettings(CapwatchSettings):
     """The sampling interval of a node that has not sampled yet."""
     stale_intervals: float = Field(default=DEFAULT_STALE_INTERVALS, gt=0, le=1000)
     """A node with no sample for this many of its intervals is stale: for the alert rules,
-    governance, capacity, ``/metrics`` and every command (:mod:`collector.nodefacts`)."""
+    governance, capacity, ``/metrics`` and every command (:mod:`collector.nodefacts`). An
+    interval shorter than ``alerts.eval_interval_s`` counts as that: a node claiming 10 ms
+    is stale after 3 s with the defaults, not 30 ms."""
 
     @model_validator(mode="before")
     @classmethod
@@ -486,8 +488,11 @@ class CollectorSettings(CapwatchSettings):
         return data if old is None else {**data, "stale_intervals": old}
 
     def staleness(self) -> Staleness:
-        """When a node is stale, for every consumer."""
-        return Staleness(self.stale_intervals, self.expected_interval_s)
+        """When a node is stale, for every consumer: a node's interval is believed down to
+        the rules' evaluation interval (:mod:`collector.nodefacts`)."""
+        return Staleness(
+            self.stale_intervals, self.expected_interval_s, self.alerts.eval_interval_s
+        )
 
     def setting_warnings(self) -> list[str]:
         """One line per setting that is read but replaced (the entry point prints them)."""

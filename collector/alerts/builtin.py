@@ -136,6 +136,7 @@ def _node_offline(s: AlertSettings) -> Rule:
 
 def _node_stale(s: AlertSettings, staleness: Staleness) -> Rule:
     intervals = staleness.intervals
+    floor = staleness.limit_s(staleness.min_interval_s)
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
         for st in view.nodes():
@@ -150,11 +151,12 @@ def _node_stale(s: AlertSettings, staleness: Staleness) -> Rule:
         summary="No samples from {node} (last: {last})",
         description=(
             f"{{node}} is not offline but sent no sample for {intervals:g} of its sample "
-            "intervals (last one: {last}; a node that never sampled: since it came online): "
-            "agent hung, network or broker trouble."
+            f"intervals, and for {floor:g} s at least (last one: {{last}}; a node that never "
+            "sampled: since it came online): agent hung, network or broker trouble."
         ),
         condition=condition,
         for_s=s.stale_for_s,
+        keep_firing_for_s=s.stale_keep_firing_for_s,
     )
 
 

@@ -2,6 +2,18 @@
 
 :func:`collector.alerts.builtin.builtin_rules` takes this model as it is: no second copy of
 the thresholds to keep equal. ``collector rules`` lists the rules and the values in force.
+
+**Flapping.** Every rule whose condition a node sets sample by sample has a ``for`` or a
+``keep_firing_for`` of a minute or more (Prometheus 2.42+: "how long an alert will continue
+firing after the condition has occurred"; the condition coming back inside it cancels the
+countdown, :mod:`collector.alerts.rule`), so one alert makes at most one fire/resolve pair per
+``for`` + ``keep_firing_for``, whatever a node flips and however fast: ``NodeStale`` 1 min,
+``GpuTemperature`` 2 min, ``GpuClockThrottled`` 3 min, ``NodeClockSkew`` and
+``NodeRejectsRising`` 5 min (after their window), ``GpuXid``, ``GpuEccUncorrectable`` and
+``GpuRowRemap`` 15 min, ``NodeSamplesMissing`` its 15 min window, ``JobGpuIdle`` its 30 min
+``for``. ``NodeOffline`` follows the node's status, not its samples: its ``for`` (30 s) holds
+it to one pair per 30 s of being offline, and it keeps no firing after the node is back, since
+it mutes the node's other alerts while it fires (the default inhibit rule).
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collector.alerts import names
+from collector.nodefacts import DEFAULT_EVAL_INTERVAL_S
 
 __all__ = ["CRITICAL_XIDS", "AlertSettings"]
 
@@ -37,16 +50,21 @@ class AlertSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    eval_interval_s: float = Field(default=1.0, ge=0.5, le=3600)
+    eval_interval_s: float = Field(default=DEFAULT_EVAL_INTERVAL_S, ge=0.5, le=3600)
     """How often the rules are evaluated on the live view. Every second: a breach reaches a
     receiver within about a second plus its route's ``group_wait``; a cycle costs a few ms
-    at 12,500 nodes (``bench/bench_alerts.py``)."""
+    at 12,500 nodes (``bench/bench_alerts.py``). Also the shortest sample interval a node is
+    believed (a node claiming less is stale after ``stale_intervals`` x this)."""
     offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
     """An agent restarting says offline then online within seconds: do not page for that."""
     stale_intervals: float | None = Field(default=None, gt=0, le=1000)
     """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
     read, with a warning: it stands for the top-level key when that one is not given."""
     stale_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    """``NodeStale`` fires as soon as a node is stale (that is already 3 of its intervals)..."""
+    stale_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
+    """...and resolves a minute after its samples are back (12 default intervals): a node
+    whose samples come in bursts with gaps past 3 intervals is one alert, not a pair per gap."""
     gpu_temp_c: float = Field(default=85.0, ge=20, le=150)
     gpu_temp_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
     gpu_temp_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
@@ -58,7 +76,11 @@ class AlertSettings(BaseModel):
     """...and the alert keeps firing this long after: an XID is an event, not a state."""
     throttle_for_s: float = Field(default=120.0, ge=0, le=_DAY_S)
     throttle_keep_firing_for_s: float = Field(default=60.0, ge=0, le=_DAY_S)
-    ecc_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    ecc_keep_firing_for_s: float = Field(default=900.0, ge=0, le=_DAY_S)
+    """``GpuEccUncorrectable`` and ``GpuRowRemap`` keep firing this long (15 min) after the
+    count is back to 0 (pending or failure cleared). On a real GPU the volatile count only
+    grows until the driver reloads and a pending remap stays until the GPU is reset, so a
+    node toggling them sample by sample makes one alert, not a pair per sample."""
     clock_skew_window_s: float = Field(default=60.0, gt=0, le=_DAY_S)
     clock_skew_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
     rejects_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)

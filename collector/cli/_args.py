@@ -81,6 +81,8 @@ class ReadSettings(NamedTuple):
     store_target: StoreTarget
     stale_intervals: float
     expected_interval_s: float
+    min_interval_s: float
+    """``alerts.eval_interval_s``: the shortest sample interval believed."""
     capacity_plan: Path | None = None
     """``[capacity] plan``: where the operator's racks are (``[[capacity.racks]]``)."""
 
@@ -88,7 +90,7 @@ class ReadSettings(NamedTuple):
         """When a node is stale (:mod:`collector.nodefacts`)."""
         from collector.nodefacts import Staleness  # noqa: PLC0415
 
-        return Staleness(self.stale_intervals, self.expected_interval_s)
+        return Staleness(self.stale_intervals, self.expected_interval_s, self.min_interval_s)
 
     def rack_rules(self) -> tuple[RackRule, ...]:
         """The operator's racks, for :func:`collector.nodefacts.rack_of` (none without a plan)."""
@@ -109,6 +111,7 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     """
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
         from collector.nodefacts import (  # noqa: PLC0415
+            DEFAULT_EVAL_INTERVAL_S,
             DEFAULT_INTERVAL_S,
             DEFAULT_STALE_INTERVALS,
         )
@@ -119,11 +122,14 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
             DEFAULT_DB_PATH if db is None else parse_target(db),
             DEFAULT_STALE_INTERVALS,
             DEFAULT_INTERVAL_S,
+            DEFAULT_EVAL_INTERVAL_S,
         )
     settings = settings_from_args(args)
+    s = settings.staleness()
     return ReadSettings(
         settings.store_target,
-        settings.stale_intervals,
-        settings.expected_interval_s,
+        s.intervals,
+        s.expected_interval_s,
+        s.min_interval_s,
         settings.capacity.plan,
     )

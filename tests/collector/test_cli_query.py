@@ -17,11 +17,17 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.alerts.settings import AlertSettings
 from collector.cli import COMMANDS, build_parser, main
 from collector.cli._args import ReadSettings, read_settings_from_args, settings_from_args
 from collector.cli._render import width
 from collector.ingest.validate import sample_row
-from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
+from collector.nodefacts import (
+    DEFAULT_EVAL_INTERVAL_S,
+    DEFAULT_INTERVAL_S,
+    DEFAULT_STALE_INTERVALS,
+    Staleness,
+)
 from collector.paths import DEFAULT_DB_PATH, StoreTarget
 from collector.settings import CollectorSettings
 from collector.store.connect import open_sync
@@ -488,12 +494,19 @@ def test_read_settings_without_config_or_env_are_the_collectors_settings() -> No
     for argv in ((), ("--db", "/srv/capwatch/x.db")):
         args = _args(*argv)
         full = settings_from_args(args)
-        expected = ReadSettings(full.db_path, full.stale_intervals, full.expected_interval_s)
+        expected = ReadSettings(
+            full.db_path,
+            full.stale_intervals,
+            full.expected_interval_s,
+            full.alerts.eval_interval_s,
+        )
         assert read_settings_from_args(args) == expected
+        assert expected.staleness() == full.staleness()
     fields = CollectorSettings.model_fields
     assert fields["db_path"].default == DEFAULT_DB_PATH
     assert fields["stale_intervals"].default == DEFAULT_STALE_INTERVALS
     assert fields["expected_interval_s"].default == DEFAULT_INTERVAL_S
+    assert AlertSettings.model_fields["eval_interval_s"].default == DEFAULT_EVAL_INTERVAL_S
 
 
 def test_read_settings_take_config_and_env_through_the_settings_model(
@@ -501,8 +514,9 @@ def test_read_settings_take_config_and_env_through_the_settings_model(
 ) -> None:
     """A config file or any CAPWATCH_* variable is read and validated as for `collector run`."""
     config = tmp_path / "c.toml"
-    config.write_text("stale_intervals = 7\n")
-    assert read_settings_from_args(_args("--config", str(config))).stale_intervals == 7.0
+    config.write_text("stale_intervals = 7\n[alerts]\neval_interval_s = 2\n")
+    read = read_settings_from_args(_args("--config", str(config)))
+    assert read.staleness() == Staleness(7.0, DEFAULT_INTERVAL_S, 2.0)
     monkeypatch.setenv("capwatch_db_path", "/from/env.db")  # any case, as pydantic-settings
     assert read_settings_from_args(_args()).store_target == Path("/from/env.db")
     assert read_settings_from_args(_args("--db", "flag.db")).store_target == Path("flag.db")

@@ -32,7 +32,15 @@ from collector.governance.job import GovernanceJob
 from collector.ingest.validate import sample_row
 from collector.live import LiveView
 from collector.metrics import fleet_families
-from collector.nodefacts import Staleness, State, gpu_count, gpu_power_w, hardware, measure
+from collector.nodefacts import (
+    PowerReading,
+    Staleness,
+    State,
+    gpu_count,
+    gpu_power_w,
+    hardware,
+    measure,
+)
 from collector.settings import CollectorSettings
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.governance import governance
@@ -221,6 +229,36 @@ def test_state_boundaries() -> None:
     assert state(status=None, inventory_ts=t - 1) == "online"  # heard of by its inventory
     assert state(status=None) == "stale"  # known by name alone
     assert state(status="offline", status_ts=t) == "offline"
+
+
+def test_an_interval_shorter_than_the_evaluation_interval_counts_as_it() -> None:
+    """A node claiming 10 ms is stale after 3 x the evaluation interval, not 30 ms; so is
+    its power reading, and a node not sampling yet whose expected interval is shorter. The
+    collector's settings pass ``alerts.eval_interval_s``."""
+    t = 1_800_000_000.0
+    for every_s in (1.0, 2.0):
+        s = Staleness(intervals=3, expected_interval_s=0.1, min_interval_s=every_s)
+        floor = 3 * every_s
+
+        def state(received: float, interval_s: float, s: Staleness = s) -> State:
+            return s.state(
+                t,
+                status="online",
+                status_ts=t - 100,
+                inventory_ts=None,
+                received=received,
+                interval_s=interval_s,
+            )
+
+        assert state(t - floor, 0.01) == "online"
+        assert state(t - floor - 0.01, 0.01) == "stale"
+        assert state(t - 15, 5.0) == "online"  # longer intervals are as the node says
+        assert state(t - 15.01, 5.0) == "stale"
+        assert s.grace_s == floor
+        assert s.fresh(PowerReading(500.0, "dcmi", t - floor, 0.01), t)
+        assert not s.fresh(PowerReading(500.0, "dcmi", t - floor - 0.01, 0.01), t)
+    settings = CollectorSettings.model_validate({"alerts": {"eval_interval_s": 2.0}})
+    assert settings.staleness() == Staleness(3, 5, 2.0)
 
 
 def test_gpu_power_prefers_interval_power_and_sums_are_bounded_by_the_schema() -> None:

@@ -85,8 +85,9 @@ def test_node_offline_fires_after_its_for_and_clears_when_online() -> None:
     assert [(t.rule, t.state) for t in changes] == [("NodeOffline", "resolved")]
 
 
-def test_node_stale_fires_after_three_intervals_and_clears_on_a_sample() -> None:
-    """No sample for 3 x 5 s fires NodeStale; the next sample resolves it."""
+def test_node_stale_fires_after_three_intervals_and_clears_a_minute_after_a_sample() -> None:
+    """No sample for 3 x 5 s fires NodeStale; samples again resolve it after
+    ``stale_keep_firing_for_s`` (60 s)."""
     f = Fleet()
     f.view.on_status(NODE, "online", f.clock.time())
     f.sample()
@@ -96,7 +97,12 @@ def test_node_stale_fires_after_three_intervals_and_clears_on_a_sample() -> None
     (alert,) = f.firing("NodeStale")
     assert alert["node"] == NODE
     f.sample()
-    assert [(t.rule, t.state) for t in f.step(1)] == [("NodeStale", "resolved")]
+    assert f.step(1) == []  # fresh from here: the countdown starts
+    for _ in range(11):  # 55 s of samples
+        f.sample()
+        assert f.step() == []
+    f.sample()
+    assert [(t.rule, t.state) for t in f.step()] == [("NodeStale", "resolved")]
 
 
 def test_gpu_temperature_fires_per_gpu_after_for_and_clears_after_cooling() -> None:
@@ -169,8 +175,9 @@ def test_application_xids_are_not_alerts() -> None:
 
 
 def test_gpu_ecc_uncorrectable_fires_and_survives_fast_ticks_until_cleared() -> None:
-    """Uncorrected ECC on GPU 5 fires; fast ticks without ECC keep it; zero again resolves."""
-    f = Fleet()
+    """Uncorrected ECC on GPU 5 fires; fast ticks without ECC keep it; zero again resolves
+    it ``ecc_keep_firing_for_s`` later (0 here: at once)."""
+    f = Fleet(AlertSettings(ecc_keep_firing_for_s=0))
     f.sample(gpu5={"ecc": {"uncorrected_volatile": 2, "corrected_volatile": 0}})
     f.step()
     (alert,) = f.firing("GpuEccUncorrectable")
@@ -182,8 +189,9 @@ def test_gpu_ecc_uncorrectable_fires_and_survives_fast_ticks_until_cleared() -> 
 
 
 def test_gpu_row_remap_fires_on_pending_or_failure_and_clears() -> None:
-    """A pending remap on GPU 1 and a failure on GPU 6 are two alerts; a reset clears them."""
-    f = Fleet()
+    """A pending remap on GPU 1 and a failure on GPU 6 are two alerts; a reset clears them
+    (``ecc_keep_firing_for_s`` 0 here: at once)."""
+    f = Fleet(AlertSettings(ecc_keep_firing_for_s=0))
     f.sample(
         gpu1={
             "remapped_rows": {

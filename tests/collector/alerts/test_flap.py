@@ -1,0 +1,282 @@
+"""A node flipping what it reports cannot make alerts fire and resolve at the evaluation rate.
+
+The node's samples go through the real validation (:class:`Ingestor`) into the live view; the
+built-in rules are built as the collector builds them from its default settings (``[alerts]``,
+and the staleness with its floor) and evaluated every second (``alerts.eval_interval_s``) on a
+fake clock. What bounds a flapping node: ``keep_firing_for`` (an alert resolves only once its
+condition has been gone that long; the condition coming back cancels the countdown, as in
+Prometheus 2.42+), and for ``NodeStale`` the shortest sample interval staleness believes.
+
+The bound stated: an alert fires only after its condition held ``for_s`` and resolves only
+after it was gone ``keep_firing_for_s``, so one alert makes at most ``1 + T / (for_s +
+keep_firing_for_s)`` fire/resolve pairs in ``T`` seconds, whatever the node's rhythm: for
+``GpuEccUncorrectable`` and ``GpuRowRemap`` (15 min) one in 10 minutes, for ``NodeStale``
+(1 min) 11.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Final
+
+import pytest
+from pydantic import HttpUrl
+
+from collector.alerts.builtin import HW_THERMAL_SLOWDOWN, builtin_rules
+from collector.alerts.delivery import Delivery, read_pending
+from collector.alerts.job import AlertJob
+from collector.alerts.route import ALL_LABELS, Route
+from collector.alerts.rule import Evaluator, Rule, Transition
+from collector.evaluate import run_once
+from collector.ingest.validate import Ingestor
+from collector.live import LiveView
+from collector.paths import StoreTarget
+from collector.settings import CollectorSettings, ReceiverSettings
+from collector.store.alerts import OutboxReport
+from collector.store.db import Store
+from shared.clock import FakeClock
+from shared.topics import sample_topic, status_topic
+from tests.collector.alerts.receiver import Receiver
+from tests.helpers import db_rows, wait_until
+from tests.shared.wire_samples import sample_dict, status_dict
+
+NODE = "x1000c0s0b0n0"
+T0 = 1_800_000_000.0
+TEN_MINUTES_S: Final = 600
+
+
+def _ecc(d: dict[str, Any]) -> None:
+    for g in d["gpus"]:
+        g["ecc"]["uncorrected_volatile"] = 2
+
+
+def _remap(d: dict[str, Any]) -> None:
+    for g in d["gpus"]:
+        g["remapped_rows"]["pending"] = True
+
+
+def _hot(d: dict[str, Any]) -> None:
+    for g in d["gpus"]:
+        g["temp_c"] = 95.0
+
+
+def _throttled(d: dict[str, Any]) -> None:
+    for g in d["gpus"]:
+        g["clock_event_reasons"] = 0x4 | HW_THERMAL_SLOWDOWN
+
+
+def _xid(d: dict[str, Any]) -> None:
+    d["xids"] = [{"gpu_index": g["index"], "xid": 79, "ts": d["ts"]} for g in d["gpus"]]
+
+
+def _idle(d: dict[str, Any]) -> None:
+    for g in d["gpus"]:
+        g["util_pct"] = 1.0
+
+
+BAD: Final[dict[str, Callable[[dict[str, Any]], None]]] = {
+    "GpuEccUncorrectable": _ecc,
+    "GpuRowRemap": _remap,
+    "GpuTemperature": _hot,
+    "GpuClockThrottled": _throttled,
+    "GpuXid": _xid,
+    "JobGpuIdle": _idle,
+}
+"""Per rule, what a sample that makes its condition hold on every GPU changes."""
+
+
+def _defaults() -> list[Rule]:
+    """The built-in rules as the collector builds them from its default settings."""
+    s = CollectorSettings()
+    return builtin_rules(s.alerts, s.staleness())
+
+
+class _Node:
+    """One node as the collector hears it, the built-in rules evaluated on its live view."""
+
+    def __init__(self, clock: FakeClock, rules: list[Rule] | None = None) -> None:
+        self.clock = clock
+        self.view = LiveView()
+        self.ingestor = Ingestor(clock, live=self.view)
+        status = {**status_dict(), "ts": clock.time()}
+        self.ingestor.handle(status_topic(NODE), json.dumps(status).encode())
+        self.ev = Evaluator(_defaults() if rules is None else rules)
+        self.seq = 0
+        self.log: list[Transition] = []
+
+    def send(self, *bad: Callable[[dict[str, Any]], None], interval_s: float = 1.0) -> None:
+        """A healthy sample (the realistic one, no XID), with each of ``bad`` applied."""
+        d = sample_dict()
+        d["xids"] = []
+        self.seq += 1
+        d["seq"], d["ts"], d["interval_s"] = self.seq, self.clock.time(), interval_s
+        for change in bad:
+            change(d)
+        item = self.ingestor.handle(sample_topic(NODE), json.dumps(d).encode())
+        assert type(item).__name__ == "SampleRow", item
+
+    def evaluate(self) -> None:
+        """One evaluation 10 ms after the clock's second (a sample sent on it is 10 ms old),
+        then the clock on to the next second."""
+        self.clock.advance(0.01)
+        self.log += self.ev.evaluate(self.view, self.clock.time())
+        self.clock.advance(0.99)
+
+    def changes(self, rule: str) -> Counter[str]:
+        """How many transitions of ``rule``'s alerts went to each state."""
+        return Counter(t.state for t in self.log if t.rule == rule)
+
+    def per_alert(self, rule: str, state: str) -> Counter[str]:
+        """Transitions of ``rule`` to ``state``, per alert (fingerprint)."""
+        return Counter(t.fingerprint for t in self.log if t.rule == rule and t.state == state)
+
+
+def _bound(rule: Rule, seconds: float) -> int:
+    """Fire/resolve pairs one alert of ``rule`` can make in ``seconds`` at most (module)."""
+    cycle = rule.for_s + rule.keep_firing_for_s
+    assert cycle >= 60, f"{rule.name}: for + keep_firing_for = {cycle:g} s, it can flap"
+    return 1 + int(seconds // cycle)
+
+
+RHYTHMS = [(1, 1), (1, 3), (1, 4), (3, 2), (60, 4), (61, 61), (1, 59), (120, 65)]
+"""(on, off) seconds: the condition held ``on`` seconds (one sample a second), then not for
+``off``; for NodeStale, samples for ``on`` seconds, then silence for ``off``."""
+
+
+@pytest.mark.parametrize(("on", "off"), RHYTHMS)
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_a_gpu_rule_flipped_in_any_rhythm_makes_bounded_pairs(name: str, on: int, off: int) -> None:
+    """Ten minutes of a node holding a GPU rule's condition ``on`` s then not ``off`` s, on
+    all 8 GPUs: each alert fires at most 1 + 600 s / (for + keep_firing_for) times, and
+    resolves at most as often."""
+    node = _Node(FakeClock(start_wall=T0))
+    rule = node.ev.rules[name]
+    for k in range(TEN_MINUTES_S):
+        node.send(*((BAD[name],) if k % (on + off) < on else ()))
+        node.evaluate()
+    fired, resolved = node.per_alert(name, "firing"), node.per_alert(name, "resolved")
+    most = max(fired.values(), default=0)
+    assert most <= 1 + TEN_MINUTES_S // 60, f"an alert of {name} fired {most} times"
+    assert most <= _bound(rule, TEN_MINUTES_S)
+    assert all(resolved[fp] <= fired[fp] for fp in resolved)
+
+
+@pytest.mark.parametrize(("on", "off"), RHYTHMS)
+def test_a_node_sending_in_any_rhythm_makes_bounded_node_stale_pairs(on: int, off: int) -> None:
+    """Ten minutes of a node claiming a 10 ms interval (the schema's least) and sending one
+    sample a second for ``on`` s, then nothing for ``off`` s: NodeStale fires at most 1 + 600 s
+    / (for + keep_firing_for) times; a node silent for no more than 3 s (3 x the 1 s
+    evaluation interval, the shortest interval staleness believes) is never stale."""
+    node = _Node(FakeClock(start_wall=T0))
+    for k in range(TEN_MINUTES_S):
+        if k % (on + off) < on:
+            node.send(interval_s=0.01)
+        node.evaluate()
+    fired = node.changes("NodeStale")["firing"]
+    assert fired <= 1 + TEN_MINUTES_S // 60, f"NodeStale fired {fired} times"
+    assert fired <= _bound(node.ev.rules["NodeStale"], TEN_MINUTES_S)
+    assert node.changes("NodeStale")["resolved"] <= fired
+    if off <= 2:  # the newest sample is at most off + 0.01 s old at an evaluation
+        assert fired == 0
+
+
+@pytest.mark.parametrize("name", ["GpuEccUncorrectable", "GpuRowRemap"])
+def test_an_honest_memory_error_fires_at_once_and_resolves_15_minutes_after_it_clears(
+    name: str,
+) -> None:
+    """An uncorrected ECC count (a pending remap) that stays fires at the first evaluation
+    that sees it; once the driver reload clears it, the alert resolves at the first
+    evaluation 15 min (``ecc_keep_firing_for_s``) after the first one without it."""
+    node = _Node(FakeClock(start_wall=T0))
+    node.send(BAD[name])
+    node.evaluate()
+    assert node.changes(name) == {"firing": 8}
+    for _ in range(300):  # five minutes, the error stays
+        node.send(BAD[name])
+        node.evaluate()
+    cleared_at = node.clock.time()
+    for _ in range(900):
+        node.send()
+        node.evaluate()
+    assert node.changes(name) == {"firing": 8}
+    node.send()
+    node.evaluate()
+    assert node.changes(name) == {"firing": 8, "resolved": 8}
+    assert {t.at for t in node.log if t.state == "resolved"} == {cleared_at + 900.01}
+
+
+def test_an_honestly_stale_node_fires_at_once_and_resolves_a_minute_after_it_is_back() -> None:
+    """A node sampling every 5 s that falls silent is NodeStale at the first evaluation past
+    3 x 5 s; sampling again, the alert resolves a minute (``stale_keep_firing_for_s``) after
+    the first evaluation that found it fresh."""
+    node = _Node(FakeClock(start_wall=T0))
+    node.send(interval_s=5.0)
+    for _ in range(15):  # the newest sample 15.01 s old at the 15th evaluation
+        node.evaluate()
+    assert node.changes("NodeStale") == {}
+    node.evaluate()
+    assert node.changes("NodeStale") == {"firing": 1}
+    back_at = node.clock.time()
+    for k in range(60):
+        if k % 5 == 0:
+            node.send(interval_s=5.0)
+        node.evaluate()
+    assert node.changes("NodeStale") == {"firing": 1}
+    node.evaluate()
+    assert node.changes("NodeStale") == {"firing": 1, "resolved": 1}
+    assert [t.at for t in node.log if t.state == "resolved"] == [back_at + 60.01]
+
+
+async def test_a_node_flipping_every_sample_for_ten_minutes_fires_each_alert_once(
+    store_url: StoreTarget,
+) -> None:
+    """The review's case, with the collector's record and a real receiver: for 10 minutes a
+    node claiming a 10 ms interval sends a sample every 2 s, alternately with uncorrected ECC
+    and pending row remaps on its 8 GPUs and without (evaluations every second, on a route
+    that notifies every change): each of the 16 alerts fires once and none resolves (one
+    pair per 15 min at most), NodeStale never fires (the node is never 3 s silent), and the
+    receiver gets 16 notifications, not one per flip."""
+    clock = FakeClock(start_wall=T0)
+    node = _Node(clock)
+    hook = ReceiverSettings(name="hook", url=HttpUrl("http://127.0.0.1:1/hook"))
+    reports: list[OutboxReport] = []
+
+    async def report(r: OutboxReport) -> None:
+        reports.append(r)
+
+    with Receiver().serve() as rx:
+        hook = hook.model_copy(update={"url": HttpUrl(rx.url)})
+        async with Store(store_url) as store:
+            delivery = Delivery(
+                [hook], report, clock, load_pending=read_pending(store_url), poll_s=0.01
+            )
+            job = AlertJob(
+                node.ev,
+                clock,
+                interval_s=1.0,
+                receivers=[hook],
+                notify=delivery.offer,
+                routes=[Route((), ("hook",), (ALL_LABELS,), 0.0, 0.0, 4 * 3600.0)],
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(delivery.run(), name="delivery")
+                for k in range(TEN_MINUTES_S):
+                    if k % 2 == 0:
+                        node.send(*((_ecc, _remap) if k % 4 == 0 else ()), interval_s=0.01)
+                    clock.advance(0.01)
+                    await run_once(job, store, node.view)
+                    clock.advance(0.99)
+                history = db_rows(store_url, "SELECT rule, state FROM alert_history")
+                assert Counter(history) == {
+                    ("GpuEccUncorrectable", "firing"): 8,
+                    ("GpuRowRemap", "firing"): 8,
+                }
+                (outbox,) = db_rows(store_url, "SELECT count(*) FROM outbox")
+                assert outbox == (16,)
+                await wait_until(lambda: len(rx.received()) == 16, what="16 notifications")
+                delivery.stop()
+    bodies = [json.loads(r.body) for r in rx.received()]
+    assert Counter(b["status"] for b in bodies) == {"firing": 16}
