@@ -234,26 +234,7 @@ async def test_a_uses_write_back_locks_rows_in_the_batches_order(postgres_url: s
         for k in (100, 101):  # looked up, then named from memory: a use to write back
             await b.write_batch([_sample(t + k, k, mem=3), _sample(t + k, k, node=1, mem=mem)])
         t += 101
-        with psycopg.connect(postgres_url) as batch, psycopg.connect(postgres_url) as watch:
-            batch.execute("SET lock_timeout = '10s'")
-            batch.execute("UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (large,))
-            uses = asyncio.create_task(b.write_template_uses(round((t + 1) * 1000)))
-
-            def waiting() -> bool:
-                rows = watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                ).fetchall()
-                watch.commit()
-                return bool(rows[0][0])
-
-            await wait_until(waiting, what="the write-back waiting for a row lock")
-            await asyncio.to_thread(
-                batch.execute,
-                "UPDATE payload_templates SET used_ms = used_ms WHERE id = %s",
-                (small,),
-            )
-            batch.commit()
-            assert await uses == 2
+        assert await _write_back_beside_a_batch(postgres_url, b, t, large, small) == 2
 
 
 @pytest.mark.integration
@@ -283,23 +264,30 @@ async def test_a_write_back_of_more_uses_than_a_statement_takes_keeps_the_batche
         first, second = ids[:MAX_ROWS_PER_STATEMENT], ids[MAX_ROWS_PER_STATEMENT:]
         held, held_sha = min(second, key=lambda r: r[1])
         later = next(i for i, sha in first if sha > held_sha)
-        with psycopg.connect(postgres_url) as batch, psycopg.connect(postgres_url) as watch:
-            batch.execute("SET lock_timeout = '10s'")
-            batch.execute("UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (held,))
-            uses = asyncio.create_task(b.write_template_uses(round((t + 1) * 1000)))
+        assert await _write_back_beside_a_batch(postgres_url, b, t, held, later) == n
 
-            def waiting() -> bool:
-                rows = watch.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                ).fetchall()
-                watch.commit()
-                return bool(rows[0][0])
 
-            await wait_until(waiting, what="the write-back waiting for a row lock")
-            await asyncio.to_thread(
-                batch.execute,
-                "UPDATE payload_templates SET used_ms = used_ms WHERE id = %s",
-                (later,),
-            )
-            batch.commit()
-            assert await uses == n
+async def _write_back_beside_a_batch(
+    url: str, store: Store, t: float, first: int, then: int
+) -> int:
+    """``store`` writes its template uses back (at ``t``) while another connection, as a
+    batch's upsert would, holds template ``first`` and then takes ``then``; return what the
+    write-back wrote. A write-back locking in another order than the batch deadlocks."""
+    with psycopg.connect(url) as batch, psycopg.connect(url) as watch:
+        batch.execute("SET lock_timeout = '10s'")
+        batch.execute("UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (first,))
+        uses = asyncio.create_task(store.write_template_uses(round((t + 1) * 1000)))
+
+        def waiting() -> bool:
+            rows = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchall()
+            watch.commit()
+            return bool(rows[0][0])
+
+        await wait_until(waiting, what="the write-back waiting for a row lock")
+        await asyncio.to_thread(
+            batch.execute, "UPDATE payload_templates SET used_ms = used_ms WHERE id = %s", (then,)
+        )
+        batch.commit()
+        return await uses
