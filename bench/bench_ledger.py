@@ -33,21 +33,24 @@ import asyncio
 import datetime as dt
 import logging
 import statistics
+import sys
 import tempfile
 import time
-from array import array
 from pathlib import Path
 from typing import Final
 
 import structlog
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from agent.simulate import FleetSimulator
+from bench.bench_rollups import hour_sample
 from collector.governance.lease import LeaseTerms
 from collector.governance.ledger import LedgerJob
 from collector.live import LiveView
 from collector.settings import RollupSettings
 from collector.store.command import Command
-from collector.store.db import NodeUpdate, SampleRow, Store
+from collector.store.db import NodeUpdate, Store
 from collector.store.governance import governance
 from collector.store.ledger import LEDGER_AT_KEY
 from collector.store.rollups import HOUR, RollupConfig
@@ -75,15 +78,7 @@ async def build(db: Path, nodes: int, days: int, bare: float) -> None:
         )
         for h in range(days * 24):
             t_ms = round((DAY0 + h * HOUR) * 1000)
-            samples = []
-            for i, n in enumerate(names):
-                util = float((i * 7 + h * 13) % 100)
-                stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
-                samples.append(
-                    SampleRow(n, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
-                              8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())
-                )  # fmt: skip
-            await st.write_batch(samples)
+            await st.write_batch([hour_sample(n, i, h, t_ms) for i, n in enumerate(names)])
             await st.fold_rollups()
         end_ms = round((DAY0 + days * 86_400) * 1000)
         while await st.delete_older_than(end_ms - 86_400_000, 100_000):

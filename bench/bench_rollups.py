@@ -72,12 +72,21 @@ from collector.store.ledger import lease_history, write_ledger
 from collector.store.rollups import HOUR, RollupConfig, hour_rows
 from shared.schema import encode
 
-__all__ = ["main"]
+__all__ = ["hour_sample", "main"]
 
 _PARTED: Final = 128
 """The shards ``--part parts`` compares with one (``[rollups] fold_shards``)."""
 
 BIN = Path(sys.executable).parent
+
+
+def hour_sample(node: str, i: int, h: int, t_ms: int) -> SampleRow:
+    """Node ``i``'s (``node``) sample of hour ``h`` at ``t_ms``, an hour long: 8 GPUs at
+    400 W and a utilisation that varies by node and hour (no payload: rollups alone)."""
+    util = float((i * 7 + h * 13) % 100)
+    stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
+    return SampleRow(node, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
+                     8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())  # fmt: skip
 
 
 async def cost(rounds: int) -> None:
@@ -234,13 +243,7 @@ async def reads(db: Path) -> None:
             samples = []
             for h in range(24):
                 t_ms = round((month0 + (day * 24 + h) * 3600) * 1000)
-                for i, n in enumerate(names):
-                    util = float((i * 7 + h * 13) % 100)
-                    stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
-                    samples.append(
-                        SampleRow(n, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
-                                  8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())
-                    )  # fmt: skip
+                samples += [hour_sample(n, i, h, t_ms) for i, n in enumerate(names)]
             await st.write_batch(samples)
             await st.fold_rollups()
         await st.delete_older_than(1 << 62, 1 << 30)  # rollups alone, as after 24 h
