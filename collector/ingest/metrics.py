@@ -150,6 +150,12 @@ class WriterMetrics:
         self.retention_deleted = counter(
             "retention_deleted_rows", "Sample rows deleted by retention."
         )
+        self.rollups_over_reported = counter(
+            "rollup_buckets_over_reported",
+            "Rollup buckets whose node's samples reported more seconds (interval_s) than "
+            "the bucket spans plus the longest interval a sample may claim: held to what "
+            "the bucket may hold (a node over-reporting; the fold logs which).",
+        )
         self.rollups_taken_over = counter(
             "rollup_samples_taken_over",
             "Staged samples of another collector of the store, gone quiet (no fold for "

@@ -637,13 +637,15 @@ class _FoldRecord:
 def _folding(store: Store, metrics: WriterMetrics) -> Iterator[None]:
     """Around a fold's work (a part, or all of it): the heap's collections paused, and the
     samples it took over from collectors gone quiet counted, even when it then fails (what
-    a committed takeover took is this collector's: a later fold does not count it again)."""
-    taken = store.rollups_taken_over
+    a committed takeover took is this collector's: a later fold does not count it again),
+    and the buckets it held for a node over-reporting."""
+    taken, over = store.rollups_taken_over, store.rollups_over_reported
     try:
         with heap.paused():
             yield
     finally:
         metrics.rollups_taken_over.inc(store.rollups_taken_over - taken)
+        metrics.rollups_over_reported.inc(store.rollups_over_reported - over)
 
 
 def _watermark_message(row: WatermarkRow) -> tuple[str, bytes]:

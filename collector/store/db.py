@@ -998,6 +998,12 @@ class Store:
         (:mod:`collector.store.fold`)."""
         return 0 if self._stage is None else self._stage.taken_over
 
+    @property
+    def rollups_over_reported(self) -> int:
+        """Rollup buckets written whose node reported more seconds than any honest node can
+        (held to what the bucket may hold: :mod:`collector.store.partials`)."""
+        return 0 if self._stage is None else self._stage.over_reported
+
     async def fold_rollups(self, now: float | None = None) -> int:
         """Fold the staged samples into the rollups, all of them, in short transactions one
         after the other (the writer interleaves them with batches: :meth:`rollup_fold`);

@@ -105,6 +105,9 @@ class Stage:
         """Samples staged and not folded yet."""
         self.taken_over = 0
         """Samples of other collectors' stages this one took over (their owners gone quiet)."""
+        self.over_reported = 0
+        """Buckets written whose node reported more seconds than any honest node can
+        (:attr:`Fold.flooded`), since this stage began."""
         self._shards: dict[int, list[tuple[int, Staged]]] = {}
         """The staged samples by shard: each batch's piece with the batch's number (0:
         staged before batches were numbered), in that order."""
@@ -324,6 +327,7 @@ class Fold:
                 samples, written = await stage._fold_shard(store, self.now, shard, pieces, new)
                 self.samples += samples
                 self.held += written.held
+                stage.over_reported += len(written.flooded)
                 for node, _, _, reported in written.flooded:
                     self.flooded[node] = max(reported, self.flooded.get(node, 0.0))
             except BaseException:

@@ -3,13 +3,16 @@ rollups, the usage ledger made of them, and an honest node's buckets beside it."
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 from structlog.testing import capture_logs
 
+from collector.counters import value
 from collector.governance.ledger import LedgerJob
-from collector.ingest.validate import sample_row
+from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.writer import Writer
 from collector.live import LiveView
 from collector.paths import StoreTarget
 from collector.store.db import SampleRow, Store
@@ -242,3 +245,20 @@ async def test_a_node_sampling_slower_than_a_bucket_keeps_each_samples_time(
     hour = _bucket(store_url, "slow", HOUR)
     assert hour["seconds"] == pytest.approx(3600.0)
     assert hour["node_energy_j"] == pytest.approx(NODE_W * 3600)
+
+
+async def test_the_writer_counts_the_buckets_it_held_for_an_over_reporting_node(
+    store_url: StoreTarget,
+) -> None:
+    """``rollup_buckets_over_reported`` on /metrics: the flood's minute and hour (its
+    samples reported far more than any honest node can), not an honest node's jitter."""
+    honest = [_row("honest", T0 + 600 + 5 * k + (k % 3) * 0.4, 5.0) for k in range(40)]
+    async with Store(store_url, rollups=RollupConfig()) as store:
+        clock = FakeClock(start_wall=T0 + 2 * HOUR)
+        writer = Writer(store, asyncio.Queue(), Ingestor(clock), clock)
+        await store.write_batch(honest)
+        await writer.fold_rollups()
+        assert value(writer.metrics.rollups_over_reported) == 0
+        await store.write_batch(_flood())
+        await writer.fold_rollups()
+        assert value(writer.metrics.rollups_over_reported) == 2
