@@ -184,7 +184,9 @@ class AlertJobMetrics:
 
         self.evaluations = counter("alert_evaluations", "Evaluations of the alert rules.")
         self.changes = counter(
-            "alert_changes", "Alert state changes (pending, firing, resolved) recorded."
+            "alert_changes",
+            "Alert state changes (pending, firing, resolved) recorded (counted as"
+            " they are committed).",
         )
         self.silences_unreadable = counter(
             "silences_unreadable", "Silence rows that could not be read (skipped)."
@@ -303,7 +305,6 @@ class AlertJob:
         kept = {g.group_key for g in record.groups}.union(record.forget_groups)
         record.forget_groups += [key for key in forget if key not in kept]
         self.metrics.evaluations.inc()
-        self.metrics.changes.inc(len(record.transitions))
         return record
 
     def _evaluate(
@@ -372,6 +373,7 @@ class AlertJob:
             if entries and self._notify is not None:
                 self._notify(entries)  # committed: now the delivery may send them
         r.written = end  # committed (a part that failed is written again whole)
+        self.metrics.changes.inc(len(changes))  # counted as committed: a refused part's, never
         if not last:
             return True
         if self._push is not None:

@@ -13,7 +13,7 @@ from pydantic import HttpUrl
 
 from collector.alerts.job import AlertJob
 from collector.alerts.rule import Evaluator, Instance, Rule
-from collector.counters import labelled_values
+from collector.counters import labelled_values, value
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
@@ -215,5 +215,6 @@ async def test_a_refused_middle_part_is_found_again_and_notified_once(
     assert sent.uncommitted == []
     assert [len(json.loads(e.body)["alerts"]) for e in sent.entries] == [25]
     assert len(alerts) == 25
+    assert value(job.metrics.changes) == 25  # the changes committed, each once
     assert [(f, state) for f, _, state, _ in history] == [(f, "firing") for f, *_ in alerts]
     assert len(outbox) == 1
