@@ -39,7 +39,7 @@ from collector.store.query import Query, first_value, single
 
 if TYPE_CHECKING:
     from collector.store.dialect import Dialect
-    from collector.store.writes import Writes
+    from collector.store.writes import Tx, Writes
 
 __all__ = [
     "DAILY_RETENTION_SQL",
@@ -518,31 +518,34 @@ def ledger_parts(
 
 
 async def write_ledger_part(store: Writes, part: LedgerPart) -> None:
-    """Write one :class:`LedgerPart`, in one transaction."""
+    """Write one :class:`LedgerPart`, in one transaction, all of it in one call to the
+    store's thread (:meth:`~collector.store.writes.Writes.transact`): its statements do not
+    each wait for a busy event loop while sample batches queue behind them."""
     hour, at = part.hour, part.at
     mine = f"hour = ? AND node IN ({', '.join('?' * len(part.nodes))})"
     covered = (hour, *part.nodes)
-    async with store.transaction(f"writing the usage ledger (hour {hour}, {len(part.rows)} rows)"):
+
+    def work(tx: Tx) -> None:
         if part.nodes:
-            await store.execute(_daily_sql("-", mine), covered)
-            await store.execute(f"DELETE FROM usage_ledger WHERE {mine}", covered)
-            await store.insert_many(_INSERT, [(*r, at) for r in part.rows])
-            await store.execute(_daily_sql("+", mine), covered)
+            tx.execute(_daily_sql("-", mine), covered)
+            tx.execute(f"DELETE FROM usage_ledger WHERE {mine}", covered)
+            tx.insert_many(_INSERT, [(*r, at) for r in part.rows])
+            tx.execute(_daily_sql("+", mine), covered)
         if part.last_of_hour:
-            await store.execute(_daily_sql("-", _OLDER), (hour, at))
-            await store.execute(f"DELETE FROM usage_ledger WHERE {_OLDER}", (hour, at))
+            tx.execute(_daily_sql("-", _OLDER), (hour, at))
+            tx.execute(f"DELETE FROM usage_ledger WHERE {_OLDER}", (hour, at))
             if part.dirty is not None:
-                await store.execute(
-                    "DELETE FROM ledger_dirty WHERE hour = ? AND n = ?", (hour, part.dirty)
-                )
+                tx.execute("DELETE FROM ledger_dirty WHERE hour = ? AND n = ?", (hour, part.dirty))
         # Groups no row holds any more (a lease re-attributed, a node gone).
-        await store.execute("DELETE FROM usage_daily WHERE day = ? AND n = 0", (hour // 86_400,))
+        tx.execute("DELETE FROM usage_daily WHERE day = ? AND n = 0", (hour // 86_400,))
         if part.ledger_at is not None:
-            await store.execute(
+            tx.execute(
                 "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
                 "DO UPDATE SET value = excluded.value, updated = excluded.updated",
                 (LEDGER_AT_KEY, repr(part.ledger_at), at),
             )
+
+    await store.transact(f"writing the usage ledger (hour {hour}, {len(part.rows)} rows)", work)
 
 
 async def write_ledger(
