@@ -297,6 +297,7 @@ class Evaluator:
         after the hold, so its receivers hear that it ended.
         """
         self._states = {name: {} for name in self.rules}
+        self._held = {name: {} for name in self.rules}  # counted anew, of these states
         for st in states:
             if st.state not in ("pending", "firing"):
                 continue

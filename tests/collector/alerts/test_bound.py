@@ -128,6 +128,23 @@ def test_restored_alerts_count_against_the_limit() -> None:
     assert _counted(registry, "pending_cleared") == 1
 
 
+def test_restoring_in_place_of_held_alerts_counts_each_once() -> None:
+    """Node a's three alerts (limit 3) restored into the evaluator that holds them (the
+    alert job's take-back after a refused write): once a2 goes, a new thing is taken at
+    the next evaluation (counted twice, 6 held, it was dropped for good)."""
+    cond = _Things()
+    cond.on = [("a", "a0"), ("a", "a1"), ("a", "a2")]
+    ev, registry = _evaluator(cond)
+    ev.evaluate(VIEW, T0)
+    ev.restore(ev.states(), T0 + 1)
+    cond.on = [("a", "a0"), ("a", "a1")]
+    ev.evaluate(VIEW, T0 + 2)  # a2 resolves
+    cond.on = [("a", "a0"), ("a", "a1"), ("a", "x")]
+    changes = ev.evaluate(VIEW, T0 + 3)
+    assert [(t.labels["thing"], t.state) for t in changes] == [("x", "firing")]
+    assert _counted(registry, "instances_dropped") is None
+
+
 def test_the_dropped_line_is_logged_at_most_once_a_minute_with_what_it_missed() -> None:
     """Drops at every evaluation: a line at the first, none for the next 59 s, then one
     line with every drop since the last (across nodes)."""

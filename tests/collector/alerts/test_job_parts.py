@@ -218,3 +218,54 @@ async def test_a_refused_middle_part_is_found_again_and_notified_once(
     assert value(job.metrics.changes) == 25  # the changes committed, each once
     assert [(f, state) for f, _, state, _ in history] == [(f, "firing") for f, *_ in alerts]
     assert len(outbox) == 1
+
+
+class _Things:
+    """Node a's things now, an alert each: the rule's condition."""
+
+    def __init__(self) -> None:
+        self.on: list[str] = []
+
+    def __call__(self, view: LiveView, now: float) -> Iterable[Instance]:
+        for thing in self.on:
+            yield Instance({"node": "a", "thing": thing})
+
+
+async def test_a_take_back_counts_each_nodes_alerts_once_against_its_bound(
+    store_url: StoreTarget,
+) -> None:
+    """Node a's four things (the rule holds at most 4 a node) in parts of one change, the
+    third refused: the take-back restores the two committed and the next evaluation finds
+    the other two again; when all four go, four new things are held. (The per-node counts
+    kept what the job held before the take-back, so the restored alerts counted twice: the
+    refused two were dropped as over the bound, and the counts never came back down.)"""
+    things = _Things()
+    rule = Rule("Thing", "warning", "{thing} on {node}", "", things, max_per_node=4)
+    clock = FakeClock(start_wall=T0)
+    job = AlertJob(Evaluator([rule]), clock, part_changes=1)
+    async with Store(store_url) as store:
+        _refuse_node(store_url, "t2")  # the third part
+        things.on = ["t0", "t1", "t2", "t3"]
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        queue.put_nowait(await job(store, LiveView()))
+        queue.put_nowait(StopUnit(asyncio.get_running_loop().create_future()))
+        await writer.run()
+        assert labelled_values(writer.metrics.job_failures) == {"alerts": 1}
+        db_execute(
+            store_url,
+            "DROP TRIGGER refuse_node"
+            + (" ON alert_history" if isinstance(store_url, PgTarget) else ""),
+        )
+
+        def held() -> list[str]:
+            rows = db_rows(store_url, "SELECT labels FROM alerts")
+            return sorted(json.loads(labels)["thing"] for (labels,) in rows)
+
+        assert held() == ["t0", "t1"]
+        await _evaluate(job, store, clock, T0 + 5)  # taken back; t2, t3 found again
+        assert held() == ["t0", "t1", "t2", "t3"]
+        things.on = ["u0", "u1", "u2", "u3"]
+        await _evaluate(job, store, clock, T0 + 10)  # the four resolve (the u's wait)
+        await _evaluate(job, store, clock, T0 + 15)
+        assert held() == ["u0", "u1", "u2", "u3"]

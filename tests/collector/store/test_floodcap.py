@@ -262,3 +262,26 @@ async def test_the_writer_counts_the_buckets_it_held_for_an_over_reporting_node(
         await store.write_batch(_flood())
         await writer.fold_rollups()
         assert value(writer.metrics.rollups_over_reported) == 2
+
+
+@pytest.mark.parametrize("order", ["short_first", "long_first", "together"])
+async def test_a_long_interval_arriving_after_a_held_minute_merges_as_if_together(
+    store_url: StoreTarget, order: str
+) -> None:
+    """A minute of 20 samples of 5 s (100 s: held to 60) and a late sample of 1,200 s in
+    it: whatever fold each comes in, the minute holds 1,200 s (the longest interval) of its
+    1,300 s reported; the hour all 1,300 s."""
+    short = [_row("mix", T0 + 600 + 2 * k, 5.0) for k in range(20)]
+    long = [_row("mix", T0 + 641, 1200.0)]
+    batches = {
+        "short_first": (short, long),
+        "long_first": (long, short),
+        "together": (short + long,),
+    }[order]
+    await _fold(store_url, *batches)
+    for res, held in ((MINUTE, 1200.0), (HOUR, 1300.0)):
+        b = _bucket(store_url, "mix", res)
+        assert b["reported_s"] == pytest.approx(1300.0)
+        assert b["seconds"] == pytest.approx(held)
+        assert b["node_energy_j"] == pytest.approx(NODE_W * held)
+        assert b["gpu_energy_max_j"] == pytest.approx(GPU_W * held, rel=1e-6)
