@@ -645,7 +645,8 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     length (:func:`_hold`). ``stored``: rows ``(node, res, bucket, gpu_stats, *FOLDED)``
     read from the store (:data:`FOLDED` merged here, the node's other columns in SQL,
     :data:`collector.store.rollups.UPSERT_SQL`); a ``reported_s`` below 0 (NULL: a bucket
-    written before it was kept) is its ``seconds``, as reported. A stored bucket's sums
+    written before it was kept) is its ``seconds``, as reported, and its ``longest_s``
+    those seconds too, at most the schema's longest interval. A stored bucket's sums
     over time are taken back to what its samples reported (``x reported_s / seconds``)
     before the new ones add to them: a bucket holds the same whatever the folds its samples
     came in. No re-sort: each stored GPU record is looked up among ``new``'s (sorted) ones,
@@ -662,6 +663,10 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     reported, longest, timed = folded[:, 0], folded[:, 1], folded[:, 2:]
     before = reported < 0
     reported[before] = timed[before, 0]
+    # Before both were kept, a bucket's seconds are what it reported, never held: read as
+    # one sample's interval (at most the schema's longest), so a slow node's old minute
+    # keeps its time when a late sample lands in it.
+    longest[before] = np.minimum(reported[before], MAX_INTERVAL_S)
     cap = _cap(keys[:, 1].astype(np.float64), longest)
     undo = np.where(before, 1.0, np.maximum(reported, cap) / cap)
     at = np.searchsorted(_combined(new.keys), _combined(keys))

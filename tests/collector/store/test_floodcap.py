@@ -285,3 +285,27 @@ async def test_a_long_interval_arriving_after_a_held_minute_merges_as_if_togethe
         assert b["seconds"] == pytest.approx(held)
         assert b["node_energy_j"] == pytest.approx(NODE_W * held)
         assert b["gpu_energy_max_j"] == pytest.approx(GPU_W * held, rel=1e-6)
+
+
+async def test_a_slow_nodes_minute_from_before_the_hold_keeps_its_time_after_a_late_sample(
+    store_url: StoreTarget,
+) -> None:
+    """A minute written before ``reported_s`` and ``longest_s`` were kept (both NULL), of a
+    node sampling every 20 minutes, then a late 5 s sample in it: the minute keeps the old
+    sample's 20 minutes (its seconds read as one sample's interval, at most the schema's
+    longest), as if both had been folded since the upgrade; the flood test above still
+    holds an old bucket."""
+    stamp = T0 + 1230
+    await _fold(store_url, [_row("slow", stamp, 1200.0)])
+    async with Store(store_url) as store, store.transaction("as the previous version"):
+        await store.execute(
+            "UPDATE rollups SET reported_s = NULL, longest_s = NULL WHERE node = 'slow'"
+        )
+    await _fold(store_url, [_row("slow", stamp + 10, 5.0)])
+    ((seconds, reported),) = db_rows(
+        store_url,
+        "SELECT seconds, reported_s FROM rollups WHERE node = ? AND res = ?",
+        ("slow", MINUTE),
+    )
+    assert seconds == pytest.approx(1200.0)
+    assert reported == pytest.approx(1205.0)
