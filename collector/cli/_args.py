@@ -79,18 +79,14 @@ class ReadSettings(NamedTuple):
     """The part of :class:`~collector.settings.CollectorSettings` a store reader uses."""
 
     store_target: StoreTarget
-    stale_intervals: float
-    expected_interval_s: float
-    min_interval_s: float
-    """``alerts.eval_interval_s``: the shortest sample interval believed."""
+    stale: Staleness
+    """:meth:`CollectorSettings.staleness <collector.settings.CollectorSettings.staleness>`."""
     capacity_plan: Path | None = None
     """``[capacity] plan``: where the operator's racks are (``[[capacity.racks]]``)."""
 
     def staleness(self) -> Staleness:
-        """When a node is stale (:mod:`collector.nodefacts`)."""
-        from collector.nodefacts import Staleness  # noqa: PLC0415
-
-        return Staleness(self.stale_intervals, self.expected_interval_s, self.min_interval_s)
+        """When a node is stale (:mod:`collector.nodefacts`), as the settings say."""
+        return self.stale
 
     def rack_rules(self) -> tuple[RackRule, ...]:
         """The operator's racks, for :func:`collector.nodefacts.rack_of` (none without a plan)."""
@@ -110,26 +106,10 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     the same errors.
     """
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
-        from collector.nodefacts import (  # noqa: PLC0415
-            DEFAULT_EVAL_INTERVAL_S,
-            DEFAULT_INTERVAL_S,
-            DEFAULT_STALE_INTERVALS,
-        )
+        from collector.nodefacts import DEFAULT_STALENESS  # noqa: PLC0415
         from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: str | None = args.db
-        return ReadSettings(
-            DEFAULT_DB_PATH if db is None else parse_target(db),
-            DEFAULT_STALE_INTERVALS,
-            DEFAULT_INTERVAL_S,
-            DEFAULT_EVAL_INTERVAL_S,
-        )
+        return ReadSettings(DEFAULT_DB_PATH if db is None else parse_target(db), DEFAULT_STALENESS)
     settings = settings_from_args(args)
-    s = settings.staleness()
-    return ReadSettings(
-        settings.store_target,
-        s.intervals,
-        s.expected_interval_s,
-        s.min_interval_s,
-        settings.capacity.plan,
-    )
+    return ReadSettings(settings.store_target, settings.staleness(), settings.capacity.plan)

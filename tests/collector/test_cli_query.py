@@ -494,14 +494,9 @@ def test_read_settings_without_config_or_env_are_the_collectors_settings() -> No
     for argv in ((), ("--db", "/srv/capwatch/x.db")):
         args = _args(*argv)
         full = settings_from_args(args)
-        expected = ReadSettings(
-            full.db_path,
-            full.stale_intervals,
-            full.expected_interval_s,
-            full.alerts.eval_interval_s,
-        )
+        expected = ReadSettings(full.db_path, full.staleness())
         assert read_settings_from_args(args) == expected
-        assert expected.staleness() == full.staleness()
+        assert read_settings_from_args(args).staleness() == full.staleness()
     fields = CollectorSettings.model_fields
     assert fields["db_path"].default == DEFAULT_DB_PATH
     assert fields["stale_intervals"].default == DEFAULT_STALE_INTERVALS
