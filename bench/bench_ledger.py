@@ -44,12 +44,10 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.simulate import FleetSimulator
-from bench.bench_rollups import hour_sample
-from collector.governance.lease import LeaseTerms
+from bench.bench_rollups import hour_sample, lease_slices
 from collector.governance.ledger import LedgerJob
 from collector.live import LiveView
 from collector.settings import RollupSettings
-from collector.store.command import Command
 from collector.store.db import NodeUpdate, Store
 from collector.store.governance import governance
 from collector.store.ledger import LEDGER_AT_KEY
@@ -83,16 +81,7 @@ async def build(db: Path, nodes: int, days: int, bare: float) -> None:
         end_ms = round((DAY0 + days * 86_400) * 1000)
         while await st.delete_older_than(end_ms - 86_400_000, 100_000):
             pass
-    per = nodes // _LEASES
-    with Command(db, now=DAY0) as tx:
-        for k in range(_LEASES):
-            tx.governance.add_lease(
-                name=f"lease-{k}",
-                tenant=f"tenant-{k}",
-                pool=None,
-                nodes=names[k * per : (k + 1) * per],
-                terms=LeaseTerms(start=dt.date(2026, 11, 1), duration_days=365),
-            )
+    lease_slices(db, DAY0, names, _LEASES, nodes // _LEASES)
 
 
 async def _set(db: Path, ledger_at: float, dirty: list[int]) -> None:

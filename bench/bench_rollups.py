@@ -72,7 +72,7 @@ from collector.store.ledger import lease_history, write_ledger
 from collector.store.rollups import HOUR, RollupConfig, hour_rows
 from shared.schema import encode
 
-__all__ = ["hour_sample", "main"]
+__all__ = ["hour_sample", "lease_slices", "main"]
 
 _PARTED: Final = 128
 """The shards ``--part parts`` compares with one (``[rollups] fold_shards``)."""
@@ -87,6 +87,20 @@ def hour_sample(node: str, i: int, h: int, t_ms: int) -> SampleRow:
     stats = array("f", [v for g in range(8) for v in (g, util, 400.0, 60.0, 8e10)])
     return SampleRow(node, t_ms, 0, t_ms, 3600.0, None, 0, 0, 8, util, 640_000_000_000,
                      8 * 400.0, 300.0, b"{}", gpu_stats=stats.tobytes())  # fmt: skip
+
+
+def lease_slices(db: Path, now: float, names: list[str], leases: int, per: int) -> None:
+    """``leases`` leases, ``lease-K`` of ``tenant-K`` holding the K-th ``per`` of ``names``,
+    each a year from 2026-11-01 (added at ``now``)."""
+    with Command(db, now=now) as tx:
+        for k in range(leases):
+            tx.governance.add_lease(
+                name=f"lease-{k}",
+                tenant=f"tenant-{k}",
+                pool=None,
+                nodes=names[k * per : (k + 1) * per],
+                terms=LeaseTerms(start=dt.date(2026, 11, 1), duration_days=365),
+            )
 
 
 async def cost(rounds: int) -> None:
@@ -247,15 +261,7 @@ async def reads(db: Path) -> None:
             await st.write_batch(samples)
             await st.fold_rollups()
         await st.delete_older_than(1 << 62, 1 << 30)  # rollups alone, as after 24 h
-    with Command(db, now=month0) as tx:
-        for k in range(tenants):
-            tx.governance.add_lease(
-                name=f"lease-{k}",
-                tenant=f"tenant-{k}",
-                pool=None,
-                nodes=names[k * 20 : k * 20 + 20],
-                terms=LeaseTerms(start=dt.date(2026, 11, 1), duration_days=365),
-            )
+    lease_slices(db, month0, names, tenants, 20)
     async with Store(db) as st:
         gov = await st.run(governance())
         members = await st.run(lease_history(month0))
