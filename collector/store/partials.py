@@ -591,11 +591,11 @@ def gpu_minutes(
     _gpu_records(gid, gindex, g, np.repeat(dt, per), out)
     held, bucket = np.unique(minute * 60 // hold_s, return_inverse=True)  # minute -> bucket
     of = bucket[sid]  # each sample's bucket
-    reported = np.bincount(of, weights=dt, minlength=len(held))
+    reported = np.bincount(of, weights=dt, minlength=len(held)).astype(np.float64, copy=False)
     longest = np.zeros(len(held))
     np.fmax.at(longest, of, dt)
     cap = _cap(np.full(len(held), float(hold_s)), longest)
-    out[_GPU_ENERGY] *= np.minimum(1.0, cap / np.maximum(reported, 1e-300))[bucket[gm]]
+    out[_GPU_ENERGY] *= _kept(cap, reported)[bucket[gm]]
     return minute[gm] * 60, out.T
 
 
@@ -668,7 +668,7 @@ def merge(new: Buckets, stored: Sequence[Sequence[Any]]) -> Buckets:
     # keeps its time when a late sample lands in it.
     longest[before] = np.minimum(reported[before], MAX_INTERVAL_S)
     cap = _cap(keys[:, 1].astype(np.float64), longest)
-    undo = np.where(before, 1.0, np.maximum(reported, cap) / cap)
+    undo = np.where(before, 1.0, 1.0 / _kept(cap, reported))
     at = np.searchsorted(_combined(new.keys), _combined(keys))
     new.values[at, _REPORTED] += reported
     new.values[at, _LONGEST] = np.fmax(new.values[at, _LONGEST], longest)
@@ -701,6 +701,12 @@ def _cap(length: F64, longest: F64) -> F64:
     return np.maximum(length, longest)
 
 
+def _kept(cap: F64, reported: F64) -> F64:
+    """The share of its samples' sums over time a bucket keeps: all of it, or ``cap`` /
+    ``reported`` where they reported more seconds than it may hold (:func:`_cap`)."""
+    return cap / np.maximum(reported, cap)
+
+
 def _hold(b: Buckets) -> Buckets:
     """Each bucket of ``b`` whose samples reported more seconds than it may hold
     (:func:`_cap`) held to that: its :data:`TIMED` sums and its GPUs' energy scaled by
@@ -712,8 +718,7 @@ def _hold(b: Buckets) -> Buckets:
     b.held = len(over)
     if not len(over):
         return b
-    scale = np.ones(len(length))
-    scale[over] = length[over] / reported[over]
+    scale = _kept(length, reported)
     b.values[over[:, None], _TIMED_AT] *= scale[over, None]
     b.values[over, _SECONDS] = length[over]  # exactly, not to the rounding of the scale
     if len(b.gpu_keys):
