@@ -260,7 +260,7 @@ class RollupSettings(BaseModel):
     fold_interval_s: float = Field(default=60.0, ge=0.1, le=3_600)
     """How often the samples stored since are folded into the rollups (sooner once 100,000
     wait): the rarer, the cheaper per sample; the ledger sees a sample after its fold."""
-    fold_shards: int = Field(default=1, ge=1, le=1024)
+    fold_shards: int = Field(default=128, ge=1, le=1024)
     """The staged samples split by node into this many shards, a fold writing one shard
     per transaction with sample batches committed between them (:mod:`collector.store.fold`).
     1: a fold is one transaction, and nothing is stored or acknowledged while it runs. Measured

@@ -2,9 +2,9 @@
 in parts: one short transaction each.
 
 :class:`Stage` keeps what one collector staged and has not folded yet: each batch's new
-samples (:class:`~collector.store.partials.Staged`) split in shards by node
-(:meth:`~collector.store.partials.Staged.split`: a stable hash of the node's name, so a
-node's samples are always in one shard), a ``rollup_stage`` row per shard present, the
+samples (:class:`~collector.store.partials.Staged`) split in shards by ranges of node
+names (:class:`~collector.store.partials.NodeRanges`: a part then writes neighbouring rows
+of the rollups), a ``rollup_stage`` row per shard present, the
 batches numbered (``rollup_stage.seq``) so that it knows which of its rows are still its
 own. A :class:`Fold` is written in parts (the writer's record protocol: it queues the fold
 and stores sample batches between the parts). The first part takes over what owners gone
@@ -55,10 +55,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
-from collector.store.partials import Buckets, Staged, buckets, merge
+from collector.store.partials import Buckets, NodeRanges, Staged, buckets, merge
 from collector.store.rollups import (
     ADOPT_SQL,
     CLAIM_STAGE_SQL,
@@ -66,6 +66,7 @@ from collector.store.rollups import (
     FOREIGN_SQL,
     FORGET_SQL,
     HOUR,
+    KNOWN_NODES_SQL,
     LOST_STAGE_SQL,
     MARK_HOURS_SQL,
     ORPHANS_SQL,
@@ -116,10 +117,20 @@ class Stage:
         """When this collector last recorded a fold (or its start) in the store."""
         self.folding: Fold | None = None
         """The fold in flight: one at a time (resumed where it stopped after a failed part)."""
+        self._ranges = self._ranges_of(())
+        """The shards' ranges of node names (built from the nodes known at :meth:`read_back`,
+        again at a fold when those staged since differ)."""
+        self._seen: set[str] = set()
+        """The names staged since the ranges were last looked at."""
 
     def split(self, staged: Staged) -> list[tuple[int, Staged]]:
         """A batch's new samples by shard, as :meth:`rows` and :meth:`committed` take them."""
-        return staged.split(self.config.stage_shards)
+        if not self._ranges.names and len(staged):  # a new store: ranges from its first batch
+            self._ranges = self._ranges_of(staged.nodes)
+        return staged.split(self._ranges)
+
+    def _ranges_of(self, names: Iterable[str]) -> NodeRanges:
+        return NodeRanges.from_names(names, self.config.stage_shards, self.config.shard_nodes)
 
     def rows(
         self, pieces: Sequence[tuple[int, Staged]]
@@ -139,6 +150,7 @@ class Stage:
         for k, piece in pieces:
             self._shards.setdefault(k, []).append((seq, piece))
             self.pending += len(piece)
+            self._seen.update(piece.nodes)
 
     async def read_back(self, store: FoldStore, now: float) -> None:
         """Take back the samples this collector staged and did not fold before it stopped
@@ -148,6 +160,8 @@ class Stage:
             await store.execute(CLAIM_STAGE_SQL, (self.owner,))
             await store.execute(FOLDED_SQL, (self.owner, now))
             rows = await store.fetchall(STAGED_SQL, (self.owner,))
+            known = await store.fetchall(KNOWN_NODES_SQL)
+        self._ranges = self._ranges_of(str(r[0]) for r in known)
         self._recorded = now
         for seq, shard, body in rows:
             try:
@@ -164,6 +178,9 @@ class Stage:
     def fold(self, now: float) -> Fold:
         """The fold in flight, or a new one as of ``now`` (Unix s): write it part by part."""
         if self.folding is None:
+            if self._seen and self._ranges.stale(self._seen):
+                self._ranges = self._ranges_of(self._seen)
+            self._seen = set()
             self.folding = Fold(self, now)
         return self.folding
 

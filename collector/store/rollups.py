@@ -71,6 +71,7 @@ from collector.store.partials import (
     I64,
     MIN,
     NODE_COLUMNS,
+    NODES_PER_SHARD,
     SUM,
     decode_gpus,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "FOREIGN_SQL",
     "FORGET_SQL",
     "HOUR",
+    "KNOWN_NODES_SQL",
     "LOST_STAGE_SQL",
     "MARK_HOURS_SQL",
     "MINUTE",
@@ -134,11 +136,13 @@ class RollupConfig:
     store whose last fold or start is older than this: a share group's member that never
     came back, or a collector whose MQTT client id changed. Each collector dates its folds
     by its own clock: the members' clocks must agree to well within this (NTP)."""
-    stage_shards: int = 1
-    """Shards a batch's new samples are staged in, by node
-    (:meth:`collector.store.partials.Staged.split`), a fold writing one shard per transaction
+    stage_shards: int = 128
+    """Shards a batch's new samples are staged in at most, by ranges of node names
+    (:class:`~collector.store.partials.NodeRanges`), a fold writing one shard per transaction
     (:mod:`collector.store.fold`); one: a fold in one transaction. The ``[rollups]
     fold_shards`` setting says what more shards cost and buy (measured)."""
+    shard_nodes: int = NODES_PER_SHARD
+    """Fewest nodes in one of those shards (fewer nodes: fewer shards)."""
 
 
 class GpuReading(GpuPower, Protocol):
@@ -186,6 +190,9 @@ CLAIM_STAGE_SQL: Final = "UPDATE rollup_stage SET owner = ? WHERE owner = ''"
 """Rows staged before stages had owners: the first collector to open the store takes them
 (one statement, so two collectors starting at once do not both)."""
 STAGED_SQL: Final = "SELECT seq, shard, body FROM rollup_stage WHERE owner = ? ORDER BY seq"
+KNOWN_NODES_SQL: Final = "SELECT node FROM nodes"
+"""The nodes a store knows: the first ranges of a stage's shards (:class:`~collector.store.
+partials.NodeRanges`)."""
 OWNED_SQL: Final = "SELECT seq FROM rollup_stage WHERE owner = ? AND shard = ?"
 """The numbers of a shard's batches a collector still owns when it folds that shard
 (another may have taken over the others)."""

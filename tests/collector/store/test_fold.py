@@ -61,7 +61,7 @@ async def test_a_fold_in_parts_with_batches_between_them_equals_one_fold(
     late = [r._replace(ts_ms=r.ts_ms - 3_600_000) for r in batches[5][::3]]  # an hour before
     between = [batches[2], batches[0][:10], late, batches[3], batches[4], batches[5]]
     await _one_fold(other_url, [*batches, late])
-    async with Store(store_url, rollups=RollupConfig(stage_shards=8)) as store:
+    async with Store(store_url, rollups=RollupConfig(stage_shards=8, shard_nodes=1)) as store:
         await store.write_batch(batches[0])
         await store.write_batch(batches[1])
         fold = store.rollup_fold()
@@ -88,7 +88,7 @@ async def test_a_store_abandoned_between_parts_folds_the_rest_exactly_once(
     store takes back only the shards not folded yet, and the rollups come out exact."""
     batches = _batches(4)
     await _one_fold(other_url, batches)
-    config = RollupConfig(stage_shards=8)
+    config = RollupConfig(stage_shards=8, shard_nodes=1)
     async with Store(store_url, rollups=config) as store:
         for b in batches[:3]:
             await store.write_batch(b)
@@ -115,7 +115,8 @@ from collector.store.rollups import RollupConfig
 from tests.collector.store.test_fold import _batches
 
 async def main():
-    async with Store(parse_target(sys.argv[1]), rollups=RollupConfig(stage_shards=16)) as s:
+    config = RollupConfig(stage_shards=16, shard_nodes=1)
+    async with Store(parse_target(sys.argv[1]), rollups=config) as s:
         for b in _batches(3, nodes=200):
             await s.write_batch(b)
         print("staged", flush=True)
@@ -156,7 +157,7 @@ async def test_a_collector_killed_in_the_middle_of_a_fold_loses_and_doubles_noth
         child.send_signal(signal.SIGKILL)
         child.wait(10)
         child.stdout.close()
-    async with Store(store_url, rollups=RollupConfig(stage_shards=16)) as store:
+    async with Store(store_url, rollups=RollupConfig(stage_shards=16, shard_nodes=1)) as store:
         await store.write_batch(_batches(4, nodes=200)[3])  # whether or not the child did
         await store.fold_rollups()
     _same(_all(store_url), _all(other_url))
@@ -171,7 +172,7 @@ async def test_a_takeover_while_the_owner_is_in_the_middle_of_a_fold_counts_each
     over its rows left; when it goes on with its parts it folds only what it still owns."""
     target = parse_target(postgres_url)
     batches = _batches(4)
-    config = RollupConfig(stage_shards=8, takeover_after_s=600.0)
+    config = RollupConfig(stage_shards=8, shard_nodes=1, takeover_after_s=600.0)
     await _one_fold(other_url, batches)
     async with (
         Store(target, rollups=config, stage_owner="a") as a,
@@ -233,7 +234,7 @@ async def test_the_writer_commits_batches_between_the_parts_of_its_fold(tmp_path
     link = _Link(queue, then)
     then += [Unit(link, list(b), [k]) for k, b in enumerate(batches[2:], 1)]
     then.append(StopUnit(done))
-    async with Store(db, rollups=RollupConfig(stage_shards=8)) as store:
+    async with Store(db, rollups=RollupConfig(stage_shards=8, shard_nodes=1)) as store:
         link.store = store
         await store.write_batch(batches[0])
         await store.write_batch(batches[1])
@@ -257,7 +258,7 @@ async def test_a_staged_batch_whose_commit_reply_was_lost_is_folded_once(
     fold folds them, once, with the batches it knows."""
     a, b, c = _batches(3)
     await _one_fold(other_url, [a, b, c])
-    async with Store(store_url, rollups=RollupConfig(stage_shards=shards)) as store:
+    async with Store(store_url, rollups=RollupConfig(stage_shards=shards, shard_nodes=1)) as store:
         stage = store._stage
         assert stage is not None
         await store.write_batch(a)
@@ -266,6 +267,69 @@ async def test_a_staged_batch_whose_commit_reply_was_lost_is_folded_once(
         await store.transact("the lost attempt", lambda tx: tx.insert_many(STAGE_SQL, lost))
         await store.write_batch(c)
         await store.fold_rollups()
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+    _same(_all(store_url), _all(other_url))
+
+
+def test_node_ranges_are_contiguous_balanced_and_take_unknown_names_in_order() -> None:
+    """Shards are ranges of names in the rollups' key order (a part writes neighbouring
+    rows): every name of shard k sorts before every name of shard k + 1, the ranges hold
+    equal numbers of the names they were built from, a name they were not built from lands
+    in the range that holds it, and fewer names make fewer shards."""
+    names = [f"gpu{i:04d}.rack{i % 7}" for i in range(640)]
+    ranges = partials.NodeRanges.from_names(reversed(names), 8, 64)
+    assert ranges.count == 8
+    ids = ranges.shards(names).tolist()
+    by_shard: dict[int, list[str]] = {}
+    for name, k in zip(names, ids, strict=True):
+        by_shard.setdefault(k, []).append(name)
+    assert sorted(by_shard) == list(range(8))
+    assert {len(v) for v in by_shard.values()} == {80}
+    for k in range(7):
+        assert max(by_shard[k]) < min(by_shard[k + 1])
+    new = ["a-first", "gpu0100.zz", "gpu0479.rack0x", "zz-last"]
+    assert ranges.shards(new).tolist() == [0, 1, 5, 7]
+    assert ranges.shards(new).tolist() == [0, 1, 5, 7]  # remembered, the same
+    assert partials.NodeRanges.from_names(names[:200], 8, 64).count == 3
+    assert partials.NodeRanges.from_names([], 8, 64).count == 1
+    assert not ranges.stale(set(names[:600]))
+    assert ranges.stale(set(names[:500]))  # a tenth of the nodes gone
+    assert ranges.stale({*names, "gpu9999"})  # a node it does not know
+
+
+async def test_ranges_that_move_between_folds_count_every_sample_once(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """A store's first ranges come from the nodes it knows; when new nodes come, the next
+    fold builds them again and a node's samples then sit in two shards: each is folded
+    once, the rollups those of one fold."""
+    old, grown = _batches(4, nodes=24), _batches(4, nodes=48)
+    everything = [*old[:2], *grown[2:]]
+    await _one_fold(other_url, everything)
+    config = RollupConfig(stage_shards=8, shard_nodes=1)
+    async with Store(store_url, rollups=config) as store:
+        await store.write_batch(old[0], (), sorted({r.node for r in old[0]}))  # as the writer
+        assert await store.fold_rollups() == 24
+    async with Store(store_url, rollups=config) as store:  # ranges from the 24 nodes known
+        stage = store._stage
+        assert stage is not None
+        first = stage._ranges
+        assert first.count == 8
+        assert len(first.names) == 24
+        await store.write_batch(old[1])
+        await store.write_batch(grown[2])  # 24 new nodes, staged in the old ranges
+        fold = store.rollup_fold()  # the ranges built again: 48 nodes
+        assert fold is not None
+        assert stage._ranges is not first
+        assert len(stage._ranges.names) == 48
+        known = sorted(first.names)
+        moved = first.shards(known) != stage._ranges.shards(known)
+        assert moved.sum() >= 8  # their samples in two shards
+        await store.write_batch(grown[3])  # staged in the new ranges
+        while await fold.write(store):
+            pass
+        await store.fold_rollups()
+        assert store.pending_rollups == 0
     assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
     _same(_all(store_url), _all(other_url))
 
