@@ -26,17 +26,20 @@ what it was (its own bucket; a duplicate is not staged). One fold is in flight a
 (:attr:`Stage.folding`); one whose part failed is resumed at the next, from that part.
 :meth:`Stage.fold_all` writes every part at once (the writer's stop, the CLI, tests).
 
-Why shards at staging rather than ranges of nodes at the fold, with a progress row written
-in each part's transaction: with a progress row, a fold interrupted by a crash must be
-finished, from its row, before any new batch is folded (else a second crash re-reads the
+Why shards at staging rather than ranges of nodes chosen at the fold, with a progress row
+written in each part's transaction: with a progress row, a fold interrupted by a crash must
+be finished, from its row, before any new batch is folded (else a second crash re-reads the
 first fold's rows filtered by the second fold's progress, and counts a range twice), and a
 takeover must adopt another's progress with its rows. Shards make every part stand alone,
 at the cost of a row per shard present at staging (``bench/bench_rollups.py --part cost``:
-the split and its rows are part of the staging it measures). 128 shards: a fold of 100,000
-samples at 12,500 8-GPU nodes becomes 129 transactions of ~100 nodes' buckets each; on a
-2-core machine under a load of ~9, their median 10 ms (64 shards: 23-28 ms; 256: 7 ms, but
-the fold's sum of parts twice the one-transaction fold's), the one-transaction fold
-0.9-2.7 s (``bench/bench_rollups.py --part parts``).
+the split and its rows are part of the staging it measures). The shards are still ranges
+of names (:class:`~collector.store.partials.NodeRanges`), chosen from the names the stage
+sees: a part rewrites neighbouring rows of the rollups (keyed by node first), where a hash
+of the name made every part touch pages all over the table. At the default 128 shards, a
+fold of 100,000 samples at 12,500 8-GPU nodes is 129 transactions of ~98 nodes' buckets;
+``bench/bench_rollups.py --part parts`` (2-core machine, load ~1.9): parts median
+4.3-4.4 ms, longest 14-17 ms, summing 696-697 ms, the fold in one transaction 704-1,002 ms
+(by hash, before: median 5.3 ms, longest 19-21, sum 970-985).
 
 Several collectors may write one PostgreSQL store (a share group), each staging under its
 own name. One that stops for good leaves its rows: the first part of another's fold, once
