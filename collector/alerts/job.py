@@ -11,7 +11,9 @@ previous run, so a restarted collector neither forgets nor re-announces them.
 Notifications: the firing alerts and the resolutions go to the :class:`Dispatcher` (routes,
 groups, the notification log); the silences in force are read back at every evaluation (one
 indexed query) and, with the inhibit rules (default: ``NodeOffline`` mutes its node), mute
-alerts. Alertmanagers (``push``) get every firing alert and resolution, unmuted. Each group
+alerts: an alert inhibits while its condition holds, not while it is only kept firing
+(:mod:`collector.alerts.silence`). Alertmanagers (``push``) get every firing alert and
+resolution, unmuted. Each group
 flush that sends becomes one outbox row per receiver of its route (the webhook body, fixed
 once, and an idempotency key), written with the notification log entry in the same
 transaction as the changes (a record in parts: as its last part, so no notification names an
@@ -312,10 +314,9 @@ class AlertJob:
     ) -> AlertRecord:
         """The pure part, in a worker thread: rules, life cycle, groups, webhook bodies."""
         transitions = self._evaluator.evaluate(view, now)
+        states = [s for s in self._evaluator.states() if s.state == "firing"]
         firing = [
-            GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now)
-            for s in self._evaluator.states()
-            if s.state == "firing"
+            GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now) for s in states
         ]
         resolved = [
             GroupAlert(t.fingerprint, t.labels, t.annotations, t.starts_at or t.at, t.at)
@@ -323,7 +324,10 @@ class AlertJob:
             if t.state == "resolved"
         ]
         self._dispatcher.observe(firing, resolved, now)
-        inhibitor = Inhibitor(self._inhibit_rules, ((a.fingerprint, a.labels) for a in firing))
+        inhibitor = Inhibitor(
+            self._inhibit_rules,
+            ((s.fingerprint, s.labels) for s in states if s.keep_firing_since is None),
+        )
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )

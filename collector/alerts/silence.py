@@ -12,6 +12,13 @@ Alertmanager. The default (``[[inhibit_rules]]`` unset) is one rule: a firing
 ``NodeOffline`` mutes every other alert of the same ``node`` (a dead node's GPUs say
 nothing new).
 
+A source inhibits while its condition holds: an alert only kept firing after its condition
+went (``keep_firing_for``, :mod:`collector.alerts.rule`) mutes nothing. Keeping it firing
+damps its own notifications; the state it stands for is over. ``NodeOffline`` keeps firing
+5 min after its node is back (``alerts.offline_keep_firing_for_s``): meanwhile the node's
+other alerts notify. Alertmanager cannot tell a kept alert from another (Prometheus sends
+both as firing): there, an inhibit rule with such a source mutes until it resolves.
+
 Muted alerts still show in ``collector alerts`` (``silenced`` / ``inhibited``), but are left
 out of notifications; when the silence ends they count as new and are notified.
 """
