@@ -236,6 +236,7 @@ class AlertJob:
         self._push = push
         self.interval_s = interval_s
         self._evaluator = evaluator
+        evaluator.cleared_at_commit = True  # counted in _recorded, as they are committed
         self._clock = clock
         self.keep_history_s = keep_history_s
         """How long resolved alerts stay in the history."""
@@ -378,6 +379,7 @@ class AlertJob:
                 self._notify(entries)  # committed: now the delivery may send them
         r.written = end  # committed (a part that failed is written again whole)
         self.metrics.changes.inc(len(changes))  # counted as committed: a refused part's, never
+        self._count_cleared(changes)
         if not last:
             return True
         if self._push is not None:
@@ -388,6 +390,17 @@ class AlertJob:
             if f.route.receivers:
                 log.info("alert_group_notified", group_key=f.group_key, alerts=len(f.alerts))
         return False
+
+    def _count_cleared(self, changes: Sequence[AlertChange]) -> None:
+        """Count the pending alerts among committed ``changes`` that went away (the
+        evaluator's ``pending_cleared``, per rule): a refused part's are found again after
+        the take-back and counted when those commit."""
+        cleared: dict[str, int] = {}
+        for c in changes:
+            if c.state == "inactive":
+                cleared[c.rule] = cleared.get(c.rule, 0) + 1
+        for rule, n in cleared.items():
+            self._evaluator.metrics.pending_cleared.labels(rule).inc(n)
 
     async def _silences(self, store: Store, now: float) -> list[Silence]:
         """The silences in force (a bad row, written by hand, is skipped and counted)."""
