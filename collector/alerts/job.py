@@ -50,6 +50,7 @@ from collector.alerts.route import Route, default_route
 from collector.alerts.rule import AlertState, Evaluator, Transition
 from collector.alerts.silence import (
     DEFAULT_INHIBIT_RULES,
+    KEPT_SOURCES_KEY,
     Inhibitor,
     InhibitRule,
     Silence,
@@ -148,6 +149,10 @@ class AlertRecord:
     generation: int
     """The job's :attr:`AlertJob.generation` when the evaluation began: a record refused
     since then makes this one's changes stale (see the module docstring)."""
+    kept_sources: frozenset[str] | None
+    """The firing alerts that match an inhibit rule's source but only keep firing (they
+    mute nothing), to record with the last part (meta ``KEPT_SOURCES_KEY``); ``None``: as
+    last recorded."""
     name: str = "alerts"
     written: int = 0
     """Changes committed so far (a mass event's are written in parts)."""
@@ -249,6 +254,9 @@ class AlertJob:
         self._ahead = False
         """A record was refused: the states and notification log are ahead of the store
         until the next evaluation takes them back from it."""
+        self._kept_recorded: frozenset[str] | None = None
+        """The kept sources the store holds (:attr:`AlertRecord.kept_sources`; ``None``:
+        not recorded by this job yet)."""
 
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
@@ -325,9 +333,16 @@ class AlertJob:
             if t.state == "resolved"
         ]
         self._dispatcher.observe(firing, resolved, now)
+        # A source mutes while its condition holds, not while it only keeps firing.
         inhibitor = Inhibitor(
             self._inhibit_rules,
             ((s.fingerprint, s.labels) for s in states if s.keep_firing_since is None),
+        )
+        kept = frozenset(
+            s.fingerprint
+            for s in states
+            if s.keep_firing_since is not None
+            and any(r.is_source(s.labels) for r in self._inhibit_rules)
         )
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
@@ -347,6 +362,7 @@ class AlertJob:
             firing,
             resolved,
             generation,
+            None if kept == self._kept_recorded else kept,
         )
 
     async def _recorded(self, store: Store, r: AlertRecord) -> bool:
@@ -359,7 +375,8 @@ class AlertJob:
         end = min(r.written + self.part_changes, len(r.changes))
         last = end == len(r.changes)
         changes = r.changes[r.written : end]
-        if changes or (last and (r.flushes or r.groups or r.forget_groups)):
+        kept = r.kept_sources if last else None
+        if changes or (last and (r.flushes or r.groups or r.forget_groups)) or kept is not None:
             try:
                 entries = await write_alerts(
                     store,
@@ -369,6 +386,7 @@ class AlertJob:
                     r.now,
                     groups=r.groups if last else (),
                     forget_groups=r.forget_groups if last else (),
+                    meta=() if kept is None else [(KEPT_SOURCES_KEY, json.dumps(sorted(kept)))],
                 )
             except StoreError as exc:
                 if not exc.unavailable:  # that one the writer writes again, once reconnected
@@ -377,6 +395,8 @@ class AlertJob:
                 raise
             if entries and self._notify is not None:
                 self._notify(entries)  # committed: now the delivery may send them
+            if kept is not None:
+                self._kept_recorded = kept
         r.written = end  # committed (a part that failed is written again whole)
         self.metrics.changes.inc(len(changes))  # counted as committed: a refused part's, never
         self._count_cleared(changes)

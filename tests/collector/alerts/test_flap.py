@@ -43,6 +43,7 @@ from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.topics import sample_topic, status_topic
 from tests.collector.alerts.receiver import Receiver
+from tests.collector.alerts.test_silence_cli import _cli
 from tests.helpers import db_rows, wait_until
 from tests.shared.wire_samples import sample_dict, status_dict
 
@@ -369,30 +370,39 @@ async def test_a_node_offline_every_31_s_for_ten_minutes_fires_node_offline_once
 async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_keeps_firing(
     store_url: StoreTarget,
 ) -> None:
-    """NodeOffline kept firing after its node is back mutes nothing: a node offline for 40 s
-    (NodeOffline fires) that comes back with uncorrected ECC errors on its 8 GPUs has those 8
-    alerts notified at the first evaluation after it is back, while NodeOffline resolves only
-    5 min (``offline_keep_firing_for_s``) after that evaluation."""
+    """NodeOffline kept firing after its node is back mutes nothing: a node with uncorrected
+    ECC errors on its 8 GPUs (8 alerts, notified) is offline for 40 s: NodeOffline fires and
+    mutes them (``collector alerts`` marks them inhibited); back online, at the first
+    evaluation they are notified again and no longer marked, while NodeOffline resolves
+    only 5 min (``offline_keep_firing_for_s``) after that evaluation."""
     node = _Node(FakeClock(start_wall=T0))
+
+    def marked() -> Counter[tuple[str, bool]]:
+        code, out, err = _cli("alerts", "--db", str(store_url), "--json")
+        assert code == 0, err
+        return Counter((a["rule"], a["inhibited"]) for a in json.loads(out)["alerts"])
+
+    def notified() -> Counter[tuple[str, str]]:
+        return Counter(db_rows(store_url, "SELECT rule, status FROM outbox"))
+
     async with _collector(store_url, node) as c:
-        node.send()
+        node.send(_ecc)
         await c.evaluate()
         node.status("offline")
         for _ in range(40):
             await c.evaluate()
-        assert db_rows(store_url, "SELECT rule, status FROM outbox") == [("NodeOffline", "firing")]
+        assert notified() == {("GpuEccUncorrectable", "firing"): 8, ("NodeOffline", "firing"): 1}
+        assert marked() == {("GpuEccUncorrectable", True): 8, ("NodeOffline", False): 1}
         node.status("online")
         node.send(_ecc)
         back_at = node.clock.time() + 0.01
         await c.evaluate()
-        notified = db_rows(store_url, "SELECT rule, status FROM outbox")
-        assert Counter(notified) == {
-            ("NodeOffline", "firing"): 1,
-            ("GpuEccUncorrectable", "firing"): 8,
-        }
-        await wait_until(lambda: len(c.rx.received()) == 9, what="9 notifications")
+        assert notified() == {("GpuEccUncorrectable", "firing"): 16, ("NodeOffline", "firing"): 1}
+        assert marked() == {("GpuEccUncorrectable", False): 8, ("NodeOffline", False): 1}
+        await wait_until(lambda: len(c.rx.received()) == 17, what="17 notifications")
         for _ in range(300):
             node.send(_ecc)
             await c.evaluate()
         resolved = db_rows(store_url, "SELECT rule, at FROM alert_history WHERE state = 'resolved'")
         assert resolved == [("NodeOffline", pytest.approx(back_at + 300))]
+        assert marked() == {("GpuEccUncorrectable", False): 8}
