@@ -335,14 +335,12 @@ class AlertJob:
         self._dispatcher.observe(firing, resolved, now)
         # A source mutes while its condition holds, not while it only keeps firing.
         inhibitor = Inhibitor(
-            self._inhibit_rules,
-            ((s.fingerprint, s.labels) for s in states if s.keep_firing_since is None),
+            self._inhibit_rules, ((s.fingerprint, s.labels) for s in states if s.holds(now))
         )
         kept = frozenset(
             s.fingerprint
             for s in states
-            if s.keep_firing_since is not None
-            and any(r.is_source(s.labels) for r in self._inhibit_rules)
+            if not s.holds(now) and any(r.is_source(s.labels) for r in self._inhibit_rules)
         )
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)

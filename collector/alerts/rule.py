@@ -197,6 +197,13 @@ class AlertState(msgspec.Struct, gc=False):
         """Identity within the evaluator: the sorted label set."""
         return tuple(sorted(self.labels.items()))
 
+    def holds(self, now: float) -> bool:
+        """Whether its condition holds at ``now`` as far as the evaluator knows: it was met
+        at the last evaluation, or the alert is restored and in its hold (the live view
+        refilling: not met may only be not heard yet). A firing alert that does not hold
+        only keeps firing (``keep_firing_for``)."""
+        return self.keep_firing_since is None or now < self.hold_until
+
 
 class Transition(NamedTuple):
     """One state change of one alert, returned by :meth:`Evaluator.evaluate`.

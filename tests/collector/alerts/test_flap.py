@@ -101,12 +101,15 @@ def _defaults() -> list[Rule]:
 class _Node:
     """One node as the collector hears it, the built-in rules evaluated on its live view."""
 
-    def __init__(self, clock: FakeClock, rules: list[Rule] | None = None) -> None:
+    def __init__(
+        self, clock: FakeClock, rules: list[Rule] | None = None, *, online: bool = True
+    ) -> None:
+        """``online``: the node's online status heard at once (else: no status yet)."""
         self.clock = clock
         self.view = LiveView()
         self.ingestor = Ingestor(clock, live=self.view)
-        status = {**status_dict(), "ts": clock.time()}
-        self.ingestor.handle(status_topic(NODE), json.dumps(status).encode())
+        if online:
+            self.status("online")
         self.ev = Evaluator(_defaults() if rules is None else rules)
         self.seq = 0
         self.log: list[Transition] = []
@@ -247,7 +250,7 @@ class _Collector:
     every alert at once (one group per alert, no wait)."""
 
     def __init__(self, node: _Node, store: Store, rx: Receiver, store_url: StoreTarget) -> None:
-        self.node, self.store, self.rx = node, store, rx
+        self.node, self.store, self.rx, self.store_url = node, store, rx, store_url
         hook = ReceiverSettings(name="hook", url=HttpUrl(rx.url))
 
         async def report(r: OutboxReport) -> None:
@@ -367,6 +370,20 @@ async def test_a_node_offline_every_31_s_for_ten_minutes_fires_node_offline_once
     assert (body["status"], body["commonLabels"]["alertname"]) == ("firing", "NodeOffline")
 
 
+async def _offline_with_ecc(c: _Collector) -> None:
+    """The node sends uncorrected ECC errors on its 8 GPUs (8 alerts fire, notified at
+    once), then its status says offline for 40 s: NodeOffline fires and mutes them."""
+    c.node.send(_ecc)
+    await c.evaluate()
+    c.node.status("offline")
+    for _ in range(40):
+        await c.evaluate()
+    assert Counter(db_rows(c.store_url, "SELECT rule, status FROM outbox")) == {
+        ("GpuEccUncorrectable", "firing"): 8,
+        ("NodeOffline", "firing"): 1,
+    }
+
+
 async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_keeps_firing(
     store_url: StoreTarget,
 ) -> None:
@@ -386,12 +403,7 @@ async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_kee
         return Counter(db_rows(store_url, "SELECT rule, status FROM outbox"))
 
     async with _collector(store_url, node) as c:
-        node.send(_ecc)
-        await c.evaluate()
-        node.status("offline")
-        for _ in range(40):
-            await c.evaluate()
-        assert notified() == {("GpuEccUncorrectable", "firing"): 8, ("NodeOffline", "firing"): 1}
+        await _offline_with_ecc(c)
         assert marked() == {("GpuEccUncorrectable", True): 8, ("NodeOffline", False): 1}
         node.status("online")
         node.send(_ecc)
@@ -406,3 +418,24 @@ async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_kee
         resolved = db_rows(store_url, "SELECT rule, at FROM alert_history WHERE state = 'resolved'")
         assert resolved == [("NodeOffline", pytest.approx(back_at + 300))]
         assert marked() == {("GpuEccUncorrectable", False): 8}
+
+
+async def test_a_restarted_collector_keeps_muting_the_alerts_of_a_node_still_offline(
+    store_url: StoreTarget,
+) -> None:
+    """Restarted while a node with 8 ECC alerts is offline (NodeOffline firing, the ECC
+    alerts muted): the restored NodeOffline mutes them through the restore's hold, before the
+    node's retained status is heard again, and after; nothing is notified again."""
+    clock = FakeClock(start_wall=T0)
+    async with _collector(store_url, _Node(clock)) as c:
+        await _offline_with_ecc(c)
+    before = Counter(db_rows(store_url, "SELECT rule, status FROM outbox"))
+    again = _Node(clock, online=False)  # the restart: a live view with nothing heard yet
+    async with _collector(store_url, again) as c:
+        assert await c.job.restore(c.store, hold_s=20.0) == 9
+        await c.evaluate()  # the live view empty: NodeOffline's condition not met yet
+        again.status("offline")  # the broker's retained status
+        again.send(_ecc)  # a late sample of the spool
+        for _ in range(30):
+            await c.evaluate()
+        assert Counter(db_rows(store_url, "SELECT rule, status FROM outbox")) == before
