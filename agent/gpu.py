@@ -274,6 +274,11 @@ class NvmlBackend:
         bounds = Bounds(self._clock, self._log.bind(gpu=index))
         if bounds.matching(uuid, "gpus[].uuid", _UUID_RE) is None:
             return None  # every sample carrying it would be rejected
+        if uuid in self._uuid_index:  # one GPU, one UUID (shared.schema refuses a message
+            # naming one twice, and the agent could not even build its inventory)
+            same = self._uuid_index[uuid]
+            self._log.warning("gpu_uuid_duplicate", gpu=index, same_as=same, uuid=uuid)
+            return None
         dev = Device(index=index, handle=handle, uuid=uuid, bounds=bounds)
         call = self._calls.call
         name = call(dev, "name", nvml.nvmlDeviceGetName)

@@ -131,6 +131,7 @@ def _node_offline(s: AlertSettings) -> Rule:
         ),
         condition=condition,
         for_s=s.offline_for_s,
+        keep_firing_for_s=s.offline_keep_firing_for_s,
     )
 
 

@@ -11,7 +11,9 @@ previous run, so a restarted collector neither forgets nor re-announces them.
 Notifications: the firing alerts and the resolutions go to the :class:`Dispatcher` (routes,
 groups, the notification log); the silences in force are read back at every evaluation (one
 indexed query) and, with the inhibit rules (default: ``NodeOffline`` mutes its node), mute
-alerts. Alertmanagers (``push``) get every firing alert and resolution, unmuted. Each group
+alerts: an alert inhibits while its condition holds, not while it is only kept firing
+(:mod:`collector.alerts.silence`). Alertmanagers (``push``) get every firing alert and
+resolution, unmuted. Each group
 flush that sends becomes one outbox row per receiver of its route (the webhook body, fixed
 once, and an idempotency key), written with the notification log entry in the same
 transaction as the changes (a record in parts: as its last part, so no notification names an
@@ -48,6 +50,7 @@ from collector.alerts.route import Route, default_route
 from collector.alerts.rule import AlertState, Evaluator, Transition
 from collector.alerts.silence import (
     DEFAULT_INHIBIT_RULES,
+    KEPT_SOURCES_KEY,
     Inhibitor,
     InhibitRule,
     Silence,
@@ -146,6 +149,10 @@ class AlertRecord:
     generation: int
     """The job's :attr:`AlertJob.generation` when the evaluation began: a record refused
     since then makes this one's changes stale (see the module docstring)."""
+    kept_sources: frozenset[str] | None
+    """The firing alerts that match an inhibit rule's source but only keep firing (they
+    mute nothing), to record with the last part (meta ``KEPT_SOURCES_KEY``); ``None``: as
+    last recorded."""
     name: str = "alerts"
     written: int = 0
     """Changes committed so far (a mass event's are written in parts)."""
@@ -234,6 +241,7 @@ class AlertJob:
         self._push = push
         self.interval_s = interval_s
         self._evaluator = evaluator
+        evaluator.cleared_at_commit = True  # counted in _recorded, as they are committed
         self._clock = clock
         self.keep_history_s = keep_history_s
         """How long resolved alerts stay in the history."""
@@ -246,6 +254,9 @@ class AlertJob:
         self._ahead = False
         """A record was refused: the states and notification log are ahead of the store
         until the next evaluation takes them back from it."""
+        self._kept_recorded: frozenset[str] | None = None
+        """The kept sources the store holds (:attr:`AlertRecord.kept_sources`; ``None``:
+        not recorded by this job yet)."""
 
     async def restore(self, store: Store, *, hold_s: float) -> int:
         """Take back the pending and firing alerts of the previous run; return how many."""
@@ -312,10 +323,9 @@ class AlertJob:
     ) -> AlertRecord:
         """The pure part, in a worker thread: rules, life cycle, groups, webhook bodies."""
         transitions = self._evaluator.evaluate(view, now)
+        states = [s for s in self._evaluator.states() if s.state == "firing"]
         firing = [
-            GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now)
-            for s in self._evaluator.states()
-            if s.state == "firing"
+            GroupAlert(s.fingerprint, s.labels, s.annotations, s.fired_at or now) for s in states
         ]
         resolved = [
             GroupAlert(t.fingerprint, t.labels, t.annotations, t.starts_at or t.at, t.at)
@@ -323,7 +333,15 @@ class AlertJob:
             if t.state == "resolved"
         ]
         self._dispatcher.observe(firing, resolved, now)
-        inhibitor = Inhibitor(self._inhibit_rules, ((a.fingerprint, a.labels) for a in firing))
+        # A source mutes while its condition holds, not while it only keeps firing.
+        inhibitor = Inhibitor(
+            self._inhibit_rules, ((s.fingerprint, s.labels) for s in states if s.holds(now))
+        )
+        kept = frozenset(
+            s.fingerprint
+            for s in states
+            if not s.holds(now) and any(r.is_source(s.labels) for r in self._inhibit_rules)
+        )
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )
@@ -342,6 +360,7 @@ class AlertJob:
             firing,
             resolved,
             generation,
+            None if kept == self._kept_recorded else kept,
         )
 
     async def _recorded(self, store: Store, r: AlertRecord) -> bool:
@@ -354,7 +373,8 @@ class AlertJob:
         end = min(r.written + self.part_changes, len(r.changes))
         last = end == len(r.changes)
         changes = r.changes[r.written : end]
-        if changes or (last and (r.flushes or r.groups or r.forget_groups)):
+        kept = r.kept_sources if last else None
+        if changes or (last and (r.flushes or r.groups or r.forget_groups)) or kept is not None:
             try:
                 entries = await write_alerts(
                     store,
@@ -364,6 +384,7 @@ class AlertJob:
                     r.now,
                     groups=r.groups if last else (),
                     forget_groups=r.forget_groups if last else (),
+                    meta=() if kept is None else [(KEPT_SOURCES_KEY, json.dumps(sorted(kept)))],
                 )
             except StoreError as exc:
                 if not exc.unavailable:  # that one the writer writes again, once reconnected
@@ -372,8 +393,11 @@ class AlertJob:
                 raise
             if entries and self._notify is not None:
                 self._notify(entries)  # committed: now the delivery may send them
+            if kept is not None:
+                self._kept_recorded = kept
         r.written = end  # committed (a part that failed is written again whole)
         self.metrics.changes.inc(len(changes))  # counted as committed: a refused part's, never
+        self._count_cleared(changes)
         if not last:
             return True
         if self._push is not None:
@@ -384,6 +408,17 @@ class AlertJob:
             if f.route.receivers:
                 log.info("alert_group_notified", group_key=f.group_key, alerts=len(f.alerts))
         return False
+
+    def _count_cleared(self, changes: Sequence[AlertChange]) -> None:
+        """Count the pending alerts among committed ``changes`` that went away (the
+        evaluator's ``pending_cleared``, per rule): a refused part's are found again after
+        the take-back and counted when those commit."""
+        cleared: dict[str, int] = {}
+        for c in changes:
+            if c.state == "inactive":
+                cleared[c.rule] = cleared.get(c.rule, 0) + 1
+        for rule, n in cleared.items():
+            self._evaluator.metrics.pending_cleared.labels(rule).inc(n)
 
     async def _silences(self, store: Store, now: float) -> list[Silence]:
         """The silences in force (a bad row, written by hand, is skipped and counted)."""

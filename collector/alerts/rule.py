@@ -17,7 +17,8 @@ condition was gone; the condition coming back inside it cancels the countdown, s
 condition stays one firing alert. Each change is returned as a :class:`Transition` for the
 caller to persist (and, for firing and resolved, to notify). ``startsAt`` is the time the alert
 started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time. A pending alert
-that goes away is counted per rule (``capwatch_collector_alert_pending_cleared_total``): as in
+that goes away is counted per rule (``capwatch_collector_alert_pending_cleared_total``; in the
+collector as its change commits, :attr:`Evaluator.cleared_at_commit`): as in
 Prometheus, which keeps pending alerts in memory and in its ``ALERTS`` series only, and
 Alertmanager, which never hears of them, it is not history (``alert_history`` keeps what
 fired: :data:`collector.store.alerts.HISTORY_STATES`).
@@ -196,6 +197,13 @@ class AlertState(msgspec.Struct, gc=False):
         """Identity within the evaluator: the sorted label set."""
         return tuple(sorted(self.labels.items()))
 
+    def holds(self, now: float) -> bool:
+        """Whether its condition holds at ``now`` as far as the evaluator knows: it was met
+        at the last evaluation, or the alert is restored and in its hold (the live view
+        refilling: not met may only be not heard yet). A firing alert that does not hold
+        only keeps firing (``keep_firing_for``)."""
+        return self.keep_firing_since is None or now < self.hold_until
+
 
 class Transition(NamedTuple):
     """One state change of one alert, returned by :meth:`Evaluator.evaluate`.
@@ -274,6 +282,11 @@ class Evaluator:
         self._log_at: dict[str, float] = {}
         """Per rule, when ``alert_instances_dropped`` may be logged again."""
         self.metrics = EvaluatorMetrics(CollectorRegistry()) if metrics is None else metrics
+        self.cleared_at_commit = False
+        """Whether whoever records the transitions counts the pending alerts that went away
+        (``pending_cleared``) as their changes commit, not :meth:`evaluate`: the alert job
+        does (:class:`collector.alerts.job.AlertJob`), since a change it fails to commit is
+        found again after it takes its states back from the store, and counted again."""
         self._published: tuple[AlertState, ...] = ()
 
     def states(self) -> list[AlertState]:
@@ -470,7 +483,7 @@ class Evaluator:
                     held[node] = n
                 else:
                     del held[node]
-        if cleared:
+        if cleared and not self.cleared_at_commit:
             self.metrics.pending_cleared.labels(name).inc(cleared)
 
 

@@ -11,9 +11,11 @@ countdown, :mod:`collector.alerts.rule`), so one alert makes at most one fire/re
 ``GpuTemperature`` 2 min, ``GpuClockThrottled`` 3 min, ``NodeClockSkew`` and
 ``NodeRejectsRising`` 5 min (after their window), ``GpuXid``, ``GpuEccUncorrectable`` and
 ``GpuRowRemap`` 15 min, ``NodeSamplesMissing`` its 15 min window, ``JobGpuIdle`` its 30 min
-``for``. ``NodeOffline`` follows the node's status, not its samples: its ``for`` (30 s) holds
-it to one pair per 30 s of being offline, and it keeps no firing after the node is back, since
-it mutes the node's other alerts while it fires (the default inhibit rule).
+``for``, ``NodeOffline`` 5 min after its 30 s ``for``: a node whose status toggles (an agent
+or a broker link that keeps dropping) is one alert, not a pair per 31 s. While it is only
+kept firing (the node is back) it mutes nothing: an alert inhibits only while its condition
+holds (:mod:`collector.alerts.silence`), so the node's other alerts notify as soon as it is
+back.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class AlertSettings(BaseModel):
     believed (a node claiming less is stale after ``stale_intervals`` x this)."""
     offline_for_s: float = Field(default=30.0, ge=0, le=_DAY_S)
     """An agent restarting says offline then online within seconds: do not page for that."""
+    offline_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
+    """``NodeOffline`` resolves once the node has been back (online) this long (5 min): a node
+    whose status toggles is one alert, not a fire/resolve pair per ``offline_for_s``. Kept
+    firing, it no longer mutes the node's other alerts (the default inhibit rule): those
+    notify as soon as the node is back."""
     stale_intervals: float | None = Field(default=None, gt=0, le=1000)
     """Replaced by the top-level ``stale_intervals`` (one answer for every consumer); still
     read, with a warning: it stands for the top-level key when that one is not given."""

@@ -12,6 +12,17 @@ Alertmanager. The default (``[[inhibit_rules]]`` unset) is one rule: a firing
 ``NodeOffline`` mutes every other alert of the same ``node`` (a dead node's GPUs say
 nothing new).
 
+A source inhibits while its condition holds: an alert only kept firing after its condition
+went (``keep_firing_for``, :mod:`collector.alerts.rule`) mutes nothing; a restored one holds
+through its restore's hold (:meth:`~collector.alerts.rule.AlertState.holds`: the live view
+refilling, a node's offline status may not be heard yet). Keeping it firing
+damps its own notifications; the state it stands for is over. ``NodeOffline`` keeps firing
+5 min after its node is back (``alerts.offline_keep_firing_for_s``): meanwhile the node's
+other alerts notify. Alertmanager cannot tell a kept alert from another (Prometheus sends
+both as firing): there, an inhibit rule with such a source mutes until it resolves. The
+collector records the sources only kept firing (meta :data:`KEPT_SOURCES_KEY`) beside the
+alerts, for ``collector alerts`` to leave them out too.
+
 Muted alerts still show in ``collector alerts`` (``silenced`` / ``inhibited``), but are left
 out of notifications; when the silence ends they count as new and are notified.
 """
@@ -29,6 +40,7 @@ from collector.alerts.route import Matcher, make_matcher, parse_matcher
 __all__ = [
     "DEFAULT_INHIBIT_RULES",
     "INHIBITING_RULE",
+    "KEPT_SOURCES_KEY",
     "InhibitRule",
     "Inhibitor",
     "Silence",
@@ -39,6 +51,10 @@ __all__ = [
 ]
 
 INHIBITING_RULE: Final = BUILTIN.NodeOffline
+KEPT_SOURCES_KEY: Final = "inhibit_sources_kept"
+"""Meta row: the fingerprints (a JSON list) of the firing alerts that match an inhibit rule's
+source but only keep firing, so mute nothing: ``collector alerts`` marks by it as the
+collector mutes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +65,10 @@ class InhibitRule:
     source: tuple[Matcher, ...]
     target: tuple[Matcher, ...]
     equal: tuple[str, ...] = ()
+
+    def is_source(self, labels: Mapping[str, str]) -> bool:
+        """Whether an alert with ``labels``, firing, may inhibit by this rule."""
+        return all(m.matches(labels) for m in self.source)
 
     def as_json(self) -> dict[str, list[Any]]:
         """The rule as ``[name, op, value]`` triples (how the collector records it)."""
@@ -99,7 +119,7 @@ class Inhibitor:
         self._sources: list[dict[tuple[str, ...], set[str]]] = [{} for _ in self._rules]
         for fp, labels in firing:
             for rule, index in zip(self._rules, self._sources, strict=True):
-                if all(m.matches(labels) for m in rule.source):
+                if rule.is_source(labels):
                     key = tuple(labels.get(name, "") for name in rule.equal)
                     index.setdefault(key, set()).add(fp)
 

@@ -8,6 +8,7 @@ if TYPE_CHECKING:
     from collector.paths import StoreTarget
 
 import argparse
+import json
 import time
 from typing import Any, Final
 
@@ -83,11 +84,16 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def _mark_muted(
-    rows: list[dict[str, Any]], in_force: list[dict[str, Any]], rules: str | None, now: float
+    rows: list[dict[str, Any]],
+    in_force: list[dict[str, Any]],
+    rules: str | None,
+    now: float,
+    kept: str | None = None,
 ) -> None:
     """Add ``silenced`` (bool), ``silenced_by`` (silence ids) and ``inhibited`` (by the
-    inhibit rules the collector last recorded, ``rules``) to each alert, as the collector
-    decides them."""
+    inhibit rules the collector last recorded, ``rules``, with the firing alerts but those
+    it recorded as only kept firing, ``kept``) to each alert, as the collector decides
+    them."""
     from collector.alerts.route import parse_matcher  # noqa: PLC0415
     from collector.alerts.silence import (  # noqa: PLC0415
         DEFAULT_INHIBIT_RULES,
@@ -106,8 +112,17 @@ def _mark_muted(
         in_use = DEFAULT_INHIBIT_RULES if rules is None else inhibit_rules_from_json(rules)
     except ValueError:
         in_use = DEFAULT_INHIBIT_RULES
+    try:
+        only_kept = {str(f) for f in json.loads(kept)} if kept else set()
+    except (TypeError, ValueError):
+        only_kept = set()
     inhibitor = Inhibitor(
-        in_use, ((a["fingerprint"], a["labels"]) for a in rows if a["state"] == "firing")
+        in_use,
+        (
+            (a["fingerprint"], a["labels"])
+            for a in rows
+            if a["state"] == "firing" and a["fingerprint"] not in only_kept
+        ),
     )
     for a in rows:
         by = [s.id for s in active if s.mutes(a["labels"], now)]
@@ -142,6 +157,7 @@ def _muted_text(a: dict[str, Any]) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the alerts or their history."""
+    from collector.alerts.silence import KEPT_SOURCES_KEY  # noqa: PLC0415
     from collector.store.queries import (  # noqa: PLC0415
         active_alerts,
         alert_history,
@@ -172,7 +188,13 @@ def run(args: argparse.Namespace) -> int:
             rows = alert_history(store, now - since_s, args.limit)
         else:
             rows = active_alerts(store)
-            _mark_muted(rows, silences(store, now), meta_value(store, "inhibit_rules"), now)
+            _mark_muted(
+                rows,
+                silences(store, now),
+                meta_value(store, "inhibit_rules"),
+                now,
+                meta_value(store, KEPT_SOURCES_KEY),
+            )
     if args.json:
         print_json({"history" if args.history else "alerts": rows})
         return 0

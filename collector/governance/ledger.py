@@ -44,6 +44,7 @@ recomputed; the hours leased nodes were silent in are caught up a few runs at a 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -309,11 +310,15 @@ class LedgerJob:
     GPU-hours, whether any node reported in the hour or not. After an outage that is many
     hours, as far back as the 1-hour rollups go (``retention_s``: older hours have nothing
     left to read, and the ledger's retention deletes them). A run computes at most
-    ``max_hours`` of them, oldest first, and moves ``ledger_at`` only through the hours it
-    wrote (to the end of the last one, or to now when it wrote all of them); while hours
-    remain, the next run comes after ``catch_up_s``, once this run's record is written
-    (or, should the writer drop it, after ``interval_s``). So a restart or a collector
-    outage loses nothing while the rollups hold the hours.
+    ``max_hours`` of them: those since the ledger's time first, oldest first, then the marked
+    hours before it, in turn (each run goes on where the last one left them), and moves
+    ``ledger_at`` only through the hours it wrote (to the end of the last one, or to now
+    when it wrote all of them); while hours since the ledger's time remain, the next run
+    comes after ``catch_up_s``, once this run's record is written (or, should the writer
+    drop it, after ``interval_s``); marked hours left over wait for the next run as usual.
+    So a restart or a collector outage loses nothing while the rollups hold the hours, and
+    a node whose late samples mark old hours again and again holds nothing back, nor makes
+    the job run more often.
     """
 
     def __init__(
@@ -341,6 +346,8 @@ class LedgerJob:
         self._max_hours = max_hours
         """Hours recomputed per run at most (oldest first): a long replay or outage is
         caught up over several runs, each short."""
+        self._next_marked = 0
+        """The marked hour before the ledger's time whose turn is next (see :meth:`_hours`)."""
         self._behind: tuple[LedgerRecord, float] | None = None
         """The record of a run that left hours to do, and when it was made (monotonic)."""
         self.runs = 0
@@ -354,13 +361,24 @@ class LedgerJob:
         oldest = math.floor((now - self._retention_s) / HOUR) * HOUR
         # A ledger time ahead of the clock (the clock set back) starts again from now.
         first = current if last is None else min(max(int(last) // HOUR * HOUR, oldest), current)
-        todo = sorted({h for h, _ in dirty} | set(range(first, current + 1, HOUR)))
-        hours = todo[: self._max_hours]
-        # The hours since the ledger's time are one run of hours, so those written are its
-        # start: the ledger holds them, and the next run begins after the last.
-        since = [h for h in hours if first <= h <= current]
+        run = range(first, current + 1, HOUR)
+        # The hours since the ledger's time first, oldest first: those written are the run's
+        # start, so the ledger holds them and the next run begins after the last. Nothing a
+        # node sends makes the run longer.
+        since = list(run[: self._max_hours])
         until = None if not since else now if since[-1] == current else since[-1] + HOUR
-        return hours, until, len(todo) > len(hours)
+        # Then the marked hours before it, in turn from where the last run left them: a node
+        # whose late samples mark the same old hours before every run cannot keep the
+        # ledger's time, or the other marked hours, from their turn.
+        marked = sorted({h for h, _ in dirty if h < first})
+        turn = bisect.bisect_left(marked, self._next_marked)
+        others = (marked[turn:] + marked[:turn])[: self._max_hours - len(since)]
+        if others:
+            self._next_marked = others[-1] + HOUR
+        # Only the ledger's time being behind hurries the next run: marked hours left over
+        # wait for the next run in interval_s, so that a node marking more old hours than a
+        # run computes cannot keep the job computing a run's worth every few seconds.
+        return sorted(since + others), until, len(run) > len(since)
 
     def _waiting(self) -> bool:
         """Whether the record of a run that left hours to do is still being written (the

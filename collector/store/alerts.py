@@ -155,15 +155,16 @@ async def write_alerts(
     *,
     groups: Sequence[GroupLog] = (),
     forget_groups: Sequence[str] = (),
+    meta: Sequence[tuple[str, str]] = (),
 ) -> list[OutboxEntry]:
     """Record alert state changes: the current pending/firing set, the history (the
     changes to :data:`HISTORY_STATES`), and the notifications they cause (``outbox``), all
     in one transaction; return the latter as stored (with their ids), for the delivery task.
 
     ``groups`` (what was notified per alert group) are upserted and ``forget_groups``
-    deleted in it too. History, delivered notifications and dead letters older than
-    ``keep_history_s`` go in the same transaction (``now``: the alert clock's time,
-    default the system's).
+    deleted in it too, and the ``meta`` rows (key, value) recorded. History, delivered
+    notifications and dead letters older than ``keep_history_s`` go in the same transaction
+    (``now``: the alert clock's time, default the system's).
     """
     now = time.time() if now is None else now
     live = [c for c in changes if c.state in ("pending", "firing")]
@@ -218,6 +219,12 @@ async def write_alerts(
         if forget_groups:
             await store.executemany(
                 "DELETE FROM alert_groups WHERE group_key = ?", [(k,) for k in forget_groups]
+            )
+        if meta:
+            await store.executemany(
+                "INSERT INTO meta (key, value, updated) VALUES (?, ?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                [(key, v, now) for key, v in meta],
             )
         await store.execute(
             "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",

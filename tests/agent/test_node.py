@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.fake_nvml import FakeNvml
 from agent.gpu import GpuBackend, NvmlBackend
@@ -250,4 +252,39 @@ def test_bad_node_id_and_interval_are_refused(fake: FakeHost, clock: FakeClock) 
             slow_interval_s=60,
             clock=clock,
         )
+        sampler.close()
+
+
+class _TwinNvml(FakeNvml):
+    """A driver that reports GPU 3 under GPU 2's UUID (a board or firmware fault)."""
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:  # noqa: N802 (NVML's name)
+        if handle is self.nvmlDeviceGetHandleByIndex(3):
+            handle = self.nvmlDeviceGetHandleByIndex(2)
+        return super().nvmlDeviceGetUUID(handle)
+
+
+def test_a_gpu_whose_uuid_another_has_is_left_out(fake: FakeHost, clock: FakeClock) -> None:
+    """NVML naming two GPUs by one UUID: the second is left out (logged), so the inventory
+    and every sample stay valid on the wire (shared.schema refuses a message naming one GPU
+    twice); before, building them raised and the agent could not start."""
+    sampler = _node(fake, clock, NvmlBackend(_TwinNvml(8, clock=clock), clock=clock))
+    try:
+        with capture_logs() as logs:
+            inventory = sampler.start()
+        assert [g.index for g in inventory.gpus] == [0, 1, 2, 4, 5, 6, 7]
+        assert [e for e in logs if e["event"] == "gpu_uuid_duplicate"] == [
+            {
+                "component": "agent.gpu",
+                "event": "gpu_uuid_duplicate",
+                "log_level": "warning",
+                "gpu": 3,
+                "same_as": 2,
+                "uuid": inventory.gpus[2].uuid,
+            }
+        ]
+        assert decode_inventory(encode(inventory)) == inventory
+        sample = sampler.sample()
+        assert [g.index for g in decode_sample(encode(sample)).gpus] == [0, 1, 2, 4, 5, 6, 7]
+    finally:
         sampler.close()

@@ -66,8 +66,9 @@ class Fleet:
             self.step()
 
 
-def test_node_offline_fires_after_its_for_and_clears_when_online() -> None:
-    """A last will (offline) held for 30 s fires NodeOffline; online again resolves it."""
+def test_node_offline_fires_after_its_for_and_clears_five_minutes_after_online() -> None:
+    """A last will (offline) held for 30 s fires NodeOffline; online again resolves it
+    ``offline_keep_firing_for_s`` (5 min) after the first evaluation that saw it online."""
     f = Fleet()
     f.sample()
     f.view.on_status(NODE, "offline", f.clock.time())
@@ -81,6 +82,10 @@ def test_node_offline_fires_after_its_for_and_clears_when_online() -> None:
     assert f.firing("NodeStale") == []  # offline is not also stale
     f.view.on_status(NODE, "online", f.clock.time())
     f.sample()  # back: the agent says online and sends
+    assert f.step() == []
+    f.run(295)
+    assert len(f.firing("NodeOffline")) == 1
+    f.sample()
     changes = f.step()
     assert [(t.rule, t.state) for t in changes] == [("NodeOffline", "resolved")]
 

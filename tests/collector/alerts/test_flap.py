@@ -11,7 +11,9 @@ The bound stated: an alert fires only after its condition held ``for_s`` and res
 after it was gone ``keep_firing_for_s``, so one alert makes at most ``1 + T / (for_s +
 keep_firing_for_s)`` fire/resolve pairs in ``T`` seconds, whatever the node's rhythm: for
 ``GpuEccUncorrectable`` and ``GpuRowRemap`` (15 min) one in 10 minutes, for ``NodeStale``
-(1 min) 11.
+(1 min) 11. ``NodeOffline`` follows the node's status messages (30 s ``for``, 5 min
+``keep_firing_for``): one in 10 minutes; kept firing after its node is back, it mutes none of
+the node's other alerts.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import pytest
@@ -40,6 +43,7 @@ from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.topics import sample_topic, status_topic
 from tests.collector.alerts.receiver import Receiver
+from tests.collector.alerts.test_silence_cli import _cli
 from tests.helpers import db_rows, wait_until
 from tests.shared.wire_samples import sample_dict, status_dict
 
@@ -97,12 +101,15 @@ def _defaults() -> list[Rule]:
 class _Node:
     """One node as the collector hears it, the built-in rules evaluated on its live view."""
 
-    def __init__(self, clock: FakeClock, rules: list[Rule] | None = None) -> None:
+    def __init__(
+        self, clock: FakeClock, rules: list[Rule] | None = None, *, online: bool = True
+    ) -> None:
+        """``online``: the node's online status heard at once (else: no status yet)."""
         self.clock = clock
         self.view = LiveView()
         self.ingestor = Ingestor(clock, live=self.view)
-        status = {**status_dict(), "ts": clock.time()}
-        self.ingestor.handle(status_topic(NODE), json.dumps(status).encode())
+        if online:
+            self.status("online")
         self.ev = Evaluator(_defaults() if rules is None else rules)
         self.seq = 0
         self.log: list[Transition] = []
@@ -117,6 +124,13 @@ class _Node:
             change(d)
         item = self.ingestor.handle(sample_topic(NODE), json.dumps(d).encode())
         assert type(item).__name__ == "SampleRow", item
+
+    def status(self, status: str) -> None:
+        """The node's status message (``online``/``offline``, as its agent or the broker's
+        last will publishes it) through the ingest path."""
+        d = {**status_dict(), "status": status, "ts": self.clock.time()}
+        item = self.ingestor.handle(status_topic(NODE), json.dumps(d).encode())
+        assert type(item).__name__ == "NodeUpdate", item
 
     def evaluate(self) -> None:
         """One evaluation 10 ms after the clock's second (a sample sent on it is 10 ms old),
@@ -230,6 +244,51 @@ def test_an_honestly_stale_node_fires_at_once_and_resolves_a_minute_after_it_is_
     assert [t.at for t in node.log if t.state == "resolved"] == [back_at + 60.01]
 
 
+class _Collector:
+    """The collector's alert job over ``node``'s live view, recording into a real store, and
+    its delivery to a real receiver on loopback, on a route that notifies every change of
+    every alert at once (one group per alert, no wait)."""
+
+    def __init__(self, node: _Node, store: Store, rx: Receiver, store_url: StoreTarget) -> None:
+        self.node, self.store, self.rx, self.store_url = node, store, rx, store_url
+        hook = ReceiverSettings(name="hook", url=HttpUrl(rx.url))
+
+        async def report(r: OutboxReport) -> None:
+            pass  # outcomes unrecorded: the receiver's requests are what the tests count
+
+        self.delivery = Delivery(
+            [hook], report, node.clock, load_pending=read_pending(store_url), poll_s=0.01
+        )
+        self.job = AlertJob(
+            node.ev,
+            node.clock,
+            interval_s=1.0,
+            receivers=[hook],
+            notify=self.delivery.offer,
+            routes=[Route((), ("hook",), (ALL_LABELS,), 0.0, 0.0, 4 * 3600.0)],
+        )
+
+    async def evaluate(self) -> None:
+        """One evaluation 10 ms after the clock's second, its record written; then the clock
+        on to the next second (as :meth:`_Node.evaluate`)."""
+        self.node.clock.advance(0.01)
+        await run_once(self.job, self.store, self.node.view)
+        self.node.clock.advance(0.99)
+
+
+@asynccontextmanager
+async def _collector(store_url: StoreTarget, node: _Node) -> AsyncIterator[_Collector]:
+    """A :class:`_Collector` with its receiver served and its delivery running."""
+    with Receiver().serve() as rx:
+        async with Store(store_url) as store, asyncio.TaskGroup() as tg:
+            c = _Collector(node, store, rx, store_url)
+            tg.create_task(c.delivery.run(), name="delivery")
+            try:
+                yield c
+            finally:
+                c.delivery.stop()
+
+
 async def test_a_node_flipping_every_sample_for_ten_minutes_fires_each_alert_once(
     store_url: StoreTarget,
 ) -> None:
@@ -239,44 +298,144 @@ async def test_a_node_flipping_every_sample_for_ten_minutes_fires_each_alert_onc
     that notifies every change): each of the 16 alerts fires once and none resolves (one
     pair per 15 min at most), NodeStale never fires (the node is never 3 s silent), and the
     receiver gets 16 notifications, not one per flip."""
-    clock = FakeClock(start_wall=T0)
-    node = _Node(clock)
-    hook = ReceiverSettings(name="hook", url=HttpUrl("http://127.0.0.1:1/hook"))
-    reports: list[OutboxReport] = []
-
-    async def report(r: OutboxReport) -> None:
-        reports.append(r)
-
-    with Receiver().serve() as rx:
-        hook = hook.model_copy(update={"url": HttpUrl(rx.url)})
-        async with Store(store_url) as store:
-            delivery = Delivery(
-                [hook], report, clock, load_pending=read_pending(store_url), poll_s=0.01
-            )
-            job = AlertJob(
-                node.ev,
-                clock,
-                interval_s=1.0,
-                receivers=[hook],
-                notify=delivery.offer,
-                routes=[Route((), ("hook",), (ALL_LABELS,), 0.0, 0.0, 4 * 3600.0)],
-            )
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(delivery.run(), name="delivery")
-                for k in range(TEN_MINUTES_S):
-                    if k % 2 == 0:
-                        node.send(*((_ecc, _remap) if k % 4 == 0 else ()), interval_s=0.01)
-                    clock.advance(0.01)
-                    await run_once(job, store, node.view)
-                    clock.advance(0.99)
-                history = db_rows(store_url, "SELECT rule, state FROM alert_history")
-                assert Counter(history) == {
-                    ("GpuEccUncorrectable", "firing"): 8,
-                    ("GpuRowRemap", "firing"): 8,
-                }
-                (outbox,) = db_rows(store_url, "SELECT count(*) FROM outbox")
-                assert outbox == (16,)
-                await wait_until(lambda: len(rx.received()) == 16, what="16 notifications")
-                delivery.stop()
-    bodies = [json.loads(r.body) for r in rx.received()]
+    node = _Node(FakeClock(start_wall=T0))
+    async with _collector(store_url, node) as c:
+        for k in range(TEN_MINUTES_S):
+            if k % 2 == 0:
+                node.send(*((_ecc, _remap) if k % 4 == 0 else ()), interval_s=0.01)
+            await c.evaluate()
+        history = db_rows(store_url, "SELECT rule, state FROM alert_history")
+        assert Counter(history) == {
+            ("GpuEccUncorrectable", "firing"): 8,
+            ("GpuRowRemap", "firing"): 8,
+        }
+        (outbox,) = db_rows(store_url, "SELECT count(*) FROM outbox")
+        assert outbox == (16,)
+        await wait_until(lambda: len(c.rx.received()) == 16, what="16 notifications")
+    bodies = [json.loads(r.body) for r in c.rx.received()]
     assert Counter(b["status"] for b in bodies) == {"firing": 16}
+
+
+STATUS_RHYTHMS = [*RHYTHMS, (31, 1), (35, 5), (31, 30)]
+"""(offline, online) seconds for a node's status; (31, 1): offline just past ``for`` (30 s),
+then back for a second."""
+
+
+@pytest.mark.parametrize(("off", "on"), STATUS_RHYTHMS)
+def test_a_node_whose_status_toggles_in_any_rhythm_makes_bounded_node_offline_pairs(
+    off: int, on: int
+) -> None:
+    """Ten minutes of a node's status saying offline for ``off`` s, then online (and a sample
+    a second) for ``on`` s: NodeOffline fires at most 1 + 600 s / (for + keep_firing_for)
+    times, and never when the node is never offline for its ``for`` (30 s)."""
+    node = _Node(FakeClock(start_wall=T0))
+    for k in range(TEN_MINUTES_S):
+        phase = k % (off + on)
+        if phase == 0:
+            node.status("offline")
+        elif phase >= off:
+            if phase == off:
+                node.status("online")
+            node.send()
+        node.evaluate()
+    fired = node.changes("NodeOffline")["firing"]
+    assert fired <= 1 + TEN_MINUTES_S // 60, f"NodeOffline fired {fired} times"
+    assert fired <= _bound(node.ev.rules["NodeOffline"], TEN_MINUTES_S)
+    assert node.changes("NodeOffline")["resolved"] <= fired
+    if off < 31:  # offline at the evaluations 0.01 .. off - 0.99 s after it said so
+        assert fired == 0
+
+
+async def test_a_node_offline_every_31_s_for_ten_minutes_fires_node_offline_once(
+    store_url: StoreTarget,
+) -> None:
+    """The known flap, through the collector's record and a real receiver: for 10 minutes a
+    node's status says offline for 31 s (just past NodeOffline's 30 s ``for``), then online
+    for 1 s: one NodeOffline alert fires and stays firing (it resolves 5 min after the node
+    is back for good), one notification; not a fire/resolve pair every 32 s."""
+    node = _Node(FakeClock(start_wall=T0))
+    async with _collector(store_url, node) as c:
+        for k in range(TEN_MINUTES_S):
+            if k % 32 == 0:
+                node.status("offline")
+            elif k % 32 == 31:
+                node.status("online")
+                node.send()
+            await c.evaluate()
+        history = db_rows(store_url, "SELECT rule, state FROM alert_history")
+        assert Counter(history) == {("NodeOffline", "firing"): 1}
+        await wait_until(lambda: len(c.rx.received()) == 1, what="one notification")
+        assert db_rows(store_url, "SELECT count(*) FROM outbox") == [(1,)]
+    (body,) = [json.loads(r.body) for r in c.rx.received()]
+    assert (body["status"], body["commonLabels"]["alertname"]) == ("firing", "NodeOffline")
+
+
+async def _offline_with_ecc(c: _Collector) -> None:
+    """The node sends uncorrected ECC errors on its 8 GPUs (8 alerts fire, notified at
+    once), then its status says offline for 40 s: NodeOffline fires and mutes them."""
+    c.node.send(_ecc)
+    await c.evaluate()
+    c.node.status("offline")
+    for _ in range(40):
+        await c.evaluate()
+    assert Counter(db_rows(c.store_url, "SELECT rule, status FROM outbox")) == {
+        ("GpuEccUncorrectable", "firing"): 8,
+        ("NodeOffline", "firing"): 1,
+    }
+
+
+async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_keeps_firing(
+    store_url: StoreTarget,
+) -> None:
+    """NodeOffline kept firing after its node is back mutes nothing: a node with uncorrected
+    ECC errors on its 8 GPUs (8 alerts, notified) is offline for 40 s: NodeOffline fires and
+    mutes them (``collector alerts`` marks them inhibited); back online, at the first
+    evaluation they are notified again and no longer marked, while NodeOffline resolves
+    only 5 min (``offline_keep_firing_for_s``) after that evaluation."""
+    node = _Node(FakeClock(start_wall=T0))
+
+    def marked() -> Counter[tuple[str, bool]]:
+        code, out, err = _cli("alerts", "--db", str(store_url), "--json")
+        assert code == 0, err
+        return Counter((a["rule"], a["inhibited"]) for a in json.loads(out)["alerts"])
+
+    def notified() -> Counter[tuple[str, str]]:
+        return Counter(db_rows(store_url, "SELECT rule, status FROM outbox"))
+
+    async with _collector(store_url, node) as c:
+        await _offline_with_ecc(c)
+        assert marked() == {("GpuEccUncorrectable", True): 8, ("NodeOffline", False): 1}
+        node.status("online")
+        node.send(_ecc)
+        back_at = node.clock.time() + 0.01
+        await c.evaluate()
+        assert notified() == {("GpuEccUncorrectable", "firing"): 16, ("NodeOffline", "firing"): 1}
+        assert marked() == {("GpuEccUncorrectable", False): 8, ("NodeOffline", False): 1}
+        await wait_until(lambda: len(c.rx.received()) == 17, what="17 notifications")
+        for _ in range(300):
+            node.send(_ecc)
+            await c.evaluate()
+        resolved = db_rows(store_url, "SELECT rule, at FROM alert_history WHERE state = 'resolved'")
+        assert resolved == [("NodeOffline", pytest.approx(back_at + 300))]
+        assert marked() == {("GpuEccUncorrectable", False): 8}
+
+
+async def test_a_restarted_collector_keeps_muting_the_alerts_of_a_node_still_offline(
+    store_url: StoreTarget,
+) -> None:
+    """Restarted while a node with 8 ECC alerts is offline (NodeOffline firing, the ECC
+    alerts muted): the restored NodeOffline mutes them through the restore's hold, before the
+    node's retained status is heard again, and after; nothing is notified again."""
+    clock = FakeClock(start_wall=T0)
+    async with _collector(store_url, _Node(clock)) as c:
+        await _offline_with_ecc(c)
+    before = Counter(db_rows(store_url, "SELECT rule, status FROM outbox"))
+    again = _Node(clock, online=False)  # the restart: a live view with nothing heard yet
+    async with _collector(store_url, again) as c:
+        assert await c.job.restore(c.store, hold_s=20.0) == 9
+        await c.evaluate()  # the live view empty: NodeOffline's condition not met yet
+        again.status("offline")  # the broker's retained status
+        again.send(_ecc)  # a late sample of the spool
+        for _ in range(30):
+            await c.evaluate()
+        assert Counter(db_rows(store_url, "SELECT rule, status FROM outbox")) == before

@@ -269,3 +269,42 @@ async def test_a_take_back_counts_each_nodes_alerts_once_against_its_bound(
         await _evaluate(job, store, clock, T0 + 10)  # the four resolve (the u's wait)
         await _evaluate(job, store, clock, T0 + 15)
         assert held() == ["u0", "u1", "u2", "u3"]
+
+
+async def test_a_pending_alert_gone_beside_a_refused_change_is_counted_cleared_once(
+    store_url: StoreTarget,
+) -> None:
+    """A pending alert that goes away in the evaluation whose record the store refuses (a
+    node's firing change refused, the pending alert's end in the same part): the take-back
+    restores it pending from the store, and it goes away again at the next evaluation;
+    ``alert_pending_cleared`` counts it once, as it is committed (it counted it twice)."""
+    down, slow = _Fleet(), _Fleet()
+    ev = Evaluator(
+        [
+            Rule("NodeDown", "critical", "{node} is down", "", down),
+            Rule("NodeSlow", "warning", "{node} is slow", "", slow, for_s=60),
+        ]
+    )
+    clock = FakeClock(start_wall=T0)
+    job = AlertJob(ev, clock)
+    async with Store(store_url) as store:
+        slow.down = ["s0"]
+        await _evaluate(job, store, clock, T0)  # s0 pending, committed
+        _refuse_node(store_url, "n0")
+        down.down, slow.down = ["n0"], []
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        clock.advance(5)
+        queue.put_nowait(await job(store, LiveView()))
+        queue.put_nowait(StopUnit(asyncio.get_running_loop().create_future()))
+        await writer.run()
+        assert labelled_values(writer.metrics.job_failures) == {"alerts": 1}
+        assert db_rows(store_url, "SELECT rule, state FROM alerts") == [("NodeSlow", "pending")]
+        db_execute(
+            store_url,
+            "DROP TRIGGER refuse_node"
+            + (" ON alert_history" if isinstance(store_url, PgTarget) else ""),
+        )
+        await _evaluate(job, store, clock, T0 + 10)  # taken back: s0 pending, then gone
+        assert db_rows(store_url, "SELECT rule, state FROM alerts") == [("NodeDown", "firing")]
+    assert labelled_values(ev.metrics.pending_cleared) == {"NodeSlow": 1}

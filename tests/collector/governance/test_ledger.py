@@ -322,14 +322,15 @@ async def _sampled(
     nodes: int,
     *,
     inventories: bool = True,
+    offset_s: float = 0.0,
 ) -> None:
     """The first ``nodes`` of ``sim`` sampled every 10 minutes in ``hours`` (each the start
-    of an hour), all of ``sim``'s nodes with an inventory (``inventories``); stored and
-    rolled up."""
+    of an hour; ``offset_s`` after each 10 minutes), all of ``sim``'s nodes with an inventory
+    (``inventories``); stored and rolled up."""
     rows = []
     for h in hours:
         for k in range(6):
-            t = h + 600 * k
+            t = h + offset_s + 600 * k
             for i in range(nodes):
                 s = sim.sample(i, t, int(t // 600))
                 rows.append(sample_row(s, encode(s), t + 1))

@@ -146,6 +146,43 @@ async def test_while_behind_the_next_run_waits_only_for_its_record(
     assert [p.rows for p in third.parts] == [p.rows for p in second.parts]
 
 
+async def test_hours_marked_again_before_every_run_do_not_hold_the_ledger_back(
+    store_url: StoreTarget,
+) -> None:
+    """A node whose late samples land in four old hours before every run (a run computes
+    four hours at most here, 48 by default; a node may stamp a sample as old as the raw
+    samples' retention): every run still brings the ledger's time to now, each of the
+    marked hours is recomputed within two runs, and the next run is not hurried for them (it
+    comes after the usual interval)."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=17, interval_s=600)
+    old = [DAY0 + H * h for h in range(1, 5)]
+    await _sampled(store_url, sim, [DAY0, *old], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=10)
+    clock = FakeClock(start_wall=DAY0 + 10 * H + 600)
+    job = _job(store_url, clock, max_hours=4)
+    await _catch_up(store_url, job)
+    turns: list[set[int]] = []
+    for run in range(1, 5):
+        clock.advance(H)
+        await _sampled(store_url, sim, old, nodes=1, offset_s=run)  # marks the 4 again
+        await _run(store_url, job)
+        assert _ledger_at(store_url) == clock.time(), f"run {run}"
+        computed = {
+            h
+            for (h,) in db_rows(
+                store_url, "SELECT hour FROM usage_ledger WHERE computed = ?", (clock.time(),)
+            )
+        }
+        assert len(computed) == 4, computed  # the two hours since the last run, two marked
+        assert job.interval_s == NORMAL_S
+        turns.append(computed & set(old))
+    assert turns[0] | turns[1] == turns[2] | turns[3] == set(old)
+    clock.advance(NORMAL_S)
+    await _run(store_url, job)
+    assert db_rows(store_url, "SELECT count(*) FROM ledger_dirty") == [(0,)]
+    assert_daily_is_the_hours_summed(store_url)
+
+
 async def test_a_catch_up_goes_back_only_as_far_as_the_hourly_rollups(
     store_url: StoreTarget,
 ) -> None:
