@@ -32,11 +32,28 @@ __all__ = [
 ]
 
 LATEST_SAMPLE: Final = (
-    "s.node = n.node AND s.ts_ms = "
-    "(SELECT ts_ms FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1)"
+    "s.node = n.node AND s.ts_ms = (SELECT CASE WHEN w.top_ts_ms IS NULL OR m.ts_ms > "
+    "w.seen_ts_ms THEN m.ts_ms ELSE w.top_ts_ms END FROM (SELECT ts_ms FROM samples "
+    "WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) AS m "
+    "LEFT JOIN watermarks w ON w.node = n.node)"
 )
-"""Join condition of node ``n`` to its newest sample ``s``: one descent of the unique
-``(node, ts_ms)`` index for the newest time, one lookup for the row (both backends)."""
+"""Join condition of node ``n`` to its newest sample ``s``: the newest by the agent's
+``(epoch, seq)``, the one the live view holds (:func:`collector.live.LiveView.on_sample`),
+not the newest by the node's clock, which a clock stepped back (NTP) or an agent restarted
+behind its last run's clock would leave in the past for as long as the step.
+
+The node's watermark (:mod:`collector.store.watermarks`) names that sample (``top_ts_ms``)
+as of its last round, once per watermark interval. A sample stamped after every sample
+that round had taken in (``seen_ts_ms``) came after it and is newer by the live view's rule
+too (a later ``seq``, a later run, or an agent before epochs, newest by time): that one.
+Without a watermark (an agent before epochs, a share group's store, watermarks off), the
+newest by time, as the live view orders those. A sample stored since the last round but
+stamped no later than it (the clock just stepped back) shows at the next round (a
+second by default).
+
+Cost per node: one descent of the unique ``(node, ts_ms)`` index for the newest time, one
+primary-key lookup in ``watermarks``, one lookup for the row (both backends); no index on
+``(epoch, seq)``, which every stored sample would pay for."""
 
 # Wire-schema GPU fields a row shows, and those that are floats there: a payload decoded as
 # plain JSON gives 87 where the schema's decoder gave 87.0, and --json must not change.
@@ -77,8 +94,8 @@ _GPU_FLOATS: Final = frozenset(
 def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> dict[str, Any]:
     """Nodes by state (:mod:`collector.nodefacts`), GPUs, mean GPU utilisation and total
     power of the online nodes (latest sample per node)."""
-    # Each node's newest sample through the (node, ts_ms) index: one short descent per node
-    # (~8 ms for 1,000 nodes over 1.44 M rows), never a scan of the samples.
+    # Each node's newest sample through the (node, ts_ms) index and its watermark: short
+    # descents per node (~8 ms for 1,000 nodes over 1.44 M rows), never a scan of the samples.
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
@@ -196,8 +213,8 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
     ``limit_nodes`` nodes (by name) that have samples."""
     if node is not None:
         latest = store.fetchall(
-            "SELECT node, payload, payload_dict FROM samples WHERE node = ? "
-            "ORDER BY ts_ms DESC LIMIT 1",
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
+            f"ON {LATEST_SAMPLE} WHERE n.node = ?",
             (node,),
         )
     else:
@@ -284,8 +301,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
 
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.received_ms, s.interval_s, "
-        "s.payload, s.payload_dict FROM nodes n JOIN samples s ON s.node = n.node AND s.ts_ms = "
-        "(SELECT max(ts_ms) FROM samples WHERE node = n.node) ORDER BY n.node"
+        f"s.payload, s.payload_dict FROM nodes n JOIN samples s ON {LATEST_SAMPLE} "
+        "ORDER BY n.node"
     )
     jobs: dict[str, dict[str, Any]] = {}
     utils: dict[str, list[float]] = {}
