@@ -161,10 +161,15 @@ class Watermarks:
                         continue  # already stored above the hole: nothing new
                 else:
                     continue  # a duplicate
+                ts_ms = r.ts_ms
                 if seq > m.top:
-                    m.top, m.top_ts_ms = seq, r.ts_ms
-                m.ts_ms = max(m.ts_ms, r.ts_ms)
-                m.seen_ts_ms = max(m.seen_ts_ms, r.ts_ms)
+                    m.top, m.top_ts_ms = seq, ts_ms
+                # Compares, not max(): this loop runs per stored sample; seen_ts_ms is never
+                # below ts_ms.
+                if ts_ms > m.ts_ms:
+                    m.ts_ms = ts_ms
+                    if ts_ms > m.seen_ts_ms:  # noqa: PLR1730
+                        m.seen_ts_ms = ts_ms
                 dirty.add(node)
             elif m is None or agent_restarted(epoch, r.ts_ms, m.epoch, m.ts_ms):
                 # A new node, the agent's next start, or an agent that counts epochs from 0

@@ -708,14 +708,28 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
         # A node's newest sample is the newest by the agent's (epoch, seq), as the live view
         # holds it, not the newest by the node's clock (collector/store/queries.py
-        # LATEST_SAMPLE). top_ts_ms: the time of the sample at top (node clock), so a read
+        # latest_sample). top_ts_ms: the time of the sample at top (node clock), so a read
         # finds it through the (node, ts_ms) index; seen_ts_ms: the newest time of any
         # sample the watermark has taken in, every epoch (a sample stamped later is newer
         # than the watermark). NULL: written before, read as no watermark (newest by time).
+        # Rebuilt WITHOUT ROWID (one b-tree, not a table and its key's index): each read of
+        # the fleet looks every node up here, and each watermark round upserts every node
+        # that changed.
         "0030_watermarks_newest",
         """
-        ALTER TABLE watermarks ADD COLUMN top_ts_ms INTEGER;
-        ALTER TABLE watermarks ADD COLUMN seen_ts_ms INTEGER;
+        CREATE TABLE watermarks_0030 (
+            node TEXT PRIMARY KEY,
+            epoch INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            top INTEGER NOT NULL,
+            ts_ms INTEGER NOT NULL,
+            top_ts_ms INTEGER,
+            seen_ts_ms INTEGER
+        ) WITHOUT ROWID;
+        INSERT INTO watermarks_0030 (node, epoch, seq, top, ts_ms)
+            SELECT node, epoch, seq, top, ts_ms FROM watermarks;
+        DROP TABLE watermarks;
+        ALTER TABLE watermarks_0030 RENAME TO watermarks;
         """,
     ),
 )

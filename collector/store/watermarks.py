@@ -8,7 +8,7 @@ reads them back (:func:`load_watermarks`), with the seqs already stored above a 
 
 A row also names the node's newest sample by the agent's ``(epoch, seq)``: the one at
 ``top``, by its time ``top_ts_ms``, which the reads find through the samples' ``(node,
-ts_ms)`` index (:data:`collector.store.queries.LATEST_SAMPLE`). Kept here, at most once per
+ts_ms)`` index (:func:`collector.store.queries.latest_sample`). Kept here, at most once per
 node per watermark interval, rather than as an index on ``(node, epoch, seq)``, which every
 stored sample would pay for.
 

@@ -30,10 +30,11 @@ from shared.topics import sample_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
 
-STEPPED, REPLAYED, RESTARTED, OLD_AGENT = NODES = FleetSimulator(4).node_ids
+STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT = NODES = FleetSimulator(5).node_ids
 """A node whose clock steps back; one whose clock steps back and whose spool then sends
 again a sample from before the step that the broker lost; one whose agent restarts behind
-its last run's clock; an agent from before epochs."""
+its last run's clock; one whose clock steps back and which then sends a late sample of its
+last run, stamped between; an agent from before epochs."""
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ async def runner(
 
 def _samples(t0: float) -> list[Sample]:
     """What the three nodes send, in order (interval 5 s, node clocks near ``t0``)."""
-    sim = FleetSimulator(4, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+    sim = FleetSimulator(5, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
 
     def at(node: int, ts: float, seq: int, epoch: int | None) -> Sample:
         return msgspec.structs.replace(sim.sample(node, ts, seq), epoch=epoch)
@@ -65,9 +66,12 @@ def _samples(t0: float) -> list[Sample]:
     # clock back 200 s.
     out += [at(2, t0 + 5 * k, k, 7) for k in range(4)]
     out += [at(2, t0 - 200 + 5 * k, k, 8) for k in range(2)]
+    # Epoch 5 stamped ahead, then stepped back 110 s; a late sample of epoch 4 stamped
+    # between is late (older than epoch 5's newest time), not a restart.
+    out += [at(3, t0 + 10, 0, 5), at(3, t0 - 100, 1, 5), at(3, t0 - 50, 9, 4)]
     # An agent before epochs: newest by time, a late sample changes nothing.
-    out += [at(3, t0 + 5 * k, k, None) for k in (0, 1, 3)]
-    out += [at(3, t0 + 10, 2, None)]
+    out += [at(4, t0 + 5 * k, k, None) for k in (0, 1, 3)]
+    out += [at(4, t0 + 10, 2, None)]
     return out
 
 
@@ -98,7 +102,7 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
     await wait_until(
         lambda: (
             sorted(db_rows(runner.target, "SELECT node, epoch, top FROM watermarks"))
-            == sorted([(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1)])
+            == sorted([(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1), (LATE, 5, 1)])
         ),
         what="watermarks written",
     )
@@ -108,6 +112,7 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
         STEPPED: (7, 6),
         REPLAYED: (7, 6),
         RESTARTED: (8, 1),
+        LATE: (5, 1),
         OLD_AGENT: (None, 3),
     }
 
