@@ -712,24 +712,13 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         # finds it through the (node, ts_ms) index; seen_ts_ms: the newest time of any
         # sample the watermark has taken in, every epoch (a sample stamped later is newer
         # than the watermark). NULL: written before, read as no watermark (newest by time).
-        # Rebuilt WITHOUT ROWID (one b-tree, not a table and its key's index): each read of
-        # the fleet looks every node up here, and each watermark round upserts every node
-        # that changed.
+        # (Not rebuilt WITHOUT ROWID: the reads' lookups were ~1 ms cheaper at 12,500 nodes,
+        # each watermark round's upserts ~1.2 ms dearer, and the writer is the one that
+        # runs all the time.)
         "0030_watermarks_newest",
         """
-        CREATE TABLE watermarks_0030 (
-            node TEXT PRIMARY KEY,
-            epoch INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            top INTEGER NOT NULL,
-            ts_ms INTEGER NOT NULL,
-            top_ts_ms INTEGER,
-            seen_ts_ms INTEGER
-        ) WITHOUT ROWID;
-        INSERT INTO watermarks_0030 (node, epoch, seq, top, ts_ms)
-            SELECT node, epoch, seq, top, ts_ms FROM watermarks;
-        DROP TABLE watermarks;
-        ALTER TABLE watermarks_0030 RENAME TO watermarks;
+        ALTER TABLE watermarks ADD COLUMN top_ts_ms INTEGER;
+        ALTER TABLE watermarks ADD COLUMN seen_ts_ms INTEGER;
         """,
     ),
 )
