@@ -14,7 +14,8 @@ Two measurements (not pass/fail; targets are in the issue):
 
 Lost = published - stored (the store drops duplicates, so stored can never exceed published).
 
-Usage: ``.venv/bin/python bench/bench_pipeline.py [--nodes 12500] [--ticks 8] [--mode both]``
+Usage: ``.venv/bin/python bench/bench_pipeline.py [--nodes 12500] [--ticks 8] [--mode both]
+[--epoch N]``
 """
 
 from __future__ import annotations
@@ -157,8 +158,11 @@ def wait_subscribed(db: Path, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"the collector did not subscribe within {timeout_s} s")
 
 
-def bench_drain(work: Path, nodes: int, ticks: int, synchronous: str) -> dict[str, float]:
-    """Queue a burst at the broker, then time the collector storing all of it."""
+def bench_drain(
+    work: Path, nodes: int, ticks: int, synchronous: str, epoch: int | None = None
+) -> dict[str, float]:
+    """Queue a burst at the broker, then time the collector storing all of it (samples of
+    agent ``epoch``: with one, the store's watermarks follow them, as for today's agents)."""
     db = work / "drain.db"
     inflight = int(os.environ.get("BENCH_INFLIGHT", "1000"))
     with MosquittoBroker(work / "broker-drain", max_inflight=inflight) as broker:
@@ -167,7 +171,7 @@ def bench_drain(work: Path, nodes: int, ticks: int, synchronous: str) -> dict[st
         col.start()
         wait_subscribed(db)  # the broker now keeps a session for it
         col.stop()
-        sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0)
+        sim = FleetSimulator(nodes, gpus_per_node=8, seed=7, interval_s=1.0, epoch=epoch)
         t0 = time.monotonic()
         stats = asyncio.run(
             publish_fleet(mqtt, sim, ticks=ticks, burst=True, start_ts=time.time() - ticks - 60)
@@ -286,6 +290,13 @@ def main() -> None:
     )
     p.add_argument("--mode", choices=["drain", "live", "both"], default="both")
     p.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="drain: the agents' epoch in the samples (default none: agents before epochs, "
+        "no watermarks)",
+    )
+    p.add_argument(
         "--synchronous",
         choices=["full", "normal"],
         default="full",
@@ -297,7 +308,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="capwatch-bench-") as tmp:
         work = Path(tmp)
         if args.mode in ("drain", "both"):
-            results["drain"] = bench_drain(work, args.nodes, args.ticks, args.synchronous)
+            results["drain"] = bench_drain(
+                work, args.nodes, args.ticks, args.synchronous, args.epoch
+            )
         if args.mode in ("live", "both"):
             results["live"] = bench_live(work, args.nodes, args.seconds, args.synchronous)
     if args.json:

@@ -134,6 +134,9 @@ class NodeState(msgspec.Struct, gc=False):
     min_util_pct: float | None = None
     """The least busy GPU's utilisation in the latest sample (``JobGpuIdle`` skips a node
     whose every GPU is busy without looking at its jobs)."""
+    sample_epoch_ts: float = 0.0
+    """The newest time (node clock) of any sample of the latest sample's epoch: a sample of
+    another epoch is a later run only when stamped after it (:func:`_later_sample`)."""
 
     @property
     def reject_only(self) -> bool:
@@ -169,6 +172,7 @@ class NodeState(msgspec.Struct, gc=False):
             self.missing_total,
             self.node_power,
             self.min_util_pct,
+            self.sample_epoch_ts,
         )
 
 
@@ -241,8 +245,14 @@ class LiveView:
         self._nodes[st.node] = st
         self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
-        if st.sample is not None and not _later_sample(sample, st.sample):
+        latest = st.sample
+        same_run = latest is not None and sample.epoch == latest.epoch
+        if same_run:
+            st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)
+        if latest is not None and not _later_sample(sample, latest, st.sample_epoch_ts):
             return False
+        if not same_run:
+            st.sample_epoch_ts = sample.ts
         st.sample = sample
         st.sample_received = received
         reading = sample_power(sample, received)
@@ -504,17 +514,23 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
     return have is None or have < ts
 
 
-def _later_sample(sample: Sample, held: Sample) -> bool:
+def _later_sample(sample: Sample, held: Sample, held_run_ts: float) -> bool:
     """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
     ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a
     node that booted ahead, or one sample stamped 299 s ahead) froze the node's view for as
     long as the step, and ``NodeStale`` fired while it sent every interval. Across runs as
-    :func:`~collector.nodefacts.agent_restarted` says; by time for agents before epochs."""
+    :func:`~collector.nodefacts.agent_restarted` says, against the newest time of
+    ``held``'s run (``held_run_ts``); by time for agents before epochs.
+
+    The store's watermarks follow the same rule in the order the samples are stored
+    (:mod:`collector.ingest.watermark`), and its reads show the newest sample they name
+    (:func:`collector.store.queries.latest_sample`): one newest sample per node, here and
+    in ``collector query``."""
     if sample.epoch is None or held.epoch is None:
         return sample.ts > held.ts
     if sample.epoch == held.epoch:
         return sample.seq > held.seq
-    return agent_restarted(sample.epoch, sample.ts, held.epoch, held.ts)
+    return agent_restarted(sample.epoch, sample.ts, held.epoch, held_run_ts)
 
 
 def _untracked(inventory: Inventory) -> Inventory:

@@ -24,6 +24,12 @@ adds what it could have numbered in that time, not 2**62; with no sample known b
 hole (an epoch's first samples lost, or a range read back at start) nothing bounds the time,
 and the hole counts the one sample it surely lacks.
 
+Each watermark also names the node's newest sample by ``(epoch, seq)``, the one at ``top``
+(its time ``top_ts_ms``), and the newest time of any sample taken in (``seen_ts_ms``): the
+store's reads show the node's newest sample from these (:mod:`collector.store.watermarks`),
+decided by the rule the live view follows (the same epoch by ``seq``, another by
+:func:`collector.nodefacts.agent_restarted`), in the order the samples were stored.
+
 Bounded: at most ``max_nodes`` nodes and ``max_ranges`` ranges per node (past that the
 lowest hole is given up at once).
 """
@@ -67,6 +73,11 @@ class _Mark:
     ts_ms: int
     """The newest sample's time of this epoch (node clock): a lower epoch with newer samples
     is an agent whose spool (and epoch counter) was wiped."""
+    top_ts_ms: int | None
+    """The time of the sample at ``top`` (node clock; ``None``: not known): the node's
+    newest sample by ``(epoch, seq)``, which the store's reads show (:class:`WatermarkRow`)."""
+    seen_ts_ms: int
+    """The newest time of any sample taken in for the node, every epoch (node clock)."""
     seq_ts_ms: int | None = None
     """The time of the sample at ``seq`` (node clock; ``None``: not known)."""
     ranges: list[_Range] = field(default_factory=list)
@@ -111,8 +122,11 @@ class Watermarks:
         ordered by node and seq). Nothing is due after this: the broker has them retained."""
         now_ms = round(now * 1000)
         for r in rows:
-            # ts_ms is the newest sample's: the one at seq only when nothing is above it.
-            self._marks[r.node] = _Mark(r.epoch, r.seq, r.top, r.ts_ms, _seq_ts(r))
+            # A row from before seen_ts_ms: its epoch's newest time is what is known.
+            seen = r.ts_ms if r.seen_ts_ms is None else r.seen_ts_ms
+            self._marks[r.node] = _Mark(
+                r.epoch, r.seq, r.top, r.ts_ms, r.top_ts_ms, seen, _seq_ts(r)
+            )
         for node, seq in above:
             m = self._marks.get(node)
             if m is not None and seq > m.seq + 1:
@@ -147,15 +161,23 @@ class Watermarks:
                         continue  # already stored above the hole: nothing new
                 else:
                     continue  # a duplicate
-                m.top = max(m.top, seq)
-                m.ts_ms = max(m.ts_ms, r.ts_ms)
+                ts_ms = r.ts_ms
+                if seq > m.top:
+                    m.top, m.top_ts_ms = seq, ts_ms
+                # Compares, not max(): this loop runs per stored sample; seen_ts_ms is never
+                # below ts_ms.
+                if ts_ms > m.ts_ms:
+                    m.ts_ms = ts_ms
+                    if ts_ms > m.seen_ts_ms:  # noqa: PLR1730
+                        m.seen_ts_ms = ts_ms
                 dirty.add(node)
             elif m is None or agent_restarted(epoch, r.ts_ms, m.epoch, m.ts_ms):
                 # A new node, the agent's next start, or an agent that counts epochs from 0
                 # again (its spool was wiped): newer samples under a lower epoch.
                 if m is None and len(marks) >= self.max_nodes:
                     continue
-                m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms)
+                seen = r.ts_ms if m is None else max(m.seen_ts_ms, r.ts_ms)
+                m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms, r.ts_ms, seen)
                 self._holed.discard(node)
                 if seq == 0:
                     m.seq, m.seq_ts_ms = 0, r.ts_ms
@@ -192,7 +214,17 @@ class Watermarks:
         for node in taken:
             mark = marks.get(node)
             if mark is not None:
-                out.append(WatermarkRow(node, mark.epoch, mark.seq, mark.top, mark.ts_ms))
+                out.append(
+                    WatermarkRow(
+                        node,
+                        mark.epoch,
+                        mark.seq,
+                        mark.top,
+                        mark.ts_ms,
+                        mark.top_ts_ms,
+                        mark.seen_ts_ms,
+                    )
+                )
         return out
 
     @property
@@ -270,5 +302,9 @@ class Watermarks:
 
 
 def _seq_ts(row: WatermarkRow) -> int | None:
-    """The node-clock time of the sample at ``row.seq``, as far as the row tells it."""
-    return row.ts_ms if row.seq == row.top and row.seq >= 0 else None
+    """The node-clock time of the sample at ``row.seq``, as far as the row tells it: the
+    sample at ``top`` when nothing is above ``seq`` (before ``top_ts_ms``, the epoch's newest
+    time, the same unless the node's clock stepped back)."""
+    if row.seq != row.top or row.seq < 0:
+        return None
+    return row.ts_ms if row.top_ts_ms is None else row.top_ts_ms

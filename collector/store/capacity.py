@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from collector.store.queries import LATEST_SAMPLE
+from collector.store.queries import latest_sample
 from collector.store.reader import StoreReader
 from shared.errors import StoreError
 
@@ -132,7 +132,7 @@ def latest_node_rows(
         "SELECT n.node, n.status, n.status_ts, n.inventory, n.inventory_ts, "
         "s.received_ms / 1000.0 AS received, "
         "s.payload_dict, s.payload FROM nodes n LEFT JOIN samples s "
-        f"ON {LATEST_SAMPLE} ORDER BY n.node"
+        f"ON {latest_sample(reader.dialect)} ORDER BY n.node"
     )
     for r in rows:
         yield (

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
 from collector.store.governance import move_lease_nodes
-from collector.store.queries import LATEST_SAMPLE
+from collector.store.queries import latest_sample
 from collector.store.statements import Reads, Statements
 from shared.errors import ConfigError
 
@@ -66,7 +66,7 @@ def node_records(store: Reads) -> list[NodeRecord]:
         "CASE WHEN n.inventory IS NOT NULL THEN 'agent' ELSE 'declared' END AS source, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, "
         f"{pool_col} AS pool FROM nodes n {decl_join}{pool_join}"
-        f"LEFT JOIN samples s ON {LATEST_SAMPLE} "
+        f"LEFT JOIN samples s ON {latest_sample(store.dialect)} "
         f"WHERE {inv_col} IS NOT NULL"
     )
     if declared:

@@ -14,16 +14,17 @@ from typing import Any, Final
 
 from collector.jobfacts import job_label
 from collector.nodefacts import STATES, Staleness, gap_missing
+from collector.store.dialect import Dialect, pick
 from collector.store.reader import StoreReader
 
 __all__ = [
-    "LATEST_SAMPLE",
     "active_alerts",
     "alert_history",
     "dead_letters",
     "fleet_summary",
     "gpu_rows",
     "job_rows",
+    "latest_sample",
     "meta_value",
     "node_samples",
     "printable",
@@ -31,12 +32,43 @@ __all__ = [
     "silences",
 ]
 
-LATEST_SAMPLE: Final = (
-    "s.node = n.node AND s.ts_ms = "
-    "(SELECT ts_ms FROM samples WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1)"
+_NEWEST_TIME: Final = (
+    "CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms THEN x.ts_ms ELSE w.top_ts_ms END "
+    "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
+    "ORDER BY x.ts_ms DESC LIMIT 1"
 )
-"""Join condition of node ``n`` to its newest sample ``s``: one descent of the unique
-``(node, ts_ms)`` index for the newest time, one lookup for the row (both backends)."""
+_LATEST_SAMPLE: Final = f"s.node = n.node AND s.ts_ms = (SELECT {_NEWEST_TIME})"
+_LATEST_SAMPLE_SQLITE: Final = (
+    "s.rowid = (SELECT CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms "
+    "OR x.ts_ms = w.top_ts_ms THEN x.rowid ELSE (SELECT rowid FROM samples "
+    "WHERE node = n.node AND ts_ms = w.top_ts_ms) END "
+    "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
+    "ORDER BY x.ts_ms DESC LIMIT 1)"
+)
+
+
+def latest_sample(dialect: Dialect) -> str:
+    """Join condition of node ``n`` to its newest sample ``s``: the newest by the agent's
+    ``(epoch, seq)``, the one the live view holds (:func:`collector.live.LiveView.on_sample`),
+    not the newest by the node's clock, which a clock stepped back (NTP) or an agent
+    restarted behind its last run's clock would leave in the past for as long as the step.
+
+    The node's watermark (:mod:`collector.store.watermarks`) names that sample
+    (``top_ts_ms``) as of its last round, once per watermark interval. A sample stamped
+    after every sample that round had taken in (``seen_ts_ms``) came after it and is newer
+    by the live view's rule too (a later ``seq``, a later run, or an agent before epochs,
+    newest by time): that one. Without a watermark (agents before epochs; watermarks off,
+    or a share group, whose members write none), the newest by time, as the live view
+    orders agents before epochs. A sample stored since the last round but stamped no later
+    than it (the clock just stepped back) shows from the next round (a second by default).
+
+    Cost per node: one descent of the unique ``(node, ts_ms)`` index for the newest time,
+    one primary-key lookup in ``watermarks``, then the row; no index on ``(epoch, seq)``,
+    which every stored sample would pay for. On SQLite the row is read by the ``rowid`` the
+    index entry holds (a second descent only for a node whose watermark names an older
+    sample): the watermark's lookup costs what that second descent did."""
+    return pick(dialect, sqlite=_LATEST_SAMPLE_SQLITE, postgresql=_LATEST_SAMPLE)
+
 
 # Wire-schema GPU fields a row shows, and those that are floats there: a payload decoded as
 # plain JSON gives 87 where the schema's decoder gave 87.0, and --json must not change.
@@ -77,13 +109,13 @@ _GPU_FLOATS: Final = frozenset(
 def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> dict[str, Any]:
     """Nodes by state (:mod:`collector.nodefacts`), GPUs, mean GPU utilisation and total
     power of the online nodes (latest sample per node)."""
-    # Each node's newest sample through the (node, ts_ms) index: one short descent per node
-    # (~8 ms for 1,000 nodes over 1.44 M rows), never a scan of the samples.
+    # Each node's newest sample through the (node, ts_ms) index and its watermark: short
+    # descents per node (~8 ms for 1,000 nodes over 1.44 M rows), never a scan of the samples.
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
         "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w, s.node_power_w, s.node_power_source "
-        f"FROM nodes n LEFT JOIN samples s ON {LATEST_SAMPLE} ORDER BY n.node"
+        f"FROM nodes n LEFT JOIN samples s ON {latest_sample(store.dialect)} ORDER BY n.node"
     )
     nodes: list[dict[str, Any]] = []
     counts = dict.fromkeys(STATES, 0)
@@ -196,14 +228,14 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
     ``limit_nodes`` nodes (by name) that have samples."""
     if node is not None:
         latest = store.fetchall(
-            "SELECT node, payload, payload_dict FROM samples WHERE node = ? "
-            "ORDER BY ts_ms DESC LIMIT 1",
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
+            f"ON {latest_sample(store.dialect)} WHERE n.node = ?",
             (node,),
         )
     else:
         latest = store.fetchall(
             "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
-            f"ON {LATEST_SAMPLE} ORDER BY n.node LIMIT ?",
+            f"ON {latest_sample(store.dialect)} ORDER BY n.node LIMIT ?",
             (limit_nodes,),
         )
     out: list[dict[str, Any]] = []
@@ -284,8 +316,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
 
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.received_ms, s.interval_s, "
-        "s.payload, s.payload_dict FROM nodes n JOIN samples s ON s.node = n.node AND s.ts_ms = "
-        "(SELECT max(ts_ms) FROM samples WHERE node = n.node) ORDER BY n.node"
+        "s.payload, s.payload_dict FROM nodes n JOIN samples s "
+        f"ON {latest_sample(store.dialect)} ORDER BY n.node"
     )
     jobs: dict[str, dict[str, Any]] = {}
     utils: dict[str, list[float]] = {}

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from collector.store.connect import SyncCursor
-from collector.store.dialect import Row
+from collector.store.dialect import Dialect, Row
 from collector.store.query import Query
 
 __all__ = ["Reads", "Statements"]
@@ -31,6 +31,11 @@ class Reads(Protocol):
     def has_table(self, name: str) -> bool: ...
 
     def columns(self, table: str) -> set[str]: ...
+
+    @property
+    def dialect(self) -> Dialect:
+        """The backend, where a statement differs (:func:`collector.store.dialect.pick`)."""
+        ...
 
 
 class Statements(Reads, Protocol):

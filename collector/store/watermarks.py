@@ -6,13 +6,19 @@ and writes the changed ones here in one transaction before it publishes them; at
 reads them back (:func:`load_watermarks`), with the seqs already stored above a hole
 (:func:`stored_above`), so a restarted collector goes on from the store's truth.
 
+A row also names the node's newest sample by the agent's ``(epoch, seq)``: the one at
+``top``, by its time ``top_ts_ms``, which the reads find through the samples' ``(node,
+ts_ms)`` index (:func:`collector.store.queries.latest_sample`). Kept here, at most once per
+node per watermark interval, rather than as an index on ``(node, epoch, seq)``, which every
+stored sample would pay for.
+
 Portable SQL: an upsert with ``ON CONFLICT ... DO UPDATE``, plain joins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
     from collector.store.db import Store
@@ -29,13 +35,20 @@ class WatermarkRow(NamedTuple):
     top: int
     ts_ms: int
     """The newest stored sample's time of ``epoch`` (node clock, ms)."""
+    top_ts_ms: int | None = None
+    """The time of the sample at ``top`` (node clock, ms): the node's newest sample by
+    ``(epoch, seq)``, whatever its clock did (``None``: not known)."""
+    seen_ts_ms: int | None = None
+    """The newest time (node clock, ms) of any stored sample of the node the watermark has
+    taken in, of every epoch: a sample stamped later came after this row."""
 
 
 _UPSERT: Final = (
-    "INSERT INTO watermarks (node, epoch, seq, top, ts_ms)",
-    5,
+    "INSERT INTO watermarks (node, epoch, seq, top, ts_ms, top_ts_ms, seen_ts_ms)",
+    7,
     " ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq,"
-    " top = excluded.top, ts_ms = excluded.ts_ms",
+    " top = excluded.top, ts_ms = excluded.ts_ms, top_ts_ms = excluded.top_ts_ms,"
+    " seen_ts_ms = excluded.seen_ts_ms",
 )
 
 
@@ -49,8 +62,17 @@ async def write_watermarks(store: Store, rows: Sequence[WatermarkRow]) -> None:
 
 async def load_watermarks(store: Store) -> list[WatermarkRow]:
     """Every node's watermark as last written."""
-    rows = await store.fetchall("SELECT node, epoch, seq, top, ts_ms FROM watermarks")
-    return [WatermarkRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+    rows = await store.fetchall(
+        "SELECT node, epoch, seq, top, ts_ms, top_ts_ms, seen_ts_ms FROM watermarks"
+    )
+    return [
+        WatermarkRow(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), _int(r[5]), _int(r[6]))
+        for r in rows
+    ]
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 async def stored_above(store: Store, limit: int) -> list[tuple[str, int]]:

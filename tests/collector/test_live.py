@@ -315,3 +315,18 @@ def test_the_inventories_the_view_holds_are_left_out_of_the_garbage_collectors_p
         assert inv is not None
         assert [len(inv.gpus), len(inv.cpus)] == [4, 1]
         assert not any(gc.is_tracked(a) for a in (inv.gpus, inv.nics, inv.cpus, inv.accelerators))
+
+
+def test_a_late_sample_of_the_last_run_is_judged_by_that_runs_newest_time() -> None:
+    """A run whose clock stepped back (seq 1 at +299 s, seq 2 at +5 s): a late sample of the
+    run before, stamped between the two, is late, not a restart with a wiped spool, as the
+    store's watermark judges it (against the run's newest time, not its latest sample's)."""
+    view = LiveView()
+    view.on_sample(_sample(T0 + 299, seq=1, epoch=5), received=T0)
+    view.on_sample(_sample(T0 + 5, seq=2, epoch=5), received=T0 + 5)
+    assert not view.on_sample(_sample(T0 + 100, seq=9, epoch=4), received=T0 + 6)
+    assert view.on_sample(_sample(T0 + 400, seq=0, epoch=4), received=T0 + 7)  # wiped spool
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.epoch, st.sample.seq) == (4, 0)

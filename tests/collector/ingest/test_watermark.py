@@ -161,3 +161,49 @@ def test_a_hole_with_no_sample_below_it_counts_the_one_it_surely_lacks() -> None
     w.restore([WatermarkRow("b", 1, 3, 2**62, T0_MS)], [("b", 2**62)], T0)
     assert _due(w, T0 + 60) == {"evil": (3, 2**62, 2**62), "b": (1, 2**62, 2**62)}
     assert (w.holes_given_up, w.missing_given_up) == (2, 2)
+
+
+def _newest(w: Watermarks, now: float = T0) -> dict[str, tuple[int, int | None, int | None]]:
+    return {r.node: (r.top, r.top_ts_ms, r.seen_ts_ms) for r in w.due(now)}
+
+
+def test_the_newest_sample_is_the_highest_seq_whatever_the_clock_did() -> None:
+    """A clock stepped back 100 s after seq 3: the newest is seq 5, stamped before seq 3;
+    the newest time seen stays seq 3's. A hole filled later changes neither."""
+    w = _marks()
+    w.note([_row("a", 1, s, T0 + s) for s in range(4)], T0)
+    w.note([_row("a", 1, s, T0 - 100 + s) for s in (5,)], T0)
+    assert _newest(w) == {"a": (5, T0_MS - 95_000, T0_MS + 3_000)}
+    w.note([_row("a", 1, 4, T0 + 4)], T0)  # sent again: it was taken before the step
+    assert _newest(w) == {"a": (5, T0_MS - 95_000, T0_MS + 4_000)}
+
+
+def test_the_newest_time_seen_outlives_the_epoch_that_set_it() -> None:
+    """An agent restarting behind its last run's clock: its new epoch is the newest, and
+    the last run's later time stays the newest seen; a late sample of that run changes
+    nothing."""
+    w = _marks()
+    w.note([_row("a", 1, s, T0 + s) for s in range(3)], T0)
+    w.note([_row("a", 2, 0, T0 - 200)], T0)
+    assert _newest(w) == {"a": (0, T0_MS - 200_000, T0_MS + 2_000)}
+    w.note([_row("a", 1, 3, T0 - 300)], T0)
+    assert _newest(w) == {}
+
+
+def test_restore_takes_the_newest_sample_back_and_reads_a_row_from_before_it() -> None:
+    """A row with the newest sample goes on from it; one written before those columns knows
+    its epoch's newest time as the newest seen, and its newest sample once one arrives."""
+    w = _marks()
+    w.restore(
+        [
+            WatermarkRow("a", 1, 5, 5, T0_MS + 9_000, T0_MS - 95_000, T0_MS + 9_000),
+            WatermarkRow("b", 1, 5, 5, T0_MS + 9_000),
+        ],
+        [],
+        T0,
+    )
+    w.note([_row("a", 1, 6, T0 - 94), _row("b", 1, 6, T0 - 94)], T0)
+    assert _newest(w) == {
+        "a": (6, T0_MS - 94_000, T0_MS + 9_000),
+        "b": (6, T0_MS - 94_000, T0_MS + 9_000),
+    }

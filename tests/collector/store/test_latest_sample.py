@@ -1,0 +1,135 @@
+"""A node's newest sample is one fact: the live view (rules, capacity, /metrics) and the
+store's reads (``collector query``, a new leader's view, capacity and pools from the store)
+name the same sample, whatever the node's clock did.
+
+Through the real ingest path: a collector on a real Mosquitto, on each backend in turn;
+samples published as agents send them (a clock stepped back, a restart behind the last
+run's clock, the spool replaying late samples of that last run).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiomqtt
+import msgspec
+import pytest
+
+from agent.simulate import FleetSimulator
+from collector.capacity.fromstore import nodes_from_store
+from collector.cli import main
+from collector.ingest.validate import sample_row
+from collector.localbroker import MosquittoBroker
+from collector.paths import StoreTarget
+from collector.store.reader import StoreReader
+from shared.schema import Sample, encode
+from shared.topics import sample_topic
+from tests.helpers import count_samples, db_rows, wait_until
+from tests.integration.conftest import CollectorRunner
+
+STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT = NODES = FleetSimulator(5).node_ids
+"""A node whose clock steps back; one whose clock steps back and whose spool then sends
+again a sample from before the step that the broker lost; one whose agent restarts behind
+its last run's clock; one whose clock steps back and which then sends a late sample of its
+last run, stamped between; an agent from before epochs."""
+
+
+@pytest.fixture
+async def runner(
+    mosquitto: MosquittoBroker, store_url: StoreTarget
+) -> AsyncIterator[CollectorRunner]:
+    """A collector on a real Mosquitto and ``store_url`` (each backend in turn)."""
+    run = CollectorRunner(mosquitto, store_url)
+    yield run
+    await run.stop()
+
+
+def _samples(t0: float) -> list[Sample]:
+    """What the three nodes send, in order (interval 5 s, node clocks near ``t0``)."""
+    sim = FleetSimulator(5, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+
+    def at(node: int, ts: float, seq: int, epoch: int | None) -> Sample:
+        return msgspec.structs.replace(sim.sample(node, ts, seq), epoch=epoch)
+
+    out = [at(0, t0 + 5 * k, k, 7) for k in range(4)]
+    # NTP steps the clock back 2 minutes; the agent goes on numbering.
+    out += [at(0, t0 - 120 + 5 * k, 4 + k, 7) for k in range(3)]
+    # The same, but the sample just before the step (seq 4) is lost on the way: the
+    # watermark's hole makes the spool send it again, after the newer ones.
+    out += [at(1, t0 + 5 * k, k, 7) for k in range(4)]
+    out += [at(1, t0 - 120 + 5 * k, 5 + k, 7) for k in range(2)]
+    out += [at(1, t0 + 20, 4, 7)]
+    # A run stamped ahead (epoch 7), then the agent restarts (epoch 8) after NTP set the
+    # clock back 200 s.
+    out += [at(2, t0 + 5 * k, k, 7) for k in range(4)]
+    out += [at(2, t0 - 200 + 5 * k, k, 8) for k in range(2)]
+    # Epoch 5 stamped ahead, then stepped back 110 s; a late sample of epoch 4 stamped
+    # between is late (older than epoch 5's newest time), not a restart.
+    out += [at(3, t0 + 10, 0, 5), at(3, t0 - 100, 1, 5), at(3, t0 - 50, 9, 4)]
+    # An agent before epochs: newest by time, a late sample changes nothing.
+    out += [at(4, t0 + 5 * k, k, None) for k in (0, 1, 3)]
+    out += [at(4, t0 + 10, 2, None)]
+    return out
+
+
+async def _publish(broker: MosquittoBroker, samples: Sequence[Sample]) -> None:
+    async with aiomqtt.Client(broker.host, broker.port, identifier="nodes") as client:
+        for s in samples:  # QoS 1 on one connection: the broker keeps their order
+            await client.publish(sample_topic(s.node), encode(s), qos=1)
+
+
+def _query(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> Any:
+    capsys.readouterr()
+    assert main(["query", "--db", str(db), "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+async def test_the_store_names_the_same_newest_sample_as_the_live_view(
+    mosquitto: MosquittoBroker, runner: CollectorRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Clock stepped back, restart behind the last run, spool replay, agent without epochs:
+    `collector query`, the GPUs' rows and the store's node states show the live view's
+    newest sample of each node."""
+    collector = await runner.start()
+    t0 = time.time() - 60
+    samples = _samples(t0)
+    await _publish(mosquitto, samples)
+    await wait_until(lambda: count_samples(runner.target) == len(samples), what="all stored")
+    # The store's per-node marks are written once a second: wait for the last round.
+    await wait_until(
+        lambda: (
+            sorted(db_rows(runner.target, "SELECT node, epoch, top FROM watermarks"))
+            == sorted([(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1), (LATE, 5, 1)])
+        ),
+        what="watermarks written",
+    )
+    live = {n: collector.live.get(n) for n in NODES}
+    newest = {n: st.sample for n, st in live.items() if st is not None and st.sample}
+    assert {n: (s.epoch, s.seq) for n, s in newest.items()} == {
+        STEPPED: (7, 6),
+        REPLAYED: (7, 6),
+        RESTARTED: (8, 1),
+        LATE: (5, 1),
+        OLD_AGENT: (None, 3),
+    }
+
+    with StoreReader(runner.target) as reader:
+        stored = {st.node: st.sample for st in nodes_from_store(reader)}
+    assert {n: (s.epoch, s.seq, s.ts) for n, s in stored.items() if s} == {
+        n: (s.epoch, s.seq, s.ts) for n, s in newest.items()
+    }
+
+    for node, sample in newest.items():
+        gpus = _query(capsys, runner.target, "--gpus", "--node", node)["gpus"]
+        assert {g["ts"] for g in gpus} == {sample.ts}, node
+    fleet = _query(capsys, runner.target, "--gpus")["gpus"]
+    assert {g["node"]: g["ts"] for g in fleet} == {n: s.ts for n, s in newest.items()}
+    summary = _query(capsys, runner.target)
+    figures = ("cpu_pct", "gpu_util_pct", "gpu_power_w")
+    rows = {n: sample_row(s, b"", 0) for n, s in newest.items()}
+    assert {n["node"]: tuple(n[f] for f in figures) for n in summary["nodes"]} == {
+        n: tuple(getattr(r, f) for f in figures) for n, r in rows.items()
+    }
