@@ -240,12 +240,10 @@ def _hierarchy(
         racks_from_store,
     )
     from collector.plot.treemap import hierarchy_figure  # noqa: PLC0415
-    from collector.store.capacity import latest_snapshot  # noqa: PLC0415
+    from collector.store.capacity import snapshot_plan  # noqa: PLC0415
 
-    if plan is None and reader.has_table("capacity_snapshots"):
-        snap = latest_snapshot(reader)
-        if snap is not None and snap.get("plan"):
-            plan = Path(snap["plan"])
+    if plan is None and (named := snapshot_plan(reader)) is not None:
+        plan = Path(named)
     if plan is None:
         raise ConfigError(
             "the hierarchy needs the site plan: pass --plan FILE or set capacity.plan",

@@ -313,3 +313,21 @@ async def test_a_rack_name_with_dollar_signs_is_drawn_as_written(tmp_path: Path)
     argv = ["plot", "hierarchy", "--db", str(db), "--plan", str(plan), "--out", str(png)]
     assert main(argv) == 0
     assert png.stat().st_size > 0
+
+
+async def test_recomputing_without_plan_uses_the_newest_snapshots_plan(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collector capacity` shows the snapshot the collector made with its plan; `--now`
+    (and `--explain`, `--remove`, `--stale-basis`) recompute with that same plan when none
+    is given, as `--add` and `plot hierarchy` do. It said 'no site plan' instead."""
+    db = store_url
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["capacity"]["plan"] == str(PLAN)
+    assert main(["capacity", "--db", str(db), "--now", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"].startswith("recomputed from the store's newest samples")
+    assert (out["capacity"]["plan"], out["capacity"]["cap_w"]) == (str(PLAN), 5e6)
