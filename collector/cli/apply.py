@@ -27,7 +27,9 @@ and leases. Applying the same file
 twice changes nothing the second time; --dry-run prints the changes and writes nothing; a
 bad file (unknown key, bad value, an overlapping lease, a lease beyond quota without
 force_reason) changes nothing and names the key. What the file does not name is left as it
-is. `collector export` writes the current state in this shape.
+is, but a tenant or cohort it names gets exactly the file's quotas: one named without a
+`quota` loses those it had (--dry-run shows them as `~ quota ... -> none`). `collector
+export` writes the current state in this shape.
 
   [cohorts.research]
   quota = { gpus = 12 }
