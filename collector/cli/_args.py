@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from collector.settings import CollectorSettings
 
 __all__ = [
-    "MAX_INPUT_BYTES",
     "ReadSettings",
     "add_settings_args",
     "read_input",
@@ -31,34 +30,25 @@ __all__ = [
 
 _ENV_PREFIX: Final = "CAPWATCH_"
 
-MAX_INPUT_BYTES: Final = 32 << 20
-"""Largest file a command reads (a 100,000-node cluster's file is a few MB): `/dev/zero`
-or a runaway generator on stdin is refused instead of filling memory."""
-
 
 def read_input(name: str, *, field: str, label: str = "") -> bytes:
     """The bytes of the file ``name`` an operator gave a command (``-``: stdin), at most
-    :data:`MAX_INPUT_BYTES`, read no further; :class:`ConfigError` naming ``field`` (its
-    messages start with ``label``, e.g. the flag) when it cannot be read or is larger."""
+    :data:`shared.files.MAX_FILE_BYTES`, read no further; :class:`ConfigError` naming
+    ``field`` (its messages start with ``label``, e.g. the flag) when it cannot be read or
+    is larger."""
     from shared.errors import ConfigError  # noqa: PLC0415
+    from shared.files import FileTooLargeError, read_bounded  # noqa: PLC0415
 
     try:
-        if name == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-        else:
-            with Path(name).open("rb") as f:
-                data = f.read(MAX_INPUT_BYTES + 1)
+        return read_bounded(sys.stdin.buffer if name == "-" else Path(name))
+    except FileTooLargeError as exc:
+        raise ConfigError(
+            f"{label}{name!r} {exc}: split it into several files", field=field
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"{label}cannot read {name!r}: {exc.strerror or exc}", field=field
         ) from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise ConfigError(
-            f"{label}{name!r} is larger than {MAX_INPUT_BYTES >> 20} MiB: split it into "
-            "several files",
-            field=field,
-        )
-    return data
 
 
 def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) -> None:
