@@ -326,7 +326,7 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
         f"{p.unsampled_nodes:,} awaiting a first sample at nameplate, " if p.unsampled_nodes else ""
     )
     counted = (
-        f"{p.nodes:,}: {p.measured_nodes:,} measured, {p.stale_nodes:,} stale/offline at "
+        f"{p.nodes:,}: {p.measured_nodes:,} from fresh samples, {p.stale_nodes:,} stale/offline at "
         f"{p.stale_basis}, {unsampled}{p.unmatched_nodes:,} unmatched at {_kw(p.fallback_w)} "
         f"({p.fallback_type}), {p.clamped_nodes:,} clamped to nameplate"
     )

@@ -331,3 +331,21 @@ async def test_recomputing_without_plan_uses_the_newest_snapshots_plan(
     out = json.loads(capsys.readouterr().out)
     assert out["source"].startswith("recomputed from the store's newest samples")
     assert (out["capacity"]["plan"], out["capacity"]["cap_w"]) == (str(PLAN), 5e6)
+
+
+async def test_measured_means_one_thing_on_the_capacity_screen(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'measured' on the screen is a node's input power read from its BMC or PSUs (the
+    obtained line, the MEASURED column): the nodes line counts the nodes drawn from fresh
+    samples as such, not as 'measured' (it said '20 measured' beside 'measured (0)')."""
+    db = store_url
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (nodes,) = [line for line in lines if line.lstrip().startswith("nodes ")]
+    assert "20: 20 from fresh samples, 0 stale/offline" in nodes
+    assert "measured" not in nodes
+    (obtained,) = [line for line in lines if line.lstrip().startswith("obtained ")]
+    assert "kW measured (0)" in obtained
