@@ -55,8 +55,8 @@ from shared.schema import (
     JOB_ID_PATTERN,
     K8S_NAME_PATTERN,
     MAX_TS_S,
-    MAX_USER_LEN,
     MIN_TS_S,
+    USER_PATTERN,
     Job,
 )
 
@@ -294,6 +294,7 @@ def read_owner(proc_root: Path, pid: int, pods: PodNames | None = None) -> Owner
 
 _JOB_ID_RE: Final = re.compile(JOB_ID_PATTERN)
 _K8S_NAME_RE: Final = re.compile(K8S_NAME_PATTERN)
+_USER_RE: Final = re.compile(USER_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +326,7 @@ def to_wire(owner: Owner, bounds: Bounds) -> Attribution:
             started=(started if started is not None and MIN_TS_S <= started < MAX_TS_S else None),
         )
     return Attribution(
-        user=b.name(owner.user, "gpus[].processes[].user", MAX_USER_LEN),
+        user=b.matching(owner.user, "gpus[].processes[].user", _USER_RE),
         job=job,
         step=b.matching(owner.step, "gpus[].processes[].step", _JOB_ID_RE),
         container=b.matching(owner.container, "gpus[].processes[].container", _K8S_NAME_RE),

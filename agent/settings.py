@@ -221,7 +221,10 @@ class AgentSettings(CapwatchSettings):
                 raise ValueError(
                     f"{part!r} names no GPU: write GPU=PROFILES, e.g. 0=3g.40gb,2g.20gb,2g.20gb"
                 )
-            layouts[gpu.strip()] = [p.strip() for p in profiles.split(",") if p.strip()]
+            gpu = gpu.strip()
+            if gpu in layouts:
+                raise ValueError(f"GPU {gpu} has two layouts: give one --fake-mig per GPU")
+            layouts[gpu] = [p.strip() for p in profiles.split(",") if p.strip()]
         return layouts
 
     @field_validator("fake_mig")

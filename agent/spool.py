@@ -61,6 +61,7 @@ from agent.spoolfile import (
     resync,
     scan,
 )
+from shared.errors import ConfigError
 from shared.logging import get_logger
 
 __all__ = ["MAX_RECORD_BYTES", "Spool", "SpoolRecord", "record_key", "segment_bytes_for"]
@@ -206,9 +207,18 @@ class Spool:
     # -- open / close
 
     def open(self) -> None:
-        """Create or read back the directory; count the epoch up. Blocking."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.epoch = next_epoch(self.directory, self._clock)
+        """Create or read back the directory; count the epoch up. Blocking. A directory
+        that cannot be made or written (a file in the way, no permission, a read-only
+        file system) is the setting's fault: :class:`ConfigError` naming ``spool_dir``."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.epoch = next_epoch(self.directory, self._clock)
+        except OSError as exc:
+            raise ConfigError(
+                f"setting 'spool_dir': cannot use {self.directory}: {exc.strerror or exc}; "
+                "point --spool-dir (CAPWATCH_SPOOL_DIR) at a directory the agent may write",
+                field="spool_dir",
+            ) from exc
         cursor = read_cursor(self.directory)
         paths = sorted(self.directory.glob("seg-*.log"))
         now = self._clock()

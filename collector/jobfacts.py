@@ -84,6 +84,9 @@ def jobs_on(sample: Sample) -> list[JobOnNode]:
         return []
     infos: Mapping[str, Job] = {j.id: j for j in sample.jobs}
     out: dict[str, JobOnNode] = {}
+    # Users already in each job's list: a set, since one job's processes may name
+    # thousands (MAX_GPUS x MAX_PROCESSES_PER_GPU) and a list's `in` made this quadratic.
+    seen: dict[str, set[str]] = {}
     for g in sample.gpus:
         on_gpu: dict[str, JobOnNode] = {}
         for p in g.processes:
@@ -101,8 +104,11 @@ def jobs_on(sample: Sample) -> list[JobOnNode]:
                 )
                 j = out[p.job] = JobOnNode(p.job, label, info)
             on_gpu[p.job] = j
-            if p.user is not None and p.user not in j.users:
-                j.users.append(p.user)
+            if p.user is not None:
+                users = seen.setdefault(p.job, set())
+                if p.user not in users:
+                    users.add(p.user)
+                    j.users.append(p.user)
         if not on_gpu:
             continue
         shares = _mig_shares(g) or {job: 1.0 / len(on_gpu) for job in on_gpu}

@@ -88,6 +88,7 @@ __all__ = [
     "NODE_POWER_SOURCE_PATTERN",
     "PCI_BUS_ID_PATTERN",
     "SCHEMA_VERSION",
+    "USER_PATTERN",
     "AcceleratorInfo",
     "CpuPackage",
     "CpuStats",
@@ -164,6 +165,23 @@ MAX_ID_LEN: Final = 64
 """Scheduler identifiers: Slurm job ids, steps, accounts, partitions; Kubernetes pod UIDs."""
 MAX_USER_LEN: Final = 64
 """A user name (useradd allows 32; directory services longer), or the numeric uid."""
+_UNSHOWN: Final = (
+    r"\x00-\x1f\x7f-\xa0\xad\u061c\u115f\u1160\u1680\u180e\u2000-\u200f\u2028-\u202f"
+    r"\u205f-\u206f\u3000\u3164\ufeff\ufff9-\ufffb\U000e0000-\U000e007f"
+)
+"""Characters a name must not hold, for a regex class: C0 and C1 controls and DEL (ANSI
+escapes, newlines), the bidirectional marks, embeddings, overrides and isolates (Unicode
+UAX #9: U+061C, U+200E-F, U+202A-E, U+2066-9, which reorder what follows), zero-width and
+other invisible characters (U+200B-D, U+2060-4, U+FEFF, U+00AD, the Hangul fillers, tags),
+the line and paragraph separators and every space but U+0020. What is left shows as
+itself: a name cannot pose as another, break a table or act on a terminal, a chat message
+or a mail header where an alert carries it."""
+USER_PATTERN: Final = rf"^[^ {_UNSHOWN}](?:[^{_UNSHOWN}]{{0,{MAX_USER_LEN - 2}}}[^ {_UNSHOWN}])?\Z"
+"""A process's user: 1 to MAX_USER_LEN characters that show as themselves (not
+:data:`_UNSHOWN`), no space first or last. POSIX names, uids and directory services'
+forms (``jdoe@EXAMPLE.COM``, ``EXAMPLE\\jdoe``, ``john smith``, non-ASCII letters) pass. It
+is an identifier (an alert's ``user`` label), so the agent leaves out one that does not
+match rather than change it."""
 MAX_JOB_NAME_LEN: Final = 253
 """A Kubernetes pod name: a DNS subdomain (RFC 1123), at most 253 characters."""
 JOB_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_.:+-]{{0,{MAX_ID_LEN - 1}}}\Z"
@@ -376,8 +394,9 @@ class GpuProcess(_Struct, frozen=True, omit_defaults=True):
 
     pid: Annotated[int, msgspec.Meta(ge=0, le=MAX_PID)]
     used_mem_bytes: GpuBytes | None = None
-    user: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_LEN)] | None = None
-    """The process's user name (the numeric uid where the node cannot name it)."""
+    user: Annotated[str, msgspec.Meta(pattern=USER_PATTERN)] | None = None
+    """The process's user name (the numeric uid where the node cannot name it):
+    :data:`USER_PATTERN`."""
     job: JobId | None = None
     """The Slurm job id or the pod UID this process belongs to: the ``id`` of an entry of the
     sample's ``jobs``, which says more about it."""

@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
+from shared.files import FileTooLargeError, read_bounded
 
 __all__ = [
     "CapwatchSettings",
@@ -323,8 +324,11 @@ def _check_config_file(path: Path) -> None:
             f"config file {name} is a directory: pass a TOML file to --config", field="config"
         )
     try:
-        with path.open("rb") as fh:
-            tomllib.load(fh)
+        tomllib.loads(read_bounded(path).decode())
+    except FileTooLargeError as exc:
+        raise ConfigError(
+            f"config file {name} {exc}: is it the settings file? (--config)", field="config"
+        ) from exc
     except OSError as exc:
         raise ConfigError(
             f"config file {name}: cannot read it ({exc.strerror}): give a file this user can read",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared.errors import ConfigError
+from shared.files import FileTooLargeError, read_bounded
 
 __all__ = ["BasicAuth", "WebConfig", "load_web_config"]
 
@@ -134,11 +135,11 @@ def load_web_config(path: Path, *, field: str = "web_config_file") -> WebConfig:
         return ConfigError(f"{field} {path}: {what}", field=field)
 
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, _MAX_FILE_BYTES)
+    except FileTooLargeError as exc:
+        raise fail(f"larger than {_MAX_FILE_BYTES} bytes: is it the right file?") from exc
     except OSError as exc:
         raise fail(f"cannot read it ({exc.strerror}): give a readable file") from exc
-    if len(raw) > _MAX_FILE_BYTES:
-        raise fail(f"larger than {_MAX_FILE_BYTES} bytes: is it the right file?")
     try:
         data: Any = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

@@ -17,12 +17,11 @@ from typing import Final, Literal
 from collector.capacity.compute import fleet_solution
 from collector.capacity.config import CapacityPlan
 from collector.capacity.picture import Picture
+from collector.power import node_count
 from shared.errors import ConfigError
 
-__all__ = ["MAX_ADD", "WhatIf", "parse_add", "what_if"]
+__all__ = ["WhatIf", "parse_add", "what_if"]
 
-MAX_ADD: Final = 10_000_000
-"""More nodes than this in one what-if is a typo (pool patterns cap counts the same)."""
 
 _COUNT_X_TYPE: Final = re.compile(r"([0-9]+)\s*[xX]\s*(\S.*)\Z")
 
@@ -40,14 +39,12 @@ def parse_add(text: str, known: list[str]) -> tuple[str, int]:
             f"--add {text!r}: write TYPE=N or NxTYPE, e.g. DGX-H100=32 or 32xDGX-H100",
             field="--add",
         )
-    count = count.strip()
-    if not (count.isascii() and count.isdigit()):  # int() would take "1_000" and "٣"
+    try:
+        n = node_count(count, low=1)
+    except ValueError as exc:
         raise ConfigError(
-            f"--add {text!r}: the count must be a whole number, e.g. DGX-H100=32", field="--add"
-        )
-    n = int(count)
-    if not 1 <= n <= MAX_ADD:
-        raise ConfigError(f"--add {text!r}: the count must be within 1..{MAX_ADD:,}", field="--add")
+            f"--add {text!r}: the count {exc}, e.g. 32xDGX-H100", field="--add"
+        ) from None
     if name not in known:
         raise ConfigError(
             f"--add {text!r}: the plan has no node type {name!r} (known: {', '.join(known)})",

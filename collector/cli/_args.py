@@ -20,9 +20,35 @@ if TYPE_CHECKING:
     from collector.nodefacts import Staleness
     from collector.settings import CollectorSettings
 
-__all__ = ["ReadSettings", "add_settings_args", "read_settings_from_args", "settings_from_args"]
+__all__ = [
+    "ReadSettings",
+    "add_settings_args",
+    "read_input",
+    "read_settings_from_args",
+    "settings_from_args",
+]
 
 _ENV_PREFIX: Final = "CAPWATCH_"
+
+
+def read_input(name: str, *, field: str, label: str = "") -> bytes:
+    """The bytes of the file ``name`` an operator gave a command (``-``: stdin), at most
+    :data:`shared.files.MAX_FILE_BYTES`, read no further; :class:`ConfigError` naming
+    ``field`` (its messages start with ``label``, e.g. the flag) when it cannot be read or
+    is larger."""
+    from shared.errors import ConfigError  # noqa: PLC0415
+    from shared.files import FileTooLargeError, read_bounded  # noqa: PLC0415
+
+    try:
+        return read_bounded(sys.stdin.buffer if name == "-" else Path(name))
+    except FileTooLargeError as exc:
+        raise ConfigError(
+            f"{label}{name!r} {exc}: split it into several files", field=field
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{label}cannot read {name!r}: {exc.strerror or exc}", field=field
+        ) from None
 
 
 def add_settings_args(parser: argparse.ArgumentParser, *, broker: bool = False) -> None:

@@ -5,9 +5,19 @@ from __future__ import annotations
 import sys
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
-__all__ = ["Column", "aligned", "cut", "print_json", "render_table", "shown", "width"]
+__all__ = [
+    "FREE_TEXT_COLUMNS",
+    "Column",
+    "aligned",
+    "cut",
+    "free_text",
+    "print_json",
+    "render_table",
+    "shown",
+    "width",
+]
 
 
 # A NamedTuple, not a dataclass: `dataclasses` (with `inspect`) is ~10 ms of imports, a
@@ -96,3 +106,13 @@ def cut(text: str, columns: int) -> str:
         if used > room:
             return text[:end] + "…"
     return text
+
+
+FREE_TEXT_COLUMNS: Final = 60
+"""Terminal columns a table gives free text of any length (comments, authors): a 10 kB
+comment would make its row, and every other one, 10 kB wide. ``--json`` keeps it whole."""
+
+
+def free_text(text: str) -> str:
+    """A table cell of free text: :func:`cut` to :data:`FREE_TEXT_COLUMNS`."""
+    return cut(text, FREE_TEXT_COLUMNS)

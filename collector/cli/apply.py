@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import add_settings_args, read_input, read_settings_from_args
 from collector.cli._render import print_json
 from shared.errors import ConfigError
 
@@ -27,7 +25,9 @@ and leases. Applying the same file
 twice changes nothing the second time; --dry-run prints the changes and writes nothing; a
 bad file (unknown key, bad value, an overlapping lease, a lease beyond quota without
 force_reason) changes nothing and names the key. What the file does not name is left as it
-is. `collector export` writes the current state in this shape.
+is, but a tenant or cohort it names gets exactly the file's quotas: one named without a
+`quota` loses those it had (--dry-run shows them as `~ quota ... -> none`). `collector
+export` writes the current state in this shape.
 
   [cohorts.research]
   quota = { gpus = 12 }
@@ -66,28 +66,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(handler=run)
 
 
-_MAX_BYTES: Final = 32 << 20
-"""Largest file read (a 100,000-node cluster's file is a few MB): `-f /dev/zero` or a
-runaway generator is refused instead of filling memory."""
-
-
 def _read(name: str) -> dict[str, Any]:
     import tomllib  # noqa: PLC0415
 
     try:
-        if name == "-":
-            data = sys.stdin.buffer.read(_MAX_BYTES + 1)
-        else:
-            with Path(name).open("rb") as f:
-                data = f.read(_MAX_BYTES + 1)
-        if len(data) > _MAX_BYTES:
-            raise ConfigError(
-                f"{name!r} is larger than {_MAX_BYTES >> 20} MiB: split it into several files",
-                field="--file",
-            )
-        text = data.decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {name!r}: {exc.strerror}", field="--file") from None
+        text = read_input(name, field="--file").decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{name!r} is not UTF-8 text", field="--file") from None
     try:

@@ -91,8 +91,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--plan",
         type=Path,
         metavar="FILE",
-        help="site plan (.toml/.json, as `collector solve` reads); default: capacity.plan. "
-        "Another plan than the snapshot's recomputes (as --now)",
+        help="site plan (.toml/.json, as `collector solve` reads); default: capacity.plan, "
+        "else the newest snapshot's. Another plan than the snapshot's recomputes (as --now)",
     )
     p.add_argument("--now", action="store_true", help="recompute from the store's newest samples")
     p.add_argument(
@@ -260,8 +260,11 @@ def run(args: argparse.Namespace) -> int:
     with StoreReader(s.db_path) as reader:
         snapshot = None if recompute else _snapshot(reader)
         if snapshot is None or not _made_with(snapshot, args.plan):
-            # --now and the like, or --plan naming another plan than the snapshot's
-            cplan = _plan(s.plan, None)
+            # --now and the like, or --plan naming another plan than the snapshot's; without
+            # a plan, the one the collector's newest snapshot was made with
+            from collector.store.capacity import snapshot_plan  # noqa: PLC0415
+
+            cplan = _plan(s.plan, snapshot_plan(reader))
             picture, source = _recomputed(reader, s, args, cplan)
         else:
             picture = snapshot
@@ -323,7 +326,7 @@ def _lines(p: Picture, source: str, top: int, *, brief: bool = False) -> list[st
         f"{p.unsampled_nodes:,} awaiting a first sample at nameplate, " if p.unsampled_nodes else ""
     )
     counted = (
-        f"{p.nodes:,}: {p.measured_nodes:,} measured, {p.stale_nodes:,} stale/offline at "
+        f"{p.nodes:,}: {p.measured_nodes:,} from fresh samples, {p.stale_nodes:,} stale/offline at "
         f"{p.stale_basis}, {unsampled}{p.unmatched_nodes:,} unmatched at {_kw(p.fallback_w)} "
         f"({p.fallback_type}), {p.clamped_nodes:,} clamped to nameplate"
     )

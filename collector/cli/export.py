@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import add_settings_args, read_input, read_settings_from_args
 from collector.cli._render import print_json
 from shared.errors import ConfigError
 
@@ -169,9 +169,10 @@ def _output(path: Path | None) -> Iterator[TextIO]:
 
 
 def _read_nodes(path: Path) -> set[str]:
+    data = read_input(str(path), field="--slurm-nodes", label="--slurm-nodes ")
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"--slurm-nodes {str(path)!r}: {exc}", field="--slurm-nodes") from None
     return {line.strip() for line in text.splitlines() if line.strip()}
 

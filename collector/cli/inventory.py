@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import add_settings_args, read_input, read_settings_from_args
 from collector.cli._render import Column, aligned, cut, print_json, render_table, shown
 from shared.errors import ConfigError
 
@@ -289,16 +288,12 @@ def _one_node(nodes: list[NodeComponents], name: str, *, as_json: bool) -> int:
 
 
 def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
-    import sys  # noqa: PLC0415
 
     from collector.store.command import Command  # noqa: PLC0415
     from shared.errors import SchemaError  # noqa: PLC0415
     from shared.schema import decode_inventory, encode  # noqa: PLC0415
 
-    try:
-        lines = sys.stdin.buffer.read().splitlines() if file == "-" else _read_lines(Path(file))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {file!r}: {exc.strerror or exc}") from None
+    lines = read_input(file, field="FILE").splitlines()
     if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors)
         lines[0] = lines[0][3:]
     rows: dict[str, bytes] = {}
@@ -323,7 +318,3 @@ def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
         return 0
     print(f"declared {n} node inventories (an agent's own inventory replaces its node's)")
     return 0
-
-
-def _read_lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines()

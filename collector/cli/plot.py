@@ -187,10 +187,20 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
     from collector.cli._args import settings_from_args  # noqa: PLC0415
     from collector.cli.usage import period_window, read_days  # noqa: PLC0415
     from collector.governance.billing import usage_report  # noqa: PLC0415
+    from collector.plot.figures import WIDTH_PX  # noqa: PLC0415
     from collector.plot.ledger import ledger_figure  # noqa: PLC0415
     from collector.store.governance import governance  # noqa: PLC0415
 
     since, until = period_window(args.month, args.start, args.end)
+    days = round((until - since) / 86_400)
+    if days > WIDTH_PX:
+        # A bar a day needs a pixel a day; past that matplotlib only burns time and memory
+        # (127 years: 2 minutes and 2 GB; 0001-9999 did not end).
+        raise ConfigError(
+            f"--from/--to: {days:,} days is more than the {WIDTH_PX:,} a picture per day can "
+            "show; choose a shorter window (`collector usage --by month` sums longer ones)",
+            field="--from",
+        )
     if not reader.has_table("usage_daily"):
         raise ConfigError(
             f"{db} has no usage ledger yet: start this version's `collector run` once to "
@@ -230,12 +240,10 @@ def _hierarchy(
         racks_from_store,
     )
     from collector.plot.treemap import hierarchy_figure  # noqa: PLC0415
-    from collector.store.capacity import latest_snapshot  # noqa: PLC0415
+    from collector.store.capacity import snapshot_plan  # noqa: PLC0415
 
-    if plan is None and reader.has_table("capacity_snapshots"):
-        snap = latest_snapshot(reader)
-        if snap is not None and snap.get("plan"):
-            plan = Path(snap["plan"])
+    if plan is None and (named := snapshot_plan(reader)) is not None:
+        plan = Path(named)
     if plan is None:
         raise ConfigError(
             "the hierarchy needs the site plan: pass --plan FILE or set capacity.plan",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import ReadSettings, add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, free_text, print_json, render_table
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ def _list(settings: ReadSettings, *, as_json: bool) -> int:
             [
                 Column("name", "POOL", align_right=False),
                 Column("nodes", "NODES"),
-                Column("comment", "COMMENT", align_right=False),
+                Column("comment", "COMMENT", free_text, align_right=False),
             ],
         )
     )

@@ -13,7 +13,7 @@ from typing import Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
-from collector.cli._render import Column, print_json, render_table
+from collector.cli._render import Column, free_text, print_json, render_table
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.units import format_duration
@@ -133,8 +133,8 @@ def _list(db: StoreTarget, now: float, *, everything: bool, as_json: bool) -> in
         Column("id", "ID"),
         Column("match", "MATCHERS", align_right=False),
         Column("left", "ENDS IN", format_duration),
-        Column("author", "AUTHOR", align_right=False),
-        Column("comment", "COMMENT", align_right=False),
+        Column("author", "AUTHOR", free_text, align_right=False),
+        Column("comment", "COMMENT", free_text, align_right=False),
     ]
     print(render_table(rows, columns))
     return 0

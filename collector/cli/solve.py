@@ -66,19 +66,17 @@ def _sweep_arg(text: str) -> SweepSpec:
 
 def _fixed_arg(text: str) -> list[tuple[str | None, int]]:
     """``TYPE=COUNT[,TYPE=COUNT...]`` or a bare ``COUNT`` (plans with one node type)."""
+    from collector.power import node_count  # noqa: PLC0415
+
     out: list[tuple[str | None, int]] = []
     for item in text.split(","):
         name, sep, count = item.strip().rpartition("=")
         if sep and not name.strip():
             raise argparse.ArgumentTypeError(f"missing node type name in {item!r}")
         try:
-            n = int(count)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected TYPE=COUNT or COUNT with a whole number, got {item!r}"
-            ) from None
-        if n < 0:
-            raise argparse.ArgumentTypeError(f"node count must be ≥ 0, got {item!r}")
+            n = node_count(count)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: the node count {exc}") from None
         out.append((name.strip() if sep else None, n))
     return out
 

@@ -35,6 +35,10 @@ def new_figure(title: str) -> Figure:
             "plots need matplotlib, which is not installed: pip install 'capwatch[plot]'",
             field="plot",
         ) from exc
+    # Names in these pictures were chosen by operators and nodes (racks, pools, GPU models):
+    # text between two `$` must be drawn as written, not parsed as TeX (a rack named
+    # `r$\frac$x` raised ParseSyntaxException). Text made from here on reads this setting.
+    matplotlib.rcParams["text.parse_math"] = False
     fig = Figure(figsize=(WIDTH_PX / _DPI, HEIGHT_PX / _DPI), dpi=_DPI, layout="constrained")
     fig.suptitle(title, fontsize=16)
     return fig

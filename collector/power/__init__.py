@@ -41,15 +41,18 @@ from collector.power.result import (
     SpareNodes,
 )
 from collector.power.solver import (
+    MAX_NODES,
     compare_with_flat,
     it_budget,
     mix_counts,
+    node_count,
     solve_fixed,
     solve_max,
 )
 from collector.power.sweep import SweepPoint, SweepSpec, parse_sweep, sweep
 
 __all__ = [
+    "MAX_NODES",
     "Binding",
     "Budget",
     "ComponentPower",
@@ -80,6 +83,7 @@ __all__ = [
     "it_budget",
     "load_plan",
     "mix_counts",
+    "node_count",
     "parse_plan",
     "parse_sweep",
     "solve_fixed",

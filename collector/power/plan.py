@@ -36,6 +36,7 @@ from collector.power.model import (
     SwitchType,
 )
 from shared.errors import ConfigError, PlanError
+from shared.files import FileTooLargeError, read_bounded
 
 __all__ = ["load_plan", "parse_plan", "read_plan_document", "with_param"]
 
@@ -252,7 +253,9 @@ def read_plan_document(path: Path) -> Mapping[str, object]:
             field="--config",
         )
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path)
+    except FileTooLargeError as exc:
+        raise ConfigError(f"{path} {exc}: is it the plan?", field="--config") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read plan {path}: {exc.strerror}", field="--config") from exc
     try:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Literal
+from typing import Final, Literal
 
 from collector.power.fabric import FabricLayout, build_fabric, spine_count
 from collector.power.model import ComponentPower, Plan, Site
@@ -29,12 +29,32 @@ from collector.power.result import (
 from shared.errors import PlanError
 
 __all__ = [
+    "MAX_NODES",
     "compare_with_flat",
     "it_budget",
     "mix_counts",
+    "node_count",
     "solve_fixed",
     "solve_max",
 ]
+
+
+MAX_NODES: Final = 10_000_000
+"""The most nodes of one type a person may ask about (``collector solve --fixed``,
+``collector capacity --add``): more is a typo, and the figures past it lose their digits."""
+
+
+def node_count(text: str, *, low: int = 0) -> int:
+    """A node count as a person typed it: ASCII digits only (:func:`int` would also take
+    ``1_000`` and an Arabic-Indic ``٣``), within ``low``..:data:`MAX_NODES`. ``ValueError``
+    saying which rule fails, for the caller to name its flag."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError("must be a whole number")
+    n = int(text)
+    if not low <= n <= MAX_NODES:
+        raise ValueError(f"must be within {low}..{MAX_NODES:,}")
+    return n
 
 
 def it_budget(site: Site) -> Budget:

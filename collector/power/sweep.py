@@ -27,10 +27,14 @@ class SweepSpec:
     step: float
 
     @property
+    def count(self) -> int:
+        """How many values :attr:`values` holds, counted without listing them."""
+        return math.floor((self.stop - self.start) / self.step + 1e-9) + 1
+
+    @property
     def values(self) -> tuple[float, ...]:
         """The swept values, rounded so that 0.1 steps do not drift."""
-        count = math.floor((self.stop - self.start) / self.step + 1e-9) + 1
-        return tuple(round(self.start + i * self.step, 12) for i in range(count))
+        return tuple(round(self.start + i * self.step, 12) for i in range(self.count))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,9 +73,9 @@ def parse_sweep(text: str) -> SweepSpec:
             f"STEP must be > 0 and STOP ≥ START, got {start:g}:{stop:g}:{step:g}", field="--sweep"
         )
     spec = SweepSpec(param.strip(), start, stop, step)
-    if len(spec.values) > MAX_SWEEP_POINTS:
+    if spec.count > MAX_SWEEP_POINTS:  # counted: listing 10^18 values first took all memory
         raise PlanError(
-            f"{len(spec.values):,} points is more than {MAX_SWEEP_POINTS:,}; use a larger STEP",
+            f"{spec.count:,} points is more than {MAX_SWEEP_POINTS:,}; use a larger STEP",
             field="--sweep",
         )
     return spec

@@ -26,6 +26,7 @@ __all__ = [
     "latest_snapshot",
     "pool_members",
     "recent_snapshots",
+    "snapshot_plan",
     "snapshot_series",
     "write_snapshot",
 ]
@@ -98,6 +99,17 @@ def latest_snapshot(reader: StoreReader) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(rows[0]["detail"])
     return data
+
+
+def snapshot_plan(reader: StoreReader) -> str | None:
+    """The site plan the newest snapshot was computed with (the collector's
+    ``capacity.plan``): what a command recomputing the picture uses when given none.
+    ``None``: no snapshot yet, or a store from before the snapshots."""
+    if not reader.has_table("capacity_snapshots"):
+        return None
+    data = latest_snapshot(reader)
+    plan = data.get("plan") if data is not None else None
+    return plan if isinstance(plan, str) and plan else None
 
 
 def snapshot_series(reader: StoreReader, since: float) -> list[dict[str, Any]]:

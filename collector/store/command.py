@@ -37,7 +37,7 @@ from collector.store.errors import refused
 from collector.store.governance import GENERATION_KEY, GovernanceWrites
 from collector.store.pools import PoolWrites
 from collector.store.query import Query, run
-from shared.errors import StoreError
+from shared.errors import ConfigError, StoreError
 
 __all__ = ["LOCK_BUDGET_S", "Command"]
 
@@ -47,6 +47,19 @@ LOCK_BUDGET_S: Final = 3.0
 """Longest a command may hold the write lock: the collector's own writes wait at most 5 s
 for it (``busy_timeout``) and then stop the collector, so a bigger change is refused."""
 _NOT_MIGRATED: Final = "is not migrated yet: start this version's `collector run` once"
+
+
+def _no_nul(params: Sequence[Any]) -> None:
+    """Refuse text holding a NUL, on either backend: PostgreSQL cannot keep one in text
+    (SQLite can, and a store holding one could then not be migrated). What a command writes
+    comes from a person (a comment, a reason, a name): :class:`ConfigError` quoting it."""
+    for value in params:
+        if isinstance(value, str) and "\x00" in value:
+            shown = repr(value if len(value) <= 80 else value[:79] + "…")
+            raise ConfigError(
+                f"{shown} holds a NUL character, which the store cannot keep (PostgreSQL "
+                "refuses it in text): remove it"
+            )
 
 
 class Command:
@@ -149,6 +162,7 @@ class Command:
         """Run one statement inside the transaction (refused past the lock budget); its
         ``rowcount``, and its rows (``... RETURNING id``) by ``fetchall()``."""
         conn = self._live()
+        _no_nul(params)
         try:
             return conn.execute(sql, params)
         except conn.errors as exc:
@@ -157,6 +171,9 @@ class Command:
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement over ``rows`` inside the transaction."""
         conn = self._live()
+        rows = list(rows)
+        for row in rows:
+            _no_nul(row)
         try:
             conn.executemany(sql, rows)
         except conn.errors as exc:

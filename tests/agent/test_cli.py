@@ -51,6 +51,24 @@ def test_bad_tls_file_is_one_line_and_exit_2(
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize("under", ["", "spool"])
+def test_a_spool_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path, under: str) -> None:
+    """``agent run --spool-dir`` naming a regular file, or a directory under one (a typo,
+    a path under /proc): one line naming the setting and the path, exit 2 (it was a
+    traceback, exit 1)."""
+    (tmp_path / "file").write_text("")
+    spool = tmp_path / "file" / under if under else tmp_path / "file"
+    done = run_agent(
+        "run", "--gpu-backend", "none", "--node-id", "n1", "--port", "1",
+        "--spool-dir", str(spool), timeout_s=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"agent run: error: setting 'spool_dir': cannot use {spool}: "), line
+    assert done.stdout == ""
+
+
 def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
     """``--gpus-per-node 65`` stops before connecting: one line naming the flag, exit 2."""
     done = run_agent("simulate", "--gpus-per-node", "65", "--port", "1", "--ticks", "1")

@@ -17,7 +17,7 @@ from agent.bounds import Bounds
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
 from agent.host import HostSampler
-from agent.jobs import JobAttributor, Owner, PodNames, parse_cgroup, read_owner
+from agent.jobs import JobAttributor, Owner, PodNames, parse_cgroup, read_owner, to_wire
 from agent.node import NodeSampler
 from shared.clock import FakeClock
 from shared.schema import MAX_JOBS, Job, decode_sample, encode
@@ -224,6 +224,17 @@ def test_an_identifier_past_the_schema_is_left_out_not_cut(attributor: JobAttrib
     assert attributor.wait_idle(10.0)
     owner = attributor.lookup({1302})[1302]
     assert (owner.user, owner.job, owner.step, owner.info) == ("root", None, "0", None)
+
+
+@pytest.mark.parametrize("name", ["ev\x1b[2Jil", "a\nb", "\u202eroot", "a\u200bb", "x" * 65])
+def test_a_user_name_the_schema_refuses_is_left_out_not_the_sample(name: str) -> None:
+    """A passwd entry with a control character, a bidi override, a zero-width character or
+    past 64 characters would make the collector reject the node's whole sample: the process
+    goes without its user (logged), and its job stays."""
+    wire = to_wire(Owner(user=name, job="4242", step="0"), Bounds(FakeClock()))
+    assert (wire.user, wire.job, wire.step) == (None, "4242", "0")
+    kept = to_wire(Owner(user="jdoe@EXAMPLE.COM", job="4242"), Bounds(FakeClock()))
+    assert kept.user == "jdoe@EXAMPLE.COM"
 
 
 def _sampler(

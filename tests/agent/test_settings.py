@@ -148,6 +148,8 @@ def test_fake_mig_layouts_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
         ("fake", "0=5g.50gb", "GPU 0: no H100 GPU instance profile '5g.50gb'"),
         ("fake", "0=4g.40gb,4g.40gb", "needs more than 7 slices"),
         ("fake", "0:7g.80gb", "names no GPU: write GPU=PROFILES"),
+        # `--fake-mig 0=... --fake-mig 0=...`: the second silently replaced the first.
+        ("fake", "0=1g.10gb;0=3g.40gb", "GPU 0 has two layouts: give one --fake-mig per GPU"),
         ("fake", "{0: 1}", "not a JSON object"),
         ("nvml", "0=7g.80gb", "MIG layouts are for the fake GPU backend"),
     ],

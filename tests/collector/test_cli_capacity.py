@@ -14,10 +14,12 @@ from collector.capacity.config import load_capacity_plan
 from collector.capacity.job import snapshot_row
 from collector.capacity.whatif import parse_add
 from collector.cli import main
+from collector.ingest.validate import sample_row
 from collector.paths import StoreTarget
 from collector.store.capacity import write_snapshot
-from collector.store.db import Store
+from collector.store.db import NodeUpdate, Store
 from shared.errors import ConfigError
+from shared.schema import encode
 from tests.collector.capacity.helpers import PLAN, filled_view, site_plan
 
 
@@ -282,3 +284,68 @@ async def test_a_rack_name_with_a_newline_and_an_escape_stays_on_its_row(
     assert rows[0].startswith("row\\n9\\x1b[2J  ")
     assert rows[0].endswith("OVER")
     assert "row\\n9\\x1b[2J draws" in out  # the binding line names it too
+
+
+async def test_a_rack_name_with_dollar_signs_is_drawn_as_written(tmp_path: Path) -> None:
+    """matplotlib reads text between two ``$`` as TeX: a rack the plan names ``r$\\frac$x``
+    stopped `collector plot hierarchy` with a ParseSyntaxException traceback (and
+    ``r$x^2$`` would be drawn as a formula). The picture is written, the name as it is."""
+    pytest.importorskip("matplotlib")
+    plan = tmp_path / "site.toml"
+    plan.write_text(
+        PLAN.read_text().replace(
+            '[[capacity.racks]]\nname = "service-row"\nnodes = ["svc-*"]\nlimit_kw = 10',
+            '[[capacity.racks]]\nname = "r$\\\\frac$x"\nnodes = ["x1000c0s0*"]\nlimit_kw = 1',
+        )
+    )
+    assert load_capacity_plan(plan).racks[0].name == "r$\\frac$x"
+    sim = FleetSimulator(3, seed=7)
+    now = time.time()
+    samples = [sim.sample(i, now - 1, 0) for i in range(3)]
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        await store.write_batch(
+            [sample_row(s, encode(s), now) for s in samples],
+            [NodeUpdate(s.node, status="online", status_ts=now) for s in samples],
+            [s.node for s in samples],
+        )
+    png = tmp_path / "racks.png"
+    argv = ["plot", "hierarchy", "--db", str(db), "--plan", str(plan), "--out", str(png)]
+    assert main(argv) == 0
+    assert png.stat().st_size > 0
+
+
+async def test_recomputing_without_plan_uses_the_newest_snapshots_plan(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collector capacity` shows the snapshot the collector made with its plan; `--now`
+    (and `--explain`, `--remove`, `--stale-basis`) recompute with that same plan when none
+    is given, as `--add` and `plot hierarchy` do. It said 'no site plan' instead."""
+    db = store_url
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["capacity"]["plan"] == str(PLAN)
+    assert main(["capacity", "--db", str(db), "--now", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source"].startswith("recomputed from the store's newest samples")
+    assert (out["capacity"]["plan"], out["capacity"]["cap_w"]) == (str(PLAN), 5e6)
+
+
+async def test_measured_means_one_thing_on_the_capacity_screen(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'measured' on the screen is a node's input power read from its BMC or PSUs (the
+    obtained line, the MEASURED column): the nodes line counts the nodes drawn from fresh
+    samples as such, not as 'measured' (it said '20 measured' beside 'measured (0)')."""
+    db = store_url
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    (nodes,) = [line for line in lines if line.lstrip().startswith("nodes ")]
+    assert "20: 20 from fresh samples, 0 stale/offline" in nodes
+    assert "measured" not in nodes
+    (obtained,) = [line for line in lines if line.lstrip().startswith("obtained ")]
+    assert "kW measured (0)" in obtained

@@ -227,6 +227,30 @@ def test_missing_config_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
+    ("fixed", "message"),
+    [
+        ("GPU-8x=\u0663", "the node count must be a whole number"),  # int() reads it as 3
+        ("1_000", "the node count must be a whole number"),  # int() reads it as 1000
+        ("GPU-8x=-3", "the node count must be a whole number"),
+        ("GPU-8x=10000001", "the node count must be within 0..10,000,000"),
+        ("99999999999999999999999", "the node count must be within 0..10,000,000"),
+    ],
+)
+def test_fixed_counts_are_read_as_capacity_reads_added_nodes(
+    capsys: pytest.CaptureFixture[str], fixed: str, message: str
+) -> None:
+    """--fixed takes the node counts `collector capacity --add` takes (ASCII digits, at most
+    10,000,000): an Arabic-Indic digit or an underscore is not silently a count, and 10^23
+    nodes is a typo, not a 815,079,999,999,999,892,072,169,472 W fleet."""
+    with pytest.raises(SystemExit) as info:
+        main(["solve", "--config", OLD, "--fixed", fixed])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"collector solve: error: argument --fixed: {fixed!r}: {message}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [],

@@ -98,3 +98,57 @@ def test_a_gpu_outside_mig_mode_is_split_evenly() -> None:
 )
 def test_the_compute_slices_of_a_profile(profile: str | None, slices: int | None) -> None:
     assert mig_slices(profile) == slices
+
+
+class _Compared(str):
+    """A user name that counts how often it is compared for equality."""
+
+    __slots__ = ()
+    calls = 0
+
+    def __eq__(self, other: object) -> bool:
+        _Compared.calls += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_jobs_users_are_gathered_without_comparing_each_with_every_other() -> None:
+    """A node's sample may carry 64 GPUs x 256 processes of one job, each process naming
+    another user (valid on the wire): each user is kept once, in order of appearance, and
+    gathering them compares a name with a few, not with every earlier one (that was 1.6 s
+    per rule evaluation for one such sample, stalling every alert)."""
+    n_gpus, per_gpu = 8, 256
+    gpus = [
+        {
+            "index": i,
+            "uuid": _UUID[:-2] + f"{i:02d}",
+            "util_pct": 1.0,
+            "processes": [{"pid": i * per_gpu + k, "job": "7"} for k in range(per_gpu)],
+        }
+        for i in range(n_gpus)
+    ]
+    d = sample_dict()
+    d.update(gpus=gpus, jobs=[], xids=[])
+    sample = msgspec.convert(d, Sample)
+    # Each process's user, twice each (the second GPU half repeats the first's names).
+    names = [_Compared(f"u{n % (n_gpus * per_gpu // 2)}") for n in range(n_gpus * per_gpu)]
+    sample = msgspec.structs.replace(
+        sample,
+        gpus=tuple(
+            msgspec.structs.replace(
+                g,
+                processes=tuple(
+                    msgspec.structs.replace(p, user=names[g.index * per_gpu + k])
+                    for k, p in enumerate(g.processes)
+                ),
+            )
+            for g in sample.gpus
+        ),
+    )
+    _Compared.calls = 0
+    (job,) = jobs_on(sample)
+    assert job.users == [f"u{n}" for n in range(n_gpus * per_gpu // 2)]
+    assert job.user == "u0"
+    assert job.gpus == list(range(n_gpus))
+    assert _Compared.calls <= 4 * n_gpus * per_gpu

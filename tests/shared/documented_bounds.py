@@ -185,7 +185,7 @@ STRINGS: dict[str, dict[str, Text]] = {
         "gpus[].mig[].profile": Text(pattern=s.MIG_PROFILE_PATTERN),
         "gpus[].mig[].uuid": Text(pattern=s.MIG_UUID_PATTERN),
         "node_power_source": Text(pattern=s.NODE_POWER_SOURCE_PATTERN),
-        "gpus[].processes[].user": Text(s.MAX_USER_LEN),
+        "gpus[].processes[].user": Text(pattern=s.USER_PATTERN),
         "gpus[].processes[].job": _JOB_ID,
         "gpus[].processes[].step": _JOB_ID,
         "gpus[].processes[].container": _K8S,

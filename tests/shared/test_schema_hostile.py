@@ -365,6 +365,49 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
             "-host:9400",
         ],
     ),
+    (
+        "sample",
+        "gpus[].processes[].user",
+        # POSIX names, a uid, directory services' forms (SSSD, winbind), non-ASCII letters.
+        [
+            "root",
+            "jdoe",
+            "4242000",
+            "jdoe@EXAMPLE.COM",
+            "EXAMPLE\\jdoe",
+            "john smith",
+            "józef",
+            "用户",
+            "svc$",
+            "a" * s.MAX_USER_LEN,
+        ],
+        # What a terminal, a chat message or a mail header would act on or hide: controls,
+        # ANSI escapes, bidi overrides and isolates, zero-width and invisible spaces, a
+        # padded name posing as another.
+        [
+            "",
+            "a\nb",
+            "a\tb",
+            "ev\x1b[2Jil",
+            "x\x1b]0;pwn\x07",
+            "a\x00",
+            "a\x7f",
+            "a\x85b",
+            "\u202eevil",
+            "ab\u2066c",
+            "a\u200bb",
+            "a\u200d",
+            "\ufeffroot",
+            "a\u00adb",
+            "a\u2028b",
+            "a\u00a0b",
+            "a\u3000b",
+            "a\U000e0041",
+            " root",
+            "root ",
+            "a" * (s.MAX_USER_LEN + 1),
+        ],
+    ),
 ]
 
 

@@ -96,6 +96,21 @@ def test_an_empty_config_from_dev_null_gives_the_defaults() -> None:
     assert empty.model_dump() == load_settings(CollectorSettings).model_dump()
 
 
+@pytest.mark.parametrize("settings", [AgentSettings, CollectorSettings])
+def test_a_config_file_larger_than_32_mib_is_refused_before_it_is_read_whole(
+    tmp_path: Path, settings: type[AgentSettings] | type[CollectorSettings]
+) -> None:
+    """--config /dev/zero (or a runaway file) is one line naming the file, exit 2; it was
+    read whole into memory (MemoryError, exit 1)."""
+    cfg = tmp_path / "huge.toml"
+    with cfg.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    with pytest.raises(ConfigError, match=r"'.*huge\.toml' is larger than 32 MiB") as info:
+        load_settings(settings, config_file=cfg)
+    assert info.value.field == "config"
+    assert "\n" not in str(info.value)
+
+
 # --- secrets ----------------------------------------------------------------------------
 
 

@@ -167,3 +167,25 @@ async def test_alerts_limit_and_redeliver_out_of_range_are_one_line_exit_2(
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(
+    store_url: StoreTarget,
+) -> None:
+    """A silence's comment and author are free text of any length: `silence list` cuts them
+    to a column (a 10 kB comment made every row 10 kB wide), --json keeps them whole."""
+    db = str(await _store(store_url))
+    long = "cooling work in row 3 " * 500
+    code, _, _ = _cli(
+        "silence", "add", "--db", db, "--match", "alertname=GpuTemperature", "--for", "2h",
+        "--comment", long, "--author", "j" * 300,
+    )  # fmt: skip
+    assert code == 0
+    code, out, _ = _cli("silence", "list", "--db", db)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) < 200
+    assert "cooling work in row 3 cooling" in out
+    assert "…" in out
+    code, out, _ = _cli("silence", "list", "--db", db, "--json")
+    (silence,) = json.loads(out)["silences"]
+    assert (silence["comment"], silence["author"]) == (long, "j" * 300)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from collector.cli import main as collector_main
 from collector.paths import StoreTarget, parse_target
 from tests.collector.governance.fleet import cli, make_store
 from tests.collector.governance.hw_fleet import Spec
@@ -99,6 +102,26 @@ async def test_dry_run_prints_the_diff_and_writes_nothing(
         "~ quota acme gpus: nominal 16, borrowing_limit 4 -> nominal 20, borrowing_limit 4",
         "~ lease acme-2041: dates or notice changed",
     ]
+
+
+async def test_a_tenant_named_without_quota_loses_its_quotas_as_the_help_says(
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file naming `[tenants.acme]` only to set its cohort drops acme's quotas (the file
+    says exactly what a tenant it names holds); `apply --help` says so, not only that what
+    the file does not name is left as it is."""
+    db = str(await make_store(store_url, NODES))
+    assert cli("apply", "--db", db, "-f", _file(tmp_path, CLUSTER))[0] == 0
+    only_cohort = '[cohorts.research]\nquota = { gpus = 4 }\n[tenants.acme]\ncohort = "research"\n'
+    code, out, _ = cli(
+        "apply", "--db", db, "-f", _file(tmp_path, only_cohort, "c.toml"), "--dry-run"
+    )
+    assert code == 0
+    assert "~ quota acme gpus: nominal 16, borrowing_limit 4 -> none" in out
+    with pytest.raises(SystemExit):
+        collector_main(["apply", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a tenant or cohort it names gets exactly the file's quotas" in help_text
 
 
 async def test_bad_file_changes_nothing_and_names_the_key(

@@ -140,7 +140,16 @@ async def test_nodes_slurm_does_not_know_are_left_out_with_a_warning(tmp_path: P
     assert err == "warning: left out: lease 'elsewhere' (id 6): node n9 not in Slurm's node list\n"
     code, _, err = cli("export", "--db", db, "--format", "slurm", "--slurm-nodes", "/no/file")
     assert code == 2
-    assert err.startswith("collector export: error: --slurm-nodes '/no/file'")
+    assert err.startswith("collector export: error: --slurm-nodes cannot read '/no/file': ")
+    big = tmp_path / "huge.txt"  # `--slurm-nodes /dev/zero`: refused, not read without end
+    with big.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    code, _, err = cli("export", "--db", db, "--format", "slurm", "--slurm-nodes", str(big))
+    assert (code, err) == (
+        2,
+        f"collector export: error: --slurm-nodes '{big}' is larger than 32 MiB: split it "
+        "into several files\n",
+    )
 
 
 def _reservations(slurm: SlurmCluster) -> dict[str, dict[str, str]]:

@@ -190,6 +190,20 @@ async def test_import_with_a_bad_line_names_it_and_imports_nothing(
     assert [n["node"] for n in nodes] == ["n1"]
 
 
+async def test_import_of_a_file_over_32_mib_is_refused_before_it_is_read_whole(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """`inventory import /dev/zero` (or a runaway generator on stdin) is refused as `apply
+    -f` refuses it: one line, exit 2, instead of reading without end into memory."""
+    db = await make_store(store_url, [Spec("n1")])
+    big = tmp_path / "huge.jsonl"
+    with big.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    code, _, err = cli("inventory", "import", str(big), "--db", str(db))
+    assert (code, err.count("\n")) == (2, 1)
+    assert f"'{big}' is larger than 32 MiB" in err, err
+
+
 async def test_unknown_pool_is_a_clear_error(store_url: StoreTarget) -> None:
     """`inventory nope` names the pools that exist."""
     db = await make_store(store_url, [Spec("n1")])

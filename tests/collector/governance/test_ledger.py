@@ -304,12 +304,17 @@ def test_plot_usage_per_day_draws_a_tenants_ledger(db: Path, tmp_path: Path) -> 
         (["--tenant", "acme"], "--tenant"),
         (["--tenant", "nobody", "--month", "2026-11"], "--tenant 'nobody'"),
         (["--node", "x1000c0s0b0n0", "--month", "2026-11"], "--month"),
+        # A bar a day, in 1,600 pixels: 2,557 days took 8 s, 127 years 2 GB and 2 minutes,
+        # 0001-9999 never ended.
+        (["--from", "2020-01-01", "--to", "2026-12-31"], "--from/--to: 2,557 days is more"),
+        (["--from", "0001-01-01", "--to", "9999-12-31"], "--from/--to: 3,652,059 days is more"),
     ],
 )
 def test_plot_usage_per_day_bad_flags_are_one_line(
     db: Path, tmp_path: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A tenant without days, an unknown tenant, --month with --node: refused, named."""
+    """A tenant without days, an unknown tenant, --month with --node, more days than the
+    picture has pixels: refused, named."""
     out = str(tmp_path / "x.png")
     assert main(["plot", "usage", "--db", str(db), "--out", out, *args]) == 2
     assert needle in capsys.readouterr().err

@@ -57,6 +57,22 @@ async def test_create_add_remove_delete_and_list(fleet: StoreTarget) -> None:
     assert _members(fleet) == {}
 
 
+async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(fleet: StoreTarget) -> None:
+    """A pool's comment is free text of any length: `pool list` cuts it to a column (a
+    10 kB comment made its row 10 kB wide), --json keeps it whole."""
+    db = str(fleet)
+    long = "the climate group's share " * 400
+    assert cli("pool", "create", "zinal", "--db", db, "--comment", long)[0] == 0
+    code, out, _ = cli("pool", "list", "--db", db)
+    assert code == 0
+    assert max(len(line) for line in out.splitlines()) < 200
+    assert "zinal" in out
+    assert "the climate group's share the" in out
+    assert "…" in out
+    pools = json.loads(cli("pool", "list", "--db", db, "--json")[1])["pools"]
+    assert [p["comment"] for p in pools if p["name"] == "zinal"] == [long]
+
+
 async def test_no_node_in_two_pools(fleet: StoreTarget) -> None:
     """Adding a node of pool a to pool b is refused, naming its pool; nothing changes."""
     db = str(fleet)

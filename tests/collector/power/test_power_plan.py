@@ -188,6 +188,11 @@ def test_unreadable_or_malformed_files_raise_config_error(tmp_path: Path) -> Non
     listed.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must be an object"):
         load_plan(listed)
+    huge = tmp_path / "huge.toml"  # a link to /dev/zero, a runaway file: not read whole
+    with huge.open("wb") as f:
+        f.truncate((32 << 20) + 1)  # sparse: costs no disk
+    with pytest.raises(ConfigError, match=r"huge\.toml is larger than 32 MiB"):
+        load_plan(huge)
 
 
 def test_with_param_sets_numbers_and_rechecks() -> None:

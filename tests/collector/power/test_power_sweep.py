@@ -32,7 +32,9 @@ def test_parse_sweep_includes_stop_and_does_not_drift() -> None:
         ("it_cap_mw=1:2:0", "STEP must be > 0"),
         ("it_cap_mw=5:2:1", "STOP ≥ START"),
         ("it_cap_mw=1:inf:1", "must be finite"),
-        ("it_cap_mw=0:1e6:1", "more than 10,000"),
+        ("it_cap_mw=0:1e6:1", "1,000,001 points is more than 10,000"),
+        # Counted, not listed: 10^18 values would take the machine's memory before the check.
+        ("it_cap_mw=1:1e9:1e-9", "999,999,999,000,000,001 points is more than 10,000"),
     ],
 )
 def test_parse_sweep_rejects_malformed_specs(text: str, message: str) -> None:

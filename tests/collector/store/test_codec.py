@@ -62,7 +62,8 @@ def _awkward() -> Sample:
     d["cpu"]["pct"] = 5e-324
     d["seq"] = 2**53 - 1
     d["gpus"][0]["energy_j"] = 0.1 + 0.2
-    d["gpus"][0]["processes"][0]["user"] = 'jö"\\ß\u2028'
+    d["gpus"][0]["processes"][0]["user"] = 'jö"\\ß'
+    d["disks"][1]["mount"] = '/raid/jö"\\ß\u2028'  # a user name may not hold U+2028 (schema)
     return decode_sample(encode_dict(d))
 
 

@@ -15,7 +15,7 @@ from collector.store.db import Store
 from collector.store.governance import GENERATION_KEY
 from collector.store.reader import StoreReader
 from collector.store.silences import add_silence
-from shared.errors import StoreError
+from shared.errors import ConfigError, StoreError
 from tests.helpers import db_rows
 
 
@@ -166,3 +166,21 @@ async def test_two_commands_never_interleave(store_url: StoreTarget) -> None:
     first.__exit__(None, None, None)
     thread.join(10)
     assert order == ["first commits", "second sees 1"]
+
+
+async def test_text_with_a_nul_is_refused_alike_on_both_backends(store_url: StoreTarget) -> None:
+    """PostgreSQL cannot keep a NUL in text; SQLite can. A comment or a reason with one (a
+    TOML file's "\\u0000", a script's argument) was stored on SQLite, refused on PostgreSQL,
+    and then stopped `collector migrate` of that SQLite store: both refuse it, one line
+    naming the value, nothing written."""
+    db = await _store(store_url)
+    with pytest.raises(ConfigError) as caught, Command(db, now=1.0) as tx:
+        tx.pools.create("p", "row 3\x00 cooling")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "NUL" in message
+    assert "'row 3\\x00 cooling'" in message
+    assert db_rows(db, "SELECT name FROM pools") == []
+    with Command(db, now=2.0) as tx:
+        tx.pools.create("p", "row 3 cooling")  # the same without it
+    assert db_rows(db, "SELECT name, comment FROM pools") == [("p", "row 3 cooling")]
