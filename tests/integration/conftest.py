@@ -20,6 +20,7 @@ import aiomqtt
 import httpx
 import msgspec
 import pytest
+import structlog
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
@@ -82,6 +83,21 @@ class CollectorRunner:
         task, self._task = self._task, None
         async with asyncio.timeout(20):
             await task
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_the_tests_stderr() -> Iterator[None]:
+    """The daemons these tests run in this process (collector, agent) log to the test's
+    stderr as it is now, not to whatever ``sys.stdout`` is when they log: a command run
+    beside them here redirects ``sys.stdout`` for the whole process while it runs
+    (``contextlib.redirect_stdout``), and structlog's unconfigured default prints to it, so
+    a daemon's line landed in the command's ``--json`` output now and then."""
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 @pytest.fixture
