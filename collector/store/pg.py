@@ -587,10 +587,16 @@ class PgBackend:
                 continue
             if time.monotonic() < self._drop_retry_at:
                 break
-            if not self._worth_dropping(name, cutoff_ms, move_max_rows):
-                continue
             try:
-                moved = self._drop_day(name, day, cutoff_ms, move_max_rows)
+                moved = (
+                    self._drop_day(name, day, cutoff_ms, move_max_rows)
+                    if self._worth_dropping(name, cutoff_ms, move_max_rows)
+                    else None
+                )
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()  # another collector of the share group dropped it meanwhile
+                self._days.discard(day)
+                continue
             except psycopg.errors.LockNotAvailable:
                 conn.rollback()
                 self._drop_retry_at = time.monotonic() + _DROP_RETRY_S

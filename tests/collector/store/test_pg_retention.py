@@ -184,6 +184,34 @@ async def test_two_collectors_dropping_the_same_day_at_once_both_go_on(
     assert _nodes(target) == sorted(r.node for r in late)
 
 
+async def test_a_day_another_collector_drops_while_retention_looks_at_it_is_passed_over(
+    postgres_url: str,
+) -> None:
+    """Retention waits to read a day another collector holds, which then drops it: this
+    retention passes over the day (no error for the writer), and a later sample of that
+    day gets a partition again."""
+    target = parse_target(postgres_url)
+    _, old, cutoff_ms = _old_day()
+    rows = _day_rows(1, 2, old)
+    async with Store(target) as store:
+        await store.write_batch(rows[:1])
+        with (
+            psycopg.connect(postgres_url) as other,
+            psycopg.connect(postgres_url, autocommit=True) as poll,
+        ):
+            other.execute(f"LOCK TABLE {_partition(old)} IN ACCESS EXCLUSIVE MODE")
+            retention = asyncio.create_task(store.delete_older_than(cutoff_ms, 25))
+            await wait_until(
+                lambda: retention.done() or _waiting_for_a_lock(poll),
+                what="retention waiting to read the day",
+            )
+            other.execute(f"DROP TABLE {_partition(old)}")
+            other.commit()
+            assert await retention == 0
+        assert await store.write_batch(rows[1:]) == 1
+    assert _nodes(target) == [rows[1].node]
+
+
 _PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = 'samples'::regclass ORDER BY 1"
