@@ -6,7 +6,7 @@ and a PostgreSQL store with ``--rows`` notifications (bodies of four alerts) don
 the keep (30 days, the alert job's default; the steady state: nothing to delete) and 100
 pending, then times,
 with the ``outbox_done`` index and without it (dropped: the schema before migration
-``0030_outbox_done``), in interleaved rounds:
+``0031_outbox_done``), in interleaved rounds:
 
 * ``prune_ms``: the cleanup statement alone, in its own transaction;
 * ``alert_write_ms``: a whole alert write with no change (``write_alerts(store, [])``);

@@ -710,7 +710,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         # history's keep (collector/store/alerts.py OUTBOX_PRUNE_SQL): by done_at, which
         # (state, id) cannot find (state != 'pending' is no range of it), so each read the
         # whole outbox. Pending rows have no done_at (NULL): never in the range.
-        "0030_outbox_done",
+        "0031_outbox_done",
         "CREATE INDEX outbox_done ON outbox (done_at);",
     ),
 )
