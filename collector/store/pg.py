@@ -664,10 +664,11 @@ class PgBackend:
         partitions' (one order, no deadlock:
         https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-DEADLOCKS),
         and it is waited for at most :data:`_DROP_LOCK_TIMEOUT_MS` (``lock_timeout``), as
-        writers queue behind the wait. The late rows (at most ``move_max_rows``) go to the batch's
-        staging table (``samples_in``, empty outside a batch and emptied at the commit),
-        the partition is dropped, created again, and they are inserted back: a day holding
-        a few late arrivals costs one short transaction, not a chunked delete of its rows.
+        writers queue behind the wait. The late rows (at most ``move_max_rows``) go to the
+        batch's staging table (``samples_in``, empty outside a batch and emptied at the
+        commit), the partition is dropped, created again, and they are inserted back: a day
+        holding a few late arrivals costs one short transaction, not a chunked delete of
+        its rows (``bench/bench_pg_retention.py``).
         """
         conn = self.conn
         conn.execute(f"SET LOCAL lock_timeout = {_DROP_LOCK_TIMEOUT_MS}")
