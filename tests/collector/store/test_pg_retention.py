@@ -97,17 +97,21 @@ async def test_a_late_sample_committed_while_retention_waits_is_kept(postgres_ur
 async def test_retention_gives_way_to_a_transaction_that_holds_samples(postgres_url: str) -> None:
     """A transaction inserting into a day wholly before the cutoff stays open throughout
     retention: retention neither fails nor waits for it past its short lock wait, drops
-    nothing it could not see, and deletes the day's on-time sample by the chunked delete."""
+    nothing it could not see, and deletes the day's on-time samples by the chunked delete;
+    its next call does not try the day again (writers would queue behind each try)."""
     target = parse_target(postgres_url)
     now, old, cutoff_ms = _old_day()
     async with Store(target) as store:
-        await store.write_batch(_day_rows(1, 1, old))
+        await store.write_batch(_day_rows(30, 1, old))
+        oid = db_rows(target, "SELECT to_regclass(?)::oid", (_partition(old),))
         with psycopg.connect(postgres_url) as other:
             _insert_late(other, "late", round(now * 1000))
             t0 = time.monotonic()
-            assert await store.delete_older_than(cutoff_ms, 25) == 1
+            assert await store.delete_older_than(cutoff_ms, 25) == 25
             waited_s = time.monotonic() - t0
             other.commit()
+        assert await store.delete_older_than(cutoff_ms, 25) == 5
+        assert db_rows(target, "SELECT to_regclass(?)::oid", (_partition(old),)) == oid
     assert _nodes(target) == ["late"]
     assert waited_s < 4.0  # the writers' own lock_timeout is 5 s: retention gave up first
 
