@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HISTORY_STATES",
+    "OUTBOX_PRUNE_SQL",
     "AlertChange",
     "GroupLog",
     "OutboxEntry",
@@ -140,6 +141,8 @@ _INSERT_OUTBOX: Final = (
     "INSERT INTO outbox (uuid, receiver, fingerprint, rule, status, body, created, expires_at, "
     "state, next_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING id"
 )
+OUTBOX_PRUNE_SQL: Final = "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?"
+"""The notifications delivered or dead before ``?`` go (found by the ``outbox_done`` index)."""
 _OUTBOX_ENTRY: Final = (
     "SELECT id, uuid, receiver, body, created, expires_at, attempts, next_at, redeliveries "
     "FROM outbox"
@@ -226,10 +229,7 @@ async def write_alerts(
                 "DO UPDATE SET value = excluded.value, updated = excluded.updated",
                 [(key, v, now) for key, v in meta],
             )
-        await store.execute(
-            "DELETE FROM outbox WHERE state != 'pending' AND done_at < ?",
-            (now - keep_history_s,),
-        )
+        await store.execute(OUTBOX_PRUNE_SQL, (now - keep_history_s,))
     return entries
 
 

@@ -489,8 +489,8 @@ class _Sqlite:
     async def prepare_samples(self, days: set[int]) -> None:
         del days  # one table: nothing to prepare
 
-    async def drop_days_before(self, cutoff_ms: int) -> int:
-        del cutoff_ms  # no partitions: retention deletes rows
+    async def drop_days_before(self, cutoff_ms: int, move_max_rows: int) -> int:
+        del cutoff_ms, move_max_rows  # no partitions: retention deletes rows
         return 0
 
     async def continue_identities(self, tables: Sequence[str]) -> None:
@@ -1174,14 +1174,15 @@ class Store:
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
         """Delete samples that arrived before ``cutoff_ms``: at most ``chunk_rows`` rows,
-        after (PostgreSQL) dropping the day partitions wholly before it.
+        after (PostgreSQL) dropping the day partitions wholly before it (one holding at most
+        ``chunk_rows`` late arrivals keeps them in a new partition of the day).
 
         Small chunks keep each write transaction short, so ingestion never stalls behind
         retention. The oldest arrivals go first, found through the ``received_ms`` index.
         A dropped partition counts the rows the planner estimates it held.
         """
         try:
-            dropped = await self._db.drop_days_before(cutoff_ms)
+            dropped = await self._db.drop_days_before(cutoff_ms, chunk_rows)
         except Exception as exc:
             raise await self._failed("dropping old partitions", exc) from exc
         return dropped + await self._delete(

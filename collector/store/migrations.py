@@ -721,6 +721,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE watermarks ADD COLUMN seen_ts_ms INTEGER;
         """,
     ),
+    (
+        # Every alert write deletes the delivered and dead notifications done before the
+        # history's keep (collector/store/alerts.py OUTBOX_PRUNE_SQL): by done_at, which
+        # (state, id) cannot find (state != 'pending' is no range of it), so each read the
+        # whole outbox. Pending rows have no done_at (NULL): never in the range.
+        "0031_outbox_done",
+        "CREATE INDEX outbox_done ON outbox (done_at);",
+    ),
 )
 
 

@@ -19,7 +19,10 @@ nowhere else). Each handle of the store layer has its PostgreSQL side here:
   demand before a batch holding a sample of a day without one (validation bounds a
   sample's time to the retention window and the allowed clock skew, so that is a bounded
   set of days). Retention drops the partitions whose whole day is past the window, then
-  trims the oldest partial day in chunks like SQLite does.
+  trims the oldest partial day in chunks like SQLite does. It goes by arrival, as on
+  SQLite: a day's late arrivals (a spool replayed after an outage) stay, moved into the
+  day's new partition as its old one is dropped, all under ``samples``' lock, so a sample
+  another collector is inserting meanwhile is never dropped with the day.
 
 Errors are classed once (:func:`classify`): ``unavailable`` (the server restarted, the
 connection broke, a failover left a read-only standby: reconnect and try again, nothing was
@@ -80,6 +83,14 @@ store one after another (a fold reads the packed GPU statistics of its buckets, 
 and writes them back; two at once would each write back only their own)."""
 _AHEAD_DAYS: Final = 2
 """Partitions created ahead of today (a sample's day normally has one before it comes)."""
+_DROP_LOCK_TIMEOUT_MS: Final = 1000
+"""How long retention waits for ``samples``' lock to drop a day (:meth:`PgBackend._drop_day`):
+every writer of the share group queues behind the wait (once a day), so it is short next to
+their own ``lock_timeout`` (5 s), yet longer than a batch's transaction, which is what it
+normally waits for (a batch of 4,000 samples at the 10,000 samples/s a collector stores)."""
+_DROP_RETRY_S: Final = 30.0
+"""After a wait that timed out (a long query holds ``samples``), retention tries to drop
+days again only this much later, not at each chunk: writers are not queued again and again."""
 _CONNECT_TIMEOUT_S: Final = 10
 _MAX_PARAMS: Final = 65_535  # bind parameters of one statement (the protocol's 16 bits)
 
@@ -278,6 +289,8 @@ class PgBackend:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capwatch-pg")
         self._days: set[int] = set()
         """Days known to have a partition (reloaded after a reconnect)."""
+        self._drop_retry_at = 0.0
+        """Retention drops no day before this (``time.monotonic()``; :data:`_DROP_RETRY_S`)."""
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -507,16 +520,7 @@ class PgBackend:
             for day in wanted:
                 if day in existing:
                     continue
-                conn.execute(
-                    pgsql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} PARTITION OF samples "
-                        "FOR VALUES FROM ({}) TO ({})"
-                    ).format(
-                        pgsql.Identifier(partition_name(day)),
-                        pgsql.Literal(day * DAY_MS),
-                        pgsql.Literal((day + 1) * DAY_MS),
-                    )
-                )
+                conn.execute(_create_partition(day))
                 existing.add(day)
                 log.info("partition_created", partition=partition_name(day))
             conn.commit()
@@ -565,13 +569,12 @@ class PgBackend:
             for row in rows:
                 copy.write_row(row)
 
-    async def drop_days_before(self, cutoff_ms: int) -> int:
-        """Drop the partitions wholly before ``cutoff_ms`` whose rows all arrived before it
-        too (each in its own short transaction); return their estimated rows (the
-        planner's count, not a scan)."""
-        return await self.call(self._drop_days_before, cutoff_ms)
+    async def drop_days_before(self, cutoff_ms: int, move_max_rows: int) -> int:
+        """Drop the partitions wholly before ``cutoff_ms`` (see :meth:`_drop_day`); return
+        their estimated rows (the planner's count, not a scan)."""
+        return await self.call(self._drop_days_before, cutoff_ms, move_max_rows)
 
-    def _drop_days_before(self, cutoff_ms: int) -> int:
+    def _drop_days_before(self, cutoff_ms: int, move_max_rows: int) -> int:
         conn = self.conn
         rows = conn.execute(
             "SELECT c.relname, greatest(c.reltuples, 0)::bigint FROM pg_inherits i "
@@ -583,28 +586,121 @@ class PgBackend:
             day = _day_of(name)
             if day is None or (day + 1) * DAY_MS > cutoff_ms:
                 continue
-            # Retention goes by arrival (as on SQLite): a day that holds a late arrival (a
-            # spool replayed after an outage) is kept, and its rows go one by one as they
-            # pass the cutoff (delete_older_than), until it is dropped empty.
-            (newest,) = conn.execute(
-                pgsql.SQL("SELECT max(received_ms) FROM {}").format(pgsql.Identifier(name))
-            ).fetchone() or (None,)
-            conn.commit()
-            if newest is not None and newest >= cutoff_ms:
-                continue
+            if time.monotonic() < self._drop_retry_at:
+                break
             try:
-                conn.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(pgsql.Identifier(name)))
-                conn.commit()
+                moved = (
+                    self._drop_day(name, day, cutoff_ms, move_max_rows)
+                    if self._worth_dropping(name, cutoff_ms, move_max_rows)
+                    else None
+                )
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()  # another collector of the share group dropped it meanwhile
+                self._days.discard(day)
+                continue
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                self._drop_retry_at = time.monotonic() + _DROP_RETRY_S
+                log.warning(
+                    "partition_drop_deferred",
+                    partition=name,
+                    lock_wait_ms=_DROP_LOCK_TIMEOUT_MS,
+                    retry_in_s=_DROP_RETRY_S,
+                    hint="a transaction held samples longer (a long query, another "
+                    "collector's batch): its rows go by the chunked delete meanwhile",
+                )
+                break
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
                 raise
-            self._days.discard(day)
-            dropped += int(estimate)
-            log.info("partition_dropped", partition=name, rows_estimate=int(estimate))
+            if moved is None:
+                continue
+            if not moved:
+                self._days.discard(day)
+            dropped += max(int(estimate) - moved, 0)
+            log.info("partition_dropped", partition=name, rows_estimate=int(estimate), kept=moved)
         if dropped or _today() + _AHEAD_DAYS not in self._days:
             self._ensure_days(range(_today(), _today() + _AHEAD_DAYS + 1))
         return dropped
+
+    def _worth_dropping(self, name: str, cutoff_ms: int, move_max_rows: int) -> bool:
+        """Whether day partition ``name`` (wholly before ``cutoff_ms``) may be dropped by
+        :meth:`_drop_day`, as far as the rows committed now tell (no lock: only a day that
+        will do takes the lock): at most ``move_max_rows`` of its rows arrived since the
+        cutoff, and (when some did) some arrived before it, so the drop frees something."""
+        conn = self.conn
+        part = pgsql.Identifier(name)
+        (late,) = conn.execute(
+            pgsql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {} WHERE received_ms >= %s LIMIT %s) AS late"
+            ).format(part),
+            (cutoff_ms, move_max_rows + 1),
+        ).fetchone() or (0,)
+        worth = late <= move_max_rows and (late == 0 or self._has_rows_before(part, cutoff_ms))
+        conn.commit()
+        return bool(worth)
+
+    def _has_rows_before(self, part: pgsql.Identifier, cutoff_ms: int) -> bool:
+        """Whether partition ``part`` holds a row that arrived before ``cutoff_ms``."""
+        (found,) = self.conn.execute(
+            pgsql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE received_ms < %s)").format(part),
+            (cutoff_ms,),
+        ).fetchone() or (False,)
+        return bool(found)
+
+    def _drop_day(self, name: str, day: int, cutoff_ms: int, move_max_rows: int) -> int | None:
+        """Drop day partition ``name``, keeping its rows that arrived at or after
+        ``cutoff_ms`` (late arrivals: retention goes by arrival, as on SQLite), in one
+        transaction; return how many were kept (``None``: the day stays as it is).
+
+        The check and the drop are one decision: the transaction first takes ``samples``'
+        ACCESS EXCLUSIVE lock (which ``DROP TABLE`` of a partition takes anyway:
+        https://www.postgresql.org/docs/current/ddl-partitioning.html#DDL-PARTITIONING-DECLARATIVE-MAINTENANCE),
+        so a sample another collector of the share group is inserting into the day is
+        committed before it (then seen and kept) or waits for the end (then inserted into
+        the day's new partition, or into one its writer creates again). The parent's lock
+        is the first this transaction takes, as inserts and queries take it before their
+        partitions' (one order, no deadlock:
+        https://www.postgresql.org/docs/current/explicit-locking.html#LOCKING-DEADLOCKS),
+        and it is waited for at most :data:`_DROP_LOCK_TIMEOUT_MS` (``lock_timeout``), as
+        writers queue behind the wait. The late rows (at most ``move_max_rows``) go to the
+        batch's staging table (``samples_in``, empty outside a batch and emptied at the
+        commit), the partition is dropped, created again, and they are inserted back: a day
+        holding a few late arrivals costs one short transaction, not a chunked delete of
+        its rows (``bench/bench_pg_retention.py``).
+        """
+        conn = self.conn
+        conn.execute(f"SET LOCAL lock_timeout = {_DROP_LOCK_TIMEOUT_MS}")
+        conn.execute("LOCK TABLE ONLY samples IN ACCESS EXCLUSIVE MODE")
+        (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone() or (0,)
+        if not exists:
+            conn.rollback()  # another collector of the share group dropped it meanwhile
+            return None
+        columns = pgsql.SQL(", ").join(map(pgsql.Identifier, sorted(_columns(conn, "samples"))))
+        part = pgsql.Identifier(name)
+        moved = conn.execute(
+            pgsql.SQL(
+                "INSERT INTO samples_in ({}) SELECT {} FROM {} WHERE received_ms >= %s LIMIT %s"
+            ).format(columns, columns, part),
+            (cutoff_ms, move_max_rows + 1),
+        ).rowcount
+        if moved > move_max_rows:  # more came since the check: chunked deletes trim it
+            conn.rollback()
+            return None
+        if moved and not self._has_rows_before(part, cutoff_ms):
+            conn.rollback()  # every row is late (another collector moved them): nothing to free
+            return None
+        conn.execute(pgsql.SQL("DROP TABLE {}").format(part))
+        if moved:
+            conn.execute(_create_partition(day))
+            conn.execute(
+                pgsql.SQL("INSERT INTO samples ({}) SELECT {} FROM samples_in").format(
+                    columns, columns
+                )
+            )
+        conn.commit()
+        return moved
 
     async def continue_identities(self, tables: Sequence[str]) -> None:
         """Each table's identity sequence continues after its largest ``id``."""
@@ -631,6 +727,17 @@ class PgBackend:
 def _multi_row_pg(head: str, ncols: int, nrows: int, tail: str) -> str:
     one = "(" + ", ".join(["%s"] * ncols) + ")"
     return f"{head} VALUES {', '.join([one] * nrows)}{tail}"
+
+
+def _create_partition(day: int) -> pgsql.Composed:
+    """The statement creating day ``day``'s partition of ``samples`` (unless it exists)."""
+    return pgsql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} PARTITION OF samples FOR VALUES FROM ({}) TO ({})"
+    ).format(
+        pgsql.Identifier(partition_name(day)),
+        pgsql.Literal(day * DAY_MS),
+        pgsql.Literal((day + 1) * DAY_MS),
+    )
 
 
 def _today() -> int:
