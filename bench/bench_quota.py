@@ -78,8 +78,9 @@ async def build_store(db: Path, minutes: int) -> None:
             tx.governance.put_quota(tenant, "power_kw", Quota(per * 6.0))
             tx.governance.put_quota(tenant, "gpu_hours", Quota(per * 8 * 24 * 30.0), "month")
         hardware = tx.run(node_hardware())
-        for t in range(TENANTS):
-            nodes = tuple(sim.node_ids[t * per : (t + 1) * per])
+    for t in range(TENANTS):  # a command each: one holding them all outran the lock budget
+        nodes = tuple(sim.node_ids[t * per : (t + 1) * per])
+        with Command(db) as tx:
             add_lease(
                 tx,
                 LeaseRequest(
