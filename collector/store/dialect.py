@@ -7,6 +7,13 @@ text once (cached) — every ``?`` outside a string literal, quoted name or comm
 ``%s``, and a literal ``%`` becomes ``%%``. Where a statement must differ, the module keeps
 both texts side by side and picks with :func:`pick`.
 
+Upserts: a multi-row ``INSERT ... ON CONFLICT (key) DO UPDATE`` that names one key twice is
+applied row by row on SQLite ("this decision is made separately for each row",
+https://sqlite.org/lang_upsert.html), while PostgreSQL refuses the whole statement ("will not
+be allowed to affect any single existing row more than once": cardinality_violation,
+https://www.postgresql.org/docs/current/sql-insert.html). :func:`distinct_runs` cuts the
+rows, in order, into statements that name each key once: one meaning, SQLite's, on both.
+
 Rows: callers index a row by position and by name (``row[0]``, ``row["node"]``,
 ``dict(row)``, ``row.keys()``), as :class:`sqlite3.Row` allows; :class:`PgRow` does the same
 for psycopg (:func:`pg_row_factory`). :class:`Row` is the type both satisfy.
@@ -15,15 +22,32 @@ for psycopg (:func:`pg_row_factory`). :class:`Row` is the type both satisfy.
 from __future__ import annotations
 
 import functools
+import operator
+import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 if TYPE_CHECKING:
     from collector.paths import StoreTarget
 
-__all__ = ["Dialect", "PgRow", "Row", "dialect_of", "pg_row_factory", "pg_sql", "pick"]
+__all__ = [
+    "Dialect",
+    "PgRow",
+    "Row",
+    "dialect_of",
+    "distinct_runs",
+    "pg_row_factory",
+    "pg_sql",
+    "pick",
+    "upsert_key",
+]
 
 Dialect = Literal["sqlite", "postgresql"]
+T = TypeVar("T", bound=Sequence[Any])
+
+_COLUMNS = re.compile(r"\(([^()]*)\)\s*$")
+_DO_UPDATE = re.compile(r"\bON\s+CONFLICT\b(.*?)\bDO\s+UPDATE\b", re.IGNORECASE | re.DOTALL)
+_TARGET = re.compile(r"^\s*\(([^()]*)\)\s*$")
 
 
 class Row(Protocol):
@@ -84,6 +108,50 @@ def pg_sql(sql: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_key(head: str, tail: str) -> tuple[int, ...] | None:
+    """Where the conflict key of ``head VALUES (...), ... tail`` sits in each row: the
+    positions, in ``head``'s column list, of the target of ``tail``'s ``ON CONFLICT (...) DO
+    UPDATE``. ``None``: not such an upsert (a plain insert, ``DO NOTHING``: PostgreSQL takes
+    a key twice there). ``()``: an upsert whose target is not a list of ``head``'s columns
+    (rows can then only be written one per statement)."""
+    upsert = _DO_UPDATE.search(tail)
+    if upsert is None:
+        return None
+    columns, target = _COLUMNS.search(head), _TARGET.match(upsert.group(1))
+    if columns is None or target is None:
+        return ()
+    names = [c.strip().lower() for c in columns.group(1).split(",")]
+    key = [c.strip().lower() for c in target.group(1).split(",")]
+    if not all(k in names for k in key):
+        return ()
+    return tuple(names.index(k) for k in key)
+
+
+def distinct_runs(
+    rows: Sequence[T], per: int, key: tuple[int, ...] | None
+) -> Iterator[Sequence[T]]:
+    """``rows`` in order, in runs of at most ``per`` rows in which no two rows have the same
+    values at ``key`` (:func:`upsert_key`; ``None``: runs of ``per``, ``()``: one row each).
+    A key that comes again starts the next statement: a batch that names no key twice is
+    written in as many statements as before."""
+    if not key:
+        step = per if key is None else 1
+        for i in range(0, len(rows), step):
+            yield rows[i : i + step]
+        return
+    of = operator.itemgetter(*key)
+    start, seen = 0, set[Any]()
+    for i, row in enumerate(rows):
+        k = of(row)
+        if k in seen or i - start == per:
+            yield rows[start:i]
+            start, seen = i, set()
+        seen.add(k)
+    if start < len(rows):
+        yield rows[start:]
 
 
 class PgRow(tuple[Any, ...]):

@@ -48,7 +48,14 @@ from psycopg.rows import tuple_row
 from psycopg.types.numeric import FloatLoader
 
 from collector.paths import PgTarget
-from collector.store.dialect import Dialect, Row, pg_row_factory, pg_sql
+from collector.store.dialect import (
+    Dialect,
+    Row,
+    distinct_runs,
+    pg_row_factory,
+    pg_sql,
+    upsert_key,
+)
 from collector.store.errors import BUSY_TIMEOUT_S, open_failed
 from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
 from collector.store.writes import MAX_ROWS_PER_STATEMENT
@@ -384,12 +391,13 @@ class PgBackend:
         rows: Sequence[tuple[Any, ...]],
         max_rows: int = MAX_ROWS_PER_STATEMENT,
     ) -> int:
-        """``statement`` (head, columns, tail) over ``rows``, many rows per statement."""
+        """``statement`` (head, columns, tail) over ``rows``, many rows per statement; an
+        upsert's rows applied in order, as on SQLite, even where one key comes twice
+        (:func:`~collector.store.dialect.distinct_runs`)."""
         head, ncols, tail = statement
         per = max(1, min(max_rows, self.max_variables // ncols))
         changed = 0
-        for i in range(0, len(rows), per):
-            chunk = rows[i : i + per]
+        for chunk in distinct_runs(rows, per, upsert_key(head, tail)):
             sql = _multi_row_pg(pg_sql(head), ncols, len(chunk), pg_sql(tail))
             cur = self.conn.execute(sql, [v for row in chunk for v in row])
             changed += max(cur.rowcount, 0)

@@ -132,6 +132,26 @@ async def test_status_updates_merge_into_nodes(store_url: StoreTarget) -> None:
     ]
 
 
+async def test_a_key_twice_in_one_batch_is_applied_row_by_row(store_url: StoreTarget) -> None:
+    """A batch that names one key twice (the reader's session filters, remembered twice at a
+    connection; two statuses of a node) is stored on both backends, its rows applied in
+    order: PostgreSQL refuses an upsert that affects a row twice in one statement (it made
+    the writer bisect valid batches); SQLite decides row by row."""
+    news = [
+        NodeUpdate("n1", status="online", status_ts=5.0),
+        NodeUpdate("n1", status="offline", status_ts=7.0),
+        NodeUpdate("n1", status="late", status_ts=6.0),  # older than the one before: kept out
+    ]
+    meta = [("test_filters", "a"), ("test_own", "x"), ("test_filters", "b")]
+    async with Store(store_url) as store:
+        await store.write_batch([], news, meta=meta)
+    assert db_rows(store_url, "SELECT status, status_ts FROM nodes") == [("offline", 7.0)]
+    assert sorted(db_rows(store_url, "SELECT key, value FROM meta WHERE key LIKE 'test_%'")) == [
+        ("test_filters", "b"),
+        ("test_own", "x"),
+    ]
+
+
 def _db_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix == ".db")
 
