@@ -261,14 +261,16 @@ class RollupSettings(BaseModel):
     """How often the samples stored since are folded into the rollups (sooner once 100,000
     wait): the rarer, the cheaper per sample; the ledger sees a sample after its fold."""
     fold_shards: int = Field(default=128, ge=1, le=1024)
-    """The staged samples split by node into this many shards, a fold writing one shard
-    per transaction with sample batches committed between them (:mod:`collector.store.fold`).
-    1: a fold is one transaction, and nothing is stored or acknowledged while it runs. Measured
-    at 12,500 8-GPU nodes ingesting ~5,000 samples/s on 2 cores (``bench/bench_ingest_stall.py``):
-    1 shard: longest gap between two commits 1.2-1.6 s (the fold), p99 148 ms, p50 10 ms;
-    128 shards: longest 0.48-0.53 s, but p99 313-373 ms, p50 15-18 ms and ~10 % more collector
-    CPU (each batch is staged as a row per shard, and a part's fixed costs add up); 16: worse
-    than either. Raise it where the longest pause matters more than throughput."""
+    """The staged samples split into at most this many ranges of node names (no fewer than
+    64 nodes each: a small site has one), a fold writing one range per transaction with
+    sample batches committed between them (:mod:`collector.store.fold`). 1: a fold is one
+    transaction, and nothing is stored or acknowledged while it runs. Measured at 12,500
+    8-GPU nodes ingesting 3,800-5,200 samples/s on 2 cores shared with other work (load
+    1.1-4.2; ``bench/bench_ingest_stall.py``, 2 runs each): 128, the longest gap between two
+    commits 534-627 ms, p99 145-158 ms, p50 3.7-6.1 ms; 1 shard: 1,559-1,684 ms (the fold),
+    p99 158-194 ms, p50 5.7-9.5 ms, at the same collector CPU (66-73 s). Shards by a hash of
+    the name, before: longest 409-530 ms but p99 252-373 ms (each part touched pages all over
+    the rollups table)."""
 
     @model_validator(mode="after")
     def _hours_outlive_minutes(self) -> Self:
