@@ -75,6 +75,7 @@ from collector.store.rollups import (
     ORPHANS_SQL,
     OWNED_SQL,
     SEEN_SQL,
+    SHARDS_SQL,
     STAGED_SQL,
     UPSERT_SQL,
     RollupConfig,
@@ -205,11 +206,12 @@ class Stage:
             return True
         return bool(await store.fetchall(FOREIGN_SQL, (self.owner,)))
 
-    async def _open(self, store: FoldStore, now: float) -> None:
+    async def _open(self, store: FoldStore, now: float) -> set[int]:
         """A fold's first part: take over the staged rows of the owners that have not folded
         since the cutoff (an owner first seen with rows counts from now) and record this
         fold. Their rows become this collector's, numbered after its own, and are folded
-        with them; an owner with a row this version cannot read is left to itself."""
+        with them; an owner with a row this version cannot read is left to itself. Return
+        the shards this collector has rows in (a lost attempt's too, :meth:`rows`)."""
         taken: list[tuple[str, int, list[tuple[int, int, Staged]]]] = []
         seq = self._seq
         try:
@@ -231,6 +233,7 @@ class Stage:
                     taken.append((owner, seq, pieces))
                     seq += max((s for s, _, _ in pieces), default=0) + 1
                 await store.execute(FOLDED_SQL, (self.owner, now))
+                shards = {int(r[0]) for r in await store.fetchall(SHARDS_SQL, (self.owner,))}
         finally:
             # Each attempt its own numbers, as rows(): one whose commit reached the server
             # and whose reply was lost adopted rows under them, which this stage does not
@@ -245,6 +248,7 @@ class Stage:
             self.pending += samples
             self.taken_over += samples
             log.warning("rollup_stage_taken_over", owner=owner, samples=samples)
+        return shards
 
     async def _fold_shard(
         self,
@@ -258,8 +262,6 @@ class Stage:
         and delete their rows, in one transaction; return how many samples that was, and
         the buckets written (:attr:`Buckets.held <collector.store.partials.Buckets.held>`
         and ``flooded`` say which were held to their length)."""
-        if not pieces:
-            return 0, Buckets()
         owner, busy = self.owner, self.config.busy_util_pct
         known = {seq for seq, _ in self._shards.get(shard, ())}
 
@@ -338,8 +340,8 @@ class Fold:
         if self._todo is None:
             if not stage.pending and not await stage._should_look(store, self.now):
                 return self._finish()
-            await stage._open(store, self.now)
-            self._todo = sorted(k for k, held in stage._shards.items() if held)
+            stored = await stage._open(store, self.now)
+            self._todo = sorted(stored | {k for k, held in stage._shards.items() if held})
         else:
             shard, pieces, made = self._next or self._prepare()
             try:
