@@ -126,6 +126,9 @@ class Stage:
         again at a fold when those staged since differ)."""
         self._seen: set[str] = set()
         """The names staged since the ranges were last looked at."""
+        self._unreadable: set[tuple[int, int]] = set()
+        """The (shard, number) of its rows :meth:`read_back` could not read: they stay
+        unrolled, and a part passes over them (not a lost attempt's)."""
 
     def split(self, staged: Staged) -> list[tuple[int, Staged]]:
         """A batch's new samples by shard, as :meth:`rows` and :meth:`committed` take them."""
@@ -172,6 +175,7 @@ class Stage:
                 staged = Staged.decode(body, self.config.busy_util_pct)
             except ValueError as exc:  # not this version's: those samples stay unrolled
                 log.error("rollup_stage_unreadable", error=str(exc))
+                self._unreadable.add((int(shard), int(seq)))
                 continue
             self._shards.setdefault(int(shard), []).append((int(seq), staged))
             self.pending += len(staged)
@@ -264,6 +268,7 @@ class Stage:
         and ``flooded`` say which were held to their length)."""
         owner, busy = self.owner, self.config.busy_util_pct
         known = {seq for seq, _ in self._shards.get(shard, ())}
+        known |= {seq for k, seq in self._unreadable if k == shard}
 
         def fold(tx: Tx) -> tuple[list[Staged], Buckets]:
             tx.lock_fold()  # before reading the buckets it will write back

@@ -452,3 +452,26 @@ async def test_a_lost_attempts_rows_in_a_range_no_batch_stages_in_any_more_are_f
         assert stage._ranges.count == 2
         assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
     _same(_all(store_url), _all(other_url))
+
+
+async def test_a_staged_row_this_version_cannot_read_does_not_stop_the_folds(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """A row of this collector's stage that this version cannot read (staged by another
+    version) stays unrolled, as the start says (``rollup_stage_unreadable``): the folds of
+    its shard go on, every other sample folded once."""
+    a, b = _batches(2)
+    await _one_fold(other_url, [a, b])
+    config = RollupConfig(stage_shards=8, shard_nodes=1)
+    async with Store(store_url, rollups=config) as store:
+        stage = store._stage
+        assert stage is not None
+        await store.write_batch(a)
+        shards = sorted(stage._shards)
+        bad = [(stage.owner, 10**6, k, b"not a staged batch") for k in shards]
+        await store.transact("another version's rows", lambda tx: tx.insert_many(STAGE_SQL, bad))
+    async with Store(store_url, rollups=config) as store:  # read back: a's rows, not those
+        await store.write_batch(b)
+        assert await store.fold_rollups() == 2 * NODES
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(len(shards),)]
+    _same(_all(store_url), _all(other_url))
