@@ -72,6 +72,12 @@ def parse_sweep(text: str) -> SweepSpec:
         raise PlanError(
             f"STEP must be > 0 and STOP ≥ START, got {start:g}:{stop:g}:{step:g}", field="--sweep"
         )
+    if not math.isfinite((stop - start) / step):  # a subnormal STEP, or STOP - START > 1.8e308
+        raise PlanError(
+            f"{start:g}:{stop:g}:{step:g} is more than {MAX_SWEEP_POINTS:,} points; "
+            "use a larger STEP",
+            field="--sweep",
+        )
     spec = SweepSpec(param.strip(), start, stop, step)
     if spec.count > MAX_SWEEP_POINTS:  # counted: listing 10^18 values first took all memory
         raise PlanError(

@@ -75,6 +75,7 @@ from collector.store.rollups import (
     ORPHANS_SQL,
     OWNED_SQL,
     SEEN_SQL,
+    SHARDS_SQL,
     STAGED_SQL,
     UPSERT_SQL,
     RollupConfig,
@@ -125,6 +126,9 @@ class Stage:
         again at a fold when those staged since differ)."""
         self._seen: set[str] = set()
         """The names staged since the ranges were last looked at."""
+        self._unreadable: set[tuple[int, int]] = set()
+        """The (shard, number) of its rows :meth:`read_back` could not read: they stay
+        unrolled, and a part passes over them (not a lost attempt's)."""
 
     def split(self, staged: Staged) -> list[tuple[int, Staged]]:
         """A batch's new samples by shard, as :meth:`rows` and :meth:`committed` take them."""
@@ -171,6 +175,7 @@ class Stage:
                 staged = Staged.decode(body, self.config.busy_util_pct)
             except ValueError as exc:  # not this version's: those samples stay unrolled
                 log.error("rollup_stage_unreadable", error=str(exc))
+                self._unreadable.add((int(shard), int(seq)))
                 continue
             self._shards.setdefault(int(shard), []).append((int(seq), staged))
             self.pending += len(staged)
@@ -205,11 +210,12 @@ class Stage:
             return True
         return bool(await store.fetchall(FOREIGN_SQL, (self.owner,)))
 
-    async def _open(self, store: FoldStore, now: float) -> None:
+    async def _open(self, store: FoldStore, now: float) -> set[int]:
         """A fold's first part: take over the staged rows of the owners that have not folded
         since the cutoff (an owner first seen with rows counts from now) and record this
         fold. Their rows become this collector's, numbered after its own, and are folded
-        with them; an owner with a row this version cannot read is left to itself."""
+        with them; an owner with a row this version cannot read is left to itself. Return
+        the shards this collector has rows in (a lost attempt's too, :meth:`rows`)."""
         taken: list[tuple[str, int, list[tuple[int, int, Staged]]]] = []
         seq = self._seq
         try:
@@ -231,6 +237,7 @@ class Stage:
                     taken.append((owner, seq, pieces))
                     seq += max((s for s, _, _ in pieces), default=0) + 1
                 await store.execute(FOLDED_SQL, (self.owner, now))
+                shards = {int(r[0]) for r in await store.fetchall(SHARDS_SQL, (self.owner,))}
         finally:
             # Each attempt its own numbers, as rows(): one whose commit reached the server
             # and whose reply was lost adopted rows under them, which this stage does not
@@ -245,6 +252,7 @@ class Stage:
             self.pending += samples
             self.taken_over += samples
             log.warning("rollup_stage_taken_over", owner=owner, samples=samples)
+        return shards
 
     async def _fold_shard(
         self,
@@ -258,10 +266,9 @@ class Stage:
         and delete their rows, in one transaction; return how many samples that was, and
         the buckets written (:attr:`Buckets.held <collector.store.partials.Buckets.held>`
         and ``flooded`` say which were held to their length)."""
-        if not pieces:
-            return 0, Buckets()
         owner, busy = self.owner, self.config.busy_util_pct
         known = {seq for seq, _ in self._shards.get(shard, ())}
+        known |= {seq for k, seq in self._unreadable if k == shard}
 
         def fold(tx: Tx) -> tuple[list[Staged], Buckets]:
             tx.lock_fold()  # before reading the buckets it will write back
@@ -338,8 +345,8 @@ class Fold:
         if self._todo is None:
             if not stage.pending and not await stage._should_look(store, self.now):
                 return self._finish()
-            await stage._open(store, self.now)
-            self._todo = sorted(k for k, held in stage._shards.items() if held)
+            stored = await stage._open(store, self.now)
+            self._todo = sorted(stored | {k for k, held in stage._shards.items() if held})
         else:
             shard, pieces, made = self._next or self._prepare()
             try:

@@ -93,6 +93,7 @@ __all__ = [
     "RESOLUTIONS",
     "RETENTION_SQL",
     "SEEN_SQL",
+    "SHARDS_SQL",
     "STAGED_SQL",
     "STAGE_SQL",
     "TAKEOVER_FOLDS",
@@ -196,6 +197,9 @@ partials.NodeRanges`)."""
 OWNED_SQL: Final = "SELECT seq FROM rollup_stage WHERE owner = ? AND shard = ?"
 """The numbers of a shard's batches a collector still owns when it folds that shard
 (another may have taken over the others)."""
+SHARDS_SQL: Final = "SELECT DISTINCT shard FROM rollup_stage WHERE owner = ?"
+"""The shards a collector has rows in, when a fold begins: a lost attempt's rows (below)
+may sit in a shard no batch it knows is staged in (the ranges built again since)."""
 LOST_STAGE_SQL: Final = "SELECT body FROM rollup_stage WHERE owner = ? AND shard = ? AND seq = ?"
 """A row of this owner's shard that its stage does not know (an attempt committed whose
 reply was lost: :meth:`collector.store.fold.Stage.rows`)."""

@@ -35,6 +35,9 @@ def test_parse_sweep_includes_stop_and_does_not_drift() -> None:
         ("it_cap_mw=0:1e6:1", "1,000,001 points is more than 10,000"),
         # Counted, not listed: 10^18 values would take the machine's memory before the check.
         ("it_cap_mw=1:1e9:1e-9", "999,999,999,000,000,001 points is more than 10,000"),
+        # Too many to count in a float: a subnormal step, a span past the largest float.
+        ("it_cap_mw=1:1e9:1e-320", "is more than 10,000 points"),
+        ("it_cap_mw=-1e308:1e308:1", "is more than 10,000 points"),
     ],
 )
 def test_parse_sweep_rejects_malformed_specs(text: str, message: str) -> None:

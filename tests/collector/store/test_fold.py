@@ -423,3 +423,55 @@ async def test_a_takeover_whose_commit_reply_was_lost_folds_the_adopted_rows_onc
             await a.fold_rollups()
     assert db_rows(target, "SELECT count(*) FROM rollup_stage") == [(0,)]
     _same(_all(target), _all(other_url))
+
+
+async def test_a_lost_attempts_rows_in_a_range_no_batch_stages_in_any_more_are_folded(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """A lost attempt (its rows committed, the reply lost) staged its samples in the ranges
+    of then: when the fleet then shrinks, the ranges are built again, fewer, and no batch
+    is staged in some of those shards any more. The next fold still folds those rows, once
+    (not only the next start of the collector)."""
+    a, b, *rest = _batches(5)
+    first = sorted({r.node for r in a})[:6]
+    rest = [[r for r in batch if r.node in first] for batch in rest]
+    await _one_fold(other_url, [a, b, *rest])
+    config = RollupConfig(stage_shards=8, shard_nodes=3)
+    async with Store(store_url, rollups=config) as store:
+        stage = store._stage
+        assert stage is not None
+        await store.write_batch(a)
+        assert stage._ranges.count == 8
+        await store.fold_rollups()
+        # Batch b's attempt: its stage rows committed, the reply lost (never `committed`).
+        _, lost = stage.rows(stage.split(partials.stage(b, stage.config.busy_util_pct)))
+        await store.transact("the lost attempt", lambda tx: tx.insert_many(STAGE_SQL, lost))
+        for batch in rest:  # six nodes left: two ranges at the next fold
+            await store.write_batch(batch)
+            await store.fold_rollups()
+        assert stage._ranges.count == 2
+        assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(0,)]
+    _same(_all(store_url), _all(other_url))
+
+
+async def test_a_staged_row_this_version_cannot_read_does_not_stop_the_folds(
+    store_url: StoreTarget, other_url: StoreTarget
+) -> None:
+    """A row of this collector's stage that this version cannot read (staged by another
+    version) stays unrolled, as the start says (``rollup_stage_unreadable``): the folds of
+    its shard go on, every other sample folded once."""
+    a, b = _batches(2)
+    await _one_fold(other_url, [a, b])
+    config = RollupConfig(stage_shards=8, shard_nodes=1)
+    async with Store(store_url, rollups=config) as store:
+        stage = store._stage
+        assert stage is not None
+        await store.write_batch(a)
+        shards = sorted(stage._shards)
+        bad = [(stage.owner, 10**6, k, b"not a staged batch") for k in shards]
+        await store.transact("another version's rows", lambda tx: tx.insert_many(STAGE_SQL, bad))
+    async with Store(store_url, rollups=config) as store:  # read back: a's rows, not those
+        await store.write_batch(b)
+        assert await store.fold_rollups() == 2 * NODES
+    assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(len(shards),)]
+    _same(_all(store_url), _all(other_url))
