@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import bisect
 import operator
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -204,6 +205,10 @@ _GPU_ENERGY: Final = _GPU_AT["energy_j"]
 NODES_PER_SHARD: Final = 64
 """Fewest nodes in one shard of :class:`NodeRanges` (a fold's part writes their buckets):
 a small site folds in one part, 12,500 nodes in 128 (the ``[rollups] fold_shards`` default)."""
+RANGE_NAMES: Final = 1 << 16
+"""Most names :meth:`NodeRanges.from_names` sorts to choose its bounds (a sample of them
+beyond): 65,536 sort in ~40 ms."""
+_SAMPLER: Final = random.Random(0x5EED)
 _CACHED_NAMES: Final = 1 << 18
 """Names :meth:`NodeRanges.shards` remembers beyond those it was built from (new nodes)."""
 
@@ -242,9 +247,16 @@ class NodeRanges:
         cls, names: Iterable[str], most: int, fewest: int = NODES_PER_SHARD
     ) -> NodeRanges:
         """At most ``most`` ranges of equal numbers of ``names``, ``fewest`` names each at
-        least."""
-        known = frozenset(names)
-        ordered = sorted(known)
+        least. Past :data:`RANGE_NAMES` names, the bounds are those of a random sample of
+        that many (a flood of made-up node names then costs ~0.1 s a fold, not seconds of
+        sorting on the event loop); the names not in it find their range by bisection."""
+        pool = names if isinstance(names, set | frozenset) else set(names)
+        if len(pool) > RANGE_NAMES:
+            ordered = sorted(_SAMPLER.sample(list(pool), RANGE_NAMES))
+            known = frozenset(ordered)
+        else:
+            known = frozenset(pool)
+            ordered = sorted(known)
         count = max(1, min(most, len(ordered) // max(1, fewest)))
         bounds = [ordered[len(ordered) * k // count] for k in range(1, count)]
         ranges = cls(known, bounds)
@@ -257,7 +269,10 @@ class NodeRanges:
 
     def stale(self, seen: set[str]) -> bool:
         """Whether the names seen since differ enough to build the ranges again: a name
-        not among them, or a tenth of them gone."""
+        not among them, or a tenth of them gone (past :data:`RANGE_NAMES`: always, without
+        comparing them)."""
+        if len(seen) > RANGE_NAMES:
+            return True
         return not seen <= self.names or len(seen) < 0.9 * len(self.names)
 
     def shards(self, nodes: Sequence[str]) -> npt.NDArray[np.int64]:

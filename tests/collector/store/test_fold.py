@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.simulate import FleetSimulator
@@ -295,6 +296,21 @@ def test_node_ranges_are_contiguous_balanced_and_take_unknown_names_in_order() -
     assert not ranges.stale(set(names[:600]))
     assert ranges.stale(set(names[:500]))  # a tenth of the nodes gone
     assert ranges.stale({*names, "gpu9999"})  # a node it does not know
+
+
+def test_node_ranges_of_a_flood_of_names_are_chosen_from_a_sample() -> None:
+    """A flood of made-up node names (a hostile node can name any node in its topics):
+    the bounds come from a sample of :data:`~collector.store.partials.RANGE_NAMES` of them,
+    not from sorting them all on the event loop at every fold, and still split the names
+    into ranges of near-equal size."""
+    names = {f"x{i:07d}c0s0b0n{i % 4}" for i in range(4 * partials.RANGE_NAMES)}
+    ranges = partials.NodeRanges.from_names(names, 128)
+    assert len(ranges.names) == partials.RANGE_NAMES
+    assert ranges.stale(names)  # past the sample: built again, without comparing them all
+    sizes = np.bincount(ranges.shards(sorted(names)), minlength=128)
+    assert ranges.count == 128
+    assert sizes.min() > 0.7 * len(names) / 128
+    assert sizes.max() < 1.3 * len(names) / 128
 
 
 async def test_ranges_that_move_between_folds_count_every_sample_once(
