@@ -353,7 +353,10 @@ class Collector:
             # One collector: it leads from the start, and takes back its alerts before
             # anything runs, as it always did. Firing alerts stay firing while the live view
             # refills after a restart: until a node that does not sample again could be
-            # called stale, and two evaluations.
+            # called stale, and two evaluations. The view starts from the store, as an
+            # elected leader's does (_take_over): a node that stays silent through the
+            # restart is stale since its last stored sample, not "never sampled".
+            self.live.merge(await asyncio.to_thread(parts.stored_nodes, s.store_target))
             alone = self._leader_jobs(queue, None)
             await alone.alerts.restore(store, hold_s=hold_s)
         metrics = None

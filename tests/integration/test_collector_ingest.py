@@ -12,8 +12,8 @@ from agent.simulate import FleetSimulator, publish_fleet
 from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from shared.clock import FakeClock
-from shared.schema import encode
-from shared.topics import sample_topic
+from shared.schema import NodeStatus, encode
+from shared.topics import sample_topic, status_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
 
@@ -208,3 +208,38 @@ async def test_retention_deletes_by_arrival_time_while_running(
     await wait_until(lambda: counters_flushed_at(clock.time()), what="another writer turn")
     assert count_samples(collector_runner.db, late_node.node_ids[0]) == 1
     assert count_samples(collector_runner.db) == 51
+
+
+async def test_a_restarted_collector_knows_each_nodes_last_stored_sample(
+    mosquitto: MosquittoBroker, collector_runner: CollectorRunner
+) -> None:
+    """A node that stays silent through a collector's restart: the new collector's live view
+    starts from the store (as an elected leader's does), so the node is stale since its last
+    stored sample, not "never sampled", and NodeStale says when that was."""
+    sim = FleetSimulator(2, gpus_per_node=2, seed=5, interval_s=1)
+    await collector_runner.start()
+    stats = await publish_fleet(
+        fast_mqtt(mosquitto), sim, ticks=2, burst=True, start_ts=time.time() - 30
+    )
+    db = collector_runner.db
+    await wait_until(lambda: count_samples(db) == stats.published, what="the samples stored")
+    await collector_runner.stop()
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="hung") as client:
+        for node in sim.node_ids:  # online, as their agents say, but sampling no more
+            status = NodeStatus(v=1, node=node, status="online", ts=time.time())
+            await client.publish(status_topic(node), encode(status), qos=1, retain=True)
+    collector = await collector_runner.start()
+    await wait_until(
+        lambda: sorted(st.status or "" for st in collector.live.nodes()) == ["online"] * 2,
+        what="the retained statuses",
+    )
+    held = {st.node: st for st in collector.live.nodes()}
+    assert set(held) == set(sim.node_ids)
+    for st in held.values():
+        assert st.sample is not None
+        assert st.sample.ts > time.time() - 60  # the newest stored (stamped ~29 s ago)
+        assert st.sample_received is not None
+    stale = next(r for r in collector._rules if r.name == "NodeStale")
+    lines = [i.values["last"] for i in stale.condition(collector.live, time.time() + 600)]
+    assert len(lines) == 2
+    assert "never" not in lines
