@@ -136,7 +136,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--limit",
         type=_count,
         metavar="N",
-        help=f"at most N nodes (summary, --gpus) or samples (--node); default "
+        help=f"at most N nodes (summary, --gpus), jobs (--jobs, most GPUs first) or samples "
+        f"(--node); default "
         f"{_LIMIT_DEFAULT}; with --rejected at most N messages, default {_LIMIT_DEFAULT_REJECTED}",
     )
     p.add_argument(
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.gpus:
             _gpus(store, args)
         elif args.jobs:
-            _jobs(store, settings, now, args.json)
+            _jobs(store, settings, now, args.json, args.limit or _LIMIT_DEFAULT)
         elif args.node is not None:
             _samples(store, args, _SINCE_DEFAULT_NODE_S if since_s is None else since_s, now)
         else:
@@ -425,10 +426,12 @@ def _gpus(store: StoreReader, args: argparse.Namespace) -> None:
         _print_gpus(rows)
 
 
-def _jobs(store: StoreReader, settings: ReadSettings, now: float, as_json: bool) -> None:
+def _jobs(
+    store: StoreReader, settings: ReadSettings, now: float, as_json: bool, limit: int
+) -> None:
     from collector.store.queries import job_rows  # noqa: PLC0415
 
-    rows = job_rows(store, now, staleness=settings.staleness())
+    rows = job_rows(store, now, staleness=settings.staleness())[:limit]  # most GPUs first
     if as_json:
         print_json({"jobs": rows})
         return

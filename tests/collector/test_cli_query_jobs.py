@@ -108,6 +108,20 @@ def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
     assert (jobs["5"]["user"], jobs["5"]["gpus"], jobs["5"]["gpu_hours"]) == ("bob", 0.5, 0.5)
 
 
+def test_jobs_are_bounded_by_limit_most_gpus_first(
+    db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--limit bounds --jobs as it bounds the nodes: one hostile node naming thousands of
+    jobs printed them all."""
+    path, _ = db
+    assert [j["job"] for j in _json(capsys, path, "--jobs", "--limit", "2")["jobs"]] == [
+        "4242",
+        POD,
+    ]
+    assert main(["query", "--db", str(path), "--jobs", "--limit", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # the header and one job
+
+
 def test_jobs_table_and_gpus_job_column(
     db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
 ) -> None:
