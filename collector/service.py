@@ -356,7 +356,7 @@ class Collector:
             # called stale, and two evaluations. The view starts from the store, as an
             # elected leader's does (_take_over): a node that stays silent through the
             # restart is stale since its last stored sample, not "never sampled".
-            self.live.merge(await asyncio.to_thread(parts.stored_nodes, s.store_target))
+            await self._live_from_store()
             alone = self._leader_jobs(queue, None)
             await alone.alerts.restore(store, hold_s=hold_s)
         metrics = None
@@ -429,13 +429,19 @@ class Collector:
         self.evaluator = jobs.alerts_evaluator
         return jobs
 
+    async def _live_from_store(self) -> int:
+        """Fill the live view from the store (each node's newest stored sample, status and
+        inventory), keeping what it already holds that is newer; return how many nodes."""
+        stored = await asyncio.to_thread(parts.stored_nodes, self.settings.store_target)
+        return self.live.merge(stored)
+
     async def _take_over(self, reads: Store, fence: Fence, health: Health, hold_s: float) -> None:
         """A new term of an elected leader: the live view filled from the store, the
         alerts and capacity history taken back, then the leader's jobs."""
         s = self.settings
         records = FencedRecords(_put_record(self._queue), fence)
         started = self.clock.monotonic()
-        merged = self.live.merge(await asyncio.to_thread(parts.stored_nodes, s.store_target))
+        merged = await self._live_from_store()
         jobs = self._leader_jobs(records, fence.store_token)
         await records.put(await jobs.alerts.take_back(reads, hold_s=hold_s))
         if self.capacity is not None:

@@ -186,7 +186,7 @@ class Stage:
     def fold(self, now: float) -> Fold:
         """The fold in flight, or a new one as of ``now`` (Unix s): write it part by part."""
         if self.folding is None:
-            if self._seen and self._ranges.stale(self._seen):
+            if self._seen and self._ranges.outdated(self._seen):
                 self._ranges = self._ranges_of(self._seen)
             self._seen = set()
             self.folding = Fold(self, now)

@@ -222,7 +222,8 @@ class NodeRanges:
     a few pages, where shards by a hash of the name touched pages all over it in every part.
     Measured (``bench/bench_rollups.py --part parts``, 100,000 samples of 12,500 8-GPU
     nodes in 128 shards): by hash the parts summed 970-985 ms (median 5.3 ms, longest
-    19-21), by range 604 ms (median 3.7, longest 14), the fold in one transaction 720-930.
+    19-21), by range 696-727 ms (median 4.3-4.4, longest 14-17), the fold in one
+    transaction 704-1,074 ms.
 
     Built from the names a collector sees (:meth:`from_names`: the nodes it knows at start,
     then those it staged since a fold, when they change; a new store's, from its first
@@ -267,7 +268,7 @@ class NodeRanges:
             ranges._of[name] = k
         return ranges
 
-    def stale(self, seen: set[str]) -> bool:
+    def outdated(self, seen: set[str]) -> bool:
         """Whether the names seen since differ enough to build the ranges again: a name
         not among them, or a tenth of them gone (past :data:`RANGE_NAMES`: always, without
         comparing them)."""

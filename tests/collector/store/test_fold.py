@@ -293,9 +293,9 @@ def test_node_ranges_are_contiguous_balanced_and_take_unknown_names_in_order() -
     assert ranges.shards(new).tolist() == [0, 1, 5, 7]  # remembered, the same
     assert partials.NodeRanges.from_names(names[:200], 8, 64).count == 3
     assert partials.NodeRanges.from_names([], 8, 64).count == 1
-    assert not ranges.stale(set(names[:600]))
-    assert ranges.stale(set(names[:500]))  # a tenth of the nodes gone
-    assert ranges.stale({*names, "gpu9999"})  # a node it does not know
+    assert not ranges.outdated(set(names[:600]))
+    assert ranges.outdated(set(names[:500]))  # a tenth of the nodes gone
+    assert ranges.outdated({*names, "gpu9999"})  # a node it does not know
 
 
 def test_node_ranges_of_a_flood_of_names_are_chosen_from_a_sample() -> None:
@@ -306,7 +306,7 @@ def test_node_ranges_of_a_flood_of_names_are_chosen_from_a_sample() -> None:
     names = {f"x{i:07d}c0s0b0n{i % 4}" for i in range(4 * partials.RANGE_NAMES)}
     ranges = partials.NodeRanges.from_names(names, 128)
     assert len(ranges.names) == partials.RANGE_NAMES
-    assert ranges.stale(names)  # past the sample: built again, without comparing them all
+    assert ranges.outdated(names)  # past the sample: built again, without comparing them all
     sizes = np.bincount(ranges.shards(sorted(names)), minlength=128)
     assert ranges.count == 128
     assert sizes.min() > 0.7 * len(names) / 128
