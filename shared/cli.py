@@ -16,6 +16,7 @@ __all__ = [
     "add_web_config_arg",
     "first_capwatch_error",
     "run_command",
+    "shown",
 ]
 
 
@@ -89,3 +90,16 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     return code
+
+
+def shown(text: str) -> str:
+    """``text`` as a terminal shows it safely: control and other non-printable characters
+    (ANSI escapes, newlines, bidi overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``.
+
+    The collector's tables show every cell through it (``collector/cli/_render.py``), and
+    ``collector query --rejected`` the heads of quarantined messages; use it too for names
+    printed outside a table. Idempotent: what it returns is printable.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

@@ -7,6 +7,8 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, TextIO
 
+from shared.cli import shown
+
 __all__ = [
     "FREE_TEXT_COLUMNS",
     "Column",
@@ -66,18 +68,6 @@ def print_json(data: Any, out: TextIO | None = None) -> None:
 
     body = msgspec.json.format(msgspec.json.encode(data, enc_hook=str), indent=2)
     print(body.decode(), file=out or sys.stdout)
-
-
-def shown(text: str) -> str:
-    """``text`` as a terminal shows it safely: control and other non-printable characters
-    (ANSI escapes, newlines, bidi overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``.
-
-    :func:`render_table` shows every cell through it; use it too for names printed outside a
-    table. Idempotent: what it returns is printable.
-    """
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def width(text: str) -> int:

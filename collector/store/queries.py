@@ -16,6 +16,7 @@ from collector.jobfacts import job_label
 from collector.nodefacts import STATES, Staleness, gap_missing
 from collector.store.dialect import Dialect, pick
 from collector.store.reader import StoreReader
+from shared.cli import shown
 
 __all__ = [
     "active_alerts",
@@ -379,10 +380,7 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
 def printable(head: bytes) -> str:
     """Bytes as text a terminal shows safely: invalid UTF-8 as ``\\xNN``, control and other
     non-printable characters as ``\\n``, ``\\x00``, ``\\u2028``..."""
-    text = head.decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return shown(head.decode("utf-8", "backslashreplace"))
 
 
 def rejected_messages(
