@@ -104,6 +104,11 @@ class _Profile:
     energy_j: list[float]
 
 
+_PACE_S: Final = 0.002
+"""A spread tick sleeps at most this often (see :func:`publish_fleet`): a sleep per message
+costs more than 10,000 messages a second allow."""
+
+
 @dataclass(slots=True)
 class SimStats:
     """What a simulation run did."""
@@ -295,10 +300,15 @@ class FleetSimulator:
             gpus=tuple(gpus),
         )
 
-    def tick(self, ts: float) -> Iterator[tuple[str, bytes]]:
-        """(topic, payload) of every node for one tick at ``ts``; advances the sequence."""
+    def next_seq(self) -> int:
+        """The sequence number of the next tick (its samples' ``seq``); advances it."""
         seq = self._seq
         self._seq += 1
+        return seq
+
+    def tick(self, ts: float) -> Iterator[tuple[str, bytes]]:
+        """(topic, payload) of every node for one tick at ``ts``; advances the sequence."""
+        seq = self.next_seq()
         for i, node in enumerate(self.node_ids):
             yield sample_topic(node), encode(self.sample(i, ts, seq))
 
@@ -309,6 +319,7 @@ async def publish_fleet(
     *,
     ticks: int | None = None,
     burst: bool = False,
+    spread: bool = False,
     workers: int = 256,
     stop: asyncio.Event | None = None,
     start_ts: float | None = None,
@@ -318,6 +329,12 @@ async def publish_fleet(
 
     ``burst``: no waiting between ticks; sample timestamps still step by the interval from
     ``start_ts`` (the benchmark uses this to offer load as fast as the broker takes it).
+    ``spread`` (without ``burst``): each node samples and publishes at its own phase of the
+    interval, node ``i`` at ``i / nodes`` of it, as agents started at different times do;
+    otherwise every node publishes at the start of each interval, all at once. A spread
+    sample is taken (its ``ts``) when it is made; how far behind its node's phase the
+    simulator made one, at most, is ``SimStats.extra["max_late_s"]`` (the simulator, not
+    the collector, fell behind).
 
     Like the agent, it outlives the broker once connected (the first connection failing is
     raised: a wrong address or password is the user's to fix): a lost connection is retried
@@ -351,13 +368,33 @@ async def publish_fleet(
             )
         return out
 
+    async def paced(start: float) -> None:
+        # Node i is due at start + i * step (wall clock): sleep until then, every _PACE_S
+        # of nodes; its sample is taken when it is made, so a simulator running late sends
+        # late samples, not old ones.
+        seq = sim.next_seq()
+        step = sim.interval_s / max(len(sim.node_ids), 1)
+        every = max(1, math.ceil(_PACE_S / step))
+        for i, node in enumerate(sim.node_ids):
+            if i % every == 0:
+                delay = start + i * step - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    stats.extra["max_late_s"] = max(stats.extra.get("max_late_s", 0.0), -delay)
+            sample = encode(sim.sample(i, time.time(), seq))
+            await queue.put((sample_topic(node), sample, False))
+
     async def produce() -> None:
         base_ts = start_ts if start_ts is not None else time.time()
         next_tick = time.monotonic()
         while not stop.is_set() and (ticks is None or stats.ticks < ticks):
             ts = base_ts + stats.ticks * sim.interval_s if burst else time.time()
-            for topic, payload in sim.tick(ts):
-                await queue.put((topic, payload, False))
+            if spread and not burst:
+                await paced(ts)
+            else:
+                for topic, payload in sim.tick(ts):
+                    await queue.put((topic, payload, False))
             stats.ticks += 1
             if burst:
                 continue

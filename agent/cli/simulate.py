@@ -33,10 +33,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--ticks", type=int, metavar="N", help="stop after N ticks (default: run until stopped)"
     )
-    p.add_argument(
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument(
         "--burst",
         action="store_true",
         help="do not wait between ticks (timestamps still step by --interval)",
+    )
+    pace.add_argument(
+        "--spread",
+        action="store_true",
+        help="each node publishes at its own phase of the interval, as a real fleet's agents "
+        "do (default: every node at the start of each interval, all at once)",
     )
     p.add_argument(
         "--first-index",
@@ -83,6 +90,7 @@ def simulate(args: argparse.Namespace) -> int:
             sim,
             ticks=args.ticks,
             burst=args.burst,
+            spread=args.spread,
             stop=stop,
             client_id=f"capwatch-simulator-{args.first_index}",
         )
@@ -91,6 +99,7 @@ def simulate(args: argparse.Namespace) -> int:
             "ticks": stats.ticks,
             "published": stats.published,
             "late_ticks": stats.late_ticks,
+            "max_late_s": round(stats.extra.get("max_late_s", 0.0), 3),
             "elapsed_s": round(stats.elapsed_s, 3),
             "samples_per_s": round(stats.published / stats.elapsed_s, 1)
             if stats.elapsed_s

@@ -393,11 +393,15 @@ class Writer:
                 with contextlib.suppress(MqttWireError):
                     unit.link.ack(unit.acks)
                     acked += len(unit.acks)
+        # age_ms: how long before this commit its oldest sample was taken, by the node's
+        # clock (end-to-end latency; bench/bench_ingest_stall.py reads it).
+        oldest = min((i.ts_ms for i in items if type(i) is SampleRow), default=None)
         log.debug(
             "batch_stored",
             items=len(items),
             acked=acked,
             ms=round((self._clock.monotonic() - t0) * 1000, 2),
+            age_ms=None if oldest is None else round(self._clock.time() * 1000) - oldest,
         )
         return len(items)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from structlog.testing import capture_logs
 
 from agent.simulate import FleetSimulator
 from collector.counters import value
@@ -289,6 +290,25 @@ async def test_a_row_sqlite_refuses_is_found_by_bisection_and_quarantined(
     assert link.acked == list(range(1, 65))
     assert value(writer.metrics.bisections) >= 6  # log2(64) levels down to one row
     assert value(writer.metrics.stored) == 63
+
+
+async def test_each_batch_logs_how_old_its_oldest_sample_was_when_committed(
+    tmp_path: Path,
+) -> None:
+    """``batch_stored`` carries ``age_ms``: commit time minus the batch's oldest sample's own
+    ts (bench/bench_ingest_stall.py counts a stall only while a sample waited); a batch
+    without samples has none."""
+    sim = FleetSimulator(3, gpus_per_node=1, seed=8, interval_s=5)
+    samples = [sim.sample(i, T0 - 2.5 - i, 0) for i in range(3)]
+    rows = [sample_row(s, encode(s), T0) for s in samples]
+    status = NodeUpdate(node=samples[0].node, status="online", status_ts=T0)
+    units = [Unit(_Link(), list(rows), [1, 2, 3]), Unit(_Link(), [status], [4])]
+    with capture_logs() as logs:
+        async with Store(tmp_path / "c.db") as store:
+            await _run_writer(store, units[:1])
+            await _run_writer(store, units[1:])
+    ages = [e.get("age_ms") for e in logs if e["event"] == "batch_stored"]
+    assert ages == [4500, None]  # T0 - (T0 - 4.5 s): the third node's sample
 
 
 async def test_a_store_that_cannot_be_written_stops_without_acking(tmp_path: Path) -> None:
