@@ -23,7 +23,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -313,6 +313,11 @@ class FleetSimulator:
             yield sample_topic(node), encode(self.sample(i, ts, seq))
 
 
+def _taken_when_sent(sim: FleetSimulator, i: int, seq: int) -> Callable[[], bytes]:
+    """Node ``i``'s sample ``seq``, taken (its ``ts``) when the call makes it."""
+    return lambda: encode(sim.sample(i, time.time(), seq))
+
+
 async def publish_fleet(
     mqtt: MqttSettings,
     sim: FleetSimulator,
@@ -346,7 +351,10 @@ async def publish_fleet(
     """
     stop = stop or asyncio.Event()
     stats = SimStats()
-    queue: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(maxsize=workers * 8)
+    queue: asyncio.Queue[tuple[str, bytes | Callable[[], bytes], bool]] = asyncio.Queue(
+        maxsize=workers * 8
+    )
+    """(topic, payload or what makes it when it is sent, retain)."""
     retry: list[tuple[tuple[str, bytes, bool], bool]] = []
     """Messages a lost connection interrupted (and whether they came off the queue, which
     waits for their acknowledgement): sent first after a reconnect."""
@@ -370,8 +378,8 @@ async def publish_fleet(
 
     async def paced(start: float) -> None:
         # Node i is due at start + i * step (wall clock): sleep until then, every _PACE_S
-        # of nodes; its sample is taken when it is made, so a simulator running late sends
-        # late samples, not old ones.
+        # of nodes. Its sample is taken as it is sent (a worker makes it), so a simulator
+        # running late sends late samples, not old ones.
         seq = sim.next_seq()
         step = sim.interval_s / max(len(sim.node_ids), 1)
         every = max(1, math.ceil(_PACE_S / step))
@@ -382,8 +390,7 @@ async def publish_fleet(
                     await asyncio.sleep(delay)
                 else:
                     stats.extra["max_late_s"] = max(stats.extra.get("max_late_s", 0.0), -delay)
-            sample = encode(sim.sample(i, time.time(), seq))
-            await queue.put((sample_topic(node), sample, False))
+            await queue.put((sample_topic(node), _taken_when_sent(sim, i, seq), False))
 
     async def produce() -> None:
         base_ts = start_ts if start_ts is not None else time.time()
@@ -414,8 +421,13 @@ async def publish_fleet(
         generated.set()
 
     async def connection(client: aiomqtt.Client) -> None:
-        async def send(item: tuple[str, bytes, bool], from_queue: bool) -> None:
-            topic, payload, retain = item
+        async def send(
+            made: tuple[str, bytes | Callable[[], bytes], bool], from_queue: bool
+        ) -> None:
+            topic, payload, retain = made
+            if callable(payload):
+                payload = payload()  # made once: a resend after a reconnect is the same
+            item = (topic, payload, retain)
             try:
                 await client.publish(topic, payload, qos=1, retain=retain)
             except BaseException as exc:  # lost connection, or cancelled because of one

@@ -92,15 +92,15 @@ def _waits(commits: list[tuple[float, float, float | None]]) -> list[float]:
     sample was taken (by the node's clock: the simulator's, on this machine). A gap in which
     no sample waited (the fleet between two ticks) is not a stall; one that a busy event loop
     caused still counts, as its samples waited in the broker or the socket. A batch without
-    samples counts its whole gap."""
+    samples (statuses, inventories: nothing says when they were sent) counts none."""
     return [
-        gap if b[2] is None else max(0.0, min(gap, b[2]))
+        0.0 if b[2] is None else max(0.0, min(gap, b[2]))
         for a, b in itertools.pairwise(commits)
         for gap in ((b[0] - a[0]) * 1000,)
     ]
 
 
-_WORK: Final = ("rollups_folded", "record_stored")
+_WORK: Final = ("rollups_folded", "record_stored", "upkeep_done")
 """The writer's own work besides sample batches (debug lines with ``ms``)."""
 _CYCLES: Final = (
     "capacity_snapshot",

@@ -300,14 +300,22 @@ class Writer:
             if due_fold and self._queue_fold():
                 next_fold = now + self._fold_s
             if now >= next_marks:
-                more = await self.flush_watermarks()
+                more = await self._upkeep("watermarks", self.flush_watermarks())
                 next_marks = now if more else now + self._watermark_interval_s
             if now >= next_counters:
-                await self.flush_counters()
+                await self._upkeep("counters", self.flush_counters())
                 next_counters = now + self._counters_every_s
             if now >= next_retention:
-                more = await self._retention_chunk()
+                more = await self._upkeep("retention", self._retention_chunk())
                 next_retention = now if more else now + self._retention_check_s
+
+    async def _upkeep(self, job: str, work: Awaitable[T]) -> T:
+        """``work``, one of the writer's own periodic jobs, logged (debug) with its ms: the
+        stall bench names what the writer did in a gap."""
+        t0 = self._clock.monotonic()
+        out = await work
+        log.debug("upkeep_done", job=job, ms=round((self._clock.monotonic() - t0) * 1e3, 2))
+        return out
 
     async def _write_records(self, budget_s: float) -> None:
         """Write the waiting records' parts, in order (at least one part), until none is
