@@ -135,9 +135,9 @@ class Collector:
             self.alert_metrics,
             self.evaluator_metrics,
         ]
-        self.live = LiveView()
+        self.live = LiveView(max_nodes=settings.max_nodes)
         """The fleet as the alert rules see it: latest sample, status, inventory per node."""
-        self.watermarks = Watermarks(hole_s=settings.watermark_hole_s)
+        self.watermarks = Watermarks(hole_s=settings.watermark_hole_s, max_nodes=settings.max_nodes)
         """Per node, what the store holds: published for the agents (``watermark_interval_s``)."""
         self.ingestor = Ingestor(
             self.clock,

@@ -19,6 +19,7 @@ from pydantic import (
 from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
+from collector.live import DEFAULT_MAX_NODES
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
 from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
 from collector.pdu.settings import PduSettings, PdusSettings
@@ -450,6 +451,12 @@ class CollectorSettings(CapwatchSettings):
     queue_max_bytes: int = Field(default=256 << 20, ge=1 << 20)
     """... and at most this many bytes of payload (the memory bound): ``queue_max_bytes /
     1 MiB`` units of up to 64 messages each (see ``queue_max``)."""
+    max_nodes: int = Field(default=DEFAULT_MAX_NODES, ge=1, le=1_000_000)
+    """The most nodes this collector tracks (its live view and store watermarks; ~10 KB of
+    memory each). A message of a new node past it is rejected as ``fleet_full`` (counted,
+    quarantined, acknowledged), so a flood of invented node names (a broker that lets any
+    client write any node's topics) grows neither the store nor the memory. Set it above
+    the site's node count."""
     max_clock_skew_s: float = Field(default=300.0, gt=0, le=30 * 86_400)
     """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
     quarantine_max_rows: int = Field(default=10_000, ge=100)

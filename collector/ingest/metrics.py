@@ -38,6 +38,7 @@ REJECT_REASONS: Final = (
     "topic_mismatch",  # the payload's node is not the topic's
     "clock_skew",  # stamped too far ahead of the collector's clock
     "too_old",  # older than the retention window
+    "fleet_full",  # a new node when the collector already tracks max_nodes
     "store_refused",  # valid, but SQLite refused the row (the writer's bisection found it)
 )
 """Why a message is rejected: the ``reason`` label's values, and the quarantine's."""

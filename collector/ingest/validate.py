@@ -27,6 +27,10 @@ the zero-byte PUBLISH on to subscribers), e.g. ``mosquitto_pub -r -n`` when a no
 decommissioned. It is counted (``retained_cleared``) and acknowledged; what the store and
 the live view hold of the node stays as it was.
 
+The fleet is bounded (``max_nodes``, the live view's bound): a message of a node the view does
+not hold, when it holds that many (a reject-only node evicted first), is ``fleet_full``, so
+invented node names reach neither the store nor the view.
+
 Time checks use the collector's clock, not the node's: a sample stamped more than
 ``max_skew_s`` ahead of it is ``clock_skew``; one older than the retention window is
 ``too_old`` (late samples replayed after an outage are welcome until then).
@@ -224,6 +228,12 @@ class Ingestor:
         decode = _DECODERS.get(kind)
         if decode is None:
             return _Problem("bad_topic", f"unknown message kind {kind!r}")
+        if self.live is not None and not self.live.room_for(node):
+            # Before decoding: a flood of invented node names costs a lookup a message, and
+            # neither the store nor the view grows past the fleet's bound.
+            return _Problem(
+                "fleet_full", f"{self.live.max_nodes} nodes already tracked (max_nodes)"
+            )
         if not payload and kind in _RETAINED:
             self._cleared.inc()
             return NodeUpdate(node=node)

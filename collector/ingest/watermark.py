@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from collector.live import DEFAULT_MAX_NODES
 from collector.nodefacts import agent_restarted, gap_missing
 from collector.store.db import SampleRow
 from collector.store.watermarks import WatermarkRow
@@ -47,7 +48,6 @@ from collector.store.watermarks import WatermarkRow
 __all__ = ["Watermarks"]
 
 _MAX_RANGES: Final = 64
-_MAX_NODES: Final = 50_000
 
 
 @dataclass(slots=True)
@@ -92,7 +92,7 @@ class Watermarks:
         *,
         hole_s: float,
         max_ranges: int = _MAX_RANGES,
-        max_nodes: int = _MAX_NODES,
+        max_nodes: int = DEFAULT_MAX_NODES,
     ) -> None:
         self.hole_ms = round(hole_s * 1000)
         self.max_ranges = max(1, max_ranges)

@@ -32,7 +32,7 @@ from collector.settings import CollectorMqttSettings, CollectorSettings
 from collector.store.db import NodeUpdate, Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
-from shared.schema import decode_watermark, encode
+from shared.schema import decode_sample, decode_watermark, encode
 from shared.topics import (
     LEGACY_SUBSCRIPTIONS,
     SUBSCRIPTIONS,
@@ -205,6 +205,33 @@ async def test_rejected_messages_are_quarantined_counted_per_node_and_acked(
     assert value(collector.ingest_metrics.rejected_by["clock_skew"]) == 1
     per_node = db_rows(running.db, "SELECT node, reason, count FROM node_rejects ORDER BY reason")
     assert per_node == [(node, "clock_skew", 1), (node, "not_json", 1)]
+
+
+async def test_nodes_past_max_nodes_are_quarantined_as_fleet_full_and_acked(
+    tmp_path: Path,
+) -> None:
+    """``max_nodes = 2``: a third node's samples are quarantined (``fleet_full``) and
+    acknowledged; the store holds neither them nor the node; the first two are stored."""
+    running = Running(tmp_path, ScriptedBroker(), max_nodes=2)
+    collector = await running.start()
+    assert (collector.live.max_nodes, collector.watermarks.max_nodes) == (2, 2)
+    messages = _sample_messages(running.broker, 3, 2)
+    running.broker.deliver(messages)
+    await wait_until(lambda: len(running.broker.acked_ids()) == 6, what="all six acked")
+    await running.stop()
+    nodes = sorted({decode_sample(m.payload).node for m in messages})
+    assert db_rows(running.db, "SELECT node, count(*) FROM samples GROUP BY node") == [
+        (nodes[0], 2),
+        (nodes[1], 2),
+    ]
+    assert db_rows(running.db, "SELECT node, reason FROM quarantine") == [
+        (nodes[2], "fleet_full"),
+        (nodes[2], "fleet_full"),
+    ]
+    assert db_rows(running.db, "SELECT node FROM nodes ORDER BY node") == [
+        (nodes[0],),
+        (nodes[1],),
+    ]
 
 
 async def test_a_lost_broker_session_is_counted_and_the_collector_subscribes_again(

@@ -8,7 +8,8 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.counters import labelled_values, value
 from collector.ingest.metrics import OTHER_REASON, REJECT_REASONS
-from collector.ingest.validate import Ingestor, Rejected
+from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.live import LiveView
 from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
 from collector.store.db import NodeUpdate, SampleRow, Store
@@ -148,6 +149,42 @@ def test_an_empty_retained_status_or_inventory_is_a_cleared_message_not_a_reject
     assert value(m.rejected) == 1
     assert m.counter_rows()["retained_cleared"] == 2
     assert list(ing.take_node_rejects()) == [("gpu-1", "not_json")]  # the sample alone
+
+
+def test_a_new_node_past_max_nodes_is_fleet_full_and_reaches_neither_store_nor_view() -> None:
+    """The fleet bound (the live view's ``max_nodes``): a message of a node the view does not
+    hold, when it holds that many real nodes, is rejected as ``fleet_full`` before it is
+    decoded (a broken one too), a cleared retained message as well; held nodes go on; a
+    reject-only node gives its slot to a real one; a forgotten node frees one."""
+    clock = FakeClock(start_wall=1.8e9 + 1)
+    view = LiveView(max_nodes=3)
+    ing = Ingestor(clock, live=view)
+    sim = FleetSimulator(6, gpus_per_node=1, seed=4, interval_s=5)
+    n = sim.node_ids
+
+    def sample(i: int) -> Item:
+        return ing.handle(sample_topic(n[i]), encode(sim.sample(i, 1.8e9, 0)))
+
+    assert isinstance(sample(0), SampleRow)
+    assert isinstance(ing.handle(sample_topic(n[1]), b"]["), Rejected)  # reject-only n1
+    assert isinstance(sample(2), SampleRow)
+    assert isinstance(sample(3), SampleRow)  # full: n1's slot, it only sent a reject
+    assert n[1] not in view
+    for topic, payload in [
+        (sample_topic(n[4]), encode(sim.sample(4, 1.8e9, 0))),
+        (sample_topic(n[4]), b"]["),  # refused before it is read
+        (status_topic(n[4]), b""),
+        (inventory_topic(n[5]), encode(sim.inventory(5, 1.8e9))),
+    ]:
+        refused = ing.handle(topic, payload)
+        assert isinstance(refused, Rejected)
+        assert refused.quarantine.reason == "fleet_full"
+    assert isinstance(sample(0), SampleRow)  # held nodes go on
+    assert sorted(st.node for st in view.nodes()) == sorted([n[0], n[2], n[3]])
+    assert labelled_values(ing.metrics.rejected)["fleet_full"] == 4
+    view.forget(n[2])
+    assert isinstance(sample(4), SampleRow)
+    assert n[4] in view
 
 
 async def test_gpus_are_packed_for_the_rollups_only_when_they_are_on(
