@@ -208,12 +208,11 @@ class LiveView:
         self.evicted = 0
         """Reject-only nodes dropped to make room for real ones."""
         self._nodes: dict[str, NodeState] = {}
-        self._victims = False
-        """Whether a reject-only node may be held: one was added since a search for one found
-        none (a node is reject-only only from its first message, a reject, until its first
-        valid one). A full view of real nodes then refuses a newcomer without searching: the
-        search is O(nodes), ~3 ms at 50,000, and a flood of invented names asked for it at
-        every message."""
+        self._reject_only = 0
+        """How many held nodes are reject-only (a node is, from its first message, a reject,
+        until its first valid one). A full view of real nodes refuses a newcomer without
+        searching for one: the search is O(nodes), ~3 ms at 50,000, and a flood of
+        invented names asked for it at every message."""
         self._racks: dict[str, PowerReading] = {}
 
     def snapshot(self) -> LiveView:
@@ -383,7 +382,8 @@ class LiveView:
 
     def forget(self, node: str) -> None:
         """Drop ``node`` (decommissioned); a later message brings it back."""
-        self._nodes.pop(node, None)
+        st = self._nodes.pop(node, None)
+        self._reject_only -= st is not None and st.reject_only
 
     # -- queries (rules)
 
@@ -489,26 +489,27 @@ class LiveView:
                 xids.append(XidSeen(ev.gpu_index, ev.xid, ev.ts, received))
 
     def room_for(self, node: str) -> bool:
-        """Whether a valid message of ``node`` will be held: it is, or there is room, made by
-        evicting the reject-only node rejected longest ago if the view is full. The
-        validator asks before every message: O(1) unless a reject-only node may be held."""
-        if node in self._nodes or len(self._nodes) < self.max_nodes:
-            return True
-        return self._evict_reject_only()
+        """Whether a valid message of ``node`` will be held: it is, or there is room (a free
+        slot, or a reject-only node that a valid message evicts). O(1): the validator asks
+        before every message. It evicts nothing: a message is still to be validated, and a
+        rejected one never evicts."""
+        return node in self._nodes or len(self._nodes) < self.max_nodes or self._reject_only > 0
 
     def _get(self, node: str, *, real: bool) -> NodeState | None:
         st = self._nodes.get(node)
         if st is not None:
+            if real and st.reject_only:  # the caller makes it real
+                self._reject_only -= 1
             return st
         if len(self._nodes) >= self.max_nodes and not (real and self._evict_reject_only()):
             self.refused += 1
             return None
         st = self._nodes[node] = NodeState(node, xids=deque(maxlen=self.max_xids))
-        self._victims |= not real
+        self._reject_only += not real
         return st
 
     def _evict_reject_only(self) -> bool:
-        if not self._victims:
+        if not self._reject_only:
             return False
         victim: NodeState | None = None
         for st in self._nodes.values():
@@ -516,10 +517,11 @@ class LiveView:
                 victim is None or (st.last_reject or 0.0) < (victim.last_reject or 0.0)
             ):
                 victim = st
-        if victim is None:
-            self._victims = False
+        if victim is None:  # not reached while the count is right
+            self._reject_only = 0
             return False
         del self._nodes[victim.node]
+        self._reject_only -= 1
         self.evicted += 1
         return True
 

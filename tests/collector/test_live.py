@@ -221,6 +221,32 @@ def test_node_bound_refuses_newcomers_but_evicts_reject_only_nodes_first() -> No
     assert len(view) == 3
 
 
+def test_room_for_a_newcomer_counts_the_reject_only_nodes_exactly() -> None:
+    """``room_for`` (asked before each message is validated): yes for a held node or a free
+    slot; when full, yes only while a reject-only node is held, however nodes became real,
+    were evicted or forgotten; asking evicts nothing."""
+    view = LiveView(max_nodes=3)
+    view.on_reject("a", "invalid", T0)
+    view.on_reject("b", "invalid", T0 + 1)
+    view.on_sample(_sample(node="c"), T0 + 2)
+    assert view.room_for("new")  # full; a and b may give way
+    assert len(view) == 3
+    view.on_status("a", "online", T0 + 3)  # a is real now
+    assert view.room_for("new")  # b still may
+    view.on_inventory(
+        msgspec.convert({**inventory_dict(), "node": "new"}, Inventory), T0 + 4
+    )  # evicts b
+    assert ("b" not in view, view.evicted) == (True, 1)
+    assert not view.room_for("other")  # three real nodes
+    assert view.room_for("a")
+    view.forget("c")
+    view.on_reject("d", "invalid", T0 + 5)  # a free slot: d is reject-only
+    view.forget("d")  # forgotten: no reject-only node is left
+    assert view.room_for("e")  # the free slot
+    view.on_sample(_sample(node="e"), T0 + 6)
+    assert not view.room_for("f")
+
+
 def test_bad_bounds_are_refused() -> None:
     """A view that could hold nothing is a configuration mistake."""
     with pytest.raises(ValueError, match="max_nodes"):

@@ -167,8 +167,13 @@ def test_a_new_node_past_max_nodes_is_fleet_full_and_reaches_neither_store_nor_v
 
     assert isinstance(sample(0), SampleRow)
     assert isinstance(ing.handle(sample_topic(n[1]), b"]["), Rejected)  # reject-only n1
-    assert isinstance(sample(2), SampleRow)
-    assert isinstance(sample(3), SampleRow)  # full: n1's slot, it only sent a reject
+    assert isinstance(sample(2), SampleRow)  # full, n1 the slot a valid newcomer may take
+    broken = ing.handle(sample_topic(n[4]), b"][")
+    assert isinstance(broken, Rejected)
+    assert broken.quarantine.reason == "not_json"  # read: it might have been valid
+    assert n[1] in view  # a rejected message evicts nothing
+    assert n[4] not in view
+    assert isinstance(sample(3), SampleRow)  # n1's slot: it only sent a reject
     assert n[1] not in view
     for topic, payload in [
         (sample_topic(n[4]), encode(sim.sample(4, 1.8e9, 0))),
@@ -182,6 +187,7 @@ def test_a_new_node_past_max_nodes_is_fleet_full_and_reaches_neither_store_nor_v
     assert isinstance(sample(0), SampleRow)  # held nodes go on
     assert sorted(st.node for st in view.nodes()) == sorted([n[0], n[2], n[3]])
     assert labelled_values(ing.metrics.rejected)["fleet_full"] == 4
+    assert view.evicted == 1
     view.forget(n[2])
     assert isinstance(sample(4), SampleRow)
     assert n[4] in view
