@@ -351,10 +351,15 @@ class CollectorMetrics:
         from collector.capacity.config import rack_rules  # noqa: PLC0415
         from collector.nodefacts import rack_of  # noqa: PLC0415
         from collector.sd import ServiceDiscovery  # noqa: PLC0415
+        from collector.sdtargets import TargetHosts  # noqa: PLC0415
 
         rules = rack_rules(self.settings.capacity.plan)  # the plan was checked at start
         return ServiceDiscovery(
-            self.settings.store_target, functools.partial(rack_of, rules=rules), self._clock.time
+            self.settings.store_target,
+            functools.partial(rack_of, rules=rules),
+            self._clock.time,
+            hosts=TargetHosts(self.settings.sd_target_hosts),
+            registry=self.registry,
         )
 
     # -- the built-in sources
