@@ -148,6 +148,12 @@ async def fleet_families(
             view.refused,
         ),
         CounterMetricFamily(
+            "capwatch_fleet_live_xids_dropped",
+            "XID events the live view let go: their GPU reported newer events of more "
+            "codes than it keeps per GPU (collector.live).",
+            view.xids_dropped,
+        ),
+        CounterMetricFamily(
             "capwatch_fleet_sample_gaps",
             "Jumps in a node's seq within one agent epoch (samples it numbered, never "
             "received), all nodes, since the collector started.",
