@@ -11,7 +11,12 @@ Bounded: at most ``max_nodes`` nodes. A node seen only through rejects (a forged
 topic can name any node) is evicted first, oldest reject first, when a node that sent a
 valid message needs the room; when every slot holds a real node, the newcomer is refused and
 counted in :attr:`LiveView.refused`. Per node: at most ``max_reasons`` reject reasons x
-``reject_buckets`` buckets and the last ``max_xids`` XID events.
+``reject_buckets`` buckets, and per GPU the newest event of each of its last
+``max_xids_per_gpu`` XID codes (a GPU repeating one code holds one entry; a GPU naming many
+codes cannot push another GPU's XIDs out): at most ``shared.schema.MAX_GPUS`` x
+``max_xids_per_gpu`` per node (default 8: as many codes as ``GpuXid`` fires on by default,
+:data:`collector.alerts.settings.CRITICAL_XIDS`). A code pushed out by its GPU's newer ones
+is counted in :attr:`LiveView.xids_dropped` (``capwatch_fleet_live_xids_dropped_total``).
 
 Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
 reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
@@ -186,7 +191,7 @@ class LiveView:
         reject_bucket_s: float = 10.0,
         reject_buckets: int = 60,
         max_reasons: int = 16,
-        max_xids: int = 64,
+        max_xids_per_gpu: int = 8,
         max_gaps: int = 16,
     ) -> None:
         if max_nodes < 1:
@@ -197,7 +202,9 @@ class LiveView:
         self.reject_bucket_s = reject_bucket_s
         self.reject_buckets = reject_buckets
         self.max_reasons = max_reasons
-        self.max_xids = max_xids
+        if max_xids_per_gpu < 1:
+            raise ValueError(f"max_xids_per_gpu must be at least 1, got {max_xids_per_gpu}")
+        self.max_xids_per_gpu = max_xids_per_gpu
         self.max_gaps = max_gaps
         self.gaps_total = 0
         """Gaps in sequence numbers seen, all nodes (since this process started)."""
@@ -207,6 +214,8 @@ class LiveView:
         """Updates dropped because the view was full of real nodes."""
         self.evicted = 0
         """Reject-only nodes dropped to make room for real ones."""
+        self.xids_dropped = 0
+        """XID events dropped: their GPU held ``max_xids_per_gpu`` newer codes."""
         self._nodes: dict[str, NodeState] = {}
         self._reject_only = 0
         """How many held nodes are reject-only (a node is, from its first message, a reject,
@@ -478,15 +487,36 @@ class LiveView:
         return sum(g.missing for g in st.gaps if g.received >= since)
 
     def _keep_xids(self, st: NodeState, sample: Sample, received: float) -> None:
+        """Keep each GPU's newest event per code, its last ``max_xids_per_gpu`` codes."""
         if not sample.xids:
             return
-        held = {(x.gpu_index, x.xid, x.ts) for x in st.xids}
-        xids = st.xids = deque(st.xids, maxlen=st.xids.maxlen)  # copy on write
+        held = {(x.gpu_index, x.xid): x for x in st.xids}
+        changed = False
         for ev in sample.xids:
-            key = (ev.gpu_index, ev.xid, ev.ts)
-            if key not in held:  # a resent sample must not count its XIDs twice
-                held.add(key)
-                xids.append(XidSeen(ev.gpu_index, ev.xid, ev.ts, received))
+            key = (ev.gpu_index, ev.xid)
+            old = held.get(key)
+            # A resent sample must not count its XIDs twice; an older event of a code held
+            # (a late sample) adds nothing to what the rules know of the GPU.
+            if old is None or ev.ts > old.ts:
+                if old is not None:
+                    del held[key]  # the newer goes last: dicts keep insertion order
+                held[key] = XidSeen(ev.gpu_index, ev.xid, ev.ts, received)
+                changed = True
+        if not changed:
+            return
+        per_gpu: dict[int, int] = {}
+        for x in reversed(held.values()):  # newest first
+            per_gpu[x.gpu_index] = per_gpu.get(x.gpu_index, 0) + 1
+        keep = self.max_xids_per_gpu
+        xids: deque[XidSeen] = deque()  # copy on write
+        for x in held.values():
+            n = per_gpu[x.gpu_index]
+            if n > keep:  # this GPU's oldest codes beyond its last `keep`
+                per_gpu[x.gpu_index] = n - 1
+                self.xids_dropped += 1
+                continue
+            xids.append(x)
+        st.xids = xids
 
     def room_for(self, node: str) -> bool:
         """Whether a valid message of ``node`` will be held: it is, or there is room (a free
@@ -504,7 +534,7 @@ class LiveView:
         if len(self._nodes) >= self.max_nodes and not (real and self._evict_reject_only()):
             self.refused += 1
             return None
-        st = self._nodes[node] = NodeState(node, xids=deque(maxlen=self.max_xids))
+        st = self._nodes[node] = NodeState(node)
         self._reject_only += not real
         return st
 

@@ -148,6 +148,12 @@ async def fleet_families(
             view.refused,
         ),
         CounterMetricFamily(
+            "capwatch_fleet_live_xids_dropped",
+            "XID events the live view let go: their GPU reported newer events of more "
+            "codes than it keeps per GPU (collector.live).",
+            view.xids_dropped,
+        ),
+        CounterMetricFamily(
             "capwatch_fleet_sample_gaps",
             "Jumps in a node's seq within one agent epoch (samples it numbered, never "
             "received), all nodes, since the collector started.",
@@ -351,10 +357,15 @@ class CollectorMetrics:
         from collector.capacity.config import rack_rules  # noqa: PLC0415
         from collector.nodefacts import rack_of  # noqa: PLC0415
         from collector.sd import ServiceDiscovery  # noqa: PLC0415
+        from collector.sdtargets import TargetHosts  # noqa: PLC0415
 
         rules = rack_rules(self.settings.capacity.plan)  # the plan was checked at start
         return ServiceDiscovery(
-            self.settings.store_target, functools.partial(rack_of, rules=rules), self._clock.time
+            self.settings.store_target,
+            functools.partial(rack_of, rules=rules),
+            self._clock.time,
+            hosts=TargetHosts(self.settings.sd_target_hosts),
+            registry=self.registry,
         )
 
     # -- the built-in sources

@@ -42,9 +42,18 @@ offline node's last sample says what it did, not what it does. **GPU power** of 
 the interval power from the energy counter (``power_interval_w``, the accurate figure) when
 the sample has it, else the instantaneous reading (``power_w``); a GPU is **busy** at or
 above the utilisation threshold. **Hardware** (:func:`hardware`): the inventory's GPUs and
-the sum of their enforced power limits. **Node power** (:meth:`Staleness.node_power_w`): the
-node's input power as its BMC or PSU sensors read it (:class:`PowerReading`: from the agent's
-sample, or polled by the collector out of band), while it is fresh: no older than
+the sum of their enforced power limits, as far as the node's own samples bear them out: a
+node's inventory is its claim (a node may announce 64 GPUs of 5 kW each, all inside the
+wire schema), and leases and quotas count what it holds. The count is at most the schema's
+:data:`~shared.schema.MAX_GPUS` and at most the GPUs its newest sample lists (what NVML
+enumerated, when a sample is known); the power is that many of its GPUs' limits, each at
+most :data:`~shared.schema.MAX_GPU_POWER_W`, the lowest ones. The conservative reading of
+two claims that disagree: a node counts the GPUs both name, so a GPU gone from its samples
+(fallen off the bus, the driver down) is not counted as held until it is back.
+
+**Node power** (:meth:`Staleness.node_power_w`): the node's input power as its BMC or PSU
+sensors read it (:class:`PowerReading`: from the agent's sample, or polled by the collector
+out of band), while it is fresh: no older than
 ``stale_intervals`` x the interval its source reports at, whatever the agent's state (a node
 whose agent died still draws what its BMC says); a rack's reading from its PDUs is fresh by
 the same rule (:meth:`Staleness.fresh`). Values past the wire schema's bounds
@@ -353,13 +362,16 @@ class _HasGpus(Protocol):
     def gpus(self) -> Sequence[_GpuLimit]: ...
 
 
-def hardware(inv: _HasGpus) -> Hardware:
+def hardware(inv: _HasGpus, shown: int | None = None) -> Hardware:
     """The hardware counts of one inventory (a decoded :class:`~shared.schema.Inventory`,
-    or any struct with its ``gpus[].power_limit_w``: a reader that decodes only those)."""
-    from shared.schema import MAX_GPU_POWER_W  # noqa: PLC0415 (see the imports)
+    or any struct with its ``gpus[].power_limit_w``: a reader that decodes only those),
+    bounded as the module says: ``shown``, the GPUs of the node's newest sample (``None``:
+    no sample known, the inventory's count, at most ``MAX_GPUS``)."""
+    from shared.schema import MAX_GPU_POWER_W, MAX_GPUS  # noqa: PLC0415 (see the imports)
 
-    limits = sum(min(max(g.power_limit_w or 0.0, 0.0), MAX_GPU_POWER_W) for g in inv.gpus)
-    return Hardware(len(inv.gpus), limits)
+    limits = sorted(min(max(g.power_limit_w or 0.0, 0.0), MAX_GPU_POWER_W) for g in inv.gpus)
+    n = min(len(limits), MAX_GPUS, MAX_GPUS if shown is None else max(shown, 0))
+    return Hardware(n, sum(limits[:n]))
 
 
 def gpu_count(inventory: int | None, reported: int | None) -> int:

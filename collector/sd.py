@@ -17,6 +17,14 @@ status: an offline node stays a target, so ``up == 0`` shows it. Labels:
 * ``pool``: the node's pool (``free`` when in none), as ``collector pool`` lists it;
 * ``tenant``: the tenant of the lease in force that holds the node; absent when none.
 
+**Which targets.** A node names its own target, and Prometheus scrapes what ``/sd`` lists:
+so an announced address is listed only when its host is one the setting
+``sd_target_hosts`` allows for that node (:class:`collector.sdtargets.TargetHosts`; by
+default the node's own name or a DNS name under it, any port; an IP address only inside a
+network the operator lists). A refused target is left out, counted
+(``capwatch_collector_sd_targets_refused``: nodes refused in the last answer) and logged
+once per node and address (``sd_target_refused``), not at every request.
+
 Everything is read from the store through a read-only connection of its own in the HTTP
 thread (the functions ``collector inventory`` and ``collector lease`` use), never on the
 event loop or the writer's connection. Answers are reused for ``min_interval_s`` so a
@@ -32,14 +40,20 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
+from prometheus_client import CollectorRegistry, Gauge
 
 from collector.paths import StoreTarget
+from collector.sdtargets import TargetHosts
 from collector.store.governance import governance
 from collector.store.pools import NodeRecord, node_records
 from collector.store.reader import StoreReader
 from shared.logging import get_logger
 
-__all__ = ["SD_CONTENT_TYPE", "ServiceDiscovery", "target_groups"]
+__all__ = [
+    "SD_CONTENT_TYPE",
+    "ServiceDiscovery",
+    "target_groups",
+]
 
 log = get_logger("sd")
 
@@ -59,8 +73,13 @@ def target_groups(
     records: Iterable[NodeRecord],
     tenants: Mapping[str, str],
     rack_of: Callable[[str], str | None],
+    hosts: TargetHosts | None = None,
+    refused: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The http_sd target groups of ``records`` (by node), ``tenants`` (node: tenant)."""
+    """The http_sd target groups of ``records`` (by node), ``tenants`` (node: tenant), of
+    the addresses ``hosts`` allows (default: :data:`DEFAULT_SD_TARGET_HOSTS`); each node whose
+    address it refuses goes into ``refused`` (node: address)."""
+    hosts = TargetHosts() if hosts is None else hosts
     groups: list[dict[str, Any]] = []
     for r in records:
         if r.source != "agent":
@@ -70,6 +89,10 @@ def target_groups(
         except msgspec.DecodeError:
             continue
         if address is None:
+            continue
+        if not hosts.allows(r.node, address):
+            if refused is not None:
+                refused[r.node] = address
             continue
         labels = {"node": r.node, "pool": r.pool}
         if (rack := rack_of(r.node)) is not None:
@@ -89,12 +112,24 @@ class ServiceDiscovery:
         rack_of: Callable[[str], str | None],
         now: Callable[[], float],
         *,
+        hosts: TargetHosts | None = None,
+        registry: CollectorRegistry | None = None,
         min_interval_s: float = 5.0,
     ) -> None:
         self._db_path = db_path
         self._rack_of = rack_of
         self._now = now
+        self._hosts = TargetHosts() if hosts is None else hosts
         self._min_interval_s = min_interval_s
+        self._logged: dict[str, str] = {}
+        """Node -> the refused address last logged (logged again only when it changes)."""
+        self.refused = Gauge(
+            "sd_targets_refused",
+            "Nodes whose announced metrics_address /sd left out (its host is none that "
+            "sd_target_hosts allows), as of the last answer.",
+            namespace="capwatch_collector",
+            registry=CollectorRegistry() if registry is None else registry,
+        )
         self._lock = threading.Lock()
         self._body = b"[]"
         self._at = float("-inf")
@@ -124,4 +159,18 @@ class ServiceDiscovery:
                 for lease in sorted(gov.holding(now), key=lambda lease: lease.id):
                     for node in lease.nodes:
                         tenants.setdefault(node, lease.tenant)
-        return target_groups(records, tenants, self._rack_of)
+        refused: dict[str, str] = {}
+        groups = target_groups(records, tenants, self._rack_of, self._hosts, refused)
+        self.refused.set(len(refused))
+        for node, address in refused.items():
+            if self._logged.get(node) != address:
+                log.warning(
+                    "sd_target_refused",
+                    node=node,
+                    metrics_address=address,
+                    hint="its host is none that the setting sd_target_hosts allows: the "
+                    "node's own name by default; list the network or name pattern if it "
+                    "is right",
+                )
+        self._logged = refused  # a node allowed again, then refused again, is logged again
+        return groups

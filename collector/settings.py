@@ -24,6 +24,7 @@ from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Sta
 from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
 from collector.pdu.settings import PduSettings, PdusSettings
 from collector.redfish.settings import BmcSettings, RedfishSettings
+from collector.sdtargets import DEFAULT_SD_TARGET_HOSTS, TargetHosts
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
@@ -527,6 +528,18 @@ class CollectorSettings(CapwatchSettings):
     """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
     format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
     shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
+    sd_target_hosts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SD_TARGET_HOSTS), max_length=256
+    )
+    """The hosts a node may announce as its ``metrics_address`` for ``/sd`` (Prometheus scrapes
+    what ``/sd`` lists: a node naming any host could point Prometheus at an internal
+    service). Each entry an IP network (``10.1.0.0/16``, ``fd00::/64``: an IP address host
+    must be inside one), or a DNS name pattern with ``*`` and ``?``, case-insensitive, in
+    which ``{node}`` stands for the announcing node's id. Default: the node's own name or a
+    name under it (``{node}``, ``{node}.*``: the agent's default, its FQDN); narrow it to
+    ``{node}.cluster.example``. A refused target is left out, counted
+    (``capwatch_collector_sd_targets_refused``) and logged once per node and address
+    (:mod:`collector.sdtargets`). Env ``CAPWATCH_SD_TARGET_HOSTS='["{node}", "10.1.0.0/16"]'``."""
     metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
     """``/readyz`` says unready, and the watchdog stops its pings, when the writer has not
     committed for this long or the evaluator is this late (:mod:`collector.health`)."""
@@ -537,6 +550,12 @@ class CollectorSettings(CapwatchSettings):
         from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
         return check_listen(value)
+
+    @field_validator("sd_target_hosts")
+    @classmethod
+    def _target_hosts(cls, value: list[str]) -> list[str]:
+        TargetHosts(value)  # its ValueError names the entry and the fix
+        return value
 
     rollups: RollupSettings = RollupSettings()
     billing: BillingSettings = BillingSettings()

@@ -195,6 +195,11 @@ def _gpu_temperature(s: AlertSettings, staleness: Staleness) -> Rule:
 
 
 def _gpu_xid(s: AlertSettings) -> Rule:
+    """One alert per GPU, as dcgm-exporter's ``DCGM_FI_DEV_XID_ERRORS`` is one series per
+    GPU: the codes it reported in the window are the alert's values, not its labels, so a
+    node holds at most one ``GpuXid`` per GPU (``MAX_GPUS``, the rule's ``max_per_node``)
+    whatever its GPUs and codes; an alert per GPU and code let 9 GPUs x 8 codes pass the
+    bound and lose alerts."""
     codes = frozenset(s.xid_codes)
     window = s.xid_window_s
 
@@ -204,12 +209,21 @@ def _gpu_xid(s: AlertSettings) -> Rule:
             xids = st.xids
             if not xids:
                 continue
+            by_gpu: dict[int, list[int]] = {}
             for x in xids:
                 if x.received >= since and x.xid in codes:
-                    yield Instance(
-                        {**_gpu_labels(st, x.gpu_index), "xid": str(x.xid)},
-                        {"meaning": CRITICAL_XIDS.get(x.xid, "hardware error")},
-                    )
+                    seen = by_gpu.setdefault(x.gpu_index, [])
+                    if x.xid not in seen:
+                        seen.append(x.xid)
+            for gpu, seen in sorted(by_gpu.items()):
+                seen.sort()
+                yield Instance(
+                    _gpu_labels(st, gpu),
+                    {
+                        "xid": ", ".join(map(str, seen)),
+                        "meaning": "; ".join(CRITICAL_XIDS.get(x, "hardware error") for x in seen),
+                    },
+                )
 
     return Rule(
         name=BUILTIN.GpuXid,

@@ -94,7 +94,8 @@ class FactsCache:
     """Per node: the inventory and the sample last read and their facts, reused while the
     live view holds the same objects (most nodes between two evaluations)."""
 
-    hardware: dict[str, tuple[Inventory, Hardware]] = field(default_factory=dict)
+    hardware: dict[str, tuple[Inventory, int | None, Hardware]] = field(default_factory=dict)
+    """The inventory, the GPUs of the sample that bounded it (``None``: none) and its facts."""
     measured: dict[str, tuple[Sample, NodeMeasure]] = field(default_factory=dict)
 
     def keep(self, nodes: Collection[str]) -> None:
@@ -114,10 +115,11 @@ def node_facts(
 ) -> tuple[dict[str, Hardware], dict[str, NodeMeasure]]:
     """Per node: its hardware and, while it is online, its measures (both bases' inputs).
 
-    Hardware comes from the agent's inventory; for a node without one, from its declared
-    inventory (``declared``: ``collector inventory import``, which may name nodes no agent
-    runs on yet, so those count too); else from its current sample's GPUs, without power
-    limits.
+    Hardware comes from the agent's inventory, as far as its newest sample (current or
+    not) bears it out (:func:`collector.nodefacts.hardware`); for a node without one, from
+    its declared inventory (``declared``: ``collector inventory import``, which may name
+    nodes no agent runs on yet, so those count too); else from its current sample's GPUs,
+    without power limits.
     The collector passes its live view's states and a cache; ``quota show --from-store``
     states rebuilt from the store.
     """
@@ -127,10 +129,11 @@ def node_facts(
     for st in states:
         node, inv = st.node, st.inventory
         if inv is not None:
+            shown = None if st.sample is None else len(st.sample.gpus)
             hw = cache.hardware.get(node)
-            if hw is None or hw[0] is not inv:
-                hw = cache.hardware[node] = (inv, hardware(inv))
-            held[node] = hw[1]
+            if hw is None or hw[0] is not inv or hw[1] != shown:
+                hw = cache.hardware[node] = (inv, shown, hardware(inv, shown))
+            held[node] = hw[2]
         sample = staleness.current(st, now)
         if sample is None:
             continue

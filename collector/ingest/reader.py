@@ -309,12 +309,16 @@ class Reader:
         log.warning("mqtt_disconnected", error=str(exc), retry_in_s=round(retry_in_s, 2))
 
     async def _subscribed(self, sub: Subscriber) -> None:
-        """After CONNACK: subscribe unless the broker resumed our session; notice a lost one."""
+        """After CONNACK: subscribe unless the broker resumed our session; notice a lost one.
+
+        Then the session's facts go to the store in one unit, each once: the filters the
+        session holds when they changed (or were never written under this session's own
+        keys), and, once per process, the session under its own key."""
         if sub.session_present:
             # A resumed session keeps its subscriptions. Subscribing again would make the
             # broker resend every retained inventory and status (two per node) each restart.
             log.info("mqtt_session_resumed", session=self._session_key)
-            await self._update_filters(sub)
+            changed = await self._update_filters(sub)
         else:
             if self._expect_session:
                 self.metrics.sessions_lost.inc()
@@ -328,22 +332,25 @@ class Reader:
                 )
             await sub.subscribe([(t, 1) for t in self._topics])
             log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
-            await self._remember_filters(FilterState(tuple(self._topics), self._now()))
+            self._held, changed = FilterState(tuple(self._topics), self._now()), True
+        own, filters = session_meta_keys(self._session_key)
+        items: list[Item | MetaItem] = []
+        if self._held is not None and (changed or not self._remembered):
+            # Once per process the filters go under this session's own keys even unchanged
+            # (the first session this store knows of, or one a store from before
+            # per-session keys knew by the bare keys).
+            items.append(MetaItem(filters, self._held.to_json()))
         if not self._remembered:
-            # Once per process: this session and its filters under this session's own keys
-            # (the first session this store knows of, or one a store from before per-session
-            # keys knew by the bare keys).
-            own, filters = session_meta_keys(self._session_key)
-            items: list[Item | MetaItem] = [MetaItem(own, self._session_key)]
-            if self._held is not None:
-                items.insert(0, MetaItem(filters, self._held.to_json()))
-            await self._queue.put(Unit(None, items))
+            items.append(MetaItem(own, self._session_key))
             self._remembered = True
+        if items:
+            await self._queue.put(Unit(None, items))
         self._expect_session = True
         self.connected.set()
 
-    async def _update_filters(self, sub: Subscriber) -> None:
-        """Bring a resumed session's filters to ``topics``: add first, retire later.
+    async def _update_filters(self, sub: Subscriber) -> bool:
+        """Bring a resumed session's filters to ``topics``: add first, retire later; return
+        whether the filters held (``_held``) changed.
 
         A session made by an earlier collector holds :data:`LEGACY_SUBSCRIPTIONS`. The new
         filters are added at once (messages matching both arrive twice for a while; the
@@ -359,27 +366,23 @@ class Reader:
         if added:
             await sub.subscribe([(t, 1) for t in added])
             log.info("mqtt_subscriptions_added", added=added, session=self._session_key)
-            await self._remember_filters(FilterState((*held.filters, *added), self._now()))
-            return
+            self._held = FilterState((*held.filters, *added), self._now())
+            return True
         retired = [t for t in held.filters if t not in wanted]
         if not retired:
-            return
+            return False
         now = self._now()
         if held.since is not None and now < held.since:
             # The wall clock went back (it was ahead when the filters were added): wait from
             # now, or the old filters would stay until the clock caught up (months, maybe).
-            await self._remember_filters(FilterState(held.filters, now))
-            return
+            self._held = FilterState(held.filters, now)
+            return True
         if held.since is not None and now - held.since < RETIRE_AFTER_S:
-            return
+            return False
         await sub.unsubscribe(retired)
         log.info("mqtt_subscriptions_retired", retired=retired, session=self._session_key)
-        await self._remember_filters(FilterState(tuple(wanted), held.since))
-
-    async def _remember_filters(self, state: FilterState) -> None:
-        self._held = state
-        key = session_meta_keys(self._session_key)[1]
-        await self._queue.put(Unit(None, [MetaItem(key, state.to_json())]))
+        self._held = FilterState(tuple(wanted), held.since)
+        return True
 
     def _now(self) -> float:
         return self._ingestor.clock.time()

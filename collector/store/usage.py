@@ -1,9 +1,10 @@
 """What the quota and lease commands read about nodes: hardware and GPU-hours.
 
 * :func:`node_hardware`: GPUs and summed GPU power limits per node, from the stored
-  inventories, an agent's or, for a node whose agent has sent none, the one declared by
-  ``collector inventory import`` (msgspec reads just those fields; the counting is
-  :func:`collector.nodefacts.hardware`); :func:`declared_hardware`: the declared ones alone.
+  inventories, an agent's (bounded by the GPUs of the node's newest stored sample) or, for
+  a node whose agent has sent none, the one declared by ``collector inventory import``
+  (msgspec reads just those fields; the counting is :func:`collector.nodefacts.hardware`);
+  :func:`declared_hardware`: the declared ones alone.
 * :func:`gpu_hours_in`: utilisation-weighted GPU-hours (``gpu_count x mean utilisation x
   interval``) of some nodes' samples stamped in a window, through the ``(node, ts_ms)``
   index; ``quota show --from-store`` asks it for each lease's nodes over the part of the
@@ -36,15 +37,18 @@ _inventory_decoder = msgspec.json.Decoder(_Inventory)
 
 
 def node_hardware() -> Query[dict[str, Hardware]]:
-    """Node -> its hardware (:func:`collector.nodefacts.hardware`) from its inventory.
+    """Node -> its hardware (:func:`collector.nodefacts.hardware`) from its inventory; an
+    agent's bounded by the GPUs of the node's newest stored sample (by its time: one descent
+    of the ``(node, ts_ms)`` index per node), a declared one (the operator's) as it is.
 
     msgspec reads only the GPUs' power limits (~3 us an inventory; SQLite's JSON functions
     took six times longer, the whole schema's decoder ten times). An unreadable inventory
     is left out (no GPUs).
     """
     return single(
-        "SELECT node, inventory FROM nodes WHERE inventory IS NOT NULL UNION ALL "
-        "SELECT d.node, d.inventory FROM declared_inventories d WHERE NOT EXISTS "
+        "SELECT n.node, n.inventory, (SELECT s.gpu_count FROM samples s WHERE s.node = n.node "
+        "ORDER BY s.ts_ms DESC LIMIT 1) FROM nodes n WHERE n.inventory IS NOT NULL UNION ALL "
+        "SELECT d.node, d.inventory, NULL FROM declared_inventories d WHERE NOT EXISTS "
         "(SELECT 1 FROM nodes n WHERE n.node = d.node AND n.inventory IS NOT NULL)",
         (),
         _hardware,
@@ -54,17 +58,17 @@ def node_hardware() -> Query[dict[str, Hardware]]:
 def declared_hardware() -> Query[dict[str, Hardware]]:
     """Node -> the hardware of its declared inventory (``collector inventory import``): what
     a node counts while its agent has sent no inventory of its own."""
-    return single("SELECT node, inventory FROM declared_inventories", (), _hardware)
+    return single("SELECT node, inventory, NULL FROM declared_inventories", (), _hardware)
 
 
 def _hardware(rows: list[Any]) -> dict[str, Hardware]:
     out: dict[str, Hardware] = {}
-    for node, blob in rows:
+    for node, blob, shown in rows:
         try:
             inv = _inventory_decoder.decode(blob)
         except msgspec.DecodeError:
             continue
-        out[node] = hardware(inv)
+        out[node] = hardware(inv, None if shown is None else int(shown))
     return out
 
 

@@ -95,7 +95,7 @@ def test_ecc_and_remap_state_survive_fast_ticks() -> None:
 
 def test_xids_are_kept_once_even_from_late_samples() -> None:
     """An XID in a replayed sample is kept; the same event sent twice counts once."""
-    view = LiveView(max_xids=3)
+    view = LiveView(max_xids_per_gpu=3)
     view.on_sample(_sample(T0 + 10), T0 + 10)
     xid = [{"gpu_index": 3, "xid": 79, "ts": T0 - 1}]
     view.on_sample(_sample(T0, xids=xid), T0 + 11)  # late, but the XID happened
@@ -104,11 +104,26 @@ def test_xids_are_kept_once_even_from_late_samples() -> None:
     assert st is not None
     assert [(x.gpu_index, x.xid, x.received) for x in st.xids] == [(3, 79, T0 + 11)]
     assert view.xids_since(st, T0 + 11.5) == []
-    many = [{"gpu_index": 0, "xid": 48, "ts": T0 + i} for i in range(5)]
-    view.on_sample(_sample(T0 + 20, xids=many), T0 + 20)
+
+
+def test_each_gpu_keeps_its_newest_codes_and_a_storm_on_one_gpu_spares_the_others() -> None:
+    """A GPU repeating one code holds one entry (its newest); a GPU naming more codes than
+    ``max_xids_per_gpu`` keeps its newest ones, the rest counted; another GPU's XID stays
+    however many events its neighbour sends."""
+    view = LiveView(max_xids_per_gpu=3)
+    view.on_sample(_sample(T0, xids=[{"gpu_index": 7, "xid": 79, "ts": T0 - 1}]), T0)
+    repeated = [{"gpu_index": 0, "xid": 48, "ts": T0 + i} for i in range(5)]
+    view.on_sample(_sample(T0 + 5, xids=repeated), T0 + 5)
     st = view.get(NODE)
     assert st is not None
-    assert [x.ts for x in st.xids] == [T0 + 2, T0 + 3, T0 + 4]  # bounded, newest kept
+    assert [(x.gpu_index, x.xid, x.ts) for x in st.xids] == [(7, 79, T0 - 1), (0, 48, T0 + 4)]
+    assert view.xids_dropped == 0
+    storm = [{"gpu_index": 0, "xid": code, "ts": T0 + 9} for code in (61, 62, 63, 64, 74)]
+    view.on_sample(_sample(T0 + 10, xids=storm), T0 + 10)
+    st = view.get(NODE)
+    assert st is not None
+    assert [(x.gpu_index, x.xid) for x in st.xids] == [(7, 79), (0, 63), (0, 64), (0, 74)]
+    assert view.xids_dropped == 3  # 48, then 61 and 62: GPU 0's oldest codes
 
 
 def test_node_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:

@@ -74,8 +74,8 @@ async def test_prometheus_discovers_and_scrapes_two_agents_through_sd(
     """/sd lists both agents with their labels; Prometheus, given only the collector's /sd,
     scrapes both (up == 1) and their DCGM series carry node, rack, pool and tenant."""
     collector_runner.settings = collector_runner.settings.model_copy(
-        update={"metrics_listen": "127.0.0.1:0"}
-    )
+        update={"metrics_listen": "127.0.0.1:0", "sd_target_hosts": ["127.0.0.0/8"]}
+    )  # the agents listen on loopback and announce 127.0.0.1: the operator allows it
     collector = await collector_runner.start()
     await wait_until(
         lambda: collector.metrics is not None and collector.metrics.port is not None, what="port"

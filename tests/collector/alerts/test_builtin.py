@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 
 from collector.alerts.builtin import HW_POWER_BRAKE_SLOWDOWN, HW_THERMAL_SLOWDOWN, builtin_rules
 from collector.alerts.rule import Evaluator, Transition
 from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.live import LiveView
 from shared.clock import FakeClock
-from shared.schema import Sample
+from shared.schema import MAX_GPUS, Sample
 from tests.shared.wire_samples import sample_dict, uuid
 
 NODE = "x1000c0s0b0n0"
@@ -158,16 +159,40 @@ def test_gpu_xid_fires_on_a_critical_xid_and_keeps_firing_after_the_sample() -> 
             "node": NODE,
             "gpu": "3",
             "uuid": uuid(3),
-            "xid": "79",
         }
     ]
     (st,) = f.ev.states()
-    assert CRITICAL_XIDS[79] in st.annotations["summary"]
+    assert st.values == {"xid": "79", "meaning": CRITICAL_XIDS[79]}
+    assert st.annotations["summary"] == f"XID 79 on GPU 3 of {NODE}: {CRITICAL_XIDS[79]}"
     f.run(145)  # 30 s window, then 120 s kept firing
     assert f.firing("GpuXid") != []
     f.run(5)
     assert f.firing("GpuXid") == []
     assert [t.state for t in f.log] == ["firing", "resolved"]
+
+
+@pytest.mark.parametrize("n_gpus", [9, 16, MAX_GPUS])
+def test_gpu_xid_is_one_alert_per_gpu_whatever_its_gpus_and_codes(n_gpus: int) -> None:
+    """Every GPU of a node past 8 GPUs reporting every critical code (8 of them: 9 x 8 > the
+    per-node bound of 64) gets its alert, naming its codes; none is dropped."""
+    f = Fleet()
+    d = sample_dict()
+    d["gpus"] = [{**d["gpus"][0], "index": i, "uuid": uuid(i), "mig": []} for i in range(n_gpus)]
+    now = f.clock.time()
+    d["xids"] = [
+        {"gpu_index": i, "xid": x, "ts": now} for i in range(n_gpus) for x in CRITICAL_XIDS
+    ]
+    f.seq += 1
+    d["ts"], d["seq"] = now, f.seq
+    f.view.on_sample(msgspec.convert(d, Sample), now)
+    f.step()
+    firing = sorted(
+        (s for s in f.ev.states() if s.rule == "GpuXid"), key=lambda s: int(s.labels["gpu"])
+    )
+    assert [s.labels["gpu"] for s in firing] == [str(i) for i in range(n_gpus)]
+    codes = ", ".join(map(str, sorted(CRITICAL_XIDS)))
+    assert {s.values["xid"] for s in firing} == {codes}
+    assert f.ev.metrics.counter_rows()["alert_instances_dropped"] == 0
 
 
 def test_application_xids_are_not_alerts() -> None:
