@@ -74,6 +74,7 @@ if TYPE_CHECKING:  # annotations only: `collector query` (states only) does not 
     from shared.schema import Sample
 
 __all__ = [
+    "DEFAULT_BUSY_UTIL_PCT",
     "DEFAULT_EVAL_INTERVAL_S",
     "DEFAULT_INTERVAL_S",
     "DEFAULT_STALENESS",
@@ -107,6 +108,9 @@ DEFAULT_INTERVAL_S: Final = 5.0
 DEFAULT_EVAL_INTERVAL_S: Final = 1.0
 """How often the collector evaluates its alert rules by default (``alerts.eval_interval_s``),
 and so the shortest sample interval :class:`Staleness` believes by default."""
+DEFAULT_BUSY_UTIL_PCT: Final = 10.0
+"""A GPU at or above this utilisation is busy (:func:`measure`) by default
+(``governance.busy_util_pct``): the daemon's usage and rollups, and ``quota show``."""
 
 
 class PowerReading(NamedTuple):

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASES",
-    "DEFAULT_BUSY_UTIL_PCT",
     "Basis",
     "FactsCache",
     "LeaseWindow",
@@ -41,8 +40,6 @@ __all__ = [
 
 Basis = Literal["allocated", "measured"]
 BASES: Final = ("allocated", "measured")
-DEFAULT_BUSY_UTIL_PCT: Final = 10.0
-"""A GPU at or above this utilisation counts as busy on the measured basis."""
 _MAX_NODE_KW: Final = 1_000.0
 """A node claiming more than a megawatt is broken, not busy: clamp it."""
 
