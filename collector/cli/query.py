@@ -17,7 +17,7 @@ from collector.cli._render import Column, cut, print_json, render_table
 from shared.durations import format_exact, parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE
-from shared.units import format_bytes, format_duration, format_watts
+from shared.units import J_PER_KWH, format_bytes, format_duration, format_watts
 
 if TYPE_CHECKING:
     from collector.cli._args import ReadSettings
@@ -286,7 +286,7 @@ def _print_gpu_history(result: dict[str, Any]) -> None:
         print(
             render_table(
                 [
-                    {**p, "time": _utc(p["t"]), "kwh": p["energy_j"] / 3.6e6}
+                    {**p, "time": _utc(p["t"]), "kwh": p["energy_j"] / J_PER_KWH}
                     for p in result["points"]
                 ],
                 [
