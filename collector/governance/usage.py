@@ -19,8 +19,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from collector.governance.lease import instant
-from collector.governance.state import Governance, Lease, period_start
+from collector.governance.billing import in_force
+from collector.governance.state import Governance, period_start
 from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
 from shared.units import W_PER_KW
 
@@ -75,16 +75,11 @@ def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
     it covered (leases that covered none are left out)."""
     out = []
     for lease in gov.leases:
-        since = max(period_start(gov.period_of(lease.tenant), now), _start(lease))
-        end_day = lease.end()
-        until = now if end_day is None else min(now, instant(end_day, lease.terms.tz))
+        start = period_start(gov.period_of(lease.tenant), now)
+        since, until = in_force(lease.interval(), start, now)
         if until > since and lease.nodes:
             out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
     return out
-
-
-def _start(lease: Lease) -> float:
-    return instant(lease.terms.start, lease.terms.tz)
 
 
 @dataclass(slots=True)
