@@ -26,6 +26,7 @@ from collector.redfish.settings import BmcSettings, RedfishSettings
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
+from shared.topics import SHARE_GROUP_RE, SHARE_GROUP_RULE
 
 if TYPE_CHECKING:
     from collector.alerts.route import Route
@@ -336,7 +337,7 @@ class CollectorMqttSettings(MqttSettings):
     """``[mqtt]`` of the collector: the broker settings both programs share, plus how
     several collectors share the samples."""
 
-    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    share_group: str | None = None
     """Several collectors: the name of their MQTT shared subscription. Each sample goes to
     one member of the group; inventories and statuses to all. Unset: one collector, a
     plain subscription to every node's topics (:func:`shared.topics.collector_subscriptions`).
@@ -348,6 +349,13 @@ class CollectorMqttSettings(MqttSettings):
     give the feed's clean session the collector's own persistent one, and discard it.
     Unset without a ``username``: the feed connects anonymously, client id ``<id>-live``."""
     live_password: SecretStr | None = None
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, value: str | None) -> str | None:
+        if value is not None and not SHARE_GROUP_RE.match(value):
+            raise ValueError(f"not usable in a topic filter: use {SHARE_GROUP_RULE}")
+        return value
 
     @model_validator(mode="after")
     def _live_user_of_its_own(self) -> Self:
