@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alerts.names import LABEL_NAME_RE
 from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
@@ -60,7 +61,6 @@ _DAY_S: Final = 86_400.0
 
 
 _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 _EXEC_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -205,7 +205,7 @@ class InhibitRuleSettings(BaseModel):
     @classmethod
     def _label_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _LABEL_NAME.match(name):
+            if not LABEL_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not a label name")
         return value
 
