@@ -358,7 +358,9 @@ class LedgerJob:
         """(the hours this run computes, the ledger's time once they are written or
         ``None`` if it stays, whether hours remain for the next runs)."""
         current = int(now) // HOUR * HOUR
-        oldest = math.floor((now - self._retention_s) / HOUR) * HOUR
+        # The oldest hour the rollups' retention keeps: it deletes the buckets that began
+        # before now - retention_s (Store.delete_rollups_older_than), the ledger's hours too.
+        oldest = math.ceil((now - self._retention_s) / HOUR) * HOUR
         # A ledger time ahead of the clock (the clock set back) starts again from now.
         first = current if last is None else min(max(int(last) // HOUR * HOUR, oldest), current)
         run = range(first, current + 1, HOUR)
