@@ -305,6 +305,8 @@ class NodeMeasure:
     """GPU + CPU package power (``None``: neither reported)."""
     util_pct: float | None = None
     """Mean GPU utilisation of the sample (``None``: not reported)."""
+    gpu_power_w: float | None = None
+    """The GPUs' power alone (:func:`gpu_power_w` summed; ``None``: not reported)."""
 
 
 def measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
@@ -337,6 +339,7 @@ def measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
         busy_gpus=busy,
         power_w=watts if gpu_known or cpu is not None else None,
         util_pct=min(max(util_sum / n_util, 0.0), 100.0) if n_util else None,
+        gpu_power_w=gpu_w if gpu_known else None,
     )
 
 
