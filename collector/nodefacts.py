@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # annotations only: `collector query` (states only) does not 
     from shared.schema import Sample
 
 __all__ = [
+    "DEFAULT_BUSY_UTIL_PCT",
     "DEFAULT_EVAL_INTERVAL_S",
     "DEFAULT_INTERVAL_S",
     "DEFAULT_STALENESS",
@@ -116,6 +117,9 @@ DEFAULT_INTERVAL_S: Final = 5.0
 DEFAULT_EVAL_INTERVAL_S: Final = 1.0
 """How often the collector evaluates its alert rules by default (``alerts.eval_interval_s``),
 and so the shortest sample interval :class:`Staleness` believes by default."""
+DEFAULT_BUSY_UTIL_PCT: Final = 10.0
+"""A GPU at or above this utilisation is busy (:func:`measure`) by default
+(``governance.busy_util_pct``): the daemon's usage and rollups, and ``quota show``."""
 
 
 class PowerReading(NamedTuple):
@@ -310,6 +314,8 @@ class NodeMeasure:
     """GPU + CPU package power (``None``: neither reported)."""
     util_pct: float | None = None
     """Mean GPU utilisation of the sample (``None``: not reported)."""
+    gpu_power_w: float | None = None
+    """The GPUs' power alone (:func:`gpu_power_w` summed; ``None``: not reported)."""
 
 
 def measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
@@ -342,6 +348,7 @@ def measure(sample: Sample, busy_util_pct: float) -> NodeMeasure:
         busy_gpus=busy,
         power_w=watts if gpu_known or cpu is not None else None,
         util_pct=min(max(util_sum / n_util, 0.0), 100.0) if n_util else None,
+        gpu_power_w=gpu_w if gpu_known else None,
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from collector.alerts.names import LABEL_NAME_RE
 from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
@@ -28,6 +29,7 @@ from collector.sdtargets import DEFAULT_SD_TARGET_HOSTS, TargetHosts
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
+from shared.topics import SHARE_GROUP_RE, SHARE_GROUP_RULE
 
 if TYPE_CHECKING:
     from collector.alerts.route import Route
@@ -61,7 +63,6 @@ _DAY_S: Final = 86_400.0
 
 
 _HEADER: Final = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$"
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 _EXEC_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -206,7 +207,7 @@ class InhibitRuleSettings(BaseModel):
     @classmethod
     def _label_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not _LABEL_NAME.match(name):
+            if not LABEL_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not a label name")
         return value
 
@@ -338,7 +339,7 @@ class CollectorMqttSettings(MqttSettings):
     """``[mqtt]`` of the collector: the broker settings both programs share, plus how
     several collectors share the samples."""
 
-    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    share_group: str | None = None
     """Several collectors: the name of their MQTT shared subscription. Each sample goes to
     one member of the group; inventories and statuses to all. Unset: one collector, a
     plain subscription to every node's topics (:func:`shared.topics.collector_subscriptions`).
@@ -350,6 +351,13 @@ class CollectorMqttSettings(MqttSettings):
     give the feed's clean session the collector's own persistent one, and discard it.
     Unset without a ``username``: the feed connects anonymously, client id ``<id>-live``."""
     live_password: SecretStr | None = None
+
+    @field_validator("share_group")
+    @classmethod
+    def _share_group(cls, value: str | None) -> str | None:
+        if value is not None and not SHARE_GROUP_RE.match(value):
+            raise ValueError(f"not usable in a topic filter: use {SHARE_GROUP_RULE}")
+        return value
 
     @model_validator(mode="after")
     def _live_user_of_its_own(self) -> Self:

@@ -21,6 +21,7 @@ from typing import Annotated, Final, Literal, TypeVar
 import msgspec
 
 from shared.errors import SchemaError
+from shared.topics import MAX_NODE_ID_LEN, NODE_ID_RE
 
 __all__ = [
     "GPU_STATUS_PATTERN",
@@ -149,7 +150,6 @@ four jobs each."""
 
 # -- string lengths and patterns. Patterns end in \Z, not $: Python's $ also matches before a
 # trailing newline, so "GPU-...\n" would pass.
-MAX_NODE_ID_LEN: Final = 63
 MAX_NIC_NAME_LEN: Final = 15
 """IFNAMSIZ - 1."""
 MAX_PATH_LEN: Final = 4096
@@ -203,7 +203,7 @@ PCI_BUS_ID_PATTERN: Final = r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[
 """``domain:bus:device.function``, e.g. ``00000000:3B:00.0`` (4-digit legacy domain too)."""
 MAC_PATTERN: Final = r"^[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){0,31}\Z"
 """Up to MAX_ADDR_LEN (32) octets: Ethernet has 6, InfiniBand 20."""
-NODE_ID_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_ID_LEN - 1}}}\Z"
+NODE_ID_PATTERN: Final = NODE_ID_RE.pattern
 """The rule of :data:`shared.topics.NODE_ID_RE` (one safe MQTT topic level)."""
 GPU_STATUS_PATTERN: Final = rf"^[a-z][a-z0-9_]{{0,{MAX_GPU_STATUS_LEN - 1}}}\Z"
 _PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"

@@ -10,9 +10,12 @@ from shared.errors import ConfigError
 __all__ = [
     "LEGACY_SUBSCRIPTIONS",
     "LIVE_SUBSCRIPTION",
+    "MAX_NODE_ID_LEN",
     "NODE_ID_RE",
+    "NODE_ID_RULE",
     "PREFIX",
     "SHARE_GROUP_RE",
+    "SHARE_GROUP_RULE",
     "SUBSCRIPTIONS",
     "WATERMARK_PREFIX",
     "collector_subscriptions",
@@ -33,9 +36,15 @@ collector reads them all); this tree is the other way round (the collector write
 node reads only its own), so the broker's ACL grants the two trees separately and the
 collector's subscription never brings its own messages back.
 """
-NODE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+MAX_NODE_ID_LEN: Final = 63
+NODE_ID_RE: Final = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NODE_ID_LEN - 1}}}\Z")
 r"""A node id: one safe topic level. ``\Z``, not ``$``: ``$`` also matches before a final
-newline, so ``"n1\n"`` would pass. Equal to :data:`shared.schema.NODE_ID_PATTERN`."""
+newline, so ``"n1\n"`` would pass. The wire schema's :data:`shared.schema.NODE_ID_PATTERN`,
+and the rule of pool, tenant and cohort names."""
+NODE_ID_RULE: Final = (
+    f"1-{MAX_NODE_ID_LEN} letters, digits, '.', '_' or '-', starting with a letter or digit"
+)
+""":data:`NODE_ID_RE` in words, for the error that refuses a name."""
 SUBSCRIPTIONS: Final = (f"{PREFIX}/#",)
 """What the collector subscribes to: one filter for every message kind.
 
@@ -59,6 +68,8 @@ LEGACY_SUBSCRIPTIONS: Final = (
 SHARE_GROUP_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 """A share group name (``mqtt.share_group``): one topic level, no wildcards (MQTT 5.0
 section 4.8.2: a ShareName must not contain ``/``, ``+`` or ``#``)."""
+SHARE_GROUP_RULE: Final = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+""":data:`SHARE_GROUP_RE` in words."""
 
 
 def collector_subscriptions(share_group: str | None) -> tuple[str, ...]:
@@ -79,8 +90,8 @@ def collector_subscriptions(share_group: str | None) -> tuple[str, ...]:
         return SUBSCRIPTIONS
     if not SHARE_GROUP_RE.match(share_group):
         raise ConfigError(
-            f"share group {share_group!r} is not usable in a topic filter: use 1-64 letters, "
-            "digits, '.', '_' or '-', starting with a letter or digit (--share-group)",
+            f"share group {share_group!r} is not usable in a topic filter: use "
+            f"{SHARE_GROUP_RULE} (--share-group)",
             field="mqtt.share_group",
         )
     return (
@@ -109,8 +120,8 @@ def validate_node_id(node: str) -> str:
     """
     if not NODE_ID_RE.match(node):
         raise ConfigError(
-            f"node id {node!r} is not usable in a topic: use 1-63 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit (set CAPWATCH_NODE_ID or --node-id)",
+            f"node id {node!r} is not usable in a topic: use {NODE_ID_RULE} (set "
+            "CAPWATCH_NODE_ID or --node-id)",
             field="node_id",
         )
     return node

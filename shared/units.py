@@ -1,11 +1,21 @@
-"""Formatting of human units for tables (durations, bytes, watts).
+"""Units: the conversions between the units capwatch reports in (W and kW, J and kWh), and
+the formatting of human units for tables (durations, bytes, watts).
 
+Measures are held in SI base units (``power_w``, ``energy_j``); a figure given in kilowatts
+(the ``power_kw`` quota) or kilowatt-hours (the usage ledger, billed at a price per kWh) is
+converted here.
 Durations given as text are parsed by :func:`shared.durations.parse_duration`, the one grammar.
 """
 
 from __future__ import annotations
 
-__all__ = ["format_bytes", "format_duration", "format_watts"]
+from typing import Final
+
+__all__ = ["J_PER_KWH", "W_PER_KW", "format_bytes", "format_duration", "format_watts"]
+
+W_PER_KW: Final = 1_000.0
+J_PER_KWH: Final = 3_600_000.0
+"""1 kWh = 1,000 W x 3,600 s."""
 
 
 def format_duration(seconds: float | None) -> str:

@@ -14,12 +14,19 @@ makes the rules.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
 from shared.errors import ConfigError
 
-__all__ = ["BUILTIN", "CAPACITY", "GOVERNANCE", "refuse_unknown"]
+__all__ = ["BUILTIN", "CAPACITY", "GOVERNANCE", "LABEL_NAME", "LABEL_NAME_RE", "refuse_unknown"]
+
+LABEL_NAME: Final = r"[a-zA-Z_][a-zA-Z0-9_]*"
+"""Prometheus' classic label-name rule, what every Alertmanager accepts
+(https://prometheus.io/docs/concepts/data_model/): a rule's name (its ``alertname``), its
+labels, a matcher's label, an inhibit rule's ``equal``."""
+LABEL_NAME_RE: Final = re.compile(LABEL_NAME + r"\Z")
 
 
 class _Builtin(NamedTuple):

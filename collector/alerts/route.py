@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from collector.alerts.names import LABEL_NAME, LABEL_NAME_RE
+
 __all__ = [
     "ALL_LABELS",
     "Matcher",
@@ -33,8 +35,7 @@ ALL_LABELS: Final = "..."
 """``group_by = ["..."]``: group by every label, i.e. one alert per group."""
 
 Op = Literal["=", "!=", "=~", "!~"]
-_MATCHER: Final = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)(.*)\Z", re.DOTALL)
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_MATCHER: Final = re.compile(rf"({LABEL_NAME})\s*(=~|!~|!=|=)(.*)\Z", re.DOTALL)
 _OPS: Final[tuple[Op, ...]] = ("=", "!=", "=~", "!~")
 """In the order of Alertmanager's ``MatchType`` values (the last sort key of a route's matchers)."""
 
@@ -59,9 +60,9 @@ class Matcher:
 
     def __str__(self) -> str:
         """Alertmanager's ``Matcher.String()`` for a name without reserved characters (which
-        :data:`_LABEL_NAME` guarantees): ``name``, the operator, the value in double quotes
-        with only ``\\``, newline and ``"`` escaped (OpenMetrics' escaping, not Go's
-        ``strconv.Quote``)."""
+        :data:`~collector.alerts.names.LABEL_NAME_RE` guarantees): ``name``, the operator,
+        the value in double quotes with only ``\\``, newline and ``"`` escaped
+        (OpenMetrics' escaping, not Go's ``strconv.Quote``)."""
         value = self.value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
         return f'{self.name}{self.op}"{value}"'
 
@@ -88,7 +89,7 @@ def make_matcher(name: str, op: str, value: str, *, text: str | None = None) -> 
     """A matcher from its parts (``op``: ``=``, ``!=``, ``=~``, ``!~``); :class:`ValueError`
     says what is wrong (about ``text``, the matcher as written, when given)."""
     shown = text if text is not None else f"{name}{op}{value}"
-    if op not in _OPS or not _LABEL_NAME.match(name):
+    if op not in _OPS or not LABEL_NAME_RE.match(name):
         raise ValueError(f"{shown!r} is not a matcher: use name=value, name!=value, ...")
     regex = None
     if op in ("=~", "!~"):

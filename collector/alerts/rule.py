@@ -44,7 +44,6 @@ templates, instead of failing the evaluation.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -54,7 +53,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.fingerprint import fingerprints_of_items
-from collector.alerts.names import refuse_unknown
+from collector.alerts.names import LABEL_NAME_RE, refuse_unknown
 from collector.cooperate import YIELD_EVERY, yield_gil
 from collector.counters import value
 from shared.logging import get_logger
@@ -87,8 +86,6 @@ the most GPUs a node may report (``shared.schema.MAX_GPUS``), so a rule with an 
 never loses one on a node the wire schema accepts, while a rule with an alert per thing a node
 names freely (``JobGpuIdle``: a job, up to ``MAX_JOBS`` = 256 in every sample) cannot make
 more. See the module docstring."""
-_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
-"""Prometheus' classic label-name rule: what every Alertmanager accepts."""
 _RESERVED: Final = frozenset({"alertname", "severity"})
 
 
@@ -121,7 +118,7 @@ class Rule:
     """Alerts of the rule one node (label ``node``) may have at a time; see the module."""
 
     def __post_init__(self) -> None:
-        if not _LABEL_NAME.match(self.name):
+        if not LABEL_NAME_RE.match(self.name):
             raise ValueError(f"rule name {self.name!r} is not a valid alertname")
         if self.max_per_node < 1:
             raise ValueError(f"rule {self.name}: max_per_node must be >= 1")
@@ -130,7 +127,7 @@ class Rule:
         if self.for_s < 0 or self.keep_firing_for_s < 0:
             raise ValueError(f"rule {self.name}: for_s and keep_firing_for_s must be >= 0")
         for key in self.labels:
-            if not _LABEL_NAME.match(key) or key in _RESERVED:
+            if not LABEL_NAME_RE.match(key) or key in _RESERVED:
                 raise ValueError(f"rule {self.name}: label name {key!r} is not allowed")
 
     def alert_labels(self, instance: Instance) -> dict[str, str]:

@@ -107,6 +107,9 @@ class ReadSettings(NamedTuple):
     store_target: StoreTarget
     stale: Staleness
     """:meth:`CollectorSettings.staleness <collector.settings.CollectorSettings.staleness>`."""
+    busy_util_pct: float
+    """``[governance] busy_util_pct``: the utilisation at which a GPU is busy, as the
+    collector counts it (``quota show`` reads the collector's figures only at the same)."""
     capacity_plan: Path | None = None
     """``[capacity] plan``: where the operator's racks are (``[[capacity.racks]]``)."""
 
@@ -132,10 +135,16 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     the same errors.
     """
     if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
-        from collector.nodefacts import DEFAULT_STALENESS  # noqa: PLC0415
+        from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, DEFAULT_STALENESS  # noqa: PLC0415
         from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
         db: str | None = args.db
-        return ReadSettings(DEFAULT_DB_PATH if db is None else parse_target(db), DEFAULT_STALENESS)
+        target = DEFAULT_DB_PATH if db is None else parse_target(db)
+        return ReadSettings(target, DEFAULT_STALENESS, DEFAULT_BUSY_UTIL_PCT)
     settings = settings_from_args(args)
-    return ReadSettings(settings.store_target, settings.staleness(), settings.capacity.plan)
+    return ReadSettings(
+        settings.store_target,
+        settings.staleness(),
+        settings.governance.busy_util_pct,
+        settings.capacity.plan,
+    )

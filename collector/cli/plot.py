@@ -18,7 +18,7 @@ from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args
 from shared.durations import parse_duration
 from shared.errors import ConfigError
-from shared.topics import NODE_ID_RE
+from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if since_s <= 0:
         raise ConfigError(f"--since {args.since!r} must be longer than 0, e.g. 1h", field="--since")
     if args.node is not None and not NODE_ID_RE.match(args.node):
-        raise ConfigError(f"--node {args.node!r} is not a valid node id", field="--node")
+        raise ConfigError(f"--node {args.node!r} is not a node id: {NODE_ID_RULE}", field="--node")
     if args.node is not None and args.picture != "usage":
         raise ConfigError("--node goes with the usage picture", field="--node")
     if args.pool is not None and (args.picture != "usage" or args.node is not None):

@@ -16,8 +16,8 @@ from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, cut, print_json, render_table
 from shared.durations import format_exact, parse_duration
 from shared.errors import ConfigError
-from shared.topics import NODE_ID_RE
-from shared.units import format_bytes, format_duration, format_watts
+from shared.topics import NODE_ID_RE, NODE_ID_RULE
+from shared.units import J_PER_KWH, format_bytes, format_duration, format_watts
 
 if TYPE_CHECKING:
     from collector.cli._args import ReadSettings
@@ -158,8 +158,7 @@ def run(args: argparse.Namespace) -> int:
     since_s = None if args.since is None else parse_duration(args.since, field="--since")
     if args.node is not None and not NODE_ID_RE.match(args.node):
         raise ConfigError(
-            f"--node {args.node!r} is not a node id: 1-63 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
+            f"--node {args.node!r} is not a node id: {NODE_ID_RULE}",
             field="--node",
         )
     if args.gaps and args.node is None:
@@ -286,7 +285,7 @@ def _print_gpu_history(result: dict[str, Any]) -> None:
         print(
             render_table(
                 [
-                    {**p, "time": _utc(p["t"]), "kwh": p["energy_j"] / 3.6e6}
+                    {**p, "time": _utc(p["t"]), "kwh": p["energy_j"] / J_PER_KWH}
                     for p in result["points"]
                 ],
                 [

@@ -97,9 +97,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--busy-util",
         type=float,
-        default=10.0,
         metavar="PCT",
-        help="measured basis: a GPU at or above this utilisation is busy (default 10)",
+        help="measured basis: a GPU at or above this utilisation is busy (default: the "
+        "collector's, governance.busy_util_pct)",
     )
     p.add_argument(
         "--from-store",
@@ -117,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
     now = time.time()
     if args.action == "set":
         return _set(args, settings.store_target, now)
-    if not 0 <= args.busy_util <= 100:
+    busy_util = settings.busy_util_pct if args.busy_util is None else args.busy_util
+    if not 0 <= busy_util <= 100:
         raise ConfigError("--busy-util must be between 0 and 100", field="--busy-util")
     gov, usages, source = _read(
-        settings.store_target, now, args.busy_util, settings.staleness(), from_store=args.from_store
+        settings.store_target, now, busy_util, settings.staleness(), from_store=args.from_store
     )
     if args.action == "show" and args.tree:
         return _tree(args, gov, usages, source)

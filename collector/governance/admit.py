@@ -31,13 +31,14 @@ judged by the alert rules, not at admission. Node hardware is
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 from collector.governance.lease import LeaseTerms, effective_end, interval, today_in
 from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
+from collector.governance.usage import held
 
 __all__ = ["ADMITTED_RESOURCES", "Refusal", "Verdict", "admit"]
 
@@ -102,17 +103,6 @@ class _Span:
 def _lease_span(lease: Lease) -> _Span:
     since, until = interval(lease.terms)
     return _Span(lease.tenant, frozenset(lease.nodes), since, until)
-
-
-def _amounts(nodes: Iterable[str], hardware: Mapping[str, tuple[int, float]]) -> dict[str, float]:
-    gpus = 0.0
-    watts = 0.0
-    for n in nodes:
-        hw = hardware.get(n)
-        if hw is not None:
-            gpus += max(0, hw[0])
-            watts += max(0.0, hw[1])
-    return {"gpus": gpus, "power_kw": watts / 1000.0}
 
 
 def admit(
@@ -203,7 +193,7 @@ def _sweep(
         for sp in spans:
             if sp.until <= w0 or sp.since >= w1 or not sp.nodes:
                 continue
-            amounts = _amounts(sp.nodes, hardware)
+            amounts = held(sp.nodes, hardware)
             owner = None if who else sp.tenant
             if sp.since <= w0:
                 _apply(usage, want, owner, amounts, 1)

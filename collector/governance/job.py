@@ -42,7 +42,13 @@ from collector.governance.usage import (
     node_facts,
 )
 from collector.live import LiveView, NodeState
-from collector.nodefacts import DEFAULT_STALENESS, Hardware, NodeMeasure, Staleness
+from collector.nodefacts import (
+    DEFAULT_BUSY_UTIL_PCT,
+    DEFAULT_STALENESS,
+    Hardware,
+    NodeMeasure,
+    Staleness,
+)
 from collector.store.governance import (
     USAGE_KEY,
     generation,
@@ -111,7 +117,7 @@ class GovernanceJob:
         *,
         interval_s: float = 5.0,
         first_interval_s: float | None = None,
-        busy_util_pct: float = 10.0,
+        busy_util_pct: float = DEFAULT_BUSY_UTIL_PCT,
         staleness: Staleness = DEFAULT_STALENESS,
     ) -> None:
         self.name = "governance"

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Final, Literal
@@ -356,9 +357,9 @@ def _check_open(terms: LeaseTerms, today: dt.date, what: str) -> None:
 
 
 def interval(terms: LeaseTerms) -> tuple[float, float]:
-    """The lease's span as instants: start, effective end (``inf``: open-ended)."""
-    end = effective_end(terms)
-    return instant(terms.start, terms.tz), (float("inf") if end is None else instant(end, terms.tz))
+    """The lease's span as instants: :func:`instants`, with ``inf`` for an open end."""
+    start, end = instants(terms)
+    return start, math.inf if end is None else end
 
 
 def overlaps(a: LeaseTerms, b: LeaseTerms) -> bool:

@@ -70,6 +70,7 @@ from collector.store.rollups import HOUR, hour_rows
 from collector.store.usage import node_hardware
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.units import J_PER_KWH
 
 if TYPE_CHECKING:
     from collector.capacity.node import NodeModel
@@ -80,7 +81,6 @@ __all__ = ["LedgerJob", "LedgerRecord", "NodeHour", "ledger_rows", "node_energy"
 
 log = get_logger("ledger")
 
-_J_PER_KWH: Final = 3.6e6
 FREE: Final = "free"
 """The pool of a node in none (:data:`collector.store.pools.FREE`)."""
 
@@ -138,12 +138,12 @@ def node_energy(r: NodeHour, model: NodeModel | None) -> tuple[float, str]:
     """(kWh, basis) a node drew in its hour (see the module docstring)."""
     if model is not None:
         draw_w, _ = model.draw_of(r.gpu_w or 0.0, r.gpus, r.cpu_w)
-        fallback, basis = draw_w * r.seconds / _J_PER_KWH, "model"
+        fallback, basis = draw_w * r.seconds / J_PER_KWH, "model"
     else:
-        fallback, basis = (r.gpu_energy_j + r.cpu_energy_j) / _J_PER_KWH, "gpu+cpu"
+        fallback, basis = (r.gpu_energy_j + r.cpu_energy_j) / J_PER_KWH, "gpu+cpu"
     if r.node_s <= 0 or r.seconds <= 0:
         return fallback, basis
-    measured = r.node_energy_j / _J_PER_KWH
+    measured = r.node_energy_j / J_PER_KWH
     covered = min(r.node_s / r.seconds, 1.0)
     if covered >= _COVERED:
         return measured, "measured"
@@ -226,8 +226,8 @@ def ledger_rows(
                 measured = (0.0, 0.0, 0.0, 0.0, 0.0)
                 node_kwh, basis = None, "none"
             else:
-                gpu_kwh = r.gpu_energy_j / _J_PER_KWH * f
-                cpu_kwh = r.cpu_energy_j / _J_PER_KWH * f
+                gpu_kwh = r.gpu_energy_j / J_PER_KWH * f
+                cpu_kwh = r.cpu_energy_j / J_PER_KWH * f
                 measured = (
                     r.busy_gpu_s / 3600.0 * f,
                     r.util_gpu_s / 3600.0 * f,
@@ -358,7 +358,9 @@ class LedgerJob:
         """(the hours this run computes, the ledger's time once they are written or
         ``None`` if it stays, whether hours remain for the next runs)."""
         current = int(now) // HOUR * HOUR
-        oldest = math.floor((now - self._retention_s) / HOUR) * HOUR
+        # The oldest hour the rollups' retention keeps: it deletes the buckets that began
+        # before now - retention_s (Store.delete_rollups_older_than), the ledger's hours too.
+        oldest = math.ceil((now - self._retention_s) / HOUR) * HOUR
         # A ledger time ahead of the clock (the clock set back) starts again from now.
         first = current if last is None else min(max(int(last) // HOUR * HOUR, oldest), current)
         run = range(first, current + 1, HOUR)

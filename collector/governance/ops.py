@@ -30,7 +30,7 @@ from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 from collector.store.pools import unknown_nodes
 from shared.errors import ConfigError
-from shared.topics import NODE_ID_RE
+from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
 if TYPE_CHECKING:
     from collector.store.command import Command
@@ -65,8 +65,7 @@ def validate_tenant_name(name: str, *, what: str = "tenant", field: str = "--ten
     """``name`` if it can name a tenant (or cohort): the rule of pool names."""
     if not POOL_NAME_RE.match(name):
         raise ConfigError(
-            f"{what} name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit",
+            f"{what} name {name!r} must be {NODE_ID_RULE}",
             field=field,
         )
     return name
@@ -99,7 +98,7 @@ def add_lease(
     for node in req.nodes:
         if not NODE_ID_RE.match(node):
             raise ConfigError(
-                f"node name {node!r} is not a node id (letters, digits, . _ -, at most 63)",
+                f"node name {node!r} is not a node id ({NODE_ID_RULE})",
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)

@@ -9,18 +9,18 @@ pool gets whole nodes, so ``a100:2`` on 4-GPU nodes yields 4.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from shared.errors import ConfigError
+from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
 __all__ = ["MAX_QTY", "POOL_NAME_RE", "Need", "Pattern", "parse_pattern", "validate_pool_name"]
 
 MAX_QTY: Final = 10_000_000
 """A count above this is a typo (10 million GPUs, or 160 PiB of memory)."""
 
-POOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+POOL_NAME_RE: Final = NODE_ID_RE
 """A pool name: the node-id rule (one safe word), so it can be a label and a file name."""
 
 _EXAMPLE: Final = "e.g. zinal:a100:4:epyc:30:memory:80"
@@ -58,8 +58,7 @@ def validate_pool_name(name: str, *, field: str = "NAME") -> str:
         )
     if not POOL_NAME_RE.match(name):
         raise ConfigError(
-            f"pool name {name!r} must be 1-63 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit",
+            f"pool name {name!r} must be {NODE_ID_RULE}",
             field=field,
         )
     return name

@@ -135,14 +135,15 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
                 m = v.measures.get(node)
                 if node in held or m is None:
                     continue
+                gpu_w = m.gpu_power_w
                 working = m.busy_gpus > 0
-                drawing = m.power_w is not None and m.gpus > 0 and m.power_w > idle_w * m.gpus
+                drawing = gpu_w is not None and m.gpus > 0 and gpu_w > idle_w * m.gpus
                 if working or drawing:
                     yield Instance(
                         {"tenant": lease.tenant, "lease": lease.name, "node": node},
                         {
                             "busy": str(m.busy_gpus),
-                            "power_w": "-" if m.power_w is None else f"{m.power_w:.0f}",
+                            "power_w": "-" if gpu_w is None else f"{gpu_w:.0f}",
                         },
                     )
 
@@ -152,8 +153,8 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
         summary="{node} still in use after lease {lease} of {tenant} ended",
         description=(
             "Lease {lease} ({tenant}) has ended, but {node} has {busy} GPUs at or above "
-            f"{busy_pct:g} % utilisation and draws {{power_w}} W (idle is under {idle_w:g} W "
-            "per GPU): unpaid use, or a job left behind."
+            f"{busy_pct:g} % utilisation and its GPUs draw {{power_w}} W (idle is under "
+            f"{idle_w:g} W per GPU): unpaid use, or a job left behind."
         ),
         condition=condition,
         for_s=s.expired_in_use_for_s,

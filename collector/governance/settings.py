@@ -9,6 +9,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collector.alerts import names
+from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT
 from shared.schema import MAX_GPU_POWER_W
 
 __all__ = ["GovernanceSettings"]
@@ -27,7 +28,7 @@ class GovernanceSettings(BaseModel):
     ~0.2 s for 12,500 on a small machine); the rules read the last result."""
     lease_end_days: int = Field(default=30, ge=0, le=3650)
     notice_deadline_days: int = Field(default=14, ge=0, le=3650)
-    busy_util_pct: float = Field(default=10.0, ge=0, le=100)
+    busy_util_pct: float = Field(default=DEFAULT_BUSY_UTIL_PCT, ge=0, le=100)
     """Measured basis: a GPU at or above this utilisation is busy."""
     idle_gpu_w: float = Field(default=100.0, ge=0, le=MAX_GPU_POWER_W)
     """A GPU drawing more than this is working, whatever its utilisation says."""

@@ -9,7 +9,8 @@
 
 Pure: the caller brings per-node facts (:mod:`collector.nodefacts`, from the live view in the
 collector, from node states rebuilt from the store for the command line). Every figure is
-clamped: a node cannot report negative or absurd use into a tenant's total.
+clamped: a node cannot report negative or absurd use into a tenant's total (its power is
+within the wire schema's bounds, as :func:`~collector.nodefacts.measure` clamps it).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-from collector.governance.lease import instant
-from collector.governance.state import Governance, Lease, period_start
+from collector.governance.billing import in_force
+from collector.governance.state import Governance, period_start
 from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
+from shared.units import W_PER_KW
 
 if TYPE_CHECKING:
     from collector.live import NodeState
@@ -28,12 +30,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BASES",
-    "DEFAULT_BUSY_UTIL_PCT",
     "Basis",
     "FactsCache",
     "LeaseWindow",
     "Usage",
     "allocated_usage",
+    "held",
     "lease_windows",
     "measured_usage",
     "node_facts",
@@ -41,10 +43,6 @@ __all__ = [
 
 Basis = Literal["allocated", "measured"]
 BASES: Final = ("allocated", "measured")
-DEFAULT_BUSY_UTIL_PCT: Final = 10.0
-"""A GPU at or above this utilisation counts as busy on the measured basis."""
-_MAX_NODE_KW: Final = 1_000.0
-"""A node claiming more than a megawatt is broken, not busy: clamp it."""
 
 
 @dataclass(slots=True)
@@ -77,16 +75,11 @@ def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
     it covered (leases that covered none are left out)."""
     out = []
     for lease in gov.leases:
-        since = max(period_start(gov.period_of(lease.tenant), now), _start(lease))
-        end_day = lease.end()
-        until = now if end_day is None else min(now, instant(end_day, lease.terms.tz))
+        start = period_start(gov.period_of(lease.tenant), now)
+        since, until = in_force(lease.interval(), start, now)
         if until > since and lease.nodes:
             out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
     return out
-
-
-def _start(lease: Lease) -> float:
-    return instant(lease.terms.start, lease.terms.tz)
 
 
 @dataclass(slots=True)
@@ -148,6 +141,22 @@ def node_facts(
     return held, measures
 
 
+def held(nodes: Iterable[str], hardware: Mapping[str, tuple[int, float]]) -> dict[str, float]:
+    """What ``nodes`` allocate on each resource judged at an instant: ``gpus`` and
+    ``power_kw`` (their GPUs' power limits); ``hardware``: node -> (GPUs, GPU power limits
+    in W), a node without one holding nothing. A tenant's allocated use
+    (:func:`allocated_usage`) and what admission adds for a lease
+    (:mod:`collector.governance.admit`)."""
+    gpus = 0.0
+    watts = 0.0
+    for n in nodes:
+        hw = hardware.get(n)
+        if hw is not None:
+            gpus += max(0, hw[0])
+            watts += max(0.0, hw[1])
+    return {"gpus": gpus, "power_kw": watts / W_PER_KW}
+
+
 def allocated_usage(
     gov: Governance, hardware: Mapping[str, tuple[int, float]], now: float
 ) -> Usage:
@@ -155,10 +164,9 @@ def allocated_usage(
     out = Usage("allocated")
     gpus, power, hours = out.of("gpus"), out.of("power_kw"), out.of("gpu_hours")
     for tenant, nodes in gov.tenant_nodes(now).items():
-        g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in nodes)
-        w = sum(max(0.0, hardware.get(n, (0, 0.0))[1]) for n in nodes)
-        gpus[tenant] = float(g)
-        power[tenant] = w / 1000.0
+        amounts = held(nodes, hardware)
+        gpus[tenant] = amounts["gpus"]
+        power[tenant] = amounts["power_kw"]
         hours[tenant] = 0.0
     for win in lease_windows(gov, now):
         g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in win.nodes)
@@ -184,8 +192,8 @@ def measured_usage(
                 continue
             busy += min(max(0, m.busy_gpus), max(0, m.gpus))
             if m.power_w is not None and m.power_w > 0:
-                watts += min(m.power_w, _MAX_NODE_KW * 1000.0)
+                watts += m.power_w  # within the wire schema's bounds (nodefacts.measure)
         gpus[tenant] = float(busy)
-        power[tenant] = watts / 1000.0
+        power[tenant] = watts / W_PER_KW
         hours[tenant] = max(0.0, float(gpu_hours.get(tenant, 0.0)))
     return out

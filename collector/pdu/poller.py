@@ -27,14 +27,16 @@ from collector.pdu.settings import PduSettings, PdusSettings
 from collector.polling import count_outcome, on_grid
 from shared.clock import Clock
 from shared.logging import get_logger
+from shared.schema import MAX_NODE_POWER_W
 
 __all__ = ["PduPoller", "PduState"]
 
 log = get_logger("collector.pdu")
 
 SOURCE: Final = "pdu"
-_MAX_PDU_W: Final = 1e8
-"""A reading above 100 MW is a wrong OID or scale, not a rack."""
+_MAX_PDU_W: Final = 1_000 * MAX_NODE_POWER_W
+"""A reading above a thousand nodes at the wire schema's bound (100 MW) is a wrong OID or
+scale, not a rack."""
 
 
 @dataclass(eq=False, slots=True)

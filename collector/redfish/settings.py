@@ -12,7 +12,7 @@ from typing import Final, Self
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from shared.errors import ConfigError
-from shared.topics import NODE_ID_RE
+from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
 __all__ = ["BmcSettings", "RedfishSettings"]
 
@@ -43,10 +43,7 @@ class BmcSettings(BaseModel):
     @classmethod
     def _node_id(cls, value: str) -> str:
         if not NODE_ID_RE.match(value):
-            raise ValueError(
-                "not a node id: 1-63 letters, digits, '.', '_' or '-', starting with a letter "
-                "or digit (the id its agent reports)"
-            )
+            raise ValueError(f"not a node id: {NODE_ID_RULE} (the id its agent reports)")
         return value
 
     @model_validator(mode="after")

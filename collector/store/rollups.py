@@ -62,7 +62,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from collector.nodefacts import GpuPower, gpu_power_w
+from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, GpuPower, gpu_power_w
 from collector.store.partials import (
     F64,
     FOLDED,
@@ -130,7 +130,7 @@ over by the next collector that folds (:attr:`RollupConfig.takeover_after_s`).""
 class RollupConfig:
     """How the writer rolls samples up: the busy threshold, and whether at all."""
 
-    busy_util_pct: float = 10.0
+    busy_util_pct: float = DEFAULT_BUSY_UTIL_PCT
     enabled: bool = True
     takeover_after_s: float = TAKEOVER_FOLDS * 60.0
     """A fold takes over (folds, and counts) the staged rows of another collector of the

@@ -263,6 +263,10 @@ def test_gpu_history_minute_steps_and_the_table(
     )
     assert lines[1].split()[:5] == ["TIME", "(UTC)", "SOURCE", "GPU", "SAMPLES"]
     assert len(lines) - 2 == 2 * len({line[:16] for line in lines[2:]})  # two GPUs a step
+    points = _json(capsys, *args[1:])["points"]
+    # ENERGY in kWh: 3.6 MJ each (shared.units), as the usage ledger counts them.
+    kwh = [f"{p['energy_j'] / 3.6e6:.3f} kWh" for p in points]
+    assert [line.rsplit(maxsplit=2)[-2:] for line in lines[2:]] == [k.split() for k in kwh]
 
 
 def test_gpu_history_needs_a_node(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -494,7 +494,7 @@ def test_read_settings_without_config_or_env_are_the_collectors_settings() -> No
     for argv in ((), ("--db", "/srv/capwatch/x.db")):
         args = _args(*argv)
         full = settings_from_args(args)
-        expected = ReadSettings(full.db_path, full.staleness())
+        expected = ReadSettings(full.db_path, full.staleness(), full.governance.busy_util_pct)
         assert read_settings_from_args(args) == expected
         assert read_settings_from_args(args).staleness() == full.staleness()
     fields = CollectorSettings.model_fields
@@ -512,6 +512,9 @@ def test_read_settings_take_config_and_env_through_the_settings_model(
     config.write_text("stale_intervals = 7\n[alerts]\neval_interval_s = 2\n")
     read = read_settings_from_args(_args("--config", str(config)))
     assert read.staleness() == Staleness(7.0, DEFAULT_INTERVAL_S, 2.0)
+    assert read.busy_util_pct == 10.0
+    config.write_text("[governance]\nbusy_util_pct = 4\n")
+    assert read_settings_from_args(_args("--config", str(config))).busy_util_pct == 4.0
     monkeypatch.setenv("capwatch_db_path", "/from/env.db")  # any case, as pydantic-settings
     assert read_settings_from_args(_args()).store_target == Path("/from/env.db")
     assert read_settings_from_args(_args("--db", "flag.db")).store_target == Path("flag.db")

@@ -94,6 +94,22 @@ def test_a_share_group_that_is_not_one_topic_level_is_one_line_and_exit_2(
         collector_subscriptions(group)
 
 
+@pytest.mark.parametrize("group", ["site", "x" * 64, "a.b_c-d", "x\n", "x" * 65, "-x", "é"])
+def test_the_share_group_setting_takes_what_the_topic_filter_takes(group: str) -> None:
+    """mqtt.share_group accepts exactly the names collector_subscriptions makes a filter of
+    (the setting restated the rule with ``$``, which Python matches before a final newline)."""
+    try:
+        collector_subscriptions(group)
+        usable = True
+    except ConfigError:
+        usable = False
+    if usable:
+        assert CollectorMqttSettings(share_group=group).share_group == group
+    else:
+        with pytest.raises(ValueError, match="not usable in a topic filter: use 1-64 letters"):
+            CollectorMqttSettings(share_group=group)
+
+
 def test_election_url_comes_from_a_postgresql_store_or_the_election_table(tmp_path: Path) -> None:
     """A postgresql:// store elects through its own database; election.url alone too; a
     SQLite path never does."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -306,3 +306,32 @@ def test_rule_rejects_bad_names_severities_and_labels() -> None:
         Rule("Ok", "info", "", "", cond, for_s=-1)
     with pytest.raises(ValueError, match="two rules"):
         Evaluator([Rule("Ok", "info", "", "", cond), Rule("Ok", "info", "", "", cond)])
+
+
+@pytest.mark.parametrize("name", ["node", "_x", "gpu0", "0gpu", "a-b", "a.b", "a\n", "é", ""])
+def test_every_label_name_check_takes_the_same_names(name: str) -> None:
+    """A rule's name, its static labels, a route's matcher and an inhibit rule's ``equal``
+    accept exactly the label names Prometheus accepts, one rule for all four."""
+    from collector.alerts.route import make_matcher  # noqa: PLC0415
+    from collector.settings import InhibitRuleSettings  # noqa: PLC0415
+
+    def nothing(view: LiveView, now: float) -> Iterable[Instance]:
+        return ()
+
+    checks: dict[str, Callable[[], object]] = {
+        "rule": lambda: Rule(name, "warning", "s", "d", nothing),
+        "label": lambda: Rule("R", "warning", "s", "d", nothing, labels={name: "v"}),
+        "matcher": lambda: make_matcher(name, "=", "v"),
+        "equal": lambda: InhibitRuleSettings(
+            source_matchers=["a=b"], target_matchers=["c=d"], equal=[name]
+        ),
+    }
+    accepted = {}
+    for what, check in checks.items():
+        try:
+            check()
+            accepted[what] = True
+        except ValueError:
+            accepted[what] = False
+    expected = name in ("node", "_x", "gpu0")
+    assert accepted == dict.fromkeys(checks, expected)

@@ -187,7 +187,9 @@ async def test_a_catch_up_goes_back_only_as_far_as_the_hourly_rollups(
     store_url: StoreTarget,
 ) -> None:
     """The ledger's time five days old, the 1-hour rollups kept two days: the catch-up
-    begins at the oldest hour they still hold, not at the ledger's time."""
+    begins at the oldest hour they still hold, not at the ledger's time, nor at the hour
+    before it, which began more than two days ago and which retention deletes (with its
+    ledger hour)."""
     sim = FleetSimulator(1, gpus_per_node=GPUS, seed=15, interval_s=600)
     await _sampled(store_url, sim, [DAY0], nodes=1)
     _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=10)
@@ -199,8 +201,8 @@ async def test_a_catch_up_goes_back_only_as_far_as_the_hourly_rollups(
     ((oldest, hours),) = db_rows(
         store_url, "SELECT min(hour), count(*) FROM usage_ledger WHERE computed = ?", (now,)
     )
-    assert oldest == (int(now) - 2 * 86_400) // H * H
-    assert hours == 49
+    assert oldest == (int(now) - 2 * 86_400) // H * H + H  # now is half past an hour
+    assert hours == 48
     assert _ledger_at(store_url) == now
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from collector.governance.allocate import ImpossiblePatternError, plan_pool
 from collector.governance.inventory import Component, NodeComponents
-from collector.governance.pattern import Need, parse_pattern
+from collector.governance.ops import validate_tenant_name
+from collector.governance.pattern import Need, parse_pattern, validate_pool_name
 from collector.nodefacts import rack_of
 from shared.errors import ConfigError
+from shared.topics import validate_node_id
 
 
 def _node(
@@ -160,3 +164,23 @@ def test_past_the_group_limit_the_greedy_answer_is_used_and_said() -> None:
     assert plan.method == "greedy"
     assert len(plan.final) == 2
     assert "greedy used" in plan.notes[0]
+
+
+@pytest.mark.parametrize("name", ["n1", "x" * 63, "x" * 64, "n1\n", "a.b_c-d", "-a", "", "a b"])
+def test_pool_and_tenant_names_follow_the_node_id_rule(name: str) -> None:
+    """A pool, tenant or cohort name is valid exactly when it is a valid node id, and the
+    refusal states the same rule."""
+
+    def refusal(check: Callable[[str], str]) -> str | None:
+        try:
+            check(name)
+        except ConfigError as exc:
+            return str(exc)
+        return None
+
+    node = refusal(validate_node_id)
+    for check in (validate_pool_name, validate_tenant_name):
+        got = refusal(check)
+        assert (got is None) == (node is None), check
+        rule = "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        assert got is None or rule in got

@@ -175,6 +175,35 @@ async def test_show_reads_the_collectors_fresh_figures(store_url: StoreTarget) -
     assert (code, "usage computed from the store's samples at" in out) == (0, True)
 
 
+async def test_show_counts_busy_at_the_collectors_threshold(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """Without --busy-util, show counts a GPU busy at governance.busy_util_pct, as the
+    collector does, and reads the collector's figures made at it (it took 10 %: b's GPUs at
+    5 % were idle to `quota show` and busy to the collector, and its snapshot was ignored)."""
+    db = await _fleet(store_url)
+    config = tmp_path / "c.toml"
+    config.write_text("[governance]\nbusy_util_pct = 4\n")
+    code, out, err = cli("quota", "show", "b", "--db", db, "--config", str(config), "--json")
+    assert (code, err) == (0, "")
+    measured = next(r for r in json.loads(out)["quotas"] if r["basis"] == "measured")
+    assert measured["in_use"] == 8  # b1's 8 GPUs at 5 %
+    code, out, _ = cli("quota", "show", "b", "--db", db, "--config", str(config),
+                       "--busy-util", "10", "--json")  # fmt: skip
+    measured = next(r for r in json.loads(out)["quotas"] if r["basis"] == "measured")
+    assert (code, measured["in_use"]) == (0, 0)  # the flag still wins
+    clock = FakeClock(start_wall=time.time())
+    live = LiveView()
+    now = clock.time()
+    for i, (node, gpus) in enumerate(sorted(NODES.items())):
+        live.on_inventory(inventory(node, gpus, i), now)
+    live.on_sample(sample("b1", now, [5] * 8, gpu_w=700, cpu_w=300), now)
+    async with Store(parse_target(db)) as store:
+        await run_once(GovernanceJob(clock, busy_util_pct=4.0), store, live)
+    code, out, _ = cli("quota", "show", "--db", db, "--config", str(config), "--json")
+    assert (code, json.loads(out)["source"]) == (0, "collector")
+
+
 async def test_a_lending_limit_above_nominal_is_refused(
     store_url: StoreTarget, tmp_path: Path
 ) -> None:

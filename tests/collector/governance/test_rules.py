@@ -255,6 +255,36 @@ async def test_a_forced_neighbour_overcommits_the_cohort_not_the_idle_tenant(
     assert "borrowing" not in full.annotations["summary"]
 
 
+async def test_an_ended_lease_node_is_in_use_by_its_gpus_power_not_its_cpus(
+    tmp_path: Path,
+) -> None:
+    """LeaseExpiredInUse weighs the GPUs' power against idle_gpu_w per GPU (the setting: "a
+    GPU drawing more than this is working"): idle GPUs at 60 W each beside CPUs drawing
+    400 W are not in use (GPU + CPU, 880 W over 8 x 100 W, fired), GPUs at 120 W each are."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    now = clock.time()
+    live = LiveView()
+    for i, (node, gpu_w, cpu_w) in enumerate((("cold", 480.0, 400.0), ("warm", 960.0, 50.0))):
+        live.on_inventory(inventory(node, 8, i), now)
+        live.on_status(node, "online", now)
+        live.on_sample(sample(node, now, [0.0] * 8, gpu_w=gpu_w, cpu_w=cpu_w), now)
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        with Command(db, now=now) as tx:
+            for node in ("cold", "warm"):
+                start = TODAY - dt.timedelta(days=31)
+                _lease(tx, node, "c", [node], start=start, duration_days=30)
+        job = GovernanceJob(clock, busy_util_pct=10.0)
+        ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
+        await run_once(job, store, live)
+        firing = _firing(ev, live, now)
+        (warm,) = [s for s in ev.states() if s.rule == "LeaseExpiredInUse"]
+    assert {f for f in firing if f[0] == "LeaseExpiredInUse"} == {
+        ("LeaseExpiredInUse", "lease=warm", "node=warm", "tenant=c")
+    }
+    assert "its GPUs draw 960 W (idle is under 100 W per GPU)" in warm.annotations["description"]
+
+
 async def test_a_node_in_many_ended_leases_has_an_alert_for_each(tmp_path: Path) -> None:
     """LeaseExpiredInUse names the operator's leases, not something a node sends: a busy
     node that sat in 70 daily leases, all ended, has 70 alerts (the per-node bound on what
