@@ -140,7 +140,13 @@ def classify(exc: BaseException, conn: psycopg.Connection[Any] | None = None) ->
 
 
 def _connect(target: PgTarget, *, autocommit: bool, read_only: bool) -> psycopg.Connection[Any]:
-    options = f"-c lock_timeout={int(BUSY_TIMEOUT_S * 1000)}"
+    # jit off: the server compiles a statement whose estimated cost passes jit_above_cost
+    # (and optimises and inlines past 500,000) at every execution, as no compiled code is
+    # kept (https://www.postgresql.org/docs/current/jit-decision.html). Ours are index
+    # descents planned per node, so the estimate grows with the fleet while the work stays
+    # small: the fleet query at 12,500 nodes spent ~12 ms compiling for ~80 ms of work, and
+    # ~300 ms once the estimate passed 500,000 (bench/bench_pg_fleet.py).
+    options = f"-c lock_timeout={int(BUSY_TIMEOUT_S * 1000)} -c jit=off"
     if read_only:
         options += " -c default_transaction_read_only=on"
     kwargs: dict[str, Any] = {
