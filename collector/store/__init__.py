@@ -40,7 +40,8 @@ table modules write one SQL text for both (``?`` placeholders, rewritten for psy
 ``max``); rows read by index or name on both (:class:`~collector.store.dialect.Row`).
 What only one backend does lives in its class: SQLite's file identity check, WAL and
 ``synchronous``, the bound-variable limit (:mod:`collector.store.db`); PostgreSQL's COPY,
-day partitions, advisory locks, error classes and reconnects (:mod:`collector.store.pg`).
+day partitions, advisory locks, error classes and reconnects (:mod:`collector.store.pg`,
+:mod:`collector.store.pgconn`, :mod:`collector.store.pgdays`).
 The migrations are one list (:func:`~collector.store.migrations.migrations_for`).
 
 Imports nothing itself, so that a read command can load :mod:`collector.store.reader`

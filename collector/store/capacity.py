@@ -143,8 +143,8 @@ def latest_node_rows(
     rows = reader.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory, n.inventory_ts, "
         "s.received_ms / 1000.0 AS received, "
-        "s.payload_dict, s.payload FROM nodes n LEFT JOIN samples s "
-        f"ON {latest_sample(reader.dialect)} ORDER BY n.node"
+        "s.payload_dict, s.payload FROM nodes n "
+        f"{latest_sample(reader.dialect)} ORDER BY n.node"
     )
     for r in rows:
         yield (

@@ -3,7 +3,7 @@
 Every connection to the store comes from here: the collector's writer and its read-only
 helpers (:func:`open_async`, aiosqlite) and every command (:func:`open_sync`: a
 :class:`SyncConn`, stdlib ``sqlite3`` or, for a :class:`~collector.paths.PgTarget`,
-psycopg through :mod:`collector.store.pg`; no event loop for one question). The writer's
+psycopg through :mod:`collector.store.pgconn`; no event loop for one question). The writer's
 pragmas are decided here once; the busy timeout and the lines an operator reads when the
 store is missing, cannot be opened or refuses a statement come from
 :mod:`collector.store.errors`, which the PostgreSQL module shares without importing this one.
@@ -42,7 +42,7 @@ class SyncCursor(Protocol):
 
 class SyncConn(Protocol):
     """A command's connection, whatever the backend (:class:`SqliteSync`,
-    :class:`collector.store.pg.PgSync`): autocommit until :meth:`begin`."""
+    :class:`collector.store.pgconn.PgSync`): autocommit until :meth:`begin`."""
 
     dialect: Dialect
     errors: tuple[type[BaseException], ...]
@@ -124,7 +124,7 @@ def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:
     says :meth:`SyncConn.begin`), the busy timeout, rows by index or name; read-only unless
     ``write``. :class:`StoreError` with the fix when there is none or it cannot be opened."""
     if not isinstance(path, Path):
-        from collector.store.pg import connect_sync  # noqa: PLC0415 - psycopg: PostgreSQL only
+        from collector.store.pgconn import connect_sync  # noqa: PLC0415 - psycopg: PostgreSQL only
 
         return connect_sync(path, write=write)
     target = _existing(path, write=write)

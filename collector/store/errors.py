@@ -8,7 +8,7 @@ store not yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT
 wait after which another connection's write lock becomes such an error, on both backends.
 
 Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connection) and
-:mod:`collector.store.pg` (PostgreSQL), which the opener imports: so this sits below both.
+:mod:`collector.store.pgconn` (PostgreSQL), which the opener imports: so this sits below both.
 """
 
 from __future__ import annotations

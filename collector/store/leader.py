@@ -65,8 +65,8 @@ ROLE: Final = "collector"
 """The elected role (one lease row)."""
 
 _TABLE_LOCK: Final = 0x63617077_00000005
-"""Advisory lock held while the lease creates its table (collector/store/pg.py numbers the
-store's others)."""
+"""Advisory lock held while the lease creates its table (collector/store/pgconn.py numbers
+the store's others)."""
 
 _ACQUIRE: Final = """
 INSERT INTO capwatch_leader AS l (name, holder, token, acquired_at, expires_at)

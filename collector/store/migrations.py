@@ -733,7 +733,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
 
 
 POSTGRESQL: Final[dict[str, str]] = {
-    # samples: range-partitioned by day on the sample's own time (collector/store/pg.py
+    # samples: range-partitioned by day on the sample's own time (collector/store/pgdays.py
     # creates the partitions). The unique (node, ts_ms) key drops redelivered samples; a
     # unique index of a partitioned table must hold the partition key, which this one does.
     # No foreign key to payload_dicts: it would cost a lookup per row, and SQLite does not

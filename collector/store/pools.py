@@ -66,7 +66,7 @@ def node_records(store: Reads) -> list[NodeRecord]:
         "CASE WHEN n.inventory IS NOT NULL THEN 'agent' ELSE 'declared' END AS source, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, "
         f"{pool_col} AS pool FROM nodes n {decl_join}{pool_join}"
-        f"LEFT JOIN samples s ON {latest_sample(store.dialect)} "
+        f"{latest_sample(store.dialect)} "
         f"WHERE {inv_col} IS NOT NULL"
     )
     if declared:

@@ -33,26 +33,29 @@ __all__ = [
     "silences",
 ]
 
-_NEWEST_TIME: Final = (
-    "CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms THEN x.ts_ms ELSE w.top_ts_ms END "
-    "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
-    "ORDER BY x.ts_ms DESC LIMIT 1"
-)
-_LATEST_SAMPLE: Final = f"s.node = n.node AND s.ts_ms = (SELECT {_NEWEST_TIME})"
 _LATEST_SAMPLE_SQLITE: Final = (
-    "s.rowid = (SELECT CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms "
+    "samples s ON s.rowid = (SELECT CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms "
     "OR x.ts_ms = w.top_ts_ms THEN x.rowid ELSE (SELECT rowid FROM samples "
     "WHERE node = n.node AND ts_ms = w.top_ts_ms) END "
     "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
     "ORDER BY x.ts_ms DESC LIMIT 1)"
 )
+_LATEST_SAMPLE_PG: Final = (
+    "LATERAL (SELECT x.* FROM (SELECT CASE WHEN w.top_ts_ms IS NULL OR m.ts_ms > w.seen_ts_ms "
+    "THEN m.ts_ms ELSE w.top_ts_ms END AS ts_ms FROM (SELECT ts_ms FROM samples "
+    "WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) AS m "
+    "LEFT JOIN watermarks w ON w.node = n.node) AS k "
+    "JOIN samples x ON x.node = n.node AND x.ts_ms = k.ts_ms OFFSET 0) AS s ON true"
+)
 
 
-def latest_sample(dialect: Dialect) -> str:
-    """Join condition of node ``n`` to its newest sample ``s``: the newest by the agent's
-    ``(epoch, seq)``, the one the live view holds (:func:`collector.live.LiveView.on_sample`),
-    not the newest by the node's clock, which a clock stepped back (NTP) or an agent
-    restarted behind its last run's clock would leave in the past for as long as the step.
+def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
+    """The join of node ``n`` to its newest sample ``s`` (``FROM nodes n`` then this; a node
+    without samples keeps a row of NULLs, or none when not ``outer``): the newest by the
+    agent's ``(epoch, seq)``, the one the live view holds
+    (:func:`collector.live.LiveView.on_sample`), not the newest by the node's clock, which a
+    clock stepped back (NTP) or an agent restarted behind its last run's clock would leave
+    in the past for as long as the step.
 
     The node's watermark (:mod:`collector.store.watermarks`) names that sample
     (``top_ts_ms``) as of its last round, once per watermark interval. A sample stamped
@@ -67,8 +70,18 @@ def latest_sample(dialect: Dialect) -> str:
     one primary-key lookup in ``watermarks``, then the row; no index on ``(epoch, seq)``,
     which every stored sample would pay for. On SQLite the row is read by the ``rowid`` the
     index entry holds (a second descent only for a node whose watermark names an older
-    sample): the watermark's lookup costs what that second descent did."""
-    return pick(dialect, sqlite=_LATEST_SAMPLE_SQLITE, postgresql=_LATEST_SAMPLE)
+    sample): the watermark's lookup costs what that second descent did.
+
+    On PostgreSQL the newest time is a ``LATERAL`` subquery's column, not a scalar subquery
+    in the join condition, which ran twice per node (to prune the day partitions at run
+    time, then as the index key; or to hash, then to recheck) and which the planner, once
+    its statistics made it look cheaper, answered by hashing every stored sample. The
+    ``OFFSET 0`` keeps the subquery from being pulled up into the outer join (a subquery
+    with a limit or offset is not: ``is_simple_subquery`` in PostgreSQL's
+    src/backend/optimizer/prep/prepjointree.c), so the plan is one loop over the nodes,
+    whatever the statistics (``bench/bench_pg_fleet.py``)."""
+    join = "LEFT JOIN" if outer else "JOIN"
+    return f"{join} {pick(dialect, sqlite=_LATEST_SAMPLE_SQLITE, postgresql=_LATEST_SAMPLE_PG)}"
 
 
 # Wire-schema GPU fields a row shows, and those that are floats there: a payload decoded as
@@ -116,7 +129,7 @@ def fleet_summary(store: StoreReader, now: float, *, staleness: Staleness) -> di
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.ts_ms / 1000.0 AS last_ts, "
         "s.received_ms / 1000.0 AS last_received, s.interval_s, s.gpu_count, s.cpu_pct, "
         "s.gpu_util_pct, s.gpu_power_w, s.cpu_power_w, s.node_power_w, s.node_power_source "
-        f"FROM nodes n LEFT JOIN samples s ON {latest_sample(store.dialect)} ORDER BY n.node"
+        f"FROM nodes n {latest_sample(store.dialect)} ORDER BY n.node"
     )
     nodes: list[dict[str, Any]] = []
     counts = dict.fromkeys(STATES, 0)
@@ -229,14 +242,14 @@ def gpu_rows(store: StoreReader, node: str | None, limit_nodes: int) -> list[dic
     ``limit_nodes`` nodes (by name) that have samples."""
     if node is not None:
         latest = store.fetchall(
-            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
-            f"ON {latest_sample(store.dialect)} WHERE n.node = ?",
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n "
+            f"{latest_sample(store.dialect, outer=False)} WHERE n.node = ?",
             (node,),
         )
     else:
         latest = store.fetchall(
-            "SELECT n.node, s.payload, s.payload_dict FROM nodes n JOIN samples s "
-            f"ON {latest_sample(store.dialect)} ORDER BY n.node LIMIT ?",
+            "SELECT n.node, s.payload, s.payload_dict FROM nodes n "
+            f"{latest_sample(store.dialect, outer=False)} ORDER BY n.node LIMIT ?",
             (limit_nodes,),
         )
     out: list[dict[str, Any]] = []
@@ -317,8 +330,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
 
     rows = store.fetchall(
         "SELECT n.node, n.status, n.status_ts, n.inventory_ts, s.received_ms, s.interval_s, "
-        "s.payload, s.payload_dict FROM nodes n JOIN samples s "
-        f"ON {latest_sample(store.dialect)} ORDER BY n.node"
+        "s.payload, s.payload_dict FROM nodes n "
+        f"{latest_sample(store.dialect, outer=False)} ORDER BY n.node"
     )
     jobs: dict[str, dict[str, Any]] = {}
     utils: dict[str, list[float]] = {}

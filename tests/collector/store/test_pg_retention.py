@@ -15,7 +15,7 @@ from agent.simulate import FleetSimulator
 from collector.ingest.validate import sample_row
 from collector.paths import StoreTarget, parse_target
 from collector.store.db import SampleRow, Store
-from collector.store.pg import partition_name
+from collector.store.pgdays import partition_name
 from shared.schema import encode
 from tests.helpers import db_rows, wait_until
 
