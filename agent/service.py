@@ -128,6 +128,7 @@ class AgentService:
             hold_s=settings.watermark_hold_s,
             clock=self.clock.time,
             monotonic=self.clock.monotonic,
+            node=settings.node_id,
         )
         self._stop = asyncio.Event()
         self._inventory = b""

@@ -10,8 +10,11 @@ stops publishing watermarks (an older one, an ACL without the watermark topic) c
 ``hold_s`` of spool, and the agent is back to forgetting at PUBACK. An agent restarted (or
 killed, or its node rebooted) sends everything it had not retired once the broker is back.
 
-The directory holds segment files of records, a cursor and the epoch: their formats are
-:mod:`agent.spoolfile`'s. Each record is written with one ``write(2)``. At open each
+The directory holds segment files of records, a cursor, the epoch and the node id whose
+samples they are (``node``): their formats are :mod:`agent.spoolfile`'s, but for ``node``,
+the id and a newline. A directory that another node id left unsent samples in is refused at
+open (:class:`ConfigError` naming ``spool_dir``): they would go out on this node's topic.
+Each record is written with one ``write(2)``. At open each
 segment is read through: a record cut short at the end of a file (a crash mid-write) is
 *torn*: counted, and the file truncated to the last whole record; a bad record in the middle
 (CRC, magic or length wrong) is *corrupt*: counted, and skipped by searching for the next
@@ -148,8 +151,13 @@ class Spool:
         hold_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        node: str | None = None,
     ) -> None:
         self.segment_bytes = segment_bytes or segment_bytes_for(max_bytes)
+        self.node = node
+        """The node id whose samples this spool holds (its ``node`` file): a spool left by
+        another node id with samples unsent is refused at open, not sent on this node's
+        topic (see :meth:`open`). ``None``: not checked."""
         if not 0 < self.segment_bytes <= max_bytes:
             raise ValueError(f"segment_bytes must be in (0, max_bytes={max_bytes}]")
         self.directory = directory
@@ -255,6 +263,7 @@ class Spool:
             self._bytes += seg.size
             self._records += seg.records
             del data, found  # one segment in memory at a time (a day's spool: 16 vs 32 MiB peak)
+        self._claim()
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self.expire(now)
         self._enforce_bytes()
@@ -270,6 +279,40 @@ class Spool:
             max_bytes=self.max_bytes,
             max_age_s=self.max_age_s,
         )
+
+    def _claim(self) -> None:
+        """Make the directory :attr:`node`'s (its ``node`` file). One that another node id
+        left samples in (the host renamed, two agents given one ``spool_dir``) is refused:
+        its samples would go out on this node's topic, which the collector rejects as
+        ``topic_mismatch`` and the broker's ACL may refuse. An empty one is taken over."""
+        if self.node is None:
+            return
+        path = self.directory / "node"
+        try:
+            held = path.read_text(errors="replace").strip()
+        except FileNotFoundError:
+            held = ""  # a new spool, or one from before the file: the agent's own
+        except OSError as exc:
+            raise ConfigError(
+                f"setting 'spool_dir': cannot read {path}: {exc.strerror or exc}",
+                field="spool_dir",
+            ) from exc
+        if held == self.node:
+            return
+        if held and len(self):
+            raise ConfigError(
+                f"setting 'spool_dir': {self.directory} holds {len(self)} unsent samples of "
+                f"node {held[:64]!r}, and this agent is {self.node!r}: give each node id its "
+                "own --spool-dir (CAPWATCH_SPOOL_DIR), or empty that directory if those "
+                "samples may go",
+                field="spool_dir",
+            )
+        if held:
+            log.warning("spool_taken_over", path=str(self.directory), node=self.node, was=held)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{self.node}\n")
+        os.replace(tmp, path)
+        self._dir_dirty = True  # the next sync makes the rename durable
 
     def close(self) -> None:
         """Sync everything and close the files. Blocking."""

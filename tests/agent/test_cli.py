@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.spool import Spool
 from shared.schema import decode_sample
 from tests.agent.helpers import REPO, run_agent
 from tests.integration.secure_broker import DeployedBroker, make_passwd
@@ -244,3 +245,26 @@ def test_systemd_run_script_applies_the_sandbox_of_the_installed_unit() -> None:
         and line not in properties
     ]
     assert missing == []
+
+
+def test_a_spool_with_another_nodes_unsent_samples_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    """``agent run --node-id n2`` on a spool holding node n1's unsent samples (a renamed
+    host, one directory given to two agents): one line naming the setting, both ids and the
+    fix, exit 2; n1's samples stay."""
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600.0, node="n1")
+    spool.open()
+    spool.append(b"n1's sample")
+    spool.close()
+    done = run_agent(
+        "run", "--gpu-backend", "none", "--node-id", "n2", "--port", "1",
+        "--spool-dir", str(tmp_path / "spool"), timeout_s=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("agent run: error: setting 'spool_dir': "), line
+    assert "1 unsent samples of node 'n1'" in line
+    assert "'n2'" in line
+    assert "--spool-dir" in line
+    assert (tmp_path / "spool" / "node").read_text() == "n1\n"

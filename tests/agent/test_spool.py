@@ -13,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.spool import Spool
+from shared.errors import ConfigError
 
 
 def _open(path: Path, *, max_bytes: int = 1 << 20, segment_bytes: int | None = None) -> Spool:
@@ -353,3 +354,36 @@ def test_after_a_cut_short_write_that_cannot_be_truncated_the_spool_rolls(
         spool.close()
     finally:
         os.close(memfd)
+
+
+def test_a_spool_another_node_id_left_samples_in_is_refused_an_empty_one_taken_over(
+    tmp_path: Path,
+) -> None:
+    """The spool knows whose samples it holds (``node``): an agent with another node id
+    (the host renamed, two agents given one directory) refuses it while it holds unsent
+    samples, naming the setting, the old id and the fix, and sends none of them; once
+    empty, it is taken over; a spool from before the file is the agent's own."""
+    legacy = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0)
+    legacy.open()  # no node: as a spool written before the file
+    legacy.append(b"of-vm")
+    legacy.close()
+    first = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="vm")
+    first.open()  # adopted, its sample kept
+    assert (tmp_path / "node").read_text() == "vm\n"
+    assert len(first) == 1
+    first.close()
+    other = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="gpu-7")
+    with pytest.raises(ConfigError, match=r"spool_dir.*1 unsent samples of node 'vm'.*'gpu-7'"):
+        other.open()
+    assert (tmp_path / "node").read_text() == "vm\n"
+    again = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="vm")
+    again.open()
+    assert _drain(again) == [b"of-vm"]  # still there for its own node
+    again.sync()
+    again.close()
+    with capture_logs() as logs:
+        taken = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="gpu-7")
+        taken.open()
+    assert (tmp_path / "node").read_text() == "gpu-7\n"
+    assert [e["was"] for e in logs if e["event"] == "spool_taken_over"] == ["vm"]
+    taken.close()

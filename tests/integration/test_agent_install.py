@@ -168,6 +168,8 @@ async def test_agent_run_from_the_plain_install_publishes_to_mosquitto(
                 mosquitto.host,
                 "--port",
                 str(mosquitto.port),
+                "--spool-dir",  # its own: the user's default may hold another node's samples
+                str(tmp_path / "spool"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=_env(),
