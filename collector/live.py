@@ -142,6 +142,9 @@ class NodeState(msgspec.Struct, gc=False):
     sample_epoch_ts: float = 0.0
     """The newest time (node clock) of any sample of the latest sample's epoch: a sample of
     another epoch is a later run only when stamped after it (:func:`_later_sample`)."""
+    prior_run: tuple[int, int] | None = None
+    """The run the latest sample's took over from: its epoch and the seq it had reached
+    (:func:`collector.nodefacts.agent_restarted`'s ``prior``)."""
 
     @property
     def reject_only(self) -> bool:
@@ -178,6 +181,7 @@ class NodeState(msgspec.Struct, gc=False):
             self.node_power,
             self.min_util_pct,
             self.sample_epoch_ts,
+            self.prior_run,
         )
 
 
@@ -263,10 +267,14 @@ class LiveView:
         same_run = latest is not None and sample.epoch == latest.epoch
         if same_run:
             st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)
-        if latest is not None and not _later_sample(sample, latest, st.sample_epoch_ts):
+        if latest is not None and not _later_sample(
+            sample, latest, st.sample_epoch_ts, st.prior_run
+        ):
             return False
         if not same_run:
             st.sample_epoch_ts = sample.ts
+            if latest is not None and latest.epoch is not None:
+                st.prior_run = (latest.epoch, latest.seq)
         st.sample = sample
         st.sample_received = received
         reading = sample_power(sample, received)
@@ -461,7 +469,9 @@ class LiveView:
         last = st.seq_last
         if (
             last is None
-            or agent_restarted(epoch, sample.ts, st.seq_epoch, st.seq_ts)
+            or agent_restarted(
+                epoch, sample.ts, st.seq_epoch, st.seq_ts, seq=seq, prior=st.prior_run
+            )
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
             # The first sample, a new start (a wiped spool's epoch counts from 0 again), or
@@ -564,13 +574,16 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
     return have is None or have < ts
 
 
-def _later_sample(sample: Sample, held: Sample, held_run_ts: float) -> bool:
+def _later_sample(
+    sample: Sample, held: Sample, held_run_ts: float, prior: tuple[int, int] | None
+) -> bool:
     """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
     ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a
     node that booted ahead, or one sample stamped 299 s ahead) froze the node's view for as
     long as the step, and ``NodeStale`` fired while it sent every interval. Across runs as
     :func:`~collector.nodefacts.agent_restarted` says, against the newest time of
-    ``held``'s run (``held_run_ts``); by time for agents before epochs.
+    ``held``'s run (``held_run_ts``) and the run it took over from (``prior``); by time for
+    agents before epochs.
 
     The store's watermarks follow the same rule in the order the samples are stored
     (:mod:`collector.ingest.watermark`), and its reads show the newest sample they name
@@ -580,7 +593,9 @@ def _later_sample(sample: Sample, held: Sample, held_run_ts: float) -> bool:
         return sample.ts > held.ts
     if sample.epoch == held.epoch:
         return sample.seq > held.seq
-    return agent_restarted(sample.epoch, sample.ts, held.epoch, held_run_ts)
+    return agent_restarted(
+        sample.epoch, sample.ts, held.epoch, held_run_ts, seq=sample.seq, prior=prior
+    )
 
 
 def _untracked(inventory: Inventory) -> Inventory:

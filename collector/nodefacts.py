@@ -135,17 +135,32 @@ class PowerReading(NamedTuple):
     """How often its source reports: the sample's interval, or the collector's poll interval."""
 
 
-def agent_restarted(epoch: int, ts: float, held_epoch: int, held_ts: float) -> bool:
-    """Whether a sample of agent ``epoch`` stamped ``ts`` comes from a later run of the
-    node's agent than the one held (``held_epoch``, its newest sample stamped ``held_ts``;
-    any unit of time, the same for both).
+def agent_restarted(
+    epoch: int,
+    ts: float,
+    held_epoch: int,
+    held_ts: float,
+    *,
+    seq: int = 0,
+    prior: tuple[int, int] | None = None,
+) -> bool:
+    """Whether sample ``seq`` of agent ``epoch`` stamped ``ts`` comes from a later run of
+    the node's agent than the one held (``held_epoch``, its newest sample stamped
+    ``held_ts``; any unit of time, the same for both).
 
     A higher epoch is the agent's next start. A lower epoch with a newer time is one too: the
     agent keeps its epoch counter in its spool, so a wiped or lost spool directory counts
     from 0 again. A lower epoch with an older time is a late sample of an earlier run, which
-    the agent replays from its spool before the newer ones. The watermarks
-    (:mod:`collector.ingest.watermark`) and the live view's gaps (:mod:`collector.live`)
-    both follow the node's newest run by this rule."""
+    the agent replays from its spool before the newer ones. Whatever its time, a sample of
+    the run the held one took over from (``prior``: its epoch, and the highest seq it had
+    reached) numbered at or below that seq is a late or repeated sample of that run (the
+    broker redelivering after a reconnect, the agent filling a hole), not a start: an
+    agent run stamped behind the one before it (its clock set back between the two) was
+    otherwise handed back to the old run by a duplicate. The watermarks
+    (:mod:`collector.ingest.watermark`) and the live view's newest sample and gaps
+    (:mod:`collector.live`) all follow the node's newest run by this rule."""
+    if prior is not None and epoch == prior[0] and seq <= prior[1]:
+        return False
     return epoch > held_epoch or (epoch < held_epoch and ts > held_ts)
 
 

@@ -82,6 +82,9 @@ class _Mark:
     """The time of the sample at ``seq`` (node clock; ``None``: not known)."""
     ranges: list[_Range] = field(default_factory=list)
     """Stored runs above a hole, ascending."""
+    prior: tuple[int, int] | None = None
+    """The run this one took over from, its epoch and top (in memory only):
+    :func:`~collector.nodefacts.agent_restarted`'s ``prior``."""
 
 
 class Watermarks:
@@ -171,13 +174,16 @@ class Watermarks:
                     if ts_ms > m.seen_ts_ms:  # noqa: PLR1730
                         m.seen_ts_ms = ts_ms
                 dirty.add(node)
-            elif m is None or agent_restarted(epoch, r.ts_ms, m.epoch, m.ts_ms):
+            elif m is None or agent_restarted(
+                epoch, r.ts_ms, m.epoch, m.ts_ms, seq=seq, prior=m.prior
+            ):
                 # A new node, the agent's next start, or an agent that counts epochs from 0
                 # again (its spool was wiped): newer samples under a lower epoch.
                 if m is None and len(marks) >= self.max_nodes:
                     continue
                 seen = r.ts_ms if m is None else max(m.seen_ts_ms, r.ts_ms)
-                m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms, r.ts_ms, seen)
+                prior = None if m is None else (m.epoch, m.top)
+                m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms, r.ts_ms, seen, prior=prior)
                 self._holed.discard(node)
                 if seq == 0:
                     m.seq, m.seq_ts_ms = 0, r.ts_ms

@@ -262,6 +262,25 @@ def test_room_for_a_newcomer_counts_the_reject_only_nodes_exactly() -> None:
     assert not view.room_for("f")
 
 
+def test_a_repeated_sample_of_the_run_before_does_not_take_the_node_back() -> None:
+    """Epoch 8 started with the clock set back 200 s behind epoch 7's samples; the broker
+    then delivers epoch 7's seq 3 again (after a reconnect). It is stamped after epoch 8's
+    samples but numbered at or below where epoch 7 had reached: a repeat, not a start. A
+    spool wiped later (epoch 0, newer samples) is a start."""
+    view = LiveView()
+    for k in range(4):
+        view.on_sample(_sample(T0 + 5 * k, seq=k, epoch=7), T0 + 5 * k)
+    for k in range(2):
+        assert view.on_sample(_sample(T0 - 200 + 5 * k, seq=k, epoch=8), T0 + 20 + k)
+    assert not view.on_sample(_sample(T0 + 15, seq=3, epoch=7), T0 + 30)
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.epoch, st.sample.seq) == (8, 1)
+    assert (st.seq_epoch, st.seq_last, st.gaps) == (8, 1, ())
+    assert view.on_sample(_sample(T0 + 40, seq=0, epoch=0), T0 + 40)  # a wiped spool
+
+
 def test_bad_bounds_are_refused() -> None:
     """A view that could hold nothing is a configuration mistake."""
     with pytest.raises(ValueError, match="max_nodes"):

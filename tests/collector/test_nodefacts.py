@@ -36,6 +36,7 @@ from collector.nodefacts import (
     PowerReading,
     Staleness,
     State,
+    agent_restarted,
     gpu_count,
     gpu_power_w,
     hardware,
@@ -315,3 +316,16 @@ def test_gpu_count_is_the_inventorys_else_what_the_samples_reported() -> None:
         4,
         0,
     ]
+
+
+def test_a_sample_of_the_run_before_at_or_below_its_seq_is_not_a_restart() -> None:
+    """agent_restarted's ``prior``: the run the held one took over from (epoch 7, at seq 3).
+    Its seq 3 stamped after the held run's newest time is a repeat of it; its seq 4, a run
+    that goes on; another lower epoch stamped after, a wiped spool: a start."""
+    held = (8, 100.0)
+    assert agent_restarted(7, 150.0, *held)  # without prior: taken for a start
+    assert not agent_restarted(7, 150.0, *held, seq=3, prior=(7, 3))
+    assert agent_restarted(7, 150.0, *held, seq=4, prior=(7, 3))
+    assert agent_restarted(0, 150.0, *held, seq=0, prior=(7, 3))
+    assert agent_restarted(9, 50.0, *held, seq=0, prior=(7, 3))
+    assert not agent_restarted(9, 50.0, *held, seq=2, prior=(9, 5))  # wiped: 9 came before

@@ -86,6 +86,20 @@ def test_an_agent_counting_epochs_again_from_zero_is_followed() -> None:
     assert _due(w) == {"a": (0, 1, 1)}
 
 
+def test_a_hole_of_the_run_before_filled_late_does_not_hand_the_node_back_to_it() -> None:
+    """Epoch 8 started with its clock set back 200 s behind epoch 7's samples; epoch 7's
+    seq 1 (lost on the way, a hole) then arrives: stamped after epoch 8's samples, but at
+    or below where epoch 7 had reached, so a late sample of it, not a start."""
+    w = _marks()
+    w.note([_row("a", 7, s, ts_s=T0 + s) for s in (0, 2, 3)], T0)
+    w.note([_row("a", 8, s, ts_s=T0 - 200 + s) for s in (0, 1)], T0)
+    assert _due(w) == {"a": (8, 1, 1)}
+    w.note([_row("a", 7, 1, ts_s=T0 + 1)], T0)
+    assert _due(w) == {}
+    w.note([_row("a", 7, 4, ts_s=T0 + 4)], T0)  # past where it was: that run goes on
+    assert _due(w) == {"a": (7, -1, 4)}
+
+
 def test_rows_without_an_epoch_have_no_watermark() -> None:
     """An agent before epochs does not read watermarks: nothing is published for it."""
     w = _marks()
