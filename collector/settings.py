@@ -165,6 +165,22 @@ class RouteSettings(BaseModel):
             parse_matcher(m)
         return value
 
+    @field_validator("group_by")
+    @classmethod
+    def _group_labels(cls, value: list[str]) -> list[str]:
+        # Alertmanager's checks (config/config.go, Route.UnmarshalYAML): label names, none
+        # twice, and the "..." wildcard only alone.
+        from collector.alerts.route import ALL_LABELS  # noqa: PLC0415
+
+        if ALL_LABELS in value and len(value) > 1:
+            raise ValueError(f"{ALL_LABELS!r} (every label) must be the only entry")
+        for name in value:
+            if name != ALL_LABELS and not LABEL_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+            if value.count(name) > 1:
+                raise ValueError(f"{name!r} is named twice")
+        return value
+
     def route(self, all_receivers: list[str]) -> Route:
         """The route these settings describe."""
         from collector.alerts.route import Route, parse_matcher  # noqa: PLC0415

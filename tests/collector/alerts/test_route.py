@@ -86,10 +86,14 @@ def test_routes_load_with_their_defaults(tmp_path: Path) -> None:
         ('[[routes]]\ngroup_wait = "soon"\n', "routes.0.group_wait"),
         ('[[routes]]\nrepeat_interval = "4 hours"\n', "routes.0.repeat_interval"),
         ("[[routes]]\ngroup_bye = []\n", "routes.0.group_bye"),
+        ('[[routes]]\ngroup_by = ["rack-name"]\n', "routes.0.group_by"),
+        ('[[routes]]\ngroup_by = ["node", "node"]\n', "routes.0.group_by"),
+        ('[[routes]]\ngroup_by = ["...", "node"]\n', "routes.0.group_by"),
     ],
 )
 def test_a_bad_route_is_one_line_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
-    """Unknown receiver, bad regex, bad duration, unknown key: one line naming it."""
+    """Unknown receiver, bad regex, bad duration, unknown key, a group_by that Alertmanager
+    refuses (not a label name, a label twice, "..." with others): one line naming it."""
     with pytest.raises(ConfigError) as caught:
         _load(tmp_path, toml)
     assert f"'{key}'" in str(caught.value)
