@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     with StoreReader(settings.store_target) as store:
-        if not store.has_table("leases"):
+        if store.lacks("leases"):
             raise ConfigError(
                 f"{str(settings.store_target)!r} has no leases table yet: start this version's "
                 "`collector run` once to migrate it"

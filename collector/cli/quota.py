@@ -312,7 +312,7 @@ def _read(
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
-        if not store.has_table("quotas"):
+        if store.lacks("quotas"):
             raise ConfigError(
                 f"{str(db)!r} has no quotas table yet: start this version's `collector run` "
                 "once to migrate it"

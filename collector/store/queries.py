@@ -397,7 +397,7 @@ def rejected_messages(
         for k, v in sorted(store.counters().items())
         if k.startswith(("rejected", "quarantined_total"))
     }
-    if not store.has_table("quarantine"):  # a store the collector has not migrated yet
+    if store.lacks("quarantine"):  # a store the collector has not migrated yet
         return {"counters": counters, "messages": []}
     where: list[str] = []
     params: list[Any] = []
@@ -427,7 +427,7 @@ def _alert(row: Any) -> dict[str, Any]:
 
 def active_alerts(store: StoreReader) -> list[dict[str, Any]]:
     """Firing then pending alerts, longest-standing first (the ``alerts`` table)."""
-    if not store.has_table("alerts"):
+    if store.lacks("alerts"):
         return []
     rows = store.fetchall(
         "SELECT fingerprint, rule, state, active_at, starts_at, labels, annotations "
@@ -438,7 +438,7 @@ def active_alerts(store: StoreReader) -> list[dict[str, Any]]:
 
 def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str, Any]]:
     """Alert state changes since ``since`` (Unix seconds), newest first."""
-    if not store.has_table("alert_history"):
+    if store.lacks("alert_history"):
         return []
     rows = store.fetchall(
         "SELECT fingerprint, rule, previous, state, at, starts_at, ends_at, labels, "
@@ -450,7 +450,7 @@ def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str
 
 def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
     """Webhook notifications given up on, newest first, with the last answer received."""
-    if not store.has_table("outbox"):
+    if store.lacks("outbox"):
         return []
     rows = store.fetchall(
         "SELECT id, receiver, rule, fingerprint, status, attempts, last_status, last_error, "
@@ -470,7 +470,7 @@ def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
 def silences(store: StoreReader, now: float, *, expired: bool = False) -> list[dict[str, Any]]:
     """Silences in force at ``now`` (or every one, ``expired``), newest first; matchers as
     a list of strings."""
-    if not store.has_table("silences"):
+    if store.lacks("silences"):
         return []
     rows = store.fetchall(
         "SELECT id, matchers, starts_at, ends_at, comment, author, created FROM silences "
