@@ -307,7 +307,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     :mod:`collector.jobfacts`), mean utilisation of its GPUs, its share of their power, when
     its first GPU process started, and GPU-hours so far: GPUs held now x the time since that
     start, per node (an estimate: a job that held fewer GPUs earlier is counted as holding
-    today's all along).
+    today's all along). Its user, account, partition... are what its nodes say, each
+    value once where they differ (:func:`_also`).
     """
     # The schema's decoder (and the rule's reading of a job, :mod:`collector.jobfacts`) only
     # for this question: the other queries read plain JSON and load no msgspec.
@@ -339,17 +340,23 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
             continue  # stored under another schema's rules: not this answer's to judge
         for j in jobs_on(sample):
             info = j.info
+            said = {
+                "scheduler": info.scheduler if info is not None else None,
+                "user": j.user or None,
+                "account": info.account if info is not None else None,
+                "partition": info.partition if info is not None else None,
+                "namespace": info.namespace if info is not None else None,
+                "pod": info.name if info is not None else None,
+            }
             row = jobs.get(j.job)
-            if row is None:
+            if row is not None:
+                for key, value in said.items():
+                    row[key] = _also(row[key], value)
+            else:
                 row = jobs[j.job] = {
                     "job": j.job,
                     "label": j.label,
-                    "scheduler": info.scheduler if info is not None else None,
-                    "user": j.user or None,
-                    "account": info.account if info is not None else None,
-                    "partition": info.partition if info is not None else None,
-                    "namespace": info.namespace if info is not None else None,
-                    "pod": info.name if info is not None else None,
+                    **said,
                     "nodes": [],
                     "gpus": 0.0,
                     "gpu_util_mean_pct": None,
@@ -375,6 +382,17 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
         if row["power_w"] is not None:
             row["power_w"] = round(row["power_w"], 1)
     return sorted(jobs.values(), key=lambda r: (-r["gpus"], r["label"]))
+
+
+def _also(held: str | None, said: str | None) -> str | None:
+    """A job's field (user, account...) as its nodes name it: the value they agree on; where
+    they differ, each value once in node order, ``", "``-joined: one node naming another's job
+    must not replace what that node says of it (a node that does not know it adds nothing)."""
+    if said is None or held == said:
+        return held
+    if held is None:
+        return said
+    return held if said in held.split(", ") else f"{held}, {said}"
 
 
 def printable(head: bytes) -> str:
