@@ -147,6 +147,18 @@ class AgentSettings(CapwatchSettings):
             )
         return value
 
+    @field_validator("spool_dir", mode="before")
+    @classmethod
+    def _spool_dir_is_named(cls, value: Any) -> Any:
+        # Path("") is ".": an empty value would spool into the working directory (`/`
+        # under systemd). Unset, not empty, picks the default.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "is empty: name the spool's directory (--spool-dir, CAPWATCH_SPOOL_DIR), or "
+                "leave it unset for the default"
+            )
+        return value
+
     @field_validator("node_id")
     @classmethod
     def _node_id_is_topic_safe(cls, value: str) -> str:

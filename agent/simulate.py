@@ -49,7 +49,7 @@ from shared.schema import (
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["FleetSimulator", "SimStats", "pci_bus_id", "publish_fleet", "xname"]
+__all__ = ["NODE_INDEXES", "FleetSimulator", "SimStats", "pci_bus_id", "publish_fleet", "xname"]
 
 log = get_logger("simulate")
 
@@ -88,6 +88,11 @@ def pci_bus_id(g: int) -> str:
     Valid for any ``g`` below ``MAX_GPUS`` and beyond: the bus stays two hex digits.
     """
     return f"{g // 8:08X}:{0x18 + (g % 8) * 0x10:02X}:00.0"
+
+
+NODE_INDEXES: Final = 16**8
+"""Node indexes ``0 .. NODE_INDEXES - 1``: a node's index is its GPUs' UUIDs' first group of
+8 hex digits (``GPU-<index>-...``), which the wire schema's UUID pattern holds to 8."""
 
 
 def xname(i: int) -> str:
@@ -143,6 +148,11 @@ class FleetSimulator:
         them); ``None``: samples without one, as from an agent before that field."""
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
+        if not 0 <= first_index <= NODE_INDEXES - nodes:
+            raise ValueError(
+                f"first_index must be within 0..{NODE_INDEXES - nodes} for {nodes} nodes, got "
+                f"{first_index}"
+            )
         if not 0 <= gpus_per_node <= MAX_GPUS:
             raise ValueError(f"gpus_per_node must be within 0..{MAX_GPUS}, got {gpus_per_node}")
         self.gpus_per_node = gpus_per_node

@@ -33,10 +33,12 @@ from shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DB_PATH",
+    "NO_FILE",
     "SCHEMES",
     "PgTarget",
     "StoreTarget",
     "is_url",
+    "names_no_file",
     "parse_target",
     "redact",
 ]
@@ -123,18 +125,30 @@ def _has_password(url: str) -> bool:
     return ":" in user or "password" in query
 
 
+NO_FILE: Final = "names no file: give the SQLite file's path, e.g. capwatch.db"
+"""Why a store path such as ``""``, ``.`` or ``/`` is refused (:func:`names_no_file`)."""
+
+
+def names_no_file(path: str | Path) -> bool:
+    """Whether ``path`` names no file a SQLite store could be (``""`` is ``.``, then ``/``):
+    the store's lock file and its WAL are named after the file."""
+    return not Path(path).name
+
+
 def parse_target(
     text: str | Path, *, field: str = "--db", password_file: Path | None = None
 ) -> StoreTarget:
     """``text`` as a store: a ``postgresql://`` URL or a SQLite file path.
 
-    :class:`ConfigError` naming ``field`` for any other URL scheme, or a URL that carries
-    a password.
+    :class:`ConfigError` naming ``field`` for any other URL scheme, a URL that carries
+    a password, or a path that :func:`names_no_file`.
     """
     if isinstance(text, Path):
         text = str(text)
     match = _URL.match(text)
     if match is None:
+        if names_no_file(text):
+            raise ConfigError(f"{field} {text!r} {NO_FILE}", field=field)
         return Path(text)
     scheme = match.group(1).lower()
     if scheme not in SCHEMES:

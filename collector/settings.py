@@ -22,7 +22,15 @@ from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
 from collector.live import DEFAULT_MAX_NODES
 from collector.nodefacts import DEFAULT_INTERVAL_S, DEFAULT_STALE_INTERVALS, Staleness
-from collector.paths import DEFAULT_DB_PATH, PgTarget, StoreTarget, is_url, parse_target
+from collector.paths import (
+    DEFAULT_DB_PATH,
+    NO_FILE,
+    PgTarget,
+    StoreTarget,
+    is_url,
+    names_no_file,
+    parse_target,
+)
 from collector.pdu.settings import PduSettings, PdusSettings
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.sdtargets import DEFAULT_SD_TARGET_HOSTS, TargetHosts
@@ -441,6 +449,8 @@ class CollectorSettings(CapwatchSettings):
                 "is a SQLite file path: a postgresql:// URL goes in store.url "
                 "(CAPWATCH_STORE__URL) or --db"
             )
+        if isinstance(value, str | Path) and names_no_file(value):
+            raise ValueError(NO_FILE)
         return value
 
     @property

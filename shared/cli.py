@@ -28,7 +28,11 @@ def add_broker_args(parser: argparse.ArgumentParser) -> None:
 
 def add_log_args(parser: argparse.ArgumentParser) -> None:
     """``--log-level`` and ``--log-json`` (both daemons)."""
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="least severe log lines written (default info; env CAPWATCH_LOG_LEVEL)",
+    )
     parser.add_argument(
         "--log-json",
         action=argparse.BooleanOptionalAction,

@@ -102,6 +102,18 @@ class MqttSettings(BaseModel):
     return; the draws are jittered, so a fleet's agents spread over those seconds."""
 
     @model_validator(mode="after")
+    def _host_is_a_name(self) -> Self:
+        # paho refuses an empty host only when it connects ("Invalid host.": the agent's
+        # traceback), and a blank or spaced one is a DNS lookup that fails at every retry.
+        if not self.host or any(c.isspace() for c in self.host):
+            raise ConfigError(
+                f"setting 'mqtt.host' = {self.host!r} is not a host: give the broker's DNS name "
+                "or IP address (--host, CAPWATCH_MQTT__HOST), e.g. 127.0.0.1",
+                field="mqtt.host",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _password_needs_a_username(self) -> Self:
         if self.password is not None and self.username is None:
             raise ConfigError(

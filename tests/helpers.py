@@ -196,3 +196,19 @@ def assert_daily_is_the_hours_summed(db: StoreTarget) -> None:
     assert len(daily) == len(hourly) > 0
     for d, h in zip(daily, hourly, strict=True):
         assert d == pytest.approx(h)
+
+
+SET_WAYS: Final = ("flag", "env", "config")
+"""The three ways a setting is given: :func:`set_one_way`."""
+
+
+def set_one_way(
+    how: str, monkeypatch: pytest.MonkeyPatch, config: Path, *, key: str, flag: str, value: str
+) -> list[str]:
+    """Give setting ``key`` the text ``value`` one way (``how``, one of :data:`SET_WAYS`):
+    in the TOML file ``config`` (written empty otherwise), as ``CAPWATCH_<KEY>``, or as
+    ``flag``. Returns the arguments to add to the command line."""
+    config.write_text(f"{key} = {value!r}\n" if how == "config" else "")
+    if how == "env":
+        monkeypatch.setenv(f"CAPWATCH_{key.upper()}", value)
+    return ["--config", str(config), *([flag, value] if how == "flag" else [])]

@@ -60,7 +60,7 @@ def simulate(args: argparse.Namespace) -> int:
     """Publish the fleet until --ticks or a signal, then print the run's figures."""
     import asyncio  # noqa: PLC0415
 
-    from agent.simulate import FleetSimulator, publish_fleet  # noqa: PLC0415 (harness)
+    from agent.simulate import NODE_INDEXES, FleetSimulator, publish_fleet  # noqa: PLC0415
     from shared.schema import MAX_GPUS  # noqa: PLC0415 (msgspec: not for --help)
 
     if args.nodes < 1 or args.nodes > 200_000:
@@ -70,6 +70,18 @@ def simulate(args: argparse.Namespace) -> int:
             f"--gpus-per-node {args.gpus_per_node}: use 0 to {MAX_GPUS} "
             "(the wire schema's GPUs per node)",
             field="--gpus-per-node",
+        )
+    last = NODE_INDEXES - args.nodes
+    if not 0 <= args.first_index <= last:
+        raise ConfigError(
+            f"--first-index {args.first_index}: use 0 to {last} with --nodes {args.nodes} (a "
+            "node's index is its GPU UUIDs' first 8 hex digits)",
+            field="--first-index",
+        )
+    if args.ticks is not None and args.ticks < 0:
+        raise ConfigError(
+            f"--ticks {args.ticks}: use 0 or more (leave it out to run until stopped)",
+            field="--ticks",
         )
     settings = settings_from_args(args)
     sim = FleetSimulator(

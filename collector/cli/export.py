@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_input, read_settings_from_args
-from collector.cli._render import print_json
+from collector.cli._render import print_json, shown
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     with StoreReader(settings.store_target) as store:
-        if not store.has_table("leases"):
+        if store.lacks("leases"):
             raise ConfigError(
                 f"{str(settings.store_target)!r} has no leases table yet: start this version's "
                 "`collector run` once to migrate it"
@@ -194,14 +194,16 @@ def _kueue(
 
     label = PRODUCT_LABEL if args.gpu_label is None else check_label_key(args.gpu_label)
     export = kueue_manifests(gov, node_gpus, now, label=label)
-    for note in export.notes:
+    # Notes quote what nodes named (GPU models): each one line, so a comment in the manifest.
+    notes = [shown(note) for note in export.notes]
+    for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     if args.json:
         print_json({"apiVersion": "v1", "kind": "List", "items": export.objects}, out)
         return
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     out.write(f"# capwatch quotas as Kueue objects, exported {stamp}: kubectl apply -f FILE\n")
-    out.writelines(f"# {note}\n" for note in export.notes)
+    out.writelines(f"# {note}\n" for note in notes)
     out.write(yaml.safe_dump_all(export.objects, explicit_start=True, sort_keys=False))
 
 

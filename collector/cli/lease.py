@@ -273,7 +273,7 @@ def _state(db: StoreTarget) -> Governance:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
-        if not store.has_table("leases"):
+        if store.lacks("leases"):
             raise ConfigError(
                 f"{str(db)!r} has no leases table yet: start this version's `collector run` "
                 "once to migrate it"

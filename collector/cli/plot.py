@@ -201,7 +201,7 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
             "show; choose a shorter window (`collector usage --by month` sums longer ones)",
             field="--from",
         )
-    if not reader.has_table("usage_daily"):
+    if reader.lacks("usage_daily"):
         raise ConfigError(
             f"{db} has no usage ledger yet: start this version's `collector run` once to "
             "migrate it",

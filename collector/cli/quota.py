@@ -75,7 +75,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_settings_args(p)
     p.add_argument("action", choices=("set", "show", "check"), help="what to do")
     p.add_argument("tenant", nargs="?", help="the tenant")
-    p.add_argument("--resource", choices=("gpus", "power_kw", "gpu_hours"), default="gpus")
+    p.add_argument(
+        "--resource",
+        choices=("gpus", "power_kw", "gpu_hours"),
+        default="gpus",
+        help="set, show --tree: the quota's resource (default gpus)",
+    )
     p.add_argument("--nominal", type=float, help="set: the nominal quota")
     p.add_argument("--borrowing-limit", type=float, help="set: most it may borrow (default: any)")
     p.add_argument("--lending-limit", type=float, help="set: most it lends (default: all)")
@@ -313,7 +318,7 @@ def _read(
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as store:
-        if not store.has_table("quotas"):
+        if store.lacks("quotas"):
             raise ConfigError(
                 f"{str(db)!r} has no quotas table yet: start this version's `collector run` "
                 "once to migrate it"

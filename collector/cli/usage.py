@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     since, until = period_window(args.month, args.start, args.end)
     settings = settings_from_args(args)
     with StoreReader(settings.store_target) as reader:
-        if not reader.has_table("usage_ledger"):
+        if reader.lacks("usage_ledger"):
             raise ConfigError(
                 f"{settings.store_target} has no usage ledger yet: start this version's "
                 "`collector run` once to migrate it",

@@ -51,6 +51,7 @@ from typing import Any, Final
 
 from collector.governance.quota import Quota
 from collector.governance.state import Governance
+from shared.cli import shown
 from shared.errors import ConfigError
 
 __all__ = [
@@ -90,6 +91,8 @@ MAX_FLAVORS: Final = 64
 the one group covering ``nvidia.com/gpu``, so a fleet's GPU models past it are left out
 (those with the fewest GPUs): a node's inventory names its models, and one node declaring
 64 made-up ones must not make every ClusterQueue one that Kueue refuses."""
+_NAMED: Final = 10
+"""Models a note names at most (each node's inventory names its own: any number, any text)."""
 _ANY_GPU: Final = "gpu"
 """The one flavor when no inventory names a GPU model: no node labels, any node."""
 
@@ -253,9 +256,11 @@ def kueue_manifests(
         )
     left_out = sorted(set(fleet) - {f.model for f in flavors})
     if left_out:
+        named = ", ".join(shown(m) for m in left_out[:_NAMED])
+        more = f" and {len(left_out) - _NAMED} more" if len(left_out) > _NAMED else ""
         out.notes.append(
             f"{len(left_out)} GPU models past Kueue's {MAX_FLAVORS} flavors in a resource group "
-            f"(those with the fewest GPUs) have no flavor: {', '.join(left_out)}"
+            f"(those with the fewest GPUs) have no flavor: {named}{more}"
         )
     for f in flavors:
         spec: dict[str, Any] = {}

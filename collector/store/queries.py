@@ -320,7 +320,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     :mod:`collector.jobfacts`), mean utilisation of its GPUs, its share of their power, when
     its first GPU process started, and GPU-hours so far: GPUs held now x the time since that
     start, per node (an estimate: a job that held fewer GPUs earlier is counted as holding
-    today's all along).
+    today's all along). Its user, account, partition... are what its nodes say, each
+    value once where they differ (:func:`_also`).
     """
     # The schema's decoder (and the rule's reading of a job, :mod:`collector.jobfacts`) only
     # for this question: the other queries read plain JSON and load no msgspec.
@@ -352,17 +353,23 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
             continue  # stored under another schema's rules: not this answer's to judge
         for j in jobs_on(sample):
             info = j.info
+            said = {
+                "scheduler": info.scheduler if info is not None else None,
+                "user": j.user or None,
+                "account": info.account if info is not None else None,
+                "partition": info.partition if info is not None else None,
+                "namespace": info.namespace if info is not None else None,
+                "pod": info.name if info is not None else None,
+            }
             row = jobs.get(j.job)
-            if row is None:
+            if row is not None:
+                for key, value in said.items():
+                    row[key] = _also(row[key], value)
+            else:
                 row = jobs[j.job] = {
                     "job": j.job,
                     "label": j.label,
-                    "scheduler": info.scheduler if info is not None else None,
-                    "user": j.user or None,
-                    "account": info.account if info is not None else None,
-                    "partition": info.partition if info is not None else None,
-                    "namespace": info.namespace if info is not None else None,
-                    "pod": info.name if info is not None else None,
+                    **said,
                     "nodes": [],
                     "gpus": 0.0,
                     "gpu_util_mean_pct": None,
@@ -390,6 +397,17 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     return sorted(jobs.values(), key=lambda r: (-r["gpus"], r["label"]))
 
 
+def _also(held: str | None, said: str | None) -> str | None:
+    """A job's field (user, account...) as its nodes name it: the value they agree on; where
+    they differ, each value once in node order, ``", "``-joined: one node naming another's job
+    must not replace what that node says of it (a node that does not know it adds nothing)."""
+    if said is None or held == said:
+        return held
+    if held is None:
+        return said
+    return held if said in held.split(", ") else f"{held}, {said}"
+
+
 def printable(head: bytes) -> str:
     """Bytes as text a terminal shows safely: invalid UTF-8 as ``\\xNN``, control and other
     non-printable characters as ``\\n``, ``\\x00``, ``\\u2028``..."""
@@ -410,7 +428,7 @@ def rejected_messages(
         for k, v in sorted(store.counters().items())
         if k.startswith(("rejected", "quarantined_total"))
     }
-    if not store.has_table("quarantine"):  # a store the collector has not migrated yet
+    if store.lacks("quarantine"):  # a store the collector has not migrated yet
         return {"counters": counters, "messages": []}
     where: list[str] = []
     params: list[Any] = []
@@ -440,7 +458,7 @@ def _alert(row: Any) -> dict[str, Any]:
 
 def active_alerts(store: StoreReader) -> list[dict[str, Any]]:
     """Firing then pending alerts, longest-standing first (the ``alerts`` table)."""
-    if not store.has_table("alerts"):
+    if store.lacks("alerts"):
         return []
     rows = store.fetchall(
         "SELECT fingerprint, rule, state, active_at, starts_at, labels, annotations "
@@ -451,7 +469,7 @@ def active_alerts(store: StoreReader) -> list[dict[str, Any]]:
 
 def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str, Any]]:
     """Alert state changes since ``since`` (Unix seconds), newest first."""
-    if not store.has_table("alert_history"):
+    if store.lacks("alert_history"):
         return []
     rows = store.fetchall(
         "SELECT fingerprint, rule, previous, state, at, starts_at, ends_at, labels, "
@@ -463,7 +481,7 @@ def alert_history(store: StoreReader, since: float, limit: int) -> list[dict[str
 
 def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
     """Webhook notifications given up on, newest first, with the last answer received."""
-    if not store.has_table("outbox"):
+    if store.lacks("outbox"):
         return []
     rows = store.fetchall(
         "SELECT id, receiver, rule, fingerprint, status, attempts, last_status, last_error, "
@@ -483,7 +501,7 @@ def dead_letters(store: StoreReader, limit: int) -> list[dict[str, Any]]:
 def silences(store: StoreReader, now: float, *, expired: bool = False) -> list[dict[str, Any]]:
     """Silences in force at ``now`` (or every one, ``expired``), newest first; matchers as
     a list of strings."""
-    if not store.has_table("silences"):
+    if store.lacks("silences"):
         return []
     rows = store.fetchall(
         "SELECT id, matchers, starts_at, ends_at, comment, author, created FROM silences "

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync
 from collector.store.dialect import Dialect, Row
-from collector.store.errors import refused
+from collector.store.errors import not_capwatch, refused
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -106,6 +106,18 @@ class StoreReader:
             return conn.has_table(name)
         except conn.errors as exc:
             raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+
+    def lacks(self, table: str) -> bool:
+        """Whether the store lacks table ``table``: a capwatch store the collector has not
+        migrated to it yet, which the caller may answer as empty (or name the table). A store
+        without even ``samples``, the first migration's table, is no capwatch store at all
+        (an empty PostgreSQL database, another program's SQLite file): that raises
+        :func:`~collector.store.errors.not_capwatch`, never an empty answer ("no alerts")."""
+        if self.has_table(table):
+            return False
+        if not self.has_table("samples"):
+            raise not_capwatch(self.path)
+        return True
 
     def columns(self, table: str) -> set[str]:
         """The column names of ``table`` (empty: no such table)."""

@@ -81,6 +81,20 @@ def test_simulate_with_too_many_gpus_is_one_line_naming_the_flag() -> None:
 
 
 @pytest.mark.parametrize(
+    ("flag", "value"), [("--first-index", "-5"), ("--first-index", "4294967296"), ("--ticks", "-1")]
+)
+def test_simulate_with_an_index_or_ticks_out_of_range_is_one_line(flag: str, value: str) -> None:
+    """Negative --first-index published samples the collector refused; --ticks -1 ran 0."""
+    done = run_agent("simulate", flag, value, "--port", "1", "--ticks", "1")
+    if flag == "--ticks":
+        done = run_agent("simulate", flag, value, "--port", "1")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"agent simulate: error: {flag} {value}: use ")
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
     ("command", "flag"),
     [
         ("simulate", "--fake-gpus"),

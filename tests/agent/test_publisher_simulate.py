@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.publisher import Publisher
-from agent.simulate import FleetSimulator, pci_bus_id, xname
+from agent.simulate import NODE_INDEXES, FleetSimulator, pci_bus_id, xname
 from agent.spool import Spool
 from shared.schema import MAX_GPUS, decode_inventory, decode_sample, encode
 from shared.settings import MqttSettings
@@ -61,6 +61,22 @@ def test_simulator_refuses_more_gpus_than_the_schema_takes(gpus: int) -> None:
     """Past MAX_GPUS every simulated sample would be rejected: refused up front."""
     with pytest.raises(ValueError, match="gpus_per_node"):
         FleetSimulator(1, gpus_per_node=gpus)
+
+
+def test_the_last_node_index_a_gpu_uuid_holds_gives_valid_samples() -> None:
+    """The node index is the UUID's first 8 hex digits: its last value still decodes."""
+    sim = FleetSimulator(2, gpus_per_node=1, first_index=NODE_INDEXES - 2)
+    for i in range(2):
+        decode_sample(encode(sim.sample(i, 1.8e9, 0)))
+        decode_inventory(encode(sim.inventory(i, 1.8e9)))
+
+
+@pytest.mark.parametrize(("first", "nodes"), [(-1, 1), (NODE_INDEXES, 1), (NODE_INDEXES - 1, 2)])
+def test_simulator_refuses_node_indexes_no_gpu_uuid_holds(first: int, nodes: int) -> None:
+    """`--first-index -5` (or past 16**8 nodes) made GPU UUIDs the schema refuses: every
+    sample of those nodes was quarantined as invalid by the collector."""
+    with pytest.raises(ValueError, match="first_index"):
+        FleetSimulator(nodes, first_index=first)
 
 
 def test_simulated_energy_counter_integrates_power() -> None:

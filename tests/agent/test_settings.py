@@ -14,6 +14,7 @@ from shared.errors import ConfigError
 from shared.settings import load_settings
 from tests.agent.helpers import REPO
 from tests.agent.test_host import FakeHost
+from tests.helpers import SET_WAYS, set_one_way
 
 
 @pytest.fixture(autouse=True)
@@ -186,3 +187,21 @@ def test_fake_mig_table_reaches_the_sampler(tmp_path: Path) -> None:
     assert [g.mig_mode for g in inventory.gpus] == [False, True]
     assert [m.profile for m in sample.gpus[1].mig] == ["3g.40gb", "2g.20gb", "2g.20gb"]
     assert sample.gpus[0].mig == ()
+
+
+@pytest.mark.parametrize("how", SET_WAYS)
+def test_an_empty_spool_dir_is_one_line_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """`--spool-dir ''`, an empty CAPWATCH_SPOOL_DIR or `spool_dir = ""` is Path(""): the
+    agent once spooled into its working directory (`/` under systemd) without a word."""
+    from agent.cli import main  # noqa: PLC0415
+
+    monkeypatch.chdir(tmp_path)
+    given = set_one_way(
+        how, monkeypatch, tmp_path / "a.toml", key="spool_dir", flag="--spool-dir", value=""
+    )
+    assert main(["run", "--gpu-backend", "none", "--port", "1", *given]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "'spool_dir' = '': Value error, is empty" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml"]

@@ -157,3 +157,31 @@ async def test_jobs_without_attribution_says_so(
     assert main(["query", "--db", str(path), "--jobs"]) == 0
     assert capsys.readouterr().out.startswith("no running jobs seen")
     assert _json(capsys, path, "--jobs") == {"jobs": []}
+
+
+async def test_a_node_naming_another_nodes_job_cannot_replace_its_user_or_account(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each node names the jobs on its GPUs, any id: one sorting before the job's real node
+    ("aaa-hostile") once gave job 4242 its own user and account ("mallory", "evil"), the
+    first node's word standing for the job's. Where nodes differ, every value shows; where
+    one does not know a field (B gives no partition), another's fills it."""
+    path = tmp_path / "capwatch.db"
+    now = time.time()
+    claims = {"aaa-hostile": ("mallory", "evil", None), B: ("alice", "physics", "gpu")}
+    samples = []
+    for node, (user, account, partition) in claims.items():
+        d = sample_dict()
+        gpus = d["gpus"][:1]
+        gpus[0]["processes"] = [{"pid": 7, "user": user, "job": "4242"}]
+        job = {"id": "4242", "scheduler": "slurm", "account": account, "started": now - 3600}
+        samples.append(_sample(node, now - 1, gpus=gpus, jobs=[{**job, "partition": partition}]))
+    async with Store(path) as store:
+        await store.write_batch([sample_row(s, encode(s), now) for s in samples], [], list(claims))
+    (job,) = _json(capsys, path, "--jobs")["jobs"]
+    assert job["nodes"] == ["aaa-hostile", B]
+    assert (job["user"], job["account"], job["partition"]) == (
+        "mallory, alice",
+        "evil, physics",
+        "gpu",
+    )

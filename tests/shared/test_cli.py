@@ -59,3 +59,22 @@ def test_other_errors_are_not_swallowed() -> None:
     """A bug is a bug: it propagates (with its traceback) rather than hiding as exit 2."""
     with pytest.raises(ExceptionGroup):
         run_command(_parser(_raises(ExceptionGroup("tasks", [ValueError("bug")]))), ["run"])
+
+
+def test_every_option_of_both_programs_says_what_it_does() -> None:
+    """`--help` is the manual: an option without a help line (--log-level, quota --resource
+    once) showed its choices but neither its meaning nor its default."""
+    from agent.cli import build_parser as agent_parser  # noqa: PLC0415
+    from collector.cli import build_parser as collector_parser  # noqa: PLC0415
+
+    silent = []
+    for program in (agent_parser(), collector_parser()):
+        for sub in program._subparsers._group_actions:  # type: ignore[union-attr]
+            assert isinstance(sub, argparse._SubParsersAction)
+            for name, command in sub.choices.items():
+                silent += [
+                    f"{program.prog} {name} {a.option_strings[0]}"
+                    for a in command._actions
+                    if a.option_strings and a.help is None
+                ]
+    assert silent == []

@@ -330,3 +330,22 @@ def test_a_receiver_secret_of_the_wrong_type_is_not_printed(tmp_path: Path) -> N
         load_settings(CollectorSettings, config_file=config)
     assert "987654321" not in str(caught.value)
     assert "receivers.0.secret" in str(caught.value)
+
+
+@pytest.mark.parametrize("host", ["", " ", "broker .example", "\tbroker"])
+@pytest.mark.parametrize("settings", [AgentSettings, CollectorSettings])
+def test_a_blank_broker_host_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, settings: type[AgentSettings | CollectorSettings], host: str
+) -> None:
+    """An empty host once passed: `agent run --host ''` died on paho's 'Invalid host.' (a
+    traceback, exit 1) after starting, and `collector run` retried ':1883' for ever."""
+    monkeypatch.setenv("CAPWATCH_MQTT__HOST", host)
+    with pytest.raises(ConfigError, match=r"setting 'mqtt.host'.*broker's DNS name") as info:
+        load_settings(settings)
+    assert "\n" not in str(info.value)
+
+
+def test_a_broker_host_may_be_a_name_or_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    for host in ("mqtt.cluster.example", "10.0.0.1", "::1", "fe80::1%eth0"):
+        monkeypatch.setenv("CAPWATCH_MQTT__HOST", host)
+        assert load_settings(AgentSettings).mqtt.host == host

@@ -271,6 +271,24 @@ async def test_a_fleet_of_more_gpu_models_than_a_resource_group_holds_still_vali
     assert _sums(queues["solo"])["nominal"] == 8
 
 
+async def test_gpu_models_left_out_cannot_write_into_the_manifest(tmp_path: Path) -> None:
+    """A node's inventory names its GPU models, any text: a model left out (past the 64
+    flavors) once went raw into the manifest's `# ...` note, so a newline in it ended the
+    comment and wrote objects of the node's choosing into the file `kubectl apply -f` takes
+    (and an ESC made it a file YAML refuses). Every model past the flavors was listed, on one
+    line: 1,000 nodes of 64 made-up 256-character names made it megabytes long."""
+    evil = "zz\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: pwned\n# \x1b[2J"
+    odd = [Spec(f"odd{i}", gpu=f"Odd GPU {i:03} {'x' * 200}", gpus=1) for i in range(100)]
+    db = await _store(tmp_path, fleet=[*FLEET, *odd, Spec("evil", gpu=evil, gpus=1)])
+    docs, err = _export(db)
+    assert sorted({d["kind"] for d in docs}) == ["ClusterQueue", "Cohort", "ResourceFlavor"]
+    assert "\x1b" not in err
+    (note,) = [line for line in err.splitlines() if "past Kueue's 64 flavors" in line]
+    assert note.startswith("warning: 39 GPU models past Kueue's 64 flavors")
+    assert note.endswith("and 29 more")
+    assert len(note) < 3_000
+
+
 def test_a_field_kueue_does_not_know_fails_the_check() -> None:
     """The strict schema refuses a misspelt field, the CEL check a limit without a cohort."""
     cq: Doc = {

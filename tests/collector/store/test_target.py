@@ -12,6 +12,7 @@ from collector.cli._args import read_settings_from_args, settings_from_args
 from collector.cli.query import add_parser
 from collector.paths import PgTarget, parse_target, redact
 from shared.errors import ConfigError
+from tests.helpers import SET_WAYS, set_one_way
 
 
 @pytest.fixture(autouse=True)
@@ -117,3 +118,24 @@ def test_a_password_file_that_is_not_utf8_names_the_setting_not_its_bytes(tmp_pa
     with pytest.raises(ConfigError, match=r"store\.password_file.*not UTF-8") as info:
         PgTarget("postgresql://u@h/d", secret).password()
     assert "0xe9" not in str(info.value)
+
+
+@pytest.mark.parametrize("how", SET_WAYS)
+@pytest.mark.parametrize("db", ["", ".", "/"])
+def test_a_store_path_that_names_no_file_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+    db: str,
+) -> None:
+    """`collector run --db ''` (or an empty CAPWATCH_DB_PATH, `db_path = ""`) once reached the
+    store's lock file, named after the file: "PosixPath('.') has an empty name", a traceback,
+    exit 1; a read command looked for a database at '.'."""
+    given = set_one_way(how, monkeypatch, tmp_path / "c.toml", key="db_path", flag="--db", value=db)
+    for command in (["run", "--port", "1"], ["query"]):
+        assert main([*command, *given]) == 2
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert "names no file" in err
+        assert ("--db" if how == "flag" else "'db_path'") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]

@@ -1,0 +1,65 @@
+"""Every read command pointed at a store that is no capwatch store says so, on both backends.
+
+A database the collector never created (an empty PostgreSQL database such as ``postgres``,
+another program's SQLite file) once made ``collector alerts`` print "no alerts" and
+``silence list`` "no silences", exit 0: a typo in ``--db`` read as a quiet fleet. Such a store
+lacks the first migration's tables, unlike a capwatch store not yet migrated to a newer table
+(which the commands still answer as empty)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+from collector.paths import StoreTarget
+from collector.store.db import Store
+
+_READS = [
+    ["alerts"],
+    ["alerts", "--json"],
+    ["alerts", "--history"],
+    ["alerts", "--dead-letters"],
+    ["silence", "list"],
+    ["silence", "list", "--json"],
+    ["lease", "list"],
+    ["quota", "show"],
+    ["export"],
+    ["usage", "--month", "2026-11"],
+    ["query", "--rejected"],
+]
+
+
+def _foreign(store_url: StoreTarget) -> str:
+    """``store_url`` as a store without capwatch's tables: an empty SQLite file, or the
+    fixture's fresh PostgreSQL database as it comes."""
+    if isinstance(store_url, Path):
+        sqlite3.connect(store_url).close()
+    return str(store_url)
+
+
+@pytest.mark.parametrize("argv", _READS, ids=" ".join)
+def test_a_store_that_is_not_capwatch_is_named_not_read_as_empty(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    db = _foreign(store_url)
+    assert main([*argv, "--db", db]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "is not a capwatch database" in lines[0]
+
+
+async def test_a_capwatch_store_without_alerts_yet_answers_empty(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other side: a migrated store that holds nothing yet is not an error."""
+    async with Store(store_url):
+        pass
+    capsys.readouterr()  # what creating the store logged
+    assert main(["alerts", "--db", str(store_url)]) == 0
+    assert main(["silence", "list", "--db", str(store_url)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["no alerts", "no silences"]
