@@ -136,6 +136,13 @@ class AgentSettings(CapwatchSettings):
 
         return check_listen(value)
 
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
+
+        return check_web_config(value, info.data.get("metrics_listen"))
+
     @field_validator("metrics_advertise")
     @classmethod
     def _advertise_is_a_target(cls, value: str | None) -> str | None:

@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     HttpUrl,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -584,6 +585,13 @@ class CollectorSettings(CapwatchSettings):
         from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
         return check_listen(value)
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
+
+        return check_web_config(value, info.data.get("metrics_listen"))
 
     @field_validator("sd_target_hosts")
     @classmethod

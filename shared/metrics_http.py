@@ -93,6 +93,19 @@ def check_listen(value: str | None) -> str | None:
     return value
 
 
+def check_web_config(value: Path | None, metrics_listen: str | None) -> Path | None:
+    """The ``web_config_file`` setting's validator (agent and collector): a web config with
+    no server to apply it to (``metrics_listen`` unset) is a mistake, not a choice: its
+    TLS and passwords would silently secure nothing."""
+    if value is not None and metrics_listen is None:
+        raise ValueError(
+            f"{str(value)!r} secures the HTTP server, but metrics_listen is not set, so "
+            "there is none: set metrics_listen (--metrics-listen HOST:PORT) or remove "
+            "web_config_file"
+        )
+    return value
+
+
 MAX_CONNECTIONS: Final = 16
 """Connections served at once; more are closed at once (a scraper or two, a probe, a human)."""
 REQUEST_TIMEOUT_S: Final = 10.0

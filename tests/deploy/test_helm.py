@@ -23,6 +23,7 @@ import yaml
 from collector.power.plan import load_plan
 from collector.settings import CollectorMqttSettings, CollectorSettings
 from shared.settings import load_settings
+from shared.topics import SHARE_GROUP_RE
 from tests.deploy.helm import (
     CHART,
     CI_VALUES,
@@ -164,8 +165,10 @@ def test_schema_share_group_pattern_is_the_collectors() -> None:
     """collector.shareGroup is checked with the pattern of the setting mqtt.share_group."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     pattern = schema["properties"]["collector"]["properties"]["shareGroup"]["pattern"]
-    (setting,) = CollectorMqttSettings.model_fields["share_group"].metadata
-    assert pattern == "^$|" + setting.pattern
+    # The setting checks with shared.topics.SHARE_GROUP_RE (Python's \Z: no newline after
+    # the end); JSON Schema's ECMA-262 $ has none either.
+    assert pattern == "^$|" + SHARE_GROUP_RE.pattern.removesuffix("\\Z") + "$"
+    assert CollectorMqttSettings.model_validate({"share_group": "a.b"}).share_group == "a.b"
 
 
 def test_app_version_is_capwatchs() -> None:

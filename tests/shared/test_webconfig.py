@@ -239,3 +239,19 @@ def test_the_shipped_example_loads_once_its_files_and_hash_are_real(
     assert web.tls is not None
     assert web.auth is not None
     assert web.auth.check(_basic("prometheus", "s3cret"))
+
+
+@pytest.mark.parametrize("program", ["agent", "collector"])
+def test_a_web_config_without_a_server_is_refused(tmp_path: Path, program: str) -> None:
+    """``web_config_file`` without ``metrics_listen`` would secure nothing (no server):
+    refused, naming both settings; with ``metrics_listen`` it loads."""
+    from agent.settings import AgentSettings  # noqa: PLC0415
+    from collector.settings import CollectorSettings  # noqa: PLC0415
+
+    model = AgentSettings if program == "agent" else CollectorSettings
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users: {}\n")
+    with pytest.raises(ValueError, match=r"web_config_file[\s\S]*metrics_listen is not set"):
+        model.model_validate({"web_config_file": web})
+    ok = model.model_validate({"web_config_file": web, "metrics_listen": "127.0.0.1:0"})
+    assert ok.web_config_file == web
