@@ -112,11 +112,18 @@ class GpuBackendError(CapwatchError):
 
 
 class PlanError(CapwatchError):
-    """A power/fabric plan is invalid; ``field`` is the dotted path of the bad value."""
+    """A power/fabric plan is invalid; ``field`` is the dotted path of the bad value, and
+    ``source`` the file it is in, where one is known."""
 
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, message: str, *, field: str, source: str | None = None) -> None:
+        super().__init__(f"{source}: {field}: {message}" if source else f"{field}: {message}")
         self.field = field
+        self.message = message
+        self.source = source
+
+    def in_file(self, path: object) -> PlanError:
+        """This error, naming the plan file ``path`` it is about."""
+        return PlanError(self.message, field=self.field, source=str(path))
 
 
 class MqttWireError(CapwatchError):

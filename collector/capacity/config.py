@@ -244,8 +244,13 @@ def parse_capacity(data: Mapping[str, object], *, source: str = "") -> CapacityP
 
 
 def load_capacity_plan(path: Path) -> CapacityPlan:
-    """Read and check a plan file (``.toml`` or ``.json``) with its ``[capacity]`` table."""
-    return parse_capacity(read_plan_document(path), source=str(path.resolve()))
+    """Read and check a plan file (``.toml`` or ``.json``) with its ``[capacity]`` table (an
+    error names the file)."""
+    document = read_plan_document(path)
+    try:
+        return parse_capacity(document, source=str(path.resolve()))
+    except PlanError as exc:
+        raise exc.in_file(path) from None
 
 
 def rack_rules(plan: Path | None) -> tuple[RackRule, ...]:

@@ -233,8 +233,12 @@ def parse_plan(data: Mapping[str, object]) -> Plan:
 
 
 def load_plan(path: Path) -> Plan:
-    """Read and check a ``.json`` or ``.toml`` plan file."""
-    return parse_plan(read_plan_document(path))
+    """Read and check a ``.json`` or ``.toml`` plan file (an error names the file)."""
+    document = read_plan_document(path)
+    try:
+        return parse_plan(document)
+    except PlanError as exc:
+        raise exc.in_file(path) from None
 
 
 def _json_int(text: str) -> int | float:

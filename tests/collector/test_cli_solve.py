@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from collector.capacity.config import load_capacity_plan
 from collector.cli import build_parser, main
+from shared.errors import PlanError
 
 DATA = Path(__file__).parents[1] / "data" / "power"
 OLD = str(DATA / "old_tool_example.json")
@@ -309,3 +311,18 @@ def test_console_script_runs_solve() -> None:
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
     assert "STEP must be > 0 and STOP ≥ START" in bad.stderr
+
+
+def test_a_plan_missing_a_table_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plan file without its [site] table: the error names the file as well as the key
+    (it said only "site: missing (required)", with the plan from a setting too)."""
+    plan = tmp_path / "site-plan.json"
+    plan.write_text("{}")
+    assert main(["solve", "--config", str(plan)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(f"{plan}: site: missing (required)")
+    with pytest.raises(PlanError, match=r"site-plan\.json: site: missing") as caught:
+        load_capacity_plan(plan)  # collector run's and capacity's capacity.plan
+    assert caught.value.field == "site"
