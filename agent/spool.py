@@ -13,7 +13,8 @@ killed, or its node rebooted) sends everything it had not retired once the broke
 The directory holds segment files of records, a cursor, the epoch and the node id whose
 samples they are (``node``): their formats are :mod:`agent.spoolfile`'s, but for ``node``,
 the id and a newline. A directory that another node id left unsent samples in is refused at
-open (:class:`ConfigError` naming ``spool_dir``): they would go out on this node's topic.
+open (:class:`ConfigError` naming ``spool_dir``): they would go out on this node's topic; so
+is one another running agent holds (``flock`` on its ``lock`` file, held until close).
 Each record is written with one ``write(2)``. At open each
 segment is read through: a record cut short at the end of a file (a crash mid-write) is
 *torn*: counted, and the file truncated to the last whole record; a bad record in the middle
@@ -41,6 +42,7 @@ its segment: the next write starts a new one, never after bytes the spool does n
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import time
 from collections import Counter, deque
@@ -200,6 +202,8 @@ class Spool:
         self._head_acked = 0
         self._cursor_written: tuple[int, int] | None = None
         self._cursor_fd: int | None = None
+        self._lock_fd: int | None = None
+        """The ``lock`` file, flocked while the spool is open (:meth:`_lock`)."""
         # Read cursor: the next record next() hands out.
         self._read: _Segment | None = None
         self._read_off = 0
@@ -220,8 +224,10 @@ class Spool:
         file system) is the setting's fault: :class:`ConfigError` naming ``spool_dir``."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
             self.epoch = next_epoch(self.directory, self._clock)
         except OSError as exc:
+            self._unlock()
             raise ConfigError(
                 f"setting 'spool_dir': cannot use {self.directory}: {exc.strerror or exc}; "
                 "point --spool-dir (CAPWATCH_SPOOL_DIR) at a directory the agent may write",
@@ -280,6 +286,29 @@ class Spool:
             max_age_s=self.max_age_s,
         )
 
+    def _lock(self) -> None:
+        """Hold the directory (``flock`` on its ``lock`` file until :meth:`close` or the
+        process ends) before reading or counting anything in it: another agent running on
+        it (two given one ``spool_dir``) is refused, whatever its node id and however empty
+        the spool, instead of both appending to the same segment files. Only with
+        :attr:`node`, as :meth:`_claim`."""
+        if self.node is None:
+            return
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"setting 'spool_dir': {self.directory} is in use by another agent: give "
+                "each agent its own --spool-dir (CAPWATCH_SPOOL_DIR)",
+                field="spool_dir",
+            ) from None
+        except OSError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
     def _claim(self) -> None:
         """Make the directory :attr:`node`'s (its ``node`` file). One that another node id
         left samples in (the host renamed, two agents given one ``spool_dir``) is refused:
@@ -300,6 +329,7 @@ class Spool:
         if held == self.node:
             return
         if held and len(self):
+            self._unlock()  # refused: nothing of this spool stays open
             raise ConfigError(
                 f"setting 'spool_dir': {self.directory} holds {len(self)} unsent samples of "
                 f"node {held[:64]!r}, and this agent is {self.node!r}: give each node id its "
@@ -322,6 +352,13 @@ class Spool:
             if fd is not None:
                 os.close(fd)
         self._wfd = self._cursor_fd = self._rfd = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the directory (:meth:`_lock`)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _write_cursor(self) -> None:
         """Record the ack cursor in place (page cache; a stale one only costs duplicates)."""

@@ -142,9 +142,9 @@ class NodeState(msgspec.Struct, gc=False):
     sample_epoch_ts: float = 0.0
     """The newest time (node clock) of any sample of the latest sample's epoch: a sample of
     another epoch is a later run only when stamped after it (:func:`_later_sample`)."""
-    prior_run: tuple[int, int] | None = None
-    """The run the latest sample's took over from: its epoch and the seq it had reached
-    (:func:`collector.nodefacts.agent_restarted`'s ``prior``)."""
+    prior_run: tuple[int, int, float] | None = None
+    """The run the latest sample's took over from: its epoch, the seq it had reached and its
+    newest time (:func:`collector.nodefacts.agent_restarted`'s ``prior``)."""
 
     @property
     def reject_only(self) -> bool:
@@ -272,9 +272,9 @@ class LiveView:
         ):
             return False
         if not same_run:
-            st.sample_epoch_ts = sample.ts
             if latest is not None and latest.epoch is not None:
-                st.prior_run = (latest.epoch, latest.seq)
+                st.prior_run = (latest.epoch, latest.seq, st.sample_epoch_ts)
+            st.sample_epoch_ts = sample.ts
         st.sample = sample
         st.sample_received = received
         reading = sample_power(sample, received)
@@ -575,7 +575,10 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
 
 
 def _later_sample(
-    sample: Sample, held: Sample, held_run_ts: float, prior: tuple[int, int] | None
+    sample: Sample,
+    held: Sample,
+    held_run_ts: float,
+    prior: tuple[int, int, float] | None,
 ) -> bool:
     """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
     ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a

@@ -142,7 +142,7 @@ def agent_restarted(
     held_ts: float,
     *,
     seq: int = 0,
-    prior: tuple[int, int] | None = None,
+    prior: tuple[int, int, float] | None = None,
 ) -> bool:
     """Whether sample ``seq`` of agent ``epoch`` stamped ``ts`` comes from a later run of
     the node's agent than the one held (``held_epoch``, its newest sample stamped
@@ -151,15 +151,17 @@ def agent_restarted(
     A higher epoch is the agent's next start. A lower epoch with a newer time is one too: the
     agent keeps its epoch counter in its spool, so a wiped or lost spool directory counts
     from 0 again. A lower epoch with an older time is a late sample of an earlier run, which
-    the agent replays from its spool before the newer ones. Whatever its time, a sample of
-    the run the held one took over from (``prior``: its epoch, and the highest seq it had
-    reached) numbered at or below that seq is a late or repeated sample of that run (the
-    broker redelivering after a reconnect, the agent filling a hole), not a start: an
-    agent run stamped behind the one before it (its clock set back between the two) was
-    otherwise handed back to the old run by a duplicate. The watermarks
+    the agent replays from its spool before the newer ones. A sample of the run the held one
+    took over from (``prior``: its epoch, the highest seq it had reached and its newest
+    time) numbered at or below that seq and stamped no later than that time is a late or
+    repeated sample of that run (the broker redelivering after a reconnect, the agent
+    filling a hole), not a start, whatever the held run's time: an agent run stamped behind
+    the one before it (its clock set back between the two) was otherwise handed back to the
+    old run by a duplicate. Stamped after it, it is a wiped spool counting from epoch 0 and
+    seq 0 again when that run was epoch 0 too: a start. The watermarks
     (:mod:`collector.ingest.watermark`) and the live view's newest sample and gaps
     (:mod:`collector.live`) all follow the node's newest run by this rule."""
-    if prior is not None and epoch == prior[0] and seq <= prior[1]:
+    if prior is not None and epoch == prior[0] and seq <= prior[1] and ts <= prior[2]:
         return False
     return epoch > held_epoch or (epoch < held_epoch and ts > held_ts)
 

@@ -82,8 +82,8 @@ class _Mark:
     """The time of the sample at ``seq`` (node clock; ``None``: not known)."""
     ranges: list[_Range] = field(default_factory=list)
     """Stored runs above a hole, ascending."""
-    prior: tuple[int, int] | None = None
-    """The run this one took over from, its epoch and top (in memory only):
+    prior: tuple[int, int, int] | None = None
+    """The run this one took over from, its epoch, top and newest time (in memory only):
     :func:`~collector.nodefacts.agent_restarted`'s ``prior``."""
 
 
@@ -182,7 +182,7 @@ class Watermarks:
                 if m is None and len(marks) >= self.max_nodes:
                     continue
                 seen = r.ts_ms if m is None else max(m.seen_ts_ms, r.ts_ms)
-                prior = None if m is None else (m.epoch, m.top)
+                prior = None if m is None else (m.epoch, m.top, m.ts_ms)
                 m = marks[node] = _Mark(epoch, -1, seq, r.ts_ms, r.ts_ms, seen, prior=prior)
                 self._holed.discard(node)
                 if seq == 0:

@@ -387,3 +387,22 @@ def test_a_spool_another_node_id_left_samples_in_is_refused_an_empty_one_taken_o
     assert (tmp_path / "node").read_text() == "gpu-7\n"
     assert [e["was"] for e in logs if e["event"] == "spool_taken_over"] == ["vm"]
     taken.close()
+
+
+def test_a_spool_another_running_agent_holds_is_refused_even_when_empty(tmp_path: Path) -> None:
+    """Two agents given one ``spool_dir`` at once: the first has sent everything (its spool
+    empty, as it is most of the time), so the ``node`` file alone would let the second take
+    it over and both write the same segment files, each later sending the other's samples
+    on its own topic. The second is refused while the first holds it (a lock held open,
+    whatever its node id), and takes it once the first has closed it."""
+    first = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="vm")
+    first.open()
+    for node in ("gpu-7", "vm"):
+        with pytest.raises(ConfigError, match=r"spool_dir.*in use by another agent"):
+            Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node=node).open()
+    assert (tmp_path / "node").read_text() == "vm\n"
+    first.close()
+    second = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="gpu-7")
+    second.open()
+    assert (tmp_path / "node").read_text() == "gpu-7\n"
+    second.close()

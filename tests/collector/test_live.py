@@ -281,6 +281,26 @@ def test_a_repeated_sample_of_the_run_before_does_not_take_the_node_back() -> No
     assert view.on_sample(_sample(T0 + 40, seq=0, epoch=0), T0 + 40)  # a wiped spool
 
 
+def test_a_wiped_spool_numbering_its_first_epoch_again_is_a_start() -> None:
+    """Epoch 0 ran to seq 3, epoch 1 took over; the spool is then wiped (a reinstall, a
+    spool on tmpfs), so the agent counts epoch 0 from seq 0 again, stamped after both runs.
+    Its epoch and seq match the run epoch 1 took over from, but its time is past that run's
+    newest: a start, not a repeat of the old run (the node was stale until the new run's seq
+    passed the old one's)."""
+    view = LiveView()
+    for k in range(4):
+        view.on_sample(_sample(T0 + 5 * k, seq=k, epoch=0), T0 + 5 * k)
+    for k in range(2):
+        assert view.on_sample(_sample(T0 + 20 + 5 * k, seq=k, epoch=1), T0 + 20 + 5 * k)
+    assert view.on_sample(_sample(T0 + 40, seq=0, epoch=0), T0 + 40)
+    assert view.on_sample(_sample(T0 + 45, seq=1, epoch=0), T0 + 45)
+    st = view.get(NODE)
+    assert st is not None
+    assert st.sample is not None
+    assert (st.sample.epoch, st.sample.seq) == (0, 1)
+    assert (st.seq_epoch, st.seq_last, st.gaps) == (0, 1, ())
+
+
 def test_bad_bounds_are_refused() -> None:
     """A view that could hold nothing is a configuration mistake."""
     with pytest.raises(ValueError, match="max_nodes"):

@@ -319,13 +319,23 @@ def test_gpu_count_is_the_inventorys_else_what_the_samples_reported() -> None:
 
 
 def test_a_sample_of_the_run_before_at_or_below_its_seq_is_not_a_restart() -> None:
-    """agent_restarted's ``prior``: the run the held one took over from (epoch 7, at seq 3).
+    """agent_restarted's ``prior``: the run the held one took over from (epoch 7, at seq 3,
+    its newest sample stamped 160).
     Its seq 3 stamped after the held run's newest time is a repeat of it; its seq 4, a run
     that goes on; another lower epoch stamped after, a wiped spool: a start."""
     held = (8, 100.0)
     assert agent_restarted(7, 150.0, *held)  # without prior: taken for a start
-    assert not agent_restarted(7, 150.0, *held, seq=3, prior=(7, 3))
-    assert agent_restarted(7, 150.0, *held, seq=4, prior=(7, 3))
-    assert agent_restarted(0, 150.0, *held, seq=0, prior=(7, 3))
-    assert agent_restarted(9, 50.0, *held, seq=0, prior=(7, 3))
-    assert not agent_restarted(9, 50.0, *held, seq=2, prior=(9, 5))  # wiped: 9 came before
+    assert not agent_restarted(7, 150.0, *held, seq=3, prior=(7, 3, 160.0))
+    assert agent_restarted(7, 150.0, *held, seq=4, prior=(7, 3, 160.0))
+    assert agent_restarted(0, 150.0, *held, seq=0, prior=(7, 3, 160.0))
+    assert agent_restarted(9, 50.0, *held, seq=0, prior=(7, 3, 160.0))
+    assert not agent_restarted(9, 50.0, *held, seq=2, prior=(9, 5, 60.0))  # wiped: 9 came before
+
+
+def test_the_first_epoch_numbered_again_after_the_run_before_is_a_start() -> None:
+    """A wiped spool counts epoch 0 from seq 0 again: when the run the held one took over
+    from was epoch 0 too, its epoch and seq match ``prior``, but it is stamped after that
+    run's newest time (``prior``'s third figure): a start, not a repeat."""
+    held = (1, 200.0)
+    assert agent_restarted(0, 300.0, *held, seq=0, prior=(0, 1000, 150.0))
+    assert not agent_restarted(0, 140.0, *held, seq=999, prior=(0, 1000, 150.0))

@@ -100,6 +100,18 @@ def test_a_hole_of_the_run_before_filled_late_does_not_hand_the_node_back_to_it(
     assert _due(w) == {"a": (7, -1, 4)}
 
 
+def test_a_wiped_spool_numbering_its_first_epoch_again_is_followed() -> None:
+    """Epoch 0 ran to seq 3, epoch 1 took over, then the spool was wiped: epoch 0 from
+    seq 0 again, stamped after both runs. Not a late sample of the run epoch 1 took over
+    from (its time is past that run's newest): the node's next run."""
+    w = _marks()
+    w.note([_row("a", 0, s, ts_s=T0 + s) for s in range(4)], T0)
+    w.note([_row("a", 1, s, ts_s=T0 + 10 + s) for s in (0, 1)], T0)
+    assert _due(w) == {"a": (1, 1, 1)}
+    w.note([_row("a", 0, s, ts_s=T0 + 20 + s) for s in (0, 1)], T0)
+    assert _due(w) == {"a": (0, 1, 1)}
+
+
 def test_rows_without_an_epoch_have_no_watermark() -> None:
     """An agent before epochs does not read watermarks: nothing is published for it."""
     w = _marks()

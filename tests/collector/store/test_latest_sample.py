@@ -30,11 +30,12 @@ from shared.topics import sample_topic
 from tests.helpers import count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
 
-STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT = NODES = FleetSimulator(5).node_ids
+STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT, WIPED = NODES = FleetSimulator(6).node_ids
 """A node whose clock steps back; one whose clock steps back and whose spool then sends
 again a sample from before the step that the broker lost; one whose agent restarts behind
 its last run's clock; one whose clock steps back and which then sends a late sample of its
-last run, stamped between; an agent from before epochs."""
+last run, stamped between; an agent from before epochs; one whose spool is wiped after its
+second run (epoch 0 from seq 0 again)."""
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ async def runner(
 
 def _samples(t0: float) -> list[Sample]:
     """What the three nodes send, in order (interval 5 s, node clocks near ``t0``)."""
-    sim = FleetSimulator(5, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+    sim = FleetSimulator(6, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
 
     def at(node: int, ts: float, seq: int, epoch: int | None) -> Sample:
         return msgspec.structs.replace(sim.sample(node, ts, seq), epoch=epoch)
@@ -72,6 +73,11 @@ def _samples(t0: float) -> list[Sample]:
     # An agent before epochs: newest by time, a late sample changes nothing.
     out += [at(4, t0 + 5 * k, k, None) for k in (0, 1, 3)]
     out += [at(4, t0 + 10, 2, None)]
+    # Epoch 0 to seq 3, epoch 1, then the spool wiped: epoch 0 from seq 0 again, stamped
+    # after both runs (a start, though epoch 1 took over from an epoch 0 that reached seq 3).
+    out += [at(5, t0 - 60 + 5 * k, k, 0) for k in range(4)]
+    out += [at(5, t0 - 40 + 5 * k, k, 1) for k in range(2)]
+    out += [at(5, t0 - 20 + 5 * k, k, 0) for k in range(2)]
     return out
 
 
@@ -105,7 +111,9 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
     await wait_until(
         lambda: (
             sorted(db_rows(runner.target, "SELECT node, epoch, top FROM watermarks"))
-            == sorted([(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1), (LATE, 5, 1)])
+            == sorted(
+                [(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1), (LATE, 5, 1), (WIPED, 0, 1)]
+            )
         ),
         what="watermarks written",
     )
@@ -117,6 +125,7 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
         RESTARTED: (8, 1),
         LATE: (5, 1),
         OLD_AGENT: (None, 3),
+        WIPED: (0, 1),
     }
 
     with StoreReader(runner.target) as reader:
