@@ -269,7 +269,11 @@ class Spool:
             self._bytes += seg.size
             self._records += seg.records
             del data, found  # one segment in memory at a time (a day's spool: 16 vs 32 MiB peak)
-        self._claim()
+        try:
+            self._claim()
+        except ConfigError:
+            self._unlock()  # refused: nothing of this spool stays open
+            raise
         self._cursor_fd = os.open(self.directory / "cursor", os.O_RDWR | os.O_CREAT, 0o600)
         self.expire(now)
         self._enforce_bytes()
@@ -329,7 +333,6 @@ class Spool:
         if held == self.node:
             return
         if held and len(self):
-            self._unlock()  # refused: nothing of this spool stays open
             raise ConfigError(
                 f"setting 'spool_dir': {self.directory} holds {len(self)} unsent samples of "
                 f"node {held[:64]!r}, and this agent is {self.node!r}: give each node id its "
@@ -340,8 +343,15 @@ class Spool:
         if held:
             log.warning("spool_taken_over", path=str(self.directory), node=self.node, was=held)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{self.node}\n")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(f"{self.node}\n")
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. a node.tmp another user left
+            raise ConfigError(
+                f"setting 'spool_dir': cannot write {path}: {exc.strerror or exc}; point "
+                "--spool-dir (CAPWATCH_SPOOL_DIR) at a directory the agent may write",
+                field="spool_dir",
+            ) from exc
         self._dir_dirty = True  # the next sync makes the rename durable
 
     def close(self) -> None:

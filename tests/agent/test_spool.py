@@ -406,3 +406,18 @@ def test_a_spool_another_running_agent_holds_is_refused_even_when_empty(tmp_path
     second.open()
     assert (tmp_path / "node").read_text() == "gpu-7\n"
     second.close()
+
+
+def test_a_node_file_that_cannot_be_written_is_one_error_naming_spool_dir(
+    tmp_path: Path,
+) -> None:
+    """A ``node.tmp`` the agent cannot replace (here a directory in its way): the
+    :class:`ConfigError` naming ``spool_dir``, not an OSError traceback."""
+    (tmp_path / "node.tmp").mkdir()
+    spool = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="n1")
+    with pytest.raises(ConfigError, match=r"setting 'spool_dir': cannot write .*node"):
+        spool.open()
+    (tmp_path / "node.tmp").rmdir()
+    again = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="n1")
+    again.open()  # the refused open let the directory go
+    again.close()
