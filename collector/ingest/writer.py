@@ -505,14 +505,20 @@ class Writer:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
         store, keep = self._store, self._quarantine_max_rows
         values, rejects = self._counter_values(), self._ingestor.take_node_rejects()
-        await self._durably(lambda: store.write_counters(values, self._clock.time(), rejects))
+        # One transaction. Node names come from topics: with a broker that lets anyone
+        # write any node's topic, node_rejects would otherwise grow with every invented name.
+        trimmed = await self._durably(
+            lambda: store.write_counters(
+                values,
+                self._clock.time(),
+                rejects,
+                keep_quarantine=keep,
+                keep_node_rejects=keep,
+            )
+        )
         self.last_commit = self._clock.monotonic()
-        trimmed = await self._durably(lambda: store.trim_quarantine(keep))
         if trimmed:
             self.metrics.quarantine_trimmed.inc(trimmed)
-        # Node names come from topics: with a broker that lets anyone write any node's
-        # topic, this table would otherwise grow with every invented name.
-        await self._durably(lambda: store.trim_node_rejects(keep))
 
     async def flush_watermarks(self) -> bool:
         """Write changed watermarks (at most :data:`WATERMARKS_PER_FLUSH`), then (after that

@@ -506,6 +506,26 @@ class _Sqlite:
         return total
 
 
+_COUNTERS_UPSERT: Final = (
+    "INSERT INTO counters (name, value, updated)",
+    3,
+    " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+)
+_NODE_REJECTS_ADD: Final = (
+    "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (node, reason) DO UPDATE SET count = node_rejects.count + excluded.count, "
+    "last_ms = CASE WHEN excluded.last_ms > node_rejects.last_ms "
+    "THEN excluded.last_ms ELSE node_rejects.last_ms END"
+)
+_TRIM_QUARANTINE: Final = "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?"
+_TRIM_NODE_REJECTS: Final = (
+    "DELETE FROM node_rejects WHERE (node, reason) IN (SELECT node, reason FROM "
+    "node_rejects ORDER BY last_ms DESC LIMIT ? OFFSET ?)"
+)
+"""Parameters: a LIMIT meaning "all" in both dialects (SQLite needs one), then how many
+pairs to keep."""
+
+
 class Store:
     """Async context manager around the store (a SQLite file or a PostgreSQL database).
 
@@ -1153,24 +1173,32 @@ class Store:
         counters: dict[str, int],
         now: float,
         node_rejects: dict[tuple[str, str], tuple[int, int]] | None = None,
-    ) -> None:
-        """Replace the stored counters with the collector's current ones; add node rejects."""
-        async with self.transaction("writing counters"):
-            await self.executemany(
-                "INSERT INTO counters (name, value, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
-                "updated = excluded.updated",
-                [(k, v, now) for k, v in counters.items()],
-            )
-            if node_rejects:
-                await self.executemany(
-                    "INSERT INTO node_rejects (node, reason, count, last_ms) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (node, reason) DO UPDATE SET "
-                    "count = node_rejects.count + excluded.count, "
-                    "last_ms = CASE WHEN excluded.last_ms > node_rejects.last_ms "
-                    "THEN excluded.last_ms ELSE node_rejects.last_ms END",
-                    [(n, r, c, t) for (n, r), (c, t) in node_rejects.items()],
-                )
+        *,
+        keep_quarantine: int | None = None,
+        keep_node_rejects: int | None = None,
+    ) -> int:
+        """Replace the stored counters with the collector's current ones; add node rejects;
+        given ``keep_*``, trim the quarantine and the node rejects as :meth:`trim_quarantine`
+        and :meth:`trim_node_rejects` do. One transaction, in one call to the store's thread
+        (the writer's counters flush was three, each a commit, 48-122 ms of stall between
+        two sample batches at 5,000 samples/s: ``bench/bench_ingest_stall.py``). Returns how
+        many quarantined messages went."""
+        counter_rows = [(k, v, now) for k, v in counters.items()]
+        reject_rows = [(n, r, c, t) for (n, r), (c, t) in (node_rejects or {}).items()]
+
+        def work(tx: Tx) -> int:
+            if counter_rows:
+                tx.insert_many(_COUNTERS_UPSERT, counter_rows)
+            if reject_rows:  # one statement a row: each key once, counts added
+                tx.executemany(_NODE_REJECTS_ADD, reject_rows)
+            trimmed = 0
+            if keep_quarantine is not None:
+                trimmed = tx.execute(_TRIM_QUARANTINE, (keep_quarantine,))
+            if keep_node_rejects is not None:
+                tx.execute(_TRIM_NODE_REJECTS, ((1 << 62), keep_node_rejects))
+            return trimmed
+
+        return await self.transact("writing counters", work)
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
         """Delete samples that arrived before ``cutoff_ms``: at most ``chunk_rows`` rows,
@@ -1208,20 +1236,11 @@ class Store:
 
     async def trim_quarantine(self, keep_rows: int) -> int:
         """Keep only the newest ``keep_rows`` quarantined messages; return how many went."""
-        return await self._delete(
-            "DELETE FROM quarantine WHERE id <= (SELECT max(id) FROM quarantine) - ?",
-            (keep_rows,),
-            "quarantine trim",
-        )
+        return await self._delete(_TRIM_QUARANTINE, (keep_rows,), "quarantine trim")
 
     async def trim_node_rejects(self, keep_rows: int) -> int:
         """Keep the ``keep_rows`` (node, reason) pairs rejected most recently."""
-        return await self._delete(
-            "DELETE FROM node_rejects WHERE (node, reason) IN (SELECT node, reason FROM "
-            "node_rejects ORDER BY last_ms DESC LIMIT ? OFFSET ?)",
-            ((1 << 62), keep_rows),  # LIMIT: "all" in both dialects (SQLite needs one)
-            "node rejects trim",
-        )
+        return await self._delete(_TRIM_NODE_REJECTS, ((1 << 62), keep_rows), "node rejects trim")
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
         """Run one DELETE in its own transaction; return how many rows went."""

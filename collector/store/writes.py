@@ -15,7 +15,7 @@ fold's part) are written that way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
@@ -57,6 +57,8 @@ class Tx(Protocol):
         ...
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 

@@ -230,6 +230,32 @@ async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(
     ]
 
 
+async def test_counters_rejects_and_both_trims_are_one_transaction(
+    store_url: StoreTarget,
+) -> None:
+    """The writer's counters flush: counters replaced, node rejects added, the quarantine
+    and the node rejects trimmed, in one transaction; it returns the quarantined rows that
+    went."""
+    bad = QuarantineRow(1, "n1", "capwatch/v1/nodes/n1/sample", "invalid", "x", b"{", 1)
+    async with Store(store_url) as store:
+        await store.write_batch([], quarantine=[bad] * 5)
+        await store.write_counters({"a": 1}, 1.0, {("n1", "invalid"): (2, 1000)})
+        trimmed = await store.write_counters(
+            {"a": 2, "b": 3},
+            2.0,
+            {("n1", "invalid"): (3, 2000), ("n2", "x"): (1, 500)},
+            keep_quarantine=2,
+            keep_node_rejects=1,
+        )
+    assert trimmed == 3
+    assert db_rows(store_url, "SELECT count(*) FROM quarantine") == [(2,)]
+    counters = "SELECT name, value FROM counters WHERE name IN ('a', 'b') ORDER BY name"
+    assert db_rows(store_url, counters) == [("a", 2), ("b", 3)]
+    assert db_rows(store_url, "SELECT node, reason, count, last_ms FROM node_rejects") == [
+        ("n1", "invalid", 5, 2000)
+    ]
+
+
 async def test_postgresql_partitions_samples_by_day_and_drops_whole_days(
     postgres_url: str,
 ) -> None:
