@@ -52,6 +52,7 @@ from collector.store.partials import Staged, stage
 from collector.store.query import Query
 from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
 from collector.store.rows import SampleRow
+from collector.store.watermarks import WATERMARK_UPSERT, WatermarkRow
 from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
@@ -915,9 +916,12 @@ class Store:
         new_nodes: Iterable[str] = (),
         quarantine: Sequence[QuarantineRow] = (),
         meta: Iterable[tuple[str, str]] = (),
+        *,
+        marks: Sequence[WatermarkRow] = (),
     ) -> int:
         """Write sample rows (duplicates ignored), node news, nodes first seen, quarantined
-        messages and meta facts in one transaction; return how many sample rows were new.
+        messages, meta facts and watermarks (as :func:`~collector.store.watermarks.
+        write_watermarks` does) in one transaction; return how many sample rows were new.
 
         On any failure the transaction is rolled back and :class:`StoreError` raised, with
         ``fatal`` telling a broken store from a batch the store refused.
@@ -964,6 +968,8 @@ class Store:
             tx.insert_many(_UPSERT_INVENTORY, inventories)
             tx.insert_many(_INSERT_QUARANTINE, list(quarantine))
             tx.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
+            if marks:
+                tx.insert_many(WATERMARK_UPSERT, [tuple(m) for m in marks])
             totals = batch_totals(len(rows), inserted, quarantine)
             tx.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
             return inserted, seq, staged

@@ -21,9 +21,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
-    from collector.store.db import Store
+    from collector.store.writes import Writes
 
-__all__ = ["WatermarkRow", "load_watermarks", "stored_above", "write_watermarks"]
+__all__ = [
+    "WATERMARK_UPSERT",
+    "WatermarkRow",
+    "load_watermarks",
+    "stored_above",
+    "write_watermarks",
+]
 
 
 class WatermarkRow(NamedTuple):
@@ -43,7 +49,7 @@ class WatermarkRow(NamedTuple):
     taken in, of every epoch: a sample stamped later came after this row."""
 
 
-_UPSERT: Final = (
+WATERMARK_UPSERT: Final = (
     "INSERT INTO watermarks (node, epoch, seq, top, ts_ms, top_ts_ms, seen_ts_ms)",
     7,
     " ON CONFLICT (node) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq,"
@@ -52,15 +58,17 @@ _UPSERT: Final = (
 )
 
 
-async def write_watermarks(store: Store, rows: Sequence[WatermarkRow]) -> None:
+async def write_watermarks(store: Writes, rows: Sequence[WatermarkRow]) -> None:
     """Upsert ``rows`` in one transaction of the writer's store."""
     if not rows:
         return
-    async with store.transaction(f"writing {len(rows)} watermarks"):
-        await store.insert_many(_UPSERT, [tuple(r) for r in rows])
+    values = [tuple(r) for r in rows]
+    await store.transact(
+        f"writing {len(rows)} watermarks", lambda tx: tx.insert_many(WATERMARK_UPSERT, values)
+    )
 
 
-async def load_watermarks(store: Store) -> list[WatermarkRow]:
+async def load_watermarks(store: Writes) -> list[WatermarkRow]:
     """Every node's watermark as last written."""
     rows = await store.fetchall(
         "SELECT node, epoch, seq, top, ts_ms, top_ts_ms, seen_ts_ms FROM watermarks"
@@ -75,7 +83,7 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-async def stored_above(store: Store, limit: int) -> list[tuple[str, int]]:
+async def stored_above(store: Writes, limit: int) -> list[tuple[str, int]]:
     """``(node, seq)`` of the samples stored above a hole: of each node's watermark epoch,
     above its ``seq`` (only nodes whose ``top`` says there are any), ordered; at most
     ``limit`` rows."""

@@ -26,6 +26,7 @@ from collector.ingest.reader import (
     Unit,
 )
 from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
 from collector.settings import CollectorMqttSettings, CollectorSettings
@@ -679,6 +680,62 @@ async def test_watermarks_are_published_after_their_commit_once_per_node_and_sur
     clock.advance(1.0)
     await wait_until(lambda: len(broker.published) == 5, what="the closed hole published")
     assert _published(broker)[-1] == (node, 7, 7, 7, 18)
+
+
+class _TickingLink(_Link):
+    """Advances ``clock`` a second at each ack (so watermarks fall due while units still
+    wait) and records, at each publish, the topics and how many samples were stored."""
+
+    def __init__(self, clock: FakeClock, db: Path) -> None:
+        super().__init__()
+        self.clock, self.db = clock, db
+        self.published: list[tuple[list[str], int]] = []
+
+    def ack(self, packet_ids: Iterable[int]) -> None:
+        super().ack(packet_ids)
+        self.clock.advance(1.0)
+
+    def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        self.published.append((sorted(t for t, _ in messages), count_samples(self.db)))
+
+
+async def test_watermarks_due_while_units_wait_ride_the_next_batch(tmp_path: Path) -> None:
+    """A round that falls due while units wait is written in the next batch's transaction
+    and published after its commit (not in a transaction of its own between the two): the
+    first nodes' watermarks go out with the second batch stored, then the rest at the stop."""
+    clock = FakeClock(start_wall=T0)
+    sim = FleetSimulator(6, gpus_per_node=1, seed=2, interval_s=5, epoch=3)
+    db = tmp_path / "c.db"
+    link = _TickingLink(clock, db)
+    units = []
+    for k in range(3):  # three units of two nodes' seq 0
+        samples = [sim.sample(i, T0 - 10, 0) for i in (2 * k, 2 * k + 1)]
+        rows = [sample_row(x, encode(x), T0) for x in samples]
+        units.append(Unit(link, list(rows), [2 * k + 1, 2 * k + 2]))
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue()
+    for unit in units:
+        queue.put_nowait(unit)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    queue.put_nowait(StopUnit(done))
+    async with Store(db) as store:
+        writer = Writer(
+            store,
+            queue,
+            Ingestor(clock),
+            clock,
+            batch_max_rows=2,  # a unit a batch: the others wait
+            retention_s=1e9,
+            watermarks=Watermarks(hole_s=60),
+            watermark_interval_s=1.0,
+        )
+        await asyncio.wait_for(writer.run(), 20)
+    nodes = sim.node_ids
+    assert link.published[0] == ([watermark_topic(n) for n in sorted(nodes[:2])], 4)
+    assert sorted(t for topics, _ in link.published for t in topics) == sorted(
+        watermark_topic(n) for n in nodes
+    )
+    stored = db_rows(db, "SELECT node, epoch, seq FROM watermarks ORDER BY node")
+    assert stored == [(n, 3, 0) for n in sorted(nodes)]
 
 
 async def test_a_round_of_many_watermarks_goes_out_in_parts_the_first_a_probe(
