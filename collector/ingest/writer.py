@@ -560,7 +560,7 @@ class Writer:
                 return marks.pending > 0
             if not self._queue.empty():
                 self._riding = rows
-                return False
+                return marks.pending > 0  # the rest of the round: with the batches after
         await write_watermarks(self._store, rows)
         self.last_commit = self._clock.monotonic()
         return self._publish_marks(marks, rows, link, t0)
