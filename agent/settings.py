@@ -6,11 +6,13 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from shared.durations import format_exact
+from shared.errors import ConfigError
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
@@ -23,6 +25,10 @@ SAMPLE_BYTES_BUDGET: Final = 16 * 1024
 16 job-attributed processes per GPU (~15.6 KB encoded, bench/bench_jobs.py; ~5.3 KB without
 processes, with NVLink, bench/bench_agent.py), so a busy node's day still fits."""
 _MIN_SPOOL_BYTES: Final = 1024 * 1024
+_MIN_BUFFER_S: Final = 60.0
+"""The shortest ``buffer_s``: an MQTT client learns that its connection died only when a
+keep-alive goes unanswered (MQTT 3.1.1 section 3.1.2.10; ``mqtt.keepalive_s``, 30 s by
+default), and what it published meanwhile waits in the spool to be sent again."""
 
 
 def default_spool_dir(environ: Mapping[str, str]) -> Path:
@@ -55,7 +61,9 @@ class AgentSettings(CapwatchSettings):
     """ECC counters and remapped rows are read this often."""
     buffer_s: float = Field(default=86_400.0, ge=0.0, le=_WEEK_S)
     """How old a spooled sample may get while the broker is away before it is dropped
-    (counted); at most a week. A day by default: the collector refuses older samples."""
+    (counted); at most a week. A day by default: the collector refuses older samples. At
+    least a minute and two sampling intervals: shorter, the spool dropped samples the broker
+    had not taken (``0``: all of them, and the whole spool at start), so it is refused."""
     spool_dir: Path | None = None
     """Directory of the on-disk spool (one agent per directory); unset: see
     :func:`default_spool_dir`. Env ``CAPWATCH_SPOOL_DIR``; flag ``--spool-dir``."""
@@ -128,6 +136,19 @@ class AgentSettings(CapwatchSettings):
     (the collector's service discovery lists it). Unset: the listen address when it names one
     host, else (``0.0.0.0``, ``::``) this node's FQDN, with the bound port. Flag
     ``--metrics-advertise``, env ``CAPWATCH_METRICS_ADVERTISE``."""
+
+    @model_validator(mode="after")
+    def _buffer_keeps_a_sample(self) -> Self:
+        floor = max(_MIN_BUFFER_S, 2 * self.interval_s)
+        if self.buffer_s < floor:
+            raise ConfigError(
+                f"setting 'buffer_s' = {format_exact(round(self.buffer_s * 1000))} would drop "
+                "spooled samples the broker has not taken yet: give at least "
+                f"{format_exact(round(floor * 1000))} (a minute and two sampling intervals), "
+                "e.g. --buffer 1d (the default; CAPWATCH_BUFFER_S in seconds)",
+                field="buffer_s",
+            )
+        return self
 
     @field_validator("metrics_listen")
     @classmethod
@@ -270,8 +291,8 @@ class AgentSettings(CapwatchSettings):
 
     @property
     def buffer_samples(self) -> int:
-        """Samples taken in ``buffer_s`` (at least one)."""
-        return max(1, int(self.buffer_s / self.interval_s))
+        """Samples taken in ``buffer_s`` (at least two: its floor is two intervals)."""
+        return int(self.buffer_s / self.interval_s)
 
     @property
     def spool_bytes(self) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared.errors import CapwatchError
+from shared.text import UNSHOWN_RE
 
 __all__ = [
     "add_broker_args",
@@ -97,13 +98,20 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
 
 
 def shown(text: str) -> str:
-    """``text`` as a terminal shows it safely: control and other non-printable characters
-    (ANSI escapes, newlines, bidi overrides) written as ``\\x1b``, ``\\n``, ``\\u202e``.
+    """``text`` as a terminal shows it safely: control, other non-printable and invisible
+    characters (ANSI escapes, newlines, bidi overrides, the Hangul fillers and blanks a name
+    may not hold, :data:`shared.text.UNSHOWN`) written as ``\\x1b``, ``\\n``, ``\\u202e``,
+    ``\\u3164``: two names that differ only by those look different.
 
     The collector's tables show every cell through it (``collector/cli/_render.py``), and
     ``collector query --rejected`` the heads of quarantined messages; use it too for names
     printed outside a table. Idempotent: what it returns is printable.
     """
-    if text.isprintable():
+    if text.isprintable() and UNSHOWN_RE.search(text) is None:
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return "".join(
+        c
+        if c.isprintable() and UNSHOWN_RE.match(c) is None
+        else c.encode("unicode_escape").decode()
+        for c in text
+    )

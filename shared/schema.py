@@ -21,6 +21,7 @@ from typing import Annotated, Final, Literal, TypeVar
 import msgspec
 
 from shared.errors import SchemaError
+from shared.text import UNSHOWN as _UNSHOWN
 from shared.topics import MAX_NODE_ID_LEN, NODE_ID_RE
 
 __all__ = [
@@ -165,22 +166,9 @@ MAX_ID_LEN: Final = 64
 """Scheduler identifiers: Slurm job ids, steps, accounts, partitions; Kubernetes pod UIDs."""
 MAX_USER_LEN: Final = 64
 """A user name (useradd allows 32; directory services longer), or the numeric uid."""
-_UNSHOWN: Final = (
-    r"\x00-\x1f\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
-    r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0"
-    r"\ufff0-\ufffb\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff"
-)
-"""Characters a name must not hold, for a regex class: C0 and C1 controls and DEL (ANSI
-escapes, newlines), the bidirectional marks, embeddings, overrides and isolates (Unicode
-UAX #9: U+061C, U+200E-F, U+202A-E, U+2066-9, which reorder what follows), zero-width and
-other invisible characters (every Default_Ignorable_Code_Point of Unicode's
-DerivedCoreProperties.txt: U+200B-D, U+2060-4, U+FEFF, U+00AD, U+034F, the Hangul fillers,
-the variation selectors, tags), the line and paragraph separators and every space but
-U+0020. What is left shows as itself: a name cannot pose as another, break a table or act
-on a terminal, a chat message or a mail header where an alert carries it."""
 USER_PATTERN: Final = rf"^[^ {_UNSHOWN}](?:[^{_UNSHOWN}]{{0,{MAX_USER_LEN - 2}}}[^ {_UNSHOWN}])?\Z"
 """A process's user: 1 to MAX_USER_LEN characters that show as themselves (not
-:data:`_UNSHOWN`), no space first or last. POSIX names, uids and directory services'
+:data:`shared.text.UNSHOWN`), no space first or last. POSIX names, uids and directory services'
 forms (``jdoe@EXAMPLE.COM``, ``EXAMPLE\\jdoe``, ``john smith``, non-ASCII letters) pass. It
 is an identifier (an alert's ``user`` label), so the agent leaves out one that does not
 match rather than change it."""

@@ -16,7 +16,10 @@ _DESCRIPTION: Final = """\
 Copy every table of a SQLite store (samples, quarantine, alerts and their history, the
 outbox, silences, pools, leases, quotas, capacity snapshots, meta) into a PostgreSQL
 database, in batches, keeping ids. The target is created and migrated as `collector run`
-would; one that holds any row is refused unless --force (which empties it first).
+would; one that holds any row is refused unless --force (which empties it first), but for
+what a collector writes as it starts (its counters, broker session, the nodes the broker's
+retained messages name): a database `collector run` was tried on first is copied into,
+those rows replaced, once that collector is stopped.
 
 Stop the collector first (or copy a backup): what it stores after the copy's snapshot stays
 behind. Then start it with --db postgresql://... (or [store] url): the broker session and

@@ -43,8 +43,10 @@ Answers from the collector's store (works while the collector runs).
                 the rollups for the minutes (hours) already folded, raw samples for those
                 not folded yet (the last minute or two), each step saying its source
   --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
-                utilisation, power, GPU-hours so far (GPUs held x time since the job's
-                first GPU process started on each node), most GPUs first
+                utilisation, power, AGE (since the job started: the median of its
+                nodes' claims, so one node cannot age another's job), GPU-hours so far
+                (GPUs held x time since each node's start, not before the job's), most
+                GPUs first
   --rejected    messages the collector quarantined (rejected or not storable), newest
                 first, with the rejected counters per reason; --node and --since filter
   --step STEP   history in steps (a whole number of minutes, or of hours from 1h): the

@@ -6,8 +6,11 @@ each batch goes into the target in one transaction through the collector's own
 need, then COPY; the other tables by multi-row inserts). Ids are kept, so every reference
 (a sample's payload dictionary and template, a lease's nodes, the outbox ids a dead letter
 is redelivered by) holds; the target's identity sequences then continue after them. The
-target is created and migrated by the same migrations as ``collector run``; one that holds
-any row is refused unless ``force`` (then it is emptied first).
+target is created and migrated by the same migrations as ``collector run`` (a capwatch
+store gets only those it lacks). One that holds any row is refused unless ``force`` (then it
+is emptied first), but for the rows a collector writes by itself as it starts
+(:data:`STARTUP_TABLES`): a database ``collector run`` was pointed at first is copied into,
+those rows replaced by the source's, unless a collector still leads on it.
 
 Samples go in as stored (compressed payloads, their dictionary ids and the template ids they
 start with), not re-encoded.
@@ -27,7 +30,7 @@ from collector.store.db import Store
 from collector.store.migrations import MIGRATIONS
 from shared.errors import ConfigError, StoreError
 
-__all__ = ["BATCH_ROWS", "TABLES", "CopyReport", "copy_store"]
+__all__ = ["BATCH_ROWS", "STARTUP_TABLES", "TABLES", "CopyReport", "copy_store"]
 
 TABLES: Final = (
     "payload_dicts",
@@ -69,6 +72,13 @@ new migration adds goes here too: the migrate test compares this with the schema
 rollups and the usage ledger are the history the raw samples no longer hold; the staged
 samples are folded by the target's first collector; the watermarks let it go on from what
 the agents were last told."""
+
+STARTUP_TABLES: Final = ("payload_dicts", "nodes", "counters", "meta", "rollup_owners")
+"""What a collector writes before any agent's sample: the built-in payload dictionary, the
+nodes named by the broker's retained inventories and statuses (each agent sends them again
+on every connect), its counters, its broker session and subscriptions (``meta``), its fold
+ownership. A target holding rows only here is a store a collector was started on, not data
+the copy would destroy."""
 
 _IDENTITY: Final = (
     "payload_dicts",
@@ -160,10 +170,20 @@ async def _empty_target(store: Store, target: PgTarget, *, force: bool) -> None:
     held = [t for t in TABLES if await store.fetchall(f"SELECT 1 FROM {t} LIMIT 1")]
     if not held:
         return
-    if not force:
+    data = [t for t in held if t not in STARTUP_TABLES]
+    if data and not force:
         raise ConfigError(
-            f"{str(target)!r} is not empty ({', '.join(held)} hold rows): migrate into an "
+            f"{str(target)!r} is not empty ({', '.join(data)} hold rows): migrate into an "
             "empty database, or pass --force to empty it first (its rows are lost)",
+            field="--to",
+        )
+    leader = await store.fetchall(
+        "SELECT holder FROM capwatch_leader WHERE expires_at > now() ORDER BY name LIMIT 1"
+    )
+    if leader and not force:
+        raise ConfigError(
+            f"{str(target)!r} has a running collector ({leader[0][0]!r} leads on it): stop "
+            "it, then migrate (or pass --force to empty the database under it)",
             field="--to",
         )
     async with store.transaction("emptying the target"):

@@ -318,10 +318,18 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
 
     Per job: its nodes, GPUs held (a shared GPU split between its jobs,
     :mod:`collector.jobfacts`), mean utilisation of its GPUs, its share of their power, when
-    its first GPU process started, and GPU-hours so far: GPUs held now x the time since that
-    start, per node (an estimate: a job that held fewer GPUs earlier is counted as holding
-    today's all along). Its user, account, partition... are what its nodes say, each
-    value once where they differ (:func:`_also`).
+    it started, and GPU-hours so far: GPUs held now x the time since that start, per node (an
+    estimate: a job that held fewer GPUs earlier is counted as holding today's all along).
+    Its user, account, partition... are what its nodes say, each value once where they differ
+    (:func:`_also`).
+
+    Each node says when the job's first process on its GPUs started (``jobs[].started``), and
+    any node may name any job: the job's start is the median of its nodes' claims (of an even
+    count, the later middle one), so that making a job older takes a strict majority of its
+    nodes, and one node's ``started`` = 2000 no longer ages another node's job by decades. A
+    node counts its GPU-hours from its own claim, but not before the job's start (a node that
+    joined later counts from when it joined). A claim after the claiming sample's own time
+    (a process not yet started) is no claim, as is none: such a node adds no GPU-hours.
     """
     # The schema's decoder (and the rule's reading of a job, :mod:`collector.jobfacts`) only
     # for this question: the other queries read plain JSON and load no msgspec.
@@ -336,6 +344,8 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     )
     jobs: dict[str, dict[str, Any]] = {}
     utils: dict[str, list[float]] = {}
+    # Per job, each node's (GPUs held, its sample's time, when it says the job started there).
+    starts: dict[str, list[tuple[float, float, float]]] = {}
     for r in rows:
         state = staleness.state(
             now,
@@ -378,16 +388,24 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
                     "gpu_hours": 0.0,
                 }
                 utils[j.job] = []
+                starts[j.job] = []
             row["nodes"].append(sample.node)
             row["gpus"] += j.gpu_share
             utils[j.job] += j.util_pct
             if j.power_w is not None:
                 row["power_w"] = (row["power_w"] or 0.0) + j.power_w
             started = info.started if info is not None else None
-            if started is not None:
-                row["started"] = started if row["started"] is None else min(row["started"], started)
-                row["gpu_hours"] += j.gpu_share * max(0.0, sample.ts - started) / 3600
+            if started is not None and started <= sample.ts:
+                starts[j.job].append((j.gpu_share, sample.ts, started))
     for job, row in jobs.items():
+        claims = starts[job]
+        if claims:
+            row["started"] = start = sorted(c[2] for c in claims)[len(claims) // 2]
+            row["gpu_hours"] = sum(
+                share * (ts - max(started, start)) / 3600
+                for share, ts, started in claims
+                if ts > start
+            )
         u = utils[job]
         row["gpu_util_mean_pct"] = round(sum(u) / len(u), 2) if u else None
         row["gpus"] = round(row["gpus"], 3)

@@ -282,3 +282,27 @@ def test_a_spool_with_another_nodes_unsent_samples_is_one_line_and_exit_2(
     assert "'n2'" in line
     assert "--spool-dir" in line
     assert (tmp_path / "spool" / "node").read_text() == "n1\n"
+
+
+@pytest.mark.parametrize("how", ["flag", "env", "config"])
+@pytest.mark.parametrize("seconds", [0, 59])
+def test_a_buffer_too_short_to_keep_a_sample_is_one_line_and_exit_2(
+    tmp_path: Path, how: str, seconds: int
+) -> None:
+    """``agent run --buffer 0s`` was accepted: the spool then dropped every sample the
+    broker had not taken yet (all of them while it was away, the whole spool at start). It
+    is refused before anything opens: one line naming the setting and the fix, exit 2."""
+    spool = tmp_path / "spool"
+    config = tmp_path / "agent.toml"
+    config.write_text(f"buffer_s = {seconds}\n" if how == "config" else "")
+    done = run_agent(
+        "run", "--gpu-backend", "none", "--node-id", "n1", "--port", "1",
+        "--spool-dir", str(spool), "--config", str(config),
+        *(["--buffer", f"{seconds}s"] if how == "flag" else []),
+        env={"CAPWATCH_BUFFER_S": str(seconds)} if how == "env" else {}, timeout_s=30,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("agent run: error: setting 'buffer_s'"), line
+    assert "at least 1m" in line, line
+    assert not spool.exists()

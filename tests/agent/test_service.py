@@ -36,11 +36,12 @@ def test_after_a_long_stall_only_one_sample_is_due() -> None:
 
 @pytest.mark.parametrize(
     ("buffer_s", "interval_s", "samples"),
-    [(3600.0, 5.0, 720), (3600.0, 10.0, 360), (60.0, 7.0, 8), (0.0, 5.0, 1), (3.0, 5.0, 1)],
+    [(3600.0, 5.0, 720), (3600.0, 10.0, 360), (60.0, 7.0, 8), (60.0, 30.0, 2), (7299.0, 3600.0, 2)],
 )
 def test_buffer_holds_buffer_s_of_sampling_at_the_configured_interval(
     buffer_s: float, interval_s: float, samples: int
 ) -> None:
-    """buffer_samples is buffer_s / interval_s, rounded down, at least one."""
+    """buffer_samples is buffer_s / interval_s, rounded down (at least two: the floor of
+    buffer_s)."""
     settings = AgentSettings(node_id="n1", buffer_s=buffer_s, interval_s=interval_s)
     assert settings.buffer_samples == samples

@@ -205,3 +205,14 @@ def test_an_empty_spool_dir_is_one_line_not_the_working_directory(
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert "'spool_dir' = '': Value error, is empty" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml"]
+
+
+def test_a_buffer_must_outlast_two_sampling_intervals() -> None:
+    """The floor is a minute or two intervals, the longer: at 60 s a 90 s buffer keeps one
+    sample at most, dropped before the next if the broker missed a tick."""
+    with pytest.raises(ConfigError) as caught:
+        AgentSettings(node_id="n1", interval_s=60.0, buffer_s=90.0)
+    assert caught.value.field == "buffer_s"
+    assert "at least 2m" in str(caught.value)
+    assert AgentSettings(node_id="n1", interval_s=60.0, buffer_s=120.0).buffer_samples == 2
+    assert AgentSettings(node_id="n1", interval_s=5.0, buffer_s=60.0).buffer_samples == 12

@@ -12,6 +12,7 @@ import pytest
 
 from collector.cli import main
 from collector.ingest.validate import sample_row
+from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, Store
 from shared.schema import Sample, encode
 from tests.shared.wire_samples import sample_dict
@@ -67,7 +68,7 @@ async def db(tmp_path: Path) -> tuple[Path, float]:
     return path, a.ts
 
 
-def _json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
+def _json(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
     capsys.readouterr()
     assert main(["query", "--db", str(db), "--json", *args]) == 0
     result: dict[str, Any] = json.loads(capsys.readouterr().out)
@@ -80,7 +81,7 @@ def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
     """Job 4242 spans both nodes (5.6 + 1.5 GPUs: A's GPU 0 is in MIG mode, cut into
     3g.40gb + 2g.20gb, and the job runs in the 3g instance: 3/5 of it; GPU 1 of B is shared
     with job 5); the offline node's job is not running; GPU-hours are GPUs held x time since
-    started."""
+    the job started (:func:`collector.store.queries.job_rows`)."""
     path, ts = db
     jobs = {j["job"]: j for j in _json(capsys, path, "--jobs")["jobs"]}
     assert list(jobs) == ["4242", POD, "5"]  # most GPUs first
@@ -97,9 +98,10 @@ def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
     utils = [83.0 + g for g in range(6)] + [83.0, 84.0]
     assert j["gpu_util_mean_pct"] == round(sum(utils) / len(utils), 2)
     assert j["power_w"] == round(5.6 * 531.75 + 1.5 * 531.75, 1)
-    assert j["started"] == pytest.approx(ts + 1 - 7201)  # B's start, the earlier
-    # A: 5.6 GPUs for the hour before its sample; B: 1.5 GPUs for 7200 s
-    assert j["gpu_hours"] == pytest.approx(5.6 * 1.0 + 1.5 * 2.0, abs=1e-3)
+    assert j["started"] == pytest.approx(ts + 1 - 3601)  # of two claims, the later: A's
+    # A: 5.6 GPUs for the hour before its sample; B: 1.5 GPUs since the job's start, not the
+    # earlier start it claims
+    assert j["gpu_hours"] == pytest.approx(5.6 * 1.0 + 1.5 * 1.0, abs=1e-3)
     assert jobs[POD]["gpu_hours"] == pytest.approx(2 * 60 / 3600, abs=1e-3)
     pod = jobs[POD]
     assert (pod["label"], pod["namespace"], pod["pod"], pod["gpus"]) == (
@@ -185,3 +187,36 @@ async def test_a_node_naming_another_nodes_job_cannot_replace_its_user_or_accoun
         "evil, physics",
         "gpu",
     )
+
+
+async def test_a_node_claiming_an_old_start_for_another_nodes_job_cannot_age_it(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each node says when the job's processes on its GPUs started: a node naming job 4242
+    with ``started`` = 2000-01-01 once made its AGE 26 years and its GPU-hours 472,195 (the
+    earliest claim stood for the job's). The job's start is the median of its nodes' claims
+    (for two, the later), each node counting its GPU-hours from its own claim but not before
+    the job's start; a claim after the claiming sample was taken is no claim."""
+    now = time.time()
+    y2000 = 946_684_800.0
+    claims = {"aaa-hostile": y2000, B: now - 3600, "zzz-future": now + 86_400}
+    samples = []
+    for node, started in claims.items():
+        d = sample_dict()
+        gpus = d["gpus"][:2]
+        for g in gpus:
+            g["processes"] = [{"pid": 7, "user": "alice", "job": "4242"}]
+        job = {"id": "4242", "scheduler": "slurm", "started": started}
+        samples.append(_sample(node, now, gpus=gpus, jobs=[job]))
+    async with Store(store_url) as store:
+        await store.write_batch([sample_row(s, encode(s), now) for s in samples], [], list(claims))
+    (job,) = _json(capsys, store_url, "--jobs")["jobs"]
+    assert job["nodes"] == ["aaa-hostile", B, "zzz-future"]
+    assert job["started"] == pytest.approx(now - 3600)  # B's: the hostile claim is outvoted
+    # the hostile node's 2 GPUs and B's 2 count from the job's start; the future claim, none
+    assert job["gpu_hours"] == pytest.approx(4 * 1.0, abs=1e-3)
+    capsys.readouterr()
+    assert main(["query", "--db", str(store_url), "--jobs"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split()[-2:] == ["AGE", "GPU-H"]
+    assert line.split()[-2:] == ["1h00m", "4.00"]

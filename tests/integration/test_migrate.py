@@ -16,7 +16,7 @@ from collector.alerts.fingerprint import fingerprint
 from collector.localbroker import MosquittoBroker
 from collector.paths import parse_target
 from collector.store.alerts import AlertChange, OutboxNew, write_alerts
-from collector.store.copy import TABLES
+from collector.store.copy import STARTUP_TABLES, TABLES
 from collector.store.db import Store
 from collector.store.ledger import LedgerRow, write_ledger
 from collector.store.watermarks import WatermarkRow, write_watermarks
@@ -132,3 +132,36 @@ async def test_a_collectors_store_round_trips_into_postgresql(
             "VALUES ('[]', 0, 0, '', '', 0) RETURNING id"
         )
         assert new[0][0] == 2
+
+
+async def test_a_database_the_collector_already_started_on_is_migrated_into(
+    mosquitto: MosquittoBroker,
+    collector_runner: CollectorRunner,
+    postgres_url: str,
+) -> None:
+    """An operator who pointed `collector run` at the new database first (to try it, or a
+    unit that started before the copy) has a capwatch store there: migrated, holding only
+    what a collector writes as it starts and stops (its counters, the broker session in
+    meta...), no sample, no alert, no governance. `collector migrate` refused it as "not
+    empty" unless --force; it copies into it, and what the source holds wins. Not while
+    that collector still runs there: it would write on beside the copy."""
+    source = await _build(collector_runner, mosquitto)
+    target = parse_target(postgres_url)
+    on_pg = CollectorRunner(mosquitto, target)
+    await on_pg.start()
+    await wait_until(
+        lambda: db_rows(target, "SELECT count(*) FROM capwatch_leader") == [(1,)],
+        what="the collector on PostgreSQL leading",
+    )
+    code, _, err = await cli("migrate", "--from", str(source), "--to", postgres_url)
+    await on_pg.stop()
+    assert code == 2
+    assert "has a running collector ('capwatch-collector' leads on it): stop it" in err, err
+    started = {t for t in TABLES if db_rows(target, f"SELECT 1 FROM {t} LIMIT 1")}
+    assert started, "the collector wrote nothing at start: this test tests nothing"
+    assert started <= set(STARTUP_TABLES)  # what a start writes is named there
+    code, out, err = await cli("migrate", "--from", str(source), "--to", postgres_url, "--json")
+    assert (code, err) == (0, ""), err
+    assert json.loads(out)["tables"]["samples"] == 30
+    for table in TABLES:
+        assert _table(target, table) == _table(source, table), table

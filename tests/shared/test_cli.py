@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from shared.cli import run_command
+from shared import schema
+from shared.cli import run_command, shown
 from shared.errors import ConfigError, StoreError
 
 
@@ -78,3 +81,32 @@ def test_every_option_of_both_programs_says_what_it_does() -> None:
                     if a.option_strings and a.help is None
                 ]
     assert silent == []
+
+
+# Characters that print as nothing or as a blank: the Hangul fillers (U+115F, U+1160, U+3164,
+# U+FFA0, Default_Ignorable_Code_Point in Unicode's DerivedCoreProperties.txt), the Braille
+# pattern with no dots (U+2800) and the musical null notehead (U+1D159).
+_BLANKS = "\u115f\u1160\u3164\uffa0\u2800\U0001d159"
+
+
+@pytest.mark.parametrize("blank", _BLANKS)
+def test_shown_escapes_what_prints_as_nothing(blank: str) -> None:
+    """Pool "gpu" and pool "gpu" + U+3164 looked the same in a table: str.isprintable()
+    says a Hangul filler or a Braille blank is printable, and `shown` left it raw."""
+    name = f"gpu{blank}"
+    assert shown(name) != shown("gpu")
+    assert shown(name) == "gpu" + blank.encode("unicode_escape").decode()
+    assert shown(shown(name)) == shown(name)  # idempotent: the escape is printable
+
+
+def test_shown_escapes_every_character_a_name_may_not_hold() -> None:
+    """One rule: whatever the wire schema refuses inside a user name as not showing as
+    itself (shared/schema.py), `shown` escapes, and the reverse for printable text."""
+    user = re.compile(schema.USER_PATTERN)
+    for code in range(sys.maxunicode + 1):
+        c = chr(code)
+        refused = user.match(f"a{c}b") is None
+        raw = shown(c) == c
+        assert not (refused and raw), f"U+{code:04X} is refused in a name but shown raw"
+        if c.isprintable():
+            assert raw or refused, f"U+{code:04X} is escaped but allowed in a name"

@@ -414,6 +414,9 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
             "a\U0001bca0b",
             "a\U0001d173b",
             "a\U000e0100b",
+            # Blanks that are not ignorable: a Braille pattern without dots, a null notehead.
+            "root\u2800",
+            "a\U0001d159b",
             " root",
             "root ",
             "a" * (s.MAX_USER_LEN + 1),
