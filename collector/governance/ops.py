@@ -30,6 +30,7 @@ from collector.governance.quota import Admission
 from collector.governance.state import Governance, Lease
 from collector.store.pools import unknown_nodes
 from shared.errors import ConfigError
+from shared.text import UNSHOWN_RE
 from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
 if TYPE_CHECKING:
@@ -102,10 +103,16 @@ def add_lease(
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)
-    if req.name.isdigit() or not req.name.strip() or not req.name.isprintable():
+    if (
+        req.name.isdigit()
+        or not req.name.strip()
+        or not req.name.isprintable()
+        or UNSHOWN_RE.search(req.name)
+    ):
         raise ConfigError(
-            f"lease name {req.name!r} must be printable text and not a number (a number "
-            "reads as a lease id in `lease show|cancel|extend|renew`)",
+            f"lease name {req.name!r} must be printable text, no character that prints as "
+            "nothing (two names would look alike), and not a number (a number reads as a "
+            "lease id in `lease show|cancel|extend|renew`)",
             field="--name",
         )
     _check_known(tx, req.nodes)

@@ -186,16 +186,17 @@ async def test_a_node_no_inventory_knows_is_refused(store_url: StoreTarget, tmp_
 
 async def test_a_lease_name_that_reads_as_an_id_is_refused(store_url: StoreTarget) -> None:
     """`--name 1` on a second lease made `lease cancel 1` ambiguous (id 1 or the one named
-    1); a number, a blank or a control character is refused."""
+    1); a number, a blank, a control character or one that prints as nothing (U+3164: two
+    names would look alike) is refused."""
     db = str(await make_store(store_url, {"n1": 8, "n2": 8}))
     code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
                        "--start", "2041-01-01")  # fmt: skip
     assert (code, err) == (0, "")
-    for name in ("1", " ", "a\x1b[2Jb"):
+    for name in ("1", " ", "a\x1b[2Jb", "a\u3164b"):
         code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n2",
                            "--start", "2041-01-01", "--name", name)  # fmt: skip
         assert (code, err.count("\n")) == (2, 1), name
-        assert "must be printable text and not a number" in err
+        assert "must be printable text, no character that prints as nothing" in err
 
 
 async def test_lease_show_escapes_the_comment(store_url: StoreTarget) -> None:
