@@ -393,7 +393,7 @@ class Writer:
         items = [item for unit in units for item in unit.items]
         t0 = self._clock.monotonic()
         riding, self._riding = self._riding, None
-        await self._store_items(items, riding or ())
+        marked = await self._store_items(items, riding or ())
         done = self._clock.monotonic()
         self.last_commit = done
         self.metrics.commit_seconds.observe(done - t0)
@@ -407,7 +407,7 @@ class Writer:
                 with contextlib.suppress(MqttWireError):
                     unit.link.ack(unit.acks)
                     acked += len(unit.acks)
-        if riding and self.watermarks is not None:
+        if riding and marked and self.watermarks is not None:
             link = self._link
             if link is None or link.closed:
                 self.watermarks.retry(riding)  # stored; published once connected
@@ -427,9 +427,10 @@ class Writer:
 
     async def _store_items(
         self, items: Sequence[Item | MetaItem], marks: Sequence[WatermarkRow] = ()
-    ) -> None:
+    ) -> bool:
         """Write ``items`` (and watermark rows ``marks``) in one transaction; bisect around
-        data SQLite refuses (``marks`` then go again at the next round, alone)."""
+        data SQLite refuses (``marks`` then go again at the next round, alone). Returns
+        whether ``marks`` were committed with them."""
         rows: list[SampleRow] = []
         updates: dict[str, NodeUpdate] = {}
         quarantine: list[QuarantineRow] = []
@@ -456,15 +457,14 @@ class Writer:
                 raise
             if marks and self.watermarks is not None:
                 self.watermarks.retry(marks)
-                marks = ()
             if len(items) > 1:
                 self.metrics.bisections.inc()
                 half = len(items) // 2
                 await self._store_items(items[:half])
                 await self._store_items(items[half:])
-                return
+                return False
             await self._quarantine_poison(items[0], exc)
-            return
+            return False
         self._known_nodes |= new_nodes
         if self.watermarks is not None and rows:
             self.watermarks.note(rows, self._clock.time())
@@ -472,6 +472,7 @@ class Writer:
         m.stored.inc(inserted)
         m.duplicates.inc(len(rows) - inserted)
         m.quarantined.inc(len(quarantine))
+        return bool(marks)
 
     async def _quarantine_poison(self, item: Item | MetaItem, exc: StoreError) -> None:
         """One message the store refused: keep what we can of it in quarantine, ack it."""

@@ -30,7 +30,7 @@ from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
 from collector.settings import CollectorMqttSettings, CollectorSettings
-from collector.store.db import NodeUpdate, Store
+from collector.store.db import NodeUpdate, SampleRow, Store
 from shared.clock import FakeClock
 from shared.errors import ConfigError, StoreError
 from shared.schema import decode_sample, decode_watermark, encode
@@ -690,6 +690,8 @@ class _TickingLink(_Link):
         super().__init__()
         self.clock, self.db = clock, db
         self.published: list[tuple[list[str], int]] = []
+        self.unwritten: list[str] = []
+        """Topics published before their watermark row was committed."""
 
     def ack(self, packet_ids: Iterable[int]) -> None:
         super().ack(packet_ids)
@@ -697,24 +699,25 @@ class _TickingLink(_Link):
 
     def publish_retained(self, messages: Sequence[tuple[str, bytes]]) -> None:
         self.published.append((sorted(t for t, _ in messages), count_samples(self.db)))
+        held = {watermark_topic(n) for (n,) in db_rows(self.db, "SELECT node FROM watermarks")}
+        self.unwritten.extend(t for t, _ in messages if t not in held)
 
 
-async def test_watermarks_due_while_units_wait_ride_the_next_batch(tmp_path: Path) -> None:
-    """A round that falls due while units wait is written in the next batch's transaction
-    and published after its commit (not in a transaction of its own between the two): the
-    first nodes' watermarks go out with the second batch stored, then the rest at the stop."""
+async def _ride(tmp_path: Path, *, poison: int | None = None) -> tuple[_TickingLink, list[str]]:
+    """Three units of two nodes' seq 0 through a writer that takes a unit a batch, the clock
+    a second on at each ack; ``poison``: that node's row one the store refuses."""
     clock = FakeClock(start_wall=T0)
     sim = FleetSimulator(6, gpus_per_node=1, seed=2, interval_s=5, epoch=3)
     db = tmp_path / "c.db"
     link = _TickingLink(clock, db)
-    units = []
-    for k in range(3):  # three units of two nodes' seq 0
-        samples = [sim.sample(i, T0 - 10, 0) for i in (2 * k, 2 * k + 1)]
-        rows = [sample_row(x, encode(x), T0) for x in samples]
-        units.append(Unit(link, list(rows), [2 * k + 1, 2 * k + 2]))
     queue: asyncio.Queue[WriterItem] = asyncio.Queue()
-    for unit in units:
-        queue.put_nowait(unit)
+    for k in range(3):
+        rows: list[SampleRow] = []
+        for i in (2 * k, 2 * k + 1):
+            x = sim.sample(i, T0 - 10, 0)
+            row = sample_row(x, encode(x), T0)
+            rows.append(row._replace(gpu_mem_used_bytes=2**64) if i == poison else row)
+        queue.put_nowait(Unit(link, [*rows], [2 * k + 1, 2 * k + 2]))
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     queue.put_nowait(StopUnit(done))
     async with Store(db) as store:
@@ -729,13 +732,35 @@ async def test_watermarks_due_while_units_wait_ride_the_next_batch(tmp_path: Pat
             watermark_interval_s=1.0,
         )
         await asyncio.wait_for(writer.run(), 20)
-    nodes = sim.node_ids
+    return link, list(sim.node_ids)
+
+
+async def test_watermarks_due_while_units_wait_ride_the_next_batch(tmp_path: Path) -> None:
+    """A round that falls due while units wait is written in the next batch's transaction
+    and published after its commit (not in a transaction of its own between the two): the
+    first nodes' watermarks go out with the second batch stored, then the rest at the stop."""
+    link, nodes = await _ride(tmp_path)
     assert link.published[0] == ([watermark_topic(n) for n in sorted(nodes[:2])], 4)
     assert sorted(t for topics, _ in link.published for t in topics) == sorted(
         watermark_topic(n) for n in nodes
     )
-    stored = db_rows(db, "SELECT node, epoch, seq FROM watermarks ORDER BY node")
+    assert link.unwritten == []
+    stored = db_rows(tmp_path / "c.db", "SELECT node, epoch, seq FROM watermarks ORDER BY node")
     assert stored == [(n, 3, 0) for n in sorted(nodes)]
+
+
+async def test_watermarks_riding_a_batch_the_store_refuses_go_later_on_their_own(
+    tmp_path: Path,
+) -> None:
+    """The batch the first round rides holds a row the store refuses: it is bisected, the
+    round is not published with it (its rows were not written) but later, after a commit
+    of its own; every node's watermark is still written and published."""
+    link, nodes = await _ride(tmp_path, poison=3)
+    assert link.unwritten == []
+    published = sorted(t for topics, _ in link.published for t in topics)
+    assert published == sorted(watermark_topic(n) for n in nodes if n != nodes[3])
+    stored = db_rows(tmp_path / "c.db", "SELECT node FROM watermarks ORDER BY node")
+    assert stored == [(n,) for n in sorted(nodes) if n != nodes[3]]
 
 
 async def test_a_round_of_many_watermarks_goes_out_in_parts_the_first_a_probe(
