@@ -83,6 +83,16 @@ def segment_bytes_for(max_bytes: int) -> int:
     return max(_MIN_SEGMENT, min(_MAX_SEGMENT, max_bytes // 32))
 
 
+def _unusable(what: str, exc: OSError) -> ConfigError:
+    """The one-line error of a spool directory the agent cannot use (``what``: which file and
+    what it could not do), naming the setting and the fix."""
+    return ConfigError(
+        f"setting 'spool_dir': {what}: {exc.strerror or exc}; point --spool-dir "
+        "(CAPWATCH_SPOOL_DIR) at a directory the agent may write",
+        field="spool_dir",
+    )
+
+
 class SpoolRecord(NamedTuple):
     """One spooled sample as handed to the publisher; give it back to :meth:`Spool.ack`."""
 
@@ -228,11 +238,7 @@ class Spool:
             self.epoch = next_epoch(self.directory, self._clock)
         except OSError as exc:
             self._unlock()
-            raise ConfigError(
-                f"setting 'spool_dir': cannot use {self.directory}: {exc.strerror or exc}; "
-                "point --spool-dir (CAPWATCH_SPOOL_DIR) at a directory the agent may write",
-                field="spool_dir",
-            ) from exc
+            raise _unusable(f"cannot use {self.directory}", exc) from exc
         cursor = read_cursor(self.directory)
         paths = sorted(self.directory.glob("seg-*.log"))
         now = self._clock()
@@ -326,10 +332,7 @@ class Spool:
         except FileNotFoundError:
             held = ""  # a new spool, or one from before the file: the agent's own
         except OSError as exc:
-            raise ConfigError(
-                f"setting 'spool_dir': cannot read {path}: {exc.strerror or exc}",
-                field="spool_dir",
-            ) from exc
+            raise _unusable(f"cannot read {path}", exc) from exc
         if held == self.node:
             return
         if held and len(self):
@@ -347,11 +350,7 @@ class Spool:
             tmp.write_text(f"{self.node}\n")
             os.replace(tmp, path)
         except OSError as exc:  # e.g. a node.tmp another user left
-            raise ConfigError(
-                f"setting 'spool_dir': cannot write {path}: {exc.strerror or exc}; point "
-                "--spool-dir (CAPWATCH_SPOOL_DIR) at a directory the agent may write",
-                field="spool_dir",
-            ) from exc
+            raise _unusable(f"cannot write {path}", exc) from exc
         self._dir_dirty = True  # the next sync makes the rename durable
 
     def close(self) -> None:
