@@ -524,8 +524,6 @@ class Writer:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
         store, keep = self._store, self._quarantine_max_rows
         values, rejects = self._counter_values(), self._ingestor.take_node_rejects()
-        # One transaction. Node names come from topics: with a broker that lets anyone
-        # write any node's topic, node_rejects would otherwise grow with every invented name.
         trimmed = await self._durably(
             lambda: store.write_counters(
                 values,

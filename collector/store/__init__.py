@@ -18,8 +18,8 @@ SQL for the modules:
   one function in that thread, its statements on a :class:`~collector.store.writes.Tx` (a
   sample batch, a rollup fold's part: one round trip);
   reads ``fetchall(sql, params)`` and ``await run(query)``; the writer's own operations
-  ``write_batch``, ``write_counters``, ``delete_older_than``, ``trim_quarantine``,
-  ``trim_node_rejects``, ``meta``, ``migrations``. The modules it imports (the ledger, the
+  ``write_batch``, ``write_counters`` (with the quarantine's and node rejects' trims),
+  ``delete_older_than``, ``meta``, ``migrations``. The modules it imports (the ledger, the
   rollups' fold) take it as a :class:`~collector.store.writes.Writes`, a protocol.
 * **StoreReader** (:mod:`~collector.store.reader`, context manager; a command's read-only
   snapshot): ``fetchall``, ``run(query)``, ``has_table``, ``counters``, ``payload``.

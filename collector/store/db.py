@@ -1184,8 +1184,10 @@ class Store:
         keep_node_rejects: int | None = None,
     ) -> int:
         """Replace the stored counters with the collector's current ones; add node rejects;
-        given ``keep_*``, trim the quarantine and the node rejects as :meth:`trim_quarantine`
-        and :meth:`trim_node_rejects` do. One transaction, in one call to the store's thread
+        given ``keep_quarantine``, keep only that many newest quarantined messages, and
+        given ``keep_node_rejects``, the (node, reason) pairs rejected most recently (names
+        come from topics: a broker letting anyone write any node's topic would otherwise grow
+        the table with every invented name). One transaction, in one call to the store's thread
         (the writer's counters flush was three, each a commit, 48-122 ms of stall between
         two sample batches at 5,000 samples/s: ``bench/bench_ingest_stall.py``). Returns how
         many quarantined messages went."""
@@ -1239,14 +1241,6 @@ class Store:
                 await self.execute("DELETE FROM ledger_dirty WHERE hour < ?", (cutoff,))
                 await self.execute(DAILY_RETENTION_SQL, (cutoff // 86_400,))
         return max(node, ledger)
-
-    async def trim_quarantine(self, keep_rows: int) -> int:
-        """Keep only the newest ``keep_rows`` quarantined messages; return how many went."""
-        return await self._delete(_TRIM_QUARANTINE, (keep_rows,), "quarantine trim")
-
-    async def trim_node_rejects(self, keep_rows: int) -> int:
-        """Keep the ``keep_rows`` (node, reason) pairs rejected most recently."""
-        return await self._delete(_TRIM_NODE_REJECTS, ((1 << 62), keep_rows), "node rejects trim")
 
     async def _delete(self, sql: str, params: Sequence[Any], what: str) -> int:
         """Run one DELETE in its own transaction; return how many rows went."""

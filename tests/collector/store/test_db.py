@@ -223,7 +223,9 @@ async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(
         await store.write_counters({}, 1.0, {("n1", "invalid"): (2, 1000), ("n2", "x"): (1, 500)})
     async with Store(db) as store:  # a restarted collector
         await store.write_counters({}, 2.0, {("n1", "invalid"): (3, 2000), ("n3", "y"): (1, 900)})
-        assert await store.trim_node_rejects(2) == 1
+        assert db_rows(db, "SELECT count(*) FROM node_rejects") == [(3,)]
+        await store.write_counters({}, 3.0, keep_node_rejects=2)  # one pair trimmed
+        assert db_rows(db, "SELECT count(*) FROM node_rejects") == [(2,)]
     assert db_rows(db, "SELECT node, reason, count, last_ms FROM node_rejects ORDER BY node") == [
         ("n1", "invalid", 5, 2000),
         ("n3", "y", 1, 900),
