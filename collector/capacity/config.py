@@ -42,7 +42,7 @@ from pathlib import Path
 
 from collector.nodefacts import rack_name, rack_of
 from collector.power import NodeType, Plan, parse_plan
-from collector.power.plan import read_plan_document
+from collector.power.plan import load_plan_file
 from shared.errors import PlanError
 
 __all__ = [
@@ -246,11 +246,8 @@ def parse_capacity(data: Mapping[str, object], *, source: str = "") -> CapacityP
 def load_capacity_plan(path: Path) -> CapacityPlan:
     """Read and check a plan file (``.toml`` or ``.json``) with its ``[capacity]`` table (an
     error names the file)."""
-    document = read_plan_document(path)
-    try:
-        return parse_capacity(document, source=str(path.resolve()))
-    except PlanError as exc:
-        raise exc.in_file(path) from None
+    source = str(path.resolve())
+    return load_plan_file(path, lambda document: parse_capacity(document, source=source))
 
 
 def rack_rules(plan: Path | None) -> tuple[RackRule, ...]:

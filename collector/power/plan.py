@@ -22,10 +22,10 @@ import math
 import re
 import tomllib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from collector.power.model import (
     Fabric,
@@ -38,7 +38,9 @@ from collector.power.model import (
 from shared.errors import ConfigError, PlanError
 from shared.files import FileTooLargeError, read_bounded
 
-__all__ = ["load_plan", "parse_plan", "read_plan_document", "with_param"]
+__all__ = ["load_plan", "load_plan_file", "parse_plan", "read_plan_document", "with_param"]
+
+_T = TypeVar("_T")
 
 _NEW_TOP_LEVEL = ("site", "node_types", "fabric")
 
@@ -234,9 +236,15 @@ def parse_plan(data: Mapping[str, object]) -> Plan:
 
 def load_plan(path: Path) -> Plan:
     """Read and check a ``.json`` or ``.toml`` plan file (an error names the file)."""
+    return load_plan_file(path, parse_plan)
+
+
+def load_plan_file(path: Path, parse: Callable[[Mapping[str, object]], _T]) -> _T:
+    """``parse`` of the document of the plan file ``path``; a :class:`PlanError` it raises
+    names the file."""
     document = read_plan_document(path)
     try:
-        return parse_plan(document)
+        return parse(document)
     except PlanError as exc:
         raise exc.in_file(path) from None
 
