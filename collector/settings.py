@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from collector.alerts.names import LABEL_NAME_RE
+from collector.alerts.names import LABEL_NAME, LABEL_NAME_RE
 from collector.alerts.settings import AlertSettings
 from collector.capacity.settings import CapacitySettings
 from collector.governance.settings import GovernanceSettings
@@ -185,7 +185,7 @@ class RouteSettings(BaseModel):
             raise ValueError(f"{ALL_LABELS!r} (every label) must be the only entry")
         for name in value:
             if name != ALL_LABELS and not LABEL_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+                raise ValueError(f"{name!r} is not a label name ({LABEL_NAME})")
             if value.count(name) > 1:
                 raise ValueError(f"{name!r} is named twice")
         return value
