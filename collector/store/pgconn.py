@@ -37,6 +37,7 @@ __all__ = [
     "FOLD_LOCK",
     "MIGRATE_LOCK",
     "PARTITION_LOCK",
+    "REBUILD_LOCK",
     "Kind",
     "PgSync",
     "classify",
@@ -54,6 +55,9 @@ FOLD_LOCK: Final = 0x63617077_00000004
 """Taken by a rollup fold for its transaction: folds of several collectors writing this
 store one after another (a fold reads the packed GPU statistics of its buckets, merges
 and writes them back; two at once would each write back only their own)."""
+REBUILD_LOCK: Final = 0x63617077_00000005
+"""Taken (tried) by retention rebuilding a day partition of ``samples`` around its late rows
+(:mod:`collector.store.pgdays`): one collector of a share group does it at a time."""
 _CONNECT_TIMEOUT_S: Final = 10
 APPLICATION_NAME: Final = "capwatch"
 """What every capwatch connection calls itself (``application_name``): ``collector
