@@ -119,23 +119,16 @@ class AgentSettings(CapwatchSettings):
     """Globs of interfaces never counted, physical or not; wins over ``nic_include``.
     Env ``CAPWATCH_NIC_EXCLUDE``: comma-separated or a JSON list."""
 
-    metrics_listen: str | None = None
-    """``HOST:PORT`` to serve ``/metrics``, ``/healthz``, ``/readyz`` on (unset: no server).
-    Env ``CAPWATCH_METRICS_LISTEN``; flag ``--metrics-listen``."""
-    web_config_file: Path | None = None
-    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
-    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
-    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
     dcgm_hostname_label: Literal["Hostname", "hostname"] = "Hostname"
     """How ``/metrics`` spells dcgm-exporter's host label on the ``DCGM_FI_*`` series:
     ``Hostname`` (dcgm-exporter's releases so far) or ``hostname`` (its main branch); pick
     the one your dashboards and the site's dcgm-exporters use. Flag
     ``--dcgm-hostname-label``, env ``CAPWATCH_DCGM_HOSTNAME_LABEL``."""
     metrics_advertise: str | None = None
-    """``HOST:PORT`` at which Prometheus reaches that server, announced in the inventory
-    (the collector's service discovery lists it). Unset: the listen address when it names one
-    host, else (``0.0.0.0``, ``::``) this node's FQDN, with the bound port. Flag
-    ``--metrics-advertise``, env ``CAPWATCH_METRICS_ADVERTISE``."""
+    """``HOST:PORT`` at which Prometheus reaches the ``metrics_listen`` server, announced in
+    the inventory (the collector's service discovery lists it). Unset: the listen address
+    when it names one host, else (``0.0.0.0``, ``::``) this node's FQDN, with the bound
+    port. Flag ``--metrics-advertise``, env ``CAPWATCH_METRICS_ADVERTISE``."""
 
     @model_validator(mode="after")
     def _buffer_keeps_a_sample(self) -> Self:
@@ -149,20 +142,6 @@ class AgentSettings(CapwatchSettings):
                 field="buffer_s",
             )
         return self
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _listen_is_host_port(cls, value: str | None) -> str | None:
-        from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
-
-        return check_listen(value)
-
-    @field_validator("web_config_file")
-    @classmethod
-    def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
-
-        return check_web_config(value, info.data.get("metrics_listen"))
 
     @field_validator("metrics_advertise")
     @classmethod

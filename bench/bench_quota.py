@@ -77,7 +77,7 @@ async def build_store(db: Path, minutes: int) -> None:
             tx.governance.put_quota(tenant, "gpus", Quota(per * 8, borrowing_limit=200))
             tx.governance.put_quota(tenant, "power_kw", Quota(per * 6.0))
             tx.governance.put_quota(tenant, "gpu_hours", Quota(per * 8 * 24 * 30.0), "month")
-        hardware = tx.run(node_hardware())
+        hardware = tx.run(node_hardware(tx.dialect))
     for t in range(TENANTS):  # a command each: one holding them all outran the lock budget
         nodes = tuple(sim.node_ids[t * per : (t + 1) * per])
         with Command(db) as tx:

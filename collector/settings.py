@@ -12,7 +12,6 @@ from pydantic import (
     Field,
     HttpUrl,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -556,13 +555,6 @@ class CollectorSettings(CapwatchSettings):
             "move it there"
         ]
 
-    metrics_listen: str | None = None
-    """``HOST:PORT`` for ``/metrics``, ``/healthz``, ``/readyz`` (e.g. ``127.0.0.1:9474``);
-    unset: no HTTP server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
-    web_config_file: Path | None = None
-    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
-    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
-    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
     sd_target_hosts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SD_TARGET_HOSTS), max_length=256
     )
@@ -578,20 +570,6 @@ class CollectorSettings(CapwatchSettings):
     metrics_ready_commit_s: float = Field(default=30.0, ge=5, le=3600)
     """``/readyz`` says unready, and the watchdog stops its pings, when the writer has not
     committed for this long or the evaluator is this late (:mod:`collector.health`)."""
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _listen_is_host_port(cls, value: str | None) -> str | None:
-        from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
-
-        return check_listen(value)
-
-    @field_validator("web_config_file")
-    @classmethod
-    def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
-
-        return check_web_config(value, info.data.get("metrics_listen"))
 
     @field_validator("sd_target_hosts")
     @classmethod

@@ -28,6 +28,8 @@ from pydantic import (
     SecretBytes,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -219,7 +221,8 @@ def _reason(exc: OSError | ssl.SSLError) -> str:
 
 
 class CapwatchSettings(BaseSettings):
-    """Base of the agent's and the collector's settings."""
+    """Base of the agent's and the collector's settings: what both daemons read the same
+    way (the broker, logging, their ``/metrics`` server)."""
 
     model_config = SettingsConfigDict(
         env_prefix="CAPWATCH_",
@@ -234,6 +237,29 @@ class CapwatchSettings(BaseSettings):
     log_level: str = Field(default="info", pattern=r"^(debug|info|warning|error)$")
     log_json: bool | None = None
     """``None``: JSON when stderr is not a terminal."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` to serve ``/metrics``, ``/healthz``, ``/readyz`` on (e.g.
+    ``127.0.0.1:9474`` for the collector, ``0.0.0.0:9400`` for an agent); unset: no HTTP
+    server. Flag ``--metrics-listen``, env ``CAPWATCH_METRICS_LISTEN``."""
+    web_config_file: Path | None = None
+    """TLS and basic auth of that server: a web config file in Prometheus exporter-toolkit's
+    format (``tls_server_config``, ``basic_auth_users`` with bcrypt hashes; see
+    shared/webconfig.py). Flag ``--web-config-file``, env ``CAPWATCH_WEB_CONFIG_FILE``."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
+
+        return check_listen(value)
+
+    @field_validator("web_config_file")
+    @classmethod
+    def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # metrics_listen is declared (so validated) first: info.data holds it unless bad.
+        from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
+
+        return check_web_config(value, info.data.get("metrics_listen"))
 
     @classmethod
     def settings_customise_sources(

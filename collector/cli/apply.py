@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     spec = parse_spec(_read(args.file), source="stdin" if args.file == "-" else args.file)
     planned = _plan_patterns(spec, settings) if any(p.pattern for p in spec.pools.values()) else {}
     with Command(settings.store_target, now=time.time()) as tx:
-        changes = apply_spec(tx, spec, tx.run(node_hardware()), planned)
+        changes = apply_spec(tx, spec, tx.run(node_hardware(tx.dialect)), planned)
         if args.dry_run or not changes:
             tx.discard()
     if args.json:

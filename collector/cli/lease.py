@@ -171,7 +171,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         comment=args.comment,
     )
     with Command(db, now=now) as tx:
-        lease_id, admission = add_lease(tx, req, tx.run(node_hardware()))
+        lease_id, admission = add_lease(tx, req, tx.run(node_hardware(tx.dialect)))
         lease = next(x for x in tx.governance.state().leases if x.id == lease_id)
     row = lease_row(lease, now)
     if admission is not None:
@@ -350,7 +350,7 @@ def _change(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
             args.action,
             on=on,
             days=days,
-            hardware=tx.run(node_hardware()) if args.action != "cancel" else None,
+            hardware=tx.run(node_hardware(tx.dialect)) if args.action != "cancel" else None,
             force_reason=force_reason,
         )
         changed = next(x for x in tx.governance.state().leases if x.id == lease.id)

@@ -162,7 +162,7 @@ def read_days(
     days = reader.run(ledger_days(since, until, tenant=tenant, lease=lease, pool=pool))
     leases = reader.run(leases_held())
     members = reader.run(lease_history(since)) if reader.has_table("lease_moves") else None
-    inventory = {node: hw.gpus for node, hw in reader.run(node_hardware()).items()}
+    inventory = {node: hw.gpus for node, hw in reader.run(node_hardware(reader.dialect)).items()}
     leased = {n for h in leases for n in (members.nodes(h.name, h.nodes) if members else h.nodes)}
     until = min(until, time.time() if now is None else now)
     reported = reader.run(gpu_history(sorted(leased - inventory.keys()), since, until))

@@ -410,7 +410,7 @@ class LedgerJob:
         # The nodes' hardware (an inventory decoded per node) and each hour's rows are made
         # in a worker thread: at 12,500 nodes that was ~170 ms of CPU on the event loop
         # (loaded machine), every sample waiting.
-        hardware = await store.run(node_hardware(), build_in_thread=True)
+        hardware = await store.run(node_hardware(store.dialect), build_in_thread=True)
         since = min(hours)
         pools = await store.run(pool_history(since))
         members = await store.run(lease_history(since))

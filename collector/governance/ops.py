@@ -307,7 +307,7 @@ def judge_growth(
 
     gov = tx.governance.state()
     forced = admit_growth(
-        gov, tx.run(node_hardware()), grown, now=tx.now, force_reason=force_reason
+        gov, tx.run(node_hardware(tx.dialect)), grown, now=tx.now, force_reason=force_reason
     )
     for lease_id in forced:
         tx.governance.mark_forced(lease_id, force_reason or "forced without a reason")

@@ -10,7 +10,8 @@ target is created and migrated by the same migrations as ``collector run`` (a ca
 store gets only those it lacks). One that holds any row is refused unless ``force`` (then it
 is emptied first), but for the rows a collector writes by itself as it starts
 (:data:`STARTUP_TABLES`): a database ``collector run`` was pointed at first is copied into,
-those rows replaced by the source's, unless a collector still leads on it.
+those rows replaced by the source's, unless a collector still leads on it or any capwatch
+connection (a collector whose election lives elsewhere, a standby, a command) is still on it.
 
 Samples go in as stored (compressed payloads, their dictionary ids and the template ids they
 start with), not re-encoded.
@@ -28,6 +29,7 @@ from collector.paths import PgTarget
 from collector.store.connect import SqliteSync, open_sync
 from collector.store.db import Store
 from collector.store.migrations import MIGRATIONS
+from collector.store.pgconn import APPLICATION_NAME
 from shared.errors import ConfigError, StoreError
 
 __all__ = ["BATCH_ROWS", "STARTUP_TABLES", "TABLES", "CopyReport", "copy_store"]
@@ -94,6 +96,14 @@ _IDENTITY: Final = (
 """Tables whose ``id`` the store numbers (PostgreSQL: an identity column)."""
 
 BATCH_ROWS: Final = 5_000
+
+_OTHER_SESSIONS_SQL: Final = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    f"AND application_name = '{APPLICATION_NAME}' AND pid <> pg_backend_pid()"
+)
+"""The other capwatch connections to the target (pg_stat_activity shows a session's
+database and application name to every role: https://www.postgresql.org/docs/current/
+monitoring-stats.html#MONITORING-PG-STAT-ACTIVITY-VIEW); the copy's store has one."""
 
 
 @dataclass(slots=True)
@@ -184,6 +194,18 @@ async def _empty_target(store: Store, target: PgTarget, *, force: bool) -> None:
         raise ConfigError(
             f"{str(target)!r} has a running collector ({leader[0][0]!r} leads on it): stop "
             "it, then migrate (or pass --force to empty the database under it)",
+            field="--to",
+        )
+    # The lease above is in the target only when the collectors elect there: one electing
+    # through a database of its own ([election] url), or a standby, leaves none. Every
+    # capwatch connection names itself (collector.store.pgconn.connect): any but this
+    # copy's own is a collector or a command still on the target.
+    others = await store.fetchall(_OTHER_SESSIONS_SQL)
+    if others and others[0][0] and not force:
+        raise ConfigError(
+            f"{str(target)!r} is in use: a collector or a command is connected to it "
+            f"({others[0][0]} connection(s) named {APPLICATION_NAME!r} in pg_stat_activity): "
+            "stop it, then migrate (or pass --force to empty the database under it)",
             field="--to",
         )
     async with store.transaction("emptying the target"):

@@ -1210,8 +1210,8 @@ class Store:
 
     async def delete_older_than(self, cutoff_ms: int, chunk_rows: int) -> int:
         """Delete samples that arrived before ``cutoff_ms``: at most ``chunk_rows`` rows,
-        after (PostgreSQL) dropping the day partitions wholly before it (one holding at most
-        ``chunk_rows`` late arrivals keeps them in a new partition of the day).
+        after (PostgreSQL) dropping the day partitions wholly before it (one holding late
+        arrivals keeps them in a new partition of the day, :mod:`collector.store.pgdays`).
 
         Small chunks keep each write transaction short, so ingestion never stalls behind
         retention. The oldest arrivals go first, found through the ``received_ms`` index.

@@ -33,9 +33,11 @@ from collector.store.dialect import Dialect, pg_row_factory, pg_sql
 from collector.store.errors import BUSY_TIMEOUT_S, open_failed
 
 __all__ = [
+    "APPLICATION_NAME",
     "FOLD_LOCK",
     "MIGRATE_LOCK",
     "PARTITION_LOCK",
+    "REBUILD_LOCK",
     "Kind",
     "PgSync",
     "classify",
@@ -53,7 +55,13 @@ FOLD_LOCK: Final = 0x63617077_00000004
 """Taken by a rollup fold for its transaction: folds of several collectors writing this
 store one after another (a fold reads the packed GPU statistics of its buckets, merges
 and writes them back; two at once would each write back only their own)."""
+REBUILD_LOCK: Final = 0x63617077_00000005
+"""Taken (tried) by retention rebuilding a day partition of ``samples`` around its late rows
+(:mod:`collector.store.pgdays`): one collector of a share group does it at a time."""
 _CONNECT_TIMEOUT_S: Final = 10
+APPLICATION_NAME: Final = "capwatch"
+"""What every capwatch connection calls itself (``application_name``): ``collector
+migrate`` finds the collectors and commands still connected to its target by it."""
 
 Kind = Literal["unavailable", "fatal", "refused"]
 
@@ -109,7 +117,7 @@ def connect(target: PgTarget, *, autocommit: bool, read_only: bool) -> psycopg.C
         "autocommit": autocommit,
         "row_factory": pg_row_factory,
         "connect_timeout": _CONNECT_TIMEOUT_S,
-        "application_name": "capwatch",
+        "application_name": APPLICATION_NAME,
         "options": options,
     }
     password = target.password()

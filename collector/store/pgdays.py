@@ -9,7 +9,11 @@ partitions whose whole day is past the window; the collector then trims the olde
 day in chunks as on SQLite (:mod:`collector.store.db`). It goes by arrival, as on SQLite: a
 day's late arrivals (a spool replayed after an outage) stay, moved into the day's new
 partition as its old one is dropped, all under ``samples``' lock, so a sample another
-collector is inserting meanwhile is never dropped with the day.
+collector is inserting meanwhile is never dropped with the day. A day with more late
+arrivals than that lock should be held for (a retention chunk), yet fewer than the rows
+that go, is rebuilt around them instead: they are copied into the day's new partition
+before the lock, which then covers only what came during the copy. A day whose late rows
+are most of it, or too many to copy at once, is trimmed in chunks.
 
 :class:`DayPartitions` remembers the days one connection knows to have a partition; the
 collector's backend (:class:`~collector.store.pg.PgBackend`) calls it from its worker
@@ -22,12 +26,12 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psycopg
 from psycopg import sql as pgsql
 
-from collector.store.pgconn import PARTITION_LOCK, columns
+from collector.store.pgconn import PARTITION_LOCK, REBUILD_LOCK, columns
 from shared.logging import get_logger
 
 __all__ = ["DAY_MS", "STAGING", "DayPartitions", "partition_name"]
@@ -47,6 +51,10 @@ _DROP_LOCK_TIMEOUT_MS: Final = 1000
 every writer of the share group queues behind the wait (once a day), so it is short next to
 their own ``lock_timeout`` (5 s), yet longer than a batch's transaction, which is what it
 normally waits for (a batch of 4,000 samples at the 10,000 samples/s a collector stores)."""
+_REBUILD_MAX_CHUNKS: Final = 20
+"""The most late rows (in retention chunks) a day is rebuilt around (:func:`_rebuild_day`):
+the copy holds ``samples``' ACCESS SHARE lock, which keeps a new day's partition from being
+created (a writer waits for it) and other collectors from dropping days, for its length."""
 _DROP_RETRY_S: Final = 30.0
 """After a wait that timed out (a long query holds ``samples``), retention tries to drop
 days again only this much later, not at each chunk: writers are not queued again and again."""
@@ -128,10 +136,13 @@ class DayPartitions:
             if time.monotonic() < self._retry_at:
                 break
             try:
+                way = _how_to_drop(conn, name, cutoff_ms, move_max_rows, int(estimate))
                 moved = (
-                    _drop_day(conn, name, day, cutoff_ms, move_max_rows)
-                    if _worth_dropping(conn, name, cutoff_ms, move_max_rows)
-                    else None
+                    None
+                    if way is None
+                    else _drop_day(conn, name, day, cutoff_ms, move_max_rows)
+                    if way == "move"
+                    else _rebuild_day(conn, name, day, cutoff_ms)
                 )
             except psycopg.errors.UndefinedTable:
                 conn.rollback()  # another collector of the share group dropped it meanwhile
@@ -173,23 +184,30 @@ def _partition_days(conn: psycopg.Connection[Any]) -> set[int]:
     return {d for (name,) in rows if (d := _day_of(name)) is not None}
 
 
-def _worth_dropping(
-    conn: psycopg.Connection[Any], name: str, cutoff_ms: int, move_max_rows: int
-) -> bool:
-    """Whether day partition ``name`` (wholly before ``cutoff_ms``) may be dropped by
-    :func:`_drop_day`, as far as the rows committed now tell (no lock: only a day that
-    will do takes the lock): at most ``move_max_rows`` of its rows arrived since the
-    cutoff, and (when some did) some arrived before it, so the drop frees something."""
+def _how_to_drop(
+    conn: psycopg.Connection[Any], name: str, cutoff_ms: int, move_max_rows: int, estimate: int
+) -> Literal["move", "rebuild"] | None:
+    """How day partition ``name`` (wholly before ``cutoff_ms``; ``estimate``: its rows, the
+    planner's count) goes, as far as the rows committed now tell (no lock: only a day that
+    will go takes one): ``"move"`` (:func:`_drop_day`) when at most ``move_max_rows`` of its
+    rows arrived since the cutoff; ``"rebuild"`` (:func:`_rebuild_day`) when more did, but
+    at most half its rows and :data:`_REBUILD_MAX_CHUNKS` chunks (copying what stays then
+    costs less than deleting what goes); ``None``, the chunked delete's, when dropping
+    would free nothing (every row late) or copy more than it frees. The count of late rows
+    stops one past that bound: each retention call reads at most so many index entries."""
     part = pgsql.Identifier(name)
+    most = max(move_max_rows, min(_REBUILD_MAX_CHUNKS * move_max_rows, estimate // 2))
     (late,) = conn.execute(
         pgsql.SQL(
             "SELECT count(*) FROM (SELECT 1 FROM {} WHERE received_ms >= %s LIMIT %s) AS late"
         ).format(part),
-        (cutoff_ms, move_max_rows + 1),
+        (cutoff_ms, most + 1),
     ).fetchone() or (0,)
-    worth = late <= move_max_rows and (late == 0 or _has_rows_before(conn, part, cutoff_ms))
+    way: Literal["move", "rebuild"] | None = None
+    if late == 0 or (late <= most and _has_rows_before(conn, part, cutoff_ms)):
+        way = "move" if late <= move_max_rows else "rebuild"
     conn.commit()
-    return bool(worth)
+    return way
 
 
 def _has_rows_before(conn: psycopg.Connection[Any], part: pgsql.Identifier, cutoff_ms: int) -> bool:
@@ -254,14 +272,67 @@ def _drop_day(
     return moved
 
 
+def _rebuild_day(conn: psycopg.Connection[Any], name: str, day: int, cutoff_ms: int) -> int | None:
+    """Rebuild day partition ``name`` with only its rows that arrived at or after
+    ``cutoff_ms``, more than :func:`_drop_day` moves under ``samples``' exclusive lock, in
+    one transaction; return how many were kept (``None``: the day stays as it is, for now).
+
+    The late rows are copied first into a new table shaped as the partition (``LIKE
+    samples``: columns, defaults, indexes; and a ``CHECK`` of the day's range, so that
+    attaching it scans nothing:
+    https://www.postgresql.org/docs/current/ddl-partitioning.html#DDL-PARTITIONING-DECLARATIVE-MAINTENANCE)
+    while the collectors go on writing: this transaction holds only ``samples``' ACCESS
+    SHARE lock meanwhile (the parent's lock first, as in :func:`_drop_day`, and as writers
+    take theirs; it keeps another collector from dropping the day under the copy). Then,
+    under the ACCESS EXCLUSIVE lock (waited for at most :data:`_DROP_LOCK_TIMEOUT_MS`), the
+    late rows committed since are added (the unique key skips those copied), the partition
+    is dropped and the new table attached in its place: the lock is held for the rows that
+    came during the copy, not for the day's late rows. One collector of a share group
+    rebuilds at a time (:data:`~collector.store.pgconn.REBUILD_LOCK`, tried: another one
+    skips the day); a crash or a lock wait that times out rolls it all back.
+    """
+    conn.execute(f"SET LOCAL lock_timeout = {_DROP_LOCK_TIMEOUT_MS}")
+    conn.execute("LOCK TABLE ONLY samples IN ACCESS SHARE MODE")
+    (mine,) = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (REBUILD_LOCK,)).fetchone() or (
+        False,
+    )
+    (exists,) = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone() or (0,)
+    if not mine or not exists:
+        conn.rollback()  # another collector rebuilds (or dropped) a day meanwhile
+        return None
+    part, keep = pgsql.Identifier(name), pgsql.Identifier(f"{name}_keep")
+    cols = pgsql.SQL(", ").join(map(pgsql.Identifier, sorted(columns(conn, "samples"))))
+    late = pgsql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE received_ms >= %s").format(
+        keep, cols, cols, part
+    )
+    conn.execute(pgsql.SQL("CREATE TABLE {} (LIKE samples INCLUDING ALL)").format(keep))
+    conn.execute(
+        pgsql.SQL("ALTER TABLE {} ADD CHECK (ts_ms >= {} AND ts_ms < {})").format(
+            keep, pgsql.Literal(day * DAY_MS), pgsql.Literal((day + 1) * DAY_MS)
+        )
+    )
+    conn.execute(late, (cutoff_ms,))
+    conn.execute("LOCK TABLE ONLY samples IN ACCESS EXCLUSIVE MODE")
+    conn.execute(late + pgsql.SQL(" ON CONFLICT DO NOTHING"), (cutoff_ms,))
+    conn.execute(pgsql.SQL("DROP TABLE {}").format(part))
+    conn.execute(pgsql.SQL("ALTER TABLE {} RENAME TO {}").format(keep, part))
+    conn.execute(pgsql.SQL("ALTER TABLE samples ATTACH PARTITION {} {}").format(part, _range(day)))
+    (kept,) = conn.execute(pgsql.SQL("SELECT count(*) FROM {}").format(part)).fetchone() or (0,)
+    conn.commit()
+    return int(kept)
+
+
 def _create_partition(day: int) -> pgsql.Composed:
     """The statement creating day ``day``'s partition of ``samples`` (unless it exists)."""
-    return pgsql.SQL(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF samples FOR VALUES FROM ({}) TO ({})"
-    ).format(
-        pgsql.Identifier(partition_name(day)),
-        pgsql.Literal(day * DAY_MS),
-        pgsql.Literal((day + 1) * DAY_MS),
+    return pgsql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF samples {}").format(
+        pgsql.Identifier(partition_name(day)), _range(day)
+    )
+
+
+def _range(day: int) -> pgsql.Composed:
+    """Day ``day``'s partition bound: ``FOR VALUES FROM (...) TO (...)``, in ``ts_ms``."""
+    return pgsql.SQL("FOR VALUES FROM ({}) TO ({})").format(
+        pgsql.Literal(day * DAY_MS), pgsql.Literal((day + 1) * DAY_MS)
     )
 
 

@@ -1,8 +1,9 @@
 """What the quota and lease commands read about nodes: hardware and GPU-hours.
 
 * :func:`node_hardware`: GPUs and summed GPU power limits per node, from the stored
-  inventories, an agent's (bounded by the GPUs of the node's newest stored sample) or, for
-  a node whose agent has sent none, the one declared by ``collector inventory import``
+  inventories, an agent's (bounded by the GPUs of the node's newest stored sample, by
+  :func:`collector.store.queries.latest_sample`) or, for a node whose agent has sent none,
+  the one declared by ``collector inventory import``
   (msgspec reads just those fields; the counting is :func:`collector.nodefacts.hardware`);
   :func:`declared_hardware`: the declared ones alone.
 * :func:`gpu_hours_in`: utilisation-weighted GPU-hours (``gpu_count x mean utilisation x
@@ -20,6 +21,8 @@ from typing import Any, Final
 import msgspec
 
 from collector.nodefacts import Hardware, hardware
+from collector.store.dialect import Dialect
+from collector.store.queries import latest_sample
 from collector.store.query import Query, single
 
 __all__ = ["declared_hardware", "gpu_hours_in", "node_hardware"]
@@ -36,18 +39,21 @@ class _Inventory(msgspec.Struct):
 _inventory_decoder = msgspec.json.Decoder(_Inventory)
 
 
-def node_hardware() -> Query[dict[str, Hardware]]:
+def node_hardware(dialect: Dialect) -> Query[dict[str, Hardware]]:
     """Node -> its hardware (:func:`collector.nodefacts.hardware`) from its inventory; an
-    agent's bounded by the GPUs of the node's newest stored sample (by its time: one descent
-    of the ``(node, ts_ms)`` index per node), a declared one (the operator's) as it is.
+    agent's bounded by the GPUs of the node's newest stored sample (the one rule,
+    :func:`collector.store.queries.latest_sample`: newest by the agent's ``(epoch, seq)``,
+    as ``collector query`` and the live view name it, whatever the node's clock did), a
+    declared one (the operator's) as it is. ``dialect``: the store's backend
+    (``reader.dialect``, ``tx.dialect``, ``store.dialect``), where that join differs.
 
     msgspec reads only the GPUs' power limits (~3 us an inventory; SQLite's JSON functions
     took six times longer, the whole schema's decoder ten times). An unreadable inventory
     is left out (no GPUs).
     """
     return single(
-        "SELECT n.node, n.inventory, (SELECT s.gpu_count FROM samples s WHERE s.node = n.node "
-        "ORDER BY s.ts_ms DESC LIMIT 1) FROM nodes n WHERE n.inventory IS NOT NULL UNION ALL "
+        f"SELECT n.node, n.inventory, s.gpu_count FROM nodes n {latest_sample(dialect)} "
+        "WHERE n.inventory IS NOT NULL UNION ALL "
         "SELECT d.node, d.inventory, NULL FROM declared_inventories d WHERE NOT EXISTS "
         "(SELECT 1 FROM nodes n WHERE n.node = d.node AND n.inventory IS NOT NULL)",
         (),

@@ -15,8 +15,10 @@ from collector.live import LiveView
 from collector.nodefacts import Hardware, Staleness, hardware
 from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, SampleRow, Store
+from collector.store.queries import latest_sample
 from collector.store.reader import StoreReader
 from collector.store.usage import node_hardware
+from collector.store.watermarks import WatermarkRow
 from shared.schema import MAX_GPU_POWER_W, MAX_GPUS, Inventory, encode
 from tests.collector.governance.hw_fleet import Spec
 from tests.collector.governance.hw_fleet import inventory as spec_inventory
@@ -96,5 +98,36 @@ async def test_the_store_holds_what_the_newest_stored_sample_shows(store_url: St
     async with Store(store_url, compress=False) as store:
         await store.write_batch(rows, updates, new_nodes=list(specs))
     with StoreReader(store_url) as reader:
-        got = reader.run(node_hardware())
+        got = reader.run(node_hardware(reader.dialect))
     assert {n: hw.gpus for n, hw in got.items()} == {"claims": 8, "honest": 4, "quiet": 4}
+
+
+async def test_the_store_counts_the_newest_sample_by_epoch_and_seq(store_url: StoreTarget) -> None:
+    """A node whose clock stepped back (NTP) after a sample listing 8 GPUs: its next sample,
+    stamped 2 minutes earlier but later by ``seq``, lists 4 (4 GPUs gone). The store counts
+    the 4, as ``collector query`` and the live view name that sample
+    (:func:`collector.store.queries.latest_sample`), not the 8 of the sample newest by time."""
+    inv = encode(spec_inventory(Spec("stepped", gpus=8), T0))
+
+    def row(ts: float, seq: int, gpus: int) -> SampleRow:
+        ms = int(ts * 1000)
+        return SampleRow(
+            "stepped", ms, seq, ms, 5.0, 10.0, 1, 2, gpus, 50.0, None, 300.0, 200.0, b"{}", 7
+        )
+
+    before, after = row(T0 - 5, 1, 8), row(T0 - 125, 2, 4)
+    mark = WatermarkRow("stepped", 7, 2, 2, before.ts_ms, after.ts_ms, before.ts_ms)
+    async with Store(store_url, compress=False) as store:
+        await store.write_batch(
+            [before, after],
+            [NodeUpdate("stepped", "online", T0, inv, T0)],
+            new_nodes=["stepped"],
+            marks=[mark],
+        )
+    with StoreReader(store_url) as reader:
+        got = reader.run(node_hardware(reader.dialect))
+        newest = reader.fetchall(
+            f"SELECT s.seq, s.gpu_count FROM nodes n {latest_sample(reader.dialect)}"
+        )
+    assert [tuple(r) for r in newest] == [(2, 4)]
+    assert {n: hw.gpus for n, hw in got.items()} == {"stepped": 4}

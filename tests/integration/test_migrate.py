@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.alerts.fingerprint import fingerprint
 from collector.localbroker import MosquittoBroker
+from collector.localpg import LocalPostgres
 from collector.paths import parse_target
+from collector.settings import ElectionSettings
 from collector.store.alerts import AlertChange, OutboxNew, write_alerts
 from collector.store.copy import STARTUP_TABLES, TABLES
 from collector.store.db import Store
@@ -165,3 +168,40 @@ async def test_a_database_the_collector_already_started_on_is_migrated_into(
     assert json.loads(out)["tables"]["samples"] == 30
     for table in TABLES:
         assert _table(target, table) == _table(source, table), table
+
+
+async def test_a_collector_electing_in_another_database_is_not_migrated_under(
+    mosquitto: MosquittoBroker,
+    collector_runner: CollectorRunner,
+    postgres_server: LocalPostgres,
+) -> None:
+    """A collector on the target whose election lives in a database of its own
+    (``[election] url``) leaves no lease in the target: `collector migrate` still sees it
+    (its connection to the target) and refuses to empty the database under it; once it is
+    stopped, the copy goes in."""
+    source = await _build(collector_runner, mosquitto)
+    url = postgres_server.create_database("migrate_target")
+    target = parse_target(url)
+    election = postgres_server.create_database("migrate_election")
+    on_pg = CollectorRunner(mosquitto, target)
+    on_pg.settings = on_pg.settings.model_copy(
+        update={"election": ElectionSettings(url=SecretStr(election))}
+    )
+    await on_pg.start()
+    try:
+        await wait_until(
+            lambda: (
+                db_rows(parse_target(election), "SELECT count(*) FROM capwatch_leader") == [(1,)]
+            ),
+            what="the collector leading through its own election database",
+        )
+        assert db_rows(target, "SELECT count(*) FROM capwatch_leader") == [(0,)]
+        code, _, err = await cli("migrate", "--from", str(source), "--to", url)
+        assert code == 2, err
+        assert "a collector or a command is connected to it" in err, err
+        assert db_rows(target, "SELECT count(*) FROM meta") != [(0,)]  # not emptied
+    finally:
+        await on_pg.stop()
+    code, out, err = await cli("migrate", "--from", str(source), "--to", url, "--json")
+    assert (code, err) == (0, ""), err
+    assert json.loads(out)["tables"]["samples"] == 30

@@ -349,3 +349,28 @@ def test_a_broker_host_may_be_a_name_or_an_address(monkeypatch: pytest.MonkeyPat
     for host in ("mqtt.cluster.example", "10.0.0.1", "::1", "fe80::1%eth0"):
         monkeypatch.setenv("CAPWATCH_MQTT__HOST", host)
         assert load_settings(AgentSettings).mqtt.host == host
+
+
+def test_the_metrics_server_settings_read_the_same_in_both_daemons(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``metrics_listen`` (env ``CAPWATCH_METRICS_LISTEN``) and ``web_config_file`` are one
+    declaration: the same env names, and the same one-line error naming the field for an
+    address that is not HOST:PORT, in the agent and the collector."""
+    monkeypatch.setenv("CAPWATCH_METRICS_LISTEN", "[::1]:9400")
+    monkeypatch.setenv("CAPWATCH_WEB_CONFIG_FILE", "/etc/capwatch/web.yml")
+    for cls in (AgentSettings, CollectorSettings):
+        s = load_settings(cls)
+        assert (s.metrics_listen, s.web_config_file) == (
+            "[::1]:9400",
+            Path("/etc/capwatch/web.yml"),
+        )
+    monkeypatch.setenv("CAPWATCH_METRICS_LISTEN", "9400")
+    errors = []
+    for cls in (AgentSettings, CollectorSettings):
+        with pytest.raises(ConfigError) as info:
+            load_settings(cls)
+        assert info.value.field == "metrics_listen"
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert "'9400' is not HOST:PORT" in errors[0]

@@ -136,11 +136,42 @@ async def test_a_day_kept_for_late_arrivals_goes_in_one_call_keeping_them(
         assert _partition(old) in partitions
 
 
-async def test_a_day_with_more_late_arrivals_than_a_chunk_is_trimmed_not_rebuilt(
+async def test_a_day_with_more_late_arrivals_than_a_chunk_goes_whole_keeping_them(
     postgres_url: str,
 ) -> None:
-    """More late arrivals than a retention chunk: the day is not rebuilt under the lock
-    (its partition stays the same table); its on-time samples go by the chunked delete."""
+    """More late arrivals than a retention chunk (30, chunks of 25), yet fewer than its
+    on-time samples (60): one retention call rebuilds the day (its partition a new table)
+    with only the 30, rather than deleting the 60 chunk by chunk; the unique key still
+    drops a redelivered one, and the day's next late sample is stored beside them."""
+    target = parse_target(postgres_url)
+    now, old, cutoff_ms = _old_day()
+    late = [r._replace(node=f"late-{r.node}") for r in _day_rows(30, 2, old + 600, now)]
+    async with Store(target) as store:
+        await store.write_batch(_day_rows(20, 3, old))
+        await store.write_batch(late[:30])
+        oid = db_rows(target, "SELECT to_regclass(?)::oid", (_partition(old),))
+        # What autovacuum did long before the day left the window: its rows counted.
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"ANALYZE {_partition(old)}")
+        await store.delete_older_than(cutoff_ms, 25)
+        assert _nodes(target) == sorted(r.node for r in late[:30])
+        assert db_rows(target, "SELECT to_regclass(?)::oid", (_partition(old),)) != oid
+        indexes = "SELECT count(*) FROM pg_indexes WHERE tablename = ?"
+        assert db_rows(target, indexes, (_partition(old),)) == db_rows(
+            target, indexes, ("samples",)
+        )
+        assert await store.write_batch(late[:1]) == 0
+        assert await store.write_batch(late[30:31]) == 1
+        assert not await store.delete_older_than(cutoff_ms, 25)
+    assert len(_nodes(target)) == 31
+
+
+async def test_a_day_with_more_late_arrivals_than_on_time_ones_is_trimmed_not_rebuilt(
+    postgres_url: str,
+) -> None:
+    """More late arrivals than a retention chunk and than on-time samples: the day is not
+    rebuilt (copying what stays would cost more than deleting what goes: its partition
+    stays the same table); its on-time samples go by the chunked delete."""
     target = parse_target(postgres_url)
     now, old, cutoff_ms = _old_day()
     late = [r._replace(node=f"late-{r.node}") for r in _day_rows(30, 1, old + 600, now)]
