@@ -31,8 +31,8 @@ rest missing), and the leader's share and its live feed are two streams that int
 counts none across its takeover, whose samples it did not see wait in the members' sessions
 (a dead member's until it returns), nor across a reconnection of its feed; and a seq an agent
 skipped is a gap on the leader as on a lone collector. The feed is QoS 0: a sample the broker
-drops for it (the feed's client past ``max_queued_messages`` or ``max_queued_bytes``; shipped:
-no count limit, 4 GiB) counts as missing, though another member stores it.
+does not deliver to it while it stays connected (a broker may drop QoS 0 messages for a client
+that falls far behind) counts as missing, though another member stores it.
 
 Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
 reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
