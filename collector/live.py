@@ -18,6 +18,22 @@ codes cannot push another GPU's XIDs out): at most ``shared.schema.MAX_GPUS`` x
 :data:`collector.alerts.settings.CRITICAL_XIDS`). A code pushed out by its GPU's newer ones
 is counted in :attr:`LiveView.xids_dropped` (``capwatch_fleet_live_xids_dropped_total``).
 
+Gaps in ``seq`` (:class:`SeqGap`: what ``NodeSamplesMissing`` and
+``capwatch_fleet_samples_missing_total`` count) are counted from one ordered stream of each
+node's samples. Alone, a collector takes every sample of every node, and all count. In a
+share group (``gaps_from_feed``) a member's own share is only part of a node's samples (the
+broker hands them to the members in turn: a standby saw every other one, and counted the
+rest missing), and the leader's share and its live feed are two streams that interleave
+(seq N+2 from one before N+1 from the other). There only the leader's feed counts
+(``on_sample(..., feed=True)``: every node's samples, in order, on one connection;
+:func:`collector.parts.live_feed`), each node from its first sample after the feed
+(re)subscribed (:meth:`LiveView.feed_started`). So a standby counts no gaps; a new leader
+counts none across its takeover, whose samples it did not see wait in the members' sessions
+(a dead member's until it returns), nor across a reconnection of its feed; and a seq an agent
+skipped is a gap on the leader as on a lone collector. The feed is QoS 0: a sample the broker
+does not deliver to it while it stays connected (a broker may drop QoS 0 messages for a client
+that falls far behind) counts as missing, though another member stores it.
+
 Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
 reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
 without locks because a :class:`NodeState` in the view is never changed: an update stores a changed
@@ -145,6 +161,9 @@ class NodeState(msgspec.Struct, gc=False):
     prior_run: tuple[int, int, float] | None = None
     """The run the latest sample's took over from: its epoch, the seq it had reached and its
     newest time (:func:`collector.nodefacts.agent_restarted`'s ``prior``)."""
+    seq_feed: int = 0
+    """The feed run (:meth:`LiveView.feed_started`) ``seq_last`` came from, in a view that
+    counts gaps from the feed only (``gaps_from_feed``)."""
 
     @property
     def reject_only(self) -> bool:
@@ -182,6 +201,7 @@ class NodeState(msgspec.Struct, gc=False):
             self.min_util_pct,
             self.sample_epoch_ts,
             self.prior_run,
+            self.seq_feed,
         )
 
 
@@ -197,6 +217,7 @@ class LiveView:
         max_reasons: int = 16,
         max_xids_per_gpu: int = 8,
         max_gaps: int = 16,
+        gaps_from_feed: bool = False,
     ) -> None:
         if max_nodes < 1:
             raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
@@ -210,6 +231,11 @@ class LiveView:
             raise ValueError(f"max_xids_per_gpu must be at least 1, got {max_xids_per_gpu}")
         self.max_xids_per_gpu = max_xids_per_gpu
         self.max_gaps = max_gaps
+        self.gaps_from_feed = gaps_from_feed
+        """Count gaps in ``seq`` from the leader's live feed only (a share group: see the
+        module docstring), not from every sample the view is given."""
+        self._feed_run = 0
+        """Bumped at each (re)subscription of the feed (:meth:`feed_started`)."""
         self.gaps_total = 0
         """Gaps in sequence numbers seen, all nodes (since this process started)."""
         self.missing_total = 0
@@ -249,10 +275,12 @@ class LiveView:
 
     # -- updates (the validator): each stores a changed copy of the node state
 
-    def on_sample(self, sample: Sample, received: float) -> bool:
+    def on_sample(self, sample: Sample, received: float, *, feed: bool = False) -> bool:
         """Hold ``sample`` as its node's latest unless an equal or newer one is held
         (:func:`_later_sample`).
 
+        ``feed``: the sample came through the leader's live feed. With ``gaps_from_feed``,
+        only those count in the node's gaps (:meth:`_track_seq`); else every sample does.
         XID events are kept even from a late (replayed) sample: they happened. Returns whether
         the sample became the latest.
         """
@@ -261,7 +289,8 @@ class LiveView:
             return False
         st = held._copy()
         self._nodes[st.node] = st
-        self._track_seq(st, sample, received)
+        if feed or not self.gaps_from_feed:
+            self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
         latest = st.sample
         same_run = latest is not None and sample.epoch == latest.epoch
@@ -323,6 +352,13 @@ class LiveView:
         if remap_changed:
             st.remap_bad_any = any(r.pending or r.failure for r in st.remapped_rows.values())
         return True
+
+    def feed_started(self) -> None:
+        """The leader's live feed (re)subscribed: each node's next sample from it starts its
+        count of ``seq`` again. What the feed did not carry while it was away (another term,
+        a lost connection; the feed is a clean session) went to the members' own sessions and
+        is no gap."""
+        self._feed_run += 1
 
     def on_node_power(self, node: str, reading: PowerReading) -> None:
         """Hold ``reading`` (polled out of band) as ``node``'s input power unless a newer one
@@ -469,15 +505,17 @@ class LiveView:
         last = st.seq_last
         if (
             last is None
+            or st.seq_feed != self._feed_run
             or agent_restarted(
                 epoch, sample.ts, st.seq_epoch, st.seq_ts, seq=seq, prior=st.prior_run
             )
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
-            # The first sample, a new start (a wiped spool's epoch counts from 0 again), or
-            # an agent before epochs restarting at 0 (its sample is newer than the last: an
-            # older one is a late duplicate).
+            # The first sample (of this feed run, with gaps_from_feed), a new start (a wiped
+            # spool's epoch counts from 0 again), or an agent before epochs restarting at 0
+            # (its sample is newer than the last: an older one is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
+            st.seq_feed = self._feed_run
             return
         if epoch < st.seq_epoch or seq <= last:
             return

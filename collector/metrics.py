@@ -156,7 +156,8 @@ async def fleet_families(
         CounterMetricFamily(
             "capwatch_fleet_sample_gaps",
             "Jumps in a node's seq within one agent epoch (samples it numbered, never "
-            "received), all nodes, since the collector started.",
+            "received), all nodes, since the collector started (in a share group: counted "
+            "from the leader's live feed only, so none on a standby).",
             view.gaps_total,
         ),
         CounterMetricFamily(

@@ -279,10 +279,16 @@ def add_metric_sources(
 
 
 async def live_feed(
-    connect: Connect, settings: CollectorSettings, observe: Callable[[str, bytes], bool]
+    connect: Connect,
+    settings: CollectorSettings,
+    observe: Callable[[str, bytes], bool],
+    started: Callable[[], None],
 ) -> None:
     """The leader's view of every node's samples in a share group (it stores only its
     share): QoS 0 on a clean session of its own, into the live view only (``observe``).
+    ``started`` is called at each subscription, before its first message: the live view
+    counts gaps in ``seq`` from this stream alone, each node afresh after a (re)subscription
+    (:meth:`collector.live.LiveView.feed_started`).
     Reconnects with the reader's backoff; ends when the term is cancelled."""
     m = settings.mqtt
     delay = m.reconnect_min_s
@@ -290,6 +296,7 @@ async def live_feed(
         try:
             async with connect() as sub:
                 await sub.subscribe([(LIVE_SUBSCRIPTION, 0)])
+                started()
                 log.info("mqtt_live_feed_on", topic=LIVE_SUBSCRIPTION)
                 delay = m.reconnect_min_s
                 while True:

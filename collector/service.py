@@ -135,8 +135,11 @@ class Collector:
             self.alert_metrics,
             self.evaluator_metrics,
         ]
-        self.live = LiveView(max_nodes=settings.max_nodes)
-        """The fleet as the alert rules see it: latest sample, status, inventory per node."""
+        self.live = LiveView(
+            max_nodes=settings.max_nodes, gaps_from_feed=settings.mqtt.share_group is not None
+        )
+        """The fleet as the alert rules see it: latest sample, status, inventory per node (in
+        a share group its gaps counted from the leader's live feed only)."""
         self.watermarks = Watermarks(hole_s=settings.watermark_hole_s, max_nodes=settings.max_nodes)
         """Per node, what the store holds: published for the agents (``watermark_interval_s``)."""
         self.ingestor = Ingestor(
@@ -477,7 +480,12 @@ class Collector:
         with health.watching(evaluator):
             async with asyncio.TaskGroup() as tg:
                 if self.settings.mqtt.share_group is not None and self._live_connect is not None:
-                    feed = parts.live_feed(self._live_connect, self.settings, self.ingestor.observe)
+                    feed = parts.live_feed(
+                        self._live_connect,
+                        self.settings,
+                        self.ingestor.observe,
+                        self.live.feed_started,
+                    )
                     tg.create_task(feed, name="mqtt-live-feed")
                 tg.create_task(evaluator.run(), name="leader-evaluator")
                 if jobs.delivery is not None:

@@ -372,6 +372,9 @@ def _node_rejects_rising(s: AlertSettings) -> Rule:
 
 
 def _node_samples_missing(s: AlertSettings) -> Rule:
+    """Reads the live view's gaps: in a share group those of the leader's live feed only,
+    each node counted from its first feed sample of the term (:mod:`collector.live`), so a
+    takeover fires nothing for the samples a member's session still holds."""
     window = s.samples_missing_window_s
     least = s.samples_missing_min
 

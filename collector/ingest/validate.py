@@ -216,7 +216,7 @@ class Ingestor:
             return False
         if self._timing_problem(message.ts, now) is not None:
             return False
-        return live.on_sample(message, now)
+        return live.on_sample(message, now, feed=True)
 
     def _accept(
         self, parsed: tuple[str, str] | None, payload: bytes, now: float

@@ -362,6 +362,48 @@ def test_a_node_keeps_only_its_last_gaps() -> None:
     assert (view.gaps_total, view.missing_total) == (4, 4)
 
 
+def _gaps(view: LiveView) -> list[tuple[int, int]]:
+    st = view.get(NODE)
+    assert st is not None
+    return [(g.after_seq, g.missing) for g in st.gaps]
+
+
+def test_in_a_share_group_only_the_leaders_feed_counts_gaps() -> None:
+    """``gaps_from_feed``: the member's own share (every other sample of the node) counts
+    nothing; the feed counts from its first sample, and the share's seq 7 ahead of the
+    feed's 6 makes no gap; a seq the agent skipped is one on the feed."""
+    view = LiveView(gaps_from_feed=True)
+
+    def send(seq: int, *, feed: bool) -> None:
+        ts = T0 + _STEP_S * seq
+        view.on_sample(_sample(ts, seq=seq, epoch=1), ts + 0.1, feed=feed)
+
+    for seq in (0, 2, 4):  # a standby's share
+        send(seq, feed=False)
+    assert _gaps(view) == []
+    view.feed_started()
+    send(5, feed=True)  # the leader's first feed sample: the count starts there
+    send(7, feed=False)  # its own share's copy of 7 before the feed's 6
+    for seq in (6, 7, 8):
+        send(seq, feed=True)
+    assert (_gaps(view), view.gaps_total, view.missing_total) == ([], 0, 0)
+    send(11, feed=True)  # the agent never sent 9 and 10
+    assert (_gaps(view), view.gaps_total, view.missing_total) == ([(8, 2)], 1, 2)
+
+
+def test_a_feed_subscribed_again_starts_each_nodes_count_again() -> None:
+    """What a lost feed connection (a clean session) did not carry went to the members'
+    sessions: no gap across :meth:`LiveView.feed_started`; within one feed run, a gap."""
+    view = LiveView(gaps_from_feed=True)
+    view.feed_started()
+    for seq in (0, 1, 2, 9, 10, 12):
+        if seq == 9:
+            view.feed_started()
+        ts = T0 + _STEP_S * seq
+        view.on_sample(_sample(ts, seq=seq, epoch=1), ts, feed=True)
+    assert _gaps(view) == [(10, 1)]
+
+
 def test_a_late_duplicate_from_an_agent_before_epochs_is_not_a_restart() -> None:
     """An agent without epochs: a redelivered older sample (its own, older ts) is not a
     restart, so the next sample is no gap (a restart's sample is newer than the last)."""

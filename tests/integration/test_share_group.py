@@ -7,12 +7,15 @@ What these tests pin down, on a real Mosquitto 2 (and NATS, which lacks the feat
   dead member's persistent session (round-robin over members, connected or not) and hands
   them over, with what it held unacknowledged, when that client id returns. Nothing is
   re-routed to the living member, nothing is lost, nothing is stored twice;
-- NATS grants the ``$share/...`` filter and then delivers nothing through it.
+- NATS grants the ``$share/...`` filter and then delivers nothing through it;
+- the leader's live feed, subscribed again after a lost connection, counts no gap for what
+  it missed meanwhile (the members' sessions took it), and still counts a skipped seq.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -24,11 +27,18 @@ import aiomqtt
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
+from collector import parts
 from collector.ingest.packets import Message
+from collector.ingest.reader import Subscriber
 from collector.ingest.subscriber import MqttSubscriber
+from collector.ingest.validate import Ingestor
+from collector.live import LiveView
 from collector.localbroker import BrokerProcess, MosquittoBroker
 from collector.localcollector import start_member
 from collector.natsbroker import NatsBroker
+from collector.settings import CollectorMqttSettings, CollectorSettings
+from shared.clock import SystemClock
+from shared.schema import encode
 from shared.topics import (
     LIVE_SUBSCRIPTION,
     PREFIX,
@@ -292,3 +302,70 @@ async def test_a_member_with_a_plain_filter_too_gets_one_copy_at_qos_0(
     assert {m.qos for m in got_a} == {0}
     assert len(got_b) == _NODES // 2  # b keeps its half, at QoS 1
     assert {m.qos for m in got_b} == {1}
+
+
+async def test_the_feed_subscribed_again_counts_nothing_it_missed_meanwhile(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """The leader's feed (a clean session) loses its connection: what the agent publishes
+    until it subscribes again reaches the members' sessions, not the feed, and is no gap.
+    A seq the agent skipped afterwards is one."""
+    settings = CollectorSettings(
+        mqtt=CollectorMqttSettings(
+            host=mosquitto.host, port=mosquitto.port, share_group="site", reconnect_min_s=1.0
+        ),
+        client_id="collector-a",
+    )
+    _, live_connect = parts.mqtt_connectors(settings, None, 1 << 20)
+    feeds: list[tuple[float, MqttSubscriber]] = []
+
+    def connect() -> Subscriber:
+        sub = live_connect()
+        assert isinstance(sub, MqttSubscriber)
+        feeds.append((time.monotonic(), sub))
+        return sub
+
+    view = LiveView(gaps_from_feed=True)
+    ingestor = Ingestor(SystemClock(), live=view)
+    sim = FleetSimulator(1, gpus_per_node=1, seed=7, interval_s=1, epoch=1)
+    node = sim.node_ids[0]
+    now = time.time()
+
+    def seq_held() -> int | None:
+        st = view.get(node)
+        return None if st is None or st.sample is None else st.sample.seq
+
+    async def send(client: aiomqtt.Client, *seqs: int) -> None:
+        for seq in seqs:
+            sample = sim.sample(0, now - 60 + seq, seq)
+            await client.publish(sample_topic(node), encode(sample), qos=1)
+
+    async def through_feed(client: aiomqtt.Client, *seqs: int) -> None:
+        """Publish ``seqs`` (again every 0.2 s: the feed may not be subscribed yet; a repeat
+        is a duplicate) until the last one is the view's latest."""
+        async with asyncio.timeout(10):
+            while seq_held() != seqs[-1]:
+                await send(client, *seqs)
+                await asyncio.sleep(0.2)
+
+    feed = asyncio.create_task(
+        parts.live_feed(connect, settings, ingestor.observe, view.feed_started)
+    )
+    try:
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="agent") as agent:
+            await through_feed(agent, 0, 1, 2)
+            feeds[-1][1]._abort_now()
+            await send(agent, 3, 4, 5)  # the feed is away for reconnect_min_s
+            away = time.monotonic()
+            await through_feed(agent, 6, 7)
+            assert (view.gaps_total, view.missing_total) == (0, 0)
+            assert len(feeds) == 2
+            assert feeds[1][0] > away, "3, 4 and 5 were published while the feed was away"
+            await through_feed(agent, 9)
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+    st = view.get(node)
+    assert st is not None
+    assert [(g.after_seq, g.missing) for g in st.gaps] == [(7, 1)]

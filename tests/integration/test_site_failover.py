@@ -14,6 +14,14 @@ reconnecting, the leader steps down while it cannot renew, one is elected again 
 server is back, and every sample published before, during and after is stored exactly once
 (none was acknowledged to the broker before its commit).
 
+Third test: NodeSamplesMissing across a takeover, clean (SIGTERM) or not (SIGKILL). The broker
+hands each node's samples to the members in turn, so no member's own share is a node's whole
+stream (the leader's QoS 0 feed is): the new leader must not fire it for the samples it did not
+see (the dead member's share waits in its broker session), and must still fire it for an agent
+that skips seq numbers. The fleet has an odd number of nodes: the broker's round-robin then
+gives each node's samples to each member in turn (with an even number it could hand each node
+to one member for good, and a standby would see whole streams by chance).
+
 (The fleet's nodes start after the hot node's name: a fleet from index 0 reuses it, and a
 count of the fleet's rows "other than the hot node" then misses five of them for good —
 what once looked like a restarted member's commits showing only at its stop.)
@@ -31,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import aiomqtt
 import psycopg
 import pytest
 
@@ -38,6 +47,8 @@ from agent.simulate import FleetSimulator, publish_fleet
 from collector.localbroker import MosquittoBroker, free_port
 from collector.localcollector import metric, start_member
 from collector.localpg import LocalPostgres
+from shared.schema import encode
+from shared.topics import sample_topic
 from tests.collector.alerts.receiver import Answer, Receiver, Request
 from tests.helpers import wait_until
 from tests.integration.conftest import HotGpuNode, fast_mqtt
@@ -46,6 +57,8 @@ pytestmark = pytest.mark.integration
 
 _LEASE_S = 2.0
 _UNAVAILABLE = Answer(503, {"Retry-After": "1"}, b"busy")
+_EVALUATIONS = "capwatch_collector_alert_evaluations_total"
+_NODES = 5
 
 
 def _config(path: Path, receiver_url: str) -> Path:
@@ -270,3 +283,115 @@ async def test_postgresql_restarting_under_two_members_loses_nothing_and_reelect
 
 def _leader_flags(members: dict[str, tuple[int, subprocess.Popen[bytes]]]) -> list[int]:
     return [int(metric(port, "capwatch_collector_leader") or 0) for port, _ in members.values()]
+
+
+def _missing_alerts(url: str) -> dict[str, str]:
+    """NodeSamplesMissing per node as the store holds it (state, or ``resolved`` for one
+    only in the history), whichever leader recorded it."""
+    with psycopg.connect(url) as conn:
+        now = conn.execute(
+            "SELECT labels, state FROM alerts WHERE rule = 'NodeSamplesMissing'"
+        ).fetchall()
+        past = conn.execute(
+            "SELECT labels FROM alert_history WHERE rule = 'NodeSamplesMissing'"
+        ).fetchall()
+    out = {json.loads(labels)["node"]: "resolved" for (labels,) in past}
+    out.update({json.loads(labels)["node"]: str(state) for labels, state in now})
+    return out
+
+
+class _Fleet:
+    """The fleet publishing a sample a node a second until :meth:`stop`."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.sim = FleetSimulator(_NODES, gpus_per_node=1, seed=11, interval_s=1, epoch=1)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            publish_fleet(fast_mqtt(broker), self.sim, stop=self._stop)
+        )
+
+    async def stop(self) -> int:
+        """Stop publishing; the samples published."""
+        self._stop.set()
+        return (await self._task).published
+
+
+async def _evaluations(port: int, n: int) -> None:
+    """Wait for ``n`` more alert evaluations of the collector serving /metrics on ``port``."""
+    first = metric(port, _EVALUATIONS) or 0.0
+    await wait_until(
+        lambda: (metric(port, _EVALUATIONS) or 0.0) >= first + n,
+        what=f"{n} evaluations",
+        timeout_s=20,
+    )
+
+
+async def _feed_on(log: Path, after: int) -> None:
+    """Wait until the collector logging to ``log`` has its live feed (a line past byte
+    ``after``): from then on it sees every sample."""
+    await wait_until(lambda: b"mqtt_live_feed_on" in log.read_bytes()[after:], what="the live feed")
+
+
+async def _skip_seqs(broker: MosquittoBroker) -> str:
+    """An agent that numbers seq 0, 1, 2 then 7, 8 one second apart (4 samples never sent);
+    its node's name."""
+    sim = FleetSimulator(1, gpus_per_node=1, seed=5, interval_s=1, epoch=1, first_index=_NODES)
+    node = sim.node_ids[0]
+    now = time.time()
+    async with aiomqtt.Client(broker.host, broker.port, identifier="gappy") as client:
+        for seq in (0, 1, 2, 7, 8):
+            sample = sim.sample(0, now - 10 + seq, seq)
+            await client.publish(sample_topic(node), encode(sample), qos=1)
+    return node
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_a_takeover_fires_no_samples_missing_and_a_real_gap_still_fires(
+    mosquitto: MosquittoBroker, postgres_url: str, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """The fleet publishes; the leader stops (SIGTERM: the lease released; SIGKILL: its
+    share of what follows waits in its broker session); the standby, which saw only its
+    share of each node, takes over: no NodeSamplesMissing for the fleet. An agent skipping
+    seq numbers then fires it on the new leader; the old member back stores its share and
+    the fleet is still not missing anything."""
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f"[alerts]\neval_interval_s = 0.5\n[election]\nlease_s = {_LEASE_S}\npoll_s = 0.1\n"
+    )
+    with _members(postgres_url, mosquitto, config, tmp_path) as (members, start):
+        await wait_until(lambda: _leader(members) is not None, what="a leader")
+        old = _leader(members)
+        assert old is not None
+        new = "b" if old == "a" else "a"
+        new_log = tmp_path / f"{new}.log"
+        fleet = _Fleet(mosquitto)
+        nodes = fleet.sim.node_ids
+        try:
+            # Long enough for the standby to hold several samples of each node.
+            await asyncio.sleep(5)
+            assert _missing_alerts(postgres_url) == {}, "none while the first leader leads"
+            logged = new_log.stat().st_size
+            members[old][1].send_signal(stop)
+            members[old][1].wait(timeout=30)
+            await wait_until(lambda: _leader(members) == new, what="the takeover", timeout_s=15)
+            await _feed_on(new_log, logged)
+            await _evaluations(members[new][0], 6)
+            assert _missing_alerts(postgres_url) == {}, "nothing is missing at the takeover"
+
+            gappy = await _skip_seqs(mosquitto)
+            await wait_until(
+                lambda: _missing_alerts(postgres_url) == {gappy: "firing"},
+                what="NodeSamplesMissing firing for the node that skipped seq numbers only",
+            )
+            start(old)  # back: its session's share is stored, it stands by
+            await asyncio.sleep(3)
+        finally:
+            published = await fleet.stop()
+        await wait_until(
+            lambda: _fleet_counts(postgres_url, nodes)[0] >= published,
+            what="every fleet sample stored",
+            timeout_s=30,
+        )
+        await _evaluations(members[new][0], 4)
+    assert _missing_alerts(postgres_url) == {gappy: "firing"}
+    assert _fleet_counts(postgres_url, nodes)[:2] == (published, published), "each once"
