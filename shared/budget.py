@@ -45,6 +45,8 @@ NODE_BYTES_PER_S: Final = 512 * 1024
 """Payload bytes a second one node may send the collector, on average."""
 NODE_BURST_S: Final = 10.0
 """Seconds of budget a node may send at once (after as long idle)."""
+_SLACK_S: Final = 1e-9
+"""Rounding room: twenty steps of 0.1 s must fit a 2 s burst (they sum to 2.0000000000000004)."""
 PACE_SHARE: Final = 0.5
 """The share of the budget an agent replays its spool at: the rest leaves room for its live
 samples, status and inventory, and for messages that the network bunches on their way."""
@@ -104,7 +106,7 @@ class Allowance:
         """Spend one message of ``nbytes``; ``False`` (nothing spent) when over the budget."""
         m = max(self._messages_at, floor) + 1.0 / budget.messages_per_s
         b = max(self._bytes_at, floor) + nbytes / budget.bytes_per_s
-        limit = now + budget.burst_s
+        limit = now + budget.burst_s + _SLACK_S
         if m > limit or b > limit:
             return False
         self._messages_at, self._bytes_at = m, b
@@ -114,7 +116,7 @@ class Allowance:
         """Seconds until one message of ``nbytes`` fits the budget (0: now)."""
         m = max(self._messages_at, now) + 1.0 / budget.messages_per_s
         b = max(self._bytes_at, now) + nbytes / budget.bytes_per_s
-        return max(0.0, max(m, b) - now - budget.burst_s)
+        return max(0.0, max(m, b) - now - budget.burst_s - _SLACK_S)
 
     def idle(self, now: float) -> bool:
         """Whether a new allowance would be the same (all credit earned back)."""
