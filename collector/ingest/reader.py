@@ -55,6 +55,7 @@ from shared.topics import LEGACY_SUBSCRIPTIONS
 __all__ = [
     "FILTERS_META_KEY",
     "READ_MARK_EVERY_S",
+    "READ_META_KEY",
     "RETIRE_AFTER_S",
     "SESSION_META_KEY",
     "UNIT_BYTES",
