@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from agent.simulate import FleetSimulator
 from collector.counters import value
 from collector.ingest.budgets import NodeBudgets
+from collector.ingest.reader import MetaItem, Reader, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.live import LiveView
 from collector.store.db import SampleRow
 from shared.budget import NodeBudget
 from shared.clock import FakeClock
 from shared.schema import encode
-from shared.topics import sample_topic
+from shared.topics import SUBSCRIPTIONS, sample_topic
+from tests.collector.ingest.scripted import ScriptedBroker
+from tests.helpers import wait_until
 
 BUDGET = NodeBudget(messages_per_s=10, bytes_per_s=1_000_000, burst_s=2.0)
 """20 messages at once, then 10 a second."""
@@ -97,3 +102,48 @@ def test_idle_nodes_are_swept_from_the_table() -> None:
     assert len(budgets) == 1024
     budgets.take("late", 100, 10.0)  # all the others are idle again by now
     assert len(budgets) == 1
+
+
+async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
+    """The broker connection drops for 30 s (of the collector's clock) and the session is
+    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
+    clock = FakeClock(start_wall=T0)
+    ingestor = Ingestor(clock, budget=BUDGET)
+    broker = ScriptedBroker()
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    stop, connected = asyncio.Event(), asyncio.Event()
+    reader = Reader(
+        broker.connect,
+        ingestor,
+        queue,
+        topics=list(SUBSCRIPTIONS),
+        session_key="test",
+        had_session=False,
+        stop=stop,
+        connected=connected,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.05,
+    )
+    task = asyncio.create_task(reader.run())
+    await asyncio.wait_for(connected.wait(), 10)
+    broker.drop_connection()
+    await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
+    clock.advance(30.0)
+    await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
+    broker.deliver([broker.message(t, p) for t, p in _samples(0, 400)])
+    items: list[Item] = []
+
+    def taken() -> int:
+        while not queue.empty():
+            unit = queue.get_nowait()
+            if isinstance(unit, Unit) and unit.acks:
+                items.extend(i for i in unit.items if not isinstance(i, MetaItem))
+        return len(items)
+
+    await wait_until(lambda: taken() >= 400, what="the backlog validated")
+    assert sum(isinstance(i, SampleRow) for i in items) == 320
+    stop.set()
+    while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
+        pass
+    unit.done.set_result(None)
+    await asyncio.wait_for(task, 10)
