@@ -18,6 +18,12 @@ watermark value. No watermark ever (an older collector, an ACL without the topic
 leave at PUBACK, as before; watermarks that stop coming: held samples go ``hold_s`` after
 their PUBACK.
 
+Samples go out at :data:`shared.budget.PACE_SHARE` of the collector's ingest budget for
+one node (``budget``, the agent's ``ingest_budget``): the collector refuses a node's
+messages over that budget (``rate_limited``), so a backlog replayed after an outage goes at
+a pace it accepts (25 samples a second by default, a day of 5 s samples in ~12 minutes)
+instead of as fast as the broker acknowledges. A live agent is far below it and never waits.
+
 A broker that refuses the credentials is logged at error level, naming the settings to fix
 (``mqtt_not_authorized``), and retried with the same backoff: the broker's password file
 may be fixed while the agent waits.
@@ -37,6 +43,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.spool import Spool
+from shared.budget import Allowance, NodeBudget
 from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import NodeStatus, Watermark, decode_watermark, encode
@@ -93,6 +100,7 @@ class Publisher:
         clock: Callable[[], float],
         *,
         publish_timeout_s: float = _PUBLISH_TIMEOUT_S,
+        budget: NodeBudget | None = None,
     ) -> None:
         self.mqtt = mqtt
         self._tls_context = mqtt.tls_context()
@@ -114,6 +122,11 @@ class Publisher:
         """Watermark messages that did not decode, or named another node."""
         self._resent_for: tuple[int, int] | None = None
         self._resend = False
+        self._pace = None if budget is None else budget.paced()
+        """What samples are published at (``None``: as fast as the broker acknowledges)."""
+        self._allowance = Allowance(time.monotonic())
+        self.paced_s = 0.0
+        """Seconds the drain waited to stay within the pace."""
 
     def _status(self, status: str) -> bytes:
         ts = self._clock() if status == "online" else None
@@ -282,6 +295,7 @@ class Publisher:
                     waiter.cancel()
                     stopper.cancel()
                 continue
+            await self._keep_pace(len(record.payload))
             try:
                 async with asyncio.timeout(self.publish_timeout_s):
                     await client.publish(self._topic, record.payload, qos=1)
@@ -290,6 +304,18 @@ class Publisher:
             self.spool.ack(record)
             self.published += 1
             self.last_ack = time.monotonic()
+
+    async def _keep_pace(self, nbytes: int) -> None:
+        """Wait until a sample of ``nbytes`` fits the pace, then spend it."""
+        pace = self._pace
+        if pace is None:
+            return
+        wait_s = self._allowance.wait_s(pace, nbytes, time.monotonic())
+        if wait_s > 0:
+            self.paced_s += wait_s
+            await asyncio.sleep(wait_s)
+        now = time.monotonic()
+        self._allowance.take(pace, nbytes, now, now)
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         # A clean disconnect does not fire the will, so say offline ourselves.

@@ -133,7 +133,12 @@ class AgentService:
         self._stop = asyncio.Event()
         self._inventory = b""
         self.publisher = Publisher(
-            settings.mqtt, settings.node_id, self.spool, lambda: self._inventory, self.clock.time
+            settings.mqtt,
+            settings.node_id,
+            self.spool,
+            lambda: self._inventory,
+            self.clock.time,
+            budget=settings.ingest_budget,
         )
         self.samples_taken = 0
         self.exposition: AgentExposition | None = None

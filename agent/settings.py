@@ -11,6 +11,7 @@ from typing import Annotated, Any, Final, Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from shared.budget import NodeBudget
 from shared.durations import format_exact
 from shared.errors import ConfigError
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
@@ -74,6 +75,10 @@ class AgentSettings(CapwatchSettings):
     spool_fsync_s: float = Field(default=1.0, gt=0.0, le=3600.0)
     """How often spooled samples are fsynced (in a worker thread, never on the tick): a
     host that loses power loses at most this much of what it had not sent."""
+    ingest_budget: NodeBudget = NodeBudget()
+    """The collector's ``ingest_budget`` (give both the same values): the spool is published
+    at half of it (``shared.budget.PACE_SHARE``), so a backlog replayed after an outage is
+    never refused as ``rate_limited``; a day of 5 s samples takes ~12 minutes."""
     watermark_hold_s: float = Field(default=600.0, ge=0.0, le=_WEEK_S)
     """How long a sample the broker acknowledged stays in the spool waiting for the
     collector's store watermark to pass it (so a broker that loses its state loses nothing).

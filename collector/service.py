@@ -70,6 +70,7 @@ from collector.ingest.reader import (
     UNIT_MESSAGES,
     Connect,
     Reader,
+    load_last_read,
     load_session,
 )
 from collector.ingest.validate import Ingestor
@@ -149,6 +150,7 @@ class Collector:
             live=self.live,
             metrics=self.ingest_metrics,
             rollups=settings.rollups.enabled,
+            budget=settings.ingest_budget,
         )
         self.governance = GovernanceJob(
             self.clock,
@@ -313,6 +315,7 @@ class Collector:
     ) -> None:
         s = self.settings
         had_session, held = await load_session(store.meta, session_key)
+        last_read = await load_last_read(store.meta, session_key)
         if self._marking:
             self.watermarks.restore(
                 await load_watermarks(store),
@@ -340,6 +343,7 @@ class Collector:
             reconnect_max_s=s.mqtt.reconnect_max_s,
             unit_messages=unit_messages,
             metrics=self.reader_metrics,
+            last_read=last_read,
         )
         role = self.role = Role(
             s.session_client_id,

@@ -34,6 +34,7 @@ from collector.paths import (
 from collector.pdu.settings import PduSettings, PdusSettings
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.sdtargets import DEFAULT_SD_TARGET_HOSTS, TargetHosts
+from shared.budget import NodeBudget
 from shared.durations import parse_duration
 from shared.errors import ConfigError
 from shared.settings import CapwatchSettings, DurationText, MqttSettings, default_node_id
@@ -492,6 +493,14 @@ class CollectorSettings(CapwatchSettings):
     quarantined, acknowledged), so a flood of invented node names (a broker that lets any
     client write any node's topics) grows neither the store nor the memory. Set it above
     the site's node count."""
+    ingest_budget: NodeBudget = NodeBudget()
+    """What one node may send: ``messages_per_s``, ``bytes_per_s`` (averages) and
+    ``burst_s`` (seconds of them at once); a message over it is rejected as
+    ``rate_limited`` before it is decoded (counted, quarantined, acknowledged), so one node
+    flooding the collector cannot slow the others' ingest (:mod:`shared.budget`). Agents
+    replay their spool at half their own ``ingest_budget``: give both the same values.
+    After a time the collector was not reading (stopped, disconnected), each node may send
+    its budget over that time more while the broker's backlog drains."""
     max_clock_skew_s: float = Field(default=300.0, gt=0, le=30 * 86_400)
     """A sample stamped further ahead of the collector's clock is rejected as clock_skew."""
     quarantine_max_rows: int = Field(default=10_000, ge=100)

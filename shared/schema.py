@@ -66,6 +66,7 @@ __all__ = [
     "MAX_NODE_POWER_W",
     "MAX_NVLINK_BYTES_PER_S",
     "MAX_PATH_LEN",
+    "MAX_PAYLOAD_BYTES",
     "MAX_PCIE_REPLAYS",
     "MAX_PCI_CLASS",
     "MAX_PCI_ID",
@@ -126,6 +127,14 @@ SCHEMA_VERSION: Final = 1
 # sensor, a counter glitch or a forged message, and the whole message is rejected. Each one is
 # explained in shared/schema.md; the collector imports them (e.g. MAX_GPUS) to size its own
 # arithmetic. All inclusive, except MAX_TS_S (a timestamp must be before it).
+
+MAX_PAYLOAD_BYTES: Final = 1_000_000
+"""The largest message payload the collector accepts (``too_large`` past it), under the
+shipped broker's ``max_packet_size`` of 1 MiB (deploy/mosquitto.conf). The list and string
+bounds below allow larger samples (64 GPUs x 256 processes with every field are ~5 MB), so
+this is the bound that holds: the costliest valid sample that fits (GPU processes) takes
+~12 ms to validate (``bench/bench_fairness.py``); each node's ingest budget
+(:mod:`shared.budget`) bounds how often."""
 
 INT64_MAX: Final = 2**63 - 1
 """SQLite stores integers as signed 64-bit: no stored value or per-sample sum may exceed it."""

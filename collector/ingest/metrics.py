@@ -39,6 +39,7 @@ REJECT_REASONS: Final = (
     "clock_skew",  # stamped too far ahead of the collector's clock
     "too_old",  # older than the retention window
     "fleet_full",  # a new node when the collector already tracks max_nodes
+    "rate_limited",  # the node is over its ingest budget (shared.budget), refused undecoded
     "store_refused",  # valid, but SQLite refused the row (the writer's bisection found it)
 )
 """Why a message is rejected: the ``reason`` label's values, and the quarantine's."""

@@ -18,6 +18,14 @@ On stop it hands the writer a :class:`StopUnit` and keeps the connection open un
 writer has committed and acknowledged everything before it, so everything the reader took
 is stored and acknowledged; what the subscriber had not handed over yet is redelivered.
 
+Each node's ingest budget (:mod:`collector.ingest.budgets`) measures arrival times, which
+say when a message was sent only while the collector keeps up. So the reader credits the
+budgets with each time it was not reading from a session the broker kept: since this
+session's last read before the process started (``meta`` key ``ingest_read <session>``,
+written at most every :data:`READ_MARK_EVERY_S` with a unit), between a lost connection and
+the resumed one, and while it waited for room in the writer's queue. What the broker queued
+meanwhile, which arrives all at once, is then not refused as ``rate_limited``.
+
 A connection the broker closes again and again within seconds of opening means another
 client holds the same client id (each connect takes the session from the other): the
 backoff then keeps growing, and ``mqtt_session_contested`` is logged as an error.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +54,8 @@ from shared.topics import LEGACY_SUBSCRIPTIONS
 
 __all__ = [
     "FILTERS_META_KEY",
+    "READ_MARK_EVERY_S",
+    "READ_META_KEY",
     "RETIRE_AFTER_S",
     "SESSION_META_KEY",
     "UNIT_BYTES",
@@ -58,6 +69,7 @@ __all__ = [
     "Subscriber",
     "Unit",
     "UnitQueue",
+    "load_last_read",
     "load_session",
     "session_meta_keys",
 ]
@@ -69,6 +81,12 @@ UNIT_MESSAGES: Final = 64
 UNIT_BYTES: Final = 1 << 20
 """Payload bytes of one unit at most (a message alone is at most MAX_PAYLOAD_BYTES, less):
 with :data:`UNIT_MESSAGES`, what sizes the writer's queue (``queue_max_bytes``)."""
+
+READ_MARK_EVERY_S: Final = 30.0
+"""How often at most the time of the last read is written with a unit (``meta``)."""
+_UNKNOWN_GAP_S: Final = 3_600.0
+"""The gap credited at start when the store has a session but no time of its last read (a
+store from before that key): restarts take minutes; an hour covers them."""
 
 _STABLE_S: Final = 10.0
 """A connection that lived this long was healthy: the next reconnect starts fast again."""
@@ -124,9 +142,25 @@ id``, :func:`session_meta_keys`), since collectors sharing one store (a share gr
 have their own session. A store from before that has them bare (one collector's)."""
 
 
+READ_META_KEY: Final = "ingest_read"
+"""``meta`` key (followed by the session) of the wall-clock time of the session's last read."""
+
+
 def session_meta_keys(session_key: str) -> tuple[str, str]:
     """The ``meta`` keys of session ``session_key``'s facts: (the session, its filters)."""
     return f"{SESSION_META_KEY} {session_key}", f"{FILTERS_META_KEY} {session_key}"
+
+
+async def load_last_read(
+    meta: Callable[[str], Awaitable[str | None]], session_key: str
+) -> float | None:
+    """The wall-clock time session ``session_key`` was last read from (within
+    :data:`READ_MARK_EVERY_S`), or ``None`` if the store does not know it."""
+    value = await meta(f"{READ_META_KEY} {session_key}")
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 async def load_session(
@@ -233,6 +267,7 @@ class Reader:
         reconnect_max_s: float = 30.0,
         unit_messages: int = UNIT_MESSAGES,
         metrics: ReaderMetrics | None = None,
+        last_read: float | None = None,
     ) -> None:
         self._connect = connect
         self._unit_messages = unit_messages
@@ -249,6 +284,12 @@ class Reader:
         self._min_s = reconnect_min_s
         self._max_s = reconnect_max_s
         self.metrics = ReaderMetrics(CollectorRegistry()) if metrics is None else metrics
+        self._last_read = last_read
+        """Wall-clock time of this session's last read before the process started."""
+        self._lost_at: float | None = None
+        """Monotonic time the last connection ended (``None``: none has yet)."""
+        self._read_key = f"{READ_META_KEY} {session_key}"
+        self._read_marked = -math.inf
 
     async def run(self) -> None:
         """Read until stop; then wait until the writer has stored and acked everything."""
@@ -269,6 +310,8 @@ class Reader:
                     await self._finish()  # on this connection, so the last acks reach it
                     return
             except MqttWireError as exc:
+                if opened is not None:
+                    self._lost_at = self._ingestor.clock.monotonic()
                 lived_s = None if opened is None else loop.time() - opened
                 if lived_s is not None and lived_s >= _STABLE_S:
                     delay, short_lived = self._min_s, 0  # it had been fine: retry at once
@@ -313,7 +356,9 @@ class Reader:
 
         Then the session's facts go to the store in one unit, each once: the filters the
         session holds when they changed (or were never written under this session's own
-        keys), and, once per process, the session under its own key."""
+        keys), and, once per process, the session under its own key; always the time of
+        this read (:data:`READ_META_KEY`). A resumed session credits the ingest budgets
+        with the time nothing was read from it."""
         if sub.session_present:
             # A resumed session keeps its subscriptions. Subscribing again would make the
             # broker resend every retained inventory and status (two per node) each restart.
@@ -333,6 +378,8 @@ class Reader:
             await sub.subscribe([(t, 1) for t in self._topics])
             log.info("mqtt_subscribed", topics=self._topics, session=self._session_key)
             self._held, changed = FilterState(tuple(self._topics), self._now()), True
+        if sub.session_present:
+            self._credit_gap()
         own, filters = session_meta_keys(self._session_key)
         items: list[Item | MetaItem] = []
         if self._held is not None and (changed or not self._remembered):
@@ -343,8 +390,8 @@ class Reader:
         if not self._remembered:
             items.append(MetaItem(own, self._session_key))
             self._remembered = True
-        if items:
-            await self._queue.put(Unit(None, items))
+        items.append(self._read_mark())
+        await self._queue.put(Unit(None, items))
         self._expect_session = True
         self.connected.set()
 
@@ -387,6 +434,28 @@ class Reader:
     def _now(self) -> float:
         return self._ingestor.clock.time()
 
+    def _read_mark(self) -> MetaItem:
+        """The fact that this session is being read now (``meta``, see the module docstring)."""
+        now = self._read_marked = self._now()
+        return MetaItem(self._read_key, f"{now:.3f}")
+
+    def _credit_gap(self) -> None:
+        """A resumed session: credit the budgets with the time nothing was read from it."""
+        budgets = self._ingestor.budgets
+        if budgets is None:
+            return
+        clock = self._ingestor.clock
+        if self._lost_at is not None:
+            gap_s = clock.monotonic() - self._lost_at
+        elif self._last_read is not None:
+            gap_s = max(0.0, clock.time() - self._last_read) + READ_MARK_EVERY_S
+        else:
+            gap_s = _UNKNOWN_GAP_S
+        # Nothing older than the retention window is accepted anyway.
+        gap_s = min(gap_s, self._ingestor.max_age_s)
+        budgets.credit(gap_s, clock.monotonic())
+        log.info("ingest_budget_credit", gap_s=round(gap_s, 1), session=self._session_key)
+
     async def _consume(self, sub: Subscriber) -> None:
         """Ingest reads until stop. Raises MqttWireError when the connection ends."""
         stop = asyncio.ensure_future(self._stop.wait())
@@ -408,6 +477,8 @@ class Reader:
 
     async def _ingest_read(self, sub: Subscriber, batch: list[Message]) -> None:
         """Validate one read unit by unit, each queued at once (see the module docstring)."""
+        if self._now() - self._read_marked >= READ_MARK_EVERY_S:
+            await self._queue.put(Unit(None, [self._read_mark()]))
         start, n, most = 0, len(batch), self._unit_messages
         while start < n:
             end, size = start, 0
@@ -419,7 +490,15 @@ class Reader:
             unit = self._ingest(sub, batch[start:end])
             if self._queue.full():
                 self.metrics.waits.inc()
-            await self._queue.put(unit)
+                mono = self._ingestor.clock.monotonic
+                t0 = mono()
+                await self._queue.put(unit)
+                # Not reading meanwhile: what the broker kept arrives at once after.
+                budgets = self._ingestor.budgets
+                if budgets is not None:
+                    budgets.credit(mono() - t0, mono())
+            else:
+                await self._queue.put(unit)
             if end < n:
                 await asyncio.sleep(0)  # a put with room does not yield: the writer's turn
             start = end

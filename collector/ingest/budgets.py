@@ -1,0 +1,71 @@
+"""Every node's ingest budget at the collector (:mod:`shared.budget`), and the credit it
+gets back after a time the collector was not reading.
+
+:meth:`NodeBudgets.take` runs before a message is decoded, so a node over its budget costs a
+dictionary lookup and two comparisons a message.
+
+Arrival times are what the budget measures, and they say when a message was *sent* only while
+the collector keeps up with the broker. Whatever the broker queued for the collector's
+persistent session while it was away (stopped, disconnected, or not reading because its
+writer's queue was full) arrives at once when it reads again: an hour of a node's samples in
+seconds. So the reader tells the budgets how long it was not reading (:meth:`credit`), and
+for a while after (as long again, plus a minute, while the backlog drains) each node may
+have sent that much more: its budget over the gap, which its agent paced itself under.
+A node flooding gains that much once per gap, no more.
+
+Nodes are kept while they have spent credit; an allowance that has earned everything back is
+the same as a new one, and such are dropped whenever the table has doubled since the last
+sweep, so invented node names (those past ``max_nodes`` are refused before this) cannot
+grow it without bound.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shared.budget import Allowance, NodeBudget
+
+__all__ = ["NodeBudgets"]
+
+_DRAIN_EXTRA_S: Final = 60.0
+"""How much longer than the gap itself its credit stays open while the backlog drains."""
+_SWEEP_MIN: Final = 1024
+"""No sweep of idle allowances below this many nodes."""
+
+
+class NodeBudgets:
+    """Each node's :class:`~shared.budget.Allowance` under one ``budget``; times are a
+    monotonic clock's seconds."""
+
+    def __init__(self, budget: NodeBudget) -> None:
+        self.budget = budget
+        self._nodes: dict[str, Allowance] = {}
+        self._sweep_at = _SWEEP_MIN
+        self._credit_s = 0.0
+        self._credit_until = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def take(self, node: str, nbytes: int, now: float) -> bool:
+        """Spend one message of ``nbytes`` from ``node``'s budget; ``False``: over it."""
+        floor = now - self._credit_s if now < self._credit_until else now
+        allowance = self._nodes.get(node)
+        if allowance is None:
+            if len(self._nodes) >= self._sweep_at:
+                self._sweep(now)
+            allowance = self._nodes[node] = Allowance(floor)
+        return allowance.take(self.budget, nbytes, now, floor)
+
+    def credit(self, gap_s: float, now: float) -> None:
+        """The collector read nothing for ``gap_s`` until ``now``: every node may have sent
+        its budget over that time more, while the backlog drains (see the module docstring)."""
+        if gap_s <= 0:
+            return
+        open_s = self._credit_s if now < self._credit_until else 0.0
+        self._credit_s = open_s + gap_s
+        self._credit_until = now + self._credit_s + _DRAIN_EXTRA_S
+
+    def _sweep(self, now: float) -> None:
+        self._nodes = {n: a for n, a in self._nodes.items() if not a.idle(now)}
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._nodes))

@@ -1,0 +1,149 @@
+"""Each node's ingest budget at the validator: over it, a message is refused undecoded."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.simulate import FleetSimulator
+from collector.counters import value
+from collector.ingest.budgets import NodeBudgets
+from collector.ingest.reader import MetaItem, Reader, StopUnit, Unit
+from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.live import LiveView
+from collector.store.db import SampleRow
+from shared.budget import NodeBudget
+from shared.clock import FakeClock
+from shared.schema import encode
+from shared.topics import SUBSCRIPTIONS, sample_topic
+from tests.collector.ingest.scripted import ScriptedBroker
+from tests.helpers import wait_until
+
+BUDGET = NodeBudget(messages_per_s=10, bytes_per_s=1_000_000, burst_s=2.0)
+"""20 messages at once, then 10 a second."""
+T0 = 1_700_000_000.0
+
+
+def _reason(item: Item) -> str | None:
+    return item.quarantine.reason if isinstance(item, Rejected) else None
+
+
+def _samples(node: int, n: int, nodes: int = 2) -> list[tuple[str, bytes]]:
+    sim = FleetSimulator(nodes, gpus_per_node=2, seed=9)
+    return [
+        (sample_topic(sim.node_ids[node]), encode(sim.sample(node, T0 - 3600 + k, k)))
+        for k in range(n)
+    ]
+
+
+def test_a_flooding_node_is_rate_limited_and_the_others_are_not() -> None:
+    """One node sends 100 at once: its burst (20) is stored, the rest refused as
+    rate_limited, counted for it and quarantined; another node's samples all pass."""
+    clock = FakeClock(start_wall=T0)
+    live = LiveView()
+    ing = Ingestor(clock, budget=BUDGET, live=live)
+    flood = [ing.handle(t, p) for t, p in _samples(0, 100)]
+    calm = [ing.handle(t, p) for t, p in _samples(1, 15)]
+    assert sum(isinstance(i, SampleRow) for i in flood) == 20
+    assert {_reason(i) for i in flood[20:]} == {"rate_limited"}
+    assert all(isinstance(i, SampleRow) for i in calm)
+    assert value(ing.metrics.rejected_by["rate_limited"]) == 80
+    node = FleetSimulator(2, gpus_per_node=2, seed=9).node_ids[0]
+    assert ing.take_node_rejects()[(node, "rate_limited")][0] == 80
+    clock.advance(0.1)
+    assert isinstance(ing.handle(*_samples(0, 101)[100]), SampleRow)  # 0.1 s buys one
+
+
+def test_an_over_budget_message_is_refused_before_it_is_decoded() -> None:
+    """Garbage from a node over its budget is rate_limited, not not_json: never decoded."""
+    ing = Ingestor(FakeClock(start_wall=T0), budget=BUDGET)
+    topic, _ = _samples(0, 1)[0]
+    verdicts = [_reason(ing.handle(topic, b"{not json")) for _ in range(21)]
+    assert verdicts == ["not_json"] * 20 + ["rate_limited"]
+
+
+def test_large_messages_spend_the_bytes_budget() -> None:
+    """1 MB/s with 2 s of burst: two 900 KB messages pass, the third is refused, unparsed."""
+    ing = Ingestor(FakeClock(start_wall=T0), budget=BUDGET)
+    topic, _ = _samples(0, 1)[0]
+    big = b"x" * 900_000
+    assert [_reason(ing.handle(topic, big)) for _ in range(3)] == [
+        "not_json",
+        "not_json",
+        "rate_limited",
+    ]
+
+
+def test_without_a_budget_nothing_is_rate_limited() -> None:
+    """``budget=None`` (the default): a thousand samples at once all pass."""
+    ing = Ingestor(FakeClock(start_wall=T0))
+    assert all(isinstance(ing.handle(t, p), SampleRow) for t, p in _samples(0, 1000))
+
+
+def test_a_credited_gap_lets_the_brokers_backlog_through_once() -> None:
+    """The collector was away 30 s: 30 s of budget (300) plus the burst pass at once, as the
+    broker's backlog arrives; once the credit has run out the budget holds again."""
+    clock = FakeClock(start_wall=T0)
+    ing = Ingestor(clock, budget=BUDGET)
+    assert ing.budgets is not None
+    ing.budgets.credit(30.0, clock.monotonic())
+    verdicts = [ing.handle(t, p) for t, p in _samples(0, 400)]
+    assert sum(isinstance(i, SampleRow) for i in verdicts) == 320
+    clock.advance(30 + 60 + 1)  # the credit is open as long as the gap, plus a minute
+    again = [ing.handle(t, p) for t, p in _samples(1, 100)]
+    assert sum(isinstance(i, SampleRow) for i in again) == 20
+
+
+def test_idle_nodes_are_swept_from_the_table() -> None:
+    """Thousands of nodes that each sent one message: once they have earned their credit
+    back, the table drops them when it has doubled."""
+    budgets = NodeBudgets(BUDGET)
+    for k in range(1024):
+        budgets.take(f"n{k}", 100, 0.0)
+    assert len(budgets) == 1024
+    budgets.take("late", 100, 10.0)  # all the others are idle again by now
+    assert len(budgets) == 1
+
+
+async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
+    """The broker connection drops for 30 s (of the collector's clock) and the session is
+    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
+    clock = FakeClock(start_wall=T0)
+    ingestor = Ingestor(clock, budget=BUDGET)
+    broker = ScriptedBroker()
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    stop, connected = asyncio.Event(), asyncio.Event()
+    reader = Reader(
+        broker.connect,
+        ingestor,
+        queue,
+        topics=list(SUBSCRIPTIONS),
+        session_key="test",
+        had_session=False,
+        stop=stop,
+        connected=connected,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.05,
+    )
+    task = asyncio.create_task(reader.run())
+    await asyncio.wait_for(connected.wait(), 10)
+    broker.drop_connection()
+    await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
+    clock.advance(30.0)
+    await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
+    broker.deliver([broker.message(t, p) for t, p in _samples(0, 400)])
+    items: list[Item] = []
+
+    def taken() -> int:
+        while not queue.empty():
+            unit = queue.get_nowait()
+            if isinstance(unit, Unit) and unit.acks:
+                items.extend(i for i in unit.items if not isinstance(i, MetaItem))
+        return len(items)
+
+    await wait_until(lambda: taken() >= 400, what="the backlog validated")
+    assert sum(isinstance(i, SampleRow) for i in items) == 320
+    stop.set()
+    while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
+        pass
+    unit.done.set_result(None)
+    await asyncio.wait_for(task, 10)
