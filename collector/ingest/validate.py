@@ -2,11 +2,11 @@
 
 :meth:`Ingestor.handle` is the hot path (one call per message). It returns exactly one item
 per message: a :class:`SampleRow`, a :class:`NodeUpdate`, or a :class:`Rejected` that the
-writer keeps in the bounded quarantine table. A rejected message is counted by reason
-(:class:`~collector.ingest.metrics.IngestMetrics`; per node too, when the topic names one),
-logged at most once per
-reason every ``log_every_s`` seconds, and acknowledged like any other: it never reaches the
-samples table and never raises.
+writer keeps in the bounded quarantine table (the first :data:`QUARANTINE_PER_KEY` of a node
+and reason between two flushes of the counters; the rest are counted only). A rejected
+message is counted by reason (:class:`~collector.ingest.metrics.IngestMetrics`; per node too,
+when the topic names one), logged at most once per reason every ``log_every_s`` seconds, and
+acknowledged like any other: it never reaches the samples table and never raises.
 
 It also feeds the live view (:mod:`collector.live`), here, as each message is validated:
 before the writer commits it. What the rules may therefore see (they read snapshots of the
@@ -83,12 +83,23 @@ _TOPIC_CHARS: Final = 256
 _DETAIL_CHARS: Final = 300
 _MAX_NODE_KEYS: Final = 10_000
 """Distinct (node, reason) pairs kept between two flushes; the rest count under ``*``."""
+QUARANTINE_PER_KEY: Final = 10
+"""Rejected messages of one node for one reason kept in quarantine between two flushes of the
+counters (:meth:`Ingestor.take_node_rejects`, every 2 s): the rest are counted (the reason's
+counter, the node's rejects, the store's ``quarantined_total``) and acknowledged, not kept.
+A node sending junk as fast as it can then adds 5 rows a second to the bounded quarantine
+table rather than pushing every other node's evidence out of it within seconds, and the
+writer does not insert a row per junk message. Messages of no node (a topic that names no
+valid node) are limited per reason the same way."""
 
 
 class Rejected(NamedTuple):
     """A message that will not be stored as a sample: why, and what to keep of it."""
 
     quarantine: QuarantineRow
+    kept: bool = True
+    """Whether the row goes into the quarantine table (:data:`QUARANTINE_PER_KEY`); counted
+    either way."""
 
 
 Item = SampleRow | NodeUpdate | Rejected
@@ -183,6 +194,8 @@ class Ingestor:
         self.max_skew_s = max_skew_s
         self.max_age_s = max_age_s
         self._node_rejects: dict[tuple[str, str], list[int]] = {}
+        self._unnamed: dict[str, int] = {}
+        """Rejects of messages that name no node, per reason, since the last flush."""
         self._log_every_s = log_every_s
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
@@ -202,6 +215,7 @@ class Ingestor:
         """Rejects per ``(node, reason)`` since the last call: ``(count, last received ms)``."""
         out = {key: (v[0], v[1]) for key, v in self._node_rejects.items()}
         self._node_rejects = {}
+        self._unnamed.clear()  # a new window of QUARANTINE_PER_KEY
         return out
 
     def handle(self, topic: str, payload: bytes) -> Item:
@@ -342,6 +356,10 @@ class Ingestor:
             entry = self._node_rejects.setdefault(key, [0, now_ms])
             entry[0] += 1
             entry[1] = now_ms
+            kept = entry[0] <= QUARANTINE_PER_KEY
+        else:
+            unnamed = self._unnamed[reason] = self._unnamed.get(reason, 0) + 1
+            kept = unnamed <= QUARANTINE_PER_KEY
         mono = self.clock.monotonic()
         last = self._last_log.get(reason)
         if last is not None and mono - last < self._log_every_s:
@@ -364,5 +382,6 @@ class Ingestor:
                 detail[:_DETAIL_CHARS],
                 bytes(payload[:_QUARANTINE_HEAD_BYTES]),
                 len(payload),
-            )
+            ),
+            kept,
         )

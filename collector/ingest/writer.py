@@ -71,6 +71,7 @@ import contextlib
 import functools
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Final, Protocol, TypeVar
 
@@ -434,12 +435,16 @@ class Writer:
         rows: list[SampleRow] = []
         updates: dict[str, NodeUpdate] = {}
         quarantine: list[QuarantineRow] = []
+        unkept: Counter[str] = Counter()
         meta: list[tuple[str, str]] = []
         for item in items:
             if isinstance(item, SampleRow):
                 rows.append(item)
             elif isinstance(item, Rejected):
-                quarantine.append(item.quarantine)
+                if item.kept:
+                    quarantine.append(item.quarantine)
+                else:
+                    unkept[item.quarantine.reason] += 1
             elif isinstance(item, NodeUpdate):
                 prev = updates.get(item.node)
                 updates[item.node] = item if prev is None else _merge(prev, item)
@@ -449,7 +454,9 @@ class Writer:
         nodes, news = sorted(new_nodes), list(updates.values())
         try:
             inserted = await self._durably(
-                lambda: self._store.write_batch(rows, news, nodes, quarantine, meta, marks=marks)
+                lambda: self._store.write_batch(
+                    rows, news, nodes, quarantine, meta, marks=marks, unkept=unkept
+                )
             )
         except StoreError as exc:
             if exc.fatal:

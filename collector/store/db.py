@@ -30,7 +30,7 @@ import operator
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -177,9 +177,14 @@ are the running process's (:meth:`write_counters`)."""
 
 
 def batch_totals(
-    sample_rows: int, inserted: int, quarantine: Sequence[QuarantineRow]
+    sample_rows: int,
+    inserted: int,
+    quarantine: Sequence[QuarantineRow],
+    unkept: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """What one batch adds to :data:`TOTALS` (only the counts that are not zero)."""
+    """What one batch adds to :data:`TOTALS` (only the counts that are not zero): the
+    rejected messages ``unkept`` (per reason) count as quarantined too, though only
+    ``quarantine`` is written (:data:`collector.ingest.validate.QUARANTINE_PER_KEY`)."""
     totals: dict[str, int] = {
         "stored_total": inserted,
         "duplicates_total": sample_rows - inserted,
@@ -188,6 +193,10 @@ def batch_totals(
     for q in quarantine:
         key = f"quarantined_total_{q.reason}"
         totals[key] = totals.get(key, 0) + 1
+    for reason, n in (unkept or {}).items():
+        totals["quarantined_total"] += n
+        key = f"quarantined_total_{reason}"
+        totals[key] = totals.get(key, 0) + n
     return {k: v for k, v in totals.items() if v > 0}
 
 
@@ -918,10 +927,12 @@ class Store:
         meta: Iterable[tuple[str, str]] = (),
         *,
         marks: Sequence[WatermarkRow] = (),
+        unkept: Mapping[str, int] | None = None,
     ) -> int:
         """Write sample rows (duplicates ignored), node news, nodes first seen, quarantined
-        messages, meta facts and watermarks (as :func:`~collector.store.watermarks.
-        write_watermarks` does) in one transaction; return how many sample rows were new.
+        messages (and count ``unkept`` ones, per reason, not kept), meta facts and
+        watermarks (as :func:`~collector.store.watermarks.write_watermarks` does) in one
+        transaction; return how many sample rows were new.
 
         On any failure the transaction is rolled back and :class:`StoreError` raised, with
         ``fatal`` telling a broken store from a batch the store refused.
@@ -970,7 +981,7 @@ class Store:
             tx.insert_many(_UPSERT_META, [(k, v, now) for k, v in meta])
             if marks:
                 tx.insert_many(WATERMARK_UPSERT, [tuple(m) for m in marks])
-            totals = batch_totals(len(rows), inserted, quarantine)
+            totals = batch_totals(len(rows), inserted, quarantine, unkept)
             tx.insert_many(_ADD_TOTALS, [(k, v, now) for k, v in totals.items()])
             return inserted, seq, staged
 

@@ -25,7 +25,7 @@ from collector.ingest.reader import (
     StopUnit,
     Unit,
 )
-from collector.ingest.validate import Ingestor, sample_row
+from collector.ingest.validate import QUARANTINE_PER_KEY, Ingestor, sample_row
 from collector.ingest.watermark import Watermarks
 from collector.ingest.writer import Writer, WriterItem
 from collector.service import Collector
@@ -206,6 +206,29 @@ async def test_rejected_messages_are_quarantined_counted_per_node_and_acked(
     assert value(collector.ingest_metrics.rejected_by["clock_skew"]) == 1
     per_node = db_rows(running.db, "SELECT node, reason, count FROM node_rejects ORDER BY reason")
     assert per_node == [(node, "clock_skew", 1), (node, "not_json", 1)]
+
+
+async def test_a_node_sending_junk_fast_keeps_a_few_rows_in_quarantine_all_counted(
+    running: Running,
+) -> None:
+    """A node flooding junk: every message is counted (per reason, per node, in the
+    store's totals) and acked, but only the first QUARANTINE_PER_KEY of it reach the
+    quarantine table between two counter flushes, so another node's reject stays in it."""
+    await running.start()
+    broker = running.broker
+    flood = [broker.message(sample_topic("flooder"), b"{junk") for _ in range(60)]
+    other = broker.message(sample_topic("quiet"), b"{junk")
+    broker.deliver([*flood, other])
+    await wait_until(lambda: len(broker.acked_ids()) == 61, what="all acked")
+    await running.stop()
+
+    kept = db_rows(running.db, "SELECT node, count(*) FROM quarantine GROUP BY node ORDER BY node")
+    assert kept == [("flooder", QUARANTINE_PER_KEY), ("quiet", 1)]
+    counters = dict(db_rows(running.db, "SELECT name, value FROM counters"))
+    assert counters["quarantined_total"] == 61
+    assert counters["quarantined_total_not_json"] == 61
+    per_node = db_rows(running.db, "SELECT node, count FROM node_rejects ORDER BY node")
+    assert per_node == [("flooder", 60), ("quiet", 1)]
 
 
 async def test_nodes_past_max_nodes_are_quarantined_as_fleet_full_and_acked(

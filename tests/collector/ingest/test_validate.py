@@ -8,7 +8,7 @@ import pytest
 from agent.simulate import FleetSimulator
 from collector.counters import labelled_values, value
 from collector.ingest.metrics import OTHER_REASON, REJECT_REASONS
-from collector.ingest.validate import Ingestor, Item, Rejected
+from collector.ingest.validate import QUARANTINE_PER_KEY, Ingestor, Item, Rejected
 from collector.live import LiveView
 from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
@@ -214,3 +214,32 @@ async def test_gpus_are_packed_for_the_rollups_only_when_they_are_on(
     assert [(p["gpu"], p["util_pct"]) for p in points] == [
         (g.index, pytest.approx(g.util_pct)) for g in s.gpus
     ]
+
+
+def test_a_few_rejects_per_node_and_reason_are_kept_between_two_flushes() -> None:
+    """The first QUARANTINE_PER_KEY rejects of a node for a reason (and of messages naming
+    no node, per reason) are kept for the quarantine; the rest only counted; each flush of
+    the counters (take_node_rejects) opens a new window."""
+    ing = Ingestor(FakeClock(start_wall=1.8e9))
+
+    def kept(topic: str, n: int, payload: bytes = b"][") -> list[bool]:
+        out = []
+        for _ in range(n):
+            item = ing.handle(topic, payload)
+            assert isinstance(item, Rejected)
+            out.append(item.kept)
+        return out
+
+    extra = 5
+    assert (
+        kept(sample_topic("n1"), QUARANTINE_PER_KEY + extra)
+        == [True] * QUARANTINE_PER_KEY + [False] * extra
+    )
+    assert kept(sample_topic("n2"), 1) == [True]  # another node: its own share
+    assert kept(sample_topic("n1"), 1, b"{}") == [True]  # another reason: invalid
+    nowhere = "capwatch/v1/nodes/bad node!/sample"
+    assert kept(nowhere, QUARANTINE_PER_KEY + 1)[-2:] == [True, False]
+    counted = ing.take_node_rejects()
+    assert counted[("n1", "not_json")][0] == QUARANTINE_PER_KEY + extra  # all counted
+    assert kept(sample_topic("n1"), 1) == [True]
+    assert kept(nowhere, 1) == [True]

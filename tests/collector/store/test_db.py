@@ -232,6 +232,21 @@ async def test_per_node_rejects_add_up_over_restarts_and_stay_bounded(
     ]
 
 
+async def test_rejects_not_kept_are_counted_in_the_totals(store_url: StoreTarget) -> None:
+    """write_batch(unkept=): rejected messages not kept in quarantine (QUARANTINE_PER_KEY)
+    still count in quarantined_total and its reason's total; only the kept rows are
+    written."""
+    bad = QuarantineRow(1, "n1", "capwatch/v1/nodes/n1/sample", "invalid", "x", b"{", 1)
+    async with Store(store_url) as store:
+        await store.write_batch([], quarantine=[bad], unkept={"invalid": 4, "rate_limited": 7})
+    assert db_rows(store_url, "SELECT count(*) FROM quarantine") == [(1,)]
+    with StoreReader(store_url) as reader:
+        c = reader.counters()
+    assert c["quarantined_total"] == 12
+    assert c["quarantined_total_invalid"] == 5
+    assert c["quarantined_total_rate_limited"] == 7
+
+
 async def test_counters_rejects_and_both_trims_are_one_transaction(
     store_url: StoreTarget,
 ) -> None:
