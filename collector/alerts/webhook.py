@@ -241,7 +241,8 @@ def retry_after_s(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # RFC 9110 delta-seconds: ASCII digits only
+        # ('²' and '١' are str.isdigit too: float('²') raised out of the delivery).
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
