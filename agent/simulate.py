@@ -49,7 +49,15 @@ from shared.schema import (
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic
 
-__all__ = ["NODE_INDEXES", "FleetSimulator", "SimStats", "pci_bus_id", "publish_fleet", "xname"]
+__all__ = [
+    "NODE_INDEXES",
+    "STOP_GRACE_S",
+    "FleetSimulator",
+    "SimStats",
+    "pci_bus_id",
+    "publish_fleet",
+    "xname",
+]
 
 log = get_logger("simulate")
 
@@ -112,6 +120,12 @@ class _Profile:
 _PACE_S: Final = 0.002
 """A spread tick sleeps at most this often (see :func:`publish_fleet`): a sleep per message
 costs more than 10,000 messages a second allow."""
+
+STOP_GRACE_S: Final = 5.0
+"""After ``stop``, how long the simulator goes on sending what it generated (then the nodes'
+``offline`` statuses) before it gives the rest up: with the broker gone, the send waited for
+a reconnect for ever, and a SIGTERM or Ctrl-C did not end ``agent simulate`` (the demo
+SIGKILLed it after 15 s)."""
 
 
 @dataclass(slots=True)
@@ -339,6 +353,7 @@ async def publish_fleet(
     stop: asyncio.Event | None = None,
     start_ts: float | None = None,
     client_id: str = "capwatch-simulator",
+    stop_grace_s: float = STOP_GRACE_S,
 ) -> SimStats:
     """Publish inventories, ``online`` statuses, then samples every interval.
 
@@ -357,7 +372,8 @@ async def publish_fleet(
     flight are sent again first (duplicates are harmless), and inventories and statuses are
     re-announced.
     Ticks go on being generated meanwhile, up to the bounded queue; then the generator
-    waits for the broker (a simulated fleet has no spool).
+    waits for the broker (a simulated fleet has no spool). After ``stop``, what is left is
+    sent for at most ``stop_grace_s`` (:data:`STOP_GRACE_S`), then given up.
     """
     stop = stop or asyncio.Event()
     stats = SimStats()
@@ -511,8 +527,27 @@ async def publish_fleet(
                 )
                 await asyncio.sleep(delay)
 
+    async def cut_short(work: list[asyncio.Task[None]]) -> None:
+        # A stop ends the run within stop_grace_s, sent or not (a simulated fleet has no
+        # spool to keep the rest in).
+        await stop.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(stop_grace_s):
+                await generated.wait()
+                return
+        log.warning(
+            "simulator_stopped_unsent", unsent=queue.qsize() + len(retry), grace_s=stop_grace_s
+        )
+        for task in work:
+            task.cancel()
+
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(produce(), name="sim-ticks")
-        tg.create_task(connect_forever(), name="sim-connection")
+        work = [
+            tg.create_task(produce(), name="sim-ticks"),
+            tg.create_task(connect_forever(), name="sim-connection"),
+        ]
+        watch = tg.create_task(cut_short(work), name="sim-stop")
+        await asyncio.wait(work)
+        watch.cancel()
     stats.elapsed_s = time.monotonic() - t0
     return stats

@@ -373,4 +373,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: main's finally stopped what it started
+        print("demo: interrupted", file=sys.stderr)
+        sys.exit(130)

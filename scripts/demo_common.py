@@ -154,4 +154,5 @@ def stop_all(procs: Iterable[tuple[str, subprocess.Popen[bytes]]]) -> None:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         print(f"{name} stopped ({proc.returncode})")

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["J_PER_KWH", "W_PER_KW", "format_bytes", "format_duration", "format_watts"]
+__all__ = [
+    "J_PER_KWH",
+    "W_PER_KW",
+    "format_bytes",
+    "format_duration",
+    "format_pct",
+    "format_watts",
+]
 
 W_PER_KW: Final = 1_000.0
 J_PER_KWH: Final = 3_600_000.0
@@ -49,8 +56,14 @@ def format_watts(w: float | None) -> str:
     """``12345.0`` -> ``"12.3 kW"``; ``None`` -> ``"-"``."""
     if w is None:
         return "-"
+    w += 0.0  # -0.0 (the schema's ge=0 passes it; PostgreSQL keeps it, SQLite not) shows as 0
     if abs(w) >= 1e6:
         return f"{w / 1e6:.2f} MW"
     if abs(w) >= 1e3:
         return f"{w / 1e3:.1f} kW"
     return f"{w:.0f} W"
+
+
+def format_pct(pct: float) -> str:
+    """``47.04`` -> ``"47.0%"``; -0.0 (as :func:`format_watts`) -> ``"0.0%"``."""
+    return f"{pct + 0.0:.1f}%"

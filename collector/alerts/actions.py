@@ -16,7 +16,8 @@ The command (an argv list, no shell) gets:
 
 Exit status 0 is delivered; any other status, a command that cannot be started, or one still
 running after ``timeout_s`` (killed, with its process group) is retried with the webhook's
-backoff until ``max_age_s``. The first 256 bytes of its output are kept with the outcome.
+backoff until ``max_age_s``. The first 256 bytes of its output are kept with the outcome;
+the rest is read and dropped as it comes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ActionResult", "action_env", "run_action"]
 
 _HEAD_BYTES: Final = 256
+_AFTER_KILL_S: Final = 5.0
+"""How long a killed command's output may take to reach its end."""
 
 
 class ActionResult(NamedTuple):
@@ -75,6 +78,28 @@ def action_env(cfg: ReceiverSettings, body: str) -> dict[str, str]:
     }
 
 
+async def _feed(proc: asyncio.subprocess.Process, body: bytes) -> None:
+    """``body`` to the command's stdin, then EOF; a command that does not read it is its own
+    business (as with ``communicate``)."""
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        proc.stdin.write(body)
+        await proc.stdin.drain()
+    proc.stdin.close()
+
+
+async def _head(proc: asyncio.subprocess.Process) -> bytes:
+    """The first bytes of the command's output; the rest is read and dropped as it comes
+    (``communicate`` held all of it until the command ended: a command printing without end
+    grew the collector by gigabytes before its timeout)."""
+    assert proc.stdout is not None
+    head = b""
+    while chunk := await proc.stdout.read(65536):
+        if len(head) < _HEAD_BYTES:
+            head += chunk[: _HEAD_BYTES - len(head)]
+    return head
+
+
 async def run_action(cfg: ReceiverSettings, body: str) -> ActionResult:
     """Run ``cfg.command`` with ``body`` on stdin, at most ``cfg.timeout_s``."""
     assert cfg.command is not None  # the settings refuse an exec receiver without one
@@ -89,20 +114,31 @@ async def run_action(cfg: ReceiverSettings, body: str) -> ActionResult:
         )
     except OSError as exc:
         return ActionResult(None, None, f"cannot run {cfg.command[0]}: {exc}"[:300])
+    reader = asyncio.create_task(_head(proc), name="exec-output")
     try:
         async with asyncio.timeout(cfg.timeout_s):
-            out, _ = await proc.communicate(body.encode())
+            await _feed(proc, body.encode())
+            head_bytes = await asyncio.shield(reader)
+            code = await proc.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        # Its output read to the end (every writer is dead now): wait() waits for the pipe
+        # to close, and a pipe left full and unread never did (a chatty command's timeout
+        # hung the receiver's slot for good). A child that left the process group and holds
+        # the pipe is given up after _AFTER_KILL_S.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_AFTER_KILL_S):
+                await reader
+                await proc.wait()
+        reader.cancel()
         return ActionResult(None, None, f"timed out after {cfg.timeout_s:g} s (killed)")
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        reader.cancel()
         raise
-    head = out[:_HEAD_BYTES].decode("utf-8", "replace")
-    code = proc.returncode
+    head = head_bytes.decode("utf-8", "replace")
     if code == 0:
         return ActionResult(0, head, None)
     return ActionResult(code, head, f"exit status {code}")

@@ -55,6 +55,8 @@ RESOLVED_RETENTION_S: Final = 15 * 60.0
 """How long a resolution keeps being sent (Prometheus' ``resolvedRetention``)."""
 MAX_BATCH: Final = 256
 """Alerts per request (Prometheus' notifier ``maxBatchSize``)."""
+_HEAD_BYTES: Final = 256
+"""How much of a refusal's answer is logged."""
 _VALIDITY_RESENDS: Final = 4
 """A firing alert's ``endsAt``: this many resend intervals ahead (Prometheus: 4)."""
 
@@ -227,21 +229,30 @@ class AlertmanagerPush:
             body = json.dumps(batch, ensure_ascii=False, separators=(",", ":")).encode()
             try:
                 async with asyncio.timeout(t.cfg.timeout_s):
-                    resp = await client.post(
+                    # Streamed: of the answer only its head is read (a URL that answers
+                    # with a large file must not be read into memory, as a webhook's isn't).
+                    async with client.stream(
+                        "POST",
                         t.cfg.alerts_url,
                         content=body,
                         headers={"Content-Type": "application/json", "User-Agent": "capwatch"},
-                    )
+                    ) as resp:
+                        status = resp.status_code
+                        raw = b""
+                        if not 200 <= status < 300:
+                            async for chunk in resp.aiter_raw():
+                                raw += chunk
+                                if len(raw) >= _HEAD_BYTES:
+                                    break
             except (TimeoutError, httpx.HTTPError) as exc:
                 error = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
                 self.metrics.push_failed.inc()
                 log.warning("alertmanager_push_failed", target=t.cfg.name, error=error)
                 return False
-            status = resp.status_code
             if 200 <= status < 300:
                 self.metrics.alerts_sent.inc(len(batch))
                 continue
-            head = resp.text[:256]
+            head = raw[:_HEAD_BYTES].decode("utf-8", "replace")
             if status == 429 or status >= 500:
                 self.metrics.push_failed.inc()
                 log.warning("alertmanager_push_failed", target=t.cfg.name, status=status)

@@ -13,8 +13,9 @@ Signature (when the receiver has a secret), as Grafana signs webhooks (grafana/a
 the unix seconds in the timestamp header; with no timestamp header, over the body alone.
 
 Retry policy (:func:`classify`): 2xx delivered; 5xx, 429, timeouts and connection errors
-retried with capped exponential backoff and jitter (429 not before its ``Retry-After``); any
-other status (4xx, and 3xx: redirects are not followed) is a dead letter at once.
+retried with capped exponential backoff and jitter (429 not before its ``Retry-After``, nor
+before that backoff); any other status (4xx, and 3xx: redirects are not followed) is a dead
+letter at once.
 Alertmanager retries 5xx forever and never 429; capwatch retries both, bounded by the
 receiver's ``max_age_s``.
 """
@@ -241,7 +242,8 @@ def retry_after_s(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # RFC 9110 delta-seconds: ASCII digits only
+        # ('²' and '١' are str.isdigit too: float('²') raised out of the delivery).
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -268,6 +270,9 @@ def classify(
     if status is None or status >= 500:
         return Verdict("retry", backoff_s(attempts, rng))
     if status == 429:
+        # Retry-After never shortens the backoff: 'Retry-After: 0' (or a date past) sent
+        # the next try at once, in a loop as fast as the receiver answered.
+        backoff = backoff_s(attempts, rng)
         wait = retry_after_s(retry_after, now)
-        return Verdict("retry", backoff_s(attempts, rng) if wait is None else wait)
+        return Verdict("retry", backoff if wait is None else max(wait, backoff))
     return Verdict("dead")

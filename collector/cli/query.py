@@ -17,7 +17,7 @@ from collector.cli._render import Column, cut, print_json, render_table
 from shared.durations import format_exact, parse_duration
 from shared.errors import ConfigError
 from shared.topics import NODE_ID_RE, NODE_ID_RULE
-from shared.units import J_PER_KWH, format_bytes, format_duration, format_watts
+from shared.units import J_PER_KWH, format_bytes, format_duration, format_pct, format_watts
 
 if TYPE_CHECKING:
     from collector.cli._args import ReadSettings
@@ -274,7 +274,7 @@ def _print_history(result: dict[str, Any]) -> None:
                 Column("time", "TIME (UTC)", align_right=False),
                 Column("source", "SOURCE", align_right=False),
                 Column("samples", "SAMPLES"),
-                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("gpu_util_pct", "GPU UTIL", format_pct),
                 Column("gpu_power_w", "GPU POWER", format_watts),
                 Column("cpu_power_w", "CPU POWER", format_watts),
             ],
@@ -295,8 +295,8 @@ def _print_gpu_history(result: dict[str, Any]) -> None:
                     Column("source", "SOURCE", align_right=False),
                     Column("gpu", "GPU"),
                     Column("samples", "SAMPLES"),
-                    Column("util_pct", "UTIL", _pct),
-                    Column("util_max_pct", "UTIL MAX", _pct),
+                    Column("util_pct", "UTIL", format_pct),
+                    Column("util_max_pct", "UTIL MAX", format_pct),
                     Column("power_w", "POWER", format_watts),
                     Column("power_max_w", "POWER MAX", format_watts),
                     Column("temp_c", "TEMP", _celsius),
@@ -351,10 +351,6 @@ def _print_sources(subject: str, result: dict[str, Any]) -> bool:
         )
     )
     return bool(result["points"])
-
-
-def _pct(v: float) -> str:
-    return f"{v:.1f}%"
 
 
 def _celsius(v: float) -> str:
@@ -449,7 +445,7 @@ def _jobs(
                 Column("partition", "PARTITION", align_right=False),
                 Column("nodes", "NODES", lambda v: cut(",".join(v), 40), align_right=False),
                 Column("gpus", "GPUS", lambda v: f"{v:g}"),
-                Column("gpu_util_mean_pct", "UTIL", _pct),
+                Column("gpu_util_mean_pct", "UTIL", format_pct),
                 Column("power_w", "POWER", format_watts),
                 Column("started", "AGE", lambda v: format_duration(max(0.0, now - v))),
                 Column("gpu_hours", "GPU-H", lambda v: f"{v:.2f}"),
@@ -480,7 +476,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(
         f"nodes {s['nodes_total']}: {s['nodes_online']} online, {s['nodes_stale']} stale, "
         f"{s['nodes_offline']} offline | GPUs online {s['gpus_online']} | mean GPU util "
-        f"{'-' if util is None else _pct(util)} | GPU power {format_watts(s['gpu_power_w'])} | "
+        f"{'-' if util is None else format_pct(util)} | "
+        f"GPU power {format_watts(s['gpu_power_w'])} | "
         f"CPU power {format_watts(s['cpu_power_w'])} | node input power (BMC/PSU) "
         f"{format_watts(s.get('node_power_w'))}"
     )
@@ -504,8 +501,8 @@ def _print_summary(s: dict[str, Any]) -> None:
                 Column("state", "STATE", align_right=False),
                 Column("last_sample_age_s", "AGE", format_duration),
                 Column("gpus", "GPUS"),
-                Column("cpu_pct", "CPU", _pct),
-                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("cpu_pct", "CPU", format_pct),
+                Column("gpu_util_pct", "GPU UTIL", format_pct),
                 Column("gpu_power_w", "GPU POWER", format_watts),
                 Column("cpu_power_w", "CPU POWER", format_watts),
                 Column("node_power_w", "NODE POWER", format_watts),
@@ -526,10 +523,10 @@ def _print_samples(node: str, samples: list[dict[str, Any]], now: float) -> None
             [
                 Column("age_s", "AGE", format_duration),
                 Column("seq", "SEQ"),
-                Column("cpu_pct", "CPU", _pct),
+                Column("cpu_pct", "CPU", format_pct),
                 Column("mem_used_bytes", "MEM USED", format_bytes),
                 Column("gpu_count", "GPUS"),
-                Column("gpu_util_pct", "GPU UTIL", _pct),
+                Column("gpu_util_pct", "GPU UTIL", format_pct),
                 Column("gpu_mem_used_bytes", "GPU MEM", format_bytes),
                 Column("gpu_power_w", "GPU POWER", format_watts),
                 Column("cpu_power_w", "CPU POWER", format_watts),
@@ -568,7 +565,7 @@ def _print_gpus(rows: list[dict[str, Any]]) -> None:
         Column("node", "NODE", align_right=False),
         Column("index", "GPU"),
         Column("mig", "MIG", align_right=False),
-        Column("util_pct", "UTIL", _pct),
+        Column("util_pct", "UTIL", format_pct),
         Column("mem_used_bytes", "MEM USED", format_bytes),
         Column("mem_total_bytes", "MEM TOTAL", format_bytes),
         Column("power_w", "POWER", format_watts),

@@ -20,6 +20,7 @@ from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, settings_from_args
 from collector.cli._render import Column, print_json, render_table
 from shared.errors import ConfigError
+from shared.units import format_pct
 
 if TYPE_CHECKING:
     from collector.store.reader import StoreReader
@@ -209,10 +210,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(v: float) -> str:
-    return f"{v:.1f}%"
-
-
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
@@ -232,8 +229,8 @@ def _print(report: dict[str, Any]) -> None:
                     Column("tenant", "TENANT", align_right=False),
                     Column("allocated_gpu_hours", "ALLOC GPU-H", _num),
                     Column("busy_gpu_hours", "BUSY GPU-H", _num),
-                    Column("utilisation_pct", "UTIL", _pct),
-                    Column("coverage_pct", "COVERAGE", _pct),
+                    Column("utilisation_pct", "UTIL", format_pct),
+                    Column("coverage_pct", "COVERAGE", format_pct),
                     Column("idle_leased_gpu_hours", "IDLE GPU-H", _num),
                     Column("gpu_kwh", "GPU KWH", _num),
                     Column("cpu_kwh", "CPU KWH", _num),
@@ -246,7 +243,8 @@ def _print(report: dict[str, Any]) -> None:
     f = report["fleet"]
     print(
         f"fleet: {_num(f['allocated_gpu_hours'])} GPU-hours allocated ("
-        f"{'-' if f['coverage_pct'] is None else _pct(f['coverage_pct'])} covered by samples), "
+        f"{'-' if f['coverage_pct'] is None else format_pct(f['coverage_pct'])} "
+        "covered by samples), "
         f"{_num(f['reported_gpu_hours'])} reported, {_num(f['node_kwh'])} kWh "
         f"({f['node_kwh_basis']})"
     )

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ import aiomqtt
 import msgspec
 import pytest
 
-from agent.simulate import FleetSimulator, publish_fleet
+from agent.simulate import STOP_GRACE_S, FleetSimulator, publish_fleet
 from collector.cli import main as collector_main
 from collector.counters import value
 from collector.localbroker import MosquittoBroker
@@ -163,6 +167,43 @@ async def test_simulate_reconnects_after_a_broker_restart_and_every_sample_issto
         lambda: count_samples(db) == 5 * stats.ticks, what=f"all {5 * stats.ticks} samples"
     )
     assert value(collector.ingest_metrics.samples) >= 5 * stats.ticks
+
+
+def test_simulate_stops_on_sigterm_with_its_broker_gone(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """``agent simulate`` connected, then the broker stops: a SIGTERM (Ctrl-C in the demo
+    sends SIGINT to the broker and the simulator together) ends it within the stop grace,
+    exit 0 with its figures, not after a reconnect that never comes (it waited for ever to
+    send what it had queued; the demo SIGKILLed it after 15 s)."""
+    log = tmp_path / "simulate.log"
+    argv = [sys.executable, "-m", "agent", "simulate", "--nodes", "3", "--interval", "1"]
+    argv += ["--host", mosquitto.host, "--port", str(mosquitto.port)]
+    env = {**os.environ, "CAPWATCH_MQTT__RECONNECT_MAX_S": "1"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(2.5)  # connected, a few ticks sent
+        assert proc.poll() is None, log.read_text()
+        mosquitto.stop()
+        deadline = time.monotonic() + 20
+        while "simulator_disconnected" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        time.sleep(1.5)  # more ticks queue while it waits for the broker
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=STOP_GRACE_S + 10)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()
+    assert took < STOP_GRACE_S + 3, f"{took:.1f} s"
+    assert "simulator_stopped_unsent" in log.read_text()
+    assert "nodes=3 ticks=" in log.read_text()
 
 
 # -- the store's watermark: a broker that loses its state loses nothing ------------------------

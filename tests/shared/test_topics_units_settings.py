@@ -7,7 +7,7 @@ import pytest
 
 from shared.errors import ConfigError
 from shared.topics import parse_topic, sample_topic, validate_node_id
-from shared.units import format_bytes, format_duration, format_watts
+from shared.units import format_bytes, format_duration, format_pct, format_watts
 
 
 @pytest.mark.parametrize("node", ["x1000c0s0b0n0", "gpu-node.17", "A_1"])
@@ -38,3 +38,8 @@ def test_formatters() -> None:
     assert format_bytes(1536) == "1.5 KiB"
     assert format_watts(4_996_066) == "5.00 MW"
     assert format_watts(3700) == "3.7 kW"
+    # -0.0 passes the schema's ge=0 and PostgreSQL keeps it (SQLite stores 0.0): the same
+    # sample read "-0 W" on one backend and "0 W" on the other.
+    assert format_watts(-0.0) == "0 W"
+    assert format_pct(-0.0) == "0.0%"
+    assert format_pct(47.04) == "47.0%"

@@ -6,13 +6,14 @@ import asyncio
 import json
 import stat
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from collector.alerts.actions import action_env
+from collector.alerts.actions import ActionResult, action_env, run_action
 from collector.settings import ReceiverSettings
 from tests.collector.alerts.test_delivery import Rig, running
 from tests.helpers import wait_until
@@ -108,6 +109,40 @@ async def test_a_command_past_its_timeout_is_killed_and_dead_after_max_age(tmp_p
         await _advancing(rig, lambda: rig.outbox("state") == [("dead",)])
         (row,) = rig.outbox("state, last_error")
     assert "timed out after 0.3 s" in row[1]
+
+
+async def test_a_command_that_prints_without_end_costs_its_head_not_its_output(
+    tmp_path: Path,
+) -> None:
+    """200 MB of output then exit 0: delivered, the head kept, the rest read and dropped as
+    it comes (the whole output was held in the collector's memory until the command ended:
+    ``yes`` in a drain script grew it by ~0.5 GB a second until timeout_s, 10 s by default)."""
+    script = _script(tmp_path, "cat > /dev/null\nhead -c 200000000 /dev/zero | tr '\\0' x\n")
+    tracemalloc.start()
+    try:
+        done = await run_action(_exec([str(script)], timeout_s=60), '{"status": "firing"}')
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done == ActionResult(0, "x" * 256, None)
+    assert peak < 20 * 1024**2, f"{peak / 1024**2:.0f} MiB held"
+
+
+async def test_a_command_printing_past_its_timeout_is_killed_in_time(tmp_path: Path) -> None:
+    """``yes`` after reading the body: killed at timeout_s and the attempt ends (the kill
+    waited for ever on a pipe nobody read any more; before that, the output was all kept)."""
+    script = _script(tmp_path, "cat > /dev/null\nyes\n")
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(20):
+            done = await run_action(_exec([str(script)], timeout_s=0.5), "{}")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done == ActionResult(None, None, "timed out after 0.5 s (killed)")
+    assert time.monotonic() - started < 5
+    assert peak < 20 * 1024**2, f"{peak / 1024**2:.0f} MiB held"
 
 
 async def test_a_command_that_cannot_start_is_retried_and_named(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -141,3 +142,22 @@ async def test_a_refused_push_is_not_retried() -> None:
             await asyncio.sleep(0.2)
             assert len(rx.received()) == 1
             assert value(push.metrics.push_refused) == 1
+
+
+async def test_a_huge_answer_is_not_read_into_memory() -> None:
+    """An Alertmanager URL that answers 200 with 200 MB (a file server, a proxy's page): the
+    push counts as sent and holds none of it (the whole answer was read into memory)."""
+    answer = Answer(200, body=b"x" * 200_000_000)
+    clock = FakeClock()
+    with Receiver(script=[answer]).serve() as rx:
+        tracemalloc.start()
+        try:
+            async with _pushing(rx.url.removesuffix("/hook"), clock) as push:
+                push.update([_alert(LABELS, clock.time())], [], clock.time())
+                await wait_until(
+                    lambda: value(push.metrics.alerts_sent) == 1, what="the accepted push"
+                )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 20 * 1024**2, f"{peak / 1024**2:.0f} MiB held"

@@ -260,6 +260,46 @@ async def test_429_waits_for_retry_after(tmp_path: Path) -> None:
     assert len(rx.received()) == 2
 
 
+async def test_429_with_retry_after_0_still_backs_off(tmp_path: Path) -> None:
+    """``Retry-After: 0`` (or a date already past) is no licence to hammer: the next try
+    waits at least the usual backoff (it was sent again at once, in a loop as fast as the
+    receiver answered, for max_age_s)."""
+    script = [Answer(429, {"Retry-After": "0"}, b"slow down")] * 3 + [Answer(200)]
+    with Receiver(script=script).serve() as rx:
+        async with running(tmp_path, [receiver_settings(rx.url)]) as rig:
+            rig.switch.active.add("n1")
+            rig.step()
+            await wait_until(lambda: rig.outbox() == [("pending", 1, 429)], what="the 429")
+            (next_at,) = rig.outbox("next_at - created")[0]
+            assert 0.25 <= next_at <= 0.5  # the first backoff with jitter
+            await asyncio.sleep(0.5)  # the clock stands still: nothing is due
+            assert len(rx.received()) == 1
+            for _ in range(6):
+                rig.step(2.0)
+                await asyncio.sleep(0.05)
+            await wait_until(lambda: rig.outbox() == [("delivered", 4, 200)], what="delivered")
+    assert len(rx.received()) == 4
+
+
+async def test_429_with_a_retry_after_that_only_looks_like_digits_is_retried(
+    tmp_path: Path,
+) -> None:
+    """``Retry-After: ²`` (byte 0xb2, which HTTP clients read as Latin-1) passes
+    ``str.isdigit`` yet is no number: an unreadable value, so the usual backoff, then the
+    200; the delivery goes on (it once raised ValueError out of the receiver's worker)."""
+    script = [Answer(429, {"Retry-After": "\xb2"}, b"slow down"), Answer(200)]
+    with Receiver(script=script).serve() as rx:
+        async with running(tmp_path, [receiver_settings(rx.url)]) as rig:
+            rig.switch.active.add("n1")
+            rig.step()
+            await wait_until(lambda: rig.outbox() == [("pending", 1, 429)], what="the 429")
+            (next_at,) = rig.outbox("next_at - created")[0]
+            assert 0.25 <= next_at <= 0.5  # the first backoff with jitter, not Retry-After
+            rig.step(1.0)
+            await wait_until(lambda: rig.outbox() == [("delivered", 2, 200)], what="delivered")
+    assert len(rx.received()) == 2
+
+
 async def test_400_is_a_dead_letter_at_once_with_the_response(tmp_path: Path) -> None:
     """A 4xx other than 429 is not retried; status and the answer's head are kept."""
     with Receiver(script=[Answer(400, body=b"bad payload: no field 'foo'")]).serve() as rx:

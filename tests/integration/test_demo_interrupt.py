@@ -1,0 +1,75 @@
+"""``scripts/demo.sh`` interrupted by Ctrl-C mid-run: it ends promptly, says so in one line,
+and leaves no process behind. A terminal's Ctrl-C sends SIGINT to the whole foreground
+process group: the demo, its broker, collector, agents and simulator at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+_DEFAULT_SIGINT_THEN_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+def _group(pgid: int) -> list[str]:
+    """The processes still in process group ``pgid`` (zombies included), as ``ps`` shows them."""
+    out = subprocess.run(
+        ["ps", "-eo", "pgid=,pid=,stat=,args="], capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line.split()[0] == str(pgid)]
+
+
+def test_ctrl_c_mid_demo_stops_everything_promptly_without_a_traceback(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo-run"
+    # What a shell gives a foreground job: SIGINT at its default (a test runner's may not be).
+    argv = [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, str(REPO / "scripts" / "demo.py")]
+    argv += ["--nodes", "4", "--seconds", "60", "--dir", str(workdir)]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+        text=True,
+        bufsize=1,
+    )
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("collecting for"):
+                break
+            assert time.monotonic() < deadline, "".join(out)
+        time.sleep(2.0)  # mid-collection: every part is up and publishing
+        interrupted = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out.append(proc.stdout.read())
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - interrupted
+        time.sleep(0.5)
+        left = _group(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    text = "".join(out)
+    assert left == [], text
+    assert code == 130, text
+    assert "Traceback" not in text
+    assert "demo: interrupted" in text
+    assert "stopped (None)" not in text  # nothing had to be SIGKILLed after 15 s
+    assert took < 12, f"{took:.1f} s\n{text}"
