@@ -21,7 +21,7 @@ is counted in :attr:`LiveView.xids_dropped` (``capwatch_fleet_live_xids_dropped_
 Gaps in ``seq`` (:class:`SeqGap`: what ``NodeSamplesMissing`` and
 ``capwatch_fleet_samples_missing_total`` count) are counted from one ordered stream of each
 node's samples. Alone, a collector takes every sample of every node, and all count. In a
-share group (``gaps_from_feed``) a member's own share is only part of a node's samples (the
+share group (``from_feed``) a member's own share is only part of a node's samples (the
 broker hands them to the members in turn: a standby saw every other one, and counted the
 rest missing), and the leader's share and its live feed are two streams that interleave
 (seq N+2 from one before N+1 from the other). There only the leader's feed counts
@@ -32,7 +32,11 @@ counts none across its takeover, whose samples it did not see wait in the member
 (a dead member's until it returns), nor across a reconnection of its feed; and a seq an agent
 skipped is a gap on the leader as on a lone collector. The feed is QoS 0: a sample the broker
 does not deliver to it while it stays connected (a broker may drop QoS 0 messages for a client
-that falls far behind) counts as missing, though another member stores it.
+that falls far behind) counts as missing, though another member stores it. Rejected samples
+(``NodeRejectsRising``) are counted the same way, from the feed alone
+(:meth:`collector.ingest.validate.Ingestor.observe`): each member rejects only its share of
+them, so the leader saw 1/N of a node's bad samples; rejects of status and inventory
+messages, which every member receives, count from each member's own.
 
 Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
 reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
@@ -163,7 +167,7 @@ class NodeState(msgspec.Struct, gc=False):
     newest time (:func:`collector.nodefacts.agent_restarted`'s ``prior``)."""
     seq_feed: int = 0
     """The feed run (:meth:`LiveView.feed_started`) ``seq_last`` came from, in a view that
-    counts gaps from the feed only (``gaps_from_feed``)."""
+    counts gaps from the feed only (``from_feed``)."""
 
     @property
     def reject_only(self) -> bool:
@@ -217,7 +221,7 @@ class LiveView:
         max_reasons: int = 16,
         max_xids_per_gpu: int = 8,
         max_gaps: int = 16,
-        gaps_from_feed: bool = False,
+        from_feed: bool = False,
     ) -> None:
         if max_nodes < 1:
             raise ValueError(f"max_nodes must be at least 1, got {max_nodes}")
@@ -231,9 +235,9 @@ class LiveView:
             raise ValueError(f"max_xids_per_gpu must be at least 1, got {max_xids_per_gpu}")
         self.max_xids_per_gpu = max_xids_per_gpu
         self.max_gaps = max_gaps
-        self.gaps_from_feed = gaps_from_feed
-        """Count gaps in ``seq`` from the leader's live feed only (a share group: see the
-        module docstring), not from every sample the view is given."""
+        self.from_feed = from_feed
+        """Count gaps in ``seq`` and rejected samples from the leader's live feed only (a
+        share group: see the module docstring), not from every sample the view is given."""
         self._feed_run = 0
         """Bumped at each (re)subscription of the feed (:meth:`feed_started`)."""
         self.gaps_total = 0
@@ -279,7 +283,7 @@ class LiveView:
         """Hold ``sample`` as its node's latest unless an equal or newer one is held
         (:func:`_later_sample`).
 
-        ``feed``: the sample came through the leader's live feed. With ``gaps_from_feed``,
+        ``feed``: the sample came through the leader's live feed. With ``from_feed``,
         only those count in the node's gaps (:meth:`_track_seq`); else every sample does.
         XID events are kept even from a late (replayed) sample: they happened. Returns whether
         the sample became the latest.
@@ -289,7 +293,7 @@ class LiveView:
             return False
         st = held._copy()
         self._nodes[st.node] = st
-        if feed or not self.gaps_from_feed:
+        if feed or not self.from_feed:
             self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
         latest = st.sample
@@ -511,7 +515,7 @@ class LiveView:
             )
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
-            # The first sample (of this feed run, with gaps_from_feed), a new start (a wiped
+            # The first sample (of this feed run, with from_feed), a new start (a wiped
             # spool's epoch counts from 0 again), or an agent before epochs restarting at 0
             # (its sample is newer than the last: an older one is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts

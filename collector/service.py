@@ -137,7 +137,7 @@ class Collector:
             self.evaluator_metrics,
         ]
         self.live = LiveView(
-            max_nodes=settings.max_nodes, gaps_from_feed=settings.mqtt.share_group is not None
+            max_nodes=settings.max_nodes, from_feed=settings.mqtt.share_group is not None
         )
         """The fleet as the alert rules see it: latest sample, status, inventory per node (in
         a share group its gaps counted from the leader's live feed only)."""

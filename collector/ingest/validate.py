@@ -226,37 +226,40 @@ class Ingestor:
         node = None if parsed is None else parsed[0]
         verdict = self._accept(parsed, payload, now)
         if isinstance(verdict, _Problem):
-            return self._reject(*verdict, topic=topic, payload=payload, node=node, now=now)
+            # A share group's leader counts rejected samples from its feed (observe), which
+            # carries every member's share; status and inventory from every member's own.
+            live = self.live
+            in_view = not (live is not None and live.from_feed and parsed and parsed[1] == "sample")
+            return self._reject(
+                *verdict, topic=topic, payload=payload, node=node, now=now, in_view=in_view
+            )
         return verdict
 
     def observe(self, topic: str, payload: bytes) -> bool:
         """A sample for the live view only: the leader's QoS 0 feed of every node's samples,
         which another collector of the share group stores (:mod:`collector.role`).
 
-        Validated as :meth:`handle` validates it; counted nowhere and never quarantined
-        (the collector that stores it does both). Returns whether it became its node's
-        latest."""
+        Validated as :meth:`handle` validates it; never quarantined nor counted in the
+        metrics (the collector that stores it does both), but a rejected one is counted in
+        the node's rejects in the view, which counts a share group's rejected samples from
+        the feed alone (:attr:`collector.live.LiveView.from_feed`). Returns whether it became
+        its node's latest."""
         parsed = parse_topic(topic)
         live = self.live
         if parsed is None or parsed[1] != "sample" or live is None:
             return False
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return False
-        observed = self._observed
-        if observed is not None and not observed.take(
-            parsed[0], len(payload), self.clock.monotonic()
-        ):
-            return False
-        try:
-            message = _DECODERS["sample"](payload)
-        except Exception:  # as in _accept: a bad message is the message's fault
-            return False
+        node = parsed[0]
         now = self.clock.time()
-        if not isinstance(message, Sample) or message.node != parsed[0]:
+        observed = self._observed
+        message: Sample | NodeStatus | Inventory | _Problem
+        if observed is not None and not observed.take(node, len(payload), self.clock.monotonic()):
+            message = _Problem("rate_limited", self._over_budget)
+        else:
+            message = self._decoded(node, "sample", payload, now)
+        if isinstance(message, _Problem):
+            live.on_reject(node, message.reason, now)
             return False
-        if self._timing_problem(message.ts, now) is not None:
-            return False
-        return live.on_sample(message, now, feed=True)
+        return isinstance(message, Sample) and live.on_sample(message, now, feed=True)
 
     def _accept(
         self, parsed: tuple[str, str] | None, payload: bytes, now: float
@@ -265,8 +268,7 @@ class Ingestor:
         if parsed is None:
             return _Problem("bad_topic", "topic is not capwatch/v1/nodes/<node>/<kind>")
         node, kind = parsed
-        decode = _DECODERS.get(kind)
-        if decode is None:
+        if kind not in _DECODERS:
             return _Problem("bad_topic", f"unknown message kind {kind!r}")
         if self.live is not None and not self.live.room_for(node):
             # Before decoding: a flood of invented node names costs a lookup a message, and
@@ -281,22 +283,10 @@ class Ingestor:
         if not payload and kind in _RETAINED:
             self._cleared.inc()
             return NodeUpdate(node=node)
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return _Problem("too_large", f"{len(payload)} bytes")
-        try:
-            message = decode(payload)
-        except SchemaError as exc:
-            return _Problem(exc.reason, str(exc))
-        except Exception as exc:
-            # Whatever the decoder raises for a message is that message's fault: one reject,
-            # never a crash that the broker would redeliver into every restart.
-            return _Problem("undecodable", f"{type(exc).__name__}: {exc}")
-        if message.node != node:
-            return _Problem("topic_mismatch", f"payload node {message.node!r} != topic node")
+        message = self._decoded(node, kind, payload, now)
+        if isinstance(message, _Problem):
+            return message
         if isinstance(message, Sample):
-            problem = self._timing_problem(message.ts, now)
-            if problem is not None:
-                return problem
             self._samples.inc()
             if self.live is not None:
                 self.live.on_sample(message, now)
@@ -312,6 +302,29 @@ class Ingestor:
         if self.live is not None:
             self.live.on_inventory(message, now)
         return NodeUpdate(node=node, inventory=encode(message), inventory_ts=now)
+
+    def _decoded(
+        self, node: str, kind: str, payload: bytes, now: float
+    ) -> Sample | NodeStatus | Inventory | _Problem:
+        """``payload`` on ``node``'s ``kind`` topic decoded and checked (its size, its schema,
+        its node, a sample's time), or what is wrong with it."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return _Problem("too_large", f"{len(payload)} bytes")
+        try:
+            message = _DECODERS[kind](payload)
+        except SchemaError as exc:
+            return _Problem(exc.reason, str(exc))
+        except Exception as exc:
+            # Whatever the decoder raises for a message is that message's fault: one reject,
+            # never a crash that the broker would redeliver into every restart.
+            return _Problem("undecodable", f"{type(exc).__name__}: {exc}")
+        if message.node != node:
+            return _Problem("topic_mismatch", f"payload node {message.node!r} != topic node")
+        if isinstance(message, Sample):
+            problem = self._timing_problem(message.ts, now)
+            if problem is not None:
+                return problem
+        return message
 
     def _timing_problem(self, ts: float, now: float) -> _Problem | None:
         """What is wrong with a sample's own time, or ``None``."""
@@ -342,13 +355,15 @@ class Ingestor:
         payload: bytes,
         node: str | None,
         now: float,
+        in_view: bool = True,
     ) -> Rejected:
-        """Count and (rate-limited) log a rejected message; return its quarantine row."""
+        """Count and (rate-limited) log a rejected message; return its quarantine row.
+        ``in_view``: count it in the node's rejects in the live view too."""
         by_reason = self._rejected_by
         (by_reason.get(reason) or by_reason[OTHER_REASON]).inc()
         now_ms = round(now * 1000)
         if node is not None:
-            if self.live is not None:
+            if self.live is not None and in_view:
                 self.live.on_reject(node, reason, now)
             key = (node, reason)
             if key not in self._node_rejects and len(self._node_rejects) >= _MAX_NODE_KEYS:

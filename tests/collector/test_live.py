@@ -369,10 +369,10 @@ def _gaps(view: LiveView) -> list[tuple[int, int]]:
 
 
 def test_in_a_share_group_only_the_leaders_feed_counts_gaps() -> None:
-    """``gaps_from_feed``: the member's own share (every other sample of the node) counts
+    """``from_feed``: the member's own share (every other sample of the node) counts
     nothing; the feed counts from its first sample, and the share's seq 7 ahead of the
     feed's 6 makes no gap; a seq the agent skipped is one on the feed."""
-    view = LiveView(gaps_from_feed=True)
+    view = LiveView(from_feed=True)
 
     def send(seq: int, *, feed: bool) -> None:
         ts = T0 + _STEP_S * seq
@@ -394,7 +394,7 @@ def test_in_a_share_group_only_the_leaders_feed_counts_gaps() -> None:
 def test_a_feed_subscribed_again_starts_each_nodes_count_again() -> None:
     """What a lost feed connection (a clean session) did not carry went to the members'
     sessions: no gap across :meth:`LiveView.feed_started`; within one feed run, a gap."""
-    view = LiveView(gaps_from_feed=True)
+    view = LiveView(from_feed=True)
     view.feed_started()
     for seq in (0, 1, 2, 9, 10, 12):
         if seq == 9:

@@ -325,7 +325,7 @@ async def test_the_feed_subscribed_again_counts_nothing_it_missed_meanwhile(
         feeds.append((time.monotonic(), sub))
         return sub
 
-    view = LiveView(gaps_from_feed=True)
+    view = LiveView(from_feed=True)
     ingestor = Ingestor(SystemClock(), live=view)
     sim = FleetSimulator(1, gpus_per_node=1, seed=7, interval_s=1, epoch=1)
     node = sim.node_ids[0]

@@ -243,3 +243,36 @@ def test_a_few_rejects_per_node_and_reason_are_kept_between_two_flushes() -> Non
     assert counted[("n1", "not_json")][0] == QUARANTINE_PER_KEY + extra  # all counted
     assert kept(sample_topic("n1"), 1) == [True]
     assert kept(nowhere, 1) == [True]
+
+
+def test_a_share_groups_rejected_samples_count_in_the_view_from_the_feed_alone() -> None:
+    """With ``from_feed`` (a share group) a member's own share of a node's rejected samples
+    is not counted in the view (the leader would see 1/N of them), the feed's are (every
+    share); a rejected status counts from the member's own, which every member receives.
+    Alone, every rejected sample counts."""
+    clock = FakeClock(start_wall=1.8e9)
+    now = clock.time()
+    sim = FleetSimulator(1, gpus_per_node=2, seed=3, interval_s=5)
+    node = sim.node_ids[0]
+    good = encode(sim.sample(0, now - 1, 0))
+
+    def rejects(view: LiveView) -> int:
+        st = view.get(node)
+        return 0 if st is None else view.rejects(st, now, 60)
+
+    grouped = LiveView(from_feed=True)
+    ing = Ingestor(clock, live=grouped)
+    assert ing.observe(sample_topic(node), good)  # the node is known
+    assert isinstance(ing.handle(sample_topic(node), b"]["), Rejected)
+    assert rejects(grouped) == 0  # the member's own share: the feed counts it
+    assert not ing.observe(sample_topic(node), b"][")
+    assert not ing.observe(sample_topic(node), encode(sim.sample(0, now + 3600, 1)))
+    assert rejects(grouped) == 2  # not_json and clock_skew, from the feed
+    assert isinstance(ing.handle(status_topic(node), b"{}"), Rejected)
+    assert rejects(grouped) == 3  # a status: every member receives it
+
+    alone = LiveView()
+    ing = Ingestor(clock, live=alone)
+    assert isinstance(ing.handle(sample_topic(node), good), SampleRow)
+    assert isinstance(ing.handle(sample_topic(node), b"]["), Rejected)
+    assert rejects(alone) == 1
