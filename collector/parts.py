@@ -387,6 +387,7 @@ def writer(
     counter_values: Callable[[], dict[str, int]],
     metrics: WriterMetrics,
     watermarks: Watermarks | None,
+    forgotten_id: int | None,
     stopping: Callable[[], bool],
 ) -> Writer:
     """The writer on ``store`` with the settings' batch, retention, rollup, quarantine and
@@ -407,6 +408,7 @@ def writer(
         quarantine_max_rows=s.quarantine_max_rows,
         watermark_interval_s=s.watermark_interval_s,
         watermarks=watermarks,
+        forgotten_id=forgotten_id,
         counter_values=counter_values,
         metrics=metrics,
         stopping=stopping,

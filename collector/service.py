@@ -80,6 +80,7 @@ from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
+from collector.store.forget import last_forgotten
 from collector.store.rollups import TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
@@ -310,6 +311,9 @@ class Collector:
     ) -> None:
         s = self.settings
         had_session, held = await load_session(store.meta, session_key)
+        # Before the live view and the watermarks are filled from the store: a node forgotten
+        # after this read is forgotten by the writer, whatever they were filled with.
+        forgotten_id = await store.run(last_forgotten())
         if self._marking:
             self.watermarks.restore(
                 await load_watermarks(store),
@@ -374,6 +378,7 @@ class Collector:
             counter_values=self.counter_values,
             metrics=self.writer_metrics,
             watermarks=self.watermarks if self._marking else None,
+            forgotten_id=forgotten_id,
             stopping=self._stop.is_set,
         )
         async with Store.open_readonly(s.store_target) as reads:

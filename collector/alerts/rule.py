@@ -14,7 +14,9 @@ Prometheus' life cycle (``rules/alerting.go``)::
 
 ``keep_firing_for_s`` is measured, as in Prometheus, from the first evaluation at which the
 condition was gone; the condition coming back inside it cancels the countdown, so a flapping
-condition stays one firing alert. Each change is returned as a :class:`Transition` for the
+condition stays one firing alert. An alert whose ``node`` the live view no longer holds at
+all (``collector inventory forget`` decommissioned it) resolves at once: there is no node
+left to flap. Each change is returned as a :class:`Transition` for the
 caller to persist (and, for firing and resolved, to notify). ``startsAt`` is the time the alert
 started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time. A pending alert
 that goes away is counted per rule (``capwatch_collector_alert_pending_cleared_total``; in the
@@ -355,7 +357,7 @@ class Evaluator:
                 if dropped:
                     self._dropped(rule, dropped, now)
             if len(seen) < len(by_key):
-                self._absent(name, rule, by_key, seen, now, out=out, held=held)
+                self._absent(name, rule, by_key, seen, now, out=out, held=held, view=view)
         self._publish()
         return out
 
@@ -451,6 +453,7 @@ class Evaluator:
         *,
         out: list[Transition],
         held: dict[str, int],
+        view: LiveView,
     ) -> None:
         keep_for = rule.keep_firing_for_s if rule is not None else 0.0
         gone: list[_Key] = []
@@ -466,7 +469,9 @@ class Evaluator:
                 continue
             if st.keep_firing_since is None:
                 st.keep_firing_since = now
-            if now - st.keep_firing_since < keep_for or now < st.hold_until:
+            if now < st.hold_until:
+                continue
+            if now - st.keep_firing_since < keep_for and _in_view(st, view):
                 continue
             gone.append(key)
             st.state = "resolved"
@@ -482,6 +487,12 @@ class Evaluator:
                     del held[node]
         if cleared and not self.cleared_at_commit:
             self.metrics.pending_cleared.labels(name).inc(cleared)
+
+
+def _in_view(st: AlertState, view: LiveView) -> bool:
+    """Whether the view holds the alert's node (an alert of no node: always)."""
+    node = st.labels.get("node")
+    return node is None or node in view
 
 
 def _transition(st: AlertState, previous: State, now: float) -> Transition:
