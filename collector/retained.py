@@ -72,26 +72,31 @@ async def clear_retained(
     timeout_s: float = CLEAR_TIMEOUT_S,
 ) -> None:
     """Publish a zero-byte retained message (QoS 1: each acknowledged) to every topic of
-    ``topics``; :class:`MqttWireError` (one line) when the broker cannot be reached, refuses
-    the login, or closes the connection (an ACL that refuses a topic does: Mosquitto 2)."""
+    ``topics`` (at least one); :class:`MqttWireError` (one line) when the broker cannot be
+    reached, refuses the login, or closes the connection (an ACL that refuses a topic does:
+    Mosquitto 2)."""
     import aiomqtt  # noqa: PLC0415 (only this command talks MQTT this way)
 
     where = f"{mqtt.host}:{mqtt.port}"
+    client = aiomqtt.Client(
+        mqtt.host,
+        mqtt.port,
+        username=who.username,
+        password=who.password,
+        identifier=who.client_id,
+        clean_session=True,
+        tls_context=mqtt.tls_context(),
+        keepalive=mqtt.keepalive_s,
+        timeout=timeout_s,
+    )
     try:
         async with asyncio.timeout(timeout_s):
-            async with aiomqtt.Client(
-                mqtt.host,
-                mqtt.port,
-                username=who.username,
-                password=who.password,
-                identifier=who.client_id,
-                clean_session=True,
-                tls_context=mqtt.tls_context(),
-                keepalive=mqtt.keepalive_s,
-                timeout=timeout_s,
-            ) as client:
+            async with client:
                 for topic in topics:
                     await client.publish(topic, b"", qos=1, retain=True)
+                # Mosquitto 2 acknowledges a publish its ACL refuses, then closes the
+                # connection: one more round trip tells a refused last topic from a clear.
+                await client.subscribe(topics[-1], qos=0)
     except TimeoutError:
         raise MqttWireError(
             f"the broker at {where} did not answer within {timeout_s:g} s"
@@ -100,6 +105,12 @@ async def clear_retained(
         raise MqttWireError(f"the broker at {where}: {exc}") from None
     except OSError as exc:
         raise MqttWireError(f"the broker at {where}: {exc.strerror or exc}") from None
+    finally:
+        # aiomqtt 2 keeps a hang-up's error in a future nobody awaits once the client has
+        # raised: taken here, or asyncio logs "Future exception was never retrieved".
+        hung_up = client._disconnected
+        if hung_up.done() and not hung_up.cancelled():
+            hung_up.exception()
 
 
 def clear_commands(mqtt: CollectorMqttSettings, topics: Sequence[str]) -> list[str]:

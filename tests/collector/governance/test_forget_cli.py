@@ -220,3 +220,30 @@ async def test_forget_clears_the_three_retained_messages_on_the_broker(
     assert (code, err) == (0, "")
     assert "cleared their 3 retained messages on the broker" in out
     assert await retained(mosquitto, topics) == {status_topic("gone2"): b"x"}
+
+
+def test_with_the_collectors_mqtt_user_and_no_admin_user_it_does_not_log_in(
+    fleet: StoreTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mqtt.username set, mqtt.admin_username not: the node is forgotten, the broker left
+    alone (logging in as the collector would take over its session): exit 1 saying so."""
+    monkeypatch.setenv("CAPWATCH_MQTT__USERNAME", "capwatch-collector")
+    code, _, err = _forget(fleet, "gone")
+    assert code == 1
+    assert "logging in as the collector's user (capwatch-collector) would take over" in err
+    assert "-u capwatch-admin -P PASSWORD -q 1 -r -n -t capwatch/v1/nodes/gone/status" in err
+    assert _node_rows(fleet, "gone")["nodes"] == 0
+
+
+def test_an_admin_user_equal_to_the_collectors_is_refused(
+    fleet: StoreTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mqtt.admin_username = mqtt.username: one line naming the setting, exit 2, nothing
+    forgotten."""
+    monkeypatch.setenv("CAPWATCH_MQTT__USERNAME", "capwatch-collector")
+    monkeypatch.setenv("CAPWATCH_MQTT__ADMIN_USERNAME", "capwatch-collector")
+    code, _, err = _forget(fleet, "gone")
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "mqtt.admin_username" in err
+    assert _node_rows(fleet, "gone")["nodes"] == 1
