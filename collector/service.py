@@ -436,9 +436,13 @@ class Collector:
 
     async def _live_from_store(self) -> int:
         """Fill the live view from the store (each node's newest stored sample, status and
-        inventory), keeping what it already holds that is newer; return how many nodes."""
-        stored = await asyncio.to_thread(parts.stored_nodes, self.settings.store_target)
-        return self.live.merge(stored)
+        inventory), keeping what it already holds that is newer, and tell it which nodes
+        were forgotten (their restored alerts resolve at once); return how many nodes."""
+        s = self.settings
+        stored, forgotten = await asyncio.to_thread(parts.stored_nodes, s.store_target, s.max_nodes)
+        merged = self.live.merge(stored)
+        self.live.forget(*(node for node in forgotten if node not in self.live))
+        return merged
 
     async def _take_over(self, reads: Store, fence: Fence, health: Health, hold_s: float) -> None:
         """A new term of an elected leader: the live view filled from the store, the

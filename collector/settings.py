@@ -415,12 +415,6 @@ class CollectorMqttSettings(MqttSettings):
                 "topics (e.g. capwatch-admin: deploy/mosquitto.acl), or leave it unset",
                 field="mqtt.admin_username",
             )
-        if self.admin_password is not None and self.admin_username is None:
-            raise ConfigError(
-                "setting 'mqtt.admin_password' is set but 'mqtt.admin_username' is not: set "
-                "mqtt.admin_username (CAPWATCH_MQTT__ADMIN_USERNAME)",
-                field="mqtt.admin_username",
-            )
         return self
 
     def admin_password_value(self) -> str | None:

@@ -557,12 +557,11 @@ class Writer:
         self._forgotten_id = rows[-1][0]
         nodes = list(dict.fromkeys(node for _, node in rows))
         self._known_nodes.difference_update(nodes)
-        live, marks = self._ingestor.live, self.watermarks
-        for node in nodes:
-            if live is not None:
-                live.forget(node)
-            if marks is not None:
-                marks.forget(node)
+        if self._ingestor.live is not None:
+            self._ingestor.live.forget(*nodes)
+        if self.watermarks is not None:
+            for node in nodes:
+                self.watermarks.forget(node)
         if self._riding is not None:
             gone = set(nodes)
             self._riding = [r for r in self._riding if r.node not in gone] or None

@@ -39,6 +39,7 @@ __all__ = [
     "last_forgotten",
     "lease_holds",
     "nodes_held",
+    "still_forgotten",
 ]
 
 NODE_TABLES: Final = (
@@ -160,4 +161,17 @@ def forgotten_after(after_id: int) -> Query[list[tuple[int, str]]]:
         "SELECT id, node FROM forgotten_nodes WHERE id > ? ORDER BY id",
         (after_id,),
         lambda rows: [(int(r[0]), str(r[1])) for r in rows],
+    )
+
+
+def still_forgotten(limit: int) -> Query[list[str]]:
+    """The nodes forgotten that the store has not heard of since (no ``nodes`` row), the
+    latest forgotten first, at most ``limit``: what a starting collector's live view
+    remembers as forgotten (:meth:`collector.live.LiveView.forget`)."""
+    return single(
+        "SELECT f.node FROM forgotten_nodes f "
+        "WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = f.node) "
+        "GROUP BY f.node ORDER BY max(f.id) DESC LIMIT ?",
+        (limit,),
+        lambda rows: [str(r[0]) for r in rows],
     )
