@@ -310,10 +310,10 @@ class Collector:
         self, store: Store, election: Election | None, connect: Connect, session_key: str
     ) -> None:
         s = self.settings
-        had_session, held = await load_session(store.meta, session_key)
         # Before the live view and the watermarks are filled from the store: a node forgotten
         # after this read is forgotten by the writer, whatever they were filled with.
         forgotten_id = await store.run(last_forgotten())
+        had_session, held = await load_session(store.meta, session_key)
         if self._marking:
             self.watermarks.restore(
                 await load_watermarks(store),

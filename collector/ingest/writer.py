@@ -62,8 +62,8 @@ live view (:meth:`~collector.live.LiveView.forget`, freeing their place under
 ``max_nodes``; the rules then resolve their alerts), the watermarks (none published for them
 again) and the nodes it knows the ``nodes`` row of (a later sample writes it again: a new
 node). The one other task that changes the live view, besides the reader validating: both
-run on the event loop, and a forget is one dict removal, so no evaluation's snapshot sees
-half of it.
+run on the event loop and a forget is one synchronous call, so no evaluation's snapshot
+sees half of it.
 
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
