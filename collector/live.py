@@ -257,6 +257,10 @@ class LiveView:
         searching for one: the search is O(nodes), ~3 ms at 50,000, and a flood of
         invented names asked for it at every message."""
         self._racks: dict[str, PowerReading] = {}
+        self._forgotten: dict[str, None] = {}
+        """Nodes :meth:`forget` dropped that sent nothing since, oldest first (at most
+        ``max_nodes``): the alert rules resolve their alerts at once. Replaced, never changed
+        in place, so a snapshot shares it."""
 
     def snapshot(self) -> LiveView:
         """The view as it is now, unchanged by later updates (they store new node states)."""
@@ -437,10 +441,23 @@ class LiveView:
             n += 1
         return n
 
-    def forget(self, node: str) -> None:
-        """Drop ``node`` (decommissioned); a later message brings it back."""
-        st = self._nodes.pop(node, None)
-        self._reject_only -= st is not None and st.reject_only
+    def forget(self, *nodes: str) -> None:
+        """Drop ``nodes`` (decommissioned: ``collector inventory forget``; the collector's
+        writer calls this when it reads the store's ``forgotten_nodes``) and remember that
+        they were (:meth:`was_forgotten`); a later message brings one back as a new node."""
+        for node in nodes:
+            st = self._nodes.pop(node, None)
+            self._reject_only -= st is not None and st.reject_only
+        gone = set(nodes)
+        forgotten = {k: None for k in self._forgotten if k not in gone}
+        forgotten.update(dict.fromkeys(nodes))
+        for old in list(forgotten)[: max(0, len(forgotten) - self.max_nodes)]:
+            del forgotten[old]
+        self._forgotten = forgotten
+
+    def was_forgotten(self, node: str) -> bool:
+        """Whether ``node`` was forgotten (:meth:`forget`) and sent nothing since."""
+        return node in self._forgotten
 
     # -- queries (rules)
 
@@ -588,6 +605,8 @@ class LiveView:
             return None
         st = self._nodes[node] = NodeState(node)
         self._reject_only += not real
+        if node in self._forgotten:
+            self._forgotten = {k: None for k in self._forgotten if k != node}
         return st
 
     def _evict_reject_only(self) -> bool:

@@ -308,13 +308,15 @@ async def live_feed(
         delay = min(m.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
 
 
-def stored_nodes(db: StoreTarget) -> list[NodeState]:
-    """Each node's newest stored sample, status and inventory (a new leader's live view)."""
+def stored_nodes(db: StoreTarget, max_nodes: int) -> tuple[list[NodeState], list[str]]:
+    """Each node's newest stored sample, status and inventory (a new leader's live view),
+    and the nodes forgotten since that the store has not heard of (at most ``max_nodes``)."""
     from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
+    from collector.store.forget import still_forgotten  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as reader:
-        return nodes_from_store(reader)
+        return nodes_from_store(reader), reader.run(still_forgotten(max_nodes))
 
 
 @dataclass(slots=True)
@@ -394,6 +396,7 @@ def writer(
     counter_values: Callable[[], dict[str, int]],
     metrics: WriterMetrics,
     watermarks: Watermarks | None,
+    forgotten_id: int | None,
     stopping: Callable[[], bool],
 ) -> Writer:
     """The writer on ``store`` with the settings' batch, retention, rollup, quarantine and
@@ -414,6 +417,7 @@ def writer(
         quarantine_max_rows=s.quarantine_max_rows,
         watermark_interval_s=s.watermark_interval_s,
         watermarks=watermarks,
+        forgotten_id=forgotten_id,
         counter_values=counter_values,
         metrics=metrics,
         stopping=stopping,

@@ -81,6 +81,7 @@ from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
+from collector.store.forget import last_forgotten
 from collector.store.rollups import TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
@@ -314,6 +315,9 @@ class Collector:
         self, store: Store, election: Election | None, connect: Connect, session_key: str
     ) -> None:
         s = self.settings
+        # Before the live view and the watermarks are filled from the store: a node forgotten
+        # after this read is forgotten by the writer, whatever they were filled with.
+        forgotten_id = await store.run(last_forgotten())
         had_session, held = await load_session(store.meta, session_key)
         last_read = await load_last_read(store.meta, session_key)
         if self._marking:
@@ -381,6 +385,7 @@ class Collector:
             counter_values=self.counter_values,
             metrics=self.writer_metrics,
             watermarks=self.watermarks if self._marking else None,
+            forgotten_id=forgotten_id,
             stopping=self._stop.is_set,
         )
         async with Store.open_readonly(s.store_target) as reads:
@@ -438,9 +443,13 @@ class Collector:
 
     async def _live_from_store(self) -> int:
         """Fill the live view from the store (each node's newest stored sample, status and
-        inventory), keeping what it already holds that is newer; return how many nodes."""
-        stored = await asyncio.to_thread(parts.stored_nodes, self.settings.store_target)
-        return self.live.merge(stored)
+        inventory), keeping what it already holds that is newer, and tell it which nodes
+        were forgotten (their restored alerts resolve at once); return how many nodes."""
+        s = self.settings
+        stored, forgotten = await asyncio.to_thread(parts.stored_nodes, s.store_target, s.max_nodes)
+        merged = self.live.merge(stored)
+        self.live.forget(*(node for node in forgotten if node not in self.live))
+        return merged
 
     async def _take_over(self, reads: Store, fence: Fence, health: Health, hold_s: float) -> None:
         """A new term of an elected leader: the live view filled from the store, the

@@ -376,6 +376,15 @@ class CollectorMqttSettings(MqttSettings):
     give the feed's clean session the collector's own persistent one, and discard it.
     Unset without a ``username``: the feed connects anonymously, client id ``<id>-live``."""
     live_password: SecretStr | None = None
+    admin_username: str | None = None
+    """The MQTT user of commands that change what the broker retains: ``collector
+    inventory forget`` clears a forgotten node's retained status, inventory and watermark
+    with it (deploy/mosquitto.acl grants ``capwatch-admin`` exactly that). It must differ
+    from ``username``: a broker that binds client ids to usernames would hand the command's
+    clean session the collector's persistent one, and discard it. Unset without a
+    ``username``: the command connects anonymously. Password: ``admin_password``
+    (``CAPWATCH_MQTT__ADMIN_PASSWORD``)."""
+    admin_password: SecretStr | None = None
 
     @field_validator("share_group")
     @classmethod
@@ -397,6 +406,21 @@ class CollectorMqttSettings(MqttSettings):
                 field="mqtt.live_username",
             )
         return self
+
+    @model_validator(mode="after")
+    def _admin_user_of_its_own(self) -> Self:
+        if self.admin_username is not None and self.admin_username == self.username:
+            raise ConfigError(
+                f"setting 'mqtt.admin_username' = {self.admin_username!r} is the collector's "
+                "own MQTT user: name another user, allowed to write the nodes' retained "
+                "topics (e.g. capwatch-admin: deploy/mosquitto.acl), or leave it unset",
+                field="mqtt.admin_username",
+            )
+        return self
+
+    def admin_password_value(self) -> str | None:
+        """The admin user's password in clear text, for the MQTT client only."""
+        return None if self.admin_password is None else self.admin_password.get_secret_value()
 
     def live_password_value(self) -> str | None:
         """The live feed user's password in clear text, for the MQTT client only."""

@@ -13,15 +13,18 @@ Prometheus' life cycle (``rules/alerting.go``)::
     firing   -> resolved   gone for ``keep_firing_for_s`` (at once when it is 0)
 
 ``keep_firing_for_s`` is measured, as in Prometheus, from the first evaluation at which the
-condition was gone; the condition coming back inside it cancels the countdown, so a flapping
-condition stays one firing alert. Each change is returned as a :class:`Transition` for the
-caller to persist (and, for firing and resolved, to notify). ``startsAt`` is the time the alert
-started firing (Prometheus' ``FiredAt``); ``endsAt`` is the resolution time. A pending alert
-that goes away is counted per rule (``capwatch_collector_alert_pending_cleared_total``; in the
-collector as its change commits, :attr:`Evaluator.cleared_at_commit`): as in
-Prometheus, which keeps pending alerts in memory and in its ``ALERTS`` series only, and
-Alertmanager, which never hears of them, it is not history (``alert_history`` keeps what
-fired: :data:`collector.store.alerts.HISTORY_STATES`).
+condition was gone; the condition coming back inside it cancels the countdown, so a
+flapping condition stays one firing alert. An alert whose ``node`` was forgotten
+(:meth:`LiveView.was_forgotten <collector.live.LiveView.was_forgotten>`: ``collector
+inventory forget`` decommissioned it) resolves at once: there is no node left to flap. Each
+change is returned as a :class:`Transition` for the caller to persist (and, for firing and
+resolved, to notify). ``startsAt`` is the time the alert started firing (Prometheus'
+``FiredAt``); ``endsAt`` is the resolution time. A pending alert that goes away is counted
+per rule (``capwatch_collector_alert_pending_cleared_total``; in the collector as its
+change commits, :attr:`Evaluator.cleared_at_commit`): as in Prometheus, which keeps pending
+alerts in memory and in its ``ALERTS`` series only, and Alertmanager, which never hears of
+them, it is not history (``alert_history`` keeps what fired:
+:data:`collector.store.alerts.HISTORY_STATES`).
 
 What one node can make the evaluator hold is bounded: a rule holds at most
 ``Rule.max_per_node`` alerts (default :data:`MAX_PER_NODE`, 64) whose ``node`` label names
@@ -355,7 +358,7 @@ class Evaluator:
                 if dropped:
                     self._dropped(rule, dropped, now)
             if len(seen) < len(by_key):
-                self._absent(name, rule, by_key, seen, now, out=out, held=held)
+                self._absent(name, rule, by_key, seen, now, out=out, held=held, view=view)
         self._publish()
         return out
 
@@ -451,6 +454,7 @@ class Evaluator:
         *,
         out: list[Transition],
         held: dict[str, int],
+        view: LiveView,
     ) -> None:
         keep_for = rule.keep_firing_for_s if rule is not None else 0.0
         gone: list[_Key] = []
@@ -466,7 +470,9 @@ class Evaluator:
                 continue
             if st.keep_firing_since is None:
                 st.keep_firing_since = now
-            if now - st.keep_firing_since < keep_for or now < st.hold_until:
+            if now < st.hold_until:
+                continue
+            if now - st.keep_firing_since < keep_for and not _forgotten(st, view):
                 continue
             gone.append(key)
             st.state = "resolved"
@@ -482,6 +488,12 @@ class Evaluator:
                     del held[node]
         if cleared and not self.cleared_at_commit:
             self.metrics.pending_cleared.labels(name).inc(cleared)
+
+
+def _forgotten(st: AlertState, view: LiveView) -> bool:
+    """Whether the alert's node was forgotten (an alert of no node: never)."""
+    node = st.labels.get("node")
+    return node is not None and view.was_forgotten(node)
 
 
 def _transition(st: AlertState, previous: State, now: float) -> Transition:

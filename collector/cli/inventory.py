@@ -8,8 +8,15 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_input, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_input,
+    read_settings_from_args,
+    settings_from_args,
+)
 from collector.cli._render import Column, aligned, cut, print_json, render_table, shown
+from collector.cli.forget import DESCRIPTION as _FORGET
+from collector.cli.forget import forget
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,6 +56,7 @@ The hardware the agents report (their retained inventories), as components:
                          inventory topic's JSON shape (FILE `-` reads stdin); every line is
                          validated first and one bad line imports nothing. A node's own
                          agent inventory replaces the declared one when it arrives.
+{forget}
 
 Works while the collector runs."""
 
@@ -58,8 +66,12 @@ examples:
   collector inventory zinal --json
   collector inventory --node x1000c0s0b0n0
   collector inventory import racked-nodes.jsonl
+  collector inventory forget x1000c0s7b0n1 x1000c0s7b1n0
+  collector inventory forget x9999c0s0b0n0 --force   # an invented name, still publishing
 
-exit status: 0 done; 2 a bad flag, line, pool or node, or no database (one line)."""
+exit status: 0 done; 1 forget: forgotten in the store, but the broker's retained messages
+could not be cleared (the commands that clear them are printed); 2 a bad flag, line, pool
+or node, a node forget refuses, or no database (one line; nothing changed)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,21 +79,37 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser(
         "inventory",
         help=COMMANDS["inventory"][1],
-        description=_DESCRIPTION,
+        description=_DESCRIPTION.format(forget=_FORGET),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_settings_args(p)
-    p.add_argument("words", nargs="*", metavar="POOL | import FILE", help="a pool, or import FILE")
+    add_settings_args(p, broker=True)
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="POOL | import FILE | forget NODE...",
+        help="a pool, import FILE, or forget NODE...",
+    )
     p.add_argument("--node", metavar="NODE", help="one node's components, one per row")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with forget: forget nodes that are online or sent a sample in the staleness window",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Show the inventory, one node's components, or import declared inventories."""
-    settings = read_settings_from_args(args)
     words: list[str] = args.words
+    if words and words[0] == "forget":
+        if len(words) < 2:
+            raise ConfigError("forget needs at least one NODE", field="NODE")
+        return forget(settings_from_args(args), words[1:], force=args.force, as_json=args.json)
+    if args.force:
+        raise ConfigError("--force goes with forget only", field="--force")
+    settings = read_settings_from_args(args)
     if words and words[0] == "import":
         if len(words) != 2:
             raise ConfigError("import needs exactly one FILE (JSON lines; `-` for stdin)")

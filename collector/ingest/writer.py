@@ -55,6 +55,16 @@ are quarantined and acknowledged like any rejected message, and the rest is stor
 that cannot be written at all raises :class:`StoreError` out of :meth:`Writer.run`, and the
 unstored messages are never acknowledged.
 
+Forgotten nodes (``collector inventory forget``, :mod:`collector.store.forget`): every
+``forget_check_s`` the writer reads the ``forgotten_nodes`` rows past the last it saw (one
+primary-key range read, almost always empty) and stops tracking those nodes: out of the
+live view (:meth:`~collector.live.LiveView.forget`, freeing their place under
+``max_nodes``; the rules then resolve their alerts), the watermarks (none published for them
+again) and the nodes it knows the ``nodes`` row of (a later sample writes it again: a new
+node). The one other task that changes the live view, besides the reader validating: both
+run on the event loop and a forget is one synchronous call, so no evaluation's snapshot
+sees half of it.
+
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
 writes the same batch again (nothing of it was committed, nothing acknowledged; a sample
@@ -84,6 +94,7 @@ from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.fold import Fold
+from collector.store.forget import forgotten_after
 from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -96,6 +107,7 @@ __all__ = [
     "BEHIND_S",
     "FOLD_EVERY_S",
     "FOLD_SAMPLES",
+    "FORGET_CHECK_S",
     "RECORD_BUDGET_S",
     "WATERMARKS_PER_FLUSH",
     "BatchLimit",
@@ -123,6 +135,8 @@ _BATCH_MIN_ROWS: Final = 32
 RECORD_BUDGET_S: Final = 0.008
 """Between two batches, records' parts are written until this much time is spent (at least
 one part): as long as a batch should take."""
+FORGET_CHECK_S: Final = 2.0
+"""How often the writer looks for nodes ``collector inventory forget`` forgot."""
 WATERMARKS_PER_FLUSH: Final = 1_000
 """Watermarks written (and published) in one transaction at most."""
 FOLD_EVERY_S: Final = 60.0
@@ -222,6 +236,8 @@ class Writer:
         metrics: WriterMetrics | None = None,
         watermarks: Watermarks | None = None,
         watermark_interval_s: float = 1.0,
+        forgotten_id: int | None = None,
+        forget_check_s: float = FORGET_CHECK_S,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
@@ -261,6 +277,10 @@ class Writer:
         published after its commit (see :meth:`flush_watermarks`)."""
         self._refusals = 0
         self._marks_paused_until = 0.0
+        self._forgotten_id = forgotten_id
+        """The last ``forgotten_nodes`` row taken in (``None``: forgotten nodes are not
+        looked for); the collector reads it before it fills the live view and watermarks."""
+        self._forget_check_s = forget_check_s
         self._records: collections.deque[Record] = collections.deque()
         """Records gathered and not (completely) written, in queue order."""
         self.last_commit: float | None = None
@@ -276,8 +296,10 @@ class Writer:
         next_fold = mono() if self._store.rollups is not None else math.inf
         marking = self.watermarks is not None and self._watermark_interval_s > 0
         next_marks = mono() + self._watermark_interval_s if marking else float("inf")
+        forgetting = self._forgotten_id is not None
+        next_forget = mono() + self._forget_check_s if forgetting else math.inf
         while True:
-            due = min(next_retention, next_counters, next_fold, next_marks)
+            due = min(next_retention, next_counters, next_fold, next_marks, next_forget)
             first = await self._next(0.0 if self._records else due - mono())
             if first is not None:
                 limit = self.batch_limit
@@ -306,6 +328,9 @@ class Writer:
             if now >= next_marks:
                 more = await self._upkeep("watermarks", self.flush_watermarks())
                 next_marks = now if more else now + self._watermark_interval_s
+            if now >= next_forget:
+                await self._upkeep("forget", self.forget_nodes())
+                next_forget = now + self._forget_check_s
             if now >= next_counters:
                 await self._upkeep("counters", self.flush_counters())
                 next_counters = now + self._counters_every_s
@@ -526,6 +551,29 @@ class Writer:
         if folded:
             self.last_commit = self._clock.monotonic()
             log.debug("rollups_folded", samples=folded, ms=round((self.last_commit - t0) * 1e3, 2))
+
+    async def forget_nodes(self) -> list[str]:
+        """Stop tracking the nodes forgotten since the last look (see the module
+        docstring); return them."""
+        after = self._forgotten_id
+        if after is None:
+            return []
+        rows = await self._durably(lambda: self._store.run(forgotten_after(after)))
+        if not rows:
+            return []
+        self._forgotten_id = rows[-1][0]
+        nodes = list(dict.fromkeys(node for _, node in rows))
+        self._known_nodes.difference_update(nodes)
+        if self._ingestor.live is not None:
+            self._ingestor.live.forget(*nodes)
+        if self.watermarks is not None:
+            for node in nodes:
+                self.watermarks.forget(node)
+        if self._riding is not None:
+            gone = set(nodes)
+            self._riding = [r for r in self._riding if r.node not in gone] or None
+        log.info("nodes_forgotten", nodes=len(nodes), first=nodes[:10])
+        return nodes
 
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""

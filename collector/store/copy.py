@@ -68,6 +68,7 @@ TABLES: Final = (
     "usage_daily",
     "watermarks",
     "polled_power",
+    "forgotten_nodes",
 )
 """Every table of the schema, referenced tables before those that refer to them (a table a
 new migration adds goes here too: the migrate test compares this with the schema). The

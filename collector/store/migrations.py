@@ -729,6 +729,22 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "0031_outbox_done",
         "CREATE INDEX outbox_done ON outbox (done_at);",
     ),
+    (
+        # Nodes an operator decommissioned (`collector inventory forget`, collector/store/
+        # forget.py), written in the command's transaction that deleted their node-level
+        # rows: a running collector reads the rows past the last id it saw and stops
+        # tracking those nodes (live view, watermarks). Commands take the write lock, so ids
+        # grow in commit order. Kept as the record of who was forgotten when.
+        "0032_forgotten_nodes",
+        """
+        CREATE TABLE forgotten_nodes (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            at REAL NOT NULL,             -- the command's time (Unix s)
+            forced INTEGER NOT NULL DEFAULT 0  -- 1: it was online or had just sampled (--force)
+        );
+        """,
+    ),
 )
 
 

@@ -452,3 +452,22 @@ def test_a_late_sample_of_the_last_run_is_judged_by_that_runs_newest_time() -> N
     assert st is not None
     assert st.sample is not None
     assert (st.sample.epoch, st.sample.seq) == (4, 0)
+
+
+def test_a_forgotten_node_is_remembered_until_it_sends_again_and_snapshots_keep_theirs() -> None:
+    """``forget`` drops nodes and remembers them (``was_forgotten``) until a message of
+    theirs; a snapshot keeps what was forgotten when it was taken; at most ``max_nodes``
+    are remembered, the oldest dropped first."""
+    view = LiveView(max_nodes=2)
+    view.on_sample(_sample(node="a"), T0)
+    before = view.snapshot()
+    view.forget("a", "b")
+    assert ("a" in view, view.was_forgotten("a"), view.was_forgotten("b")) == (False, True, True)
+    assert not before.was_forgotten("a")
+    taken = view.snapshot()
+    view.on_status("a", "online", T0 + 1)
+    assert ("a" in view, view.was_forgotten("a")) == (True, False)
+    assert taken.was_forgotten("a")
+    view.forget("c")
+    view.forget("d")
+    assert [n for n in "abcd" if view.was_forgotten(n)] == ["c", "d"]

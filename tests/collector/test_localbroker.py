@@ -4,6 +4,7 @@ and (Mosquitto) persistent sessions that outlive a disconnect and a broker resta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import shutil
@@ -28,8 +29,10 @@ from collector.localbroker import (
     local_broker,
     wait_for_port,
 )
-from shared.errors import CapwatchError
-from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic
+from collector.retained import Login, clear_retained, node_topics
+from collector.settings import CollectorMqttSettings
+from shared.errors import CapwatchError, MqttWireError
+from shared.topics import PREFIX, inventory_topic, sample_topic, status_topic, watermark_topic
 from tests.helpers import skip_without_mosquitto
 
 _STEP_S = 5.0
@@ -54,7 +57,7 @@ class _Endpoint:
 
 
 _DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-_USERS = ("node-a", "node-b", "capwatch-collector")
+_USERS = ("node-a", "node-b", "capwatch-collector", "capwatch-admin")
 
 
 @pytest.fixture
@@ -279,6 +282,42 @@ async def test_deployed_acl_confines_each_agent_to_its_own_topics(
         (sample_topic("node-a"), b"own"),
         (status_topic("node-a"), b"online"),
     ]
+
+
+async def test_deployed_acl_lets_the_admin_user_clear_a_nodes_retained_messages(
+    deployed: _Endpoint,
+) -> None:
+    """capwatch-admin (mqtt.admin_username) clears node-a's retained status, inventory and
+    watermark (`inventory forget`); a user the ACL does not let write one (node-a, its
+    watermark) gets one line, though Mosquitto acknowledged the refused publish."""
+    mqtt = CollectorMqttSettings(host=deployed.host, port=deployed.port)
+    topics = node_topics(["node-a"])
+    async with asyncio.timeout(_TEST_S):
+        async with _client(deployed, "node-a", username="node-a") as agent:
+            await agent.publish(status_topic("node-a"), b"online", qos=1, retain=True)
+            await agent.publish(inventory_topic("node-a"), b"{}", qos=1, retain=True)
+        async with _client(deployed, "capwatch-collector", username="capwatch-collector") as c:
+            await c.publish(watermark_topic("node-a"), b"{}", qos=1, retain=True)
+        admin = Login("capwatch-admin", "pw-capwatch-admin", "capwatch-admin")
+        await clear_retained(mqtt, admin, topics)
+        async with _client(deployed, "capwatch-collector", username="capwatch-collector") as c:
+            await c.subscribe(f"{PREFIX}/node-a/#", qos=1)
+            await c.publish(status_topic("node-b"), b"x", qos=1)  # refused: ends the session
+            left = await _retained_until_hung_up(c)
+        assert left == []
+        # Its own status, then a watermark it may not write: the last topic refused.
+        mine = [status_topic("node-a"), watermark_topic("node-a")]
+        with pytest.raises(MqttWireError, match=r"^the broker at 127\.0\.0\.1"):
+            await clear_retained(mqtt, Login("node-a", "pw-node-a", "node-a"), mine)
+
+
+async def _retained_until_hung_up(client: aiomqtt.Client) -> list[str]:
+    """The topics of the messages ``client`` gets until the broker hangs up on it."""
+    topics: list[str] = []
+    with contextlib.suppress(aiomqtt.MqttError):
+        while True:
+            topics.append((await _next(client)).topic.value)
+    return topics
 
 
 async def test_deployed_config_refuses_anonymous_and_wrong_passwords(

@@ -80,6 +80,23 @@ def test_pending_then_firing_then_resolved_with_for_and_keep_firing_for() -> Non
     assert ev.states() == []
 
 
+def test_a_forgotten_nodes_alert_resolves_at_once_despite_keep_firing_for() -> None:
+    """keep_firing_for 300 s holds a gone condition's alert, but not one whose node was
+    forgotten (``collector inventory forget``): resolved at the next evaluation."""
+    clock = FakeClock()
+    cond = Switch()
+    ev = Evaluator([_rule(cond, keep_s=300)])
+    view = LiveView()
+    cond.active.update({"n1": "1", "n2": "1"})
+    assert _states(ev.evaluate(view, clock.time())) == [("inactive", "firing")] * 2
+    cond.active.clear()
+    view.forget("n1")
+    clock.advance(1)
+    resolved = ev.evaluate(view.snapshot(), clock.time())
+    assert [(t.labels["node"], t.state) for t in resolved] == [("n1", "resolved")]
+    assert [s.labels["node"] for s in ev.states()] == ["n2"]  # kept firing
+
+
 def test_pending_that_goes_away_before_for_returns_to_inactive_without_firing() -> None:
     """A blip shorter than ``for`` never fires; it is reported as pending -> inactive."""
     clock = FakeClock()

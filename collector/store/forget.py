@@ -1,0 +1,177 @@
+"""Forgetting nodes: the SQL of ``collector inventory forget``, and what a running collector
+reads of it.
+
+A node is current through its node-level rows: ``nodes`` (its status and inventory, where
+every fleet read and a restarted collector's live view start), ``declared_inventories``,
+``watermarks`` (what the store holds of its agent's epoch), ``node_rejects`` (its rejects,
+summed over restarts) and ``polled_power`` (its BMC's last reading, scope ``node``).
+:func:`forget_nodes` deletes them in the command's transaction and appends one row per node
+to ``forgotten_nodes``. Its samples, rollups, usage ledger, quarantined messages, pool and
+lease moves and alert history stay, as history, until their retention. So do its alerts:
+the collector that leads resolves them once the node is gone from its live view, and
+notifies the resolution like any other.
+
+A running collector stops tracking a forgotten node when it reads the rows past the last id
+it saw (:func:`forgotten_after`, from :func:`last_forgotten` read at its start): commands
+take the store's write lock, so ids grow in commit order. A message from the node after
+that makes it a new node.
+
+Reads go through anything that :class:`~collector.store.statements.Reads` (the command's own
+transaction, so that the checks and the deletes see one snapshot); portable SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Final, NamedTuple
+
+from collector.store.queries import latest_sample
+from collector.store.query import Query, single
+from collector.store.statements import Reads, Statements
+
+__all__ = [
+    "NODE_TABLES",
+    "LeaseHold",
+    "NodeActivity",
+    "activity",
+    "forget_nodes",
+    "forgotten_after",
+    "last_forgotten",
+    "lease_holds",
+    "nodes_held",
+    "still_forgotten",
+]
+
+NODE_TABLES: Final = (
+    ("nodes", "node", ""),
+    ("declared_inventories", "node", ""),
+    ("watermarks", "node", ""),
+    ("node_rejects", "node", ""),
+    ("polled_power", "name", " AND scope = 'node'"),
+)
+"""The tables that hold a node as current, the column naming it and what else a row must
+be (a rack's reading is not a node's): what forgetting deletes."""
+_CHUNK: Final = 500
+"""Nodes named in one ``IN (...)``: far under SQLite's bound-variable limit."""
+
+
+def _chunks(nodes: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
+    for i in range(0, len(nodes), _CHUNK):
+        chunk = nodes[i : i + _CHUNK]
+        yield chunk, ", ".join("?" * len(chunk))
+
+
+def nodes_held(store: Reads, nodes: Iterable[str]) -> set[str]:
+    """Those of ``nodes`` that some table of :data:`NODE_TABLES` holds a row of."""
+    wanted = list(dict.fromkeys(nodes))
+    held: set[str] = set()
+    for table, column, also in NODE_TABLES:
+        if not store.has_table(table):
+            continue
+        for chunk, marks in _chunks(wanted):
+            rows = store.fetchall(
+                f"SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({marks}){also}", chunk
+            )
+            held.update(str(r[0]) for r in rows)
+    return held
+
+
+class NodeActivity(NamedTuple):
+    """What the store last heard of a node: the facts :meth:`Staleness.state
+    <collector.nodefacts.Staleness.state>` decides its state from."""
+
+    node: str
+    status: str | None
+    status_ts: float | None
+    inventory_ts: float | None
+    received: float | None
+    """When its newest sample arrived (collector clock, s); ``None``: no sample stored."""
+    interval_s: float | None
+
+
+def activity(store: Reads, nodes: Iterable[str]) -> dict[str, NodeActivity]:
+    """Node -> its :class:`NodeActivity`, for those of ``nodes`` with a ``nodes`` row."""
+    out: dict[str, NodeActivity] = {}
+    for chunk, marks in _chunks(list(dict.fromkeys(nodes))):
+        rows = store.fetchall(
+            "SELECT n.node, n.status, n.status_ts, n.inventory_ts, "
+            "s.received_ms / 1000.0 AS received, s.interval_s "
+            f"FROM nodes n {latest_sample(store.dialect)} WHERE n.node IN ({marks})",
+            chunk,
+        )
+        for r in rows:
+            out[str(r[0])] = NodeActivity(str(r[0]), r[1], r[2], r[3], r[4], r[5])
+    return out
+
+
+class LeaseHold(NamedTuple):
+    """A lease in force (not ended) that names a node."""
+
+    lease: str
+    tenant: str
+    pool: str | None
+    end_at: float | None
+    """When it ends (Unix s); ``None``: renewing without notice."""
+
+
+def lease_holds(store: Reads, nodes: Iterable[str], now: float) -> dict[str, LeaseHold]:
+    """Node -> the first lease (by id) that names it and has not ended at ``now``, for those
+    of ``nodes`` some lease holds (none before leases exist)."""
+    if not store.has_table("lease_nodes") or not store.has_table("leases"):
+        return {}
+    out: dict[str, LeaseHold] = {}
+    for chunk, marks in _chunks(list(dict.fromkeys(nodes))):
+        rows = store.fetchall(
+            "SELECT ln.node, l.name, l.tenant, l.pool, l.end_at FROM lease_nodes ln "
+            f"JOIN leases l ON l.id = ln.lease_id WHERE ln.node IN ({marks}) "
+            "AND (l.end_at IS NULL OR l.end_at > ?) ORDER BY l.id",
+            [*chunk, now],
+        )
+        for node, name, tenant, pool, end_at in rows:
+            out.setdefault(str(node), LeaseHold(str(name), str(tenant), pool, end_at))
+    return out
+
+
+def forget_nodes(tx: Statements, nodes: Sequence[str], *, forced: Collection[str] = ()) -> None:
+    """Delete the node-level rows of ``nodes`` (:data:`NODE_TABLES`) and record each in
+    ``forgotten_nodes`` (``forced``: those forgotten with ``--force``), in the command's
+    transaction. A declared inventory gone moves the governance generation (governance
+    reads the declared hardware)."""
+    params = [(node,) for node in nodes]
+    for table, column, also in NODE_TABLES:
+        if tx.has_table(table):
+            tx.executemany(f"DELETE FROM {table} WHERE {column} = ?{also}", params)
+    tx.executemany(
+        "INSERT INTO forgotten_nodes (node, at, forced) VALUES (?, ?, ?)",
+        [(node, tx.now, int(node in forced)) for node in nodes],
+    )
+    tx.bump_generation()
+
+
+def last_forgotten() -> Query[int]:
+    """The id of the newest ``forgotten_nodes`` row (0: none): a starting collector's mark."""
+    return single(
+        "SELECT coalesce(max(id), 0) FROM forgotten_nodes", (), lambda rows: int(rows[0][0])
+    )
+
+
+def forgotten_after(after_id: int) -> Query[list[tuple[int, str]]]:
+    """``(id, node)`` of the nodes forgotten since the row ``after_id``, oldest first."""
+    return single(
+        "SELECT id, node FROM forgotten_nodes WHERE id > ? ORDER BY id",
+        (after_id,),
+        lambda rows: [(int(r[0]), str(r[1])) for r in rows],
+    )
+
+
+def still_forgotten(limit: int) -> Query[list[str]]:
+    """The nodes forgotten that the store has not heard of since (no ``nodes`` row), the
+    latest forgotten first, at most ``limit``: what a starting collector's live view
+    remembers as forgotten (:meth:`collector.live.LiveView.forget`)."""
+    return single(
+        "SELECT f.node FROM forgotten_nodes f "
+        "WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = f.node) "
+        "GROUP BY f.node ORDER BY max(f.id) DESC LIMIT ?",
+        (limit,),
+        lambda rows: [str(r[0]) for r in rows],
+    )

@@ -1,0 +1,186 @@
+"""Forgetting a node while the collector runs, and across its restart: a real Mosquitto, a
+real collector on each backend, a real webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+from pydantic import HttpUrl
+
+from agent.simulate import FleetSimulator
+from collector.localbroker import MosquittoBroker
+from collector.paths import StoreTarget
+from collector.service import Collector
+from collector.settings import ReceiverSettings, RouteSettings
+from shared.schema import NodeStatus, encode
+from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
+from tests.collector.alerts.receiver import Receiver
+from tests.collector.governance.fleet import cli
+from tests.collector.governance.test_forget_cli import retained
+from tests.helpers import db_rows, wait_until
+from tests.integration.conftest import CollectorRunner
+
+pytestmark = pytest.mark.integration
+
+
+class _Node:
+    """One simulated node publishing through the broker as its agent would."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.broker = broker
+        self.sim = FleetSimulator(1, gpus_per_node=2, seed=5, interval_s=1, epoch=1)
+        self.name = self.sim.node_ids[0]
+        self.seq = 0
+
+    async def send(self, *, status: str | None = None, sample: bool = False) -> None:
+        now = time.time()
+        async with aiomqtt.Client(self.broker.host, self.broker.port, identifier=self.name) as c:
+            if status == "online":
+                inventory = encode(self.sim.inventory(0, now))
+                await c.publish(inventory_topic(self.name), inventory, qos=1, retain=True)
+            if status is not None:
+                st = NodeStatus(v=1, node=self.name, status=status, ts=now)  # type: ignore[arg-type]
+                await c.publish(status_topic(self.name), encode(st), qos=1, retain=True)
+            if sample:
+                payload = encode(self.sim.sample(0, now, self.seq))
+                self.seq += 1
+                await c.publish(sample_topic(self.name), payload, qos=1)
+
+    @property
+    def topics(self) -> list[str]:
+        n = self.name
+        return [status_topic(n), inventory_topic(n), watermark_topic(n)]
+
+
+async def _forget(db: StoreTarget, broker: MosquittoBroker, *args: str) -> tuple[int, str, str]:
+    """The command, in a thread (it runs its own event loop, as in its own process)."""
+    argv = ("inventory", "forget", *args, "--db", str(db), "--port", str(broker.port))
+    return await asyncio.to_thread(cli, *argv)
+
+
+@pytest.fixture
+async def rx() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback."""
+    with Receiver().serve() as receiver:
+        yield receiver
+
+
+def _runner(broker: MosquittoBroker, db: StoreTarget, rx: Receiver) -> CollectorRunner:
+    """A collector evaluating every 0.5 s, NodeOffline firing at once, notifying ``rx``."""
+    runner = CollectorRunner(broker, db)
+    s = runner.settings
+    runner.settings = s.model_copy(
+        update={
+            "expected_interval_s": 1.0,
+            "alerts": s.alerts.model_copy(update={"eval_interval_s": 0.5, "offline_for_s": 0.0}),
+            "receivers": [ReceiverSettings(name="ops", url=HttpUrl(rx.url), timeout_s=5)],
+            "routes": [RouteSettings(group_wait="0s", group_interval="0s")],
+        }
+    )
+    return runner
+
+
+def _notified(rx: Receiver, node: str) -> list[tuple[str, str]]:
+    """(alertname, status) of each notification about ``node``, in order."""
+    out = []
+    for r in rx.received():
+        body = json.loads(r.body)
+        for alert in body["alerts"]:
+            if alert["labels"].get("node") == node:
+                out.append((alert["labels"]["alertname"], alert["status"]))
+    return out
+
+
+async def test_a_running_collector_stops_tracking_a_forgotten_node(
+    mosquitto: MosquittoBroker, store_url: StoreTarget, rx: Receiver
+) -> None:
+    """A node goes offline (NodeOffline firing, notified); forget is refused while its last
+    sample is fresh, then done: the collector drops it from its live view and watermarks,
+    NodeOffline is notified resolved at once (not after its 5 min keep_firing_for), the
+    broker holds none of its retained messages, and no watermark of it is written again.
+    Its next message makes it a new node."""
+    runner = _runner(mosquitto, store_url, rx)
+    collector = await runner.start()
+    try:
+        node = _Node(mosquitto)
+        await node.send(status="online", sample=True)
+        await wait_until(
+            lambda: bool(
+                db_rows(store_url, "SELECT 1 FROM watermarks WHERE node = ?", (node.name,))
+            ),
+            what="its watermark stored",
+        )
+        await node.send(status="offline")
+        await wait_until(
+            lambda: _notified(rx, node.name) == [("NodeOffline", "firing")], what="NodeOffline"
+        )
+        assert set(await retained(mosquitto, node.topics)) == set(node.topics)
+
+        code, _, err = await _forget(store_url, mosquitto, node.name)
+        assert code == 2, err
+        assert "sent a sample" in err
+
+        async def forgotten() -> bool:
+            return (await _forget(store_url, mosquitto, node.name))[0] == 0
+
+        deadline = time.monotonic() + 20
+        while not await forgotten():  # its sample goes stale within a few seconds
+            assert time.monotonic() < deadline, "forget never accepted"
+            await asyncio.sleep(0.5)
+
+        await wait_until(lambda: node.name not in collector.live, what="out of the live view")
+        assert collector.watermarks.get(node.name) is None
+        await wait_until(
+            lambda: _notified(rx, node.name)[-1:] == [("NodeOffline", "resolved")],
+            what="NodeOffline resolved",
+            timeout_s=15,
+        )
+        assert await retained(mosquitto, node.topics) == {}
+        assert db_rows(store_url, "SELECT node FROM nodes WHERE node = ?", (node.name,)) == []
+        assert db_rows(store_url, "SELECT node FROM watermarks WHERE node = ?", (node.name,)) == []
+        assert db_rows(store_url, "SELECT count(*) FROM samples WHERE node = ?", (node.name,)) == [
+            (1,)
+        ]
+        assert db_rows(store_url, "SELECT count(*) FROM alerts") == [(0,)]
+
+        await node.send(status="online")  # back: a new node
+        await wait_until(lambda: node.name in collector.live, what="a new node")
+        await wait_until(
+            lambda: bool(db_rows(store_url, "SELECT 1 FROM nodes WHERE node = ?", (node.name,))),
+            what="its nodes row again",
+        )
+    finally:
+        await runner.stop()
+
+
+async def test_a_node_forgotten_while_the_collector_is_down_stays_forgotten(
+    mosquitto: MosquittoBroker, store_url: StoreTarget, rx: Receiver
+) -> None:
+    """Forgotten while no collector runs: the next one neither loads it into its live view
+    nor gets its retained messages, and resolves its firing alert, notified."""
+    runner = _runner(mosquitto, store_url, rx)
+    collector: Collector = await runner.start()
+    node = _Node(mosquitto)
+    await node.send(status="offline")
+    await wait_until(lambda: node.name in collector.live, what="the node")
+    await wait_until(
+        lambda: _notified(rx, node.name) == [("NodeOffline", "firing")], what="NodeOffline"
+    )
+    await runner.stop()
+    code, _, err = await _forget(store_url, mosquitto, node.name)
+    assert code == 0, err
+    try:
+        collector = await runner.start()
+        await wait_until(
+            lambda: _notified(rx, node.name)[-1:] == [("NodeOffline", "resolved")],
+            what="NodeOffline resolved after the restart",
+        )
+        assert node.name not in collector.live
+        assert db_rows(store_url, "SELECT node FROM nodes WHERE node = ?", (node.name,)) == []
+    finally:
+        await runner.stop()
