@@ -21,8 +21,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    leases the pool of step 7, the other named nodes), ``collector lease list``,
    ``collector quota show`` on both bases and as the cohort tree;
 9. the quotas as schedulers read them: ``collector export --format kueue`` (ResourceFlavor,
-   Cohort, ClusterQueue manifests) and ``--format slurm`` (reservations); then a clean
-   shutdown.
+   Cohort, ClusterQueue manifests) and ``--format slurm`` (reservations);
+10. decommissioning this machine's node: its agent stopped, ``collector inventory forget``
+    refused (it sent a sample within its staleness window), then forced: its rows and
+    retained messages go, the running collector stops tracking it; then a clean shutdown.
 
 Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
 a receiver on loopback (this script; it checks each signature and prints what it got), and,
@@ -279,6 +281,7 @@ def main() -> int:
         )
         time.sleep(1.0)
         node = socket.gethostname().split(".")[0]
+        node = node if node[:1].isalnum() else "demo-host"
         spawn(
             "agent",
             "agent",
@@ -289,7 +292,7 @@ def main() -> int:
             "--gpu-backend",
             "nvml",
             "--node-id",
-            node if node[:1].isalnum() else "demo-host",
+            node,
             "--spool-dir",
             str(workdir / "agent-spool"),
         )
@@ -360,6 +363,16 @@ def main() -> int:
         banner("9. quotas schedulers obey: Kueue manifests and Slurm reservations")
         run_cli("collector", "export", "--format", "kueue", "--db", str(db))
         run_cli("collector", "export", "--format", "slurm", "--db", str(db))
+        banner(f"10. decommission: stop {node}'s agent, then collector inventory forget {node}")
+        for name, proc in procs:
+            if name == "agent":
+                stop_all([(name, proc)])  # it says offline as it goes
+        forget = ["collector", "inventory", "forget", node, "--db", str(db), *common]
+        run_cli(*forget)  # refused: it sent a sample within its staleness window
+        run_cli(*forget, "--force")
+        time.sleep(2.5)  # the running collector drops it from its view within seconds
+        run_cli("collector", "alerts", "--db", str(db))
+        run_cli("collector", "inventory", "--db", str(db), "--node", node)
     finally:
         banner("shutdown")
         stop_all(reversed(procs))
