@@ -104,10 +104,12 @@ def test_idle_nodes_are_swept_from_the_table() -> None:
     assert len(budgets) == 1
 
 
-async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
-    """The broker connection drops for 30 s (of the collector's clock) and the session is
-    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
-    clock = FakeClock(start_wall=T0)
+async def _backlog_passed(
+    clock: FakeClock, silent_s: float, away_s: float, backlog: list[tuple[str, bytes]]
+) -> int:
+    """A reader on a resumed session whose connection first delivers nothing for
+    ``silent_s`` (the collector's clock), then drops, and is back ``away_s`` later with the
+    broker's ``backlog`` at once: how many of it passed the budget as samples."""
     ingestor = Ingestor(clock, budget=BUDGET)
     broker = ScriptedBroker()
     queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
@@ -126,11 +128,13 @@ async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected(
     )
     task = asyncio.create_task(reader.run())
     await asyncio.wait_for(connected.wait(), 10)
+    await asyncio.sleep(0.05)  # the reader waits for its next read
+    clock.advance(silent_s)
     broker.drop_connection()
     await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
-    clock.advance(30.0)
+    clock.advance(away_s)
     await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
-    broker.deliver([broker.message(t, p) for t, p in _samples(0, 400)])
+    broker.deliver([broker.message(t, p) for t, p in backlog])
     items: list[Item] = []
 
     def taken() -> int:
@@ -140,10 +144,28 @@ async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected(
                 items.extend(i for i in unit.items if not isinstance(i, MetaItem))
         return len(items)
 
-    await wait_until(lambda: taken() >= 400, what="the backlog validated")
-    assert sum(isinstance(i, SampleRow) for i in items) == 320
+    await wait_until(lambda: taken() >= len(backlog), what="the backlog validated")
     stop.set()
     while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
         pass
     unit.done.set_result(None)
     await asyncio.wait_for(task, 10)
+    return sum(isinstance(i, SampleRow) for i in items)
+
+
+async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
+    """The broker connection drops for 30 s (of the collector's clock) and the session is
+    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
+    clock = FakeClock(start_wall=T0)
+    assert await _backlog_passed(clock, 0.0, 30.0, _samples(0, 400)) == 320
+
+
+async def test_a_connection_that_died_silently_is_credited_from_its_last_read() -> None:
+    """A half-open connection (a network partition, a broker host gone without a reset) is
+    noticed only at the keepalive timeout, and the reconnect is at once: the broker queued
+    for the session since the last read, 30 s of an agent replaying at its pace (half the
+    budget: 150), all of which pass. Credited from the drop's notice instead, the burst
+    alone (20) passed and the rest was refused, acknowledged and lost."""
+    clock = FakeClock(start_wall=T0)
+    paced = int(30 * BUDGET.paced().messages_per_s)
+    assert await _backlog_passed(clock, 30.0, 0.0, _samples(0, paced)) == paced
