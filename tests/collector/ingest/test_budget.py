@@ -93,6 +93,27 @@ def test_a_credited_gap_lets_the_brokers_backlog_through_once() -> None:
     assert sum(isinstance(i, SampleRow) for i in again) == 20
 
 
+def test_each_gaps_credit_ends_on_its_own_time() -> None:
+    """A day of short waits on the writer's queue (0.15 s every 30 s) banks nothing: each
+    wait's credit ends a minute after it, so a node then gets its burst and the open waits'
+    credit (three: 20 + 4), not the day's 432 s (4,340: one window that each wait extended).
+    A long gap keeps its own while beside newer waits, and ends with it."""
+    budgets = NodeBudgets(BUDGET)
+    now = 0.0
+    for _ in range(2_880):
+        now += 30.0
+        budgets.credit(0.15, now)
+    assert sum(budgets.take("n", 100, now) for _ in range(10_000)) == 20 + 4
+    budgets.credit(30.0, now)  # the collector was away 30 s
+    for _ in range(8):
+        now += 10.0
+        budgets.credit(0.15, now)
+    # The gap and the last seven waits (the first ended a minute after it): 31.05 s.
+    assert sum(budgets.take("m", 100, now) for _ in range(10_000)) == 20 + 310
+    now += 11.0  # the gap's while (90 s) is over; the last five waits are open: 0.75 s
+    assert sum(budgets.take("k", 100, now) for _ in range(10_000)) == 20 + 7
+
+
 def test_idle_nodes_are_swept_from_the_table() -> None:
     """Thousands of nodes that each sent one message: once they have earned their credit
     back, the table drops them when it has doubled."""
