@@ -67,21 +67,27 @@ class NodeBudget(BaseModel):
 
     @model_validator(mode="after")
     def _largest_message_fits(self) -> Self:
-        if self.bytes_per_s * self.burst_s < MAX_PAYLOAD_BYTES:
+        # The agent's pace (paced(): PACE_SHARE of this) must hold one largest message in
+        # its burst too: a pace that could not, the agent refused at start with a traceback.
+        paced_bytes = self.bytes_per_s * PACE_SHARE * self.burst_s
+        if paced_bytes < MAX_PAYLOAD_BYTES:
             raise ValueError(
-                f"bytes_per_s x burst_s is {self.bytes_per_s * self.burst_s:,.0f} bytes, less "
-                f"than the largest message a node may send ({MAX_PAYLOAD_BYTES:,}): raise "
-                "bytes_per_s or burst_s"
+                f"bytes_per_s x burst_s is {self.bytes_per_s * self.burst_s:,.0f} bytes, and "
+                f"agents replay at {PACE_SHARE:g} of it ({paced_bytes:,.0f}), less than the "
+                f"largest message a node may send ({MAX_PAYLOAD_BYTES:,}): raise bytes_per_s "
+                "or burst_s"
             )
-        if self.messages_per_s * self.burst_s < 1:
+        if self.messages_per_s * PACE_SHARE * self.burst_s < 1:
             raise ValueError(
-                "messages_per_s x burst_s is less than one message: raise messages_per_s or burst_s"
+                f"messages_per_s x burst_s x {PACE_SHARE:g} (agents replay at that share) is "
+                "less than one message: raise messages_per_s or burst_s"
             )
         return self
 
     def paced(self) -> NodeBudget:
-        """What an agent replays at: :data:`PACE_SHARE` of this budget, the same burst."""
-        return NodeBudget(
+        """What an agent replays at: :data:`PACE_SHARE` of this budget, the same burst (not
+        checked again: the check of this budget is that its pace holds a largest message)."""
+        return NodeBudget.model_construct(
             messages_per_s=self.messages_per_s * PACE_SHARE,
             bytes_per_s=self.bytes_per_s * PACE_SHARE,
             burst_s=self.burst_s,

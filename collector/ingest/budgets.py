@@ -11,7 +11,11 @@ writer's queue was full) arrives at once when it reads again: an hour of a node'
 seconds. So the reader tells the budgets how long it was not reading (:meth:`credit`), and
 for a while after (as long again, plus a minute, while the backlog drains) each node may
 have sent that much more: its budget over the gap, which its agent paced itself under.
-A node flooding gains that much once per gap, no more.
+A node flooding gains that much once per gap, no more, and only within that while: each
+gap's credit ends on its own time. (One window that every new gap extended, with all the
+credit so far, never closed on a collector whose writer's queue filled for a moment every
+minute or so; a week of 0.1 s waits every 30 s banked 2,016 s of credit, and a node could
+then send 101,000 messages at once, not 500.)
 
 Nodes are kept while they have spent credit; an allowance that has earned everything back is
 the same as a new one, and such are dropped whenever the table has doubled since the last
@@ -21,6 +25,8 @@ grow it without bound.
 
 from __future__ import annotations
 
+import heapq
+import math
 from typing import Final
 
 from shared.budget import Allowance, NodeBudget
@@ -31,6 +37,10 @@ _DRAIN_EXTRA_S: Final = 60.0
 """How much longer than the gap itself its credit stays open while the backlog drains."""
 _SWEEP_MIN: Final = 1024
 """No sweep of idle allowances below this many nodes."""
+_MERGE_S: Final = 1.0
+"""A credit that would end less than this after the newest one is added to it (a reader
+waiting on a full queue credits each wait): a few dozen credits open at most, not one per
+wait; each ends at most this much early."""
 
 
 class NodeBudgets:
@@ -42,14 +52,22 @@ class NodeBudgets:
         self._nodes: dict[str, Allowance] = {}
         self._sweep_at = _SWEEP_MIN
         self._credit_s = 0.0
-        self._credit_until = float("-inf")
+        """The credit of the gaps whose while is not over (seconds of budget)."""
+        self._credits: list[list[float]] = []
+        """Those gaps: a heap of ``[until, seconds]``."""
+        self._credit_until = math.inf
+        """When the first of them ends."""
+        self._newest: list[float] | None = None
+        """The credit given last (in the heap while its while is not over)."""
 
     def __len__(self) -> int:
         return len(self._nodes)
 
     def take(self, node: str, nbytes: int, now: float) -> bool:
         """Spend one message of ``nbytes`` from ``node``'s budget; ``False``: over it."""
-        floor = now - self._credit_s if now < self._credit_until else now
+        if now >= self._credit_until:
+            self._expire(now)
+        floor = now - self._credit_s
         allowance = self._nodes.get(node)
         if allowance is None:
             if len(self._nodes) >= self._sweep_at:
@@ -62,9 +80,27 @@ class NodeBudgets:
         its budget over that time more, while the backlog drains (see the module docstring)."""
         if gap_s <= 0:
             return
-        open_s = self._credit_s if now < self._credit_until else 0.0
-        self._credit_s = open_s + gap_s
-        self._credit_until = now + self._credit_s + _DRAIN_EXTRA_S
+        self._expire(now)
+        until = now + gap_s + _DRAIN_EXTRA_S
+        credits, newest = self._credits, self._newest
+        # Ending less than _MERGE_S after the newest, which is then open (a credit's while
+        # is at least a minute): added to it, its end kept (a moving end would never come).
+        if newest is not None and 0 <= until - newest[0] < _MERGE_S:
+            newest[1] += gap_s
+        else:
+            self._newest = [until, gap_s]
+            heapq.heappush(credits, self._newest)
+        self._credit_s += gap_s
+        self._credit_until = credits[0][0]
+
+    def _expire(self, now: float) -> None:
+        """Drop the credits whose while is over."""
+        credits = self._credits
+        while credits and credits[0][0] <= now:
+            self._credit_s -= heapq.heappop(credits)[1]
+        if not credits:
+            self._credit_s, self._newest = 0.0, None  # no rounding left over
+        self._credit_until = credits[0][0] if credits else math.inf
 
     def _sweep(self, now: float) -> None:
         self._nodes = {n: a for n, a in self._nodes.items() if not a.idle(now)}

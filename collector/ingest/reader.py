@@ -22,8 +22,9 @@ Each node's ingest budget (:mod:`collector.ingest.budgets`) measures arrival tim
 say when a message was sent only while the collector keeps up. So the reader credits the
 budgets with each time it was not reading from a session the broker kept: since this
 session's last read before the process started (``meta`` key ``ingest_read <session>``,
-written at most every :data:`READ_MARK_EVERY_S` with a unit), between a lost connection and
-the resumed one, and while it waited for room in the writer's queue. What the broker queued
+written at most every :data:`READ_MARK_EVERY_S` with a unit), from a lost connection's last
+read (one that died silently is noticed only at its keepalive timeout) to the resumed one,
+and while it waited for room in the writer's queue. What the broker queued
 meanwhile, which arrives all at once, is then not refused as ``rate_limited``.
 
 A connection the broker closes again and again within seconds of opening means another
@@ -287,7 +288,10 @@ class Reader:
         self._last_read = last_read
         """Wall-clock time of this session's last read before the process started."""
         self._lost_at: float | None = None
-        """Monotonic time the last connection ended (``None``: none has yet)."""
+        """Monotonic time since which the last connection delivered nothing before it ended
+        (``None``: none has ended yet)."""
+        self._asked_at: float | None = None
+        """Monotonic time the reader last asked this connection for a read."""
         self._read_key = f"{READ_META_KEY} {session_key}"
         self._read_marked = -math.inf
 
@@ -299,6 +303,7 @@ class Reader:
         while not self._stop.is_set():
             sub = self._connect()
             opened: float | None = None
+            self._asked_at = None
             try:
                 async with sub:
                     opened = loop.time()
@@ -311,7 +316,11 @@ class Reader:
                     return
             except MqttWireError as exc:
                 if opened is not None:
-                    self._lost_at = self._ingestor.clock.monotonic()
+                    # Since the read it was waiting for: a connection that died silently
+                    # (half-open) is noticed only at the keepalive timeout (1.5 x
+                    # keepalive_s), and the broker queued for the session meanwhile.
+                    asked = self._asked_at
+                    self._lost_at = self._ingestor.clock.monotonic() if asked is None else asked
                 lived_s = None if opened is None else loop.time() - opened
                 if lived_s is not None and lived_s >= _STABLE_S:
                     delay, short_lived = self._min_s, 0  # it had been fine: retry at once
@@ -463,6 +472,7 @@ class Reader:
         try:
             while True:
                 if nxt is None:
+                    self._asked_at = self._ingestor.clock.monotonic()
                     nxt = asyncio.ensure_future(sub.next_batch())
                 await asyncio.wait((nxt, stop), return_when=asyncio.FIRST_COMPLETED)
                 if nxt.done():

@@ -70,6 +70,21 @@ def test_a_budget_that_cannot_pass_the_largest_message_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"raise bytes_per_s or burst_s"):
         NodeBudget(bytes_per_s=MAX_PAYLOAD_BYTES / 10, burst_s=5)
     with pytest.raises(ValidationError, match=r"less than one message"):
-        NodeBudget(messages_per_s=0.5, bytes_per_s=MAX_PAYLOAD_BYTES, burst_s=1)
+        NodeBudget(messages_per_s=0.5, bytes_per_s=2 * MAX_PAYLOAD_BYTES, burst_s=1)
+
+
+def test_a_budget_whose_pace_cannot_pass_the_largest_message_is_refused() -> None:
+    """The agent paces at half the budget: a budget whose half cannot hold the largest
+    message (or one message) is refused where it is read, as one line naming the fix; it
+    was accepted, and the agent then died at start with a traceback (paced() refused it)."""
+    with pytest.raises(ValidationError, match=r"agents replay at 0.5 of it"):
+        NodeBudget(bytes_per_s=MAX_PAYLOAD_BYTES * 0.15, burst_s=10)  # 1.5 MB, half 0.75
+    with pytest.raises(ValidationError, match=r"less than one message"):
+        NodeBudget(messages_per_s=0.1, bytes_per_s=MAX_PAYLOAD_BYTES, burst_s=10)
+    edge = NodeBudget(messages_per_s=0.2, bytes_per_s=MAX_PAYLOAD_BYTES * 0.2, burst_s=10)
+    pace = edge.paced()  # any budget accepted has a pace
+    a = Allowance(0.0)
+    assert a.take(pace, MAX_PAYLOAD_BYTES, 0.0, 0.0)  # a largest message fits its burst
+    assert a.wait_s(pace, MAX_PAYLOAD_BYTES, 0.0) == pytest.approx(10.0)
     with pytest.raises(ValidationError, match=r"greater than 0"):
         NodeBudget(messages_per_s=0)

@@ -93,6 +93,27 @@ def test_a_credited_gap_lets_the_brokers_backlog_through_once() -> None:
     assert sum(isinstance(i, SampleRow) for i in again) == 20
 
 
+def test_each_gaps_credit_ends_on_its_own_time() -> None:
+    """A day of short waits on the writer's queue (0.15 s every 30 s) banks nothing: each
+    wait's credit ends a minute after it, so a node then gets its burst and the open waits'
+    credit (three: 20 + 4), not the day's 432 s (4,340: one window that each wait extended).
+    A long gap keeps its own while beside newer waits, and ends with it."""
+    budgets = NodeBudgets(BUDGET)
+    now = 0.0
+    for _ in range(2_880):
+        now += 30.0
+        budgets.credit(0.15, now)
+    assert sum(budgets.take("n", 100, now) for _ in range(10_000)) == 20 + 4
+    budgets.credit(30.0, now)  # the collector was away 30 s
+    for _ in range(8):
+        now += 10.0
+        budgets.credit(0.15, now)
+    # The gap and the last seven waits (the first ended a minute after it): 31.05 s.
+    assert sum(budgets.take("m", 100, now) for _ in range(10_000)) == 20 + 310
+    now += 11.0  # the gap's while (90 s) is over; the last five waits are open: 0.75 s
+    assert sum(budgets.take("k", 100, now) for _ in range(10_000)) == 20 + 7
+
+
 def test_idle_nodes_are_swept_from_the_table() -> None:
     """Thousands of nodes that each sent one message: once they have earned their credit
     back, the table drops them when it has doubled."""
@@ -104,10 +125,12 @@ def test_idle_nodes_are_swept_from_the_table() -> None:
     assert len(budgets) == 1
 
 
-async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
-    """The broker connection drops for 30 s (of the collector's clock) and the session is
-    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
-    clock = FakeClock(start_wall=T0)
+async def _backlog_passed(
+    clock: FakeClock, silent_s: float, away_s: float, backlog: list[tuple[str, bytes]]
+) -> int:
+    """A reader on a resumed session whose connection first delivers nothing for
+    ``silent_s`` (the collector's clock), then drops, and is back ``away_s`` later with the
+    broker's ``backlog`` at once: how many of it passed the budget as samples."""
     ingestor = Ingestor(clock, budget=BUDGET)
     broker = ScriptedBroker()
     queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
@@ -126,11 +149,13 @@ async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected(
     )
     task = asyncio.create_task(reader.run())
     await asyncio.wait_for(connected.wait(), 10)
+    await asyncio.sleep(0.05)  # the reader waits for its next read
+    clock.advance(silent_s)
     broker.drop_connection()
     await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
-    clock.advance(30.0)
+    clock.advance(away_s)
     await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
-    broker.deliver([broker.message(t, p) for t, p in _samples(0, 400)])
+    broker.deliver([broker.message(t, p) for t, p in backlog])
     items: list[Item] = []
 
     def taken() -> int:
@@ -140,10 +165,28 @@ async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected(
                 items.extend(i for i in unit.items if not isinstance(i, MetaItem))
         return len(items)
 
-    await wait_until(lambda: taken() >= 400, what="the backlog validated")
-    assert sum(isinstance(i, SampleRow) for i in items) == 320
+    await wait_until(lambda: taken() >= len(backlog), what="the backlog validated")
     stop.set()
     while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
         pass
     unit.done.set_result(None)
     await asyncio.wait_for(task, 10)
+    return sum(isinstance(i, SampleRow) for i in items)
+
+
+async def test_the_reader_credits_the_budgets_with_the_time_it_was_disconnected() -> None:
+    """The broker connection drops for 30 s (of the collector's clock) and the session is
+    resumed: the backlog that arrives at once passes up to 30 s of budget plus the burst."""
+    clock = FakeClock(start_wall=T0)
+    assert await _backlog_passed(clock, 0.0, 30.0, _samples(0, 400)) == 320
+
+
+async def test_a_connection_that_died_silently_is_credited_from_its_last_read() -> None:
+    """A half-open connection (a network partition, a broker host gone without a reset) is
+    noticed only at the keepalive timeout, and the reconnect is at once: the broker queued
+    for the session since the last read, 30 s of an agent replaying at its pace (half the
+    budget: 150), all of which pass. Credited from the drop's notice instead, the burst
+    alone (20) passed and the rest was refused, acknowledged and lost."""
+    clock = FakeClock(start_wall=T0)
+    paced = int(30 * BUDGET.paced().messages_per_s)
+    assert await _backlog_passed(clock, 30.0, 0.0, _samples(0, paced)) == paced
