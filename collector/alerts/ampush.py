@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from collector.alerts.webhook import BodyAlert, backoff_s, generator_url, rfc3339
+from collector.alerts.webhook import BodyAlert, answer_head, backoff_s, generator_url, rfc3339
 from collector.counters import value
 from shared.clock import Clock
 from shared.logging import get_logger
@@ -55,8 +55,6 @@ RESOLVED_RETENTION_S: Final = 15 * 60.0
 """How long a resolution keeps being sent (Prometheus' ``resolvedRetention``)."""
 MAX_BATCH: Final = 256
 """Alerts per request (Prometheus' notifier ``maxBatchSize``)."""
-_HEAD_BYTES: Final = 256
-"""How much of a refusal's answer is logged."""
 _VALIDITY_RESENDS: Final = 4
 """A firing alert's ``endsAt``: this many resend intervals ahead (Prometheus: 4)."""
 
@@ -229,8 +227,9 @@ class AlertmanagerPush:
             body = json.dumps(batch, ensure_ascii=False, separators=(",", ":")).encode()
             try:
                 async with asyncio.timeout(t.cfg.timeout_s):
-                    # Streamed: of the answer only its head is read (a URL that answers
-                    # with a large file must not be read into memory, as a webhook's isn't).
+                    # Streamed: of the answer only its head is read, as a webhook's
+                    # (answer_head: a large file is never read; a short answer is read to
+                    # its end, so the connection serves the next push).
                     async with client.stream(
                         "POST",
                         t.cfg.alerts_url,
@@ -238,12 +237,7 @@ class AlertmanagerPush:
                         headers={"Content-Type": "application/json", "User-Agent": "capwatch"},
                     ) as resp:
                         status = resp.status_code
-                        raw = b""
-                        if not 200 <= status < 300:
-                            async for chunk in resp.aiter_raw():
-                                raw += chunk
-                                if len(raw) >= _HEAD_BYTES:
-                                    break
+                        raw = await answer_head(resp)
             except (TimeoutError, httpx.HTTPError) as exc:
                 error = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
                 self.metrics.push_failed.inc()
@@ -252,7 +246,7 @@ class AlertmanagerPush:
             if 200 <= status < 300:
                 self.metrics.alerts_sent.inc(len(batch))
                 continue
-            head = raw[:_HEAD_BYTES].decode("utf-8", "replace")
+            head = raw.decode("utf-8", "replace")
             if status == 429 or status >= 500:
                 self.metrics.push_failed.inc()
                 log.warning("alertmanager_push_failed", target=t.cfg.name, status=status)

@@ -42,7 +42,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.actions import run_action
-from collector.alerts.webhook import Verdict, backoff_s, classify, sign
+from collector.alerts.webhook import Verdict, answer_head, backoff_s, classify, sign
 from collector.counters import labelled_values, value
 from collector.paths import StoreTarget
 from collector.store.alerts import OutboxEntry, OutboxOutcome, OutboxReport, pending_outbox
@@ -72,10 +72,6 @@ def read_pending(db: StoreTarget, token: int | None = None) -> LoadPending:
             return await pending_outbox(store, token)
 
     return load
-
-
-_HEAD_BYTES: Final = 256
-"""How much of a receiver's answer a dead letter keeps."""
 
 
 class _Result(NamedTuple):
@@ -409,15 +405,11 @@ class _Worker:
                 async with self._client.stream(
                     "POST", str(cfg.url), content=body, headers=headers
                 ) as resp:
-                    head = b""
-                    async for chunk in resp.aiter_raw():
-                        head += chunk
-                        if len(head) >= _HEAD_BYTES:
-                            break
+                    head = await answer_head(resp)
                     return _Result(
                         resp.status_code,
                         resp.headers.get("retry-after"),
-                        head[:_HEAD_BYTES].decode("utf-8", "replace"),
+                        head.decode("utf-8", "replace"),
                         None,
                     )
         except TimeoutError:

@@ -29,16 +29,21 @@ import hmac
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 import msgspec
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = [
+    "ANSWER_HEAD_BYTES",
     "BACKOFF_CAP_S",
     "BACKOFF_INITIAL_S",
     "ZERO_TIME",
     "BodyAlert",
     "Verdict",
+    "answer_head",
     "backoff_s",
     "classify",
     "generator_url",
@@ -51,6 +56,8 @@ __all__ = [
     "webhook_body",
 ]
 
+ANSWER_HEAD_BYTES: Final = 256
+"""What is read of a receiver's answer (for the log and the outbox's last error)."""
 ZERO_TIME: Final = "0001-01-01T00:00:00Z"
 """Go's zero time as Alertmanager prints ``endsAt`` of a firing alert."""
 BACKOFF_INITIAL_S: Final = 0.5
@@ -276,3 +283,16 @@ def classify(
         wait = retry_after_s(retry_after, now)
         return Verdict("retry", backoff if wait is None else max(wait, backoff))
     return Verdict("dead")
+
+
+async def answer_head(resp: httpx.Response) -> bytes:
+    """The first :data:`ANSWER_HEAD_BYTES` of a streamed answer (``client.stream``); the
+    rest is never read, so a URL that answers with a large file costs nothing. A shorter
+    answer is read to its end, and that is what lets httpx keep the connection for the
+    next request: one left unread is closed (a TCP, and TLS, handshake per push)."""
+    head = b""
+    async for chunk in resp.aiter_raw():
+        head += chunk
+        if len(head) >= ANSWER_HEAD_BYTES:
+            break
+    return head[:ANSWER_HEAD_BYTES]

@@ -27,6 +27,8 @@ class Request(NamedTuple):
     path: str
     headers: dict[str, str]
     body: bytes
+    peer: int = 0
+    """The client's port: one per TCP connection."""
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Receiver:
 
     script: list[Answer] = field(default_factory=list)
     port: int = 0
+    keep_alive: bool = False
+    """HTTP/1.1 with persistent connections (else each answer closes its connection)."""
     requests: list[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,12 +79,13 @@ class _Serving:
         receiver = self.receiver
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
-                answer = receiver._answer(
-                    Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-                )
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                answer = receiver._answer(Request(self.path, headers, body, self.client_address[1]))
                 self.send_response(answer.status)
                 for k, v in answer.headers.items():
                     self.send_header(k, v)

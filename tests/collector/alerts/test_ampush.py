@@ -161,3 +161,17 @@ async def test_a_huge_answer_is_not_read_into_memory() -> None:
         finally:
             tracemalloc.stop()
     assert peak < 20 * 1024**2, f"{peak / 1024**2:.0f} MiB held"
+
+
+async def test_pushes_reuse_one_connection() -> None:
+    """Alertmanager answers a push with a short body: read to its end, the connection
+    serves the next push (an answer left unread closed it: a TCP handshake per push, and a
+    TLS one with https)."""
+    clock = FakeClock()
+    with Receiver(keep_alive=True).serve() as rx:
+        async with _pushing(rx.url.removesuffix("/hook"), clock, resend="60s") as push:
+            push.update([_alert(LABELS, clock.time())], [], clock.time())
+            for n in range(1, 4):
+                await wait_until(_received(rx, n), what=f"push {n}")
+                clock.advance(61)
+    assert len({r.peer for r in rx.received()}) == 1
