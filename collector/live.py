@@ -38,6 +38,22 @@ that falls far behind) counts as missing, though another member stores it. Rejec
 them, so the leader saw 1/N of a node's bad samples; rejects of status and inventory
 messages, which every member receives, count from each member's own.
 
+**Two agents as one node** (a cloned VM, a copied agent config): both publish under the
+node's name, so its newest sample flips between them and the store holds both interleaved.
+One agent numbers its samples in order within a run (an ``epoch``) and never goes back to a
+run it left, so the view counts a sample as a second agent's (:attr:`NodeState.conflicts`,
+``NodeAgentConflict``) when, in the same epoch as the held sample, its ``seq`` is at or below
+the held one while it is stamped after every sample of that epoch (clones sharing an epoch: a
+cloned spool, or two fresh ones both at 0); or when it belongs to the run the held one took
+over from (:attr:`NodeState.prior_run`), numbered past where that run was, and is the newest
+again or stamped after the held run took over (two epochs alternating). One agent does none
+of that: a restart is one switch to a new run; a late replay of the run before, or the
+broker's redelivery, is numbered at or below what was seen or stamped before the new run
+began; a duplicate has its original time. A clock stepped back between two runs can make one
+agent's late samples look so: the rule asks for several within its window. Agents before
+epochs are not judged (their ``seq`` restarts at 0 with each process). In a share group only
+the leader's feed counts, as for gaps (a sample seen twice counts once).
+
 Pure data: no I/O, no locks. One task (the reader, validating) updates it; the evaluator
 reads a :meth:`LiveView.snapshot`, in a worker thread, while ingestion goes on. That is safe
 without locks because a :class:`NodeState` in the view is never changed: an update stores a changed
@@ -168,6 +184,13 @@ class NodeState(msgspec.Struct, gc=False):
     seq_feed: int = 0
     """The feed run (:meth:`LiveView.feed_started`) ``seq_last`` came from, in a view that
     counts gaps from the feed only (``from_feed``)."""
+    run_start_ts: float = 0.0
+    """The time (node clock) of the sample that made the latest sample's run the newest: a
+    sample of ``prior_run`` stamped after it, numbered past where that run was, is a second
+    agent's (:meth:`LiveView.conflicts_since`)."""
+    conflicts: tuple[float, ...] = ()
+    """When (collector clock) the node's last ``max_conflicts`` samples that showed a second
+    agent publishing as the node arrived, oldest first (rare, so a tuple replaced on each)."""
 
     @property
     def reject_only(self) -> bool:
@@ -206,6 +229,8 @@ class NodeState(msgspec.Struct, gc=False):
             self.sample_epoch_ts,
             self.prior_run,
             self.seq_feed,
+            self.run_start_ts,
+            self.conflicts,
         )
 
 
@@ -221,6 +246,7 @@ class LiveView:
         max_reasons: int = 16,
         max_xids_per_gpu: int = 8,
         max_gaps: int = 16,
+        max_conflicts: int = 8,
         from_feed: bool = False,
     ) -> None:
         if max_nodes < 1:
@@ -235,6 +261,10 @@ class LiveView:
             raise ValueError(f"max_xids_per_gpu must be at least 1, got {max_xids_per_gpu}")
         self.max_xids_per_gpu = max_xids_per_gpu
         self.max_gaps = max_gaps
+        if max_conflicts < 1:
+            raise ValueError(f"max_conflicts must be at least 1, got {max_conflicts}")
+        self.max_conflicts = max_conflicts
+        """How many of its last samples that showed a second agent a node keeps the time of."""
         self.from_feed = from_feed
         """Count gaps in ``seq`` and rejected samples from the leader's live feed only (a
         share group: see the module docstring), not from every sample the view is given."""
@@ -244,6 +274,8 @@ class LiveView:
         """Gaps in sequence numbers seen, all nodes (since this process started)."""
         self.missing_total = 0
         """Samples missing in those gaps, all nodes."""
+        self.conflicts_total = 0
+        """Samples that showed a second agent publishing as their node, all nodes."""
         self.refused = 0
         """Updates dropped because the view was full of real nodes."""
         self.evicted = 0
@@ -297,21 +329,46 @@ class LiveView:
             return False
         st = held._copy()
         self._nodes[st.node] = st
-        if feed or not self.from_feed:
+        counted = feed or not self.from_feed
+        if counted:
             self._track_seq(st, sample, received)
         self._keep_xids(st, sample, received)
         latest = st.sample
-        same_run = latest is not None and sample.epoch == latest.epoch
-        if same_run:
-            st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)
-        if latest is not None and not _later_sample(
-            sample, latest, st.sample_epoch_ts, st.prior_run
-        ):
-            return False
+        same_run = False
+        if latest is not None:
+            same_run = sample.epoch == latest.epoch
+            if same_run:
+                # Two agents in one epoch (see the module docstring): a seq at or below the
+                # held one stamped after every sample of the run. Compares only, and the
+                # first is false for each in-order sample.
+                if (
+                    sample.seq <= latest.seq
+                    and sample.ts > st.sample_epoch_ts
+                    and sample.epoch is not None
+                    and counted
+                ):
+                    self._two_agents(st, received)
+                st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)
+            later = _later_sample(sample, latest, st.sample_epoch_ts, st.prior_run)
+            prior = st.prior_run
+            if (
+                not same_run
+                and prior is not None
+                and sample.epoch == prior[0]
+                and sample.seq > prior[1]
+                and (later or sample.ts > st.run_start_ts >= prior[2])
+                and counted
+            ):
+                # Two agents in two runs: the run the held one took over from goes on,
+                # numbered past where it was, and is newest again or stamped after the
+                # held run took over (see the module docstring).
+                self._two_agents(st, received)
+            if not later:
+                return False
         if not same_run:
             if latest is not None and latest.epoch is not None:
                 st.prior_run = (latest.epoch, latest.seq, st.sample_epoch_ts)
-            st.sample_epoch_ts = sample.ts
+            st.sample_epoch_ts = st.run_start_ts = sample.ts
         st.sample = sample
         st.sample_received = received
         reading = sample_power(sample, received)
@@ -550,6 +607,17 @@ class LiveView:
             self.gaps_total += 1
             self.missing_total += missing
         st.seq_last, st.seq_ts = seq, sample.ts
+
+    def conflicts_since(self, st: NodeState, since: float) -> int:
+        """Samples of ``st`` that showed a second agent and arrived at or after ``since``
+        (collector clock), of the last ``max_conflicts``."""
+        return sum(1 for t in st.conflicts if t >= since)
+
+    def _two_agents(self, st: NodeState, received: float) -> None:
+        """Note a sample of ``st`` that showed a second agent publishing as its node."""
+        keep = self.max_conflicts
+        st.conflicts = (*st.conflicts[-(keep - 1) :], received) if keep > 1 else (received,)
+        self.conflicts_total += 1
 
     def missing_since(self, st: NodeState, since: float) -> int:
         """Samples missing in ``st``'s gaps that showed up at or after ``since``."""

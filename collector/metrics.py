@@ -165,6 +165,13 @@ async def fleet_families(
             "Samples missing in those gaps, all nodes; `collector query --node N --gaps`.",
             view.missing_total,
         ),
+        CounterMetricFamily(
+            "capwatch_fleet_agent_conflicts",
+            "Samples that showed a second agent publishing under their node's name (two "
+            "agent runs alternating, or seq going back while time goes on), all nodes; the "
+            "NodeAgentConflict alert names the node.",
+            view.conflicts_total,
+        ),
         GaugeMetricFamily(
             "capwatch_fleet_nodes_with_gaps",
             "Nodes with a gap in the live view's memory (the last few per node).",

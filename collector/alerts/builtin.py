@@ -82,6 +82,7 @@ def builtin_rules(
         _node_clock_skew(s),
         _node_rejects_rising(s),
         _node_samples_missing(s),
+        _node_agent_conflict(s),
         _job_gpu_idle(s, staleness),
     ]
     return enabled_rules(rules, s.disabled, field="alerts.disabled")
@@ -109,6 +110,11 @@ def _gpu_labels(st: NodeState, index: int, uuid: str | None = None) -> dict[str,
     if uuid is not None:
         labels["uuid"] = uuid
     return labels
+
+
+def _counted(st: NodeState, n: int) -> Instance:
+    """The alert of a rule that counts a node's events in its window: the node, and ``n``."""
+    return Instance({"node": st.node}, {"count": str(n)})
 
 
 # -- node rules
@@ -330,7 +336,7 @@ def _node_clock_skew(s: AlertSettings) -> Rule:
                 continue
             n = view.rejects(st, now, window, "clock_skew")
             if n:
-                yield Instance({"node": st.node}, {"count": str(n)})
+                yield _counted(st, n)
 
     return Rule(
         name=BUILTIN.NodeClockSkew,
@@ -356,7 +362,7 @@ def _node_rejects_rising(s: AlertSettings) -> Rule:
                 continue
             n = view.rejects(st, now, window)
             if n >= least:
-                yield Instance({"node": st.node}, {"count": str(n)})
+                yield _counted(st, n)
 
     return Rule(
         name=BUILTIN.NodeRejectsRising,
@@ -386,7 +392,7 @@ def _node_samples_missing(s: AlertSettings) -> Rule:
                 continue
             n = view.missing_since(st, since)
             if n >= least:
-                yield Instance({"node": st.node}, {"count": str(n)})
+                yield _counted(st, n)
 
     return Rule(
         name=BUILTIN.NodeSamplesMissing,
@@ -399,6 +405,40 @@ def _node_samples_missing(s: AlertSettings) -> Rule:
         ),
         condition=condition,
         keep_firing_for_s=s.samples_missing_keep_firing_for_s,
+    )
+
+
+def _node_agent_conflict(s: AlertSettings) -> Rule:
+    """Reads the samples the live view counted as a second agent's (:mod:`collector.live`:
+    two runs alternating, or one epoch's ``seq`` going back while its time goes on)."""
+    window = s.agent_conflict_window_s
+    least = s.agent_conflict_min
+
+    def condition(view: LiveView, now: float) -> Iterator[Instance]:
+        since = now - window
+        enough = min(least, view.max_conflicts)
+        for st in view.nodes():
+            seen = st.conflicts  # mostly empty: one test per healthy node
+            if seen and seen[-1] >= since and (n := view.conflicts_since(st, since)) >= enough:
+                yield _counted(st, n)
+
+    return Rule(
+        name=BUILTIN.NodeAgentConflict,
+        severity="warning",
+        summary="More than one agent publishes as {node}",
+        description=(
+            f"At least {{count}} samples of {{node}} in the last {window:g} s came from a "
+            "second agent (the node's samples alternate between two agent runs, or repeat "
+            "seq numbers with newer times): two machines run the agent with node_id {node}, "
+            "a cloned VM or a copied agent config. Meanwhile its newest sample, and so its "
+            "capacity, usage and alerts, is whichever came last, and the two agents knock "
+            "each other off the broker (one MQTT client id). Confirm with `collector query "
+            "--node {node}` (SEQ goes back and forth, or repeats), find the hosts in the "
+            "broker's log (client capwatch-agent-{node} connecting from two addresses), and "
+            "give each its own node_id."
+        ),
+        condition=condition,
+        keep_firing_for_s=s.agent_conflict_keep_firing_for_s,
     )
 
 

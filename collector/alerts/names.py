@@ -42,6 +42,7 @@ class _Builtin(NamedTuple):
     NodeClockSkew: str
     NodeRejectsRising: str
     NodeSamplesMissing: str
+    NodeAgentConflict: str
     JobGpuIdle: str
 
 

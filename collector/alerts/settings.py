@@ -8,14 +8,14 @@ the thresholds to keep equal. ``collector rules`` lists the rules and the values
 firing after the condition has occurred"; the condition coming back inside it cancels the
 countdown, :mod:`collector.alerts.rule`), so one alert makes at most one fire/resolve pair per
 ``for`` + ``keep_firing_for``, whatever a node flips and however fast: ``NodeStale`` 1 min,
-``GpuTemperature`` 2 min, ``GpuClockThrottled`` 3 min, ``NodeClockSkew`` and
-``NodeRejectsRising`` 5 min (after their window), ``GpuXid``, ``GpuEccUncorrectable`` and
-``GpuRowRemap`` 15 min, ``NodeSamplesMissing`` its 15 min window, ``JobGpuIdle`` its 30 min
-``for``, ``NodeOffline`` 5 min after its 30 s ``for``: a node whose status toggles (an agent
-or a broker link that keeps dropping) is one alert, not a pair per 31 s. While it is only
-kept firing (the node is back) it mutes nothing: an alert inhibits only while its condition
-holds (:mod:`collector.alerts.silence`), so the node's other alerts notify as soon as it is
-back.
+``GpuTemperature`` 2 min, ``GpuClockThrottled`` 3 min, ``NodeClockSkew``,
+``NodeRejectsRising`` and ``NodeAgentConflict`` 5 min (after their window), ``GpuXid``,
+``GpuEccUncorrectable`` and ``GpuRowRemap`` 15 min, ``NodeSamplesMissing`` its 15 min window,
+``JobGpuIdle`` its 30 min ``for``, ``NodeOffline`` 5 min after its 30 s ``for``: a node whose
+status toggles (an agent or a broker link that keeps dropping) is one alert, not a pair per
+31 s. While it is only kept firing (the node is back) it mutes nothing: an alert inhibits only
+while its condition holds (:mod:`collector.alerts.silence`), so the node's other alerts notify
+as soon as it is back.
 """
 
 from __future__ import annotations
@@ -100,6 +100,14 @@ class AlertSettings(BaseModel):
     ``samples_missing_window_s`` that fire ``NodeSamplesMissing``: any, by default, since an
     agent with its spool loses none unless its spool overflowed or its disk failed."""
     samples_missing_keep_firing_for_s: float = Field(default=0.0, ge=0, le=_DAY_S)
+    agent_conflict_window_s: float = Field(default=300.0, gt=0, le=_DAY_S)
+    agent_conflict_min: int = Field(default=3, ge=1)
+    """Samples of a node that showed a second agent publishing as it (:mod:`collector.live`)
+    in ``agent_conflict_window_s`` that fire ``NodeAgentConflict``: two agents show it at
+    nearly every sample; one agent whose clock was set back between two runs may show it
+    once or twice. The live view keeps a node's last few
+    (:attr:`collector.live.LiveView.max_conflicts`): a higher value counts as that many."""
+    agent_conflict_keep_firing_for_s: float = Field(default=300.0, ge=0, le=_DAY_S)
     job_idle_util_pct: float = Field(default=5.0, gt=0, le=100)
     """``JobGpuIdle``: a job whose every GPU is below this utilisation..."""
     job_idle_for_s: float = Field(default=1800.0, ge=0, le=7 * _DAY_S)

@@ -97,6 +97,18 @@ async def test_unknown_power_is_absent_not_zero() -> None:
     assert not any(name.endswith("_watts") for name, _ in got)
 
 
+async def test_samples_of_a_second_agent_are_counted_for_the_fleet() -> None:
+    """Two agents (epochs 3 and 0) publishing as one node, ten samples each, alternating:
+    each after the first switch shows the second agent; other nodes add nothing."""
+    view, sim = _view()
+    node = sim.sample(0, NOW, 0)
+    for k in range(10):
+        for epoch, at in ((3, NOW + 5 * k), (0, NOW + 5 * k + 2)):
+            view.on_sample(msgspec.structs.replace(node, epoch=epoch, seq=k, ts=at), at)
+    got = _values(await fleet_families(view, NOW + 50, staleness=Staleness(3, 5)))
+    assert got[("capwatch_fleet_agent_conflicts_total", ())] == 2 * 10 - 2
+
+
 async def test_series_count_does_not_grow_with_the_fleet() -> None:
     """No per-node or per-GPU series: 3 nodes and 300 nodes give the same series."""
     small, _ = _view(3)

@@ -313,8 +313,52 @@ def test_node_rejects_rising_fires_at_the_threshold_and_clears() -> None:
     assert f.firing("NodeRejectsRising") == []
 
 
+def _agent_sample(f: Fleet, node: str, epoch: int, seq: int) -> None:
+    """One healthy sample of ``node`` from the agent run ``epoch``, stamped now."""
+    d = sample_dict()
+    d.update(xids=[], node=node, epoch=epoch, seq=seq, ts=f.clock.time())
+    f.view.on_sample(msgspec.convert(d, Sample), f.clock.time())
+
+
+def test_node_agent_conflict_fires_for_the_node_two_agents_publish_as_and_no_other() -> None:
+    """Two agents (epochs 5 and 0) publish as NODE, every 5 s each, 2.5 s apart; one agent
+    publishes as another node and restarts once. NodeAgentConflict fires for NODE at the
+    third sample that shows the second agent (the first switch looks like a restart), and
+    for nothing else; once the second agent is gone it resolves its window plus
+    ``keep_firing_for`` later."""
+    other = "x1000c0s0b0n1"
+    f = Fleet(AlertSettings(agent_conflict_window_s=60, agent_conflict_keep_firing_for_s=30))
+    for i in range(8):
+        k = i // 2
+        if i % 2:
+            _agent_sample(f, NODE, 0, k)
+        else:
+            _agent_sample(f, NODE, 5, 700 + k)
+            _agent_sample(f, other, 3 if k > 1 else 2, k)  # restarted at k = 2
+        f.step(2.5)
+        assert len(f.firing("NodeAgentConflict")) == (i >= 4), i
+    assert f.firing("NodeAgentConflict") == [
+        {"alertname": "NodeAgentConflict", "severity": "warning", "node": NODE}
+    ]
+    (st,) = f.ev.states()
+    assert st.annotations["summary"] == f"More than one agent publishes as {NODE}"
+    assert f"collector query --node {NODE}" in st.annotations["description"]
+    assert st.annotations["description"].startswith(f"At least 6 samples of {NODE} in the last")
+    for k in range(4, 22):  # the second agent gone: 90 s of the first alone
+        _agent_sample(f, NODE, 5, 700 + k)
+        _agent_sample(f, other, 3, k)
+        f.step()
+        if k < 18:
+            assert len(f.firing("NodeAgentConflict")) == 1, k
+    assert f.firing("NodeAgentConflict") == []
+    assert [(t.rule, t.state) for t in f.log] == [
+        ("NodeAgentConflict", "firing"),
+        ("NodeAgentConflict", "resolved"),
+    ]
+
+
 def test_builtin_rules_are_distinct_and_can_be_disabled() -> None:
-    """Nine rules with distinct names and valid severities; ``disabled`` leaves one out."""
+    """Twelve rules with distinct names and valid severities; ``disabled`` leaves one out."""
     names = [r.name for r in builtin_rules()]
     assert names == [
         "NodeOffline",
@@ -327,6 +371,7 @@ def test_builtin_rules_are_distinct_and_can_be_disabled() -> None:
         "NodeClockSkew",
         "NodeRejectsRising",
         "NodeSamplesMissing",
+        "NodeAgentConflict",
         "JobGpuIdle",
     ]
     rules = builtin_rules(AlertSettings(disabled=["GpuXid"]))
