@@ -63,7 +63,13 @@ live view (:meth:`~collector.live.LiveView.forget`, freeing their place under
 again) and the nodes it knows the ``nodes`` row of (a later sample writes it again: a new
 node). The one other task that changes the live view, besides the reader validating: both
 run on the event loop and a forget is one synchronous call, so no evaluation's snapshot
-sees half of it.
+sees half of it. The view drops what the reader validated of them before, so the store
+does too: once the items waiting in the queue at the pickup are written (and the one after
+them: the reader may hold a unit validated, waiting for room), the rows the
+writer wrote of a node still forgotten in the view since the command's commit (a status
+stored meanwhile, or a queued sample's ``nodes`` row) are deleted
+(:func:`~collector.store.forget.drop_written`); a message validated after the pickup
+makes a new node in both.
 
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
@@ -94,7 +100,7 @@ from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.fold import Fold
-from collector.store.forget import forgotten_after
+from collector.store.forget import drop_written, forgotten_after
 from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -281,6 +287,11 @@ class Writer:
         """The last ``forgotten_nodes`` row taken in (``None``: forgotten nodes are not
         looked for); the collector reads it before it fills the live view and watermarks."""
         self._forget_check_s = forget_check_s
+        self._taken = 0
+        """Items taken off the queue so far."""
+        self._unwrite: collections.deque[tuple[int, list[str]]] = collections.deque()
+        """Per pickup of forgotten nodes: the items taken by which those validated before
+        it are written, and the nodes (:meth:`_drop_written`)."""
         self._records: collections.deque[Record] = collections.deque()
         """Records gathered and not (completely) written, in queue order."""
         self.last_commit: float | None = None
@@ -317,6 +328,7 @@ class Writer:
                     if marking:
                         while await self.flush_watermarks():
                             pass
+                    await self._drop_written()
                     stop.done.set_result(None)
                     return
             if self._records:
@@ -331,6 +343,8 @@ class Writer:
             if now >= next_forget:
                 await self._upkeep("forget", self.forget_nodes())
                 next_forget = now + self._forget_check_s
+            elif self._unwrite and self._unwrite[0][0] <= self._taken:
+                await self._upkeep("forget", self._drop_written())
             if now >= next_counters:
                 await self._upkeep("counters", self.flush_counters())
                 next_counters = now + self._counters_every_s
@@ -381,12 +395,15 @@ class Writer:
     async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
         if not self._queue.empty():
+            self._taken += 1
             return self._queue.get_nowait()
         if wait_s <= 0:
             return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
-                return await self._queue.get()
+                item = await self._queue.get()
+                self._taken += 1
+                return item
         return None
 
     def _gather(
@@ -411,6 +428,7 @@ class Writer:
             if size >= most:
                 return units, records, None, True
             item = self._queue.get_nowait()
+            self._taken += 1
 
     async def _write_units(self, units: list[Unit]) -> int:
         """Store the units' items in one batch, then acknowledge them; return how many.
@@ -572,8 +590,21 @@ class Writer:
         if self._riding is not None:
             gone = set(nodes)
             self._riding = [r for r in self._riding if r.node not in gone] or None
+        # The queue's items, and the one unit the reader may hold validated, waiting for room.
+        self._unwrite.append((self._taken + self._queue.qsize() + 1, nodes))
+        await self._drop_written()
         log.info("nodes_forgotten", nodes=len(nodes), first=nodes[:10])
         return nodes
+
+    async def _drop_written(self) -> None:
+        """Once the items queued at a pickup are written, delete the rows written of its
+        nodes that are still forgotten in the live view (see the module docstring)."""
+        live = self._ingestor.live
+        while self._unwrite and self._unwrite[0][0] <= self._taken:
+            _, nodes = self._unwrite.popleft()
+            gone = [n for n in nodes if live is None or live.was_forgotten(n)]
+            if gone:
+                await self._durably(lambda: drop_written(self._store, gone))  # noqa: B023
 
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""
