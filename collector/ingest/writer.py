@@ -63,13 +63,14 @@ live view (:meth:`~collector.live.LiveView.forget`, freeing their place under
 again) and the nodes it knows the ``nodes`` row of (a later sample writes it again: a new
 node). The one other task that changes the live view, besides the reader validating: both
 run on the event loop and a forget is one synchronous call, so no evaluation's snapshot
-sees half of it. The view drops what the reader validated of them before, so the store
-does too: once the items waiting in the queue at the pickup are written (and the one after
-them: the reader may hold a unit validated, waiting for room), the rows the
-writer wrote of a node still forgotten in the view since the command's commit (a status
-stored meanwhile, or a queued sample's ``nodes`` row) are deleted
-(:func:`~collector.store.forget.drop_written`); a message validated after the pickup
-makes a new node in both.
+sees half of it. The view dropped what the reader validated of them before, so the store
+keeps none of it either: the rows written of them since the command's commit go at the
+pickup (:func:`~collector.store.forget.drop_written`: a status stored meanwhile wrote their
+``nodes`` row again), and of the items validated before it and written after (queued, or
+held by the reader waiting for room), a node still forgotten in the view
+(:meth:`~collector.live.LiveView.was_forgotten`) has its samples stored as history only: no
+``nodes`` row, status, inventory or watermark. A message validated after the pickup makes
+a new node in both.
 
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
@@ -287,11 +288,6 @@ class Writer:
         """The last ``forgotten_nodes`` row taken in (``None``: forgotten nodes are not
         looked for); the collector reads it before it fills the live view and watermarks."""
         self._forget_check_s = forget_check_s
-        self._taken = 0
-        """Items taken off the queue so far."""
-        self._unwrite: collections.deque[tuple[int, list[str]]] = collections.deque()
-        """Per pickup of forgotten nodes: the items taken by which those validated before
-        it are written, and the nodes (:meth:`_drop_written`)."""
         self._records: collections.deque[Record] = collections.deque()
         """Records gathered and not (completely) written, in queue order."""
         self.last_commit: float | None = None
@@ -328,7 +324,6 @@ class Writer:
                     if marking:
                         while await self.flush_watermarks():
                             pass
-                    await self._drop_written()
                     stop.done.set_result(None)
                     return
             if self._records:
@@ -343,8 +338,6 @@ class Writer:
             if now >= next_forget:
                 await self._upkeep("forget", self.forget_nodes())
                 next_forget = now + self._forget_check_s
-            elif self._unwrite and self._unwrite[0][0] <= self._taken:
-                await self._upkeep("forget", self._drop_written())
             if now >= next_counters:
                 await self._upkeep("counters", self.flush_counters())
                 next_counters = now + self._counters_every_s
@@ -395,15 +388,12 @@ class Writer:
     async def _next(self, wait_s: float) -> WriterItem | None:
         """The next unit, waiting at most ``wait_s``; ``None`` when a periodic job is due."""
         if not self._queue.empty():
-            self._taken += 1
             return self._queue.get_nowait()
         if wait_s <= 0:
             return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
-                item = await self._queue.get()
-                self._taken += 1
-                return item
+                return await self._queue.get()
         return None
 
     def _gather(
@@ -428,7 +418,6 @@ class Writer:
             if size >= most:
                 return units, records, None, True
             item = self._queue.get_nowait()
-            self._taken += 1
 
     async def _write_units(self, units: list[Unit]) -> int:
         """Store the units' items in one batch, then acknowledge them; return how many.
@@ -494,6 +483,16 @@ class Writer:
             else:
                 meta.append((item.key, item.value))
         new_nodes = {r.node for r in rows} - self._known_nodes
+        noted = rows
+        live = self._ingestor.live
+        if live is not None and (new_nodes or updates):
+            # Validated before the pickup of their forget (see the module docstring); a
+            # forgotten node is out of the known nodes, so its samples make it new here.
+            gone = {n for n in new_nodes | updates.keys() if live.was_forgotten(n)}
+            if gone:
+                new_nodes -= gone
+                updates = {n: u for n, u in updates.items() if n not in gone}
+                noted = [r for r in rows if r.node not in gone]
         nodes, news = sorted(new_nodes), list(updates.values())
         try:
             inserted = await self._durably(
@@ -516,8 +515,8 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return False
         self._known_nodes |= new_nodes
-        if self.watermarks is not None and rows:
-            self.watermarks.note(rows, self._clock.time())
+        if self.watermarks is not None and noted:
+            self.watermarks.note(noted, self._clock.time())
         m = self.metrics
         m.stored.inc(inserted)
         m.duplicates.inc(len(rows) - inserted)
@@ -590,21 +589,9 @@ class Writer:
         if self._riding is not None:
             gone = set(nodes)
             self._riding = [r for r in self._riding if r.node not in gone] or None
-        # The queue's items, and the one unit the reader may hold validated, waiting for room.
-        self._unwrite.append((self._taken + self._queue.qsize() + 1, nodes))
-        await self._drop_written()
+        await self._durably(lambda: drop_written(self._store, nodes))
         log.info("nodes_forgotten", nodes=len(nodes), first=nodes[:10])
         return nodes
-
-    async def _drop_written(self) -> None:
-        """Once the items queued at a pickup are written, delete the rows written of its
-        nodes that are still forgotten in the live view (see the module docstring)."""
-        live = self._ingestor.live
-        while self._unwrite and self._unwrite[0][0] <= self._taken:
-            _, nodes = self._unwrite.popleft()
-            gone = [n for n in nodes if live is None or live.was_forgotten(n)]
-            if gone:
-                await self._durably(lambda: drop_written(self._store, gone))  # noqa: B023
 
     async def flush_counters(self) -> None:
         """Write the counters and per-node rejects; keep the quarantine bounded."""

@@ -14,10 +14,10 @@ notifies the resolution like any other.
 A running collector stops tracking a forgotten node when it reads the rows past the last id
 it saw (:func:`forgotten_after`, from :func:`last_forgotten` read at its start): commands
 take the store's write lock, so ids grow in commit order. A message from the node after
-that makes it a new node. What the collector wrote of it from messages validated before that
-(its ``nodes`` row again, from a status stored after the command's commit, or a sample
-still queued) goes too (:func:`drop_written`): the store keeps no node the live view
-dropped.
+that makes it a new node. What the collector wrote of it since the command's commit, from
+messages validated before that (its ``nodes`` row again, from a status stored meanwhile),
+goes then (:func:`drop_written`; :mod:`collector.ingest.writer`): the store keeps no node
+the live view dropped.
 
 Reads go through anything that :class:`~collector.store.statements.Reads` (the command's own
 transaction, so that the checks and the deletes see one snapshot); portable SQL.
@@ -158,8 +158,9 @@ def forget_nodes(tx: Statements, nodes: Sequence[str], *, forced: Collection[str
 
 
 async def drop_written(store: Writes, nodes: Sequence[str]) -> None:
-    """Delete what the collector's writer wrote of ``nodes`` (forgotten) from their messages
-    that it validated before it stopped tracking them, in one transaction of its store."""
+    """Delete what the collector's writer wrote of ``nodes`` since they were forgotten, from
+    their messages validated before it stopped tracking them, in one transaction of its
+    store."""
     params = [(node,) for node in nodes]
 
     def work(tx: Tx) -> None:
