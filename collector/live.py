@@ -44,9 +44,12 @@ One agent numbers its samples in order within a run (an ``epoch``) and never goe
 run it left, so the view counts a sample as a second agent's (:attr:`NodeState.conflicts`,
 ``NodeAgentConflict``) when, in the same epoch as the held sample, its ``seq`` is at or below
 the held one while it is stamped after every sample of that epoch (clones sharing an epoch: a
-cloned spool, or two fresh ones both at 0); or when it belongs to the run the held one took
-over from (:attr:`NodeState.prior_run`), numbered past where that run was, and is the newest
-again or stamped after the held run took over (two epochs alternating). One agent does none
+cloned spool, or two fresh ones both at 0), and the held one arrived less than
+:data:`_AHEAD_FRESH` intervals before it (the run ahead still sends: one agent whose spool
+was wiped in epoch 0 starts at epoch 0, seq 0 again, and its old run sends no more); or
+when it belongs to the run the held one took over from (:attr:`NodeState.prior_run`),
+numbered past where that run was, and is the newest again or stamped after the held run
+took over (two epochs alternating). One agent does none
 of that: a restart is one switch to a new run; a late replay of the run before, or the
 broker's redelivery, is numbered at or below what was seen or stamped before the new run
 began; a duplicate has its original time. A clock stepped back between two runs can make one
@@ -118,6 +121,9 @@ class SeqGap:
 
 _NO_EPOCH: Final = -1
 """The epoch of an agent before the field: its seq restarts at 0 with each process."""
+_AHEAD_FRESH: Final = 1.5
+"""A sample going back in seq within its epoch is a second agent's only while the held one
+(ahead) arrived less than this many of its intervals before: clones both send every interval."""
 
 
 class NodeState(msgspec.Struct, gc=False):
@@ -346,6 +352,7 @@ class LiveView:
                     and sample.ts > st.sample_epoch_ts
                     and sample.epoch is not None
                     and counted
+                    and received - (st.sample_received or 0.0) < _AHEAD_FRESH * sample.interval_s
                 ):
                     self._two_agents(st, received)
                 st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)

@@ -63,7 +63,14 @@ live view (:meth:`~collector.live.LiveView.forget`, freeing their place under
 again) and the nodes it knows the ``nodes`` row of (a later sample writes it again: a new
 node). The one other task that changes the live view, besides the reader validating: both
 run on the event loop and a forget is one synchronous call, so no evaluation's snapshot
-sees half of it.
+sees half of it. The view dropped what the reader validated of them before, so the store
+keeps none of it either: the rows written of them since the command's commit go at the
+pickup (:func:`~collector.store.forget.drop_written`: a status stored meanwhile wrote their
+``nodes`` row again), and of the items validated before it and written after (queued, or
+held by the reader waiting for room), a node still forgotten in the view
+(:meth:`~collector.live.LiveView.was_forgotten`) has its samples stored as history only: no
+``nodes`` row, status, inventory or watermark. A message validated after the pickup makes
+a new node in both.
 
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
@@ -94,7 +101,7 @@ from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.ingest.watermark import Watermarks
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow, Store
 from collector.store.fold import Fold
-from collector.store.forget import forgotten_after
+from collector.store.forget import drop_written, forgotten_after
 from collector.store.watermarks import WatermarkRow, write_watermarks
 from shared.clock import Clock
 from shared.errors import MqttWireError, StoreError
@@ -476,6 +483,16 @@ class Writer:
             else:
                 meta.append((item.key, item.value))
         new_nodes = {r.node for r in rows} - self._known_nodes
+        noted = rows
+        live = self._ingestor.live
+        if live is not None and (new_nodes or updates):
+            # Validated before the pickup of their forget (see the module docstring); a
+            # forgotten node is out of the known nodes, so its samples make it new here.
+            gone = {n for n in new_nodes | updates.keys() if live.was_forgotten(n)}
+            if gone:
+                new_nodes -= gone
+                updates = {n: u for n, u in updates.items() if n not in gone}
+                noted = [r for r in rows if r.node not in gone]
         nodes, news = sorted(new_nodes), list(updates.values())
         try:
             inserted = await self._durably(
@@ -498,8 +515,8 @@ class Writer:
             await self._quarantine_poison(items[0], exc)
             return False
         self._known_nodes |= new_nodes
-        if self.watermarks is not None and rows:
-            self.watermarks.note(rows, self._clock.time())
+        if self.watermarks is not None and noted:
+            self.watermarks.note(noted, self._clock.time())
         m = self.metrics
         m.stored.inc(inserted)
         m.duplicates.inc(len(rows) - inserted)
@@ -572,6 +589,7 @@ class Writer:
         if self._riding is not None:
             gone = set(nodes)
             self._riding = [r for r in self._riding if r.node not in gone] or None
+        await self._durably(lambda: drop_written(self._store, nodes))
         log.info("nodes_forgotten", nodes=len(nodes), first=nodes[:10])
         return nodes
 

@@ -93,6 +93,7 @@ _IDENTITY: Final = (
     "pool_moves",
     "leases",
     "lease_moves",
+    "forgotten_nodes",
 )
 """Tables whose ``id`` the store numbers (PostgreSQL: an identity column)."""
 

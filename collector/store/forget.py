@@ -14,7 +14,10 @@ notifies the resolution like any other.
 A running collector stops tracking a forgotten node when it reads the rows past the last id
 it saw (:func:`forgotten_after`, from :func:`last_forgotten` read at its start): commands
 take the store's write lock, so ids grow in commit order. A message from the node after
-that makes it a new node.
+that makes it a new node. What the collector wrote of it since the command's commit, from
+messages validated before that (its ``nodes`` row again, from a status stored meanwhile),
+goes then (:func:`drop_written`; :mod:`collector.ingest.writer`): the store keeps no node
+the live view dropped.
 
 Reads go through anything that :class:`~collector.store.statements.Reads` (the command's own
 transaction, so that the checks and the deletes see one snapshot); portable SQL.
@@ -23,17 +26,21 @@ transaction, so that the checks and the deletes see one snapshot); portable SQL.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from collector.store.queries import latest_sample
 from collector.store.query import Query, single
 from collector.store.statements import Reads, Statements
+
+if TYPE_CHECKING:
+    from collector.store.writes import Tx, Writes
 
 __all__ = [
     "NODE_TABLES",
     "LeaseHold",
     "NodeActivity",
     "activity",
+    "drop_written",
     "forget_nodes",
     "forgotten_after",
     "last_forgotten",
@@ -51,6 +58,8 @@ NODE_TABLES: Final = (
 )
 """The tables that hold a node as current, the column naming it and what else a row must
 be (a rack's reading is not a node's): what forgetting deletes."""
+_WRITTEN: Final = tuple(t for t in NODE_TABLES if t[0] in ("nodes", "watermarks", "node_rejects"))
+"""Those the collector's writer writes from a node's messages."""
 _CHUNK: Final = 500
 """Nodes named in one ``IN (...)``: far under SQLite's bound-variable limit."""
 
@@ -146,6 +155,19 @@ def forget_nodes(tx: Statements, nodes: Sequence[str], *, forced: Collection[str
         [(node, tx.now, int(node in forced)) for node in nodes],
     )
     tx.bump_generation()
+
+
+async def drop_written(store: Writes, nodes: Sequence[str]) -> None:
+    """Delete what the collector's writer wrote of ``nodes`` since they were forgotten, from
+    their messages validated before it stopped tracking them, in one transaction of its
+    store."""
+    params = [(node,) for node in nodes]
+
+    def work(tx: Tx) -> None:
+        for table, column, also in _WRITTEN:
+            tx.executemany(f"DELETE FROM {table} WHERE {column} = ?{also}", params)
+
+    await store.transact(f"dropping {len(nodes)} forgotten nodes", work)
 
 
 def last_forgotten() -> Query[int]:

@@ -175,6 +175,21 @@ def test_one_agent_set_back_between_runs_shows_at_most_twice_per_late_burst() ->
     assert AlertSettings().agent_conflict_min == 3
 
 
+@pytest.mark.parametrize("restart_s", [0.5, 2.0, 7.0, 3600.0])
+def test_one_agent_whose_spool_is_wiped_in_epoch_0_shows_at_most_twice(restart_s: float) -> None:
+    """An agent that never restarted (epoch 0) on a node reimaged, or its spool directory
+    deleted: it starts again at epoch 0, seq 0, stamped after its old run. Its samples go
+    back in seq while time goes on, as a clone's do, but the run ahead sends no more: a
+    sample is a second agent's only while the held one is fresh (a clone's is: both send
+    every interval), so at most the first two show it, below ``agent_conflict_min``
+    (every sample showed it, until its seq passed the old run's: 20 here, review9)."""
+    view = LiveView()
+    old = _run(0, 100, T0)
+    new = _run(0, 20, old[-1].ts + restart_s)
+    assert _conflicts(view, old + new) <= 2
+    assert AlertSettings().agent_conflict_min == 3
+
+
 def test_in_a_share_group_the_feed_counts_and_a_sample_seen_twice_counts_once() -> None:
     """The leader gets each sample from its share and from its feed: only the feed counts,
     so a sample seen twice counts at most once (the feed's copy, when it comes first: the
