@@ -128,10 +128,7 @@ def _check(
             if force:
                 forced.add(node)
             else:
-                refused.append(
-                    f"node {node} {why}: stop its agent first (its next message brings it "
-                    "back), or --force"
-                )
+                refused.append(f"node {node} {why} (its next message brings it back), or --force")
     if refused:
         more = len(refused) - _SHOWN
         raise ConfigError(
@@ -149,8 +146,12 @@ def _active(facts: NodeActivity | None, now: float, staleness: Staleness) -> str
     if facts is None:  # no status, inventory or sample: a declared node, a watermark...
         return None
     received = facts.received
-    if received is not None and now - received <= staleness.limit_s(facts.interval_s):
-        return f"sent a sample {max(0.0, now - received):.0f} s ago"
+    limit = staleness.limit_s(facts.interval_s)
+    if received is not None and now - received <= limit:
+        return (
+            f"sent a sample {max(0.0, now - received):.0f} s ago, within its staleness window "
+            f"({limit:g} s): stop its agent and wait until it is stale"
+        )
     state = staleness.state(
         now,
         status=facts.status,
@@ -159,4 +160,4 @@ def _active(facts: NodeActivity | None, now: float, staleness: Staleness) -> str
         received=received,
         interval_s=facts.interval_s,
     )
-    return "is online" if state == "online" else None
+    return "is online: stop its agent first" if state == "online" else None
