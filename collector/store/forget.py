@@ -146,10 +146,7 @@ def forget_nodes(tx: Statements, nodes: Sequence[str], *, forced: Collection[str
     ``forgotten_nodes`` (``forced``: those forgotten with ``--force``), in the command's
     transaction. A declared inventory gone moves the governance generation (governance
     reads the declared hardware)."""
-    params = [(node,) for node in nodes]
-    for table, column, also in NODE_TABLES:
-        if tx.has_table(table):
-            tx.executemany(f"DELETE FROM {table} WHERE {column} = ?{also}", params)
+    _delete(tx, [t for t in NODE_TABLES if tx.has_table(t[0])], nodes)
     tx.executemany(
         "INSERT INTO forgotten_nodes (node, at, forced) VALUES (?, ?, ?)",
         [(node, tx.now, int(node in forced)) for node in nodes],
@@ -161,13 +158,20 @@ async def drop_written(store: Writes, nodes: Sequence[str]) -> None:
     """Delete what the collector's writer wrote of ``nodes`` since they were forgotten, from
     their messages validated before it stopped tracking them, in one transaction of its
     store."""
-    params = [(node,) for node in nodes]
 
     def work(tx: Tx) -> None:
-        for table, column, also in _WRITTEN:
-            tx.executemany(f"DELETE FROM {table} WHERE {column} = ?{also}", params)
+        _delete(tx, _WRITTEN, nodes)
 
     await store.transact(f"dropping {len(nodes)} forgotten nodes", work)
+
+
+def _delete(
+    tx: Statements | Tx, tables: Iterable[tuple[str, str, str]], nodes: Sequence[str]
+) -> None:
+    """Delete the rows of ``nodes`` in ``tables`` (entries of :data:`NODE_TABLES`)."""
+    params = [(node,) for node in nodes]
+    for table, column, also in tables:
+        tx.executemany(f"DELETE FROM {table} WHERE {column} = ?{also}", params)
 
 
 def last_forgotten() -> Query[int]:
