@@ -70,7 +70,7 @@ import copy
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -118,6 +118,8 @@ class SeqGap:
     received: float
     """When the sample after the gap arrived (collector clock)."""
 
+
+_T = TypeVar("_T")
 
 _NO_EPOCH: Final = -1
 """The epoch of an agent before the field: its seq restarts at 0 with each process."""
@@ -609,7 +611,7 @@ class LiveView:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received
             )
-            st.gaps = (*st.gaps[-(self.max_gaps - 1) :], gap) if self.max_gaps > 1 else (gap,)
+            st.gaps = _kept(st.gaps, gap, self.max_gaps)
             st.missing_total += missing
             self.gaps_total += 1
             self.missing_total += missing
@@ -622,8 +624,7 @@ class LiveView:
 
     def _two_agents(self, st: NodeState, received: float) -> None:
         """Note a sample of ``st`` that showed a second agent publishing as its node."""
-        keep = self.max_conflicts
-        st.conflicts = (*st.conflicts[-(keep - 1) :], received) if keep > 1 else (received,)
+        st.conflicts = _kept(st.conflicts, received, self.max_conflicts)
         self.conflicts_total += 1
 
     def missing_since(self, st: NodeState, since: float) -> int:
@@ -708,6 +709,12 @@ def _newer(ts: float | None, held: NodeState | None, field: str) -> bool:
         return False
     have: float | None = None if held is None else getattr(held, field)
     return have is None or have < ts
+
+
+def _kept(items: tuple[_T, ...], item: _T, keep: int) -> tuple[_T, ...]:
+    """``items`` with ``item`` added, the last ``keep`` of them (a new tuple: a snapshot may
+    be reading the old one)."""
+    return (*items[-(keep - 1) :], item) if keep > 1 else (item,)
 
 
 def _later_sample(
