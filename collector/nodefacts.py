@@ -290,7 +290,13 @@ class Staleness:
         """Whether a power reading (a node's, or a rack's from its PDUs) still says what is
         drawn at ``now``: no older than ``intervals`` x the interval its source reports at
         (:meth:`limit_s`)."""
-        return now - reading.received <= self.limit_s(reading.interval_s)
+        return self.within(reading.received, reading.interval_s, now)
+
+    def within(self, received: float, interval_s: float | None, now: float) -> bool:
+        """Whether what arrived at ``received`` from a source that reports every
+        ``interval_s`` still says what is at ``now`` (:meth:`limit_s`): a power reading
+        (:meth:`fresh`), a node's newest sample (what :meth:`state` inlines)."""
+        return now - received <= self.limit_s(interval_s)
 
     def current(self, st: NodeFacts, now: float) -> Sample | None:
         """The sample that says what ``st`` does now: its newest, while it is online."""

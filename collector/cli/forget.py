@@ -146,11 +146,11 @@ def _active(facts: NodeActivity | None, now: float, staleness: Staleness) -> str
     if facts is None:  # no status, inventory or sample: a declared node, a watermark...
         return None
     received = facts.received
-    limit = staleness.limit_s(facts.interval_s)
-    if received is not None and now - received <= limit:
+    if received is not None and staleness.within(received, facts.interval_s, now):
         return (
             f"sent a sample {max(0.0, now - received):.0f} s ago, within its staleness window "
-            f"({limit:g} s): stop its agent and wait until it is stale"
+            f"({staleness.limit_s(facts.interval_s):g} s): stop its agent and wait until it "
+            "is stale"
         )
     state = staleness.state(
         now,
