@@ -157,6 +157,16 @@ async def running(
             delivery.stop()
 
 
+async def _first_try_backs_off(rig: Rig, status: int) -> None:
+    """A notification fires; its first try is answered ``status``: it stays pending, its next
+    try one backoff later (0.5 s with jitter)."""
+    rig.switch.active.add("n1")
+    rig.step()
+    await wait_until(lambda: rig.outbox() == [("pending", 1, status)], what=f"the {status}")
+    (next_at,) = rig.outbox("next_at - created")[0]
+    assert 0.25 <= next_at <= 0.5
+
+
 async def test_receiver_gets_the_v4_body_with_a_signature_it_verifies(tmp_path: Path) -> None:
     """Firing then resolved: Alertmanager's version-4 JSON, HMAC-SHA256 over ``ts:body``."""
     with Receiver().serve() as rx:
@@ -221,11 +231,7 @@ async def test_503_twice_then_200_is_delivered_once_with_one_idempotency_key(
     script = [Answer(503, body=b"busy"), Answer(503, body=b"busy"), Answer(200)]
     with Receiver(script=script).serve() as rx:
         async with running(tmp_path, [receiver_settings(rx.url)]) as rig:
-            rig.switch.active.add("n1")
-            rig.step()
-            await wait_until(lambda: rig.outbox() == [("pending", 1, 503)], what="first 503")
-            (next_at,) = rig.outbox("next_at - created")[0]
-            assert 0.25 <= next_at <= 0.5  # 0.5 s backoff with jitter
+            await _first_try_backs_off(rig, 503)
             rig.step(1.0)
             await wait_until(lambda: rig.outbox() == [("pending", 2, 503)], what="second 503")
             rig.step(1.0)
@@ -267,11 +273,7 @@ async def test_429_with_retry_after_0_still_backs_off(tmp_path: Path) -> None:
     script = [Answer(429, {"Retry-After": "0"}, b"slow down")] * 3 + [Answer(200)]
     with Receiver(script=script).serve() as rx:
         async with running(tmp_path, [receiver_settings(rx.url)]) as rig:
-            rig.switch.active.add("n1")
-            rig.step()
-            await wait_until(lambda: rig.outbox() == [("pending", 1, 429)], what="the 429")
-            (next_at,) = rig.outbox("next_at - created")[0]
-            assert 0.25 <= next_at <= 0.5  # the first backoff with jitter
+            await _first_try_backs_off(rig, 429)
             await asyncio.sleep(0.5)  # the clock stands still: nothing is due
             assert len(rx.received()) == 1
             for _ in range(6):
@@ -290,11 +292,7 @@ async def test_429_with_a_retry_after_that_only_looks_like_digits_is_retried(
     script = [Answer(429, {"Retry-After": "\xb2"}, b"slow down"), Answer(200)]
     with Receiver(script=script).serve() as rx:
         async with running(tmp_path, [receiver_settings(rx.url)]) as rig:
-            rig.switch.active.add("n1")
-            rig.step()
-            await wait_until(lambda: rig.outbox() == [("pending", 1, 429)], what="the 429")
-            (next_at,) = rig.outbox("next_at - created")[0]
-            assert 0.25 <= next_at <= 0.5  # the first backoff with jitter, not Retry-After
+            await _first_try_backs_off(rig, 429)  # not Retry-After's wait
             rig.step(1.0)
             await wait_until(lambda: rig.outbox() == [("delivered", 2, 200)], what="delivered")
     assert len(rx.received()) == 2
