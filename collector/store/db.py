@@ -30,6 +30,7 @@ import operator
 import os
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,18 +186,14 @@ def batch_totals(
     """What one batch adds to :data:`TOTALS` (only the counts that are not zero): the
     rejected messages ``unkept`` (per reason) count as quarantined too, though only
     ``quarantine`` is written (:data:`collector.ingest.validate.QUARANTINE_PER_KEY`)."""
+    reasons = Counter(q.reason for q in quarantine)
+    reasons.update(unkept or {})
     totals: dict[str, int] = {
         "stored_total": inserted,
         "duplicates_total": sample_rows - inserted,
-        "quarantined_total": len(quarantine),
+        "quarantined_total": reasons.total(),
     }
-    for q in quarantine:
-        key = f"quarantined_total_{q.reason}"
-        totals[key] = totals.get(key, 0) + 1
-    for reason, n in (unkept or {}).items():
-        totals["quarantined_total"] += n
-        key = f"quarantined_total_{reason}"
-        totals[key] = totals.get(key, 0) + n
+    totals.update((f"quarantined_total_{reason}", n) for reason, n in reasons.items())
     return {k: v for k, v in totals.items() if v > 0}
 
 
