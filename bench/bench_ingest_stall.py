@@ -181,6 +181,12 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=10_000, help="samples/s offered (12,500 nodes)")
     p.add_argument("--eval-interval-s", type=float, default=5.0, help="alerts and governance")
     p.add_argument("--capacity-interval-s", type=float, default=10.0)
+    p.add_argument(
+        "--ledger-interval-s",
+        type=float,
+        help="how often the usage ledger runs (default: the collector's, 300 s, so at most "
+        "its first run falls in the window; its reads are 12,500 nodes' hardware and hours)",
+    )
     p.add_argument("--keep", type=Path, help="copy the collector's log here")
     p.add_argument("--no-nice", action="store_true", help="the simulator keeps its priority")
     p.add_argument(
@@ -213,6 +219,8 @@ def main() -> None:
             "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(args.eval_interval_s),
             "CAPWATCH_EXPECTED_INTERVAL_S": str(interval_s),
         }
+        if args.ledger_interval_s is not None:
+            env["CAPWATCH_ROLLUPS__LEDGER_INTERVAL_S"] = str(args.ledger_interval_s)
         log = work / "collector.log"
         with MosquittoBroker(work / "broker") as broker:
             col = CollectorProcess(broker, db, log, log_level="debug", env=env)

@@ -43,7 +43,6 @@ recomputed; the hours leased nodes were silent in are caught up a few runs at a 
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -76,6 +75,7 @@ if TYPE_CHECKING:
     from collector.capacity.node import NodeModel
     from collector.live import LiveView
     from collector.store.db import Store
+    from collector.store.reader import StoreReader
 
 __all__ = ["LedgerJob", "LedgerRecord", "NodeHour", "ledger_rows", "node_energy", "node_hours"]
 
@@ -395,6 +395,36 @@ class LedgerJob:
         self._behind = None
         return False
 
+    def _rows(
+        self, reader: StoreReader, hours: Sequence[int], gov: Governance, now: float
+    ) -> list[LedgerRow]:
+        """The ledger rows of ``hours`` from one snapshot of the store (a worker thread)."""
+        since = min(hours)
+        hardware = reader.run(node_hardware(reader.dialect))
+        pools = reader.run(pool_history(since))
+        members = reader.run(lease_history(since))
+        inventory = {n: h.gpus for n, h in hardware.items()}
+        leased = {n for lease in gov.leases for n in members.nodes(lease.name, lease.nodes)}
+        reported = reader.run(
+            gpu_history(sorted(leased - inventory.keys()), since, max(hours) + HOUR)
+        )
+        rows: list[LedgerRow] = []
+        for hour in hours:
+            rows.extend(
+                _hour_rows(
+                    hour,
+                    reader.run(hour_rows(hour, hour + HOUR)),
+                    gov,
+                    gpus=inventory,
+                    reported=reported.at_hour(hour),
+                    pools=pools.at_hour(hour),
+                    model=self._model,
+                    now=now,
+                    members=members,
+                )
+            )
+        return rows
+
     async def __call__(self, store: Store, view: LiveView) -> LedgerRecord | None:
         """Recompute the dirty hours and those since the ledger's time from ``store``
         (read-only) and the leases."""
@@ -407,36 +437,12 @@ class LedgerJob:
         last = await store.run(ledger_at())
         hours, until, behind = self._hours(dirty, last, now)
         self.interval_s = self._catch_up_s if behind else self._interval_s
-        # The nodes' hardware (an inventory decoded per node) and each hour's rows are made
-        # in a worker thread: at 12,500 nodes that was ~170 ms of CPU on the event loop
-        # (loaded machine), every sample waiting.
-        hardware = await store.run(node_hardware(store.dialect), build_in_thread=True)
-        since = min(hours)
-        pools = await store.run(pool_history(since))
-        members = await store.run(lease_history(since))
         gov = self._governance()
-        inventory = {n: h.gpus for n, h in hardware.items()}
-        leased = {n for lease in gov.leases for n in members.nodes(lease.name, lease.nodes)}
-        reported = await store.run(
-            gpu_history(sorted(leased - inventory.keys()), since, max(hours) + HOUR)
-        )
-        rows: list[LedgerRow] = []
-        for hour in hours:
-            stored = await store.run(hour_rows(hour, hour + HOUR))
-            rows.extend(
-                await asyncio.to_thread(
-                    _hour_rows,
-                    hour,
-                    stored,
-                    gov,
-                    gpus=inventory,
-                    reported=reported.at_hour(hour),
-                    pools=pools.at_hour(hour),
-                    model=self._model,
-                    now=now,
-                    members=members,
-                )
-            )
+        # Read and computed in a worker thread, on a connection of its own (one snapshot):
+        # at 12,500 nodes the hardware alone (an inventory decoded per node) was ~170 ms of
+        # CPU on the event loop, and its rows read on the writer's connection held every
+        # commit for up to 1.24 s during a drain (:meth:`Store.read_aside`).
+        rows = await store.read_aside(lambda reader: self._rows(reader, hours, gov, now))
         log.info("ledger_computed", hours=len(hours), rows=len(rows), behind=behind)
         computed = set(hours)
         done = [d for d in dirty if d[0] in computed]
