@@ -193,8 +193,7 @@ async def test_the_leaders_feed_after_its_loop_was_held_rate_limits_nothing(
         return None if st is None or st.sample is None else st.sample.seq
 
     try:
-        await asyncio.wait_for(subscribed.wait(), 10)
-        await asyncio.sleep(0.2)  # the SUBACK is on its way: no wait on it is exposed
+        await asyncio.wait_for(subscribed.wait(), 10)  # after the SUBACK
         with _agent_replaying(mosquitto, tmp_path / "spool", sim, BACKLOG) as publisher:
             await _hold_the_loop_while(publisher, sent=20, then=60)
             await wait_until(
