@@ -23,6 +23,12 @@ one node (``budget``, the agent's ``ingest_budget``): the collector refuses a no
 messages over that budget (``rate_limited``), so a backlog replayed after an outage goes at
 a pace it accepts (25 samples a second by default, a day of 5 s samples in ~12 minutes)
 instead of as fast as the broker acknowledges. A live agent is far below it and never waits.
+A node whose samples take more of that pace on average than the sampling interval
+(``interval_s``; e.g. over 256 KiB at 1 s with the default 512 KiB/s) can never keep up: its
+spool only grows, then drops its oldest. When :data:`OVER_PACE_SAMPLES` samples in a row
+took longer than as many intervals, the publisher says so once (``samples_over_pace``, a
+warning naming ``ingest_budget.bytes_per_s`` and the value to give it on the agent and the
+collector, or ``interval_s``).
 
 A broker that refuses the credentials is logged at error level, naming the settings to fix
 (``mqtt_not_authorized``), and retried with the same backoff: the broker's password file
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
@@ -43,19 +50,22 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.spool import Spool
-from shared.budget import Allowance, NodeBudget
+from shared.budget import PACE_SHARE, Allowance, NodeBudget
 from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import NodeStatus, Watermark, decode_watermark, encode
 from shared.settings import MqttSettings
 from shared.topics import inventory_topic, sample_topic, status_topic, watermark_topic
 
-__all__ = ["Publisher", "next_backoff", "refused_credentials"]
+__all__ = ["OVER_PACE_SAMPLES", "Publisher", "next_backoff", "refused_credentials"]
 
 log = get_logger("publisher")
 
 _PUBLISH_TIMEOUT_S: Final = 10.0
 _FLUSH_ON_STOP_S: Final = 5.0
+OVER_PACE_SAMPLES: Final = 10
+"""How many samples in a row the publisher weighs against as many intervals at the pace, to
+say that it cannot keep up: one large sample now and then is the burst's."""
 _NOT_AUTHORIZED: Final = frozenset({4, 5, 134, 135})
 """CONNACK refusals for credentials or authorisation: 4 bad user name or password, 5 not
 authorised (MQTT 3.1.1); 134, 135 the same in MQTT 5 wording (paho 2 reports both so)."""
@@ -83,6 +93,16 @@ def refused_credentials(exc: aiomqtt.MqttError) -> bool:
     return rc in _NOT_AUTHORIZED
 
 
+def _largest_paced(pace: NodeBudget | None, interval_s: float | None) -> float:
+    """The largest sample ``pace`` lets out every ``interval_s``: ``inf`` when either is
+    unknown, ``-1`` when it lets out less than one message an interval."""
+    if pace is None or interval_s is None:
+        return math.inf
+    if pace.messages_per_s * interval_s < 1:
+        return -1.0
+    return pace.bytes_per_s * interval_s
+
+
 class Publisher:
     """Publishes a node's samples, inventory and status; reconnects forever.
 
@@ -101,6 +121,7 @@ class Publisher:
         *,
         publish_timeout_s: float = _PUBLISH_TIMEOUT_S,
         budget: NodeBudget | None = None,
+        interval_s: float | None = None,
     ) -> None:
         self.mqtt = mqtt
         self._tls_context = mqtt.tls_context()
@@ -125,6 +146,13 @@ class Publisher:
         self._pace = None if budget is None else budget.paced()
         """What samples are published at (``None``: as fast as the broker acknowledges)."""
         self._allowance = Allowance(time.monotonic())
+        self._interval_s = interval_s
+        """How often a sample is taken (``None``: unknown, no warning)."""
+        self._weighed = (0, 0)
+        """Samples and their bytes since the last :data:`OVER_PACE_SAMPLES` were weighed
+        against the pace (``(-1, 0)``: warned, no more weighing)."""
+        self._pace_bytes = _largest_paced(self._pace, interval_s)
+        """The largest sample the pace lets out every interval."""
         self.paced_s = 0.0
         """Seconds the drain waited to stay within the pace."""
 
@@ -310,12 +338,46 @@ class Publisher:
         pace = self._pace
         if pace is None:
             return
+        n, total = self._weighed
+        if n >= 0:
+            n, total = n + 1, total + nbytes
+            if n < OVER_PACE_SAMPLES:
+                self._weighed = n, total
+            elif total > n * self._pace_bytes:
+                self._warn_over_pace(total // n, pace)
+            else:
+                self._weighed = 0, 0
         wait_s = self._allowance.wait_s(pace, nbytes, time.monotonic())
         if wait_s > 0:
             self.paced_s += wait_s
             await asyncio.sleep(wait_s)
         now = time.monotonic()
         self._allowance.take(pace, nbytes, now, now)
+
+    def _warn_over_pace(self, nbytes: int, pace: NodeBudget) -> None:
+        """Say once that samples (``nbytes`` on average) come faster than the pace lets them
+        out, and what to raise."""
+        self._weighed = -1, 0
+        interval_s = self._interval_s or 1.0
+        if self._pace_bytes < 0:  # less than one message an interval
+            setting, env = "messages_per_s", "CAPWATCH_INGEST_BUDGET__MESSAGES_PER_S"
+            need = f"{math.ceil(1 / interval_s / PACE_SHARE):,}"
+        else:
+            setting, env = "bytes_per_s", "CAPWATCH_INGEST_BUDGET__BYTES_PER_S"
+            need = f"{math.ceil(nbytes / interval_s / PACE_SHARE):,}"
+        log.warning(
+            "samples_over_pace",
+            mean_sample_bytes=nbytes,
+            interval_s=interval_s,
+            pace_bytes_per_s=round(pace.bytes_per_s),
+            pace_messages_per_s=pace.messages_per_s,
+            spooled=len(self.spool),
+            fix=f"{OVER_PACE_SAMPLES} samples in a row took longer to publish at the pace "
+            f"({PACE_SHARE:g} of ingest_budget) than as many interval_s: the spool can only "
+            "grow, "
+            f"then drop its oldest. Raise ingest_budget.{setting} ({env}) to at least "
+            f"{need} on this agent and on the collector alike, or raise interval_s",
+        )
 
     async def _goodbye(self, client: aiomqtt.Client) -> None:
         # A clean disconnect does not fire the will, so say offline ourselves.

@@ -139,6 +139,7 @@ class AgentService:
             lambda: self._inventory,
             self.clock.time,
             budget=settings.ingest_budget,
+            interval_s=settings.interval_s,
         )
         self.samples_taken = 0
         self.exposition: AgentExposition | None = None

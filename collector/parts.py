@@ -27,6 +27,7 @@ from collector.alerts.rule import Evaluator, EvaluatorMetrics, Rule
 from collector.capacity.job import CapacityJob, CapacityJobMetrics
 from collector.governance.job import GovernanceJob
 from collector.governance.ledger import LedgerJob
+from collector.ingest.budgets import StallWatch
 from collector.ingest.metrics import WriterMetrics
 from collector.ingest.reader import Connect, Subscriber
 from collector.ingest.validate import Ingestor
@@ -283,24 +284,35 @@ async def live_feed(
     settings: CollectorSettings,
     observe: Callable[[str, bytes], bool],
     started: Callable[[], None],
+    *,
+    stalls: StallWatch | None = None,
 ) -> None:
     """The leader's view of every node's samples in a share group (it stores only its
     share): QoS 0 on a clean session of its own, into the live view only (``observe``).
     ``started`` is called at each subscription, before its first message: the live view
     counts gaps in ``seq`` from this stream alone, each node afresh after a (re)subscription
     (:meth:`collector.live.LiveView.feed_started`).
+    ``stalls`` credits the feed's ingest budgets with the times the loop was held: what the
+    broker sent meanwhile arrives at once. (A lost connection or a new term needs no credit:
+    a clean session at QoS 0 gets nothing the broker held, only what is published after.)
     Reconnects with the reader's backoff; ends when the term is cancelled."""
     m = settings.mqtt
     delay = m.reconnect_min_s
     while True:
         try:
-            async with connect() as sub:
+            async with (
+                connect() as sub,
+                contextlib.nullcontext() if stalls is None else stalls.watching(),
+            ):
                 await sub.subscribe([(LIVE_SUBSCRIPTION, 0)])
                 started()
                 log.info("mqtt_live_feed_on", topic=LIVE_SUBSCRIPTION)
                 delay = m.reconnect_min_s
                 while True:
-                    for msg in await sub.next_batch():
+                    batch = await sub.next_batch()
+                    if stalls is not None:
+                        stalls.seen()  # before the read: it may hold what a stall queued
+                    for msg in batch:
                         observe(msg.topic, msg.payload)
         except MqttWireError as exc:
             log.warning("mqtt_live_feed_lost", error=str(exc), retry_in_s=round(delay, 2))

@@ -498,6 +498,7 @@ class Collector:
                         self.settings,
                         self.ingestor.observe,
                         self.live.feed_started,
+                        stalls=self.ingestor.feed_stalls,
                     )
                     tg.create_task(feed, name="mqtt-live-feed")
                 tg.create_task(evaluator.run(), name="leader-evaluator")

@@ -17,6 +17,15 @@ credit so far, never closed on a collector whose writer's queue filled for a mom
 minute or so; a week of 0.1 s waits every 30 s banked 2,016 s of credit, and a node could
 then send 101,000 messages at once, not 500.)
 
+The event loop held (a long garbage collection, a blocking write to a slow disk, the process
+stopped with SIGSTOP: no disconnect) is such a time too: whatever the broker sent meanwhile
+waits in the socket and the broker's queue, and arrives at once. A :class:`StallWatch` looks
+at the clock every :data:`BEAT_S` (and its intake tells it each time it reads); a loop that
+did not run for more than a beat longer than that was held, and the time past the beat is
+credited like any other gap (so the credit is at most the stall, never more, and ends on
+its own time). Shorter holds are left to the burst: ordinary work holds the loop for
+milliseconds, and crediting them would open a credit for every busy second.
+
 Nodes are kept while they have spent credit; an allowance that has earned everything back is
 the same as a new one, and such are dropped whenever the table has doubled since the last
 sweep, so invented node names (those past ``max_nodes`` are refused before this) cannot
@@ -25,18 +34,27 @@ grow it without bound.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Final
 
 from shared.budget import Allowance, NodeBudget
+from shared.logging import get_logger
 
-__all__ = ["NodeBudgets"]
+__all__ = ["BEAT_S", "NodeBudgets", "StallWatch"]
+
+log = get_logger("budgets")
 
 _DRAIN_EXTRA_S: Final = 60.0
 """How much longer than the gap itself its credit stays open while the backlog drains."""
 _SWEEP_MIN: Final = 1024
 """No sweep of idle allowances below this many nodes."""
+BEAT_S: Final = 0.5
+"""How often a :class:`StallWatch` looks at the clock; and how much longer than that the loop
+must have been held for the time to be credited."""
 _MERGE_S: Final = 1.0
 """A credit that would end less than this after the newest one is added to it (a reader
 waiting on a full queue credits each wait): a few dozen credits open at most, not one per
@@ -62,6 +80,12 @@ class NodeBudgets:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+    @property
+    def credit_s(self) -> float:
+        """The credit open (seconds of budget each node may have sent more), as of the last
+        take or credit."""
+        return self._credit_s
 
     def take(self, node: str, nbytes: int, now: float) -> bool:
         """Spend one message of ``nbytes`` from ``node``'s budget; ``False``: over it."""
@@ -105,3 +129,47 @@ class NodeBudgets:
     def _sweep(self, now: float) -> None:
         self._nodes = {n: a for n, a in self._nodes.items() if not a.idle(now)}
         self._sweep_at = max(_SWEEP_MIN, 2 * len(self._nodes))
+
+
+class StallWatch:
+    """Credits ``budgets`` with each time the event loop was held (see the module docstring);
+    ``intake`` names what reads into them, for the log."""
+
+    def __init__(self, budgets: NodeBudgets, monotonic: Callable[[], float], intake: str) -> None:
+        self._budgets = budgets
+        self._monotonic = monotonic
+        self._intake = intake
+        self._seen = monotonic()
+        self.credited_s = 0.0
+        """Seconds of holds credited so far: an intake that credits a gap of its own (a lost
+        connection, a wait) subtracts those credited within it, or they would count twice."""
+
+    def seen(self) -> None:
+        """The loop runs now: credit the time it did not, past a beat, if that was a stall."""
+        now = self._monotonic()
+        held_s = now - self._seen - BEAT_S
+        self._seen = now
+        if held_s >= BEAT_S:
+            self._budgets.credit(held_s, now)
+            self.credited_s += held_s
+            log.info(
+                "ingest_budget_credit",
+                gap_s=round(held_s, 1),
+                cause="loop_held",
+                intake=self._intake,
+            )
+
+    @asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """Look at the clock every :data:`BEAT_S` while in the block."""
+        self._seen = self._monotonic()
+        beat = asyncio.ensure_future(self._beat())
+        try:
+            yield
+        finally:
+            beat.cancel()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_S)
+            self.seen()

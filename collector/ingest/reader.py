@@ -24,8 +24,10 @@ budgets with each time it was not reading from a session the broker kept: since 
 session's last read before the process started (``meta`` key ``ingest_read <session>``,
 written at most every :data:`READ_MARK_EVERY_S` with a unit), from a lost connection's last
 read (one that died silently is noticed only at its keepalive timeout) to the resumed one,
-and while it waited for room in the writer's queue. What the broker queued
-meanwhile, which arrives all at once, is then not refused as ``rate_limited``.
+while it waited for room in the writer's queue, and while the event loop was held without a
+disconnect (:class:`~collector.ingest.budgets.StallWatch`: a long garbage collection, a
+blocking write to a slow disk, SIGSTOP), each time once. What the broker queued meanwhile,
+which arrives all at once, is then not refused as ``rate_limited``.
 
 A connection the broker closes again and again within seconds of opening means another
 client holds the same client id (each connect takes the session from the other): the
@@ -46,6 +48,7 @@ from typing import Final, NamedTuple, Protocol, Self
 
 from prometheus_client import CollectorRegistry
 
+from collector.ingest.budgets import StallWatch
 from collector.ingest.metrics import ReaderMetrics
 from collector.ingest.packets import Message
 from collector.ingest.validate import Ingestor, Item
@@ -292,6 +295,13 @@ class Reader:
         (``None``: none has ended yet)."""
         self._asked_at: float | None = None
         """Monotonic time the reader last asked this connection for a read."""
+        budgets, clock = ingestor.budgets, ingestor.clock
+        self._stalls = None if budgets is None else StallWatch(budgets, clock.monotonic, "reader")
+        """Credits the budgets with the times the event loop was held while connected."""
+        self._held_at_ask = 0.0
+        self._held_at_loss = 0.0
+        """The stalls' credit (:attr:`StallWatch.credited_s`) when the reader last asked for a
+        read, and when the last connection was lost: a gap credited from then counts each once."""
         self._read_key = f"{READ_META_KEY} {session_key}"
         self._read_marked = -math.inf
 
@@ -321,6 +331,7 @@ class Reader:
                     # keepalive_s), and the broker queued for the session meanwhile.
                     asked = self._asked_at
                     self._lost_at = self._ingestor.clock.monotonic() if asked is None else asked
+                    self._held_at_loss = self._held_at_ask if asked is not None else self._held_s()
                 lived_s = None if opened is None else loop.time() - opened
                 if lived_s is not None and lived_s >= _STABLE_S:
                     delay, short_lived = self._min_s, 0  # it had been fine: retry at once
@@ -455,7 +466,8 @@ class Reader:
             return
         clock = self._ingestor.clock
         if self._lost_at is not None:
-            gap_s = clock.monotonic() - self._lost_at
+            # The loop held since (a SIGSTOP that outlived the keepalive) was credited then.
+            gap_s = clock.monotonic() - self._lost_at - (self._held_s() - self._held_at_loss)
         elif self._last_read is not None:
             gap_s = max(0.0, clock.time() - self._last_read) + READ_MARK_EVERY_S
         else:
@@ -465,18 +477,29 @@ class Reader:
         budgets.credit(gap_s, clock.monotonic())
         log.info("ingest_budget_credit", gap_s=round(gap_s, 1), session=self._session_key)
 
+    def _held_s(self) -> float:
+        return 0.0 if self._stalls is None else self._stalls.credited_s
+
     async def _consume(self, sub: Subscriber) -> None:
         """Ingest reads until stop. Raises MqttWireError when the connection ends."""
+        stalls = self._stalls
+        async with contextlib.nullcontext() if stalls is None else stalls.watching():
+            await self._consume_reads(sub, stalls)
+
+    async def _consume_reads(self, sub: Subscriber, stalls: StallWatch | None) -> None:
         stop = asyncio.ensure_future(self._stop.wait())
         nxt: asyncio.Future[list[Message]] | None = None
         try:
             while True:
                 if nxt is None:
                     self._asked_at = self._ingestor.clock.monotonic()
+                    self._held_at_ask = self._held_s()
                     nxt = asyncio.ensure_future(sub.next_batch())
                 await asyncio.wait((nxt, stop), return_when=asyncio.FIRST_COMPLETED)
                 if nxt.done():
                     batch, nxt = nxt.result(), None  # raises MqttWireError on disconnect
+                    if stalls is not None:
+                        stalls.seen()  # before the read: it may hold what a stall queued
                     await self._ingest_read(sub, batch)
                 if stop.done():
                     return
@@ -501,12 +524,13 @@ class Reader:
             if self._queue.full():
                 self.metrics.waits.inc()
                 mono = self._ingestor.clock.monotonic
-                t0 = mono()
+                t0, held0 = mono(), self._held_s()
                 await self._queue.put(unit)
-                # Not reading meanwhile: what the broker kept arrives at once after.
+                # Not reading meanwhile: what the broker kept arrives at once after. (A stall
+                # meanwhile was credited as one.)
                 budgets = self._ingestor.budgets
                 if budgets is not None:
-                    budgets.credit(mono() - t0, mono())
+                    budgets.credit(mono() - t0 - (self._held_s() - held0), mono())
             else:
                 await self._queue.put(unit)
             if end < n:

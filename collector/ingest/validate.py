@@ -51,7 +51,7 @@ from typing import Final, NamedTuple
 
 from prometheus_client import CollectorRegistry
 
-from collector.ingest.budgets import NodeBudgets
+from collector.ingest.budgets import NodeBudgets, StallWatch
 from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
 from collector.nodefacts import gpu_power_w
@@ -203,6 +203,10 @@ class Ingestor:
         """Each node's ingest budget (``None``: none); the reader credits it after a gap."""
         self._observed = None if budget is None else NodeBudgets(budget)
         """The same for :meth:`observe`'s feed (samples another collector stores)."""
+        self.feed_stalls = (
+            None if self._observed is None else StallWatch(self._observed, clock.monotonic, "feed")
+        )
+        """Credits the feed's budgets with the times the loop was held (the feed watches)."""
         self._over_budget = (
             ""
             if budget is None

@@ -13,8 +13,10 @@ import pytest
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from agent.publisher import Publisher, next_backoff
+from agent.publisher import OVER_PACE_SAMPLES, Publisher, next_backoff
 from agent.spool import Spool
+from collector.localbroker import MosquittoBroker
+from shared.budget import NodeBudget
 from shared.schema import Watermark, encode
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
@@ -212,3 +214,62 @@ def test_a_watermark_of_another_node_or_a_later_epoch_is_refused(tmp_path: Path)
         pub.on_watermark(b"not json")
     assert (pub.spool.unconfirmed, pub.watermarks_refused, pub.watermarks_heard) == (5, 3, 0)
     assert [e["event"] for e in logs].count("watermark_refused") == 1  # then every 100th
+
+
+_PACED = NodeBudget(messages_per_s=100, bytes_per_s=2_000_000, burst_s=1.0)
+"""Published at 1 MB and 50 messages a second: at a 0.1 s interval, 100 KB a sample."""
+
+
+async def _publish_paced(
+    broker: MosquittoBroker, spool_dir: Path, sizes: list[int]
+) -> list[MutableMapping[str, Any]]:
+    """Publish spooled samples of ``sizes`` bytes at :data:`_PACED`, sampled every 0.1 s,
+    to a real broker; the publisher's logs."""
+    spool = Spool(spool_dir, max_bytes=64 << 20, max_age_s=3600.0)
+    spool.open()
+    for k, size in enumerate(sizes):
+        spool.append(bytes([k % 256]) * size)
+    mqtt = MqttSettings(host=broker.host, port=broker.port)
+    publisher = Publisher(
+        mqtt, "n1", spool, lambda: b"{}", time.time, budget=_PACED, interval_s=0.1
+    )
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        task = asyncio.create_task(publisher.run(stop))
+        try:
+            await wait_until(lambda: publisher.published == len(sizes), what="all published")
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await task
+    spool.close()
+    return logs
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[150_000] * 25, ([150_000] * (OVER_PACE_SAMPLES - 1) + [1_500_000 // OVER_PACE_SAMPLES]) * 3],
+    ids=["every-sample-over", "over-on-average"],
+)
+async def test_samples_over_the_pace_are_said_once_naming_the_setting_and_value(
+    sizes: list[int], mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Samples of 150 KB every 0.1 s at 1 MB/s (every one, or nine of ten) can never keep
+    up: after ten, one warning naming ingest_budget.bytes_per_s and the value it needs
+    (3 MB/s on average: the pace is half of it), on the agent and the collector; not again."""
+    logs = await _publish_paced(mosquitto, tmp_path / "spool", sizes)
+    (warned,) = [e for e in logs if e["event"] == "samples_over_pace"]
+    assert warned["log_level"] == "warning"
+    assert warned["mean_sample_bytes"] == 150_000
+    assert "ingest_budget.bytes_per_s (CAPWATCH_INGEST_BUDGET__BYTES_PER_S)" in warned["fix"]
+    assert "at least 3,000,000 on this agent and on the collector" in warned["fix"]
+
+
+async def test_large_samples_between_ones_that_fit_the_pace_are_not_warned_of(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    """One sample of 150 KB every third, the others 10 KB: over the pace one by one, within
+    it on average (57 KB an interval of 100 KB): nothing is said."""
+    sizes = [150_000, 10_000, 10_000] * 8
+    logs = await _publish_paced(mosquitto, tmp_path / "spool", sizes)
+    assert [e for e in logs if e["event"] == "samples_over_pace"] == []

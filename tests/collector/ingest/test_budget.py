@@ -6,7 +6,7 @@ import asyncio
 
 from agent.simulate import FleetSimulator
 from collector.counters import value
-from collector.ingest.budgets import NodeBudgets
+from collector.ingest.budgets import BEAT_S, NodeBudgets, StallWatch
 from collector.ingest.reader import MetaItem, Reader, StopUnit, Unit
 from collector.ingest.validate import Ingestor, Item, Rejected
 from collector.live import LiveView
@@ -125,17 +125,15 @@ def test_idle_nodes_are_swept_from_the_table() -> None:
     assert len(budgets) == 1
 
 
-async def _backlog_passed(
-    clock: FakeClock, silent_s: float, away_s: float, backlog: list[tuple[str, bytes]]
-) -> int:
-    """A reader on a resumed session whose connection first delivers nothing for
-    ``silent_s`` (the collector's clock), then drops, and is back ``away_s`` later with the
-    broker's ``backlog`` at once: how many of it passed the budget as samples."""
-    ingestor = Ingestor(clock, budget=BUDGET)
-    broker = ScriptedBroker()
-    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
-    stop, connected = asyncio.Event(), asyncio.Event()
-    reader = Reader(
+def _reader(
+    ingestor: Ingestor,
+    broker: ScriptedBroker,
+    queue: asyncio.Queue[Unit | StopUnit],
+    stop: asyncio.Event,
+    connected: asyncio.Event,
+) -> Reader:
+    """A reader of ``broker``'s connections into ``queue``, reconnecting at once."""
+    return Reader(
         broker.connect,
         ingestor,
         queue,
@@ -147,14 +145,51 @@ async def _backlog_passed(
         reconnect_min_s=0.05,
         reconnect_max_s=0.05,
     )
+
+
+async def _stop_reader(
+    stop: asyncio.Event, queue: asyncio.Queue[Unit | StopUnit], task: asyncio.Task[None]
+) -> None:
+    """Stop the reader: take its units up to the last, which is then done."""
+    stop.set()
+    while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
+        pass
+    unit.done.set_result(None)
+    await asyncio.wait_for(task, 10)
+
+
+async def _backlog_passed(
+    clock: FakeClock,
+    silent_s: float,
+    away_s: float,
+    backlog: list[tuple[str, bytes]],
+    *,
+    drop: bool = True,
+    held: bool = False,
+) -> int:
+    """A reader on a resumed session whose connection first delivers nothing for
+    ``silent_s`` (the collector's clock), then drops, and is back ``away_s`` later with the
+    broker's ``backlog`` at once: how many of it passed the budget as samples. ``drop``
+    false: the backlog comes on the same connection, no drop (the loop was held). ``held``:
+    the silence is seen as the loop held (credited) before the drop is noticed."""
+    ingestor = Ingestor(clock, budget=BUDGET)
+    broker = ScriptedBroker()
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue()
+    stop, connected = asyncio.Event(), asyncio.Event()
+    reader = _reader(ingestor, broker, queue, stop, connected)
     task = asyncio.create_task(reader.run())
     await asyncio.wait_for(connected.wait(), 10)
     await asyncio.sleep(0.05)  # the reader waits for its next read
     clock.advance(silent_s)
-    broker.drop_connection()
-    await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
-    clock.advance(away_s)
-    await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
+    budgets = ingestor.budgets
+    assert budgets is not None
+    if held:
+        await wait_until(lambda: budgets.credit_s > 0, what="the loop's hold credited")
+    if drop:
+        broker.drop_connection()
+        await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
+        clock.advance(away_s)
+        await wait_until(lambda: broker.connections == 2 and connected.is_set(), what="resumed")
     broker.deliver([broker.message(t, p) for t, p in backlog])
     items: list[Item] = []
 
@@ -166,11 +201,7 @@ async def _backlog_passed(
         return len(items)
 
     await wait_until(lambda: taken() >= len(backlog), what="the backlog validated")
-    stop.set()
-    while not isinstance(unit := await asyncio.wait_for(queue.get(), 10), StopUnit):
-        pass
-    unit.done.set_result(None)
-    await asyncio.wait_for(task, 10)
+    await _stop_reader(stop, queue, task)
     return sum(isinstance(i, SampleRow) for i in items)
 
 
@@ -190,3 +221,63 @@ async def test_a_connection_that_died_silently_is_credited_from_its_last_read() 
     clock = FakeClock(start_wall=T0)
     paced = int(30 * BUDGET.paced().messages_per_s)
     assert await _backlog_passed(clock, 30.0, 0.0, _samples(0, paced)) == paced
+
+
+async def test_the_reader_credits_the_budgets_with_a_time_the_loop_was_held() -> None:
+    """The event loop held 30 s without a disconnect (a long GC, a slow disk, SIGSTOP): the
+    backlog that then arrives at once on the same connection passes up to the hold past a
+    beat (29.5 s of budget) plus the burst. Uncredited, the burst alone (20) passed."""
+    clock = FakeClock(start_wall=T0)
+    passed = await _backlog_passed(clock, 30.0, 0.0, _samples(0, 400), drop=False)
+    assert passed == 20 + int((30 - BEAT_S) * BUDGET.messages_per_s)
+
+
+async def test_a_hold_that_outlived_the_connection_is_credited_once() -> None:
+    """The loop held 30 s, credited as such, and the connection it ended (the keepalive ran
+    out meanwhile) resumed: the gap since the last read counts the hold once, 30 s in all
+    (320 pass). Counted twice, 615 of the 700 passed."""
+    clock = FakeClock(start_wall=T0)
+    assert await _backlog_passed(clock, 30.0, 0.0, _samples(0, 700), held=True) == 320
+
+
+def test_a_stall_watch_credits_a_held_loop_past_a_beat_once() -> None:
+    """The loop held a beat longer than a beat: nothing (the burst covers it). Held 20 s: 19.5
+    s credited, once; the credit ends like any gap's, as long again plus a minute after."""
+    clock = FakeClock()
+    budgets = NodeBudgets(BUDGET)
+    watch = StallWatch(budgets, clock.monotonic, "test")
+    clock.advance(2 * BEAT_S - 0.01)
+    watch.seen()
+    assert watch.credited_s == budgets.credit_s == 0
+    clock.advance(20.0)
+    watch.seen()
+    watch.seen()
+    assert watch.credited_s == budgets.credit_s == 20.0 - BEAT_S
+    now = clock.monotonic()
+    assert sum(budgets.take("n", 100, now) for _ in range(1000)) == 20 + 195
+    now += 19.5 + 60 + 0.1
+    assert sum(budgets.take("m", 100, now) for _ in range(1000)) == 20
+
+
+async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> None:
+    """The reader waits for room in the writer's full queue, and the loop is held 30 s
+    meanwhile (credited as a hold, 29.5 s): once there is room, the wait credits only the
+    rest, 30 s in all. Counted twice, 59.5 s."""
+    clock = FakeClock(start_wall=T0)
+    ingestor = Ingestor(clock, budget=BUDGET)
+    budgets = ingestor.budgets
+    assert budgets is not None
+    broker = ScriptedBroker()
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue(maxsize=1)
+    stop, connected = asyncio.Event(), asyncio.Event()
+    reader = _reader(ingestor, broker, queue, stop, connected)
+    task = asyncio.create_task(reader.run())
+    await asyncio.wait_for(connected.wait(), 10)  # the session's facts fill the queue
+    broker.deliver([broker.message(t, p) for t, p in _samples(0, 1)])
+    await wait_until(lambda: value(reader.metrics.waits) == 1, what="the reader waiting")
+    clock.advance(30.0)
+    await wait_until(lambda: budgets.credit_s > 0, what="the loop's hold credited")
+    queue.get_nowait()
+    await wait_until(queue.full, what="the sample's unit queued")
+    assert budgets.credit_s == 30.0
+    await _stop_reader(stop, queue, task)
