@@ -29,6 +29,13 @@ section 2) but that C's ``inet_aton`` reads as an address: ``127.1``, ``21307064
 ``0x7f.1`` are all 127.0.0.1 to a resolver that falls back to it."""
 
 
+def _loopback_name(host: str) -> bool:
+    """``localhost`` or a name under it: the loopback by RFC 6761 section 6.3 (resolvers
+    such as systemd-resolved answer 127.0.0.1 for ``anything.localhost``)."""
+    name = host.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
+
+
 class TargetHosts:
     """Which hosts a node may announce as its ``metrics_address`` (``sd_target_hosts``).
 
@@ -38,7 +45,7 @@ class TargetHosts:
     id. Patterns are for DNS names only: an IP address host must be inside a listed network
     (a node named ``10`` must not get ``10.0.0.5`` through ``{node}.*``), and a host in one
     of the short or numeric forms ``inet_aton`` also reads as an address (``127.1``) is
-    neither.
+    neither, nor is ``localhost`` or a name under it (``gpu-1.localhost``: the loopback).
     """
 
     def __init__(self, entries: Sequence[str] = DEFAULT_SD_TARGET_HOSTS) -> None:
@@ -68,7 +75,7 @@ class TargetHosts:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            if _NUMERIC_LABEL.match(host.rpartition(".")[2]):
+            if _NUMERIC_LABEL.match(host.rpartition(".")[2]) or _loopback_name(host):
                 return False
             name = node.lower()  # node ids hold no glob character (shared.schema)
             return any(fnmatch.fnmatchcase(host, p.replace(_NODE, name)) for p in self.patterns)

@@ -11,7 +11,14 @@ __all__ = ["add_parser", "inventory"]
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``agent inventory``."""
-    p = sub.add_parser("inventory", help="print this node's inventory as JSON and exit")
+    p = sub.add_parser(
+        "inventory",
+        help="print this node's inventory as JSON and exit",
+        description="Start the GPU backend, describe this node (CPUs, memory, GPUs with "
+        "their UUIDs, serials and power limits, NICs, other accelerators) and print it as "
+        "the JSON inventory `agent run` publishes, retained, on "
+        "capwatch/v1/nodes/<node>/inventory. Publishes nothing.",
+    )
     add_settings_args(p, broker=False, interval=False)
     p.set_defaults(handler=inventory)
 

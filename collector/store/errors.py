@@ -4,8 +4,9 @@
 :func:`missing` (no store at the path; a command never creates one), :func:`not_capwatch`
 (an SQLite file without our tables), :func:`open_failed` (cannot be opened, or created) and
 :func:`refused` (a statement the store refused: what was being done, the table or column a
-store not yet migrated lacks, a value past 64-bit integers). :data:`BUSY_TIMEOUT_S` is the
-wait after which another connection's write lock becomes such an error, on both backends.
+store not yet migrated lacks (:func:`not_migrated`), a value past 64-bit integers).
+:data:`BUSY_TIMEOUT_S` is the wait after which another connection's write lock becomes such
+an error, on both backends.
 
 Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connection) and
 :mod:`collector.store.pgconn` (PostgreSQL), which the opener imports: so this sits below both.
@@ -22,7 +23,15 @@ from shared.errors import StoreError
 if TYPE_CHECKING:
     from collector.paths import StoreTarget
 
-__all__ = ["BUSY_TIMEOUT_S", "missing", "not_capwatch", "open_failed", "refused"]
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "missing",
+    "missing_table",
+    "not_capwatch",
+    "not_migrated",
+    "open_failed",
+    "refused",
+]
 
 BUSY_TIMEOUT_S: Final = 5.0
 """How long any connection waits for another's write lock before it gives up."""
@@ -66,23 +75,34 @@ def refused(
     (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
     predates a table (not yet migrated), ``None``: it is then not a capwatch store."""
     sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
-    if (
-        isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
-    ) or sqlstate == "42P01":  # undefined_table
+    if missing_table(exc):
         if no_table is None:
             return not_capwatch(path)
         return StoreError(f"{str(path)!r} {no_table}")
     if (
         isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc)
     ) or sqlstate == "42703":  # undefined_column: a store older than this code
-        return StoreError(
-            f"{str(path)!r} is not migrated to this version yet ({_first_line(exc)}): the "
-            "collector migrates it as it starts; wait for it, or start this version's "
-            "`collector run` once"
-        )
+        return not_migrated(path, exc)
     if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
         return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
     return StoreError(f"{doing} {str(path)!r}: {_first_line(exc)}")
+
+
+def missing_table(exc: BaseException) -> bool:
+    """Whether the store refused a statement for a table it does not have."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+    ) or sqlstate == "42P01"  # undefined_table
+
+
+def not_migrated(path: StoreTarget, exc: BaseException) -> StoreError:
+    """A capwatch store older than this code lacks the table or column ``exc`` names."""
+    return StoreError(
+        f"{str(path)!r} is not migrated to this version yet ({_first_line(exc)}): the "
+        "collector migrates it as it starts; wait for it, or start this version's "
+        "`collector run` once"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync
 from collector.store.dialect import Dialect, Row
-from collector.store.errors import not_capwatch, refused
+from collector.store.errors import missing_table, not_capwatch, not_migrated, refused
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -93,7 +93,24 @@ class StoreReader:
         try:
             return conn.execute(sql, params).fetchall()
         except conn.errors as exc:
-            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+            raise self._refused(exc) from exc
+
+    def _refused(self, exc: BaseException) -> StoreError:
+        """A statement refused, as one line. A table missing from a store that has the first
+        migration's ``samples`` is a capwatch store not yet migrated to this version (read
+        with a new binary before its collector restarted), not a foreign one."""
+        if missing_table(exc) and self._has_samples():
+            return not_migrated(self.path, exc)
+        return refused(self.path, exc, doing="query failed on", no_table=None)
+
+    def _has_samples(self) -> bool:
+        conn = self.conn
+        try:
+            if conn.in_transaction:
+                conn.rollback()  # PostgreSQL answers nothing else in a failed transaction
+            return conn.has_table("samples")
+        except conn.errors:
+            return False
 
     def run(self, query: Query[T]) -> T:
         """A query (:mod:`collector.store.query`) on this snapshot."""
@@ -105,7 +122,7 @@ class StoreReader:
         try:
             return conn.has_table(name)
         except conn.errors as exc:
-            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+            raise self._refused(exc) from exc
 
     def lacks(self, table: str) -> bool:
         """Whether the store lacks table ``table``: a capwatch store the collector has not
@@ -125,7 +142,7 @@ class StoreReader:
         try:
             return conn.columns(table)
         except conn.errors as exc:
-            raise refused(self.path, exc, doing="query failed on", no_table=None) from exc
+            raise self._refused(exc) from exc
 
     def counters(self) -> dict[str, int]:
         """The counters last flushed by the collector."""

@@ -8,6 +8,7 @@ lacks the first migration's tables, unlike a capwatch store not yet migrated to 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from collector.cli import main
 from collector.paths import StoreTarget
+from collector.store.connect import open_sync
 from collector.store.db import Store
 
 _READS = [
@@ -63,3 +65,28 @@ async def test_a_capwatch_store_without_alerts_yet_answers_empty(
     assert main(["alerts", "--db", str(store_url)]) == 0
     assert main(["silence", "list", "--db", str(store_url)]) == 0
     assert capsys.readouterr().out.splitlines() == ["no alerts", "no silences"]
+
+
+@pytest.mark.parametrize(
+    "argv", [["query"], ["query", "--gpus"], ["inventory"], ["pool", "list"]], ids=" ".join
+)
+async def test_a_store_older_than_a_table_is_not_migrated_not_foreign(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A capwatch store made before a table this version reads (a store of 0010, before the
+    watermarks, read with the new binary before its collector restarted) once said 'is not a
+    capwatch database ... `collector run` creates it': the operator's upgrade read as a
+    wrong --db. It has the first migration's tables: it is a store not yet migrated."""
+    async with Store(store_url):
+        pass
+    with contextlib.closing(open_sync(store_url, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute("DROP TABLE watermarks")
+        conn.commit()
+    capsys.readouterr()
+    assert main([*argv, "--db", str(store_url)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "is not migrated to this version yet" in lines[0]
+    assert "watermarks" in lines[0]

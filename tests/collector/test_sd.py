@@ -84,6 +84,26 @@ def test_by_default_a_node_may_name_only_itself_or_a_name_under_it() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "hosts", [None, TargetHosts(["{node}", "{node}.*", "*.localhost", "localhost"])]
+)
+def test_no_node_may_name_a_loopback_name(hosts: TargetHosts | None) -> None:
+    """``localhost`` and every name under it are the loopback (RFC 6761 section 6.3; what
+    systemd-resolved answers for them): ``gpu-1.localhost:9090``, which the default
+    ``{node}.*`` matched, pointed the site's Prometheus at its own host's loopback-only
+    services, as ``127.1`` would. Refused whatever the patterns say, as ``127.1`` is."""
+    records = [
+        _announcing("gpu-1", "gpu-1.localhost:9090"),
+        _announcing("gpu-2", "GPU-2.LocalHost.:9090"),
+        _announcing("localhost", "localhost:9400"),  # a node left with the name localhost
+        _announcing("gpu-3", "gpu-3.localhost.cluster.example:9400"),  # a real name: kept
+    ]
+    refused: dict[str, str] = {}
+    groups = target_groups(records, {}, lambda _: None, hosts, refused)
+    assert [g["targets"] for g in groups] == [["gpu-3.localhost.cluster.example:9400"]]
+    assert sorted(refused) == ["gpu-1", "gpu-2", "localhost"]
+
+
 def test_an_operator_narrows_names_and_lists_networks() -> None:
     """``{node}.cluster.example`` refuses another domain; a listed network allows its
     addresses (IPv4 and IPv6) and no others."""

@@ -83,6 +83,23 @@ def test_every_option_of_both_programs_says_what_it_does() -> None:
     assert silent == []
 
 
+def test_every_command_of_both_programs_says_what_it_does_in_its_help() -> None:
+    """`agent inventory --help` once showed its usage and options and not a word of what it
+    does: the one line was in `agent --help` only."""
+    from agent.cli import build_parser as agent_parser  # noqa: PLC0415
+    from collector.cli import build_parser as collector_parser  # noqa: PLC0415
+
+    silent = [
+        f"{program.prog} {name}"
+        for program in (agent_parser(), collector_parser())
+        for sub in program._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(sub, argparse._SubParsersAction)
+        for name, command in sub.choices.items()
+        if not (command.description or "").strip()
+    ]
+    assert silent == []
+
+
 # Characters that print as nothing or as a blank: the Hangul fillers (U+115F, U+1160, U+3164,
 # U+FFA0, Default_Ignorable_Code_Point in Unicode's DerivedCoreProperties.txt), the Braille
 # pattern with no dots (U+2800) and the musical null notehead (U+1D159).
