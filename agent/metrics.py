@@ -270,7 +270,8 @@ def _agent_families(
     if stats.epoch is not None:
         yield GaugeMetricFamily(
             "capwatch_agent_epoch",
-            "The agent's boot counter (counted up at each start; samples carry it).",
+            "The agent's boot counter (counted up at each start from a fresh spool's wall clock "
+            "in ms; samples carry it).",
             stats.epoch,
         )
     yield GaugeMetricFamily(

@@ -260,8 +260,10 @@ class Publisher:
         except SchemaError as exc:
             error = str(exc)
         if mark is not None and mark.node == self.node_id and mark.epoch > self.spool.epoch:
-            # Retained from an epoch this spool never reached (its directory was wiped):
-            # it passes nothing of ours. The collector follows our epoch once it stores it.
+            # Retained from an epoch this spool never reached: it passes nothing of ours. A
+            # wiped directory starts at the wall clock in ms, past the old run's epoch: this
+            # is one whose clock is now behind the old run's first start. The collector
+            # follows our epoch once it stores it.
             error = f"epoch {mark.epoch} is past ours ({self.spool.epoch})"
             mark = None
         if mark is None or mark.node != self.node_id:

@@ -190,7 +190,8 @@ class Spool:
         """Held samples handed out again by :meth:`resend`."""
         self._held: deque[_Held] = deque()
         self.epoch = 0
-        """This start's boot counter (one more than the previous start's), set by open()."""
+        """This start's boot counter (one more than the previous start's; a fresh directory's
+        first: the wall clock in ms), set by open()."""
         self.lost: Counter[str] = Counter()
         """Samples lost, per reason: ``full``, ``age`` (dropped oldest first), ``torn``,
         ``corrupt`` (found at open or by :meth:`next`; a corrupt run of bytes counts once,

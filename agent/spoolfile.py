@@ -5,7 +5,8 @@ Layout of the directory (one agent per directory)::
     seg-0000000000000007.log   records, appended in order; ids grow by one per segment
     seg-0000000000000008.log   the tail segment, open for appending
     cursor                     <segment id u64><offset u64><crc32 u32>: first not retired
-    epoch                      the agent's boot counter, as decimal text
+    epoch                      the agent's boot counter, as decimal text (its first value:
+                               the wall clock in ms, :func:`next_epoch`)
 
 A record is ``<magic u16><length u32><crc32 u32><payload>`` (little-endian); the CRC covers
 the length bytes and the payload. A record cut short at the end of a file (a crash
@@ -153,8 +154,14 @@ def read_cursor(directory: Path) -> tuple[int, int] | None:
 
 
 def next_epoch(directory: Path, clock: Callable[[], float]) -> int:
-    """This start's epoch: the ``epoch`` file's count plus one (0 without one), written back
-    durably before it is used; an unreadable file gives the wall ``clock`` in ms."""
+    """This start's epoch: the ``epoch`` file's count plus one, written back durably before
+    it is used. Without a readable file (a fresh directory: a new node, or one reinstalled
+    with its spool wiped; a damaged file) the wall ``clock`` in ms: past every epoch an
+    earlier run on the node reached, counted from 0 (agents before this rule) or from its
+    own first start's clock, so the collector takes this run for the node's next start
+    (:func:`collector.nodefacts.agent_restarted`: a higher epoch). Counted from 0, a wiped
+    spool numbered ``(0, 0)`` again, and the collector held the old run's higher ``seq`` as
+    the node's newest sample until the new run passed it (the node looked frozen)."""
     path = directory / "epoch"
     try:
         stored = int(path.read_text().strip())
@@ -166,11 +173,11 @@ def next_epoch(directory: Path, clock: Callable[[], float]) -> int:
             raise ValueError(f"epoch {stored} at or over the bound {_MAX_EPOCH}")
         epoch = stored + 1
     except FileNotFoundError:
-        epoch = 0
+        epoch = int(clock() * 1000)
     except ValueError as exc:
-        # Unreadable: the wall clock in ms is above any count a counter reached from 0.
-        # From the bound it is a step down: the collector's live view takes this start
-        # for an older epoch until it restarts (stored gaps are per epoch, unaffected).
+        # Unreadable: as a fresh directory. From the bound it is a step down: the
+        # collector's live view takes this start for an older epoch until it restarts
+        # (stored gaps are per epoch, unaffected).
         epoch = int(clock() * 1000)
         log.warning("spool_epoch_unreadable", path=str(path), epoch=epoch, error=str(exc))
     epoch = min(epoch, _MAX_EPOCH)

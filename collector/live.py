@@ -44,9 +44,11 @@ One agent numbers its samples in order within a run (an ``epoch``) and never goe
 run it left, so the view counts a sample as a second agent's (:attr:`NodeState.conflicts`,
 ``NodeAgentConflict``) when, in the same epoch as the held sample, its ``seq`` is at or below
 the held one while it is stamped after every sample of that epoch (clones sharing an epoch: a
-cloned spool, or two fresh ones both at 0), and the held one arrived less than
-:data:`_AHEAD_FRESH` intervals before it (the run ahead still sends: one agent whose spool
-was wiped in epoch 0 starts at epoch 0, seq 0 again, and its old run sends no more); or
+cloned spool, or two fresh ones of agents that counted a fresh spool from 0; two fresh spools
+now start at two wall-clock epochs, :func:`agent.spoolfile.next_epoch`, and alternate as
+below), and the held one arrived less than :data:`_AHEAD_FRESH` intervals before it (the run
+ahead still sends: an agent of the old rule whose spool was wiped in epoch 0 starts at epoch
+0, seq 0 again, and its old run sends no more); or
 when it belongs to the run the held one took over from (:attr:`NodeState.prior_run`),
 numbered past where that run was, and is the newest again or stamped after the held run
 took over (two epochs alternating). One agent does none
@@ -598,9 +600,10 @@ class LiveView:
             )
             or (epoch == _NO_EPOCH and seq < last and sample.ts > st.seq_ts)
         ):
-            # The first sample (of this feed run, with from_feed), a new start (a wiped
-            # spool's epoch counts from 0 again), or an agent before epochs restarting at 0
-            # (its sample is newer than the last: an older one is a late duplicate).
+            # The first sample (of this feed run, with from_feed), a new start (a higher
+            # epoch; or an older agent's wiped spool counting from 0 again), or an agent
+            # before epochs restarting at 0 (its sample is newer than the last: an older one
+            # is a late duplicate).
             st.seq_epoch, st.seq_last, st.seq_ts = epoch, seq, sample.ts
             st.seq_feed = self._feed_run
             return

@@ -148,17 +148,20 @@ def agent_restarted(
     the node's agent than the one held (``held_epoch``, its newest sample stamped
     ``held_ts``; any unit of time, the same for both).
 
-    A higher epoch is the agent's next start. A lower epoch with a newer time is one too: the
-    agent keeps its epoch counter in its spool, so a wiped or lost spool directory counts
-    from 0 again. A lower epoch with an older time is a late sample of an earlier run, which
-    the agent replays from its spool before the newer ones. A sample of the run the held one
-    took over from (``prior``: its epoch, the highest seq it had reached and its newest
-    time) numbered at or below that seq and stamped no later than that time is a late or
-    repeated sample of that run (the broker redelivering after a reconnect, the agent
-    filling a hole), not a start, whatever the held run's time: an agent run stamped behind
-    the one before it (its clock set back between the two) was otherwise handed back to the
-    old run by a duplicate. Stamped after it, it is a wiped spool counting from epoch 0 and
-    seq 0 again when that run was epoch 0 too: a start. The watermarks
+    A higher epoch is the agent's next start, a reinstalled node's too: the agent keeps its
+    epoch counter in its spool and starts a fresh directory at the wall clock in ms
+    (:func:`agent.spoolfile.next_epoch`), past any epoch counted before. A lower epoch with a
+    newer time is one too: an agent that counted a fresh spool from 0 (before that rule)
+    whose directory was wiped. A lower epoch with an older time is a late sample of an
+    earlier run, which the agent replays from its spool before the newer ones. A sample of
+    the run the held one took over from (``prior``: its epoch, the highest seq it had
+    reached and its newest time) numbered at or below that seq and stamped no later than
+    that time is a late or repeated sample of that run (the broker redelivering after a
+    reconnect, the agent filling a hole), not a start, whatever the held run's time: an
+    agent run stamped behind the one before it (its clock set back between the two) was
+    otherwise handed back to the old run by a duplicate. Stamped after it, it is a wiped
+    spool counting from epoch 0 and seq 0 again (the rule before) when that run was epoch 0
+    too: a start. The watermarks
     (:mod:`collector.ingest.watermark`) and the live view's newest sample and gaps
     (:mod:`collector.live`) all follow the node's newest run by this rule."""
     if prior is not None and epoch == prior[0] and seq <= prior[1] and ts <= prior[2]:

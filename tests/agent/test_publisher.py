@@ -165,15 +165,16 @@ def test_reconnect_delays_are_jittered_and_capped_at_a_few_seconds() -> None:
     assert min(late) < 1.5
 
 
-def _watermark_publisher(tmp_path: Path) -> Publisher:
+def _watermark_publisher(tmp_path: Path, *, fresh: bool = False) -> Publisher:
+    """Five samples acknowledged and held, in epoch 2 (two starts before this one), or in a
+    ``fresh`` directory's first epoch."""
+    if not fresh:
+        (tmp_path / "spool").mkdir()
+        (tmp_path / "spool" / "epoch").write_text("1\n")
     spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600, hold_s=60)
     spool.open()
-    for _ in range(2):  # two more starts: this one is epoch 2
-        spool.close()
-        spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600, hold_s=60)
-        spool.open()
     for seq in range(5):
-        spool.append(encode_sample(epoch=2, seq=seq))
+        spool.append(encode_sample(epoch=spool.epoch, seq=seq))
     while (record := spool.next()) is not None:
         spool.holding = True
         spool.ack(record)
@@ -273,3 +274,18 @@ async def test_large_samples_between_ones_that_fit_the_pace_are_not_warned_of(
     sizes = [150_000, 10_000, 10_000] * 8
     logs = await _publish_paced(mosquitto, tmp_path / "spool", sizes)
     assert [e for e in logs if e["event"] == "samples_over_pace"] == []
+
+
+def test_the_old_runs_retained_watermark_confirms_nothing_of_a_wiped_spools_run(
+    tmp_path: Path,
+) -> None:
+    """A node reinstalled: its agent's old run (epoch 0: a fresh directory counted from 0
+    before) reached seq 9, and the broker keeps that watermark retained for the node. The
+    new run's fresh spool starts past it (the wall clock in ms), so the old mark, heard at
+    connect, passes none of the new run's held samples (at epoch 0 too it passed all five,
+    never stored); the new run's own mark confirms them."""
+    pub = _watermark_publisher(tmp_path, fresh=True)
+    pub.on_watermark(_mark("wm-node", 0, 9, 9))
+    assert (pub.spool.unconfirmed, pub.watermarks_refused) == (5, 0)
+    pub.on_watermark(_mark("wm-node", pub.spool.epoch, 2, 2))
+    assert (pub.spool.unconfirmed, pub.spool.confirmed) == (2, 3)

@@ -178,6 +178,32 @@ def test_an_unwritable_disk_keeps_samples_in_memory_in_order(tmp_path: Path) -> 
     assert len(spool) == 0
 
 
+def test_a_fresh_directory_starts_at_the_wall_clock_past_any_counted_epoch(
+    tmp_path: Path,
+) -> None:
+    """A new spool directory (a new node, or one reinstalled with its spool wiped) starts at
+    the wall clock in ms, not 0: an earlier run on the node counted from 0 (or from its own
+    first start's clock, earlier), so the collector takes the new run for a later one, not
+    for the old run's ``(0, 0)`` again. Later starts count up from it; a second wipe starts
+    past them all."""
+    clock = 1_750_000_000.25
+
+    def start() -> int:
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 20, max_age_s=3600.0, clock=lambda: clock)
+        spool.open()
+        spool.close()
+        return spool.epoch
+
+    with capture_logs() as logs:
+        assert [start(), start()] == [1_750_000_000_250, 1_750_000_000_251]
+    assert [e for e in logs if e["log_level"] == "warning"] == []  # nothing wrong with it
+    for path in (tmp_path / "spool").iterdir():  # reinstalled, a minute on
+        path.unlink()
+    clock += 60
+    assert start() == 1_750_000_060_250
+    assert (tmp_path / "spool" / "epoch").read_text() == "1750000060250\n"
+
+
 @pytest.mark.parametrize("content", ["not a number\n", "", "-5\n", "-1\n"])
 def test_an_unreadable_epoch_file_moves_the_epoch_past_any_counter(
     tmp_path: Path, content: str

@@ -27,16 +27,18 @@ def _alerted(db: Path) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    "second_epoch",
-    [None, 5],
-    ids=["one-epoch", "two-epochs"],  # two fresh spools (both epoch 0); an older spool's 5
+    "spools",
+    ["cloned", "fresh", "older"],
+    # A cloned VM's spool (both count the same file up to epoch 5); two fresh spools (two
+    # wall-clock epochs); B on an older agent's spool (5, below A's wall-clock epoch)
+    ids=["one-epoch", "two-fresh-epochs", "two-epochs"],
 )
 async def test_two_agents_with_one_node_id_fire_node_agent_conflict_for_that_node_alone(
     mosquitto: MosquittoBroker,
     collector_runner: CollectorRunner,
     agents: list[AgentProcess],
     tmp_path: Path,
-    second_epoch: int | None,
+    spools: str,
 ) -> None:
     """Agents A and B both run with node id SHARED (their own spools), agent C as OTHER;
     A starts first. The collector fires NodeAgentConflict for SHARED, none for OTHER."""
@@ -47,19 +49,19 @@ async def test_two_agents_with_one_node_id_fire_node_agent_conflict_for_that_nod
     )
     await collector_runner.start()
     db = collector_runner.db
-    b_spool = tmp_path / "spool-b"
-    if second_epoch is not None:
-        b_spool.mkdir()
-        (b_spool / "epoch").write_text(f"{second_epoch - 1}\n")  # the agent counts it up
+    a_spool, b_spool = tmp_path / "spool-a", tmp_path / "spool-b"
+    for spool in {"cloned": (a_spool, b_spool), "fresh": (), "older": (b_spool,)}[spools]:
+        spool.mkdir()
+        (spool / "epoch").write_text("4\n")  # the agent counts it up to 5
     log = tmp_path / "agents.log"
     agents.append(AgentProcess(mosquitto, tmp_path / "spool-c", log, node=OTHER))
-    agents.append(AgentProcess(mosquitto, tmp_path / "spool-a", log, node=SHARED))
+    agents.append(AgentProcess(mosquitto, a_spool, log, node=SHARED))
     await wait_until(lambda: len(stored_seqs(db, SHARED)) >= 2, timeout_s=30, what="A's samples")
     agents.append(AgentProcess(mosquitto, b_spool, log, node=SHARED))
-    want = {0, second_epoch or 0}
     await wait_until(
         lambda: (
-            {e for e, _ in stored_seqs(db, SHARED)} == want and len(stored_seqs(db, SHARED)) >= 8
+            len({e for e, _ in stored_seqs(db, SHARED)}) == (1 if spools == "cloned" else 2)
+            and len(stored_seqs(db, SHARED)) >= 8
         ),
         timeout_s=30,
         what="B's samples",

@@ -47,9 +47,9 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
     agents: list[AgentProcess],
     tmp_path: Path,
 ) -> None:
-    """Broker down; agent A spools, is SIGKILLed; agent B starts on the same spool (epoch
-    1), spools more; the broker returns: every sample of both epochs is stored, in order,
-    none missing."""
+    """Broker down; agent A spools (a fresh spool: the wall clock in ms is its epoch), is
+    SIGKILLed; agent B starts on the same spool (the next epoch), spools more; the broker
+    returns: every sample of both epochs is stored, in order, none missing."""
     await collector_runner.start()
     db = collector_runner.db
     spool, log = tmp_path / "spool", tmp_path / "agent.log"
@@ -63,11 +63,15 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
         return value is not None and value >= n
 
     await wait_until(lambda: spooled(first, 3), timeout_s=30, what="agent A spooling 3 samples")
+    a_epoch = int(first.metric("capwatch_agent_epoch") or 0)
+    assert a_epoch > 10**12
     await asyncio.to_thread(first.kill)
 
     second = AgentProcess(mosquitto, spool, log)
     agents.append(second)
-    await wait_until(lambda: second.metric("capwatch_agent_epoch") == 1, what="agent B (epoch 1)")
+    await wait_until(
+        lambda: second.metric("capwatch_agent_epoch") == a_epoch + 1, what="agent B (next epoch)"
+    )
     assert second.metric("capwatch_agent_dropped_total") == 0
     b_taken = second.metric("capwatch_agent_samples_total") or 0
     await wait_until(
@@ -77,16 +81,18 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
 
     await asyncio.to_thread(mosquitto.start)
     await wait_until(
-        lambda: any(e == 1 and s >= 4 for e, s in stored_seqs(db)), timeout_s=30, what="B's samples"
+        lambda: any(e == a_epoch + 1 and s >= 4 for e, s in stored_seqs(db)),
+        timeout_s=30,
+        what="B's samples",
     )
     await asyncio.to_thread(second.stop)
     rows = stored_seqs(db)
-    a_seqs = [s for e, s in rows if e == 0]
-    b_seqs = [s for e, s in rows if e == 1]
+    a_seqs = [s for e, s in rows if e == a_epoch]
+    b_seqs = [s for e, s in rows if e == a_epoch + 1]
     assert len(a_seqs) >= 3
     assert a_seqs == list(range(len(a_seqs)))
     assert b_seqs == list(range(len(b_seqs)))
-    assert rows == sorted(rows)  # arrived in order: all of epoch 0, then epoch 1
+    assert rows == sorted(rows)  # arrived in order: all of A's epoch, then B's
 
 
 async def _query_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
