@@ -611,9 +611,9 @@ class CollectorSettings(CapwatchSettings):
         return value
 
     rollups: RollupSettings = RollupSettings()
+    """Rollups kept beyond the raw samples, and the usage ledger (``[rollups]``)."""
     billing: BillingSettings = BillingSettings()
     """Prices of GPU-hours and energy for ``collector usage`` (``[billing]``)."""
-    """Rollups kept beyond the raw samples, and the usage ledger (``[rollups]``)."""
     alerts: AlertSettings = AlertSettings()
     governance: GovernanceSettings = GovernanceSettings()
     """Thresholds of the lease and quota rules (``[governance]``)."""
