@@ -17,6 +17,7 @@ import ssl
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Self, TypeVar
 
@@ -32,7 +33,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -272,8 +274,33 @@ class CapwatchSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if settings_cls.model_config.get("toml_file"):
-            sources.append(TomlConfigSettingsSource(settings_cls))
+            sources.append(_TomlSource(settings_cls))
         return tuple(sources)
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The ``--config`` file, whose tables must be tables even where a flag or the
+    environment sets a key inside one: pydantic-settings merges the sources key by key, and
+    a flag's ``{"mqtt": {"port": 1}}`` replaced the file's ``mqtt = 5`` unseen (the same file
+    without the flag is refused)."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        fields = self.settings_cls.model_fields
+        errors: list[InitErrorDetails] = [
+            {"type": "dict_type", "loc": (key,), "input": value}
+            for key, value in data.items()
+            if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
+        return data
+
+
+def _is_table(field: FieldInfo) -> bool:
+    """Whether a settings field is one table (a nested settings model, not a list of them)."""
+    annotation = field.annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def default_node_id() -> str:

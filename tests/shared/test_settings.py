@@ -44,6 +44,33 @@ def test_settings_precedence_file_env_flag(tmp_path: Path, monkeypatch: pytest.M
     assert s.mqtt.host == "file-host"
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("mqtt = 5\n", "mqtt"),
+        ('mqtt = "broker:1883"\n', "mqtt"),
+        ("[governance]\nbilling = 3\n", "billing"),
+        ("capacity = []\n", "capacity"),
+    ],
+)
+def test_a_table_in_the_file_that_is_not_one_is_refused_even_beside_a_flag_or_env(
+    text: str, field: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mqtt = 5`` in the file is refused alone, and also when a flag or the environment
+    sets a key of that table: pydantic-settings merged their table over the file's value,
+    and the collector started on the defaults as if the file said nothing."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text.replace("[governance]\nbilling", "billing"))
+    for overrides in ({}, {field: {"anything": None}}):
+        with pytest.raises(ConfigError, match=rf"setting '{field}'.*valid dictionary"):
+            load_settings(CollectorSettings, config_file=cfg, overrides=overrides)
+    monkeypatch.setenv("CAPWATCH_MQTT__PORT", "1")
+    monkeypatch.setenv("CAPWATCH_CAPACITY__INTERVAL_S", "30")
+    monkeypatch.setenv("CAPWATCH_BILLING__CURRENCY", "EUR")
+    with pytest.raises(ConfigError, match=rf"setting '{field}'.*valid dictionary"):
+        load_settings(CollectorSettings, config_file=cfg)
+
+
 def test_unknown_setting_in_file_is_one_clear_line(tmp_path: Path) -> None:
     """A typo in the config file names the key instead of being ignored."""
     cfg = tmp_path / "c.toml"
