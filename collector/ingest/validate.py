@@ -344,11 +344,15 @@ class Ingestor:
         live = self.live
         at = None if live is None else live.forgotten_at(node)
         if at is not None and (message.ts is None or message.ts <= at + self.max_skew_s):
+            stamped = (
+                "no time of its own"
+                if message.ts is None
+                else f"stamped {message.ts - at:+.0f} s from its node's forget"
+            )
             return _Problem(
                 "forgotten",
-                f"stamped {'no time' if message.ts is None else f'{message.ts - at:+.0f} s'} "
-                f"from its node's forget (collector inventory forget), within "
-                f"max_clock_skew_s ({self.max_skew_s:g} s): sent before its decommission",
+                f"{stamped}, not after it by more than max_clock_skew_s ({self.max_skew_s:g} "
+                "s): sent before `collector inventory forget` decommissioned the node",
             )
         return message
 
