@@ -299,10 +299,10 @@ class LiveView:
         searching for one: the search is O(nodes), ~3 ms at 50,000, and a flood of
         invented names asked for it at every message."""
         self._racks: dict[str, PowerReading] = {}
-        self._forgotten: dict[str, None] = {}
+        self._forgotten: dict[str, float | None] = {}
         """Nodes :meth:`forget` dropped that sent nothing since, oldest first (at most
-        ``max_nodes``): the alert rules resolve their alerts at once. Replaced, never changed
-        in place, so a snapshot shares it."""
+        ``max_nodes``), with when they were forgotten: the alert rules resolve their alerts
+        at once. Replaced, never changed in place, so a snapshot shares it."""
 
     def snapshot(self) -> LiveView:
         """The view as it is now, unchanged by later updates (they store new node states)."""
@@ -509,16 +509,21 @@ class LiveView:
             n += 1
         return n
 
-    def forget(self, *nodes: str) -> None:
-        """Drop ``nodes`` (decommissioned: ``collector inventory forget``; the collector's
-        writer calls this when it reads the store's ``forgotten_nodes``) and remember that
-        they were (:meth:`was_forgotten`); a later message brings one back as a new node."""
-        for node in nodes:
+    def forget(self, *nodes: str, at: float | None = None) -> None:
+        """Drop ``nodes`` (decommissioned: ``collector inventory forget``) and remember that
+        they were, ``at`` that time if known (:meth:`forgotten_at`); a later message brings
+        one back as a new node."""
+        self.forget_at(dict.fromkeys(nodes, at))
+
+    def forget_at(self, when: Mapping[str, float | None]) -> None:
+        """:meth:`forget` each node of ``when`` at its time: the collector's writer calls this
+        when it reads the store's ``forgotten_nodes``, a starting collector with those the
+        store has not heard of since."""
+        for node in when:
             st = self._nodes.pop(node, None)
             self._reject_only -= st is not None and st.reject_only
-        gone = set(nodes)
-        forgotten = {k: None for k in self._forgotten if k not in gone}
-        forgotten.update(dict.fromkeys(nodes))
+        forgotten = {k: v for k, v in self._forgotten.items() if k not in when}
+        forgotten.update(when)
         for old in list(forgotten)[: max(0, len(forgotten) - self.max_nodes)]:
             del forgotten[old]
         self._forgotten = forgotten
@@ -526,6 +531,11 @@ class LiveView:
     def was_forgotten(self, node: str) -> bool:
         """Whether ``node`` was forgotten (:meth:`forget`) and sent nothing since."""
         return node in self._forgotten
+
+    def forgotten_at(self, node: str) -> float | None:
+        """When ``node`` was forgotten (Unix s), while it was and sent nothing since
+        (``None``: it was not, or the time is not known)."""
+        return self._forgotten.get(node)
 
     # -- queries (rules)
 
@@ -685,7 +695,7 @@ class LiveView:
         st = self._nodes[node] = NodeState(node)
         self._reject_only += not real
         if node in self._forgotten:
-            self._forgotten = {k: None for k in self._forgotten if k != node}
+            self._forgotten = {k: v for k, v in self._forgotten.items() if k != node}
         return st
 
     def _evict_reject_only(self) -> bool:

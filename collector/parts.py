@@ -320,15 +320,13 @@ async def live_feed(
         delay = min(m.reconnect_max_s, delay * 2) * random.uniform(0.5, 1.0)
 
 
-def stored_nodes(db: StoreTarget, max_nodes: int) -> tuple[list[NodeState], list[str]]:
-    """Each node's newest stored sample, status and inventory (a new leader's live view),
-    and the nodes forgotten since that the store has not heard of (at most ``max_nodes``)."""
+def stored_nodes(db: StoreTarget) -> list[NodeState]:
+    """Each node's newest stored sample, status and inventory (a new leader's live view)."""
     from collector.capacity.fromstore import nodes_from_store  # noqa: PLC0415
-    from collector.store.forget import still_forgotten  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     with StoreReader(db) as reader:
-        return nodes_from_store(reader), reader.run(still_forgotten(max_nodes))
+        return nodes_from_store(reader)
 
 
 @dataclass(slots=True)

@@ -6,7 +6,10 @@ the live view holds it at once (capacity counts it at its next cycle), and the n
 per node and per rack waits here until :meth:`PolledPower.run` puts them, every
 ``interval_s``, on the writer's queue as one :class:`PolledPowerRecord` (one transaction, one
 row per node or rack whatever the poll rate). What waits is bounded by the BMCs and PDUs
-configured: one entry each.
+configured: one entry each. A node decommissioned (``collector inventory forget``) whose BMC
+is still listed is not held (:meth:`~collector.live.LiveView.on_node_power` holds only nodes
+the view knows) nor stored until the node comes back: the command warns to remove its
+``[[redfish.bmcs]]`` entry.
 
 Why stored: commands that recompute from the store (``collector capacity --now``,
 ``--explain NODE``) and a new leader's view read them back
@@ -62,16 +65,19 @@ class PolledPower:
         self._pending[("rack", rack)] = reading
 
     def take(self) -> PolledPowerRecord | None:
-        """The readings waiting, as one record (``None``: none)."""
+        """The readings waiting, as one record (``None``: none); none of a node forgotten
+        (``collector inventory forget``) that has not come back: its BMC, still listed in
+        ``redfish.bmcs``, would put its row back in the store."""
         if not self._pending:
             return None
         pending, self._pending = self._pending, {}
-        return PolledPowerRecord(
-            tuple(
-                PolledRow(scope, name, r.watts, r.source, r.received, r.interval_s)
-                for (scope, name), r in pending.items()
-            )
+        forgotten = self._live.was_forgotten
+        rows = tuple(
+            PolledRow(scope, name, r.watts, r.source, r.received, r.interval_s)
+            for (scope, name), r in pending.items()
+            if scope != "node" or not forgotten(name)
         )
+        return PolledPowerRecord(rows) if rows else None
 
     async def run(self, records: RecordQueue, interval_s: float) -> None:
         """Put what waits on ``records`` every ``interval_s`` until cancelled."""

@@ -81,7 +81,7 @@ from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
-from collector.store.forget import last_forgotten
+from collector.store.forget import last_forgotten, still_forgotten
 from collector.store.rollups import TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
@@ -318,6 +318,10 @@ class Collector:
         # Before the live view and the watermarks are filled from the store: a node forgotten
         # after this read is forgotten by the writer, whatever they were filled with.
         forgotten_id = await store.run(last_forgotten())
+        # Before the reader: what the broker queued for this session while no collector ran
+        # may hold their messages from before their forget (dropped: collector.ingest.validate).
+        forgotten = await store.run(still_forgotten(s.max_nodes))
+        self.live.forget_at({f.node: f.at for f in forgotten if f.node not in self.live})
         had_session, held = await load_session(store.meta, session_key)
         last_read = await load_last_read(store.meta, session_key)
         if self._marking:
@@ -443,13 +447,12 @@ class Collector:
 
     async def _live_from_store(self) -> int:
         """Fill the live view from the store (each node's newest stored sample, status and
-        inventory), keeping what it already holds that is newer, and tell it which nodes
-        were forgotten (their restored alerts resolve at once); return how many nodes."""
-        s = self.settings
-        stored, forgotten = await asyncio.to_thread(parts.stored_nodes, s.store_target, s.max_nodes)
-        merged = self.live.merge(stored)
-        self.live.forget(*(node for node in forgotten if node not in self.live))
-        return merged
+        inventory), keeping what it already holds that is newer; return how many nodes.
+        (The nodes forgotten that the store has not heard of since are not in it: the view
+        knows them from the start, :meth:`_run_on`, and their restored alerts resolve at
+        once.)"""
+        stored = await asyncio.to_thread(parts.stored_nodes, self.settings.store_target)
+        return self.live.merge(stored)
 
     async def _take_over(self, reads: Store, fence: Fence, health: Health, hold_s: float) -> None:
         """A new term of an elected leader: the live view filled from the store, the

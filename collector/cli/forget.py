@@ -28,20 +28,34 @@ DESCRIPTION: Final = """\
                          samples, rollups and usage stay until their retention. A running
                          collector stops tracking it within seconds: its alerts resolve (and
                          are notified resolved), capacity and usage no longer count it. A
-                         later message from it makes it a new node. Refused, changing
-                         nothing: a node the store does not know, one in a pool or a lease
-                         (naming the command that frees it), one online or that sent a
-                         sample in the staleness window (--force forgets those anyway)."""
+                         later message from it makes it a new node: one stamped after the
+                         forget (by more than max_clock_skew_s; what the broker queued for
+                         a stopped collector is dropped). Refused, changing nothing: a node
+                         the store does not know, one in a pool or a lease (naming the
+                         command that frees it), one online or that sent a sample in the
+                         staleness window (--force forgets those anyway); with
+                         mqtt.username and no mqtt.admin_username, any (--store-only
+                         forgets in the store and prints the commands that clear the
+                         retained messages). A node whose BMC redfish.bmcs lists: a
+                         warning to remove its entry."""
 _SHOWN: Final = 3
 """Refusals a refused command names in its one line (then how many more)."""
 
 
-def forget(settings: CollectorSettings, nodes: Sequence[str], *, force: bool, as_json: bool) -> int:
-    """Forget ``nodes`` in one command transaction, then clear their retained messages.
+def forget(
+    settings: CollectorSettings,
+    nodes: Sequence[str],
+    *,
+    force: bool,
+    as_json: bool,
+    store_only: bool = False,
+) -> int:
+    """Forget ``nodes`` in one command transaction, then clear their retained messages
+    (``store_only``: left to the operator, the commands printed).
 
     Exit status: 0 done; 1 forgotten in the store but the broker's retained messages not
     cleared (what to run is printed); :class:`ConfigError` (2, one line, nothing changed)
-    when a node is refused.
+    when a node is refused, or when no login may clear them (``mqtt.admin_username``).
     """
     import asyncio  # noqa: PLC0415 (not for --help)
 
@@ -50,28 +64,36 @@ def forget(settings: CollectorSettings, nodes: Sequence[str], *, force: bool, as
     from collector.store.forget import forget_nodes  # noqa: PLC0415
     from shared.errors import MqttWireError  # noqa: PLC0415
 
+    who = None if store_only else login(settings.mqtt)
+    if isinstance(who, str):
+        raise ConfigError(
+            f"{who}; or --store-only to forget in the store only and clear them by hand; "
+            "nothing forgotten",
+            field="mqtt.admin_username",
+        )
     wanted = list(dict.fromkeys(nodes))
     now = time.time()
     with Command(settings.store_target, now=now) as tx:
         forced = _check(tx, wanted, now, settings.staleness(), force=force)
         forget_nodes(tx, wanted, forced=forced)
     topics = node_topics(wanted)
-    who = login(settings.mqtt)
-    problem = who if isinstance(who, str) else None
-    if not isinstance(who, str):
+    problem = None
+    if who is not None:
         try:
             asyncio.run(clear_retained(settings.mqtt, who, topics))
         except MqttWireError as exc:
             problem = str(exc)
-    commands = [] if problem is None else clear_commands(settings.mqtt, topics)
+    commands = [] if who is not None and problem is None else clear_commands(settings.mqtt, topics)
+    polled = _polled(settings, wanted)
     if as_json:
         print_json(
             {
                 "forgotten": wanted,
                 "forced": sorted(forced),
-                "retained_cleared": problem is None,
+                "retained_cleared": who is not None and problem is None,
                 "broker_error": problem,
                 "clear_commands": commands,
+                "still_polled": polled,
             }
         )
     else:
@@ -79,8 +101,23 @@ def forget(settings: CollectorSettings, nodes: Sequence[str], *, force: bool, as
             f"forgot {len(wanted)} node{'s' * (len(wanted) != 1)}: {', '.join(wanted)} "
             "(samples, rollups and usage stay until retention)"
         )
-        if problem is None:
+        if who is None:
+            print(
+                f"left their {len(topics)} retained messages on the broker (--store-only): "
+                "clear them with"
+            )
+            for line in commands:
+                print(f"  {line}")
+        elif problem is None:
             print(f"cleared their {len(topics)} retained messages on the broker")
+    if polled:
+        print(
+            f"warning: {_listed(polled)} still listed in redfish.bmcs: remove "
+            f"{'its entry' if len(polled) == 1 else 'their entries'} ([[redfish.bmcs]] node = "
+            "...) from the collector's settings; until then a running collector ignores "
+            "those readings while the node stays forgotten",
+            file=sys.stderr,
+        )
     if problem is not None:
         print(
             "error: their retained status, inventory and watermark are still on the broker "
@@ -92,6 +129,19 @@ def forget(settings: CollectorSettings, nodes: Sequence[str], *, force: bool, as
             print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _polled(settings: CollectorSettings, nodes: Sequence[str]) -> list[str]:
+    """Those of ``nodes`` whose BMC the collector's settings list (``redfish.bmcs``)."""
+    listed = {bmc.node for bmc in settings.redfish.bmcs}
+    return [node for node in nodes if node in listed]
+
+
+def _listed(nodes: Sequence[str]) -> str:
+    """``node x's BMC is`` / ``nodes x, y: their BMCs are``, at most :data:`_SHOWN` named."""
+    more = len(nodes) - _SHOWN
+    named = ", ".join(nodes[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    return f"node {named}'s BMC is" if len(nodes) == 1 else f"nodes {named}: their BMCs are"
 
 
 def _check(

@@ -68,10 +68,12 @@ examples:
   collector inventory import racked-nodes.jsonl
   collector inventory forget x1000c0s7b0n1 x1000c0s7b1n0
   collector inventory forget x9999c0s0b0n0 --force   # an invented name, still publishing
+  collector inventory forget x1000c0s7b0n1 --store-only   # clear the broker by hand
 
 exit status: 0 done; 1 forget: forgotten in the store, but the broker's retained messages
 could not be cleared (the commands that clear them are printed); 2 a bad flag, line, pool
-or node, a node forget refuses, or no database (one line; nothing changed)."""
+or node, a node forget refuses, forget with mqtt.username but no mqtt.admin_username and
+no --store-only, or no database (one line; nothing changed)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,6 +99,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action="store_true",
         help="with forget: forget nodes that are online or sent a sample in the staleness window",
     )
+    p.add_argument(
+        "--store-only",
+        action="store_true",
+        help="with forget: leave the broker alone (its retained messages: the commands that "
+        "clear them are printed)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -106,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
     if words and words[0] == "forget":
         if len(words) < 2:
             raise ConfigError("forget needs at least one NODE", field="NODE")
-        return forget(settings_from_args(args), words[1:], force=args.force, as_json=args.json)
-    if args.force:
-        raise ConfigError("--force goes with forget only", field="--force")
+        return forget(
+            settings_from_args(args),
+            words[1:],
+            force=args.force,
+            as_json=args.json,
+            store_only=args.store_only,
+        )
+    for flag, given in (("--force", args.force), ("--store-only", args.store_only)):
+        if given:
+            raise ConfigError(f"{flag} goes with forget only", field=flag)
     settings = read_settings_from_args(args)
     if words and words[0] == "import":
         if len(words) != 2:

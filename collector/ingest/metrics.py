@@ -38,6 +38,7 @@ REJECT_REASONS: Final = (
     "topic_mismatch",  # the payload's node is not the topic's
     "clock_skew",  # stamped too far ahead of the collector's clock
     "too_old",  # older than the retention window
+    "forgotten",  # a decommissioned node's, stamped before its forget (inventory forget)
     "fleet_full",  # a new node when the collector already tracks max_nodes
     "rate_limited",  # the node is over its ingest budget (shared.budget), refused undecoded
     "store_refused",  # valid, but SQLite refused the row (the writer's bisection found it)

@@ -41,6 +41,16 @@ invented node names reach neither the store nor the view.
 Time checks use the collector's clock, not the node's: a sample stamped more than
 ``max_skew_s`` ahead of it is ``clock_skew``; one older than the retention window is
 ``too_old`` (late samples replayed after an outage are welcome until then).
+
+A node decommissioned (``collector inventory forget``; the live view remembers it,
+:meth:`~collector.live.LiveView.forgotten_at`) comes back only with a message stamped after
+its forget: one stamped before, or within ``max_skew_s`` after (the node's clock may run
+that far ahead of the collector's; an ``offline`` status has no time), is ``forgotten``.
+That is the backlog the broker queued for the collector's persistent session while it was
+down, or samples in flight: stored, they would bring the node back, stale. A rejected
+message of a forgotten node, for whatever reason, is counted by its reason only: neither
+kept in quarantine nor counted as the node's (its ``node_rejects`` row, the live view's
+reject-only node would bring it back too).
 """
 
 from __future__ import annotations
@@ -216,8 +226,14 @@ class Ingestor:
         )
 
     def take_node_rejects(self) -> dict[tuple[str, str], tuple[int, int]]:
-        """Rejects per ``(node, reason)`` since the last call: ``(count, last received ms)``."""
-        out = {key: (v[0], v[1]) for key, v in self._node_rejects.items()}
+        """Rejects per ``(node, reason)`` since the last call: ``(count, last received ms)``;
+        none of a node forgotten since they were counted (written, they would bring it back)."""
+        live = self.live
+        out = {
+            key: (v[0], v[1])
+            for key, v in self._node_rejects.items()
+            if live is None or not live.was_forgotten(key[0])
+        }
         self._node_rejects = {}
         self._unnamed.clear()  # a new window of QUARANTINE_PER_KEY
         return out
@@ -261,7 +277,8 @@ class Ingestor:
         else:
             message = self._decoded(node, "sample", payload, now)
         if isinstance(message, _Problem):
-            live.on_reject(node, message.reason, now)
+            if not live.was_forgotten(node):  # as in _reject
+                live.on_reject(node, message.reason, now)
             return False
         return isinstance(message, Sample) and live.on_sample(message, now, feed=True)
 
@@ -328,6 +345,19 @@ class Ingestor:
             problem = self._timing_problem(message.ts, now)
             if problem is not None:
                 return problem
+        live = self.live
+        at = None if live is None else live.forgotten_at(node)
+        if at is not None and (message.ts is None or message.ts <= at + self.max_skew_s):
+            stamped = (
+                "no time of its own"
+                if message.ts is None
+                else f"stamped {message.ts - at:+.0f} s from its node's forget"
+            )
+            return _Problem(
+                "forgotten",
+                f"{stamped}, not after it by more than max_clock_skew_s ({self.max_skew_s:g} "
+                "s): sent before `collector inventory forget` decommissioned the node",
+            )
         return message
 
     def _timing_problem(self, ts: float, now: float) -> _Problem | None:
@@ -366,9 +396,12 @@ class Ingestor:
         by_reason = self._rejected_by
         (by_reason.get(reason) or by_reason[OTHER_REASON]).inc()
         now_ms = round(now * 1000)
-        if node is not None:
-            if self.live is not None and in_view:
-                self.live.on_reject(node, reason, now)
+        live = self.live
+        if node is not None and live is not None and live.was_forgotten(node):
+            kept = False  # counted by reason only: as a node's reject, it would be back
+        elif node is not None:
+            if live is not None and in_view:
+                live.on_reject(node, reason, now)
             key = (node, reason)
             if key not in self._node_rejects and len(self._node_rejects) >= _MAX_NODE_KEYS:
                 key = ("*", reason)

@@ -69,8 +69,8 @@ pickup (:func:`~collector.store.forget.drop_written`: a status stored meanwhile 
 ``nodes`` row again), and of the items validated before it and written after (queued, or
 held by the reader waiting for room), a node still forgotten in the view
 (:meth:`~collector.live.LiveView.was_forgotten`) has its samples stored as history only: no
-``nodes`` row, status, inventory or watermark. A message validated after the pickup makes
-a new node in both.
+``nodes`` row, status, inventory or watermark. A message validated after the pickup and
+stamped after the forget makes a new node in both (:mod:`collector.ingest.validate`).
 
 A store that is only unavailable (PostgreSQL restarting or failing over: ``StoreError.
 unavailable``) is waited for: the writer reconnects with capped, randomised backoff and
@@ -578,11 +578,11 @@ class Writer:
         rows = await self._durably(lambda: self._store.run(forgotten_after(after)))
         if not rows:
             return []
-        self._forgotten_id = rows[-1][0]
-        nodes = list(dict.fromkeys(node for _, node in rows))
+        self._forgotten_id = rows[-1].id
+        nodes = list(dict.fromkeys(r.node for r in rows))
         self._known_nodes.difference_update(nodes)
         if self._ingestor.live is not None:
-            self._ingestor.live.forget(*nodes)
+            self._ingestor.live.forget_at({r.node: r.at for r in rows})
         if self.watermarks is not None:
             for node in nodes:
                 self.watermarks.forget(node)

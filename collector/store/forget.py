@@ -13,11 +13,14 @@ notifies the resolution like any other.
 
 A running collector stops tracking a forgotten node when it reads the rows past the last id
 it saw (:func:`forgotten_after`, from :func:`last_forgotten` read at its start): commands
-take the store's write lock, so ids grow in commit order. A message from the node after
-that makes it a new node. What the collector wrote of it since the command's commit, from
-messages validated before that (its ``nodes`` row again, from a status stored meanwhile),
-goes then (:func:`drop_written`; :mod:`collector.ingest.writer`): the store keeps no node
-the live view dropped.
+take the store's write lock, so ids grow in commit order; a starting collector remembers
+those the store has not heard of since (:func:`still_forgotten`). A message from the node
+stamped after the forget makes it a new node; one stamped before (the backlog its broker
+session queued while the collector was down, samples in flight) is dropped
+(:class:`~collector.ingest.validate.Ingestor`). What the collector wrote of it since the
+command's commit, from messages validated before that (its ``nodes`` row again, from a
+status stored meanwhile; reject counts; its BMC's reading), goes then (:func:`drop_written`;
+:mod:`collector.ingest.writer`): the store keeps no node the live view dropped.
 
 Reads go through anything that :class:`~collector.store.statements.Reads` (the command's own
 transaction, so that the checks and the deletes see one snapshot); portable SQL.
@@ -26,7 +29,7 @@ transaction, so that the checks and the deletes see one snapshot); portable SQL.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.store.queries import latest_sample
 from collector.store.query import Query, single
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NODE_TABLES",
+    "Forgotten",
     "LeaseHold",
     "NodeActivity",
     "activity",
@@ -58,8 +62,11 @@ NODE_TABLES: Final = (
 )
 """The tables that hold a node as current, the column naming it and what else a row must
 be (a rack's reading is not a node's): what forgetting deletes."""
-_WRITTEN: Final = tuple(t for t in NODE_TABLES if t[0] in ("nodes", "watermarks", "node_rejects"))
-"""Those the collector's writer writes from a node's messages."""
+_WRITTEN: Final = tuple(
+    t for t in NODE_TABLES if t[0] in ("nodes", "watermarks", "node_rejects", "polled_power")
+)
+"""Those the collector's writer writes: from a node's messages, and its BMC's readings (the
+leader's polled power record)."""
 _CHUNK: Final = 500
 """Nodes named in one ``IN (...)``: far under SQLite's bound-variable limit."""
 
@@ -181,23 +188,35 @@ def last_forgotten() -> Query[int]:
     )
 
 
-def forgotten_after(after_id: int) -> Query[list[tuple[int, str]]]:
-    """``(id, node)`` of the nodes forgotten since the row ``after_id``, oldest first."""
+class Forgotten(NamedTuple):
+    """One ``forgotten_nodes`` row, as a running collector reads it."""
+
+    id: int
+    node: str
+    at: float
+    """When the command forgot it (its clock, Unix s): the node's messages stamped before
+    are from before its decommission (:meth:`collector.live.LiveView.forgotten_at`)."""
+
+
+def _forgotten(rows: list[Any]) -> list[Forgotten]:
+    return [Forgotten(int(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+
+def forgotten_after(after_id: int) -> Query[list[Forgotten]]:
+    """The nodes forgotten since the row ``after_id``, oldest first."""
     return single(
-        "SELECT id, node FROM forgotten_nodes WHERE id > ? ORDER BY id",
-        (after_id,),
-        lambda rows: [(int(r[0]), str(r[1])) for r in rows],
+        "SELECT id, node, at FROM forgotten_nodes WHERE id > ? ORDER BY id", (after_id,), _forgotten
     )
 
 
-def still_forgotten(limit: int) -> Query[list[str]]:
-    """The nodes forgotten that the store has not heard of since (no ``nodes`` row), the
-    latest forgotten first, at most ``limit``: what a starting collector's live view
-    remembers as forgotten (:meth:`collector.live.LiveView.forget`)."""
+def still_forgotten(limit: int) -> Query[list[Forgotten]]:
+    """The nodes forgotten that the store has not heard of since (no ``nodes`` row), each
+    at its latest forget, the latest first, at most ``limit``: what a starting collector's
+    live view remembers as forgotten (:meth:`collector.live.LiveView.forget`)."""
     return single(
-        "SELECT f.node FROM forgotten_nodes f "
+        "SELECT max(f.id), f.node, max(f.at) FROM forgotten_nodes f "
         "WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node = f.node) "
         "GROUP BY f.node ORDER BY max(f.id) DESC LIMIT ?",
         (limit,),
-        lambda rows: [str(r[0]) for r in rows],
+        _forgotten,
     )

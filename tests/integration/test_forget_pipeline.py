@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
@@ -15,6 +16,7 @@ from pydantic import HttpUrl
 from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.paths import StoreTarget
+from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.service import Collector
 from collector.settings import ReceiverSettings, RouteSettings
 from shared.schema import NodeStatus, encode
@@ -22,8 +24,10 @@ from shared.topics import inventory_topic, sample_topic, status_topic, watermark
 from tests.collector.alerts.receiver import Receiver
 from tests.collector.governance.fleet import cli
 from tests.collector.governance.test_forget_cli import retained
+from tests.collector.redfish.conftest import PASSWORD, USER, write_credentials
 from tests.helpers import db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
+from tests.redfish import RACKMOUNT_2022, MockupBmc
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +74,11 @@ async def rx() -> AsyncIterator[Receiver]:
         yield receiver
 
 
+SKEW_S = 1.0
+"""The collectors' ``max_clock_skew_s``: a message stamped more than this after a node's
+forget brings it back."""
+
+
 def _runner(broker: MosquittoBroker, db: StoreTarget, rx: Receiver) -> CollectorRunner:
     """A collector evaluating every 0.5 s, NodeOffline firing at once, notifying ``rx``."""
     runner = CollectorRunner(broker, db)
@@ -77,12 +86,20 @@ def _runner(broker: MosquittoBroker, db: StoreTarget, rx: Receiver) -> Collector
     runner.settings = s.model_copy(
         update={
             "expected_interval_s": 1.0,
+            "max_clock_skew_s": SKEW_S,
             "alerts": s.alerts.model_copy(update={"eval_interval_s": 0.5, "offline_for_s": 0.0}),
             "receivers": [ReceiverSettings(name="ops", url=HttpUrl(rx.url), timeout_s=5)],
             "routes": [RouteSettings(group_wait="0s", group_interval="0s")],
         }
     )
     return runner
+
+
+async def _past_the_forget(db: StoreTarget) -> None:
+    """Until a message stamped now is stamped after the last forget by more than
+    :data:`SKEW_S` (one the collector takes as sent after it)."""
+    at = db_rows(db, "SELECT max(at) FROM forgotten_nodes")[0][0]
+    await wait_until(lambda: time.time() > at + SKEW_S, what="past the forget")
 
 
 def _notified(rx: Receiver, node: str) -> list[tuple[str, str]]:
@@ -148,6 +165,7 @@ async def test_a_running_collector_stops_tracking_a_forgotten_node(
         ]
         assert db_rows(store_url, "SELECT count(*) FROM alerts") == [(0,)]
 
+        await _past_the_forget(store_url)
         await node.send(status="online")  # back: a new node
         await wait_until(lambda: node.name in collector.live, what="a new node")
         await wait_until(
@@ -184,3 +202,90 @@ async def test_a_node_forgotten_while_the_collector_is_down_stays_forgotten(
         assert db_rows(store_url, "SELECT node FROM nodes WHERE node = ?", (node.name,)) == []
     finally:
         await runner.stop()
+
+
+async def test_what_the_broker_queued_while_the_collector_was_down_does_not_bring_it_back(
+    mosquitto: MosquittoBroker, store_url: StoreTarget, rx: Receiver
+) -> None:
+    """The node samples on while no collector runs, then stops (offline): the broker queues
+    it all for the collector's persistent session. Forgotten meanwhile, the node stays
+    forgotten when the next collector drains that backlog: each message dropped as
+    ``forgotten`` (acknowledged: not delivered again), none stored, no nodes, rejects or
+    quarantine row, no alert. A sample stamped after the forget brings it back."""
+    runner = _runner(mosquitto, store_url, rx)
+    collector = await runner.start()
+    node = _Node(mosquitto)
+    await node.send(status="online", sample=True)
+    samples = "SELECT count(*) FROM samples WHERE node = ?"
+    await wait_until(lambda: db_rows(store_url, samples, (node.name,)) == [(1,)], what="stored")
+    await runner.stop()
+    for _ in range(3):
+        await node.send(sample=True)
+    await node.send(status="offline")
+    code, _, err = await _forget(store_url, mosquitto, node.name, "--force")
+    assert code == 0, err
+    try:
+        collector = await runner.start()
+        metrics = collector.ingestor.metrics
+        await wait_until(
+            lambda: metrics.counter_rows()["rejected_forgotten"] == 4, what="the backlog dropped"
+        )
+        await runner.stop()  # everything it took in committed
+        assert node.name not in collector.live
+        assert db_rows(store_url, samples, (node.name,)) == [(1,)]
+        for table in ("nodes", "node_rejects", "quarantine"):
+            sql = f"SELECT count(*) FROM {table} WHERE node = ?"
+            assert db_rows(store_url, sql, (node.name,)) == [(0,)], table
+        assert _notified(rx, node.name) == []
+        assert db_rows(
+            store_url, "SELECT value FROM counters WHERE name = 'rejected_forgotten'"
+        ) == [(4,)]
+
+        collector = await runner.start()  # acknowledged: nothing delivered again
+        await _past_the_forget(store_url)
+        await node.send(sample=True)
+        await wait_until(lambda: node.name in collector.live, what="back: a new node")
+        await wait_until(
+            lambda: bool(db_rows(store_url, "SELECT 1 FROM nodes WHERE node = ?", (node.name,))),
+            what="its nodes row again",
+        )
+        assert db_rows(store_url, samples, (node.name,)) == [(2,)]
+        assert collector.ingestor.metrics.counter_rows()["rejected_forgotten"] == 0
+    finally:
+        await runner.stop()
+
+
+async def test_a_forgotten_nodes_bmc_still_polled_does_not_put_its_reading_back(
+    mosquitto: MosquittoBroker, store_url: StoreTarget, rx: Receiver, tmp_path: Path
+) -> None:
+    """Its BMC still in ``[[redfish.bmcs]]`` (a real Redfish service on loopback, polled
+    every 0.2 s): after the pickup of its forget, the collector stores no reading of it
+    again, while it goes on storing another node's."""
+    creds = write_credentials(
+        tmp_path / "bmc.toml", {"default": {"username": USER, "password": PASSWORD}}
+    )
+    node = _Node(mosquitto)
+    polled = "SELECT received FROM polled_power WHERE scope = 'node' AND name = ?"
+    with MockupBmc(RACKMOUNT_2022, username=USER, password=PASSWORD) as bmc:
+        runner = _runner(mosquitto, store_url, rx)
+        bmcs = [BmcSettings(node=n, url=bmc.url) for n in (node.name, "witness")]  # type: ignore[arg-type]
+        runner.settings = runner.settings.model_copy(
+            update={"redfish": RedfishSettings(credentials_file=creds, interval_s=0.2, bmcs=bmcs)}
+        )
+        collector = await runner.start()
+        try:
+            await node.send(status="offline")
+            await wait_until(
+                lambda: bool(db_rows(store_url, polled, (node.name,))), what="its reading stored"
+            )
+            code, _, err = await _forget(store_url, mosquitto, node.name, "--store-only")
+            assert code == 0, err
+            await wait_until(lambda: collector.live.was_forgotten(node.name), what="the pickup")
+            picked = time.time()
+            await wait_until(
+                lambda: db_rows(store_url, polled, ("witness",))[0][0] > picked + 0.5,
+                what="a reading polled after the pickup stored",
+            )
+            assert db_rows(store_url, polled, (node.name,)) == []
+        finally:
+            await runner.stop()

@@ -222,17 +222,86 @@ async def test_forget_clears_the_three_retained_messages_on_the_broker(
     assert await retained(mosquitto, topics) == {status_topic("gone2"): b"x"}
 
 
-def test_with_the_collectors_mqtt_user_and_no_admin_user_it_does_not_log_in(
+def test_with_the_collectors_mqtt_user_and_no_admin_user_it_refuses_before_forgetting(
     fleet: StoreTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """mqtt.username set, mqtt.admin_username not: the node is forgotten, the broker left
-    alone (logging in as the collector would take over its session): exit 1 saying so."""
+    """mqtt.username set, mqtt.admin_username not: no login may clear the retained messages
+    (the collector's would take over its session), so nothing is forgotten: one line
+    naming mqtt.admin_username and --store-only, exit 2. With --store-only the node is
+    forgotten, the broker left alone, and the commands that clear it printed: exit 0."""
     monkeypatch.setenv("CAPWATCH_MQTT__USERNAME", "capwatch-collector")
-    code, _, err = _forget(fleet, "gone")
-    assert code == 1
+    code, out, err = _forget(fleet, "gone")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "mqtt.admin_username is not set" in err
     assert "logging in as the collector's user (capwatch-collector) would take over" in err
-    assert "-u capwatch-admin -P PASSWORD -q 1 -r -n -t capwatch/v1/nodes/gone/status" in err
+    assert "--store-only" in err
+    assert err.rstrip().endswith("nothing forgotten")
+    assert _node_rows(fleet, "gone")["nodes"] == 1
+    assert db_rows(fleet, "SELECT count(*) FROM forgotten_nodes") == [(0,)]
+
+    code, out, err = _forget(fleet, "gone", "--store-only")
+    assert (code, err) == (0, "")
+    assert "left their 3 retained messages on the broker (--store-only)" in out
+    assert "-u capwatch-admin -P PASSWORD -q 1 -r -n -t capwatch/v1/nodes/gone/status" in out
     assert _node_rows(fleet, "gone")["nodes"] == 0
+    code, out, _ = _forget(fleet, "gone2", "--store-only", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert (shown["retained_cleared"], shown["broker_error"]) == (False, None)
+    assert len(shown["clear_commands"]) == 3
+
+
+def test_store_only_without_forget_is_refused(fleet: StoreTarget) -> None:
+    """--store-only belongs to forget: elsewhere one line, exit 2."""
+    code, _, err = cli("inventory", "--store-only", "--db", str(fleet))
+    assert code == 2
+    assert "--store-only goes with forget only" in err
+
+
+def test_a_node_known_only_by_its_rejects_is_forgotten(fleet: StoreTarget) -> None:
+    """A node that only ever sent rejected messages (``node_rejects`` rows, no ``nodes``
+    row) is not unknown: forgotten, its rejects deleted."""
+
+    async def rejects() -> None:
+        async with Store(fleet, compress=False) as store:
+            await store.write_counters(
+                {}, time.time(), {("junk", "invalid"): (5, 1), ("junk", "not_json"): (2, 1)}
+            )
+
+    asyncio.run(rejects())
+    assert _node_rows(fleet, "junk")["node_rejects"] == 2
+    code, out, err = _forget(fleet, "junk", "--store-only")
+    assert code == 0, err
+    assert out.startswith("forgot 1 node: junk")
+    assert _node_rows(fleet, "junk")["node_rejects"] == 0
+    assert db_rows(fleet, "SELECT node FROM forgotten_nodes") == [("junk",)]
+
+
+def test_a_node_whose_bmc_is_still_polled_is_forgotten_with_a_warning(
+    fleet: StoreTarget, tmp_path: Path
+) -> None:
+    """A node whose BMC the settings list (``[[redfish.bmcs]]``): forgotten, and one warning
+    line naming the setting to edit; a node with no BMC listed gets none."""
+    creds = tmp_path / "bmc.toml"
+    creds.write_text('[default]\nusername = "u"\npassword = "p"\n')
+    creds.chmod(0o600)
+    config = tmp_path / "collector.toml"
+    config.write_text(
+        f'[redfish]\ncredentials_file = "{creds}"\n'
+        '[[redfish.bmcs]]\nnode = "gone"\nurl = "https://10.0.0.7"\n'
+    )
+    code, _, err = _forget(fleet, "gone", "--store-only", "--config", str(config))
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        "warning: node gone's BMC is still listed in redfish.bmcs: remove its entry "
+        "([[redfish.bmcs]] node = ...) from the collector's settings; until then a running "
+        "collector ignores those readings while the node stays forgotten"
+    ]
+    code, _, err = _forget(fleet, "gone2", "--store-only", "--config", str(config))
+    assert code == 0
+    assert "redfish.bmcs" not in err
 
 
 def test_an_admin_user_equal_to_the_collectors_is_refused(

@@ -276,3 +276,42 @@ def test_a_share_groups_rejected_samples_count_in_the_view_from_the_feed_alone()
     assert isinstance(ing.handle(sample_topic(node), good), SampleRow)
     assert isinstance(ing.handle(sample_topic(node), b"]["), Rejected)
     assert rejects(alone) == 1
+
+
+def test_a_forgotten_nodes_messages_from_before_its_forget_are_dropped() -> None:
+    """A node forgotten at ``at``: its samples, inventory and ``online`` status stamped up to
+    max_skew_s after (its clock may be that far ahead), and its ``offline`` status (no time),
+    are ``forgotten``: counted by reason only, not kept, not the node's rejects, and it
+    stays forgotten; so does a message rejected for another reason. The first stamped
+    later brings it back."""
+    at = 1.8e9
+    clock = FakeClock(start_wall=at + 600)
+    view = LiveView()
+    ing = Ingestor(clock, max_skew_s=300, live=view)
+    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
+    node = sim.node_ids[0]
+    view.forget(node, at=at)
+    status = b'{"v":1,"node":"%s","status":"%s"%s}'
+    before = [
+        (sample_topic(node), encode(sim.sample(0, at - 5, 0))),
+        (sample_topic(node), encode(sim.sample(0, at + 300, 1))),
+        (inventory_topic(node), encode(sim.inventory(0, at + 100))),
+        (status_topic(node), status % (node.encode(), b"online", b',"ts":%d' % at)),
+        (status_topic(node), status % (node.encode(), b"offline", b"")),
+        (sample_topic(node), b"]["),  # not_json: no time to judge, and not the node's
+    ]
+    for topic, payload in before:
+        item = ing.handle(topic, payload)
+        assert isinstance(item, Rejected), topic
+        assert not item.kept
+    assert labelled_values(ing.metrics.rejected)["forgotten"] == 5
+    assert labelled_values(ing.metrics.rejected)["not_json"] == 1
+    assert ing.take_node_rejects() == {}
+    assert node not in view
+    assert view.forgotten_at(node) == at
+
+    back = ing.handle(sample_topic(node), encode(sim.sample(0, at + 301, 2)))
+    assert isinstance(back, SampleRow)
+    assert node in view
+    assert not view.was_forgotten(node)
+    assert isinstance(ing.handle(sample_topic(node), encode(sim.sample(0, at - 5, 0))), SampleRow)

@@ -160,3 +160,26 @@ async def test_a_unit_the_reader_held_at_the_pickup_does_not_bring_the_node_back
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             fleet.queue.put_nowait(StopUnit(done))
             await asyncio.wait_for(running, 20)
+
+
+async def test_rejects_counted_before_the_pickup_are_not_written_after_it(
+    store_url: StoreTarget,
+) -> None:
+    """A reject of the node counted before the pickup and flushed after it (the counters
+    go every ~2 s) does not write its ``node_rejects`` row again; nor does one after the
+    pickup (counted by reason only: the node stays forgotten)."""
+    async with Store(store_url) as store:
+        fleet = _Fleet(store, await store.run(last_forgotten()))
+        fleet.validate(status="online", sample=True)
+        await fleet.write()
+        rejects = "SELECT count(*) FROM node_rejects WHERE node = ?"
+        fleet.ingestor.handle(sample_topic(fleet.node), b"][")
+        _forget(store_url, fleet.node)
+        assert await fleet.writer.forget_nodes() == [fleet.node]
+        await fleet.writer.flush_counters()
+        assert db_rows(store_url, rejects, (fleet.node,)) == [(0,)]
+
+        fleet.ingestor.handle(sample_topic(fleet.node), b"][")
+        await fleet.writer.flush_counters()
+        assert db_rows(store_url, rejects, (fleet.node,)) == [(0,)]
+        assert fleet.view.was_forgotten(fleet.node)
