@@ -11,6 +11,7 @@ every figure of an answer comes from the same snapshot while the collector keeps
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -19,6 +20,7 @@ from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import missing_table, not_capwatch, not_migrated, refused
+from collector.store.migrations import MIGRATIONS
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -96,19 +98,30 @@ class StoreReader:
             raise self._refused(exc) from exc
 
     def _refused(self, exc: BaseException) -> StoreError:
-        """A statement refused, as one line. A table missing from a store that has the first
-        migration's ``samples`` is a capwatch store not yet migrated to this version (read
-        with a new binary before its collector restarted), not a foreign one."""
-        if missing_table(exc) and self._has_samples():
-            return not_migrated(self.path, exc)
+        """A statement refused, as one line. A table missing from a capwatch store
+        (:meth:`_capwatch`) is a store not yet migrated to this version (read with a new
+        binary before its collector restarted), not a foreign one."""
+        if missing_table(exc):
+            conn = self.conn
+            with contextlib.suppress(*conn.errors):
+                if conn.in_transaction:
+                    conn.rollback()  # PostgreSQL answers nothing else in a failed transaction
+            if self._capwatch():
+                return not_migrated(self.path, exc)
         return refused(self.path, exc, doing="query failed on", no_table=None)
 
-    def _has_samples(self) -> bool:
+    def _capwatch(self) -> bool:
+        """Whether the store is capwatch's, migrated to this version or not: its migrations'
+        record holds the first one. A table named ``samples`` is no sign (another program's
+        database may have one); an error reading the record is a foreign store (PostgreSQL
+        then answers nothing else in this transaction: the caller gives up)."""
         conn = self.conn
         try:
-            if conn.in_transaction:
-                conn.rollback()  # PostgreSQL answers nothing else in a failed transaction
-            return conn.has_table("samples")
+            if not conn.has_table("schema_migrations"):
+                return False
+            first = MIGRATIONS[0][0]
+            rows = conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (first,))
+            return bool(rows.fetchall())
         except conn.errors:
             return False
 
@@ -127,12 +140,13 @@ class StoreReader:
     def lacks(self, table: str) -> bool:
         """Whether the store lacks table ``table``: a capwatch store the collector has not
         migrated to it yet, which the caller may answer as empty (or name the table). A store
-        without even ``samples``, the first migration's table, is no capwatch store at all
-        (an empty PostgreSQL database, another program's SQLite file): that raises
+        without capwatch's record of its first migration (:meth:`_capwatch`) is no capwatch
+        store at all (an empty PostgreSQL database, another program's SQLite file, one with
+        a ``samples`` table of its own): that raises
         :func:`~collector.store.errors.not_capwatch`, never an empty answer ("no alerts")."""
         if self.has_table(table):
             return False
-        if not self.has_table("samples"):
+        if not self._capwatch():
             raise not_capwatch(self.path)
         return True
 

@@ -90,3 +90,37 @@ async def test_a_store_older_than_a_table_is_not_migrated_not_foreign(
     assert len(lines) == 1, lines
     assert "is not migrated to this version yet" in lines[0]
     assert "watermarks" in lines[0]
+
+
+def _foreign_with_samples(store_url: StoreTarget) -> str:
+    """``store_url`` as another program's database that has a table named ``samples`` of its
+    own (a common name: lab measurements, a metrics exporter's), and nothing of capwatch's."""
+    if isinstance(store_url, Path):
+        sqlite3.connect(store_url).close()
+    with contextlib.closing(open_sync(store_url, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute("CREATE TABLE samples (id INTEGER, value REAL)")
+        conn.commit()
+    return str(store_url)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [*_READS, ["query"], ["query", "--gpus"], ["inventory"], ["pool", "list"]],
+    ids=" ".join,
+)
+def test_a_foreign_store_with_a_samples_table_is_not_capwatch_nor_not_migrated(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A table named ``samples`` does not make a capwatch store: capwatch's migrations'
+    record does (``schema_migrations`` holding the first one, which a store not yet migrated
+    to a newer table has too). Told by ``samples`` alone, ``query``, ``inventory`` and ``pool
+    list`` said 'is not migrated to this version yet ... start `collector run` once' (which
+    would write capwatch's tables into that database), ``alerts`` 'no alerts', exit 0."""
+    db = _foreign_with_samples(store_url)
+    assert main([*argv, "--db", db]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "is not a capwatch database" in lines[0]
