@@ -363,10 +363,10 @@ class Publisher:
         interval_s = self._interval_s or 1.0
         if self._pace_bytes < 0:  # less than one message an interval
             setting, env = "messages_per_s", "CAPWATCH_INGEST_BUDGET__MESSAGES_PER_S"
-            need = f"{math.ceil(1 / interval_s / PACE_SHARE):,}"
+            need = math.ceil(1 / interval_s / PACE_SHARE)
         else:
             setting, env = "bytes_per_s", "CAPWATCH_INGEST_BUDGET__BYTES_PER_S"
-            need = f"{math.ceil(nbytes / interval_s / PACE_SHARE):,}"
+            need = math.ceil(nbytes / interval_s / PACE_SHARE)
         log.warning(
             "samples_over_pace",
             mean_sample_bytes=nbytes,
