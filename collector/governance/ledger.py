@@ -43,8 +43,10 @@ recomputed; the hours leased nodes were silent in are caught up a few runs at a 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -396,9 +398,15 @@ class LedgerJob:
         return False
 
     def _rows(
-        self, reader: StoreReader, hours: Sequence[int], gov: Governance, now: float
+        self,
+        reader: StoreReader,
+        hours: Sequence[int],
+        gov: Governance,
+        now: float,
+        stop: threading.Event,
     ) -> list[LedgerRow]:
-        """The ledger rows of ``hours`` from one snapshot of the store (a worker thread)."""
+        """The ledger rows of ``hours`` from one snapshot of the store (a worker thread); cut
+        short once ``stop`` is set (the run was cancelled: nobody waits for the rows)."""
         since = min(hours)
         hardware = reader.run(node_hardware(reader.dialect))
         pools = reader.run(pool_history(since))
@@ -410,6 +418,8 @@ class LedgerJob:
         )
         rows: list[LedgerRow] = []
         for hour in hours:
+            if stop.is_set():
+                break
             rows.extend(
                 _hour_rows(
                     hour,
@@ -442,7 +452,14 @@ class LedgerJob:
         # at 12,500 nodes the hardware alone (an inventory decoded per node) was ~170 ms of
         # CPU on the event loop, and its rows read on the writer's connection held every
         # commit for up to 1.24 s during a drain (:meth:`Store.read_aside`).
-        rows = await store.read_aside(lambda reader: self._rows(reader, hours, gov, now))
+        stop = threading.Event()
+        try:
+            rows = await store.read_aside(lambda r: self._rows(r, hours, gov, now, stop))
+        except asyncio.CancelledError:
+            # The thread goes on after the await is cancelled, and the process's exit waits
+            # for it: a catch-up run of many hours at 12,500 nodes would hold a stop that long.
+            stop.set()
+            raise
         log.info("ledger_computed", hours=len(hours), rows=len(rows), behind=behind)
         computed = set(hours)
         done = [d for d in dirty if d[0] in computed]

@@ -4,6 +4,7 @@ a node with no inventory hour by hour (both backends)."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
@@ -308,3 +309,21 @@ def test_gpu_history_counts_each_hour_its_own_and_a_silent_one_its_last_before()
     ]
     assert node_gpus("n", {"n": 4}, history, h0, h0 + 10 * H) == [(h0, h0 + 10 * H, 4)]
     assert node_gpus("m", {}, history, h0, h0 + H) == [(h0, h0 + H, 0)]
+
+
+async def test_a_cancelled_runs_thread_stops_at_the_next_hour(store_url: StoreTarget) -> None:
+    """The rows are made in a worker thread, which goes on after the job's await is
+    cancelled (a collector stopping), and the process's exit waits for it: once told to
+    stop it makes no further hour, so a catch-up of 48 hours does not hold the stop."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=15, interval_s=600)
+    await _sampled(store_url, sim, [DAY0], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=2)
+    job = _job(store_url, FakeClock(start_wall=DAY0 + H))
+    gov = job._governance()
+    hours = [int(DAY0) + H * h for h in range(6)]
+    stop = threading.Event()
+    with StoreReader(store_url) as reader:
+        made = job._rows(reader, hours, gov, DAY0 + 7 * H, stop)
+        assert {r.hour for r in made} == set(hours)
+        stop.set()
+        assert job._rows(reader, hours, gov, DAY0 + 7 * H, stop) == []
