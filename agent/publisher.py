@@ -236,8 +236,11 @@ class Publisher:
             raise aiomqtt.MqttError("inventory/status not acknowledged in time") from exc
 
     async def _announce_now(self, client: aiomqtt.Client) -> None:
-        await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
+        # The status first: stamped now, where the inventory keeps the agent's start time. A
+        # node forgotten while this agent ran (collector inventory forget) comes back by the
+        # status; its inventory first was dropped as sent before the forget, for good.
         await client.publish(status_topic(self.node_id), self._status("online"), qos=1, retain=True)
+        await client.publish(inventory_topic(self.node_id), self._inventory(), qos=1, retain=True)
         if self.spool.hold_s > 0:
             # Before the first sample goes out: the retained watermark arrives right after.
             await client.subscribe(watermark_topic(self.node_id), qos=0)

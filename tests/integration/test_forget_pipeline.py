@@ -13,6 +13,7 @@ import aiomqtt
 import pytest
 from pydantic import HttpUrl
 
+from agent.service import AgentService
 from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.paths import StoreTarget
@@ -289,3 +290,37 @@ async def test_a_forgotten_nodes_bmc_still_polled_does_not_put_its_reading_back(
             assert db_rows(store_url, polled, (node.name,)) == []
         finally:
             await runner.stop()
+
+
+async def test_a_node_whose_agent_ran_through_its_forget_comes_back_with_its_inventory(
+    mosquitto: MosquittoBroker, store_url: StoreTarget, rx: Receiver, agent: AgentService
+) -> None:
+    """A real agent runs through its node's forget, cut off from the broker (the broker
+    down: its network, say): when it reconnects it announces itself again, its inventory
+    (stamped when the agent started, before the forget) and its status (stamped now). The
+    node comes back as a new node with its inventory: the status, after the forget, goes
+    first. (Inventory first, the inventory was dropped as ``forgotten`` and the node came
+    back without it until its agent restarted: no pool, no capacity counted it.)"""
+    node = agent.settings.node_id
+    runner = _runner(mosquitto, store_url, rx)
+    collector = await runner.start()
+    inventory = "SELECT 1 FROM nodes WHERE node = ? AND inventory IS NOT NULL"
+    try:
+        await wait_until(
+            lambda: bool(db_rows(store_url, inventory, (node,))), what="its inventory stored"
+        )
+        await asyncio.to_thread(mosquitto.stop)
+        code, _, err = await _forget(store_url, mosquitto, node, "--force", "--store-only")
+        assert code == 0, err
+        await wait_until(lambda: collector.live.was_forgotten(node), what="the pickup")
+        await _past_the_forget(store_url)
+        await asyncio.to_thread(mosquitto.start)
+        await wait_until(lambda: node in collector.live, what="back: a new node")
+        await wait_until(
+            lambda: bool(db_rows(store_url, inventory, (node,))), what="its inventory again"
+        )
+        state = collector.live.get(node)
+        assert state is not None
+        assert state.inventory is not None
+    finally:
+        await runner.stop()
