@@ -93,6 +93,9 @@ _TOPIC_CHARS: Final = 256
 _DETAIL_CHARS: Final = 300
 _MAX_NODE_KEYS: Final = 10_000
 """Distinct (node, reason) pairs kept between two flushes; the rest count under ``*``."""
+_MAX_HELD_INVENTORIES: Final = 1_024
+"""Inventories of forgotten nodes held for their return (:meth:`Ingestor._hold`); past that
+the oldest held goes."""
 QUARANTINE_PER_KEY: Final = 10
 """Rejected messages of one node for one reason kept in quarantine between two flushes of the
 counters (:meth:`Ingestor.take_node_rejects`, every 2 s): the rest are counted (the reason's
@@ -206,6 +209,8 @@ class Ingestor:
         self._node_rejects: dict[tuple[str, str], list[int]] = {}
         self._unnamed: dict[str, int] = {}
         """Rejects of messages that name no node, per reason, since the last flush."""
+        self._held: dict[str, Inventory] = {}
+        """The last inventory of each forgotten node refused as ``forgotten`` (:meth:`_hold`)."""
         self._log_every_s = log_every_s
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
@@ -315,10 +320,23 @@ class Ingestor:
             # (unbounded padding, in principle) and duplicate keys do not reach the store.
             return sample_row(message, pack_sample(message), now, rollups=self._rollups)
         if isinstance(message, NodeStatus):
+            held = self._held.pop(node, None) if self._held else None
             self._status.inc()
             if self.live is not None:
                 self.live.on_status(node, message.status, now)
+                if held is not None:
+                    self.live.on_inventory(held, now)
+            if held is not None:
+                return NodeUpdate(
+                    node=node,
+                    status=message.status,
+                    status_ts=now,
+                    inventory=encode(held),
+                    inventory_ts=now,
+                )
             return NodeUpdate(node=node, status=message.status, status_ts=now)
+        if self._held:
+            self._held.pop(node, None)  # this one is newer
         self._inventory.inc()
         if self.live is not None:
             self.live.on_inventory(message, now)
@@ -353,12 +371,27 @@ class Ingestor:
                 if message.ts is None
                 else f"stamped {message.ts - at:+.0f} s from its node's forget"
             )
+            if isinstance(message, Inventory):
+                self._hold(node, message)
             return _Problem(
                 "forgotten",
                 f"{stamped}, not after it by more than max_clock_skew_s ({self.max_skew_s:g} "
                 "s): sent before `collector inventory forget` decommissioned the node",
             )
         return message
+
+    def _hold(self, node: str, inventory: Inventory) -> None:
+        """Keep a forgotten node's inventory for its return. An agent stamps its inventory
+        once, at its start, and sends it again at each connect, so one that ran through the
+        forget (cut off from the broker) sends an inventory stamped before it; and a broker
+        delivers a retained inventory before the retained status. Refused alone, the node
+        came back without one, out of every pool and capacity figure until its agent
+        restarted: the status that brings it back brings this inventory too."""
+        held = self._held
+        held.pop(node, None)
+        if len(held) >= _MAX_HELD_INVENTORIES:
+            del held[next(iter(held))]
+        held[node] = inventory
 
     def _timing_problem(self, ts: float, now: float) -> _Problem | None:
         """What is wrong with a sample's own time, or ``None``."""

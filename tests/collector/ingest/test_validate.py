@@ -315,3 +315,44 @@ def test_a_forgotten_nodes_messages_from_before_its_forget_are_dropped() -> None
     assert node in view
     assert not view.was_forgotten(node)
     assert isinstance(ing.handle(sample_topic(node), encode(sim.sample(0, at - 5, 0))), SampleRow)
+
+
+@pytest.mark.parametrize("newer_inventory", [False, True])
+def test_a_forgotten_nodes_inventory_from_before_comes_back_with_its_status(
+    newer_inventory: bool,
+) -> None:
+    """An agent that ran through its node's forget sends the inventory it stamped at its
+    start (before the forget), refused as ``forgotten``; a broker delivers a retained
+    inventory before the retained status too. The status that brings the node back brings
+    that inventory with it, into the store's update and the live view, not a node without
+    one until its agent restarts. An inventory sent in between is newer: it wins."""
+    at = 1.8e9
+    clock = FakeClock(start_wall=at + 600)
+    view = LiveView()
+    ing = Ingestor(clock, max_skew_s=300, live=view)
+    sim = FleetSimulator(1, gpus_per_node=2, seed=4, interval_s=5)
+    node = sim.node_ids[0]
+    view.forget(node, at=at)
+    old = sim.inventory(0, at - 3600)
+    item = ing.handle(inventory_topic(node), encode(old))
+    assert isinstance(item, Rejected)
+    assert item.quarantine.reason == "forgotten"
+    if newer_inventory:
+        newer = sim.inventory(0, at + 400)
+        assert isinstance(ing.handle(inventory_topic(node), encode(newer)), NodeUpdate)
+    status = b'{"v":1,"node":"%s","status":"online","ts":%d}' % (node.encode(), at + 500)
+    update = ing.handle(status_topic(node), status)
+    assert isinstance(update, NodeUpdate)
+    assert update.status == "online"
+    st = view.get(node)
+    assert st is not None
+    assert st.inventory is not None
+    if newer_inventory:
+        assert update.inventory is None  # stored with its own message
+    else:
+        assert update.inventory == encode(old)
+        assert update.inventory_ts == clock.time()
+        assert st.inventory.ts == old.ts
+    again = ing.handle(status_topic(node), status)
+    assert isinstance(again, NodeUpdate)
+    assert again.inventory is None
