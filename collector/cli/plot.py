@@ -185,11 +185,10 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
     import datetime as dt  # noqa: PLC0415
 
     from collector.cli._args import settings_from_args  # noqa: PLC0415
-    from collector.cli.usage import period_window, read_days  # noqa: PLC0415
+    from collector.cli.usage import checked_filters, period_window, read_days  # noqa: PLC0415
     from collector.governance.billing import usage_report  # noqa: PLC0415
     from collector.plot.figures import WIDTH_PX  # noqa: PLC0415
     from collector.plot.ledger import ledger_figure  # noqa: PLC0415
-    from collector.store.governance import governance  # noqa: PLC0415
 
     since, until = period_window(args.month, args.start, args.end)
     days = round((until - since) / 86_400)
@@ -207,11 +206,7 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
             "migrate it",
             field="--db",
         )
-    if args.tenant is not None and args.tenant not in reader.run(governance()).tenants:
-        raise ConfigError(
-            f"--tenant {args.tenant!r}: no such tenant (see `collector quota show`)",
-            field="--tenant",
-        )
+    checked_filters(reader, tenant=args.tenant)
     report = usage_report(
         read_days(reader, since, until, tenant=args.tenant),
         "day",

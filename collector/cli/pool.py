@@ -38,7 +38,8 @@ round up to whole nodes. It chooses the FEWEST nodes (an integer program solved 
 SciPy's milp/HiGHS; greedy past a size limit, and says so), preferring nodes already in the
 pool, then fewer racks (the plan's [[capacity.racks]], else xname cabinets); it never takes
 a node that is not online or is leased (nor one given with --exclude), and releases the
-nodes the pattern does not need.
+nodes the pattern does not need, but never a leased one (a note names those it keeps;
+`pool remove` shrinks a leased pool).
 A leased pool's lease holds the nodes added to it: add and apply refuse growth that takes
 its tenant past its quota at any time in the rest of the lease (naming the first such day),
 unless --force --reason "why", which is recorded on the lease.

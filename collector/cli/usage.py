@@ -25,7 +25,7 @@ from shared.units import format_pct
 if TYPE_CHECKING:
     from collector.store.reader import StoreReader
 
-__all__ = ["add_parser", "period_window", "read_days", "run"]
+__all__ = ["add_parser", "checked_filters", "period_window", "read_days", "run"]
 
 _DESCRIPTION: Final = """\
 GPU-hours, energy and cost per tenant from the usage ledger (the collector keeps it per
@@ -51,7 +51,8 @@ examples:
   collector usage --pool a100 --month 2026-11 --json
   collector usage --month 2026-11 --csv > november.csv
 
-exit status: 0 answered; 2 a bad flag or setting, or no database (one line)."""
+exit status: 0 answered; 2 a bad flag or setting, a --tenant, --lease or --pool the store
+never knew, or no database (one line)."""
 
 _COLUMNS: Final = (
     "period",
@@ -84,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_settings_args(p)
     who = p.add_mutually_exclusive_group()
     who.add_argument("--tenant", metavar="T", help="only this tenant's leases")
-    who.add_argument("--lease", metavar="L", help="only this lease")
+    who.add_argument("--lease", metavar="L", help="only this lease (its name or id)")
     who.add_argument("--pool", metavar="P", help="only this pool's hours")
     p.add_argument("--month", metavar="YYYY-MM", help="one calendar month (UTC)")
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (UTC)")
@@ -132,6 +133,55 @@ def period_window(month: str | None, start: str | None, end: str | None) -> tupl
     since = dt.datetime(first.year, first.month, first.day, tzinfo=dt.UTC).timestamp()
     until = since + ((last - first).days + 1) * 86_400.0
     return since, until
+
+
+def _listed(names: set[str], most: int = 10) -> str:
+    shown = sorted(names)
+    more = f", and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more if shown else "none yet"
+
+
+def checked_filters(
+    reader: StoreReader,
+    *,
+    tenant: str | None = None,
+    lease: str | None = None,
+    pool: str | None = None,
+) -> str | None:
+    """Refuse a ``--tenant``, ``--lease`` or ``--pool`` the store never knew, with one line
+    naming the flag (a typo would otherwise bill nothing and exit 0); return ``--lease`` as
+    the ledger names it: by its name or its id, as every ``collector lease`` command takes
+    it (:func:`collector.governance.ops.find_lease`). A pool deleted since is known
+    (:func:`collector.store.pools.pool_names`): its past hours are still in the ledger."""
+    from collector.governance.ops import find_lease  # noqa: PLC0415
+    from collector.store.governance import governance  # noqa: PLC0415
+    from collector.store.pools import pool_names  # noqa: PLC0415
+
+    if pool is not None and pool not in (pools := pool_names(reader)):
+        raise ConfigError(
+            f"--pool {pool!r}: no such pool (pools: {_listed(pools)}; `collector pool list`)",
+            field="--pool",
+        )
+    if tenant is None and lease is None:
+        return None
+    gov = reader.run(governance())
+    if tenant is not None:
+        tenants = set(gov.tenants) | {held.tenant for held in gov.leases}
+        if tenant not in tenants:
+            raise ConfigError(
+                f"--tenant {tenant!r}: no such tenant (tenants: {_listed(tenants)}; "
+                "`collector lease list`)",
+                field="--tenant",
+            )
+    if lease is None:
+        return None
+    try:
+        return find_lease(gov, lease).name
+    except ConfigError:
+        raise ConfigError(
+            f"--lease {lease!r}: no such lease, by name or id (`collector lease list`)",
+            field="--lease",
+        ) from None
 
 
 def read_days(
@@ -196,7 +246,8 @@ def run(args: argparse.Namespace) -> int:
                 "`collector run` once to migrate it",
                 field="--db",
             )
-        days = read_days(reader, since, until, tenant=args.tenant, lease=args.lease, pool=args.pool)
+        lease = checked_filters(reader, tenant=args.tenant, lease=args.lease, pool=args.pool)
+        days = read_days(reader, since, until, tenant=args.tenant, lease=lease, pool=args.pool)
     report = usage_report(days, args.by, settings.billing)
     report = {"since": since, "until": until, "by": args.by, **report}
     if args.json:

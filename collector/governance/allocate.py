@@ -5,7 +5,8 @@ fewest nodes. Here, for pool P and pattern needs q_t (terms t):
 
 - candidates: P's nodes (whatever their state: they are already held) and the ``free`` nodes
   that are online and not excluded (leased to someone, or told so). An excluded node of P
-  stays in P; an excluded free node stays free.
+  stays in P (a note names them: a leased pool is shrunk by ``pool remove``, never by a
+  pattern); an excluded free node stays free.
 - identical candidates are one group (same units of every term, same side: in the pool or
   free), an integer variable x_g in [0, size_g]: 10,000 nodes are a few thousand groups.
 - solve 1: minimise sum x_g subject to sum_g a_{g,t} x_g >= q_t for every t;
@@ -134,6 +135,16 @@ def plan_pool(
     greedy = _greedy(units, need_left, member_flag, candidates)
     groups = _groups(candidates, units, member_flag)
     notes: list[str] = []
+    if fixed:
+        # They count towards the pattern whatever it needs: say so, or "keep 3, release 0"
+        # under "fewest nodes proven" reads as a wrong answer.
+        shown = ", ".join(n.node for n in fixed[:5])
+        more = f" and {len(fixed) - 5} more" if len(fixed) > 5 else ""
+        notes.append(
+            f"{len(fixed)} of the pool's nodes stay (leased, or given with --exclude): "
+            f"{shown}{more}; the fewest nodes are counted on top of them; `collector pool "
+            f"remove {pool} NODE...` releases a leased node (it leaves its lease)"
+        )
     chosen: list[int] | None = None
     method = "greedy"
     count_s = 0.0

@@ -13,11 +13,14 @@ from collector.governance.state import Governance
 from collector.governance.usage import (
     Usage,
     allocated_usage,
+    history_since,
     lease_windows,
+    leased_nodes,
     measured_usage,
     node_facts,
 )
 from collector.nodefacts import Staleness
+from collector.store.ledger import lease_history
 from collector.store.reader import StoreReader
 from collector.store.usage import declared_hardware, gpu_hours_in
 
@@ -33,7 +36,9 @@ def usages_from_store(
     staleness: Staleness,
 ) -> tuple[Usage, Usage]:
     """Allocated and measured use per tenant, from one snapshot of the store."""
-    leased = {n for lease in gov.leases for n in lease.nodes}
+    moved = gov.leases and store.has_table("lease_moves")
+    members = store.run(lease_history(history_since(now))) if moved else None
+    leased = leased_nodes(gov, members)
     states = nodes_from_store(store, nodes=leased) if leased else []
     held, measures = node_facts(
         states,
@@ -44,8 +49,8 @@ def usages_from_store(
     )
     hours: dict[str, float] = {}
     if gov.has_quota("gpu_hours"):
-        for w in lease_windows(gov, now):
+        for w in lease_windows(gov, now, members):
             hours[w.tenant] = hours.get(w.tenant, 0.0) + store.run(
                 gpu_hours_in(w.nodes, w.since, w.until)
             )
-    return allocated_usage(gov, held, now), measured_usage(gov, measures, hours, now)
+    return allocated_usage(gov, held, now, members), measured_usage(gov, measures, hours, now)

@@ -38,6 +38,8 @@ from collector.governance.usage import (
     FactsCache,
     Usage,
     allocated_usage,
+    history_since,
+    leased_nodes,
     measured_usage,
     node_facts,
 )
@@ -55,7 +57,7 @@ from collector.store.governance import (
     governance,
     usage_snapshot,
 )
-from collector.store.ledger import ledger_at, tenant_used_hours
+from collector.store.ledger import LeaseHistory, lease_history, ledger_at, tenant_used_hours
 from collector.store.usage import declared_hardware
 from shared.clock import Clock
 from shared.errors import StoreError
@@ -151,6 +153,9 @@ class GovernanceJob:
         self._facts = FactsCache()
         self._declared: dict[str, Hardware] = {}
         """Hardware of declared inventories (`inventory import` moves the generation)."""
+        self._members = LeaseHistory()
+        """The leases' node moves since the earliest quota period began, at the last load
+        (a move is a command's: it moves the generation), for allocated GPU-hours."""
 
     async def __call__(self, store: Store, view: LiveView) -> UsageRecord | None:
         """Reload if the store's governance changed; recompute usage and standings from
@@ -164,6 +169,7 @@ class GovernanceJob:
                 # Declared inventories are decoded in a worker thread: one by one, 12,500
                 # are ~80 ms of CPU the event loop need not spend.
                 self._declared = await store.run(declared_hardware(), build_in_thread=True)
+                self._members = await store.run(lease_history(history_since(now)))
             except StoreError as exc:
                 if exc.fatal:
                     raise
@@ -216,7 +222,7 @@ class GovernanceJob:
             start = period_start(gov.period_of(tenant), now)
             if self._hours.get(tenant, (None, 0.0))[0] != start:
                 self._hours[tenant] = (start, 0.0)  # a new period starts from zero
-        leased = {n for lease in gov.leases for n in lease.nodes}
+        leased = leased_nodes(gov, self._members)
         if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
             self._facts.keep(leased)
         held, measures = node_facts(
@@ -237,7 +243,7 @@ class GovernanceJob:
             since, hours = self._hours[owner]
             self._hours[owner] = (since, hours + h)
         self._last = now
-        allocated = allocated_usage(gov, held, now)
+        allocated = allocated_usage(gov, held, now, self._members)
         tenant_hours = self._tenant_hours(did, now)
         measured = measured_usage(gov, measures, tenant_hours, now)
         self.view = GovernanceView(

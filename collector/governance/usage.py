@@ -2,7 +2,8 @@
 
 * **allocated**: what the tenant holds by its leases in force, whether it uses it or not:
   the GPUs of the leased nodes' inventories, their GPUs' power limits (kW, GPU power only)
-  and GPU-hours (leased GPUs x hours held so far in the quota's period).
+  and GPU-hours (leased GPUs x hours held so far in the quota's period: each node while
+  a lease held it, to the second, as the bill counts it, :func:`lease_windows`).
 * **measured**: what the tenant's nodes do: busy GPUs (utilisation at or above a threshold,
   fresh samples only), live power (GPU + CPU package, kW) and utilisation-weighted GPU-hours
   in the period (from the stored samples, or accumulated from the live view).
@@ -20,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.governance.billing import in_force
-from collector.governance.state import Governance, period_start
+from collector.governance.state import PERIODS, Governance, period_start
 from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
 from shared.units import W_PER_KW
 
 if TYPE_CHECKING:
     from collector.live import NodeState
+    from collector.store.ledger import LeaseHistory
     from shared.schema import Inventory, Sample
 
 __all__ = [
@@ -36,7 +38,9 @@ __all__ = [
     "Usage",
     "allocated_usage",
     "held",
+    "history_since",
     "lease_windows",
+    "leased_nodes",
     "measured_usage",
     "node_facts",
 ]
@@ -70,16 +74,48 @@ class LeaseWindow(NamedTuple):
     until: float
 
 
-def lease_windows(gov: Governance, now: float) -> list[LeaseWindow]:
-    """Per lease: its nodes and the instants of its tenant's current GPU-hours period that
-    it covered (leases that covered none are left out)."""
+def history_since(now: float) -> float:
+    """The earliest instant a quota period holding ``now`` began (a month's, or a week's
+    begun in the month before): the leases' node moves since then are all
+    :func:`lease_windows` needs."""
+    return min(period_start(p, now) for p in PERIODS)
+
+
+def lease_windows(
+    gov: Governance, now: float, members: LeaseHistory | None = None
+) -> list[LeaseWindow]:
+    """Per lease: the nodes it held and the instants of its tenant's current GPU-hours
+    period it held them, up to ``now`` (leases that covered none are left out).
+
+    Without ``members``, its nodes now over the part of the period it was in force. With
+    ``members`` (the leases' node moves since :func:`history_since`), each node over the
+    spans the lease held it, to the second, as the bill counts it
+    (:func:`collector.governance.billing.allocated_days`): a node that left counts the
+    hours before, one that joined only those after."""
     out = []
     for lease in gov.leases:
         start = period_start(gov.period_of(lease.tenant), now)
         since, until = in_force(lease.interval(), start, now)
-        if until > since and lease.nodes:
-            out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
+        if until <= since:
+            continue
+        if members is None or not members.moved(lease.name):
+            if lease.nodes:
+                out.append(LeaseWindow(lease.tenant, lease.nodes, since, until))
+            continue
+        held_now = set(lease.nodes)
+        for node in members.nodes(lease.name, lease.nodes):
+            for a, b in members.spans(lease.name, node, node in held_now, since, until):
+                out.append(LeaseWindow(lease.tenant, (node,), a, b))
     return out
+
+
+def leased_nodes(gov: Governance, members: LeaseHistory | None = None) -> set[str]:
+    """Every node a lease names now, and (``members``) every node that left one since."""
+    return {
+        n
+        for lease in gov.leases
+        for n in (lease.nodes if members is None else members.nodes(lease.name, lease.nodes))
+    }
 
 
 @dataclass(slots=True)
@@ -158,9 +194,14 @@ def held(nodes: Iterable[str], hardware: Mapping[str, tuple[int, float]]) -> dic
 
 
 def allocated_usage(
-    gov: Governance, hardware: Mapping[str, tuple[int, float]], now: float
+    gov: Governance,
+    hardware: Mapping[str, tuple[int, float]],
+    now: float,
+    members: LeaseHistory | None = None,
 ) -> Usage:
-    """Allocated use per tenant; ``hardware``: node -> (GPUs, GPU power limits in W)."""
+    """Allocated use per tenant; ``hardware``: node -> (GPUs, GPU power limits in W), of
+    the nodes that left a lease too; ``members``: the leases' node moves
+    (:func:`lease_windows`)."""
     out = Usage("allocated")
     gpus, power, hours = out.of("gpus"), out.of("power_kw"), out.of("gpu_hours")
     for tenant, nodes in gov.tenant_nodes(now).items():
@@ -168,7 +209,7 @@ def allocated_usage(
         gpus[tenant] = amounts["gpus"]
         power[tenant] = amounts["power_kw"]
         hours[tenant] = 0.0
-    for win in lease_windows(gov, now):
+    for win in lease_windows(gov, now, members):
         g = sum(max(0, hardware.get(n, (0, 0.0))[0]) for n in win.nodes)
         hours[win.tenant] = hours.get(win.tenant, 0.0) + g * (win.until - win.since) / 3600.0
     return out

@@ -25,6 +25,7 @@ __all__ = [
     "leased_nodes",
     "node_records",
     "pool_members",
+    "pool_names",
     "pools",
     "pools_with_nodes",
     "unknown_nodes",
@@ -104,6 +105,22 @@ def pools(store: Reads) -> list[dict[str, Any]]:
         "LEFT JOIN pool_nodes n ON n.pool = p.name GROUP BY p.name ORDER BY p.name"
     )
     return [dict(r) for r in rows]
+
+
+def pool_names(store: Reads) -> set[str]:
+    """Every pool the store knows now or knew: those that exist, those a recorded move
+    named (a pool deleted since, whose hours the usage ledger still counts), and ``free``."""
+    names = {FREE}
+    if store.has_table("pools"):
+        names.update(r["name"] for r in store.fetchall("SELECT name FROM pools"))
+    if store.has_table("pool_moves"):
+        names.update(
+            r["name"]
+            for r in store.fetchall(
+                "SELECT from_pool AS name FROM pool_moves UNION SELECT to_pool FROM pool_moves"
+            )
+        )
+    return names
 
 
 def pool_members(store: Reads) -> dict[str, str]:

@@ -327,3 +327,25 @@ async def test_a_leased_pool_carries_its_lease_when_its_nodes_change(
     assert leased("acme-l") == ["x1000c0s1b0n0"]
     pools = dict(db_rows(parse_target(db), "SELECT node, pool FROM pool_nodes"))
     assert "x1000c0s3b0n0" not in pools
+
+
+async def test_apply_says_which_leased_nodes_of_the_pool_it_kept(fleet: StoreTarget) -> None:
+    """A leased pool's nodes stay in it (`pool apply` never releases a leased node), so a
+    smaller pattern keeps them all: the plan says so, naming them and how to release one,
+    instead of 'keep 3, release 0' under 'fewest nodes proven' for a100:4 and nothing more."""
+    db = str(fleet)
+    assert cli("pool", "apply", "-p", "zinal:a100:12", "--db", db)[0] == 0
+    start = dt.datetime.now(dt.UTC).date().isoformat()
+    code, _, err = cli("lease", "add", "--tenant", "t", "--pool", "zinal", "--start", start,
+                       "--db", db)  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:4", "--db", db, "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert (len(plan["nodes"]), plan["release"]) == (3, [])
+    (note,) = plan["notes"]
+    assert note.startswith("3 of the pool's nodes stay (leased, or given with --exclude): ")
+    assert all(n in note for n in plan["nodes"])
+    assert "`collector pool remove zinal NODE...` releases a leased node" in note
+    code, out, _ = cli("pool", "apply", "-p", "zinal:a100:4", "--db", db)
+    assert f"  note: {note}" in out.splitlines()
