@@ -825,17 +825,19 @@ POSTGRESQL: Final[dict[str, str]] = {
         DECLARE c record;
         BEGIN
             FOR c IN
-                SELECT a.attrelid::regclass AS tab, a.attname AS col
+                SELECT a.attrelid::regclass AS tab,
+                       string_agg(format('ALTER COLUMN %I TYPE text COLLATE "C"', a.attname),
+                                  ', ' ORDER BY a.attnum) AS cols
                 FROM pg_attribute a
                 JOIN pg_class r ON r.oid = a.attrelid
                 WHERE r.relnamespace = current_schema()::regnamespace
                   AND r.relkind IN ('r', 'p') AND NOT r.relispartition
-                  AND a.attnum > 0 AND NOT a.attisdropped
-                  AND a.atttypid = 'text'::regtype AND a.attcollation <> '"C"'::regcollation
-                ORDER BY 1, a.attnum
+                  AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'text'::regtype
+                  AND a.attcollation <> '"C"'::regcollation
+                GROUP BY a.attrelid
+                ORDER BY a.attrelid
             LOOP
-                EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE text COLLATE "C"',
-                               c.tab, c.col);
+                EXECUTE format('ALTER TABLE %s %s', c.tab, c.cols);
             END LOOP;
         END
         $$;
