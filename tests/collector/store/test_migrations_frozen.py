@@ -87,7 +87,7 @@ PINNED: Final[dict[Dialect, dict[str, str]]] = {
         "0030_watermarks_newest": "4fddc43761d984e8",
         "0031_outbox_done": "91979914ca4765c3",
         "0032_forgotten_nodes": "318466e80e81c6a5",
-        "0033_text_bytes_order": "cb97d7d1ccf449aa",
+        "0033_text_bytes_order": "84def737b55365ef",
     },
 }
 
