@@ -27,6 +27,7 @@ from collector.localbroker import (
 from collector.localpg import LocalPostgres, find_pg_bin
 from collector.natsbroker import NatsBroker, find_nats_server
 from collector.paths import StoreTarget, parse_target
+from shared.errors import CapwatchError
 from tests.helpers import (
     NO_MOSQUITTO,
     NO_NATS,
@@ -120,10 +121,45 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalP
 _databases = itertools.count()
 
 
+COLLATED_LOCALE: Final = "en-US"
+"""The ICU locale of :func:`collated_postgres_url`'s databases: text compared as a site's
+database made with its distribution's defaults (``en_US.UTF-8``) compares it (``gpu_2`` <
+``gpu-10`` < ``GPU-3`` < ``gpu.a``), not as bytes (SQLite, Python's ``str``)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pg-icu-locale",
+        default=None,
+        metavar="LOCALE",
+        help="create every test database of PostgreSQL with this ICU locale's collation "
+        f"(e.g. {COLLATED_LOCALE}, as most sites' databases compare text), not the C of the "
+        "tests' cluster",
+    )
+
+
+def _new_database(server: LocalPostgres, icu_locale: str | None) -> str:
+    name = f"test_{next(_databases)}"
+    if icu_locale is None:
+        return server.create_database(name)
+    try:
+        return server.create_database(name, icu_locale=icu_locale)
+    except CapwatchError as exc:  # PostgreSQL < 15, or built without ICU
+        pytest.skip(f"no database with the ICU collation {icu_locale}: {exc}")
+
+
 @pytest.fixture
-def postgres_url(postgres_server: LocalPostgres) -> str:
-    """The URL of a new, empty database on the session's PostgreSQL."""
-    return postgres_server.create_database(f"test_{next(_databases)}")
+def postgres_url(postgres_server: LocalPostgres, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL (its collation the
+    cluster's C, or ``--pg-icu-locale``'s)."""
+    return _new_database(postgres_server, request.config.getoption("--pg-icu-locale"))
+
+
+@pytest.fixture
+def collated_postgres_url(postgres_server: LocalPostgres) -> str:
+    """The URL of a new, empty database whose default collation is ICU's
+    :data:`COLLATED_LOCALE`, not C."""
+    return _new_database(postgres_server, COLLATED_LOCALE)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -135,6 +171,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
         return tmp_path / "c.db"
     url: str = request.getfixturevalue("postgres_url")
     return parse_target(url)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql-collated", marks=pytest.mark.integration)]
+)
+def collated_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> StoreTarget:
+    """As :func:`store_url`, the PostgreSQL database's collation :data:`COLLATED_LOCALE`
+    (:func:`collated_postgres_url`): what compares names as bytes on SQLite must on it."""
+    if request.param == "sqlite":
+        return tmp_path / "c.db"
+    return parse_target(request.getfixturevalue("collated_postgres_url"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

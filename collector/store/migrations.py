@@ -49,11 +49,20 @@ the schema must differ (``samples`` is partitioned by day there).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from collector.store.dialect import Dialect
 
-__all__ = ["LEADER_TABLE_SQL", "MIGRATIONS", "POSTGRESQL", "migrations_for", "pg_ddl"]
+__all__ = [
+    "BYTES_ORDER",
+    "GROWING_TABLES",
+    "LEADER_TABLE_SQL",
+    "MIGRATIONS",
+    "POSTGRESQL",
+    "migrations_for",
+    "pg_ddl",
+]
 
 LEADER_TABLE_SQL: Final = """
 CREATE TABLE IF NOT EXISTS capwatch_leader (
@@ -67,6 +76,27 @@ CREATE TABLE IF NOT EXISTS capwatch_leader (
 """The leader's lease table (PostgreSQL). ``IF NOT EXISTS``: a store whose election created
 it before it was a migration keeps it, and :class:`~collector.store.leader.LeaderLease`
 creates it with this text in an election database of its own (``[election] url``)."""
+
+BYTES_ORDER: Final = "0033_text_bytes_order"
+"""The migration from which PostgreSQL's text columns have the ``C`` collation: they compare,
+sort and are indexed as bytes, the order of SQLite's ``BINARY`` collation and of Python's
+``str`` (UTF-8's byte order is the code points' order), whatever the database's default.
+Sites' databases are mostly created with their distribution's ``en_US.UTF-8`` (libc or ICU),
+which orders ``gpu_2`` < ``gpu-10`` < ``GPU-3`` where bytes order ``GPU-3`` < ``gpu-10`` <
+``gpu_2``: code that compares names read from the store with names sorted in Python (a
+pool's nodes in ``apply``), or that asks for the first nodes by name, then disagreed with
+SQLite (https://www.postgresql.org/docs/15/collation.html). Later migrations' ``TEXT``
+columns get the collation from :func:`migrations_for`.
+
+Except the columns of :data:`GROWING_TABLES`: a column's new collation rebuilds every index
+on it (~1.5 µs a row here), and at 12,500 nodes a site keeps billions of samples, an hour's
+rebuild with the table locked at the first start after the upgrade. No query orders those
+tables by text for code to compare with an order of its own (their rows are grouped by node:
+a rollup hour's, the samples above a watermark's hole)."""
+
+GROWING_TABLES: Final = ("samples", "rollups", "rollup_stage", "usage_ledger", "alert_history")
+"""The tables that grow with the fleet and with time, whose text columns keep the database's
+collation on PostgreSQL (:data:`BYTES_ORDER`)."""
 
 MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -745,6 +775,12 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Text compares as bytes on PostgreSQL too, as on SQLite (BINARY) and in Python: see
+        # BYTES_ORDER. SQLite has nothing to change.
+        BYTES_ORDER,
+        "-- SQLite compares text as bytes (the BINARY collation) already.",
+    ),
 )
 
 
@@ -792,6 +828,32 @@ POSTGRESQL: Final[dict[str, str]] = {
         );
         """,
     "0022_leader_lease": LEADER_TABLE_SQL + ";",
+    # Every text column of the store's tables (this schema's; a partitioned table's
+    # partitions follow it) but the growing ones takes the C collation: ALTER ... TYPE text
+    # COLLATE "C" keeps the rows as they are and rebuilds the indexes on those columns.
+    BYTES_ORDER: """
+        DO $$
+        DECLARE c record;
+        BEGIN
+            FOR c IN
+                SELECT a.attrelid::regclass AS tab,
+                       string_agg(format('ALTER COLUMN %I TYPE text COLLATE "C"', a.attname),
+                                  ', ' ORDER BY a.attnum) AS cols
+                FROM pg_attribute a
+                JOIN pg_class r ON r.oid = a.attrelid
+                WHERE r.relnamespace = current_schema()::regnamespace
+                  AND r.relkind IN ('r', 'p') AND NOT r.relispartition
+                  AND r.relname NOT IN (<growing>)
+                  AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'text'::regtype
+                  AND a.attcollation <> '"C"'::regcollation
+                GROUP BY a.attrelid
+                ORDER BY a.attrelid
+            LOOP
+                EXECUTE format('ALTER TABLE %s %s', c.tab, c.cols);
+            END LOOP;
+        END
+        $$;
+        """.replace("<growing>", ", ".join(f"'{t}'" for t in GROWING_TABLES)),
 }
 """PostgreSQL's own text of the migrations whose schema differs there (by name)."""
 
@@ -814,8 +876,28 @@ def pg_ddl(sqlite: str) -> str:
     return text
 
 
-def migrations_for(dialect: Dialect) -> list[tuple[str, str]]:
-    """Every migration's (name, SQL) for ``dialect``, in order."""
+_PG_TEXT_AS_BYTES: Final = re.compile(r"(?<![:(])(?<!\bAS )\bTEXT\b(?!\s+COLLATE\b)")
+"""A column's ``TEXT`` in SQLite's DDL (not a cast's), which PostgreSQL's takes as
+``TEXT COLLATE "C"`` from :data:`BYTES_ORDER` on."""
+
+
+def _pg_text_as_bytes(ddl: str) -> str:
+    return _PG_TEXT_AS_BYTES.sub('TEXT COLLATE "C"', ddl)
+
+
+def migrations_for(
+    dialect: Dialect, migrations: Sequence[tuple[str, str]] = MIGRATIONS
+) -> list[tuple[str, str]]:
+    """Every migration's (name, SQL) for ``dialect``, in order (``migrations``: SQLite's,
+    :data:`MIGRATIONS`). PostgreSQL's: from :data:`BYTES_ORDER` on, a column's ``TEXT``
+    takes the ``C`` collation (that migration gave it to the columns before; their texts
+    stay as they were applied)."""
     if dialect == "sqlite":
-        return list(MIGRATIONS)
-    return [(name, POSTGRESQL.get(name) or pg_ddl(sql)) for name, sql in MIGRATIONS]
+        return list(migrations)
+    out: list[tuple[str, str]] = []
+    as_bytes = False
+    for name, sql in migrations:
+        text = POSTGRESQL.get(name) or pg_ddl(sql)
+        out.append((name, _pg_text_as_bytes(text) if as_bytes else text))
+        as_bytes = as_bytes or name == BYTES_ORDER
+    return out

@@ -80,6 +80,26 @@ async def test_apply_is_idempotent_and_export_round_trips(
     assert out.startswith("nothing to change")
 
 
+async def test_apply_is_idempotent_whatever_the_databases_collation(
+    collated_store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """Node names that a language's collation orders otherwise than bytes (a PostgreSQL
+    database made with en_US.UTF-8: ``gpu_2`` < ``gpu-10`` < ``GPU-3``): the second apply
+    of a pool and of a lease over that pool still changes nothing."""
+    names = ["gpu-10", "gpu_2", "GPU-3", "gpu.a", "a-b", "ab"]
+    db = str(await make_store(collated_store_url, dict.fromkeys(names, 8)))
+    toml = (
+        f"[pools.p]\nnodes = {json.dumps(names)}\n"
+        '[leases.l]\ntenant = "t"\npool = "p"\nstart = 2041-01-01\nduration_days = 30\n'
+        "[tenants.t]\n"
+    )
+    f = _file(tmp_path, toml)
+    code, out, err = cli("apply", "--db", db, "-f", f)
+    assert (code, err) == (0, "")
+    code, out, _ = cli("apply", "--db", db, "-f", f)
+    assert (code, out) == (0, "nothing to change: the store already says what the file says\n")
+
+
 async def test_dry_run_prints_the_diff_and_writes_nothing(
     store_url: StoreTarget, tmp_path: Path
 ) -> None:

@@ -491,3 +491,35 @@ async def test_a_staged_row_this_version_cannot_read_does_not_stop_the_folds(
         assert await store.fold_rollups() == 2 * NODES
     assert db_rows(store_url, "SELECT count(*) FROM rollup_stage") == [(len(shards),)]
     _same(_all(store_url), _all(other_url))
+
+
+async def test_a_fold_by_ranges_of_names_is_exact_whatever_the_databases_collation(
+    collated_store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """Names that a language's collation orders otherwise than bytes (``gpu_2`` < ``gpu-10``
+    < ``GPU-3`` in en-US): the shards, ranges of names in Python's order, fold in parts to
+    the rollups of one fold (SQLite's, the reference), and every bucket in the shard its
+    node's range says."""
+    names = [f"{p}{s}" for p in ("gpu-", "gpu_", "GPU-", "gpu.", "g") for s in ("1", "10", "2a")]
+    batches = [
+        [r._replace(node=names[i % len(names)]) for i, r in enumerate(b)]
+        for b in _batches(4, nodes=len(names))
+    ]
+    reference = tmp_path / "reference.db"
+    await _one_fold(reference, batches)
+    config = RollupConfig(stage_shards=5, shard_nodes=1)
+    async with Store(collated_store_url, rollups=config) as store:
+        await store.write_batch(batches[0], (), sorted(names))
+        await store.fold_rollups()
+    async with Store(collated_store_url, rollups=config) as store:  # ranges from the store
+        stage = store._stage
+        assert stage is not None
+        assert stage._ranges.count == 5
+        for b in batches[1:]:
+            await store.write_batch(b)
+        fold = store.rollup_fold()
+        assert fold is not None
+        while await fold.write(store):
+            pass
+        assert fold.parts == 6
+    _same(_all(collated_store_url), _all(reference))

@@ -52,6 +52,7 @@ PINNED: Final[dict[Dialect, dict[str, str]]] = {
         "0030_watermarks_newest": "cc8ee416e5d87bd5",
         "0031_outbox_done": "91979914ca4765c3",
         "0032_forgotten_nodes": "a80851c709e68993",
+        "0033_text_bytes_order": "dbac4a735efcaed7",
     },
     "postgresql": {
         "0001_initial": "b37768e718040a9a",
@@ -86,6 +87,7 @@ PINNED: Final[dict[Dialect, dict[str, str]]] = {
         "0030_watermarks_newest": "4fddc43761d984e8",
         "0031_outbox_done": "91979914ca4765c3",
         "0032_forgotten_nodes": "318466e80e81c6a5",
+        "0033_text_bytes_order": "84def737b55365ef",
     },
 }
 
