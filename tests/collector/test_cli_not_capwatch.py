@@ -18,6 +18,8 @@ from collector.cli import main
 from collector.paths import StoreTarget
 from collector.store.connect import open_sync
 from collector.store.db import Store
+from collector.store.reader import StoreReader
+from shared.errors import StoreError
 
 _READS = [
     ["alerts"],
@@ -124,3 +126,46 @@ def test_a_foreign_store_with_a_samples_table_is_not_capwatch_nor_not_migrated(
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, lines
     assert "is not a capwatch database" in lines[0]
+
+
+def _foreign_with_our_table_names(store_url: StoreTarget) -> str:
+    """``store_url`` as another program's database with tables named ``nodes`` and
+    ``samples`` of its own, whose columns are not capwatch's."""
+    if isinstance(store_url, Path):
+        sqlite3.connect(store_url).close()
+    with contextlib.closing(open_sync(store_url, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute("CREATE TABLE nodes (id INTEGER, label TEXT)")
+        conn.execute("CREATE TABLE samples (id INTEGER, value REAL)")
+        conn.commit()
+    return str(store_url)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [*_READS, ["query"], ["query", "--gpus"], ["inventory"], ["pool", "list"]],
+    ids=" ".join,
+)
+def test_a_foreign_store_lacking_our_columns_is_not_capwatch_nor_not_migrated(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A missing column says "not migrated" only of a capwatch store: another program's
+    ``nodes`` table without capwatch's columns once made ``query`` and ``inventory`` say
+    'is not migrated to this version yet ... start `collector run` once'."""
+    db = _foreign_with_our_table_names(store_url)
+    assert main([*argv, "--db", db]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "is not a capwatch database" in lines[0]
+
+
+def test_a_missing_column_of_a_foreign_table_is_not_capwatch(store_url: StoreTarget) -> None:
+    """The reader itself, on both backends: a statement naming a column that another
+    program's ``nodes`` table lacks is refused as no capwatch store, whatever the backend
+    resolves first."""
+    _foreign_with_our_table_names(store_url)
+    with StoreReader(store_url) as store, pytest.raises(StoreError) as err:
+        store.fetchall("SELECT hostname FROM nodes")
+    assert "is not a capwatch database" in str(err.value)
