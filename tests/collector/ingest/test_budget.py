@@ -281,3 +281,35 @@ async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> 
     await wait_until(queue.full, what="the sample's unit queued")
     assert budgets.credit_s == 30.0
     await _stop_reader(stop, queue, task)
+
+
+async def test_a_wait_for_the_writers_queue_after_a_resumed_session_is_credited() -> None:
+    """The connection drops for 10 s while the writer's queue is full (a drain), and the
+    resumed session's facts wait 30 s for room in it: both gaps are credited, 40 s in all,
+    whether the loop was seen held meanwhile or not (the wait credits what the stall watch
+    did not, once). Credited only the 10 s, the backlog the broker kept while the reader
+    waited was refused as rate_limited."""
+    clock = FakeClock(start_wall=T0)
+    ingestor = Ingestor(clock, budget=BUDGET)
+    budgets = ingestor.budgets
+    assert budgets is not None
+    broker = ScriptedBroker()
+    queue: asyncio.Queue[Unit | StopUnit] = asyncio.Queue(maxsize=1)
+    stop, connected = asyncio.Event(), asyncio.Event()
+    reader = _reader(ingestor, broker, queue, stop, connected)
+    task = asyncio.create_task(reader.run())
+    await asyncio.wait_for(connected.wait(), 10)  # the session's facts fill the queue
+    await asyncio.sleep(0.05)  # the reader waits for its next read
+    broker.drop_connection()
+    await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
+    connected.clear()
+    clock.advance(10.0)
+    await wait_until(lambda: budgets.credit_s == 10.0, what="the resumed session's gap")
+    await asyncio.sleep(0.05)  # the reader waits for room for the session's facts
+    assert not connected.is_set()
+    clock.advance(30.0)
+    await asyncio.sleep(2 * BEAT_S)  # a watch, if any, sees the loop held
+    queue.get_nowait()
+    await asyncio.wait_for(connected.wait(), 10)
+    assert budgets.credit_s == 40.0
+    await _stop_reader(stop, queue, task)
