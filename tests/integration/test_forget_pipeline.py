@@ -351,12 +351,12 @@ async def test_a_share_group_brings_a_forgotten_node_back_with_its_inventory_at_
     try:
         await node.send(status="online")
         stamped = time.time()
-        for m in members:
-            await wait_until(lambda m=m: _has_inventory(m, node.name), what="its inventory")
+        await wait_until(lambda: _have_inventory(members, node.name), what="its inventory")
         code, _, err = await _forget(store, mosquitto, node.name, "--force", "--store-only")
         assert code == 0, err
-        for m in members:
-            await wait_until(lambda m=m: m.live.was_forgotten(node.name), what="each pickup")
+        await wait_until(
+            lambda: all(m.live.was_forgotten(node.name) for m in members), what="each pickup"
+        )
         assert db_rows(store, inventory, (node.name,)) == []
         await _past_the_forget(store)
         async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=node.name) as c:
@@ -364,8 +364,7 @@ async def test_a_share_group_brings_a_forgotten_node_back_with_its_inventory_at_
             await c.publish(inventory_topic(node.name), old, qos=1, retain=True)
             st = NodeStatus(v=1, node=node.name, status="online", ts=time.time())
             await c.publish(status_topic(node.name), encode(st), qos=1, retain=True)
-        for m in members:
-            await wait_until(lambda m=m: _has_inventory(m, node.name), what="back, inventory")
+        await wait_until(lambda: _have_inventory(members, node.name), what="back, inventory")
         await wait_until(
             lambda: bool(db_rows(store, inventory, (node.name,))), what="its inventory stored"
         )
@@ -374,6 +373,7 @@ async def test_a_share_group_brings_a_forgotten_node_back_with_its_inventory_at_
             await r.stop()
 
 
-def _has_inventory(collector: Collector, node: str) -> bool:
-    state = collector.live.get(node)
-    return state is not None and state.inventory is not None
+def _have_inventory(collectors: list[Collector], node: str) -> bool:
+    """Whether every one of ``collectors`` holds ``node`` with its inventory."""
+    states = [c.live.get(node) for c in collectors]
+    return all(st is not None and st.inventory is not None for st in states)
