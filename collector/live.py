@@ -69,6 +69,7 @@ of that dict, a few hundred microseconds at 12,500 nodes.
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -300,9 +301,9 @@ class LiveView:
         invented names asked for it at every message."""
         self._racks: dict[str, PowerReading] = {}
         self._forgotten: dict[str, float | None] = {}
-        """Nodes :meth:`forget` dropped that sent nothing since, oldest first (at most
-        ``max_nodes``), with when they were forgotten: the alert rules resolve their alerts
-        at once. Replaced, never changed in place, so a snapshot shares it."""
+        """Nodes :meth:`forget` dropped that sent nothing since (at most ``max_nodes``, the
+        newest by forget time), with when they were forgotten: the alert rules resolve their
+        alerts at once. Replaced, never changed in place, so a snapshot shares it."""
 
     def snapshot(self) -> LiveView:
         """The view as it is now, unchanged by later updates (they store new node states)."""
@@ -524,8 +525,11 @@ class LiveView:
             self._reject_only -= st is not None and st.reject_only
         forgotten = {k: v for k, v in self._forgotten.items() if k not in when}
         forgotten.update(when)
-        for old in list(forgotten)[: max(0, len(forgotten) - self.max_nodes)]:
-            del forgotten[old]
+        if len(forgotten) > self.max_nodes:
+            # The newest by forget time are kept, whatever the order they came in (a starting
+            # collector's come latest first); an unknown time counts as the oldest.
+            kept = sorted(forgotten.items(), key=_forget_time)[-self.max_nodes :]
+            forgotten = dict(kept)
         self._forgotten = forgotten
 
     def was_forgotten(self, node: str) -> bool:
@@ -771,3 +775,8 @@ def _untracked(inventory: Inventory) -> Inventory:
         cpus=tuple(inventory.cpus),
         accelerators=tuple(inventory.accelerators),
     )
+
+
+def _forget_time(item: tuple[str, float | None]) -> float:
+    """A forgotten node's forget time, to keep the newest (unknown: the oldest)."""
+    return -math.inf if item[1] is None else item[1]

@@ -81,7 +81,7 @@ from collector.polled import PolledPower
 from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, RoleMetrics
 from collector.settings import CollectorSettings
 from collector.store.db import Store
-from collector.store.forget import last_forgotten, still_forgotten
+from collector.store.forget import last_forgotten, remembered_at_start
 from collector.store.rollups import TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
@@ -320,7 +320,13 @@ class Collector:
         forgotten_id = await store.run(last_forgotten())
         # Before the reader: what the broker queued for this session while no collector ran
         # may hold their messages from before their forget (dropped: collector.ingest.validate).
-        forgotten = await store.run(still_forgotten(s.max_nodes))
+        # (A row of theirs written before a pickup that never came, the last collector
+        # stopped in between, goes first: remembered_at_start.)
+        forgotten, dropped = await remembered_at_start(
+            store, s.max_nodes, max_skew_s=s.max_clock_skew_s
+        )
+        if dropped:
+            log.warning("forgotten_nodes_rows_dropped", nodes=len(dropped), first=dropped[:10])
         self.live.forget_at({f.node: f.at for f in forgotten if f.node not in self.live})
         had_session, held = await load_session(store.meta, session_key)
         last_read = await load_last_read(store.meta, session_key)

@@ -317,9 +317,8 @@ class Reader:
             try:
                 async with sub:
                     opened = loop.time()
-                    await self._subscribed(sub)
                     try:
-                        await self._consume(sub)
+                        await self._connected(sub)
                     finally:
                         self.connected.clear()
                     await self._finish()  # on this connection, so the last acks reach it
@@ -411,7 +410,7 @@ class Reader:
             items.append(MetaItem(own, self._session_key))
             self._remembered = True
         items.append(self._read_mark())
-        await self._queue.put(Unit(None, items))
+        await self._put(Unit(None, items))
         self._expect_session = True
         self.connected.set()
 
@@ -480,10 +479,13 @@ class Reader:
     def _held_s(self) -> float:
         return 0.0 if self._stalls is None else self._stalls.credited_s
 
-    async def _consume(self, sub: Subscriber) -> None:
-        """Ingest reads until stop. Raises MqttWireError when the connection ends."""
+    async def _connected(self, sub: Subscriber) -> None:
+        """Subscribe, then ingest reads until stop, the loop watched for stalls all along
+        (the session's facts may wait for room in the queue too). Raises MqttWireError when
+        the connection ends."""
         stalls = self._stalls
         async with contextlib.nullcontext() if stalls is None else stalls.watching():
+            await self._subscribed(sub)
             await self._consume_reads(sub, stalls)
 
     async def _consume_reads(self, sub: Subscriber, stalls: StallWatch | None) -> None:
@@ -511,7 +513,7 @@ class Reader:
     async def _ingest_read(self, sub: Subscriber, batch: list[Message]) -> None:
         """Validate one read unit by unit, each queued at once (see the module docstring)."""
         if self._now() - self._read_marked >= READ_MARK_EVERY_S:
-            await self._queue.put(Unit(None, [self._read_mark()]))
+            await self._put(Unit(None, [self._read_mark()]))
         start, n, most = 0, len(batch), self._unit_messages
         while start < n:
             end, size = start, 0
@@ -520,22 +522,25 @@ class Reader:
                 if size > UNIT_BYTES and end > start:
                     break
                 end += 1
-            unit = self._ingest(sub, batch[start:end])
-            if self._queue.full():
-                self.metrics.waits.inc()
-                mono = self._ingestor.clock.monotonic
-                t0, held0 = mono(), self._held_s()
-                await self._queue.put(unit)
-                # Not reading meanwhile: what the broker kept arrives at once after. (A stall
-                # meanwhile was credited as one.)
-                budgets = self._ingestor.budgets
-                if budgets is not None:
-                    budgets.credit(mono() - t0 - (self._held_s() - held0), mono())
-            else:
-                await self._queue.put(unit)
+            await self._put(self._ingest(sub, batch[start:end]))
             if end < n:
                 await asyncio.sleep(0)  # a put with room does not yield: the writer's turn
             start = end
+
+    async def _put(self, unit: Unit) -> None:
+        """Queue ``unit``; a wait for room in the full queue is a time not reading, credited
+        to the budgets: what the broker kept meanwhile arrives at once after. (A stall
+        meanwhile was credited as one, by the watch every wait runs under.)"""
+        if not self._queue.full():
+            await self._queue.put(unit)
+            return
+        self.metrics.waits.inc()
+        mono = self._ingestor.clock.monotonic
+        t0, held0 = mono(), self._held_s()
+        await self._queue.put(unit)
+        budgets = self._ingestor.budgets
+        if budgets is not None:
+            budgets.credit(mono() - t0 - (self._held_s() - held0), mono())
 
     def _ingest(self, sub: Subscriber, batch: list[Message]) -> Unit:
         handle = self._ingestor.handle

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUSY_TIMEOUT_S",
     "missing",
+    "missing_column",
     "missing_table",
     "not_capwatch",
     "not_migrated",
@@ -73,15 +74,14 @@ def refused(
 ) -> StoreError:
     """A statement the store refused, as one line: ``doing`` says what was being done
     (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
-    predates a table (not yet migrated), ``None``: it is then not a capwatch store."""
+    predates a table (not yet migrated), and a missing column is a store older than this
+    code; ``None``: the caller found it is not a capwatch store, for either."""
     sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
+    if no_table is None and (missing_table(exc) or missing_column(exc)):
+        return not_capwatch(path)
     if missing_table(exc):
-        if no_table is None:
-            return not_capwatch(path)
         return StoreError(f"{str(path)!r} {no_table}")
-    if (
-        isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc)
-    ) or sqlstate == "42703":  # undefined_column: a store older than this code
+    if missing_column(exc):
         return not_migrated(path, exc)
     if isinstance(exc, OverflowError) or sqlstate == "22003":  # past 64-bit integers
         return StoreError(f"a value is too large for the store {str(path)!r}: {_first_line(exc)}")
@@ -94,6 +94,14 @@ def missing_table(exc: BaseException) -> bool:
     return (
         isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
     ) or sqlstate == "42P01"  # undefined_table
+
+
+def missing_column(exc: BaseException) -> bool:
+    """Whether the store refused a statement for a column its table does not have."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc)
+    ) or sqlstate == "42703"  # undefined_column
 
 
 def not_migrated(path: StoreTarget, exc: BaseException) -> StoreError:

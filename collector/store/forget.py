@@ -14,10 +14,11 @@ notifies the resolution like any other.
 A running collector stops tracking a forgotten node when it reads the rows past the last id
 it saw (:func:`forgotten_after`, from :func:`last_forgotten` read at its start): commands
 take the store's write lock, so ids grow in commit order; a starting collector remembers
-those the store has not heard of since (:func:`still_forgotten`). A message from the node
-stamped after the forget makes it a new node; one stamped before (the backlog its broker
-session queued while the collector was down, samples in flight) is dropped
-(:class:`~collector.ingest.validate.Ingestor`). What the collector wrote of it since the
+those the store has not heard of since (:func:`still_forgotten`), after dropping the rows a
+collector that stopped before its pickup wrote of them (:func:`remembered_at_start`). A
+message from the node stamped after the forget makes it a new node; one stamped before
+(the backlog its broker session queued while the collector was down, samples in flight) is
+dropped (:class:`~collector.ingest.validate.Ingestor`). What the collector wrote of it since the
 command's commit, from messages validated before that (its ``nodes`` row again, from a
 status stored meanwhile; reject counts; its BMC's reading), goes then (:func:`drop_written`;
 :mod:`collector.ingest.writer`): the store keeps no node the live view dropped.
@@ -32,7 +33,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.store.queries import latest_sample
-from collector.store.query import Query, single
+from collector.store.query import Query, run, single
 from collector.store.statements import Reads, Statements
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ __all__ = [
     "last_forgotten",
     "lease_holds",
     "nodes_held",
+    "remembered_at_start",
     "still_forgotten",
 ]
 
@@ -220,3 +222,44 @@ def still_forgotten(limit: int) -> Query[list[Forgotten]]:
         (limit,),
         _forgotten,
     )
+
+
+WRITTEN_WITHIN_S: Final = 60.0
+"""A forgotten node's ``nodes`` row whose every time (status, inventory: when the collector
+received them) is at most this long after its forget was written before a writer's pickup
+(every 2 s) that never came: :func:`remembered_at_start` drops it."""
+
+_UNPICKED: Final = (
+    "SELECT n.node FROM nodes n JOIN forgotten_nodes f ON f.node = n.node "
+    "GROUP BY n.node, n.status_ts, n.inventory_ts "
+    "HAVING coalesce(n.status_ts, n.inventory_ts) IS NOT NULL "
+    "AND coalesce(n.status_ts, n.inventory_ts) <= max(f.at) + ? "
+    "AND coalesce(n.inventory_ts, n.status_ts) <= max(f.at) + ?"
+)
+
+
+async def remembered_at_start(
+    store: Writes, limit: int, *, max_skew_s: float
+) -> tuple[list[Forgotten], list[str]]:
+    """What a starting collector remembers as forgotten (:func:`still_forgotten`), and the
+    nodes among them whose rows it dropped first, in one transaction.
+
+    A collector that stopped (crashed) between a forget's commit and its writer's pickup,
+    after storing a status or inventory of the node validated before it, left its ``nodes``
+    row there again (the pickup, :func:`drop_written`, would have deleted it): the node then
+    had a row, was skipped as heard of since, and loaded back stale. Such a row's times are
+    within seconds of the forget; one written after a pickup comes from a message stamped
+    after the forget by more than ``max_clock_skew_s`` (:mod:`collector.ingest.validate`).
+    So the forget wins over a row no later than :data:`WRITTEN_WITHIN_S` after it, nor than
+    ``max_skew_s`` (the collector's ``max_clock_skew_s``). A row a sample wrote has no time:
+    written after a pickup (before it, the writer still knew the node's row and wrote
+    none), it stays."""
+    within = min(max_skew_s, WRITTEN_WITHIN_S)
+
+    def work(tx: Tx) -> tuple[list[Forgotten], list[str]]:
+        stale = [str(r[0]) for r in tx.fetchall(_UNPICKED, (within, within))]
+        if stale:
+            _delete(tx, _WRITTEN, stale)
+        return run(still_forgotten(limit), tx.fetchall), stale
+
+    return await store.transact("reading the forgotten nodes", work)

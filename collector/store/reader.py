@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from collector.paths import StoreTarget
 from collector.store.connect import SyncConn, open_sync
 from collector.store.dialect import Dialect, Row
-from collector.store.errors import missing_table, not_capwatch, not_migrated, refused
+from collector.store.errors import (
+    missing_column,
+    missing_table,
+    not_capwatch,
+    not_migrated,
+    refused,
+)
 from collector.store.migrations import MIGRATIONS
 from collector.store.query import Query, run
 from shared.errors import StoreError
@@ -98,10 +104,11 @@ class StoreReader:
             raise self._refused(exc) from exc
 
     def _refused(self, exc: BaseException) -> StoreError:
-        """A statement refused, as one line. A table missing from a capwatch store
+        """A statement refused, as one line. A table or column missing from a capwatch store
         (:meth:`_capwatch`) is a store not yet migrated to this version (read with a new
-        binary before its collector restarted), not a foreign one."""
-        if missing_table(exc):
+        binary before its collector restarted); missing from another program's database
+        (its own ``nodes`` or ``samples`` table), it is no capwatch store."""
+        if missing_table(exc) or missing_column(exc):
             conn = self.conn
             with contextlib.suppress(*conn.errors):
                 if conn.in_transaction:

@@ -18,6 +18,8 @@ from collector.cli import main
 from collector.paths import StoreTarget
 from collector.store.connect import open_sync
 from collector.store.db import Store
+from collector.store.reader import StoreReader
+from shared.errors import StoreError
 
 _READS = [
     ["alerts"],
@@ -92,35 +94,55 @@ async def test_a_store_older_than_a_table_is_not_migrated_not_foreign(
     assert "watermarks" in lines[0]
 
 
-def _foreign_with_samples(store_url: StoreTarget) -> str:
-    """``store_url`` as another program's database that has a table named ``samples`` of its
-    own (a common name: lab measurements, a metrics exporter's), and nothing of capwatch's."""
+_SAMPLES = "CREATE TABLE samples (id INTEGER, value REAL)"
+_NODES = "CREATE TABLE nodes (id INTEGER, label TEXT)"
+
+
+def _foreign_with(store_url: StoreTarget, *tables: str) -> str:
+    """``store_url`` as another program's database that has tables named as capwatch's of
+    its own (``samples``, ``nodes``: common names, lab measurements, a metrics exporter's),
+    with columns of their own (``tables``: their CREATE statements), and nothing of
+    capwatch's."""
     if isinstance(store_url, Path):
         sqlite3.connect(store_url).close()
     with contextlib.closing(open_sync(store_url, write=True)) as conn:
         conn.begin(write=True)
-        conn.execute("CREATE TABLE samples (id INTEGER, value REAL)")
+        for create in tables:
+            conn.execute(create)
         conn.commit()
     return str(store_url)
 
 
+@pytest.mark.parametrize("tables", [(_SAMPLES,), (_SAMPLES, _NODES)], ids=["samples", "nodes"])
 @pytest.mark.parametrize(
     "argv",
     [*_READS, ["query"], ["query", "--gpus"], ["inventory"], ["pool", "list"]],
     ids=" ".join,
 )
 def test_a_foreign_store_with_a_samples_table_is_not_capwatch_nor_not_migrated(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str], tables: tuple[str]
 ) -> None:
     """A table named ``samples`` does not make a capwatch store: capwatch's migrations'
     record does (``schema_migrations`` holding the first one, which a store not yet migrated
     to a newer table has too). Told by ``samples`` alone, ``query``, ``inventory`` and ``pool
     list`` said 'is not migrated to this version yet ... start `collector run` once' (which
-    would write capwatch's tables into that database), ``alerts`` 'no alerts', exit 0."""
-    db = _foreign_with_samples(store_url)
+    would write capwatch's tables into that database), ``alerts`` 'no alerts', exit 0. So did
+    a column that another program's ``nodes`` lacks, on PostgreSQL (a missing column was
+    taken for a store not yet migrated whatever the store)."""
+    db = _foreign_with(store_url, *tables)
     assert main([*argv, "--db", db]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, lines
     assert "is not a capwatch database" in lines[0]
+
+
+def test_a_missing_column_of_a_foreign_table_is_not_capwatch(store_url: StoreTarget) -> None:
+    """The reader itself, on both backends: a statement naming a column that another
+    program's ``nodes`` table lacks is refused as no capwatch store, whatever the backend
+    resolves first."""
+    _foreign_with(store_url, _NODES)
+    with StoreReader(store_url) as store, pytest.raises(StoreError) as err:
+        store.fetchall("SELECT hostname FROM nodes")
+    assert "is not a capwatch database" in str(err.value)

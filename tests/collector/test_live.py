@@ -471,3 +471,17 @@ def test_a_forgotten_node_is_remembered_until_it_sends_again_and_snapshots_keep_
     view.forget("c")
     view.forget("d")
     assert [n for n in "abcd" if view.was_forgotten(n)] == ["c", "d"]
+
+
+def test_past_max_nodes_the_forgotten_kept_are_the_newest_by_forget_time() -> None:
+    """A starting collector remembers the store's forgotten nodes latest first
+    (:func:`collector.store.forget.still_forgotten`); a forget after that, past
+    ``max_nodes``, drops the oldest by forget time, not the first remembered (which was the
+    newest restored: "c" was dropped and "a", forgotten long before, kept)."""
+    view = LiveView(max_nodes=3)
+    view.forget_at({"c": T0 + 3, "b": T0 + 2, "a": T0 + 1})
+    view.forget_at({"d": T0 + 4})
+    assert [n for n in "abcd" if view.was_forgotten(n)] == ["b", "c", "d"]
+    view.forget_at({"e": T0 + 5, "a": T0 + 6})
+    assert [n for n in "abcde" if view.was_forgotten(n)] == ["a", "d", "e"]
+    assert view.forgotten_at("a") == T0 + 6

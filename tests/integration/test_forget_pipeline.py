@@ -16,7 +16,7 @@ from pydantic import HttpUrl
 from agent.service import AgentService
 from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
-from collector.paths import StoreTarget
+from collector.paths import StoreTarget, parse_target
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.service import Collector
 from collector.settings import ReceiverSettings, RouteSettings
@@ -324,3 +324,56 @@ async def test_a_node_whose_agent_ran_through_its_forget_comes_back_with_its_inv
         assert state.inventory is not None
     finally:
         await runner.stop()
+
+
+async def test_a_share_group_brings_a_forgotten_node_back_with_its_inventory_at_every_member(
+    mosquitto: MosquittoBroker, postgres_url: str, rx: Receiver
+) -> None:
+    """Two collectors in a share group on one PostgreSQL store: only the samples are shared
+    (``$share/...``); the inventory and the status come through plain filters, so every
+    member gets both, in the order the agent sent them, and holds the inventory its agent
+    stamped before the forget until the status that brings the node back. An agent not yet
+    upgraded sends the inventory first: the node comes back with it in every member's live
+    view and in the store, whichever member leads."""
+    store = parse_target(postgres_url)
+    runners = [_runner(mosquitto, store, rx) for _ in "ab"]
+    for name, runner in zip("ab", runners, strict=True):
+        s = runner.settings
+        runner.settings = s.model_copy(
+            update={
+                "mqtt": s.mqtt.model_copy(update={"share_group": "site"}),
+                "client_id": f"collector-{name}",
+            }
+        )
+    members = [await r.start() for r in runners]
+    node = _Node(mosquitto)
+    inventory = "SELECT 1 FROM nodes WHERE node = ? AND inventory IS NOT NULL"
+    try:
+        await node.send(status="online")
+        stamped = time.time()
+        await wait_until(lambda: _have_inventory(members, node.name), what="its inventory")
+        code, _, err = await _forget(store, mosquitto, node.name, "--force", "--store-only")
+        assert code == 0, err
+        await wait_until(
+            lambda: all(m.live.was_forgotten(node.name) for m in members), what="each pickup"
+        )
+        assert db_rows(store, inventory, (node.name,)) == []
+        await _past_the_forget(store)
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=node.name) as c:
+            old = encode(node.sim.inventory(0, stamped))  # stamped at its start: before
+            await c.publish(inventory_topic(node.name), old, qos=1, retain=True)
+            st = NodeStatus(v=1, node=node.name, status="online", ts=time.time())
+            await c.publish(status_topic(node.name), encode(st), qos=1, retain=True)
+        await wait_until(lambda: _have_inventory(members, node.name), what="back, inventory")
+        await wait_until(
+            lambda: bool(db_rows(store, inventory, (node.name,))), what="its inventory stored"
+        )
+    finally:
+        for r in runners:
+            await r.stop()
+
+
+def _have_inventory(collectors: list[Collector], node: str) -> bool:
+    """Whether every one of ``collectors`` holds ``node`` with its inventory."""
+    states = [c.live.get(node) for c in collectors]
+    return all(st is not None and st.inventory is not None for st in states)

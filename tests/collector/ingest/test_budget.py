@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from agent.simulate import FleetSimulator
 from collector.counters import value
@@ -259,10 +260,20 @@ def test_a_stall_watch_credits_a_held_loop_past_a_beat_once() -> None:
     assert sum(budgets.take("m", 100, now) for _ in range(1000)) == 20
 
 
-async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> None:
-    """The reader waits for room in the writer's full queue, and the loop is held 30 s
-    meanwhile (credited as a hold, 29.5 s): once there is room, the wait credits only the
-    rest, 30 s in all. Counted twice, 59.5 s."""
+class _Filled(NamedTuple):
+    clock: FakeClock
+    budgets: NodeBudgets
+    broker: ScriptedBroker
+    queue: asyncio.Queue[Unit | StopUnit]
+    stop: asyncio.Event
+    connected: asyncio.Event
+    reader: Reader
+    task: asyncio.Task[None]
+
+
+async def _queue_filled() -> _Filled:
+    """A reader subscribed, whose session's facts filled the writer's queue (room for one
+    unit)."""
     clock = FakeClock(start_wall=T0)
     ingestor = Ingestor(clock, budget=BUDGET)
     budgets = ingestor.budgets
@@ -273,6 +284,14 @@ async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> 
     reader = _reader(ingestor, broker, queue, stop, connected)
     task = asyncio.create_task(reader.run())
     await asyncio.wait_for(connected.wait(), 10)  # the session's facts fill the queue
+    return _Filled(clock, budgets, broker, queue, stop, connected, reader, task)
+
+
+async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> None:
+    """The reader waits for room in the writer's full queue, and the loop is held 30 s
+    meanwhile (credited as a hold, 29.5 s): once there is room, the wait credits only the
+    rest, 30 s in all. Counted twice, 59.5 s."""
+    clock, budgets, broker, queue, stop, _, reader, task = await _queue_filled()
     broker.deliver([broker.message(t, p) for t, p in _samples(0, 1)])
     await wait_until(lambda: value(reader.metrics.waits) == 1, what="the reader waiting")
     clock.advance(30.0)
@@ -280,4 +299,27 @@ async def test_a_hold_during_a_wait_for_the_writers_queue_is_credited_once() -> 
     queue.get_nowait()
     await wait_until(queue.full, what="the sample's unit queued")
     assert budgets.credit_s == 30.0
+    await _stop_reader(stop, queue, task)
+
+
+async def test_a_wait_for_the_writers_queue_after_a_resumed_session_is_credited() -> None:
+    """The connection drops for 10 s while the writer's queue is full (a drain), and the
+    resumed session's facts wait 30 s for room in it: both gaps are credited, 40 s in all,
+    whether the loop was seen held meanwhile or not (the wait credits what the stall watch
+    did not, once). Credited only the 10 s, the backlog the broker kept while the reader
+    waited was refused as rate_limited."""
+    clock, budgets, broker, queue, stop, connected, reader, task = await _queue_filled()
+    await asyncio.sleep(0.05)  # the reader waits for its next read
+    broker.drop_connection()
+    await wait_until(lambda: value(reader.metrics.disconnects) == 1, what="the drop noticed")
+    connected.clear()
+    clock.advance(10.0)
+    await wait_until(lambda: budgets.credit_s == 10.0, what="the resumed session's gap")
+    await asyncio.sleep(0.05)  # the reader waits for room for the session's facts
+    assert not connected.is_set()
+    clock.advance(30.0)
+    await asyncio.sleep(2 * BEAT_S)  # a watch, if any, sees the loop held
+    queue.get_nowait()
+    await asyncio.wait_for(connected.wait(), 10)
+    assert budgets.credit_s == 40.0
     await _stop_reader(stop, queue, task)

@@ -16,7 +16,7 @@ from collector.live import LiveView
 from collector.paths import StoreTarget
 from collector.store.command import Command
 from collector.store.db import Store
-from collector.store.forget import forget_nodes, last_forgotten
+from collector.store.forget import forget_nodes, last_forgotten, remembered_at_start
 from shared.clock import FakeClock
 from shared.schema import NodeStatus, encode
 from shared.topics import sample_topic, status_topic
@@ -75,8 +75,8 @@ class _Fleet:
         await asyncio.wait_for(self.writer.run(), 20)
 
 
-def _forget(db: StoreTarget, node: str) -> None:
-    with Command(db) as tx:
+def _forget(db: StoreTarget, node: str, *, at: float | None = None) -> None:
+    with Command(db, now=at) as tx:
         forget_nodes(tx, [node])
 
 
@@ -183,3 +183,39 @@ async def test_rejects_counted_before_the_pickup_are_not_written_after_it(
         await fleet.writer.flush_counters()
         assert db_rows(store_url, rejects, (fleet.node,)) == [(0,)]
         assert fleet.view.was_forgotten(fleet.node)
+
+
+async def test_a_row_written_before_a_pickup_that_never_came_is_dropped_at_the_next_start(
+    store_url: StoreTarget,
+) -> None:
+    """The collector stopped (crashed) between a forget's commit and its writer's pickup,
+    after storing a status of the node: its ``nodes`` row is there again, written within
+    seconds of the forget. The next collector's start drops it and remembers the node as
+    forgotten (it skipped the node, which had a row, and loaded it back stale: listed,
+    NodeOffline firing for a decommissioned node). A node that came back after its pickup
+    (a status stamped past the forget by more than max_clock_skew_s) keeps its row."""
+    async with Store(store_url) as store:
+        fleet = _Fleet(store, await store.run(last_forgotten()))
+        fleet.validate(status="online", sample=True)
+        await fleet.write()
+        _forget(store_url, fleet.node, at=fleet.clock.time())
+        fleet.validate(status="offline")
+        await fleet.write()  # and no pickup: the collector stops here
+        assert _in_store(store_url, fleet.node)
+        remembered, dropped = await remembered_at_start(
+            store, 10, max_skew_s=fleet.ingestor.max_skew_s
+        )
+        assert [f.node for f in remembered] == dropped == [fleet.node]
+        assert not _in_store(store_url, fleet.node)
+
+        _forget(store_url, fleet.node, at=fleet.clock.time())
+        assert await fleet.writer.forget_nodes() == [fleet.node]
+        fleet.clock.advance(fleet.ingestor.max_skew_s + 1.0)
+        fleet.validate(status="online")  # back, after its pickup
+        await fleet.write()
+        assert fleet.node in fleet.view
+        assert await remembered_at_start(store, 10, max_skew_s=fleet.ingestor.max_skew_s) == (
+            [],
+            [],
+        )
+        assert _in_store(store_url, fleet.node)
