@@ -81,10 +81,12 @@ def other_url(store_url: StoreTarget, request: pytest.FixtureRequest) -> StoreTa
 
 
 def _all(db: StoreTarget) -> list[tuple[object, ...]]:
-    """Every bucket, its packed GPUs unpacked (one row per GPU after the node's)."""
+    """Every bucket, its packed GPUs unpacked (one row per GPU after the node's), by node
+    as bytes (Python's order: rollups keep a PostgreSQL database's own collation)."""
     out: list[tuple[object, ...]] = []
-    for row in db_rows(db, "SELECT *, gpu_stats FROM rollups ORDER BY node, res, bucket"):
-        *node, blob = row
+    rows = db_rows(db, "SELECT node, res, bucket, *, gpu_stats FROM rollups")
+    for row in sorted(rows, key=lambda r: (r[0], r[1], r[2])):
+        *node, blob = row[3:]
         out.append(tuple(v for v in node if not isinstance(v, bytes)))
         out += [tuple(g) for g in decode_gpus(blob).tolist()]
     return out
