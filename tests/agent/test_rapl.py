@@ -126,3 +126,13 @@ def test_no_powercap_means_none_without_noise(tmp_path: Path, clock: FakeClock) 
             assert rapl.zones == ()
             assert rapl.sample() is None
     assert logs == []
+
+
+def test_a_zone_name_that_is_not_utf8_is_skipped_not_fatal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A zone whose ``name`` is not UTF-8 is unknown, so left out; the others still count."""
+    _zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000)
+    odd = _zone(tmp_path, "intel-rapl:0:2", "dram", 0)
+    (odd / "name").write_bytes(b"\xff\xfedram\n")
+    assert RaplReader(tmp_path, clock).zones == ("intel-rapl:0",)
