@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
-from collector.localbroker import MosquittoBroker
+from collector.localbroker import MosquittoBroker, free_port
 from collector.service import Collector
 from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
@@ -25,13 +24,6 @@ from tests.integration.conftest import CollectorRunner, fast_mqtt
 from tests.integration.secure_broker import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _get(url: str, **params: str) -> httpx.Response:
@@ -55,7 +47,7 @@ class PrometheusProcess:
 
     def __init__(self, tmp: Path, targets: dict[str, int], *, jobs: str = "") -> None:
         """Scrape ``targets`` (job: port on 127.0.0.1) and the ``jobs`` given as YAML."""
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         jobs += "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"

@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
-from collector.localbroker import MosquittoBroker
+from collector.localbroker import MosquittoBroker, free_port
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.settings import CapacitySettings
 from tests.collector.capacity.helpers import PLAN
-from tests.collector.redfish.conftest import PASSWORD, USER, closed_port, write_credentials
+from tests.collector.redfish.conftest import PASSWORD, USER, write_credentials
 from tests.helpers import db_rows, promtool_check_metrics, wait_until
 from tests.integration.conftest import CollectorRunner, capacity_ok, fast_mqtt
 from tests.redfish import RACKMOUNT_2020, RACKMOUNT_2022, MockupBmc
@@ -41,7 +41,7 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
         MockupBmc(RACKMOUNT_2022, username=USER, password=PASSWORD) as new,
         MockupBmc(RACKMOUNT_2020, username=USER, password=PASSWORD) as old,
     ):
-        urls = [new.url] * 3 + [old.url] * 2 + [f"http://127.0.0.1:{closed_port()}"]
+        urls = [new.url] * 3 + [old.url] * 2 + [f"http://127.0.0.1:{free_port()}"]
         bmcs = [BmcSettings(node=n, url=u) for n, u in zip(sim.node_ids, urls, strict=False)]  # type: ignore[arg-type]
         s = collector_runner.settings
         collector_runner.settings = s.model_copy(

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.collector.alerts.receiver import free_port
+from collector.localbroker import free_port
 
 _CONFIG = """\
 route:

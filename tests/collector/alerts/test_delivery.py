@@ -37,11 +37,12 @@ from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
+from collector.localbroker import free_port
 from collector.settings import ReceiverSettings
 from collector.store.alerts import OutboxEntry, OutboxReport
 from collector.store.db import Store
 from shared.clock import FakeClock
-from tests.collector.alerts.receiver import Answer, Receiver, each, free_port
+from tests.collector.alerts.receiver import Answer, Receiver, each
 from tests.helpers import db_rows, wait_until
 
 SECRET = "s3cret-shared-with-the-receiver"
