@@ -24,7 +24,7 @@ import structlog
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
-from agent.simulate import FleetSimulator
+from agent.simulate import FleetSimulator, publish_fleet
 from collector.cli import main as collector_main
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
@@ -34,7 +34,7 @@ from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
 from shared.topics import sample_topic
-from tests.helpers import db_rows, wait_until
+from tests.helpers import db_rows, promtool_check_metrics, wait_until
 
 
 def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
@@ -298,3 +298,48 @@ def capacity_ok(*argv: str) -> dict[str, Any]:
     code, doc = capacity_json(*argv)
     assert code == 0
     return doc
+
+
+def latest_capacity(db: StoreTarget) -> dict[str, Any]:
+    """The newest capacity snapshot's detail (what ``collector capacity --json`` shows under
+    ``capacity``); ``{}`` before the first."""
+    rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
+    detail: dict[str, Any] = json.loads(rows[0][0]) if rows else {}
+    return detail
+
+
+@contextlib.asynccontextmanager
+async def publishing(
+    broker: BrokerProcess, sim: FleetSimulator, workers: int
+) -> AsyncIterator[None]:
+    """``sim``'s fleet published in the background (paced, as agents would) until the block
+    ends; the publisher is then stopped and awaited, so its errors surface."""
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(
+        publish_fleet(fast_mqtt(broker), sim, stop=stop, workers=workers), name="fleet"
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await publisher
+
+
+async def scrape_clean(collector: Collector) -> str:
+    """A running collector's /metrics, asserted clean by ``promtool check metrics``."""
+    assert collector.metrics is not None
+    url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
+    text = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
+    assert promtool_check_metrics(text) == (0, [])
+    return text
+
+
+def series_values(text: str, prefix: str) -> dict[str, float]:
+    """``name{labels}`` -> value of each series in the exposition ``text`` whose name starts
+    with ``prefix``."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
