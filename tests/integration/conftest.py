@@ -25,6 +25,7 @@ import structlog
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator, publish_fleet
+from collector.alerts.settings import AlertSettings
 from collector.cli import main as collector_main
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
@@ -118,6 +119,18 @@ class HotGpuNode:
         self.sim = FleetSimulator(1, gpus_per_node=8, seed=seed, interval_s=1)
         self.node = self.sim.node_ids[0]
         self._seq = 0
+
+    @staticmethod
+    def prompt(alerts: AlertSettings) -> AlertSettings:
+        """``alerts`` evaluated every 0.5 s, GpuTemperature firing and resolving on the
+        first sample that crosses: what the hot GPU's tests wait on."""
+        return alerts.model_copy(
+            update={
+                "eval_interval_s": 0.5,
+                "gpu_temp_for_s": 0.0,
+                "gpu_temp_keep_firing_for_s": 0.0,
+            }
+        )
 
     async def publish(self, temp_c: float, gpu: int = 3) -> None:
         """One sample, stamped now, with ``gpu`` at ``temp_c``."""
