@@ -90,3 +90,17 @@ def test_a_bad_inhibit_rule_in_the_config_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"inhibit_rules\.0\.target_matchers") as err:
         load_settings(CollectorSettings, config_file=cfg)
     assert "bad regular expression" in str(err.value)
+
+
+def test_a_bad_equal_label_says_what_a_label_name_is(tmp_path: Path) -> None:
+    """``equal`` refuses what is not a label name as ``group_by`` does: one line naming the
+    key and the label-name rule (the fix)."""
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(
+        '[[inhibit_rules]]\nsource_matchers = ["alertname=NodeOffline"]\n'
+        'target_matchers = ["severity=warning"]\nequal = ["rack-name"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"inhibit_rules\.0\.equal") as err:
+        load_settings(CollectorSettings, config_file=cfg)
+    assert "'rack-name' is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)" in str(err.value)
+    assert "\n" not in str(err.value)
