@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import signal
@@ -26,7 +25,6 @@ from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
 from agent.simulate import FleetSimulator, publish_fleet
 from collector.alerts.settings import AlertSettings
-from collector.cli import main as collector_main
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
 from collector.service import Collector
@@ -35,7 +33,7 @@ from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
 from shared.topics import sample_topic
-from tests.helpers import db_rows, promtool_check_metrics, wait_until
+from tests.helpers import collector_cli, db_rows, promtool_check_metrics, wait_until
 
 
 def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
@@ -300,10 +298,8 @@ async def stop_and_count(db: Path, agents: list[AgentProcess]) -> dict[str, tupl
 
 def capacity_json(*argv: str) -> tuple[int, dict[str, Any]]:
     """``collector capacity ARGV --json`` in this process: its exit status and document."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = collector_main(["capacity", *argv, "--json"])
-    return code, json.loads(out.getvalue())
+    code, out, _ = collector_cli("capacity", *argv, "--json")
+    return code, json.loads(out)
 
 
 def capacity_ok(*argv: str) -> dict[str, Any]:
