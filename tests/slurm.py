@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self
 
-from collector.localbroker import free_port
+from collector.localbroker import free_port, stop_process
 
 __all__ = ["NODE_NAME", "PARTITION", "SlurmCluster", "SlurmUnavailableError", "slurm_missing"]
 
@@ -212,10 +212,5 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         """Stop the daemons (slurmd, slurmctld, munged: the reverse of their start)."""
         for p in reversed(self._procs):
             if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop_process(p, timeout_s=15)
         self._procs.clear()

@@ -16,7 +16,7 @@ import pytest
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
-from collector.localbroker import MosquittoBroker, free_port
+from collector.localbroker import MosquittoBroker, free_port, stop_process
 from collector.service import Collector
 from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
@@ -84,12 +84,7 @@ class PrometheusProcess:
         return result
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout_s=20)
 
 
 @pytest.fixture
