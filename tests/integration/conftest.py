@@ -142,25 +142,39 @@ class HotGpuNode:
             await client.publish(sample_topic(self.node), payload, qos=1)
 
 
+@contextlib.asynccontextmanager
+async def running_agent(
+    broker: BrokerProcess, node: str, spool_dir: Path, *, gpus: int = 1, **settings: Any
+) -> AsyncIterator[AgentService]:
+    """An agent in this event loop: ``gpus`` fake GPUs, a sample a second, /metrics on a free
+    loopback port (its ``metrics_port`` known when the block starts), ``settings`` on top;
+    stopped and awaited (20 s at most) when the block ends."""
+    config = AgentSettings(
+        node_id=node,
+        interval_s=1.0,
+        gpu_backend="fake",
+        fake_gpus=gpus,
+        mqtt=fast_mqtt(broker),
+        metrics_listen="127.0.0.1:0",
+        spool_dir=spool_dir,
+        **settings,
+    )
+    service = AgentService(config, build_sampler(config, SystemClock()))
+    task = asyncio.create_task(service.run(), name=f"agent-{node}")
+    try:
+        await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
+        yield service
+    finally:
+        service.stop()
+        async with asyncio.timeout(20):
+            await task
+
+
 @pytest.fixture
 async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[AgentService]:
     """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
-    settings = AgentSettings(
-        node_id="metrics-node-1",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=2,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-        spool_dir=tmp_path / "agent-spool",
-    )
-    service = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(service.run(), name="agent-under-test")
-    await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
-    yield service
-    service.stop()
-    async with asyncio.timeout(20):
-        await task
+    async with running_agent(mosquitto, "metrics-node-1", tmp_path / "agent-spool", gpus=2) as a:
+        yield a
 
 
 SPOOL_NODE = "spool-node-1"
