@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.bounds import Bounds
+from agent.sysfs import read_int, read_text
 from shared.schema import (
     MAX_ACCELERATORS,
     MAX_CPU_PACKAGES,
@@ -194,7 +195,7 @@ def cpu_packages(proc_root: Path, sysfs_root: Path) -> list[tuple[str, int]]:
     # No "physical id" (arm64, some hypervisors): count packages in sysfs.
     ids = set()
     for cpu in (sysfs_root / "devices" / "system" / "cpu").glob("cpu[0-9]*"):
-        pid = _read_text(cpu / "topology" / "physical_package_id")
+        pid = read_text(cpu / "topology" / "physical_package_id")
         if pid is not None:
             ids.add(pid)
     if ids:
@@ -208,13 +209,13 @@ def memory_modules(sysfs_root: Path) -> tuple[int | None, int | None]:
     count = 0
     mc = sysfs_root / "devices" / "system" / "edac" / "mc"
     for size_file in sorted(mc.glob("mc[0-9]*/dimm[0-9]*/size")):
-        size = _read_int(size_file)
+        size = read_int(size_file)
         if size:
             mib += size
             count += 1
     if not count:  # kernels before 3.x and some drivers: chip-select rows only
         for size_file in sorted(mc.glob("mc[0-9]*/csrow[0-9]*/size_mb")):
-            size = _read_int(size_file)
+            size = read_int(size_file)
             if size:
                 mib += size
                 count += 1
@@ -232,9 +233,9 @@ def accelerators(
     seen = {_bus_key(b) for b in nvml_bus_ids}
     out = []
     for dev in sorted((sysfs_root / "bus" / "pci" / "devices").glob("*")):
-        pci_class = _read_int(dev / "class", base=16)
-        vendor = _read_int(dev / "vendor", base=16)
-        device = _read_int(dev / "device", base=16)
+        pci_class = read_int(dev / "class", base=16)
+        vendor = read_int(dev / "vendor", base=16)
+        device = read_int(dev / "device", base=16)
         if pci_class is None or vendor is None or device is None:
             continue
         if not (0 <= vendor <= 0xFFFF and 0 <= device <= 0xFFFF and 0 <= pci_class <= 0xFFFFFF):
@@ -260,12 +261,12 @@ def nic_details(sysfs_root: Path, name: str, names: PciNames) -> tuple[str | Non
     """``(model, link up)`` of interface ``name``: model from its PCI ids, link from operstate."""
     net = sysfs_root / "class" / "net" / name
     pci = _pci_device(net / "device")
-    vendor = None if pci is None else _read_int(pci / "vendor", base=16)
-    device = None if pci is None else _read_int(pci / "device", base=16)
+    vendor = None if pci is None else read_int(pci / "vendor", base=16)
+    device = None if pci is None else read_int(pci / "device", base=16)
     model = None
     if vendor is not None and device is not None and 0 <= vendor <= 0xFFFF:
         model = names.name(vendor, device & 0xFFFF)[:MAX_MODEL_NAME_LEN]
-    state = _read_text(net / "operstate")
+    state = read_text(net / "operstate")
     up = {"up": True, "down": False, "lowerlayerdown": False}.get(state or "")
     return model, up
 
@@ -298,20 +299,5 @@ def _bus_key(bus_id: str) -> str:
 def _hex(text: str) -> int | None:
     try:
         return int(text, 16)
-    except ValueError:
-        return None
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _read_int(path: Path, base: int = 10) -> int | None:
-    text = _read_text(path)
-    try:
-        return None if text is None else int(text, base)
     except ValueError:
         return None

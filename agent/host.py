@@ -28,6 +28,7 @@ from typing import Final, cast
 
 from agent.bounds import Bounds
 from agent.rates import KeyedCounterRate
+from agent.sysfs import read_int, read_text
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import (
@@ -378,8 +379,8 @@ class HostSampler:
 
     def _nic_info(self, name: str) -> NicInfo:
         net = self._sysfs_root / "class" / "net" / name
-        speed = _read_int(net / "speed")  # EINVAL while the link is down; -1 when unknown
-        mac = _read_text(net / "address")
+        speed = read_int(net / "speed")  # EINVAL while the link is down; -1 when unknown
+        mac = read_text(net / "address")
         b = self._bounds
         return NicInfo(
             name=name,
@@ -512,24 +513,9 @@ def _physical_cores(cpu_dir: Path) -> int | None:
     """Distinct sibling sets = physical cores (what psutil does; works on x86 and arm64)."""
     siblings = set()
     for topology in cpu_dir.glob("cpu[0-9]*/topology"):
-        text = _read_text(topology / "core_cpus_list") or _read_text(
+        text = read_text(topology / "core_cpus_list") or read_text(
             topology / "thread_siblings_list"
         )
         if text:
             siblings.add(text)
     return len(siblings) or None
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
-    try:
-        return None if text is None else int(text)
-    except ValueError:
-        return None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.bounds import Bounds
+from agent.sysfs import read_text
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import MAX_NODE_POWER_W
@@ -128,24 +129,17 @@ def _find_sensors(hwmon: Path) -> tuple[_Sensor, ...]:
         return ()
     found = []
     for dev in devices:
-        name = _text(dev / "name")
+        name = read_text(dev / "name")
         if name == "power_meter":  # ACPI power meter: the whole system
             avg = dev / "power1_average"
             if avg.exists():
                 found.append(_Sensor(avg, 1e-6))
             continue
         for inp in sorted(dev.glob("power*_input")):
-            label = _text(dev / inp.name.replace("_input", "_label")) or ""
+            label = read_text(dev / inp.name.replace("_input", "_label")) or ""
             if label.lower().startswith("pin"):  # PMBus: a PSU's input power
                 found.append(_Sensor(inp, 1e-6))
     return tuple(found)
-
-
-def _text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 class NodePower:

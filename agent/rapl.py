@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.bounds import Bounds
 from agent.rates import WrappingCounterRate
+from agent.sysfs import read_text
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import MAX_CPU_POWER_W
@@ -100,13 +101,13 @@ def _find_zones(powercap: Path) -> list[_Zone]:
     zones = []
     for entry in entries:
         directory = powercap / entry
-        name = _read_text(directory / "name")
+        name = read_text(directory / "name")
         if _PACKAGE_RE.match(entry):
             if name == "psys":
                 continue
         elif not (_SUBZONE_RE.match(entry) and name == "dram"):
             continue
-        max_range = _read_text(directory / "max_energy_range_uj")
+        max_range = read_text(directory / "max_energy_range_uj")
         if max_range is None or not max_range.isdigit() or int(max_range) == 0:
             continue
         zones.append(
@@ -117,10 +118,3 @@ def _find_zones(powercap: Path) -> list[_Zone]:
             )
         )
     return zones
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None

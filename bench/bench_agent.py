@@ -42,7 +42,7 @@ from agent.gpu import NvmlBackend
 from agent.host import HostSampler
 from agent.node import NodeSampler, make_gpu_backend
 from agent.rapl import RaplReader
-from collector.localbroker import MosquittoBroker
+from collector.localbroker import MosquittoBroker, stop_process
 from shared.clock import FakeClock, SystemClock
 from shared.logging import configure_logging
 from shared.schema import encode
@@ -222,12 +222,7 @@ def _run_agent_process(
         cpu1, t1 = _proc_cpu_s(proc.pid), time.monotonic()
         status = _proc_status(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=20)
     return _ProcessFigures(
         backend=backend,
         # Ticks come every second from the agent's start: a window of whole seconds holds

@@ -41,7 +41,7 @@ from agent.metrics import AgentExposition, AgentStats
 from agent.node import NodeSampler, make_gpu_backend
 from agent.simulate import FleetSimulator
 from collector.ingest.writer import Writer, WriterItem
-from collector.localbroker import MosquittoBroker
+from collector.localbroker import MosquittoBroker, free_port
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from collector.store.db import Store
@@ -74,15 +74,6 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _secured(workdir: Path) -> tuple[Path, ssl.SSLContext]:
     """A web config (TLS with a throw-away CA, one bcrypt user, cost 12 as htpasswd -B
     makes by default here) and the client context that trusts its CA."""
@@ -111,7 +102,7 @@ def _agent_process(
     """(CPU ms per tick, RSS MB, bytes of the last scrape) of one agent process; with
     ``secured``, /metrics over TLS with basic auth (a new TLS connection per scrape: the
     server closes each, as for Prometheus)."""
-    port = _free_port()
+    port = free_port()
     log = workdir / f"agent-{metrics}-{secured is not None}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPWATCH_")}
     command = [

@@ -32,6 +32,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from collector.live import LiveView
+from collector.localbroker import free_port
 from collector.redfish.credentials import load_credentials
 from collector.redfish.metrics import RedfishMetrics
 from collector.redfish.poller import RedfishPoller
@@ -69,15 +70,6 @@ def _hist(h: object) -> tuple[float, float]:
             elif s.name.endswith("_count"):
                 count = s.value
     return total, count
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def _lag(stop: asyncio.Event, worst: list[float]) -> None:
@@ -183,7 +175,7 @@ def main() -> None:
 
             pki = make_pki(d / "pki", client_cn="unused")
             tls_args, ca = [str(pki.server_cert), str(pki.server_key)], pki.ca_cert
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "tests.redfish", str(MOCKUP), str(port), *tls_args],
             cwd=ROOT,

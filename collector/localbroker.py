@@ -48,6 +48,7 @@ __all__ = [
     "free_port",
     "local_broker",
     "main",
+    "stop_process",
     "wait_for_port",
 ]
 
@@ -61,6 +62,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, so the child shuts down cleanly; SIGKILL after ``timeout_s``; reaped either
+    way (no zombie left behind)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> None:
@@ -155,14 +167,8 @@ class BrokerProcess:
         """SIGTERM, so the broker shuts down cleanly (Mosquitto saves its state); SIGKILL
         after 10 s."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc)
 
     def kill(self) -> None:
         """SIGKILL: the broker saves nothing (what it held since its last autosave is lost)."""

@@ -140,6 +140,21 @@ class ReceiverSettings(BaseModel):
         return {"PATH": _EXEC_PATH, **self.env}
 
 
+def _valid_matchers(value: list[str]) -> list[str]:
+    """Each of ``value`` a label matcher Alertmanager accepts (``name=~regex``...)."""
+    from collector.alerts.route import parse_matcher  # noqa: PLC0415
+
+    for m in value:
+        parse_matcher(m)
+    return value
+
+
+def _valid_label_name(name: str) -> None:
+    """Refuse what is not a Prometheus label name, saying what one is."""
+    if not LABEL_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a label name ({LABEL_NAME})")
+
+
 class RouteSettings(BaseModel):
     """``[[routes]]``: which alerts go to which receivers, grouped how, notified when.
 
@@ -165,14 +180,7 @@ class RouteSettings(BaseModel):
     continue_: bool = Field(default=False, alias="continue")
     """Also try the routes after this one."""
 
-    @field_validator("match")
-    @classmethod
-    def _matchers(cls, value: list[str]) -> list[str]:
-        from collector.alerts.route import parse_matcher  # noqa: PLC0415
-
-        for m in value:
-            parse_matcher(m)
-        return value
+    _matchers = field_validator("match")(_valid_matchers)
 
     @field_validator("group_by")
     @classmethod
@@ -184,8 +192,8 @@ class RouteSettings(BaseModel):
         if ALL_LABELS in value and len(value) > 1:
             raise ValueError(f"{ALL_LABELS!r} (every label) must be the only entry")
         for name in value:
-            if name != ALL_LABELS and not LABEL_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a label name ({LABEL_NAME})")
+            if name != ALL_LABELS:
+                _valid_label_name(name)
             if value.count(name) > 1:
                 raise ValueError(f"{name!r} is named twice")
         return value
@@ -219,21 +227,13 @@ class InhibitRuleSettings(BaseModel):
     target_matchers: list[str] = Field(min_length=1, max_length=32)
     equal: list[str] = Field(default=[], max_length=32)
 
-    @field_validator("source_matchers", "target_matchers")
-    @classmethod
-    def _matchers(cls, value: list[str]) -> list[str]:
-        from collector.alerts.route import parse_matcher  # noqa: PLC0415
-
-        for m in value:
-            parse_matcher(m)
-        return value
+    _matchers = field_validator("source_matchers", "target_matchers")(_valid_matchers)
 
     @field_validator("equal")
     @classmethod
     def _label_names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not LABEL_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a label name")
+            _valid_label_name(name)
         return value
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from shared.errors import CapwatchError
 from shared.text import UNSHOWN_RE
@@ -15,10 +16,12 @@ __all__ = [
     "add_broker_args",
     "add_log_args",
     "add_web_config_arg",
-    "first_capwatch_error",
+    "first_error",
     "run_command",
     "shown",
 ]
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:
@@ -54,17 +57,18 @@ def add_web_config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def first_capwatch_error(exc: BaseException) -> CapwatchError | None:
-    """The first :class:`CapwatchError` in ``exc``, looking inside (nested) exception groups.
+def first_error(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first ``kind`` in ``exc``, looking inside (nested) exception groups.
 
     A service's ``asyncio.TaskGroup`` wraps what its tasks raise in an ``ExceptionGroup``;
-    a bad setting found inside it must still reach the user as one line and exit 2.
+    a bad setting (a :class:`CapwatchError`) or a broker's refusal found inside it must still
+    reach the user as one line and its exit code.
     """
-    if isinstance(exc, CapwatchError):
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = first_capwatch_error(inner)
+            found = first_error(inner, kind)
             if found is not None:
                 return found
     return None
@@ -89,7 +93,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except BaseException as exc:
-        error = first_capwatch_error(exc)
+        error = first_error(exc, CapwatchError)
         if error is None:
             raise
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)

@@ -1,10 +1,13 @@
-"""Small helpers for tests: polling with a deadline, reading the SQLite file, and the one
-way to give up on a test for want of Mosquitto."""
+"""Small helpers for tests: polling with a deadline, reading the SQLite file, running the
+collector's command line in this process, and the one way to give up on a test for want of
+Mosquitto."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import os
 import sqlite3
 import time
@@ -105,6 +108,23 @@ def db_execute(db: StoreTarget, sql: str, params: tuple[Any, ...] = ()) -> None:
             conn.execute(sql, params)
     finally:
         conn.close()
+
+
+def collector_cli(*args: str) -> tuple[int, str, str]:
+    """``collector ARGS`` in this process: its exit status, stdout and stderr."""
+    from collector.cli import main  # noqa: PLC0415 (the CLI's imports: only for its tests)
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def collector_json(*args: str) -> Any:
+    """``collector ARGS --json`` in this process, which must exit 0: its document."""
+    code, out, err = collector_cli(*args, "--json")
+    assert code == 0, err or out
+    return json.loads(out)
 
 
 def count_samples(db: StoreTarget, node: str | None = None) -> int:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, Self
+
+from collector.localbroker import free_port, stop_process
 
 __all__ = ["NODE_NAME", "PARTITION", "SlurmCluster", "SlurmUnavailableError", "slurm_missing"]
 
@@ -43,13 +44,6 @@ def _binary(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class SlurmCluster:
     """``with SlurmCluster(tmp) as slurm:`` starts the three daemons; leaving stops them."""
 
@@ -57,8 +51,8 @@ class SlurmCluster:
         self.root = root
         self.conf = root / "etc" / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket.2"
-        self.ctld_port = _free_port()
-        self.slurmd_port = _free_port()
+        self.ctld_port = free_port()
+        self.slurmd_port = free_port()
         self._timeout = start_timeout_s
         self._procs: list[subprocess.Popen[bytes]] = []
 
@@ -218,10 +212,5 @@ PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         """Stop the daemons (slurmd, slurmctld, munged: the reverse of their start)."""
         for p in reversed(self._procs):
             if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop_process(p, timeout_s=15)
         self._procs.clear()

@@ -14,6 +14,8 @@ from types import TracebackType
 
 import pytest
 
+from collector.localbroker import stop_process
+
 __all__ = ["PDU_DATA", "SnmpSim", "skip_without_snmpsim"]
 
 PDU_DATA = Path(__file__).parent / "data" / "pdu"
@@ -80,11 +82,6 @@ class SnmpSim:
         tb: TracebackType | None,
     ) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

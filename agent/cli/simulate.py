@@ -8,6 +8,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from agent.cli._args import add_settings_args, settings_from_args
+from shared.cli import first_error
 from shared.errors import CapwatchError, ConfigError, MqttConnectError
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def simulate(args: argparse.Namespace) -> int:
     """Publish the fleet until --ticks or a signal, then print the run's figures."""
     import asyncio  # noqa: PLC0415
+
+    import aiomqtt  # noqa: PLC0415
 
     from agent.simulate import NODE_INDEXES, FleetSimulator, publish_fleet  # noqa: PLC0415
     from shared.schema import MAX_GPUS  # noqa: PLC0415 (msgspec: not for --help)
@@ -125,25 +128,11 @@ def simulate(args: argparse.Namespace) -> int:
     try:
         asyncio.run(go())
     except BaseException as exc:
-        mqtt_error = _first_mqtt_error(exc)
+        mqtt_error = first_error(exc, aiomqtt.MqttError)
         if mqtt_error is None:
             raise
         raise _broker_error(mqtt_error, settings.mqtt) from exc
     return 0
-
-
-def _first_mqtt_error(exc: BaseException) -> aiomqtt.MqttError | None:
-    """The first aiomqtt error in ``exc``, looking inside (nested) exception groups."""
-    import aiomqtt  # noqa: PLC0415
-
-    if isinstance(exc, aiomqtt.MqttError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_mqtt_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 def _broker_error(exc: aiomqtt.MqttError, mqtt: MqttSettings) -> CapwatchError:

@@ -1,5 +1,6 @@
 """Running the agent's command line in a fresh interpreter, as an operator would; opening
-an NVML backend on the fake NVML; a sample of given GPUs and its /metrics series."""
+an NVML backend on the fake NVML; a RAPL zone and a node sampler over a fake /proc and /sys;
+a sample of given GPUs and its /metrics series."""
 
 from __future__ import annotations
 
@@ -8,16 +9,34 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.fake_nvml import FakeNvml
-from agent.gpu import NvmlBackend
+from agent.gpu import GpuBackend, NvmlBackend
+from agent.host import HostSampler
 from agent.metrics import render_sample
+from agent.node import NodeSampler
+from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.schema import CpuStats, GpuSample, MemStats, Sample
 
-__all__ = ["REPO", "gpu_sample", "open_backend", "run_agent", "scrape", "ticks"]
+if TYPE_CHECKING:
+    from agent.jobs import JobAttributor
+    from tests.agent.test_host import FakeHost
+
+__all__ = [
+    "RAPL_MAX_RANGE_UJ",
+    "REPO",
+    "gpu_sample",
+    "node_sampler",
+    "open_backend",
+    "rapl_zone",
+    "run_agent",
+    "scrape",
+    "ticks",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +75,55 @@ def open_backend(nvml: FakeNvml, clock: FakeClock, opened: list[NvmlBackend]) ->
     backend = NvmlBackend(nvml, clock=clock, xid_wait_ms=20)
     opened.append(backend)
     return backend
+
+
+RAPL_MAX_RANGE_UJ: Final = 262_143_328_850
+"""A real package zone's ``max_energy_range_uj``: where its energy counter wraps."""
+
+
+def rapl_zone(
+    sysfs: Path,
+    entry: str = "intel-rapl:0",
+    name: str = "package-0",
+    energy_uj: int = 1_000_000,
+    max_range: int = RAPL_MAX_RANGE_UJ,
+) -> Path:
+    """A powercap zone ``sysfs/class/powercap/ENTRY`` as the kernel lays one out (its
+    ``name``, ``energy_uj`` and ``max_energy_range_uj``); its directory."""
+    zone = sysfs / "class" / "powercap" / entry
+    zone.mkdir(parents=True)
+    (zone / "name").write_text(name + "\n")
+    (zone / "energy_uj").write_text(f"{energy_uj}\n")
+    (zone / "max_energy_range_uj").write_text(f"{max_range}\n")
+    return zone
+
+
+def node_sampler(
+    fake: FakeHost,
+    clock: FakeClock,
+    gpu: GpuBackend | FakeNvml,
+    *,
+    node: str = "gpu-node-07",
+    rapl: bool = False,
+    interval_s: float = 5.0,
+    jobs: JobAttributor | None = None,
+    pci_ids: list[Path] | None = None,
+) -> NodeSampler:
+    """A :class:`NodeSampler` over ``fake``'s /proc and /sys: a fake NVML read through an
+    :class:`NvmlBackend` (XID wait 20 ms), RAPL from ``fake.sys`` when ``rapl``."""
+    if isinstance(gpu, FakeNvml):
+        gpu = NvmlBackend(gpu, clock=clock, xid_wait_ms=20)
+    return NodeSampler(
+        node,
+        gpu=gpu,
+        rapl=RaplReader(fake.sys, clock) if rapl else None,
+        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
+        interval_s=interval_s,
+        slow_interval_s=60.0,
+        clock=clock,
+        pci_ids=pci_ids,
+        jobs=jobs,
+    )
 
 
 def ticks(backend: NvmlBackend, clock: FakeClock, n: int) -> list[GpuSample]:

@@ -16,10 +16,9 @@ from agent.hardware import (
     nic_details,
     read_hardware,
 )
-from agent.host import HostSampler
-from agent.node import NodeSampler
 from shared.clock import FakeClock
 from shared.schema import Inventory, decode_inventory, encode
+from tests.agent.helpers import node_sampler
 from tests.agent.test_host import FakeHost
 
 _PCI_IDS = """\
@@ -150,16 +149,8 @@ def test_node_inventory_carries_packages_memory_accelerators_and_nic_models(
     (eth0 / "device" / "vendor").write_text("0x15b3\n")
     (eth0 / "device" / "device").write_text("0x1021\n")
     (eth0 / "operstate").write_text("down\n")
-    sampler = NodeSampler(
-        "gpu-node-07",
-        gpu=NvmlBackend(FakeNvml(2, clock=clock), clock=clock),
-        rapl=None,
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-        pci_ids=[tmp_path / "pci.ids"],
-    )
+    backend = NvmlBackend(FakeNvml(2, clock=clock), clock=clock)
+    sampler = node_sampler(fake, clock, backend, pci_ids=[tmp_path / "pci.ids"])
     (tmp_path / "pci.ids").write_text(_PCI_IDS)
     try:
         inv = decode_inventory(encode(sampler.start()))

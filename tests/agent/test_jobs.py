@@ -16,12 +16,11 @@ import pytest
 from agent.bounds import Bounds
 from agent.fake_nvml import FakeNvml
 from agent.gpu import NvmlBackend
-from agent.host import HostSampler
 from agent.jobs import JobAttributor, Owner, PodNames, parse_cgroup, read_owner, to_wire
 from agent.node import NodeSampler
 from shared.clock import FakeClock
 from shared.schema import MAX_JOBS, Job, decode_sample, encode
-from tests.agent.helpers import open_backend
+from tests.agent.helpers import node_sampler, open_backend
 from tests.agent.test_host import FakeHost
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "jobs"
@@ -240,17 +239,7 @@ def test_a_user_name_the_schema_refuses_is_left_out_not_the_sample(name: str) ->
 def _sampler(
     tmp_path: Path, clock: FakeClock, backend: NvmlBackend, jobs: JobAttributor
 ) -> NodeSampler:
-    fake = FakeHost(tmp_path)
-    return NodeSampler(
-        "gpu-node-07",
-        gpu=backend,
-        rapl=None,
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-        jobs=jobs,
-    )
+    return node_sampler(FakeHost(tmp_path), clock, backend, jobs=jobs)
 
 
 def test_samples_carry_each_process_owner_and_the_jobs_once(

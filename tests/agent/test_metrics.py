@@ -13,13 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.dcgm import DCGM_LABELS, dcgm_labels
 from agent.fake_nvml import FakeNvml
-from agent.gpu import NvmlBackend
-from agent.host import HostSampler
 from agent.metrics import AgentExposition, AgentStats, advertised_address
 from agent.node import NodeSampler
-from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.schema import GpuEcc, GpuProcess, Inventory, Job, Sample, XidEvent
+from tests.agent.helpers import node_sampler, rapl_zone
 from tests.agent.test_host import FakeHost
 from tests.helpers import promtool_check_metrics
 
@@ -45,21 +43,9 @@ def node(tmp_path: Path) -> Iterator[tuple[NodeSampler, FakeClock, FakeNvml]]:
     """A node sampler over a fake /proc, /sys (one RAPL zone) and 4 fake H100s."""
     clock = FakeClock()
     host = FakeHost(tmp_path)
-    zone = host.sys / "class" / "powercap" / "intel-rapl:0"
-    zone.mkdir(parents=True)
-    (zone / "name").write_text("package-0\n")
-    (zone / "max_energy_range_uj").write_text("262143328850\n")
-    (zone / "energy_uj").write_text("1000000\n")
+    rapl_zone(host.sys)
     nvml = FakeNvml(4, clock=clock, seed=3)
-    sampler = NodeSampler(
-        "gpu-node-07",
-        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
-        rapl=RaplReader(host.sys, clock),
-        host=HostSampler(clock, proc_root=host.proc, sysfs_root=host.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-    )
+    sampler = node_sampler(host, clock, nvml, rapl=True)
     yield sampler, clock, nvml
     sampler.close()
 
@@ -302,15 +288,7 @@ def test_an_unsupported_field_is_absent_not_zero(tmp_path: Path) -> None:
     clock = FakeClock()
     host = FakeHost(tmp_path)
     nvml = FakeNvml(2, clock=clock, unsupported={1: ["nvmlDeviceGetPowerUsage"]})
-    sampler = NodeSampler(
-        "n2",
-        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
-        rapl=None,
-        host=HostSampler(clock, proc_root=host.proc, sysfs_root=host.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-    )
+    sampler = node_sampler(host, clock, nvml, node="n2")
     try:
         inventory, sample = _two_samples(sampler, clock)
     finally:

@@ -16,7 +16,6 @@ from agent.fake_nvml import FakeNvml
 from agent.gpu import GpuBackend, NvmlBackend
 from agent.host import HostSampler
 from agent.node import NodeSampler, make_gpu_backend
-from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.errors import ConfigError
 from shared.schema import (
@@ -27,6 +26,7 @@ from shared.schema import (
     decode_sample,
     encode,
 )
+from tests.agent.helpers import node_sampler, rapl_zone
 from tests.agent.test_host import FakeHost
 
 
@@ -40,26 +40,14 @@ def clock() -> FakeClock:
 def fake(tmp_path: Path) -> FakeHost:
     """A fake procfs/sysfs tree with one RAPL package zone."""
     host = FakeHost(tmp_path)
-    zone = host.sys / "class" / "powercap" / "intel-rapl:0"
-    zone.mkdir(parents=True)
-    (zone / "name").write_text("package-0\n")
-    (zone / "max_energy_range_uj").write_text("262143328850\n")
-    (zone / "energy_uj").write_text("1000000\n")
+    rapl_zone(host.sys)
     return host
 
 
 def _node(
     fake: FakeHost, clock: FakeClock, gpu: GpuBackend, *, interval_s: float = 5.0
 ) -> NodeSampler:
-    return NodeSampler(
-        "gpu-node-07",
-        gpu=gpu,
-        rapl=RaplReader(fake.sys, clock),
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=interval_s,
-        slow_interval_s=60.0,
-        clock=clock,
-    )
+    return node_sampler(fake, clock, gpu, rapl=True, interval_s=interval_s)
 
 
 @pytest.fixture
@@ -191,14 +179,8 @@ def test_make_gpu_backend_kinds(clock: FakeClock) -> None:
 
 def test_node_without_gpus_or_rapl(fake: FakeHost, clock: FakeClock) -> None:
     """gpu_backend none and no RAPL: valid samples with no GPUs and no CPU power."""
-    sampler = NodeSampler(
-        "cpu-node-1",
-        gpu=make_gpu_backend("none", clock=clock),
-        rapl=None,
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=1.0,
-        slow_interval_s=60.0,
-        clock=clock,
+    sampler = node_sampler(
+        fake, clock, make_gpu_backend("none", clock=clock), node="cpu-node-1", interval_s=1.0
     )
     inventory = sampler.start()
     assert (inventory.gpu_status, inventory.gpus) == ("disabled", [])

@@ -146,3 +146,17 @@ def test_no_device_and_no_psu_sensor_means_no_node_power(tmp_path: Path) -> None
     off = psus.model_copy(update={"node_power": "none"})
     assert build_node_power(off, FakeClock()) is None
     assert os.path.exists(HWMON / "pmbus_two_psus")
+
+
+def test_a_sensor_label_that_is_not_utf8_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """A hwmon label that is not UTF-8 (a firmware string) is no PSU input: the other
+    device's ``pin`` sensor is still found and read."""
+    for dev, label in (("hwmon0", b"\xffpin\n"), ("hwmon1", b"pin\n")):
+        d = tmp_path / "class" / "hwmon" / dev
+        d.mkdir(parents=True)
+        (d / "name").write_bytes(b"dps920ab\n")
+        (d / "power1_label").write_bytes(label)
+        (d / "power1_input").write_text("612000000\n")
+    hw = HwmonPower(tmp_path)
+    assert [s.path.parent.name for s in hw.sensors] == ["hwmon1"]
+    assert hw.read() == 612.0

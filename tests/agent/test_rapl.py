@@ -10,17 +10,7 @@ from structlog.testing import capture_logs
 
 from agent.rapl import RaplReader
 from shared.clock import FakeClock
-
-_MAX_RANGE = 262_143_328_850  # a real package's max_energy_range_uj
-
-
-def _zone(sysfs: Path, entry: str, name: str, energy_uj: int, max_range: int = _MAX_RANGE) -> Path:
-    zone = sysfs / "class" / "powercap" / entry
-    zone.mkdir(parents=True)
-    (zone / "name").write_text(name + "\n")
-    (zone / "energy_uj").write_text(f"{energy_uj}\n")
-    (zone / "max_energy_range_uj").write_text(f"{max_range}\n")
-    return zone
+from tests.agent.helpers import rapl_zone
 
 
 def _set(zone: Path, energy_uj: int) -> None:
@@ -57,12 +47,12 @@ def clock() -> FakeClock:
 
 def test_packages_and_dram_are_summed(tmp_path: Path, clock: FakeClock) -> None:
     """Package zones plus DRAM subzones; core, uncore and psys would count power twice."""
-    pkg0 = _zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000)
-    pkg1 = _zone(tmp_path, "intel-rapl:1", "package-1", 5_000_000)
-    dram = _zone(tmp_path, "intel-rapl:0:2", "dram", 0)
-    core = _zone(tmp_path, "intel-rapl:0:0", "core", 0)
-    psys = _zone(tmp_path, "intel-rapl:2", "psys", 0)
-    mmio = _zone(tmp_path, "intel-rapl-mmio:0", "package-0", 0)
+    pkg0 = rapl_zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000)
+    pkg1 = rapl_zone(tmp_path, "intel-rapl:1", "package-1", 5_000_000)
+    dram = rapl_zone(tmp_path, "intel-rapl:0:2", "dram", 0)
+    core = rapl_zone(tmp_path, "intel-rapl:0:0", "core", 0)
+    psys = rapl_zone(tmp_path, "intel-rapl:2", "psys", 0)
+    mmio = rapl_zone(tmp_path, "intel-rapl-mmio:0", "package-0", 0)
     rapl = RaplReader(tmp_path, clock)
     assert rapl.zones == ("intel-rapl:0", "intel-rapl:0:2", "intel-rapl:1")
     assert rapl.sample() is None
@@ -77,7 +67,7 @@ def test_packages_and_dram_are_summed(tmp_path: Path, clock: FakeClock) -> None:
 
 def test_wrapped_counter_adds_max_range(tmp_path: Path, clock: FakeClock) -> None:
     """A package counter that wrapped past max_energy_range_uj still gives the right power."""
-    pkg = _zone(tmp_path, "intel-rapl:0", "package-0", 990_000_000, max_range=1_000_000_000)
+    pkg = rapl_zone(tmp_path, "intel-rapl:0", "package-0", 990_000_000, max_range=1_000_000_000)
     rapl = RaplReader(tmp_path, clock)
     rapl.sample()
     clock.advance(5)
@@ -87,7 +77,7 @@ def test_wrapped_counter_adds_max_range(tmp_path: Path, clock: FakeClock) -> Non
 
 def test_permission_denied_is_logged_once(tmp_path: Path, clock: FakeClock) -> None:
     """energy_uj is root-only since Linux 5.10: one log line, then None without retrying."""
-    pkg = _zone(tmp_path, "intel-rapl:0", "package-0", 0)
+    pkg = rapl_zone(tmp_path, "intel-rapl:0", "package-0", 0)
     (pkg / "energy_uj").unlink()
     (pkg / "energy_uj").symlink_to(_unreadable_file(tmp_path))
     with capture_logs() as logs:
@@ -104,7 +94,7 @@ def test_permission_denied_is_logged_once(tmp_path: Path, clock: FakeClock) -> N
 
 def test_unreadable_after_start_disables_reader(tmp_path: Path, clock: FakeClock) -> None:
     """A zone that becomes unreadable (here: gone) stops RAPL for good, with one log line."""
-    pkg = _zone(tmp_path, "intel-rapl:0", "package-0", 0)
+    pkg = rapl_zone(tmp_path, "intel-rapl:0", "package-0", 0)
     rapl = RaplReader(tmp_path, clock)
     rapl.sample()
     (pkg / "energy_uj").unlink()
@@ -126,3 +116,13 @@ def test_no_powercap_means_none_without_noise(tmp_path: Path, clock: FakeClock) 
             assert rapl.zones == ()
             assert rapl.sample() is None
     assert logs == []
+
+
+def test_a_zone_name_that_is_not_utf8_is_skipped_not_fatal(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A zone whose ``name`` is not UTF-8 is unknown, so left out; the others still count."""
+    rapl_zone(tmp_path, "intel-rapl:0", "package-0", 1_000_000)
+    odd = rapl_zone(tmp_path, "intel-rapl:0:2", "dram", 0)
+    (odd / "name").write_bytes(b"\xff\xfedram\n")
+    assert RaplReader(tmp_path, clock).zones == ("intel-rapl:0",)

@@ -22,10 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.fake_nvml import FakeNvml
-from agent.gpu import NvmlBackend
-from agent.host import HostSampler
 from agent.node import NodeSampler
-from agent.rapl import RaplReader
 from shared.clock import FakeClock
 from shared.schema import (
     MAX_CPUS,
@@ -44,7 +41,7 @@ from shared.schema import (
     decode_sample,
     encode,
 )
-from tests.agent.helpers import run_agent
+from tests.agent.helpers import node_sampler, rapl_zone, run_agent
 from tests.agent.test_host import FakeHost
 
 _BAD_UUID_GPU = 5
@@ -223,11 +220,7 @@ def _absurd_host(tmp_path: Path) -> FakeHost:
     eth0 = fake.sys / "class" / "net" / "eth0"
     (eth0 / "speed").write_text(f"{10**9}\n")
     (eth0 / "address").write_text(":".join(["aa"] * 40) + "\n")
-    zone = fake.sys / "class" / "powercap" / "intel-rapl:0"
-    zone.mkdir(parents=True)
-    (zone / "name").write_text("package-0\n")
-    (zone / "max_energy_range_uj").write_text(f"{2**70}\n")
-    (zone / "energy_uj").write_text("1000000\n")
+    rapl_zone(fake.sys, max_range=2**70)
     return fake
 
 
@@ -255,15 +248,7 @@ def absurd(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[NodeSampler, Fake
     """A NodeSampler over the absurd host tree and the absurd NVML."""
     fake = _absurd_host(tmp_path)
     nvml = AbsurdNvml(clock)
-    node = NodeSampler(
-        "absurd-node",
-        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
-        rapl=RaplReader(fake.sys, clock),
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-    )
+    node = node_sampler(fake, clock, nvml, node="absurd-node", rapl=True)
     yield node, fake, nvml
     node.close()
 

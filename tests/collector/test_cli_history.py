@@ -3,7 +3,6 @@ before the raw retention, raw within it, each point saying its source."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +18,7 @@ from collector.paths import StoreTarget
 from collector.store.db import Store
 from collector.store.rollups import RollupConfig
 from shared.schema import Sample, encode
+from tests.helpers import collector_json
 
 NODE = "x1000c0s0b0n0"
 DAYS = 3
@@ -80,19 +80,15 @@ async def db(tmp_path: Path) -> Path:
     return path
 
 
-def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["query", "--json", *args]) == 0
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+def _json(*args: str) -> dict[str, Any]:
+    result: dict[str, Any] = collector_json("query", *args)
     return result
 
 
-def test_history_reads_rollups_before_the_raw_samples_and_says_so(
-    db: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_history_reads_rollups_before_the_raw_samples_and_says_so(db: Path) -> None:
     """Three days at 1h: 1-hour rollups for the first two, raw for the last; every
     point's source says which, and no step mixes them."""
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--since", "3d", "--step", "1h")
+    got = _json("--db", str(db), "--node", NODE, "--since", "3d", "--step", "1h")
     assert got["sources"] == ["1h", "raw"]
     points = got["points"]
     raw_from = got["raw_from"]
@@ -107,27 +103,23 @@ def test_history_reads_rollups_before_the_raw_samples_and_says_so(
     assert all(p["gpu_util_pct"] is not None for p in hourly)
 
 
-def test_node_since_past_raw_uses_history_without_step(
-    db: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_node_since_past_raw_uses_history_without_step(db: Path) -> None:
     """A node's --since reaching past its raw samples gives history (1h past two days)."""
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--since", "3d")
+    got = _json("--db", str(db), "--node", NODE, "--since", "3d")
     assert got["step_s"] == 3600
     assert got["sources"][0] == "1h"
 
 
-def test_minute_steps_come_from_minute_rollups(
-    db: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_minute_steps_come_from_minute_rollups(db: Path) -> None:
     """A step under an hour reads the 1-minute rollups."""
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--since", "2d", "--step", "30m")
+    got = _json("--db", str(db), "--node", NODE, "--since", "2d", "--step", "30m")
     assert got["sources"] == ["1m", "raw"]
     assert {p["samples"] for p in got["points"]} <= {3, 2, 1}
 
 
 def test_fleet_history_and_table_line(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Without --node: the fleet's; the table says its sources in its first line."""
-    got = _json(capsys, "--db", str(db), "--since", "3d", "--step", "6h")
+    got = _json("--db", str(db), "--since", "3d", "--step", "6h")
     assert got["node"] is None
     assert got["sources"] == ["1h", "raw"]
     assert main(["query", "--db", str(db), "--since", "3d", "--step", "6h"]) == 0
@@ -179,15 +171,13 @@ def _steps(staged: list[Sample], step: int) -> set[float]:
     return {float(s.ts // step * step) for s in staged}
 
 
-def test_gpu_history_reads_rollups_and_raw_only_where_not_folded(
-    gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gpu_history_reads_rollups_and_raw_only_where_not_folded(gpu_db: GpuDb) -> None:
     """--gpus --since 3d --step 1h: a point per GPU and hour from the 1-hour rollups, raw
     samples read only for the hours holding samples not folded yet (the last ones, a late
     one), each point saying which; both give the GPU's own mean utilisation and energy of
     its samples in that hour, the late sample included."""
     db, samples, staged = gpu_db
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "3d", "--step", "1h")
+    got = _json("--db", str(db), "--node", NODE, "--gpus", "--since", "3d", "--step", "1h")
     assert (got["node"], got["sources"], got["gpus"]) == (NODE, ["1h", "raw"], [0, 1])
     assert got["unreadable_samples"] == 0
     points = got["points"]
@@ -208,19 +198,17 @@ def test_gpu_history_reads_rollups_and_raw_only_where_not_folded(
     assert all(p["util_pct"] < 90 for p in points if p["gpu"] == 0)
 
 
-async def test_gpu_history_raw_steps_read_what_their_fold_makes(
-    gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_gpu_history_raw_steps_read_what_their_fold_makes(gpu_db: GpuDb) -> None:
     """The minutes read from raw samples (not folded yet) have, once folded, the same
     figures from the 1-minute rollups (the same arithmetic, float32 apart)."""
     db, _, staged = gpu_db
     args = ("--db", str(db), "--node", NODE, "--gpus", "--since", "1d", "--step", "1m")
-    before = _json(capsys, *args)
+    before = _json(*args)
     raw = [p for p in before["points"][2:] if p["source"] == "raw"]
     assert {p["t"] for p in raw} == _steps(staged, 60)
     async with Store(db, rollups=RollupConfig()) as store:  # takes the staged rows back
         assert await store.fold_rollups() == len(staged)
-    after = {(p["t"], p["gpu"]): p for p in _json(capsys, *args)["points"]}
+    after = {(p["t"], p["gpu"]): p for p in _json(*args)["points"]}
     assert {after[(p["t"], p["gpu"])]["source"] for p in raw} == {"1m"}
     for p in raw:
         folded = after[(p["t"], p["gpu"])]
@@ -228,18 +216,14 @@ async def test_gpu_history_raw_steps_read_what_their_fold_makes(
             assert p[key] == pytest.approx(folded[key], rel=1e-5), key
 
 
-async def test_gpu_history_with_rollups_off_reads_raw(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_gpu_history_with_rollups_off_reads_raw(store_url: StoreTarget) -> None:
     """A store whose collector runs with the rollups off: every step from raw samples."""
     now = time.time()
     sim = FleetSimulator(1, gpus_per_node=2, seed=3, interval_s=600)
     samples = [sim.sample(0, now - 600 * k, k) for k in range(36, 0, -1)]
     async with Store(store_url) as store:
         await store.write_batch([sample_row(s, encode(s), s.ts) for s in samples], [], [NODE])
-    got = _json(
-        capsys, "--db", str(store_url), "--node", NODE, "--gpus", "--since", "6h", "--step", "1h"
-    )
+    got = _json("--db", str(store_url), "--node", NODE, "--gpus", "--since", "6h", "--step", "1h")
     assert got["sources"] == ["raw"]
     for p in got["points"][2:-2]:
         util, energy = _expected(samples, p["t"], 3600, p["gpu"])
@@ -252,7 +236,7 @@ def test_gpu_history_minute_steps_and_the_table(
     """A step under an hour reads the 1-minute rollups; the table names the GPUs and its
     sources in its first line, then a row per step and GPU."""
     db, _, _ = gpu_db
-    got = _json(capsys, "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "30m")
+    got = _json("--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "30m")
     assert got["sources"] == ["1m", "raw"]
     assert {p["samples"] for p in got["points"]} <= {4, 3, 2, 1}  # 4: the late sample's
     args = ["query", "--db", str(db), "--node", NODE, "--gpus", "--since", "2d", "--step", "6h"]
@@ -263,7 +247,7 @@ def test_gpu_history_minute_steps_and_the_table(
     )
     assert lines[1].split()[:5] == ["TIME", "(UTC)", "SOURCE", "GPU", "SAMPLES"]
     assert len(lines) - 2 == 2 * len({line[:16] for line in lines[2:]})  # two GPUs a step
-    points = _json(capsys, *args[1:])["points"]
+    points = _json(*args[1:])["points"]
     # ENERGY in kWh: 3.6 MJ each (shared.units), as the usage ledger counts them.
     kwh = [f"{p['energy_j'] / 3.6e6:.3f} kWh" for p in points]
     assert [line.rsplit(maxsplit=2)[-2:] for line in lines[2:]] == [k.split() for k in kwh]

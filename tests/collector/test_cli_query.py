@@ -36,7 +36,7 @@ from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
-from tests.helpers import count_samples, db_execute
+from tests.helpers import collector_json, count_samples, db_execute
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL_S = 30
@@ -104,18 +104,14 @@ async def db(store_url: StoreTarget) -> StoreTarget:
     return path
 
 
-def _json(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["query", "--db", str(db), "--json", *args]) == 0
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+def _json(db: StoreTarget, *args: str) -> dict[str, Any]:
+    result: dict[str, Any] = collector_json("query", "--db", str(db), *args)
     return result
 
 
-def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(db: StoreTarget) -> None:
     """States from status and sample age; GPUs and power count online nodes only."""
-    s = _json(capsys, db)
+    s = _json(db)
     assert list(s) == [
         "nodes_total", "nodes_online", "nodes_stale", "nodes_offline", "gpus_online",
         "gpu_util_mean_pct", "gpu_power_w", "cpu_power_w", "node_power_w", "counters", "nodes",
@@ -144,11 +140,9 @@ def test_summary_json_has_the_fleet_figures_and_one_entry_per_node(
     assert by_node[STALE]["last_sample_age_s"] > 600
 
 
-def test_summary_limit_cuts_the_node_list_not_the_totals(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_summary_limit_cuts_the_node_list_not_the_totals(db: StoreTarget) -> None:
     """--limit 1 lists one node; the counts still cover the fleet."""
-    s = _json(capsys, db, "--limit", "1")
+    s = _json(db, "--limit", "1")
     assert [n["node"] for n in s["nodes"]] == [ONLINE]
     assert s["nodes_total"] == 3
 
@@ -203,11 +197,9 @@ async def test_fleet_summary_uses_each_nodes_newest_sample_even_if_a_late_one_ar
     assert summary["gpus_online"] == 4
 
 
-def test_node_samples_are_newest_first_within_since(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_node_samples_are_newest_first_within_since(db: StoreTarget) -> None:
     """--node N --since 100s: the samples of the last 100 s (4 at 30 s), newest first."""
-    r = _json(capsys, db, "--node", ONLINE, "--since", "100s")
+    r = _json(db, "--node", ONLINE, "--since", "100s")
     assert (r["node"], r["since_s"]) == (ONLINE, 100.0)
     assert [s["seq"] for s in r["samples"]] == [100, 99, 98, 97]
     assert list(r["samples"][0]) == [
@@ -222,19 +214,17 @@ def test_node_samples_default_to_the_last_15_minutes(
     db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--node N alone: since 15m (all 30 samples of the online node, 10 of the stale one)."""
-    assert _json(capsys, db, "--node", ONLINE)["since_s"] == 900.0
-    assert len(_json(capsys, db, "--node", ONLINE)["samples"]) == 30
-    assert len(_json(capsys, db, "--node", STALE)["samples"]) == 10
-    assert _json(capsys, db, "--node", STALE, "--since", "5m")["samples"] == []
+    assert _json(db, "--node", ONLINE)["since_s"] == 900.0
+    assert len(_json(db, "--node", ONLINE)["samples"]) == 30
+    assert len(_json(db, "--node", STALE)["samples"]) == 10
+    assert _json(db, "--node", STALE, "--since", "5m")["samples"] == []
     assert main(["query", "--db", str(db), "--node", STALE, "--since", "5m"]) == 0
     assert capsys.readouterr().out == f"no samples from {STALE} in that window\n"
 
 
-def test_gpus_rows_come_from_each_nodes_latest_sample(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gpus_rows_come_from_each_nodes_latest_sample(db: StoreTarget) -> None:
     """--gpus: one row per GPU of every node with samples; floats stay floats in JSON."""
-    gpus = _json(capsys, db, "--gpus")["gpus"]
+    gpus = _json(db, "--gpus")["gpus"]
     assert [(g["node"], g["index"]) for g in gpus] == [
         (n, i) for n in sorted(NODES) for i in range(2)
     ]
@@ -251,13 +241,13 @@ def test_gpus_rows_come_from_each_nodes_latest_sample(
     assert {(g["mem_clock_mhz"], g["mem_reserved_bytes"]) for g in gpus} == {(2619, 512 * 2**20)}
     assert [g["pcie_replays"] for g in gpus] == [g["index"] for g in gpus]
     assert all(g["mem_temp_c"] == g["temp_c"] + 5 for g in gpus)
-    newest = _json(capsys, db, "--node", ONLINE, "--since", "1m")["samples"][0]
+    newest = _json(db, "--node", ONLINE, "--since", "1m")["samples"][0]
     mine = [g for g in gpus if g["node"] == ONLINE]
     assert {round(g["ts"], 3) for g in mine} == {newest["ts"]}  # ts_ms: to the millisecond
     assert sum(g["util_pct"] for g in mine) / 2 == newest["gpu_util_pct"]
-    one = _json(capsys, db, "--gpus", "--node", STALE, "--limit", "1")["gpus"]
+    one = _json(db, "--gpus", "--node", STALE, "--limit", "1")["gpus"]
     assert [(g["node"], g["index"]) for g in one] == [(STALE, 0), (STALE, 1)]
-    assert [g["node"] for g in _json(capsys, db, "--gpus", "--limit", "1")["gpus"]] == [
+    assert [g["node"] for g in _json(db, "--gpus", "--limit", "1")["gpus"]] == [
         ONLINE,
         ONLINE,
     ]
@@ -267,7 +257,7 @@ def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
     db: StoreTarget, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--gpus as a table: MEM TEMP, MEM MHZ and REPLAYS columns with each GPU's reading."""
-    gpus = _json(capsys, db, "--gpus", "--node", ONLINE)["gpus"]
+    gpus = _json(db, "--gpus", "--node", ONLINE)["gpus"]
     assert main(["query", "--db", str(db), "--gpus", "--node", ONLINE]) == 0
     header, *lines = capsys.readouterr().out.splitlines()
     assert header.index("TEMP") < header.index("MEM TEMP") < header.index("SM MHZ")
@@ -281,11 +271,9 @@ def test_gpus_table_shows_memory_temperature_and_clock_and_pcie_replays(
         assert cells[-1] == "-"  # no job: the simulated agents attribute nothing
 
 
-def test_rejected_lists_quarantined_messages_newest_first_with_counters(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_rejected_lists_quarantined_messages_newest_first_with_counters(db: StoreTarget) -> None:
     """--rejected --json: 50 newest by default, every column, the rejected* counters."""
-    r = _json(capsys, db, "--rejected")
+    r = _json(db, "--rejected")
     assert r["counters"] == {
         "rejected": 7,
         "rejected_invalid": 5,
@@ -307,15 +295,13 @@ def test_rejected_lists_quarantined_messages_newest_first_with_counters(
     assert newest["payload_head"] == '{"v":1,"node":"\\x00\\n\\xff\\u2028' + "x" * 100
 
 
-def test_rejected_filters_by_node_since_and_limit(
-    db: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_rejected_filters_by_node_since_and_limit(db: StoreTarget) -> None:
     """--node keeps that node's messages; --since their arrival window; --limit the count."""
-    by_node = _json(capsys, db, "--rejected", "--node", STALE, "--limit", "100")["messages"]
+    by_node = _json(db, "--rejected", "--node", STALE, "--limit", "100")["messages"]
     assert [m["id"] for m in by_node] == list(range(59, 0, -3))  # k % 3 == 1
-    recent = _json(capsys, db, "--rejected", "--since", "330s")
+    recent = _json(db, "--rejected", "--since", "330s")
     assert [m["id"] for m in recent["messages"]] == [60, 59, 58, 57, 56]
-    assert len(_json(capsys, db, "--rejected", "--limit", "3")["messages"]) == 3
+    assert len(_json(db, "--rejected", "--limit", "3")["messages"]) == 3
 
 
 def test_rejected_table_escapes_and_cuts_the_payload(
@@ -377,13 +363,13 @@ def test_rejected_on_a_store_without_quarantine_is_empty(
 ) -> None:
     """A store from before the quarantine migration has nothing quarantined."""
     db_execute(db, "DROP TABLE quarantine")
-    assert _json(capsys, db, "--rejected")["messages"] == []
+    assert _json(db, "--rejected")["messages"] == []
     assert main(["query", "--db", str(db), "--rejected"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "no quarantined messages match"
 
 
 async def test_gaps_count_at_most_the_intervals_the_nodes_clock_says_passed(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget,
 ) -> None:
     """``--gaps``: a real gap counts its samples; a seq jumped by 2**53 within one interval
     counts one, as in the live view (it used to print 9007199254740990 samples missing)."""
@@ -397,7 +383,7 @@ async def test_gaps_count_at_most_the_intervals_the_nodes_clock_says_passed(
         rows.append(sample_row(sample, encode(sample), ts))
     async with Store(store_url) as store:
         await store.write_batch(rows, new_nodes=[node])
-    result = _json(capsys, store_url, "--node", node, "--gaps", "--since", "1h")
+    result = _json(store_url, "--node", node, "--gaps", "--since", "1h")
     assert [(g["after_seq"], g["missing"]) for g in result["gaps"]] == [(5, 1), (1, 3)]
     assert result["missing"] == 4
 

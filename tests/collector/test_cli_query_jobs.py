@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from collector.ingest.validate import sample_row
 from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, Store
 from shared.schema import Sample, encode
+from tests.helpers import collector_json
 from tests.shared.wire_samples import sample_dict
 
 A, B, GONE = "gpu-a", "gpu-b", "gpu-gone"
@@ -68,22 +68,20 @@ async def db(tmp_path: Path) -> tuple[Path, float]:
     return path, a.ts
 
 
-def _json(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["query", "--db", str(db), "--json", *args]) == 0
-    result: dict[str, Any] = json.loads(capsys.readouterr().out)
+def _json(db: StoreTarget, *args: str) -> dict[str, Any]:
+    result: dict[str, Any] = collector_json("query", "--db", str(db), *args)
     return result
 
 
 def test_jobs_lists_running_jobs_with_gpus_utilisation_power_and_gpu_hours(
-    db: tuple[Path, float], capsys: pytest.CaptureFixture[str]
+    db: tuple[Path, float],
 ) -> None:
     """Job 4242 spans both nodes (5.6 + 1.5 GPUs: A's GPU 0 is in MIG mode, cut into
     3g.40gb + 2g.20gb, and the job runs in the 3g instance: 3/5 of it; GPU 1 of B is shared
     with job 5); the offline node's job is not running; GPU-hours are GPUs held x time since
     the job started (:func:`collector.store.queries.job_rows`)."""
     path, ts = db
-    jobs = {j["job"]: j for j in _json(capsys, path, "--jobs")["jobs"]}
+    jobs = {j["job"]: j for j in _json(path, "--jobs")["jobs"]}
     assert list(jobs) == ["4242", POD, "5"]  # most GPUs first
     j = jobs["4242"]
     assert (j["label"], j["user"], j["account"], j["partition"]) == (
@@ -116,7 +114,7 @@ def test_jobs_are_bounded_by_limit_most_gpus_first(
     """--limit bounds --jobs as it bounds the nodes: one hostile node naming thousands of
     jobs printed them all."""
     path, _ = db
-    assert [j["job"] for j in _json(capsys, path, "--jobs", "--limit", "2")["jobs"]] == [
+    assert [j["job"] for j in _json(path, "--jobs", "--limit", "2")["jobs"]] == [
         "4242",
         POD,
     ]
@@ -134,7 +132,7 @@ def test_jobs_table_and_gpus_job_column(
     assert header.split()[:2] == ["JOB", "USER"]
     assert [line.split()[0] for line in lines] == ["4242", "ml-team/trainer-7f9c", "5"]
     assert "gpu-a,gpu-b" in lines[0]
-    gpus = _json(capsys, path, "--gpus", "--node", B)["gpus"]
+    gpus = _json(path, "--gpus", "--node", B)["gpus"]
     assert [g["jobs"] for g in gpus] == [["4242"], ["4242", "5"]]
     assert main(["query", "--db", str(path), "--gpus", "--node", A]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -158,11 +156,11 @@ async def test_jobs_without_attribution_says_so(
     capsys.readouterr()
     assert main(["query", "--db", str(path), "--jobs"]) == 0
     assert capsys.readouterr().out.startswith("no running jobs seen")
-    assert _json(capsys, path, "--jobs") == {"jobs": []}
+    assert _json(path, "--jobs") == {"jobs": []}
 
 
 async def test_a_node_naming_another_nodes_job_cannot_replace_its_user_or_account(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
 ) -> None:
     """Each node names the jobs on its GPUs, any id: one sorting before the job's real node
     ("aaa-hostile") once gave job 4242 its own user and account ("mallory", "evil"), the
@@ -180,7 +178,7 @@ async def test_a_node_naming_another_nodes_job_cannot_replace_its_user_or_accoun
         samples.append(_sample(node, now - 1, gpus=gpus, jobs=[{**job, "partition": partition}]))
     async with Store(path) as store:
         await store.write_batch([sample_row(s, encode(s), now) for s in samples], [], list(claims))
-    (job,) = _json(capsys, path, "--jobs")["jobs"]
+    (job,) = _json(path, "--jobs")["jobs"]
     assert job["nodes"] == ["aaa-hostile", B]
     assert (job["user"], job["account"], job["partition"]) == (
         "mallory, alice",
@@ -210,7 +208,7 @@ async def test_a_node_claiming_an_old_start_for_another_nodes_job_cannot_age_it(
         samples.append(_sample(node, now, gpus=gpus, jobs=[job]))
     async with Store(store_url) as store:
         await store.write_batch([sample_row(s, encode(s), now) for s in samples], [], list(claims))
-    (job,) = _json(capsys, store_url, "--jobs")["jobs"]
+    (job,) = _json(store_url, "--jobs")["jobs"]
     assert job["nodes"] == ["aaa-hostile", B, "zzz-future"]
     assert job["started"] == pytest.approx(now - 3600)  # B's: the hostile claim is outvoted
     # the hostile node's 2 GPUs and B's 2 count from the job's start; the future claim, none

@@ -14,6 +14,7 @@ import pytest
 from collector.capacity.config import load_capacity_plan
 from collector.cli import build_parser, main
 from shared.errors import PlanError
+from tests.helpers import collector_json
 
 DATA = Path(__file__).parents[1] / "data" / "power"
 OLD = str(DATA / "old_tool_example.json")
@@ -35,15 +36,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
-    assert main(["solve", *argv, "--json"]) == 0
-    payload: dict[str, object] = json.loads(capsys.readouterr().out)
+def _json(*argv: str) -> dict[str, object]:
+    payload: dict[str, object] = collector_json("solve", *argv)
     return payload
 
 
-def test_flat_json_reproduces_the_old_tool(capsys: pytest.CaptureFixture[str]) -> None:
+def test_flat_json_reproduces_the_old_tool() -> None:
     """--fabric-model flat --json on the old config: 593 nodes, 4,744 GPUs, 4,996,066 W."""
-    payload = _json(capsys, "--config", OLD, "--fabric-model", "flat")
+    payload = _json("--config", OLD, "--fabric-model", "flat")
     solution = payload["solution"]
     assert isinstance(solution, dict)
     assert (solution["nodes"], solution["gpus"]) == (593, 4744)
@@ -72,9 +72,9 @@ def test_default_text_explains_the_difference(capsys: pytest.CaptureFixture[str]
     assert "(-40 nodes)" in out
 
 
-def test_default_json_carries_the_comparison(capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_json_carries_the_comparison() -> None:
     """JSON output has the flat comparison with its reasons."""
-    payload = _json(capsys, "--config", OLD)
+    payload = _json("--config", OLD)
     comparison = payload["flat_comparison"]
     assert isinstance(comparison, dict)
     assert (comparison["nodes"], comparison["spines"]) == (593, 75)
@@ -100,9 +100,9 @@ def test_sweep_prints_one_row_per_step(capsys: pytest.CaptureFixture[str]) -> No
     assert lines[5].endswith("it_power")
 
 
-def test_sweep_json_lists_points(capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_json_lists_points() -> None:
     """--json sweep: param and one point per value, GPUs never falling."""
-    payload = _json(capsys, "--config", OLD, "--sweep", "it_cap_mw=1:20:1")
+    payload = _json("--config", OLD, "--sweep", "it_cap_mw=1:20:1")
     points = payload["points"]
     assert payload["param"] == "it_cap_mw"
     assert isinstance(points, list)
@@ -149,9 +149,9 @@ def test_plot_needs_a_sweep(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--plot draws a sweep" in capsys.readouterr().err
 
 
-def test_fixed_fleet_fits_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_fixed_fleet_fits_exit_0() -> None:
     """--fixed 127 on the SuperPOD plan fits, with 91,380 W headroom and room for 4 more."""
-    payload = _json(capsys, "--config", POD, "--fixed", "DGX-H100=127")
+    payload = _json("--config", POD, "--fixed", "DGX-H100=127")
     solution = payload["solution"]
     assert isinstance(solution, dict)
     assert solution["mode"] == "fixed"

@@ -4,11 +4,9 @@ the settings load without the store."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,12 @@ from collector.alerts.builtin import builtin_rules
 from collector.alerts.rule import Rule
 from collector.capacity.job import CapacityState
 from collector.capacity.rules import capacity_rules
-from collector.cli import main as collector_main
 from collector.governance.job import GovernanceView
 from collector.governance.rules import governance_rules
 from collector.settings import CollectorSettings
 from shared.settings import load_settings
 from tests.collector.capacity.helpers import PLAN
+from tests.helpers import collector_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,13 +30,6 @@ REPO = Path(__file__).resolve().parents[2]
 def _no_capwatch_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [n for n in os.environ if n.upper().startswith("CAPWATCH_")]:
         monkeypatch.delenv(name)
-
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = collector_main(list(args))
-    return code, out.getvalue(), err.getvalue()
 
 
 def _settings(tmp_path: Path, toml: str) -> CollectorSettings:
@@ -69,7 +60,9 @@ def test_an_unknown_disabled_rule_is_one_line_naming_it_and_the_valid_names(
     table, valid, typo = family
     config = tmp_path / "collector.toml"
     config.write_text(f'[{table}]\ndisabled = ["{valid}", "{typo}"]\n')
-    code, out, err = _cli(command, "--config", str(config), "--db", str(tmp_path / "none.db"))
+    code, out, err = collector_cli(
+        command, "--config", str(config), "--db", str(tmp_path / "none.db")
+    )
     assert (code, out) == (2, "")
     (line,) = err.splitlines()
     assert f"setting '{table}.disabled' names unknown rule '{typo}': use one of " in line
@@ -129,7 +122,7 @@ def test_the_values_in_the_tables_are_what_the_rules_use(tmp_path: Path) -> None
     assert "(warning above 80 %)" in rules["SitePowerHigh"].description
     assert "at or above 75 %" in rules["QuotaHigh"].description
 
-    code, out, _ = _cli("rules", "--config", str(tmp_path / "collector.toml"))
+    code, out, _ = collector_cli("rules", "--config", str(tmp_path / "collector.toml"))
     assert code == 0
     offline = next(line for line in out.splitlines() if line.startswith("NodeOffline"))
     assert " 7s " in offline

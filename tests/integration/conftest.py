@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import signal
@@ -24,8 +23,8 @@ import structlog
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
-from agent.simulate import FleetSimulator
-from collector.cli import main as collector_main
+from agent.simulate import FleetSimulator, publish_fleet
+from collector.alerts.settings import AlertSettings
 from collector.localbroker import BrokerProcess, MosquittoBroker, free_port
 from collector.paths import StoreTarget
 from collector.service import Collector
@@ -34,7 +33,7 @@ from shared.clock import Clock, SystemClock
 from shared.schema import encode
 from shared.settings import MqttSettings
 from shared.topics import sample_topic
-from tests.helpers import db_rows, wait_until
+from tests.helpers import collector_cli, db_rows, promtool_check_metrics, wait_until
 
 
 def fast_mqtt(broker: BrokerProcess) -> MqttSettings:
@@ -119,6 +118,18 @@ class HotGpuNode:
         self.node = self.sim.node_ids[0]
         self._seq = 0
 
+    @staticmethod
+    def prompt(alerts: AlertSettings) -> AlertSettings:
+        """``alerts`` evaluated every 0.5 s, GpuTemperature firing and resolving on the
+        first sample that crosses: what the hot GPU's tests wait on."""
+        return alerts.model_copy(
+            update={
+                "eval_interval_s": 0.5,
+                "gpu_temp_for_s": 0.0,
+                "gpu_temp_keep_firing_for_s": 0.0,
+            }
+        )
+
     async def publish(self, temp_c: float, gpu: int = 3) -> None:
         """One sample, stamped now, with ``gpu`` at ``temp_c``."""
         sample = self.sim.sample(0, time.time(), self._seq)
@@ -131,25 +142,39 @@ class HotGpuNode:
             await client.publish(sample_topic(self.node), payload, qos=1)
 
 
+@contextlib.asynccontextmanager
+async def running_agent(
+    broker: BrokerProcess, node: str, spool_dir: Path, *, gpus: int = 1, **settings: Any
+) -> AsyncIterator[AgentService]:
+    """An agent in this event loop: ``gpus`` fake GPUs, a sample a second, /metrics on a free
+    loopback port (its ``metrics_port`` known when the block starts), ``settings`` on top;
+    stopped and awaited (20 s at most) when the block ends."""
+    config = AgentSettings(
+        node_id=node,
+        interval_s=1.0,
+        gpu_backend="fake",
+        fake_gpus=gpus,
+        mqtt=fast_mqtt(broker),
+        metrics_listen="127.0.0.1:0",
+        spool_dir=spool_dir,
+        **settings,
+    )
+    service = AgentService(config, build_sampler(config, SystemClock()))
+    task = asyncio.create_task(service.run(), name=f"agent-{node}")
+    try:
+        await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
+        yield service
+    finally:
+        service.stop()
+        async with asyncio.timeout(20):
+            await task
+
+
 @pytest.fixture
 async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[AgentService]:
     """A running agent with 2 fake GPUs and /metrics on a free loopback port."""
-    settings = AgentSettings(
-        node_id="metrics-node-1",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=2,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-        spool_dir=tmp_path / "agent-spool",
-    )
-    service = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(service.run(), name="agent-under-test")
-    await wait_until(lambda: service.metrics_port is not None, what="agent metrics port")
-    yield service
-    service.stop()
-    async with asyncio.timeout(20):
-        await task
+    async with running_agent(mosquitto, "metrics-node-1", tmp_path / "agent-spool", gpus=2) as a:
+        yield a
 
 
 SPOOL_NODE = "spool-node-1"
@@ -287,10 +312,8 @@ async def stop_and_count(db: Path, agents: list[AgentProcess]) -> dict[str, tupl
 
 def capacity_json(*argv: str) -> tuple[int, dict[str, Any]]:
     """``collector capacity ARGV --json`` in this process: its exit status and document."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = collector_main(["capacity", *argv, "--json"])
-    return code, json.loads(out.getvalue())
+    code, out, _ = collector_cli("capacity", *argv, "--json")
+    return code, json.loads(out)
 
 
 def capacity_ok(*argv: str) -> dict[str, Any]:
@@ -298,3 +321,48 @@ def capacity_ok(*argv: str) -> dict[str, Any]:
     code, doc = capacity_json(*argv)
     assert code == 0
     return doc
+
+
+def latest_capacity(db: StoreTarget) -> dict[str, Any]:
+    """The newest capacity snapshot's detail (what ``collector capacity --json`` shows under
+    ``capacity``); ``{}`` before the first."""
+    rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
+    detail: dict[str, Any] = json.loads(rows[0][0]) if rows else {}
+    return detail
+
+
+@contextlib.asynccontextmanager
+async def publishing(
+    broker: BrokerProcess, sim: FleetSimulator, workers: int
+) -> AsyncIterator[None]:
+    """``sim``'s fleet published in the background (paced, as agents would) until the block
+    ends; the publisher is then stopped and awaited, so its errors surface."""
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(
+        publish_fleet(fast_mqtt(broker), sim, stop=stop, workers=workers), name="fleet"
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await publisher
+
+
+async def scrape_clean(collector: Collector) -> str:
+    """A running collector's /metrics, asserted clean by ``promtool check metrics``."""
+    assert collector.metrics is not None
+    url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
+    text = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
+    assert promtool_check_metrics(text) == (0, [])
+    return text
+
+
+def series_values(text: str, prefix: str) -> dict[str, float]:
+    """``name{labels}`` -> value of each series in the exposition ``text`` whose name starts
+    with ``prefix``."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out

@@ -15,7 +15,7 @@ from collector.localbroker import MosquittoBroker
 from shared.clock import SystemClock
 from shared.errors import ConfigError
 from tests.helpers import wait_until
-from tests.integration.conftest import fast_mqtt
+from tests.integration.conftest import fast_mqtt, running_agent
 
 
 async def _get(port: int | None, path: str) -> httpx.Response:
@@ -79,27 +79,13 @@ async def test_the_hostname_label_setting_reaches_the_served_series(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     """``dcgm_hostname_label = "hostname"``: the served DCGM series say ``hostname=``."""
-    settings = AgentSettings(
-        node_id="metrics-node-3",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=1,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-        dcgm_hostname_label="hostname",
-        spool_dir=tmp_path / "spool",
+    labelled = running_agent(
+        mosquitto, "metrics-node-3", tmp_path / "spool", dcgm_hostname_label="hostname"
     )
-    agent = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(agent.run(), name="agent-hostname-label")
-    try:
+    async with labelled as agent:
         await wait_until(lambda: agent.samples_taken >= 1, what="a sample")
-        await wait_until(lambda: agent.metrics_port is not None, what="metrics port")
         body = (await _get(agent.metrics_port, "/metrics")).text
         power = [line for line in body.splitlines() if line.startswith("DCGM_FI_DEV_POWER_USAGE{")]
         assert len(power) == 1
         assert ',hostname="' in power[0]
         assert "Hostname=" not in body
-    finally:
-        agent.stop()
-        async with asyncio.timeout(20):
-            await task

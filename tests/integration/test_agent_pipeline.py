@@ -12,10 +12,9 @@ import pytest
 
 from agent.service import AgentService, build_sampler
 from agent.settings import AgentSettings
-from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from shared.clock import SystemClock
-from tests.helpers import count_samples, db_rows, wait_until
+from tests.helpers import collector_json, count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner, fast_mqtt
 
 NODE = "itest-node-1"
@@ -55,17 +54,15 @@ async def agent(mosquitto: MosquittoBroker, tmp_path: Path) -> AsyncIterator[Age
     await runner.stop()
 
 
-async def _query_json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    code = await asyncio.to_thread(collector_main, ["query", "--db", str(db), "--json", *args])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    result: dict[str, Any] = json.loads(out)
+async def _query_json(db: Path, *args: str) -> dict[str, Any]:
+    result: dict[str, Any] = await asyncio.to_thread(
+        collector_json, "query", "--db", str(db), *args
+    )
     return result
 
 
 async def test_agent_samples_show_in_collector_query_json(
-    collector_runner: CollectorRunner, agent: AgentRunner, capsys: pytest.CaptureFixture[str]
+    collector_runner: CollectorRunner, agent: AgentRunner
 ) -> None:
     """The node, its state and both its GPUs are visible through `collector query --json`."""
     await collector_runner.start()
@@ -85,23 +82,23 @@ async def test_agent_samples_show_in_collector_query_json(
         what="the agent's status and inventory",
     )
 
-    summary = await _query_json(capsys, db)
+    summary = await _query_json(db)
     nodes = {n["node"]: n for n in summary["nodes"]}
     assert nodes[NODE]["state"] == "online"
     assert nodes[NODE]["gpus"] == 2
     assert summary["gpus_online"] == 2
     assert summary["counters"].get("rejected", 0) == 0
 
-    fleet_gpus = (await _query_json(capsys, db, "--gpus"))["gpus"]
+    fleet_gpus = (await _query_json(db, "--gpus"))["gpus"]
     assert [(g["node"], g["index"]) for g in fleet_gpus] == [(NODE, 0), (NODE, 1)]
-    gpus = (await _query_json(capsys, db, "--gpus", "--node", NODE))["gpus"]
+    gpus = (await _query_json(db, "--gpus", "--node", NODE))["gpus"]
     assert [g["index"] for g in gpus] == [0, 1]
     inventory = db_rows(db, "SELECT inventory FROM nodes WHERE node = ?", (NODE,))[0][0]
     inv = json.loads(inventory)
     assert [g["uuid"] for g in gpus] == [g["uuid"] for g in inv["gpus"]]
     assert all(0 <= g["util_pct"] <= 100 for g in gpus)
 
-    samples = (await _query_json(capsys, db, "--node", NODE, "--since", "5m"))["samples"]
+    samples = (await _query_json(db, "--node", NODE, "--since", "5m"))["samples"]
     seqs = [s["seq"] for s in samples]
     assert seqs == sorted(seqs, reverse=True)
     assert len(seqs) >= 3
@@ -111,7 +108,7 @@ async def test_agent_samples_show_in_collector_query_json(
         lambda: db_rows(db, "SELECT status FROM nodes WHERE node = ?", (NODE,)) == [("offline",)],
         what="offline status",
     )
-    summary = await _query_json(capsys, db)
+    summary = await _query_json(db)
     assert {n["node"]: n["state"] for n in summary["nodes"]}[NODE] == "offline"
 
 

@@ -4,7 +4,6 @@ an agent SIGKILLed during a broker outage loses nothing; a gap is listed and ale
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -18,12 +17,11 @@ import msgspec
 import pytest
 
 from agent.simulate import STOP_GRACE_S, FleetSimulator, publish_fleet
-from collector.cli import main as collector_main
 from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import sample_topic
-from tests.helpers import count_samples, db_rows, wait_until
+from tests.helpers import collector_json, count_samples, db_rows, wait_until
 from tests.integration.conftest import (
     SPOOL_NODE,
     AgentProcess,
@@ -95,19 +93,14 @@ async def test_an_agent_killed_during_a_broker_outage_loses_nothing_and_keeps_or
     assert rows == sorted(rows)  # arrived in order: all of A's epoch, then B's
 
 
-async def _query_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    code = await asyncio.to_thread(collector_main, ["query", "--json", *args])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    result: dict[str, Any] = json.loads(out)
+async def _query_json(*args: str) -> dict[str, Any]:
+    result: dict[str, Any] = await asyncio.to_thread(collector_json, "query", *args)
     return result
 
 
 async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missing(
     mosquitto: MosquittoBroker,
     collector_runner: CollectorRunner,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Epoch 3 sends seq 0, 1, 2, 7; epoch 4 starts at 0: one gap of 4 samples after seq 2
     (the restart is none), in ``--gaps``, the live view's counters and NodeSamplesMissing."""
@@ -143,7 +136,7 @@ async def test_a_gap_in_seq_is_listed_by_query_gaps_and_fires_node_samples_missi
     assert (collector.live.gaps_total, collector.live.missing_total) == (1, 4)
 
     db = str(collector_runner.db)
-    result = await _query_json(capsys, "--db", db, "--node", node, "--gaps", "--since", "1h")
+    result = await _query_json("--db", db, "--node", node, "--gaps", "--since", "1h")
     assert result["missing"] == 4
     (gap,) = result["gaps"]
     assert (gap["epoch"], gap["after_seq"], gap["next_seq"], gap["missing"]) == (3, 2, 7, 4)

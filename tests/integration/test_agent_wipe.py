@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-from collector.cli import main as collector_main
 from collector.localbroker import MosquittoBroker
 from collector.paths import StoreTarget
-from tests.helpers import count_samples, db_rows, wait_until
+from tests.helpers import collector_json, count_samples, db_rows, wait_until
 from tests.integration.conftest import SPOOL_NODE, AgentProcess, CollectorRunner, samples_taken
 
 pytestmark = pytest.mark.integration
@@ -53,10 +52,8 @@ def _alerted(db: StoreTarget, rule: str) -> list[str]:
     return [state for labels, state in rows if json.loads(labels)["node"] == NODE]
 
 
-def _query(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> Any:
-    capsys.readouterr()
-    assert collector_main(["query", "--db", str(db), "--json", *args]) == 0
-    return json.loads(capsys.readouterr().out)
+def _query(db: StoreTarget, *args: str) -> Any:
+    return collector_json("query", "--db", str(db), *args)
 
 
 async def test_a_wiped_spool_starts_a_run_the_collector_shows_at_once(
@@ -64,7 +61,6 @@ async def test_a_wiped_spool_starts_a_run_the_collector_shows_at_once(
     runner: CollectorRunner,
     agents: list[AgentProcess],
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Agent A runs on a fresh spool to seq >= 9 and stops; its spool directory is deleted
     (a reinstall) and agent B starts on the same path. From B's first samples on, the live
@@ -132,7 +128,7 @@ async def test_a_wiped_spool_starts_a_run_the_collector_shows_at_once(
     assert (st.missing_total, collector.live.missing_total) == (0, 0)
     assert _alerted(db, "NodeAgentConflict") == []
     assert _alerted(db, "NodeSamplesMissing") == []
-    assert _query(capsys, db, "--node", NODE, "--gaps")["gaps"] == []
+    assert _query(db, "--node", NODE, "--gaps")["gaps"] == []
     # `collector query` names B's last sample as the node's newest.
-    (row,) = [n for n in _query(capsys, db)["nodes"] if n["node"] == NODE]
+    (row,) = [n for n in _query(db)["nodes"] if n["node"] == NODE]
     assert row["last_sample_age_s"] <= round(time.time() - b_last_ts / 1000, 1) + 0.2

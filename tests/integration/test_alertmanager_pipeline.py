@@ -26,13 +26,7 @@ async def test_a_hot_gpu_shows_in_alertmanager_with_the_same_fingerprint(
         s = collector_runner.settings
         collector_runner.settings = s.model_copy(
             update={
-                "alerts": s.alerts.model_copy(
-                    update={
-                        "eval_interval_s": 0.5,
-                        "gpu_temp_for_s": 0.0,
-                        "gpu_temp_keep_firing_for_s": 0.0,
-                    }
-                ),
+                "alerts": HotGpuNode.prompt(s.alerts),
                 "alertmanagers": [AlertmanagerSettings(name="site", url=HttpUrl(am))],
             }
         )

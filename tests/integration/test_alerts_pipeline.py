@@ -33,13 +33,7 @@ async def test_a_hot_gpu_fires_then_resolves_and_a_restart_does_not_refire(
     collector_runner.settings = collector_runner.settings.model_copy(
         update={
             "expected_interval_s": 1.0,  # how long a restored alert waits for the view
-            "alerts": collector_runner.settings.alerts.model_copy(
-                update={
-                    "eval_interval_s": 0.5,
-                    "gpu_temp_for_s": 0.0,
-                    "gpu_temp_keep_firing_for_s": 0.0,
-                }
-            ),
+            "alerts": HotGpuNode.prompt(collector_runner.settings.alerts),
         }
     )
     await collector_runner.start()

@@ -8,7 +8,6 @@ snapshot and its what-if adds exactly what the solver says.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import msgspec
 import pytest
 
-from agent.simulate import FleetSimulator, publish_fleet
+from agent.simulate import FleetSimulator
 from collector.capacity.compute import fleet_solution
 from collector.capacity.config import load_capacity_plan
 from collector.cli import main as collector_main
@@ -32,8 +30,15 @@ from collector.settings import CapacitySettings
 from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
 from tests.collector.capacity.helpers import PLAN, dgx_rest_w, true_node_w
-from tests.helpers import db_rows, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, capacity_json, fast_mqtt
+from tests.helpers import db_rows, wait_until
+from tests.integration.conftest import (
+    CollectorRunner,
+    capacity_json,
+    latest_capacity,
+    publishing,
+    scrape_clean,
+    series_values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -99,10 +104,8 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
     )
     collector = await collector_runner.start()
     assert collector.capacity is not None
-    stop = asyncio.Event()
     sim = FleetSimulator(FLEET, seed=SEED, interval_s=600)  # one tick, then quiet
-    publisher = asyncio.create_task(publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=32))
-    try:
+    async with publishing(mosquitto, sim, workers=32):
         await _publish_odd_nodes(mosquitto)
         db = collector_runner.db
 
@@ -143,15 +146,7 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
         assert hot["nodes"] == 4
 
         # The same picture on the collector's /metrics, in a form promtool accepts.
-        assert collector.metrics is not None
-        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
-        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
-        assert promtool_check_metrics(scraped) == (0, [])
-        series = {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in scraped.splitlines()
-            if line.startswith("capwatch_capacity_")
-        }
+        series = series_values(await scrape_clean(collector), "capwatch_capacity_")
         assert series["capwatch_capacity_cap_watts"] == 5e6
         # the dashboard's threshold lines come from these (the settings above)
         assert series['capwatch_capacity_threshold_ratio{level="warning"}'] == 0.85
@@ -222,9 +217,6 @@ async def test_live_draw_matches_the_simulators_truth_and_odd_nodes_are_counted(
                 code = collector_main(["plot", picture, "--db", str(db), "--out", str(png), *extra])
             assert code == 0
             assert png_size(png) == (1600, 1000)
-    finally:
-        stop.set()
-        await publisher
 
 
 BMC_FLEET = 200
@@ -246,17 +238,12 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
         }
     )
     collector = await collector_runner.start()
-    stop = asyncio.Event()
     sim = FleetSimulator(BMC_FLEET, seed=SEED, interval_s=600, bmc_share=0.5)
-    publisher = asyncio.create_task(publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=32))
-    try:
+    async with publishing(mosquitto, sim, workers=32):
         db = collector_runner.db
 
         def settled() -> bool:
-            rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
-            if not rows:
-                return False
-            by = json.loads(rows[0][0]).get("nodes_by", {})
+            by = latest_capacity(db).get("nodes_by", {})
             return bool(by.get("measured") == BMC_FLEET // 2 and by.get("calibrated"))
 
         await wait_until(settled, timeout_s=60, what="a snapshot with the BMC readings")
@@ -320,10 +307,7 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
             bad = collector_main(["capacity", "--db", str(db), "--explain", "nope"])
         assert bad == 2
 
-        assert collector.metrics is not None
-        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
-        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
-        assert promtool_check_metrics(scraped) == (0, [])
+        scraped = await scrape_clean(collector)
         assert 'capwatch_capacity_nodes_obtained{obtained="measured"} 100.0' in scraped
         assert 'capwatch_capacity_type_rest_nodes{node_type="DGX-H100"} 100.0' in scraped
         assert 'capwatch_fleet_node_input_power_nodes{source="dcmi"} 100.0' in scraped
@@ -336,6 +320,3 @@ async def test_bmc_readings_are_the_live_draw_and_calibrate_the_rest(
         assert stored["node_power_w"] == pytest.approx(
             collector.live.get(measured).sample.node_power_w  # type: ignore[union-attr]
         )
-    finally:
-        stop.set()
-        await publisher

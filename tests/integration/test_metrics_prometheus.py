@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,23 +14,14 @@ import bcrypt
 import httpx
 import pytest
 
-from agent.service import AgentService, build_sampler
-from agent.settings import AgentSettings
-from collector.localbroker import MosquittoBroker
+from agent.service import AgentService
+from collector.localbroker import MosquittoBroker, free_port, stop_process
 from collector.service import Collector
-from shared.clock import SystemClock
 from tests.helpers import prometheus_tool, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner, running_agent
 from tests.integration.secure_broker import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _get(url: str, **params: str) -> httpx.Response:
@@ -55,7 +45,7 @@ class PrometheusProcess:
 
     def __init__(self, tmp: Path, targets: dict[str, int], *, jobs: str = "") -> None:
         """Scrape ``targets`` (job: port on 127.0.0.1) and the ``jobs`` given as YAML."""
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         jobs += "".join(
             f"  - job_name: {job}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
@@ -92,12 +82,7 @@ class PrometheusProcess:
         return result
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout_s=20)
 
 
 @pytest.fixture
@@ -196,20 +181,10 @@ async def test_prometheus_scrapes_an_agent_over_tls_with_basic_auth(
         f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
         f"basic_auth_users:\n  prometheus: '{hashed}'\n"
     )
-    settings = AgentSettings(
-        node_id="tls-node-1",
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=2,
-        mqtt=fast_mqtt(mosquitto),
-        metrics_listen="127.0.0.1:0",
-        web_config_file=web,
-        spool_dir=tmp_path / "spool",
+    tls_agent = running_agent(
+        mosquitto, "tls-node-1", tmp_path / "spool", gpus=2, web_config_file=web
     )
-    agent = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(agent.run(), name="tls-agent")
-    try:
-        await wait_until(lambda: agent.metrics_port is not None, what="agent metrics port")
+    async with tls_agent as agent:
         target = f"127.0.0.1:{agent.metrics_port}"
         jobs = "".join(
             f"  - job_name: {job}\n    scheme: https\n"
@@ -228,7 +203,3 @@ async def test_prometheus_scrapes_an_agent_over_tls_with_basic_auth(
         targets = (await _get(f"{prom.url}/api/v1/targets")).json()["data"]["activeTargets"]
         wrong = next(t for t in targets if t["labels"]["job"] == "agent-wrong-password")
         assert "401" in wrong["lastError"]
-    finally:
-        agent.stop()
-        async with asyncio.timeout(20):
-            await task

@@ -3,21 +3,23 @@ the rack counts at its two PDUs' sum, in the collector's snapshot and in `--now`
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from agent.simulate import FleetSimulator, publish_fleet
+from agent.simulate import FleetSimulator
 from collector.localbroker import MosquittoBroker
 from collector.pdu.settings import PduSettings, PdusSettings
 from collector.settings import CapacitySettings
 from tests.collector.capacity.helpers import PLAN
 from tests.helpers import db_rows, wait_until
-from tests.integration.conftest import CollectorRunner, capacity_ok, fast_mqtt
+from tests.integration.conftest import (
+    CollectorRunner,
+    capacity_ok,
+    latest_capacity,
+    publishing,
+)
 from tests.snmpsim import PDU_DATA, SnmpSim, skip_without_snmpsim
 
 pytestmark = pytest.mark.integration
@@ -74,43 +76,37 @@ async def test_a_rack_fed_by_two_pdus_counts_at_their_sum(
             }
         )
         collector = await collector_runner.start()
-        stop = asyncio.Event()
-        publisher = asyncio.create_task(
-            publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=8)
-        )
         try:
-            db = collector_runner.db
+            async with publishing(mosquitto, sim, workers=8):
+                db = collector_runner.db
 
-            def settled() -> bool:
-                rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
-                if not rows:
-                    return False
-                p: dict[str, Any] = json.loads(rows[0][0])
-                return bool(p.get("nodes") == 20 and p["nodes_by"].get("measured (pdu)") == 20)
+                def settled() -> bool:
+                    p = latest_capacity(db)
+                    return bool(p.get("nodes") == 20 and p["nodes_by"].get("measured (pdu)") == 20)
 
-            await wait_until(settled, timeout_s=60, what="a snapshot with x1000 read by its PDUs")
-            p = capacity_ok("--db", str(db))["capacity"]
-            (rack,) = [r for r in p["racks"] if r["rack"] == "x1000"]
-            assert rack["draw_w"] == RACK_W
-            assert rack["nodes_w"] is not None
-            assert rack["nodes_w"] != RACK_W
-            assert p["draw_by"]["measured (pdu)"] == RACK_W
-            assert p["nodes_w"] == pytest.approx(RACK_W)
-            await wait_until(
-                lambda: bool(db_rows(db, "SELECT 1 FROM polled_power WHERE scope = 'rack'")),
-                timeout_s=30,
-                what="the rack's reading stored",
-            )
-            now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
-            assert now["nodes_by"]["measured (pdu)"] == 20
-            assert now["nodes_w"] == pytest.approx(RACK_W)
-            assert collector.pdus is not None
-            c = next(x for x in collector.pdus.pdus if x.cfg.label == "c")
-            assert c.counts.get("timeout", 0) >= 1
-            assert "ok" not in c.counts
+                await wait_until(
+                    settled, timeout_s=60, what="a snapshot with x1000 read by its PDUs"
+                )
+                p = capacity_ok("--db", str(db))["capacity"]
+                (rack,) = [r for r in p["racks"] if r["rack"] == "x1000"]
+                assert rack["draw_w"] == RACK_W
+                assert rack["nodes_w"] is not None
+                assert rack["nodes_w"] != RACK_W
+                assert p["draw_by"]["measured (pdu)"] == RACK_W
+                assert p["nodes_w"] == pytest.approx(RACK_W)
+                await wait_until(
+                    lambda: bool(db_rows(db, "SELECT 1 FROM polled_power WHERE scope = 'rack'")),
+                    timeout_s=30,
+                    what="the rack's reading stored",
+                )
+                now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
+                assert now["nodes_by"]["measured (pdu)"] == 20
+                assert now["nodes_w"] == pytest.approx(RACK_W)
+                assert collector.pdus is not None
+                c = next(x for x in collector.pdus.pdus if x.cfg.label == "c")
+                assert c.counts.get("timeout", 0) >= 1
+                assert "ok" not in c.counts
         finally:
-            stop.set()
-            await publisher
             await collector_runner.stop()
     counters = dict(db_rows(db, "SELECT name, value FROM counters WHERE name LIKE 'pdu_%'"))
     assert counters["pdu_ok"] >= 2

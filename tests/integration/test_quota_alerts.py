@@ -10,7 +10,6 @@ import json
 import time
 
 import aiomqtt
-import httpx
 import msgspec
 import pytest
 
@@ -20,8 +19,8 @@ from collector.localbroker import MosquittoBroker
 from shared.schema import encode
 from shared.topics import inventory_topic, sample_topic
 from tests.collector.governance.fleet import cli
-from tests.helpers import db_rows, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner
+from tests.helpers import db_rows, wait_until
+from tests.integration.conftest import CollectorRunner, scrape_clean, series_values
 
 pytestmark = pytest.mark.integration
 
@@ -129,15 +128,7 @@ async def test_quota_alerts_fire_on_both_bases(
         assert (rows["allocated"]["in_use"], rows["measured"]["in_use"]) == (16, 7)
 
         # The same standings on the collector's /metrics, per tenant, resource and basis.
-        assert collector.metrics is not None
-        url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
-        scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
-        assert promtool_check_metrics(scraped) == (0, [])
-        series = {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in scraped.splitlines()
-            if line.startswith("capwatch_quota_")
-        }
+        series = series_values(await scrape_clean(collector), "capwatch_quota_")
         key = '{{basis="{}",resource="gpus",tenant="a"}}'
         assert series["capwatch_quota_in_use" + key.format("allocated")] == 16
         assert series["capwatch_quota_in_use" + key.format("measured")] == 7

@@ -4,21 +4,24 @@ counts those nodes as measured at the BMCs' figures."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
 
-import httpx
 import pytest
 
-from agent.simulate import FleetSimulator, publish_fleet
-from collector.localbroker import MosquittoBroker
+from agent.simulate import FleetSimulator
+from collector.localbroker import MosquittoBroker, free_port
 from collector.redfish.settings import BmcSettings, RedfishSettings
 from collector.settings import CapacitySettings
 from tests.collector.capacity.helpers import PLAN
-from tests.collector.redfish.conftest import PASSWORD, USER, closed_port, write_credentials
-from tests.helpers import db_rows, promtool_check_metrics, wait_until
-from tests.integration.conftest import CollectorRunner, capacity_ok, fast_mqtt
+from tests.collector.redfish.conftest import PASSWORD, USER, write_credentials
+from tests.helpers import db_rows, wait_until
+from tests.integration.conftest import (
+    CollectorRunner,
+    capacity_ok,
+    latest_capacity,
+    publishing,
+    scrape_clean,
+)
 from tests.redfish import RACKMOUNT_2020, RACKMOUNT_2022, MockupBmc
 
 pytestmark = pytest.mark.integration
@@ -41,7 +44,7 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
         MockupBmc(RACKMOUNT_2022, username=USER, password=PASSWORD) as new,
         MockupBmc(RACKMOUNT_2020, username=USER, password=PASSWORD) as old,
     ):
-        urls = [new.url] * 3 + [old.url] * 2 + [f"http://127.0.0.1:{closed_port()}"]
+        urls = [new.url] * 3 + [old.url] * 2 + [f"http://127.0.0.1:{free_port()}"]
         bmcs = [BmcSettings(node=n, url=u) for n, u in zip(sim.node_ids, urls, strict=False)]  # type: ignore[arg-type]
         s = collector_runner.settings
         collector_runner.settings = s.model_copy(
@@ -52,69 +55,59 @@ async def test_nodes_read_by_redfish_count_as_measured_at_the_bmcs_figure(
             }
         )
         collector = await collector_runner.start()
-        stop = asyncio.Event()
-        publisher = asyncio.create_task(
-            publish_fleet(fast_mqtt(mosquitto), sim, stop=stop, workers=8)
-        )
         try:
-            db = collector_runner.db
+            async with publishing(mosquitto, sim, workers=8):
+                db = collector_runner.db
 
-            def settled() -> bool:
-                rows = db_rows(db, "SELECT detail FROM capacity_snapshots ORDER BY at DESC LIMIT 1")
-                return (
-                    bool(rows)
-                    and json.loads(rows[0][0]).get("nodes_by", {}).get("measured") == 5
-                    and json.loads(rows[0][0]).get("nodes") == FLEET
+                def settled() -> bool:
+                    p = latest_capacity(db)
+                    return p.get("nodes_by", {}).get("measured") == 5 and p.get("nodes") == FLEET
+
+                await wait_until(settled, timeout_s=60, what="a snapshot with five BMC readings")
+                p = capacity_ok("--db", str(db))["capacity"]
+                assert p["nodes_by"]["measured"] == 5
+                assert p["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
+                dgx = next(t for t in p["types"] if t["node_type"] == "DGX-H100")
+                assert dgx["nodes_by"]["measured"] == 5
+                # Recomputed from the store: the polled readings were stored (polled_power).
+                await wait_until(
+                    lambda: (
+                        len(db_rows(db, "SELECT name FROM polled_power WHERE scope = 'node'")) == 5
+                    ),
+                    timeout_s=30,
+                    what="five stored BMC readings",
                 )
-
-            await wait_until(settled, timeout_s=60, what="a snapshot with five BMC readings")
-            p = capacity_ok("--db", str(db))["capacity"]
-            assert p["nodes_by"]["measured"] == 5
-            assert p["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
-            dgx = next(t for t in p["types"] if t["node_type"] == "DGX-H100")
-            assert dgx["nodes_by"]["measured"] == 5
-            # Recomputed from the store: the polled readings were stored (polled_power).
-            await wait_until(
-                lambda: len(db_rows(db, "SELECT name FROM polled_power WHERE scope = 'node'")) == 5,
-                timeout_s=30,
-                what="five stored BMC readings",
-            )
-            now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
-            assert now["nodes_by"]["measured"] == 5
-            assert now["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
-            explained = capacity_ok(
-                "--db", str(db), "--plan", str(PLAN), "--explain", sim.node_ids[3]
-            )
-            assert explained["node"]["obtained"] == "measured"
-            assert explained["node"]["node_power_source"] == "redfish"
-            assert explained["node"]["draw_w"] == 344.0
-            assert "read by" in explained["lines"][1]
-            for node in sim.node_ids:
-                st = collector.live.get(node)
+                now = capacity_ok("--db", str(db), "--now", "--plan", str(PLAN))["capacity"]
+                assert now["nodes_by"]["measured"] == 5
+                assert now["draw_by"]["measured"] == 3 * 374.0 + 2 * 344.0
+                explained = capacity_ok(
+                    "--db", str(db), "--plan", str(PLAN), "--explain", sim.node_ids[3]
+                )
+                assert explained["node"]["obtained"] == "measured"
+                assert explained["node"]["node_power_source"] == "redfish"
+                assert explained["node"]["draw_w"] == 344.0
+                assert "read by" in explained["lines"][1]
+                for node in sim.node_ids:
+                    st = collector.live.get(node)
+                    assert st is not None
+                    assert st.sample is None or st.sample.node_power_w is None  # agents: none
+                st = collector.live.get(sim.node_ids[0])
                 assert st is not None
-                assert st.sample is None or st.sample.node_power_w is None  # agents: none
-            st = collector.live.get(sim.node_ids[0])
-            assert st is not None
-            assert st.node_power is not None
-            assert (st.node_power.watts, st.node_power.source) == (374.0, "redfish")
-            down = collector.live.get(sim.node_ids[5])
-            assert down is not None
-            assert down.node_power is None
+                assert st.node_power is not None
+                assert (st.node_power.watts, st.node_power.source) == (374.0, "redfish")
+                down = collector.live.get(sim.node_ids[5])
+                assert down is not None
+                assert down.node_power is None
 
-            assert collector.metrics is not None
-            url = f"http://127.0.0.1:{collector.metrics.port}/metrics"
-            scraped = await asyncio.to_thread(lambda: httpx.get(url, timeout=10).text)
-            assert promtool_check_metrics(scraped) == (0, [])
-            assert "capwatch_collector_redfish_bmcs_in_backoff 1.0" in scraped
-            assert (
-                f'capwatch_collector_redfish_bmc_polls_total{{bmc="{sim.node_ids[5]}",'
-                'outcome="unreachable"}' in scraped
-            )
-            assert 'capwatch_collector_redfish_polls_total{outcome="ok"}' in scraped
-            assert "capwatch_collector_redfish_round_duration_seconds_count" in scraped
+                scraped = await scrape_clean(collector)
+                assert "capwatch_collector_redfish_bmcs_in_backoff 1.0" in scraped
+                assert (
+                    f'capwatch_collector_redfish_bmc_polls_total{{bmc="{sim.node_ids[5]}",'
+                    'outcome="unreachable"}' in scraped
+                )
+                assert 'capwatch_collector_redfish_polls_total{outcome="ok"}' in scraped
+                assert "capwatch_collector_redfish_round_duration_seconds_count" in scraped
         finally:
-            stop.set()
-            await publisher
             await collector_runner.stop()
     counters = dict(db_rows(db, "SELECT name, value FROM counters WHERE name LIKE 'redfish_%'"))
     assert counters["redfish_ok"] >= 5

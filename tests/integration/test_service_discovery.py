@@ -11,14 +11,12 @@ from pathlib import Path
 
 import httpx
 
-from agent.service import AgentService, build_sampler
-from agent.settings import AgentSettings
+from agent.service import AgentService
 from collector.governance.lease import LeaseTerms
 from collector.localbroker import MosquittoBroker
 from collector.store.command import Command
-from shared.clock import SystemClock
 from tests.helpers import wait_until
-from tests.integration.conftest import CollectorRunner, fast_mqtt
+from tests.integration.conftest import CollectorRunner, running_agent
 from tests.integration.test_metrics_prometheus import PrometheusProcess, _until_answered
 
 LEASED = "x1000c0s0b0n0"
@@ -31,24 +29,8 @@ async def _agent(
 ) -> AsyncIterator[AgentService]:
     """An agent with 1 fake GPU and /metrics on a free loopback port (so it announces
     ``127.0.0.1:<port>``)."""
-    settings = AgentSettings(
-        node_id=node,
-        interval_s=1.0,
-        gpu_backend="fake",
-        fake_gpus=1,
-        mqtt=fast_mqtt(broker),
-        metrics_listen="127.0.0.1:0",
-        spool_dir=spool_dir,
-    )
-    agent = AgentService(settings, build_sampler(settings, SystemClock()))
-    task = asyncio.create_task(agent.run(), name=f"agent-{node}")
-    try:
-        await wait_until(lambda: agent.metrics_port is not None, what="agent metrics port")
+    async with running_agent(broker, node, spool_dir) as agent:
         yield agent
-    finally:
-        agent.stop()
-        async with asyncio.timeout(20):
-            await task
 
 
 def _lease_one_node(db: Path) -> None:

@@ -11,13 +11,11 @@ import pytest
 
 from agent.bounds import Bounds
 from agent.fake_nvml import FakeNvml
-from agent.gpu import NvmlBackend
-from agent.host import HostSampler
 from agent.jobs import JobAttributor
-from agent.node import NodeSampler
 from collector.settings import ReceiverSettings
 from shared.clock import FakeClock
 from shared.schema import decode_sample, encode
+from tests.agent.helpers import node_sampler
 from tests.agent.test_host import FakeHost
 from tests.collector.alerts.test_delivery import running
 from tests.helpers import wait_until
@@ -57,16 +55,7 @@ def test_a_slurm_jobs_gpu_process_is_attributed_to_the_job(
     nvml.set_processes(2, [(pid, 3 << 30)])
     fake = FakeHost(tmp_path)
     jobs = JobAttributor(Path("/proc"), Bounds(clock))
-    node = NodeSampler(
-        NODE_NAME,
-        gpu=NvmlBackend(nvml, clock=clock, xid_wait_ms=20),
-        rapl=None,
-        host=HostSampler(clock, proc_root=fake.proc, sysfs_root=fake.sys),
-        interval_s=5.0,
-        slow_interval_s=60.0,
-        clock=clock,
-        jobs=jobs,
-    )
+    node = node_sampler(fake, clock, nvml, node=NODE_NAME, jobs=jobs)
     try:
         node.start()
         node.sample()

@@ -25,13 +25,7 @@ async def test_a_hot_gpu_reaches_the_receiver_firing_then_resolved(
         s = collector_runner.settings
         collector_runner.settings = s.model_copy(
             update={
-                "alerts": s.alerts.model_copy(
-                    update={
-                        "eval_interval_s": 0.5,
-                        "gpu_temp_for_s": 0.0,
-                        "gpu_temp_keep_firing_for_s": 0.0,
-                    }
-                ),
+                "alerts": HotGpuNode.prompt(s.alerts),
                 "receivers": [ReceiverSettings(name="ops", url=HttpUrl(rx.url), timeout_s=5)],
                 # No waiting: the first notification and the resolution as soon as evaluated.
                 "routes": [RouteSettings(group_wait="0s", group_interval="0s")],

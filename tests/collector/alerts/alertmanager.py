@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.collector.alerts.receiver import free_port
+from collector.localbroker import free_port, stop_process
 
 _CONFIG = """\
 route:
@@ -81,12 +81,7 @@ def running_alertmanager(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -5,7 +5,6 @@ It answers from a script of responses (then 200) and records every request it go
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -110,14 +109,6 @@ class _Serving:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening on it (a receiver that is down)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def each(requests: list[Request], header: str) -> Iterator[str]:

@@ -11,12 +11,10 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import io
 import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,19 +28,19 @@ from collector.alerts.route import ALL_LABELS, Route
 from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.alerts.silence import DEFAULT_INHIBIT_RULES, InhibitRule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
-from collector.cli import main as collector_main
 from collector.counters import value
 from collector.evaluate import PeriodicEvaluator
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
+from collector.localbroker import free_port
 from collector.settings import ReceiverSettings
 from collector.store.alerts import OutboxEntry, OutboxReport
 from collector.store.db import Store
 from shared.clock import FakeClock
-from tests.collector.alerts.receiver import Answer, Receiver, each, free_port
-from tests.helpers import db_rows, wait_until
+from tests.collector.alerts.receiver import Answer, Receiver, each
+from tests.helpers import collector_cli, db_rows, wait_until
 
 SECRET = "s3cret-shared-with-the-receiver"
 
@@ -314,10 +312,8 @@ async def test_400_is_a_dead_letter_at_once_with_the_response(tmp_path: Path) ->
 
 
 def _cli(*args: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = collector_main(["alerts", *args])
-    return code, out.getvalue()
+    code, out, _ = collector_cli("alerts", *args)
+    return code, out
 
 
 async def test_receiver_down_past_max_age_is_listed_then_redelivered(tmp_path: Path) -> None:

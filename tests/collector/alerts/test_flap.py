@@ -43,8 +43,7 @@ from collector.store.db import Store
 from shared.clock import FakeClock
 from shared.topics import sample_topic, status_topic
 from tests.collector.alerts.receiver import Receiver
-from tests.collector.alerts.test_silence_cli import _cli
-from tests.helpers import db_rows, wait_until
+from tests.helpers import collector_cli, db_rows, wait_until
 from tests.shared.wire_samples import sample_dict, status_dict
 
 NODE = "x1000c0s0b0n0"
@@ -395,7 +394,7 @@ async def test_a_node_back_online_has_its_alerts_notified_while_node_offline_kee
     node = _Node(FakeClock(start_wall=T0))
 
     def marked() -> Counter[tuple[str, bool]]:
-        code, out, err = _cli("alerts", "--db", str(store_url), "--json")
+        code, out, err = collector_cli("alerts", "--db", str(store_url), "--json")
         assert code == 0, err
         return Counter((a["rule"], a["inhibited"]) for a in json.loads(out)["alerts"])
 

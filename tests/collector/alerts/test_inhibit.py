@@ -80,13 +80,25 @@ def test_rules_round_trip_through_their_recorded_form() -> None:
     assert inhibit_rules_from_json(inhibit_rules_to_json(rules)) == rules
 
 
-def test_a_bad_inhibit_rule_in_the_config_names_the_key(tmp_path: Path) -> None:
-    """A bad matcher in ``[[inhibit_rules]]`` is one error naming the table and field."""
+@pytest.mark.parametrize(
+    ("target", "equal", "key", "says"),
+    [
+        ("node=~(", "node", "target_matchers", "bad regular expression"),
+        # as group_by says it: what a label name is, the fix
+        ("severity=warning", "rack-name", "equal", "'rack-name' is not a label name ([a-zA-Z_]"),
+    ],
+)
+def test_a_bad_inhibit_rule_in_the_config_names_the_key(
+    tmp_path: Path, target: str, equal: str, key: str, says: str
+) -> None:
+    """A bad matcher, or an ``equal`` entry that is not a label name, in
+    ``[[inhibit_rules]]`` is one line naming the table, the field and what is wrong."""
     cfg = tmp_path / "collector.toml"
     cfg.write_text(
         '[[inhibit_rules]]\nsource_matchers = ["alertname=NodeOffline"]\n'
-        'target_matchers = ["node=~("]\nequal = ["node"]\n'
+        f'target_matchers = ["{target}"]\nequal = ["{equal}"]\n'
     )
-    with pytest.raises(ConfigError, match=r"inhibit_rules\.0\.target_matchers") as err:
+    with pytest.raises(ConfigError, match=rf"inhibit_rules\.0\.{key}") as err:
         load_settings(CollectorSettings, config_file=cfg)
-    assert "bad regular expression" in str(err.value)
+    assert says in str(err.value)
+    assert "\n" not in str(err.value)

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
 from collector.alerts.fingerprint import fingerprint
-from collector.cli import main as collector_main
 from collector.paths import StoreTarget
 from collector.store.alerts import AlertChange, write_alerts
 from collector.store.db import Store
-
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = collector_main(list(args))
-    return code, out.getvalue(), err.getvalue()
+from tests.helpers import collector_cli
 
 
 async def _store(db: StoreTarget, *alerts: dict[str, str]) -> StoreTarget:
@@ -52,13 +43,13 @@ OTHER = {"alertname": "GpuTemperature", "node": "y2", "gpu": "0", "severity": "w
 async def test_add_list_expire(store_url: StoreTarget) -> None:
     """A silence is listed with its matchers until it is expired."""
     db = str(await _store(store_url))
-    code, out, _ = _cli(
+    code, out, _ = collector_cli(
         "silence", "add", "--db", db, "--match", "alertname=GpuTemperature",
         "--match", "node=~x1000.*", "--for", "2h", "--comment", "row 3", "--author", "jdoe",
     )  # fmt: skip
     assert code == 0
     assert out.startswith("silence 1 added")
-    code, out, _ = _cli("silence", "list", "--db", db, "--json")
+    code, out, _ = collector_cli("silence", "list", "--db", db, "--json")
     (s,) = json.loads(out)["silences"]
     assert (s["id"], s["matchers"], s["comment"], s["author"]) == (
         1,
@@ -67,10 +58,15 @@ async def test_add_list_expire(store_url: StoreTarget) -> None:
         "jdoe",
     )
     assert s["ends_at"] - s["starts_at"] == 7200.0
-    assert _cli("silence", "expire", "1", "--db", db)[0] == 0
-    assert json.loads(_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
+    assert collector_cli("silence", "expire", "1", "--db", db)[0] == 0
+    assert json.loads(collector_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
     assert (
-        len(json.loads(_cli("silence", "list", "--all", "--db", db, "--json")[1])["silences"]) == 1
+        len(
+            json.loads(collector_cli("silence", "list", "--all", "--db", db, "--json")[1])[
+                "silences"
+            ]
+        )
+        == 1
     )
 
 
@@ -88,17 +84,17 @@ async def test_a_bad_silence_is_one_line_exit_2(
 ) -> None:
     """A bad matcher or duration names the flag; nothing is stored."""
     db = str(await _store(store_url))
-    code, _, err = _cli("silence", "add", "--db", db, *args)
+    code, _, err = collector_cli("silence", "add", "--db", db, *args)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
-    assert json.loads(_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
+    assert json.loads(collector_cli("silence", "list", "--db", db, "--json")[1])["silences"] == []
 
 
 async def test_expire_of_an_unknown_silence_is_exit_2(store_url: StoreTarget) -> None:
     """No such silence in force: one line, exit 2."""
     db = str(await _store(store_url))
-    code, _, err = _cli("silence", "expire", "9", "--db", db)
+    code, _, err = collector_cli("silence", "expire", "9", "--db", db)
     assert code == 2
     assert "no silence in force with id 9" in err
 
@@ -107,8 +103,8 @@ async def test_alerts_shows_silenced_and_inhibited(store_url: StoreTarget) -> No
     """Silenced alerts still show, marked; NodeOffline marks its node's others inhibited."""
     offline = {"alertname": "NodeOffline", "node": "y2", "severity": "critical"}
     db = str(await _store(store_url, HOT, OTHER, offline))
-    _cli("silence", "add", "--db", db, "--match", "node=~x1000.*", "--for", "1h")
-    code, out, _ = _cli("alerts", "--db", db, "--json")
+    collector_cli("silence", "add", "--db", db, "--match", "node=~x1000.*", "--for", "1h")
+    code, out, _ = collector_cli("alerts", "--db", db, "--json")
     assert code == 0
     got = {
         (a["rule"], a["labels"]["node"]): (a["silenced"], a["silenced_by"], a["inhibited"])
@@ -119,7 +115,7 @@ async def test_alerts_shows_silenced_and_inhibited(store_url: StoreTarget) -> No
         ("GpuTemperature", "y2"): (True, [], True),
         ("NodeOffline", "y2"): (False, [], False),
     }
-    table = _cli("alerts", "--db", db)[1]
+    table = collector_cli("alerts", "--db", db)[1]
     assert "SILENCED" in table
     assert "yes (#1)" in table
     assert "inhibited" in table
@@ -128,14 +124,14 @@ async def test_alerts_shows_silenced_and_inhibited(store_url: StoreTarget) -> No
 async def test_add_and_expire_with_json_print_json(store_url: StoreTarget) -> None:
     """--json on add gives the new silence's ID to scripts; expire --json confirms in JSON."""
     db = str(await _store(store_url))
-    code, out, err = _cli(
+    code, out, err = collector_cli(
         "silence", "add", "--db", db, "--match", "node=n1", "--for", "1h", "--json"
     )
     assert code == 0, err
     added = json.loads(out)
     assert added["matchers"] == ["node=n1"]
     assert added["ends_at"] > time.time() + 3500
-    code, out, err = _cli("silence", "expire", str(added["id"]), "--db", db, "--json")
+    code, out, err = collector_cli("silence", "expire", str(added["id"]), "--db", db, "--json")
     assert code == 0, err
     assert json.loads(out) == {"id": added["id"], "expired": True}
 
@@ -145,7 +141,7 @@ async def test_expire_of_an_id_beyond_sqlite_integers_says_no_such_silence(
 ) -> None:
     """An ID of 23 digits: the usual one line, not SQLite's int-conversion error."""
     db = str(await _store(store_url))
-    code, _, err = _cli("silence", "expire", "99999999999999999999999", "--db", db)
+    code, _, err = collector_cli("silence", "expire", "99999999999999999999999", "--db", db)
     assert code == 2
     assert "no silence in force with id 99999999999999999999999" in err
 
@@ -163,7 +159,7 @@ async def test_alerts_limit_and_redeliver_out_of_range_are_one_line_exit_2(
 ) -> None:
     """--limit 0 was read as 1 and a 20-digit one reached SQLite; so did a 23-digit ID."""
     db = str(await _store(store_url))
-    code, _, err = _cli("alerts", "--db", db, *args)
+    code, _, err = collector_cli("alerts", "--db", db, *args)
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
@@ -176,16 +172,16 @@ async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(
     to a column (a 10 kB comment made every row 10 kB wide), --json keeps them whole."""
     db = str(await _store(store_url))
     long = "cooling work in row 3 " * 500
-    code, _, _ = _cli(
+    code, _, _ = collector_cli(
         "silence", "add", "--db", db, "--match", "alertname=GpuTemperature", "--for", "2h",
         "--comment", long, "--author", "j" * 300,
     )  # fmt: skip
     assert code == 0
-    code, out, _ = _cli("silence", "list", "--db", db)
+    code, out, _ = collector_cli("silence", "list", "--db", db)
     assert code == 0
     assert max(len(line) for line in out.splitlines()) < 200
     assert "cooling work in row 3 cooling" in out
     assert "…" in out
-    code, out, _ = _cli("silence", "list", "--db", db, "--json")
+    code, out, _ = collector_cli("silence", "list", "--db", db, "--json")
     (silence,) = json.loads(out)["silences"]
     assert (silence["comment"], silence["author"]) == (long, "j" * 300)

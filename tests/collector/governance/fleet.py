@@ -6,13 +6,10 @@ payload compression), so the commands read exactly what a running collector leav
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Sequence
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from collector.cli import main as collector_main
 from collector.ingest.validate import sample_row
 from collector.paths import StoreTarget
 from collector.store.db import NodeUpdate, Store
@@ -25,6 +22,7 @@ from shared.schema import (
     Sample,
     encode,
 )
+from tests.helpers import collector_cli as cli
 
 __all__ = ["cli", "inventory", "make_store", "sample"]
 
@@ -93,11 +91,3 @@ async def make_store(
         rows = [sample_row(s, encode(s), received) for s, received in samples]
         await store.write_batch(rows, updates, new_nodes=list(gpus))
     return db
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    """Run ``collector ARGS`` in process: exit code, stdout, stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = collector_main(list(args))
-    return code, out.getvalue(), err.getvalue()

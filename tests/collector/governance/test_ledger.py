@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from collector.store.reader import StoreReader
 from collector.store.rollups import RollupConfig
 from shared.clock import FakeClock
 from shared.schema import encode
-from tests.helpers import assert_daily_is_the_hours_summed, db_rows
+from tests.helpers import assert_daily_is_the_hours_summed, collector_json, db_rows
 
 DAY0 = dt.datetime(2026, 11, 10, tzinfo=dt.UTC).timestamp()
 GPUS = 4
@@ -92,20 +91,16 @@ async def db(tmp_path: Path) -> Path:
     return path
 
 
-def _usage(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> dict[str, Any]:
-    capsys.readouterr()
-    assert main(["usage", "--db", str(db), "--json", *args]) == 0
-    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+def _usage(db: StoreTarget, *args: str) -> dict[str, Any]:
+    out: dict[str, Any] = collector_json("usage", "--db", str(db), *args)
     return out
 
 
-def test_tenants_allocated_hours_add_up_to_the_fleets(
-    db: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_tenants_allocated_hours_add_up_to_the_fleets(db: Path) -> None:
     """Allocated GPU-hours are the contracts': acme 2 nodes x 24 h, bravo 1 node x the 21
     days of November its lease is in force (x 4 GPUs), though the nodes reported for two
     days only; the tenants' rows sum to the totals and to the fleet's allocated hours."""
-    got = _usage(capsys, db, "--month", "2026-11")
+    got = _usage(db, "--month", "2026-11")
     by_tenant = {r["tenant"]: r for r in got["rows"]}
     assert by_tenant["acme"]["allocated_gpu_hours"] == pytest.approx(2 * 24 * GPUS)
     assert by_tenant["bravo"]["allocated_gpu_hours"] == pytest.approx(21 * 24 * GPUS)
@@ -124,10 +119,10 @@ def test_tenants_allocated_hours_add_up_to_the_fleets(
         assert r["node_kwh_basis"] == "gpu+cpu"
 
 
-def test_energy_matches_the_rollups(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_energy_matches_the_rollups(db: Path) -> None:
     """The fleet's GPU kWh is the rollups' GPU energy (nothing lost or counted twice by
     splitting hours between leases)."""
-    got = _usage(capsys, db, "--from", "2026-11-10", "--to", "2026-11-11", "--by", "day")
+    got = _usage(db, "--from", "2026-11-10", "--to", "2026-11-11", "--by", "day")
     (joules,) = db_rows(db, "SELECT sum(gpu_energy_j) FROM rollups WHERE res = 3600")[0]
     assert got["fleet"]["gpu_kwh"] == pytest.approx(joules / 3.6e6)
     assert [r["period"] for r in got["rows"]] == [
@@ -185,14 +180,14 @@ def test_daily_sums_follow_a_lease_edited_afterwards(db: Path) -> None:
     assert_daily_is_the_hours_summed(db)
 
 
-def test_prices_from_billing(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prices_from_billing(db: Path, tmp_path: Path) -> None:
     """Cost: a lease's contract price, else the tenant's, else the default; plus kWh."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         '[billing]\ncurrency = "USD"\ngpu_hour = 2.0\nkwh = 0.5\n'
         'gpu_hour_by_tenant = { acme = 3.0 }\ngpu_hour_by_lease = { "bravo-1" = 1.0 }\n'
     )
-    got = _usage(capsys, db, "--config", str(cfg), "--month", "2026-11")
+    got = _usage(db, "--config", str(cfg), "--month", "2026-11")
     by_tenant = {r["tenant"]: r for r in got["rows"]}
     acme, bravo = by_tenant["acme"], by_tenant["bravo"]
     assert acme["gpu_hour_cost"] == pytest.approx(3.0 * 2 * 24 * GPUS)
@@ -371,9 +366,7 @@ def _lease(
         )
 
 
-async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_a_lease_bills_its_contract_through_a_monitoring_gap(store_url: StoreTarget) -> None:
     """A one-day lease bills its 24 hours whatever the monitoring saw: acme's node reported
     18 of them (a six-hour gap with no collector), bravo's none at all. Busy hours and
     energy stay measured; coverage shows the gap; the tenants add up to the fleet."""
@@ -389,7 +382,7 @@ async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
         )
     await _ledger(store_url, DAY0 + 86_400)
 
-    got = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")
+    got = _usage(store_url, "--from", "2026-11-10", "--to", "2026-11-10")
     acme, bravo = got["rows"]
     assert (acme["tenant"], bravo["tenant"]) == ("acme", "bravo")
     assert acme["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
@@ -417,7 +410,7 @@ async def test_a_lease_bills_its_contract_through_a_monitoring_gap(
 
 
 async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget,
 ) -> None:
     """Two nodes in pool `a`, moved to `b` at 00:20 on 2026-11-15: their ledger hours count
     in `a` until 01:00 (the pool at each hour's start), in `b` after, whether a lease of
@@ -441,7 +434,7 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
     )
     assert sorted(pools) == [("a", 25), ("b", 23)]
     for pool, hours in (("a", 25), ("b", 23)):
-        got = _usage(capsys, store_url, "--month", "2026-11", "--pool", pool)
+        got = _usage(store_url, "--month", "2026-11", "--pool", pool)
         (acme,) = got["rows"]
         assert acme["allocated_gpu_hours"] == pytest.approx(hours * GPUS)
         assert acme["coverage_pct"] == pytest.approx(100.0)
@@ -449,7 +442,7 @@ async def test_a_node_moved_between_pools_mid_month_counts_in_each_for_its_hours
 
 
 async def test_a_node_moved_between_leases_mid_month_bills_each_for_its_time(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget,
 ) -> None:
     """n0, leased by acme from 2026-11-14, moved to bravo's lease (which holds n1) at 00:20
     on the 15th: acme is allocated n0's 24 h 20 min, bravo the rest of its two days plus
@@ -467,7 +460,7 @@ async def test_a_node_moved_between_leases_mid_month_bills_each_for_its_time(
         tx.governance.set_lease_nodes(leases["bravo-1"], [n1, n0])
     await _ledger(store_url, day + 2 * 86_400)
 
-    got = _usage(capsys, store_url, "--month", "2026-11")
+    got = _usage(store_url, "--month", "2026-11")
     by_tenant = {r["tenant"]: r["allocated_gpu_hours"] for r in got["rows"]}
     moved_h = 24 + 1 / 3
     assert by_tenant == {
@@ -494,9 +487,7 @@ async def test_a_node_moved_between_leases_mid_month_bills_each_for_its_time(
     assert hour == [("acme-1", pytest.approx(1 / 3)), ("bravo-1", pytest.approx(2 / 3))]
 
 
-async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(store_url: StoreTarget) -> None:
     """A lease of pool `a` follows its pool: a node moved out of `a` at 00:20 on the 15th
     (recorded as leaving the lease, in the pool command's transaction) is billed to the
     lease until then, not for the whole lease, nor for none of it."""
@@ -511,7 +502,7 @@ async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
     with Command(store_url, now=day + 86_400 + 1200) as tx:
         tx.pools.move([n1], "free", "test")
     await _ledger(store_url, day + 2 * 86_400)
-    got = _usage(capsys, store_url, "--month", "2026-11")
+    got = _usage(store_url, "--month", "2026-11")
     (acme,) = got["rows"]
     assert acme["allocated_gpu_hours"] == pytest.approx((48 + 24 + 1 / 3) * GPUS)
     ((held,),) = db_rows(
@@ -521,7 +512,7 @@ async def test_a_pool_lease_bills_a_node_until_it_leaves_the_pool(
 
 
 async def test_a_node_with_no_inventory_counts_the_gpus_its_samples_reported(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+    store_url: StoreTarget,
 ) -> None:
     """A leased node whose agent never sent an inventory has the GPUs its samples reported
     (4): its one-day lease allocates 24 h x 4 in the bill and in every ledger hour, the
@@ -533,7 +524,7 @@ async def test_a_node_with_no_inventory_counts_the_gpus_its_samples_reported(
     _lease(store_url, DAY0, "acme-1", [n0], dt.date(2026, 11, 10), days=1)
     await _ledger(store_url, DAY0 + 12.5 * 3600)
     await _ledger(store_url, DAY0 + 86_400)  # computes 12:00-24:00, the gap's hours too
-    (acme,) = _usage(capsys, store_url, "--from", "2026-11-10", "--to", "2026-11-10")["rows"]
+    (acme,) = _usage(store_url, "--from", "2026-11-10", "--to", "2026-11-10")["rows"]
     assert acme["allocated_gpu_hours"] == pytest.approx(24 * GPUS)
     assert acme["coverage_pct"] == pytest.approx(75.0)
     rows = db_rows(store_url, "SELECT DISTINCT gpus, allocated_gpu_h FROM usage_ledger")

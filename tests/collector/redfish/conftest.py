@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -58,14 +57,6 @@ def bmc2020() -> Iterator[MockupBmc]:
     """A BMC serving public-rackmount1 of 2020 (Power 344 W only)."""
     with MockupBmc(RACKMOUNT_2020, username=USER, password=PASSWORD) as bmc:
         yield bmc
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def live_with(*nodes: str) -> LiveView:

@@ -14,12 +14,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from collector.counters import labelled_values
+from collector.localbroker import free_port
 from collector.redfish.metrics import bmc_families
 from collector.redfish.settings import BmcSettings
 from tests.collector.redfish.conftest import (
     PASSWORD,
     USER,
-    closed_port,
     live_with,
     make_poller,
     running,
@@ -94,7 +94,7 @@ async def test_a_bmc_that_is_down_backs_off_and_the_others_are_read(
     poller = make_poller(
         live,
         creds_file,
-        [_bmc("up", bmc2022.url), _bmc("down", f"http://127.0.0.1:{closed_port()}")],
+        [_bmc("up", bmc2022.url), _bmc("down", f"http://127.0.0.1:{free_port()}")],
         interval_s=0.1,
     )
     with capture_logs() as logs:
@@ -285,7 +285,7 @@ async def test_each_bmc_has_its_outcome_counters(bmc2022: MockupBmc, creds_file:
     poller = make_poller(
         live,
         creds_file,
-        [_bmc("up", bmc2022.url), _bmc("down", f"http://127.0.0.1:{closed_port()}")],
+        [_bmc("up", bmc2022.url), _bmc("down", f"http://127.0.0.1:{free_port()}")],
     )
     async with running(poller):
         await wait_until(lambda: poller.bmcs[0].counts.get("ok", 0) >= 2, what="two polls")

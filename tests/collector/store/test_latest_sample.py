@@ -9,7 +9,6 @@ run's clock, the spool replaying late samples of that last run).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -20,14 +19,13 @@ import pytest
 
 from agent.simulate import FleetSimulator
 from collector.capacity.fromstore import nodes_from_store
-from collector.cli import main
 from collector.ingest.validate import sample_row
 from collector.localbroker import MosquittoBroker
 from collector.paths import StoreTarget
 from collector.store.reader import StoreReader
 from shared.schema import Sample, encode
 from shared.topics import sample_topic
-from tests.helpers import count_samples, db_rows, wait_until
+from tests.helpers import collector_json, count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
 
 STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT, WIPED = NODES = FleetSimulator(6).node_ids
@@ -87,14 +85,12 @@ async def _publish(broker: MosquittoBroker, samples: Sequence[Sample]) -> None:
             await client.publish(sample_topic(s.node), encode(s), qos=1)
 
 
-def _query(capsys: pytest.CaptureFixture[str], db: StoreTarget, *args: str) -> Any:
-    capsys.readouterr()
-    assert main(["query", "--db", str(db), "--json", *args]) == 0
-    return json.loads(capsys.readouterr().out)
+def _query(db: StoreTarget, *args: str) -> Any:
+    return collector_json("query", "--db", str(db), *args)
 
 
 async def test_the_store_names_the_same_newest_sample_as_the_live_view(
-    mosquitto: MosquittoBroker, runner: CollectorRunner, capsys: pytest.CaptureFixture[str]
+    mosquitto: MosquittoBroker, runner: CollectorRunner
 ) -> None:
     """Clock stepped back, restart behind the last run, spool replay, agent without epochs:
     `collector query`, the GPUs' rows and the store's node states show the live view's
@@ -135,11 +131,11 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
     }
 
     for node, sample in newest.items():
-        gpus = _query(capsys, runner.target, "--gpus", "--node", node)["gpus"]
+        gpus = _query(runner.target, "--gpus", "--node", node)["gpus"]
         assert {g["ts"] for g in gpus} == {sample.ts}, node
-    fleet = _query(capsys, runner.target, "--gpus")["gpus"]
+    fleet = _query(runner.target, "--gpus")["gpus"]
     assert {g["node"]: g["ts"] for g in fleet} == {n: s.ts for n, s in newest.items()}
-    summary = _query(capsys, runner.target)
+    summary = _query(runner.target)
     figures = ("cpu_pct", "gpu_util_pct", "gpu_power_w")
     rows = {n: sample_row(s, b"", 0) for n, s in newest.items()}
     assert {n["node"]: tuple(n[f] for f in figures) for n in summary["nodes"]} == {
