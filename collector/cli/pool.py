@@ -72,7 +72,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_settings_args(p)
     p.add_argument("action", choices=_ACTIONS, help="what to do")
     p.add_argument("words", nargs="*", metavar="NAME [NODE ...]", help="pool, then nodes")
-    p.add_argument("--nodes", nargs="+", default=[], metavar="NODE", help="with create")
+    p.add_argument(
+        "--nodes",
+        nargs="+",
+        default=[],
+        metavar="NODE",
+        help="with create: the nodes, separated by spaces or commas (as lease add --nodes)",
+    )
     p.add_argument("-p", "--pattern", help="with apply: NAME:component:qty(:component:qty)*")
     p.add_argument("--dry-run", action="store_true", help="with apply: change nothing")
     p.add_argument(
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         settings.store_target,
         args.action,
         name,
-        nodes or args.nodes,
+        [n for arg in nodes or args.nodes for n in arg.split(",") if n],
         args.comment,
         as_json=args.json,
         force_reason=_forced(args),

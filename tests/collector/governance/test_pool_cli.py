@@ -57,6 +57,26 @@ async def test_create_add_remove_delete_and_list(fleet: StoreTarget) -> None:
     assert _members(fleet) == {}
 
 
+async def test_nodes_may_be_given_comma_separated_as_lease_add_takes_them(
+    fleet: StoreTarget,
+) -> None:
+    """``--nodes a,b`` (as ``lease add --nodes`` takes them) and ``add NAME a,b c`` name each
+    node, where ``a,b`` was refused as one unknown node."""
+    db = str(fleet)
+    code, _, err = cli(
+        "pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0,x1000c0s1b0n0"
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        "pool", "add", "zinal", "x2000c0s0b0n0,x2000c0s1b0n0", "x2000c0s2b0n0", "--db", db
+    )
+    assert code == 0, err
+    assert _members(fleet) == dict.fromkeys(
+        ("x1000c0s0b0n0", "x1000c0s1b0n0", "x2000c0s0b0n0", "x2000c0s1b0n0", "x2000c0s2b0n0"),
+        "zinal",
+    )
+
+
 async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(fleet: StoreTarget) -> None:
     """A pool's comment is free text of any length: `pool list` cuts it to a column (a
     10 kB comment made its row 10 kB wide), --json keeps it whole."""
