@@ -320,21 +320,16 @@ class Ingestor:
             # (unbounded padding, in principle) and duplicate keys do not reach the store.
             return sample_row(message, pack_sample(message), now, rollups=self._rollups)
         if isinstance(message, NodeStatus):
-            held = self._held.pop(node, None) if self._held else None
             self._status.inc()
+            update = NodeUpdate(node=node, status=message.status, status_ts=now)
             if self.live is not None:
                 self.live.on_status(node, message.status, now)
-                if held is not None:
+            held = self._held.pop(node, None) if self._held else None
+            if held is not None:  # the node is back: with its inventory (_hold)
+                if self.live is not None:
                     self.live.on_inventory(held, now)
-            if held is not None:
-                return NodeUpdate(
-                    node=node,
-                    status=message.status,
-                    status_ts=now,
-                    inventory=encode(held),
-                    inventory_ts=now,
-                )
-            return NodeUpdate(node=node, status=message.status, status_ts=now)
+                update.inventory, update.inventory_ts = encode(held), now
+            return update
         if self._held:
             self._held.pop(node, None)  # this one is newer
         self._inventory.inc()
