@@ -17,6 +17,7 @@ __all__ = [
     "add_log_args",
     "add_web_config_arg",
     "first_error",
+    "first_named",
     "run_command",
     "shown",
 ]
@@ -99,6 +100,13 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     return code
+
+
+def first_named(names: Sequence[str], most: int) -> str:
+    """The first ``most`` of ``names``, comma-separated, then how many more (``a, b and 3
+    more``): a list of nodes or models cut to fit one line of a message."""
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 def shown(text: str) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from collector.cli._render import print_json
+from shared.cli import first_named
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -139,8 +140,7 @@ def _polled(settings: CollectorSettings, nodes: Sequence[str]) -> list[str]:
 
 def _listed(nodes: Sequence[str]) -> str:
     """``node x's BMC is`` / ``nodes x, y: their BMCs are``, at most :data:`_SHOWN` named."""
-    more = len(nodes) - _SHOWN
-    named = ", ".join(nodes[:_SHOWN]) + (f" and {more} more" if more > 0 else "")
+    named = first_named(nodes, _SHOWN)
     return f"node {named}'s BMC is" if len(nodes) == 1 else f"nodes {named}: their BMCs are"
 
 

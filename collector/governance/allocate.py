@@ -41,6 +41,7 @@ from collector.governance.inventory import NodeComponents
 from collector.governance.pattern import Pattern
 from collector.governance.racks import Group, fewest_racks
 from collector.store.pools import FREE
+from shared.cli import first_named
 from shared.errors import ConfigError
 
 __all__ = [
@@ -138,11 +139,10 @@ def plan_pool(
     if fixed:
         # They count towards the pattern whatever it needs: say so, or "keep 3, release 0"
         # under "fewest nodes proven" reads as a wrong answer.
-        shown = ", ".join(n.node for n in fixed[:5])
-        more = f" and {len(fixed) - 5} more" if len(fixed) > 5 else ""
+        stay = first_named([n.node for n in fixed], 5)
         notes.append(
             f"{len(fixed)} of the pool's nodes stay (leased, or given with --exclude): "
-            f"{shown}{more}; the fewest nodes are counted on top of them; `collector pool "
+            f"{stay}; the fewest nodes are counted on top of them; `collector pool "
             f"remove {pool} NODE...` releases a leased node (it leaves its lease)"
         )
     chosen: list[int] | None = None

@@ -51,7 +51,7 @@ from typing import Any, Final
 
 from collector.governance.quota import Quota
 from collector.governance.state import Governance
-from shared.cli import shown
+from shared.cli import first_named, shown
 from shared.errors import ConfigError
 
 __all__ = [
@@ -256,11 +256,10 @@ def kueue_manifests(
         )
     left_out = sorted(set(fleet) - {f.model for f in flavors})
     if left_out:
-        named = ", ".join(shown(m) for m in left_out[:_NAMED])
-        more = f" and {len(left_out) - _NAMED} more" if len(left_out) > _NAMED else ""
+        named = first_named([shown(m) for m in left_out], _NAMED)
         out.notes.append(
             f"{len(left_out)} GPU models past Kueue's {MAX_FLAVORS} flavors in a resource group "
-            f"(those with the fewest GPUs) have no flavor: {named}{more}"
+            f"(those with the fewest GPUs) have no flavor: {named}"
         )
     for f in flavors:
         spec: dict[str, Any] = {}
