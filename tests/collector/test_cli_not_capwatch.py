@@ -44,17 +44,22 @@ def _foreign(store_url: StoreTarget) -> str:
     return str(store_url)
 
 
-@pytest.mark.parametrize("argv", _READS, ids=" ".join)
-def test_a_store_that_is_not_capwatch_is_named_not_read_as_empty(
-    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
-) -> None:
-    db = _foreign(store_url)
+def _refused_as_not_capwatch(argv: list[str], db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command on ``db`` exits 2 with one line, on stderr only: not a capwatch store."""
     assert main([*argv, "--db", db]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, lines
     assert "is not a capwatch database" in lines[0]
+
+
+@pytest.mark.parametrize("argv", _READS, ids=" ".join)
+def test_a_store_that_is_not_capwatch_is_named_not_read_as_empty(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    db = _foreign(store_url)
+    _refused_as_not_capwatch(argv, db, capsys)
 
 
 async def test_a_capwatch_store_without_alerts_yet_answers_empty(
@@ -130,12 +135,7 @@ def test_a_foreign_store_with_a_samples_table_is_not_capwatch_nor_not_migrated(
     a column that another program's ``nodes`` lacks, on PostgreSQL (a missing column was
     taken for a store not yet migrated whatever the store)."""
     db = _foreign_with(store_url, *tables)
-    assert main([*argv, "--db", db]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert "is not a capwatch database" in lines[0]
+    _refused_as_not_capwatch(argv, db, capsys)
 
 
 def test_a_missing_column_of_a_foreign_table_is_not_capwatch(store_url: StoreTarget) -> None:

@@ -278,6 +278,20 @@ def test_a_share_groups_rejected_samples_count_in_the_view_from_the_feed_alone()
     assert rejects(alone) == 1
 
 
+def _forgotten_at(
+    at: float, *, gpus: int, seed: int
+) -> tuple[LiveView, Ingestor, FleetSimulator, str]:
+    """An ingestor whose view forgot a simulated node at ``at``, its clock 600 s later and
+    ``max_skew_s`` 300: the view, ingestor, simulator and node."""
+    clock = FakeClock(start_wall=at + 600)
+    view = LiveView()
+    ing = Ingestor(clock, max_skew_s=300, live=view)
+    sim = FleetSimulator(1, gpus_per_node=gpus, seed=seed, interval_s=5)
+    node = sim.node_ids[0]
+    view.forget(node, at=at)
+    return view, ing, sim, node
+
+
 def test_a_forgotten_nodes_messages_from_before_its_forget_are_dropped() -> None:
     """A node forgotten at ``at``: its samples, inventory and ``online`` status stamped up to
     max_skew_s after (its clock may be that far ahead), and its ``offline`` status (no time),
@@ -285,12 +299,7 @@ def test_a_forgotten_nodes_messages_from_before_its_forget_are_dropped() -> None
     stays forgotten; so does a message rejected for another reason. The first stamped
     later brings it back."""
     at = 1.8e9
-    clock = FakeClock(start_wall=at + 600)
-    view = LiveView()
-    ing = Ingestor(clock, max_skew_s=300, live=view)
-    sim = FleetSimulator(1, gpus_per_node=1, seed=2, interval_s=5)
-    node = sim.node_ids[0]
-    view.forget(node, at=at)
+    view, ing, sim, node = _forgotten_at(at, gpus=1, seed=2)
     status = b'{"v":1,"node":"%s","status":"%s"%s}'
     before = [
         (sample_topic(node), encode(sim.sample(0, at - 5, 0))),
@@ -327,12 +336,7 @@ def test_a_forgotten_nodes_inventory_from_before_comes_back_with_its_status(
     that inventory with it, into the store's update and the live view, not a node without
     one until its agent restarts. An inventory sent in between is newer: it wins."""
     at = 1.8e9
-    clock = FakeClock(start_wall=at + 600)
-    view = LiveView()
-    ing = Ingestor(clock, max_skew_s=300, live=view)
-    sim = FleetSimulator(1, gpus_per_node=2, seed=4, interval_s=5)
-    node = sim.node_ids[0]
-    view.forget(node, at=at)
+    view, ing, sim, node = _forgotten_at(at, gpus=2, seed=4)
     old = sim.inventory(0, at - 3600)
     item = ing.handle(inventory_topic(node), encode(old))
     assert isinstance(item, Rejected)
@@ -351,7 +355,7 @@ def test_a_forgotten_nodes_inventory_from_before_comes_back_with_its_status(
         assert update.inventory is None  # stored with its own message
     else:
         assert update.inventory == encode(old)
-        assert update.inventory_ts == clock.time()
+        assert update.inventory_ts == ing.clock.time()
         assert st.inventory.ts == old.ts
     again = ing.handle(status_topic(node), status)
     assert isinstance(again, NodeUpdate)
