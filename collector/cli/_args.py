@@ -124,6 +124,13 @@ class ReadSettings(NamedTuple):
         return rack_rules(self.capacity_plan)
 
 
+def defaults_only(args: argparse.Namespace) -> bool:
+    """Whether the settings can only be the collector's defaults: no ``--config`` file and no
+    ``CAPWATCH_*`` environment variable (in any case, as pydantic-settings matches them). A
+    command may then skip building and validating them (pydantic's imports)."""
+    return args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ)
+
+
 def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     """What a store-reading command needs, from ``--config``, ``CAPWATCH_*`` and ``--db``.
 
@@ -134,7 +141,7 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     equal). Otherwise the full settings are built and checked as for ``collector run``, with
     the same errors.
     """
-    if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
+    if defaults_only(args):
         from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, DEFAULT_STALENESS  # noqa: PLC0415
         from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 

@@ -9,14 +9,13 @@ and the solver are :mod:`collector.capacity`; this module reads flags and prints
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.capacity.picture import PDU
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args
+from collector.cli._args import add_settings_args, defaults_only
 from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
@@ -64,7 +63,6 @@ examples:
 exit status: 0 answered (with --add: the grown fleet fits); 1 the --add fleet does not fit;
 2 a bad flag, plan or setting, or no snapshot yet (one line)."""
 
-_ENV_PREFIX: Final = "CAPWATCH_"
 _OLD_SNAPSHOT_S: Final = 300.0
 """A snapshot older than this is called out (the collector writes one every 30 s)."""
 
@@ -147,15 +145,15 @@ class CapacityCliSettings(NamedTuple):
 
 def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
     """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
-    if args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ):
-        from collector.nodefacts import Staleness  # noqa: PLC0415
+    if defaults_only(args):
+        from collector.nodefacts import DEFAULT_STALENESS  # noqa: PLC0415
         from collector.paths import DEFAULT_DB_PATH, parse_target  # noqa: PLC0415
 
         db: str | None = args.db
         return CapacityCliSettings(
             DEFAULT_DB_PATH if db is None else parse_target(db),
             args.plan,
-            Staleness(),
+            DEFAULT_STALENESS,
             "nameplate",
             "calibrated",
         )
