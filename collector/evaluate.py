@@ -19,9 +19,14 @@ A cycle that fails is logged and counted in ``job_failures{job=<name>}`` (the wr
 counter: a job also fails when the store refuses its record); the others go on. A store that
 cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
 
-Liveness: :attr:`PeriodicEvaluator.last_turn` is stamped after each cycle and before each
-sleep, so it is never older than the longest interval while the evaluator works; the
-collector's :class:`~collector.health.Health` reads it.
+Each cycle runs in a lane of its own (a task), on its own schedule: a long cycle (a
+governance evaluation of many tenants, the ledger catching up on hours after an outage) never
+holds back the alert rules, which run every second. The cycles share no state but what they
+read: the governance rules read the governance job's newest view, whichever lane made it.
+
+Liveness: each lane's last turn is stamped after each of its cycles and before each sleep;
+:meth:`PeriodicEvaluator.overdue_s` is how far the latest lane is past its own interval, and
+the collector's :class:`~collector.health.Health` reads it.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ async def run_once(cycle: Cycle, store: Store, view: LiveView) -> None:
 
 
 class PeriodicEvaluator:
-    """Runs ``cycles`` in order, each every its ``interval_s``; see the module docstring."""
+    """Runs each of ``cycles`` in its own lane, every its ``interval_s``; see the module
+    docstring."""
 
     def __init__(
         self,
@@ -101,35 +107,40 @@ class PeriodicEvaluator:
             job_failures = WriterMetrics(CollectorRegistry()).job_failures
         self.job_failures = job_failures
         """Failed cycles by name (labels ``job``): the writer's counter, shared."""
-        self.last_turn = clock.monotonic()
-        """Clock monotonic time the evaluator last finished a cycle or went to sleep."""
+        self._turns = [clock.monotonic()] * len(self._cycles)
+        """Per cycle (its lane), clock monotonic time it last finished a cycle or went to
+        sleep."""
 
     def overdue_s(self, now: float) -> float:
-        """Seconds the evaluator is late at clock monotonic ``now``: since its last turn,
-        beyond the longest interval it may sleep. 0 while on time, and with no cycles."""
-        if not self._cycles:
-            return 0.0
-        longest = max(c.interval_s for c in self._cycles)
-        return max(0.0, now - self.last_turn - longest)
+        """Seconds the evaluator is late at clock monotonic ``now``: the most any lane is past
+        its last turn plus its own interval. 0 while every lane is on time, and with no
+        cycles."""
+        late = (now - t - c.interval_s for c, t in zip(self._cycles, self._turns, strict=True))
+        return max([0.0, *late])
 
     async def run(self) -> None:
-        """Evaluate until cancelled (the collector cancels it once the writer has stopped)."""
-        mono = self._clock.monotonic
-        due = [mono() + c.interval_s for c in self._cycles]
+        """Evaluate until cancelled (the collector cancels it once the writer has stopped);
+        a fatal :class:`StoreError` in one lane ends them all and is raised."""
         if not self._cycles:
             return
+        async with asyncio.TaskGroup() as tg:
+            for i, cycle in enumerate(self._cycles):
+                tg.create_task(self._lane(i, cycle), name=f"evaluator-{cycle.name}")
+
+    async def _lane(self, i: int, cycle: Cycle) -> None:
+        """``cycle`` every its ``interval_s`` (from the end of one run to the next)."""
+        mono = self._clock.monotonic
+        due = mono() + cycle.interval_s
         while True:
-            self.last_turn = mono()
-            wait_s = min(due) - mono()
+            self._turns[i] = mono()
+            wait_s = due - mono()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
                 continue
-            for i, cycle in enumerate(self._cycles):
-                if mono() >= due[i]:
-                    # A snapshot per cycle (a dict copy): one taken before a long governance
-                    # cycle would make every node look older to the alert rules after it.
-                    await self._run(cycle, self._live.snapshot())
-                    due[i] = mono() + cycle.interval_s
+            # A snapshot per cycle (a dict copy), taken as it starts: the nodes look as old
+            # to its rules as they are.
+            await self._run(cycle, self._live.snapshot())
+            due = mono() + cycle.interval_s
 
     async def _run(self, cycle: Cycle, view: LiveView) -> None:
         """One cycle; a broken one is logged and counted, the others (and ingestion) go on."""

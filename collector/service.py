@@ -485,7 +485,7 @@ class Collector:
         """Run the leader's cycles, delivery and push until cancelled (the term ended)."""
         records = FencedRecords(_put_record(self._queue), fence)
         cycles: list[Cycle] = [
-            self.governance,  # first: the governance rules read its view
+            self.governance,  # the governance rules read its newest view
             jobs.alerts,
             *([] if self.capacity is None else [self.capacity]),
             *([] if self.ledger is None else [self.ledger]),

@@ -65,3 +65,35 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
             evaluating.cancel()
     assert db_rows(db, "SELECT DISTINCT nodes FROM capacity_snapshots") == [(10,)]
     assert labelled_values(failures) == {"alerts": value(failures.labels("alerts"))}
+
+
+class _Cycle:
+    """A cycle that counts its runs; ``hold`` (when given) keeps its run from ending."""
+
+    def __init__(self, name: str, interval_s: float, hold: asyncio.Event | None = None) -> None:
+        self.name, self.interval_s, self.runs, self._hold = name, interval_s, 0, hold
+
+    async def __call__(self, store: Store, view: LiveView) -> None:
+        self.runs += 1
+        if self._hold is not None:
+            await self._hold.wait()
+
+
+async def test_a_long_cycle_does_not_hold_back_the_others(tmp_path: Path) -> None:
+    """A governance evaluation of many tenants, or the ledger catching up on an outage's
+    hours, takes seconds: the alert rules beside it still run every their interval, and the
+    evaluator is late by the long cycle's lane alone."""
+    clock = SystemClock()
+    held = asyncio.Event()
+    slow, fast = _Cycle("ledger", 0.01, hold=held), _Cycle("alerts", 0.01)
+    async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        evaluator = PeriodicEvaluator([slow, fast], LiveView(), store, queue, clock)
+        evaluating = tg.create_task(evaluator.run())
+        await wait_until(lambda: slow.runs == 1 and fast.runs >= 5, what="5 alert cycles")
+        await asyncio.sleep(0.2)
+        assert evaluator.overdue_s(clock.monotonic()) > 0.1  # the held lane's 0.2 s, less 0.01
+        held.set()
+        await wait_until(lambda: slow.runs >= 2, what="the ledger's next cycle")
+        assert evaluator.overdue_s(clock.monotonic()) < 0.1
+        evaluating.cancel()
