@@ -208,6 +208,11 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=40, help="seconds of offered load")
     p.add_argument("--rate", type=int, default=10_000, help="samples/s offered (12,500 nodes)")
     p.add_argument("--eval-interval-s", type=float, default=5.0, help="alerts and governance")
+    p.add_argument(
+        "--governance-interval-s",
+        type=float,
+        help="governance alone (default: --eval-interval-s; the collector's own is 15 s)",
+    )
     p.add_argument("--capacity-interval-s", type=float, default=10.0)
     p.add_argument(
         "--ledger-interval-s",
@@ -244,7 +249,11 @@ def main() -> None:
             "CAPWATCH_CAPACITY__PLAN": str(plan),
             "CAPWATCH_CAPACITY__INTERVAL_S": str(args.capacity_interval_s),
             "CAPWATCH_ALERTS__EVAL_INTERVAL_S": str(args.eval_interval_s),
-            "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(args.eval_interval_s),
+            "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(
+                args.eval_interval_s
+                if args.governance_interval_s is None
+                else args.governance_interval_s
+            ),
             "CAPWATCH_EXPECTED_INTERVAL_S": str(interval_s),
         }
         if args.ledger_interval_s is not None:
