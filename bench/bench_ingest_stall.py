@@ -25,6 +25,8 @@ what the writer did besides sample batches (a rollup fold, an evaluation's recor
 ``ms``) and which evaluator cycles ended then, from the same log; then, per record kind
 (``record_stored``: alerts, governance, capacity, ledger), the ms of each part written
 (records in parts log a line per part) and how many records.
+And per evaluator cycle (``cycle_done``): its runs' ms and the longest time between the
+ends of two runs in a row: for the alert rules, what an alert may wait for its evaluation.
 
 The simulated agents send an epoch (``Sample.epoch``, ``seq`` from 0 in it), as real ones
 do: the collector's watermarks (one message per changed node every second, and their
@@ -107,6 +109,7 @@ _CYCLES: Final = (
     "ledger_computed",
     "governance_loaded",
     "alert_changes_not_logged",
+    "cycle_done",
 )
 """What the evaluator logs as it finishes a cycle (the mass event's line among them)."""
 
@@ -159,6 +162,31 @@ def _records(log: Path, start: float, end: float) -> dict[str, tuple[list[float]
     return out
 
 
+def _cycles(log: Path, start: float, end: float) -> dict[str, tuple[list[float], float]]:
+    """Per evaluator cycle (the collector's ``cycle_done`` debug lines), in [start, end]
+    (Unix times): the ms of each run (sorted) and the longest time between the ends of two
+    runs in a row (its interval, plus its own time and whatever held it back), in ms."""
+    ends: dict[str, list[tuple[float, float]]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"cycle_done"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+            job, ms = event["job"], float(event["ms"])
+        except (ValueError, KeyError):
+            continue
+        if start <= ts <= end:
+            ends.setdefault(job, []).append((ts, ms))
+    return {
+        job: (
+            sorted(ms for _, ms in runs),
+            max(((b[0] - a[0]) * 1000 for a, b in itertools.pairwise(runs)), default=0.0),
+        )
+        for job, runs in ends.items()
+    }
+
+
 def _events(log: Path, names: tuple[str, ...]) -> dict[str, int]:
     counts = dict.fromkeys(names, 0)
     for line in log.read_text(errors="replace").splitlines():
@@ -180,6 +208,11 @@ def main() -> None:
     p.add_argument("--seconds", type=int, default=40, help="seconds of offered load")
     p.add_argument("--rate", type=int, default=10_000, help="samples/s offered (12,500 nodes)")
     p.add_argument("--eval-interval-s", type=float, default=5.0, help="alerts and governance")
+    p.add_argument(
+        "--governance-interval-s",
+        type=float,
+        help="governance alone (default: --eval-interval-s; the collector's own is 15 s)",
+    )
     p.add_argument("--capacity-interval-s", type=float, default=10.0)
     p.add_argument(
         "--ledger-interval-s",
@@ -216,7 +249,11 @@ def main() -> None:
             "CAPWATCH_CAPACITY__PLAN": str(plan),
             "CAPWATCH_CAPACITY__INTERVAL_S": str(args.capacity_interval_s),
             "CAPWATCH_ALERTS__EVAL_INTERVAL_S": str(args.eval_interval_s),
-            "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(args.eval_interval_s),
+            "CAPWATCH_GOVERNANCE__EVAL_INTERVAL_S": str(
+                args.eval_interval_s
+                if args.governance_interval_s is None
+                else args.governance_interval_s
+            ),
             "CAPWATCH_EXPECTED_INTERVAL_S": str(interval_s),
         }
         if args.ledger_interval_s is not None:
@@ -255,6 +292,7 @@ def main() -> None:
         idle = sorted((b[0] - a[0]) * 1000 - b[1] for a, b in itertools.pairwise(commits))
         batch_ms = sorted(c[1] for c in commits)
         records = _records(log, start, end + 2.0)
+        cycles = _cycles(log, start, end)
         events = _events(
             log, ("governance_loaded", "capacity_snapshot", "alert_firing", "job_failed")
         )
@@ -297,6 +335,12 @@ def main() -> None:
         print(
             f"  {wait:8.1f} ms of a {(b[0] - a[0]) * 1000:.1f} ms gap (then a batch of "
             f"{b[1]:.0f} ms): {what}"
+        )
+    print("evaluator cycles while the load was offered (each in its own lane):")
+    for job, (runs, period) in sorted(cycles.items()):
+        print(
+            f"  {job:<12} {len(runs):4d} runs: p50 {statistics.median(runs):6.1f}  "
+            f"max {runs[-1]:6.1f} ms; longest between two runs' ends {period:7.0f} ms"
         )
     print("records written while the load was offered (ms per part):")
     for job, (parts, n) in sorted(records.items()):

@@ -35,7 +35,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from collector.ingest.metrics import WriterMetrics
 from collector.ingest.writer import Record
@@ -96,17 +96,18 @@ class PeriodicEvaluator:
         records: RecordQueue,
         clock: Clock,
         *,
-        job_failures: Counter | None = None,
+        metrics: WriterMetrics | None = None,
     ) -> None:
         self._cycles = list(cycles)
         self._live = live
         self._store = store
         self._records = records
         self._clock = clock
-        if job_failures is None:
-            job_failures = WriterMetrics(CollectorRegistry()).job_failures
-        self.job_failures = job_failures
+        if metrics is None:
+            metrics = WriterMetrics(CollectorRegistry())
+        self.job_failures = metrics.job_failures
         """Failed cycles by name (labels ``job``): the writer's counter, shared."""
+        self._seconds = metrics.cycle_seconds
         self._turns = [clock.monotonic()] * len(self._cycles)
         """Per cycle (its lane), clock monotonic time it last finished a cycle or went to
         sleep."""
@@ -144,6 +145,7 @@ class PeriodicEvaluator:
 
     async def _run(self, cycle: Cycle, view: LiveView) -> None:
         """One cycle; a broken one is logged and counted, the others (and ingestion) go on."""
+        started = self._clock.monotonic()
         try:
             record = await cycle(self._store, view)
         except StoreError as exc:
@@ -160,3 +162,6 @@ class PeriodicEvaluator:
             return
         if record is not None:
             await self._records.put(record)
+        took_s = self._clock.monotonic() - started
+        self._seconds.labels(cycle.name).observe(took_s)
+        log.debug("cycle_done", job=cycle.name, ms=round(took_s * 1000, 1))

@@ -407,7 +407,7 @@ class Collector:
                 reads,
                 queue,
                 self.clock,
-                job_failures=self.writer_metrics.job_failures,
+                metrics=self.writer_metrics,
             )
             health = self.health = Health(
                 self.clock,
@@ -496,7 +496,7 @@ class Collector:
             reads,
             records,
             self.clock,
-            job_failures=self.writer_metrics.job_failures,
+            metrics=self.writer_metrics,
         )
         self.leader_evaluator = evaluator
         with health.watching(evaluator):

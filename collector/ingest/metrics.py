@@ -127,7 +127,8 @@ class WriterMetrics:
     """What the writer stores, drops and refuses (:class:`~collector.ingest.writer.Writer`).
 
     ``job_failures`` is shared with the evaluator: a job fails either in its cycle or when
-    the store refuses its record, and both count under its name.
+    the store refuses its record, and both count under its name. ``cycle_seconds`` is the
+    evaluator's (:class:`~collector.evaluate.PeriodicEvaluator`).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -165,6 +166,17 @@ class WriterMetrics:
             "rollups.fold_interval_s x 10), folded by this one.",
         )
         self.job_failures = counter("job_failures", "Periodic jobs that failed, by job.", ("job",))
+        self.cycle_seconds = Histogram(
+            "cycle_duration_seconds",
+            "Time one evaluator cycle took, by job (alerts, governance, capacity, ledger): "
+            "from its snapshot of the live view to its record queued for the writer (a cycle "
+            "that failed is counted in job_failures instead). Labelled cycle, not job: "
+            "Prometheus gives every target a job label.",
+            ("cycle",),
+            namespace=_NS,
+            buckets=COMMIT_BUCKETS_S,
+            registry=registry,
+        )
         self.watermarks_published = counter(
             "watermarks_published",
             "Watermark messages published (one per node whose store watermark changed, at "

@@ -43,7 +43,8 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
         AlertJob(Evaluator([broken]), clock, interval_s=0.02),
         CapacityJob(site_plan(), clock, interval_s=0.02),
     ]
-    failures = WriterMetrics(CollectorRegistry()).job_failures
+    metrics = WriterMetrics(CollectorRegistry())
+    failures = metrics.job_failures
 
     def snapshots() -> int:
         return int(db_rows(db, "SELECT count(*) FROM capacity_snapshots")[0][0])
@@ -52,7 +53,7 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
         queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
         writer = Writer(store, queue, Ingestor(clock, live=view), clock)
         async with Store.open_readonly(db) as reads, asyncio.TaskGroup() as tg:
-            evaluator = PeriodicEvaluator(cycles, view, reads, queue, clock, job_failures=failures)
+            evaluator = PeriodicEvaluator(cycles, view, reads, queue, clock, metrics=metrics)
             tg.create_task(writer.run(), name="writer")
             evaluating = tg.create_task(evaluator.run(), name="evaluator")
             await wait_until(
@@ -65,6 +66,14 @@ async def test_a_failing_cycle_is_counted_and_the_others_still_reach_the_store(
             evaluating.cancel()
     assert db_rows(db, "SELECT DISTINCT nodes FROM capacity_snapshots") == [(10,)]
     assert labelled_values(failures) == {"alerts": value(failures.labels("alerts"))}
+    timed = {
+        s.labels["cycle"]: s.value
+        for m in metrics.cycle_seconds.collect()
+        for s in m.samples
+        if s.name.endswith("_count")
+    }
+    assert timed["capacity"] >= 2
+    assert "alerts" not in timed  # its cycles failed: counted in job_failures, not timed
 
 
 class _Cycle:
