@@ -39,9 +39,9 @@ from collector.governance.usage import (
     Usage,
     allocated_usage,
     history_since,
-    leased_nodes,
     measured_usage,
     node_facts,
+    nodes_leases_held,
 )
 from collector.live import LiveView, NodeState
 from collector.nodefacts import (
@@ -222,7 +222,7 @@ class GovernanceJob:
             start = period_start(gov.period_of(tenant), now)
             if self._hours.get(tenant, (None, 0.0))[0] != start:
                 self._hours[tenant] = (start, 0.0)  # a new period starts from zero
-        leased = leased_nodes(gov, self._members)
+        leased = nodes_leases_held(gov, self._members)
         if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
             self._facts.keep(leased)
         held, measures = node_facts(
