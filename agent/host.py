@@ -28,7 +28,7 @@ from typing import Final, cast
 
 from agent.bounds import Bounds
 from agent.rates import KeyedCounterRate
-from agent.sysfs import read_int, read_text
+from agent.sysfs import read_int, read_lines, read_text
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import (
@@ -497,11 +497,7 @@ def _physical_mounts(proc_root: Path) -> list[tuple[str, str, str]]:
 
 
 def _cpu_model(cpuinfo: Path) -> str:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
+    for line in (read_lines(cpuinfo) or "").splitlines():
         key, sep, value = line.partition(":")
         # x86 says "model name"; arm64 says nothing useful except on some kernels "Model name".
         if sep and key.strip().lower() == "model name" and value.strip():

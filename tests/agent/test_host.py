@@ -374,6 +374,15 @@ def test_info_reads_static_facts(fake: FakeHost, clock: FakeClock) -> None:
     ]
 
 
+def test_info_keeps_a_cpu_model_with_a_byte_that_is_not_utf8(
+    fake: FakeHost, clock: FakeClock
+) -> None:
+    """A byte that is not UTF-8 in /proc/cpuinfo (a firmware's model string) is replaced,
+    not a crash; the rest of the model name stays."""
+    (fake.proc / "cpuinfo").write_bytes(b"processor\t: 0\nmodel name\t: Xeon\xff 8480C\n\n")
+    assert fake.sampler(clock).info().cpu_model == "Xeon\ufffd 8480C"
+
+
 def test_info_without_topology_or_link(fake: FakeHost, clock: FakeClock) -> None:
     """Unknown core count and link speed are None, not guesses."""
     for cpu in (fake.sys / "devices" / "system" / "cpu").iterdir():
