@@ -230,7 +230,9 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
 
 
 def lease_row(lease: Lease, now: float) -> dict[str, Any]:
-    """A lease as a JSON-ready row: identity, dates, status and notice deadline."""
+    """A lease as a JSON-ready row: identity, dates, status and notice deadline. The notice
+    period is ``notice`` as written (``90d``, ``3m``) and, as a number, in the one of
+    ``notice_days`` and ``notice_months`` it is counted in (the other ``None``)."""
     import datetime as dt  # noqa: PLC0415
 
     from collector.governance.lease import notice_deadline, term_end, today_in  # noqa: PLC0415
