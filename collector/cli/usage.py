@@ -14,11 +14,13 @@ import csv
 import datetime as dt
 import sys
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from shared.cli import first_named
 from shared.errors import ConfigError
 from shared.units import format_pct
 
@@ -135,10 +137,10 @@ def period_window(month: str | None, start: str | None, end: str | None) -> tupl
     return since, until
 
 
-def _listed(names: set[str], most: int = 10) -> str:
-    shown = sorted(names)
-    more = f", and {len(shown) - most} more" if len(shown) > most else ""
-    return ", ".join(shown[:most]) + more if shown else "none yet"
+def _listed(names: Iterable[str]) -> str:
+    """The known names of a refusal, sorted and cut to the first ten."""
+    known = sorted(set(names))
+    return first_named(known, 10) if known else "none yet"
 
 
 def checked_filters(
@@ -179,7 +181,8 @@ def checked_filters(
         return find_lease(gov, lease).name
     except ConfigError:
         raise ConfigError(
-            f"--lease {lease!r}: no such lease, by name or id (`collector lease list`)",
+            f"--lease {lease!r}: no such lease, by name or id (leases: "
+            f"{_listed(held.name for held in gov.leases)}; `collector lease list`)",
             field="--lease",
         ) from None
 
