@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.governance.periods import PERIODS
 from shared.cli import first_named
 from shared.errors import ConfigError
 from shared.units import format_pct
@@ -92,9 +93,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--month", metavar="YYYY-MM", help="one calendar month (UTC)")
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (UTC)")
     p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day, included (UTC)")
-    p.add_argument(
-        "--by", choices=("day", "week", "month"), default="month", help="rows per (default month)"
-    )
+    p.add_argument("--by", choices=PERIODS, default="month", help="rows per (default month)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     out.add_argument("--csv", action="store_true", help="the rows as CSV")

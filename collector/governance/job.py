@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.cooperate import YIELD_EVERY, yield_gil
+from collector.governance.periods import period_start
 from collector.governance.report import CohortStanding, QuotaStanding, overcommitted, standings
-from collector.governance.state import Governance, period_start
+from collector.governance.state import Governance
 from collector.governance.usage import (
     FactsCache,
     Usage,

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.governance.billing import in_force
-from collector.governance.state import PERIODS, Governance, period_start
+from collector.governance.periods import PERIODS, period_start
+from collector.governance.state import Governance
 from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
 from shared.units import W_PER_KW
 
