@@ -355,6 +355,19 @@ def test_mount_point_escapes_are_decoded(fake: FakeHost, clock: FakeClock) -> No
     assert disk.mount == str(spaced)
 
 
+def test_a_mount_point_that_is_not_utf8_is_left_out(fake: FakeHost, clock: FakeClock) -> None:
+    """A mount point whose name is not UTF-8 (a Latin-1 USB stick's label) crashed the
+    sampler (/proc/self/mounts read strict). It is left out, as a path cut to fit is: with
+    its bytes replaced it would name another file; the other disks are still measured."""
+    odd = os.fsencode(fake.data) + b"/caf\xe9"
+    os.mkdir(odd)
+    fake.write()
+    with (fake.proc / "self" / "mounts").open("ab") as f:
+        f.write(b"/dev/sdb1 " + odd + b" ext4 rw 0 0\n")
+    (disk,) = fake.sampler(clock).sample().disks
+    assert (disk.device, disk.mount) == ("/dev/vda", str(fake.data))
+
+
 def test_unmounted_filesystem_is_skipped(fake: FakeHost, clock: FakeClock) -> None:
     """A mount point that vanished between refreshes is left out, not an error."""
     fake.mounts = [f"/dev/sdb1 {fake.data}/gone ext4 rw 0 0"]
