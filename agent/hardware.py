@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from agent.bounds import Bounds
-from agent.sysfs import read_int, read_text
+from agent.sysfs import read_int, read_lines, read_text
 from shared.schema import (
     MAX_ACCELERATORS,
     MAX_CPU_PACKAGES,
@@ -170,10 +170,7 @@ def read_hardware(
 
 def cpu_packages(proc_root: Path, sysfs_root: Path) -> list[tuple[str, int]]:
     """``(model, sockets)`` per CPU model, in order of first appearance."""
-    try:
-        text = (proc_root / "cpuinfo").read_text(errors="replace")
-    except OSError:
-        text = ""
+    text = read_lines(proc_root / "cpuinfo") or ""
     packages: dict[str, set[str]] = {}
     model = "unknown"
     seen_model = False

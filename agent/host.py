@@ -28,7 +28,7 @@ from typing import Final, cast
 
 from agent.bounds import Bounds
 from agent.rates import KeyedCounterRate
-from agent.sysfs import read_int, read_text
+from agent.sysfs import read_int, read_lines, read_text
 from shared.clock import Clock
 from shared.logging import get_logger
 from shared.schema import (
@@ -215,13 +215,19 @@ class HostSampler:
         self._refresh_due = now + _REFRESH_S
         self._nic_counts = {}  # also forgets the veths of containers gone since
         b = self._bounds
-        self._mounts = [
-            (device, mount, b.text(fstype, "disks[].fstype", MAX_FSTYPE_LEN))
-            for device, mount, fstype in _physical_mounts(self._proc_root)
-            # A cut path would name another file: such a filesystem is left out.
-            if b.name(device, "disks[].device", MAX_PATH_LEN) is not None
-            and b.name(mount, "disks[].mount", MAX_PATH_LEN) is not None
-        ]
+        self._mounts = []
+        for device, mount, fstype in _physical_mounts(self._proc_root):
+            # A path cut to fit, or one not UTF-8 with its bytes replaced, would name another
+            # file: such a filesystem is left out.
+            if not _utf8(device) or not _utf8(mount):
+                b.rejected("disks[].mount", _replaced(f"{device} {mount}"))
+            elif (
+                b.name(device, "disks[].device", MAX_PATH_LEN) is not None
+                and b.name(mount, "disks[].mount", MAX_PATH_LEN) is not None
+            ):
+                self._mounts.append(
+                    (device, mount, b.text(fstype, "disks[].fstype", MAX_FSTYPE_LEN))
+                )
         block = self._sysfs_root / "block"
         try:
             names = os.listdir(block)
@@ -474,17 +480,33 @@ def _unescape_mount(field: str) -> str:
     return field
 
 
+def _utf8(path: str) -> bool:
+    """Whether ``path``, read with ``surrogateescape``, was UTF-8 (the wire's text)."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _replaced(path: str) -> str:
+    """``path`` for a log line: its bytes that are not UTF-8 as U+FFFD."""
+    return path.encode(errors="surrogateescape").decode(errors="replace")
+
+
 def _physical_mounts(proc_root: Path) -> list[tuple[str, str, str]]:
     """Mounted block-device filesystems, one per device (bind mounts and subvolumes skipped)."""
     physical = {"zfs"}  # zfs is "nodev" in /proc/filesystems but holds real data
-    for line in (proc_root / "filesystems").read_text().splitlines():
+    for line in (proc_root / "filesystems").read_text(errors="replace").splitlines():
         fields = line.split()
         if len(fields) == 1:
             physical.add(fields[0])
     physical -= _IMAGE_FSTYPES
     seen: set[str] = set()
     mounts = []
-    for line in (proc_root / "self" / "mounts").read_text().splitlines():
+    # Paths' bytes kept as they are (os.fsdecode's way): the caller leaves out one not UTF-8
+    mounts_text = (proc_root / "self" / "mounts").read_text("utf-8", errors="surrogateescape")
+    for line in mounts_text.splitlines():
         fields = line.split()
         if len(fields) < 3:
             continue
@@ -497,11 +519,7 @@ def _physical_mounts(proc_root: Path) -> list[tuple[str, str, str]]:
 
 
 def _cpu_model(cpuinfo: Path) -> str:
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
+    for line in (read_lines(cpuinfo) or "").splitlines():
         key, sep, value = line.partition(":")
         # x86 says "model name"; arm64 says nothing useful except on some kernels "Model name".
         if sep and key.strip().lower() == "model name" and value.strip():

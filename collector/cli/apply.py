@@ -83,12 +83,12 @@ def _plan_patterns(spec: ClusterSpec, settings: ReadSettings) -> dict[str, list[
     """Plan the pattern pools on a read snapshot (the solve never holds the write lock)."""
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
     from collector.governance.declare import plan_patterns  # noqa: PLC0415
-    from collector.store.pools import leased_nodes  # noqa: PLC0415
+    from collector.store.pools import unended_lease_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     nodes = load_nodes(settings)
     with StoreReader(settings.store_target) as store:
-        leased = leased_nodes(store, time.time())
+        leased = unended_lease_nodes(store, time.time())
     return plan_patterns(spec, nodes, leased)
 
 

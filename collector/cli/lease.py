@@ -202,7 +202,7 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
-    from collector.store.pools import leased_nodes  # noqa: PLC0415
+    from collector.store.pools import unended_lease_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     if args.nodes:
@@ -224,13 +224,15 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
             field="--pattern",
         )
     with StoreReader(db) as store:
-        excluded = leased_nodes(store, now)
+        excluded = unended_lease_nodes(store, now)
     plan = plan_pool(nodes, pattern, excluded=excluded)  # impossible: one line, exit 2
     return pattern.pool, ",".join(plan.final)
 
 
 def lease_row(lease: Lease, now: float) -> dict[str, Any]:
-    """A lease as a JSON-ready row: identity, dates, status and notice deadline."""
+    """A lease as a JSON-ready row: identity, dates, status and notice deadline. The notice
+    period is ``notice`` as written (``90d``, ``3m``) and, as a number, in the one of
+    ``notice_days`` and ``notice_months`` it is counted in (the other ``None``)."""
     import datetime as dt  # noqa: PLC0415
 
     from collector.governance.lease import notice_deadline, term_end, today_in  # noqa: PLC0415

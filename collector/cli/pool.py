@@ -250,13 +250,13 @@ def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:
     from collector.governance.ops import judge_growth  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
     from collector.store.command import Command  # noqa: PLC0415
-    from collector.store.pools import FREE, leased_nodes, pool_members  # noqa: PLC0415
+    from collector.store.pools import FREE, pool_members, unended_lease_nodes  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     pattern = parse_pattern(args.pattern, field="-p")
     nodes = _nodes(settings)
     with StoreReader(settings.store_target) as store:
-        excluded = leased_nodes(store, time.time()) | set(args.exclude)
+        excluded = unended_lease_nodes(store, time.time()) | set(args.exclude)
         before = pool_members(store)
     plan = plan_pool(nodes, pattern, excluded=excluded)
     if not args.dry_run:

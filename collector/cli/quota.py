@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.governance.periods import PERIODS
 from collector.governance.quota import MAX_QUOTA
 from shared.errors import ConfigError
 
@@ -84,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--nominal", type=float, help="set: the nominal quota")
     p.add_argument("--borrowing-limit", type=float, help="set: most it may borrow (default: any)")
     p.add_argument("--lending-limit", type=float, help="set: most it lends (default: all)")
-    p.add_argument("--period", choices=("day", "week", "month"), help="set gpu_hours: period")
+    p.add_argument("--period", choices=PERIODS, help="set gpu_hours: period")
     p.add_argument("--cohort", help="set: the tenant's cohort (or, alone, the cohort's quota)")
     p.add_argument("--priority", type=int, help="set: the tenant's priority")
     p.add_argument(

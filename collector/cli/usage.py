@@ -14,11 +14,14 @@ import csv
 import datetime as dt
 import sys
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, settings_from_args
 from collector.cli._render import Column, print_json, render_table
+from collector.governance.periods import PERIODS
+from shared.cli import first_named
 from shared.errors import ConfigError
 from shared.units import format_pct
 
@@ -90,9 +93,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--month", metavar="YYYY-MM", help="one calendar month (UTC)")
     p.add_argument("--from", dest="start", metavar="YYYY-MM-DD", help="first day (UTC)")
     p.add_argument("--to", dest="end", metavar="YYYY-MM-DD", help="last day, included (UTC)")
-    p.add_argument(
-        "--by", choices=("day", "week", "month"), default="month", help="rows per (default month)"
-    )
+    p.add_argument("--by", choices=PERIODS, default="month", help="rows per (default month)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     out.add_argument("--csv", action="store_true", help="the rows as CSV")
@@ -135,10 +136,10 @@ def period_window(month: str | None, start: str | None, end: str | None) -> tupl
     return since, until
 
 
-def _listed(names: set[str], most: int = 10) -> str:
-    shown = sorted(names)
-    more = f", and {len(shown) - most} more" if len(shown) > most else ""
-    return ", ".join(shown[:most]) + more if shown else "none yet"
+def _listed(names: Iterable[str]) -> str:
+    """The known names of a refusal, sorted and cut to the first ten."""
+    known = sorted(set(names))
+    return first_named(known, 10) if known else "none yet"
 
 
 def checked_filters(
@@ -179,7 +180,8 @@ def checked_filters(
         return find_lease(gov, lease).name
     except ConfigError:
         raise ConfigError(
-            f"--lease {lease!r}: no such lease, by name or id (`collector lease list`)",
+            f"--lease {lease!r}: no such lease, by name or id (leases: "
+            f"{_listed(held.name for held in gov.leases)}; `collector lease list`)",
             field="--lease",
         ) from None
 

@@ -25,17 +25,16 @@ samples reported at the time, hour by hour (:func:`node_gpus`, as in the ledger)
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from collector.governance.periods import Period, period_label
 
 if TYPE_CHECKING:
     from collector.store.ledger import GpuHistory, LeaseHistory, PoolHistory
 
 __all__ = [
-    "BY",
-    "By",
     "Contract",
     "GroupKey",
     "Prices",
@@ -43,12 +42,8 @@ __all__ = [
     "billed_days",
     "in_force",
     "node_gpus",
-    "period_label",
     "usage_report",
 ]
-
-By = Literal["day", "week", "month"]
-BY: Final = ("day", "week", "month")
 
 _SUMMED: Final = (
     "allocated_gpu_hours",
@@ -72,17 +67,6 @@ class Prices(Protocol):
     @property
     def currency(self) -> str: ...
     def gpu_hour_price(self, tenant: str | None, lease: str) -> float: ...
-
-
-def period_label(day: int, by: By) -> str:
-    """The period (UTC) holding day number ``day`` (days since 1970-01-01)."""
-    d = dt.date(1970, 1, 1) + dt.timedelta(days=day)
-    if by == "day":
-        return d.isoformat()
-    if by == "week":
-        year, week, _ = d.isocalendar()
-        return f"{year}-W{week:02d}"
-    return f"{d.year}-{d.month:02d}"
 
 
 class Contract(Protocol):
@@ -270,7 +254,7 @@ def _add(acc: dict[str, Any], r: Mapping[str, Any]) -> None:
     acc["_measured"] += r["measured_rows"]
 
 
-def usage_report(days: Iterable[Mapping[str, Any]], by: By, prices: Prices) -> dict[str, Any]:
+def usage_report(days: Iterable[Mapping[str, Any]], by: Period, prices: Prices) -> dict[str, Any]:
     """Rows per (period, tenant), ``totals`` over them, ``fleet`` (every ledger row,
     leased or not), from :func:`billed_days`."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}

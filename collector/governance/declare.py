@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from collector.governance.admit import admit
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
+from collector.governance.periods import Period
 from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
@@ -75,7 +76,7 @@ class QuotaSpec(_Strict):
     nominal: float = Field(ge=0, le=MAX_QUOTA)
     borrowing_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
     lending_limit: float | None = Field(default=None, ge=0, le=MAX_QUOTA)
-    period: Literal["day", "week", "month"] | None = None
+    period: Period | None = None
 
     @model_validator(mode="after")
     def _lends_at_most_nominal(self) -> QuotaSpec:

@@ -15,9 +15,9 @@ from collector.governance.usage import (
     allocated_usage,
     history_since,
     lease_windows,
-    leased_nodes,
     measured_usage,
     node_facts,
+    nodes_leases_held,
 )
 from collector.nodefacts import Staleness
 from collector.store.ledger import lease_history
@@ -38,7 +38,7 @@ def usages_from_store(
     """Allocated and measured use per tenant, from one snapshot of the store."""
     moved = gov.leases and store.has_table("lease_moves")
     members = store.run(lease_history(history_since(now))) if moved else None
-    leased = leased_nodes(gov, members)
+    leased = nodes_leases_held(gov, members)
     states = nodes_from_store(store, nodes=leased) if leased else []
     held, measures = node_facts(
         states,

@@ -32,16 +32,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from collector.cooperate import YIELD_EVERY, yield_gil
+from collector.governance.periods import period_start
 from collector.governance.report import CohortStanding, QuotaStanding, overcommitted, standings
-from collector.governance.state import Governance, period_start
+from collector.governance.state import Governance
 from collector.governance.usage import (
     FactsCache,
     Usage,
     allocated_usage,
     history_since,
-    leased_nodes,
     measured_usage,
     node_facts,
+    nodes_leases_held,
 )
 from collector.live import LiveView, NodeState
 from collector.nodefacts import (
@@ -222,7 +223,7 @@ class GovernanceJob:
             start = period_start(gov.period_of(tenant), now)
             if self._hours.get(tenant, (None, 0.0))[0] != start:
                 self._hours[tenant] = (start, 0.0)  # a new period starts from zero
-        leased = leased_nodes(gov, self._members)
+        leased = nodes_leases_held(gov, self._members)
         if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
             self._facts.keep(leased)
         held, measures = node_facts(

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from collector.governance.billing import in_force
 from collector.governance.state import Governance
-from collector.governance.usage import leased_nodes
+from collector.governance.usage import nodes_leases_held
 from collector.nodefacts import gpu_count
 from collector.store.ledger import (
     PART_ROWS,
@@ -413,7 +413,7 @@ class LedgerJob:
         pools = reader.run(pool_history(since))
         members = reader.run(lease_history(since))
         inventory = {n: h.gpus for n, h in hardware.items()}
-        leased = leased_nodes(gov, members)
+        leased = nodes_leases_held(gov, members)
         reported = reader.run(
             gpu_history(sorted(leased - inventory.keys()), since, max(hours) + HOUR)
         )

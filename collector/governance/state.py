@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 from collector.governance.lease import (
     LeaseStatus,
@@ -21,20 +21,16 @@ from collector.governance.lease import (
     status,
     today_in,
 )
+from collector.governance.periods import Period
 from collector.governance.quota import RESOURCES, Quota, QuotaTree
 
 __all__ = [
     "HOLDING",
-    "PERIODS",
     "Governance",
     "Lease",
-    "Period",
     "TenantQuota",
-    "period_start",
 ]
 
-Period = Literal["day", "week", "month"]
-PERIODS: Final = ("day", "week", "month")
 HOLDING: Final = frozenset({"active", "notice_given"})
 """Lease statuses in which the tenant holds the nodes."""
 
@@ -143,13 +139,3 @@ class Governance:
                 if n in wanted:
                     out.setdefault(n, []).append(lease)
         return out
-
-
-def period_start(period: Period, now: float) -> float:
-    """The instant the calendar ``period`` (UTC) holding ``now`` began."""
-    day = dt.datetime.fromtimestamp(now, dt.UTC).date()
-    if period == "week":
-        day -= dt.timedelta(days=day.weekday())  # ISO weeks start on Monday
-    elif period == "month":
-        day = day.replace(day=1)
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()

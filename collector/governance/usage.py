@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from collector.governance.billing import in_force
-from collector.governance.state import PERIODS, Governance, period_start
+from collector.governance.periods import PERIODS, period_start
+from collector.governance.state import Governance
 from collector.nodefacts import Hardware, NodeMeasure, Staleness, hardware, measure
 from shared.units import W_PER_KW
 
@@ -40,9 +41,9 @@ __all__ = [
     "held",
     "history_since",
     "lease_windows",
-    "leased_nodes",
     "measured_usage",
     "node_facts",
+    "nodes_leases_held",
 ]
 
 Basis = Literal["allocated", "measured"]
@@ -109,8 +110,11 @@ def lease_windows(
     return out
 
 
-def leased_nodes(gov: Governance, members: LeaseHistory | None = None) -> set[str]:
-    """Every node a lease names now, and (``members``) every node that left one since."""
+def nodes_leases_held(gov: Governance, members: LeaseHistory | None = None) -> set[str]:
+    """Every node a stored lease names now (ended and future leases too), and
+    (``members``) every node that left one since the history began: the nodes whose use a
+    period's usage may charge to a lease. Not the nodes leased now: for those (the nodes a
+    pool or pattern must not take), :func:`collector.store.pools.unended_lease_nodes`."""
     return {
         n
         for lease in gov.leases

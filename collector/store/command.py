@@ -18,8 +18,10 @@ write. It commits when the block ends, rolls back when it raises or after
   (:data:`~collector.store.governance.GENERATION_KEY`): the collector compares it at each
   evaluation and reloads its governance state only when it moved.
 * **Errors.** Whatever the store says becomes one :class:`StoreError` line
-  (:func:`~collector.store.connect.refused`); ``no_table`` says what to do when the store
-  predates a table this command needs.
+  (:func:`~collector.store.errors.refused`); ``no_table`` says what to do when the store
+  predates a table this command needs. A store that is no capwatch store (another
+  program's database, an empty one) is named so, as the read commands name it
+  (:func:`~collector.store.connect.foreign`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from collector.paths import StoreTarget
-from collector.store.connect import SyncConn, SyncCursor, open_sync
+from collector.store.connect import SyncConn, SyncCursor, foreign, open_sync
 from collector.store.dialect import Dialect, Row
-from collector.store.errors import refused
+from collector.store.errors import not_capwatch, refused
 from collector.store.governance import GENERATION_KEY, GovernanceWrites
 from collector.store.pools import PoolWrites
 from collector.store.query import Query, run
@@ -96,7 +98,7 @@ class Command:
             conn.begin(write=True)
         except conn.errors as exc:
             conn.close()
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc
         self._conn = conn
         self._locked_at = time.monotonic()
         return self
@@ -126,11 +128,17 @@ class Command:
             if conn.in_transaction:
                 conn.rollback()
             if exc is None:
-                raise self._refused(err) from err
+                raise self._refused(err, conn) from err
         finally:
             conn.close()
 
-    def _refused(self, exc: BaseException) -> StoreError:
+    def _refused(self, exc: BaseException, conn: SyncConn) -> StoreError:
+        """A statement refused, as one line: on a store that is no capwatch store (a table
+        or column missing from another program's database or an empty one), what the read
+        commands say (:func:`~collector.store.connect.foreign`), never 'not migrated', whose
+        fix (start `collector run` on it) would write capwatch's tables into it."""
+        if foreign(conn, exc):
+            return not_capwatch(self.path)
         return refused(self.path, exc, doing="cannot write", no_table=self._no_table)
 
     def discard(self) -> None:
@@ -166,7 +174,7 @@ class Command:
         try:
             return conn.execute(sql, params)
         except conn.errors as exc:
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement over ``rows`` inside the transaction."""
@@ -177,7 +185,7 @@ class Command:
         try:
             conn.executemany(sql, rows)
         except conn.errors as exc:
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """A read inside the transaction (sees its own writes)."""
@@ -186,7 +194,7 @@ class Command:
         try:
             return cur.fetchall()
         except conn.errors as exc:
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc
 
     def run(self, query: Query[T]) -> T:
         """A query (:mod:`collector.store.query`) inside the transaction."""
@@ -198,7 +206,7 @@ class Command:
         try:
             return conn.has_table(name)
         except conn.errors as exc:
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc
 
     def columns(self, table: str) -> set[str]:
         """The column names of ``table`` (empty: no such table)."""
@@ -206,4 +214,4 @@ class Command:
         try:
             return conn.columns(table)
         except conn.errors as exc:
-            raise self._refused(exc) from exc
+            raise self._refused(exc, conn) from exc

@@ -14,20 +14,37 @@ command that imports this module pays for none of the writer's dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from collector.store.dialect import Dialect
-from collector.store.errors import BUSY_TIMEOUT_S, missing, open_failed
+from collector.store.errors import (
+    BUSY_TIMEOUT_S,
+    missing,
+    missing_column,
+    missing_table,
+    open_failed,
+)
+from collector.store.migrations import MIGRATIONS
 
 if TYPE_CHECKING:
     import aiosqlite
 
     from collector.paths import StoreTarget
 
-__all__ = ["SqliteSync", "SyncConn", "SyncCursor", "Synchronous", "open_async", "open_sync"]
+__all__ = [
+    "SqliteSync",
+    "SyncConn",
+    "SyncCursor",
+    "Synchronous",
+    "foreign",
+    "is_capwatch",
+    "open_async",
+    "open_sync",
+]
 
 Synchronous = Literal["full", "normal"]
 
@@ -117,6 +134,36 @@ def _existing(path: Path, *, write: bool) -> str:
     if not path.is_file():
         raise missing(path)
     return str(path) if write else f"{path.resolve().as_uri()}?mode=ro"  # escapes ? and #
+
+
+def is_capwatch(conn: SyncConn) -> bool:
+    """Whether the store behind ``conn`` is capwatch's, migrated to this version or not:
+    its migrations' record holds the first one. A table named ``samples`` or ``nodes`` is no
+    sign (another program's database may have one); an error reading the record is a
+    foreign store (on PostgreSQL, after a failed statement, roll back first: it answers
+    nothing else in that transaction)."""
+    try:
+        if not conn.has_table("schema_migrations"):
+            return False
+        rows = conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (MIGRATIONS[0][0],))
+        return bool(rows.fetchall())
+    except conn.errors:
+        return False
+
+
+def foreign(conn: SyncConn, exc: BaseException) -> bool:
+    """Whether ``exc``, a statement the store behind ``conn`` refused, says it is no
+    capwatch store: a table or column missing from a store without capwatch's record
+    (:func:`is_capwatch`). Missing from a capwatch store, it is one not yet migrated to this
+    version. Rolls the failed transaction back first, to ask: the caller gives up on it. The
+    one test of the read commands (:class:`~collector.store.reader.StoreReader`) and the
+    write commands (:class:`~collector.store.command.Command`)."""
+    if not (missing_table(exc) or missing_column(exc)):
+        return False
+    with contextlib.suppress(*conn.errors):
+        if conn.in_transaction:
+            conn.rollback()
+    return not is_capwatch(conn)
 
 
 def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:

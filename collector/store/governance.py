@@ -20,8 +20,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from collector.governance.lease import LeaseTerms, instants
+from collector.governance.periods import Period
 from collector.governance.quota import Quota
-from collector.governance.state import Governance, Lease, Period, TenantQuota
+from collector.governance.state import Governance, Lease, TenantQuota
 from collector.store.connect import SyncCursor
 from collector.store.query import Query, first_value, single
 from collector.store.statements import Statements

@@ -22,12 +22,12 @@ __all__ = [
     "FREE",
     "NodeRecord",
     "PoolWrites",
-    "leased_nodes",
     "node_records",
     "pool_members",
     "pool_names",
     "pools",
     "pools_with_nodes",
+    "unended_lease_nodes",
     "unknown_nodes",
 ]
 
@@ -130,10 +130,12 @@ def pool_members(store: Reads) -> dict[str, str]:
     return {r["node"]: r["pool"] for r in store.fetchall("SELECT node, pool FROM pool_nodes")}
 
 
-def leased_nodes(store: Reads, now: float) -> set[str]:
+def unended_lease_nodes(store: Reads, now: float) -> set[str]:
     """Nodes named by a lease that has not ended at ``now`` (``lease_nodes`` joined to
     ``leases.end_at``, the leases half's tables; a lease without an end is in force), or by
-    any lease where ``leases`` has no ``end_at``; none before leases exist."""
+    any lease where ``leases`` has no ``end_at``; none before leases exist. The nodes a new
+    pool or pattern must not take; the nodes a period's usage may charge to a lease are
+    :func:`collector.governance.usage.nodes_leases_held`."""
     if not store.has_table("lease_nodes"):
         return set()
     columns = store.columns("leases")

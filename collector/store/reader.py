@@ -11,13 +11,12 @@ every figure of an answer comes from the same snapshot while the collector keeps
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from collector.paths import StoreTarget
-from collector.store.connect import SyncConn, open_sync
+from collector.store.connect import SyncConn, foreign, is_capwatch, open_sync
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import (
     missing_column,
@@ -26,7 +25,6 @@ from collector.store.errors import (
     not_migrated,
     refused,
 )
-from collector.store.migrations import MIGRATIONS
 from collector.store.query import Query, run
 from shared.errors import StoreError
 
@@ -105,32 +103,13 @@ class StoreReader:
 
     def _refused(self, exc: BaseException) -> StoreError:
         """A statement refused, as one line. A table or column missing from a capwatch store
-        (:meth:`_capwatch`) is a store not yet migrated to this version (read with a new
-        binary before its collector restarted); missing from another program's database
-        (its own ``nodes`` or ``samples`` table), it is no capwatch store."""
-        if missing_table(exc) or missing_column(exc):
-            conn = self.conn
-            with contextlib.suppress(*conn.errors):
-                if conn.in_transaction:
-                    conn.rollback()  # PostgreSQL answers nothing else in a failed transaction
-            if self._capwatch():
-                return not_migrated(self.path, exc)
+        is a store not yet migrated to this version (read with a new binary before its
+        collector restarted); missing from another program's database (its own ``nodes`` or
+        ``samples`` table), it is no capwatch store
+        (:func:`~collector.store.connect.foreign`)."""
+        if (missing_table(exc) or missing_column(exc)) and not foreign(self.conn, exc):
+            return not_migrated(self.path, exc)
         return refused(self.path, exc, doing="query failed on", no_table=None)
-
-    def _capwatch(self) -> bool:
-        """Whether the store is capwatch's, migrated to this version or not: its migrations'
-        record holds the first one. A table named ``samples`` is no sign (another program's
-        database may have one); an error reading the record is a foreign store (PostgreSQL
-        then answers nothing else in this transaction: the caller gives up)."""
-        conn = self.conn
-        try:
-            if not conn.has_table("schema_migrations"):
-                return False
-            first = MIGRATIONS[0][0]
-            rows = conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (first,))
-            return bool(rows.fetchall())
-        except conn.errors:
-            return False
 
     def run(self, query: Query[T]) -> T:
         """A query (:mod:`collector.store.query`) on this snapshot."""
@@ -147,13 +126,14 @@ class StoreReader:
     def lacks(self, table: str) -> bool:
         """Whether the store lacks table ``table``: a capwatch store the collector has not
         migrated to it yet, which the caller may answer as empty (or name the table). A store
-        without capwatch's record of its first migration (:meth:`_capwatch`) is no capwatch
+        without capwatch's record of its first migration
+        (:func:`~collector.store.connect.is_capwatch`) is no capwatch
         store at all (an empty PostgreSQL database, another program's SQLite file, one with
         a ``samples`` table of its own): that raises
         :func:`~collector.store.errors.not_capwatch`, never an empty answer ("no alerts")."""
         if self.has_table(table):
             return False
-        if not self._capwatch():
+        if not is_capwatch(self.conn):
             raise not_capwatch(self.path)
         return True
 

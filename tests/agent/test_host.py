@@ -355,6 +355,19 @@ def test_mount_point_escapes_are_decoded(fake: FakeHost, clock: FakeClock) -> No
     assert disk.mount == str(spaced)
 
 
+def test_a_mount_point_that_is_not_utf8_is_left_out(fake: FakeHost, clock: FakeClock) -> None:
+    """A mount point whose name is not UTF-8 (a Latin-1 USB stick's label) crashed the
+    sampler (/proc/self/mounts read strict). It is left out, as a path cut to fit is: with
+    its bytes replaced it would name another file; the other disks are still measured."""
+    odd = os.fsencode(fake.data) + b"/caf\xe9"
+    os.mkdir(odd)
+    fake.write()
+    with (fake.proc / "self" / "mounts").open("ab") as f:
+        f.write(b"/dev/sdb1 " + odd + b" ext4 rw 0 0\n")
+    (disk,) = fake.sampler(clock).sample().disks
+    assert (disk.device, disk.mount) == ("/dev/vda", str(fake.data))
+
+
 def test_unmounted_filesystem_is_skipped(fake: FakeHost, clock: FakeClock) -> None:
     """A mount point that vanished between refreshes is left out, not an error."""
     fake.mounts = [f"/dev/sdb1 {fake.data}/gone ext4 rw 0 0"]
@@ -372,6 +385,15 @@ def test_info_reads_static_facts(fake: FakeHost, clock: FakeClock) -> None:
     assert [(n.name, n.speed_mbps, n.mac) for n in info.nics] == [
         ("eth0", 100_000, "0c:42:a1:00:00:01")
     ]
+
+
+def test_info_keeps_a_cpu_model_with_a_byte_that_is_not_utf8(
+    fake: FakeHost, clock: FakeClock
+) -> None:
+    """A byte that is not UTF-8 in /proc/cpuinfo (a firmware's model string) is replaced,
+    not a crash; the rest of the model name stays."""
+    (fake.proc / "cpuinfo").write_bytes(b"processor\t: 0\nmodel name\t: Xeon\xff 8480C\n\n")
+    assert fake.sampler(clock).info().cpu_model == "Xeon\ufffd 8480C"
 
 
 def test_info_without_topology_or_link(fake: FakeHost, clock: FakeClock) -> None:

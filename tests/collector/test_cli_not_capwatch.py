@@ -146,3 +146,48 @@ def test_a_missing_column_of_a_foreign_table_is_not_capwatch(store_url: StoreTar
     with StoreReader(store_url) as store, pytest.raises(StoreError) as err:
         store.fetchall("SELECT hostname FROM nodes")
     assert "is not a capwatch database" in str(err.value)
+
+
+_WRITES = [
+    ["pool", "create", "p"],
+    ["lease", "add", "--tenant", "a", "--nodes", "n1", "--start", "2041-01-01"],
+    ["quota", "set", "a", "--resource", "gpus", "--nominal", "4"],
+    ["silence", "add", "--match", "node=n1", "--for", "1h", "--comment", "c", "--author", "me"],
+    ["silence", "expire", "1"],
+    ["alerts", "--redeliver", "1"],
+]
+
+
+@pytest.mark.parametrize("tables", [(), (_NODES,)], ids=["empty", "nodes"])
+@pytest.mark.parametrize("argv", _WRITES, ids=" ".join)
+def test_a_write_command_on_a_foreign_store_is_not_capwatch_as_a_read(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str], tables: tuple[str]
+) -> None:
+    """The write side (:class:`collector.store.command.Command`) decides it by the same
+    record as the read side: ``pool create``, ``lease add``, ``quota set`` said 'is not
+    migrated yet: start this version's `collector run` once' (which would write capwatch's
+    tables into that database), ``silence add`` 'has no silences table yet' and ``alerts
+    --redeliver`` 'no dead letters' on another program's database or an empty one."""
+    db = _foreign_with(store_url, *tables)
+    _refused_as_not_capwatch(argv, db, capsys)
+    with contextlib.closing(open_sync(store_url, write=False)) as conn:
+        assert not conn.has_table("schema_migrations")  # and nothing was written into it
+
+
+async def test_a_write_command_on_a_store_older_than_a_table_is_still_not_migrated(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other side: a capwatch store without a table a write needs (the silences of a
+    store made before them) keeps its own answer, not 'not a capwatch database'."""
+    async with Store(store_url):
+        pass
+    with contextlib.closing(open_sync(store_url, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute("DROP TABLE silences")
+        conn.commit()
+    capsys.readouterr()
+    assert main([*_WRITES[3], "--db", str(store_url)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "is not a capwatch database" not in lines[0]
+    assert "silences" in lines[0]

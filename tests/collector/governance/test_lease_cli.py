@@ -32,7 +32,15 @@ async def test_add_list_show_by_nodes(store_url: StoreTarget) -> None:
     assert rows[0]["notice_deadline"] == "2041-04-01"
     assert rows[0]["nodes"] == 2
     code, out, _ = cli("lease", "show", "1", "--db", db, "--json")
-    assert json.loads(out)["nodes"] == ["n1", "n2"]
+    row = json.loads(out)
+    assert row["nodes"] == ["n1", "n2"]
+    # a notice in days: notice_months is null, as the text output's "-" (3m: the reverse)
+    assert (row["notice"], row["notice_days"], row["notice_months"]) == ("90d", 90, None)
+    code, out, _ = cli("lease", "show", "1", "--db", db)
+    assert [line.split() for line in out.splitlines() if line.startswith("notice_")][:2] == [
+        ["notice_days", "90"],
+        ["notice_months", "-"],
+    ]
 
 
 async def test_overlap_is_refused_naming_node_and_lease(store_url: StoreTarget) -> None:

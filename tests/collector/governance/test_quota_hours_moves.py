@@ -11,7 +11,7 @@ import time
 import pytest
 
 from collector.governance.lease import LeaseTerms
-from collector.governance.state import period_start
+from collector.governance.periods import period_start
 from collector.paths import StoreTarget
 from collector.store.command import Command
 from tests.collector.governance.hw_fleet import Spec, cli, make_store

@@ -6,7 +6,8 @@ import datetime as dt
 
 from collector.governance.billing import allocated_days
 from collector.governance.lease import LeaseTerms, instant
-from collector.governance.state import Governance, Lease, period_start
+from collector.governance.periods import period_start
+from collector.governance.state import Governance, Lease
 from collector.governance.usage import allocated_usage, held
 from collector.store.ledger import PoolHistory
 

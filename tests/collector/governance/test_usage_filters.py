@@ -40,8 +40,11 @@ def _rows(db: str, *args: str) -> list[dict[str, object]]:
     ("args", "needle"),
     [
         (["--tenant", "acm"], "--tenant 'acm': no such tenant (tenants: acme;"),
-        (["--lease", "acme-dec"], "--lease 'acme-dec': no such lease"),
-        (["--lease", "99"], "--lease '99': no such lease"),
+        (
+            ["--lease", "acme-dec"],
+            "--lease 'acme-dec': no such lease, by name or id (leases: acme-nov;",
+        ),
+        (["--lease", "99"], "--lease '99': no such lease, by name or id (leases: acme-nov;"),
         (["--pool", "b"], "--pool 'b': no such pool (pools: a, free;"),
     ],
 )
@@ -54,6 +57,20 @@ async def test_a_name_the_store_never_knew_is_one_line_and_exit_2(
     assert (code, out) == (2, "")
     assert needle in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_a_long_list_of_known_names_is_cut_as_every_message_cuts_one(leased: str) -> None:
+    """Past ten known pools the refusal names the first ten and how many more, in the one
+    wording of :func:`shared.cli.first_named` ('a, b and 3 more')."""
+    for i in range(10):
+        assert cli("pool", "create", f"p{i:02}", "--db", leased)[0] == 0
+    code, _, err = cli("usage", "--db", leased, *MONTH, "--pool", "b")
+    names = ", ".join(["a", "free", *(f"p{i:02}" for i in range(8))])
+    assert (code, err.strip()) == (
+        2,
+        "collector usage: error: --pool 'b': no such pool "
+        f"(pools: {names} and 2 more; `collector pool list`)",
+    )
 
 
 async def test_known_names_answer_even_with_no_hours(leased: str) -> None:

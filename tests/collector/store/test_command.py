@@ -66,14 +66,17 @@ async def test_every_way_in_says_the_same_line_for_a_missing_store(tmp_path: Pat
     assert not db.exists()
 
 
-async def test_a_foreign_file_names_the_table_the_command_needs(tmp_path: Path) -> None:
-    """A SQLite file without our tables: the reader says it is not a capwatch database, a
-    command says which table is missing and how to get it."""
+async def test_a_foreign_file_is_not_a_capwatch_database_to_reads_and_writes(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file without our tables: the reader and a command alike say it is not a
+    capwatch database (the command said 'has no silences table yet: start this version's
+    `collector run` once', which would write capwatch's tables into another file)."""
     db = tmp_path / "other.db"
     sqlite3.connect(db).close()
     with StoreReader(db) as reader, pytest.raises(StoreError, match="not a capwatch database"):
         reader.fetchall("SELECT * FROM samples")
-    with pytest.raises(StoreError, match="has no silences table yet"):
+    with pytest.raises(StoreError, match="not a capwatch database"):
         add_silence(db, ["a=b"], 1.0, 2.0, comment="", author="t")
 
 
