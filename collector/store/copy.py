@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector.paths import PgTarget
-from collector.store.connect import SqliteSync, open_sync
+from collector.store.connect import SqliteSync, is_capwatch, open_sync
 from collector.store.db import Store
 from collector.store.migrations import MIGRATIONS
 from collector.store.pgconn import APPLICATION_NAME
@@ -133,10 +133,13 @@ def _source(path: Path) -> SqliteSync:
     assert isinstance(conn, SqliteSync)
     try:
         conn.begin(write=False)  # one snapshot: a running collector may keep writing
-        rows = conn.execute("SELECT name FROM schema_migrations").fetchall()
-    except conn.errors as exc:
+        capwatch = is_capwatch(conn)
+    except conn.errors:  # not even SQLite's
+        capwatch = False
+    if not capwatch:
         conn.close()
-        raise StoreError(f"{str(path)!r} is not a capwatch database: {exc}") from exc
+        raise StoreError(f"{str(path)!r} is not a capwatch database")
+    rows = conn.execute("SELECT name FROM schema_migrations").fetchall()
     missing = [name for name, _ in MIGRATIONS if name not in {r[0] for r in rows}]
     if missing:
         conn.close()

@@ -4,7 +4,9 @@ commands) copied into PostgreSQL holds the same rows, table by table, and answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,32 @@ async def test_every_table_the_store_numbers_continues_after_the_copied_ids(
         (1, "n0"),
         (2, "n1"),
     ]
+
+
+def _other_programs(path: Path) -> None:
+    """Another program's SQLite file with a migrations table of its own (no capwatch row)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE schema_migrations (name TEXT)")
+        conn.execute("INSERT INTO schema_migrations VALUES ('2024_init')")
+        conn.commit()
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda p: p.write_bytes(b"not a database at all, " * 100), "text.db"),
+        (_other_programs, "other.db"),
+    ],
+)
+async def test_a_source_that_is_no_capwatch_store_is_refused_by_name(
+    tmp_path: Path, make: Any, name: str
+) -> None:
+    """`collector migrate --from` another program's file says so (exit 2), as every other
+    command does: not 'not migrated to this version: start `collector run` on it', whose fix
+    would write capwatch's tables into that database. Refused before any connection to the
+    target (none is running here)."""
+    source = tmp_path / name
+    make(source)
+    code, _, err = await cli("migrate", "--from", str(source), "--to", "postgresql://127.0.0.1:9/x")
+    assert code == 2, err
+    assert f"{str(source)!r} is not a capwatch database" in err
