@@ -15,9 +15,8 @@ import contextlib
 import itertools
 import json
 import time
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter
@@ -60,13 +59,19 @@ class CapacityState:
     """The latest picture and recent IT draw: what the capacity alert rules read."""
 
     picture: Picture | None = None
-    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_HISTORY))
-    """(collector time, IT draw W) per cycle, oldest first."""
+    history: tuple[tuple[float, float], ...] = ()
+    """(collector time, IT draw W) per cycle, oldest first, the last :data:`_HISTORY`.
+    Replaced, never changed in place: the alert rules read it in their worker thread while
+    the capacity cycle, in a lane of its own, updates it on the loop."""
 
     def update(self, picture: Picture) -> None:
         """Hold ``picture`` as the latest and record its draw."""
         self.picture = picture
-        self.history.append((picture.at, picture.it_w))
+        self.extend([(picture.at, picture.it_w)])
+
+    def extend(self, points: Iterable[tuple[float, float]]) -> None:
+        """Record ``points`` after the history held (a new tuple: see :attr:`history`)."""
+        self.history = (*self.history, *points)[-_HISTORY:]
 
 
 def snapshot_row(p: Picture) -> SnapshotRow:
@@ -205,7 +210,7 @@ class CapacityJob:
                     st.inventory = self._inventories[node] = decode_inventory(inventory)
             self._known[node] = st
         points, newest = await recent_snapshots(store, self._clock.time() - window_s)
-        self.state.history.extend(points)
+        self.state.extend(points)
         if newest is not None:
             self.state.picture = picture_from_dict(json.loads(newest))
         if points or self._known:

@@ -106,3 +106,20 @@ def test_rule_names() -> None:
         "SiteWorstCaseOverCap",
         "SitePowerRising",
     ]
+
+
+def test_the_history_a_rule_reads_is_never_changed_under_it() -> None:
+    """The capacity cycle (its own evaluator lane, on the loop) records a picture while the
+    alert rules may be reading the draw history in their worker thread: an update makes a
+    new history, so the one a rule is walking stays as it was (a deque appended to mid-walk
+    raised 'deque mutated during iteration'); only the last 720 points are kept."""
+    state = CapacityState()
+    base = _picture()
+    state.update(replace(base, at=NOW, it_w=1e6))
+    walking = state.history
+    state.update(replace(base, at=NOW + 30, it_w=2e6))
+    assert walking == ((NOW, 1e6),)
+    assert state.history == ((NOW, 1e6), (NOW + 30, 2e6))
+    state.extend((NOW + 60 + k, 3e6) for k in range(800))
+    assert len(state.history) == 720
+    assert state.history[-1] == (NOW + 60 + 799, 3e6)
