@@ -217,6 +217,45 @@ def test_annotations_follow_the_latest_values_while_firing() -> None:
     assert st.annotations["summary"] == "n1 is at 95"
 
 
+class _NoValue(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "<no value>"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{node} is at {value}",
+        "{node} at 100% of {value} (50%s, %(node)s, %%)",
+        "{{node}} is {{{node}}}: {value}}}",
+        "{node}: {missing}, {value}",
+        "{value:>6}|{node!r}|{node:.2}",
+        "{node}{value}",
+        "no fields, 5% of {{it}}",
+        "",
+    ],
+)
+def test_annotations_render_as_format_map_does(template: str) -> None:
+    """The rule renders its templates from a ``%`` format made once where it can (a mass event
+    renders thousands): the text is what ``str.format_map`` gives, ``%`` and doubled braces
+    included, a missing key still ``<no value>``, and a field with a conversion or a format
+    spec still formatted by ``format_map`` itself."""
+    rule = Rule(
+        name="T",
+        severity="info",
+        summary=template,
+        description=f"[{template}]",
+        condition=Switch(),
+    )
+    labels = {"node": "n%1", "alertname": "T", "severity": "info"}
+    values = {"value": "{x} 7%"}
+    expected = template.format_map(_NoValue({**labels, **values}))
+    assert rule.annotations(labels, values) == {
+        "summary": expected,
+        "description": f"[{expected}]",
+    }
+
+
 def _persisted(states: list[AlertState]) -> list[AlertState]:
     """What a store would give back: fresh objects with the same fields."""
     return [
