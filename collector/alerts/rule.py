@@ -426,12 +426,13 @@ class Evaluator:
         changed: list[AlertState] = []
         before: list[State] = []
         new_keys: list[_Key] = []
-        """Keys of the alerts created: no fingerprint yet."""
+        created: list[AlertState] = []
+        """The alerts created, and their keys: no fingerprint yet."""
         dropped: dict[str, int] = {}
         name, own, annotations = rule.name, rule.own_labels, rule.annotations
         for_s, max_per_node = rule.for_s, rule.max_per_node
         fires = for_s <= 0
-        created: State = "firing" if fires else "pending"
+        first: State = "firing" if fires else "pending"
         fired_at = now if fires else None
         n_seen = len(seen)
         for i, inst in enumerate(rule.condition(view, now), 1):
@@ -460,7 +461,7 @@ class Evaluator:
                     name,
                     labels,
                     "",
-                    created,
+                    first,
                     now,
                     fired_at,
                     None,
@@ -470,6 +471,7 @@ class Evaluator:
                     values,
                 )
                 new_keys.append(key)
+                created.append(st)
                 changed.append(st)
                 before.append("inactive")
                 continue
@@ -485,8 +487,8 @@ class Evaluator:
                 changed.append(st)
                 before.append("pending" if for_s > 0 else "inactive")
         if new_keys:  # their fingerprints hashed together (a mass event makes thousands)
-            for key, fp in zip(new_keys, fingerprints_of_items(new_keys), strict=True):
-                by_key[key].fingerprint = fp
+            for st, fp in zip(created, fingerprints_of_items(new_keys), strict=True):
+                st.fingerprint = fp
         out += map(_transition, changed, before, repeat(now))
         if dropped:
             self._dropped(rule, dropped, now)
@@ -544,15 +546,23 @@ def _forgotten(st: AlertState, view: LiveView) -> bool:
 
 
 def _transition(st: AlertState, previous: State, now: float) -> Transition:
-    return Transition(
-        st.rule,
-        st.fingerprint,
-        st.labels,
-        st.annotations,
-        previous,
-        st.state,
-        now,
-        st.active_at,
-        st.fired_at,
-        st.resolved_at,
+    # tuple.__new__ itself: a named tuple's __new__ is a Python function that calls it (a
+    # mass event makes thousands).
+    return _new_tuple(
+        Transition,
+        (
+            st.rule,
+            st.fingerprint,
+            st.labels,
+            st.annotations,
+            previous,
+            st.state,
+            now,
+            st.active_at,
+            st.fired_at,
+            st.resolved_at,
+        ),
     )
+
+
+_new_tuple: Final = tuple.__new__
