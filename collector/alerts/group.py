@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 from collector.alerts.route import Route, routes_for
@@ -210,13 +211,19 @@ class Dispatcher:
 
 
 def _ordered(alerts: list[GroupAlert], last: Notified | None) -> list[GroupAlert]:
-    """What changed first (new firing, newly resolved), then the rest; each oldest first."""
+    """What changed first (new firing, newly resolved), then the rest; each oldest first
+    (ties by fingerprint: a group holds one alert per fingerprint, so the order is total).
 
-    def changed(a: GroupAlert) -> bool:
-        if last is None:
-            return True
-        if a.ends_at is None:
-            return a.fingerprint not in last.firing
-        return a.fingerprint not in last.resolved
+    Two sorts by a C key, not one by a Python key function: a mass event's first
+    notification orders every alert of the fleet."""
+    if last is None:  # never notified: all changed
+        return sorted(alerts, key=_oldest_first)
+    changed: list[GroupAlert] = []
+    rest: list[GroupAlert] = []
+    for a in alerts:
+        told = last.firing if a.ends_at is None else last.resolved
+        (rest if a.fingerprint in told else changed).append(a)
+    return sorted(changed, key=_oldest_first) + sorted(rest, key=_oldest_first)
 
-    return sorted(alerts, key=lambda a: (not changed(a), a.starts_at, a.fingerprint))
+
+_oldest_first: Final = attrgetter("starts_at", "fingerprint")

@@ -475,9 +475,8 @@ class Evaluator:
                 changed.append(st)
                 before.append("inactive")
                 continue
-            values = dict(inst.values)
-            if st.values != values:
-                st.values = values
+            if st.values != inst.values:  # copied only then (mostly they are the same)
+                st.values = values = dict(inst.values)
                 st.annotations = annotations(labels, values)
             st.last_seen = now
             st.keep_firing_since = None
