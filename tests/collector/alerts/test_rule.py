@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import pytest
 
@@ -222,6 +223,7 @@ class _NoValue(dict[str, str]):
         return "<no value>"
 
 
+@pytest.mark.parametrize("value", ["{x} 7%", 7])
 @pytest.mark.parametrize(
     "template",
     [
@@ -231,16 +233,16 @@ class _NoValue(dict[str, str]):
         "{node}: {missing}, {value}",
         "{value:>9}|{node:.2}",
         "{node!r} {value!s}",
-        "{node}{value}",
+        "{node}{value}{node}",
         "no fields, 5% of {{it}}",
         "",
     ],
 )
-def test_annotations_render_as_format_map_does(template: str) -> None:
+def test_annotations_render_as_format_map_does(template: str, value: str | int) -> None:
     """The rule renders its templates from a ``%`` format made once where it can (a mass event
     renders thousands): the text is what ``str.format_map`` gives, ``%`` and doubled braces
-    included, a missing key still ``<no value>``, and a field with a conversion or a format
-    spec still formatted by ``format_map`` itself."""
+    included, a value that is not a string too, a missing key still ``<no value>``, and a
+    field with a conversion or a format spec still formatted by ``format_map`` itself."""
     rule = Rule(
         name="T",
         severity="info",
@@ -249,7 +251,7 @@ def test_annotations_render_as_format_map_does(template: str) -> None:
         condition=Switch(),
     )
     labels = {"node": "n%1", "alertname": "T", "severity": "info"}
-    values = {"value": "{x} 7%"}
+    values = cast("dict[str, str]", {"value": value})  # a condition may hand over a number
     expected = template.format_map(_NoValue({**labels, **values}))
     assert rule.annotations(labels, values) == {
         "summary": expected,
