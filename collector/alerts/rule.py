@@ -430,6 +430,9 @@ class Evaluator:
         """The alerts created, and their keys: no fingerprint yet."""
         dropped: dict[str, int] = {}
         name, own, annotations = rule.name, rule.own_labels, rule.annotations
+        # The rule's own pairs, shared by the keys of all its alerts: two tuples fewer to make
+        # per instance, and for the cyclic collector to scan while a mass event's keys are new.
+        own_items, n_own = tuple(own.items()), len(own)
         for_s, max_per_node = rule.for_s, rule.max_per_node
         fires = for_s <= 0
         first: State = "firing" if fires else "pending"
@@ -438,8 +441,14 @@ class Evaluator:
         for i, inst in enumerate(rule.condition(view, now), 1):
             if not i % YIELD_EVERY:
                 yield_gil()  # the evaluator runs this in a thread: collector.cooperate
-            labels = {**inst.labels, **own}  # rule.alert_labels(inst), inlined
-            key = tuple(sorted(labels.items()))
+            mine = inst.labels
+            labels = {**mine, **own}  # rule.alert_labels(inst), inlined
+            if len(labels) == len(mine) + n_own:  # none of the rule's own labels overridden
+                pairs = [*mine.items(), *own_items]
+                pairs.sort()
+                key = tuple(pairs)
+            else:
+                key = tuple(sorted(labels.items()))
             seen.add(key)
             if len(seen) == n_seen:  # one alert per label set, whatever the condition yields
                 continue
