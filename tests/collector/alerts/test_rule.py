@@ -193,6 +193,26 @@ def test_one_alert_per_label_set_with_alertmanager_fingerprint() -> None:
     assert len(ev.states()) == 2
 
 
+def test_a_label_the_rule_sets_itself_is_the_rules_in_the_alert_and_its_identity() -> None:
+    """An instance naming a label the rule sets (``team``) gets the rule's value: two instances
+    that differ only there are one alert, fingerprinted over the labels it has."""
+
+    def cond(view: LiveView, now: float) -> Iterable[Instance]:
+        yield Instance({"node": "n1", "team": "dev"}, {"value": "1"})
+        yield Instance({"team": "qa", "node": "n1"}, {"value": "1"})
+
+    ev = Evaluator([_rule(cond)])
+    (fired,) = ev.evaluate(VIEW, 1000.0)
+    assert dict(fired.labels) == {
+        "node": "n1",
+        "team": "ops",
+        "alertname": "TestAlert",
+        "severity": "warning",
+    }
+    assert fired.fingerprint == fingerprint(fired.labels)
+    assert ev.evaluate(VIEW, 1005.0) == []
+
+
 def test_alert_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:
     """A mass event makes thousands of alert states at once: untracked, they add nothing for
     the collections during (and after) that evaluation to scan."""
