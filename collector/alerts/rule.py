@@ -420,9 +420,9 @@ class Evaluator:
         node has ``max_per_node`` (then counted as dropped); each instance's key goes to
         ``seen``, its change, if any (at most one), to ``out``.
 
-        One loop, no call per instance but the condition's and the templates': a mass event
-        goes through it once per node (12,500 new alerts, then as many updates at every
-        evaluation), and a call with its arguments cost about as much as the work it did."""
+        One loop, no Python call per instance but the condition's and the templates': a mass
+        event goes through it once per node (12,500 new alerts, then as many updates at every
+        evaluation), and a call with its ten arguments cost about as much as the work it did."""
         changed: list[AlertState] = []
         before: list[State] = []
         new_keys: list[_Key] = []
