@@ -136,11 +136,15 @@ class Dispatcher:
         self, firing: Iterable[GroupAlert], resolved: Iterable[GroupAlert], now: float
     ) -> None:
         """Take this evaluation's firing alerts (all of them) and those just resolved."""
+        placed, groups = self._placed, self._groups
         for alert in firing:
-            for place in self._places(alert):
-                group = self._groups.get(place.key)
+            places = placed.get(alert.fingerprint)  # known since it fired: most of them
+            if places is None:
+                places = self._places(alert)
+            for place in places:
+                group = groups.get(place.key)
                 if group is None:
-                    group = self._groups[place.key] = _Group(
+                    group = groups[place.key] = _Group(
                         place.group_key,
                         place.route,
                         place.labels,
