@@ -108,7 +108,8 @@ def _hash_ascii(keys: Sequence[Items]) -> list[str] | None:
     starts = np.concatenate(([0], ends[:-1]))
     lengths = ends - starts
     out = [""] * len(keys)
-    for length in np.unique(lengths).tolist():
+    # The lengths there are (not np.unique: its first call imports numpy.ma, ~10-30 ms).
+    for length in np.flatnonzero(np.bincount(lengths)).tolist():
         which = np.flatnonzero(lengths == length)
         if length and len(which) >= _LANES_MIN:
             fps = _fnv1a_rows(data[starts[which, None] + np.arange(length)])
