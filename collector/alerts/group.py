@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 from collector.alerts.route import Route, routes_for
@@ -135,11 +136,15 @@ class Dispatcher:
         self, firing: Iterable[GroupAlert], resolved: Iterable[GroupAlert], now: float
     ) -> None:
         """Take this evaluation's firing alerts (all of them) and those just resolved."""
+        placed, groups = self._placed, self._groups
         for alert in firing:
-            for place in self._places(alert):
-                group = self._groups.get(place.key)
+            places = placed.get(alert.fingerprint)  # known since it fired: most of them
+            if places is None:
+                places = self._places(alert)
+            for place in places:
+                group = groups.get(place.key)
                 if group is None:
-                    group = self._groups[place.key] = _Group(
+                    group = groups[place.key] = _Group(
                         place.group_key,
                         place.route,
                         place.labels,
@@ -210,13 +215,19 @@ class Dispatcher:
 
 
 def _ordered(alerts: list[GroupAlert], last: Notified | None) -> list[GroupAlert]:
-    """What changed first (new firing, newly resolved), then the rest; each oldest first."""
+    """What changed first (new firing, newly resolved), then the rest; each oldest first
+    (ties by fingerprint: a group holds one alert per fingerprint, so the order is total).
 
-    def changed(a: GroupAlert) -> bool:
-        if last is None:
-            return True
-        if a.ends_at is None:
-            return a.fingerprint not in last.firing
-        return a.fingerprint not in last.resolved
+    Two sorts by a C key, not one by a Python key function: a mass event's first
+    notification orders every alert of the fleet."""
+    if last is None:  # never notified: all changed
+        return sorted(alerts, key=_oldest_first)
+    changed: list[GroupAlert] = []
+    rest: list[GroupAlert] = []
+    for a in alerts:
+        told = last.firing if a.ends_at is None else last.resolved
+        (rest if a.fingerprint in told else changed).append(a)
+    return sorted(changed, key=_oldest_first) + sorted(rest, key=_oldest_first)
 
-    return sorted(alerts, key=lambda a: (not changed(a), a.starts_at, a.fingerprint))
+
+_oldest_first: Final = attrgetter("starts_at", "fingerprint")

@@ -138,7 +138,12 @@ class Route:
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Whether every matcher matches ``labels``."""
-        return all(m.matches(labels) for m in self.matchers)
+        # A loop, not all() of a generator (~0.2 µs more): once per new alert and route, so
+        # ~3 ms of a mass event's first grouping (bench/bench_alerts.py).
+        for m in self.matchers:  # noqa: SIM110
+            if not m.matches(labels):
+                return False
+        return True
 
     def group_labels(self, labels: Mapping[str, str]) -> dict[str, str]:
         """The labels the alert is grouped by on this route."""

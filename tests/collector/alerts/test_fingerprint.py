@@ -6,6 +6,7 @@ import functools
 
 import pytest
 
+from collector.alerts import fingerprint as fingerprint_module
 from collector.alerts.fingerprint import (
     fingerprint,
     fingerprint_int,
@@ -128,3 +129,44 @@ def test_a_mass_event_hashed_together_gives_each_alerts_own_fingerprint() -> Non
     assert got[labels.index({**pinned, "gpu": "3"})] == "dbe088098d40f6ad"
     assert got[labels.index({})] == f"{14695981039346656037:016x}"
     assert fingerprints_of_items(keys) == got  # the second time from the memo
+
+
+@pytest.mark.parametrize("odd", ["", "\u00e9", "\u00ff", "\u0100", "\U0001f525", "\x7f\x80"])
+def test_a_mass_event_of_ascii_label_sets_hashed_from_one_encoding(
+    odd: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An all-ASCII batch is encoded at once (Latin-1 writes ASCII as UTF-8 does); one
+    string with any other character among them (Latin-1 or not, U+00FF the separator's
+    byte included) hashes each set as Alertmanager does all the same."""
+    monkeypatch.setattr(fingerprint_module, "_memo", {})  # every set new, the empty one too
+    tag = odd.encode().hex()
+    labels: list[dict[str, str]] = [{}] + [
+        {"alertname": "NodeStale", "severity": "warning", "node": f"{tag}n{i:0{1 + i % 3}d}"}
+        for i in range(300)
+    ]  # three lengths, 100 sets each
+    labels += [{}] * 20 + [{"a": tag}, {"ab": tag}, {"": tag}]  # empty sets, short ones
+    labels += labels[:40]  # repeats within one call
+    labels.insert(150, {"alertname": "NodeStale", "node": f"n-{odd}"})
+    keys = [tuple(sorted(ls.items())) for ls in labels]
+    assert fingerprints_of_items(keys) == [fingerprint(ls) for ls in labels]
+
+
+def test_hashing_a_mass_event_imports_no_more_of_numpy() -> None:
+    """The collector has numpy loaded; hashing a batch uses its core only (``np.unique``'s
+    first call imported ``numpy.ma``: 10-30 ms added to the first evaluation that made a few
+    dozen alerts at once). In a child process, whose modules are its own."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, numpy\n"
+        "from collector.alerts.fingerprint import fingerprints_of_items\n"
+        "before = set(sys.modules)\n"
+        "keys = [(('alertname', 'A'), ('node', f'n{i:0{1 + i % 2}d}')) for i in range(40)]\n"
+        "fingerprints_of_items(keys)\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('numpy')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.split() == ["[]"]

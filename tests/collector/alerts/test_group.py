@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from collector.alerts.group import Dispatcher, GroupAlert
 from collector.alerts.route import ALL_LABELS, Route, parse_matcher
 from collector.alerts.silence import InhibitRule
 from collector.store.silences import add_silence, expire_silence
@@ -239,3 +240,22 @@ async def test_a_restart_forgets_groups_no_alert_can_reach(tmp_path: Path) -> No
     (key,) = kept
     assert "node=" not in key
     assert kept[key] == logged[key]
+
+
+def test_a_notification_lists_what_changed_first_then_the_rest_each_oldest_first() -> None:
+    """A group's message: new firing and newly resolved alerts, then the unchanged ones;
+    within each, oldest first, ties by fingerprint (a first message: all of them new)."""
+    dispatcher = Dispatcher([_route("hook", group_wait_s=0.0)])
+
+    def alert(fp: str, starts_at: float, ends_at: float | None = None) -> GroupAlert:
+        return GroupAlert(fp, {"alertname": "A", "node": fp}, {}, starts_at, ends_at)
+
+    def sent(now: float) -> list[str]:
+        (flush,) = dispatcher.flush(now, lambda a: False)[0]
+        return [a.fingerprint for a in flush.alerts]
+
+    dispatcher.observe([alert("fa", 20.0), alert("fb", 10.0), alert("fc", 20.0)], [], 100.0)
+    assert sent(100.0) == ["fb", "fa", "fc"]
+    firing = [alert("fb", 10.0), alert("fc", 20.0), alert("fe", 5.0), alert("fd", 5.0)]
+    dispatcher.observe(firing, [alert("fa", 20.0, 150.0)], 150.0)
+    assert sent(160.0) == ["fd", "fe", "fa", "fb", "fc"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import pytest
 
@@ -192,6 +193,26 @@ def test_one_alert_per_label_set_with_alertmanager_fingerprint() -> None:
     assert len(ev.states()) == 2
 
 
+def test_a_label_the_rule_sets_itself_is_the_rules_in_the_alert_and_its_identity() -> None:
+    """An instance naming a label the rule sets (``team``) gets the rule's value: two instances
+    that differ only there are one alert, fingerprinted over the labels it has."""
+
+    def cond(view: LiveView, now: float) -> Iterable[Instance]:
+        yield Instance({"node": "n1", "team": "dev"}, {"value": "1"})
+        yield Instance({"team": "qa", "node": "n1"}, {"value": "1"})
+
+    ev = Evaluator([_rule(cond)])
+    (fired,) = ev.evaluate(VIEW, 1000.0)
+    assert dict(fired.labels) == {
+        "node": "n1",
+        "team": "ops",
+        "alertname": "TestAlert",
+        "severity": "warning",
+    }
+    assert fired.fingerprint == fingerprint(fired.labels)
+    assert ev.evaluate(VIEW, 1005.0) == []
+
+
 def test_alert_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:
     """A mass event makes thousands of alert states at once: untracked, they add nothing for
     the collections during (and after) that evaluation to scan."""
@@ -215,6 +236,47 @@ def test_annotations_follow_the_latest_values_while_firing() -> None:
     assert ev.evaluate(VIEW, clock.time()) == []
     (st,) = ev.states()
     assert st.annotations["summary"] == "n1 is at 95"
+
+
+class _NoValue(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "<no value>"
+
+
+@pytest.mark.parametrize("value", ["{x} 7%", 7])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{node} is at {value}",
+        "{node} at 100% of {value} (50%s, %(node)s, %%)",
+        "{{node}} is {{{node}}}: {value}}}",
+        "{node}: {missing}, {value}",
+        "{value:>9}|{node:.2}",
+        "{node!r} {value!s}",
+        "{node}{value}{node}",
+        "no fields, 5% of {{it}}",
+        "",
+    ],
+)
+def test_annotations_render_as_format_map_does(template: str, value: str | int) -> None:
+    """The rule renders its templates from a ``%`` format made once where it can (a mass event
+    renders thousands): the text is what ``str.format_map`` gives, ``%`` and doubled braces
+    included, a value that is not a string too, a missing key still ``<no value>``, and a
+    field with a conversion or a format spec still formatted by ``format_map`` itself."""
+    rule = Rule(
+        name="T",
+        severity="info",
+        summary=template,
+        description=f"[{template}]",
+        condition=Switch(),
+    )
+    labels = {"node": "n%1", "alertname": "T", "severity": "info"}
+    values = cast("dict[str, str]", {"value": value})  # a condition may hand over a number
+    expected = template.format_map(_NoValue({**labels, **values}))
+    assert rule.annotations(labels, values) == {
+        "summary": expected,
+        "description": f"[{expected}]",
+    }
 
 
 def _persisted(states: list[AlertState]) -> list[AlertState]:
