@@ -292,9 +292,46 @@ class _TomlSource(TomlConfigSettingsSource):
             for key, value in data.items()
             if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
         ]
+        errors += _booleans_for_numbers(self.settings_cls, data, ())
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
+
+
+_BOOLEAN_FOR_NUMBER = PydanticCustomError(
+    "bool_for_number", "Input should be a number, not true or false: write the number"
+)
+
+
+def _booleans_for_numbers(
+    model: type[BaseModel], data: Mapping[str, Any], loc: tuple[int | str, ...]
+) -> list[InitErrorDetails]:
+    """The file's ``true``/``false`` given for a number, at any depth of ``model``'s tables.
+
+    pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
+    one node, ``retention_s = true`` one second of samples) where a TOML file says which
+    type it means; the environment gives text, which is never read as a boolean there."""
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    errors: list[InitErrorDetails] = []
+    for key, value in data.items():
+        field = fields.get(key)
+        if field is None:  # an unknown key: the model refuses it by name
+            continue
+        kinds = _leaf_types(field.annotation)
+        table = next((k for k in kinds if issubclass(k, BaseModel)), None)
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            where = (*loc, key) if index is None else (*loc, key, index)
+            if isinstance(item, bool) and _is_number(kinds):
+                errors.append({"type": _BOOLEAN_FOR_NUMBER, "loc": where, "input": item})
+            elif isinstance(item, Mapping) and table is not None:
+                errors += _booleans_for_numbers(table, item, where)
+    return errors
+
+
+def _is_number(kinds: list[type]) -> bool:
+    """Whether a field of these classes takes a number and no boolean."""
+    return bool not in kinds and any(issubclass(k, int | float) for k in kinds)
 
 
 def _is_table(field: FieldInfo) -> bool:
@@ -334,6 +371,8 @@ def _leaf_types(annotation: Any) -> list[type]:
     """The classes in an annotation (``SecretStr | None`` -> ``[SecretStr, NoneType]``)."""
     if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return [annotation]
+    if typing.get_origin(annotation) is Annotated:  # Annotated[float, Field(ge=0)]
+        return _leaf_types(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, tuple):
         return [t for arg in typing.get_args(annotation) for t in _leaf_types(arg)]
     return []

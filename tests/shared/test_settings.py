@@ -71,6 +71,47 @@ def test_a_table_in_the_file_that_is_not_one_is_refused_even_beside_a_flag_or_en
         load_settings(CollectorSettings, config_file=cfg)
 
 
+@pytest.mark.parametrize(
+    ("cls", "text", "field"),
+    [
+        (CollectorSettings, "max_nodes = true\n", "max_nodes"),
+        (CollectorSettings, "retention_s = true\n", "retention_s"),
+        (CollectorSettings, "[mqtt]\nport = false\n", "mqtt.port"),
+        (
+            CollectorSettings,
+            "ingest_budget = { bytes_per_s = true }\n",
+            "ingest_budget.bytes_per_s",
+        ),
+        (CollectorSettings, "[alerts]\nxid_codes = [48, true]\n", "alerts.xid_codes.1"),
+        (
+            CollectorSettings,
+            '[[receivers]]\nname = "r"\nurl = "http://127.0.0.1:9/"\nmax_age_s = true\n',
+            "receivers.0.max_age_s",
+        ),
+        (AgentSettings, "interval_s = true\n", "interval_s"),
+    ],
+)
+def test_a_boolean_in_the_file_for_a_number_is_refused(
+    cls: type[CollectorSettings] | type[AgentSettings], text: str, field: str, tmp_path: Path
+) -> None:
+    """pydantic read ``true`` as 1 and ``false`` as 0: ``max_nodes = true`` started a
+    collector that refused every node but one as fleet_full, ``retention_s = true`` kept one
+    second of samples, ``interval_s = true`` sampled every second; no word said why."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = (True|False): .*not true or false"):
+        load_settings(cls, config_file=cfg)
+
+
+def test_booleans_and_numbers_where_the_file_means_them_load(tmp_path: Path) -> None:
+    """A boolean setting takes true, a number setting a number (an integer one a float
+    that is whole, as before)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("compress_payloads = false\nmax_nodes = 1e3\n[alerts]\nxid_codes = [48]\n")
+    s = load_settings(CollectorSettings, config_file=cfg)
+    assert (s.compress_payloads, s.max_nodes, s.alerts.xid_codes) == (False, 1000, [48])
+
+
 def test_unknown_setting_in_file_is_one_clear_line(tmp_path: Path) -> None:
     """A typo in the config file names the key instead of being ignored."""
     cfg = tmp_path / "c.toml"
