@@ -51,6 +51,7 @@ __all__ = [
     "CapwatchSettings",
     "DurationText",
     "MqttSettings",
+    "booleans_for_numbers",
     "format_validation_error",
     "load_settings",
 ]
@@ -292,7 +293,7 @@ class _TomlSource(TomlConfigSettingsSource):
             for key, value in data.items()
             if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
         ]
-        errors += _booleans_for_numbers(self.settings_cls, data, ())
+        errors += booleans_for_numbers(self.settings_cls, data)
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
@@ -303,35 +304,55 @@ _BOOLEAN_FOR_NUMBER = PydanticCustomError(
 )
 
 
-def _booleans_for_numbers(
-    model: type[BaseModel], data: Mapping[str, Any], loc: tuple[int | str, ...]
-) -> list[InitErrorDetails]:
-    """The file's ``true``/``false`` given for a number, at any depth of ``model``'s tables.
+def booleans_for_numbers(model: type[BaseModel], data: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """Where a TOML document given to ``model`` has ``true``/``false`` for a number, at any
+    depth of its tables, lists and named tables (``[tenants.acme]``), as pydantic errors.
 
     pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
-    one node, ``retention_s = true`` one second of samples) where a TOML file says which
-    type it means; the environment gives text, which is never read as a boolean there."""
-    fields = {field.alias or name: field for name, field in model.model_fields.items()}
-    errors: list[InitErrorDetails] = []
-    for key, value in data.items():
-        field = fields.get(key)
-        if field is None:  # an unknown key: the model refuses it by name
-            continue
-        kinds = _leaf_types(field.annotation)
-        table = next((k for k in kinds if issubclass(k, BaseModel)), None)
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            where = (*loc, key) if index is None else (*loc, key, index)
-            if isinstance(item, bool) and _is_number(kinds):
-                errors.append({"type": _BOOLEAN_FOR_NUMBER, "loc": where, "input": item})
-            elif isinstance(item, Mapping) and table is not None:
-                errors += _booleans_for_numbers(table, item, where)
-    return errors
+    one node, ``retention_s = true`` one second of samples, a quota's ``nominal = true`` one
+    GPU), where a TOML file says which type it means. The environment gives text, which
+    pydantic never reads as a number from ``"true"``."""
+    return _booleans_in(model, data, ())
 
 
-def _is_number(kinds: list[type]) -> bool:
-    """Whether a field of these classes takes a number and no boolean."""
-    return bool not in kinds and any(issubclass(k, int | float) for k in kinds)
+def _booleans_in(annotation: Any, value: Any, loc: tuple[int | str, ...]) -> list[InitErrorDetails]:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:  # Annotated[float, Field(ge=0)]
+        return _booleans_in(typing.get_args(annotation)[0], value, loc)
+    if origin in (typing.Union, types.UnionType):
+        arms = typing.get_args(annotation)
+        if isinstance(value, bool) and any(_takes_a_boolean(arm) for arm in arms):
+            return []
+        # The first arm that finds one (a table's value is read against each table arm).
+        return next((e for arm in arms if (e := _booleans_in(arm, value, loc))), [])
+    if isinstance(value, bool):
+        numeric = isinstance(annotation, type) and issubclass(annotation, int | float)
+        if numeric and annotation is not bool:
+            return [{"type": _BOOLEAN_FOR_NUMBER, "loc": loc, "input": value}]
+        return []
+    if origin in (list, tuple) and isinstance(value, list):
+        item = typing.get_args(annotation)[0]
+        return [e for i, v in enumerate(value) for e in _booleans_in(item, v, (*loc, i))]
+    if origin is dict and isinstance(value, Mapping):
+        item = typing.get_args(annotation)[1]
+        return [e for k, v in value.items() for e in _booleans_in(item, v, (*loc, k))]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, Mapping):
+            return []
+        fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+        return [
+            e
+            for k, v in value.items()
+            if k in fields  # an unknown key: the model refuses it by name
+            for e in _booleans_in(fields[k].annotation, v, (*loc, k))
+        ]
+    return []
+
+
+def _takes_a_boolean(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        return _takes_a_boolean(typing.get_args(annotation)[0])
+    return annotation is bool or annotation is Any
 
 
 def _is_table(field: FieldInfo) -> bool:
@@ -371,8 +392,6 @@ def _leaf_types(annotation: Any) -> list[type]:
     """The classes in an annotation (``SecretStr | None`` -> ``[SecretStr, NoneType]``)."""
     if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return [annotation]
-    if typing.get_origin(annotation) is Annotated:  # Annotated[float, Field(ge=0)]
-        return _leaf_types(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, tuple):
         return [t for arg in typing.get_args(annotation) for t in _leaf_types(arg)]
     return []
