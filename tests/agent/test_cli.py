@@ -113,7 +113,8 @@ def test_a_flag_the_command_would_ignore_is_neither_offered_nor_taken(
     assert flag not in run_agent(command, "--help").stdout
     done = run_agent(command, flag, "2", "--port", "1")
     assert done.returncode == 2
-    assert f"unrecognized arguments: {flag} 2" in done.stderr
+    assert f"agent {command}: error: unrecognized arguments: {flag} 2" in done.stderr
+    assert done.stderr.startswith(f"usage: agent {command} ")
 
 
 @pytest.mark.parametrize("wait", ["inf", "nan", "-1", "3601"])
