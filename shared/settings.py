@@ -273,10 +273,30 @@ class CapwatchSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(env_settings)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(_TomlSource(settings_cls))
         return tuple(sources)
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """The ``CAPWATCH_*`` environment, whose tables given as JSON
+    (``CAPWATCH_MQTT='{"port": true}'``) hold no true/false for a number
+    (:func:`booleans_for_numbers`): pydantic read that one as port 1."""
+
+    def __init__(self, env: PydanticBaseSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        errors = booleans_for_numbers(self.settings_cls, data)
+        if errors:
+            raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
+        return data
 
 
 class _TomlSource(TomlConfigSettingsSource):
@@ -310,8 +330,9 @@ def booleans_for_numbers(model: type[BaseModel], data: Mapping[str, Any]) -> lis
 
     pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
     one node, ``retention_s = true`` one second of samples, a quota's ``nominal = true`` one
-    GPU), where a TOML file says which type it means. The environment gives text, which
-    pydantic never reads as a number from ``"true"``."""
+    GPU), where a TOML file says which type it means, as does a table given as JSON in
+    the environment (a plain variable is text, which pydantic never reads as a number from
+    ``"true"``)."""
     return _booleans_in(model, data, ())
 
 

@@ -103,6 +103,23 @@ def test_a_boolean_in_the_file_for_a_number_is_refused(
         load_settings(cls, config_file=cfg)
 
 
+@pytest.mark.parametrize(
+    ("var", "value", "field"),
+    [
+        ("CAPWATCH_MQTT", '{"port": true}', "mqtt.port"),
+        ("CAPWATCH_INGEST_BUDGET", '{"messages_per_s": false}', "ingest_budget.messages_per_s"),
+    ],
+)
+def test_a_boolean_in_a_json_env_table_for_a_number_is_refused(
+    var: str, value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table given as JSON in the environment is typed as the file is: ``true`` for the
+    port connected to port 1."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=rf"'{field}' = (True|False): .*not true or false"):
+        load_settings(CollectorSettings)
+
+
 def test_booleans_and_numbers_where_the_file_means_them_load(tmp_path: Path) -> None:
     """A boolean setting takes true, a number setting a number (an integer one a float
     that is whole, as before)."""
