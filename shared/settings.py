@@ -305,6 +305,13 @@ class _TomlSource(TomlConfigSettingsSource):
     a flag's ``{"mqtt": {"port": 1}}`` replaced the file's ``mqtt = 5`` unseen (the same file
     without the flag is refused)."""
 
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        # Read here, once, whatever the file is (load_settings checked that it exists and is
+        # no folder): pydantic-settings reads regular files only, and a check read the
+        # file first, so `--config /dev/stdin` or `--config <(envsubst < tmpl.toml)` (a
+        # pipe) was read by the check alone: every setting silently at its default.
+        return {} if files is None else _read_config(Path(str(files)))
+
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         fields = self.settings_cls.model_fields
@@ -456,7 +463,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 def _check_config_file(path: Path) -> None:
     """Raise :class:`ConfigError` (one line naming ``path`` and the fix) unless ``path`` is
-    readable TOML. A character device such as ``/dev/null`` is an empty file: no settings."""
+    a file or a device to read (:func:`_read_config` reads it, once: a pipe has no second
+    reading)."""
     name = repr(str(path))
     if not path.exists():
         raise ConfigError(
@@ -467,8 +475,15 @@ def _check_config_file(path: Path) -> None:
         raise ConfigError(
             f"config file {name} is a directory: pass a TOML file to --config", field="config"
         )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``--config`` file's TOML, read once, or :class:`ConfigError` (one line naming
+    ``path`` and the fix). A character device such as ``/dev/null`` is an empty file: no
+    settings."""
+    name = repr(str(path))
     try:
-        tomllib.loads(read_bounded(path).decode())
+        return tomllib.loads(read_bounded(path).decode())
     except FileTooLargeError as exc:
         raise ConfigError(
             f"config file {name} {exc}: is it the settings file? (--config)", field="config"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -179,6 +181,33 @@ def test_an_empty_config_from_dev_null_gives_the_defaults() -> None:
     """--config /dev/null (no settings from a file) is the defaults, not a missing file."""
     empty = load_settings(CollectorSettings, config_file=Path("/dev/null"))
     assert empty.model_dump() == load_settings(CollectorSettings).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("max_nodes = 7\n[alerts]\ngpu_temp_c = 70\n", None),
+        ("max_nodes = 0\n", "setting 'max_nodes' = 0: Input should be greater than or equal to 1"),
+        ("max_nodes = [\n", "is not valid TOML"),
+    ],
+)
+def test_a_config_from_a_pipe_is_read(text: str, error: str | None) -> None:
+    """``--config /dev/stdin`` or ``--config <(envsubst < tmpl.toml)``: the file was read
+    whole by a check, then by pydantic-settings, which reads regular files only: every
+    setting silently at its default, a bad value accepted."""
+    read, write = os.pipe()
+    try:
+        os.write(write, text.encode())
+        os.close(write)
+        pipe = Path(f"/dev/fd/{read}")
+        if error is None:
+            s = load_settings(CollectorSettings, config_file=pipe)
+            assert (s.max_nodes, s.alerts.gpu_temp_c) == (7, 70.0)
+        else:
+            with pytest.raises(ConfigError, match=re.escape(error)):
+                load_settings(CollectorSettings, config_file=pipe)
+    finally:
+        os.close(read)
 
 
 @pytest.mark.parametrize("settings", [AgentSettings, CollectorSettings])
