@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Final, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -425,6 +425,10 @@ def _leaf_types(annotation: Any) -> list[type]:
     return []
 
 
+_NOT_A_NUMBER: Final = frozenset({"float_parsing", "int_parsing", "float_type", "int_type"})
+"""pydantic's errors for text that is no number where a number belongs."""
+
+
 def format_validation_error(
     exc: ValidationError, *, hint: str = "", model: type[BaseModel] | None = None
 ) -> ConfigError:
@@ -442,6 +446,9 @@ def format_validation_error(
         msg = f"setting {field!r} (value hidden): {err['msg']}"
     elif isinstance(value, dict | list | tuple | set | BaseModel):
         msg = f"setting {field!r}: {err['msg']}"
+    elif isinstance(value, str) and err["type"] in _NOT_A_NUMBER and field.endswith("_s"):
+        # retention_s = "5 minutes" (or "5m", as the flags' durations are written)
+        msg = f"setting {field!r} = {value!r}: give seconds as a number (300 for 5 minutes)"
     else:
         msg = f"setting {field!r} = {value!r}: {err['msg']}"
     if hint:

@@ -122,6 +122,26 @@ def test_a_boolean_in_a_json_env_table_for_a_number_is_refused(
         load_settings(CollectorSettings)
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('retention_s = "5 minutes"\n', "retention_s"),
+        ('[alerts]\noffline_for_s = "30s"\n', "alerts.offline_for_s"),
+        ('[mqtt]\nkeepalive_s = "1m"\n', "mqtt.keepalive_s"),
+    ],
+)
+def test_a_duration_written_for_seconds_says_to_give_seconds(
+    text: str, field: str, tmp_path: Path
+) -> None:
+    """A ``*_s`` setting takes a number of seconds; '5 minutes' (or '5m', as the flags'
+    durations are written) was 'Input should be a valid number, unable to parse string as
+    a number', which says neither the unit nor the fix."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = '.*': give seconds as a number \(300"):
+        load_settings(CollectorSettings, config_file=cfg)
+
+
 def test_booleans_and_numbers_where_the_file_means_them_load(tmp_path: Path) -> None:
     """A boolean setting takes true, a number setting a number (an integer one a float
     that is whole, as before)."""
