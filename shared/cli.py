@@ -58,6 +58,17 @@ def add_web_config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def seconds(text: str) -> float:
+    """argparse type of a flag given in seconds (``--interval SECONDS``): a number; '5m' or
+    '5 minutes' is refused saying so (argparse's own line was 'invalid float value')."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give seconds as a number (300 for 5 minutes), got {text!r}"
+        ) from None
+
+
 def first_error(exc: BaseException, kind: type[_E]) -> _E | None:
     """The first ``kind`` in ``exc``, looking inside (nested) exception groups.
 
