@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -80,7 +81,7 @@ def target_groups(
     the addresses ``hosts`` allows (default: :data:`DEFAULT_SD_TARGET_HOSTS`); each node whose
     address it refuses goes into ``refused`` (node: address)."""
     hosts = TargetHosts() if hosts is None else hosts
-    groups: list[dict[str, Any]] = []
+    announced: list[tuple[NodeRecord, str]] = []
     for r in records:
         if r.source != "agent":
             continue
@@ -88,9 +89,15 @@ def target_groups(
             address = _decoder.decode(r.inventory).metrics_address
         except msgspec.DecodeError:
             continue
-        if address is None:
-            continue
-        if not hosts.allows(r.node, address):
+        if address is not None:
+            announced.append((r, address))
+    # Node ids that differ only in case name one host (DNS ignores case, RFC 4343), and
+    # hosts.allows() compares them so: 'Node-A' could list 'node-a:9400', and Prometheus
+    # scraped node-a's agent a second time as Node-A's, in Node-A's pool and tenant.
+    folded = Counter(r.node.lower() for r, _ in announced)
+    groups: list[dict[str, Any]] = []
+    for r, address in announced:
+        if folded[r.node.lower()] > 1 or not hosts.allows(r.node, address):
             if refused is not None:
                 refused[r.node] = address
             continue
@@ -170,7 +177,8 @@ class ServiceDiscovery:
                     metrics_address=address,
                     hint="its host is none that the setting sd_target_hosts allows: the "
                     "node's own name by default; list the network or name pattern if it "
-                    "is right",
+                    "is right; or another node's id differs from its own only in case (one "
+                    "host name to DNS): rename one",
                 )
         self._logged = refused  # a node allowed again, then refused again, is logged again
         return groups

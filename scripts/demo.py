@@ -55,6 +55,7 @@ from demo_common import (
     run_cli,
     show_notifications,
     stop_all,
+    wait_ready,
 )
 
 _MAX_NODES = 200_000
@@ -279,7 +280,12 @@ def main() -> int:
             "--metrics-listen",
             f"127.0.0.1:{metrics_port}",
         )
-        time.sleep(1.0)
+        # The agents and the hostile node once started on a timer (1 s, then 2 s): on a
+        # loaded machine the collector subscribed after the hostile node had published,
+        # and the demo showed no rejects, no alerts and no webhooks.
+        if not wait_ready(procs[-1][1], metrics_port, timeout_s=120):
+            print(f"collector not ready after 120 s; see {workdir / 'collector.log'}")
+            return 1
         node = socket.gethostname().split(".")[0]
         node = node if node[:1].isalnum() else "demo-host"
         spawn(

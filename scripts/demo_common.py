@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,31 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def readyz(port: int) -> str:
+    """The collector's ``/readyz`` body on loopback ``port`` (``ready; connected; ...``,
+    ``ready: leader (token N)``, or what is not ready); '' when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            return str(resp.read().decode().strip())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        body = getattr(exc, "read", None)
+        return body().decode().strip() if callable(body) else ""
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> bool:
+    """Wait until the collector ``proc`` serving /metrics on ``port`` is ready (subscribed
+    to the broker, its first commit done); ``False`` if it exits or ``timeout_s`` passes.
+
+    What a node publishes before the collector's first subscription reaches no one: the
+    broker holds QoS 1 messages only for a session that has subscribed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if readyz(port).startswith("ready"):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def stop_all(procs: Iterable[tuple[str, subprocess.Popen[bytes]]]) -> None:

@@ -21,24 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import demo_common as demo
 
 LEASE_S = 5.0
 """The election's lease in the demo (the default is 10 s): a takeover within seconds."""
-
-
-def _readyz(port: int) -> str:
-    """``/readyz``'s body: ``ready: leader (token N)`` or ``... standby``; '' when down."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-            return str(resp.read().decode().strip())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        body = getattr(exc, "read", None)
-        return body().decode().strip() if callable(body) else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"published {sent} poisonous samples (they raise alerts)")
             time.sleep(max(3.0, args.seconds / 2))
             for name, port in ports.items():
-                print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
-            leader = next((n for n, p in ports.items() if "leader" in _readyz(p)), None)
+                print(f"{name} /readyz: {demo.readyz(port) or '(no answer)'}")
+            leader = next((n for n, p in ports.items() if "leader" in demo.readyz(p)), None)
             if leader is None:
                 print("no collector leads: see the collector logs")
                 return 1
@@ -142,14 +130,14 @@ def run(args: argparse.Namespace) -> int:
             procs[leader].wait()
             took = None
             while time.monotonic() - killed < 4 * LEASE_S:
-                if "leader" in _readyz(ports[other]):
+                if "leader" in demo.readyz(ports[other]):
                     took = time.monotonic() - killed
                     break
                 time.sleep(0.1)
             if took is None:
                 print(f"{other} did not take over within {4 * LEASE_S:g} s: see its log")
                 return 1
-            print(f"{other} /readyz: {_readyz(ports[other])}, {took:.1f} s after the kill")
+            print(f"{other} /readyz: {demo.readyz(ports[other])}, {took:.1f} s after the kill")
             print(f"(a lease of {LEASE_S:g} s: the takeover waits for it to end)")
             time.sleep(max(3.0, args.seconds / 2))
             demo.banner("site 5. the usual queries, against PostgreSQL")
@@ -169,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             start_member(leader)
             time.sleep(4.0)
             for name, port in ports.items():
-                print(f"{name} /readyz: {_readyz(port) or '(no answer)'}")
+                print(f"{name} /readyz: {demo.readyz(port) or '(no answer)'}")
             demo.run_cli("collector", "query", "--db", url, "--limit", "4")
         finally:
             demo.banner("shutdown")

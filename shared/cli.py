@@ -58,6 +58,17 @@ def add_web_config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def seconds(text: str) -> float:
+    """argparse type of a flag given in seconds (``--interval SECONDS``): a number; '5m' or
+    '5 minutes' is refused saying so (argparse's own line was 'invalid float value')."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give seconds as a number (300 for 5 minutes), got {text!r}"
+        ) from None
+
+
 def first_error(exc: BaseException, kind: type[_E]) -> _E | None:
     """The first ``kind`` in ``exc``, looking inside (nested) exception groups.
 
@@ -83,7 +94,11 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     that cannot be written): never a traceback, also when raised inside a task group; 130 on
     Ctrl-C.
     """
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # parse_args reports them from the top-level parser: 'usage: collector [-h]
+        # COMMAND ...' and 'collector: error: ...', naming neither the command nor its flags.
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
@@ -100,6 +115,16 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     return code
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand's parser that ``args`` went through (``parser`` itself if none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest or "", None) or "")
+            if isinstance(chosen, argparse.ArgumentParser):
+                return _chosen(chosen, args)
+    return parser
 
 
 def first_named(names: Sequence[str], most: int) -> str:

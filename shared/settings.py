@@ -19,7 +19,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self, TypeVar
+from typing import Annotated, Any, Final, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -51,6 +51,7 @@ __all__ = [
     "CapwatchSettings",
     "DurationText",
     "MqttSettings",
+    "booleans_for_numbers",
     "format_validation_error",
     "load_settings",
 ]
@@ -272,10 +273,30 @@ class CapwatchSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(env_settings)]
         if settings_cls.model_config.get("toml_file"):
             sources.append(_TomlSource(settings_cls))
         return tuple(sources)
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """The ``CAPWATCH_*`` environment, whose tables given as JSON
+    (``CAPWATCH_MQTT='{"port": true}'``) hold no true/false for a number
+    (:func:`booleans_for_numbers`): pydantic read that one as port 1."""
+
+    def __init__(self, env: PydanticBaseSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        errors = booleans_for_numbers(self.settings_cls, data)
+        if errors:
+            raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
+        return data
 
 
 class _TomlSource(TomlConfigSettingsSource):
@@ -283,6 +304,13 @@ class _TomlSource(TomlConfigSettingsSource):
     environment sets a key inside one: pydantic-settings merges the sources key by key, and
     a flag's ``{"mqtt": {"port": 1}}`` replaced the file's ``mqtt = 5`` unseen (the same file
     without the flag is refused)."""
+
+    def _read_files(self, files: Any, deep_merge: bool = False) -> dict[str, Any]:
+        # Read here, once, whatever the file is (load_settings checked that it exists and is
+        # no folder): pydantic-settings reads regular files only, and a check read the
+        # file first, so `--config /dev/stdin` or `--config <(envsubst < tmpl.toml)` (a
+        # pipe) was read by the check alone: every setting silently at its default.
+        return {} if files is None else _read_config(Path(str(files)))
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
@@ -292,9 +320,67 @@ class _TomlSource(TomlConfigSettingsSource):
             for key, value in data.items()
             if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
         ]
+        errors += booleans_for_numbers(self.settings_cls, data)
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
+
+
+_BOOLEAN_FOR_NUMBER = PydanticCustomError(
+    "bool_for_number", "Input should be a number, not true or false: write the number"
+)
+
+
+def booleans_for_numbers(model: type[BaseModel], data: Mapping[str, Any]) -> list[InitErrorDetails]:
+    """Where a TOML document given to ``model`` has ``true``/``false`` for a number, at any
+    depth of its tables, lists and named tables (``[tenants.acme]``), as pydantic errors.
+
+    pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
+    one node, ``retention_s = true`` one second of samples, a quota's ``nominal = true`` one
+    GPU), where a TOML file says which type it means, as does a table given as JSON in
+    the environment (a plain variable is text, which pydantic never reads as a number from
+    ``"true"``)."""
+    return _booleans_in(model, data, ())
+
+
+def _booleans_in(annotation: Any, value: Any, loc: tuple[int | str, ...]) -> list[InitErrorDetails]:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:  # Annotated[float, Field(ge=0)]
+        return _booleans_in(typing.get_args(annotation)[0], value, loc)
+    if origin in (typing.Union, types.UnionType):
+        arms = typing.get_args(annotation)
+        if isinstance(value, bool) and any(_takes_a_boolean(arm) for arm in arms):
+            return []
+        # The first arm that finds one (a table's value is read against each table arm).
+        return next((e for arm in arms if (e := _booleans_in(arm, value, loc))), [])
+    if isinstance(value, bool):
+        numeric = isinstance(annotation, type) and issubclass(annotation, int | float)
+        if numeric and annotation is not bool:
+            return [{"type": _BOOLEAN_FOR_NUMBER, "loc": loc, "input": value}]
+        return []
+    if origin in (list, tuple) and isinstance(value, list):
+        item = typing.get_args(annotation)[0]
+        return [e for i, v in enumerate(value) for e in _booleans_in(item, v, (*loc, i))]
+    if origin is dict and isinstance(value, Mapping):
+        item = typing.get_args(annotation)[1]
+        return [e for k, v in value.items() for e in _booleans_in(item, v, (*loc, k))]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not isinstance(value, Mapping):
+            return []
+        fields = {f.alias or name: f for name, f in annotation.model_fields.items()}
+        return [
+            e
+            for k, v in value.items()
+            if k in fields  # an unknown key: the model refuses it by name
+            for e in _booleans_in(fields[k].annotation, v, (*loc, k))
+        ]
+    return []
+
+
+def _takes_a_boolean(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        return _takes_a_boolean(typing.get_args(annotation)[0])
+    return annotation is bool or annotation is Any
 
 
 def _is_table(field: FieldInfo) -> bool:
@@ -339,6 +425,10 @@ def _leaf_types(annotation: Any) -> list[type]:
     return []
 
 
+_NOT_A_NUMBER: Final = frozenset({"float_parsing", "int_parsing", "float_type", "int_type"})
+"""pydantic's errors for text that is no number where a number belongs."""
+
+
 def format_validation_error(
     exc: ValidationError, *, hint: str = "", model: type[BaseModel] | None = None
 ) -> ConfigError:
@@ -356,6 +446,9 @@ def format_validation_error(
         msg = f"setting {field!r} (value hidden): {err['msg']}"
     elif isinstance(value, dict | list | tuple | set | BaseModel):
         msg = f"setting {field!r}: {err['msg']}"
+    elif isinstance(value, str) and err["type"] in _NOT_A_NUMBER and field.endswith("_s"):
+        # retention_s = "5 minutes" (or "5m", as the flags' durations are written)
+        msg = f"setting {field!r} = {value!r}: give seconds as a number (300 for 5 minutes)"
     else:
         msg = f"setting {field!r} = {value!r}: {err['msg']}"
     if hint:
@@ -377,7 +470,8 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
 
 def _check_config_file(path: Path) -> None:
     """Raise :class:`ConfigError` (one line naming ``path`` and the fix) unless ``path`` is
-    readable TOML. A character device such as ``/dev/null`` is an empty file: no settings."""
+    a file or a device to read (:func:`_read_config` reads it, once: a pipe has no second
+    reading)."""
     name = repr(str(path))
     if not path.exists():
         raise ConfigError(
@@ -388,8 +482,15 @@ def _check_config_file(path: Path) -> None:
         raise ConfigError(
             f"config file {name} is a directory: pass a TOML file to --config", field="config"
         )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The ``--config`` file's TOML, read once, or :class:`ConfigError` (one line naming
+    ``path`` and the fix). A character device such as ``/dev/null`` is an empty file: no
+    settings."""
+    name = repr(str(path))
     try:
-        tomllib.loads(read_bounded(path).decode())
+        return tomllib.loads(read_bounded(path).decode())
     except FileTooLargeError as exc:
         raise ConfigError(
             f"config file {name} {exc}: is it the settings file? (--config)", field="config"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.cli import add_broker_args, add_log_args
+from shared.cli import add_broker_args, add_log_args, seconds
 
 if TYPE_CHECKING:
     from agent.node import NodeSampler
@@ -31,7 +31,7 @@ def add_settings_args(
     if interval:
         p.add_argument(
             "--interval",
-            type=float,
+            type=seconds,
             metavar="SECONDS",
             help="seconds between samples (default 5, at least 1)",
         )

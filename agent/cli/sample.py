@@ -7,6 +7,7 @@ import math
 import time
 
 from agent.cli._args import add_settings_args, node_sampler, print_json, settings_from_args
+from shared.cli import seconds
 from shared.errors import ConfigError
 
 __all__ = ["add_parser", "sample"]
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_settings_args(p, broker=False)
     p.add_argument(
         "--wait",
-        type=float,
+        type=seconds,
         default=1.0,
         metavar="SECONDS",
         help="seconds between the priming and the printed reading, 0 to 3600 (default 1; 0: "

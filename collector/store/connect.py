@@ -210,6 +210,11 @@ async def open_async(
     try:
         if write:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # Opened once here first: aiosqlite starts its thread before it connects and, when
+        # the connect fails, only asks the thread to stop; a command that then returns its
+        # one-line error closes the loop under that thread, which printed two 'Event loop is
+        # closed' tracebacks after the line (`collector run --db DIRECTORY`).
+        sqlite3.connect(target, uri=not write).close()
         conn = await aiosqlite.connect(target, uri=not write, factory=factory)
         conn.row_factory = sqlite3.Row
         for pragma in pragmas:

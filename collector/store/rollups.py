@@ -497,6 +497,15 @@ def rollups_before(node: str, until: float) -> Query[bool]:
     )
 
 
+def rollups_within(node: str | None, res: int, lo: float, hi: float) -> Query[bool]:
+    """Whether ``node`` (``None``: any node) has a ``res`` bucket beginning in ``[lo, hi)``."""
+    sql = "SELECT 1 FROM rollups WHERE res = ? AND bucket >= ? AND bucket < ?"
+    params: tuple[str | int, ...] = (res, math.floor(lo), math.ceil(hi))
+    if node is not None:
+        sql, params = sql + " AND node = ?", (*params, node)
+    return single(sql + " LIMIT 1", params, bool)
+
+
 def rollup_rows() -> Query[dict[str, int]]:
     """Rows per resolution (for the benchmark's bytes per node-day)."""
     return single(

@@ -215,9 +215,19 @@ def _raw_from(
     reader: StoreReader, node: str | None, since: float, until: float, step: int
 ) -> float:
     """Where a history's raw steps begin: the first step boundary after the oldest stored
-    sample (``until``: none stored), so no step mixes raw samples and rollups."""
+    sample (``until``: none stored), so no step mixes raw samples and rollups; the oldest
+    sample's own step where no rollup holds any of it (rollups off, or not folded yet):
+    read from neither, that step was missing (the first hour of a new store at 1h steps)."""
     oldest = reader.run(rollups.oldest_raw(node))
-    return until if oldest is None else max(since, math.ceil(oldest / step) * step)
+    if oldest is None:
+        return until
+    first = math.floor(oldest / step) * step
+    res, _ = _resolution(step)
+    if not reader.has_table("rollups") or not reader.run(
+        rollups.rollups_within(node, res, first, first + step)
+    ):
+        return max(since, first)
+    return max(since, math.ceil(oldest / step) * step)
 
 
 def _answer(

@@ -113,7 +113,29 @@ def test_a_flag_the_command_would_ignore_is_neither_offered_nor_taken(
     assert flag not in run_agent(command, "--help").stdout
     done = run_agent(command, flag, "2", "--port", "1")
     assert done.returncode == 2
-    assert f"unrecognized arguments: {flag} 2" in done.stderr
+    assert f"agent {command}: error: unrecognized arguments: {flag} 2" in done.stderr
+    assert done.stderr.startswith(f"usage: agent {command} ")
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value"),
+    [
+        ("run", "--interval", "5m"),
+        ("simulate", "--interval", "5 minutes"),
+        ("sample", "--wait", "1s"),
+    ],
+)
+def test_a_duration_for_a_seconds_flag_says_to_give_seconds(
+    command: str, flag: str, value: str
+) -> None:
+    """``--interval 5m`` was 'argument --interval: invalid float value: '5m'' (argparse's
+    words): the flag takes seconds, and the line now says so."""
+    done = run_agent(command, flag, value, "--port", "1")
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"agent {command}: error: argument {flag}: give seconds as a number (300 for 5 "
+        f"minutes), got {value!r}"
+    )
 
 
 @pytest.mark.parametrize("wait", ["inf", "nan", "-1", "3601"])

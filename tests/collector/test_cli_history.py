@@ -230,6 +230,27 @@ async def test_gpu_history_with_rollups_off_reads_raw(store_url: StoreTarget) ->
         assert (p["util_pct"], p["energy_j"]) == (pytest.approx(util), pytest.approx(energy))
 
 
+@pytest.mark.parametrize("rollups", [False, True])
+async def test_history_counts_every_raw_sample_no_rollup_holds(
+    store_url: StoreTarget, rollups: bool
+) -> None:
+    """Two hours of samples, rollups off (or on, not folded yet: a new store's first
+    minute): every sample is in one step of the node's and the fleet's history at 1h and
+    10m. Raw began at the first step boundary after the oldest sample, whose step came from
+    rollups that held nothing: `--step 1h` on a store begun at 16:35 started at 17:00,
+    and with rollups off the oldest step was missing for good (GPU history showed it)."""
+    now = time.time()
+    sim = FleetSimulator(1, gpus_per_node=2, seed=4, interval_s=300)
+    samples = [sim.sample(0, now - 300 * k - 7, 24 - k) for k in range(24, 0, -1)]
+    async with Store(store_url, rollups=RollupConfig() if rollups else None) as store:
+        await store.write_batch([sample_row(s, encode(s), s.ts) for s in samples], [], [NODE])
+    for step in ("1h", "10m"):
+        for node in (("--node", NODE), ()):
+            got = _json("--db", str(store_url), *node, "--since", "3h", "--step", step)
+            assert got["sources"] == ["raw"]
+            assert sum(p["samples"] for p in got["points"]) == len(samples), (step, node)
+
+
 def test_gpu_history_minute_steps_and_the_table(
     gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
 ) -> None:

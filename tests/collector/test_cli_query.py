@@ -409,8 +409,10 @@ def test_printable_escapes_what_a_terminal_would_interpret() -> None:
             "collector query",
             "argument --rejected: not allowed with argument --gpus",
         ),
-        # argparse reports flags no subcommand took from the top-level parser.
-        (["--bogus"], "collector", "unrecognized arguments: --bogus"),
+        # A flag the command does not take: its usage and its name, not the top-level
+        # parser's 'usage: collector [-h] COMMAND ...' (argparse's parse_args).
+        (["--bogus"], "collector query", "unrecognized arguments: --bogus"),
+        (["--gpus", "extra"], "collector query", "unrecognized arguments: extra"),
     ],
 )
 def test_bad_flags_are_one_error_line_and_exit_2(

@@ -84,6 +84,22 @@ def test_by_default_a_node_may_name_only_itself_or_a_name_under_it() -> None:
     }
 
 
+def test_node_ids_that_differ_only_in_case_are_not_listed() -> None:
+    """'Node-A' and 'node-a' name one host (DNS ignores case, RFC 4343) and the patterns
+    compare so: 'Node-A' listed 'node-a:9400' and Prometheus scraped node-a's agent a second
+    time as Node-A's, in Node-A's pool and tenant. Neither is listed; each is refused."""
+    records = [
+        _announcing("node-a", "node-a:9400"),
+        _announcing("Node-A", "node-a:9400"),
+        _announcing("NODE-b", "NODE-b.cluster:9400"),
+        _announcing("node-c", "node-c:9400"),
+    ]
+    refused: dict[str, str] = {}
+    groups = target_groups(records, {}, lambda _: None, None, refused)
+    assert [g["labels"]["node"] for g in groups] == ["NODE-b", "node-c"]
+    assert refused == {"node-a": "node-a:9400", "Node-A": "node-a:9400"}
+
+
 @pytest.mark.parametrize(
     "hosts", [None, TargetHosts(["{node}", "{node}.*", "*.localhost", "localhost"])]
 )

@@ -73,3 +73,54 @@ def test_ctrl_c_mid_demo_stops_everything_promptly_without_a_traceback(tmp_path:
     assert "demo: interrupted" in text
     assert "stopped (None)" not in text  # nothing had to be SIGKILLed after 15 s
     assert took < 12, f"{took:.1f} s\n{text}"
+
+
+_SLOW_COLLECTOR = """\
+import sys, time
+if sys.orig_argv[1:2] and sys.orig_argv[1].endswith("/collector") and "run" in sys.orig_argv:
+    time.sleep(5)
+"""
+
+
+def test_the_hostile_node_reaches_a_collector_slow_to_start(tmp_path: Path) -> None:
+    """The demo started its agents and the hostile node on a timer (1 s, then 2 s after the
+    collector): on a loaded machine the collector subscribed after the hostile node had
+    published, the broker held nothing for it, and the demo showed 'rejected ... 0', no
+    alerts and no webhooks. Here the collector's process starts 5 s late (a
+    ``sitecustomize`` that sleeps in ``collector run`` only)."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(_SLOW_COLLECTOR)
+    workdir = tmp_path / "demo-run"
+    argv = [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, str(REPO / "scripts" / "demo.py")]
+    argv += ["--nodes", "2", "--seconds", "3", "--dir", str(workdir)]
+    env = {**os.environ, "PYTHONPATH": str(slow)}
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        text=True,
+        bufsize=1,
+        env=env,
+    )
+    out: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("== collector alerts"):
+                break
+            assert time.monotonic() < deadline, "".join(out)
+        os.killpg(proc.pid, signal.SIGINT)
+        out.append(proc.stdout.read())
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    text = "".join(out)
+    assert "rejected since the collector started: 10 " in text, text

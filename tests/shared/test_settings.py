@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -71,6 +73,84 @@ def test_a_table_in_the_file_that_is_not_one_is_refused_even_beside_a_flag_or_en
         load_settings(CollectorSettings, config_file=cfg)
 
 
+@pytest.mark.parametrize(
+    ("cls", "text", "field"),
+    [
+        (CollectorSettings, "max_nodes = true\n", "max_nodes"),
+        (CollectorSettings, "retention_s = true\n", "retention_s"),
+        (CollectorSettings, "[mqtt]\nport = false\n", "mqtt.port"),
+        (
+            CollectorSettings,
+            "ingest_budget = { bytes_per_s = true }\n",
+            "ingest_budget.bytes_per_s",
+        ),
+        (CollectorSettings, "[alerts]\nxid_codes = [48, true]\n", "alerts.xid_codes.1"),
+        (
+            CollectorSettings,
+            '[[receivers]]\nname = "r"\nurl = "http://127.0.0.1:9/"\nmax_age_s = true\n',
+            "receivers.0.max_age_s",
+        ),
+        (AgentSettings, "interval_s = true\n", "interval_s"),
+    ],
+)
+def test_a_boolean_in_the_file_for_a_number_is_refused(
+    cls: type[CollectorSettings] | type[AgentSettings], text: str, field: str, tmp_path: Path
+) -> None:
+    """pydantic read ``true`` as 1 and ``false`` as 0: ``max_nodes = true`` started a
+    collector that refused every node but one as fleet_full, ``retention_s = true`` kept one
+    second of samples, ``interval_s = true`` sampled every second; no word said why."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = (True|False): .*not true or false"):
+        load_settings(cls, config_file=cfg)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "field"),
+    [
+        ("CAPWATCH_MQTT", '{"port": true}', "mqtt.port"),
+        ("CAPWATCH_INGEST_BUDGET", '{"messages_per_s": false}', "ingest_budget.messages_per_s"),
+    ],
+)
+def test_a_boolean_in_a_json_env_table_for_a_number_is_refused(
+    var: str, value: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table given as JSON in the environment is typed as the file is: ``true`` for the
+    port connected to port 1."""
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=rf"'{field}' = (True|False): .*not true or false"):
+        load_settings(CollectorSettings)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('retention_s = "5 minutes"\n', "retention_s"),
+        ('[alerts]\noffline_for_s = "30s"\n', "alerts.offline_for_s"),
+        ('[mqtt]\nkeepalive_s = "1m"\n', "mqtt.keepalive_s"),
+    ],
+)
+def test_a_duration_written_for_seconds_says_to_give_seconds(
+    text: str, field: str, tmp_path: Path
+) -> None:
+    """A ``*_s`` setting takes a number of seconds; '5 minutes' (or '5m', as the flags'
+    durations are written) was 'Input should be a valid number, unable to parse string as
+    a number', which says neither the unit nor the fix."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = '.*': give seconds as a number \(300"):
+        load_settings(CollectorSettings, config_file=cfg)
+
+
+def test_booleans_and_numbers_where_the_file_means_them_load(tmp_path: Path) -> None:
+    """A boolean setting takes true, a number setting a number (an integer one a float
+    that is whole, as before)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("compress_payloads = false\nmax_nodes = 1e3\n[alerts]\nxid_codes = [48]\n")
+    s = load_settings(CollectorSettings, config_file=cfg)
+    assert (s.compress_payloads, s.max_nodes, s.alerts.xid_codes) == (False, 1000, [48])
+
+
 def test_unknown_setting_in_file_is_one_clear_line(tmp_path: Path) -> None:
     """A typo in the config file names the key instead of being ignored."""
     cfg = tmp_path / "c.toml"
@@ -121,6 +201,33 @@ def test_an_empty_config_from_dev_null_gives_the_defaults() -> None:
     """--config /dev/null (no settings from a file) is the defaults, not a missing file."""
     empty = load_settings(CollectorSettings, config_file=Path("/dev/null"))
     assert empty.model_dump() == load_settings(CollectorSettings).model_dump()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("max_nodes = 7\n[alerts]\ngpu_temp_c = 70\n", None),
+        ("max_nodes = 0\n", "setting 'max_nodes' = 0: Input should be greater than or equal to 1"),
+        ("max_nodes = [\n", "is not valid TOML"),
+    ],
+)
+def test_a_config_from_a_pipe_is_read(text: str, error: str | None) -> None:
+    """``--config /dev/stdin`` or ``--config <(envsubst < tmpl.toml)``: the file was read
+    whole by a check, then by pydantic-settings, which reads regular files only: every
+    setting silently at its default, a bad value accepted."""
+    read, write = os.pipe()
+    try:
+        os.write(write, text.encode())
+        os.close(write)
+        pipe = Path(f"/dev/fd/{read}")
+        if error is None:
+            s = load_settings(CollectorSettings, config_file=pipe)
+            assert (s.max_nodes, s.alerts.gpu_temp_c) == (7, 70.0)
+        else:
+            with pytest.raises(ConfigError, match=re.escape(error)):
+                load_settings(CollectorSettings, config_file=pipe)
+    finally:
+        os.close(read)
 
 
 @pytest.mark.parametrize("settings", [AgentSettings, CollectorSettings])

@@ -155,6 +155,16 @@ async def test_bad_file_changes_nothing_and_names_the_key(
         CLUSTER.replace('tz = "Asia/Tokyo"', 'tz = "Mars/Base"'): "leases.beta-2041: unknown",
         CLUSTER.replace('nodes = ["n3"]', 'nodes = ["n2"]'): "leases.beta-2041: node n2 is",
         CLUSTER + "[oops\n": "not valid TOML",
+        # true/false for a number: pydantic read them as 1/0 (a quota of one GPU, a lease
+        # of one day, applied without a word)
+        CLUSTER.replace("nominal = 8,", "nominal = true,"): (
+            "tenants.beta.quota.gpus.nominal: Input should be a number, not true or false"
+        ),
+        CLUSTER.replace("duration_days = 180", "duration_days = true"): (
+            "leases.acme-2041.duration_days: Input should be a number, not true or false"
+        ),
+        CLUSTER.replace("gpus = 4 }", "gpus = false }"): "cohorts.research.quota.gpus: Input",
+        CLUSTER.replace("priority = 10", "priority = true"): "tenants.acme.priority: Input",
         CLUSTER
         + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
         CLUSTER.replace("[pools.acme-a]", "[pools.free]").replace('"acme-a"', '"free"'): (

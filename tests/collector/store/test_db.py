@@ -308,6 +308,27 @@ _PARTITIONS = (
 )
 
 
+async def test_a_store_that_cannot_be_opened_starts_no_connection_thread(tmp_path: Path) -> None:
+    """``collector run --db DIRECTORY``: aiosqlite started its connection thread, the
+    connect failed, and the thread was only asked to stop; the command printed its one
+    line and closed the event loop, and the thread, stopping after that, printed two
+    'Event loop is closed' tracebacks (most runs on this machine). No thread is started for
+    a store that cannot be opened, so none can outlive the loop."""
+    started: set[str] = set()
+
+    def seen(*_: object) -> None:
+        started.add(threading.current_thread().name)
+
+    threading.setprofile(seen)
+    try:
+        with pytest.raises(StoreError, match="cannot open database"):
+            async with Store(parse_target(str(tmp_path))):
+                pass
+    finally:
+        threading.setprofile(None)
+    assert not [name for name in started if "connection_worker" in name]
+
+
 async def test_opening_cancelled_at_any_point_leaves_no_connection(store_url: StoreTarget) -> None:
     """A read-only store whose opening is cancelled (a delivery stopped while it rescans the
     outbox) closes what it had opened: no connection, and no thread of one, is left behind.
