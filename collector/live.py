@@ -623,7 +623,12 @@ class LiveView:
             return
         if epoch < st.seq_epoch or seq <= last:
             return
-        missing = gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
+        # The next seq (nearly every sample): nothing numbered between, nothing missing.
+        missing = (
+            0
+            if seq == last + 1
+            else gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
+        )
         if missing:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received
