@@ -9,12 +9,23 @@ rollups on); ``--nodes`` simulated nodes (:mod:`agent.simulate`, as the pipeline
 ingestor and times every message in CPU time (``time.process_time``, the garbage collector
 included, as in the daemon); prints each round and the best, in microseconds a sample.
 
-Usage: ``.venv/bin/python bench/bench_validate.py [--nodes 2500] [--ticks 8] [--rounds 5]``
+On a loaded machine (2 shared cores) CPU time varies by +-20 % from run to run; instructions
+do not. ``--callgrind`` runs one warm-up round, then one round inside :func:`functools.reduce`,
+which callgrind can be told to count alone::
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        --callgrind-out-file=cg.out .venv/bin/python bench/bench_validate.py --nodes 250 \
+        --callgrind
+    # instructions per sample: the "summary:" line of cg.out / (nodes x ticks)
+
+Usage: ``.venv/bin/python bench/bench_validate.py [--nodes 2500] [--ticks 8] [--rounds 5]
+[--callgrind]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -49,24 +60,41 @@ def _messages(nodes: int, ticks: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def _round(messages: list[tuple[str, bytes]], nodes: int) -> float:
-    """CPU microseconds per message through a fresh ingestor."""
-    clock = FakeClock(start_wall=_T0 + 10)
-    ing = Ingestor(
-        clock,
+def _ingestor(nodes: int) -> Ingestor:
+    """A fresh ingestor set up as the collector sets up its own."""
+    return Ingestor(
+        FakeClock(start_wall=_T0 + 10),
         live=LiveView(max_nodes=max(nodes, 50_000)),
         metrics=IngestMetrics(CollectorRegistry(auto_describe=False)),
         budget=NodeBudget(),
     )
+
+
+def _all_valid(ing: Ingestor, messages: list[tuple[str, bytes]]) -> None:
+    counted = ing.metrics.counter_rows()["samples"]
+    if counted != len(messages):
+        raise SystemExit(f"{len(messages) - counted} samples were not valid: fix the bench")
+
+
+def _round(messages: list[tuple[str, bytes]], nodes: int) -> float:
+    """CPU microseconds per message through a fresh ingestor."""
+    ing = _ingestor(nodes)
     handle = ing.handle
     t0 = time.process_time()
     for topic, payload in messages:
         handle(topic, payload)
     took = time.process_time() - t0
-    counted = ing.metrics.counter_rows()["samples"]
-    if counted != len(messages):
-        raise SystemExit(f"{len(messages) - counted} samples were not valid: fix the bench")
+    _all_valid(ing, messages)
     return took / len(messages) * 1e6
+
+
+def _counted_round(messages: list[tuple[str, bytes]], nodes: int) -> None:
+    """One round inside functools.reduce, after a warm-up round (see the module docstring)."""
+    _round(messages, nodes)
+    ing = _ingestor(nodes)
+    handle = ing.handle
+    functools.reduce(lambda _, m: handle(m[0], m[1]), messages, None)
+    _all_valid(ing, messages)
 
 
 def main() -> None:
@@ -78,9 +106,16 @@ def main() -> None:
     p.add_argument("--ticks", type=int, default=8, help="samples per node (default 8)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--callgrind", action="store_true", help="one round for callgrind to count (see above)"
+    )
     args = p.parse_args()
     configure_logging("error")
     messages = _messages(args.nodes, args.ticks)
+    if args.callgrind:
+        _counted_round(messages, args.nodes)
+        print(f"{len(messages):,} samples")
+        return
     rounds = [_round(messages, args.nodes) for _ in range(args.rounds)]
     if args.json:
         print(json.dumps({"us_per_sample": rounds, "best": min(rounds)}))
