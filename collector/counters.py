@@ -17,12 +17,14 @@ since the database was created.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["CounterRows", "counter_values", "labelled_values", "value"]
+__all__ = ["CounterRows", "LoopCounter", "counter_values", "labelled_values", "value"]
 
 
 class CounterRows(Protocol):
@@ -33,7 +35,48 @@ class CounterRows(Protocol):
         ...
 
 
-def _totals(metric: Counter) -> Iterator[tuple[dict[str, str], float]]:
+class LoopCounter:
+    """An unlabelled counter that one thread increments on a hot path: the validator's, one
+    :meth:`inc` or two a message, all on the event loop. prometheus_client's
+    ``Counter.inc`` takes a mutex (~0.8 us); this adds to a plain int (~0.1 us).
+
+    A scrape, from any thread, and :func:`value` read it exact: :meth:`collect` first adds
+    what was counted since it last did to a prometheus_client :class:`~prometheus_client.
+    Counter` it keeps (unregistered), then returns that counter's samples, so the exposition is
+    a ``Counter``'s (``_total``, ``_created``, the same name and help). ``count`` is only ever
+    added to, by one thread: whichever value a reader sees is one the counter had.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, *, namespace: str, registry: CollectorRegistry
+    ) -> None:
+        self._counter = Counter(name, documentation, namespace=namespace, registry=None)
+        self.count = 0
+        """Counted so far; added to by :meth:`inc` only."""
+        self._added = 0
+        """What :attr:`_counter` holds of ``count``."""
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        """Count ``amount`` (>= 0) more; only ever from one thread."""
+        self.count += amount
+
+    def describe(self) -> Iterable[Metric]:
+        """The counter's name and type, no samples (the registry's check of duplicates)."""
+        return self._counter.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        """The counter's samples, exact as of this call."""
+        with self._lock:  # two scrapes at once must not both add the same difference
+            count = self.count
+            if count > self._added:
+                self._counter.inc(count - self._added)
+                self._added = count
+            return self._counter.collect()
+
+
+def _totals(metric: Counter | LoopCounter) -> Iterator[tuple[dict[str, str], float]]:
     """The ``_total`` samples of ``metric`` (a counter or a labelled counter's parent)."""
     for family in metric.collect():
         for sample in family.samples:
@@ -41,7 +84,7 @@ def _totals(metric: Counter) -> Iterator[tuple[dict[str, str], float]]:
                 yield sample.labels, sample.value
 
 
-def value(metric: Counter) -> int:
+def value(metric: Counter | LoopCounter) -> int:
     """The value of an unlabelled counter or of one child (``counter.labels(...)``); of a
     labelled parent, the sum over its children."""
     return sum(int(v) for _, v in _totals(metric))

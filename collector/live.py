@@ -209,40 +209,11 @@ class NodeState(msgspec.Struct, gc=False):
         return self.sample is None and self.status is None and self.inventory is None
 
     def _copy(self) -> NodeState:
-        """A copy to change and store instead of this one (containers shared until changed)."""
-        return NodeState(
-            self.node,
-            self.sample,
-            self.sample_received,
-            self.status,
-            self.status_ts,
-            self.inventory,
-            self.inventory_ts,
-            self.ecc,
-            self.remapped_rows,
-            self.xids,
-            self.rejects,
-            self.last_reject,
-            self.max_temp_c,
-            self.clock_reasons_any,
-            self.ecc_uncorrected_any,
-            self.remap_bad_any,
-            self.gpu_power_w,
-            self.gpu_util_sum,
-            self.gpu_util_n,
-            self.seq_epoch,
-            self.seq_last,
-            self.seq_ts,
-            self.gaps,
-            self.missing_total,
-            self.node_power,
-            self.min_util_pct,
-            self.sample_epoch_ts,
-            self.prior_run,
-            self.seq_feed,
-            self.run_start_ts,
-            self.conflicts,
-        )
+        """A copy to change and store instead of this one (containers shared until changed):
+        msgspec's shallow ``__copy__``, every field (~0.2 us; passing the 31 fields to the
+        constructor was ~1.1 us, once per sample)."""
+        copied: NodeState = self.__copy__()  # type: ignore[attr-defined]  # not in msgspec's stubs
+        return copied
 
 
 class LiveView:
@@ -623,7 +594,12 @@ class LiveView:
             return
         if epoch < st.seq_epoch or seq <= last:
             return
-        missing = gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
+        # The next seq (nearly every sample): nothing numbered between, nothing missing.
+        missing = (
+            0
+            if seq == last + 1
+            else gap_missing(last, seq, sample.ts - st.seq_ts, sample.interval_s)
+        )
         if missing:
             gap = SeqGap(
                 None if epoch == _NO_EPOCH else epoch, last, missing, st.seq_ts, sample.ts, received

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 from collector.alerts.delivery import Delivery, DeliveryMetrics, read_pending
 from collector.alerts.job import AlertJob, AlertJobMetrics
 from collector.alerts.rule import Evaluator, EvaluatorMetrics, Rule
-from collector.capacity.job import CapacityJob, CapacityJobMetrics
 from collector.governance.job import GovernanceJob
 from collector.governance.ledger import LedgerJob
 from collector.ingest.budgets import StallWatch
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from collector.alerts.ampush import AlertmanagerPush, PushMetrics
+    from collector.capacity.job import CapacityJob, CapacityJobMetrics
     from collector.metrics import CollectorMetrics
     from collector.paths import StoreTarget
     from collector.pdu.poller import PduPoller
@@ -80,6 +80,7 @@ def capacity_job(
 ) -> CapacityJob:
     """The capacity job for ``capacity.plan`` (read and checked now: a bad plan is exit 2)."""
     from collector.capacity.config import load_capacity_plan  # noqa: PLC0415
+    from collector.capacity.job import CapacityJob  # noqa: PLC0415 (only with a plan)
 
     c = settings.capacity
     assert c.plan is not None

@@ -146,15 +146,28 @@ def sample_row(
     gpus = sample.gpus
     util = power = None
     mem_used: int | None = None
+    watts: list[float | None] = []
     if gpus:
-        utils = [g.util_pct for g in gpus if g.util_pct is not None]
+        # One pass over the GPUs (four list comprehensions were ~1 us more for 8 GPUs), and
+        # their power handed to pack_gpus rather than picked again.
+        utils: list[float] = []
+        known: list[float] = []
+        mems: list[int] = []
+        for g in gpus:
+            u = g.util_pct
+            if u is not None:
+                utils.append(u)
+            w = gpu_power_w(g)
+            watts.append(w)
+            if w is not None:
+                known.append(w)
+            m = g.mem_used_bytes
+            if m is not None:
+                mems.append(m)
         util = sum(utils) / len(utils) if utils else None
-        watts = [gpu_power_w(g) for g in gpus]
-        known = [w for w in watts if w is not None]
         power = sum(known) if known else None
         # The schema bounds each GPU's memory so that this sum fits int64 (shared/schema.md);
         # were it ever not to, SQLite refuses the row and the writer quarantines it.
-        mems = [g.mem_used_bytes for g in gpus if g.mem_used_bytes is not None]
         mem_used = sum(mems) if mems else None
     return SampleRow(
         sample.node,
@@ -174,7 +187,7 @@ def sample_row(
         sample.epoch,
         sample.node_power_w,
         sample.node_power_source,
-        pack_gpus(gpus) if rollups else b"",
+        pack_gpus(gpus, watts) if rollups else b"",
     )
 
 

@@ -566,6 +566,26 @@ def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     assert _loaded(*argv, names=heavy) == []
 
 
+def test_a_collector_on_sqlite_without_a_plan_loads_no_postgresql_nor_capacity_code(
+    tmp_path: Path,
+) -> None:
+    """Its start is part of every drain's CPU (issue 14): psycopg (the PostgreSQL store and
+    leader lease) and the capacity job with its power model are loaded only when used."""
+    code = (
+        "import sys\n"
+        "from collector.service import Collector\n"
+        "from collector.settings import CollectorSettings\n"
+        f"Collector(CollectorSettings(db_path={str(tmp_path / 'c.db')!r}))\n"
+        "print(sorted(m for m in ('psycopg', 'collector.capacity.job', 'collector.power') "
+        "if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout == "[]\n"
+
+
 def test_query_without_config_or_env_skips_the_settings_model(db: StoreTarget) -> None:
     """A plain query never loads pydantic; neither does --rejected."""
     assert _loaded("query", "--db", str(db), names=_SETTINGS) == []

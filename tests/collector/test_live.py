@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from collector.live import LiveView
+from collector.live import LiveView, NodeState
 from shared.schema import Inventory, Sample
 from tests.shared.wire_samples import inventory_dict, sample_dict
 
@@ -137,6 +137,18 @@ def test_node_states_are_not_tracked_by_the_cyclic_garbage_collector() -> None:
     view.on_reject("x1000c0s0b0n1", "invalid", T0)
     states = [view.get(NODE), view.get("x1000c0s0b0n1")]
     assert all(st is not None and not gc.is_tracked(st) for st in states)
+
+
+def test_a_node_states_copy_holds_every_field_and_is_another_object() -> None:
+    """Each update changes a copy of the node's state (a snapshot keeps the original): the
+    copy has every field of the original, the same objects, fields added later included."""
+    fields = NodeState.__struct_fields__
+    values = {name: object() for name in fields[1:]}
+    st = NodeState("n1", **values)  # type: ignore[arg-type]  # msgspec checks no types here
+    copied = st._copy()
+    assert copied is not st
+    assert [getattr(copied, f) for f in fields] == ["n1", *values.values()]
+    assert not gc.is_tracked(copied)
 
 
 def test_a_snapshot_is_unchanged_by_later_updates() -> None:
