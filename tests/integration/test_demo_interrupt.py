@@ -30,28 +30,48 @@ def _group(pgid: int) -> list[str]:
     return [line for line in out.splitlines() if line.split()[0] == str(pgid)]
 
 
-def test_ctrl_c_mid_demo_stops_everything_promptly_without_a_traceback(tmp_path: Path) -> None:
-    workdir = tmp_path / "demo-run"
-    # What a shell gives a foreground job: SIGINT at its default (a test runner's may not be).
+def _demo(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``scripts/demo.py`` in a process group of its own (as a terminal's foreground job),
+    with SIGINT at its default (a test runner's may not be); stdout and stderr together."""
     argv = [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, str(REPO / "scripts" / "demo.py")]
-    argv += ["--nodes", "4", "--seconds", "60", "--dir", str(workdir)]
-    proc = subprocess.Popen(
-        argv,
+    return subprocess.Popen(
+        [*argv, *args, "--dir", str(workdir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own group, as a terminal's foreground job
+        start_new_session=True,
         text=True,
         bufsize=1,
+        env=env,
     )
+
+
+def _read_until(proc: subprocess.Popen[str], prefix: str, out: list[str], timeout_s: float) -> None:
+    """Read ``proc``'s lines into ``out`` until one starts with ``prefix``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith(prefix):
+            return
+        assert time.monotonic() < deadline, "".join(out)
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Kill what is left of ``proc``'s group and close its output."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_ctrl_c_mid_demo_stops_everything_promptly_without_a_traceback(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo-run"
+    proc = _demo(workdir, "--nodes", "4", "--seconds", "60")
     out: list[str] = []
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            out.append(line)
-            if line.startswith("collecting for"):
-                break
-            assert time.monotonic() < deadline, "".join(out)
+        _read_until(proc, "collecting for", out, 60)
         time.sleep(2.0)  # mid-collection: every part is up and publishing
         interrupted = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
@@ -61,11 +81,7 @@ def test_ctrl_c_mid_demo_stops_everything_promptly_without_a_traceback(tmp_path:
         time.sleep(0.5)
         left = _group(proc.pid)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _end(proc)
     text = "".join(out)
     assert left == [], text
     assert code == 130, text
@@ -92,35 +108,17 @@ def test_the_hostile_node_reaches_a_collector_slow_to_start(tmp_path: Path) -> N
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(_SLOW_COLLECTOR)
     workdir = tmp_path / "demo-run"
-    argv = [sys.executable, "-c", _DEFAULT_SIGINT_THEN_EXEC, str(REPO / "scripts" / "demo.py")]
-    argv += ["--nodes", "2", "--seconds", "3", "--dir", str(workdir)]
-    env = {**os.environ, "PYTHONPATH": str(slow)}
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        text=True,
-        bufsize=1,
-        env=env,
+    proc = _demo(
+        workdir, "--nodes", "2", "--seconds", "3", env={**os.environ, "PYTHONPATH": str(slow)}
     )
     out: list[str] = []
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 180
-        for line in proc.stdout:
-            out.append(line)
-            if line.startswith("== collector alerts"):
-                break
-            assert time.monotonic() < deadline, "".join(out)
+        _read_until(proc, "== collector alerts", out, 180)
         os.killpg(proc.pid, signal.SIGINT)
         out.append(proc.stdout.read())
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _end(proc)
     text = "".join(out)
     assert "rejected since the collector started: 10 " in text, text
