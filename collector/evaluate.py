@@ -22,7 +22,12 @@ cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
 Each cycle runs in a lane of its own (a task), on its own schedule: a long cycle (a
 governance evaluation of many tenants, the ledger catching up on hours after an outage) never
 holds back the alert rules, which run every second. The cycles share no state but what they
-read: the governance rules read the governance job's newest view, whichever lane made it.
+read: the governance rules (and the ledger) read the governance job's newest view, whichever
+lane made it. The first of ``cycles`` makes what the others read, so their first cycles wait
+for its first (as when the cycles ran in order): after a start or a leader's take-over, an
+alert evaluation on the empty view that comes before the governance job's first would clear
+every pending governance alert (their ``for_s`` starting again), and a ledger run would
+charge its hours to no lease.
 
 Liveness: each lane's last turn is stamped after each of its cycles and before each sleep;
 :meth:`PeriodicEvaluator.overdue_s` is how far the latest lane is past its own interval, and
@@ -124,14 +129,19 @@ class PeriodicEvaluator:
         a fatal :class:`StoreError` in one lane ends them all and is raised."""
         if not self._cycles:
             return
+        first = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             for i, cycle in enumerate(self._cycles):
-                tg.create_task(self._lane(i, cycle), name=f"evaluator-{cycle.name}")
+                tg.create_task(self._lane(i, cycle, first), name=f"evaluator-{cycle.name}")
 
-    async def _lane(self, i: int, cycle: Cycle) -> None:
-        """``cycle`` every its ``interval_s`` (from the end of one run to the next)."""
+    async def _lane(self, i: int, cycle: Cycle, first: asyncio.Event) -> None:
+        """``cycle`` every its ``interval_s`` (from the end of one run to the next); the
+        first lane's first cycle sets ``first``, which the other lanes' first cycles await
+        (failed or not: a failure is counted, and the others go on)."""
         mono = self._clock.monotonic
         due = mono() + cycle.interval_s
+        if i:
+            await first.wait()
         while True:
             self._turns[i] = mono()
             wait_s = due - mono()
@@ -141,6 +151,7 @@ class PeriodicEvaluator:
             # A snapshot per cycle (a dict copy), taken as it starts: the nodes look as old
             # to its rules as they are.
             await self._run(cycle, self._live.snapshot())
+            first.set()  # the first lane's first cycle ran (for the others, already set)
             due = mono() + cycle.interval_s
 
     async def _run(self, cycle: Cycle, view: LiveView) -> None:

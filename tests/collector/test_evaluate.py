@@ -15,6 +15,7 @@ from collector.alerts.rule import Evaluator, Instance, Rule
 from collector.capacity.job import CapacityJob
 from collector.counters import labelled_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator
+from collector.governance.job import GovernanceJob
 from collector.ingest.metrics import WriterMetrics
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor
@@ -97,7 +98,9 @@ async def test_a_long_cycle_does_not_hold_back_the_others(tmp_path: Path) -> Non
     slow, fast = _Cycle("ledger", 0.01, hold=held), _Cycle("alerts", 0.01)
     async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
         queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
-        evaluator = PeriodicEvaluator([slow, fast], LiveView(), store, queue, clock)
+        # The collector's order: governance first (the others' first cycles wait for its).
+        lanes = [_Cycle("governance", 0.01), slow, fast]
+        evaluator = PeriodicEvaluator(lanes, LiveView(), store, queue, clock)
         evaluating = tg.create_task(evaluator.run())
         await wait_until(lambda: slow.runs == 1 and fast.runs >= 5, what="5 alert cycles")
         await asyncio.sleep(0.2)
@@ -106,3 +109,33 @@ async def test_a_long_cycle_does_not_hold_back_the_others(tmp_path: Path) -> Non
         await wait_until(lambda: slow.runs >= 2, what="the ledger's next cycle")
         assert evaluator.overdue_s(clock.monotonic()) < 0.1
         evaluating.cancel()
+
+
+class _ViewReader:
+    """A cycle beside the governance job that reads its view as the governance rules (and
+    the ledger) do: when each of its cycles starts."""
+
+    def __init__(self, governance: GovernanceJob, interval_s: float) -> None:
+        self.name, self.interval_s = "alerts", interval_s
+        self._governance = governance
+        self.seen: list[float] = []
+
+    async def __call__(self, store: Store, view: LiveView) -> None:
+        self.seen.append(self._governance.view.at)
+
+
+async def test_the_first_cycles_wait_for_the_governance_jobs_first_view(tmp_path: Path) -> None:
+    """After a start (or a leader's take-over) the alert rules' first evaluation comes after
+    the governance job's first view, as when the cycles ran in order: one on the empty view
+    would clear every pending governance alert, and a ledger run charge no lease."""
+    clock = SystemClock()
+    governance = GovernanceJob(clock, interval_s=60.0, first_interval_s=0.05)
+    reader = _ViewReader(governance, 0.05)
+    async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        evaluator = PeriodicEvaluator([governance, reader], LiveView(), store, queue, clock)
+        evaluating = tg.create_task(evaluator.run())
+        await wait_until(lambda: len(reader.seen) >= 3, what="three cycles beside governance")
+        evaluating.cancel()
+    assert governance.loads == 1
+    assert reader.seen[0] > float("-inf")  # the governance job's first view, not the empty one
