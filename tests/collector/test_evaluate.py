@@ -22,7 +22,7 @@ from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
 from collector.live import LiveView
 from collector.store.db import Store
-from shared.clock import SystemClock
+from shared.clock import FakeClock, SystemClock
 from tests.collector.capacity.helpers import filled_view, site_plan
 from tests.helpers import db_rows, wait_until
 
@@ -139,3 +139,42 @@ async def test_the_first_cycles_wait_for_the_governance_jobs_first_view(tmp_path
         evaluating.cancel()
     assert governance.loads == 1
     assert reader.seen[0] > float("-inf")  # the governance job's first view, not the empty one
+
+
+class _Catching:
+    """A ledger catching up: its first run takes ``first_s`` (a fake clock), the next none."""
+
+    def __init__(self, clock: FakeClock, first_s: float) -> None:
+        self.name, self.interval_s, self.runs = "ledger", 0.0, 0
+        self._clock, self._first_s = clock, first_s
+
+    async def __call__(self, store: Store, view: LiveView) -> None:
+        self.runs += 1
+        if self.runs == 1:
+            self._clock.advance(self._first_s)
+        await asyncio.sleep(0.001)
+
+
+async def test_a_cycle_of_many_seconds_is_timed_in_a_bucket_of_its_own(tmp_path: Path) -> None:
+    """The cycle-duration histogram shows the long cycles it is for (a ledger run catching
+    up on 48 hours took 11.8-13.5 s in bench_ledger) up to past the health limit (30 s):
+    with buckets ending at 5 s their quantiles all read 5 s."""
+    clock = FakeClock()
+    ledger = _Catching(clock, 13.0)
+    metrics = WriterMetrics(CollectorRegistry())
+    async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        evaluator = PeriodicEvaluator([ledger], LiveView(), store, queue, clock, metrics=metrics)
+        evaluating = tg.create_task(evaluator.run())
+        await wait_until(lambda: ledger.runs >= 3, what="three ledger runs")
+        evaluating.cancel()
+    buckets = {
+        float(s.labels["le"]): s.value
+        for m in metrics.cycle_seconds.collect()
+        for s in m.samples
+        if s.name.endswith("_bucket") and s.labels["cycle"] == "ledger"
+    }
+    finite = sorted(le for le in buckets if le != float("inf"))
+    assert finite[-1] >= 30.0  # past metrics_ready_commit_s's default
+    assert buckets[10.0] == buckets[float("inf")] - 1  # the 13 s run: above 10 s ...
+    assert buckets[finite[-1]] == buckets[float("inf")]  # ... and in a finite bucket
