@@ -123,6 +123,16 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
     assert ("QuotaFull", "basis=measured", "resource=gpus", "tenant=a") in firing
 
 
+async def _leased_a1(store: Store, db: Path, clock: FakeClock, live: LiveView) -> GovernanceJob:
+    """Lease a1 of tenant a on n1 for a year from today, and a governance job's first view
+    of it."""
+    with Command(db, now=clock.time()) as tx:
+        _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
+    job = GovernanceJob(clock)
+    await run_once(job, store, live)
+    return job
+
+
 async def test_a_reload_shows_no_view_mixing_the_new_state_with_the_old_usage(
     tmp_path: Path,
 ) -> None:
@@ -134,10 +144,7 @@ async def test_a_reload_shows_no_view_mixing_the_new_state_with_the_old_usage(
     live = _live(clock, {"n1": (8, [100.0] * 8), "n2": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with Command(db, now=clock.time()) as tx:
-            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
-        job = GovernanceJob(clock)
-        await run_once(job, store, live)
+        job = await _leased_a1(store, db, clock, live)
         with Command(db, now=clock.time()) as tx:
             _lease(tx, "b1", "b", ["n2"], start=TODAY, duration_days=365)
         clock.advance(5)
@@ -185,10 +192,7 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
     live = _live(clock, {"n1": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with Command(db, now=clock.time()) as tx:
-            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
-        job = GovernanceJob(clock)
-        await run_once(job, store, live)
+        job = await _leased_a1(store, db, clock, live)
         with Command(db, now=clock.time()) as tx:
             tx.execute("UPDATE leases SET tz = 'Mars/Olympus'")
             tx.bump_generation()
