@@ -47,6 +47,7 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import sqlite3
 import statistics
@@ -119,14 +120,7 @@ def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
     """For each gap ``(start, end)`` (Unix times), the writer's other work that ended in it
     (with its ms) and the evaluator's cycles that ended in it or just before."""
     lines: list[tuple[float, str]] = []
-    for line in log.read_text(errors="replace").splitlines():
-        if not any(f'"{name}"' in line for name in (*_WORK, *_CYCLES)):
-            continue
-        try:
-            event = json.loads(line)
-            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
+    for ts, event in _logged(log, (*_WORK, *_CYCLES)):
         what = event["event"]
         if "job" in event:
             what += f" {event['job']}"
@@ -141,11 +135,13 @@ def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
     ]
 
 
-def _logged(log: Path, event: str, start: float, end: float) -> Iterator[tuple[float, Any]]:
-    """The collector's JSON log lines of ``event`` stamped in [start, end] (Unix times), as
-    (their time, the line decoded); a line that is not one is passed over."""
+def _logged(
+    log: Path, events: tuple[str, ...], start: float = -math.inf, end: float = math.inf
+) -> Iterator[tuple[float, Any]]:
+    """The collector's JSON log lines naming one of ``events`` stamped in [start, end] (Unix
+    times), as (their time, the line decoded); a line that is not one is passed over."""
     for line in log.read_text(errors="replace").splitlines():
-        if f'"{event}"' not in line:
+        if not any(f'"{event}"' in line for event in events):
             continue
         try:
             decoded = json.loads(line)
@@ -160,7 +156,7 @@ def _records(log: Path, start: float, end: float) -> dict[str, tuple[list[float]
     """Per record kind, in [start, end] (Unix times): the ms of each part written (sorted)
     and how many records ended (their last part)."""
     out: dict[str, tuple[list[float], int]] = {}
-    for _, event in _logged(log, "record_stored", start, end):
+    for _, event in _logged(log, ("record_stored",), start, end):
         try:
             job, ms, more = event["job"], float(event["ms"]), bool(event.get("more"))
         except (ValueError, KeyError):
@@ -178,7 +174,7 @@ def _cycles(log: Path, start: float, end: float) -> dict[str, tuple[list[float],
     (Unix times): the ms of each run (sorted) and the longest time between the ends of two
     runs in a row (its interval, plus its own time and whatever held it back), in ms."""
     ends: dict[str, list[tuple[float, float]]] = {}
-    for ts, event in _logged(log, "cycle_done", start, end):
+    for ts, event in _logged(log, ("cycle_done",), start, end):
         try:
             job, ms = event["job"], float(event["ms"])
         except (ValueError, KeyError):
