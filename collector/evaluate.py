@@ -24,10 +24,11 @@ governance evaluation of many tenants, the ledger catching up on hours after an 
 holds back the alert rules, which run every second. The cycles share no state but what they
 read: the governance rules (and the ledger) read the governance job's newest view, whichever
 lane made it. The first of ``cycles`` makes what the others read, so their first cycles wait
-for its first (as when the cycles ran in order): after a start or a leader's take-over, an
-alert evaluation on the empty view that comes before the governance job's first would clear
-every pending governance alert (their ``for_s`` starting again), and a ledger run would
-charge its hours to no lease.
+for its first, which comes as soon as any of theirs would (as when the cycles ran in order,
+the governance job's first at the alert rules' interval): after a start or a take-over, an
+alert evaluation on the empty view (or a past term's) before the governance job's first
+would clear every pending governance alert (their ``for_s`` starting again), and a ledger
+run would charge its hours to no lease.
 
 Liveness: each lane's last turn is stamped after each of its cycles and before each sleep;
 :meth:`PeriodicEvaluator.overdue_s` is how far the latest lane is past its own interval, and
@@ -139,7 +140,10 @@ class PeriodicEvaluator:
         first lane's first cycle sets ``first``, which the other lanes' first cycles await
         (failed or not: a failure is counted, and the others go on)."""
         mono = self._clock.monotonic
-        due = mono() + cycle.interval_s
+        # The first lane's first cycle comes as soon as any lane's would: at a later term
+        # of a leader the governance job is at its own pace (15 s), the alert rules' 1 s.
+        soonest = min(c.interval_s for c in self._cycles) if not i else cycle.interval_s
+        due = mono() + soonest
         if i:
             await first.wait()
         while True:

@@ -141,6 +141,23 @@ async def test_the_first_cycles_wait_for_the_governance_jobs_first_view(tmp_path
     assert reader.seen[0] > float("-inf")  # the governance job's first view, not the empty one
 
 
+async def test_at_a_later_term_the_governance_job_comes_first_at_the_alert_rules_pace(
+    tmp_path: Path,
+) -> None:
+    """A leader's later term: the governance job is at its own interval (15 s), past its
+    first; its first cycle of the term comes at the alert rules' interval, not its own, so
+    the alert rules (which wait for it) are not held back by the difference."""
+    clock = SystemClock()
+    governance, alerts = _Cycle("governance", 30.0), _Cycle("alerts", 0.01)
+    async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        evaluator = PeriodicEvaluator([governance, alerts], LiveView(), store, queue, clock)
+        evaluating = tg.create_task(evaluator.run())
+        await wait_until(lambda: alerts.runs >= 3, timeout_s=10.0, what="three alert cycles")
+        evaluating.cancel()
+    assert governance.runs == 1
+
+
 class _Catching:
     """A ledger catching up: its first run takes ``first_s`` (a fake clock), the next none."""
 
