@@ -1,10 +1,11 @@
-"""The evaluator: the periodic cycles (governance, alert rules, capacity) beside the writer.
+"""The evaluator: the periodic cycles (governance, alert rules, capacity, ledger) beside the
+writer.
 
-One task of the collector's ``TaskGroup``. It runs the due cycles in order, each on a fresh
-:meth:`~collector.live.LiveView.snapshot` of the live view (immutable, so a cycle can read it
-from a worker thread while the writer goes on storing and updating the view), and puts what
-each made for the store on the writer's queue as a :class:`~collector.ingest.writer.Record`:
-the writer only writes it. A cycle reads the store
+One task of the collector's ``TaskGroup``. It runs each cycle when due (each in a lane of its
+own, below), on a fresh :meth:`~collector.live.LiveView.snapshot` of the live view
+(immutable, so a cycle can read it from a worker thread while the writer goes on storing and
+updating the view), and puts what each made for the store on the writer's queue as a
+:class:`~collector.ingest.writer.Record`: the writer only writes it. A cycle reads the store
 through its own read-only connection (WAL: readers never wait for the writer), and runs its
 heavy pure work with :func:`asyncio.to_thread`, so neither storing nor acknowledging waits for
 an evaluation.
