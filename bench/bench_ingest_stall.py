@@ -47,14 +47,16 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import math
 import os
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -118,14 +120,7 @@ def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
     """For each gap ``(start, end)`` (Unix times), the writer's other work that ended in it
     (with its ms) and the evaluator's cycles that ended in it or just before."""
     lines: list[tuple[float, str]] = []
-    for line in log.read_text(errors="replace").splitlines():
-        if not any(f'"{name}"' in line for name in (*_WORK, *_CYCLES)):
-            continue
-        try:
-            event = json.loads(line)
-            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-        except (ValueError, KeyError):
-            continue
+    for ts, event in _logged(log, (*_WORK, *_CYCLES)):
         what = event["event"]
         if "job" in event:
             what += f" {event['job']}"
@@ -140,23 +135,35 @@ def _what_happened(log: Path, gaps: list[tuple[float, float]]) -> list[str]:
     ]
 
 
+def _logged(
+    log: Path, events: tuple[str, ...], start: float = -math.inf, end: float = math.inf
+) -> Iterator[tuple[float, Any]]:
+    """The collector's JSON log lines naming one of ``events`` stamped in [start, end] (Unix
+    times), as (their time, the line decoded); a line that is not one is passed over."""
+    for line in log.read_text(errors="replace").splitlines():
+        if not any(f'"{event}"' in line for event in events):
+            continue
+        try:
+            decoded = json.loads(line)
+            ts = dt.datetime.fromisoformat(decoded["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if start <= ts <= end:
+            yield ts, decoded
+
+
 def _records(log: Path, start: float, end: float) -> dict[str, tuple[list[float], int]]:
     """Per record kind, in [start, end] (Unix times): the ms of each part written (sorted)
     and how many records ended (their last part)."""
     out: dict[str, tuple[list[float], int]] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        if '"record_stored"' not in line:
-            continue
+    for _, event in _logged(log, ("record_stored",), start, end):
         try:
-            event = json.loads(line)
-            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
             job, ms, more = event["job"], float(event["ms"]), bool(event.get("more"))
         except (ValueError, KeyError):
             continue
-        if start <= ts <= end:
-            parts, records = out.get(job, ([], 0))
-            parts.append(ms)
-            out[job] = (parts, records + (not more))
+        parts, records = out.get(job, ([], 0))
+        parts.append(ms)
+        out[job] = (parts, records + (not more))
     for parts, _ in out.values():
         parts.sort()
     return out
@@ -167,17 +174,12 @@ def _cycles(log: Path, start: float, end: float) -> dict[str, tuple[list[float],
     (Unix times): the ms of each run (sorted) and the longest time between the ends of two
     runs in a row (its interval, plus its own time and whatever held it back), in ms."""
     ends: dict[str, list[tuple[float, float]]] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        if '"cycle_done"' not in line:
-            continue
+    for ts, event in _logged(log, ("cycle_done",), start, end):
         try:
-            event = json.loads(line)
-            ts = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
             job, ms = event["job"], float(event["ms"])
         except (ValueError, KeyError):
             continue
-        if start <= ts <= end:
-            ends.setdefault(job, []).append((ts, ms))
+        ends.setdefault(job, []).append((ts, ms))
     return {
         job: (
             sorted(ms for _, ms in runs),

@@ -1,10 +1,11 @@
-"""The evaluator: the periodic cycles (governance, alert rules, capacity) beside the writer.
+"""The evaluator: the periodic cycles (governance, alert rules, capacity, ledger) beside the
+writer.
 
-One task of the collector's ``TaskGroup``. It runs the due cycles in order, each on a fresh
-:meth:`~collector.live.LiveView.snapshot` of the live view (immutable, so a cycle can read it
-from a worker thread while the writer goes on storing and updating the view), and puts what
-each made for the store on the writer's queue as a :class:`~collector.ingest.writer.Record`:
-the writer only writes it. A cycle reads the store
+One task of the collector's ``TaskGroup``. It runs each cycle when due (each in a lane of its
+own, below), on a fresh :meth:`~collector.live.LiveView.snapshot` of the live view
+(immutable, so a cycle can read it from a worker thread while the writer goes on storing and
+updating the view), and puts what each made for the store on the writer's queue as a
+:class:`~collector.ingest.writer.Record`: the writer only writes it. A cycle reads the store
 through its own read-only connection (WAL: readers never wait for the writer), and runs its
 heavy pure work with :func:`asyncio.to_thread`, so neither storing nor acknowledging waits for
 an evaluation.
@@ -22,7 +23,13 @@ cannot be read at all (:class:`StoreError` with ``fatal``) ends the collector.
 Each cycle runs in a lane of its own (a task), on its own schedule: a long cycle (a
 governance evaluation of many tenants, the ledger catching up on hours after an outage) never
 holds back the alert rules, which run every second. The cycles share no state but what they
-read: the governance rules read the governance job's newest view, whichever lane made it.
+read: the governance rules (and the ledger) read the governance job's newest view, whichever
+lane made it. The first of ``cycles`` makes what the others read, so their first cycles wait
+for its first, which comes as soon as any of theirs would (as when the cycles ran in order,
+the governance job's first at the alert rules' interval): after a start or a take-over, an
+alert evaluation on the empty view (or a past term's) before the governance job's first
+would clear every pending governance alert (their ``for_s`` starting again), and a ledger
+run would charge its hours to no lease.
 
 Liveness: each lane's last turn is stamped after each of its cycles and before each sleep;
 :meth:`PeriodicEvaluator.overdue_s` is how far the latest lane is past its own interval, and
@@ -124,14 +131,22 @@ class PeriodicEvaluator:
         a fatal :class:`StoreError` in one lane ends them all and is raised."""
         if not self._cycles:
             return
+        first = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             for i, cycle in enumerate(self._cycles):
-                tg.create_task(self._lane(i, cycle), name=f"evaluator-{cycle.name}")
+                tg.create_task(self._lane(i, cycle, first), name=f"evaluator-{cycle.name}")
 
-    async def _lane(self, i: int, cycle: Cycle) -> None:
-        """``cycle`` every its ``interval_s`` (from the end of one run to the next)."""
+    async def _lane(self, i: int, cycle: Cycle, first: asyncio.Event) -> None:
+        """``cycle`` every its ``interval_s`` (from the end of one run to the next); the
+        first lane's first cycle sets ``first``, which the other lanes' first cycles await
+        (failed or not: a failure is counted, and the others go on)."""
         mono = self._clock.monotonic
-        due = mono() + cycle.interval_s
+        # The first lane's first cycle comes as soon as any lane's would: at a later term
+        # of a leader the governance job is at its own pace (15 s), the alert rules' 1 s.
+        soonest = min(c.interval_s for c in self._cycles) if not i else cycle.interval_s
+        due = mono() + soonest
+        if i:
+            await first.wait()
         while True:
             self._turns[i] = mono()
             wait_s = due - mono()
@@ -141,6 +156,7 @@ class PeriodicEvaluator:
             # A snapshot per cycle (a dict copy), taken as it starts: the nodes look as old
             # to its rules as they are.
             await self._run(cycle, self._live.snapshot())
+            first.set()  # the first lane's first cycle ran (for the others, already set)
             due = mono() + cycle.interval_s
 
     async def _run(self, cycle: Cycle, view: LiveView) -> None:

@@ -489,7 +489,9 @@ class Collector:
         """Run the leader's cycles, delivery and push until cancelled (the term ended)."""
         records = FencedRecords(_put_record(self._queue), fence)
         cycles: list[Cycle] = [
-            self.governance,  # the governance rules read its newest view
+            # First: the governance rules and the ledger read its newest view, and the
+            # others' first cycles wait for its first (collector.evaluate).
+            self.governance,
             jobs.alerts,
             *([] if self.capacity is None else [self.capacity]),
             *([] if self.ledger is None else [self.ledger]),

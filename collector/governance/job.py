@@ -1,7 +1,8 @@
 """Governance state inside the collector: loaded from the store, usage kept from the live view.
 
-:class:`GovernanceJob` is a cycle of the evaluator (:mod:`collector.evaluate`), run before
-the alert rules, every evaluation interval. It reads one meta row (``governance_generation``,
+:class:`GovernanceJob` is a cycle of the evaluator (:mod:`collector.evaluate`), in a lane of
+its own beside the alert rules (its first run comes before theirs), every governance
+evaluation interval. It reads one meta row (``governance_generation``,
 bumped by every command that writes tenants, quotas or leases) and reloads the whole state
 only when it moved; otherwise it touches no table. Usage on both bases comes from a snapshot
 of the live view, computed in a worker thread: inventories for the allocated basis, the
@@ -130,6 +131,9 @@ class GovernanceJob:
         self.interval_s = interval_s if first_interval_s is None else first_interval_s
         self._interval_s = interval_s
         self.view = GovernanceView()
+        # The state as last loaded; published in :attr:`view` with the usage made from it,
+        # never alone: the alert rules read the view from their own lane, at any turn.
+        self._gov = Governance()
         self.loads = 0
         """How many times the state was (re)loaded from the store (tests wait on it)."""
         self.unreadable = 0
@@ -179,17 +183,17 @@ class GovernanceJob:
                 self._generation = stored
                 self.unreadable += 1
                 log.error("governance_unreadable", error=str(exc), kept="the last good state")
-                loaded = self.view.gov
-            self.view.gov = loaded
+                loaded = self._gov
+            self._gov = loaded
             self._generation = stored
             self.loads += 1
             log.info(
                 "governance_loaded",
-                tenants=len(self.view.gov.tenants),
-                leases=len(self.view.gov.leases),
-                quotas=len(self.view.gov.quotas),
+                tenants=len(loaded.tenants),
+                leases=len(loaded.leases),
+                quotas=len(loaded.quotas),
             )
-        gov = self.view.gov
+        gov = self._gov
         if not gov.leases:
             self.view = GovernanceView(gov=gov, at=now)
             self._last = now

@@ -21,6 +21,7 @@ from collector.counters import LoopCounter, labelled_values, value
 
 __all__ = [
     "COMMIT_BUCKETS_S",
+    "CYCLE_BUCKETS_S",
     "OTHER_REASON",
     "REJECT_REASONS",
     "IngestMetrics",
@@ -48,6 +49,9 @@ OTHER_REASON: Final = "other"
 """Where a reason outside :data:`REJECT_REASONS` is counted (a new one someone forgot here)."""
 
 COMMIT_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CYCLE_BUCKETS_S: Final = (*COMMIT_BUCKETS_S, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""An evaluator cycle's: a commit's, then up to minutes (a ledger run catching up on 48 hours
+takes seconds, and /readyz calls a cycle late past ``metrics_ready_commit_s``, 30 s)."""
 
 _NS: Final = "capwatch_collector"
 
@@ -184,7 +188,7 @@ class WriterMetrics:
             "Prometheus gives every target a job label.",
             ("cycle",),
             namespace=_NS,
-            buckets=COMMIT_BUCKETS_S,
+            buckets=CYCLE_BUCKETS_S,
             registry=registry,
         )
         self.watermarks_published = counter(

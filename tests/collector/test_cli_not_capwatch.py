@@ -74,6 +74,16 @@ async def test_a_capwatch_store_without_alerts_yet_answers_empty(
     assert capsys.readouterr().out.splitlines() == ["no alerts", "no silences"]
 
 
+async def _older_than(store_url: StoreTarget, table: str) -> None:
+    """``store_url`` as a capwatch store made before ``table`` (migrated, then dropped)."""
+    async with Store(store_url):
+        pass
+    with contextlib.closing(open_sync(store_url, write=True)) as conn:
+        conn.begin(write=True)
+        conn.execute(f"DROP TABLE {table}")
+        conn.commit()
+
+
 @pytest.mark.parametrize(
     "argv", [["query"], ["query", "--gpus"], ["inventory"], ["pool", "list"]], ids=" ".join
 )
@@ -84,12 +94,7 @@ async def test_a_store_older_than_a_table_is_not_migrated_not_foreign(
     watermarks, read with the new binary before its collector restarted) once said 'is not a
     capwatch database ... `collector run` creates it': the operator's upgrade read as a
     wrong --db. It has the first migration's tables: it is a store not yet migrated."""
-    async with Store(store_url):
-        pass
-    with contextlib.closing(open_sync(store_url, write=True)) as conn:
-        conn.begin(write=True)
-        conn.execute("DROP TABLE watermarks")
-        conn.commit()
+    await _older_than(store_url, "watermarks")
     capsys.readouterr()
     assert main([*argv, "--db", str(store_url)]) == 2
     captured = capsys.readouterr()
@@ -179,12 +184,7 @@ async def test_a_write_command_on_a_store_older_than_a_table_is_still_not_migrat
 ) -> None:
     """The other side: a capwatch store without a table a write needs (the silences of a
     store made before them) keeps its own answer, not 'not a capwatch database'."""
-    async with Store(store_url):
-        pass
-    with contextlib.closing(open_sync(store_url, write=True)) as conn:
-        conn.begin(write=True)
-        conn.execute("DROP TABLE silences")
-        conn.commit()
+    await _older_than(store_url, "silences")
     capsys.readouterr()
     assert main([*_WRITES[3], "--db", str(store_url)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

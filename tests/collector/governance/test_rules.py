@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from pathlib import Path
@@ -122,6 +123,42 @@ async def test_state_reloads_only_when_the_generation_moves(tmp_path: Path) -> N
     assert ("QuotaFull", "basis=measured", "resource=gpus", "tenant=a") in firing
 
 
+async def _leased_a1(store: Store, db: Path, clock: FakeClock, live: LiveView) -> GovernanceJob:
+    """Lease a1 of tenant a on n1 for a year from today, and a governance job's first view
+    of it."""
+    with Command(db, now=clock.time()) as tx:
+        _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
+    job = GovernanceJob(clock)
+    await run_once(job, store, live)
+    return job
+
+
+async def test_a_reload_shows_no_view_mixing_the_new_state_with_the_old_usage(
+    tmp_path: Path,
+) -> None:
+    """The alert rules run beside the governance job (each cycle in its own lane): while it
+    reloads the state and recomputes the usage, they read the last view whole (its leases
+    with the measures and standings made from them), then the new one, never the new
+    leases against the old measures and standings."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    live = _live(clock, {"n1": (8, [100.0] * 8), "n2": (8, [100.0] * 8)})
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        job = await _leased_a1(store, db, clock, live)
+        with Command(db, now=clock.time()) as tx:
+            _lease(tx, "b1", "b", ["n2"], start=TODAY, duration_days=365)
+        clock.advance(5)
+        cycle = asyncio.create_task(run_once(job, store, live))
+        seen: list[tuple[list[str], list[str]]] = []
+        while not cycle.done():  # what the alert lane may read at each turn of the loop
+            v = job.view
+            seen.append(([lease.name for lease in v.gov.leases], sorted(v.measures)))
+            await asyncio.sleep(0)
+        await cycle
+    assert job.loads == 2
+    assert set(map(str, seen)) <= {str((["a1"], ["n1"])), str((["a1", "b1"], ["n1", "n2"]))}
+
+
 async def test_measured_gpu_hours_integrate_the_live_view(tmp_path: Path) -> None:
     """GPU-hours grow with each evaluation from the live view and survive a restart."""
     clock = FakeClock(start_wall=NOON.timestamp())
@@ -155,10 +192,7 @@ async def test_a_hand_edited_bad_row_keeps_the_last_good_state(tmp_path: Path) -
     live = _live(clock, {"n1": (8, [100.0] * 8)})
     db = tmp_path / "capwatch.db"
     async with Store(db) as store:
-        with Command(db, now=clock.time()) as tx:
-            _lease(tx, "a1", "a", ["n1"], start=TODAY, duration_days=365)
-        job = GovernanceJob(clock)
-        await run_once(job, store, live)
+        job = await _leased_a1(store, db, clock, live)
         with Command(db, now=clock.time()) as tx:
             tx.execute("UPDATE leases SET tz = 'Mars/Olympus'")
             tx.bump_generation()
