@@ -10,6 +10,8 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,6 +20,8 @@ from typing import Any, Final, NoReturn
 import pytest
 
 from collector.paths import PgTarget, StoreTarget
+
+REPO: Final = Path(__file__).resolve().parents[1]
 
 NO_MOSQUITTO: Final = "mosquitto is not installed"
 """In every skip for a missing broker tool: tests/conftest.py counts the skips carrying it
@@ -232,3 +236,20 @@ def set_one_way(
     if how == "env":
         monkeypatch.setenv(f"CAPWATCH_{key.upper()}", value)
     return ["--config", str(config), *([flag, value] if how == "flag" else [])]
+
+
+def python_child(code: str) -> str:
+    """The standard output of ``python -c code`` in a fresh process (its modules its own:
+    what an import pulls in shows there), run in the repository with no ``CAPWATCH_*``
+    variable of this one; it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout

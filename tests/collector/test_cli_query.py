@@ -36,7 +36,7 @@ from collector.store.queries import fleet_summary, printable
 from collector.store.reader import StoreReader
 from shared.errors import ConfigError
 from shared.schema import encode
-from tests.helpers import collector_json, count_samples, db_execute
+from tests.helpers import collector_json, count_samples, db_execute, python_child
 
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL_S = 30
@@ -579,11 +579,7 @@ def test_a_collector_on_sqlite_without_a_plan_loads_no_postgresql_nor_capacity_c
         "print(sorted(m for m in ('psycopg', 'collector.capacity.job', 'collector.power') "
         "if m in sys.modules))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    )
-    assert done.stdout == "[]\n"
+    assert python_child(code) == "[]\n"
 
 
 def test_query_without_config_or_env_skips_the_settings_model(db: StoreTarget) -> None:

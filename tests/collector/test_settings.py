@@ -5,8 +5,6 @@ the settings load without the store."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from collector.governance.rules import governance_rules
 from collector.settings import CollectorSettings
 from shared.settings import load_settings
 from tests.collector.capacity.helpers import PLAN
-from tests.helpers import collector_cli
+from tests.helpers import collector_cli, python_child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,8 +137,4 @@ def test_settings_load_without_the_store_or_the_jobs() -> None:
         "print(sorted(m for m in sys.modules if m.startswith('collector.store') "
         "or m.endswith('.job')))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    )
-    assert done.stdout == "[]\n"
+    assert python_child(code) == "[]\n"

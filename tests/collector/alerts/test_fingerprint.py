@@ -13,6 +13,7 @@ from collector.alerts.fingerprint import (
     fingerprint_of_items,
     fingerprints_of_items,
 )
+from tests.helpers import python_child
 
 
 def _reference(labels: dict[str, str]) -> str:
@@ -155,9 +156,6 @@ def test_hashing_a_mass_event_imports_no_more_of_numpy() -> None:
     """The collector has numpy loaded; hashing a batch uses its core only (``np.unique``'s
     first call imported ``numpy.ma``: 10-30 ms added to the first evaluation that made a few
     dozen alerts at once). In a child process, whose modules are its own."""
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     code = (
         "import sys, numpy\n"
         "from collector.alerts.fingerprint import fingerprints_of_items\n"
@@ -166,7 +164,4 @@ def test_hashing_a_mass_event_imports_no_more_of_numpy() -> None:
         "fingerprints_of_items(keys)\n"
         "print(sorted(m for m in set(sys.modules) - before if m.startswith('numpy')))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert proc.stdout.split() == ["[]"]
+    assert python_child(code).split() == ["[]"]
