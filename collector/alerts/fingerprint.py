@@ -106,8 +106,21 @@ def _hash_ascii(keys: Sequence[Items]) -> list[str] | None:
     # the one before it ended).
     ends = np.concatenate(([-1], seps))[strings] + 1
     starts = np.concatenate(([0], ends[:-1]))
-    lengths = ends - starts
-    out = [""] * len(keys)
+    return _hash_spans(raw, starts, ends - starts)
+
+
+def _hash_spans(
+    raw: bytes,
+    starts: np.ndarray[Any, np.dtype[np.intp]],
+    lengths: np.ndarray[Any, np.dtype[np.intp]],
+) -> list[str]:
+    """The fingerprint of each span ``raw[start : start + length]`` (an encoded label set):
+    the spans of one length hashed together (:func:`_fnv1a_rows`) where there are at least
+    :data:`_LANES_MIN` of them, the others one by one."""
+    import numpy as np  # noqa: PLC0415 (see _fnv1a_rows)
+
+    data = np.frombuffer(raw, np.uint8)
+    out = [""] * len(starts)
     # The lengths there are (not np.unique: its first call imports numpy.ma, ~10-30 ms).
     for length in np.flatnonzero(np.bincount(lengths)).tolist():
         which = np.flatnonzero(lengths == length)
@@ -169,18 +182,9 @@ def _hash_each(keys: Sequence[Items]) -> list[str]:
     """The fingerprints of ``keys``, none remembered, each encoded on its own (what
     :func:`_hash_ascii` does not take), hashed together by encoded length."""
     datas = [_encode(items) for items in keys]
-    by_length: dict[int, list[int]] = {}
-    for j, data in enumerate(datas):
-        by_length.setdefault(len(data), []).append(j)
-    out = [""] * len(keys)
-    for length, which in by_length.items():
-        if length and len(which) >= _LANES_MIN:
-            import numpy as np  # noqa: PLC0415 (see _fnv1a_rows)
+    if len(datas) < _LANES_MIN:  # no length can have lanes: one by one, numpy not needed
+        return [f"{_fnv1a(data):016x}" for data in datas]
+    import numpy as np  # noqa: PLC0415 (see _fnv1a_rows)
 
-            joined = b"".join([datas[j] for j in which])
-            fps = _fnv1a_rows(np.frombuffer(joined, np.uint8).reshape(len(which), length))
-        else:
-            fps = [f"{_fnv1a(datas[j]):016x}" for j in which]
-        for j, fp in zip(which, fps, strict=True):
-            out[j] = fp
-    return out
+    lengths = np.fromiter(map(len, datas), np.intp, len(datas))
+    return _hash_spans(b"".join(datas), np.cumsum(lengths) - lengths, lengths)
