@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -23,12 +24,19 @@ if TYPE_CHECKING:
 __all__ = [
     "ReadSettings",
     "add_settings_args",
+    "node_names",
     "read_input",
     "read_settings_from_args",
     "settings_from_args",
 ]
 
 _ENV_PREFIX: Final = "CAPWATCH_"
+
+
+def node_names(words: Iterable[str]) -> tuple[str, ...]:
+    """Node names as the command line gives them: words, each a name or several separated by
+    commas (``--nodes a,b``, ``pool add P a b,c``), blanks around a name dropped."""
+    return tuple(n.strip() for word in words for n in word.split(",") if n.strip())
 
 
 def read_input(name: str, *, field: str, label: str = "") -> bytes:

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import add_settings_args, node_names, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
 from collector.cli._render import shown as safe_text
 from shared.errors import ConfigError
@@ -160,7 +160,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         )
     except LeaseError as exc:
         raise ConfigError(str(exc)) from None
-    nodes = tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip())
+    nodes = node_names([args.nodes or ""])
     req = LeaseRequest(
         name=args.name or f"{args.tenant}-{start.isoformat()}",
         tenant=args.tenant,

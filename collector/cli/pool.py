@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import ReadSettings, add_settings_args, read_settings_from_args
+from collector.cli._args import ReadSettings, add_settings_args, node_names, read_settings_from_args
 from collector.cli._render import Column, free_text, print_json, render_table
 from shared.errors import ConfigError
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         settings.store_target,
         args.action,
         name,
-        [n for arg in nodes or args.nodes for n in arg.split(",") if n],
+        list(node_names(nodes or args.nodes)),
         args.comment,
         as_json=args.json,
         force_reason=_forced(args),
