@@ -55,6 +55,7 @@ from demo_common import (
     run_cli,
     show_notifications,
     stop_all,
+    wait_counted,
     wait_ready,
 )
 
@@ -323,6 +324,7 @@ def main() -> int:
                 )
                 return 1
 
+        wait_counted(db, "rejected", sent, timeout_s=10.0)
         banner("6. collector query: the fleet")
         run_cli("collector", "query", "--db", str(db), "--limit", "12")
         banner(f"collector query --node {node}: this machine's real samples")

@@ -11,6 +11,7 @@ import hmac
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -155,6 +156,26 @@ def readyz(port: int) -> str:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         body = getattr(exc, "read", None)
         return body().decode().strip() if callable(body) else ""
+
+
+def wait_counted(db: Path, name: str, at_least: int, timeout_s: float) -> None:
+    """Wait until the store's ``counters`` row ``name`` (this collector's, written every ~2 s)
+    is at least ``at_least``, or ``timeout_s`` passes: the queries after print it, and a
+    short run (``--seconds 3``) could otherwise print them before the flush that counts the
+    hostile node's rejects."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+            try:
+                row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            row = None
+        if row is not None and row[0] >= at_least:
+            return
+        time.sleep(0.2)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> bool:
