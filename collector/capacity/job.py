@@ -69,9 +69,11 @@ class CapacityState:
         self.picture = picture
         self.extend([(picture.at, picture.it_w)])
 
-    def extend(self, points: Iterable[tuple[float, float]]) -> None:
-        """Record ``points`` after the history held (a new tuple: see :attr:`history`)."""
-        self.history = (*self.history, *points)[-_HISTORY:]
+    def extend(self, points: Iterable[tuple[float, float]], *, replace: bool = False) -> None:
+        """Record ``points`` after the history held, or (``replace``) in its place (a new
+        tuple: see :attr:`history`)."""
+        held = () if replace else self.history
+        self.history = (*held, *points)[-_HISTORY:]
 
 
 def snapshot_row(p: Picture) -> SnapshotRow:
@@ -210,7 +212,9 @@ class CapacityJob:
                     st.inventory = self._inventories[node] = decode_inventory(inventory)
             self._known[node] = st
         points, newest = await recent_snapshots(store, self._clock.time() - window_s)
-        self.state.extend(points)
+        # In place of the history held: at a leader's later term it is an earlier term's,
+        # whose points the store holds too (those it does not were never written).
+        self.state.extend(points, replace=True)
         if newest is not None:
             self.state.picture = picture_from_dict(json.loads(newest))
         if points or self._known:

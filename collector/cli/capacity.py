@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from collector.capacity.whatif import WhatIf
     from collector.nodefacts import Staleness
     from collector.paths import StoreTarget
+    from collector.settings import CollectorSettings
     from collector.store.reader import StoreReader
 
 __all__ = ["CapacityCliSettings", "add_parser", "load_settings_for", "run"]
@@ -143,9 +144,13 @@ class CapacityCliSettings(NamedTuple):
     rest_basis: RestBasis
 
 
-def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
-    """What this command needs; without --config or CAPWATCH_* no pydantic (fast path)."""
-    if defaults_only(args):
+def load_settings_for(
+    args: argparse.Namespace, settings: CollectorSettings | None = None
+) -> CapacityCliSettings:
+    """What this command needs; without --config or CAPWATCH_* no pydantic (fast path).
+    ``settings``: those the command has read already (``--config`` is read once: a pipe
+    has no second reading)."""
+    if settings is None and defaults_only(args):
         from collector.nodefacts import DEFAULT_STALENESS  # noqa: PLC0415
         from collector.paths import DEFAULT_DB_PATH, parse_target  # noqa: PLC0415
 
@@ -159,7 +164,7 @@ def load_settings_for(args: argparse.Namespace) -> CapacityCliSettings:
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 
-    s = settings_from_args(args)
+    s = settings_from_args(args) if settings is None else settings
     return CapacityCliSettings(
         s.store_target,
         args.plan or s.capacity.plan,

@@ -7,7 +7,12 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, node_names, read_settings_from_args
+from collector.cli._args import (
+    ReadSettings,
+    add_settings_args,
+    node_names,
+    read_settings_from_args,
+)
 from collector.cli._render import Column, print_json, render_table
 from collector.cli._render import shown as safe_text
 from shared.errors import ConfigError
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     settings = read_settings_from_args(args)
     now = time.time()
     if args.action == "add":
-        return _add(args, settings.store_target, now)
+        return _add(args, settings, now)
     if args.action == "list":
         return _list(args, settings.store_target, now)
     if args.lease is None:
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     return _change(args, settings.store_target, now)
 
 
-def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
+def _add(args: argparse.Namespace, settings: ReadSettings, now: float) -> int:
     from collector.governance.lease import (  # noqa: PLC0415
         LeaseError,
         LeaseTerms,
@@ -141,7 +146,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     if not args.tenant:
         raise ConfigError("add needs --tenant NAME", field="--tenant")
     if args.pattern is not None:
-        args.pool, args.nodes = _carve(args, db, now)
+        args.pool, args.nodes = _carve(args, settings, now)
     if not args.pool and not args.nodes:
         raise ConfigError("add needs --pool NAME, --nodes a,b or --pattern", field="--nodes")
     if not args.start:
@@ -170,7 +175,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         force_reason=(args.reason or "forced without a reason") if args.force else None,
         comment=args.comment,
     )
-    with Command(db, now=now) as tx:
+    with Command(settings.store_target, now=now) as tx:
         lease_id, admission = add_lease(tx, req, tx.run(node_hardware(tx.dialect)))
         lease = next(x for x in tx.governance.state().leases if x.id == lease_id)
     row = lease_row(lease, now)
@@ -196,9 +201,11 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     return 0
 
 
-def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, str]:
+def _carve(args: argparse.Namespace, settings: ReadSettings, now: float) -> tuple[str, str]:
     """``--pattern``: the new pool's name and the nodes the plan takes from ``free`` (the
-    lease's transaction creates the pool with them, so a refused lease leaves no pool)."""
+    lease's transaction creates the pool with them, so a refused lease leaves no pool).
+    ``settings``: those the command read (``--config`` is read once: a pipe has no second
+    reading)."""
     from collector.cli.inventory import load_nodes  # noqa: PLC0415
     from collector.governance.allocate import plan_pool  # noqa: PLC0415
     from collector.governance.pattern import parse_pattern  # noqa: PLC0415
@@ -214,7 +221,6 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
             "pattern's first field names the pool",
             field="--pool",
         )
-    settings = read_settings_from_args(args)
     nodes = load_nodes(settings)
     if any(n.pool == pattern.pool for n in nodes):
         raise ConfigError(
@@ -223,7 +229,7 @@ def _carve(args: argparse.Namespace, db: StoreTarget, now: float) -> tuple[str, 
             "apply`)",
             field="--pattern",
         )
-    with StoreReader(db) as store:
+    with StoreReader(settings.store_target) as store:
         excluded = unended_lease_nodes(store, now)
     plan = plan_pool(nodes, pattern, excluded=excluded)  # impossible: one line, exit 2
     return pattern.pool, ",".join(plan.final)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from collector.cli.capacity import CapacityCliSettings
     from collector.paths import StoreTarget
+    from collector.settings import BillingSettings
     from collector.store.reader import StoreReader
 
 __all__ = ["add_parser", "run"]
@@ -93,6 +94,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Draw the picture and write it."""
+    from collector.cli._args import settings_from_args  # noqa: PLC0415
     from collector.cli.capacity import load_settings_for  # noqa: PLC0415
     from collector.plot.figures import save  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
@@ -120,11 +122,13 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out or Path(f"{args.picture}.png")
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: write a .png file", field="--out")
-    s = load_settings_for(args)
+    # The ledger's prices as well, from the one reading of --config (a pipe has no second).
+    full = settings_from_args(args) if per_day else None
+    s = load_settings_for(args, full)
     now = time.time()
     with StoreReader(s.db_path) as reader:
-        if per_day:
-            fig = _ledger(reader, args, s.db_path)
+        if full is not None:
+            fig = _ledger(reader, args, s.db_path, full.billing)
         elif args.picture == "usage":
             fig = _usage(reader, args.node, args.pool, now - since_s, now)
         elif args.picture == "capacity":
@@ -180,11 +184,13 @@ def _usage(
     return usage_figure(h["points"], f"{subject} ({note})", since, now)
 
 
-def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> Figure:
-    """The usage ledger per day of --month or --from/--to, one tenant's or every one's."""
+def _ledger(
+    reader: StoreReader, args: argparse.Namespace, db: StoreTarget, billing: BillingSettings
+) -> Figure:
+    """The usage ledger per day of --month or --from/--to, one tenant's or every one's,
+    priced by ``billing``."""
     import datetime as dt  # noqa: PLC0415
 
-    from collector.cli._args import settings_from_args  # noqa: PLC0415
     from collector.cli.usage import checked_filters, period_window, read_days  # noqa: PLC0415
     from collector.governance.billing import usage_report  # noqa: PLC0415
     from collector.plot.figures import WIDTH_PX  # noqa: PLC0415
@@ -210,7 +216,7 @@ def _ledger(reader: StoreReader, args: argparse.Namespace, db: StoreTarget) -> F
     report = usage_report(
         read_days(reader, since, until, tenant=args.tenant),
         "day",
-        settings_from_args(args).billing,
+        billing,
     )
     first = dt.datetime.fromtimestamp(since, dt.UTC).date()
     last = dt.datetime.fromtimestamp(until - 86_400, dt.UTC).date()
