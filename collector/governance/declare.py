@@ -55,7 +55,7 @@ from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
 from shared.errors import ConfigError
-from shared.settings import booleans_for_numbers
+from shared.settings import wrong_types_for_numbers
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
@@ -203,9 +203,9 @@ class ClusterSpec(_Strict):
 def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> ClusterSpec:
     """Validate a parsed TOML document; :class:`ConfigError` naming the first bad key."""
     try:
-        booleans = booleans_for_numbers(ClusterSpec, data)
-        if booleans:
-            raise ValidationError.from_exception_data(ClusterSpec.__name__, booleans[:1])
+        wrong = wrong_types_for_numbers(ClusterSpec, data)
+        if wrong:
+            raise ValidationError.from_exception_data(ClusterSpec.__name__, wrong[:1])
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]

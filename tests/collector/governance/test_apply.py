@@ -164,6 +164,10 @@ async def test_bad_file_changes_nothing_and_names_the_key(
             "leases.acme-2041.duration_days: Input should be a number, not true or false"
         ),
         CLUSTER.replace("gpus = 4 }", "gpus = false }"): "cohorts.research.quota.gpus: Input",
+        # text for a number: pydantic read "8" as 8 (lax mode); the file says text
+        CLUSTER.replace("nominal = 8,", 'nominal = "8",'): (
+            "tenants.beta.quota.gpus.nominal: Input should be a number, not text"
+        ),
         CLUSTER.replace("priority = 10", "priority = true"): "tenants.acme.priority: Input",
         CLUSTER
         + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
