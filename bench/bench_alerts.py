@@ -35,10 +35,10 @@ import numpy  # noqa: F401 (collector run has it loaded: the first mass event mu
 from agent.simulate import FleetSimulator
 from collector import heap
 from collector.alerts.builtin import HW_THERMAL_SLOWDOWN, builtin_rules
+from collector.alerts.evaluator import Evaluator
 from collector.alerts.group import Dispatcher, GroupAlert
 from collector.alerts.job import PART_CHANGES, AlertJob
 from collector.alerts.route import default_route
-from collector.alerts.rule import Evaluator
 from collector.alerts.webhook import group_body
 from collector.live import LiveView
 from collector.paths import StoreTarget, parse_target

@@ -15,7 +15,7 @@ the alert states. Two settings keep CPython's cyclic collector from pausing the 
 
 What is made per sample or per alert is untracked too: the live view's node states (a new
 one per sample) and the alert states are ``msgspec`` structs with ``gc=False``
-(:class:`collector.live.NodeState`, :class:`collector.alerts.rule.AlertState`), and the
+(:class:`collector.live.NodeState`, :class:`collector.alerts.evaluator.AlertState`), and the
 inventories the view holds have tuples for arrays (untracked at their first collection:
 50,000 lists fewer at 12,500 nodes: a full pass over the view 10-11.5 ms of CPU -> 0.7 ms;
 ``collector.live._untracked``). Still tracked, for whoever goes further: each node's XID

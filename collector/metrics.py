@@ -37,7 +37,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as _PromCollector
 
-from collector.alerts.rule import SEVERITIES, AlertState
+from collector.alerts.evaluator import AlertState
+from collector.alerts.rule import SEVERITIES
 from collector.health import Health
 from collector.live import LiveView
 from collector.nodefacts import STATES, Staleness

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collector.alerts.delivery import Delivery, DeliveryMetrics, read_pending
+from collector.alerts.evaluator import Evaluator, EvaluatorMetrics
 from collector.alerts.job import AlertJob, AlertJobMetrics
-from collector.alerts.rule import Evaluator, EvaluatorMetrics, Rule
+from collector.alerts.rule import Rule
 from collector.governance.job import GovernanceJob
 from collector.governance.ledger import LedgerJob
 from collector.ingest.budgets import StallWatch

@@ -54,8 +54,8 @@ from prometheus_client.process_collector import ProcessCollector
 from collector import parts
 from collector.alerts.builtin import builtin_rules
 from collector.alerts.delivery import DeliveryMetrics
+from collector.alerts.evaluator import Evaluator, EvaluatorMetrics
 from collector.alerts.job import AlertJobMetrics
-from collector.alerts.rule import Evaluator, EvaluatorMetrics
 from collector.counters import CounterRows, counter_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator
 from collector.governance.job import GovernanceJob

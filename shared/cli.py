@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from shared.errors import CapwatchError
 from shared.text import UNSHOWN_RE
@@ -94,7 +95,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     that cannot be written): never a traceback, also when raised inside a task group; 130 on
     Ctrl-C.
     """
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(_negative_values_joined(parser, argv))
     if unknown:
         # parse_args reports them from the top-level parser: 'usage: collector [-h]
         # COMMAND ...' and 'collector: error: ...', naming neither the command nor its flags.
@@ -115,6 +116,49 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     return code
+
+
+_NEGATIVE: Final = re.compile(r"-\.?[0-9]")
+"""A value that starts like a negative number (``-5m``, ``-1.5h``, ``-.5``)."""
+
+
+def _negative_values_joined(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> list[str]:
+    """``argv`` with ``FLAG -5m`` written ``FLAG=-5m`` where ``FLAG`` takes one value in the
+    (sub)command it is given to: argparse took ``-5m`` for an option and said only 'expected
+    one argument'; as ``--since=-5m`` the flag gets it, and refuses it in its own words
+    (:mod:`shared.durations`: "durations cannot be negative"). argparse reads ``-5`` alone
+    as a number already; this leaves it so."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        out.append(word)
+        i += 1
+        if word == "--":
+            out += words[i:]
+            break
+        action = parser._option_string_actions.get(word)
+        if action is not None:
+            if action.nargs is None and i < len(words) and _NEGATIVE.match(words[i]):
+                out[-1] = f"{word}={words[i]}"
+                i += 1
+            continue
+        sub = _subcommand(parser, word)
+        if sub is not None and not word.startswith("-"):
+            parser = sub
+    return out
+
+
+def _subcommand(parser: argparse.ArgumentParser, word: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(word)
+            if isinstance(chosen, argparse.ArgumentParser):
+                return chosen
+    return None
 
 
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

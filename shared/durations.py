@@ -10,6 +10,12 @@ uses for its own configuration:
 * units from the largest to the smallest, each at most once: ``1h30m``, ``2d12h``, ``1m500ms``;
 * ``0`` alone is zero; nothing else goes without a unit; no signs, no spaces, no fractions.
 
+A negative duration is refused everywhere (``--since -5m``: "durations cannot be negative";
+:func:`shared.cli.run_command` hands argparse's ``--since -5m`` to the flag as
+``--since=-5m``, which argparse took for an option). Zero is refused where a duration is a
+span that must hold something (``positive=True``: how far back a query looks, how long a
+silence lasts); a setting bounds its own (``retention_s``, ``buffer_s``).
+
 Settings whose key ends in ``_s`` (``retention_s = 86400.5``) are plain seconds, a number,
 never parsed here.
 
@@ -70,20 +76,20 @@ class DurationError(ConfigError):
         self.fix = fix
 
 
-def parse_duration(text: str, *, field: str = "duration") -> float:
+def parse_duration(text: str, *, field: str = "duration", positive: bool = False) -> float:
     """``"1h30m"`` -> ``5400.0`` seconds, in the grammar of this module's docstring.
 
     Raises :class:`DurationError` (a :class:`ConfigError` naming ``field``) with the reason and,
     where the text has one meaning (``"1.5h"``, ``"90"``, ``"30m1h"``), the exact text to write
-    instead.
+    instead; with ``positive``, a :class:`ConfigError` for zero (``0``, ``0s``).
     """
-    if text == "0":
-        return 0.0
-    ms = _strict_ms(text)
+    ms = 0 if text == "0" else _strict_ms(text)
     if ms is None:
         raise _refusal(text, field)
     if ms / 1000 > MAX_DURATION_S:
         raise DurationError(field, text, "longer than 100 years", "give a shorter duration")
+    if positive and ms == 0:
+        raise ConfigError(f"{field} {text!r} must be longer than 0, e.g. 1h", field=field)
     return ms / 1000
 
 

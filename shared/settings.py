@@ -12,6 +12,7 @@ text out, to the MQTT client.
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import ssl
 import tomllib
@@ -51,9 +52,9 @@ __all__ = [
     "CapwatchSettings",
     "DurationText",
     "MqttSettings",
-    "booleans_for_numbers",
     "format_validation_error",
     "load_settings",
+    "wrong_types_for_numbers",
 ]
 
 
@@ -280,9 +281,10 @@ class CapwatchSettings(BaseSettings):
 
 
 class _EnvSource(PydanticBaseSettingsSource):
-    """The ``CAPWATCH_*`` environment, whose tables given as JSON
-    (``CAPWATCH_MQTT='{"port": true}'``) hold no true/false for a number
-    (:func:`booleans_for_numbers`): pydantic read that one as port 1."""
+    """The ``CAPWATCH_*`` environment, whose tables and lists given as JSON
+    (``CAPWATCH_MQTT='{"port": true}'``) hold numbers as numbers, as the file does
+    (:func:`wrong_types_for_numbers`): pydantic read that one as port 1, and ``"1883"`` as
+    1883. A plain variable (``CAPWATCH_MQTT__PORT=1883``) is text, read as a number."""
 
     def __init__(self, env: PydanticBaseSettingsSource) -> None:
         super().__init__(env.settings_cls)
@@ -293,10 +295,39 @@ class _EnvSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = self._env()
-        errors = booleans_for_numbers(self.settings_cls, data)
+        errors = wrong_types_for_numbers(self.settings_cls, self._json_values())
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
+
+    def _json_values(self) -> dict[str, Any]:
+        """The variables written as a JSON object or array, decoded, each where its name
+        puts it (``CAPWATCH_ALERTS__ROUTES='[...]'`` at ``alerts.routes``): those that
+        pydantic-settings decodes for a table or a list (one that is no JSON it refuses)."""
+        env = self._env
+        prefix = str(env.config.get("env_prefix", "")).lower()
+        delimiter = str(env.config.get("env_nested_delimiter") or "__")
+        out: dict[str, Any] = {}
+        for name, text in getattr(env, "env_vars", {}).items():
+            if (
+                not text
+                or text.lstrip()[:1] not in ("{", "[")
+                or not name.lower().startswith(prefix)
+            ):
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError:
+                continue
+            *tables, key = name.lower()[len(prefix) :].split(delimiter)
+            at = out
+            for table in tables:
+                at = at.setdefault(table, {})
+                if not isinstance(at, dict):
+                    break
+            else:
+                at[key] = value
+        return out
 
 
 class _TomlSource(TomlConfigSettingsSource):
@@ -320,7 +351,7 @@ class _TomlSource(TomlConfigSettingsSource):
             for key, value in data.items()
             if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
         ]
-        errors += booleans_for_numbers(self.settings_cls, data)
+        errors += wrong_types_for_numbers(self.settings_cls, data)
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
@@ -329,41 +360,53 @@ class _TomlSource(TomlConfigSettingsSource):
 _BOOLEAN_FOR_NUMBER = PydanticCustomError(
     "bool_for_number", "Input should be a number, not true or false: write the number"
 )
+_TEXT_FOR_NUMBER = PydanticCustomError(
+    "str_for_number", "Input should be a number, not text: write the number without quotes"
+)
 
 
-def booleans_for_numbers(model: type[BaseModel], data: Mapping[str, Any]) -> list[InitErrorDetails]:
-    """Where a TOML document given to ``model`` has ``true``/``false`` for a number, at any
-    depth of its tables, lists and named tables (``[tenants.acme]``), as pydantic errors.
+def wrong_types_for_numbers(
+    model: type[BaseModel], data: Mapping[str, Any]
+) -> list[InitErrorDetails]:
+    """Where a typed document given to ``model`` (a TOML file, JSON) has ``true``/``false``
+    or text for a number, at any depth of its tables, lists and named tables
+    (``[tenants.acme]``), as pydantic errors.
 
     pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
     one node, ``retention_s = true`` one second of samples, a quota's ``nominal = true`` one
-    GPU), where a TOML file says which type it means, as does a table given as JSON in
-    the environment (a plain variable is text, which pydantic never reads as a number from
-    ``"true"``)."""
-    return _booleans_in(model, data, ())
+    GPU) and a number's text as the number (``stale_intervals = "3"``), where a TOML file or
+    JSON says which type it means. A plain environment variable is text: not for this."""
+    return _wrong_types_in(model, data, ())
 
 
-def _booleans_in(annotation: Any, value: Any, loc: tuple[int | str, ...]) -> list[InitErrorDetails]:
+def _wrong_types_in(
+    annotation: Any, value: Any, loc: tuple[int | str, ...]
+) -> list[InitErrorDetails]:
     origin = typing.get_origin(annotation)
     if origin is Annotated:  # Annotated[float, Field(ge=0)]
-        return _booleans_in(typing.get_args(annotation)[0], value, loc)
+        return _wrong_types_in(typing.get_args(annotation)[0], value, loc)
     if origin in (typing.Union, types.UnionType):
         arms = typing.get_args(annotation)
         if isinstance(value, bool) and any(_takes_a_boolean(arm) for arm in arms):
             return []
+        if isinstance(value, str) and not all(_is_a_number(a) or a is type(None) for a in arms):
+            return []  # float | DurationText: an arm takes text
         # The first arm that finds one (a table's value is read against each table arm).
-        return next((e for arm in arms if (e := _booleans_in(arm, value, loc))), [])
+        return next((e for arm in arms if (e := _wrong_types_in(arm, value, loc))), [])
     if isinstance(value, bool):
-        numeric = isinstance(annotation, type) and issubclass(annotation, int | float)
-        if numeric and annotation is not bool:
+        if _is_a_number(annotation):
             return [{"type": _BOOLEAN_FOR_NUMBER, "loc": loc, "input": value}]
+        return []
+    if isinstance(value, str):
+        if _is_a_number(annotation):
+            return [{"type": _TEXT_FOR_NUMBER, "loc": loc, "input": value}]
         return []
     if origin in (list, tuple) and isinstance(value, list):
         item = typing.get_args(annotation)[0]
-        return [e for i, v in enumerate(value) for e in _booleans_in(item, v, (*loc, i))]
+        return [e for i, v in enumerate(value) for e in _wrong_types_in(item, v, (*loc, i))]
     if origin is dict and isinstance(value, Mapping):
         item = typing.get_args(annotation)[1]
-        return [e for k, v in value.items() for e in _booleans_in(item, v, (*loc, k))]
+        return [e for k, v in value.items() for e in _wrong_types_in(item, v, (*loc, k))]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         if not isinstance(value, Mapping):
             return []
@@ -372,9 +415,20 @@ def _booleans_in(annotation: Any, value: Any, loc: tuple[int | str, ...]) -> lis
             e
             for k, v in value.items()
             if k in fields  # an unknown key: the model refuses it by name
-            for e in _booleans_in(fields[k].annotation, v, (*loc, k))
+            for e in _wrong_types_in(fields[k].annotation, v, (*loc, k))
         ]
     return []
+
+
+def _is_a_number(annotation: Any) -> bool:
+    """Whether ``annotation`` is an int or a float (not a bool), ``Annotated`` or not."""
+    if typing.get_origin(annotation) is Annotated:
+        return _is_a_number(typing.get_args(annotation)[0])
+    return (
+        isinstance(annotation, type)
+        and issubclass(annotation, int | float)
+        and annotation is not bool
+    )
 
 
 def _takes_a_boolean(annotation: Any) -> bool:
@@ -425,7 +479,9 @@ def _leaf_types(annotation: Any) -> list[type]:
     return []
 
 
-_NOT_A_NUMBER: Final = frozenset({"float_parsing", "int_parsing", "float_type", "int_type"})
+_NOT_A_NUMBER: Final = frozenset(
+    {"float_parsing", "int_parsing", "float_type", "int_type", "str_for_number"}
+)
 """pydantic's errors for text that is no number where a number belongs."""
 
 
@@ -446,7 +502,12 @@ def format_validation_error(
         msg = f"setting {field!r} (value hidden): {err['msg']}"
     elif isinstance(value, dict | list | tuple | set | BaseModel):
         msg = f"setting {field!r}: {err['msg']}"
-    elif isinstance(value, str) and err["type"] in _NOT_A_NUMBER and field.endswith("_s"):
+    elif (
+        isinstance(value, str)
+        and err["type"] in _NOT_A_NUMBER
+        and field.endswith("_s")
+        and not _is_number_text(value)
+    ):
         # retention_s = "5 minutes" (or "5m", as the flags' durations are written)
         msg = f"setting {field!r} = {value!r}: give seconds as a number (300 for 5 minutes)"
     else:
@@ -454,6 +515,14 @@ def format_validation_error(
     if hint:
         msg = f"{msg} ({hint})"
     return ConfigError(msg, field=field)
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter
 
+from collector.alerts.evaluator import AlertState, Evaluator, Transition
 from collector.alerts.group import Dispatcher, Flush, GroupAlert, Notified
 from collector.alerts.route import Route, default_route
-from collector.alerts.rule import AlertState, Evaluator, Transition
 from collector.alerts.silence import (
     DEFAULT_INHIBIT_RULES,
     KEPT_SOURCES_KEY,

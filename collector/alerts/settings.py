@@ -6,7 +6,7 @@ the thresholds to keep equal. ``collector rules`` lists the rules and the values
 **Flapping.** Every rule whose condition a node sets sample by sample has a ``for`` or a
 ``keep_firing_for`` of a minute or more (Prometheus 2.42+: "how long an alert will continue
 firing after the condition has occurred"; the condition coming back inside it cancels the
-countdown, :mod:`collector.alerts.rule`), so one alert makes at most one fire/resolve pair per
+countdown, :mod:`collector.alerts.evaluator`), so one alert makes at most one fire/resolve pair per
 ``for`` + ``keep_firing_for``, whatever a node flips and however fast: ``NodeStale`` 1 min,
 ``GpuTemperature`` 2 min, ``GpuClockThrottled`` 3 min, ``NodeClockSkew``,
 ``NodeRejectsRising`` and ``NodeAgentConflict`` 5 min (after their window), ``GpuXid``,

@@ -13,8 +13,8 @@ Alertmanager. The default (``[[inhibit_rules]]`` unset) is one rule: a firing
 nothing new).
 
 A source inhibits while its condition holds: an alert only kept firing after its condition
-went (``keep_firing_for``, :mod:`collector.alerts.rule`) mutes nothing; a restored one holds
-through its restore's hold (:meth:`~collector.alerts.rule.AlertState.holds`: the live view
+went (``keep_firing_for``, :mod:`collector.alerts.evaluator`) mutes nothing; a restored one holds
+through its restore's hold (:meth:`~collector.alerts.evaluator.AlertState.holds`: the live view
 refilling, a node's offline status may not be heard yet). Keeping it firing
 damps its own notifications; the state it stands for is over. ``NodeOffline`` keeps firing
 5 min after its node is back (``alerts.offline_keep_firing_for_s``): meanwhile the node's

@@ -181,7 +181,11 @@ def run(args: argparse.Namespace) -> int:
         return _redeliver(settings.store_target, args.redeliver, as_json=args.json)
     if args.dead_letters:
         return _dead_letters(settings.store_target, args.limit, as_json=args.json)
-    since_s = 86_400.0 if args.since is None else parse_duration(args.since, field="--since")
+    since_s = (
+        86_400.0
+        if args.since is None
+        else parse_duration(args.since, field="--since", positive=True)
+    )
     now = time.time()
     with StoreReader(settings.store_target) as store:
         if args.history:

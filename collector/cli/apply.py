@@ -37,6 +37,7 @@ export` writes the current state in this shape.
   quota.gpu_hours = { nominal = 5000, period = "month" }
   [pools.acme-a]
   nodes = ["x1000c0s0b0n0", "x1000c0s0b0n1"]
+  comment = "acme's training pool"   # optional: not given, the pool keeps its own
   [pools.zinal]
   pattern = "a100:4:epyc:30:memory:80"   # the terms; the pool's name is the table's
   [leases.acme-2026]

@@ -26,7 +26,8 @@ _DESCRIPTION: Final = """\
 Print the governance state in one of three shapes:
 
   toml   (default) what `collector apply -f` reads (see `collector apply --help`): keep it
-         in git, edit it, apply it back. Pools are written by their nodes.
+         in git, edit it, apply it back. Pools are written by their nodes, with
+         their comments.
 
   kueue  the GPU quotas as Kueue objects (kueue.x-k8s.io/v1beta1, served by Kueue 0.13 and
          later), multi-document YAML for `kubectl apply -f`:
@@ -119,10 +120,13 @@ def run(args: argparse.Namespace) -> int:
             )
         gov = store.run(governance())
         pools: dict[str, list[str]] = {}
+        comments: dict[str, str] = {}
         if args.format == "toml":
+            from collector.store.pools import pools as pool_rows  # noqa: PLC0415
             from collector.store.pools import pools_with_nodes  # noqa: PLC0415
 
             pools = pools_with_nodes(store)
+            comments = {r["name"]: r["comment"] or "" for r in pool_rows(store)}
     if args.format == "kueue":
         from collector.cli.inventory import load_nodes  # noqa: PLC0415
 
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from collector.governance.declare import export_spec  # noqa: PLC0415
 
-        doc = export_spec(gov, pools)
+        doc = export_spec(gov, pools, comments)
         with _output(args.output) as out:
             if args.json:
                 print_json(doc, out)

@@ -99,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from collector.plot.figures import save  # noqa: PLC0415
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
-    since_s = parse_duration(args.since, field="--since")
-    if since_s <= 0:
-        raise ConfigError(f"--since {args.since!r} must be longer than 0, e.g. 1h", field="--since")
+    since_s = parse_duration(args.since, field="--since", positive=True)
     if args.node is not None and not NODE_ID_RE.match(args.node):
         raise ConfigError(f"--node {args.node!r} is not a node id: {NODE_ID_RULE}", field="--node")
     if args.node is not None and args.picture != "usage":

@@ -157,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415 (not for --help)
 
     settings = read_settings_from_args(args)
-    since_s = None if args.since is None else parse_duration(args.since, field="--since")
+    since_s = (
+        None if args.since is None else parse_duration(args.since, field="--since", positive=True)
+    )
     if args.node is not None and not NODE_ID_RE.match(args.node):
         raise ConfigError(
             f"--node {args.node!r} is not a node id: {NODE_ID_RULE}",

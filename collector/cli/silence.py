@@ -98,9 +98,7 @@ def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
         raise ConfigError("add needs at least one --match (e.g. --match node=x1000c0s0b0n0)")
     if args.duration is None:
         raise ConfigError("add needs --for (e.g. --for 2h)", field="--for")
-    seconds = parse_duration(args.duration, field="--for")
-    if seconds <= 0:
-        raise ConfigError(f"--for {args.duration!r} must be longer than 0", field="--for")
+    seconds = parse_duration(args.duration, field="--for", positive=True)
     for m in args.match:
         try:
             parse_matcher(m)

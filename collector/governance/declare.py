@@ -26,6 +26,7 @@ Example::
 
     [pools.acme-a]
     nodes = ["x1000c0s0b0n0", "x1000c0s0b0n1"]
+    comment = "acme's training pool"      # optional; left as it is when not given
 
     [pools.zinal]
     pattern = "a100:4:epyc:30:memory:80"  # fewest nodes, as `collector pool apply -p`
@@ -55,7 +56,7 @@ from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
 from shared.errors import ConfigError
-from shared.settings import booleans_for_numbers
+from shared.settings import wrong_types_for_numbers
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
@@ -143,6 +144,9 @@ class PoolSpec(_Strict):
 
     nodes: list[str] | None = Field(default=None, max_length=100_000)
     pattern: str | None = Field(default=None, min_length=1, max_length=1024)
+    comment: str | None = None
+    """What the pool is for (``collector pool create --comment``); not given: the stored
+    one is left as it is (a file written before pools had one keeps them)."""
 
     @model_validator(mode="after")
     def _nodes_or_pattern(self) -> PoolSpec:
@@ -203,9 +207,9 @@ class ClusterSpec(_Strict):
 def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> ClusterSpec:
     """Validate a parsed TOML document; :class:`ConfigError` naming the first bad key."""
     try:
-        booleans = booleans_for_numbers(ClusterSpec, data)
-        if booleans:
-            raise ValidationError.from_exception_data(ClusterSpec.__name__, booleans[:1])
+        wrong = wrong_types_for_numbers(ClusterSpec, data)
+        if wrong:
+            raise ValidationError.from_exception_data(ClusterSpec.__name__, wrong[:1])
         spec = ClusterSpec.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -381,6 +385,10 @@ def apply_spec(
         if chosen is None:
             raise ConfigError(f"pools.{name}.pattern: not planned", field=f"pools.{name}")
         want_nodes = sorted(set(chosen))
+        known = have_nodes is not None and p.comment is not None
+        if known and tx.pools.comment(name) != p.comment:
+            changes.append(f"~ pool {name}: comment")
+            tx.pools.set_comment(name, p.comment or "")
         if have_nodes == want_nodes:
             continue
         for node, other in sorted(tx.pools.pools_of(want_nodes).items()):
@@ -394,7 +402,7 @@ def apply_spec(
                 changes.append(f"~ node {node}: pool {other} -> {name}")
         if have_nodes is None:
             changes.append(f"+ pool {name} ({len(want_nodes)} nodes)")
-            tx.pools.create(name)
+            tx.pools.create(name, p.comment or "")
         else:
             added = sorted(set(want_nodes) - set(have_nodes))
             removed = sorted(set(have_nodes) - set(want_nodes))
@@ -528,7 +536,9 @@ def _apply_leases(
     return changes
 
 
-def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, Any]:
+def export_spec(
+    gov: Governance, pools: Mapping[str, list[str]], comments: Mapping[str, str]
+) -> dict[str, Any]:
     """The store's governance state as a ``cluster.toml`` document (for ``tomli_w``)."""
     doc: dict[str, Any] = {"cohorts": {}, "tenants": {}, "pools": {}, "leases": {}}
     for name in sorted(gov.cohorts):
@@ -571,6 +581,8 @@ def export_spec(gov: Governance, pools: Mapping[str, list[str]]) -> dict[str, An
         doc["tenants"][name] = t
     for name, nodes in sorted(pools.items()):
         doc["pools"][name] = {"nodes": sorted(nodes)}
+        if comments.get(name):
+            doc["pools"][name]["comment"] = comments[name]
     for lease in gov.leases:
         lt = lease.terms
         entry = {

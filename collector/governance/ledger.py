@@ -353,6 +353,10 @@ class LedgerJob:
         """The marked hour before the ledger's time whose turn is next (see :meth:`_hours`)."""
         self._behind: tuple[LedgerRecord, float] | None = None
         """The record of a run that left hours to do, and when it was made (monotonic)."""
+        self.progressed_at: float | None = None
+        """When the running run last read or computed something (clock monotonic): the
+        evaluator's liveness (:class:`collector.evaluate.Progressing`): a catch-up run of
+        many hours is busy, not stuck, while its hours keep coming."""
         self.runs = 0
 
     def _hours(
@@ -409,7 +413,9 @@ class LedgerJob:
         """The ledger rows of ``hours`` from one snapshot of the store (a worker thread); cut
         short once ``stop`` is set (the run was cancelled: nobody waits for the rows)."""
         since = min(hours)
+        mono = self._clock.monotonic
         hardware = reader.run(node_hardware(reader.dialect))
+        self.progressed_at = mono()
         pools = reader.run(pool_history(since))
         members = reader.run(lease_history(since))
         inventory = {n: h.gpus for n, h in hardware.items()}
@@ -419,6 +425,7 @@ class LedgerJob:
         )
         rows: list[LedgerRow] = []
         for hour in hours:
+            self.progressed_at = mono()
             if stop.is_set():
                 break
             rows.extend(

@@ -159,7 +159,7 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
         condition=condition,
         for_s=s.expired_in_use_for_s,
         # An alert per ended lease that held the node: the operator's leases name them, not
-        # what a node sends, so the per-node bound (collector.alerts.rule) is not for it.
+        # what a node sends, so the per-node bound (collector.alerts.evaluator) is not for it.
         max_per_node=_PER_LEASE,
     )
 

@@ -200,6 +200,15 @@ class PoolWrites:
         members = pool_members(self._tx)
         return {node: members[node] for node in nodes if node in members}
 
+    def comment(self, name: str) -> str:
+        """The comment of pool ``name`` (``""``: none, or no such pool)."""
+        rows = self._tx.fetchall("SELECT comment FROM pools WHERE name = ?", (name,))
+        return str(rows[0][0] or "") if rows else ""
+
+    def set_comment(self, name: str, comment: str) -> None:
+        """Replace the comment of pool ``name``."""
+        self._tx.execute("UPDATE pools SET comment = ? WHERE name = ?", (comment, name))
+
     def create(self, name: str, comment: str = "") -> None:
         """Create an empty pool."""
         self._tx.execute(

@@ -343,6 +343,16 @@ def _node_point(r: Any) -> dict[str, Any]:
     }
 
 
+def _starting_in(lo: float, hi: float) -> tuple[int, int]:
+    """The whole-second bounds of the buckets starting in [``lo``, ``hi``): a bucket
+    begins on a whole second, so ``lo <= bucket < hi`` is ``ceil(lo) <= bucket < ceil(hi)``
+    (the store compares integers). ``floor(lo)`` took in the bucket that began up to a
+    second before ``lo``, and so a boundary that fell in a bucket's first second counted
+    that bucket as inside, one a second later as outside; :func:`rollups_before` is the
+    same rule for "begins before"."""
+    return math.ceil(lo), math.ceil(hi)
+
+
 def node_series(node: str, res: int, since: float, until: float) -> Query[list[dict[str, Any]]]:
     """``node``'s buckets of resolution ``res`` starting in [since, until), oldest first,
     through the primary key."""
@@ -351,7 +361,7 @@ def node_series(node: str, res: int, since: float, until: float) -> Query[list[d
         "util_max, power_n, power_sum, power_max, temp_max, mem_n, mem_sum, gpu_energy_j, "
         "cpu_n, cpu_sum, cpu_energy_j FROM rollups WHERE node = ? AND res = ? "
         "AND bucket >= ? AND bucket < ? ORDER BY bucket",
-        (node, res, math.floor(since), math.ceil(until)),
+        (node, res, *_starting_in(since, until)),
         lambda rows: [_node_point(r) for r in rows],
     )
 
@@ -375,7 +385,7 @@ def fleet_series(
         "count(DISTINCT node) AS nodes FROM (SELECT bucket / ? AS b, node, util_sum, util_n, "
         "power_sum, samples, cpu_sum FROM rollups WHERE res = ? AND bucket >= ? "
         f"AND bucket < ?{where}) AS r GROUP BY b ORDER BY 1",
-        (step, step, res, math.floor(since), math.ceil(until), *params),
+        (step, step, res, *_starting_in(since, until), *params),
         lambda rows: [{**dict(r), "cpu_pct": None, "mem_pct": None} for r in rows],
     )
 
@@ -393,7 +403,7 @@ def gpu_records(node: str, res: int, since: float, until: float) -> Query[tuple[
     return single(
         "SELECT bucket, gpu_stats FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
         "AND bucket < ? ORDER BY bucket",
-        (node, res, math.floor(since), math.ceil(until)),
+        (node, res, *_starting_in(since, until)),
         build,
     )
 
@@ -405,7 +415,7 @@ def bucket_samples(node: str, res: int, since: float, until: float) -> Query[dic
     return single(
         "SELECT bucket, samples FROM rollups WHERE node = ? AND res = ? AND bucket >= ? "
         "AND bucket < ?",
-        (node, res, math.floor(since), math.ceil(until)),
+        (node, res, *_starting_in(since, until)),
         lambda rows: {int(r[0]): int(r[1]) for r in rows},
     )
 
@@ -470,7 +480,7 @@ def hour_rows(since: float, until: float) -> Query[list[Any]]:
         "cpu_energy_j, power_sum, power_n, cpu_sum, cpu_n, samples, node_s, node_energy_j "
         "FROM rollups "
         "WHERE res = ? AND bucket >= ? AND bucket < ? ORDER BY bucket, node",
-        (HOUR, math.floor(since), math.ceil(until)),
+        (HOUR, *_starting_in(since, until)),
         list,
     )
 
@@ -495,7 +505,7 @@ def rollups_before(node: str, until: float) -> Query[bool]:
     samples no longer hold)."""
     return single(
         "SELECT 1 FROM rollups WHERE node = ? AND res = ? AND bucket < ? LIMIT 1",
-        (node, HOUR, math.floor(until)),
+        (node, HOUR, math.ceil(until)),  # begins before until: the whole seconds < until
         bool,
     )
 
@@ -503,7 +513,7 @@ def rollups_before(node: str, until: float) -> Query[bool]:
 def rollups_within(node: str | None, res: int, lo: float, hi: float) -> Query[bool]:
     """Whether ``node`` (``None``: any node) has a ``res`` bucket beginning in ``[lo, hi)``."""
     sql = "SELECT 1 FROM rollups WHERE res = ? AND bucket >= ? AND bucket < ?"
-    params: tuple[str | int, ...] = (res, math.floor(lo), math.ceil(hi))
+    params: tuple[str | int, ...] = (res, *_starting_in(lo, hi))
     if node is not None:
         sql, params = sql + " AND node = ?", (*params, node)
     return single(sql + " LIMIT 1", params, bool)

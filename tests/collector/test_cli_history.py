@@ -251,6 +251,31 @@ async def test_history_counts_every_raw_sample_no_rollup_holds(
             assert sum(p["samples"] for p in got["points"]) == len(samples), (step, node)
 
 
+@pytest.mark.parametrize("offset_s", [0.5, 1.5])
+async def test_a_node_query_shows_what_retention_left_in_the_oldest_samples_bucket(
+    store_url: StoreTarget, offset_s: float
+) -> None:
+    """The oldest raw sample ``offset_s`` into an hour, the one before it (in the same
+    minute) deleted by retention and held by the rollups alone: `--node --since` shows the
+    history, every sample in one step, whatever the offset. rollups_before floored its
+    bound where rollups_within ceils it: at 0.5 s the hour's bucket (beginning before the
+    oldest sample) was not "before" it, the query listed the raw samples, and the deleted
+    sample was counted nowhere; at 1.5 s it was."""
+    hour = time.time() // 3600 * 3600 - 3600
+    sim = FleetSimulator(1, gpus_per_node=2, seed=6, interval_s=600)
+    stamps = (hour + offset_s - 0.3, hour + offset_s, hour + 600)
+    samples = [sim.sample(0, t, k) for k, t in enumerate(stamps)]
+    async with Store(store_url, rollups=RollupConfig()) as store:
+        rows = [sample_row(s, encode(s), hour + 1 + 700 * k) for k, s in enumerate(samples)]
+        await store.write_batch(rows, new_nodes=[NODE])
+        await store.fold_rollups()
+        await store.delete_older_than(round((hour + 100) * 1000), 10_000)  # the first only
+    got = _json("--db", str(store_url), "--node", NODE, "--since", "3h")
+    assert "points" in got, sorted(got)
+    assert got["sources"] == ["1m", "raw"]
+    assert sum(p["samples"] for p in got["points"]) == len(samples)
+
+
 def test_gpu_history_minute_steps_and_the_table(
     gpu_db: GpuDb, capsys: pytest.CaptureFixture[str]
 ) -> None:

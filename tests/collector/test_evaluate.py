@@ -10,8 +10,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from agent.simulate import FleetSimulator
+from collector.alerts.evaluator import Evaluator
 from collector.alerts.job import AlertJob
-from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.alerts.rule import Instance, Rule
 from collector.capacity.job import CapacityJob
 from collector.counters import labelled_values, value
 from collector.evaluate import Cycle, PeriodicEvaluator

@@ -135,3 +135,69 @@ async def test_a_late_evaluator_makes_the_collector_not_alive(tmp_path: Path) ->
         assert (report.alive, report.ready) == (False, False)
         assert "the evaluator is 6 s late (limit 5 s)" in report.reasons
         assert health.alive()[0] is False
+
+
+class _CatchUp:
+    """A ledger-like cycle: each run sets its interval to the catch-up pace (5 s) and holds
+    until ``done`` is set; ``progressed_at`` is stamped by the test, as the ledger stamps
+    it per hour computed."""
+
+    name = "ledger"
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.interval_s = 0.01  # the first run at once
+        self.progressed_at: float | None = None
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        self._clock = clock
+
+    def progress(self) -> None:
+        self.progressed_at = self._clock.monotonic()
+
+    async def __call__(self, store: Store, view: LiveView) -> None:
+        self.interval_s = 5.0
+        self.started.set()
+        await self.done.wait()
+
+
+async def test_a_long_run_that_progresses_is_not_late_and_a_stuck_one_is(
+    tmp_path: Path,
+) -> None:
+    """A ledger run catching up on a long outage's hours lasts minutes: while it makes
+    progress (an hour computed every few seconds) the evaluator is not late, though its
+    lane has not turned for more than its 5 s interval + the limit; once it stops making
+    progress for that long, it is late as a stuck lane is, and the collector not alive."""
+    clock = FakeClock(start_wall=T0)
+    view = LiveView()
+    async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
+        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+        writer = Writer(store, queue, Ingestor(clock), clock)
+        cycle = _CatchUp(clock)
+        evaluator = PeriodicEvaluator([cycle], view, store, queue, clock)
+        connected = asyncio.Event()
+        connected.set()
+        health = Health(
+            clock,
+            limit_s=LIMIT_S,
+            connected=connected,
+            writer=writer,
+            queue=queue,
+            evaluator=evaluator,
+        )
+        evaluating = tg.create_task(evaluator.run())
+        while not cycle.started.is_set():  # the fake clock moves only when told
+            await asyncio.sleep(0.01)
+            clock.advance(0.01)
+        for _ in range(10):  # 40 s of progress, an hour every 4 s
+            clock.advance(4)
+            cycle.progress()
+            await writer.flush_counters()
+            assert health.check().alive, health.check().reasons
+        assert evaluator.overdue_s(clock.monotonic()) == 0
+        clock.advance(5 + LIMIT_S + 1)  # no progress for its interval + the limit + 1 s
+        await writer.flush_counters()
+        report = health.check()
+        assert (report.alive, report.ready) == (False, False)
+        assert "the evaluator is 6 s late (limit 5 s)" in report.reasons
+        cycle.done.set()
+        evaluating.cancel()

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from agent.simulate import FleetSimulator
-from collector.alerts.rule import AlertState
+from collector.alerts.evaluator import AlertState
 from collector.health import Health
 from collector.ingest.metrics import REJECT_REASONS
 from collector.ingest.writer import Writer, WriterItem

@@ -6,9 +6,12 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from agent.cli import main as agent_main
+from collector.cli import main as collector_main
 from shared import schema
 from shared.cli import run_command, shown
 from shared.errors import ConfigError, StoreError
@@ -127,3 +130,51 @@ def test_shown_escapes_every_character_a_name_may_not_hold() -> None:
         assert not (refused and raw), f"U+{code:04X} is refused in a name but shown raw"
         if c.isprintable():
             assert raw or refused, f"U+{code:04X} is escaped but allowed in a name"
+
+
+@pytest.mark.parametrize(
+    ("program", "argv", "flag"),
+    [
+        ("collector", ["query", "--since", "-5m"], "--since"),
+        ("collector", ["query", "--node", "n1", "--since", "-1.5h"], "--since"),
+        ("collector", ["query", "--step", "-5m"], "--step"),
+        ("collector", ["alerts", "--history", "--since", "-1h"], "--since"),
+        ("collector", ["plot", "capacity", "--since", "-1h"], "--since"),
+        ("collector", ["silence", "add", "--match", "node=n1", "--for", "-2h"], "--for"),
+        ("collector", ["run", "--retention", "-1d"], "--retention"),
+        ("agent", ["run", "--buffer", "-1d"], "--buffer"),
+    ],
+)
+def test_a_negative_duration_is_one_line_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, program: str, argv: list[str], flag: str
+) -> None:
+    """``--since -5m`` was argparse's 'expected one argument' (it took -5m for an option):
+    the flag gets the value, and the duration grammar refuses it, naming the flag."""
+    main = collector_main if program == "collector" else agent_main
+    code = main([*argv, "--db", str(tmp_path / "none.db")] if program == "collector" else argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert f"{flag} '-" in err
+    assert "durations cannot be negative; write whole numbers with units" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["query", "--since", "0"],
+        ["query", "--node", "n1", "--since", "0s"],
+        ["alerts", "--history", "--since", "0s"],
+        ["plot", "capacity", "--since", "0"],
+        ["silence", "add", "--match", "node=n1", "--for", "0s"],
+    ],
+)
+def test_a_zero_span_is_refused_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    """How far back a query looks and how long a silence lasts hold something: zero is an
+    empty window, refused as plot's --since was (a setting bounds its own: retention_s)."""
+    assert collector_main([*argv, "--db", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "must be longer than 0, e.g. 1h" in err

@@ -123,6 +123,52 @@ def test_a_boolean_in_a_json_env_table_for_a_number_is_refused(
 
 
 @pytest.mark.parametrize(
+    ("cls", "text", "field"),
+    [
+        (CollectorSettings, 'stale_intervals = "3"\n', "stale_intervals"),
+        (CollectorSettings, 'retention_s = "86400"\n', "retention_s"),
+        (CollectorSettings, '[mqtt]\nport = "1883"\n', "mqtt.port"),
+        (CollectorSettings, '[alerts]\nxid_codes = [48, "79"]\n', "alerts.xid_codes.1"),
+        (
+            CollectorSettings,
+            '[[receivers]]\nname = "r"\nurl = "http://127.0.0.1:9/"\nmax_age_s = "60"\n',
+            "receivers.0.max_age_s",
+        ),
+        (AgentSettings, 'interval_s = "10"\n', "interval_s"),
+    ],
+)
+def test_text_in_the_file_for_a_number_is_refused(
+    cls: type[CollectorSettings] | type[AgentSettings], text: str, field: str, tmp_path: Path
+) -> None:
+    """pydantic's lax mode read ``stale_intervals = "3"`` as 3: the file says text where a
+    number is meant, refused in one line naming the key, as a boolean for a number is."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = '.*': .*not text: write the number"):
+        load_settings(cls, config_file=cfg)
+
+
+def test_text_in_a_json_env_table_is_refused_and_a_plain_variable_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JSON says which type it means, as the file does; a plain variable is text, the only
+    way the environment gives a number (``CAPWATCH_STALE_INTERVALS=4``)."""
+    monkeypatch.setenv("CAPWATCH_MQTT", '{"port": "1883"}')
+    with pytest.raises(ConfigError, match=r"'mqtt.port' = '1883': .*not text: write the number"):
+        load_settings(CollectorSettings)
+    monkeypatch.setenv("CAPWATCH_ALERTS", '{"xid_codes": [48, "79"]}')
+    monkeypatch.delenv("CAPWATCH_MQTT")
+    with pytest.raises(ConfigError, match=r"'alerts.xid_codes.1' = '79': .*not text"):
+        load_settings(CollectorSettings)
+    monkeypatch.delenv("CAPWATCH_ALERTS")
+    monkeypatch.setenv("CAPWATCH_STALE_INTERVALS", "4")
+    monkeypatch.setenv("CAPWATCH_MQTT__PORT", "1884")
+    monkeypatch.setenv("CAPWATCH_ALERTS__XID_CODES", "[48, 79]")
+    s = load_settings(CollectorSettings)
+    assert (s.stale_intervals, s.mqtt.port, s.alerts.xid_codes) == (4, 1884, [48, 79])
+
+
+@pytest.mark.parametrize(
     ("text", "field"),
     [
         ('retention_s = "5 minutes"\n', "retention_s"),

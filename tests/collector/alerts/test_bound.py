@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from collector.alerts.rule import Evaluator, EvaluatorMetrics, Instance, Rule
+from collector.alerts.evaluator import Evaluator, EvaluatorMetrics
+from collector.alerts.rule import Instance, Rule
 from collector.live import LiveView
 from collector.service import Collector
 from collector.settings import CollectorSettings

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from collector.alerts.builtin import HW_POWER_BRAKE_SLOWDOWN, HW_THERMAL_SLOWDOWN, builtin_rules
-from collector.alerts.rule import Evaluator, Transition
+from collector.alerts.evaluator import Evaluator, Transition
 from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.live import LiveView
 from shared.clock import FakeClock

@@ -22,10 +22,11 @@ from typing import Any
 from pydantic import HttpUrl, SecretStr
 
 from collector.alerts.delivery import Delivery, read_pending
+from collector.alerts.evaluator import Evaluator
 from collector.alerts.fingerprint import fingerprint
 from collector.alerts.job import AlertJob
 from collector.alerts.route import ALL_LABELS, Route
-from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.alerts.rule import Instance, Rule
 from collector.alerts.silence import DEFAULT_INHIBIT_RULES, InhibitRule
 from collector.alerts.webhook import ZERO_TIME, rfc3339
 from collector.counters import value

@@ -30,9 +30,10 @@ from pydantic import HttpUrl
 
 from collector.alerts.builtin import HW_THERMAL_SLOWDOWN, builtin_rules
 from collector.alerts.delivery import Delivery, read_pending
+from collector.alerts.evaluator import Evaluator, Transition
 from collector.alerts.job import AlertJob
 from collector.alerts.route import ALL_LABELS, Route
-from collector.alerts.rule import Evaluator, Rule, Transition
+from collector.alerts.rule import Rule
 from collector.evaluate import run_once
 from collector.ingest.validate import Ingestor
 from collector.live import LiveView

@@ -10,8 +10,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from collector.alerts.builtin import builtin_rules
+from collector.alerts.evaluator import Evaluator, EvaluatorMetrics
 from collector.alerts.job import AlertJob
-from collector.alerts.rule import MAX_PER_NODE, Evaluator, EvaluatorMetrics
+from collector.alerts.rule import MAX_PER_NODE
 from collector.alerts.settings import AlertSettings
 from collector.evaluate import run_once
 from collector.ingest.validate import Ingestor

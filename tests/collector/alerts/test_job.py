@@ -7,8 +7,9 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from collector.alerts.evaluator import Evaluator
 from collector.alerts.job import AlertJob
-from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.alerts.rule import Instance, Rule
 from collector.evaluate import run_once
 from collector.live import LiveView
 from collector.store.db import Store

@@ -11,8 +11,9 @@ from collections.abc import Iterable
 import pytest
 from pydantic import HttpUrl
 
+from collector.alerts.evaluator import Evaluator
 from collector.alerts.job import AlertJob
-from collector.alerts.rule import Evaluator, Instance, Rule
+from collector.alerts.rule import Instance, Rule
 from collector.counters import labelled_values, value
 from collector.ingest.reader import StopUnit
 from collector.ingest.validate import Ingestor

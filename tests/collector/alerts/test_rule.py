@@ -8,8 +8,9 @@ from typing import cast
 
 import pytest
 
+from collector.alerts.evaluator import AlertState, Evaluator, Transition
 from collector.alerts.fingerprint import fingerprint
-from collector.alerts.rule import AlertState, Condition, Evaluator, Instance, Rule, Transition
+from collector.alerts.rule import Condition, Instance, Rule
 from collector.live import LiveView
 from shared.clock import FakeClock
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.simulate import FleetSimulator
-from collector.alerts.rule import Evaluator
+from collector.alerts.evaluator import Evaluator
 from collector.capacity.compute import compute_picture
 from collector.capacity.job import CapacityState
 from collector.capacity.picture import Picture

@@ -164,6 +164,10 @@ async def test_bad_file_changes_nothing_and_names_the_key(
             "leases.acme-2041.duration_days: Input should be a number, not true or false"
         ),
         CLUSTER.replace("gpus = 4 }", "gpus = false }"): "cohorts.research.quota.gpus: Input",
+        # text for a number: pydantic read "8" as 8 (lax mode); the file says text
+        CLUSTER.replace("nominal = 8,", 'nominal = "8",'): (
+            "tenants.beta.quota.gpus.nominal: Input should be a number, not text"
+        ),
         CLUSTER.replace("priority = 10", "priority = true"): "tenants.acme.priority: Input",
         CLUSTER
         + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
@@ -287,6 +291,43 @@ async def test_export_round_trips_a_pool_lease_whose_pool_changed(
     assert out.startswith("nothing to change"), out
     code, out, _ = cli("lease", "show", "x-2041-06-01", "--db", db, "--json")
     assert json.loads(out)["nodes"] == []
+
+
+async def test_export_apply_export_keeps_the_pools_comments(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """`pool create --comment` is what a pool is for: export wrote the pools without it,
+    so export -> apply on a fresh store -> export gave the same text while the comments
+    were lost. Now the text carries them, and apply sets them (a file that gives none
+    leaves a pool's own; a changed one is a change)."""
+    db = str(await make_store(store_url, NODES))
+    for argv in (
+        ("pool", "create", "acme-a", "--nodes", "n1,n2", "--comment", "acme's training pool"),
+        ("pool", "create", "spare", "--comment", 'spare "hot" nodes'),
+    ):
+        code, _, err = cli(*argv, "--db", db)
+        assert (code, err) == (0, "")
+    code, exported, _ = cli("export", "--db", db)
+    assert code == 0
+    assert 'comment = "acme\'s training pool"' in exported
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fresh_db = str(await make_store(fresh, NODES))
+    f = _file(tmp_path, exported, "exported.toml")
+    code, out, err = cli("apply", "--db", fresh_db, "-f", f)
+    assert (code, err) == (0, "")
+    code, again, _ = cli("export", "--db", fresh_db)
+    assert again == exported
+    code, out, _ = cli("pool", "list", "--db", fresh_db, "--json")
+    comments = {p["name"]: p["comment"] for p in json.loads(out)["pools"]}
+    assert comments["acme-a"] == "acme's training pool"
+    assert comments["spare"] == 'spare "hot" nodes'
+    bare = _file(tmp_path, "[pools.spare]\nnodes = []\n", "bare.toml")
+    code, out, _ = cli("apply", "--db", fresh_db, "-f", bare)
+    assert out.startswith("nothing to change"), out
+    changed = _file(tmp_path, exported.replace("training", "ML"), "changed.toml")
+    code, out, _ = cli("apply", "--db", fresh_db, "-f", changed)
+    assert (code, out) == (0, "~ pool acme-a: comment\napplied: 1 change\n")
 
 
 async def test_names_follow_the_commands_rule(store_url: StoreTarget, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from agent.simulate import FleetSimulator
+from collector.evaluate import Progressing
 from collector.governance.billing import node_gpus
 from collector.governance.ledger import LedgerJob, LedgerRecord
 from collector.ingest.validate import sample_row
@@ -327,3 +328,31 @@ async def test_a_cancelled_runs_thread_stops_at_the_next_hour(store_url: StoreTa
         assert {r.hour for r in made} == set(hours)
         stop.set()
         assert job._rows(reader, hours, gov, DAY0 + 7 * H, stop) == []
+
+
+class _SlowClock(FakeClock):
+    """A machine where every look at the monotonic clock finds 2 s gone: each hour a run
+    computes takes a while, as at 12,500 nodes."""
+
+    def monotonic(self) -> float:
+        self.advance(2.0)
+        return super().monotonic()
+
+
+async def test_a_catch_up_run_says_it_progresses_hour_by_hour(store_url: StoreTarget) -> None:
+    """The evaluator judges a long run from its last progress (collector.evaluate's
+    Progressing): the ledger stamps it as it reads and as it computes each hour, so a run
+    of 48 hours that lasts minutes is busy, not stuck, from /readyz's point of view."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=13, interval_s=600)
+    await _sampled(store_url, sim, [DAY0 + H * h for h in range(2)], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=10)
+    clock = _SlowClock(start_wall=DAY0 + 2 * H)
+    job = _job(store_url, clock)
+    assert isinstance(job, Progressing)
+    await _catch_up(store_url, job)
+    clock.advance(3 * 86_400)
+    started = clock.monotonic()
+    await _run(store_url, job)
+    assert job.interval_s == CATCH_UP_S  # 72 hours behind: 48 this run
+    assert job.progressed_at is not None
+    assert job.progressed_at - started >= 48 * 2.0  # a stamp per hour, the last one's late

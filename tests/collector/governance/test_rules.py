@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.alerts.rule import Evaluator
+from collector.alerts.evaluator import Evaluator
 from collector.evaluate import run_once
 from collector.governance.job import GovernanceJob
 from collector.governance.lease import LeaseTerms
