@@ -229,8 +229,9 @@ class GovernanceJob:
             )
         gov = term.gov
         if not gov.leases:
-            self.view = GovernanceView(gov=gov, at=now)
             term.last = now
+            if term is self._term:  # (as below)
+                self.view = GovernanceView(gov=gov, at=now)
             return None
         await self._read_ledger(store, term, now)
         if not term.restored:
