@@ -174,7 +174,7 @@ def main() -> None:
         db = Path(tmp) / "capwatch.db"
         asyncio.run(_fill(db, messages))
         cpu_ms, wall_ms = asyncio.run(_cycles(job, view, db, 15))
-        p = job.state.picture
+        p = job.state.latest.picture
         assert p is not None
         kinds = ", ".join(f"{t.nodes:,} {t.node_type}" for t in p.types)
         print(

@@ -261,7 +261,7 @@ def add_metric_sources(
         thresholds = threshold_families(c.warn_pct, c.critical_pct)
 
         async def capacity_source() -> list[Metric]:
-            return capacity_families(state.picture) + thresholds
+            return capacity_families(state.latest.picture) + thresholds
 
         metrics.add(capacity_source)
 

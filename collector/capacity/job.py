@@ -46,7 +46,14 @@ from shared.errors import SchemaError
 from shared.logging import get_logger
 from shared.schema import Inventory, decode_inventory
 
-__all__ = ["CapacityJob", "CapacityJobMetrics", "CapacityState", "SnapshotRecord", "snapshot_row"]
+__all__ = [
+    "CapacityJob",
+    "CapacityJobMetrics",
+    "CapacityReading",
+    "CapacityState",
+    "SnapshotRecord",
+    "snapshot_row",
+]
 
 log = get_logger("capacity")
 
@@ -54,26 +61,39 @@ _HISTORY: Final = 720
 """IT draw points kept for the rising-draw rule (6 h at the default 30 s)."""
 
 
-@dataclass(slots=True)
-class CapacityState:
-    """The latest picture and recent IT draw: what the capacity alert rules read."""
+@dataclass(frozen=True, slots=True)
+class CapacityReading:
+    """One generation of what the capacity alert rules read: a picture and the IT draw
+    history that ends with it, published together (:attr:`CapacityState.latest`)."""
 
     picture: Picture | None = None
     history: tuple[tuple[float, float], ...] = ()
-    """(collector time, IT draw W) per cycle, oldest first, the last :data:`_HISTORY`.
-    Replaced, never changed in place: the alert rules read it in their worker thread while
-    the capacity cycle, in a lane of its own, updates it on the loop."""
+    """(collector time, IT draw W) per cycle, oldest first, the last :data:`_HISTORY`."""
+
+
+@dataclass(slots=True)
+class CapacityState:
+    """The latest reading: what the capacity alert rules read.
+
+    The capacity cycle, in an evaluator lane of its own, replaces :attr:`latest` on the loop
+    while the alert rules read it in their worker thread: a rule reads the attribute once
+    and judges that reading alone, so it never weighs one generation's picture by another's
+    age or history (the picture and the history were two attributes: a rule that read the
+    picture, then the picture again to judge its age, could take an hour-old picture for
+    fresh because a new one replaced it in between)."""
+
+    latest: CapacityReading = CapacityReading()
 
     def update(self, picture: Picture) -> None:
-        """Hold ``picture`` as the latest and record its draw."""
-        self.picture = picture
-        self.extend([(picture.at, picture.it_w)])
+        """Publish ``picture`` as the latest, its draw appended to the history."""
+        held = self.latest.history
+        self.latest = CapacityReading(picture, (*held, (picture.at, picture.it_w))[-_HISTORY:])
 
-    def extend(self, points: Iterable[tuple[float, float]], *, replace: bool = False) -> None:
-        """Record ``points`` after the history held, or (``replace``) in its place (a new
-        tuple: see :attr:`history`)."""
-        held = () if replace else self.history
-        self.history = (*held, *points)[-_HISTORY:]
+    def restore(self, points: Iterable[tuple[float, float]], picture: Picture | None) -> None:
+        """Publish ``points`` as the history, in place of the one held, with ``picture`` (or,
+        when ``None``, the picture held)."""
+        held = self.latest.picture if picture is None else picture
+        self.latest = CapacityReading(held, tuple(points)[-_HISTORY:])
 
 
 def snapshot_row(p: Picture) -> SnapshotRow:
@@ -214,9 +234,8 @@ class CapacityJob:
         points, newest = await recent_snapshots(store, self._clock.time() - window_s)
         # In place of the history held: at a leader's later term it is an earlier term's,
         # whose points the store holds too (those it does not were never written).
-        self.state.extend(points, replace=True)
-        if newest is not None:
-            self.state.picture = picture_from_dict(json.loads(newest))
+        picture = None if newest is None else picture_from_dict(json.loads(newest))
+        self.state.restore(points, picture)
         if points or self._known:
             log.info("capacity_restored", points=len(points), nodes=len(self._known))
         return len(points)

@@ -2,7 +2,8 @@
 draw rising fast. Registered with the built-in rules only when a site plan is configured.
 
 They read the :class:`~collector.capacity.job.CapacityState` the capacity job refreshes
-every cycle (not the live view: the picture is the solver's answer on it). Labels:
+every cycle (not the live view: the picture is the solver's answer on it), each rule one
+reading of it (:func:`_fresh`: a picture and the draw history of one generation). Labels:
 ``alertname``, ``severity``, ``scope`` (``site`` or ``rack``) and ``rack`` for rack alerts.
 The draw is measured IT draw (the picture's basis: live power, stale nodes at their
 nameplate), which the descriptions say.
@@ -20,6 +21,7 @@ from collector.capacity.settings import CapacitySettings
 
 if TYPE_CHECKING:
     from collector.capacity.job import CapacityState
+    from collector.capacity.picture import Picture
     from collector.live import LiveView
 
 __all__ = ["capacity_rules"]
@@ -29,18 +31,25 @@ def _w(watts: float) -> str:
     return f"{watts / 1e3:,.1f} kW"
 
 
-def _fresh(state: CapacityState, now: float, s: CapacitySettings) -> bool:
-    p = state.picture
-    return p is not None and now - p.at <= s.max_age_s
+def _fresh(
+    state: CapacityState, now: float, s: CapacitySettings
+) -> tuple[Picture, tuple[tuple[float, float], ...]] | None:
+    """The picture and draw history of the state's latest reading, read once, if the
+    picture is fresh at ``now`` (else ``None``): a rule judges that reading alone, never a
+    picture by a newer one's age (see :class:`~collector.capacity.job.CapacityState`)."""
+    r = state.latest
+    p = r.picture
+    return None if p is None or now - p.at > s.max_age_s else (p, r.history)
 
 
 def _site_draw(
     state: CapacityState, s: CapacitySettings, low: float, high: float | None
 ) -> Condition:
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
-        p = state.picture
-        if p is None or not _fresh(state, now, s) or p.cap_w <= 0:
+        fresh = _fresh(state, now, s)
+        if fresh is None or fresh[0].cap_w <= 0:
             return
+        p, _ = fresh
         pct = p.it_w / p.cap_w * 100
         if pct > low and (high is None or pct <= high):
             yield Instance(
@@ -63,10 +72,10 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
     s = settings or CapacitySettings()
 
     def racks(view: LiveView, now: float) -> Iterator[Instance]:
-        p = state.picture
-        if p is None or not _fresh(state, now, s):
+        fresh = _fresh(state, now, s)
+        if fresh is None:
             return
-        for r in p.racks:
+        for r in fresh[0].racks:
             if r.over and r.limit_w is not None:
                 yield Instance(
                     {"scope": "rack", "rack": r.rack},
@@ -74,19 +83,21 @@ def capacity_rules(state: CapacityState, settings: CapacitySettings | None = Non
                 )
 
     def worst(view: LiveView, now: float) -> Iterator[Instance]:
-        p = state.picture
-        if p is None or not _fresh(state, now, s) or p.worst_it_w <= p.cap_w:
+        fresh = _fresh(state, now, s)
+        if fresh is None or fresh[0].worst_it_w <= fresh[0].cap_w:
             return
+        p, _ = fresh
         yield Instance(
             {"scope": "site"},
             {"worst": _w(p.worst_it_w), "cap": _w(p.cap_w), "it": _w(p.it_w)},
         )
 
     def rising(view: LiveView, now: float) -> Iterator[Instance]:
-        p = state.picture
-        if p is None or not _fresh(state, now, s):
+        fresh = _fresh(state, now, s)
+        if fresh is None:
             return
-        points = [(t, w) for t, w in state.history if t >= now - s.rising_window_s]
+        p, history = fresh
+        points = [(t, w) for t, w in history if t >= now - s.rising_window_s]
         if len(points) < 3 or points[-1][0] - points[0][0] <= 0:
             return
         slope_w_per_s = statistics.linear_regression(

@@ -15,7 +15,15 @@ or an outage loses nothing the rollups hold: the ledger recomputes the hours the
 (an agent's spool replayed after an outage lands in its hours), and the integral only
 bridges the few minutes since its last run. Samples stamped in the last fold interval
 before a ledger run (not folded yet when it ran) count at its next run. Without a ledger
-(rollups off) the integral alone counts, restored from the last usage snapshot at start.
+(rollups off) the integral alone counts.
+
+A leader's every term starts afresh (:meth:`GovernanceJob.new_term`), from what the store
+holds, as a new process does: the state loaded again, and the GPU-hours taken back from the
+last usage snapshot, whichever leader wrote it (another collector's, after its term): the
+integral's hours, or with a ledger the integral's part since the ledger's run the snapshot
+built on, while the ledger has not run since. What a term kept is never carried into the
+next (the hours of the other leader's term would be missed), and a computation of an ended
+term, still running in its worker thread, works on that term's state only.
 
 The result is a :class:`GovernanceView` the governance rules read (:mod:`.rules`), and a
 snapshot of both usages in meta ``governance_usage`` (a :class:`UsageRecord` the writer
@@ -112,6 +120,40 @@ def _cooperating(states: Iterable[NodeState]) -> Iterator[NodeState]:
         yield st
 
 
+@dataclass(slots=True, eq=False)
+class _Term:
+    """What the job keeps from one evaluation to the next, for one term of leadership: a new
+    term starts from a new one (:meth:`GovernanceJob.new_term`), and an evaluation works on
+    the one it began with, so a computation of an ended term, still running in its worker
+    thread, writes only into that term's (see :meth:`GovernanceJob.new_term`)."""
+
+    gov: Governance = field(default_factory=Governance)
+    """The state as last loaded; published in :attr:`GovernanceJob.view` with the usage made
+    from it, never alone: the alert rules read the view from their own lane, at any turn."""
+    generation: str | None = None
+    declared: dict[str, Hardware] = field(default_factory=dict)
+    """Hardware of declared inventories (`inventory import` moves the generation)."""
+    members: LeaseHistory = field(default_factory=LeaseHistory)
+    """The leases' node moves since the earliest quota period began, at the last load
+    (a move is a command's: it moves the generation), for allocated GPU-hours."""
+    hours: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Tenant -> (start of its current GPU-hours period, utilisation-weighted GPU-hours
+    its nodes did in it so far)."""
+    ledger_at: float | None = None
+    """When the usage ledger last ran (``None``: never; the integral alone counts)."""
+    ledger_key: tuple[float | None, tuple[tuple[str, float], ...]] | None = None
+    ledger_hours: dict[str, float] = field(default_factory=dict)
+    """Tenant -> GPU-hours of its current period in the ledger (up to ``ledger_at``)."""
+    steps: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Tenant -> (when, GPU-hours) integrated at each evaluation, kept while after
+    ``ledger_at``."""
+    restored: bool = False
+    """Whether the term took back the GPU-hours of the last usage snapshot yet."""
+    last: float | None = None
+    """When the term's last evaluation integrated (``None``: none yet)."""
+    facts: FactsCache = field(default_factory=FactsCache)
+
+
 class GovernanceJob:
     """Keeps :attr:`view` current; an evaluator cycle (see the module docstring)."""
 
@@ -131,9 +173,7 @@ class GovernanceJob:
         self.interval_s = interval_s if first_interval_s is None else first_interval_s
         self._interval_s = interval_s
         self.view = GovernanceView()
-        # The state as last loaded; published in :attr:`view` with the usage made from it,
-        # never alone: the alert rules read the view from their own lane, at any turn.
-        self._gov = Governance()
+        self._term = _Term()
         self.loads = 0
         """How many times the state was (re)loaded from the store (tests wait on it)."""
         self.unreadable = 0
@@ -141,51 +181,45 @@ class GovernanceJob:
         self._clock = clock
         self._busy = busy_util_pct
         self._staleness = staleness
-        self._generation: str | None = None
-        self._hours: dict[str, tuple[float, float]] = {}
-        """Tenant -> (start of its current GPU-hours period, utilisation-weighted GPU-hours
-        its nodes did in it so far)."""
-        self._ledger_at: float | None = None
-        """When the usage ledger last ran (``None``: never; the integral alone counts)."""
-        self._ledger_key: tuple[float | None, tuple[tuple[str, float], ...]] | None = None
-        self._ledger_hours: dict[str, float] = {}
-        """Tenant -> GPU-hours of its current period in the ledger (up to ``ledger_at``)."""
-        self._steps: dict[str, list[tuple[float, float]]] = {}
-        """Tenant -> (when, GPU-hours) integrated at each evaluation, kept while after
-        ``ledger_at``."""
-        self._restored = False
-        self._last: float | None = None
-        self._facts = FactsCache()
-        self._declared: dict[str, Hardware] = {}
-        """Hardware of declared inventories (`inventory import` moves the generation)."""
-        self._members = LeaseHistory()
-        """The leases' node moves since the earliest quota period began, at the last load
-        (a move is a command's: it moves the generation), for allocated GPU-hours."""
+
+    def new_term(self) -> None:
+        """A term of leadership begins: start from what the store holds, as a new process
+        would (the state loaded again, the GPU-hours taken back from the newest usage
+        snapshot, whichever leader wrote it), not from what this job kept in its last term.
+
+        A computation of the last term that its end cancelled goes on in its worker thread
+        (a thread cannot be stopped): it works on the last term's state, and its view is
+        never published (:meth:`__call__` publishes only its own term's)."""
+        last = self._term
+        # Loaded again at its first evaluation; kept only in case the store's state cannot
+        # be read then (a row edited by hand: the last good state stays in force).
+        self._term = _Term(gov=last.gov, declared=last.declared, members=last.members)
 
     async def __call__(self, store: Store, view: LiveView) -> UsageRecord | None:
         """Reload if the store's governance changed; recompute usage and standings from
         ``view`` (a snapshot) in a worker thread."""
         now = self._clock.time()
         self.interval_s = self._interval_s
+        term = self._term  # this evaluation's, to the end: see new_term
         stored = await store.run(generation())
-        if stored != self._generation:
+        if stored != term.generation:
             try:
                 loaded = await store.run(governance())
                 # Declared inventories are decoded in a worker thread: one by one, 12,500
                 # are ~80 ms of CPU the event loop need not spend.
-                self._declared = await store.run(declared_hardware(), build_in_thread=True)
-                self._members = await store.run(lease_history(history_since(now)))
+                term.declared = await store.run(declared_hardware(), build_in_thread=True)
+                term.members = await store.run(lease_history(history_since(now)))
             except StoreError as exc:
                 if exc.fatal:
                     raise
                 # A row a command did not write (edited by hand): said once per change of
                 # the store, not at every evaluation; the last good state stays in force.
-                self._generation = stored
+                term.generation = stored
                 self.unreadable += 1
                 log.error("governance_unreadable", error=str(exc), kept="the last good state")
-                loaded = self._gov
-            self._gov = loaded
-            self._generation = stored
+                loaded = term.gov
+            term.gov = loaded
+            term.generation = stored
             self.loads += 1
             log.info(
                 "governance_loaded",
@@ -193,24 +227,30 @@ class GovernanceJob:
                 leases=len(loaded.leases),
                 quotas=len(loaded.quotas),
             )
-        gov = self._gov
+        gov = term.gov
         if not gov.leases:
-            self.view = GovernanceView(gov=gov, at=now)
-            self._last = now
+            term.last = now
+            if term is self._term:  # (as below)
+                self.view = GovernanceView(gov=gov, at=now)
             return None
-        await self._read_ledger(store, gov, now)
-        if self._ledger_at is None and not self._restored:
-            await self._restore_hours(store)
-        return UsageRecord(await asyncio.to_thread(self._usage, gov, view, now))
+        await self._read_ledger(store, term, now)
+        if not term.restored:
+            await self._restore_hours(store, term)
+        computed, text = await asyncio.to_thread(self._usage, term, view, now)
+        if term is not self._term:  # a new term began meanwhile: this one's view is past
+            return None
+        self.view = computed
+        return UsageRecord(text)
 
-    async def _read_ledger(self, store: Store, gov: Governance, now: float) -> None:
+    async def _read_ledger(self, store: Store, term: _Term, now: float) -> None:
         """The ledger's GPU-hours of each tenant's current period, read again only when the
         ledger ran since (or a period began)."""
+        gov = term.gov
         at = await store.run(ledger_at())
         starts = tuple(sorted((t, period_start(gov.period_of(t), now)) for t in gov.tenants))
         key = (at, starts)
-        if at is None or key == self._ledger_key:
-            self._ledger_at = at
+        if at is None or key == term.ledger_key:
+            term.ledger_at = at
             return
         hours: dict[str, float] = {}
         for start in sorted({s for _, s in starts}):
@@ -218,40 +258,42 @@ class GovernanceJob:
             for tenant, s in starts:
                 if s == start:
                     hours[tenant] = used.get(tenant, (0.0, 0.0))[0]
-        self._ledger_key, self._ledger_at, self._ledger_hours = key, at, hours
+        term.ledger_key, term.ledger_at, term.ledger_hours = key, at, hours
 
-    def _usage(self, gov: Governance, live: LiveView, now: float) -> str:
-        """The pure part: usage, standings and :attr:`view`; returns the snapshot's text."""
+    def _usage(self, term: _Term, live: LiveView, now: float) -> tuple[GovernanceView, str]:
+        """The pure part, on ``term``'s state: usage and standings; returns the view to
+        publish and the snapshot's text."""
+        gov = term.gov
         holder = {n: t for t, nodes in gov.tenant_nodes(now).items() for n in nodes}
         for tenant in gov.tenants:
             start = period_start(gov.period_of(tenant), now)
-            if self._hours.get(tenant, (None, 0.0))[0] != start:
-                self._hours[tenant] = (start, 0.0)  # a new period starts from zero
-        leased = nodes_leases_held(gov, self._members)
-        if len(self._facts.measured) > len(leased):  # leases gave nodes back: drop them
-            self._facts.keep(leased)
+            if term.hours.get(tenant, (None, 0.0))[0] != start:
+                term.hours[tenant] = (start, 0.0)  # a new period starts from zero
+        leased = nodes_leases_held(gov, term.members)
+        if len(term.facts.measured) > len(leased):  # leases gave nodes back: drop them
+            term.facts.keep(leased)
         held, measures = node_facts(
             _cooperating(st for st in map(live.get, leased) if st is not None),
             now,
             staleness=self._staleness,
             busy_util_pct=self._busy,
-            cache=self._facts,
-            declared={n: hw for n, hw in self._declared.items() if n in leased},
+            cache=term.facts,
+            declared={n: hw for n, hw in term.declared.items() if n in leased},
         )
-        step = 0.0 if self._last is None else min(max(now - self._last, 0.0), _MAX_STEP_S)
+        step = 0.0 if term.last is None else min(max(now - term.last, 0.0), _MAX_STEP_S)
         did: dict[str, float] = {}
         for node, m in measures.items() if step > 0 else ():
             owner = holder.get(node)
-            if m.util_pct is not None and owner is not None and owner in self._hours:
+            if m.util_pct is not None and owner is not None and owner in term.hours:
                 did[owner] = did.get(owner, 0.0) + m.gpus * m.util_pct / 100.0 * step / 3600.0
         for owner, h in did.items():
-            since, hours = self._hours[owner]
-            self._hours[owner] = (since, hours + h)
-        self._last = now
-        allocated = allocated_usage(gov, held, now, self._members)
-        tenant_hours = self._tenant_hours(did, now)
+            since, hours = term.hours[owner]
+            term.hours[owner] = (since, hours + h)
+        term.last = now
+        allocated = allocated_usage(gov, held, now, term.members)
+        tenant_hours = _tenant_hours(term, did, now)
         measured = measured_usage(gov, measures, tenant_hours, now)
-        self.view = GovernanceView(
+        view = GovernanceView(
             gov=gov,
             measures=measures,
             allocated=allocated,
@@ -261,43 +303,64 @@ class GovernanceJob:
             at=now,
         )
         # For `collector quota show`: the figures the rules judged, without re-deriving them
-        # from 12,500 stored samples (a few hundred bytes per tenant, one meta row).
+        # from 12,500 stored samples (a few hundred bytes per tenant, one meta row); and for
+        # the next term's leader, the ledger's time they build on.
         snapshot = {
             "at": now,
-            "generation": self._generation,
+            "generation": term.generation,
             "busy_util_pct": self._busy,
             "usage": {u.basis: u.by_resource for u in (allocated, measured)},
             "gpu_hours": {
-                t: [start, tenant_hours.get(t, h)] for t, (start, h) in self._hours.items()
+                t: [start, tenant_hours.get(t, h)] for t, (start, h) in term.hours.items()
             },
+            "ledger_at": term.ledger_at,
         }
-        return json.dumps(snapshot)
+        return view, json.dumps(snapshot)
 
-    def _tenant_hours(self, did: dict[str, float], now: float) -> dict[str, float]:
-        """Each tenant's measured GPU-hours this period: the ledger's plus the integral
-        since it ran (see the module docstring); without a ledger, the integral's."""
-        at = self._ledger_at
-        if at is None:
-            return {t: h for t, (_, h) in self._hours.items()}
-        out: dict[str, float] = {}
-        for tenant, (since, _) in self._hours.items():
-            steps = [(t, h) for t, h in self._steps.get(tenant, ()) if t > at and t > since]
-            if did.get(tenant):
-                steps.append((now, did[tenant]))
-            self._steps[tenant] = steps
-            out[tenant] = self._ledger_hours.get(tenant, 0.0) + sum(h for _, h in steps)
-        return out
-
-    async def _restore_hours(self, store: Store) -> None:
-        """Take back the measured GPU-hours of the current periods from the last snapshot
-        (a restart loses only the time the collector was down; no sample is re-read)."""
-        self._restored = True
+    async def _restore_hours(self, store: Store, term: _Term) -> None:
+        """Take back the measured GPU-hours of the current periods from the last snapshot,
+        whichever leader wrote it (a restart or a take-over loses only the time between that
+        snapshot and now; no sample is re-read). Without a ledger, its hours; with one, the
+        part since the ledger's last run, when the ledger has not run since (else the ledger
+        holds them)."""
+        term.restored = True
         text = await store.run(usage_snapshot())
         if text is None:
             return
         try:
-            saved = json.loads(text)["gpu_hours"]
-            self._hours = {str(t): (float(v[0]), max(0.0, float(v[1]))) for t, v in saved.items()}
+            saved = json.loads(text)
+            hours = {
+                str(t): (float(v[0]), max(0.0, float(v[1]))) for t, v in saved["gpu_hours"].items()
+            }
+            # The ledger's time the hours were built on (none in a snapshot from before it
+            # was recorded: then the ledger's next run brings the part since back).
+            built_on = saved.get("ledger_at")
+            bridged = built_on is not None and float(built_on) == term.ledger_at
+            at = float(saved["at"]) if bridged else 0.0
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             log.warning("governance_usage_unreadable", hint="measured GPU-hours start at 0")
-            self._hours = {}
+            return
+        if term.ledger_at is None:
+            term.hours = hours
+        elif bridged:
+            # The snapshot's hours are the ledger's (of the same run) and the integral since.
+            for tenant, (_, h) in hours.items():
+                bridge = h - term.ledger_hours.get(tenant, 0.0)
+                if bridge > 0:
+                    term.steps[tenant] = [(at, bridge)]
+
+
+def _tenant_hours(term: _Term, did: dict[str, float], now: float) -> dict[str, float]:
+    """Each tenant's measured GPU-hours this period: the ledger's plus the integral since
+    it ran (see the module docstring); without a ledger, the integral's."""
+    at = term.ledger_at
+    if at is None:
+        return {t: h for t, (_, h) in term.hours.items()}
+    out: dict[str, float] = {}
+    for tenant, (since, _) in term.hours.items():
+        steps = [(t, h) for t, h in term.steps.get(tenant, ()) if t > at and t > since]
+        if did.get(tenant):
+            steps.append((now, did[tenant]))
+        term.steps[tenant] = steps
+        out[tenant] = term.ledger_hours.get(tenant, 0.0) + sum(h for _, h in steps)
+    return out

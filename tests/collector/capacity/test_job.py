@@ -33,17 +33,17 @@ async def test_each_cycle_stores_a_snapshot_and_a_restart_restores_the_history(
             await run_once(job, store, view)
         rows = await store.fetchall("SELECT nodes, it_w FROM capacity_snapshots ORDER BY at")
     assert [r[0] for r in rows] == [10, 10, 10]
-    assert job.state.picture is not None
-    assert rows[-1][1] == pytest.approx(job.state.picture.it_w)
+    assert job.state.latest.picture is not None
+    assert rows[-1][1] == pytest.approx(job.state.latest.picture.it_w)
     assert job.cpu_ms > 0
 
     again = CapacityJob(site_plan(), SystemClock())
     async with Store(db) as store:
         assert await again.restore(store, window_s=300) == 3
-    assert len(again.state.history) == 3
-    assert again.state.picture is not None
-    assert again.state.picture.nodes == 10
-    assert again.state.picture.it_w == pytest.approx(job.state.picture.it_w)
+    assert len(again.state.latest.history) == 3
+    assert again.state.latest.picture is not None
+    assert again.state.latest.picture.nodes == 10
+    assert again.state.latest.picture.it_w == pytest.approx(job.state.latest.picture.it_w)
 
 
 def test_capacity_settings_refuse_unknown_rules_and_critical_below_warning() -> None:

@@ -29,6 +29,6 @@ async def test_a_later_term_restores_each_point_once_oldest_first(tmp_path: Path
             await run_once(other, store, view)
         await here.restore(store, window_s=300)  # this collector's term 2
         stored = await store.fetchall("SELECT at, it_w FROM capacity_snapshots ORDER BY at")
-    history = here.state.history
+    history = here.state.latest.history
     assert len(history) == 5
     assert list(history) == [(r[0], r[1]) for r in stored]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import replace
+from types import FrameType
+
+import pytest
 
 from agent.simulate import FleetSimulator
 from collector.alerts.evaluator import Evaluator
@@ -116,10 +121,56 @@ def test_the_history_a_rule_reads_is_never_changed_under_it() -> None:
     state = CapacityState()
     base = _picture()
     state.update(replace(base, at=NOW, it_w=1e6))
-    walking = state.history
+    walking = state.latest.history
     state.update(replace(base, at=NOW + 30, it_w=2e6))
     assert walking == ((NOW, 1e6),)
-    assert state.history == ((NOW, 1e6), (NOW + 30, 2e6))
-    state.extend((NOW + 60 + k, 3e6) for k in range(800))
-    assert len(state.history) == 720
-    assert state.history[-1] == (NOW + 60 + 799, 3e6)
+    assert state.latest.history == ((NOW, 1e6), (NOW + 30, 2e6))
+    state.restore(((NOW + 60 + k, 3e6) for k in range(800)), None)
+    assert len(state.latest.history) == 720
+    assert state.latest.history[-1] == (NOW + 60 + 799, 3e6)
+    assert state.latest.picture is not None
+    assert state.latest.picture.at == NOW + 30
+
+
+def _replaced_at_the_rules_first_call(
+    state: CapacityState, new: Picture
+) -> Callable[[FrameType, str, object], None]:
+    """A profiler that publishes ``new`` in ``state`` when a capacity rule first calls a
+    function: the capacity lane's update landing just after the rule read the state (the
+    rules run in the alert lane's worker thread, the update on the loop: any bytecode
+    boundary can come between)."""
+    rules_file = capacity_rules.__code__.co_filename
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        caller = frame.f_back
+        if event == "call" and caller is not None and caller.f_code.co_filename == rules_file:
+            sys.setprofile(None)
+            state.update(new)
+
+    return profile
+
+
+@pytest.mark.parametrize("rule", ["SitePowerHigh", "SiteWorstCaseOverCap"])
+def test_a_rule_judges_one_picture_even_when_a_new_one_lands_mid_rule(rule: str) -> None:
+    """The picture an hour old (what the store held at a take-over, or a stuck capacity
+    cycle's last) says 95 % of the cap (worst case 120 %); a fresh one, 50 % (worst case
+    90 %), replaces it while a rule runs, between its reading the picture and its judging
+    the picture's age. Neither is both fresh and over: nothing fires. The rule read the
+    old picture's draw and the new one's age (a stress run hit it once in ~448,000
+    evaluations) and fired on the hour-old draw."""
+    base = _picture()
+    old = replace(base, at=NOW - 3600, it_w=0.95 * base.cap_w, worst_it_w=1.2 * base.cap_w)
+    new = replace(base, at=NOW, it_w=0.5 * base.cap_w, worst_it_w=0.9 * base.cap_w)
+    state = CapacityState()
+    state.update(old)
+    others = [r.name for r in capacity_rules(state) if r.name != rule]
+    settings = CapacitySettings(for_s=0.0, keep_firing_for_s=0.0, disabled=others)
+    ev = Evaluator(capacity_rules(state, settings))
+    sys.setprofile(_replaced_at_the_rules_first_call(state, new))
+    try:
+        firing = _firing(ev, NOW)
+    finally:
+        sys.setprofile(None)
+    assert state.latest.picture is new  # it landed during the evaluation
+    assert firing == {}
+    assert _firing(ev, NOW) == {}  # the new picture alone: under the thresholds
