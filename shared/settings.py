@@ -45,7 +45,7 @@ from pydantic_settings import (
 
 from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
-from shared.files import FileTooLargeError, read_bounded
+from shared.files import TOO_DEEP, FileTooLargeError, parse_toml, read_bounded
 
 __all__ = [
     "CapwatchSettings",
@@ -292,7 +292,10 @@ class _EnvSource(PydanticBaseSettingsSource):
         return self._env.get_field_value(field, field_name)
 
     def __call__(self) -> dict[str, Any]:
-        data = self._env()
+        try:
+            data = self._env()
+        except RecursionError:  # json.loads of a table given as JSON recurses per level
+            raise SettingsError(f"a CAPWATCH_* variable's JSON is {TOO_DEEP}") from None
         errors = booleans_for_numbers(self.settings_cls, data)
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
@@ -490,7 +493,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     settings."""
     name = repr(str(path))
     try:
-        return tomllib.loads(read_bounded(path).decode())
+        return parse_toml(read_bounded(path).decode())
     except FileTooLargeError as exc:
         raise ConfigError(
             f"config file {name} {exc}: is it the settings file? (--config)", field="config"
