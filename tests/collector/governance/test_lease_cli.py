@@ -207,6 +207,39 @@ async def test_a_lease_name_that_reads_as_an_id_is_refused(store_url: StoreTarge
         assert "must be printable text, no character that prints as nothing" in err
 
 
+async def test_a_lease_name_has_a_bound(store_url: StoreTarget, tmp_path: Path) -> None:
+    """A lease name had no bound: one of 5,000 characters was accepted, and `lease list`
+    laid every row out 5,000 columns wide (its Slurm reservation took the name too). Up to
+    128 characters (the default name of a 63-character tenant takes 74); longer is one line,
+    exit 2, by `lease add` and by `collector apply` alike."""
+    db = str(await make_store(store_url, {"n1": 8, "n2": 8, "n3": 8}))
+    longest, longer = "L" * 128, "L" * 129
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--name", longer)  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "give at most 128" in err
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(
+        f'[tenants.b]\n[leases.{longer}]\ntenant = "b"\nnodes = ["n2"]\n'
+        "start = 2041-01-01\nduration_days = 30\n"
+    )
+    code, _, err = cli("apply", "--db", db, "-f", str(cluster))
+    assert (code, err.count("\n")) == (2, 1)
+    assert "give at most 128" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--name", longest)  # fmt: skip
+    assert (code, err) == (0, "")
+    tenant = "t" * 63  # the longest tenant name, its lease named by default
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", tenant, "--nodes", "n3",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert [lease["name"] for lease in json.loads(out)["leases"]] == [
+        longest,
+        f"{tenant}-2041-01-01",
+    ]
+
+
 async def test_lease_show_escapes_the_comment(store_url: StoreTarget) -> None:
     """A comment holding terminal escapes is shown escaped (it reached the terminal raw)."""
     db = str(await make_store(store_url, {"n1": 8}))
