@@ -120,6 +120,27 @@ async def test_nodes_a_lease_brings_into_its_pool_join_the_pools_other_leases(
     assert moves == [("n1", "free", "p", "lease first"), ("n2", "free", "p", "lease second")]
 
 
+async def test_a_lease_cancelled_before_it_began_does_not_keep_its_node_from_a_pool(
+    store_url: StoreTarget,
+) -> None:
+    """A lease cancelled before its start holds nothing (it ends at its start), yet its node
+    could not join a pool leased over that start: "node n2 is in lease 'ahead' (tenant b)
+    at the same time as pool 'p' is leased"."""
+    db = str(await make_store(store_url, NODES))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n2",
+                       "--start", "2041-03-01", "--name", "ahead")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert cli("lease", "cancel", "ahead", "--db", db)[0] == 0
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--pool", "p",
+                       "--nodes", "n1", "--start", "2041-01-01", "--duration", "365d",
+                       "--name", "year")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, _, err = cli("pool", "add", "p", "n2", "--db", db)
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "show", "year", "--db", db, "--json")
+    assert json.loads(out)["nodes"] == ["n1", "n2"]
+
+
 async def test_cancel_extend_renew(store_url: StoreTarget) -> None:
     """Cancel records notice and the end; extend/renew then refuse; on a fresh lease they work."""
     db = str(await make_store(store_url, NODES))
