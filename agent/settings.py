@@ -14,6 +14,7 @@ from pydantic_settings import NoDecode
 from shared.budget import NodeBudget
 from shared.durations import format_exact
 from shared.errors import ConfigError
+from shared.files import parse_json
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
 from shared.settings import CapwatchSettings, default_node_id
 from shared.topics import validate_node_id
@@ -203,7 +204,7 @@ class AgentSettings(CapwatchSettings):
             return value
         if value.lstrip()[:1] in ("[", "{", '"'):
             try:
-                parsed = json.loads(value)
+                parsed = parse_json(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"not a JSON list ({exc}): write the globs comma-separated instead"
@@ -235,7 +236,7 @@ class AgentSettings(CapwatchSettings):
             return value
         if value.lstrip().startswith("{"):
             try:
-                return json.loads(value)
+                return parse_json(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not a JSON object ({exc})") from exc
         layouts: dict[str, list[str]] = {}

@@ -630,15 +630,20 @@ class LiveView:
             return
         held = {(x.gpu_index, x.xid): x for x in st.xids}
         changed = False
+        stamped = sample.ts
         for ev in sample.xids:
             key = (ev.gpu_index, ev.xid)
             old = held.get(key)
+            # An event happened before the sample reporting it: one stamped later (a time the
+            # skew check of the sample's own never saw, up to 2099) counts as of the sample,
+            # or held it would make every later event of its code "older" until then.
+            ts = ev.ts if ev.ts <= stamped else stamped
             # A resent sample must not count its XIDs twice; an older event of a code held
             # (a late sample) adds nothing to what the rules know of the GPU.
-            if old is None or ev.ts > old.ts:
+            if old is None or ts > old.ts:
                 if old is not None:
                     del held[key]  # the newer goes last: dicts keep insertion order
-                held[key] = XidSeen(ev.gpu_index, ev.xid, ev.ts, received)
+                held[key] = XidSeen(ev.gpu_index, ev.xid, ts, received)
                 changed = True
         if not changed:
             return

@@ -46,11 +46,13 @@ from pathlib import Path
 
 from demo_common import (
     BIN,
+    DEFAULT_WORKDIR,
     DEMO_SECRET,
     ROOT,
     Hooks,
     banner,
     free_port,
+    fresh_workdir,
     hostile_node,
     run_cli,
     show_notifications,
@@ -189,7 +191,13 @@ def main() -> int:
     parser.add_argument(
         "--seconds", type=float, default=8.0, help="how long to collect (default 8)"
     )
-    parser.add_argument("--dir", type=Path, default=ROOT / "demo-run", help="working directory")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help="working directory (default demo-run/): a new or empty one, or one a demo made "
+        "(the next run clears it)",
+    )
     parser.add_argument(
         "--embedded-broker",
         action="store_true",
@@ -220,9 +228,7 @@ def main() -> int:
     from collector import localbroker  # noqa: PLC0415 (after the venv is known to work)
 
     workdir: Path = args.dir
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    fresh_workdir(workdir)
     db = workdir / "capwatch.db"
     env = {**os.environ, "CAPWATCH_LOG_JSON": "false"}
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []

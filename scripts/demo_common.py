@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -23,11 +24,14 @@ from typing import Any
 
 __all__ = [
     "BIN",
+    "DEFAULT_WORKDIR",
     "DEMO_SECRET",
     "ROOT",
+    "WORKDIR_MARK",
     "Hooks",
     "banner",
     "free_port",
+    "fresh_workdir",
     "hostile_node",
     "run_cli",
     "show_notifications",
@@ -35,6 +39,45 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+DEFAULT_WORKDIR = ROOT / "demo-run"
+"""Where the demos work unless ``--dir`` says otherwise (ignored by git)."""
+WORKDIR_MARK = ".capwatch-demo"
+"""The file a demo leaves in its working directory: the next run may clear a directory that
+holds it, and no other."""
+
+
+def fresh_workdir(workdir: Path, prog: str = "demo") -> None:
+    """Make ``workdir`` an empty working directory holding only :data:`WORKDIR_MARK`: a new
+    one, an empty one, :data:`DEFAULT_WORKDIR` or one an earlier demo marked is cleared and
+    used; anything else (``--dir ~``, ``--dir .``: someone's files) is refused in one line,
+    exit 2, nothing deleted."""
+    if workdir.is_symlink() or (workdir.exists() and not _made_by_a_demo(workdir)):
+        print(
+            f"{prog}: error: --dir {workdir} is not a directory a demo made (no "
+            f"{WORKDIR_MARK} in it): give a new or empty directory; nothing deleted",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / WORKDIR_MARK).write_text(
+        "made by capwatch's scripts/demo.sh: the next demo run with this --dir deletes it\n"
+    )
+
+
+def _made_by_a_demo(workdir: Path) -> bool:
+    """Whether the demo may clear ``workdir``: the default one (a demo's before the mark
+    too), one holding :data:`WORKDIR_MARK`, or an empty directory."""
+    if not workdir.is_dir():
+        return False
+    return (
+        workdir.resolve() == DEFAULT_WORKDIR.resolve()
+        or (workdir / WORKDIR_MARK).is_file()
+        or not any(workdir.iterdir())
+    )
 
 
 def banner(text: str) -> None:

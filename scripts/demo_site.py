@@ -49,11 +49,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     workdir: Path = args.dir
-    if workdir.exists():
-        import shutil  # noqa: PLC0415
-
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    demo.fresh_workdir(workdir, "demo --site")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     hooks = demo.Hooks()
     config = workdir / "collector.toml"

@@ -46,7 +46,7 @@ from pydantic_settings import (
 
 from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
-from shared.files import FileTooLargeError, read_bounded
+from shared.files import TOO_DEEP, FileTooLargeError, parse_toml, read_bounded
 
 __all__ = [
     "CapwatchSettings",
@@ -294,8 +294,11 @@ class _EnvSource(PydanticBaseSettingsSource):
         return self._env.get_field_value(field, field_name)
 
     def __call__(self) -> dict[str, Any]:
-        data = self._env()
-        errors = wrong_types_for_numbers(self.settings_cls, self._json_values())
+        try:  # json.loads of a table given as JSON recurses per level (both read it)
+            data = self._env()
+            errors = wrong_types_for_numbers(self.settings_cls, self._json_values())
+        except RecursionError:
+            raise SettingsError(f"a CAPWATCH_* variable's JSON is {TOO_DEEP}") from None
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
@@ -559,7 +562,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     settings."""
     name = repr(str(path))
     try:
-        return tomllib.loads(read_bounded(path).decode())
+        return parse_toml(read_bounded(path).decode())
     except FileTooLargeError as exc:
         raise ConfigError(
             f"config file {name} {exc}: is it the settings file? (--config)", field="config"

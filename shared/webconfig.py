@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shared.errors import ConfigError
-from shared.files import FileTooLargeError, read_bounded
+from shared.files import TOO_DEEP, FileTooLargeError, read_bounded
 
 __all__ = ["BasicAuth", "WebConfig", "load_web_config"]
 
@@ -144,6 +144,8 @@ def load_web_config(path: Path, *, field: str = "web_config_file") -> WebConfig:
         data: Any = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise fail(f"not valid YAML ({_yaml_problem(exc)}): {_DOC}") from exc
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise fail(f"not valid YAML ({TOO_DEEP}): {_DOC}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

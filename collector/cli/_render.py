@@ -72,15 +72,30 @@ def print_json(data: Any, out: TextIO | None = None) -> None:
 
 def width(text: str) -> int:
     """Terminal columns ``text`` takes: 2 for an East Asian wide or fullwidth character
-    (CJK, most emoji such as ✅ and ❌), 0 for a combining mark, else 1 (Unicode Standard
+    (CJK, most emoji such as ✅ and ❌), 0 for a nonspacing or enclosing mark (general
+    category Mn or Me) and for a Hangul medial vowel or final consonant (U+1160-U+11FF,
+    U+D7B0-U+D7FF: drawn inside the syllable its initial starts), else 1 (Unicode Standard
     Annex #11, as ``wcwidth`` counts). A node's model name in Chinese must not shift the
-    columns after it."""
+    columns after it. By category, not by :func:`unicodedata.combining`: that is the
+    canonical combining class, 0 for many nonspacing marks (the Devanagari vowel sign in
+    "कुमार", the Thai vowels in "สวัสดี", every enclosing mark), each of which took a column
+    it does not use."""
     if text.isascii():
         return len(text)
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
+    return sum(_char_width(c) for c in text)
+
+
+def _char_width(c: str) -> int:
+    """:func:`width` of one character."""
+    if unicodedata.east_asian_width(c) in "WF":
+        return 2
+    if (
+        unicodedata.category(c) in ("Mn", "Me")
+        or "\u1160" <= c <= "\u11ff"
+        or "\ud7b0" <= c <= "\ud7ff"
+    ):
+        return 0
+    return 1
 
 
 def cut(text: str, columns: int) -> str:

@@ -70,12 +70,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _read(name: str) -> dict[str, Any]:
     import tomllib  # noqa: PLC0415
 
+    from shared.files import parse_toml  # noqa: PLC0415
+
     try:
         text = read_input(name, field="--file").decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{name!r} is not UTF-8 text", field="--file") from None
     try:
-        return tomllib.loads(text)
+        return parse_toml(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}", field="--file") from None
 

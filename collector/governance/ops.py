@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from collector.governance.admit import Verdict, admit
 from collector.governance.lease import (
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collector.store.command import Command
 
 __all__ = [
+    "MAX_LEASE_NAME_LEN",
     "LeaseRequest",
     "add_lease",
     "admit_growth",
@@ -46,6 +47,12 @@ __all__ = [
     "overlapping",
     "validate_tenant_name",
 ]
+
+
+MAX_LEASE_NAME_LEN: Final = 128
+"""The longest lease name: room for the default, ``<tenant>-<start date>`` (a 63-character
+tenant and 11 more). Unbounded, a 5,000-character name laid out every row of `lease list`
+5,000 columns wide, and named the lease's Slurm reservation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,12 @@ def add_lease(
                 field="--nodes",
             )
     validate_tenant_name(req.tenant)
+    if len(req.name) > MAX_LEASE_NAME_LEN:
+        raise ConfigError(
+            f"lease name {req.name[:20]!r}... is {len(req.name):,} characters: give at most "
+            f"{MAX_LEASE_NAME_LEN}",
+            field="--name",
+        )
     if (
         req.name.isdigit()
         or not req.name.strip()

@@ -8,9 +8,9 @@ quota alert says which basis it judged.
 * ``LeaseNoticeDeadline`` (warning): the last day to give notice is within
   ``notice_deadline_days`` (today included): after it the lease runs its term, or into the
   next one if it renews.
-* ``LeaseExpiredInUse`` (warning): a node of an expired or cancelled-and-ended lease, held by
-  no lease in force, runs GPU work (a GPU at ``busy_util_pct`` or more) or draws more than
-  ``idle_gpu_w`` per GPU.
+* ``LeaseExpiredInUse`` (warning): a node of an expired or cancelled-and-ended lease (one
+  that ran: not one cancelled before its start), held by no lease in force, runs GPU work
+  (a GPU at ``busy_util_pct`` or more) or draws more than ``idle_gpu_w`` per GPU.
 * ``LeasedGpusIdle`` (info): a tenant's leased GPUs average under ``idle_util_pct`` for
   ``idle_for_s``: capacity paid for and unused.
 * ``QuotaHigh`` (warning, at ``high_pct`` % of nominal or more), ``QuotaFull`` (info: at
@@ -131,6 +131,9 @@ def _expired_in_use(view: Callable[[], GovernanceView], s: GovernanceSettings) -
         for lease in v.gov.leases:
             if lease.status(now) != "expired":
                 continue
+            end = lease.end()
+            if end is not None and end <= lease.terms.start:
+                continue  # cancelled before it began: it never held its nodes
             for node in lease.nodes:
                 m = v.measures.get(node)
                 if node in held or m is None:

@@ -36,7 +36,7 @@ from collector.power.model import (
     SwitchType,
 )
 from shared.errors import ConfigError, PlanError
-from shared.files import FileTooLargeError, read_bounded
+from shared.files import FileTooLargeError, parse_json, parse_toml, read_bounded
 
 __all__ = ["load_plan", "load_plan_file", "parse_plan", "read_plan_document", "with_param"]
 
@@ -272,9 +272,7 @@ def read_plan_document(path: Path) -> Mapping[str, object]:
         raise ConfigError(f"cannot read plan {path}: {exc.strerror}", field="--config") from exc
     try:
         data: object = (
-            json.loads(raw, parse_int=_json_int)
-            if suffix == ".json"
-            else tomllib.loads(raw.decode())
+            parse_json(raw, parse_int=_json_int) if suffix == ".json" else parse_toml(raw.decode())
         )
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         kind = "JSON" if suffix == ".json" else "TOML"

@@ -31,6 +31,7 @@ from typing import Final, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.errors import ConfigError
+from shared.files import TOO_DEEP, parse_json, parse_toml
 from shared.settings import format_validation_error
 
 __all__ = ["BmcCredentials", "Credentials", "load_credentials"]
@@ -119,10 +120,14 @@ def load_credentials(path: Path) -> Credentials:
     if len(raw) > _MAX_BYTES:
         raise ConfigError(f"setting '{_FIELD}' ({path}) is over 16 MiB", field=_FIELD)
     try:
-        doc = json.loads(raw) if suffix == ".json" else tomllib.loads(raw.decode())
+        doc = parse_json(raw) if suffix == ".json" else parse_toml(raw.decode())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         # The parser's message quotes no value, only where it stopped.
-        where = f"line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        where = (
+            f"line {exc.lineno}"
+            if isinstance(exc, json.JSONDecodeError) and exc.msg != TOO_DEEP
+            else str(exc)
+        )
         raise ConfigError(
             f"setting '{_FIELD}' ({path}) is not valid {suffix[1:].upper()} ({where})",
             field=_FIELD,

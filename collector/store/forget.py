@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from collector.store.pools import HOLDS_FROM
 from collector.store.queries import latest_sample
 from collector.store.query import Query, run, single
 from collector.store.statements import Reads, Statements
@@ -133,8 +134,9 @@ class LeaseHold(NamedTuple):
 
 
 def lease_holds(store: Reads, nodes: Iterable[str], now: float) -> dict[str, LeaseHold]:
-    """Node -> the first lease (by id) that names it and has not ended at ``now``, for those
-    of ``nodes`` some lease holds (none before leases exist)."""
+    """Node -> the first lease (by id) that names it and holds it at some time from ``now``
+    on (:data:`~collector.store.pools.HOLDS_FROM`), for those of ``nodes`` some lease holds
+    (none before leases exist)."""
     if not store.has_table("lease_nodes") or not store.has_table("leases"):
         return {}
     out: dict[str, LeaseHold] = {}
@@ -142,7 +144,7 @@ def lease_holds(store: Reads, nodes: Iterable[str], now: float) -> dict[str, Lea
         rows = store.fetchall(
             "SELECT ln.node, l.name, l.tenant, l.pool, l.end_at FROM lease_nodes ln "
             f"JOIN leases l ON l.id = ln.lease_id WHERE ln.node IN ({marks}) "
-            "AND (l.end_at IS NULL OR l.end_at > ?) ORDER BY l.id",
+            f"AND {HOLDS_FROM} ORDER BY l.id",
             [*chunk, now],
         )
         for node, name, tenant, pool, end_at in rows:

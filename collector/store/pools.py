@@ -20,6 +20,7 @@ from shared.errors import ConfigError
 
 __all__ = [
     "FREE",
+    "HOLDS_FROM",
     "NodeRecord",
     "PoolWrites",
     "node_records",
@@ -33,6 +34,12 @@ __all__ = [
 
 FREE: Final = "free"
 """The implicit pool of every node in no pool."""
+
+HOLDS_FROM: Final = "(l.end_at IS NULL OR (l.end_at > ? AND l.end_at > l.start_at))"
+"""SQL: lease ``l`` holds its nodes at some time from ``?`` on: it has no end, or it ends
+after then and after its own start. A lease cancelled before it began ends at its start and
+holds nothing, ever: it kept its nodes from every pattern and from `inventory forget` until
+that start (years, for one booked ahead)."""
 
 
 class NodeRecord(NamedTuple):
@@ -131,8 +138,8 @@ def pool_members(store: Reads) -> dict[str, str]:
 
 
 def unended_lease_nodes(store: Reads, now: float) -> set[str]:
-    """Nodes named by a lease that has not ended at ``now`` (``lease_nodes`` joined to
-    ``leases.end_at``, the leases half's tables; a lease without an end is in force), or by
+    """Nodes named by a lease that holds them at some time from ``now`` on (:data:`HOLDS_FROM`;
+    ``lease_nodes`` joined to ``leases``, the leases half's tables), or by
     any lease where ``leases`` has no ``end_at``; none before leases exist. The nodes a new
     pool or pattern must not take; the nodes a period's usage may charge to a lease are
     :func:`collector.governance.usage.nodes_leases_held`."""
@@ -142,7 +149,7 @@ def unended_lease_nodes(store: Reads, now: float) -> set[str]:
     if {"id", "end_at"} <= columns:
         rows = store.fetchall(
             "SELECT DISTINCT ln.node FROM lease_nodes ln JOIN leases l ON l.id = ln.lease_id "
-            "WHERE l.end_at IS NULL OR l.end_at > ?",
+            f"WHERE {HOLDS_FROM}",
             (now,),
         )
     else:
@@ -264,8 +271,8 @@ class PoolWrites:
             return grown
         for pool in sorted(set(pools) - {FREE}):
             leases = tx.fetchall(
-                "SELECT id, name, start_at, end_at FROM leases "
-                "WHERE pool = ? AND (end_at IS NULL OR end_at > ?) ORDER BY id",
+                "SELECT l.id, l.name, l.start_at, l.end_at FROM leases l "
+                f"WHERE l.pool = ? AND {HOLDS_FROM} ORDER BY l.id",
                 (pool, tx.now),
             )
             if not leases:
@@ -284,7 +291,7 @@ class PoolWrites:
                     clash = tx.fetchall(
                         "SELECT l.name, l.tenant FROM lease_nodes ln JOIN leases l "
                         "ON l.id = ln.lease_id WHERE ln.node = ? AND l.id != ? "
-                        "AND (l.end_at IS NULL OR l.end_at > ?) "
+                        f"AND {HOLDS_FROM} "
                         "AND (CAST(? AS DOUBLE PRECISION) IS NULL OR l.start_at < ?)",
                         (node, lease_id, start_at, end_at, end_at),
                     )

@@ -237,6 +237,47 @@ def test_demo_refuses_bad_flags_before_starting_anything(
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize("site", [False, True])
+def test_demo_deletes_no_directory_it_did_not_make(tmp_path: Path, site: bool) -> None:
+    """``--dir`` naming a directory that holds someone's files (``--dir ~``, ``--dir .``):
+    one line, exit 2, nothing deleted. The demo cleared whatever --dir named with
+    shutil.rmtree before starting, so ``scripts/demo.sh --dir ~`` emptied a home directory.
+    A directory an earlier demo made (its mark) and an empty one are used as before."""
+    demo = [sys.executable, str(REPO / "scripts" / "demo.py"), "--seconds", "1", "--nodes", "1"]
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    flags = ["--site"] if site else []
+    done = subprocess.run(
+        [*demo, *flags, "--dir", str(mine)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import demo_common  # noqa: PLC0415 (scripts/ is no package)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    with pytest.raises(SystemExit) as refused:
+        demo_common.fresh_workdir(mine)
+    assert refused.value.code == 2
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    made = tmp_path / "made"
+    demo_common.fresh_workdir(made)  # new: made and marked
+    (made / "collector.log").write_text("an earlier run")
+    demo_common.fresh_workdir(made)  # marked: cleared
+    assert [p.name for p in made.iterdir()] == [demo_common.WORKDIR_MARK]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    demo_common.fresh_workdir(empty)
+    assert (empty / demo_common.WORKDIR_MARK).exists()
+
+
 _RUN_SCRIPT = REPO / "deploy" / "agent-systemd-run.sh"
 
 

@@ -106,6 +106,26 @@ def test_xids_are_kept_once_even_from_late_samples() -> None:
     assert view.xids_since(st, T0 + 11.5) == []
 
 
+def test_an_xid_stamped_after_its_own_sample_cannot_mask_the_next_ones() -> None:
+    """An XID happened before the sample that reports it: one stamped later (2099, in a sample
+    stamped now: the sample's time is checked against the collector's clock, its XIDs' were
+    not) counts as of its sample's time. Held at 2099, it made every later event of its code
+    on its GPU "older", ignored: GpuXid never fired for them again."""
+    view = LiveView(max_xids_per_gpu=3)
+    far = [{"gpu_index": 3, "xid": 79, "ts": 4_000_000_000.0}]
+    view.on_sample(_sample(T0, seq=1, xids=far), T0)
+    st = view.get(NODE)
+    assert st is not None
+    assert [(x.xid, x.ts) for x in st.xids] == [(79, T0)]
+    again = [{"gpu_index": 3, "xid": 79, "ts": T0 + 3_599}]
+    view.on_sample(_sample(T0 + 3_600, seq=2, xids=again), T0 + 3_600)
+    st = view.get(NODE)
+    assert st is not None
+    assert [(x.xid, x.ts, x.received) for x in view.xids_since(st, T0 + 3_000)] == [
+        (79, T0 + 3_599, T0 + 3_600)
+    ]
+
+
 def test_each_gpu_keeps_its_newest_codes_and_a_storm_on_one_gpu_spares_the_others() -> None:
     """A GPU repeating one code holds one entry (its newest); a GPU naming more codes than
     ``max_xids_per_gpu`` keeps its newest ones, the rest counted; another GPU's XID stays

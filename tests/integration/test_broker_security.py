@@ -69,10 +69,11 @@ _TEST_S = 30.0
 
 _COLLECTOR = "capwatch-collector"
 _OPS = "capwatch-ops"
+_ADMIN = "capwatch-admin"
 _SIM = FleetSimulator(2, gpus_per_node=1, seed=11, interval_s=5)
 _NODE, _INTRUDER = _SIM.node_ids
 """Two nodes' users: usernames are node ids, as deploy/README.md sets them up."""
-_PASSWORDS = {user: f"pw-{user}-7c1e" for user in (_COLLECTOR, _OPS, _NODE, _INTRUDER)}
+_PASSWORDS = {user: f"pw-{user}-7c1e" for user in (_COLLECTOR, _OPS, _ADMIN, _NODE, _INTRUDER)}
 _QUEUED = 100
 """Samples the node publishes while the collector is away."""
 _T0 = time.time() - 3600
@@ -412,6 +413,37 @@ async def test_a_node_writes_only_its_sample_inventory_and_status_topics(
     assert live_extra == 0
     assert retained == sorted(own)
     assert retained_extra == 0
+
+
+@pytest.mark.parametrize("user", [_OPS, _ADMIN, _COLLECTOR])
+async def test_a_service_user_cannot_publish_as_a_node_of_its_own_name(
+    tmp_path: Path, passwd: Path, user: str
+) -> None:
+    """The agents' ``pattern write capwatch/v1/nodes/%u/...`` lines apply to every user:
+    the read-only ops user (the dashboards' login), the admin and the collector's own user
+    could each publish samples, an inventory and a status as a node named like them
+    (``capwatch-ops`` is a valid node id), which the collector stored: a fleet member with
+    up to 64 GPUs of 5 kW that no machine is, from a dashboard's password. deploy/'s ACL
+    denies them their own name's node topics; the collector sees none of it."""
+    own = [sample_topic(user), inventory_topic(user), status_topic(user)]
+    with DeployedBroker(tmp_path / "broker", passwd) as broker:
+        async with asyncio.timeout(_TEST_S):
+            # Another user watches: one login per user name (use_username_as_clientid).
+            reader = _COLLECTOR if user == _OPS else _OPS
+            async with _client(_settings(broker, reader)) as watcher:
+                await watcher.subscribe(f"{PREFIX}/#", qos=1)
+                await _round_trip(watcher)
+                for topic in own:
+                    # Mosquitto 2.0 may hang up on a denied publish: a connection each.
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        async with _client(_settings(broker, user)) as fake:
+                            await fake.publish(topic, b"{}", qos=1, retain=True)
+                async with _client(_settings(broker, _NODE)) as node:  # the ACL still delivers
+                    await node.publish(status_topic(_NODE), b"{}", qos=1)
+                got = (await _next(watcher)).topic.value
+                await _round_trip(watcher)
+                extra = len(watcher.messages)
+    assert (got, extra) == (status_topic(_NODE), 0)
 
 
 async def test_only_the_collector_writes_a_nodes_watermark_and_only_that_node_reads_it(

@@ -162,6 +162,30 @@ def test_a_refused_node_is_one_line_exit_2_and_nothing_changes(
     assert _node_rows(fleet, "gone")["nodes"] == 1
 
 
+def test_a_lease_cancelled_before_it_began_holds_no_node(fleet: StoreTarget) -> None:
+    """A lease cancelled before its start ends at its start: it holds nothing, ever
+    (`lease list`: expired). It still refused `inventory forget` of its node until that
+    start ("held by lease ... it ends 2030-01-01", and the fix it named, `lease cancel`, was
+    what had been done), and kept the node from every pool pattern (`pool apply`, `lease add
+    --pattern`, `apply`) until then: years, for a lease booked ahead."""
+    from collector.store.pools import unended_lease_nodes  # noqa: PLC0415
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    start = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=3 * 365)).isoformat()
+    code, _, err = cli("lease", "add", "--db", str(fleet), "--tenant", "acme",
+                       "--nodes", "gone2", "--start", start, "--name", "ahead")  # fmt: skip
+    assert (code, err) == (0, "")
+    with StoreReader(fleet) as store:
+        assert "gone2" in unended_lease_nodes(store, time.time())  # booked: not free
+    code, out, err = cli("lease", "cancel", "ahead", "--db", str(fleet))
+    assert (code, err) == (0, ""), out
+    with StoreReader(fleet) as store:
+        assert "gone2" not in unended_lease_nodes(store, time.time())
+    code, out, err = _forget(fleet, "gone2", "--store-only", "--json")
+    assert code == 0, err
+    assert json.loads(out)["forgotten"] == ["gone2"]
+
+
 def test_force_forgets_a_node_still_sampling_but_not_a_pooled_one(
     fleet: StoreTarget,
 ) -> None:

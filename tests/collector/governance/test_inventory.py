@@ -60,6 +60,39 @@ async def test_columns_line_up_in_a_terminal_whatever_the_model_names(tmp_path: 
     assert [width(r[: r.rindex("✅")]) for r in rows] == [start, start]
 
 
+async def test_nonspacing_marks_take_no_column_whatever_their_combining_class(
+    tmp_path: Path,
+) -> None:
+    """A nonspacing mark of combining class 0 (the Devanagari vowel sign U in "कुमार", the
+    Thai vowels in "สวัสดี"), an enclosing mark and a Hangul syllable in conjoining jamo take
+    no column of their own in a terminal (UAX #11, wcwidth): counted as one each, a node's
+    Thai GPU model pushed every other row's cells two columns right of their header's."""
+    from collector.cli._render import cut, width  # noqa: PLC0415
+
+    assert (width("कुमार"), width("สวัสดี"), width("a\u20dd"), width("\u1100\u1161\u11a8")) == (
+        4,
+        4,
+        1,
+        2,
+    )
+    assert cut("สวัสดี GPU", 5) == "สวัสดี…"  # the vowel signs stay with their letters
+    db = str(
+        await make_store(
+            tmp_path,
+            [
+                Spec("x1000c0s0b0n0", gpu="การ์ดจอ สวัสดี", cpu="कुमार CPU"),
+                Spec("x1000c0s1b0n0", gpu=H100, gpus=8),
+            ],
+        )
+    )
+    code, out, err = cli("inventory", "--db", db)
+    assert code == 0, err
+    header, *rows = out.splitlines()
+    assert "GPU การ์ดจอ สวัสดี" in header
+    start = width(header[: header.index("MEMORY")])
+    assert [width(r[: r.rindex("✅")]) for r in rows] == [start, start]
+
+
 async def test_json_counts_units_per_column(store_url: StoreTarget) -> None:
     """--json: CPU sockets, GPUs and 16 GiB units per node."""
     db = str(await make_store(store_url, [Spec("x1000c0s0b0n0", sockets=2, mem_gib=256)]))

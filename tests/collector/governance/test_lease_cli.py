@@ -120,6 +120,27 @@ async def test_nodes_a_lease_brings_into_its_pool_join_the_pools_other_leases(
     assert moves == [("n1", "free", "p", "lease first"), ("n2", "free", "p", "lease second")]
 
 
+async def test_a_lease_cancelled_before_it_began_does_not_keep_its_node_from_a_pool(
+    store_url: StoreTarget,
+) -> None:
+    """A lease cancelled before its start holds nothing (it ends at its start), yet its node
+    could not join a pool leased over that start: "node n2 is in lease 'ahead' (tenant b)
+    at the same time as pool 'p' is leased"."""
+    db = str(await make_store(store_url, NODES))
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "b", "--nodes", "n2",
+                       "--start", "2041-03-01", "--name", "ahead")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert cli("lease", "cancel", "ahead", "--db", db)[0] == 0
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--pool", "p",
+                       "--nodes", "n1", "--start", "2041-01-01", "--duration", "365d",
+                       "--name", "year")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, _, err = cli("pool", "add", "p", "n2", "--db", db)
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "show", "year", "--db", db, "--json")
+    assert json.loads(out)["nodes"] == ["n1", "n2"]
+
+
 async def test_cancel_extend_renew(store_url: StoreTarget) -> None:
     """Cancel records notice and the end; extend/renew then refuse; on a fresh lease they work."""
     db = str(await make_store(store_url, NODES))
@@ -205,6 +226,39 @@ async def test_a_lease_name_that_reads_as_an_id_is_refused(store_url: StoreTarge
                            "--start", "2041-01-01", "--name", name)  # fmt: skip
         assert (code, err.count("\n")) == (2, 1), name
         assert "must be printable text, no character that prints as nothing" in err
+
+
+async def test_a_lease_name_has_a_bound(store_url: StoreTarget, tmp_path: Path) -> None:
+    """A lease name had no bound: one of 5,000 characters was accepted, and `lease list`
+    laid every row out 5,000 columns wide (its Slurm reservation took the name too). Up to
+    128 characters (the default name of a 63-character tenant takes 74); longer is one line,
+    exit 2, by `lease add` and by `collector apply` alike."""
+    db = str(await make_store(store_url, {"n1": 8, "n2": 8, "n3": 8}))
+    longest, longer = "L" * 128, "L" * 129
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--name", longer)  # fmt: skip
+    assert (code, err.count("\n")) == (2, 1)
+    assert "give at most 128" in err
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(
+        f'[tenants.b]\n[leases.{longer}]\ntenant = "b"\nnodes = ["n2"]\n'
+        "start = 2041-01-01\nduration_days = 30\n"
+    )
+    code, _, err = cli("apply", "--db", db, "-f", str(cluster))
+    assert (code, err.count("\n")) == (2, 1)
+    assert "give at most 128" in err
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                       "--start", "2041-01-01", "--name", longest)  # fmt: skip
+    assert (code, err) == (0, "")
+    tenant = "t" * 63  # the longest tenant name, its lease named by default
+    code, _, err = cli("lease", "add", "--db", db, "--tenant", tenant, "--nodes", "n3",
+                       "--start", "2041-01-01")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert [lease["name"] for lease in json.loads(out)["leases"]] == [
+        longest,
+        f"{tenant}-2041-01-01",
+    ]
 
 
 async def test_lease_show_escapes_the_comment(store_url: StoreTarget) -> None:

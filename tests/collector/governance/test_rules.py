@@ -289,6 +289,29 @@ async def test_a_forced_neighbour_overcommits_the_cohort_not_the_idle_tenant(
     assert "borrowing" not in full.annotations["summary"]
 
 
+async def test_a_lease_cancelled_before_it_began_is_not_expired_in_use(tmp_path: Path) -> None:
+    """A lease booked ahead and cancelled before its start never ran (status expired: it
+    ends at its start). Its node busy with other work fired LeaseExpiredInUse, "still in use
+    after lease ... ended: unpaid use, or a job left behind", for as long as the lease was
+    stored; a lease that did run and ended still fires."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    now = clock.time()
+    live = _live(clock, {"n1": (4, [99.0] * 4), "n3": (4, [99.0] * 4)})
+    db = tmp_path / "capwatch.db"
+    async with Store(db) as store:
+        with Command(db, now=now) as tx:
+            _lease(tx, "never", "c", ["n1"], start=TODAY + dt.timedelta(days=10),
+                   duration_days=30, notice_given=TODAY)  # fmt: skip
+            _lease(tx, "old", "c", ["n3"], start=TODAY - dt.timedelta(days=31), duration_days=30)
+        job = GovernanceJob(clock, busy_util_pct=10.0)
+        ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
+        await run_once(job, store, live)
+        firing = _firing(ev, live, now)
+    assert {f for f in firing if f[0] == "LeaseExpiredInUse"} == {
+        ("LeaseExpiredInUse", "lease=old", "node=n3", "tenant=c")
+    }
+
+
 async def test_an_ended_lease_node_is_in_use_by_its_gpus_power_not_its_cpus(
     tmp_path: Path,
 ) -> None:
