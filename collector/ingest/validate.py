@@ -64,10 +64,10 @@ from prometheus_client import CollectorRegistry
 from collector.ingest.budgets import NodeBudgets, StallWatch
 from collector.ingest.metrics import OTHER_REASON, IngestMetrics
 from collector.live import LiveView
-from collector.nodefacts import gpu_power_w
+from collector.nodefacts import GpuFacts, gpu_facts
 from collector.store.codec import pack_sample
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
-from collector.store.rollups import pack_gpus
+from collector.store.rollups import pack_readings
 from shared.budget import NodeBudget
 from shared.clock import Clock
 from shared.errors import SchemaError
@@ -138,57 +138,50 @@ _RETAINED: Final = ("status", "inventory")
 
 
 def sample_row(
-    sample: Sample, payload: bytes, received: float, *, rollups: bool = True
+    sample: Sample,
+    payload: bytes,
+    received: float,
+    *,
+    rollups: bool = True,
+    facts: GpuFacts | None = None,
 ) -> SampleRow:
     """Summary columns of a validated sample; with ``rollups``, its GPUs packed as the
-    rollups' staging reads them (:func:`~collector.store.rollups.pack_gpus`, ~1 us for 8
-    GPUs), else none (nothing would read them)."""
-    gpus = sample.gpus
-    util = power = None
-    mem_used: int | None = None
-    watts: list[float | None] = []
-    if gpus:
-        # One pass over the GPUs (four list comprehensions were ~1 us more for 8 GPUs), and
-        # their power handed to pack_gpus rather than picked again.
-        utils: list[float] = []
-        known: list[float] = []
-        mems: list[int] = []
-        for g in gpus:
-            u = g.util_pct
-            if u is not None:
-                utils.append(u)
-            w = gpu_power_w(g)
-            watts.append(w)
-            if w is not None:
-                known.append(w)
-            m = g.mem_used_bytes
-            if m is not None:
-                mems.append(m)
-        util = sum(utils) / len(utils) if utils else None
-        power = sum(known) if known else None
-        # The schema bounds each GPU's memory so that this sum fits int64 (shared/schema.md);
-        # were it ever not to, SQLite refuses the row and the writer quarantines it.
-        mem_used = sum(mems) if mems else None
-    return SampleRow(
-        sample.node,
-        round(sample.ts * 1000),
-        sample.seq,
-        round(received * 1000),
-        sample.interval_s,
-        sample.cpu.pct,
-        sample.mem.used_bytes,
-        sample.mem.total_bytes,
-        len(gpus),
-        util,
-        mem_used,
-        power,
-        sample.cpu_power_w,
-        payload,
-        sample.epoch,
-        sample.node_power_w,
-        sample.node_power_source,
-        pack_gpus(gpus, watts) if rollups else b"",
+    rollups' staging reads them (:func:`~collector.store.rollups.pack_readings`), else none
+    (nothing would read them). ``facts``: the sample's
+    :func:`~collector.nodefacts.gpu_facts`, where the caller has them already (the
+    validator hands the same to the live view: one pass over the GPUs for both)."""
+    if facts is None:
+        facts = gpu_facts(sample.gpus)
+    n = facts.util_n
+    # The schema bounds each GPU's memory so that the memory sum fits int64
+    # (shared/schema.md); were it ever not to, SQLite refuses the row and the writer
+    # quarantines it.
+    return _new_tuple(
+        SampleRow,
+        (
+            sample.node,
+            round(sample.ts * 1000),
+            sample.seq,
+            round(received * 1000),
+            sample.interval_s,
+            sample.cpu.pct,
+            sample.mem.used_bytes,
+            sample.mem.total_bytes,
+            len(sample.gpus),
+            facts.util_sum / n if n else None,
+            facts.mem_used_bytes,
+            facts.power_w,
+            sample.cpu_power_w,
+            payload,
+            sample.epoch,
+            sample.node_power_w,
+            sample.node_power_source,
+            pack_readings(facts.readings) if rollups else b"",
+        ),
     )
+
+
+_new_tuple = tuple.__new__  # SampleRow(...) goes through a Python-level __new__; this does not.
 
 
 class Ingestor:
@@ -327,11 +320,14 @@ class Ingestor:
             return message
         if isinstance(message, Sample):
             self._samples.inc()
+            facts = gpu_facts(message.gpus)  # one pass over the GPUs for the view and the row
             if self.live is not None:
-                self.live.on_sample(message, now)
+                self.live.on_sample(message, now, facts=facts)
             # Stored as validated and re-encoded (packed: the store's codec): unknown fields
             # (unbounded padding, in principle) and duplicate keys do not reach the store.
-            return sample_row(message, pack_sample(message), now, rollups=self._rollups)
+            return sample_row(
+                message, pack_sample(message), now, rollups=self._rollups, facts=facts
+            )
         if isinstance(message, NodeStatus):
             self._status.inc()
             update = NodeUpdate(node=node, status=message.status, status_ts=now)

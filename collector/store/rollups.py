@@ -107,6 +107,7 @@ __all__ = [
     "gpu_series",
     "node_series",
     "pack_gpus",
+    "pack_readings",
     "rollup_rows",
     "stored_sql",
 ]
@@ -185,6 +186,13 @@ def pack_gpus(gpus: Sequence[GpuReading], watts: Sequence[float | None] | None =
             )
         )
     return _gpu_struct(len(gpus)).pack(*flat)
+
+
+def pack_readings(readings: Sequence[float]) -> bytes:
+    """GPUs' readings as :func:`pack_gpus` packs them, taken from
+    :attr:`collector.nodefacts.GpuFacts.readings` (the validator's one pass over a sample's
+    GPUs; a test holds the two to the same bytes)."""
+    return _gpu_struct(len(readings) // _PACKED).pack(*readings)
 
 
 @functools.cache
