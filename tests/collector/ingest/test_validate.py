@@ -272,7 +272,8 @@ def test_the_row_the_live_view_and_the_rollups_get_what_each_sums_of_the_gpus(
     assert st is not None
     assert st.max_temp_c == max(temps, default=None)
     assert st.min_util_pct == min(utils, default=None)
-    assert (st.gpu_util_n, st.gpu_util_sum) == (len(utils), pytest.approx(sum(utils)))
+    assert st.gpu_util_n == len(utils)
+    assert st.gpu_util_sum == pytest.approx(sum(utils))
     assert st.gpu_power_w == item.gpu_power_w
     assert st.clock_reasons_any == functools.reduce(operator.or_, reasons, 0)
     assert st.ecc == {g.index: g.ecc for g in s.gpus if g.ecc is not None}
@@ -282,6 +283,23 @@ def test_the_row_the_live_view_and_the_rollups_get_what_each_sums_of_the_gpus(
     fed = LiveView()  # the view's own pass (the share group's feed, a takeover's merge)
     fed.on_sample(s, s.ts + 1)
     assert fed.get(s.node) == st
+
+
+def test_parsed_sample_topics_are_kept_no_more_than_the_fleets_bound() -> None:
+    """The validator keeps each node's sample topic parsed (a lookup a sample), never more
+    of them than the live view holds nodes; a topic of an invented name, or that names no
+    node, gets the same verdict whether kept or not."""
+    view = LiveView(max_nodes=4)
+    ing = Ingestor(FakeClock(start_wall=1.8e9 + 1), live=view)
+    sim = FleetSimulator(6, gpus_per_node=1, seed=9, interval_s=5)
+    for _ in range(2):
+        for i, node in enumerate(sim.node_ids):
+            item = ing.handle(sample_topic(node), encode(sim.sample(i, 1.8e9, 0)))
+            assert isinstance(item, SampleRow if i < 4 else Rejected)
+            assert len(ing._sample_topics) <= 4
+        bad = ing.handle("capwatch/v1/nodes/bad node!/sample", b"{}")
+        assert isinstance(bad, Rejected)
+        assert bad.quarantine.reason == "bad_topic"
 
 
 def test_a_few_rejects_per_node_and_reason_are_kept_between_two_flushes() -> None:
