@@ -318,7 +318,8 @@ class LiveView:
         counted = feed or not self.from_feed
         if counted:
             self._track_seq(st, sample, received)
-        self._keep_xids(st, sample, received)
+        if sample.xids:
+            self._keep_xids(st, sample, received)
         latest = st.sample
         same_run = False
         if latest is not None:
@@ -358,9 +359,8 @@ class LiveView:
             st.sample_epoch_ts = st.run_start_ts = sample.ts
         st.sample = sample
         st.sample_received = received
-        reading = sample_power(sample, received)
-        if reading is not None:
-            st.node_power = reading
+        if sample.node_power_w is not None:
+            st.node_power = sample_power(sample, received)
         if facts is None:
             facts = gpu_facts(sample.gpus)
         st.max_temp_c = facts.max_temp_c

@@ -476,6 +476,7 @@ def rack_of(node: str, rules: Sequence[RackRule] = ()) -> str | None:
 
 
 _NAN: Final = math.nan
+_new_tuple = tuple.__new__  # GpuFacts(...) goes through a Python-level __new__; this does not.
 
 
 class GpuFacts(NamedTuple):
@@ -515,7 +516,6 @@ def gpu_facts(gpus: Sequence[GpuSample]) -> GpuFacts:
     mem: int | None = None
     health = False
     readings: list[float] = []
-    add = readings.extend
     nan = _NAN
     for g in gpus:
         u, t, m = g.util_pct, g.temp_c, g.mem_used_bytes
@@ -538,13 +538,13 @@ def gpu_facts(gpus: Sequence[GpuSample]) -> GpuFacts:
             reasons |= r
         if g.ecc is not None or g.remapped_rows is not None:
             health = True
-        add(
-            (
-                g.index,
-                nan if u is None else u,
-                nan if w is None else w,
-                nan if t is None else t,
-                nan if m is None else float(m),
-            )
+        readings += (
+            g.index,
+            nan if u is None else u,
+            nan if w is None else w,
+            nan if t is None else t,
+            nan if m is None else m,  # an int: struct converts it as float() would
         )
-    return GpuFacts(max_temp, reasons, power, util_sum, util_n, min_util, mem, health, readings)
+    return _new_tuple(
+        GpuFacts, (max_temp, reasons, power, util_sum, util_n, min_util, mem, health, readings)
+    )
