@@ -505,7 +505,7 @@ class GpuFacts(NamedTuple):
 
 def gpu_facts(gpus: Sequence[GpuSample]) -> GpuFacts:
     """:class:`GpuFacts` of ``gpus``. One loop: the live view's summaries, the row's and
-    the rollups' readings were three loops over the GPUs (~25,000 instructions more per
+    the rollups' readings were three loops over the GPUs (~18,000 instructions more per
     8-GPU sample, ``bench/bench_validate.py --callgrind``)."""
     max_temp: float | None = None
     reasons = 0

@@ -159,7 +159,7 @@ def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], 
     walk itself; the generated function reads each field once by name, and an array of rows
     that the template splits as two list comprehensions of those names (each row a tuple:
     msgspec writes it as an array). Converting each row with ``astuple`` and splitting it
-    with :func:`operator.itemgetter` s was ~50,000 more instructions per 8-GPU sample (each
+    with :func:`operator.itemgetter` s was ~27,000 more instructions per 8-GPU sample (each
     index a lookup through the number protocol): ``bench/bench_validate.py --callgrind``.
     The names come from the schema's own structs.
     """
