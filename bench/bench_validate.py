@@ -18,8 +18,16 @@ which callgrind can be told to count alone::
         --callgrind
     # instructions per sample: the "summary:" line of cg.out / (nodes x ticks)
 
+``--steps`` (with ``--callgrind``) then counts the parts of that call one by one, each in a
+round of its own (inside :func:`functools.reduce` too, on the same messages, its inputs made
+beforehand): the decode, the packing of the payload, the one pass over the GPUs, the row,
+the live view's update, the ingest budget. Add ``--dump-after=functools_reduce`` to the
+valgrind line above: callgrind then writes one file per round, ``cg.out.1`` (the whole call)
+to ``cg.out.7``, in the order the bench prints. Each round's count includes ~1,000
+instructions a sample of its own calls (reduce's, a lambda's).
+
 Usage: ``.venv/bin/python bench/bench_validate.py [--nodes 2500] [--ticks 8] [--rounds 5]
-[--callgrind]``
+[--callgrind [--steps]]``
 """
 
 from __future__ import annotations
@@ -29,20 +37,25 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
 from agent.simulate import FleetSimulator
+from collector.ingest.budgets import NodeBudgets
 from collector.ingest.metrics import IngestMetrics
-from collector.ingest.validate import Ingestor
+from collector.ingest.validate import Ingestor, sample_row
 from collector.live import LiveView
+from collector.nodefacts import gpu_facts
+from collector.store.codec import pack_sample
 from shared.budget import NodeBudget
 from shared.clock import FakeClock
 from shared.logging import configure_logging
-from shared.schema import encode
+from shared.schema import decode_sample, encode
 from shared.topics import sample_topic
 
 __all__ = ["main"]
@@ -97,6 +110,41 @@ def _counted_round(messages: list[tuple[str, bytes]], nodes: int) -> None:
     _all_valid(ing, messages)
 
 
+def _count(step: Callable[[Any], object], items: list[Any]) -> None:
+    """``step`` of each item, inside functools.reduce (what callgrind counts)."""
+    functools.reduce(lambda _, x: step(x), items, None)
+
+
+def _counted_steps(messages: list[tuple[str, bytes]], nodes: int) -> list[str]:
+    """One round per part of :meth:`Ingestor.handle`, each inside functools.reduce (see the
+    module docstring); returns their names, in order."""
+    now = _T0 + 10
+    samples = [decode_sample(payload) for _, payload in messages]
+    facts = [gpu_facts(s.gpus) for s in samples]
+    packed = [pack_sample(s) for s in samples]
+    view = LiveView(max_nodes=max(nodes, 50_000))
+    budgets = NodeBudgets(NodeBudget(), keep=view.max_nodes)
+    steps: list[tuple[str, Callable[[Any], object], list[Any]]] = [
+        ("decode_sample", lambda m: decode_sample(m[1]), messages),
+        ("pack_sample", pack_sample, samples),
+        ("gpu_facts", lambda s: gpu_facts(s.gpus), samples),
+        (
+            "sample_row",
+            lambda x: sample_row(x[0], x[1], now, facts=x[2]),
+            [*zip(samples, packed, facts, strict=True)],
+        ),
+        (
+            "live.on_sample",
+            lambda x: view.on_sample(x[0], now, facts=x[1]),
+            [*zip(samples, facts, strict=True)],
+        ),
+        ("budget take", lambda m: budgets.take(m[0], len(m[1]), 0.0), messages),
+    ]
+    for _, step, items in steps:
+        _count(step, items)
+    return [name for name, _, _ in steps]
+
+
 def main() -> None:
     """Time the rounds; print µs per sample."""
     p = argparse.ArgumentParser(
@@ -109,12 +157,16 @@ def main() -> None:
     p.add_argument(
         "--callgrind", action="store_true", help="one round for callgrind to count (see above)"
     )
+    p.add_argument("--steps", action="store_true", help="with --callgrind: then one round per part")
     args = p.parse_args()
     configure_logging("error")
     messages = _messages(args.nodes, args.ticks)
     if args.callgrind:
         _counted_round(messages, args.nodes)
-        print(f"{len(messages):,} samples")
+        names = ["Ingestor.handle"]
+        if args.steps:
+            names += _counted_steps(messages, args.nodes)
+        print(f"{len(messages):,} samples; rounds counted: " + ", ".join(names))
         return
     rounds = [_round(messages, args.nodes) for _ in range(args.rounds)]
     if args.json:

@@ -78,10 +78,11 @@ from typing import Final, Literal, TypeVar
 import msgspec
 
 from collector.nodefacts import (
+    GpuFacts,
     PowerReading,
     agent_restarted,
     gap_missing,
-    gpu_power_w,
+    gpu_facts,
     sample_power,
 )
 from shared.schema import GpuEcc, GpuRemappedRows, Inventory, Sample
@@ -297,9 +298,12 @@ class LiveView:
 
     # -- updates (the validator): each stores a changed copy of the node state
 
-    def on_sample(self, sample: Sample, received: float, *, feed: bool = False) -> bool:
+    def on_sample(
+        self, sample: Sample, received: float, *, feed: bool = False, facts: GpuFacts | None = None
+    ) -> bool:
         """Hold ``sample`` as its node's latest unless an equal or newer one is held
-        (:func:`_later_sample`).
+        (:func:`_later_sample`). ``facts``: its GPUs' :func:`~collector.nodefacts.gpu_facts`,
+        where the caller has them already (the validator's, issue 14).
 
         ``feed``: the sample came through the leader's live feed. With ``from_feed``,
         only those count in the node's gaps (:meth:`_track_seq`); else every sample does.
@@ -314,7 +318,8 @@ class LiveView:
         counted = feed or not self.from_feed
         if counted:
             self._track_seq(st, sample, received)
-        self._keep_xids(st, sample, received)
+        if sample.xids:
+            self._keep_xids(st, sample, received)
         latest = st.sample
         same_run = False
         if latest is not None:
@@ -354,52 +359,36 @@ class LiveView:
             st.sample_epoch_ts = st.run_start_ts = sample.ts
         st.sample = sample
         st.sample_received = received
-        reading = sample_power(sample, received)
-        if reading is not None:
-            st.node_power = reading
-        max_temp: float | None = None
-        reasons = 0
-        ecc_changed = remap_changed = False
-        power: float | None = None
-        util_sum = 0.0
-        util_n = 0
-        min_util: float | None = None
+        if sample.node_power_w is not None:
+            st.node_power = sample_power(sample, received)
+        if facts is None:
+            facts = gpu_facts(sample.gpus)
+        st.max_temp_c = facts.max_temp_c
+        st.clock_reasons_any = facts.clock_reasons
+        st.gpu_power_w, st.gpu_util_sum, st.gpu_util_n = facts.power_w, facts.util_sum, facts.util_n
+        st.min_util_pct = facts.min_util_pct
+        if facts.health:  # ECC counters or row remapping (slow ticks): kept per GPU
+            self._keep_health(st, sample)
+        return True
+
+    @staticmethod
+    def _keep_health(st: NodeState, sample: Sample) -> None:
+        """Keep each GPU's ECC counters and row remapping that ``sample`` carries."""
         ecc: dict[int, GpuEcc] | None = None
         remapped: dict[int, GpuRemappedRows] | None = None
         for gpu in sample.gpus:
-            t = gpu.temp_c
-            if t is not None and (max_temp is None or t > max_temp):
-                max_temp = t
-            w = gpu_power_w(gpu)
-            if w is not None:
-                power = w if power is None else power + w
-            u = gpu.util_pct
-            if u is not None:
-                util_sum += u
-                util_n += 1
-                if min_util is None or u < min_util:
-                    min_util = u
-            if gpu.clock_event_reasons:
-                reasons |= gpu.clock_event_reasons
             if gpu.ecc is not None:
                 if ecc is None:
                     ecc = st.ecc = dict(st.ecc)
                 ecc[gpu.index] = gpu.ecc
-                ecc_changed = True
             if gpu.remapped_rows is not None:
                 if remapped is None:
                     remapped = st.remapped_rows = dict(st.remapped_rows)
                 remapped[gpu.index] = gpu.remapped_rows
-                remap_changed = True
-        st.max_temp_c = max_temp
-        st.clock_reasons_any = reasons
-        st.gpu_power_w, st.gpu_util_sum, st.gpu_util_n = power, util_sum, util_n
-        st.min_util_pct = min_util
-        if ecc_changed:
-            st.ecc_uncorrected_any = any((e.uncorrected_volatile or 0) > 0 for e in st.ecc.values())
-        if remap_changed:
-            st.remap_bad_any = any(r.pending or r.failure for r in st.remapped_rows.values())
-        return True
+        if ecc is not None:
+            st.ecc_uncorrected_any = any((e.uncorrected_volatile or 0) > 0 for e in ecc.values())
+        if remapped is not None:
+            st.remap_bad_any = any(r.pending or r.failure for r in remapped.values())
 
     def feed_started(self) -> None:
         """The leader's live feed (re)subscribed: each node's next sample from it starts its

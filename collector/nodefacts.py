@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:  # annotations only: `collector query` (states only) does not load the
     # wire schema's msgspec
-    from shared.schema import Sample
+    from shared.schema import GpuSample, Sample
 
 __all__ = [
     "DEFAULT_BUSY_UTIL_PCT",
@@ -90,6 +90,7 @@ __all__ = [
     "DEFAULT_STALENESS",
     "DEFAULT_STALE_INTERVALS",
     "STATES",
+    "GpuFacts",
     "Hardware",
     "NodeFacts",
     "NodeMeasure",
@@ -100,6 +101,7 @@ __all__ = [
     "agent_restarted",
     "gap_missing",
     "gpu_count",
+    "gpu_facts",
     "gpu_power_w",
     "hardware",
     "measure",
@@ -471,3 +473,78 @@ def rack_of(node: str, rules: Sequence[RackRule] = ()) -> str | None:
             return rule.name
     m = _XNAME.match(node)
     return None if m is None else f"x{int(m.group(1))}"
+
+
+_NAN: Final = math.nan
+_new_tuple = tuple.__new__  # GpuFacts(...) goes through a Python-level __new__; this does not.
+
+
+class GpuFacts(NamedTuple):
+    """What the collector keeps of one sample's GPUs, from one pass over them
+    (:func:`gpu_facts`): the live view's summaries (:class:`collector.live.NodeState`), the
+    stored row's (:func:`collector.ingest.validate.sample_row`), and the readings the rollups
+    pack (:func:`collector.store.rollups.pack_readings`)."""
+
+    max_temp_c: float | None
+    clock_reasons: int
+    """Bitwise OR of the GPUs' ``clock_event_reasons``."""
+    power_w: float | None
+    """Sum of the GPUs' :func:`gpu_power_w` (``None``: none known)."""
+    util_sum: float
+    util_n: int
+    """GPUs that report utilisation, and the sum of their percentages."""
+    min_util_pct: float | None
+    mem_used_bytes: int | None
+    """Sum of the GPUs' memory used (``None``: none reported)."""
+    health: bool
+    """Some GPU carries ECC counters or its row remapping (agents send them on slow ticks)."""
+    readings: list[float]
+    """Per GPU, its index, utilisation %, :func:`gpu_power_w`, temperature C and memory used
+    bytes, NaN for unreported: what the rollups' GPU records keep."""
+
+
+def gpu_facts(gpus: Sequence[GpuSample]) -> GpuFacts:
+    """:class:`GpuFacts` of ``gpus``. One loop: the live view's summaries, the row's and
+    the rollups' readings were three loops over the GPUs (~18,000 instructions more per
+    8-GPU sample, ``bench/bench_validate.py --callgrind``)."""
+    max_temp: float | None = None
+    reasons = 0
+    power: float | None = None
+    util_sum = 0.0
+    util_n = 0
+    min_util: float | None = None
+    mem: int | None = None
+    health = False
+    readings: list[float] = []
+    nan = _NAN
+    for g in gpus:
+        u, t, m = g.util_pct, g.temp_c, g.mem_used_bytes
+        w = g.power_interval_w
+        if w is None:
+            w = g.power_w
+        if u is not None:
+            util_sum += u
+            util_n += 1
+            if min_util is None or u < min_util:
+                min_util = u
+        if w is not None:
+            power = w if power is None else power + w
+        if t is not None and (max_temp is None or t > max_temp):
+            max_temp = t
+        if m is not None:
+            mem = m if mem is None else mem + m
+        r = g.clock_event_reasons
+        if r:
+            reasons |= r
+        if g.ecc is not None or g.remapped_rows is not None:
+            health = True
+        readings += (
+            g.index,
+            nan if u is None else u,
+            nan if w is None else w,
+            nan if t is None else t,
+            nan if m is None else m,  # an int: struct converts it as float() would
+        )
+    return _new_tuple(
+        GpuFacts, (max_temp, reasons, power, util_sum, util_n, min_util, mem, health, readings)
+    )

@@ -63,11 +63,11 @@ from prometheus_client import CollectorRegistry
 
 from collector.ingest.budgets import NodeBudgets, StallWatch
 from collector.ingest.metrics import OTHER_REASON, IngestMetrics
-from collector.live import LiveView
-from collector.nodefacts import gpu_power_w
+from collector.live import DEFAULT_MAX_NODES, LiveView
+from collector.nodefacts import GpuFacts, gpu_facts
 from collector.store.codec import pack_sample
 from collector.store.db import NodeUpdate, QuarantineRow, SampleRow
-from collector.store.rollups import pack_gpus
+from collector.store.rollups import pack_readings
 from shared.budget import NodeBudget
 from shared.clock import Clock
 from shared.errors import SchemaError
@@ -138,57 +138,50 @@ _RETAINED: Final = ("status", "inventory")
 
 
 def sample_row(
-    sample: Sample, payload: bytes, received: float, *, rollups: bool = True
+    sample: Sample,
+    payload: bytes,
+    received: float,
+    *,
+    rollups: bool = True,
+    facts: GpuFacts | None = None,
 ) -> SampleRow:
     """Summary columns of a validated sample; with ``rollups``, its GPUs packed as the
-    rollups' staging reads them (:func:`~collector.store.rollups.pack_gpus`, ~1 us for 8
-    GPUs), else none (nothing would read them)."""
-    gpus = sample.gpus
-    util = power = None
-    mem_used: int | None = None
-    watts: list[float | None] = []
-    if gpus:
-        # One pass over the GPUs (four list comprehensions were ~1 us more for 8 GPUs), and
-        # their power handed to pack_gpus rather than picked again.
-        utils: list[float] = []
-        known: list[float] = []
-        mems: list[int] = []
-        for g in gpus:
-            u = g.util_pct
-            if u is not None:
-                utils.append(u)
-            w = gpu_power_w(g)
-            watts.append(w)
-            if w is not None:
-                known.append(w)
-            m = g.mem_used_bytes
-            if m is not None:
-                mems.append(m)
-        util = sum(utils) / len(utils) if utils else None
-        power = sum(known) if known else None
-        # The schema bounds each GPU's memory so that this sum fits int64 (shared/schema.md);
-        # were it ever not to, SQLite refuses the row and the writer quarantines it.
-        mem_used = sum(mems) if mems else None
-    return SampleRow(
-        sample.node,
-        round(sample.ts * 1000),
-        sample.seq,
-        round(received * 1000),
-        sample.interval_s,
-        sample.cpu.pct,
-        sample.mem.used_bytes,
-        sample.mem.total_bytes,
-        len(gpus),
-        util,
-        mem_used,
-        power,
-        sample.cpu_power_w,
-        payload,
-        sample.epoch,
-        sample.node_power_w,
-        sample.node_power_source,
-        pack_gpus(gpus, watts) if rollups else b"",
+    rollups' staging reads them (:func:`~collector.store.rollups.pack_readings`), else none
+    (nothing would read them). ``facts``: the sample's
+    :func:`~collector.nodefacts.gpu_facts`, where the caller has them already (the
+    validator hands the same to the live view: one pass over the GPUs for both)."""
+    if facts is None:
+        facts = gpu_facts(sample.gpus)
+    n = facts.util_n
+    # The schema bounds each GPU's memory so that the memory sum fits int64
+    # (shared/schema.md); were it ever not to, SQLite refuses the row and the writer
+    # quarantines it.
+    return _new_tuple(
+        SampleRow,
+        (
+            sample.node,
+            round(sample.ts * 1000),
+            sample.seq,
+            round(received * 1000),
+            sample.interval_s,
+            sample.cpu.pct,
+            sample.mem.used_bytes,
+            sample.mem.total_bytes,
+            len(sample.gpus),
+            facts.util_sum / n if n else None,
+            facts.mem_used_bytes,
+            facts.power_w,
+            sample.cpu_power_w,
+            payload,
+            sample.epoch,
+            sample.node_power_w,
+            sample.node_power_source,
+            pack_readings(facts.readings) if rollups else b"",
+        ),
     )
+
+
+_new_tuple = tuple.__new__  # SampleRow(...) goes through a Python-level __new__; this does not.
 
 
 class Ingestor:
@@ -222,14 +215,20 @@ class Ingestor:
         self._node_rejects: dict[tuple[str, str], list[int]] = {}
         self._unnamed: dict[str, int] = {}
         """Rejects of messages that name no node, per reason, since the last flush."""
+        self._sample_topics: dict[str, tuple[str, str]] = {}
+        """Each node's sample topic, parsed: a lookup a sample instead of a parse (~6,500
+        instructions, most of them the node name's regular expression); at most the fleet's
+        bound (the live view's ``max_nodes``), then cleared."""
+        self._fleet = DEFAULT_MAX_NODES if live is None else live.max_nodes
+        """The fleet's bound: the live view's ``max_nodes``."""
         self._held: dict[str, Inventory] = {}
         """The last inventory of each forgotten node refused as ``forgotten`` (:meth:`_hold`)."""
         self._log_every_s = log_every_s
         self._last_log: dict[str, float] = {}
         self._suppressed: Counter[str] = Counter()
-        self.budgets = None if budget is None else NodeBudgets(budget)
+        self.budgets = None if budget is None else NodeBudgets(budget, keep=self._fleet)
         """Each node's ingest budget (``None``: none); the reader credits it after a gap."""
-        self._observed = None if budget is None else NodeBudgets(budget)
+        self._observed = None if budget is None else NodeBudgets(budget, keep=self._fleet)
         """The same for :meth:`observe`'s feed (samples another collector stores)."""
         self.feed_stalls = (
             None if self._observed is None else StallWatch(self._observed, clock.monotonic, "feed")
@@ -242,6 +241,17 @@ class Ingestor:
             f"{budget.bytes_per_s:,.0f} bytes a second, {budget.burst_s:g} s of burst: "
             "ingest_budget)"
         )
+
+    def _parse(self, topic: str) -> tuple[str, str] | None:
+        """:func:`~shared.topics.parse_topic`, remembering a node's sample topic (see
+        :attr:`_sample_topics`)."""
+        parsed = parse_topic(topic)
+        if parsed is not None and parsed[1] == "sample":
+            topics = self._sample_topics
+            if len(topics) >= self._fleet:
+                topics.clear()  # invented names: parsed again, never more than the fleet's
+            topics[topic] = parsed
+        return parsed
 
     def take_node_rejects(self) -> dict[tuple[str, str], tuple[int, int]]:
         """Rejects per ``(node, reason)`` since the last call: ``(count, last received ms)``;
@@ -260,7 +270,7 @@ class Ingestor:
         """Validate one message; see the module docstring for the result."""
         self._received.inc()
         now = self.clock.time()
-        parsed = parse_topic(topic)
+        parsed = self._sample_topics.get(topic) or self._parse(topic)
         node = None if parsed is None else parsed[0]
         verdict = self._accept(parsed, payload, now)
         if isinstance(verdict, _Problem):
@@ -282,7 +292,7 @@ class Ingestor:
         the node's rejects in the view, which counts a share group's rejected samples from
         the feed alone (:attr:`collector.live.LiveView.from_feed`). Returns whether it became
         its node's latest."""
-        parsed = parse_topic(topic)
+        parsed = self._sample_topics.get(topic) or self._parse(topic)
         live = self.live
         if parsed is None or parsed[1] != "sample" or live is None:
             return False
@@ -327,11 +337,14 @@ class Ingestor:
             return message
         if isinstance(message, Sample):
             self._samples.inc()
+            facts = gpu_facts(message.gpus)  # one pass over the GPUs for the view and the row
             if self.live is not None:
-                self.live.on_sample(message, now)
+                self.live.on_sample(message, now, facts=facts)
             # Stored as validated and re-encoded (packed: the store's codec): unknown fields
             # (unbounded padding, in principle) and duplicate keys do not reach the store.
-            return sample_row(message, pack_sample(message), now, rollups=self._rollups)
+            return sample_row(
+                message, pack_sample(message), now, rollups=self._rollups, facts=facts
+            )
         if isinstance(message, NodeStatus):
             self._status.inc()
             update = NodeUpdate(node=node, status=message.status, status_ts=now)

@@ -58,7 +58,6 @@ import hashlib
 import json
 import typing
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import Annotated, Any, Final, get_args, get_origin
 
 import msgspec
@@ -146,12 +145,9 @@ its array): what a node sends alike in every sample, its identity and its capaci
 Counters (errors, replays) and clocks change, so they stay in the sample."""
 
 
-def _picker(fields: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
-    """Picks ``fields`` of a row's values, as a tuple."""
-    if len(fields) == 1:
-        (j,) = fields
-        return lambda row: (row[j],)
-    return itemgetter(*fields)
+def _rows(fields: list[str], array: str) -> str:
+    """Code for a list of ``fields`` of each row of ``array``, a tuple per row."""
+    return f"[({''.join(f'r.{n}, ' for n in fields)}) for r in {array}]"
 
 
 def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], Any]:
@@ -160,8 +156,12 @@ def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], 
 
     Generated as one Python function (as :mod:`dataclasses` makes ``__init__``): a walk of
     the layout per sample cost ~4 us more than packing without templates, most of it the
-    walk itself; the generated function reads each field once by name and splits each array
-    of rows with C-level pickers. The names come from the schema's own structs.
+    walk itself; the generated function reads each field once by name, and an array of rows
+    that the template splits as two list comprehensions of those names (each row a tuple:
+    msgspec writes it as an array). Converting each row with ``astuple`` and splitting it
+    with :func:`operator.itemgetter` s was ~27,000 more instructions per 8-GPU sample (each
+    index a lookup through the number protocol): ``bench/bench_validate.py --callgrind``.
+    The names come from the schema's own structs.
     """
     lines: list[str] = []
     env: dict[str, Any] = {"astuple": astuple}
@@ -174,20 +174,19 @@ def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], 
                 (fixed if prefix + e in template else var).append(f"{obj}.{e}")
                 continue
             local = f"_v{len(lines)}"
+            lines.append(f"{local} = {obj}.{e['name']}")
             if "fields" in e:
-                lines.append(f"{local} = {obj}.{e['name']}")
                 a, b = walk(e["fields"], local, f"{prefix}{e['name']}.")
             else:
-                lines.append(f"{local} = list(map(astuple, {obj}.{e['name']}))")
                 names = [f"{prefix}{e['name']}.{n}" for n in e["rows"]]
-                keep = [j for j, n in enumerate(names) if n not in template]
-                take = [j for j, n in enumerate(names) if n in template]
+                keep = [n for n, full in zip(e["rows"], names, strict=True) if full not in template]
+                take = [n for n, full in zip(e["rows"], names, strict=True) if full in template]
+
                 if not take:  # each row an array of all its fields
-                    a, b = local, None
+                    a, b = f"list(map(astuple, {local}))", None
                 else:
-                    env[f"{local}_var"], env[f"{local}_fixed"] = _picker(keep), _picker(take)
-                    a = f"list(map({local}_var, {local}))" if keep else None
-                    b = f"list(map({local}_fixed, {local}))"
+                    a = _rows(keep, local) if keep else None
+                    b = _rows(take, local)
             if a is not None:
                 var.append(a)
             if b is not None:

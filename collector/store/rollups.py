@@ -107,6 +107,7 @@ __all__ = [
     "gpu_series",
     "node_series",
     "pack_gpus",
+    "pack_readings",
     "rollup_rows",
     "stored_sql",
 ]
@@ -167,8 +168,8 @@ def pack_gpus(gpus: Sequence[GpuReading], watts: Sequence[float | None] | None =
     and the bytes the staging joins as they are. Packed by one :class:`struct.Struct` per
     GPU count (1.6 us for 8 GPUs vs 2.8 us extending an ``array``); the schema bounds every
     value well inside float32's range, which ``struct`` checks. ``watts``: each GPU's
-    :func:`~collector.nodefacts.gpu_power_w`, where the caller has them already (the
-    validator sums them; issue 14)."""
+    :func:`~collector.nodefacts.gpu_power_w`, where the caller has them already. (The
+    validator packs the readings of its one pass over the GPUs, :func:`pack_readings`.)"""
     flat: list[float] = []
     add = flat.extend
     if watts is None:
@@ -185,6 +186,13 @@ def pack_gpus(gpus: Sequence[GpuReading], watts: Sequence[float | None] | None =
             )
         )
     return _gpu_struct(len(gpus)).pack(*flat)
+
+
+def pack_readings(readings: Sequence[float]) -> bytes:
+    """GPUs' readings as :func:`pack_gpus` packs them, taken from
+    :attr:`collector.nodefacts.GpuFacts.readings` (the validator's one pass over a sample's
+    GPUs; a test holds the two to the same bytes)."""
+    return _gpu_struct(len(readings) // _PACKED).pack(*readings)
 
 
 @functools.cache

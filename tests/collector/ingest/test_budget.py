@@ -126,6 +126,25 @@ def test_idle_nodes_are_swept_from_the_table() -> None:
     assert len(budgets) == 1
 
 
+def test_a_fleet_within_its_bound_keeps_its_idle_allowances() -> None:
+    """Below the fleet's bound (the live view's max_nodes) idle allowances stay: a fleet's
+    are nearly all idle between two of its samples, and each dropped one was built again
+    at the node's next message. Past it, idle ones are swept as above."""
+    clock = FakeClock(start_wall=T0)
+    ing = Ingestor(clock, live=LiveView(max_nodes=3000), budget=BUDGET)
+    budgets = ing.budgets
+    assert budgets is not None
+    for k in range(2500):
+        budgets.take(f"n{k}", 100, 0.0)
+    budgets.take("late", 100, 10.0)  # all the others are idle again by now
+    assert len(budgets) == 2501
+    for k in range(499):
+        budgets.take(f"m{k}", 100, 20.0)
+    assert len(budgets) == 3000
+    budgets.take("last", 100, 30.0)  # at the bound: the idle ones swept
+    assert len(budgets) == 1
+
+
 def _reader(
     ingestor: Ingestor,
     broker: ScriptedBroker,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import msgspec
 import pytest
 
@@ -10,14 +13,16 @@ from collector.counters import labelled_values, value
 from collector.ingest.metrics import OTHER_REASON, REJECT_REASONS
 from collector.ingest.validate import QUARANTINE_PER_KEY, Ingestor, Item, Rejected
 from collector.live import LiveView
+from collector.nodefacts import gpu_power_w
 from collector.paths import StoreTarget
 from collector.store.codec import PayloadCodec
 from collector.store.db import NodeUpdate, SampleRow, Store
 from collector.store.rollups import MINUTE, RollupConfig, gpu_series, pack_gpus
 from collector.store.unpack import PayloadDecoder
 from shared.clock import FakeClock
-from shared.schema import decode_sample, encode
+from shared.schema import Sample, decode_sample, encode
 from shared.topics import inventory_topic, sample_topic, status_topic
+from tests.shared.wire_samples import sample_dict
 
 
 def test_ingestor_counts_each_reject_reason_and_rate_limits_logs() -> None:
@@ -214,6 +219,87 @@ async def test_gpus_are_packed_for_the_rollups_only_when_they_are_on(
     assert [(p["gpu"], p["util_pct"]) for p in points] == [
         (g.index, pytest.approx(g.util_pct)) for g in s.gpus
     ]
+
+
+def _gpus_shaped(shape: str) -> Sample:
+    """The wire samples' fully populated sample, its GPUs' readings as ``shape`` says."""
+    d = sample_dict()
+    gpus = d["gpus"]
+    if shape == "none":
+        d["gpus"] = []
+    for k, g in enumerate(gpus):
+        if shape == "unreported" or (shape == "mixed" and k % 2):
+            for field in ("util_pct", "temp_c", "mem_used_bytes", "power_w", "power_interval_w"):
+                g[field] = None
+            g["ecc"] = g["remapped_rows"] = None
+            g["clock_event_reasons"] = None
+        if shape == "mixed":
+            g["util_pct"] = None if k % 3 == 0 else 10.0 * k + 0.1
+            g["temp_c"] = None if k % 3 == 1 else 60.0 + k
+            g["power_interval_w"] = None  # the instantaneous reading where it has one
+            g["clock_event_reasons"] = 1 << k
+    return decode_sample(msgspec.json.encode(d))
+
+
+def _near(value: float | None) -> object:
+    return None if value is None else pytest.approx(value)
+
+
+@pytest.mark.parametrize("shape", ["full", "mixed", "unreported", "none"])
+def test_the_row_the_live_view_and_the_rollups_get_what_each_sums_of_the_gpus(
+    shape: str,
+) -> None:
+    """The validator takes a sample's GPUs in one pass for its row, the live view's
+    summaries and the rollups' packed readings: each the same as summed on its own, with
+    GPUs reporting some readings, none, or no GPUs at all."""
+    s = _gpus_shaped(shape)
+    view = LiveView()
+    item = Ingestor(FakeClock(start_wall=s.ts + 1), live=view).handle(
+        sample_topic(s.node), encode(s)
+    )
+    assert isinstance(item, SampleRow)
+    utils = [g.util_pct for g in s.gpus if g.util_pct is not None]
+    watts = [w for g in s.gpus if (w := gpu_power_w(g)) is not None]
+    mems = [g.mem_used_bytes for g in s.gpus if g.mem_used_bytes is not None]
+    temps = [g.temp_c for g in s.gpus if g.temp_c is not None]
+    reasons = [g.clock_event_reasons or 0 for g in s.gpus]
+    assert item.gpu_count == len(s.gpus)
+    assert item.gpu_util_pct == _near(sum(utils) / len(utils) if utils else None)
+    assert item.gpu_power_w == _near(sum(watts) if watts else None)
+    assert item.gpu_mem_used_bytes == (sum(mems) if mems else None)
+    assert item.gpu_stats == pack_gpus(s.gpus)
+    st = view.get(s.node)
+    assert st is not None
+    assert st.max_temp_c == max(temps, default=None)
+    assert st.min_util_pct == min(utils, default=None)
+    assert st.gpu_util_n == len(utils)
+    assert st.gpu_util_sum == pytest.approx(sum(utils))
+    assert st.gpu_power_w == item.gpu_power_w
+    assert st.clock_reasons_any == functools.reduce(operator.or_, reasons, 0)
+    assert st.ecc == {g.index: g.ecc for g in s.gpus if g.ecc is not None}
+    assert st.remapped_rows == {
+        g.index: g.remapped_rows for g in s.gpus if g.remapped_rows is not None
+    }
+    fed = LiveView()  # the view's own pass (the share group's feed, a takeover's merge)
+    fed.on_sample(s, s.ts + 1)
+    assert fed.get(s.node) == st
+
+
+def test_parsed_sample_topics_are_kept_no_more_than_the_fleets_bound() -> None:
+    """The validator keeps each node's sample topic parsed (a lookup a sample), never more
+    of them than the live view holds nodes; a topic of an invented name, or that names no
+    node, gets the same verdict whether kept or not."""
+    view = LiveView(max_nodes=4)
+    ing = Ingestor(FakeClock(start_wall=1.8e9 + 1), live=view)
+    sim = FleetSimulator(6, gpus_per_node=1, seed=9, interval_s=5)
+    for _ in range(2):
+        for i, node in enumerate(sim.node_ids):
+            item = ing.handle(sample_topic(node), encode(sim.sample(i, 1.8e9, 0)))
+            assert isinstance(item, SampleRow if i < 4 else Rejected)
+            assert len(ing._sample_topics) <= 4
+        bad = ing.handle("capwatch/v1/nodes/bad node!/sample", b"{}")
+        assert isinstance(bad, Rejected)
+        assert bad.quarantine.reason == "bad_topic"
 
 
 def test_a_few_rejects_per_node_and_reason_are_kept_between_two_flushes() -> None:
