@@ -118,6 +118,23 @@ _INSERT_SAMPLES: Final = (
 )
 _SUMMARY: Final = 13
 """SampleRow's columns before the payload."""
+_AFTER_PAYLOAD: Final = slice(_SUMMARY + 1, _SUMMARY + 4)
+"""SampleRow's columns after the payload that are columns of ``samples`` (epoch, node power
+and its source; not the packed GPUs)."""
+
+
+def _sample_columns(
+    fields: Sequence[Sequence[Any]], payloads: Sequence[bytes], dict_id: int | None
+) -> list[Sequence[Any]]:
+    """A batch's ``samples`` rows as columns (:data:`_SAMPLE_COLUMNS`' order), from its
+    :class:`SampleRow` fields as columns (``list(zip(*rows))``) and its stored payloads:
+    made in C (no tuple per row in Python), as statements take them
+    (:meth:`_Sqlite.insert_columns`, or rows again by ``zip``)."""
+    if not fields:
+        return [() for _ in range(_INSERT_SAMPLES[1])]
+    return [*fields[:_SUMMARY], payloads, [dict_id] * len(payloads), *fields[_AFTER_PAYLOAD]]
+
+
 _UPSERT_TEMPLATE: Final = (
     "INSERT INTO payload_templates (sha256, body, used_ms)",
     3,
@@ -439,6 +456,23 @@ class _Sqlite:
         for i in range(0, len(rows), per_statement):
             chunk = rows[i : i + per_statement]
             self.execute(_multi_row_sql(head, ncols, len(chunk), tail), chunk.ravel().tolist())
+
+    def insert_columns(
+        self, statement: tuple[str, int, str], columns: Sequence[Sequence[Any]]
+    ) -> int:
+        """As :meth:`insert_many` for rows given as ``ncols`` columns: each statement's
+        parameters laid out by slice (in C), not a tuple per row flattened in Python."""
+        head, ncols, tail = statement
+        n = len(columns[0])
+        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
+        changed = 0
+        for i in range(0, n, per_statement):
+            rows = min(per_statement, n - i)
+            params: list[Any] = [None] * (rows * ncols)
+            for k, column in enumerate(columns):
+                params[k::ncols] = column[i : i + rows]
+            changed += self.execute(_multi_row_sql(head, ncols, rows, tail), params)
+        return changed
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self.raw.execute(sql, params).fetchall()
@@ -959,17 +993,16 @@ class Store:
             staged: list[tuple[int, Staged]] = []
             seq = 0
             payloads = self._payloads(tx, rows, made, uses)
-            samples = [
-                (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
-                for r, b in zip(rows, payloads, strict=True)
-            ]
+            fields = list(zip(*rows, strict=True))  # SampleRow's fields as columns
+            samples = _sample_columns(fields, payloads, dict_id)
             if rollups is None or not rollups.config.enabled or not rows:
-                inserted = self._db.insert_samples(samples)
+                inserted = self._db.insert_samples(list(zip(*samples, strict=True)))
             else:
                 new = self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
-                    staged = rollups.split(stage(new, rollups.config.busy_util_pct))
+                    busy = rollups.config.busy_util_pct
+                    staged = rollups.split(stage(new, busy, fields=fields if new is rows else None))
                     seq, stage_rows = rollups.rows(staged)
                     tx.insert_many(STAGE_SQL, stage_rows)
             tx.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
@@ -990,10 +1023,11 @@ class Store:
         return max(inserted, 0)
 
     def _insert_samples_new(
-        self, rows: Sequence[SampleRow], samples: list[tuple[Any, ...]]
-    ) -> list[SampleRow]:
-        """Insert ``samples`` (``rows`` stored); return the rows that were new, not duplicates
-        of a stored ``(node, ts_ms)``. In the store's thread (:meth:`transact`)."""
+        self, rows: Sequence[SampleRow], samples: list[Sequence[Any]]
+    ) -> Sequence[SampleRow]:
+        """Insert the ``samples`` (columns, :func:`_sample_columns`; ``rows`` stored);
+        return the rows that were new, not duplicates of a stored ``(node, ts_ms)``:
+        ``rows`` itself when all were. In the store's thread (:meth:`transact`)."""
         # Usually none is a duplicate: insert plainly (RETURNING costs ~4 us a sample) and
         # count. Only when some were, undo that and ask which (duplicates come with
         # redeliveries after a reconnect: rare).
@@ -1001,13 +1035,14 @@ class Store:
         db = self._db
         if isinstance(db, _Sqlite):
             db.execute("SAVEPOINT new_samples")
-            if db.insert_many(_INSERT_SAMPLES, samples) == len(rows):
+            if db.insert_columns(_INSERT_SAMPLES, samples) == len(rows):
                 db.execute("RELEASE SAVEPOINT new_samples")
-                return list(rows)
+                return rows
             db.execute("ROLLBACK TO SAVEPOINT new_samples")
             db.execute("RELEASE SAVEPOINT new_samples")
         by_key = {(r.node, r.ts_ms): r for r in rows}
-        keys = db.insert_samples_new(samples)
+        tuples = list(zip(*samples, strict=True))
+        keys = db.insert_samples_new(tuples)
         if keys is None:  # an older SQLite (no RETURNING): ask which keys exist, then insert
             present: set[tuple[str, int]] = set()
             for i in range(0, len(rows), 400):
@@ -1018,7 +1053,7 @@ class Store:
                     [v for r in chunk for v in (r.node, r.ts_ms)],
                 )
                 present.update((f[0], f[1]) for f in found)
-            db.insert_samples(samples)
+            db.insert_samples(tuples)
             keys = [k for k in by_key if k not in present]
         return [by_key[(k[0], k[1])] for k in keys]
 
