@@ -56,7 +56,7 @@ from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
 from collector.store.rows import SampleRow
 from collector.store.watermarks import WATERMARK_UPSERT, WatermarkRow
-from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx
+from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx, statement_rows
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
@@ -448,21 +448,22 @@ class _Sqlite:
         max_rows: int = MAX_ROWS_PER_STATEMENT,
     ) -> int:
         head, ncols, tail = statement
-        per_statement = max(1, min(max_rows, self.max_variables // ncols))
         changed = 0
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail)
-            changed += self.execute(sql, [v for row in chunk for v in row])
+        for i, n in statement_rows(len(rows), self._per_statement(ncols, max_rows)):
+            sql = _multi_row_sql(head, ncols, n, tail)
+            changed += self.execute(sql, [v for row in rows[i : i + n] for v in row])
         return changed
+
+    def _per_statement(self, ncols: int, max_rows: int = MAX_ROWS_PER_STATEMENT) -> int:
+        """The most rows of ``ncols`` columns one statement takes."""
+        return max(1, min(max_rows, self.max_variables // ncols))
 
     def insert_array(self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]) -> None:
         """As :meth:`insert_many` for rows as a 2-D object array (no tuple per row)."""
         head, ncols, tail = statement
-        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            self.execute(_multi_row_sql(head, ncols, len(chunk), tail), chunk.ravel().tolist())
+        for i, n in statement_rows(len(rows), self._per_statement(ncols)):
+            sql = _multi_row_sql(head, ncols, n, tail)
+            self.execute(sql, rows[i : i + n].ravel().tolist())
 
     def insert_columns(
         self, statement: tuple[str, int, str], columns: Sequence[Sequence[Any]]
@@ -470,11 +471,8 @@ class _Sqlite:
         """As :meth:`insert_many` for rows given as ``ncols`` columns: each statement's
         parameters laid out by slice (in C), not a tuple per row flattened in Python."""
         head, ncols, tail = statement
-        n = len(columns[0])
-        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         changed = 0
-        for i in range(0, n, per_statement):
-            rows = min(per_statement, n - i)
+        for i, rows in statement_rows(len(columns[0]), self._per_statement(ncols)):
             params: list[Any] = [None] * (rows * ncols)
             for k, column in enumerate(columns):
                 params[k::ncols] = column[i : i + rows]
@@ -525,11 +523,10 @@ class _Sqlite:
         if not _RETURNING:
             return None
         head, ncols, tail = _INSERT_SAMPLES
-        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         out: list[tuple[str, int]] = []
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail + " RETURNING node, ts_ms")
+        for i, n in statement_rows(len(rows), self._per_statement(ncols)):
+            chunk = rows[i : i + n]
+            sql = _multi_row_sql(head, ncols, n, tail + " RETURNING node, ts_ms")
             out.extend((r[0], r[1]) for r in self.returning(sql, [v for row in chunk for v in row]))
         return out
 

@@ -386,3 +386,26 @@ async def test_bytes_and_none_are_bound_without_an_adapter_search(tmp_path: Path
         ]
     assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
     assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+
+
+async def test_batches_of_any_size_insert_their_samples_in_few_statement_sizes(
+    tmp_path: Path,
+) -> None:
+    """SQLite parses a multi-row statement in more instructions than it inserts its rows,
+    and keeps a connection's last 128 prepared: batches of 48 sizes insert their samples in
+    statements of powers of two rows (each parsed once), every row stored once."""
+    rows = _rows(40, 30)
+    sizes: list[int] = []
+
+    def traced(sql: str) -> None:
+        if sql.startswith("INSERT INTO samples"):
+            sizes.append(sql.count("), (") + 1)
+
+    async with Store(tmp_path / "c.db") as store:
+        await store.conn.set_trace_callback(traced)
+        start = 0
+        for n in range(1, 49):
+            assert await store.write_batch(rows[start : start + n]) == n
+            start += n
+    assert count_samples(tmp_path / "c.db") == start == sum(sizes)
+    assert set(sizes) == {1, 2, 4, 8, 16, 32}
