@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import math
 import operator
 import os
 import sqlite3
@@ -469,13 +470,22 @@ class _Sqlite:
         self, statement: tuple[str, int, str], columns: Sequence[Sequence[Any]]
     ) -> int:
         """As :meth:`insert_many` for rows given as ``ncols`` columns: each statement's
-        parameters laid out by slice (in C), not a tuple per row flattened in Python."""
+        parameters laid out by slice (in C), not a tuple per row flattened in Python.
+
+        A column all ``None`` (a batch of agents that send no epoch, no node power) is
+        bound as NaN, which SQLite stores as NULL (https://sqlite.org/floatingpoint.html,
+        "NaN"), as it stores ``None``: ``float`` is bound as it is, where ``None`` goes
+        through sqlite3's adapter lookup first (:func:`~collector.store.connect.bind_plainly`:
+        ~1,300 instructions a value even so)."""
         head, ncols, tail = statement
+        n = len(columns[0])
+        null = {k for k, c in enumerate(columns) if n and c[0] is None and c.count(None) == n}
         changed = 0
-        for i, rows in statement_rows(len(columns[0]), self._per_statement(ncols)):
+        for i, rows in statement_rows(n, self._per_statement(ncols)):
             params: list[Any] = [None] * (rows * ncols)
+            nans = [math.nan] * rows if null else []
             for k, column in enumerate(columns):
-                params[k::ncols] = column[i : i + rows]
+                params[k::ncols] = nans if k in null else column[i : i + rows]
             changed += self.execute(_multi_row_sql(head, ncols, rows, tail), params)
         return changed
 
@@ -1021,7 +1031,7 @@ class Store:
             payloads = self._payloads(tx, rows, fields[0] if rows else (), made, uses)
             samples = _sample_columns(fields, payloads, dict_id)
             if rollups is None or not rollups.config.enabled or not rows:
-                inserted = self._db.insert_samples(list(zip(*samples, strict=True)))
+                inserted = self._insert_samples(samples)
             else:
                 new = self._insert_samples_new(rows, samples)
                 inserted = len(new)
@@ -1046,6 +1056,13 @@ class Store:
         if staged and rollups is not None:  # committed: the fold may count them
             rollups.committed(seq, staged)
         return max(inserted, 0)
+
+    def _insert_samples(self, samples: list[Sequence[Any]]) -> int:
+        """Insert the ``samples`` (columns, :func:`_sample_columns`); how many were new."""
+        db = self._db
+        if isinstance(db, _Sqlite):
+            return db.insert_columns(_INSERT_SAMPLES, samples)
+        return db.insert_samples(list(zip(*samples, strict=True)))
 
     def _insert_samples_new(
         self, rows: Sequence[SampleRow], samples: list[Sequence[Any]]

@@ -357,12 +357,19 @@ async def test_opening_cancelled_at_any_point_leaves_no_connection(store_url: St
 
 async def test_each_sample_column_holds_its_field(store_url: StoreTarget) -> None:
     """A stored sample's columns are its row's fields, in order (the payload as stored,
-    the codec's row beside it), whether its optional fields are set or not."""
+    the codec's row beside it), whether its optional fields are set or not, in some rows
+    of a batch or in none (SQLite: bound as NaN, stored as NULL)."""
     rows = _rows(3, 2)
     rows[1] = rows[1]._replace(epoch=7, node_power_w=812.5, node_power_source="redfish")
     rows[4] = rows[4]._replace(cpu_pct=None, gpu_util_pct=None, cpu_power_w=None, epoch=0)
+    rows[5] = rows[5]._replace(cpu_pct=None, gpu_util_pct=None, cpu_power_w=None)
+    assert {r.epoch for r in rows[4:]} == {0, None}
     async with Store(store_url) as store:
-        assert await store.write_batch(rows) == 6
+        assert await store.write_batch(rows[:4]) == 4
+        assert await store.write_batch(rows[4:]) == 2  # only None but in one column
+        assert await store.write_batch(rows[5:]) == 0
+        assert await store.write_batch([rows[5]._replace(ts_ms=rows[5].ts_ms + 1)]) == 1
+        rows.append(rows[5]._replace(ts_ms=rows[5].ts_ms + 1))
     names = Store.sample_columns()
     kept = [n for n in names if n not in ("payload", "payload_dict")]
     with StoreReader(store_url) as reader:
@@ -370,6 +377,7 @@ async def test_each_sample_column_holds_its_field(store_url: StoreTarget) -> Non
         dicts = {int(r[0]) for r in reader.fetchall("SELECT id FROM payload_dicts")}
         for r, want in zip(stored, sorted(rows, key=lambda r: (r.node, r.ts_ms)), strict=True):
             assert [r[n] for n in kept] == [getattr(want, n) for n in kept]
+            assert [r[n] is None for n in kept] == [getattr(want, n) is None for n in kept]
             assert r["payload_dict"] in dicts
             assert reader.payload(r["payload"], r["payload_dict"]) == want.payload
 
