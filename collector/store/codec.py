@@ -322,6 +322,10 @@ class PayloadCodec:
         digest.update(self.dictionary)
         self.sha256 = digest.hexdigest()
         """Names the codec in ``payload_dicts`` (one row per dictionary and layout)."""
+        self._template_prefix = hashlib.sha256(self.layout.encode())
+        """What every :meth:`template_key` hashes first (the layout, ~1.4 KB: twice a
+        template), hashed once; each key continues a copy of it."""
+        self._template_prefix.update(b"\0")
         self._compressor: zstandard.ZstdCompressor | None = None
         if self.dictionary:
             zdict = zstandard.ZstdCompressionDict(self.dictionary)  # raw content or trained
@@ -336,8 +340,7 @@ class PayloadCodec:
 
     def template_key(self, template: bytes) -> str:
         """Names a template in ``payload_templates``: its body read by this layout."""
-        digest = hashlib.sha256(self.layout.encode())
-        digest.update(b"\0")
+        digest = self._template_prefix.copy()
         digest.update(template)
         return digest.hexdigest()
 

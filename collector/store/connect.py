@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from collector.store.dialect import Dialect
 from collector.store.errors import (
@@ -40,6 +40,7 @@ __all__ = [
     "SyncConn",
     "SyncCursor",
     "Synchronous",
+    "bind_plainly",
     "foreign",
     "is_capwatch",
     "open_async",
@@ -183,6 +184,29 @@ def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:
     return SqliteSync(conn)
 
 
+_NO_ADAPTER: Final[dict[object, None]] = {}
+
+
+def bind_plainly() -> None:
+    """Let :mod:`sqlite3` bind ``bytes`` and ``None`` without looking for an adapter.
+
+    Python 3.11's ``sqlite3`` binds ``int``, ``float`` and ``str`` parameters as they are,
+    but asks every ``bytes`` and ``None`` parameter for an adapter first: it looks up
+    ``__adapt__`` on its ``PrepareProtocol`` type, which raises (and formats) an
+    ``AttributeError`` that it then clears, and ``__conform__`` on the value: ~3,100
+    instructions a parameter, more than SQLite's own work on it
+    (https://github.com/python/cpython/blob/3.11/Modules/_sqlite/microprotocols.c,
+    ``pysqlite_microprotocols_adapt``, called by ``bind_parameters`` in ``cursor.c``). An
+    adapter registered for their type is found first, in a dictionary (~1,300 instructions,
+    callgrind); these return the value itself (``bytes(b)`` is ``b``; the empty
+    dictionary's ``get`` is ``None``), so the same values are bound
+    (``bench/bench_write.py``: a sample row has a payload and often three ``None``).
+    Process-wide and idempotent; adapters of other types (none in capwatch) are
+    untouched."""
+    sqlite3.register_adapter(bytes, bytes)
+    sqlite3.register_adapter(type(None), _NO_ADAPTER.get)
+
+
 async def open_async(
     path: Path,
     *,
@@ -195,6 +219,8 @@ async def open_async(
     on disk before the broker hears it is stored), else a read-only one to an existing
     store. Rows are :class:`sqlite3.Row`. Opening errors are :class:`StoreError`."""
     import aiosqlite  # noqa: PLC0415 - the writer's dependency, not a command's
+
+    bind_plainly()
 
     target = path if write else _existing(path, write=False)
     pragmas = [f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}"]

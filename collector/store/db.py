@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import math
 import operator
 import os
 import sqlite3
@@ -33,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, Self, TypeVar, cast
@@ -55,7 +57,7 @@ from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, RETENTION_SQL, STAGE_SQL, RollupConfig
 from collector.store.rows import SampleRow
 from collector.store.watermarks import WATERMARK_UPSERT, WatermarkRow
-from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx
+from collector.store.writes import MAX_ROWS_PER_STATEMENT, Tx, statement_rows
 from shared.errors import NotLeaderError, StoreError
 from shared.logging import get_logger
 
@@ -118,6 +120,23 @@ _INSERT_SAMPLES: Final = (
 )
 _SUMMARY: Final = 13
 """SampleRow's columns before the payload."""
+_AFTER_PAYLOAD: Final = slice(_SUMMARY + 1, _SUMMARY + 4)
+"""SampleRow's columns after the payload that are columns of ``samples`` (epoch, node power
+and its source; not the packed GPUs)."""
+
+
+def _sample_columns(
+    fields: Sequence[Sequence[Any]], payloads: Sequence[bytes], dict_id: int | None
+) -> list[Sequence[Any]]:
+    """A batch's ``samples`` rows as columns (:data:`_SAMPLE_COLUMNS`' order), from its
+    :class:`SampleRow` fields as columns (``list(zip(*rows))``) and its stored payloads:
+    made in C (no tuple per row in Python), as statements take them
+    (:meth:`_Sqlite.insert_columns`, or rows again by ``zip``)."""
+    if not fields:
+        return [() for _ in range(_INSERT_SAMPLES[1])]
+    return [*fields[:_SUMMARY], payloads, [dict_id] * len(payloads), *fields[_AFTER_PAYLOAD]]
+
+
 _UPSERT_TEMPLATE: Final = (
     "INSERT INTO payload_templates (sha256, body, used_ms)",
     3,
@@ -128,6 +147,12 @@ _UPSERT_TEMPLATE: Final = (
 a retention delete of another collector waits, then finds it used)."""
 _TEMPLATES_KEPT: Final = 200_000
 """Templates :class:`Store` remembers the ids of (a node's is ~0.5 KB with 8 GPUs)."""
+_NodeTemplate = tuple[bytes | None, int, bytes]
+"""A node's last template (:attr:`Store._by_node`): its body, its id, its head (the id as a
+varint, before each frame)."""
+_NO_TEMPLATE: Final[_NodeTemplate] = (None, 0, b"")
+"""A node with none remembered: its template (``None``) equals no row's."""
+_BODY, _ID, _HEAD = (operator.itemgetter(k) for k in range(3))
 TEMPLATE_MARGIN_MS: Final = 3_600_000
 """A template is deleted once no sample has used it for this long past the samples'
 retention (:meth:`Store.delete_unused_templates`): twice the staleness below."""
@@ -424,21 +449,45 @@ class _Sqlite:
         max_rows: int = MAX_ROWS_PER_STATEMENT,
     ) -> int:
         head, ncols, tail = statement
-        per_statement = max(1, min(max_rows, self.max_variables // ncols))
         changed = 0
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail)
-            changed += self.execute(sql, [v for row in chunk for v in row])
+        for i, n in statement_rows(len(rows), self._per_statement(ncols, max_rows)):
+            sql = _multi_row_sql(head, ncols, n, tail)
+            changed += self.execute(sql, [v for row in rows[i : i + n] for v in row])
         return changed
+
+    def _per_statement(self, ncols: int, max_rows: int = MAX_ROWS_PER_STATEMENT) -> int:
+        """The most rows of ``ncols`` columns one statement takes."""
+        return max(1, min(max_rows, self.max_variables // ncols))
 
     def insert_array(self, statement: tuple[str, int, str], rows: npt.NDArray[np.object_]) -> None:
         """As :meth:`insert_many` for rows as a 2-D object array (no tuple per row)."""
         head, ncols, tail = statement
-        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            self.execute(_multi_row_sql(head, ncols, len(chunk), tail), chunk.ravel().tolist())
+        for i, n in statement_rows(len(rows), self._per_statement(ncols)):
+            sql = _multi_row_sql(head, ncols, n, tail)
+            self.execute(sql, rows[i : i + n].ravel().tolist())
+
+    def insert_columns(
+        self, statement: tuple[str, int, str], columns: Sequence[Sequence[Any]]
+    ) -> int:
+        """As :meth:`insert_many` for rows given as ``ncols`` columns: each statement's
+        parameters laid out by slice (in C), not a tuple per row flattened in Python.
+
+        A column all ``None`` (a batch of agents that send no epoch, no node power) is
+        bound as NaN, which SQLite stores as NULL (https://sqlite.org/floatingpoint.html,
+        "NaN"), as it stores ``None``: ``float`` is bound as it is, where ``None`` goes
+        through sqlite3's adapter lookup first (:func:`~collector.store.connect.bind_plainly`:
+        ~1,300 instructions a value even so)."""
+        head, ncols, tail = statement
+        n = len(columns[0])
+        null = {k for k, c in enumerate(columns) if n and c[0] is None and c.count(None) == n}
+        changed = 0
+        for i, rows in statement_rows(n, self._per_statement(ncols)):
+            params: list[Any] = [None] * (rows * ncols)
+            nans = [math.nan] * rows if null else []
+            for k, column in enumerate(columns):
+                params[k::ncols] = nans if k in null else column[i : i + rows]
+            changed += self.execute(_multi_row_sql(head, ncols, rows, tail), params)
+        return changed
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self.raw.execute(sql, params).fetchall()
@@ -484,11 +533,10 @@ class _Sqlite:
         if not _RETURNING:
             return None
         head, ncols, tail = _INSERT_SAMPLES
-        per_statement = max(1, min(MAX_ROWS_PER_STATEMENT, self.max_variables // ncols))
         out: list[tuple[str, int]] = []
-        for i in range(0, len(rows), per_statement):
-            chunk = rows[i : i + per_statement]
-            sql = _multi_row_sql(head, ncols, len(chunk), tail + " RETURNING node, ts_ms")
+        for i, n in statement_rows(len(rows), self._per_statement(ncols)):
+            chunk = rows[i : i + n]
+            sql = _multi_row_sql(head, ncols, n, tail + " RETURNING node, ts_ms")
             out.extend((r[0], r[1]) for r in self.returning(sql, [v for row in chunk for v in row]))
         return out
 
@@ -575,6 +623,10 @@ class Store:
         """Templates stored (``payload_templates``) by their body: their ids."""
         self._confirmed: dict[int, int] = {}
         """Per remembered template id, a ``used_ms`` its row is known to hold (or more)."""
+        self._by_node: dict[str, _NodeTemplate] = {}
+        """Per node, the template its last stored batch named, with the template's id and
+        head (the id as a varint): a batch whose nodes all name the same ones again finds
+        their ids without hashing a template (:meth:`_payloads`)."""
         self._used: dict[int, int] = {}
         """Template ids committed batches named since the last write-back: their last use
         (the batch's latest ``received_ms``); :meth:`write_template_uses`."""
@@ -726,6 +778,7 @@ class Store:
         self,
         tx: Tx,
         rows: Sequence[SampleRow],
+        nodes: Sequence[str],
         made: tuple[list[bytes], list[bytes]] | None,
         uses: _TemplateUses,
     ) -> list[bytes]:
@@ -733,12 +786,23 @@ class Store:
         uncompressed, the rows' own; compressed, each its template's id and its frame.
         Templates not stored yet, or whose row's ``used_ms`` this store does not know to be
         recent, are written here (their use too), their ids in ``uses.looked_up``; every id
-        the batch names in ``uses.ids``."""
+        the batch names in ``uses.ids``.
+
+        A node's samples name the same template batch after batch: when every row's is its
+        node's last one (:attr:`_by_node`; compared, not hashed) and those ids are recent,
+        the heads are the ones remembered (in C, no loop over the rows in Python)."""
         if made is None:
             return [r.payload for r in rows]
         templates, frames = made
         known, confirmed = self._templates, self._confirmed
         fresh = uses.ms - _TEMPLATE_FRESH_MS
+        last = list(map(self._by_node.get, nodes, repeat(_NO_TEMPLATE)))
+        if all(map(operator.eq, map(_BODY, last), templates)):
+            named = set(map(_ID, last))
+            named.discard(0)
+            if min(map(confirmed.get, named, repeat(-1)), default=fresh) >= fresh:
+                uses.ids = list(named)
+                return list(map(operator.add, map(_HEAD, last), frames))
         ids: dict[bytes, int | None] = {}
         for t in set(templates):
             i = known.get(t)
@@ -758,18 +822,23 @@ class Store:
                     chunk,
                 ):
                     ids[missing[key]] = new_templates[missing[key]] = int(template_id)
-        heads = {t: varint(i) for t, i in ids.items() if i is not None}
+        found = {t: (t, i, varint(i)) for t, i in ids.items() if i is not None}
         uses.ids = [i for i in ids.values() if i]
-        return [heads[t] + f for t, f in zip(templates, frames, strict=True)]
+        uses.by_node = dict(zip(nodes, map(found.__getitem__, templates), strict=True))
+        return [found[t][2] + f for t, f in zip(templates, frames, strict=True)]
 
     def _remember_templates(self, uses: _TemplateUses) -> None:
         """The templates a committed batch named: later batches name the ones it looked up
         without a lookup, and its uses are written back (:meth:`write_template_uses`)."""
         stored = uses.looked_up
-        if len(self._templates) + len(stored) > _TEMPLATES_KEPT:
+        if len(self._templates) + len(stored) > _TEMPLATES_KEPT or (
+            len(self._by_node) + len(uses.by_node) > _TEMPLATES_KEPT
+        ):
             self._templates.clear()  # nodes come and go: forget them all, look up again
             self._confirmed.clear()
+            self._by_node.clear()
         self._templates.update(stored)
+        self._by_node.update(uses.by_node)
         self._confirmed.update(dict.fromkeys(stored.values(), uses.ms))
         self._used.update(dict.fromkeys(uses.ids, uses.ms))
 
@@ -958,18 +1027,17 @@ class Store:
         def write(tx: Tx) -> tuple[int, int, list[tuple[int, Staged]]]:
             staged: list[tuple[int, Staged]] = []
             seq = 0
-            payloads = self._payloads(tx, rows, made, uses)
-            samples = [
-                (*r[:_SUMMARY], b, dict_id, r.epoch, r.node_power_w, r.node_power_source)
-                for r, b in zip(rows, payloads, strict=True)
-            ]
+            fields = list(zip(*rows, strict=True))  # SampleRow's fields as columns
+            payloads = self._payloads(tx, rows, fields[0] if rows else (), made, uses)
+            samples = _sample_columns(fields, payloads, dict_id)
             if rollups is None or not rollups.config.enabled or not rows:
-                inserted = self._db.insert_samples(samples)
+                inserted = self._insert_samples(samples)
             else:
                 new = self._insert_samples_new(rows, samples)
                 inserted = len(new)
                 if new:
-                    staged = rollups.split(stage(new, rollups.config.busy_util_pct))
+                    busy = rollups.config.busy_util_pct
+                    staged = rollups.split(stage(new, busy, fields=fields if new is rows else None))
                     seq, stage_rows = rollups.rows(staged)
                     tx.insert_many(STAGE_SQL, stage_rows)
             tx.insert_many(_INSERT_NODE, [(n,) for n in new_nodes])
@@ -989,11 +1057,19 @@ class Store:
             rollups.committed(seq, staged)
         return max(inserted, 0)
 
+    def _insert_samples(self, samples: list[Sequence[Any]]) -> int:
+        """Insert the ``samples`` (columns, :func:`_sample_columns`); how many were new."""
+        db = self._db
+        if isinstance(db, _Sqlite):
+            return db.insert_columns(_INSERT_SAMPLES, samples)
+        return db.insert_samples(list(zip(*samples, strict=True)))
+
     def _insert_samples_new(
-        self, rows: Sequence[SampleRow], samples: list[tuple[Any, ...]]
-    ) -> list[SampleRow]:
-        """Insert ``samples`` (``rows`` stored); return the rows that were new, not duplicates
-        of a stored ``(node, ts_ms)``. In the store's thread (:meth:`transact`)."""
+        self, rows: Sequence[SampleRow], samples: list[Sequence[Any]]
+    ) -> Sequence[SampleRow]:
+        """Insert the ``samples`` (columns, :func:`_sample_columns`; ``rows`` stored);
+        return the rows that were new, not duplicates of a stored ``(node, ts_ms)``:
+        ``rows`` itself when all were. In the store's thread (:meth:`transact`)."""
         # Usually none is a duplicate: insert plainly (RETURNING costs ~4 us a sample) and
         # count. Only when some were, undo that and ask which (duplicates come with
         # redeliveries after a reconnect: rare).
@@ -1001,13 +1077,14 @@ class Store:
         db = self._db
         if isinstance(db, _Sqlite):
             db.execute("SAVEPOINT new_samples")
-            if db.insert_many(_INSERT_SAMPLES, samples) == len(rows):
+            if db.insert_columns(_INSERT_SAMPLES, samples) == len(rows):
                 db.execute("RELEASE SAVEPOINT new_samples")
-                return list(rows)
+                return rows
             db.execute("ROLLBACK TO SAVEPOINT new_samples")
             db.execute("RELEASE SAVEPOINT new_samples")
         by_key = {(r.node, r.ts_ms): r for r in rows}
-        keys = db.insert_samples_new(samples)
+        tuples = list(zip(*samples, strict=True))
+        keys = db.insert_samples_new(tuples)
         if keys is None:  # an older SQLite (no RETURNING): ask which keys exist, then insert
             present: set[tuple[str, int]] = set()
             for i in range(0, len(rows), 400):
@@ -1018,7 +1095,7 @@ class Store:
                     [v for r in chunk for v in (r.node, r.ts_ms)],
                 )
                 present.update((f[0], f[1]) for f in found)
-            db.insert_samples(samples)
+            db.insert_samples(tuples)
             keys = [k for k in by_key if k not in present]
         return [by_key[(k[0], k[1])] for k in keys]
 
@@ -1329,6 +1406,9 @@ class _TemplateUses:
     """Every template id the batch names."""
     looked_up: dict[bytes, int] = field(default_factory=dict)
     """Templates written or refreshed in the batch's transaction, by body: their ids."""
+    by_node: dict[str, _NodeTemplate] = field(default_factory=dict)
+    """Each node's template in the batch, with its id and head, where the batch did not
+    name them all as the nodes' last batches did (:attr:`Store._by_node`)."""
 
 
 def _db_errors(db: _Sqlite | PgBackend) -> tuple[type[BaseException], ...]:

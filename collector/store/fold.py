@@ -82,7 +82,7 @@ from collector.store.rollups import (
     clear_stage_sql,
     stored_sql,
 )
-from collector.store.writes import Tx, Writes
+from collector.store.writes import Tx, Writes, statement_rows
 from shared.logging import get_logger
 
 __all__ = ["Fold", "FoldStore", "Stage"]
@@ -399,9 +399,9 @@ def _write(tx: Tx, new: Buckets) -> Buckets:
     keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
     stored: list[Any] = []
     per = max(1, min(_KEYS_PER_READ, tx.max_variables // 3))
-    for i in range(0, len(keys), per):
-        chunk = keys[i : i + per]
-        stored += tx.fetch_tuples(stored_sql(len(chunk)), [v for k in chunk for v in k])
+    for i, n in statement_rows(len(keys), per):  # a few sizes, each parsed once
+        chunk = keys[i : i + n]
+        stored += tx.fetch_tuples(stored_sql(n), [v for k in chunk for v in k])
     merged = merge(new, stored)
     tx.insert_array(UPSERT_SQL, merged.rows(nan_is_null=tx.nan_is_null))
     hours = sorted({k[2] for k in keys if k[1] == HOUR})

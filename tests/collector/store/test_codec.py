@@ -4,6 +4,7 @@ backends."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -402,3 +403,14 @@ async def test_a_batch_rolled_back_leaves_no_template_id_behind(tmp_path: Path) 
     with StoreReader(db) as reader:
         for r in reader.fetchall("SELECT payload, payload_dict FROM samples"):
             assert decode_sample(reader.payload(r["payload"], r["payload_dict"])).v == 1
+
+
+def test_a_template_is_named_by_the_sha256_of_its_layout_and_body() -> None:
+    """``payload_templates.sha256`` is sha256(layout, NUL, template), whichever codec (a
+    trained dictionary's too) and however many templates it named before: another
+    collector of the store, or an older version, finds the same row."""
+    template = pack_sample(_full()).partition(b"\n")[0]
+    for codec in (PayloadCodec(), PayloadCodec(b"")):
+        want = hashlib.sha256(codec.layout.encode() + b"\0" + template).hexdigest()
+        assert [codec.template_key(template) for _ in range(2)] == [want, want]
+        assert codec.template_key(b"") == hashlib.sha256(codec.layout.encode() + b"\0").hexdigest()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -352,3 +353,67 @@ async def test_opening_cancelled_at_any_point_leaves_no_connection(store_url: St
             lambda: threading.active_count() <= before,
             what=f"no connection thread left after a cancel at step {steps}",
         )
+
+
+async def test_each_sample_column_holds_its_field(store_url: StoreTarget) -> None:
+    """A stored sample's columns are its row's fields, in order (the payload as stored,
+    the codec's row beside it), whether its optional fields are set or not, in some rows
+    of a batch or in none (SQLite: bound as NaN, stored as NULL)."""
+    rows = _rows(3, 2)
+    rows[1] = rows[1]._replace(epoch=7, node_power_w=812.5, node_power_source="redfish")
+    rows[4] = rows[4]._replace(cpu_pct=None, gpu_util_pct=None, cpu_power_w=None, epoch=0)
+    rows[5] = rows[5]._replace(cpu_pct=None, gpu_util_pct=None, cpu_power_w=None)
+    assert {r.epoch for r in rows[4:]} == {0, None}
+    async with Store(store_url) as store:
+        assert await store.write_batch(rows[:4]) == 4
+        assert await store.write_batch(rows[4:]) == 2  # only None but in one column
+        assert await store.write_batch(rows[5:]) == 0
+        assert await store.write_batch([rows[5]._replace(ts_ms=rows[5].ts_ms + 1)]) == 1
+        rows.append(rows[5]._replace(ts_ms=rows[5].ts_ms + 1))
+    names = Store.sample_columns()
+    kept = [n for n in names if n not in ("payload", "payload_dict")]
+    with StoreReader(store_url) as reader:
+        stored = reader.fetchall(f"SELECT {', '.join(names)} FROM samples ORDER BY node, ts_ms")
+        dicts = {int(r[0]) for r in reader.fetchall("SELECT id FROM payload_dicts")}
+        for r, want in zip(stored, sorted(rows, key=lambda r: (r.node, r.ts_ms)), strict=True):
+            assert [r[n] for n in kept] == [getattr(want, n) for n in kept]
+            assert [r[n] is None for n in kept] == [getattr(want, n) is None for n in kept]
+            assert r["payload_dict"] in dicts
+            assert reader.payload(r["payload"], r["payload_dict"]) == want.payload
+
+
+async def test_bytes_and_none_are_bound_without_an_adapter_search(tmp_path: Path) -> None:
+    """The writer's connection binds bytes and None through identity adapters
+    (:func:`collector.store.connect.bind_plainly`: sqlite3 otherwise searches, and fails
+    to find, an adapter for each such parameter); the values stored are the same."""
+    async with Store(tmp_path / "c.db") as store:
+        await store.execute("CREATE TABLE t (b BLOB, n BLOB)")
+        await store.execute("INSERT INTO t VALUES (?, ?)", (b"\x00\xffx", None))
+        assert [tuple(r) for r in await store.fetchall("SELECT b, n FROM t")] == [
+            (b"\x00\xffx", None)
+        ]
+    assert sqlite3.adapters[(bytes, sqlite3.PrepareProtocol)] is bytes
+    assert sqlite3.adapters[(type(None), sqlite3.PrepareProtocol)](None) is None
+
+
+async def test_batches_of_any_size_insert_their_samples_in_few_statement_sizes(
+    tmp_path: Path,
+) -> None:
+    """SQLite parses a multi-row statement in more instructions than it inserts its rows,
+    and keeps a connection's last 128 prepared: batches of 48 sizes insert their samples in
+    statements of powers of two rows (each parsed once), every row stored once."""
+    rows = _rows(40, 30)
+    sizes: list[int] = []
+
+    def traced(sql: str) -> None:
+        if sql.startswith("INSERT INTO samples"):
+            sizes.append(sql.count("), (") + 1)
+
+    async with Store(tmp_path / "c.db") as store:
+        await store.conn.set_trace_callback(traced)
+        start = 0
+        for n in range(1, 49):
+            assert await store.write_batch(rows[start : start + n]) == n
+            start += n
+    assert count_samples(tmp_path / "c.db") == start == sum(sizes)
+    assert set(sizes) == {1, 2, 4, 8, 16, 32}

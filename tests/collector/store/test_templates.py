@@ -124,6 +124,26 @@ async def test_uses_are_written_back_every_few_minutes(store_url: StoreTarget) -
     assert written == -(-120 // per_write)  # one id per write-back, none more often
 
 
+async def test_batches_name_each_nodes_template_as_it_changes_and_back(
+    store_url: StoreTarget,
+) -> None:
+    """A batch whose nodes all send their last batch's templates names them from memory
+    (no template hashed); a node that changes its constants, changes them back, or sends
+    two sets in one batch has each sample name its own: every sample reads back."""
+    mems = [(3, 7), (3, 7), (4, 7), (3, 7), (3, 8), (4, 8), (4, 8)]
+    want: dict[tuple[str, int], int] = {}
+    async with Store(store_url) as store:
+        for k, (m0, m1) in enumerate(mems):
+            t = _T0 + 10 * k
+            batch = [_sample(t, k, mem=m0), _sample(t, k, node=1, mem=m1)]
+            if k == 4:  # node 0 twice, its constants changed between
+                batch.append(_sample(t + 5, k, mem=4))
+            await store.write_batch(batch)
+            want.update({(r.node, r.ts_ms): m for r, m in zip(batch, (m0, m1, 4), strict=False)})
+    assert _read_back(store_url) == want
+    assert _templates(store_url) == 4
+
+
 async def test_a_template_deleted_while_remembered_is_stored_again(store_url: StoreTarget) -> None:
     """This store's own retention deletes a template it remembers (its node away for longer
     than the retention); when the node comes back with the same constants, the batch
