@@ -118,6 +118,18 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalP
         yield server
 
 
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[LocalPostgres]:
+    """A PostgreSQL of the test's own, for a test that SIGKILLs the server: the crash
+    recovery that follows replays the WAL written since the last checkpoint, which on the
+    session's server (every test's writes) took minutes on a loaded machine, long enough that
+    every later test found it still starting up. A fresh cluster replays only the test's."""
+    if find_pg_bin() is None:
+        skip_without_postgres()
+    with LocalPostgres(tmp_path / "postgres") as server:
+        yield server
+
+
 _databases = itertools.count()
 
 

@@ -19,28 +19,36 @@ from tests.integration.conftest import CollectorRunner, fast_mqtt
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def pg_runner(
-    mosquitto: MosquittoBroker, postgres_url: str
-) -> AsyncIterator[CollectorRunner]:
-    """A :class:`CollectorRunner` on a fresh PostgreSQL database."""
-    target = parse_target(postgres_url)
+@pytest.fixture(params=["kill", "restart"])
+async def faulted(
+    request: pytest.FixtureRequest, mosquitto: MosquittoBroker
+) -> AsyncIterator[tuple[str, LocalPostgres, CollectorRunner]]:
+    """A fault, the PostgreSQL it strikes and a :class:`CollectorRunner` on a database there:
+    a SIGKILL strikes a server of the test's own (``own_postgres``: the crash recovery of the
+    session's server would hold up every later test), a restart the session's."""
+    fault: str = request.param
+    server: LocalPostgres = request.getfixturevalue(
+        "own_postgres" if fault == "kill" else "postgres_server"
+    )
+    url = (
+        server.create_database("crash_mid_ingest")
+        if fault == "kill"
+        else request.getfixturevalue("postgres_url")
+    )
+    target = parse_target(url)
     assert isinstance(target, PgTarget)
     runner = CollectorRunner(mosquitto, target)
-    yield runner
+    yield fault, server, runner
     await runner.stop()
 
 
-@pytest.mark.parametrize("fault", ["kill", "restart"])
 async def test_a_postgresql_crash_or_restart_mid_ingest_loses_and_doubles_nothing(
-    mosquitto: MosquittoBroker,
-    postgres_server: LocalPostgres,
-    pg_runner: CollectorRunner,
-    fault: str,
+    mosquitto: MosquittoBroker, faulted: tuple[str, LocalPostgres, CollectorRunner]
 ) -> None:
     """SIGKILL of the postmaster (or a fast restart) while samples arrive: the writer
     reconnects and writes the batch again; every sample published is stored exactly once, so
     none was acknowledged before its commit."""
+    fault, postgres_server, pg_runner = faulted
     collector = await pg_runner.start()
     db = pg_runner.target
     sim = FleetSimulator(25, gpus_per_node=8, seed=5, interval_s=1)

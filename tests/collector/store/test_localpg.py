@@ -16,7 +16,8 @@ def test_database_per_test_is_empty_and_usable(postgres_url: str) -> None:
     assert row == (3,)
 
 
-def test_committed_rows_survive_restart_and_crash(postgres_server: LocalPostgres) -> None:
+def test_committed_rows_survive_restart_and_crash(own_postgres: LocalPostgres) -> None:
+    postgres_server = own_postgres
     url = postgres_server.create_database("crash_survivor")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (x int)")
