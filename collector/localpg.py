@@ -58,6 +58,11 @@ def find_pg_bin() -> Path | None:
     return found[-1] if found else None
 
 
+_WAIT_S: Final = 300
+"""How long ``pg_ctl`` waits for a start (crash recovery included) or a stop (the shutdown
+checkpoint writes every dirty buffer): its default, 60 s, ran out on a loaded 2-core machine."""
+
+
 class LocalPostgres:
     """One PostgreSQL cluster on ``host:port``, with database ``database`` created.
 
@@ -180,7 +185,7 @@ class LocalPostgres:
                     options,
                     "-w",
                     "-t",
-                    "60",
+                    str(_WAIT_S),
                     "start",
                 ]
             )
@@ -227,7 +232,10 @@ class LocalPostgres:
             return
         self._started = False
         self._run(
-            [str(self.bin_dir / "pg_ctl"), "-D", str(self.cluster_dir), "-m", mode, "-w", "stop"],
+            [
+                *(str(self.bin_dir / "pg_ctl"), "-D", str(self.cluster_dir), "-m", mode),
+                *("-w", "-t", str(_WAIT_S), "stop"),
+            ],
             check=False,
         )
         self._copy_log()
