@@ -16,6 +16,9 @@ from typing import Any, Final
 
 import pynvml
 
+from shared.cli import first_named
+from shared.text import quoted
+
 __all__ = [
     "H100_PROFILES",
     "MAX_MIG_DEVICES",
@@ -85,9 +88,10 @@ def layout(gpu_index: int, profiles: Iterable[str]) -> list[FakeMig]:
     try:
         chosen = [_BY_NAME[name] for name in profiles]
     except KeyError as exc:
-        raise ValueError(f"no H100 GPU instance profile {exc.args[0]!r}") from None
+        raise ValueError(f"no H100 GPU instance profile {quoted(exc.args[0])}") from None
     if sum(p.slices for p in chosen) > _SLICES:
-        raise ValueError(f"{[p.name for p in chosen]} needs more than {_SLICES} slices")
+        names = first_named([p.name for p in chosen], _SLICES)
+        raise ValueError(f"{names} needs more than {_SLICES} slices")
     used: set[int] = set()
     out = []
     for p in chosen:

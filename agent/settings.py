@@ -17,6 +17,7 @@ from shared.errors import ConfigError
 from shared.files import parse_json
 from shared.schema import MAX_GPUS, MAX_INTERVAL_S, METRICS_ADDRESS_PATTERN
 from shared.settings import CapwatchSettings, default_node_id
+from shared.text import QUOTED_MOST, quoted
 from shared.topics import validate_node_id
 
 __all__ = ["SAMPLE_BYTES_BUDGET", "AgentSettings", "default_spool_dir"]
@@ -244,11 +245,13 @@ class AgentSettings(CapwatchSettings):
             gpu, sep, profiles = part.partition("=")
             if not sep:
                 raise ValueError(
-                    f"{part!r} names no GPU: write GPU=PROFILES, e.g. 0=3g.40gb,2g.20gb,2g.20gb"
+                    f"{quoted(part)} names no GPU: write GPU=PROFILES, e.g. "
+                    "0=3g.40gb,2g.20gb,2g.20gb"
                 )
             gpu = gpu.strip()
             if gpu in layouts:
-                raise ValueError(f"GPU {gpu} has two layouts: give one --fake-mig per GPU")
+                shown = gpu if len(gpu) <= QUOTED_MOST else quoted(gpu)
+                raise ValueError(f"GPU {shown} has two layouts: give one --fake-mig per GPU")
             layouts[gpu] = [p.strip() for p in profiles.split(",") if p.strip()]
         return layouts
 

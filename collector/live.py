@@ -713,7 +713,9 @@ def _later_sample(
     """Whether ``sample`` is newer than ``held``. Within one agent run (the same epoch) by
     ``seq``, whatever the node's clock did: by time, a clock stepped back (NTP correcting a
     node that booted ahead, or one sample stamped 299 s ahead) froze the node's view for as
-    long as the step, and ``NodeStale`` fired while it sent every interval. Across runs as
+    long as the step, and ``NodeStale`` fired while it sent every interval; and a second
+    sender in the run (an agent cloned with its spool) numbering seqs again, stamped later,
+    is not newer: the higher seq keeps the node. Across runs as
     :func:`~collector.nodefacts.agent_restarted` says, against the newest time of
     ``held``'s run (``held_run_ts``) and the run it took over from (``prior``); by time for
     agents before epochs.

@@ -47,6 +47,7 @@ from pydantic_settings import (
 from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
 from shared.files import TOO_DEEP, FileTooLargeError, parse_toml, read_bounded
+from shared.text import QUOTED_MOST, quoted
 
 __all__ = [
     "CapwatchSettings",
@@ -497,8 +498,12 @@ def format_validation_error(
     field named like a password) or a whole table, which may hold one.
     """
     err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "settings"
+    # A key of the input can be part of the field (a table's), and the message can echo
+    # the value (a validator's ``{value!r}``): each quoted at most QUOTED_MOST characters.
+    field = ".".join(_cut(str(p)) for p in err["loc"]) or "settings"
     value = err.get("input")
+    if isinstance(value, str) and len(value) > QUOTED_MOST:
+        err["msg"] = err["msg"].replace(repr(value), quoted(value))
     if err["type"] == "extra_forbidden":
         msg = f"unknown setting {field!r}: remove it or check its spelling"
     elif _is_secret(model, err["loc"]):
@@ -512,12 +517,18 @@ def format_validation_error(
         and not _is_number_text(value)
     ):
         # retention_s = "5 minutes" (or "5m", as the flags' durations are written)
-        msg = f"setting {field!r} = {value!r}: give seconds as a number (300 for 5 minutes)"
+        msg = f"setting {field!r} = {quoted(value)}: give seconds as a number (300 for 5 minutes)"
     else:
-        msg = f"setting {field!r} = {value!r}: {err['msg']}"
+        echo = quoted(value) if isinstance(value, str) else repr(value)
+        msg = f"setting {field!r} = {echo}: {err['msg']}"
     if hint:
         msg = f"{msg} ({hint})"
     return ConfigError(msg, field=field)
+
+
+def _cut(text: str) -> str:
+    """A part of a field's name, cut as :func:`~shared.text.quoted` cuts a value."""
+    return text if len(text) <= QUOTED_MOST else f"{text[:QUOTED_MOST]}..."
 
 
 def _is_number_text(text: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["UNSHOWN", "UNSHOWN_RE"]
+__all__ = ["QUOTED_MOST", "UNSHOWN", "UNSHOWN_RE", "quoted"]
 
 UNSHOWN: Final = (
     r"\x00-\x1f\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
@@ -29,3 +29,15 @@ printable; this rule does not."""
 
 UNSHOWN_RE: Final = re.compile(f"[{UNSHOWN}]")
 """One character of :data:`UNSHOWN`."""
+
+
+QUOTED_MOST: Final = 64
+"""The most characters of a value an error line quotes."""
+
+
+def quoted(text: str, most: int = QUOTED_MOST) -> str:
+    """``text`` as an error line quotes a value (``repr``), its first ``most`` characters
+    then how long it was: a bad setting of 10 KB was echoed whole."""
+    if len(text) <= most:
+        return repr(text)
+    return f"{text[:most]!r}... ({len(text)} characters)"

@@ -54,7 +54,8 @@ The hardware the agents report (their retained inventories), as components:
   inventory --node NODE  that node's components, one per row (kind, model, count, ids)
   inventory import FILE  declare nodes that run no agent yet: one inventory per line, in the
                          inventory topic's JSON shape (FILE `-` reads stdin); every line is
-                         validated first and one bad line imports nothing. A node's own
+                         validated first and one bad line (or a node named twice)
+                         imports nothing. A node's own
                          agent inventory replaces the declared one when it arrives.
 {forget}
 
@@ -340,6 +341,7 @@ def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
     if lines and lines[0].startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM (Windows editors)
         lines[0] = lines[0][3:]
     rows: dict[str, bytes] = {}
+    first: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -351,6 +353,15 @@ def _import(db: StoreTarget, file: str, *, as_json: bool = False) -> int:
                 "nothing imported",
                 field="FILE",
             ) from None
+        # The same node twice: which line is right is the operator's call (the later one
+        # replaced the earlier without a word).
+        seen = first.setdefault(inv.node, lineno)
+        if seen != lineno:
+            raise ConfigError(
+                f"{file}:{lineno}: node {inv.node} is also on line {seen}: one inventory per "
+                "node; nothing imported",
+                field="FILE",
+            )
         rows[inv.node] = encode(inv)
     if not rows:
         raise ConfigError(f"{file}: no inventory lines; nothing imported", field="FILE")

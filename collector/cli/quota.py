@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -11,7 +10,7 @@ from collector.cli import COMMANDS
 from collector.cli._args import add_settings_args, read_settings_from_args
 from collector.cli._render import Column, print_json, render_table
 from collector.governance.periods import PERIODS
-from collector.governance.quota import MAX_QUOTA
+from collector.governance.quota import check_figure
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -136,11 +135,14 @@ def run(args: argparse.Namespace) -> int:
     return _check(args, gov, usages, source)
 
 
-def _number(value: float | None, flag: str) -> float | None:
-    if value is not None and (not math.isfinite(value) or not 0 <= value <= MAX_QUOTA):
-        raise ConfigError(
-            f"{flag} must be a number from 0 to {MAX_QUOTA:g}, got {value:g}", field=flag
-        )
+def _number(value: float | None, flag: str, resource: str) -> float | None:
+    """``value`` of ``flag`` as a figure of ``resource`` (:func:`check_figure`); -0 is 0."""
+    if value is not None:
+        try:
+            check_figure(resource, value)
+        except ValueError as exc:
+            raise ConfigError(f"{flag} {exc}", field=flag) from None
+        value += 0.0
     return value
 
 
@@ -148,9 +150,9 @@ def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
     from collector.governance.quota import Quota  # noqa: PLC0415
     from collector.store.command import Command  # noqa: PLC0415
 
-    nominal = _number(args.nominal, "--nominal")
-    bl = _number(args.borrowing_limit, "--borrowing-limit")
-    ll = _number(args.lending_limit, "--lending-limit")
+    nominal = _number(args.nominal, "--nominal", args.resource)
+    bl = _number(args.borrowing_limit, "--borrowing-limit", args.resource)
+    ll = _number(args.lending_limit, "--lending-limit", args.resource)
     if ll is not None and nominal is not None and ll > nominal:
         raise ConfigError(
             f"--lending-limit {ll:g} is more than --nominal {nominal:g}: a tenant lends at most "
@@ -510,7 +512,7 @@ def _check(args: argparse.Namespace, gov: Governance, usages: list[Usage], sourc
         raise ConfigError("check needs a TENANT", field="tenant")
     if args.gpus is None:
         raise ConfigError("check needs --gpus N", field="--gpus")
-    _number(args.gpus, "--gpus")
+    _number(args.gpus, "--gpus", "gpus")
     _known(gov, args.tenant)
     if (args.tenant, "gpus") not in gov.quotas:
         raise ConfigError(

@@ -52,7 +52,7 @@ from collector.governance.admit import admit
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
 from collector.governance.periods import Period
-from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, find_cycle
+from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, check_figure, find_cycle
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
 from shared.errors import ConfigError
@@ -219,6 +219,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
             msg = "unknown key (see `collector apply --help` for the file's shape)"
         raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
     _check_names(spec, source)
+    _check_figures(spec, source)
     cycle = find_cycle({n: c.parent for n, c in spec.cohorts.items()})
     if cycle is not None:
         raise ConfigError(
@@ -250,6 +251,37 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> Clus
         except LeaseError as exc:
             raise ConfigError(f"{source}: leases.{name}: {exc}", field=f"leases.{name}") from None
     return spec
+
+
+def _check_figures(spec: ClusterSpec, source: str) -> None:
+    """Every quota figure by :func:`~collector.governance.quota.check_figure` (whole GPUs),
+    naming its key."""
+    figures: list[tuple[str, str, float | None]] = []
+    for name, cohort in spec.cohorts.items():
+        for resource, value in cohort.quota.items():
+            key = f"cohorts.{name}.quota.{resource}"
+            if isinstance(value, CohortQuotaSpec):
+                figures += _figures_of(key, resource, value)
+            else:
+                figures.append((key, resource, value))
+    for name, tenant in spec.tenants.items():
+        for res, q in tenant.quota.items():
+            figures += _figures_of(f"tenants.{name}.quota.{res}", res, q)
+    for key, of, figure in figures:
+        try:
+            if figure is not None:
+                check_figure(of, figure)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}", field=key) from None
+
+
+def _figures_of(
+    key: str, resource: str, q: QuotaSpec | CohortQuotaSpec
+) -> list[tuple[str, str, float | None]]:
+    return [
+        (f"{key}.{name}", resource, getattr(q, name))
+        for name in ("nominal", "borrowing_limit", "lending_limit")
+    ]
 
 
 def _check_names(spec: ClusterSpec, source: str) -> None:

@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from collector.governance.quota import Quota
+from collector.governance.quota import Quota, check_figure
 from collector.governance.state import Governance
 from shared.cli import first_named, shown
 from shared.errors import ConfigError
@@ -331,6 +331,20 @@ def kueue_manifests(
                 "spec": qspec,
             }
         )
+    fractional = [
+        f"{what} {name}"
+        for what, name, q in [
+            *(("cohort", c, q) for (c, r), q in gov.cohort_quotas.items() if r == "gpus"),
+            *(("tenant", t, q.quota) for (t, r), q in gov.quotas.items() if r == "gpus"),
+        ]
+        if not _whole(q)
+    ]
+    if fractional:
+        # Stored before `quota set` and `apply` took whole GPUs only (check_figure).
+        out.notes.append(
+            f"{first_named(sorted(fractional), _NAMED)}: a gpus figure is not a whole number, "
+            "which Kubernetes refuses for nvidia.com/gpu: set whole ones (`collector quota set`)"
+        )
     ungoverned = sorted(t for t in gov.tenants if (t, "gpus") not in gov.quotas)
     if ungoverned:
         out.notes.append(
@@ -340,6 +354,17 @@ def kueue_manifests(
     if other:
         out.notes.append(f"not expressed in Kueue: the {' and '.join(other)} quotas")
     return out
+
+
+def _whole(q: Quota) -> bool:
+    """Whether every figure of the gpus quota ``q`` is whole (:func:`check_figure`)."""
+    try:
+        for figure in (q.nominal, q.borrowing_limit, q.lending_limit):
+            if figure is not None:
+                check_figure("gpus", figure)
+    except ValueError:
+        return False
+    return True
 
 
 def _group(flavors: Sequence[Flavor], parts: Sequence[Mapping[str, float | None]]) -> Any:

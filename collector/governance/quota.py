@@ -35,17 +35,45 @@ came from, not a reservation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["MAX_QUOTA", "RESOURCES", "Admission", "Figures", "Quota", "QuotaTree", "find_cycle"]
+__all__ = [
+    "COUNTED",
+    "MAX_QUOTA",
+    "RESOURCES",
+    "Admission",
+    "Figures",
+    "Quota",
+    "QuotaTree",
+    "check_figure",
+    "find_cycle",
+]
 
 RESOURCES: Final = ("gpus", "power_kw", "gpu_hours")
 """The resources a quota can bound: GPUs, live power in kW, GPU-hours per period."""
 MAX_QUOTA: Final = 1e12
 """Largest quota or limit a command accepts: sums over a cohort stay finite (two tenants
 at 1e308 made `available` infinite and `--json` print `Infinity`, which is not JSON)."""
+COUNTED: Final = frozenset({"gpus"})
+"""Resources counted in whole units: a GPU quota is Kueue's ``nominalQuota`` of
+``nvidia.com/gpu``, an extended resource, which Kubernetes allows only in whole numbers
+(a ClusterQueue with ``nominalQuota: '1.5'`` for it is refused)."""
+
+
+def check_figure(resource: str, value: float) -> None:
+    """Refuse ``value`` as a quota figure (nominal, borrowing or lending limit) of
+    ``resource``: ``ValueError`` saying what it must be (the caller names the flag or key).
+    The one rule for ``collector quota set`` and ``collector apply`` files."""
+    if not math.isfinite(value) or not 0 <= value <= MAX_QUOTA:
+        raise ValueError(f"must be a number from 0 to {MAX_QUOTA:g}, got {value:g}")
+    if resource in COUNTED and not float(value).is_integer():
+        raise ValueError(
+            f"must be a whole number of {resource} (Kubernetes counts them in whole units), "
+            f"got {value:g}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +89,8 @@ class Quota:
             value = getattr(self, name)
             if value is not None and not value >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
+            if value == 0:  # -0 is 0 (it printed as "-0")
+                object.__setattr__(self, name, 0.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,18 +34,21 @@ __all__ = [
 ]
 
 _LATEST_SAMPLE_SQLITE: Final = (
-    "samples s ON s.rowid = (SELECT CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms > w.seen_ts_ms "
-    "OR x.ts_ms = w.top_ts_ms THEN x.rowid ELSE (SELECT rowid FROM samples "
+    "samples s ON s.rowid = (SELECT CASE WHEN w.top_ts_ms IS NULL OR x.ts_ms = w.top_ts_ms "
+    "OR x.ts_ms > w.seen_ts_ms AND (x.epoch IS NOT w.epoch OR x.seq > w.top) "
+    "THEN x.rowid ELSE (SELECT rowid FROM samples "
     "WHERE node = n.node AND ts_ms = w.top_ts_ms) END "
     "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
     "ORDER BY x.ts_ms DESC LIMIT 1)"
 )
 _LATEST_SAMPLE_PG: Final = (
     "LATERAL (SELECT x.* FROM (SELECT CASE WHEN w.top_ts_ms IS NULL OR m.ts_ms > w.seen_ts_ms "
-    "THEN m.ts_ms ELSE w.top_ts_ms END AS ts_ms FROM (SELECT ts_ms FROM samples "
-    "WHERE node = n.node ORDER BY ts_ms DESC LIMIT 1) AS m "
+    "AND (m.epoch IS DISTINCT FROM w.epoch OR m.seq > w.top) "
+    "THEN m.ts_ms ELSE w.top_ts_ms END AS ts_ms FROM (SELECT ts_ms, epoch, seq FROM samples "
+    'WHERE node = n.node COLLATE "default" ORDER BY ts_ms DESC LIMIT 1) AS m '
     "LEFT JOIN watermarks w ON w.node = n.node) AS k "
-    "JOIN samples x ON x.node = n.node AND x.ts_ms = k.ts_ms OFFSET 0) AS s ON true"
+    'JOIN samples x ON x.node = n.node COLLATE "default" AND x.ts_ms = k.ts_ms OFFSET 0) '
+    "AS s ON true"
 )
 
 
@@ -61,10 +64,15 @@ def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
     (``top_ts_ms``) as of its last round, once per watermark interval. A sample stamped
     after every sample that round had taken in (``seen_ts_ms``) came after it and is newer
     by the live view's rule too (a later ``seq``, a later run, or an agent before epochs,
-    newest by time): that one. Without a watermark (agents before epochs; watermarks off,
-    or a share group, whose members write none), the newest by time, as the live view
-    orders agents before epochs. A sample stored since the last round but stamped no later
-    than it (the clock just stepped back) shows from the next round (a second by default).
+    newest by time): that one; unless it is of the watermark's epoch and numbered at or
+    below its ``top``: a second sender in the run (an agent cloned with its spool, replaying
+    seqs stamped later; ``NodeAgentConflict``), newer by the clock only, which the live
+    view does not take either (one run by ``seq``): the watermark's. Without a watermark
+    (agents before epochs; watermarks off, or a share group, whose members write none), the
+    newest by time, as the live view orders agents before epochs. A sample stored since the
+    last round but stamped no later than it (the clock just stepped back), or numbered past
+    it while a second sender's stamped later came after, shows from the next round (a
+    second by default).
 
     Cost per node: one descent of the unique ``(node, ts_ms)`` index for the newest time,
     one primary-key lookup in ``watermarks``, then the row; no index on ``(epoch, seq)``,
@@ -79,7 +87,11 @@ def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
     ``OFFSET 0`` keeps the subquery from being pulled up into the outer join (a subquery
     with a limit or offset is not: ``is_simple_subquery`` in PostgreSQL's
     src/backend/optimizer/prep/prepjointree.c), so the plan is one loop over the nodes,
-    whatever the statistics (``bench/bench_pg_fleet.py``)."""
+    whatever the statistics (``bench/bench_pg_fleet.py``). ``n.node`` is compared
+    ``COLLATE "default"``: ``nodes.node`` has the ``C`` collation (:data:`BYTES_ORDER
+    <collector.store.migrations.BYTES_ORDER>`), ``samples.node`` and its index the
+    database's; an index serves only a comparison in its own collation, and without it
+    each node's lookups read every stored sample (3,000 nodes x 20 samples: over 20 s)."""
     join = "LEFT JOIN" if outer else "JOIN"
     return f"{join} {pick(dialect, sqlite=_LATEST_SAMPLE_SQLITE, postgresql=_LATEST_SAMPLE_PG)}"
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collector.store.writes import Writes
 
 __all__ = [
+    "STORED_ABOVE_SQL",
     "WATERMARK_UPSERT",
     "WatermarkRow",
     "load_watermarks",
@@ -83,14 +84,30 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _stored_above_sql(node: str) -> str:
+    return (
+        "SELECT s.node, s.seq FROM watermarks w JOIN samples s"
+        f" ON s.node = {node} AND s.epoch = w.epoch AND s.seq > w.seq"
+        " WHERE w.top > w.seq ORDER BY s.node, s.seq LIMIT ?"
+    )
+
+
+STORED_ABOVE_SQL: Final = {
+    "sqlite": _stored_above_sql("w.node"),
+    "postgresql": _stored_above_sql('w.node COLLATE "default"'),
+}
+""":func:`stored_above`'s statement per backend. On PostgreSQL ``watermarks.node`` has the
+``C`` collation (``0033_text_bytes_order``), ``samples.node`` and its index the
+database's: compared as they are, no index serves the join and a collector's start read
+every stored sample."""
+
+
 async def stored_above(store: Writes, limit: int) -> list[tuple[str, int]]:
     """``(node, seq)`` of the samples stored above a hole: of each node's watermark epoch,
     above its ``seq`` (only nodes whose ``top`` says there are any), ordered; at most
     ``limit`` rows."""
-    rows = await store.fetchall(
-        "SELECT s.node, s.seq FROM watermarks w JOIN samples s"
-        " ON s.node = w.node AND s.epoch = w.epoch AND s.seq > w.seq"
-        " WHERE w.top > w.seq ORDER BY s.node, s.seq LIMIT ?",
-        (limit,),
+    rows = await store.transact(
+        "reading the samples above the watermarks' holes",
+        lambda tx: tx.fetchall(STORED_ABOVE_SQL[tx.dialect], (limit,)),
     )
     return [(str(r[0]), int(r[1])) for r in rows]

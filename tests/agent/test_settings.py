@@ -170,6 +170,31 @@ def test_bad_fake_mig_layout_is_one_config_error(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        "q" * 10_000,  # echoed whole twice: as the value, and in "... names no GPU"
+        "0=" + "x" * 10_000,  # and as the profile it does not know
+        "x" * 10_000 + "=1g.10gb",  # a GPU index: in the field's name
+        "0=" + "1g.10gb," * 2_000,  # every profile, in the list of what does not fit
+    ],
+)
+def test_a_huge_fake_mig_value_is_quoted_cut_in_its_error(
+    monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    """A 10 KB value: the error line quotes its start and says how long it was (the whole
+    value was echoed, twice: 20 KB of one line)."""
+    monkeypatch.setenv("CAPWATCH_GPU_BACKEND", "fake")
+    monkeypatch.setenv("CAPWATCH_FAKE_MIG", env)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(AgentSettings)
+    text = str(caught.value)
+    assert f"{env[:64]}'... (" in text  # the value, or the GPU index of env2
+    assert " characters)" in text
+    assert len(text) < 500
+    assert "\n" not in text
+
+
 def test_fake_mig_table_reaches_the_sampler(tmp_path: Path) -> None:
     """fake_mig as a TOML table: the fake GPUs report MIG mode and those MIG devices."""
     config = tmp_path / "agent.toml"

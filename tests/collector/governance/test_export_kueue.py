@@ -537,3 +537,15 @@ def test_apportion_whole_figures_by_largest_remainder() -> None:
     assert apportion(3, [0, 0]) == [2.0, 1.0]
     assert apportion(16, [12, 16]) == [7.0, 9.0]
     assert apportion(2.5, [1, 4]) == [0.5, 2.0]
+
+
+def test_a_stored_gpu_quota_that_is_not_whole_is_named_in_a_warning() -> None:
+    """A gpus quota of 1.5 stored before `quota set` took whole GPUs only: the export says
+    which tenant holds it (Kubernetes refuses the ClusterQueue), and what to do."""
+    gov, node_gpus = _gov(Quota(1.5), [8], in_cohort=False)
+    notes = kueue_manifests(gov, node_gpus, 1.9e9).notes
+    assert any(
+        "tenant t: a gpus figure is not a whole number" in n and "quota set" in n for n in notes
+    ), notes
+    gov, node_gpus = _gov(Quota(2.0), [8], in_cohort=False)
+    assert not any("whole" in n for n in kueue_manifests(gov, node_gpus, 1.9e9).notes)

@@ -223,6 +223,22 @@ async def test_import_with_a_bad_line_names_it_and_imports_nothing(
     assert [n["node"] for n in nodes] == ["n1"]
 
 
+async def test_import_naming_a_node_twice_names_both_lines_and_imports_nothing(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """n2 on lines 1 and 3 (8 H100s, then 4 A100s): which is right is the operator's call,
+    not the last line's (it replaced the first and reported one node, without a word)."""
+    db = await make_store(store_url, [Spec("n1")])
+    lines = tmp_path / "twice.jsonl"
+    invs = [Spec("n2", gpu=H100, gpus=8), Spec("n3"), Spec("n2", gpu=A100, gpus=4)]
+    lines.write_bytes(b"\n".join(encode(inventory(i)) for i in invs) + b"\n")
+    code, _, err = cli("inventory", "import", str(lines), "--db", str(db))
+    assert (code, err.count("\n")) == (2, 1), err
+    assert f"{lines}:3: node n2 is also on line 1: one inventory per node" in err
+    nodes = json.loads(cli("inventory", "--db", str(db), "--json")[1])["nodes"]
+    assert [n["node"] for n in nodes] == ["n1"]
+
+
 async def test_import_of_a_file_over_32_mib_is_refused_before_it_is_read_whole(
     store_url: StoreTarget, tmp_path: Path
 ) -> None:

@@ -282,3 +282,43 @@ def test_metrics_flag_an_overcommitted_cohort() -> None:
     assert values[("capwatch_cohort_overcommitted", "r")] == 1
     assert values[("capwatch_cohort_overcommitted", "s")] == 0
     assert values[("capwatch_cohort_in_use", "r")] == 16
+
+
+async def test_a_gpu_quota_is_a_whole_number_and_minus_zero_is_zero(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """GPUs are an integer resource in Kubernetes: `quota set` and `apply` refuse 1.5 GPUs
+    (exported, Kueue refused the ClusterQueue's `nominalQuota: '1.5'`), naming the flag or
+    key; power may be fractional; -0 is 0 (it printed as "-0")."""
+    db = str(await make_store(store_url, {"n1": 8}))
+    for flag in ("--nominal", "--borrowing-limit", "--lending-limit"):
+        args = ["--nominal", "4", flag, "1.5"] if flag != "--nominal" else ["--nominal", "1.5"]
+        code, _, err = cli("quota", "set", "acme", "--cohort", "c", *args, "--db", db)
+        assert (code, err.count("\n")) == (2, 1), flag
+        assert f"{flag} must be a whole number of gpus" in err, err
+    code, _, err = cli("quota", "set", "--cohort", "c", "--nominal", "0.5", "--db", db)
+    assert (code, "--nominal must be a whole number of gpus" in err) == (2, True)
+    code, _, err = cli("quota", "check", "acme", "--gpus", "0.5", "--db", db)
+    assert (code, "--gpus must be a whole number of gpus" in err) == (2, True)
+    code, out, err = cli("quota", "set", "acme", "--nominal", "-0", "--db", db)
+    assert (code, err) == (0, "")
+    assert "gpus nominal 0 " in out
+    code, out, _ = cli("quota", "set", "acme", "--resource", "power_kw", "--nominal", "1.5",
+                       "--db", db, "--json")  # fmt: skip
+    assert (code, json.loads(out)["nominal"]) == (0, 1.5)
+    for text, key in (
+        ("[tenants.acme]\nquota.gpus = { nominal = 1.5 }\n", "tenants.acme.quota.gpus.nominal"),
+        (
+            "[tenants.acme]\nquota.gpus = { nominal = 4, borrowing_limit = 0.5 }\n",
+            "tenants.acme.quota.gpus.borrowing_limit",
+        ),
+        ("[cohorts.c]\nquota = { gpus = 2.5 }\n", "cohorts.c.quota.gpus"),
+    ):
+        toml = tmp_path / "c.toml"
+        toml.write_text(text)
+        code, _, err = cli("apply", "--db", db, "-f", str(toml))
+        assert (code, err.count("\n")) == (2, 1), text
+        assert f"{key}: must be a whole number of gpus" in err, err
+    code, out, _ = cli("export", "--db", db, "--json")
+    assert json.loads(out)["tenants"]["acme"]["quota"]["gpus"] == {"nominal": 0}
+    assert "-0" not in out

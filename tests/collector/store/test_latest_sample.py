@@ -4,7 +4,8 @@ name the same sample, whatever the node's clock did.
 
 Through the real ingest path: a collector on a real Mosquitto, on each backend in turn;
 samples published as agents send them (a clock stepped back, a restart behind the last
-run's clock, the spool replaying late samples of that last run).
+run's clock, the spool replaying late samples of that last run, an agent cloned with its
+spool).
 """
 
 from __future__ import annotations
@@ -15,25 +16,29 @@ from typing import Any
 
 import aiomqtt
 import msgspec
+import psycopg
 import pytest
 
 from agent.simulate import FleetSimulator
 from collector.capacity.fromstore import nodes_from_store
 from collector.ingest.validate import sample_row
 from collector.localbroker import MosquittoBroker
-from collector.paths import StoreTarget
+from collector.paths import PgTarget, StoreTarget, parse_target
+from collector.store.db import Store
+from collector.store.queries import latest_sample
 from collector.store.reader import StoreReader
 from shared.schema import Sample, encode
 from shared.topics import sample_topic
 from tests.helpers import collector_json, count_samples, db_rows, wait_until
 from tests.integration.conftest import CollectorRunner
 
-STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT, WIPED = NODES = FleetSimulator(6).node_ids
+STEPPED, REPLAYED, RESTARTED, LATE, OLD_AGENT, WIPED, CLONED = NODES = FleetSimulator(7).node_ids
 """A node whose clock steps back; one whose clock steps back and whose spool then sends
 again a sample from before the step that the broker lost; one whose agent restarts behind
 its last run's clock; one whose clock steps back and which then sends a late sample of its
 last run, stamped between; an agent from before epochs; one whose spool is wiped after its
-second run (epoch 0 from seq 0 again)."""
+second run (epoch 0 from seq 0 again); one whose agent was cloned with its spool (a second
+sender in the same epoch, numbering again seqs the first had sent, stamped later)."""
 
 
 @pytest.fixture
@@ -48,7 +53,7 @@ async def runner(
 
 def _samples(t0: float) -> list[Sample]:
     """What the three nodes send, in order (interval 5 s, node clocks near ``t0``)."""
-    sim = FleetSimulator(6, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+    sim = FleetSimulator(7, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
 
     def at(node: int, ts: float, seq: int, epoch: int | None) -> Sample:
         return msgspec.structs.replace(sim.sample(node, ts, seq), epoch=epoch)
@@ -76,6 +81,10 @@ def _samples(t0: float) -> list[Sample]:
     out += [at(5, t0 - 60 + 5 * k, k, 0) for k in range(4)]
     out += [at(5, t0 - 40 + 5 * k, k, 1) for k in range(2)]
     out += [at(5, t0 - 20 + 5 * k, k, 0) for k in range(2)]
+    # Epoch 7 to seq 5, then a clone of the agent taken at seq 2 (its spool too) sends seq 3
+    # and 4 again, stamped after seq 5: the first sender's seq 5 stays the newest.
+    out += [at(6, t0 + 5 * k, k, 7) for k in range(6)]
+    out += [at(6, t0 + 27 + 5 * k, 3 + k, 7) for k in range(2)]
     return out
 
 
@@ -92,7 +101,8 @@ def _query(db: StoreTarget, *args: str) -> Any:
 async def test_the_store_names_the_same_newest_sample_as_the_live_view(
     mosquitto: MosquittoBroker, runner: CollectorRunner
 ) -> None:
-    """Clock stepped back, restart behind the last run, spool replay, agent without epochs:
+    """Clock stepped back, restart behind the last run, spool replay, agent without epochs,
+    a cloned agent:
     `collector query`, the GPUs' rows and the store's node states show the live view's
     newest sample of each node."""
     collector = await runner.start()
@@ -108,7 +118,14 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
         lambda: (
             sorted(db_rows(runner.target, "SELECT node, epoch, top FROM watermarks"))
             == sorted(
-                [(STEPPED, 7, 6), (REPLAYED, 7, 6), (RESTARTED, 8, 1), (LATE, 5, 1), (WIPED, 0, 1)]
+                [
+                    (STEPPED, 7, 6),
+                    (REPLAYED, 7, 6),
+                    (RESTARTED, 8, 1),
+                    (LATE, 5, 1),
+                    (WIPED, 0, 1),
+                    (CLONED, 7, 5),
+                ]
             )
         ),
         what="watermarks written",
@@ -122,6 +139,7 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
         LATE: (5, 1),
         OLD_AGENT: (None, 3),
         WIPED: (0, 1),
+        CLONED: (7, 5),
     }
 
     with StoreReader(runner.target) as reader:
@@ -141,3 +159,29 @@ async def test_the_store_names_the_same_newest_sample_as_the_live_view(
     assert {n["node"]: tuple(n[f] for f in figures) for n in summary["nodes"]} == {
         n: tuple(getattr(r, f) for f in figures) for n, r in rows.items()
     }
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("url", ["postgres_url", "collated_postgres_url"])
+async def test_the_newest_sample_is_found_through_the_samples_index_on_postgresql(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    """`nodes.node` compares as bytes (``C``, migration 0033), `samples.node` in the
+    database's collation (its index too): compared as they are, the index cannot serve the
+    join, and the fleet query read every stored sample once per node (3,000 nodes x 20
+    samples: over 20 s). With seq scans priced out, the plan must use the index."""
+    target = parse_target(request.getfixturevalue(url))
+    assert isinstance(target, PgTarget)
+    sim = FleetSimulator(2, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+    t0 = time.time() - 60
+    samples = [sim.sample(i, t0 + 5 * k, k) for k in range(3) for i in range(2)]
+    rows = [sample_row(s, encode(s), s.ts) for s in samples]
+    async with Store(target) as store:
+        await store.write_batch(rows, [], sim.node_ids)
+    sql = f"SELECT n.node, s.ts_ms FROM nodes n {latest_sample('postgresql')}"
+    with psycopg.connect(target.url, autocommit=True) as pg:
+        pg.execute("SET enable_seqscan = off")
+        plan = "\n".join(str(r[0]) for r in pg.execute(f"EXPLAIN {sql}").fetchall())
+        newest: dict[str, int] = dict(pg.execute(sql).fetchall())
+    assert newest == {n: max(r.ts_ms for r in rows if r.node == n) for n in sim.node_ids}
+    assert "Seq Scan on samples" not in plan, plan
