@@ -81,7 +81,10 @@ def fleet_series(
 def fleet_series_sql(dialect: Dialect, pool: str | None) -> tuple[str, tuple[str, ...]]:
     """:func:`fleet_series`' statement per bucket, and its parameters after the bucket's
     length (twice) and the window's start: ``pool``'s nodes only, or the nodes in no pool
-    (``free``), or all (``None``)."""
+    (``free``), or all (``None``). A pool's nodes are compared in ``samples.node``'s
+    collation (:func:`~collector.store.dialect.growing_side`), so that each one's samples
+    are looked up by ``samples (node, ts_ms)``, not the fleet's whole window read and
+    filtered; ``free`` (``NOT IN``: a hashed list whatever the collation) reads the window."""
     member = growing_side(dialect, "node")
     in_pool = (
         "" if pool is None else f" AND node IN (SELECT {member} FROM pool_nodes WHERE pool = ?)"
