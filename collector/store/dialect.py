@@ -36,6 +36,7 @@ __all__ = [
     "Row",
     "dialect_of",
     "distinct_runs",
+    "growing_side",
     "pg_row_factory",
     "pg_sql",
     "pick",
@@ -72,6 +73,23 @@ def dialect_of(target: StoreTarget) -> Dialect:
 def pick(dialect: Dialect, *, sqlite: str, postgresql: str) -> str:
     """The text of a statement that must differ between the backends."""
     return postgresql if dialect == "postgresql" else sqlite
+
+
+def growing_side(dialect: Dialect, expr: str) -> str:
+    """``expr``, a text column of a table outside the growing ones, to compare with a
+    growing table's text column (``samples.node``, ``rollup_stage.owner``...) through that
+    column's index.
+
+    On PostgreSQL the text columns have the ``C`` collation from
+    :data:`~collector.store.migrations.BYTES_ORDER` on, except the growing tables'
+    (:data:`~collector.store.migrations.GROWING_TABLES`), which keep the database's, as do
+    their indexes. A comparison of the two is made in ``C`` ("If any non-default
+    collation is present, that is the result of the collation combination"), and an index
+    serves only a comparison in its own collation: without this the growing table is read
+    whole, once per outer row. Equality means the same in both (a database's collation is
+    deterministic: equal is equal bytes), so only the plan changes
+    (https://www.postgresql.org/docs/current/collation.html). SQLite: ``expr`` as it is."""
+    return f'{expr} COLLATE "default"' if dialect == "postgresql" else expr
 
 
 @functools.lru_cache(maxsize=1024)

@@ -61,6 +61,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
+from collector.store.dialect import Dialect
 from collector.store.partials import Buckets, NodeRanges, Staged, buckets, merge
 from collector.store.rollups import (
     ADOPT_SQL,
@@ -72,7 +73,6 @@ from collector.store.rollups import (
     KNOWN_NODES_SQL,
     LOST_STAGE_SQL,
     MARK_HOURS_SQL,
-    ORPHANS_SQL,
     OWNED_SQL,
     SEEN_SQL,
     SHARDS_SQL,
@@ -80,6 +80,7 @@ from collector.store.rollups import (
     UPSERT_SQL,
     RollupConfig,
     clear_stage_sql,
+    orphans_sql,
     stored_sql,
 )
 from collector.store.writes import Tx, Writes, statement_rows
@@ -97,6 +98,11 @@ class FoldStore(Writes, Protocol):
     """What a fold needs of its store (:class:`collector.store.db.Store`)."""
 
     async def lock_fold(self) -> None: ...
+
+    @property
+    def dialect(self) -> Dialect:
+        """Which backend the store is (statements that differ)."""
+        ...
 
 
 class Stage:
@@ -223,7 +229,7 @@ class Stage:
                 await store.lock_fold()
                 await store.execute(SEEN_SQL, (now,))
                 cutoff = now - self.config.takeover_after_s
-                orphans = await store.fetchall(ORPHANS_SQL, (self.owner, cutoff))
+                orphans = await store.fetchall(orphans_sql(store.dialect), (self.owner, cutoff))
                 for owner in (str(r[0]) for r in orphans):
                     rows = await store.fetchall(STAGED_SQL, (owner,))
                     try:

@@ -213,12 +213,12 @@ _CACHED_NAMES: Final = 1 << 18
 class NodeRanges:
     """Shards of a store's staged samples as ranges of node names, in the rollups' key
     order (``rollups`` is keyed by node first; SQLite compares text as UTF-8 bytes, the
-    order of Python's ``str``, and so does PostgreSQL, whose text columns have the C
-    collation whatever the database's: :data:`~collector.store.migrations.BYTES_ORDER`;
-    the shards are chosen here, never by a range in SQL, so an order of the server's could
+    order of Python's ``str``; PostgreSQL's ``rollups.node`` keeps the database's collation,
+    a growing table's (:data:`~collector.store.migrations.GROWING_TABLES`), whose order may
+    differ; the shards are chosen here, never by a range in SQL, so the server's order can
     only make them less neighbouring, never wrong): a fold's part then rewrites neighbouring
-    rows of the table,
-    a few pages, where shards by a hash of the name touched pages all over it in every part.
+    rows of the table, a few pages, where shards by a hash of the name touched pages all
+    over it in every part.
     Measured (``bench/bench_rollups.py --part parts``, 100,000 samples of 12,500 8-GPU
     nodes in 128 shards): by hash the parts summed 970-985 ms (median 5.3 ms, longest
     19-21), by range 696-727 ms (median 4.3-4.4, longest 14-17), the fold in one

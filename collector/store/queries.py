@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from collector.jobfacts import job_label
 from collector.nodefacts import STATES, Staleness, gap_missing
-from collector.store.dialect import Dialect, pick
+from collector.store.dialect import Dialect, growing_side, pick
 from collector.store.reader import StoreReader
 from shared.cli import shown
 
@@ -41,13 +41,14 @@ _LATEST_SAMPLE_SQLITE: Final = (
     "FROM samples x LEFT JOIN watermarks w ON w.node = n.node WHERE x.node = n.node "
     "ORDER BY x.ts_ms DESC LIMIT 1)"
 )
+_NODE_PG: Final = growing_side("postgresql", "n.node")
 _LATEST_SAMPLE_PG: Final = (
     "LATERAL (SELECT x.* FROM (SELECT CASE WHEN w.top_ts_ms IS NULL OR m.ts_ms > w.seen_ts_ms "
     "AND (m.epoch IS DISTINCT FROM w.epoch OR m.seq > w.top) "
     "THEN m.ts_ms ELSE w.top_ts_ms END AS ts_ms FROM (SELECT ts_ms, epoch, seq FROM samples "
-    'WHERE node = n.node COLLATE "default" ORDER BY ts_ms DESC LIMIT 1) AS m '
+    f"WHERE node = {_NODE_PG} ORDER BY ts_ms DESC LIMIT 1) AS m "
     "LEFT JOIN watermarks w ON w.node = n.node) AS k "
-    'JOIN samples x ON x.node = n.node COLLATE "default" AND x.ts_ms = k.ts_ms OFFSET 0) '
+    f"JOIN samples x ON x.node = {_NODE_PG} AND x.ts_ms = k.ts_ms OFFSET 0) "
     "AS s ON true"
 )
 
@@ -88,10 +89,9 @@ def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
     with a limit or offset is not: ``is_simple_subquery`` in PostgreSQL's
     src/backend/optimizer/prep/prepjointree.c), so the plan is one loop over the nodes,
     whatever the statistics (``bench/bench_pg_fleet.py``). ``n.node`` is compared
-    ``COLLATE "default"``: ``nodes.node`` has the ``C`` collation (:data:`BYTES_ORDER
-    <collector.store.migrations.BYTES_ORDER>`), ``samples.node`` and its index the
-    database's; an index serves only a comparison in its own collation, and without it
-    each node's lookups read every stored sample (3,000 nodes x 20 samples: over 20 s)."""
+    in ``samples.node``'s collation (:func:`~collector.store.dialect.growing_side`):
+    compared as bytes, no index serves the lookups and each node's read every stored sample
+    (3,000 nodes x 20 samples: over 20 s)."""
     join = "LEFT JOIN" if outer else "JOIN"
     return f"{join} {pick(dialect, sqlite=_LATEST_SAMPLE_SQLITE, postgresql=_LATEST_SAMPLE_PG)}"
 

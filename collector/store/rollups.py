@@ -63,6 +63,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, GpuPower, gpu_power_w
+from collector.store.dialect import Dialect, growing_side
 from collector.store.partials import (
     F64,
     FOLDED,
@@ -88,7 +89,6 @@ __all__ = [
     "LOST_STAGE_SQL",
     "MARK_HOURS_SQL",
     "MINUTE",
-    "ORPHANS_SQL",
     "OWNED_SQL",
     "RESOLUTIONS",
     "RETENTION_SQL",
@@ -106,6 +106,7 @@ __all__ = [
     "gpu_records",
     "gpu_series",
     "node_series",
+    "orphans_sql",
     "pack_gpus",
     "pack_readings",
     "rollup_rows",
@@ -246,11 +247,17 @@ SEEN_SQL: Final = (
 )
 """Owners with staged rows and no fold recorded (staged before this version) count from
 the first fold that sees them (the WHERE also settles SQLite's ``SELECT ... ON`` parse)."""
-ORPHANS_SQL: Final = (
-    "SELECT o.owner FROM rollup_owners o WHERE o.owner <> ? AND o.folded < ? "
-    "AND EXISTS (SELECT 1 FROM rollup_stage s WHERE s.owner = o.owner) ORDER BY o.owner"
-)
-"""Other collectors with staged rows whose last fold is older than the cutoff."""
+
+
+def orphans_sql(dialect: Dialect) -> str:
+    """Other collectors with staged rows whose last fold is older than the cutoff."""
+    return (
+        "SELECT o.owner FROM rollup_owners o WHERE o.owner <> ? AND o.folded < ? "
+        "AND EXISTS (SELECT 1 FROM rollup_stage s "
+        f"WHERE s.owner = {growing_side(dialect, 'o.owner')}) ORDER BY o.owner"
+    )
+
+
 FORGET_SQL: Final = "DELETE FROM rollup_owners WHERE owner = ?"
 """An owner whose rows were taken over: back, it starts anew (it records its start)."""
 FOREIGN_SQL: Final = "SELECT 1 FROM rollup_stage WHERE owner <> ? LIMIT 1"

@@ -22,11 +22,19 @@ import msgspec
 import numpy as np
 
 from collector.store import rollups
+from collector.store.dialect import Dialect, growing_side
 from collector.store.partials import F64, GPU_COLUMNS, I64, gpu_minutes, gpu_steps
 from collector.store.reader import StoreReader
 from collector.store.rollups import HOUR, MINUTE
 
-__all__ = ["fleet_series", "gpu_history", "history", "known_node", "node_series"]
+__all__ = [
+    "fleet_series",
+    "fleet_series_sql",
+    "gpu_history",
+    "history",
+    "known_node",
+    "node_series",
+]
 
 
 def known_node(reader: StoreReader, node: str) -> bool:
@@ -55,10 +63,6 @@ def fleet_series(
     Buckets are ``bucket_s`` long at most, shorter (down to 1 s) when the data spans less,
     so a short window still has ~150 points. ``pool``: only that pool's nodes
     (``pool_nodes``; ``free``: the nodes in no pool)."""
-    in_pool = "" if pool is None else " AND node IN (SELECT node FROM pool_nodes WHERE pool = ?)"
-    extra: tuple[str, ...] = () if pool is None else (pool,)
-    if pool == "free":  # collector.store.pools.FREE: the nodes in no pool
-        in_pool, extra = " AND node NOT IN (SELECT node FROM pool_nodes)", ()
     since_ms = round(since * 1000)
     span = reader.fetchall(
         "SELECT min(received_ms) AS lo, max(received_ms) AS hi FROM samples WHERE received_ms >= ?",
@@ -69,7 +73,26 @@ def fleet_series(
     bucket_ms = max(1, round(bucket_s * 1000))
     # The bucket computed once, in a subquery: PostgreSQL does not take GROUP BY on an
     # expression whose parameter is another placeholder than the select list's.
-    rows = reader.fetchall(
+    sql, extra = fleet_series_sql(reader.dialect, pool)
+    rows = reader.fetchall(sql, (bucket_ms, bucket_ms, since_ms, *extra))
+    return [dict(r) for r in rows]
+
+
+def fleet_series_sql(dialect: Dialect, pool: str | None) -> tuple[str, tuple[str, ...]]:
+    """:func:`fleet_series`' statement per bucket, and its parameters after the bucket's
+    length (twice) and the window's start: ``pool``'s nodes only, or the nodes in no pool
+    (``free``), or all (``None``). A pool's nodes are compared in ``samples.node``'s
+    collation (:func:`~collector.store.dialect.growing_side`), so that each one's samples
+    are looked up by ``samples (node, ts_ms)``, not the fleet's whole window read and
+    filtered; ``free`` (``NOT IN``: a hashed list whatever the collation) reads the window."""
+    member = growing_side(dialect, "node")
+    in_pool = (
+        "" if pool is None else f" AND node IN (SELECT {member} FROM pool_nodes WHERE pool = ?)"
+    )
+    extra: tuple[str, ...] = () if pool is None else (pool,)
+    if pool == "free":  # collector.store.pools.FREE: the nodes in no pool
+        in_pool, extra = " AND node NOT IN (SELECT node FROM pool_nodes)", ()
+    sql = (
         "SELECT b * ? / 1000.0 AS t, avg(cpu_pct) AS cpu_pct, "
         "avg(100.0 * mem_used_bytes / NULLIF(mem_total_bytes, 0)) AS mem_pct, "
         "avg(gpu_util_pct) AS gpu_util_pct, "
@@ -77,11 +100,9 @@ def fleet_series(
         "avg(cpu_power_w) * count(DISTINCT node) AS cpu_power_w, count(DISTINCT node) AS nodes "
         "FROM (SELECT received_ms / ? AS b, node, cpu_pct, mem_used_bytes, mem_total_bytes, "
         "gpu_util_pct, gpu_power_w, cpu_power_w FROM samples WHERE received_ms >= ?"
-        + in_pool
-        + ") AS s GROUP BY b ORDER BY 1",
-        (bucket_ms, bucket_ms, since_ms, *extra),
+        f"{in_pool}) AS s GROUP BY b ORDER BY 1"
     )
-    return [dict(r) for r in rows]
+    return sql, extra
 
 
 def _step_bucket(column: str, step_s: int) -> str:

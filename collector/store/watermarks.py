@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from collector.store.dialect import growing_side
+
 if TYPE_CHECKING:
     from collector.store.writes import Writes
 
@@ -93,13 +95,12 @@ def _stored_above_sql(node: str) -> str:
 
 
 STORED_ABOVE_SQL: Final = {
-    "sqlite": _stored_above_sql("w.node"),
-    "postgresql": _stored_above_sql('w.node COLLATE "default"'),
+    "sqlite": _stored_above_sql(growing_side("sqlite", "w.node")),
+    "postgresql": _stored_above_sql(growing_side("postgresql", "w.node")),
 }
-""":func:`stored_above`'s statement per backend. On PostgreSQL ``watermarks.node`` has the
-``C`` collation (``0033_text_bytes_order``), ``samples.node`` and its index the
-database's: compared as they are, no index serves the join and a collector's start read
-every stored sample."""
+""":func:`stored_above`'s statement per backend: ``w.node`` compared in ``samples.node``'s
+collation (:func:`~collector.store.dialect.growing_side`), else no index serves the join and
+a collector's start read every stored sample."""
 
 
 async def stored_above(store: Writes, limit: int) -> list[tuple[str, int]]:
