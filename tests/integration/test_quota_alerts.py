@@ -31,9 +31,9 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     return await asyncio.to_thread(cli, *args)
 
 
-async def _publish_fleet(broker: MosquittoBroker, sim: FleetSimulator, utils: list[float],
-                         stop: asyncio.Event) -> None:  # fmt: skip
-    """Node 0's GPUs at ``utils``, node 1 idle, a sample of each every 0.3 s until ``stop``."""
+async def _publish_fleet(broker: MosquittoBroker, sim: FleetSimulator,
+                         utils: list[list[float]], stop: asyncio.Event) -> None:  # fmt: skip
+    """Node ``i``'s GPUs at ``utils[i]``, a sample of each node every 0.3 s until ``stop``."""
     async with aiomqtt.Client(broker.host, broker.port, identifier="sim") as client:
         for i, node in enumerate(sim.node_ids):
             await client.publish(
@@ -43,7 +43,7 @@ async def _publish_fleet(broker: MosquittoBroker, sim: FleetSimulator, utils: li
         while not stop.is_set():
             for i, node in enumerate(sim.node_ids):
                 s = sim.sample(i, time.time(), seq)
-                want = utils if i == 0 else [0.0] * len(s.gpus)
+                want = utils[i]
                 gpus = [
                     msgspec.structs.replace(g, util_pct=u)
                     for g, u in zip(s.gpus, want, strict=True)
@@ -70,7 +70,8 @@ async def test_quota_alerts_fire_on_both_bases(
     mosquitto: MosquittoBroker, collector_runner: CollectorRunner
 ) -> None:
     """16 leased GPUs on a nominal 8: QuotaExceeded (allocated); 8 of them busy: QuotaFull
-    (measured); 7 busy: no measured alert; the nominal lowered to 7.5: QuotaHigh (measured)."""
+    (measured); 7 busy: no measured alert; the nominal raised to 10 and 9 busy (90 %):
+    QuotaHigh (measured). GPU quotas are whole numbers."""
     s = collector_runner.settings
     collector_runner.settings = s.model_copy(
         update={
@@ -84,7 +85,7 @@ async def test_quota_alerts_fire_on_both_bases(
     )
     collector = await collector_runner.start()
     sim = FleetSimulator(2, gpus_per_node=8, seed=5, interval_s=1)
-    utils = [90.0] * 8
+    utils = [[90.0] * 8, [0.0] * 8]
     stop = asyncio.Event()
     publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, utils, stop))
     try:
@@ -107,12 +108,13 @@ async def test_quota_alerts_fire_on_both_bases(
             ),
             what="QuotaExceeded (allocated) and QuotaFull (measured)",
         )
-        utils[7] = 0.0  # 7 of 8 busy: 87.5 % of the nominal, under 90 %
+        utils[0][7] = 0.0  # 7 of 8 busy: 87.5 % of the nominal, under 90 %
         await wait_until(
             lambda: _firing(collector_runner) == {("QuotaExceeded", "allocated", "gpus")},
             what="measured back under 90 %",
         )
-        assert (await _cli("quota", "set", "a", "--db", db, "--nominal", "7.5"))[0] == 0  # now 93 %
+        assert (await _cli("quota", "set", "a", "--db", db, "--nominal", "10"))[0] == 0
+        utils[1][:2] = [90.0, 90.0]  # 9 of 10 busy: 90 %
         await wait_until(
             lambda: (
                 _firing(collector_runner)
@@ -121,18 +123,18 @@ async def test_quota_alerts_fire_on_both_bases(
                     ("QuotaHigh", "measured", "gpus"),
                 }
             ),
-            what="QuotaHigh (measured) after the nominal was lowered",
+            what="QuotaHigh (measured) at 9 busy of a nominal 10",
         )
         code, out, _ = await _cli("quota", "show", "a", "--db", db, "--json")
         rows = {r["basis"]: r for r in json.loads(out)["quotas"]}
-        assert (rows["allocated"]["in_use"], rows["measured"]["in_use"]) == (16, 7)
+        assert (rows["allocated"]["in_use"], rows["measured"]["in_use"]) == (16, 9)
 
         # The same standings on the collector's /metrics, per tenant, resource and basis.
         series = series_values(await scrape_clean(collector), "capwatch_quota_")
         key = '{{basis="{}",resource="gpus",tenant="a"}}'
         assert series["capwatch_quota_in_use" + key.format("allocated")] == 16
-        assert series["capwatch_quota_in_use" + key.format("measured")] == 7
-        assert series["capwatch_quota_nominal" + key.format("measured")] == 7.5
+        assert series["capwatch_quota_in_use" + key.format("measured")] == 9
+        assert series["capwatch_quota_nominal" + key.format("measured")] == 10
     finally:
         stop.set()
         await publisher
@@ -156,7 +158,7 @@ async def test_lease_rules_fire_from_live_data(
     collector = await collector_runner.start()
     sim = FleetSimulator(2, gpus_per_node=8, seed=6, interval_s=1)
     stop = asyncio.Event()
-    publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, [95.0] * 8, stop))
+    publisher = asyncio.create_task(_publish_fleet(mosquitto, sim, [[95.0] * 8, [0.0] * 8], stop))
     try:
         db = str(collector_runner.db)
         await wait_until(
