@@ -21,6 +21,7 @@ from collector.store.codec import pack_sample
 from collector.store.db import TEMPLATE_MARGIN_MS, TEMPLATE_USES_EVERY_MS, SampleRow, Store
 from collector.store.reader import StoreReader
 from collector.store.writes import MAX_ROWS_PER_STATEMENT
+from shared.errors import StoreError
 from shared.schema import decode_sample
 from tests.helpers import db_rows, wait_until
 
@@ -311,3 +312,26 @@ async def _write_back_beside_a_batch(
         )
         batch.commit()
         return await uses
+
+
+async def test_a_rolled_back_batch_leaves_no_nodes_template_remembered(tmp_path: Path) -> None:
+    """A batch that stored a node's new template and was rolled back: the node's next
+    batch with that template stores it again, never naming the rolled-back id (SQLite
+    gives it to the next template inserted: a sample naming it would read another's body)."""
+    db = tmp_path / "c.db"
+    async with Store(db) as store:
+        await store.write_batch([_sample(_T0, 0, mem=3)])  # node 0's template remembered
+        changed = _sample(_T0 + 5, 1, mem=4)  # its constants changed: a new template
+        broken = _sample(_T0 + 5, 1, node=1, mem=9)._replace(node=None)  # type: ignore[arg-type]
+        with pytest.raises(StoreError):  # NOT NULL refuses it: the batch is rolled back
+            await store.write_batch([changed, broken])
+        await store.write_batch([_sample(_T0 + 10, 2, node=1, mem=5)])  # the freed id
+        again = _sample(_T0 + 15, 3, mem=4)
+        await store.write_batch([again])
+        await store.write_batch([_sample(_T0 + 20, 4, mem=4)])  # named from memory
+    assert _read_back(db) == {
+        (_N0, round(_T0 * 1000)): 3,
+        (_N1, round((_T0 + 10) * 1000)): 5,
+        (_N0, again.ts_ms): 4,
+        (_N0, round((_T0 + 20) * 1000)): 4,
+    }
