@@ -52,7 +52,14 @@ from collector.governance.admit import admit
 from collector.governance.lease import DEFAULT_DURATION_DAYS, LeaseError, LeaseTerms
 from collector.governance.ops import LeaseRequest, add_lease, judge_growth, overlapping
 from collector.governance.periods import Period
-from collector.governance.quota import MAX_QUOTA, RESOURCES, Quota, check_figure, find_cycle
+from collector.governance.quota import (
+    FIGURES,
+    MAX_QUOTA,
+    RESOURCES,
+    Quota,
+    check_figure,
+    find_cycle,
+)
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
 from shared.errors import ConfigError
@@ -278,10 +285,7 @@ def _check_figures(spec: ClusterSpec, source: str) -> None:
 def _figures_of(
     key: str, resource: str, q: QuotaSpec | CohortQuotaSpec
 ) -> list[tuple[str, str, float | None]]:
-    return [
-        (f"{key}.{name}", resource, getattr(q, name))
-        for name in ("nominal", "borrowing_limit", "lending_limit")
-    ]
+    return [(f"{key}.{name}", resource, getattr(q, name)) for name in FIGURES]
 
 
 def _check_names(spec: ClusterSpec, source: str) -> None:

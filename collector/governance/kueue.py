@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from collector.governance.quota import Quota, check_figure
+from collector.governance.quota import FIGURES, Quota, check_figure
 from collector.governance.state import Governance
 from shared.cli import first_named, shown
 from shared.errors import ConfigError
@@ -359,7 +359,7 @@ def kueue_manifests(
 def _whole(q: Quota) -> bool:
     """Whether every figure of the gpus quota ``q`` is whole (:func:`check_figure`)."""
     try:
-        for figure in (q.nominal, q.borrowing_limit, q.lending_limit):
+        for figure in (getattr(q, name) for name in FIGURES):
             if figure is not None:
                 check_figure("gpus", figure)
     except ValueError:

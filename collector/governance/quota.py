@@ -42,6 +42,7 @@ from typing import Final
 
 __all__ = [
     "COUNTED",
+    "FIGURES",
     "MAX_QUOTA",
     "RESOURCES",
     "Admission",
@@ -57,6 +58,9 @@ RESOURCES: Final = ("gpus", "power_kw", "gpu_hours")
 MAX_QUOTA: Final = 1e12
 """Largest quota or limit a command accepts: sums over a cohort stay finite (two tenants
 at 1e308 made `available` infinite and `--json` print `Infinity`, which is not JSON)."""
+FIGURES: Final = ("nominal", "borrowing_limit", "lending_limit")
+"""A quota's figures, as :class:`Quota` names them (Kueue's ``nominalQuota``,
+``borrowingLimit``, ``lendingLimit``): what :func:`check_figure` judges, each."""
 COUNTED: Final = frozenset({"gpus"})
 """Resources counted in whole units: a GPU quota is Kueue's ``nominalQuota`` of
 ``nvidia.com/gpu``, an extended resource, which Kubernetes allows only in whole numbers
@@ -85,7 +89,7 @@ class Quota:
     lending_limit: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("nominal", "borrowing_limit", "lending_limit"):
+        for name in FIGURES:
             value = getattr(self, name)
             if value is not None and not value >= 0:  # also refuses NaN
                 raise ValueError(f"{name} must be a number >= 0, got {value}")
