@@ -10,7 +10,7 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from agent.simulate import FleetSimulator
-from collector.evaluate import PeriodicEvaluator
+from collector.evaluate import Cycle, PeriodicEvaluator
 from collector.health import Health
 from collector.ingest.validate import Ingestor
 from collector.ingest.writer import Writer, WriterItem
@@ -97,6 +97,21 @@ async def test_a_stalled_writer_stops_the_watchdog_and_fails_readyz(tmp_path: Pa
         sd.sock.close()
 
 
+def _watched(
+    clock: FakeClock, store: Store, view: LiveView, cycle: Cycle
+) -> tuple[Writer, PeriodicEvaluator, Health]:
+    """A writer, an evaluator of ``cycle`` and the health object watching both, connected."""
+    queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
+    writer = Writer(store, queue, Ingestor(clock), clock)
+    evaluator = PeriodicEvaluator([cycle], view, store, queue, clock)
+    connected = asyncio.Event()
+    connected.set()
+    health = Health(
+        clock, limit_s=LIMIT_S, connected=connected, writer=writer, queue=queue, evaluator=evaluator
+    )
+    return writer, evaluator, health
+
+
 async def test_a_late_evaluator_makes_the_collector_not_alive(tmp_path: Path) -> None:
     """An evaluator that has not turned for its longest interval + the limit is reported,
     and the collector is neither alive nor ready; the writer alone is not enough."""
@@ -111,19 +126,7 @@ async def test_a_late_evaluator_makes_the_collector_not_alive(tmp_path: Path) ->
             live=view,
             alert_states=list,
         )  # a cycle of interval 10 s
-        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
-        writer = Writer(store, queue, Ingestor(clock), clock)
-        evaluator = PeriodicEvaluator([metrics], view, store, queue, clock)
-        connected = asyncio.Event()
-        connected.set()
-        health = Health(
-            clock,
-            limit_s=LIMIT_S,
-            connected=connected,
-            writer=writer,
-            queue=queue,
-            evaluator=evaluator,
-        )
+        writer, _, health = _watched(clock, store, view, metrics)
         await writer.flush_counters()  # one commit, now
         assert health.check().ready
         clock.advance(10 + LIMIT_S - 1)
@@ -170,20 +173,8 @@ async def test_a_long_run_that_progresses_is_not_late_and_a_stuck_one_is(
     clock = FakeClock(start_wall=T0)
     view = LiveView()
     async with Store(tmp_path / "c.db") as store, asyncio.TaskGroup() as tg:
-        queue: asyncio.Queue[WriterItem] = asyncio.Queue(maxsize=4)
-        writer = Writer(store, queue, Ingestor(clock), clock)
         cycle = _CatchUp(clock)
-        evaluator = PeriodicEvaluator([cycle], view, store, queue, clock)
-        connected = asyncio.Event()
-        connected.set()
-        health = Health(
-            clock,
-            limit_s=LIMIT_S,
-            connected=connected,
-            writer=writer,
-            queue=queue,
-            evaluator=evaluator,
-        )
+        writer, evaluator, health = _watched(clock, store, view, cycle)
         evaluating = tg.create_task(evaluator.run())
         while not cycle.started.is_set():  # the fake clock moves only when told
             await asyncio.sleep(0.01)
