@@ -37,17 +37,17 @@ async def test_table_has_a_column_per_component_kind_and_marks_what_a_node_lacks
     assert a.count("✅ (32)") == 1  # 512 GiB installed = 32 units
 
 
-async def test_columns_line_up_in_a_terminal_whatever_the_model_names(tmp_path: Path) -> None:
-    """A GPU model in Chinese and a CPU model with combining accents take their terminal
-    width, and each ✅ two columns: every row's memory cell starts under its header."""
+async def _rows_line_up(tmp_path: Path, *, gpu: str, cpu: str) -> None:
+    """`collector inventory` of a node with the ``gpu`` and ``cpu`` models and an H100 node:
+    its GPU column is named by the model, and every row's memory cell starts under its
+    header, in terminal columns."""
     from collector.cli._render import width  # noqa: PLC0415
 
-    assert (width("中文"), width("e\u0301"), width("✅ (8)"), width("abc")) == (4, 1, 6, 3)
     db = str(
         await make_store(
             tmp_path,
             [
-                Spec("x1000c0s0b0n0", gpu="中文显卡名称", cpu="Cafe\u0301 CPU"),
+                Spec("x1000c0s0b0n0", gpu=gpu, cpu=cpu),
                 Spec("x1000c0s1b0n0", gpu=H100, gpus=8),
             ],
         )
@@ -55,9 +55,18 @@ async def test_columns_line_up_in_a_terminal_whatever_the_model_names(tmp_path: 
     code, out, err = cli("inventory", "--db", db)
     assert code == 0, err
     header, *rows = out.splitlines()
-    assert "GPU 中文显卡名称" in header
+    assert f"GPU {gpu}" in header
     start = width(header[: header.index("MEMORY")])
     assert [width(r[: r.rindex("✅")]) for r in rows] == [start, start]
+
+
+async def test_columns_line_up_in_a_terminal_whatever_the_model_names(tmp_path: Path) -> None:
+    """A GPU model in Chinese and a CPU model with combining accents take their terminal
+    width, and each ✅ two columns: every row's memory cell starts under its header."""
+    from collector.cli._render import width  # noqa: PLC0415
+
+    assert (width("中文"), width("e\u0301"), width("✅ (8)"), width("abc")) == (4, 1, 6, 3)
+    await _rows_line_up(tmp_path, gpu="中文显卡名称", cpu="Cafe\u0301 CPU")
 
 
 async def test_nonspacing_marks_take_no_column_whatever_their_combining_class(
@@ -76,21 +85,7 @@ async def test_nonspacing_marks_take_no_column_whatever_their_combining_class(
         2,
     )
     assert cut("สวัสดี GPU", 5) == "สวัสดี…"  # the vowel signs stay with their letters
-    db = str(
-        await make_store(
-            tmp_path,
-            [
-                Spec("x1000c0s0b0n0", gpu="การ์ดจอ สวัสดี", cpu="कुमार CPU"),
-                Spec("x1000c0s1b0n0", gpu=H100, gpus=8),
-            ],
-        )
-    )
-    code, out, err = cli("inventory", "--db", db)
-    assert code == 0, err
-    header, *rows = out.splitlines()
-    assert "GPU การ์ดจอ สวัสดี" in header
-    start = width(header[: header.index("MEMORY")])
-    assert [width(r[: r.rindex("✅")]) for r in rows] == [start, start]
+    await _rows_line_up(tmp_path, gpu="การ์ดจอ สวัสดี", cpu="कुमार CPU")
 
 
 async def test_json_counts_units_per_column(store_url: StoreTarget) -> None:
