@@ -570,14 +570,26 @@ def test_a_collector_on_sqlite_without_a_plan_loads_no_postgresql_nor_capacity_c
     tmp_path: Path,
 ) -> None:
     """Its start is part of every drain's CPU (issue 14): psycopg (the PostgreSQL store and
-    leader lease) and the capacity job with its power model are loaded only when used."""
+    leader lease), the capacity job with its power model, the solver (scipy), plotting and the
+    webhooks' HTTP client (httpx: with receivers only) are loaded only when used; rich and
+    pygments, which structlog imports for console tracebacks wherever they are installed (a
+    development environment: capwatch does not depend on them), never."""
+    unused = (
+        "psycopg",
+        "collector.capacity.job",
+        "collector.power",
+        "scipy",
+        "matplotlib",
+        "httpx",
+        "rich",
+        "pygments",
+    )
     code = (
         "import sys\n"
         "from collector.service import Collector\n"
         "from collector.settings import CollectorSettings\n"
         f"Collector(CollectorSettings(db_path={str(tmp_path / 'c.db')!r}))\n"
-        "print(sorted(m for m in ('psycopg', 'collector.capacity.job', 'collector.power') "
-        "if m in sys.modules))\n"
+        f"print(sorted(m for m in {unused!r} if m in sys.modules))\n"
     )
     assert python_child(code) == "[]\n"
 
