@@ -16,7 +16,16 @@ yet).
 Each command then runs ``--runs`` times as a fresh process (after one warm-up run that
 also fills the page cache); median, min and max wall time are printed.
 
+``--startup N`` times the daemon's start instead: ``collector run`` against an empty local
+Mosquitto and a store it made on a first, uncounted run; the CPU it has used 3 s later
+(``utime + stime`` of ``/proc/PID/stat``: imports, settings, the store's checks, the first
+cycles) and its modules then, N runs; median, min and max. Python writes no bytecode where
+``PYTHONDONTWRITEBYTECODE`` is set (as in this repository's development environment, but not
+in an installed capwatch: pip compiles it): each process then compiles every module of the
+repository it imports (~0.2 s of the daemon's start); the line says which it measured.
+
 Usage: ``.venv/bin/python bench/bench_cli.py [--db PATH] [--runs 15] [--rebuild] [--json]``
+or ``.venv/bin/python bench/bench_cli.py --startup 9``
 """
 
 from __future__ import annotations
@@ -201,6 +210,64 @@ def _time_runs(argv: list[str], runs: int, env: dict[str, str]) -> dict[str, flo
     }
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _bytecode() -> str:
+    """How many of the repository's modules have current bytecode (a ``.pyc`` no older than
+    the source: what an import reads instead of compiling)."""
+    import importlib.util  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for top in ("agent", "collector", "shared") for p in (root / top).rglob("*.py")]
+    fresh = 0
+    for src in sources:
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        fresh += pyc.is_file() and pyc.stat().st_mtime >= src.stat().st_mtime
+    return f"bytecode for {fresh} of {len(sources)} modules"
+
+
+def startup(runs: int, settle_s: float = 3.0) -> str:
+    """``collector run``'s CPU ``settle_s`` after its start, ``runs`` times: one line."""
+    import tempfile  # noqa: PLC0415
+
+    from collector.localbroker import MosquittoBroker  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
+    code = (
+        "import runpy, sys, threading, os\n"
+        "def modules():\n"
+        "    sys.stderr.write(f'\\nmodules {len(sys.modules)}\\n')\n"
+        f"threading.Timer({settle_s - 0.2}, modules).start()\n"
+        "sys.argv = ['collector', *sys.argv[1:]]\n"
+        "runpy.run_module('collector', run_name='__main__')\n"
+    )
+    cpu: list[float] = []
+    modules = 0
+    with tempfile.TemporaryDirectory() as tmp, MosquittoBroker(Path(tmp) / "broker") as broker:
+        argv = [sys.executable, "-c", code, "run", "--host", broker.host]
+        argv += ["--port", str(broker.port), "--db", str(Path(tmp) / "start.db")]
+        for i in range(runs + 1):  # the first makes the store
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+            )
+            time.sleep(settle_s)
+            used = _cpu_s(proc.pid)
+            proc.terminate()
+            _, err = proc.communicate(timeout=30)
+            if i:
+                cpu.append(used)
+                modules = int(err.decode().rsplit("modules ", 1)[1].split()[0])
+    return (
+        f"collector run, CPU {settle_s:g} s after its start ({runs} runs, {_bytecode()}): "
+        f"median {statistics.median(cpu):.3f} s, min {min(cpu):.3f}, max {max(cpu):.3f}; "
+        f"{modules} modules"
+    )
+
+
 def commands(db: Path) -> list[tuple[str, list[str], dict[str, str]]]:
     """(label, argv, extra environment) of each timed command."""
     collector = str(BIN / "collector")
@@ -237,7 +304,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=15, help="timed runs per command (default 15)")
     p.add_argument("--rebuild", action="store_true", help="build the store from scratch")
     p.add_argument("--json", action="store_true", help="figures as JSON")
+    p.add_argument(
+        "--startup",
+        type=int,
+        metavar="N",
+        help="time N starts of `collector run` instead (CPU after 3 s; see above)",
+    )
     args = p.parse_args()
+    if args.startup:
+        print(startup(args.startup))
+        return
     print(build(args.db, rebuild=args.rebuild), file=sys.stderr)
     # A long build ends minutes ago: top up again so no node looks stale while timing.
     print(build(args.db, rebuild=False), file=sys.stderr)

@@ -30,3 +30,9 @@ if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet -e "$root[collector,dev]"
   touch "$stamp"
 fi
+# Bytecode for the repository's own modules, as pip writes it for an installed capwatch. This
+# checkout is installed editable, and where PYTHONDONTWRITEBYTECODE is set Python writes none,
+# so every process compiled each module it imported: ~0.2 s of CPU of each collector start
+# (instructions to Collector() built: 2.59 G without, 1.63 G with), more than any import.
+# Current files are skipped (~0.3 s); one that no longer compiles is the tests' to report.
+"$venv/bin/python" -m compileall -q "$root/agent" "$root/collector" "$root/shared" >/dev/null || true

@@ -5,7 +5,31 @@ from __future__ import annotations
 import logging
 import sys
 
-import structlog
+
+def _without_rich() -> None:
+    """Import structlog as if ``rich`` were not installed.
+
+    structlog's ``dev`` and ``tracebacks`` modules, which its package always imports, import
+    rich (and pygments, through rich) when they can find it, for console tracebacks: ~0.1 s of
+    CPU at every start of every command and daemon (``python -X importtime``). capwatch does
+    not depend on rich, so an installed capwatch renders without it; rich is found only where
+    something else brought it (a development environment). Hidden while structlog loads, the
+    console output is the same wherever capwatch runs, and a start does not pay for it. A
+    ``None`` in :data:`sys.modules` makes ``import rich`` raise :class:`ImportError`, which
+    structlog catches; afterwards rich is importable again for whoever wants it.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
+
+
+_without_rich()
+
+import structlog  # noqa: E402 (after _without_rich, which imported it)
 
 __all__ = ["configure_logging", "get_logger"]
 

@@ -254,6 +254,8 @@ class CapwatchSettings(BaseSettings):
     @field_validator("metrics_listen")
     @classmethod
     def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is None:  # no server: its module (wsgiref, structlog) is not loaded
+            return None
         from shared.metrics_http import check_listen  # noqa: PLC0415 (prometheus_client)
 
         return check_listen(value)
@@ -262,6 +264,8 @@ class CapwatchSettings(BaseSettings):
     @classmethod
     def _web_config_has_a_server(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # metrics_listen is declared (so validated) first: info.data holds it unless bad.
+        if value is None:
+            return None
         from shared.metrics_http import check_web_config  # noqa: PLC0415 (prometheus_client)
 
         return check_web_config(value, info.data.get("metrics_listen"))

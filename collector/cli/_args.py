@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from collector.paths import PgTarget, StoreTarget, parse_target
+from collector.paths import (
+    DEFAULT_DB_PATH,
+    PgTarget,
+    StoreTarget,
+    is_url,
+    names_no_file,
+    parse_target,
+)
 from shared.cli import add_broker_args, add_log_args
 
 if TYPE_CHECKING:
@@ -31,6 +38,7 @@ __all__ = [
 ]
 
 _ENV_PREFIX: Final = "CAPWATCH_"
+_DB_PATH_ENV: Final = "CAPWATCH_DB_PATH"
 
 
 def node_names(words: Iterable[str]) -> tuple[str, ...]:
@@ -139,22 +147,41 @@ def defaults_only(args: argparse.Namespace) -> bool:
     return args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ)
 
 
+def _defaults_but_the_store(args: argparse.Namespace) -> StoreTarget | None:
+    """The store of settings that can only be the collector's defaults but for where the store
+    is: no ``--config`` file, and no ``CAPWATCH_*`` variable but ``CAPWATCH_DB_PATH`` (in any
+    case, as pydantic-settings matches it), which ``--db`` overrides. ``None``: anything else,
+    or a value the settings model refuses (then its error is the settings model's own)."""
+    if args.config is not None:
+        return None
+    env = [(k, v) for k, v in os.environ.items() if k.upper().startswith(_ENV_PREFIX)]
+    if len(env) > 1 or any(k.upper() != _DB_PATH_ENV for k, _ in env):
+        return None
+    db: str | None = args.db
+    if db is not None:
+        return parse_target(db)  # the flag wins over the variable
+    if not env:
+        return DEFAULT_DB_PATH
+    value = env[0][1]
+    if is_url(value) or names_no_file(value):  # refused by the model: its error, then
+        return None
+    return Path(value)
+
+
 def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     """What a store-reading command needs, from ``--config``, ``CAPWATCH_*`` and ``--db``.
 
     Without a ``--config`` file and without any ``CAPWATCH_*`` environment variable (in any
-    case, as pydantic-settings matches them) there is nothing to validate: the answer is the
-    collector's defaults and the ``--db`` path, exactly what :func:`settings_from_args` would
-    build, without its ~0.14 s of imports (tests/collector/test_cli_query.py holds the two
-    equal). Otherwise the full settings are built and checked as for ``collector run``, with
-    the same errors.
+    case, as pydantic-settings matches them) but ``CAPWATCH_DB_PATH`` there is nothing to
+    validate but that path: the answer is the collector's defaults and the store, exactly what
+    :func:`settings_from_args` would build, without its ~0.14 s of imports
+    (tests/collector/test_cli_query.py holds the two equal). Otherwise the full settings are
+    built and checked as for ``collector run``, with the same errors.
     """
-    if defaults_only(args):
+    target = _defaults_but_the_store(args)
+    if target is not None:
         from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, DEFAULT_STALENESS  # noqa: PLC0415
-        from collector.paths import DEFAULT_DB_PATH  # noqa: PLC0415
 
-        db: str | None = args.db
-        target = DEFAULT_DB_PATH if db is None else parse_target(db)
         return ReadSettings(target, DEFAULT_STALENESS, DEFAULT_BUSY_UTIL_PCT)
     settings = settings_from_args(args)
     return ReadSettings(

@@ -492,6 +492,30 @@ def test_read_settings_without_config_or_env_are_the_collectors_settings() -> No
     assert AlertSettings.model_fields["eval_interval_s"].default == DEFAULT_EVAL_INTERVAL_S
 
 
+def test_read_settings_with_only_capwatch_db_path_are_the_collectors_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CAPWATCH_DB_PATH (in any case) and no other variable: the fast path still, giving what
+    the settings model gives (--db over the variable); a path the model refuses is its error."""
+    for name in ("CAPWATCH_DB_PATH", "capwatch_Db_path"):
+        monkeypatch.setenv(name, "/from/env.db")
+        for argv in ((), ("--db", "flag.db"), ("--db", "postgresql://u@h/d")):
+            args = _args(*argv)
+            full = settings_from_args(args)
+            expected = ReadSettings(
+                full.store_target, full.staleness(), full.governance.busy_util_pct
+            )
+            assert read_settings_from_args(args) == expected
+        monkeypatch.delenv(name)
+    for bad in ("", "/", "postgresql://u@h/d"):
+        monkeypatch.setenv("CAPWATCH_DB_PATH", bad)
+        with pytest.raises(ConfigError, match="db_path") as info:
+            settings_from_args(_args())
+        with pytest.raises(ConfigError, match="db_path") as fast:
+            read_settings_from_args(_args())
+        assert str(fast.value) == str(info.value)
+
+
 def test_read_settings_take_config_and_env_through_the_settings_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -541,9 +565,11 @@ _DAEMON = ("aiosqlite", "aiomqtt", "asyncio", "structlog", "collector.service")
 _STORE = ("collector.store.db", "zstandard", "msgspec", "shared.schema")
 
 
-def _loaded(*argv: str, names: tuple[str, ...]) -> list[str]:
-    """Which of ``names`` a fresh ``collector ARGV`` process imported."""
+def _loaded(*argv: str, names: tuple[str, ...], **variables: str) -> list[str]:
+    """Which of ``names`` a fresh ``collector ARGV`` process imported (with no ``CAPWATCH_*``
+    environment variable but those in ``variables``)."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CAPWATCH_")}
+    env.update(variables)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *sys.path])
     done = subprocess.run(
         [sys.executable, "-c", _LOADED.format(names=names), *argv],
@@ -570,14 +596,26 @@ def test_a_collector_on_sqlite_without_a_plan_loads_no_postgresql_nor_capacity_c
     tmp_path: Path,
 ) -> None:
     """Its start is part of every drain's CPU (issue 14): psycopg (the PostgreSQL store and
-    leader lease) and the capacity job with its power model are loaded only when used."""
+    leader lease), the capacity job with its power model, the solver (scipy), plotting and the
+    webhooks' HTTP client (httpx: with receivers only) are loaded only when used; rich and
+    pygments, which structlog imports for console tracebacks wherever they are installed (a
+    development environment: capwatch does not depend on them), never."""
+    unused = (
+        "psycopg",
+        "collector.capacity.job",
+        "collector.power",
+        "scipy",
+        "matplotlib",
+        "httpx",
+        "rich",
+        "pygments",
+    )
     code = (
         "import sys\n"
         "from collector.service import Collector\n"
         "from collector.settings import CollectorSettings\n"
         f"Collector(CollectorSettings(db_path={str(tmp_path / 'c.db')!r}))\n"
-        "print(sorted(m for m in ('psycopg', 'collector.capacity.job', 'collector.power') "
-        "if m in sys.modules))\n"
+        f"print(sorted(m for m in {unused!r} if m in sys.modules))\n"
     )
     assert python_child(code) == "[]\n"
 
@@ -586,6 +624,8 @@ def test_query_without_config_or_env_skips_the_settings_model(db: StoreTarget) -
     """A plain query never loads pydantic; neither does --rejected."""
     assert _loaded("query", "--db", str(db), names=_SETTINGS) == []
     assert _loaded("query", "--db", str(db), "--rejected", names=_SETTINGS) == []
+    if isinstance(db, Path):  # the store from CAPWATCH_DB_PATH, as bench/bench_cli.py times it
+        assert _loaded("query", names=_SETTINGS, CAPWATCH_DB_PATH=str(db)) == []
 
 
 def test_query_reads_without_the_daemons_store_code(db: StoreTarget) -> None:
