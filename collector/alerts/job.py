@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from collector.alerts.evaluator import AlertState, Evaluator, Transition
@@ -54,6 +55,7 @@ from collector.alerts.silence import (
     Inhibitor,
     InhibitRule,
     Silence,
+    SourceKeys,
     inhibit_rules_to_json,
     muted,
     silence_from_row,
@@ -94,8 +96,21 @@ _LOGGED_CHANGES: Final = 20
 event is one line (the writer logs them: 12,500 lines cost it ~0.14 s of CPU, samples waiting)."""
 
 
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
 def _json(mapping: Mapping[str, str]) -> str:
-    return json.dumps(dict(mapping), sort_keys=True, ensure_ascii=False)
+    """``mapping`` as the store keeps an alert's labels and annotations: the text of
+    ``json.dumps(mapping, sort_keys=True, ensure_ascii=False)``, made by msgspec (keys
+    sorted, then its one-line format, which separates items by ``", "`` and ``": "`` as
+    ``json.dumps`` does): ~0.9 us a document instead of ~4 us, two per change, and a mass
+    event's first evaluation makes a change per node. A string msgspec will not encode
+    (a lone surrogate) is left to ``json.dumps``, which writes it as before."""
+    try:
+        encoded = _ENCODER.encode(mapping if type(mapping) is dict else dict(mapping))
+    except UnicodeEncodeError:
+        return json.dumps(dict(mapping), sort_keys=True, ensure_ascii=False)
+    return msgspec.json.format(encoded, indent=0).decode()
 
 
 def _log_changes(transitions: Sequence[Transition]) -> None:
@@ -238,6 +253,8 @@ class AlertJob:
         self._external_url = external_url.rstrip("/")
         self._notify = notify
         self._inhibit_rules = tuple(inhibit_rules)
+        self._sources = SourceKeys(self._inhibit_rules)
+        """What each firing alert is to the inhibit rules, kept across evaluations."""
         self._push = push
         self.interval_s = interval_s
         self._evaluator = evaluator
@@ -334,14 +351,18 @@ class AlertJob:
         ]
         self._dispatcher.observe(firing, resolved, now)
         # A source mutes while its condition holds, not while it only keeps firing.
+        sources = self._sources
         inhibitor = Inhibitor(
-            self._inhibit_rules, ((s.fingerprint, s.labels) for s in states if s.holds(now))
+            self._inhibit_rules,
+            ((s.fingerprint, s.labels) for s in states if s.holds(now)),
+            sources=sources,
         )
         kept = frozenset(
             s.fingerprint
             for s in states
-            if not s.holds(now) and any(r.is_source(s.labels) for r in self._inhibit_rules)
+            if not s.holds(now) and sources.of(s.fingerprint, s.labels) is not None
         )
+        sources.keep(len(states), (s.fingerprint for s in states))
         flushes, logged, gone = self._dispatcher.flush(
             now, lambda a: muted(a.labels, silences, inhibitor, now, a.fingerprint)
         )
