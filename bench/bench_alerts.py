@@ -16,6 +16,12 @@ in thread CPU time: a healthy fleet's cycle, a mass event's first (every node st
 new pending alert each) and the next ones while every node's alert is held (pending, then
 firing: notified once, then only grouped and inhibited again each cycle).
 
+Then the same cycles in a worker thread, as the collector runs them, while the event loop
+makes round trips to another worker thread (what a sample batch's commit does, a few times
+each): the longest round trip and the 99th percentile show how long the job's cycle holds
+the GIL at a stretch (:mod:`collector.cooperate`: the loop's thread waits that long for
+it), the ingest stall it makes (``--beside``: only that).
+
 On a loaded machine (2 shared cores) CPU time varies by +-20 % from run to run;
 instructions do not. ``--callgrind`` runs only the alert job's cycles, each phase inside
 :func:`functools.reduce`, which callgrind can be told to count alone::
@@ -33,7 +39,7 @@ at most), into a SQLite file in a temporary directory (``--dir``: elsewhere, e.g
 or ``--db postgresql://...``.
 
 Usage: ``.venv/bin/python bench/bench_alerts.py [--nodes 12500] [--gpus 8] [--cycles 20]
-[--dir DIR | --db URL | --callgrind]``
+[--dir DIR | --db URL | --callgrind | --beside]``
 """
 
 from __future__ import annotations
@@ -111,6 +117,11 @@ def main() -> None:
         action="store_true",
         help="only the alert job's cycles, each phase inside functools.reduce (see above)",
     )
+    parser.add_argument(
+        "--beside",
+        action="store_true",
+        help="only the event loop's round trips beside the alert job's cycles (see above)",
+    )
     args = parser.parse_args()
 
     if not args.default_gc:  # as `collector run` does: its view is built after the freeze
@@ -134,6 +145,9 @@ def main() -> None:
 
     if args.callgrind:
         _job_cycles(view, args.cycles, reduce=True)
+        return
+    if args.beside:
+        asyncio.run(_loop_beside(view, args.cycles))
         return
     rules = builtin_rules()
     ev = Evaluator(rules)
@@ -175,6 +189,7 @@ def main() -> None:
     _time_grouping(ev, now)
     print(f"LiveView.on_sample: {per_sample_us:.1f} us per {args.gpus}-GPU sample")
     _job_cycles(view, args.cycles)
+    asyncio.run(_loop_beside(view, args.cycles))
     with tempfile.TemporaryDirectory(prefix="capwatch-alerts-", dir=args.dir) as tmp:
         for part, label in ((1 << 30, "one transaction"), (PART_CHANGES, "in parts")):
             target = parse_target(args.db) if args.db else Path(tmp) / f"{part}.db"
@@ -243,6 +258,45 @@ def _job_cycles(view: LiveView, cycles: int, *, reduce: bool = False) -> None:
             f"{statistics.median(held):.1f} ms, max {max(held):.1f} ms "
             f"({sum(s.state == 'firing' for s in job._evaluator.states())} firing)"
         )
+
+
+async def _loop_beside(view: LiveView, cycles: int) -> None:
+    """A fresh alert job's cycles (healthy, the mass event's first, every node's alert
+    held) each in a worker thread, while the loop makes round trips to another: the longest
+    and the 99th percentile of those, per phase, in ms."""
+    hook = ReceiverSettings.model_validate({"name": "bench", "url": "http://127.0.0.1:9/"})
+    job = AlertJob(Evaluator(builtin_rules()), FakeClock(start_wall=_T0), receivers=[hook])
+    snapshot = view.snapshot()
+
+    async def phase(times: list[float]) -> list[float]:
+        trips: list[float] = []
+        for now in times:
+            work = asyncio.create_task(
+                asyncio.to_thread(job._evaluate, snapshot, now, [], job.generation)
+            )
+            while not work.done():
+                t = time.perf_counter()
+                await asyncio.to_thread(int)
+                trips.append((time.perf_counter() - t) * 1e3)
+            await work
+        return sorted(trips)
+
+    await phase([_T0 + 0.5])
+    stale = _T0 + 5 + 3 * 1.0 + 10  # as _job_cycles
+    parts = [
+        ("healthy", await phase([_T0 + 1 + c * 0.1 for c in range(cycles)])),
+        ("mass event's first", await phase([stale])),
+        ("every alert held", await phase([stale + 1 + c for c in range(cycles)])),
+    ]
+    print(
+        "the event loop's round trips to a worker thread beside the job's cycles: "
+        + "; ".join(
+            f"{name} longest {trips[-1]:.1f} ms, p99 "
+            f"{trips[min(len(trips) - 1, round(0.99 * (len(trips) - 1)))]:.1f} ms "
+            f"({len(trips)})"
+            for name, trips in parts
+        )
+    )
 
 
 def _time_grouping(ev: Evaluator, now: float) -> None:
