@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -434,7 +434,8 @@ def test_node_stale_fires_exactly_when_the_node_is_stale(interval_s: float) -> N
     t0 = 1_800_000_000.0
     d = sample_dict()
     d["interval_s"] = interval_s
-    for i, status in enumerate(["online", "offline", None]):
+    statuses: list[Literal["online", "offline"] | None] = ["online", "offline", None]
+    for i, status in enumerate(statuses):
         node = f"n{i}"
         d["node"], d["ts"] = node, t0
         view.on_sample(msgspec.convert(d, Sample), t0)
@@ -443,7 +444,7 @@ def test_node_stale_fires_exactly_when_the_node_is_stale(interval_s: float) -> N
     view.on_status("never-sampled", "online", t0)
     limit = staleness.limit_s(interval_s)
     edges = (3.0, limit)  # the least limit (3 x min_interval_s) and the node's own
-    for age in sorted({0.0, 4 * limit, *(e + d for e in edges for d in (-1e-4, 0.0, 1e-4))}):
+    for age in sorted({0.0, 4 * limit, *(e + x for e in edges for x in (-1e-4, 0.0, 1e-4))}):
         now = t0 + age
         want = sorted(st.node for st in view.nodes() if staleness.of(st, now) == "stale")
         got = sorted(inst.labels["node"] for inst in rule.condition(view, now))
