@@ -9,6 +9,29 @@ cycle (target < 100 ms) and the cost of ``on_sample`` per sample; for the mass e
 what grouping costs on top (the default route: the dispatcher's first and next cycle, and
 the one webhook body listing every alert). Not pass/fail.
 
+Then the alert job's whole cycle as the collector runs it in its worker thread
+(:meth:`collector.alerts.job.AlertJob`'s pure part: the rules, then the firing alerts'
+groups, the inhibitions, the webhook bodies and the changes as the store records them),
+in thread CPU time: a healthy fleet's cycle, a mass event's first (every node stale: one
+new pending alert each) and the next ones while every node's alert is held (pending, then
+firing: notified once, then only grouped and inhibited again each cycle).
+
+Then the same cycles in a worker thread, as the collector runs them, while the event loop
+makes round trips to another worker thread (what a sample batch's commit does, a few times
+each): the longest round trip and the 99th percentile show how long the job's cycle holds
+the GIL at a stretch (:mod:`collector.cooperate`: the loop's thread waits that long for
+it), the ingest stall it makes (``--beside``: only that).
+
+On a loaded machine (2 shared cores) CPU time varies by +-20 % from run to run;
+instructions do not. ``--callgrind`` runs only the alert job's cycles, each phase inside
+:func:`functools.reduce`, which callgrind can be told to count alone::
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        --dump-after=functools_reduce --callgrind-out-file=cg.out \
+        .venv/bin/python bench/bench_alerts.py --callgrind
+    # cg.out.1: --cycles healthy cycles; cg.out.2: the mass event's first cycle;
+    # cg.out.3: --cycles cycles with every node's alert firing (each file's "summary:")
+
 Then the mass event's record as the writer stores it (:class:`collector.alerts.job.AlertRecord`,
 a fresh job's first evaluation of the stale fleet, one receiver): in one transaction, and in
 parts of :data:`collector.alerts.job.PART_CHANGES` (ms per part: how long sample batches wait
@@ -16,13 +39,14 @@ at most), into a SQLite file in a temporary directory (``--dir``: elsewhere, e.g
 or ``--db postgresql://...``.
 
 Usage: ``.venv/bin/python bench/bench_alerts.py [--nodes 12500] [--gpus 8] [--cycles 20]
-[--dir DIR | --db URL]``
+[--dir DIR | --db URL | --callgrind | --beside]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import statistics
 import tempfile
@@ -88,6 +112,16 @@ def main() -> None:
     )
     parser.add_argument("--dir", type=Path, help="where the SQLite stores go (default: /tmp)")
     parser.add_argument("--db", help="a PostgreSQL URL to write the records to instead")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="only the alert job's cycles, each phase inside functools.reduce (see above)",
+    )
+    parser.add_argument(
+        "--beside",
+        action="store_true",
+        help="only the event loop's round trips beside the alert job's cycles (see above)",
+    )
     args = parser.parse_args()
 
     if not args.default_gc:  # as `collector run` does: its view is built after the freeze
@@ -109,6 +143,12 @@ def main() -> None:
         # are old, not young ones that the first cycle's collections would scan.
         gc.collect()
 
+    if args.callgrind:
+        _job_cycles(view, args.cycles, reduce=True)
+        return
+    if args.beside:
+        asyncio.run(_loop_beside(view, args.cycles))
+        return
     rules = builtin_rules()
     ev = Evaluator(rules)
     now = _T0 + 1
@@ -148,6 +188,8 @@ def main() -> None:
     )
     _time_grouping(ev, now)
     print(f"LiveView.on_sample: {per_sample_us:.1f} us per {args.gpus}-GPU sample")
+    _job_cycles(view, args.cycles)
+    asyncio.run(_loop_beside(view, args.cycles))
     with tempfile.TemporaryDirectory(prefix="capwatch-alerts-", dir=args.dir) as tmp:
         for part, label in ((1 << 30, "one transaction"), (PART_CHANGES, "in parts")):
             target = parse_target(args.db) if args.db else Path(tmp) / f"{part}.db"
@@ -182,6 +224,79 @@ async def _time_record(
                 for table in ("alerts", "alert_history", "outbox", "alert_groups"):
                     await store.execute(f"DELETE FROM {table}")
     return ms, len(record.changes)
+
+
+def _job_cycles(view: LiveView, cycles: int, *, reduce: bool = False) -> None:
+    """A fresh alert job (one receiver, no silences) over ``view``: its cycles' thread CPU
+    time, healthy (before the mass event's time), the mass event's first cycle, then every
+    node's alert held; with ``reduce``, each phase inside :func:`functools.reduce` for
+    callgrind (module docstring)."""
+    hook = ReceiverSettings.model_validate({"name": "bench", "url": "http://127.0.0.1:9/"})
+    job = AlertJob(Evaluator(builtin_rules()), FakeClock(start_wall=_T0), receivers=[hook])
+    snapshot = view.snapshot()
+
+    def cycle(now: float) -> float:
+        t = time.thread_time()
+        job._evaluate(snapshot, now, [], job.generation)
+        return (time.thread_time() - t) * 1e3
+
+    def phase(times: list[float]) -> list[float]:
+        if reduce:
+            functools.reduce(lambda _, now: cycle(now), times, 0.0)
+            return [0.0]
+        return [cycle(now) for now in times]
+
+    cycle(_T0 + 0.5)  # warm-up: the first cycle of a job
+    healthy = phase([_T0 + 1 + c * 0.1 for c in range(cycles)])
+    stale = _T0 + 5 + 3 * 1.0 + 10  # as the mass event above: every node stale
+    first = phase([stale])
+    held = phase([stale + 1 + c for c in range(cycles)])
+    if not reduce:
+        print(
+            f"the alert job's cycle (thread CPU): healthy median {statistics.median(healthy):.1f}"
+            f" ms; every node stale: first {first[0]:.1f} ms, then median "
+            f"{statistics.median(held):.1f} ms, max {max(held):.1f} ms "
+            f"({sum(s.state == 'firing' for s in job._evaluator.states())} firing)"
+        )
+
+
+async def _loop_beside(view: LiveView, cycles: int) -> None:
+    """A fresh alert job's cycles (healthy, the mass event's first, every node's alert
+    held) each in a worker thread, while the loop makes round trips to another: the longest
+    and the 99th percentile of those, per phase, in ms."""
+    hook = ReceiverSettings.model_validate({"name": "bench", "url": "http://127.0.0.1:9/"})
+    job = AlertJob(Evaluator(builtin_rules()), FakeClock(start_wall=_T0), receivers=[hook])
+    snapshot = view.snapshot()
+
+    async def phase(times: list[float]) -> list[float]:
+        trips: list[float] = []
+        for now in times:
+            work = asyncio.create_task(
+                asyncio.to_thread(job._evaluate, snapshot, now, [], job.generation)
+            )
+            while not work.done():
+                t = time.perf_counter()
+                await asyncio.to_thread(int)
+                trips.append((time.perf_counter() - t) * 1e3)
+            await work
+        return sorted(trips)
+
+    await phase([_T0 + 0.5])
+    stale = _T0 + 5 + 3 * 1.0 + 10  # as _job_cycles
+    parts = [
+        ("healthy", await phase([_T0 + 1 + c * 0.1 for c in range(cycles)])),
+        ("mass event's first", await phase([stale])),
+        ("every alert held", await phase([stale + 1 + c for c in range(cycles)])),
+    ]
+    print(
+        "the event loop's round trips to a worker thread beside the job's cycles: "
+        + "; ".join(
+            f"{name} longest {trips[-1]:.1f} ms, p99 "
+            f"{trips[min(len(trips) - 1, round(0.99 * (len(trips) - 1)))]:.1f} ms "
+            f"({len(trips)})"
+            for name, trips in parts
+        )
+    )
 
 
 def _time_grouping(ev: Evaluator, now: float) -> None:

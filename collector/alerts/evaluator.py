@@ -371,7 +371,9 @@ class Evaluator:
         keep_for = rule.keep_firing_for_s if rule is not None else 0.0
         gone: list[_Key] = []
         cleared = 0
-        for key, st in by_key.items():
+        for i, (key, st) in enumerate(by_key.items(), 1):
+            if not i % YIELD_EVERY:
+                yield_gil()  # a mass event's end resolves every node's alert: as in _present
             if key in seen:
                 continue
             if st.state == "pending":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -11,6 +11,7 @@ from collector.alerts.builtin import HW_POWER_BRAKE_SLOWDOWN, HW_THERMAL_SLOWDOW
 from collector.alerts.evaluator import Evaluator, Transition
 from collector.alerts.settings import CRITICAL_XIDS, AlertSettings
 from collector.live import LiveView
+from collector.nodefacts import Staleness
 from shared.clock import FakeClock
 from shared.schema import MAX_GPUS, Sample
 from tests.shared.wire_samples import sample_dict, uuid
@@ -420,3 +421,31 @@ def test_job_gpu_idle_needs_every_gpu_of_the_job_idle() -> None:
     pod_idle = {"gpu6": {"util_pct": 0.0}, "gpu7": {"util_pct": 1.0}}
     f.run(1900, **{**_IDLE, "gpu3": {"util_pct": 50.0}}, **pod_idle)
     assert [a["job"] for a in f.firing("JobGpuIdle")] == ["ml-team/trainer-7f9c"]
+
+
+@pytest.mark.parametrize("interval_s", [0.25, 1.0, 5.0, 60.0])
+def test_node_stale_fires_exactly_when_the_node_is_stale(interval_s: float) -> None:
+    """NodeStale's instances are the nodes :meth:`Staleness.of` calls stale, to the edge of
+    each node's limit (the rule skips the fresh ones by the least limit any node has: a node
+    past that one but inside its own is not stale), online or offline, sampled or not."""
+    staleness = Staleness(intervals=3.0, min_interval_s=1.0)
+    (rule,) = [r for r in builtin_rules(staleness=staleness) if r.name == "NodeStale"]
+    view = LiveView()
+    t0 = 1_800_000_000.0
+    d = sample_dict()
+    d["interval_s"] = interval_s
+    statuses: list[Literal["online", "offline"] | None] = ["online", "offline", None]
+    for i, status in enumerate(statuses):
+        node = f"n{i}"
+        d["node"], d["ts"] = node, t0
+        view.on_sample(msgspec.convert(d, Sample), t0)
+        if status is not None:
+            view.on_status(node, status, t0)
+    view.on_status("never-sampled", "online", t0)
+    limit = staleness.limit_s(interval_s)
+    edges = (3.0, limit)  # the least limit (3 x min_interval_s) and the node's own
+    for age in sorted({0.0, 4 * limit, *(e + x for e in edges for x in (-1e-4, 0.0, 1e-4))}):
+        now = t0 + age
+        want = sorted(st.node for st in view.nodes() if staleness.of(st, now) == "stale")
+        got = sorted(inst.labels["node"] for inst in rule.condition(view, now))
+        assert got == want, age

@@ -12,6 +12,7 @@ from collector.alerts.silence import (
     DEFAULT_INHIBIT_RULES,
     Inhibitor,
     InhibitRule,
+    SourceKeys,
     inhibit_rules_from_json,
     inhibit_rules_to_json,
 )
@@ -102,3 +103,32 @@ def test_a_bad_inhibit_rule_in_the_config_names_the_key(
         load_settings(CollectorSettings, config_file=cfg)
     assert says in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_source_keys_kept_across_evaluations_inhibit_as_keys_made_anew() -> None:
+    """The alert job keeps one :class:`SourceKeys` from an evaluation to the next: each
+    evaluation mutes what its own firing alerts mute, whichever fired before; the alerts no
+    longer firing are forgotten once they outnumber those firing."""
+    rules = (SEVERITY_RULE, *DEFAULT_INHIBIT_RULES)
+    offline = {"alertname": "NodeOffline", "severity": "critical", "node": "n1"}
+    hot = {"alertname": "GpuHot", "severity": "warning", "node": "n1"}
+    xid = {"alertname": "GpuXid", "severity": "warning", "node": "n1"}
+    kept = SourceKeys(rules)
+    evaluations = [
+        ((offline, hot, xid), [hot, xid]),
+        ((hot, xid), []),  # a source of no rule stays one
+        ((CRIT, WARN, WARN_OTHER), [WARN]),
+        ((offline, hot, CRIT, WARN), [hot, WARN]),
+        ((xid, WARN), []),
+    ]
+    for firing, muted in evaluations:
+        inhibitor = Inhibitor(rules, ((fingerprint(a), a) for a in firing), sources=kept)
+        assert [a for a in firing if inhibitor.inhibits(a, fingerprint(a))] == muted
+    many = [{**WARN, "rack": f"r{i}"} for i in range(3000)]
+    for labels in many:
+        kept.of(fingerprint(labels), labels)
+    kept.keep(2, (fingerprint(a) for a in (CRIT, hot)))
+    assert len(kept) == 2
+    assert Inhibitor(rules, [(fingerprint(CRIT), CRIT)], sources=kept).inhibits(WARN, "w")
+    with pytest.raises(ValueError, match="other inhibit rules"):
+        Inhibitor((SEVERITY_RULE,), [], sources=kept)
