@@ -71,7 +71,24 @@ def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
     seqs stamped later; ``NodeAgentConflict``), newer by the clock only, which the live
     view does not take either (one run by ``seq``): the watermark's. Without a watermark
     (agents before epochs; watermarks off, or a share group, whose members write none), the
-    newest by time, as the live view orders agents before epochs. A sample stored since the
+    newest by time, as the live view orders agents before epochs.
+
+    For an agent with epochs but no watermark (``watermark_interval_s = 0``, or a share
+    group) the two differ, and only then: the live view goes by ``seq`` within a run
+    (:func:`collector.live._later_sample`), this by the node's clock. After a clock stepped
+    back S seconds it shows the last sample before the step for up to S seconds (the node
+    may read stale in ``collector query`` meanwhile, not in the live view, alerts or
+    /metrics); after a restart behind the last run's clock, that run's last sample until
+    the new run's clock passes it; a second sender's samples stamped later (an agent cloned
+    with its spool) while it sends; a late sample of an older run stamped after the newest
+    run's samples. Not the live view's: its rule needs each node's highest ``seq`` of its newest
+    ``epoch``, which no index gives (``samples`` has ``(node, ts_ms)`` only); one on
+    ``(node, epoch, seq)`` would cost every stored sample an index entry, and without it
+    the search reads each node's stored samples (a day at 10 s: 8,640 a node, 108 M at
+    12,500 nodes, for each fleet query). The watermark is what names that sample once per
+    interval; a share group's members, each storing only its share, cannot count holes
+    (``Collector._marking``). ``tests/collector/store/test_latest_sample.py`` pins both. A
+    sample stored since the
     last round but stamped no later than it (the clock just stepped back), or numbered past
     it while a second sender's stamped later came after, shows from the next round (a
     second by default).
