@@ -489,8 +489,10 @@ class Collector:
         """Run the leader's cycles, delivery and push until cancelled (the term ended)."""
         records = FencedRecords(_put_record(self._queue), fence)
         # The governance job starts each term from the store (another leader's usage
-        # snapshot included), never from its own last term's.
+        # snapshot included), never from its own last term's; the ledger's too.
         self.governance.new_term()
+        if self.ledger is not None:
+            self.ledger.new_term()
         cycles: list[Cycle] = [
             # First: the governance rules and the ledger read its newest view, and the
             # others' first cycles wait for its first (collector.evaluate).

@@ -55,7 +55,7 @@ __all__ = [
     "MqttSettings",
     "format_validation_error",
     "load_settings",
-    "wrong_types_for_numbers",
+    "wrong_scalar_types",
 ]
 
 
@@ -288,8 +288,9 @@ class CapwatchSettings(BaseSettings):
 class _EnvSource(PydanticBaseSettingsSource):
     """The ``CAPWATCH_*`` environment, whose tables and lists given as JSON
     (``CAPWATCH_MQTT='{"port": true}'``) hold numbers as numbers, as the file does
-    (:func:`wrong_types_for_numbers`): pydantic read that one as port 1, and ``"1883"`` as
-    1883. A plain variable (``CAPWATCH_MQTT__PORT=1883``) is text, read as a number."""
+    (:func:`wrong_scalar_types`): pydantic read that one as port 1, ``"1883"`` as 1883 and
+    ``{"tls": "yes"}`` as true. A plain variable (``CAPWATCH_MQTT__PORT=1883``) is text,
+    read as a number."""
 
     def __init__(self, env: PydanticBaseSettingsSource) -> None:
         super().__init__(env.settings_cls)
@@ -301,7 +302,7 @@ class _EnvSource(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         try:  # json.loads of a table given as JSON recurses per level (both read it)
             data = self._env()
-            errors = wrong_types_for_numbers(self.settings_cls, self._json_values())
+            errors = wrong_scalar_types(self.settings_cls, self._json_values())
         except RecursionError:
             raise SettingsError(f"a CAPWATCH_* variable's JSON is {TOO_DEEP}") from None
         if errors:
@@ -359,7 +360,7 @@ class _TomlSource(TomlConfigSettingsSource):
             for key, value in data.items()
             if key in fields and not isinstance(value, Mapping) and _is_table(fields[key])
         ]
-        errors += wrong_types_for_numbers(self.settings_cls, data)
+        errors += wrong_scalar_types(self.settings_cls, data)
         if errors:
             raise ValidationError.from_exception_data(self.settings_cls.__name__, errors[:1])
         return data
@@ -371,19 +372,25 @@ _BOOLEAN_FOR_NUMBER = PydanticCustomError(
 _TEXT_FOR_NUMBER = PydanticCustomError(
     "str_for_number", "Input should be a number, not text: write the number without quotes"
 )
+_TEXT_FOR_BOOLEAN = PydanticCustomError(
+    "str_for_bool", "Input should be true or false, not text: write true or false without quotes"
+)
+_NUMBER_FOR_BOOLEAN = PydanticCustomError(
+    "number_for_bool", "Input should be true or false, not a number: write true or false"
+)
 
 
-def wrong_types_for_numbers(
-    model: type[BaseModel], data: Mapping[str, Any]
-) -> list[InitErrorDetails]:
+def wrong_scalar_types(model: type[BaseModel], data: Mapping[str, Any]) -> list[InitErrorDetails]:
     """Where a typed document given to ``model`` (a TOML file, JSON) has ``true``/``false``
-    or text for a number, at any depth of its tables, lists and named tables
-    (``[tenants.acme]``), as pydantic errors.
+    or text for a number, or text or a number for a boolean, at any depth of its tables,
+    lists and named tables (``[tenants.acme]``), as pydantic errors.
 
     pydantic's lax mode reads a boolean as the number 1 or 0 (``max_nodes = true`` became
     one node, ``retention_s = true`` one second of samples, a quota's ``nominal = true`` one
-    GPU) and a number's text as the number (``stale_intervals = "3"``), where a TOML file or
-    JSON says which type it means. A plain environment variable is text: not for this."""
+    GPU), a number's text as the number (``stale_intervals = "3"``) and ``"false"``,
+    ``"yes"``, ``0`` or ``1`` as a boolean (``compress_payloads = "false"``), where a TOML
+    file or JSON says which type it means. A plain environment variable is text, read as
+    pydantic reads it (``CAPWATCH_COMPRESS_PAYLOADS=false``): not for this."""
     return _wrong_types_in(model, data, ())
 
 
@@ -395,16 +402,20 @@ def _wrong_types_in(
         return _wrong_types_in(typing.get_args(annotation)[0], value, loc)
     if origin in (typing.Union, types.UnionType):
         arms = typing.get_args(annotation)
-        if isinstance(value, bool) and any(_takes_a_boolean(arm) for arm in arms):
-            return []
-        if isinstance(value, str) and not all(_is_a_number(a) or a is type(None) for a in arms):
-            return []  # float | DurationText: an arm takes text
+        if isinstance(value, bool | str | int | float):
+            # The arms that can take a scalar (not None, a table or a list): none finds one
+            # in it (float | DurationText: an arm takes the text), or the first one's.
+            found = [_wrong_types_in(a, value, loc) for a in arms if _takes_a_scalar(a)]
+            return [] if not all(found) else next(iter(found), [])
         # The first arm that finds one (a table's value is read against each table arm).
         return next((e for arm in arms if (e := _wrong_types_in(arm, value, loc))), [])
     if isinstance(value, bool):
         if _is_a_number(annotation):
             return [{"type": _BOOLEAN_FOR_NUMBER, "loc": loc, "input": value}]
         return []
+    if isinstance(value, str | int | float) and _is_a_boolean(annotation):
+        kind = _TEXT_FOR_BOOLEAN if isinstance(value, str) else _NUMBER_FOR_BOOLEAN
+        return [{"type": kind, "loc": loc, "input": value}]
     if isinstance(value, str):
         if _is_a_number(annotation):
             return [{"type": _TEXT_FOR_NUMBER, "loc": loc, "input": value}]
@@ -439,10 +450,23 @@ def _is_a_number(annotation: Any) -> bool:
     )
 
 
-def _takes_a_boolean(annotation: Any) -> bool:
+def _takes_a_scalar(annotation: Any) -> bool:
+    """Whether ``annotation`` is no None, table (a model, a dict) or list, ``Annotated`` or
+    not: an arm of a union that can take a number, a boolean or text."""
     if typing.get_origin(annotation) is Annotated:
-        return _takes_a_boolean(typing.get_args(annotation)[0])
-    return annotation is bool or annotation is Any
+        return _takes_a_scalar(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (list, tuple, dict, set, frozenset):
+        return False
+    return not (
+        isinstance(annotation, type)
+        and issubclass(annotation, BaseModel | Mapping | list | tuple | set | frozenset)
+    ) and annotation is not type(None)
+
+
+def _is_a_boolean(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is Annotated:
+        return _is_a_boolean(typing.get_args(annotation)[0])
+    return annotation is bool
 
 
 def _is_table(field: FieldInfo) -> bool:

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -187,31 +187,42 @@ class CapacityJob:
         self._rest_basis: RestBasis = rest_basis
         self._matcher = TypeMatcher(cplan)
         self._known: dict[str, NodeState] = {}
-        """Nodes the store knew at start (status, inventory): counted until they report."""
-        self._inventories: dict[str, Inventory] = {}
+        """Nodes the store knew at start (status, inventory): counted until they report.
+        Changed on the event loop only (a cycle's worker thread reads a copy): a cycle that
+        a term's end cancelled goes on in its thread while the next term restores."""
+        self._inventories: Mapping[str, Inventory] = {}
+        """The stored inventories, replaced whole by :meth:`restore`, never changed: a
+        cycle's thread reads the ones it was handed."""
         self.metrics = CapacityJobMetrics(CollectorRegistry()) if metrics is None else metrics
         self.cpu_ms = 0.0
         """CPU time of the last cycle's picture and solves (its worker thread), ms."""
 
-    def _nodes(self, view: LiveView) -> Iterator[NodeState]:
-        """The live view's nodes, then those known from the store that it has not seen."""
-        if not self._known:
-            return view.nodes()
-        for node in [n for n in self._known if n in view]:  # it reported: the view has it
+    def _still_unseen(self, view: LiveView) -> tuple[NodeState, ...]:
+        """Those of the nodes known from the store that ``view`` has not seen (one that
+        reported is the view's from then on, and forgotten here); on the event loop."""
+        for node in [n for n in self._known if n in view]:
             del self._known[node]
-        return itertools.chain(view.nodes(), self._known.values())
+        return tuple(self._known.values())
 
     def compute(self, view: LiveView) -> Picture:
         """The picture of ``view`` now (no store write)."""
+        return self._picture(view, self._still_unseen(view), self._inventories)
+
+    def _picture(
+        self,
+        view: LiveView,
+        unseen: Iterable[NodeState],
+        inventories: Mapping[str, Inventory],
+    ) -> Picture:
         return compute_picture(
             self._cplan,
-            self._nodes(view),
+            itertools.chain(view.nodes(), unseen),
             self._clock.time(),
             staleness=self._staleness,
             stale_basis=self._stale_basis,
             rest_basis=self._rest_basis,
             matcher=self._matcher,
-            inventories=self._inventories,
+            inventories=inventories,
             rack_power=view.rack_power,
         )
 
@@ -223,14 +234,19 @@ class CapacityJob:
         Also the nodes the store knows with their inventories: a resumed MQTT session does
         not bring retained inventories again, so without them every node would be unmatched,
         and a node that stays offline would not be counted at all."""
+        known: dict[str, NodeState] = {}
+        inventories: dict[str, Inventory] = {}
         for node, status, inventory in await known_nodes(store):
             st = NodeState(node)
             if status in ("online", "offline"):
                 st.status = "offline" if status == "offline" else "online"
             if inventory is not None:
                 with contextlib.suppress(SchemaError):
-                    st.inventory = self._inventories[node] = decode_inventory(inventory)
-            self._known[node] = st
+                    st.inventory = inventories[node] = decode_inventory(inventory)
+            known[node] = st
+        # What the store knows now, whole (at a later term, in place of the last term's:
+        # the store knows those nodes too, unless forgotten since).
+        self._known, self._inventories = known, inventories
         points, newest = await recent_snapshots(store, self._clock.time() - window_s)
         # In place of the history held: at a leader's later term it is an earlier term's,
         # whose points the store holds too (those it does not were never written).
@@ -242,15 +258,26 @@ class CapacityJob:
 
     async def __call__(self, store: Store, view: LiveView) -> SnapshotRecord:
         """One cycle on ``view`` (a snapshot): picture and row in a worker thread, the state
-        for the rules; the row is for the writer."""
-        picture, row = await asyncio.to_thread(self._cycle, view)
+        for the rules; the row is for the writer.
+
+        The thread changes nothing of the job's: it computes from what it is handed, and
+        what it made is published here, after it. A cycle cancelled (the term ended) goes on
+        in its thread (a thread cannot be stopped), while the next term's :meth:`restore`
+        and cycles run: it can neither publish nor change what they use."""
+        unseen = self._still_unseen(view)
+        picture, row, cpu_ms = await asyncio.to_thread(self._cycle, view, unseen, self._inventories)
+        self.cpu_ms = cpu_ms
         self.state.update(picture)
         self.metrics.snapshots.inc()
         return SnapshotRecord(picture, row, self._keep_s)
 
-    def _cycle(self, view: LiveView) -> tuple[Picture, SnapshotRow]:
+    def _cycle(
+        self,
+        view: LiveView,
+        unseen: tuple[NodeState, ...],
+        inventories: Mapping[str, Inventory],
+    ) -> tuple[Picture, SnapshotRow, float]:
         cpu0 = time.thread_time()
-        picture = self.compute(view)
+        picture = self._picture(view, unseen, inventories)
         row = snapshot_row(picture)
-        self.cpu_ms = (time.thread_time() - cpu0) * 1000
-        return picture, row
+        return picture, row, (time.thread_time() - cpu0) * 1000

@@ -45,8 +45,9 @@ Answers from the collector's store (works while the collector runs).
   --jobs        the jobs running on online nodes: user, nodes, GPUs held, mean GPU
                 utilisation, power, AGE (since the job started: the median of its
                 nodes' claims, so one node cannot age another's job), GPU-hours so far
-                (GPUs held x time since each node's start, not before the job's), most
-                GPUs first
+                (GPUs held x time since each node's start, not before the job's nor the
+                node's first stored sample: >= where the job is older than that sample,
+                - where that sample does not show it), most GPUs first
   --rejected    messages the collector quarantined (rejected or not storable), newest
                 first, with the rejected counters per reason; --node and --since filter
   --step STEP   history in steps (a whole number of minutes, or of hours from 1h): the
@@ -439,7 +440,7 @@ def _jobs(
         return
     print(
         render_table(
-            rows,
+            [{**r, "gpu_hours_shown": _gpu_hours_shown(r)} for r in rows],
             [
                 Column("label", "JOB", align_right=False),
                 Column("user", "USER", align_right=False),
@@ -450,10 +451,19 @@ def _jobs(
                 Column("gpu_util_mean_pct", "UTIL", format_pct),
                 Column("power_w", "POWER", format_watts),
                 Column("started", "AGE", lambda v: format_duration(max(0.0, now - v))),
-                Column("gpu_hours", "GPU-H", lambda v: f"{v:.2f}"),
+                Column("gpu_hours_shown", "GPU-H"),
             ],
         )
     )
+
+
+def _gpu_hours_shown(row: dict[str, Any]) -> str:
+    """A job's GPU-hours in the table: ``-`` unknown, ``>=`` a lower bound
+    (:func:`~collector.store.queries.job_rows`)."""
+    hours = row["gpu_hours"]
+    if hours is None:
+        return "-"
+    return f"{'>=' if row['gpu_hours_partial'] else ''}{hours:.2f}"
 
 
 def _rejected(

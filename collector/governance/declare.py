@@ -63,7 +63,7 @@ from collector.governance.quota import (
 from collector.governance.state import Governance, TenantQuota
 from collector.store.pools import FREE
 from shared.errors import ConfigError
-from shared.settings import wrong_types_for_numbers
+from shared.settings import wrong_scalar_types
 from shared.topics import NODE_ID_RE
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class ClusterSpec(_Strict):
 def parse_spec(data: Mapping[str, Any], *, source: str = "cluster.toml") -> ClusterSpec:
     """Validate a parsed TOML document; :class:`ConfigError` naming the first bad key."""
     try:
-        wrong = wrong_types_for_numbers(ClusterSpec, data)
+        wrong = wrong_scalar_types(ClusterSpec, data)
         if wrong:
             raise ValidationError.from_exception_data(ClusterSpec.__name__, wrong[:1])
         spec = ClusterSpec.model_validate(data)

@@ -359,6 +359,15 @@ class LedgerJob:
         many hours is busy, not stuck, while its hours keep coming."""
         self.runs = 0
 
+    def new_term(self) -> None:
+        """A term of leadership begins: start afresh, as a new process would (as the
+        governance job does, :meth:`~collector.governance.job.GovernanceJob.new_term`). The
+        last term's record of a run that left hours to do is no longer being written (that
+        term's writer is gone): waited for, the first run of this one computed nothing for a
+        whole ``interval_s``. The hours come from the store (``ledger_at``, the marks)."""
+        self._behind = None
+        self._next_marked = 0
+
     def _hours(
         self, dirty: Sequence[tuple[int, int]], last: float | None, now: float
     ) -> tuple[list[int], float | None, bool]:

@@ -220,15 +220,19 @@ class GovernanceWrites:
             self.put_cohort(parent)
         self._write("UPDATE cohorts SET parent = ? WHERE name = ?", (parent, cohort))
 
-    def put_tenant(self, name: str, cohort: str | None, priority: int, comment: str = "") -> None:
-        """Create tenant ``name`` or update its cohort, priority and comment."""
+    def put_tenant(
+        self, name: str, cohort: str | None, priority: int, comment: str | None = None
+    ) -> None:
+        """Create tenant ``name`` or update its cohort, priority and comment (``None``: a new
+        tenant's is "", an existing one's is kept)."""
         if cohort is not None:
             self.put_cohort(cohort)
         self._write(
             "INSERT INTO tenants (name, cohort, priority, comment, created) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET cohort = excluded.cohort, "
-            "priority = excluded.priority, comment = excluded.comment",
-            (name, cohort, priority, comment, self._tx.now),
+            "VALUES (?, ?, ?, coalesce(?, ''), ?) ON CONFLICT (name) DO UPDATE SET "
+            "cohort = excluded.cohort, priority = excluded.priority, "
+            "comment = coalesce(?, tenants.comment)",
+            (name, cohort, priority, comment, self._tx.now, comment),
         )
 
     def ensure_tenant(self, name: str) -> None:

@@ -9,12 +9,13 @@ and lists (JSON-ready); the command module renders them. Every query is served b
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any, Final
 
 from collector.jobfacts import job_label
 from collector.nodefacts import STATES, Staleness, gap_missing
-from collector.store.dialect import Dialect, growing_side, pick
+from collector.store.dialect import Dialect, Row, growing_side, pick
 from collector.store.reader import StoreReader
 from shared.cli import shown
 
@@ -70,7 +71,24 @@ def latest_sample(dialect: Dialect, *, outer: bool = True) -> str:
     seqs stamped later; ``NodeAgentConflict``), newer by the clock only, which the live
     view does not take either (one run by ``seq``): the watermark's. Without a watermark
     (agents before epochs; watermarks off, or a share group, whose members write none), the
-    newest by time, as the live view orders agents before epochs. A sample stored since the
+    newest by time, as the live view orders agents before epochs.
+
+    For an agent with epochs but no watermark (``watermark_interval_s = 0``, or a share
+    group) the two differ, and only then: the live view goes by ``seq`` within a run
+    (:func:`collector.live._later_sample`), this by the node's clock. After a clock stepped
+    back S seconds it shows the last sample before the step for up to S seconds (the node
+    may read stale in ``collector query`` meanwhile, not in the live view, alerts or
+    /metrics); after a restart behind the last run's clock, that run's last sample until
+    the new run's clock passes it; a second sender's samples stamped later (an agent cloned
+    with its spool) while it sends; a late sample of an older run stamped after the newest
+    run's samples. Not the live view's: its rule needs each node's highest ``seq`` of its newest
+    ``epoch``, which no index gives (``samples`` has ``(node, ts_ms)`` only); one on
+    ``(node, epoch, seq)`` would cost every stored sample an index entry, and without it
+    the search reads each node's stored samples (a day at 10 s: 8,640 a node, 108 M at
+    12,500 nodes, for each fleet query). The watermark is what names that sample once per
+    interval; a share group's members, each storing only its share, cannot count holes
+    (``Collector._marking``). ``tests/collector/store/test_latest_sample.py`` pins both. A
+    sample stored since the
     last round but stamped no later than it (the clock just stepped back), or numbered past
     it while a second sender's stamped later came after, shows from the next round (a
     second by default).
@@ -342,6 +360,15 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     node counts its GPU-hours from its own claim, but not before the job's start (a node that
     joined later counts from when it joined). A claim after the claiming sample's own time
     (a process not yet started) is no claim, as is none: such a node adds no GPU-hours.
+
+    Nor does a node count from before its first stored sample, before which the store knows
+    nothing (retention took the older ones, or the node is new): every node may claim a bogus
+    start (the agent's clock, a bug), and the median of 2000-01-01 made GPU-hours 26 years'
+    worth. Where that first sample shows the job, the node counts from it and the figure is a
+    lower bound (``gpu_hours_partial``); where it does not, the job started on the node after
+    it, when the store does not say: ``gpu_hours`` is None (unknown). A claim inside the stored
+    samples is taken as the node's word, as before; checking it would take a search of the
+    node's samples (its processes may reach the GPUs well after they start).
     """
     # The schema's decoder (and the rule's reading of a job, :mod:`collector.jobfacts`) only
     # for this question: the other queries read plain JSON and load no msgspec.
@@ -356,8 +383,9 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
     )
     jobs: dict[str, dict[str, Any]] = {}
     utils: dict[str, list[float]] = {}
-    # Per job, each node's (GPUs held, its sample's time, when it says the job started there).
-    starts: dict[str, list[tuple[float, float, float]]] = {}
+    # Per job, each node's (GPUs held, its sample's time, when it says the job started
+    # there, the node).
+    starts: dict[str, list[tuple[float, float, float, str]]] = {}
     for r in rows:
         state = staleness.state(
             now,
@@ -398,6 +426,7 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
                     "power_w": None,
                     "started": None,
                     "gpu_hours": 0.0,
+                    "gpu_hours_partial": False,
                 }
                 utils[j.job] = []
                 starts[j.job] = []
@@ -408,23 +437,80 @@ def job_rows(store: StoreReader, now: float, *, staleness: Staleness) -> list[di
                 row["power_w"] = (row["power_w"] or 0.0) + j.power_w
             started = info.started if info is not None else None
             if started is not None and started <= sample.ts:
-                starts[j.job].append((j.gpu_share, sample.ts, started))
+                starts[j.job].append((j.gpu_share, sample.ts, started, sample.node))
+    first = _FirstSamples(store)
     for job, row in jobs.items():
         claims = starts[job]
         if claims:
             row["started"] = start = sorted(c[2] for c in claims)[len(claims) // 2]
-            row["gpu_hours"] = sum(
-                share * (ts - max(started, start)) / 3600
-                for share, ts, started in claims
-                if ts > start
-            )
+            hours: float | None = 0.0
+            for share, ts, started, node in claims:
+                since = max(started, start)
+                if ts <= since or hours is None:
+                    continue
+                known = first.ts(node)
+                if since < known:  # before the store knows the node
+                    if job not in first.jobs(node):
+                        hours = None
+                        continue
+                    since, row["gpu_hours_partial"] = known, True
+                hours += share * (ts - since) / 3600
+            row["gpu_hours"] = hours
         u = utils[job]
         row["gpu_util_mean_pct"] = round(sum(u) / len(u), 2) if u else None
         row["gpus"] = round(row["gpus"], 3)
-        row["gpu_hours"] = round(row["gpu_hours"], 3)
+        if row["gpu_hours"] is None:
+            row["gpu_hours_partial"] = False
+        else:
+            row["gpu_hours"] = round(row["gpu_hours"], 3)
         if row["power_w"] is not None:
             row["power_w"] = round(row["power_w"], 1)
     return sorted(jobs.values(), key=lambda r: (-r["gpus"], r["label"]))
+
+
+class _FirstSamples:
+    """Each node's first stored sample, read once (one descent of ``samples (node, ts_ms)``)
+    and decoded only when asked which jobs it shows (:func:`job_rows`)."""
+
+    def __init__(self, store: StoreReader) -> None:
+        self._store = store
+        self._rows: dict[str, Row | None] = {}
+        self._jobs: dict[str, set[str]] = {}
+
+    def ts(self, node: str) -> float:
+        """When (the node's clock, Unix s) its first stored sample was taken (infinity when
+        retention took every one since)."""
+        row = self._row(node)
+        return math.inf if row is None else float(row["ts_ms"]) / 1000
+
+    def jobs(self, node: str) -> set[str]:
+        """The jobs with a process on the GPUs in that sample (none, where it does not decode
+        under this schema's rules)."""
+        from collector.jobfacts import jobs_on  # noqa: PLC0415
+        from shared.errors import SchemaError  # noqa: PLC0415
+        from shared.schema import decode_sample  # noqa: PLC0415
+
+        found = self._jobs.get(node)
+        if found is None:
+            row = self._row(node)
+            found = self._jobs[node] = set()
+            if row is not None:
+                try:
+                    blob = self._store.payload(row["payload"], row["payload_dict"])
+                    found.update(j.job for j in jobs_on(decode_sample(blob)))
+                except SchemaError:
+                    pass
+        return found
+
+    def _row(self, node: str) -> Row | None:
+        if node not in self._rows:
+            rows = self._store.fetchall(
+                "SELECT ts_ms, payload, payload_dict FROM samples WHERE node = ? "
+                "ORDER BY ts_ms LIMIT 1",
+                (node,),
+            )
+            self._rows[node] = rows[0] if rows else None
+        return self._rows[node]
 
 
 def _also(held: str | None, said: str | None) -> str | None:

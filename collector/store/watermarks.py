@@ -90,7 +90,7 @@ def _stored_above_sql(node: str) -> str:
     return (
         "SELECT s.node, s.seq FROM watermarks w JOIN samples s"
         f" ON s.node = {node} AND s.epoch = w.epoch AND s.seq > w.seq"
-        " WHERE w.top > w.seq ORDER BY s.node, s.seq LIMIT ?"
+        " WHERE w.top > w.seq ORDER BY w.node, s.seq LIMIT ?"
     )
 
 
@@ -100,7 +100,10 @@ STORED_ABOVE_SQL: Final = {
 }
 """:func:`stored_above`'s statement per backend: ``w.node`` compared in ``samples.node``'s
 collation (:func:`~collector.store.dialect.growing_side`), else no index serves the join and
-a collector's start read every stored sample."""
+a collector's start read every stored sample; ordered by ``w.node`` (``C`` on PostgreSQL,
+:data:`~collector.store.migrations.BYTES_ORDER`), as bytes on both backends, so that the
+first ``limit`` rows are the same rows on both (``s.node`` keeps the database's collation:
+``a-node`` came before ``B-node`` on an en-US one, after it on SQLite)."""
 
 
 async def stored_above(store: Writes, limit: int) -> list[tuple[str, int]]:

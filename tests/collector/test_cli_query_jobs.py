@@ -59,13 +59,24 @@ async def db(tmp_path: Path) -> tuple[Path, float]:
             for g in gone.gpus
         ),
     )
+    # Each node's samples reach back before its jobs' claims: the store can know them.
+    early = [_idle(node, now - 7300) for node in (A, B)]
     async with Store(path) as store:
         await store.write_batch(
-            [sample_row(s, encode(s), now) for s in (a, b, gone)],
+            [sample_row(s, encode(s), now) for s in (*early, a, b, gone)],
             [NodeUpdate(GONE, status="offline", status_ts=now)],
             [A, B, GONE],
         )
     return path, a.ts
+
+
+def _idle(node: str, ts: float) -> Sample:
+    """A sample of ``node`` at ``ts`` with no process on its GPUs."""
+    d = sample_dict()
+    d["jobs"] = []
+    for g in d["gpus"]:
+        g["processes"] = []
+    return _sample(node, ts, **{k: d[k] for k in ("jobs", "gpus")})
 
 
 def _json(db: StoreTarget, *args: str) -> dict[str, Any]:
@@ -205,7 +216,7 @@ async def test_a_node_claiming_an_old_start_for_another_nodes_job_cannot_age_it(
         for g in gpus:
             g["processes"] = [{"pid": 7, "user": "alice", "job": "4242"}]
         job = {"id": "4242", "scheduler": "slurm", "started": started}
-        samples.append(_sample(node, now, gpus=gpus, jobs=[job]))
+        samples += [_idle(node, now - 7200), _sample(node, now, gpus=gpus, jobs=[job])]
     async with Store(store_url) as store:
         await store.write_batch([sample_row(s, encode(s), now) for s in samples], [], list(claims))
     (job,) = _json(store_url, "--jobs")["jobs"]
@@ -218,3 +229,36 @@ async def test_a_node_claiming_an_old_start_for_another_nodes_job_cannot_age_it(
     header, line = capsys.readouterr().out.splitlines()
     assert header.split()[-2:] == ["AGE", "GPU-H"]
     assert line.split()[-2:] == ["1h00m", "4.00"]
+
+
+async def test_gpu_hours_before_the_stores_first_sample_of_a_node_are_not_counted(
+    store_url: StoreTarget, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every node of a job may claim a bogus start (``started`` = 2000-01-01, the earliest
+    the schema takes: the agent's clock or a bug): the median is then bogus too, and
+    GPU-hours showed 2 GPUs x 26 years. A node's
+    count starts no earlier than its first stored sample (what the store can know): where
+    that sample shows the job, from it, the figure marked as a lower bound (``>=``); where it
+    does not, the job started later and the store cannot say when: unknown (``-``)."""
+    now = time.time()
+    samples = []
+    for node, job_id, there_before in (("c-fresh", "77", False), ("d-old", "78", True)):
+        d = sample_dict()
+        gpus = d["gpus"][:2]
+        for g in gpus:
+            g["processes"] = [{"pid": 7, "user": "alice", "job": job_id}]
+        job = {"id": job_id, "scheduler": "slurm", "started": 946_684_800.0}
+        first = _sample(node, now - 600, gpus=gpus, jobs=[job]) if there_before else None
+        samples += [first or _idle(node, now - 600), _sample(node, now, gpus=gpus, jobs=[job])]
+    async with Store(store_url) as store:
+        await store.write_batch(
+            [sample_row(s, encode(s), now) for s in samples], [], ["c-fresh", "d-old"]
+        )
+    jobs = {j["job"]: j for j in _json(store_url, "--jobs")["jobs"]}
+    assert (jobs["77"]["gpu_hours"], jobs["77"]["gpu_hours_partial"]) == (None, False)
+    assert jobs["78"]["gpu_hours"] == pytest.approx(2 * 600 / 3600, abs=1e-3)
+    assert jobs["78"]["gpu_hours_partial"] is True
+    capsys.readouterr()
+    assert main(["query", "--db", str(store_url), "--jobs"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert (lines["77"][-1], lines["78"][-1]) == ("-", ">=0.33")

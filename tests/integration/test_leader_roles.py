@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agent.simulate import FleetSimulator, publish_fleet
@@ -19,6 +20,7 @@ from collector.counters import value
 from collector.localbroker import MosquittoBroker
 from collector.service import Collector
 from collector.settings import CollectorMqttSettings, CollectorSettings, ElectionSettings
+from collector.store.command import Command
 from shared.settings import MqttSettings
 from tests.helpers import wait_until
 from tests.integration.conftest import fast_mqtt
@@ -139,3 +141,38 @@ async def test_on_takeover_the_new_leader_sees_every_node_and_the_old_stops_at_o
     finally:
         stop.set()
         await publishing
+
+
+async def test_each_term_of_a_leader_starts_its_governance_job_afresh(
+    mosquitto: MosquittoBroker, postgres_url: str, tmp_path: Path
+) -> None:
+    """A collector's lease ends under it (the database's clock says so: as after a stall
+    longer than the lease) and it is elected again, a new term: its governance job loads
+    the state again though nothing changed, as a new process does, not the last term's
+    (:meth:`GovernanceJob.new_term`, called by ``_lead`` at each term, beside the ledger
+    job's), so it also takes back the GPU-hours another leader's term left in the store."""
+    db = tmp_path / "a.db"
+    member = _Member("a", fast_mqtt(mosquitto), postgres_url, db)
+    try:
+        async with asyncio.timeout(15):
+            await member.collector.connected.wait()
+        await wait_until(lambda: member.leading, what="elected")
+        role = member.collector.role
+        assert role is not None
+        assert role.fence is not None
+        first = role.fence
+        with Command(db, now=time.time()) as tx:
+            tx.governance.put_tenant("acme", None, 0)
+        gov = member.collector.governance
+        await wait_until(lambda: gov.loads >= 1, what="the tenant loaded")
+        loads = gov.loads
+        with psycopg.connect(postgres_url, autocommit=True) as pg:
+            pg.execute("UPDATE capwatch_leader SET expires_at = now()")
+        await wait_until(lambda: not first.active, timeout_s=_LEASE_S + 2, what="term ended")
+        await wait_until(
+            lambda: member.leading and role.fence is not first, timeout_s=15, what="re-elected"
+        )
+        await wait_until(lambda: gov.loads > loads, what="the state loaded again")
+        assert gov.loads == loads + 1
+    finally:
+        await member.stop()

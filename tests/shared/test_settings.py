@@ -169,6 +169,49 @@ def test_text_in_a_json_env_table_is_refused_and_a_plain_variable_is_read(
 
 
 @pytest.mark.parametrize(
+    ("cls", "text", "field"),
+    [
+        (CollectorSettings, 'compress_payloads = "false"\n', "compress_payloads"),
+        (CollectorSettings, '[mqtt]\ntls = "yes"\n', "mqtt.tls"),
+        (CollectorSettings, 'log_json = "true"\n', "log_json"),
+        (CollectorSettings, "[rollups]\nenabled = 1\n", "rollups.enabled"),
+        (
+            CollectorSettings,
+            '[[redfish.bmcs]]\nnode = "n1"\nurl = "https://10.1.0.17"\ninsecure = "1"\n',
+            "redfish.bmcs.0.insecure",
+        ),
+        (AgentSettings, "attribute_jobs = 0\n", "attribute_jobs"),
+    ],
+)
+def test_text_or_a_number_in_the_file_for_a_boolean_is_refused(
+    cls: type[CollectorSettings] | type[AgentSettings], text: str, field: str, tmp_path: Path
+) -> None:
+    """pydantic's lax mode read ``compress_payloads = "false"`` as false, ``tls = "yes"``
+    as true and ``attribute_jobs = 0`` as false, where the file says text or a number: refused
+    in one line naming the key, as text or a boolean for a number is."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{field}' = .*: Input should be true or false, not"):
+        load_settings(cls, config_file=cfg)
+
+
+def test_text_for_a_boolean_in_a_json_env_table_is_refused_and_a_plain_variable_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plain variable is text, the only way the environment gives a boolean
+    (``CAPWATCH_COMPRESS_PAYLOADS=false``); JSON says which type it means, as the file does."""
+    monkeypatch.setenv("CAPWATCH_MQTT", '{"tls": "true"}')
+    with pytest.raises(ConfigError, match=r"'mqtt.tls' = 'true': Input should be true or false"):
+        load_settings(CollectorSettings)
+    monkeypatch.delenv("CAPWATCH_MQTT")
+    monkeypatch.setenv("CAPWATCH_COMPRESS_PAYLOADS", "false")
+    monkeypatch.setenv("CAPWATCH_MQTT__TLS", "true")
+    monkeypatch.setenv("CAPWATCH_LOG_JSON", "1")
+    s = load_settings(CollectorSettings)
+    assert (s.compress_payloads, s.mqtt.tls, s.log_json) == (False, True, True)
+
+
+@pytest.mark.parametrize(
     ("text", "field"),
     [
         ('retention_s = "5 minutes"\n', "retention_s"),

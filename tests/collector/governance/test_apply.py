@@ -169,6 +169,10 @@ async def test_bad_file_changes_nothing_and_names_the_key(
             "tenants.beta.quota.gpus.nominal: Input should be a number, not text"
         ),
         CLUSTER.replace("priority = 10", "priority = true"): "tenants.acme.priority: Input",
+        # text for a boolean: pydantic read "no" as false and "yes" as true (lax mode)
+        CLUSTER.replace("auto_renew = true", 'auto_renew = "yes"'): (
+            "leases.beta-2041.auto_renew: Input should be true or false, not text"
+        ),
         CLUSTER
         + '[pools.other]\nnodes = ["n2"]\n': "pools.other.nodes: n2 is also in pools.acme-a",
         CLUSTER.replace("[pools.acme-a]", "[pools.free]").replace('"acme-a"', '"free"'): (

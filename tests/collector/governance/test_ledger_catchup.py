@@ -148,6 +148,32 @@ async def test_while_behind_the_next_run_waits_only_for_its_record(
     assert [p.rows for p in third.parts] == [p.rows for p in second.parts]
 
 
+async def test_a_new_term_does_not_wait_for_the_last_terms_record(
+    store_url: StoreTarget,
+) -> None:
+    """A term that ended with hours left to do ends with its record unwritten (the writer
+    of that term is gone): the next term's first run waited for it a whole interval,
+    computing nothing, as if that record were still being written. Each term starts
+    afresh (:meth:`LedgerJob.new_term`), as a new process does: it computes the hours at
+    once, from the ledger's time in the store."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=14, interval_s=600)
+    await _sampled(store_url, sim, [DAY0], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=2)
+    clock = FakeClock(start_wall=DAY0 + H)
+    job = _job(store_url, clock, max_hours=4)
+    await _catch_up(store_url, job)
+    clock.advance(10 * H)
+    last_term = await _run(store_url, job, write=False)
+    assert last_term is not None
+    assert job.interval_s == CATCH_UP_S
+
+    job.new_term()
+    again = await _run(store_url, job)
+    assert again is not None
+    assert [p.rows for p in again.parts] == [p.rows for p in last_term.parts]
+    assert _ledger_at(store_url) == DAY0 + 5 * H
+
+
 async def test_hours_marked_again_before_every_run_do_not_hold_the_ledger_back(
     store_url: StoreTarget,
 ) -> None:

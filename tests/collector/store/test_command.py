@@ -121,6 +121,26 @@ async def test_only_governance_writes_move_the_generation(store_url: StoreTarget
     assert _generation(db) not in ([], first)
 
 
+async def test_a_tenant_written_without_a_comment_keeps_its_comment(
+    store_url: StoreTarget,
+) -> None:
+    """``quota set`` and ``apply`` write a tenant's cohort and priority and give no comment:
+    the stored one was overwritten with "". Not given, it is kept; given, even "", it is
+    replaced (as a lease's, :meth:`~collector.store.governance.GovernanceWrites.update_lease`)."""
+    db = await _store(store_url)
+    with Command(db, now=1.0) as tx:
+        tx.governance.put_tenant("t", None, 0, comment="lab A's share")
+    with Command(db, now=2.0) as tx:
+        tx.governance.put_tenant("t", "research", 5)
+    assert db_rows(db, "SELECT cohort, priority, comment FROM tenants") == [
+        ("research", 5, "lab A's share")
+    ]
+    with Command(db, now=3.0) as tx:
+        tx.governance.put_tenant("t", None, 0, comment="")
+        tx.governance.put_tenant("u", None, 0)
+    assert db_rows(db, "SELECT name, comment FROM tenants ORDER BY name") == [("t", ""), ("u", "")]
+
+
 async def test_a_pool_change_past_the_lock_budget_changes_nothing(store_url: StoreTarget) -> None:
     """Pool commands run in the same command transaction: its lock budget holds for them."""
     db = await _store(store_url)

@@ -185,3 +185,29 @@ async def test_the_newest_sample_is_found_through_the_samples_index_on_postgresq
         newest: dict[str, int] = dict(pg.execute(sql).fetchall())
     assert newest == {n: max(r.ts_ms for r in rows if r.node == n) for n in sim.node_ids}
     assert "Seq Scan on samples" not in plan, plan
+
+
+async def test_without_watermarks_the_store_names_the_newest_by_time(
+    mosquitto: MosquittoBroker, runner: CollectorRunner
+) -> None:
+    """Watermarks off (``watermark_interval_s = 0``; a share group's members write none
+    either): the store's reads go by the node's clock, the live view by ``seq`` within a
+    run; they differ only for an agent with epochs whose clock went back (stepped, a
+    restart behind the last run, a clone stamping later, a late sample stamped after the
+    newest run's), as :func:`collector.store.queries.latest_sample` says and why."""
+    runner.settings = runner.settings.model_copy(update={"watermark_interval_s": 0.0})
+    collector = await runner.start()
+    t0 = time.time() - 60
+    samples = _samples(t0)
+    await _publish(mosquitto, samples)
+    await wait_until(lambda: count_samples(runner.target) == len(samples), what="all stored")
+    assert db_rows(runner.target, "SELECT count(*) FROM watermarks") == [(0,)]
+    live = {n: st.sample for n in NODES if (st := collector.live.get(n)) and st.sample}
+    with StoreReader(runner.target) as reader:
+        stored = {st.node: st.sample for st in nodes_from_store(reader) if st.sample}
+    by_time = {n: max((s for s in samples if s.node == n), key=lambda s: s.ts) for n in NODES}
+    assert {n: (s.epoch, s.seq) for n, s in stored.items()} == {
+        n: (s.epoch, s.seq) for n, s in by_time.items()
+    }
+    differ = {n for n in NODES if (live[n].epoch, live[n].seq) != (stored[n].epoch, stored[n].seq)}
+    assert differ == {STEPPED, REPLAYED, RESTARTED, LATE, CLONED}

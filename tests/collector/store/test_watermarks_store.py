@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import psycopg
 import pytest
 
@@ -58,3 +59,28 @@ async def test_the_samples_above_a_hole_are_found_through_the_samples_index(
         sql = pg_sql(STORED_ABOVE_SQL["postgresql"])
         plan = "\n".join(str(r[0]) for r in pg.execute(f"EXPLAIN {sql}", (100,)).fetchall())
     assert "Index Cond: (node = (w.node)::text)" in plan, plan
+
+
+async def test_the_samples_above_holes_are_paged_in_the_same_node_order_on_both_backends(
+    collated_store_url: StoreTarget,
+) -> None:
+    """``stored_above`` takes at most ``limit`` rows, ordered by node: ordered by
+    ``samples.node``, in the database's collation on PostgreSQL (en-US: ``a-node`` before
+    ``B-node``), the page held other nodes' samples than on SQLite (bytes: ``B`` first).
+    Ordered by ``watermarks.node`` (``C``, migration 0033): as bytes on both."""
+    sim = FleetSimulator(1, gpus_per_node=2, seed=8, interval_s=5, epoch=7)
+    t0 = time.time() - 60
+    rows, marks = [], []
+    for node in ("a-node", "B-node"):
+        for k in (0, 1, 3, 4):
+            s = msgspec.structs.replace(sim.sample(0, t0 + 5 * k, k), node=node)
+            rows.append(sample_row(s, encode(s), s.ts))
+        ts = round((t0 + 20) * 1000)
+        marks.append(WatermarkRow(node, 7, 1, 4, ts, ts, ts))
+    async with Store(collated_store_url) as store:
+        await store.write_batch(rows, [], ["a-node", "B-node"])
+        await write_watermarks(store, marks)
+        assert await stored_above(store, 2) == [("B-node", 3), ("B-node", 4)]
+        assert await stored_above(store, 100) == [
+            ("B-node", 3), ("B-node", 4), ("a-node", 3), ("a-node", 4)
+        ]  # fmt: skip
