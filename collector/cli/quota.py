@@ -159,12 +159,20 @@ def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
             "its nominal quota (Kueue refuses it too)",
             field="--lending-limit",
         )
+    from collector.governance.declare import PRIORITY_MAX, PRIORITY_MIN  # noqa: PLC0415
     from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
 
     if args.tenant is not None:
         validate_tenant_name(args.tenant, field="TENANT")
-    if args.cohort:
+    if args.cohort or (args.cohort is not None and args.tenant is None):
+        # a tenant's --cohort '' puts it in no cohort; a cohort is never named ''
         validate_tenant_name(args.cohort, what="cohort", field="--cohort")
+    if args.priority is not None and not PRIORITY_MIN <= args.priority <= PRIORITY_MAX:
+        raise ConfigError(
+            f"--priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} (32 "
+            f"bits, as a cluster file's priority), got {args.priority}",
+            field="--priority",
+        )
     with Command(db, now=now) as tx:
         w = tx.governance
         if args.tenant is None:

@@ -322,3 +322,32 @@ async def test_a_gpu_quota_is_a_whole_number_and_minus_zero_is_zero(
     code, out, _ = cli("export", "--db", db, "--json")
     assert json.loads(out)["tenants"]["acme"]["quota"]["gpus"] == {"nominal": 0}
     assert "-0" not in out
+
+
+async def test_set_refuses_what_export_and_apply_could_not_carry(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """`quota set --cohort ''` stored a cohort named "" (export then wrote `[cohorts.""]`,
+    which apply refuses), and a --priority beyond apply's int32 went to the store, which
+    said only "Python int too large to convert to SQLite INTEGER": both are one line naming
+    the flag, exit 2, nothing stored; what `set` takes, export -> apply takes back."""
+    db = str(await make_store(store_url, {"n1": 8}))
+    code, _, err = cli("quota", "set", "--cohort", "", "--nominal", "3", "--db", db)
+    assert (code, err.count("\n")) == (2, 1), err
+    assert "cohort name ''" in err, err
+    for priority in (str(2**31), str(-(2**31) - 1), "99999999999999999999999"):
+        code, _, err = cli("quota", "set", "acme", "--priority", priority, "--db", db)
+        assert (code, err.count("\n")) == (2, 1), err
+        assert "--priority must be a whole number from -2147483648 to 2147483647" in err, err
+    code, out, _ = cli("export", "--db", db, "--json")
+    exported = json.loads(out)
+    assert (exported.get("cohorts"), exported.get("tenants")) == (None, None), out
+    code, _, err = cli("quota", "set", "acme", "--priority", str(2**31 - 1), "--db", db)
+    assert (code, err) == (0, "")
+    code, _, err = cli("quota", "set", "acme", "--cohort", "", "--nominal", "2", "--db", db)
+    assert (code, err) == (0, "")  # a tenant's --cohort '': in no cohort
+    toml = tmp_path / "round.toml"
+    code, _, err = cli("export", "--db", db, "-o", str(toml))
+    assert (code, err) == (0, "")
+    code, out, err = cli("apply", "--db", db, "-f", str(toml), "--dry-run", "--json")
+    assert (code, err, json.loads(out)["changes"]) == (0, "", [])
