@@ -290,8 +290,12 @@ def _state(db: StoreTarget) -> Governance:
 
 
 def _list(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
+    from collector.cli.usage import check_tenant  # noqa: PLC0415
+
     gov = _state(db)
-    rows = [lease_row(x, now) for x in gov.leases if not args.tenant or x.tenant == args.tenant]
+    if args.tenant is not None:
+        check_tenant(gov, args.tenant)
+    rows = [lease_row(x, now) for x in gov.leases if args.tenant in (None, x.tenant)]
     if args.json:
         print_json({"leases": rows})
         return 0

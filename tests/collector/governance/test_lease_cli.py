@@ -301,3 +301,21 @@ async def test_month_notice_deadline_in_json_and_cancel_on_it(tmp_path: Path) ->
     code, _, err = cli("lease", "cancel", "m", "--db", db, "--on", "2038-11-28", "--json")
     assert code == 0, err
     assert json.loads(cli("lease", "show", "m", "--db", db, "--json")[1])["end"] == "2039-02-28"
+
+
+async def test_list_of_a_tenant_the_store_never_knew_is_refused(store_url: StoreTarget) -> None:
+    """`lease list --tenant acmee` (a typo) said "no leases", exit 0, as if acme held none:
+    one line naming --tenant and the tenants known, exit 2, as `collector usage --tenant`.
+    A known tenant without leases (a quota only) is still an empty list."""
+    db = str(await make_store(store_url, NODES))
+    assert cli("lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1",
+               "--start", "2041-01-01")[0] == 0  # fmt: skip
+    assert cli("quota", "set", "idle", "--nominal", "4", "--db", db)[0] == 0
+    for tenant in ("acmee", ""):
+        code, out, err = cli("lease", "list", "--db", db, "--tenant", tenant, "--json")
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert f"--tenant {tenant!r}: no such tenant (tenants: acme, idle" in err, err
+    code, out, err = cli("lease", "list", "--db", db, "--tenant", "idle", "--json")
+    assert (code, err, json.loads(out)) == (0, "", {"leases": []})
+    code, out, _ = cli("lease", "list", "--db", db, "--tenant", "acme", "--json")
+    assert [r["tenant"] for r in json.loads(out)["leases"]] == ["acme"]
