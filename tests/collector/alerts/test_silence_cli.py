@@ -185,3 +185,25 @@ async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(
     code, out, _ = collector_cli("silence", "list", "--db", db, "--json")
     (silence,) = json.loads(out)["silences"]
     assert (silence["comment"], silence["author"]) == (long, "j" * 300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--history", "--dead-letters"], "--history and --dead-letters: give one"),
+        (["--dead-letters", "--redeliver", "1"], "--dead-letters and --redeliver: give one"),
+        (["--since", "1h"], "--since goes with --history"),
+        (["--dead-letters", "--since", "1h"], "--since goes with --history"),
+    ],
+)
+async def test_alerts_flags_that_ask_different_questions_are_one_line_exit_2(
+    store_url: StoreTarget, args: list[str], message: str
+) -> None:
+    """`alerts --history --dead-letters` printed the dead letters and dropped --history,
+    `alerts --since 1h` the alerts firing now whatever their age: a flag silently ignored
+    reads as an answer to it. One line naming the flags, exit 2."""
+    db = str(await _store(store_url, HOT))
+    code, out, err = collector_cli("alerts", "--db", db, *args)
+    assert (code, out) == (2, ""), err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1
