@@ -12,6 +12,7 @@ from collector.cli._args import (
     add_settings_args,
     node_names,
     read_settings_from_args,
+    refuse_other_actions_flags,
 )
 from collector.cli._render import Column, print_json, render_table
 from collector.cli._render import shown as safe_text
@@ -119,6 +120,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Dispatch the lease action."""
     settings = read_settings_from_args(args)
+    forced = ("add", "extend", "renew")
+    refuse_other_actions_flags(
+        "lease",
+        args.action,
+        (
+            ("LEASE", ("show", "cancel", "extend", "renew"), args.lease is not None),
+            ("--tenant", ("add", "list"), args.tenant is not None),
+            ("--pool", ("add",), args.pool is not None),
+            ("--nodes", ("add",), args.nodes is not None),
+            ("--pattern", ("add",), args.pattern is not None),
+            ("--start", ("add",), args.start is not None),
+            ("--duration", ("add",), args.duration != "180d"),
+            ("--notice", ("add",), args.notice != "0d"),
+            ("--minimum", ("add",), args.minimum != "0d"),
+            ("--tz", ("add",), args.tz != "UTC"),
+            ("--auto-renew", ("add",), args.auto_renew),
+            ("--name", ("add",), args.name is not None),
+            ("--comment", ("add",), bool(args.comment)),
+            ("--force", forced, args.force),
+            ("--reason", forced, args.reason is not None),
+            ("--on", ("cancel",), args.on is not None),
+            ("--by", ("extend",), args.by is not None),
+        ),
+    )
     now = time.time()
     if args.action == "add":
         return _add(args, settings, now)

@@ -12,7 +12,11 @@ import time
 from typing import Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, free_text, print_json, render_table
 from shared.durations import parse_duration
 from shared.errors import ConfigError
@@ -69,7 +73,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Add, list or expire silences."""
     settings = read_settings_from_args(args)
-    _refuse_other_actions_flags(args)
+    refuse_other_actions_flags(
+        "silence",
+        args.action,
+        (
+            ("--match", ("add",), bool(args.match)),
+            ("--for", ("add",), args.duration is not None),
+            ("--comment", ("add",), bool(args.comment)),
+            ("--author", ("add",), bool(args.author)),
+            ("--all", ("list",), args.all),
+            ("ID", ("expire",), args.id is not None),
+        ),
+    )
     now = time.time()
     if args.action == "add":
         return _add(args, settings.store_target, now)
@@ -89,25 +104,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"silence {args.id} expired: its alerts notify again")
         return 0
     return _list(settings.store_target, now, everything=args.all, as_json=args.json)
-
-
-def _refuse_other_actions_flags(args: argparse.Namespace) -> None:
-    """A flag of another action (``expire 3 --match ...``, ``list --match ...``) is refused:
-    dropped, it would read as a filter or a condition the answer obeyed."""
-    given = (
-        ("--match", "add", bool(args.match)),
-        ("--for", "add", args.duration is not None),
-        ("--comment", "add", bool(args.comment)),
-        ("--author", "add", bool(args.author)),
-        ("--all", "list", args.all),
-        ("ID", "expire", args.id is not None),
-    )
-    for flag, action, present in given:
-        if present and action != args.action:
-            raise ConfigError(
-                f"{flag} goes with `silence {action}`, not {args.action}: leave it out",
-                field=flag,
-            )
 
 
 def _add(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
