@@ -7,7 +7,11 @@ import time
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, print_json, render_table
 from collector.governance.periods import PERIODS
 from collector.governance.quota import check_figure
@@ -119,6 +123,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Dispatch the quota action."""
     settings = read_settings_from_args(args)
+    action = "show --tree" if args.action == "show" and args.tree else args.action
+    reads = ("show", "show --tree", "check")
+    refuse_other_actions_flags(
+        "quota",
+        action,
+        (
+            ("--resource", ("set", "show --tree"), args.resource != "gpus"),
+            ("--nominal", ("set",), args.nominal is not None),
+            ("--borrowing-limit", ("set",), args.borrowing_limit is not None),
+            ("--lending-limit", ("set",), args.lending_limit is not None),
+            ("--period", ("set",), args.period is not None),
+            ("--cohort", ("set",), args.cohort is not None),
+            ("--priority", ("set",), args.priority is not None),
+            ("--parent", ("set",), args.parent is not None),
+            ("--remove", ("set",), args.remove),
+            ("--tree", ("show --tree",), args.tree),
+            ("--gpus", ("check",), args.gpus is not None),
+            ("--busy-util", reads, args.busy_util is not None),
+            ("--from-store", reads, args.from_store),
+        ),
+    )
     now = time.time()
     if args.action == "set":
         return _set(args, settings.store_target, now)

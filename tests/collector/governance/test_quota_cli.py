@@ -351,3 +351,25 @@ async def test_set_refuses_what_export_and_apply_could_not_carry(
     assert (code, err) == (0, "")
     code, out, err = cli("apply", "--db", db, "-f", str(toml), "--dry-run", "--json")
     assert (code, err, json.loads(out)["changes"]) == (0, "", [])
+
+
+async def test_a_flag_of_another_action_is_one_line_exit_2(store_url: StoreTarget) -> None:
+    """`quota show --resource power_kw` showed every resource, `quota set a --nominal 9
+    --gpus 4` ignored --gpus, `quota check a --nominal 9` checked: a flag meant for another
+    action was dropped without a word. One line naming it and the actions it goes with."""
+    db = await _fleet(store_url)
+    for args, message in (
+        (["show", "--resource", "power_kw"], "--resource goes with `quota set` or `quota "
+         "show --tree`, not show"),
+        (["set", "a", "--nominal", "9", "--gpus", "4"], "--gpus goes with `quota check`"),
+        (["check", "a", "--gpus", "1", "--nominal", "9"], "--nominal goes with `quota set`"),
+        (["set", "a", "--nominal", "9", "--busy-util", "50"], "--busy-util goes with"),
+        (["check", "a", "--gpus", "1", "--tree"], "--tree goes with `quota show --tree`"),
+    ):  # fmt: skip
+        code, out, err = cli("quota", *args, "--db", db)
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert message in err, err
+    code, out, _ = cli("quota", "show", "--tree", "--resource", "gpus", "--db", db)
+    assert code == 0
+    code, _, err = cli("quota", "show", "--tree", "--resource", "power_kw", "--db", db)
+    assert (code, err) == (0, "")
