@@ -22,9 +22,10 @@ Run through ``scripts/demo.sh`` (which creates the virtualenv). Steps:
    ``collector quota show`` on both bases and as the cohort tree;
 9. the quotas as schedulers read them: ``collector export --format kueue`` (ResourceFlavor,
    Cohort, ClusterQueue manifests) and ``--format slurm`` (reservations);
-10. decommissioning this machine's node: its agent stopped, ``collector inventory forget``
-    refused (it sent a sample within its staleness window), then forced: its rows and
-    retained messages go, the running collector stops tracking it; then a clean shutdown.
+10. decommissioning this machine's node: ``collector inventory forget`` refused while its
+    agent runs (it is online), then the agent stopped and the node forgotten (``--force``:
+    its last sample may still be within its staleness window): its rows and retained
+    messages go, the running collector stops tracking it; then a clean shutdown.
 
 Alerts leave the collector as they would at a site: signed Alertmanager-format webhooks to
 a receiver on loopback (this script; it checks each signature and prints what it got), and,
@@ -377,12 +378,15 @@ def main() -> int:
         banner("9. quotas schedulers obey: Kueue manifests and Slurm reservations")
         run_cli("collector", "export", "--format", "kueue", "--db", str(db))
         run_cli("collector", "export", "--format", "slurm", "--db", str(db))
-        banner(f"10. decommission: stop {node}'s agent, then collector inventory forget {node}")
+        banner(f"10. decommission: collector inventory forget {node}, then stop its agent")
+        forget = ["collector", "inventory", "forget", node, "--db", str(db), *common]
+        # Refused while its agent runs (online, sampling every second). Once stopped its
+        # last sample stays fresh for 3 s, which a loaded machine may or may not outlast
+        # before the next command: --force makes the second call's answer certain.
+        run_cli(*forget)
         for name, proc in procs:
             if name == "agent":
                 stop_all([(name, proc)])  # it says offline as it goes
-        forget = ["collector", "inventory", "forget", node, "--db", str(db), *common]
-        run_cli(*forget)  # refused: it sent a sample within its staleness window
         run_cli(*forget, "--force")
         time.sleep(2.5)  # the running collector drops it from its view within seconds
         run_cli("collector", "alerts", "--db", str(db))

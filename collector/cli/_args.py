@@ -34,6 +34,7 @@ __all__ = [
     "node_names",
     "read_input",
     "read_settings_from_args",
+    "refuse_other_actions_flags",
     "settings_from_args",
 ]
 
@@ -45,6 +46,20 @@ def node_names(words: Iterable[str]) -> tuple[str, ...]:
     """Node names as the command line gives them: words, each a name or several separated by
     commas (``--nodes a,b``, ``pool add P a b,c``), blanks around a name dropped."""
     return tuple(n.strip() for word in words for n in word.split(",") if n.strip())
+
+
+def refuse_other_actions_flags(
+    command: str, action: str, given: Iterable[tuple[str, tuple[str, ...], bool]]
+) -> None:
+    """Refuse a flag meant for another action of ``command`` (``silence expire 3 --match``,
+    ``lease list --pool P``): dropped without a word, it would read as a condition or a
+    filter the answer obeyed. ``given``: (flag, the actions it goes with, whether given)."""
+    from shared.errors import ConfigError  # noqa: PLC0415
+
+    for flag, actions, present in given:
+        if present and action not in actions:
+            with_ = " or ".join(f"`{command} {a}`" for a in actions)
+            raise ConfigError(f"{flag} goes with {with_}, not {action}: leave it out", field=flag)
 
 
 def read_input(name: str, *, field: str, label: str = "") -> bytes:

@@ -167,6 +167,25 @@ def run(args: argparse.Namespace) -> int:
     from collector.store.reader import StoreReader  # noqa: PLC0415
 
     settings = read_settings_from_args(args)
+    asked = [
+        flag
+        for flag, given in (
+            ("--history", args.history),
+            ("--dead-letters", args.dead_letters),
+            ("--redeliver", args.redeliver is not None),
+        )
+        if given
+    ]
+    if len(asked) > 1:
+        raise ConfigError(
+            f"{' and '.join(asked)}: give one (each is a question of its own)", field=asked[1]
+        )
+    if args.since is not None and not args.history:
+        raise ConfigError(
+            "--since goes with --history (how far back its changes go); without it the "
+            "alerts shown are those pending or firing now",
+            field="--since",
+        )
     if not 1 <= args.limit <= _MAX_LIMIT:
         raise ConfigError(
             f"--limit must be between 1 and {_MAX_LIMIT:,}, got {args.limit}", field="--limit"

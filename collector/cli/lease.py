@@ -12,6 +12,7 @@ from collector.cli._args import (
     add_settings_args,
     node_names,
     read_settings_from_args,
+    refuse_other_actions_flags,
 )
 from collector.cli._render import Column, print_json, render_table
 from collector.cli._render import shown as safe_text
@@ -70,6 +71,12 @@ examples:
 exit status: 0 done; 2 a bad flag, an overlap, a quota refusal or no database (one line)."""
 
 
+_DURATION: Final = "180d"
+_NONE: Final = "0d"
+"""--notice and --minimum when not given: none."""
+_TZ: Final = "UTC"
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``collector lease``."""
     p = sub.add_parser(
@@ -94,15 +101,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "fewest nodes, as `collector pool apply` plans it",
     )
     p.add_argument("--start", help="add: first day, YYYY-MM-DD in --tz")
-    p.add_argument("--duration", default="180d", help="add: 180d, 26w, 6m, 1y (default 180d)")
+    p.add_argument(
+        "--duration", default=_DURATION, help=f"add: 180d, 26w, 6m, 1y (default {_DURATION})"
+    )
     p.add_argument(
         "--notice",
-        default="0d",
+        default=_NONE,
         help="add: notice period for cancelling: 90d, or 3m (calendar months counted back "
         "from the term's end); default none: notice on any day ends the lease after that day",
     )
-    p.add_argument("--minimum", default="0d", help="add: contractual minimum term, e.g. 120d")
-    p.add_argument("--tz", default="UTC", help="add: IANA time zone of the dates (default UTC)")
+    p.add_argument("--minimum", default=_NONE, help="add: contractual minimum term, e.g. 120d")
+    p.add_argument("--tz", default=_TZ, help=f"add: IANA time zone of the dates (default {_TZ})")
     p.add_argument("--auto-renew", action="store_true", help="add: renews each term until notice")
     p.add_argument("--name", help="add: the lease's name (default TENANT-START)")
     p.add_argument("--comment", default="", help="add: free text")
@@ -119,6 +128,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Dispatch the lease action."""
     settings = read_settings_from_args(args)
+    forced = ("add", "extend", "renew")
+    refuse_other_actions_flags(
+        "lease",
+        args.action,
+        (
+            ("LEASE", ("show", "cancel", "extend", "renew"), args.lease is not None),
+            ("--tenant", ("add", "list"), args.tenant is not None),
+            ("--pool", ("add",), args.pool is not None),
+            ("--nodes", ("add",), args.nodes is not None),
+            ("--pattern", ("add",), args.pattern is not None),
+            ("--start", ("add",), args.start is not None),
+            ("--duration", ("add",), args.duration != _DURATION),
+            ("--notice", ("add",), args.notice != _NONE),
+            ("--minimum", ("add",), args.minimum != _NONE),
+            ("--tz", ("add",), args.tz != _TZ),
+            ("--auto-renew", ("add",), args.auto_renew),
+            ("--name", ("add",), args.name is not None),
+            ("--comment", ("add",), bool(args.comment)),
+            ("--force", forced, args.force),
+            ("--reason", forced, args.reason is not None),
+            ("--on", ("cancel",), args.on is not None),
+            ("--by", ("extend",), args.by is not None),
+        ),
+    )
     now = time.time()
     if args.action == "add":
         return _add(args, settings, now)
@@ -290,8 +323,12 @@ def _state(db: StoreTarget) -> Governance:
 
 
 def _list(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
+    from collector.cli.usage import check_tenant  # noqa: PLC0415
+
     gov = _state(db)
-    rows = [lease_row(x, now) for x in gov.leases if not args.tenant or x.tenant == args.tenant]
+    if args.tenant is not None:
+        check_tenant(gov, args.tenant)
+    rows = [lease_row(x, now) for x in gov.leases if args.tenant in (None, x.tenant)]
     if args.json:
         print_json({"leases": rows})
         return 0

@@ -64,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
     source = parse_target(args.source, field="--from")
     if not isinstance(source, Path):
         raise ConfigError("--from takes a SQLite file path", field="--from")
+    if not source.is_file():
+        what = "is a folder, not a" if source.is_dir() else "names no"
+        raise ConfigError(
+            f"--from {str(source)!r} {what} SQLite file: give the collector's database "
+            "file (its db_path, e.g. /var/lib/capwatch/capwatch.db)",
+            field="--from",
+        )
     target = parse_target(args.target, field="--to")
     if not isinstance(target, PgTarget):
         raise ConfigError("--to takes a postgresql://user@host:port/database URL", field="--to")

@@ -151,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
 def _usage(
     reader: StoreReader, node: str | None, pool: str | None, since: float, now: float
 ) -> Figure:
+    from collector.cli.query import require_known_node  # noqa: PLC0415
     from collector.plot.figures import usage_figure  # noqa: PLC0415
     from collector.store.rollups import oldest_raw  # noqa: PLC0415
-    from collector.store.series import fleet_series, known_node, node_series  # noqa: PLC0415
+    from collector.store.series import fleet_series, node_series  # noqa: PLC0415
 
     members = None
-    if node is not None and not known_node(reader, node):
-        raise ConfigError(f"--node {node!r}: no such node (see `collector query`)", field="--node")
+    if node is not None:
+        require_known_node(reader, node, now)
     if pool is not None:
         from collector.store.capacity import pool_members  # noqa: PLC0415
 

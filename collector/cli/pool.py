@@ -7,7 +7,13 @@ import time
 from typing import TYPE_CHECKING, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import ReadSettings, add_settings_args, node_names, read_settings_from_args
+from collector.cli._args import (
+    ReadSettings,
+    add_settings_args,
+    node_names,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, free_text, print_json, render_table
 from shared.errors import ConfigError
 
@@ -98,6 +104,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Dispatch one pool action."""
     settings = read_settings_from_args(args)
+    refuse_other_actions_flags(
+        "pool",
+        args.action,
+        (
+            ("--nodes", ("create",), bool(args.nodes)),
+            ("-p", ("apply",), args.pattern is not None),
+            ("--dry-run", ("apply",), args.dry_run),
+            ("--exclude", ("apply",), bool(args.exclude)),
+            ("--comment", ("create", "apply"), bool(args.comment)),
+            ("--force", ("add", "apply"), args.force),
+            ("--reason", ("add", "apply"), args.reason is not None),
+        ),
+    )
     words: list[str] = args.words
     if args.action == "apply":
         if args.pattern is None:

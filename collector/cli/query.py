@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collector.cli._args import ReadSettings
     from collector.store.reader import StoreReader
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "require_known_node", "run"]
 
 _DESCRIPTION: Final = """\
 Answers from the collector's store (works while the collector runs).
@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         )
     now = time.time()
     with StoreReader(settings.store_target) as store:
+        if args.node is not None and not args.rejected:
+            require_known_node(store, args.node, now)
         if gpu_history or (
             not (args.gaps or args.rejected or args.gpus)
             and _wants_history(store, args.node, since_s, step_s, now)
@@ -217,6 +219,25 @@ def _step(text: str) -> int:
             field="--step",
         )
     return int(step)
+
+
+def require_known_node(store: StoreReader, node: str, now: float) -> None:
+    """Refuse a ``--node`` the store knows nothing of (a typo would answer as a quiet node,
+    exit 0), here and in ``collector plot --node``: known are the nodes with a row (a
+    status, inventory or sample came) and, once forgotten, those whose samples or rollups
+    remain (they stay until retention).
+    The usual answer costs one lookup through the ``(node, ts_ms)`` index."""
+    from collector.store.rollups import oldest_raw, rollups_before  # noqa: PLC0415
+
+    if store.run(oldest_raw(node)) is not None:
+        return
+    from collector.store.series import known_node  # noqa: PLC0415
+
+    if known_node(store, node):
+        return
+    if store.has_table("rollups") and store.run(rollups_before(node, now)):
+        return
+    raise ConfigError(f"--node {node!r}: no such node (see `collector query`)", field="--node")
 
 
 def _wants_history(

@@ -7,7 +7,11 @@ import time
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, print_json, render_table
 from collector.governance.periods import PERIODS
 from collector.governance.quota import check_figure
@@ -119,6 +123,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Dispatch the quota action."""
     settings = read_settings_from_args(args)
+    action = "show --tree" if args.action == "show" and args.tree else args.action
+    reads = ("show", "show --tree", "check")
+    refuse_other_actions_flags(
+        "quota",
+        action,
+        (
+            ("--resource", ("set", "show --tree"), args.resource != "gpus"),
+            ("--nominal", ("set",), args.nominal is not None),
+            ("--borrowing-limit", ("set",), args.borrowing_limit is not None),
+            ("--lending-limit", ("set",), args.lending_limit is not None),
+            ("--period", ("set",), args.period is not None),
+            ("--cohort", ("set",), args.cohort is not None),
+            ("--priority", ("set",), args.priority is not None),
+            ("--parent", ("set",), args.parent is not None),
+            ("--remove", ("set",), args.remove),
+            ("--tree", ("show --tree",), args.tree),
+            ("--gpus", ("check",), args.gpus is not None),
+            ("--busy-util", reads, args.busy_util is not None),
+            ("--from-store", reads, args.from_store),
+        ),
+    )
     now = time.time()
     if args.action == "set":
         return _set(args, settings.store_target, now)
@@ -159,12 +184,20 @@ def _set(args: argparse.Namespace, db: StoreTarget, now: float) -> int:
             "its nominal quota (Kueue refuses it too)",
             field="--lending-limit",
         )
+    from collector.governance.declare import PRIORITY_MAX, PRIORITY_MIN  # noqa: PLC0415
     from collector.governance.ops import validate_tenant_name  # noqa: PLC0415
 
     if args.tenant is not None:
         validate_tenant_name(args.tenant, field="TENANT")
-    if args.cohort:
+    if args.cohort or (args.cohort is not None and args.tenant is None):
+        # a tenant's --cohort '' puts it in no cohort; a cohort is never named ''
         validate_tenant_name(args.cohort, what="cohort", field="--cohort")
+    if args.priority is not None and not PRIORITY_MIN <= args.priority <= PRIORITY_MAX:
+        raise ConfigError(
+            f"--priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} (32 "
+            f"bits, as a cluster file's priority), got {args.priority}",
+            field="--priority",
+        )
     with Command(db, now=now) as tx:
         w = tx.governance
         if args.tenant is None:

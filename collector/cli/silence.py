@@ -12,7 +12,11 @@ import time
 from typing import Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, free_text, print_json, render_table
 from shared.durations import parse_duration
 from shared.errors import ConfigError
@@ -69,6 +73,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Add, list or expire silences."""
     settings = read_settings_from_args(args)
+    refuse_other_actions_flags(
+        "silence",
+        args.action,
+        (
+            ("--match", ("add",), bool(args.match)),
+            ("--for", ("add",), args.duration is not None),
+            ("--comment", ("add",), bool(args.comment)),
+            ("--author", ("add",), bool(args.author)),
+            ("--all", ("list",), args.all),
+            ("ID", ("expire",), args.id is not None),
+        ),
+    )
     now = time.time()
     if args.action == "add":
         return _add(args, settings.store_target, now)

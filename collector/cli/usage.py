@@ -26,9 +26,10 @@ from shared.errors import ConfigError
 from shared.units import format_pct
 
 if TYPE_CHECKING:
+    from collector.governance.state import Governance
     from collector.store.reader import StoreReader
 
-__all__ = ["add_parser", "checked_filters", "period_window", "read_days", "run"]
+__all__ = ["add_parser", "check_tenant", "checked_filters", "period_window", "read_days", "run"]
 
 _DESCRIPTION: Final = """\
 GPU-hours, energy and cost per tenant from the usage ledger (the collector keeps it per
@@ -142,6 +143,19 @@ def _listed(names: Iterable[str]) -> str:
     return first_named(known, 10) if known else "none yet"
 
 
+def check_tenant(gov: Governance, tenant: str) -> None:
+    """Refuse a ``--tenant`` the store never knew (none of its tenants, nor a lease's), with
+    one line naming the flag and the tenants it knows: a typo would otherwise answer with
+    nothing and exit 0."""
+    tenants = set(gov.tenants) | {held.tenant for held in gov.leases}
+    if tenant not in tenants:
+        raise ConfigError(
+            f"--tenant {tenant!r}: no such tenant (tenants: {_listed(tenants)}; "
+            "`collector lease list`)",
+            field="--tenant",
+        )
+
+
 def checked_filters(
     reader: StoreReader,
     *,
@@ -167,13 +181,7 @@ def checked_filters(
         return None
     gov = reader.run(governance())
     if tenant is not None:
-        tenants = set(gov.tenants) | {held.tenant for held in gov.leases}
-        if tenant not in tenants:
-            raise ConfigError(
-                f"--tenant {tenant!r}: no such tenant (tenants: {_listed(tenants)}; "
-                "`collector lease list`)",
-                field="--tenant",
-            )
+        check_tenant(gov, tenant)
     if lease is None:
         return None
     try:

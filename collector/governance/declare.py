@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -136,11 +136,16 @@ class CohortSpec(_Strict):
         return value.quota() if isinstance(value, CohortQuotaSpec) else Quota(float(value))
 
 
+PRIORITY_MIN: Final = -(2**31)
+PRIORITY_MAX: Final = 2**31 - 1
+"""A tenant's priority: a 32-bit integer, as a Kubernetes PriorityClass value."""
+
+
 class TenantSpec(_Strict):
     """A tenant: its cohort, priority and quotas."""
 
     cohort: str | None = None
-    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     quota: dict[Literal["gpus", "power_kw", "gpu_hours"], QuotaSpec] = {}
 
 

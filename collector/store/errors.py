@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "folder",
     "missing",
     "missing_column",
     "missing_table",
@@ -40,9 +41,19 @@ BUSY_TIMEOUT_S: Final = 5.0
 
 def missing(path: StoreTarget) -> StoreError:
     """The store at ``path`` does not exist (a command never creates it)."""
+    if isinstance(path, Path) and path.is_dir():
+        return folder(path)
     return StoreError(
         f"no capwatch database at {str(path)!r}: start `collector run` first or pass "
         "--db / CAPWATCH_DB_PATH"
+    )
+
+
+def folder(path: Path) -> StoreError:
+    """``path``, given as the SQLite store, is a folder (the state directory, say)."""
+    return StoreError(
+        f"{str(path)!r} is a folder, not a database file: give the file (--db "
+        f"{path / 'capwatch.db'} / CAPWATCH_DB_PATH)"
     )
 
 
@@ -58,6 +69,8 @@ def open_failed(path: StoreTarget, exc: BaseException, *, creating: bool = False
     """The store at ``path`` could not be opened (or, ``creating``, created and migrated)."""
     if not isinstance(path, Path):
         return StoreError(f"cannot open database {str(path)!r}: {_first_line(exc)}")
+    if path.is_dir():
+        return folder(path)
     if isinstance(exc, sqlite3.Error):
         fix = (
             ": set db_path (--db / CAPWATCH_DB_PATH) to a file in a folder this user can write"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,45 @@ async def test_a_write_command_on_a_store_older_than_a_table_is_still_not_migrat
     assert len(lines) == 1, lines
     assert "is not a capwatch database" not in lines[0]
     assert "silences" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["query"], ["alerts"], ["pool", "create", "p"], ["silence", "list"], ["run", "--port", "1"]],
+    ids=" ".join,
+)
+def test_a_folder_given_as_the_store_is_named_a_folder(tmp_path: Path, argv: list[str]) -> None:
+    """`--db /var/lib/capwatch` (the state folder, not the file in it) said "no capwatch
+    database there: start `collector run` first", and `collector run` "set db_path to a file
+    in a folder this user can write": neither says what is wrong. One line that names the
+    folder and the file to give instead, exit 2. (A process of its own: `run` configures
+    the logging of the process it runs in.)"""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "collector", *argv, "--db", str(folder), "--no-log-json"]
+        if argv[0] == "run"
+        else [sys.executable, "-m", "collector", *argv, "--db", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"{str(folder)!r} is a folder, not a database file: give the file" in last, last
+    assert f"--db {folder / 'capwatch.db'}" in last, last
+
+
+def test_migrate_names_from_when_its_store_is_missing_or_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collector migrate --from` pointed at nothing, or at a folder, named --db (the flag
+    of the other commands), not --from."""
+    to = "postgresql://capwatch@127.0.0.1:1/capwatch"
+    for source in (tmp_path / "none.db", tmp_path):
+        assert main(["migrate", "--from", str(source), "--to", to]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err
+        assert f"--from {str(source)!r}" in err, err
+        assert "--db" not in err, err

@@ -713,3 +713,25 @@ def test_a_store_older_than_this_version_says_it_is_not_migrated(
     assert "is not migrated to this version yet" in err
     assert "node_power_w" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["--json"], ["--gaps"], ["--gpus"], ["--since", "30d", "--step", "1h"]],
+    ids=lambda a: " ".join(a) or "samples",
+)
+def test_a_node_the_store_never_knew_is_refused_not_an_empty_answer(
+    db: StoreTarget, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`query --node x1000c0s0b0m0` (a typo) said "no samples from x1000c0s0b0m0 in that
+    window", exit 0, as if the node were quiet; `collector plot --node` already refused it.
+    One line naming --node, exit 2. A known node with nothing in the window still answers
+    (empty), and --rejected takes any name: a node whose every message was refused never
+    had a row."""
+    assert main(["query", "--db", str(db), "--node", "x1000c0s0b0m0", *argv]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err.count("\n")) == ("", 1), captured
+    assert "--node 'x1000c0s0b0m0': no such node (see `collector query`)" in captured.err
+    flags = [a for a in argv if a in ("--json", "--gaps", "--gpus")]
+    assert main(["query", "--db", str(db), "--node", STALE, "--since", "1m", *flags]) == 0
+    assert main(["query", "--db", str(db), "--node", "x1000c0s0b0m0", "--rejected"]) == 0

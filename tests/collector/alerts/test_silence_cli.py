@@ -185,3 +185,53 @@ async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(
     code, out, _ = collector_cli("silence", "list", "--db", db, "--json")
     (silence,) = json.loads(out)["silences"]
     assert (silence["comment"], silence["author"]) == (long, "j" * 300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--history", "--dead-letters"], "--history and --dead-letters: give one"),
+        (["--dead-letters", "--redeliver", "1"], "--dead-letters and --redeliver: give one"),
+        (["--since", "1h"], "--since goes with --history"),
+        (["--dead-letters", "--since", "1h"], "--since goes with --history"),
+    ],
+)
+async def test_alerts_flags_that_ask_different_questions_are_one_line_exit_2(
+    store_url: StoreTarget, args: list[str], message: str
+) -> None:
+    """`alerts --history --dead-letters` printed the dead letters and dropped --history,
+    `alerts --since 1h` the alerts firing now whatever their age: a flag silently ignored
+    reads as an answer to it. One line naming the flags, exit 2."""
+    db = str(await _store(store_url, HOT))
+    code, out, err = collector_cli("alerts", "--db", db, *args)
+    assert (code, out) == (2, ""), err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list", "--match", "node=x1000c0"], "--match goes with `silence add`, not list"),
+        (["list", "--for", "1h"], "--for goes with `silence add`, not list"),
+        (["expire", "1", "--match", "node=y2"], "--match goes with `silence add`, not expire"),
+        (["add", "1", "--match", "node=y2", "--for", "1h"], "ID goes with `silence expire`"),
+        (["expire", "1", "--all"], "--all goes with `silence list`, not expire"),
+    ],
+)
+async def test_a_flag_of_another_action_is_one_line_exit_2_and_changes_nothing(
+    store_url: StoreTarget, args: list[str], message: str
+) -> None:
+    """`silence expire 1 --match node=y2` expired silence 1 whatever it matched, and `silence
+    list --match ...` listed every silence: a flag of another action was dropped without a
+    word. One line naming it and its action, exit 2; the silence stays in force."""
+    db = str(await _store(store_url, HOT))
+    code, _, err = collector_cli("silence", "add", "--db", db, "--match", "node=x1000c0",
+                                 "--for", "1h")  # fmt: skip
+    assert (code, err) == (0, "")
+    code, out, err = collector_cli("silence", *args, "--db", db)
+    assert (code, out) == (2, ""), err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = collector_cli("silence", "list", "--db", db, "--json")
+    assert [s["id"] for s in json.loads(out)["silences"]] == [1]

@@ -340,3 +340,26 @@ def test_an_admin_user_equal_to_the_collectors_is_refused(
     assert err.count("\n") == 1
     assert "mqtt.admin_username" in err
     assert _node_rows(fleet, "gone")["nodes"] == 1
+
+
+def test_a_forgotten_nodes_kept_samples_still_answer_query_and_plot(
+    fleet: StoreTarget, tmp_path: Path
+) -> None:
+    """Its samples stay until retention, so `query --node` and `plot --node` still answer
+    for it: plot refused it as "no such node (see `collector query`)", which listed it.
+    A name the store never held is refused by both alike."""
+    assert _forget(fleet, "gone")[0] == 1  # forgotten; the broker unreachable
+    code, out, err = cli("query", "--node", "gone", "--since", "2h", "--db", str(fleet))
+    assert (code, err) == (0, "")
+    assert "no samples" not in out
+    picture = tmp_path / "gone.png"
+    code, out, err = cli(
+        "plot", "usage", "--node", "gone", "--since", "2h", "--out", str(picture), "--db",
+        str(fleet),
+    )  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert picture.exists()
+    for argv in (["query"], ["plot", "usage", "--out", str(tmp_path / "n.png")]):
+        code, _, err = cli(*argv, "--node", "never", "--db", str(fleet))
+        assert code == 2, argv
+        assert "--node 'never': no such node (see `collector query`)" in err, err

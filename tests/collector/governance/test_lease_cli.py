@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from collector.paths import StoreTarget
 from tests.collector.governance.fleet import cli, make_store
 from tests.helpers import db_rows
@@ -301,3 +303,49 @@ async def test_month_notice_deadline_in_json_and_cancel_on_it(tmp_path: Path) ->
     code, _, err = cli("lease", "cancel", "m", "--db", db, "--on", "2038-11-28", "--json")
     assert code == 0, err
     assert json.loads(cli("lease", "show", "m", "--db", db, "--json")[1])["end"] == "2039-02-28"
+
+
+async def test_list_of_a_tenant_the_store_never_knew_is_refused(store_url: StoreTarget) -> None:
+    """`lease list --tenant acmee` (a typo) said "no leases", exit 0, as if acme held none:
+    one line naming --tenant and the tenants known, exit 2, as `collector usage --tenant`.
+    A known tenant without leases (a quota only) is still an empty list."""
+    db = str(await make_store(store_url, NODES))
+    assert cli("lease", "add", "--db", db, "--tenant", "acme", "--nodes", "n1",
+               "--start", "2041-01-01")[0] == 0  # fmt: skip
+    assert cli("quota", "set", "idle", "--nominal", "4", "--db", db)[0] == 0
+    for tenant in ("acmee", ""):
+        code, out, err = cli("lease", "list", "--db", db, "--tenant", tenant, "--json")
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert f"--tenant {tenant!r}: no such tenant (tenants: acme, idle" in err, err
+    code, out, err = cli("lease", "list", "--db", db, "--tenant", "idle", "--json")
+    assert (code, err, json.loads(out)) == (0, "", {"leases": []})
+    code, out, _ = cli("lease", "list", "--db", db, "--tenant", "acme", "--json")
+    assert [r["tenant"] for r in json.loads(out)["leases"]] == ["acme"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list", "--pool", "p1"], "--pool goes with `lease add`, not list"),
+        (["list", "acme-2041-01-01"], "LEASE goes with `lease show`"),
+        (["show", "1", "--by", "30d"], "--by goes with `lease extend`, not show"),
+        (["cancel", "1", "--by", "30d"], "--by goes with `lease extend`, not cancel"),
+        (["extend", "1", "--by", "30d", "--on", "2041-02-01"], "--on goes with `lease cancel`"),
+        (["renew", "1", "--tz", "Asia/Tokyo"], "--tz goes with `lease add`, not renew"),
+        (["cancel", "1", "--reason", "x"], "--reason goes with `lease add` or `lease extend`"),
+    ],
+)
+async def test_a_flag_of_another_action_is_one_line_exit_2_and_changes_nothing(
+    store_url: StoreTarget, args: list[str], message: str
+) -> None:
+    """`lease list --pool p1` listed every lease, `lease cancel 1 --by 30d` gave notice: a
+    flag meant for another action was dropped without a word. One line naming it and the
+    actions it goes with, exit 2; the lease stays as it was."""
+    db = str(await make_store(store_url, NODES))
+    assert cli("lease", "add", "--db", db, "--tenant", "acme", "--pool", "p1", "--nodes",
+               "n1", "--start", "2041-01-01")[0] == 0  # fmt: skip
+    before = cli("lease", "show", "1", "--db", db, "--json")[1]
+    code, out, err = cli("lease", *args, "--db", db)
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert message in err, err
+    assert cli("lease", "show", "1", "--db", db, "--json")[1] == before

@@ -369,3 +369,29 @@ async def test_apply_says_which_leased_nodes_of_the_pool_it_kept(fleet: StoreTar
     assert "`collector pool remove zinal NODE...` releases a leased node" in note
     code, out, _ = cli("pool", "apply", "-p", "zinal:a100:4", "--db", db)
     assert f"  note: {note}" in out.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["add", "zinal", "x1000c0s1b0n0", "--dry-run"], "--dry-run goes with `pool apply`"),
+        (["remove", "zinal", "x1000c0s0b0n0", "--dry-run"], "--dry-run goes with `pool apply`"),
+        (["delete", "zinal", "--dry-run"], "--dry-run goes with `pool apply`, not delete"),
+        (["add", "zinal", "x1000c0s1b0n0", "--comment", "x"], "--comment goes with `pool "
+         "create` or `pool apply`, not add"),
+        (["remove", "zinal", "x1000c0s0b0n0", "--force"], "--force goes with `pool add` or"),
+        (["show", "zinal", "--exclude", "x1000c0s0b0n0"], "--exclude goes with `pool apply`"),
+    ],
+)  # fmt: skip
+async def test_a_flag_of_another_action_is_one_line_exit_2_and_changes_nothing(
+    fleet: StoreTarget, args: list[str], message: str
+) -> None:
+    """`pool delete zinal --dry-run` deleted the pool (--dry-run is apply's): a flag meant
+    for another action was dropped without a word. One line naming it, exit 2, nothing
+    moved."""
+    db = str(fleet)
+    assert cli("pool", "create", "zinal", "--db", db, "--nodes", "x1000c0s0b0n0")[0] == 0
+    code, out, err = cli("pool", *args, "--db", db)
+    assert (code, out, err.count("\n")) == (2, "", 1), err
+    assert message in err, err
+    assert _members(fleet) == {"x1000c0s0b0n0": "zinal"}

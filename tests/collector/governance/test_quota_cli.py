@@ -322,3 +322,54 @@ async def test_a_gpu_quota_is_a_whole_number_and_minus_zero_is_zero(
     code, out, _ = cli("export", "--db", db, "--json")
     assert json.loads(out)["tenants"]["acme"]["quota"]["gpus"] == {"nominal": 0}
     assert "-0" not in out
+
+
+async def test_set_refuses_what_export_and_apply_could_not_carry(
+    store_url: StoreTarget, tmp_path: Path
+) -> None:
+    """`quota set --cohort ''` stored a cohort named "" (export then wrote `[cohorts.""]`,
+    which apply refuses), and a --priority beyond apply's int32 went to the store, which
+    said only "Python int too large to convert to SQLite INTEGER": both are one line naming
+    the flag, exit 2, nothing stored; what `set` takes, export -> apply takes back."""
+    db = str(await make_store(store_url, {"n1": 8}))
+    code, _, err = cli("quota", "set", "--cohort", "", "--nominal", "3", "--db", db)
+    assert (code, err.count("\n")) == (2, 1), err
+    assert "cohort name ''" in err, err
+    for priority in (str(2**31), str(-(2**31) - 1), "99999999999999999999999"):
+        code, _, err = cli("quota", "set", "acme", "--priority", priority, "--db", db)
+        assert (code, err.count("\n")) == (2, 1), err
+        assert "--priority must be a whole number from -2147483648 to 2147483647" in err, err
+    code, out, _ = cli("export", "--db", db, "--json")
+    exported = json.loads(out)
+    assert (exported.get("cohorts"), exported.get("tenants")) == (None, None), out
+    code, _, err = cli("quota", "set", "acme", "--priority", str(2**31 - 1), "--db", db)
+    assert (code, err) == (0, "")
+    code, _, err = cli("quota", "set", "acme", "--cohort", "", "--nominal", "2", "--db", db)
+    assert (code, err) == (0, "")  # a tenant's --cohort '': in no cohort
+    toml = tmp_path / "round.toml"
+    code, _, err = cli("export", "--db", db, "-o", str(toml))
+    assert (code, err) == (0, "")
+    code, out, err = cli("apply", "--db", db, "-f", str(toml), "--dry-run", "--json")
+    assert (code, err, json.loads(out)["changes"]) == (0, "", [])
+
+
+async def test_a_flag_of_another_action_is_one_line_exit_2(store_url: StoreTarget) -> None:
+    """`quota show --resource power_kw` showed every resource, `quota set a --nominal 9
+    --gpus 4` ignored --gpus, `quota check a --nominal 9` checked: a flag meant for another
+    action was dropped without a word. One line naming it and the actions it goes with."""
+    db = await _fleet(store_url)
+    for args, message in (
+        (["show", "--resource", "power_kw"], "--resource goes with `quota set` or `quota "
+         "show --tree`, not show"),
+        (["set", "a", "--nominal", "9", "--gpus", "4"], "--gpus goes with `quota check`"),
+        (["check", "a", "--gpus", "1", "--nominal", "9"], "--nominal goes with `quota set`"),
+        (["set", "a", "--nominal", "9", "--busy-util", "50"], "--busy-util goes with"),
+        (["check", "a", "--gpus", "1", "--tree"], "--tree goes with `quota show --tree`"),
+    ):  # fmt: skip
+        code, out, err = cli("quota", *args, "--db", db)
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert message in err, err
+    code, out, _ = cli("quota", "show", "--tree", "--resource", "gpus", "--db", db)
+    assert code == 0
+    code, _, err = cli("quota", "show", "--tree", "--resource", "power_kw", "--db", db)
+    assert (code, err) == (0, "")

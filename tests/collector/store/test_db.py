@@ -322,7 +322,7 @@ async def test_a_store_that_cannot_be_opened_starts_no_connection_thread(tmp_pat
 
     threading.setprofile(seen)
     try:
-        with pytest.raises(StoreError, match="cannot open database"):
+        with pytest.raises(StoreError, match="is a folder, not a database file"):
             async with Store(parse_target(str(tmp_path))):
                 pass
     finally:
