@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from agent.node import NodeSampler
     from agent.settings import AgentSettings
 
-__all__ = ["add_settings_args", "node_sampler", "print_json", "settings_from_args"]
+__all__ = [
+    "add_json_flag",
+    "add_settings_args",
+    "node_sampler",
+    "print_json",
+    "settings_from_args",
+]
 
 
 def add_settings_args(
@@ -95,6 +101,14 @@ def node_sampler(settings: AgentSettings) -> NodeSampler:
     from shared.clock import SystemClock  # noqa: PLC0415
 
     return build_sampler(settings, SystemClock())
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    """``--json`` on a command whose only output is JSON: accepted, as every command that
+    prints data accepts it (a script passes it to each), and changes nothing."""
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (this command's only output format)"
+    )
 
 
 def print_json(obj: Any) -> None:

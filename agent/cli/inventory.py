@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from agent.cli._args import add_settings_args, node_sampler, print_json, settings_from_args
+from agent.cli._args import (
+    add_json_flag,
+    add_settings_args,
+    node_sampler,
+    print_json,
+    settings_from_args,
+)
 
 __all__ = ["add_parser", "inventory"]
 
@@ -20,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "capwatch/v1/nodes/<node>/inventory. Publishes nothing.",
     )
     add_settings_args(p, broker=False, interval=False)
+    add_json_flag(p)
     p.set_defaults(handler=inventory)
 
 

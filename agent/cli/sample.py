@@ -6,7 +6,13 @@ import argparse
 import math
 import time
 
-from agent.cli._args import add_settings_args, node_sampler, print_json, settings_from_args
+from agent.cli._args import (
+    add_json_flag,
+    add_settings_args,
+    node_sampler,
+    print_json,
+    settings_from_args,
+)
 from shared.cli import seconds
 from shared.errors import ConfigError
 
@@ -30,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="seconds between the priming and the printed reading, 0 to 3600 (default 1; 0: "
         "rates null)",
     )
+    add_json_flag(p)
     p.set_defaults(handler=sample)
 
 

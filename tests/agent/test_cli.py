@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -369,3 +370,14 @@ def test_a_buffer_too_short_to_keep_a_sample_is_one_line_and_exit_2(
     assert line.startswith("agent run: error: setting 'buffer_s'"), line
     assert "at least 1m" in line, line
     assert not spool.exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "inventory"])
+def test_json_flag_is_accepted_where_the_output_is_json(command: str) -> None:
+    """``--json``, which every command that prints data takes, on the two commands whose
+    output is always JSON: accepted (it was "unrecognized arguments", exit 2), the same JSON."""
+    extra = ("--wait", "0") if command == "sample" else ()
+    fake = ("--gpu-backend", "fake", "--fake-gpus", "1", "--node-id", "n1")
+    done = run_agent(command, *fake, *extra, "--json", timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["node"] == "n1"
