@@ -37,6 +37,7 @@ from collector.store.connect import SyncConn, SyncCursor, foreign, open_sync
 from collector.store.dialect import Dialect, Row
 from collector.store.errors import not_capwatch, refused
 from collector.store.governance import GENERATION_KEY, GovernanceWrites
+from collector.store.migrations import refuse_newer
 from collector.store.pools import PoolWrites
 from collector.store.query import Query, run
 from shared.errors import ConfigError, StoreError
@@ -96,9 +97,17 @@ class Command:
         conn = open_sync(self.path, write=True)
         try:
             conn.begin(write=True)
+            # Not by an older schema's rules: a store a newer capwatch migrated is refused.
+            done = conn.execute("SELECT name FROM schema_migrations").fetchall()
+            refuse_newer(self.path, [row[0] for row in done])
         except conn.errors as exc:
+            error = self._refused(exc, conn)  # asks the store whether it is capwatch's
             conn.close()
-            raise self._refused(exc, conn) from exc
+            raise error from exc
+        except StoreError:
+            conn.rollback()
+            conn.close()
+            raise
         self._conn = conn
         self._locked_at = time.monotonic()
         return self

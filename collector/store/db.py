@@ -50,7 +50,7 @@ from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
 from collector.store.fold import Fold, Stage
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
-from collector.store.migrations import MIGRATIONS, migrations_for
+from collector.store.migrations import MIGRATIONS, migrations_for, refuse_newer
 from collector.store.partials import Staged, stage
 from collector.store.query import Query
 from collector.store.reader import StoreReader
@@ -410,6 +410,7 @@ class _Sqlite:
         )
         async with conn.execute("SELECT name FROM schema_migrations") as cur:
             done = {row[0] async for row in cur}
+        refuse_newer(self.path, done, migrations)
         applied = []
         for name, sql in migrations:
             if name in done:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Final
 from shared.errors import StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from collector.paths import StoreTarget
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "missing",
     "missing_column",
     "missing_table",
+    "newer_schema",
     "not_capwatch",
     "not_migrated",
     "open_failed",
@@ -123,6 +126,18 @@ def not_migrated(path: StoreTarget, exc: BaseException) -> StoreError:
         f"{str(path)!r} is not migrated to this version yet ({_first_line(exc)}): the "
         "collector migrates it as it starts; wait for it, or start this version's "
         "`collector run` once"
+    )
+
+
+def newer_schema(path: StoreTarget, unknown: Sequence[str]) -> StoreError:
+    """A store migrated by a newer capwatch: it records migrations this code does not have.
+    This code would write it by an older schema's rules (a column it does not fill, an
+    order or a constraint it does not know), so it refuses, as it refuses a foreign store."""
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return StoreError(
+        f"{str(path)!r} was migrated by a newer capwatch ({shown}, unknown to this "
+        "version): run that version or a later one here too (in a share group, upgrade "
+        "every collector before restarting them)"
     )
 
 

@@ -49,10 +49,14 @@ the schema must differ (``samples`` is partitioned by day there).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Final
 
 from collector.store.dialect import Dialect
+from collector.store.errors import newer_schema
+
+if TYPE_CHECKING:
+    from collector.paths import StoreTarget
 
 __all__ = [
     "BYTES_ORDER",
@@ -62,6 +66,7 @@ __all__ = [
     "POSTGRESQL",
     "migrations_for",
     "pg_ddl",
+    "refuse_newer",
 ]
 
 LEADER_TABLE_SQL: Final = """
@@ -901,3 +906,17 @@ def migrations_for(
         out.append((name, _pg_text_as_bytes(text) if as_bytes else text))
         as_bytes = as_bytes or name == BYTES_ORDER
     return out
+
+
+def refuse_newer(
+    path: StoreTarget,
+    done: Collection[str],
+    migrations: Sequence[tuple[str, str]] = MIGRATIONS,
+) -> None:
+    """:class:`~shared.errors.StoreError` (exit 2) if the store at ``path``, whose record
+    holds the migrations ``done``, was migrated by a newer capwatch: one of them is not in
+    ``migrations``. The collector's start (both backends) and every write command ask."""
+    known = {name for name, _ in migrations}
+    unknown = sorted(name for name in done if name not in known)
+    if unknown:
+        raise newer_schema(path, unknown)

@@ -29,6 +29,7 @@ from psycopg.rows import tuple_row
 from collector.paths import PgTarget
 from collector.store.dialect import Dialect, Row, distinct_runs, pg_sql, upsert_key
 from collector.store.leader import CHECK_TOKEN_SQL, ROLE, not_leader
+from collector.store.migrations import refuse_newer
 from collector.store.pgconn import FOLD_LOCK, MIGRATE_LOCK, Kind, classify, connect, has_table
 from collector.store.pgdays import STAGING, DayPartitions
 from collector.store.writes import MAX_ROWS_PER_STATEMENT
@@ -268,6 +269,7 @@ class PgBackend:
                 "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
             )
             done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+            refuse_newer(self.target, done, migrations)
             for name, text in migrations:
                 if name in done:
                     continue

@@ -207,3 +207,26 @@ async def test_text_with_a_nul_is_refused_alike_on_both_backends(store_url: Stor
     with Command(db, now=2.0) as tx:
         tx.pools.create("p", "row 3 cooling")  # the same without it
     assert db_rows(db, "SELECT name, comment FROM pools") == [("p", "row 3 cooling")]
+
+
+async def test_a_store_a_newer_capwatch_migrated_is_refused_by_the_collector_and_commands(
+    store_url: StoreTarget,
+) -> None:
+    """A store whose record holds a migration this code does not have (a newer capwatch
+    migrated it) is refused, exit 2, naming the migration: by the collector's start, which
+    would write it by the older rules, and by a write command; the store is untouched. A
+    read command still reads it. Both were silent: the old code wrote on."""
+    db = await _store(store_url)
+    with Command(db, now=1.0) as tx:
+        tx.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('9999_future', 2)")
+    with pytest.raises(StoreError) as start:
+        async with Store(db):
+            pass
+    with pytest.raises(StoreError) as write, Command(db, now=3.0) as tx:
+        tx.pools.create("p")
+    for err in (start.value, write.value):
+        assert err.exit_code == 2
+        assert "migrated by a newer capwatch (9999_future," in str(err), err
+    assert db_rows(db, "SELECT name FROM pools WHERE name = 'p'") == []
+    with StoreReader(db) as reader:
+        assert reader.fetchall("SELECT name FROM schema_migrations WHERE name = '9999_future'")
