@@ -560,10 +560,13 @@ def _one_each(gpus: tuple[GpuSample, ...] | list[GpuInfo]) -> None:
 
 
 class Sample(_Struct, frozen=True):
-    """One node at one tick: the payload of ``capwatch/v1/nodes/<node>/sample``."""
+    """One node at one tick: the payload of ``capwatch/v1/nodes/<node>/sample``.
+
+    ``node`` matches :data:`NODE_ID_PATTERN`: :func:`decode_sample` checks it, not msgspec
+    (see :class:`_KnownUuids`)."""
 
     v: Literal[1]
-    node: NodeId
+    node: str
     ts: Timestamp
     """Wall-clock time of the sample, Unix seconds. (node, ts) identifies a sample."""
     seq: Count
@@ -747,14 +750,16 @@ fleet of 16,384 8-GPU nodes; ~14 MB at worst (invented node names, 52-character 
 
 class _KnownUuids:
     """Each node's GPU UUIDs in the last sample :func:`decode_sample` returned (each matched
-    :data:`GPU_UUID_PATTERN`), by the node it named, and how many UUIDs that is in all.
+    :data:`GPU_UUID_PATTERN`), by the node it named (which matched :data:`NODE_ID_PATTERN`),
+    and how many UUIDs that is in all.
 
     A node's GPUs are the same from one sample to the next: a sample that names its node's
-    UUIDs again is not matched against the pattern again. msgspec's ``pattern`` on the field
-    searched each UUID of each sample, ~4,700 instructions a UUID (37,000 of the ~180,000 an
-    8-GPU sample's decode took, ``bench/bench_validate.py --callgrind --steps``); comparing
-    equal strings is a few dozen. The strings kept are the newest sample's, which the
-    collector's live view holds anyway."""
+    UUIDs again is not matched against the pattern again, nor is a node name held here.
+    msgspec's ``pattern`` on the fields searched each of them in each sample, ~4,700
+    instructions a string (42,000 of the ~180,000 an 8-GPU sample's decode took,
+    ``bench/bench_validate.py --callgrind --steps``); a dict lookup and comparing equal
+    strings are a few dozen. The strings kept are the newest sample's, which the collector's
+    live view holds anyway."""
 
     __slots__ = ("by_node", "count")
 
@@ -772,7 +777,12 @@ def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
     uuids = tuple([g.uuid for g in sample.gpus])
     known = _known_uuids
     by_node = known.by_node
-    held = by_node.get(sample.node)
+    node = sample.node
+    held = by_node.get(node)
+    if held is None and NODE_ID_RE.search(node) is None:  # a node known is a name that matched
+        raise SchemaError(
+            f"Expected `str` matching regex {NODE_ID_PATTERN!r} - at `$.node`", reason="invalid"
+        )
     if held != uuids:
         for i, uuid in enumerate(uuids):
             if _GPU_UUID_RE.search(uuid) is None:  # msgspec's check, and its words
@@ -785,7 +795,7 @@ def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
             by_node.clear()
             count = len(uuids)
         known.count = count
-    by_node[sample.node] = uuids
+    by_node[node] = uuids
     return sample
 
 

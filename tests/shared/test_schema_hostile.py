@@ -98,7 +98,7 @@ def _leaves(t: msgspec.inspect.Type, path: str, out: dict[str, msgspec.inspect.T
         out[path] = t
 
 
-_DECODER_CHECKED: Final = {("sample", "gpus[].uuid")}
+_DECODER_CHECKED: Final = {("sample", "node"), ("sample", "gpus[].uuid")}
 """Patterns :func:`shared.schema.decode_sample` checks itself, not msgspec (it knows each
 node's UUIDs): test_patterned_string_accepts_the_real_forms_only holds them to it."""
 
