@@ -545,8 +545,10 @@ class XidEvent(_Struct, frozen=True):
 
 def _one_each(gpus: tuple[GpuSample, ...] | list[GpuInfo]) -> None:
     """A message names each GPU once: two under one index or UUID would be merged into one
-    by everything keyed on them (the rules, the rollups' GPU records). ``ValueError``, which
-    msgspec reports as the message's ``ValidationError`` (reason ``invalid``)."""
+    by everything keyed on them (the rules, the rollups' GPU records). ``ValueError``: an
+    inventory's ``__post_init__`` raises it, which msgspec reports as the message's
+    ``ValidationError``; :func:`decode_sample` refuses a sample with it (both reason
+    ``invalid``)."""
     n = len(gpus)
     if n < 2 or (len({g.index for g in gpus}) == n and len({g.uuid for g in gpus}) == n):
         return  # every sample: two set sizes, ~0.7 us for 8 GPUs
@@ -590,10 +592,8 @@ class Sample(_Struct, frozen=True):
     gpus: Annotated[tuple[GpuSample, ...], msgspec.Meta(max_length=MAX_GPUS)] = ()
     xids: Annotated[tuple[XidEvent, ...], msgspec.Meta(max_length=MAX_XIDS)] = ()
     jobs: Annotated[tuple[Job, ...], msgspec.Meta(max_length=MAX_JOBS)] = ()
-    """The jobs the GPUs' processes belong to (``gpus[].processes[].job`` names them)."""
-
-    def __post_init__(self) -> None:
-        _one_each(self.gpus)
+    """The jobs the GPUs' processes belong to (``gpus[].processes[].job`` names them).
+    Each GPU once (:func:`_one_each`): :func:`decode_sample` checks it."""
 
 
 class GpuInfo(_Struct, frozen=True):
@@ -774,7 +774,8 @@ _known_uuids: Final = _KnownUuids()
 def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
     """Decode and validate a sample; raise :class:`SchemaError` naming the bad field."""
     sample = _decode(_sample_decoder, payload)
-    uuids = tuple([g.uuid for g in sample.gpus])
+    gpus = sample.gpus
+    uuids = tuple([g.uuid for g in gpus])
     known = _known_uuids
     by_node = known.by_node
     node = sample.node
@@ -783,13 +784,22 @@ def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
         raise SchemaError(
             f"Expected `str` matching regex {NODE_ID_PATTERN!r} - at `$.node`", reason="invalid"
         )
-    if held != uuids:
+    new = held != uuids
+    if new:
         for i, uuid in enumerate(uuids):
             if _GPU_UUID_RE.search(uuid) is None:  # msgspec's check, and its words
                 raise SchemaError(
                     f"Expected `str` matching regex {GPU_UUID_PATTERN!r} - at `$.gpus[{i}].uuid`",
                     reason="invalid",
                 )
+    n = len(uuids)
+    # Each GPU once (_one_each): the UUIDs held are their node's last sample's, distinct.
+    if n > 1 and (len({g.index for g in gpus}) < n or (new and len(set(uuids)) < n)):
+        try:
+            _one_each(gpus)
+        except ValueError as exc:
+            raise SchemaError(str(exc), reason="invalid") from exc
+    if new:
         count = known.count + len(uuids) - (0 if held is None else len(held))
         if count > _UUIDS_KEPT:  # invented node names: checked again, never more than this
             by_node.clear()

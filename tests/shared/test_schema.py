@@ -32,6 +32,16 @@ def test_a_node_whose_uuids_passed_is_still_refused_a_bad_one() -> None:
     assert decode_sample(msgspec.json.encode(good)).gpus[3].uuid == good["gpus"][3]["uuid"]
 
 
+def test_a_node_whose_uuids_passed_is_still_refused_two_gpus_under_one_index() -> None:
+    """Its known UUIDs are distinct; its GPUs' indexes are checked in every sample."""
+    d = sample_dict()
+    decode_sample(msgspec.json.encode(d))
+    d["gpus"][1]["index"] = d["gpus"][0]["index"]
+    with pytest.raises(SchemaError, match=r"^two GPUs with index 0 in `\$\.gpus`$") as e:
+        decode_sample(msgspec.json.encode(d))
+    assert e.value.reason == "invalid"
+
+
 def test_the_known_uuids_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Node names are the sender's to invent: past the bound the known UUIDs start again, and
     every sample is still checked."""
