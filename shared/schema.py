@@ -2,8 +2,10 @@
 
 Both sides import these structs, so the agent cannot publish what the collector would
 reject. Decoding with :func:`decode_sample` validates types and ranges in one C pass
-(msgspec); anything that fails raises :class:`shared.errors.SchemaError` naming the field
-path. Constructing a struct in Python does not check ranges: only decoding does.
+(msgspec), then the sample's node name and GPU UUIDs (not again while they are its node's
+last sample's: :class:`_KnownUuids`) and that it names each GPU once; anything that fails raises
+:class:`shared.errors.SchemaError` naming the field path. Constructing a struct in Python
+does not check ranges: only decoding does.
 
 Units are in the field names (``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``, ``_c``).
 Rates that need two counter readings are ``None`` on the first sample and after a
