@@ -71,7 +71,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
@@ -217,6 +217,11 @@ class NodeState(msgspec.Struct, gc=False):
         return copied
 
 
+_copy_state: Final[Callable[[NodeState], NodeState]] = NodeState.__copy__  # type: ignore[attr-defined]
+""":meth:`NodeState._copy` without its Python frame, for :meth:`LiveView.on_sample` (once a
+sample)."""
+
+
 class LiveView:
     """Latest sample, status, inventory and recent rejects per node, bounded in memory."""
 
@@ -310,14 +315,30 @@ class LiveView:
         XID events are kept even from a late (replayed) sample: they happened. Returns whether
         the sample became the latest.
         """
-        held = self._get(sample.node, real=True)
-        if held is None:
-            return False
-        st = held._copy()
-        self._nodes[st.node] = st
+        nodes = self._nodes
+        node = sample.node
+        held = nodes.get(node)
+        if held is None or held.sample is None:  # a node's first sample: maybe no room
+            held = self._get(node, real=True)
+            if held is None:
+                return False
+        st = nodes[node] = _copy_state(held)
         counted = feed or not self.from_feed
         if counted:
-            self._track_seq(st, sample, received)
+            # The next seq of the held epoch (nearly every sample) inline: _track_seq then
+            # finds no restart, no gap (its first branch false, as agent_restarted is for one
+            # epoch) and keeps the seq; a call was ~2,000 instructions a sample.
+            seq = sample.seq
+            last = st.seq_last
+            if (
+                last is not None
+                and seq == last + 1
+                and st.seq_feed == self._feed_run
+                and (_NO_EPOCH if sample.epoch is None else sample.epoch) == st.seq_epoch
+            ):
+                st.seq_last, st.seq_ts = seq, sample.ts
+            else:
+                self._track_seq(st, sample, received)
         if sample.xids:
             self._keep_xids(st, sample, received)
         latest = st.sample
@@ -336,8 +357,12 @@ class LiveView:
                     and received - (st.sample_received or 0.0) < _AHEAD_FRESH * sample.interval_s
                 ):
                     self._two_agents(st, received)
-                st.sample_epoch_ts = max(st.sample_epoch_ts, sample.ts)
-            later = _later_sample(sample, latest, st.sample_epoch_ts, st.prior_run)
+                if sample.ts > st.sample_epoch_ts:  # noqa: PLR1730 (max() is a call)
+                    st.sample_epoch_ts = sample.ts
+                # _later_sample for one run, inline: by seq within an epoch, else by time.
+                later = sample.ts > latest.ts if sample.epoch is None else sample.seq > latest.seq
+            else:
+                later = _later_sample(sample, latest, st.sample_epoch_ts, st.prior_run)
             prior = st.prior_run
             if (
                 not same_run

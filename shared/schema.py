@@ -2,8 +2,10 @@
 
 Both sides import these structs, so the agent cannot publish what the collector would
 reject. Decoding with :func:`decode_sample` validates types and ranges in one C pass
-(msgspec); anything that fails raises :class:`shared.errors.SchemaError` naming the field
-path. Constructing a struct in Python does not check ranges: only decoding does.
+(msgspec), then the sample's node name and GPU UUIDs (not again while they are its node's
+last sample's: :class:`_KnownUuids`) and that it names each GPU once; anything that fails raises
+:class:`shared.errors.SchemaError` naming the field path. Constructing a struct in Python
+does not check ranges: only decoding does.
 
 Units are in the field names (``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``, ``_c``).
 Rates that need two counter readings are ``None`` on the first sample and after a
@@ -16,6 +18,7 @@ per-sample sums inside SQLite's signed 64-bit integers.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
@@ -483,10 +486,13 @@ class MigSample(_Struct, frozen=True, omit_defaults=True):
 
 
 class GpuSample(_Struct, frozen=True):
-    """One GPU at one tick. A field the device does not support is ``None``."""
+    """One GPU at one tick. A field the device does not support is ``None``.
+
+    ``uuid`` matches :data:`GPU_UUID_PATTERN`: :func:`decode_sample` checks it, not msgspec
+    (see :data:`_known_uuids`)."""
 
     index: GpuIndex
-    uuid: GpuUuid
+    uuid: str
     util_pct: Pct | None = None
     mem_util_pct: Pct | None = None
     mem_used_bytes: GpuBytes | None = None
@@ -541,8 +547,10 @@ class XidEvent(_Struct, frozen=True):
 
 def _one_each(gpus: tuple[GpuSample, ...] | list[GpuInfo]) -> None:
     """A message names each GPU once: two under one index or UUID would be merged into one
-    by everything keyed on them (the rules, the rollups' GPU records). ``ValueError``, which
-    msgspec reports as the message's ``ValidationError`` (reason ``invalid``)."""
+    by everything keyed on them (the rules, the rollups' GPU records). ``ValueError``: an
+    inventory's ``__post_init__`` raises it, which msgspec reports as the message's
+    ``ValidationError``; :func:`decode_sample` refuses a sample with it (both reason
+    ``invalid``)."""
     n = len(gpus)
     if n < 2 or (len({g.index for g in gpus}) == n and len({g.uuid for g in gpus}) == n):
         return  # every sample: two set sizes, ~0.7 us for 8 GPUs
@@ -556,10 +564,13 @@ def _one_each(gpus: tuple[GpuSample, ...] | list[GpuInfo]) -> None:
 
 
 class Sample(_Struct, frozen=True):
-    """One node at one tick: the payload of ``capwatch/v1/nodes/<node>/sample``."""
+    """One node at one tick: the payload of ``capwatch/v1/nodes/<node>/sample``.
+
+    ``node`` matches :data:`NODE_ID_PATTERN`: :func:`decode_sample` checks it, not msgspec
+    (see :class:`_KnownUuids`)."""
 
     v: Literal[1]
-    node: NodeId
+    node: str
     ts: Timestamp
     """Wall-clock time of the sample, Unix seconds. (node, ts) identifies a sample."""
     seq: Count
@@ -583,10 +594,8 @@ class Sample(_Struct, frozen=True):
     gpus: Annotated[tuple[GpuSample, ...], msgspec.Meta(max_length=MAX_GPUS)] = ()
     xids: Annotated[tuple[XidEvent, ...], msgspec.Meta(max_length=MAX_XIDS)] = ()
     jobs: Annotated[tuple[Job, ...], msgspec.Meta(max_length=MAX_JOBS)] = ()
-    """The jobs the GPUs' processes belong to (``gpus[].processes[].job`` names them)."""
-
-    def __post_init__(self) -> None:
-        _one_each(self.gpus)
+    """The jobs the GPUs' processes belong to (``gpus[].processes[].job`` names them).
+    Each GPU once (:func:`_one_each`): :func:`decode_sample` checks it."""
 
 
 class GpuInfo(_Struct, frozen=True):
@@ -735,9 +744,71 @@ def _decode(decoder: msgspec.json.Decoder[_T], payload: bytes | bytearray | memo
         raise SchemaError("JSON nested too deeply", reason="not_json") from exc
 
 
+_GPU_UUID_RE: Final = re.compile(GPU_UUID_PATTERN)
+_UUIDS_KEPT: Final = 1 << 17
+"""UUIDs :data:`_known_uuids` holds at most, all nodes (then it starts again, empty): a
+fleet of 16,384 8-GPU nodes; ~14 MB at worst (invented node names, 52-character UUIDs)."""
+
+
+class _KnownUuids:
+    """Each node's GPU UUIDs in the last sample :func:`decode_sample` returned (each matched
+    :data:`GPU_UUID_PATTERN`), by the node it named (which matched :data:`NODE_ID_PATTERN`),
+    and how many UUIDs that is in all.
+
+    A node's GPUs are the same from one sample to the next: a sample that names its node's
+    UUIDs again is not matched against the pattern again, nor is a node name held here.
+    msgspec's ``pattern`` on the fields searched each of them in each sample, ~4,700
+    instructions a string (42,000 of the ~180,000 an 8-GPU sample's decode took,
+    ``bench/bench_validate.py --callgrind --steps``); a dict lookup and comparing equal
+    strings are a few dozen. The strings kept are the newest sample's, which the collector's
+    live view holds anyway."""
+
+    __slots__ = ("by_node", "count")
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, tuple[str, ...]] = {}
+        self.count = 0
+
+
+_known_uuids: Final = _KnownUuids()
+
+
 def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
     """Decode and validate a sample; raise :class:`SchemaError` naming the bad field."""
-    return _decode(_sample_decoder, payload)
+    sample = _decode(_sample_decoder, payload)
+    gpus = sample.gpus
+    uuids = tuple([g.uuid for g in gpus])
+    known = _known_uuids
+    by_node = known.by_node
+    node = sample.node
+    held = by_node.get(node)
+    if held is None and NODE_ID_RE.search(node) is None:  # a node known is a name that matched
+        raise SchemaError(
+            f"Expected `str` matching regex {NODE_ID_PATTERN!r} - at `$.node`", reason="invalid"
+        )
+    new = held != uuids
+    if new:
+        for i, uuid in enumerate(uuids):
+            if _GPU_UUID_RE.search(uuid) is None:  # msgspec's check, and its words
+                raise SchemaError(
+                    f"Expected `str` matching regex {GPU_UUID_PATTERN!r} - at `$.gpus[{i}].uuid`",
+                    reason="invalid",
+                )
+    n = len(uuids)
+    # Each GPU once (_one_each): the UUIDs held are their node's last sample's, distinct.
+    if n > 1 and (len({g.index for g in gpus}) < n or (new and len(set(uuids)) < n)):
+        try:
+            _one_each(gpus)
+        except ValueError as exc:
+            raise SchemaError(str(exc), reason="invalid") from exc
+    if new:
+        count = known.count + len(uuids) - (0 if held is None else len(held))
+        if count > _UUIDS_KEPT:  # invented node names: checked again, never more than this
+            by_node.clear()
+            count = len(uuids)
+        known.count = count
+    by_node[node] = uuids
+    return sample
 
 
 def decode_inventory(payload: bytes | bytearray | memoryview) -> Inventory:

@@ -205,13 +205,23 @@ def _compile_split(layout: Layout, template: frozenset[str]) -> Callable[[Any], 
 
 _split: Final = _compile_split(LAYOUT, frozenset(TEMPLATE))
 _encoder = msgspec.json.Encoder()
+_encode_into: Final = _encoder.encode_into
+_PACKED_BYTES: Final = 2048
+"""Room made for a packed sample before it is written (an 8-GPU one is ~1,650 bytes):
+msgspec then writes it without growing its buffer as it goes, and the two arrays are not
+joined by copies. ~1,900 instructions less a sample than two ``encode`` and two ``+``
+(callgrind); a larger sample grows it, as ``encode`` would."""
 
 
 def pack_sample(sample: Sample) -> bytes:
     """``sample`` packed by :data:`LAYOUT`: its template's JSON array, a newline, then the
     array of the rest (see the module docstring). msgspec's JSON holds no newline."""
     var, fixed = _split(sample)
-    return _encoder.encode(fixed) + b"\n" + _encoder.encode(var)
+    out = bytearray(_PACKED_BYTES)
+    _encode_into(fixed, out)  # from the start; the bytearray ends where the array does
+    out += b"\n"
+    _encode_into(var, out, -1)  # -1: after what is there
+    return bytes(out)
 
 
 def split_payload(payload: bytes) -> tuple[bytes, bytes]:

@@ -436,6 +436,29 @@ def test_a_feed_subscribed_again_starts_each_nodes_count_again() -> None:
     assert _gaps(view) == [(10, 1)]
 
 
+def test_a_feed_subscribed_again_counts_from_its_first_sample_even_the_next_seq() -> None:
+    """The first sample of a new feed run starts the count there though it is the next seq
+    of the node's last (no gap either way): a jump right after it is a gap of that run."""
+    view = LiveView(from_feed=True)
+    view.feed_started()
+    for seq in (0, 1, 2, 3, 5):
+        if seq == 3:
+            view.feed_started()
+        ts = T0 + _STEP_S * seq
+        view.on_sample(_sample(ts, seq=seq, epoch=1), ts, feed=True)
+    assert _gaps(view) == [(3, 1)]
+
+
+def test_a_new_epoch_numbered_on_from_the_last_run_counts_its_gaps() -> None:
+    """A restart (a higher epoch) whose first seq happens to follow the last run's is the
+    new run's start all the same: a jump right after it is a gap of that run."""
+    view = LiveView()
+    for epoch, seq in ((5, 0), (5, 1), (6, 2), (6, 5)):
+        ts = T0 + _STEP_S * (seq + 1)
+        view.on_sample(_sample(ts, seq=seq, epoch=epoch), ts)
+    assert _gaps(view) == [(2, 2)]
+
+
 def test_a_late_duplicate_from_an_agent_before_epochs_is_not_a_restart() -> None:
     """An agent without epochs: a redelivered older sample (its own, older ts) is not a
     restart, so the next sample is no gap (a restart's sample is newer than the last)."""

@@ -6,15 +6,56 @@ import msgspec
 import pytest
 
 from agent.simulate import FleetSimulator
+from shared import schema
 from shared.errors import SchemaError
 from shared.schema import decode_inventory, decode_sample, decode_status, encode
-from tests.shared.wire_samples import inventory_dict
+from tests.shared.wire_samples import inventory_dict, sample_dict
 
 
 def _sample_dict() -> dict[str, object]:
     sim = FleetSimulator(1, gpus_per_node=2, seed=5, interval_s=5)
     result: dict[str, object] = msgspec.json.decode(encode(sim.sample(0, 1.8e9, 3)))
     return result
+
+
+def test_a_node_whose_uuids_passed_is_still_refused_a_bad_one() -> None:
+    """decode_sample does not match a node's GPU UUIDs again while they are its last
+    sample's: a sample of that node with one UUID changed to a malformed one is refused
+    (msgspec's words, the field's path); with the good ones again, accepted."""
+    good = sample_dict()
+    decode_sample(msgspec.json.encode(good))
+    bad = sample_dict()
+    bad["gpus"][3]["uuid"] = "GPU-" + "0" * 36
+    with pytest.raises(SchemaError, match=r"matching regex .* - at `\$\.gpus\[3\]\.uuid`$") as e:
+        decode_sample(msgspec.json.encode(bad))
+    assert e.value.reason == "invalid"
+    assert decode_sample(msgspec.json.encode(good)).gpus[3].uuid == good["gpus"][3]["uuid"]
+
+
+def test_a_node_whose_uuids_passed_is_still_refused_two_gpus_under_one_index() -> None:
+    """Its known UUIDs are distinct; its GPUs' indexes are checked in every sample."""
+    d = sample_dict()
+    decode_sample(msgspec.json.encode(d))
+    d["gpus"][1]["index"] = d["gpus"][0]["index"]
+    with pytest.raises(SchemaError, match=r"^two GPUs with index 0 in `\$\.gpus`$") as e:
+        decode_sample(msgspec.json.encode(d))
+    assert e.value.reason == "invalid"
+
+
+def test_the_known_uuids_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node names are the sender's to invent: past the bound the known UUIDs start again, and
+    every sample is still checked."""
+    monkeypatch.setattr(schema, "_known_uuids", schema._KnownUuids())
+    monkeypatch.setattr(schema, "_UUIDS_KEPT", 20)
+    for i in range(5):
+        d = sample_dict()
+        d["node"] = f"n{i}"
+        decode_sample(msgspec.json.encode(d))
+        known = schema._known_uuids
+        assert known.count == sum(map(len, known.by_node.values())) <= 20
+    d["gpus"][0]["uuid"] = "NaN"
+    with pytest.raises(SchemaError, match=r"gpus\[0\]\.uuid"):
+        decode_sample(msgspec.json.encode(d))
 
 
 def test_sample_round_trips_through_json() -> None:
