@@ -21,8 +21,9 @@ On a loaded machine (2 shared cores) CPU time varies by +-20 % from run to run; 
 do not. ``--callgrind`` runs one round with every call into the store's thread made inside
 :func:`functools.reduce` (nothing the store runs calls it), which callgrind can be told to
 count alone; the fold is left out (``--callgrind-fold`` counts it alone instead, the store's
-thread's transactions and the buckets the worker threads make, run in the store's thread
-for the count; ``--callgrind-stage`` counts the staging alone: the batch's new samples as
+thread's transactions and the buckets the worker threads make; with ``--folds N``, the
+folds after the first, which prepared the statements, the steady state: it prints the
+samples counted; ``--callgrind-stage`` counts the staging alone: the batch's new samples as
 columns, their split in shards, encoded, their ``rollup_stage`` rows inserted, and their
 note once committed)::
 
@@ -140,8 +141,6 @@ async def _round(
     stored buckets are read back and merged, as in a drain's folds)."""
     if count == "stage":
         _count_staging()
-    if count == "fold":  # the buckets too (a worker thread's, then the store's)
-        fold.buckets = _counted(partials.buckets)  # type: ignore[attr-defined]
     write = fold_s = 0.0
     folded = 0
     with tempfile.TemporaryDirectory() as d:
@@ -154,9 +153,16 @@ async def _round(
                     await store.write_batch(rows[start : start + n])
                     start += n
                 write += thread.cpu_s
-                thread.cpu_s, thread.counted = 0.0, count == "fold"
-                folded += await store.fold_rollups()
+                # Counted: the folds after the first (the statements prepared, buckets
+                # stored), the buckets too (a worker thread's, then the store's).
+                counted = count == "fold" and (folds == 1 or k > 0)
+                fold.buckets = _counted(partials.buckets) if counted else partials.buckets  # type: ignore[attr-defined]
+                thread.cpu_s, thread.counted = 0.0, counted
+                n = await store.fold_rollups()
+                folded += n
                 fold_s += thread.cpu_s
+                if counted:
+                    print(f"fold {k + 1}: {n:,} samples counted")
     if folded != len(rows):
         raise SystemExit(f"{len(rows) - folded} samples were not folded: fix the bench")
     return write / len(rows) * 1e6, fold_s / len(rows) * 1e6
