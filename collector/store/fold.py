@@ -61,6 +61,8 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Final, Protocol
 
+import numpy as np
+
 from collector.store.dialect import Dialect
 from collector.store.partials import Buckets, NodeRanges, Staged, buckets, merge
 from collector.store.rollups import (
@@ -402,14 +404,15 @@ def _write(tx: Tx, new: Buckets) -> Buckets:
     """Merge ``new`` into the stored buckets of its keys and write them back (return them);
     mark their hours for the usage ledger (in ``tx``, the store's thread: the merge's numpy
     too)."""
-    keys = [(new.names[k[0]], k[1], k[2]) for k in new.keys.tolist()]
+    keys = np.empty(new.keys.shape, object)  # (node, res, bucket): parameters, no tuples
+    keys[:, 0] = np.array(new.names, object)[new.keys[:, 0]]
+    keys[:, 1:] = new.keys[:, 1:]
     stored: list[Any] = []
     per = max(1, min(_KEYS_PER_READ, tx.max_variables // 3))
     for i, n in statement_rows(len(keys), per):  # a few sizes, each parsed once
-        chunk = keys[i : i + n]
-        stored += tx.fetch_tuples(stored_sql(n), [v for k in chunk for v in k])
+        stored += tx.fetch_tuples(stored_sql(n), keys[i : i + n].ravel().tolist())
+    hours = np.unique(new.keys[new.keys[:, 1] == HOUR, 2]).tolist()
     merged = merge(new, stored)
     tx.insert_array(UPSERT_SQL, merged.rows(nan_is_null=tx.nan_is_null))
-    hours = sorted({k[2] for k in keys if k[1] == HOUR})
     tx.insert_many(MARK_HOURS_SQL, [(h, 1) for h in hours])
     return merged

@@ -298,6 +298,43 @@ def test_node_ranges_are_contiguous_balanced_and_take_unknown_names_in_order() -
     assert ranges.outdated({*names, "gpu9999"})  # a node it does not know
 
 
+def test_a_batchs_split_keeps_each_sample_with_its_own_values_and_gpus() -> None:
+    """A batch staged and split by shard: each piece holds its samples in the batch's
+    order, each with its own time stamp, values (unreported ones NaN) and GPU rows, however
+    many GPUs each sample has; the pieces together are the batch."""
+    sim = FleetSimulator(NODES, gpus_per_node=2, seed=5, interval_s=5)
+    rows = []
+    for k in range(3):
+        for i in reversed(range(NODES)):  # not in the names' order
+            row = sample_row(sim.sample(i, T0 + 5 * k, k), b"", T0 + 5 * k + 1)
+            gpus = (i + k) % 4  # 0 to 3 GPUs: rows of different lengths
+            packed = np.arange(gpus * 5, dtype="<f4") + 1000 * i + 100 * k
+            rows.append(
+                row._replace(
+                    gpu_stats=packed.tobytes(),
+                    gpu_util_pct=None if i % 3 == 0 else float(i),
+                )
+            )
+    staged = partials.stage(rows, 80.0)
+    unreported = [r.gpu_util_pct is None for r in rows]
+    assert np.isnan(staged.values[:, 2]).tolist() == unreported  # NaN
+    ranges = partials.NodeRanges.from_names(sim.node_ids, 4, 4)
+    pieces = staged.split(ranges)
+    assert [k for k, _ in pieces] == [0, 1, 2, 3]
+    ids = ranges.shards(staged.nodes)
+    for k, piece in pieces:
+        at = np.flatnonzero(ids == k)  # the batch's samples of this shard, in order
+        assert piece.nodes == [staged.nodes[i] for i in at]
+        assert piece.ts_ms.tolist() == staged.ts_ms[at].tolist()
+        np.testing.assert_array_equal(piece.values, staged.values[at])
+        assert piece.gpu_counts.tolist() == staged.gpu_counts[at].tolist()
+        first = np.cumsum(staged.gpu_counts, dtype=np.int64) - staged.gpu_counts
+        own = [staged.gpus[first[i] : first[i] + staged.gpu_counts[i]] for i in at]
+        np.testing.assert_array_equal(piece.gpus, np.concatenate(own))
+        assert piece.busy_util_pct == 80.0
+    assert sum(len(p) for _, p in pieces) == len(rows)
+
+
 def test_node_ranges_of_a_flood_of_names_are_chosen_from_a_sample() -> None:
     """A flood of made-up node names (a hostile node can name any node in its topics):
     the bounds come from a sample of :data:`~collector.store.partials.RANGE_NAMES` of them,
