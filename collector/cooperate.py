@@ -11,9 +11,10 @@ take it at once: measured with one core kept busy by another process, the loop's
 step beside 300 ms of pure work went from 50 ms (20 ms at a 0.5 ms switch interval) to
 under 10 ms. Called on the loop's own thread (a command, a test) it costs a system call.
 
-Work that has no yield point (JSON of a mass event's webhook bodies, the grouping of
-thousands of alerts) still holds the GIL until the switch interval forces it out, at every
-one of the loop's waits on a thread or the kernel: :func:`configure` sets the interval to
+Work that has no yield point (one C call: a mass event's webhook body encoded as JSON, its
+thousands of alerts sorted; the Python loops that group them and build the body do yield)
+still holds the GIL until the switch interval forces it out, at every one of the loop's
+waits on a thread or the kernel: :func:`configure` sets the interval to
 2 ms for the daemon. Measured here (13 round trips to a worker thread beside a thread of
 pure work with no yield point, a loaded 2-core machine): the slowest of ~1,000 such batches
 75-143 ms at CPython's 5 ms, 32-49 ms at 1 ms (p99 30-33 ms -> 16-20 ms); beside work that

@@ -745,15 +745,19 @@ def _decode(decoder: msgspec.json.Decoder[_T], payload: bytes | bytearray | memo
 
 
 _GPU_UUID_RE: Final = re.compile(GPU_UUID_PATTERN)
-_UUIDS_KEPT: Final = 1 << 17
-"""UUIDs :data:`_known_uuids` holds at most, all nodes (then it starts again, empty): a
-fleet of 16,384 8-GPU nodes; ~14 MB at worst (invented node names, 52-character UUIDs)."""
+_UUIDS_KEPT: Final = 9 << 14
+"""Nodes and UUIDs :data:`_known_uuids` holds at most, a node counting one beside its UUIDs
+(then it starts again, empty): a fleet of 16,384 8-GPU nodes; ~16 MB at worst (invented
+node names, with 52-character UUIDs or none). A sample's node is held before the ingest
+compares it with its topic's (:mod:`collector.ingest.validate`): a node sending GPU-less
+samples under invented names adds a name a message, which counting UUIDs alone never
+bounded."""
 
 
 class _KnownUuids:
     """Each node's GPU UUIDs in the last sample :func:`decode_sample` returned (each matched
     :data:`GPU_UUID_PATTERN`), by the node it named (which matched :data:`NODE_ID_PATTERN`),
-    and how many UUIDs that is in all.
+    and how many nodes and UUIDs that is in all (:data:`_UUIDS_KEPT`).
 
     A node's GPUs are the same from one sample to the next: a sample that names its node's
     UUIDs again is not matched against the pattern again, nor is a node name held here.
@@ -802,10 +806,10 @@ def decode_sample(payload: bytes | bytearray | memoryview) -> Sample:
         except ValueError as exc:
             raise SchemaError(str(exc), reason="invalid") from exc
     if new:
-        count = known.count + len(uuids) - (0 if held is None else len(held))
+        count = known.count + 1 + len(uuids) - (0 if held is None else 1 + len(held))
         if count > _UUIDS_KEPT:  # invented node names: checked again, never more than this
             by_node.clear()
-            count = len(uuids)
+            count = 1 + len(uuids)
         known.count = count
     by_node[node] = uuids
     return sample

@@ -341,7 +341,8 @@ class LedgerJob:
         """``retention_s``: how long the 1-hour rollups are kept (``rollups.retention_1h_s``),
         the oldest hour a catch-up goes back to."""
         self.name = "ledger"
-        self.interval_s = interval_s if first_interval_s is None else first_interval_s
+        self._first_interval_s = interval_s if first_interval_s is None else first_interval_s
+        self.interval_s = self._first_interval_s
         self._interval_s = interval_s
         self._catch_up_s = min(catch_up_s, interval_s)
         self._retention_s = retention_s
@@ -366,9 +367,12 @@ class LedgerJob:
         governance job does, :meth:`~collector.governance.job.GovernanceJob.new_term`). The
         last term's record of a run that left hours to do is no longer being written (that
         term's writer is gone): waited for, the first run of this one computed nothing for a
-        whole ``interval_s``. The hours come from the store (``ledger_at``, the marks)."""
+        whole ``interval_s``. The hours come from the store (``ledger_at``, the marks). The
+        term's first run comes after ``first_interval_s``, as a new process's (a term's
+        evaluator waits ``interval_s`` first), not after the last term's last interval."""
         self._behind = None
         self._next_marked = 0
+        self.interval_s = self._first_interval_s
 
     def _hours(
         self, dirty: Sequence[tuple[int, int]], last: float | None, now: float

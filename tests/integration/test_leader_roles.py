@@ -176,3 +176,33 @@ async def test_each_term_of_a_leader_starts_its_governance_job_afresh(
         assert gov.loads == loads + 1
     finally:
         await member.stop()
+
+
+async def test_each_term_of_a_leader_runs_its_ledger_as_soon_as_a_new_process_would(
+    mosquitto: MosquittoBroker, postgres_url: str, tmp_path: Path
+) -> None:
+    """A term's evaluator waits each job's ``interval_s`` before its first run. The ledger's
+    of a new process is ``first_interval_s`` (10 s: the hours an outage left dirty come
+    soon); after a run it is ``ledger_interval_s`` (300 s). A collector elected again runs
+    its ledger as soon as a new process would (:meth:`LedgerJob.new_term`, called by
+    ``_lead`` at each term), not 300 s after its last term's last run."""
+    member = _Member("a", fast_mqtt(mosquitto), postgres_url, tmp_path / "a.db")
+    ledger = member.collector.ledger
+    assert ledger is not None
+    try:
+        await wait_until(lambda: member.leading, what="elected")
+        await wait_until(lambda: ledger.runs >= 1, timeout_s=20, what="the first term's run")
+        runs = ledger.runs
+        role = member.collector.role
+        assert role is not None
+        first = role.fence
+        assert first is not None
+        with psycopg.connect(postgres_url, autocommit=True) as pg:
+            pg.execute("UPDATE capwatch_leader SET expires_at = now()")
+        await wait_until(lambda: not first.active, timeout_s=_LEASE_S + 2, what="term ended")
+        await wait_until(
+            lambda: member.leading and role.fence is not first, timeout_s=15, what="re-elected"
+        )
+        await wait_until(lambda: ledger.runs > runs, timeout_s=20, what="the new term's run")
+    finally:
+        await member.stop()

@@ -52,10 +52,29 @@ def test_the_known_uuids_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         d["node"] = f"n{i}"
         decode_sample(msgspec.json.encode(d))
         known = schema._known_uuids
-        assert known.count == sum(map(len, known.by_node.values())) <= 20
+        assert known.count == sum(1 + len(u) for u in known.by_node.values()) <= 20
     d["gpus"][0]["uuid"] = "NaN"
     with pytest.raises(SchemaError, match=r"gpus\[0\]\.uuid"):
         decode_sample(msgspec.json.encode(d))
+
+
+def test_gpu_less_samples_under_invented_node_names_are_bounded_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """decode_sample holds a sample's node before the ingest compares it with the topic's
+    (refused after it, ``topic_mismatch``): a node sending GPU-less samples under invented
+    names added a name a message, no UUID, and the bound, which counted UUIDs only, never
+    came (200,000 names: 200,000 held, ~22 MB). A node held counts as one beside its UUIDs."""
+    monkeypatch.setattr(schema, "_known_uuids", schema._KnownUuids())
+    monkeypatch.setattr(schema, "_UUIDS_KEPT", 20)
+    d = sample_dict()
+    d.update(gpus=[], jobs=[], xids=[])
+    for i in range(50):
+        d["node"] = f"invented-{i}"
+        decode_sample(msgspec.json.encode(d))
+        assert len(schema._known_uuids.by_node) <= 20
+    known = schema._known_uuids
+    assert known.count == sum(1 + len(u) for u in known.by_node.values())
 
 
 def test_sample_round_trips_through_json() -> None:

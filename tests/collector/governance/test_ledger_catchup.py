@@ -174,6 +174,24 @@ async def test_a_new_term_does_not_wait_for_the_last_terms_record(
     assert _ledger_at(store_url) == DAY0 + 5 * H
 
 
+async def test_a_new_terms_first_run_comes_as_soon_as_a_new_processs(
+    store_url: StoreTarget,
+) -> None:
+    """A term's evaluator waits the job's ``interval_s`` before its first run: a new
+    process's ledger runs after ``first_interval_s`` (soon: the hours an outage or the last
+    leader's end left dirty), and so does a later term's (:meth:`LedgerJob.new_term`), not
+    after the interval the last term's last run left (5 minutes by default)."""
+    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=14, interval_s=600)
+    await _sampled(store_url, sim, [DAY0], nodes=1)
+    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=2)
+    job = _job(store_url, FakeClock(start_wall=DAY0 + H), first_interval_s=10.0)
+    assert job.interval_s == 10.0
+    await _catch_up(store_url, job)
+    assert job.interval_s == NORMAL_S
+    job.new_term()
+    assert job.interval_s == 10.0
+
+
 async def test_hours_marked_again_before_every_run_do_not_hold_the_ledger_back(
     store_url: StoreTarget,
 ) -> None:
