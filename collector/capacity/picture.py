@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Final, Literal
 
 __all__ = [
+    "DEFAULT_REST_BASIS",
+    "DEFAULT_STALE_BASIS",
     "OBTAINED",
     "PDU",
     "Basis",
@@ -27,6 +29,8 @@ __all__ = [
 
 StaleBasis = Literal["nameplate", "last", "zero"]
 """How a stale or offline node counts: at its nameplate, its last measured draw, or 0 W."""
+DEFAULT_STALE_BASIS: Final[StaleBasis] = "nameplate"
+"""``[capacity] stale_basis`` unset (and ``collector capacity`` without settings)."""
 
 Basis = Literal["measured", "nameplate", "last", "zero", "fallback"]
 """How one node was counted: from fresh readings (``measured``), or on a basis."""
@@ -35,6 +39,8 @@ RestBasis = Literal["calibrated", "model", "nameplate"]
 """What a node's unreported parts count at when its input power is not measured: calibrated
 per node type from nodes that report both, the type's model of its parts, or the model plus
 the nameplate slack (the most conservative)."""
+DEFAULT_REST_BASIS: Final[RestBasis] = "calibrated"
+"""``[capacity] rest_basis`` unset (and ``collector capacity`` without settings)."""
 
 RestFrom = Literal["calibrated", "model", "nameplate"]
 """Where a node type's figure for its unreported parts came from this cycle."""

@@ -6,11 +6,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final, Literal, Self
+from typing import Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from collector.alerts import names
+from collector.capacity.picture import (
+    DEFAULT_REST_BASIS,
+    DEFAULT_STALE_BASIS,
+    RestBasis,
+    StaleBasis,
+)
 from shared.errors import ConfigError
 
 __all__ = ["CapacitySettings"]
@@ -33,9 +39,9 @@ class CapacitySettings(BaseModel):
     interval_s: float = Field(default=30.0, ge=0.5, le=3600)
     keep_s: float = Field(default=30 * _DAY_S, gt=0, le=_TEN_YEARS_S)
     """Snapshots older than this are deleted."""
-    stale_basis: Literal["nameplate", "last", "zero"] = "nameplate"
+    stale_basis: StaleBasis = DEFAULT_STALE_BASIS
     """How a stale or offline node counts: its nameplate, its last measured draw, or 0 W."""
-    rest_basis: Literal["calibrated", "model", "nameplate"] = "calibrated"
+    rest_basis: RestBasis = DEFAULT_REST_BASIS
     """What a node's unreported parts (DRAM, NVMe, NICs, fans, PSU losses) count at when its
     input power is not measured: calibrated per node type from the nodes whose BMC reports
     it (else the model), the type's model of its parts, or the model plus the nameplate slack

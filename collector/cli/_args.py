@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ReadSettings",
     "add_settings_args",
+    "defaults_but_the_store",
     "node_names",
     "read_input",
     "read_settings_from_args",
@@ -155,14 +156,7 @@ class ReadSettings(NamedTuple):
         return rack_rules(self.capacity_plan)
 
 
-def defaults_only(args: argparse.Namespace) -> bool:
-    """Whether the settings can only be the collector's defaults: no ``--config`` file and no
-    ``CAPWATCH_*`` environment variable (in any case, as pydantic-settings matches them). A
-    command may then skip building and validating them (pydantic's imports)."""
-    return args.config is None and not any(k.upper().startswith(_ENV_PREFIX) for k in os.environ)
-
-
-def _defaults_but_the_store(args: argparse.Namespace) -> StoreTarget | None:
+def defaults_but_the_store(args: argparse.Namespace) -> StoreTarget | None:
     """The store of settings that can only be the collector's defaults but for where the store
     is: no ``--config`` file, and no ``CAPWATCH_*`` variable but ``CAPWATCH_DB_PATH`` (in any
     case, as pydantic-settings matches it), which ``--db`` overrides. ``None``: anything else,
@@ -193,7 +187,7 @@ def read_settings_from_args(args: argparse.Namespace) -> ReadSettings:
     (tests/collector/test_cli_query.py holds the two equal). Otherwise the full settings are
     built and checked as for ``collector run``, with the same errors.
     """
-    target = _defaults_but_the_store(args)
+    target = defaults_but_the_store(args)
     if target is not None:
         from collector.nodefacts import DEFAULT_BUSY_UTIL_PCT, DEFAULT_STALENESS  # noqa: PLC0415
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.capacity.picture import PDU
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, defaults_only
+from collector.cli._args import add_settings_args, defaults_but_the_store
 from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
@@ -147,20 +147,20 @@ class CapacityCliSettings(NamedTuple):
 def load_settings_for(
     args: argparse.Namespace, settings: CollectorSettings | None = None
 ) -> CapacityCliSettings:
-    """What this command needs; without --config or CAPWATCH_* no pydantic (fast path).
+    """What this command needs; without --config or a CAPWATCH_* variable but
+    CAPWATCH_DB_PATH no pydantic (the store readers' fast path, :func:`defaults_but_the_store`).
     ``settings``: those the command has read already (``--config`` is read once: a pipe
     has no second reading)."""
-    if settings is None and defaults_only(args):
+    target = defaults_but_the_store(args) if settings is None else None
+    if settings is None and target is not None:
+        from collector.capacity.picture import (  # noqa: PLC0415
+            DEFAULT_REST_BASIS,
+            DEFAULT_STALE_BASIS,
+        )
         from collector.nodefacts import DEFAULT_STALENESS  # noqa: PLC0415
-        from collector.paths import DEFAULT_DB_PATH, parse_target  # noqa: PLC0415
 
-        db: str | None = args.db
         return CapacityCliSettings(
-            DEFAULT_DB_PATH if db is None else parse_target(db),
-            args.plan,
-            DEFAULT_STALENESS,
-            "nameplate",
-            "calibrated",
+            target, args.plan, DEFAULT_STALENESS, DEFAULT_STALE_BASIS, DEFAULT_REST_BASIS
         )
     from collector.cli._args import settings_from_args  # noqa: PLC0415
 

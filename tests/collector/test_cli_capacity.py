@@ -21,6 +21,7 @@ from collector.store.db import NodeUpdate, Store
 from shared.errors import ConfigError
 from shared.schema import encode
 from tests.collector.capacity.helpers import PLAN, filled_view, site_plan
+from tests.helpers import python_child
 
 
 async def _store(db: StoreTarget, *, snapshots: int) -> None:
@@ -349,3 +350,29 @@ async def test_measured_means_one_thing_on_the_capacity_screen(
     assert "measured" not in nodes
     (obtained,) = [line for line in lines if line.lstrip().startswith("obtained ")]
     assert "kW measured (0)" in obtained
+
+
+async def test_the_store_from_capwatch_db_path_alone_skips_the_settings_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`collector capacity` with the store named by CAPWATCH_DB_PATH alone takes the store
+    readers' fast path, as with --db: no settings model loaded (it built the whole model
+    before), the same picture."""
+    db = tmp_path / "c.db"
+    await _store(db, snapshots=1)
+    capsys.readouterr()
+    assert main(["capacity", "--db", str(db), "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    code = (
+        "import contextlib, io, json, os, sys\n"
+        f"os.environ['CAPWATCH_DB_PATH'] = {str(db)!r}\n"
+        "from collector.cli import main\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    assert main(['capacity', '--json']) == 0\n"
+        "loaded = [m for m in ('pydantic', 'collector.settings') if m in sys.modules]\n"
+        "print(json.dumps({'loaded': loaded, 'out': json.loads(out.getvalue())}))\n"
+    )
+    got = json.loads(python_child(code).splitlines()[-1])
+    assert got["loaded"] == []
+    assert got["out"]["capacity"] == expected["capacity"]
