@@ -98,9 +98,25 @@ def _leaves(t: msgspec.inspect.Type, path: str, out: dict[str, msgspec.inspect.T
         out[path] = t
 
 
-_DECODER_CHECKED: Final = {("sample", "node"), ("sample", "gpus[].uuid")}
+_DECODER_CHECKED: Final = {
+    ("sample", path)
+    for path in (
+        "node",
+        "gpus[].uuid",
+        "gpus[].processes[].user",
+        "gpus[].processes[].job",
+        "gpus[].processes[].step",
+        "gpus[].processes[].container",
+        "jobs[].id",
+        "jobs[].account",
+        "jobs[].partition",
+        "jobs[].namespace",
+        "jobs[].name",
+    )
+}
 """Patterns :func:`shared.schema.decode_sample` checks itself, not msgspec (it knows each
-node's UUIDs): test_patterned_string_accepts_the_real_forms_only holds them to it."""
+node's UUIDs, and the processes' and jobs' strings that matched lately):
+test_patterned_string_accepts_the_real_forms_only holds them to it."""
 
 
 @pytest.mark.parametrize("kind", list(_STRUCTS))
@@ -330,6 +346,29 @@ _PATTERN_CASES: list[tuple[str, str, list[str], list[str]]] = [
         "gpus[].processes[].job",
         ["4242", "4242_7", "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", "0+1", "a" * 64],
         ["", "a" * 65, "_4242", "42 42", "4242\n", "job/1", "42;rm", "ü"],
+    ),
+    *(
+        (
+            "sample",
+            path,
+            ["4242", "4242_7", "batch", "0+1", "gpu-a100", "a" * 64],
+            ["", "a" * 65, "_4242", "42 42", "4242\n", "job/1", "ü"],
+        )
+        for path in (
+            "gpus[].processes[].step",
+            "jobs[].id",
+            "jobs[].account",
+            "jobs[].partition",
+        )
+    ),
+    *(
+        (
+            "sample",
+            path,
+            ["trainer", "a", "kube-system", "a" * 253],
+            ["", "a" * 254, "Trainer", "-x", "x-", "a_b", "x\n"],
+        )
+        for path in ("gpus[].processes[].container", "jobs[].namespace")
     ),
     (
         "sample",
