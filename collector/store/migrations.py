@@ -915,7 +915,8 @@ def refuse_newer(
 ) -> None:
     """:class:`~shared.errors.StoreError` (exit 2) if the store at ``path``, whose record
     holds the migrations ``done``, was migrated by a newer capwatch: one of them is not in
-    ``migrations``. The collector's start (both backends) and every write command ask."""
+    ``migrations``. The collector's start (both backends), every write command and
+    ``collector migrate``'s source ask."""
     known = {name for name, _ in migrations}
     unknown = sorted(name for name in done if name not in known)
     if unknown:
