@@ -28,7 +28,7 @@ from typing import Any, Final
 from collector.paths import PgTarget
 from collector.store.connect import SqliteSync, is_capwatch, open_sync
 from collector.store.db import Store
-from collector.store.migrations import MIGRATIONS
+from collector.store.migrations import MIGRATIONS, refuse_newer
 from collector.store.pgconn import APPLICATION_NAME
 from shared.errors import ConfigError, StoreError
 
@@ -139,8 +139,14 @@ def _source(path: Path) -> SqliteSync:
     if not capwatch:
         conn.close()
         raise StoreError(f"{str(path)!r} is not a capwatch database")
-    rows = conn.execute("SELECT name FROM schema_migrations").fetchall()
-    missing = [name for name, _ in MIGRATIONS if name not in {r[0] for r in rows}]
+    done = {r[0] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+    try:
+        # Copied by this version's tables and columns, a newer store's would be lost.
+        refuse_newer(path, done)
+    except StoreError:
+        conn.close()
+        raise
+    missing = [name for name, _ in MIGRATIONS if name not in done]
     if missing:
         conn.close()
         raise StoreError(

@@ -53,7 +53,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Final
 
 from collector.store.dialect import Dialect
-from collector.store.errors import newer_schema
+from collector.store.errors import newer_schema, not_capwatch
 
 if TYPE_CHECKING:
     from collector.paths import StoreTarget
@@ -915,8 +915,13 @@ def refuse_newer(
 ) -> None:
     """:class:`~shared.errors.StoreError` (exit 2) if the store at ``path``, whose record
     holds the migrations ``done``, was migrated by a newer capwatch: one of them is not in
-    ``migrations``. The collector's start (both backends) and every write command ask."""
+    ``migrations``. The collector's start (both backends), every write command and
+    ``collector migrate``'s source ask. A record with names unknown here but without
+    capwatch's first migration is another program's ``schema_migrations`` (a common name):
+    not a capwatch database, not a newer one."""
     known = {name for name, _ in migrations}
     unknown = sorted(name for name in done if name not in known)
     if unknown:
+        if migrations[0][0] not in done:
+            raise not_capwatch(path)
         raise newer_schema(path, unknown)

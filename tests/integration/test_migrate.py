@@ -268,3 +268,20 @@ async def test_a_source_that_is_no_capwatch_store_is_refused_by_name(
     code, _, err = await cli("migrate", "--from", str(source), "--to", "postgresql://127.0.0.1:9/x")
     assert code == 2, err
     assert f"{str(source)!r} is not a capwatch database" in err
+
+
+async def test_a_source_a_newer_capwatch_migrated_is_refused_by_name(tmp_path: Path) -> None:
+    """`collector migrate --from` a store a newer capwatch migrated is refused (exit 2),
+    naming the migration, as the collector's start and the write commands refuse it: this
+    version copies only the tables and columns it knows, into a target it records as migrated
+    by its own rules (a newer table silently left behind, a newer column refused mid-copy).
+    Refused before any connection to the target (none is running here)."""
+    source = tmp_path / "newer.db"
+    async with Store(source):
+        pass
+    with contextlib.closing(sqlite3.connect(source)) as conn:
+        conn.execute("INSERT INTO schema_migrations VALUES ('9999_future', 1)")
+        conn.commit()
+    code, _, err = await cli("migrate", "--from", str(source), "--to", "postgresql://127.0.0.1:9/x")
+    assert code == 2, err
+    assert f"{str(source)!r} was migrated by a newer capwatch (9999_future," in err, err

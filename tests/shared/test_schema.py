@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -75,6 +78,58 @@ def test_gpu_less_samples_under_invented_node_names_are_bounded_too(
         assert len(schema._known_uuids.by_node) <= 20
     known = schema._known_uuids
     assert known.count == sum(1 + len(u) for u in known.by_node.values())
+
+
+def test_a_string_that_matched_one_pattern_is_still_checked_against_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """decode_sample keeps the strings that matched lately a set per pattern: a user name
+    (spaces inside) accepted is still refused as a job id, a job account (capitals, an
+    underscore) still refused as a Kubernetes name, in each field of that pattern, with
+    msgspec's words and the field's path."""
+    monkeypatch.setattr(schema, "_known_text", schema._KnownText())
+    d = sample_dict()
+    d["gpus"][0]["processes"][0]["user"] = "Alice Smith"
+    d["jobs"][0]["account"] = "Trainer_1"
+    decode_sample(msgspec.json.encode(d))
+    for path, value in (
+        (("gpus", 0, "processes", 0, "job"), "Alice Smith"),
+        (("gpus", 0, "processes", 0, "step"), "Alice Smith"),
+        (("jobs", 0, "id"), "Alice Smith"),
+        (("gpus", 7, "processes", 0, "container"), "Trainer_1"),
+        (("jobs", 1, "namespace"), "Trainer_1"),
+        (("jobs", 1, "name"), "Trainer_1"),
+    ):
+        bad = sample_dict()
+        where: Any = bad
+        for key in path[:-1]:
+            where = where[key]
+        where[path[-1]] = value
+        shown = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)
+        with pytest.raises(
+            SchemaError, match=rf"matching regex .* - at `{re.escape('$' + shown)}`$"
+        ) as e:
+            decode_sample(msgspec.json.encode(bad))
+        assert e.value.reason == "invalid"
+
+
+def test_the_known_process_and_job_strings_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Users, job ids and pod names are the sender's to invent: each kind's set starts again
+    past the bound, and every sample is still checked after."""
+    monkeypatch.setattr(schema, "_known_text", schema._KnownText())
+    monkeypatch.setattr(schema, "_TEXT_KEPT", 20)
+    d = sample_dict()
+    for i in range(50):
+        for g, gpu in enumerate(d["gpus"]):
+            gpu["processes"][0]["user"] = f"user-{i}-{g}"
+            gpu["processes"][0]["job"] = f"job-{i}-{g}"
+        d["jobs"][1]["name"] = f"pod-{i}"
+        decode_sample(msgspec.json.encode(d))
+        known = schema._known_text
+        assert max(len(known.users), len(known.ids), len(known.k8s)) <= 20
+    d["gpus"][0]["processes"][0]["user"] = " user-49-0"
+    with pytest.raises(SchemaError, match=r"gpus\[0\]\.processes\[0\]\.user`$"):
+        decode_sample(msgspec.json.encode(d))
 
 
 def test_sample_round_trips_through_json() -> None:

@@ -80,6 +80,28 @@ async def test_a_foreign_file_is_not_a_capwatch_database_to_reads_and_writes(
         add_silence(db, ["a=b"], 1.0, 2.0, comment="", author="t")
 
 
+async def test_another_programs_migration_record_is_not_a_newer_capwatch(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file whose own ``schema_migrations`` holds a ``name`` capwatch never had (and
+    not capwatch's first migration) is another program's: a command, the reader and the
+    collector's start say it is not a capwatch database, not that a newer capwatch migrated
+    it (whose fix, to install a newer version, would not help)."""
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE schema_migrations (name TEXT)")
+        conn.execute("INSERT INTO schema_migrations VALUES ('2024_init')")
+    conn.close()
+    with pytest.raises(StoreError, match="not a capwatch database"):
+        add_silence(db, ["a=b"], 1.0, 2.0, comment="", author="t")
+    with StoreReader(db) as reader, pytest.raises(StoreError, match="not a capwatch database"):
+        reader.fetchall("SELECT * FROM samples")
+    with pytest.raises(StoreError, match="not a capwatch database"):
+        async with Store(db):
+            pass
+    assert db_rows(db, "SELECT name FROM schema_migrations") == [("2024_init",)]
+
+
 async def test_the_generation_moves_only_with_a_commit_that_asked_for_it(
     store_url: StoreTarget,
 ) -> None:
