@@ -783,8 +783,8 @@ _known_uuids: Final = _KnownUuids()
 
 _TEXT_KEPT: Final = 1 << 15
 """Strings :data:`_known_text` holds at most of each kind (then that kind starts again,
-empty): the users, job ids and pod names of a large fleet's running jobs; ~10 MB at worst
-(253-character Kubernetes names)."""
+empty): the users, job ids and pod names of a large fleet's running jobs; ~16 MB at worst
+for the three sets (up to 253-character Kubernetes names)."""
 _USER_RE: Final = re.compile(USER_PATTERN)
 _JOB_ID_RE: Final = re.compile(JOB_ID_PATTERN)
 _K8S_NAME_RE: Final = re.compile(K8S_NAME_PATTERN)
