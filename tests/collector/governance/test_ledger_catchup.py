@@ -111,12 +111,9 @@ async def test_a_five_day_outage_loses_no_hour_of_a_lease(store_url: StoreTarget
     assert db_rows(store_url, "SELECT count(*) FROM ledger_dirty") == [(0,)]
 
 
-async def test_while_behind_the_next_run_waits_only_for_its_record(
-    store_url: StoreTarget,
-) -> None:
-    """Hours left to do: the next run is due in seconds, and one that comes while the last
-    record is still being written computes nothing (it would compute the same hours again),
-    unless the writer has had it a whole interval (it dropped it: computed again)."""
+async def _ten_hours_behind(store_url: StoreTarget) -> tuple[LedgerJob, FakeClock]:
+    """A leased 1-node store caught up to its first hour, then the clock 10 hours on: a
+    job of 4 hours a run with hours left to do."""
     sim = FleetSimulator(1, gpus_per_node=GPUS, seed=14, interval_s=600)
     await _sampled(store_url, sim, [DAY0], nodes=1)
     _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=2)
@@ -124,6 +121,16 @@ async def test_while_behind_the_next_run_waits_only_for_its_record(
     job = _job(store_url, clock, max_hours=4)
     await _catch_up(store_url, job)
     clock.advance(10 * H)
+    return job, clock
+
+
+async def test_while_behind_the_next_run_waits_only_for_its_record(
+    store_url: StoreTarget,
+) -> None:
+    """Hours left to do: the next run is due in seconds, and one that comes while the last
+    record is still being written computes nothing (it would compute the same hours again),
+    unless the writer has had it a whole interval (it dropped it: computed again)."""
+    job, clock = await _ten_hours_behind(store_url)
 
     first = await _run(store_url, job, write=False)
     assert first is not None
@@ -156,13 +163,7 @@ async def test_a_new_term_does_not_wait_for_the_last_terms_record(
     computing nothing, as if that record were still being written. Each term starts
     afresh (:meth:`LedgerJob.new_term`), as a new process does: it computes the hours at
     once, from the ledger's time in the store."""
-    sim = FleetSimulator(1, gpus_per_node=GPUS, seed=14, interval_s=600)
-    await _sampled(store_url, sim, [DAY0], nodes=1)
-    _lease(store_url, DAY0, "acme-1", sim.node_ids, dt.date(2026, 11, 10), days=2)
-    clock = FakeClock(start_wall=DAY0 + H)
-    job = _job(store_url, clock, max_hours=4)
-    await _catch_up(store_url, job)
-    clock.advance(10 * H)
+    job, _ = await _ten_hours_behind(store_url)
     last_term = await _run(store_url, job, write=False)
     assert last_term is not None
     assert job.interval_s == CATCH_UP_S
