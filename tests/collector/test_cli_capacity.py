@@ -130,6 +130,9 @@ async def test_a_plan_other_than_the_snapshots_is_recomputed_not_ignored(
         (["--add", "7xNOPE"], "the plan has no node type 'NOPE'"),
         (["--add", "lots"], "write TYPE=N or NxTYPE"),
         (["--top", "-1"], "--top must be ≥ 0"),
+        # --basis sizes the --add nodes; alone it was dropped without a word
+        (["--basis", "typical"], "--basis goes with `capacity --add`, not a picture without"),
+        (["--now", "--basis", "max"], "--basis goes with `capacity --add`"),
     ],
 )
 async def test_a_bad_flag_is_one_line_and_exit_2(
