@@ -191,19 +191,27 @@ def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
     return load_capacity_plan(path)
 
 
-def _snapshot(reader: StoreReader) -> Picture:
-    """The newest capacity snapshot the collector stored."""
-    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+def newest_snapshot(reader: StoreReader, *, or_else: str = "") -> dict[str, Any]:
+    """The newest capacity snapshot the collector stored (its JSON data); one line and exit 2
+    when there is none (``capacity`` and ``plot capacity`` alike), ending with ``or_else``
+    (the command's own way without one)."""
     from collector.store.capacity import latest_snapshot  # noqa: PLC0415
 
     data = latest_snapshot(reader)
     if data is None:
         raise ConfigError(
             "no capacity snapshot yet: set capacity.plan and let `collector run` "
-            "complete a cycle, or add --now --plan FILE",
+            f"complete a cycle{or_else}",
             field="capacity.plan",
         )
-    return picture_from_dict(data)
+    return data
+
+
+def _snapshot(reader: StoreReader) -> Picture:
+    """The newest capacity snapshot the collector stored."""
+    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+
+    return picture_from_dict(newest_snapshot(reader, or_else=", or add --now --plan FILE"))
 
 
 def _made_with(snapshot: Picture, plan: Path | None) -> bool:

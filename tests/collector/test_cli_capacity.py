@@ -159,6 +159,14 @@ async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
     await _store(db, snapshots=0)
     assert main(["capacity", "--db", str(db)]) == 2
     assert "no capacity snapshot yet" in capsys.readouterr().err
+    # plot capacity drew an empty picture and exited 0: the same line, nothing written
+    out = tmp_path / "c.png"
+    assert main(["plot", "capacity", "--db", str(db), "--out", str(out)]) == 2
+    assert (capsys.readouterr().err, out.exists()) == (
+        "collector plot: error: no capacity snapshot yet: set capacity.plan and let "
+        "`collector run` complete a cycle\n",
+        False,
+    )
     assert main(["capacity", "--db", str(db), "--now"]) == 2
     assert "no site plan: pass --plan FILE" in capsys.readouterr().err
     assert main(["capacity", "--db", str(db), "--plan", str(PLAN), "--remove", "ghosts"]) == 2
