@@ -54,12 +54,13 @@ def refuse_other_actions_flags(
 ) -> None:
     """Refuse a flag meant for another action of ``command`` (``silence expire 3 --match``,
     ``lease list --pool P``): dropped without a word, it would read as a condition or a
-    filter the answer obeyed. ``given``: (flag, the actions it goes with, whether given)."""
+    filter the answer obeyed. ``given``: (flag, the actions it goes with, whether given);
+    an action ``""`` is the command alone (``alerts --limit``)."""
     from shared.errors import ConfigError  # noqa: PLC0415
 
     for flag, actions, present in given:
         if present and action not in actions:
-            with_ = " or ".join(f"`{command} {a}`" for a in actions)
+            with_ = " or ".join(f"`{command} {a}`".replace(" `", "`") for a in actions)
             raise ConfigError(f"{flag} goes with {with_}, not {action}: leave it out", field=flag)
 
 

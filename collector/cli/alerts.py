@@ -13,7 +13,11 @@ import time
 from typing import Any, Final
 
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, read_settings_from_args
+from collector.cli._args import (
+    add_settings_args,
+    read_settings_from_args,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, print_json, render_table
 from shared.durations import parse_duration
 from shared.errors import ConfigError
@@ -23,6 +27,9 @@ __all__ = ["add_parser", "run"]
 
 _MAX_LIMIT: Final = 1_000_000
 """--limit above this is a typo (and past SQLite's integers, an error)."""
+_LIMIT_DEFAULT: Final = 200
+"""--history and --dead-letters without --limit: at most this many rows (the plain list of
+alerts: all of them)."""
 
 _DESCRIPTION: Final = """\
 The alerts of the built-in rules (see `collector rules`), as the collector recorded them.
@@ -32,6 +39,8 @@ The alerts of the built-in rules (see `collector rules`), as the collector recor
                   24h); a pending alert that went away without firing is not history
   --dead-letters  webhook notifications given up on: receiver, alert, last status, error
   --redeliver ID  send dead letter ID again (the collector picks it up within ~10 s)
+  --limit N       at most N rows: alerts (longest-standing first; default all), history
+                  changes or dead letters (newest first; default 200)
 
 Rules are evaluated every alerts.eval_interval_s (default 1 s) on the collector's live view
 of the fleet; an alert is pending while its condition has held less than the rule's `for`,
@@ -68,7 +77,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--since", metavar="DURATION", help="with --history: how far back (default 24h)")
     p.add_argument(
-        "--limit", type=int, default=200, metavar="N", help="with --history: at most N changes"
+        "--limit",
+        type=int,
+        metavar="N",
+        help=f"at most N alerts (default all), or N --history changes or --dead-letters "
+        f"(default {_LIMIT_DEFAULT})",
     )
     p.add_argument("--dead-letters", action="store_true", help="webhook notifications given up on")
     p.add_argument(
@@ -186,11 +199,17 @@ def run(args: argparse.Namespace) -> int:
             "alerts shown are those pending or firing now",
             field="--since",
         )
-    if not 1 <= args.limit <= _MAX_LIMIT:
+    if args.limit is not None and not 1 <= args.limit <= _MAX_LIMIT:
         raise ConfigError(
             f"--limit must be between 1 and {_MAX_LIMIT:,}, got {args.limit}", field="--limit"
         )
+    limit: int = args.limit or _LIMIT_DEFAULT
     if args.redeliver is not None:
+        refuse_other_actions_flags(
+            "alerts",
+            "--redeliver",
+            (("--limit", ("", "--history", "--dead-letters"), args.limit is not None),),
+        )
         if not 0 < args.redeliver < 2**63:  # SQLite's INTEGER: a larger one is no row's ID
             raise ConfigError(
                 f"no dead letter with id {args.redeliver}: pick one from "
@@ -199,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
             )
         return _redeliver(settings.store_target, args.redeliver, as_json=args.json)
     if args.dead_letters:
-        return _dead_letters(settings.store_target, args.limit, as_json=args.json)
+        return _dead_letters(settings.store_target, limit, as_json=args.json)
     since_s = (
         86_400.0
         if args.since is None
@@ -208,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     now = time.time()
     with StoreReader(settings.store_target) as store:
         if args.history:
-            rows = alert_history(store, now - since_s, args.limit)
+            rows = alert_history(store, now - since_s, limit)
         else:
             rows = active_alerts(store)
             _mark_muted(
@@ -217,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
                 meta_value(store, "inhibit_rules"),
                 now,
                 meta_value(store, KEPT_SOURCES_KEY),
-            )
+            )  # over every alert: one cut by --limit may still inhibit one shown
+    more = 0
+    if not args.history and args.limit is not None:
+        more = max(0, len(rows) - args.limit)
+        rows = rows[: args.limit]
     if args.json:
         print_json({"history" if args.history else "alerts": rows})
         return 0
@@ -241,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         Column("summary", "SUMMARY", align_right=False),
     ]
     print(render_table(table, columns))
+    if more:
+        print(f"... and {more:,} more (--limit {args.limit})")
     return 0
 
 

@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from collector.capacity.picture import PDU
 from collector.cli import COMMANDS
-from collector.cli._args import add_settings_args, defaults_but_the_store
+from collector.cli._args import (
+    add_settings_args,
+    defaults_but_the_store,
+    refuse_other_actions_flags,
+)
 from collector.cli._render import Column, print_json, render_table, shown
 from shared.errors import ConfigError
 
@@ -104,8 +108,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--basis",
         choices=("max", "typical"),
-        default="max",
-        help="power of each added node: its nameplate (default) or the type's typical_w",
+        help="with --add: power of each added node: its nameplate (max, the default) or the "
+        "type's typical_w",
     )
     p.add_argument(
         "--remove",
@@ -187,19 +191,27 @@ def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
     return load_capacity_plan(path)
 
 
-def _snapshot(reader: StoreReader) -> Picture:
-    """The newest capacity snapshot the collector stored."""
-    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+def newest_snapshot(reader: StoreReader, *, or_else: str = "") -> dict[str, Any]:
+    """The newest capacity snapshot the collector stored (its JSON data); one line and exit 2
+    when there is none (``capacity`` and ``plot capacity`` alike), ending with ``or_else``
+    (the command's own way without one)."""
     from collector.store.capacity import latest_snapshot  # noqa: PLC0415
 
     data = latest_snapshot(reader)
     if data is None:
         raise ConfigError(
             "no capacity snapshot yet: set capacity.plan and let `collector run` "
-            "complete a cycle, or add --now --plan FILE",
+            f"complete a cycle{or_else}",
             field="capacity.plan",
         )
-    return picture_from_dict(data)
+    return data
+
+
+def _snapshot(reader: StoreReader) -> Picture:
+    """The newest capacity snapshot the collector stored."""
+    from collector.capacity.picture import picture_from_dict  # noqa: PLC0415
+
+    return picture_from_dict(newest_snapshot(reader, or_else=", or add --now --plan FILE"))
 
 
 def _made_with(snapshot: Picture, plan: Path | None) -> bool:
@@ -251,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
+    refuse_other_actions_flags(
+        "capacity",
+        "--explain" if args.explain is not None else "a picture without --add",
+        (("--basis", ("--add",), args.basis is not None and not args.add),),
+    )
     s = load_settings_for(args)
     recompute = (
         args.now
@@ -288,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         for text in args.add:
             name, n = parse_add(text, known)
             adds[name] = adds.get(name, 0) + n
-        answer = what_if(cplan, picture, adds, basis=args.basis)
+        answer = what_if(cplan, picture, adds, basis=args.basis or "max")
     if args.json:
         _print_json(picture, answer, source)
     else:

@@ -130,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
         elif args.picture == "usage":
             fig = _usage(reader, args.node, args.pool, now - since_s, now)
         elif args.picture == "capacity":
+            from collector.cli.capacity import newest_snapshot  # noqa: PLC0415
             from collector.plot.figures import capacity_figure  # noqa: PLC0415
-            from collector.store.capacity import latest_snapshot, snapshot_series  # noqa: PLC0415
+            from collector.store.capacity import snapshot_series  # noqa: PLC0415
 
+            newest = newest_snapshot(reader)  # none at all: the same line as `capacity`
             rows = snapshot_series(reader, now - since_s)
-            snap = latest_snapshot(reader) if rows else None
+            snap = newest if rows else None
             plan = s.plan
             if plan is None and snap is not None and snap.get("plan"):
                 plan = Path(snap["plan"])

@@ -49,7 +49,9 @@ Answers from the collector's store (works while the collector runs).
                 node's first stored sample: >= where the job is older than that sample,
                 - where that sample does not show it), most GPUs first
   --rejected    messages the collector quarantined (rejected or not storable), newest
-                first, with the rejected counters per reason; --node and --since filter
+                first, with the rejected counters per reason; --node and --since filter;
+                --json: each message's arrival as received (Unix seconds, like every
+                time capwatch prints) and received_ms (the same in ms, kept for scripts)
   --step STEP   history in steps (a whole number of minutes, or of hours from 1h): the
                 node's (--node) or the fleet's mean GPU utilisation and power per step over
                 --since, from the raw samples where the store still has them (retention_s)
@@ -657,7 +659,7 @@ def _print_rejected(result: dict[str, Any], now: float) -> None:
     print()
     rows = [
         {
-            "age_s": now - m["received_ms"] / 1000,
+            "age_s": now - m["received"],
             "source": m["node"] or cut(m["topic"], 40),
             "reason": m["reason"],
             "payload_bytes": m["payload_bytes"],

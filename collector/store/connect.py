@@ -27,6 +27,7 @@ from collector.store.errors import (
     missing_column,
     missing_table,
     open_failed,
+    wal_barred,
 )
 from collector.store.migrations import MIGRATIONS
 
@@ -180,6 +181,14 @@ def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:
         conn = sqlite3.connect(target, uri=not write, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     except sqlite3.Error as exc:
         raise open_failed(path, exc) from exc
+    try:  # the first read opens the WAL's -shm: a read-only folder is said here, with its fix
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        barred = wal_barred(path, exc)
+        if barred is not None:
+            conn.close()
+            raise barred from exc
+        # anything else (a file that is no database) is for the caller's is_capwatch to say
     conn.row_factory = sqlite3.Row
     return SqliteSync(conn)
 

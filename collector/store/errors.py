@@ -14,6 +14,7 @@ Shared by :mod:`collector.store.connect` (SQLite, and the opener of every connec
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -36,6 +37,7 @@ __all__ = [
     "not_migrated",
     "open_failed",
     "refused",
+    "wal_barred",
 ]
 
 BUSY_TIMEOUT_S: Final = 5.0
@@ -83,6 +85,33 @@ def open_failed(path: StoreTarget, exc: BaseException, *, creating: bool = False
         return StoreError(f"cannot open database {str(path)!r}: {exc}{fix}")
     detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
     return StoreError(f"cannot open database {str(path)!r}: {detail}")
+
+
+_READONLY: Final = 8
+_CANTOPEN: Final = 14
+"""SQLite's primary result codes (https://www.sqlite.org/rescode.html) a WAL reader gets
+when it cannot create the ``-shm`` file (SQLITE_READONLY_DIRECTORY, SQLITE_CANTOPEN)."""
+
+
+def wal_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
+    """The error, with its fix, when ``exc`` is a reader that could not create the WAL's
+    ``-shm``/``-wal`` files beside ``path`` because its folder is not writable by this user
+    (SQLite's own words, "attempt to write a readonly database" or "unable to open database
+    file", say neither why nor what to do); ``None`` for any other error. SQLite reads a WAL
+    database read-only when those files exist (a collector running keeps them) or can be
+    created (https://www.sqlite.org/wal.html#readonly); ``immutable=1`` would read it
+    without them, but it ignores a ``-wal`` left uncheckpointed and any writer that
+    starts meanwhile, so a stale or torn answer: the fix is given instead."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code not in (_READONLY, _CANTOPEN) or os.access(path.parent, os.W_OK):
+        return None
+    return StoreError(
+        f"cannot read database {str(path)!r}: {exc} (SQLite's WAL mode needs {path.name}-shm "
+        f"and -wal beside it even to read, and this user cannot create them in "
+        f"{str(path.parent)!r}): make that folder writable by this user (the collector's "
+        "group, say), or copy the file (and its -wal) to a folder it can write and pass "
+        "--db COPY"
+    )
 
 
 def refused(

@@ -536,7 +536,9 @@ def rejected_messages(
     """Quarantined messages, newest first, and the collector's ``rejected*`` counters.
 
     ``node`` and ``since_ms`` (arrival time) filter the messages; the counters are the
-    whole fleet's. ``payload_head`` (the message's first 256 bytes) comes as
+    whole fleet's. ``received``: the arrival in Unix seconds, as every time capwatch prints
+    (``received_ms``, the same in milliseconds, stays for scripts written against it).
+    ``payload_head`` (the message's first 256 bytes) comes as
     :func:`printable` text.
     """
     counters = {
@@ -556,7 +558,8 @@ def rejected_messages(
         params.append(since_ms)
     # id grows with arrival: newest first through the primary key, or (node, id) for a node.
     rows = store.fetchall(
-        "SELECT id, received_ms, node, topic, reason, detail, payload_head, payload_bytes "
+        "SELECT id, received_ms / 1000.0 AS received, received_ms, node, topic, reason, "
+        "detail, payload_head, payload_bytes "
         f"FROM quarantine {'WHERE ' + ' AND '.join(where) if where else ''} "
         "ORDER BY id DESC LIMIT ?",
         (*params, limit),

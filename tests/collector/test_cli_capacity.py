@@ -130,6 +130,9 @@ async def test_a_plan_other_than_the_snapshots_is_recomputed_not_ignored(
         (["--add", "7xNOPE"], "the plan has no node type 'NOPE'"),
         (["--add", "lots"], "write TYPE=N or NxTYPE"),
         (["--top", "-1"], "--top must be ≥ 0"),
+        # --basis sizes the --add nodes; alone it was dropped without a word
+        (["--basis", "typical"], "--basis goes with `capacity --add`, not a picture without"),
+        (["--now", "--basis", "max"], "--basis goes with `capacity --add`"),
     ],
 )
 async def test_a_bad_flag_is_one_line_and_exit_2(
@@ -156,6 +159,14 @@ async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
     await _store(db, snapshots=0)
     assert main(["capacity", "--db", str(db)]) == 2
     assert "no capacity snapshot yet" in capsys.readouterr().err
+    # plot capacity drew an empty picture and exited 0: the same line, nothing written
+    out = tmp_path / "c.png"
+    assert main(["plot", "capacity", "--db", str(db), "--out", str(out)]) == 2
+    assert (capsys.readouterr().err, out.exists()) == (
+        "collector plot: error: no capacity snapshot yet: set capacity.plan and let "
+        "`collector run` complete a cycle\n",
+        False,
+    )
     assert main(["capacity", "--db", str(db), "--now"]) == 2
     assert "no site plan: pass --plan FILE" in capsys.readouterr().err
     assert main(["capacity", "--db", str(db), "--plan", str(PLAN), "--remove", "ghosts"]) == 2

@@ -286,10 +286,13 @@ def test_rejected_lists_quarantined_messages_newest_first_with_counters(db: Stor
     messages = r["messages"]
     assert [m["id"] for m in messages] == list(range(QUARANTINED, QUARANTINED - 50, -1))
     assert list(messages[0]) == [
-        "id", "received_ms", "node", "topic", "reason", "detail", "payload_head",
+        "id", "received", "received_ms", "node", "topic", "reason", "detail", "payload_head",
         "payload_bytes",
     ]  # fmt: skip
     newest = messages[0]
+    # Unix seconds like every other time capwatch prints; received_ms kept for old scripts
+    assert all(m["received"] == m["received_ms"] / 1000 for m in messages)
+    assert isinstance(newest["received"], float)
     assert (newest["node"], newest["reason"], newest["payload_bytes"]) == (None, "invalid", 5059)
     assert newest["topic"] == "capwatch/v1/nodes/bad+id/sample"
     assert newest["payload_head"] == '{"v":1,"node":"\\x00\\n\\xff\\u2028' + "x" * 100

@@ -121,6 +121,25 @@ async def test_alerts_shows_silenced_and_inhibited(store_url: StoreTarget) -> No
     assert "inhibited" in table
 
 
+async def test_alerts_limit_cuts_the_list_of_alerts_longest_standing_first(
+    store_url: StoreTarget,
+) -> None:
+    """--limit on the plain list was dropped without a word: it now keeps the N
+    longest-standing alerts and says how many more there are; without it, all of them."""
+    offline = {"alertname": "NodeOffline", "node": "y2", "severity": "critical"}
+    db = str(await _store(store_url, HOT, OTHER, offline))
+    code, out, _ = collector_cli("alerts", "--db", db, "--json")
+    every = json.loads(out)["alerts"]
+    assert (code, len(every)) == (0, 3)
+    code, out, _ = collector_cli("alerts", "--db", db, "--json", "--limit", "2")
+    cut = json.loads(out)["alerts"]
+    assert (code, cut) == (0, every[:2])
+    code, out, _ = collector_cli("alerts", "--db", db, "--limit", "1")
+    assert code == 0
+    assert out.splitlines()[-1] == "... and 2 more (--limit 1)"
+    assert len(out.splitlines()) == 3  # header, one alert, the note
+
+
 async def test_add_and_expire_with_json_print_json(store_url: StoreTarget) -> None:
     """--json on add gives the new silence's ID to scripts; expire --json confirms in JSON."""
     db = str(await _store(store_url))
@@ -194,6 +213,7 @@ async def test_a_10_kb_comment_is_cut_in_the_list_and_whole_in_json(
         (["--dead-letters", "--redeliver", "1"], "--dead-letters and --redeliver: give one"),
         (["--since", "1h"], "--since goes with --history"),
         (["--dead-letters", "--since", "1h"], "--since goes with --history"),
+        (["--redeliver", "1", "--limit", "5"], "--limit goes with `alerts` or `alerts --hist"),
     ],
 )
 async def test_alerts_flags_that_ask_different_questions_are_one_line_exit_2(
