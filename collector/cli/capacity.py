@@ -263,6 +263,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise ConfigError(f"--top must be ≥ 0, got {args.top}", field="--top")
+    if args.explain is not None and args.add:
+        # --explain answers before the what-if: --add would be dropped without a word.
+        raise ConfigError(
+            "--add (a what-if of the whole fleet) goes without --explain (one node's draw in "
+            "the picture): leave one out",
+            field="--add",
+        )
     refuse_other_actions_flags(
         "capacity",
         "--explain" if args.explain is not None else "a picture without --add",

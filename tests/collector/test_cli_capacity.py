@@ -133,6 +133,11 @@ async def test_a_plan_other_than_the_snapshots_is_recomputed_not_ignored(
         # --basis sizes the --add nodes; alone it was dropped without a word
         (["--basis", "typical"], "--basis goes with `capacity --add`, not a picture without"),
         (["--now", "--basis", "max"], "--basis goes with `capacity --add`"),
+        # --explain answers before the what-if: --add was dropped without a word
+        (
+            ["--explain", "x1000c0s0b0n0", "--add", "HGX-B200=4"],
+            "--add (a what-if of the whole fleet) goes without --explain",
+        ),
     ],
 )
 async def test_a_bad_flag_is_one_line_and_exit_2(
