@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.simulate import FleetSimulator, publish_fleet
 from bench.bench_capacity import PLAN
-from bench.bench_pipeline import CollectorProcess, wait_subscribed
+from bench.bench_pipeline import CollectorProcess, _cpu_s, wait_subscribed
 from bench.bench_quota import NODES, build_store
 from bench.replay import replay_fleet
 from collector.localbroker import MosquittoBroker
@@ -285,6 +285,7 @@ def main() -> None:
             mqtt = MqttSettings(host=broker.host, port=broker.port)
             ticks = max(2, round(args.seconds / interval_s))
             start = time.time()
+            broker_cpu0 = _cpu_s(broker.pid)
             spread = not args.all_at_once
             if args.replay:
                 made = replay_fleet(broker.host, broker.port, sim, ticks=ticks, spread=spread)
@@ -293,6 +294,7 @@ def main() -> None:
             stats = asyncio.run(made)
             end = time.time()
             time.sleep(2.0)  # the last batches
+            broker_cpu = _cpu_s(broker.pid) - broker_cpu0
             cpu_s, rss_mb = col.stop()
         with sqlite3.connect(db) as conn:
             ((marked,),) = conn.execute("SELECT count(*) FROM watermarks").fetchall()
@@ -324,7 +326,10 @@ def main() -> None:
         f"{args.eval_interval_s:g} s, capacity every "
         f"{args.capacity_interval_s:g} s"
     )
-    print(f"collector: {cpu_s:.1f} s CPU, peak RSS {rss_mb:.0f} MB; events {events}")
+    print(
+        f"collector: {cpu_s:.1f} s CPU, peak RSS {rss_mb:.0f} MB; events {events}; broker "
+        f"{broker_cpu:.1f} s CPU (the load and 2 s after)"
+    )
     print(f"watermarks stored: {marked:,} nodes of {NODES:,}")
     if not gaps:
         print("no commits logged in the window (is the collector logging at debug?)")
