@@ -128,11 +128,10 @@ def write_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
     this user cannot write what SQLite writes: the file, its folder (where the journal, or
     in WAL mode the ``-shm`` and ``-wal`` files, are created) or those files when they exist;
     ``None`` when it can write them all (the error is then another one)."""
-    shm, wal = (path.with_name(path.name + end) for end in ("-shm", "-wal"))
-    where = (f"its folder {str(path.parent)!r}", path.parent), (path.name, path), (shm.name, shm)
-    barred = [
-        what for what, p in (*where, (wal.name, wal)) if p.exists() and not os.access(p, os.W_OK)
-    ]
+    written = {f"its folder {str(path.parent)!r}": path.parent, path.name: path}
+    for end in ("-shm", "-wal"):
+        written[path.name + end] = path.with_name(path.name + end)
+    barred = [what for what, p in written.items() if p.exists() and not os.access(p, os.W_OK)]
     if not barred:
         return None
     return StoreError(
