@@ -80,9 +80,11 @@ from collector.role import Election, Fence, FencedRecords, RecordQueue, Role, Ro
 from collector.settings import CollectorSettings
 from collector.store.db import Store
 from collector.store.forget import last_forgotten, remembered_at_start
+from collector.store.migrations import SCHEMA_CHECK_S, refuse_newest
 from collector.store.rollups import TAKEOVER_FOLDS, RollupConfig
 from collector.store.watermarks import load_watermarks, stored_above
 from shared.clock import Clock, SystemClock
+from shared.errors import StoreError
 from shared.logging import get_logger
 from shared.topics import collector_subscriptions
 
@@ -438,6 +440,7 @@ class Collector:
                 evaluating = tg.create_task(evaluator.run(), name="evaluator")
                 tg.create_task(role.run(lead, until), name="role")
                 tg.create_task(_write_then(writer, until, evaluating), name="store-writer")
+                tg.create_task(_watch_schema(reads, until), name="schema-watch")
 
     def _leader_jobs(self, queue: RecordQueue, token: int | None) -> parts.LeaderJobs:
         """The leader's jobs for one term (a new term starts from what the store holds)."""
@@ -558,6 +561,25 @@ async def _write_then(writer: Writer, until: asyncio.Event, evaluating: asyncio.
     finally:
         until.set()
         evaluating.cancel()
+
+
+async def _watch_schema(reads: Store, until: asyncio.Event) -> None:
+    """Every :data:`~collector.store.migrations.SCHEMA_CHECK_S` until the writer has
+    stopped: whether a newer capwatch migrated the store since this one started (its start
+    refused one migrated before). Found, the :class:`StoreError` (exit 2) ends the collector,
+    which would write it by the older schema's rules. A question the store cannot answer
+    now (the server away: the writer waits for it) is asked again next time."""
+    while not until.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SCHEMA_CHECK_S):
+                await until.wait()
+                return
+        try:
+            newest = await reads.newest_migration()
+        except StoreError as exc:
+            log.debug("schema_check_failed", error=str(exc))
+            continue
+        refuse_newest(reads.path, newest)
 
 
 def _put_record(queue: asyncio.Queue[WriterItem] | None) -> RecordQueue:

@@ -143,20 +143,13 @@ def _node_offline(s: AlertSettings) -> Rule:
 
 def _node_stale(s: AlertSettings, staleness: Staleness) -> Rule:
     intervals = staleness.intervals
-    floor = staleness.limit_s(staleness.min_interval_s)
-
-    state = staleness.of
+    floor = staleness.least_limit_s
+    stale_among = staleness.stale_among
 
     def condition(view: LiveView, now: float) -> Iterator[Instance]:
-        for st in view.nodes():
-            # A sample newer than the least limit any node has (``floor``: Staleness.limit_s
-            # takes no interval as shorter than min_interval_s) is fresh whatever its
-            # interval and status: most nodes end here, without the two calls of the state,
-            # which were half of a 12,500-node healthy cycle (bench/bench_alerts.py).
-            received = st.sample_received
-            if received is not None and now - received <= floor:
-                continue
-            if state(st, now) == "stale" and not st.reject_only:
+        for st in stale_among(view.nodes(), now):
+            if not st.reject_only:
+                received = st.sample_received
                 age = "never" if received is None else f"{now - received:.0f} s ago"
                 yield Instance({"node": st.node}, {"last": age})
 

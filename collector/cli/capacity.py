@@ -191,11 +191,14 @@ def _plan(path: Path | None, picture_plan: str | None) -> CapacityPlan:
     return load_capacity_plan(path)
 
 
-def newest_snapshot(reader: StoreReader, *, or_else: str = "") -> dict[str, Any]:
+def newest_snapshot(
+    reader: StoreReader, *, or_else: str = "", since: float | None = None
+) -> dict[str, Any]:
     """The newest capacity snapshot the collector stored (its JSON data); one line and exit 2
     when there is none (``capacity`` and ``plot capacity`` alike), ending with ``or_else``
-    (the command's own way without one)."""
-    from collector.store.capacity import latest_snapshot  # noqa: PLC0415
+    (the command's own way without one), or none taken at or after ``since`` (``plot
+    capacity --since``: the line says when the stored ones were taken)."""
+    from collector.store.capacity import latest_snapshot, snapshot_span  # noqa: PLC0415
 
     data = latest_snapshot(reader)
     if data is None:
@@ -203,6 +206,14 @@ def newest_snapshot(reader: StoreReader, *, or_else: str = "") -> dict[str, Any]
             "no capacity snapshot yet: set capacity.plan and let `collector run` "
             f"complete a cycle{or_else}",
             field="capacity.plan",
+        )
+    span = snapshot_span(reader) if since is not None else None
+    if since is not None and span is not None and span[1] < since:
+        oldest, newest = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t)) for t in span)
+        raise ConfigError(
+            f"no capacity snapshot in the window: the stored ones were taken from {oldest} "
+            f"to {newest}; widen --since",
+            field="--since",
         )
     return data
 

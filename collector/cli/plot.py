@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
             from collector.plot.figures import capacity_figure  # noqa: PLC0415
             from collector.store.capacity import snapshot_series  # noqa: PLC0415
 
-            newest = newest_snapshot(reader)  # none at all: the same line as `capacity`
+            # None at all: the same line as `capacity`; none in the window: a line of its own.
+            snap = newest_snapshot(reader, since=now - since_s)
             rows = snapshot_series(reader, now - since_s)
-            snap = newest if rows else None
             plan = s.plan
             if plan is None and snap is not None and snap.get("plan"):
                 plan = Path(snap["plan"])

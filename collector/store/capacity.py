@@ -28,6 +28,7 @@ __all__ = [
     "recent_snapshots",
     "snapshot_plan",
     "snapshot_series",
+    "snapshot_span",
     "write_snapshot",
 ]
 
@@ -110,6 +111,15 @@ def snapshot_plan(reader: StoreReader) -> str | None:
     data = latest_snapshot(reader)
     plan = data.get("plan") if data is not None else None
     return plan if isinstance(plan, str) and plan else None
+
+
+def snapshot_span(reader: StoreReader) -> tuple[float, float] | None:
+    """When the oldest and the newest snapshot were taken (``None``: there is none)."""
+    _need_table(reader)
+    rows = reader.fetchall("SELECT min(at) AS oldest, max(at) AS newest FROM capacity_snapshots")
+    if not rows or rows[0]["oldest"] is None:
+        return None
+    return float(rows[0]["oldest"]), float(rows[0]["newest"])
 
 
 def snapshot_series(reader: StoreReader, since: float) -> list[dict[str, Any]]:

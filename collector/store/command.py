@@ -148,7 +148,7 @@ class Command:
         fix (start `collector run` on it) would write capwatch's tables into it."""
         if foreign(conn, exc):
             return not_capwatch(self.path)
-        return refused(self.path, exc, doing="cannot write", no_table=self._no_table)
+        return refused(self.path, exc, doing="cannot write", no_table=self._no_table, write=True)
 
     def discard(self) -> None:
         """Roll back instead of committing at exit (a dry run, or nothing changed)."""

@@ -184,7 +184,7 @@ def open_sync(path: StoreTarget, *, write: bool) -> SyncConn:
     try:  # the first read opens the WAL's -shm: a read-only folder is said here, with its fix
         conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.Error as exc:
-        barred = wal_barred(path, exc)
+        barred = wal_barred(path, exc, write=write)
         if barred is not None:
             conn.close()
             raise barred from exc

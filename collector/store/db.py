@@ -50,7 +50,13 @@ from collector.store.dialect import Dialect, Row
 from collector.store.errors import open_failed
 from collector.store.fold import Fold, Stage
 from collector.store.ledger import DAILY_RETENTION_SQL, LEDGER_RETENTION_SQL
-from collector.store.migrations import MIGRATIONS, migrations_for, refuse_newer
+from collector.store.migrations import (
+    MIGRATIONS,
+    NEWEST_MIGRATION_SQL,
+    migrations_for,
+    refuse_newer,
+    refuse_newest,
+)
 from collector.store.partials import Staged, stage
 from collector.store.query import Query
 from collector.store.reader import StoreReader
@@ -717,6 +723,9 @@ class Store:
         except StoreError as exc:  # it was reachable at the start: still away, not a mistake
             raise StoreError(str(exc), fatal=True, unavailable=True, exit_code=1) from exc
         log.info("store_reconnected", db=str(self.path))
+        # A restarted server or a new primary may hold a store a newer capwatch migrated
+        # meanwhile: stop (exit 2) rather than write it by the older rules.
+        refuse_newest(self.path, await self.newest_migration())
 
     async def _migrate(self) -> None:
         for name in await self._db.migrate(migrations_for(self.dialect)):
@@ -936,6 +945,12 @@ class Store:
             for t in stale:
                 del confirmed[self._templates.pop(t)]
         return gone
+
+    async def newest_migration(self) -> str | None:
+        """The greatest name in the migrations' record (:func:`~collector.store.migrations.
+        refuse_newest` says whether a newer capwatch added it)."""
+        rows = await self.fetchall(NEWEST_MIGRATION_SQL)
+        return rows[0][0] if rows else None
 
     async def migrations(self) -> list[str]:
         """Names of the applied migrations, in order."""

@@ -38,6 +38,7 @@ __all__ = [
     "open_failed",
     "refused",
     "wal_barred",
+    "write_barred",
 ]
 
 BUSY_TIMEOUT_S: Final = 5.0
@@ -93,7 +94,7 @@ _CANTOPEN: Final = 14
 when it cannot create the ``-shm`` file (SQLITE_READONLY_DIRECTORY, SQLITE_CANTOPEN)."""
 
 
-def wal_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
+def wal_barred(path: Path, exc: sqlite3.Error, *, write: bool = False) -> StoreError | None:
     """The error, with its fix, when ``exc`` is a reader that could not create the WAL's
     ``-shm``/``-wal`` files beside ``path`` because its folder is not writable by this user
     (SQLite's own words, "attempt to write a readonly database" or "unable to open database
@@ -101,9 +102,17 @@ def wal_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
     database read-only when those files exist (a collector running keeps them) or can be
     created (https://www.sqlite.org/wal.html#readonly); ``immutable=1`` would read it
     without them, but it ignores a ``-wal`` left uncheckpointed and any writer that
-    starts meanwhile, so a stale or torn answer: the fix is given instead."""
+    starts meanwhile, so a stale or torn answer: the fix is given instead.
+
+    ``write``: a write command's connection (``pool create``, ``silence add``...), refused
+    the same words when this user cannot write the folder, the file or its ``-shm``/``-wal``
+    (a collector running created them as its own user): :func:`write_barred`."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code not in (_READONLY, _CANTOPEN) or os.access(path.parent, os.W_OK):
+    if code not in (_READONLY, _CANTOPEN):
+        return None
+    if write:
+        return write_barred(path, exc)
+    if os.access(path.parent, os.W_OK):
         return None
     return StoreError(
         f"cannot read database {str(path)!r}: {exc} (SQLite's WAL mode needs {path.name}-shm "
@@ -114,13 +123,38 @@ def wal_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
     )
 
 
+def write_barred(path: Path, exc: sqlite3.Error) -> StoreError | None:
+    """The error, with its fix, when a write to the SQLite store at ``path`` failed because
+    this user cannot write what SQLite writes: the file, its folder (where the journal, or
+    in WAL mode the ``-shm`` and ``-wal`` files, are created) or those files when they exist;
+    ``None`` when it can write them all (the error is then another one)."""
+    written = {f"its folder {str(path.parent)!r}": path.parent, path.name: path}
+    for end in ("-shm", "-wal"):
+        written[path.name + end] = path.with_name(path.name + end)
+    barred = [what for what, p in written.items() if p.exists() and not os.access(p, os.W_OK)]
+    if not barred:
+        return None
+    return StoreError(
+        f"cannot write database {str(path)!r}: {exc} (SQLite writes it, and {path.name}-shm "
+        f"and -wal beside it, and this user cannot write {', '.join(barred)}): run the "
+        "command as the collector's user, or make them writable by this user (the "
+        "collector's group, say)"
+    )
+
+
 def refused(
-    path: StoreTarget, exc: BaseException, *, doing: str, no_table: str | None
+    path: StoreTarget, exc: BaseException, *, doing: str, no_table: str | None, write: bool = False
 ) -> StoreError:
     """A statement the store refused, as one line: ``doing`` says what was being done
     (``cannot write``, ``query failed on``); ``no_table`` completes the error when the store
     predates a table (not yet migrated), and a missing column is a store older than this
-    code; ``None``: the caller found it is not a capwatch store, for either."""
+    code; ``None``: the caller found it is not a capwatch store, for either. ``write``: a
+    write command's statement, which a SQLite file this user cannot write refuses with the
+    fix (:func:`write_barred`)."""
+    if write and isinstance(path, Path) and isinstance(exc, sqlite3.Error):
+        barred = wal_barred(path, exc, write=True)
+        if barred is not None:
+            return barred
     sqlstate = getattr(exc, "sqlstate", None)  # psycopg's errors carry PostgreSQL's code
     if no_table is None and (missing_table(exc) or missing_column(exc)):
         return not_capwatch(path)

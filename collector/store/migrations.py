@@ -63,10 +63,13 @@ __all__ = [
     "GROWING_TABLES",
     "LEADER_TABLE_SQL",
     "MIGRATIONS",
+    "NEWEST_MIGRATION_SQL",
     "POSTGRESQL",
+    "SCHEMA_CHECK_S",
     "migrations_for",
     "pg_ddl",
     "refuse_newer",
+    "refuse_newest",
 ]
 
 LEADER_TABLE_SQL: Final = """
@@ -925,3 +928,26 @@ def refuse_newer(
         if migrations[0][0] not in done:
             raise not_capwatch(path)
         raise newer_schema(path, unknown)
+
+
+NEWEST_MIGRATION_SQL: Final = "SELECT max(name) FROM schema_migrations"
+"""The record's greatest migration name: what a running collector asks (:func:`refuse_newest`)."""
+
+SCHEMA_CHECK_S: Final = 5.0
+"""How often a running collector asks whether another capwatch migrated its store since
+its start (:func:`refuse_newest`; one indexed ``max()`` on a table of a few dozen rows)."""
+
+
+def refuse_newest(
+    path: StoreTarget, newest: str | None, migrations: Sequence[tuple[str, str]] = MIGRATIONS
+) -> None:
+    """:func:`refuse_newer` for a collector already running, whose start found the store
+    migrated by this version or an older one: the same error (exit 2) when the record's
+    greatest name (``newest``, :data:`NEWEST_MIGRATION_SQL`) sorts after this version's last
+    migration. A newer capwatch migrating the store meanwhile (an upgrade started beside this
+    one, or a failover to a primary it migrated) adds such a name: migration names are
+    numbered, so one added later sorts after every earlier one. Asked every
+    :data:`SCHEMA_CHECK_S` and at each reconnect to PostgreSQL, so this collector stops
+    instead of writing on by the older schema's rules."""
+    if newest is not None and newest > migrations[-1][0]:
+        raise newer_schema(path, [newest])

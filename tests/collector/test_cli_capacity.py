@@ -178,6 +178,30 @@ async def test_no_snapshot_yet_and_no_plan_are_one_line_errors(
     assert "--remove 'ghosts': no such pool" in capsys.readouterr().err
 
 
+async def test_plot_capacity_with_no_snapshot_in_the_window_is_one_line_and_exit_2(
+    store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Snapshots stored (60 s and 30 s ago) but none inside --since 10s: it drew an empty
+    picture and exited 0; now one line saying when the stored ones were taken, no file."""
+    pytest.importorskip("matplotlib")
+    db = store_url
+    await _store(db, snapshots=2)
+    capsys.readouterr()
+    out = tmp_path / "c.png"
+    argv = ["plot", "capacity", "--db", str(db), "--out", str(out)]
+    assert main([*argv, "--since", "10s"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "collector plot: error: no capacity snapshot in the window: the stored ones were "
+        "taken from 20"
+    ), err
+    assert err.endswith("Z; widen --since\n"), err
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
+    assert main([*argv, "--since", "5m"]) == 0  # the window holds both
+    assert out.exists()
+
+
 async def test_plot_refuses_a_non_png_and_a_node_with_another_picture(
     store_url: StoreTarget, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -425,9 +425,10 @@ def test_job_gpu_idle_needs_every_gpu_of_the_job_idle() -> None:
 
 @pytest.mark.parametrize("interval_s", [0.25, 1.0, 5.0, 60.0])
 def test_node_stale_fires_exactly_when_the_node_is_stale(interval_s: float) -> None:
-    """NodeStale's instances are the nodes :meth:`Staleness.of` calls stale, to the edge of
-    each node's limit (the rule skips the fresh ones by the least limit any node has: a node
-    past that one but inside its own is not stale), online or offline, sampled or not."""
+    """:meth:`Staleness.stale_among`, and so NodeStale's instances, are the nodes
+    :meth:`Staleness.of` calls stale, to the edge of each node's limit (it skips the fresh
+    ones by the least limit any node has: a node past that one but inside its own is not
+    stale), online or offline, sampled or not."""
     staleness = Staleness(intervals=3.0, min_interval_s=1.0)
     (rule,) = [r for r in builtin_rules(staleness=staleness) if r.name == "NodeStale"]
     view = LiveView()
@@ -443,9 +444,11 @@ def test_node_stale_fires_exactly_when_the_node_is_stale(interval_s: float) -> N
             view.on_status(node, status, t0)
     view.on_status("never-sampled", "online", t0)
     limit = staleness.limit_s(interval_s)
-    edges = (3.0, limit)  # the least limit (3 x min_interval_s) and the node's own
+    edges = (staleness.least_limit_s, limit)  # the least limit any node has, the node's own
+    assert staleness.least_limit_s == 3.0  # 3 x min_interval_s
     for age in sorted({0.0, 4 * limit, *(e + x for e in edges for x in (-1e-4, 0.0, 1e-4))}):
         now = t0 + age
         want = sorted(st.node for st in view.nodes() if staleness.of(st, now) == "stale")
+        assert sorted(st.node for st in staleness.stale_among(view.nodes(), now)) == want, age
         got = sorted(inst.labels["node"] for inst in rule.condition(view, now))
         assert got == want, age
