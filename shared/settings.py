@@ -11,6 +11,7 @@ text out, to the MQTT client.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import socket
@@ -534,6 +535,8 @@ def format_validation_error(
         err["msg"] = err["msg"].replace(repr(value), quoted(value))
     if err["type"] == "extra_forbidden":
         msg = f"unknown setting {field!r}: remove it or check its spelling"
+        if (close := _close_setting(model, err["loc"])) is not None:
+            msg = f"{msg} (did you mean {close!r}?)"
     elif _is_secret(model, err["loc"]):
         msg = f"setting {field!r} (value hidden): {err['msg']}"
     elif isinstance(value, dict | list | tuple | set | BaseModel):
@@ -552,6 +555,22 @@ def format_validation_error(
     if hint:
         msg = f"{msg} ({hint})"
     return ConfigError(msg, field=field)
+
+
+def _close_setting(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> str | None:
+    """The known setting nearest an unknown key at ``loc`` (``retention`` ->
+    ``retention_s``: the flag is ``--retention``), dotted as the error names it; ``None``
+    if none is close."""
+    fields: dict[str, FieldInfo] = {} if model is None else model.model_fields
+    for part in loc[:-1]:
+        if isinstance(part, int):  # a list's item: the list's model is already in hand
+            continue
+        if part not in fields:
+            return None
+        inner = [t for t in _leaf_types(fields[part].annotation) if issubclass(t, BaseModel)]
+        fields = inner[0].model_fields if inner else {}
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1)
+    return ".".join([*(str(p) for p in loc[:-1]), close[0]]) if close else None
 
 
 def _cut(text: str) -> str:

@@ -103,6 +103,29 @@ COMMANDS: Final = {
 module registers too; a test holds them equal)."""
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: its options may stand anywhere among its operands.
+
+    ``collector pool create --db x.db zinal``: argparse's plain parse matched the action,
+    gave the ``NAME [NODE ...]`` operands nothing, and refused ``zinal`` as an unrecognized
+    argument; the intermixed parse (options first, then the operands) takes it. Nested
+    calls (the intermixed parse runs the plain one twice) go to the plain parse.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The ``collector`` argument parser, with the commands in ``full`` (default: all)
     registered by their modules and the others by name and help line only."""
@@ -115,7 +138,9 @@ def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser
             "the fleet, and sizes clusters under a power cap."
         ),
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
     for name, (module, help_line) in COMMANDS.items():
         if full is None or name in full:
             importlib.import_module(module).add_parser(sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -172,7 +173,7 @@ def _check(
             refused.append(
                 f"node {node} is held by lease {hold.lease!r} (tenant {hold.tenant}; it "
                 f"{until}): forget it once the lease has ended (`collector lease cancel "
-                f"{hold.lease}`)"
+                f"{shlex.quote(hold.lease)}`)"
             )
         elif (why := _active(facts.get(node), now, staleness)) is not None:
             if force:

@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="hierarchy: site plan (default: capacity.plan, else the newest snapshot's)",
     )
     p.add_argument(
-        "--out", type=Path, metavar="FILE.png", help="output file (default: PICTURE.png)"
+        "-o", "--out", type=Path, metavar="FILE.png", help="output file (default: PICTURE.png)"
     )
     p.set_defaults(handler=run)
 

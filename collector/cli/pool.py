@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -16,11 +17,13 @@ from collector.cli._args import (
 )
 from collector.cli._render import Column, free_text, print_json, render_table
 from shared.errors import ConfigError
+from shared.text import quoted
 
 if TYPE_CHECKING:
     from collector.governance.allocate import Plan
     from collector.governance.inventory import NodeComponents
     from collector.paths import StoreTarget
+    from collector.store.command import Command
 
 __all__ = ["add_parser", "run"]
 
@@ -235,6 +238,7 @@ def _change(
         elif not exists or name == FREE:
             raise ConfigError(f"no pool {name!r} (`collector pool list`)", field="NAME")
         if action == "delete":
+            _refuse_a_held_pool(tx, name)
             moved = tx.pools.delete(name)
             if as_json:
                 print_json({"pool": name, "action": action, "nodes": sorted(moved)})
@@ -262,6 +266,25 @@ def _change(
     verb = {"create": "created with", "add": "gained", "remove": "released"}[action]
     print(f"pool {name} {verb} {len(nodes)} nodes")
     return 0
+
+
+def _refuse_a_held_pool(tx: Command, name: str) -> None:
+    """:class:`ConfigError` if a lease that has not ended holds pool ``name``: deleting it
+    left the lease naming no pool and holding no node (its GPU-hours stopped), unsaid."""
+    held = [
+        lease
+        for lease in tx.governance.state().leases
+        if lease.pool == name and lease.status(tx.now) != "expired"
+    ]
+    if held:
+        lease = held[0]
+        raise ConfigError(
+            f"pool {name} is held by lease {quoted(lease.name)} (tenant {lease.tenant}, "
+            f"{lease.status(tx.now)}): deleting it would empty the lease; cancel the lease "
+            f"(`collector lease cancel {shlex.quote(lease.name)}`) and delete the pool once "
+            f"it has ended, or shrink it with `collector pool remove {name} NODE...`",
+            field="NAME",
+        )
 
 
 def _apply(settings: ReadSettings, args: argparse.Namespace) -> int:

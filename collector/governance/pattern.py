@@ -13,12 +13,25 @@ from dataclasses import dataclass
 from typing import Final
 
 from shared.errors import ConfigError
+from shared.text import quoted
 from shared.topics import NODE_ID_RE, NODE_ID_RULE
 
-__all__ = ["MAX_QTY", "POOL_NAME_RE", "Need", "Pattern", "parse_pattern", "validate_pool_name"]
+__all__ = [
+    "MAX_PATTERN_LEN",
+    "MAX_QTY",
+    "POOL_NAME_RE",
+    "Need",
+    "Pattern",
+    "parse_pattern",
+    "validate_pool_name",
+]
 
 MAX_QTY: Final = 10_000_000
 """A count above this is a typo (10 million GPUs, or 160 PiB of memory)."""
+
+MAX_PATTERN_LEN: Final = 1024
+"""A longer pattern is a paste gone wrong: refused before any part of it is echoed (a
+50,000-character one was quoted whole, three times, in its error line)."""
 
 POOL_NAME_RE: Final = NODE_ID_RE
 """A pool name: the node-id rule (one safe word), so it can be a label and a file name."""
@@ -58,7 +71,7 @@ def validate_pool_name(name: str, *, field: str = "NAME") -> str:
         )
     if not POOL_NAME_RE.match(name):
         raise ConfigError(
-            f"pool name {name!r} must be {NODE_ID_RULE}",
+            f"pool name {quoted(name)} must be {NODE_ID_RULE}",
             field=field,
         )
     return name
@@ -66,6 +79,12 @@ def validate_pool_name(name: str, *, field: str = "NAME") -> str:
 
 def parse_pattern(text: str, *, field: str = "--pattern") -> Pattern:
     """Parse ``name:component:qty(:component:qty)*``; a bad one is one :class:`ConfigError`."""
+    if len(text) > MAX_PATTERN_LEN:
+        raise ConfigError(
+            f"pattern {quoted(text)} is longer than {MAX_PATTERN_LEN:,} characters: give "
+            f"name:component:qty(:component:qty)* ({_EXAMPLE})",
+            field=field,
+        )
     parts = text.strip().split(":")
     if len(parts) < 3:
         raise ConfigError(
