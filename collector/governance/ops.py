@@ -200,6 +200,7 @@ def add_lease(
             forced=forced,
             force_reason=req.force_reason if forced else None,
             comment=req.comment,
+            created=tx.now,
         )
     )
     return lease_id, admission
@@ -253,6 +254,7 @@ def change_lease(
     today = today_in(lease.terms.tz, tx.now)
     try:
         if action == "cancel":
+            _refuse_notice_before_lease(lease, on)
             terms = cancel(lease.terms, on or today)
         elif action == "extend":
             if days is None:
@@ -347,6 +349,24 @@ def find_lease(gov: Governance, ref: str) -> Lease:
         if lease.name == ref or (ref.isdigit() and lease.id == int(ref)):
             return lease
     raise ConfigError(f"no lease {ref!r}: see `collector lease list`", field="lease")
+
+
+def _refuse_notice_before_lease(lease: Lease, on: dt.date | None) -> None:
+    """Notice dated before the lease both started and was booked is a wrong date (a year
+    typed wrong), not a notice: taken, it would end the lease at its start, freeing its nodes
+    and erasing the GPU-hours it held. Notice before the start alone is a lease cancelled
+    before it begins; after the start alone, an older lease booked late (its notice
+    recorded as given)."""
+    if on is None or on >= lease.terms.start or lease.created is None:
+        return
+    booked = today_in(lease.terms.tz, lease.created)
+    if on < booked:
+        raise ConfigError(
+            f"lease {lease.name!r}: notice on {on.isoformat()} is before the lease starts "
+            f"({lease.terms.start.isoformat()}) and before it was booked ({booked.isoformat()}): "
+            "check the date given to --on",
+            field="--on",
+        )
 
 
 def _end_text(lease: Lease) -> str:

@@ -48,6 +48,8 @@ class Lease:
     forced: bool = False
     force_reason: str | None = None
     comment: str = ""
+    created: float | None = None
+    """When it was booked (``lease add``, Unix seconds); ``None``: not known here."""
 
     def status(self, now: float) -> LeaseStatus:
         """The lease's status at the instant ``now`` (its own zone's calendar date)."""

@@ -60,7 +60,7 @@ _QUERIES: Final = {
     "leases": (
         "SELECT id, name, tenant, pool, start, duration_days, term_days, notice_days, "
         "min_days, tz, auto_renew, notice_given_at, forced, force_reason, comment, "
-        "notice_months FROM leases ORDER BY id",
+        "notice_months, created FROM leases ORDER BY id",
         (),
     ),
     "lease_nodes": ("SELECT lease_id, node FROM lease_nodes ORDER BY lease_id, node", ()),
@@ -123,6 +123,7 @@ def _parse(rows: dict[str, list[Any]]) -> Governance:
                 forced=bool(r[12]),
                 force_reason=r[13],
                 comment=r[14],
+                created=float(r[16]),
             )
         )
     return g
