@@ -23,6 +23,7 @@ quota alert says which basis it judged.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -105,7 +106,13 @@ def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceSettings) 
             if 0 <= left <= days:
                 yield Instance(
                     {"tenant": lease.tenant, "lease": lease.name},
-                    {"deadline": deadline.isoformat(), "days": str(left), "tz": lease.terms.tz},
+                    {
+                        "deadline": deadline.isoformat(),
+                        "days": str(left),
+                        "tz": lease.terms.tz,
+                        # the name as a shell word: the hint is pasted into a shell
+                        "lease_arg": shlex.quote(lease.name),
+                    },
                 )
 
     return Rule(
@@ -115,7 +122,7 @@ def _notice_deadline(view: Callable[[], GovernanceView], s: GovernanceSettings) 
         description=(
             "Notice on lease {lease} ({tenant}) must be given by {deadline} ({tz}), in "
             "{days} days; after that the lease runs its term (or renews). "
-            "`collector lease cancel {lease}` records notice."
+            "`collector lease cancel {lease_arg}` records notice."
         ),
         condition=condition,
     )

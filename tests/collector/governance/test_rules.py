@@ -360,3 +360,26 @@ async def test_a_node_in_many_ended_leases_has_an_alert_for_each(tmp_path: Path)
         await run_once(job, store, live)
         firing = _firing(ev, live, now)
     assert sum(f[0] == "LeaseExpiredInUse" for f in firing) == 70
+
+
+async def test_notice_deadline_hint_is_a_shell_word(tmp_path: Path) -> None:
+    """The description's `collector lease cancel NAME` is pasted into a shell: a lease name
+    with a command substitution in it is quoted, not run (probe11)."""
+    clock = FakeClock(start_wall=NOON.timestamp())
+    live = _live(clock, {"n4": (8, [2.0] * 8)})
+    db = tmp_path / "capwatch.db"
+    name = "b1 $(touch pwned); x"
+    async with Store(db) as store:
+        with Command(db, now=clock.time()) as tx:
+            _lease(tx, name, "b", ["n4"], start=TODAY - dt.timedelta(days=1), duration_days=365,
+                   notice_days=350)  # fmt: skip
+        job = GovernanceJob(clock, busy_util_pct=10.0)
+        ev = Evaluator(governance_rules(lambda: job.view, SETTINGS))
+        await run_once(job, store, live)
+        ev.evaluate(live, clock.time())
+    (state,) = [s for s in ev.states() if s.rule == "LeaseNoticeDeadline"]
+    assert state.labels["lease"] == name
+    assert (
+        "`collector lease cancel 'b1 $(touch pwned); x'` records notice"
+        in (state.annotations["description"])
+    )
