@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from shared.errors import CapwatchError
-from shared.text import UNSHOWN_RE
+from shared.text import UNSHOWN_RE, shortened
 
 __all__ = [
     "add_broker_args",
@@ -113,7 +113,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         error = first_error(exc, CapwatchError)
         if error is None:
             raise
-        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        print(shortened(f"{parser.prog} {args.command}: error: {error}"), file=sys.stderr)
         return error.exit_code
     return code
 

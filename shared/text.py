@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["QUOTED_MOST", "UNSHOWN", "UNSHOWN_RE", "quoted"]
+__all__ = ["QUOTED_MOST", "UNSHOWN", "UNSHOWN_RE", "quoted", "shortened"]
 
 UNSHOWN: Final = (
     r"\x00-\x1f\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
@@ -41,3 +41,16 @@ def quoted(text: str, most: int = QUOTED_MOST) -> str:
     if len(text) <= most:
         return repr(text)
     return f"{text[:most]!r}... ({len(text)} characters)"
+
+
+_LONG_WORD: Final = re.compile(rf"\S{{{4 * QUOTED_MOST + 1},}}")
+"""A run of non-blank characters longer than any word an error line writes itself."""
+
+
+def shortened(line: str, most: int = QUOTED_MOST) -> str:
+    """``line`` with each overlong word (a value it echoes: a node name, a pattern, a date
+    of 20,000 characters) cut to its first ``most`` characters and its length, as
+    :func:`quoted` cuts a value; the rest of the line, which names the field and the fix,
+    is left whole. The command lines print every error through it (:func:`shared.cli.
+    run_command`): their messages quote what the user gave from many places."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:most]}... ({len(m[0])} characters)", line)

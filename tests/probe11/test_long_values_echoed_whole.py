@@ -1,14 +1,16 @@
-"""Open finding (probe11), not fixed: most refusals echo the offending value whole.
+"""probe11's finding: most refusals echoed the offending value whole.
 
 A 20,000-character --node, --tenant, --pool, --lease, --tz, --start, --gpu-label,
 capacity --add TYPE=N, --explain, --remove or positional name is refused (exit 2) with an
 error "line" of 20-40 KB that quotes it whole; a bad setting's line quotes it cut
-(``shared.text.quoted``: 64 characters and the length). strict xfail: when the messages
-are cut this passes, and the marker must go.
+(``shared.text.quoted``: 64 characters and the length). Every command's error line is now
+printed through ``shared.text.shortened``, which cuts such a word the same way and keeps the
+rest of the line (the field and the fix).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,6 @@ async def fleet(tmp_path: Path) -> StoreTarget:
     return await make_store(tmp_path, [Spec(f"x1000c0s{i}b0n0") for i in range(2)])
 
 
-@pytest.mark.xfail(strict=True, reason="probe11 finding: long values echoed whole")
 @pytest.mark.parametrize(
     "argv",
     [
@@ -42,3 +43,6 @@ def test_a_long_value_is_refused_in_a_short_line(fleet: StoreTarget, argv: tuple
     code, _, err = cli(*argv, "--db", str(fleet))
     assert code == 2
     assert len(err) < 1_000, err[:200]
+    assert len(err.strip().splitlines()) == 1
+    # the value: its head and its length
+    assert re.search(r"x{60}\.\.\. \(200\d\d characters\)", err), err
