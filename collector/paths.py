@@ -104,6 +104,8 @@ def redact(url: str) -> str:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
+    if not _has_password(url):
+        return url  # as given: urlunsplit writes sqlite:///x as sqlite:/x (empty netloc)
     netloc = parts.netloc
     if "@" in netloc:
         user, _, host = netloc.rpartition("@")

@@ -65,6 +65,12 @@ def test_redact_hides_the_password_wherever_it_is() -> None:
     assert str(PgTarget("postgresql://u@h/d")) == "postgresql://u@h/d"
 
 
+def test_redact_leaves_a_url_without_a_password_as_given() -> None:
+    """`migrate --to sqlite:///x` named it sqlite:/x (urlunsplit drops an empty netloc)."""
+    for url in ("sqlite:///var/lib/capwatch/x.db", "postgresql:///capwatch?host=/run/pg"):
+        assert redact(url) == url
+
+
 def test_an_unreachable_server_is_one_line_and_no_sqlite_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
