@@ -752,11 +752,12 @@ def _decode(decoder: msgspec.json.Decoder[_T], payload: bytes | bytearray | memo
 _GPU_UUID_RE: Final = re.compile(GPU_UUID_PATTERN)
 _UUIDS_KEPT: Final = 9 << 14
 """Nodes and UUIDs :data:`_known_uuids` holds at most, a node counting one beside its UUIDs
-(then it starts again, empty): a fleet of 16,384 8-GPU nodes; ~16 MB at worst (invented
-node names, with 52-character UUIDs or none). A sample's node is held before the ingest
-compares it with its topic's (:mod:`collector.ingest.validate`): a node sending GPU-less
-samples under invented names adds a name a message, which counting UUIDs alone never
-bounded."""
+(then it starts again, empty): a fleet of 16,384 8-GPU nodes; ~21 MB at worst (invented
+63-character node names with one 52-character UUID each, or none: 21.2 and 20.4 MB held at
+most over 200,000 such samples, ``bench/bench_known_caches.py``). A sample's node is held
+before the ingest compares it with its topic's (:mod:`collector.ingest.validate`): a node
+sending GPU-less samples under invented names adds a name a message, which counting UUIDs
+alone never bounded."""
 
 
 class _KnownUuids:
@@ -783,8 +784,10 @@ _known_uuids: Final = _KnownUuids()
 
 _TEXT_KEPT: Final = 1 << 15
 """Strings :data:`_known_text` holds at most of each kind (then that kind starts again,
-empty): the users, job ids and pod names of a large fleet's running jobs; ~16 MB at worst
-for the three sets (up to 253-character Kubernetes names)."""
+empty): the users, job ids and pod names of a large fleet's running jobs; ~31 MB at worst
+for the three sets (64-character users of 4-byte characters, 64-character ids, 253-character
+Kubernetes names: 30.8 MB held at most over 200,000 such samples,
+``bench/bench_known_caches.py``)."""
 _USER_RE: Final = re.compile(USER_PATTERN)
 _JOB_ID_RE: Final = re.compile(JOB_ID_PATTERN)
 _K8S_NAME_RE: Final = re.compile(K8S_NAME_PATTERN)
