@@ -86,8 +86,13 @@ def segment_bytes_for(max_bytes: int) -> int:
 def _unusable(what: str, exc: OSError) -> ConfigError:
     """The one-line error of a spool directory the agent cannot use (``what``: which file and
     what it could not do), naming the setting and the fix."""
+    why = exc.strerror or str(exc)
+    if isinstance(exc, FileExistsError) and exc.filename is not None:
+        why = f"{exc.filename} is a file, not a directory"  # mkdir's bare "File exists"
+    elif isinstance(exc, NotADirectoryError) and exc.filename is not None:
+        why = f"a folder on the way to {exc.filename} is a file"
     return ConfigError(
-        f"setting 'spool_dir': {what}: {exc.strerror or exc}; point --spool-dir "
+        f"setting 'spool_dir': {what}: {why}; point --spool-dir "
         "(CAPWATCH_SPOOL_DIR) at a directory the agent may write",
         field="spool_dir",
     )

@@ -68,6 +68,8 @@ def test_a_spool_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path, 
     assert "Traceback" not in done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith(f"agent run: error: setting 'spool_dir': cannot use {spool}: "), line
+    # what is wrong, not mkdir's bare "File exists" / "Not a directory" (probe11)
+    assert ("is a file, not a directory" if not under else "on the way to") in line, line
     assert done.stdout == ""
 
 
