@@ -55,6 +55,11 @@ _GLOB: Final = re.compile(r"[A-Za-z0-9_.:@*?\[\]!-]{1,64}")
 """Interface names (letters, digits, ``_ . : @ -``) with the glob characters ``* ? [ ] !``."""
 
 
+_GLOBS_WANTED: Final = (
+    'must be globs, comma-separated (bond*,br-data) or a list of strings (["bond*"])'
+)
+
+
 class AgentSettings(CapwatchSettings):
     """Settings of ``agent run``."""
 
@@ -201,8 +206,10 @@ class AgentSettings(CapwatchSettings):
         Any other JSON (``'"ifb0"'``, ``'{"a": 1}'``) is refused rather than taken as a glob
         that matches nothing.
         """
-        if not isinstance(value, str):
+        if isinstance(value, (list, tuple)):
             return value
+        if not isinstance(value, str):  # a number or a table in a config file
+            raise ValueError(_GLOBS_WANTED)
         if value.lstrip()[:1] in ("[", "{", '"'):
             try:
                 parsed = parse_json(value)
@@ -211,10 +218,7 @@ class AgentSettings(CapwatchSettings):
                     f"not a JSON list ({exc}): write the globs comma-separated instead"
                 ) from exc
             if not isinstance(parsed, list) or not all(isinstance(p, str) for p in parsed):
-                raise ValueError(
-                    "must be globs, comma-separated (bond*,br-data) or a JSON list of "
-                    'strings (["bond*"])'
-                )
+                raise ValueError(_GLOBS_WANTED)
             return parsed
         return [part.strip() for part in value.split(",") if part.strip()]
 

@@ -533,6 +533,8 @@ def format_validation_error(
     value = err.get("input")
     if isinstance(value, str) and len(value) > QUOTED_MOST:
         err["msg"] = err["msg"].replace(repr(value), quoted(value))
+    if err["type"] == "value_error":  # a validator's own words: not pydantic's prefix
+        err["msg"] = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown setting {field!r}: remove it or check its spelling"
         if (close := _close_setting(model, err["loc"])) is not None:

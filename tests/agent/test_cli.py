@@ -210,7 +210,7 @@ def test_fake_mig_flags_put_fake_gpus_in_mig_mode() -> None:
     done = run_agent("sample", *fake, "--fake-mig", "0=3g.40gb,4g.40gb,1g.10gb")
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
-        "agent sample: error: setting 'fake_mig' = '0=3g.40gb,4g.40gb,1g.10gb': Value error, "
+        "agent sample: error: setting 'fake_mig' = '0=3g.40gb,4g.40gb,1g.10gb': "
         "GPU 0: MIG 3g.40gb, MIG 4g.40gb, MIG 1g.10gb needs more than 7 slices (fix it in the "
         "--config file, the CAPWATCH_* environment or the flag)"
     ]

@@ -228,7 +228,7 @@ def test_an_empty_spool_dir_is_one_line_not_the_working_directory(
     )
     assert main(["run", "--gpu-backend", "none", "--port", "1", *given]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
-    assert "'spool_dir' = '': Value error, is empty" in err
+    assert "'spool_dir' = '': is empty" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.toml"]
 
 
@@ -241,3 +241,16 @@ def test_a_buffer_must_outlast_two_sampling_intervals() -> None:
     assert "at least 2m" in str(caught.value)
     assert AgentSettings(node_id="n1", interval_s=60.0, buffer_s=120.0).buffer_samples == 2
     assert AgentSettings(node_id="n1", interval_s=5.0, buffer_s=60.0).buffer_samples == 12
+
+
+@pytest.mark.parametrize("value", ["5", "{ a = 1 }"])
+def test_nic_globs_not_text_or_a_list_name_what_to_give(tmp_path: Path, value: str) -> None:
+    """`nic_include = 5` in a config file said "Input should be a valid tuple" (probe11)."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f"nic_include = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(AgentSettings, config_file=config)
+    message = str(info.value)
+    assert message.startswith("setting 'nic_include'"), message  # a table is not echoed
+    assert "comma-separated (bond*,br-data) or a list of strings" in message
+    assert "Value error" not in message
