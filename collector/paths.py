@@ -99,7 +99,8 @@ def is_url(text: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` without a password (in the user part or a ``password=`` parameter)."""
+    """``url`` without a password (in the user part or a ``password=`` parameter, its key
+    in any case or percent-encoded); the rest as given."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -112,19 +113,24 @@ def redact(url: str) -> str:
         if ":" in user:
             user = user.split(":", 1)[0] + ":***"
         netloc = f"{user}@{host}"
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if any(k == "password" for k, _ in query):
-        query = [(k, "***" if k == "password" else v) for k, v in query]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="*"), "")
+    query = "&".join(
+        f"{piece.partition('=')[0]}=***" if _password_key(piece.partition("=")[0]) else piece
+        for piece in parts.query.split("&")
     )
+    slashes = "//" if netloc or url[len(parts.scheme) + 1 :].startswith("//") else ""
+    return f"{parts.scheme}:{slashes}{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _password_key(key: str) -> bool:
+    """Whether a query key names a password: libpq's key is ``password``; any case or
+    encoding of it is still the operator's password, whatever the driver makes of it."""
+    return urllib.parse.unquote_plus(key).strip().lower() == "password"
 
 
 def _has_password(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     user = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    return ":" in user or "password" in query
+    return ":" in user or any(_password_key(p.partition("=")[0]) for p in parts.query.split("&"))
 
 
 NO_FILE: Final = "names no file: give the SQLite file's path, e.g. capwatch.db"
