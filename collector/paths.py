@@ -24,12 +24,12 @@ Imports nothing heavy: commands parse their ``--db`` before any store module loa
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeAlias
 
 from shared.errors import ConfigError
+from shared.urls import has_password, redact
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -98,41 +98,6 @@ def is_url(text: str) -> bool:
     return _URL.match(text) is not None
 
 
-def redact(url: str) -> str:
-    """``url`` without a password (in the user part or a ``password=`` parameter, its key
-    in any case or percent-encoded); the rest as given."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if not _has_password(url):
-        return url  # as given: urlunsplit writes sqlite:///x as sqlite:/x (empty netloc)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        netloc = f"{user}@{host}"
-    query = "&".join(
-        f"{piece.partition('=')[0]}=***" if _password_key(piece.partition("=")[0]) else piece
-        for piece in parts.query.split("&")
-    )
-    slashes = "//" if netloc or url[len(parts.scheme) + 1 :].startswith("//") else ""
-    return f"{parts.scheme}:{slashes}{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-
-def _password_key(key: str) -> bool:
-    """Whether a query key names a password: libpq's key is ``password``; any case or
-    encoding of it is still the operator's password, whatever the driver makes of it."""
-    return urllib.parse.unquote_plus(key).strip().lower() == "password"
-
-
-def _has_password(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    user = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    return ":" in user or any(_password_key(p.partition("=")[0]) for p in parts.query.split("&"))
-
-
 NO_FILE: Final = "names no file: give the SQLite file's path, e.g. capwatch.db"
 """Why a store path such as ``""``, ``.`` or ``/`` is refused (:func:`names_no_file`)."""
 
@@ -166,10 +131,10 @@ def parse_target(
             field=field,
         )
     try:
-        has_password = _has_password(text)
+        secret = has_password(text)
     except ValueError as exc:
         raise ConfigError(f"{field}: not a valid URL ({exc})", field=field) from None
-    if has_password:
+    if secret:
         raise ConfigError(
             f"{field}: the URL carries a password ({redact(text)}): take it out and give it "
             "in PGPASSWORD, ~/.pgpass or the file named by store.password_file",

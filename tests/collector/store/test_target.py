@@ -78,6 +78,19 @@ def test_a_password_key_in_any_case_is_refused_and_never_printed(
     assert err.count("PGPASSWORD") == 2
 
 
+def test_a_url_with_a_password_in_another_setting_is_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CAPWATCH_DB_PATH (or db_path) given a PostgreSQL URL is refused, and the settings'
+    error line echoes the value it refuses: it printed 'postgresql://u:hunter2@h/d'."""
+    monkeypatch.setenv("CAPWATCH_DB_PATH", "postgresql://u:hunter2@h/d")
+    assert main(["query"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "'postgresql://u:***@h/d'" in err
+    assert "store.url" in err
+
+
 def test_redact_keeps_the_slashes_of_a_url_with_no_host() -> None:
     """urlunsplit wrote postgresql:///d?host=h&password=p as postgresql:/d?... (no URL)."""
     assert redact("postgresql:///d?host=/run/pg&password=p") == (
