@@ -42,6 +42,7 @@ its segment: the next write starts a new one, never after bytes the spool does n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import time
@@ -89,6 +90,11 @@ def _unusable(what: str, exc: OSError) -> ConfigError:
     why = exc.strerror or str(exc)
     if isinstance(exc, FileExistsError) and exc.filename is not None:
         why = f"{exc.filename} is a file, not a directory"  # mkdir's bare "File exists"
+        with contextlib.suppress(OSError):  # or a link to nothing (a volume not mounted)
+            if not os.path.exists(exc.filename):
+                why = (
+                    f"{exc.filename} is a link to {os.readlink(exc.filename)}, which does not exist"
+                )
     elif isinstance(exc, NotADirectoryError) and exc.filename is not None:
         why = f"a folder on the way to {exc.filename} is a file"
     return ConfigError(

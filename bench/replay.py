@@ -119,18 +119,19 @@ class _Publisher(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+        self._room.set()  # no PUBACK comes now: wake publish() and drain() to raise
+        self._writable.set()
         if not self.connack.done():
             self.connack.set_exception(exc or ConnectionError("closed before CONNACK"))
 
     async def publish(self, topic: bytes, payload: bytes, *, retain: bool = False) -> None:
         """Write one PUBLISH, waiting for room in the window and the socket buffer."""
-        while self.inflight >= self._window:
+        while self.inflight >= self._window and not self.lost.done():
             self._room.clear()
             await self._room.wait()
         if not self._writable.is_set():
             await self._writable.wait()
-        if self.lost.done():
-            raise ConnectionError("the broker closed the connection")
+        self._check_open()
         self._next_id = self._next_id % 0xFFFF + 1
         self.inflight += 1
         body = b"".join((topic, self._next_id.to_bytes(2, "big"), payload))
@@ -140,8 +141,15 @@ class _Publisher(asyncio.Protocol):
     async def drain(self) -> None:
         """Wait until every PUBLISH written is acknowledged."""
         while self.inflight > 0:
+            self._check_open()
             self._room.clear()
             await asyncio.wait_for(self._room.wait(), 30.0)
+
+    def _check_open(self) -> None:
+        if self.lost.done():
+            raise ConnectionError(
+                f"the broker closed the connection ({self.inflight} PUBLISH unacknowledged)"
+            )
 
 
 async def replay_fleet(

@@ -24,12 +24,12 @@ Imports nothing heavy: commands parse their ``--db`` before any store module loa
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, TypeAlias
 
 from shared.errors import ConfigError
+from shared.urls import has_password, redact
 
 __all__ = [
     "DEFAULT_DB_PATH",
@@ -98,35 +98,6 @@ def is_url(text: str) -> bool:
     return _URL.match(text) is not None
 
 
-def redact(url: str) -> str:
-    """``url`` without a password (in the user part or a ``password=`` parameter)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if not _has_password(url):
-        return url  # as given: urlunsplit writes sqlite:///x as sqlite:/x (empty netloc)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            user = user.split(":", 1)[0] + ":***"
-        netloc = f"{user}@{host}"
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    if any(k == "password" for k, _ in query):
-        query = [(k, "***" if k == "password" else v) for k, v in query]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="*"), "")
-    )
-
-
-def _has_password(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    user = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
-    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-    return ":" in user or "password" in query
-
-
 NO_FILE: Final = "names no file: give the SQLite file's path, e.g. capwatch.db"
 """Why a store path such as ``""``, ``.`` or ``/`` is refused (:func:`names_no_file`)."""
 
@@ -160,10 +131,10 @@ def parse_target(
             field=field,
         )
     try:
-        has_password = _has_password(text)
+        secret = has_password(text)
     except ValueError as exc:
         raise ConfigError(f"{field}: not a valid URL ({exc})", field=field) from None
-    if has_password:
+    if secret:
         raise ConfigError(
             f"{field}: the URL carries a password ({redact(text)}): take it out and give it "
             "in PGPASSWORD, ~/.pgpass or the file named by store.password_file",

@@ -49,6 +49,7 @@ from shared.durations import DurationError, parse_duration
 from shared.errors import ConfigError
 from shared.files import TOO_DEEP, FileTooLargeError, parse_toml, read_bounded
 from shared.text import QUOTED_MOST, quoted
+from shared.urls import has_password, redact
 
 __all__ = [
     "CapwatchSettings",
@@ -512,6 +513,13 @@ def _leaf_types(annotation: Any) -> list[type]:
     return []
 
 
+def _carries_password(value: str) -> bool:
+    try:
+        return has_password(value)
+    except ValueError:  # no URL
+        return False
+
+
 _NOT_A_NUMBER: Final = frozenset(
     {"float_parsing", "int_parsing", "float_type", "int_type", "str_for_number"}
 )
@@ -531,6 +539,9 @@ def format_validation_error(
     # the value (a validator's ``{value!r}``): each quoted at most QUOTED_MOST characters.
     field = ".".join(_cut(str(p)) for p in err["loc"]) or "settings"
     value = err.get("input")
+    if isinstance(value, str) and _carries_password(value):  # a URL in the wrong setting
+        err["msg"] = err["msg"].replace(value, redact(value))  # a validator may echo it
+        value = redact(value)
     if isinstance(value, str) and len(value) > QUOTED_MOST:
         err["msg"] = err["msg"].replace(repr(value), quoted(value))
     if err["type"] == "value_error":  # a validator's own words: not pydantic's prefix

@@ -128,6 +128,13 @@ def add_lease(
             "lease id in `lease show|cancel|extend|renew`)",
             field="--name",
         )
+    if req.name.startswith("-"):
+        raise ConfigError(
+            f"lease name {req.name!r} must not begin with '-': it reads as an option in "
+            "`lease show|cancel|extend|renew NAME` and in the hints that name it: give another "
+            "--name",
+            field="--name",
+        )
     _check_known(tx, req.nodes)
     gov = tx.governance.state() if gov is None else gov
     if any(lease.name == req.name for lease in gov.leases):

@@ -447,3 +447,22 @@ def test_a_node_file_that_cannot_be_written_is_one_error_naming_spool_dir(
     again = Spool(tmp_path, max_bytes=1 << 20, max_age_s=3600.0, node="n1")
     again.open()  # the refused open let the directory go
     again.close()
+
+
+@pytest.mark.parametrize("under", ["", "spool"])
+def test_a_spool_dir_through_a_dangling_link_says_so_not_that_it_is_a_file(
+    tmp_path: Path, under: str
+) -> None:
+    """A spool_dir that is (or lies under) a link to nothing (its volume not mounted): mkdir
+    answers 'File exists', which the error turned into '... is a file, not a directory',
+    sending the operator to look for a file that is not there."""
+    link = tmp_path / "spool-link"
+    link.symlink_to(tmp_path / "unmounted" / "capwatch")
+    spool = Spool(link / under if under else link, max_bytes=1 << 20, max_age_s=3600.0, node="n")
+    with pytest.raises(ConfigError) as caught:
+        spool.open()
+    text = str(caught.value)
+    assert "is a file" not in text, text
+    assert (
+        f"{link} is a link to {tmp_path / 'unmounted' / 'capwatch'}, which does not exist" in text
+    )

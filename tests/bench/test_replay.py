@@ -53,3 +53,23 @@ async def test_replay_sends_every_tick_with_its_seq(mosquitto: MosquittoBroker) 
     assert (stats.published, stats.ticks) == (15, 3)
     assert sorted(seen) == sorted(sim.node_ids)
     assert all(seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2] for seqs in seen.values())
+
+
+async def test_a_broker_that_closes_while_the_window_is_full_ends_the_replay() -> None:
+    """The generator waited for room in its window, or for the socket to drain, forever once
+    the broker closed the connection (no PUBACK would come): the bench hung. A loopback
+    server answers CONNECT, reads, acknowledges nothing and closes."""
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the window (3) fills with the first announcements
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sim = FleetSimulator(5, gpus_per_node=2, seed=3, interval_s=0.2, epoch=1)
+    async with server:
+        with pytest.raises(ConnectionError, match="closed"):
+            await asyncio.wait_for(replay_fleet("127.0.0.1", port, sim, ticks=3, window=3), 10)

@@ -230,6 +230,21 @@ async def test_a_lease_name_that_reads_as_an_id_is_refused(store_url: StoreTarge
         assert "must be printable text, no character that prints as nothing" in err
 
 
+async def test_a_lease_name_that_reads_as_an_option_is_refused(store_url: StoreTarget) -> None:
+    """`--name=-x` was taken; every hint that names it (`collector lease cancel -x`, in the
+    notice-deadline alert, pool delete and inventory forget) then reads as an option when
+    pasted ('unrecognized arguments'), and so does `lease show -x`."""
+    db = str(await make_store(store_url, {"n1": 8}))
+    for name in ("-x", "--on=1999-01-01"):
+        code, _, err = cli("lease", "add", "--db", db, "--tenant", "a", "--nodes", "n1",
+                           "--start", "2041-01-01", f"--name={name}")  # fmt: skip
+        assert (code, err.count("\n")) == (2, 1), (name, err)
+        assert "--name" in err, err
+        assert "'-'" in err, err
+    code, out, _ = cli("lease", "list", "--db", db, "--json")
+    assert json.loads(out) == {"leases": []}
+
+
 async def test_a_lease_name_has_a_bound(store_url: StoreTarget, tmp_path: Path) -> None:
     """A lease name had no bound: one of 5,000 characters was accepted, and `lease list`
     laid every row out 5,000 columns wide (its Slurm reservation took the name too). Up to

@@ -65,6 +65,39 @@ def test_redact_hides_the_password_wherever_it_is() -> None:
     assert str(PgTarget("postgresql://u@h/d")) == "postgresql://u@h/d"
 
 
+def test_a_password_key_in_any_case_is_refused_and_never_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """?PASSWORD=hunter2 passed as no password: the driver refused the key, and the error
+    echoed the URL, password and all ('cannot open database ...?PASSWORD=hunter2')."""
+    for url in ("postgresql://u@h/d?PASSWORD=hunter2", "postgresql://u@h/d?%50assword=hunter2"):
+        assert main(["query", "--db", url]) == 2
+        assert "***" in redact(url)
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert err.count("PGPASSWORD") == 2
+
+
+def test_a_url_with_a_password_in_another_setting_is_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CAPWATCH_DB_PATH (or db_path) given a PostgreSQL URL is refused, and the settings'
+    error line echoes the value it refuses: it printed 'postgresql://u:hunter2@h/d'."""
+    monkeypatch.setenv("CAPWATCH_DB_PATH", "postgresql://u:hunter2@h/d")
+    assert main(["query"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err
+    assert "'postgresql://u:***@h/d'" in err
+    assert "store.url" in err
+
+
+def test_redact_keeps_the_slashes_of_a_url_with_no_host() -> None:
+    """urlunsplit wrote postgresql:///d?host=h&password=p as postgresql:/d?... (no URL)."""
+    assert redact("postgresql:///d?host=/run/pg&password=p") == (
+        "postgresql:///d?host=/run/pg&password=***"
+    )
+
+
 def test_redact_leaves_a_url_without_a_password_as_given() -> None:
     """`migrate --to sqlite:///x` named it sqlite:/x (urlunsplit drops an empty netloc)."""
     for url in ("sqlite:///var/lib/capwatch/x.db", "postgresql:///capwatch?host=/run/pg"):
