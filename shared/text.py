@@ -47,10 +47,18 @@ _LONG_WORD: Final = re.compile(rf"\S{{{4 * QUOTED_MOST + 1},}}")
 """A run of non-blank characters longer than any word an error line writes itself."""
 
 
+_TAIL: Final = 20
+"""The last characters of an overlong word :func:`shortened` keeps: a path's file name, the
+quote and colon after a quoted value."""
+
+
 def shortened(line: str, most: int = QUOTED_MOST) -> str:
     """``line`` with each overlong word (a value it echoes: a node name, a pattern, a date
-    of 20,000 characters) cut to its first ``most`` characters and its length, as
-    :func:`quoted` cuts a value; the rest of the line, which names the field and the fix,
-    is left whole. The command lines print every error through it (:func:`shared.cli.
-    run_command`): their messages quote what the user gave from many places."""
-    return _LONG_WORD.sub(lambda m: f"{m[0][:most]}... ({len(m[0])} characters)", line)
+    of 20,000 characters) cut to its first ``most`` characters, its length and its last
+    :data:`_TAIL`, as :func:`quoted` cuts a value; the rest of the line, which names the field
+    and the fix, is left whole. The command lines print every error through it
+    (:func:`shared.cli.run_command`): their messages quote what the user gave from many
+    places."""
+    return _LONG_WORD.sub(
+        lambda m: f"{m[0][:most]}... ({len(m[0])} characters) ...{m[0][-_TAIL:]}", line
+    )
