@@ -207,6 +207,8 @@ class AgentSettings(CapwatchSettings):
         that matches nothing.
         """
         if isinstance(value, (list, tuple)):
+            if not all(isinstance(p, str) for p in value):  # [1] in a config file
+                raise ValueError(_GLOBS_WANTED)
             return value
         if not isinstance(value, str):  # a number or a table in a config file
             raise ValueError(_GLOBS_WANTED)

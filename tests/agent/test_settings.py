@@ -243,7 +243,7 @@ def test_a_buffer_must_outlast_two_sampling_intervals() -> None:
     assert AgentSettings(node_id="n1", interval_s=5.0, buffer_s=60.0).buffer_samples == 12
 
 
-@pytest.mark.parametrize("value", ["5", "{ a = 1 }"])
+@pytest.mark.parametrize("value", ["5", "{ a = 1 }", "[1]", '["bond*", 2]'])
 def test_nic_globs_not_text_or_a_list_name_what_to_give(tmp_path: Path, value: str) -> None:
     """`nic_include = 5` in a config file said "Input should be a valid tuple" (probe11)."""
     config = tmp_path / "agent.toml"
