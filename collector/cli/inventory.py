@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_fast_json(inventory_json(nodes))
     elif not nodes:
-        print("no nodes" + (f" in pool {pool}" if pool else " with an inventory yet"))
+        print(f"no nodes in pool {pool}" if pool else _no_inventory_yet(settings.store_target))
     else:
         print(inventory_table(nodes))
     return 0
@@ -167,6 +167,22 @@ def load_nodes(settings: ReadSettings, *, with_ids: bool = False) -> list[NodeCo
         staleness=settings.staleness(),
         rack_rules=rack_rules,
         with_ids=with_ids,
+    )
+
+
+def _no_inventory_yet(db: StoreTarget) -> str:
+    """The empty answer, naming the nodes the store knows without an inventory (``query``
+    shows them: they sent samples or a status), and where an inventory comes from."""
+    from collector.store.reader import StoreReader  # noqa: PLC0415
+
+    with StoreReader(db) as store:
+        ((without,),) = store.fetchall("SELECT count(*) FROM nodes WHERE inventory IS NULL")
+    if not without:
+        return "no nodes with an inventory yet"
+    return (
+        f"no nodes with an inventory yet; {without} node(s) reported without one (`collector "
+        "query` shows them): an agent publishes its inventory, retained, when it starts, or "
+        "declare one with `collector inventory import`"
     )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import msgspec
 
 from collector.governance.inventory import components_of
 from collector.paths import StoreTarget
+from collector.store.db import NodeUpdate, Store
 from shared.schema import AcceleratorInfo, NicInfo, encode
 from tests.collector.governance.hw_fleet import A100, EPYC, H100, Spec, cli, inventory, make_store
 from tests.helpers import db_execute
@@ -377,3 +379,20 @@ async def test_import_reads_a_file_with_a_utf8_bom_and_says_one_inventory_per_li
     assert code == 2
     assert "one JSON inventory per line" in err
     assert err.count("\n") == 1
+
+
+async def test_nodes_known_without_an_inventory_are_named_in_the_empty_answer(
+    store_url: StoreTarget,
+) -> None:
+    """`collector inventory` said only "no nodes with an inventory yet" while `query` listed
+    nodes that had sent samples (probe11): it says how many and where inventories come from."""
+    db = await make_store(store_url, [])
+    code, out, err = cli("inventory", "--db", str(db))
+    assert code == 0, err
+    assert out.strip() == "no nodes with an inventory yet"
+    async with Store(db) as store:
+        await store.write_batch([], [NodeUpdate("n9", "online", time.time())], ["n9"])
+    code, out, err = cli("inventory", "--db", str(db))
+    assert code == 0, err
+    assert "no nodes with an inventory yet; 1 node(s) reported without one" in out
+    assert "`collector inventory import`" in out
