@@ -40,7 +40,8 @@ from Jan 31 ends on Feb 28, or 29 in a leap year).
   list    every lease with its status (pending, active, notice_given, expired)
   show    NAME|ID: its dates, last day to give notice (notice_deadline), and nodes
   cancel  NAME|ID [--on DATE]: record notice (default today): it ends at notice + period or
-          the contractual minimum, whichever is later
+          the contractual minimum, whichever is later; a DATE before both the lease's start
+          and the day it was booked is refused (a wrong year, not a notice)
 
 Notice in months counts back from the term's end in calendar months, the day clamped to
 the month's end: a year from 2038-02-28 with --notice 3m ends 2039-02-28 (exclusive), so
