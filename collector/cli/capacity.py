@@ -207,8 +207,8 @@ def newest_snapshot(
             f"complete a cycle{or_else}",
             field="capacity.plan",
         )
-    span = snapshot_span(reader) if since is not None else None
-    if since is not None and span is not None and span[1] < since:
+    # The newest one's time is in its picture: the span is read only to say it.
+    if since is not None and data["at"] < since and (span := snapshot_span(reader)) is not None:
         oldest, newest = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t)) for t in span)
         raise ConfigError(
             f"no capacity snapshot in the window: the stored ones were taken from {oldest} "
